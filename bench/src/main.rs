@@ -1,0 +1,153 @@
+//! `sluice-bench log`: committed appends per second and append latency
+//! (submit → acknowledged, i.e. committed on a quorum and applied) against
+//! real `sluice node` processes on loopback.
+//!
+//! Closed loop: `--concurrency` clients each send one append of
+//! `--records-per-append` records of `--payload-bytes` bytes, wait for the
+//! acknowledgement, and send the next, for `--seconds`. The node coalesces
+//! concurrent appends into Raft entries, so concurrency is what batching feeds on.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use sluice_proto::admin::AppendRequest;
+use sluice_tests::{TestCluster, log_client};
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice-bench")]
+struct Args {
+    /// Nodes in the cluster (replication factor = nodes).
+    #[arg(long, default_value_t = 1)]
+    nodes: u64,
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Comma-separated list; one run per value.
+    #[arg(long, default_value = "1,16,64")]
+    records_per_append: String,
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Print one JSON object per run instead of a table row.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let sizes: Vec<usize> = args
+        .records_per_append
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let cluster = TestCluster::start(args.nodes, args.partitions, &[]).await?;
+    let admins: Vec<String> = cluster.nodes.iter().map(|n| n.admin.clone()).collect();
+    if !args.json {
+        println!(
+            "{:>5} {:>6} {:>11} {:>8} {:>14} {:>10} {:>9} {:>9} {:>9}",
+            "nodes",
+            "conc",
+            "recs/append",
+            "payload",
+            "records/s",
+            "MiB/s",
+            "p50 ms",
+            "p99 ms",
+            "max ms"
+        );
+    }
+    for records in sizes {
+        let result = run(&args, &admins, records).await?;
+        if args.json {
+            println!("{}", result);
+        } else {
+            println!(
+                "{:>5} {:>6} {:>11} {:>8} {:>14.0} {:>10.1} {:>9.2} {:>9.2} {:>9.2}",
+                args.nodes,
+                args.concurrency,
+                records,
+                args.payload_bytes,
+                result["records_per_second"].as_f64().unwrap_or(0.0),
+                result["mib_per_second"].as_f64().unwrap_or(0.0),
+                result["p50_ms"].as_f64().unwrap_or(0.0),
+                result["p99_ms"].as_f64().unwrap_or(0.0),
+                result["max_ms"].as_f64().unwrap_or(0.0),
+            );
+        }
+    }
+    drop(cluster);
+    Ok(())
+}
+
+async fn run(
+    args: &Args,
+    admins: &[String],
+    records_per_append: usize,
+) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut clients = Vec::new();
+    for worker in 0..args.concurrency {
+        let admin = admins[worker % admins.len()].clone();
+        let partitions = args.partitions;
+        let payload = vec![b'x'; args.payload_bytes];
+        clients.push(tokio::spawn(async move {
+            let mut client = log_client(&admin).await?;
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let mut records = 0u64;
+            let mut errors = 0u64;
+            let mut i = 0u32;
+            while Instant::now() < deadline {
+                let request = AppendRequest {
+                    stream: format!("broker/bench/b{worker}"),
+                    partition: i % partitions,
+                    payloads: (0..records_per_append)
+                        .map(|_| payload.clone().into())
+                        .collect(),
+                };
+                i += 1;
+                let started = Instant::now();
+                match client.append(request).await {
+                    Ok(_) => {
+                        histogram.record(started.elapsed().as_micros().max(1) as u64)?;
+                        records += records_per_append as u64;
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            anyhow::Ok((histogram, records, errors))
+        }));
+    }
+    let started = Instant::now();
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut records, mut errors) = (0u64, 0u64);
+    for client in clients {
+        let (h, r, e) = client.await??;
+        histogram.add(h)?;
+        records += r;
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(args.seconds as f64);
+    if records == 0 {
+        bail!("no append was acknowledged ({errors} errors)");
+    }
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Ok(serde_json::json!({
+        "nodes": args.nodes,
+        "partitions": args.partitions,
+        "concurrency": args.concurrency,
+        "records_per_append": records_per_append,
+        "payload_bytes": args.payload_bytes,
+        "records_per_second": records as f64 / elapsed,
+        "mib_per_second": records as f64 * args.payload_bytes as f64 / elapsed / (1 << 20) as f64,
+        "appends": histogram.len(),
+        "errors": errors,
+        "p50_ms": ms(0.5),
+        "p99_ms": ms(0.99),
+        "max_ms": histogram.max() as f64 / 1000.0,
+    }))
+}

@@ -1,0 +1,181 @@
+//! Coalesces concurrent appends to one group into one Raft entry.
+//!
+//! Requests wait in a bounded queue. The batcher takes the first waiting
+//! request, then everything else already waiting (up to the entry's record
+//! and byte limits), and submits them as one entry. It never waits for more
+//! to arrive: an idle group commits a lone append at once, and a busy one
+//! batches because requests pile up while earlier entries are in flight
+//! (at most `max_in_flight_entries` at a time).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::forward::WriteFailure;
+use crate::raft_types::{GroupId, LogCommand, LogResponse, Raft, StreamAppend, group_name};
+
+/// Bounds of the append path of one group.
+#[derive(Clone, Debug)]
+pub struct AppendLimits {
+    pub max_records_per_entry: usize,
+    pub max_bytes_per_entry: usize,
+    /// Appends waiting for a batch; beyond this, appends fail with `QueueFull`.
+    pub queue_capacity: usize,
+    pub max_in_flight_entries: usize,
+}
+
+impl Default for AppendLimits {
+    fn default() -> Self {
+        Self {
+            max_records_per_entry: 4096,
+            max_bytes_per_entry: 1 << 20,
+            queue_capacity: 8192,
+            max_in_flight_entries: 16,
+        }
+    }
+}
+
+struct PendingAppend {
+    append: StreamAppend,
+    reply: oneshot::Sender<Result<u64, WriteFailure>>,
+}
+
+#[derive(Clone)]
+pub struct AppendBatcher {
+    group: GroupId,
+    limits: AppendLimits,
+    tx: mpsc::Sender<PendingAppend>,
+}
+
+impl AppendBatcher {
+    pub fn start(group: GroupId, raft: Raft, limits: AppendLimits) -> Self {
+        let (tx, rx) = mpsc::channel(limits.queue_capacity.max(1));
+        tokio::spawn(run(group, raft, limits.clone(), rx));
+        Self { group, limits, tx }
+    }
+
+    /// Appends `append` to its stream; answers the offset of its first record
+    /// once the entry holding it is committed and applied.
+    pub async fn submit(&self, append: StreamAppend) -> Result<u64, WriteFailure> {
+        let bytes = append.payload_bytes();
+        if bytes > self.limits.max_bytes_per_entry
+            || append.payloads.len() > self.limits.max_records_per_entry
+        {
+            return Err(WriteFailure::TooLarge {
+                bytes,
+                limit_bytes: self.limits.max_bytes_per_entry,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(PendingAppend { append, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                metrics::counter!("sluice_append_rejected_total", "group" => group_name(self.group), "reason" => "queue_full").increment(1);
+                WriteFailure::QueueFull { group: self.group, capacity: self.limits.queue_capacity }
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                WriteFailure::NotLeader { group: self.group, leader: None }
+            }
+        })?;
+        rx.await.map_err(|_| WriteFailure::Indeterminate {
+            group: self.group,
+            reason: "the batcher stopped before answering".into(),
+        })?
+    }
+}
+
+async fn run(
+    group: GroupId,
+    raft: Raft,
+    limits: AppendLimits,
+    mut rx: mpsc::Receiver<PendingAppend>,
+) {
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight_entries.max(1)));
+    let mut carried: Option<PendingAppend> = None;
+    loop {
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => match rx.recv().await {
+                Some(pending) => pending,
+                None => return,
+            },
+        };
+        // Waiting for a slot lets more requests queue up behind `first`.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut records = first.append.payloads.len();
+        let mut bytes = first.append.payload_bytes();
+        let mut batch = vec![first];
+        while records < limits.max_records_per_entry && bytes < limits.max_bytes_per_entry {
+            let Ok(next) = rx.try_recv() else { break };
+            let next_records = next.append.payloads.len();
+            let next_bytes = next.append.payload_bytes();
+            if records + next_records > limits.max_records_per_entry
+                || bytes + next_bytes > limits.max_bytes_per_entry
+            {
+                carried = Some(next);
+                break;
+            }
+            records += next_records;
+            bytes += next_bytes;
+            batch.push(next);
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit(group, &raft, batch, records, bytes).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn commit(
+    group: GroupId,
+    raft: &Raft,
+    batch: Vec<PendingAppend>,
+    records: usize,
+    bytes: usize,
+) {
+    let label = group_name(group);
+    metrics::histogram!("sluice_append_batch_records", "group" => label.clone())
+        .record(records as f64);
+    metrics::histogram!("sluice_append_batch_bytes", "group" => label.clone()).record(bytes as f64);
+    metrics::histogram!("sluice_append_batch_requests", "group" => label.clone())
+        .record(batch.len() as f64);
+    let (appends, replies): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|p| (p.append, p.reply)).unzip();
+    let started = Instant::now();
+    let result = raft.client_write(LogCommand::Append(appends)).await;
+    metrics::histogram!("sluice_raft_commit_seconds", "group" => label)
+        .record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(response) => match response.response() {
+            LogResponse::Appended { first_offsets } if first_offsets.len() == replies.len() => {
+                for (reply, offset) in replies.into_iter().zip(first_offsets) {
+                    let _ = reply.send(Ok(*offset));
+                }
+            }
+            other => {
+                let reason = format!("unexpected response to an append: {other:?}");
+                tracing::error!(group, %reason);
+                for reply in replies {
+                    let _ = reply.send(Err(WriteFailure::Indeterminate {
+                        group,
+                        reason: reason.clone(),
+                    }));
+                }
+            }
+        },
+        Err(error) => {
+            // Submitted: even a ForwardToLeader now means a new leader may still commit it.
+            let reason = error.to_string();
+            tracing::debug!(group, %reason, "append not acknowledged");
+            for reply in replies {
+                let _ = reply.send(Err(WriteFailure::Indeterminate {
+                    group,
+                    reason: reason.clone(),
+                }));
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The broker crate's errors.
+
+use std::path::PathBuf;
+
+use crate::raft_types::{GroupId, NodeId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot open data dir {path}: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+
+    #[error("storage error: {0}")]
+    Storage(#[from] rocksdb::Error),
+
+    #[error("I/O error on {context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+
+    #[error("cannot listen on {addr} ({flag}): {reason}")]
+    Listen {
+        flag: &'static str,
+        addr: String,
+        reason: String,
+    },
+
+    #[error("invalid cluster config: {0}")]
+    InvalidClusterConfig(String),
+
+    #[error("{0}")]
+    NotAMember(String),
+
+    #[error("the cluster is not initialised yet (run `sluice cluster init`)")]
+    NotInitialized,
+
+    #[error("the cluster is already initialised with partitions={partitions} members={members}")]
+    AlreadyInitialized { partitions: u32, members: String },
+
+    #[error("partition {partition} does not exist (the cluster has {partitions})")]
+    NoSuchPartition { partition: u32, partitions: u32 },
+
+    #[error("group {group} has no leader right now")]
+    NoLeader { group: GroupId },
+
+    #[error("node {leader} leads group {group}, and forwarding to it failed: {reason}")]
+    ForwardFailed {
+        group: GroupId,
+        leader: NodeId,
+        reason: String,
+    },
+
+    #[error("the append queue of group {group} is full ({capacity} requests waiting)")]
+    QueueFull { group: GroupId, capacity: usize },
+
+    #[error("append too large: {bytes} bytes, the limit is {limit_bytes}")]
+    AppendTooLarge { bytes: usize, limit_bytes: usize },
+
+    #[error("invalid stream name {stream:?}: {rule}")]
+    InvalidStream { stream: String, rule: &'static str },
+
+    #[error("raft error in group {group}: {reason}")]
+    Raft { group: GroupId, reason: String },
+
+    #[error("the node is shutting down")]
+    ShuttingDown,
+
+    #[error("encoding error: {0}")]
+    Codec(#[from] postcard::Error),
+}
+
+impl BrokerError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        BrokerError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether the caller may retry the same request later (on this or another node).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::NoLeader { .. }
+                | BrokerError::ForwardFailed { .. }
+                | BrokerError::QueueFull { .. }
+                | BrokerError::ShuttingDown
+                | BrokerError::Raft { .. }
+        )
+    }
+}

@@ -1,0 +1,53 @@
+//! Writes a node forwards to the leader of a group, and their outcomes, as
+//! they cross the wire (postcard inside the `Forward` RPC).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::BrokerError;
+use crate::raft_types::{GroupId, LogCommand, LogResponse, NodeId, StreamAppend};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ForwardedWrite {
+    /// Records for a stream: the leader batches them with others.
+    Append(StreamAppend),
+    /// A command written as its own entry (metadata group).
+    Command(LogCommand),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ForwardedReply {
+    FirstOffset(u64),
+    Response(LogResponse),
+}
+
+/// Why a write failed. `NotLeader`, `QueueFull` and `TooLarge` are definite:
+/// nothing was written. `Indeterminate` may or may not have been committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WriteFailure {
+    #[error("this node does not lead group {group} (leader: {leader:?})")]
+    NotLeader {
+        group: GroupId,
+        leader: Option<NodeId>,
+    },
+    #[error("the append queue of group {group} is full ({capacity} requests waiting)")]
+    QueueFull { group: GroupId, capacity: usize },
+    #[error("append too large: {bytes} bytes, the limit is {limit_bytes}")]
+    TooLarge { bytes: usize, limit_bytes: usize },
+    #[error("the write may or may not have been committed: {reason}")]
+    Indeterminate { group: GroupId, reason: String },
+}
+
+impl From<WriteFailure> for BrokerError {
+    fn from(failure: WriteFailure) -> Self {
+        match failure {
+            WriteFailure::NotLeader { group, .. } => BrokerError::NoLeader { group },
+            WriteFailure::QueueFull { group, capacity } => {
+                BrokerError::QueueFull { group, capacity }
+            }
+            WriteFailure::TooLarge { bytes, limit_bytes } => {
+                BrokerError::AppendTooLarge { bytes, limit_bytes }
+            }
+            WriteFailure::Indeterminate { group, reason } => BrokerError::Raft { group, reason },
+        }
+    }
+}

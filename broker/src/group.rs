@@ -1,0 +1,170 @@
+//! One Raft group on this node: its Raft instance, the read view of its
+//! state machine and its append batcher, plus a task that publishes its
+//! Raft metrics.
+
+use std::sync::Arc;
+
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{Config, ServerState, SnapshotPolicy};
+
+use crate::batcher::{AppendBatcher, AppendLimits};
+use crate::error::BrokerError;
+use crate::network::{NetworkFactory, PeerClients};
+use crate::raft_types::{GroupId, NodeId, Raft, group_name};
+use crate::store::{GroupLogStore, GroupStateMachine, Store, StreamView};
+
+/// Timing and log-compaction settings shared by all groups of a node.
+#[derive(Clone, Debug)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log behind a snapshot (for followers that lag a little).
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1200,
+            snapshot_every_entries: 20_000,
+            keep_entries_after_snapshot: 1_000,
+        }
+    }
+}
+
+impl RaftTuning {
+    fn openraft_config(&self, group: GroupId) -> Result<Config, BrokerError> {
+        let config = Config {
+            cluster_name: format!("sluice-{}", group_name(group)),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
+            // Entries are up to 1 MiB (AppendLimits): this bounds one AppendEntries message.
+            max_payload_entries: 64,
+            install_snapshot_timeout: 10_000,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        config.validate().map_err(|e| BrokerError::Raft {
+            group,
+            reason: format!("invalid raft config: {e}"),
+        })
+    }
+}
+
+pub struct Group {
+    pub id: GroupId,
+    pub raft: Raft,
+    pub view: StreamView,
+    pub batcher: AppendBatcher,
+}
+
+impl Group {
+    pub async fn start(
+        node_id: NodeId,
+        group: GroupId,
+        store: &Store,
+        peers: PeerClients,
+        tuning: &RaftTuning,
+        limits: AppendLimits,
+    ) -> Result<Arc<Group>, BrokerError> {
+        let log_store = GroupLogStore::new(store.db().clone(), store.wal().clone(), group);
+        let state_machine =
+            GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir()).map_err(
+                |e| BrokerError::io(format!("state machine of {}", group_name(group)), e),
+            )?;
+        let view = state_machine.view();
+        let config = Arc::new(tuning.openraft_config(group)?);
+        let network = NetworkFactory::new(group, peers);
+        let raft = Raft::new(node_id, config, network, log_store, state_machine)
+            .await
+            .map_err(|e| BrokerError::Raft {
+                group,
+                reason: e.to_string(),
+            })?;
+        let batcher = AppendBatcher::start(group, raft.clone(), limits);
+        tokio::spawn(publish_metrics(group, raft.clone()));
+        Ok(Arc::new(Group {
+            id: group,
+            raft,
+            view,
+            batcher,
+        }))
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// The peer address of `node` in this group's membership.
+    pub fn node_addr(&self, node: NodeId) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&node)
+            .map(|n| n.addr.clone())
+    }
+
+    pub fn is_leader(&self, node_id: NodeId) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics.state == ServerState::Leader && metrics.current_leader == Some(node_id)
+    }
+}
+
+/// Per-group gauges and the leader-change counter, from openraft's metrics.
+async fn publish_metrics(group: GroupId, raft: Raft) {
+    let label = group_name(group);
+    let committed = metrics::gauge!("sluice_raft_commit_index", "group" => label.clone());
+    let applied = metrics::gauge!("sluice_raft_applied_index", "group" => label.clone());
+    let last_log = metrics::gauge!("sluice_raft_last_log_index", "group" => label.clone());
+    let term = metrics::gauge!("sluice_raft_term", "group" => label.clone());
+    let is_leader = metrics::gauge!("sluice_raft_is_leader", "group" => label.clone());
+    let leader_changes =
+        metrics::counter!("sluice_raft_leader_changes_total", "group" => label.clone());
+    let mut rx = raft.metrics();
+    let mut last_leader = None;
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            committed.set(
+                m.local_committed
+                    .as_ref()
+                    .map(|id| id.index as f64)
+                    .unwrap_or(0.0),
+            );
+            applied.set(
+                m.last_applied
+                    .as_ref()
+                    .map(|id| id.index as f64)
+                    .unwrap_or(0.0),
+            );
+            last_log.set(m.last_log_index.unwrap_or(0) as f64);
+            term.set(m.current_term as f64);
+            is_leader.set(if m.state == ServerState::Leader {
+                1.0
+            } else {
+                0.0
+            });
+            if m.current_leader != last_leader {
+                if m.current_leader.is_some() {
+                    leader_changes.increment(1);
+                    tracing::info!(group = %label, leader = ?m.current_leader, term = m.current_term, "leader changed");
+                }
+                last_leader = m.current_leader;
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

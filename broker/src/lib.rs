@@ -1,0 +1,33 @@
+//! Sluice's replicated durable log and the node that serves it.
+//!
+//! What flows through it: an append (stream name, partition, payloads) enters
+//! a node ([`Node::append`]), goes to the leader of that partition's Raft
+//! group (forwarded one hop if needed), waits in the group's
+//! [`batcher`] to be coalesced with other appends into one Raft entry, is
+//! replicated and fsynced on a quorum ([`store::WalSyncer`] covers all groups
+//! with one fsync), and is applied by the group's state machine, which gives
+//! each record its offset in its stream. Readers ([`Node::read`]) read the
+//! applied streams of the node they ask.
+//!
+//! Groups: one metadata group (cluster config, later the resources) and one
+//! group per partition; all share one RocksDB and one gRPC transport. See
+//! `docs/architecture.md`.
+
+pub mod admin;
+pub mod batcher;
+pub mod cluster;
+pub mod error;
+pub mod forward;
+pub mod group;
+pub mod http;
+pub mod keys;
+pub mod network;
+pub mod node;
+pub mod raft_types;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod transport;
+
+pub use error::BrokerError;
+pub use node::{Node, NodeSettings};

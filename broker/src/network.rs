@@ -1,0 +1,280 @@
+//! Raft transport, client side: one lazily connected tonic channel per peer
+//! address, shared by every group; each group's openraft network wraps it
+//! with the group id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Future;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, OptionalSend};
+use sluice_proto::raft::raft_transport_client::RaftTransportClient;
+use sluice_proto::raft::{ForwardRequest, GroupMessage, SnapshotChunk};
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
+use crate::raft_types::{GroupId, NodeId, Snapshot, TypeConfig, Vote, decode, encode};
+use crate::store::SnapshotFile;
+
+/// Largest gRPC message between nodes (an AppendEntries of up to 64 entries of 1 MiB).
+pub const MAX_PEER_MESSAGE_BYTES: usize = 96 << 20;
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Default)]
+pub struct PeerClients {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerClients {
+    pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| "peer client table poisoned".to_string())?;
+        let channel = match channels.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| format!("bad peer address {addr}: {e}"))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .connect_lazy();
+                channels.insert(addr.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(RaftTransportClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+    }
+
+    /// Sends a write to `addr`, the leader of `group`.
+    pub async fn forward(
+        &self,
+        addr: &str,
+        group: GroupId,
+        write: &ForwardedWrite,
+    ) -> Result<ForwardedReply, WriteFailure> {
+        let indeterminate = |reason: String| WriteFailure::Indeterminate { group, reason };
+        let mut client = self.client(addr).map_err(|_| WriteFailure::NotLeader {
+            group,
+            leader: None,
+        })?;
+        let payload = encode(write).map_err(|e| indeterminate(e.to_string()))?;
+        let mut request = tonic::Request::new(ForwardRequest {
+            group_id: group,
+            write: payload.into(),
+        });
+        request.set_timeout(FORWARD_TIMEOUT);
+        let reply = match client.forward(request).await {
+            Ok(reply) => reply.into_inner(),
+            // Refused before it reached the leader: nothing was written.
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && is_connect_error(&status) =>
+            {
+                return Err(WriteFailure::NotLeader {
+                    group,
+                    leader: None,
+                });
+            }
+            Err(status) => return Err(indeterminate(status.message().to_string())),
+        };
+        decode::<Result<ForwardedReply, WriteFailure>>(&reply.result)
+            .map_err(|e| indeterminate(e.to_string()))?
+    }
+}
+
+fn is_connect_error(status: &tonic::Status) -> bool {
+    // tonic reports a refused connection as Unavailable with a transport source.
+    let text = format!("{status:?}");
+    text.contains("Connection refused")
+        || text.contains("tcp connect error")
+        || text.contains("connect error")
+}
+
+pub struct NetworkFactory {
+    group: GroupId,
+    peers: PeerClients,
+}
+
+impl NetworkFactory {
+    pub fn new(group: GroupId, peers: PeerClients) -> Self {
+        Self { group, peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = GroupNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        GroupNetwork {
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+pub struct GroupNetwork {
+    group: GroupId,
+    target: NodeId,
+    addr: String,
+    peers: PeerClients,
+}
+
+fn unreachable(e: impl ToString) -> Unreachable<TypeConfig> {
+    Unreachable::from_string(e.to_string())
+}
+
+fn status_error(status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Cancelled
+        | tonic::Code::Unknown => RPCError::Unreachable(unreachable(status.message())),
+        _ => RPCError::Network(NetworkError::from_string(status.message().to_string())),
+    }
+}
+
+impl GroupNetwork {
+    fn client(&self) -> Result<RaftTransportClient<Channel>, RPCError<TypeConfig>> {
+        self.peers
+            .client(&self.addr)
+            .map_err(|e| RPCError::Unreachable(unreachable(e)))
+    }
+
+    fn message<T: serde::Serialize>(
+        &self,
+        rpc: &T,
+        option: &RPCOption,
+    ) -> Result<tonic::Request<GroupMessage>, RPCError<TypeConfig>> {
+        let payload =
+            encode(rpc).map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
+        let mut request = tonic::Request::new(GroupMessage {
+            group_id: self.group,
+            payload: payload.into(),
+        });
+        request.set_timeout(option.hard_ttl());
+        Ok(request)
+    }
+}
+
+fn decode_reply<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, RPCError<TypeConfig>> {
+    decode(bytes)
+        .map_err(|e| RPCError::Network(NetworkError::from_string(format!("bad reply: {e}"))))
+}
+
+impl RaftNetworkV2<TypeConfig> for GroupNetwork {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = self.message(&rpc, &option)?;
+        let reply = self
+            .client()?
+            .append_entries(request)
+            .await
+            .map_err(status_error)?;
+        decode_reply(&reply.get_ref().payload)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = self.message(&rpc, &option)?;
+        let reply = self.client()?.vote(request).await.map_err(status_error)?;
+        decode_reply(&reply.get_ref().payload)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = self.message(&rpc, &option)?;
+        let reply = self
+            .client()?
+            .pre_vote(request)
+            .await
+            .map_err(status_error)?;
+        decode_reply(&reply.get_ref().payload)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let to_streaming = |e: RPCError<TypeConfig>| match e {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            other => StreamingError::Network(NetworkError::from_string(other.to_string())),
+        };
+        let header = encode(&(vote, snapshot.meta.clone()))
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(e.to_string())))?;
+        let mut file = tokio::fs::File::open(&snapshot.snapshot.path)
+            .await
+            .map_err(|e| {
+                StreamingError::Network(NetworkError::from_string(format!("open snapshot: {e}")))
+            })?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
+        let group = self.group;
+        let target = self.target;
+        // Reads the file into the request stream; stops if the receiver goes away.
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let mut data = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                let n = match file.read(&mut data).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(group, target, error = %e, "reading snapshot to send");
+                        return;
+                    }
+                };
+                data.truncate(n);
+                let chunk = SnapshotChunk {
+                    group_id: group,
+                    header: if first {
+                        header.clone().into()
+                    } else {
+                        Default::default()
+                    },
+                    data: data.into(),
+                };
+                first = false;
+                if tx.send(chunk).await.is_err() || n == 0 {
+                    return;
+                }
+            }
+        });
+        let mut client = self.client().map_err(to_streaming)?;
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request.set_timeout(option.hard_ttl().max(Duration::from_secs(60)));
+        let send = client.install_snapshot(request);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            reply = send => {
+                let reply = reply.map_err(|s| to_streaming(status_error(s)))?;
+                decode(&reply.get_ref().payload)
+                    .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("bad reply: {e}"))))
+            }
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! A Sluice node: the store, the metadata group, the partition groups of the
+//! cluster config, and the write/read API the servers and later crates use.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{BasicNode, ServerState};
+use tokio::sync::watch;
+
+use crate::batcher::AppendLimits;
+use crate::cluster::ClusterConfig;
+use crate::error::BrokerError;
+use crate::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
+use crate::group::{Group, RaftTuning};
+use crate::network::PeerClients;
+use crate::raft_types::{
+    GroupId, LogCommand, LogResponse, METADATA_GROUP, NodeId, StreamAppend, group_name,
+    partition_group,
+};
+use crate::store::{ReadBatch, Store};
+
+/// Bounds of one read.
+#[derive(Clone, Debug)]
+pub struct ReadLimits {
+    pub max_records: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        Self {
+            max_records: 10_000,
+            max_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Longest stream name (bytes).
+pub const MAX_STREAM_NAME_BYTES: usize = 512;
+
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub tuning: RaftTuning,
+    pub append_limits: AppendLimits,
+    pub read_limits: ReadLimits,
+}
+
+/// A group as this node sees it (for status and readiness).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub group: GroupId,
+    pub name: String,
+    pub leader: Option<NodeId>,
+    pub state: String,
+    pub term: u64,
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub voters: Vec<NodeId>,
+}
+
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+struct NodeInner {
+    settings: NodeSettings,
+    store: Store,
+    peers: PeerClients,
+    groups: RwLock<HashMap<GroupId, Arc<Group>>>,
+    /// Serialises group creation (never held by readers).
+    creating: tokio::sync::Mutex<()>,
+}
+
+impl Node {
+    /// Opens the data dir and starts the metadata group and, if the cluster
+    /// is initialised, the partition groups.
+    pub async fn open(settings: NodeSettings) -> Result<Node, BrokerError> {
+        claim_data_dir(&settings.data_dir, settings.node_id)?;
+        let store = Store::open(&settings.data_dir)?;
+        let node = Node {
+            inner: Arc::new(NodeInner {
+                settings,
+                store,
+                peers: PeerClients::default(),
+                groups: RwLock::new(HashMap::new()),
+                creating: tokio::sync::Mutex::new(()),
+            }),
+        };
+        let metadata = node.start_group(METADATA_GROUP).await?;
+        if let Some(config) = metadata.view.cluster_config() {
+            if !config.is_member(node.id()) {
+                return Err(BrokerError::NotAMember(format!(
+                    "node id {} is not a member of the cluster stored in {} (members: {}); start with one of those ids, or use a new --data dir",
+                    node.id(),
+                    node.inner.settings.data_dir.display(),
+                    config.member_ids()
+                )));
+            }
+            node.ensure_partitions(&config).await?;
+        }
+        tokio::spawn(watch_cluster_config(
+            node.clone(),
+            metadata.view.watch_cluster_config(),
+        ));
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.settings.node_id
+    }
+
+    pub fn settings(&self) -> &NodeSettings {
+        &self.inner.settings
+    }
+
+    pub fn cluster_config(&self) -> Option<ClusterConfig> {
+        self.group(METADATA_GROUP)
+            .ok()
+            .and_then(|g| g.view.cluster_config())
+    }
+
+    pub(crate) fn group(&self, group: GroupId) -> Result<Arc<Group>, BrokerError> {
+        let groups = self
+            .inner
+            .groups
+            .read()
+            .map_err(|_| BrokerError::ShuttingDown)?;
+        groups
+            .get(&group)
+            .cloned()
+            .ok_or(if group == METADATA_GROUP {
+                BrokerError::ShuttingDown
+            } else {
+                BrokerError::NotInitialized
+            })
+    }
+
+    fn groups(&self) -> Vec<Arc<Group>> {
+        let mut groups: Vec<_> = self
+            .inner
+            .groups
+            .read()
+            .map(|g| g.values().cloned().collect())
+            .unwrap_or_default();
+        groups.sort_by_key(|g| g.id);
+        groups
+    }
+
+    async fn start_group(&self, group: GroupId) -> Result<Arc<Group>, BrokerError> {
+        let _creating = self.inner.creating.lock().await;
+        if let Ok(existing) = self.group(group) {
+            if existing.id == group {
+                return Ok(existing);
+            }
+        }
+        let settings = &self.inner.settings;
+        let started = Group::start(
+            settings.node_id,
+            group,
+            &self.inner.store,
+            self.inner.peers.clone(),
+            &settings.tuning,
+            settings.append_limits.clone(),
+        )
+        .await?;
+        self.inner
+            .groups
+            .write()
+            .map_err(|_| BrokerError::ShuttingDown)?
+            .insert(group, started.clone());
+        tracing::info!(group = %group_name(group), "started group");
+        Ok(started)
+    }
+
+    /// Starts (and, on first sight, initialises) every partition group of `config`.
+    async fn ensure_partitions(&self, config: &ClusterConfig) -> Result<(), BrokerError> {
+        let members = raft_members(config);
+        for partition in 0..config.partitions {
+            let group = self.start_group(partition_group(partition)).await?;
+            if !group
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| BrokerError::Raft {
+                    group: group.id,
+                    reason: e.to_string(),
+                })?
+            {
+                // Every member initialises with the same membership: the
+                // initial entries are identical, so this is safe to race.
+                if let Err(e) = group.raft.initialize(members.clone()).await {
+                    tracing::debug!(group = %group_name(group.id), error = %e, "initialise skipped");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Initialises a new cluster. Must be sent to one of `config.members`.
+    pub async fn init_cluster(&self, config: ClusterConfig) -> Result<(), BrokerError> {
+        if !config.is_member(self.id()) {
+            return Err(BrokerError::InvalidClusterConfig(format!(
+                "this node (id {}) is not in the member list ({}); send init to a member",
+                self.id(),
+                config.member_ids()
+            )));
+        }
+        if let Some(existing) = self.cluster_config() {
+            return if existing == config {
+                Ok(())
+            } else {
+                Err(already_initialized(&existing))
+            };
+        }
+        let metadata = self.group(METADATA_GROUP)?;
+        if !metadata
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| BrokerError::Raft {
+                group: METADATA_GROUP,
+                reason: e.to_string(),
+            })?
+        {
+            if let Err(e) = metadata.raft.initialize(raft_members(&config)).await {
+                tracing::debug!(error = %e, "metadata group initialise skipped");
+            }
+        }
+        let reply = self
+            .write(
+                METADATA_GROUP,
+                ForwardedWrite::Command(LogCommand::InitCluster(config.clone())),
+            )
+            .await?;
+        if let ForwardedReply::Response(LogResponse::AlreadyInitialized(existing)) = reply {
+            if existing != config {
+                return Err(already_initialized(&existing));
+            }
+        }
+        self.ensure_partitions(&config).await
+    }
+
+    /// Appends `payloads` to `stream` in `partition`; answers the offset of the
+    /// first payload once committed (the others follow densely).
+    pub async fn append(
+        &self,
+        stream: &str,
+        partition: u32,
+        payloads: Vec<Bytes>,
+        arrival_ms: u64,
+    ) -> Result<u64, BrokerError> {
+        validate_stream_name(stream)?;
+        let group = self.partition_group_id(partition)?;
+        let append = StreamAppend {
+            stream: stream.to_string(),
+            arrival_ms,
+            payloads,
+        };
+        match self.write(group, ForwardedWrite::Append(append)).await? {
+            ForwardedReply::FirstOffset(offset) => Ok(offset),
+            ForwardedReply::Response(other) => Err(BrokerError::Raft {
+                group,
+                reason: format!("unexpected reply {other:?}"),
+            }),
+        }
+    }
+
+    fn partition_group_id(&self, partition: u32) -> Result<GroupId, BrokerError> {
+        let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
+        if partition >= config.partitions {
+            return Err(BrokerError::NoSuchPartition {
+                partition,
+                partitions: config.partitions,
+            });
+        }
+        Ok(partition_group(partition))
+    }
+
+    /// Writes through the group's leader: locally, or forwarded one hop.
+    /// Definite refusals (no leader yet, stale leader) are retried while a
+    /// new leader is elected, for a bounded time.
+    async fn write(
+        &self,
+        group_id: GroupId,
+        write: ForwardedWrite,
+    ) -> Result<ForwardedReply, BrokerError> {
+        let group = self.group(group_id)?;
+        let tuning = &self.inner.settings.tuning;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(tuning.election_timeout_max_ms * 4);
+        loop {
+            let attempt = match group.leader() {
+                Some(leader) if leader == self.id() => {
+                    self.write_local(group_id, write.clone()).await
+                }
+                Some(leader) => match group.node_addr(leader) {
+                    Some(addr) => self.inner.peers.forward(&addr, group_id, &write).await,
+                    None => Err(WriteFailure::NotLeader {
+                        group: group_id,
+                        leader: Some(leader),
+                    }),
+                },
+                None => Err(WriteFailure::NotLeader {
+                    group: group_id,
+                    leader: None,
+                }),
+            };
+            match attempt {
+                Err(WriteFailure::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                    let mut metrics = group.raft.metrics();
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(tuning.heartbeat_ms * 2),
+                        metrics.changed(),
+                    )
+                    .await;
+                }
+                other => return other.map_err(BrokerError::from),
+            }
+        }
+    }
+
+    /// Writes on this node, which must lead the group (the `Forward` RPC lands here).
+    pub(crate) async fn write_local(
+        &self,
+        group_id: GroupId,
+        write: ForwardedWrite,
+    ) -> Result<ForwardedReply, WriteFailure> {
+        let group = self.group(group_id).map_err(|_| WriteFailure::NotLeader {
+            group: group_id,
+            leader: None,
+        })?;
+        if !group.is_leader(self.id()) {
+            return Err(WriteFailure::NotLeader {
+                group: group_id,
+                leader: group.leader(),
+            });
+        }
+        match write {
+            ForwardedWrite::Append(append) => group
+                .batcher
+                .submit(append)
+                .await
+                .map(ForwardedReply::FirstOffset),
+            ForwardedWrite::Command(command) => match group.raft.client_write(command).await {
+                Ok(response) => Ok(ForwardedReply::Response(response.response().clone())),
+                Err(e) => Err(WriteFailure::Indeterminate {
+                    group: group_id,
+                    reason: e.to_string(),
+                }),
+            },
+        }
+    }
+
+    /// Committed records of `stream` in `partition` from `from_offset`, as
+    /// applied on this node (bounded by the node's read limits).
+    pub fn read(
+        &self,
+        stream: &str,
+        partition: u32,
+        from_offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<ReadBatch, BrokerError> {
+        let group = self.group(self.partition_group_id(partition)?)?;
+        let limits = &self.inner.settings.read_limits;
+        let max_records = if max_records == 0 {
+            limits.max_records
+        } else {
+            max_records.min(limits.max_records)
+        };
+        let max_bytes = if max_bytes == 0 {
+            limits.max_bytes
+        } else {
+            max_bytes.min(limits.max_bytes)
+        };
+        group
+            .view
+            .read(stream, from_offset, max_records, max_bytes)
+            .map_err(|e| BrokerError::io("reading events", e))
+    }
+
+    pub fn end_offset(&self, stream: &str, partition: u32) -> Result<u64, BrokerError> {
+        let group = self.group(self.partition_group_id(partition)?)?;
+        Ok(group.view.end_offset(stream))
+    }
+
+    pub fn offset_for_time(
+        &self,
+        stream: &str,
+        partition: u32,
+        time_ms: u64,
+    ) -> Result<u64, BrokerError> {
+        let group = self.group(self.partition_group_id(partition)?)?;
+        group
+            .view
+            .offset_for_time(stream, time_ms)
+            .map_err(|e| BrokerError::io("reading the time index", e))
+    }
+
+    /// A partition's applied index, which changes whenever entries are applied
+    /// (the dispatcher and tail readers wait on it).
+    pub fn watch_applied(&self, partition: u32) -> Result<watch::Receiver<u64>, BrokerError> {
+        let group = self.group(self.partition_group_id(partition)?)?;
+        Ok(group.view.watch_applied())
+    }
+
+    pub fn status(&self) -> Vec<GroupStatus> {
+        self.groups()
+            .iter()
+            .map(|group| {
+                let metrics = group.raft.metrics();
+                let m = metrics.borrow_watched();
+                GroupStatus {
+                    group: group.id,
+                    name: group_name(group.id),
+                    leader: m.current_leader,
+                    state: format!("{:?}", m.state),
+                    term: m.current_term,
+                    committed_index: m.local_committed.as_ref().map(|id| id.index),
+                    applied_index: m.last_applied.as_ref().map(|id| id.index),
+                    last_log_index: m.last_log_index,
+                    purged_index: m.purged.as_ref().map(|id| id.index),
+                    snapshot_index: m.snapshot.as_ref().map(|id| id.index),
+                    voters: m.membership_config.membership().voter_ids().collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Ready: the cluster is initialised, and every group this node hosts has a leader.
+    pub fn readiness(&self) -> Result<(), String> {
+        let Some(config) = self.cluster_config() else {
+            return Err("the cluster is not initialised".into());
+        };
+        let groups = self.groups();
+        if groups.len() < config.partitions as usize + 1 {
+            return Err("partition groups are still starting".into());
+        }
+        let leaderless: Vec<String> = groups
+            .iter()
+            .filter(|g| g.leader().is_none())
+            .map(|g| group_name(g.id))
+            .collect();
+        if leaderless.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("no leader for {}", leaderless.join(", ")))
+        }
+    }
+
+    /// Stops every group's Raft (in-flight writes fail as indeterminate).
+    pub async fn shutdown(&self) {
+        for group in self.groups() {
+            if let Err(e) = group.raft.shutdown().await {
+                tracing::warn!(group = %group_name(group.id), error = %e, "raft shutdown");
+            }
+        }
+    }
+
+    /// Whether this node leads `group` (tests and status).
+    pub fn leads(&self, group: GroupId) -> bool {
+        self.group(group)
+            .map(|g| g.raft.metrics().borrow_watched().state == ServerState::Leader)
+            .unwrap_or(false)
+    }
+}
+
+async fn watch_cluster_config(node: Node, mut rx: watch::Receiver<Option<ClusterConfig>>) {
+    loop {
+        let config = rx.borrow_and_update().clone();
+        if let Some(config) = config {
+            if let Err(e) = node.ensure_partitions(&config).await {
+                tracing::error!(error = %e, "starting partition groups");
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn raft_members(config: &ClusterConfig) -> BTreeMap<NodeId, BasicNode> {
+    config
+        .members
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
+        .collect()
+}
+
+fn already_initialized(existing: &ClusterConfig) -> BrokerError {
+    BrokerError::AlreadyInitialized {
+        partitions: existing.partitions,
+        members: existing.member_ids(),
+    }
+}
+
+pub fn validate_stream_name(stream: &str) -> Result<(), BrokerError> {
+    let rule = if stream.is_empty() {
+        "must not be empty"
+    } else if stream.len() > MAX_STREAM_NAME_BYTES {
+        "must be at most 512 bytes"
+    } else if stream.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else {
+        return Ok(());
+    };
+    Err(BrokerError::InvalidStream {
+        stream: stream.chars().take(64).collect(),
+        rule,
+    })
+}
+
+/// Ties a data dir to one node id: `DATA/node-id` is written on first use.
+fn claim_data_dir(dir: &Path, node_id: NodeId) -> Result<(), BrokerError> {
+    let data_dir_error = |reason: String| BrokerError::DataDir {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| data_dir_error(e.to_string()))?;
+    let id_file = dir.join("node-id");
+    match std::fs::read_to_string(&id_file) {
+        Ok(text) => {
+            let stored: NodeId = text
+                .trim()
+                .parse()
+                .map_err(|_| data_dir_error(format!("{} is corrupt", id_file.display())))?;
+            if stored != node_id {
+                return Err(BrokerError::NotAMember(format!(
+                    "data dir {} belongs to node {stored}, not --id {node_id}; use --id {stored} or another --data dir",
+                    dir.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = dir.join("node-id.tmp");
+            std::fs::write(&tmp, format!("{node_id}\n"))
+                .map_err(|e| data_dir_error(e.to_string()))?;
+            std::fs::rename(&tmp, &id_file).map_err(|e| data_dir_error(e.to_string()))
+        }
+        Err(e) => Err(data_dir_error(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_are_validated() {
+        assert!(validate_stream_name("broker/default/b").is_ok());
+        assert!(validate_stream_name("").is_err());
+        assert!(validate_stream_name("a\nb").is_err());
+        assert!(validate_stream_name(&"x".repeat(513)).is_err());
+    }
+
+    #[test]
+    fn a_data_dir_belongs_to_one_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        claim_data_dir(dir.path(), 1).expect("first claim");
+        claim_data_dir(dir.path(), 1).expect("same id again");
+        let err = claim_data_dir(dir.path(), 2).expect_err("other id");
+        assert!(err.to_string().contains("belongs to node 1"), "{err}");
+    }
+}

@@ -1,0 +1,112 @@
+//! The types every Raft group of a node agrees on: openraft's type config,
+//! the commands stored in Raft entries and what applying them answers.
+
+use std::fmt;
+use std::io::Cursor;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::ClusterConfig;
+
+/// A node's id in the cluster (`--id`).
+pub type NodeId = u64;
+
+/// Which Raft group: [`METADATA_GROUP`] or a partition's group.
+pub type GroupId = u32;
+
+/// The cluster-wide group: membership of the cluster, and (later issues) the
+/// resources (Brokers, Triggers, ...).
+pub const METADATA_GROUP: GroupId = 0;
+
+/// The group that holds partition `partition` (partitions are numbered from 0).
+pub fn partition_group(partition: u32) -> GroupId {
+    partition + 1
+}
+
+/// Human name of a group, as used in metrics labels and status.
+pub fn group_name(group: GroupId) -> String {
+    if group == METADATA_GROUP {
+        "metadata".to_string()
+    } else {
+        format!("partition-{}", group - 1)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// openraft's type config for every Sluice group.
+    pub TypeConfig:
+        D = LogCommand,
+        R = LogResponse,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+);
+
+pub type Raft = openraft::Raft<TypeConfig, crate::store::GroupStateMachine>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, crate::store::SnapshotFile>;
+
+/// Records for one stream, accepted together at one arrival time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamAppend {
+    /// A broker's or channel's stream name, e.g. `broker/default/my-broker`.
+    pub stream: String,
+    /// Milliseconds since the Unix epoch when the node accepted the records.
+    /// Applied as `max(arrival_ms, last arrival of the stream)` so that a
+    /// stream's arrival times never go back (a new leader's clock may lag).
+    pub arrival_ms: u64,
+    pub payloads: Vec<Bytes>,
+}
+
+impl StreamAppend {
+    pub fn payload_bytes(&self) -> usize {
+        self.payloads.iter().map(Bytes::len).sum()
+    }
+}
+
+/// What a Raft entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogCommand {
+    /// Several appends coalesced into one entry (partition groups).
+    Append(Vec<StreamAppend>),
+    /// The cluster's fixed shape, written once by `cluster init` (metadata group).
+    InitCluster(ClusterConfig),
+}
+
+impl fmt::Display for LogCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogCommand::Append(appends) => write!(f, "Append({} streams)", appends.len()),
+            LogCommand::InitCluster(config) => write!(f, "InitCluster({config:?})"),
+        }
+    }
+}
+
+/// What applying an entry answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogResponse {
+    #[default]
+    None,
+    /// For each [`StreamAppend`] of the entry, in order, the offset its first
+    /// record got; the others follow densely.
+    Appended { first_offsets: Vec<u64> },
+    /// `InitCluster` was refused: the cluster already has this config.
+    AlreadyInitialized(ClusterConfig),
+}
+
+/// The data of a snapshot in flight over the network.
+pub type SnapshotBytes = Cursor<Vec<u8>>;
+
+/// postcard: compact, positional; both ends run the same build (openraft keeps
+/// its types positional-format compatible, see `SnapshotMeta`).
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_allocvec(value)
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}

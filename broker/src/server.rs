@@ -1,0 +1,140 @@
+//! Runs a node: binds its three ports (so a busy port fails before anything
+//! starts), opens the node, and serves the Raft transport, admin gRPC and HTTP
+//! until shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use sluice_proto::admin::cluster_server::ClusterServer;
+use sluice_proto::admin::log_server::LogServer;
+use sluice_proto::raft::raft_transport_server::RaftTransportServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin::AdminService;
+use crate::error::BrokerError;
+use crate::network::MAX_PEER_MESSAGE_BYTES;
+use crate::node::{Node, NodeSettings};
+use crate::transport::TransportService;
+
+#[derive(Clone, Debug)]
+pub struct Listen {
+    pub peer: String,
+    pub http: String,
+    pub admin: String,
+}
+
+/// A running node and the addresses it actually listens on.
+pub struct RunningNode {
+    pub node: Node,
+    pub peer_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn bind(flag: &'static str, addr: &str) -> Result<TcpListener, BrokerError> {
+    let listen_error = |reason: String| BrokerError::Listen {
+        flag,
+        addr: addr.to_string(),
+        reason,
+    };
+    let resolved: SocketAddr = addr
+        .parse()
+        .map_err(|_| listen_error("not an IP:PORT address".into()))?;
+    TcpListener::bind(resolved).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "the port is in use; stop the other process or choose another port".to_string()
+            }
+            std::io::ErrorKind::AddrNotAvailable => "that IP is not on this machine".to_string(),
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied; use a port above 1023".to_string()
+            }
+            _ => e.to_string(),
+        };
+        listen_error(hint)
+    })
+}
+
+pub async fn start(settings: NodeSettings, listen: Listen) -> Result<RunningNode, BrokerError> {
+    let peer = bind("--peer-listen", &listen.peer).await?;
+    let http = bind("--http", &listen.http).await?;
+    let admin = bind("--admin", &listen.admin).await?;
+    let local = |l: &TcpListener| {
+        l.local_addr()
+            .map_err(|e| BrokerError::io("listener address", e))
+    };
+    let (peer_addr, http_addr, admin_addr) = (local(&peer)?, local(&http)?, local(&admin)?);
+    let snapshot_root: PathBuf = settings.data_dir.join("snapshots");
+    let metrics = crate::telemetry::prometheus();
+    let node = Node::open(settings).await?;
+    let (shutdown, _) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let mut tasks = Vec::new();
+    let transport = RaftTransportServer::new(TransportService::new(node.clone(), snapshot_root))
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+    let rx = shutdown.subscribe();
+    tasks.push(tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(transport)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(peer), stopped(rx))
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "peer server stopped");
+        }
+    }));
+
+    let rx = shutdown.subscribe();
+    let admin_node = node.clone();
+    tasks.push(tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .add_service(ClusterServer::new(AdminService::new(admin_node.clone())))
+            .add_service(
+                LogServer::new(AdminService::new(admin_node)).max_decoding_message_size(32 << 20),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(admin), stopped(rx))
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "admin server stopped");
+        }
+    }));
+
+    let rx = shutdown.subscribe();
+    let app = crate::http::router(node.clone(), metrics);
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, app)
+            .with_graceful_shutdown(stopped(rx))
+            .await
+        {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    }));
+
+    Ok(RunningNode {
+        node,
+        peer_addr,
+        http_addr,
+        admin_addr,
+        shutdown,
+        tasks,
+    })
+}
+
+impl RunningNode {
+    /// Stops serving and shuts every group down.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        self.node.shutdown().await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! A group's Raft log and vote in the shared RocksDB (`raft_log`, `raft_state`).
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader};
+use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{WalSyncer, cf, io_err};
+use crate::keys::{
+    CF_RAFT_LOG, CF_RAFT_STATE, RAFT_STATE_COMMITTED, RAFT_STATE_LAST_PURGED, RAFT_STATE_VOTE,
+    group_end, log_index_of, log_key, tag_key,
+};
+use crate::raft_types::{Entry, GroupId, LogId, TypeConfig, Vote, decode, encode};
+
+#[derive(Clone)]
+pub struct GroupLogStore {
+    db: Arc<DB>,
+    wal: WalSyncer,
+    group: GroupId,
+}
+
+impl GroupLogStore {
+    pub fn new(db: Arc<DB>, wal: WalSyncer, group: GroupId) -> Self {
+        Self { db, wal, group }
+    }
+
+    fn get_state<T: DeserializeOwned>(&self, tag: u8) -> io::Result<Option<T>> {
+        let cf = cf(&self.db, CF_RAFT_STATE)?;
+        match self
+            .db
+            .get_cf(cf, tag_key(self.group, tag))
+            .map_err(io_err)?
+        {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(decode(&bytes).map_err(io_err)?)),
+        }
+    }
+
+    fn put_state<T: Serialize>(&self, tag: u8, value: &T) -> io::Result<()> {
+        let cf = cf(&self.db, CF_RAFT_STATE)?;
+        let bytes = encode(value).map_err(io_err)?;
+        self.db
+            .put_cf(cf, tag_key(self.group, tag), bytes)
+            .map_err(io_err)
+    }
+
+    fn last_entry_log_id(&self) -> io::Result<Option<LogId>> {
+        let cf = cf(&self.db, CF_RAFT_LOG)?;
+        let end = group_end(self.group);
+        let mut iter = self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse));
+        match iter.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item.map_err(io_err)?;
+                if !key.starts_with(&self.group.to_be_bytes()) {
+                    return Ok(None);
+                }
+                let entry: Entry = decode(&value).map_err(io_err)?;
+                Ok(Some(entry.log_id()))
+            }
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for GroupLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end_key = match range.end_bound() {
+            Bound::Included(x) => match x.checked_add(1) {
+                Some(next) => log_key(self.group, next).to_vec(),
+                None => group_end(self.group),
+            },
+            Bound::Excluded(x) => log_key(self.group, *x).to_vec(),
+            Bound::Unbounded => group_end(self.group),
+        };
+        let cf = cf(&self.db, CF_RAFT_LOG)?;
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(end_key);
+        let start_key = log_key(self.group, start);
+        let iter = self.db.iterator_cf_opt(
+            cf,
+            read_options,
+            IteratorMode::From(&start_key, Direction::Forward),
+        );
+        let mut entries = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(io_err)?;
+            let entry: Entry = decode(&value).map_err(io_err)?;
+            if log_index_of(&key) != Some(entry.index()) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "log key and entry index disagree",
+                ));
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.get_state(RAFT_STATE_VOTE)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for GroupLogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged_log_id: Option<LogId> = self.get_state(RAFT_STATE_LAST_PURGED)?;
+        let last_log_id = self
+            .last_entry_log_id()?
+            .or_else(|| last_purged_log_id.clone());
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.put_state(RAFT_STATE_VOTE, vote)?;
+        self.wal.sync().await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // Not synced: it only speeds up recovery; Raft re-learns it from the leader.
+        match committed {
+            Some(log_id) => self.put_state(RAFT_STATE_COMMITTED, &log_id),
+            None => Ok(()),
+        }
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        self.get_state(RAFT_STATE_COMMITTED)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+    {
+        let cf = cf(&self.db, CF_RAFT_LOG)?;
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let value = encode(&entry).map_err(io_err)?;
+            batch.put_cf(cf, log_key(self.group, entry.index()), value);
+        }
+        // Written now so that the entries are readable when this returns;
+        // reported flushed only after the shared WAL fsync.
+        self.db.write(batch).map_err(io_err)?;
+        self.wal
+            .after_sync(move |result| callback.io_completed(result));
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = match last_log_id {
+            Some(log_id) => log_key(self.group, log_id.index() + 1).to_vec(),
+            None => log_key(self.group, 0).to_vec(),
+        };
+        let cf = cf(&self.db, CF_RAFT_LOG)?;
+        // Ordered in the WAL before any later append, so it needs no fsync of its own.
+        self.db
+            .delete_range_cf(cf, from, group_end(self.group))
+            .map_err(io_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.put_state(RAFT_STATE_LAST_PURGED, &log_id)?;
+        let cf = cf(&self.db, CF_RAFT_LOG)?;
+        self.db
+            .delete_range_cf(
+                cf,
+                log_key(self.group, 0),
+                log_key(self.group, log_id.index() + 1),
+            )
+            .map_err(io_err)
+    }
+}

@@ -1,0 +1,100 @@
+//! One RocksDB instance per node, shared by every Raft group it hosts.
+//!
+//! - [`GroupLogStore`]: a group's Raft log and vote (openraft's `RaftLogStorage`).
+//! - [`GroupStateMachine`]: a group's applied state: streams of records with
+//!   dense offsets and an arrival-time index, or the cluster config.
+//! - [`WalSyncer`]: group commit. Log appends of all groups are written to
+//!   RocksDB unsynced and then wait for one shared `fsync` of the WAL; one
+//!   fsync covers every append written before it, whatever its group.
+
+mod log_store;
+mod snapshot;
+mod state_machine;
+mod wal_sync;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Options};
+
+pub use log_store::GroupLogStore;
+pub use snapshot::SnapshotFile;
+pub use state_machine::{GroupStateMachine, ReadBatch, StoredRecord, StreamView};
+pub use wal_sync::WalSyncer;
+
+use crate::error::BrokerError;
+use crate::keys::ALL_CFS;
+
+/// The node's storage: the RocksDB instance and the snapshot directory.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+    wal: WalSyncer,
+    snapshot_dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store under `dir`: RocksDB in `dir/db`,
+    /// snapshots in `dir/snapshots`.
+    pub fn open(dir: &Path) -> Result<Self, BrokerError> {
+        let data_dir_error = |reason: String| BrokerError::DataDir {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| data_dir_error(e.to_string()))?;
+        let snapshot_dir = dir.join("snapshots");
+        std::fs::create_dir_all(&snapshot_dir).map_err(|e| data_dir_error(e.to_string()))?;
+
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        // Writes go to the WAL unsynced; durability comes from WalSyncer's fsync.
+        options.set_manual_wal_flush(false);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        options.increase_parallelism(2);
+        let cfs = ALL_CFS.iter().map(|name| {
+            let mut cf_options = Options::default();
+            cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(*name, cf_options)
+        });
+        let db = DB::open_cf_descriptors(&options, dir.join("db"), cfs).map_err(|e| {
+            let text = e.to_string();
+            if text.contains("lock") || text.contains("LOCK") {
+                data_dir_error("it is in use by another sluice process".to_string())
+            } else {
+                data_dir_error(text)
+            }
+        })?;
+        let db = Arc::new(db);
+        let wal = WalSyncer::start(db.clone());
+        Ok(Self {
+            db,
+            wal,
+            snapshot_dir,
+        })
+    }
+
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    pub fn wal(&self) -> &WalSyncer {
+        &self.wal
+    }
+
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snapshot_dir
+    }
+}
+
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, std::io::Error> {
+    db.cf_handle(name)
+        .ok_or_else(|| std::io::Error::other(format!("column family {name} is missing")))
+}
+
+pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+#[cfg(test)]
+mod tests;

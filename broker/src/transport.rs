@@ -1,0 +1,154 @@
+//! Raft transport, server side: hands each message to its group's Raft, and
+//! runs forwarded writes on this node (which must lead the group).
+
+use std::path::PathBuf;
+
+use sluice_proto::raft::raft_transport_server::RaftTransport;
+use sluice_proto::raft::{ForwardReply, ForwardRequest, GroupMessage, GroupReply, SnapshotChunk};
+use tokio::io::AsyncWriteExt;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
+use crate::node::Node;
+use crate::raft_types::{GroupId, Snapshot, SnapshotMeta, Vote, decode, encode};
+use crate::store::SnapshotFile;
+
+pub struct TransportService {
+    node: Node,
+    snapshot_root: PathBuf,
+}
+
+impl TransportService {
+    pub fn new(node: Node, snapshot_root: PathBuf) -> Self {
+        Self {
+            node,
+            snapshot_root,
+        }
+    }
+
+    fn raft(&self, group: GroupId) -> Result<crate::raft_types::Raft, Status> {
+        // A group this node has not started yet (it has not seen the cluster
+        // config): the sender backs off and retries.
+        self.node.group(group).map(|g| g.raft.clone()).map_err(|_| {
+            Status::unavailable(format!("group {group} is not running on this node yet"))
+        })
+    }
+}
+
+fn bad_request(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("undecodable raft message: {e}"))
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<GroupReply>, Status> {
+    let payload = encode(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(GroupReply {
+        payload: payload.into(),
+    }))
+}
+
+fn fatal(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft stopped: {e}"))
+}
+
+#[tonic::async_trait]
+impl RaftTransport for TransportService {
+    async fn append_entries(
+        &self,
+        request: Request<GroupMessage>,
+    ) -> Result<Response<GroupReply>, Status> {
+        let message = request.into_inner();
+        let raft = self.raft(message.group_id)?;
+        let rpc = decode(&message.payload).map_err(bad_request)?;
+        reply(&raft.append_entries(rpc).await.map_err(fatal)?)
+    }
+
+    async fn vote(&self, request: Request<GroupMessage>) -> Result<Response<GroupReply>, Status> {
+        let message = request.into_inner();
+        let raft = self.raft(message.group_id)?;
+        let rpc = decode(&message.payload).map_err(bad_request)?;
+        reply(&raft.vote(rpc).await.map_err(fatal)?)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<GroupMessage>,
+    ) -> Result<Response<GroupReply>, Status> {
+        let message = request.into_inner();
+        let raft = self.raft(message.group_id)?;
+        let rpc = decode(&message.payload).map_err(bad_request)?;
+        reply(&raft.pre_vote(rpc).await.map_err(fatal)?)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<GroupReply>, Status> {
+        let mut chunks = request.into_inner();
+        let first = chunks
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let group = first.group_id;
+        let raft = self.raft(group)?;
+        let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header).map_err(bad_request)?;
+        let dir = self.snapshot_root.join(format!("group-{group}"));
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let path = dir.join(format!("{}-{}.incoming", std::process::id(), rand_suffix()));
+        let result = async {
+            let mut file = tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            file.write_all(&first.data)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk?;
+                file.write_all(&chunk.data)
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+            }
+            file.sync_all()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            drop(file);
+            let snapshot = Snapshot {
+                meta,
+                snapshot: SnapshotFile { path: path.clone() },
+            };
+            let response = raft
+                .install_full_snapshot(vote, snapshot)
+                .await
+                .map_err(fatal)?;
+            reply(&response)
+        }
+        .await;
+        // Installed snapshots were moved into place; anything left is a reject or a failure.
+        let _ = tokio::fs::remove_file(&path).await;
+        result
+    }
+
+    async fn forward(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardReply>, Status> {
+        let message = request.into_inner();
+        let write: ForwardedWrite = decode(&message.write).map_err(bad_request)?;
+        let result: Result<ForwardedReply, WriteFailure> =
+            self.node.write_local(message.group_id, write).await;
+        let bytes = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ForwardReply {
+            result: bytes.into(),
+        }))
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

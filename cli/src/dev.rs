@@ -1,0 +1,259 @@
+//! `sluice dev`: one node in this process (initialised on first start), or
+//! `--nodes N` local `sluice node` processes that it starts, initialises as
+//! one cluster, restarts if they die, and stops on Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use sluice_broker::cluster::ClusterConfig;
+use sluice_broker::server::{self, Listen};
+use tokio::process::{Child, Command};
+
+use crate::cluster_cmd;
+use crate::node_cmd::{TuningArgs, settings};
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Data directory (node N of a multi-node dev cluster uses DATA/node-N).
+    #[arg(long, default_value = ".sluice")]
+    data: PathBuf,
+    /// HTTP address; with --nodes, node N uses this port + N - 1.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: String,
+    /// Admin gRPC address; with --nodes, node N uses this port + N - 1.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin: String,
+    /// Raft peer address; with --nodes, node N uses this port + N - 1.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    peer_listen: String,
+    /// Number of local nodes: 1 runs in this process, more run as child processes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=9))]
+    nodes: u64,
+    /// Partitions when the cluster is first initialised (default: 1 for one node, 4 for more).
+    #[arg(long)]
+    partitions: Option<u32>,
+    #[command(flatten)]
+    tuning: TuningArgs,
+}
+
+fn with_port_offset(flag: &str, addr: &str, offset: u64) -> Result<String> {
+    let mut parsed: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("{flag} {addr:?} is not IP:PORT"))?;
+    let port = u64::from(parsed.port()) + offset;
+    let port = u16::try_from(port)
+        .ok()
+        .filter(|p| *p != 0)
+        .with_context(|| format!("{flag} {addr}: port + {offset} is out of range"))?;
+    parsed.set_port(port);
+    Ok(parsed.to_string())
+}
+
+pub async fn run(args: DevArgs) -> Result<()> {
+    if args.nodes == 1 {
+        run_single(args).await
+    } else {
+        run_cluster(args).await
+    }
+}
+
+async fn run_single(args: DevArgs) -> Result<()> {
+    let settings = settings(1, args.data.clone(), &args.tuning)?;
+    let listen = Listen {
+        peer: args.peer_listen.clone(),
+        http: args.http.clone(),
+        admin: args.admin.clone(),
+    };
+    let running = server::start(settings, listen).await?;
+    if running.node.cluster_config().is_none() {
+        let members = [(1, running.peer_addr.to_string())].into_iter().collect();
+        let config = ClusterConfig::new(args.partitions.unwrap_or(1), members)?;
+        running
+            .node
+            .init_cluster(config)
+            .await
+            .context("initialising the dev cluster")?;
+    }
+    let partitions = running
+        .node
+        .cluster_config()
+        .map(|c| c.partitions)
+        .unwrap_or(0);
+    println!(
+        "sluice dev: 1 node, {partitions} partition(s), data in {}",
+        args.data.display()
+    );
+    println!(
+        "  http   http://{}  (/healthz, /readyz, /metrics)",
+        running.http_addr
+    );
+    println!("  admin  {}  (gRPC: sluice.admin.v1)", running.admin_addr);
+    println!("  peer   {}", running.peer_addr);
+    println!("Ctrl-C stops it; restarting on the same --data keeps everything.");
+    crate::shutdown_signal().await;
+    running.stop().await;
+    Ok(())
+}
+
+struct DevNode {
+    id: u64,
+    args: Vec<String>,
+    admin: String,
+    child: Option<Child>,
+}
+
+impl DevNode {
+    fn spawn(&mut self) -> Result<()> {
+        let exe = std::env::current_exe().context("cannot find the sluice executable")?;
+        let child = Command::new(exe)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting node {}", self.id))?;
+        self.child = Some(child);
+        Ok(())
+    }
+}
+
+async fn run_cluster(args: DevArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("cannot create --data {}", args.data.display()))?;
+    let mut nodes = Vec::new();
+    let mut members = Vec::new();
+    for id in 1..=args.nodes {
+        let offset = id - 1;
+        let peer = with_port_offset("--peer-listen", &args.peer_listen, offset)?;
+        let http = with_port_offset("--http", &args.http, offset)?;
+        let admin = with_port_offset("--admin", &args.admin, offset)?;
+        let data = args.data.join(format!("node-{id}"));
+        let t = &args.tuning;
+        let node_args = vec![
+            "node".into(),
+            "--id".into(),
+            id.to_string(),
+            "--data".into(),
+            data.display().to_string(),
+            "--peer-listen".into(),
+            peer.clone(),
+            "--http".into(),
+            http.clone(),
+            "--admin".into(),
+            admin.clone(),
+            "--heartbeat-ms".into(),
+            t.heartbeat_ms.to_string(),
+            "--election-timeout-ms".into(),
+            t.election_timeout_ms.to_string(),
+            "--snapshot-every-entries".into(),
+            t.snapshot_every_entries.to_string(),
+            "--keep-entries-after-snapshot".into(),
+            t.keep_entries_after_snapshot.to_string(),
+        ];
+        members.push(format!("{id}={peer}"));
+        println!(
+            "  node {id}: http http://{http}  admin {admin}  peer {peer}  data {}",
+            data.display()
+        );
+        nodes.push(DevNode {
+            id,
+            args: node_args,
+            admin,
+            child: None,
+        });
+    }
+    for node in &mut nodes {
+        node.spawn()?;
+    }
+    let result = supervise(&args, &mut nodes, &members.join(",")).await;
+    for node in &mut nodes {
+        stop_child(node).await;
+    }
+    result
+}
+
+async fn supervise(args: &DevArgs, nodes: &mut [DevNode], members: &str) -> Result<()> {
+    let first_admin = nodes.first().map(|n| n.admin.clone()).unwrap_or_default();
+    wait_for_admins(nodes).await?;
+    let status = cluster_cmd::status(&first_admin).await?;
+    if !status.initialized {
+        cluster_cmd::init(&first_admin, members, args.partitions.unwrap_or(4)).await?;
+    }
+    let partitions = cluster_cmd::status(&first_admin).await?.partitions;
+    println!(
+        "sluice dev: {} nodes, {partitions} partitions; Ctrl-C stops them all",
+        nodes.len()
+    );
+    let shutdown = crate::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = check.tick() => {
+                for node in nodes.iter_mut() {
+                    let exited = match node.child.as_mut() {
+                        Some(child) => child.try_wait().ok().flatten(),
+                        None => None,
+                    };
+                    if let Some(status) = exited {
+                        eprintln!("sluice dev: node {} exited ({status}); restarting it", node.id);
+                        node.spawn()?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_admins(nodes: &mut [DevNode]) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for node in nodes.iter_mut() {
+        loop {
+            if let Some(status) = node
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "node {} exited during start-up ({status}); see its error above",
+                    node.id
+                );
+            }
+            if cluster_cmd::status(&node.admin).await.is_ok() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "node {} did not answer on {} within 30s",
+                    node.id,
+                    node.admin
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// SIGTERM, then SIGKILL if the node has not stopped within 10 s.
+async fn stop_child(node: &mut DevNode) {
+    let Some(mut child) = node.child.take() else {
+        return;
+    };
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set-up, build and run Sluice in dev mode. Extra arguments go to `sluice dev`
+# (e.g. `scripts/dev.sh --nodes 3`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+cargo build -p sluice --bin sluice
+exec "$CARGO_TARGET_DIR/debug/sluice" dev "$@"

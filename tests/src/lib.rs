@@ -1,0 +1,367 @@
+//! Helpers for the cross-process tests: real `sluice node` processes on
+//! loopback, each with its own data dir and log file, and admin-API clients.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use sluice_proto::admin::cluster_client::ClusterClient;
+use sluice_proto::admin::log_client::LogClient;
+use sluice_proto::admin::{
+    AppendRequest, InitRequest, Member, ReadRequest, Record, StatusReply, StatusRequest,
+};
+use tonic::transport::Channel;
+
+/// The `sluice` binary built by this workspace (or `SLUICE_BIN`).
+pub fn sluice_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("SLUICE_BIN") {
+        return PathBuf::from(path);
+    }
+    // target/<profile>/deps/<test> → target/<profile>/sluice
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    profile_dir.join("sluice")
+}
+
+/// A free loopback port (bound and released; the node binds it again).
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").to_string()
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub data: PathBuf,
+    pub peer: String,
+    pub http: String,
+    pub admin: String,
+    pub log: PathBuf,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn new(id: u64, root: &Path, extra_args: &[&str]) -> Self {
+        Self {
+            id,
+            data: root.join(format!("node-{id}")),
+            peer: free_addr(),
+            http: free_addr(),
+            admin: free_addr(),
+            log: root.join(format!("node-{id}.log")),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        }
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        let log = File::options().create(true).append(true).open(&self.log)?;
+        let child = Command::new(sluice_bin())
+            .args(["node", "--id", &self.id.to_string(), "--data"])
+            .arg(&self.data)
+            .args([
+                "--peer-listen",
+                &self.peer,
+                "--http",
+                &self.http,
+                "--admin",
+                &self.admin,
+            ])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", sluice_bin().display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9`: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct TestCluster {
+    pub nodes: Vec<NodeProc>,
+    pub root: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes and initialises them as one cluster.
+    pub async fn start(n: u64, partitions: u32, extra_args: &[&str]) -> Result<Self> {
+        let root = tempfile::tempdir()?;
+        let mut nodes: Vec<NodeProc> = (1..=n)
+            .map(|id| NodeProc::new(id, root.path(), extra_args))
+            .collect();
+        for node in &mut nodes {
+            node.start()?;
+        }
+        let cluster = Self { nodes, root };
+        for node in &cluster.nodes {
+            wait_for_admin(&node.admin)
+                .await
+                .with_context(|| node.log_tail())?;
+        }
+        let members = cluster
+            .nodes
+            .iter()
+            .map(|n| Member {
+                node_id: n.id,
+                peer_addr: n.peer.clone(),
+            })
+            .collect();
+        let mut client =
+            ClusterClient::connect(format!("http://{}", cluster.nodes[0].admin)).await?;
+        client
+            .init(InitRequest {
+                members,
+                partitions,
+            })
+            .await
+            .context("cluster init")?;
+        for node in &cluster.nodes {
+            wait_ready(&node.http)
+                .await
+                .with_context(|| node.log_tail())?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut NodeProc {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    }
+
+    /// The node that leads `group` according to the first live node that knows.
+    pub async fn leader_of(&mut self, group: u32) -> Result<u64> {
+        wait_until(Duration::from_secs(20), || async {
+            for node in &self.nodes {
+                if let Ok(status) = status(&node.admin).await {
+                    if let Some(g) = status.groups.iter().find(|g| g.group_id == group) {
+                        if let Some(leader) = g.leader_id {
+                            if status.node_id == leader {
+                                return Ok(Some(leader));
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+}
+
+/// Polls `check` until it yields a value (state observed through the API,
+/// not a fixed sleep), failing after `timeout`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("condition not met within {timeout:?} (last error: {last_error:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn wait_for_admin(admin: &str) -> Result<()> {
+    wait_until(Duration::from_secs(30), || async {
+        Ok(status(admin).await.ok().map(|_| ()))
+    })
+    .await
+}
+
+pub async fn wait_ready(http: &str) -> Result<()> {
+    let url = format!("http://{http}/readyz");
+    wait_until(Duration::from_secs(30), || async {
+        Ok(match reqwest::get(&url).await {
+            Ok(response) if response.status().is_success() => Some(()),
+            _ => None,
+        })
+    })
+    .await
+}
+
+pub async fn status(admin: &str) -> Result<StatusReply> {
+    let mut client = ClusterClient::connect(format!("http://{admin}")).await?;
+    Ok(client.status(StatusRequest {}).await?.into_inner())
+}
+
+pub async fn log_client(admin: &str) -> Result<LogClient<Channel>> {
+    Ok(LogClient::connect(format!("http://{admin}")).await?)
+}
+
+/// How an append ended, from the client's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Committed at these offsets.
+    Acked(Vec<u64>),
+    /// Refused before anything was written (safe to send again).
+    Refused(String),
+    /// May or may not have been written (never sent again, so never duplicated).
+    Indeterminate(String),
+}
+
+pub async fn append(
+    admin: &str,
+    stream: &str,
+    partition: u32,
+    payloads: Vec<Vec<u8>>,
+) -> AppendOutcome {
+    let mut client = match log_client(admin).await {
+        Ok(client) => client,
+        Err(e) => return AppendOutcome::Refused(format!("connect: {e}")),
+    };
+    let request = AppendRequest {
+        stream: stream.to_string(),
+        partition,
+        payloads: payloads.into_iter().map(Into::into).collect(),
+    };
+    match client.append(request).await {
+        Ok(reply) => AppendOutcome::Acked(reply.into_inner().offsets),
+        Err(status) => match status.code() {
+            tonic::Code::FailedPrecondition | tonic::Code::ResourceExhausted => {
+                AppendOutcome::Refused(status.message().to_string())
+            }
+            _ => AppendOutcome::Indeterminate(format!("{:?}: {}", status.code(), status.message())),
+        },
+    }
+}
+
+/// Every record of `stream` in `partition` as applied on the node at `admin`.
+pub async fn read_all(admin: &str, stream: &str, partition: u32) -> Result<Vec<Record>> {
+    let mut client = log_client(admin).await?;
+    let mut records = Vec::new();
+    loop {
+        let reply = client
+            .read(ReadRequest {
+                stream: stream.to_string(),
+                partition,
+                from_offset: records.len() as u64,
+                max_records: 1000,
+                max_bytes: 0,
+            })
+            .await?
+            .into_inner();
+        if reply.records.is_empty() {
+            return Ok(records);
+        }
+        records.extend(reply.records);
+    }
+}
+
+/// The end offset of `stream` on the node at `admin`.
+pub async fn end_offset(admin: &str, stream: &str, partition: u32) -> Result<u64> {
+    let mut client = log_client(admin).await?;
+    let reply = client
+        .read(ReadRequest {
+            stream: stream.to_string(),
+            partition,
+            from_offset: u64::MAX,
+            max_records: 1,
+            max_bytes: 0,
+        })
+        .await?
+        .into_inner();
+    Ok(reply.end_offset)
+}
+
+/// Checks a node's copy of a stream against what was acknowledged: offsets
+/// dense from 0, each acknowledged payload at its acknowledged offset, and
+/// no payload twice. Returns the payloads by offset.
+pub fn check_stream(records: &[Record], acked: &BTreeMap<u64, Vec<u8>>) -> Result<Vec<Vec<u8>>> {
+    let mut seen = std::collections::HashSet::new();
+    for (expected, record) in records.iter().enumerate() {
+        if record.offset != expected as u64 {
+            bail!(
+                "offsets are not dense: position {expected} holds offset {}",
+                record.offset
+            );
+        }
+        if !seen.insert(record.payload.to_vec()) {
+            bail!("payload at offset {} is present twice", record.offset);
+        }
+    }
+    for (offset, payload) in acked {
+        match records.get(*offset as usize) {
+            Some(record) if record.payload.as_ref() == payload.as_slice() => {}
+            Some(record) => bail!(
+                "offset {offset}: acknowledged {:?}, found {:?}",
+                String::from_utf8_lossy(payload),
+                String::from_utf8_lossy(&record.payload)
+            ),
+            None => bail!(
+                "acknowledged offset {offset} is missing ({} records present)",
+                records.len()
+            ),
+        }
+    }
+    Ok(records.iter().map(|r| r.payload.to_vec()).collect())
+}
+
+/// Runs `sluice` with `args` to completion; returns (exit code, stderr).
+pub fn run_sluice(args: &[&str], timeout: Duration) -> Result<(i32, String)> {
+    let child = Command::new(sluice_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(output) => {
+            let output = output?;
+            Ok((
+                output.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ))
+        }
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            bail!("sluice {args:?} did not exit within {timeout:?}")
+        }
+    }
+}
