@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-cargo build -p sluice --bin sluice
+# The same build as scripts/test.sh, so both reuse one RocksDB build.
+cargo build --workspace --all-targets
 exec "$CARGO_TARGET_DIR/debug/sluice" dev "$@"

@@ -158,10 +158,10 @@ impl Node {
 
     async fn start_group(&self, group: GroupId) -> Result<Arc<Group>, BrokerError> {
         let _creating = self.inner.creating.lock().await;
-        if let Ok(existing) = self.group(group) {
-            if existing.id == group {
-                return Ok(existing);
-            }
+        if let Ok(existing) = self.group(group)
+            && existing.id == group
+        {
+            return Ok(existing);
         }
         let settings = &self.inner.settings;
         let started = Group::start(
@@ -231,10 +231,9 @@ impl Node {
                 group: METADATA_GROUP,
                 reason: e.to_string(),
             })?
+            && let Err(e) = metadata.raft.initialize(raft_members(&config)).await
         {
-            if let Err(e) = metadata.raft.initialize(raft_members(&config)).await {
-                tracing::debug!(error = %e, "metadata group initialise skipped");
-            }
+            tracing::debug!(error = %e, "metadata group initialise skipped");
         }
         let reply = self
             .write(
@@ -242,10 +241,10 @@ impl Node {
                 ForwardedWrite::Command(LogCommand::InitCluster(config.clone())),
             )
             .await?;
-        if let ForwardedReply::Response(LogResponse::AlreadyInitialized(existing)) = reply {
-            if existing != config {
-                return Err(already_initialized(&existing));
-            }
+        if let ForwardedReply::Response(LogResponse::AlreadyInitialized(existing)) = reply
+            && existing != config
+        {
+            return Err(already_initialized(&existing));
         }
         self.ensure_partitions(&config).await
     }
@@ -351,12 +350,20 @@ impl Node {
                 .submit(append)
                 .await
                 .map(ForwardedReply::FirstOffset),
+            // Metadata commands are idempotent (applying one twice changes
+            // nothing more), so a lost leadership is simply retried.
             ForwardedWrite::Command(command) => match group.raft.client_write(command).await {
                 Ok(response) => Ok(ForwardedReply::Response(response.response().clone())),
-                Err(e) => Err(WriteFailure::Indeterminate {
-                    group: group_id,
-                    reason: e.to_string(),
-                }),
+                Err(e) => match e.forward_to_leader() {
+                    Some(forward) => Err(WriteFailure::NotLeader {
+                        group: group_id,
+                        leader: forward.leader_id,
+                    }),
+                    None => Err(WriteFailure::Indeterminate {
+                        group: group_id,
+                        reason: e.to_string(),
+                    }),
+                },
             },
         }
     }
@@ -478,10 +485,10 @@ impl Node {
 async fn watch_cluster_config(node: Node, mut rx: watch::Receiver<Option<ClusterConfig>>) {
     loop {
         let config = rx.borrow_and_update().clone();
-        if let Some(config) = config {
-            if let Err(e) = node.ensure_partitions(&config).await {
-                tracing::error!(error = %e, "starting partition groups");
-            }
+        if let Some(config) = config
+            && let Err(e) = node.ensure_partitions(&config).await
+        {
+            tracing::error!(error = %e, "starting partition groups");
         }
         if rx.changed().await.is_err() {
             return;

@@ -165,14 +165,11 @@ impl TestCluster {
     pub async fn leader_of(&mut self, group: u32) -> Result<u64> {
         wait_until(Duration::from_secs(20), || async {
             for node in &self.nodes {
-                if let Ok(status) = status(&node.admin).await {
-                    if let Some(g) = status.groups.iter().find(|g| g.group_id == group) {
-                        if let Some(leader) = g.leader_id {
-                            if status.node_id == leader {
-                                return Ok(Some(leader));
-                            }
-                        }
-                    }
+                if let Ok(status) = status(&node.admin).await
+                    && let Some(g) = status.groups.iter().find(|g| g.group_id == group)
+                    && g.leader_id == Some(status.node_id)
+                {
+                    return Ok(Some(status.node_id));
                 }
             }
             Ok(None)

@@ -123,9 +123,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged_log_id: Option<LogId> = self.get_state(RAFT_STATE_LAST_PURGED)?;
-        let last_log_id = self
-            .last_entry_log_id()?
-            .or_else(|| last_purged_log_id.clone());
+        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,

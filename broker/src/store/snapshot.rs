@@ -163,7 +163,7 @@ pub(crate) fn install_snapshot(
         batch.put_cf(
             cf(db, CF_SM_STATE)?,
             applied_key,
-            encode(&Some(last_log_id.clone())).map_err(io_err)?,
+            encode(&Some(*last_log_id)).map_err(io_err)?,
         );
     }
     db.write(batch).map_err(io_err)?;

@@ -411,14 +411,14 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         batch.put_cf(
             sm,
             tag_key(self.group, SM_APPLIED),
-            encode(&Some(last_applied.clone())).map_err(io_err)?,
+            encode(&Some(last_applied)).map_err(io_err)?,
         );
         self.db.write(batch).map_err(io_err)?;
 
-        if !touched.is_empty() {
-            if let Ok(mut streams) = self.view.streams.write() {
-                streams.extend(touched);
-            }
+        if !touched.is_empty()
+            && let Ok(mut streams) = self.view.streams.write()
+        {
+            streams.extend(touched);
         }
         if let Some(config) = new_config {
             self.view.cluster_config.send_replace(Some(config));

@@ -245,7 +245,7 @@ fn raft_messages_round_trip_through_postcard() {
     let back: crate::raft_types::Entry = decode(&encode(&e).expect("encode")).expect("decode");
     assert_eq!(back, e);
     let vote = openraft::impls::Vote::new(3, 2);
-    let request = openraft::raft::VoteRequest::<TypeConfig>::new(vote, Some(e.log_id.clone()));
+    let request = openraft::raft::VoteRequest::<TypeConfig>::new(vote, Some(e.log_id));
     let back: openraft::raft::VoteRequest<TypeConfig> =
         decode(&encode(&request).expect("encode")).expect("decode");
     assert_eq!(back.vote, request.vote);
