@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Set-up, build and run every test: unit tests, openraft's storage suite and
 # the cross-process tests under tests/ (real `sluice node` processes).
+# Ends with one line "N passed, N failed" summed over every test binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 cargo build --workspace --all-targets
-cargo test --workspace --no-fail-fast "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log" > "$log.summary"
+summary="$(cat "$log.summary")"; rm -f "$log.summary"
+echo "$summary"
+exit "$status"
