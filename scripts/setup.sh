@@ -11,6 +11,7 @@ if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64
   need+=(libclang-dev)
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo is missing; install Rust (rustup) first" >&2; exit 1; }
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -22,6 +23,15 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
     [ "$attempt" -eq 3 ] && { echo "setup: apt-get failed 3 times" >&2; exit 1; }
     echo "setup: apt-get failed (attempt $attempt), retrying in 10s" >&2
+    sleep 10
+  done
+fi
+
+# The Python CloudEvents SDK, which the ingress tests send events with.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c "import cloudevents.http" >/dev/null 2>&1; then
+  for attempt in 1 2 3; do
+    python3 -m pip install --quiet --disable-pip-version-check "cloudevents>=1.10,<2" && break
+    [ "$attempt" -eq 3 ] && { echo "setup: pip install cloudevents failed 3 times" >&2; exit 1; }
     sleep 10
   done
 fi

@@ -40,25 +40,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let sizes: Vec<usize> = args
-        .records_per_append
-        .split(',')
-        .map(|s| s.trim().parse())
-        .collect::<Result<_, _>>()?;
+    let sizes: Vec<usize> = args.records_per_append.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
     let cluster = TestCluster::start(args.nodes, args.partitions, &[]).await?;
     let admins: Vec<String> = cluster.nodes.iter().map(|n| n.admin.clone()).collect();
     if !args.json {
         println!(
             "{:>5} {:>6} {:>11} {:>8} {:>14} {:>10} {:>9} {:>9} {:>9}",
-            "nodes",
-            "conc",
-            "recs/append",
-            "payload",
-            "records/s",
-            "MiB/s",
-            "p50 ms",
-            "p99 ms",
-            "max ms"
+            "nodes", "conc", "recs/append", "payload", "records/s", "MiB/s", "p50 ms", "p99 ms", "max ms"
         );
     }
     for records in sizes {
@@ -84,11 +72,7 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn run(
-    args: &Args,
-    admins: &[String],
-    records_per_append: usize,
-) -> Result<serde_json::Value> {
+async fn run(args: &Args, admins: &[String], records_per_append: usize) -> Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut clients = Vec::new();
     for worker in 0..args.concurrency {
@@ -105,9 +89,7 @@ async fn run(
                 let request = AppendRequest {
                     stream: format!("broker/bench/b{worker}"),
                     partition: i % partitions,
-                    payloads: (0..records_per_append)
-                        .map(|_| payload.clone().into())
-                        .collect(),
+                    payloads: (0..records_per_append).map(|_| payload.clone().into()).collect(),
                 };
                 i += 1;
                 let started = Instant::now();

@@ -9,14 +9,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sluice_proto::admin::cluster_server::Cluster;
 use sluice_proto::admin::log_server::Log;
 use sluice_proto::admin::{
-    AppendReply, AppendRequest, GroupStatus, InitReply, InitRequest, OffsetForTimeReply,
-    OffsetForTimeRequest, ReadReply, ReadRequest, Record, StatusReply, StatusRequest,
+    AppendReply, AppendRequest, GroupStatus, InitReply, InitRequest, OffsetForTimeReply, OffsetForTimeRequest,
+    ReadReply, ReadRequest, Record, StatusReply, StatusRequest,
 };
 use tonic::{Request, Response, Status};
 
+use sluice_proto::admin::resources_server::Resources;
+use sluice_proto::admin::{
+    ApplyResourceRequest, DeleteResourceReply, ListResourcesRequest, ResourceList, ResourceObject, ResourceRef,
+};
+
 use crate::cluster::ClusterConfig;
 use crate::error::BrokerError;
+use crate::ingress::is_dns_label;
 use crate::node::Node;
+use crate::raft_types::{ResourceKey, ResourceRecord};
 
 pub struct AdminService {
     node: Node,
@@ -31,45 +38,31 @@ impl AdminService {
 pub fn status_of(error: BrokerError) -> Status {
     let message = error.to_string();
     match error {
-        BrokerError::InvalidClusterConfig(_) | BrokerError::InvalidStream { .. } => {
-            Status::invalid_argument(message)
-        }
+        BrokerError::InvalidClusterConfig(_) | BrokerError::InvalidStream { .. } => Status::invalid_argument(message),
         BrokerError::AppendTooLarge { .. } => Status::out_of_range(message),
         BrokerError::NoSuchPartition { .. } => Status::not_found(message),
         BrokerError::AlreadyInitialized { .. } => Status::already_exists(message),
-        BrokerError::NotInitialized | BrokerError::NoLeader { .. } => {
-            Status::failed_precondition(message)
-        }
+        BrokerError::NotInitialized | BrokerError::NoLeader { .. } => Status::failed_precondition(message),
         BrokerError::QueueFull { .. } => Status::resource_exhausted(message),
         _ => Status::unavailable(message),
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[tonic::async_trait]
 impl Cluster for AdminService {
     async fn init(&self, request: Request<InitRequest>) -> Result<Response<InitReply>, Status> {
         let request = request.into_inner();
-        let members = request
-            .members
-            .into_iter()
-            .map(|m| (m.node_id, m.peer_addr))
-            .collect();
+        let members = request.members.into_iter().map(|m| (m.node_id, m.peer_addr)).collect();
         let config = ClusterConfig::new(request.partitions, members).map_err(status_of)?;
         self.node.init_cluster(config).await.map_err(status_of)?;
         Ok(Response::new(InitReply {}))
     }
 
-    async fn status(
-        &self,
-        _request: Request<StatusRequest>,
-    ) -> Result<Response<StatusReply>, Status> {
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         let config = self.node.cluster_config();
         let groups = self
             .node
@@ -100,30 +93,19 @@ impl Cluster for AdminService {
 
 #[tonic::async_trait]
 impl Log for AdminService {
-    async fn append(
-        &self,
-        request: Request<AppendRequest>,
-    ) -> Result<Response<AppendReply>, Status> {
+    async fn append(&self, request: Request<AppendRequest>) -> Result<Response<AppendReply>, Status> {
         let request = request.into_inner();
         let count = request.payloads.len() as u64;
         if count == 0 {
-            return Err(Status::invalid_argument(
-                "payloads: at least one record is required",
-            ));
+            return Err(Status::invalid_argument("payloads: at least one record is required"));
         }
-        let first = self
+        let appended = self
             .node
-            .append(
-                &request.stream,
-                request.partition,
-                request.payloads,
-                now_ms(),
-            )
+            .append(&request.stream, request.partition, request.payloads, now_ms(), None)
             .await
             .map_err(status_of)?;
-        Ok(Response::new(AppendReply {
-            offsets: (first..first + count).collect(),
-        }))
+        let first = appended.first_offset;
+        Ok(Response::new(AppendReply { offsets: (first..first + count).collect() }))
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
@@ -142,11 +124,7 @@ impl Log for AdminService {
             records: batch
                 .records
                 .into_iter()
-                .map(|r| Record {
-                    offset: r.offset,
-                    arrival_ms: r.arrival_ms,
-                    payload: r.payload,
-                })
+                .map(|r| Record { offset: r.offset, arrival_ms: r.arrival_ms, payload: r.payload })
                 .collect(),
             end_offset: batch.end_offset,
         }))
@@ -157,10 +135,74 @@ impl Log for AdminService {
         request: Request<OffsetForTimeRequest>,
     ) -> Result<Response<OffsetForTimeReply>, Status> {
         let request = request.into_inner();
-        let offset = self
-            .node
-            .offset_for_time(&request.stream, request.partition, request.time_ms)
-            .map_err(status_of)?;
+        let offset =
+            self.node.offset_for_time(&request.stream, request.partition, request.time_ms).map_err(status_of)?;
         Ok(Response::new(OffsetForTimeReply { offset }))
+    }
+}
+
+/// Kinds the metadata group stores.
+pub const RESOURCE_KINDS: [&str; 5] = ["Broker", "Trigger", "Channel", "InMemoryChannel", "Subscription"];
+
+/// Checks the parts of an object every kind needs and defaults its namespace.
+pub fn resource_record(object_json: &str) -> Result<ResourceRecord, Status> {
+    let mut object: serde_json::Value =
+        serde_json::from_str(object_json).map_err(|e| Status::invalid_argument(format!("object: not JSON: {e}")))?;
+    let kind = object.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+    if !RESOURCE_KINDS.contains(&kind.as_str()) {
+        return Err(Status::invalid_argument(format!("kind: {kind:?} is not one of {}", RESOURCE_KINDS.join(", "))));
+    }
+    let metadata = object
+        .get_mut("metadata")
+        .and_then(|m| m.as_object_mut())
+        .ok_or_else(|| Status::invalid_argument("metadata: required"))?;
+    let name = metadata.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+    if !is_dns_label(&name) {
+        return Err(Status::invalid_argument(format!("metadata.name: {name:?} must be a DNS-1123 label")));
+    }
+    let namespace = match metadata.get("namespace").and_then(|n| n.as_str()) {
+        Some(ns) => ns.to_string(),
+        None => {
+            metadata.insert("namespace".into(), "default".into());
+            "default".to_string()
+        }
+    };
+    if !is_dns_label(&namespace) {
+        return Err(Status::invalid_argument(format!("metadata.namespace: {namespace:?} must be a DNS-1123 label")));
+    }
+    Ok(ResourceRecord { key: ResourceKey { kind, namespace, name }, json: object.to_string() })
+}
+
+fn resource_key(reference: ResourceRef) -> ResourceKey {
+    let namespace = if reference.namespace.is_empty() { "default".to_string() } else { reference.namespace };
+    ResourceKey { kind: reference.kind, namespace, name: reference.name }
+}
+
+#[tonic::async_trait]
+impl Resources for AdminService {
+    async fn apply(&self, request: Request<ApplyResourceRequest>) -> Result<Response<ResourceRef>, Status> {
+        let record = resource_record(&request.into_inner().object_json)?;
+        let key = record.key.clone();
+        self.node.put_resource(record).await.map_err(status_of)?;
+        Ok(Response::new(ResourceRef { kind: key.kind, namespace: key.namespace, name: key.name }))
+    }
+
+    async fn get(&self, request: Request<ResourceRef>) -> Result<Response<ResourceObject>, Status> {
+        let key = resource_key(request.into_inner());
+        match self.node.resource(&key) {
+            Some(object_json) => Ok(Response::new(ResourceObject { object_json })),
+            None => Err(Status::not_found(format!("{} {}/{} not found", key.kind, key.namespace, key.name))),
+        }
+    }
+
+    async fn list(&self, request: Request<ListResourcesRequest>) -> Result<Response<ResourceList>, Status> {
+        let kind = request.into_inner().kind;
+        let objects_json = self.node.resources(&kind).into_iter().map(|(_, json)| json).collect();
+        Ok(Response::new(ResourceList { objects_json }))
+    }
+
+    async fn delete(&self, request: Request<ResourceRef>) -> Result<Response<DeleteResourceReply>, Status> {
+        self.node.delete_resource(resource_key(request.into_inner())).await.map_err(status_of)?;
+        Ok(Response::new(DeleteResourceReply {}))
     }
 }

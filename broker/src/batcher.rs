@@ -13,7 +13,7 @@ use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::forward::WriteFailure;
-use crate::raft_types::{GroupId, LogCommand, LogResponse, Raft, StreamAppend, group_name};
+use crate::raft_types::{Appended, GroupId, LogCommand, LogResponse, Raft, StreamAppend, group_name};
 
 /// Bounds of the append path of one group.
 #[derive(Clone, Debug)]
@@ -38,7 +38,7 @@ impl Default for AppendLimits {
 
 struct PendingAppend {
     append: StreamAppend,
-    reply: oneshot::Sender<Result<u64, WriteFailure>>,
+    reply: oneshot::Sender<Result<Appended, WriteFailure>>,
 }
 
 #[derive(Clone)]
@@ -55,17 +55,12 @@ impl AppendBatcher {
         Self { group, limits, tx }
     }
 
-    /// Appends `append` to its stream; answers the offset of its first record
-    /// once the entry holding it is committed and applied.
-    pub async fn submit(&self, append: StreamAppend) -> Result<u64, WriteFailure> {
+    /// Appends `append` to its stream; answers where its records went once
+    /// the entry holding it is committed and applied.
+    pub async fn submit(&self, append: StreamAppend) -> Result<Appended, WriteFailure> {
         let bytes = append.payload_bytes();
-        if bytes > self.limits.max_bytes_per_entry
-            || append.payloads.len() > self.limits.max_records_per_entry
-        {
-            return Err(WriteFailure::TooLarge {
-                bytes,
-                limit_bytes: self.limits.max_bytes_per_entry,
-            });
+        if bytes > self.limits.max_bytes_per_entry || append.payloads.len() > self.limits.max_records_per_entry {
+            return Err(WriteFailure::TooLarge { bytes, limit_bytes: self.limits.max_bytes_per_entry });
         }
         let (reply, rx) = oneshot::channel();
         self.tx.try_send(PendingAppend { append, reply }).map_err(|e| match e {
@@ -84,12 +79,7 @@ impl AppendBatcher {
     }
 }
 
-async fn run(
-    group: GroupId,
-    raft: Raft,
-    limits: AppendLimits,
-    mut rx: mpsc::Receiver<PendingAppend>,
-) {
+async fn run(group: GroupId, raft: Raft, limits: AppendLimits, mut rx: mpsc::Receiver<PendingAppend>) {
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight_entries.max(1)));
     let mut carried: Option<PendingAppend> = None;
     loop {
@@ -111,8 +101,7 @@ async fn run(
             let Ok(next) = rx.try_recv() else { break };
             let next_records = next.append.payloads.len();
             let next_bytes = next.append.payload_bytes();
-            if records + next_records > limits.max_records_per_entry
-                || bytes + next_bytes > limits.max_bytes_per_entry
+            if records + next_records > limits.max_records_per_entry || bytes + next_bytes > limits.max_bytes_per_entry
             {
                 carried = Some(next);
                 break;
@@ -129,40 +118,27 @@ async fn run(
     }
 }
 
-async fn commit(
-    group: GroupId,
-    raft: &Raft,
-    batch: Vec<PendingAppend>,
-    records: usize,
-    bytes: usize,
-) {
+async fn commit(group: GroupId, raft: &Raft, batch: Vec<PendingAppend>, records: usize, bytes: usize) {
     let label = group_name(group);
-    metrics::histogram!("sluice_append_batch_records", "group" => label.clone())
-        .record(records as f64);
+    metrics::histogram!("sluice_append_batch_records", "group" => label.clone()).record(records as f64);
     metrics::histogram!("sluice_append_batch_bytes", "group" => label.clone()).record(bytes as f64);
-    metrics::histogram!("sluice_append_batch_requests", "group" => label.clone())
-        .record(batch.len() as f64);
-    let (appends, replies): (Vec<_>, Vec<_>) =
-        batch.into_iter().map(|p| (p.append, p.reply)).unzip();
+    metrics::histogram!("sluice_append_batch_requests", "group" => label.clone()).record(batch.len() as f64);
+    let (appends, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.append, p.reply)).unzip();
     let started = Instant::now();
     let result = raft.client_write(LogCommand::Append(appends)).await;
-    metrics::histogram!("sluice_raft_commit_seconds", "group" => label)
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("sluice_raft_commit_seconds", "group" => label).record(started.elapsed().as_secs_f64());
     match result {
         Ok(response) => match response.response() {
-            LogResponse::Appended { first_offsets } if first_offsets.len() == replies.len() => {
-                for (reply, offset) in replies.into_iter().zip(first_offsets) {
-                    let _ = reply.send(Ok(*offset));
+            LogResponse::Appended { appended } if appended.len() == replies.len() => {
+                for (reply, appended) in replies.into_iter().zip(appended) {
+                    let _ = reply.send(Ok(*appended));
                 }
             }
             other => {
                 let reason = format!("unexpected response to an append: {other:?}");
                 tracing::error!(group, %reason);
                 for reply in replies {
-                    let _ = reply.send(Err(WriteFailure::Indeterminate {
-                        group,
-                        reason: reason.clone(),
-                    }));
+                    let _ = reply.send(Err(WriteFailure::Indeterminate { group, reason: reason.clone() }));
                 }
             }
         },
@@ -171,10 +147,7 @@ async fn commit(
             let reason = error.to_string();
             tracing::debug!(group, %reason, "append not acknowledged");
             for reply in replies {
-                let _ = reply.send(Err(WriteFailure::Indeterminate {
-                    group,
-                    reason: reason.clone(),
-                }));
+                let _ = reply.send(Err(WriteFailure::Indeterminate { group, reason: reason.clone() }));
             }
         }
     }

@@ -26,9 +26,7 @@ impl ClusterConfig {
             )));
         }
         if members.is_empty() {
-            return Err(BrokerError::InvalidClusterConfig(
-                "members must not be empty".into(),
-            ));
+            return Err(BrokerError::InvalidClusterConfig("members must not be empty".into()));
         }
         for (id, addr) in &members {
             if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
@@ -37,10 +35,7 @@ impl ClusterConfig {
                 )));
             }
         }
-        Ok(Self {
-            partitions,
-            members,
-        })
+        Ok(Self { partitions, members })
     }
 
     pub fn is_member(&self, node: NodeId) -> bool {
@@ -48,11 +43,7 @@ impl ClusterConfig {
     }
 
     pub fn member_ids(&self) -> String {
-        self.members
-            .keys()
-            .map(|id| id.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
+        self.members.keys().map(|id| id.to_string()).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -60,18 +51,14 @@ impl ClusterConfig {
 pub fn parse_members(text: &str) -> Result<BTreeMap<NodeId, String>, BrokerError> {
     let mut members = BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part.split_once('=').ok_or_else(|| {
-            BrokerError::InvalidClusterConfig(format!("member {part:?} is not ID=HOST:PORT"))
-        })?;
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| BrokerError::InvalidClusterConfig(format!("member {part:?} is not ID=HOST:PORT")))?;
         let id: NodeId = id.trim().parse().map_err(|_| {
-            BrokerError::InvalidClusterConfig(format!(
-                "member {part:?}: node id {id:?} is not a number"
-            ))
+            BrokerError::InvalidClusterConfig(format!("member {part:?}: node id {id:?} is not a number"))
         })?;
         if members.insert(id, addr.trim().to_string()).is_some() {
-            return Err(BrokerError::InvalidClusterConfig(format!(
-                "node id {id} is listed twice"
-            )));
+            return Err(BrokerError::InvalidClusterConfig(format!("node id {id} is listed twice")));
         }
     }
     Ok(members)

@@ -13,17 +13,10 @@ pub enum BrokerError {
     Storage(#[from] rocksdb::Error),
 
     #[error("I/O error on {context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
 
     #[error("cannot listen on {addr} ({flag}): {reason}")]
-    Listen {
-        flag: &'static str,
-        addr: String,
-        reason: String,
-    },
+    Listen { flag: &'static str, addr: String, reason: String },
 
     #[error("invalid cluster config: {0}")]
     InvalidClusterConfig(String),
@@ -44,11 +37,7 @@ pub enum BrokerError {
     NoLeader { group: GroupId },
 
     #[error("node {leader} leads group {group}, and forwarding to it failed: {reason}")]
-    ForwardFailed {
-        group: GroupId,
-        leader: NodeId,
-        reason: String,
-    },
+    ForwardFailed { group: GroupId, leader: NodeId, reason: String },
 
     #[error("the append queue of group {group} is full ({capacity} requests waiting)")]
     QueueFull { group: GroupId, capacity: usize },
@@ -71,10 +60,7 @@ pub enum BrokerError {
 
 impl BrokerError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        BrokerError::Io {
-            context: context.into(),
-            source,
-        }
+        BrokerError::Io { context: context.into(), source }
     }
 
     /// Whether the caller may retry the same request later (on this or another node).

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::BrokerError;
-use crate::raft_types::{GroupId, LogCommand, LogResponse, NodeId, StreamAppend};
+use crate::raft_types::{Appended, GroupId, LogCommand, LogResponse, NodeId, StreamAppend};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ForwardedWrite {
@@ -16,7 +16,7 @@ pub enum ForwardedWrite {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ForwardedReply {
-    FirstOffset(u64),
+    Appended(Appended),
     Response(LogResponse),
 }
 
@@ -25,10 +25,7 @@ pub enum ForwardedReply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum WriteFailure {
     #[error("this node does not lead group {group} (leader: {leader:?})")]
-    NotLeader {
-        group: GroupId,
-        leader: Option<NodeId>,
-    },
+    NotLeader { group: GroupId, leader: Option<NodeId> },
     #[error("the append queue of group {group} is full ({capacity} requests waiting)")]
     QueueFull { group: GroupId, capacity: usize },
     #[error("append too large: {bytes} bytes, the limit is {limit_bytes}")]
@@ -41,12 +38,8 @@ impl From<WriteFailure> for BrokerError {
     fn from(failure: WriteFailure) -> Self {
         match failure {
             WriteFailure::NotLeader { group, .. } => BrokerError::NoLeader { group },
-            WriteFailure::QueueFull { group, capacity } => {
-                BrokerError::QueueFull { group, capacity }
-            }
-            WriteFailure::TooLarge { bytes, limit_bytes } => {
-                BrokerError::AppendTooLarge { bytes, limit_bytes }
-            }
+            WriteFailure::QueueFull { group, capacity } => BrokerError::QueueFull { group, capacity },
+            WriteFailure::TooLarge { bytes, limit_bytes } => BrokerError::AppendTooLarge { bytes, limit_bytes },
             WriteFailure::Indeterminate { group, reason } => BrokerError::Raft { group, reason },
         }
     }

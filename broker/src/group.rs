@@ -46,16 +46,13 @@ impl RaftTuning {
             election_timeout_max: self.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
             max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
-            // Entries are up to 1 MiB (AppendLimits): this bounds one AppendEntries message.
-            max_payload_entries: 64,
+            // Entries are up to ~4 MiB (AppendLimits): 16 of them bound one AppendEntries message.
+            max_payload_entries: 16,
             install_snapshot_timeout: 10_000,
             enable_pre_vote: Some(true),
             ..Default::default()
         };
-        config.validate().map_err(|e| BrokerError::Raft {
-            group,
-            reason: format!("invalid raft config: {e}"),
-        })
+        config.validate().map_err(|e| BrokerError::Raft { group, reason: format!("invalid raft config: {e}") })
     }
 }
 
@@ -76,27 +73,17 @@ impl Group {
         limits: AppendLimits,
     ) -> Result<Arc<Group>, BrokerError> {
         let log_store = GroupLogStore::new(store.db().clone(), store.wal().clone(), group);
-        let state_machine =
-            GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir()).map_err(
-                |e| BrokerError::io(format!("state machine of {}", group_name(group)), e),
-            )?;
+        let state_machine = GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir())
+            .map_err(|e| BrokerError::io(format!("state machine of {}", group_name(group)), e))?;
         let view = state_machine.view();
         let config = Arc::new(tuning.openraft_config(group)?);
         let network = NetworkFactory::new(group, peers);
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
-            .map_err(|e| BrokerError::Raft {
-                group,
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| BrokerError::Raft { group, reason: e.to_string() })?;
         let batcher = AppendBatcher::start(group, raft.clone(), limits);
         tokio::spawn(publish_metrics(group, raft.clone()));
-        Ok(Arc::new(Group {
-            id: group,
-            raft,
-            view,
-            batcher,
-        }))
+        Ok(Arc::new(Group { id: group, raft, view, batcher }))
     }
 
     pub fn leader(&self) -> Option<NodeId> {
@@ -107,11 +94,7 @@ impl Group {
     pub fn node_addr(&self, node: NodeId) -> Option<String> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&node)
-            .map(|n| n.addr.clone())
+        metrics.membership_config.membership().get_node(&node).map(|n| n.addr.clone())
     }
 
     pub fn is_leader(&self, node_id: NodeId) -> bool {
@@ -129,32 +112,17 @@ async fn publish_metrics(group: GroupId, raft: Raft) {
     let last_log = metrics::gauge!("sluice_raft_last_log_index", "group" => label.clone());
     let term = metrics::gauge!("sluice_raft_term", "group" => label.clone());
     let is_leader = metrics::gauge!("sluice_raft_is_leader", "group" => label.clone());
-    let leader_changes =
-        metrics::counter!("sluice_raft_leader_changes_total", "group" => label.clone());
+    let leader_changes = metrics::counter!("sluice_raft_leader_changes_total", "group" => label.clone());
     let mut rx = raft.metrics();
     let mut last_leader = None;
     loop {
         {
             let m = rx.borrow_and_update();
-            committed.set(
-                m.local_committed
-                    .as_ref()
-                    .map(|id| id.index as f64)
-                    .unwrap_or(0.0),
-            );
-            applied.set(
-                m.last_applied
-                    .as_ref()
-                    .map(|id| id.index as f64)
-                    .unwrap_or(0.0),
-            );
+            committed.set(m.local_committed.as_ref().map(|id| id.index as f64).unwrap_or(0.0));
+            applied.set(m.last_applied.as_ref().map(|id| id.index as f64).unwrap_or(0.0));
             last_log.set(m.last_log_index.unwrap_or(0) as f64);
             term.set(m.current_term as f64);
-            is_leader.set(if m.state == ServerState::Leader {
-                1.0
-            } else {
-                0.0
-            });
+            is_leader.set(if m.state == ServerState::Leader { 1.0 } else { 0.0 });
             if m.current_leader != last_leader {
                 if m.current_leader.is_some() {
                     leader_changes.increment(1);

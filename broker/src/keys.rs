@@ -9,7 +9,9 @@
 //! | `raft_state`  | group · tag (vote, committed, last purged) | postcard(value)            |
 //! | `events`      | group · stream id · offset                 | arrival_ms · payload       |
 //! | `time_index`  | group · stream id · arrival_ms · offset    | (empty)                    |
-//! | `sm_state`    | group · tag [· name]                       | postcard(value)            |
+//! | `sm_state`    | group · tag [· name]                       | postcard(value) or JSON    |
+//! | `dedupe`      | group · stream id · 1 · key                | arrival_ms (seen at)       |
+//! | `dedupe`      | group · stream id · 2 · arrival_ms · key   | (empty; expiry order)      |
 
 use crate::raft_types::GroupId;
 
@@ -18,16 +20,12 @@ pub const CF_RAFT_STATE: &str = "raft_state";
 pub const CF_EVENTS: &str = "events";
 pub const CF_TIME_INDEX: &str = "time_index";
 pub const CF_SM_STATE: &str = "sm_state";
+pub const CF_DEDUPE: &str = "dedupe";
 
-pub const ALL_CFS: [&str; 5] = [
-    CF_RAFT_LOG,
-    CF_RAFT_STATE,
-    CF_EVENTS,
-    CF_TIME_INDEX,
-    CF_SM_STATE,
-];
-/// The column families that hold a group's state machine (what a snapshot carries).
-pub const STATE_MACHINE_CFS: [&str; 3] = [CF_EVENTS, CF_TIME_INDEX, CF_SM_STATE];
+pub const ALL_CFS: [&str; 6] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_EVENTS, CF_TIME_INDEX, CF_SM_STATE, CF_DEDUPE];
+/// The column families that hold a group's state machine (what a snapshot
+/// carries; the snapshot format refers to them by position, so only append).
+pub const STATE_MACHINE_CFS: [&str; 4] = [CF_EVENTS, CF_TIME_INDEX, CF_SM_STATE, CF_DEDUPE];
 
 pub const RAFT_STATE_VOTE: u8 = 1;
 pub const RAFT_STATE_COMMITTED: u8 = 2;
@@ -37,6 +35,10 @@ pub const SM_APPLIED: u8 = 1;
 pub const SM_MEMBERSHIP: u8 = 2;
 pub const SM_STREAM: u8 = 3;
 pub const SM_CLUSTER_CONFIG: u8 = 4;
+pub const SM_RESOURCE: u8 = 5;
+
+const DEDUPE_SEEN: u8 = 1;
+const DEDUPE_EXPIRY: u8 = 2;
 
 pub fn group_prefix(group: GroupId) -> [u8; 4] {
     group.to_be_bytes()
@@ -111,6 +113,53 @@ pub fn event_value(arrival_ms: u64, payload: &[u8]) -> Vec<u8> {
 pub fn split_event_value(value: &[u8]) -> Option<(u64, &[u8])> {
     let (time, payload) = value.split_at_checked(8)?;
     Some((u64::from_be_bytes(time.try_into().ok()?), payload))
+}
+
+/// `kind \0 namespace \0 name` after the tag (names never hold NUL).
+pub fn resource_key(group: GroupId, kind: &str, namespace: &str, name: &str) -> Vec<u8> {
+    let mut key = tag_key(group, SM_RESOURCE).to_vec();
+    for (i, part) in [kind, namespace, name].iter().enumerate() {
+        if i > 0 {
+            key.push(0);
+        }
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
+pub fn split_resource_key(key: &[u8]) -> Option<crate::raft_types::ResourceKey> {
+    let text = std::str::from_utf8(key.get(5..)?).ok()?;
+    let mut parts = text.split('\0');
+    Some(crate::raft_types::ResourceKey {
+        kind: parts.next()?.to_string(),
+        namespace: parts.next()?.to_string(),
+        name: parts.next()?.to_string(),
+    })
+}
+
+pub fn dedupe_seen_key(group: GroupId, stream_id: u32, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + key.len());
+    out.extend_from_slice(&group.to_be_bytes());
+    out.extend_from_slice(&stream_id.to_be_bytes());
+    out.push(DEDUPE_SEEN);
+    out.extend_from_slice(key);
+    out
+}
+
+pub fn dedupe_expiry_key(group: GroupId, stream_id: u32, arrival_ms: u64, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17 + key.len());
+    out.extend_from_slice(&group.to_be_bytes());
+    out.extend_from_slice(&stream_id.to_be_bytes());
+    out.push(DEDUPE_EXPIRY);
+    out.extend_from_slice(&arrival_ms.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// (arrival_ms, key) of an expiry key.
+pub fn split_dedupe_expiry_key(expiry_key: &[u8]) -> Option<(u64, &[u8])> {
+    let at = u64::from_be_bytes(expiry_key.get(9..17)?.try_into().ok()?);
+    Some((at, expiry_key.get(17..)?))
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
-//! Sluice's replicated durable log and the node that serves it.
+//! Sluice's broker: CloudEvents ingress over HTTP, the replicated durable
+//! log, and the node that serves both.
 //!
-//! What flows through it: an append (stream name, partition, payloads) enters
+//! What flows through it: an event POSTed to a broker ([`ingress`]) is
+//! parsed and validated ([`cloudevent`]), stored as a record. An append (stream name, partition, payloads) enters
 //! a node ([`Node::append`]), goes to the leader of that partition's Raft
 //! group (forwarded one hop if needed), waits in the group's
 //! [`batcher`] to be coalesced with other appends into one Raft entry, is
@@ -15,15 +17,18 @@
 
 pub mod admin;
 pub mod batcher;
+pub mod cloudevent;
 pub mod cluster;
 pub mod error;
 pub mod forward;
 pub mod group;
 pub mod http;
+pub mod ingress;
 pub mod keys;
 pub mod network;
 pub mod node;
 pub mod raft_types;
+pub mod resources;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -9,9 +9,7 @@ use std::time::Duration;
 use futures::Future;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{BasicNode, OptionalSend};
 use sluice_proto::raft::raft_transport_client::RaftTransportClient;
 use sluice_proto::raft::{ForwardRequest, GroupMessage, SnapshotChunk};
@@ -22,7 +20,7 @@ use crate::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
 use crate::raft_types::{GroupId, NodeId, Snapshot, TypeConfig, Vote, decode, encode};
 use crate::store::SnapshotFile;
 
-/// Largest gRPC message between nodes (an AppendEntries of up to 64 entries of 1 MiB).
+/// Largest gRPC message between nodes (an AppendEntries of up to 16 entries of ~4 MiB).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 96 << 20;
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,10 +32,7 @@ pub struct PeerClients {
 
 impl PeerClients {
     pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
-        let mut channels = self
-            .channels
-            .lock()
-            .map_err(|_| "peer client table poisoned".to_string())?;
+        let mut channels = self.channels.lock().map_err(|_| "peer client table poisoned".to_string())?;
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
@@ -65,40 +60,26 @@ impl PeerClients {
         write: &ForwardedWrite,
     ) -> Result<ForwardedReply, WriteFailure> {
         let indeterminate = |reason: String| WriteFailure::Indeterminate { group, reason };
-        let mut client = self.client(addr).map_err(|_| WriteFailure::NotLeader {
-            group,
-            leader: None,
-        })?;
+        let mut client = self.client(addr).map_err(|_| WriteFailure::NotLeader { group, leader: None })?;
         let payload = encode(write).map_err(|e| indeterminate(e.to_string()))?;
-        let mut request = tonic::Request::new(ForwardRequest {
-            group_id: group,
-            write: payload.into(),
-        });
+        let mut request = tonic::Request::new(ForwardRequest { group_id: group, write: payload.into() });
         request.set_timeout(FORWARD_TIMEOUT);
         let reply = match client.forward(request).await {
             Ok(reply) => reply.into_inner(),
             // Refused before it reached the leader: nothing was written.
-            Err(status)
-                if status.code() == tonic::Code::Unavailable && is_connect_error(&status) =>
-            {
-                return Err(WriteFailure::NotLeader {
-                    group,
-                    leader: None,
-                });
+            Err(status) if status.code() == tonic::Code::Unavailable && is_connect_error(&status) => {
+                return Err(WriteFailure::NotLeader { group, leader: None });
             }
             Err(status) => return Err(indeterminate(status.message().to_string())),
         };
-        decode::<Result<ForwardedReply, WriteFailure>>(&reply.result)
-            .map_err(|e| indeterminate(e.to_string()))?
+        decode::<Result<ForwardedReply, WriteFailure>>(&reply.result).map_err(|e| indeterminate(e.to_string()))?
     }
 }
 
 fn is_connect_error(status: &tonic::Status) -> bool {
     // tonic reports a refused connection as Unavailable with a transport source.
     let text = format!("{status:?}");
-    text.contains("Connection refused")
-        || text.contains("tcp connect error")
-        || text.contains("connect error")
+    text.contains("Connection refused") || text.contains("tcp connect error") || text.contains("connect error")
 }
 
 pub struct NetworkFactory {
@@ -116,12 +97,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = GroupNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        GroupNetwork {
-            group: self.group,
-            target,
-            addr: node.addr.clone(),
-            peers: self.peers.clone(),
-        }
+        GroupNetwork { group: self.group, target, addr: node.addr.clone(), peers: self.peers.clone() }
     }
 }
 
@@ -138,19 +114,16 @@ fn unreachable(e: impl ToString) -> Unreachable<TypeConfig> {
 
 fn status_error(status: tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
-        tonic::Code::Unavailable
-        | tonic::Code::DeadlineExceeded
-        | tonic::Code::Cancelled
-        | tonic::Code::Unknown => RPCError::Unreachable(unreachable(status.message())),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
+            RPCError::Unreachable(unreachable(status.message()))
+        }
         _ => RPCError::Network(NetworkError::from_string(status.message().to_string())),
     }
 }
 
 impl GroupNetwork {
     fn client(&self) -> Result<RaftTransportClient<Channel>, RPCError<TypeConfig>> {
-        self.peers
-            .client(&self.addr)
-            .map_err(|e| RPCError::Unreachable(unreachable(e)))
+        self.peers.client(&self.addr).map_err(|e| RPCError::Unreachable(unreachable(e)))
     }
 
     fn message<T: serde::Serialize>(
@@ -158,20 +131,15 @@ impl GroupNetwork {
         rpc: &T,
         option: &RPCOption,
     ) -> Result<tonic::Request<GroupMessage>, RPCError<TypeConfig>> {
-        let payload =
-            encode(rpc).map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
-        let mut request = tonic::Request::new(GroupMessage {
-            group_id: self.group,
-            payload: payload.into(),
-        });
+        let payload = encode(rpc).map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
+        let mut request = tonic::Request::new(GroupMessage { group_id: self.group, payload: payload.into() });
         request.set_timeout(option.hard_ttl());
         Ok(request)
     }
 }
 
 fn decode_reply<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, RPCError<TypeConfig>> {
-    decode(bytes)
-        .map_err(|e| RPCError::Network(NetworkError::from_string(format!("bad reply: {e}"))))
+    decode(bytes).map_err(|e| RPCError::Network(NetworkError::from_string(format!("bad reply: {e}"))))
 }
 
 impl RaftNetworkV2<TypeConfig> for GroupNetwork {
@@ -183,11 +151,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let request = self.message(&rpc, &option)?;
-        let reply = self
-            .client()?
-            .append_entries(request)
-            .await
-            .map_err(status_error)?;
+        let reply = self.client()?.append_entries(request).await.map_err(status_error)?;
         decode_reply(&reply.get_ref().payload)
     }
 
@@ -207,11 +171,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let request = self.message(&rpc, &option)?;
-        let reply = self
-            .client()?
-            .pre_vote(request)
-            .await
-            .map_err(status_error)?;
+        let reply = self.client()?.pre_vote(request).await.map_err(status_error)?;
         decode_reply(&reply.get_ref().payload)
     }
 
@@ -230,9 +190,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             .map_err(|e| StreamingError::Network(NetworkError::from_string(e.to_string())))?;
         let mut file = tokio::fs::File::open(&snapshot.snapshot.path)
             .await
-            .map_err(|e| {
-                StreamingError::Network(NetworkError::from_string(format!("open snapshot: {e}")))
-            })?;
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("open snapshot: {e}"))))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
         let group = self.group;
         let target = self.target;
@@ -251,11 +209,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
                 data.truncate(n);
                 let chunk = SnapshotChunk {
                     group_id: group,
-                    header: if first {
-                        header.clone().into()
-                    } else {
-                        Default::default()
-                    },
+                    header: if first { header.clone().into() } else { Default::default() },
                     data: data.into(),
                 };
                 first = false;

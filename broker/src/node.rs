@@ -18,8 +18,8 @@ use crate::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
 use crate::group::{Group, RaftTuning};
 use crate::network::PeerClients;
 use crate::raft_types::{
-    GroupId, LogCommand, LogResponse, METADATA_GROUP, NodeId, StreamAppend, group_name,
-    partition_group,
+    Appended, Dedupe, GroupId, LogCommand, LogResponse, METADATA_GROUP, NodeId, ResourceKey, ResourceRecord,
+    StreamAppend, group_name, partition_group,
 };
 use crate::store::{ReadBatch, Store};
 
@@ -32,10 +32,7 @@ pub struct ReadLimits {
 
 impl Default for ReadLimits {
     fn default() -> Self {
-        Self {
-            max_records: 10_000,
-            max_bytes: 16 << 20,
-        }
+        Self { max_records: 10_000, max_bytes: 16 << 20 }
     }
 }
 
@@ -108,10 +105,7 @@ impl Node {
             }
             node.ensure_partitions(&config).await?;
         }
-        tokio::spawn(watch_cluster_config(
-            node.clone(),
-            metadata.view.watch_cluster_config(),
-        ));
+        tokio::spawn(watch_cluster_config(node.clone(), metadata.view.watch_cluster_config()));
         Ok(node)
     }
 
@@ -124,34 +118,20 @@ impl Node {
     }
 
     pub fn cluster_config(&self) -> Option<ClusterConfig> {
-        self.group(METADATA_GROUP)
-            .ok()
-            .and_then(|g| g.view.cluster_config())
+        self.group(METADATA_GROUP).ok().and_then(|g| g.view.cluster_config())
     }
 
     pub(crate) fn group(&self, group: GroupId) -> Result<Arc<Group>, BrokerError> {
-        let groups = self
-            .inner
-            .groups
-            .read()
-            .map_err(|_| BrokerError::ShuttingDown)?;
-        groups
-            .get(&group)
-            .cloned()
-            .ok_or(if group == METADATA_GROUP {
-                BrokerError::ShuttingDown
-            } else {
-                BrokerError::NotInitialized
-            })
+        let groups = self.inner.groups.read().map_err(|_| BrokerError::ShuttingDown)?;
+        groups.get(&group).cloned().ok_or(if group == METADATA_GROUP {
+            BrokerError::ShuttingDown
+        } else {
+            BrokerError::NotInitialized
+        })
     }
 
     fn groups(&self) -> Vec<Arc<Group>> {
-        let mut groups: Vec<_> = self
-            .inner
-            .groups
-            .read()
-            .map(|g| g.values().cloned().collect())
-            .unwrap_or_default();
+        let mut groups: Vec<_> = self.inner.groups.read().map(|g| g.values().cloned().collect()).unwrap_or_default();
         groups.sort_by_key(|g| g.id);
         groups
     }
@@ -173,11 +153,7 @@ impl Node {
             settings.append_limits.clone(),
         )
         .await?;
-        self.inner
-            .groups
-            .write()
-            .map_err(|_| BrokerError::ShuttingDown)?
-            .insert(group, started.clone());
+        self.inner.groups.write().map_err(|_| BrokerError::ShuttingDown)?.insert(group, started.clone());
         tracing::info!(group = %group_name(group), "started group");
         Ok(started)
     }
@@ -191,10 +167,7 @@ impl Node {
                 .raft
                 .is_initialized()
                 .await
-                .map_err(|e| BrokerError::Raft {
-                    group: group.id,
-                    reason: e.to_string(),
-                })?
+                .map_err(|e| BrokerError::Raft { group: group.id, reason: e.to_string() })?
             {
                 // Every member initialises with the same membership: the
                 // initial entries are identical, so this is safe to race.
@@ -216,31 +189,20 @@ impl Node {
             )));
         }
         if let Some(existing) = self.cluster_config() {
-            return if existing == config {
-                Ok(())
-            } else {
-                Err(already_initialized(&existing))
-            };
+            return if existing == config { Ok(()) } else { Err(already_initialized(&existing)) };
         }
         let metadata = self.group(METADATA_GROUP)?;
         if !metadata
             .raft
             .is_initialized()
             .await
-            .map_err(|e| BrokerError::Raft {
-                group: METADATA_GROUP,
-                reason: e.to_string(),
-            })?
+            .map_err(|e| BrokerError::Raft { group: METADATA_GROUP, reason: e.to_string() })?
             && let Err(e) = metadata.raft.initialize(raft_members(&config)).await
         {
             tracing::debug!(error = %e, "metadata group initialise skipped");
         }
-        let reply = self
-            .write(
-                METADATA_GROUP,
-                ForwardedWrite::Command(LogCommand::InitCluster(config.clone())),
-            )
-            .await?;
+        let reply =
+            self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::InitCluster(config.clone()))).await?;
         if let ForwardedReply::Response(LogResponse::AlreadyInitialized(existing)) = reply
             && existing != config
         {
@@ -249,38 +211,66 @@ impl Node {
         self.ensure_partitions(&config).await
     }
 
-    /// Appends `payloads` to `stream` in `partition`; answers the offset of the
-    /// first payload once committed (the others follow densely).
+    /// Appends `payloads` to `stream` in `partition`; answers where they went
+    /// once committed (the stored ones have dense offsets from `first_offset`;
+    /// with `dedupe`, records seen within the window are not stored again).
     pub async fn append(
         &self,
         stream: &str,
         partition: u32,
         payloads: Vec<Bytes>,
         arrival_ms: u64,
-    ) -> Result<u64, BrokerError> {
+        dedupe: Option<Dedupe>,
+    ) -> Result<Appended, BrokerError> {
         validate_stream_name(stream)?;
-        let group = self.partition_group_id(partition)?;
-        let append = StreamAppend {
-            stream: stream.to_string(),
-            arrival_ms,
-            payloads,
-        };
-        match self.write(group, ForwardedWrite::Append(append)).await? {
-            ForwardedReply::FirstOffset(offset) => Ok(offset),
-            ForwardedReply::Response(other) => Err(BrokerError::Raft {
-                group,
-                reason: format!("unexpected reply {other:?}"),
-            }),
+        if let Some(dedupe) = &dedupe
+            && dedupe.keys.len() != payloads.len()
+        {
+            return Err(BrokerError::InvalidStream { stream: stream.to_string(), rule: "one dedupe key per payload" });
         }
+        let group = self.partition_group_id(partition)?;
+        let append = StreamAppend { stream: stream.to_string(), arrival_ms, payloads, dedupe };
+        match self.write(group, ForwardedWrite::Append(append)).await? {
+            ForwardedReply::Appended(appended) => Ok(appended),
+            ForwardedReply::Response(other) => {
+                Err(BrokerError::Raft { group, reason: format!("unexpected reply {other:?}") })
+            }
+        }
+    }
+
+    /// Creates or replaces a resource object in the metadata group.
+    pub async fn put_resource(&self, record: ResourceRecord) -> Result<(), BrokerError> {
+        self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::PutResource(record))).await.map(|_| ())
+    }
+
+    pub async fn delete_resource(&self, key: ResourceKey) -> Result<(), BrokerError> {
+        self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::DeleteResource(key))).await.map(|_| ())
+    }
+
+    /// A resource object as applied on this node.
+    pub fn resource(&self, key: &ResourceKey) -> Option<String> {
+        self.group(METADATA_GROUP).ok().and_then(|g| g.view.resource(key))
+    }
+
+    /// Every resource of `kind` as applied on this node.
+    pub fn resources(&self, kind: &str) -> Vec<(ResourceKey, String)> {
+        self.group(METADATA_GROUP).map(|g| g.view.resources(kind)).unwrap_or_default()
+    }
+
+    /// Changes whenever a resource is put or deleted (None while shutting down).
+    pub fn watch_resources(&self) -> Option<watch::Receiver<u64>> {
+        self.group(METADATA_GROUP).ok().map(|g| g.view.watch_resources())
+    }
+
+    /// The number of partitions (0 before `cluster init`).
+    pub fn partitions(&self) -> u32 {
+        self.cluster_config().map(|c| c.partitions).unwrap_or(0)
     }
 
     fn partition_group_id(&self, partition: u32) -> Result<GroupId, BrokerError> {
         let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
         if partition >= config.partitions {
-            return Err(BrokerError::NoSuchPartition {
-                partition,
-                partitions: config.partitions,
-            });
+            return Err(BrokerError::NoSuchPartition { partition, partitions: config.partitions });
         }
         Ok(partition_group(partition))
     }
@@ -288,40 +278,24 @@ impl Node {
     /// Writes through the group's leader: locally, or forwarded one hop.
     /// Definite refusals (no leader yet, stale leader) are retried while a
     /// new leader is elected, for a bounded time.
-    async fn write(
-        &self,
-        group_id: GroupId,
-        write: ForwardedWrite,
-    ) -> Result<ForwardedReply, BrokerError> {
+    async fn write(&self, group_id: GroupId, write: ForwardedWrite) -> Result<ForwardedReply, BrokerError> {
         let group = self.group(group_id)?;
         let tuning = &self.inner.settings.tuning;
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(tuning.election_timeout_max_ms * 4);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(tuning.election_timeout_max_ms * 4);
         loop {
             let attempt = match group.leader() {
-                Some(leader) if leader == self.id() => {
-                    self.write_local(group_id, write.clone()).await
-                }
+                Some(leader) if leader == self.id() => self.write_local(group_id, write.clone()).await,
                 Some(leader) => match group.node_addr(leader) {
                     Some(addr) => self.inner.peers.forward(&addr, group_id, &write).await,
-                    None => Err(WriteFailure::NotLeader {
-                        group: group_id,
-                        leader: Some(leader),
-                    }),
+                    None => Err(WriteFailure::NotLeader { group: group_id, leader: Some(leader) }),
                 },
-                None => Err(WriteFailure::NotLeader {
-                    group: group_id,
-                    leader: None,
-                }),
+                None => Err(WriteFailure::NotLeader { group: group_id, leader: None }),
             };
             match attempt {
                 Err(WriteFailure::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
                     let mut metrics = group.raft.metrics();
-                    let _ = tokio::time::timeout(
-                        Duration::from_millis(tuning.heartbeat_ms * 2),
-                        metrics.changed(),
-                    )
-                    .await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(tuning.heartbeat_ms * 2), metrics.changed()).await;
                 }
                 other => return other.map_err(BrokerError::from),
             }
@@ -334,35 +308,19 @@ impl Node {
         group_id: GroupId,
         write: ForwardedWrite,
     ) -> Result<ForwardedReply, WriteFailure> {
-        let group = self.group(group_id).map_err(|_| WriteFailure::NotLeader {
-            group: group_id,
-            leader: None,
-        })?;
+        let group = self.group(group_id).map_err(|_| WriteFailure::NotLeader { group: group_id, leader: None })?;
         if !group.is_leader(self.id()) {
-            return Err(WriteFailure::NotLeader {
-                group: group_id,
-                leader: group.leader(),
-            });
+            return Err(WriteFailure::NotLeader { group: group_id, leader: group.leader() });
         }
         match write {
-            ForwardedWrite::Append(append) => group
-                .batcher
-                .submit(append)
-                .await
-                .map(ForwardedReply::FirstOffset),
+            ForwardedWrite::Append(append) => group.batcher.submit(append).await.map(ForwardedReply::Appended),
             // Metadata commands are idempotent (applying one twice changes
             // nothing more), so a lost leadership is simply retried.
             ForwardedWrite::Command(command) => match group.raft.client_write(command).await {
                 Ok(response) => Ok(ForwardedReply::Response(response.response().clone())),
                 Err(e) => match e.forward_to_leader() {
-                    Some(forward) => Err(WriteFailure::NotLeader {
-                        group: group_id,
-                        leader: forward.leader_id,
-                    }),
-                    None => Err(WriteFailure::Indeterminate {
-                        group: group_id,
-                        reason: e.to_string(),
-                    }),
+                    Some(forward) => Err(WriteFailure::NotLeader { group: group_id, leader: forward.leader_id }),
+                    None => Err(WriteFailure::Indeterminate { group: group_id, reason: e.to_string() }),
                 },
             },
         }
@@ -380,20 +338,9 @@ impl Node {
     ) -> Result<ReadBatch, BrokerError> {
         let group = self.group(self.partition_group_id(partition)?)?;
         let limits = &self.inner.settings.read_limits;
-        let max_records = if max_records == 0 {
-            limits.max_records
-        } else {
-            max_records.min(limits.max_records)
-        };
-        let max_bytes = if max_bytes == 0 {
-            limits.max_bytes
-        } else {
-            max_bytes.min(limits.max_bytes)
-        };
-        group
-            .view
-            .read(stream, from_offset, max_records, max_bytes)
-            .map_err(|e| BrokerError::io("reading events", e))
+        let max_records = if max_records == 0 { limits.max_records } else { max_records.min(limits.max_records) };
+        let max_bytes = if max_bytes == 0 { limits.max_bytes } else { max_bytes.min(limits.max_bytes) };
+        group.view.read(stream, from_offset, max_records, max_bytes).map_err(|e| BrokerError::io("reading events", e))
     }
 
     pub fn end_offset(&self, stream: &str, partition: u32) -> Result<u64, BrokerError> {
@@ -401,17 +348,9 @@ impl Node {
         Ok(group.view.end_offset(stream))
     }
 
-    pub fn offset_for_time(
-        &self,
-        stream: &str,
-        partition: u32,
-        time_ms: u64,
-    ) -> Result<u64, BrokerError> {
+    pub fn offset_for_time(&self, stream: &str, partition: u32, time_ms: u64) -> Result<u64, BrokerError> {
         let group = self.group(self.partition_group_id(partition)?)?;
-        group
-            .view
-            .offset_for_time(stream, time_ms)
-            .map_err(|e| BrokerError::io("reading the time index", e))
+        group.view.offset_for_time(stream, time_ms).map_err(|e| BrokerError::io("reading the time index", e))
     }
 
     /// A partition's applied index, which changes whenever entries are applied
@@ -453,16 +392,9 @@ impl Node {
         if groups.len() < config.partitions as usize + 1 {
             return Err("partition groups are still starting".into());
         }
-        let leaderless: Vec<String> = groups
-            .iter()
-            .filter(|g| g.leader().is_none())
-            .map(|g| group_name(g.id))
-            .collect();
-        if leaderless.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("no leader for {}", leaderless.join(", ")))
-        }
+        let leaderless: Vec<String> =
+            groups.iter().filter(|g| g.leader().is_none()).map(|g| group_name(g.id)).collect();
+        if leaderless.is_empty() { Ok(()) } else { Err(format!("no leader for {}", leaderless.join(", "))) }
     }
 
     /// Stops every group's Raft (in-flight writes fail as indeterminate).
@@ -476,9 +408,7 @@ impl Node {
 
     /// Whether this node leads `group` (tests and status).
     pub fn leads(&self, group: GroupId) -> bool {
-        self.group(group)
-            .map(|g| g.raft.metrics().borrow_watched().state == ServerState::Leader)
-            .unwrap_or(false)
+        self.group(group).map(|g| g.raft.metrics().borrow_watched().state == ServerState::Leader).unwrap_or(false)
     }
 }
 
@@ -497,18 +427,11 @@ async fn watch_cluster_config(node: Node, mut rx: watch::Receiver<Option<Cluster
 }
 
 fn raft_members(config: &ClusterConfig) -> BTreeMap<NodeId, BasicNode> {
-    config
-        .members
-        .iter()
-        .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
-        .collect()
+    config.members.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect()
 }
 
 fn already_initialized(existing: &ClusterConfig) -> BrokerError {
-    BrokerError::AlreadyInitialized {
-        partitions: existing.partitions,
-        members: existing.member_ids(),
-    }
+    BrokerError::AlreadyInitialized { partitions: existing.partitions, members: existing.member_ids() }
 }
 
 pub fn validate_stream_name(stream: &str) -> Result<(), BrokerError> {
@@ -521,26 +444,18 @@ pub fn validate_stream_name(stream: &str) -> Result<(), BrokerError> {
     } else {
         return Ok(());
     };
-    Err(BrokerError::InvalidStream {
-        stream: stream.chars().take(64).collect(),
-        rule,
-    })
+    Err(BrokerError::InvalidStream { stream: stream.chars().take(64).collect(), rule })
 }
 
 /// Ties a data dir to one node id: `DATA/node-id` is written on first use.
 fn claim_data_dir(dir: &Path, node_id: NodeId) -> Result<(), BrokerError> {
-    let data_dir_error = |reason: String| BrokerError::DataDir {
-        path: dir.to_path_buf(),
-        reason,
-    };
+    let data_dir_error = |reason: String| BrokerError::DataDir { path: dir.to_path_buf(), reason };
     std::fs::create_dir_all(dir).map_err(|e| data_dir_error(e.to_string()))?;
     let id_file = dir.join("node-id");
     match std::fs::read_to_string(&id_file) {
         Ok(text) => {
-            let stored: NodeId = text
-                .trim()
-                .parse()
-                .map_err(|_| data_dir_error(format!("{} is corrupt", id_file.display())))?;
+            let stored: NodeId =
+                text.trim().parse().map_err(|_| data_dir_error(format!("{} is corrupt", id_file.display())))?;
             if stored != node_id {
                 return Err(BrokerError::NotAMember(format!(
                     "data dir {} belongs to node {stored}, not --id {node_id}; use --id {stored} or another --data dir",
@@ -551,8 +466,7 @@ fn claim_data_dir(dir: &Path, node_id: NodeId) -> Result<(), BrokerError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let tmp = dir.join("node-id.tmp");
-            std::fs::write(&tmp, format!("{node_id}\n"))
-                .map_err(|e| data_dir_error(e.to_string()))?;
+            std::fs::write(&tmp, format!("{node_id}\n")).map_err(|e| data_dir_error(e.to_string()))?;
             std::fs::rename(&tmp, &id_file).map_err(|e| data_dir_error(e.to_string()))
         }
         Err(e) => Err(data_dir_error(e.to_string())),

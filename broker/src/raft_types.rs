@@ -2,7 +2,6 @@
 //! the commands stored in Raft entries and what applying them answers.
 
 use std::fmt;
-use std::io::Cursor;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -26,11 +25,7 @@ pub fn partition_group(partition: u32) -> GroupId {
 
 /// Human name of a group, as used in metrics labels and status.
 pub fn group_name(group: GroupId) -> String {
-    if group == METADATA_GROUP {
-        "metadata".to_string()
-    } else {
-        format!("partition-{}", group - 1)
-    }
+    if group == METADATA_GROUP { "metadata".to_string() } else { format!("partition-{}", group - 1) }
 }
 
 openraft::declare_raft_types!(
@@ -60,6 +55,25 @@ pub struct StreamAppend {
     /// stream's arrival times never go back (a new leader's clock may lag).
     pub arrival_ms: u64,
     pub payloads: Vec<Bytes>,
+    /// Drop records whose key was stored within the window (one key per payload).
+    pub dedupe: Option<Dedupe>,
+}
+
+/// Duplicate suppression for one append: `keys[i]` identifies `payloads[i]`
+/// (for events: `source` and `id`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dedupe {
+    pub window_ms: u64,
+    pub keys: Vec<Bytes>,
+}
+
+/// Where an append's records went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appended {
+    /// Offset of the first stored record; the others follow densely.
+    pub first_offset: u64,
+    /// Records stored (the rest were duplicates within the dedupe window).
+    pub stored: u32,
 }
 
 impl StreamAppend {
@@ -75,6 +89,25 @@ pub enum LogCommand {
     Append(Vec<StreamAppend>),
     /// The cluster's fixed shape, written once by `cluster init` (metadata group).
     InitCluster(ClusterConfig),
+    /// Creates or replaces a resource object (metadata group).
+    PutResource(ResourceRecord),
+    /// Removes a resource object (metadata group); absent is not an error.
+    DeleteResource(ResourceKey),
+}
+
+/// Identifies a resource: kind (e.g. `Broker`), namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ResourceKey {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A resource object as JSON text (Kubernetes-style object).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceRecord {
+    pub key: ResourceKey,
+    pub json: String,
 }
 
 impl fmt::Display for LogCommand {
@@ -82,6 +115,8 @@ impl fmt::Display for LogCommand {
         match self {
             LogCommand::Append(appends) => write!(f, "Append({} streams)", appends.len()),
             LogCommand::InitCluster(config) => write!(f, "InitCluster({config:?})"),
+            LogCommand::PutResource(record) => write!(f, "PutResource({:?})", record.key),
+            LogCommand::DeleteResource(key) => write!(f, "DeleteResource({key:?})"),
         }
     }
 }
@@ -91,15 +126,11 @@ impl fmt::Display for LogCommand {
 pub enum LogResponse {
     #[default]
     None,
-    /// For each [`StreamAppend`] of the entry, in order, the offset its first
-    /// record got; the others follow densely.
-    Appended { first_offsets: Vec<u64> },
+    /// For each [`StreamAppend`] of the entry, in order, where it went.
+    Appended { appended: Vec<Appended> },
     /// `InitCluster` was refused: the cluster already has this config.
     AlreadyInitialized(ClusterConfig),
 }
-
-/// The data of a snapshot in flight over the network.
-pub type SnapshotBytes = Cursor<Vec<u8>>;
 
 /// postcard: compact, positional; both ends run the same build (openraft keeps
 /// its types positional-format compatible, see `SnapshotMeta`).

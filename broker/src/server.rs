@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use sluice_proto::admin::cluster_server::ClusterServer;
 use sluice_proto::admin::log_server::LogServer;
+use sluice_proto::admin::resources_server::ResourcesServer;
 use sluice_proto::raft::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -14,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::AdminService;
 use crate::error::BrokerError;
+use crate::ingress::{Ingress, IngressLimits};
 use crate::network::MAX_PEER_MESSAGE_BYTES;
 use crate::node::{Node, NodeSettings};
 use crate::transport::TransportService;
@@ -36,37 +38,30 @@ pub struct RunningNode {
 }
 
 async fn bind(flag: &'static str, addr: &str) -> Result<TcpListener, BrokerError> {
-    let listen_error = |reason: String| BrokerError::Listen {
-        flag,
-        addr: addr.to_string(),
-        reason,
-    };
-    let resolved: SocketAddr = addr
-        .parse()
-        .map_err(|_| listen_error("not an IP:PORT address".into()))?;
+    let listen_error = |reason: String| BrokerError::Listen { flag, addr: addr.to_string(), reason };
+    let resolved: SocketAddr = addr.parse().map_err(|_| listen_error("not an IP:PORT address".into()))?;
     TcpListener::bind(resolved).await.map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::AddrInUse => {
                 "the port is in use; stop the other process or choose another port".to_string()
             }
             std::io::ErrorKind::AddrNotAvailable => "that IP is not on this machine".to_string(),
-            std::io::ErrorKind::PermissionDenied => {
-                "permission denied; use a port above 1023".to_string()
-            }
+            std::io::ErrorKind::PermissionDenied => "permission denied; use a port above 1023".to_string(),
             _ => e.to_string(),
         };
         listen_error(hint)
     })
 }
 
-pub async fn start(settings: NodeSettings, listen: Listen) -> Result<RunningNode, BrokerError> {
+pub async fn start(
+    settings: NodeSettings,
+    listen: Listen,
+    ingress_limits: IngressLimits,
+) -> Result<RunningNode, BrokerError> {
     let peer = bind("--peer-listen", &listen.peer).await?;
     let http = bind("--http", &listen.http).await?;
     let admin = bind("--admin", &listen.admin).await?;
-    let local = |l: &TcpListener| {
-        l.local_addr()
-            .map_err(|e| BrokerError::io("listener address", e))
-    };
+    let local = |l: &TcpListener| l.local_addr().map_err(|e| BrokerError::io("listener address", e));
     let (peer_addr, http_addr, admin_addr) = (local(&peer)?, local(&http)?, local(&admin)?);
     let snapshot_root: PathBuf = settings.data_dir.join("snapshots");
     let metrics = crate::telemetry::prometheus();
@@ -97,9 +92,8 @@ pub async fn start(settings: NodeSettings, listen: Listen) -> Result<RunningNode
     tasks.push(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .add_service(ClusterServer::new(AdminService::new(admin_node.clone())))
-            .add_service(
-                LogServer::new(AdminService::new(admin_node)).max_decoding_message_size(32 << 20),
-            )
+            .add_service(LogServer::new(AdminService::new(admin_node.clone())).max_decoding_message_size(32 << 20))
+            .add_service(ResourcesServer::new(AdminService::new(admin_node)))
             .serve_with_incoming_shutdown(TcpListenerStream::new(admin), stopped(rx))
             .await;
         if let Err(e) = result {
@@ -108,24 +102,11 @@ pub async fn start(settings: NodeSettings, listen: Listen) -> Result<RunningNode
     }));
 
     let rx = shutdown.subscribe();
-    let app = crate::http::router(node.clone(), metrics);
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(http, app)
-            .with_graceful_shutdown(stopped(rx))
-            .await
-        {
-            tracing::error!(error = %e, "http server stopped");
-        }
-    }));
+    let ingress = Ingress::new(node.clone(), ingress_limits.clone());
+    let app = crate::http::router(node.clone(), metrics, ingress);
+    tasks.push(tokio::spawn(crate::http::serve(http, app, ingress_limits, stopped(rx))));
 
-    Ok(RunningNode {
-        node,
-        peer_addr,
-        http_addr,
-        admin_addr,
-        shutdown,
-        tasks,
-    })
+    Ok(RunningNode { node, peer_addr, http_addr, admin_addr, shutdown, tasks })
 }
 
 impl RunningNode {

@@ -21,18 +21,16 @@ pub struct TransportService {
 
 impl TransportService {
     pub fn new(node: Node, snapshot_root: PathBuf) -> Self {
-        Self {
-            node,
-            snapshot_root,
-        }
+        Self { node, snapshot_root }
     }
 
     fn raft(&self, group: GroupId) -> Result<crate::raft_types::Raft, Status> {
         // A group this node has not started yet (it has not seen the cluster
         // config): the sender backs off and retries.
-        self.node.group(group).map(|g| g.raft.clone()).map_err(|_| {
-            Status::unavailable(format!("group {group} is not running on this node yet"))
-        })
+        self.node
+            .group(group)
+            .map(|g| g.raft.clone())
+            .map_err(|_| Status::unavailable(format!("group {group} is not running on this node yet")))
     }
 }
 
@@ -42,9 +40,7 @@ fn bad_request(e: impl std::fmt::Display) -> Status {
 
 fn reply<T: serde::Serialize>(value: &T) -> Result<Response<GroupReply>, Status> {
     let payload = encode(value).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(GroupReply {
-        payload: payload.into(),
-    }))
+    Ok(Response::new(GroupReply { payload: payload.into() }))
 }
 
 fn fatal(e: impl std::fmt::Display) -> Status {
@@ -53,10 +49,7 @@ fn fatal(e: impl std::fmt::Display) -> Status {
 
 #[tonic::async_trait]
 impl RaftTransport for TransportService {
-    async fn append_entries(
-        &self,
-        request: Request<GroupMessage>,
-    ) -> Result<Response<GroupReply>, Status> {
+    async fn append_entries(&self, request: Request<GroupMessage>) -> Result<Response<GroupReply>, Status> {
         let message = request.into_inner();
         let raft = self.raft(message.group_id)?;
         let rpc = decode(&message.payload).map_err(bad_request)?;
@@ -70,10 +63,7 @@ impl RaftTransport for TransportService {
         reply(&raft.vote(rpc).await.map_err(fatal)?)
     }
 
-    async fn pre_vote(
-        &self,
-        request: Request<GroupMessage>,
-    ) -> Result<Response<GroupReply>, Status> {
+    async fn pre_vote(&self, request: Request<GroupMessage>) -> Result<Response<GroupReply>, Status> {
         let message = request.into_inner();
         let raft = self.raft(message.group_id)?;
         let rpc = decode(&message.payload).map_err(bad_request)?;
@@ -85,43 +75,24 @@ impl RaftTransport for TransportService {
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<GroupReply>, Status> {
         let mut chunks = request.into_inner();
-        let first = chunks
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let first = chunks.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let group = first.group_id;
         let raft = self.raft(group)?;
         let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header).map_err(bad_request)?;
         let dir = self.snapshot_root.join(format!("group-{group}"));
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| Status::internal(e.to_string()))?;
         let path = dir.join(format!("{}-{}.incoming", std::process::id(), rand_suffix()));
         let result = async {
-            let mut file = tokio::fs::File::create(&path)
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
-            file.write_all(&first.data)
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let mut file = tokio::fs::File::create(&path).await.map_err(|e| Status::internal(e.to_string()))?;
+            file.write_all(&first.data).await.map_err(|e| Status::internal(e.to_string()))?;
             while let Some(chunk) = chunks.next().await {
                 let chunk = chunk?;
-                file.write_all(&chunk.data)
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                file.write_all(&chunk.data).await.map_err(|e| Status::internal(e.to_string()))?;
             }
-            file.sync_all()
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+            file.sync_all().await.map_err(|e| Status::internal(e.to_string()))?;
             drop(file);
-            let snapshot = Snapshot {
-                meta,
-                snapshot: SnapshotFile { path: path.clone() },
-            };
-            let response = raft
-                .install_full_snapshot(vote, snapshot)
-                .await
-                .map_err(fatal)?;
+            let snapshot = Snapshot { meta, snapshot: SnapshotFile { path: path.clone() } };
+            let response = raft.install_full_snapshot(vote, snapshot).await.map_err(fatal)?;
             reply(&response)
         }
         .await;
@@ -130,25 +101,16 @@ impl RaftTransport for TransportService {
         result
     }
 
-    async fn forward(
-        &self,
-        request: Request<ForwardRequest>,
-    ) -> Result<Response<ForwardReply>, Status> {
+    async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
         let message = request.into_inner();
         let write: ForwardedWrite = decode(&message.write).map_err(bad_request)?;
-        let result: Result<ForwardedReply, WriteFailure> =
-            self.node.write_local(message.group_id, write).await;
+        let result: Result<ForwardedReply, WriteFailure> = self.node.write_local(message.group_id, write).await;
         let bytes = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(ForwardReply {
-            result: bytes.into(),
-        }))
+        Ok(Response::new(ForwardReply { result: bytes.into() }))
     }
 }
 
 fn rand_suffix() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }

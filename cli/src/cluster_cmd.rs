@@ -41,10 +41,7 @@ pub async fn init(admin: &str, members: &str, partitions: u32) -> Result<()> {
     let mut client = connect(admin).await?;
     client
         .init(InitRequest {
-            members: members
-                .into_iter()
-                .map(|(node_id, peer_addr)| Member { node_id, peer_addr })
-                .collect(),
+            members: members.into_iter().map(|(node_id, peer_addr)| Member { node_id, peer_addr }).collect(),
             partitions,
         })
         .await
@@ -54,20 +51,12 @@ pub async fn init(admin: &str, members: &str, partitions: u32) -> Result<()> {
 
 pub async fn status(admin: &str) -> Result<StatusReply> {
     let mut client = connect(admin).await?;
-    Ok(client
-        .status(StatusRequest {})
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner())
+    Ok(client.status(StatusRequest {}).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner())
 }
 
 pub async fn run(command: ClusterCommand) -> Result<()> {
     match command {
-        ClusterCommand::Init {
-            admin,
-            members,
-            partitions,
-        } => {
+        ClusterCommand::Init { admin, members, partitions } => {
             init(&admin, &members, partitions).await?;
             println!("cluster initialised: {partitions} partitions");
             Ok(())
@@ -98,14 +87,7 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
                 );
                 println!(
                     "{:<14} {:>7} {:<10} {:>6} {:>10} {:>10} {:>10} {:>10}  VOTERS",
-                    "GROUP",
-                    "LEADER",
-                    "STATE",
-                    "TERM",
-                    "COMMITTED",
-                    "APPLIED",
-                    "SNAPSHOT",
-                    "PURGED"
+                    "GROUP", "LEADER", "STATE", "TERM", "COMMITTED", "APPLIED", "SNAPSHOT", "PURGED"
                 );
                 let show = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
                 for g in &reply.groups {

@@ -14,7 +14,7 @@ use sluice_broker::server::{self, Listen};
 use tokio::process::{Child, Command};
 
 use crate::cluster_cmd;
-use crate::node_cmd::{TuningArgs, settings};
+use crate::node_cmd::{IngressArgs, TuningArgs, settings};
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -38,12 +38,12 @@ pub struct DevArgs {
     partitions: Option<u32>,
     #[command(flatten)]
     tuning: TuningArgs,
+    #[command(flatten)]
+    ingress: IngressArgs,
 }
 
 fn with_port_offset(flag: &str, addr: &str, offset: u64) -> Result<String> {
-    let mut parsed: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("{flag} {addr:?} is not IP:PORT"))?;
+    let mut parsed: SocketAddr = addr.parse().with_context(|| format!("{flag} {addr:?} is not IP:PORT"))?;
     let port = u64::from(parsed.port()) + offset;
     let port = u16::try_from(port)
         .ok()
@@ -54,43 +54,21 @@ fn with_port_offset(flag: &str, addr: &str, offset: u64) -> Result<String> {
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
-    if args.nodes == 1 {
-        run_single(args).await
-    } else {
-        run_cluster(args).await
-    }
+    if args.nodes == 1 { run_single(args).await } else { run_cluster(args).await }
 }
 
 async fn run_single(args: DevArgs) -> Result<()> {
-    let settings = settings(1, args.data.clone(), &args.tuning)?;
-    let listen = Listen {
-        peer: args.peer_listen.clone(),
-        http: args.http.clone(),
-        admin: args.admin.clone(),
-    };
-    let running = server::start(settings, listen).await?;
+    let settings = settings(1, args.data.clone(), &args.tuning, &args.ingress)?;
+    let listen = Listen { peer: args.peer_listen.clone(), http: args.http.clone(), admin: args.admin.clone() };
+    let running = server::start(settings, listen, args.ingress.limits()).await?;
     if running.node.cluster_config().is_none() {
         let members = [(1, running.peer_addr.to_string())].into_iter().collect();
         let config = ClusterConfig::new(args.partitions.unwrap_or(1), members)?;
-        running
-            .node
-            .init_cluster(config)
-            .await
-            .context("initialising the dev cluster")?;
+        running.node.init_cluster(config).await.context("initialising the dev cluster")?;
     }
-    let partitions = running
-        .node
-        .cluster_config()
-        .map(|c| c.partitions)
-        .unwrap_or(0);
-    println!(
-        "sluice dev: 1 node, {partitions} partition(s), data in {}",
-        args.data.display()
-    );
-    println!(
-        "  http   http://{}  (/healthz, /readyz, /metrics)",
-        running.http_addr
-    );
+    let partitions = running.node.cluster_config().map(|c| c.partitions).unwrap_or(0);
+    println!("sluice dev: 1 node, {partitions} partition(s), data in {}", args.data.display());
+    println!("  http   http://{}  (/healthz, /readyz, /metrics)", running.http_addr);
     println!("  admin  {}  (gRPC: sluice.admin.v1)", running.admin_addr);
     println!("  peer   {}", running.peer_addr);
     println!("Ctrl-C stops it; restarting on the same --data keeps everything.");
@@ -121,8 +99,7 @@ impl DevNode {
 }
 
 async fn run_cluster(args: DevArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.data)
-        .with_context(|| format!("cannot create --data {}", args.data.display()))?;
+    std::fs::create_dir_all(&args.data).with_context(|| format!("cannot create --data {}", args.data.display()))?;
     let mut nodes = Vec::new();
     let mut members = Vec::new();
     for id in 1..=args.nodes {
@@ -154,16 +131,8 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
             t.keep_entries_after_snapshot.to_string(),
         ];
         members.push(format!("{id}={peer}"));
-        println!(
-            "  node {id}: http http://{http}  admin {admin}  peer {peer}  data {}",
-            data.display()
-        );
-        nodes.push(DevNode {
-            id,
-            args: node_args,
-            admin,
-            child: None,
-        });
+        println!("  node {id}: http http://{http}  admin {admin}  peer {peer}  data {}", data.display());
+        nodes.push(DevNode { id, args: node_args, admin, child: None });
     }
     for node in &mut nodes {
         node.spawn()?;
@@ -183,10 +152,7 @@ async fn supervise(args: &DevArgs, nodes: &mut [DevNode], members: &str) -> Resu
         cluster_cmd::init(&first_admin, members, args.partitions.unwrap_or(4)).await?;
     }
     let partitions = cluster_cmd::status(&first_admin).await?.partitions;
-    println!(
-        "sluice dev: {} nodes, {partitions} partitions; Ctrl-C stops them all",
-        nodes.len()
-    );
+    println!("sluice dev: {} nodes, {partitions} partitions; Ctrl-C stops them all", nodes.len());
     let shutdown = crate::shutdown_signal();
     tokio::pin!(shutdown);
     let mut check = tokio::time::interval(Duration::from_millis(500));
@@ -213,25 +179,14 @@ async fn wait_for_admins(nodes: &mut [DevNode]) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     for node in nodes.iter_mut() {
         loop {
-            if let Some(status) = node
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!(
-                    "node {} exited during start-up ({status}); see its error above",
-                    node.id
-                );
+            if let Some(status) = node.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("node {} exited during start-up ({status}); see its error above", node.id);
             }
             if cluster_cmd::status(&node.admin).await.is_ok() {
                 break;
             }
             if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "node {} did not answer on {} within 30s",
-                    node.id,
-                    node.admin
-                );
+                bail!("node {} did not answer on {} within 30s", node.id, node.admin);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -245,15 +200,9 @@ async fn stop_child(node: &mut DevNode) {
         return;
     };
     if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
         let _ = child.kill().await;
     }
 }

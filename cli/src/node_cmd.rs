@@ -1,11 +1,13 @@
 //! `sluice node`: one cluster member in this process.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
 use sluice_broker::batcher::AppendLimits;
 use sluice_broker::group::RaftTuning;
+use sluice_broker::ingress::IngressLimits;
 use sluice_broker::node::{NodeSettings, ReadLimits};
 use sluice_broker::server::{self, Listen};
 
@@ -28,6 +30,55 @@ pub struct NodeArgs {
     pub admin: String,
     #[command(flatten)]
     pub tuning: TuningArgs,
+    #[command(flatten)]
+    pub ingress: IngressArgs,
+}
+
+/// Limits of the HTTP ingress and the append path.
+#[derive(Args, Clone, Debug)]
+pub struct IngressArgs {
+    /// Largest event (binary body, or structured JSON) in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_event_bytes: usize,
+    /// Most events in one batched request.
+    #[arg(long, default_value_t = 1000)]
+    pub max_batch_events: usize,
+    /// Largest batched request body in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_batch_bytes: usize,
+    /// Most headers in one request.
+    #[arg(long, default_value_t = 100)]
+    pub max_headers: usize,
+    /// Most bytes of headers in one request.
+    #[arg(long, default_value_t = 16 << 10)]
+    pub max_header_bytes: usize,
+    /// Most concurrent HTTP connections.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// A request's headers must arrive within this time.
+    #[arg(long, default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// A request's body must arrive within this time.
+    #[arg(long, default_value_t = 30_000)]
+    pub body_read_timeout_ms: u64,
+    /// Appends waiting per partition before requests get 429.
+    #[arg(long, default_value_t = 8192)]
+    pub queue_depth: usize,
+}
+
+impl IngressArgs {
+    pub fn limits(&self) -> IngressLimits {
+        IngressLimits {
+            max_event_bytes: self.max_event_bytes,
+            max_batch_events: self.max_batch_events,
+            max_batch_bytes: self.max_batch_bytes,
+            max_headers: self.max_headers,
+            max_header_bytes: self.max_header_bytes,
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms.max(1)),
+        }
+    }
 }
 
 #[derive(Args, Clone, Debug)]
@@ -65,24 +116,28 @@ impl TuningArgs {
     }
 }
 
-pub fn settings(id: u64, data: PathBuf, tuning: &TuningArgs) -> Result<NodeSettings> {
+pub fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &IngressArgs) -> Result<NodeSettings> {
+    let limits = ingress.limits();
+    // An append entry must hold the largest batch (events grow a little when stored).
+    let max_bytes_per_entry = (limits.max_batch_bytes.max(limits.max_event_bytes) + (64 << 10)).max(1 << 20);
     Ok(NodeSettings {
         node_id: id,
         data_dir: data,
         tuning: tuning.to_tuning()?,
-        append_limits: AppendLimits::default(),
+        append_limits: AppendLimits {
+            queue_capacity: ingress.queue_depth.max(1),
+            max_bytes_per_entry,
+            max_records_per_entry: ingress.max_batch_events.max(4096),
+            ..AppendLimits::default()
+        },
         read_limits: ReadLimits::default(),
     })
 }
 
 pub async fn run(args: NodeArgs) -> Result<()> {
-    let settings = settings(args.id, args.data.clone(), &args.tuning)?;
-    let listen = Listen {
-        peer: args.peer_listen.clone(),
-        http: args.http.clone(),
-        admin: args.admin.clone(),
-    };
-    let running = server::start(settings, listen).await?;
+    let settings = settings(args.id, args.data.clone(), &args.tuning, &args.ingress)?;
+    let listen = Listen { peer: args.peer_listen.clone(), http: args.http.clone(), admin: args.admin.clone() };
+    let running = server::start(settings, listen, args.ingress.limits()).await?;
     tracing::info!(
         node = args.id,
         peer = %running.peer_addr,

@@ -10,9 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use sluice_proto::admin::cluster_client::ClusterClient;
 use sluice_proto::admin::log_client::LogClient;
-use sluice_proto::admin::{
-    AppendRequest, InitRequest, Member, ReadRequest, Record, StatusReply, StatusRequest,
-};
+use sluice_proto::admin::{AppendRequest, InitRequest, Member, ReadRequest, Record, StatusReply, StatusRequest};
 use tonic::transport::Channel;
 
 /// The `sluice` binary built by this workspace (or `SLUICE_BIN`).
@@ -22,10 +20,7 @@ pub fn sluice_bin() -> PathBuf {
     }
     // target/<profile>/deps/<test> → target/<profile>/sluice
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile dir");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
     profile_dir.join("sluice")
 }
 
@@ -65,14 +60,7 @@ impl NodeProc {
         let child = Command::new(sluice_bin())
             .args(["node", "--id", &self.id.to_string(), "--data"])
             .arg(&self.data)
-            .args([
-                "--peer-listen",
-                &self.peer,
-                "--http",
-                &self.http,
-                "--admin",
-                &self.admin,
-            ])
+            .args(["--peer-listen", &self.peer, "--http", &self.http, "--admin", &self.admin])
             .args(&self.extra_args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
@@ -93,9 +81,7 @@ impl NodeProc {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn log_tail(&self) -> String {
@@ -120,39 +106,19 @@ impl TestCluster {
     /// Starts `n` nodes and initialises them as one cluster.
     pub async fn start(n: u64, partitions: u32, extra_args: &[&str]) -> Result<Self> {
         let root = tempfile::tempdir()?;
-        let mut nodes: Vec<NodeProc> = (1..=n)
-            .map(|id| NodeProc::new(id, root.path(), extra_args))
-            .collect();
+        let mut nodes: Vec<NodeProc> = (1..=n).map(|id| NodeProc::new(id, root.path(), extra_args)).collect();
         for node in &mut nodes {
             node.start()?;
         }
         let cluster = Self { nodes, root };
         for node in &cluster.nodes {
-            wait_for_admin(&node.admin)
-                .await
-                .with_context(|| node.log_tail())?;
+            wait_for_admin(&node.admin).await.with_context(|| node.log_tail())?;
         }
-        let members = cluster
-            .nodes
-            .iter()
-            .map(|n| Member {
-                node_id: n.id,
-                peer_addr: n.peer.clone(),
-            })
-            .collect();
-        let mut client =
-            ClusterClient::connect(format!("http://{}", cluster.nodes[0].admin)).await?;
-        client
-            .init(InitRequest {
-                members,
-                partitions,
-            })
-            .await
-            .context("cluster init")?;
+        let members = cluster.nodes.iter().map(|n| Member { node_id: n.id, peer_addr: n.peer.clone() }).collect();
+        let mut client = ClusterClient::connect(format!("http://{}", cluster.nodes[0].admin)).await?;
+        client.init(InitRequest { members, partitions }).await.context("cluster init")?;
         for node in &cluster.nodes {
-            wait_ready(&node.http)
-                .await
-                .with_context(|| node.log_tail())?;
+            wait_ready(&node.http).await.with_context(|| node.log_tail())?;
         }
         Ok(cluster)
     }
@@ -201,10 +167,7 @@ where
 }
 
 pub async fn wait_for_admin(admin: &str) -> Result<()> {
-    wait_until(Duration::from_secs(30), || async {
-        Ok(status(admin).await.ok().map(|_| ()))
-    })
-    .await
+    wait_until(Duration::from_secs(30), || async { Ok(status(admin).await.ok().map(|_| ())) }).await
 }
 
 pub async fn wait_ready(http: &str) -> Result<()> {
@@ -238,12 +201,7 @@ pub enum AppendOutcome {
     Indeterminate(String),
 }
 
-pub async fn append(
-    admin: &str,
-    stream: &str,
-    partition: u32,
-    payloads: Vec<Vec<u8>>,
-) -> AppendOutcome {
+pub async fn append(admin: &str, stream: &str, partition: u32, payloads: Vec<Vec<u8>>) -> AppendOutcome {
     let mut client = match log_client(admin).await {
         Ok(client) => client,
         Err(e) => return AppendOutcome::Refused(format!("connect: {e}")),
@@ -309,10 +267,7 @@ pub fn check_stream(records: &[Record], acked: &BTreeMap<u64, Vec<u8>>) -> Resul
     let mut seen = std::collections::HashSet::new();
     for (expected, record) in records.iter().enumerate() {
         if record.offset != expected as u64 {
-            bail!(
-                "offsets are not dense: position {expected} holds offset {}",
-                record.offset
-            );
+            bail!("offsets are not dense: position {expected} holds offset {}", record.offset);
         }
         if !seen.insert(record.payload.to_vec()) {
             bail!("payload at offset {} is present twice", record.offset);
@@ -326,10 +281,7 @@ pub fn check_stream(records: &[Record], acked: &BTreeMap<u64, Vec<u8>>) -> Resul
                 String::from_utf8_lossy(payload),
                 String::from_utf8_lossy(&record.payload)
             ),
-            None => bail!(
-                "acknowledged offset {offset} is missing ({} records present)",
-                records.len()
-            ),
+            None => bail!("acknowledged offset {offset} is missing ({} records present)", records.len()),
         }
     }
     Ok(records.iter().map(|r| r.payload.to_vec()).collect())
@@ -351,14 +303,54 @@ pub fn run_sluice(args: &[&str], timeout: Duration) -> Result<(i32, String)> {
     match rx.recv_timeout(timeout) {
         Ok(output) => {
             let output = output?;
-            Ok((
-                output.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&output.stderr).into_owned(),
-            ))
+            Ok((output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned()))
         }
         Err(_) => {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             bail!("sluice {args:?} did not exit within {timeout:?}")
         }
     }
+}
+
+/// Applies a resource object (JSON) through the admin API.
+pub async fn apply_resource(admin: &str, object: serde_json::Value) -> Result<()> {
+    let mut client = sluice_proto::admin::resources_client::ResourcesClient::connect(format!("http://{admin}")).await?;
+    client.apply(sluice_proto::admin::ApplyResourceRequest { object_json: object.to_string() }).await?;
+    Ok(())
+}
+
+/// A Broker object as Knative's YAML would give it, with extra annotations.
+pub fn broker_object(namespace: &str, name: &str, annotations: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Broker",
+        "metadata": { "name": name, "namespace": namespace, "annotations": annotations },
+    })
+}
+
+/// Waits until the node at `http` answers for `path` with something other than 404 (the broker is known).
+pub async fn wait_for_broker(http: &str, path: &str) -> Result<()> {
+    let url = format!("http://{http}{path}");
+    let client = reqwest::Client::new();
+    wait_until(Duration::from_secs(20), || async {
+        let response =
+            client.post(&url).header("content-type", "application/cloudevents-batch+json").body("[]").send().await?;
+        Ok((response.status() != reqwest::StatusCode::NOT_FOUND).then_some(()))
+    })
+    .await
+}
+
+/// Every event stored for `stream`, over all partitions, on the node at `admin`.
+pub async fn read_events(
+    admin: &str,
+    stream: &str,
+    partitions: u32,
+) -> Result<Vec<sluice_broker::cloudevent::CloudEvent>> {
+    let mut events = Vec::new();
+    for partition in 0..partitions {
+        for record in read_all(admin, stream, partition).await? {
+            events.push(sluice_broker::cloudevent::CloudEvent::decode(&record.payload)?);
+        }
+    }
+    Ok(events)
 }

@@ -8,41 +8,16 @@ use sluice_tests::{free_addr, run_sluice};
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn last_line(stderr: &str) -> &str {
-    stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
+    stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
 }
 
-fn node_args<'a>(
-    id: &'a str,
-    data: &'a str,
-    peer: &'a str,
-    http: &'a str,
-    admin: &'a str,
-) -> Vec<&'a str> {
-    vec![
-        "node",
-        "--id",
-        id,
-        "--data",
-        data,
-        "--peer-listen",
-        peer,
-        "--http",
-        http,
-        "--admin",
-        admin,
-    ]
+fn node_args<'a>(id: &'a str, data: &'a str, peer: &'a str, http: &'a str, admin: &'a str) -> Vec<&'a str> {
+    vec!["node", "--id", id, "--data", data, "--peer-listen", peer, "--http", http, "--admin", admin]
 }
 
 #[test]
 fn unknown_flag_is_rejected() -> anyhow::Result<()> {
-    let (code, stderr) = run_sluice(
-        &["node", "--id", "1", "--data", "/tmp/x", "--no-such-flag"],
-        TIMEOUT,
-    )?;
+    let (code, stderr) = run_sluice(&["node", "--id", "1", "--data", "/tmp/x", "--no-such-flag"], TIMEOUT)?;
     assert_ne!(code, 0);
     assert!(stderr.contains("--no-such-flag"), "{stderr}");
     Ok(())
@@ -71,22 +46,11 @@ fn port_in_use_is_rejected() -> anyhow::Result<()> {
     let busy_addr = busy.local_addr()?.to_string();
     let data = dir.path().join("n1");
     let (peer, admin) = (free_addr(), free_addr());
-    let (code, stderr) = run_sluice(
-        &node_args(
-            "1",
-            data.to_str().expect("utf-8"),
-            &peer,
-            &busy_addr,
-            &admin,
-        ),
-        TIMEOUT,
-    )?;
+    let (code, stderr) =
+        run_sluice(&node_args("1", data.to_str().expect("utf-8"), &peer, &busy_addr, &admin), TIMEOUT)?;
     assert_ne!(code, 0);
     let line = last_line(&stderr);
-    assert!(
-        line.contains("--http") && line.contains(&busy_addr) && line.contains("in use"),
-        "{line}"
-    );
+    assert!(line.contains("--http") && line.contains(&busy_addr) && line.contains("in use"), "{line}");
     Ok(())
 }
 
@@ -97,16 +61,10 @@ fn data_dir_of_another_node_id_is_rejected() -> anyhow::Result<()> {
     std::fs::create_dir_all(&data)?;
     std::fs::write(data.join("node-id"), "1\n")?;
     let (peer, http, admin) = (free_addr(), free_addr(), free_addr());
-    let (code, stderr) = run_sluice(
-        &node_args("4", data.to_str().expect("utf-8"), &peer, &http, &admin),
-        TIMEOUT,
-    )?;
+    let (code, stderr) = run_sluice(&node_args("4", data.to_str().expect("utf-8"), &peer, &http, &admin), TIMEOUT)?;
     assert_ne!(code, 0);
     let line = last_line(&stderr);
-    assert!(
-        line.contains("belongs to node 1") && line.contains("--id"),
-        "{line}"
-    );
+    assert!(line.contains("belongs to node 1") && line.contains("--id"), "{line}");
     Ok(())
 }
 
@@ -118,17 +76,7 @@ async fn init_without_this_node_is_rejected() -> anyhow::Result<()> {
     sluice_tests::wait_for_admin(&node.admin).await?;
     let admin = node.admin.clone();
     let (code, stderr) = tokio::task::spawn_blocking(move || {
-        run_sluice(
-            &[
-                "cluster",
-                "init",
-                "--admin",
-                &admin,
-                "--members",
-                "2=127.0.0.1:1,3=127.0.0.1:2",
-            ],
-            TIMEOUT,
-        )
+        run_sluice(&["cluster", "init", "--admin", &admin, "--members", "2=127.0.0.1:1,3=127.0.0.1:2"], TIMEOUT)
     })
     .await??;
     assert_ne!(code, 0);

@@ -11,16 +11,12 @@ async fn acknowledged_appends_survive_kill9_and_restart() -> anyhow::Result<()> 
     let mut node = NodeProc::new(1, root.path(), &[]);
     node.start()?;
     sluice_tests::wait_for_admin(&node.admin).await?;
-    let mut cluster = sluice_proto::admin::cluster_client::ClusterClient::<Channel>::connect(
-        format!("http://{}", node.admin),
-    )
-    .await?;
+    let mut cluster =
+        sluice_proto::admin::cluster_client::ClusterClient::<Channel>::connect(format!("http://{}", node.admin))
+            .await?;
     cluster
         .init(sluice_proto::admin::InitRequest {
-            members: vec![sluice_proto::admin::Member {
-                node_id: 1,
-                peer_addr: node.peer.clone(),
-            }],
+            members: vec![sluice_proto::admin::Member { node_id: 1, peer_addr: node.peer.clone() }],
             partitions: 2,
         })
         .await?;
@@ -35,14 +31,9 @@ async fn acknowledged_appends_survive_kill9_and_restart() -> anyhow::Result<()> 
             let partition = writer % 2;
             let mut acked = Vec::new();
             for i in 0..100u32 {
-                let payloads = vec![
-                    format!("w{writer}-{i}-a").into_bytes(),
-                    format!("w{writer}-{i}-b").into_bytes(),
-                ];
+                let payloads = vec![format!("w{writer}-{i}-a").into_bytes(), format!("w{writer}-{i}-b").into_bytes()];
                 match append(&admin, &stream, partition, payloads.clone()).await {
-                    AppendOutcome::Acked(offsets) => {
-                        acked.extend(offsets.into_iter().zip(payloads))
-                    }
+                    AppendOutcome::Acked(offsets) => acked.extend(offsets.into_iter().zip(payloads)),
                     other => panic!("append failed on a healthy node: {other:?}"),
                 }
             }
@@ -52,10 +43,7 @@ async fn acknowledged_appends_survive_kill9_and_restart() -> anyhow::Result<()> 
     let mut expected: BTreeMap<(String, u32), BTreeMap<u64, Vec<u8>>> = BTreeMap::new();
     for writer in writers {
         let (stream, partition, acked) = writer.await?;
-        expected
-            .entry((stream, partition))
-            .or_default()
-            .extend(acked);
+        expected.entry((stream, partition)).or_default().extend(acked);
     }
 
     node.kill9();
@@ -65,23 +53,12 @@ async fn acknowledged_appends_survive_kill9_and_restart() -> anyhow::Result<()> 
     for ((stream, partition), acked) in &expected {
         let records = read_all(&node.admin, stream, *partition).await?;
         check_stream(&records, acked)?;
-        assert_eq!(
-            records.len(),
-            acked.len(),
-            "{stream}: exactly the acknowledged records"
-        );
+        assert_eq!(records.len(), acked.len(), "{stream}: exactly the acknowledged records");
         assert_eq!(acked.len(), 400);
     }
 
     // And it keeps going where it stopped.
-    match append(
-        &node.admin,
-        "broker/default/b0",
-        0,
-        vec![b"after-restart".to_vec()],
-    )
-    .await
-    {
+    match append(&node.admin, "broker/default/b0", 0, vec![b"after-restart".to_vec()]).await {
         AppendOutcome::Acked(offsets) => assert_eq!(offsets, vec![400]),
         other => panic!("append after restart failed: {other:?}"),
     }

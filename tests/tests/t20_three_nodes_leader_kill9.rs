@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sluice_tests::{
-    AppendOutcome, TestCluster, append, check_stream, end_offset, read_all, wait_ready, wait_until,
-};
+use sluice_tests::{AppendOutcome, TestCluster, append, check_stream, end_offset, read_all, wait_ready, wait_until};
 
 const STREAM: &str = "broker/default/orders";
 const PARTITION: u32 = 0;
@@ -93,25 +91,17 @@ async fn leader_kill9_mid_stream_loses_nothing_acknowledged() -> anyhow::Result<
         let (list, unknown) = writer.await?;
         indeterminate += unknown;
         for (offset, payload) in list {
-            assert!(
-                acked.insert(offset, payload).is_none(),
-                "offset {offset} acknowledged twice"
-            );
+            assert!(acked.insert(offset, payload).is_none(), "offset {offset} acknowledged twice");
         }
     }
-    eprintln!(
-        "acknowledged {} appends, {indeterminate} indeterminate",
-        acked.len()
-    );
+    eprintln!("acknowledged {} appends, {indeterminate} indeterminate", acked.len());
 
     // A barrier append: once it is committed, so is everything before it.
     let barrier = wait_until(Duration::from_secs(30), || async {
-        Ok(
-            match append(&admins[0], STREAM, PARTITION, vec![b"barrier".to_vec()]).await {
-                AppendOutcome::Acked(offsets) => Some(offsets[0]),
-                _ => None,
-            },
-        )
+        Ok(match append(&admins[0], STREAM, PARTITION, vec![b"barrier".to_vec()]).await {
+            AppendOutcome::Acked(offsets) => Some(offsets[0]),
+            _ => None,
+        })
     })
     .await?;
     acked.insert(barrier, b"barrier".to_vec());
@@ -131,11 +121,7 @@ async fn leader_kill9_mid_stream_loses_nothing_acknowledged() -> anyhow::Result<
     for copy in &copies[1..] {
         assert!(copy == &copies[0], "nodes diverge");
     }
-    assert_eq!(
-        copies[0].len() as u64,
-        barrier + 1,
-        "the barrier is the last record"
-    );
+    assert_eq!(copies[0].len() as u64, barrier + 1, "the barrier is the last record");
     assert!(acked.len() > before_kill + 400);
     Ok(())
 }

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sluice_tests::{
-    AppendOutcome, TestCluster, append, check_stream, end_offset, read_all, status, wait_ready,
-    wait_until,
+    AppendOutcome, TestCluster, append, check_stream, end_offset, read_all, status, wait_ready, wait_until,
 };
 
 const STREAM: &str = "channel/default/audit";
@@ -14,24 +13,10 @@ const GROUP: u32 = 1;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_node_catches_up_through_a_snapshot() -> anyhow::Result<()> {
-    let mut cluster = TestCluster::start(
-        3,
-        1,
-        &[
-            "--snapshot-every-entries",
-            "40",
-            "--keep-entries-after-snapshot",
-            "0",
-        ],
-    )
-    .await?;
+    let mut cluster =
+        TestCluster::start(3, 1, &["--snapshot-every-entries", "40", "--keep-entries-after-snapshot", "0"]).await?;
     let leader = cluster.leader_of(GROUP).await?;
-    let lagging = cluster
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let lagging = cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).expect("a follower");
     let leader_admin = cluster.node(leader).admin.clone();
     let mut acked = BTreeMap::new();
     let send = |i: usize| {
@@ -59,9 +44,7 @@ async fn lagging_node_catches_up_through_a_snapshot() -> anyhow::Result<()> {
     wait_until(Duration::from_secs(30), || async {
         let s = status(&leader_admin).await?;
         let g = s.groups.iter().find(|g| g.group_id == GROUP).cloned();
-        Ok(g.and_then(|g| g.purged_index)
-            .filter(|purged| *purged > 100)
-            .map(|_| ()))
+        Ok(g.and_then(|g| g.purged_index).filter(|purged| *purged > 100).map(|_| ()))
     })
     .await?;
 
@@ -75,23 +58,11 @@ async fn lagging_node_catches_up_through_a_snapshot() -> anyhow::Result<()> {
     .await?;
 
     let lagging_status = status(&lagging_admin).await?;
-    let group = lagging_status
-        .groups
-        .iter()
-        .find(|g| g.group_id == GROUP)
-        .expect("group status");
+    let group = lagging_status.groups.iter().find(|g| g.group_id == GROUP).expect("group status");
+    assert!(group.snapshot_index.is_some_and(|i| i > 20), "the lagging node holds a snapshot: {group:?}");
+    let metrics = reqwest::get(format!("http://{lagging_http}/metrics")).await?.text().await?;
     assert!(
-        group.snapshot_index.is_some_and(|i| i > 20),
-        "the lagging node holds a snapshot: {group:?}"
-    );
-    let metrics = reqwest::get(format!("http://{lagging_http}/metrics"))
-        .await?
-        .text()
-        .await?;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("sluice_snapshots_installed_total") && !l.ends_with(" 0")),
+        metrics.lines().any(|l| l.starts_with("sluice_snapshots_installed_total") && !l.ends_with(" 0")),
         "the lagging node installed a snapshot"
     );
 

@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 
 use super::{WalSyncer, cf, io_err};
 use crate::keys::{
-    CF_RAFT_LOG, CF_RAFT_STATE, RAFT_STATE_COMMITTED, RAFT_STATE_LAST_PURGED, RAFT_STATE_VOTE,
-    group_end, log_index_of, log_key, tag_key,
+    CF_RAFT_LOG, CF_RAFT_STATE, RAFT_STATE_COMMITTED, RAFT_STATE_LAST_PURGED, RAFT_STATE_VOTE, group_end, log_index_of,
+    log_key, tag_key,
 };
 use crate::raft_types::{Entry, GroupId, LogId, TypeConfig, Vote, decode, encode};
 
@@ -33,11 +33,7 @@ impl GroupLogStore {
 
     fn get_state<T: DeserializeOwned>(&self, tag: u8) -> io::Result<Option<T>> {
         let cf = cf(&self.db, CF_RAFT_STATE)?;
-        match self
-            .db
-            .get_cf(cf, tag_key(self.group, tag))
-            .map_err(io_err)?
-        {
+        match self.db.get_cf(cf, tag_key(self.group, tag)).map_err(io_err)? {
             None => Ok(None),
             Some(bytes) => Ok(Some(decode(&bytes).map_err(io_err)?)),
         }
@@ -46,17 +42,13 @@ impl GroupLogStore {
     fn put_state<T: Serialize>(&self, tag: u8, value: &T) -> io::Result<()> {
         let cf = cf(&self.db, CF_RAFT_STATE)?;
         let bytes = encode(value).map_err(io_err)?;
-        self.db
-            .put_cf(cf, tag_key(self.group, tag), bytes)
-            .map_err(io_err)
+        self.db.put_cf(cf, tag_key(self.group, tag), bytes).map_err(io_err)
     }
 
     fn last_entry_log_id(&self) -> io::Result<Option<LogId>> {
         let cf = cf(&self.db, CF_RAFT_LOG)?;
         let end = group_end(self.group);
-        let mut iter = self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse));
+        let mut iter = self.db.iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse));
         match iter.next() {
             None => Ok(None),
             Some(item) => {
@@ -93,20 +85,13 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(end_key);
         let start_key = log_key(self.group, start);
-        let iter = self.db.iterator_cf_opt(
-            cf,
-            read_options,
-            IteratorMode::From(&start_key, Direction::Forward),
-        );
+        let iter = self.db.iterator_cf_opt(cf, read_options, IteratorMode::From(&start_key, Direction::Forward));
         let mut entries = Vec::new();
         for item in iter {
             let (key, value) = item.map_err(io_err)?;
             let entry: Entry = decode(&value).map_err(io_err)?;
             if log_index_of(&key) != Some(entry.index()) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "log key and entry index disagree",
-                ));
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "log key and entry index disagree"));
             }
             entries.push(entry);
         }
@@ -124,10 +109,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged_log_id: Option<LogId> = self.get_state(RAFT_STATE_LAST_PURGED)?;
         let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -151,11 +133,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         self.get_state(RAFT_STATE_COMMITTED)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<TypeConfig>,
-    ) -> Result<(), io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + Send,
     {
@@ -168,8 +146,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         // Written now so that the entries are readable when this returns;
         // reported flushed only after the shared WAL fsync.
         self.db.write(batch).map_err(io_err)?;
-        self.wal
-            .after_sync(move |result| callback.io_completed(result));
+        self.wal.after_sync(move |result| callback.io_completed(result));
         Ok(())
     }
 
@@ -180,20 +157,12 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         };
         let cf = cf(&self.db, CF_RAFT_LOG)?;
         // Ordered in the WAL before any later append, so it needs no fsync of its own.
-        self.db
-            .delete_range_cf(cf, from, group_end(self.group))
-            .map_err(io_err)
+        self.db.delete_range_cf(cf, from, group_end(self.group)).map_err(io_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         self.put_state(RAFT_STATE_LAST_PURGED, &log_id)?;
         let cf = cf(&self.db, CF_RAFT_LOG)?;
-        self.db
-            .delete_range_cf(
-                cf,
-                log_key(self.group, 0),
-                log_key(self.group, log_id.index() + 1),
-            )
-            .map_err(io_err)
+        self.db.delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, log_id.index() + 1)).map_err(io_err)
     }
 }

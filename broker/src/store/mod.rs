@@ -37,10 +37,7 @@ impl Store {
     /// Opens (or creates) the store under `dir`: RocksDB in `dir/db`,
     /// snapshots in `dir/snapshots`.
     pub fn open(dir: &Path) -> Result<Self, BrokerError> {
-        let data_dir_error = |reason: String| BrokerError::DataDir {
-            path: dir.to_path_buf(),
-            reason,
-        };
+        let data_dir_error = |reason: String| BrokerError::DataDir { path: dir.to_path_buf(), reason };
         std::fs::create_dir_all(dir).map_err(|e| data_dir_error(e.to_string()))?;
         let snapshot_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir).map_err(|e| data_dir_error(e.to_string()))?;
@@ -67,11 +64,7 @@ impl Store {
         })?;
         let db = Arc::new(db);
         let wal = WalSyncer::start(db.clone());
-        Ok(Self {
-            db,
-            wal,
-            snapshot_dir,
-        })
+        Ok(Self { db, wal, snapshot_dir })
     }
 
     pub fn db(&self) -> &Arc<DB> {
@@ -88,8 +81,7 @@ impl Store {
 }
 
 pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, std::io::Error> {
-    db.cf_handle(name)
-        .ok_or_else(|| std::io::Error::other(format!("column family {name} is missing")))
+    db.cf_handle(name).ok_or_else(|| std::io::Error::other(format!("column family {name} is missing")))
 }
 
 pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {

@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use super::{cf, io_err};
-use crate::keys::{
-    CF_SM_STATE, SM_APPLIED, SM_MEMBERSHIP, STATE_MACHINE_CFS, group_end, group_prefix, tag_key,
-};
+use crate::keys::{CF_SM_STATE, SM_APPLIED, SM_MEMBERSHIP, STATE_MACHINE_CFS, group_end, group_prefix, tag_key};
 use crate::raft_types::{GroupId, LogId, SnapshotMeta, StoredMembership, decode, encode};
 
 const MAGIC: &[u8] = b"SLUICESNAP1\n";
@@ -30,40 +28,25 @@ pub struct SnapshotFile {
 }
 
 fn file_name(last_log_id: Option<&LogId>) -> String {
-    format!(
-        "{:020}.snap",
-        last_log_id.map(|id| id.index() + 1).unwrap_or(0)
-    )
+    format!("{:020}.snap", last_log_id.map(|id| id.index() + 1).unwrap_or(0))
 }
 
 /// Writes the group's state machine as of now; the meta comes from the same
 /// RocksDB snapshot as the data, so the two always agree.
-pub(crate) fn write_snapshot(
-    db: &DB,
-    group: GroupId,
-    dir: &Path,
-) -> io::Result<(SnapshotMeta, PathBuf)> {
+pub(crate) fn write_snapshot(db: &DB, group: GroupId, dir: &Path) -> io::Result<(SnapshotMeta, PathBuf)> {
     fs::create_dir_all(dir)?;
     let snapshot = db.snapshot();
     let sm_cf = cf(db, CF_SM_STATE)?;
-    let last_log_id: Option<LogId> = match snapshot
-        .get_cf(sm_cf, tag_key(group, SM_APPLIED))
-        .map_err(io_err)?
-    {
+    let last_log_id: Option<LogId> = match snapshot.get_cf(sm_cf, tag_key(group, SM_APPLIED)).map_err(io_err)? {
         Some(bytes) => decode(&bytes).map_err(io_err)?,
         None => None,
     };
-    let last_membership: StoredMembership = match snapshot
-        .get_cf(sm_cf, tag_key(group, SM_MEMBERSHIP))
-        .map_err(io_err)?
-    {
-        Some(bytes) => decode(&bytes).map_err(io_err)?,
-        None => StoredMembership::default(),
-    };
-    let meta = SnapshotMeta {
-        last_log_id,
-        last_membership,
-    };
+    let last_membership: StoredMembership =
+        match snapshot.get_cf(sm_cf, tag_key(group, SM_MEMBERSHIP)).map_err(io_err)? {
+            Some(bytes) => decode(&bytes).map_err(io_err)?,
+            None => StoredMembership::default(),
+        };
+    let meta = SnapshotMeta { last_log_id, last_membership };
 
     let final_path = dir.join(file_name(meta.last_log_id.as_ref()));
     let tmp_path = final_path.with_extension("snap.tmp");
@@ -76,11 +59,8 @@ pub(crate) fn write_snapshot(
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(group_end(group));
         let prefix = group_prefix(group);
-        let iter = snapshot.iterator_cf_opt(
-            cf(db, cf_name)?,
-            read_options,
-            IteratorMode::From(&prefix, Direction::Forward),
-        );
+        let iter =
+            snapshot.iterator_cf_opt(cf(db, cf_name)?, read_options, IteratorMode::From(&prefix, Direction::Forward));
         for item in iter {
             let (key, value) = item.map_err(io_err)?;
             out.write_all(&[cf_index as u8])?;
@@ -121,13 +101,9 @@ pub(crate) fn install_snapshot(
         sync_dir(dir)?;
     }
 
-    let cfs = STATE_MACHINE_CFS
-        .iter()
-        .map(|name| cf(db, name))
-        .collect::<io::Result<Vec<_>>>()?;
+    let cfs = STATE_MACHINE_CFS.iter().map(|name| cf(db, name)).collect::<io::Result<Vec<_>>>()?;
     for handle in &cfs {
-        db.delete_range_cf(*handle, group_prefix(group).to_vec(), group_end(group))
-            .map_err(io_err)?;
+        db.delete_range_cf(*handle, group_prefix(group).to_vec(), group_end(group)).map_err(io_err)?;
     }
     let applied_key = tag_key(group, SM_APPLIED);
     let mut batch = WriteBatch::default();
@@ -137,19 +113,13 @@ pub(crate) fn install_snapshot(
         if cf_index[0] == END_MARKER {
             break;
         }
-        let handle = cfs.get(usize::from(cf_index[0])).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "snapshot names an unknown column family",
-            )
-        })?;
+        let handle = cfs
+            .get(usize::from(cf_index[0]))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "snapshot names an unknown column family"))?;
         let key = read_chunk(&mut input)?;
         let value = read_chunk(&mut input)?;
         if !key.starts_with(&group_prefix(group)) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "snapshot holds a key of another group",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot holds a key of another group"));
         }
         if key == applied_key {
             continue;
@@ -160,11 +130,7 @@ pub(crate) fn install_snapshot(
         }
     }
     if let Some(last_log_id) = &meta.last_log_id {
-        batch.put_cf(
-            cf(db, CF_SM_STATE)?,
-            applied_key,
-            encode(&Some(*last_log_id)).map_err(io_err)?,
-        );
+        batch.put_cf(cf(db, CF_SM_STATE)?, applied_key, encode(&Some(*last_log_id)).map_err(io_err)?);
     }
     db.write(batch).map_err(io_err)?;
     db.flush_wal(true).map_err(io_err)?;
@@ -180,10 +146,7 @@ pub(crate) fn current_snapshot(dir: &Path) -> io::Result<Option<(SnapshotMeta, P
     let mut newest: Option<PathBuf> = None;
     for entry in entries {
         let path = entry?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.ends_with(".snap") && newest.as_ref().is_none_or(|n| path > *n) {
             newest = Some(path);
         }
@@ -204,10 +167,7 @@ pub(crate) fn remove_partial_snapshots(dir: &Path) -> io::Result<()> {
     };
     for entry in entries {
         let path = entry?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.ends_with(".snap.tmp") || name.ends_with(".incoming") {
             fs::remove_file(&path)?;
         }
@@ -219,10 +179,7 @@ fn read_meta(input: &mut impl Read) -> io::Result<SnapshotMeta> {
     let mut magic = [0u8; MAGIC.len()];
     input.read_exact(&mut magic)?;
     if magic != MAGIC {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a sluice snapshot file",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a sluice snapshot file"));
     }
     let header = read_chunk(input)?;
     decode(&header).map_err(io_err)

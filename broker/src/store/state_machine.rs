@@ -8,7 +8,7 @@
 //! `WriteBatch` as the data, so after a crash openraft re-applies exactly the
 //! entries that are missing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -26,12 +26,13 @@ use super::snapshot::{self, SnapshotFile};
 use super::{cf, io_err};
 use crate::cluster::ClusterConfig;
 use crate::keys::{
-    CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBERSHIP, SM_STREAM,
-    event_key, event_offset_of, event_value, group_end, split_event_value, stream_state_key,
-    tag_key, time_index_key, time_index_offset_of,
+    CF_DEDUPE, CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBERSHIP, SM_RESOURCE,
+    SM_STREAM, dedupe_expiry_key, dedupe_seen_key, event_key, event_offset_of, event_value, group_end, resource_key,
+    split_dedupe_expiry_key, split_event_value, split_resource_key, stream_state_key, tag_key, time_index_key,
+    time_index_offset_of,
 };
 use crate::raft_types::{
-    GroupId, LogCommand, LogId, LogResponse, Snapshot, SnapshotMeta, StoredMembership,
+    Appended, GroupId, LogCommand, LogId, LogResponse, ResourceKey, Snapshot, SnapshotMeta, StoredMembership,
     StreamAppend, TypeConfig, decode, encode,
 };
 
@@ -47,6 +48,10 @@ struct StreamState {
 /// What readers of a group see: the applied streams and cluster config.
 struct AppliedView {
     streams: RwLock<HashMap<String, StreamState>>,
+    /// Resource objects (metadata group), JSON text by key.
+    resources: RwLock<BTreeMap<ResourceKey, String>>,
+    /// Bumped on every resource change, so watchers re-read.
+    resources_version: watch::Sender<u64>,
     cluster_config: watch::Sender<Option<ClusterConfig>>,
     applied_index: watch::Sender<u64>,
 }
@@ -76,42 +81,26 @@ pub struct StreamView {
 
 impl StreamView {
     fn stream_state(&self, stream: &str) -> Option<StreamState> {
-        self.view
-            .streams
-            .read()
-            .ok()
-            .and_then(|streams| streams.get(stream).cloned())
+        self.view.streams.read().ok().and_then(|streams| streams.get(stream).cloned())
     }
 
     /// One past the last applied offset (0 for a stream never written).
     pub fn end_offset(&self, stream: &str) -> u64 {
-        self.stream_state(stream)
-            .map(|s| s.next_offset)
-            .unwrap_or(0)
+        self.stream_state(stream).map(|s| s.next_offset).unwrap_or(0)
     }
 
     /// Records from `from_offset`, at most `max_records` and about `max_bytes`
     /// (always at least one record if there is one).
-    pub fn read(
-        &self,
-        stream: &str,
-        from_offset: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> io::Result<ReadBatch> {
+    pub fn read(&self, stream: &str, from_offset: u64, max_records: usize, max_bytes: usize) -> io::Result<ReadBatch> {
         let Some(state) = self.stream_state(stream) else {
             return Ok(ReadBatch::default());
         };
-        let mut batch = ReadBatch {
-            records: Vec::new(),
-            end_offset: state.next_offset,
-        };
+        let mut batch = ReadBatch { records: Vec::new(), end_offset: state.next_offset };
         if from_offset >= state.next_offset || max_records == 0 {
             return Ok(batch);
         }
         let mut read_options = ReadOptions::default();
-        read_options
-            .set_iterate_upper_bound(event_key(self.group, state.id, state.next_offset).to_vec());
+        read_options.set_iterate_upper_bound(event_key(self.group, state.id, state.next_offset).to_vec());
         let start = event_key(self.group, state.id, from_offset);
         let iter = self.db.iterator_cf_opt(
             cf(&self.db, CF_EVENTS)?,
@@ -122,14 +111,9 @@ impl StreamView {
         for item in iter {
             let (key, value) = item.map_err(io_err)?;
             let offset = event_offset_of(&key).ok_or_else(|| io_err("malformed event key"))?;
-            let (arrival_ms, payload) =
-                split_event_value(&value).ok_or_else(|| io_err("malformed event value"))?;
+            let (arrival_ms, payload) = split_event_value(&value).ok_or_else(|| io_err("malformed event value"))?;
             bytes += payload.len();
-            batch.records.push(StoredRecord {
-                offset,
-                arrival_ms,
-                payload: Bytes::copy_from_slice(payload),
-            });
+            batch.records.push(StoredRecord { offset, arrival_ms, payload: Bytes::copy_from_slice(payload) });
             if batch.records.len() >= max_records || bytes >= max_bytes {
                 break;
             }
@@ -144,9 +128,7 @@ impl StreamView {
             return Ok(0);
         };
         let mut read_options = ReadOptions::default();
-        read_options.set_iterate_upper_bound(
-            time_index_key(self.group, state.id, u64::MAX, u64::MAX).to_vec(),
-        );
+        read_options.set_iterate_upper_bound(time_index_key(self.group, state.id, u64::MAX, u64::MAX).to_vec());
         let start = time_index_key(self.group, state.id, time_ms, 0);
         let mut iter = self.db.iterator_cf_opt(
             cf(&self.db, CF_TIME_INDEX)?,
@@ -176,13 +158,28 @@ impl StreamView {
         self.view.applied_index.subscribe()
     }
 
+    /// A resource object's JSON (metadata group).
+    pub fn resource(&self, key: &ResourceKey) -> Option<String> {
+        self.view.resources.read().ok().and_then(|r| r.get(key).cloned())
+    }
+
+    /// Every resource of `kind`, ordered by namespace and name.
+    pub fn resources(&self, kind: &str) -> Vec<(ResourceKey, String)> {
+        self.view
+            .resources
+            .read()
+            .map(|r| r.iter().filter(|(k, _)| k.kind == kind).map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Changes whenever a resource is put or deleted.
+    pub fn watch_resources(&self) -> watch::Receiver<u64> {
+        self.view.resources_version.subscribe()
+    }
+
     /// Names of the streams this group holds.
     pub fn stream_names(&self) -> Vec<String> {
-        self.view
-            .streams
-            .read()
-            .map(|s| s.keys().cloned().collect())
-            .unwrap_or_default()
+        self.view.streams.read().map(|s| s.keys().cloned().collect()).unwrap_or_default()
     }
 }
 
@@ -202,26 +199,18 @@ impl GroupStateMachine {
         snapshot::remove_partial_snapshots(&snapshot_dir)?;
         let view = Arc::new(AppliedView {
             streams: RwLock::new(HashMap::new()),
+            resources: RwLock::new(BTreeMap::new()),
+            resources_version: watch::Sender::new(0),
             cluster_config: watch::Sender::new(None),
             applied_index: watch::Sender::new(0),
         });
-        let mut machine = Self {
-            db,
-            group,
-            snapshot_dir,
-            view,
-            next_stream_id: 0,
-        };
+        let mut machine = Self { db, group, snapshot_dir, view, next_stream_id: 0 };
         machine.reload()?;
         Ok(machine)
     }
 
     pub fn view(&self) -> StreamView {
-        StreamView {
-            db: self.db.clone(),
-            group: self.group,
-            view: self.view.clone(),
-        }
+        StreamView { db: self.db.clone(), group: self.group, view: self.view.clone() }
     }
 
     /// Re-reads the in-memory view from RocksDB (at open and after a snapshot install).
@@ -232,116 +221,197 @@ impl GroupStateMachine {
         read_options.set_iterate_upper_bound(tag_key(self.group, SM_STREAM + 1).to_vec());
         let mut streams = HashMap::new();
         let mut next_stream_id = 0;
-        for item in self.db.iterator_cf_opt(
-            sm,
-            read_options,
-            IteratorMode::From(&prefix, Direction::Forward),
-        ) {
+        for item in self.db.iterator_cf_opt(sm, read_options, IteratorMode::From(&prefix, Direction::Forward)) {
             let (key, value) = item.map_err(io_err)?;
             let name = String::from_utf8(key[prefix.len()..].to_vec()).map_err(io_err)?;
             let state: StreamState = decode(&value).map_err(io_err)?;
             next_stream_id = next_stream_id.max(state.id + 1);
             streams.insert(name, state);
         }
-        let cluster_config: Option<ClusterConfig> = match self
-            .db
-            .get_cf(sm, tag_key(self.group, SM_CLUSTER_CONFIG))
-            .map_err(io_err)?
-        {
-            Some(bytes) => Some(decode(&bytes).map_err(io_err)?),
-            None => None,
-        };
+        let cluster_config: Option<ClusterConfig> =
+            match self.db.get_cf(sm, tag_key(self.group, SM_CLUSTER_CONFIG)).map_err(io_err)? {
+                Some(bytes) => Some(decode(&bytes).map_err(io_err)?),
+                None => None,
+            };
+        let mut resources = BTreeMap::new();
+        let prefix = tag_key(self.group, SM_RESOURCE);
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(tag_key(self.group, SM_RESOURCE + 1).to_vec());
+        for item in self.db.iterator_cf_opt(sm, read_options, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (key, value) = item.map_err(io_err)?;
+            let key = split_resource_key(&key).ok_or_else(|| io_err("malformed resource key"))?;
+            resources.insert(key, String::from_utf8(value.to_vec()).map_err(io_err)?);
+        }
         let (applied, _) = self.read_applied_state()?;
         if let Ok(mut guard) = self.view.streams.write() {
             *guard = streams;
         }
+        if let Ok(mut guard) = self.view.resources.write() {
+            *guard = resources;
+        }
+        self.view.resources_version.send_modify(|v| *v += 1);
         self.next_stream_id = next_stream_id;
         self.view.cluster_config.send_replace(cluster_config);
-        self.view
-            .applied_index
-            .send_replace(applied.map(|id| id.index()).unwrap_or(0));
+        self.view.applied_index.send_replace(applied.map(|id| id.index()).unwrap_or(0));
         Ok(())
     }
 
     fn read_applied_state(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
         let sm = cf(&self.db, CF_SM_STATE)?;
-        let applied: Option<LogId> = match self
-            .db
-            .get_cf(sm, tag_key(self.group, SM_APPLIED))
-            .map_err(io_err)?
-        {
+        let applied: Option<LogId> = match self.db.get_cf(sm, tag_key(self.group, SM_APPLIED)).map_err(io_err)? {
             Some(bytes) => decode(&bytes).map_err(io_err)?,
             None => None,
         };
-        let membership = match self
-            .db
-            .get_cf(sm, tag_key(self.group, SM_MEMBERSHIP))
-            .map_err(io_err)?
-        {
+        let membership = match self.db.get_cf(sm, tag_key(self.group, SM_MEMBERSHIP)).map_err(io_err)? {
             Some(bytes) => decode(&bytes).map_err(io_err)?,
             None => StoredMembership::default(),
         };
         Ok((applied, membership))
     }
 
-    /// Stages one `StreamAppend` into `batch`; returns the first offset.
-    fn stage_append(
-        &mut self,
-        batch: &mut WriteBatch,
-        touched: &mut HashMap<String, StreamState>,
-        append: &StreamAppend,
-    ) -> io::Result<u64> {
-        let state = match touched.get(&append.stream) {
+    /// Stages one `StreamAppend` into `batch`: stream state, events, the
+    /// time index and, with dedupe, the seen-keys window.
+    fn stage_append(&mut self, staged: &mut Staged, append: &StreamAppend) -> io::Result<Appended> {
+        let state = match staged.streams.get(&append.stream) {
             Some(state) => state.clone(),
-            None => match self
-                .view
-                .streams
-                .read()
-                .ok()
-                .and_then(|s| s.get(&append.stream).cloned())
-            {
+            None => match self.view.streams.read().ok().and_then(|s| s.get(&append.stream).cloned()) {
                 Some(state) => state,
                 None => {
                     let id = self.next_stream_id;
                     self.next_stream_id += 1;
-                    StreamState {
-                        id,
-                        next_offset: 0,
-                        last_arrival_ms: 0,
-                    }
+                    StreamState { id, next_offset: 0, last_arrival_ms: 0 }
                 }
             },
         };
         let arrival_ms = append.arrival_ms.max(state.last_arrival_ms);
         let first_offset = state.next_offset;
         let events = cf(&self.db, CF_EVENTS)?;
+        let mut next_offset = first_offset;
         for (i, payload) in append.payloads.iter().enumerate() {
-            batch.put_cf(
-                events,
-                event_key(self.group, state.id, first_offset + i as u64),
-                event_value(arrival_ms, payload),
-            );
+            if let Some(dedupe) = &append.dedupe {
+                let key = dedupe.keys.get(i).ok_or_else(|| io_err("dedupe keys and payloads differ in length"))?;
+                if self.seen_within(staged, state.id, key, arrival_ms, dedupe.window_ms)? {
+                    continue;
+                }
+                self.stage_seen(staged, state.id, key, arrival_ms)?;
+            }
+            staged.batch.put_cf(events, event_key(self.group, state.id, next_offset), event_value(arrival_ms, payload));
+            next_offset += 1;
         }
-        if !append.payloads.is_empty() {
-            batch.put_cf(
+        if let Some(dedupe) = &append.dedupe {
+            self.stage_dedupe_expiry(
+                staged,
+                state.id,
+                arrival_ms.saturating_sub(dedupe.window_ms),
+                append.payloads.len(),
+            )?;
+        }
+        let stored = next_offset - first_offset;
+        if stored > 0 {
+            staged.batch.put_cf(
                 cf(&self.db, CF_TIME_INDEX)?,
                 time_index_key(self.group, state.id, arrival_ms, first_offset),
                 [],
             );
         }
-        let next = StreamState {
-            id: state.id,
-            next_offset: first_offset + append.payloads.len() as u64,
-            last_arrival_ms: arrival_ms,
-        };
-        batch.put_cf(
+        let next = StreamState { id: state.id, next_offset, last_arrival_ms: arrival_ms };
+        staged.batch.put_cf(
             cf(&self.db, CF_SM_STATE)?,
             stream_state_key(self.group, &append.stream),
             encode(&next).map_err(io_err)?,
         );
-        touched.insert(append.stream.clone(), next);
-        Ok(first_offset)
+        staged.streams.insert(append.stream.clone(), next);
+        Ok(Appended { first_offset, stored: stored as u32 })
     }
+
+    /// Whether `key` was stored in this stream at or after `arrival_ms - window_ms`.
+    fn seen_within(
+        &self,
+        staged: &Staged,
+        stream_id: u32,
+        key: &[u8],
+        arrival_ms: u64,
+        window_ms: u64,
+    ) -> io::Result<bool> {
+        let seen_at = match staged.seen.get(&(stream_id, Bytes::copy_from_slice(key))) {
+            Some(at) => Some(*at),
+            None => match self
+                .db
+                .get_cf(cf(&self.db, CF_DEDUPE)?, dedupe_seen_key(self.group, stream_id, key))
+                .map_err(io_err)?
+            {
+                Some(value) => Some(u64::from_be_bytes(
+                    value.get(..8).and_then(|v| v.try_into().ok()).ok_or_else(|| io_err("malformed dedupe value"))?,
+                )),
+                None => None,
+            },
+        };
+        Ok(seen_at.is_some_and(|at| arrival_ms.saturating_sub(at) <= window_ms))
+    }
+
+    fn stage_seen(&self, staged: &mut Staged, stream_id: u32, key: &[u8], arrival_ms: u64) -> io::Result<()> {
+        let dedupe = cf(&self.db, CF_DEDUPE)?;
+        staged.batch.put_cf(dedupe, dedupe_seen_key(self.group, stream_id, key), arrival_ms.to_be_bytes());
+        staged.batch.put_cf(dedupe, dedupe_expiry_key(self.group, stream_id, arrival_ms, key), []);
+        staged.seen.insert((stream_id, Bytes::copy_from_slice(key)), arrival_ms);
+        Ok(())
+    }
+
+    /// Forgets keys stored before `horizon_ms`: at most a bounded number per
+    /// append (twice what it added, plus a margin), so the window's keys stay
+    /// bounded by rate × window without an unbounded pause.
+    fn stage_dedupe_expiry(
+        &self,
+        staged: &mut Staged,
+        stream_id: u32,
+        horizon_ms: u64,
+        added: usize,
+    ) -> io::Result<()> {
+        let dedupe = cf(&self.db, CF_DEDUPE)?;
+        let start = dedupe_expiry_key(self.group, stream_id, 0, &[]);
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(dedupe_expiry_key(self.group, stream_id, horizon_ms, &[]));
+        let iter = self.db.iterator_cf_opt(dedupe, read_options, IteratorMode::From(&start, Direction::Forward));
+        for item in iter.take(added * 2 + 64) {
+            let (expiry_key, _) = item.map_err(io_err)?;
+            let Some((at, key)) = split_dedupe_expiry_key(&expiry_key) else { continue };
+            staged.batch.delete_cf(dedupe, &expiry_key);
+            // A key seen again since (in this entry or on disk) keeps its newer mark.
+            let newer_in_batch = staged.seen.get(&(stream_id, Bytes::copy_from_slice(key))).is_some_and(|t| *t != at);
+            if newer_in_batch || staged.expired.contains(&expiry_key.to_vec()) {
+                continue;
+            }
+            let seen_key = dedupe_seen_key(self.group, stream_id, key);
+            let current = self.db.get_cf(dedupe, &seen_key).map_err(io_err)?;
+            if current.as_deref().and_then(|v| v.get(..8)) == Some(&at.to_be_bytes()[..]) {
+                staged.batch.delete_cf(dedupe, &seen_key);
+            }
+            staged.expired.insert(expiry_key.to_vec());
+        }
+        Ok(())
+    }
+
+    fn stage_resource(&self, staged: &mut Staged, key: &ResourceKey, json: Option<&String>) -> io::Result<()> {
+        let sm = cf(&self.db, CF_SM_STATE)?;
+        let db_key = resource_key(self.group, &key.kind, &key.namespace, &key.name);
+        match json {
+            Some(json) => staged.batch.put_cf(sm, db_key, json.as_bytes()),
+            None => staged.batch.delete_cf(sm, db_key),
+        }
+        staged.resources.insert(key.clone(), json.cloned());
+        Ok(())
+    }
+}
+
+/// Writes of one `apply` call, staged in one `WriteBatch`, and the view
+/// changes to publish once it is written.
+#[derive(Default)]
+struct Staged {
+    batch: WriteBatch,
+    streams: HashMap<String, StreamState>,
+    seen: HashMap<(u32, Bytes), u64>,
+    expired: HashSet<Vec<u8>>,
+    resources: BTreeMap<ResourceKey, Option<String>>,
 }
 
 impl RaftStateMachine<TypeConfig> for GroupStateMachine {
@@ -358,8 +428,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     {
         let db = self.db.clone();
         let sm = cf(&db, CF_SM_STATE)?;
-        let mut batch = WriteBatch::default();
-        let mut touched: HashMap<String, StreamState> = HashMap::new();
+        let mut staged = Staged::default();
         let mut last_applied: Option<LogId> = None;
         let mut new_config: Option<ClusterConfig> = None;
         let mut responses = Vec::new();
@@ -368,20 +437,26 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             let response = match &entry.payload {
                 EntryPayload::Blank => LogResponse::None,
                 EntryPayload::Normal(LogCommand::Append(appends)) => {
-                    let mut first_offsets = Vec::with_capacity(appends.len());
+                    let mut appended = Vec::with_capacity(appends.len());
                     for append in appends {
-                        first_offsets.push(self.stage_append(&mut batch, &mut touched, append)?);
+                        appended.push(self.stage_append(&mut staged, append)?);
                     }
-                    LogResponse::Appended { first_offsets }
+                    LogResponse::Appended { appended }
+                }
+                EntryPayload::Normal(LogCommand::PutResource(record)) => {
+                    self.stage_resource(&mut staged, &record.key, Some(&record.json))?;
+                    LogResponse::None
+                }
+                EntryPayload::Normal(LogCommand::DeleteResource(key)) => {
+                    self.stage_resource(&mut staged, key, None)?;
+                    LogResponse::None
                 }
                 EntryPayload::Normal(LogCommand::InitCluster(config)) => {
-                    let existing = new_config
-                        .clone()
-                        .or_else(|| self.view.cluster_config.borrow().clone());
+                    let existing = new_config.clone().or_else(|| self.view.cluster_config.borrow().clone());
                     match existing {
                         Some(existing) => LogResponse::AlreadyInitialized(existing),
                         None => {
-                            batch.put_cf(
+                            staged.batch.put_cf(
                                 sm,
                                 tag_key(self.group, SM_CLUSTER_CONFIG),
                                 encode(config).map_err(io_err)?,
@@ -393,11 +468,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 }
                 EntryPayload::Membership(membership) => {
                     let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
-                    batch.put_cf(
-                        sm,
-                        tag_key(self.group, SM_MEMBERSHIP),
-                        encode(&stored).map_err(io_err)?,
-                    );
+                    staged.batch.put_cf(sm, tag_key(self.group, SM_MEMBERSHIP), encode(&stored).map_err(io_err)?);
                     LogResponse::None
                 }
             };
@@ -408,17 +479,25 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let Some(last_applied) = last_applied else {
             return Ok(());
         };
-        batch.put_cf(
-            sm,
-            tag_key(self.group, SM_APPLIED),
-            encode(&Some(last_applied)).map_err(io_err)?,
-        );
+        staged.batch.put_cf(sm, tag_key(self.group, SM_APPLIED), encode(&Some(last_applied)).map_err(io_err)?);
+        let Staged { batch, streams: touched, resources, .. } = staged;
         self.db.write(batch).map_err(io_err)?;
 
         if !touched.is_empty()
             && let Ok(mut streams) = self.view.streams.write()
         {
             streams.extend(touched);
+        }
+        if !resources.is_empty() {
+            if let Ok(mut view) = self.view.resources.write() {
+                for (key, json) in resources {
+                    match json {
+                        Some(json) => view.insert(key, json),
+                        None => view.remove(&key),
+                    };
+                }
+            }
+            self.view.resources_version.send_modify(|v| *v += 1);
         }
         if let Some(config) = new_config {
             self.view.cluster_config.send_replace(Some(config));
@@ -431,53 +510,34 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        GroupSnapshotBuilder {
-            db: self.db.clone(),
-            group: self.group,
-            snapshot_dir: self.snapshot_dir.clone(),
-        }
+        GroupSnapshotBuilder { db: self.db.clone(), group: self.group, snapshot_dir: self.snapshot_dir.clone() }
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: SnapshotFile,
-    ) -> Result<(), io::Error> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
         let db = self.db.clone();
         let group = self.group;
         let dir = self.snapshot_dir.clone();
-        let (installed, _) = tokio::task::spawn_blocking(move || {
-            snapshot::install_snapshot(&db, group, &snapshot.path, &dir)
-        })
-        .await
-        .map_err(io_err)??;
+        let (installed, _) =
+            tokio::task::spawn_blocking(move || snapshot::install_snapshot(&db, group, &snapshot.path, &dir))
+                .await
+                .map_err(io_err)??;
         if installed.last_log_id != meta.last_log_id {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "snapshot file does not match its meta",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot file does not match its meta"));
         }
         // The membership comes from the meta openraft hands us.
         let sm = cf(&self.db, CF_SM_STATE)?;
         self.db
-            .put_cf(
-                sm,
-                tag_key(self.group, SM_MEMBERSHIP),
-                encode(&meta.last_membership).map_err(io_err)?,
-            )
+            .put_cf(sm, tag_key(self.group, SM_MEMBERSHIP), encode(&meta.last_membership).map_err(io_err)?)
             .map_err(io_err)?;
         tracing::info!(group, last_log_id = ?meta.last_log_id, "installed snapshot");
-        metrics::counter!("sluice_snapshots_installed_total", "group" => crate::raft_types::group_name(group)).increment(1);
+        metrics::counter!("sluice_snapshots_installed_total", "group" => crate::raft_types::group_name(group))
+            .increment(1);
         self.reload()
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(
-            snapshot::current_snapshot(&self.snapshot_dir)?.map(|(meta, path)| Snapshot {
-                meta,
-                snapshot: SnapshotFile { path },
-            }),
-        )
+        Ok(snapshot::current_snapshot(&self.snapshot_dir)?
+            .map(|(meta, path)| Snapshot { meta, snapshot: SnapshotFile { path } }))
     }
 }
 
@@ -496,16 +556,11 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
         let dir = self.snapshot_dir.clone();
         let started = std::time::Instant::now();
         let (meta, path) =
-            tokio::task::spawn_blocking(move || snapshot::write_snapshot(&db, group, &dir))
-                .await
-                .map_err(io_err)??;
+            tokio::task::spawn_blocking(move || snapshot::write_snapshot(&db, group, &dir)).await.map_err(io_err)??;
         metrics::histogram!("sluice_snapshot_build_seconds", "group" => crate::raft_types::group_name(group))
             .record(started.elapsed().as_secs_f64());
         tracing::info!(group, last_log_id = ?meta.last_log_id, path = %path.display(), "built snapshot");
-        Ok(Snapshot {
-            meta,
-            snapshot: SnapshotFile { path },
-        })
+        Ok(Snapshot { meta, snapshot: SnapshotFile { path } })
     }
 }
 

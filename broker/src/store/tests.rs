@@ -14,20 +14,11 @@ use crate::raft_types::{LogCommand, StreamAppend, TypeConfig};
 
 struct RocksBuilder;
 
-impl StoreBuilder<TypeConfig, GroupLogStore, GroupStateMachine, tempfile::TempDir>
-    for RocksBuilder
-{
-    async fn build(
-        &self,
-    ) -> Result<(tempfile::TempDir, GroupLogStore, GroupStateMachine), StorageError<TypeConfig>>
-    {
-        let dir =
-            tempfile::tempdir().map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
-        let store = Store::open(dir.path()).map_err(|e| {
-            StorageError::read(TypeConfig::err_from_error(&std::io::Error::other(
-                e.to_string(),
-            )))
-        })?;
+impl StoreBuilder<TypeConfig, GroupLogStore, GroupStateMachine, tempfile::TempDir> for RocksBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, GroupLogStore, GroupStateMachine), StorageError<TypeConfig>> {
+        let dir = tempfile::tempdir().map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+        let store = Store::open(dir.path())
+            .map_err(|e| StorageError::read(TypeConfig::err_from_error(&std::io::Error::other(e.to_string()))))?;
         // A non-zero group id, so that key prefixes are exercised.
         let group = 3;
         let log = GroupLogStore::new(store.db().clone(), store.wal().clone(), group);
@@ -46,22 +37,14 @@ fn append(stream: &str, arrival_ms: u64, payloads: &[&str]) -> StreamAppend {
     StreamAppend {
         stream: stream.to_string(),
         arrival_ms,
-        payloads: payloads
-            .iter()
-            .map(|p| Bytes::copy_from_slice(p.as_bytes()))
-            .collect(),
+        payloads: payloads.iter().map(|p| Bytes::copy_from_slice(p.as_bytes())).collect(),
+        dedupe: None,
     }
 }
 
 fn entry(index: u64, command: LogCommand) -> crate::raft_types::Entry {
-    let log_id = openraft::LogId::new(
-        openraft::impls::leader_id_adv::LeaderId::new(1, 1).to_committed(),
-        index,
-    );
-    openraft::Entry {
-        log_id,
-        payload: openraft::EntryPayload::Normal(command),
-    }
+    let log_id = openraft::LogId::new(openraft::impls::leader_id_adv::LeaderId::new(1, 1).to_committed(), index);
+    openraft::Entry { log_id, payload: openraft::EntryPayload::Normal(command) }
 }
 
 async fn apply(sm: &mut GroupStateMachine, entries: Vec<crate::raft_types::Entry>) {
@@ -71,8 +54,7 @@ async fn apply(sm: &mut GroupStateMachine, entries: Vec<crate::raft_types::Entry
 
 fn open(dir: &std::path::Path, group: u32) -> (Store, GroupStateMachine) {
     let store = Store::open(dir).expect("open store");
-    let sm = GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir())
-        .expect("open state machine");
+    let sm = GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir()).expect("open state machine");
     (store, sm)
 }
 
@@ -84,13 +66,7 @@ async fn offsets_are_dense_per_stream_and_survive_reopen() {
         apply(
             &mut sm,
             vec![
-                entry(
-                    1,
-                    LogCommand::Append(vec![
-                        append("a", 100, &["a0", "a1"]),
-                        append("b", 100, &["b0"]),
-                    ]),
-                ),
+                entry(1, LogCommand::Append(vec![append("a", 100, &["a0", "a1"]), append("b", 100, &["b0"])])),
                 entry(2, LogCommand::Append(vec![append("a", 200, &["a2"])])),
             ],
         )
@@ -103,36 +79,12 @@ async fn offsets_are_dense_per_stream_and_survive_reopen() {
     let (_store, sm) = open(dir.path(), 1);
     let view = sm.view();
     let batch = view.read("a", 0, 100, 1 << 20).expect("read");
-    let payloads: Vec<_> = batch
-        .records
-        .iter()
-        .map(|r| (r.offset, r.payload.clone()))
-        .collect();
-    assert_eq!(
-        payloads,
-        vec![
-            (0, Bytes::from("a0")),
-            (1, Bytes::from("a1")),
-            (2, Bytes::from("a2"))
-        ]
-    );
+    let payloads: Vec<_> = batch.records.iter().map(|r| (r.offset, r.payload.clone())).collect();
+    assert_eq!(payloads, vec![(0, Bytes::from("a0")), (1, Bytes::from("a1")), (2, Bytes::from("a2"))]);
     assert_eq!(batch.end_offset, 3);
-    assert_eq!(
-        view.read("a", 1, 1, 1 << 20).expect("read").records.len(),
-        1,
-        "max_records bounds a read"
-    );
-    assert_eq!(
-        view.read("a", 0, 100, 1).expect("read").records.len(),
-        1,
-        "max_bytes bounds a read"
-    );
-    assert!(
-        view.read("a", 3, 100, 1 << 20)
-            .expect("read")
-            .records
-            .is_empty()
-    );
+    assert_eq!(view.read("a", 1, 1, 1 << 20).expect("read").records.len(), 1, "max_records bounds a read");
+    assert_eq!(view.read("a", 0, 100, 1).expect("read").records.len(), 1, "max_bytes bounds a read");
+    assert!(view.read("a", 3, 100, 1 << 20).expect("read").records.is_empty());
 }
 
 #[tokio::test]
@@ -142,10 +94,7 @@ async fn arrival_times_never_go_back_and_index_offsets() {
     apply(
         &mut sm,
         vec![
-            entry(
-                1,
-                LogCommand::Append(vec![append("s", 1_000, &["x0", "x1"])]),
-            ),
+            entry(1, LogCommand::Append(vec![append("s", 1_000, &["x0", "x1"])])),
             // A leader whose clock lags: applied as 2_000, not 1_500.
             entry(2, LogCommand::Append(vec![append("s", 2_000, &["x2"])])),
             entry(3, LogCommand::Append(vec![append("s", 1_500, &["x3"])])),
@@ -159,11 +108,7 @@ async fn arrival_times_never_go_back_and_index_offsets() {
     assert_eq!(view.offset_for_time("s", 1_001).expect("time"), 2);
     assert_eq!(view.offset_for_time("s", 2_000).expect("time"), 2);
     assert_eq!(view.offset_for_time("s", 2_001).expect("time"), 4);
-    assert_eq!(
-        view.offset_for_time("s", 9_999).expect("time"),
-        5,
-        "past the end: the end offset"
-    );
+    assert_eq!(view.offset_for_time("s", 9_999).expect("time"), 5, "past the end: the end offset");
     let records = view.read("s", 0, 10, 1 << 20).expect("read").records;
     let arrivals: Vec<u64> = records.iter().map(|r| r.arrival_ms).collect();
     assert_eq!(arrivals, vec![1_000, 1_000, 2_000, 2_000, 3_000]);
@@ -181,60 +126,30 @@ async fn a_snapshot_installs_the_same_streams_elsewhere() {
         ],
     )
     .await;
-    let snapshot = source
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
-    assert_eq!(
-        snapshot.meta.last_log_id.as_ref().map(|id| id.index),
-        Some(2)
-    );
+    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    assert_eq!(snapshot.meta.last_log_id.as_ref().map(|id| id.index), Some(2));
 
     let target_dir = tempfile::tempdir().expect("tempdir");
     let (_target_store, mut target) = open(target_dir.path(), 2);
     // Data the snapshot must replace.
-    apply(
-        &mut target,
-        vec![entry(
-            1,
-            LogCommand::Append(vec![append("stale", 5, &["old"])]),
-        )],
-    )
-    .await;
+    apply(&mut target, vec![entry(1, LogCommand::Append(vec![append("stale", 5, &["old"])]))]).await;
     let copy = target_dir.path().join("incoming.snap.incoming");
     std::fs::copy(&snapshot.snapshot.path, &copy).expect("copy snapshot");
-    target
-        .install_snapshot(&snapshot.meta, SnapshotFile { path: copy })
-        .await
-        .expect("install");
+    target.install_snapshot(&snapshot.meta, SnapshotFile { path: copy }).await.expect("install");
 
     let view = target.view();
-    assert_eq!(
-        view.end_offset("stale"),
-        0,
-        "the snapshot replaced the old state"
-    );
+    assert_eq!(view.end_offset("stale"), 0, "the snapshot replaced the old state");
     assert_eq!(view.end_offset("a"), 2);
     let b = view.read("b", 0, 10, 1 << 20).expect("read").records;
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].payload, Bytes::from("b0"));
     let (applied, _) = target.applied_state().await.expect("applied");
     assert_eq!(applied.map(|id| id.index), Some(2));
-    let current = target
-        .get_current_snapshot()
-        .await
-        .expect("current")
-        .expect("a snapshot");
+    let current = target.get_current_snapshot().await.expect("current").expect("a snapshot");
     assert_eq!(current.meta, snapshot.meta);
 
     // New appends continue the installed streams.
-    apply(
-        &mut target,
-        vec![entry(3, LogCommand::Append(vec![append("a", 30, &["a2"])]))],
-    )
-    .await;
+    apply(&mut target, vec![entry(3, LogCommand::Append(vec![append("a", 30, &["a2"])]))]).await;
     assert_eq!(target.view().end_offset("a"), 3);
 }
 
@@ -246,7 +161,6 @@ fn raft_messages_round_trip_through_postcard() {
     assert_eq!(back, e);
     let vote = openraft::impls::Vote::new(3, 2);
     let request = openraft::raft::VoteRequest::<TypeConfig>::new(vote, Some(e.log_id));
-    let back: openraft::raft::VoteRequest<TypeConfig> =
-        decode(&encode(&request).expect("encode")).expect("decode");
+    let back: openraft::raft::VoteRequest<TypeConfig> = decode(&encode(&request).expect("encode")).expect("decode");
     assert_eq!(back.vote, request.vote);
 }

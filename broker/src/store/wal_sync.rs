@@ -20,9 +20,7 @@ impl WalSyncer {
         let (tx, rx) = mpsc::channel::<Done>();
         // Weak: the thread must not keep the DB (and its lock file) open once the store is dropped.
         let db = Arc::downgrade(&db);
-        let spawned = std::thread::Builder::new()
-            .name("sluice-wal-sync".into())
-            .spawn(move || run(db, rx));
+        let spawned = std::thread::Builder::new().name("sluice-wal-sync".into()).spawn(move || run(db, rx));
         if let Err(e) = spawned {
             // Without the thread every waiter would hang; fail loudly instead.
             tracing::error!(error = %e, "cannot start the WAL sync thread");
@@ -33,9 +31,7 @@ impl WalSyncer {
     /// Calls `done` once everything written to the WAL so far is on disk.
     pub fn after_sync(&self, done: impl FnOnce(Result<(), std::io::Error>) + Send + 'static) {
         if let Err(mpsc::SendError(done)) = self.tx.send(Box::new(done)) {
-            done(Err(std::io::Error::other(
-                "the WAL sync thread has stopped",
-            )));
+            done(Err(std::io::Error::other("the WAL sync thread has stopped")));
         }
     }
 
@@ -45,8 +41,7 @@ impl WalSyncer {
         self.after_sync(move |result| {
             let _ = tx.send(result);
         });
-        rx.await
-            .map_err(|_| std::io::Error::other("the WAL sync thread has stopped"))?
+        rx.await.map_err(|_| std::io::Error::other("the WAL sync thread has stopped"))?
     }
 }
 
@@ -58,20 +53,13 @@ fn run(db: Weak<DB>, rx: mpsc::Receiver<Done>) {
         waiting.extend(rx.try_iter());
         let started = Instant::now();
         let result = match db.upgrade() {
-            Some(db) => db
-                .flush_wal(true)
-                .map_err(|e| std::io::Error::other(e.to_string())),
+            Some(db) => db.flush_wal(true).map_err(|e| std::io::Error::other(e.to_string())),
             None => Err(std::io::Error::other("the store is closed")),
         };
         fsync_seconds.record(started.elapsed().as_secs_f64());
         covered.record(waiting.len() as f64);
         for done in waiting {
-            done(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| std::io::Error::new(e.kind(), e.to_string())),
-            );
+            done(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::new(e.kind(), e.to_string())));
         }
     }
 }

@@ -1,0 +1,472 @@
+//! CloudEvents ingress over HTTP: `POST /{namespace}/{broker}` and
+//! `POST /channels/{namespace}/{channel}`. Parses binary, structured and
+//! batched requests (`cloudevent`), adds Knative's attributes, picks the
+//! partition, appends through the node (202 only once committed), and turns
+//! every refusal into a 4xx/5xx with a JSON body naming the field and rule.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use crate::cloudevent::{self, AttrValue, CloudEvent, EventError};
+use crate::error::BrokerError;
+use crate::node::Node;
+use crate::raft_types::{Dedupe, ResourceKey};
+use crate::resources::IngressSettings;
+
+/// Bounds of the HTTP ingress (all configurable).
+#[derive(Clone, Debug)]
+pub struct IngressLimits {
+    pub max_event_bytes: usize,
+    pub max_batch_events: usize,
+    pub max_batch_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+}
+
+impl Default for IngressLimits {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 1 << 20,
+            max_batch_events: 1000,
+            max_batch_bytes: 4 << 20,
+            max_headers: 100,
+            max_header_bytes: 16 << 10,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where a request goes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Broker { namespace: String, name: String },
+    Channel { namespace: String, name: String },
+}
+
+impl Target {
+    pub fn stream(&self) -> String {
+        match self {
+            Target::Broker { namespace, name } => format!("broker/{namespace}/{name}"),
+            Target::Channel { namespace, name } => format!("channel/{namespace}/{name}"),
+        }
+    }
+
+    fn namespace_and_name(&self) -> (&str, &str) {
+        match self {
+            Target::Broker { namespace, name } | Target::Channel { namespace, name } => (namespace, name),
+        }
+    }
+}
+
+/// Kubernetes DNS-1123 label: what namespaces and names may be.
+pub fn is_dns_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+pub fn parse_target(path: &str) -> Result<Target, EventError> {
+    let malformed = || {
+        EventError::bad("malformed path")
+            .rule("POST /{namespace}/{broker} or /channels/{namespace}/{channel}, names are DNS-1123 labels")
+    };
+    let segments: Vec<&str> = path.trim_start_matches('/').trim_end_matches('/').split('/').collect();
+    let (namespace, name, channel) = match segments.as_slice() {
+        [namespace, name] => (*namespace, *name, false),
+        ["channels", namespace, name] => (*namespace, *name, true),
+        _ => return Err(malformed()),
+    };
+    if !is_dns_label(namespace) || !is_dns_label(name) {
+        return Err(malformed());
+    }
+    let (namespace, name) = (namespace.to_string(), name.to_string());
+    Ok(if channel { Target::Channel { namespace, name } } else { Target::Broker { namespace, name } })
+}
+
+/// The ingress state shared by requests: the node, limits, and the brokers'
+/// and channels' settings, rebuilt whenever a resource changes.
+#[derive(Clone)]
+pub struct Ingress {
+    node: Node,
+    limits: Arc<IngressLimits>,
+    targets: Arc<RwLock<Arc<HashMap<Target, IngressSettings>>>>,
+}
+
+impl Ingress {
+    pub fn new(node: Node, limits: IngressLimits) -> Self {
+        let ingress = Self { node: node.clone(), limits: Arc::new(limits), targets: Arc::default() };
+        if let Some(mut changes) = node.watch_resources() {
+            let ingress = ingress.clone();
+            tokio::spawn(async move {
+                loop {
+                    ingress.refresh_targets();
+                    if changes.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        ingress
+    }
+
+    pub fn limits(&self) -> &IngressLimits {
+        &self.limits
+    }
+
+    fn refresh_targets(&self) {
+        let mut targets = HashMap::new();
+        for (kind, channel) in [("Broker", false), ("Channel", true), ("InMemoryChannel", true)] {
+            for (ResourceKey { namespace, name, .. }, json) in self.node.resources(kind) {
+                let target =
+                    if channel { Target::Channel { namespace, name } } else { Target::Broker { namespace, name } };
+                targets.insert(target, IngressSettings::from_object(&json));
+            }
+        }
+        if let Ok(mut guard) = self.targets.write() {
+            *guard = Arc::new(targets);
+        }
+    }
+
+    fn settings(&self, target: &Target) -> Option<IngressSettings> {
+        self.targets.read().ok().and_then(|t| t.get(target).cloned())
+    }
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn error_response(error: &EventError) -> Response {
+    let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST);
+    json_response(status, error.to_json())
+}
+
+fn retry_later(status: StatusCode, error: &str, reason: String) -> Response {
+    let mut response = json_response(status, serde_json::json!({ "error": error, "rule": reason }));
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+fn broker_error_response(error: BrokerError) -> Response {
+    match &error {
+        BrokerError::QueueFull { .. } => {
+            retry_later(StatusCode::TOO_MANY_REQUESTS, "partition queue is full", error.to_string())
+        }
+        BrokerError::AppendTooLarge { .. } => json_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            serde_json::json!({ "error": "request too large", "rule": error.to_string() }),
+        ),
+        BrokerError::NoLeader { .. }
+        | BrokerError::ForwardFailed { .. }
+        | BrokerError::NotInitialized
+        | BrokerError::ShuttingDown
+        | BrokerError::Raft { .. } => {
+            retry_later(StatusCode::SERVICE_UNAVAILABLE, "not accepted; retry", error.to_string())
+        }
+        _ => json_response(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "error": error.to_string() })),
+    }
+}
+
+const ALLOW: &str = "POST, OPTIONS";
+
+enum Mode {
+    Binary,
+    Structured,
+    Batch,
+}
+
+fn mode_of(headers: &HeaderMap) -> Result<Mode, EventError> {
+    if headers.contains_key("ce-specversion") {
+        return Ok(Mode::Binary);
+    }
+    let Some(content_type) = headers.get(header::CONTENT_TYPE) else { return Ok(Mode::Binary) };
+    let content_type = content_type
+        .to_str()
+        .map_err(|_| EventError::bad("invalid Content-Type").attribute("content-type").rule("must be ASCII"))?;
+    let (essence, charset) = cloudevent::media_essence(content_type);
+    let unsupported = |rule: &str| {
+        EventError::bad("unsupported media type").attribute("content-type").rule(rule.to_string()).status(415)
+    };
+    let mode = match essence.as_str() {
+        "application/cloudevents+json" => Mode::Structured,
+        "application/cloudevents-batch+json" => Mode::Batch,
+        other if other.starts_with("application/cloudevents") => {
+            return Err(unsupported(
+                "structured events must be application/cloudevents+json, batches application/cloudevents-batch+json",
+            ));
+        }
+        _ => return Ok(Mode::Binary),
+    };
+    if charset.as_deref().is_some_and(|c| c != "utf-8") {
+        return Err(unsupported("the JSON event formats are UTF-8 (charset=utf-8 or none)"));
+    }
+    Ok(mode)
+}
+
+fn check_headers(headers: &HeaderMap, limits: &IngressLimits) -> Result<(), EventError> {
+    if headers.len() > limits.max_headers {
+        return Err(EventError::bad("too many headers")
+            .rule(format!("at most {} headers", limits.max_headers))
+            .status(431));
+    }
+    let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if bytes > limits.max_header_bytes {
+        return Err(EventError::bad("headers too large")
+            .rule(format!("at most {} bytes of headers", limits.max_header_bytes))
+            .status(431));
+    }
+    Ok(())
+}
+
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, EventError> {
+    let too_large = || EventError::bad("request body too large").rule(format!("at most {limit} bytes")).status(413);
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(EventError::bad("request body not received in time")
+            .rule(format!("the body must arrive within {timeout:?}"))
+            .status(408)),
+        Ok(Err(e)) => {
+            let text = format!("{e:?}");
+            if text.contains("LengthLimit") {
+                Err(too_large())
+            } else {
+                Err(EventError::bad("request body could not be read").rule(e.to_string()))
+            }
+        }
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+/// Knative's attributes: `knativearrivaltime` now, `knativebrokerttl` kept
+/// if positive, else the broker's TTL when absent.
+pub fn apply_knative_attributes(
+    event: &mut CloudEvent,
+    settings: &IngressSettings,
+    arrival: &str,
+) -> Result<(), EventError> {
+    match event.attributes.get("knativebrokerttl") {
+        None => {
+            event.attributes.insert("knativebrokerttl".into(), AttrValue::Integer(settings.ttl));
+        }
+        Some(value) => {
+            let ttl: i64 = value.to_canonical_string().trim().parse().map_err(|_| {
+                EventError::bad("knativebrokerttl is not an integer")
+                    .attribute("knativebrokerttl")
+                    .rule("a positive integer")
+            })?;
+            if ttl <= 0 {
+                return Err(EventError::bad("knativebrokerttl has expired")
+                    .attribute("knativebrokerttl")
+                    .rule("must be greater than 0: the event has passed through too many brokers"));
+            }
+        }
+    }
+    event.attributes.insert("knativearrivaltime".into(), AttrValue::String(arrival.to_string()));
+    Ok(())
+}
+
+fn record_events(target: &Target, types: &[String], status: StatusCode, started: Instant) {
+    let (namespace, name) = target.namespace_and_name();
+    let code = status.as_u16().to_string();
+    let class = format!("{}xx", status.as_u16() / 100);
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    for event_type in types {
+        let labels = [
+            ("broker_name", name.to_string()),
+            ("namespace_name", namespace.to_string()),
+            ("event_type", event_type.clone()),
+            ("response_code", code.clone()),
+            ("response_code_class", class.clone()),
+        ];
+        metrics::counter!("event_count", &labels).increment(1);
+        metrics::histogram!("event_dispatch_latencies", &labels).record(ms);
+    }
+}
+
+/// The handler behind every path that is not `/healthz`, `/readyz` or `/metrics`.
+pub async fn handle(
+    State(ingress): State<Ingress>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let target = match parse_target(uri.path()) {
+        Ok(target) => target,
+        Err(e) => return error_response(&e),
+    };
+    if method == Method::OPTIONS {
+        let origin = headers.get("webhook-request-origin").cloned().unwrap_or(HeaderValue::from_static("*"));
+        let rate = headers.get("webhook-request-rate").cloned().unwrap_or(HeaderValue::from_static("*"));
+        let mut response = StatusCode::OK.into_response();
+        let h = response.headers_mut();
+        h.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+        h.insert("webhook-allowed-origin", origin);
+        h.insert("webhook-allowed-rate", rate);
+        return response;
+    }
+    if method != Method::POST {
+        let mut response = json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({ "error": "method not allowed", "rule": "events are sent with POST" }),
+        );
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+        return response;
+    }
+    let Some(settings) = ingress.settings(&target) else {
+        let (namespace, name) = target.namespace_and_name();
+        let kind = if matches!(target, Target::Broker { .. }) { "broker" } else { "channel" };
+        return json_response(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": format!("unknown {kind}"), "namespace": namespace, "name": name }),
+        );
+    };
+    let response = accept(&ingress, &target, &settings, &headers, body).await;
+    let (status, types) = match &response {
+        Ok(types) => (StatusCode::ACCEPTED, types.clone()),
+        Err(response) => (response.status(), vec![String::new()]),
+    };
+    record_events(&target, &types, status, started);
+    match response {
+        Ok(_) => StatusCode::ACCEPTED.into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Parses, validates and appends; answers the accepted events' types.
+async fn accept(
+    ingress: &Ingress,
+    target: &Target,
+    settings: &IngressSettings,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<String>, Response> {
+    let limits = ingress.limits();
+    check_headers(headers, limits).map_err(|e| error_response(&e))?;
+    let mode = mode_of(headers).map_err(|e| error_response(&e))?;
+    let limit = match mode {
+        Mode::Batch => limits.max_batch_bytes,
+        _ => limits.max_event_bytes,
+    };
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        let e = EventError::bad("request body too large").rule(format!("at most {limit} bytes")).status(413);
+        return Err(error_response(&e));
+    }
+    let body = read_body(body, limit, limits.body_read_timeout).await.map_err(|e| {
+        let mut response = error_response(&e);
+        if e.status == 408 {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    })?;
+    metrics::histogram!("sluice_ingress_request_bytes").record(body.len() as f64);
+    let mut events = match mode {
+        Mode::Binary => {
+            let ce_headers =
+                headers.iter().filter(|(k, _)| k.as_str().starts_with("ce-")).map(|(k, v)| (k.as_str(), v.as_bytes()));
+            let content_type = headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes);
+            vec![cloudevent::from_binary(ce_headers, content_type, body).map_err(|e| error_response(&e))?]
+        }
+        Mode::Structured => vec![cloudevent::from_structured(&body).map_err(|e| error_response(&e))?],
+        Mode::Batch => cloudevent::from_batch(&body, limits.max_batch_events).map_err(|e| error_response(&e))?,
+    };
+    metrics::histogram!("sluice_ingress_batch_events").record(events.len() as f64);
+
+    let now = chrono::Utc::now();
+    let arrival = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let batch = events.len() > 1;
+    let mut payloads = Vec::with_capacity(events.len());
+    let mut keys = Vec::with_capacity(events.len());
+    for (i, event) in events.iter_mut().enumerate() {
+        apply_knative_attributes(event, settings, &arrival)
+            .map_err(|e| error_response(&if batch { e.at_index(i) } else { e }))?;
+        let encoded = event
+            .encode()
+            .map_err(|e| error_response(&EventError::bad("event cannot be stored").rule(e.to_string())))?;
+        if encoded.len() > limits.max_event_bytes + 1024 {
+            let e = EventError::bad("event too large")
+                .rule(format!("at most {} bytes per event", limits.max_event_bytes))
+                .status(413);
+            return Err(error_response(&if batch { e.at_index(i) } else { e }));
+        }
+        payloads.push(Bytes::from(encoded));
+        let mut key = Vec::new();
+        key.extend_from_slice(event.get_str("source").unwrap_or_default().as_bytes());
+        key.push(0);
+        key.extend_from_slice(event.get_str("id").unwrap_or_default().as_bytes());
+        keys.push(Bytes::from(key));
+    }
+    // A batch is atomic, so it goes to one partition: its first event's.
+    let partitions = ingress.node.partitions();
+    let partition = cloudevent::partition_of(&events[0], partitions);
+    let dedupe = settings.dedupe_window.map(|window| Dedupe { window_ms: window.as_millis() as u64, keys });
+    let arrival_ms = now.timestamp_millis().max(0) as u64;
+    let appended = ingress
+        .node
+        .append(&target.stream(), partition, payloads, arrival_ms, dedupe)
+        .await
+        .map_err(broker_error_response)?;
+    let duplicates = events.len() as u64 - u64::from(appended.stored);
+    if duplicates > 0 {
+        metrics::counter!("sluice_ingress_duplicates_total").increment(duplicates);
+    }
+    Ok(events.iter().map(|e| e.get_str("type").unwrap_or_default().to_string()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_targets() {
+        assert_eq!(
+            parse_target("/default/my-broker"),
+            Ok(Target::Broker { namespace: "default".into(), name: "my-broker".into() })
+        );
+        assert_eq!(parse_target("/channels/ns/c1/"), Ok(Target::Channel { namespace: "ns".into(), name: "c1".into() }));
+        for bad in [
+            "/",
+            "/only",
+            "/a/b/c",
+            "/Default/b",
+            "/-a/b",
+            "/a/b_c",
+            "/channels/x/y/z",
+            &format!("/a/{}", "x".repeat(64)),
+        ] {
+            assert_eq!(parse_target(bad).expect_err(bad).error, "malformed path", "{bad}");
+        }
+    }
+
+    #[test]
+    fn knative_attributes_are_set_and_checked() {
+        let settings = IngressSettings { ttl: 42, dedupe_window: None };
+        let mut event =
+            cloudevent::from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#).expect("valid");
+        apply_knative_attributes(&mut event, &settings, "2026-01-01T00:00:00Z").expect("accepted");
+        assert_eq!(event.get("knativebrokerttl"), Some(&AttrValue::Integer(42)));
+        assert_eq!(event.get_str("knativearrivaltime"), Some("2026-01-01T00:00:00Z"));
+        for (ttl, ok) in [("5", true), ("0", false), ("-3", false), ("x", false)] {
+            let mut event = event.clone();
+            event.attributes.insert("knativebrokerttl".into(), AttrValue::String(ttl.into()));
+            assert_eq!(apply_knative_attributes(&mut event, &settings, "t").is_ok(), ok, "{ttl}");
+        }
+    }
+}

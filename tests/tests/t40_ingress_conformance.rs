@@ -1,0 +1,552 @@
+//! Broker ingress over real HTTP: the Python CloudEvents SDK's binary,
+//! structured and batched events read back identical; a table of malformed
+//! requests, each answered with its exact 4xx and a JSON body, storing nothing.
+
+use std::process::Command;
+
+use reqwest::StatusCode;
+use sluice_broker::cloudevent::{AttrValue, EventData};
+use sluice_tests::{NodeProc, apply_resource, broker_object, end_offset, read_events, wait_for_broker, wait_ready};
+use tonic::transport::Channel;
+
+const PARTITIONS: u32 = 2;
+const STREAM: &str = "broker/default/default";
+
+async fn single_node(extra: &[&str]) -> anyhow::Result<(tempfile::TempDir, NodeProc)> {
+    let root = tempfile::tempdir()?;
+    let mut node = NodeProc::new(1, root.path(), extra);
+    node.start()?;
+    sluice_tests::wait_for_admin(&node.admin).await?;
+    let mut cluster =
+        sluice_proto::admin::cluster_client::ClusterClient::<Channel>::connect(format!("http://{}", node.admin))
+            .await?;
+    cluster
+        .init(sluice_proto::admin::InitRequest {
+            members: vec![sluice_proto::admin::Member { node_id: 1, peer_addr: node.peer.clone() }],
+            partitions: PARTITIONS,
+        })
+        .await?;
+    wait_ready(&node.http).await?;
+    apply_resource(&node.admin, broker_object("default", "default", serde_json::json!({}))).await?;
+    wait_for_broker(&node.http, "/default/default").await?;
+    Ok((root, node))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_events_read_back_identical() -> anyhow::Result<()> {
+    let (_root, node) = single_node(&[]).await?;
+    let url = format!("http://{}/default/default", node.http);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/send_events.py");
+    let output = Command::new("python3").arg(script).arg(&url).output()?;
+    assert!(output.status.success(), "python sender failed: {}", String::from_utf8_lossy(&output.stderr));
+    let statuses: Vec<String> = String::from_utf8(output.stdout)?.lines().map(str::to_string).collect();
+    assert_eq!(statuses, ["202", "202", "202"]);
+
+    let mut events = read_events(&node.admin, STREAM, PARTITIONS).await?;
+    events.sort_by(|a, b| a.get_str("id").cmp(&b.get_str("id")));
+    assert_eq!(events.len(), 4);
+    let ids: Vec<_> = events.iter().map(|e| e.get_str("id").unwrap_or_default().to_string()).collect();
+    assert_eq!(ids, ["py-1", "py-2", "py-3", "py-4"]);
+
+    let binary = &events[0];
+    assert_eq!(binary.get_str("subject"), Some("a subject"));
+    assert_eq!(binary.get_str("myext"), Some("value"));
+    assert_eq!(binary.get_str("datacontenttype"), Some("application/json"));
+    assert_eq!(binary.data, Some(EventData::Bytes(br#"{"hello": "binary", "n": 1}"#.to_vec().into())));
+    let structured = &events[1];
+    assert_eq!(structured.data, Some(EventData::Json("\"plain text data\"".into())));
+    assert_eq!(events[2].data, Some(EventData::Json(r#"{"i": 3}"#.into())));
+    assert_eq!(events[3].data, Some(EventData::Bytes(vec![0u8, 1, 2].into())));
+    for event in &events {
+        assert_eq!(event.get("knativebrokerttl"), Some(&AttrValue::Integer(255)));
+        assert!(event.get_str("knativearrivaltime").is_some_and(|t| chrono_like(t)), "{event:?}");
+        assert_eq!(event.get_str("source"), Some("/python/sdk"));
+    }
+    Ok(())
+}
+
+fn chrono_like(t: &str) -> bool {
+    t.len() >= 20 && t.ends_with('Z') && t.as_bytes()[4] == b'-'
+}
+
+struct Case {
+    name: &'static str,
+    method: &'static str,
+    path: &'static str,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    status: u16,
+    /// A substring of the JSON body's `error`.
+    error: &'static str,
+    /// The JSON body's `attribute`, when the error names one.
+    attribute: Option<&'static str>,
+}
+
+fn binary_headers(skip: &str, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> =
+        [("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-source", "/s"), ("ce-type", "t")]
+            .iter()
+            .filter(|(k, _)| *k != skip)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    for (k, v) in overrides {
+        headers.retain(|(name, _)| name != k);
+        headers.push((k.to_string(), v.to_string()));
+    }
+    headers
+}
+
+fn structured(body: &str) -> (Vec<(String, String)>, Vec<u8>) {
+    (vec![("content-type".into(), "application/cloudevents+json".into())], body.as_bytes().to_vec())
+}
+
+fn batch(body: &str) -> (Vec<(String, String)>, Vec<u8>) {
+    (vec![("content-type".into(), "application/cloudevents-batch+json".into())], body.as_bytes().to_vec())
+}
+
+fn cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let post = "POST";
+    let path = "/default/default";
+    let mut add = |name: &'static str,
+                   headers: Vec<(String, String)>,
+                   body: Vec<u8>,
+                   status: u16,
+                   error: &'static str,
+                   attribute: Option<&'static str>| {
+        cases.push(Case { name, method: post, path, headers, body, status, error, attribute });
+    };
+    // Binary mode: required attributes missing or empty.
+    for attr in ["ce-specversion", "ce-id", "ce-source", "ce-type"] {
+        add(attr, binary_headers(attr, &[]), b"x".to_vec(), 400, "missing required attribute", Some(&attr[3..]));
+    }
+    for (name, header) in [("empty id", "ce-id"), ("empty source", "ce-source"), ("empty type", "ce-type")] {
+        add(name, binary_headers("", &[(header, "")]), vec![], 400, "required attribute is empty", Some(&header[3..]));
+    }
+    // Spec versions.
+    for (name, version) in [
+        ("specversion 1.1", "1.1"),
+        ("specversion 2.0", "2.0"),
+        ("specversion 1", "1"),
+        ("specversion 0.2", "0.2"),
+        ("specversion empty", ""),
+    ] {
+        let error = if version.is_empty() { "required attribute is empty" } else { "unsupported specversion" };
+        add(name, binary_headers("", &[("ce-specversion", version)]), vec![], 400, error, Some("specversion"));
+    }
+    // Percent-encoding and UTF-8.
+    for (name, value) in [
+        ("overlong utf-8", "%C0%A0"),
+        ("lone continuation byte", "%80"),
+        ("truncated utf-8", "%E2%82"),
+        ("bad hex", "%zz"),
+        ("truncated escape", "%4"),
+        ("escape at end", "abc%"),
+        ("surrogate", "%ED%A0%80"),
+        ("invalid 0xff", "%FF"),
+        ("unterminated quote escape", "\"abc\\\""),
+    ] {
+        add(name, binary_headers("", &[("ce-myext", value)]), vec![], 400, "invalid header value", Some("myext"));
+    }
+    // Typed attributes.
+    for (name, header, value) in [
+        ("time not rfc3339", "ce-time", "yesterday"),
+        ("time without zone", "ce-time", "2018-04-05T17:31:00"),
+        ("time bad month", "ce-time", "2018-13-05T17:31:00Z"),
+        ("dataschema relative", "ce-dataschema", "relative/path"),
+        ("dataschema with space", "ce-dataschema", "http://a b"),
+        ("source with space", "ce-source", "/a b"),
+        ("source bad scheme", "ce-source", "1http://x"),
+        ("source bad escape", "ce-source", "/a%25zz"),
+        ("subject empty", "ce-subject", ""),
+        ("control char", "ce-myext", "a%01b"),
+        ("delete char", "ce-myext", "a%7Fb"),
+    ] {
+        let error = match header {
+            "ce-time" => "RFC 3339",
+            "ce-dataschema" => "not a URI",
+            "ce-source" => "URI-reference",
+            "ce-subject" => "empty",
+            _ => "control character",
+        };
+        let attribute = Some(&header[3..]);
+        add(name, binary_headers("", &[(header, value)]), vec![], 400, error, attribute);
+    }
+    for (name, header) in [("attribute name with underscore", "ce-my_ext"), ("attribute name with dot", "ce-my.ext")] {
+        add(name, binary_headers("", &[(header, "v")]), vec![], 400, "invalid attribute name", Some(&header[3..]));
+    }
+    add(
+        "ce-datacontenttype in binary",
+        binary_headers("", &[("ce-datacontenttype", "text/plain")]),
+        vec![],
+        400,
+        "not allowed in binary mode",
+        Some("datacontenttype"),
+    );
+    add(
+        "bad content type",
+        binary_headers("", &[("content-type", "json")]),
+        vec![],
+        400,
+        "not a media type",
+        Some("datacontenttype"),
+    );
+    add(
+        "knativebrokerttl zero",
+        binary_headers("", &[("ce-knativebrokerttl", "0")]),
+        vec![],
+        400,
+        "expired",
+        Some("knativebrokerttl"),
+    );
+    add(
+        "knativebrokerttl negative",
+        binary_headers("", &[("ce-knativebrokerttl", "-1")]),
+        vec![],
+        400,
+        "expired",
+        Some("knativebrokerttl"),
+    );
+    add(
+        "knativebrokerttl text",
+        binary_headers("", &[("ce-knativebrokerttl", "ten")]),
+        vec![],
+        400,
+        "not an integer",
+        Some("knativebrokerttl"),
+    );
+    // No specversion anywhere: a plain body is read as binary mode.
+    add(
+        "plain json body",
+        vec![("content-type".into(), "application/json".into())],
+        b"{}".to_vec(),
+        400,
+        "missing required attribute",
+        Some("specversion"),
+    );
+    add("no headers at all", vec![], b"hello".to_vec(), 400, "missing required attribute", Some("specversion"));
+
+    // Structured mode.
+    let ok = r#""specversion":"1.0","id":"1","source":"/s","type":"t""#;
+    let s = |extra: &str| format!("{{{ok}{extra}}}");
+    for (name, body, error, attribute) in [
+        ("broken json", "{\"specversion\":".to_string(), "malformed JSON", None),
+        ("trailing garbage", format!("{} x", s("")), "malformed JSON", None),
+        ("json array in structured", "[]".to_string(), "JSON object", None),
+        ("json string in structured", "\"x\"".to_string(), "JSON object", None),
+        ("json number in structured", "5".to_string(), "JSON object", None),
+        ("empty body structured", String::new(), "malformed JSON", None),
+        (
+            "missing id",
+            r#"{"specversion":"1.0","source":"/s","type":"t"}"#.to_string(),
+            "missing required attribute",
+            Some("id"),
+        ),
+        (
+            "missing source",
+            r#"{"specversion":"1.0","id":"1","type":"t"}"#.to_string(),
+            "missing required attribute",
+            Some("source"),
+        ),
+        (
+            "missing type",
+            r#"{"specversion":"1.0","id":"1","source":"/s"}"#.to_string(),
+            "missing required attribute",
+            Some("type"),
+        ),
+        (
+            "missing specversion",
+            r#"{"id":"1","source":"/s","type":"t"}"#.to_string(),
+            "missing required attribute",
+            Some("specversion"),
+        ),
+        (
+            "null id",
+            r#"{"specversion":"1.0","id":null,"source":"/s","type":"t"}"#.to_string(),
+            "missing required attribute",
+            Some("id"),
+        ),
+        (
+            "numeric id",
+            r#"{"specversion":"1.0","id":1,"source":"/s","type":"t"}"#.to_string(),
+            "wrong type",
+            Some("id"),
+        ),
+        (
+            "boolean type",
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":true}"#.to_string(),
+            "wrong type",
+            Some("type"),
+        ),
+        (
+            "numeric specversion",
+            r#"{"specversion":1.0,"id":"1","source":"/s","type":"t"}"#.to_string(),
+            "wrong type",
+            Some("specversion"),
+        ),
+        (
+            "structured specversion 9",
+            r#"{"specversion":"9","id":"1","source":"/s","type":"t"}"#.to_string(),
+            "unsupported specversion",
+            Some("specversion"),
+        ),
+        (
+            "empty source json",
+            r#"{"specversion":"1.0","id":"1","source":"","type":"t"}"#.to_string(),
+            "empty",
+            Some("source"),
+        ),
+        ("object extension", s(r#","ext":{"a":1}"#), "wrong type", Some("ext")),
+        ("array extension", s(r#","ext":[1]"#), "wrong type", Some("ext")),
+        ("float extension", s(r#","ext":1.5"#), "wrong type", Some("ext")),
+        ("huge integer extension", s(r#","ext":9999999999"#), "wrong type", Some("ext")),
+        ("uppercase extension", s(r#","Ext":"v""#), "invalid attribute name", Some("Ext")),
+        ("dash extension", s(r#","my-ext":"v""#), "invalid attribute name", Some("my-ext")),
+        ("data and data_base64", s(r#","data":1,"data_base64":"AA==""#), "both present", Some("data_base64")),
+        ("bad base64", s(r#","data_base64":"!!!""#), "not valid base64", Some("data_base64")),
+        ("numeric base64", s(r#","data_base64":12"#), "must be a string", Some("data_base64")),
+        ("bad time json", s(r#","time":"2018-04-05""#), "RFC 3339", Some("time")),
+        ("bad dataschema json", s(r#","dataschema":"no-scheme""#), "not a URI", Some("dataschema")),
+        ("bad datacontenttype json", s(r#","datacontenttype":"text""#), "not a media type", Some("datacontenttype")),
+        ("empty subject json", s(r#","subject":"""#), "empty", Some("subject")),
+        ("control char json", s(r#","subject":"a\u0007b""#), "control character", Some("subject")),
+        (
+            "0.3 bad encoding",
+            r#"{"specversion":"0.3","id":"1","source":"/s","type":"t","datacontentencoding":"gzip"}"#.to_string(),
+            "datacontentencoding",
+            Some("datacontentencoding"),
+        ),
+        ("ttl zero json", s(r#","knativebrokerttl":0"#), "expired", Some("knativebrokerttl")),
+        ("ttl negative json", s(r#","knativebrokerttl":-5"#), "expired", Some("knativebrokerttl")),
+        ("ttl boolean json", s(r#","knativebrokerttl":true"#), "not an integer", Some("knativebrokerttl")),
+    ] {
+        let (headers, body) = structured(&body);
+        add(name, headers, body, 400, error, attribute);
+    }
+    let (_, invalid_utf8) = structured("");
+    let mut invalid = invalid_utf8;
+    invalid.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"\xff\"}");
+    add("invalid utf-8 structured", structured("").0, invalid, 400, "UTF-8", None);
+
+    // Batches.
+    let event = |id: &str| format!(r#"{{"specversion":"1.0","id":"{id}","source":"/s","type":"t"}}"#);
+    for (name, body, error, attribute) in [
+        ("empty batch", "[]".to_string(), "empty batch", None),
+        ("object batch", event("1"), "JSON array", None),
+        ("string batch", "\"x\"".to_string(), "JSON array", None),
+        ("broken batch", "[{".to_string(), "malformed JSON", None),
+        ("batch with number", format!("[{},1]", event("1")), "JSON object", None),
+        (
+            "batch second missing type",
+            format!(r#"[{},{{"specversion":"1.0","id":"2","source":"/s"}}]"#, event("1")),
+            "missing required attribute",
+            Some("type"),
+        ),
+        (
+            "batch third bad version",
+            format!(r#"[{},{},{{"specversion":"3","id":"3","source":"/s","type":"t"}}]"#, event("1"), event("2")),
+            "unsupported specversion",
+            Some("specversion"),
+        ),
+        (
+            "batch bad base64",
+            format!(r#"[{{"specversion":"1.0","id":"2","source":"/s","type":"t","data_base64":"@"}}]"#),
+            "not valid base64",
+            Some("data_base64"),
+        ),
+        (
+            "batch ttl zero",
+            format!(
+                r#"[{},{{"specversion":"1.0","id":"2","source":"/s","type":"t","knativebrokerttl":0}}]"#,
+                event("1")
+            ),
+            "expired",
+            Some("knativebrokerttl"),
+        ),
+    ] {
+        let (headers, body) = batch(&body);
+        add(name, headers, body, 400, error, attribute);
+    }
+    // Media types.
+    for (name, content_type) in [
+        ("cloudevents+xml", "application/cloudevents+xml"),
+        ("cloudevents+protobuf", "application/cloudevents+protobuf"),
+        ("batch+xml", "application/cloudevents-batch+xml"),
+        ("structured latin1", "application/cloudevents+json; charset=iso-8859-1"),
+        ("batch utf-16", "application/cloudevents-batch+json; charset=utf-16"),
+        ("cloudevents bare", "application/cloudevents"),
+    ] {
+        add(
+            name,
+            vec![("content-type".into(), content_type.into())],
+            event("1").into_bytes(),
+            415,
+            "unsupported media type",
+            Some("content-type"),
+        );
+    }
+    // Sizes.
+    add("oversized binary body", binary_headers("", &[]), vec![b'x'; 70_000], 413, "too large", None);
+    add(
+        "oversized structured body",
+        structured("").0,
+        format!("{{{ok},\"data\":\"{}\"}}", "x".repeat(70_000)).into_bytes(),
+        413,
+        "too large",
+        None,
+    );
+    add(
+        "oversized batch body",
+        batch("").0,
+        format!("[{}]", vec![event("1"); 3000].join(",")).into_bytes(),
+        413,
+        "too large",
+        None,
+    );
+    add(
+        "batch with too many events",
+        batch("").0,
+        format!("[{}]", vec![event("1"); 101].join(",")).into_bytes(),
+        413,
+        "too many events",
+        None,
+    );
+    let many_headers: Vec<(String, String)> =
+        (0..60).map(|i| (format!("x-filler-{i}"), "v".into())).chain(binary_headers("", &[])).collect();
+    add("too many headers", many_headers, vec![], 431, "too many headers", None);
+    add(
+        "headers too large",
+        binary_headers("", &[("ce-myext", &"v".repeat(9000))]),
+        vec![],
+        431,
+        "headers too large",
+        None,
+    );
+
+    // Paths and methods.
+    let mut push = |name: &'static str, method: &'static str, path: &'static str, status: u16, error: &'static str| {
+        cases.push(Case {
+            name,
+            method,
+            path,
+            headers: binary_headers("", &[]),
+            body: vec![],
+            status,
+            error,
+            attribute: None,
+        });
+    };
+    push("unknown broker", "POST", "/default/nope", 404, "unknown broker");
+    push("unknown namespace", "POST", "/other/default", 404, "unknown broker");
+    push("unknown channel", "POST", "/channels/default/nope", 404, "unknown channel");
+    push("uppercase namespace", "POST", "/Default/default", 400, "malformed path");
+    push("underscore name", "POST", "/default/my_broker", 400, "malformed path");
+    push("three segments", "POST", "/a/b/c", 400, "malformed path");
+    push("one segment", "POST", "/default", 400, "malformed path");
+    push("root path", "POST", "/", 400, "malformed path");
+    push("leading dash", "POST", "/-ns/b", 400, "malformed path");
+    push(
+        "name too long",
+        "POST",
+        "/default/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        400,
+        "malformed path",
+    );
+    push("GET", "GET", "/default/default", 405, "method not allowed");
+    push("PUT", "PUT", "/default/default", 405, "method not allowed");
+    push("DELETE", "DELETE", "/default/default", 405, "method not allowed");
+    push("PATCH", "PATCH", "/default/default", 405, "method not allowed");
+    cases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_exact_errors_and_store_nothing() -> anyhow::Result<()> {
+    let (_root, node) = single_node(&[
+        "--max-event-bytes",
+        "65536",
+        "--max-batch-bytes",
+        "131072",
+        "--max-batch-events",
+        "100",
+        "--max-headers",
+        "50",
+        "--max-header-bytes",
+        "8192",
+    ])
+    .await?;
+    let client = reqwest::Client::new();
+    let cases = cases();
+    assert!(cases.len() >= 100, "{} cases", cases.len());
+    let mut names = std::collections::HashSet::new();
+    for case in &cases {
+        assert!(names.insert(case.name), "duplicate case name {}", case.name);
+        let method = reqwest::Method::from_bytes(case.method.as_bytes())?;
+        let mut request = client.request(method, format!("http://{}{}", node.http, case.path)).body(case.body.clone());
+        for (k, v) in &case.headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let allow = response.headers().get("allow").map(|v| v.to_str().unwrap_or_default().to_string());
+        let body: serde_json::Value = serde_json::from_slice(&response.bytes().await?)
+            .map_err(|e| anyhow::anyhow!("{}: body is not JSON: {e}", case.name))?;
+        assert_eq!(status, StatusCode::from_u16(case.status)?, "{}: {body}", case.name);
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(case.error) || body["rule"].as_str().unwrap_or_default().contains(case.error),
+            "{}: {body}",
+            case.name
+        );
+        if let Some(attribute) = case.attribute {
+            assert_eq!(body["attribute"].as_str(), Some(attribute), "{}: {body}", case.name);
+        }
+        if case.status == 405 {
+            assert_eq!(allow.as_deref(), Some("POST, OPTIONS"), "{}", case.name);
+        }
+    }
+    // A batch's error names the index of the bad event.
+    let response = client
+        .post(format!("http://{}/default/default", node.http))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(
+            r#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","id":"2","source":"/s"}]"#,
+        )
+        .send()
+        .await?;
+    let body: serde_json::Value = response.json().await?;
+    assert_eq!(body["index"], 1);
+
+    // Still healthy, and nothing was stored.
+    assert_eq!(client.get(format!("http://{}/healthz", node.http)).send().await?.status(), StatusCode::OK);
+    for partition in 0..PARTITIONS {
+        assert_eq!(end_offset(&node.admin, STREAM, partition).await?, 0, "partition {partition} holds nothing");
+    }
+    // And a good event is still accepted.
+    let response = client
+        .post(format!("http://{}/default/default", node.http))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "ok")
+        .header("ce-source", "/s")
+        .header("ce-type", "t")
+        .body("fine")
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_answers_the_webhook_handshake() -> anyhow::Result<()> {
+    let (_root, node) = single_node(&[]).await?;
+    let response = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, format!("http://{}/default/default", node.http))
+        .header("WebHook-Request-Origin", "eventemitter.example.com")
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!(header("allow").as_deref(), Some("POST, OPTIONS"));
+    assert_eq!(header("webhook-allowed-origin").as_deref(), Some("eventemitter.example.com"));
+    assert_eq!(header("webhook-allowed-rate").as_deref(), Some("*"));
+    Ok(())
+}

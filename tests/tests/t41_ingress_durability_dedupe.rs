@@ -1,0 +1,163 @@
+//! Ingress under faults: 202s given just before `kill -9` are all there
+//! after a restart (one node and three); the dedupe window stores an event
+//! once across a restart and a leader change.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use sluice_tests::{TestCluster, apply_resource, broker_object, read_events, wait_for_broker, wait_ready, wait_until};
+
+const PARTITIONS: u32 = 2;
+const STREAM: &str = "broker/default/orders";
+
+async fn post(client: &reqwest::Client, http: &str, id: &str) -> Option<StatusCode> {
+    client
+        .post(format!("http://{http}/default/orders"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/producer")
+        .header("ce-type", "order.created")
+        .header("content-type", "application/json")
+        .body(format!("{{\"order\":\"{id}\"}}"))
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status())
+}
+
+/// Producers post until `count` 202s; returns the ids that got 202.
+async fn produce(https: &[String], count: usize) -> BTreeSet<String> {
+    let client = reqwest::Client::new();
+    let mut accepted = BTreeSet::new();
+    let mut producers = tokio::task::JoinSet::new();
+    for producer in 0..4usize {
+        let client = client.clone();
+        let http = https[producer % https.len()].clone();
+        producers.spawn(async move {
+            let mut ok = Vec::new();
+            for i in 0..count / 4 {
+                let id = format!("p{producer}-{i}");
+                if post(&client, &http, &id).await == Some(StatusCode::ACCEPTED) {
+                    ok.push(id);
+                }
+            }
+            ok
+        });
+    }
+    while let Some(ids) = producers.join_next().await {
+        accepted.extend(ids.unwrap_or_default());
+    }
+    accepted
+}
+
+async fn check_present(admin: &str, accepted: &BTreeSet<String>) -> anyhow::Result<()> {
+    let stored: BTreeSet<String> = read_events(admin, STREAM, PARTITIONS)
+        .await?
+        .iter()
+        .filter_map(|e| e.get_str("id").map(str::to_string))
+        .collect();
+    let missing: Vec<_> = accepted.difference(&stored).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events are missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    Ok(())
+}
+
+async fn cluster(nodes: u64) -> anyhow::Result<TestCluster> {
+    let cluster = TestCluster::start(nodes, PARTITIONS, &[]).await?;
+    let annotations = serde_json::json!({ "sluice.dev/dedupe-window": "10m" });
+    apply_resource(&cluster.nodes[0].admin, broker_object("default", "orders", annotations)).await?;
+    for node in &cluster.nodes {
+        wait_for_broker(&node.http, "/default/orders").await?;
+    }
+    Ok(cluster)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_events_survive_kill9_on_one_node() -> anyhow::Result<()> {
+    let mut cluster = cluster(1).await?;
+    let https = vec![cluster.nodes[0].http.clone()];
+    let accepted = produce(&https, 400).await;
+    assert_eq!(accepted.len(), 400);
+    cluster.node(1).kill9();
+    cluster.node(1).start()?;
+    wait_ready(&cluster.nodes[0].http).await?;
+    check_present(&cluster.nodes[0].admin, &accepted).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_events_survive_kill9_of_every_node_of_three() -> anyhow::Result<()> {
+    let mut cluster = cluster(3).await?;
+    let https: Vec<String> = cluster.nodes.iter().map(|n| n.http.clone()).collect();
+    let accepted = produce(&https, 400).await;
+    assert_eq!(accepted.len(), 400, "a healthy cluster accepts everything");
+    for id in 1..=3 {
+        cluster.node(id).kill9();
+    }
+    for id in 1..=3 {
+        cluster.node(id).start()?;
+    }
+    for node in &cluster.nodes {
+        wait_ready(&node.http).await?;
+    }
+    for node in &cluster.nodes {
+        let admin = node.admin.clone();
+        let expected = accepted.len();
+        // Followers apply what the leader commits; wait until each holds everything.
+        wait_until(Duration::from_secs(30), || async {
+            Ok((read_events(&admin, STREAM, PARTITIONS).await?.len() >= expected).then_some(()))
+        })
+        .await?;
+        check_present(&node.admin, &accepted).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedupe_stores_an_event_once_across_restart_and_leader_change() -> anyhow::Result<()> {
+    let mut cluster = cluster(3).await?;
+    let client = reqwest::Client::new();
+    let http = |c: &TestCluster, i: usize| c.nodes[i].http.clone();
+    assert_eq!(post(&client, &http(&cluster, 0), "dup-1").await, Some(StatusCode::ACCEPTED));
+    assert_eq!(
+        post(&client, &http(&cluster, 1), "dup-1").await,
+        Some(StatusCode::ACCEPTED),
+        "a duplicate is acknowledged"
+    );
+
+    // Kill the leader of every partition in turn and restart all: the window survives.
+    let leader = cluster.leader_of(1).await?;
+    cluster.node(leader).kill9();
+    let survivor = cluster.nodes.iter().position(|n| n.id != leader).expect("a survivor");
+    wait_until(Duration::from_secs(20), || async {
+        Ok((post(&client, &http(&cluster, survivor), "dup-1").await == Some(StatusCode::ACCEPTED)).then_some(()))
+    })
+    .await?;
+    cluster.node(leader).start()?;
+    for node in &cluster.nodes {
+        wait_ready(&node.http).await?;
+    }
+    assert_eq!(post(&client, &http(&cluster, 2), "dup-1").await, Some(StatusCode::ACCEPTED));
+    assert_eq!(post(&client, &http(&cluster, 2), "other-2").await, Some(StatusCode::ACCEPTED));
+    // Every node ends with exactly one dup-1 and one other-2.
+    for node in &cluster.nodes {
+        let admin = node.admin.clone();
+        wait_until(Duration::from_secs(30), || async {
+            Ok((read_events(&admin, STREAM, PARTITIONS).await?.len() >= 2).then_some(()))
+        })
+        .await?;
+        let ids: Vec<String> = read_events(&node.admin, STREAM, PARTITIONS)
+            .await?
+            .iter()
+            .filter_map(|e| e.get_str("id").map(str::to_string))
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["dup-1", "other-2"], "node {}: {ids:?}", node.id);
+    }
+    Ok(())
+}

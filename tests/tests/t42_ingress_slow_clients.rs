@@ -1,0 +1,103 @@
+//! Slow clients (headers or body trickled) are cut off after the timeouts
+//! while normal traffic goes on.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use sluice_tests::{NodeProc, apply_resource, broker_object, wait_for_broker, wait_ready};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::transport::Channel;
+
+/// Writes `chunks` one per 200 ms; answers whether the server closed the
+/// connection (EOF or reset) within `limit`, and what it answered, if anything.
+async fn trickle(addr: &str, chunks: Vec<Vec<u8>>, limit: Duration) -> anyhow::Result<(bool, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    for chunk in chunks {
+        if started.elapsed() > limit {
+            break;
+        }
+        if stream.write_all(&chunk).await.is_err() {
+            return Ok((true, String::from_utf8_lossy(&answer).into_owned()));
+        }
+        // Wait for the next tick, or for the server to answer or close.
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok((true, String::from_utf8_lossy(&answer).into_owned())),
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    // Stop writing; the server must still close within the limit.
+    let rest = limit.saturating_sub(started.elapsed());
+    loop {
+        match tokio::time::timeout(rest, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok((true, String::from_utf8_lossy(&answer).into_owned())),
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => return Ok((false, String::from_utf8_lossy(&answer).into_owned())),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_headers_and_bodies_are_cut_off() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let mut node =
+        NodeProc::new(1, root.path(), &["--header-read-timeout-ms", "1000", "--body-read-timeout-ms", "1000"]);
+    node.start()?;
+    sluice_tests::wait_for_admin(&node.admin).await?;
+    let mut cluster =
+        sluice_proto::admin::cluster_client::ClusterClient::<Channel>::connect(format!("http://{}", node.admin))
+            .await?;
+    cluster
+        .init(sluice_proto::admin::InitRequest {
+            members: vec![sluice_proto::admin::Member { node_id: 1, peer_addr: node.peer.clone() }],
+            partitions: 1,
+        })
+        .await?;
+    wait_ready(&node.http).await?;
+    apply_resource(&node.admin, broker_object("default", "default", serde_json::json!({}))).await?;
+    wait_for_broker(&node.http, "/default/default").await?;
+
+    // Normal traffic keeps flowing while slow clients hold connections.
+    let http = node.http.clone();
+    let normal = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut accepted = 0;
+        for i in 0..40 {
+            let response = client
+                .post(format!("http://{http}/default/default"))
+                .header("ce-specversion", "1.0")
+                .header("ce-id", format!("n{i}"))
+                .header("ce-source", "/normal")
+                .header("ce-type", "t")
+                .body("x")
+                .send()
+                .await;
+            if response.map(|r| r.status() == StatusCode::ACCEPTED).unwrap_or(false) {
+                accepted += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        accepted
+    });
+
+    // Headers, one byte per tick: never complete.
+    let header_bytes: Vec<Vec<u8>> =
+        b"POST /default/default HTTP/1.1\r\nHost: x\r\nce-specversion: 1.0\r\n".iter().map(|b| vec![*b]).collect();
+    let (closed, _) = trickle(&node.http, header_bytes, Duration::from_secs(5)).await?;
+    assert!(closed, "a client trickling headers is disconnected");
+
+    // Complete headers, then a body one byte per tick.
+    let head = b"POST /default/default HTTP/1.1\r\nHost: x\r\nce-specversion: 1.0\r\nce-id: slow\r\nce-source: /s\r\nce-type: t\r\ncontent-length: 100\r\n\r\n".to_vec();
+    let mut chunks = vec![head];
+    chunks.extend((0..100).map(|_| b"x".to_vec()));
+    let (closed, answer) = trickle(&node.http, chunks, Duration::from_secs(5)).await?;
+    assert!(closed, "a client trickling its body is disconnected");
+    assert!(answer.starts_with("HTTP/1.1 408"), "answered 408 before closing: {answer:?}");
+
+    assert_eq!(normal.await?, 40, "normal requests were all accepted meanwhile");
+    Ok(())
+}
