@@ -12,7 +12,7 @@ const PARTITIONS: u32 = 2;
 const STREAM: &str = "broker/default/orders";
 
 async fn post(client: &reqwest::Client, http: &str, id: &str) -> Option<StatusCode> {
-    client
+    let response = client
         .post(format!("http://{http}/default/orders"))
         .header("ce-specversion", "1.0")
         .header("ce-id", id)
@@ -22,8 +22,26 @@ async fn post(client: &reqwest::Client, http: &str, id: &str) -> Option<StatusCo
         .body(format!("{{\"order\":\"{id}\"}}"))
         .send()
         .await
-        .ok()
-        .map(|r| r.status())
+        .ok()?;
+    let status = response.status();
+    if status != StatusCode::ACCEPTED {
+        eprintln!("{id} via {http}: {status} {}", response.text().await.unwrap_or_default());
+    }
+    Some(status)
+}
+
+/// Posts like a well-behaved producer: a 503 or 429 (Retry-After) is sent
+/// again with the same id, for a bounded time; answers the final status.
+async fn post_retrying(client: &reqwest::Client, http: &str, id: &str) -> Option<StatusCode> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = post(client, http, id).await;
+        let retry = matches!(status, None | Some(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS));
+        if !retry || tokio::time::Instant::now() > deadline {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Producers post until `count` 202s; returns the ids that got 202.
@@ -122,9 +140,9 @@ async fn dedupe_stores_an_event_once_across_restart_and_leader_change() -> anyho
     let mut cluster = cluster(3).await?;
     let client = reqwest::Client::new();
     let http = |c: &TestCluster, i: usize| c.nodes[i].http.clone();
-    assert_eq!(post(&client, &http(&cluster, 0), "dup-1").await, Some(StatusCode::ACCEPTED));
+    assert_eq!(post_retrying(&client, &http(&cluster, 0), "dup-1").await, Some(StatusCode::ACCEPTED));
     assert_eq!(
-        post(&client, &http(&cluster, 1), "dup-1").await,
+        post_retrying(&client, &http(&cluster, 1), "dup-1").await,
         Some(StatusCode::ACCEPTED),
         "a duplicate is acknowledged"
     );
@@ -134,15 +152,16 @@ async fn dedupe_stores_an_event_once_across_restart_and_leader_change() -> anyho
     cluster.node(leader).kill9();
     let survivor = cluster.nodes.iter().position(|n| n.id != leader).expect("a survivor");
     wait_until(Duration::from_secs(20), || async {
-        Ok((post(&client, &http(&cluster, survivor), "dup-1").await == Some(StatusCode::ACCEPTED)).then_some(()))
+        Ok((post_retrying(&client, &http(&cluster, survivor), "dup-1").await == Some(StatusCode::ACCEPTED))
+            .then_some(()))
     })
     .await?;
     cluster.node(leader).start()?;
     for node in &cluster.nodes {
         wait_ready(&node.http).await?;
     }
-    assert_eq!(post(&client, &http(&cluster, 2), "dup-1").await, Some(StatusCode::ACCEPTED));
-    assert_eq!(post(&client, &http(&cluster, 2), "other-2").await, Some(StatusCode::ACCEPTED));
+    assert_eq!(post_retrying(&client, &http(&cluster, 2), "dup-1").await, Some(StatusCode::ACCEPTED));
+    assert_eq!(post_retrying(&client, &http(&cluster, 2), "other-2").await, Some(StatusCode::ACCEPTED));
     // Every node ends with exactly one dup-1 and one other-2.
     for node in &cluster.nodes {
         let admin = node.admin.clone();

@@ -218,12 +218,12 @@ fn validate_attribute(version: &str, name: &str, value: &AttrValue) -> Result<()
             .as_str()
             .ok_or_else(|| EventError::bad("attribute has the wrong type").attribute(name).rule(rule.to_string()))
     };
-    if let AttrValue::String(s) = value {
-        if has_forbidden_chars(s) {
-            return Err(EventError::bad("attribute contains a control character")
-                .attribute(name)
-                .rule("strings must not contain U+0000-U+001F or U+007F-U+009F"));
-        }
+    if let AttrValue::String(s) = value
+        && has_forbidden_chars(s)
+    {
+        return Err(EventError::bad("attribute contains a control character")
+            .attribute(name)
+            .rule("strings must not contain U+0000-U+001F or U+007F-U+009F"));
     }
     match name {
         "id" | "type" | "specversion" => {}
