@@ -1,10 +1,13 @@
-//! `sluice-bench log`: committed appends per second and append latency
-//! (submit → acknowledged, i.e. committed on a quorum and applied) against
-//! real `sluice node` processes on loopback.
+//! `sluice-bench`: throughput and latency against real `sluice node`
+//! processes on loopback.
 //!
-//! Closed loop: `--concurrency` clients each send one append of
-//! `--records-per-append` records of `--payload-bytes` bytes, wait for the
-//! acknowledgement, and send the next, for `--seconds`. The node coalesces
+//! - `--mode log`: committed appends per second and append latency (submit →
+//!   acknowledged, i.e. committed on a quorum and applied) over the admin API.
+//! - `--mode http`: CloudEvents (binary mode) POSTed to a broker; events per
+//!   second and 202 latency.
+//!
+//! Closed loop: each of `--concurrency` clients sends one request, waits for
+//! the answer, and sends the next, for `--seconds`. The node coalesces
 //! concurrent appends into Raft entries, so concurrency is what batching feeds on.
 
 use std::time::{Duration, Instant};
@@ -23,8 +26,12 @@ struct Args {
     nodes: u64,
     #[arg(long, default_value_t = 1)]
     partitions: u32,
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
+    /// `log` (admin API appends) or `http` (CloudEvents ingress).
+    #[arg(long, default_value = "log", value_parser = ["log", "http"])]
+    mode: String,
+    /// Comma-separated list; one run per value.
+    #[arg(long, default_value = "64")]
+    concurrency: String,
     /// Comma-separated list; one run per value.
     #[arg(long, default_value = "1,16,64")]
     records_per_append: String,
@@ -41,23 +48,41 @@ struct Args {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let sizes: Vec<usize> = args.records_per_append.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
+    let concurrencies: Vec<usize> = args.concurrency.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
     let cluster = TestCluster::start(args.nodes, args.partitions, &[]).await?;
     let admins: Vec<String> = cluster.nodes.iter().map(|n| n.admin.clone()).collect();
+    let https: Vec<String> = cluster.nodes.iter().map(|n| n.http.clone()).collect();
+    if args.mode == "http" {
+        let broker = sluice_tests::broker_object("bench", "bench", serde_json::json!({}));
+        sluice_tests::apply_resource(&admins[0], broker).await?;
+        for http in &https {
+            sluice_tests::wait_for_broker(http, "/bench/bench").await?;
+        }
+    }
     if !args.json {
         println!(
             "{:>5} {:>6} {:>11} {:>8} {:>14} {:>10} {:>9} {:>9} {:>9}",
             "nodes", "conc", "recs/append", "payload", "records/s", "MiB/s", "p50 ms", "p99 ms", "max ms"
         );
     }
-    for records in sizes {
-        let result = run(&args, &admins, records).await?;
+    let runs: Vec<(usize, usize)> = if args.mode == "http" {
+        concurrencies.iter().map(|c| (*c, 1)).collect()
+    } else {
+        concurrencies.iter().flat_map(|c| sizes.iter().map(move |s| (*c, *s))).collect()
+    };
+    for (concurrency, records) in runs {
+        let result = if args.mode == "http" {
+            run_http(&args, &https, concurrency).await?
+        } else {
+            run(&args, &admins, concurrency, records).await?
+        };
         if args.json {
             println!("{}", result);
         } else {
             println!(
                 "{:>5} {:>6} {:>11} {:>8} {:>14.0} {:>10.1} {:>9.2} {:>9.2} {:>9.2}",
                 args.nodes,
-                args.concurrency,
+                concurrency,
                 records,
                 args.payload_bytes,
                 result["records_per_second"].as_f64().unwrap_or(0.0),
@@ -72,10 +97,49 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn run(args: &Args, admins: &[String], records_per_append: usize) -> Result<serde_json::Value> {
+async fn run_http(args: &Args, https: &[String], concurrency: usize) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let mut clients = Vec::new();
+    for worker in 0..concurrency {
+        let url = format!("http://{}/bench/bench", https[worker % https.len()]);
+        let client = client.clone();
+        let body = vec![b'x'; args.payload_bytes];
+        clients.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let (mut events, mut errors) = (0u64, 0u64);
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                i += 1;
+                let started = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("ce-specversion", "1.0")
+                    .header("ce-id", format!("{worker}-{i}"))
+                    .header("ce-source", "/bench")
+                    .header("ce-type", "bench.event")
+                    .header("content-type", "application/octet-stream")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match response {
+                    Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
+                        histogram.record(started.elapsed().as_micros().max(1) as u64)?;
+                        events += 1;
+                    }
+                    _ => errors += 1,
+                }
+            }
+            anyhow::Ok((histogram, events, errors))
+        }));
+    }
+    summarize(args, concurrency, 1, clients).await
+}
+
+async fn run(args: &Args, admins: &[String], concurrency: usize, records_per_append: usize) -> Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut clients = Vec::new();
-    for worker in 0..args.concurrency {
+    for worker in 0..concurrency {
         let admin = admins[worker % admins.len()].clone();
         let partitions = args.partitions;
         let payload = vec![b'x'; args.payload_bytes];
@@ -104,6 +168,17 @@ async fn run(args: &Args, admins: &[String], records_per_append: usize) -> Resul
             anyhow::Ok((histogram, records, errors))
         }));
     }
+    summarize(args, concurrency, records_per_append, clients).await
+}
+
+type ClientResult = tokio::task::JoinHandle<Result<(Histogram<u64>, u64, u64)>>;
+
+async fn summarize(
+    args: &Args,
+    concurrency: usize,
+    records_per_append: usize,
+    clients: Vec<ClientResult>,
+) -> Result<serde_json::Value> {
     let started = Instant::now();
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut records, mut errors) = (0u64, 0u64);
@@ -121,7 +196,8 @@ async fn run(args: &Args, admins: &[String], records_per_append: usize) -> Resul
     Ok(serde_json::json!({
         "nodes": args.nodes,
         "partitions": args.partitions,
-        "concurrency": args.concurrency,
+        "mode": args.mode,
+        "concurrency": concurrency,
         "records_per_append": records_per_append,
         "payload_bytes": args.payload_bytes,
         "records_per_second": records as f64 / elapsed,

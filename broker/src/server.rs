@@ -91,6 +91,7 @@ pub async fn start(
     let admin_node = node.clone();
     tasks.push(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
             .add_service(ClusterServer::new(AdminService::new(admin_node.clone())))
             .add_service(LogServer::new(AdminService::new(admin_node.clone())).max_decoding_message_size(32 << 20))
             .add_service(ResourcesServer::new(AdminService::new(admin_node)))
