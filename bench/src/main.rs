@@ -136,7 +136,12 @@ async fn run_http(args: &Args, https: &[String], concurrency: usize) -> Result<s
     summarize(args, concurrency, 1, clients).await
 }
 
-async fn run(args: &Args, admins: &[String], concurrency: usize, records_per_append: usize) -> Result<serde_json::Value> {
+async fn run(
+    args: &Args,
+    admins: &[String],
+    concurrency: usize,
+    records_per_append: usize,
+) -> Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut clients = Vec::new();
     for worker in 0..concurrency {

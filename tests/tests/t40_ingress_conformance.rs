@@ -550,3 +550,98 @@ async fn options_answers_the_webhook_handshake() -> anyhow::Result<()> {
     assert_eq!(header("webhook-allowed-rate").as_deref(), Some("*"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_sdk_events_read_back_identical() -> anyhow::Result<()> {
+    use cloudevents::binding::reqwest::RequestBuilderExt;
+    use cloudevents::{AttributesReader, EventBuilder, EventBuilderV10};
+
+    let (_root, node) = single_node(&[]).await?;
+    let url = format!("http://{}/default/default", node.http);
+    let client = reqwest::Client::new();
+    let binary = EventBuilderV10::new()
+        .id("rs-1")
+        .source("/rust/sdk")
+        .ty("rs.binary")
+        .subject("a subject")
+        .extension("myext", "value")
+        .data("application/json", serde_json::json!({"hello": "binary"}))
+        .build()?;
+    let structured = EventBuilderV10::new()
+        .id("rs-2")
+        .source("/rust/sdk")
+        .ty("rs.structured")
+        .data("application/octet-stream", vec![0u8, 1, 2, 255])
+        .build()?;
+    let batched: Vec<_> = (3..=4)
+        .map(|i| {
+            EventBuilderV10::new()
+                .id(format!("rs-{i}"))
+                .source("/rust/sdk")
+                .ty("rs.batch")
+                .extension("seq", i as i64)
+                .build()
+        })
+        .collect::<Result<_, _>>()?;
+
+    let response = client.post(&url).event(binary.clone())?.send().await?;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let response = client
+        .post(&url)
+        .header("content-type", "application/cloudevents+json")
+        .body(serde_json::to_vec(&structured)?)
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let response = client
+        .post(&url)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(serde_json::to_vec(&batched)?)
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+
+    let mut stored = read_events(&node.admin, STREAM, PARTITIONS).await?;
+    stored.sort_by(|a, b| a.get_str("id").cmp(&b.get_str("id")));
+    assert_eq!(stored.len(), 4);
+    let sent = [&binary, &structured, &batched[0], &batched[1]];
+    for (event, original) in stored.iter().zip(sent) {
+        assert_eq!(event.get_str("id"), Some(original.id()));
+        assert_eq!(event.get_str("source"), Some(original.source().as_str()));
+        assert_eq!(event.get_str("type"), Some(original.ty()));
+        assert_eq!(event.get_str("specversion"), Some("1.0"));
+        assert_eq!(event.get_str("datacontenttype"), original.datacontenttype());
+        for (name, value) in original.iter_extensions() {
+            assert_eq!(event.get(name).map(AttrValue::to_canonical_string), Some(value.to_string()), "{name}");
+        }
+    }
+    assert_eq!(stored[0].get_str("subject"), Some("a subject"));
+    assert_eq!(
+        stored[0].data,
+        Some(EventData::Bytes(serde_json::to_vec(&serde_json::json!({"hello": "binary"}))?.into()))
+    );
+    assert_eq!(stored[1].data, Some(EventData::Bytes(vec![0u8, 1, 2, 255].into())));
+    assert_eq!(stored[2].get("seq"), Some(&AttrValue::Integer(3)), "JSON integers stay integers");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_and_keep_alive_both_work() -> anyhow::Result<()> {
+    let (_root, node) = single_node(&[]).await?;
+    for client in
+        [reqwest::Client::builder().http2_prior_knowledge().build()?, reqwest::Client::builder().http1_only().build()?]
+    {
+        for i in 0..3 {
+            let response = client
+                .post(format!("http://{}/default/default", node.http))
+                .header("ce-specversion", "1.0")
+                .header("ce-id", format!("conn-{i}"))
+                .header("ce-source", "/s")
+                .header("ce-type", "t")
+                .send()
+                .await?;
+            assert_eq!(response.status(), StatusCode::ACCEPTED, "{:?}", response.version());
+        }
+    }
+    Ok(())
+}
