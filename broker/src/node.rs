@@ -96,6 +96,8 @@ impl Node {
         let metadata = node.start_group(METADATA_GROUP).await?;
         if let Some(config) = metadata.view.cluster_config() {
             if !config.is_member(node.id()) {
+                // Stop the group first, so that nothing logs after the error.
+                let _ = metadata.raft.shutdown().await;
                 return Err(BrokerError::NotAMember(format!(
                     "node id {} is not a member of the cluster stored in {} (members: {}); start with one of those ids, or use a new --data dir",
                     node.id(),

@@ -45,6 +45,8 @@ fn main() -> ExitCode {
             Command::Cluster(command) => cluster_cmd::run(command).await,
         }
     });
+    // Background tasks stop here, so the error below is the last line.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -92,3 +92,30 @@ fn zero_node_id_is_rejected() -> anyhow::Result<()> {
     assert!(stderr.contains("--id"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_id_not_in_the_stored_cluster_is_rejected() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let mut node = sluice_tests::NodeProc::new(1, root.path(), &[]);
+    node.start()?;
+    sluice_tests::wait_for_admin(&node.admin).await?;
+    let (admin, members) = (node.admin.clone(), format!("1={}", node.peer));
+    let (code, stderr) = tokio::task::spawn_blocking(move || {
+        run_sluice(&["cluster", "init", "--admin", &admin, "--members", &members, "--partitions", "1"], TIMEOUT)
+    })
+    .await??;
+    assert_eq!(code, 0, "{stderr}");
+    sluice_tests::wait_ready(&node.http).await?;
+    node.kill9();
+    // The data dir now holds a cluster whose only member is node 1.
+    std::fs::remove_file(node.data.join("node-id"))?;
+    let data = node.data.to_str().expect("utf-8").to_string();
+    let (peer, http, admin) = (free_addr(), free_addr(), free_addr());
+    let (code, stderr) =
+        tokio::task::spawn_blocking(move || run_sluice(&node_args("2", &data, &peer, &http, &admin), TIMEOUT))
+            .await??;
+    assert_ne!(code, 0);
+    let line = last_line(&stderr);
+    assert!(line.contains("node id 2 is not a member") && line.contains("members: 1"), "{line}");
+    Ok(())
+}

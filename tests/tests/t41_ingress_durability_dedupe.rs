@@ -180,3 +180,31 @@ async fn dedupe_stores_an_event_once_across_restart_and_leader_change() -> anyho
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_ingress_answers_503_with_retry_after() -> anyhow::Result<()> {
+    let mut cluster = cluster(3).await?;
+    cluster.node(2).kill9();
+    cluster.node(3).kill9();
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("http://{}/default/orders", cluster.nodes[0].http))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "no-quorum")
+        .header("ce-source", "/producer")
+        .header("ce-type", "order.created")
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let body: serde_json::Value = response.json().await?;
+    assert!(body["error"].is_string(), "{body}");
+    // Once a quorum is back, the same event is accepted.
+    cluster.node(2).start()?;
+    let http = cluster.nodes[0].http.clone();
+    wait_until(Duration::from_secs(30), || async {
+        Ok((post(&client, &http, "no-quorum").await == Some(StatusCode::ACCEPTED)).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
