@@ -144,6 +144,18 @@ impl TestCluster {
     }
 }
 
+/// Starts one node and initialises it as a one-member cluster.
+pub async fn start_single_node(partitions: u32, extra_args: &[&str]) -> Result<(tempfile::TempDir, NodeProc)> {
+    let root = tempfile::tempdir()?;
+    let mut node = NodeProc::new(1, root.path(), extra_args);
+    node.start()?;
+    wait_for_admin(&node.admin).await.with_context(|| node.log_tail())?;
+    let mut client = ClusterClient::connect(format!("http://{}", node.admin)).await?;
+    client.init(InitRequest { members: vec![Member { node_id: 1, peer_addr: node.peer.clone() }], partitions }).await?;
+    wait_ready(&node.http).await.with_context(|| node.log_tail())?;
+    Ok((root, node))
+}
+
 /// Polls `check` until it yields a value (state observed through the API,
 /// not a fixed sleep), failing after `timeout`.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, mut check: F) -> Result<T>

@@ -2,25 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use sluice_tests::{AppendOutcome, NodeProc, append, check_stream, read_all, wait_ready};
-use tonic::transport::Channel;
+use sluice_tests::{AppendOutcome, append, check_stream, read_all, wait_ready};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_appends_survive_kill9_and_restart() -> anyhow::Result<()> {
-    let root = tempfile::tempdir()?;
-    let mut node = NodeProc::new(1, root.path(), &[]);
-    node.start()?;
-    sluice_tests::wait_for_admin(&node.admin).await?;
-    let mut cluster =
-        sluice_proto::admin::cluster_client::ClusterClient::<Channel>::connect(format!("http://{}", node.admin))
-            .await?;
-    cluster
-        .init(sluice_proto::admin::InitRequest {
-            members: vec![sluice_proto::admin::Member { node_id: 1, peer_addr: node.peer.clone() }],
-            partitions: 2,
-        })
-        .await?;
-    wait_ready(&node.http).await?;
+    let (_root, mut node) = sluice_tests::start_single_node(2, &[]).await?;
 
     // Four concurrent writers, two streams, both partitions.
     let mut writers = Vec::new();

@@ -6,27 +6,13 @@ use std::process::Command;
 
 use reqwest::StatusCode;
 use sluice_broker::cloudevent::{AttrValue, EventData};
-use sluice_tests::{NodeProc, apply_resource, broker_object, end_offset, read_events, wait_for_broker, wait_ready};
-use tonic::transport::Channel;
+use sluice_tests::{NodeProc, apply_resource, broker_object, end_offset, read_events, wait_for_broker};
 
 const PARTITIONS: u32 = 2;
 const STREAM: &str = "broker/default/default";
 
 async fn single_node(extra: &[&str]) -> anyhow::Result<(tempfile::TempDir, NodeProc)> {
-    let root = tempfile::tempdir()?;
-    let mut node = NodeProc::new(1, root.path(), extra);
-    node.start()?;
-    sluice_tests::wait_for_admin(&node.admin).await?;
-    let mut cluster =
-        sluice_proto::admin::cluster_client::ClusterClient::<Channel>::connect(format!("http://{}", node.admin))
-            .await?;
-    cluster
-        .init(sluice_proto::admin::InitRequest {
-            members: vec![sluice_proto::admin::Member { node_id: 1, peer_addr: node.peer.clone() }],
-            partitions: PARTITIONS,
-        })
-        .await?;
-    wait_ready(&node.http).await?;
+    let (root, node) = sluice_tests::start_single_node(PARTITIONS, extra).await?;
     apply_resource(&node.admin, broker_object("default", "default", serde_json::json!({}))).await?;
     wait_for_broker(&node.http, "/default/default").await?;
     Ok((root, node))

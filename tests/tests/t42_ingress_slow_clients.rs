@@ -4,10 +4,9 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use sluice_tests::{NodeProc, apply_resource, broker_object, wait_for_broker, wait_ready};
+use sluice_tests::{apply_resource, broker_object, wait_for_broker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tonic::transport::Channel;
 
 /// Writes `chunks` one per 200 ms; answers whether the server closed the
 /// connection (EOF or reset) within `limit`, and what it answered, if anything.
@@ -43,21 +42,9 @@ async fn trickle(addr: &str, chunks: Vec<Vec<u8>>, limit: Duration) -> anyhow::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickled_headers_and_bodies_are_cut_off() -> anyhow::Result<()> {
-    let root = tempfile::tempdir()?;
-    let mut node =
-        NodeProc::new(1, root.path(), &["--header-read-timeout-ms", "1000", "--body-read-timeout-ms", "1000"]);
-    node.start()?;
-    sluice_tests::wait_for_admin(&node.admin).await?;
-    let mut cluster =
-        sluice_proto::admin::cluster_client::ClusterClient::<Channel>::connect(format!("http://{}", node.admin))
+    let (_root, node) =
+        sluice_tests::start_single_node(1, &["--header-read-timeout-ms", "1000", "--body-read-timeout-ms", "1000"])
             .await?;
-    cluster
-        .init(sluice_proto::admin::InitRequest {
-            members: vec![sluice_proto::admin::Member { node_id: 1, peer_addr: node.peer.clone() }],
-            partitions: 1,
-        })
-        .await?;
-    wait_ready(&node.http).await?;
     apply_resource(&node.admin, broker_object("default", "default", serde_json::json!({}))).await?;
     wait_for_broker(&node.http, "/default/default").await?;
 
