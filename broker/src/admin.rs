@@ -16,14 +16,15 @@ use tonic::{Request, Response, Status};
 
 use sluice_proto::admin::resources_server::Resources;
 use sluice_proto::admin::{
-    ApplyResourceRequest, DeleteResourceReply, ListResourcesRequest, ResourceList, ResourceObject, ResourceRef,
+    ApplyResourceReply, ApplyResourceRequest, DeleteResourceReply, ListResourcesRequest, ResourceList, ResourceObject,
+    ResourceRef,
 };
 
 use crate::cluster::ClusterConfig;
 use crate::error::BrokerError;
-use crate::ingress::is_dns_label;
 use crate::node::Node;
 use crate::raft_types::{ResourceKey, ResourceRecord};
+use sluice_controller::validate_object;
 
 pub struct AdminService {
     node: Node,
@@ -141,36 +142,28 @@ impl Log for AdminService {
     }
 }
 
-/// Kinds the metadata group stores.
-pub const RESOURCE_KINDS: [&str; 5] = ["Broker", "Trigger", "Channel", "InMemoryChannel", "Subscription"];
-
-/// Checks the parts of an object every kind needs and defaults its namespace.
-pub fn resource_record(object_json: &str) -> Result<ResourceRecord, Status> {
+/// Validates an object as Knative's webhook would (against the stored one,
+/// for immutable fields) and defaults its namespace to `default`.
+pub fn resource_record(object_json: &str, node: &Node) -> Result<ResourceRecord, Status> {
     let mut object: serde_json::Value =
         serde_json::from_str(object_json).map_err(|e| Status::invalid_argument(format!("object: not JSON: {e}")))?;
-    let kind = object.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
-    if !RESOURCE_KINDS.contains(&kind.as_str()) {
-        return Err(Status::invalid_argument(format!("kind: {kind:?} is not one of {}", RESOURCE_KINDS.join(", "))));
+    if let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        metadata.entry("namespace").or_insert_with(|| "default".into());
     }
-    let metadata = object
-        .get_mut("metadata")
-        .and_then(|m| m.as_object_mut())
-        .ok_or_else(|| Status::invalid_argument("metadata: required"))?;
-    let name = metadata.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
-    if !is_dns_label(&name) {
-        return Err(Status::invalid_argument(format!("metadata.name: {name:?} must be a DNS-1123 label")));
-    }
-    let namespace = match metadata.get("namespace").and_then(|n| n.as_str()) {
-        Some(ns) => ns.to_string(),
-        None => {
-            metadata.insert("namespace".into(), "default".into());
-            "default".to_string()
-        }
+    let key = ResourceKey {
+        kind: object.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string(),
+        namespace: object.pointer("/metadata/namespace").and_then(|n| n.as_str()).unwrap_or_default().to_string(),
+        name: object.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_string(),
     };
-    if !is_dns_label(&namespace) {
-        return Err(Status::invalid_argument(format!("metadata.namespace: {namespace:?} must be a DNS-1123 label")));
+    let existing: Option<serde_json::Value> = node.resource(&key).and_then(|json| serde_json::from_str(&json).ok());
+    if let Err(errors) = validate_object(&object, existing.as_ref()) {
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return Err(Status::invalid_argument(text.join("; ")));
     }
-    Ok(ResourceRecord { key: ResourceKey { kind, namespace, name }, json: object.to_string() })
+    let uid = format!("{:032x}", rand::random::<u128>());
+    let uid = format!("{}-{}-{}-{}-{}", &uid[..8], &uid[8..12], &uid[12..16], &uid[16..20], &uid[20..]);
+    let applied_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Ok(ResourceRecord { key, json: object.to_string(), uid, applied_at })
 }
 
 fn resource_key(reference: ResourceRef) -> ResourceKey {
@@ -180,11 +173,16 @@ fn resource_key(reference: ResourceRef) -> ResourceKey {
 
 #[tonic::async_trait]
 impl Resources for AdminService {
-    async fn apply(&self, request: Request<ApplyResourceRequest>) -> Result<Response<ResourceRef>, Status> {
-        let record = resource_record(&request.into_inner().object_json)?;
+    async fn apply(&self, request: Request<ApplyResourceRequest>) -> Result<Response<ApplyResourceReply>, Status> {
+        let record = resource_record(&request.into_inner().object_json, &self.node)?;
         let key = record.key.clone();
-        self.node.put_resource(record).await.map_err(status_of)?;
-        Ok(Response::new(ResourceRef { kind: key.kind, namespace: key.namespace, name: key.name }))
+        let outcome = self.node.put_resource(record).await.map_err(status_of)?;
+        let object_json = self.node.resource(&key).unwrap_or_default();
+        Ok(Response::new(ApplyResourceReply {
+            r#ref: Some(ResourceRef { kind: key.kind, namespace: key.namespace, name: key.name }),
+            outcome,
+            object_json,
+        }))
     }
 
     async fn get(&self, request: Request<ResourceRef>) -> Result<Response<ResourceObject>, Status> {

@@ -240,9 +240,13 @@ impl Node {
         }
     }
 
-    /// Creates or replaces a resource object in the metadata group.
-    pub async fn put_resource(&self, record: ResourceRecord) -> Result<(), BrokerError> {
-        self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::PutResource(record))).await.map(|_| ())
+    /// Creates or replaces a resource object in the metadata group; answers
+    /// `created`, `configured` or `unchanged`.
+    pub async fn put_resource(&self, record: ResourceRecord) -> Result<String, BrokerError> {
+        match self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::PutResource(record))).await? {
+            ForwardedReply::Response(LogResponse::Applied { outcome }) => Ok(outcome),
+            other => Err(BrokerError::Raft { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),
+        }
     }
 
     pub async fn delete_resource(&self, key: ResourceKey) -> Result<(), BrokerError> {

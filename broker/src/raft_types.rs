@@ -108,6 +108,10 @@ pub struct ResourceKey {
 pub struct ResourceRecord {
     pub key: ResourceKey,
     pub json: String,
+    /// `metadata.uid` if the object is new (chosen by the node that proposed it).
+    pub uid: String,
+    /// `metadata.creationTimestamp` if the object is new (RFC 3339).
+    pub applied_at: String,
 }
 
 impl fmt::Display for LogCommand {
@@ -130,6 +134,8 @@ pub enum LogResponse {
     Appended { appended: Vec<Appended> },
     /// `InitCluster` was refused: the cluster already has this config.
     AlreadyInitialized(ClusterConfig),
+    /// What a `PutResource` did: `created`, `configured` or `unchanged`.
+    Applied { outcome: String },
 }
 
 /// postcard: compact, positional; both ends run the same build (openraft keeps

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use sluice_controller::validate::parse_duration;
+
 /// Knative's default for `knativebrokerttl`.
 pub const DEFAULT_BROKER_TTL: i64 = 255;
 pub const ANNOTATION_TTL: &str = "sluice.dev/ttl";
@@ -48,49 +50,9 @@ impl IngressSettings {
     }
 }
 
-/// Durations as people write them: `500ms`, `30s`, `2m`, `1h`, `1h30m`, or
-/// ISO 8601 (`PT2M`, `PT0.5S`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Some(iso) = text.strip_prefix("PT").or_else(|| text.strip_prefix("pt")) {
-        return parse_units(iso, &[("H", 3600.0), ("M", 60.0), ("S", 1.0)])
-            .ok_or_else(|| format!("{text:?} is not an ISO 8601 duration like PT0.5S"));
-    }
-    parse_units(text, &[("ms", 0.001), ("h", 3600.0), ("m", 60.0), ("s", 1.0)])
-        .ok_or_else(|| format!("{text:?} is not a duration like 500ms, 30s, 2m or PT2M"))
-}
-
-fn parse_units(mut text: &str, units: &[(&str, f64)]) -> Option<Duration> {
-    if text.is_empty() {
-        return None;
-    }
-    let mut seconds = 0.0f64;
-    while !text.is_empty() {
-        let number_len = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let number: f64 = text[..number_len].parse().ok()?;
-        let rest = &text[number_len..];
-        let (unit, factor) = units.iter().find(|(u, _)| rest.starts_with(u))?;
-        seconds += number * factor;
-        text = &rest[unit.len()..];
-    }
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("PT0.5S"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("PT2M"), Ok(Duration::from_secs(120)));
-        for bad in ["", "2", "2x", "m", "PT", "-1s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn settings_come_from_annotations() {

@@ -53,6 +53,15 @@ fn with_port_offset(flag: &str, addr: &str, offset: u64) -> Result<String> {
     Ok(parsed.to_string())
 }
 
+/// Broker `default` in namespace `default`, created on a dev cluster's first start.
+fn default_broker() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Broker",
+        "metadata": { "name": "default", "namespace": "default" },
+    })
+}
+
 pub async fn run(args: DevArgs) -> Result<()> {
     if args.nodes == 1 { run_single(args).await } else { run_cluster(args).await }
 }
@@ -65,10 +74,13 @@ async fn run_single(args: DevArgs) -> Result<()> {
         let members = [(1, running.peer_addr.to_string())].into_iter().collect();
         let config = ClusterConfig::new(args.partitions.unwrap_or(1), members)?;
         running.node.init_cluster(config).await.context("initialising the dev cluster")?;
+        let record = sluice_broker::admin::resource_record(&default_broker().to_string(), &running.node)
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        running.node.put_resource(record).await.context("creating the default broker")?;
     }
     let partitions = running.node.cluster_config().map(|c| c.partitions).unwrap_or(0);
     println!("sluice dev: 1 node, {partitions} partition(s), data in {}", args.data.display());
-    println!("  http   http://{}  (/healthz, /readyz, /metrics)", running.http_addr);
+    println!("  http   http://{}  (/healthz, /readyz, /metrics; events: POST /default/default)", running.http_addr);
     println!("  admin  {}  (gRPC: sluice.admin.v1)", running.admin_addr);
     println!("  peer   {}", running.peer_addr);
     println!("Ctrl-C stops it; restarting on the same --data keeps everything.");
@@ -150,6 +162,12 @@ async fn supervise(args: &DevArgs, nodes: &mut [DevNode], members: &str) -> Resu
     let status = cluster_cmd::status(&first_admin).await?;
     if !status.initialized {
         cluster_cmd::init(&first_admin, members, args.partitions.unwrap_or(4)).await?;
+        let mut client =
+            sluice_proto::admin::resources_client::ResourcesClient::connect(format!("http://{first_admin}")).await?;
+        client
+            .apply(sluice_proto::admin::ApplyResourceRequest { object_json: default_broker().to_string() })
+            .await
+            .map_err(|s| anyhow::anyhow!("creating the default broker: {}", s.message()))?;
     }
     let partitions = cluster_cmd::status(&first_admin).await?.partitions;
     println!("sluice dev: {} nodes, {partitions} partitions; Ctrl-C stops them all", nodes.len());

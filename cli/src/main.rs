@@ -5,6 +5,7 @@
 mod cluster_cmd;
 mod dev;
 mod node_cmd;
+mod resources_cmd;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,12 @@ enum Command {
     /// Initialise a cluster or show its status.
     #[command(subcommand)]
     Cluster(cluster_cmd::ClusterCommand),
+    /// Create or update Knative objects from YAML (like kubectl apply).
+    Apply(resources_cmd::ApplyArgs),
+    /// List or show Knative objects.
+    Get(resources_cmd::GetArgs),
+    /// Delete Knative objects.
+    Delete(resources_cmd::DeleteArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +50,9 @@ fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Node(args) => node_cmd::run(args).await,
             Command::Cluster(command) => cluster_cmd::run(command).await,
+            Command::Apply(args) => resources_cmd::apply(args).await,
+            Command::Get(args) => resources_cmd::get(args).await,
+            Command::Delete(args) => resources_cmd::delete(args).await,
         }
     });
     // Background tasks stop here, so the error below is the last line.

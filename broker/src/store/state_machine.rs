@@ -24,6 +24,10 @@ use tokio::sync::watch;
 
 use super::snapshot::{self, SnapshotFile};
 use super::{cf, io_err};
+use sluice_controller::meta::{ApplyOutcome, merge_for_apply};
+
+use crate::raft_types::ResourceRecord;
+
 use crate::cluster::ClusterConfig;
 use crate::keys::{
     CF_DEDUPE, CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBERSHIP, SM_RESOURCE,
@@ -391,6 +395,35 @@ impl GroupStateMachine {
         Ok(())
     }
 
+    /// Stores a resource with the metadata Sluice maintains (uid, generation,
+    /// resourceVersion = the entry's log index, creationTimestamp).
+    fn stage_put_resource(
+        &self,
+        staged: &mut Staged,
+        record: &ResourceRecord,
+        log_index: u64,
+    ) -> io::Result<ApplyOutcome> {
+        let existing: Option<serde_json::Value> = match staged.resources.get(&record.key) {
+            Some(staged) => staged.as_deref().map(serde_json::from_str).transpose().map_err(io_err)?,
+            None => self
+                .view
+                .resources
+                .read()
+                .ok()
+                .and_then(|r| r.get(&record.key).cloned())
+                .map(|j| serde_json::from_str(&j))
+                .transpose()
+                .map_err(io_err)?,
+        };
+        let incoming: serde_json::Value = serde_json::from_str(&record.json).map_err(io_err)?;
+        let (merged, outcome) =
+            merge_for_apply(existing.as_ref(), incoming, &record.uid, &record.applied_at, log_index);
+        if outcome != ApplyOutcome::Unchanged {
+            self.stage_resource(staged, &record.key, Some(&merged.to_string()))?;
+        }
+        Ok(outcome)
+    }
+
     fn stage_resource(&self, staged: &mut Staged, key: &ResourceKey, json: Option<&String>) -> io::Result<()> {
         let sm = cf(&self.db, CF_SM_STATE)?;
         let db_key = resource_key(self.group, &key.kind, &key.namespace, &key.name);
@@ -444,8 +477,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     LogResponse::Appended { appended }
                 }
                 EntryPayload::Normal(LogCommand::PutResource(record)) => {
-                    self.stage_resource(&mut staged, &record.key, Some(&record.json))?;
-                    LogResponse::None
+                    let outcome = self.stage_put_resource(&mut staged, record, entry.log_id().index())?;
+                    LogResponse::Applied { outcome: outcome.as_str().to_string() }
                 }
                 EntryPayload::Normal(LogCommand::DeleteResource(key)) => {
                     self.stage_resource(&mut staged, key, None)?;

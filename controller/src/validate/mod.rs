@@ -1,0 +1,404 @@
+//! Validation as Knative's webhook does it: every error names the field path.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::model::{
+    Broker, Channel, DeliverySpec, Destination, KReference, Subscription, SubscriptionsApiFilter, Trigger, kind_info,
+};
+
+/// One rule an object breaks, at one field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError { path: path.into(), message: message.into() }
+}
+
+pub const BROKER_CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";
+pub const SLUICE_ANNOTATION_PREFIX: &str = "sluice.dev/";
+/// The `sluice.dev/` annotations Sluice knows; others under that prefix are refused.
+pub const SLUICE_ANNOTATIONS: [&str; 4] =
+    ["sluice.dev/ttl", "sluice.dev/dedupe-window", "sluice.dev/retention", "sluice.dev/initial-offset"];
+
+/// Kubernetes DNS-1123 label.
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Knative's filter attribute names: `^[a-z][a-z0-9]*$`.
+pub fn is_attribute_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+/// Durations as people write them: `500ms`, `30s`, `2m`, `1h`, `1h30m`, or
+/// ISO 8601 (`PT2M`, `PT0.5S`, `P1DT2H`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Some(iso) = text.strip_prefix('P') {
+        let (days, time) = match iso.split_once('T') {
+            Some((days, time)) => (days, Some(time)),
+            None => (iso, None),
+        };
+        let mut seconds = 0.0;
+        if !days.is_empty() {
+            seconds +=
+                parse_units(days, &[("D", 86400.0), ("W", 604800.0)]).ok_or_else(|| iso_error(text))?.as_secs_f64();
+        }
+        if let Some(time) = time {
+            seconds += parse_units(time, &[("H", 3600.0), ("M", 60.0), ("S", 1.0)])
+                .ok_or_else(|| iso_error(text))?
+                .as_secs_f64();
+        }
+        if days.is_empty() && time.is_none_or(str::is_empty) {
+            return Err(iso_error(text));
+        }
+        return Ok(Duration::from_secs_f64(seconds));
+    }
+    parse_units(text, &[("ms", 0.001), ("h", 3600.0), ("m", 60.0), ("s", 1.0)])
+        .ok_or_else(|| format!("{text:?} is not a duration like 500ms, 30s, 2m or PT2M"))
+}
+
+fn iso_error(text: &str) -> String {
+    format!("{text:?} is not an ISO 8601 duration like PT0.5S")
+}
+
+fn parse_units(mut text: &str, units: &[(&str, f64)]) -> Option<Duration> {
+    if text.is_empty() {
+        return None;
+    }
+    let mut seconds = 0.0f64;
+    while !text.is_empty() {
+        let number_len = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let number: f64 = text[..number_len].parse().ok()?;
+        let rest = &text[number_len..];
+        let (unit, factor) = units.iter().find(|(u, _)| rest.starts_with(u))?;
+        seconds += number * factor;
+        text = &rest[unit.len()..];
+    }
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+fn typed<T: DeserializeOwned>(object: &Value) -> Result<T, Vec<FieldError>> {
+    serde_json::from_value(object.clone()).map_err(|e| vec![err("spec", format!("does not match the schema: {e}"))])
+}
+
+/// Validates `object`; `existing` is the stored object it would replace
+/// (for the immutable fields).
+pub fn validate_object(object: &Value, existing: Option<&Value>) -> Result<(), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let Some(map) = object.as_object() else {
+        return Err(vec![err("", "an object must be a mapping")]);
+    };
+    let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let Some(info) = kind_info(kind).filter(|k| k.kind == kind) else {
+        return Err(vec![err(
+            "kind",
+            format!("{kind:?} is not one of Broker, Trigger, Channel, InMemoryChannel, Subscription"),
+        )]);
+    };
+    let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    if api_version != info.api_version {
+        errors.push(err("apiVersion", format!("must be {} for {kind}, got {api_version:?}", info.api_version)));
+    }
+    validate_metadata(object, existing, &mut errors);
+    let result = match kind {
+        "Broker" => typed::<Broker>(object).map(|b| validate_broker(&b, existing, &mut errors)),
+        "Trigger" => typed::<Trigger>(object).map(|t| validate_trigger(&t, existing, &mut errors)),
+        "Channel" | "InMemoryChannel" => typed::<Channel>(object).map(|c| {
+            if let Some(delivery) = &c.spec.delivery {
+                validate_delivery("spec.delivery", delivery, &mut errors);
+            }
+        }),
+        _ => typed::<Subscription>(object).map(|s| validate_subscription(&s, existing, &mut errors)),
+    };
+    if let Err(mut schema) = result {
+        errors.append(&mut schema);
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<FieldError>) {
+    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    if name.is_empty() {
+        errors.push(err("metadata.name", "required"));
+    } else if !is_dns_label(name) {
+        errors.push(err(
+            "metadata.name",
+            format!("{name:?} must be a DNS-1123 label: lower-case letters, digits and '-', at most 63"),
+        ));
+    }
+    if let Some(namespace) = object.pointer("/metadata/namespace").and_then(Value::as_str)
+        && !is_dns_label(namespace)
+    {
+        errors.push(err("metadata.namespace", format!("{namespace:?} must be a DNS-1123 label")));
+    }
+    let annotations = object.pointer("/metadata/annotations").and_then(Value::as_object);
+    for (key, value) in annotations.into_iter().flatten() {
+        let path = format!("metadata.annotations[{key}]");
+        let Some(value) = value.as_str() else {
+            errors.push(err(path, "annotation values are strings"));
+            continue;
+        };
+        if !key.starts_with(SLUICE_ANNOTATION_PREFIX) {
+            continue;
+        }
+        match key.as_str() {
+            "sluice.dev/ttl" => {
+                if !value.trim().parse::<i64>().is_ok_and(|t| t > 0) {
+                    errors.push(err(path, "must be a positive integer"));
+                }
+            }
+            "sluice.dev/dedupe-window" => {
+                if let Err(e) = parse_duration(value) {
+                    errors.push(err(path, e));
+                }
+            }
+            "sluice.dev/retention" => {
+                if value.split(',').any(|part| parse_duration(part).is_err() && parse_size(part).is_none()) {
+                    errors.push(err(path, "a duration and/or a size, e.g. 7d, 24h, 10GiB or 24h,10GiB"));
+                }
+            }
+            "sluice.dev/initial-offset" => {
+                if !matches!(value, "earliest" | "latest") {
+                    errors.push(err(path, "must be earliest or latest"));
+                }
+            }
+            _ => errors.push(err(path, format!("unknown Sluice annotation; known: {}", SLUICE_ANNOTATIONS.join(", ")))),
+        }
+    }
+    if let Some(existing) = existing {
+        let class = |o: &Value| o.pointer("/metadata/annotations/eventing.knative.dev~1broker.class").cloned();
+        if object.get("kind").and_then(Value::as_str) == Some("Broker") && class(object) != class(existing) {
+            errors.push(err(format!("metadata.annotations[{BROKER_CLASS_ANNOTATION}]"), "field is immutable"));
+        }
+    }
+}
+
+/// Sizes like `10GiB`, `500MB`, `1024` (bytes).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let number: u64 = text[..digits].parse().ok()?;
+    let factor: u64 = match &text[digits..] {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "MB" => 1000u64.pow(2),
+        "GB" => 1000u64.pow(3),
+        "TB" => 1000u64.pow(4),
+        "KiB" | "Ki" => 1 << 10,
+        "MiB" | "Mi" => 1 << 20,
+        "GiB" | "Gi" => 1 << 30,
+        "TiB" | "Ti" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+fn validate_broker(broker: &Broker, existing: Option<&Value>, errors: &mut Vec<FieldError>) {
+    if let Some(config) = &broker.spec.config {
+        validate_reference("spec.config", config, false, errors);
+    }
+    if let Some(existing) = existing
+        && existing.pointer("/spec/config")
+            != serde_json::to_value(&broker.spec.config).ok().filter(|v| !v.is_null()).as_ref()
+    {
+        errors.push(err("spec.config", "field is immutable"));
+    }
+    if let Some(delivery) = &broker.spec.delivery {
+        validate_delivery("spec.delivery", delivery, errors);
+    }
+}
+
+fn validate_trigger(trigger: &Trigger, existing: Option<&Value>, errors: &mut Vec<FieldError>) {
+    let spec = &trigger.spec;
+    if spec.broker.is_empty() {
+        errors.push(err("spec.broker", "required"));
+    } else if !is_dns_label(&spec.broker) {
+        errors.push(err("spec.broker", format!("{:?} must be a DNS-1123 label", spec.broker)));
+    }
+    if let Some(existing) = existing {
+        let before = existing.pointer("/spec/broker").and_then(Value::as_str).unwrap_or_default();
+        if before != spec.broker {
+            errors.push(err("spec.broker", format!("field is immutable (was {before:?})")));
+        }
+    }
+    match &spec.subscriber {
+        None => errors.push(err("spec.subscriber", "required")),
+        Some(subscriber) => validate_destination("spec.subscriber", subscriber, errors),
+    }
+    if let Some(attributes) = spec.filter.as_ref().and_then(|f| f.attributes.as_ref()) {
+        for name in attributes.keys() {
+            if !is_attribute_name(name) {
+                errors.push(err(format!("spec.filter.attributes[{name}]"), "attribute names match ^[a-z][a-z0-9]*$"));
+            }
+        }
+    }
+    for (i, filter) in spec.filters.iter().flatten().enumerate() {
+        validate_filter(&format!("spec.filters[{i}]"), filter, errors);
+    }
+    if let Some(delivery) = &spec.delivery {
+        validate_delivery("spec.delivery", delivery, errors);
+    }
+}
+
+fn validate_filter(path: &str, filter: &SubscriptionsApiFilter, errors: &mut Vec<FieldError>) {
+    let dialects = [
+        filter.exact.is_some(),
+        filter.prefix.is_some(),
+        filter.suffix.is_some(),
+        filter.all.is_some(),
+        filter.any.is_some(),
+        filter.not.is_some(),
+        filter.cesql.is_some(),
+    ];
+    let count = dialects.iter().filter(|d| **d).count();
+    if count != 1 {
+        errors.push(err(path, format!("exactly one of exact, prefix, suffix, all, any, not, cesql; got {count}")));
+        return;
+    }
+    for (dialect, map) in [("exact", &filter.exact), ("prefix", &filter.prefix), ("suffix", &filter.suffix)] {
+        if let Some(map) = map {
+            if map.len() != 1 {
+                errors.push(err(format!("{path}.{dialect}"), "must hold exactly one attribute"));
+            }
+            for (name, value) in map {
+                if !is_attribute_name(name) {
+                    errors.push(err(format!("{path}.{dialect}[{name}]"), "attribute names match ^[a-z][a-z0-9]*$"));
+                }
+                if dialect != "exact" && value.is_empty() {
+                    errors.push(err(format!("{path}.{dialect}[{name}]"), "must not be empty"));
+                }
+            }
+        }
+    }
+    for (dialect, list) in [("all", &filter.all), ("any", &filter.any)] {
+        if let Some(list) = list {
+            if list.is_empty() {
+                errors.push(err(format!("{path}.{dialect}"), "must hold at least one filter"));
+            }
+            for (i, nested) in list.iter().enumerate() {
+                validate_filter(&format!("{path}.{dialect}[{i}]"), nested, errors);
+            }
+        }
+    }
+    if let Some(nested) = &filter.not {
+        validate_filter(&format!("{path}.not"), nested, errors);
+    }
+    if let Some(expression) = &filter.cesql
+        && expression.trim().is_empty()
+    {
+        errors.push(err(format!("{path}.cesql"), "must not be empty"));
+    }
+}
+
+fn validate_subscription(subscription: &Subscription, existing: Option<&Value>, errors: &mut Vec<FieldError>) {
+    let spec = &subscription.spec;
+    match &spec.channel {
+        None => errors.push(err("spec.channel", "required")),
+        Some(channel) => validate_reference("spec.channel", channel, true, errors),
+    }
+    if let Some(existing) = existing
+        && existing.pointer("/spec/channel")
+            != serde_json::to_value(&spec.channel).ok().filter(|v| !v.is_null()).as_ref()
+    {
+        errors.push(err("spec.channel", "field is immutable"));
+    }
+    if spec.subscriber.is_none() && spec.reply.is_none() {
+        errors.push(err("spec.subscriber", "one of subscriber and reply is required"));
+    }
+    if let Some(subscriber) = &spec.subscriber {
+        validate_destination("spec.subscriber", subscriber, errors);
+    }
+    if let Some(reply) = &spec.reply {
+        validate_destination("spec.reply", reply, errors);
+    }
+    if let Some(delivery) = &spec.delivery {
+        validate_delivery("spec.delivery", delivery, errors);
+    }
+}
+
+fn validate_reference(path: &str, reference: &KReference, needs_api_version: bool, errors: &mut Vec<FieldError>) {
+    if reference.kind.is_empty() {
+        errors.push(err(format!("{path}.kind"), "required"));
+    }
+    if reference.name.is_empty() {
+        errors.push(err(format!("{path}.name"), "required"));
+    }
+    if needs_api_version && reference.api_version.as_deref().unwrap_or_default().is_empty() {
+        errors.push(err(format!("{path}.apiVersion"), "required"));
+    }
+}
+
+fn validate_destination(path: &str, destination: &Destination, errors: &mut Vec<FieldError>) {
+    match (&destination.reference, &destination.uri) {
+        (None, None) => errors.push(err(path, "expected exactly one, got neither: ref, uri")),
+        (Some(reference), uri) => {
+            validate_reference(&format!("{path}.ref"), reference, true, errors);
+            if let Some(uri) = uri
+                && uri.contains("://")
+            {
+                errors.push(err(
+                    format!("{path}.uri"),
+                    "with a ref, uri must be relative (it is joined to the ref's address)",
+                ));
+            }
+        }
+        (None, Some(uri)) => {
+            let scheme_ok = uri.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains(char::is_whitespace)
+            });
+            if !scheme_ok {
+                errors.push(err(format!("{path}.uri"), format!("{uri:?} must be an absolute http(s) URL")));
+            }
+        }
+    }
+}
+
+fn validate_delivery(path: &str, delivery: &DeliverySpec, errors: &mut Vec<FieldError>) {
+    if let Some(sink) = &delivery.dead_letter_sink {
+        validate_destination(&format!("{path}.deadLetterSink"), sink, errors);
+    }
+    if let Some(retry) = delivery.retry
+        && retry < 0
+    {
+        errors.push(err(format!("{path}.retry"), "must be >= 0"));
+    }
+    if let Some(policy) = &delivery.backoff_policy
+        && !matches!(policy.as_str(), "linear" | "exponential")
+    {
+        errors.push(err(format!("{path}.backoffPolicy"), "must be linear or exponential"));
+    }
+    for (field, value) in [
+        ("backoffDelay", &delivery.backoff_delay),
+        ("timeout", &delivery.timeout),
+        ("retryAfterMax", &delivery.retry_after_max),
+    ] {
+        if let Some(value) = value
+            && (!value.starts_with('P') || parse_duration(value).is_err())
+        {
+            errors.push(err(format!("{path}.{field}"), format!("{value:?} is not an ISO 8601 duration like PT0.5S")));
+        }
+    }
+    if let Some(format) = &delivery.format
+        && !matches!(format.as_str(), "json" | "binary")
+    {
+        errors.push(err(format!("{path}.format"), "must be json or binary"));
+    }
+}
+
+#[cfg(test)]
+mod tests;
