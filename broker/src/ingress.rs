@@ -233,22 +233,54 @@ fn check_headers(headers: &HeaderMap, limits: &IngressLimits) -> Result<(), Even
     Ok(())
 }
 
+/// Reads the body within `timeout`, refusing more than `limit` bytes (the
+/// rest is read and dropped, up to a bound, so the client sees the 413).
 async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, EventError> {
+    use http_body_util::BodyExt;
     let too_large = || EventError::bad("request body too large").rule(format!("at most {limit} bytes")).status(413);
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+    let mut body = body;
+    let collect = async {
+        let mut collected = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| EventError::bad("request body could not be read").rule(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                if collected.len() + data.len() > limit {
+                    return Ok(None);
+                }
+                collected.extend_from_slice(data);
+            }
+        }
+        Ok(Some(collected.freeze()))
+    };
+    match tokio::time::timeout(timeout, collect).await {
         Err(_) => Err(EventError::bad("request body not received in time")
             .rule(format!("the body must arrive within {timeout:?}"))
             .status(408)),
-        Ok(Err(e)) => {
-            let text = format!("{e:?}");
-            if text.contains("LengthLimit") {
-                Err(too_large())
-            } else {
-                Err(EventError::bad("request body could not be read").rule(e.to_string()))
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Some(bytes))) => Ok(bytes),
+        Ok(Ok(None)) => {
+            discard_body(body, DISCARD_MAX_BYTES, timeout).await;
+            Err(too_large())
+        }
+    }
+}
+
+/// The most a refused request's body is read (and dropped) before answering.
+const DISCARD_MAX_BYTES: usize = 16 << 20;
+
+async fn discard_body(body: Body, max_bytes: usize, timeout: Duration) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(timeout, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map(|d| d.len()).unwrap_or(0);
+            if seen > max_bytes {
+                break;
             }
         }
-        Ok(Ok(bytes)) => Ok(bytes),
-    }
+    })
+    .await;
 }
 
 /// Knative's attributes: `knativearrivaltime` now, `knativebrokerttl` kept
@@ -367,11 +399,16 @@ async fn accept(
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         let e = EventError::bad("request body too large").rule(format!("at most {limit} bytes")).status(413);
-        return Err(error_response(&e));
+        // Read (and drop) a bounded amount first: closing on unread data resets the
+        // connection, and the client would never see the 413.
+        discard_body(body, DISCARD_MAX_BYTES, limits.body_read_timeout).await;
+        let mut response = error_response(&e);
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Err(response);
     }
     let body = read_body(body, limit, limits.body_read_timeout).await.map_err(|e| {
         let mut response = error_response(&e);
-        if e.status == 408 {
+        if e.status == 408 || e.status == 413 {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response

@@ -24,10 +24,22 @@ pub fn sluice_bin() -> PathBuf {
     profile_dir.join("sluice")
 }
 
-/// A free loopback port (bound and released; the node binds it again).
+/// A free loopback port for a node to bind. Ports come from below the
+/// kernel's ephemeral range (so no client socket or port-0 bind is handed
+/// one) and are never handed out twice by one process, so a port a killed
+/// node held is still its own when it restarts.
 pub fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").to_string()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() * 97) % 10_000;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (base - 20_000 + offset) % 12_000;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            drop(listener);
+            return format!("127.0.0.1:{port}");
+        }
+    }
 }
 
 pub struct NodeProc {
