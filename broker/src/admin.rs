@@ -24,15 +24,28 @@ use crate::cluster::ClusterConfig;
 use crate::error::BrokerError;
 use crate::node::Node;
 use crate::raft_types::{ResourceKey, ResourceRecord};
+use sluice_controller::model::KINDS;
+use sluice_controller::status::{Environment, World, with_status};
 use sluice_controller::validate_object;
 
 pub struct AdminService {
     node: Node,
+    /// Where this node's ingress is reached (Broker and Channel addresses in status).
+    status_env: Environment,
 }
 
 impl AdminService {
-    pub fn new(node: Node) -> Self {
-        Self { node }
+    pub fn new(node: Node, ingress_base: String) -> Self {
+        Self { node, status_env: Environment { ingress_base } }
+    }
+
+    /// Every resource object, parsed (the world status is computed from).
+    fn all_objects(&self) -> Vec<serde_json::Value> {
+        KINDS
+            .iter()
+            .flat_map(|k| self.node.resources(k.kind))
+            .filter_map(|(_, json)| serde_json::from_str(&json).ok())
+            .collect()
     }
 }
 
@@ -187,15 +200,26 @@ impl Resources for AdminService {
 
     async fn get(&self, request: Request<ResourceRef>) -> Result<Response<ResourceObject>, Status> {
         let key = resource_key(request.into_inner());
-        match self.node.resource(&key) {
-            Some(object_json) => Ok(Response::new(ResourceObject { object_json })),
+        let objects = self.all_objects();
+        let world = World { objects: &objects };
+        let found = self.node.resource(&key).and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok());
+        match found {
+            Some(object) => Ok(Response::new(ResourceObject {
+                object_json: with_status(object, &world, &self.status_env).to_string(),
+            })),
             None => Err(Status::not_found(format!("{} {}/{} not found", key.kind, key.namespace, key.name))),
         }
     }
 
     async fn list(&self, request: Request<ListResourcesRequest>) -> Result<Response<ResourceList>, Status> {
         let kind = request.into_inner().kind;
-        let objects_json = self.node.resources(&kind).into_iter().map(|(_, json)| json).collect();
+        let objects = self.all_objects();
+        let world = World { objects: &objects };
+        let objects_json = objects
+            .iter()
+            .filter(|o| o.get("kind").and_then(|k| k.as_str()) == Some(kind.as_str()))
+            .map(|o| with_status(o.clone(), &world, &self.status_env).to_string())
+            .collect();
         Ok(Response::new(ResourceList { objects_json }))
     }
 

@@ -89,12 +89,16 @@ pub async fn start(
 
     let rx = shutdown.subscribe();
     let admin_node = node.clone();
+    let ingress_base = format!("http://{http_addr}");
     tasks.push(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(ClusterServer::new(AdminService::new(admin_node.clone())))
-            .add_service(LogServer::new(AdminService::new(admin_node.clone())).max_decoding_message_size(32 << 20))
-            .add_service(ResourcesServer::new(AdminService::new(admin_node)))
+            .add_service(ClusterServer::new(AdminService::new(admin_node.clone(), ingress_base.clone())))
+            .add_service(
+                LogServer::new(AdminService::new(admin_node.clone(), ingress_base.clone()))
+                    .max_decoding_message_size(32 << 20),
+            )
+            .add_service(ResourcesServer::new(AdminService::new(admin_node, ingress_base)))
             .serve_with_incoming_shutdown(TcpListenerStream::new(admin), stopped(rx))
             .await;
         if let Err(e) = result {

@@ -33,6 +33,8 @@ enum Command {
     Get(resources_cmd::GetArgs),
     /// Delete Knative objects.
     Delete(resources_cmd::DeleteArgs),
+    /// Show one object: spec and status conditions.
+    Describe(resources_cmd::DescribeArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
             Command::Apply(args) => resources_cmd::apply(args).await,
             Command::Get(args) => resources_cmd::get(args).await,
             Command::Delete(args) => resources_cmd::delete(args).await,
+            Command::Describe(args) => resources_cmd::describe(args).await,
         }
     });
     // Background tasks stop here, so the error below is the last line.

@@ -168,35 +168,7 @@ pub async fn get(args: GetArgs) -> Result<()> {
     match args.output.as_str() {
         "json" => println!("{}", serde_json::to_string_pretty(&shown)?),
         "yaml" => print!("{}", serde_yaml::to_string(&shown)?),
-        output => {
-            let wide = output == "wide";
-            let header = if args.all_namespaces { format!("{:<20} ", "NAMESPACE") } else { String::new() };
-            let extra = match (info.kind, wide) {
-                ("Trigger", _) => format!(" {:<20}", "BROKER"),
-                ("Subscription", _) => format!(" {:<20}", "CHANNEL"),
-                _ => String::new(),
-            };
-            println!("{header}{:<32}{extra} {:>10}  CREATED", "NAME", "GENERATION");
-            for o in &objects {
-                let s = |p: &str| {
-                    o.pointer(p)
-                        .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
-                        .unwrap_or_default()
-                };
-                let ns = if args.all_namespaces { format!("{:<20} ", s("/metadata/namespace")) } else { String::new() };
-                let extra = match info.kind {
-                    "Trigger" => format!(" {:<20}", s("/spec/broker")),
-                    "Subscription" => format!(" {:<20}", s("/spec/channel/name")),
-                    _ => String::new(),
-                };
-                println!(
-                    "{ns}{:<32}{extra} {:>10}  {}",
-                    s("/metadata/name"),
-                    s("/metadata/generation"),
-                    s("/metadata/creationTimestamp")
-                );
-            }
-        }
+        output => print_table(info, &objects, args.all_namespaces, output == "wide"),
     }
     Ok(())
 }
@@ -227,6 +199,101 @@ pub async fn delete(args: DeleteArgs) -> Result<()> {
             info.kind.to_ascii_lowercase(),
             info.api_version.split('/').next().unwrap_or_default()
         );
+    }
+    Ok(())
+}
+
+fn ready_of(object: &serde_json::Value) -> (String, String) {
+    let ready = object
+        .pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    (
+        ready["status"].as_str().unwrap_or("Unknown").to_string(),
+        ready["reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+fn print_table(info: &KindInfo, objects: &[serde_json::Value], all_namespaces: bool, wide: bool) {
+    let namespace_header = if all_namespaces { format!("{:<20} ", "NAMESPACE") } else { String::new() };
+    let (extra_header, extra_pointer) = match info.kind {
+        "Trigger" => ("BROKER", "/spec/broker"),
+        "Subscription" => ("CHANNEL", "/spec/channel/name"),
+        _ => ("URL", "/status/address/url"),
+    };
+    let wide_header = if wide { format!(" {:>10}  {:<25}", "GENERATION", "CREATED") } else { String::new() };
+    println!("{namespace_header}{:<28} {:<44} {:<8} {:<22}{wide_header}", "NAME", extra_header, "READY", "REASON");
+    for o in objects {
+        let s = |p: &str| {
+            o.pointer(p).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default()
+        };
+        let namespace = if all_namespaces { format!("{:<20} ", s("/metadata/namespace")) } else { String::new() };
+        let (ready, reason) = ready_of(o);
+        let wide = if wide {
+            format!(" {:>10}  {:<25}", s("/metadata/generation"), s("/metadata/creationTimestamp"))
+        } else {
+            String::new()
+        };
+        println!("{namespace}{:<28} {:<44} {:<8} {:<22}{wide}", s("/metadata/name"), s(extra_pointer), ready, reason);
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DescribeArgs {
+    kind: String,
+    name: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9090")]
+    admin: String,
+}
+
+/// `sluice describe KIND NAME`: metadata, spec and status conditions.
+pub async fn describe(args: DescribeArgs) -> Result<()> {
+    let info = resolve_kind(&args.kind)?;
+    let mut client = connect(&args.admin).await?;
+    let object: serde_json::Value = serde_json::from_str(
+        &client
+            .get(ResourceRef {
+                kind: info.kind.to_string(),
+                namespace: args.namespace.clone(),
+                name: args.name.clone(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner()
+            .object_json,
+    )?;
+    let s = |p: &str| {
+        object.pointer(p).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default()
+    };
+    println!("Name:         {}", s("/metadata/name"));
+    println!("Namespace:    {}", s("/metadata/namespace"));
+    println!("Kind:         {} ({})", info.kind, s("/apiVersion"));
+    println!("UID:          {}", s("/metadata/uid"));
+    println!("Generation:   {}", s("/metadata/generation"));
+    println!("Created:      {}", s("/metadata/creationTimestamp"));
+    for (label, pointer) in [
+        ("Address", "/status/address/url"),
+        ("Subscriber", "/status/subscriberUri"),
+        ("Reply", "/status/replyUri"),
+        ("Dead letters", "/status/deadLetterSinkUri"),
+    ] {
+        if object.pointer(pointer).is_some() {
+            println!("{:<14}{}", format!("{label}:"), s(pointer));
+        }
+    }
+    println!("Spec:");
+    for line in serde_yaml::to_string(object.get("spec").unwrap_or(&serde_json::Value::Null))?.lines() {
+        println!("  {line}");
+    }
+    println!("Conditions:");
+    println!("  {:<24} {:<8} {:<24} MESSAGE", "TYPE", "STATUS", "REASON");
+    for c in object.pointer("/status/conditions").and_then(|c| c.as_array()).into_iter().flatten() {
+        let f = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+        println!("  {:<24} {:<8} {:<24} {}", f("type"), f("status"), f("reason"), f("message"));
     }
     Ok(())
 }

@@ -10,6 +10,7 @@
 
 pub mod meta;
 pub mod model;
+pub mod status;
 pub mod validate;
 
 pub use validate::{FieldError, validate_object};

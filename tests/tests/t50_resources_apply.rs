@@ -136,3 +136,69 @@ async fn knative_yaml_applies_and_reads_back_across_nodes_and_restarts() -> anyh
 fn serde_yaml_value(text: &str) -> anyhow::Result<serde_json::Value> {
     Ok(serde_yaml::from_str(text)?)
 }
+
+fn ready(object: &serde_json::Value) -> (String, String) {
+    let ready = object["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    (ready["status"].as_str().unwrap_or_default().to_string(), ready["reason"].as_str().unwrap_or_default().to_string())
+}
+
+async fn get_json(admin: &str, kind: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+    let (code, stdout, stderr) = sluice(args(&["get", kind, name, "-o", "json", "--admin", admin])).await?;
+    anyhow::ensure!(code == 0, "get {kind} {name}: {stderr}");
+    Ok(serde_json::from_str(&stdout)?)
+}
+
+async fn apply_text(admin: &str, yaml: &str) -> anyhow::Result<()> {
+    let file = std::env::temp_dir().join(format!("sluice-t50-{}-{}.yaml", std::process::id(), yaml.len()));
+    std::fs::write(&file, yaml)?;
+    let (code, _, stderr) = sluice(args(&["apply", "-f", file.to_str().unwrap_or_default(), "--admin", admin])).await?;
+    let _ = std::fs::remove_file(&file);
+    anyhow::ensure!(code == 0, "apply: {stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_conditions_follow_the_objects_around_them() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    let admin = node.admin.clone();
+    let trigger = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: early\nspec:\n  broker: late\n  subscriber:\n    ref:\n      apiVersion: v1\n      kind: Service\n      name: display\n";
+    apply_text(&admin, trigger).await?;
+    let t = get_json(&admin, "trigger", "early").await?;
+    assert_eq!(ready(&t), ("False".to_string(), "BrokerDoesNotExist".to_string()), "{t}");
+    assert_eq!(t["status"]["subscriberUri"], "http://display.default.svc.cluster.local");
+
+    let broker = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: late\nspec:\n  delivery:\n    deadLetterSink:\n      ref:\n        apiVersion: messaging.knative.dev/v1\n        kind: InMemoryChannel\n        name: dlq\n";
+    apply_text(&admin, broker).await?;
+    let t = get_json(&admin, "trigger", "early").await?;
+    assert_eq!(ready(&t).0, "True", "the trigger is Ready once its broker exists: {t}");
+    let b = get_json(&admin, "broker", "late").await?;
+    assert_eq!(
+        ready(&b),
+        ("False".to_string(), "DestinationNotFound".to_string()),
+        "dead-letter sink unresolvable: {b}"
+    );
+    assert_eq!(b["status"]["address"]["url"], format!("http://{}/default/late", node.http));
+
+    apply_text(&admin, "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata:\n  name: dlq\n").await?;
+    let b = get_json(&admin, "broker", "late").await?;
+    assert_eq!(ready(&b).0, "True", "{b}");
+    assert_eq!(b["status"]["deadLetterSinkUri"], format!("http://{}/channels/default/dlq", node.http));
+
+    let (code, _, _) = sluice(args(&["delete", "broker", "late", "--admin", &admin])).await?;
+    assert_eq!(code, 0);
+    let t = get_json(&admin, "trigger", "early").await?;
+    assert_eq!(
+        ready(&t),
+        ("False".to_string(), "BrokerDoesNotExist".to_string()),
+        "deleting the broker un-readies it: {t}"
+    );
+
+    let (code, stdout, _) = sluice(args(&["describe", "trigger", "early", "--admin", &admin])).await?;
+    assert_eq!(code, 0);
+    assert!(stdout.contains("BrokerReady") && stdout.contains("BrokerDoesNotExist"), "{stdout}");
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! Status, derived from the objects: a pure reconcile step. Nothing here is
+//! stored; `get`, `describe` and the dispatcher compute it from the current
+//! objects, so it can never be stale.
+
+use serde_json::{Value, json};
+
+use crate::model::{Destination, KReference};
+
+/// What reconciling needs to know besides the objects.
+#[derive(Clone, Debug)]
+pub struct Environment {
+    /// Base URL of the ingress, e.g. `http://127.0.0.1:8080`.
+    pub ingress_base: String,
+}
+
+/// The objects that exist, as stored JSON.
+pub struct World<'a> {
+    pub objects: &'a [Value],
+}
+
+impl World<'_> {
+    fn find(&self, kind: &str, namespace: &str, name: &str) -> Option<&Value> {
+        self.objects.iter().find(|o| {
+            o.get("kind").and_then(Value::as_str) == Some(kind)
+                && o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(namespace)
+                && o.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
+        })
+    }
+}
+
+fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
+    object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn condition(kind: &str, ok: Result<(), (String, String)>) -> Value {
+    match ok {
+        Ok(()) => json!({"type": kind, "status": "True"}),
+        Err((reason, message)) => json!({"type": kind, "status": "False", "reason": reason, "message": message}),
+    }
+}
+
+fn address_of(env: &Environment, kind: &str, namespace: &str, name: &str) -> String {
+    match kind {
+        "Broker" => format!("{}/{namespace}/{name}", env.ingress_base),
+        _ => format!("{}/channels/{namespace}/{name}", env.ingress_base),
+    }
+}
+
+/// Resolves a Destination to a URL, or says why it cannot be.
+pub fn resolve(
+    destination: &Destination,
+    namespace: &str,
+    world: &World,
+    env: &Environment,
+) -> Result<String, (String, String)> {
+    let base = match &destination.reference {
+        None => return destination.uri.clone().ok_or_else(|| ("Unresolved".into(), "neither ref nor uri".into())),
+        Some(reference) => resolve_reference(reference, namespace, world, env)?,
+    };
+    Ok(match &destination.uri {
+        Some(relative) => format!("{}/{}", base.trim_end_matches('/'), relative.trim_start_matches('/')),
+        None => base,
+    })
+}
+
+fn resolve_reference(
+    reference: &KReference,
+    namespace: &str,
+    world: &World,
+    env: &Environment,
+) -> Result<String, (String, String)> {
+    let namespace = reference.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(namespace);
+    let api_version = reference.api_version.as_deref().unwrap_or_default();
+    let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or_default();
+    match (group, reference.kind.as_str()) {
+        ("eventing.knative.dev", "Broker") | ("messaging.knative.dev", "Channel" | "InMemoryChannel") => {
+            match world.find(&reference.kind, namespace, &reference.name) {
+                Some(_) => Ok(address_of(env, &reference.kind, namespace, &reference.name)),
+                None => Err((
+                    "DestinationNotFound".into(),
+                    format!("{} {namespace}/{} does not exist", reference.kind, reference.name),
+                )),
+            }
+        }
+        ("", "Service") => Ok(format!("http://{}.{namespace}.svc.cluster.local", reference.name)),
+        ("serving.knative.dev", "Service") => Err((
+            "ServingNotAvailable".into(),
+            format!("Knative Service {namespace}/{} resolves once Sluice's serving module runs", reference.name),
+        )),
+        (_, kind) => Err(("UnsupportedReference".into(), format!("cannot resolve a {kind} ({api_version})"))),
+    }
+}
+
+fn destination_at(object: &Value, pointer: &str) -> Option<Destination> {
+    object.pointer(pointer).and_then(|v| serde_json::from_value(v.clone()).ok())
+}
+
+/// `status` for `object`, computed from the objects around it.
+pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
+    let kind = str_at(object, "/kind");
+    let namespace = str_at(object, "/metadata/namespace");
+    let name = str_at(object, "/metadata/name");
+    let generation = object.pointer("/metadata/generation").cloned().unwrap_or(json!(1));
+    let mut conditions = Vec::new();
+    let mut status = serde_json::Map::new();
+    status.insert("observedGeneration".into(), generation);
+
+    let dead_letter = destination_at(object, "/spec/delivery/deadLetterSink");
+    let dead_letter_ok = match &dead_letter {
+        None => Ok(()),
+        Some(sink) => resolve(sink, namespace, world, env).map(|uri| {
+            status.insert("deadLetterSinkUri".into(), uri.into());
+        }),
+    };
+
+    match kind {
+        "Broker" | "Channel" | "InMemoryChannel" => {
+            let url = address_of(env, kind, namespace, name);
+            status.insert("address".into(), json!({"url": url}));
+            conditions.push(condition("Addressable", Ok(())));
+            if kind == "Broker" {
+                conditions.push(condition("IngressReady", Ok(())));
+                conditions.push(condition("FilterReady", Ok(())));
+                conditions.push(condition("TriggerChannelReady", Ok(())));
+                let class = str_at(object, "/metadata/annotations/eventing.knative.dev~1broker.class");
+                if !class.is_empty() && class != "Sluice" {
+                    status.insert(
+                        "annotations".into(),
+                        json!({"sluice.dev/class-note": format!("broker class {class} is served by Sluice here")}),
+                    );
+                }
+            } else {
+                conditions.push(condition("ChannelServiceReady", Ok(())));
+                conditions.push(condition("DispatcherReady", Ok(())));
+            }
+            conditions.push(condition("DeadLetterSinkResolved", dead_letter_ok));
+        }
+        "Trigger" => {
+            let broker = str_at(object, "/spec/broker");
+            let broker_ok = match world.find("Broker", namespace, broker) {
+                Some(_) => Ok(()),
+                None => Err(("BrokerDoesNotExist".into(), format!("Broker {namespace}/{broker} does not exist"))),
+            };
+            conditions.push(condition("BrokerReady", broker_ok));
+            conditions.push(condition("DependencyReady", Ok(())));
+            let subscriber = destination_at(object, "/spec/subscriber");
+            let subscriber_ok = match &subscriber {
+                None => Err(("SubscriberMissing".into(), "spec.subscriber is required".into())),
+                Some(destination) => resolve(destination, namespace, world, env).map(|uri| {
+                    status.insert("subscriberUri".into(), uri.into());
+                }),
+            };
+            conditions.push(condition("SubscriberResolved", subscriber_ok));
+            conditions.push(condition("DeadLetterSinkResolved", dead_letter_ok));
+        }
+        "Subscription" => {
+            let channel: Option<KReference> =
+                object.pointer("/spec/channel").and_then(|v| serde_json::from_value(v.clone()).ok());
+            let channel_ok = match &channel {
+                Some(c) if world.find(&c.kind, namespace, &c.name).is_some() => Ok(()),
+                Some(c) => Err(("ChannelNotFound".into(), format!("{} {namespace}/{} does not exist", c.kind, c.name))),
+                None => Err(("ChannelMissing".into(), "spec.channel is required".into())),
+            };
+            conditions.push(condition("ChannelReady", channel_ok));
+            let mut resolved = Ok(());
+            for (field, pointer) in [("subscriberUri", "/spec/subscriber"), ("replyUri", "/spec/reply")] {
+                if let Some(destination) = destination_at(object, pointer) {
+                    match resolve(&destination, namespace, world, env) {
+                        Ok(uri) => {
+                            status.insert(field.into(), uri.into());
+                        }
+                        Err(e) => resolved = resolved.and(Err(e)),
+                    }
+                }
+            }
+            conditions.push(condition("Resolved", resolved));
+            conditions.push(condition("DeadLetterSinkResolved", dead_letter_ok));
+        }
+        _ => {}
+    }
+    let failing: Vec<&Value> = conditions.iter().filter(|c| c["status"] == "False").collect();
+    let ready = match failing.first() {
+        None => json!({"type": "Ready", "status": "True"}),
+        Some(first) => {
+            json!({"type": "Ready", "status": "False", "reason": first["reason"], "message": first["message"]})
+        }
+    };
+    conditions.insert(0, ready);
+    status.insert("conditions".into(), Value::Array(conditions));
+    Value::Object(status)
+}
+
+/// The object with its status filled in.
+pub fn with_status(mut object: Value, world: &World, env: &Environment) -> Value {
+    let status = reconcile(&object, world, env);
+    if let Some(map) = object.as_object_mut() {
+        map.insert("status".into(), status);
+    }
+    object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Environment {
+        Environment { ingress_base: "http://127.0.0.1:8080".into() }
+    }
+
+    fn broker(name: &str, dls: Option<Value>) -> Value {
+        let mut b = json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+                           "metadata": {"name": name, "namespace": "default", "generation": 3}, "spec": {}});
+        if let Some(dls) = dls {
+            b["spec"]["delivery"] = json!({"deadLetterSink": dls});
+        }
+        b
+    }
+
+    fn trigger(subscriber: Value) -> Value {
+        json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+               "metadata": {"name": "t", "namespace": "default", "generation": 1},
+               "spec": {"broker": "default", "subscriber": subscriber}})
+    }
+
+    fn condition_of<'a>(status: &'a Value, kind: &str) -> &'a Value {
+        status["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == kind)).expect("condition present")
+    }
+
+    #[test]
+    fn a_trigger_waits_for_its_broker() {
+        let t = trigger(json!({"uri": "http://svc/x"}));
+        let alone = [t.clone()];
+        let status = reconcile(&t, &World { objects: &alone }, &env());
+        assert_eq!(condition_of(&status, "Ready")["status"], "False");
+        assert_eq!(condition_of(&status, "Ready")["reason"], "BrokerDoesNotExist");
+        let both = [t.clone(), broker("default", None)];
+        let status = reconcile(&t, &World { objects: &both }, &env());
+        assert_eq!(condition_of(&status, "Ready")["status"], "True");
+        assert_eq!(status["subscriberUri"], "http://svc/x");
+    }
+
+    #[test]
+    fn destinations_resolve() {
+        let world_objects = [broker("default", None), broker("other", None)];
+        let world = World { objects: &world_objects };
+        let resolve_json =
+            |d: Value| resolve(&serde_json::from_value(d).expect("destination"), "default", &world, &env());
+        assert_eq!(resolve_json(json!({"uri": "https://x/y"})), Ok("https://x/y".into()));
+        assert_eq!(
+            resolve_json(json!({"ref": {"apiVersion": "v1", "kind": "Service", "name": "svc"}})),
+            Ok("http://svc.default.svc.cluster.local".into())
+        );
+        assert_eq!(
+            resolve_json(
+                json!({"ref": {"apiVersion": "v1", "kind": "Service", "name": "svc", "namespace": "ns"}, "uri": "/hook"})
+            ),
+            Ok("http://svc.ns.svc.cluster.local/hook".into())
+        );
+        assert_eq!(
+            resolve_json(json!({"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "other"}})),
+            Ok("http://127.0.0.1:8080/default/other".into())
+        );
+        let missing =
+            resolve_json(json!({"ref": {"apiVersion": "messaging.knative.dev/v1", "kind": "Channel", "name": "nope"}}));
+        assert_eq!(missing.expect_err("missing").0, "DestinationNotFound");
+        let serving =
+            resolve_json(json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "ksvc"}}));
+        assert_eq!(serving.expect_err("serving").0, "ServingNotAvailable");
+    }
+
+    #[test]
+    fn broker_status_has_address_and_dead_letter_conditions() {
+        let b = broker(
+            "default",
+            Some(json!({"ref": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "dlq"}})),
+        );
+        let alone = [b.clone()];
+        let status = reconcile(&b, &World { objects: &alone }, &env());
+        assert_eq!(status["address"]["url"], "http://127.0.0.1:8080/default/default");
+        assert_eq!(status["observedGeneration"], 3);
+        assert_eq!(condition_of(&status, "DeadLetterSinkResolved")["status"], "False");
+        assert_eq!(condition_of(&status, "Ready")["status"], "False");
+        let dlq = json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "metadata": {"name": "dlq", "namespace": "default"}});
+        let with_dlq = [b.clone(), dlq];
+        let status = reconcile(&b, &World { objects: &with_dlq }, &env());
+        assert_eq!(condition_of(&status, "Ready")["status"], "True");
+        assert_eq!(status["deadLetterSinkUri"], "http://127.0.0.1:8080/channels/default/dlq");
+    }
+}
