@@ -202,3 +202,32 @@ async fn status_conditions_follow_the_objects_around_them() -> anyhow::Result<()
     assert!(stdout.contains("BrokerReady") && stdout.contains("BrokerDoesNotExist"), "{stdout}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_objects_are_refused_with_their_field_path_and_nothing_is_stored() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/invalid.yaml");
+    let expected: Vec<String> = std::fs::read_to_string(fixture)?
+        .lines()
+        .filter_map(|l| l.strip_prefix("# expect: ").map(str::to_string))
+        .collect();
+    assert!(expected.len() >= 30, "{} cases", expected.len());
+    let (code, stdout, stderr) = sluice(args(&["apply", "-f", fixture, "--admin", &node.admin])).await?;
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.trim().is_empty(), "nothing applied: {stdout}");
+    for (index, path) in expected.iter().enumerate() {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("document {index} ")))
+            .unwrap_or_else(|| panic!("no error for document {index}: {stderr}"));
+        assert!(line.contains(fixture), "names the file: {line}");
+        assert!(line.contains(&format!("{path}: ")), "document {index}: expected {path}: {line}");
+    }
+    for kind in ["brokers", "triggers", "channels", "inmemorychannels", "subscriptions"] {
+        let (code, stdout, _) = sluice(args(&["get", kind, "-A", "-o", "json", "--admin", &node.admin])).await?;
+        assert_eq!(code, 0);
+        let list: serde_json::Value = serde_json::from_str(&stdout)?;
+        assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{kind}: nothing stored");
+    }
+    Ok(())
+}
