@@ -16,8 +16,8 @@ use tonic::{Request, Response, Status};
 
 use sluice_proto::admin::resources_server::Resources;
 use sluice_proto::admin::{
-    ApplyResourceReply, ApplyResourceRequest, DeleteResourceReply, ListResourcesRequest, ResourceList, ResourceObject,
-    ResourceRef,
+    ApplyResourceReply, ApplyResourceRequest, DeleteResourceReply, ListResourcesRequest, ResourceEvent, ResourceList,
+    ResourceObject, ResourceRef, WatchResourcesRequest, resource_event,
 };
 
 use crate::cluster::ClusterConfig;
@@ -179,6 +179,35 @@ pub fn resource_record(object_json: &str, node: &Node) -> Result<ResourceRecord,
     Ok(ResourceRecord { key, json: object.to_string(), uid, applied_at })
 }
 
+/// Changes a watcher may fall behind by before the server waits for it.
+const WATCH_BUFFER: usize = 1024;
+
+/// The events that turn `before` into `after`.
+pub fn diff_resources(
+    before: &std::collections::BTreeMap<ResourceKey, String>,
+    after: &std::collections::BTreeMap<ResourceKey, String>,
+) -> Vec<ResourceEvent> {
+    let event = |kind: resource_event::Type, key: &ResourceKey, json: &String| ResourceEvent {
+        r#type: kind as i32,
+        r#ref: Some(ResourceRef { kind: key.kind.clone(), namespace: key.namespace.clone(), name: key.name.clone() }),
+        object_json: json.clone(),
+    };
+    let mut events = Vec::new();
+    for (key, json) in after {
+        match before.get(key) {
+            None => events.push(event(resource_event::Type::Added, key, json)),
+            Some(old) if old != json => events.push(event(resource_event::Type::Modified, key, json)),
+            Some(_) => {}
+        }
+    }
+    for (key, json) in before {
+        if !after.contains_key(key) {
+            events.push(event(resource_event::Type::Deleted, key, json));
+        }
+    }
+    events
+}
+
 fn resource_key(reference: ResourceRef) -> ResourceKey {
     let namespace = if reference.namespace.is_empty() { "default".to_string() } else { reference.namespace };
     ResourceKey { kind: reference.kind, namespace, name: reference.name }
@@ -221,6 +250,39 @@ impl Resources for AdminService {
             .map(|o| with_status(o.clone(), &world, &self.status_env).to_string())
             .collect();
         Ok(Response::new(ResourceList { objects_json }))
+    }
+
+    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<ResourceEvent, Status>>;
+
+    async fn watch(&self, request: Request<WatchResourcesRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let kind = request.into_inner().kind;
+        let node = self.node.clone();
+        let mut changes = node.watch_resources().ok_or_else(|| Status::unavailable("the node is shutting down"))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(async move {
+            let snapshot = |node: &Node| -> std::collections::BTreeMap<ResourceKey, String> {
+                KINDS
+                    .iter()
+                    .filter(|k| kind.is_empty() || k.kind == kind)
+                    .flat_map(|k| node.resources(k.kind))
+                    .collect()
+            };
+            let mut known = std::collections::BTreeMap::new();
+            loop {
+                changes.borrow_and_update();
+                let current = snapshot(&node);
+                for event in diff_resources(&known, &current) {
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                known = current;
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     async fn delete(&self, request: Request<ResourceRef>) -> Result<Response<DeleteResourceReply>, Status> {

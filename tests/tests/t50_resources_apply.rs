@@ -231,3 +231,30 @@ async fn invalid_objects_are_refused_with_their_field_path_and_nothing_is_stored
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_every_change() -> anyhow::Result<()> {
+    use sluice_proto::admin::resource_event::Type;
+    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    apply_text(&node.admin, "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: first\n").await?;
+    let mut client =
+        sluice_proto::admin::resources_client::ResourcesClient::connect(format!("http://{}", node.admin)).await?;
+    let mut stream =
+        client.watch(sluice_proto::admin::WatchResourcesRequest { kind: "Broker".into() }).await?.into_inner();
+    async fn next(stream: &mut tonic::Streaming<sluice_proto::admin::ResourceEvent>) -> anyhow::Result<(Type, String)> {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.message()).await??.expect("stream open");
+        Ok((Type::try_from(event.r#type)?, event.r#ref.map(|r| r.name).unwrap_or_default()))
+    }
+    assert_eq!(next(&mut stream).await?, (Type::Added, "first".to_string()), "existing objects come first");
+    apply_text(&node.admin, "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: second\n").await?;
+    assert_eq!(next(&mut stream).await?, (Type::Added, "second".to_string()));
+    apply_text(&node.admin, "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: second\nspec:\n  delivery:\n    retry: 1\n").await?;
+    assert_eq!(next(&mut stream).await?, (Type::Modified, "second".to_string()));
+    // Other kinds are not part of a Broker watch.
+    apply_text(&node.admin, "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata:\n  name: c\n")
+        .await?;
+    let (code, _, _) = sluice(args(&["delete", "broker", "first", "--admin", &node.admin])).await?;
+    assert_eq!(code, 0);
+    assert_eq!(next(&mut stream).await?, (Type::Deleted, "first".to_string()));
+    Ok(())
+}
