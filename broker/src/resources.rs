@@ -10,6 +10,8 @@ use sluice_controller::validate::parse_duration;
 pub const DEFAULT_BROKER_TTL: i64 = 255;
 pub const ANNOTATION_TTL: &str = "sluice.dev/ttl";
 pub const ANNOTATION_DEDUPE_WINDOW: &str = "sluice.dev/dedupe-window";
+/// Dedupe is on unless a broker says `sluice.dev/dedupe-window: "off"` (or `0s`).
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
 /// Longest dedupe window (bounds the memory a window holds).
 pub const MAX_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
@@ -24,7 +26,7 @@ pub struct IngressSettings {
 
 impl Default for IngressSettings {
     fn default() -> Self {
-        Self { ttl: DEFAULT_BROKER_TTL, dedupe_window: None }
+        Self { ttl: DEFAULT_BROKER_TTL, dedupe_window: Some(DEFAULT_DEDUPE_WINDOW) }
     }
 }
 
@@ -43,7 +45,9 @@ impl IngressSettings {
         if let Some(ttl) = annotation(ANNOTATION_TTL).and_then(|t| t.trim().parse::<i64>().ok()).filter(|t| *t > 0) {
             settings.ttl = ttl;
         }
-        if let Some(window) = annotation(ANNOTATION_DEDUPE_WINDOW).and_then(|w| parse_duration(&w).ok()) {
+        if annotation(ANNOTATION_DEDUPE_WINDOW).is_some_and(|w| w.trim() == "off") {
+            settings.dedupe_window = None;
+        } else if let Some(window) = annotation(ANNOTATION_DEDUPE_WINDOW).and_then(|w| parse_duration(&w).ok()) {
             settings.dedupe_window = (!window.is_zero()).then_some(window.min(MAX_DEDUPE_WINDOW));
         }
         settings
@@ -53,6 +57,15 @@ impl IngressSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dedupe_is_on_by_default_and_can_be_turned_off() {
+        assert_eq!(IngressSettings::from_object(r#"{"metadata":{}}"#).dedupe_window, Some(DEFAULT_DEDUPE_WINDOW));
+        for off in ["off", "0s"] {
+            let json = format!(r#"{{"metadata":{{"annotations":{{"sluice.dev/dedupe-window":"{off}"}}}}}}"#);
+            assert_eq!(IngressSettings::from_object(&json).dedupe_window, None, "{off}");
+        }
+    }
 
     #[test]
     fn settings_come_from_annotations() {

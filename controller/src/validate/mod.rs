@@ -163,8 +163,10 @@ fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<
                 }
             }
             "sluice.dev/dedupe-window" => {
-                if let Err(e) = parse_duration(value) {
-                    errors.push(err(path, e));
+                if value.trim() != "off"
+                    && let Err(e) = parse_duration(value)
+                {
+                    errors.push(err(path, format!("{e}, or off")));
                 }
             }
             "sluice.dev/retention" => {
