@@ -58,8 +58,8 @@ pub enum Target {
 impl Target {
     pub fn stream(&self) -> String {
         match self {
-            Target::Broker { namespace, name } => format!("broker/{namespace}/{name}"),
-            Target::Channel { namespace, name } => format!("channel/{namespace}/{name}"),
+            Target::Broker { namespace, name } => crate::resources::stream_name("Broker", namespace, name),
+            Target::Channel { namespace, name } => crate::resources::stream_name("Channel", namespace, name),
         }
     }
 

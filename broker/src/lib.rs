@@ -29,6 +29,7 @@ pub mod network;
 pub mod node;
 pub mod raft_types;
 pub mod resources;
+pub mod retention;
 pub mod server;
 pub mod store;
 pub mod telemetry;

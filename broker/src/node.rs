@@ -46,6 +46,8 @@ pub struct NodeSettings {
     pub tuning: RaftTuning,
     pub append_limits: AppendLimits,
     pub read_limits: ReadLimits,
+    /// How often the leader of a partition applies retention.
+    pub retention_check_interval: Duration,
 }
 
 /// A group as this node sees it (for status and readiness).
@@ -108,6 +110,7 @@ impl Node {
             node.ensure_partitions(&config).await?;
         }
         tokio::spawn(watch_cluster_config(node.clone(), metadata.view.watch_cluster_config()));
+        tokio::spawn(crate::retention::run(node.clone(), node.inner.settings.retention_check_interval));
         Ok(node)
     }
 
@@ -238,6 +241,13 @@ impl Node {
                 Err(BrokerError::Raft { group, reason: format!("unexpected reply {other:?}") })
             }
         }
+    }
+
+    /// Drops the records of `stream` in `partition` below `before_offset` (retention).
+    pub async fn trim(&self, partition: u32, stream: &str, before_offset: u64) -> Result<(), BrokerError> {
+        let group = self.partition_group_id(partition)?;
+        let command = LogCommand::Trim { stream: stream.to_string(), before_offset };
+        self.write(group, ForwardedWrite::Command(command)).await.map(|_| ())
     }
 
     /// Creates or replaces a resource object in the metadata group; answers

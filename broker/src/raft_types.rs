@@ -89,6 +89,9 @@ pub enum LogCommand {
     Append(Vec<StreamAppend>),
     /// The cluster's fixed shape, written once by `cluster init` (metadata group).
     InitCluster(ClusterConfig),
+    /// Retention: drops the records of `stream` below `before_offset`
+    /// (partition groups; idempotent).
+    Trim { stream: String, before_offset: u64 },
     /// Creates or replaces a resource object (metadata group).
     PutResource(ResourceRecord),
     /// Removes a resource object (metadata group); absent is not an error.
@@ -119,6 +122,7 @@ impl fmt::Display for LogCommand {
         match self {
             LogCommand::Append(appends) => write!(f, "Append({} streams)", appends.len()),
             LogCommand::InitCluster(config) => write!(f, "InitCluster({config:?})"),
+            LogCommand::Trim { stream, before_offset } => write!(f, "Trim({stream} < {before_offset})"),
             LogCommand::PutResource(record) => write!(f, "PutResource({:?})", record.key),
             LogCommand::DeleteResource(key) => write!(f, "DeleteResource({key:?})"),
         }

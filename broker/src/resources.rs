@@ -15,6 +15,14 @@ pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
 /// Longest dedupe window (bounds the memory a window holds).
 pub const MAX_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
+/// The stream of a Broker or Channel (one per partition).
+pub fn stream_name(kind: &str, namespace: &str, name: &str) -> String {
+    match kind {
+        "Broker" => format!("broker/{namespace}/{name}"),
+        _ => format!("channel/{namespace}/{name}"),
+    }
+}
+
 /// Ingress settings of one Broker (or Channel).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IngressSettings {

@@ -141,6 +141,8 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
             t.snapshot_every_entries.to_string(),
             "--keep-entries-after-snapshot".into(),
             t.keep_entries_after_snapshot.to_string(),
+            "--retention-check-ms".into(),
+            t.retention_check_ms.to_string(),
         ];
         members.push(format!("{id}={peer}"));
         println!("  node {id}: http http://{http}  admin {admin}  peer {peer}  data {}", data.display());

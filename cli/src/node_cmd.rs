@@ -95,6 +95,9 @@ pub struct TuningArgs {
     /// Raft entries kept behind a snapshot before the log is purged.
     #[arg(long, default_value_t = 1_000)]
     pub keep_entries_after_snapshot: u64,
+    /// How often partition leaders apply retention (sluice.dev/retention).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_check_ms: u64,
 }
 
 impl TuningArgs {
@@ -131,6 +134,7 @@ pub fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &IngressAr
             ..AppendLimits::default()
         },
         read_limits: ReadLimits::default(),
+        retention_check_interval: Duration::from_millis(tuning.retention_check_ms),
     })
 }
 

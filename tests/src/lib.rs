@@ -246,16 +246,16 @@ pub async fn append(admin: &str, stream: &str, partition: u32, payloads: Vec<Vec
     }
 }
 
-/// Every record of `stream` in `partition` as applied on the node at `admin`.
+/// Every retained record of `stream` in `partition` as applied on the node at `admin`.
 pub async fn read_all(admin: &str, stream: &str, partition: u32) -> Result<Vec<Record>> {
     let mut client = log_client(admin).await?;
-    let mut records = Vec::new();
+    let mut records: Vec<Record> = Vec::new();
     loop {
         let reply = client
             .read(ReadRequest {
                 stream: stream.to_string(),
                 partition,
-                from_offset: records.len() as u64,
+                from_offset: records.last().map(|r| r.offset + 1).unwrap_or(0),
                 max_records: 1000,
                 max_bytes: 0,
             })

@@ -47,6 +47,18 @@ struct StreamState {
     id: u32,
     next_offset: u64,
     last_arrival_ms: u64,
+    /// The first retained offset (retention trims below it).
+    start_offset: u64,
+    /// Payload bytes of the retained records.
+    retained_bytes: u64,
+}
+
+/// How much of a stream is retained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamExtent {
+    pub start_offset: u64,
+    pub end_offset: u64,
+    pub retained_bytes: u64,
 }
 
 /// What readers of a group see: the applied streams and cluster config.
@@ -86,6 +98,36 @@ pub struct StreamView {
 impl StreamView {
     fn stream_state(&self, stream: &str) -> Option<StreamState> {
         self.view.streams.read().ok().and_then(|streams| streams.get(stream).cloned())
+    }
+
+    /// The retained range of a stream and its size.
+    pub fn extent(&self, stream: &str) -> StreamExtent {
+        self.stream_state(stream)
+            .map(|s| StreamExtent {
+                start_offset: s.start_offset,
+                end_offset: s.next_offset,
+                retained_bytes: s.retained_bytes,
+            })
+            .unwrap_or_default()
+    }
+
+    /// `(offset, payload bytes)` of the retained records from the start, in order.
+    pub fn record_sizes(&self, stream: &str) -> io::Result<Vec<(u64, u64)>> {
+        let Some(state) = self.stream_state(stream) else { return Ok(Vec::new()) };
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(event_key(self.group, state.id, state.next_offset).to_vec());
+        let start = event_key(self.group, state.id, state.start_offset);
+        let mut sizes = Vec::new();
+        for item in self.db.iterator_cf_opt(
+            cf(&self.db, CF_EVENTS)?,
+            read_options,
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (key, value) = item.map_err(io_err)?;
+            let offset = event_offset_of(&key).ok_or_else(|| io_err("malformed event key"))?;
+            sizes.push((offset, value.len().saturating_sub(8) as u64));
+        }
+        Ok(sizes)
     }
 
     /// One past the last applied offset (0 for a stream never written).
@@ -142,7 +184,9 @@ impl StreamView {
         match iter.next() {
             Some(item) => {
                 let (key, _) = item.map_err(io_err)?;
-                time_index_offset_of(&key).ok_or_else(|| io_err("malformed time index key"))
+                Ok(time_index_offset_of(&key)
+                    .ok_or_else(|| io_err("malformed time index key"))?
+                    .max(state.start_offset))
             }
             None => Ok(state.next_offset),
         }
@@ -283,11 +327,12 @@ impl GroupStateMachine {
                 None => {
                     let id = self.next_stream_id;
                     self.next_stream_id += 1;
-                    StreamState { id, next_offset: 0, last_arrival_ms: 0 }
+                    StreamState { id, ..StreamState::default() }
                 }
             },
         };
         let arrival_ms = append.arrival_ms.max(state.last_arrival_ms);
+        let mut added_bytes = 0u64;
         let first_offset = state.next_offset;
         let events = cf(&self.db, CF_EVENTS)?;
         let mut next_offset = first_offset;
@@ -300,7 +345,9 @@ impl GroupStateMachine {
                 self.stage_seen(staged, state.id, key, arrival_ms)?;
             }
             staged.batch.put_cf(events, event_key(self.group, state.id, next_offset), event_value(arrival_ms, payload));
+            staged.event_bytes.insert((state.id, next_offset), payload.len() as u64);
             next_offset += 1;
+            added_bytes += payload.len() as u64;
         }
         if let Some(dedupe) = &append.dedupe {
             self.stage_dedupe_expiry(
@@ -318,7 +365,12 @@ impl GroupStateMachine {
                 [],
             );
         }
-        let next = StreamState { id: state.id, next_offset, last_arrival_ms: arrival_ms };
+        let next = StreamState {
+            next_offset,
+            last_arrival_ms: arrival_ms,
+            retained_bytes: state.retained_bytes + added_bytes,
+            ..state
+        };
         staged.batch.put_cf(
             cf(&self.db, CF_SM_STATE)?,
             stream_state_key(self.group, &append.stream),
@@ -326,6 +378,63 @@ impl GroupStateMachine {
         );
         staged.streams.insert(append.stream.clone(), next);
         Ok(Appended { first_offset, stored: stored as u32 })
+    }
+
+    /// Drops the records of `stream` below `before_offset` (retention). Offsets
+    /// are never reused: the stream's end stays, its start moves up.
+    fn stage_trim(&self, staged: &mut Staged, stream: &str, before_offset: u64) -> io::Result<()> {
+        let state = match staged.streams.get(stream) {
+            Some(state) => state.clone(),
+            None => match self.view.streams.read().ok().and_then(|s| s.get(stream).cloned()) {
+                Some(state) => state,
+                None => return Ok(()),
+            },
+        };
+        let before_offset = before_offset.min(state.next_offset);
+        if before_offset <= state.start_offset {
+            return Ok(());
+        }
+        let events = cf(&self.db, CF_EVENTS)?;
+        let (from, to) =
+            (event_key(self.group, state.id, state.start_offset), event_key(self.group, state.id, before_offset));
+        let mut freed = 0u64;
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(to.to_vec());
+        for item in self.db.iterator_cf_opt(events, read_options, IteratorMode::From(&from, Direction::Forward)) {
+            let (_, value) = item.map_err(io_err)?;
+            freed += value.len().saturating_sub(8) as u64;
+        }
+        // Records appended earlier in this same apply are not in RocksDB yet.
+        freed += staged
+            .event_bytes
+            .range((state.id, state.start_offset)..(state.id, before_offset))
+            .map(|(_, b)| b)
+            .sum::<u64>();
+        staged.batch.delete_range_cf(events, from, to);
+        // Time-index entries of batches that now start below the new start.
+        let index = cf(&self.db, CF_TIME_INDEX)?;
+        let index_from = time_index_key(self.group, state.id, 0, 0);
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(time_index_key(self.group, state.id, u64::MAX, u64::MAX).to_vec());
+        for item in self.db.iterator_cf_opt(index, read_options, IteratorMode::From(&index_from, Direction::Forward)) {
+            let (key, _) = item.map_err(io_err)?;
+            match time_index_offset_of(&key) {
+                Some(offset) if offset < before_offset => staged.batch.delete_cf(index, &key),
+                _ => break,
+            }
+        }
+        let next = StreamState {
+            start_offset: before_offset,
+            retained_bytes: state.retained_bytes.saturating_sub(freed),
+            ..state
+        };
+        staged.batch.put_cf(
+            cf(&self.db, CF_SM_STATE)?,
+            stream_state_key(self.group, stream),
+            encode(&next).map_err(io_err)?,
+        );
+        staged.streams.insert(stream.to_string(), next);
+        Ok(())
     }
 
     /// Whether `key` was stored in this stream at or after `arrival_ms - window_ms`.
@@ -445,6 +554,8 @@ struct Staged {
     seen: HashMap<(u32, Bytes), u64>,
     expired: HashSet<Vec<u8>>,
     resources: BTreeMap<ResourceKey, Option<String>>,
+    /// Payload bytes of the records staged so far, by (stream id, offset).
+    event_bytes: BTreeMap<(u32, u64), u64>,
 }
 
 impl RaftStateMachine<TypeConfig> for GroupStateMachine {
@@ -475,6 +586,10 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                         appended.push(self.stage_append(&mut staged, append)?);
                     }
                     LogResponse::Appended { appended }
+                }
+                EntryPayload::Normal(LogCommand::Trim { stream, before_offset }) => {
+                    self.stage_trim(&mut staged, stream, *before_offset)?;
+                    LogResponse::None
                 }
                 EntryPayload::Normal(LogCommand::PutResource(record)) => {
                     let outcome = self.stage_put_resource(&mut staged, record, entry.log_id().index())?;

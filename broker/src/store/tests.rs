@@ -11,6 +11,7 @@ use openraft::{RaftSnapshotBuilder, StorageError};
 
 use super::*;
 use crate::raft_types::{LogCommand, StreamAppend, TypeConfig};
+use crate::store::StreamExtent;
 
 struct RocksBuilder;
 
@@ -163,4 +164,30 @@ fn raft_messages_round_trip_through_postcard() {
     let request = openraft::raft::VoteRequest::<TypeConfig>::new(vote, Some(e.log_id));
     let back: openraft::raft::VoteRequest<TypeConfig> = decode(&encode(&request).expect("encode")).expect("decode");
     assert_eq!(back.vote, request.vote);
+}
+
+#[tokio::test]
+async fn trimming_moves_the_start_and_keeps_offsets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, mut sm) = open(dir.path(), 1);
+    apply(
+        &mut sm,
+        vec![
+            entry(1, LogCommand::Append(vec![append("s", 1_000, &["aa", "bb"])])),
+            entry(2, LogCommand::Append(vec![append("s", 2_000, &["ccc"])])),
+            entry(3, LogCommand::Trim { stream: "s".into(), before_offset: 2 }),
+            // Idempotent, and never beyond the end.
+            entry(4, LogCommand::Trim { stream: "s".into(), before_offset: 1 }),
+        ],
+    )
+    .await;
+    let view = sm.view();
+    assert_eq!(view.extent("s"), StreamExtent { start_offset: 2, end_offset: 3, retained_bytes: 3 });
+    let records = view.read("s", 0, 10, 1 << 20).expect("read").records;
+    assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![2], "reads start at the new start");
+    assert_eq!(view.offset_for_time("s", 0).expect("time"), 2, "times before the start answer the start");
+    apply(&mut sm, vec![entry(5, LogCommand::Append(vec![append("s", 3_000, &["d"])]))]).await;
+    assert_eq!(view.extent("s"), StreamExtent { start_offset: 2, end_offset: 4, retained_bytes: 4 });
+    apply(&mut sm, vec![entry(6, LogCommand::Trim { stream: "s".into(), before_offset: 99 })]).await;
+    assert_eq!(view.extent("s"), StreamExtent { start_offset: 4, end_offset: 4, retained_bytes: 0 });
 }
