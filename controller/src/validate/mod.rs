@@ -68,7 +68,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
         return Ok(Duration::from_secs_f64(seconds));
     }
-    parse_units(text, &[("ms", 0.001), ("h", 3600.0), ("m", 60.0), ("s", 1.0)])
+    parse_units(text, &[("ms", 0.001), ("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)])
         .ok_or_else(|| format!("{text:?} is not a duration like 500ms, 30s, 2m or PT2M"))
 }
 

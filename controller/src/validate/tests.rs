@@ -241,6 +241,7 @@ fn durations_and_sizes_parse() {
     assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
     assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
     assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
     assert_eq!(parse_duration("PT0.5S"), Ok(Duration::from_millis(500)));
     assert_eq!(parse_duration("P1DT2H"), Ok(Duration::from_secs(86400 + 7200)));
     for bad in ["", "2", "2x", "m", "PT", "P", "-1s", "PT1X"] {
