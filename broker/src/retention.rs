@@ -4,7 +4,8 @@
 //! `sluice.dev/retention` on a Broker or Channel: a duration, a size, or
 //! both (`7d`, `24h`, `10GiB`, `24h,10GiB`); default 7 days, no size limit.
 //! Trimming goes through Raft (`LogCommand::Trim`), so every replica drops
-//! the same records; offsets are never reused.
+//! the same records; offsets are never reused. The stream of a deleted
+//! Broker or Channel keeps the default retention, so its events go in time.
 
 use std::time::Duration;
 
@@ -92,21 +93,25 @@ pub async fn run(node: Node, interval: Duration) {
 
 async fn enforce_once(node: &Node) -> Result<(), crate::error::BrokerError> {
     let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-    let mut targets = Vec::new();
+    let mut policies = std::collections::HashMap::new();
     for kind in ["Broker", "Channel", "InMemoryChannel"] {
         for (key, json) in node.resources(kind) {
-            targets.push((
+            policies.insert(
                 crate::resources::stream_name(kind, &key.namespace, &key.name),
                 RetentionPolicy::from_object(&json),
-            ));
+            );
         }
     }
+    // A stream whose Broker or Channel was deleted keeps the default retention.
+    let default_policy = RetentionPolicy::from_object("{}");
     for partition in 0..node.partitions() {
         let group = node.group(partition_group(partition))?;
         if !group.is_leader(node.id()) {
             continue;
         }
-        for (stream, policy) in &targets {
+        for stream in group.view.stream_names() {
+            let policy = policies.get(&stream).unwrap_or(&default_policy);
+            let stream = &stream;
             let extent = group.view.extent(stream);
             if extent.end_offset == extent.start_offset {
                 continue;
