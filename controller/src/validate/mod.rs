@@ -184,7 +184,12 @@ fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<
     }
     if let Some(existing) = existing {
         let class = |o: &Value| o.pointer("/metadata/annotations/eventing.knative.dev~1broker.class").cloned();
-        if object.get("kind").and_then(Value::as_str) == Some("Broker") && class(object) != class(existing) {
+        // Knative defaults the class at creation; a Broker stored without one
+        // (e.g. `sluice dev`'s default) may get one once, then it is fixed.
+        if object.get("kind").and_then(Value::as_str) == Some("Broker")
+            && class(existing).is_some()
+            && class(object) != class(existing)
+        {
             errors.push(err(format!("metadata.annotations[{BROKER_CLASS_ANNOTATION}]"), "field is immutable"));
         }
     }

@@ -223,6 +223,12 @@ fn immutable_fields_cannot_change() {
     let reclassed = set(broker(), "/metadata/annotations", json!({"eventing.knative.dev/broker.class": "Kafka"}));
     let errors = validate_object(&reclassed, Some(&broker())).expect_err("class");
     assert!(errors.iter().any(|e| e.path == "metadata.annotations[eventing.knative.dev/broker.class]"), "{errors:?}");
+    let unclassed = set(broker(), "/metadata/annotations", json!({}));
+    assert_eq!(
+        validate_object(&broker(), Some(&unclassed)),
+        Ok(()),
+        "a class may be set once on a Broker that had none"
+    );
     let reconfigured = set(broker(), "/spec/config", json!({"kind": "ConfigMap", "name": "x"}));
     assert!(
         validate_object(&reconfigured, Some(&broker())).expect_err("config").iter().any(|e| e.path == "spec.config")
