@@ -53,6 +53,19 @@ async fn bind(flag: &'static str, addr: &str) -> Result<TcpListener, BrokerError
     })
 }
 
+/// Accepted connections with `TCP_NODELAY` (tonic cannot set it on an
+/// incoming stream it did not create; without it, small replies wait for
+/// delayed ACKs, about 40 ms).
+fn nodelay(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            let _ = stream.set_nodelay(true);
+        }
+        accepted
+    })
+}
+
 pub async fn start(
     settings: NodeSettings,
     listen: Listen,
@@ -80,7 +93,7 @@ pub async fn start(
         let result = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(transport)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(peer), stopped(rx))
+            .serve_with_incoming_shutdown(nodelay(peer), stopped(rx))
             .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "peer server stopped");
@@ -99,7 +112,7 @@ pub async fn start(
                     .max_decoding_message_size(32 << 20),
             )
             .add_service(ResourcesServer::new(AdminService::new(admin_node, ingress_base)))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(admin), stopped(rx))
+            .serve_with_incoming_shutdown(nodelay(admin), stopped(rx))
             .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "admin server stopped");
