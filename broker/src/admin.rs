@@ -141,6 +141,7 @@ impl Log for AdminService {
                 .map(|r| Record { offset: r.offset, arrival_ms: r.arrival_ms, payload: r.payload })
                 .collect(),
             end_offset: batch.end_offset,
+            start_offset: batch.start_offset,
         }))
     }
 

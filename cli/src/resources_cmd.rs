@@ -289,6 +289,35 @@ pub async fn describe(args: DescribeArgs) -> Result<()> {
     for line in serde_yaml::to_string(object.get("spec").unwrap_or(&serde_json::Value::Null))?.lines() {
         println!("  {line}");
     }
+    if matches!(info.kind, "Broker" | "Channel" | "InMemoryChannel") {
+        // Events of interest: what the stream holds, per partition.
+        let stream = sluice_broker::resources::stream_name(info.kind, &args.namespace, &args.name);
+        let mut log = sluice_proto::admin::log_client::LogClient::connect(format!("http://{}", args.admin)).await?;
+        let mut cluster =
+            sluice_proto::admin::cluster_client::ClusterClient::connect(format!("http://{}", args.admin)).await?;
+        let partitions = cluster.status(sluice_proto::admin::StatusRequest {}).await?.into_inner().partitions;
+        println!("Events ({stream}):");
+        println!("  {:<10} {:>12} {:>12} {:>10}", "PARTITION", "START", "END", "RETAINED");
+        for partition in 0..partitions {
+            let reply = log
+                .read(sluice_proto::admin::ReadRequest {
+                    stream: stream.clone(),
+                    partition,
+                    from_offset: u64::MAX,
+                    max_records: 1,
+                    max_bytes: 0,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "  {:<10} {:>12} {:>12} {:>10}",
+                partition,
+                reply.start_offset,
+                reply.end_offset,
+                reply.end_offset - reply.start_offset
+            );
+        }
+    }
     println!("Conditions:");
     println!("  {:<24} {:<8} {:<24} MESSAGE", "TYPE", "STATUS", "REASON");
     for c in object.pointer("/status/conditions").and_then(|c| c.as_array()).into_iter().flatten() {

@@ -30,6 +30,18 @@ async fn old_events_are_trimmed_by_age() -> anyhow::Result<()> {
     let records = read_all(&node.admin, stream, 0).await?;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].payload.as_ref(), b"new");
+    // `describe` shows what the stream holds.
+    let admin = node.admin.clone();
+    let (code, stderr_or_out) = tokio::task::spawn_blocking(move || {
+        let output = std::process::Command::new(sluice_tests::sluice_bin())
+            .args(["describe", "broker", "short", "--admin", &admin])
+            .output()?;
+        anyhow::Ok((output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stdout).into_owned()))
+    })
+    .await??;
+    assert_eq!(code, 0);
+    let row = stderr_or_out.lines().find(|l| l.trim_start().starts_with("0 ")).unwrap_or_default();
+    assert_eq!(row.split_whitespace().collect::<Vec<_>>(), ["0", "10", "11", "1"], "{stderr_or_out}");
 
     // A broker with the default retention (7 days) keeps its events.
     apply_resource(&node.admin, broker_object("default", "long", serde_json::json!({}))).await?;

@@ -85,6 +85,8 @@ pub struct ReadBatch {
     pub records: Vec<StoredRecord>,
     /// One past the last applied offset of the stream.
     pub end_offset: u64,
+    /// The first retained offset.
+    pub start_offset: u64,
 }
 
 /// Read access to a group's applied state (any node, any time).
@@ -141,7 +143,8 @@ impl StreamView {
         let Some(state) = self.stream_state(stream) else {
             return Ok(ReadBatch::default());
         };
-        let mut batch = ReadBatch { records: Vec::new(), end_offset: state.next_offset };
+        let mut batch =
+            ReadBatch { records: Vec::new(), end_offset: state.next_offset, start_offset: state.start_offset };
         if from_offset >= state.next_offset || max_records == 0 {
             return Ok(batch);
         }
