@@ -14,6 +14,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
+use sluice_controller::validate::is_dns_label;
+
 use crate::cloudevent::{self, AttrValue, CloudEvent, EventError};
 use crate::error::BrokerError;
 use crate::node::Node;
@@ -68,16 +70,6 @@ impl Target {
             Target::Broker { namespace, name } | Target::Channel { namespace, name } => (namespace, name),
         }
     }
-}
-
-/// Kubernetes DNS-1123 label: what namespaces and names may be.
-pub fn is_dns_label(s: &str) -> bool {
-    let bytes = s.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes[0] != b'-'
-        && bytes[bytes.len() - 1] != b'-'
 }
 
 pub fn parse_target(path: &str) -> Result<Target, EventError> {
