@@ -308,15 +308,20 @@ fn record_events(target: &Target, types: &[String], status: StatusCode, started:
     let code = status.as_u16().to_string();
     let class = format!("{}xx", status.as_u16() / 100);
     let ms = started.elapsed().as_secs_f64() * 1000.0;
+    // One metric update per event type of the request, not per event (batches).
+    let mut counts: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     for event_type in types {
+        *counts.entry(event_type.as_str()).or_default() += 1;
+    }
+    for (event_type, count) in counts {
         let labels = [
             ("broker_name", name.to_string()),
             ("namespace_name", namespace.to_string()),
-            ("event_type", event_type.clone()),
+            ("event_type", event_type.to_string()),
             ("response_code", code.clone()),
             ("response_code_class", class.clone()),
         ];
-        metrics::counter!("event_count", &labels).increment(1);
+        metrics::counter!("event_count", &labels).increment(count);
         metrics::histogram!("event_dispatch_latencies", &labels).record(ms);
     }
 }
