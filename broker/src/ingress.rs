@@ -303,6 +303,23 @@ pub fn apply_knative_attributes(
     Ok(())
 }
 
+/// Most distinct `event_type` label values; later types are counted as
+/// `_other`, so producers cannot grow the metrics without bound.
+const MAX_EVENT_TYPE_LABELS: usize = 1000;
+
+fn event_type_label(event_type: &str) -> String {
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = std::sync::OnceLock::new();
+    let Ok(mut seen) = SEEN.get_or_init(Default::default).lock() else { return "_other".into() };
+    if seen.contains(event_type) {
+        return event_type.to_string();
+    }
+    if seen.len() < MAX_EVENT_TYPE_LABELS && event_type.len() <= 128 {
+        seen.insert(event_type.to_string());
+        return event_type.to_string();
+    }
+    "_other".into()
+}
+
 fn record_events(target: &Target, types: &[String], status: StatusCode, started: Instant) {
     let (namespace, name) = target.namespace_and_name();
     let code = status.as_u16().to_string();
@@ -317,7 +334,7 @@ fn record_events(target: &Target, types: &[String], status: StatusCode, started:
         let labels = [
             ("broker_name", name.to_string()),
             ("namespace_name", namespace.to_string()),
-            ("event_type", event_type.to_string()),
+            ("event_type", event_type_label(event_type)),
             ("response_code", code.clone()),
             ("response_code_class", class.clone()),
         ];
