@@ -463,6 +463,7 @@ async fn malformed_requests_get_exact_errors_and_store_nothing() -> anyhow::Resu
     let client = reqwest::Client::new();
     let cases = cases();
     assert!(cases.len() >= 100, "{} cases", cases.len());
+    eprintln!("{} malformed requests", cases.len());
     let mut names = std::collections::HashSet::new();
     for case in &cases {
         assert!(names.insert(case.name), "duplicate case name {}", case.name);
