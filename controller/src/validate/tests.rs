@@ -208,6 +208,7 @@ fn invalid_objects_name_their_field() {
         ("retry not a number", set(broker(), "/spec/delivery/retry", json!("five")), "spec"),
     ];
     assert!(cases.len() >= 30);
+    eprintln!("{} invalid objects", cases.len());
     for (name, object, path) in cases {
         let errors = validate_object(&object, None).expect_err(name);
         assert!(errors.iter().any(|e| e.path == path), "{name}: expected {path}, got {errors:?}");
