@@ -1,0 +1,220 @@
+//! CloudEvents Expression Language (CESQL) v1: parser and evaluator.
+//!
+//! ```
+//! use sluice_dispatcher::cesql::{self, Value};
+//!
+//! let expression = cesql::parse("type LIKE 'com.example.%' AND INT(seq) > 10").expect("valid expression");
+//! let mut event = serde_json::Map::new();
+//! event.insert("type".into(), "com.example.created".into());
+//! event.insert("seq".into(), "11".into());
+//! assert_eq!(expression.evaluate(&event), (Value::Boolean(true), None));
+//! assert!(expression.matches(&event));
+//! ```
+
+mod eval;
+mod lexer;
+mod parser;
+
+use std::fmt;
+
+/// A CESQL value: the language has three primitive types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Boolean(bool),
+    Integer(i32),
+    String(String),
+}
+
+impl Value {
+    fn value_type(&self) -> Type {
+        match self {
+            Value::Boolean(_) => Type::Boolean,
+            Value::Integer(_) => Type::Integer,
+            Value::String(_) => Type::String,
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Boolean(b) => write!(f, "{b}"),
+            Value::Integer(i) => write!(f, "{i}"),
+            Value::String(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Type {
+    Boolean,
+    Integer,
+    String,
+}
+
+impl Type {
+    fn zero(self) -> Value {
+        match self {
+            Type::Boolean => Value::Boolean(false),
+            Type::Integer => Value::Integer(0),
+            Type::String => Value::String(String::new()),
+        }
+    }
+}
+
+/// The expression could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("CESQL parse error at character {position}: {message}")]
+pub struct ParseError {
+    /// Character offset (0-based) in the expression.
+    pub position: usize,
+    pub message: String,
+}
+
+impl ParseError {
+    fn new(position: usize, message: impl Into<String>) -> Self {
+        ParseError { position, message: message.into() }
+    }
+}
+
+/// An error raised while evaluating an expression; the evaluation still yields a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    #[error("math error: {0}")]
+    Math(String),
+    #[error("cast error: {0}")]
+    Cast(String),
+    #[error("missing function: {0}")]
+    MissingFunction(String),
+    #[error("function evaluation error: {0}")]
+    FunctionEvaluation(String),
+    #[error("missing attribute: {0}")]
+    MissingAttribute(String),
+    #[error("error: {0}")]
+    Generic(String),
+}
+
+/// Read access to an event's context attributes (and extensions), by name.
+pub trait EventAttributes {
+    /// The attribute's value, or `None` when the event does not carry it.
+    fn attribute(&self, name: &str) -> Option<Value>;
+}
+
+/// A JSON object (e.g. a structured-mode CloudEvent). Strings, integers fitting 32 bits and booleans map to the
+/// corresponding CESQL types; `null` is an absent attribute; any other value is represented as its JSON text.
+impl EventAttributes for serde_json::Map<String, serde_json::Value> {
+    fn attribute(&self, name: &str) -> Option<Value> {
+        match self.get(name)? {
+            serde_json::Value::Null => None,
+            serde_json::Value::Bool(b) => Some(Value::Boolean(*b)),
+            serde_json::Value::String(s) => Some(Value::String(s.clone())),
+            serde_json::Value::Number(n) => match n.as_i64().and_then(|i| i32::try_from(i).ok()) {
+                Some(i) => Some(Value::Integer(i)),
+                None => Some(Value::String(n.to_string())),
+            },
+            other => Some(Value::String(other.to_string())),
+        }
+    }
+}
+
+/// A parsed CESQL expression, ready to be evaluated against any number of events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expression {
+    root: parser::Node,
+}
+
+/// Parses a CESQL v1 expression.
+pub fn parse(expression: &str) -> Result<Expression, ParseError> {
+    parser::parse(expression).map(|root| Expression { root })
+}
+
+impl Expression {
+    /// Evaluates the expression: its value, and the first error raised during evaluation if any.
+    pub fn evaluate(&self, event: &dyn EventAttributes) -> (Value, Option<EvalError>) {
+        let mut evaluator = eval::Evaluator::new(event);
+        let value = evaluator.evaluate(&self.root);
+        (value, evaluator.errors.into_iter().next())
+    }
+
+    /// Filter semantics (Subscriptions API): the event matches when the expression evaluates to `true` without
+    /// any error.
+    pub fn matches(&self, event: &dyn EventAttributes) -> bool {
+        matches!(self.evaluate(event), (Value::Boolean(true), None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("id".into(), "1".into());
+        m.insert("seq".into(), "10".into());
+        m.insert("n".into(), 7.into());
+        m
+    }
+
+    fn eval(expression: &str) -> (Value, Option<EvalError>) {
+        parse(expression).expect("expression parses").evaluate(&event())
+    }
+
+    #[test]
+    fn multiplicative_binds_tighter_than_additive() {
+        assert_eq!(eval("1 + 2 * 3"), (Value::Integer(7), None));
+        assert_eq!(eval("(1 + 2) * 3"), (Value::Integer(9), None));
+        assert_eq!(eval("10 - 4 - 3"), (Value::Integer(3), None));
+        assert_eq!(eval("-2 * 3 + 1"), (Value::Integer(-5), None));
+    }
+
+    #[test]
+    fn comparison_binds_tighter_than_logic_and_logic_is_left_to_right() {
+        assert_eq!(eval("1 + 1 = 2 AND 3 > 2"), (Value::Boolean(true), None));
+        // AND, OR, XOR share one precedence level and associate left to right (spec §3.6).
+        assert_eq!(eval("TRUE OR FALSE AND FALSE"), (Value::Boolean(false), None));
+        assert_eq!(eval("NOT FALSE AND TRUE"), (Value::Boolean(true), None));
+    }
+
+    #[test]
+    fn like_and_in_bind_tighter_than_binary_operators() {
+        assert_eq!(eval("'abc' LIKE 'a%' = TRUE"), (Value::Boolean(true), None));
+        assert_eq!(eval("1 IN (1, 2) AND 3 NOT IN (1, 2)"), (Value::Boolean(true), None));
+    }
+
+    #[test]
+    fn equality_casts_left_operand_to_right_type() {
+        assert_eq!(eval("seq = 10"), (Value::Boolean(true), None));
+        assert_eq!(eval("n = '7'"), (Value::Boolean(true), None));
+        assert_eq!(eval("TRUE = 'true'"), (Value::Boolean(true), None));
+        assert_eq!(eval("'TRUE' = TRUE"), (Value::Boolean(true), None));
+        assert_eq!(eval("TRUE = 'TRUE'"), (Value::Boolean(false), None));
+    }
+
+    #[test]
+    fn arithmetic_casts_and_cast_errors() {
+        assert_eq!(eval("seq + n"), (Value::Integer(17), None));
+        assert!(matches!(eval("'x' + 1"), (Value::Integer(1), Some(EvalError::Cast(_)))));
+        assert!(matches!(eval("NOT 1"), (Value::Boolean(true), Some(EvalError::Cast(_)))));
+        assert_eq!(eval("BOOL(1)"), (Value::Boolean(true), None));
+        assert!(matches!(eval("2147483647 + 1"), (_, Some(EvalError::Math(_)))));
+    }
+
+    #[test]
+    fn errors_below_an_operator_yield_its_zero_value() {
+        assert!(matches!(eval("TRUE AND (1 != 1 / 0)"), (Value::Boolean(false), Some(EvalError::Math(_)))));
+        assert!(matches!(eval("missing * 5"), (Value::Integer(0), Some(EvalError::MissingAttribute(_)))));
+        assert!(matches!(eval("NOSUCH(1)"), (Value::Boolean(false), Some(EvalError::MissingFunction(_)))));
+        assert!(!parse("missing = 1").expect("parses").matches(&event()));
+        assert!(parse("EXISTS id AND id = 1").expect("parses").matches(&event()));
+    }
+
+    #[test]
+    fn parse_errors() {
+        assert!(parse("ABC(").is_err());
+        assert!(parse("x LIKE 1").is_err());
+        assert!(parse("2147483648").is_err());
+        assert_eq!(eval("-2147483648"), (Value::Integer(i32::MIN), None));
+        assert!(parse("1 +").is_err());
+        assert!(parse("(1").is_err());
+    }
+}
