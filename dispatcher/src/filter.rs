@@ -1,0 +1,849 @@
+//! Trigger filters: compiled once per Trigger, evaluated for every event.
+//!
+//! What flows in: a Trigger's `spec.filter.attributes` (Knative's legacy exact-match map) and `spec.filters` (the
+//! CloudEvents Subscriptions API dialects `exact`, `prefix`, `suffix`, `all`, `any`, `not` and `cesql`), as the
+//! controller stored them. [`compile`] validates them and parses every CESQL expression once, producing a
+//! [`CompiledFilter`]. What flows out: for each event (anything implementing [`EventAttributes`]), a yes/no
+//! decision per Trigger, from [`CompiledFilter::matches`] or, for all the Triggers of a Broker at once, from
+//! [`FilterIndex::matching`].
+//!
+//! Semantics:
+//! - `filter.attributes`: every key must be present on the event; a non-empty value must equal the attribute's
+//!   canonical string form (case-sensitive); an empty value matches any value. A missing or empty map matches
+//!   every event.
+//! - `filters`: every filter of the list must match. When `filters` is present and non-empty it replaces
+//!   `filter.attributes` (Knative's rule); when both are absent every event matches.
+//! - A missing attribute never matches `exact`, `prefix` or `suffix`; a CESQL expression matches only when it
+//!   evaluates to `TRUE` without any error.
+//!
+//! Everything here is pure and synchronous: no I/O, no clock, no randomness.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value as Json;
+
+use crate::cesql::{self, EventAttributes, Expression, Value};
+
+/// A Trigger filter that cannot be compiled. `path` names the offending field relative to the Trigger's spec
+/// (`filter.attributes[Type]`, `filters[0].cesql`, `filters[1].all[0].exact`), the same way the controller
+/// names fields, so that an operator can find it in the object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("{path}: expected {expected}")]
+    WrongType { path: String, expected: &'static str },
+    #[error("{path}: a filter holds exactly one of exact, prefix, suffix, all, any, not, cesql; got {found}")]
+    DialectCount { path: String, found: usize },
+    #[error("{path}: unsupported filter dialect {dialect:?}")]
+    UnknownDialect { path: String, dialect: String },
+    #[error("{path}: must hold exactly one attribute, got {found}")]
+    AttributeCount { path: String, found: usize },
+    #[error("{path}: must hold at least one filter")]
+    EmptyList { path: String },
+    #[error("{path}: attribute names match ^[a-z][a-z0-9]*$")]
+    InvalidAttributeName { path: String },
+    #[error("{path}: must not be empty")]
+    EmptyValue { path: String },
+    #[error("{path}: {source}")]
+    Cesql { path: String, source: cesql::ParseError },
+}
+
+impl FilterError {
+    /// The offending field, relative to the Trigger's spec.
+    pub fn path(&self) -> &str {
+        match self {
+            FilterError::WrongType { path, .. }
+            | FilterError::DialectCount { path, .. }
+            | FilterError::UnknownDialect { path, .. }
+            | FilterError::AttributeCount { path, .. }
+            | FilterError::EmptyList { path }
+            | FilterError::InvalidAttributeName { path }
+            | FilterError::EmptyValue { path }
+            | FilterError::Cesql { path, .. } => path,
+        }
+    }
+}
+
+/// The dialects of the Subscriptions API that Sluice supports, in the controller's order. `cesql` is Knative's
+/// name for the Subscriptions API's optional `sql` dialect; `sql` itself is not accepted because the controller
+/// does not know it either, and a Trigger the controller would store must compile the same way here.
+const DIALECTS: [&str; 7] = ["exact", "prefix", "suffix", "all", "any", "not", "cesql"];
+
+/// One node of a compiled filter.
+#[derive(Debug, Clone)]
+enum Node {
+    /// The attribute is present and its canonical string form equals `value`.
+    Exact {
+        attribute: String,
+        value: String,
+    },
+    /// The attribute is present and its canonical string form starts with `value`.
+    Prefix {
+        attribute: String,
+        value: String,
+    },
+    /// The attribute is present and its canonical string form ends with `value`.
+    Suffix {
+        attribute: String,
+        value: String,
+    },
+    /// The attribute is present, whatever its value (legacy `filter.attributes` with an empty value).
+    Present {
+        attribute: String,
+    },
+    /// Every nested node matches; an empty list matches everything (no filter at all).
+    All(Vec<Node>),
+    /// At least one nested node matches.
+    Any(Vec<Node>),
+    Not(Box<Node>),
+    Cesql(Box<Expression>),
+}
+
+impl Node {
+    fn matches(&self, event: &dyn EventAttributes) -> bool {
+        match self {
+            Node::Exact { attribute, value } => attribute_string(event, attribute).is_some_and(|v| v == *value),
+            Node::Prefix { attribute, value } => {
+                attribute_string(event, attribute).is_some_and(|v| v.starts_with(value.as_str()))
+            }
+            Node::Suffix { attribute, value } => {
+                attribute_string(event, attribute).is_some_and(|v| v.ends_with(value.as_str()))
+            }
+            Node::Present { attribute } => event.attribute(attribute).is_some(),
+            Node::All(nodes) => nodes.iter().all(|n| n.matches(event)),
+            Node::Any(nodes) => nodes.iter().any(|n| n.matches(event)),
+            Node::Not(node) => !node.matches(event),
+            Node::Cesql(expression) => expression.matches(event),
+        }
+    }
+
+    /// Collects the `(attribute, value)` pairs every matching event must carry: the `exact` nodes reachable from
+    /// the root through `all` only (an `exact` below `any` or `not` is not required).
+    fn required_exact<'a>(&'a self, out: &mut Vec<(&'a str, &'a str)>) {
+        match self {
+            Node::Exact { attribute, value } => out.push((attribute, value)),
+            Node::All(nodes) => nodes.iter().for_each(|n| n.required_exact(out)),
+            _ => {}
+        }
+    }
+}
+
+/// An attribute's canonical string form, the form Knative's exact matching and the Subscriptions API's string
+/// dialects compare against: strings as they are, integers in base 10, booleans as `true`/`false`.
+fn canonical_string(value: Value) -> String {
+    match value {
+        Value::String(s) => s,
+        Value::Integer(i) => i.to_string(),
+        Value::Boolean(b) => b.to_string(),
+    }
+}
+
+fn attribute_string(event: &dyn EventAttributes, attribute: &str) -> Option<String> {
+    event.attribute(attribute).map(canonical_string)
+}
+
+/// A Trigger's filter, validated and with its CESQL expressions parsed; evaluating it does no parsing.
+#[derive(Debug, Clone)]
+pub struct CompiledFilter {
+    root: Node,
+}
+
+impl CompiledFilter {
+    /// A filter matching every event: the Trigger has neither `filter.attributes` nor `filters`.
+    pub fn match_all() -> Self {
+        CompiledFilter { root: Node::All(Vec::new()) }
+    }
+
+    /// Whether the event is selected by the Trigger.
+    pub fn matches(&self, event: &dyn EventAttributes) -> bool {
+        self.root.matches(event)
+    }
+
+    /// The `(attribute, value)` pair a [`FilterIndex`] files this filter under: one exact value every matching
+    /// event must carry. `type` is preferred, then `source`, because they are the attributes Triggers filter on
+    /// most and they are present on every event; otherwise the smallest attribute name, so the choice does not
+    /// depend on the order of the spec's fields.
+    fn index_key(&self) -> Option<(&str, &str)> {
+        let mut required = Vec::new();
+        self.root.required_exact(&mut required);
+        let preferred = |name: &str| required.iter().copied().find(|(attribute, _)| *attribute == name);
+        preferred("type").or_else(|| preferred("source")).or_else(|| required.iter().copied().min())
+    }
+}
+
+/// Compiles a Trigger's filter from its `spec.filter.attributes` and its `spec.filters` (the JSON array of filter
+/// objects). Both fields are validated even when `filters` replaces `filter.attributes`, so that a mistake does
+/// not lie dormant until the other field is removed.
+pub fn compile(
+    filter_attributes: Option<&BTreeMap<String, String>>,
+    filters: Option<&Json>,
+) -> Result<CompiledFilter, FilterError> {
+    let legacy = filter_attributes.map(compile_attributes).transpose()?;
+    let filters = match filters {
+        // `null` is how an absent field may be serialized; the controller reads it as absent too.
+        None | Some(Json::Null) => None,
+        Some(Json::Array(items)) => Some(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| compile_filter(item, &format!("filters[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => return Err(FilterError::WrongType { path: "filters".into(), expected: "an array of filters" }),
+    };
+    let root = match (filters, legacy) {
+        (Some(filters), _) if !filters.is_empty() => Node::All(filters),
+        (_, Some(legacy)) => legacy,
+        _ => Node::All(Vec::new()),
+    };
+    Ok(CompiledFilter { root })
+}
+
+fn check_attribute_name(name: &str, path: impl FnOnce() -> String) -> Result<(), FilterError> {
+    let mut chars = name.chars();
+    let valid = matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if valid { Ok(()) } else { Err(FilterError::InvalidAttributeName { path: path() }) }
+}
+
+fn compile_attributes(attributes: &BTreeMap<String, String>) -> Result<Node, FilterError> {
+    let nodes = attributes
+        .iter()
+        .map(|(attribute, value)| {
+            check_attribute_name(attribute, || format!("filter.attributes[{attribute}]"))?;
+            Ok(if value.is_empty() {
+                Node::Present { attribute: attribute.clone() }
+            } else {
+                Node::Exact { attribute: attribute.clone(), value: value.clone() }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Node::All(nodes))
+}
+
+fn compile_filter(filter: &Json, path: &str) -> Result<Node, FilterError> {
+    let Json::Object(fields) = filter else {
+        return Err(FilterError::WrongType { path: path.into(), expected: "a filter object" });
+    };
+    // A `null` field is an absent one (the controller's model reads it as `None`). Any other field must be a
+    // known dialect: ignoring an unknown one would silently drop a condition and deliver events the Trigger's
+    // owner meant to filter out, so it is rejected (Subscriptions API: unsupported dialects MUST be rejected).
+    if let Some((dialect, _)) = fields.iter().find(|(d, b)| !b.is_null() && !DIALECTS.contains(&d.as_str())) {
+        return Err(FilterError::UnknownDialect { path: path.into(), dialect: dialect.clone() });
+    }
+    let mut present = fields.iter().filter(|(_, body)| !body.is_null());
+    let (Some((dialect, body)), None) = (present.next(), present.next()) else {
+        let found = fields.values().filter(|body| !body.is_null()).count();
+        return Err(FilterError::DialectCount { path: path.into(), found });
+    };
+    let path = format!("{path}.{dialect}");
+    match dialect.as_str() {
+        "exact" => {
+            let (attribute, value) = single_attribute(body, &path, true)?;
+            Ok(Node::Exact { attribute, value })
+        }
+        "prefix" => {
+            let (attribute, value) = single_attribute(body, &path, false)?;
+            Ok(Node::Prefix { attribute, value })
+        }
+        "suffix" => {
+            let (attribute, value) = single_attribute(body, &path, false)?;
+            Ok(Node::Suffix { attribute, value })
+        }
+        "all" => Ok(Node::All(filter_list(body, &path)?)),
+        "any" => Ok(Node::Any(filter_list(body, &path)?)),
+        "not" => Ok(Node::Not(Box::new(compile_filter(body, &path)?))),
+        "cesql" => {
+            let Json::String(expression) = body else {
+                return Err(FilterError::WrongType { path, expected: "a CESQL expression (string)" });
+            };
+            match cesql::parse(expression) {
+                Ok(expression) => Ok(Node::Cesql(Box::new(expression))),
+                Err(source) => Err(FilterError::Cesql { path, source }),
+            }
+        }
+        other => Err(FilterError::UnknownDialect { path, dialect: other.into() }),
+    }
+}
+
+/// The body of `exact`, `prefix` or `suffix`: one attribute name and its string value. Knative (and the
+/// controller) allow exactly one attribute per filter; several conditions are written with `all`. An empty
+/// value is meaningful only for `exact` (the attribute is present and empty), which the controller accepts; an
+/// empty prefix or suffix would match every present value and is rejected like the controller does.
+fn single_attribute(body: &Json, path: &str, allow_empty: bool) -> Result<(String, String), FilterError> {
+    let Json::Object(map) = body else {
+        return Err(FilterError::WrongType {
+            path: path.into(),
+            expected: "an object mapping one attribute to a value",
+        });
+    };
+    let mut entries = map.iter();
+    let (Some((attribute, value)), None) = (entries.next(), entries.next()) else {
+        return Err(FilterError::AttributeCount { path: path.into(), found: map.len() });
+    };
+    let attribute_path = || format!("{path}[{attribute}]");
+    check_attribute_name(attribute, attribute_path)?;
+    let Json::String(value) = value else {
+        return Err(FilterError::WrongType { path: attribute_path(), expected: "a string" });
+    };
+    if value.is_empty() && !allow_empty {
+        return Err(FilterError::EmptyValue { path: attribute_path() });
+    }
+    Ok((attribute.clone(), value.clone()))
+}
+
+/// The body of `all` or `any`: a non-empty array of filters (the Subscriptions API requires at least one).
+fn filter_list(body: &Json, path: &str) -> Result<Vec<Node>, FilterError> {
+    let Json::Array(items) = body else {
+        return Err(FilterError::WrongType { path: path.into(), expected: "an array of filters" });
+    };
+    if items.is_empty() {
+        return Err(FilterError::EmptyList { path: path.into() });
+    }
+    items.iter().enumerate().map(|(i, item)| compile_filter(item, &format!("{path}[{i}]"))).collect()
+}
+
+/// The filters of many Triggers (of one Broker, say), arranged so that matching an event costs in proportion to
+/// the Triggers that may match it rather than to all of them.
+///
+/// A filter that requires an exact value on some attribute is filed under one such `(attribute, value)` pair
+/// and evaluated only for events carrying that value; the others are evaluated for every event. Most Triggers
+/// filter on `type`, so for a typical Broker an event costs a handful of hash lookups plus the Triggers of its
+/// type.
+#[derive(Debug, Clone)]
+pub struct FilterIndex<K> {
+    entries: Vec<(K, CompiledFilter)>,
+    /// attribute → canonical value → indices into `entries`. Each entry is filed under at most one pair, so the
+    /// candidate lists of an event never overlap and no entry is evaluated twice.
+    by_exact: HashMap<String, HashMap<String, Vec<usize>>>,
+    /// Indices of the entries without a required exact value.
+    always: Vec<usize>,
+}
+
+impl<K: Clone + Ord> FilterIndex<K> {
+    /// Builds the index. A key may appear more than once (a Trigger whose filter is split in alternatives); it
+    /// then matches when any of its filters matches.
+    pub fn new(filters: impl IntoIterator<Item = (K, CompiledFilter)>) -> Self {
+        let entries: Vec<(K, CompiledFilter)> = filters.into_iter().collect();
+        let mut by_exact: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        let mut always = Vec::new();
+        for (i, (_, filter)) in entries.iter().enumerate() {
+            match filter.index_key() {
+                Some((attribute, value)) => {
+                    by_exact.entry(attribute.to_owned()).or_default().entry(value.to_owned()).or_default().push(i)
+                }
+                None => always.push(i),
+            }
+        }
+        FilterIndex { entries, by_exact, always }
+    }
+
+    /// How many filters the index holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The keys whose filter matches the event, each once, in ascending order (so the result does not depend on
+    /// hashing or on the order the filters were given in).
+    pub fn matching(&self, event: &dyn EventAttributes) -> Vec<K> {
+        self.matching_counted(event).0
+    }
+
+    /// [`FilterIndex::matching`], plus how many filters were evaluated: the measure of the index's work, for
+    /// tests and metrics.
+    pub fn matching_counted(&self, event: &dyn EventAttributes) -> (Vec<K>, usize) {
+        let mut evaluated = 0;
+        let mut matched = Vec::new();
+        let mut evaluate = |i: usize| {
+            evaluated += 1;
+            let (key, filter) = &self.entries[i];
+            if filter.matches(event) {
+                matched.push(key.clone());
+            }
+        };
+        // One lookup per indexed attribute name (usually just `type` and `source`), not per filter.
+        for (attribute, values) in &self.by_exact {
+            if let Some(value) = attribute_string(event, attribute)
+                && let Some(candidates) = values.get(&value)
+            {
+                candidates.iter().for_each(|&i| evaluate(i));
+            }
+        }
+        self.always.iter().for_each(|&i| evaluate(i));
+        matched.sort();
+        matched.dedup();
+        (matched, evaluated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    type Event = serde_json::Map<String, Json>;
+
+    fn event(attributes: Json) -> Event {
+        match attributes {
+            Json::Object(map) => map,
+            other => panic!("test events are JSON objects, got {other}"),
+        }
+    }
+
+    fn push_event() -> Event {
+        event(json!({
+            "specversion": "1.0",
+            "id": "1",
+            "type": "com.github.push",
+            "source": "https://github.com/cloudevents/spec",
+            "subject": "README.md",
+            "seq": 42,
+            "flag": true,
+            "empty": "",
+        }))
+    }
+
+    fn attributes(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn legacy(pairs: &[(&str, &str)]) -> CompiledFilter {
+        compile(Some(&attributes(pairs)), None).expect("valid filter.attributes")
+    }
+
+    fn filters(filters: Json) -> CompiledFilter {
+        compile(None, Some(&filters)).expect("valid filters")
+    }
+
+    fn filters_err(filters: Json) -> FilterError {
+        compile(None, Some(&filters)).expect_err("invalid filters")
+    }
+
+    fn matches_push(filter: Json) -> bool {
+        filters(json!([filter])).matches(&push_event())
+    }
+
+    // --- Knative filter.attributes ---
+
+    #[test]
+    fn no_filter_matches_everything() {
+        let filter = compile(None, None).expect("no filter");
+        assert!(filter.matches(&push_event()));
+        assert!(filter.matches(&Event::new()));
+        assert!(CompiledFilter::match_all().matches(&Event::new()));
+    }
+
+    #[test]
+    fn empty_attributes_match_everything() {
+        assert!(legacy(&[]).matches(&push_event()));
+        assert!(legacy(&[]).matches(&Event::new()));
+    }
+
+    #[test]
+    fn attributes_exact_value_is_case_sensitive() {
+        assert!(legacy(&[("type", "com.github.push")]).matches(&push_event()));
+        assert!(!legacy(&[("type", "com.github.Push")]).matches(&push_event()));
+        assert!(!legacy(&[("type", "com.github")]).matches(&push_event()), "exact, not prefix");
+        assert!(!legacy(&[("type", "com.github.push ")]).matches(&push_event()));
+    }
+
+    #[test]
+    fn attributes_all_keys_must_match() {
+        assert!(legacy(&[("type", "com.github.push"), ("subject", "README.md")]).matches(&push_event()));
+        assert!(!legacy(&[("type", "com.github.push"), ("subject", "LICENSE")]).matches(&push_event()));
+        assert!(!legacy(&[("type", "com.github.push"), ("missing", "x")]).matches(&push_event()));
+    }
+
+    #[test]
+    fn attributes_empty_value_requires_presence_only() {
+        assert!(legacy(&[("subject", "")]).matches(&push_event()));
+        assert!(legacy(&[("empty", "")]).matches(&push_event()), "an empty attribute value is present");
+        assert!(legacy(&[("seq", ""), ("flag", "")]).matches(&push_event()));
+        assert!(!legacy(&[("myextension", "")]).matches(&push_event()));
+        let mut with_null = push_event();
+        with_null.insert("myextension".into(), Json::Null);
+        assert!(!legacy(&[("myextension", "")]).matches(&with_null), "null is an absent attribute");
+    }
+
+    #[test]
+    fn attributes_compare_canonical_string_forms() {
+        assert!(legacy(&[("seq", "42")]).matches(&push_event()));
+        assert!(!legacy(&[("seq", "042")]).matches(&push_event()));
+        assert!(!legacy(&[("seq", "+42")]).matches(&push_event()));
+        assert!(legacy(&[("flag", "true")]).matches(&push_event()));
+        assert!(!legacy(&[("flag", "TRUE")]).matches(&push_event()));
+        let negative = event(json!({"seq": -7, "flag": false}));
+        assert!(legacy(&[("seq", "-7"), ("flag", "false")]).matches(&negative));
+        // A string attribute holding digits compares as the same string.
+        assert!(legacy(&[("id", "1")]).matches(&push_event()));
+    }
+
+    #[test]
+    fn attribute_names_are_validated() {
+        for name in ["Type", "1type", "", "my-ext", "my_ext", "tÿpe"] {
+            let err = compile(Some(&attributes(&[(name, "x")])), None).expect_err("invalid name");
+            assert_eq!(err, FilterError::InvalidAttributeName { path: format!("filter.attributes[{name}]") });
+            assert_eq!(err.path(), format!("filter.attributes[{name}]"));
+        }
+        assert!(compile(Some(&attributes(&[("a1", "x"), ("z", "")])), None).is_ok());
+    }
+
+    // --- Subscriptions API dialects ---
+
+    #[test]
+    fn exact_dialect() {
+        assert!(matches_push(json!({"exact": {"type": "com.github.push"}})));
+        assert!(!matches_push(json!({"exact": {"type": "com.github.PUSH"}})));
+        assert!(!matches_push(json!({"exact": {"type": "com.github"}})));
+        assert!(matches_push(json!({"exact": {"seq": "42"}})));
+        assert!(matches_push(json!({"exact": {"flag": "true"}})));
+        assert!(!matches_push(json!({"exact": {"missing": "x"}})));
+        // An empty exact value (accepted by the controller) matches only an attribute that is present and empty.
+        assert!(matches_push(json!({"exact": {"empty": ""}})));
+        assert!(!matches_push(json!({"exact": {"subject": ""}})));
+        assert!(!matches_push(json!({"exact": {"missing": ""}})));
+    }
+
+    #[test]
+    fn prefix_dialect() {
+        assert!(matches_push(json!({"prefix": {"type": "com.github."}})));
+        assert!(matches_push(json!({"prefix": {"type": "com.github.push"}})), "the whole value is a prefix");
+        assert!(!matches_push(json!({"prefix": {"type": "Com."}})));
+        assert!(!matches_push(json!({"prefix": {"type": "com.github.push."}})));
+        assert!(matches_push(json!({"prefix": {"seq": "4"}})));
+        assert!(!matches_push(json!({"prefix": {"missing": "a"}})));
+    }
+
+    #[test]
+    fn suffix_dialect() {
+        assert!(matches_push(json!({"suffix": {"subject": ".md"}})));
+        assert!(matches_push(json!({"suffix": {"source": "/cloudevents/spec"}})));
+        assert!(!matches_push(json!({"suffix": {"subject": ".MD"}})));
+        assert!(matches_push(json!({"suffix": {"flag": "ue"}})));
+        assert!(!matches_push(json!({"suffix": {"missing": "a"}})));
+    }
+
+    #[test]
+    fn all_any_not_dialects() {
+        let yes = json!({"exact": {"type": "com.github.push"}});
+        let no = json!({"exact": {"type": "other"}});
+        assert!(matches_push(json!({"all": [yes, yes]})));
+        assert!(!matches_push(json!({"all": [yes, no]})));
+        assert!(!matches_push(json!({"all": [no, yes]})));
+        assert!(matches_push(json!({"any": [no, yes]})));
+        assert!(matches_push(json!({"any": [yes]})));
+        assert!(!matches_push(json!({"any": [no, no]})));
+        assert!(!matches_push(json!({"not": yes})));
+        assert!(matches_push(json!({"not": no})));
+        assert!(matches_push(json!({"not": {"not": yes}})));
+        assert!(matches_push(json!({"not": {"exact": {"missing": "x"}}})), "a missing attribute is no match");
+        assert!(matches_push(json!({
+            "all": [
+                {"any": [no, {"prefix": {"source": "https://github.com/"}}]},
+                {"not": {"suffix": {"subject": ".jpg"}}},
+                {"cesql": "seq > 40"}
+            ]
+        })));
+    }
+
+    #[test]
+    fn cesql_dialect() {
+        assert!(matches_push(json!({"cesql": "type LIKE 'com.github.%' AND seq = 42"})));
+        assert!(!matches_push(json!({"cesql": "type = 'other'"})));
+        assert!(!matches_push(json!({"cesql": "seq"})), "a non-boolean value is no match");
+        assert!(!matches_push(json!({"cesql": "'yes'"})));
+        assert!(!matches_push(json!({"cesql": "missing = 'x'"})), "an evaluation error is no match");
+        assert!(!matches_push(json!({"cesql": "1 / 0 = 0"})));
+        assert!(!matches_push(json!({"cesql": "NOT (1 / 0 = 0)"})), "even when negated");
+        assert!(matches_push(json!({"not": {"cesql": "1 / 0 = 0"}})), "a `not` filter inverts no-match");
+        assert!(matches_push(json!({"cesql": "EXISTS subject AND NOT EXISTS missing"})));
+    }
+
+    #[test]
+    fn every_filter_of_the_list_must_match() {
+        let both = filters(json!([{"exact": {"type": "com.github.push"}}, {"suffix": {"subject": ".md"}}]));
+        assert!(both.matches(&push_event()));
+        let one_fails = filters(json!([{"exact": {"type": "com.github.push"}}, {"suffix": {"subject": ".jpg"}}]));
+        assert!(!one_fails.matches(&push_event()));
+    }
+
+    #[test]
+    fn non_empty_filters_win_over_attributes() {
+        let legacy_no = attributes(&[("type", "other")]);
+        let legacy_yes = attributes(&[("type", "com.github.push")]);
+        let filters_yes = json!([{"prefix": {"type": "com."}}]);
+        let filters_no = json!([{"prefix": {"type": "org."}}]);
+        let compiled = |a: &BTreeMap<String, String>, f: &Json| compile(Some(a), Some(f)).expect("valid");
+        assert!(compiled(&legacy_no, &filters_yes).matches(&push_event()));
+        assert!(!compiled(&legacy_yes, &filters_no).matches(&push_event()));
+        // Empty or null `filters` leave `filter.attributes` in charge.
+        assert!(!compiled(&legacy_no, &json!([])).matches(&push_event()));
+        assert!(compiled(&legacy_yes, &json!([])).matches(&push_event()));
+        assert!(!compiled(&legacy_no, &Json::Null).matches(&push_event()));
+        assert!(compile(None, Some(&json!([]))).expect("valid").matches(&Event::new()));
+    }
+
+    #[test]
+    fn shadowed_attributes_are_still_validated() {
+        let err = compile(Some(&attributes(&[("Bad", "x")])), Some(&json!([{"exact": {"type": "a"}}])))
+            .expect_err("invalid filter.attributes");
+        assert_eq!(err.path(), "filter.attributes[Bad]");
+    }
+
+    #[test]
+    fn the_controllers_example_trigger_compiles() {
+        let filter = compile(
+            Some(&attributes(&[("type", "dev.knative.foo.bar"), ("myextension", "")])),
+            Some(&json!([
+                {"exact": {"type": "com.github.push"}},
+                {"prefix": {"source": "https://github.com"}},
+                {"suffix": {"subject": ".jpg"}},
+                {"all": [{"exact": {"type": "a"}}, {"not": {"exact": {"source": "b"}}}]},
+                {"any": [{"cesql": "type LIKE 'dev.%'"}]}
+            ])),
+        )
+        .expect("valid Trigger");
+        assert!(!filter.matches(&push_event()));
+    }
+
+    #[test]
+    fn null_dialect_fields_are_absent() {
+        assert!(matches_push(json!({"exact": {"type": "com.github.push"}, "prefix": null, "cesql": null})));
+    }
+
+    // --- validation errors ---
+
+    #[test]
+    fn invalid_filters_are_rejected_with_their_path() {
+        let cases = [
+            (
+                json!({"exact": {"type": "a"}}),
+                FilterError::WrongType { path: "filters".into(), expected: "an array of filters" },
+            ),
+            (json!(["exact"]), FilterError::WrongType { path: "filters[0]".into(), expected: "a filter object" }),
+            (json!([{}]), FilterError::DialectCount { path: "filters[0]".into(), found: 0 }),
+            (json!([{"exact": null}]), FilterError::DialectCount { path: "filters[0]".into(), found: 0 }),
+            (
+                json!([{"exact": {"type": "a"}}, {"exact": {"type": "a"}, "prefix": {"type": "b"}}]),
+                FilterError::DialectCount { path: "filters[1]".into(), found: 2 },
+            ),
+            (
+                json!([{"sql": "TRUE"}]),
+                FilterError::UnknownDialect { path: "filters[0]".into(), dialect: "sql".into() },
+            ),
+            (
+                json!([{"exact": {"type": "a"}, "futureDialect": {}}]),
+                FilterError::UnknownDialect { path: "filters[0]".into(), dialect: "futureDialect".into() },
+            ),
+            (json!([{"exact": {}}]), FilterError::AttributeCount { path: "filters[0].exact".into(), found: 0 }),
+            (
+                json!([{"exact": {"type": "a", "source": "b"}}]),
+                FilterError::AttributeCount { path: "filters[0].exact".into(), found: 2 },
+            ),
+            (
+                json!([{"exact": "type"}]),
+                FilterError::WrongType {
+                    path: "filters[0].exact".into(),
+                    expected: "an object mapping one attribute to a value",
+                },
+            ),
+            (
+                json!([{"exact": {"type": 1}}]),
+                FilterError::WrongType { path: "filters[0].exact[type]".into(), expected: "a string" },
+            ),
+            (json!([{"prefix": {"type": ""}}]), FilterError::EmptyValue { path: "filters[0].prefix[type]".into() }),
+            (json!([{"suffix": {"type": ""}}]), FilterError::EmptyValue { path: "filters[0].suffix[type]".into() }),
+            (
+                json!([{"suffix": {"Type": "x"}}]),
+                FilterError::InvalidAttributeName { path: "filters[0].suffix[Type]".into() },
+            ),
+            (
+                json!([{"all": [{"exact": {"Bad": "a"}}]}]),
+                FilterError::InvalidAttributeName { path: "filters[0].all[0].exact[Bad]".into() },
+            ),
+            (json!([{"any": []}]), FilterError::EmptyList { path: "filters[0].any".into() }),
+            (json!([{"all": []}]), FilterError::EmptyList { path: "filters[0].all".into() }),
+            (
+                json!([{"all": {"exact": {"type": "a"}}}]),
+                FilterError::WrongType { path: "filters[0].all".into(), expected: "an array of filters" },
+            ),
+            (
+                json!([{"not": []}]),
+                FilterError::WrongType { path: "filters[0].not".into(), expected: "a filter object" },
+            ),
+            (
+                json!([{"not": {"cesql": "true", "exact": {"a": "b"}}}]),
+                FilterError::DialectCount { path: "filters[0].not".into(), found: 2 },
+            ),
+            (
+                json!([{"cesql": 1}]),
+                FilterError::WrongType { path: "filters[0].cesql".into(), expected: "a CESQL expression (string)" },
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(filters_err(input.clone()), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn invalid_cesql_is_rejected_at_compile_time() {
+        for (input, path) in [
+            (json!([{"cesql": "type ="}]), "filters[0].cesql"),
+            (json!([{"cesql": " "}]), "filters[0].cesql"),
+            (
+                json!([{"exact": {"type": "a"}}, {"any": [{"exact": {"type": "a"}}, {"cesql": "(1"}]}]),
+                "filters[1].any[1].cesql",
+            ),
+            (json!([{"not": {"cesql": "x LIKE 1"}}]), "filters[0].not.cesql"),
+        ] {
+            let err = filters_err(input.clone());
+            assert!(matches!(err, FilterError::Cesql { .. }), "{input}: {err:?}");
+            assert_eq!(err.path(), path);
+            assert!(err.to_string().starts_with(&format!("{path}: CESQL parse error")), "{err}");
+        }
+    }
+
+    #[test]
+    fn error_messages_name_the_path_and_reason() {
+        assert_eq!(filters_err(json!([{"any": []}])).to_string(), "filters[0].any: must hold at least one filter");
+        assert_eq!(filters_err(json!([{"foo": 1}])).to_string(), "filters[0]: unsupported filter dialect \"foo\"");
+    }
+
+    // --- index ---
+
+    fn index_of(filters_by_key: Vec<(u32, CompiledFilter)>) -> FilterIndex<u32> {
+        FilterIndex::new(filters_by_key)
+    }
+
+    #[test]
+    fn index_key_prefers_type_then_source_then_smallest_name() {
+        let key = |f: &CompiledFilter| f.index_key().map(|(a, v)| (a.to_owned(), v.to_owned()));
+        let pair = |a: &str, v: &str| Some((a.to_owned(), v.to_owned()));
+        assert_eq!(key(&legacy(&[("source", "s"), ("type", "t"), ("a", "x")])), pair("type", "t"));
+        assert_eq!(key(&legacy(&[("source", "s"), ("a", "x")])), pair("source", "s"));
+        assert_eq!(key(&legacy(&[("zz", "1"), ("b", "2")])), pair("b", "2"));
+        assert_eq!(key(&legacy(&[("type", "")])), None, "presence only");
+        assert_eq!(key(&legacy(&[("type", ""), ("b", "2")])), pair("b", "2"));
+        assert_eq!(key(&legacy(&[])), None);
+        assert_eq!(key(&filters(json!([{"prefix": {"type": "a"}}, {"exact": {"source": "s"}}]))), pair("source", "s"));
+        assert_eq!(
+            key(&filters(json!([{"all": [{"exact": {"subject": "x"}}, {"all": [{"exact": {"type": "t"}}]}]}]))),
+            pair("type", "t"),
+            "exact reached through `all` only is required"
+        );
+        assert_eq!(key(&filters(json!([{"any": [{"exact": {"type": "t"}}]}]))), None);
+        assert_eq!(key(&filters(json!([{"not": {"exact": {"type": "t"}}}]))), None);
+        assert_eq!(key(&filters(json!([{"cesql": "type = 't'"}]))), None);
+        // `filters` replaces `filter.attributes`, so the attributes' exact values are not required.
+        let both = compile(Some(&attributes(&[("type", "t")])), Some(&json!([{"prefix": {"type": "t"}}])));
+        assert_eq!(key(&both.expect("valid")), None);
+    }
+
+    #[test]
+    fn index_returns_matching_keys_once_in_ascending_order() {
+        let index = index_of(vec![
+            (5, legacy(&[("type", "com.github.push")])),
+            (3, filters(json!([{"exact": {"source": "https://github.com/cloudevents/spec"}}]))),
+            (9, legacy(&[("subject", "README.md")])),
+            (1, filters(json!([{"prefix": {"type": "com."}}]))),
+            (7, legacy(&[("type", "other")])),
+            (2, compile(None, None).expect("no filter")),
+            (4, legacy(&[("type", "com.github.push"), ("subject", "LICENSE")])),
+            // The same key twice: it matches once even though both of its filters match.
+            (5, filters(json!([{"exact": {"subject": "README.md"}}]))),
+            (8, filters(json!([{"cesql": "seq = 42"}]))),
+            (6, legacy(&[("seq", "42")])),
+        ]);
+        assert_eq!(index.len(), 10);
+        assert!(!index.is_empty());
+        let (matched, evaluated) = index.matching_counted(&push_event());
+        assert_eq!(matched, vec![1, 2, 3, 5, 6, 8, 9]);
+        assert_eq!(evaluated, 9, "only the filter on type `other` is skipped");
+        assert_eq!(index.matching(&push_event()), matched);
+        assert_eq!(index.matching(&Event::new()), vec![2]);
+    }
+
+    #[test]
+    fn index_looks_up_canonical_values_of_non_string_attributes() {
+        let index = index_of(vec![(1, legacy(&[("seq", "42")])), (2, legacy(&[("flag", "true")]))]);
+        assert_eq!(index.matching(&push_event()), vec![1, 2]);
+        assert_eq!(index.matching(&event(json!({"seq": "42", "flag": "true"}))), vec![1, 2]);
+        assert_eq!(index.matching(&event(json!({"seq": 43, "flag": false}))), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn empty_index_matches_nothing() {
+        let index: FilterIndex<u32> = FilterIndex::new(Vec::new());
+        assert!(index.is_empty());
+        assert_eq!(index.matching_counted(&push_event()), (Vec::new(), 0));
+    }
+
+    #[test]
+    fn index_agrees_with_evaluating_every_filter() {
+        let specs = [
+            json!([{"exact": {"type": "a"}}]),
+            json!([{"exact": {"type": "b"}}, {"prefix": {"source": "/x"}}]),
+            json!([{"exact": {"source": "/x/1"}}]),
+            json!([{"exact": {"subject": "s"}}]),
+            json!([{"all": [{"exact": {"type": "a"}}, {"exact": {"subject": "s"}}]}]),
+            json!([{"any": [{"exact": {"type": "a"}}, {"exact": {"type": "b"}}]}]),
+            json!([{"not": {"exact": {"type": "a"}}}]),
+            json!([{"suffix": {"source": "/1"}}]),
+            json!([{"cesql": "type = 'b' OR subject = 's'"}]),
+            json!([{"exact": {"type": "a"}}, {"exact": {"type": "b"}}]),
+        ];
+        let mut compiled: Vec<(usize, CompiledFilter)> =
+            specs.iter().enumerate().map(|(i, spec)| (i, filters(spec.clone()))).collect();
+        compiled.push((10, legacy(&[("type", "b"), ("subject", "")])));
+        compiled.push((11, legacy(&[("source", "/x/2")])));
+        let index = FilterIndex::new(compiled.clone());
+        for ty in [None, Some("a"), Some("b"), Some("c")] {
+            for source in [None, Some("/x/1"), Some("/x/2"), Some("/y/1")] {
+                for subject in [None, Some("s"), Some("t")] {
+                    let mut e = Event::new();
+                    for (name, value) in [("type", ty), ("source", source), ("subject", subject)] {
+                        if let Some(value) = value {
+                            e.insert(name.into(), value.into());
+                        }
+                    }
+                    let expected: Vec<usize> =
+                        compiled.iter().filter(|(_, f)| f.matches(&e)).map(|(k, _)| *k).collect();
+                    assert_eq!(index.matching(&e), expected, "{e:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn index_evaluates_far_fewer_than_all_filters() {
+        // 1,000 Triggers: most filter on their own type (legacy or `exact`, some with a further condition), some
+        // on their own source; a few need evaluating for every event.
+        let mut triggers = Vec::new();
+        for i in 0..1_000u32 {
+            let filter = match i % 4 {
+                0 => legacy(&[("type", format!("com.example.t{i}").as_str())]),
+                1 => filters(json!([{"exact": {"type": format!("com.example.t{i}")}}, {"cesql": "seq > 0"}])),
+                2 => filters(json!([{"prefix": {"subject": "x"}}, {"exact": {"source": format!("/s/{i}")}}])),
+                _ if i % 100 == 3 => filters(json!([{"prefix": {"type": format!("org.example.t{i}")}}])),
+                _ => legacy(&[("type", format!("com.example.t{i}").as_str()), ("subject", "")]),
+            };
+            triggers.push((format!("trigger-{i:04}"), filter));
+        }
+        let index = FilterIndex::new(triggers);
+        let e = event(json!({"type": "com.example.t501", "source": "/s/none", "subject": "a", "seq": 1}));
+        let (matched, evaluated) = index.matching_counted(&e);
+        assert_eq!(matched, vec!["trigger-0501".to_owned()]);
+        // The one candidate for its type plus the 10 prefix filters that cannot be indexed.
+        assert_eq!(evaluated, 11);
+        assert!(evaluated < 1_000 / 50);
+
+        let by_source = event(json!({"type": "none", "source": "/s/2", "subject": "xyz"}));
+        assert_eq!(index.matching_counted(&by_source), (vec!["trigger-0002".to_owned()], 11));
+
+        let nothing = event(json!({"type": "com.example.unknown", "source": "/s/unknown"}));
+        assert_eq!(index.matching_counted(&nothing), (Vec::new(), 10));
+    }
+}
