@@ -272,6 +272,15 @@ fn validate_filter(path: &str, filter: &SubscriptionsApiFilter, errors: &mut Vec
         filter.not.is_some(),
         filter.cesql.is_some(),
     ];
+    // An unknown key could be a condition from a newer dialect; ignoring it
+    // would deliver more than asked, so a filter object is refused instead.
+    if let Some(unknown) = filter.extra.keys().next() {
+        errors.push(err(
+            format!("{path}.{unknown}"),
+            "unknown filter dialect; known: exact, prefix, suffix, all, any, not, cesql",
+        ));
+        return;
+    }
     let count = dialects.iter().filter(|d| **d).count();
     if count != 1 {
         errors.push(err(path, format!("exactly one of exact, prefix, suffix, all, any, not, cesql; got {count}")));

@@ -171,6 +171,11 @@ fn invalid_objects_name_their_field() {
         ),
         ("no dialect", set(trigger(), "/spec/filters", json!([{}])), "spec.filters[0]"),
         (
+            "unknown dialect",
+            set(trigger(), "/spec/filters", json!([{"exact": {"type": "a"}, "sql": "x"}])),
+            "spec.filters[0].sql",
+        ),
+        (
             "exact two attributes",
             set(trigger(), "/spec/filters", json!([{"exact": {"type": "a", "source": "b"}}])),
             "spec.filters[0].exact",
