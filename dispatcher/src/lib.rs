@@ -6,7 +6,11 @@
 //! parser turning an expression into an [`cesql::Expression`] and a pure, synchronous evaluator computing its
 //! value against an event's context attributes; and the Trigger filters built on it ([`filter`]): Knative's
 //! `filter.attributes` and the Subscriptions API dialects, compiled once per Trigger and indexed by exact
-//! values so that an event is evaluated only against the Triggers that may select it.
+//! values so that an event is evaluated only against the Triggers that may select it. Once an event is to be
+//! delivered, [`delivery`] decides, attempt after attempt, whether the subscriber's answer completes the delivery,
+//! calls for a retry and when (Knative's DeliverySpec backoff, `Retry-After`), or sends the event to the
+//! dead-letter sink.
 
 pub mod cesql;
+pub mod delivery;
 pub mod filter;

@@ -1,0 +1,742 @@
+//! At-least-once delivery decisions: what to do after each HTTP attempt to a subscriber.
+//!
+//! What flows in: a Trigger's (or Subscription's) `spec.delivery`, Knative's DeliverySpec, parsed once by
+//! [`DeliveryPolicy::from_spec`]; then, after every delivery attempt, the attempt's HTTP status (or `None` for a
+//! network error or a timeout), the response's `Retry-After` header (already converted by the caller into a
+//! [`RetryAfter`]) and the current time from the caller's clock. [`classify`] turns the status into an
+//! [`Outcome`] following the data-plane contract's response-code table, and [`next_step`] decides the [`Step`]
+//! that flows out: delivery is done, retry at a given instant, hand the event to the dead-letter sink, or drop it.
+//!
+//! Everything here is pure and synchronous: the clock is an argument (`now_ms`, milliseconds on whatever
+//! monotonic or wall clock the caller uses), there is no I/O, no sleeping and no randomness, so that the
+//! delivery loop around it stays trivial and every schedule can be tested exactly.
+//!
+//! Where the Knative specification is silent (defaults, `timeout`, `retryAfterMax`, `Retry-After`), the choices
+//! are documented on the item concerned.
+
+use serde_json::Value as Json;
+
+/// The most any single wait between two attempts can last, whatever the backoff schedule or a `Retry-After`
+/// header ask for: an exponential schedule overflows quickly, and an event parked for days behind a
+/// misbehaving subscriber is better sent to the dead-letter sink after its retries than forgotten.
+pub const MAX_DELAY_MS: u64 = 60 * 60 * 1000;
+
+/// Default `retry`: no retries. The DeliverySpec marks `retry` OPTIONAL and the specification gives no default
+/// ("Retry is the minimum number of retries the sender should attempt"), so an absent field means none.
+pub const DEFAULT_RETRY: u32 = 0;
+
+/// Default `backoffDelay`: 0.2 s. The specification gives no default ("The initial delay when retrying delivery,
+/// in ISO 8601 format"); 0.2 s (`PT0.2S`) is Sluice's choice, short enough that a retry after a transient
+/// failure costs little latency, long enough not to hammer a subscriber that is restarting.
+pub const DEFAULT_BACKOFF_DELAY_MS: u64 = 200;
+
+/// Default per-attempt `timeout`: 30 s. `timeout` is not part of the DeliverySpec in the specification (it is a
+/// Knative extension); without one a subscriber that never answers would hold a delivery forever.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30 * 1000;
+
+/// A DeliverySpec that cannot be used. `path` names the offending field (`delivery.backoffDelay`), the way the
+/// controller names fields, so that an operator can find it in the object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("{path}: expected {expected}")]
+    WrongType { path: String, expected: &'static str },
+    #[error("{path}: unsupported backoff policy {policy:?}, expected \"linear\" or \"exponential\"")]
+    UnknownBackoffPolicy { path: String, policy: String },
+    #[error("{path}: {source}")]
+    Duration { path: String, source: DurationError },
+    #[error("{path}: must be greater than zero")]
+    Zero { path: String },
+}
+
+impl DeliveryError {
+    /// The offending field, relative to the object's spec.
+    pub fn path(&self) -> &str {
+        match self {
+            DeliveryError::WrongType { path, .. }
+            | DeliveryError::UnknownBackoffPolicy { path, .. }
+            | DeliveryError::Duration { path, .. }
+            | DeliveryError::Zero { path } => path,
+        }
+    }
+}
+
+/// An ISO-8601 duration this parser does not accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{0:?} is not an ISO-8601 duration (PnDTnHnMnS)")]
+    Syntax(String),
+    #[error("{0:?}: years and months have no fixed length; use days (nD) or a time part (TnHnMnS)")]
+    CalendarUnit(String),
+    #[error("{0:?}: only the seconds may have a fraction")]
+    Fraction(String),
+    #[error("{0:?} is too long")]
+    Overflow(String),
+}
+
+/// How the delay grows from one retry to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackoffPolicy {
+    /// `backoffDelay * n` before the n-th retry. The DeliverySpec table says "Linear policy uses the same
+    /// `backoffDelay` for each attempt", but Knative's documentation and implementation grow the delay with the
+    /// retry number, and Sluice follows the implementation that subscribers are tuned against.
+    Linear,
+    /// `backoffDelay * 2^(n-1)` before the n-th retry, so that the first retry waits `backoffDelay`, the
+    /// "initial delay" of the specification.
+    Exponential,
+}
+
+/// The delivery options of one Trigger or Subscription, from its DeliverySpec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryPolicy {
+    /// How many times a retryable failure is retried: at most `retry + 1` attempts in all.
+    pub retry: u32,
+    pub backoff_policy: BackoffPolicy,
+    pub backoff_delay_ms: u64,
+    /// How long a single attempt may take before it counts as a network error; for the caller's HTTP client.
+    pub timeout_ms: u64,
+    /// The longest `Retry-After` honored; `None` when `retryAfterMax` is absent (then [`MAX_DELAY_MS`] applies).
+    pub retry_after_max_ms: Option<u64>,
+    /// Whether `deadLetterSink` is set: undeliverable events go there instead of being dropped.
+    pub has_dead_letter_sink: bool,
+}
+
+impl Default for DeliveryPolicy {
+    /// The policy of an object without `spec.delivery`: no retry, exponential backoff from 0.2 s, 30 s per
+    /// attempt, no dead-letter sink.
+    fn default() -> Self {
+        DeliveryPolicy {
+            retry: DEFAULT_RETRY,
+            backoff_policy: BackoffPolicy::Exponential,
+            backoff_delay_ms: DEFAULT_BACKOFF_DELAY_MS,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            retry_after_max_ms: None,
+            has_dead_letter_sink: false,
+        }
+    }
+}
+
+impl DeliveryPolicy {
+    /// Parses `spec.delivery` (absent or `null` gives [`DeliveryPolicy::default`]). Unknown fields are ignored,
+    /// so that a newer controller's additions do not stop delivery.
+    pub fn from_spec(delivery: Option<&Json>) -> Result<Self, DeliveryError> {
+        let mut policy = DeliveryPolicy::default();
+        let spec = match delivery {
+            None | Some(Json::Null) => return Ok(policy),
+            Some(Json::Object(spec)) => spec,
+            Some(_) => return Err(wrong_type("delivery", "an object (DeliverySpec)")),
+        };
+        // `null` is how an absent field may be serialized; it is read as absent, as the controller does.
+        let field = |name: &str| spec.get(name).filter(|v| !v.is_null());
+
+        if let Some(retry) = field("retry") {
+            policy.retry = retry
+                .as_u64()
+                .and_then(|r| u32::try_from(r).ok())
+                .ok_or_else(|| wrong_type("delivery.retry", "a non-negative integer"))?;
+        }
+        if let Some(backoff_policy) = field("backoffPolicy") {
+            policy.backoff_policy = match backoff_policy.as_str() {
+                Some("linear") => BackoffPolicy::Linear,
+                Some("exponential") => BackoffPolicy::Exponential,
+                Some(other) => {
+                    return Err(DeliveryError::UnknownBackoffPolicy {
+                        path: "delivery.backoffPolicy".into(),
+                        policy: other.into(),
+                    });
+                }
+                None => return Err(wrong_type("delivery.backoffPolicy", "a string")),
+            };
+        }
+        if let Some(delay) = field("backoffDelay") {
+            policy.backoff_delay_ms = duration_field(delay, "delivery.backoffDelay")?;
+        }
+        if let Some(timeout) = field("timeout") {
+            policy.timeout_ms = duration_field(timeout, "delivery.timeout")?;
+            // A zero timeout would fail every attempt before it is sent.
+            if policy.timeout_ms == 0 {
+                return Err(DeliveryError::Zero { path: "delivery.timeout".into() });
+            }
+        }
+        if let Some(max) = field("retryAfterMax") {
+            policy.retry_after_max_ms = Some(duration_field(max, "delivery.retryAfterMax")?);
+        }
+        if let Some(sink) = field("deadLetterSink") {
+            // The controller resolves the Destination into `status.deadLetterSinkUri`; here only its presence
+            // matters, but a sink that is not a Destination object is a mistake worth reporting.
+            if !sink.is_object() {
+                return Err(wrong_type("delivery.deadLetterSink", "an object (Destination)"));
+            }
+            policy.has_dead_letter_sink = true;
+        }
+        Ok(policy)
+    }
+
+    /// The wait before the retry following attempt number `attempt` (1 for the original request), from the
+    /// backoff schedule alone, capped at [`MAX_DELAY_MS`].
+    pub fn backoff_ms(&self, attempt: u32) -> u64 {
+        let attempt = attempt.max(1);
+        let factor = match self.backoff_policy {
+            BackoffPolicy::Linear => u64::from(attempt),
+            BackoffPolicy::Exponential => 2u64.checked_pow(attempt - 1).unwrap_or(u64::MAX),
+        };
+        self.backoff_delay_ms.saturating_mul(factor).min(MAX_DELAY_MS)
+    }
+}
+
+fn wrong_type(path: &str, expected: &'static str) -> DeliveryError {
+    DeliveryError::WrongType { path: path.into(), expected }
+}
+
+fn duration_field(value: &Json, path: &str) -> Result<u64, DeliveryError> {
+    let text = value.as_str().ok_or_else(|| wrong_type(path, "an ISO-8601 duration string"))?;
+    parse_duration_ms(text).map_err(|source| DeliveryError::Duration { path: path.into(), source })
+}
+
+/// Parses an ISO-8601 duration `PnDTnHnMnS` (also `nW`) into milliseconds; any component may be omitted but at
+/// least one must be present, and `T` must be followed by a time component. Only the seconds may carry a
+/// fraction (`.` or `,`), truncated to the millisecond. Years and months are refused: their length depends on
+/// the calendar, and a delivery delay that does is surely a mistake.
+pub fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
+    let syntax = || DurationError::Syntax(text.into());
+    let overflow = || DurationError::Overflow(text.into());
+    let rest = text.strip_prefix('P').ok_or_else(syntax)?;
+    let (date, time) = match rest.split_once('T') {
+        Some((_, "")) => return Err(syntax()),
+        Some((date, time)) => (date, Some(time)),
+        None => (rest, None),
+    };
+    if date.is_empty() && time.is_none() {
+        return Err(syntax());
+    }
+
+    let mut total_ms: u64 = 0;
+    // Each part lists its designators in the only order ISO-8601 allows them, with their length in ms.
+    let parts: [(&str, &[(char, u64)]); 2] = [
+        (date, &[('W', 7 * 24 * 3_600_000), ('D', 24 * 3_600_000)]),
+        (time.unwrap_or(""), &[('H', 3_600_000), ('M', 60_000), ('S', 1_000)]),
+    ];
+    for (index, (part, units)) in parts.into_iter().enumerate() {
+        let is_time = index == 1;
+        let mut remaining = part;
+        let mut next_unit = 0;
+        while !remaining.is_empty() {
+            let end = remaining.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ',')).ok_or_else(syntax)?;
+            let (number, after) = remaining.split_at(end);
+            let mut chars = after.chars();
+            let designator = chars.next().ok_or_else(syntax)?;
+            remaining = chars.as_str();
+            if !is_time && (designator == 'Y' || designator == 'M') {
+                return Err(DurationError::CalendarUnit(text.into()));
+            }
+            let position = units[next_unit..].iter().position(|(d, _)| *d == designator).ok_or_else(syntax)?;
+            let unit_ms = units[next_unit + position].1;
+            next_unit += position + 1;
+
+            let (whole, fraction) = match number.split_once(['.', ',']) {
+                Some((whole, fraction)) => (whole, Some(fraction)),
+                None => (number, None),
+            };
+            if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(syntax());
+            }
+            let whole: u64 = whole.parse().map_err(|_| overflow())?;
+            let mut ms = whole.checked_mul(unit_ms).ok_or_else(overflow)?;
+            if let Some(fraction) = fraction {
+                if fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(syntax());
+                }
+                if !(is_time && designator == 'S') {
+                    return Err(DurationError::Fraction(text.into()));
+                }
+                // Milliseconds: the first three digits of the fraction, the rest truncated.
+                let millis = fraction
+                    .bytes()
+                    .chain(std::iter::repeat(b'0'))
+                    .take(3)
+                    .fold(0, |acc, b| acc * 10 + u64::from(b - b'0'));
+                ms = ms.checked_add(millis).ok_or_else(overflow)?;
+            }
+            total_ms = total_ms.checked_add(ms).ok_or_else(overflow)?;
+        }
+    }
+    Ok(total_ms)
+}
+
+/// What an attempt's response means for the delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The subscriber accepted the event: delivery is complete.
+    Success,
+    /// The attempt failed and may succeed later; `status` is `None` for a network error or a timeout.
+    Retryable { status: Option<u16> },
+    /// The attempt failed and retrying will not help.
+    Permanent { status: u16 },
+}
+
+/// Classifies an attempt's HTTP status (`None`: no response, a network error or a timeout) following the table of
+/// the data-plane contract ("Event Acknowledgement and Delivery Retry"):
+/// - `2xx`: success ("other `2xx`: Retry No, Delivery completed Yes").
+/// - `404`, `408`, `409`, `429`, `5xx`: retryable (Retry Yes).
+/// - `1xx`, `3xx`, `400`, `401`, `403` and every other `4xx`: permanent failure (Retry No, Error Yes); the
+///   unspecified `1xx` and `3xx` are handled as the table's "No\*", as errors without retry.
+/// - Anything outside `100..=599`: retryable, because "A response code not in this table SHOULD be treated as a
+///   retriable error."
+/// - No response: retryable. The table does not cover it, but a network error or a timeout says nothing about
+///   the event, and the same rule for codes not in the table applies a fortiori; Knative retries them too.
+pub fn classify(status: Option<u16>) -> Outcome {
+    let Some(code) = status else {
+        return Outcome::Retryable { status: None };
+    };
+    match code {
+        200..=299 => Outcome::Success,
+        404 | 408 | 409 | 429 | 500..=599 => Outcome::Retryable { status },
+        100..=199 | 300..=499 => Outcome::Permanent { status: code },
+        _ => Outcome::Retryable { status },
+    }
+}
+
+/// A response's `Retry-After` header, converted by the caller (which owns the clock and the date parsing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryAfter {
+    /// `Retry-After: <delay-seconds>`.
+    Seconds(u64),
+    /// `Retry-After: <HTTP-date>`, as an instant in ms on the caller's clock (the same clock as `now_ms`).
+    AtMs(u64),
+}
+
+/// Why an event was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FailureReason {
+    /// The subscriber answered with a status that is not retried.
+    #[error("non-retryable response {status}")]
+    NotRetryable { status: u16 },
+    /// Every allowed attempt failed; `last_status` is the last attempt's status (`None`: network error).
+    #[error("{attempts} attempt(s) failed, the last with {}", describe_failure(*.last_status))]
+    RetriesExhausted { attempts: u32, last_status: Option<u16> },
+}
+
+fn describe_failure(status: Option<u16>) -> String {
+    match status {
+        Some(status) => format!("response {status}"),
+        None => "a network error or timeout".to_string(),
+    }
+}
+
+/// What the delivery loop does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The event is delivered.
+    Done,
+    /// Attempt again at this instant (ms, on the caller's clock).
+    RetryAt(u64),
+    /// Give up and send the event to the dead-letter sink.
+    DeadLetter { reason: FailureReason },
+    /// Give up and drop the event: there is no dead-letter sink ("If no `deadLetterSink` is specified, the event
+    /// is dropped.").
+    Drop { reason: FailureReason },
+}
+
+/// Decides what follows attempt number `attempt` (attempts made so far, the original request included; `0` is
+/// read as `1`) whose result was `outcome`, at `now_ms`.
+///
+/// A retryable failure is retried while fewer than `retry` retries have been made ("it MUST be retried up to
+/// `retry` times"), after the backoff of [`DeliveryPolicy::backoff_ms`]. For `429` and `503`, the statuses that
+/// carry `Retry-After` (RFC 9110), the wait is the later of the backoff and the `Retry-After`, the latter capped
+/// by `retryAfterMax` when set and by [`MAX_DELAY_MS`] otherwise, so that a subscriber cannot park an event
+/// indefinitely; the specification itself does not mention `Retry-After`. A `Retry-After` never grants extra
+/// attempts. When the event cannot be delivered it goes to the dead-letter sink, or is dropped without one.
+pub fn next_step(
+    policy: &DeliveryPolicy,
+    attempt: u32,
+    outcome: Outcome,
+    retry_after: Option<RetryAfter>,
+    now_ms: u64,
+) -> Step {
+    let attempt = attempt.max(1);
+    let reason = match outcome {
+        Outcome::Success => return Step::Done,
+        Outcome::Permanent { status } => FailureReason::NotRetryable { status },
+        Outcome::Retryable { status } => {
+            let retries_made = attempt - 1;
+            if retries_made < policy.retry {
+                let backoff_ms = policy.backoff_ms(attempt);
+                let retry_after_ms = match (status, retry_after) {
+                    (Some(429 | 503), Some(retry_after)) => {
+                        let requested_ms = match retry_after {
+                            RetryAfter::Seconds(seconds) => seconds.saturating_mul(1000),
+                            RetryAfter::AtMs(at_ms) => at_ms.saturating_sub(now_ms),
+                        };
+                        requested_ms.min(policy.retry_after_max_ms.unwrap_or(MAX_DELAY_MS))
+                    }
+                    _ => 0,
+                };
+                return Step::RetryAt(now_ms.saturating_add(backoff_ms.max(retry_after_ms)));
+            }
+            FailureReason::RetriesExhausted { attempts: attempt, last_status: status }
+        }
+    };
+    if policy.has_dead_letter_sink { Step::DeadLetter { reason } } else { Step::Drop { reason } }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy(spec: Json) -> DeliveryPolicy {
+        DeliveryPolicy::from_spec(Some(&spec)).expect("valid DeliverySpec")
+    }
+
+    fn error(spec: Json) -> DeliveryError {
+        DeliveryPolicy::from_spec(Some(&spec)).expect_err("invalid DeliverySpec")
+    }
+
+    // --- classify -------------------------------------------------------------------------------------------
+
+    #[test]
+    fn every_2xx_is_success() {
+        for status in [200, 201, 202, 203, 204, 206, 250, 299] {
+            assert_eq!(classify(Some(status)), Outcome::Success, "{status}");
+        }
+    }
+
+    #[test]
+    fn listed_retryable_codes_and_5xx_are_retryable() {
+        for status in [404, 408, 409, 429, 500, 501, 502, 503, 504, 550, 599] {
+            assert_eq!(classify(Some(status)), Outcome::Retryable { status: Some(status) }, "{status}");
+        }
+    }
+
+    #[test]
+    fn other_4xx_1xx_and_3xx_are_permanent() {
+        for status in [100, 101, 103, 199, 300, 301, 302, 304, 307, 308, 399, 400, 401, 402, 403, 405, 406, 407]
+            .into_iter()
+            .chain([410, 411, 412, 413, 414, 415, 418, 422, 425, 426, 428, 431, 451, 499])
+        {
+            assert_eq!(classify(Some(status)), Outcome::Permanent { status }, "{status}");
+        }
+    }
+
+    #[test]
+    fn network_errors_are_retryable() {
+        assert_eq!(classify(None), Outcome::Retryable { status: None });
+    }
+
+    #[test]
+    fn codes_outside_the_table_are_retryable() {
+        for status in [0, 1, 99, 600, 999, u16::MAX] {
+            assert_eq!(classify(Some(status)), Outcome::Retryable { status: Some(status) }, "{status}");
+        }
+    }
+
+    // --- DeliverySpec ---------------------------------------------------------------------------------------
+
+    #[test]
+    fn defaults_without_delivery() {
+        let expected = DeliveryPolicy {
+            retry: 0,
+            backoff_policy: BackoffPolicy::Exponential,
+            backoff_delay_ms: 200,
+            timeout_ms: 30_000,
+            retry_after_max_ms: None,
+            has_dead_letter_sink: false,
+        };
+        assert_eq!(DeliveryPolicy::default(), expected);
+        assert_eq!(DeliveryPolicy::from_spec(None), Ok(expected.clone()));
+        assert_eq!(DeliveryPolicy::from_spec(Some(&Json::Null)), Ok(expected.clone()));
+        assert_eq!(policy(json!({})), expected);
+        let nulls = json!({"retry": null, "backoffPolicy": null, "backoffDelay": null, "timeout": null,
+            "retryAfterMax": null, "deadLetterSink": null});
+        assert_eq!(policy(nulls), expected);
+    }
+
+    #[test]
+    fn full_delivery_spec() {
+        let spec = json!({
+            "retry": 5,
+            "backoffPolicy": "linear",
+            "backoffDelay": "PT0.5S",
+            "timeout": "PT10S",
+            "retryAfterMax": "PT2M",
+            "deadLetterSink": {"ref": {"apiVersion": "v1", "kind": "Service", "name": "dls"}},
+            "someFutureField": true,
+        });
+        assert_eq!(
+            policy(spec),
+            DeliveryPolicy {
+                retry: 5,
+                backoff_policy: BackoffPolicy::Linear,
+                backoff_delay_ms: 500,
+                timeout_ms: 10_000,
+                retry_after_max_ms: Some(120_000),
+                has_dead_letter_sink: true,
+            }
+        );
+        assert_eq!(policy(json!({"backoffPolicy": "exponential"})).backoff_policy, BackoffPolicy::Exponential);
+        assert!(policy(json!({"deadLetterSink": {"uri": "http://dls.example"}})).has_dead_letter_sink);
+        assert_eq!(policy(json!({"retry": 0})).retry, 0);
+        assert_eq!(policy(json!({"retry": u32::MAX})).retry, u32::MAX);
+        assert_eq!(policy(json!({"backoffDelay": "PT0S"})).backoff_delay_ms, 0);
+    }
+
+    #[test]
+    fn invalid_delivery_specs_name_the_field() {
+        let cases = [
+            (json!("PT1S"), "delivery"),
+            (json!([]), "delivery"),
+            (json!({"retry": -1}), "delivery.retry"),
+            (json!({"retry": 1.5}), "delivery.retry"),
+            (json!({"retry": "3"}), "delivery.retry"),
+            (json!({"retry": u64::from(u32::MAX) + 1}), "delivery.retry"),
+            (json!({"backoffPolicy": "Linear"}), "delivery.backoffPolicy"),
+            (json!({"backoffPolicy": "fibonacci"}), "delivery.backoffPolicy"),
+            (json!({"backoffPolicy": 1}), "delivery.backoffPolicy"),
+            (json!({"backoffDelay": "0.2s"}), "delivery.backoffDelay"),
+            (json!({"backoffDelay": 200}), "delivery.backoffDelay"),
+            (json!({"timeout": "PT"}), "delivery.timeout"),
+            (json!({"timeout": "PT0S"}), "delivery.timeout"),
+            (json!({"retryAfterMax": "P1M"}), "delivery.retryAfterMax"),
+            (json!({"deadLetterSink": "http://dls.example"}), "delivery.deadLetterSink"),
+        ];
+        for (spec, path) in cases {
+            assert_eq!(error(spec.clone()).path(), path, "{spec}");
+        }
+        assert_eq!(
+            error(json!({"backoffDelay": "PT1X"})).to_string(),
+            "delivery.backoffDelay: \"PT1X\" is not an ISO-8601 duration (PnDTnHnMnS)"
+        );
+        assert_eq!(error(json!({"timeout": "PT0S"})), DeliveryError::Zero { path: "delivery.timeout".into() });
+        assert_eq!(
+            error(json!({"backoffPolicy": "fibonacci"})),
+            DeliveryError::UnknownBackoffPolicy { path: "delivery.backoffPolicy".into(), policy: "fibonacci".into() }
+        );
+    }
+
+    // --- ISO-8601 durations ---------------------------------------------------------------------------------
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("PT0.2S", 200),
+            ("PT0,2S", 200),
+            ("PT1S", 1_000),
+            ("PT1.5S", 1_500),
+            ("PT0.123456S", 123),
+            ("PT0.0001S", 0),
+            ("PT10.05S", 10_050),
+            ("PT1M", 60_000),
+            ("PT1H", 3_600_000),
+            ("PT1H30M", 5_400_000),
+            ("PT1H2M3.5S", 3_723_500),
+            ("PT90S", 90_000),
+            ("P1D", 86_400_000),
+            ("P1DT2H", 93_600_000),
+            ("P1DT2H3M4S", 93_784_000),
+            ("P1W", 604_800_000),
+            ("P1W1D", 691_200_000),
+            ("P0D", 0),
+            ("PT0S", 0),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(parse_duration_ms(text), Ok(ms), "{text}");
+        }
+    }
+
+    #[test]
+    fn invalid_durations() {
+        let syntax = [
+            "", "P", "PT", "T1S", "0.2S", "1S", "pt1s", "PT1s", "P1DT", "PT1", "P1", "PTS", "PT.5S", "PT1.S",
+            "PT1..5S", "PT-1S", "PT+1S", "P-1D", "PT1H1H", "PT1S1M", "PT1M1H", "P1D1W", "PT1D", "P1H", "P1S", "PT1W",
+            " PT1S", "PT1S ", "PT1X", "P1DT1H T", "PT1HT1M", "PT1.5.5S",
+        ];
+        for text in syntax {
+            assert_eq!(parse_duration_ms(text), Err(DurationError::Syntax(text.into())), "{text:?}");
+        }
+        for text in ["P1Y", "P1M", "P1Y2M3D", "P1MT1S"] {
+            assert_eq!(parse_duration_ms(text), Err(DurationError::CalendarUnit(text.into())), "{text:?}");
+        }
+        for text in ["PT1.5M", "PT0.5H", "P1.5D", "P0,5W"] {
+            assert_eq!(parse_duration_ms(text), Err(DurationError::Fraction(text.into())), "{text:?}");
+        }
+        for text in ["PT99999999999999999999S", "P999999999999999D", "PT18446744073709551615H"] {
+            assert_eq!(parse_duration_ms(text), Err(DurationError::Overflow(text.into())), "{text:?}");
+        }
+    }
+
+    // --- backoff --------------------------------------------------------------------------------------------
+
+    fn schedule(policy: &DeliveryPolicy, now_ms: u64) -> Vec<Step> {
+        (1..=5)
+            .map(|attempt| next_step(policy, attempt, Outcome::Retryable { status: Some(500) }, None, now_ms))
+            .collect()
+    }
+
+    #[test]
+    fn linear_schedule() {
+        let policy = policy(json!({"retry": 5, "backoffPolicy": "linear", "backoffDelay": "PT0.2S"}));
+        assert_eq!(
+            schedule(&policy, 1_000),
+            [200, 400, 600, 800, 1_000].map(|delay_ms| Step::RetryAt(1_000 + delay_ms))
+        );
+    }
+
+    #[test]
+    fn exponential_schedule() {
+        let policy = policy(json!({"retry": 5, "backoffPolicy": "exponential", "backoffDelay": "PT0.2S"}));
+        assert_eq!(
+            schedule(&policy, 1_000),
+            [200, 400, 800, 1_600, 3_200].map(|delay_ms| Step::RetryAt(1_000 + delay_ms))
+        );
+        // The default policy is exponential too.
+        let default = policy_with_retry(5);
+        assert_eq!(schedule(&default, 0), [200, 400, 800, 1_600, 3_200].map(Step::RetryAt));
+    }
+
+    fn policy_with_retry(retry: u32) -> DeliveryPolicy {
+        DeliveryPolicy { retry, ..DeliveryPolicy::default() }
+    }
+
+    #[test]
+    fn backoff_is_capped_and_saturates() {
+        let exponential = DeliveryPolicy { retry: u32::MAX, backoff_delay_ms: 1_000, ..DeliveryPolicy::default() };
+        assert_eq!(exponential.backoff_ms(12), 2_048_000);
+        assert_eq!(exponential.backoff_ms(13), MAX_DELAY_MS);
+        assert_eq!(exponential.backoff_ms(64), MAX_DELAY_MS);
+        assert_eq!(exponential.backoff_ms(65), MAX_DELAY_MS);
+        assert_eq!(exponential.backoff_ms(u32::MAX), MAX_DELAY_MS);
+        let linear = DeliveryPolicy { backoff_policy: BackoffPolicy::Linear, ..exponential.clone() };
+        assert_eq!(linear.backoff_ms(3_600), MAX_DELAY_MS);
+        assert_eq!(linear.backoff_ms(u32::MAX), MAX_DELAY_MS);
+        let huge = DeliveryPolicy { backoff_delay_ms: u64::MAX, ..linear };
+        assert_eq!(huge.backoff_ms(2), MAX_DELAY_MS);
+        let zero = DeliveryPolicy { backoff_delay_ms: 0, ..exponential.clone() };
+        assert_eq!(zero.backoff_ms(u32::MAX), 0);
+        // Attempt 0 is read as attempt 1.
+        assert_eq!(exponential.backoff_ms(0), 1_000);
+        assert_eq!(next_step(&exponential, 0, Outcome::Retryable { status: None }, None, 0), Step::RetryAt(1_000));
+        // The retry instant saturates instead of wrapping around.
+        assert_eq!(
+            next_step(&exponential, 1, Outcome::Retryable { status: None }, None, u64::MAX - 10),
+            Step::RetryAt(u64::MAX)
+        );
+    }
+
+    // --- giving up ------------------------------------------------------------------------------------------
+
+    #[test]
+    fn retries_exhausted_go_to_the_dead_letter_sink_or_are_dropped() {
+        let with_sink = DeliveryPolicy { has_dead_letter_sink: true, ..policy_with_retry(2) };
+        let without_sink = policy_with_retry(2);
+        for policy in [&with_sink, &without_sink] {
+            assert!(matches!(next_step(policy, 1, classify(Some(503)), None, 0), Step::RetryAt(_)));
+            assert!(matches!(next_step(policy, 2, classify(None), None, 0), Step::RetryAt(_)));
+        }
+        let reason = FailureReason::RetriesExhausted { attempts: 3, last_status: Some(503) };
+        assert_eq!(next_step(&with_sink, 3, classify(Some(503)), None, 0), Step::DeadLetter { reason });
+        assert_eq!(next_step(&without_sink, 3, classify(Some(503)), None, 0), Step::Drop { reason });
+        let reason = FailureReason::RetriesExhausted { attempts: 4, last_status: None };
+        assert_eq!(next_step(&with_sink, 4, classify(None), None, 0), Step::DeadLetter { reason });
+        assert_eq!(next_step(&without_sink, 4, classify(None), None, 0), Step::Drop { reason });
+    }
+
+    #[test]
+    fn no_retry_by_default() {
+        let reason = FailureReason::RetriesExhausted { attempts: 1, last_status: Some(500) };
+        assert_eq!(next_step(&DeliveryPolicy::default(), 1, classify(Some(500)), None, 0), Step::Drop { reason });
+    }
+
+    #[test]
+    fn permanent_failures_are_not_retried() {
+        let with_sink = DeliveryPolicy { has_dead_letter_sink: true, ..policy_with_retry(10) };
+        let without_sink = policy_with_retry(10);
+        for status in [100, 301, 400, 401, 403, 410, 422] {
+            let reason = FailureReason::NotRetryable { status };
+            assert_eq!(next_step(&with_sink, 1, classify(Some(status)), None, 0), Step::DeadLetter { reason });
+            assert_eq!(next_step(&without_sink, 1, classify(Some(status)), None, 0), Step::Drop { reason });
+        }
+    }
+
+    #[test]
+    fn success_is_done_at_any_attempt() {
+        let policy = policy_with_retry(2);
+        for attempt in [0, 1, 2, 3, 100] {
+            assert_eq!(next_step(&policy, attempt, classify(Some(202)), Some(RetryAfter::Seconds(9)), 0), Step::Done);
+        }
+    }
+
+    #[test]
+    fn failure_reasons_read_well() {
+        assert_eq!(FailureReason::NotRetryable { status: 400 }.to_string(), "non-retryable response 400");
+        assert_eq!(
+            FailureReason::RetriesExhausted { attempts: 3, last_status: Some(503) }.to_string(),
+            "3 attempt(s) failed, the last with response 503"
+        );
+        assert_eq!(
+            FailureReason::RetriesExhausted { attempts: 1, last_status: None }.to_string(),
+            "1 attempt(s) failed, the last with a network error or timeout"
+        );
+    }
+
+    // --- Retry-After ----------------------------------------------------------------------------------------
+
+    #[test]
+    fn retry_after_is_honored_for_429_and_503() {
+        let policy = policy_with_retry(3);
+        for status in [429, 503] {
+            let outcome = classify(Some(status));
+            // Later than the 200 ms backoff: Retry-After wins.
+            assert_eq!(next_step(&policy, 1, outcome, Some(RetryAfter::Seconds(10)), 5_000), Step::RetryAt(15_000));
+            assert_eq!(next_step(&policy, 1, outcome, Some(RetryAfter::AtMs(9_000)), 5_000), Step::RetryAt(9_000));
+            // Earlier than the backoff (or already past): the backoff wins.
+            assert_eq!(next_step(&policy, 1, outcome, Some(RetryAfter::Seconds(0)), 5_000), Step::RetryAt(5_200));
+            assert_eq!(next_step(&policy, 1, outcome, Some(RetryAfter::AtMs(5_100)), 5_000), Step::RetryAt(5_200));
+            assert_eq!(next_step(&policy, 1, outcome, Some(RetryAfter::AtMs(1_000)), 5_000), Step::RetryAt(5_200));
+            assert_eq!(next_step(&policy, 3, outcome, Some(RetryAfter::Seconds(0)), 5_000), Step::RetryAt(5_800));
+            // Without the header: the backoff alone.
+            assert_eq!(next_step(&policy, 1, outcome, None, 5_000), Step::RetryAt(5_200));
+        }
+    }
+
+    #[test]
+    fn retry_after_is_ignored_for_other_failures() {
+        let policy = policy_with_retry(3);
+        for outcome in [classify(Some(500)), classify(Some(502)), classify(Some(404)), classify(None)] {
+            assert_eq!(next_step(&policy, 1, outcome, Some(RetryAfter::Seconds(10)), 5_000), Step::RetryAt(5_200));
+            assert_eq!(next_step(&policy, 1, outcome, Some(RetryAfter::AtMs(60_000)), 5_000), Step::RetryAt(5_200));
+        }
+    }
+
+    #[test]
+    fn retry_after_is_capped_by_retry_after_max() {
+        let policy = policy(json!({"retry": 3, "retryAfterMax": "PT5S"}));
+        let outcome = classify(Some(429));
+        assert_eq!(next_step(&policy, 1, outcome, Some(RetryAfter::Seconds(60)), 0), Step::RetryAt(5_000));
+        assert_eq!(next_step(&policy, 1, outcome, Some(RetryAfter::AtMs(60_000)), 0), Step::RetryAt(5_000));
+        assert_eq!(next_step(&policy, 1, outcome, Some(RetryAfter::Seconds(3)), 0), Step::RetryAt(3_000));
+        // The cap applies to Retry-After only: a longer backoff is still waited for.
+        let slow = DeliveryPolicy { backoff_delay_ms: 8_000, ..policy.clone() };
+        assert_eq!(next_step(&slow, 1, outcome, Some(RetryAfter::Seconds(60)), 0), Step::RetryAt(8_000));
+        // retryAfterMax of zero: Retry-After is effectively ignored.
+        let zero = DeliveryPolicy { retry_after_max_ms: Some(0), ..policy };
+        assert_eq!(next_step(&zero, 1, outcome, Some(RetryAfter::Seconds(60)), 0), Step::RetryAt(200));
+    }
+
+    #[test]
+    fn retry_after_without_retry_after_max_is_capped_at_the_maximum_delay() {
+        let policy = policy_with_retry(3);
+        let outcome = classify(Some(503));
+        assert_eq!(next_step(&policy, 1, outcome, Some(RetryAfter::Seconds(86_400)), 0), Step::RetryAt(MAX_DELAY_MS));
+        assert_eq!(next_step(&policy, 1, outcome, Some(RetryAfter::Seconds(u64::MAX)), 0), Step::RetryAt(MAX_DELAY_MS));
+        assert_eq!(next_step(&policy, 1, outcome, Some(RetryAfter::AtMs(u64::MAX)), 0), Step::RetryAt(MAX_DELAY_MS));
+    }
+
+    #[test]
+    fn retry_after_grants_no_extra_attempt() {
+        let policy = DeliveryPolicy { has_dead_letter_sink: true, ..policy_with_retry(1) };
+        let reason = FailureReason::RetriesExhausted { attempts: 2, last_status: Some(429) };
+        assert_eq!(
+            next_step(&policy, 2, classify(Some(429)), Some(RetryAfter::Seconds(1)), 0),
+            Step::DeadLetter { reason }
+        );
+    }
+}
