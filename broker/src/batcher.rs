@@ -25,6 +25,11 @@ pub struct AppendLimits {
     pub max_in_flight_entries: usize,
 }
 
+/// How long an entry may wait to commit before its appends are answered as
+/// indeterminate. A leader cut off from its quorum keeps the entry (it may
+/// still commit later), but no caller waits on it without bound.
+pub const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Default for AppendLimits {
     fn default() -> Self {
         Self {
@@ -125,8 +130,15 @@ async fn commit(group: GroupId, raft: &Raft, batch: Vec<PendingAppend>, records:
     metrics::histogram!("sluice_append_batch_requests", "group" => label.clone()).record(batch.len() as f64);
     let (appends, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.append, p.reply)).unzip();
     let started = Instant::now();
-    let result = raft.client_write(LogCommand::Append(appends)).await;
+    let result = tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(LogCommand::Append(appends))).await;
     metrics::histogram!("sluice_raft_commit_seconds", "group" => label).record(started.elapsed().as_secs_f64());
+    let Ok(result) = result else {
+        let reason = format!("not committed within {COMMIT_TIMEOUT:?} (no quorum?)");
+        for reply in replies {
+            let _ = reply.send(Err(WriteFailure::Indeterminate { group, reason: reason.clone() }));
+        }
+        return;
+    };
     match result {
         Ok(response) => match response.response() {
             LogResponse::Appended { appended } if appended.len() == replies.len() => {

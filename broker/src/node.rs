@@ -332,13 +332,19 @@ impl Node {
             ForwardedWrite::Append(append) => group.batcher.submit(append).await.map(ForwardedReply::Appended),
             // Metadata commands are idempotent (applying one twice changes
             // nothing more), so a lost leadership is simply retried.
-            ForwardedWrite::Command(command) => match group.raft.client_write(command).await {
-                Ok(response) => Ok(ForwardedReply::Response(response.response().clone())),
-                Err(e) => match e.forward_to_leader() {
-                    Some(forward) => Err(WriteFailure::NotLeader { group: group_id, leader: forward.leader_id }),
-                    None => Err(WriteFailure::Indeterminate { group: group_id, reason: e.to_string() }),
-                },
-            },
+            ForwardedWrite::Command(command) => {
+                match tokio::time::timeout(crate::batcher::COMMIT_TIMEOUT, group.raft.client_write(command)).await {
+                    Err(_) => Err(WriteFailure::Indeterminate {
+                        group: group_id,
+                        reason: format!("not committed within {:?} (no quorum?)", crate::batcher::COMMIT_TIMEOUT),
+                    }),
+                    Ok(Ok(response)) => Ok(ForwardedReply::Response(response.response().clone())),
+                    Ok(Err(e)) => match e.forward_to_leader() {
+                        Some(forward) => Err(WriteFailure::NotLeader { group: group_id, leader: forward.leader_id }),
+                        None => Err(WriteFailure::Indeterminate { group: group_id, reason: e.to_string() }),
+                    },
+                }
+            }
         }
     }
 
