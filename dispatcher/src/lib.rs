@@ -11,6 +11,7 @@
 //! calls for a retry and when (Knative's DeliverySpec backoff, `Retry-After`), or sends the event to the
 //! dead-letter sink.
 
-pub mod cesql;
+/// The CESQL engine (its own crate, shared with the controller).
+pub use sluice_cesql as cesql;
 pub mod delivery;
 pub mod filter;

@@ -314,10 +314,12 @@ fn validate_filter(path: &str, filter: &SubscriptionsApiFilter, errors: &mut Vec
     if let Some(nested) = &filter.not {
         validate_filter(&format!("{path}.not"), nested, errors);
     }
-    if let Some(expression) = &filter.cesql
-        && expression.trim().is_empty()
-    {
-        errors.push(err(format!("{path}.cesql"), "must not be empty"));
+    if let Some(expression) = &filter.cesql {
+        if expression.trim().is_empty() {
+            errors.push(err(format!("{path}.cesql"), "must not be empty"));
+        } else if let Err(e) = sluice_cesql::parse(expression) {
+            errors.push(err(format!("{path}.cesql"), format!("does not parse: {e}")));
+        }
     }
 }
 

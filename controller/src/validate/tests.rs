@@ -197,6 +197,11 @@ fn invalid_objects_name_their_field() {
             "spec.filters[0].not",
         ),
         ("empty cesql", set(trigger(), "/spec/filters", json!([{"cesql": " "}])), "spec.filters[0].cesql"),
+        (
+            "cesql does not parse",
+            set(trigger(), "/spec/filters", json!([{"cesql": "type = "}])),
+            "spec.filters[0].cesql",
+        ),
         ("subscription without channel", set(subscription(), "/spec/channel", Value::Null), "spec.channel"),
         (
             "subscription channel without apiVersion",

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value as Json};
 use serde_yaml::Value as Yaml;
-use sluice_dispatcher::cesql::{self, EvalError, Value};
+use sluice_cesql::{self as cesql, EvalError, Value};
 
 const TCK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/specs/cesql-tck");
 

@@ -1,7 +1,13 @@
 //! CloudEvents Expression Language (CESQL) v1: parser and evaluator.
 //!
+//! What flows through it: an expression (text) is parsed once into an
+//! [`Expression`]; events (their context attributes) are evaluated against it,
+//! giving a value and, if any, the first evaluation error. Pure and
+//! synchronous. Its own crate so that both the controller (validating Triggers
+//! at apply) and the dispatcher (matching events) use it.
+//!
 //! ```
-//! use sluice_dispatcher::cesql::{self, Value};
+//! use sluice_cesql::{self as cesql, Value};
 //!
 //! let expression = cesql::parse("type LIKE 'com.example.%' AND INT(seq) > 10").expect("valid expression");
 //! let mut event = serde_json::Map::new();
