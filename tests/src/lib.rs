@@ -13,6 +13,8 @@ use sluice_proto::admin::log_client::LogClient;
 use sluice_proto::admin::{AppendRequest, InitRequest, Member, ReadRequest, Record, StatusReply, StatusRequest};
 use tonic::transport::Channel;
 
+pub mod subscriber;
+
 /// The `sluice` binary built by this workspace (or `SLUICE_BIN`).
 pub fn sluice_bin() -> PathBuf {
     if let Ok(path) = std::env::var("SLUICE_BIN") {
