@@ -48,6 +48,9 @@ pub enum BrokerError {
     #[error("invalid stream name {stream:?}: {rule}")]
     InvalidStream { stream: String, rule: &'static str },
 
+    #[error("invalid consumer cursor name {cursor:?}: {rule}")]
+    InvalidCursor { cursor: String, rule: &'static str },
+
     #[error("raft error in group {group}: {reason}")]
     Raft { group: GroupId, reason: String },
 

@@ -19,7 +19,7 @@ use sluice_controller::validate::is_dns_label;
 use crate::cloudevent::{self, AttrValue, CloudEvent, EventError};
 use crate::error::BrokerError;
 use crate::node::Node;
-use crate::raft_types::{Dedupe, ResourceKey};
+use crate::raft_types::{Appended, Dedupe, ResourceKey};
 use crate::resources::IngressSettings;
 
 /// Bounds of the HTTP ingress (all configurable).
@@ -152,6 +152,22 @@ fn retry_later(status: StatusCode, error: &str, reason: String) -> Response {
     let mut response = json_response(status, serde_json::json!({ "error": error, "rule": reason }));
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
+}
+
+/// The HTTP status the ingress answers for `e`: callers inside the node (the
+/// dispatcher's reply appends) use it to tell retryable failures (429, 503)
+/// from definite ones.
+pub fn broker_error_status(e: &BrokerError) -> u16 {
+    match e {
+        BrokerError::QueueFull { .. } => 429,
+        BrokerError::AppendTooLarge { .. } => 413,
+        BrokerError::NoLeader { .. }
+        | BrokerError::ForwardFailed { .. }
+        | BrokerError::NotInitialized
+        | BrokerError::ShuttingDown
+        | BrokerError::Raft { .. } => 503,
+        _ => 500,
+    }
 }
 
 fn broker_error_response(error: BrokerError) -> Response {
@@ -428,7 +444,7 @@ async fn accept(
         response
     })?;
     metrics::histogram!("sluice_ingress_request_bytes").record(body.len() as f64);
-    let mut events = match mode {
+    let events = match mode {
         Mode::Binary => {
             let ce_headers =
                 headers.iter().filter(|(k, _)| k.as_str().starts_with("ce-")).map(|(k, v)| (k.as_str(), v.as_bytes()));
@@ -440,22 +456,66 @@ async fn accept(
     };
     metrics::histogram!("sluice_ingress_batch_events").record(events.len() as f64);
 
+    let types = events.iter().map(|e| e.get_str("type").unwrap_or_default().to_string()).collect();
+    let count = events.len() as u64;
+    let appended = publish(&ingress.node, &target.stream(), settings, events, limits.max_event_bytes).await.map_err(
+        |e| match e {
+            PublishError::Invalid(e) => error_response(&e),
+            PublishError::Broker(e) => broker_error_response(e),
+        },
+    )?;
+    let duplicates = count - u64::from(appended.stored);
+    if duplicates > 0 {
+        metrics::counter!("sluice_ingress_duplicates_total").increment(duplicates);
+    }
+    Ok(types)
+}
+
+/// Why [`publish`] refused events.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// An event is not acceptable (what HTTP ingress answers as a 4xx; the
+    /// status is in the error, and `index` names the event of a batch).
+    #[error("invalid event: {0}")]
+    Invalid(EventError),
+    /// The append failed; [`broker_error_status`] tells whether to retry.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Appends events to `stream` as HTTP ingress does, for producers inside the
+/// node (the dispatcher's replies and dead letters): Knative attributes
+/// (arrival now), the stored encoding, dedupe keys (`source` NUL `id`) when
+/// the target dedupes, and one partition for the whole batch (its first
+/// event's), so that a batch stays atomic. Events whose encoding exceeds
+/// `max_event_bytes` (plus room for the added attributes) are refused with 413.
+pub async fn publish(
+    node: &Node,
+    stream: &str,
+    settings: &IngressSettings,
+    mut events: Vec<CloudEvent>,
+    max_event_bytes: usize,
+) -> Result<Appended, PublishError> {
+    if events.is_empty() {
+        return Err(PublishError::Invalid(EventError::bad("no events").rule("publish at least one event")));
+    }
     let now = chrono::Utc::now();
     let arrival = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let batch = events.len() > 1;
     let mut payloads = Vec::with_capacity(events.len());
     let mut keys = Vec::with_capacity(events.len());
     for (i, event) in events.iter_mut().enumerate() {
-        apply_knative_attributes(event, settings, &arrival)
-            .map_err(|e| error_response(&if batch { e.at_index(i) } else { e }))?;
+        let indexed = |e: EventError| PublishError::Invalid(if batch { e.at_index(i) } else { e });
+        apply_knative_attributes(event, settings, &arrival).map_err(indexed)?;
         let encoded = event
             .encode()
-            .map_err(|e| error_response(&EventError::bad("event cannot be stored").rule(e.to_string())))?;
-        if encoded.len() > limits.max_event_bytes + 1024 {
-            let e = EventError::bad("event too large")
-                .rule(format!("at most {} bytes per event", limits.max_event_bytes))
-                .status(413);
-            return Err(error_response(&if batch { e.at_index(i) } else { e }));
+            .map_err(|e| PublishError::Invalid(EventError::bad("event cannot be stored").rule(e.to_string())))?;
+        if encoded.len() > max_event_bytes + 1024 {
+            return Err(indexed(
+                EventError::bad("event too large")
+                    .rule(format!("at most {max_event_bytes} bytes per event"))
+                    .status(413),
+            ));
         }
         payloads.push(Bytes::from(encoded));
         let mut key = Vec::new();
@@ -465,20 +525,10 @@ async fn accept(
         keys.push(Bytes::from(key));
     }
     // A batch is atomic, so it goes to one partition: its first event's.
-    let partitions = ingress.node.partitions();
-    let partition = cloudevent::partition_of(&events[0], partitions);
+    let partition = events.first().map(|e| cloudevent::partition_of(e, node.partitions())).unwrap_or(0);
     let dedupe = settings.dedupe_window.map(|window| Dedupe { window_ms: window.as_millis() as u64, keys });
     let arrival_ms = now.timestamp_millis().max(0) as u64;
-    let appended = ingress
-        .node
-        .append(&target.stream(), partition, payloads, arrival_ms, dedupe)
-        .await
-        .map_err(broker_error_response)?;
-    let duplicates = events.len() as u64 - u64::from(appended.stored);
-    if duplicates > 0 {
-        metrics::counter!("sluice_ingress_duplicates_total").increment(duplicates);
-    }
-    Ok(events.iter().map(|e| e.get_str("type").unwrap_or_default().to_string()).collect())
+    Ok(node.append(stream, partition, payloads, arrival_ms, dedupe).await?)
 }
 
 #[cfg(test)]

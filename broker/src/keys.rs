@@ -10,6 +10,7 @@
 //! | `events`      | group · stream id · offset                 | arrival_ms · payload       |
 //! | `time_index`  | group · stream id · arrival_ms · offset    | (empty)                    |
 //! | `sm_state`    | group · tag [· name]                       | postcard(value) or JSON    |
+//! | `sm_state`    | group · 6 · cursor name                    | committed offset (u64 BE)  |
 //! | `dedupe`      | group · stream id · 1 · key                | arrival_ms (seen at)       |
 //! | `dedupe`      | group · stream id · 2 · arrival_ms · key   | (empty; expiry order)      |
 
@@ -36,6 +37,8 @@ pub const SM_MEMBERSHIP: u8 = 2;
 pub const SM_STREAM: u8 = 3;
 pub const SM_CLUSTER_CONFIG: u8 = 4;
 pub const SM_RESOURCE: u8 = 5;
+/// Consumer offsets (partition groups), one key per cursor.
+pub const SM_OFFSET: u8 = 6;
 
 const DEDUPE_SEEN: u8 = 1;
 const DEDUPE_EXPIRY: u8 = 2;
@@ -113,6 +116,14 @@ pub fn event_value(arrival_ms: u64, payload: &[u8]) -> Vec<u8> {
 pub fn split_event_value(value: &[u8]) -> Option<(u64, &[u8])> {
     let (time, payload) = value.split_at_checked(8)?;
     Some((u64::from_be_bytes(time.try_into().ok()?), payload))
+}
+
+/// A consumer cursor's committed offset: the cursor name after the tag.
+pub fn offset_key(group: GroupId, cursor: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(5 + cursor.len());
+    key.extend_from_slice(&tag_key(group, SM_OFFSET));
+    key.extend_from_slice(cursor.as_bytes());
+    key
 }
 
 /// `kind \0 namespace \0 name` after the tag (names never hold NUL).

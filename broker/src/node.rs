@@ -18,8 +18,8 @@ use crate::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
 use crate::group::{Group, RaftTuning};
 use crate::network::PeerClients;
 use crate::raft_types::{
-    Appended, Dedupe, GroupId, LogCommand, LogResponse, METADATA_GROUP, NodeId, ResourceKey, ResourceRecord,
-    StreamAppend, group_name, partition_group,
+    Appended, Dedupe, GroupId, LogCommand, LogResponse, METADATA_GROUP, NodeId, OffsetCommit, Raft, ResourceKey,
+    ResourceRecord, StreamAppend, group_name, partition_group,
 };
 use crate::store::{ReadBatch, Store};
 
@@ -78,6 +78,10 @@ struct NodeInner {
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
     /// Serialises group creation (never held by readers).
     creating: tokio::sync::Mutex<()>,
+    /// Bumped whenever a group starts or changes leader or server state, so
+    /// that components that act only where this node leads (the dispatcher)
+    /// re-check without polling every group.
+    leadership: Arc<watch::Sender<u64>>,
 }
 
 impl Node {
@@ -93,6 +97,7 @@ impl Node {
                 peers: PeerClients::default(),
                 groups: RwLock::new(HashMap::new()),
                 creating: tokio::sync::Mutex::new(()),
+                leadership: Arc::new(watch::Sender::new(0)),
             }),
         };
         let metadata = node.start_group(METADATA_GROUP).await?;
@@ -159,6 +164,9 @@ impl Node {
         )
         .await?;
         self.inner.groups.write().map_err(|_| BrokerError::ShuttingDown)?.insert(group, started.clone());
+        // Spawned after the insert: its first bump (the group's start) must
+        // find the group in the map.
+        tokio::spawn(watch_group_leadership(started.raft.clone(), self.inner.leadership.clone()));
         tracing::info!(group = %group_name(group), "started group");
         Ok(started)
     }
@@ -248,6 +256,44 @@ impl Node {
         let group = self.partition_group_id(partition)?;
         let command = LogCommand::Trim { stream: stream.to_string(), before_offset };
         self.write(group, ForwardedWrite::Command(command)).await.map(|_| ())
+    }
+
+    /// Commits consumer offsets in `partition`'s group: each cursor moves to
+    /// `max(stored, offset)`, or exactly `offset` with `reset`. Through Raft,
+    /// so that a new leader resumes delivery where the old one left off.
+    pub async fn commit_offsets(&self, partition: u32, commits: Vec<OffsetCommit>) -> Result<(), BrokerError> {
+        for commit in &commits {
+            validate_cursor_name(&commit.cursor)?;
+        }
+        let group = self.partition_group_id(partition)?;
+        if commits.is_empty() {
+            return Ok(());
+        }
+        self.write(group, ForwardedWrite::Command(LogCommand::CommitOffsets(commits))).await.map(|_| ())
+    }
+
+    /// Forgets consumer cursors in `partition`'s group (absent ones are fine).
+    pub async fn delete_offsets(&self, partition: u32, cursors: Vec<String>) -> Result<(), BrokerError> {
+        for cursor in &cursors {
+            validate_cursor_name(cursor)?;
+        }
+        let group = self.partition_group_id(partition)?;
+        if cursors.is_empty() {
+            return Ok(());
+        }
+        self.write(group, ForwardedWrite::Command(LogCommand::DeleteOffsets(cursors))).await.map(|_| ())
+    }
+
+    /// A cursor's committed offset in `partition`, as applied on this node.
+    pub fn committed_offset(&self, partition: u32, cursor: &str) -> Result<Option<u64>, BrokerError> {
+        let group = self.group(self.partition_group_id(partition)?)?;
+        group.view.committed_offset(cursor).map_err(|e| BrokerError::io("reading a committed offset", e))
+    }
+
+    /// Every cursor committed in `partition` and its offset, ordered by cursor name.
+    pub fn committed_offsets(&self, partition: u32) -> Result<Vec<(String, u64)>, BrokerError> {
+        let group = self.group(self.partition_group_id(partition)?)?;
+        group.view.committed_offsets().map_err(|e| BrokerError::io("reading committed offsets", e))
     }
 
     /// Creates or replaces a resource object in the metadata group; answers
@@ -432,6 +478,40 @@ impl Node {
     pub fn leads(&self, group: GroupId) -> bool {
         self.group(group).map(|g| g.raft.metrics().borrow_watched().state == ServerState::Leader).unwrap_or(false)
     }
+
+    /// Whether this node is the Raft leader of `partition`'s group.
+    pub fn leads_partition(&self, partition: u32) -> bool {
+        self.leads(partition_group(partition))
+    }
+
+    /// A counter bumped whenever a group of this node starts or changes
+    /// leader or server state; watchers re-check [`Node::leads_partition`].
+    pub fn watch_leadership(&self) -> watch::Receiver<u64> {
+        self.inner.leadership.subscribe()
+    }
+}
+
+/// Bumps `leadership` when the group's (server state, leader) changes, and
+/// once at start. Ends when the group's Raft stops.
+async fn watch_group_leadership(raft: Raft, leadership: Arc<watch::Sender<u64>>) {
+    let mut rx = raft.metrics();
+    drop(raft);
+    let mut last = None;
+    loop {
+        let now = {
+            // borrow_and_update, not borrow_watched: it marks the value seen,
+            // otherwise changed() would return at once forever.
+            let m = rx.borrow_and_update();
+            Some((m.state, m.current_leader))
+        };
+        if now != last {
+            last = now;
+            leadership.send_modify(|v| *v = v.wrapping_add(1));
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn watch_cluster_config(node: Node, mut rx: watch::Receiver<Option<ClusterConfig>>) {
@@ -467,6 +547,14 @@ pub fn validate_stream_name(stream: &str) -> Result<(), BrokerError> {
         return Ok(());
     };
     Err(BrokerError::InvalidStream { stream: stream.chars().take(64).collect(), rule })
+}
+
+/// Consumer cursor names follow the stream name rules.
+pub fn validate_cursor_name(cursor: &str) -> Result<(), BrokerError> {
+    validate_stream_name(cursor).map_err(|e| match e {
+        BrokerError::InvalidStream { stream, rule } => BrokerError::InvalidCursor { cursor: stream, rule },
+        other => other,
+    })
 }
 
 /// Ties a data dir to one node id: `DATA/node-id` is written on first use.
@@ -505,6 +593,8 @@ mod tests {
         assert!(validate_stream_name("").is_err());
         assert!(validate_stream_name("a\nb").is_err());
         assert!(validate_stream_name(&"x".repeat(513)).is_err());
+        assert!(validate_cursor_name("trigger/default/t1").is_ok());
+        assert!(matches!(validate_cursor_name(""), Err(BrokerError::InvalidCursor { .. })));
     }
 
     #[test]

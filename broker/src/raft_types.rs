@@ -96,6 +96,21 @@ pub enum LogCommand {
     PutResource(ResourceRecord),
     /// Removes a resource object (metadata group); absent is not an error.
     DeleteResource(ResourceKey),
+    /// Consumer offsets (partition groups): each cursor's stored offset
+    /// becomes `max(stored, offset)`, or exactly `offset` with `reset`, so a
+    /// late or repeated commit never moves a consumer back by accident.
+    CommitOffsets(Vec<OffsetCommit>),
+    /// Forgets consumer cursors (partition groups); absent ones are fine.
+    DeleteOffsets(Vec<String>),
+}
+
+/// One consumer cursor's position: the next offset it will read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetCommit {
+    pub cursor: String,
+    pub offset: u64,
+    /// Store `offset` even if it is lower than the stored one (operator replay).
+    pub reset: bool,
 }
 
 /// Identifies a resource: kind (e.g. `Broker`), namespace and name.
@@ -125,6 +140,8 @@ impl fmt::Display for LogCommand {
             LogCommand::Trim { stream, before_offset } => write!(f, "Trim({stream} < {before_offset})"),
             LogCommand::PutResource(record) => write!(f, "PutResource({:?})", record.key),
             LogCommand::DeleteResource(key) => write!(f, "DeleteResource({key:?})"),
+            LogCommand::CommitOffsets(commits) => write!(f, "CommitOffsets({} cursors)", commits.len()),
+            LogCommand::DeleteOffsets(cursors) => write!(f, "DeleteOffsets({} cursors)", cursors.len()),
         }
     }
 }

@@ -111,6 +111,8 @@ impl std::fmt::Display for EventError {
     }
 }
 
+impl std::error::Error for EventError {}
+
 pub const SPEC_VERSIONS: [&str; 2] = ["1.0", "0.3"];
 const REQUIRED: [&str; 4] = ["id", "source", "specversion", "type"];
 

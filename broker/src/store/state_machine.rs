@@ -30,14 +30,14 @@ use crate::raft_types::ResourceRecord;
 
 use crate::cluster::ClusterConfig;
 use crate::keys::{
-    CF_DEDUPE, CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBERSHIP, SM_RESOURCE,
-    SM_STREAM, dedupe_expiry_key, dedupe_seen_key, event_key, event_offset_of, event_value, group_end, resource_key,
-    split_dedupe_expiry_key, split_event_value, split_resource_key, stream_state_key, tag_key, time_index_key,
-    time_index_offset_of,
+    CF_DEDUPE, CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBERSHIP, SM_OFFSET,
+    SM_RESOURCE, SM_STREAM, dedupe_expiry_key, dedupe_seen_key, event_key, event_offset_of, event_value, group_end,
+    offset_key, resource_key, split_dedupe_expiry_key, split_event_value, split_resource_key, stream_state_key,
+    tag_key, time_index_key, time_index_offset_of,
 };
 use crate::raft_types::{
-    Appended, GroupId, LogCommand, LogId, LogResponse, ResourceKey, Snapshot, SnapshotMeta, StoredMembership,
-    StreamAppend, TypeConfig, decode, encode,
+    Appended, GroupId, LogCommand, LogId, LogResponse, OffsetCommit, ResourceKey, Snapshot, SnapshotMeta,
+    StoredMembership, StreamAppend, TypeConfig, decode, encode,
 };
 
 /// Where a stream stands, persisted in `sm_state` under its name.
@@ -232,6 +232,41 @@ impl StreamView {
     pub fn stream_names(&self) -> Vec<String> {
         self.view.streams.read().map(|s| s.keys().cloned().collect()).unwrap_or_default()
     }
+
+    /// A consumer cursor's committed offset (partition groups), as applied on
+    /// this node. Read from RocksDB rather than cached: cursors can be many,
+    /// and a consumer reads its own only when it (re)starts.
+    pub fn committed_offset(&self, cursor: &str) -> io::Result<Option<u64>> {
+        self.db
+            .get_cf(cf(&self.db, CF_SM_STATE)?, offset_key(self.group, cursor))
+            .map_err(io_err)?
+            .map(|value| decode_offset(&value))
+            .transpose()
+    }
+
+    /// Every committed cursor of the group and its offset, ordered by cursor name.
+    pub fn committed_offsets(&self) -> io::Result<Vec<(String, u64)>> {
+        let prefix = tag_key(self.group, SM_OFFSET);
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(tag_key(self.group, SM_OFFSET + 1).to_vec());
+        let mut offsets = Vec::new();
+        for item in self.db.iterator_cf_opt(
+            cf(&self.db, CF_SM_STATE)?,
+            read_options,
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (key, value) = item.map_err(io_err)?;
+            let cursor = String::from_utf8(key[prefix.len()..].to_vec()).map_err(io_err)?;
+            offsets.push((cursor, decode_offset(&value)?));
+        }
+        Ok(offsets)
+    }
+}
+
+/// A committed offset's stored value: 8 bytes, big-endian.
+fn decode_offset(value: &[u8]) -> io::Result<u64> {
+    let bytes: [u8; 8] = value.try_into().map_err(|_| io_err("malformed committed offset"))?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 pub struct GroupStateMachine {
@@ -536,6 +571,41 @@ impl GroupStateMachine {
         Ok(outcome)
     }
 
+    /// The offset of `cursor` as of the writes staged so far in this apply.
+    fn staged_offset(&self, staged: &Staged, cursor: &str) -> io::Result<Option<u64>> {
+        match staged.offsets.get(cursor) {
+            Some(offset) => Ok(*offset),
+            None => self.view().committed_offset(cursor),
+        }
+    }
+
+    /// Moves consumer cursors forward (or, with `reset`, to exactly the given offset).
+    fn stage_commit_offsets(&self, staged: &mut Staged, commits: &[OffsetCommit]) -> io::Result<()> {
+        let sm = cf(&self.db, CF_SM_STATE)?;
+        for commit in commits {
+            let current = self.staged_offset(staged, &commit.cursor)?;
+            let next = match current {
+                Some(current) if !commit.reset => current.max(commit.offset),
+                _ => commit.offset,
+            };
+            if current != Some(next) {
+                staged.batch.put_cf(sm, offset_key(self.group, &commit.cursor), next.to_be_bytes());
+                staged.offsets.insert(commit.cursor.clone(), Some(next));
+            }
+        }
+        staged.offset_commits += commits.len() as u64;
+        Ok(())
+    }
+
+    fn stage_delete_offsets(&self, staged: &mut Staged, cursors: &[String]) -> io::Result<()> {
+        let sm = cf(&self.db, CF_SM_STATE)?;
+        for cursor in cursors {
+            staged.batch.delete_cf(sm, offset_key(self.group, cursor));
+            staged.offsets.insert(cursor.clone(), None);
+        }
+        Ok(())
+    }
+
     fn stage_resource(&self, staged: &mut Staged, key: &ResourceKey, json: Option<&String>) -> io::Result<()> {
         let sm = cf(&self.db, CF_SM_STATE)?;
         let db_key = resource_key(self.group, &key.kind, &key.namespace, &key.name);
@@ -559,6 +629,11 @@ struct Staged {
     resources: BTreeMap<ResourceKey, Option<String>>,
     /// Payload bytes of the records staged so far, by (stream id, offset).
     event_bytes: BTreeMap<(u32, u64), u64>,
+    /// Consumer offsets staged so far (`None`: deleted), so that later
+    /// commits of the same apply compare against them, not the older disk value.
+    offsets: HashMap<String, Option<u64>>,
+    /// Offset commits applied (for the metric).
+    offset_commits: u64,
 }
 
 impl RaftStateMachine<TypeConfig> for GroupStateMachine {
@@ -602,6 +677,14 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     self.stage_resource(&mut staged, key, None)?;
                     LogResponse::None
                 }
+                EntryPayload::Normal(LogCommand::CommitOffsets(commits)) => {
+                    self.stage_commit_offsets(&mut staged, commits)?;
+                    LogResponse::None
+                }
+                EntryPayload::Normal(LogCommand::DeleteOffsets(cursors)) => {
+                    self.stage_delete_offsets(&mut staged, cursors)?;
+                    LogResponse::None
+                }
                 EntryPayload::Normal(LogCommand::InitCluster(config)) => {
                     let existing = new_config.clone().or_else(|| self.view.cluster_config.borrow().clone());
                     match existing {
@@ -631,8 +714,12 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             return Ok(());
         };
         staged.batch.put_cf(sm, tag_key(self.group, SM_APPLIED), encode(&Some(last_applied)).map_err(io_err)?);
-        let Staged { batch, streams: touched, resources, .. } = staged;
+        let Staged { batch, streams: touched, resources, offset_commits, .. } = staged;
         self.db.write(batch).map_err(io_err)?;
+        if offset_commits > 0 {
+            metrics::counter!("sluice_offset_commits_total", "group" => crate::raft_types::group_name(self.group))
+                .increment(offset_commits);
+        }
 
         if !touched.is_empty()
             && let Ok(mut streams) = self.view.streams.write()

@@ -191,3 +191,113 @@ async fn trimming_moves_the_start_and_keeps_offsets() {
     apply(&mut sm, vec![entry(6, LogCommand::Trim { stream: "s".into(), before_offset: 99 })]).await;
     assert_eq!(view.extent("s"), StreamExtent { start_offset: 4, end_offset: 4, retained_bytes: 0 });
 }
+
+fn commit(cursor: &str, offset: u64, reset: bool) -> crate::raft_types::OffsetCommit {
+    crate::raft_types::OffsetCommit { cursor: cursor.to_string(), offset, reset }
+}
+
+#[tokio::test]
+async fn committed_offsets_only_move_forward_unless_reset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, mut sm) = open(dir.path(), 1);
+    let view = sm.view();
+    assert_eq!(view.committed_offset("t1").expect("read"), None);
+    apply(&mut sm, vec![entry(1, LogCommand::CommitOffsets(vec![commit("t1", 10, false), commit("t2", 3, false)]))])
+        .await;
+    assert_eq!(view.committed_offset("t1").expect("read"), Some(10));
+    // A late commit (an old leader's, or a retry) does not move the cursor back.
+    apply(&mut sm, vec![entry(2, LogCommand::CommitOffsets(vec![commit("t1", 7, false)]))]).await;
+    assert_eq!(view.committed_offset("t1").expect("read"), Some(10));
+    apply(&mut sm, vec![entry(3, LogCommand::CommitOffsets(vec![commit("t1", 12, false)]))]).await;
+    assert_eq!(view.committed_offset("t1").expect("read"), Some(12));
+    // Reset sets exactly the given offset (operator replay).
+    apply(&mut sm, vec![entry(4, LogCommand::CommitOffsets(vec![commit("t1", 2, true)]))]).await;
+    assert_eq!(view.committed_offset("t1").expect("read"), Some(2));
+    assert_eq!(view.committed_offsets().expect("read"), vec![("t1".to_string(), 2), ("t2".to_string(), 3)]);
+}
+
+#[tokio::test]
+async fn deleted_offsets_are_gone_and_absent_ones_are_fine() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, mut sm) = open(dir.path(), 1);
+    apply(
+        &mut sm,
+        vec![
+            entry(1, LogCommand::CommitOffsets(vec![commit("a", 5, false), commit("b", 6, false)])),
+            entry(2, LogCommand::DeleteOffsets(vec!["a".to_string(), "never".to_string()])),
+        ],
+    )
+    .await;
+    let view = sm.view();
+    assert_eq!(view.committed_offset("a").expect("read"), None);
+    assert_eq!(view.committed_offsets().expect("read"), vec![("b".to_string(), 6)]);
+    // A cursor committed again after deletion starts from the new commit.
+    apply(&mut sm, vec![entry(3, LogCommand::CommitOffsets(vec![commit("a", 1, false)]))]).await;
+    assert_eq!(view.committed_offset("a").expect("read"), Some(1));
+}
+
+#[tokio::test]
+async fn commits_in_one_apply_batch_see_each_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, mut sm) = open(dir.path(), 1);
+    apply(
+        &mut sm,
+        vec![
+            entry(1, LogCommand::CommitOffsets(vec![commit("c", 9, false)])),
+            // Lower than the staged 9, not the (absent) value on disk: stays 9.
+            entry(2, LogCommand::CommitOffsets(vec![commit("c", 4, false), commit("d", 1, false)])),
+            entry(3, LogCommand::DeleteOffsets(vec!["d".to_string()])),
+            entry(4, LogCommand::CommitOffsets(vec![commit("d", 2, false)])),
+        ],
+    )
+    .await;
+    let view = sm.view();
+    assert_eq!(view.committed_offset("c").expect("read"), Some(9));
+    assert_eq!(view.committed_offset("d").expect("read"), Some(2));
+    apply(
+        &mut sm,
+        vec![
+            entry(5, LogCommand::CommitOffsets(vec![commit("c", 1, true)])),
+            entry(6, LogCommand::CommitOffsets(vec![commit("c", 3, false)])),
+        ],
+    )
+    .await;
+    assert_eq!(view.committed_offset("c").expect("read"), Some(3), "a reset, then a commit above it");
+}
+
+#[tokio::test]
+async fn committed_offsets_survive_reopen_and_stay_in_their_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (store, mut sm) = open(dir.path(), 1);
+        apply(&mut sm, vec![entry(1, LogCommand::CommitOffsets(vec![commit("t", 42, false)]))]).await;
+        let mut other = GroupStateMachine::open(store.db().clone(), 2, store.snapshot_dir()).expect("open group 2");
+        apply(&mut other, vec![entry(1, LogCommand::CommitOffsets(vec![commit("t", 7, false)]))]).await;
+    }
+    let (store, sm) = open(dir.path(), 1);
+    assert_eq!(sm.view().committed_offsets().expect("read"), vec![("t".to_string(), 42)]);
+    let other = GroupStateMachine::open(store.db().clone(), 2, store.snapshot_dir()).expect("open group 2");
+    assert_eq!(other.view().committed_offset("t").expect("read"), Some(7));
+}
+
+#[tokio::test]
+async fn committed_offsets_travel_with_snapshots() {
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let (_source_store, mut source) = open(source_dir.path(), 2);
+    apply(
+        &mut source,
+        vec![
+            entry(1, LogCommand::Append(vec![append("a", 10, &["a0"])])),
+            entry(2, LogCommand::CommitOffsets(vec![commit("t", 1, false)])),
+        ],
+    )
+    .await;
+    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let target_dir = tempfile::tempdir().expect("tempdir");
+    let (_target_store, mut target) = open(target_dir.path(), 2);
+    apply(&mut target, vec![entry(1, LogCommand::CommitOffsets(vec![commit("stale", 5, false)]))]).await;
+    let copy = target_dir.path().join("incoming.snap.incoming");
+    std::fs::copy(&snapshot.snapshot.path, &copy).expect("copy snapshot");
+    target.install_snapshot(&snapshot.meta, SnapshotFile { path: copy }).await.expect("install");
+    assert_eq!(target.view().committed_offsets().expect("read"), vec![("t".to_string(), 1)]);
+}
