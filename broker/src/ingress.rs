@@ -323,7 +323,7 @@ pub fn apply_knative_attributes(
 /// `_other`, so producers cannot grow the metrics without bound.
 const MAX_EVENT_TYPE_LABELS: usize = 1000;
 
-fn event_type_label(event_type: &str) -> String {
+pub fn event_type_label(event_type: &str) -> String {
     static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = std::sync::OnceLock::new();
     let Ok(mut seen) = SEEN.get_or_init(Default::default).lock() else { return "_other".into() };
     if seen.contains(event_type) {

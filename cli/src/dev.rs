@@ -84,7 +84,9 @@ async fn run_single(args: DevArgs) -> Result<()> {
     println!("  admin  {}  (gRPC: sluice.admin.v1)", running.admin_addr);
     println!("  peer   {}", running.peer_addr);
     println!("Ctrl-C stops it; restarting on the same --data keeps everything.");
+    let dispatcher = crate::node_cmd::start_dispatcher(&running, &args.tuning)?;
     crate::shutdown_signal().await;
+    dispatcher.shutdown().await;
     running.stop().await;
     Ok(())
 }
@@ -143,6 +145,8 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
             t.keep_entries_after_snapshot.to_string(),
             "--retention-check-ms".into(),
             t.retention_check_ms.to_string(),
+            "--dispatch-commit-interval-ms".into(),
+            t.dispatch_commit_interval_ms.to_string(),
         ];
         members.push(format!("{id}={peer}"));
         println!("  node {id}: http http://{http}  admin {admin}  peer {peer}  data {}", data.display());

@@ -98,6 +98,20 @@ pub struct TuningArgs {
     /// How often partition leaders apply retention (sluice.dev/retention).
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retention_check_ms: u64,
+    /// How often the dispatcher commits consumer offsets through Raft. After a crash, events settled within
+    /// the last interval (and those in flight) are delivered again.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub dispatch_commit_interval_ms: u64,
+}
+
+/// Starts the dispatcher of a running node (its ingress address resolves references to Brokers).
+pub fn start_dispatcher(running: &server::RunningNode, tuning: &TuningArgs) -> Result<sluice_dispatcher::Dispatcher> {
+    let settings = sluice_dispatcher::DispatcherSettings {
+        ingress_base: format!("http://{}", running.http_addr),
+        commit_interval: Duration::from_millis(tuning.dispatch_commit_interval_ms),
+        ..Default::default()
+    };
+    Ok(sluice_dispatcher::Dispatcher::start(running.node.clone(), settings)?)
 }
 
 impl TuningArgs {
@@ -150,8 +164,10 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         data = %args.data.display(),
         "sluice node listening"
     );
+    let dispatcher = start_dispatcher(&running, &args.tuning)?;
     crate::shutdown_signal().await;
     tracing::info!("shutting down");
+    dispatcher.shutdown().await;
     running.stop().await;
     Ok(())
 }

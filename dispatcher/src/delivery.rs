@@ -98,7 +98,17 @@ pub struct DeliveryPolicy {
     pub retry_after_max_ms: Option<u64>,
     /// Whether `deadLetterSink` is set: undeliverable events go there instead of being dropped.
     pub has_dead_letter_sink: bool,
+    /// `sluice.dev/backoff-max`: the longest backoff wait (Knative has no cap; users ask for one).
+    pub backoff_max_ms: Option<u64>,
+    /// `sluice.dev/backoff-jitter` in thousandths: each backoff wait grows by up to this fraction of itself, so
+    /// that the retries of many events failed together do not arrive together.
+    pub backoff_jitter_permille: u32,
 }
+
+/// `sluice.dev/backoff-max`.
+pub const ANNOTATION_BACKOFF_MAX: &str = "sluice.dev/backoff-max";
+/// `sluice.dev/backoff-jitter`.
+pub const ANNOTATION_BACKOFF_JITTER: &str = "sluice.dev/backoff-jitter";
 
 impl Default for DeliveryPolicy {
     /// The policy of an object without `spec.delivery`: no retry, exponential backoff from 0.2 s, 30 s per
@@ -111,6 +121,8 @@ impl Default for DeliveryPolicy {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             retry_after_max_ms: None,
             has_dead_letter_sink: false,
+            backoff_max_ms: None,
+            backoff_jitter_permille: 0,
         }
     }
 }
@@ -169,6 +181,45 @@ impl DeliveryPolicy {
             policy.has_dead_letter_sink = true;
         }
         Ok(policy)
+    }
+
+    /// Reads Sluice's backoff annotations (`sluice.dev/backoff-max`, `sluice.dev/backoff-jitter`) from an object's
+    /// `metadata.annotations`. Errors name the annotation the way the controller does.
+    pub fn apply_annotations(
+        &mut self,
+        annotations: Option<&serde_json::Map<String, Json>>,
+    ) -> Result<(), DeliveryError> {
+        let Some(annotations) = annotations else { return Ok(()) };
+        let path = |name: &str| format!("metadata.annotations[{name}]");
+        if let Some(max) = annotations.get(ANNOTATION_BACKOFF_MAX) {
+            let text = max.as_str().ok_or_else(|| wrong_type(&path(ANNOTATION_BACKOFF_MAX), "a duration string"))?;
+            let ms = match text.trim().strip_prefix('P') {
+                Some(_) => parse_duration_ms(text.trim()),
+                None => parse_short_duration_ms(text.trim()).ok_or_else(|| DurationError::Syntax(text.into())),
+            }
+            .map_err(|source| DeliveryError::Duration { path: path(ANNOTATION_BACKOFF_MAX), source })?;
+            self.backoff_max_ms = Some(ms);
+        }
+        if let Some(jitter) = annotations.get(ANNOTATION_BACKOFF_JITTER) {
+            let fraction = jitter
+                .as_str()
+                .and_then(|t| t.trim().parse::<f64>().ok())
+                .filter(|j| (0.0..=1.0).contains(j))
+                .ok_or_else(|| wrong_type(&path(ANNOTATION_BACKOFF_JITTER), "a fraction from 0 to 1"))?;
+            self.backoff_jitter_permille = (fraction * 1000.0).round() as u32;
+        }
+        Ok(())
+    }
+
+    /// The wait before the retry following attempt `attempt`, with jitter and the cap: the schedule's backoff,
+    /// plus `jitter_sample` (in `[0, 1)`, the caller's randomness) times the jitter fraction of it, at most
+    /// `backoff_max_ms`.
+    pub fn wait_ms(&self, attempt: u32, jitter_sample: f64) -> u64 {
+        let base = self.backoff_ms(attempt);
+        let sample = if jitter_sample.is_finite() { jitter_sample.clamp(0.0, 1.0) } else { 0.0 };
+        let extra = (base as f64 * f64::from(self.backoff_jitter_permille) / 1000.0 * sample) as u64;
+        let wait = base.saturating_add(extra).min(MAX_DELAY_MS);
+        self.backoff_max_ms.map_or(wait, |max| wait.min(max))
     }
 
     /// The wait before the retry following attempt number `attempt` (1 for the original request), from the
@@ -295,6 +346,22 @@ pub fn classify(status: Option<u16>) -> Outcome {
     }
 }
 
+/// `30s`, `5m`, `1h`, `250ms`, `1d` (the form Sluice's annotations use).
+fn parse_short_duration_ms(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
 /// A response's `Retry-After` header, converted by the caller (which owns the clock and the date parsing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryAfter {
@@ -352,6 +419,19 @@ pub fn next_step(
     retry_after: Option<RetryAfter>,
     now_ms: u64,
 ) -> Step {
+    next_step_jittered(policy, attempt, outcome, retry_after, now_ms, 0.0)
+}
+
+/// [`next_step`] with the backoff jitter's random sample (`[0, 1)`) supplied by the caller, and the cap of
+/// `sluice.dev/backoff-max` applied to the backoff (not to `Retry-After`, which `retryAfterMax` caps).
+pub fn next_step_jittered(
+    policy: &DeliveryPolicy,
+    attempt: u32,
+    outcome: Outcome,
+    retry_after: Option<RetryAfter>,
+    now_ms: u64,
+    jitter_sample: f64,
+) -> Step {
     let attempt = attempt.max(1);
     let reason = match outcome {
         Outcome::Success => return Step::Done,
@@ -359,7 +439,7 @@ pub fn next_step(
         Outcome::Retryable { status } => {
             let retries_made = attempt - 1;
             if retries_made < policy.retry {
-                let backoff_ms = policy.backoff_ms(attempt);
+                let backoff_ms = policy.wait_ms(attempt, jitter_sample);
                 let retry_after_ms = match (status, retry_after) {
                     (Some(429 | 503), Some(retry_after)) => {
                         let requested_ms = match retry_after {
@@ -440,6 +520,8 @@ mod tests {
             timeout_ms: 30_000,
             retry_after_max_ms: None,
             has_dead_letter_sink: false,
+            backoff_max_ms: None,
+            backoff_jitter_permille: 0,
         };
         assert_eq!(DeliveryPolicy::default(), expected);
         assert_eq!(DeliveryPolicy::from_spec(None), Ok(expected.clone()));
@@ -470,6 +552,8 @@ mod tests {
                 timeout_ms: 10_000,
                 retry_after_max_ms: Some(120_000),
                 has_dead_letter_sink: true,
+                backoff_max_ms: None,
+                backoff_jitter_permille: 0,
             }
         );
         assert_eq!(policy(json!({"backoffPolicy": "exponential"})).backoff_policy, BackoffPolicy::Exponential);
@@ -738,5 +822,57 @@ mod tests {
             next_step(&policy, 2, classify(Some(429)), Some(RetryAfter::Seconds(1)), 0),
             Step::DeadLetter { reason }
         );
+    }
+
+    #[test]
+    fn backoff_max_caps_and_jitter_stays_within_its_fraction() {
+        let mut policy = DeliveryPolicy { retry: 10, backoff_delay_ms: 1_000, ..DeliveryPolicy::default() };
+        let annotations = json!({"sluice.dev/backoff-max": "5s", "sluice.dev/backoff-jitter": "0.5"});
+        policy.apply_annotations(annotations.as_object()).expect("valid annotations");
+        assert_eq!(policy.backoff_max_ms, Some(5_000));
+        assert_eq!(policy.backoff_jitter_permille, 500);
+        // Exponential 1s, 2s, 4s, 8s... capped at 5s; jitter adds up to half of the base, still capped.
+        assert_eq!(policy.wait_ms(1, 0.0), 1_000);
+        assert_eq!(policy.wait_ms(1, 0.5), 1_250);
+        assert_eq!(policy.wait_ms(1, 1.0), 1_500);
+        assert_eq!(policy.wait_ms(2, 0.999), 2_999);
+        assert_eq!(policy.wait_ms(3, 0.0), 4_000);
+        assert_eq!(policy.wait_ms(3, 0.9), 5_000);
+        assert_eq!(policy.wait_ms(4, 0.0), 5_000);
+        assert_eq!(policy.wait_ms(30, 0.3), 5_000);
+        for sample in [f64::NAN, -1.0, 7.0] {
+            assert!(policy.wait_ms(1, sample) <= 1_500, "{sample}");
+        }
+        let step = next_step_jittered(&policy, 1, Outcome::Retryable { status: Some(500) }, None, 10_000, 1.0);
+        assert_eq!(step, Step::RetryAt(11_500));
+        // Retry-After is not capped by backoff-max (retryAfterMax caps it).
+        let step = next_step_jittered(
+            &policy,
+            1,
+            Outcome::Retryable { status: Some(503) },
+            Some(RetryAfter::Seconds(20)),
+            10_000,
+            0.0,
+        );
+        assert_eq!(step, Step::RetryAt(30_000));
+        assert_eq!(policy.backoff_ms(4), 8_000, "the schedule itself is unchanged");
+    }
+
+    #[test]
+    fn backoff_annotations_are_validated() {
+        for (annotations, path) in [
+            (json!({"sluice.dev/backoff-max": "soon"}), "metadata.annotations[sluice.dev/backoff-max]"),
+            (json!({"sluice.dev/backoff-jitter": "2"}), "metadata.annotations[sluice.dev/backoff-jitter]"),
+            (json!({"sluice.dev/backoff-jitter": 0.5}), "metadata.annotations[sluice.dev/backoff-jitter]"),
+        ] {
+            let mut policy = DeliveryPolicy::default();
+            let error = policy.apply_annotations(annotations.as_object()).expect_err("invalid");
+            assert_eq!(error.path(), path);
+        }
+        let mut policy = DeliveryPolicy::default();
+        policy.apply_annotations(json!({"sluice.dev/backoff-max": "PT1M"}).as_object()).expect("iso");
+        assert_eq!(policy.backoff_max_ms, Some(60_000));
+        policy.apply_annotations(json!({"sluice.dev/backoff-max": "250ms"}).as_object()).expect("short");
+        assert_eq!(policy.backoff_max_ms, Some(250));
     }
 }

@@ -1,17 +1,31 @@
-//! Sluice's dispatcher.
+//! Sluice's dispatcher: delivers the events of Brokers and Channels to their Triggers and Subscriptions, at
+//! least once.
 //!
-//! Events flow in from the broker's logs; filter decisions flow out: for each event and each Trigger, the
-//! dispatcher decides whether the event matches the Trigger's filter and therefore has to be delivered to its
-//! subscriber. For now this crate holds the filter engine: the CloudEvents Expression Language ([`cesql`]), a
-//! parser turning an expression into an [`cesql::Expression`] and a pure, synchronous evaluator computing its
-//! value against an event's context attributes; and the Trigger filters built on it ([`filter`]): Knative's
-//! `filter.attributes` and the Subscriptions API dialects, compiled once per Trigger and indexed by exact
-//! values so that an event is evaluated only against the Triggers that may select it. Once an event is to be
-//! delivered, [`delivery`] decides, attempt after attempt, whether the subscriber's answer completes the delivery,
-//! calls for a retry and when (Knative's DeliverySpec backoff, `Retry-After`), or sends the event to the
-//! dead-letter sink.
+//! What flows through it: resource objects (Brokers, Triggers, Channels, Subscriptions) become
+//! [`consumer::ConsumerSpec`]s — resolved URLs, a compiled [`filter`] (Knative's attributes, the Subscriptions
+//! API dialects and [`cesql`]), a [`delivery`] policy and Sluice's annotations. The [`supervisor`] runs one
+//! [`partition::PartitionDispatcher`] per (stream, partition) on the node leading that partition. It reads
+//! the committed log, matches each event once against all consumers through a [`filter::FilterIndex`], and
+//! admits matches into each consumer's [`window`] (ordering per key, in-flight bound, commit watermark); a
+//! [`rate`] limiter paces starts. Each admitted event is delivered by [`deliver`]: HTTP attempts via
+//! [`sender`], the retry/dead-letter decisions of [`delivery`], replies appended to the Broker through the
+//! log, dead letters to the sink or the consumer's dead-letter stream. Watermarks are committed through the
+//! partition's Raft group, so a new leader resumes where the old one left off.
+//!
+//! The decisions (filters, CESQL, backoff, windows, rate) are pure and synchronous, tested without sockets;
+//! the tokio tasks only carry them out.
 
 /// The CESQL engine (its own crate, shared with the controller).
 pub use sluice_cesql as cesql;
+pub mod consumer;
+pub mod deliver;
 pub mod delivery;
 pub mod filter;
+pub mod metrics;
+pub mod partition;
+pub mod rate;
+pub mod sender;
+pub mod supervisor;
+pub mod window;
+
+pub use supervisor::{DispatchError, Dispatcher, DispatcherSettings};

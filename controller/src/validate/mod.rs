@@ -24,8 +24,23 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> FieldError {
 pub const BROKER_CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";
 pub const SLUICE_ANNOTATION_PREFIX: &str = "sluice.dev/";
 /// The `sluice.dev/` annotations Sluice knows; others under that prefix are refused.
-pub const SLUICE_ANNOTATIONS: [&str; 4] =
-    ["sluice.dev/ttl", "sluice.dev/dedupe-window", "sluice.dev/retention", "sluice.dev/initial-offset"];
+pub const SLUICE_ANNOTATIONS: [&str; 11] = [
+    "sluice.dev/ttl",
+    "sluice.dev/dedupe-window",
+    "sluice.dev/retention",
+    "sluice.dev/initial-offset",
+    "sluice.dev/delivery-order",
+    "sluice.dev/max-inflight",
+    "sluice.dev/rate-limit",
+    "sluice.dev/backoff-max",
+    "sluice.dev/backoff-jitter",
+    "sluice.dev/dead-letter",
+    "sluice.dev/subscriber-protocol",
+];
+/// Knative's Kafka broker names the ordering annotation this way; Sluice accepts it too.
+pub const KAFKA_DELIVERY_ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
+/// Most concurrent deliveries `sluice.dev/max-inflight` may ask for, per Trigger and partition.
+pub const MAX_INFLIGHT_LIMIT: u32 = 10_000;
 
 /// Kubernetes DNS-1123 label.
 pub fn is_dns_label(s: &str) -> bool {
@@ -153,6 +168,10 @@ fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<
             errors.push(err(path, "annotation values are strings"));
             continue;
         };
+        if key == KAFKA_DELIVERY_ORDER_ANNOTATION && !matches!(value, "ordered" | "unordered") {
+            errors.push(err(path, "must be ordered or unordered"));
+            continue;
+        }
         if !key.starts_with(SLUICE_ANNOTATION_PREFIX) {
             continue;
         }
@@ -177,6 +196,41 @@ fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<
             "sluice.dev/initial-offset" => {
                 if !matches!(value, "earliest" | "latest") {
                     errors.push(err(path, "must be earliest or latest"));
+                }
+            }
+            "sluice.dev/delivery-order" => {
+                if !matches!(value, "ordered" | "unordered") {
+                    errors.push(err(path, "must be ordered or unordered"));
+                }
+            }
+            "sluice.dev/max-inflight" => {
+                if !value.trim().parse::<u32>().is_ok_and(|n| (1..=MAX_INFLIGHT_LIMIT).contains(&n)) {
+                    errors.push(err(path, format!("must be an integer from 1 to {MAX_INFLIGHT_LIMIT}")));
+                }
+            }
+            "sluice.dev/rate-limit" => {
+                if !value.trim().parse::<f64>().is_ok_and(|r| r.is_finite() && r > 0.0) {
+                    errors.push(err(path, "must be a positive number of events per second, e.g. 100 or 0.5"));
+                }
+            }
+            "sluice.dev/backoff-max" => {
+                if parse_duration(value).is_err() {
+                    errors.push(err(path, "must be a duration, e.g. 30s, 5m or PT30S"));
+                }
+            }
+            "sluice.dev/backoff-jitter" => {
+                if !value.trim().parse::<f64>().is_ok_and(|j| (0.0..=1.0).contains(&j)) {
+                    errors.push(err(path, "must be a fraction from 0 to 1, e.g. 0.2"));
+                }
+            }
+            "sluice.dev/dead-letter" => {
+                if !matches!(value, "keep" | "drop") {
+                    errors.push(err(path, "must be keep (the Trigger's dead-letter stream) or drop"));
+                }
+            }
+            "sluice.dev/subscriber-protocol" => {
+                if !matches!(value, "http1" | "h2c") {
+                    errors.push(err(path, "must be http1 or h2c"));
                 }
             }
             _ => errors.push(err(path, format!("unknown Sluice annotation; known: {}", SLUICE_ANNOTATIONS.join(", ")))),

@@ -105,6 +105,51 @@ fn invalid_objects_name_their_field() {
             set(trigger(), "/metadata/annotations", json!({"sluice.dev/initial-offset": "middle"})),
             "metadata.annotations[sluice.dev/initial-offset]",
         ),
+        (
+            "delivery order",
+            set(trigger(), "/metadata/annotations", json!({"sluice.dev/delivery-order": "random"})),
+            "metadata.annotations[sluice.dev/delivery-order]",
+        ),
+        (
+            "kafka delivery order",
+            set(trigger(), "/metadata/annotations", json!({"kafka.eventing.knative.dev/delivery.order": "sorted"})),
+            "metadata.annotations[kafka.eventing.knative.dev/delivery.order]",
+        ),
+        (
+            "max inflight zero",
+            set(trigger(), "/metadata/annotations", json!({"sluice.dev/max-inflight": "0"})),
+            "metadata.annotations[sluice.dev/max-inflight]",
+        ),
+        (
+            "max inflight huge",
+            set(trigger(), "/metadata/annotations", json!({"sluice.dev/max-inflight": "1000000"})),
+            "metadata.annotations[sluice.dev/max-inflight]",
+        ),
+        (
+            "rate limit",
+            set(trigger(), "/metadata/annotations", json!({"sluice.dev/rate-limit": "-5"})),
+            "metadata.annotations[sluice.dev/rate-limit]",
+        ),
+        (
+            "backoff max",
+            set(trigger(), "/metadata/annotations", json!({"sluice.dev/backoff-max": "later"})),
+            "metadata.annotations[sluice.dev/backoff-max]",
+        ),
+        (
+            "backoff jitter",
+            set(trigger(), "/metadata/annotations", json!({"sluice.dev/backoff-jitter": "1.5"})),
+            "metadata.annotations[sluice.dev/backoff-jitter]",
+        ),
+        (
+            "dead letter",
+            set(trigger(), "/metadata/annotations", json!({"sluice.dev/dead-letter": "discard"})),
+            "metadata.annotations[sluice.dev/dead-letter]",
+        ),
+        (
+            "subscriber protocol",
+            set(trigger(), "/metadata/annotations", json!({"sluice.dev/subscriber-protocol": "h3"})),
+            "metadata.annotations[sluice.dev/subscriber-protocol]",
+        ),
         ("annotation not a string", set(broker(), "/metadata/annotations", json!({"a": 1})), "metadata.annotations[a]"),
         ("negative retry", set(broker(), "/spec/delivery/retry", json!(-1)), "spec.delivery.retry"),
         (

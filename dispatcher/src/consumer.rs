@@ -1,0 +1,413 @@
+//! Consumers: what the dispatcher needs to know about one Trigger or Subscription, derived from the resource
+//! objects (as stored in the metadata group).
+//!
+//! What flows in: every Broker, Trigger, Channel, InMemoryChannel and Subscription object (JSON) and the
+//! node's ingress address (to resolve references to Brokers and Channels). What flows out: one
+//! [`ConsumerSpec`] per Trigger or Subscription that can be dispatched (its stream, cursor name, filter,
+//! resolved subscriber/reply/dead-letter URLs, delivery policy and Sluice's delivery annotations), and the
+//! reasons why others cannot be (their subscriber does not resolve, ...): those keep their offset and wait.
+//!
+//! Pure: a function of the objects.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use sluice_broker::resources::{IngressSettings, stream_name};
+use sluice_controller::model::Destination;
+use sluice_controller::status::{Environment, World, resolve};
+
+use crate::delivery::DeliveryPolicy;
+use crate::filter::{self, CompiledFilter};
+use crate::window::Ordering;
+
+pub const ANNOTATION_INITIAL_OFFSET: &str = "sluice.dev/initial-offset";
+pub const ANNOTATION_DELIVERY_ORDER: &str = "sluice.dev/delivery-order";
+pub const ANNOTATION_KAFKA_DELIVERY_ORDER: &str = "kafka.eventing.knative.dev/delivery.order";
+pub const ANNOTATION_MAX_INFLIGHT: &str = "sluice.dev/max-inflight";
+pub const ANNOTATION_RATE_LIMIT: &str = "sluice.dev/rate-limit";
+pub const ANNOTATION_DEAD_LETTER: &str = "sluice.dev/dead-letter";
+pub const ANNOTATION_SUBSCRIBER_PROTOCOL: &str = "sluice.dev/subscriber-protocol";
+
+/// Default `sluice.dev/max-inflight`: concurrent deliveries per consumer and partition.
+pub const DEFAULT_MAX_INFLIGHT: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerKind {
+    Trigger,
+    Subscription,
+}
+
+impl ConsumerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsumerKind::Trigger => "trigger",
+            ConsumerKind::Subscription => "subscription",
+        }
+    }
+}
+
+/// Where a subscriber's reply goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyTarget {
+    /// A Trigger's reply: appended to its Broker's stream, like an event from ingress.
+    Broker { stream: String, settings: IngressSettings },
+    /// A Subscription's `spec.reply`, POSTed.
+    Uri(String),
+    /// A Subscription without `spec.reply`: replies are discarded.
+    Discard,
+}
+
+/// What happens to an event that could not be delivered and has no (working) dead-letter sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterMode {
+    /// Sluice's default: kept in the consumer's dead-letter stream.
+    Keep,
+    /// `sluice.dev/dead-letter: drop`: Knative's behaviour.
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Binary,
+    Structured,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 without TLS, with prior knowledge (`sluice.dev/subscriber-protocol: h2c`).
+    H2c,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialOffset {
+    /// Knative's behaviour: events that arrived from the consumer's creation on (`creationTimestamp`, to the
+    /// second).
+    FromCreation { created_ms: u64 },
+    /// `sluice.dev/initial-offset: earliest`: every retained event.
+    Earliest,
+}
+
+/// One Trigger or Subscription, ready to dispatch.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub kind: ConsumerKind,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The Broker's or Channel's name (metrics label).
+    pub source_name: String,
+    /// The stream it reads.
+    pub stream: String,
+    /// Its offsets' name in each partition group: `{stream}#{kind}/{name}/{uid}`.
+    pub cursor: String,
+    pub subscriber_uri: String,
+    pub reply: ReplyTarget,
+    pub dead_letter_uri: Option<String>,
+    pub dead_letter_mode: DeadLetterMode,
+    /// The consumer's own dead-letter stream (same partition as the event).
+    pub dead_letter_stream: String,
+    pub policy: DeliveryPolicy,
+    pub format: Format,
+    pub protocol: Protocol,
+    pub ordering: Ordering,
+    pub max_inflight: usize,
+    /// Events per second for the whole consumer (shared evenly by the partitions).
+    pub rate_limit: Option<f64>,
+    pub initial: InitialOffset,
+    pub filter: CompiledFilter,
+    /// Changes whenever anything above changes: a dispatcher restarts the consumer then.
+    pub version: String,
+}
+
+/// The dead-letter stream of a consumer.
+pub fn dead_letter_stream(kind: ConsumerKind, namespace: &str, name: &str) -> String {
+    format!("deadletter/{}/{namespace}/{name}", kind.as_str())
+}
+
+/// The prefix of every cursor reading `stream` (to find cursors whose consumer is gone).
+pub fn cursor_prefix(stream: &str) -> String {
+    format!("{stream}#")
+}
+
+fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
+    object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn annotation<'a>(object: &'a Value, name: &str) -> Option<&'a str> {
+    object.pointer("/metadata/annotations").and_then(|a| a.get(name)).and_then(Value::as_str).map(str::trim)
+}
+
+fn find<'a>(objects: &'a [Value], kinds: &[&str], namespace: &str, name: &str) -> Option<&'a Value> {
+    objects.iter().find(|o| {
+        kinds.contains(&str_at(o, "/kind"))
+            && str_at(o, "/metadata/namespace") == namespace
+            && str_at(o, "/metadata/name") == name
+    })
+}
+
+fn resolve_at(
+    object: &Value,
+    pointer: &str,
+    namespace: &str,
+    world: &World,
+    env: &Environment,
+) -> Result<Option<String>, String> {
+    let Some(value) = object.pointer(pointer).filter(|v| !v.is_null()) else { return Ok(None) };
+    let destination: Destination = serde_json::from_value(value.clone())
+        .map_err(|e| format!("{}: not a Destination: {e}", pointer_path(pointer)))?;
+    resolve(&destination, namespace, world, env)
+        .map(Some)
+        .map_err(|(reason, message)| format!("{}: {reason}: {message}", pointer_path(pointer)))
+}
+
+fn pointer_path(pointer: &str) -> String {
+    pointer.trim_start_matches('/').replace('/', ".")
+}
+
+/// Every dispatchable consumer, and `(kind/namespace/name, reason)` for those that are not.
+pub fn consumers(objects: &[Value], env: &Environment) -> (Vec<Arc<ConsumerSpec>>, Vec<(String, String)>) {
+    let world = World { objects };
+    let mut specs = Vec::new();
+    let mut problems = Vec::new();
+    for object in objects {
+        let kind = match str_at(object, "/kind") {
+            "Trigger" => ConsumerKind::Trigger,
+            "Subscription" => ConsumerKind::Subscription,
+            _ => continue,
+        };
+        match consumer(kind, object, objects, &world, env) {
+            Ok(spec) => specs.push(Arc::new(spec)),
+            Err(reason) => problems.push((
+                format!(
+                    "{}/{}/{}",
+                    kind.as_str(),
+                    str_at(object, "/metadata/namespace"),
+                    str_at(object, "/metadata/name")
+                ),
+                reason,
+            )),
+        }
+    }
+    specs.sort_by(|a, b| a.cursor.cmp(&b.cursor));
+    (specs, problems)
+}
+
+fn consumer(
+    kind: ConsumerKind,
+    object: &Value,
+    objects: &[Value],
+    world: &World,
+    env: &Environment,
+) -> Result<ConsumerSpec, String> {
+    let namespace = str_at(object, "/metadata/namespace").to_string();
+    let name = str_at(object, "/metadata/name").to_string();
+    let uid = str_at(object, "/metadata/uid").to_string();
+    // The object whose delivery applies: the consumer's own, or else its Broker's/Channel's (wholesale).
+    let (source_kind, source_name, source) = match kind {
+        ConsumerKind::Trigger => {
+            let broker = str_at(object, "/spec/broker");
+            let source = find(objects, &["Broker"], &namespace, broker)
+                .ok_or_else(|| format!("spec.broker: Broker {namespace}/{broker} does not exist"))?;
+            ("Broker", broker.to_string(), source)
+        }
+        ConsumerKind::Subscription => {
+            let channel = str_at(object, "/spec/channel/name");
+            let source = find(objects, &["Channel", "InMemoryChannel"], &namespace, channel)
+                .ok_or_else(|| format!("spec.channel: channel {namespace}/{channel} does not exist"))?;
+            ("Channel", channel.to_string(), source)
+        }
+    };
+    let stream = stream_name(source_kind, &namespace, &source_name);
+    let subscriber_uri = resolve_at(object, "/spec/subscriber", &namespace, world, env)?
+        .ok_or_else(|| "spec.subscriber: missing".to_string())?;
+    let (delivery_owner, delivery) = match object.pointer("/spec/delivery").filter(|d| !d.is_null()) {
+        Some(delivery) => (object, Some(delivery)),
+        None => (source, source.pointer("/spec/delivery").filter(|d| !d.is_null())),
+    };
+    let mut policy = DeliveryPolicy::from_spec(delivery).map_err(|e| format!("spec.{}: {e}", e.path()))?;
+    policy
+        .apply_annotations(object.pointer("/metadata/annotations").and_then(Value::as_object))
+        .map_err(|e| e.to_string())?;
+    let owner_namespace = str_at(delivery_owner, "/metadata/namespace").to_string();
+    let dead_letter_uri = match delivery {
+        Some(_) => resolve_at(delivery_owner, "/spec/delivery/deadLetterSink", &owner_namespace, world, env)?,
+        None => None,
+    };
+    let format = match delivery.and_then(|d| d.get("format")).and_then(Value::as_str) {
+        Some("json") => Format::Structured,
+        _ => Format::Binary,
+    };
+    let reply = match kind {
+        ConsumerKind::Trigger => {
+            ReplyTarget::Broker { stream: stream.clone(), settings: IngressSettings::from_object(&source.to_string()) }
+        }
+        ConsumerKind::Subscription => match resolve_at(object, "/spec/reply", &namespace, world, env)? {
+            Some(uri) => ReplyTarget::Uri(uri),
+            None => ReplyTarget::Discard,
+        },
+    };
+    let filter = match kind {
+        ConsumerKind::Trigger => {
+            let attributes: Option<BTreeMap<String, String>> = object
+                .pointer("/spec/filter/attributes")
+                .filter(|v| !v.is_null())
+                .map(|v| serde_json::from_value(v.clone()))
+                .transpose()
+                .map_err(|e| format!("spec.filter.attributes: {e}"))?;
+            filter::compile(attributes.as_ref(), object.pointer("/spec/filters"))
+                .map_err(|e| format!("spec.{}: {e}", e.path()))?
+        }
+        ConsumerKind::Subscription => CompiledFilter::match_all(),
+    };
+    let ordering = match annotation(object, ANNOTATION_DELIVERY_ORDER)
+        .or_else(|| annotation(object, ANNOTATION_KAFKA_DELIVERY_ORDER))
+    {
+        Some("ordered") => Ordering::Ordered,
+        _ => Ordering::Unordered,
+    };
+    let max_inflight = annotation(object, ANNOTATION_MAX_INFLIGHT)
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(DEFAULT_MAX_INFLIGHT)
+        .min(sluice_controller::validate::MAX_INFLIGHT_LIMIT as usize);
+    let rate_limit = annotation(object, ANNOTATION_RATE_LIMIT)
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|r| r.is_finite() && *r > 0.0);
+    let dead_letter_mode = if annotation(object, ANNOTATION_DEAD_LETTER) == Some("drop") {
+        DeadLetterMode::Drop
+    } else {
+        DeadLetterMode::Keep
+    };
+    let protocol =
+        if annotation(object, ANNOTATION_SUBSCRIBER_PROTOCOL) == Some("h2c") { Protocol::H2c } else { Protocol::Http1 };
+    let initial = match annotation(object, ANNOTATION_INITIAL_OFFSET) {
+        Some("earliest") => InitialOffset::Earliest,
+        _ => {
+            let created = str_at(object, "/metadata/creationTimestamp");
+            let created_ms = chrono::DateTime::parse_from_rfc3339(created)
+                .map(|t| t.timestamp_millis().max(0) as u64)
+                .map_err(|_| format!("metadata.creationTimestamp: {created:?} is not RFC 3339"))?;
+            InitialOffset::FromCreation { created_ms }
+        }
+    };
+    let version = format!(
+        "{}|{}|{subscriber_uri}|{reply:?}|{dead_letter_uri:?}",
+        str_at(object, "/metadata/resourceVersion"),
+        str_at(source, "/metadata/resourceVersion"),
+    );
+    Ok(ConsumerSpec {
+        kind,
+        cursor: format!("{}{}/{name}/{uid}", cursor_prefix(&stream), kind.as_str()),
+        dead_letter_stream: dead_letter_stream(kind, &namespace, &name),
+        namespace,
+        name,
+        uid,
+        source_name,
+        stream,
+        subscriber_uri,
+        reply,
+        dead_letter_uri,
+        dead_letter_mode,
+        policy,
+        format,
+        protocol,
+        ordering,
+        max_inflight,
+        rate_limit,
+        initial,
+        filter,
+        version,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn env() -> Environment {
+        Environment { ingress_base: "http://127.0.0.1:8080".into() }
+    }
+
+    fn meta(kind: &str, name: &str, extra: Value) -> Value {
+        let mut object = json!({
+            "apiVersion": "eventing.knative.dev/v1", "kind": kind,
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                "resourceVersion": "7", "creationTimestamp": "2026-01-02T03:04:05Z"},
+        });
+        if let (Some(o), Value::Object(extra)) = (object.as_object_mut(), extra) {
+            o.extend(extra);
+        }
+        object
+    }
+
+    #[test]
+    fn a_trigger_inherits_its_brokers_delivery_wholesale_unless_it_has_one() {
+        let broker =
+            meta("Broker", "b", json!({"spec": {"delivery": {"retry": 3, "deadLetterSink": {"uri": "http://dls/"}}}}));
+        let inherits = meta("Trigger", "t1", json!({"spec": {"broker": "b", "subscriber": {"uri": "http://s1/"}}}));
+        let own = meta(
+            "Trigger",
+            "t2",
+            json!({"spec": {"broker": "b", "subscriber": {"uri": "http://s2/"}, "delivery": {"backoffDelay": "PT1S"}},
+                "metadata": {"name": "t2", "namespace": "default", "uid": "u2", "creationTimestamp": "2026-01-02T03:04:05Z",
+                    "annotations": {"sluice.dev/delivery-order": "ordered", "sluice.dev/max-inflight": "7",
+                        "sluice.dev/dead-letter": "drop", "sluice.dev/initial-offset": "earliest"}}}),
+        );
+        let (specs, problems) = consumers(&[broker, inherits, own], &env());
+        assert!(problems.is_empty(), "{problems:?}");
+        let t1 = &specs[0];
+        assert_eq!(t1.cursor, "broker/default/b#trigger/t1/uid-t1");
+        assert_eq!(t1.policy.retry, 3);
+        assert_eq!(t1.dead_letter_uri.as_deref(), Some("http://dls/"));
+        assert_eq!(t1.ordering, Ordering::Unordered);
+        assert_eq!(t1.max_inflight, DEFAULT_MAX_INFLIGHT);
+        assert_eq!(t1.dead_letter_mode, DeadLetterMode::Keep);
+        assert_eq!(t1.initial, InitialOffset::FromCreation { created_ms: 1_767_323_045_000 });
+        assert!(matches!(&t1.reply, ReplyTarget::Broker { stream, .. } if stream == "broker/default/b"));
+        let t2 = &specs[1];
+        assert_eq!(t2.policy.retry, 0, "the Trigger's delivery replaces the Broker's");
+        assert_eq!(t2.policy.backoff_delay_ms, 1_000);
+        assert_eq!(t2.dead_letter_uri, None);
+        assert_eq!(t2.ordering, Ordering::Ordered);
+        assert_eq!(t2.max_inflight, 7);
+        assert_eq!(t2.dead_letter_mode, DeadLetterMode::Drop);
+        assert_eq!(t2.initial, InitialOffset::Earliest);
+        assert_eq!(t2.dead_letter_stream, "deadletter/trigger/default/t2");
+    }
+
+    #[test]
+    fn unresolvable_consumers_wait_with_a_reason() {
+        let orphan = meta("Trigger", "t", json!({"spec": {"broker": "missing", "subscriber": {"uri": "http://s/"}}}));
+        let broker = meta("Broker", "b", json!({"spec": {}}));
+        let serving = meta(
+            "Trigger",
+            "k",
+            json!({"spec": {"broker": "b", "subscriber": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "fn"}}}}),
+        );
+        let (specs, problems) = consumers(&[orphan, broker, serving], &env());
+        assert!(specs.is_empty());
+        assert_eq!(problems.len(), 2);
+        assert!(problems[0].1.contains("Broker default/missing does not exist"), "{problems:?}");
+        assert!(problems[1].1.contains("ServingNotAvailable"), "{problems:?}");
+    }
+
+    #[test]
+    fn subscriptions_read_their_channel_and_reply_to_spec_reply() {
+        let channel = json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
+            "metadata": {"name": "c", "namespace": "default", "resourceVersion": "3"},
+            "spec": {"delivery": {"retry": 2}}});
+        let subscription = json!({"apiVersion": "messaging.knative.dev/v1", "kind": "Subscription",
+            "metadata": {"name": "s", "namespace": "default", "uid": "u", "resourceVersion": "4", "creationTimestamp": "2026-01-02T03:04:05Z"},
+            "spec": {"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "c"},
+                "subscriber": {"uri": "http://sub/"}, "reply": {"uri": "http://reply/"}}});
+        let (specs, problems) = consumers(&[channel, subscription], &env());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(specs[0].stream, "channel/default/c");
+        assert_eq!(specs[0].policy.retry, 2, "delivery from the Channel");
+        assert_eq!(specs[0].reply, ReplyTarget::Uri("http://reply/".into()));
+        assert_eq!(specs[0].cursor, "channel/default/c#subscription/s/u");
+    }
+}

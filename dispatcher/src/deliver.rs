@@ -1,0 +1,356 @@
+//! Delivering one event to one consumer, from the first attempt to its settlement: delivered (and its reply
+//! committed), dead-lettered (to the sink, or kept in the consumer's dead-letter stream), or dropped.
+//!
+//! The decisions are [`crate::delivery`]'s; this is the shell that sends, sleeps until the retry instant it was
+//! given, and appends replies and dead letters through the log. A delivery task is aborted (at an await point)
+//! when its partition dispatcher stops; the event is then redelivered from the committed offset.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use sluice_broker::Node;
+use sluice_broker::cloudevent::{AttrValue, CloudEvent};
+use sluice_broker::ingress::{self, PublishError};
+
+use crate::consumer::{ConsumerSpec, DeadLetterMode, Format, ReplyTarget};
+use crate::delivery::{FailureReason, Outcome, Step, classify, next_step_jittered};
+use crate::sender::{AttemptResult, Sender};
+
+/// The most of a subscriber's response body carried in `knativeerrordata` (before base64).
+pub const MAX_ERROR_DATA_BYTES: usize = 1024;
+/// Largest reply event accepted from a subscriber (encoded).
+pub const MAX_REPLY_EVENT_BYTES: usize = 1 << 20;
+
+/// How a delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    Delivered {
+        attempts: u32,
+    },
+    /// Sent to the dead-letter sink.
+    DeadLetterSink {
+        attempts: u32,
+    },
+    /// Kept in the consumer's dead-letter stream.
+    DeadLetterStream {
+        attempts: u32,
+    },
+    Dropped {
+        attempts: u32,
+    },
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+async fn sleep_until_ms(at_ms: u64) {
+    let wait = at_ms.saturating_sub(now_ms());
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+/// Everything a delivery needs.
+#[derive(Clone)]
+pub struct DeliveryContext {
+    pub node: Node,
+    pub sender: Sender,
+    pub partition: u32,
+}
+
+/// Why a delivery failed, for the dead letter's error attributes.
+struct Failure {
+    destination: String,
+    status: Option<u16>,
+    /// The response body, or a description when there was none.
+    data: Bytes,
+    reason: String,
+}
+
+fn failure_from(destination: &str, result: &AttemptResult, reason: String) -> Failure {
+    let data = if result.body.is_empty() {
+        Bytes::from(result.error.clone().unwrap_or_else(|| reason.clone()))
+    } else {
+        result.body.clone()
+    };
+    Failure { destination: destination.to_string(), status: result.status, data, reason }
+}
+
+fn labels(spec: &ConsumerSpec, event: &CloudEvent, status: Option<u16>) -> Vec<(&'static str, String)> {
+    let code = status.map(|s| s.to_string()).unwrap_or_else(|| "0".into());
+    let class = status.map(|s| format!("{}xx", s / 100)).unwrap_or_else(|| "none".into());
+    let source_label = match spec.kind {
+        crate::consumer::ConsumerKind::Trigger => "broker_name",
+        crate::consumer::ConsumerKind::Subscription => "channel_name",
+    };
+    let consumer_label = match spec.kind {
+        crate::consumer::ConsumerKind::Trigger => "trigger_name",
+        crate::consumer::ConsumerKind::Subscription => "subscription_name",
+    };
+    vec![
+        (source_label, spec.source_name.clone()),
+        (consumer_label, spec.name.clone()),
+        ("namespace_name", spec.namespace.clone()),
+        ("event_type", crate::metrics::event_type_label(event.get_str("type").unwrap_or_default())),
+        ("response_code", code),
+        ("response_code_class", class),
+    ]
+}
+
+/// Delivers `event` (at `offset`) to `spec`'s subscriber until it settles.
+pub async fn deliver(ctx: DeliveryContext, spec: Arc<ConsumerSpec>, offset: u64, event: Arc<CloudEvent>) -> Settlement {
+    let span = tracing::debug_span!("deliver", consumer = %spec.cursor, partition = ctx.partition, offset);
+    let _ = &span;
+    let mut attempt = 1u32;
+    loop {
+        let started = std::time::Instant::now();
+        let result = ctx
+            .sender
+            .send(&spec.subscriber_uri, spec.protocol, spec.format, &event, spec.policy.timeout_ms, now_ms())
+            .await;
+        let labels = labels(&spec, &event, result.status);
+        metrics::counter!("event_count", &labels).increment(1);
+        metrics::histogram!("event_dispatch_latencies", &labels).record(started.elapsed().as_secs_f64() * 1000.0);
+        let mut outcome = classify(result.status);
+        let mut failure_reason = None;
+        if outcome == Outcome::Success
+            && let Some(reply) = &result.reply
+        {
+            match handle_reply(&ctx, &spec, &event, reply).await {
+                Ok(()) => {}
+                Err(ReplyError::Invalid(reason)) => {
+                    outcome = Outcome::Permanent { status: result.status.unwrap_or(200) };
+                    failure_reason = Some(reason);
+                }
+                Err(ReplyError::NotCommitted(reason)) => {
+                    outcome = Outcome::Retryable { status: None };
+                    failure_reason = Some(reason);
+                }
+            }
+        }
+        let step =
+            next_step_jittered(&spec.policy, attempt, outcome, result.retry_after, now_ms(), rand::random::<f64>());
+        match step {
+            Step::Done => return Settlement::Delivered { attempts: attempt },
+            Step::RetryAt(at_ms) => {
+                metrics::counter!("sluice_dispatch_retries_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone()).increment(1);
+                tracing::debug!(consumer = %spec.name, offset, attempt, status = ?result.status, wait_ms = at_ms.saturating_sub(now_ms()), "retrying");
+                sleep_until_ms(at_ms).await;
+                attempt += 1;
+            }
+            Step::DeadLetter { reason } | Step::Drop { reason } => {
+                let reason_text = failure_reason.unwrap_or_else(|| describe(reason));
+                let failure = failure_from(&spec.subscriber_uri, &result, reason_text);
+                return dead_letter(&ctx, &spec, offset, &event, failure, attempt).await;
+            }
+        }
+    }
+}
+
+fn describe(reason: FailureReason) -> String {
+    reason.to_string()
+}
+
+enum ReplyError {
+    /// The subscriber's reply is not a valid event: retrying will not fix it.
+    Invalid(String),
+    /// The reply could not be committed (no quorum, queue full): the delivery is retried.
+    NotCommitted(String),
+}
+
+/// Commits (Trigger) or forwards (Subscription) a subscriber's reply. `Ok` once it is committed or forwarded.
+async fn handle_reply(
+    ctx: &DeliveryContext,
+    spec: &ConsumerSpec,
+    original: &CloudEvent,
+    reply: &Result<CloudEvent, String>,
+) -> Result<(), ReplyError> {
+    let mut reply = match reply {
+        Ok(reply) => reply.clone(),
+        Err(reason) => return Err(ReplyError::Invalid(format!("the reply is not a valid CloudEvent: {reason}"))),
+    };
+    // The reply is one hop further than the event it answers.
+    let ttl = original
+        .get("knativebrokerttl")
+        .and_then(|v| v.to_canonical_string().trim().parse::<i64>().ok())
+        .unwrap_or(sluice_broker::resources::DEFAULT_BROKER_TTL)
+        - 1;
+    reply.attributes.remove("knativearrivaltime");
+    match &spec.reply {
+        ReplyTarget::Discard => Ok(()),
+        ReplyTarget::Broker { stream, settings } => {
+            if ttl <= 0 {
+                metrics::counter!("sluice_dispatch_reply_ttl_exhausted_total", "consumer" => spec.name.clone())
+                    .increment(1);
+                let failure = Failure {
+                    destination: stream.clone(),
+                    status: None,
+                    data: Bytes::from_static(b"knativebrokerttl exhausted: the reply is not sent back to the broker"),
+                    reason: "knativebrokerttl exhausted".into(),
+                };
+                // The original delivery succeeded; the reply that cannot go on is the dead letter.
+                dead_letter_event(ctx, spec, None, &reply, failure).await;
+                return Ok(());
+            }
+            reply.attributes.insert("knativebrokerttl".into(), AttrValue::Integer(ttl));
+            match ingress::publish(&ctx.node, stream, settings, vec![reply], MAX_REPLY_EVENT_BYTES).await {
+                Ok(_) => {
+                    metrics::counter!("sluice_dispatch_replies_total", "consumer" => spec.name.clone()).increment(1);
+                    Ok(())
+                }
+                Err(PublishError::Invalid(e)) => {
+                    Err(ReplyError::Invalid(format!("the reply was refused: {}", e.to_json())))
+                }
+                Err(PublishError::Broker(e)) => {
+                    Err(ReplyError::NotCommitted(format!("the reply was not committed: {e}")))
+                }
+            }
+        }
+        ReplyTarget::Uri(uri) => {
+            // A Subscription's reply goes on to spec.reply with the same policy; if that fails, the reply (not
+            // the original, which was delivered) is dead-lettered.
+            let mut attempt = 1u32;
+            loop {
+                let result =
+                    ctx.sender.send(uri, spec.protocol, Format::Binary, &reply, spec.policy.timeout_ms, now_ms()).await;
+                let step = next_step_jittered(
+                    &spec.policy,
+                    attempt,
+                    classify(result.status),
+                    result.retry_after,
+                    now_ms(),
+                    rand::random::<f64>(),
+                );
+                match step {
+                    Step::Done => return Ok(()),
+                    Step::RetryAt(at_ms) => {
+                        sleep_until_ms(at_ms).await;
+                        attempt += 1;
+                    }
+                    Step::DeadLetter { reason } | Step::Drop { reason } => {
+                        let failure = failure_from(uri, &result, describe(reason));
+                        dead_letter_event(ctx, spec, None, &reply, failure).await;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The event with Knative's error attributes (and Sluice's reason and source offset).
+fn with_error_attributes(event: &CloudEvent, failure: &Failure, offset: Option<u64>) -> CloudEvent {
+    let mut event = event.clone();
+    let attributes = &mut event.attributes;
+    attributes.insert("knativeerrordest".into(), AttrValue::String(failure.destination.clone()));
+    match failure.status {
+        Some(status) => attributes.insert("knativeerrorcode".into(), AttrValue::String(status.to_string())),
+        None => attributes.remove("knativeerrorcode"),
+    };
+    let data = &failure.data[..failure.data.len().min(MAX_ERROR_DATA_BYTES)];
+    attributes
+        .insert("knativeerrordata".into(), AttrValue::String(base64::engine::general_purpose::STANDARD.encode(data)));
+    attributes.insert("sluiceerrorreason".into(), AttrValue::String(failure.reason.chars().take(512).collect()));
+    if let Some(offset) = offset {
+        attributes.insert("sluicesourceoffset".into(), AttrValue::String(offset.to_string()));
+    }
+    event
+}
+
+async fn dead_letter(
+    ctx: &DeliveryContext,
+    spec: &ConsumerSpec,
+    offset: u64,
+    event: &CloudEvent,
+    failure: Failure,
+    attempts: u32,
+) -> Settlement {
+    tracing::info!(consumer = %spec.name, namespace = %spec.namespace, offset, reason = %failure.reason, "dead-lettering");
+    match dead_letter_event(ctx, spec, Some(offset), event, failure).await {
+        DeadLettered::Sink => Settlement::DeadLetterSink { attempts },
+        DeadLettered::Stream => Settlement::DeadLetterStream { attempts },
+        DeadLettered::Dropped => Settlement::Dropped { attempts },
+    }
+}
+
+enum DeadLettered {
+    Sink,
+    Stream,
+    Dropped,
+}
+
+/// Sends `event` with its error attributes to the dead-letter sink (retried with the consumer's policy); when
+/// there is none, or it fails too, keeps it in the consumer's dead-letter stream unless the consumer says
+/// `sluice.dev/dead-letter: drop`.
+async fn dead_letter_event(
+    ctx: &DeliveryContext,
+    spec: &ConsumerSpec,
+    offset: Option<u64>,
+    event: &CloudEvent,
+    failure: Failure,
+) -> DeadLettered {
+    let mut dead = with_error_attributes(event, &failure, offset);
+    if let Some(sink) = &spec.dead_letter_uri {
+        let mut attempt = 1u32;
+        loop {
+            let result =
+                ctx.sender.send(sink, spec.protocol, spec.format, &dead, spec.policy.timeout_ms, now_ms()).await;
+            let step = next_step_jittered(
+                &spec.policy,
+                attempt,
+                classify(result.status),
+                result.retry_after,
+                now_ms(),
+                rand::random::<f64>(),
+            );
+            match step {
+                Step::Done => {
+                    metrics::counter!("sluice_dispatch_dead_lettered_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone(), "to" => "sink").increment(1);
+                    return DeadLettered::Sink;
+                }
+                Step::RetryAt(at_ms) => {
+                    sleep_until_ms(at_ms).await;
+                    attempt += 1;
+                }
+                Step::DeadLetter { reason } | Step::Drop { reason } => {
+                    tracing::warn!(consumer = %spec.name, sink = %sink, reason = %reason, "the dead-letter sink failed too");
+                    let sink_reason = format!("{}; then the dead-letter sink {sink} failed: {reason}", failure.reason);
+                    dead.attributes
+                        .insert("sluiceerrorreason".into(), AttrValue::String(sink_reason.chars().take(512).collect()));
+                    break;
+                }
+            }
+        }
+    }
+    if spec.dead_letter_mode == DeadLetterMode::Drop {
+        metrics::counter!("sluice_dispatch_dropped_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone()).increment(1);
+        tracing::warn!(consumer = %spec.name, reason = %failure.reason, "dropping an undeliverable event (sluice.dev/dead-letter: drop)");
+        return DeadLettered::Dropped;
+    }
+    let payload = match dead.encode() {
+        Ok(payload) => Bytes::from(payload),
+        Err(e) => {
+            tracing::error!(consumer = %spec.name, error = %e, "cannot encode a dead letter; dropping it");
+            return DeadLettered::Dropped;
+        }
+    };
+    // The dead letter must be stored before the event settles: retry until it is (or the task is aborted,
+    // when the event is redelivered from the committed offset).
+    let mut wait_ms = 100u64;
+    loop {
+        match ctx.node.append(&spec.dead_letter_stream, ctx.partition, vec![payload.clone()], now_ms(), None).await {
+            Ok(_) => {
+                metrics::counter!("sluice_dispatch_dead_lettered_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone(), "to" => "stream").increment(1);
+                return DeadLettered::Stream;
+            }
+            Err(e) => {
+                tracing::warn!(consumer = %spec.name, error = %e, wait_ms, "dead-letter stream append failed; retrying");
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                wait_ms = (wait_ms * 2).min(5_000);
+            }
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! One stream partition's dispatch, on the node that leads the partition: the consumers (Triggers of a Broker,
+//! Subscriptions of a Channel) reading it, their windows, their deliveries and their offset commits.
+//!
+//! Reading: consumers that keep up share one reader. It decodes each event once and asks the Broker's
+//! [`FilterIndex`] which consumers match, so an event costs the exact-match lookups plus the filters that may
+//! match it, not one evaluation per Trigger. A consumer that falls behind (its window is full when an event
+//! matches), or that starts behind (a new Trigger with `earliest`, a restarted one), is detached: it reads on its
+//! own with its own filter until it reaches the shared reader again, and re-attaches. A slow subscriber
+//! therefore never holds up the others, and memory stays bounded by the windows.
+//!
+//! Offsets: every `commit_interval` the watermark of each consumer (below it everything is settled or did not
+//! match) is committed through the partition's Raft group; also when the dispatcher stops. A crash redelivers
+//! at most what settled since the last commit, plus what was in flight.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_broker::cloudevent::{AttrValue, CloudEvent};
+use sluice_broker::raft_types::OffsetCommit;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+
+use crate::cesql::{EventAttributes, Value};
+use crate::consumer::{ConsumerSpec, InitialOffset, cursor_prefix};
+use crate::deliver::{DeliveryContext, Settlement, deliver, now_ms};
+use crate::filter::FilterIndex;
+use crate::rate::TokenBucket;
+use crate::window::Window;
+
+/// A CloudEvent as the filters see it.
+pub struct EventView<'a>(pub &'a CloudEvent);
+
+impl EventAttributes for EventView<'_> {
+    fn attribute(&self, name: &str) -> Option<Value> {
+        Some(match self.0.attributes.get(name)? {
+            AttrValue::String(s) => Value::String(s.clone()),
+            AttrValue::Boolean(b) => Value::Boolean(*b),
+            AttrValue::Integer(i) => match i32::try_from(*i) {
+                Ok(i) => Value::Integer(i),
+                Err(_) => Value::String(i.to_string()),
+            },
+        })
+    }
+}
+
+/// The ordering key of an event: its `partitionkey` extension (CloudEvents partitioning).
+fn ordering_key(event: &CloudEvent) -> Option<String> {
+    event.get("partitionkey").map(AttrValue::to_canonical_string)
+}
+
+pub enum Control {
+    /// The consumers of this stream now; `live_uids` are the uids of every Trigger and Subscription that
+    /// exists (cursors of others are deleted).
+    Update {
+        consumers: Vec<Arc<ConsumerSpec>>,
+        live_uids: Arc<HashSet<String>>,
+    },
+    Stop,
+}
+
+#[derive(Clone, Debug)]
+pub struct PartitionSettings {
+    pub commit_interval: Duration,
+    /// Records per read.
+    pub read_batch: usize,
+    pub partitions: u32,
+}
+
+struct Pending {
+    event: Arc<CloudEvent>,
+    arrival_ms: u64,
+}
+
+struct Consumer {
+    spec: Arc<ConsumerSpec>,
+    window: Window,
+    attached: bool,
+    /// Where this consumer reads on its own while detached.
+    private_next: u64,
+    committed: Option<u64>,
+    pending: HashMap<u64, Pending>,
+    running: HashMap<u64, AbortHandle>,
+    bucket: Option<TokenBucket>,
+    /// Distinguishes this incarnation's delivery results from an earlier one's.
+    generation: u64,
+}
+
+type DeliveryResult = (String, u64, u64, Settlement);
+/// (offset, arrival_ms, event) of one decoded record.
+type ReadEvent = (u64, u64, Arc<CloudEvent>);
+
+pub struct PartitionDispatcher {
+    ctx: DeliveryContext,
+    stream: String,
+    settings: PartitionSettings,
+    consumers: BTreeMap<String, Consumer>,
+    index: FilterIndex<String>,
+    /// The shared reader's next offset; `None` while no consumer is attached.
+    shared_next: Option<u64>,
+    deliveries: JoinSet<DeliveryResult>,
+    next_generation: u64,
+}
+
+impl PartitionDispatcher {
+    /// Starts the task; it runs until [`Control::Stop`] or the sender is dropped.
+    pub fn spawn(
+        ctx: DeliveryContext,
+        stream: String,
+        settings: PartitionSettings,
+    ) -> (mpsc::Sender<Control>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(16);
+        let dispatcher = PartitionDispatcher {
+            ctx,
+            stream,
+            settings,
+            consumers: BTreeMap::new(),
+            index: FilterIndex::new(Vec::new()),
+            shared_next: None,
+            deliveries: JoinSet::new(),
+            next_generation: 0,
+        };
+        (tx, tokio::spawn(dispatcher.run(rx)))
+    }
+
+    fn partition(&self) -> u32 {
+        self.ctx.partition
+    }
+
+    async fn run(mut self, mut control: mpsc::Receiver<Control>) {
+        let partition = self.partition();
+        tracing::info!(stream = %self.stream, partition, "dispatch started");
+        let mut applied = match self.ctx.node.watch_applied(partition) {
+            Ok(applied) => applied,
+            Err(e) => {
+                tracing::error!(stream = %self.stream, partition, error = %e, "cannot watch the partition");
+                return;
+            }
+        };
+        let mut commit_tick = tokio::time::interval(self.settings.commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.pump().await;
+            let wake_at = self.next_rate_wakeup();
+            tokio::select! {
+                Some(joined) = self.deliveries.join_next(), if !self.deliveries.is_empty() => {
+                    if let Ok((cursor, generation, offset, settlement)) = joined {
+                        self.settle(&cursor, generation, offset, settlement);
+                    }
+                }
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = commit_tick.tick() => {
+                    self.commit().await;
+                    self.publish_gauges();
+                }
+                message = control.recv() => match message {
+                    Some(Control::Update { consumers, live_uids }) => self.update(consumers, &live_uids).await,
+                    Some(Control::Stop) | None => break,
+                },
+                _ = sleep_until_ms(wake_at), if wake_at.is_some() => {}
+            }
+        }
+        self.deliveries.abort_all();
+        self.commit().await;
+        tracing::info!(stream = %self.stream, partition, "dispatch stopped");
+    }
+
+    fn rebuild_index(&mut self) {
+        self.index = FilterIndex::new(self.consumers.iter().map(|(cursor, c)| (cursor.clone(), c.spec.filter.clone())));
+    }
+
+    /// Applies a new set of consumers: new ones start from their committed (or initial) offset, changed ones
+    /// restart from their watermark, removed ones stop.
+    async fn update(&mut self, specs: Vec<Arc<ConsumerSpec>>, live_uids: &HashSet<String>) {
+        let wanted: HashMap<&str, &Arc<ConsumerSpec>> = specs.iter().map(|s| (s.cursor.as_str(), s)).collect();
+        let removed: Vec<String> =
+            self.consumers.keys().filter(|cursor| !wanted.contains_key(cursor.as_str())).cloned().collect();
+        for cursor in removed {
+            if let Some(consumer) = self.consumers.remove(&cursor) {
+                self.stop_consumer(consumer).await;
+            }
+        }
+        for spec in specs {
+            let start = match self.consumers.get(&spec.cursor) {
+                Some(existing) if existing.spec.version == spec.version => continue,
+                Some(_) => {
+                    let Some(existing) = self.consumers.remove(&spec.cursor) else { continue };
+                    let watermark = existing.window.watermark();
+                    let committed = existing.committed;
+                    self.stop_consumer(existing).await;
+                    Some((watermark, committed))
+                }
+                None => None,
+            };
+            let (offset, committed) = match start {
+                Some(start) => start,
+                None => match self.starting_offset(&spec).await {
+                    Some(start) => start,
+                    None => continue,
+                },
+            };
+            tracing::info!(consumer = %spec.cursor, partition = self.partition(), offset, "consumer starts");
+            self.next_generation += 1;
+            let bucket = spec
+                .rate_limit
+                .map(|rate| rate / f64::from(self.settings.partitions.max(1)))
+                .map(|rate| TokenBucket::new(rate, rate.max(1.0), now_ms()));
+            self.consumers.insert(
+                spec.cursor.clone(),
+                Consumer {
+                    window: Window::new(spec.ordering, spec.max_inflight, offset),
+                    spec,
+                    attached: false,
+                    private_next: offset,
+                    committed,
+                    pending: HashMap::new(),
+                    running: HashMap::new(),
+                    bucket,
+                    generation: self.next_generation,
+                },
+            );
+        }
+        if !self.consumers.values().any(|c| c.attached) {
+            self.shared_next = None;
+        }
+        self.rebuild_index();
+        self.collect_garbage(live_uids).await;
+    }
+
+    /// The committed offset, or the initial one (committed at once, so that it does not move if leadership
+    /// does before the first periodic commit).
+    async fn starting_offset(&self, spec: &ConsumerSpec) -> Option<(u64, Option<u64>)> {
+        let node = &self.ctx.node;
+        let partition = self.partition();
+        match node.committed_offset(partition, &spec.cursor) {
+            Ok(Some(offset)) => return Some((offset, Some(offset))),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(consumer = %spec.cursor, partition, error = %e, "cannot read the committed offset");
+                return None;
+            }
+        }
+        let initial = match spec.initial {
+            InitialOffset::Earliest => 0,
+            InitialOffset::FromCreation { created_ms } => {
+                match node.offset_for_time(&spec.stream, partition, created_ms) {
+                    Ok(offset) => offset,
+                    Err(e) => {
+                        tracing::warn!(consumer = %spec.cursor, partition, error = %e, "cannot find the initial offset");
+                        return None;
+                    }
+                }
+            }
+        };
+        let commit = OffsetCommit { cursor: spec.cursor.clone(), offset: initial, reset: false };
+        match node.commit_offsets(partition, vec![commit]).await {
+            Ok(()) => Some((initial, Some(initial))),
+            Err(e) => {
+                tracing::warn!(consumer = %spec.cursor, partition, error = %e, "cannot commit the initial offset");
+                None
+            }
+        }
+    }
+
+    async fn stop_consumer(&mut self, consumer: Consumer) {
+        for handle in consumer.running.values() {
+            handle.abort();
+        }
+        let watermark = consumer.window.watermark();
+        if consumer.committed.is_none_or(|c| watermark > c) {
+            let commit = OffsetCommit { cursor: consumer.spec.cursor.clone(), offset: watermark, reset: false };
+            if let Err(e) = self.ctx.node.commit_offsets(self.partition(), vec![commit]).await {
+                tracing::warn!(consumer = %consumer.spec.cursor, error = %e, "final offset commit failed");
+            }
+        }
+    }
+
+    /// Deletes the cursors of this stream whose Trigger or Subscription no longer exists.
+    async fn collect_garbage(&self, live_uids: &HashSet<String>) {
+        let prefix = cursor_prefix(&self.stream);
+        let Ok(committed) = self.ctx.node.committed_offsets(self.partition()) else { return };
+        let dead: Vec<String> = committed
+            .into_iter()
+            .map(|(cursor, _)| cursor)
+            .filter(|cursor| cursor.starts_with(&prefix))
+            .filter(|cursor| cursor.rsplit('/').next().is_none_or(|uid| !live_uids.contains(uid)))
+            .collect();
+        if !dead.is_empty() {
+            tracing::info!(stream = %self.stream, partition = self.partition(), cursors = ?dead, "deleting the offsets of deleted consumers");
+            if let Err(e) = self.ctx.node.delete_offsets(self.partition(), dead).await {
+                tracing::warn!(error = %e, "deleting offsets failed");
+            }
+        }
+    }
+
+    /// Reads what can be read, admits matching events into the windows, and starts what may start.
+    async fn pump(&mut self) {
+        let Ok(end) = self.ctx.node.end_offset(&self.stream, self.partition()) else { return };
+        for _ in 0..64 {
+            if !self.read_shared(end) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let detached: Vec<String> =
+            self.consumers.iter().filter(|(_, c)| !c.attached).map(|(k, _)| k.clone()).collect();
+        for cursor in detached {
+            self.read_private(&cursor, end);
+        }
+        self.start_ready();
+    }
+
+    fn read_records(&self, from: u64, max: usize) -> Option<(Vec<ReadEvent>, u64)> {
+        let batch = match self.ctx.node.read(&self.stream, self.partition(), from, max.max(1), 0) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(stream = %self.stream, error = %e, "read failed");
+                return None;
+            }
+        };
+        let mut next = from.max(batch.start_offset);
+        let mut events = Vec::with_capacity(batch.records.len());
+        for record in batch.records {
+            next = record.offset + 1;
+            match CloudEvent::decode(&record.payload) {
+                Ok(event) => events.push((record.offset, record.arrival_ms, Arc::new(event))),
+                Err(e) => {
+                    metrics::counter!("sluice_dispatch_undecodable_total").increment(1);
+                    tracing::error!(stream = %self.stream, offset = record.offset, error = %e, "undecodable record skipped");
+                }
+            }
+        }
+        Some((events, next.min(batch.end_offset.max(from))))
+    }
+
+    /// One batch of the shared reader; answers whether it made progress.
+    fn read_shared(&mut self, end: u64) -> bool {
+        let Some(shared) = self.shared_next else { return false };
+        if shared >= end {
+            return false;
+        }
+        // Do not run past a detached consumer waiting ahead of the shared reader: it attaches there.
+        let barrier = self
+            .consumers
+            .values()
+            .filter(|c| !c.attached && c.private_next > shared)
+            .map(|c| c.private_next)
+            .min()
+            .unwrap_or(end)
+            .min(end);
+        let want = ((barrier - shared) as usize).min(self.settings.read_batch);
+        if want == 0 {
+            return false;
+        }
+        let Some((events, next)) = self.read_records(shared, want) else { return false };
+        for (offset, arrival_ms, event) in events {
+            let matched = self.index.matching(&EventView(&event));
+            for cursor in matched {
+                let Some(consumer) = self.consumers.get_mut(&cursor) else { continue };
+                if !consumer.attached || consumer.window.scanned_to() > offset {
+                    continue;
+                }
+                consumer.window.skip_to(offset);
+                if consumer.window.admit(offset, ordering_key(&event)) {
+                    consumer.pending.insert(offset, Pending { event: event.clone(), arrival_ms });
+                } else {
+                    // Its window is full: it goes on alone from this event, and the others do not wait.
+                    consumer.attached = false;
+                    consumer.private_next = offset;
+                    metrics::counter!("sluice_dispatch_detached_total", "consumer" => consumer.spec.name.clone())
+                        .increment(1);
+                }
+            }
+        }
+        let next = next.max(shared);
+        for consumer in self.consumers.values_mut().filter(|c| c.attached) {
+            consumer.window.skip_to(next);
+        }
+        self.shared_next = if self.consumers.values().any(|c| c.attached) { Some(next) } else { None };
+        next > shared
+    }
+
+    /// A detached consumer reads on its own until its window is full, it reaches the shared reader (and
+    /// attaches), or the end of the stream.
+    fn read_private(&mut self, cursor: &str, end: u64) {
+        loop {
+            let Some(consumer) = self.consumers.get(cursor) else { return };
+            let from = consumer.private_next;
+            let target = match self.shared_next {
+                Some(shared) if shared > from => shared,
+                _ => end,
+            };
+            if from >= target || !consumer.window.has_room() {
+                break;
+            }
+            let want = ((target - from) as usize).min(self.settings.read_batch);
+            let Some((events, next)) = self.read_records(from, want) else { return };
+            let Some(consumer) = self.consumers.get_mut(cursor) else { return };
+            let mut stopped_at = None;
+            for (offset, arrival_ms, event) in events {
+                if !consumer.spec.filter.matches(&EventView(&event)) {
+                    continue;
+                }
+                consumer.window.skip_to(offset);
+                if consumer.window.admit(offset, ordering_key(&event)) {
+                    consumer.pending.insert(offset, Pending { event, arrival_ms });
+                } else {
+                    stopped_at = Some(offset);
+                    break;
+                }
+            }
+            match stopped_at {
+                Some(offset) => {
+                    consumer.private_next = offset;
+                    break;
+                }
+                None => {
+                    consumer.private_next = next.max(from);
+                    consumer.window.skip_to(consumer.private_next);
+                    if consumer.private_next == from {
+                        break;
+                    }
+                }
+            }
+        }
+        let shared = self.shared_next;
+        if let Some(consumer) = self.consumers.get_mut(cursor) {
+            match shared {
+                Some(shared) if consumer.private_next == shared => consumer.attached = true,
+                None if consumer.private_next >= end => {
+                    consumer.attached = true;
+                    self.shared_next = Some(consumer.private_next);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn start_ready(&mut self) {
+        let now = now_ms();
+        for consumer in self.consumers.values_mut() {
+            let ready: Vec<u64> = consumer.window.ready().collect();
+            for offset in ready {
+                if let Some(bucket) = &mut consumer.bucket
+                    && !bucket.try_take(now)
+                {
+                    break;
+                }
+                let Some(pending) = consumer.pending.get(&offset) else { continue };
+                consumer.window.start(offset);
+                let ctx = self.ctx.clone();
+                let spec = consumer.spec.clone();
+                let event = pending.event.clone();
+                let cursor = spec.cursor.clone();
+                let generation = consumer.generation;
+                let handle = self.deliveries.spawn(async move {
+                    let settlement = deliver(ctx, spec, offset, event).await;
+                    (cursor, generation, offset, settlement)
+                });
+                consumer.running.insert(offset, handle);
+            }
+        }
+    }
+
+    fn next_rate_wakeup(&mut self) -> Option<u64> {
+        let now = now_ms();
+        self.consumers
+            .values_mut()
+            .filter(|c| c.window.ready().next().is_some())
+            .filter_map(|c| c.bucket.as_mut().map(|b| b.next_token_ms(now)))
+            .min()
+    }
+
+    fn settle(&mut self, cursor: &str, generation: u64, offset: u64, settlement: Settlement) {
+        let Some(consumer) = self.consumers.get_mut(cursor) else { return };
+        if consumer.generation != generation {
+            return;
+        }
+        consumer.running.remove(&offset);
+        consumer.pending.remove(&offset);
+        consumer.window.settle(offset);
+        let outcome = match settlement {
+            Settlement::Delivered { .. } => "delivered",
+            Settlement::DeadLetterSink { .. } => "dead_letter_sink",
+            Settlement::DeadLetterStream { .. } => "dead_letter_stream",
+            Settlement::Dropped { .. } => "dropped",
+        };
+        metrics::counter!("sluice_dispatch_settled_total", "consumer" => consumer.spec.name.clone(),
+            "namespace" => consumer.spec.namespace.clone(), "outcome" => outcome)
+        .increment(1);
+    }
+
+    async fn commit(&mut self) {
+        let commits: Vec<OffsetCommit> = self
+            .consumers
+            .values()
+            .filter_map(|c| {
+                let watermark = c.window.watermark();
+                c.committed.is_none_or(|committed| watermark > committed).then(|| OffsetCommit {
+                    cursor: c.spec.cursor.clone(),
+                    offset: watermark,
+                    reset: false,
+                })
+            })
+            .collect();
+        if commits.is_empty() {
+            return;
+        }
+        match self.ctx.node.commit_offsets(self.partition(), commits.clone()).await {
+            Ok(()) => {
+                for commit in commits {
+                    if let Some(consumer) = self.consumers.get_mut(&commit.cursor) {
+                        consumer.committed = Some(commit.offset);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(stream = %self.stream, partition = self.partition(), error = %e, "offset commit failed")
+            }
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let end = self.ctx.node.end_offset(&self.stream, self.partition()).unwrap_or(0);
+        let now = now_ms();
+        let partition = self.partition().to_string();
+        for consumer in self.consumers.values() {
+            let spec = &consumer.spec;
+            let labels = [
+                ("consumer", spec.name.clone()),
+                ("namespace", spec.namespace.clone()),
+                ("kind", spec.kind.as_str().to_string()),
+                ("partition", partition.clone()),
+            ];
+            let committed = consumer.committed.unwrap_or(0);
+            metrics::gauge!("sluice_dispatch_backlog", &labels).set(end.saturating_sub(committed) as f64);
+            metrics::gauge!("sluice_dispatch_inflight", &labels).set(consumer.window.in_flight() as f64);
+            metrics::gauge!("sluice_dispatch_pending", &labels).set(consumer.window.pending() as f64);
+            let oldest = consumer
+                .window
+                .oldest_pending()
+                .and_then(|o| consumer.pending.get(&o))
+                .map(|p| now.saturating_sub(p.arrival_ms) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            metrics::gauge!("sluice_dispatch_oldest_undelivered_age_seconds", &labels).set(oldest);
+        }
+    }
+}
+
+async fn sleep_until_ms(at_ms: Option<u64>) {
+    if let Some(at_ms) = at_ms {
+        let wait = at_ms.saturating_sub(now_ms());
+        tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
+    }
+}

@@ -1,0 +1,235 @@
+//! HTTP push: one attempt to POST one CloudEvent to one URL, and what came back.
+//!
+//! Binary mode by default (attributes as percent-encoded `ce-` headers, `datacontenttype` as `Content-Type`,
+//! data as the body, byte for byte); structured mode (`application/cloudevents+json`) when the DeliverySpec
+//! says `format: json`. Every request carries `Prefer: reply` and a W3C `traceparent`. Connections are pooled
+//! and kept alive per host by the HTTP clients (one for HTTP/1.1, one for h2c with prior knowledge).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_broker::cloudevent::{self, AttrValue, CloudEvent, EventData};
+
+use crate::consumer::{Format, Protocol};
+use crate::delivery::RetryAfter;
+
+/// The most of a response body that is read: a reply event must fit, and `knativeerrordata` is cut from it.
+pub const MAX_RESPONSE_BYTES: usize = 4 << 20;
+/// Idle pooled connections kept per host.
+pub const MAX_IDLE_PER_HOST: usize = 64;
+
+/// What one attempt produced.
+#[derive(Debug, Default)]
+pub struct AttemptResult {
+    /// `None`: no response (connection error or timeout).
+    pub status: Option<u16>,
+    pub retry_after: Option<RetryAfter>,
+    /// The response body (at most [`MAX_RESPONSE_BYTES`]).
+    pub body: Bytes,
+    /// A reply event in a 200 response: parsed and validated, or why it is not a valid event.
+    pub reply: Option<Result<CloudEvent, String>>,
+    /// Why there was no response, or why the body could not be read.
+    pub error: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Sender {
+    http1: reqwest::Client,
+    h2c: reqwest::Client,
+}
+
+impl Sender {
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let base = || {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
+        };
+        Ok(Sender { http1: base().http1_only().build()?, h2c: base().http2_prior_knowledge().build()? })
+    }
+
+    /// One attempt: POSTs `event` to `url`, waiting at most `timeout_ms` for the whole response.
+    pub async fn send(
+        &self,
+        url: &str,
+        protocol: Protocol,
+        format: Format,
+        event: &CloudEvent,
+        timeout_ms: u64,
+        now_ms: u64,
+    ) -> AttemptResult {
+        let client = match protocol {
+            Protocol::Http1 => &self.http1,
+            Protocol::H2c => &self.h2c,
+        };
+        let mut request = client
+            .post(url)
+            .timeout(Duration::from_millis(timeout_ms))
+            .header("prefer", "reply")
+            .header("traceparent", traceparent(event));
+        match format {
+            Format::Binary => {
+                for (name, value) in &event.attributes {
+                    if name == "datacontenttype" {
+                        continue;
+                    }
+                    request = request.header(format!("ce-{name}"), percent_encode(&value.to_canonical_string()));
+                }
+                let content_type = event.get_str("datacontenttype").map(str::to_string).or_else(|| match &event.data {
+                    Some(EventData::Json(_)) => Some("application/json".to_string()),
+                    _ => None,
+                });
+                if let Some(content_type) = content_type {
+                    request = request.header("content-type", content_type);
+                }
+                let body = match &event.data {
+                    Some(EventData::Bytes(bytes)) => bytes.clone(),
+                    Some(EventData::Json(text)) => Bytes::from(text.clone()),
+                    None => Bytes::new(),
+                };
+                request = request.body(body);
+            }
+            Format::Structured => {
+                request =
+                    request.header("content-type", "application/cloudevents+json").body(event.to_json().to_string());
+            }
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return AttemptResult { error: Some(describe_error(&e, timeout_ms)), ..Default::default() },
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let retry_after =
+            headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, now_ms));
+        let (body, error) = read_limited(response, MAX_RESPONSE_BYTES).await;
+        let reply = if status == 200 { parse_reply(&headers, body.clone()) } else { None };
+        AttemptResult { status: Some(status), retry_after, body, reply, error }
+    }
+}
+
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> (Bytes, Option<String>) {
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return (body.freeze(), Some(format!("response body larger than {limit} bytes")));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return (body.freeze(), None),
+            Err(e) => return (body.freeze(), Some(format!("reading the response body: {e}"))),
+        }
+    }
+}
+
+fn describe_error(error: &reqwest::Error, timeout_ms: u64) -> String {
+    if error.is_timeout() {
+        format!("no response within {timeout_ms} ms")
+    } else if error.is_connect() {
+        format!("connection failed: {error}")
+    } else {
+        error.to_string()
+    }
+}
+
+/// A 200's body as a reply event: binary mode (`ce-specversion` present) or structured mode; `None` when the
+/// response carries no event.
+fn parse_reply(headers: &reqwest::header::HeaderMap, body: Bytes) -> Option<Result<CloudEvent, String>> {
+    let content_type = headers.get("content-type").map(|v| v.as_bytes());
+    if headers.contains_key("ce-specversion") {
+        let ce_headers =
+            headers.iter().filter(|(k, _)| k.as_str().starts_with("ce-")).map(|(k, v)| (k.as_str(), v.as_bytes()));
+        return Some(cloudevent::from_binary(ce_headers, content_type, body).map_err(|e| e.to_json().to_string()));
+    }
+    let structured = content_type
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .map(|c| cloudevent::media_essence(c).0 == "application/cloudevents+json")
+        .unwrap_or(false);
+    structured.then(|| cloudevent::from_structured(&body).map_err(|e| e.to_json().to_string()))
+}
+
+/// `Retry-After`: delay-seconds, or an HTTP-date converted to an instant on the wall clock (`now_ms`'s clock).
+pub fn parse_retry_after(value: &str, now_ms: u64) -> Option<RetryAfter> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(RetryAfter::Seconds(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let at_ms = at.timestamp_millis().max(0) as u64;
+    Some(RetryAfter::AtMs(at_ms.max(now_ms)))
+}
+
+/// The HTTP binding's header encoding: space, `"`, `%` and everything outside printable ASCII as `%XX` (UTF-8).
+pub fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if (0x21..=0x7e).contains(&byte) && byte != b'"' && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The event's own `traceparent` (distributed tracing extension), or one derived from its `source` and `id`,
+/// so that every attempt of one event shares a trace.
+pub fn traceparent(event: &CloudEvent) -> String {
+    if let Some(AttrValue::String(existing)) = event.get("traceparent")
+        && is_traceparent(existing)
+    {
+        return existing.clone();
+    }
+    let source = event.get_str("source").unwrap_or_default();
+    let id = event.get_str("id").unwrap_or_default();
+    let high = cloudevent::stable_hash(&[source.as_bytes(), b"\0", id.as_bytes()]);
+    let low = cloudevent::stable_hash(&[id.as_bytes(), b"\0", source.as_bytes()]);
+    let span = cloudevent::stable_hash(&[b"span", source.as_bytes(), id.as_bytes()]);
+    format!("00-{high:016x}{low:016x}-{:016x}-01", span.max(1))
+}
+
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    parts.len() == 4
+        && [2, 32, 16, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_are_percent_encoded_as_the_binding_says() {
+        assert_eq!(percent_encode("plain/value-1"), "plain/value-1");
+        assert_eq!(percent_encode("a b\"c%d"), "a%20b%22c%25d");
+        assert_eq!(percent_encode("€"), "%E2%82%AC");
+        assert_eq!(cloudevent::percent_decode_header(percent_encode("x y €%").as_bytes()).as_deref(), Ok("x y €%"));
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(parse_retry_after("3", 0), Some(RetryAfter::Seconds(3)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 0), Some(RetryAfter::AtMs(1_445_412_480_000)));
+        assert_eq!(parse_retry_after("soon", 0), None);
+    }
+
+    #[test]
+    fn traceparent_is_kept_or_derived_stably() {
+        let mut event = cloudevent::from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#)
+            .expect("valid event");
+        let derived = traceparent(&event);
+        assert!(is_traceparent(&derived), "{derived}");
+        assert_eq!(derived, traceparent(&event));
+        let own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        event.attributes.insert("traceparent".into(), AttrValue::String(own.into()));
+        assert_eq!(traceparent(&event), own);
+    }
+}
