@@ -380,3 +380,67 @@ pub async fn read_events(
     }
     Ok(events)
 }
+
+/// A Trigger object: `spec` is merged over `{broker, subscriber: {uri}}`.
+pub fn trigger_object(
+    namespace: &str,
+    name: &str,
+    broker: &str,
+    subscriber_uri: &str,
+    spec: serde_json::Value,
+    annotations: serde_json::Value,
+) -> serde_json::Value {
+    let mut object = serde_json::json!({
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Trigger",
+        "metadata": { "name": name, "namespace": namespace, "annotations": annotations },
+        "spec": { "broker": broker, "subscriber": { "uri": subscriber_uri } },
+    });
+    if let (Some(target), serde_json::Value::Object(extra)) =
+        (object.pointer_mut("/spec").and_then(|s| s.as_object_mut()), spec)
+    {
+        target.extend(extra);
+    }
+    object
+}
+
+/// POSTs one binary-mode event to the ingress at `http` (`path` is `/{namespace}/{broker}`); answers the status.
+pub async fn send_event(
+    client: &reqwest::Client,
+    http: &str,
+    path: &str,
+    id: &str,
+    event_type: &str,
+    extensions: &[(&str, &str)],
+    data: &str,
+) -> Result<u16> {
+    let mut request = client
+        .post(format!("http://{http}{path}"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/sluice/tests")
+        .header("ce-type", event_type)
+        .header("content-type", "application/json")
+        .body(data.to_string());
+    for (name, value) in extensions {
+        request = request.header(format!("ce-{name}"), *value);
+    }
+    Ok(request.send().await?.status().as_u16())
+}
+
+/// Sends until the ingress answers 202 (a new leader may be settling), for at most `timeout`.
+pub async fn send_event_accepted(
+    client: &reqwest::Client,
+    http: &str,
+    path: &str,
+    id: &str,
+    event_type: &str,
+    extensions: &[(&str, &str)],
+    data: &str,
+) -> Result<()> {
+    wait_until(Duration::from_secs(20), || async {
+        let status = send_event(client, http, path, id, event_type, extensions, data).await.unwrap_or(0);
+        Ok((status == 202).then_some(()))
+    })
+    .await
+}

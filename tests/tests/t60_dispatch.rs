@@ -1,0 +1,212 @@
+//! Dispatch end to end on a 3-node cluster with real HTTP subscribers: fan-out to every matching Trigger,
+//! retries at the times the DeliverySpec gives, dead letters with Knative's error attributes.
+//!
+//! Timing tolerance (documented in docs/dispatch.md): a retry never comes earlier than its scheduled wait
+//! (minus 20 ms of clock granularity) and, on this loaded 2-core machine, at most 1.5 s later.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::json;
+use sluice_tests::subscriber::{Behavior, Delivery, Reply, Subscriber};
+use sluice_tests::{TestCluster, apply_resource, broker_object, read_events, send_event_accepted, trigger_object};
+
+const PARTITIONS: u32 = 2;
+const EARLY_MS: i64 = 20;
+const LATE_MS: i64 = 1_500;
+
+fn gaps_ms(deliveries: &[Delivery]) -> Vec<i64> {
+    deliveries.windows(2).map(|w| w[1].at.duration_since(w[0].at).as_millis() as i64).collect()
+}
+
+fn assert_gap(gap: i64, expected: i64, what: &str) {
+    assert!(gap >= expected - EARLY_MS, "{what}: retry after {gap} ms, expected {expected} ms (too early)");
+    assert!(gap <= expected + LATE_MS, "{what}: retry after {gap} ms, expected {expected} ms (too late)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_matching_trigger_gets_every_event() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, PARTITIONS, &[]).await?;
+    let admin = cluster.nodes[0].admin.clone();
+    let http = cluster.nodes[1].http.clone();
+    let s1 = Subscriber::start(Subscriber::ok()).await?;
+    let s2 = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&admin, broker_object("default", "b", json!({}))).await?;
+    let none = json!({});
+    apply_resource(
+        &admin,
+        trigger_object("default", "all", "b", &format!("{}all", s1.url()), none.clone(), none.clone()),
+    )
+    .await?;
+    // A second Trigger to the same destination: two deliveries of each order.
+    let orders = json!({"filter": {"attributes": {"type": "order.created"}}});
+    apply_resource(
+        &admin,
+        trigger_object("default", "orders", "b", &format!("{}orders", s1.url()), orders, none.clone()),
+    )
+    .await?;
+    let prefix = json!({"filters": [{"prefix": {"type": "order."}}]});
+    apply_resource(
+        &admin,
+        trigger_object("default", "prefix", "b", &format!("{}prefix", s2.url()), prefix, none.clone()),
+    )
+    .await?;
+    let cesql = json!({"filters": [{"cesql": "type = 'user.signup' AND region IN ('eu', 'us')"}]});
+    apply_resource(&admin, trigger_object("default", "cesql", "b", &format!("{}cesql", s2.url()), cesql, none.clone()))
+        .await?;
+    let nothing = json!({"filter": {"attributes": {"type": "never.sent"}}});
+    apply_resource(&admin, trigger_object("default", "nothing", "b", &format!("{}nothing", s2.url()), nothing, none))
+        .await?;
+
+    let client = reqwest::Client::new();
+    for i in 0..10 {
+        send_event_accepted(&client, &http, "/default/b", &format!("order-{i}"), "order.created", &[], "{\"n\":1}")
+            .await?;
+        let region = if i % 2 == 0 { "eu" } else { "apac" };
+        send_event_accepted(
+            &client,
+            &http,
+            "/default/b",
+            &format!("user-{i}"),
+            "user.signup",
+            &[("region", region)],
+            "{}",
+        )
+        .await?;
+    }
+    // s1: 20 via `all` + 10 via `orders`; s2: 10 via `prefix` + 5 via `cesql`.
+    let at_s1 = s1.wait_for(30, Duration::from_secs(60)).await?;
+    let at_s2 = s2.wait_for(15, Duration::from_secs(60)).await?;
+    let mut pairs: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for delivery in at_s1.iter().chain(&at_s2) {
+        let event = delivery.event()?;
+        *pairs.entry((delivery.path.clone(), event.get("id").unwrap_or_default().to_string())).or_default() += 1;
+        assert_eq!(delivery.header("prefer"), Some("reply"));
+        assert!(delivery.header("traceparent").is_some_and(|t| t.len() == 55), "{:?}", delivery.headers);
+        assert!(!delivery.is_structured(), "binary mode by default");
+        assert_eq!(
+            delivery.body.as_ref(),
+            if event.get("type") == Some("order.created") { &b"{\"n\":1}"[..] } else { b"{}" }
+        );
+        assert!(event.get("knativearrivaltime").is_some());
+    }
+    for i in 0..10 {
+        assert_eq!(pairs.get(&("/all".into(), format!("order-{i}"))), Some(&1));
+        assert_eq!(pairs.get(&("/all".into(), format!("user-{i}"))), Some(&1));
+        assert_eq!(pairs.get(&("/orders".into(), format!("order-{i}"))), Some(&1));
+        assert_eq!(pairs.get(&("/prefix".into(), format!("order-{i}"))), Some(&1));
+        let cesql = if i % 2 == 0 { Some(&1) } else { None };
+        assert_eq!(pairs.get(&("/cesql".into(), format!("user-{i}"))), cesql, "user-{i}");
+    }
+    assert_eq!(pairs.len(), 45, "no delivery to a Trigger that does not match: {pairs:?}");
+    Ok(())
+}
+
+fn scripted() -> Behavior {
+    Arc::new(|delivery: &Delivery, attempt: u32| match delivery.path.as_str() {
+        "/fail500" => Reply::status(500).with_body("boom"),
+        "/r429" if attempt == 1 => Reply::status(429).with_header("retry-after", "2"),
+        "/nf404" if attempt <= 2 => Reply::status(404),
+        "/slow" => Reply::status(202).after(Duration::from_secs(3)),
+        "/bad400" | "/nodls" => Reply::status(400).with_body("{\"error\":\"bad\"}"),
+        _ => Reply::status(202),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_follow_the_delivery_spec_and_failures_reach_dead_letters() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, PARTITIONS, &[]).await?;
+    let admin = cluster.nodes[0].admin.clone();
+    let http = cluster.nodes[2].http.clone();
+    let subscriber = Subscriber::start(scripted()).await?;
+    let dls = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&admin, broker_object("default", "b", json!({}))).await?;
+    let url = subscriber.url();
+    let dead_letter_sink = json!({"uri": dls.url()});
+    let triggers = [
+        (
+            "fail500",
+            json!({"retry": 3, "backoffPolicy": "linear", "backoffDelay": "PT0.2S", "deadLetterSink": dead_letter_sink}),
+        ),
+        (
+            "r429",
+            json!({"retry": 2, "backoffPolicy": "exponential", "backoffDelay": "PT0.1S", "deadLetterSink": dead_letter_sink}),
+        ),
+        (
+            "nf404",
+            json!({"retry": 4, "backoffPolicy": "exponential", "backoffDelay": "PT0.25S", "deadLetterSink": dead_letter_sink}),
+        ),
+        (
+            "slow",
+            json!({"retry": 1, "backoffDelay": "PT0.2S", "timeout": "PT0.5S", "deadLetterSink": dead_letter_sink}),
+        ),
+        ("bad400", json!({"retry": 5, "deadLetterSink": dead_letter_sink})),
+        ("nodls", json!({"retry": 5})),
+    ];
+    for (name, delivery) in &triggers {
+        let spec = json!({"filter": {"attributes": {"type": format!("test.{name}")}}, "delivery": delivery});
+        apply_resource(&admin, trigger_object("default", name, "b", &format!("{url}{name}"), spec, json!({}))).await?;
+    }
+    let client = reqwest::Client::new();
+    for (name, _) in &triggers {
+        send_event_accepted(&client, &http, "/default/b", &format!("ev-{name}"), &format!("test.{name}"), &[], "{}")
+            .await?;
+    }
+    // Attempts: fail500 4, r429 2, nf404 3, slow 2, bad400 1, nodls 1.
+    let deliveries = subscriber.wait_for(13, Duration::from_secs(60)).await?;
+    let by_path = |path: &str| deliveries.iter().filter(|d| d.path == path).cloned().collect::<Vec<_>>();
+
+    let fail500 = by_path("/fail500");
+    assert_eq!(fail500.len(), 4, "retry 3 = 4 attempts");
+    for (k, gap) in gaps_ms(&fail500).into_iter().enumerate() {
+        assert_gap(gap, 200 * (k as i64 + 1), "linear 0.2s");
+    }
+    let r429 = by_path("/r429");
+    assert_eq!(r429.len(), 2);
+    assert_gap(gaps_ms(&r429)[0], 2_000, "Retry-After: 2 over a 0.1s backoff");
+    let nf404 = by_path("/nf404");
+    assert_eq!(nf404.len(), 3, "404 is retried, then 202");
+    let gaps = gaps_ms(&nf404);
+    assert_gap(gaps[0], 250, "exponential k=1");
+    assert_gap(gaps[1], 500, "exponential k=2");
+    let slow = by_path("/slow");
+    assert_eq!(slow.len(), 2, "a timeout is retried");
+    assert_gap(gaps_ms(&slow)[0], 500 + 200, "timeout then backoff");
+    assert_eq!(by_path("/bad400").len(), 1, "400 goes straight to dead letters");
+    assert_eq!(by_path("/nodls").len(), 1);
+
+    // Dead letters: fail500, slow, bad400 at the sink, with Knative's error attributes.
+    let dead = dls.wait_for(3, Duration::from_secs(30)).await?;
+    let mut by_type: BTreeMap<String, sluice_tests::subscriber::ReceivedEvent> = BTreeMap::new();
+    for delivery in &dead {
+        let event = delivery.event()?;
+        by_type.insert(event.get("type").unwrap_or_default().to_string(), event);
+    }
+    let decode =
+        |s: &str| base64::engine::general_purpose::STANDARD.decode(s).map(|b| String::from_utf8_lossy(&b).into_owned());
+    let fail = &by_type["test.fail500"];
+    assert_eq!(fail.get("knativeerrordest"), Some(format!("{url}fail500").as_str()));
+    assert_eq!(fail.get("knativeerrorcode"), Some("500"));
+    assert_eq!(decode(fail.get("knativeerrordata").unwrap_or_default())?, "boom");
+    assert_eq!(fail.get("id"), Some("ev-fail500"), "the original event");
+    let bad = &by_type["test.bad400"];
+    assert_eq!(bad.get("knativeerrorcode"), Some("400"));
+    assert_eq!(decode(bad.get("knativeerrordata").unwrap_or_default())?, "{\"error\":\"bad\"}");
+    let slow = &by_type["test.slow"];
+    assert_eq!(slow.get("knativeerrorcode"), None, "no response, no code");
+    assert!(decode(slow.get("knativeerrordata").unwrap_or_default())?.contains("no response within 500 ms"));
+    assert!(!by_type.contains_key("test.r429") && !by_type.contains_key("test.nf404"));
+
+    // Without a sink the event is kept in the Trigger's dead-letter stream.
+    let kept = sluice_tests::wait_until(Duration::from_secs(20), || async {
+        let events = read_events(&admin, "deadletter/trigger/default/nodls", PARTITIONS).await?;
+        Ok((!events.is_empty()).then_some(events))
+    })
+    .await?;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].get_str("id"), Some("ev-nodls"));
+    assert_eq!(kept[0].get_str("knativeerrorcode"), Some("400"));
+    Ok(())
+}
