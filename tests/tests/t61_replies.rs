@@ -1,0 +1,132 @@
+//! Replies: a subscriber's 200 with an event goes back into the broker through the log (and on to the next
+//! Trigger), one hop further (`knativebrokerttl` - 1); a reply loop stops when the TTL runs out; a
+//! Subscription's reply goes to its `spec.reply`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_tests::subscriber::{Delivery, Reply, Subscriber};
+use sluice_tests::{TestCluster, apply_resource, broker_object, send_event_accepted, trigger_object};
+
+fn binary_reply(id: String, event_type: &str) -> Reply {
+    Reply::status(200)
+        .with_header("ce-specversion", "1.0")
+        .with_header("ce-id", id)
+        .with_header("ce-source", "/replier")
+        .with_header("ce-type", event_type)
+        .with_header("content-type", "text/plain")
+        .with_body("reply body")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_chain_reaches_the_next_trigger_and_a_loop_stops_at_the_ttl() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, 2, &[]).await?;
+    let admin = cluster.nodes[0].admin.clone();
+    let http = cluster.nodes[1].http.clone();
+
+    // Chain: step.one -> (reply step.two) -> second subscriber.
+    let replier = Subscriber::start(Arc::new(|delivery: &Delivery, _| match delivery.event() {
+        Ok(event) if event.get("type") == Some("step.one") => {
+            binary_reply(format!("reply-{}", event.get("id").unwrap_or_default()), "step.two")
+        }
+        Ok(event) if event.get("type") == Some("loop") => {
+            // A structured reply that triggers itself again.
+            let body = json!({"specversion": "1.0", "id": format!("{}+", event.get("id").unwrap_or_default()),
+                "source": "/looper", "type": "loop", "data": {"hop": true}});
+            Reply::status(200).with_header("content-type", "application/cloudevents+json").with_body(body.to_string())
+        }
+        _ => Reply::status(202),
+    }))
+    .await?;
+    let second = Subscriber::start(Subscriber::ok()).await?;
+    let dls = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&admin, broker_object("default", "chain", json!({}))).await?;
+    let one = json!({"filter": {"attributes": {"type": "step.one"}}});
+    apply_resource(&admin, trigger_object("default", "one", "chain", &replier.url(), one, json!({}))).await?;
+    let two = json!({"filter": {"attributes": {"type": "step.two"}}});
+    apply_resource(&admin, trigger_object("default", "two", "chain", &second.url(), two, json!({}))).await?;
+
+    let client = reqwest::Client::new();
+    for i in 0..5 {
+        send_event_accepted(&client, &http, "/default/chain", &format!("e{i}"), "step.one", &[], "{}").await?;
+    }
+    let replies = second.wait_for(5, Duration::from_secs(60)).await?;
+    let mut ids: Vec<String> = Vec::new();
+    for delivery in &replies {
+        let event = delivery.event()?;
+        assert_eq!(event.get("type"), Some("step.two"));
+        assert_eq!(event.get("knativebrokerttl"), Some("254"), "one hop further than the original (255)");
+        assert_eq!(delivery.body.as_ref(), b"reply body", "reply data unchanged");
+        ids.push(event.get("id").unwrap_or_default().to_string());
+    }
+    ids.sort();
+    assert_eq!(ids, (0..5).map(|i| format!("reply-e{i}")).collect::<Vec<_>>());
+
+    // Loop: a broker with TTL 4; the looping Trigger sees TTL 4, 3, 2, 1, then the reply is dead-lettered.
+    apply_resource(&admin, broker_object("default", "loop", json!({"sluice.dev/ttl": "4"}))).await?;
+    let looping =
+        json!({"filter": {"attributes": {"type": "loop"}}, "delivery": {"deadLetterSink": {"uri": dls.url()}}});
+    apply_resource(
+        &admin,
+        trigger_object("default", "looping", "loop", &format!("{}loop", replier.url()), looping, json!({})),
+    )
+    .await?;
+    send_event_accepted(&client, &http, "/default/loop", "L", "loop", &[], "{}").await?;
+    let dead = dls.wait_for(1, Duration::from_secs(60)).await?;
+    let dead_event = dead[0].event()?;
+    assert_eq!(dead_event.get("id"), Some("L++++"), "the fifth reply, which has no hop left");
+    assert!(dead_event.get("sluiceerrorreason").is_some_and(|r| r.contains("knativebrokerttl")), "{dead_event:?}");
+    let hops: Vec<String> = replier
+        .deliveries()
+        .iter()
+        .filter(|d| d.path == "/loop")
+        .filter_map(|d| d.event().ok())
+        .map(|e| format!("{}:{}", e.get("id").unwrap_or_default(), e.get("knativebrokerttl").unwrap_or_default()))
+        .collect();
+    assert_eq!(hops, ["L:4", "L+:3", "L++:2", "L+++:1"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_deliver_a_channel_and_forward_replies_to_spec_reply() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, 2, &[]).await?;
+    let admin = cluster.nodes[0].admin.clone();
+    let http = cluster.nodes[2].http.clone();
+    let replier = Subscriber::start(Arc::new(|delivery: &Delivery, _| match delivery.event() {
+        Ok(event) => binary_reply(format!("answer-{}", event.get("id").unwrap_or_default()), "answer"),
+        Err(_) => Reply::status(400),
+    }))
+    .await?;
+    let reply_sink = Subscriber::start(Subscriber::ok()).await?;
+    let plain = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(
+        &admin,
+        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
+            "metadata": {"name": "c", "namespace": "default"}}),
+    )
+    .await?;
+    let subscription = |name: &str, subscriber: String, reply: Option<String>| {
+        let mut spec = json!({"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "c"},
+            "subscriber": {"uri": subscriber}});
+        if let Some(reply) = reply {
+            spec["reply"] = json!({"uri": reply});
+        }
+        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "Subscription",
+            "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+    };
+    apply_resource(&admin, subscription("answering", replier.url(), Some(reply_sink.url()))).await?;
+    apply_resource(&admin, subscription("plain", plain.url(), None)).await?;
+    let client = reqwest::Client::new();
+    for i in 0..4 {
+        send_event_accepted(&client, &http, "/channels/default/c", &format!("m{i}"), "message", &[], "{}").await?;
+    }
+    let plain_got = plain.wait_for(4, Duration::from_secs(60)).await?;
+    assert!(plain_got.iter().all(|d| d.event().is_ok_and(|e| e.get("type") == Some("message"))));
+    let answers = reply_sink.wait_for(4, Duration::from_secs(60)).await?;
+    let mut ids: Vec<String> =
+        answers.iter().filter_map(|d| d.event().ok()).map(|e| e.get("id").unwrap_or_default().to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, ["answer-m0", "answer-m1", "answer-m2", "answer-m3"]);
+    Ok(())
+}
