@@ -1,12 +1,18 @@
 //! Runs the official CESQL v1 conformance suite (TCK) against the engine.
 
-use std::path::Path;
 
 use serde_json::{Map, Value as Json};
 use serde_yaml::Value as Yaml;
 use sluice_cesql::{self as cesql, EvalError, Value};
 
-const TCK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/specs/cesql-tck");
+/// `../shared/specs/cesql-tck` next to the repository, found from `CARGO_MANIFEST_DIR` at run time (cargo
+/// sets it for test processes; a binary reused from a shared target directory may come from another checkout).
+fn tck_dir() -> std::path::PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.join("../../shared/specs/cesql-tck")
+}
 
 fn default_event() -> Map<String, Json> {
     let mut event = Map::new();
@@ -105,7 +111,8 @@ fn run_case(case: &Yaml, expression: &str) -> Result<(), String> {
 
 #[test]
 fn cesql_tck() {
-    let dir = Path::new(TCK_DIR);
+    let dir_buf = tck_dir();
+    let dir = dir_buf.as_path();
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot read TCK directory {}: {e}", dir.display()))
         .map(|entry| entry.expect("directory entry").path())

@@ -15,6 +15,14 @@ use tonic::transport::Channel;
 
 pub mod subscriber;
 
+/// This crate's directory, read when the test runs (cargo sets `CARGO_MANIFEST_DIR` for test processes): a
+/// test binary reused from a shared target directory may have been compiled in another checkout.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The `sluice` binary built by this workspace (or `SLUICE_BIN`).
 pub fn sluice_bin() -> PathBuf {
     if let Ok(path) = std::env::var("SLUICE_BIN") {

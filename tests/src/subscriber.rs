@@ -330,7 +330,7 @@ pub struct PythonSubscriber {
 
 impl PythonSubscriber {
     pub async fn start() -> Result<PythonSubscriber> {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python").join("subscriber.py");
+        let script = crate::manifest_dir().join("python").join("subscriber.py");
         let dir = tempfile::tempdir()?;
         let outfile = dir.path().join("events.jsonl");
         let addr = crate::free_addr();

@@ -22,7 +22,7 @@ async fn single_node(extra: &[&str]) -> anyhow::Result<(tempfile::TempDir, NodeP
 async fn python_sdk_events_read_back_identical() -> anyhow::Result<()> {
     let (_root, node) = single_node(&[]).await?;
     let url = format!("http://{}/default/default", node.http);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/send_events.py");
+    let script = sluice_tests::manifest_dir().join("python").join("send_events.py");
     let output = Command::new("python3").arg(script).arg(&url).output()?;
     assert!(output.status.success(), "python sender failed: {}", String::from_utf8_lossy(&output.stderr));
     let statuses: Vec<String> = String::from_utf8(output.stdout)?.lines().map(str::to_string).collect();

@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use sluice_tests::{TestCluster, wait_ready, wait_until};
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/knative.yaml");
-
 async fn sluice(args: Vec<String>) -> anyhow::Result<(i32, String, String)> {
     tokio::task::spawn_blocking(move || {
         let output = std::process::Command::new(sluice_tests::sluice_bin()).args(&args).output()?;
@@ -28,11 +26,12 @@ fn args(list: &[&str]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn knative_yaml_applies_and_reads_back_across_nodes_and_restarts() -> anyhow::Result<()> {
+    let fixture_path = sluice_tests::manifest_dir().join("fixtures").join("knative.yaml").display().to_string();
     let mut cluster = TestCluster::start(3, 1, &[]).await?;
     let admin1 = cluster.nodes[0].admin.clone();
     let admin2 = cluster.nodes[1].admin.clone();
 
-    let (code, stdout, stderr) = sluice(args(&["apply", "-f", FIXTURE, "--admin", &admin1])).await?;
+    let (code, stdout, stderr) = sluice(args(&["apply", "-f", fixture_path.as_str(), "--admin", &admin1])).await?;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
@@ -44,7 +43,7 @@ async fn knative_yaml_applies_and_reads_back_across_nodes_and_restarts() -> anyh
             "subscription.messaging.knative.dev/orders-to-display created",
         ]
     );
-    let (_, again, _) = sluice(args(&["apply", "-f", FIXTURE, "--admin", &admin1])).await?;
+    let (_, again, _) = sluice(args(&["apply", "-f", fixture_path.as_str(), "--admin", &admin1])).await?;
     assert!(again.lines().all(|l| l.ends_with(" unchanged")), "{again}");
 
     // Read back from another node, as YAML with Knative's field names.
@@ -81,7 +80,7 @@ async fn knative_yaml_applies_and_reads_back_across_nodes_and_restarts() -> anyh
 
     // A changed spec bumps the generation; the uid stays.
     let changed = std::env::temp_dir().join(format!("sluice-t50-{}.yaml", std::process::id()));
-    std::fs::write(&changed, std::fs::read_to_string(FIXTURE)?.replace("retry: 5", "retry: 6"))?;
+    std::fs::write(&changed, std::fs::read_to_string(fixture_path.as_str())?.replace("retry: 5", "retry: 6"))?;
     let (_, out, _) = sluice(args(&["apply", "-f", changed.to_str().unwrap_or_default(), "--admin", &admin1])).await?;
     assert!(out.contains("broker.eventing.knative.dev/default configured"), "{out}");
     let updated: serde_json::Value = serde_json::to_value(serde_yaml_value(&get_yaml(admin1.clone()).await?)?)?;
@@ -103,7 +102,8 @@ async fn knative_yaml_applies_and_reads_back_across_nodes_and_restarts() -> anyh
     assert_eq!(code, 1, "a refused object is not stored");
 
     // Immutable: a Trigger cannot move to another broker.
-    let moved = std::fs::read_to_string(FIXTURE)?.replace("  broker: default\n  filter:", "  broker: other\n  filter:");
+    let moved = std::fs::read_to_string(fixture_path.as_str())?
+        .replace("  broker: default\n  filter:", "  broker: other\n  filter:");
     std::fs::write(&changed, moved)?;
     let (code, _, stderr) =
         sluice(args(&["apply", "-f", changed.to_str().unwrap_or_default(), "--admin", &admin1])).await?;
@@ -123,7 +123,7 @@ async fn knative_yaml_applies_and_reads_back_across_nodes_and_restarts() -> anyh
     assert!(stdout.contains("orders-to-display") && stdout.contains("orders"), "{stdout}");
 
     // Delete through the file.
-    let (code, stdout, stderr) = sluice(args(&["delete", "-f", FIXTURE, "--admin", &admin1])).await?;
+    let (code, stdout, stderr) = sluice(args(&["delete", "-f", fixture_path.as_str(), "--admin", &admin1])).await?;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.lines().count(), 5);
     let (code, _, _) = sluice(args(&["get", "broker", "default", "--admin", &admin1])).await?;
@@ -206,7 +206,8 @@ async fn status_conditions_follow_the_objects_around_them() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_objects_are_refused_with_their_field_path_and_nothing_is_stored() -> anyhow::Result<()> {
     let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/invalid.yaml");
+    let fixture_buf = sluice_tests::manifest_dir().join("fixtures").join("invalid.yaml").display().to_string();
+    let fixture = fixture_buf.as_str();
     let expected: Vec<String> = std::fs::read_to_string(fixture)?
         .lines()
         .filter_map(|l| l.strip_prefix("# expect: ").map(str::to_string))
