@@ -1,6 +1,5 @@
 //! Runs the official CESQL v1 conformance suite (TCK) against the engine.
 
-
 use serde_json::{Map, Value as Json};
 use serde_yaml::Value as Yaml;
 use sluice_cesql::{self as cesql, EvalError, Value};

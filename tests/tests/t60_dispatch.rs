@@ -210,3 +210,39 @@ async fn retries_follow_the_delivery_spec_and_failures_reach_dead_letters() -> a
     assert_eq!(kept[0].get_str("knativeerrorcode"), Some("400"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_holds_up_no_one_and_rate_limits_pace_deliveries() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    // Never answers within the test: its window fills and stays full.
+    let slow =
+        Subscriber::start(Arc::new(|_: &Delivery, _| Reply::status(202).after(Duration::from_secs(120)))).await?;
+    let fast = Subscriber::start(Subscriber::ok()).await?;
+    let limited = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&node.admin, broker_object("default", "b", json!({}))).await?;
+    let long_timeout = json!({"delivery": {"timeout": "PT300S"}});
+    apply_resource(
+        &node.admin,
+        trigger_object("default", "slow", "b", &slow.url(), long_timeout, json!({"sluice.dev/max-inflight": "3"})),
+    )
+    .await?;
+    apply_resource(&node.admin, trigger_object("default", "fast", "b", &fast.url(), json!({}), json!({}))).await?;
+    apply_resource(
+        &node.admin,
+        trigger_object("default", "limited", "b", &limited.url(), json!({}), json!({"sluice.dev/rate-limit": "10"})),
+    )
+    .await?;
+    let client = reqwest::Client::new();
+    for i in 0..40 {
+        send_event_accepted(&client, &node.http, "/default/b", &format!("e{i}"), "slow.test", &[], "{}").await?;
+    }
+    fast.wait_for(40, Duration::from_secs(60)).await?;
+    assert!(slow.deliveries().len() <= 3, "at most max-inflight deliveries to the slow subscriber");
+    slow.wait_for(3, Duration::from_secs(30)).await?;
+    let paced = limited.wait_for(40, Duration::from_secs(60)).await?;
+    // 10 events/s with a burst of 10: 40 events take at least 3 s.
+    let span = paced[39].at.duration_since(paced[0].at);
+    assert!(span >= Duration::from_millis(2_900), "40 events at 10/s arrived within {span:?}");
+    assert_eq!(slow.deliveries().len(), 3, "still only max-inflight in flight");
+    Ok(())
+}
