@@ -6,6 +6,9 @@
 //! - `--mode http`: CloudEvents (binary mode) POSTed to a broker; events per
 //!   second and 202 latency.
 //!
+//! - `--mode dispatch`: publish → subscriber latency at fixed rates, and
+//!   delivery throughput with one Trigger versus many (see `dispatch.rs`).
+//!
 //! Closed loop: each of `--concurrency` clients sends one request, waits for
 //! the answer, and sends the next, for `--seconds`. The node coalesces
 //! concurrent appends into Raft entries, so concurrency is what batching feeds on.
@@ -18,6 +21,8 @@ use hdrhistogram::Histogram;
 use sluice_proto::admin::AppendRequest;
 use sluice_tests::{TestCluster, log_client};
 
+mod dispatch;
+
 #[derive(Parser, Debug)]
 #[command(name = "sluice-bench")]
 struct Args {
@@ -27,8 +32,14 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     partitions: u32,
     /// `log` (admin API appends) or `http` (CloudEvents ingress).
-    #[arg(long, default_value = "log", value_parser = ["log", "http"])]
+    #[arg(long, default_value = "log", value_parser = ["log", "http", "dispatch"])]
     mode: String,
+    /// `dispatch`: comma-separated publish rates (events/s) for the latency runs.
+    #[arg(long, default_value = "100,500")]
+    rates: String,
+    /// `dispatch`: Triggers on the broker for the second throughput run (one of them matches).
+    #[arg(long, default_value_t = 1000)]
+    triggers: usize,
     /// Comma-separated list; one run per value.
     #[arg(long, default_value = "64")]
     concurrency: String,
@@ -52,6 +63,18 @@ async fn main() -> Result<()> {
     let cluster = TestCluster::start(args.nodes, args.partitions, &[]).await?;
     let admins: Vec<String> = cluster.nodes.iter().map(|n| n.admin.clone()).collect();
     let https: Vec<String> = cluster.nodes.iter().map(|n| n.http.clone()).collect();
+    if args.mode == "dispatch" {
+        let rates: Vec<u64> = args.rates.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
+        let bench = dispatch::DispatchBench {
+            admin: admins[0].clone(),
+            https: https.clone(),
+            seconds: args.seconds,
+            payload_bytes: args.payload_bytes,
+        };
+        bench.run(&rates, args.triggers, concurrencies.first().copied().unwrap_or(64)).await?;
+        drop(cluster);
+        return Ok(());
+    }
     if args.mode == "http" {
         let broker = sluice_tests::broker_object("bench", "bench", serde_json::json!({}));
         sluice_tests::apply_resource(&admins[0], broker).await?;

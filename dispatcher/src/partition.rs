@@ -12,7 +12,7 @@
 //! match) is committed through the partition's Raft group; also when the dispatcher stops. A crash redelivers
 //! at most what settled since the last commit, plus what was in flight.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,6 +100,13 @@ pub struct PartitionDispatcher {
     shared_next: Option<u64>,
     deliveries: JoinSet<DeliveryResult>,
     next_generation: u64,
+    /// Consumers reading on their own (kept as a set so that a Broker with 1,000 Triggers that keep up costs
+    /// nothing per event for the others).
+    detached: BTreeSet<String>,
+    /// Consumers whose window changed since deliveries were last started.
+    dirty: BTreeSet<String>,
+    /// Consumers with startable events held back by their rate limit.
+    throttled: BTreeSet<String>,
 }
 
 impl PartitionDispatcher {
@@ -119,6 +126,9 @@ impl PartitionDispatcher {
             shared_next: None,
             deliveries: JoinSet::new(),
             next_generation: 0,
+            detached: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            throttled: BTreeSet::new(),
         };
         (tx, tokio::spawn(dispatcher.run(rx)))
     }
@@ -176,11 +186,13 @@ impl PartitionDispatcher {
     /// Applies a new set of consumers: new ones start from their committed (or initial) offset, changed ones
     /// restart from their watermark, removed ones stop.
     async fn update(&mut self, specs: Vec<Arc<ConsumerSpec>>, live_uids: &HashSet<String>) {
+        self.sync_attached();
         let wanted: HashMap<&str, &Arc<ConsumerSpec>> = specs.iter().map(|s| (s.cursor.as_str(), s)).collect();
         let removed: Vec<String> =
             self.consumers.keys().filter(|cursor| !wanted.contains_key(cursor.as_str())).cloned().collect();
         for cursor in removed {
             if let Some(consumer) = self.consumers.remove(&cursor) {
+                self.forget(&cursor);
                 self.stop_consumer(consumer).await;
             }
         }
@@ -189,6 +201,7 @@ impl PartitionDispatcher {
                 Some(existing) if existing.spec.version == spec.version => continue,
                 Some(_) => {
                     let Some(existing) = self.consumers.remove(&spec.cursor) else { continue };
+                    self.forget(&spec.cursor);
                     let watermark = existing.window.watermark();
                     let committed = existing.committed;
                     self.stop_consumer(existing).await;
@@ -209,6 +222,7 @@ impl PartitionDispatcher {
                 .rate_limit
                 .map(|rate| rate / f64::from(self.settings.partitions.max(1)))
                 .map(|rate| TokenBucket::new(rate, rate.max(1.0), now_ms()));
+            self.detached.insert(spec.cursor.clone());
             self.consumers.insert(
                 spec.cursor.clone(),
                 Consumer {
@@ -224,11 +238,17 @@ impl PartitionDispatcher {
                 },
             );
         }
-        if !self.consumers.values().any(|c| c.attached) {
+        if self.detached.len() == self.consumers.len() {
             self.shared_next = None;
         }
         self.rebuild_index();
         self.collect_garbage(live_uids).await;
+    }
+
+    fn forget(&mut self, cursor: &str) {
+        self.detached.remove(cursor);
+        self.dirty.remove(cursor);
+        self.throttled.remove(cursor);
     }
 
     /// The committed offset, or the initial one (committed at once, so that it does not move if leadership
@@ -306,8 +326,7 @@ impl PartitionDispatcher {
             }
             tokio::task::yield_now().await;
         }
-        let detached: Vec<String> =
-            self.consumers.iter().filter(|(_, c)| !c.attached).map(|(k, _)| k.clone()).collect();
+        let detached: Vec<String> = self.detached.iter().cloned().collect();
         for cursor in detached {
             self.read_private(&cursor, end);
         }
@@ -345,9 +364,10 @@ impl PartitionDispatcher {
         }
         // Do not run past a detached consumer waiting ahead of the shared reader: it attaches there.
         let barrier = self
-            .consumers
-            .values()
-            .filter(|c| !c.attached && c.private_next > shared)
+            .detached
+            .iter()
+            .filter_map(|cursor| self.consumers.get(cursor))
+            .filter(|c| c.private_next > shared)
             .map(|c| c.private_next)
             .min()
             .unwrap_or(end)
@@ -367,8 +387,10 @@ impl PartitionDispatcher {
                 consumer.window.skip_to(offset);
                 if consumer.window.admit(offset, ordering_key(&event)) {
                     consumer.pending.insert(offset, Pending { event: event.clone(), arrival_ms });
+                    self.dirty.insert(cursor);
                 } else {
                     // Its window is full: it goes on alone from this event, and the others do not wait.
+                    self.detached.insert(cursor);
                     consumer.attached = false;
                     consumer.private_next = offset;
                     metrics::counter!("sluice_dispatch_detached_total", "consumer" => consumer.spec.name.clone())
@@ -377,10 +399,9 @@ impl PartitionDispatcher {
             }
         }
         let next = next.max(shared);
-        for consumer in self.consumers.values_mut().filter(|c| c.attached) {
-            consumer.window.skip_to(next);
-        }
-        self.shared_next = if self.consumers.values().any(|c| c.attached) { Some(next) } else { None };
+        // Attached consumers that did not match are brought up to the shared position lazily
+        // (`sync_attached`), so a batch costs nothing for them.
+        self.shared_next = if self.detached.len() < self.consumers.len() { Some(next) } else { None };
         next > shared
     }
 
@@ -408,6 +429,7 @@ impl PartitionDispatcher {
                 consumer.window.skip_to(offset);
                 if consumer.window.admit(offset, ordering_key(&event)) {
                     consumer.pending.insert(offset, Pending { event, arrival_ms });
+                    self.dirty.insert(cursor.to_string());
                 } else {
                     stopped_at = Some(offset);
                     break;
@@ -430,9 +452,13 @@ impl PartitionDispatcher {
         let shared = self.shared_next;
         if let Some(consumer) = self.consumers.get_mut(cursor) {
             match shared {
-                Some(shared) if consumer.private_next == shared => consumer.attached = true,
+                Some(shared) if consumer.private_next == shared => {
+                    consumer.attached = true;
+                    self.detached.remove(cursor);
+                }
                 None if consumer.private_next >= end => {
                     consumer.attached = true;
+                    self.detached.remove(cursor);
                     self.shared_next = Some(consumer.private_next);
                 }
                 _ => {}
@@ -440,14 +466,19 @@ impl PartitionDispatcher {
         }
     }
 
+    /// Starts the deliveries that may start, for the consumers whose window changed (or that wait for tokens).
     fn start_ready(&mut self) {
         let now = now_ms();
-        for consumer in self.consumers.values_mut() {
+        let mut touched = std::mem::take(&mut self.dirty);
+        touched.append(&mut std::mem::take(&mut self.throttled));
+        for cursor in touched {
+            let Some(consumer) = self.consumers.get_mut(&cursor) else { continue };
             let ready: Vec<u64> = consumer.window.ready().collect();
             for offset in ready {
                 if let Some(bucket) = &mut consumer.bucket
                     && !bucket.try_take(now)
                 {
+                    self.throttled.insert(cursor.clone());
                     break;
                 }
                 let Some(pending) = consumer.pending.get(&offset) else { continue };
@@ -455,8 +486,8 @@ impl PartitionDispatcher {
                 let ctx = self.ctx.clone();
                 let spec = consumer.spec.clone();
                 let event = pending.event.clone();
-                let cursor = spec.cursor.clone();
                 let generation = consumer.generation;
+                let cursor = cursor.clone();
                 let handle = self.deliveries.spawn(async move {
                     let settlement = deliver(ctx, spec, offset, event).await;
                     (cursor, generation, offset, settlement)
@@ -468,11 +499,14 @@ impl PartitionDispatcher {
 
     fn next_rate_wakeup(&mut self) -> Option<u64> {
         let now = now_ms();
-        self.consumers
-            .values_mut()
-            .filter(|c| c.window.ready().next().is_some())
-            .filter_map(|c| c.bucket.as_mut().map(|b| b.next_token_ms(now)))
-            .min()
+        let mut earliest: Option<u64> = None;
+        for cursor in &self.throttled {
+            if let Some(bucket) = self.consumers.get_mut(cursor).and_then(|c| c.bucket.as_mut()) {
+                let at = bucket.next_token_ms(now);
+                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+            }
+        }
+        earliest
     }
 
     fn settle(&mut self, cursor: &str, generation: u64, offset: u64, settlement: Settlement) {
@@ -483,6 +517,7 @@ impl PartitionDispatcher {
         consumer.running.remove(&offset);
         consumer.pending.remove(&offset);
         consumer.window.settle(offset);
+        self.dirty.insert(cursor.to_string());
         let outcome = match settlement {
             Settlement::Delivered { .. } => "delivered",
             Settlement::DeadLetterSink { .. } => "dead_letter_sink",
@@ -494,7 +529,19 @@ impl PartitionDispatcher {
         .increment(1);
     }
 
+    /// Moves the scan position of every attached consumer up to the shared reader's: the events between did
+    /// not match them (matching ones were admitted as they were read).
+    fn sync_attached(&mut self) {
+        let Some(shared) = self.shared_next else { return };
+        for (cursor, consumer) in self.consumers.iter_mut() {
+            if consumer.attached && !self.detached.contains(cursor) {
+                consumer.window.skip_to(shared);
+            }
+        }
+    }
+
     async fn commit(&mut self) {
+        self.sync_attached();
         let commits: Vec<OffsetCommit> = self
             .consumers
             .values()
