@@ -21,6 +21,7 @@ pub struct DispatchBench {
     pub https: Vec<String>,
     pub seconds: u64,
     pub payload_bytes: usize,
+    pub partitions: u32,
 }
 
 fn event_request(client: &reqwest::Client, url: &str, id: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
@@ -69,6 +70,25 @@ impl DispatchBench {
                     trigger_object("bench", &format!("n{i}"), "bench", "http://127.0.0.1:9/", filter, json!({}));
                 apply_resource(&self.admin, trigger).await?;
             }
+            // Measure the steady state: wait until every partition leader dispatches all the Triggers.
+            let last = format!("consumer=\"n{}\"", triggers - 1);
+            let client = reqwest::Client::new();
+            let https = self.https.clone();
+            sluice_tests::wait_until(Duration::from_secs(120), || {
+                let (client, https, last) = (client.clone(), https.clone(), last.clone());
+                async move {
+                    let mut dispatching = 0;
+                    for http in &https {
+                        let text = client.get(format!("http://{http}/metrics")).send().await?.text().await?;
+                        dispatching += text
+                            .lines()
+                            .filter(|l| l.starts_with("sluice_dispatch_backlog") && l.contains(&last))
+                            .count();
+                    }
+                    Ok((dispatching >= self.partitions as usize).then_some(()))
+                }
+            })
+            .await?;
             let (published, delivered) = self.throughput_run(&subscriber, "tn", concurrency).await?;
             println!("{:>9} {:>6} {:>14.0} {:>14.0}", triggers, concurrency, published, delivered);
         }

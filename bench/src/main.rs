@@ -70,6 +70,7 @@ async fn main() -> Result<()> {
             https: https.clone(),
             seconds: args.seconds,
             payload_bytes: args.payload_bytes,
+            partitions: args.partitions,
         };
         bench.run(&rates, args.triggers, concurrencies.first().copied().unwrap_or(64)).await?;
         drop(cluster);

@@ -9,7 +9,7 @@
 //!
 //! Pure: a function of the objects.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -139,12 +139,11 @@ fn annotation<'a>(object: &'a Value, name: &str) -> Option<&'a str> {
     object.pointer("/metadata/annotations").and_then(|a| a.get(name)).and_then(Value::as_str).map(str::trim)
 }
 
-fn find<'a>(objects: &'a [Value], kinds: &[&str], namespace: &str, name: &str) -> Option<&'a Value> {
-    objects.iter().find(|o| {
-        kinds.contains(&str_at(o, "/kind"))
-            && str_at(o, "/metadata/namespace") == namespace
-            && str_at(o, "/metadata/name") == name
-    })
+/// Brokers and channels by (kind, namespace, name), so that resolving each consumer's source is a lookup.
+type Sources<'a> = HashMap<(&'a str, &'a str, &'a str), &'a Value>;
+
+fn find<'a>(sources: &Sources<'a>, kinds: &[&str], namespace: &str, name: &str) -> Option<&'a Value> {
+    kinds.iter().find_map(|kind| sources.get(&(*kind, namespace, name)).copied())
 }
 
 fn resolve_at(
@@ -169,6 +168,11 @@ fn pointer_path(pointer: &str) -> String {
 /// Every dispatchable consumer, and `(kind/namespace/name, reason)` for those that are not.
 pub fn consumers(objects: &[Value], env: &Environment) -> (Vec<Arc<ConsumerSpec>>, Vec<(String, String)>) {
     let world = World { objects };
+    let sources: Sources = objects
+        .iter()
+        .filter(|o| matches!(str_at(o, "/kind"), "Broker" | "Channel" | "InMemoryChannel"))
+        .map(|o| ((str_at(o, "/kind"), str_at(o, "/metadata/namespace"), str_at(o, "/metadata/name")), o))
+        .collect();
     let mut specs = Vec::new();
     let mut problems = Vec::new();
     for object in objects {
@@ -177,7 +181,7 @@ pub fn consumers(objects: &[Value], env: &Environment) -> (Vec<Arc<ConsumerSpec>
             "Subscription" => ConsumerKind::Subscription,
             _ => continue,
         };
-        match consumer(kind, object, objects, &world, env) {
+        match consumer(kind, object, &sources, &world, env) {
             Ok(spec) => specs.push(Arc::new(spec)),
             Err(reason) => problems.push((
                 format!(
@@ -197,7 +201,7 @@ pub fn consumers(objects: &[Value], env: &Environment) -> (Vec<Arc<ConsumerSpec>
 fn consumer(
     kind: ConsumerKind,
     object: &Value,
-    objects: &[Value],
+    sources: &Sources,
     world: &World,
     env: &Environment,
 ) -> Result<ConsumerSpec, String> {
@@ -208,13 +212,13 @@ fn consumer(
     let (source_kind, source_name, source) = match kind {
         ConsumerKind::Trigger => {
             let broker = str_at(object, "/spec/broker");
-            let source = find(objects, &["Broker"], &namespace, broker)
+            let source = find(sources, &["Broker"], &namespace, broker)
                 .ok_or_else(|| format!("spec.broker: Broker {namespace}/{broker} does not exist"))?;
             ("Broker", broker.to_string(), source)
         }
         ConsumerKind::Subscription => {
             let channel = str_at(object, "/spec/channel/name");
-            let source = find(objects, &["Channel", "InMemoryChannel"], &namespace, channel)
+            let source = find(sources, &["Channel", "InMemoryChannel"], &namespace, channel)
                 .ok_or_else(|| format!("spec.channel: channel {namespace}/{channel} does not exist"))?;
             ("Channel", channel.to_string(), source)
         }

@@ -211,7 +211,7 @@ impl PartitionDispatcher {
             };
             let (offset, committed) = match start {
                 Some(start) => start,
-                None => match self.starting_offset(&spec).await {
+                None => match self.starting_offset(&spec) {
                     Some(start) => start,
                     None => continue,
                 },
@@ -251,9 +251,10 @@ impl PartitionDispatcher {
         self.throttled.remove(cursor);
     }
 
-    /// The committed offset, or the initial one (committed at once, so that it does not move if leadership
-    /// does before the first periodic commit).
-    async fn starting_offset(&self, spec: &ConsumerSpec) -> Option<(u64, Option<u64>)> {
+    /// The committed offset, or else the initial one. The initial offset is derived from the consumer's
+    /// `creationTimestamp` (or is the stream's start), so every leader derives the same one; it is committed
+    /// with the next periodic commit.
+    fn starting_offset(&self, spec: &ConsumerSpec) -> Option<(u64, Option<u64>)> {
         let node = &self.ctx.node;
         let partition = self.partition();
         match node.committed_offset(partition, &spec.cursor) {
@@ -276,14 +277,7 @@ impl PartitionDispatcher {
                 }
             }
         };
-        let commit = OffsetCommit { cursor: spec.cursor.clone(), offset: initial, reset: false };
-        match node.commit_offsets(partition, vec![commit]).await {
-            Ok(()) => Some((initial, Some(initial))),
-            Err(e) => {
-                tracing::warn!(consumer = %spec.cursor, partition, error = %e, "cannot commit the initial offset");
-                None
-            }
-        }
+        Some((initial, None))
     }
 
     async fn stop_consumer(&mut self, consumer: Consumer) {

@@ -80,7 +80,25 @@ async fn supervise(node: Node, settings: DispatcherSettings, sender: Sender, mut
             changed = leadership.changed() => if changed.is_err() { break },
             _ = stopped.changed() => break,
         }
+        // Applying many objects (a YAML file of 1,000 Triggers) changes the resources many times in a row:
+        // reconcile once the burst settles (no change for SETTLE), but at least every SETTLE_MAX.
+        let burst_started = tokio::time::Instant::now();
+        while burst_started.elapsed() < SETTLE_MAX {
+            match tokio::time::timeout(SETTLE, resources.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return stop_all(running).await,
+                Err(_) => break,
+            }
+        }
     }
+    stop_all(running).await;
+}
+
+/// Quiet time after a resource change before reconciling (see `supervise`).
+const SETTLE: Duration = Duration::from_millis(50);
+const SETTLE_MAX: Duration = Duration::from_millis(500);
+
+async fn stop_all(mut running: HashMap<(String, u32), Running>) {
     for (_, task) in running.drain() {
         let _ = task.control.send(Control::Stop).await;
         let _ = task.task.await;
