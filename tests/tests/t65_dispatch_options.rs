@@ -1,0 +1,105 @@
+//! Consumer options end to end: where a new Trigger starts (`creationTimestamp`, or
+//! `sluice.dev/initial-offset: earliest`), h2c subscribers, `sluice.dev/dead-letter: drop`, and the
+//! dispatch metrics with Knative's labels.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_tests::subscriber::{Delivery, Reply, Subscriber};
+use sluice_tests::{apply_resource, broker_object, read_events, send_event_accepted, trigger_object};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_triggers_start_at_creation_unless_earliest() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(2, &[]).await?;
+    apply_resource(&node.admin, broker_object("default", "b", json!({}))).await?;
+    let client = reqwest::Client::new();
+    for i in 0..5 {
+        send_event_accepted(&client, &node.http, "/default/b", &format!("old-{i}"), "t", &[], "{}").await?;
+    }
+    // creationTimestamp has one-second precision: make sure the old events are from an earlier second.
+    let before = chrono_second();
+    sluice_tests::wait_until(Duration::from_secs(3), || async { Ok((chrono_second() > before).then_some(())) }).await?;
+    let latest = Subscriber::start(Subscriber::ok()).await?;
+    let earliest = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&node.admin, trigger_object("default", "latest", "b", &latest.url(), json!({}), json!({}))).await?;
+    let annotations = json!({"sluice.dev/initial-offset": "earliest", "sluice.dev/subscriber-protocol": "h2c"});
+    apply_resource(&node.admin, trigger_object("default", "earliest", "b", &earliest.url(), json!({}), annotations))
+        .await?;
+    for i in 0..3 {
+        send_event_accepted(&client, &node.http, "/default/b", &format!("new-{i}"), "t", &[], "{}").await?;
+    }
+    let all = earliest.wait_for(8, Duration::from_secs(60)).await?;
+    assert!(all.iter().all(|d| d.http_version == "HTTP/2.0"), "h2c: {:?}", all[0].http_version);
+    let fresh = latest.wait_for(3, Duration::from_secs(60)).await?;
+    let mut ids: Vec<String> = fresh.iter().map(|d| d.header("ce-id").unwrap_or_default().to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, ["new-0", "new-1", "new-2"], "only events from the Trigger's creation on");
+    assert!(fresh.iter().all(|d| d.http_version == "HTTP/1.1"));
+
+    // Metrics with Knative's labels, on the node that dispatched.
+    let metrics = client.get(format!("http://{}/metrics", node.http)).send().await?.text().await?;
+    let delivered = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("event_count{")
+                && l.contains("trigger_name=\"earliest\"")
+                && l.contains("response_code=\"202\"")
+        })
+        .ok_or_else(|| anyhow::anyhow!("no event_count for trigger earliest in:\n{metrics}"))?;
+    assert!(delivered.contains("broker_name=\"b\"") && delivered.contains("namespace_name=\"default\""), "{delivered}");
+    assert!(delivered.ends_with(" 8"), "{delivered}");
+    assert!(metrics.contains("sluice_dispatch_backlog{"), "backlog gauge");
+    Ok(())
+}
+
+fn chrono_second() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_drop_restores_knatives_drop() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    let rejecting = Subscriber::start(Arc::new(|_: &Delivery, _| Reply::status(422))).await?;
+    let after = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&node.admin, broker_object("default", "b", json!({}))).await?;
+    let only = |t: &str| json!({"filter": {"attributes": {"type": t}}});
+    apply_resource(
+        &node.admin,
+        trigger_object(
+            "default",
+            "dropping",
+            "b",
+            &rejecting.url(),
+            only("x"),
+            json!({"sluice.dev/dead-letter": "drop"}),
+        ),
+    )
+    .await?;
+    apply_resource(&node.admin, trigger_object("default", "keeping", "b", &rejecting.url(), only("x"), json!({})))
+        .await?;
+    apply_resource(&node.admin, trigger_object("default", "after", "b", &after.url(), only("y"), json!({}))).await?;
+    let client = reqwest::Client::new();
+    send_event_accepted(&client, &node.http, "/default/b", "x1", "x", &[], "{}").await?;
+    rejecting.wait_for(2, Duration::from_secs(60)).await?;
+    // The kept one shows up in its dead-letter stream; the dropped one never does.
+    let kept = sluice_tests::wait_until(Duration::from_secs(20), || async {
+        let events = read_events(&node.admin, "deadletter/trigger/default/keeping", 1).await?;
+        Ok((!events.is_empty()).then_some(events))
+    })
+    .await?;
+    assert_eq!(kept[0].get_str("knativeerrorcode"), Some("422"));
+    // Both settled: a later event to another Trigger is delivered, and the dropping Trigger's stream is empty.
+    send_event_accepted(&client, &node.http, "/default/b", "y1", "y", &[], "{}").await?;
+    after.wait_for(1, Duration::from_secs(60)).await?;
+    let metrics_url = format!("http://{}/metrics", node.http);
+    sluice_tests::wait_until(Duration::from_secs(20), || async {
+        let metrics = client.get(&metrics_url).send().await?.text().await?;
+        let dropped =
+            metrics.lines().find(|l| l.starts_with("sluice_dispatch_dropped_total{") && l.contains("dropping"));
+        Ok(dropped.is_some_and(|l| l.ends_with(" 1")).then_some(()))
+    })
+    .await?;
+    assert!(read_events(&node.admin, "deadletter/trigger/default/dropping", 1).await?.is_empty());
+    Ok(())
+}
