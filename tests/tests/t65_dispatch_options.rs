@@ -37,18 +37,20 @@ async fn new_triggers_start_at_creation_unless_earliest() -> anyhow::Result<()> 
     assert_eq!(ids, ["new-0", "new-1", "new-2"], "only events from the Trigger's creation on");
     assert!(fresh.iter().all(|d| d.http_version == "HTTP/1.1"));
 
-    // Metrics with Knative's labels, on the node that dispatched.
-    let metrics = client.get(format!("http://{}/metrics", node.http)).send().await?.text().await?;
-    let delivered = metrics
-        .lines()
-        .find(|l| {
+    // Metrics with Knative's labels, on the node that dispatched (counted once each response is handled).
+    let metrics_url = format!("http://{}/metrics", node.http);
+    let delivered = sluice_tests::wait_until(Duration::from_secs(20), || async {
+        let metrics = client.get(&metrics_url).send().await?.text().await?;
+        let line = metrics.lines().find(|l| {
             l.starts_with("event_count{")
                 && l.contains("trigger_name=\"earliest\"")
                 && l.contains("response_code=\"202\"")
-        })
-        .ok_or_else(|| anyhow::anyhow!("no event_count for trigger earliest in:\n{metrics}"))?;
+        });
+        Ok(line.filter(|l| l.ends_with(" 8")).map(str::to_string))
+    })
+    .await?;
     assert!(delivered.contains("broker_name=\"b\"") && delivered.contains("namespace_name=\"default\""), "{delivered}");
-    assert!(delivered.ends_with(" 8"), "{delivered}");
+    let metrics = client.get(&metrics_url).send().await?.text().await?;
     assert!(metrics.contains("sluice_dispatch_backlog{"), "backlog gauge");
     Ok(())
 }
