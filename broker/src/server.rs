@@ -66,10 +66,15 @@ fn nodelay(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::R
     })
 }
 
+/// Admin gRPC services that live outside this crate (the dispatcher's), built once the node is open; given
+/// the node and its ingress base URL.
+pub type ExtraAdminRoutes = Box<dyn FnOnce(Node, String) -> tonic::service::Routes + Send>;
+
 pub async fn start(
     settings: NodeSettings,
     listen: Listen,
     ingress_limits: IngressLimits,
+    extra_admin: Option<ExtraAdminRoutes>,
 ) -> Result<RunningNode, BrokerError> {
     let peer = bind("--peer-listen", &listen.peer).await?;
     let http = bind("--http", &listen.http).await?;
@@ -103,9 +108,14 @@ pub async fn start(
     let rx = shutdown.subscribe();
     let admin_node = node.clone();
     let ingress_base = format!("http://{http_addr}");
+    let extra_routes = extra_admin.map(|build| build(node.clone(), ingress_base.clone()));
     tasks.push(tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+        let router = match extra_routes {
+            Some(routes) => builder.add_routes(routes),
+            None => builder.add_routes(tonic::service::Routes::default()),
+        };
+        let result = router
             .add_service(ClusterServer::new(AdminService::new(admin_node.clone(), ingress_base.clone())))
             .add_service(
                 LogServer::new(AdminService::new(admin_node.clone(), ingress_base.clone()))

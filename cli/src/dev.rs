@@ -69,7 +69,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
 async fn run_single(args: DevArgs) -> Result<()> {
     let settings = settings(1, args.data.clone(), &args.tuning, &args.ingress)?;
     let listen = Listen { peer: args.peer_listen.clone(), http: args.http.clone(), admin: args.admin.clone() };
-    let running = server::start(settings, listen, args.ingress.limits()).await?;
+    let running = server::start(settings, listen, args.ingress.limits(), Some(crate::node_cmd::extra_admin())).await?;
     if running.node.cluster_config().is_none() {
         let members = [(1, running.peer_addr.to_string())].into_iter().collect();
         let config = ClusterConfig::new(args.partitions.unwrap_or(1), members)?;

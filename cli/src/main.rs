@@ -4,8 +4,11 @@
 
 mod cluster_cmd;
 mod dev;
+mod dlq_cmd;
+mod events_cmd;
 mod node_cmd;
 mod resources_cmd;
+mod trigger_cmd;
 
 use std::process::ExitCode;
 
@@ -35,6 +38,15 @@ enum Command {
     Delete(resources_cmd::DeleteArgs),
     /// Show one object: spec and status conditions.
     Describe(resources_cmd::DescribeArgs),
+    /// Read, tail and find a broker's or channel's events.
+    #[command(subcommand)]
+    Events(events_cmd::Command),
+    /// Trigger and Subscription delivery: status, replay, pause, resume.
+    #[command(subcommand)]
+    Trigger(trigger_cmd::Command),
+    /// Dead letters: list, redrive, purge.
+    #[command(subcommand)]
+    Dlq(dlq_cmd::Command),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +68,9 @@ fn main() -> ExitCode {
             Command::Get(args) => resources_cmd::get(args).await,
             Command::Delete(args) => resources_cmd::delete(args).await,
             Command::Describe(args) => resources_cmd::describe(args).await,
+            Command::Events(command) => events_cmd::run(command).await,
+            Command::Trigger(command) => trigger_cmd::run(command).await,
+            Command::Dlq(command) => dlq_cmd::run(command).await,
         }
     });
     // Background tasks stop here, so the error below is the last line.

@@ -104,6 +104,11 @@ pub struct TuningArgs {
     pub dispatch_commit_interval_ms: u64,
 }
 
+/// The dispatcher's admin services (Consumers, DeadLetters), served on the node's admin port.
+pub fn extra_admin() -> server::ExtraAdminRoutes {
+    Box::new(sluice_dispatcher::admin::routes)
+}
+
 /// Starts the dispatcher of a running node (its ingress address resolves references to Brokers).
 pub fn start_dispatcher(running: &server::RunningNode, tuning: &TuningArgs) -> Result<sluice_dispatcher::Dispatcher> {
     let settings = sluice_dispatcher::DispatcherSettings {
@@ -155,7 +160,7 @@ pub fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &IngressAr
 pub async fn run(args: NodeArgs) -> Result<()> {
     let settings = settings(args.id, args.data.clone(), &args.tuning, &args.ingress)?;
     let listen = Listen { peer: args.peer_listen.clone(), http: args.http.clone(), admin: args.admin.clone() };
-    let running = server::start(settings, listen, args.ingress.limits()).await?;
+    let running = server::start(settings, listen, args.ingress.limits(), Some(extra_admin())).await?;
     tracing::info!(
         node = args.id,
         peer = %running.peer_addr,

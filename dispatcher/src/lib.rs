@@ -17,6 +17,7 @@
 
 /// The CESQL engine (its own crate, shared with the controller).
 pub use sluice_cesql as cesql;
+pub mod admin;
 pub mod consumer;
 pub mod deliver;
 pub mod delivery;
