@@ -20,6 +20,7 @@ use sluice_proto::admin::{
     ResourceObject, ResourceRef, WatchResourcesRequest, resource_event,
 };
 
+use crate::admin_errors::{ErrorCode, error_status};
 use crate::cluster::ClusterConfig;
 use crate::error::BrokerError;
 use crate::node::Node;
@@ -51,15 +52,19 @@ impl AdminService {
 
 pub fn status_of(error: BrokerError) -> Status {
     let message = error.to_string();
-    match error {
-        BrokerError::InvalidClusterConfig(_) | BrokerError::InvalidStream { .. } => Status::invalid_argument(message),
-        BrokerError::AppendTooLarge { .. } => Status::out_of_range(message),
-        BrokerError::NoSuchPartition { .. } => Status::not_found(message),
-        BrokerError::AlreadyInitialized { .. } => Status::already_exists(message),
-        BrokerError::NotInitialized | BrokerError::NoLeader { .. } => Status::failed_precondition(message),
-        BrokerError::QueueFull { .. } => Status::resource_exhausted(message),
-        _ => Status::unavailable(message),
-    }
+    let code = match error {
+        BrokerError::InvalidClusterConfig(_)
+        | BrokerError::InvalidStream { .. }
+        | BrokerError::InvalidCursor { .. } => ErrorCode::InvalidArgument,
+        BrokerError::AppendTooLarge { .. } => ErrorCode::TooLarge,
+        BrokerError::NoSuchPartition { .. } => ErrorCode::NoSuchPartition,
+        BrokerError::AlreadyInitialized { .. } => ErrorCode::AlreadyInitialized,
+        BrokerError::NotInitialized => ErrorCode::NotInitialized,
+        BrokerError::NoLeader { .. } => ErrorCode::NoLeader,
+        BrokerError::QueueFull { .. } => ErrorCode::QueueFull,
+        _ => ErrorCode::Unavailable,
+    };
+    error_status(code, message)
 }
 
 fn now_ms() -> u64 {
@@ -111,7 +116,7 @@ impl Log for AdminService {
         let request = request.into_inner();
         let count = request.payloads.len() as u64;
         if count == 0 {
-            return Err(Status::invalid_argument("payloads: at least one record is required"));
+            return Err(error_status(ErrorCode::InvalidArgument, "payloads: at least one record is required"));
         }
         let appended = self
             .node
@@ -159,8 +164,8 @@ impl Log for AdminService {
 /// Validates an object as Knative's webhook would (against the stored one,
 /// for immutable fields) and defaults its namespace to `default`.
 pub fn resource_record(object_json: &str, node: &Node) -> Result<ResourceRecord, Status> {
-    let mut object: serde_json::Value =
-        serde_json::from_str(object_json).map_err(|e| Status::invalid_argument(format!("object: not JSON: {e}")))?;
+    let mut object: serde_json::Value = serde_json::from_str(object_json)
+        .map_err(|e| error_status(ErrorCode::InvalidResource, format!("object: not JSON: {e}")))?;
     if let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
         metadata.entry("namespace").or_insert_with(|| "default".into());
     }
@@ -172,7 +177,7 @@ pub fn resource_record(object_json: &str, node: &Node) -> Result<ResourceRecord,
     let existing: Option<serde_json::Value> = node.resource(&key).and_then(|json| serde_json::from_str(&json).ok());
     if let Err(errors) = validate_object(&object, existing.as_ref()) {
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        return Err(Status::invalid_argument(text.join("; ")));
+        return Err(error_status(ErrorCode::InvalidResource, text.join("; ")));
     }
     let uid = format!("{:032x}", rand::random::<u128>());
     let uid = format!("{}-{}-{}-{}-{}", &uid[..8], &uid[8..12], &uid[12..16], &uid[16..20], &uid[20..]);
@@ -237,7 +242,10 @@ impl Resources for AdminService {
             Some(object) => Ok(Response::new(ResourceObject {
                 object_json: with_status(object, &world, &self.status_env).to_string(),
             })),
-            None => Err(Status::not_found(format!("{} {}/{} not found", key.kind, key.namespace, key.name))),
+            None => Err(error_status(
+                ErrorCode::ResourceNotFound,
+                format!("{} {}/{} not found", key.kind, key.namespace, key.name),
+            )),
         }
     }
 

@@ -16,6 +16,7 @@
 //! `docs/architecture.md`.
 
 pub mod admin;
+pub mod admin_errors;
 pub mod batcher;
 pub mod cloudevent;
 pub mod cluster;

@@ -1,0 +1,108 @@
+//! Stable Sluice error codes for the admin API. Every admin error is a gRPC status whose details carry an
+//! `ErrorDetail { code, name }` (prost-encoded). Codes are listed in `docs/operations.md`; a code, once
+//! published, keeps its meaning, and a retired code is never reused. New codes go at the end.
+
+use prost::Message;
+use sluice_proto::admin::ErrorDetail;
+use tonic::{Code, Status};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ErrorCode {
+    /// Something Sluice did not classify.
+    Internal = 1000,
+    /// A request field is malformed (the message names it).
+    InvalidArgument = 1001,
+    /// The cluster is not initialised yet.
+    NotInitialized = 1002,
+    /// The cluster is already initialised with another configuration.
+    AlreadyInitialized = 1003,
+    /// The node cannot answer now (shutting down, or a write's outcome is unknown): retry, and do not assume
+    /// either outcome of a write.
+    Unavailable = 1004,
+    /// A partition's append queue is full: retry later.
+    QueueFull = 1005,
+    /// An append exceeds the entry size limit.
+    TooLarge = 1006,
+    /// The partition does not exist.
+    NoSuchPartition = 1007,
+    /// The resource object does not exist.
+    ResourceNotFound = 1008,
+    /// The resource object is invalid (the message lists the fields).
+    InvalidResource = 1009,
+    /// The node is not a cluster member, or the member does not exist.
+    NoSuchMember = 1010,
+    /// The membership change is not allowed (e.g. removing the last voter).
+    MembershipRefused = 1011,
+    /// The Trigger or Subscription does not exist.
+    ConsumerNotFound = 1012,
+    /// The stream does not exist or is empty at the requested position.
+    NoSuchStream = 1013,
+    /// No leader for the group right now; nothing was written: retry.
+    NoLeader = 1014,
+}
+
+impl ErrorCode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::Internal => "INTERNAL",
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::NotInitialized => "NOT_INITIALIZED",
+            ErrorCode::AlreadyInitialized => "ALREADY_INITIALIZED",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::QueueFull => "QUEUE_FULL",
+            ErrorCode::TooLarge => "TOO_LARGE",
+            ErrorCode::NoSuchPartition => "NO_SUCH_PARTITION",
+            ErrorCode::ResourceNotFound => "RESOURCE_NOT_FOUND",
+            ErrorCode::InvalidResource => "INVALID_RESOURCE",
+            ErrorCode::NoSuchMember => "NO_SUCH_MEMBER",
+            ErrorCode::MembershipRefused => "MEMBERSHIP_REFUSED",
+            ErrorCode::ConsumerNotFound => "CONSUMER_NOT_FOUND",
+            ErrorCode::NoSuchStream => "NO_SUCH_STREAM",
+            ErrorCode::NoLeader => "NO_LEADER",
+        }
+    }
+
+    /// The gRPC code that goes with it.
+    pub fn grpc_code(self) -> Code {
+        match self {
+            ErrorCode::Internal => Code::Internal,
+            ErrorCode::InvalidArgument | ErrorCode::InvalidResource => Code::InvalidArgument,
+            ErrorCode::NotInitialized | ErrorCode::MembershipRefused | ErrorCode::NoLeader => Code::FailedPrecondition,
+            ErrorCode::AlreadyInitialized => Code::AlreadyExists,
+            ErrorCode::Unavailable => Code::Unavailable,
+            ErrorCode::QueueFull => Code::ResourceExhausted,
+            ErrorCode::TooLarge => Code::OutOfRange,
+            ErrorCode::NoSuchPartition
+            | ErrorCode::ResourceNotFound
+            | ErrorCode::NoSuchMember
+            | ErrorCode::ConsumerNotFound
+            | ErrorCode::NoSuchStream => Code::NotFound,
+        }
+    }
+}
+
+/// An admin error: the gRPC code of `code`, the message, and the Sluice code in the details.
+pub fn error_status(code: ErrorCode, message: impl Into<String>) -> Status {
+    let detail = ErrorDetail { code: code as u32, name: code.name().to_string() };
+    Status::with_details(code.grpc_code(), message.into(), detail.encode_to_vec().into())
+}
+
+/// The Sluice code in a status's details, if any (for clients and tests).
+pub fn error_detail(status: &Status) -> Option<ErrorDetail> {
+    ErrorDetail::decode(status.details()).ok().filter(|d| d.code != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_round_trip() {
+        let status = error_status(ErrorCode::QueueFull, "full");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let detail = error_detail(&status).expect("detail");
+        assert_eq!((detail.code, detail.name.as_str()), (1005, "QUEUE_FULL"));
+        assert!(error_detail(&Status::internal("plain")).is_none());
+    }
+}
