@@ -40,6 +40,11 @@ pub enum ErrorCode {
     NoSuchStream = 1013,
     /// No leader for the group right now; nothing was written: retry.
     NoLeader = 1014,
+    /// No stored event matches (`Events.Find`; the message says how much was scanned).
+    EventNotFound = 1015,
+    /// A tail's client read too slowly and its buffer filled: the stream is dropped; tail again from the
+    /// last offset seen.
+    TailTooSlow = 1016,
 }
 
 impl ErrorCode {
@@ -60,6 +65,8 @@ impl ErrorCode {
             ErrorCode::ConsumerNotFound => "CONSUMER_NOT_FOUND",
             ErrorCode::NoSuchStream => "NO_SUCH_STREAM",
             ErrorCode::NoLeader => "NO_LEADER",
+            ErrorCode::EventNotFound => "EVENT_NOT_FOUND",
+            ErrorCode::TailTooSlow => "TAIL_TOO_SLOW",
         }
     }
 
@@ -71,13 +78,14 @@ impl ErrorCode {
             ErrorCode::NotInitialized | ErrorCode::MembershipRefused | ErrorCode::NoLeader => Code::FailedPrecondition,
             ErrorCode::AlreadyInitialized => Code::AlreadyExists,
             ErrorCode::Unavailable => Code::Unavailable,
-            ErrorCode::QueueFull => Code::ResourceExhausted,
+            ErrorCode::QueueFull | ErrorCode::TailTooSlow => Code::ResourceExhausted,
             ErrorCode::TooLarge => Code::OutOfRange,
             ErrorCode::NoSuchPartition
             | ErrorCode::ResourceNotFound
             | ErrorCode::NoSuchMember
             | ErrorCode::ConsumerNotFound
-            | ErrorCode::NoSuchStream => Code::NotFound,
+            | ErrorCode::NoSuchStream
+            | ErrorCode::EventNotFound => Code::NotFound,
         }
     }
 }
