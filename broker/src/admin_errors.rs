@@ -45,6 +45,9 @@ pub enum ErrorCode {
     /// A tail's client read too slowly and its buffer filled: the stream is dropped; tail again from the
     /// last offset seen.
     TailTooSlow = 1016,
+    /// The Trigger or Subscription cannot be dispatched now (its Broker is missing, its subscriber does not
+    /// resolve); the message says why.
+    ConsumerNotDispatchable = 1017,
 }
 
 impl ErrorCode {
@@ -67,6 +70,7 @@ impl ErrorCode {
             ErrorCode::NoLeader => "NO_LEADER",
             ErrorCode::EventNotFound => "EVENT_NOT_FOUND",
             ErrorCode::TailTooSlow => "TAIL_TOO_SLOW",
+            ErrorCode::ConsumerNotDispatchable => "CONSUMER_NOT_DISPATCHABLE",
         }
     }
 
@@ -75,7 +79,10 @@ impl ErrorCode {
         match self {
             ErrorCode::Internal => Code::Internal,
             ErrorCode::InvalidArgument | ErrorCode::InvalidResource => Code::InvalidArgument,
-            ErrorCode::NotInitialized | ErrorCode::MembershipRefused | ErrorCode::NoLeader => Code::FailedPrecondition,
+            ErrorCode::NotInitialized
+            | ErrorCode::MembershipRefused
+            | ErrorCode::NoLeader
+            | ErrorCode::ConsumerNotDispatchable => Code::FailedPrecondition,
             ErrorCode::AlreadyInitialized => Code::AlreadyExists,
             ErrorCode::Unavailable => Code::Unavailable,
             ErrorCode::QueueFull | ErrorCode::TailTooSlow => Code::ResourceExhausted,

@@ -2,6 +2,7 @@
 //! 3-node cluster), `sluice node` (a cluster member) and `sluice cluster`
 //! (init and status through a node's admin API).
 
+mod admin_cli;
 mod cluster_cmd;
 mod dev;
 mod dlq_cmd;
@@ -80,7 +81,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line that says what to change.
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // Admin errors carry a meaningful exit code (docs/operations.md).
+            match e.downcast_ref::<admin_cli::AdminError>() {
+                Some(admin) => ExitCode::from(admin.exit_code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

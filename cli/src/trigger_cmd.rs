@@ -1,16 +1,198 @@
-//! `sluice trigger`: see docs/operations.md.
+//! `sluice trigger status | replay | pause | resume`: a Trigger's (or, with `--subscription`, a
+//! Subscription's) delivery, through the admin API's `Consumers` service.
 
-use anyhow::Result;
-use clap::Subcommand;
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use sluice_proto::admin::consumers_client::ConsumersClient;
+use sluice_proto::admin::{ConsumerRef, ConsumerStatus, ReplayRequest, replay_request};
+
+use crate::admin_cli::{from_status, human_age, parse_time_ms};
+
+#[derive(Args, Clone, Debug)]
+pub struct Target {
+    /// The Trigger's name (or the Subscription's, with --subscription).
+    pub name: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// NAME is a Subscription.
+    #[arg(long)]
+    pub subscription: bool,
+    #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9090")]
+    pub admin: String,
+}
+
+impl Target {
+    pub fn reference(&self) -> ConsumerRef {
+        ConsumerRef {
+            kind: if self.subscription { "subscription" } else { "trigger" }.into(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Not available yet in this build.
-    Unavailable,
+    /// Per partition: committed and end offsets, backlog, oldest undelivered, in flight, counts.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json", "yaml"])]
+        output: String,
+    },
+    /// Deliver again from an offset or a time (or skip forward to one).
+    Replay {
+        #[command(flatten)]
+        target: Target,
+        /// Move to this offset (in every partition, or in --partition).
+        #[arg(long, conflicts_with = "to_time", required_unless_present = "to_time")]
+        to_offset: Option<u64>,
+        /// Move to the first event at or after this time: RFC 3339, or an age like 10m.
+        #[arg(long)]
+        to_time: Option<String>,
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Wait until the backlog from the replay is delivered, showing progress.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Stop delivering (the offset stays; events wait in the log).
+    Pause {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Deliver again after a pause, from where it stopped.
+    Resume {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+async fn connect(admin: &str) -> Result<ConsumersClient<tonic::transport::Channel>> {
+    ConsumersClient::connect(format!("http://{admin}"))
+        .await
+        .with_context(|| format!("cannot reach the admin API at {admin} (--admin)"))
+}
+
+pub fn status_json(status: &ConsumerStatus) -> serde_json::Value {
+    let partitions: Vec<_> = status
+        .partitions
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "partition": p.partition, "committedOffset": p.committed_offset, "endOffset": p.end_offset,
+                "backlog": p.backlog, "oldestUndeliveredAgeMs": p.oldest_undelivered_age_ms, "inFlight": p.in_flight,
+                "delivered": p.delivered, "retried": p.retried, "deadLettered": p.dead_lettered,
+                "deadLetterCount": p.dead_letter_count, "replayPendingTo": p.replay_pending_to,
+            })
+        })
+        .collect();
+    let consumer = status.consumer.clone().unwrap_or_default();
+    serde_json::json!({
+        "kind": consumer.kind, "namespace": consumer.namespace, "name": consumer.name, "stream": status.stream,
+        "paused": status.paused, "dispatchable": status.dispatchable, "reason": status.reason,
+        "subscriberUri": status.subscriber_uri, "backlog": status.backlog, "partitions": partitions,
+    })
+}
+
+fn print_status(status: &ConsumerStatus, output: &str) -> Result<()> {
+    match output {
+        "json" => println!("{}", serde_json::to_string_pretty(&status_json(status))?),
+        "yaml" => print!("{}", serde_yaml::to_string(&status_json(status))?),
+        _ => {
+            let consumer = status.consumer.clone().unwrap_or_default();
+            let state = match (status.paused, status.dispatchable) {
+                (true, _) => "paused".to_string(),
+                (false, true) => "delivering".to_string(),
+                (false, false) => format!("waiting: {}", status.reason),
+            };
+            println!(
+                "{} {}/{}  {}  backlog {}",
+                consumer.kind, consumer.namespace, consumer.name, state, status.backlog
+            );
+            println!("  stream {}  subscriber {}", status.stream, status.subscriber_uri);
+            println!(
+                "{:>9} {:>10} {:>10} {:>8} {:>9} {:>8} {:>10} {:>8} {:>8} {:>6}",
+                "PARTITION", "COMMITTED", "END", "BACKLOG", "OLDEST", "INFLIGHT", "DELIVERED", "RETRIED", "DEAD", "DLQ"
+            );
+            for p in &status.partitions {
+                println!(
+                    "{:>9} {:>10} {:>10} {:>8} {:>9} {:>8} {:>10} {:>8} {:>8} {:>6}",
+                    p.partition,
+                    p.committed_offset,
+                    p.end_offset,
+                    p.backlog,
+                    human_age(p.oldest_undelivered_age_ms),
+                    p.in_flight,
+                    p.delivered,
+                    p.retried,
+                    p.dead_lettered,
+                    p.dead_letter_count
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A one-line progress bar on stderr: `[#####.....] 50/100 label`.
+pub fn progress(done: u64, total: u64, label: &str) {
+    let width = 30usize;
+    let filled = if total == 0 { width } else { (done.min(total) as usize * width) / total as usize };
+    eprint!("\r[{}{}] {done}/{total} {label}   ", "#".repeat(filled), ".".repeat(width - filled));
+    let _ = std::io::stderr().flush();
 }
 
 pub async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Unavailable => anyhow::bail!("sluice trigger is not available in this build"),
+        Command::Status { target, output } => {
+            let mut client = connect(&target.admin).await?;
+            let status = client.status(target.reference()).await.map_err(from_status)?.into_inner();
+            print_status(&status, &output)
+        }
+        Command::Pause { target } => {
+            let mut client = connect(&target.admin).await?;
+            let status = client.pause(target.reference()).await.map_err(from_status)?.into_inner();
+            println!("paused {}/{}; backlog {}", target.namespace, target.name, status.backlog);
+            Ok(())
+        }
+        Command::Resume { target } => {
+            let mut client = connect(&target.admin).await?;
+            let status = client.resume(target.reference()).await.map_err(from_status)?.into_inner();
+            println!("resumed {}/{}; backlog {}", target.namespace, target.name, status.backlog);
+            Ok(())
+        }
+        Command::Replay { target, to_offset, to_time, partition, follow } => {
+            let to = match (to_offset, to_time) {
+                (Some(offset), _) => replay_request::To::Offset(offset),
+                (None, Some(time)) => replay_request::To::TimeMs(parse_time_ms(&time)?),
+                (None, None) => anyhow::bail!("give --to-offset or --to-time"),
+            };
+            let mut client = connect(&target.admin).await?;
+            let request = ReplayRequest { consumer: Some(target.reference()), to: Some(to), partition, wait: true };
+            let reply = client.replay(request).await.map_err(from_status)?.into_inner();
+            for t in &reply.targets {
+                println!("partition {}: {} -> {}", t.partition, t.from_offset, t.to_offset);
+            }
+            if !reply.applied {
+                println!("requested; the dispatchers apply it within one commit interval");
+            }
+            if follow {
+                let total: u64 = reply.targets.iter().map(|t| t.from_offset.saturating_sub(t.to_offset)).sum();
+                loop {
+                    let status = client.status(target.reference()).await.map_err(from_status)?.into_inner();
+                    progress(total.saturating_sub(status.backlog.min(total)), total, "redelivered");
+                    if status.backlog == 0 {
+                        eprintln!();
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            Ok(())
+        }
     }
 }

@@ -1,10 +1,437 @@
-//! The dispatcher's admin gRPC services (`sluice.admin.v1`): consumer status, pause/resume and replay, and
-//! dead letters (list, redrive, purge). Served on the node's admin port next to the broker's services.
+//! The dispatcher's admin gRPC services (`sluice.admin.v1.Consumers`, `sluice.admin.v1.DeadLetters`):
+//! consumer status, pause/resume and replay, and dead letters (list, redrive, purge). Served on the node's
+//! admin port next to the broker's services; any node answers.
+//!
+//! Status comes from what the partition dispatchers commit through Raft (offsets and `stats`), so it is at
+//! most one commit interval old and survives leader changes. Replays are requests the dispatchers apply
+//! (`stats::REPLAY`), so that only a dispatcher ever moves a consumer's offset.
 
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::Value;
 use sluice_broker::Node;
+use sluice_broker::admin_errors::{ErrorCode, error_status};
+use sluice_broker::cloudevent::{AttrValue, CloudEvent, EventData};
+use sluice_broker::raft_types::ResourceKey;
+use sluice_broker::resources::IngressSettings;
+use sluice_controller::status::Environment;
+use sluice_proto::admin::consumers_server::{Consumers, ConsumersServer};
+use sluice_proto::admin::dead_letters_server::{DeadLetters, DeadLettersServer};
+use sluice_proto::admin::{
+    ConsumerRef, ConsumerStatus, DeadLetter, DeadLetterList, ListDeadLettersRequest, PartitionStatus, PurgeReply,
+    PurgeRequest, RedriveProgress, RedriveRequest, ReplayReply, ReplayRequest, ReplayTarget, replay_request,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::consumer::{
+    ANNOTATION_PAUSED, ConsumerKind, ConsumerSpec, ReplyTarget, consumers, cursor_name, dead_letter_stream, stream_of,
+};
+use crate::deliver::{DeliveryContext, Settlement, deliver, now_ms};
+use crate::sender::Sender;
+use crate::stats::{self, CursorStats};
+
+/// Most dead letters one `List` returns.
+pub const MAX_LIST: usize = 1000;
+/// Most dead letters one `Redrive` call handles per partition (run it again for more).
+pub const MAX_REDRIVE_PER_PARTITION: usize = 10_000;
+/// How long `Replay` with `wait` waits for the dispatchers.
+pub const REPLAY_WAIT: Duration = Duration::from_secs(30);
 
 /// The routes of the dispatcher's admin services for `node`.
 pub fn routes(node: Node, ingress_base: String) -> tonic::service::Routes {
-    let _ = (node, ingress_base);
-    tonic::service::Routes::default()
+    let sender = match Sender::new() {
+        Ok(sender) => Some(sender),
+        Err(e) => {
+            tracing::error!(error = %e, "no HTTP client: redrive to subscribers is unavailable");
+            None
+        }
+    };
+    let admin = ConsumersAdmin { node, env: Environment { ingress_base }, sender };
+    tonic::service::Routes::new(ConsumersServer::new(admin.clone())).add_service(DeadLettersServer::new(admin))
+}
+
+#[derive(Clone)]
+pub struct ConsumersAdmin {
+    node: Node,
+    env: Environment,
+    sender: Option<Sender>,
+}
+
+/// A consumer as found from its reference.
+struct Found {
+    kind: ConsumerKind,
+    key: ResourceKey,
+    object: Value,
+    stream: String,
+    cursor: String,
+    spec: Option<Arc<ConsumerSpec>>,
+    reason: String,
+}
+
+fn kind_of(reference: &ConsumerRef) -> Result<ConsumerKind, Status> {
+    match reference.kind.to_ascii_lowercase().as_str() {
+        "" | "trigger" => Ok(ConsumerKind::Trigger),
+        "subscription" => Ok(ConsumerKind::Subscription),
+        other => Err(error_status(
+            ErrorCode::InvalidArgument,
+            format!("consumer.kind: {other:?} is neither trigger nor subscription"),
+        )),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    error_status(ErrorCode::Unavailable, e.to_string())
+}
+
+fn strip_error_attributes(event: &CloudEvent) -> CloudEvent {
+    let mut event = event.clone();
+    for name in ["knativeerrordest", "knativeerrorcode", "knativeerrordata", "sluiceerrorreason", "sluicesourceoffset"]
+    {
+        event.attributes.remove(name);
+    }
+    event
+}
+
+impl ConsumersAdmin {
+    fn objects(&self) -> Vec<Value> {
+        ["Broker", "Trigger", "Channel", "InMemoryChannel", "Subscription"]
+            .iter()
+            .flat_map(|kind| self.node.resources(kind))
+            .filter_map(|(_, json)| serde_json::from_str(&json).ok())
+            .collect()
+    }
+
+    fn find(&self, reference: Option<&ConsumerRef>) -> Result<Found, Status> {
+        let reference = reference.ok_or_else(|| error_status(ErrorCode::InvalidArgument, "consumer: required"))?;
+        let kind = kind_of(reference)?;
+        let namespace = if reference.namespace.is_empty() { "default" } else { reference.namespace.as_str() };
+        let key = ResourceKey {
+            kind: if kind == ConsumerKind::Trigger { "Trigger" } else { "Subscription" }.to_string(),
+            namespace: namespace.to_string(),
+            name: reference.name.clone(),
+        };
+        let json = self.node.resource(&key).ok_or_else(|| {
+            error_status(ErrorCode::ConsumerNotFound, format!("{} {namespace}/{} not found", key.kind, reference.name))
+        })?;
+        let object: Value = serde_json::from_str(&json).map_err(internal)?;
+        let uid = object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string();
+        let stream = stream_of(kind, &object);
+        let cursor = cursor_name(&stream, kind, &reference.name, &uid);
+        let (specs, problems) = consumers(&self.objects(), &self.env);
+        let spec = specs.into_iter().find(|s| s.cursor == cursor);
+        let label = format!("{}/{namespace}/{}", kind.as_str(), reference.name);
+        let reason = problems.into_iter().find(|(name, _)| *name == label).map(|(_, r)| r).unwrap_or_default();
+        Ok(Found { kind, key, object, stream, cursor, spec, reason })
+    }
+
+    fn status_of(&self, found: &Found) -> Result<ConsumerStatus, Status> {
+        let now = now_ms();
+        let dead_letters = dead_letter_stream(found.kind, &found.key.namespace, &found.key.name);
+        let mut partitions = Vec::new();
+        for partition in 0..self.node.partitions() {
+            let stored: BTreeMap<String, u64> =
+                self.node.committed_offsets(partition).map_err(internal)?.into_iter().collect();
+            let end_offset = self.node.end_offset(&found.stream, partition).map_err(internal)?;
+            let committed_offset = stored.get(&found.cursor).copied().unwrap_or(0);
+            let counters = CursorStats::from_committed(&found.cursor, &stored);
+            let dead = self.node.read(&dead_letters, partition, 0, 1, 0).map_err(internal)?;
+            partitions.push(PartitionStatus {
+                partition,
+                committed_offset,
+                end_offset,
+                backlog: end_offset.saturating_sub(committed_offset),
+                oldest_undelivered_age_ms: match counters.oldest_pending_arrival_ms {
+                    0 => 0,
+                    arrival => now.saturating_sub(arrival),
+                },
+                in_flight: counters.in_flight,
+                delivered: counters.delivered,
+                retried: counters.retried,
+                dead_lettered: counters.dead_lettered,
+                replay_pending_to: stats::pending_replay(&found.cursor, &stored),
+                dead_letter_count: dead.end_offset.saturating_sub(dead.start_offset),
+            });
+        }
+        let paused = found
+            .object
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(ANNOTATION_PAUSED))
+            .and_then(Value::as_str)
+            == Some("true");
+        Ok(ConsumerStatus {
+            consumer: Some(ConsumerRef {
+                kind: found.kind.as_str().to_string(),
+                namespace: found.key.namespace.clone(),
+                name: found.key.name.clone(),
+            }),
+            stream: found.stream.clone(),
+            cursor: found.cursor.clone(),
+            paused,
+            dispatchable: found.spec.is_some(),
+            reason: found.reason.clone(),
+            backlog: partitions.iter().map(|p| p.backlog).sum(),
+            partitions,
+            subscriber_uri: found.spec.as_ref().map(|s| s.subscriber_uri.clone()).unwrap_or_default(),
+        })
+    }
+
+    async fn set_paused(&self, reference: Option<&ConsumerRef>, paused: bool) -> Result<ConsumerStatus, Status> {
+        let found = self.find(reference)?;
+        let mut object = found.object.clone();
+        let metadata = object
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| internal("stored object without metadata"))?;
+        let annotations = metadata.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+        if let Some(annotations) = annotations.as_object_mut() {
+            if paused {
+                annotations.insert(ANNOTATION_PAUSED.to_string(), Value::String("true".into()));
+            } else {
+                annotations.remove(ANNOTATION_PAUSED);
+            }
+        }
+        let record = sluice_broker::admin::resource_record(&object.to_string(), &self.node)?;
+        self.node.put_resource(record).await.map_err(sluice_broker::admin::status_of)?;
+        let found = self.find(reference)?;
+        self.status_of(&found)
+    }
+
+    fn dead_letters(&self, found: &Found, partition: u32, limit: usize) -> Result<Vec<(u64, u64, CloudEvent)>, Status> {
+        let stream = dead_letter_stream(found.kind, &found.key.namespace, &found.key.name);
+        let mut out = Vec::new();
+        let mut from = 0;
+        while out.len() < limit {
+            let batch = self.node.read(&stream, partition, from, (limit - out.len()).min(1000), 0).map_err(internal)?;
+            let Some(last) = batch.records.last().map(|r| r.offset) else { break };
+            for record in batch.records {
+                match CloudEvent::decode(&record.payload) {
+                    Ok(event) => out.push((record.offset, record.arrival_ms, event)),
+                    Err(e) => tracing::warn!(%stream, offset = record.offset, error = %e, "undecodable dead letter"),
+                }
+            }
+            from = last + 1;
+        }
+        Ok(out)
+    }
+}
+
+#[tonic::async_trait]
+impl Consumers for ConsumersAdmin {
+    async fn status(&self, request: Request<ConsumerRef>) -> Result<Response<ConsumerStatus>, Status> {
+        let found = self.find(Some(request.get_ref()))?;
+        Ok(Response::new(self.status_of(&found)?))
+    }
+
+    async fn pause(&self, request: Request<ConsumerRef>) -> Result<Response<ConsumerStatus>, Status> {
+        Ok(Response::new(self.set_paused(Some(request.get_ref()), true).await?))
+    }
+
+    async fn resume(&self, request: Request<ConsumerRef>) -> Result<Response<ConsumerStatus>, Status> {
+        Ok(Response::new(self.set_paused(Some(request.get_ref()), false).await?))
+    }
+
+    async fn replay(&self, request: Request<ReplayRequest>) -> Result<Response<ReplayReply>, Status> {
+        let request = request.into_inner();
+        let found = self.find(request.consumer.as_ref())?;
+        let partitions: Vec<u32> = match request.partition {
+            Some(p) if p < self.node.partitions() => vec![p],
+            Some(p) => return Err(error_status(ErrorCode::NoSuchPartition, format!("partition {p} does not exist"))),
+            None => (0..self.node.partitions()).collect(),
+        };
+        let to = request.to.ok_or_else(|| error_status(ErrorCode::InvalidArgument, "to: an offset or a time"))?;
+        let mut targets = Vec::new();
+        for partition in partitions {
+            let end = self.node.end_offset(&found.stream, partition).map_err(internal)?;
+            let to_offset = match to {
+                replay_request::To::Offset(offset) => offset.min(end),
+                replay_request::To::TimeMs(time_ms) => {
+                    self.node.offset_for_time(&found.stream, partition, time_ms).map_err(internal)?
+                }
+            };
+            let from_offset = self.node.committed_offset(partition, &found.cursor).map_err(internal)?.unwrap_or(0);
+            self.node
+                .commit_offsets(partition, vec![stats::request_replay(&found.cursor, to_offset)])
+                .await
+                .map_err(sluice_broker::admin::status_of)?;
+            targets.push(ReplayTarget { partition, from_offset, to_offset });
+        }
+        let mut applied = false;
+        if request.wait {
+            let deadline = tokio::time::Instant::now() + REPLAY_WAIT;
+            applied = true;
+            for target in &targets {
+                let mut changes = self.node.watch_applied(target.partition).map_err(internal)?;
+                let key = stats::stat_key(&found.cursor, stats::REPLAY);
+                loop {
+                    let pending = self.node.committed_offset(target.partition, &key).map_err(internal)?.unwrap_or(0);
+                    if pending == 0 {
+                        break;
+                    }
+                    match tokio::time::timeout_at(deadline, changes.changed()).await {
+                        Ok(Ok(())) => {}
+                        _ => {
+                            applied = false;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Response::new(ReplayReply { targets, applied }))
+    }
+}
+
+fn dead_letter_message(partition: u32, offset: u64, arrival_ms: u64, event: &CloudEvent) -> DeadLetter {
+    let text = |name: &str| event.get(name).map(AttrValue::to_canonical_string).unwrap_or_default();
+    let error_data =
+        base64::engine::general_purpose::STANDARD.decode(text("knativeerrordata").as_bytes()).unwrap_or_default();
+    DeadLetter {
+        partition,
+        offset,
+        arrival_ms,
+        error_code: text("knativeerrorcode"),
+        error_dest: text("knativeerrordest"),
+        error_data: error_data.into(),
+        reason: text("sluiceerrorreason"),
+        attributes: event.attributes.iter().map(|(k, v)| (k.clone(), v.to_canonical_string())).collect(),
+        data: match &event.data {
+            Some(EventData::Bytes(bytes)) => bytes.clone(),
+            Some(EventData::Json(text)) => text.clone().into_bytes().into(),
+            None => bytes::Bytes::new(),
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl DeadLetters for ConsumersAdmin {
+    async fn list(&self, request: Request<ListDeadLettersRequest>) -> Result<Response<DeadLetterList>, Status> {
+        let request = request.into_inner();
+        let found = self.find(request.consumer.as_ref())?;
+        let limit = match request.limit as usize {
+            0 => 100,
+            n => n.min(MAX_LIST),
+        };
+        let stream = dead_letter_stream(found.kind, &found.key.namespace, &found.key.name);
+        let mut list = Vec::new();
+        let mut total = 0;
+        for partition in 0..self.node.partitions() {
+            let extent = self.node.read(&stream, partition, 0, 1, 0).map_err(internal)?;
+            total += extent.end_offset.saturating_sub(extent.start_offset);
+            for (offset, arrival_ms, event) in self.dead_letters(&found, partition, limit.saturating_sub(list.len()))? {
+                list.push(dead_letter_message(partition, offset, arrival_ms, &event));
+            }
+        }
+        Ok(Response::new(DeadLetterList { dead_letters: list, total }))
+    }
+
+    type RedriveStream = ReceiverStream<Result<RedriveProgress, Status>>;
+
+    async fn redrive(&self, request: Request<RedriveRequest>) -> Result<Response<Self::RedriveStream>, Status> {
+        let request = request.into_inner();
+        let found = self.find(request.consumer.as_ref())?;
+        let Some(spec) = found.spec.clone() else {
+            return Err(error_status(
+                ErrorCode::ConsumerNotDispatchable,
+                format!("the consumer cannot be dispatched now: {}", found.reason),
+            ));
+        };
+        let Some(sender) = self.sender.clone() else {
+            return Err(error_status(ErrorCode::Internal, "no HTTP client on this node"));
+        };
+        let selected: HashSet<(u32, u64)> = request.selected.iter().map(|p| (p.partition, p.offset)).collect();
+        let mut work = Vec::new();
+        for partition in 0..self.node.partitions() {
+            let letters = self.dead_letters(&found, partition, MAX_REDRIVE_PER_PARTITION)?;
+            work.push((partition, letters));
+        }
+        let total = work
+            .iter()
+            .flat_map(|(p, letters)| letters.iter().map(move |(o, _, _)| (*p, *o)))
+            .filter(|key| selected.is_empty() || selected.contains(key))
+            .count() as u64;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let node = self.node.clone();
+        let stream = dead_letter_stream(found.kind, &found.key.namespace, &found.key.name);
+        let to_broker = request.to_broker;
+        tokio::spawn(async move {
+            let mut progress = RedriveProgress { total, ..Default::default() };
+            for (partition, letters) in work {
+                let Some(end) = letters.last().map(|(o, _, _)| o + 1) else { continue };
+                let ctx = DeliveryContext { node: node.clone(), sender: sender.clone(), partition };
+                let mut keep = Vec::new();
+                for (offset, _, dead) in letters {
+                    if !selected.is_empty() && !selected.contains(&(partition, offset)) {
+                        keep.push(dead);
+                        continue;
+                    }
+                    let source_offset = dead
+                        .get("sluicesourceoffset")
+                        .and_then(|v| v.to_canonical_string().parse::<u64>().ok())
+                        .unwrap_or(offset);
+                    let event = strip_error_attributes(&dead);
+                    let ok = if to_broker {
+                        redrive_to_broker(&node, &spec, event).await
+                    } else {
+                        // Delivered with the consumer's policy; what fails again is dead-lettered again.
+                        matches!(
+                            deliver(ctx.clone(), spec.clone(), source_offset, Arc::new(event)).await,
+                            Settlement::Delivered { .. }
+                        )
+                    };
+                    progress.processed += 1;
+                    if ok {
+                        progress.delivered += 1;
+                    } else {
+                        progress.failed += 1;
+                    }
+                    if tx.send(Ok(progress.clone())).await.is_err() {
+                        return;
+                    }
+                }
+                // What was not selected stays: copied past the trim point, then the handled prefix goes.
+                for dead in keep {
+                    if let Ok(payload) = dead.encode() {
+                        let _ = node.append(&stream, partition, vec![payload.into()], now_ms(), None).await;
+                    }
+                }
+                if let Err(e) = node.trim(partition, &stream, end).await {
+                    let _ = tx.send(Err(sluice_broker::admin::status_of(e))).await;
+                    return;
+                }
+            }
+            progress.done = true;
+            let _ = tx.send(Ok(progress)).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn purge(&self, request: Request<PurgeRequest>) -> Result<Response<PurgeReply>, Status> {
+        let request = request.into_inner();
+        let found = self.find(request.consumer.as_ref())?;
+        let stream = dead_letter_stream(found.kind, &found.key.namespace, &found.key.name);
+        let mut purged = 0;
+        for partition in 0..self.node.partitions() {
+            let extent = self.node.read(&stream, partition, 0, 1, 0).map_err(internal)?;
+            if extent.end_offset > extent.start_offset {
+                self.node.trim(partition, &stream, extent.end_offset).await.map_err(sluice_broker::admin::status_of)?;
+                purged += extent.end_offset - extent.start_offset;
+            }
+        }
+        Ok(Response::new(PurgeReply { purged }))
+    }
+}
+
+async fn redrive_to_broker(node: &Node, spec: &ConsumerSpec, event: CloudEvent) -> bool {
+    let ReplyTarget::Broker { stream, settings } = &spec.reply else { return false };
+    // Not deduplicated: the same (source, id) was accepted before, and redriving it is the point.
+    let settings = IngressSettings { dedupe_window: None, ..settings.clone() };
+    let mut event = event;
+    event.attributes.remove("knativearrivaltime");
+    sluice_broker::ingress::publish(node, stream, &settings, vec![event], crate::deliver::MAX_REPLY_EVENT_BYTES)
+        .await
+        .is_ok()
 }

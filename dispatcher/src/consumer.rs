@@ -28,6 +28,8 @@ pub const ANNOTATION_MAX_INFLIGHT: &str = "sluice.dev/max-inflight";
 pub const ANNOTATION_RATE_LIMIT: &str = "sluice.dev/rate-limit";
 pub const ANNOTATION_DEAD_LETTER: &str = "sluice.dev/dead-letter";
 pub const ANNOTATION_SUBSCRIBER_PROTOCOL: &str = "sluice.dev/subscriber-protocol";
+/// `sluice.dev/paused: "true"`: the consumer keeps its offset but nothing is delivered (`sluice trigger pause`).
+pub const ANNOTATION_PAUSED: &str = "sluice.dev/paused";
 
 /// Default `sluice.dev/max-inflight`: concurrent deliveries per consumer and partition.
 pub const DEFAULT_MAX_INFLIGHT: usize = 100;
@@ -117,6 +119,8 @@ pub struct ConsumerSpec {
     pub rate_limit: Option<f64>,
     pub initial: InitialOffset,
     pub filter: CompiledFilter,
+    /// `sluice.dev/paused`: read nothing, deliver nothing new; the offset stays.
+    pub paused: bool,
     /// Changes whenever anything above changes: a dispatcher restarts the consumer then.
     pub version: String,
 }
@@ -129,6 +133,20 @@ pub fn dead_letter_stream(kind: ConsumerKind, namespace: &str, name: &str) -> St
 /// The prefix of every cursor reading `stream` (to find cursors whose consumer is gone).
 pub fn cursor_prefix(stream: &str) -> String {
     format!("{stream}#")
+}
+
+/// A consumer's cursor name in each partition group.
+pub fn cursor_name(stream: &str, kind: ConsumerKind, name: &str, uid: &str) -> String {
+    format!("{}{}/{name}/{uid}", cursor_prefix(stream), kind.as_str())
+}
+
+/// The stream a Trigger or Subscription object reads (whether or not its Broker or Channel exists).
+pub fn stream_of(kind: ConsumerKind, object: &Value) -> String {
+    let namespace = str_at(object, "/metadata/namespace");
+    match kind {
+        ConsumerKind::Trigger => stream_name("Broker", namespace, str_at(object, "/spec/broker")),
+        ConsumerKind::Subscription => stream_name("Channel", namespace, str_at(object, "/spec/channel/name")),
+    }
 }
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
@@ -303,7 +321,7 @@ fn consumer(
     );
     Ok(ConsumerSpec {
         kind,
-        cursor: format!("{}{}/{name}/{uid}", cursor_prefix(&stream), kind.as_str()),
+        cursor: cursor_name(&stream, kind, &name, &uid),
         dead_letter_stream: dead_letter_stream(kind, &namespace, &name),
         namespace,
         name,
@@ -322,6 +340,7 @@ fn consumer(
         rate_limit,
         initial,
         filter,
+        paused: annotation(object, ANNOTATION_PAUSED) == Some("true"),
         version,
     })
 }

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod partition;
 pub mod rate;
 pub mod sender;
+pub mod stats;
 pub mod supervisor;
 pub mod window;
 

@@ -26,6 +26,7 @@ use crate::consumer::{ConsumerSpec, InitialOffset, cursor_prefix};
 use crate::deliver::{DeliveryContext, Settlement, deliver, now_ms};
 use crate::filter::FilterIndex;
 use crate::rate::TokenBucket;
+use crate::stats::{self, CursorStats};
 use crate::window::Window;
 
 /// A CloudEvent as the filters see it.
@@ -79,6 +80,9 @@ struct Consumer {
     /// Where this consumer reads on its own while detached.
     private_next: u64,
     committed: Option<u64>,
+    stats: CursorStats,
+    /// What is stored of `stats`.
+    committed_stats: CursorStats,
     pending: HashMap<u64, Pending>,
     running: HashMap<u64, AbortHandle>,
     bucket: Option<TokenBucket>,
@@ -187,6 +191,8 @@ impl PartitionDispatcher {
     /// restart from their watermark, removed ones stop.
     async fn update(&mut self, specs: Vec<Arc<ConsumerSpec>>, live_uids: &HashSet<String>) {
         self.sync_attached();
+        let stored: BTreeMap<String, u64> =
+            self.ctx.node.committed_offsets(self.partition()).unwrap_or_default().into_iter().collect();
         let wanted: HashMap<&str, &Arc<ConsumerSpec>> = specs.iter().map(|s| (s.cursor.as_str(), s)).collect();
         let removed: Vec<String> =
             self.consumers.keys().filter(|cursor| !wanted.contains_key(cursor.as_str())).cloned().collect();
@@ -204,15 +210,18 @@ impl PartitionDispatcher {
                     self.forget(&spec.cursor);
                     let watermark = existing.window.watermark();
                     let committed = existing.committed;
+                    let counters = existing.stats;
                     self.stop_consumer(existing).await;
-                    Some((watermark, committed))
+                    Some((watermark, committed, counters))
                 }
                 None => None,
             };
-            let (offset, committed) = match start {
+            let (offset, committed, counters) = match start {
                 Some(start) => start,
                 None => match self.starting_offset(&spec) {
-                    Some(start) => start,
+                    Some((offset, committed)) => {
+                        (offset, committed, CursorStats::from_committed(&spec.cursor, &stored))
+                    }
                     None => continue,
                 },
             };
@@ -223,6 +232,7 @@ impl PartitionDispatcher {
                 .map(|rate| rate / f64::from(self.settings.partitions.max(1)))
                 .map(|rate| TokenBucket::new(rate, rate.max(1.0), now_ms()));
             self.detached.insert(spec.cursor.clone());
+            let committed_stats = CursorStats::from_committed(&spec.cursor, &stored);
             self.consumers.insert(
                 spec.cursor.clone(),
                 Consumer {
@@ -231,6 +241,8 @@ impl PartitionDispatcher {
                     attached: false,
                     private_next: offset,
                     committed,
+                    stats: CursorStats { in_flight: 0, oldest_pending_arrival_ms: 0, ..counters },
+                    committed_stats,
                     pending: HashMap::new(),
                     running: HashMap::new(),
                     bucket,
@@ -301,7 +313,7 @@ impl PartitionDispatcher {
             .into_iter()
             .map(|(cursor, _)| cursor)
             .filter(|cursor| cursor.starts_with(&prefix))
-            .filter(|cursor| cursor.rsplit('/').next().is_none_or(|uid| !live_uids.contains(uid)))
+            .filter(|cursor| !live_uids.contains(stats::owner_uid(cursor)))
             .collect();
         if !dead.is_empty() {
             tracing::info!(stream = %self.stream, partition = self.partition(), cursors = ?dead, "deleting the offsets of deleted consumers");
@@ -361,7 +373,7 @@ impl PartitionDispatcher {
             .detached
             .iter()
             .filter_map(|cursor| self.consumers.get(cursor))
-            .filter(|c| c.private_next > shared)
+            .filter(|c| c.private_next > shared && !c.spec.paused)
             .map(|c| c.private_next)
             .min()
             .unwrap_or(end)
@@ -402,6 +414,9 @@ impl PartitionDispatcher {
     /// A detached consumer reads on its own until its window is full, it reaches the shared reader (and
     /// attaches), or the end of the stream.
     fn read_private(&mut self, cursor: &str, end: u64) {
+        if self.consumers.get(cursor).is_none_or(|c| c.spec.paused) {
+            return;
+        }
         loop {
             let Some(consumer) = self.consumers.get(cursor) else { return };
             let from = consumer.private_next;
@@ -512,12 +527,19 @@ impl PartitionDispatcher {
         consumer.pending.remove(&offset);
         consumer.window.settle(offset);
         self.dirty.insert(cursor.to_string());
-        let outcome = match settlement {
-            Settlement::Delivered { .. } => "delivered",
-            Settlement::DeadLetterSink { .. } => "dead_letter_sink",
-            Settlement::DeadLetterStream { .. } => "dead_letter_stream",
-            Settlement::Dropped { .. } => "dropped",
+        let (outcome, attempts) = match settlement {
+            Settlement::Delivered { attempts } => {
+                consumer.stats.delivered += 1;
+                ("delivered", attempts)
+            }
+            Settlement::DeadLetterSink { attempts } => ("dead_letter_sink", attempts),
+            Settlement::DeadLetterStream { attempts } => ("dead_letter_stream", attempts),
+            Settlement::Dropped { attempts } => ("dropped", attempts),
         };
+        if outcome != "delivered" {
+            consumer.stats.dead_lettered += 1;
+        }
+        consumer.stats.retried += u64::from(attempts.saturating_sub(1));
         metrics::counter!("sluice_dispatch_settled_total", "consumer" => consumer.spec.name.clone(),
             "namespace" => consumer.spec.namespace.clone(), "outcome" => outcome)
         .increment(1);
@@ -534,28 +556,71 @@ impl PartitionDispatcher {
         }
     }
 
+    /// Applies replays requested through the admin API (`{cursor}!replay`): the consumer restarts at the
+    /// target offset; answers the commits that record it.
+    fn apply_replays(&mut self) -> Vec<OffsetCommit> {
+        let Ok(stored) = self.ctx.node.committed_offsets(self.partition()) else { return Vec::new() };
+        let stored: BTreeMap<String, u64> = stored.into_iter().collect();
+        let mut commits = Vec::new();
+        let cursors: Vec<String> = self.consumers.keys().cloned().collect();
+        for cursor in cursors {
+            let Some(target) = stats::pending_replay(&cursor, &stored) else { continue };
+            let Some(consumer) = self.consumers.get_mut(&cursor) else { continue };
+            tracing::info!(consumer = %cursor, partition = self.ctx.partition, from = consumer.window.watermark(), to = target, "replay");
+            for handle in consumer.running.values() {
+                handle.abort();
+            }
+            consumer.running.clear();
+            consumer.pending.clear();
+            consumer.window = Window::new(consumer.spec.ordering, consumer.spec.max_inflight, target);
+            consumer.attached = false;
+            consumer.private_next = target;
+            consumer.committed = Some(target);
+            self.next_generation += 1;
+            consumer.generation = self.next_generation;
+            self.detached.insert(cursor.clone());
+            commits.push(OffsetCommit { cursor: cursor.clone(), offset: target, reset: true });
+            commits.push(OffsetCommit { cursor: stats::stat_key(&cursor, stats::REPLAY), offset: 0, reset: true });
+        }
+        if self.detached.len() == self.consumers.len() {
+            self.shared_next = None;
+        }
+        commits
+    }
+
     async fn commit(&mut self) {
         self.sync_attached();
-        let commits: Vec<OffsetCommit> = self
-            .consumers
-            .values()
-            .filter_map(|c| {
-                let watermark = c.window.watermark();
-                c.committed.is_none_or(|committed| watermark > committed).then(|| OffsetCommit {
-                    cursor: c.spec.cursor.clone(),
-                    offset: watermark,
-                    reset: false,
-                })
-            })
-            .collect();
+        let mut commits = self.apply_replays();
+        let replayed: HashSet<String> = commits.iter().map(|c| c.cursor.clone()).collect();
+        let mut stat_updates = Vec::new();
+        for consumer in self.consumers.values_mut() {
+            let cursor = &consumer.spec.cursor;
+            let watermark = consumer.window.watermark();
+            if !replayed.contains(cursor) && consumer.committed.is_none_or(|committed| watermark > committed) {
+                commits.push(OffsetCommit { cursor: cursor.clone(), offset: watermark, reset: false });
+            }
+            consumer.stats.in_flight = consumer.window.in_flight() as u64;
+            consumer.stats.oldest_pending_arrival_ms =
+                consumer.window.oldest_pending().and_then(|o| consumer.pending.get(&o)).map_or(0, |p| p.arrival_ms);
+            let changed = consumer.stats.commits(cursor, &consumer.committed_stats);
+            if !changed.is_empty() {
+                stat_updates.push((cursor.clone(), consumer.stats));
+                commits.extend(changed);
+            }
+        }
         if commits.is_empty() {
             return;
         }
         match self.ctx.node.commit_offsets(self.partition(), commits.clone()).await {
             Ok(()) => {
-                for commit in commits {
+                for commit in commits.iter().filter(|c| !c.cursor.contains('!')) {
                     if let Some(consumer) = self.consumers.get_mut(&commit.cursor) {
                         consumer.committed = Some(commit.offset);
+                    }
+                }
+                for (cursor, stats) in stat_updates {
+                    if let Some(consumer) = self.consumers.get_mut(&cursor) {
+                        consumer.committed_stats = stats;
                     }
                 }
             }

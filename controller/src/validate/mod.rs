@@ -24,7 +24,7 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> FieldError {
 pub const BROKER_CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";
 pub const SLUICE_ANNOTATION_PREFIX: &str = "sluice.dev/";
 /// The `sluice.dev/` annotations Sluice knows; others under that prefix are refused.
-pub const SLUICE_ANNOTATIONS: [&str; 11] = [
+pub const SLUICE_ANNOTATIONS: [&str; 12] = [
     "sluice.dev/ttl",
     "sluice.dev/dedupe-window",
     "sluice.dev/retention",
@@ -36,6 +36,7 @@ pub const SLUICE_ANNOTATIONS: [&str; 11] = [
     "sluice.dev/backoff-jitter",
     "sluice.dev/dead-letter",
     "sluice.dev/subscriber-protocol",
+    "sluice.dev/paused",
 ];
 /// Knative's Kafka broker names the ordering annotation this way; Sluice accepts it too.
 pub const KAFKA_DELIVERY_ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
@@ -226,6 +227,11 @@ fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<
             "sluice.dev/dead-letter" => {
                 if !matches!(value, "keep" | "drop") {
                     errors.push(err(path, "must be keep (the Trigger's dead-letter stream) or drop"));
+                }
+            }
+            "sluice.dev/paused" => {
+                if !matches!(value, "true" | "false") {
+                    errors.push(err(path, "must be true or false"));
                 }
             }
             "sluice.dev/subscriber-protocol" => {

@@ -1,0 +1,116 @@
+//! What the admin commands share: exit codes from gRPC errors, human-readable times and sizes.
+//!
+//! Exit codes (docs/operations.md): 0 ok, 1 error, 2 usage (clap), 3 not found, 4 refused (invalid or not
+//! allowed now), 5 unavailable (retry).
+
+use std::fmt;
+
+use tonic::{Code, Status};
+
+/// An admin API error carried to `main`, which turns it into the process exit code.
+#[derive(Debug)]
+pub struct AdminError {
+    pub exit_code: u8,
+    pub message: String,
+}
+
+impl fmt::Display for AdminError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for AdminError {}
+
+pub const EXIT_NOT_FOUND: u8 = 3;
+pub const EXIT_REFUSED: u8 = 4;
+pub const EXIT_UNAVAILABLE: u8 = 5;
+
+/// The exit code for a gRPC status.
+pub fn exit_code_for(code: Code) -> u8 {
+    match code {
+        Code::NotFound => EXIT_NOT_FOUND,
+        Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::AlreadyExists
+        | Code::OutOfRange
+        | Code::PermissionDenied => EXIT_REFUSED,
+        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Aborted => EXIT_UNAVAILABLE,
+        _ => 1,
+    }
+}
+
+/// Wraps a gRPC error with its Sluice error code in the message.
+pub fn from_status(status: Status) -> anyhow::Error {
+    let detail = sluice_broker::admin_errors::error_detail(&status);
+    let message = match detail {
+        Some(detail) => format!("{} ({} {})", status.message(), detail.name, detail.code),
+        None => status.message().to_string(),
+    };
+    anyhow::Error::new(AdminError { exit_code: exit_code_for(status.code()), message })
+}
+
+/// `2026-11-21 23:05:01` (UTC) from milliseconds since the epoch.
+pub fn human_time(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `1.5s`, `3m`, `2h` from milliseconds.
+pub fn human_age(ms: u64) -> String {
+    match ms {
+        0 => "-".into(),
+        ms if ms < 1_000 => format!("{ms}ms"),
+        ms if ms < 60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        ms if ms < 3_600_000 => format!("{}m", ms / 60_000),
+        ms => format!("{:.1}h", ms as f64 / 3_600_000.0),
+    }
+}
+
+/// `512B`, `1.2KiB`, `3.4MiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
+}
+
+/// Times given on the command line: RFC 3339, or an age like `10m`, `2h`, `1d` (that long ago).
+pub fn parse_time_ms(text: &str) -> anyhow::Result<u64> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.timestamp_millis().max(0) as u64);
+    }
+    let ago = sluice_controller::validate::parse_duration(text)
+        .map_err(|e| anyhow::anyhow!("{text:?} is neither an RFC 3339 time nor an age like 10m: {e}"))?;
+    let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    Ok(now.saturating_sub(ago.as_millis() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_forms() {
+        assert_eq!(human_size(10), "10B");
+        assert_eq!(human_size(1536), "1.5KiB");
+        assert_eq!(human_size(5 << 20), "5.0MiB");
+        assert_eq!(human_age(0), "-");
+        assert_eq!(human_age(1500), "1.5s");
+        assert_eq!(human_age(180_000), "3m");
+        assert_eq!(human_time(0), "1970-01-01 00:00:00");
+        assert_eq!(exit_code_for(Code::NotFound), 3);
+        assert_eq!(exit_code_for(Code::Unavailable), 5);
+        assert!(parse_time_ms("2026-01-01T00:00:00Z").is_ok_and(|t| t == 1_767_225_600_000));
+        assert!(parse_time_ms("10m").is_ok());
+        assert!(parse_time_ms("yesterday").is_err());
+    }
+}
