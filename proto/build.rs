@@ -11,6 +11,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
-    tonic_prost_build::configure().bytes(".").compile_protos(&protos, &["proto"])?;
+    let (raft, admin) = protos.split_at(1);
+    tonic_prost_build::configure().bytes(".").compile_protos(raft, &["proto"])?;
+    // The admin descriptor set serves gRPC server reflection on the admin port (`grpcurl` without .proto
+    // files); the Raft transport is not served there, so it is not in the set.
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .bytes(".")
+        .file_descriptor_set_path(out_dir.join("sluice_admin_descriptor.bin"))
+        .compile_protos(admin, &["proto"])?;
     Ok(())
 }

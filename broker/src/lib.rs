@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod admin_errors;
+pub mod admin_events;
 pub mod batcher;
 pub mod cloudevent;
 pub mod cluster;

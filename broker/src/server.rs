@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use sluice_proto::admin::cluster_server::ClusterServer;
+use sluice_proto::admin::events_server::EventsServer;
 use sluice_proto::admin::log_server::LogServer;
 use sluice_proto::admin::resources_server::ResourcesServer;
 use sluice_proto::raft::raft_transport_server::RaftTransportServer;
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::AdminService;
+use crate::admin_events::EventsService;
 use crate::error::BrokerError;
 use crate::ingress::{Ingress, IngressLimits};
 use crate::network::MAX_PEER_MESSAGE_BYTES;
@@ -109,6 +111,17 @@ pub async fn start(
     let admin_node = node.clone();
     let ingress_base = format!("http://{http_addr}");
     let extra_routes = extra_admin.map(|build| build(node.clone(), ingress_base.clone()));
+    // gRPC server reflection (v1 and v1alpha) over the admin API, so `grpcurl` works without .proto files.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 =
+        reflection().build_v1().inspect_err(|e| tracing::error!(error = %e, "gRPC reflection (v1) is not served")).ok();
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .inspect_err(|e| tracing::error!(error = %e, "gRPC reflection (v1alpha) is not served"))
+        .ok();
     tasks.push(tokio::spawn(async move {
         let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
         let router = match extra_routes {
@@ -121,7 +134,10 @@ pub async fn start(
                 LogServer::new(AdminService::new(admin_node.clone(), ingress_base.clone()))
                     .max_decoding_message_size(32 << 20),
             )
-            .add_service(ResourcesServer::new(AdminService::new(admin_node, ingress_base)))
+            .add_service(ResourcesServer::new(AdminService::new(admin_node.clone(), ingress_base)))
+            .add_service(EventsServer::new(EventsService::new(admin_node)))
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(nodelay(admin), stopped(rx))
             .await;
         if let Err(e) = result {

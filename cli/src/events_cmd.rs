@@ -1,16 +1,413 @@
-//! `sluice events`: see docs/operations.md.
+//! `sluice events read | tail | find`: a broker's or channel's stored events, through a node's admin API
+//! (`sluice.admin.v1.Events`). See docs/operations.md, "Events".
+//!
+//! Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 refused/invalid, 5 unavailable.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+use sluice_proto::admin::events_client::EventsClient;
+use sluice_proto::admin::{EventStreamRef, FindEventsRequest, LoggedEvent, ReadEventsRequest, TailEventsRequest};
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Most events one `sluice events read` prints (it pages through the API, at most 1000 per call).
+const MAX_LIMIT: u64 = 100_000;
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Not available yet in this build.
-    Unavailable,
+    /// Stored events by offset or time range, optionally filtered by CESQL.
+    Read(ReadArgs),
+    /// New events as they are committed, until Ctrl-C.
+    Tail(TailArgs),
+    /// Every stored event with this source and id (newest first).
+    Find(FindArgs),
+}
+
+#[derive(Args)]
+pub struct Target {
+    /// The broker whose events to show.
+    #[arg(long, required_unless_present_any = ["channel", "stream"], conflicts_with_all = ["channel", "stream"])]
+    broker: Option<String>,
+    /// A channel instead of a broker.
+    #[arg(long, conflicts_with = "stream")]
+    channel: Option<String>,
+    /// A raw stream name instead (e.g. broker/default/b).
+    #[arg(long)]
+    stream: Option<String>,
+    /// Namespace of the broker or channel.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Admin address of a node.
+    #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9090")]
+    admin: String,
+    /// Output format (json/yaml: one object per event for tail).
+    #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json", "yaml"])]
+    output: String,
+}
+
+impl Target {
+    fn to_ref(&self) -> EventStreamRef {
+        match (&self.broker, &self.channel, &self.stream) {
+            (_, _, Some(stream)) => EventStreamRef { stream: stream.clone(), ..Default::default() },
+            (_, Some(channel), _) => EventStreamRef {
+                kind: "channel".into(),
+                namespace: self.namespace.clone(),
+                name: channel.clone(),
+                stream: String::new(),
+            },
+            (broker, _, _) => EventStreamRef {
+                kind: "broker".into(),
+                namespace: self.namespace.clone(),
+                name: broker.clone().unwrap_or_default(),
+                stream: String::new(),
+            },
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    target: Target,
+    /// One partition (default: all).
+    #[arg(long)]
+    partition: Option<u32>,
+    /// First offset (inclusive), in each partition read.
+    #[arg(long)]
+    from_offset: Option<u64>,
+    /// End offset (exclusive).
+    #[arg(long)]
+    to_offset: Option<u64>,
+    /// Events that arrived within this long before now (e.g. 10m, 2h).
+    #[arg(long, conflicts_with = "from_time")]
+    since: Option<String>,
+    /// Events that arrived at or after this time (RFC 3339).
+    #[arg(long)]
+    from_time: Option<String>,
+    /// Events that arrived before this time (RFC 3339).
+    #[arg(long)]
+    to_time: Option<String>,
+    /// CESQL filter, e.g. "type = 'order.created'".
+    #[arg(long)]
+    filter: Option<String>,
+    /// Most events to print.
+    #[arg(long, default_value_t = 100)]
+    limit: u64,
+}
+
+#[derive(Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    target: Target,
+    /// One partition (default: all).
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Start at this offset instead of now.
+    #[arg(long, conflicts_with = "since")]
+    from_offset: Option<u64>,
+    /// Start with the events that arrived within this long before now (e.g. 10m).
+    #[arg(long)]
+    since: Option<String>,
+    /// CESQL filter.
+    #[arg(long)]
+    filter: Option<String>,
+}
+
+#[derive(Args)]
+pub struct FindArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The event's source attribute.
+    #[arg(long)]
+    source: String,
+    /// The event's id attribute.
+    #[arg(long)]
+    id: String,
+    /// Most records to look at (over all partitions; the server caps it at 1,000,000).
+    #[arg(long, default_value_t = 100_000)]
+    max_scanned: u64,
+    /// Scan oldest first instead of newest first.
+    #[arg(long)]
+    oldest_first: bool,
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: i32,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Self { code: 2, message: message.into() }
+    }
+
+    fn status(status: tonic::Status) -> Self {
+        let code = match status.code() {
+            Code::NotFound => 3,
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::AlreadyExists
+            | Code::OutOfRange
+            | Code::PermissionDenied
+            | Code::ResourceExhausted => 4,
+            Code::Unavailable | Code::DeadlineExceeded => 5,
+            _ => 1,
+        };
+        let name = sluice_broker::admin_errors::error_detail(&status).map(|d| format!(" [{}]", d.name));
+        Self { code, message: format!("{}{}", status.message(), name.unwrap_or_default()) }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Self { code: 1, message: format!("{e:#}") }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Self { code: 1, message: e.to_string() }
+    }
 }
 
 pub async fn run(command: Command) -> Result<()> {
-    match command {
-        Command::Unavailable => anyhow::bail!("sluice events is not available in this build"),
+    let result = match command {
+        Command::Read(args) => read(args).await,
+        Command::Tail(args) => tail(args).await,
+        Command::Find(args) => find(args).await,
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(failure) if failure.code == 1 => anyhow::bail!("{}", failure.message),
+        Err(failure) => {
+            // Exit codes other than 1 are part of the CLI's contract (docs/operations.md, "Exit codes").
+            let _ = std::io::stdout().flush();
+            eprintln!("error: {}", failure.message);
+            std::process::exit(failure.code);
+        }
+    }
+}
+
+async fn connect(admin: &str) -> Result<EventsClient<Channel>, Failure> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))
+        .map_err(|e| Failure::usage(format!("--admin {admin}: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| Failure { code: 5, message: format!("cannot reach the admin API at {admin} (--admin): {e}") })?;
+    Ok(EventsClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn since_ms(flag: &str, text: &str) -> Result<u64, Failure> {
+    let duration =
+        sluice_controller::validate::parse_duration(text).map_err(|e| Failure::usage(format!("{flag}: {e}")))?;
+    Ok(now_ms().saturating_sub(duration.as_millis() as u64))
+}
+
+fn time_ms(flag: &str, text: &str) -> Result<u64, Failure> {
+    let time = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| {
+        Failure::usage(format!("{flag}: {text:?} is not an RFC 3339 time like 2024-05-01T12:00:00Z: {e}"))
+    })?;
+    u64::try_from(time.timestamp_millis()).map_err(|_| Failure::usage(format!("{flag}: before 1970")))
+}
+
+fn filter_of(filter: &Option<String>) -> Result<String, Failure> {
+    let text = filter.clone().unwrap_or_default();
+    if !text.is_empty() {
+        // Checked here too, so that a typo is a usage error before any call.
+        sluice_cesql::parse(&text).map_err(|e| Failure { code: 4, message: format!("--filter: {e}") })?;
+    }
+    Ok(text)
+}
+
+async fn read(args: ReadArgs) -> Result<(), Failure> {
+    if args.limit == 0 || args.limit > MAX_LIMIT {
+        return Err(Failure::usage(format!("--limit: between 1 and {MAX_LIMIT}")));
+    }
+    let from_time_ms = match (&args.since, &args.from_time) {
+        (Some(since), _) => Some(since_ms("--since", since)?),
+        (None, Some(from)) => Some(time_ms("--from-time", from)?),
+        (None, None) => None,
+    };
+    let to_time_ms = args.to_time.as_deref().map(|t| time_ms("--to-time", t)).transpose()?;
+    let mut request = ReadEventsRequest {
+        target: Some(args.target.to_ref()),
+        partition: args.partition,
+        from_offset: args.from_offset,
+        to_offset: args.to_offset,
+        from_time_ms,
+        to_time_ms,
+        filter: filter_of(&args.filter)?,
+        max_events: 0,
+        max_bytes: 0,
+        page_token: String::new(),
+    };
+    let mut client = connect(&args.target.admin).await?;
+    let mut events = Vec::new();
+    loop {
+        let left = args.limit - events.len() as u64;
+        request.max_events = left.min(1000) as u32;
+        let reply = client.read(request.clone()).await.map_err(Failure::status)?.into_inner();
+        events.extend(reply.events);
+        if reply.next_page_token.is_empty() || events.len() as u64 >= args.limit {
+            break;
+        }
+        request.page_token = reply.next_page_token;
+    }
+    print_events(&args.target.output, &events)
+}
+
+async fn find(args: FindArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.target.admin).await?;
+    let reply = client
+        .find(FindEventsRequest {
+            target: Some(args.target.to_ref()),
+            source: args.source.clone(),
+            id: args.id.clone(),
+            max_scanned: args.max_scanned,
+            oldest_first: args.oldest_first,
+        })
+        .await
+        .map_err(Failure::status)?
+        .into_inner();
+    print_events(&args.target.output, &reply.events)
+}
+
+async fn tail(args: TailArgs) -> Result<(), Failure> {
+    let from_time_ms = args.since.as_deref().map(|s| since_ms("--since", s)).transpose()?;
+    let mut client = connect(&args.target.admin).await?;
+    let mut stream = client
+        .tail(TailEventsRequest {
+            target: Some(args.target.to_ref()),
+            partition: args.partition,
+            from_offset: args.from_offset,
+            from_time_ms,
+            filter: filter_of(&args.filter)?,
+        })
+        .await
+        .map_err(Failure::status)?
+        .into_inner();
+    let output = args.target.output.as_str();
+    if output == "table" {
+        println!("{}", table_header());
+    }
+    let stop = crate::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let message = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            message = stream.message() => message,
+        };
+        let Some(event) = message.map_err(Failure::status)? else {
+            return Err(Failure { code: 5, message: "the node ended the tail (it is shutting down?)".into() });
+        };
+        let mut out = std::io::stdout().lock();
+        match output {
+            "json" => writeln!(out, "{}", event_json(&event))?,
+            "yaml" => {
+                let yaml = serde_yaml::to_string(&event_json(&event)).map_err(|e| anyhow::anyhow!(e))?;
+                write!(out, "---\n{yaml}")?
+            }
+            _ => writeln!(out, "{}", table_row(&event))?,
+        }
+        out.flush()?;
+    }
+}
+
+fn print_events(output: &str, events: &[LoggedEvent]) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match output {
+        "json" => {
+            let json: Vec<serde_json::Value> = events.iter().map(event_json).collect();
+            writeln!(out, "{}", serde_json::to_string_pretty(&json).map_err(|e| anyhow::anyhow!(e))?)?;
+        }
+        "yaml" => {
+            let json: Vec<serde_json::Value> = events.iter().map(event_json).collect();
+            write!(out, "{}", serde_yaml::to_string(&json).map_err(|e| anyhow::anyhow!(e))?)?;
+        }
+        _ => {
+            writeln!(out, "{}", table_header())?;
+            for event in events {
+                writeln!(out, "{}", table_row(event))?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// An event for `-o json|yaml`: where it is, when it arrived, and the event in the CloudEvents JSON format.
+fn event_json(event: &LoggedEvent) -> serde_json::Value {
+    let structured: serde_json::Value = serde_json::from_str(&event.json).unwrap_or(serde_json::Value::Null);
+    serde_json::json!({
+        "partition": event.partition,
+        "offset": event.offset,
+        "arrivalMs": event.arrival_ms,
+        "arrivalTime": arrival_time(event.arrival_ms),
+        "size": event.data.len(),
+        "event": structured,
+    })
+}
+
+fn arrival_time(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn human_size(bytes: usize) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+fn table_header() -> String {
+    format!(
+        "{:>4} {:>10}  {:<24}  {:<28} {:<28} {:<24} {:>9}",
+        "PART", "OFFSET", "ARRIVED", "TYPE", "SOURCE", "ID", "SIZE"
+    )
+}
+
+fn table_row(event: &LoggedEvent) -> String {
+    let attr = |name: &str| event.attributes.get(name).map(String::as_str).unwrap_or("-").to_string();
+    format!(
+        "{:>4} {:>10}  {:<24}  {:<28} {:<28} {:<24} {:>9}",
+        event.partition,
+        event.offset,
+        arrival_time(event.arrival_ms),
+        attr("type"),
+        attr("source"),
+        attr("id"),
+        human_size(event.data.len())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_times_are_human() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(arrival_time(0), "1970-01-01T00:00:00.000Z");
+        assert!(time_ms("--from-time", "2024-05-01T12:00:00Z").is_ok());
+        assert!(time_ms("--from-time", "yesterday").is_err());
+        assert!(since_ms("--since", "10m").is_ok_and(|t| t < now_ms()));
     }
 }

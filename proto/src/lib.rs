@@ -14,3 +14,7 @@ pub mod admin {
     #![allow(clippy::all)]
     tonic::include_proto!("sluice.admin.v1");
 }
+
+/// The admin API (`sluice.admin.v1`: every service and message) as an encoded `FileDescriptorSet`, for gRPC
+/// server reflection on the admin port.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sluice_admin_descriptor");
