@@ -4,13 +4,15 @@
 //! `INVALID_ARGUMENT` or `NOT_FOUND`; `UNAVAILABLE` may or may not have
 //! written (the caller must not assume either).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice_proto::admin::cluster_server::Cluster;
 use sluice_proto::admin::log_server::Log;
 use sluice_proto::admin::{
-    AppendReply, AppendRequest, GroupStatus, InitReply, InitRequest, OffsetForTimeReply, OffsetForTimeRequest,
-    ReadReply, ReadRequest, Record, StatusReply, StatusRequest,
+    AddNodeReply, AddNodeRequest, AppendReply, AppendRequest, GroupStatus, InitReply, InitRequest, MemberStatus,
+    OffsetForTimeReply, OffsetForTimeRequest, ReadReply, ReadRequest, Record, RemoveNodeReply, RemoveNodeRequest,
+    ReplicaStatus, StatusReply, StatusRequest, TransferLeaderReply, TransferLeaderRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -24,7 +26,7 @@ use crate::admin_errors::{ErrorCode, error_status};
 use crate::cluster::ClusterConfig;
 use crate::error::BrokerError;
 use crate::node::Node;
-use crate::raft_types::{ResourceKey, ResourceRecord};
+use crate::raft_types::{NodeId, ResourceKey, ResourceRecord};
 use sluice_controller::model::KINDS;
 use sluice_controller::status::{Environment, World, with_status};
 use sluice_controller::validate_object;
@@ -57,7 +59,9 @@ pub fn status_of(error: BrokerError) -> Status {
         | BrokerError::InvalidStream { .. }
         | BrokerError::InvalidCursor { .. } => ErrorCode::InvalidArgument,
         BrokerError::AppendTooLarge { .. } => ErrorCode::TooLarge,
-        BrokerError::NoSuchPartition { .. } => ErrorCode::NoSuchPartition,
+        BrokerError::NoSuchPartition { .. } | BrokerError::NoSuchGroup { .. } => ErrorCode::NoSuchPartition,
+        BrokerError::NoSuchMember(_) => ErrorCode::NoSuchMember,
+        BrokerError::MembershipRefused(_) => ErrorCode::MembershipRefused,
         BrokerError::AlreadyInitialized { .. } => ErrorCode::AlreadyInitialized,
         BrokerError::NotInitialized => ErrorCode::NotInitialized,
         BrokerError::NoLeader { .. } => ErrorCode::NoLeader,
@@ -83,30 +87,132 @@ impl Cluster for AdminService {
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         let config = self.node.cluster_config();
-        let groups = self
-            .node
-            .status()
-            .into_iter()
-            .map(|g| GroupStatus {
-                group_id: g.group,
-                name: g.name,
-                leader_id: g.leader,
-                term: g.term,
-                committed_index: g.committed_index,
-                applied_index: g.applied_index,
-                last_log_index: g.last_log_index,
-                purged_index: g.purged_index,
-                snapshot_index: g.snapshot_index,
-                voters: g.voters,
-                state: g.state,
-            })
-            .collect();
+        let statuses = self.node.status();
+        // The freshest heartbeat acknowledgement of each node, over the groups this node leads.
+        let mut heartbeat: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for g in &statuses {
+            for (id, age) in g.heartbeat_age_ms.iter().flatten() {
+                if let Some(age) = age {
+                    let best = heartbeat.entry(*id).or_insert(*age);
+                    *best = (*best).min(*age);
+                }
+            }
+        }
+        let groups = statuses.into_iter().map(group_status).collect();
+        let alive_ms = self.node.settings().tuning.election_timeout_max_ms;
+        let members = match &config {
+            Some(config) => {
+                let checks = config.members.iter().map(|(id, addr)| {
+                    let (id, addr) = (*id, addr.clone());
+                    let age = heartbeat.get(&id).copied();
+                    let initial = config.is_initial_member(id);
+                    let own = id == self.node.id();
+                    async move {
+                        let (reachable, checked_by) = if own {
+                            (true, "self")
+                        } else if age.is_some_and(|age| age <= alive_ms) {
+                            (true, "heartbeat")
+                        } else {
+                            (can_connect(&addr).await, "connect")
+                        };
+                        MemberStatus {
+                            node_id: id,
+                            peer_addr: addr,
+                            reachable,
+                            checked_by: checked_by.to_string(),
+                            heartbeat_age_ms: age,
+                            initial,
+                        }
+                    }
+                });
+                futures::future::join_all(checks).await
+            }
+            None => Vec::new(),
+        };
         Ok(Response::new(StatusReply {
             node_id: self.node.id(),
             initialized: config.is_some(),
             partitions: config.map(|c| c.partitions).unwrap_or(0),
             groups,
+            members,
+            removed: self.node.is_removed(),
         }))
+    }
+
+    async fn add_node(&self, request: Request<AddNodeRequest>) -> Result<Response<AddNodeReply>, Status> {
+        let request = request.into_inner();
+        if request.node_id == 0 {
+            return Err(error_status(ErrorCode::InvalidArgument, "node_id: must be a positive node id"));
+        }
+        if request.peer_addr.is_empty() {
+            return Err(error_status(ErrorCode::InvalidArgument, "peer_addr: the new node's --peer-listen host:port"));
+        }
+        self.node.add_node(request.node_id, request.peer_addr).await.map_err(status_of)?;
+        Ok(Response::new(AddNodeReply {}))
+    }
+
+    async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeReply>, Status> {
+        self.node.remove_node(request.into_inner().node_id).await.map_err(status_of)?;
+        Ok(Response::new(RemoveNodeReply {}))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderReply>, Status> {
+        let request = request.into_inner();
+        self.node.transfer_leader(request.group_id, request.to_node_id).await.map_err(status_of)?;
+        Ok(Response::new(TransferLeaderReply { leader_id: request.to_node_id }))
+    }
+}
+
+/// How long a status call waits to connect to a member it has no heartbeat from.
+const CONNECT_CHECK: Duration = Duration::from_millis(500);
+
+/// Whether a gRPC (HTTP/2) connection to `addr` opens within [`CONNECT_CHECK`].
+async fn can_connect(addr: &str) -> bool {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        return false;
+    };
+    let endpoint = endpoint.connect_timeout(CONNECT_CHECK).timeout(CONNECT_CHECK);
+    matches!(tokio::time::timeout(CONNECT_CHECK, endpoint.connect()).await, Ok(Ok(_)))
+}
+
+fn group_status(g: crate::node::GroupStatus) -> GroupStatus {
+    let lag_known = g.replication.is_some();
+    let last_log = g.last_log_index.unwrap_or(0);
+    let replicas = g
+        .voters
+        .iter()
+        .map(|id| (*id, true))
+        .chain(g.learners.iter().map(|id| (*id, false)))
+        .map(|(id, voter)| {
+            let matched = g.replication.as_ref().and_then(|r| r.get(&id).copied().flatten());
+            let known = g.replication.as_ref().is_some_and(|r| r.contains_key(&id));
+            ReplicaStatus {
+                node_id: id,
+                voter,
+                matched_index: matched,
+                lag: known.then(|| last_log.saturating_sub(matched.unwrap_or(0))),
+                heartbeat_age_ms: g.heartbeat_age_ms.as_ref().and_then(|h| h.get(&id).copied().flatten()),
+            }
+        })
+        .collect();
+    GroupStatus {
+        group_id: g.group,
+        name: g.name,
+        leader_id: g.leader,
+        term: g.term,
+        committed_index: g.committed_index,
+        applied_index: g.applied_index,
+        last_log_index: g.last_log_index,
+        purged_index: g.purged_index,
+        snapshot_index: g.snapshot_index,
+        voters: g.voters,
+        state: g.state,
+        learners: g.learners,
+        lag_known,
+        replicas,
     }
 }
 

@@ -14,8 +14,13 @@ pub const MAX_PARTITIONS: u32 = 256;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterConfig {
     pub partitions: u32,
-    /// node id → peer (Raft) address, `host:port`.
+    /// node id → peer (Raft) address, `host:port`: the current members
+    /// (`cluster add-node` / `remove-node` change it through `SetMembers`).
     pub members: BTreeMap<NodeId, String>,
+    /// The members given to `cluster init`. Only they ever initialise a
+    /// group (with this membership); a node added later never does, it
+    /// receives the groups by replication.
+    pub initial_members: BTreeMap<NodeId, String>,
 }
 
 impl ClusterConfig {
@@ -35,7 +40,19 @@ impl ClusterConfig {
                 )));
             }
         }
-        Ok(Self { partitions, members })
+        Ok(Self { partitions, initial_members: members.clone(), members })
+    }
+
+    /// Whether `node` was one of the members given to `cluster init`.
+    pub fn is_initial_member(&self, node: NodeId) -> bool {
+        self.initial_members.contains_key(&node)
+    }
+
+    /// Whether `other` is the same cluster as `self` was initialised with
+    /// (repeating `cluster init` with the original arguments is accepted
+    /// even after members were added or removed).
+    pub fn same_init(&self, other: &ClusterConfig) -> bool {
+        self.partitions == other.partitions && self.initial_members == other.initial_members
     }
 
     pub fn is_member(&self, node: NodeId) -> bool {
@@ -89,5 +106,16 @@ mod tests {
         assert!(ClusterConfig::new(MAX_PARTITIONS + 1, members.clone()).is_err());
         assert!(ClusterConfig::new(4, members).is_ok());
         assert!(ClusterConfig::new(4, BTreeMap::new()).is_err());
+    }
+
+    #[test]
+    fn init_remembers_the_initial_members() {
+        let members = parse_members("1=127.0.0.1:7001,2=127.0.0.1:7002").expect("valid");
+        let mut config = ClusterConfig::new(2, members.clone()).expect("valid");
+        let original = config.clone();
+        config.members.insert(3, "127.0.0.1:7003".into());
+        assert!(config.is_member(3) && !config.is_initial_member(3));
+        assert!(config.same_init(&original));
+        assert_eq!(config.initial_members, members);
     }
 }

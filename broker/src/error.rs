@@ -59,6 +59,18 @@ pub enum BrokerError {
 
     #[error("encoding error: {0}")]
     Codec(#[from] postcard::Error),
+
+    /// `cluster remove-node` / `transfer-leader` name a node that is not a member (or not a voter).
+    #[error("{0}")]
+    NoSuchMember(String),
+
+    /// `cluster transfer-leader` names a group that does not exist.
+    #[error("group {group} does not exist (0 is the metadata group, 1..={partitions} the partitions)")]
+    NoSuchGroup { group: GroupId, partitions: u32 },
+
+    /// A membership change that is not allowed (removing the last voter, a catch-up that did not finish...).
+    #[error("membership change refused: {0}")]
+    MembershipRefused(String),
 }
 
 impl BrokerError {

@@ -12,12 +12,38 @@ pub enum ForwardedWrite {
     Append(StreamAppend),
     /// A command written as its own entry (metadata group).
     Command(LogCommand),
+    /// A change of the group's Raft membership or leadership, run by its leader.
+    Membership(MembershipOp),
+}
+
+/// Membership operations (`cluster add-node`, `remove-node`, `transfer-leader`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipOp {
+    /// Adds `node` as a learner and waits (bounded by the forward timeout)
+    /// until replication to it has caught up; answers `CatchingUp` if not yet.
+    AddLearner { node: NodeId, addr: String },
+    /// Makes the learner `node` a voter.
+    Promote(NodeId),
+    /// Removes `node` from the voters and from the group.
+    Remove(NodeId),
+    /// Hands the leadership to the voter `node`.
+    TransferLeader(NodeId),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipOutcome {
+    Done,
+    /// The learner is still catching up: ask again (adding is idempotent).
+    CatchingUp,
+    /// openraft refused the change (e.g. another change is in progress).
+    Refused(String),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ForwardedReply {
     Appended(Appended),
     Response(LogResponse),
+    Membership(MembershipOutcome),
 }
 
 /// Why a write failed. `NotLeader`, `QueueFull` and `TooLarge` are definite:

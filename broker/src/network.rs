@@ -175,6 +175,16 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         decode_reply(&reply.get_ref().payload)
     }
 
+    async fn transfer_leader(
+        &mut self,
+        rpc: openraft::raft::TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<openraft::raft::TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = self.message(&rpc, &option)?;
+        let reply = self.client()?.transfer_leader(request).await.map_err(status_error)?;
+        decode_reply(&reply.get_ref().payload)
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,

@@ -1,20 +1,21 @@
 //! A Sluice node: the store, the metadata group, the partition groups of the
 //! cluster config, and the write/read API the servers and later crates use.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::{BasicNode, ServerState};
+use openraft::error::{ChangeMembershipError, ClientWriteError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
 use tokio::sync::watch;
 
 use crate::batcher::AppendLimits;
 use crate::cluster::ClusterConfig;
 use crate::error::BrokerError;
-use crate::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
+use crate::forward::{ForwardedReply, ForwardedWrite, MembershipOp, MembershipOutcome, WriteFailure};
 use crate::group::{Group, RaftTuning};
 use crate::network::PeerClients;
 use crate::raft_types::{
@@ -64,7 +65,20 @@ pub struct GroupStatus {
     pub purged_index: Option<u64>,
     pub snapshot_index: Option<u64>,
     pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    /// Only where this node leads the group: each replica's matched log
+    /// index (None: nothing matched yet), from openraft's replication metrics.
+    pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
+    /// Only where this node leads the group: ms since each replica last
+    /// acknowledged a heartbeat or replication (None: never).
+    pub heartbeat_age_ms: Option<BTreeMap<NodeId, Option<u64>>>,
 }
+
+/// How long a leader waits for a new learner to catch up before it answers
+/// "still catching up" (below the forward RPC's timeout; the caller asks again).
+const LEARNER_WAIT: Duration = Duration::from_secs(5);
+/// How long `cluster add-node` / `remove-node` keep trying one group.
+const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(180);
 
 #[derive(Clone)]
 pub struct Node {
@@ -78,6 +92,9 @@ struct NodeInner {
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
     /// Serialises group creation (never held by readers).
     creating: tokio::sync::Mutex<()>,
+    /// Set when this node was removed from the cluster (`cluster remove-node`):
+    /// its partition groups are stopped.
+    removed: std::sync::atomic::AtomicBool,
     /// Bumped whenever a group starts or changes leader or server state, so
     /// that components that act only where this node leads (the dispatcher)
     /// re-check without polling every group.
@@ -97,16 +114,21 @@ impl Node {
                 peers: PeerClients::default(),
                 groups: RwLock::new(HashMap::new()),
                 creating: tokio::sync::Mutex::new(()),
+                removed: std::sync::atomic::AtomicBool::new(false),
                 leadership: Arc::new(watch::Sender::new(0)),
             }),
         };
         let metadata = node.start_group(METADATA_GROUP).await?;
         if let Some(config) = metadata.view.cluster_config() {
-            if !config.is_member(node.id()) {
+            // A node being added is in the metadata group's membership before
+            // the config lists it (`cluster add-node` records it last).
+            let joining =
+                metadata.raft.metrics().borrow_watched().membership_config.membership().get_node(&node.id()).is_some();
+            if !config.is_member(node.id()) && !joining {
                 // Stop the group first, so that nothing logs after the error.
                 let _ = metadata.raft.shutdown().await;
                 return Err(BrokerError::NotAMember(format!(
-                    "node id {} is not a member of the cluster stored in {} (members: {}); start with one of those ids, or use a new --data dir",
+                    "node id {} is not a member of the cluster stored in {} (members: {}; a node removed with `cluster remove-node` cannot rejoin with its old data); start with one of those ids, or use a new --data dir",
                     node.id(),
                     node.inner.settings.data_dir.display(),
                     config.member_ids()
@@ -114,7 +136,8 @@ impl Node {
             }
             node.ensure_partitions(&config).await?;
         }
-        tokio::spawn(watch_cluster_config(node.clone(), metadata.view.watch_cluster_config()));
+        let was_member = metadata.view.cluster_config().is_some_and(|c| c.is_member(node.id()));
+        tokio::spawn(watch_cluster_config(node.clone(), metadata.view.watch_cluster_config(), was_member));
         tokio::spawn(crate::retention::run(node.clone(), node.inner.settings.retention_check_interval));
         Ok(node)
     }
@@ -171,16 +194,24 @@ impl Node {
         Ok(started)
     }
 
-    /// Starts (and, on first sight, initialises) every partition group of `config`.
+    /// Starts every partition group of `config`. The members given to
+    /// `cluster init` also initialise each group whose Raft is not
+    /// initialised; a node added later never does (it would found a
+    /// conflicting one-member group): it waits for the leader's replication.
     async fn ensure_partitions(&self, config: &ClusterConfig) -> Result<(), BrokerError> {
+        if self.is_removed() {
+            return Ok(());
+        }
         let members = raft_members(config);
+        let initial = config.is_initial_member(self.id());
         for partition in 0..config.partitions {
             let group = self.start_group(partition_group(partition)).await?;
-            if !group
-                .raft
-                .is_initialized()
-                .await
-                .map_err(|e| BrokerError::Raft { group: group.id, reason: e.to_string() })?
+            if initial
+                && !group
+                    .raft
+                    .is_initialized()
+                    .await
+                    .map_err(|e| BrokerError::Raft { group: group.id, reason: e.to_string() })?
             {
                 // Every member initialises with the same membership: the
                 // initial entries are identical, so this is safe to race.
@@ -202,7 +233,7 @@ impl Node {
             )));
         }
         if let Some(existing) = self.cluster_config() {
-            return if existing == config { Ok(()) } else { Err(already_initialized(&existing)) };
+            return if existing.same_init(&config) { Ok(()) } else { Err(already_initialized(&existing)) };
         }
         let metadata = self.group(METADATA_GROUP)?;
         if !metadata
@@ -217,7 +248,7 @@ impl Node {
         let reply =
             self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::InitCluster(config.clone()))).await?;
         if let ForwardedReply::Response(LogResponse::AlreadyInitialized(existing)) = reply
-            && existing != config
+            && !existing.same_init(&config)
         {
             return Err(already_initialized(&existing));
         }
@@ -245,9 +276,7 @@ impl Node {
         let append = StreamAppend { stream: stream.to_string(), arrival_ms, payloads, dedupe };
         match self.write(group, ForwardedWrite::Append(append)).await? {
             ForwardedReply::Appended(appended) => Ok(appended),
-            ForwardedReply::Response(other) => {
-                Err(BrokerError::Raft { group, reason: format!("unexpected reply {other:?}") })
-            }
+            other => Err(BrokerError::Raft { group, reason: format!("unexpected reply {other:?}") }),
         }
     }
 
@@ -376,6 +405,7 @@ impl Node {
         }
         match write {
             ForwardedWrite::Append(append) => group.batcher.submit(append).await.map(ForwardedReply::Appended),
+            ForwardedWrite::Membership(op) => run_membership(&group, op).await.map(ForwardedReply::Membership),
             // Metadata commands are idempotent (applying one twice changes
             // nothing more), so a lost leadership is simply retried.
             ForwardedWrite::Command(command) => {
@@ -446,6 +476,18 @@ impl Node {
                     purged_index: m.purged.as_ref().map(|id| id.index),
                     snapshot_index: m.snapshot.as_ref().map(|id| id.index),
                     voters: m.membership_config.membership().voter_ids().collect(),
+                    learners: m.membership_config.membership().learner_ids().collect(),
+                    replication: m
+                        .replication
+                        .as_ref()
+                        .map(|r| r.iter().map(|(id, matched)| (*id, matched.as_ref().map(|l| l.index))).collect()),
+                    heartbeat_age_ms: m.heartbeat.as_ref().map(|h| {
+                        h.iter()
+                            .map(|(id, at)| {
+                                (*id, at.as_ref().map(|at| openraft::Instant::elapsed(&**at).as_millis() as u64))
+                            })
+                            .collect()
+                    }),
                 }
             })
             .collect()
@@ -453,6 +495,9 @@ impl Node {
 
     /// Ready: the cluster is initialised, and every group this node hosts has a leader.
     pub fn readiness(&self) -> Result<(), String> {
+        if self.is_removed() {
+            return Err("this node was removed from the cluster".into());
+        }
         let Some(config) = self.cluster_config() else {
             return Err("the cluster is not initialised".into());
         };
@@ -474,6 +519,172 @@ impl Node {
         }
     }
 
+    /// Whether this node was removed from the cluster (its partition groups are stopped).
+    pub fn is_removed(&self) -> bool {
+        self.inner.removed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops serving the partition groups: this node was removed from the cluster.
+    async fn stop_partitions(&self) {
+        self.inner.removed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let stopped: Vec<Arc<Group>> = match self.inner.groups.write() {
+            Ok(mut groups) => {
+                let ids: Vec<GroupId> = groups.keys().copied().filter(|g| *g != METADATA_GROUP).collect();
+                ids.iter().filter_map(|id| groups.remove(id)).collect()
+            }
+            Err(_) => return,
+        };
+        for group in stopped {
+            if let Err(e) = group.raft.shutdown().await {
+                tracing::warn!(group = %group_name(group.id), error = %e, "raft shutdown");
+            }
+        }
+        self.inner.leadership.send_modify(|v| *v = v.wrapping_add(1));
+        tracing::warn!("this node was removed from the cluster: its partition groups are stopped");
+    }
+
+    /// Every group of the cluster config: metadata first, then the partitions.
+    fn cluster_groups(config: &ClusterConfig) -> Vec<GroupId> {
+        std::iter::once(METADATA_GROUP).chain((0..config.partitions).map(partition_group)).collect()
+    }
+
+    /// Runs `op` on `group`'s leader until it is done (asking again while a
+    /// learner catches up or another change commits), for a bounded time.
+    async fn membership(&self, group_id: GroupId, op: MembershipOp) -> Result<(), BrokerError> {
+        let deadline = tokio::time::Instant::now() + MEMBERSHIP_DEADLINE;
+        let group = self.group(group_id)?;
+        loop {
+            let outcome = self.write(group_id, ForwardedWrite::Membership(op.clone())).await;
+            let last_error = match outcome {
+                Ok(ForwardedReply::Membership(MembershipOutcome::Done)) => return Ok(()),
+                Ok(ForwardedReply::Membership(MembershipOutcome::Refused(reason))) => {
+                    return Err(BrokerError::MembershipRefused(format!("{}: {reason}", group_name(group_id))));
+                }
+                Ok(ForwardedReply::Membership(MembershipOutcome::CatchingUp)) => None,
+                Ok(other) => {
+                    return Err(BrokerError::Raft { group: group_id, reason: format!("unexpected reply {other:?}") });
+                }
+                Err(e) if e.is_retryable() => Some(e),
+                Err(e) => return Err(e),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last_error.unwrap_or_else(|| {
+                    BrokerError::MembershipRefused(format!(
+                        "{}: {op:?} did not finish within {MEMBERSHIP_DEADLINE:?}",
+                        group_name(group_id)
+                    ))
+                }));
+            }
+            {
+                // Wait for the group to change (new leader, new membership, progress) before asking again.
+                let mut metrics = group.raft.metrics();
+                let wait = Duration::from_millis(self.inner.settings.tuning.election_timeout_max_ms);
+                let _ = tokio::time::timeout(wait, metrics.changed()).await;
+            }
+        }
+    }
+
+    /// `cluster add-node`: adds `node` (peer `addr`) to the metadata group
+    /// and every partition group, each as a learner that catches up and then
+    /// as a voter, and records it in the cluster config. The new node must be
+    /// running (`sluice node` without `cluster init`). Idempotent.
+    pub async fn add_node(&self, node: NodeId, addr: String) -> Result<(), BrokerError> {
+        let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
+        if !addr.contains(':') {
+            return Err(BrokerError::InvalidClusterConfig(format!("peer address {addr:?} is not host:port")));
+        }
+        if let Some(existing) = config.members.get(&node)
+            && *existing != addr
+        {
+            return Err(BrokerError::InvalidClusterConfig(format!(
+                "node {node} is already a member with peer address {existing}"
+            )));
+        }
+        if let Some((other, _)) = config.members.iter().find(|(id, a)| **a == addr && **id != node) {
+            return Err(BrokerError::InvalidClusterConfig(format!("peer address {addr} belongs to member {other}")));
+        }
+        for group in Self::cluster_groups(&config) {
+            self.membership(group, MembershipOp::AddLearner { node, addr: addr.clone() }).await?;
+            self.membership(group, MembershipOp::Promote(node)).await?;
+            tracing::info!(group = %group_name(group), node, "node added as a voter");
+        }
+        let mut members = self.cluster_config().ok_or(BrokerError::NotInitialized)?.members;
+        members.insert(node, addr);
+        self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::SetMembers(members))).await?;
+        Ok(())
+    }
+
+    /// `cluster remove-node`: takes `node` out of every partition group,
+    /// records the new member list, then takes it out of the metadata group.
+    /// The removed node stops its partition groups when it applies the new
+    /// member list. Refuses the last member and non-members.
+    pub async fn remove_node(&self, node: NodeId) -> Result<(), BrokerError> {
+        let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
+        let in_metadata = self.group(METADATA_GROUP)?.node_addr(node).is_some();
+        if !config.is_member(node) && !in_metadata {
+            return Err(BrokerError::NoSuchMember(format!(
+                "node {node} is not a member of the cluster (members: {})",
+                config.member_ids()
+            )));
+        }
+        if config.members.keys().all(|id| *id == node) {
+            return Err(BrokerError::MembershipRefused(format!("node {node} is the last member of the cluster")));
+        }
+        let groups = Self::cluster_groups(&config);
+        for group in groups.iter().skip(1) {
+            self.membership(*group, MembershipOp::Remove(node)).await?;
+            tracing::info!(group = %group_name(*group), node, "node removed");
+        }
+        let mut members = config.members.clone();
+        if members.remove(&node).is_some() {
+            self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::SetMembers(members))).await?;
+        }
+        self.membership(METADATA_GROUP, MembershipOp::Remove(node)).await?;
+        Ok(())
+    }
+
+    /// `cluster transfer-leader`: asks `group`'s leader to hand leadership to
+    /// the voter `to`, and waits until this node sees `to` lead (bounded).
+    pub async fn transfer_leader(&self, group_id: GroupId, to: NodeId) -> Result<(), BrokerError> {
+        let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
+        if group_id > config.partitions {
+            return Err(BrokerError::NoSuchGroup { group: group_id, partitions: config.partitions });
+        }
+        let group = self.group(group_id)?;
+        let voters: Vec<NodeId> =
+            group.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+        if !voters.contains(&to) {
+            return Err(BrokerError::NoSuchMember(format!(
+                "node {to} is not a voter of {} (voters: {voters:?})",
+                group_name(group_id)
+            )));
+        }
+        if group.leader() == Some(to) {
+            return Ok(());
+        }
+        self.membership(group_id, MembershipOp::TransferLeader(to)).await?;
+        let mut metrics = group.raft.metrics();
+        let wait = Duration::from_millis(self.inner.settings.tuning.election_timeout_max_ms * 4);
+        let moved = tokio::time::timeout(wait, async {
+            loop {
+                if metrics.borrow_watched().current_leader == Some(to) {
+                    return true;
+                }
+                if metrics.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        match moved {
+            Ok(true) => Ok(()),
+            _ => Err(BrokerError::Raft {
+                group: group_id,
+                reason: format!("leadership did not move to node {to} within {wait:?}; retry"),
+            }),
+        }
+    }
+
     /// Whether this node leads `group` (tests and status).
     pub fn leads(&self, group: GroupId) -> bool {
         self.group(group).map(|g| g.raft.metrics().borrow_watched().state == ServerState::Leader).unwrap_or(false)
@@ -488,6 +699,101 @@ impl Node {
     /// leader or server state; watchers re-check [`Node::leads_partition`].
     pub fn watch_leadership(&self) -> watch::Receiver<u64> {
         self.inner.leadership.subscribe()
+    }
+}
+
+/// Runs a membership operation on the group's leader (this node).
+async fn run_membership(group: &Group, op: MembershipOp) -> Result<MembershipOutcome, WriteFailure> {
+    let group_id = group.id;
+    let membership = group.raft.metrics().borrow_watched().membership_config.clone();
+    let membership = membership.membership();
+    let is_voter = |node: NodeId| membership.voter_ids().any(|v| v == node);
+    let result = match op {
+        MembershipOp::AddLearner { node, addr } => {
+            if membership.get_node(&node).is_some_and(|n| n.addr != addr) {
+                return Ok(MembershipOutcome::Refused(format!(
+                    "node {node} is already in {} with another peer address",
+                    group_name(group_id)
+                )));
+            }
+            match tokio::time::timeout(LEARNER_WAIT, group.raft.add_learner(node, BasicNode::new(addr), true)).await {
+                // The learner is added; the wait for it to catch up timed out.
+                Err(_) => return Ok(MembershipOutcome::CatchingUp),
+                Ok(result) => result.map(|_| ()),
+            }
+        }
+        MembershipOp::Promote(node) => {
+            if is_voter(node) {
+                return Ok(MembershipOutcome::Done);
+            }
+            let change = ChangeMembers::AddVoterIds(BTreeSet::from([node]));
+            match tokio::time::timeout(crate::batcher::COMMIT_TIMEOUT, group.raft.change_membership(change, false))
+                .await
+            {
+                Err(_) => {
+                    return Err(WriteFailure::Indeterminate {
+                        group: group_id,
+                        reason: "promotion not committed in time".into(),
+                    });
+                }
+                Ok(result) => result.map(|_| ()),
+            }
+        }
+        MembershipOp::Remove(node) => {
+            if membership.get_node(&node).is_none() {
+                return Ok(MembershipOutcome::Done);
+            }
+            let change = if is_voter(node) {
+                if membership.voter_ids().count() <= 1 {
+                    return Ok(MembershipOutcome::Refused(format!(
+                        "node {node} is the last voter of {}",
+                        group_name(group_id)
+                    )));
+                }
+                ChangeMembers::RemoveVoters(BTreeSet::from([node]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([node]))
+            };
+            match tokio::time::timeout(crate::batcher::COMMIT_TIMEOUT, group.raft.change_membership(change, false))
+                .await
+            {
+                Err(_) => {
+                    return Err(WriteFailure::Indeterminate {
+                        group: group_id,
+                        reason: "removal not committed in time".into(),
+                    });
+                }
+                Ok(result) => result.map(|_| ()),
+            }
+        }
+        MembershipOp::TransferLeader(node) => {
+            if !is_voter(node) {
+                return Ok(MembershipOutcome::Refused(format!(
+                    "node {node} is not a voter of {}",
+                    group_name(group_id)
+                )));
+            }
+            return match group.raft.trigger().transfer_leader(node).await {
+                Ok(()) => Ok(MembershipOutcome::Done),
+                Err(e) => Err(WriteFailure::Indeterminate { group: group_id, reason: e.to_string() }),
+            };
+        }
+    };
+    match result {
+        Ok(()) => Ok(MembershipOutcome::Done),
+        Err(e) => {
+            if let Some(forward) = e.forward_to_leader() {
+                return Err(WriteFailure::NotLeader { group: group_id, leader: forward.leader_id });
+            }
+            match e.api_error() {
+                // Another change (joint config) is still committing: ask again.
+                Some(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))) => {
+                    Ok(MembershipOutcome::CatchingUp)
+                }
+                Some(_) => Ok(MembershipOutcome::Refused(e.to_string())),
+                None => Err(WriteFailure::Indeterminate { group: group_id, reason: e.to_string() }),
+            }
+        }
     }
 }
 
@@ -514,13 +820,20 @@ async fn watch_group_leadership(raft: Raft, leadership: Arc<watch::Sender<u64>>)
     }
 }
 
-async fn watch_cluster_config(node: Node, mut rx: watch::Receiver<Option<ClusterConfig>>) {
+async fn watch_cluster_config(node: Node, mut rx: watch::Receiver<Option<ClusterConfig>>, mut was_member: bool) {
     loop {
         let config = rx.borrow_and_update().clone();
-        if let Some(config) = config
-            && let Err(e) = node.ensure_partitions(&config).await
-        {
-            tracing::error!(error = %e, "starting partition groups");
+        if let Some(config) = config {
+            if config.is_member(node.id()) {
+                was_member = true;
+            } else if was_member {
+                // `cluster remove-node` of this node: the other members have
+                // already taken it out of every partition group.
+                node.stop_partitions().await;
+            }
+            if let Err(e) = node.ensure_partitions(&config).await {
+                tracing::error!(error = %e, "starting partition groups");
+            }
         }
         if rx.changed().await.is_err() {
             return;
@@ -528,8 +841,9 @@ async fn watch_cluster_config(node: Node, mut rx: watch::Receiver<Option<Cluster
     }
 }
 
+/// The membership every group is initialised with: the members given to `cluster init`.
 fn raft_members(config: &ClusterConfig) -> BTreeMap<NodeId, BasicNode> {
-    config.members.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect()
+    config.initial_members.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect()
 }
 
 fn already_initialized(existing: &ClusterConfig) -> BrokerError {

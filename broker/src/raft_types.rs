@@ -1,6 +1,7 @@
 //! The types every Raft group of a node agrees on: openraft's type config,
 //! the commands stored in Raft entries and what applying them answers.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::Bytes;
@@ -102,6 +103,9 @@ pub enum LogCommand {
     CommitOffsets(Vec<OffsetCommit>),
     /// Forgets consumer cursors (partition groups); absent ones are fine.
     DeleteOffsets(Vec<String>),
+    /// Replaces the cluster config's current member list (metadata group;
+    /// `cluster add-node` / `remove-node`). Ignored before `InitCluster`.
+    SetMembers(BTreeMap<NodeId, String>),
 }
 
 /// One consumer cursor's position: the next offset it will read.
@@ -142,6 +146,7 @@ impl fmt::Display for LogCommand {
             LogCommand::DeleteResource(key) => write!(f, "DeleteResource({key:?})"),
             LogCommand::CommitOffsets(commits) => write!(f, "CommitOffsets({} cursors)", commits.len()),
             LogCommand::DeleteOffsets(cursors) => write!(f, "DeleteOffsets({} cursors)", cursors.len()),
+            LogCommand::SetMembers(members) => write!(f, "SetMembers({:?})", members.keys().collect::<Vec<_>>()),
         }
     }
 }

@@ -70,6 +70,13 @@ impl RaftTransport for TransportService {
         reply(&raft.pre_vote(rpc).await.map_err(fatal)?)
     }
 
+    async fn transfer_leader(&self, request: Request<GroupMessage>) -> Result<Response<GroupReply>, Status> {
+        let message = request.into_inner();
+        let raft = self.raft(message.group_id)?;
+        let rpc = decode(&message.payload).map_err(bad_request)?;
+        reply(&raft.handle_transfer_leader(rpc).await.map_err(fatal)?)
+    }
+
     async fn install_snapshot(
         &self,
         request: Request<Streaming<SnapshotChunk>>,

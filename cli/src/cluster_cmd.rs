@@ -1,10 +1,15 @@
-//! `sluice cluster init | status`, through a node's admin API.
+//! `sluice cluster init | status | add-node | remove-node | transfer-leader`, through a node's admin API.
+//! Exit codes follow `docs/operations.md` (3 not found, 4 refused, 5 unavailable).
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use sluice_broker::cluster::parse_members;
 use sluice_proto::admin::cluster_client::ClusterClient;
-use sluice_proto::admin::{InitRequest, Member, StatusReply, StatusRequest};
+use sluice_proto::admin::{
+    AddNodeRequest, InitRequest, Member, RemoveNodeRequest, StatusReply, StatusRequest, TransferLeaderRequest,
+};
+
+use crate::admin_cli::{AdminError, EXIT_UNAVAILABLE, from_status, human_age};
 
 #[derive(Subcommand)]
 pub enum ClusterCommand {
@@ -20,20 +25,53 @@ pub enum ClusterCommand {
         #[arg(long, default_value_t = 4)]
         partitions: u32,
     },
-    /// Show a node's view of the cluster: its groups, leaders and indexes.
+    /// Show a node's view of the cluster: members and whether it reaches them, groups, leaders, indexes, lag.
     Status {
         #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9090")]
         admin: String,
         /// Output format.
-        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
+        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json", "yaml"])]
         output: String,
+    },
+    /// Add a running node (started with `sluice node`, no `cluster init`) to every group as a voter.
+    AddNode {
+        #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9090")]
+        admin: String,
+        /// The new node's --id.
+        #[arg(long)]
+        id: u64,
+        /// The new node's --peer-listen address (host:port), as the other members reach it.
+        #[arg(long)]
+        peer: String,
+    },
+    /// Remove a member from every group (it stops serving partitions; stop it afterwards).
+    RemoveNode {
+        #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9090")]
+        admin: String,
+        /// The member's node id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Move a group's leadership to one of its voters.
+    TransferLeader {
+        #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9090")]
+        admin: String,
+        /// Group id: 0 = metadata, N = partition N-1 (as `cluster status` lists them).
+        #[arg(long)]
+        group: u32,
+        /// Node id of the new leader.
+        #[arg(long)]
+        to: u64,
     },
 }
 
 pub async fn connect(admin: &str) -> Result<ClusterClient<tonic::transport::Channel>> {
-    ClusterClient::connect(format!("http://{admin}"))
-        .await
-        .with_context(|| format!("cannot reach the admin API at {admin} (--admin)"))
+    ClusterClient::connect(format!("http://{admin}")).await.map_err(|e| {
+        anyhow::Error::new(AdminError {
+            exit_code: EXIT_UNAVAILABLE,
+            message: format!("cannot reach the admin API at {admin} (--admin): {e}"),
+        })
+    })
 }
 
 pub async fn init(admin: &str, members: &str, partitions: u32) -> Result<()> {
@@ -45,13 +83,113 @@ pub async fn init(admin: &str, members: &str, partitions: u32) -> Result<()> {
             partitions,
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        .map_err(from_status)?;
     Ok(())
 }
 
 pub async fn status(admin: &str) -> Result<StatusReply> {
     let mut client = connect(admin).await?;
-    Ok(client.status(StatusRequest {}).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner())
+    Ok(client.status(StatusRequest {}).await.map_err(from_status)?.into_inner())
+}
+
+/// The status as plain data (for `-o json|yaml`).
+fn status_value(reply: &StatusReply) -> serde_json::Value {
+    let members: Vec<_> = reply
+        .members
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "id": m.node_id, "peer": m.peer_addr, "reachable": m.reachable, "checked_by": m.checked_by,
+                "heartbeat_age_ms": m.heartbeat_age_ms, "initial": m.initial,
+            })
+        })
+        .collect();
+    let groups: Vec<_> = reply
+        .groups
+        .iter()
+        .map(|g| {
+            let replicas: Vec<_> = g
+                .replicas
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "node": r.node_id, "voter": r.voter, "matched": r.matched_index, "lag": r.lag,
+                        "heartbeat_age_ms": r.heartbeat_age_ms,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "group": g.group_id, "name": g.name, "leader": g.leader_id, "state": g.state,
+                "term": g.term, "committed": g.committed_index, "applied": g.applied_index,
+                "last_log": g.last_log_index, "purged": g.purged_index, "snapshot": g.snapshot_index,
+                "voters": g.voters, "learners": g.learners, "lag_known": g.lag_known, "replicas": replicas,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "node": reply.node_id, "initialized": reply.initialized, "removed": reply.removed,
+        "partitions": reply.partitions, "members": members, "groups": groups,
+    })
+}
+
+fn print_status_table(reply: &StatusReply) {
+    let show = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    println!(
+        "node {}  initialised: {}  partitions: {}{}",
+        reply.node_id,
+        reply.initialized,
+        reply.partitions,
+        if reply.removed { "  (REMOVED from the cluster)" } else { "" }
+    );
+    if !reply.members.is_empty() {
+        println!();
+        println!("{:<6} {:<24} {:<10} {:<10} {:<8}", "MEMBER", "PEER", "REACHABLE", "CHECKED", "INITIAL");
+        for m in &reply.members {
+            let checked = match m.heartbeat_age_ms {
+                Some(age) if m.checked_by == "heartbeat" => format!("hb {}", human_age(age.max(1))),
+                _ => m.checked_by.clone(),
+            };
+            println!(
+                "{:<6} {:<24} {:<10} {:<10} {:<8}",
+                m.node_id,
+                m.peer_addr,
+                if m.reachable { "yes" } else { "NO" },
+                checked,
+                if m.initial { "yes" } else { "no" }
+            );
+        }
+    }
+    println!();
+    println!(
+        "{:<14} {:>7} {:<10} {:>6} {:>10} {:>10} {:>10} {:>10}  {:<12} {:<10} LAG",
+        "GROUP", "LEADER", "STATE", "TERM", "COMMITTED", "APPLIED", "SNAPSHOT", "PURGED", "VOTERS", "LEARNERS"
+    );
+    for g in &reply.groups {
+        let list = |ids: &[u64]| {
+            let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+            if ids.is_empty() { "-".to_string() } else { ids.join(",") }
+        };
+        let lag = if g.lag_known {
+            let parts: Vec<String> = g.replicas.iter().map(|r| format!("{}:{}", r.node_id, show(r.lag))).collect();
+            parts.join(" ")
+        } else {
+            "(known on the leader)".to_string()
+        };
+        println!(
+            "{:<14} {:>7} {:<10} {:>6} {:>10} {:>10} {:>10} {:>10}  {:<12} {:<10} {}",
+            g.name,
+            show(g.leader_id),
+            g.state,
+            g.term,
+            show(g.committed_index),
+            show(g.applied_index),
+            show(g.snapshot_index),
+            show(g.purged_index),
+            list(&g.voters),
+            list(&g.learners),
+            lag
+        );
+    }
 }
 
 pub async fn run(command: ClusterCommand) -> Result<()> {
@@ -63,49 +201,33 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
         }
         ClusterCommand::Status { admin, output } => {
             let reply = status(&admin).await?;
-            if output == "json" {
-                let groups: Vec<_> = reply
-                    .groups
-                    .iter()
-                    .map(|g| {
-                        serde_json::json!({
-                            "group": g.group_id, "name": g.name, "leader": g.leader_id, "state": g.state,
-                            "term": g.term, "committed": g.committed_index, "applied": g.applied_index,
-                            "last_log": g.last_log_index, "purged": g.purged_index, "snapshot": g.snapshot_index,
-                            "voters": g.voters,
-                        })
-                    })
-                    .collect();
-                let json = serde_json::json!({
-                    "node": reply.node_id, "initialized": reply.initialized, "partitions": reply.partitions, "groups": groups,
-                });
-                println!("{}", serde_json::to_string_pretty(&json)?);
-            } else {
-                println!(
-                    "node {}  initialised: {}  partitions: {}",
-                    reply.node_id, reply.initialized, reply.partitions
-                );
-                println!(
-                    "{:<14} {:>7} {:<10} {:>6} {:>10} {:>10} {:>10} {:>10}  VOTERS",
-                    "GROUP", "LEADER", "STATE", "TERM", "COMMITTED", "APPLIED", "SNAPSHOT", "PURGED"
-                );
-                let show = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
-                for g in &reply.groups {
-                    let voters: Vec<String> = g.voters.iter().map(u64::to_string).collect();
-                    println!(
-                        "{:<14} {:>7} {:<10} {:>6} {:>10} {:>10} {:>10} {:>10}  {}",
-                        g.name,
-                        show(g.leader_id),
-                        g.state,
-                        g.term,
-                        show(g.committed_index),
-                        show(g.applied_index),
-                        show(g.snapshot_index),
-                        show(g.purged_index),
-                        voters.join(",")
-                    );
-                }
+            match output.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&status_value(&reply))?),
+                "yaml" => print!("{}", serde_yaml::to_string(&status_value(&reply)).context("encoding YAML")?),
+                _ => print_status_table(&reply),
             }
+            Ok(())
+        }
+        ClusterCommand::AddNode { admin, id, peer } => {
+            let mut client = connect(&admin).await?;
+            client.add_node(AddNodeRequest { node_id: id, peer_addr: peer.clone() }).await.map_err(from_status)?;
+            println!("node {id} ({peer}) added: a voter in every group");
+            Ok(())
+        }
+        ClusterCommand::RemoveNode { admin, id } => {
+            let mut client = connect(&admin).await?;
+            client.remove_node(RemoveNodeRequest { node_id: id }).await.map_err(from_status)?;
+            println!("node {id} removed from every group; it serves no partition now and can be stopped");
+            Ok(())
+        }
+        ClusterCommand::TransferLeader { admin, group, to } => {
+            let mut client = connect(&admin).await?;
+            let reply = client
+                .transfer_leader(TransferLeaderRequest { group_id: group, to_node_id: to })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            println!("group {group} is now led by node {}", reply.leader_id);
             Ok(())
         }
     }

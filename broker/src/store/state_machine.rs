@@ -700,6 +700,21 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                         }
                     }
                 }
+                EntryPayload::Normal(LogCommand::SetMembers(members)) => {
+                    let current = new_config.clone().or_else(|| self.view.cluster_config.borrow().clone());
+                    if let Some(mut config) = current
+                        && !members.is_empty()
+                    {
+                        config.members = members.clone();
+                        staged.batch.put_cf(
+                            sm,
+                            tag_key(self.group, SM_CLUSTER_CONFIG),
+                            encode(&config).map_err(io_err)?,
+                        );
+                        new_config = Some(config);
+                    }
+                    LogResponse::None
+                }
                 EntryPayload::Membership(membership) => {
                     let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
                     staged.batch.put_cf(sm, tag_key(self.group, SM_MEMBERSHIP), encode(&stored).map_err(io_err)?);

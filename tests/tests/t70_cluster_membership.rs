@@ -1,0 +1,146 @@
+//! Cluster membership while traffic flows: a fourth node (not in `cluster init`) is added through the admin
+//! API and becomes a voter in every group, a partition's leadership is transferred to it, one of the original
+//! members is removed and killed. Every acknowledged event is then in the broker's stream on every remaining
+//! node (the new one included) and was delivered to the Trigger's subscriber at least once.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_broker::admin_errors::error_detail;
+use sluice_proto::admin::cluster_client::ClusterClient;
+use sluice_proto::admin::{AddNodeRequest, RemoveNodeRequest, TransferLeaderRequest};
+use sluice_tests::subscriber::Subscriber;
+use sluice_tests::{
+    NodeProc, TestCluster, apply_resource, broker_object, read_events, send_event, status, trigger_object,
+    wait_for_admin, wait_until,
+};
+
+const PARTITIONS: u32 = 2;
+const STREAM: &str = "broker/default/b";
+
+fn ids_of(events: &[sluice_broker::cloudevent::CloudEvent]) -> BTreeSet<String> {
+    events.iter().filter_map(|e| e.get_str("id").map(str::to_string)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joins_and_a_node_leaves_while_events_flow() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(3, PARTITIONS, &["--dispatch-commit-interval-ms", "200"]).await?;
+    let (admin, http) = (cluster.nodes[0].admin.clone(), cluster.nodes[0].http.clone());
+    let subscriber = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&admin, broker_object("default", "b", json!({}))).await?;
+    apply_resource(&admin, trigger_object("default", "t", "b", &subscriber.url(), json!({}), json!({}))).await?;
+    sluice_tests::wait_for_broker(&http, "/default/b").await?;
+
+    // The producer: one event at a time to node 1 (which stays), recording every 202.
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let producer = {
+        let acked = acked.clone();
+        let http = http.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut pace = tokio::time::interval(Duration::from_millis(15));
+            for i in 0.. {
+                tokio::select! {
+                    _ = stop_rx.changed() => break,
+                    _ = pace.tick() => {}
+                }
+                let id = format!("ev-{i:05}");
+                if send_event(&client, &http, "/default/b", &id, "membership.test", &[], "{}").await.unwrap_or(0) == 202
+                    && let Ok(mut acked) = acked.lock()
+                {
+                    acked.push(id);
+                }
+            }
+        })
+    };
+    let acked_count = || acked.lock().map(|a| a.len()).unwrap_or(0);
+    wait_until(Duration::from_secs(10), || async { Ok((acked_count() >= 20).then_some(())) }).await?;
+
+    // A fourth node, started without `cluster init`, joins through the admin API.
+    let mut node4 = NodeProc::new(4, cluster.root.path(), &["--dispatch-commit-interval-ms", "200"]);
+    node4.start()?;
+    wait_for_admin(&node4.admin).await?;
+    let joining = status(&node4.admin).await?;
+    anyhow::ensure!(!joining.initialized, "a joining node knows no cluster before it is added");
+    let mut client = ClusterClient::connect(format!("http://{admin}")).await?;
+    client
+        .add_node(AddNodeRequest { node_id: 4, peer_addr: node4.peer.clone() })
+        .await
+        .map_err(|e| anyhow::anyhow!("add_node: {e}\n{}", node4.log_tail()))?;
+
+    // Node 4 is a voter in every group, and its applied index reaches what node 1 had committed.
+    let before = status(&admin).await?;
+    anyhow::ensure!(before.members.iter().any(|m| m.node_id == 4 && m.reachable), "{:?}", before.members);
+    anyhow::ensure!(before.groups.len() == PARTITIONS as usize + 1);
+    for g in &before.groups {
+        anyhow::ensure!(g.voters.contains(&4), "node 4 is a voter of {}: {:?}", g.name, g.voters);
+        // Lag is reported where node 1 leads, and only there.
+        anyhow::ensure!(g.lag_known == (g.leader_id == Some(1)), "{g:?}");
+        if g.lag_known {
+            let replica = g.replicas.iter().find(|r| r.node_id == 4).ok_or_else(|| anyhow::anyhow!("{g:?}"))?;
+            anyhow::ensure!(replica.voter && replica.lag.is_some(), "{replica:?}");
+        }
+    }
+    wait_until(Duration::from_secs(20), || async {
+        let mine = status(&node4.admin).await?;
+        let caught_up = before.groups.iter().all(|g| {
+            mine.groups
+                .iter()
+                .any(|m| m.group_id == g.group_id && m.voters.contains(&4) && m.applied_index >= g.committed_index)
+        });
+        Ok((mine.initialized && caught_up).then_some(()))
+    })
+    .await?;
+
+    // Leadership of partition 0's group moves to the new node.
+    let reply = client.transfer_leader(TransferLeaderRequest { group_id: 1, to_node_id: 4 }).await?.into_inner();
+    assert_eq!(reply.leader_id, 4);
+    wait_until(Duration::from_secs(10), || async {
+        let s = status(&node4.admin).await?;
+        Ok(s.groups.iter().any(|g| g.group_id == 1 && g.state == "Leader" && g.lag_known).then_some(()))
+    })
+    .await?;
+    let missing_group = client.transfer_leader(TransferLeaderRequest { group_id: 99, to_node_id: 4 }).await;
+    let err = missing_group.expect_err("group 99 does not exist");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let not_a_voter = client.transfer_leader(TransferLeaderRequest { group_id: 1, to_node_id: 9 }).await;
+    let err = not_a_voter.expect_err("node 9 is no voter");
+    assert_eq!(error_detail(&err).map(|d| d.name), Some("NO_SUCH_MEMBER".to_string()));
+
+    // Node 3 leaves, then dies; the producer keeps going.
+    client.remove_node(RemoveNodeRequest { node_id: 3 }).await?;
+    cluster.node(3).kill9();
+    let after = status(&admin).await?;
+    anyhow::ensure!(after.members.iter().map(|m| m.node_id).collect::<Vec<_>>() == vec![1, 2, 4], "{after:?}");
+    for g in &after.groups {
+        anyhow::ensure!(!g.voters.contains(&3) && !g.learners.contains(&3), "{g:?}");
+    }
+    let err = client.remove_node(RemoveNodeRequest { node_id: 3 }).await.expect_err("3 is gone");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let produced = acked_count();
+    wait_until(Duration::from_secs(10), || async { Ok((acked_count() >= produced + 50).then_some(())) }).await?;
+    stop_tx.send(true)?;
+    producer.await?;
+
+    let acked: BTreeSet<String> = acked.lock().map(|a| a.iter().cloned().collect()).unwrap_or_default();
+    anyhow::ensure!(acked.len() > 100, "only {} events acknowledged", acked.len());
+    for node in [&cluster.nodes[0].admin, &cluster.nodes[1].admin, &node4.admin] {
+        let stored = wait_until(Duration::from_secs(15), || async {
+            let stored = ids_of(&read_events(node, STREAM, PARTITIONS).await?);
+            Ok(acked.is_subset(&stored).then_some(stored))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("node at {node}: {e}"))?;
+        anyhow::ensure!(acked.is_subset(&stored));
+    }
+    subscriber
+        .wait_until(Duration::from_secs(30), |deliveries| {
+            let delivered: BTreeSet<&str> = deliveries.iter().filter_map(|d| d.header("ce-id")).collect();
+            acked.iter().all(|id| delivered.contains(id.as_str()))
+        })
+        .await?;
+    Ok(())
+}
