@@ -3,14 +3,13 @@
 //!
 //! Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 refused/invalid, 5 unavailable.
 
-use std::io::Write;
+use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use sluice_proto::admin::events_client::EventsClient;
 use sluice_proto::admin::{EventStreamRef, FindEventsRequest, LoggedEvent, ReadEventsRequest, TailEventsRequest};
-use tonic::Code;
 use tonic::transport::Channel;
 
 /// Most events one `sluice events read` prints (it pages through the API, at most 1000 per call).
@@ -146,18 +145,8 @@ impl Failure {
     }
 
     fn status(status: tonic::Status) -> Self {
-        let code = match status.code() {
-            Code::NotFound => 3,
-            Code::InvalidArgument
-            | Code::FailedPrecondition
-            | Code::AlreadyExists
-            | Code::OutOfRange
-            | Code::PermissionDenied
-            | Code::ResourceExhausted => 4,
-            Code::Unavailable | Code::DeadlineExceeded => 5,
-            _ => 1,
-        };
-        let name = sluice_broker::admin_errors::error_detail(&status).map(|d| format!(" [{}]", d.name));
+        let code = i32::from(crate::admin_cli::exit_code_for(status.code()));
+        let name = sluice_broker::admin_errors::error_detail(&status).map(|d| format!(" ({} {})", d.name, d.code));
         Self { code, message: format!("{}{}", status.message(), name.unwrap_or_default()) }
     }
 }
@@ -180,16 +169,13 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Tail(args) => tail(args).await,
         Command::Find(args) => find(args).await,
     };
-    match result {
-        Ok(()) => Ok(()),
-        Err(failure) if failure.code == 1 => anyhow::bail!("{}", failure.message),
-        Err(failure) => {
-            // Exit codes other than 1 are part of the CLI's contract (docs/operations.md, "Exit codes").
-            let _ = std::io::stdout().flush();
-            eprintln!("error: {}", failure.message);
-            std::process::exit(failure.code);
-        }
-    }
+    // `main` turns an AdminError into the process exit code (docs/operations.md, "Exit codes").
+    result.map_err(|failure| {
+        anyhow::Error::new(crate::admin_cli::AdminError {
+            exit_code: u8::try_from(failure.code).unwrap_or(1),
+            message: failure.message,
+        })
+    })
 }
 
 async fn connect(admin: &str) -> Result<EventsClient<Channel>, Failure> {
@@ -357,23 +343,13 @@ fn event_json(event: &LoggedEvent) -> serde_json::Value {
     })
 }
 
+/// Arrival time with milliseconds (UTC), for tables and JSON.
 fn arrival_time(ms: u64) -> String {
     i64::try_from(ms)
         .ok()
         .and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
         .unwrap_or_else(|| ms.to_string())
-}
-
-fn human_size(bytes: usize) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 fn table_header() -> String {
@@ -393,7 +369,7 @@ fn table_row(event: &LoggedEvent) -> String {
         attr("type"),
         attr("source"),
         attr("id"),
-        human_size(event.data.len())
+        crate::admin_cli::human_size(event.data.len() as u64)
     )
 }
 
@@ -402,9 +378,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_and_times_are_human() {
-        assert_eq!(human_size(512), "512 B");
-        assert_eq!(human_size(1536), "1.5 KiB");
+    fn times_are_parsed_and_shown() {
         assert_eq!(arrival_time(0), "1970-01-01T00:00:00.000Z");
         assert!(time_ms("--from-time", "2024-05-01T12:00:00Z").is_ok());
         assert!(time_ms("--from-time", "yesterday").is_err());
