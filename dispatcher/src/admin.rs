@@ -38,6 +38,8 @@ use crate::stats::{self, CursorStats};
 pub const MAX_LIST: usize = 1000;
 /// Most dead letters one `Redrive` call handles per partition (run it again for more).
 pub const MAX_REDRIVE_PER_PARTITION: usize = 10_000;
+/// How long `Pause` and `Resume` wait for the dispatchers to take them into account.
+pub const PAUSE_WAIT: Duration = Duration::from_secs(10);
 /// How long `Replay` with `wait` waits for the dispatchers.
 pub const REPLAY_WAIT: Duration = Duration::from_secs(30);
 
@@ -154,6 +156,7 @@ impl ConsumersAdmin {
                 dead_lettered: counters.dead_lettered,
                 replay_pending_to: stats::pending_replay(&found.cursor, &stored),
                 dead_letter_count: dead.end_offset.saturating_sub(dead.start_offset),
+                paused_applied: counters.paused == 1,
             });
         }
         let paused = found
@@ -194,10 +197,27 @@ impl ConsumersAdmin {
                 annotations.remove(ANNOTATION_PAUSED);
             }
         }
+        let mut changes = self.node.watch_resources().ok_or_else(|| internal("the node is shutting down"))?;
         let record = sluice_broker::admin::resource_record(&object.to_string(), &self.node)?;
         self.node.put_resource(record).await.map_err(sluice_broker::admin::status_of)?;
-        let found = self.find(reference)?;
-        self.status_of(&found)
+        // Answer once every partition's dispatcher has taken the change into account (as this node sees it),
+        // so that a pause means nothing new is delivered from then on; or after PAUSE_WAIT with what is known.
+        let deadline = tokio::time::Instant::now() + PAUSE_WAIT;
+        let mut applied: Vec<_> = (0..self.node.partitions()).filter_map(|p| self.node.watch_applied(p).ok()).collect();
+        loop {
+            let status = self.status_of(&self.find(reference)?)?;
+            let effective = status.paused == paused
+                && (!status.dispatchable || status.partitions.iter().all(|p| p.paused_applied == paused));
+            if effective || applied.is_empty() {
+                return Ok(status);
+            }
+            let any_partition = futures::future::select_all(applied.iter_mut().map(|rx| Box::pin(rx.changed())));
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Ok(status),
+                _ = changes.changed() => {}
+                _ = any_partition => {}
+            }
+        }
     }
 
     fn dead_letters(&self, found: &Found, partition: u32, limit: usize) -> Result<Vec<(u64, u64, CloudEvent)>, Status> {

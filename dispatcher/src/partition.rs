@@ -600,6 +600,7 @@ impl PartitionDispatcher {
                 commits.push(OffsetCommit { cursor: cursor.clone(), offset: watermark, reset: false });
             }
             consumer.stats.in_flight = consumer.window.in_flight() as u64;
+            consumer.stats.paused = u64::from(consumer.spec.paused);
             consumer.stats.oldest_pending_arrival_ms =
                 consumer.window.oldest_pending().and_then(|o| consumer.pending.get(&o)).map_or(0, |p| p.arrival_ms);
             let changed = consumer.stats.commits(cursor, &consumer.committed_stats);

@@ -16,6 +16,8 @@ pub const DEAD_LETTERED: &str = "deadlettered";
 pub const IN_FLIGHT: &str = "inflight";
 pub const OLDEST_PENDING_ARRIVAL_MS: &str = "oldest";
 pub const REPLAY: &str = "replay";
+/// 1 once the partition's dispatcher holds the consumer paused (so `pause` can wait for it to take effect).
+pub const PAUSED: &str = "paused";
 
 pub fn stat_key(cursor: &str, stat: &str) -> String {
     format!("{cursor}!{stat}")
@@ -35,6 +37,8 @@ pub struct CursorStats {
     pub in_flight: u64,
     /// Arrival time of the oldest unsettled event (0: none).
     pub oldest_pending_arrival_ms: u64,
+    /// 1 while the dispatcher holds the consumer paused.
+    pub paused: u64,
 }
 
 impl CursorStats {
@@ -47,6 +51,7 @@ impl CursorStats {
             dead_lettered: get(DEAD_LETTERED),
             in_flight: get(IN_FLIGHT),
             oldest_pending_arrival_ms: get(OLDEST_PENDING_ARRIVAL_MS),
+            paused: get(PAUSED),
         }
     }
 
@@ -63,6 +68,7 @@ impl CursorStats {
         push(DEAD_LETTERED, self.dead_lettered, previous.dead_lettered, false);
         push(IN_FLIGHT, self.in_flight, previous.in_flight, true);
         push(OLDEST_PENDING_ARRIVAL_MS, self.oldest_pending_arrival_ms, previous.oldest_pending_arrival_ms, true);
+        push(PAUSED, self.paused, previous.paused, true);
         commits
     }
 }
@@ -84,10 +90,16 @@ mod tests {
     #[test]
     fn stats_round_trip_and_only_changes_are_committed() {
         let cursor = "broker/default/b#trigger/t/uid-1";
-        let stats =
-            CursorStats { delivered: 5, retried: 2, dead_lettered: 1, in_flight: 3, oldest_pending_arrival_ms: 9 };
+        let stats = CursorStats {
+            delivered: 5,
+            retried: 2,
+            dead_lettered: 1,
+            in_flight: 3,
+            oldest_pending_arrival_ms: 9,
+            paused: 1,
+        };
         let commits = stats.commits(cursor, &CursorStats::default());
-        assert_eq!(commits.len(), 5);
+        assert_eq!(commits.len(), 6);
         let committed: BTreeMap<String, u64> = commits.iter().map(|c| (c.cursor.clone(), c.offset)).collect();
         assert_eq!(CursorStats::from_committed(cursor, &committed), stats);
         let later = CursorStats { delivered: 6, in_flight: 0, ..stats };

@@ -1,0 +1,233 @@
+//! The Consumers and DeadLetters admin services end to end on 3 nodes: status with backlog growing while
+//! paused and draining after resume; replay by time delivers exactly the events from that time again;
+//! dead letters listed, redriven once the subscriber is fixed (and what fails again stays), purged; the CLI.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_proto::admin::consumers_client::ConsumersClient;
+use sluice_proto::admin::dead_letters_client::DeadLettersClient;
+use sluice_proto::admin::{
+    ConsumerRef, ListDeadLettersRequest, PurgeRequest, RedriveRequest, ReplayRequest, replay_request,
+};
+use sluice_tests::subscriber::{Delivery, Reply, Subscriber};
+use sluice_tests::{TestCluster, apply_resource, broker_object, send_event_accepted, trigger_object, wait_until};
+
+fn trigger(name: &str) -> ConsumerRef {
+    ConsumerRef { kind: "trigger".into(), namespace: "default".into(), name: name.into() }
+}
+
+fn ids(deliveries: &[Delivery]) -> Vec<String> {
+    let mut ids: Vec<String> = deliveries.iter().map(|d| d.header("ce-id").unwrap_or_default().to_string()).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_replay_by_time_and_status() -> anyhow::Result<()> {
+    // One partition: "nothing else" below is checked once the partition's dispatcher is idle.
+    let cluster = TestCluster::start(3, 1, &["--dispatch-commit-interval-ms", "200"]).await?;
+    let admin = cluster.nodes[1].admin.clone();
+    let http = cluster.nodes[2].http.clone();
+    let subscriber = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&admin, broker_object("default", "b", json!({}))).await?;
+    apply_resource(&admin, trigger_object("default", "t", "b", &subscriber.url(), json!({}), json!({}))).await?;
+    let mut consumers = ConsumersClient::connect(format!("http://{admin}")).await?;
+    let client = reqwest::Client::new();
+
+    // Every node answers from what it has applied: wait until this one has the Trigger.
+    wait_until(Duration::from_secs(20), || {
+        let mut consumers = consumers.clone();
+        async move { Ok(consumers.status(trigger("t")).await.ok().map(|_| ())) }
+    })
+    .await?;
+    // Paused: the backlog grows and nothing is delivered; resumed: it drains.
+    let paused = consumers.pause(trigger("t")).await?.into_inner();
+    assert!(paused.paused);
+    for i in 0..6 {
+        send_event_accepted(&client, &http, "/default/b", &format!("p{i}"), "t", &[], "{}").await?;
+    }
+    let status = wait_until(Duration::from_secs(20), || {
+        let mut consumers = consumers.clone();
+        async move {
+            let status = consumers.status(trigger("t")).await?.into_inner();
+            Ok((status.backlog == 6).then_some(status))
+        }
+    })
+    .await?;
+    assert_eq!(status.partitions[0].end_offset, 6);
+    assert!(subscriber.deliveries().is_empty(), "nothing delivered while paused");
+    consumers.resume(trigger("t")).await?;
+    subscriber.wait_for(6, Duration::from_secs(30)).await?;
+    let drained = wait_until(Duration::from_secs(20), || {
+        let mut consumers = consumers.clone();
+        async move {
+            let status = consumers.status(trigger("t")).await?.into_inner();
+            Ok((status.backlog == 0 && status.partitions[0].delivered == 6).then_some(status))
+        }
+    })
+    .await?;
+    assert!(!drained.paused && drained.dispatchable);
+
+    // Replay by time: exactly the events from that time on come again.
+    let replay_from = chrono_ms();
+    wait_until(Duration::from_secs(2), || async { Ok((chrono_ms() > replay_from).then_some(())) }).await?;
+    for i in 0..4 {
+        send_event_accepted(&client, &http, "/default/b", &format!("r{i}"), "t", &[], "{}").await?;
+    }
+    subscriber.wait_for(10, Duration::from_secs(30)).await?;
+    let request = ReplayRequest {
+        consumer: Some(trigger("t")),
+        to: Some(replay_request::To::TimeMs(replay_from)),
+        partition: None,
+        wait: true,
+    };
+    let reply = consumers.replay(request).await?.into_inner();
+    assert!(reply.applied, "applied by the dispatcher");
+    // From the last committed offset (6..=10, commits trail deliveries by up to one interval) to 6.
+    assert_eq!(reply.targets[0].to_offset, 6);
+    assert!((6..=10).contains(&reply.targets[0].from_offset), "{:?}", reply.targets);
+    subscriber.wait_for(14, Duration::from_secs(30)).await?;
+    send_event_accepted(&client, &http, "/default/b", "marker", "t", &[], "{}").await?;
+    subscriber.wait_for(15, Duration::from_secs(30)).await?;
+    wait_until(Duration::from_secs(20), || {
+        let mut consumers = consumers.clone();
+        async move {
+            let status = consumers.status(trigger("t")).await?.into_inner();
+            Ok((status.backlog == 0 && status.partitions[0].in_flight == 0).then_some(()))
+        }
+    })
+    .await?;
+    let all = ids(&subscriber.deliveries());
+    let expected: Vec<String> = {
+        let mut e: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+        e.extend((0..4).flat_map(|i| [format!("r{i}"), format!("r{i}")]));
+        e.push("marker".into());
+        e.sort();
+        e
+    };
+    assert_eq!(all, expected, "the replay delivered r0..r3 again, and nothing else");
+    Ok(())
+}
+
+/// Runs the CLI: (exit code, stdout, stderr).
+async fn sluice(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(sluice_tests::sluice_bin()).args(&args).stdin(std::process::Stdio::null()).output()
+    })
+    .await??;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+fn chrono_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_redriven_and_purged() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, 2, &[]).await?;
+    let admin = cluster.nodes[0].admin.clone();
+    let http = cluster.nodes[1].http.clone();
+    let broken = Arc::new(AtomicBool::new(true));
+    let flag = broken.clone();
+    let subscriber = Subscriber::start(Arc::new(move |_: &Delivery, _| {
+        if flag.load(Ordering::SeqCst) { Reply::status(400).with_body("not today") } else { Reply::status(202) }
+    }))
+    .await?;
+    apply_resource(&admin, broker_object("default", "b", json!({}))).await?;
+    apply_resource(&admin, trigger_object("default", "d", "b", &subscriber.url(), json!({}), json!({}))).await?;
+    let client = reqwest::Client::new();
+    for i in 0..4 {
+        send_event_accepted(&client, &http, "/default/b", &format!("d{i}"), "t", &[], "{}").await?;
+    }
+    let mut dlq = DeadLettersClient::connect(format!("http://{admin}")).await?;
+    let listed = wait_until(Duration::from_secs(30), || {
+        let mut dlq = dlq.clone();
+        async move {
+            let list = dlq.list(ListDeadLettersRequest { consumer: Some(trigger("d")), limit: 0 }).await?.into_inner();
+            Ok((list.total == 4).then_some(list))
+        }
+    })
+    .await?;
+    for dead in &listed.dead_letters {
+        assert_eq!(dead.error_code, "400");
+        assert_eq!(dead.error_data.as_ref(), b"not today");
+        assert_eq!(dead.error_dest, subscriber.url());
+    }
+
+    // Fixed: a redrive delivers them all and empties the dead-letter stream.
+    broken.store(false, Ordering::SeqCst);
+    let before = subscriber.deliveries().len();
+    let mut progress =
+        dlq.redrive(RedriveRequest { consumer: Some(trigger("d")), ..Default::default() }).await?.into_inner();
+    let mut last = None;
+    while let Some(update) = progress.message().await? {
+        last = Some(update);
+    }
+    let last = last.ok_or_else(|| anyhow::anyhow!("no progress"))?;
+    assert!(last.done);
+    assert_eq!((last.total, last.delivered, last.failed), (4, 4, 0));
+    let redriven = ids(&subscriber.deliveries()[before..]);
+    assert_eq!(redriven, ["d0", "d1", "d2", "d3"]);
+    // Redriven dead letters leave the stream (as soon as this node has applied the trim).
+    wait_until(Duration::from_secs(20), || {
+        let mut dlq = dlq.clone();
+        async move {
+            let list = dlq.list(ListDeadLettersRequest { consumer: Some(trigger("d")), limit: 0 }).await?.into_inner();
+            Ok((list.total == 0).then_some(()))
+        }
+    })
+    .await?;
+
+    // Broken again: a redrive shows what failed again, and it stays (and purge removes it).
+    broken.store(true, Ordering::SeqCst);
+    send_event_accepted(&client, &http, "/default/b", "e0", "t", &[], "{}").await?;
+    wait_until(Duration::from_secs(30), || {
+        let mut dlq = dlq.clone();
+        async move {
+            let list = dlq.list(ListDeadLettersRequest { consumer: Some(trigger("d")), limit: 0 }).await?.into_inner();
+            Ok((list.total == 1).then_some(()))
+        }
+    })
+    .await?;
+    let mut progress =
+        dlq.redrive(RedriveRequest { consumer: Some(trigger("d")), ..Default::default() }).await?.into_inner();
+    let mut last = None;
+    while let Some(update) = progress.message().await? {
+        last = Some(update);
+    }
+    assert_eq!(last.map(|l| (l.delivered, l.failed)), Some((0, 1)));
+    let list = wait_until(Duration::from_secs(20), || {
+        let mut dlq = dlq.clone();
+        async move {
+            let list = dlq.list(ListDeadLettersRequest { consumer: Some(trigger("d")), limit: 0 }).await?.into_inner();
+            // The old copy is trimmed and the new one appended.
+            Ok((list.total == 1 && list.dead_letters.first().is_some_and(|d| d.offset > 0)).then_some(list))
+        }
+    })
+    .await?;
+    assert_eq!(list.dead_letters[0].attributes.get("id").map(String::as_str), Some("e0"));
+    let purged = dlq.purge(PurgeRequest { consumer: Some(trigger("d")) }).await?.into_inner();
+    assert_eq!(purged.purged, 1);
+
+    // The CLI: status as JSON, dlq list, and exit code 3 for a Trigger that does not exist.
+    let (code, out, err) = sluice(&["trigger", "status", "d", "--admin", &admin, "-o", "json"]).await?;
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(status["name"], "d");
+    assert!(status["partitions"].as_array().is_some_and(|p| p.len() == 2));
+    let (code, out, err) = sluice(&["dlq", "list", "d", "--admin", &admin]).await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("0 dead letter(s)"), "{out}");
+    let (code, _, err) = sluice(&["trigger", "status", "missing", "--admin", &admin]).await?;
+    assert_eq!(code, 3, "not found: {err}");
+    assert!(err.contains("CONSUMER_NOT_FOUND 1012"), "{err}");
+    Ok(())
+}
