@@ -408,7 +408,7 @@ impl DeadLetters for ConsumersAdmin {
                     } else {
                         progress.failed += 1;
                     }
-                    if tx.send(Ok(progress.clone())).await.is_err() {
+                    if tx.send(Ok(progress)).await.is_err() {
                         return;
                     }
                 }
