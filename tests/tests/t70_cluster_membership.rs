@@ -126,7 +126,8 @@ async fn a_node_joins_and_a_node_leaves_while_events_flow() -> anyhow::Result<()
     producer.await?;
 
     let acked: BTreeSet<String> = acked.lock().map(|a| a.iter().cloned().collect()).unwrap_or_default();
-    anyhow::ensure!(acked.len() > 100, "only {} events acknowledged", acked.len());
+    // Events kept being acknowledged after the removal (how many depends on the machine's speed).
+    anyhow::ensure!(acked.len() >= produced + 50, "only {} events acknowledged", acked.len());
     for node in [&cluster.nodes[0].admin, &cluster.nodes[1].admin, &node4.admin] {
         let stored = wait_until(Duration::from_secs(15), || async {
             let stored = ids_of(&read_events(node, STREAM, PARTITIONS).await?);
