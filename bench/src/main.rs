@@ -22,6 +22,8 @@ use sluice_proto::admin::AppendRequest;
 use sluice_tests::{TestCluster, log_client};
 
 mod dispatch;
+mod driver;
+mod peers;
 
 #[derive(Parser, Debug)]
 #[command(name = "sluice-bench")]

@@ -1,0 +1,1 @@
+//! nats driver: see bench/src/driver.rs.

@@ -1,0 +1,1 @@
+//! rabbitmq driver: see bench/src/driver.rs.
