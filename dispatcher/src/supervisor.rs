@@ -138,6 +138,14 @@ async fn reconcile(
     for spec in specs {
         by_stream.entry(spec.stream.clone()).or_default().push(spec);
     }
+    // A partition dispatcher that ended on its own (its partition's state went away) is started again.
+    running.retain(|(stream, partition), task| {
+        let alive = !task.task.is_finished();
+        if !alive {
+            tracing::warn!(%stream, partition, "partition dispatcher ended; starting it again");
+        }
+        alive
+    });
     let partitions = node.partitions();
     let mut wanted: HashSet<(String, u32)> = HashSet::new();
     for partition in (0..partitions).filter(|p| node.leads_partition(*p)) {
