@@ -64,31 +64,7 @@ impl DispatchBench {
         let (published, delivered) = self.throughput_run(&subscriber, "t1", concurrency).await?;
         println!("{:>9} {:>6} {:>14.0} {:>14.0}", 1, concurrency, published, delivered);
         if triggers > 1 {
-            for i in 1..triggers {
-                let filter = json!({"filter": {"attributes": {"type": format!("never.sent.{i}")}}});
-                let trigger =
-                    trigger_object("bench", &format!("n{i}"), "bench", "http://127.0.0.1:9/", filter, json!({}));
-                apply_resource(&self.admin, trigger).await?;
-            }
-            // Measure the steady state: wait until every partition leader dispatches all the Triggers.
-            let last = format!("consumer=\"n{}\"", triggers - 1);
-            let client = reqwest::Client::new();
-            let https = self.https.clone();
-            sluice_tests::wait_until(Duration::from_secs(120), || {
-                let (client, https, last) = (client.clone(), https.clone(), last.clone());
-                async move {
-                    let mut dispatching = 0;
-                    for http in &https {
-                        let text = client.get(format!("http://{http}/metrics")).send().await?.text().await?;
-                        dispatching += text
-                            .lines()
-                            .filter(|l| l.starts_with("sluice_dispatch_backlog") && l.contains(&last))
-                            .count();
-                    }
-                    Ok((dispatching >= self.partitions as usize).then_some(()))
-                }
-            })
-            .await?;
+            add_nonmatching_triggers(&self.admin, &self.https, self.partitions, triggers - 1).await?;
             let (published, delivered) = self.throughput_run(&subscriber, "tn", concurrency).await?;
             println!("{:>9} {:>6} {:>14.0} {:>14.0}", triggers, concurrency, published, delivered);
         }
@@ -177,4 +153,29 @@ impl DispatchBench {
         let delivered_secs = last.duration_since(started).as_secs_f64().max(0.001);
         Ok((accepted as f64 / published_secs, accepted as f64 / delivered_secs))
     }
+}
+
+/// Applies `count` Triggers to broker `bench/bench` that filter on types never sent (named `n1`..), then waits
+/// until every partition leader dispatches all of them (the steady state), at most 120 s.
+pub async fn add_nonmatching_triggers(admin: &str, https: &[String], partitions: u32, count: usize) -> Result<()> {
+    for i in 1..=count {
+        let filter = json!({"filter": {"attributes": {"type": format!("never.sent.{i}")}}});
+        let trigger = trigger_object("bench", &format!("n{i}"), "bench", "http://127.0.0.1:9/", filter, json!({}));
+        apply_resource(admin, trigger).await?;
+    }
+    let last = format!("consumer=\"n{count}\"");
+    let client = reqwest::Client::new();
+    sluice_tests::wait_until(Duration::from_secs(120), || {
+        let (client, last) = (client.clone(), last.clone());
+        async move {
+            let mut dispatching = 0;
+            for http in https {
+                let text = client.get(format!("http://{http}/metrics")).send().await?.text().await?;
+                dispatching +=
+                    text.lines().filter(|l| l.starts_with("sluice_dispatch_backlog") && l.contains(&last)).count();
+            }
+            Ok((dispatching >= partitions as usize).then_some(()))
+        }
+    })
+    .await
 }

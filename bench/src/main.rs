@@ -8,8 +8,11 @@
 //!
 //! - `--mode dispatch`: publish → subscriber latency at fixed rates, and
 //!   delivery throughput with one Trigger versus many (see `dispatch.rs`).
+//! - `--mode compare`: Sluice side by side with NATS JetStream, RabbitMQ and
+//!   the machine's limits, open loop (see `compare.rs`, `openloop.rs`).
+//!   `--smoke`: Sluice on one node only, tiny rates, a few seconds.
 //!
-//! Closed loop: each of `--concurrency` clients sends one request, waits for
+//! `log` and `http` are closed loop: each of `--concurrency` clients sends one request, waits for
 //! the answer, and sends the next, for `--seconds`. The node coalesces
 //! concurrent appends into Raft entries, so concurrency is what batching feeds on.
 
@@ -21,9 +24,13 @@ use hdrhistogram::Histogram;
 use sluice_proto::admin::AppendRequest;
 use sluice_tests::{TestCluster, log_client};
 
+mod calibrate;
+mod compare;
 mod dispatch;
 mod driver;
+mod openloop;
 mod peers;
+mod systems;
 
 #[derive(Parser, Debug)]
 #[command(name = "sluice-bench")]
@@ -33,8 +40,8 @@ struct Args {
     nodes: u64,
     #[arg(long, default_value_t = 1)]
     partitions: u32,
-    /// `log` (admin API appends) or `http` (CloudEvents ingress).
-    #[arg(long, default_value = "log", value_parser = ["log", "http", "dispatch"])]
+    /// `log` (admin API appends), `http` (CloudEvents ingress), `dispatch` or `compare`.
+    #[arg(long, default_value = "log", value_parser = ["log", "http", "dispatch", "compare"])]
     mode: String,
     /// `dispatch`: comma-separated publish rates (events/s) for the latency runs.
     #[arg(long, default_value = "100,500")]
@@ -52,14 +59,29 @@ struct Args {
     payload_bytes: usize,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Print one JSON object per run instead of a table row.
+    /// `log`/`http`: print one JSON object per run instead of a table row. `compare`: `--json OUT` writes the
+    /// report to OUT.
+    #[arg(long, num_args = 0..=1)]
+    json: Option<Option<std::path::PathBuf>>,
+    /// `compare`: seconds per step of the max-throughput probe.
+    #[arg(long, default_value_t = 4.0)]
+    seconds_per_step: f64,
+    /// `compare`: Sluice on one node only, tiny rates, about 5 s (the CI smoke test).
     #[arg(long)]
-    json: bool,
+    smoke: bool,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if args.mode == "compare" {
+        let config = compare::CompareConfig {
+            smoke: args.smoke,
+            seconds_per_step: args.seconds_per_step,
+            json_out: args.json.clone().flatten(),
+        };
+        return compare::run(config).await;
+    }
     let sizes: Vec<usize> = args.records_per_append.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
     let concurrencies: Vec<usize> = args.concurrency.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
     let cluster = TestCluster::start(args.nodes, args.partitions, &[]).await?;
@@ -85,7 +107,7 @@ async fn main() -> Result<()> {
             sluice_tests::wait_for_broker(http, "/bench/bench").await?;
         }
     }
-    if !args.json {
+    if args.json.is_none() {
         println!(
             "{:>5} {:>6} {:>11} {:>8} {:>14} {:>10} {:>9} {:>9} {:>9}",
             "nodes", "conc", "recs/append", "payload", "records/s", "MiB/s", "p50 ms", "p99 ms", "max ms"
@@ -102,7 +124,7 @@ async fn main() -> Result<()> {
         } else {
             run(&args, &admins, concurrency, records).await?
         };
-        if args.json {
+        if args.json.is_some() {
             println!("{}", result);
         } else {
             println!(

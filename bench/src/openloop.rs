@@ -1,0 +1,313 @@
+//! Open-loop load at a fixed offered rate, and the max-throughput probe built on it.
+//!
+//! Message `i` of a run is due at `start + i / rate` and is sent at its due time whether or not earlier
+//! publishes were acknowledged (each publish is its own task). Outstanding publishes are bounded; when the
+//! bound is hit the sender waits for a slot, and that wait shows as latency because every latency is measured
+//! from the message's INTENDED send time (no coordinated omission). A message the sender could not even send
+//! before the run's hard deadline is counted as offered and not acknowledged, never skipped silently.
+//!
+//! End-to-end latency: each payload carries its sequence number and intended send time
+//! ([`crate::driver::payload`]); the subscriber callback ([`Sink::on_message`]) records intended → receive.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use hdrhistogram::Histogram;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::driver::{self, OnMessage, System};
+
+/// Sequence numbers carry the run id in their top bits, so late deliveries of an earlier run are not counted.
+const RUN_SHIFT: u32 = 40;
+
+/// Offset of message `i` from the start of a run at `rate` messages per second.
+pub fn due_offset(i: u64, rate: f64) -> Duration {
+    Duration::from_secs_f64(i as f64 / rate)
+}
+
+/// How many messages a run of `duration` at `rate` offers.
+pub fn messages_in(rate: f64, duration: Duration) -> u64 {
+    (rate * duration.as_secs_f64()).round().max(1.0) as u64
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    // microseconds, 1 µs .. 10 min
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Where the subscriber's deliveries go: counts and intended → receive latency of the current run.
+pub struct Sink {
+    run: AtomicU64,
+    delivered: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl Sink {
+    pub fn new() -> Arc<Sink> {
+        Arc::new(Sink { run: AtomicU64::new(0), delivered: AtomicU64::new(0), latency: Mutex::new(new_histogram()) })
+    }
+
+    /// The callback to give [`System::subscribe`].
+    pub fn on_message(self: &Arc<Self>) -> OnMessage {
+        let sink = self.clone();
+        Arc::new(move |payload: &[u8]| sink.record(payload))
+    }
+
+    fn record(&self, payload: &[u8]) {
+        let Some((seq, intended)) = driver::header(payload) else { return };
+        if seq >> RUN_SHIFT != self.run.load(Ordering::Acquire) {
+            return;
+        }
+        let micros = unix_ns().saturating_sub(intended) / 1000;
+        self.latency.lock().unwrap_or_else(PoisonError::into_inner).saturating_record(micros.max(1));
+        self.delivered.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn begin(&self, run: u64) {
+        self.latency.lock().unwrap_or_else(PoisonError::into_inner).reset();
+        self.delivered.store(0, Ordering::Release);
+        self.run.store(run, Ordering::Release);
+    }
+
+    fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Acquire)
+    }
+
+    fn latency(&self) -> Histogram<u64> {
+        self.latency.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub rate: f64,
+    pub duration: Duration,
+    pub payload_bytes: usize,
+    /// Bound on publishes in flight; hitting it delays sends (seen as latency), never drops them.
+    pub max_outstanding: usize,
+    /// After the last due time, how long acks (and deliveries) still count for this run.
+    pub grace: Duration,
+}
+
+pub struct RunResult {
+    pub offered: u64,
+    /// Acknowledged before the end of the run plus the grace.
+    pub acked: u64,
+    pub errors: u64,
+    /// Offered but never sent before the run's deadline (the outstanding bound held them back).
+    pub unsent: u64,
+    /// Intended send time → ack, µs.
+    pub ack_latency: Histogram<u64>,
+    /// Delivered to the subscriber within the run plus the grace (if a sink was given).
+    pub delivered: Option<u64>,
+    /// Intended send time → received by the subscriber, µs.
+    pub e2e_latency: Option<Histogram<u64>>,
+}
+
+static RUNS: AtomicU64 = AtomicU64::new(1);
+
+/// One open-loop run against `system`. With `sink`, the system must already be subscribed with
+/// `sink.on_message()`; deliveries of this run are counted and timed.
+pub async fn run(system: Arc<dyn System>, config: &RunConfig, sink: Option<&Arc<Sink>>) -> Result<RunResult> {
+    let run_id = RUNS.fetch_add(1, Ordering::Relaxed);
+    if let Some(sink) = sink {
+        sink.begin(run_id);
+    }
+    let total = messages_in(config.rate, config.duration);
+    let ack_latency = Arc::new(Mutex::new(new_histogram()));
+    let acked = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let slots = Arc::new(Semaphore::new(config.max_outstanding.max(1)));
+    let start = Instant::now();
+    let start_unix = unix_ns();
+    let deadline = start + config.duration + config.grace;
+    let mut tasks = JoinSet::new();
+    let mut sent = 0u64;
+    for i in 0..total {
+        let offset = due_offset(i, config.rate);
+        let due = start + offset;
+        tokio::time::sleep_until(due.into()).await;
+        let permit = match tokio::time::timeout_at(deadline.into(), slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            _ => break,
+        };
+        let seq = (run_id << RUN_SHIFT) | i;
+        let payload = driver::payload(seq, start_unix + offset.as_nanos() as u64, config.payload_bytes);
+        let (system, ack_latency, acked, errors) = (system.clone(), ack_latency.clone(), acked.clone(), errors.clone());
+        tasks.spawn(async move {
+            let outcome = system.publish(payload).await;
+            drop(permit);
+            match outcome {
+                Ok(()) if Instant::now() <= deadline => {
+                    let micros = due.elapsed().as_micros() as u64;
+                    ack_latency.lock().unwrap_or_else(PoisonError::into_inner).saturating_record(micros.max(1));
+                    acked.fetch_add(1, Ordering::AcqRel);
+                }
+                Ok(()) => {}
+                Err(_) => {
+                    errors.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        });
+        sent += 1;
+        // Reap finished tasks so the set does not grow with the run.
+        while tasks.try_join_next().is_some() {}
+    }
+    // Wait for the outstanding publishes until the deadline; the rest count as not acknowledged.
+    let _ = tokio::time::timeout_at(deadline.into(), async { while tasks.join_next().await.is_some() {} }).await;
+    tasks.abort_all();
+    if let Some(sink) = sink {
+        // Deliveries also get the grace (the deadline is already past, unless every ack came early).
+        let wanted = acked.load(Ordering::Acquire);
+        while Instant::now() < deadline && sink.delivered() < wanted {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let ack_latency = ack_latency.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    Ok(RunResult {
+        offered: total,
+        acked: acked.load(Ordering::Acquire),
+        errors: errors.load(Ordering::Acquire),
+        unsent: total - sent,
+        ack_latency,
+        delivered: sink.map(|s| s.delivered()),
+        e2e_latency: sink.map(|s| s.latency()),
+    })
+}
+
+/// The probe's rule for one step: at least 99 % of the offered messages acknowledged within the step (plus
+/// the grace), and — with a subscriber — the subscriber kept up (delivered ≥ 99 % of acknowledged).
+pub fn step_passes(offered: u64, acked: u64, delivered: Option<u64>) -> bool {
+    let enough_acked = acked as f64 >= 0.99 * offered as f64;
+    let kept_up = delivered.is_none_or(|d| d as f64 >= 0.99 * acked as f64);
+    offered > 0 && enough_acked && kept_up
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    pub start_rate: f64,
+    pub factor: f64,
+    pub max_steps: usize,
+    pub step: Duration,
+    pub grace: Duration,
+    /// No new step starts after this much time.
+    pub budget: Duration,
+    pub payload_bytes: usize,
+    pub max_outstanding: usize,
+}
+
+/// The rates the probe offers, in order: `start × factor^k` for `k < max_steps`.
+pub fn probe_rates(config: &ProbeConfig) -> Vec<f64> {
+    (0..config.max_steps).map(|k| config.start_rate * config.factor.powi(k as i32)).collect()
+}
+
+/// The highest passing rate of the steps run so far, provided the steps before it passed too (the probe
+/// stops at the first failure).
+pub fn probe_verdict(steps: &[(f64, bool)]) -> Option<f64> {
+    steps.iter().take_while(|(_, passed)| *passed).map(|(rate, _)| *rate).last()
+}
+
+pub struct ProbeStep {
+    pub rate: f64,
+    pub passed: bool,
+    pub result: RunResult,
+}
+
+pub struct ProbeResult {
+    /// Highest rate that passed; `None` if even the first step failed.
+    pub max_rate: Option<f64>,
+    pub steps: Vec<ProbeStep>,
+    /// True if the probe ran out of steps or budget before a step failed (the max may be higher).
+    pub capped: bool,
+}
+
+/// Steps the offered rate up until a step fails [`step_passes`], the steps run out, or the budget is spent.
+pub async fn probe(system: Arc<dyn System>, config: &ProbeConfig, sink: Option<&Arc<Sink>>) -> Result<ProbeResult> {
+    let started = Instant::now();
+    let mut steps = Vec::new();
+    let mut capped = true;
+    for rate in probe_rates(config) {
+        if started.elapsed() >= config.budget {
+            break;
+        }
+        let run_config = RunConfig {
+            rate,
+            duration: config.step,
+            payload_bytes: config.payload_bytes,
+            max_outstanding: config.max_outstanding,
+            grace: config.grace,
+        };
+        let result = run(system.clone(), &run_config, sink).await?;
+        let passed = step_passes(result.offered, result.acked, result.delivered);
+        steps.push(ProbeStep { rate, passed, result });
+        if !passed {
+            capped = false;
+            break;
+        }
+        // Let a backlog of this step drain before the next one.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let verdict = probe_verdict(&steps.iter().map(|s| (s.rate, s.passed)).collect::<Vec<_>>());
+    Ok(ProbeResult { max_rate: verdict, steps, capped })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_is_fixed_by_the_rate() {
+        assert_eq!(due_offset(0, 100.0), Duration::ZERO);
+        assert_eq!(due_offset(1, 100.0), Duration::from_millis(10));
+        assert_eq!(due_offset(250, 100.0), Duration::from_millis(2500));
+        assert_eq!(messages_in(100.0, Duration::from_secs(5)), 500);
+        assert_eq!(messages_in(0.1, Duration::from_secs(1)), 1);
+    }
+
+    #[test]
+    fn step_rule() {
+        assert!(step_passes(1000, 1000, None));
+        assert!(step_passes(1000, 990, Some(990)));
+        assert!(!step_passes(1000, 989, None), "fewer than 99 % acked");
+        assert!(!step_passes(1000, 1000, Some(980)), "subscriber fell behind");
+        assert!(!step_passes(0, 0, None));
+    }
+
+    #[test]
+    fn probe_rates_and_verdict() {
+        let config = ProbeConfig {
+            start_rate: 100.0,
+            factor: 1.5,
+            max_steps: 4,
+            step: Duration::from_secs(1),
+            grace: Duration::from_secs(1),
+            budget: Duration::from_secs(60),
+            payload_bytes: 16,
+            max_outstanding: 8,
+        };
+        assert_eq!(probe_rates(&config), vec![100.0, 150.0, 225.0, 337.5]);
+        assert_eq!(probe_verdict(&[]), None);
+        assert_eq!(probe_verdict(&[(100.0, false)]), None);
+        assert_eq!(probe_verdict(&[(100.0, true), (150.0, true), (225.0, false)]), Some(150.0));
+        assert_eq!(probe_verdict(&[(100.0, true), (150.0, false), (225.0, true)]), Some(100.0));
+    }
+
+    #[test]
+    fn sink_counts_only_the_current_run() {
+        let sink = Sink::new();
+        sink.begin(3);
+        let on_message = sink.on_message();
+        on_message(&driver::payload((3 << RUN_SHIFT) | 7, unix_ns(), 64));
+        on_message(&driver::payload((2 << RUN_SHIFT) | 7, unix_ns(), 64));
+        on_message(b"short");
+        assert_eq!(sink.delivered(), 1);
+        assert_eq!(sink.latency().len(), 1);
+    }
+}
