@@ -23,6 +23,8 @@ pub struct CompareConfig {
     pub smoke: bool,
     pub seconds_per_step: f64,
     pub json_out: Option<PathBuf>,
+    /// Only these systems (labels such as `sluice-1`, `nats-jetstream-3`); all when empty.
+    pub only: Vec<String>,
 }
 
 struct Plan {
@@ -133,8 +135,9 @@ fn peer_available(candidate: Candidate) -> Result<(), String> {
 
 async fn start_peer(candidate: Candidate) -> Result<Box<dyn System>> {
     match candidate {
-        // TODO(peers): NatsJetStream::start(3) / RabbitQuorum::start(3) once bench/src/peers/ lands.
-        Candidate::Nats | Candidate::Rabbit => Err(anyhow!("peer driver missing (bench/src/peers/)")),
+        Candidate::Nats => Ok(Box::new(crate::peers::nats::NatsJetStream::start(3).await?)),
+        // TODO(peers): RabbitQuorum::start(3) once bench/src/peers/rabbitmq.rs lands.
+        Candidate::Rabbit => Err(anyhow!("peer driver missing (bench/src/peers/rabbitmq.rs)")),
         _ => unreachable!("not a peer"),
     }
 }
@@ -460,7 +463,7 @@ pub async fn run(config: CompareConfig) -> Result<()> {
     } else {
         vec![Candidate::Sluice(1), Candidate::Sluice(3), Candidate::Ceiling, Candidate::Nats, Candidate::Rabbit]
     };
-    for candidate in candidates {
+    for candidate in candidates.into_iter().filter(|c| config.only.is_empty() || config.only.contains(&c.label())) {
         bench.run_candidate(candidate).await;
     }
 

@@ -69,6 +69,10 @@ struct Args {
     /// `compare`: Sluice on one node only, tiny rates, about 5 s (the CI smoke test).
     #[arg(long)]
     smoke: bool,
+    /// `compare`: comma-separated systems to run (sluice-1, sluice-3, http-ceiling, nats-jetstream-3,
+    /// rabbitmq-quorum-3); all by default.
+    #[arg(long, default_value = "")]
+    systems: String,
 }
 
 #[tokio::main]
@@ -79,6 +83,7 @@ async fn main() -> Result<()> {
             smoke: args.smoke,
             seconds_per_step: args.seconds_per_step,
             json_out: args.json.clone().flatten(),
+            only: args.systems.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
         };
         return compare::run(config).await;
     }
