@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
@@ -136,8 +136,7 @@ fn peer_available(candidate: Candidate) -> Result<(), String> {
 async fn start_peer(candidate: Candidate) -> Result<Box<dyn System>> {
     match candidate {
         Candidate::Nats => Ok(Box::new(crate::peers::nats::NatsJetStream::start(3).await?)),
-        // TODO(peers): RabbitQuorum::start(3) once bench/src/peers/rabbitmq.rs lands.
-        Candidate::Rabbit => Err(anyhow!("peer driver missing (bench/src/peers/rabbitmq.rs)")),
+        Candidate::Rabbit => Ok(Box::new(crate::peers::rabbitmq::RabbitQuorum::start(3).await?)),
         _ => unreachable!("not a peer"),
     }
 }
