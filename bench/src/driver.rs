@@ -47,6 +47,41 @@ pub fn header(payload: &[u8]) -> Option<(u64, u64)> {
     Some((seq, intended))
 }
 
+/// Subscribes, publishes `count` messages and waits (bounded) until every one was delivered: the round trip
+/// each system's own test runs.
+#[cfg(test)]
+pub async fn publish_and_receive(system: &dyn System, count: u64) -> anyhow::Result<()> {
+    use std::time::Duration;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    system
+        .subscribe(Arc::new(move |p: &[u8]| {
+            let _ = tx.send(header(p).map(|(seq, _)| seq));
+        }))
+        .await?;
+    let published = std::time::Instant::now();
+    for seq in 0..count {
+        system.publish(payload(seq, 0, 256)).await?;
+    }
+    eprintln!("{count} acknowledged publishes in {:.1?}", published.elapsed());
+    let mut seen = std::collections::BTreeSet::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while (seen.len() as u64) < count {
+            match rx.recv().await {
+                Some(Some(seq)) => {
+                    seen.insert(seq);
+                }
+                Some(None) => anyhow::bail!("message without header"),
+                None => anyhow::bail!("subscriber ended"),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("received {} of {count}", seen.len()))??;
+    anyhow::ensure!(seen == (0..count).collect(), "received {seen:?}");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

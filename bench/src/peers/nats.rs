@@ -305,48 +305,13 @@ impl Drop for NatsJetStream {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
-    use crate::driver::{header, payload};
 
     async fn round_trip(servers: usize) -> Result<()> {
         let started = Instant::now();
         let mut system = NatsJetStream::start(servers).await?;
         eprintln!("{} started in {:.1?}: {}", system.name(), started.elapsed(), system.durability());
-        let result = async {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let received = Arc::new(AtomicUsize::new(0));
-            let count = received.clone();
-            system
-                .subscribe(Arc::new(move |p: &[u8]| {
-                    count.fetch_add(1, Ordering::Relaxed);
-                    let _ = tx.send(header(p).map(|(seq, _)| seq));
-                }))
-                .await?;
-            for seq in 0..100 {
-                system.publish(payload(seq, 0, 256)).await?;
-            }
-            let mut seen = std::collections::BTreeSet::new();
-            tokio::time::timeout(Duration::from_secs(30), async {
-                while seen.len() < 100 {
-                    match rx.recv().await {
-                        Some(Some(seq)) => {
-                            seen.insert(seq);
-                        }
-                        Some(None) => bail!("message without header"),
-                        None => bail!("subscriber ended"),
-                    }
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|_| anyhow!("received {} of 100", seen.len()))??;
-            assert_eq!(seen, (0..100).collect());
-            Ok(())
-        }
-        .await;
+        let result = crate::driver::publish_and_receive(&system, 100).await;
         tokio::time::timeout(Duration::from_secs(30), system.stop()).await?;
         result
     }

@@ -414,10 +414,7 @@ impl Drop for RabbitQuorum {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::driver::{header, payload};
 
     async fn round_trip(nodes: usize) -> Result<()> {
         let started = Instant::now();
@@ -428,34 +425,7 @@ mod tests {
                 bail!("fell back: {}", system.durability());
             }
             eprintln!("queue: {}", system.queue_members().await?.trim());
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            system
-                .subscribe(Arc::new(move |p: &[u8]| {
-                    let _ = tx.send(header(p).map(|(seq, _)| seq));
-                }))
-                .await?;
-            let published = Instant::now();
-            for seq in 0..100 {
-                system.publish(payload(seq, 0, 256)).await?;
-            }
-            eprintln!("100 confirmed publishes in {:.1?}", published.elapsed());
-            let mut seen = std::collections::BTreeSet::new();
-            tokio::time::timeout(Duration::from_secs(30), async {
-                while seen.len() < 100 {
-                    match rx.recv().await {
-                        Some(Some(seq)) => {
-                            seen.insert(seq);
-                        }
-                        Some(None) => bail!("message without header"),
-                        None => bail!("subscriber ended"),
-                    }
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|_| anyhow!("received {} of 100", seen.len()))??;
-            assert_eq!(seen, (0..100).collect());
-            Ok(())
+            crate::driver::publish_and_receive(&system, 100).await
         }
         .await;
         let stopping = Instant::now();
