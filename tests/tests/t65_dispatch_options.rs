@@ -50,8 +50,12 @@ async fn new_triggers_start_at_creation_unless_earliest() -> anyhow::Result<()> 
     })
     .await?;
     assert!(delivered.contains("broker_name=\"b\"") && delivered.contains("namespace_name=\"default\""), "{delivered}");
-    let metrics = client.get(&metrics_url).send().await?.text().await?;
-    assert!(metrics.contains("sluice_dispatch_backlog{"), "backlog gauge");
+    // Per-consumer gauges are published on the dispatcher's commit tick (every second by default).
+    sluice_tests::wait_until(Duration::from_secs(20), || async {
+        let metrics = client.get(&metrics_url).send().await?.text().await?;
+        Ok(metrics.contains("sluice_dispatch_backlog{").then_some(()))
+    })
+    .await?;
     Ok(())
 }
 
