@@ -458,6 +458,18 @@ async fn accept(
 
     let types = events.iter().map(|e| e.get_str("type").unwrap_or_default().to_string()).collect();
     let count = events.len() as u64;
+    #[cfg(feature = "planted-bugs")]
+    if crate::planted_bug("ack-before-commit") {
+        // PLANTED BUG (test-only): acknowledge now and append 300 ms later, like a write-behind buffer; a crash in
+        // between loses acknowledged events. The chaos suite's self-test must report them as lost.
+        let (node, stream, settings) = (ingress.node.clone(), target.stream(), settings.clone());
+        let max = limits.max_event_bytes;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = publish(&node, &stream, &settings, events, max).await;
+        });
+        return Ok(types);
+    }
     let appended = publish(&ingress.node, &target.stream(), settings, events, limits.max_event_bytes).await.map_err(
         |e| match e {
             PublishError::Invalid(e) => error_response(&e),

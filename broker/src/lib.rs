@@ -39,3 +39,11 @@ pub mod transport;
 
 pub use error::BrokerError;
 pub use node::{Node, NodeSettings};
+
+/// Test-only planted bugs (feature `planted-bugs`, never in a release build): whether the bug `name` is switched
+/// on by the env var `SLUICE_PLANTED_BUG` (comma-separated names). The chaos suite's self-test plants them to
+/// prove that its checker can fail (`docs/reliability.md`).
+#[cfg(feature = "planted-bugs")]
+pub fn planted_bug(name: &str) -> bool {
+    std::env::var("SLUICE_PLANTED_BUG").is_ok_and(|bugs| bugs.split(',').any(|bug| bug.trim() == name))
+}

@@ -12,7 +12,7 @@
 //! match) is committed through the partition's Raft group; also when the dispatcher stops. A crash redelivers
 //! at most what settled since the last commit, plus what was in flight.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +79,11 @@ struct Consumer {
     attached: bool,
     /// Where this consumer reads on its own while detached.
     private_next: u64,
+    /// Records read (and decoded) while detached but not admitted yet, because the window was full: every
+    /// record in `[private_next, lookahead_next)`. Kept so a window that frees one slot at a time does not
+    /// re-read and re-decode a whole batch per slot. At most one read batch.
+    lookahead: VecDeque<ReadEvent>,
+    lookahead_next: u64,
     committed: Option<u64>,
     stats: CursorStats,
     /// What is stored of `stats`.
@@ -88,6 +93,15 @@ struct Consumer {
     bucket: Option<TokenBucket>,
     /// Distinguishes this incarnation's delivery results from an earlier one's.
     generation: u64,
+}
+
+impl Consumer {
+    /// Moves the private read position; what was read ahead no longer follows it.
+    fn set_private_next(&mut self, offset: u64) {
+        self.private_next = offset;
+        self.lookahead.clear();
+        self.lookahead_next = 0;
+    }
 }
 
 type DeliveryResult = (String, u64, u64, Settlement);
@@ -240,6 +254,8 @@ impl PartitionDispatcher {
                     spec,
                     attached: false,
                     private_next: offset,
+                    lookahead: VecDeque::new(),
+                    lookahead_next: 0,
                     committed,
                     stats: CursorStats { in_flight: 0, oldest_pending_arrival_ms: 0, ..counters },
                     committed_stats,
@@ -398,7 +414,7 @@ impl PartitionDispatcher {
                     // Its window is full: it goes on alone from this event, and the others do not wait.
                     self.detached.insert(cursor);
                     consumer.attached = false;
-                    consumer.private_next = offset;
+                    consumer.set_private_next(offset);
                     metrics::counter!("sluice_dispatch_detached_total", "consumer" => consumer.spec.name.clone())
                         .increment(1);
                 }
@@ -427,11 +443,27 @@ impl PartitionDispatcher {
             if from >= target || !consumer.window.has_room() {
                 break;
             }
-            let want = ((target - from) as usize).min(self.settings.read_batch);
-            let Some((events, next)) = self.read_records(from, want) else { return };
+            let (mut events, next) = if consumer.lookahead_next > from {
+                let Some(consumer) = self.consumers.get_mut(cursor) else { return };
+                (std::mem::take(&mut consumer.lookahead), std::mem::take(&mut consumer.lookahead_next))
+            } else {
+                let want = ((target - from) as usize).min(self.settings.read_batch);
+                let Some((events, next)) = self.read_records(from, want) else { return };
+                (VecDeque::from(events), next)
+            };
             let Some(consumer) = self.consumers.get_mut(cursor) else { return };
             let mut stopped_at = None;
-            for (offset, arrival_ms, event) in events {
+            while let Some((offset, arrival_ms, event)) = events.pop_front() {
+                if offset < from {
+                    continue;
+                }
+                // The shared reader may have moved back (it restarts where a consumer attaches): stop there.
+                if offset >= target {
+                    events.push_front((offset, arrival_ms, event));
+                    consumer.window.skip_to(target);
+                    stopped_at = Some(target);
+                    break;
+                }
                 if !consumer.spec.filter.matches(&EventView(&event)) {
                     continue;
                 }
@@ -440,6 +472,7 @@ impl PartitionDispatcher {
                     consumer.pending.insert(offset, Pending { event, arrival_ms });
                     self.dirty.insert(cursor.to_string());
                 } else {
+                    events.push_front((offset, arrival_ms, event));
                     stopped_at = Some(offset);
                     break;
                 }
@@ -447,10 +480,15 @@ impl PartitionDispatcher {
             match stopped_at {
                 Some(offset) => {
                     consumer.private_next = offset;
+                    if !events.is_empty() {
+                        consumer.lookahead = events;
+                        consumer.lookahead_next = next;
+                    }
                     break;
                 }
                 None => {
-                    consumer.private_next = next.max(from);
+                    // Never past the target: a consumer attaches exactly where the shared reader is.
+                    consumer.private_next = next.max(from).min(target);
                     consumer.window.skip_to(consumer.private_next);
                     if consumer.private_next == from {
                         break;
@@ -463,10 +501,12 @@ impl PartitionDispatcher {
             match shared {
                 Some(shared) if consumer.private_next == shared => {
                     consumer.attached = true;
+                    consumer.set_private_next(shared);
                     self.detached.remove(cursor);
                 }
                 None if consumer.private_next >= end => {
                     consumer.attached = true;
+                    consumer.set_private_next(consumer.private_next);
                     self.detached.remove(cursor);
                     self.shared_next = Some(consumer.private_next);
                 }
@@ -574,7 +614,7 @@ impl PartitionDispatcher {
             consumer.pending.clear();
             consumer.window = Window::new(consumer.spec.ordering, consumer.spec.max_inflight, target);
             consumer.attached = false;
-            consumer.private_next = target;
+            consumer.set_private_next(target);
             consumer.committed = Some(target);
             self.next_generation += 1;
             consumer.generation = self.next_generation;
@@ -596,6 +636,14 @@ impl PartitionDispatcher {
         for consumer in self.consumers.values_mut() {
             let cursor = &consumer.spec.cursor;
             let watermark = consumer.window.watermark();
+            // PLANTED BUG (test-only): commit the offset as read, before the deliveries below it have settled; a
+            // leader crash then skips events still in flight. The chaos suite's self-test must report them.
+            #[cfg(feature = "planted-bugs")]
+            let watermark = if sluice_broker::planted_bug("commit-before-delivery") {
+                consumer.window.scanned_to()
+            } else {
+                watermark
+            };
             if !replayed.contains(cursor) && consumer.committed.is_none_or(|committed| watermark > committed) {
                 commits.push(OffsetCommit { cursor: cursor.clone(), offset: watermark, reset: false });
             }
