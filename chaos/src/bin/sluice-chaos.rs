@@ -1,0 +1,139 @@
+//! `sluice-chaos`: one fault-injection run against real `sluice node` processes; prints the checker's
+//! report and exits 1 on any safety violation (2 when the run itself failed). `sluice-chaos check FILE`
+//! checks a recorded history again.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_chaos::faults::{FaultKind, Timing};
+use sluice_chaos::netns::NetworkKind;
+use sluice_chaos::run::{Config, default_sluice_bin};
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice-chaos", about = "Jepsen-style fault injection for Sluice (docs/reliability.md)")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Partitions of the cluster.
+    #[arg(long, default_value_t = 2)]
+    partitions: u32,
+    /// Length of the fault phase (e.g. 3m, 90s).
+    #[arg(long, default_value = "3m", value_parser = sluice_chaos::parse_duration)]
+    duration: std::time::Duration,
+    /// Length of the quiet phase before the faults.
+    #[arg(long, default_value = "5s", value_parser = sluice_chaos::parse_duration)]
+    quiet: std::time::Duration,
+    /// Faults: a comma-separated list of kill, pause, partition; or none, all.
+    #[arg(long, default_value = "kill,pause,partition", value_parser = parse_faults)]
+    faults: FaultList,
+    /// Seed of the fault schedule, the producers' node choices and the subscriber's failures (default: time).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write the history (JSON lines) here.
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// Producers (each its own source).
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    /// Events per second per producer.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    #[arg(long, value_enum, default_value_t = Net::Auto)]
+    network: Net,
+    /// The sluice binary (default: next to this one, or SLUICE_BIN).
+    #[arg(long)]
+    sluice_bin: Option<PathBuf>,
+    /// Switch on a planted bug in the nodes (needs a build with feature sluice/planted-bugs).
+    #[arg(long)]
+    planted_bug: Option<String>,
+    /// How long the drain waits for the subscribers to catch up.
+    #[arg(long, default_value = "2m", value_parser = sluice_chaos::parse_duration)]
+    drain_timeout: std::time::Duration,
+    /// Probability that the failing Trigger's subscriber answers an attempt with 500.
+    #[arg(long, default_value_t = 0.3)]
+    fail_rate: f64,
+    /// Probability that a kill or pause hits a partition's leader.
+    #[arg(long, default_value_t = 0.6)]
+    leader_bias: f64,
+    /// Keep the nodes' data and logs in this directory.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+struct FaultList(Vec<FaultKind>);
+
+fn parse_faults(text: &str) -> Result<FaultList, String> {
+    FaultKind::parse_list(text).map(FaultList)
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a recorded history file again and print its report.
+    Check { history: PathBuf },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Net {
+    Auto,
+    Namespaces,
+    Loopback,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Command::Check { history }) = &args.command {
+        return match sluice_chaos::history::load(history) {
+            Ok(entries) => report(&sluice_chaos::check(&entries)),
+            Err(e) => {
+                eprintln!("sluice-chaos: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let seed = args.seed.unwrap_or_else(|| sluice_chaos::history::wall_ms());
+    let mut config = Config::new(args.sluice_bin.clone().unwrap_or_else(default_sluice_bin));
+    config.nodes = args.nodes.max(1);
+    config.partitions = args.partitions.max(1);
+    config.duration = args.duration;
+    config.quiet = args.quiet;
+    config.faults = args.faults.0.clone();
+    config.seed = seed;
+    config.history = args.history.clone();
+    config.producers = args.producers.max(1);
+    config.rate = args.rate;
+    config.network = match args.network {
+        Net::Auto => NetworkKind::Auto,
+        Net::Namespaces => NetworkKind::Namespaces,
+        Net::Loopback => NetworkKind::Loopback,
+    };
+    config.planted_bug = args.planted_bug.clone();
+    config.drain_timeout = args.drain_timeout;
+    config.fail_rate = args.fail_rate;
+    config.timing = Timing { leader_bias: args.leader_bias, ..Timing::default() };
+    config.keep_dir = args.keep.clone();
+    eprintln!("sluice-chaos: seed {seed}");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("sluice-chaos: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(sluice_chaos::run(config)) {
+        Ok(r) => report(&r),
+        Err(e) => {
+            eprintln!("sluice-chaos: the run failed (seed {seed}): {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn report(report: &sluice_chaos::Report) -> ExitCode {
+    println!("{report}");
+    if report.violations().is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}

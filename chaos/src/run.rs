@@ -1,0 +1,766 @@
+//! One chaos run: start the cluster, the subscribers and the producers; quiet phase; faults for the
+//! configured time; heal everything; drain (subscribers catch up, every node's copies converge); read every
+//! node's log from that node; check the history.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use sluice_proto::admin::cluster_client::ClusterClient;
+use sluice_proto::admin::consumers_client::ConsumersClient;
+use sluice_proto::admin::log_client::LogClient;
+use sluice_proto::admin::resources_client::ResourcesClient;
+use sluice_proto::admin::{
+    ApplyResourceRequest, ConsumerRef, InitRequest, Member, ReadRequest, StatusReply, StatusRequest,
+};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::checker::{Report, check};
+use crate::faults::{self, Fault, FaultKind, Planned, Target, Timing};
+use crate::history::{History, LoggedEvent, Op, TriggerSpec};
+use crate::netns::{Network, NetworkKind, NodeAddrs};
+use crate::workload::{FailSchedule, Producers, Subscribers, TYPES};
+use crate::{ChaosError, netns};
+
+const NAMESPACE: &str = "default";
+const BROKER: &str = "chaos";
+
+/// What a run does.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub nodes: usize,
+    pub partitions: u32,
+    /// Length of the fault phase.
+    pub duration: Duration,
+    /// Length of the quiet phase before it (producers running, no faults).
+    pub quiet: Duration,
+    pub faults: Vec<FaultKind>,
+    pub seed: u64,
+    pub history: Option<PathBuf>,
+    pub producers: usize,
+    /// Events per second per producer.
+    pub rate: f64,
+    pub network: NetworkKind,
+    pub sluice_bin: PathBuf,
+    /// Sets `SLUICE_PLANTED_BUG` for the nodes (a build with feature `planted-bugs`).
+    pub planted_bug: Option<String>,
+    /// How long the drain waits for subscribers to catch up.
+    pub drain_timeout: Duration,
+    /// Probability that an attempt to the failing Trigger's subscriber is answered 500.
+    pub fail_rate: f64,
+    /// Delivery policy of the Triggers.
+    pub retry: u32,
+    pub backoff_policy: String,
+    pub backoff_delay: String,
+    pub commit_interval_ms: u64,
+    pub timing: Timing,
+    /// Keep the nodes' data and logs here (else a temporary directory, removed).
+    pub keep_dir: Option<PathBuf>,
+    /// Print progress to stderr.
+    pub verbose: bool,
+}
+
+impl Config {
+    pub fn new(sluice_bin: PathBuf) -> Self {
+        Self {
+            nodes: 3,
+            partitions: 2,
+            duration: Duration::from_secs(180),
+            quiet: Duration::from_secs(5),
+            faults: FaultKind::ALL.to_vec(),
+            seed: 0,
+            history: None,
+            producers: 4,
+            rate: 20.0,
+            network: NetworkKind::Auto,
+            sluice_bin,
+            planted_bug: None,
+            drain_timeout: Duration::from_secs(120),
+            fail_rate: 0.3,
+            retry: 3,
+            backoff_policy: "exponential".into(),
+            backoff_delay: "PT0.2S".into(),
+            commit_interval_ms: 500,
+            timing: Timing::default(),
+            keep_dir: None,
+            verbose: true,
+        }
+    }
+}
+
+/// The `sluice` binary next to this executable (target/<profile>/ for binaries, its parent for tests), or
+/// `SLUICE_BIN`.
+pub fn default_sluice_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("SLUICE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    for candidate in [dir.join("sluice"), dir.parent().map(|p| p.join("sluice")).unwrap_or_default()] {
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    dir.join("sluice")
+}
+
+fn stream() -> String {
+    format!("broker/{NAMESPACE}/{BROKER}")
+}
+
+fn trigger_specs() -> Vec<TriggerSpec> {
+    [("t-all", None), ("t-b", Some(TYPES[1].to_string()))]
+        .into_iter()
+        .map(|(name, type_filter)| TriggerSpec {
+            name: name.to_string(),
+            type_filter,
+            dead_letter_stream: format!("deadletter/trigger/{NAMESPACE}/{name}"),
+        })
+        .collect()
+}
+
+/// Polls `check` until it answers a value, at most `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T, ChaosError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            return Err(ChaosError::Timeout { what: what.to_string(), after: timeout });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn channel(admin: &str) -> Result<Channel, ChaosError> {
+    let endpoint = Endpoint::from_shared(format!("http://{admin}"))
+        .map_err(|e| ChaosError::Setup(format!("admin address {admin}: {e}")))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(3));
+    Ok(endpoint.connect().await?)
+}
+
+async fn status(admin: &str) -> Result<StatusReply, ChaosError> {
+    Ok(ClusterClient::new(channel(admin).await?).status(StatusRequest {}).await?.into_inner())
+}
+
+/// One `sluice node` process.
+struct NodeProc {
+    id: u64,
+    addrs: NodeAddrs,
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+    incarnation: Arc<AtomicU32>,
+}
+
+impl NodeProc {
+    fn pid(&self) -> Option<String> {
+        self.child.as_ref().map(|c| c.id().to_string())
+    }
+
+    fn signal(&self, signal: &str) -> Result<(), ChaosError> {
+        match self.pid() {
+            Some(pid) => netns::run("kill", &[signal, &pid], None).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.paused = false;
+    }
+
+    fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Cluster<'a> {
+    net: &'a Network,
+    nodes: Vec<NodeProc>,
+    config: Config,
+    history: Arc<History>,
+}
+
+impl Cluster<'_> {
+    fn node(&mut self, id: u64) -> &mut NodeProc {
+        let index = (id as usize).saturating_sub(1).min(self.nodes.len() - 1);
+        &mut self.nodes[index]
+    }
+
+    fn start(&mut self, id: u64) -> Result<(), ChaosError> {
+        let (net, config) = (self.net, self.config.clone());
+        let node = self.node(id);
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .map_err(|e| ChaosError::io(format!("opening {}", node.log.display()), e))?;
+        let log_err = log.try_clone().map_err(|e| ChaosError::io("node log", e))?;
+        let mut command = net.command((id - 1) as usize, &config.sluice_bin);
+        command
+            .args(["node", "--id", &id.to_string(), "--data"])
+            .arg(&node.data)
+            .args(["--peer-listen", &node.addrs.peer, "--http", &node.addrs.http, "--admin", &node.addrs.admin])
+            .args(["--dispatch-commit-interval-ms", &config.commit_interval_ms.to_string()])
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        match &config.planted_bug {
+            Some(bug) => command.env("SLUICE_PLANTED_BUG", bug),
+            None => command.env_remove("SLUICE_PLANTED_BUG"),
+        };
+        let child =
+            command.spawn().map_err(|e| ChaosError::io(format!("starting {}", config.sluice_bin.display()), e))?;
+        node.child = Some(child);
+        node.paused = false;
+        let incarnation = node.incarnation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.history.record(Op::NodeStart { node: id, incarnation });
+        Ok(())
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// The leader of `group` as the live, unpaused node that leads it with the highest term says.
+    async fn leader_of(&self, group: u32) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for node in self.nodes.iter().filter(|n| n.running() && !n.paused) {
+            if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), status(&node.addrs.admin)).await
+                && let Some(g) = status.groups.iter().find(|g| g.group_id == group)
+                && g.leader_id == Some(status.node_id)
+                && best.is_none_or(|(term, _)| g.term > term)
+            {
+                best = Some((g.term, status.node_id));
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    async fn wait_ready(&self, timeout: Duration) -> Result<(), ChaosError> {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        for node in &self.nodes {
+            let url = format!("http://{}/readyz", node.addrs.http);
+            wait_until(&format!("node {} ready", node.id), timeout, || async {
+                let response = client.get(&url).send().await.ok()?;
+                response.status().is_success().then_some(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- node {} ({}) ---\n", node.id, node.log.display()));
+            out.push_str(&lines[lines.len().saturating_sub(15)..].join("\n"));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Resumes paused nodes, removes every partition and restarts dead nodes.
+    fn heal(&mut self) -> Result<(), ChaosError> {
+        self.net.set_blocked(&BTreeMap::new())?;
+        for id in self.ids() {
+            let node = self.node(id);
+            if node.paused {
+                node.signal("-CONT")?;
+                node.paused = false;
+            }
+            if !self.node(id).running() {
+                self.start(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn block(&self, cut: &[(u64, u64)]) -> Result<(), ChaosError> {
+        let blocked: BTreeMap<usize, BTreeSet<usize>> = faults::cut_links(cut)
+            .into_iter()
+            .map(|(a, peers)| ((a - 1) as usize, peers.into_iter().map(|b| (b - 1) as usize).collect()))
+            .collect();
+        self.net.set_blocked(&blocked)
+    }
+
+    /// Injects a planned fault; answers what was injected (None when its target could not be found).
+    async fn inject(&mut self, planned: &Planned, n: u64) -> Result<Option<Fault>, ChaosError> {
+        let nodes = self.nodes.len() as u64;
+        let target = match planned {
+            Planned::Kill(t) | Planned::Pause(t) | Planned::Isolate(t) => Some(*t),
+            Planned::Bridge { .. } => None,
+        };
+        let resolved = match target {
+            Some(Target::Node(id)) => Some((id, None)),
+            Some(Target::LeaderOf(group)) => self.leader_of(group).await.map(|id| (id, Some(group))),
+            None => None,
+        };
+        let fault = match planned {
+            Planned::Kill(_) => {
+                let Some((node, leader_of_group)) = resolved else { return Ok(None) };
+                let fault = Fault::Kill { n, node, leader_of_group };
+                self.history.record(Op::FaultStart { fault: fault.clone() });
+                self.node(node).kill9();
+                fault
+            }
+            Planned::Pause(_) => {
+                let Some((node, leader_of_group)) = resolved else { return Ok(None) };
+                if !self.node(node).running() {
+                    return Ok(None);
+                }
+                let fault = Fault::Pause { n, node, leader_of_group };
+                self.history.record(Op::FaultStart { fault: fault.clone() });
+                self.node(node).signal("-STOP")?;
+                self.node(node).paused = true;
+                fault
+            }
+            Planned::Isolate(_) => {
+                let Some((node, leader_of_group)) = resolved else { return Ok(None) };
+                let name = if leader_of_group.is_some() { "leader-minority" } else { "isolate" };
+                let cut = faults::isolate(node, nodes);
+                let fault = Fault::Partition { n, name: name.into(), cut: cut.clone(), leader_of_group };
+                self.history.record(Op::FaultStart { fault: fault.clone() });
+                self.block(&cut)?;
+                fault
+            }
+            Planned::Bridge { left, right, .. } => {
+                let cut = faults::bridge(left, right);
+                let fault = Fault::Partition { n, name: "bridge".into(), cut: cut.clone(), leader_of_group: None };
+                self.history.record(Op::FaultStart { fault: fault.clone() });
+                self.block(&cut)?;
+                fault
+            }
+        };
+        Ok(Some(fault))
+    }
+
+    /// Ends a fault.
+    fn revert(&mut self, fault: &Fault) -> Result<(), ChaosError> {
+        match fault {
+            Fault::Kill { node, .. } => self.start(*node)?,
+            Fault::Pause { node, .. } => {
+                self.node(*node).signal("-CONT")?;
+                self.node(*node).paused = false;
+            }
+            Fault::Partition { .. } => self.net.set_blocked(&BTreeMap::new())?,
+        }
+        self.history.record(Op::FaultEnd { fault: fault.clone() });
+        Ok(())
+    }
+}
+
+/// Decodes stored records into (offset, source, id, type).
+fn logged(records: Vec<sluice_proto::admin::Record>) -> Vec<LoggedEvent> {
+    records
+        .into_iter()
+        .map(|r| match sluice_broker::cloudevent::CloudEvent::decode(&r.payload) {
+            Ok(event) => LoggedEvent {
+                offset: r.offset,
+                source: event.get_str("source").unwrap_or_default().to_string(),
+                id: event.get_str("id").unwrap_or_default().to_string(),
+                event_type: event.get_str("type").unwrap_or_default().to_string(),
+            },
+            Err(e) => LoggedEvent {
+                offset: r.offset,
+                source: "(undecodable)".into(),
+                id: format!("{e}"),
+                event_type: String::new(),
+            },
+        })
+        .collect()
+}
+
+/// Every record of a stream's partition as applied on the node at `admin` (Log.Read reads the asked node's
+/// own applied state; it never forwards).
+async fn read_partition(admin: &str, stream: &str, partition: u32) -> Result<Vec<LoggedEvent>, ChaosError> {
+    let mut client = LogClient::new(channel(admin).await?);
+    let mut events: Vec<LoggedEvent> = Vec::new();
+    let mut from = 0;
+    loop {
+        let reply = client
+            .read(ReadRequest {
+                stream: stream.to_string(),
+                partition,
+                from_offset: from,
+                max_records: 5000,
+                max_bytes: 0,
+            })
+            .await?
+            .into_inner();
+        let Some(last) = reply.records.last().map(|r| r.offset) else { return Ok(events) };
+        from = last + 1;
+        events.extend(logged(reply.records));
+        if from >= reply.end_offset {
+            return Ok(events);
+        }
+    }
+}
+
+async fn end_offset(admin: &str, stream: &str, partition: u32) -> Result<u64, ChaosError> {
+    let mut client = LogClient::new(channel(admin).await?);
+    let request =
+        ReadRequest { stream: stream.to_string(), partition, from_offset: u64::MAX, max_records: 1, max_bytes: 0 };
+    Ok(client.read(request).await?.into_inner().end_offset)
+}
+
+async fn committed_offsets(admin: &str, trigger: &str) -> Result<Vec<(u32, u64)>, ChaosError> {
+    let mut client = ConsumersClient::new(channel(admin).await?);
+    let reference = ConsumerRef { kind: "trigger".into(), namespace: NAMESPACE.into(), name: trigger.into() };
+    let status = client.status(reference).await?.into_inner();
+    Ok(status.partitions.iter().map(|p| (p.partition, p.committed_offset)).collect())
+}
+
+/// Records every Trigger's committed offsets as each node reports them, every second, until stopped.
+fn observe_offsets(
+    nodes: Vec<(u64, String, Arc<AtomicU32>)>,
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            for (id, admin, incarnation) in &nodes {
+                for trigger in trigger_specs() {
+                    let before = incarnation.load(Ordering::SeqCst);
+                    let observed =
+                        tokio::time::timeout(Duration::from_secs(1), committed_offsets(admin, &trigger.name)).await;
+                    // A restart during the call would mix incarnations: drop that observation.
+                    if let Ok(Ok(committed)) = observed
+                        && incarnation.load(Ordering::SeqCst) == before
+                    {
+                        history.record(Op::Offsets {
+                            node: *id,
+                            incarnation: before,
+                            trigger: trigger.name,
+                            committed,
+                            is_final: false,
+                        });
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+fn say(config: &Config, text: &str) {
+    if config.verbose {
+        eprintln!("[sluice-chaos] {text}");
+    }
+}
+
+fn trigger_object(spec: &TriggerSpec, subscribers: &Subscribers, config: &Config) -> serde_json::Value {
+    let mut object = serde_json::json!({
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Trigger",
+        "metadata": { "name": spec.name, "namespace": NAMESPACE },
+        "spec": {
+            "broker": BROKER,
+            "subscriber": { "uri": subscribers.url(&spec.name) },
+            "delivery": {
+                "retry": config.retry,
+                "backoffPolicy": config.backoff_policy,
+                "backoffDelay": config.backoff_delay,
+            },
+        },
+    });
+    if let (Some(event_type), Some(spec_object)) =
+        (&spec.type_filter, object.pointer_mut("/spec").and_then(|s| s.as_object_mut()))
+    {
+        spec_object.insert("filter".into(), serde_json::json!({ "attributes": { "type": event_type } }));
+    }
+    object
+}
+
+/// Runs the whole thing and answers the checker's report.
+pub async fn run(config: Config) -> Result<Report, ChaosError> {
+    let (net, fallback) = Network::setup(config.network, config.nodes)?;
+    let mut kinds = config.faults.clone();
+    if let Some(reason) = &fallback {
+        say(&config, &format!("network namespaces unavailable ({reason}); falling back to loopback"));
+    }
+    if !net.supports_partitions() && kinds.contains(&FaultKind::Partition) {
+        say(&config, "loopback network: partition faults are not available and are skipped (kill and pause run)");
+        kinds.retain(|k| *k != FaultKind::Partition);
+    }
+    let temp = tempfile::tempdir().map_err(|e| ChaosError::io("creating a temporary directory", e))?;
+    let root = config.keep_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&root).map_err(|e| ChaosError::io(format!("creating {}", root.display()), e))?;
+    let history = Arc::new(History::new(config.history.as_deref())?);
+    say(
+        &config,
+        &format!(
+            "seed {} · {} nodes ({}) · faults {:?} for {:?} · data {}",
+            config.seed,
+            config.nodes,
+            net.name(),
+            kinds,
+            config.duration,
+            root.display()
+        ),
+    );
+    history.record(Op::Start {
+        seed: config.seed,
+        nodes: config.nodes,
+        partitions: config.partitions,
+        faults: kinds.iter().map(|k| k.name().to_string()).collect(),
+        network: net.name().to_string(),
+        stream: stream(),
+        dedupe: true,
+        triggers: trigger_specs(),
+        planted_bug: config.planted_bug.clone(),
+    });
+    if let Some(reason) = fallback {
+        history.note(format!("loopback fallback: {reason}"));
+    }
+
+    let nodes = (1..=config.nodes as u64)
+        .map(|id| NodeProc {
+            id,
+            addrs: net.node((id - 1) as usize),
+            data: root.join(format!("node-{id}")),
+            log: root.join(format!("node-{id}.log")),
+            child: None,
+            paused: false,
+            incarnation: Arc::new(AtomicU32::new(0)),
+        })
+        .collect();
+    let mut cluster = Cluster { net: &net, nodes, config: config.clone(), history: history.clone() };
+    let outcome = drive(&mut cluster, &kinds).await;
+    if outcome.is_err() {
+        eprintln!("{}", cluster.log_tails());
+    }
+    for node in &mut cluster.nodes {
+        node.kill9();
+    }
+    drop(cluster);
+    outcome?;
+    let entries = history.finish()?;
+    Ok(check(&entries))
+}
+
+async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), ChaosError> {
+    let config = cluster.config.clone();
+    let history = cluster.history.clone();
+    for id in cluster.ids() {
+        cluster.start(id)?;
+    }
+    for node in &cluster.nodes {
+        wait_until(&format!("node {} admin", node.id), Duration::from_secs(30), || async {
+            status(&node.addrs.admin).await.ok()
+        })
+        .await?;
+    }
+    let members =
+        cluster.nodes.iter().map(|n| Member { node_id: n.id, peer_addr: n.addrs.peer.clone() }).collect::<Vec<_>>();
+    ClusterClient::new(channel(&cluster.nodes[0].addrs.admin).await?)
+        .init(InitRequest { members, partitions: config.partitions })
+        .await?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+
+    // Subscribers, Broker, Triggers.
+    let rates = HashMap::from([("t-b".to_string(), config.fail_rate)]);
+    let subscribers =
+        Subscribers::start(&cluster.net.client_ip(), history.clone(), FailSchedule { seed: config.seed, rates })
+            .await?;
+    let admin = cluster.nodes[0].addrs.admin.clone();
+    let mut resources = ResourcesClient::new(channel(&admin).await?);
+    let broker = serde_json::json!({
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Broker",
+        "metadata": { "name": BROKER, "namespace": NAMESPACE },
+    });
+    resources.apply(ApplyResourceRequest { object_json: broker.to_string() }).await?;
+    for spec in trigger_specs() {
+        let object = trigger_object(&spec, &subscribers, &config);
+        resources.apply(ApplyResourceRequest { object_json: object.to_string() }).await?;
+    }
+    let path = format!("/{NAMESPACE}/{BROKER}");
+    let probe = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    for node in &cluster.nodes {
+        let url = format!("http://{}{path}", node.addrs.http);
+        wait_until(&format!("broker known on node {}", node.id), Duration::from_secs(30), || async {
+            let response = probe
+                .post(&url)
+                .header("content-type", "application/cloudevents-batch+json")
+                .body("[]")
+                .send()
+                .await
+                .ok()?;
+            (response.status() != reqwest::StatusCode::NOT_FOUND).then_some(())
+        })
+        .await?;
+    }
+    // Every Trigger dispatchable before the first event.
+    for spec in trigger_specs() {
+        wait_until(&format!("trigger {} known", spec.name), Duration::from_secs(30), || async {
+            committed_offsets(&admin, &spec.name).await.ok()
+        })
+        .await?;
+    }
+
+    // Producers and the offset observer.
+    let https = cluster.nodes.iter().map(|n| n.addrs.http.clone()).collect();
+    let producers = Arc::new(Producers::new(https, &path, history.clone(), config.rate, config.seed)?);
+    let mut producer_tasks = tokio::task::JoinSet::new();
+    for p in 0..config.producers {
+        producer_tasks.spawn(producers.clone().run(p));
+    }
+    let stop_observer = Arc::new(AtomicBool::new(false));
+    let observed_nodes =
+        cluster.nodes.iter().map(|n| (n.id, n.addrs.admin.clone(), n.incarnation.clone())).collect::<Vec<_>>();
+    let observer = observe_offsets(observed_nodes.clone(), history.clone(), stop_observer.clone());
+
+    history.record(Op::Phase { name: "quiet".into() });
+    say(&config, "phase: quiet");
+    tokio::time::sleep(config.quiet).await;
+
+    history.record(Op::Phase { name: "faults".into() });
+    say(&config, "phase: faults");
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let end = Instant::now() + config.duration;
+    let mut n = 0;
+    let nodes = cluster.nodes.len() as u64;
+    while !kinds.is_empty() && Instant::now() < end {
+        let Some(step) = faults::next_step(&mut rng, kinds, nodes, config.partitions, config.timing) else {
+            break;
+        };
+        tokio::time::sleep_until((Instant::now() + step.gap).min(end)).await;
+        if Instant::now() >= end {
+            break;
+        }
+        n += 1;
+        let Some(fault) = cluster.inject(&step.planned, n).await? else {
+            history.note(format!("fault {n} skipped: no target ({:?})", step.planned));
+            continue;
+        };
+        say(&config, &format!("fault {n}: {fault:?} for {:?}", step.hold));
+        tokio::time::sleep_until((Instant::now() + step.hold).min(end)).await;
+        cluster.revert(&fault)?;
+        if let Err(e) = cluster.wait_ready(Duration::from_secs(30)).await {
+            history.note(format!("after fault {n}: {e}"));
+            say(&config, &format!("after fault {n}: {e}"));
+        }
+    }
+
+    history.record(Op::Phase { name: "heal".into() });
+    say(&config, "phase: heal");
+    cluster.heal()?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    // Producers finish their current id (bounded), then stop.
+    producers.producing.store(false, Ordering::Relaxed);
+    let settle =
+        tokio::time::timeout(Duration::from_secs(30), async { while producer_tasks.join_next().await.is_some() {} })
+            .await;
+    if settle.is_err() {
+        producers.retrying.store(false, Ordering::Relaxed);
+        history.note("producers still retrying 30 s after healing: given up (indeterminate)");
+        while producer_tasks.join_next().await.is_some() {}
+    }
+
+    history.record(Op::Phase { name: "drain".into() });
+    say(&config, "phase: drain");
+    let specs = trigger_specs();
+    let mut streams = vec![stream()];
+    streams.extend(specs.iter().map(|t| t.dead_letter_stream.clone()));
+    let drained = wait_until("subscribers caught up", config.drain_timeout, || async {
+        let admin = &cluster.nodes[0].addrs.admin;
+        let mut incomplete = 0;
+        for partition in 0..config.partitions {
+            let events = read_partition(admin, &stream(), partition).await.ok()?;
+            for spec in &specs {
+                let dead: BTreeSet<(String, String)> = read_partition(admin, &spec.dead_letter_stream, partition)
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .map(|e| (e.source, e.id))
+                    .collect();
+                incomplete += events
+                    .iter()
+                    .filter(|e| spec.type_filter.as_ref().is_none_or(|t| *t == e.event_type))
+                    .filter(|e| {
+                        !subscribers.delivered(&spec.name, &e.source, &e.id)
+                            && !dead.contains(&(e.source.clone(), e.id.clone()))
+                    })
+                    .count();
+            }
+        }
+        (incomplete == 0).then_some(())
+    })
+    .await;
+    if let Err(e) = drained {
+        history.note(format!("drain: {e}"));
+        say(&config, &format!("drain: {e}"));
+    }
+    // Every node's copies converge (same end offsets everywhere).
+    let converged = wait_until("copies converged", Duration::from_secs(60), || async {
+        for s in &streams {
+            for partition in 0..config.partitions {
+                let mut ends = BTreeSet::new();
+                for node in &cluster.nodes {
+                    ends.insert(end_offset(&node.addrs.admin, s, partition).await.ok()?);
+                }
+                if ends.len() > 1 {
+                    return None;
+                }
+            }
+        }
+        Some(())
+    })
+    .await;
+    if let Err(e) = converged {
+        history.note(format!("final: {e}"));
+        say(&config, &format!("final: {e}"));
+    }
+    stop_observer.store(true, Ordering::Relaxed);
+    let _ = observer.await;
+    history.record(Op::Phase { name: "final-read".into() });
+    for (id, admin, incarnation) in &observed_nodes {
+        for spec in &specs {
+            match committed_offsets(admin, &spec.name).await {
+                Ok(committed) => history.record(Op::Offsets {
+                    node: *id,
+                    incarnation: incarnation.load(Ordering::SeqCst),
+                    trigger: spec.name.clone(),
+                    committed,
+                    is_final: true,
+                }),
+                Err(e) => history.note(format!("final offsets of {} on node {id}: {e}", spec.name)),
+            }
+        }
+        for s in &streams {
+            for partition in 0..config.partitions {
+                let events = read_partition(admin, s, partition).await?;
+                history.record(Op::Read { node: *id, stream: s.clone(), partition, events });
+            }
+        }
+    }
+    drop(subscribers);
+    Ok(())
+}
