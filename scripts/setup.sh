@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building Sluice needs on a fresh Debian/Ubuntu machine:
-# clang/libclang (RocksDB's bindings) and protoc (the gRPC APIs).
+# clang/libclang (RocksDB's bindings), protoc (the gRPC APIs), iproute2 and
+# nftables (the chaos suite's namespaces and partitions).
 # Idempotent: does nothing when everything is there.
 set -euo pipefail
 
@@ -12,6 +13,9 @@ if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo is missing; install Rust (rustup) first" >&2; exit 1; }
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
+# The chaos suite (chaos/): network namespaces (iproute2) and partitions (nftables).
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

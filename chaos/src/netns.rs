@@ -2,8 +2,9 @@
 //! that links between nodes can be cut with nftables inside the nodes' namespaces; or, where namespaces
 //! cannot be created, loopback (kill and pause only: no partitions).
 //!
-//! Namespaces: a bridge `scb<pid>` with address `10.201.K.1/24` (K chosen per run among /24s no interface
-//! uses, so parallel test binaries do not collide), namespace `sc<pid>-n<i>` per node with a veth into the
+//! Namespaces: a bridge `scb<pid>x<run>` with address `10.201.K.1/24` (K chosen per run among /24s no
+//! interface uses, so parallel test binaries do not collide), namespace `sc<pid>x<run>-n<i>` per node with a
+//! veth (`sv<pid>x<run>n<i>`) into the
 //! bridge and address `10.201.K.(10+i)`. The harness (producers, subscribers, admin calls) uses the bridge
 //! address, like Jepsen's clients: a partition drops traffic between nodes only. Everything is removed on
 //! drop, and leftovers of dead runs (owner pid gone) are removed at start.
@@ -159,8 +160,11 @@ impl Namespaces {
         run("ip", &["netns", "list"], None)?;
         run("nft", &["--version"], None)?;
         cleanup_stale();
-        let tag = format!("{}", std::process::id());
-        let subnet = free_subnet()?;
+        // Unique per run: the pid, and a counter for several runs in one process (test binaries).
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run_number = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
+        let tag = format!("{}x{run_number}", std::process::id());
+        let subnet = free_subnet(run_number)?;
         let ns = Self { tag, subnet, nodes };
         // From here on, Drop removes whatever was created.
         ns.build()?;
@@ -176,7 +180,7 @@ impl Namespaces {
     }
 
     fn veth(&self, i: usize) -> String {
-        format!("scv{}n{i}", self.tag)
+        format!("sv{}n{i}", self.tag)
     }
 
     fn ip(&self, host: u8) -> Ipv4Addr {
@@ -249,10 +253,11 @@ impl Drop for Namespaces {
     }
 }
 
-/// A /24 in 10.201.0.0/16 that no interface has an address in, starting from one derived from the pid.
-fn free_subnet() -> Result<[u8; 3], ChaosError> {
+/// A /24 in 10.201.0.0/16 that no interface has an address in, starting from one derived from the pid and the
+/// run number.
+fn free_subnet(run_number: u32) -> Result<[u8; 3], ChaosError> {
     let used = run("ip", &["-o", "-4", "addr", "show"], None)?;
-    let start = (std::process::id() % 250) as u8;
+    let start = ((std::process::id() + run_number * 37) % 250) as u8;
     for k in 0..250u8 {
         let third = (start.wrapping_add(k) % 250) + 1;
         if !used.contains(&format!("10.201.{third}.")) {
@@ -270,7 +275,7 @@ fn cleanup_stale() {
     if let Ok(links) = run("ip", &["-o", "link", "show", "type", "bridge"], None) {
         for line in links.lines() {
             let Some(name) = line.split(':').nth(1).map(str::trim) else { continue };
-            if let Some(pid) = name.strip_prefix(BRIDGE_PREFIX)
+            if let Some((pid, _)) = name.strip_prefix(BRIDGE_PREFIX).and_then(|rest| rest.split_once('x'))
                 && dead(pid)
             {
                 let _ = run("ip", &["link", "del", name], None);
@@ -280,7 +285,7 @@ fn cleanup_stale() {
     if let Ok(list) = run("ip", &["netns", "list"], None) {
         for line in list.lines() {
             let Some(name) = line.split_whitespace().next() else { continue };
-            if let Some((pid, _)) = name.strip_prefix(PREFIX).and_then(|rest| rest.split_once("-n"))
+            if let Some((pid, _)) = name.strip_prefix(PREFIX).and_then(|rest| rest.split_once('x'))
                 && dead(pid)
             {
                 let _ = run("ip", &["netns", "del", name], None);

@@ -95,7 +95,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let seed = args.seed.unwrap_or_else(|| sluice_chaos::history::wall_ms());
+    let seed = args.seed.unwrap_or_else(sluice_chaos::history::wall_ms);
     let mut config = Config::new(args.sluice_bin.clone().unwrap_or_else(default_sluice_bin));
     config.nodes = args.nodes.max(1);
     config.partitions = args.partitions.max(1);

@@ -1,0 +1,53 @@
+//! The harness can fail: short chaos runs against nodes with a planted bug (test-only feature
+//! `planted-bugs` of `sluice`, switched on per node by `SLUICE_PLANTED_BUG`) must be reported.
+//!
+//! - `ack-before-commit`: ingress answers 202 and appends 300 ms later. Producers publish to every node all
+//!   the time, so every kill -9 drops the acknowledged events buffered in the killed node: lost > 0.
+//! - `commit-before-delivery`: the dispatcher commits a consumer's offset as read, before the deliveries
+//!   below it settle. The failing Trigger's subscriber fails most attempts (retries with backoff keep dozens of
+//!   events in flight), and every kill hits a partition's leader (the node dispatching it), so the next leader
+//!   resumes past events that were never delivered nor dead-lettered: dispatch incomplete > 0.
+//!
+//! Needs the workspace built with `--features sluice/planted-bugs` (scripts/test.sh does).
+
+use std::time::Duration;
+
+use sluice_chaos::faults::{FaultKind, Timing};
+use sluice_chaos::run::{Config, default_sluice_bin};
+
+fn config(bug: &str, seed: u64) -> Config {
+    let mut config = Config::new(default_sluice_bin());
+    config.seed = seed;
+    config.duration = Duration::from_secs(30);
+    config.quiet = Duration::from_secs(3);
+    config.faults = vec![FaultKind::Kill];
+    config.planted_bug = Some(bug.to_string());
+    config.drain_timeout = Duration::from_secs(20);
+    config.timing = Timing { gap_ms: (2_000, 3_000), hold_ms: (2_000, 4_000), leader_bias: 1.0 };
+    config.history = Some(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("t81-{bug}-{seed}.jsonl")));
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_reports_planted_bugs() -> anyhow::Result<()> {
+    let seed = sluice_chaos::history::wall_ms();
+    let hint = "is `sluice` built with --features sluice/planted-bugs?";
+
+    let lost = sluice_chaos::run(config("ack-before-commit", seed)).await?;
+    println!("{lost}");
+
+    let mut undelivered = config("commit-before-delivery", seed);
+    undelivered.fail_rate = 0.6;
+    let undelivered = sluice_chaos::run(undelivered).await?;
+    println!("{undelivered}");
+
+    assert!(lost.faults.get("kill").is_some_and(|&n| n >= 2), "kills were injected: {:?}", lost.faults);
+    assert!(!lost.lost.is_empty(), "ack-before-commit (seed {seed}): no lost event reported; {hint}");
+    assert!(lost.violations().iter().any(|v| v.contains("acknowledged events lost")));
+    assert!(
+        undelivered.dispatch_incomplete() > 0,
+        "commit-before-delivery (seed {seed}): no incomplete dispatch reported; {hint}"
+    );
+    assert!(undelivered.lost.is_empty(), "that bug loses no acknowledged event");
+    Ok(())
+}
