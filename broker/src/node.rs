@@ -825,6 +825,13 @@ async fn watch_cluster_config(node: Node, mut rx: watch::Receiver<Option<Cluster
         let config = rx.borrow_and_update().clone();
         if let Some(config) = config {
             if config.is_member(node.id()) {
+                // Listed again after a removal: a node wiped and added back with its old id replays the
+                // metadata log, which removes it before it adds it again. Serve the partition groups again
+                // (ensure_partitions below restarts them; they catch up by replication).
+                if node.is_removed() {
+                    tracing::info!("this node is a member again: starting its partition groups");
+                    node.inner.removed.store(false, std::sync::atomic::Ordering::SeqCst);
+                }
                 was_member = true;
             } else if was_member {
                 // `cluster remove-node` of this node: the other members have
