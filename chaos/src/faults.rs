@@ -23,16 +23,20 @@ pub enum FaultKind {
     /// Network partitions between nodes (namespaces only): one node isolated, a partition's leader in the
     /// minority, or two majorities that overlap in one node.
     Partition,
+    /// Membership change: remove a node from the cluster (admin RemoveNode), kill it and wipe its data, then
+    /// start it empty and add it again (admin AddNode).
+    Membership,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 3] = [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition];
+    pub const ALL: [FaultKind; 4] = [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::Membership];
 
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Kill => "kill",
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
+            FaultKind::Membership => "membership",
         }
     }
 
@@ -48,7 +52,7 @@ impl FaultKind {
             let kind = Self::ALL
                 .into_iter()
                 .find(|k| k.name() == part.trim())
-                .ok_or_else(|| format!("unknown fault {part:?} (kill, pause, partition, none, all)"))?;
+                .ok_or_else(|| format!("unknown fault {part:?} (kill, pause, partition, membership, none, all)"))?;
             kinds.insert(kind);
         }
         Ok(kinds.into_iter().collect())
@@ -77,6 +81,8 @@ pub enum Planned {
         left: Vec<u64>,
         right: Vec<u64>,
     },
+    /// Remove the target from the cluster, wipe it, add it again.
+    Membership(Target),
 }
 
 /// One step of the schedule: wait `gap` (the cluster recovers), inject, hold, heal.
@@ -119,6 +125,7 @@ pub fn next_step(rng: &mut StdRng, kinds: &[FaultKind], nodes: u64, partitions: 
     let planned = match kind {
         FaultKind::Kill => Planned::Kill(target(rng)),
         FaultKind::Pause => Planned::Pause(target(rng)),
+        FaultKind::Membership => Planned::Membership(target(rng)),
         FaultKind::Partition => match rng.random_range(0..3) {
             0 => Planned::Isolate(Target::Node(rng.random_range(1..=nodes))),
             1 => Planned::Isolate(Target::LeaderOf(rng.random_range(1..=partitions.max(1)))),
@@ -158,6 +165,11 @@ pub enum Fault {
         cut: Vec<(u64, u64)>,
         leader_of_group: Option<u32>,
     },
+    Membership {
+        n: u64,
+        node: u64,
+        leader_of_group: Option<u32>,
+    },
 }
 
 impl Fault {
@@ -166,6 +178,7 @@ impl Fault {
             Fault::Kill { .. } => FaultKind::Kill,
             Fault::Pause { .. } => FaultKind::Pause,
             Fault::Partition { .. } => FaultKind::Partition,
+            Fault::Membership { .. } => FaultKind::Membership,
         }
     }
 }

@@ -16,7 +16,8 @@ use sluice_proto::admin::consumers_client::ConsumersClient;
 use sluice_proto::admin::log_client::LogClient;
 use sluice_proto::admin::resources_client::ResourcesClient;
 use sluice_proto::admin::{
-    ApplyResourceRequest, ConsumerRef, InitRequest, Member, ReadRequest, StatusReply, StatusRequest,
+    AddNodeRequest, ApplyResourceRequest, ConsumerRef, InitRequest, Member, ReadRequest, RemoveNodeRequest,
+    StatusReply, StatusRequest,
 };
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
@@ -73,7 +74,7 @@ impl Config {
             partitions: 2,
             duration: Duration::from_secs(180),
             quiet: Duration::from_secs(5),
-            faults: FaultKind::ALL.to_vec(),
+            faults: vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Partition],
             seed: 0,
             history: None,
             producers: 4,
@@ -261,6 +262,13 @@ impl Cluster<'_> {
         best.map(|(_, id)| id)
     }
 
+    /// A partition group that node `id` leads now (by its own status), if any: a random target may be a leader.
+    async fn led_group(&self, id: u64) -> Option<u32> {
+        let node = self.nodes.iter().find(|n| n.id == id && n.running() && !n.paused)?;
+        let status = tokio::time::timeout(Duration::from_secs(2), status(&node.addrs.admin)).await.ok()?.ok()?;
+        status.groups.iter().find(|g| g.group_id >= 1 && g.leader_id == Some(id)).map(|g| g.group_id)
+    }
+
     async fn wait_ready(&self, timeout: Duration) -> Result<(), ChaosError> {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
         for node in &self.nodes {
@@ -314,11 +322,11 @@ impl Cluster<'_> {
     async fn inject(&mut self, planned: &Planned, n: u64) -> Result<Option<Fault>, ChaosError> {
         let nodes = self.nodes.len() as u64;
         let target = match planned {
-            Planned::Kill(t) | Planned::Pause(t) | Planned::Isolate(t) => Some(*t),
+            Planned::Kill(t) | Planned::Pause(t) | Planned::Isolate(t) | Planned::Membership(t) => Some(*t),
             Planned::Bridge { .. } => None,
         };
         let resolved = match target {
-            Some(Target::Node(id)) => Some((id, None)),
+            Some(Target::Node(id)) => Some((id, self.led_group(id).await)),
             Some(Target::LeaderOf(group)) => self.leader_of(group).await.map(|id| (id, Some(group))),
             None => None,
         };
@@ -350,6 +358,31 @@ impl Cluster<'_> {
                 self.block(&cut)?;
                 fault
             }
+            Planned::Membership(_) => {
+                let Some((node, leader_of_group)) = resolved else { return Ok(None) };
+                let Some(via) = self.other_member(node) else { return Ok(None) };
+                let fault = Fault::Membership { n, node, leader_of_group };
+                self.history.record(Op::FaultStart { fault: fault.clone() });
+                let removed = tokio::time::timeout(Duration::from_secs(60), async {
+                    ClusterClient::new(channel(&via).await?)
+                        .remove_node(RemoveNodeRequest { node_id: node })
+                        .await
+                        .map_err(ChaosError::from)
+                })
+                .await;
+                if !matches!(removed, Ok(Ok(_))) {
+                    // Not (surely) removed: its data must stay (a member that forgets its log is not a fault
+                    // Raft tolerates). Leave it as it is.
+                    self.history.note(format!("fault {n}: removing node {node} failed: {removed:?}"));
+                    self.history.record(Op::FaultEnd { fault });
+                    return Ok(None);
+                }
+                let wiped = self.node(node);
+                wiped.kill9();
+                std::fs::remove_dir_all(&wiped.data)
+                    .map_err(|e| ChaosError::io(format!("wiping {}", wiped.data.display()), e))?;
+                fault
+            }
             Planned::Bridge { left, right, .. } => {
                 let cut = faults::bridge(left, right);
                 let fault = Fault::Partition { n, name: "bridge".into(), cut: cut.clone(), leader_of_group: None };
@@ -361,9 +394,33 @@ impl Cluster<'_> {
         Ok(Some(fault))
     }
 
+    /// A running, unpaused node other than `node` (its admin address).
+    fn other_member(&self, node: u64) -> Option<String> {
+        self.nodes.iter().find(|n| n.id != node && n.running() && !n.paused).map(|n| n.addrs.admin.clone())
+    }
+
     /// Ends a fault.
-    fn revert(&mut self, fault: &Fault) -> Result<(), ChaosError> {
+    async fn revert(&mut self, fault: &Fault) -> Result<(), ChaosError> {
         match fault {
+            Fault::Membership { node, n, .. } => {
+                self.start(*node)?;
+                let (id, admin, peer) =
+                    (*node, self.node(*node).addrs.admin.clone(), self.node(*node).addrs.peer.clone());
+                wait_until(&format!("node {id} admin"), Duration::from_secs(30), || async {
+                    status(&admin).await.ok()
+                })
+                .await?;
+                // AddNode is idempotent: retried (through any other member) until it answers.
+                let added = wait_until(&format!("node {id} added again"), Duration::from_secs(120), || async {
+                    let via = self.other_member(id)?;
+                    let mut client = ClusterClient::new(channel(&via).await.ok()?);
+                    client.add_node(AddNodeRequest { node_id: id, peer_addr: peer.clone() }).await.ok().map(|_| ())
+                })
+                .await;
+                if let Err(e) = added {
+                    self.history.note(format!("fault {n}: {e}"));
+                }
+            }
             Fault::Kill { node, .. } => self.start(*node)?,
             Fault::Pause { node, .. } => {
                 self.node(*node).signal("-CONT")?;
@@ -662,7 +719,7 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
         };
         say(&config, &format!("fault {n}: {fault:?} for {:?}", step.hold));
         tokio::time::sleep_until((Instant::now() + step.hold).min(end)).await;
-        cluster.revert(&fault)?;
+        cluster.revert(&fault).await?;
         if let Err(e) = cluster.wait_ready(Duration::from_secs(30)).await {
             history.note(format!("after fault {n}: {e}"));
             say(&config, &format!("after fault {n}: {e}"));
