@@ -44,7 +44,8 @@ impl RaftTuning {
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            // Snapshots are paced by `snapshot_pacing` (entries and bytes), not by entry count alone.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
             // Entries are up to ~4 MiB (AppendLimits): 16 of them bound one AppendEntries message.
             max_payload_entries: 16,
@@ -76,6 +77,7 @@ impl Group {
         let state_machine = GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir())
             .map_err(|e| BrokerError::io(format!("state machine of {}", group_name(group)), e))?;
         let view = state_machine.view();
+        let pacer = state_machine.pacer();
         let config = Arc::new(tuning.openraft_config(group)?);
         let network = NetworkFactory::new(group, peers);
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
@@ -83,6 +85,7 @@ impl Group {
             .map_err(|e| BrokerError::Raft { group, reason: e.to_string() })?;
         let batcher = AppendBatcher::start(group, raft.clone(), limits);
         tokio::spawn(publish_metrics(group, raft.clone()));
+        tokio::spawn(crate::snapshot_pacing::run(group, raft.clone(), pacer, tuning.snapshot_every_entries));
         Ok(Arc::new(Group { id: group, raft, view, batcher }))
     }
 

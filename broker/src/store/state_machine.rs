@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use super::snapshot::{self, SnapshotFile};
 use super::{cf, io_err};
+use crate::snapshot_pacing::SnapshotPacer;
 use sluice_controller::meta::{ApplyOutcome, merge_for_apply};
 
 use crate::raft_types::ResourceRecord;
@@ -275,6 +276,7 @@ pub struct GroupStateMachine {
     snapshot_dir: PathBuf,
     view: Arc<AppliedView>,
     next_stream_id: u32,
+    pacer: Arc<SnapshotPacer>,
 }
 
 impl GroupStateMachine {
@@ -290,9 +292,18 @@ impl GroupStateMachine {
             cluster_config: watch::Sender::new(None),
             applied_index: watch::Sender::new(0),
         });
-        let mut machine = Self { db, group, snapshot_dir, view, next_stream_id: 0 };
+        let last_snapshot_bytes = snapshot::current_snapshot(&snapshot_dir)?
+            .and_then(|(_, path)| std::fs::metadata(path).ok())
+            .map_or(0, |m| m.len());
+        let pacer = SnapshotPacer::new(last_snapshot_bytes);
+        let mut machine = Self { db, group, snapshot_dir, view, next_stream_id: 0, pacer };
         machine.reload()?;
         Ok(machine)
+    }
+
+    /// What decides when this group builds its next snapshot ([`crate::snapshot_pacing`]).
+    pub fn pacer(&self) -> Arc<SnapshotPacer> {
+        self.pacer.clone()
     }
 
     pub fn view(&self) -> StreamView {
@@ -662,6 +673,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     let mut appended = Vec::with_capacity(appends.len());
                     for append in appends {
                         appended.push(self.stage_append(&mut staged, append)?);
+                        self.pacer.applied(append.payload_bytes() as u64);
                     }
                     LogResponse::Appended { appended }
                 }
@@ -763,17 +775,24 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        GroupSnapshotBuilder { db: self.db.clone(), group: self.group, snapshot_dir: self.snapshot_dir.clone() }
+        GroupSnapshotBuilder {
+            db: self.db.clone(),
+            group: self.group,
+            snapshot_dir: self.snapshot_dir.clone(),
+            pacer: self.pacer.clone(),
+        }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
         let db = self.db.clone();
         let group = self.group;
         let dir = self.snapshot_dir.clone();
+        let file_bytes = std::fs::metadata(&snapshot.path).map_or(0, |m| m.len());
         let (installed, _) =
             tokio::task::spawn_blocking(move || snapshot::install_snapshot(&db, group, &snapshot.path, &dir))
                 .await
                 .map_err(io_err)??;
+        self.pacer.installed(file_bytes);
         if installed.last_log_id != meta.last_log_id {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot file does not match its meta"));
         }
@@ -798,6 +817,7 @@ pub struct GroupSnapshotBuilder {
     db: Arc<DB>,
     group: GroupId,
     snapshot_dir: PathBuf,
+    pacer: Arc<SnapshotPacer>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
@@ -808,8 +828,22 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
         let group = self.group;
         let dir = self.snapshot_dir.clone();
         let started = std::time::Instant::now();
-        let (meta, path) =
-            tokio::task::spawn_blocking(move || snapshot::write_snapshot(&db, group, &dir)).await.map_err(io_err)??;
+        self.pacer.build_started();
+        let written = tokio::task::spawn_blocking(move || snapshot::write_snapshot(&db, group, &dir))
+            .await
+            .map_err(io_err)
+            .and_then(|written| written);
+        let (meta, path) = match written {
+            Ok(written) => written,
+            Err(e) => {
+                self.pacer.build_finished(None);
+                return Err(e);
+            }
+        };
+        let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+        self.pacer.build_finished(Some(file_bytes));
+        metrics::gauge!("sluice_snapshot_bytes", "group" => crate::raft_types::group_name(group))
+            .set(file_bytes as f64);
         metrics::histogram!("sluice_snapshot_build_seconds", "group" => crate::raft_types::group_name(group))
             .record(started.elapsed().as_secs_f64());
         tracing::info!(group, last_log_id = ?meta.last_log_id, path = %path.display(), "built snapshot");
