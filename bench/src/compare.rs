@@ -197,6 +197,17 @@ impl Bench<'_> {
         self.rows.push(row);
     }
 
+    /// Waits (bounded) for the previous scenario's backlog to reach the subscriber, so it does not count
+    /// against the next scenario; answers what the JSON report records about it.
+    async fn drain(&self, sink: &Sink) -> Value {
+        let max = if self.plan.probe.max_steps <= 2 { Duration::from_secs(5) } else { Duration::from_secs(120) };
+        let (waited, quiet) = sink.drain(Duration::from_secs(1), max).await;
+        if !quiet {
+            println!("  (the backlog of the previous scenario was still arriving after {max:?})");
+        }
+        json!({"waited_s": waited.as_secs_f64(), "quiet": quiet})
+    }
+
     async fn probe_row(
         &mut self,
         system: &Arc<dyn System>,
@@ -205,6 +216,7 @@ impl Bench<'_> {
         payload: usize,
     ) -> Result<Option<f64>> {
         let config = ProbeConfig { payload_bytes: payload, ..self.plan.probe.clone() };
+        let drained = self.drain(sink).await;
         let result = openloop::probe(system.clone(), &config, Some(sink)).await?;
         let steps: Vec<Value> = result
             .steps
@@ -225,8 +237,10 @@ impl Bench<'_> {
             ),
             None => format!("< {:.0} ev/s (first step failed)", config.start_rate),
         };
-        let detail =
-            json!({"max_rate": result.max_rate, "capped": result.capped, "payload_bytes": payload, "steps": steps});
+        let detail = json!({
+            "max_rate": result.max_rate, "capped": result.capped, "payload_bytes": payload, "steps": steps,
+            "drained_before": drained,
+        });
         self.push(system.as_ref(), scenario, result.max_rate, figure, true, detail);
         Ok(result.max_rate)
     }
@@ -239,10 +253,11 @@ impl Bench<'_> {
             max_outstanding: self.plan.probe.max_outstanding,
             grace: Duration::from_secs(5).min(self.plan.probe.grace * 5),
         };
+        let drained = self.drain(sink).await;
         let result = openloop::run(system.clone(), &config, Some(sink)).await?;
         let counts = json!({
             "rate": rate, "offered": result.offered, "acked": result.acked, "errors": result.errors,
-            "unsent": result.unsent, "delivered": result.delivered,
+            "unsent": result.unsent, "delivered": result.delivered, "drained_before": drained,
         });
         let lost = result.offered - result.acked;
         let suffix = if lost > 0 { format!(" ({lost} of {} not acked)", result.offered) } else { String::new() };

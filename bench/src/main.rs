@@ -22,7 +22,7 @@ use anyhow::{Result, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use sluice_proto::admin::AppendRequest;
-use sluice_tests::{TestCluster, log_client};
+use sluice_tests::log_client;
 
 mod calibrate;
 mod compare;
@@ -89,7 +89,7 @@ async fn main() -> Result<()> {
     }
     let sizes: Vec<usize> = args.records_per_append.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
     let concurrencies: Vec<usize> = args.concurrency.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
-    let cluster = TestCluster::start(args.nodes, args.partitions, &[]).await?;
+    let cluster = systems::start_cluster(args.nodes, args.partitions).await?;
     let admins: Vec<String> = cluster.nodes.iter().map(|n| n.admin.clone()).collect();
     let https: Vec<String> = cluster.nodes.iter().map(|n| n.http.clone()).collect();
     if args.mode == "dispatch" {

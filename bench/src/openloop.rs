@@ -46,12 +46,19 @@ fn unix_ns() -> u64 {
 pub struct Sink {
     run: AtomicU64,
     delivered: AtomicU64,
+    /// Every delivery, of any run (a backlog of an earlier run shows here).
+    seen: AtomicU64,
     latency: Mutex<Histogram<u64>>,
 }
 
 impl Sink {
     pub fn new() -> Arc<Sink> {
-        Arc::new(Sink { run: AtomicU64::new(0), delivered: AtomicU64::new(0), latency: Mutex::new(new_histogram()) })
+        Arc::new(Sink {
+            run: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+            latency: Mutex::new(new_histogram()),
+        })
     }
 
     /// The callback to give [`System::subscribe`].
@@ -61,6 +68,7 @@ impl Sink {
     }
 
     fn record(&self, payload: &[u8]) {
+        self.seen.fetch_add(1, Ordering::AcqRel);
         let Some((seq, intended)) = driver::header(payload) else { return };
         if seq >> RUN_SHIFT != self.run.load(Ordering::Acquire) {
             return;
@@ -68,6 +76,24 @@ impl Sink {
         let micros = unix_ns().saturating_sub(intended) / 1000;
         self.latency.lock().unwrap_or_else(PoisonError::into_inner).saturating_record(micros.max(1));
         self.delivered.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Waits until no delivery (of any run) arrived for `quiet`, at most `max`: the backlog of an earlier
+    /// run must not count against the next one. Answers how long it waited and whether it got quiet.
+    pub async fn drain(&self, quiet: Duration, max: Duration) -> (Duration, bool) {
+        let started = Instant::now();
+        let mut last_seen = self.seen.load(Ordering::Acquire);
+        let mut last_change = Instant::now();
+        while started.elapsed() < max {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let seen = self.seen.load(Ordering::Acquire);
+            if seen != last_seen {
+                (last_seen, last_change) = (seen, Instant::now());
+            } else if last_change.elapsed() >= quiet {
+                return (started.elapsed(), true);
+            }
+        }
+        (started.elapsed(), false)
     }
 
     fn begin(&self, run: u64) {
@@ -252,7 +278,12 @@ pub async fn probe(system: Arc<dyn System>, config: &ProbeConfig, sink: Option<&
             break;
         }
         // Let a backlog of this step drain before the next one.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        match sink {
+            Some(sink) => {
+                sink.drain(Duration::from_millis(300), Duration::from_secs(10)).await;
+            }
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
     let verdict = probe_verdict(&steps.iter().map(|s| (s.rate, s.passed)).collect::<Vec<_>>());
     Ok(ProbeResult { max_rate: verdict, steps, capped })

@@ -125,9 +125,24 @@ pub struct SluiceHttp {
     subscriber: Option<HttpServer>,
 }
 
+/// Extra `sluice node` flags for every Sluice the benchmark starts, from `SLUICE_BENCH_NODE_ARGS`
+/// (space-separated), for trying tuning flags without a rebuild.
+pub fn extra_node_args() -> Vec<String> {
+    std::env::var("SLUICE_BENCH_NODE_ARGS")
+        .map(|v| v.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+/// Starts a Sluice cluster for the benchmark (with [`extra_node_args`]).
+pub async fn start_cluster(nodes: u64, partitions: u32) -> Result<TestCluster> {
+    let extra = extra_node_args();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    TestCluster::start(nodes, partitions, &extra).await
+}
+
 impl SluiceHttp {
     pub async fn start(nodes: u64, partitions: u32) -> Result<SluiceHttp> {
-        let cluster = TestCluster::start(nodes, partitions, &[]).await?;
+        let cluster = start_cluster(nodes, partitions).await?;
         let admin = cluster.nodes[0].admin.clone();
         let https: Vec<String> = cluster.nodes.iter().map(|n| n.http.clone()).collect();
         apply_resource(&admin, broker_object("bench", "bench", json!({}))).await?;

@@ -64,6 +64,10 @@ pub struct IngressArgs {
     /// Appends waiting per partition before requests get 429.
     #[arg(long, default_value_t = 8192)]
     pub queue_depth: usize,
+    /// Raft entries of appends per partition being committed at once; requests arriving meanwhile are
+    /// batched into the next entry, so fewer in flight means larger entries.
+    #[arg(long, default_value_t = AppendLimits::default().max_in_flight_entries)]
+    pub append_inflight_entries: usize,
 }
 
 impl IngressArgs {
@@ -150,7 +154,7 @@ pub fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &IngressAr
             queue_capacity: ingress.queue_depth.max(1),
             max_bytes_per_entry,
             max_records_per_entry: ingress.max_batch_events.max(4096),
-            ..AppendLimits::default()
+            max_in_flight_entries: ingress.append_inflight_entries.max(1),
         },
         read_limits: ReadLimits::default(),
         retention_check_interval: Duration::from_millis(tuning.retention_check_ms),
