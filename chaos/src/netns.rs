@@ -267,7 +267,7 @@ fn free_subnet(run_number: u32) -> Result<[u8; 3], ChaosError> {
     Err(ChaosError::Setup("no free /24 in 10.201.0.0/16".into()))
 }
 
-/// Removes bridges and namespaces of runs whose process is gone.
+/// Removes bridges and namespaces of runs whose process is gone (and the nodes still running in them).
 fn cleanup_stale() {
     let dead = |pid: &str| {
         !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !Path::new("/proc").join(pid).exists()
@@ -288,6 +288,12 @@ fn cleanup_stale() {
             if let Some((pid, _)) = name.strip_prefix(PREFIX).and_then(|rest| rest.split_once('x'))
                 && dead(pid)
             {
+                // Nodes a killed harness left running in its namespace.
+                if let Ok(pids) = run("ip", &["netns", "pids", name], None) {
+                    for pid in pids.split_whitespace() {
+                        let _ = run("kill", &["-9", pid], None);
+                    }
+                }
                 let _ = run("ip", &["netns", "del", name], None);
             }
         }

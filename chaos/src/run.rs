@@ -704,6 +704,10 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
     let end = Instant::now() + config.duration;
     let mut n = 0;
     let nodes = cluster.nodes.len() as u64;
+    if kinds.is_empty() {
+        // No faults: the phase is the same length, producers and deliveries go on.
+        tokio::time::sleep_until(end).await;
+    }
     while !kinds.is_empty() && Instant::now() < end {
         let Some(step) = faults::next_step(&mut rng, kinds, nodes, config.partitions, config.timing) else {
             break;
