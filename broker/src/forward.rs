@@ -14,6 +14,8 @@ pub enum ForwardedWrite {
     Command(LogCommand),
     /// A change of the group's Raft membership or leadership, run by its leader.
     Membership(MembershipOp),
+    /// Appends a follower coalesced ([`crate::forward_batcher`]); each is answered on its own.
+    AppendBatch(Vec<StreamAppend>),
 }
 
 /// Membership operations (`cluster add-node`, `remove-node`, `transfer-leader`).
@@ -44,6 +46,8 @@ pub enum ForwardedReply {
     Appended(Appended),
     Response(LogResponse),
     Membership(MembershipOutcome),
+    /// One outcome per append of an `AppendBatch`, in order.
+    AppendedBatch(Vec<Result<Appended, WriteFailure>>),
 }
 
 /// Why a write failed. `NotLeader`, `QueueFull` and `TooLarge` are definite:

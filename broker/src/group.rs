@@ -9,6 +9,7 @@ use openraft::{Config, ServerState, SnapshotPolicy};
 
 use crate::batcher::{AppendBatcher, AppendLimits};
 use crate::error::BrokerError;
+use crate::forward_batcher::ForwardBatcher;
 use crate::network::{NetworkFactory, PeerClients};
 use crate::raft_types::{GroupId, NodeId, Raft, group_name};
 use crate::store::{GroupLogStore, GroupStateMachine, Store, StreamView};
@@ -62,6 +63,8 @@ pub struct Group {
     pub raft: Raft,
     pub view: StreamView,
     pub batcher: AppendBatcher,
+    /// Appends this node forwards to the group's leader when it does not lead.
+    pub forwarder: ForwardBatcher,
 }
 
 impl Group {
@@ -79,6 +82,7 @@ impl Group {
         let view = state_machine.view();
         let pacer = state_machine.pacer();
         let config = Arc::new(tuning.openraft_config(group)?);
+        let forwarder = ForwardBatcher::start(group, peers.clone(), limits.clone());
         let network = NetworkFactory::new(group, peers);
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
@@ -86,7 +90,7 @@ impl Group {
         let batcher = AppendBatcher::start(group, raft.clone(), limits);
         tokio::spawn(publish_metrics(group, raft.clone()));
         tokio::spawn(crate::snapshot_pacing::run(group, raft.clone(), pacer, tuning.snapshot_every_entries));
-        Ok(Arc::new(Group { id: group, raft, view, batcher }))
+        Ok(Arc::new(Group { id: group, raft, view, batcher, forwarder }))
     }
 
     pub fn leader(&self) -> Option<NodeId> {

@@ -23,6 +23,7 @@ pub mod cloudevent;
 pub mod cluster;
 pub mod error;
 pub mod forward;
+pub mod forward_batcher;
 pub mod group;
 pub mod http;
 pub mod ingress;

@@ -377,7 +377,12 @@ impl Node {
             let attempt = match group.leader() {
                 Some(leader) if leader == self.id() => self.write_local(group_id, write.clone()).await,
                 Some(leader) => match group.node_addr(leader) {
-                    Some(addr) => self.inner.peers.forward(&addr, group_id, &write).await,
+                    Some(addr) => match &write {
+                        ForwardedWrite::Append(append) => {
+                            group.forwarder.submit(&addr, append.clone()).await.map(ForwardedReply::Appended)
+                        }
+                        _ => self.inner.peers.forward(&addr, group_id, &write).await,
+                    },
                     None => Err(WriteFailure::NotLeader { group: group_id, leader: Some(leader) }),
                 },
                 None => Err(WriteFailure::NotLeader { group: group_id, leader: None }),
@@ -405,6 +410,10 @@ impl Node {
         }
         match write {
             ForwardedWrite::Append(append) => group.batcher.submit(append).await.map(ForwardedReply::Appended),
+            ForwardedWrite::AppendBatch(appends) => {
+                let results = futures::future::join_all(appends.into_iter().map(|a| group.batcher.submit(a))).await;
+                Ok(ForwardedReply::AppendedBatch(results))
+            }
             ForwardedWrite::Membership(op) => run_membership(&group, op).await.map(ForwardedReply::Membership),
             // Metadata commands are idempotent (applying one twice changes
             // nothing more), so a lost leadership is simply retried.

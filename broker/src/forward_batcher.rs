@@ -1,0 +1,128 @@
+//! Coalesces the appends a follower forwards to a group's leader into one `Forward` RPC.
+//!
+//! Producers may send to any node; a node that does not lead the partition forwards the append one hop.
+//! One RPC per request made the peer transport (HTTP/2 framing, protobuf, a task per call) the largest
+//! cost of a 3-node cluster. Requests wait in a bounded queue; the sender takes the first waiting one and
+//! everything else already waiting for the same leader (up to the entry's record and byte limits), sends
+//! them as one `AppendBatch`, and answers each request with its own outcome. Like [`crate::batcher`] it
+//! never waits for more to arrive, and at most `MAX_IN_FLIGHT_RPCS` batches per group are on the wire.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::batcher::AppendLimits;
+use crate::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
+use crate::network::PeerClients;
+use crate::raft_types::{Appended, GroupId, StreamAppend, group_name};
+
+const MAX_IN_FLIGHT_RPCS: usize = 8;
+
+struct PendingForward {
+    leader_addr: String,
+    append: StreamAppend,
+    reply: oneshot::Sender<Result<Appended, WriteFailure>>,
+}
+
+#[derive(Clone)]
+pub struct ForwardBatcher {
+    group: GroupId,
+    limits: AppendLimits,
+    tx: mpsc::Sender<PendingForward>,
+}
+
+impl ForwardBatcher {
+    pub fn start(group: GroupId, peers: PeerClients, limits: AppendLimits) -> Self {
+        let (tx, rx) = mpsc::channel(limits.queue_capacity.max(1));
+        tokio::spawn(run(group, peers, limits.clone(), rx));
+        Self { group, limits, tx }
+    }
+
+    /// Forwards `append` to the leader at `leader_addr`; answers the leader's outcome for it.
+    pub async fn submit(&self, leader_addr: &str, append: StreamAppend) -> Result<Appended, WriteFailure> {
+        let bytes = append.payload_bytes();
+        if bytes > self.limits.max_bytes_per_entry || append.payloads.len() > self.limits.max_records_per_entry {
+            return Err(WriteFailure::TooLarge { bytes, limit_bytes: self.limits.max_bytes_per_entry });
+        }
+        let (reply, rx) = oneshot::channel();
+        let pending = PendingForward { leader_addr: leader_addr.to_string(), append, reply };
+        self.tx.try_send(pending).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                metrics::counter!("sluice_append_rejected_total", "group" => group_name(self.group), "reason" => "forward_queue_full").increment(1);
+                WriteFailure::QueueFull { group: self.group, capacity: self.limits.queue_capacity }
+            }
+            mpsc::error::TrySendError::Closed(_) => WriteFailure::NotLeader { group: self.group, leader: None },
+        })?;
+        rx.await.map_err(|_| WriteFailure::Indeterminate {
+            group: self.group,
+            reason: "the forwarder stopped before answering".into(),
+        })?
+    }
+}
+
+async fn run(group: GroupId, peers: PeerClients, limits: AppendLimits, mut rx: mpsc::Receiver<PendingForward>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_RPCS));
+    let requests_per_rpc = metrics::histogram!("sluice_forward_batch_requests", "group" => group_name(group));
+    let mut carried: Option<PendingForward> = None;
+    loop {
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => match rx.recv().await {
+                Some(pending) => pending,
+                None => return,
+            },
+        };
+        // Waiting for a slot lets more requests queue up behind `first`.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut records = first.append.payloads.len();
+        let mut bytes = first.append.payload_bytes();
+        let leader_addr = first.leader_addr.clone();
+        let mut batch = vec![first];
+        while records < limits.max_records_per_entry && bytes < limits.max_bytes_per_entry {
+            let Ok(next) = rx.try_recv() else { break };
+            let next_records = next.append.payloads.len();
+            let next_bytes = next.append.payload_bytes();
+            if next.leader_addr != leader_addr
+                || records + next_records > limits.max_records_per_entry
+                || bytes + next_bytes > limits.max_bytes_per_entry
+            {
+                carried = Some(next);
+                break;
+            }
+            records += next_records;
+            bytes += next_bytes;
+            batch.push(next);
+        }
+        requests_per_rpc.record(batch.len() as f64);
+        let peers = peers.clone();
+        tokio::spawn(async move {
+            send(group, &peers, &leader_addr, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn send(group: GroupId, peers: &PeerClients, leader_addr: &str, batch: Vec<PendingForward>) {
+    let (appends, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.append, p.reply)).unzip();
+    match peers.forward(leader_addr, group, &ForwardedWrite::AppendBatch(appends)).await {
+        Ok(ForwardedReply::AppendedBatch(results)) if results.len() == replies.len() => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Ok(other) => {
+            let reason = format!("unexpected reply to a forwarded batch: {other:?}");
+            tracing::error!(group, %reason);
+            for reply in replies {
+                let _ = reply.send(Err(WriteFailure::Indeterminate { group, reason: reason.clone() }));
+            }
+        }
+        Err(failure) => {
+            for reply in replies {
+                let _ = reply.send(Err(failure.clone()));
+            }
+        }
+    }
+}
