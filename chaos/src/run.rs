@@ -145,10 +145,16 @@ where
 }
 
 async fn channel(admin: &str) -> Result<Channel, ChaosError> {
+    channel_with_timeout(admin, Duration::from_secs(3)).await
+}
+
+/// A channel whose calls may take `timeout` (membership changes wait for replication; a call cut short by the
+/// client is cancelled on the server, possibly half done).
+async fn channel_with_timeout(admin: &str, timeout: Duration) -> Result<Channel, ChaosError> {
     let endpoint = Endpoint::from_shared(format!("http://{admin}"))
         .map_err(|e| ChaosError::Setup(format!("admin address {admin}: {e}")))?
         .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(3));
+        .timeout(timeout);
     Ok(endpoint.connect().await?)
 }
 
@@ -363,14 +369,21 @@ impl Cluster<'_> {
                 let Some(via) = self.other_member(node) else { return Ok(None) };
                 let fault = Fault::Membership { n, node, leader_of_group };
                 self.history.record(Op::FaultStart { fault: fault.clone() });
-                let removed = tokio::time::timeout(Duration::from_secs(60), async {
-                    ClusterClient::new(channel(&via).await?)
-                        .remove_node(RemoveNodeRequest { node_id: node })
-                        .await
-                        .map_err(ChaosError::from)
+                // RemoveNode until it answers (or says the node is no member any more): an attempt cut short
+                // may have left the node out of some groups only.
+                let removed = wait_until(&format!("node {node} removed"), Duration::from_secs(90), || async {
+                    let channel = channel_with_timeout(&via, Duration::from_secs(60)).await.ok()?;
+                    match ClusterClient::new(channel).remove_node(RemoveNodeRequest { node_id: node }).await {
+                        Ok(_) => Some(()),
+                        Err(status) if status.code() == tonic::Code::NotFound => Some(()),
+                        Err(status) => {
+                            self.history.note(format!("fault {n}: removing node {node}: {status}"));
+                            None
+                        }
+                    }
                 })
                 .await;
-                if !matches!(removed, Ok(Ok(_))) {
+                if removed.is_err() {
                     // Not (surely) removed: its data must stay (a member that forgets its log is not a fault
                     // Raft tolerates). Leave it as it is.
                     self.history.note(format!("fault {n}: removing node {node} failed: {removed:?}"));
@@ -413,7 +426,8 @@ impl Cluster<'_> {
                 // AddNode is idempotent: retried (through any other member) until it answers.
                 let added = wait_until(&format!("node {id} added again"), Duration::from_secs(120), || async {
                     let via = self.other_member(id)?;
-                    let mut client = ClusterClient::new(channel(&via).await.ok()?);
+                    let mut client =
+                        ClusterClient::new(channel_with_timeout(&via, Duration::from_secs(60)).await.ok()?);
                     client.add_node(AddNodeRequest { node_id: id, peer_addr: peer.clone() }).await.ok().map(|_| ())
                 })
                 .await;
