@@ -61,6 +61,8 @@ pub struct Config {
     pub backoff_delay: String,
     pub commit_interval_ms: u64,
     pub timing: Timing,
+    /// After each fault, wait (30 s at most) until every node is ready before the next gap.
+    pub wait_ready_between_faults: bool,
     /// Keep the nodes' data and logs here (else a temporary directory, removed).
     pub keep_dir: Option<PathBuf>,
     /// Print progress to stderr.
@@ -89,6 +91,7 @@ impl Config {
             backoff_delay: "PT0.2S".into(),
             commit_interval_ms: 500,
             timing: Timing::default(),
+            wait_ready_between_faults: true,
             keep_dir: None,
             verbose: true,
         }
@@ -738,7 +741,9 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
         say(&config, &format!("fault {n}: {fault:?} for {:?}", step.hold));
         tokio::time::sleep_until((Instant::now() + step.hold).min(end)).await;
         cluster.revert(&fault).await?;
-        if let Err(e) = cluster.wait_ready(Duration::from_secs(30)).await {
+        if config.wait_ready_between_faults
+            && let Err(e) = cluster.wait_ready(Duration::from_secs(30)).await
+        {
             history.note(format!("after fault {n}: {e}"));
             say(&config, &format!("after fault {n}: {e}"));
         }

@@ -59,6 +59,15 @@ struct Args {
     /// Probability that a kill or pause hits a partition's leader.
     #[arg(long, default_value_t = 0.6)]
     leader_bias: f64,
+    /// Pause between faults, in ms (MIN..MAX).
+    #[arg(long, default_value = "2000..5000", value_parser = parse_range)]
+    gap_ms: (u64, u64),
+    /// How long a fault lasts, in ms (MIN..MAX).
+    #[arg(long, default_value = "3000..10000", value_parser = parse_range)]
+    hold_ms: (u64, u64),
+    /// Do not wait for every node to be ready after a fault: the next one may hit a cluster still recovering.
+    #[arg(long)]
+    no_recovery: bool,
     /// Keep the nodes' data and logs in this directory.
     #[arg(long)]
     keep: Option<PathBuf>,
@@ -66,6 +75,16 @@ struct Args {
 
 #[derive(Clone, Debug)]
 struct FaultList(Vec<FaultKind>);
+
+fn parse_range(text: &str) -> Result<(u64, u64), String> {
+    let (low, high) = text.split_once("..").ok_or_else(|| format!("expected MIN..MAX, got {text:?}"))?;
+    let low: u64 = low.trim().parse().map_err(|e| format!("{low:?}: {e}"))?;
+    let high: u64 = high.trim().parse().map_err(|e| format!("{high:?}: {e}"))?;
+    if low > high {
+        return Err(format!("{low} > {high}"));
+    }
+    Ok((low, high))
+}
 
 fn parse_faults(text: &str) -> Result<FaultList, String> {
     FaultKind::parse_list(text).map(FaultList)
@@ -114,7 +133,8 @@ fn main() -> ExitCode {
     config.planted_bug = args.planted_bug.clone();
     config.drain_timeout = args.drain_timeout;
     config.fail_rate = args.fail_rate;
-    config.timing = Timing { leader_bias: args.leader_bias, ..Timing::default() };
+    config.timing = Timing { gap_ms: args.gap_ms, hold_ms: args.hold_ms, leader_bias: args.leader_bias };
+    config.wait_ready_between_faults = !args.no_recovery;
     config.keep_dir = args.keep.clone();
     eprintln!("sluice-chaos: seed {seed}");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
