@@ -586,6 +586,16 @@ pub async fn run(config: Config) -> Result<Report, ChaosError> {
     let temp = tempfile::tempdir().map_err(|e| ChaosError::io("creating a temporary directory", e))?;
     let root = config.keep_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(&root).map_err(|e| ChaosError::io(format!("creating {}", root.display()), e))?;
+    // The run keeps its own link to (or copy of) the binary: a rebuild during the run must not give restarted
+    // nodes another version.
+    let mut config = config;
+    let pinned = root.join("sluice");
+    let _ = std::fs::remove_file(&pinned);
+    if std::fs::hard_link(&config.sluice_bin, &pinned).is_err() {
+        std::fs::copy(&config.sluice_bin, &pinned)
+            .map_err(|e| ChaosError::io(format!("copying {}", config.sluice_bin.display()), e))?;
+    }
+    config.sluice_bin = pinned;
     let history = Arc::new(History::new(config.history.as_deref())?);
     say(
         &config,
