@@ -45,8 +45,9 @@ impl RaftTuning {
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
-            // Snapshots are paced by `snapshot_pacing` (entries and bytes), not by entry count alone.
-            snapshot_policy: SnapshotPolicy::Never,
+            // Building a snapshot writes only its meta (the state is in RocksDB already); the data is
+            // written when a follower needs it (`store/snapshot.rs`), so a build is cheap at any size.
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
             max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
             // Entries are up to ~4 MiB (AppendLimits): 16 of them bound one AppendEntries message.
             max_payload_entries: 16,
@@ -80,16 +81,16 @@ impl Group {
         let state_machine = GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir())
             .map_err(|e| BrokerError::io(format!("state machine of {}", group_name(group)), e))?;
         let view = state_machine.view();
-        let pacer = state_machine.pacer();
+        let raft_started = state_machine.raft_started();
         let config = Arc::new(tuning.openraft_config(group)?);
         let forwarder = ForwardBatcher::start(group, peers.clone(), limits.clone());
         let network = NetworkFactory::new(group, peers);
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
             .map_err(|e| BrokerError::Raft { group, reason: e.to_string() })?;
+        raft_started.store(true, std::sync::atomic::Ordering::Release);
         let batcher = AppendBatcher::start(group, raft.clone(), limits);
         tokio::spawn(publish_metrics(group, raft.clone()));
-        tokio::spawn(crate::snapshot_pacing::run(group, raft.clone(), pacer, tuning.snapshot_every_entries));
         Ok(Arc::new(Group { id: group, raft, view, batcher, forwarder }))
     }
 

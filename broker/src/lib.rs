@@ -34,7 +34,6 @@ pub mod raft_types;
 pub mod resources;
 pub mod retention;
 pub mod server;
-pub mod snapshot_pacing;
 pub mod store;
 pub mod telemetry;
 pub mod transport;

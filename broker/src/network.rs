@@ -196,6 +196,10 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
             other => StreamingError::Network(NetworkError::from_string(other.to_string())),
         };
+        if snapshot.snapshot.path.extension().is_some_and(|ext| ext == "meta") {
+            // Only the meta of a snapshot (what start-up reads): the next request writes the data.
+            return Err(StreamingError::Network(NetworkError::from_string("snapshot data not written yet")));
+        }
         let header = encode(&(vote, snapshot.meta.clone()))
             .map_err(|e| StreamingError::Network(NetworkError::from_string(e.to_string())))?;
         let mut file = tokio::fs::File::open(&snapshot.snapshot.path)

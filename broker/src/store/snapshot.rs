@@ -17,6 +17,10 @@ use crate::keys::{CF_SM_STATE, SM_APPLIED, SM_MEMBERSHIP, STATE_MACHINE_CFS, gro
 use crate::raft_types::{GroupId, LogId, SnapshotMeta, StoredMembership, decode, encode};
 
 const MAGIC: &[u8] = b"SLUICESNAP1\n";
+/// A snapshot's meta without its data (`*.meta`): what a group records when it builds a snapshot, so that
+/// openraft may purge the log. The data is written only when a follower needs it ([`write_snapshot`]).
+/// A different magic, so a meta file can never be installed as an (empty) snapshot.
+const META_MAGIC: &[u8] = b"SLUICEMETA1\n";
 const END_MARKER: u8 = 0xff;
 /// Bytes per RocksDB write batch when installing a snapshot.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
@@ -36,18 +40,7 @@ fn file_name(last_log_id: Option<&LogId>) -> String {
 pub(crate) fn write_snapshot(db: &DB, group: GroupId, dir: &Path) -> io::Result<(SnapshotMeta, PathBuf)> {
     fs::create_dir_all(dir)?;
     let snapshot = db.snapshot();
-    let sm_cf = cf(db, CF_SM_STATE)?;
-    let last_log_id: Option<LogId> = match snapshot.get_cf(sm_cf, tag_key(group, SM_APPLIED)).map_err(io_err)? {
-        Some(bytes) => decode(&bytes).map_err(io_err)?,
-        None => None,
-    };
-    let last_membership: StoredMembership =
-        match snapshot.get_cf(sm_cf, tag_key(group, SM_MEMBERSHIP)).map_err(io_err)? {
-            Some(bytes) => decode(&bytes).map_err(io_err)?,
-            None => StoredMembership::default(),
-        };
-    let meta = SnapshotMeta { last_log_id, last_membership };
-
+    let meta = applied_meta(db, &snapshot, group)?;
     let final_path = dir.join(file_name(meta.last_log_id.as_ref()));
     let tmp_path = final_path.with_extension("snap.tmp");
     let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp_path)?);
@@ -78,6 +71,77 @@ pub(crate) fn write_snapshot(db: &DB, group: GroupId, dir: &Path) -> io::Result<
     sync_dir(dir)?;
     remove_other_snapshots(dir, &final_path)?;
     Ok((meta, final_path))
+}
+
+/// The group's applied log id and membership as of `snapshot`.
+fn applied_meta(db: &DB, snapshot: &rocksdb::Snapshot<'_>, group: GroupId) -> io::Result<SnapshotMeta> {
+    let sm_cf = cf(db, CF_SM_STATE)?;
+    let last_log_id: Option<LogId> = match snapshot.get_cf(sm_cf, tag_key(group, SM_APPLIED)).map_err(io_err)? {
+        Some(bytes) => decode(&bytes).map_err(io_err)?,
+        None => None,
+    };
+    let last_membership: StoredMembership =
+        match snapshot.get_cf(sm_cf, tag_key(group, SM_MEMBERSHIP)).map_err(io_err)? {
+            Some(bytes) => decode(&bytes).map_err(io_err)?,
+            None => StoredMembership::default(),
+        };
+    Ok(SnapshotMeta { last_log_id, last_membership })
+}
+
+/// Records the meta of a snapshot as of now without writing its data: cheap, whatever the state's size.
+/// The WAL is synced first, so the applied state the meta names is on disk before the meta is (after a
+/// crash the state is never behind its meta, and openraft never needs to install anything at start).
+pub(crate) fn write_snapshot_meta(db: &DB, group: GroupId, dir: &Path) -> io::Result<(SnapshotMeta, PathBuf)> {
+    fs::create_dir_all(dir)?;
+    let snapshot = db.snapshot();
+    let meta = applied_meta(db, &snapshot, group)?;
+    drop(snapshot);
+    db.flush_wal(true).map_err(io_err)?;
+    let final_path = dir.join(file_name(meta.last_log_id.as_ref())).with_extension("meta");
+    let tmp_path = final_path.with_extension("meta.tmp");
+    let header = encode(&meta).map_err(io_err)?;
+    let mut file = File::create(&tmp_path)?;
+    file.write_all(META_MAGIC)?;
+    file.write_all(&(header.len() as u32).to_be_bytes())?;
+    file.write_all(&header)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp_path, &final_path)?;
+    sync_dir(dir)?;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path != final_path && path.extension().is_some_and(|ext| ext == "meta") {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok((meta, final_path))
+}
+
+/// The newest snapshot or snapshot meta in `dir` (by the index in its name), if any.
+pub(crate) fn newest_snapshot_or_meta(dir: &Path) -> io::Result<Option<(SnapshotMeta, PathBuf)>> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    let mut newest: Option<(String, PathBuf)> = None;
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let Some(stem) = name.strip_suffix(".snap").or_else(|| name.strip_suffix(".meta")) else { continue };
+        // Equal indexes: the full snapshot wins (it can also be sent).
+        let rank = format!("{stem}{}", if name.ends_with(".snap") { "1" } else { "0" });
+        if newest.as_ref().is_none_or(|(best, _)| rank > *best) {
+            newest = Some((rank, path));
+        }
+    }
+    let Some((_, path)) = newest else { return Ok(None) };
+    let mut input = BufReader::new(File::open(&path)?);
+    let mut magic = [0u8; MAGIC.len()];
+    input.read_exact(&mut magic)?;
+    if magic != MAGIC && magic != META_MAGIC {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a sluice snapshot file"));
+    }
+    let header = read_chunk(&mut input)?;
+    Ok(Some((decode(&header).map_err(io_err)?, path)))
 }
 
 /// Replaces the group's state machine with the snapshot in `path`.
@@ -138,27 +202,6 @@ pub(crate) fn install_snapshot(
     Ok((meta, final_path))
 }
 
-/// The newest complete snapshot in `dir`, if any.
-pub(crate) fn current_snapshot(dir: &Path) -> io::Result<Option<(SnapshotMeta, PathBuf)>> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Ok(None);
-    };
-    let mut newest: Option<PathBuf> = None;
-    for entry in entries {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.ends_with(".snap") && newest.as_ref().is_none_or(|n| path > *n) {
-            newest = Some(path);
-        }
-    }
-    match newest {
-        None => Ok(None),
-        Some(path) => {
-            let mut input = BufReader::new(File::open(&path)?);
-            Ok(Some((read_meta(&mut input)?, path)))
-        }
-    }
-}
 
 /// Removes snapshots that were being written or received when the node stopped.
 pub(crate) fn remove_partial_snapshots(dir: &Path) -> io::Result<()> {
@@ -168,7 +211,7 @@ pub(crate) fn remove_partial_snapshots(dir: &Path) -> io::Result<()> {
     for entry in entries {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.ends_with(".snap.tmp") || name.ends_with(".incoming") {
+        if name.ends_with(".snap.tmp") || name.ends_with(".meta.tmp") || name.ends_with(".incoming") {
             fs::remove_file(&path)?;
         }
     }

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -24,7 +25,6 @@ use tokio::sync::watch;
 
 use super::snapshot::{self, SnapshotFile};
 use super::{cf, io_err};
-use crate::snapshot_pacing::SnapshotPacer;
 use sluice_controller::meta::{ApplyOutcome, merge_for_apply};
 
 use crate::raft_types::ResourceRecord;
@@ -276,7 +276,9 @@ pub struct GroupStateMachine {
     snapshot_dir: PathBuf,
     view: Arc<AppliedView>,
     next_stream_id: u32,
-    pacer: Arc<SnapshotPacer>,
+    /// Set once openraft runs the group: from then on a request for the current snapshot comes from a
+    /// follower that needs the data, not from start-up reading the meta.
+    raft_started: Arc<AtomicBool>,
 }
 
 impl GroupStateMachine {
@@ -292,18 +294,15 @@ impl GroupStateMachine {
             cluster_config: watch::Sender::new(None),
             applied_index: watch::Sender::new(0),
         });
-        let last_snapshot_bytes = snapshot::current_snapshot(&snapshot_dir)?
-            .and_then(|(_, path)| std::fs::metadata(path).ok())
-            .map_or(0, |m| m.len());
-        let pacer = SnapshotPacer::new(last_snapshot_bytes);
-        let mut machine = Self { db, group, snapshot_dir, view, next_stream_id: 0, pacer };
+        let raft_started = Arc::new(AtomicBool::new(false));
+        let mut machine = Self { db, group, snapshot_dir, view, next_stream_id: 0, raft_started };
         machine.reload()?;
         Ok(machine)
     }
 
-    /// What decides when this group builds its next snapshot ([`crate::snapshot_pacing`]).
-    pub fn pacer(&self) -> Arc<SnapshotPacer> {
-        self.pacer.clone()
+    /// Marks the group as run by openraft (see `raft_started`).
+    pub fn raft_started(&self) -> Arc<AtomicBool> {
+        self.raft_started.clone()
     }
 
     pub fn view(&self) -> StreamView {
@@ -673,7 +672,6 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     let mut appended = Vec::with_capacity(appends.len());
                     for append in appends {
                         appended.push(self.stage_append(&mut staged, append)?);
-                        self.pacer.applied(append.payload_bytes() as u64);
                     }
                     LogResponse::Appended { appended }
                 }
@@ -775,24 +773,17 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        GroupSnapshotBuilder {
-            db: self.db.clone(),
-            group: self.group,
-            snapshot_dir: self.snapshot_dir.clone(),
-            pacer: self.pacer.clone(),
-        }
+        GroupSnapshotBuilder { db: self.db.clone(), group: self.group, snapshot_dir: self.snapshot_dir.clone() }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
         let db = self.db.clone();
         let group = self.group;
         let dir = self.snapshot_dir.clone();
-        let file_bytes = std::fs::metadata(&snapshot.path).map_or(0, |m| m.len());
         let (installed, _) =
             tokio::task::spawn_blocking(move || snapshot::install_snapshot(&db, group, &snapshot.path, &dir))
                 .await
                 .map_err(io_err)??;
-        self.pacer.installed(file_bytes);
         if installed.last_log_id != meta.last_log_id {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot file does not match its meta"));
         }
@@ -807,9 +798,26 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         self.reload()
     }
 
+    /// At start-up (openraft reads the meta, and installs a full snapshot newer than the applied state,
+    /// which only an interrupted install leaves): the newest snapshot or meta on disk. Once running, this
+    /// is asked for when a follower needs the data: a full snapshot of the state as of now is written.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(snapshot::current_snapshot(&self.snapshot_dir)?
-            .map(|(meta, path)| Snapshot { meta, snapshot: SnapshotFile { path } }))
+        let stored = snapshot::newest_snapshot_or_meta(&self.snapshot_dir)?;
+        // Nothing built or received yet: there is no snapshot (the log was never purged).
+        if !self.raft_started.load(Ordering::Acquire) || stored.is_none() {
+            return Ok(stored.map(|(meta, path)| Snapshot { meta, snapshot: SnapshotFile { path } }));
+        }
+        let (db, group, dir) = (self.db.clone(), self.group, self.snapshot_dir.clone());
+        let started = std::time::Instant::now();
+        let (meta, path) =
+            tokio::task::spawn_blocking(move || snapshot::write_snapshot(&db, group, &dir)).await.map_err(io_err)??;
+        let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let label = crate::raft_types::group_name(group);
+        metrics::histogram!("sluice_snapshot_materialize_seconds", "group" => label.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::gauge!("sluice_snapshot_bytes", "group" => label).set(file_bytes as f64);
+        tracing::info!(group, last_log_id = ?meta.last_log_id, bytes = file_bytes, "wrote a full snapshot for a follower");
+        Ok(Some(Snapshot { meta, snapshot: SnapshotFile { path } }))
     }
 }
 
@@ -817,7 +825,6 @@ pub struct GroupSnapshotBuilder {
     db: Arc<DB>,
     group: GroupId,
     snapshot_dir: PathBuf,
-    pacer: Arc<SnapshotPacer>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
@@ -828,22 +835,14 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
         let group = self.group;
         let dir = self.snapshot_dir.clone();
         let started = std::time::Instant::now();
-        self.pacer.build_started();
-        let written = tokio::task::spawn_blocking(move || snapshot::write_snapshot(&db, group, &dir))
+        let written = tokio::task::spawn_blocking(move || snapshot::write_snapshot_meta(&db, group, &dir))
             .await
             .map_err(io_err)
             .and_then(|written| written);
         let (meta, path) = match written {
             Ok(written) => written,
-            Err(e) => {
-                self.pacer.build_finished(None);
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
-        let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
-        self.pacer.build_finished(Some(file_bytes));
-        metrics::gauge!("sluice_snapshot_bytes", "group" => crate::raft_types::group_name(group))
-            .set(file_bytes as f64);
         metrics::histogram!("sluice_snapshot_build_seconds", "group" => crate::raft_types::group_name(group))
             .record(started.elapsed().as_secs_f64());
         tracing::info!(group, last_log_id = ?meta.last_log_id, path = %path.display(), "built snapshot");

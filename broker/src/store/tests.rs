@@ -25,6 +25,8 @@ impl StoreBuilder<TypeConfig, GroupLogStore, GroupStateMachine, tempfile::TempDi
         let log = GroupLogStore::new(store.db().clone(), store.wal().clone(), group);
         let sm = GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir())
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+        // As in a running group: the current snapshot is asked for to send it, so its data is written.
+        sm.raft_started().store(true, std::sync::atomic::Ordering::Release);
         Ok((dir, log, sm))
     }
 }
@@ -127,8 +129,15 @@ async fn a_snapshot_installs_the_same_streams_elsewhere() {
         ],
     )
     .await;
-    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.expect("build");
-    assert_eq!(snapshot.meta.last_log_id.as_ref().map(|id| id.index), Some(2));
+    // Building records the meta only; a meta file can never be installed as a snapshot.
+    let built = source.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    assert_eq!(built.meta.last_log_id.as_ref().map(|id| id.index), Some(2));
+    assert_eq!(built.snapshot.path.extension().and_then(|e| e.to_str()), Some("meta"));
+    // Once the group runs, asking for the current snapshot (a follower needs it) writes the data.
+    source.raft_started().store(true, std::sync::atomic::Ordering::Release);
+    let snapshot = source.get_current_snapshot().await.expect("current").expect("a snapshot");
+    assert_eq!(snapshot.meta, built.meta);
+    assert_eq!(snapshot.snapshot.path.extension().and_then(|e| e.to_str()), Some("snap"));
 
     let target_dir = tempfile::tempdir().expect("tempdir");
     let (_target_store, mut target) = open(target_dir.path(), 2);
@@ -136,6 +145,13 @@ async fn a_snapshot_installs_the_same_streams_elsewhere() {
     apply(&mut target, vec![entry(1, LogCommand::Append(vec![append("stale", 5, &["old"])]))]).await;
     let copy = target_dir.path().join("incoming.snap.incoming");
     std::fs::copy(&snapshot.snapshot.path, &copy).expect("copy snapshot");
+    let meta_only = target_dir.path().join("meta-only.snap.incoming");
+    std::fs::copy(&built.snapshot.path, &meta_only).expect("copy meta");
+    assert!(
+        target.install_snapshot(&built.meta, SnapshotFile { path: meta_only }).await.is_err(),
+        "a meta file is refused, not installed as an empty state"
+    );
+    assert_eq!(target.view().end_offset("stale"), 1, "nothing was replaced");
     target.install_snapshot(&snapshot.meta, SnapshotFile { path: copy }).await.expect("install");
 
     let view = target.view();
@@ -292,7 +308,9 @@ async fn committed_offsets_travel_with_snapshots() {
         ],
     )
     .await;
-    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    source.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    source.raft_started().store(true, std::sync::atomic::Ordering::Release);
+    let snapshot = source.get_current_snapshot().await.expect("current").expect("a snapshot");
     let target_dir = tempfile::tempdir().expect("tempdir");
     let (_target_store, mut target) = open(target_dir.path(), 2);
     apply(&mut target, vec![entry(1, LogCommand::CommitOffsets(vec![commit("stale", 5, false)]))]).await;
