@@ -84,6 +84,8 @@ pub struct Report {
     pub offset_observations: usize,
     pub offset_regressions: Vec<String>,
     pub unavailability: Vec<Unavailability>,
+    /// Nodes that did not recover after healing (not ready, or unreadable): the cluster did not heal.
+    pub unrecovered: Vec<String>,
     /// Problems with the history itself (no final read, no start line).
     pub incomplete_history: Vec<String>,
 }
@@ -129,6 +131,7 @@ impl Report {
             }
         }
         out.extend(self.offset_regressions.iter().map(|r| format!("committed offset went back: {r}")));
+        out.extend(self.unrecovered.iter().map(|u| format!("not recovered after healing: {u}")));
         out.extend(self.incomplete_history.iter().map(|h| format!("history: {h}")));
         out
     }
@@ -161,6 +164,7 @@ impl fmt::Display for Report {
                 self.log_duplicates.len().to_string(),
             ),
             ("DISPATCH INCOMPLETE", self.dispatch_incomplete().to_string()),
+            ("NOT RECOVERED nodes", self.unrecovered.len().to_string()),
             (
                 "COMMITTED OFFSET regressions",
                 format!("{} (of {} observations)", self.offset_regressions.len(), self.offset_observations),
@@ -273,6 +277,7 @@ pub fn check(history: &[Entry]) -> Report {
                 refused.insert((source.clone(), id.clone()));
             }
             Op::Info { .. } | Op::Phase { .. } | Op::NodeStart { .. } | Op::Note { .. } | Op::FaultEnd { .. } => {}
+            Op::Unrecovered { node, reason } => report.unrecovered.push(format!("node {node}: {reason}")),
             Op::FaultStart { fault } => {
                 let name = fault.kind().name().to_string();
                 *report.faults.entry(name).or_default() += 1;
@@ -685,6 +690,15 @@ mod tests {
         assert_eq!(report.unavailability[0].window_ns, Some(6_000_000));
         assert_eq!(report.unavailability[1].window_ns, None);
         assert!(report.to_string().contains("no ack after the kill"));
+    }
+
+    #[test]
+    fn a_node_that_did_not_recover_is_reported() {
+        let mut h = H::clean();
+        h.push(Op::Unrecovered { node: 3, reason: "not ready within 60 s".into() });
+        let report = h.check();
+        assert_eq!(report.unrecovered, vec!["node 3: not ready within 60 s".to_string()]);
+        assert!(report.violations().iter().any(|v| v.contains("not recovered after healing: node 3")));
     }
 
     #[test]

@@ -112,6 +112,11 @@ pub enum Op {
         partition: u32,
         events: Vec<LoggedEvent>,
     },
+    /// A node that was not ready (or could not be read) after healing: no final read of it.
+    Unrecovered {
+        node: u64,
+        reason: String,
+    },
     /// Something the harness noticed (not an operation).
     Note {
         text: String,

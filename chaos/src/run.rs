@@ -278,6 +278,32 @@ impl Cluster<'_> {
         status.groups.iter().find(|g| g.group_id >= 1 && g.leader_id == Some(id)).map(|g| g.group_id)
     }
 
+    /// The nodes not ready within `timeout` (all waited for together), with why.
+    async fn unready(&self, timeout: Duration) -> Vec<(u64, String)> {
+        let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(2)).build() else {
+            return self.nodes.iter().map(|n| (n.id, "no HTTP client".to_string())).collect();
+        };
+        let mut unready = Vec::new();
+        let deadline = Instant::now() + timeout;
+        for node in &self.nodes {
+            let url = format!("http://{}/readyz", node.addrs.http);
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+            let ready = wait_until(&format!("node {} ready", node.id), left, || async {
+                let response = client.get(&url).send().await.ok()?;
+                response.status().is_success().then_some(())
+            })
+            .await;
+            if let Err(e) = ready {
+                let detail = match client.get(&url).send().await {
+                    Ok(response) => response.text().await.unwrap_or_default(),
+                    Err(e) => e.to_string(),
+                };
+                unready.push((node.id, format!("{e} ({})", detail.trim())));
+            }
+        }
+        unready
+    }
+
     async fn wait_ready(&self, timeout: Duration) -> Result<(), ChaosError> {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
         for node in &self.nodes {
@@ -762,7 +788,17 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
     history.record(Op::Phase { name: "heal".into() });
     say(&config, "phase: heal");
     cluster.heal()?;
-    cluster.wait_ready(Duration::from_secs(60)).await?;
+    // A node that does not recover is reported (a violation) and left out of the drain and the final reads;
+    // the others are still checked.
+    let mut unrecovered = BTreeSet::new();
+    for (id, reason) in cluster.unready(Duration::from_secs(60)).await {
+        say(&config, &format!("node {id} did not recover: {reason}"));
+        history.record(Op::Unrecovered { node: id, reason });
+        unrecovered.insert(id);
+    }
+    let healthy: Vec<String> =
+        cluster.nodes.iter().filter(|n| !unrecovered.contains(&n.id)).map(|n| n.addrs.admin.clone()).collect();
+    let first_healthy = healthy.first().cloned().unwrap_or_else(|| cluster.nodes[0].addrs.admin.clone());
     // Producers finish their current id (bounded), then stop.
     producers.producing.store(false, Ordering::Relaxed);
     let settle =
@@ -780,7 +816,7 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
     let mut streams = vec![stream()];
     streams.extend(specs.iter().map(|t| t.dead_letter_stream.clone()));
     let drained = wait_until("subscribers caught up", config.drain_timeout, || async {
-        let admin = &cluster.nodes[0].addrs.admin;
+        let admin = &first_healthy;
         let mut incomplete = 0;
         for partition in 0..config.partitions {
             let events = read_partition(admin, &stream(), partition).await.ok()?;
@@ -813,8 +849,8 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
         for s in &streams {
             for partition in 0..config.partitions {
                 let mut ends = BTreeSet::new();
-                for node in &cluster.nodes {
-                    ends.insert(end_offset(&node.addrs.admin, s, partition).await.ok()?);
+                for admin in &healthy {
+                    ends.insert(end_offset(admin, s, partition).await.ok()?);
                 }
                 if ends.len() > 1 {
                     return None;
@@ -831,7 +867,7 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
     stop_observer.store(true, Ordering::Relaxed);
     let _ = observer.await;
     history.record(Op::Phase { name: "final-read".into() });
-    for (id, admin, incarnation) in &observed_nodes {
+    for (id, admin, incarnation) in observed_nodes.iter().filter(|(id, ..)| !unrecovered.contains(id)) {
         for spec in &specs {
             match committed_offsets(admin, &spec.name).await {
                 Ok(committed) => history.record(Op::Offsets {
@@ -844,11 +880,21 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
                 Err(e) => history.note(format!("final offsets of {} on node {id}: {e}", spec.name)),
             }
         }
+        let mut reads = Vec::new();
         for s in &streams {
             for partition in 0..config.partitions {
-                let events = read_partition(admin, s, partition).await?;
-                history.record(Op::Read { node: *id, stream: s.clone(), partition, events });
+                match read_partition(admin, s, partition).await {
+                    Ok(events) => reads.push(Op::Read { node: *id, stream: s.clone(), partition, events }),
+                    Err(e) => {
+                        history.record(Op::Unrecovered { node: *id, reason: format!("reading {s}/{partition}: {e}") });
+                        reads.clear();
+                        break;
+                    }
+                }
             }
+        }
+        for read in reads {
+            history.record(read);
         }
     }
     drop(subscribers);
