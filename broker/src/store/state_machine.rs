@@ -279,6 +279,10 @@ pub struct GroupStateMachine {
     /// Set once openraft runs the group: from then on a request for the current snapshot comes from a
     /// follower that needs the data, not from start-up reading the meta.
     raft_started: Arc<AtomicBool>,
+    /// Per stream id: every dedupe expiry key below this arrival time is already deleted. The expiry scan
+    /// starts here instead of at 0, because RocksDB's seek would otherwise step over every tombstone the
+    /// earlier scans left (it grew with the stream: 90 % of a node's CPU after a few minutes at 5k/s).
+    dedupe_expired_below_ms: HashMap<u32, u64>,
 }
 
 impl GroupStateMachine {
@@ -295,7 +299,15 @@ impl GroupStateMachine {
             applied_index: watch::Sender::new(0),
         });
         let raft_started = Arc::new(AtomicBool::new(false));
-        let mut machine = Self { db, group, snapshot_dir, view, next_stream_id: 0, raft_started };
+        let mut machine = Self {
+            db,
+            group,
+            snapshot_dir,
+            view,
+            next_stream_id: 0,
+            raft_started,
+            dedupe_expired_below_ms: HashMap::new(),
+        };
         machine.reload()?;
         Ok(machine)
     }
@@ -311,6 +323,7 @@ impl GroupStateMachine {
 
     /// Re-reads the in-memory view from RocksDB (at open and after a snapshot install).
     fn reload(&mut self) -> io::Result<()> {
+        self.dedupe_expired_below_ms.clear();
         let sm = cf(&self.db, CF_SM_STATE)?;
         let prefix = tag_key(self.group, SM_STREAM);
         let mut read_options = ReadOptions::default();
@@ -522,20 +535,29 @@ impl GroupStateMachine {
     /// append (twice what it added, plus a margin), so the window's keys stay
     /// bounded by rate × window without an unbounded pause.
     fn stage_dedupe_expiry(
-        &self,
+        &mut self,
         staged: &mut Staged,
         stream_id: u32,
         horizon_ms: u64,
         added: usize,
     ) -> io::Result<()> {
         let dedupe = cf(&self.db, CF_DEDUPE)?;
-        let start = dedupe_expiry_key(self.group, stream_id, 0, &[]);
+        let floor_ms = self.dedupe_expired_below_ms.get(&stream_id).copied().unwrap_or(0);
+        if floor_ms >= horizon_ms {
+            return Ok(());
+        }
+        let start = dedupe_expiry_key(self.group, stream_id, floor_ms, &[]);
+        let limit = added * 2 + 64;
+        let mut seen = 0usize;
+        let mut last_at = floor_ms;
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(dedupe_expiry_key(self.group, stream_id, horizon_ms, &[]));
         let iter = self.db.iterator_cf_opt(dedupe, read_options, IteratorMode::From(&start, Direction::Forward));
-        for item in iter.take(added * 2 + 64) {
+        for item in iter.take(limit) {
+            seen += 1;
             let (expiry_key, _) = item.map_err(io_err)?;
             let Some((at, key)) = split_dedupe_expiry_key(&expiry_key) else { continue };
+            last_at = at;
             staged.batch.delete_cf(dedupe, &expiry_key);
             // A key seen again since (in this entry or on disk) keeps its newer mark.
             let newer_in_batch = staged.seen.get(&(stream_id, Bytes::copy_from_slice(key))).is_some_and(|t| *t != at);
@@ -549,6 +571,10 @@ impl GroupStateMachine {
             }
             staged.expired.insert(expiry_key.to_vec());
         }
+        // Below `last_at` everything seen was deleted (keys at `last_at` itself may remain: scanned again).
+        // A scan that stopped before its limit reached the horizon: nothing below it is left.
+        let floor = if seen < limit { horizon_ms } else { last_at };
+        self.dedupe_expired_below_ms.insert(stream_id, floor);
         Ok(())
     }
 

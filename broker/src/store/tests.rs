@@ -319,3 +319,43 @@ async fn committed_offsets_travel_with_snapshots() {
     target.install_snapshot(&snapshot.meta, SnapshotFile { path: copy }).await.expect("install");
     assert_eq!(target.view().committed_offsets().expect("read"), vec![("t".to_string(), 1)]);
 }
+
+fn dedupe_append(arrival_ms: u64, keys: &[&str]) -> StreamAppend {
+    StreamAppend {
+        stream: "d".to_string(),
+        arrival_ms,
+        payloads: keys.iter().map(|k| Bytes::copy_from_slice(k.as_bytes())).collect(),
+        dedupe: Some(crate::raft_types::Dedupe {
+            window_ms: 100,
+            keys: keys.iter().map(|k| Bytes::copy_from_slice(k.as_bytes())).collect(),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn dedupe_keys_expire_after_the_window_scan_after_scan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, mut sm) = open(dir.path(), 2);
+    // Many keys, each expired by a later append: the expiry scan resumes where the last one stopped.
+    let mut index = 1;
+    for round in 0..50u64 {
+        let keys: Vec<String> = (0..10).map(|k| format!("r{round}k{k}")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        apply(&mut sm, vec![entry(index, LogCommand::Append(vec![dedupe_append(1_000 + round * 50, &keys)]))]).await;
+        index += 1;
+    }
+    assert_eq!(sm.view().end_offset("d"), 500);
+    // Within the window: a duplicate is not stored.
+    apply(&mut sm, vec![entry(index, LogCommand::Append(vec![dedupe_append(3_460, &["r49k0"])]))]).await;
+    index += 1;
+    assert_eq!(sm.view().end_offset("d"), 500, "r49k0 was seen 10 ms ago");
+    // Past the window: the key was forgotten, so the same id is stored again.
+    apply(&mut sm, vec![entry(index, LogCommand::Append(vec![dedupe_append(3_000, &["r0k0"])]))]).await;
+    assert_eq!(sm.view().end_offset("d"), 501, "r0k0 expired long ago");
+    let dedupe_keys = store
+        .db()
+        .iterator_cf(cf(store.db(), crate::keys::CF_DEDUPE).expect("cf"), rocksdb::IteratorMode::Start)
+        .count();
+    // Only keys seen within the last window (plus their expiry entries) remain: not all 500.
+    assert!(dedupe_keys < 100, "{dedupe_keys} dedupe keys left");
+}
