@@ -202,7 +202,6 @@ pub(crate) fn install_snapshot(
     Ok((meta, final_path))
 }
 
-
 /// Removes snapshots that were being written or received when the node stopped.
 pub(crate) fn remove_partial_snapshots(dir: &Path) -> io::Result<()> {
     let Ok(entries) = fs::read_dir(dir) else {
