@@ -99,28 +99,55 @@ async fn run(group: GroupId, raft: Raft, limits: AppendLimits, mut rx: mpsc::Rec
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut records = first.append.payloads.len();
-        let mut bytes = first.append.payload_bytes();
-        let mut batch = vec![first];
-        while records < limits.max_records_per_entry && bytes < limits.max_bytes_per_entry {
-            let Ok(next) = rx.try_recv() else { break };
-            let next_records = next.append.payloads.len();
-            let next_bytes = next.append.payload_bytes();
-            if records + next_records > limits.max_records_per_entry || bytes + next_bytes > limits.max_bytes_per_entry
-            {
-                carried = Some(next);
-                break;
-            }
-            records += next_records;
-            bytes += next_bytes;
-            batch.push(next);
-        }
+        let filled = fill_batch(first, &mut rx, &limits, |p| &p.append, |_, _| true);
+        let (batch, records, bytes) = (filled.batch, filled.records, filled.bytes);
+        carried = filled.carried;
         let raft = raft.clone();
         tokio::spawn(async move {
             commit(group, &raft, batch, records, bytes).await;
             drop(permit);
         });
     }
+}
+
+/// A batch taken from a queue, and the first waiting item that did not fit (it starts the next batch).
+pub(crate) struct Filled<T> {
+    pub batch: Vec<T>,
+    pub records: usize,
+    pub bytes: usize,
+    pub carried: Option<T>,
+}
+
+/// Takes `first` and everything already waiting in `rx` (never waiting for more) while the batch stays within
+/// the entry's record and byte limits and `joins(first, next)` holds. Shared by the leader's batcher and the
+/// follower's forwarder.
+pub(crate) fn fill_batch<T>(
+    first: T,
+    rx: &mut mpsc::Receiver<T>,
+    limits: &AppendLimits,
+    append_of: impl Fn(&T) -> &StreamAppend,
+    joins: impl Fn(&T, &T) -> bool,
+) -> Filled<T> {
+    let mut records = append_of(&first).payloads.len();
+    let mut bytes = append_of(&first).payload_bytes();
+    let mut batch = vec![first];
+    let mut carried = None;
+    while records < limits.max_records_per_entry && bytes < limits.max_bytes_per_entry {
+        let Ok(next) = rx.try_recv() else { break };
+        let next_records = append_of(&next).payloads.len();
+        let next_bytes = append_of(&next).payload_bytes();
+        if !joins(&batch[0], &next)
+            || records + next_records > limits.max_records_per_entry
+            || bytes + next_bytes > limits.max_bytes_per_entry
+        {
+            carried = Some(next);
+            break;
+        }
+        records += next_records;
+        bytes += next_bytes;
+        batch.push(next);
+    }
+    Filled { batch, records, bytes, carried }
 }
 
 async fn commit(group: GroupId, raft: &Raft, batch: Vec<PendingAppend>, records: usize, bytes: usize) {

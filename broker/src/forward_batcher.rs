@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::batcher::AppendLimits;
+use crate::batcher::{AppendLimits, fill_batch};
 use crate::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
 use crate::network::PeerClients;
 use crate::raft_types::{Appended, GroupId, StreamAppend, group_name};
@@ -76,25 +76,10 @@ async fn run(group: GroupId, peers: PeerClients, limits: AppendLimits, mut rx: m
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut records = first.append.payloads.len();
-        let mut bytes = first.append.payload_bytes();
         let leader_addr = first.leader_addr.clone();
-        let mut batch = vec![first];
-        while records < limits.max_records_per_entry && bytes < limits.max_bytes_per_entry {
-            let Ok(next) = rx.try_recv() else { break };
-            let next_records = next.append.payloads.len();
-            let next_bytes = next.append.payload_bytes();
-            if next.leader_addr != leader_addr
-                || records + next_records > limits.max_records_per_entry
-                || bytes + next_bytes > limits.max_bytes_per_entry
-            {
-                carried = Some(next);
-                break;
-            }
-            records += next_records;
-            bytes += next_bytes;
-            batch.push(next);
-        }
+        let filled = fill_batch(first, &mut rx, &limits, |p| &p.append, |a, b| a.leader_addr == b.leader_addr);
+        let batch = filled.batch;
+        carried = filled.carried;
         requests_per_rpc.record(batch.len() as f64);
         let peers = peers.clone();
         tokio::spawn(async move {
