@@ -24,6 +24,9 @@ pub struct RaftTuning {
     pub snapshot_every_entries: u64,
     /// Entries kept in the log behind a snapshot (for followers that lag a little).
     pub keep_entries_after_snapshot: u64,
+    /// A learner counts as caught up (and may be promoted to voter) once it
+    /// is within this many entries of the leader's log.
+    pub learner_catch_up_entries: u64,
 }
 
 impl Default for RaftTuning {
@@ -34,6 +37,7 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 1200,
             snapshot_every_entries: 20_000,
             keep_entries_after_snapshot: 1_000,
+            learner_catch_up_entries: 5_000,
         }
     }
 }
@@ -49,6 +53,7 @@ impl RaftTuning {
             // written when a follower needs it (`store/snapshot.rs`), so a build is cheap at any size.
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
             max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
+            replication_lag_threshold: self.learner_catch_up_entries,
             // Entries are up to ~4 MiB (AppendLimits): 16 of them bound one AppendEntries message.
             max_payload_entries: 16,
             install_snapshot_timeout: 10_000,

@@ -92,6 +92,10 @@ struct NodeInner {
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
     /// Serialises group creation (never held by readers).
     creating: tokio::sync::Mutex<()>,
+    /// Serialises `cluster add-node` / `remove-node` run by this node: a
+    /// client that repeats a change after a timeout waits for the first one
+    /// to finish instead of racing it.
+    membership_changes: Arc<tokio::sync::Mutex<()>>,
     /// Set when this node was removed from the cluster (`cluster remove-node`):
     /// its partition groups are stopped.
     removed: std::sync::atomic::AtomicBool,
@@ -114,6 +118,7 @@ impl Node {
                 peers: PeerClients::default(),
                 groups: RwLock::new(HashMap::new()),
                 creating: tokio::sync::Mutex::new(()),
+                membership_changes: Arc::new(tokio::sync::Mutex::new(())),
                 removed: std::sync::atomic::AtomicBool::new(false),
                 leadership: Arc::new(watch::Sender::new(0)),
             }),
@@ -597,7 +602,30 @@ impl Node {
     /// and every partition group, each as a learner that catches up and then
     /// as a voter, and records it in the cluster config. The new node must be
     /// running (`sluice node` without `cluster init`). Idempotent.
+    ///
+    /// Runs to completion in its own task: a client that gives up (timeout,
+    /// cancelled RPC) does not leave the node half added.
     pub async fn add_node(&self, node: NodeId, addr: String) -> Result<(), BrokerError> {
+        let this = self.clone();
+        self.run_membership_change(async move { this.add_node_to_completion(node, addr).await }).await
+    }
+
+    /// Runs a membership change in a task of its own, after any change this
+    /// node is already running, and waits for its outcome.
+    async fn run_membership_change(
+        &self,
+        change: impl std::future::Future<Output = Result<(), BrokerError>> + Send + 'static,
+    ) -> Result<(), BrokerError> {
+        let serial = self.inner.membership_changes.clone();
+        tokio::spawn(async move {
+            let _serial = serial.lock().await;
+            change.await
+        })
+        .await
+        .map_err(|e| BrokerError::MembershipRefused(format!("the membership change task failed: {e}")))?
+    }
+
+    async fn add_node_to_completion(&self, node: NodeId, addr: String) -> Result<(), BrokerError> {
         let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
         if !addr.contains(':') {
             return Err(BrokerError::InvalidClusterConfig(format!("peer address {addr:?} is not host:port")));
@@ -625,9 +653,16 @@ impl Node {
 
     /// `cluster remove-node`: takes `node` out of every partition group,
     /// records the new member list, then takes it out of the metadata group.
-    /// The removed node stops its partition groups when it applies the new
-    /// member list. Refuses the last member and non-members.
+    /// The removed node stops its partition groups when it sees itself leave
+    /// the metadata group. Refuses the last member and non-members.
+    ///
+    /// Runs to completion in its own task, like [`Node::add_node`].
     pub async fn remove_node(&self, node: NodeId) -> Result<(), BrokerError> {
+        let this = self.clone();
+        self.run_membership_change(async move { this.remove_node_to_completion(node).await }).await
+    }
+
+    async fn remove_node_to_completion(&self, node: NodeId) -> Result<(), BrokerError> {
         let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
         let in_metadata = self.group(METADATA_GROUP)?.node_addr(node).is_some();
         if !config.is_member(node) && !in_metadata {
@@ -829,30 +864,75 @@ async fn watch_group_leadership(raft: Raft, leadership: Arc<watch::Sender<u64>>)
     }
 }
 
-async fn watch_cluster_config(node: Node, mut rx: watch::Receiver<Option<ClusterConfig>>, mut was_member: bool) {
+/// Whether the metadata group's newest membership (the last one this node
+/// has in its log, committed or not) still counts `node` in: as a learner, or
+/// as a voter of the configuration it is moving to. During a removal the
+/// joint configuration's last half no longer has the node; during an add the
+/// node is a learner, then a voter.
+fn listed_in_metadata_membership(metadata: &Group, node: NodeId) -> bool {
+    let metrics = metadata.raft.metrics();
+    let metrics = metrics.borrow_watched();
+    let membership = metrics.membership_config.membership();
+    membership.learner_ids().any(|id| id == node)
+        || membership.get_joint_config().last().is_some_and(|voters| voters.contains(&node))
+}
+
+/// Keeps the partition groups running exactly while this node belongs to the
+/// cluster, decided from the current state every time either the cluster
+/// config or the metadata group's membership changes, never from a latch:
+/// a node wiped and added again with its old id replays the metadata log,
+/// which removes it before it adds it again, possibly before the add has
+/// reached the partition groups (`docs/reliability.md`, findings).
+///
+/// - a member of the config, or listed in the metadata membership (a node
+///   being added is, before the config names it): serve;
+/// - otherwise, if it was ever listed: `cluster remove-node` of this node has
+///   taken it out of every partition group and then out of the metadata
+///   group (its last step): stop the partition groups.
+async fn watch_cluster_config(node: Node, mut config_rx: watch::Receiver<Option<ClusterConfig>>, mut was_member: bool) {
+    let Ok(metadata) = node.group(METADATA_GROUP) else {
+        return;
+    };
+    let mut membership_rx = metadata.raft.metrics();
+    let mut last_membership = None;
     loop {
-        let config = rx.borrow_and_update().clone();
+        let config = config_rx.borrow_and_update().clone();
         if let Some(config) = config {
-            if config.is_member(node.id()) {
-                // Listed again after a removal: a node wiped and added back with its old id replays the
-                // metadata log, which removes it before it adds it again. Serve the partition groups again
-                // (ensure_partitions below restarts them; they catch up by replication).
+            let belongs = config.is_member(node.id()) || listed_in_metadata_membership(&metadata, node.id());
+            if belongs {
                 if node.is_removed() {
-                    tracing::info!("this node is a member again: starting its partition groups");
+                    tracing::info!("this node belongs to the cluster again: starting its partition groups");
                     node.inner.removed.store(false, std::sync::atomic::Ordering::SeqCst);
                 }
                 was_member = true;
-            } else if was_member {
-                // `cluster remove-node` of this node: the other members have
-                // already taken it out of every partition group.
+            } else if was_member && !node.is_removed() {
                 node.stop_partitions().await;
             }
             if let Err(e) = node.ensure_partitions(&config).await {
                 tracing::error!(error = %e, "starting partition groups");
             }
         }
-        if rx.changed().await.is_err() {
-            return;
+        // Wake on a new config or a new metadata membership (not on every
+        // metrics change: heartbeats and appends change the metrics too).
+        loop {
+            tokio::select! {
+                changed = config_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                changed = membership_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = membership_rx.borrow_and_update().membership_config.log_id().clone();
+                    if last_membership.as_ref() != Some(&now) {
+                        last_membership = Some(now);
+                        break;
+                    }
+                }
+            }
         }
     }
 }

@@ -85,6 +85,10 @@ pub async fn run(node: Node, interval: Duration) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        // A removed node leads no partition (its groups are stopped).
+        if node.is_removed() {
+            continue;
+        }
         if let Err(e) = enforce_once(&node).await {
             tracing::warn!(error = %e, "retention pass failed");
         }

@@ -143,6 +143,8 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
             t.snapshot_every_entries.to_string(),
             "--keep-entries-after-snapshot".into(),
             t.keep_entries_after_snapshot.to_string(),
+            "--learner-catch-up-entries".into(),
+            t.learner_catch_up_entries.to_string(),
             "--retention-check-ms".into(),
             t.retention_check_ms.to_string(),
             "--dispatch-commit-interval-ms".into(),

@@ -99,6 +99,9 @@ pub struct TuningArgs {
     /// Raft entries kept behind a snapshot before the log is purged.
     #[arg(long, default_value_t = 1_000)]
     pub keep_entries_after_snapshot: u64,
+    /// `cluster add-node` makes a learner a voter once it is within this many Raft entries of the leader.
+    #[arg(long, default_value_t = 5_000)]
+    pub learner_catch_up_entries: u64,
     /// How often partition leaders apply retention (sluice.dev/retention).
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retention_check_ms: u64,
@@ -138,6 +141,7 @@ impl TuningArgs {
             election_timeout_max_ms: self.election_timeout_ms * 2,
             snapshot_every_entries: self.snapshot_every_entries,
             keep_entries_after_snapshot: self.keep_entries_after_snapshot,
+            learner_catch_up_entries: self.learner_catch_up_entries,
         })
     }
 }

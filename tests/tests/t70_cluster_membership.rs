@@ -177,3 +177,46 @@ async fn a_wiped_node_rejoins_with_its_old_id() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Regression (found by the chaos suite, seeds 201 and 203 of `--faults all`): a node that had seen itself
+/// removed kept its partition groups stopped behind a latch that only the cluster config's member list (which
+/// `cluster add-node` writes last) could clear, so adding it back hung at the first partition group ("group 1
+/// is not running on this node yet"). A wiped node replaying its own removal hit the same latch. Here the
+/// removed node keeps running with its data: it must see the removal (status `removed`, not ready), then serve
+/// again as soon as the metadata group lists it again, so that add-node completes. Its partition logs must be
+/// behind by more than `--learner-catch-up-entries` (a learner closer than that counts as caught up without
+/// replicating anything, which hid the bug in short tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_that_still_runs_is_added_back() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(3, PARTITIONS, &["--learner-catch-up-entries", "4"]).await?;
+    let http = cluster.nodes[0].http.clone();
+    let admin = cluster.nodes[0].admin.clone();
+    apply_resource(&admin, broker_object("default", "b", json!({}))).await?;
+    let mut client = ClusterClient::connect(format!("http://{admin}")).await?;
+    client.remove_node(RemoveNodeRequest { node_id: 3 }).await?;
+    let removed_admin = cluster.node(3).admin.clone();
+    let seen = wait_until(Duration::from_secs(30), || async {
+        let reply = status(&removed_admin).await?;
+        Ok(reply.removed.then_some(reply))
+    })
+    .await?;
+    anyhow::ensure!(seen.groups.len() == 1, "a removed node serves only the metadata group: {seen:?}");
+    // One at a time: each event is an entry of its own in its partition's log.
+    sluice_tests::wait_for_broker(&http, "/default/b").await?;
+    let http_client = reqwest::Client::new();
+    for i in 0..40 {
+        let id = format!("after-removal-{i}");
+        sluice_tests::send_event_accepted(&http_client, &http, "/default/b", &id, "t", &[], "{}").await?;
+    }
+
+    let peer = cluster.node(3).peer.clone();
+    tokio::time::timeout(Duration::from_secs(120), client.add_node(AddNodeRequest { node_id: 3, peer_addr: peer }))
+        .await
+        .map_err(|_| anyhow::anyhow!("add-node of the removed node did not finish\n{}", cluster.node(3).log_tail()))??;
+    let node = cluster.node(3);
+    sluice_tests::wait_ready(&node.http).await.map_err(|e| anyhow::anyhow!("{e}\n{}", node.log_tail()))?;
+    let back = status(&node.admin).await?;
+    anyhow::ensure!(!back.removed, "{back:?}");
+    anyhow::ensure!(back.groups.len() == PARTITIONS as usize + 1, "{back:?}");
+    Ok(())
+}
