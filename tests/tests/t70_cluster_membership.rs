@@ -220,3 +220,30 @@ async fn a_removed_node_that_still_runs_is_added_back() -> anyhow::Result<()> {
     anyhow::ensure!(back.groups.len() == PARTITIONS as usize + 1, "{back:?}");
     Ok(())
 }
+
+/// Regression (found by the chaos suite, `--faults membership`, seed 106): a client that gave up on
+/// `remove-node` (its deadline passed) cancelled the handler between groups and left the node half removed.
+/// A change now runs to completion in a task of its own: here the client's deadline (1 ms) passes before the
+/// first group is touched, and the node must still end up removed everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remove_node_whose_client_gives_up_still_completes() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(3, PARTITIONS, &[]).await?;
+    let admin = cluster.nodes[0].admin.clone();
+    let mut client = ClusterClient::connect(format!("http://{admin}")).await?;
+    let mut request = tonic::Request::new(RemoveNodeRequest { node_id: 3 });
+    request.set_timeout(Duration::from_millis(1));
+    let answer = client.remove_node(request).await;
+    anyhow::ensure!(answer.is_err(), "the 1 ms deadline should have passed first: {answer:?}");
+
+    let removed_admin = cluster.node(3).admin.clone();
+    wait_until(Duration::from_secs(60), || async {
+        let remaining = status(&admin).await?;
+        let removed = status(&removed_admin).await?;
+        let listed = remaining.members.iter().any(|m| m.node_id == 3);
+        let in_a_group = remaining.groups.iter().any(|g| g.voters.contains(&3) || g.learners.contains(&3));
+        Ok((!listed && !in_a_group && removed.removed && remaining.groups.len() == PARTITIONS as usize + 1)
+            .then_some(()))
+    })
+    .await?;
+    Ok(())
+}
