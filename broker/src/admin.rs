@@ -104,6 +104,7 @@ impl Cluster for AdminService {
             Some(config) => {
                 let checks = config.members.iter().map(|(id, addr)| {
                     let (id, addr) = (*id, addr.clone());
+                    let dial = self.node.peer_dial_addr(&addr).to_string();
                     let age = heartbeat.get(&id).copied();
                     let initial = config.is_initial_member(id);
                     let own = id == self.node.id();
@@ -113,7 +114,7 @@ impl Cluster for AdminService {
                         } else if age.is_some_and(|age| age <= alive_ms) {
                             (true, "heartbeat")
                         } else {
-                            (can_connect(&addr).await, "connect")
+                            (can_connect(&dial).await, "connect")
                         };
                         MemberStatus {
                             node_id: id,

@@ -2,7 +2,7 @@
 //! address, shared by every group; each group's openraft network wraps it
 //! with the group id.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,15 +28,29 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Default)]
 pub struct PeerClients {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// `--peer-route`: a peer's advertised address → the address this node
+    /// dials instead (a proxy, a NAT address). Peers are still named by
+    /// their advertised address everywhere else.
+    routes: Arc<BTreeMap<String, String>>,
 }
 
 impl PeerClients {
+    pub fn with_routes(routes: BTreeMap<String, String>) -> Self {
+        PeerClients { channels: Arc::default(), routes: Arc::new(routes) }
+    }
+
+    /// The address this node dials to reach the peer advertised as `addr`.
+    pub fn dial_addr<'a>(&'a self, addr: &'a str) -> &'a str {
+        self.routes.get(addr).map(String::as_str).unwrap_or(addr)
+    }
+
     pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
         let mut channels = self.channels.lock().map_err(|_| "peer client table poisoned".to_string())?;
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                let dial = self.dial_addr(addr);
+                let channel = Endpoint::from_shared(format!("http://{dial}"))
                     .map_err(|e| format!("bad peer address {addr}: {e}"))?
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)

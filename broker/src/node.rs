@@ -49,6 +49,8 @@ pub struct NodeSettings {
     pub read_limits: ReadLimits,
     /// How often the leader of a partition applies retention.
     pub retention_check_interval: Duration,
+    /// `--peer-route`: dial a peer advertised as the key at the value instead.
+    pub peer_routes: BTreeMap<String, String>,
 }
 
 /// A group as this node sees it (for status and readiness).
@@ -111,11 +113,12 @@ impl Node {
     pub async fn open(settings: NodeSettings) -> Result<Node, BrokerError> {
         claim_data_dir(&settings.data_dir, settings.node_id)?;
         let store = Store::open(&settings.data_dir)?;
+        let peers = PeerClients::with_routes(settings.peer_routes.clone());
         let node = Node {
             inner: Arc::new(NodeInner {
                 settings,
                 store,
-                peers: PeerClients::default(),
+                peers,
                 groups: RwLock::new(HashMap::new()),
                 creating: tokio::sync::Mutex::new(()),
                 membership_changes: Arc::new(tokio::sync::Mutex::new(())),
@@ -531,6 +534,11 @@ impl Node {
                 tracing::warn!(group = %group_name(group.id), error = %e, "raft shutdown");
             }
         }
+    }
+
+    /// The address this node dials to reach the peer advertised as `addr` (`--peer-route`).
+    pub fn peer_dial_addr<'a>(&'a self, addr: &'a str) -> &'a str {
+        self.inner.peers.dial_addr(addr)
     }
 
     /// Whether this node was removed from the cluster (its partition groups are stopped).

@@ -28,6 +28,10 @@ pub struct NodeArgs {
     /// Address of the admin gRPC API (IP:PORT).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub admin: String,
+    /// Dial the peer advertised as ADDR at VIA instead (ADDR=VIA, repeatable): a proxy or a NAT address on
+    /// this node's path to that peer. The cluster still names the peer by ADDR.
+    #[arg(long = "peer-route", value_name = "ADDR=VIA", value_parser = parse_peer_route)]
+    pub peer_routes: Vec<(String, String)>,
     #[command(flatten)]
     pub tuning: TuningArgs,
     #[command(flatten)]
@@ -146,6 +150,18 @@ impl TuningArgs {
     }
 }
 
+fn parse_peer_route(route: &str) -> std::result::Result<(String, String), String> {
+    let (addr, via) = route.split_once('=').ok_or_else(|| format!("--peer-route {route:?}: expected ADDR=VIA"))?;
+    for (what, value) in [("ADDR", addr), ("VIA", via)] {
+        let is_host_port =
+            value.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !is_host_port {
+            return Err(format!("--peer-route {route:?}: {what} must be host:port"));
+        }
+    }
+    Ok((addr.to_string(), via.to_string()))
+}
+
 pub fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &IngressArgs) -> Result<NodeSettings> {
     let limits = ingress.limits();
     // An append entry must hold the largest batch (events grow a little when stored).
@@ -162,11 +178,13 @@ pub fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &IngressAr
         },
         read_limits: ReadLimits::default(),
         retention_check_interval: Duration::from_millis(tuning.retention_check_ms),
+        peer_routes: Default::default(),
     })
 }
 
 pub async fn run(args: NodeArgs) -> Result<()> {
-    let settings = settings(args.id, args.data.clone(), &args.tuning, &args.ingress)?;
+    let mut settings = settings(args.id, args.data.clone(), &args.tuning, &args.ingress)?;
+    settings.peer_routes = args.peer_routes.iter().cloned().collect();
     let listen = Listen { peer: args.peer_listen.clone(), http: args.http.clone(), admin: args.admin.clone() };
     let running = server::start(settings, listen, args.ingress.limits(), Some(extra_admin())).await?;
     tracing::info!(

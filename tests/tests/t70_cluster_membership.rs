@@ -212,7 +212,9 @@ async fn a_removed_node_that_still_runs_is_added_back() -> anyhow::Result<()> {
     let peer = cluster.node(3).peer.clone();
     tokio::time::timeout(Duration::from_secs(120), client.add_node(AddNodeRequest { node_id: 3, peer_addr: peer }))
         .await
-        .map_err(|_| anyhow::anyhow!("add-node of the removed node did not finish\n{}", cluster.node(3).log_tail()))??;
+        .map_err(|_| {
+            anyhow::anyhow!("add-node of the removed node did not finish\n{}", cluster.node(3).log_tail())
+        })??;
     let node = cluster.node(3);
     sluice_tests::wait_ready(&node.http).await.map_err(|e| anyhow::anyhow!("{e}\n{}", node.log_tail()))?;
     let back = status(&node.admin).await?;
