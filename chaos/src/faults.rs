@@ -173,6 +173,14 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// The node a kill, pause or membership change holds (a partition holds links, not a node).
+    pub fn node(&self) -> Option<u64> {
+        match self {
+            Fault::Kill { node, .. } | Fault::Pause { node, .. } | Fault::Membership { node, .. } => Some(*node),
+            Fault::Partition { .. } => None,
+        }
+    }
+
     pub fn kind(&self) -> FaultKind {
         match self {
             Fault::Kill { .. } => FaultKind::Kill,

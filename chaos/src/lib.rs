@@ -9,6 +9,7 @@ pub mod checker;
 pub mod faults;
 pub mod history;
 pub mod netns;
+pub mod proxy;
 pub mod run;
 pub mod workload;
 

@@ -1,6 +1,7 @@
 //! The run's network: one Linux network namespace per node, joined by a bridge in the root namespace, so
 //! that links between nodes can be cut with nftables inside the nodes' namespaces; or, where namespaces
-//! cannot be created, loopback (kill and pause only: no partitions).
+//! cannot be created, loopback with a TCP proxy on every directed peer link (`proxy.rs`) that the harness
+//! cuts instead.
 //!
 //! Namespaces: a bridge `scb<pid>x<run>` with address `10.201.K.1/24` (K chosen per run among /24s no
 //! interface uses, so parallel test binaries do not collide), namespace `sc<pid>x<run>-n<i>` per node with a
@@ -15,6 +16,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::ChaosError;
+use crate::proxy::LinkProxies;
 
 /// Where one node listens.
 #[derive(Clone, Debug)]
@@ -68,11 +70,11 @@ impl Network {
     /// loopback, and the reason is returned with it.
     pub fn setup(kind: NetworkKind, nodes: usize) -> Result<(Network, Option<String>), ChaosError> {
         match kind {
-            NetworkKind::Loopback => Ok((Network::Loopback(Loopback::new(nodes)), None)),
+            NetworkKind::Loopback => Ok((Network::Loopback(Loopback::new(nodes)?), None)),
             NetworkKind::Namespaces => Ok((Network::Namespaces(Namespaces::create(nodes)?), None)),
             NetworkKind::Auto => match Namespaces::create(nodes) {
                 Ok(ns) => Ok((Network::Namespaces(ns), None)),
-                Err(e) => Ok((Network::Loopback(Loopback::new(nodes)), Some(e.to_string()))),
+                Err(e) => Ok((Network::Loopback(Loopback::new(nodes)?), Some(e.to_string()))),
             },
         }
     }
@@ -112,8 +114,14 @@ impl Network {
         }
     }
 
-    pub fn supports_partitions(&self) -> bool {
-        matches!(self, Network::Namespaces(_))
+    /// Extra `sluice node` arguments for node `i`: on loopback, its peer links go through the link proxies.
+    pub fn node_args(&self, i: usize) -> Vec<String> {
+        match self {
+            Network::Namespaces(_) => Vec::new(),
+            Network::Loopback(lo) => (0..lo.nodes.len())
+                .filter_map(|j| lo.proxies.route(i, j).map(|via| format!("--peer-route={}={via}", lo.nodes[j].peer)))
+                .collect(),
+        }
     }
 
     /// Makes the set of cut links exactly `blocked` (node index → node indexes it cannot exchange packets
@@ -121,19 +129,23 @@ impl Network {
     pub fn set_blocked(&self, blocked: &BTreeMap<usize, BTreeSet<usize>>) -> Result<(), ChaosError> {
         match self {
             Network::Namespaces(ns) => ns.set_blocked(blocked),
-            Network::Loopback(_) if blocked.values().all(BTreeSet::is_empty) => Ok(()),
-            Network::Loopback(_) => Err(ChaosError::Setup("partitions need network namespaces".into())),
+            Network::Loopback(lo) => {
+                lo.proxies.set_blocked(blocked);
+                Ok(())
+            }
         }
     }
 }
 
-/// Loopback: every node on 127.0.0.1 with ports from below the ephemeral range.
+/// Loopback: every node on 127.0.0.1 with ports from below the ephemeral range, and a proxy on every
+/// directed peer link.
 pub struct Loopback {
     nodes: Vec<NodeAddrs>,
+    proxies: LinkProxies,
 }
 
 impl Loopback {
-    fn new(nodes: usize) -> Self {
+    fn new(nodes: usize) -> Result<Self, ChaosError> {
         let mut next = 20_000 + (std::process::id() * 131) % 10_000;
         let mut free = || loop {
             next = if next >= 32_000 { 20_000 } else { next + 1 };
@@ -141,10 +153,11 @@ impl Loopback {
                 return format!("127.0.0.1:{next}");
             }
         };
-        let nodes = (0..nodes)
+        let nodes: Vec<NodeAddrs> = (0..nodes)
             .map(|_| NodeAddrs { ip: "127.0.0.1".into(), peer: free(), http: free(), admin: free() })
             .collect();
-        Self { nodes }
+        let proxies = LinkProxies::start(&nodes.iter().map(|n| n.peer.clone()).collect::<Vec<_>>())?;
+        Ok(Self { nodes, proxies })
     }
 }
 

@@ -63,6 +63,9 @@ pub struct Config {
     pub timing: Timing,
     /// After each fault, wait (30 s at most) until every node is ready before the next gap.
     pub wait_ready_between_faults: bool,
+    /// At most this many faults held at once (1: one after another). Faults that overlap never hit the same
+    /// node twice; a membership change runs alone.
+    pub max_overlapping_faults: usize,
     /// Keep the nodes' data and logs here (else a temporary directory, removed).
     pub keep_dir: Option<PathBuf>,
     /// Print progress to stderr.
@@ -92,6 +95,7 @@ impl Config {
             commit_interval_ms: 500,
             timing: Timing::default(),
             wait_ready_between_faults: true,
+            max_overlapping_faults: 1,
             keep_dir: None,
             verbose: true,
         }
@@ -212,6 +216,8 @@ struct Cluster<'a> {
     nodes: Vec<NodeProc>,
     config: Config,
     history: Arc<History>,
+    /// The links each active partition fault cuts (by fault number): the network blocks their union.
+    partitions: BTreeMap<u64, Vec<(u64, u64)>>,
 }
 
 impl Cluster<'_> {
@@ -235,6 +241,7 @@ impl Cluster<'_> {
             .arg(&node.data)
             .args(["--peer-listen", &node.addrs.peer, "--http", &node.addrs.http, "--admin", &node.addrs.admin])
             .args(["--dispatch-commit-interval-ms", &config.commit_interval_ms.to_string()])
+            .args(net.node_args((id - 1) as usize))
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log)
@@ -331,6 +338,7 @@ impl Cluster<'_> {
 
     /// Resumes paused nodes, removes every partition and restarts dead nodes.
     fn heal(&mut self) -> Result<(), ChaosError> {
+        self.partitions.clear();
         self.net.set_blocked(&BTreeMap::new())?;
         for id in self.ids() {
             let node = self.node(id);
@@ -345,8 +353,21 @@ impl Cluster<'_> {
         Ok(())
     }
 
-    fn block(&self, cut: &[(u64, u64)]) -> Result<(), ChaosError> {
-        let blocked: BTreeMap<usize, BTreeSet<usize>> = faults::cut_links(cut)
+    /// Cuts the links of partition fault `n` (on top of those of other active partitions).
+    fn block(&mut self, n: u64, cut: &[(u64, u64)]) -> Result<(), ChaosError> {
+        self.partitions.insert(n, cut.to_vec());
+        self.apply_partitions()
+    }
+
+    /// Heals the links of partition fault `n` that no other active partition cuts.
+    fn unblock(&mut self, n: u64) -> Result<(), ChaosError> {
+        self.partitions.remove(&n);
+        self.apply_partitions()
+    }
+
+    fn apply_partitions(&self) -> Result<(), ChaosError> {
+        let cut: Vec<(u64, u64)> = self.partitions.values().flatten().copied().collect();
+        let blocked: BTreeMap<usize, BTreeSet<usize>> = faults::cut_links(&cut)
             .into_iter()
             .map(|(a, peers)| ((a - 1) as usize, peers.into_iter().map(|b| (b - 1) as usize).collect()))
             .collect();
@@ -354,7 +375,8 @@ impl Cluster<'_> {
     }
 
     /// Injects a planned fault; answers what was injected (None when its target could not be found).
-    async fn inject(&mut self, planned: &Planned, n: u64) -> Result<Option<Fault>, ChaosError> {
+    /// `busy`: nodes an active fault already kills, pauses or changes; a fault aimed at one is not injected.
+    async fn inject(&mut self, planned: &Planned, n: u64, busy: &BTreeSet<u64>) -> Result<Option<Fault>, ChaosError> {
         let nodes = self.nodes.len() as u64;
         let target = match planned {
             Planned::Kill(t) | Planned::Pause(t) | Planned::Isolate(t) | Planned::Membership(t) => Some(*t),
@@ -365,6 +387,10 @@ impl Cluster<'_> {
             Some(Target::LeaderOf(group)) => self.leader_of(group).await.map(|id| (id, Some(group))),
             None => None,
         };
+        let hits_node = matches!(planned, Planned::Kill(_) | Planned::Pause(_) | Planned::Membership(_));
+        if hits_node && resolved.is_some_and(|(node, _)| busy.contains(&node)) {
+            return Ok(None);
+        }
         let fault = match planned {
             Planned::Kill(_) => {
                 let Some((node, leader_of_group)) = resolved else { return Ok(None) };
@@ -390,7 +416,7 @@ impl Cluster<'_> {
                 let cut = faults::isolate(node, nodes);
                 let fault = Fault::Partition { n, name: name.into(), cut: cut.clone(), leader_of_group };
                 self.history.record(Op::FaultStart { fault: fault.clone() });
-                self.block(&cut)?;
+                self.block(n, &cut)?;
                 fault
             }
             Planned::Membership(_) => {
@@ -429,7 +455,7 @@ impl Cluster<'_> {
                 let cut = faults::bridge(left, right);
                 let fault = Fault::Partition { n, name: "bridge".into(), cut: cut.clone(), leader_of_group: None };
                 self.history.record(Op::FaultStart { fault: fault.clone() });
-                self.block(&cut)?;
+                self.block(n, &cut)?;
                 fault
             }
         };
@@ -469,7 +495,7 @@ impl Cluster<'_> {
                 self.node(*node).signal("-CONT")?;
                 self.node(*node).paused = false;
             }
-            Fault::Partition { .. } => self.net.set_blocked(&BTreeMap::new())?,
+            Fault::Partition { n, .. } => self.unblock(*n)?,
         }
         self.history.record(Op::FaultEnd { fault: fault.clone() });
         Ok(())
@@ -601,13 +627,9 @@ fn trigger_object(spec: &TriggerSpec, subscribers: &Subscribers, config: &Config
 /// Runs the whole thing and answers the checker's report.
 pub async fn run(config: Config) -> Result<Report, ChaosError> {
     let (net, fallback) = Network::setup(config.network, config.nodes)?;
-    let mut kinds = config.faults.clone();
+    let kinds = config.faults.clone();
     if let Some(reason) = &fallback {
         say(&config, &format!("network namespaces unavailable ({reason}); falling back to loopback"));
-    }
-    if !net.supports_partitions() && kinds.contains(&FaultKind::Partition) {
-        say(&config, "loopback network: partition faults are not available and are skipped (kill and pause run)");
-        kinds.retain(|k| *k != FaultKind::Partition);
     }
     let temp = tempfile::tempdir().map_err(|e| ChaosError::io("creating a temporary directory", e))?;
     let root = config.keep_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
@@ -661,7 +683,8 @@ pub async fn run(config: Config) -> Result<Report, ChaosError> {
             incarnation: Arc::new(AtomicU32::new(0)),
         })
         .collect();
-    let mut cluster = Cluster { net: &net, nodes, config: config.clone(), history: history.clone() };
+    let mut cluster =
+        Cluster { net: &net, nodes, config: config.clone(), history: history.clone(), partitions: BTreeMap::new() };
     let outcome = drive(&mut cluster, &kinds).await;
     if outcome.is_err() {
         eprintln!("{}", cluster.log_tails());
@@ -673,6 +696,73 @@ pub async fn run(config: Config) -> Result<Report, ChaosError> {
     outcome?;
     let entries = history.finish()?;
     Ok(check(&entries))
+}
+
+/// The fault phase until `end`: draws each step from the seeded schedule when a slot is free (at most
+/// `max_overlapping_faults` held at once), waits its gap, injects it, and ends each fault after its hold.
+/// With one slot: gap, fault, hold, end, recovery, one after another. A fault whose target is busy (an
+/// active fault holds that node) or that would overlap a membership change is skipped and noted.
+async fn inject_faults(
+    cluster: &mut Cluster<'_>,
+    kinds: &[FaultKind],
+    rng: &mut StdRng,
+    end: Instant,
+) -> Result<(), ChaosError> {
+    let config = cluster.config.clone();
+    let history = cluster.history.clone();
+    let nodes = cluster.nodes.len() as u64;
+    let slots = config.max_overlapping_faults.max(1);
+    let mut active: Vec<(Instant, Fault)> = Vec::new();
+    let mut pending: Option<(Instant, faults::Step)> = None;
+    let mut n = 0;
+    loop {
+        if pending.is_none() && active.len() < slots {
+            let Some(step) = faults::next_step(rng, kinds, nodes, config.partitions, config.timing) else {
+                break;
+            };
+            pending = Some((Instant::now() + step.gap, step));
+        }
+        let wake = pending.iter().map(|(at, _)| *at).chain(active.iter().map(|(until, _)| *until)).min();
+        tokio::time::sleep_until(wake.unwrap_or(end).min(end)).await;
+        if Instant::now() >= end {
+            break;
+        }
+        let now = Instant::now();
+        let (due, still): (Vec<_>, Vec<_>) = active.into_iter().partition(|(until, _)| *until <= now);
+        active = still;
+        for (_, fault) in &due {
+            cluster.revert(fault).await?;
+        }
+        if !due.is_empty()
+            && active.is_empty()
+            && config.wait_ready_between_faults
+            && let Err(e) = cluster.wait_ready(Duration::from_secs(30)).await
+        {
+            history.note(format!("after fault {n}: {e}"));
+            say(&config, &format!("after fault {n}: {e}"));
+        }
+        let Some((_, step)) = pending.take_if(|(at, _)| *at <= Instant::now()) else {
+            continue;
+        };
+        n += 1;
+        let membership_active = active.iter().any(|(_, f)| f.kind() == FaultKind::Membership);
+        if membership_active || (matches!(step.planned, Planned::Membership(_)) && !active.is_empty()) {
+            history.note(format!("fault {n} skipped: it would overlap a membership change ({:?})", step.planned));
+            continue;
+        }
+        let busy: BTreeSet<u64> = active.iter().filter_map(|(_, f)| f.node()).collect();
+        let Some(fault) = cluster.inject(&step.planned, n, &busy).await? else {
+            history.note(format!("fault {n} skipped: no target, or its target is busy ({:?})", step.planned));
+            continue;
+        };
+        say(&config, &format!("fault {n}: {fault:?} for {:?}", step.hold));
+        active.push((Instant::now() + step.hold, fault));
+    }
+    // The phase is over: end what is still held (the heal phase would, but each gets its fault-end here).
+    for (_, fault) in active {
+        cluster.revert(&fault).await?;
+    }
+    Ok(())
 }
 
 async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), ChaosError> {
@@ -755,34 +845,11 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
     say(&config, "phase: faults");
     let mut rng = StdRng::seed_from_u64(config.seed);
     let end = Instant::now() + config.duration;
-    let mut n = 0;
-    let nodes = cluster.nodes.len() as u64;
     if kinds.is_empty() {
         // No faults: the phase is the same length, producers and deliveries go on.
         tokio::time::sleep_until(end).await;
-    }
-    while !kinds.is_empty() && Instant::now() < end {
-        let Some(step) = faults::next_step(&mut rng, kinds, nodes, config.partitions, config.timing) else {
-            break;
-        };
-        tokio::time::sleep_until((Instant::now() + step.gap).min(end)).await;
-        if Instant::now() >= end {
-            break;
-        }
-        n += 1;
-        let Some(fault) = cluster.inject(&step.planned, n).await? else {
-            history.note(format!("fault {n} skipped: no target ({:?})", step.planned));
-            continue;
-        };
-        say(&config, &format!("fault {n}: {fault:?} for {:?}", step.hold));
-        tokio::time::sleep_until((Instant::now() + step.hold).min(end)).await;
-        cluster.revert(&fault).await?;
-        if config.wait_ready_between_faults
-            && let Err(e) = cluster.wait_ready(Duration::from_secs(30)).await
-        {
-            history.note(format!("after fault {n}: {e}"));
-            say(&config, &format!("after fault {n}: {e}"));
-        }
+    } else {
+        inject_faults(cluster, kinds, &mut rng, end).await?;
     }
 
     history.record(Op::Phase { name: "heal".into() });

@@ -68,6 +68,9 @@ struct Args {
     /// Do not wait for every node to be ready after a fault: the next one may hit a cluster still recovering.
     #[arg(long)]
     no_recovery: bool,
+    /// Hold up to this many faults at once (they never hit the same node; a membership change runs alone).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
+    overlap: u64,
     /// Keep the nodes' data and logs in this directory.
     #[arg(long)]
     keep: Option<PathBuf>,
@@ -135,6 +138,7 @@ fn main() -> ExitCode {
     config.fail_rate = args.fail_rate;
     config.timing = Timing { gap_ms: args.gap_ms, hold_ms: args.hold_ms, leader_bias: args.leader_bias };
     config.wait_ready_between_faults = !args.no_recovery;
+    config.max_overlapping_faults = args.overlap as usize;
     config.keep_dir = args.keep.clone();
     eprintln!("sluice-chaos: seed {seed}");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
