@@ -26,10 +26,14 @@ pub enum FaultKind {
     /// Membership change: remove a node from the cluster (admin RemoveNode), kill it and wipe its data, then
     /// start it empty and add it again (admin AddNode).
     Membership,
+    /// Graceful restart: SIGTERM to a partition's leader or a random node (kill -9 if it has not exited
+    /// within 10 s), started again after the hold.
+    Restart,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 4] = [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::Membership];
+    pub const ALL: [FaultKind; 5] =
+        [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::Membership, FaultKind::Restart];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -37,6 +41,7 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
             FaultKind::Membership => "membership",
+            FaultKind::Restart => "restart",
         }
     }
 
@@ -49,10 +54,9 @@ impl FaultKind {
         }
         let mut kinds = BTreeSet::new();
         for part in text.split([',', '+']) {
-            let kind = Self::ALL
-                .into_iter()
-                .find(|k| k.name() == part.trim())
-                .ok_or_else(|| format!("unknown fault {part:?} (kill, pause, partition, membership, none, all)"))?;
+            let kind = Self::ALL.into_iter().find(|k| k.name() == part.trim()).ok_or_else(|| {
+                format!("unknown fault {part:?} (kill, pause, partition, membership, restart, none, all)")
+            })?;
             kinds.insert(kind);
         }
         Ok(kinds.into_iter().collect())
@@ -83,6 +87,7 @@ pub enum Planned {
     },
     /// Remove the target from the cluster, wipe it, add it again.
     Membership(Target),
+    Restart(Target),
 }
 
 /// One step of the schedule: wait `gap` (the cluster recovers), inject, hold, heal.
@@ -126,6 +131,7 @@ pub fn next_step(rng: &mut StdRng, kinds: &[FaultKind], nodes: u64, partitions: 
         FaultKind::Kill => Planned::Kill(target(rng)),
         FaultKind::Pause => Planned::Pause(target(rng)),
         FaultKind::Membership => Planned::Membership(target(rng)),
+        FaultKind::Restart => Planned::Restart(target(rng)),
         FaultKind::Partition => match rng.random_range(0..3) {
             0 => Planned::Isolate(Target::Node(rng.random_range(1..=nodes))),
             1 => Planned::Isolate(Target::LeaderOf(rng.random_range(1..=partitions.max(1)))),
@@ -170,13 +176,23 @@ pub enum Fault {
         node: u64,
         leader_of_group: Option<u32>,
     },
+    Restart {
+        n: u64,
+        node: u64,
+        leader_of_group: Option<u32>,
+        /// Whether the node exited on SIGTERM in time (else it was killed).
+        graceful: bool,
+    },
 }
 
 impl Fault {
     /// The node a kill, pause or membership change holds (a partition holds links, not a node).
     pub fn node(&self) -> Option<u64> {
         match self {
-            Fault::Kill { node, .. } | Fault::Pause { node, .. } | Fault::Membership { node, .. } => Some(*node),
+            Fault::Kill { node, .. }
+            | Fault::Pause { node, .. }
+            | Fault::Membership { node, .. }
+            | Fault::Restart { node, .. } => Some(*node),
             Fault::Partition { .. } => None,
         }
     }
@@ -187,6 +203,7 @@ impl Fault {
             Fault::Pause { .. } => FaultKind::Pause,
             Fault::Partition { .. } => FaultKind::Partition,
             Fault::Membership { .. } => FaultKind::Membership,
+            Fault::Restart { .. } => FaultKind::Restart,
         }
     }
 }

@@ -203,7 +203,34 @@ impl NodeProc {
     fn running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// SIGTERM, then waits for the exit; kill -9 after `timeout`. Answers whether it exited by itself.
+    async fn stop_gracefully(&mut self, timeout: Duration) -> bool {
+        if self.signal("-TERM").is_err() {
+            self.kill9();
+            return false;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut graceful = false;
+        while let Some(child) = self.child.as_mut() {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                self.child = None;
+                graceful = true;
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            // A child process's exit has no async notification here (std::process::Child): poll it.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill9();
+        graceful
+    }
 }
+
+/// How long a graceful restart waits for the node to exit on SIGTERM.
+const GRACEFUL_STOP: Duration = Duration::from_secs(10);
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
@@ -379,7 +406,11 @@ impl Cluster<'_> {
     async fn inject(&mut self, planned: &Planned, n: u64, busy: &BTreeSet<u64>) -> Result<Option<Fault>, ChaosError> {
         let nodes = self.nodes.len() as u64;
         let target = match planned {
-            Planned::Kill(t) | Planned::Pause(t) | Planned::Isolate(t) | Planned::Membership(t) => Some(*t),
+            Planned::Kill(t)
+            | Planned::Pause(t)
+            | Planned::Isolate(t)
+            | Planned::Membership(t)
+            | Planned::Restart(t) => Some(*t),
             Planned::Bridge { .. } => None,
         };
         let resolved = match target {
@@ -387,7 +418,8 @@ impl Cluster<'_> {
             Some(Target::LeaderOf(group)) => self.leader_of(group).await.map(|id| (id, Some(group))),
             None => None,
         };
-        let hits_node = matches!(planned, Planned::Kill(_) | Planned::Pause(_) | Planned::Membership(_));
+        let hits_node =
+            matches!(planned, Planned::Kill(_) | Planned::Pause(_) | Planned::Membership(_) | Planned::Restart(_));
         if hits_node && resolved.is_some_and(|(node, _)| busy.contains(&node)) {
             return Ok(None);
         }
@@ -397,6 +429,16 @@ impl Cluster<'_> {
                 let fault = Fault::Kill { n, node, leader_of_group };
                 self.history.record(Op::FaultStart { fault: fault.clone() });
                 self.node(node).kill9();
+                fault
+            }
+            Planned::Restart(_) => {
+                let Some((node, leader_of_group)) = resolved else { return Ok(None) };
+                if !self.node(node).running() {
+                    return Ok(None);
+                }
+                let graceful = self.node(node).stop_gracefully(GRACEFUL_STOP).await;
+                let fault = Fault::Restart { n, node, leader_of_group, graceful };
+                self.history.record(Op::FaultStart { fault: fault.clone() });
                 fault
             }
             Planned::Pause(_) => {
@@ -490,7 +532,7 @@ impl Cluster<'_> {
                     self.history.note(format!("fault {n}: {e}"));
                 }
             }
-            Fault::Kill { node, .. } => self.start(*node)?,
+            Fault::Kill { node, .. } | Fault::Restart { node, .. } => self.start(*node)?,
             Fault::Pause { node, .. } => {
                 self.node(*node).signal("-CONT")?;
                 self.node(*node).paused = false;

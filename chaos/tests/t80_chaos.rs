@@ -1,5 +1,5 @@
-//! The CI chaos run: 3 nodes, about 3 minutes of kill -9, pause and partition faults, producers and
-//! Trigger deliveries throughout; then heal, drain, read every node's log and check the history. Fails on
+//! The CI chaos run: 3 nodes, about 3 minutes of kill -9, pause, partition and graceful restart faults,
+//! producers and Trigger deliveries throughout; then heal, drain, read every node's log and check the history. Fails on
 //! any safety violation (lost, unexpected, divergence, offset conflicts, gaps, duplicates in the log,
 //! dispatch incomplete, committed offsets going back). `CHAOS_SEED` and `CHAOS_DURATION` (e.g. `60s`)
 //! override the seed (default: the time) and the fault phase.
@@ -10,7 +10,7 @@ use sluice_chaos::faults::FaultKind;
 use sluice_chaos::run::{Config, default_sluice_bin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_survive_kill_pause_and_partitions() -> anyhow::Result<()> {
+async fn three_nodes_survive_kill_pause_partitions_and_restarts() -> anyhow::Result<()> {
     let seed = match std::env::var("CHAOS_SEED") {
         Ok(seed) => seed.parse()?,
         Err(_) => sluice_chaos::history::wall_ms(),
@@ -24,7 +24,7 @@ async fn three_nodes_survive_kill_pause_and_partitions() -> anyhow::Result<()> {
     config.nodes = 3;
     config.partitions = 2;
     config.duration = duration;
-    config.faults = vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Partition];
+    config.faults = vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::Restart];
     config.seed = seed;
     config.history = Some(history.clone());
     let started = std::time::Instant::now();
