@@ -393,6 +393,14 @@ pub async fn handle(
     let Some(settings) = ingress.settings(&target) else {
         let (namespace, name) = target.namespace_and_name();
         let kind = if matches!(target, Target::Broker { .. }) { "broker" } else { "channel" };
+        // Unknown here may only mean "not replicated here yet": retryable, not a definite 404.
+        if let Err(reason) = ingress.node.metadata_caught_up() {
+            return retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("unknown {kind} {namespace}/{name} on this node yet; retry"),
+                reason,
+            );
+        }
         return json_response(
             StatusCode::NOT_FOUND,
             serde_json::json!({ "error": format!("unknown {kind}"), "namespace": namespace, "name": name }),

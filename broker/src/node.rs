@@ -79,6 +79,9 @@ pub struct GroupStatus {
 /// How long a leader waits for a new learner to catch up before it answers
 /// "still catching up" (below the forward RPC's timeout; the caller asks again).
 const LEARNER_WAIT: Duration = Duration::from_secs(5);
+/// Membership changes one node runs or holds waiting at once; more are refused (retryable).
+const MEMBERSHIP_QUEUE: usize = 8;
+
 /// How long `cluster add-node` / `remove-node` keep trying one group.
 const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(180);
 
@@ -98,6 +101,8 @@ struct NodeInner {
     /// client that repeats a change after a timeout waits for the first one
     /// to finish instead of racing it.
     membership_changes: Arc<tokio::sync::Mutex<()>>,
+    /// Bounds the changes running or waiting on this node.
+    membership_queue: Arc<tokio::sync::Semaphore>,
     /// Set when this node was removed from the cluster (`cluster remove-node`):
     /// its partition groups are stopped.
     removed: std::sync::atomic::AtomicBool,
@@ -122,6 +127,7 @@ impl Node {
                 groups: RwLock::new(HashMap::new()),
                 creating: tokio::sync::Mutex::new(()),
                 membership_changes: Arc::new(tokio::sync::Mutex::new(())),
+                membership_queue: Arc::new(tokio::sync::Semaphore::new(MEMBERSHIP_QUEUE)),
                 removed: std::sync::atomic::AtomicBool::new(false),
                 leadership: Arc::new(watch::Sender::new(0)),
             }),
@@ -510,7 +516,27 @@ impl Node {
             .collect()
     }
 
-    /// Ready: the cluster is initialised, and every group this node hosts has a leader.
+    /// Whether this node's copy of the cluster's resources (the metadata group's
+    /// applied state) is as new as the last commit its leader reported. Until
+    /// then a Broker this node does not know may just not have arrived yet (a
+    /// node that restarted, or was added, replays the metadata log first).
+    pub fn metadata_caught_up(&self) -> Result<(), String> {
+        let metadata = self.group(METADATA_GROUP).map_err(|e| e.to_string())?;
+        let metrics = metadata.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        if metrics.current_leader.is_none() {
+            return Err("no leader for metadata".into());
+        }
+        let applied = metrics.last_applied.as_ref().map_or(0, |id| id.index);
+        let committed = metrics.cluster_committed.as_ref().map_or(0, |id| id.index);
+        if applied < committed {
+            return Err(format!("metadata is catching up (applied {applied} of {committed})"));
+        }
+        Ok(())
+    }
+
+    /// Ready: the cluster is initialised, every group this node hosts has a
+    /// leader, and its metadata has caught up with the leader's.
     pub fn readiness(&self) -> Result<(), String> {
         if self.is_removed() {
             return Err("this node was removed from the cluster".into());
@@ -518,6 +544,7 @@ impl Node {
         let Some(config) = self.cluster_config() else {
             return Err("the cluster is not initialised".into());
         };
+        self.metadata_caught_up()?;
         let groups = self.groups();
         if groups.len() < config.partitions as usize + 1 {
             return Err("partition groups are still starting".into());
@@ -614,6 +641,8 @@ impl Node {
     /// Runs to completion in its own task: a client that gives up (timeout,
     /// cancelled RPC) does not leave the node half added.
     pub async fn add_node(&self, node: NodeId, addr: String) -> Result<(), BrokerError> {
+        // Refused at once, not after the changes queued before it (checked again when it runs).
+        self.check_add_node(node, &addr)?;
         let this = self.clone();
         self.run_membership_change(async move { this.add_node_to_completion(node, addr).await }).await
     }
@@ -624,22 +653,30 @@ impl Node {
         &self,
         change: impl std::future::Future<Output = Result<(), BrokerError>> + Send + 'static,
     ) -> Result<(), BrokerError> {
+        let Ok(queued) = self.inner.membership_queue.clone().try_acquire_owned() else {
+            return Err(BrokerError::QueueFull { group: METADATA_GROUP, capacity: MEMBERSHIP_QUEUE });
+        };
         let serial = self.inner.membership_changes.clone();
         tokio::spawn(async move {
+            let _queued = queued;
             let _serial = serial.lock().await;
             change.await
         })
         .await
-        .map_err(|e| BrokerError::MembershipRefused(format!("the membership change task failed: {e}")))?
+        .map_err(|e| BrokerError::Raft {
+            group: METADATA_GROUP,
+            reason: format!("the membership change stopped ({e}) and may be partly done; run it again"),
+        })?
     }
 
-    async fn add_node_to_completion(&self, node: NodeId, addr: String) -> Result<(), BrokerError> {
+    /// The checks of `cluster add-node` against the current config.
+    fn check_add_node(&self, node: NodeId, addr: &str) -> Result<ClusterConfig, BrokerError> {
         let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
         if !addr.contains(':') {
             return Err(BrokerError::InvalidClusterConfig(format!("peer address {addr:?} is not host:port")));
         }
         if let Some(existing) = config.members.get(&node)
-            && *existing != addr
+            && existing != addr
         {
             return Err(BrokerError::InvalidClusterConfig(format!(
                 "node {node} is already a member with peer address {existing}"
@@ -648,6 +685,11 @@ impl Node {
         if let Some((other, _)) = config.members.iter().find(|(id, a)| **a == addr && **id != node) {
             return Err(BrokerError::InvalidClusterConfig(format!("peer address {addr} belongs to member {other}")));
         }
+        Ok(config)
+    }
+
+    async fn add_node_to_completion(&self, node: NodeId, addr: String) -> Result<(), BrokerError> {
+        let config = self.check_add_node(node, &addr)?;
         for group in Self::cluster_groups(&config) {
             self.membership(group, MembershipOp::AddLearner { node, addr: addr.clone() }).await?;
             self.membership(group, MembershipOp::Promote(node)).await?;
@@ -666,11 +708,13 @@ impl Node {
     ///
     /// Runs to completion in its own task, like [`Node::add_node`].
     pub async fn remove_node(&self, node: NodeId) -> Result<(), BrokerError> {
+        self.check_remove_node(node)?;
         let this = self.clone();
         self.run_membership_change(async move { this.remove_node_to_completion(node).await }).await
     }
 
-    async fn remove_node_to_completion(&self, node: NodeId) -> Result<(), BrokerError> {
+    /// The checks of `cluster remove-node` against the current config.
+    fn check_remove_node(&self, node: NodeId) -> Result<ClusterConfig, BrokerError> {
         let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
         let in_metadata = self.group(METADATA_GROUP)?.node_addr(node).is_some();
         if !config.is_member(node) && !in_metadata {
@@ -682,6 +726,11 @@ impl Node {
         if config.members.keys().all(|id| *id == node) {
             return Err(BrokerError::MembershipRefused(format!("node {node} is the last member of the cluster")));
         }
+        Ok(config)
+    }
+
+    async fn remove_node_to_completion(&self, node: NodeId) -> Result<(), BrokerError> {
+        let config = self.check_remove_node(node)?;
         let groups = Self::cluster_groups(&config);
         for group in groups.iter().skip(1) {
             self.membership(*group, MembershipOp::Remove(node)).await?;
@@ -872,17 +921,19 @@ async fn watch_group_leadership(raft: Raft, leadership: Arc<watch::Sender<u64>>)
     }
 }
 
-/// Whether the metadata group's newest membership (the last one this node
-/// has in its log, committed or not) still counts `node` in: as a learner, or
-/// as a voter of the configuration it is moving to. During a removal the
-/// joint configuration's last half no longer has the node; during an add the
-/// node is a learner, then a voter.
-fn listed_in_metadata_membership(metadata: &Group, node: NodeId) -> bool {
+/// The log index of the metadata group's newest membership (the last one
+/// this node has in its log, committed or not) if it still counts `node` in:
+/// as a learner, or as a voter of the configuration it is moving to. During a
+/// removal the joint configuration's last half no longer has the node; during
+/// an add the node is a learner, then a voter.
+fn listed_in_metadata_membership(metadata: &Group, node: NodeId) -> Option<u64> {
     let metrics = metadata.raft.metrics();
     let metrics = metrics.borrow_watched();
-    let membership = metrics.membership_config.membership();
-    membership.learner_ids().any(|id| id == node)
-        || membership.get_joint_config().last().is_some_and(|voters| voters.contains(&node))
+    let stored = &metrics.membership_config;
+    let membership = stored.membership();
+    let listed = membership.learner_ids().any(|id| id == node)
+        || membership.get_joint_config().last().is_some_and(|voters| voters.contains(&node));
+    listed.then(|| stored.log_id().as_ref().map_or(0, |id| id.index))
 }
 
 /// Keeps the partition groups running exactly while this node belongs to the
@@ -892,21 +943,29 @@ fn listed_in_metadata_membership(metadata: &Group, node: NodeId) -> bool {
 /// which removes it before it adds it again, possibly before the add has
 /// reached the partition groups (`docs/reliability.md`, findings).
 ///
-/// - a member of the config, or listed in the metadata membership (a node
-///   being added is, before the config names it): serve;
+/// Whichever of the two is newer in the metadata log decides:
+/// - a member of the config: serve;
+/// - listed in a metadata membership newer than the config (a node being
+///   added is, from add-node's first step until the config names it, its
+///   last): serve;
 /// - otherwise, if it was ever listed: `cluster remove-node` of this node has
-///   taken it out of every partition group and then out of the metadata
-///   group (its last step): stop the partition groups.
+///   taken it out of every partition group and then out of the member list:
+///   stop the partition groups. (Not waiting for the metadata membership to
+///   drop it too: the leader stops replicating to a removed node, which may
+///   never see that entry.)
 async fn watch_cluster_config(node: Node, mut config_rx: watch::Receiver<Option<ClusterConfig>>, mut was_member: bool) {
     let Ok(metadata) = node.group(METADATA_GROUP) else {
         return;
     };
-    let mut membership_rx = metadata.raft.metrics();
+    // Server metrics change on membership, leader and state changes only (not on every append).
+    let mut membership_rx = metadata.raft.server_metrics();
     let mut last_membership = None;
     loop {
         let config = config_rx.borrow_and_update().clone();
         if let Some(config) = config {
-            let belongs = config.is_member(node.id()) || listed_in_metadata_membership(&metadata, node.id());
+            let config_index = metadata.view.cluster_config_index();
+            let belongs = config.is_member(node.id())
+                || listed_in_metadata_membership(&metadata, node.id()).is_some_and(|index| index > config_index);
             if belongs {
                 if node.is_removed() {
                     tracing::info!("this node belongs to the cluster again: starting its partition groups");
@@ -920,8 +979,7 @@ async fn watch_cluster_config(node: Node, mut config_rx: watch::Receiver<Option<
                 tracing::error!(error = %e, "starting partition groups");
             }
         }
-        // Wake on a new config or a new metadata membership (not on every
-        // metrics change: heartbeats and appends change the metrics too).
+        // Wake on a new config or a new metadata membership.
         loop {
             tokio::select! {
                 changed = config_rx.changed() => {

@@ -102,6 +102,15 @@ impl NodeProc {
         }
     }
 
+    /// Sends a signal (`"STOP"`, `"CONT"`, `"TERM"`) to the node's process.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let child = self.child.as_ref().ok_or_else(|| anyhow::anyhow!("node {} is not running", self.id))?;
+        let status =
+            std::process::Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} of node {}: {status}", self.id);
+        Ok(())
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }

@@ -31,10 +31,10 @@ use crate::raft_types::ResourceRecord;
 
 use crate::cluster::ClusterConfig;
 use crate::keys::{
-    CF_DEDUPE, CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBERSHIP, SM_OFFSET,
-    SM_RESOURCE, SM_STREAM, dedupe_expiry_key, dedupe_seen_key, event_key, event_offset_of, event_value, group_end,
-    offset_key, resource_key, split_dedupe_expiry_key, split_event_value, split_resource_key, stream_state_key,
-    tag_key, time_index_key, time_index_offset_of,
+    CF_DEDUPE, CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_CLUSTER_CONFIG_INDEX,
+    SM_MEMBERSHIP, SM_OFFSET, SM_RESOURCE, SM_STREAM, dedupe_expiry_key, dedupe_seen_key, event_key, event_offset_of,
+    event_value, group_end, offset_key, resource_key, split_dedupe_expiry_key, split_event_value, split_resource_key,
+    stream_state_key, tag_key, time_index_key, time_index_offset_of,
 };
 use crate::raft_types::{
     Appended, GroupId, LogCommand, LogId, LogResponse, OffsetCommit, ResourceKey, Snapshot, SnapshotMeta,
@@ -70,6 +70,9 @@ struct AppliedView {
     /// Bumped on every resource change, so watchers re-read.
     resources_version: watch::Sender<u64>,
     cluster_config: watch::Sender<Option<ClusterConfig>>,
+    /// The log index of the entry that last set `cluster_config` (set before
+    /// the config is sent, so a watcher woken by the config sees it).
+    cluster_config_index: std::sync::atomic::AtomicU64,
     applied_index: watch::Sender<u64>,
 }
 
@@ -200,6 +203,12 @@ impl StreamView {
         self.view.cluster_config.borrow().clone()
     }
 
+    /// The log index of the entry that last set the cluster config (0 if
+    /// unknown: none yet, or a data dir from before it was recorded).
+    pub fn cluster_config_index(&self) -> u64 {
+        self.view.cluster_config_index.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Changes to the cluster config (metadata group).
     pub fn watch_cluster_config(&self) -> watch::Receiver<Option<ClusterConfig>> {
         self.view.cluster_config.subscribe()
@@ -296,6 +305,7 @@ impl GroupStateMachine {
             resources: RwLock::new(BTreeMap::new()),
             resources_version: watch::Sender::new(0),
             cluster_config: watch::Sender::new(None),
+            cluster_config_index: std::sync::atomic::AtomicU64::new(0),
             applied_index: watch::Sender::new(0),
         });
         let raft_started = Arc::new(AtomicBool::new(false));
@@ -342,6 +352,11 @@ impl GroupStateMachine {
                 Some(bytes) => Some(decode(&bytes).map_err(io_err)?),
                 None => None,
             };
+        let cluster_config_index: u64 =
+            match self.db.get_cf(sm, tag_key(self.group, SM_CLUSTER_CONFIG_INDEX)).map_err(io_err)? {
+                Some(bytes) => decode(&bytes).map_err(io_err)?,
+                None => 0,
+            };
         let mut resources = BTreeMap::new();
         let prefix = tag_key(self.group, SM_RESOURCE);
         let mut read_options = ReadOptions::default();
@@ -360,6 +375,7 @@ impl GroupStateMachine {
         }
         self.view.resources_version.send_modify(|v| *v += 1);
         self.next_stream_id = next_stream_id;
+        self.view.cluster_config_index.store(cluster_config_index, std::sync::atomic::Ordering::SeqCst);
         self.view.cluster_config.send_replace(cluster_config);
         self.view.applied_index.send_replace(applied.map(|id| id.index()).unwrap_or(0));
         Ok(())
@@ -689,6 +705,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let mut staged = Staged::default();
         let mut last_applied: Option<LogId> = None;
         let mut new_config: Option<ClusterConfig> = None;
+        let mut new_config_index = 0;
         let mut responses = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             last_applied = Some(entry.log_id());
@@ -732,6 +749,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                                 encode(config).map_err(io_err)?,
                             );
                             new_config = Some(config.clone());
+                            new_config_index = entry.log_id().index();
                             LogResponse::None
                         }
                     }
@@ -748,6 +766,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                             encode(&config).map_err(io_err)?,
                         );
                         new_config = Some(config);
+                        new_config_index = entry.log_id().index();
                     }
                     LogResponse::None
                 }
@@ -765,6 +784,13 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             return Ok(());
         };
         staged.batch.put_cf(sm, tag_key(self.group, SM_APPLIED), encode(&Some(last_applied)).map_err(io_err)?);
+        if new_config.is_some() {
+            staged.batch.put_cf(
+                sm,
+                tag_key(self.group, SM_CLUSTER_CONFIG_INDEX),
+                encode(&new_config_index).map_err(io_err)?,
+            );
+        }
         let Staged { batch, streams: touched, resources, offset_commits, .. } = staged;
         self.db.write(batch).map_err(io_err)?;
         if offset_commits > 0 {
@@ -789,6 +815,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             self.view.resources_version.send_modify(|v| *v += 1);
         }
         if let Some(config) = new_config {
+            self.view.cluster_config_index.store(new_config_index, std::sync::atomic::Ordering::SeqCst);
             self.view.cluster_config.send_replace(Some(config));
         }
         self.view.applied_index.send_replace(last_applied.index());
