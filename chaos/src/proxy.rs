@@ -7,6 +7,11 @@
 //! lost; an open connection stops moving in both directions; a new connection is accepted but not
 //! forwarded. On heal everything resumes where it stopped (the peers' own timeouts may have given up on it
 //! in the meantime, as they would after a real partition).
+//!
+//! Differences from a real network that remain: a connection to a dead node is accepted by the proxy and
+//! then closed (a reset after connecting, not "connection refused"), so the dialer may count it as an
+//! indeterminate failure rather than a refused one; and a TCP connect to a cut link succeeds (to the proxy),
+//! so connect-based reachability checks (admin Cluster Status's `connect`) see a cut peer as reachable.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -86,6 +91,8 @@ impl Drop for LinkProxies {
 async fn accept_loop(listener: TcpListener, target: String, up: watch::Receiver<bool>) {
     loop {
         let Ok((inbound, _)) = listener.accept().await else {
+            // Out of file descriptors, typically: back off instead of spinning on the error.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         tokio::spawn(relay(inbound, target.clone(), up.clone()));

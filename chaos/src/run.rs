@@ -245,6 +245,8 @@ struct Cluster<'a> {
     history: Arc<History>,
     /// The links each active partition fault cuts (by fault number): the network blocks their union.
     partitions: BTreeMap<u64, Vec<(u64, u64)>>,
+    /// The node (admin address) that ran each active membership fault's RemoveNode.
+    membership_via: BTreeMap<u64, String>,
 }
 
 impl Cluster<'_> {
@@ -464,10 +466,11 @@ impl Cluster<'_> {
             Planned::Membership(_) => {
                 let Some((node, leader_of_group)) = resolved else { return Ok(None) };
                 let Some(via) = self.other_member(node) else { return Ok(None) };
+                self.membership_via.insert(n, via.clone());
                 let fault = Fault::Membership { n, node, leader_of_group };
                 self.history.record(Op::FaultStart { fault: fault.clone() });
-                // RemoveNode until it answers (or says the node is no member any more): an attempt cut short
-                // may have left the node out of some groups only.
+                // RemoveNode until it answers (or says the node is no member any more). A repeated call waits
+                // on `via` for the one still running there, then finds it done.
                 let removed = wait_until(&format!("node {node} removed"), Duration::from_secs(90), || async {
                     let channel = channel_with_timeout(&via, Duration::from_secs(60)).await.ok()?;
                     match ClusterClient::new(channel).remove_node(RemoveNodeRequest { node_id: node }).await {
@@ -482,8 +485,10 @@ impl Cluster<'_> {
                 .await;
                 if removed.is_err() {
                     // Not (surely) removed: its data must stay (a member that forgets its log is not a fault
-                    // Raft tolerates). Leave it as it is.
-                    self.history.note(format!("fault {n}: removing node {node} failed: {removed:?}"));
+                    // Raft tolerates). The removal may still be running on `via` (a change runs to completion
+                    // whatever its client does): add the node back right away, unwiped, after it.
+                    self.history.note(format!("fault {n}: removing node {node} failed: {removed:?}; adding it back"));
+                    self.add_back(n, node).await;
                     self.history.record(Op::FaultEnd { fault });
                     return Ok(None);
                 }
@@ -504,6 +509,26 @@ impl Cluster<'_> {
         Ok(Some(fault))
     }
 
+    /// AddNode of `id` (idempotent), retried until it answers (bounded), preferably through the node that ran
+    /// its RemoveNode: a node runs membership changes one at a time, so the add comes after a removal that
+    /// may still be running there.
+    async fn add_back(&mut self, n: u64, id: u64) {
+        let peer = self.node(id).addrs.peer.clone();
+        let preferred = self.membership_via.remove(&n);
+        let added = wait_until(&format!("node {id} added again"), Duration::from_secs(120), || async {
+            let via = preferred
+                .clone()
+                .filter(|via| self.nodes.iter().any(|p| &p.addrs.admin == via && p.running() && !p.paused))
+                .or_else(|| self.other_member(id))?;
+            let mut client = ClusterClient::new(channel_with_timeout(&via, Duration::from_secs(60)).await.ok()?);
+            client.add_node(AddNodeRequest { node_id: id, peer_addr: peer.clone() }).await.ok().map(|_| ())
+        })
+        .await;
+        if let Err(e) = added {
+            self.history.note(format!("fault {n}: {e}"));
+        }
+    }
+
     /// A running, unpaused node other than `node` (its admin address).
     fn other_member(&self, node: u64) -> Option<String> {
         self.nodes.iter().find(|n| n.id != node && n.running() && !n.paused).map(|n| n.addrs.admin.clone())
@@ -514,23 +539,12 @@ impl Cluster<'_> {
         match fault {
             Fault::Membership { node, n, .. } => {
                 self.start(*node)?;
-                let (id, admin, peer) =
-                    (*node, self.node(*node).addrs.admin.clone(), self.node(*node).addrs.peer.clone());
-                wait_until(&format!("node {id} admin"), Duration::from_secs(30), || async {
+                let admin = self.node(*node).addrs.admin.clone();
+                wait_until(&format!("node {node} admin"), Duration::from_secs(30), || async {
                     status(&admin).await.ok()
                 })
                 .await?;
-                // AddNode is idempotent: retried (through any other member) until it answers.
-                let added = wait_until(&format!("node {id} added again"), Duration::from_secs(120), || async {
-                    let via = self.other_member(id)?;
-                    let mut client =
-                        ClusterClient::new(channel_with_timeout(&via, Duration::from_secs(60)).await.ok()?);
-                    client.add_node(AddNodeRequest { node_id: id, peer_addr: peer.clone() }).await.ok().map(|_| ())
-                })
-                .await;
-                if let Err(e) = added {
-                    self.history.note(format!("fault {n}: {e}"));
-                }
+                self.add_back(*n, *node).await;
             }
             Fault::Kill { node, .. } | Fault::Restart { node, .. } => self.start(*node)?,
             Fault::Pause { node, .. } => {
@@ -725,8 +739,14 @@ pub async fn run(config: Config) -> Result<Report, ChaosError> {
             incarnation: Arc::new(AtomicU32::new(0)),
         })
         .collect();
-    let mut cluster =
-        Cluster { net: &net, nodes, config: config.clone(), history: history.clone(), partitions: BTreeMap::new() };
+    let mut cluster = Cluster {
+        net: &net,
+        nodes,
+        config: config.clone(),
+        history: history.clone(),
+        partitions: BTreeMap::new(),
+        membership_via: BTreeMap::new(),
+    };
     let outcome = drive(&mut cluster, &kinds).await;
     if outcome.is_err() {
         eprintln!("{}", cluster.log_tails());
