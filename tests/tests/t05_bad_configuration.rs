@@ -93,6 +93,19 @@ fn zero_node_id_is_rejected() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn malformed_peer_route_is_rejected() -> anyhow::Result<()> {
+    for route in ["10.0.0.2:7070", "10.0.0.2:7070=", "=127.0.0.1:1", "10.0.0.2:7070=127.0.0.1:notaport"] {
+        let (code, stderr) = run_sluice(&["node", "--id", "1", "--data", "/tmp/x", "--peer-route", route], TIMEOUT)?;
+        assert_ne!(code, 0, "{route}");
+        assert!(
+            stderr.contains("--peer-route") && stderr.contains("host:port") || stderr.contains("ADDR=VIA"),
+            "{route}: {stderr}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_id_not_in_the_stored_cluster_is_rejected() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
