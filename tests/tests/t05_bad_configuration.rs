@@ -99,7 +99,7 @@ fn malformed_peer_route_is_rejected() -> anyhow::Result<()> {
         let (code, stderr) = run_sluice(&["node", "--id", "1", "--data", "/tmp/x", "--peer-route", route], TIMEOUT)?;
         assert_ne!(code, 0, "{route}");
         assert!(
-            stderr.contains("--peer-route") && stderr.contains("host:port") || stderr.contains("ADDR=VIA"),
+            stderr.contains("--peer-route") && (stderr.contains("host:port") || stderr.contains("ADDR=VIA")),
             "{route}: {stderr}"
         );
     }
