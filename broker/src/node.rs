@@ -992,7 +992,7 @@ async fn watch_cluster_config(node: Node, mut config_rx: watch::Receiver<Option<
                     if changed.is_err() {
                         return;
                     }
-                    let now = membership_rx.borrow_and_update().membership_config.log_id().clone();
+                    let now = *membership_rx.borrow_and_update().membership_config.log_id();
                     if last_membership.as_ref() != Some(&now) {
                         last_membership = Some(now);
                         break;
