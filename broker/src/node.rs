@@ -133,12 +133,23 @@ impl Node {
             }),
         };
         let metadata = node.start_group(METADATA_GROUP).await?;
-        if let Some(config) = metadata.view.cluster_config() {
-            // A node being added is in the metadata group's membership before
-            // the config lists it (`cluster add-node` records it last).
-            let joining =
-                metadata.raft.metrics().borrow_watched().membership_config.membership().get_node(&node.id()).is_some();
-            if !config.is_member(node.id()) && !joining {
+        let mut was_member = false;
+        if let Some((config, config_index)) = metadata.view.watch_cluster_config().borrow().clone() {
+            // The metrics show the membership of the log only once the group's core runs: wait for it
+            // (bounded). A node with a config has one (the initial membership precedes `cluster init`).
+            let loaded = metadata
+                .raft
+                .wait(Some(Duration::from_secs(10)))
+                .metrics(|m| m.membership_config.log_id().is_some(), "metadata membership loaded")
+                .await;
+            if let Err(e) = loaded {
+                tracing::warn!(error = %e, "the metadata membership did not load; deciding without it");
+            }
+            let membership = metadata.raft.metrics().borrow_watched().membership_config.clone();
+            // A node being added is in the metadata group's membership (newer than the config) before the
+            // config lists it (`cluster add-node` records it last).
+            was_member = belongs(&config, config_index, &membership, node.id());
+            if !was_member {
                 // Stop the group first, so that nothing logs after the error.
                 let _ = metadata.raft.shutdown().await;
                 return Err(BrokerError::NotAMember(format!(
@@ -150,7 +161,6 @@ impl Node {
             }
             node.ensure_partitions(&config).await?;
         }
-        let was_member = metadata.view.cluster_config().is_some_and(|c| c.is_member(node.id()));
         tokio::spawn(watch_cluster_config(node.clone(), metadata.view.watch_cluster_config(), was_member));
         tokio::spawn(crate::retention::run(node.clone(), node.inner.settings.retention_check_interval));
         Ok(node)
@@ -695,9 +705,7 @@ impl Node {
             self.membership(group, MembershipOp::Promote(node)).await?;
             tracing::info!(group = %group_name(group), node, "node added as a voter");
         }
-        let mut members = self.cluster_config().ok_or(BrokerError::NotInitialized)?.members;
-        members.insert(node, addr);
-        self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::SetMembers(members))).await?;
+        self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::AddMember { node, addr })).await?;
         Ok(())
     }
 
@@ -736,9 +744,8 @@ impl Node {
             self.membership(*group, MembershipOp::Remove(node)).await?;
             tracing::info!(group = %group_name(*group), node, "node removed");
         }
-        let mut members = config.members.clone();
-        if members.remove(&node).is_some() {
-            self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::SetMembers(members))).await?;
+        if config.is_member(node) {
+            self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::RemoveMember(node))).await?;
         }
         self.membership(METADATA_GROUP, MembershipOp::Remove(node)).await?;
         Ok(())
@@ -926,14 +933,22 @@ async fn watch_group_leadership(raft: Raft, leadership: Arc<watch::Sender<u64>>)
 /// as a learner, or as a voter of the configuration it is moving to. During a
 /// removal the joint configuration's last half no longer has the node; during
 /// an add the node is a learner, then a voter.
-fn listed_in_metadata_membership(metadata: &Group, node: NodeId) -> Option<u64> {
-    let metrics = metadata.raft.metrics();
-    let metrics = metrics.borrow_watched();
-    let stored = &metrics.membership_config;
+fn listed_in_metadata_membership(stored: &crate::raft_types::StoredMembership, node: NodeId) -> Option<u64> {
     let membership = stored.membership();
     let listed = membership.learner_ids().any(|id| id == node)
         || membership.get_joint_config().last().is_some_and(|voters| voters.contains(&node));
     listed.then(|| stored.log_id().as_ref().map_or(0, |id| id.index))
+}
+
+/// Whether `node` belongs to the cluster: listed in the config, or in a
+/// metadata membership newer than the config (see [`watch_cluster_config`]).
+fn belongs(
+    config: &ClusterConfig,
+    config_index: u64,
+    membership: &crate::raft_types::StoredMembership,
+    node: NodeId,
+) -> bool {
+    config.is_member(node) || listed_in_metadata_membership(membership, node).is_some_and(|index| index > config_index)
 }
 
 /// Keeps the partition groups running exactly while this node belongs to the
@@ -953,20 +968,23 @@ fn listed_in_metadata_membership(metadata: &Group, node: NodeId) -> Option<u64> 
 ///   stop the partition groups. (Not waiting for the metadata membership to
 ///   drop it too: the leader stops replicating to a removed node, which may
 ///   never see that entry.)
-async fn watch_cluster_config(node: Node, mut config_rx: watch::Receiver<Option<ClusterConfig>>, mut was_member: bool) {
+async fn watch_cluster_config(
+    node: Node,
+    mut config_rx: watch::Receiver<Option<(ClusterConfig, u64)>>,
+    mut was_member: bool,
+) {
     let Ok(metadata) = node.group(METADATA_GROUP) else {
         return;
     };
-    // Server metrics change on membership, leader and state changes only (not on every append).
+    // Server metrics change on membership, leader and state changes only (not on every append); the
+    // membership is read from the same value that woke the watcher.
     let mut membership_rx = metadata.raft.server_metrics();
-    let mut last_membership = None;
     loop {
         let config = config_rx.borrow_and_update().clone();
-        if let Some(config) = config {
-            let config_index = metadata.view.cluster_config_index();
-            let belongs = config.is_member(node.id())
-                || listed_in_metadata_membership(&metadata, node.id()).is_some_and(|index| index > config_index);
-            if belongs {
+        let membership = membership_rx.borrow_and_update().membership_config.clone();
+        let last_membership = *membership.log_id();
+        if let Some((config, config_index)) = config {
+            if belongs(&config, config_index, &membership, node.id()) {
                 if node.is_removed() {
                     tracing::info!("this node belongs to the cluster again: starting its partition groups");
                     node.inner.removed.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -992,9 +1010,8 @@ async fn watch_cluster_config(node: Node, mut config_rx: watch::Receiver<Option<
                     if changed.is_err() {
                         return;
                     }
-                    let now = *membership_rx.borrow_and_update().membership_config.log_id();
-                    if last_membership.as_ref() != Some(&now) {
-                        last_membership = Some(now);
+                    let now = *membership_rx.borrow_watched().membership_config.log_id();
+                    if last_membership != now {
                         break;
                     }
                 }
@@ -1071,6 +1088,40 @@ mod tests {
         assert!(validate_stream_name(&"x".repeat(513)).is_err());
         assert!(validate_cursor_name("trigger/default/t1").is_ok());
         assert!(matches!(validate_cursor_name(""), Err(BrokerError::InvalidCursor { .. })));
+    }
+
+    fn stored(index: u64, voters: &[&[NodeId]], learners: &[NodeId]) -> crate::raft_types::StoredMembership {
+        use openraft::vote::RaftLeaderId;
+        let configs: Vec<BTreeSet<NodeId>> = voters.iter().map(|ids| ids.iter().copied().collect()).collect();
+        let mut nodes: BTreeMap<NodeId, BasicNode> =
+            configs.iter().flatten().map(|id| (*id, BasicNode::new(format!("n{id}:1")))).collect();
+        nodes.extend(learners.iter().map(|id| (*id, BasicNode::new(format!("n{id}:1")))));
+        let membership = openraft::Membership::new(configs, nodes).expect("membership");
+        let log_id = openraft::LogId::new(openraft::impls::leader_id_adv::LeaderId::new(1, 1).to_committed(), index);
+        openraft::StoredMembership::new(Some(log_id), membership)
+    }
+
+    /// Whichever is newer in the metadata log decides whether a node belongs: the member list (the config)
+    /// or the metadata group's membership.
+    #[test]
+    fn the_newer_of_config_and_membership_decides_whether_a_node_belongs() {
+        let members = |ids: &[NodeId]| ids.iter().map(|id| (*id, format!("n{id}:1"))).collect();
+        let config_123 = ClusterConfig::new(2, members(&[1, 2, 3])).expect("config");
+        let mut config_12 = config_123.clone();
+        config_12.members = members(&[1, 2]);
+        // Listed by the config: belongs, whatever the membership.
+        assert!(belongs(&config_123, 10, &stored(5, &[&[1, 2]], &[]), 3));
+        // Removed from the list (index 10) while an older membership (5) still has it as a voter: out.
+        assert!(!belongs(&config_12, 10, &stored(5, &[&[1, 2, 3]], &[]), 3));
+        // Being added again: a learner (or voter) in a membership newer than the list that dropped it.
+        assert!(belongs(&config_12, 10, &stored(20, &[&[1, 2]], &[3]), 3));
+        assert!(belongs(&config_12, 10, &stored(21, &[&[1, 2], &[1, 2, 3]], &[]), 3));
+        // Being removed from the metadata group: in the joint config's old half only, or gone.
+        assert!(!belongs(&config_12, 10, &stored(22, &[&[1, 2, 3], &[1, 2]], &[]), 3));
+        assert!(!belongs(&config_12, 10, &stored(23, &[&[1, 2]], &[]), 3));
+        // A new id: not in the initial list, a learner in a later membership.
+        assert!(!belongs(&config_123, 1, &stored(0, &[&[1, 2, 3]], &[]), 4));
+        assert!(belongs(&config_123, 1, &stored(30, &[&[1, 2, 3]], &[4]), 4));
     }
 
     #[test]

@@ -103,9 +103,17 @@ pub enum LogCommand {
     CommitOffsets(Vec<OffsetCommit>),
     /// Forgets consumer cursors (partition groups); absent ones are fine.
     DeleteOffsets(Vec<String>),
-    /// Replaces the cluster config's current member list (metadata group;
-    /// `cluster add-node` / `remove-node`). Ignored before `InitCluster`.
+    /// Replaces the cluster config's current member list (metadata group).
+    /// Ignored before `InitCluster`. Kept for logs written by earlier
+    /// versions: a whole list built before it commits can undo a concurrent
+    /// change, so add-node and remove-node write the two below.
     SetMembers(BTreeMap<NodeId, String>),
+    /// `cluster add-node`'s last step: lists one member (metadata group),
+    /// applied to the member list current at apply time.
+    AddMember { node: NodeId, addr: String },
+    /// `cluster remove-node`: unlists one member (metadata group), applied to
+    /// the member list current at apply time; never the last one.
+    RemoveMember(NodeId),
 }
 
 /// One consumer cursor's position: the next offset it will read.
@@ -147,6 +155,8 @@ impl fmt::Display for LogCommand {
             LogCommand::CommitOffsets(commits) => write!(f, "CommitOffsets({} cursors)", commits.len()),
             LogCommand::DeleteOffsets(cursors) => write!(f, "DeleteOffsets({} cursors)", cursors.len()),
             LogCommand::SetMembers(members) => write!(f, "SetMembers({:?})", members.keys().collect::<Vec<_>>()),
+            LogCommand::AddMember { node, addr } => write!(f, "AddMember({node} at {addr})"),
+            LogCommand::RemoveMember(node) => write!(f, "RemoveMember({node})"),
         }
     }
 }

@@ -69,10 +69,9 @@ struct AppliedView {
     resources: RwLock<BTreeMap<ResourceKey, String>>,
     /// Bumped on every resource change, so watchers re-read.
     resources_version: watch::Sender<u64>,
-    cluster_config: watch::Sender<Option<ClusterConfig>>,
-    /// The log index of the entry that last set `cluster_config` (set before
-    /// the config is sent, so a watcher woken by the config sees it).
-    cluster_config_index: std::sync::atomic::AtomicU64,
+    /// The cluster config with the log index of the entry that last set it
+    /// (0 if unknown: a data dir from before it was recorded).
+    cluster_config: watch::Sender<Option<(ClusterConfig, u64)>>,
     applied_index: watch::Sender<u64>,
 }
 
@@ -200,17 +199,13 @@ impl StreamView {
     }
 
     pub fn cluster_config(&self) -> Option<ClusterConfig> {
-        self.view.cluster_config.borrow().clone()
+        self.view.cluster_config.borrow().as_ref().map(|(config, _)| config.clone())
     }
 
-    /// The log index of the entry that last set the cluster config (0 if
-    /// unknown: none yet, or a data dir from before it was recorded).
-    pub fn cluster_config_index(&self) -> u64 {
-        self.view.cluster_config_index.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Changes to the cluster config (metadata group).
-    pub fn watch_cluster_config(&self) -> watch::Receiver<Option<ClusterConfig>> {
+    /// Changes to the cluster config (metadata group), each with the log
+    /// index of the entry that set it (0 if unknown: a data dir from before
+    /// it was recorded).
+    pub fn watch_cluster_config(&self) -> watch::Receiver<Option<(ClusterConfig, u64)>> {
         self.view.cluster_config.subscribe()
     }
 
@@ -305,7 +300,6 @@ impl GroupStateMachine {
             resources: RwLock::new(BTreeMap::new()),
             resources_version: watch::Sender::new(0),
             cluster_config: watch::Sender::new(None),
-            cluster_config_index: std::sync::atomic::AtomicU64::new(0),
             applied_index: watch::Sender::new(0),
         });
         let raft_started = Arc::new(AtomicBool::new(false));
@@ -375,8 +369,7 @@ impl GroupStateMachine {
         }
         self.view.resources_version.send_modify(|v| *v += 1);
         self.next_stream_id = next_stream_id;
-        self.view.cluster_config_index.store(cluster_config_index, std::sync::atomic::Ordering::SeqCst);
-        self.view.cluster_config.send_replace(cluster_config);
+        self.view.cluster_config.send_replace(cluster_config.map(|config| (config, cluster_config_index)));
         self.view.applied_index.send_replace(applied.map(|id| id.index()).unwrap_or(0));
         Ok(())
     }
@@ -739,7 +732,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     LogResponse::None
                 }
                 EntryPayload::Normal(LogCommand::InitCluster(config)) => {
-                    let existing = new_config.clone().or_else(|| self.view.cluster_config.borrow().clone());
+                    let existing = new_config
+                        .clone()
+                        .or_else(|| self.view.cluster_config.borrow().as_ref().map(|(c, _)| c.clone()));
                     match existing {
                         Some(existing) => LogResponse::AlreadyInitialized(existing),
                         None => {
@@ -754,12 +749,30 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                         }
                     }
                 }
-                EntryPayload::Normal(LogCommand::SetMembers(members)) => {
-                    let current = new_config.clone().or_else(|| self.view.cluster_config.borrow().clone());
-                    if let Some(mut config) = current
+                EntryPayload::Normal(
+                    command @ (LogCommand::SetMembers(_) | LogCommand::AddMember { .. } | LogCommand::RemoveMember(_)),
+                ) => {
+                    let current = new_config
+                        .clone()
+                        .or_else(|| self.view.cluster_config.borrow().as_ref().map(|(c, _)| c.clone()));
+                    let members = current.as_ref().map(|config| {
+                        let mut members = config.members.clone();
+                        match command {
+                            LogCommand::SetMembers(list) => members = list.clone(),
+                            LogCommand::AddMember { node, addr } => {
+                                members.insert(*node, addr.clone());
+                            }
+                            LogCommand::RemoveMember(node) => {
+                                members.remove(node);
+                            }
+                            _ => {}
+                        }
+                        members
+                    });
+                    if let (Some(mut config), Some(members)) = (current, members)
                         && !members.is_empty()
                     {
-                        config.members = members.clone();
+                        config.members = members;
                         staged.batch.put_cf(
                             sm,
                             tag_key(self.group, SM_CLUSTER_CONFIG),
@@ -815,8 +828,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             self.view.resources_version.send_modify(|v| *v += 1);
         }
         if let Some(config) = new_config {
-            self.view.cluster_config_index.store(new_config_index, std::sync::atomic::Ordering::SeqCst);
-            self.view.cluster_config.send_replace(Some(config));
+            self.view.cluster_config.send_replace(Some((config, new_config_index)));
         }
         self.view.applied_index.send_replace(last_applied.index());
         for (responder, response) in responses {

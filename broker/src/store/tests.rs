@@ -359,3 +359,38 @@ async fn dedupe_keys_expire_after_the_window_scan_after_scan() {
     // Only keys seen within the last window (plus their expiry entries) remain: not all 500.
     assert!(dedupe_keys < 100, "{dedupe_keys} dedupe keys left");
 }
+
+/// Regression (review): `SetMembers` carried a whole member list built before it committed, so two changes
+/// run through different nodes could undo each other. `AddMember` / `RemoveMember` apply to the list current
+/// at apply time, and the config remembers the index of the entry that set it, also across a reopen.
+#[tokio::test]
+async fn member_changes_apply_to_the_current_list_and_record_their_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, mut sm) = open(dir.path(), 0);
+    let members = |ids: &[u64]| ids.iter().map(|id| (*id, format!("10.0.0.{id}:7070"))).collect();
+    let config = crate::cluster::ClusterConfig::new(2, members(&[1, 2, 3])).expect("config");
+    apply(&mut sm, vec![entry(1, LogCommand::InitCluster(config))]).await;
+    // Node 4 added through one node while node 3 is removed through another: both stand, in either order.
+    apply(
+        &mut sm,
+        vec![
+            entry(2, LogCommand::RemoveMember(3)),
+            entry(3, LogCommand::AddMember { node: 4, addr: "10.0.0.4:7070".into() }),
+        ],
+    )
+    .await;
+    let (config, index) = sm.view().watch_cluster_config().borrow().clone().expect("config");
+    assert_eq!(config.members, members(&[1, 2, 4]));
+    assert_eq!(index, 3);
+    // Removing the last member is ignored, not applied.
+    apply(&mut sm, vec![entry(4, LogCommand::RemoveMember(1)), entry(5, LogCommand::RemoveMember(2))]).await;
+    apply(&mut sm, vec![entry(6, LogCommand::RemoveMember(4))]).await;
+    let (config, index) = sm.view().watch_cluster_config().borrow().clone().expect("config");
+    assert_eq!(config.members, members(&[4]));
+    assert_eq!(index, 5);
+    drop(sm);
+    drop(_store);
+    let (_store, sm) = open(dir.path(), 0);
+    let (config, index) = sm.view().watch_cluster_config().borrow().clone().expect("config after reopen");
+    assert_eq!((config.members, index), (members(&[4]), 5));
+}
