@@ -39,8 +39,8 @@ pub const SM_CLUSTER_CONFIG: u8 = 4;
 pub const SM_RESOURCE: u8 = 5;
 /// Consumer offsets (partition groups), one key per cursor.
 pub const SM_OFFSET: u8 = 6;
-/// The log index of the entry that last set the cluster config (metadata group).
-pub const SM_CLUSTER_CONFIG_INDEX: u8 = 7;
+/// When each former member was last taken out of the member list: node id → log index (metadata group).
+pub const SM_MEMBER_REMOVALS: u8 = 7;
 
 const DEDUPE_SEEN: u8 = 1;
 const DEDUPE_EXPIRY: u8 = 2;

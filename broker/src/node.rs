@@ -22,6 +22,7 @@ use crate::raft_types::{
     Appended, Dedupe, GroupId, LogCommand, LogResponse, METADATA_GROUP, NodeId, OffsetCommit, Raft, ResourceKey,
     ResourceRecord, StreamAppend, group_name, partition_group,
 };
+use crate::store::AppliedConfig;
 use crate::store::{ReadBatch, Store};
 
 /// Bounds of one read.
@@ -134,7 +135,8 @@ impl Node {
         };
         let metadata = node.start_group(METADATA_GROUP).await?;
         let mut was_member = false;
-        if let Some((config, config_index)) = metadata.view.watch_cluster_config().borrow().clone() {
+        if let Some(applied) = metadata.view.watch_cluster_config().borrow().clone() {
+            let config = &applied.config;
             // The metrics show the membership of the log only once the group's core runs: wait for it
             // (bounded). A node with a config has one (the initial membership precedes `cluster init`).
             let loaded = metadata
@@ -148,7 +150,7 @@ impl Node {
             let membership = metadata.raft.metrics().borrow_watched().membership_config.clone();
             // A node being added is in the metadata group's membership (newer than the config) before the
             // config lists it (`cluster add-node` records it last).
-            was_member = belongs(&config, config_index, &membership, node.id());
+            was_member = belongs(&applied, &membership, node.id());
             if !was_member {
                 // Stop the group first, so that nothing logs after the error.
                 let _ = metadata.raft.shutdown().await;
@@ -159,7 +161,7 @@ impl Node {
                     config.member_ids()
                 )));
             }
-            node.ensure_partitions(&config).await?;
+            node.ensure_partitions(config).await?;
         }
         tokio::spawn(watch_cluster_config(node.clone(), metadata.view.watch_cluster_config(), was_member));
         tokio::spawn(crate::retention::run(node.clone(), node.inner.settings.retention_check_interval));
@@ -940,15 +942,13 @@ fn listed_in_metadata_membership(stored: &crate::raft_types::StoredMembership, n
     listed.then(|| stored.log_id().as_ref().map_or(0, |id| id.index))
 }
 
-/// Whether `node` belongs to the cluster: listed in the config, or in a
-/// metadata membership newer than the config (see [`watch_cluster_config`]).
-fn belongs(
-    config: &ClusterConfig,
-    config_index: u64,
-    membership: &crate::raft_types::StoredMembership,
-    node: NodeId,
-) -> bool {
-    config.is_member(node) || listed_in_metadata_membership(membership, node).is_some_and(|index| index > config_index)
+/// Whether `node` belongs to the cluster: listed in the member list, or
+/// listed in a metadata membership newer than the entry that last removed it
+/// from the member list (see [`watch_cluster_config`]).
+fn belongs(applied: &AppliedConfig, membership: &crate::raft_types::StoredMembership, node: NodeId) -> bool {
+    let removed_at = applied.removed_at.get(&node).copied().unwrap_or(0);
+    applied.config.is_member(node)
+        || listed_in_metadata_membership(membership, node).is_some_and(|index| index > removed_at)
 }
 
 /// Keeps the partition groups running exactly while this node belongs to the
@@ -958,21 +958,17 @@ fn belongs(
 /// which removes it before it adds it again, possibly before the add has
 /// reached the partition groups (`docs/reliability.md`, findings).
 ///
-/// Whichever of the two is newer in the metadata log decides:
-/// - a member of the config: serve;
-/// - listed in a metadata membership newer than the config (a node being
-///   added is, from add-node's first step until the config names it, its
-///   last): serve;
+/// - in the member list: serve;
+/// - listed in a metadata membership newer than the entry that last took it
+///   out of the member list (a node being added is, from add-node's first
+///   step until its last, `AddMember`; other members' changes meanwhile do
+///   not count): serve;
 /// - otherwise, if it was ever listed: `cluster remove-node` of this node has
 ///   taken it out of every partition group and then out of the member list:
 ///   stop the partition groups. (Not waiting for the metadata membership to
 ///   drop it too: the leader stops replicating to a removed node, which may
 ///   never see that entry.)
-async fn watch_cluster_config(
-    node: Node,
-    mut config_rx: watch::Receiver<Option<(ClusterConfig, u64)>>,
-    mut was_member: bool,
-) {
+async fn watch_cluster_config(node: Node, mut config_rx: watch::Receiver<Option<AppliedConfig>>, mut was_member: bool) {
     let Ok(metadata) = node.group(METADATA_GROUP) else {
         return;
     };
@@ -983,8 +979,9 @@ async fn watch_cluster_config(
         let config = config_rx.borrow_and_update().clone();
         let membership = membership_rx.borrow_and_update().membership_config.clone();
         let last_membership = *membership.log_id();
-        if let Some((config, config_index)) = config {
-            if belongs(&config, config_index, &membership, node.id()) {
+        if let Some(applied) = config {
+            let config = &applied.config;
+            if belongs(&applied, &membership, node.id()) {
                 if node.is_removed() {
                     tracing::info!("this node belongs to the cluster again: starting its partition groups");
                     node.inner.removed.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -993,7 +990,7 @@ async fn watch_cluster_config(
             } else if was_member && !node.is_removed() {
                 node.stop_partitions().await;
             }
-            if let Err(e) = node.ensure_partitions(&config).await {
+            if let Err(e) = node.ensure_partitions(config).await {
                 tracing::error!(error = %e, "starting partition groups");
             }
         }
@@ -1101,27 +1098,34 @@ mod tests {
         openraft::StoredMembership::new(Some(log_id), membership)
     }
 
-    /// Whichever is newer in the metadata log decides whether a node belongs: the member list (the config)
-    /// or the metadata group's membership.
+    /// A node belongs while the member list has it, or while a metadata membership newer than its last removal
+    /// from the list has it.
     #[test]
-    fn the_newer_of_config_and_membership_decides_whether_a_node_belongs() {
+    fn membership_newer_than_the_last_removal_decides_whether_a_node_belongs() {
         let members = |ids: &[NodeId]| ids.iter().map(|id| (*id, format!("n{id}:1"))).collect();
         let config_123 = ClusterConfig::new(2, members(&[1, 2, 3])).expect("config");
-        let mut config_12 = config_123.clone();
-        config_12.members = members(&[1, 2]);
-        // Listed by the config: belongs, whatever the membership.
-        assert!(belongs(&config_123, 10, &stored(5, &[&[1, 2]], &[]), 3));
-        // Removed from the list (index 10) while an older membership (5) still has it as a voter: out.
-        assert!(!belongs(&config_12, 10, &stored(5, &[&[1, 2, 3]], &[]), 3));
-        // Being added again: a learner (or voter) in a membership newer than the list that dropped it.
-        assert!(belongs(&config_12, 10, &stored(20, &[&[1, 2]], &[3]), 3));
-        assert!(belongs(&config_12, 10, &stored(21, &[&[1, 2], &[1, 2, 3]], &[]), 3));
+        let applied = |ids: &[NodeId], removed: &[(NodeId, u64)]| {
+            let mut config = config_123.clone();
+            config.members = members(ids);
+            AppliedConfig { config, removed_at: removed.iter().copied().collect() }
+        };
+        // Listed: belongs, whatever the membership.
+        assert!(belongs(&applied(&[1, 2, 3], &[]), &stored(5, &[&[1, 2]], &[]), 3));
+        // Removed from the list at 10 while an older membership (5) still has it as a voter: out.
+        let without_3 = applied(&[1, 2], &[(3, 10)]);
+        assert!(!belongs(&without_3, &stored(5, &[&[1, 2, 3]], &[]), 3));
+        // Being added again: a learner (or voter) in a membership newer than its removal.
+        assert!(belongs(&without_3, &stored(20, &[&[1, 2]], &[3]), 3));
+        assert!(belongs(&without_3, &stored(21, &[&[1, 2], &[1, 2, 3]], &[]), 3));
+        // Other members' changes while it is added do not count against it.
+        let also_without_2 = applied(&[1], &[(3, 10), (2, 25)]);
+        assert!(belongs(&also_without_2, &stored(21, &[&[1, 2], &[1, 2, 3]], &[]), 3));
         // Being removed from the metadata group: in the joint config's old half only, or gone.
-        assert!(!belongs(&config_12, 10, &stored(22, &[&[1, 2, 3], &[1, 2]], &[]), 3));
-        assert!(!belongs(&config_12, 10, &stored(23, &[&[1, 2]], &[]), 3));
-        // A new id: not in the initial list, a learner in a later membership.
-        assert!(!belongs(&config_123, 1, &stored(0, &[&[1, 2, 3]], &[]), 4));
-        assert!(belongs(&config_123, 1, &stored(30, &[&[1, 2, 3]], &[4]), 4));
+        assert!(!belongs(&without_3, &stored(22, &[&[1, 2, 3], &[1, 2]], &[]), 3));
+        assert!(!belongs(&without_3, &stored(23, &[&[1, 2]], &[]), 3));
+        // A new id, never removed: not in the initial membership, then a learner.
+        assert!(!belongs(&applied(&[1, 2, 3], &[]), &stored(1, &[&[1, 2, 3]], &[]), 4));
+        assert!(belongs(&applied(&[1, 2, 3], &[]), &stored(30, &[&[1, 2, 3]], &[4]), 4));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, Options};
 
 pub use log_store::GroupLogStore;
 pub use snapshot::SnapshotFile;
-pub use state_machine::{GroupStateMachine, ReadBatch, StoredRecord, StreamExtent, StreamView};
+pub use state_machine::{AppliedConfig, GroupStateMachine, ReadBatch, StoredRecord, StreamExtent, StreamView};
 pub use wal_sync::WalSyncer;
 
 use crate::error::BrokerError;

@@ -31,13 +31,13 @@ use crate::raft_types::ResourceRecord;
 
 use crate::cluster::ClusterConfig;
 use crate::keys::{
-    CF_DEDUPE, CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_CLUSTER_CONFIG_INDEX,
-    SM_MEMBERSHIP, SM_OFFSET, SM_RESOURCE, SM_STREAM, dedupe_expiry_key, dedupe_seen_key, event_key, event_offset_of,
-    event_value, group_end, offset_key, resource_key, split_dedupe_expiry_key, split_event_value, split_resource_key,
+    CF_DEDUPE, CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBER_REMOVALS, SM_MEMBERSHIP,
+    SM_OFFSET, SM_RESOURCE, SM_STREAM, dedupe_expiry_key, dedupe_seen_key, event_key, event_offset_of, event_value,
+    group_end, offset_key, resource_key, split_dedupe_expiry_key, split_event_value, split_resource_key,
     stream_state_key, tag_key, time_index_key, time_index_offset_of,
 };
 use crate::raft_types::{
-    Appended, GroupId, LogCommand, LogId, LogResponse, OffsetCommit, ResourceKey, Snapshot, SnapshotMeta,
+    Appended, GroupId, LogCommand, LogId, LogResponse, NodeId, OffsetCommit, ResourceKey, Snapshot, SnapshotMeta,
     StoredMembership, StreamAppend, TypeConfig, decode, encode,
 };
 
@@ -62,6 +62,15 @@ pub struct StreamExtent {
     pub retained_bytes: u64,
 }
 
+/// The cluster config as applied (metadata group), with when each former
+/// member was last taken out of its member list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedConfig {
+    pub config: ClusterConfig,
+    /// Node id → log index of the entry that last removed it from `members`.
+    pub removed_at: BTreeMap<NodeId, u64>,
+}
+
 /// What readers of a group see: the applied streams and cluster config.
 struct AppliedView {
     streams: RwLock<HashMap<String, StreamState>>,
@@ -69,9 +78,7 @@ struct AppliedView {
     resources: RwLock<BTreeMap<ResourceKey, String>>,
     /// Bumped on every resource change, so watchers re-read.
     resources_version: watch::Sender<u64>,
-    /// The cluster config with the log index of the entry that last set it
-    /// (0 if unknown: a data dir from before it was recorded).
-    cluster_config: watch::Sender<Option<(ClusterConfig, u64)>>,
+    cluster_config: watch::Sender<Option<AppliedConfig>>,
     applied_index: watch::Sender<u64>,
 }
 
@@ -199,13 +206,12 @@ impl StreamView {
     }
 
     pub fn cluster_config(&self) -> Option<ClusterConfig> {
-        self.view.cluster_config.borrow().as_ref().map(|(config, _)| config.clone())
+        self.view.cluster_config.borrow().as_ref().map(|applied| applied.config.clone())
     }
 
-    /// Changes to the cluster config (metadata group), each with the log
-    /// index of the entry that set it (0 if unknown: a data dir from before
-    /// it was recorded).
-    pub fn watch_cluster_config(&self) -> watch::Receiver<Option<(ClusterConfig, u64)>> {
+    /// Changes to the cluster config (metadata group), with when each former
+    /// member was last removed from the member list.
+    pub fn watch_cluster_config(&self) -> watch::Receiver<Option<AppliedConfig>> {
         self.view.cluster_config.subscribe()
     }
 
@@ -346,10 +352,10 @@ impl GroupStateMachine {
                 Some(bytes) => Some(decode(&bytes).map_err(io_err)?),
                 None => None,
             };
-        let cluster_config_index: u64 =
-            match self.db.get_cf(sm, tag_key(self.group, SM_CLUSTER_CONFIG_INDEX)).map_err(io_err)? {
+        let removed_at: BTreeMap<NodeId, u64> =
+            match self.db.get_cf(sm, tag_key(self.group, SM_MEMBER_REMOVALS)).map_err(io_err)? {
                 Some(bytes) => decode(&bytes).map_err(io_err)?,
-                None => 0,
+                None => BTreeMap::new(),
             };
         let mut resources = BTreeMap::new();
         let prefix = tag_key(self.group, SM_RESOURCE);
@@ -369,7 +375,7 @@ impl GroupStateMachine {
         }
         self.view.resources_version.send_modify(|v| *v += 1);
         self.next_stream_id = next_stream_id;
-        self.view.cluster_config.send_replace(cluster_config.map(|config| (config, cluster_config_index)));
+        self.view.cluster_config.send_replace(cluster_config.map(|config| AppliedConfig { config, removed_at }));
         self.view.applied_index.send_replace(applied.map(|id| id.index()).unwrap_or(0));
         Ok(())
     }
@@ -697,8 +703,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let sm = cf(&db, CF_SM_STATE)?;
         let mut staged = Staged::default();
         let mut last_applied: Option<LogId> = None;
-        let mut new_config: Option<ClusterConfig> = None;
-        let mut new_config_index = 0;
+        let mut new_config: Option<AppliedConfig> = None;
         let mut responses = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             last_applied = Some(entry.log_id());
@@ -732,19 +737,16 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     LogResponse::None
                 }
                 EntryPayload::Normal(LogCommand::InitCluster(config)) => {
-                    let existing = new_config
-                        .clone()
-                        .or_else(|| self.view.cluster_config.borrow().as_ref().map(|(c, _)| c.clone()));
+                    let existing = new_config.clone().or_else(|| self.view.cluster_config.borrow().clone());
                     match existing {
-                        Some(existing) => LogResponse::AlreadyInitialized(existing),
+                        Some(existing) => LogResponse::AlreadyInitialized(existing.config),
                         None => {
                             staged.batch.put_cf(
                                 sm,
                                 tag_key(self.group, SM_CLUSTER_CONFIG),
                                 encode(config).map_err(io_err)?,
                             );
-                            new_config = Some(config.clone());
-                            new_config_index = entry.log_id().index();
+                            new_config = Some(AppliedConfig { config: config.clone(), removed_at: BTreeMap::new() });
                             LogResponse::None
                         }
                     }
@@ -752,10 +754,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 EntryPayload::Normal(
                     command @ (LogCommand::SetMembers(_) | LogCommand::AddMember { .. } | LogCommand::RemoveMember(_)),
                 ) => {
-                    let current = new_config
-                        .clone()
-                        .or_else(|| self.view.cluster_config.borrow().as_ref().map(|(c, _)| c.clone()));
-                    let members = current.as_ref().map(|config| {
+                    let current = new_config.clone().or_else(|| self.view.cluster_config.borrow().clone());
+                    if let Some(AppliedConfig { mut config, mut removed_at }) = current {
                         let mut members = config.members.clone();
                         match command {
                             LogCommand::SetMembers(list) => members = list.clone(),
@@ -767,19 +767,23 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                             }
                             _ => {}
                         }
-                        members
-                    });
-                    if let (Some(mut config), Some(members)) = (current, members)
-                        && !members.is_empty()
-                    {
-                        config.members = members;
-                        staged.batch.put_cf(
-                            sm,
-                            tag_key(self.group, SM_CLUSTER_CONFIG),
-                            encode(&config).map_err(io_err)?,
-                        );
-                        new_config = Some(config);
-                        new_config_index = entry.log_id().index();
+                        if !members.is_empty() {
+                            for gone in config.members.keys().filter(|id| !members.contains_key(id)) {
+                                removed_at.insert(*gone, entry.log_id().index());
+                            }
+                            config.members = members;
+                            staged.batch.put_cf(
+                                sm,
+                                tag_key(self.group, SM_CLUSTER_CONFIG),
+                                encode(&config).map_err(io_err)?,
+                            );
+                            staged.batch.put_cf(
+                                sm,
+                                tag_key(self.group, SM_MEMBER_REMOVALS),
+                                encode(&removed_at).map_err(io_err)?,
+                            );
+                            new_config = Some(AppliedConfig { config, removed_at });
+                        }
                     }
                     LogResponse::None
                 }
@@ -797,13 +801,6 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             return Ok(());
         };
         staged.batch.put_cf(sm, tag_key(self.group, SM_APPLIED), encode(&Some(last_applied)).map_err(io_err)?);
-        if new_config.is_some() {
-            staged.batch.put_cf(
-                sm,
-                tag_key(self.group, SM_CLUSTER_CONFIG_INDEX),
-                encode(&new_config_index).map_err(io_err)?,
-            );
-        }
         let Staged { batch, streams: touched, resources, offset_commits, .. } = staged;
         self.db.write(batch).map_err(io_err)?;
         if offset_commits > 0 {
@@ -828,7 +825,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             self.view.resources_version.send_modify(|v| *v += 1);
         }
         if let Some(config) = new_config {
-            self.view.cluster_config.send_replace(Some((config, new_config_index)));
+            self.view.cluster_config.send_replace(Some(config));
         }
         self.view.applied_index.send_replace(last_applied.index());
         for (responder, response) in responses {

@@ -362,15 +362,15 @@ async fn dedupe_keys_expire_after_the_window_scan_after_scan() {
 
 /// Regression (review): `SetMembers` carried a whole member list built before it committed, so two changes
 /// run through different nodes could undo each other. `AddMember` / `RemoveMember` apply to the list current
-/// at apply time, and the config remembers the index of the entry that set it, also across a reopen.
+/// at apply time, and the state machine remembers when each former member was removed, across a reopen.
 #[tokio::test]
-async fn member_changes_apply_to_the_current_list_and_record_their_index() {
+async fn member_changes_apply_to_the_current_list_and_record_removals() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_store, mut sm) = open(dir.path(), 0);
     let members = |ids: &[u64]| ids.iter().map(|id| (*id, format!("10.0.0.{id}:7070"))).collect();
     let config = crate::cluster::ClusterConfig::new(2, members(&[1, 2, 3])).expect("config");
     apply(&mut sm, vec![entry(1, LogCommand::InitCluster(config))]).await;
-    // Node 4 added through one node while node 3 is removed through another: both stand, in either order.
+    // Node 4 added through one node while node 3 is removed through another: both stand.
     apply(
         &mut sm,
         vec![
@@ -379,18 +379,18 @@ async fn member_changes_apply_to_the_current_list_and_record_their_index() {
         ],
     )
     .await;
-    let (config, index) = sm.view().watch_cluster_config().borrow().clone().expect("config");
-    assert_eq!(config.members, members(&[1, 2, 4]));
-    assert_eq!(index, 3);
-    // Removing the last member is ignored, not applied.
-    apply(&mut sm, vec![entry(4, LogCommand::RemoveMember(1)), entry(5, LogCommand::RemoveMember(2))]).await;
-    apply(&mut sm, vec![entry(6, LogCommand::RemoveMember(4))]).await;
-    let (config, index) = sm.view().watch_cluster_config().borrow().clone().expect("config");
-    assert_eq!(config.members, members(&[4]));
-    assert_eq!(index, 5);
+    let applied = sm.view().watch_cluster_config().borrow().clone().expect("config");
+    assert_eq!(applied.config.members, members(&[1, 2, 4]));
+    assert_eq!(applied.removed_at, std::collections::BTreeMap::from([(3, 2)]));
+    // The last member is never removed; an old-style whole list records what it drops.
+    apply(&mut sm, vec![entry(4, LogCommand::SetMembers(members(&[4]))), entry(5, LogCommand::RemoveMember(4))]).await;
+    apply(&mut sm, vec![entry(6, LogCommand::AddMember { node: 3, addr: "10.0.0.3:7070".into() })]).await;
+    let expected = std::collections::BTreeMap::from([(1, 4), (2, 4), (3, 2)]);
+    let applied = sm.view().watch_cluster_config().borrow().clone().expect("config");
+    assert_eq!((applied.config.members, applied.removed_at), (members(&[3, 4]), expected.clone()));
     drop(sm);
     drop(_store);
     let (_store, sm) = open(dir.path(), 0);
-    let (config, index) = sm.view().watch_cluster_config().borrow().clone().expect("config after reopen");
-    assert_eq!((config.members, index), (members(&[4]), 5));
+    let applied = sm.view().watch_cluster_config().borrow().clone().expect("config after reopen");
+    assert_eq!((applied.config.members, applied.removed_at), (members(&[3, 4]), expected));
 }
