@@ -6,6 +6,7 @@
 //! every node's log back and checks the history ([`run`]).
 
 pub mod checker;
+pub mod ci;
 pub mod faults;
 pub mod history;
 pub mod netns;
