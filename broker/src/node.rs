@@ -148,8 +148,8 @@ impl Node {
                 tracing::warn!(error = %e, "the metadata membership did not load; deciding without it");
             }
             let membership = metadata.raft.metrics().borrow_watched().membership_config.clone();
-            // A node being added is in the metadata group's membership (newer than the config) before the
-            // config lists it (`cluster add-node` records it last).
+            // A node being added is in a metadata membership newer than its last removal from the member
+            // list before the list names it (`cluster add-node` records it last): it may restart meanwhile.
             was_member = belongs(&applied, &membership, node.id());
             if !was_member {
                 // Stop the group first, so that nothing logs after the error.
