@@ -63,23 +63,50 @@ impl AppendBatcher {
     /// Appends `append` to its stream; answers where its records went once
     /// the entry holding it is committed and applied.
     pub async fn submit(&self, append: StreamAppend) -> Result<Appended, WriteFailure> {
-        let bytes = append.payload_bytes();
-        if bytes > self.limits.max_bytes_per_entry || append.payloads.len() > self.limits.max_records_per_entry {
-            return Err(WriteFailure::TooLarge { bytes, limit_bytes: self.limits.max_bytes_per_entry });
-        }
+        check_append_size(&self.limits, &append)?;
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(PendingAppend { append, reply }).map_err(|e| match e {
+        let queue = Queue { group: self.group, capacity: self.limits.queue_capacity, name: "batcher" };
+        queue.submit(&self.tx, PendingAppend { append, reply }, rx, "queue_full").await
+    }
+}
+
+/// Refuses an append that could not fit in one entry.
+pub(crate) fn check_append_size(limits: &AppendLimits, append: &StreamAppend) -> Result<(), WriteFailure> {
+    let bytes = append.payload_bytes();
+    if bytes > limits.max_bytes_per_entry || append.payloads.len() > limits.max_records_per_entry {
+        return Err(WriteFailure::TooLarge { bytes, limit_bytes: limits.max_bytes_per_entry });
+    }
+    Ok(())
+}
+
+/// A batcher's bounded queue (the leader's AppendBatcher, the follower's ForwardBatcher).
+pub(crate) struct Queue {
+    pub group: GroupId,
+    pub capacity: usize,
+    /// Names the batcher in the error of an answer that never came.
+    pub name: &'static str,
+}
+
+impl Queue {
+    /// Queues `pending` without waiting for room (a full queue is `QueueFull`, counted with
+    /// `full_reason`), then waits for its answer on `rx`.
+    pub(crate) async fn submit<T>(
+        &self,
+        tx: &mpsc::Sender<T>,
+        pending: T,
+        rx: oneshot::Receiver<Result<Appended, WriteFailure>>,
+        full_reason: &'static str,
+    ) -> Result<Appended, WriteFailure> {
+        tx.try_send(pending).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
-                metrics::counter!("sluice_append_rejected_total", "group" => group_name(self.group), "reason" => "queue_full").increment(1);
-                WriteFailure::QueueFull { group: self.group, capacity: self.limits.queue_capacity }
+                metrics::counter!("sluice_append_rejected_total", "group" => group_name(self.group), "reason" => full_reason).increment(1);
+                WriteFailure::QueueFull { group: self.group, capacity: self.capacity }
             }
-            mpsc::error::TrySendError::Closed(_) => {
-                WriteFailure::NotLeader { group: self.group, leader: None }
-            }
+            mpsc::error::TrySendError::Closed(_) => WriteFailure::NotLeader { group: self.group, leader: None },
         })?;
         rx.await.map_err(|_| WriteFailure::Indeterminate {
             group: self.group,
-            reason: "the batcher stopped before answering".into(),
+            reason: format!("the {} stopped before answering", self.name),
         })?
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::batcher::{AppendLimits, fill_batch};
+use crate::batcher::{AppendLimits, Queue, check_append_size, fill_batch};
 use crate::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
 use crate::network::PeerClients;
 use crate::raft_types::{Appended, GroupId, StreamAppend, group_name};
@@ -40,23 +40,11 @@ impl ForwardBatcher {
 
     /// Forwards `append` to the leader at `leader_addr`; answers the leader's outcome for it.
     pub async fn submit(&self, leader_addr: &str, append: StreamAppend) -> Result<Appended, WriteFailure> {
-        let bytes = append.payload_bytes();
-        if bytes > self.limits.max_bytes_per_entry || append.payloads.len() > self.limits.max_records_per_entry {
-            return Err(WriteFailure::TooLarge { bytes, limit_bytes: self.limits.max_bytes_per_entry });
-        }
+        check_append_size(&self.limits, &append)?;
         let (reply, rx) = oneshot::channel();
         let pending = PendingForward { leader_addr: leader_addr.to_string(), append, reply };
-        self.tx.try_send(pending).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                metrics::counter!("sluice_append_rejected_total", "group" => group_name(self.group), "reason" => "forward_queue_full").increment(1);
-                WriteFailure::QueueFull { group: self.group, capacity: self.limits.queue_capacity }
-            }
-            mpsc::error::TrySendError::Closed(_) => WriteFailure::NotLeader { group: self.group, leader: None },
-        })?;
-        rx.await.map_err(|_| WriteFailure::Indeterminate {
-            group: self.group,
-            reason: "the forwarder stopped before answering".into(),
-        })?
+        let queue = Queue { group: self.group, capacity: self.limits.queue_capacity, name: "forwarder" };
+        queue.submit(&self.tx, pending, rx, "forward_queue_full").await
     }
 }
 
