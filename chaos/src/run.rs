@@ -210,22 +210,21 @@ impl NodeProc {
             self.kill9();
             return false;
         }
-        let deadline = Instant::now() + timeout;
-        let mut graceful = false;
-        while let Some(child) = self.child.as_mut() {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                self.child = None;
-                graceful = true;
-                break;
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        self.paused = false;
+        let pid = child.id().to_string();
+        // std's Child has no async wait: wait on a blocking thread, kill -9 (by pid) if it takes too long.
+        let mut exited = tokio::task::spawn_blocking(move || child.wait());
+        match tokio::time::timeout(timeout, &mut exited).await {
+            Ok(_) => true,
+            Err(_) => {
+                let _ = netns::run("kill", &["-9", &pid], None);
+                let _ = exited.await;
+                false
             }
-            if Instant::now() >= deadline {
-                break;
-            }
-            // A child process's exit has no async notification here (std::process::Child): poll it.
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.kill9();
-        graceful
     }
 }
 
