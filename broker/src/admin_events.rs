@@ -163,7 +163,7 @@ fn logged_event(partition: u32, record: &StoredRecord, event: Option<&CloudEvent
         attributes: event.attributes.iter().map(|(k, v)| (k.clone(), v.to_canonical_string())).collect(),
         data,
         datacontenttype: event.get_str("datacontenttype").unwrap_or_default().to_string(),
-        json: event.to_json().to_string(),
+        json: event.to_json_string(),
     }
 }
 

@@ -360,8 +360,12 @@ impl Node {
         }
     }
 
-    pub async fn delete_resource(&self, key: ResourceKey) -> Result<(), BrokerError> {
-        self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::DeleteResource(key))).await.map(|_| ())
+    /// Deletes a resource object; `false` when there was none (nothing changed).
+    pub async fn delete_resource(&self, key: ResourceKey) -> Result<bool, BrokerError> {
+        match self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::DeleteResource(key))).await? {
+            ForwardedReply::Response(LogResponse::Deleted { existed }) => Ok(existed),
+            other => Err(BrokerError::Raft { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),
+        }
     }
 
     /// A resource object as applied on this node.

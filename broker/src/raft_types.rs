@@ -172,6 +172,8 @@ pub enum LogResponse {
     AlreadyInitialized(ClusterConfig),
     /// What a `PutResource` did: `created`, `configured` or `unchanged`.
     Applied { outcome: String },
+    /// What a `DeleteResource` did: whether there was an object to delete.
+    Deleted { existed: bool },
 }
 
 /// postcard: compact, positional; both ends run the same build (openraft keeps

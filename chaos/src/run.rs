@@ -857,10 +857,10 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
         "kind": "Broker",
         "metadata": { "name": BROKER, "namespace": NAMESPACE },
     });
-    resources.apply(ApplyResourceRequest { object_json: broker.to_string() }).await?;
+    resources.apply(ApplyResourceRequest { object_json: broker.to_string(), dry_run: false }).await?;
     for spec in trigger_specs() {
         let object = trigger_object(&spec, &subscribers, &config);
-        resources.apply(ApplyResourceRequest { object_json: object.to_string() }).await?;
+        resources.apply(ApplyResourceRequest { object_json: object.to_string(), dry_run: false }).await?;
     }
     let path = format!("/{NAMESPACE}/{BROKER}");
     let probe = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;

@@ -173,7 +173,10 @@ async fn supervise(args: &DevArgs, nodes: &mut [DevNode], members: &str) -> Resu
         let mut client =
             sluice_proto::admin::resources_client::ResourcesClient::connect(format!("http://{first_admin}")).await?;
         client
-            .apply(sluice_proto::admin::ApplyResourceRequest { object_json: default_broker().to_string() })
+            .apply(sluice_proto::admin::ApplyResourceRequest {
+                object_json: default_broker().to_string(),
+                dry_run: false,
+            })
             .await
             .map_err(|s| anyhow::anyhow!("creating the default broker: {}", s.message()))?;
     }

@@ -323,6 +323,7 @@ fn dead_letter_message(partition: u32, offset: u64, arrival_ms: u64, event: &Clo
             Some(EventData::Json(text)) => text.clone().into_bytes().into(),
             None => bytes::Bytes::new(),
         },
+        event_json: event.to_json_string(),
     }
 }
 

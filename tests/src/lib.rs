@@ -358,7 +358,7 @@ pub fn run_sluice(args: &[&str], timeout: Duration) -> Result<(i32, String)> {
 /// Applies a resource object (JSON) through the admin API.
 pub async fn apply_resource(admin: &str, object: serde_json::Value) -> Result<()> {
     let mut client = sluice_proto::admin::resources_client::ResourcesClient::connect(format!("http://{admin}")).await?;
-    client.apply(sluice_proto::admin::ApplyResourceRequest { object_json: object.to_string() }).await?;
+    client.apply(sluice_proto::admin::ApplyResourceRequest { object_json: object.to_string(), dry_run: false }).await?;
     Ok(())
 }
 

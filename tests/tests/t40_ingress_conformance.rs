@@ -120,20 +120,6 @@ fn cases() -> Vec<Case> {
         let error = if version.is_empty() { "required attribute is empty" } else { "unsupported specversion" };
         add(name, binary_headers("", &[("ce-specversion", version)]), vec![], 400, error, Some("specversion"));
     }
-    // Percent-encoding and UTF-8.
-    for (name, value) in [
-        ("overlong utf-8", "%C0%A0"),
-        ("lone continuation byte", "%80"),
-        ("truncated utf-8", "%E2%82"),
-        ("bad hex", "%zz"),
-        ("truncated escape", "%4"),
-        ("escape at end", "abc%"),
-        ("surrogate", "%ED%A0%80"),
-        ("invalid 0xff", "%FF"),
-        ("unterminated quote escape", "\"abc\\\""),
-    ] {
-        add(name, binary_headers("", &[("ce-myext", value)]), vec![], 400, "invalid header value", Some("myext"));
-    }
     // Typed attributes.
     for (name, header, value) in [
         ("time not rfc3339", "ce-time", "yesterday"),
@@ -143,10 +129,9 @@ fn cases() -> Vec<Case> {
         ("dataschema with space", "ce-dataschema", "http://a b"),
         ("source with space", "ce-source", "/a b"),
         ("source bad scheme", "ce-source", "1http://x"),
-        ("source bad escape", "ce-source", "/a%25zz"),
+        ("source bad escape", "ce-source", "/a%zz"),
         ("subject empty", "ce-subject", ""),
-        ("control char", "ce-myext", "a%01b"),
-        ("delete char", "ce-myext", "a%7Fb"),
+        ("control char", "ce-myext", "a\tb"),
     ] {
         let error = match header {
             "ce-time" => "RFC 3339",
@@ -629,6 +614,44 @@ async fn h2c_and_keep_alive_both_work() -> anyhow::Result<()> {
                 .await?;
             assert_eq!(response.status(), StatusCode::ACCEPTED, "{:?}", response.version());
         }
+    }
+    Ok(())
+}
+
+/// The Python (1.x) and JavaScript SDKs send `ce-` values unencoded: raw UTF-8 (or ISO-8859-1 for `é`), `%` as
+/// data, quotes as data. Sluice answered 400 to `%` that started no escape and to raw UTF-8, decoded `%XX` the
+/// sender meant literally, and unquoted `"whole"`. Every value is now stored exactly as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_style_header_values_are_stored_as_sent() -> anyhow::Result<()> {
+    let (_root, node) = single_node(&[]).await?;
+    let url = format!("http://{}/default/default", node.http);
+    let client = reqwest::Client::new();
+    let cases: [(&str, &[u8], &str); 8] = [
+        ("utf8", "dl ✓ café".as_bytes(), "dl ✓ café"),
+        ("latin1", b"caf\xe9", "café"),
+        ("percent", b"100%", "100%"),
+        ("bad-escape", b"a%zz %4 abc%", "a%zz %4 abc%"),
+        ("escape", b"a%20b", "a%20b"),
+        ("overlong", b"%C0%A0", "%C0%A0"),
+        ("quoted", b"\"whole\"", "\"whole\""),
+        ("quoted-escape", b"\"a \\\"b\\\"\"", "\"a \\\"b\\\"\""),
+    ];
+    for (id, value, _) in &cases {
+        let response = client
+            .post(&url)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", *id)
+            .header("ce-source", "/sdk/raw")
+            .header("ce-type", "raw.header")
+            .header("ce-myext", reqwest::header::HeaderValue::from_bytes(value)?)
+            .send()
+            .await?;
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{id}: {}", response.text().await?);
+    }
+    let events = read_events(&node.admin, STREAM, PARTITIONS).await?;
+    for (id, _, expected) in &cases {
+        let event = events.iter().find(|e| e.get_str("id") == Some(*id)).expect("stored");
+        assert_eq!(event.get_str("myext"), Some(*expected), "{id}");
     }
     Ok(())
 }

@@ -293,3 +293,22 @@ async fn events_read_tail_find_reflection_and_cli() -> anyhow::Result<()> {
     assert_eq!(code, 5, "unavailable");
     Ok(())
 }
+
+/// grpcurl printed `Code: Code(1008) Message: RESOURCE_NOT_FOUND`: the `grpc-status-details-bin` trailer held a
+/// bare `ErrorDetail`, which grpc-go decodes as a `google.rpc.Status`. It now holds a `google.rpc.Status` with the
+/// detail packed as `Any`, which grpcurl prints (resolving the type through server reflection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_shows_the_status_code_and_the_error_detail() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    let output = Command::new("grpcurl")
+        .args(["-plaintext", "-d", r#"{"target":{"name":"nope"}}"#, &node.admin, "sluice.admin.v1.Events/Read"])
+        .output()
+        .map_err(|e| anyhow::anyhow!("running grpcurl (scripts/setup.sh installs it): {e}"))?;
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "{printed}");
+    assert!(printed.contains("Code: NotFound"), "{printed}");
+    assert!(!printed.contains("Code(1008)"), "{printed}");
+    assert!(printed.contains("type.googleapis.com/sluice.admin.v1.ErrorDetail"), "{printed}");
+    assert!(printed.contains("RESOURCE_NOT_FOUND") && printed.contains("1008"), "{printed}");
+    Ok(())
+}

@@ -171,28 +171,120 @@ impl CloudEvent {
         }
     }
 
-    /// The event in the JSON format (structured mode), data as stored.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut object = serde_json::Map::new();
-        for (name, value) in &self.attributes {
-            let json = match value {
-                AttrValue::String(s) => serde_json::Value::String(s.clone()),
-                AttrValue::Integer(i) => (*i).into(),
-                AttrValue::Boolean(b) => (*b).into(),
-            };
-            object.insert(name.clone(), json);
-        }
-        match &self.data {
-            Some(EventData::Json(raw)) => {
-                object.insert("data".into(), serde_json::from_str(raw).unwrap_or(serde_json::Value::Null));
+    /// The event in the JSON format (structured mode), as text: attributes with their types, and the data
+    /// exactly as it arrived (see [`CloudEvent::structured_data`]): JSON data is copied byte for byte, never
+    /// re-parsed (so big numbers, `1e2` and the order of object keys survive).
+    pub fn to_json_string(&self) -> String {
+        let mut out = String::with_capacity(128 + self.data_len());
+        out.push('{');
+        for (i, (name, value)) in self.attributes.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
             }
-            Some(EventData::Bytes(bytes)) => {
-                object.insert("data_base64".into(), base64::engine::general_purpose::STANDARD.encode(bytes).into());
+            push_json_string(&mut out, name);
+            out.push(':');
+            match value {
+                AttrValue::String(s) => push_json_string(&mut out, s),
+                AttrValue::Integer(i) => out.push_str(&i.to_string()),
+                AttrValue::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
+            }
+        }
+        let member = |out: &mut String, name: &str| {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            push_json_string(out, name);
+            out.push(':');
+        };
+        match self.structured_data() {
+            Some(StructuredData::Json(raw)) => {
+                member(&mut out, "data");
+                out.push_str(raw);
+            }
+            Some(StructuredData::Text(text)) => {
+                member(&mut out, "data");
+                push_json_string(&mut out, text);
+            }
+            Some(StructuredData::Base64(bytes)) => {
+                member(&mut out, "data_base64");
+                push_json_string(&mut out, &base64::engine::general_purpose::STANDARD.encode(bytes));
             }
             None => {}
         }
-        serde_json::Value::Object(object)
+        out.push('}');
+        out
     }
+
+    fn data_len(&self) -> usize {
+        match &self.data {
+            Some(EventData::Bytes(bytes)) => bytes.len() * 4 / 3 + 4,
+            Some(EventData::Json(text)) => text.len(),
+            None => 0,
+        }
+    }
+
+    /// How the data goes into the JSON format (JSON format spec §3.1, as the SDKs read it back):
+    /// - JSON data (structured mode's `data`, or binary-mode bytes that are valid JSON under a JSON
+    ///   `datacontenttype`) as the `data` member, byte for byte;
+    /// - text (`text/*`, or a `charset=utf-8` parameter) that is valid UTF-8 as a JSON string in `data`;
+    /// - anything else as `data_base64`.
+    pub fn structured_data(&self) -> Option<StructuredData<'_>> {
+        match &self.data {
+            None => None,
+            Some(EventData::Json(raw)) => Some(StructuredData::Json(raw)),
+            Some(EventData::Bytes(bytes)) => {
+                let content_type = self.get_str("datacontenttype");
+                if content_type.is_some_and(is_json_media_type)
+                    && serde_json::from_slice::<&RawValue>(bytes).is_ok()
+                    && let Ok(text) = std::str::from_utf8(bytes)
+                {
+                    return Some(StructuredData::Json(text));
+                }
+                if content_type.is_some_and(is_text_media_type)
+                    && let Ok(text) = std::str::from_utf8(bytes)
+                {
+                    return Some(StructuredData::Text(text));
+                }
+                Some(StructuredData::Base64(bytes))
+            }
+        }
+    }
+
+    /// The data as binary mode's HTTP body: bytes as stored; structured mode's JSON `data` as its text, except a
+    /// JSON string under a non-JSON `datacontenttype` (`text/plain` data sent in structured mode), whose body is
+    /// the string itself, as the SDKs write it.
+    pub fn binary_body(&self) -> Bytes {
+        match &self.data {
+            None => Bytes::new(),
+            Some(EventData::Bytes(bytes)) => bytes.clone(),
+            Some(EventData::Json(raw)) => {
+                let json_content = self.get_str("datacontenttype").is_none_or(is_json_media_type);
+                if !json_content
+                    && raw.trim_start().starts_with('"')
+                    && let Ok(text) = serde_json::from_str::<String>(raw)
+                {
+                    return Bytes::from(text);
+                }
+                Bytes::from(raw.clone())
+            }
+        }
+    }
+}
+
+/// The data of an event in the JSON format: see [`CloudEvent::structured_data`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum StructuredData<'a> {
+    /// JSON text, copied as the `data` member.
+    Json(&'a str),
+    /// Text, written as a JSON string in `data`.
+    Text(&'a str),
+    /// Bytes, written base64-encoded as `data_base64`.
+    Base64(&'a [u8]),
+}
+
+fn push_json_string(out: &mut String, value: &str) {
+    // Serialising a str into JSON cannot fail.
+    out.push_str(&serde_json::to_string(value).unwrap_or_default());
 }
 
 const STORED_FORMAT_V1: u8 = 1;
@@ -351,6 +443,12 @@ pub fn media_essence(content_type: &str) -> (String, Option<String>) {
     (essence, charset)
 }
 
+/// `text/*`, or any type that declares a UTF-8 charset.
+pub fn is_text_media_type(content_type: &str) -> bool {
+    let (essence, charset) = media_essence(content_type);
+    essence.starts_with("text/") || charset.as_deref().is_some_and(|c| c == "utf-8" || c == "us-ascii")
+}
+
 pub fn is_json_media_type(content_type: &str) -> bool {
     let (essence, _) = media_essence(content_type);
     essence.split_once('/').is_some_and(|(_, sub)| sub == "json" || sub.ends_with("+json"))
@@ -358,54 +456,26 @@ pub fn is_json_media_type(content_type: &str) -> bool {
 
 // ---------------------------------------------------------------- binary mode
 
-/// Removes RFC 7230 quoted-string quoting (and its backslash escapes).
-fn unquote(value: &[u8]) -> Result<Vec<u8>, &'static str> {
-    if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
-        let mut out = Vec::with_capacity(value.len());
-        let mut escaped = false;
-        for &b in &value[1..value.len() - 1] {
-            if escaped {
-                out.push(b);
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                return Err("unescaped double quote inside a quoted value");
-            } else {
-                out.push(b);
-            }
-        }
-        if escaped {
-            return Err("quoted value ends with a backslash");
-        }
-        Ok(out)
-    } else {
-        Ok(value.to_vec())
+/// One `ce-` header value as an attribute value, taken as sent (docs/ingress.md, "Header values"): its bytes
+/// as UTF-8, or, when they are not valid UTF-8, as ISO-8859-1 (what Python's `http.client` and `fetch` send
+/// for `é`). No RFC 7230 unquoting and no percent-decoding: the Go SDK (and so Knative's brokers and
+/// sources), the Java, JavaScript, Python 1.x and Rust SDKs send values unencoded and read them unencoded,
+/// so `"whole"`, `100%` and `a%20b` are data. Control characters are refused.
+pub fn decode_header_value(value: &[u8]) -> Result<String, &'static str> {
+    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err("header values must not contain control characters");
     }
+    Ok(match std::str::from_utf8(value) {
+        Ok(text) => text.to_string(),
+        Err(_) => value.iter().map(|&b| char::from(b)).collect(),
+    })
 }
 
-/// One round of percent-decoding; the result must be UTF-8 (overlong
-/// encodings are invalid UTF-8 and are refused).
-pub fn percent_decode_header(value: &[u8]) -> Result<String, &'static str> {
-    if value.iter().any(|b| !(0x20..0x7f).contains(b) && *b != b'\t') {
-        return Err("header values must be printable US-ASCII (percent-encode the rest)");
-    }
-    let unquoted = unquote(value)?;
-    let mut out = Vec::with_capacity(unquoted.len());
-    let mut i = 0;
-    while i < unquoted.len() {
-        if unquoted[i] == b'%' {
-            let hex = unquoted.get(i + 1..i + 3).ok_or("truncated percent-encoding")?;
-            let text = std::str::from_utf8(hex).map_err(|_| "invalid percent-encoding")?;
-            let byte = u8::from_str_radix(text, 16).map_err(|_| "invalid percent-encoding")?;
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(unquoted[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "percent-encoded bytes are not valid UTF-8")
+/// An attribute value as a `ce-` header value, for binary-mode delivery: its UTF-8 bytes, unencoded, as the
+/// SDKs above send and read them, so that `decode_header_value(encode_header_value(v)) == v`. (HTTP trims
+/// leading and trailing whitespace from field values: such values survive only in structured mode.)
+pub fn encode_header_value(value: &str) -> &[u8] {
+    value.as_bytes()
 }
 
 /// Binary mode: attributes from `ce-*` headers, `Content-Type` as
@@ -427,7 +497,7 @@ pub fn from_binary<'a>(
                 .attribute("datacontenttype")
                 .rule("binary mode carries datacontenttype in Content-Type"));
         }
-        let decoded = percent_decode_header(value)
+        let decoded = decode_header_value(value)
             .map_err(|rule| EventError::bad("invalid header value").attribute(attribute).rule(rule))?;
         if attributes.insert(attribute.to_string(), AttrValue::String(decoded)).is_some() {
             return Err(EventError::bad("attribute header given twice")

@@ -16,34 +16,127 @@ fn binary(extra: &[(&'static str, &'static str)]) -> Result<CloudEvent, EventErr
 fn binary_mode_keeps_attributes_and_body() {
     let event = binary(&[("CE-Subject", "x"), ("ce-myext", "Euro%20%E2%82%AC%20%F0%9F%98%80")]).expect("valid");
     assert_eq!(event.get_str("subject"), Some("x"));
-    assert_eq!(event.get_str("myext"), Some("Euro € 😀"));
+    assert_eq!(event.get_str("myext"), Some("Euro%20%E2%82%AC%20%F0%9F%98%80"), "taken as sent");
     assert_eq!(event.get_str("datacontenttype"), Some("text/plain"));
     assert_eq!(event.data, Some(EventData::Bytes(Bytes::from_static(b"hello"))));
 }
 
+/// `"whole"` was stored as `whole`: the quotes are data (no SDK sends RFC 7230 quoted-strings).
 #[test]
-fn binary_mode_accepts_quoted_and_lower_case_percent_values() {
-    let event = binary(&[("ce-myext", "\"a \\\"b\\\" %c3%a9\"")]).expect("valid");
-    assert_eq!(event.get_str("myext"), Some("a \"b\" é"));
+fn quoted_header_value_keeps_its_quotes() {
+    for value in ["\"whole\"", "\"a \\\"b\\\"\"", "\"unterminated\\\""] {
+        let event = binary(&[("ce-myext", value)]).expect(value);
+        assert_eq!(event.get_str("myext"), Some(value));
+    }
+}
+
+/// The Python (1.x) and JavaScript SDKs send values unencoded: raw UTF-8, ISO-8859-1 (Python's `http.client`,
+/// `fetch`), and `%` as data. Sluice answered 400 to them, or decoded `%XX` that the sender meant literally.
+#[test]
+fn unencoded_sdk_header_values_are_taken_as_sent() {
+    let all = |value: &'static [u8]| {
+        let mut all = headers(&MINIMAL);
+        all.push(("ce-myext", value));
+        from_binary(all, None, Bytes::new()).map(|e| e.get_str("myext").map(str::to_string))
+    };
+    assert_eq!(all("dl ✓".as_bytes()), Ok(Some("dl ✓".into())));
+    assert_eq!(all(b"caf\xe9"), Ok(Some("café".into())), "ISO-8859-1 byte");
+    assert_eq!(all(b"100%"), Ok(Some("100%".into())));
+    assert_eq!(all(b"a%zz %4"), Ok(Some("a%zz %4".into())));
+    assert_eq!(all(b"https://x/a%20b?c=%E2%9C%93"), Ok(Some("https://x/a%20b?c=%E2%9C%93".into())));
+    assert_eq!(all(b"%C0%A0"), Ok(Some("%C0%A0".into())));
 }
 
 #[test]
 fn binary_mode_refuses_bad_values() {
     for (header, value, attribute) in [
-        ("ce-myext", "%C0%A0", "myext"),
-        ("ce-myext", "%zz", "myext"),
-        ("ce-myext", "%4", "myext"),
-        ("ce-myext", "\"unterminated\\\"", "myext"),
+        ("ce-myext", "a\tb", "myext"),
         ("ce-datacontenttype", "text/plain", "datacontenttype"),
         ("ce-My_Ext", "v", "my_ext"),
         ("ce-time", "yesterday", "time"),
         ("ce-dataschema", "relative/path", "dataschema"),
         ("ce-subject", "", "subject"),
+        ("ce-source", "/a b", "source"),
     ] {
         let err = binary(&[(header, value)]).expect_err(header);
         assert_eq!(err.status, 400);
         assert_eq!(err.attribute.as_deref(), Some(attribute), "{header}: {value}: {err}");
     }
+}
+
+/// Outbound, Sluice percent-encoded `dl ✓` as `dl%20%E2%9C%93`, which no SDK decodes.
+#[test]
+fn outbound_header_values_are_their_utf8_bytes() {
+    for value in ["dl ✓", "\"whole\"", "100%", "a%20b"] {
+        assert_eq!(encode_header_value(value), value.as_bytes());
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn header_values_round_trip(value in "[^\u{0}-\u{1f}\u{7f}]{0,24}") {
+        proptest::prop_assert_eq!(decode_header_value(encode_header_value(&value)), Ok(value));
+    }
+
+    #[test]
+    fn stored_encoding_round_trips_for_any_event(
+        attributes in proptest::collection::btree_map("[a-z][a-z0-9]{0,8}", "[^\u{0}-\u{1f}]{0,16}", 0..6),
+        integer in proptest::num::i32::ANY,
+        data in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..64)),
+    ) {
+        let mut attributes: BTreeMap<String, AttrValue> =
+            attributes.into_iter().map(|(k, v)| (k, AttrValue::String(v))).collect();
+        attributes.insert("zint".into(), AttrValue::Integer(i64::from(integer)));
+        let event = CloudEvent { attributes, data: data.map(|d| EventData::Bytes(Bytes::from(d))) };
+        let stored = event.encode().expect("encodes");
+        proptest::prop_assert_eq!(CloudEvent::decode(&stored).expect("decodes"), event);
+    }
+}
+
+/// `{"big": 123456789012345678901234567890}` arrived as `1.2345678901234568e+29`, `1e2` as `100.0`, and object
+/// keys re-sorted: JSON data is copied byte for byte into the JSON format.
+#[test]
+fn json_data_is_never_reparsed() {
+    let body = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"zeta":1e2,"big":123456789012345678901234567890,"alpha":[1.50,-0]}}"#;
+    let event = from_structured(body).expect("valid");
+    let json = event.to_json_string();
+    assert!(json.ends_with(r#""data":{"zeta":1e2,"big":123456789012345678901234567890,"alpha":[1.50,-0]}}"#), "{json}");
+    assert_eq!(from_structured(json.as_bytes()).expect("reparses"), event);
+    assert_eq!(&event.binary_body()[..], br#"{"zeta":1e2,"big":123456789012345678901234567890,"alpha":[1.50,-0]}"#);
+}
+
+/// Binary-mode data under `content-type: application/json` went out as `data_base64`; a JSON subscriber (the JS
+/// SDK) got no `data`.
+#[test]
+fn binary_json_data_goes_out_as_data() {
+    let mut all = headers(&MINIMAL);
+    all.push(("ce-subject", b"s"));
+    let body = Bytes::from_static(br#"{"b": 123456789012345678901234567890, "a": 1e2}"#);
+    let event = from_binary(all, Some(b"application/json; charset=utf-8"), body).expect("valid");
+    let json = event.to_json_string();
+    assert!(json.contains(r#""data":{"b": 123456789012345678901234567890, "a": 1e2}"#), "{json}");
+    assert!(!json.contains("data_base64"), "{json}");
+    // Not JSON after all: base64, so nothing is lost.
+    let event = from_binary(headers(&MINIMAL), Some(b"application/json"), Bytes::from_static(b"{nope")).expect("valid");
+    assert_eq!(event.structured_data(), Some(StructuredData::Base64(b"{nope")));
+    // Text as a JSON string; bytes as base64.
+    let event = from_binary(headers(&MINIMAL), Some(b"text/plain"), Bytes::from_static("héllo \"x\"".as_bytes()))
+        .expect("valid");
+    assert!(event.to_json_string().ends_with(r#""data":"héllo \"x\""}"#));
+    let event =
+        from_binary(headers(&MINIMAL), Some(b"application/octet-stream"), Bytes::from_static(b"\x00\xff")).expect("ok");
+    assert!(event.to_json_string().ends_with(r#""data_base64":"AP8="}"#));
+}
+
+/// Structured `data` that is a JSON string under a non-JSON content type is the body itself in binary mode (the
+/// SDKs write `text/plain` data this way), not its JSON text with quotes.
+#[test]
+fn structured_text_data_is_the_binary_body_without_quotes() {
+    let body = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"text/plain","data":"hi \"you\""}"#;
+    let event = from_structured(body).expect("valid");
+    assert_eq!(&event.binary_body()[..], b"hi \"you\"");
+    let body = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"hi"}"#;
+    assert_eq!(&from_structured(body).expect("valid").binary_body()[..], b"\"hi\"", "JSON by default");
 }
 
 #[test]

@@ -595,24 +595,22 @@ impl GroupStateMachine {
 
     /// Stores a resource with the metadata Sluice maintains (uid, generation,
     /// resourceVersion = the entry's log index, creationTimestamp).
+    /// A resource as of the writes staged so far in this apply.
+    fn staged_resource(&self, staged: &Staged, key: &ResourceKey) -> Option<String> {
+        match staged.resources.get(key) {
+            Some(staged) => staged.clone(),
+            None => self.view.resources.read().ok().and_then(|r| r.get(key).cloned()),
+        }
+    }
+
     fn stage_put_resource(
         &self,
         staged: &mut Staged,
         record: &ResourceRecord,
         log_index: u64,
     ) -> io::Result<ApplyOutcome> {
-        let existing: Option<serde_json::Value> = match staged.resources.get(&record.key) {
-            Some(staged) => staged.as_deref().map(serde_json::from_str).transpose().map_err(io_err)?,
-            None => self
-                .view
-                .resources
-                .read()
-                .ok()
-                .and_then(|r| r.get(&record.key).cloned())
-                .map(|j| serde_json::from_str(&j))
-                .transpose()
-                .map_err(io_err)?,
-        };
+        let existing: Option<serde_json::Value> =
+            self.staged_resource(staged, &record.key).map(|j| serde_json::from_str(&j)).transpose().map_err(io_err)?;
         let incoming: serde_json::Value = serde_json::from_str(&record.json).map_err(io_err)?;
         let (merged, outcome) =
             merge_for_apply(existing.as_ref(), incoming, &record.uid, &record.applied_at, log_index);
@@ -725,8 +723,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     LogResponse::Applied { outcome: outcome.as_str().to_string() }
                 }
                 EntryPayload::Normal(LogCommand::DeleteResource(key)) => {
-                    self.stage_resource(&mut staged, key, None)?;
-                    LogResponse::None
+                    let existed = self.staged_resource(&staged, key).is_some();
+                    if existed {
+                        self.stage_resource(&mut staged, key, None)?;
+                    }
+                    LogResponse::Deleted { existed }
                 }
                 EntryPayload::Normal(LogCommand::CommitOffsets(commits)) => {
                     self.stage_commit_offsets(&mut staged, commits)?;
