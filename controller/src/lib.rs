@@ -5,8 +5,17 @@
 //! way Knative's webhook validates it, with errors that name the field path
 //! ([`validate`]), and given its Kubernetes metadata (uid, generation,
 //! resourceVersion, creationTimestamp) when it is stored ([`meta`]). Objects
-//! are stored as the JSON that was applied, so fields Sluice does not know
-//! are kept (forward compatibility).
+//! are stored as the JSON that was applied.
+//!
+//! Unknown fields are refused, with their path and the fields that are
+//! known (`spec.delivery.retires: unknown field (known fields: backoffDelay,
+//! ...)`), as Knative's webhook refuses them (it decodes with
+//! `DisallowUnknownFields`) and as kubectl's strict field validation does: a
+//! misspelt field silently ignored is a setting silently not applied. The
+//! [`model`] types have every field of Knative's v1 types and are the only
+//! allow-list; a field a newer Knative adds is added to the model when Sluice
+//! supports it. `status` may hold anything (it is derived, never taken from
+//! the applied object). Reading stored objects stays lenient.
 
 pub mod meta;
 pub mod model;

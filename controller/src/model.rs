@@ -1,34 +1,94 @@
 //! Knative's resource types, with Knative's JSON field names, so that the
 //! CRD controller can later derive its CRDs from the same types.
+//!
+//! The types are also the allow-list of fields: they have every field of
+//! Knative's v1 Go types (and of Kubernetes' `ObjectMeta`), and validation
+//! ([`crate::validate`]) refuses any field they do not have, naming its path,
+//! as Knative's webhook does (it decodes with `DisallowUnknownFields`). A
+//! field a newer Knative adds is added here when Sluice supports it. So no
+//! type here may use `#[serde(flatten)]`: the strict reader learns a type's
+//! fields from serde's `deserialize_struct`, which a flattened type does not
+//! call. Reading stored objects (`serde_json::from_value`) stays lenient:
+//! serde ignores fields these types do not have.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Unknown fields, kept so that a newer Knative's YAML still applies.
-pub type Extra = BTreeMap<String, serde_json::Value>;
-
+/// Kubernetes' `metav1.ObjectMeta`, every field.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate_name: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_link: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource_version: Option<String>,
+    pub creation_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_grace_period_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_references: Vec<OwnerReference>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finalizers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_fields: Vec<ManagedFieldsEntry>,
+}
+
+/// `metav1.OwnerReference`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub uid: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creation_timestamp: Option<String>,
-    #[serde(flatten)]
-    pub extra: Extra,
+    pub controller: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_owner_deletion: Option<bool>,
+}
+
+/// `metav1.ManagedFieldsEntry` (server-side apply's bookkeeping, as
+/// `kubectl get -o yaml --show-managed-fields` prints it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedFieldsEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields_type: Option<String>,
+    /// A field set, any JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields_v1: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subresource: Option<String>,
 }
 
 /// `duckv1.KReference`.
@@ -45,6 +105,9 @@ pub struct KReference {
     pub api_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// The name of one of the referent's addresses (`status.addresses[].name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// `duckv1.Destination`: a `ref`, a `uri`, or a `ref` plus a relative `uri`.
@@ -59,8 +122,6 @@ pub struct Destination {
     pub ca_certs: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
-    #[serde(flatten)]
-    pub extra: Extra,
 }
 
 /// `eventingduckv1.DeliverySpec`.
@@ -69,8 +130,9 @@ pub struct Destination {
 pub struct DeliverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_sink: Option<Destination>,
+    /// An `int32` in Knative.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<i64>,
+    pub retry: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,8 +143,6 @@ pub struct DeliverySpec {
     pub retry_after_max: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
-    #[serde(flatten)]
-    pub extra: Extra,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -92,8 +152,6 @@ pub struct BrokerSpec {
     pub config: Option<KReference>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
-    #[serde(flatten)]
-    pub extra: Extra,
 }
 
 /// `TriggerFilter`: attribute name → value ("" matches any value).
@@ -102,11 +160,10 @@ pub struct BrokerSpec {
 pub struct TriggerFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attributes: Option<BTreeMap<String, String>>,
-    #[serde(flatten)]
-    pub extra: Extra,
 }
 
-/// A Subscriptions API filter: exactly one dialect per object.
+/// A Subscriptions API filter: exactly one dialect per object. The keys of
+/// `exact`, `prefix` and `suffix` are attribute names (data, not fields).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionsApiFilter {
@@ -124,8 +181,6 @@ pub struct SubscriptionsApiFilter {
     pub not: Option<Box<SubscriptionsApiFilter>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cesql: Option<String>,
-    #[serde(flatten)]
-    pub extra: Extra,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -143,20 +198,83 @@ pub struct TriggerSpec {
     pub subscriber: Option<Destination>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
-    #[serde(flatten)]
-    pub extra: Extra,
 }
 
-/// Channel and InMemoryChannel.
+/// `messagingv1.ChannelTemplateSpec`: the kind of channel backing a Channel.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelTemplateSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Passed verbatim to the backing channel: any JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
+}
+
+/// `duckv1.AuthStatus`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_account_names: Vec<String>,
+}
+
+/// `eventingduckv1.SubscriberSpec`: a channel's resolved subscription, which
+/// Knative's Subscription controller writes into `spec.subscribers`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriberSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Not in the Go type, but in the InMemoryChannel CRD's schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriber_uri: Option<String>,
+    #[serde(default, rename = "subscriberCACerts", skip_serializing_if = "Option::is_none")]
+    pub subscriber_ca_certs: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriber_audience: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_uri: Option<String>,
+    #[serde(default, rename = "replyCACerts", skip_serializing_if = "Option::is_none")]
+    pub reply_ca_certs: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_audience: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthStatus>,
+}
+
+/// Channel: `channelTemplate` plus `ChannelableSpec` (`subscribers`, `delivery`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channel_template: Option<serde_json::Value>,
+    pub channel_template: Option<ChannelTemplateSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribers: Vec<SubscriberSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
-    #[serde(flatten)]
-    pub extra: Extra,
+}
+
+/// InMemoryChannel: `ChannelableSpec` only (no `channelTemplate`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InMemoryChannelSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribers: Vec<SubscriberSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -170,11 +288,11 @@ pub struct SubscriptionSpec {
     pub reply: Option<Destination>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
-    #[serde(flatten)]
-    pub extra: Extra,
 }
 
-/// A Kubernetes-style object of kind `K`'s spec.
+/// A Kubernetes-style object with spec `S`. `status` is derived
+/// ([`crate::status`]): an applied one may hold anything and is not stored
+/// ([`crate::meta::merge_for_apply`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Object<S> {
@@ -193,6 +311,7 @@ pub struct Object<S> {
 pub type Broker = Object<BrokerSpec>;
 pub type Trigger = Object<TriggerSpec>;
 pub type Channel = Object<ChannelSpec>;
+pub type InMemoryChannel = Object<InMemoryChannelSpec>;
 pub type Subscription = Object<SubscriptionSpec>;
 
 /// The kinds Sluice stores, with their API groups and kubectl names.
