@@ -5,7 +5,8 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use sluice_cesql::{EventAttributes, Expression, Value};
+use sluice_cesql::Expression;
+use sluice_cloudevent::EventView;
 use sluice_proto::admin::events_server::Events;
 use sluice_proto::admin::{
     EventStreamRef, FindEventsReply, FindEventsRequest, LoggedEvent, PartitionPosition, ReadEventsReply,
@@ -16,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::admin::status_of;
 use crate::admin_errors::{ErrorCode, error_status};
-use crate::cloudevent::{AttrValue, CloudEvent, EventData};
+use crate::cloudevent::{CloudEvent, EventData};
 use crate::error::BrokerError;
 use crate::node::{Node, validate_stream_name};
 use crate::raft_types::ResourceKey;
@@ -49,22 +50,6 @@ pub struct EventsService {
 impl EventsService {
     pub fn new(node: Node) -> Self {
         Self { node }
-    }
-}
-
-/// A stored event seen through CESQL's attribute interface.
-struct EventView<'a>(&'a CloudEvent);
-
-impl EventAttributes for EventView<'_> {
-    fn attribute(&self, name: &str) -> Option<Value> {
-        Some(match self.0.attributes.get(name)? {
-            AttrValue::String(s) => Value::String(s.clone()),
-            AttrValue::Boolean(b) => Value::Boolean(*b),
-            AttrValue::Integer(i) => match i32::try_from(*i) {
-                Ok(i) => Value::Integer(i),
-                Err(_) => Value::String(i.to_string()),
-            },
-        })
     }
 }
 

@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use sluice_controller::validate::is_dns_label;
 
-use crate::cloudevent::{self, AttrValue, CloudEvent, EventError};
+use crate::cloudevent::{self, CloudEvent, EventError};
 use crate::error::BrokerError;
 use crate::node::Node;
 use crate::raft_types::{Appended, Dedupe, ResourceKey};
@@ -291,50 +291,16 @@ async fn discard_body(body: Body, max_bytes: usize, timeout: Duration) {
     .await;
 }
 
-/// Knative's attributes: `knativearrivaltime` now, `knativebrokerttl` kept
-/// if positive, else the broker's TTL when absent.
+/// Knative's attributes with this broker's TTL (see [`sluice_cloudevent::apply_knative_attributes`]).
 pub fn apply_knative_attributes(
     event: &mut CloudEvent,
     settings: &IngressSettings,
     arrival: &str,
 ) -> Result<(), EventError> {
-    match event.attributes.get("knativebrokerttl") {
-        None => {
-            event.attributes.insert("knativebrokerttl".into(), AttrValue::Integer(settings.ttl));
-        }
-        Some(value) => {
-            let ttl: i64 = value.to_canonical_string().trim().parse().map_err(|_| {
-                EventError::bad("knativebrokerttl is not an integer")
-                    .attribute("knativebrokerttl")
-                    .rule("a positive integer")
-            })?;
-            if ttl <= 0 {
-                return Err(EventError::bad("knativebrokerttl has expired")
-                    .attribute("knativebrokerttl")
-                    .rule("must be greater than 0: the event has passed through too many brokers"));
-            }
-        }
-    }
-    event.attributes.insert("knativearrivaltime".into(), AttrValue::String(arrival.to_string()));
-    Ok(())
+    sluice_cloudevent::apply_knative_attributes(event, settings.ttl, arrival)
 }
 
-/// Most distinct `event_type` label values; later types are counted as
-/// `_other`, so producers cannot grow the metrics without bound.
-const MAX_EVENT_TYPE_LABELS: usize = 1000;
-
-pub fn event_type_label(event_type: &str) -> String {
-    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = std::sync::OnceLock::new();
-    let Ok(mut seen) = SEEN.get_or_init(Default::default).lock() else { return "_other".into() };
-    if seen.contains(event_type) {
-        return event_type.to_string();
-    }
-    if seen.len() < MAX_EVENT_TYPE_LABELS && event_type.len() <= 128 {
-        seen.insert(event_type.to_string());
-        return event_type.to_string();
-    }
-    "_other".into()
-}
+pub use sluice_cloudevent::event_type_label;
 
 fn record_events(target: &Target, types: &[String], status: StatusCode, started: Instant) {
     let (namespace, name) = target.namespace_and_name();
@@ -554,6 +520,7 @@ pub async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloudevent::AttrValue;
 
     #[test]
     fn paths_map_to_targets() {

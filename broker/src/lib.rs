@@ -16,10 +16,8 @@
 //! `docs/architecture.md`.
 
 pub mod admin;
-pub mod admin_errors;
 pub mod admin_events;
 pub mod batcher;
-pub mod cloudevent;
 pub mod cluster;
 pub mod error;
 pub mod forward;
@@ -40,6 +38,11 @@ pub mod transport;
 
 pub use error::BrokerError;
 pub use node::{Node, NodeSettings};
+/// The CloudEvent model lives in its own crate (no storage); re-exported so `sluice_broker::cloudevent` paths
+/// keep working.
+pub use sluice_cloudevent as cloudevent;
+/// The admin API's error codes live with the API (`sluice_proto::errors`); re-exported for the broker's callers.
+pub use sluice_proto::errors as admin_errors;
 
 /// Test-only planted bugs (feature `planted-bugs`, never in a release build): whether the bug `name` is switched
 /// on by the env var `SLUICE_PLANTED_BUG` (comma-separated names). The chaos suite's self-test plants them to

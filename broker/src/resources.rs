@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use sluice_controller::validate::parse_duration;
 
-/// Knative's default for `knativebrokerttl`.
-pub const DEFAULT_BROKER_TTL: i64 = 255;
+pub use sluice_cloudevent::DEFAULT_BROKER_TTL;
 pub const ANNOTATION_TTL: &str = "sluice.dev/ttl";
 pub const ANNOTATION_DEDUPE_WINDOW: &str = "sluice.dev/dedupe-window";
 /// Dedupe is on unless a broker says `sluice.dev/dedupe-window: "off"` (or `0s`).

@@ -561,7 +561,7 @@ impl Cluster<'_> {
 fn logged(records: Vec<sluice_proto::admin::Record>) -> Vec<LoggedEvent> {
     records
         .into_iter()
-        .map(|r| match sluice_broker::cloudevent::CloudEvent::decode(&r.payload) {
+        .map(|r| match sluice_cloudevent::CloudEvent::decode(&r.payload) {
             Ok(event) => LoggedEvent {
                 offset: r.offset,
                 source: event.get_str("source").unwrap_or_default().to_string(),

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use bytes::Bytes;
 use sluice_broker::Node;
-use sluice_broker::cloudevent::{AttrValue, CloudEvent};
 use sluice_broker::ingress::{self, PublishError};
+use sluice_cloudevent::{AttrValue, CloudEvent};
 
 use crate::consumer::{ConsumerSpec, DeadLetterMode, Format, ReplyTarget};
 use crate::delivery::{FailureReason, Outcome, Step, classify, next_step_jittered};
@@ -94,7 +94,7 @@ fn labels(spec: &ConsumerSpec, event: &CloudEvent, status: Option<u16>) -> Vec<(
         (source_label, spec.source_name.clone()),
         (consumer_label, spec.name.clone()),
         ("namespace_name", spec.namespace.clone()),
-        ("event_type", crate::metrics::event_type_label(event.get_str("type").unwrap_or_default())),
+        ("event_type", sluice_cloudevent::event_type_label(event.get_str("type").unwrap_or_default())),
         ("response_code", code),
         ("response_code_class", class),
     ]

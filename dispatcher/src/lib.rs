@@ -22,7 +22,6 @@ pub mod consumer;
 pub mod deliver;
 pub mod delivery;
 pub mod filter;
-pub mod metrics;
 pub mod partition;
 pub mod rate;
 pub mod sender;

@@ -16,12 +16,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_broker::cloudevent::{AttrValue, CloudEvent};
 use sluice_broker::raft_types::OffsetCommit;
+use sluice_cloudevent::CloudEvent;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
-use crate::cesql::{EventAttributes, Value};
 use crate::consumer::{ConsumerSpec, InitialOffset, cursor_prefix};
 use crate::deliver::{DeliveryContext, Settlement, deliver, now_ms};
 use crate::filter::FilterIndex;
@@ -29,26 +28,8 @@ use crate::rate::TokenBucket;
 use crate::stats::{self, CursorStats};
 use crate::window::Window;
 
-/// A CloudEvent as the filters see it.
-pub struct EventView<'a>(pub &'a CloudEvent);
-
-impl EventAttributes for EventView<'_> {
-    fn attribute(&self, name: &str) -> Option<Value> {
-        Some(match self.0.attributes.get(name)? {
-            AttrValue::String(s) => Value::String(s.clone()),
-            AttrValue::Boolean(b) => Value::Boolean(*b),
-            AttrValue::Integer(i) => match i32::try_from(*i) {
-                Ok(i) => Value::Integer(i),
-                Err(_) => Value::String(i.to_string()),
-            },
-        })
-    }
-}
-
-/// The ordering key of an event: its `partitionkey` extension (CloudEvents partitioning).
-fn ordering_key(event: &CloudEvent) -> Option<String> {
-    event.get("partitionkey").map(AttrValue::to_canonical_string)
-}
+use sluice_cloudevent::EventView;
+use sluice_cloudevent::ordering_key;
 
 pub enum Control {
     /// The consumers of this stream now; `live_uids` are the uids of every Trigger and Subscription that

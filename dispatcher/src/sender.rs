@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice_broker::cloudevent::{self, AttrValue, CloudEvent, EventData};
+use sluice_cloudevent::{self as cloudevent, AttrValue, CloudEvent, EventData};
 
 use crate::consumer::{Format, Protocol};
 use crate::delivery::RetryAfter;

@@ -4,6 +4,8 @@
 //!   partitions) and forwarded appends, over one connection per peer pair.
 //! - [`admin`]: operator ↔ node. Cluster initialisation and status, and the
 //!   log's append/read calls.
+//! - [`errors`]: the admin API's stable error codes, carried in every error
+//!   status (servers build them, clients read them).
 
 pub mod raft {
     #![allow(clippy::all)]
@@ -14,6 +16,8 @@ pub mod admin {
     #![allow(clippy::all)]
     tonic::include_proto!("sluice.admin.v1");
 }
+
+pub mod errors;
 
 /// The admin API (`sluice.admin.v1`: every service and message) as an encoded `FileDescriptorSet`, for gRPC
 /// server reflection on the admin port.

@@ -388,11 +388,11 @@ pub async fn read_events(
     admin: &str,
     stream: &str,
     partitions: u32,
-) -> Result<Vec<sluice_broker::cloudevent::CloudEvent>> {
+) -> Result<Vec<sluice_cloudevent::CloudEvent>> {
     let mut events = Vec::new();
     for partition in 0..partitions {
         for record in read_all(admin, stream, partition).await? {
-            events.push(sluice_broker::cloudevent::CloudEvent::decode(&record.payload)?);
+            events.push(sluice_cloudevent::CloudEvent::decode(&record.payload)?);
         }
     }
     Ok(events)

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use reqwest::StatusCode;
-use sluice_broker::cloudevent::{AttrValue, EventData};
+use sluice_cloudevent::{AttrValue, EventData};
 use sluice_tests::{NodeProc, apply_resource, broker_object, end_offset, read_events, wait_for_broker};
 
 const PARTITIONS: u32 = 2;

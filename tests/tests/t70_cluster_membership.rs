@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use sluice_broker::admin_errors::error_detail;
+use sluice_proto::errors::error_detail;
 use sluice_proto::admin::cluster_client::ClusterClient;
 use sluice_proto::admin::{AddNodeRequest, RemoveNodeRequest, TransferLeaderRequest};
 use sluice_tests::subscriber::Subscriber;
@@ -20,7 +20,7 @@ use sluice_tests::{
 const PARTITIONS: u32 = 2;
 const STREAM: &str = "broker/default/b";
 
-fn ids_of(events: &[sluice_broker::cloudevent::CloudEvent]) -> BTreeSet<String> {
+fn ids_of(events: &[sluice_cloudevent::CloudEvent]) -> BTreeSet<String> {
     events.iter().filter_map(|e| e.get_str("id").map(str::to_string)).collect()
 }
 

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
-use sluice_broker::admin_errors::error_detail;
+use sluice_proto::errors::error_detail;
 use sluice_proto::admin::events_client::EventsClient;
 use sluice_proto::admin::{
     EventStreamRef, FindEventsRequest, LoggedEvent, ReadEventsReply, ReadEventsRequest, TailEventsRequest,

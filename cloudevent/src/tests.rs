@@ -1,3 +1,7 @@
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
 use super::*;
 
 fn headers(pairs: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static [u8])> {

@@ -5,8 +5,8 @@
 //! `docs/operations.md`; a code, once published, keeps its meaning, and a retired code is never reused.
 //! New codes go at the end.
 
+use crate::admin::ErrorDetail;
 use prost::Message;
-use sluice_proto::admin::ErrorDetail;
 use tonic::{Code, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

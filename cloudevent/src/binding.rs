@@ -1,0 +1,181 @@
+//! The HTTP binding: an event from binary mode (`ce-` headers, `Content-Type`, body), structured mode (one JSON
+//! object) or batched mode (a JSON array), and header values in both directions. Pure functions over bytes
+//! and headers; the HTTP shells are the broker's ingress and the dispatcher's sender.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::model::{AttrValue, CloudEvent, EventData, EventError};
+
+// ---------------------------------------------------------------- binary mode
+
+/// One `ce-` header value as an attribute value, taken as sent (docs/ingress.md, "Header values"): its bytes
+/// as UTF-8, or, when they are not valid UTF-8, as ISO-8859-1 (what Python's `http.client` and `fetch` send
+/// for `é`). No RFC 7230 unquoting and no percent-decoding: the Go SDK (and so Knative's brokers and
+/// sources), the Java, JavaScript, Python 1.x and Rust SDKs send values unencoded and read them unencoded,
+/// so `"whole"`, `100%` and `a%20b` are data. Control characters are refused.
+pub fn decode_header_value(value: &[u8]) -> Result<String, &'static str> {
+    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err("header values must not contain control characters");
+    }
+    Ok(match std::str::from_utf8(value) {
+        Ok(text) => text.to_string(),
+        Err(_) => value.iter().map(|&b| char::from(b)).collect(),
+    })
+}
+
+/// An attribute value as a `ce-` header value, for binary-mode delivery: its UTF-8 bytes, unencoded, as the
+/// SDKs above send and read them, so that `decode_header_value(encode_header_value(v)) == v`. (HTTP trims
+/// leading and trailing whitespace from field values: such values survive only in structured mode.)
+pub fn encode_header_value(value: &str) -> &[u8] {
+    value.as_bytes()
+}
+
+/// Binary mode: attributes from `ce-*` headers, `Content-Type` as
+/// `datacontenttype`, the body as data.
+pub fn from_binary<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    content_type: Option<&[u8]>,
+    body: Bytes,
+) -> Result<CloudEvent, EventError> {
+    let mut attributes = BTreeMap::new();
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        let Some(attribute) = lower.strip_prefix("ce-") else { continue };
+        if attribute.is_empty() {
+            return Err(EventError::bad("empty attribute header name").attribute("ce-").rule("ce-NAME"));
+        }
+        if attribute == "datacontenttype" {
+            return Err(EventError::bad("ce-datacontenttype is not allowed in binary mode")
+                .attribute("datacontenttype")
+                .rule("binary mode carries datacontenttype in Content-Type"));
+        }
+        let decoded = decode_header_value(value)
+            .map_err(|rule| EventError::bad("invalid header value").attribute(attribute).rule(rule))?;
+        if attributes.insert(attribute.to_string(), AttrValue::String(decoded)).is_some() {
+            return Err(EventError::bad("attribute header given twice")
+                .attribute(attribute)
+                .rule("one ce- header per attribute"));
+        }
+    }
+    if !attributes.contains_key("specversion") {
+        return Err(EventError::bad("missing required attribute")
+            .attribute("specversion")
+            .rule("binary mode needs a ce-specversion header; structured mode needs Content-Type application/cloudevents+json"));
+    }
+    if let Some(content_type) = content_type {
+        let text = std::str::from_utf8(content_type)
+            .map_err(|_| EventError::bad("invalid Content-Type").attribute("datacontenttype").rule("must be ASCII"))?;
+        attributes.insert("datacontenttype".into(), AttrValue::String(text.to_string()));
+    }
+    let event = CloudEvent { attributes, data: (!body.is_empty()).then_some(EventData::Bytes(body)) };
+    event.validate()?;
+    Ok(event)
+}
+
+// ------------------------------------------------------------ structured mode
+
+/// Structured mode: one JSON object.
+pub fn from_structured(body: &[u8]) -> Result<CloudEvent, EventError> {
+    let text = std::str::from_utf8(body).map_err(|e| EventError::bad("body is not valid UTF-8").rule(e.to_string()))?;
+    let raw: Box<RawValue> =
+        serde_json::from_str(text).map_err(|e| EventError::bad("malformed JSON").rule(e.to_string()))?;
+    from_json_object(&raw)
+}
+
+/// Batched mode: a JSON array of events; all valid or the whole batch is refused.
+pub fn from_batch(body: &[u8], max_events: usize) -> Result<Vec<CloudEvent>, EventError> {
+    let text = std::str::from_utf8(body).map_err(|e| EventError::bad("body is not valid UTF-8").rule(e.to_string()))?;
+    let items: Vec<Box<RawValue>> = serde_json::from_str(text).map_err(|e| {
+        if text.trim_start().starts_with('[') {
+            EventError::bad("malformed JSON").rule(e.to_string())
+        } else {
+            EventError::bad("a batch must be a JSON array")
+                .rule("application/cloudevents-batch+json is an array of events")
+        }
+    })?;
+    if items.is_empty() {
+        return Err(EventError::bad("empty batch").rule("a batch holds at least one event"));
+    }
+    if items.len() > max_events {
+        return Err(EventError::bad("batch has too many events")
+            .rule(format!("at most {max_events} events per batch, got {}", items.len()))
+            .status(413));
+    }
+    items.iter().enumerate().map(|(i, raw)| from_json_object(raw).map_err(|e| e.at_index(i))).collect()
+}
+
+fn from_json_object(raw: &RawValue) -> Result<CloudEvent, EventError> {
+    let members: Vec<(String, Box<RawValue>)> =
+        match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get()) {
+            Ok(_) => serde_json::from_str::<BTreeMap<String, Box<RawValue>>>(raw.get())
+                .map_err(|e| EventError::bad("malformed JSON").rule(e.to_string()))?
+                .into_iter()
+                .collect(),
+            Err(_) => {
+                return Err(
+                    EventError::bad("an event must be a JSON object").rule("structured mode carries one JSON object")
+                );
+            }
+        };
+    let mut attributes = BTreeMap::new();
+    let mut data = None;
+    let mut data_base64 = None;
+    for (name, value) in members {
+        match name.as_str() {
+            "data" => data = Some(value),
+            "data_base64" => data_base64 = Some(value),
+            _ => {
+                let parsed: serde_json::Value = serde_json::from_str(value.get())
+                    .map_err(|e| EventError::bad("malformed JSON").rule(e.to_string()))?;
+                let attribute = match parsed {
+                    serde_json::Value::Null => continue,
+                    serde_json::Value::String(s) => AttrValue::String(s),
+                    serde_json::Value::Bool(b) => AttrValue::Boolean(b),
+                    serde_json::Value::Number(n) => match n.as_i64().filter(|i| i32::try_from(*i).is_ok()) {
+                        Some(i) => AttrValue::Integer(i),
+                        None => {
+                            return Err(EventError::bad("attribute has the wrong type")
+                                .attribute(name)
+                                .rule("numbers are 32-bit integers"));
+                        }
+                    },
+                    _ => {
+                        return Err(EventError::bad("attribute has the wrong type")
+                            .attribute(name)
+                            .rule("attributes are strings, integers or booleans"));
+                    }
+                };
+                attributes.insert(name, attribute);
+            }
+        }
+    }
+    let data = match (data, data_base64) {
+        (Some(_), Some(_)) => {
+            return Err(EventError::bad("data and data_base64 are both present")
+                .attribute("data_base64")
+                .rule("at most one of data and data_base64"));
+        }
+        (Some(raw), None) => Some(EventData::Json(raw.get().to_string())),
+        (None, Some(raw)) => {
+            let encoded: Option<String> = serde_json::from_str(raw.get()).map_err(|_| {
+                EventError::bad("data_base64 must be a string").attribute("data_base64").rule("a base64 string")
+            })?;
+            match encoded {
+                None => None,
+                Some(encoded) => Some(EventData::Bytes(Bytes::from(
+                    base64::engine::general_purpose::STANDARD.decode(encoded.as_bytes()).map_err(|e| {
+                        EventError::bad("data_base64 is not valid base64").attribute("data_base64").rule(e.to_string())
+                    })?,
+                ))),
+            }
+        }
+        (None, None) => None,
+    };
+    let event = CloudEvent { attributes, data };
+    event.validate()?;
+    Ok(event)
+}

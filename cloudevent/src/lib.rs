@@ -1,0 +1,30 @@
+//! CloudEvents as Sluice keeps them, with no storage: every crate that reads or writes an event (the broker's
+//! ingress, the dispatcher, the tests, the chaos suite, the benchmarks) uses this one model.
+//!
+//! What flows through it: HTTP requests' headers and bodies come in ([`from_binary`], [`from_structured`],
+//! [`from_batch`]) and become a validated [`CloudEvent`] (attributes typed, data exactly as it arrived), or an
+//! [`EventError`] that names the attribute and the rule. The broker adds Knative's attributes
+//! ([`apply_knative_attributes`]), picks the partition ([`partition_of`]) and stores [`CloudEvent::encode`]'s
+//! bytes; readers get the event back with [`CloudEvent::decode`], filter it through [`EventView`], and send it
+//! on as `ce-` headers ([`encode_header_value`], [`CloudEvent::binary_body`]) or in the JSON format
+//! ([`CloudEvent::to_json_string`]). Every function here is pure.
+
+mod binding;
+mod knative;
+mod model;
+mod partition;
+mod validate;
+mod view;
+
+pub use binding::{decode_header_value, encode_header_value, from_batch, from_binary, from_structured};
+pub use knative::{DEFAULT_BROKER_TTL, apply_knative_attributes, event_type_label};
+pub use model::{AttrValue, CloudEvent, EventData, EventError, StructuredData};
+pub use partition::{ordering_key, partition_of, stable_hash};
+pub use validate::{
+    SPEC_VERSIONS, is_absolute_uri, is_json_media_type, is_media_type, is_text_media_type, is_uri_reference,
+    media_essence,
+};
+pub use view::EventView;
+
+#[cfg(test)]
+mod tests;

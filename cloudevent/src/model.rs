@@ -1,0 +1,285 @@
+//! The event as Sluice keeps it: typed attributes (`specversion` included) and the data as it arrived; its
+//! stored encoding (a format byte, then postcard); and its JSON format, with JSON data copied byte for byte.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::validate::{REQUIRED, SPEC_VERSIONS, is_json_media_type, is_text_media_type, validate_attribute};
+
+/// An attribute's value as it arrived: binary mode gives strings, the JSON
+/// format may give integers and booleans for extensions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttrValue {
+    String(String),
+    Integer(i64),
+    Boolean(bool),
+}
+
+impl AttrValue {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            AttrValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The canonical string form (what binary mode carries).
+    pub fn to_canonical_string(&self) -> String {
+        match self {
+            AttrValue::String(s) => s.clone(),
+            AttrValue::Integer(i) => i.to_string(),
+            AttrValue::Boolean(b) => b.to_string(),
+        }
+    }
+}
+
+/// The event's data, kept byte for byte.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventData {
+    /// Binary mode's body, or structured mode's decoded `data_base64`.
+    Bytes(Bytes),
+    /// Structured mode's `data` member: its JSON text exactly as sent.
+    Json(String),
+}
+
+/// A CloudEvent with every context attribute (`specversion` included) by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudEvent {
+    pub attributes: BTreeMap<String, AttrValue>,
+    pub data: Option<EventData>,
+}
+
+/// Why an event (or request) was refused; becomes a 4xx with a JSON body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventError {
+    pub status: u16,
+    pub error: String,
+    pub attribute: Option<String>,
+    pub rule: Option<String>,
+    pub index: Option<usize>,
+}
+
+impl EventError {
+    pub fn bad(error: impl Into<String>) -> Self {
+        Self { status: 400, error: error.into(), attribute: None, rule: None, index: None }
+    }
+
+    pub fn attribute(mut self, name: impl Into<String>) -> Self {
+        self.attribute = Some(name.into());
+        self
+    }
+
+    pub fn rule(mut self, rule: impl Into<String>) -> Self {
+        self.rule = Some(rule.into());
+        self
+    }
+
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn at_index(mut self, index: usize) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({ "error": self.error });
+        if let Some(attribute) = &self.attribute {
+            body["attribute"] = attribute.clone().into();
+        }
+        if let Some(rule) = &self.rule {
+            body["rule"] = rule.clone().into();
+        }
+        if let Some(index) = self.index {
+            body["index"] = index.into();
+        }
+        body
+    }
+}
+
+impl std::fmt::Display for EventError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.to_json())
+    }
+}
+
+impl std::error::Error for EventError {}
+
+impl CloudEvent {
+    pub fn get(&self, name: &str) -> Option<&AttrValue> {
+        self.attributes.get(name)
+    }
+
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.attributes.get(name).and_then(AttrValue::as_str)
+    }
+
+    pub fn spec_version(&self) -> &str {
+        self.get_str("specversion").unwrap_or_default()
+    }
+
+    /// Checks the event against the spec of its own `specversion`.
+    pub fn validate(&self) -> Result<(), EventError> {
+        for name in REQUIRED {
+            match self.attributes.get(name) {
+                None => return Err(EventError::bad("missing required attribute").attribute(name)),
+                Some(AttrValue::String(s)) if s.is_empty() => {
+                    return Err(EventError::bad("required attribute is empty")
+                        .attribute(name)
+                        .rule("must be a non-empty string"));
+                }
+                Some(AttrValue::String(_)) => {}
+                Some(_) => {
+                    return Err(EventError::bad("attribute has the wrong type")
+                        .attribute(name)
+                        .rule("must be a string"));
+                }
+            }
+        }
+        let version = self.spec_version();
+        if !SPEC_VERSIONS.contains(&version) {
+            return Err(EventError::bad("unsupported specversion").attribute("specversion").rule("must be 1.0 or 0.3"));
+        }
+        for (name, value) in &self.attributes {
+            validate_attribute(version, name, value)?;
+        }
+        Ok(())
+    }
+
+    /// The stored form: a format byte, then postcard.
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        let mut out = vec![STORED_FORMAT_V1];
+        out.extend(postcard::to_allocvec(self)?);
+        Ok(out)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        match bytes.split_first() {
+            Some((&STORED_FORMAT_V1, rest)) => postcard::from_bytes(rest),
+            _ => Err(postcard::Error::DeserializeBadEncoding),
+        }
+    }
+
+    /// The event in the JSON format (structured mode), as text: attributes with their types, and the data
+    /// exactly as it arrived (see [`CloudEvent::structured_data`]): JSON data is copied byte for byte, never
+    /// re-parsed (so big numbers, `1e2` and the order of object keys survive).
+    pub fn to_json_string(&self) -> String {
+        let mut out = String::with_capacity(128 + self.data_len());
+        out.push('{');
+        for (i, (name, value)) in self.attributes.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_string(&mut out, name);
+            out.push(':');
+            match value {
+                AttrValue::String(s) => push_json_string(&mut out, s),
+                AttrValue::Integer(i) => out.push_str(&i.to_string()),
+                AttrValue::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
+            }
+        }
+        let member = |out: &mut String, name: &str| {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            push_json_string(out, name);
+            out.push(':');
+        };
+        match self.structured_data() {
+            Some(StructuredData::Json(raw)) => {
+                member(&mut out, "data");
+                out.push_str(raw);
+            }
+            Some(StructuredData::Text(text)) => {
+                member(&mut out, "data");
+                push_json_string(&mut out, text);
+            }
+            Some(StructuredData::Base64(bytes)) => {
+                member(&mut out, "data_base64");
+                push_json_string(&mut out, &base64::engine::general_purpose::STANDARD.encode(bytes));
+            }
+            None => {}
+        }
+        out.push('}');
+        out
+    }
+
+    fn data_len(&self) -> usize {
+        match &self.data {
+            Some(EventData::Bytes(bytes)) => bytes.len() * 4 / 3 + 4,
+            Some(EventData::Json(text)) => text.len(),
+            None => 0,
+        }
+    }
+
+    /// How the data goes into the JSON format (JSON format spec §3.1, as the SDKs read it back):
+    /// - JSON data (structured mode's `data`, or binary-mode bytes that are valid JSON under a JSON
+    ///   `datacontenttype`) as the `data` member, byte for byte;
+    /// - text (`text/*`, or a `charset=utf-8` parameter) that is valid UTF-8 as a JSON string in `data`;
+    /// - anything else as `data_base64`.
+    pub fn structured_data(&self) -> Option<StructuredData<'_>> {
+        match &self.data {
+            None => None,
+            Some(EventData::Json(raw)) => Some(StructuredData::Json(raw)),
+            Some(EventData::Bytes(bytes)) => {
+                let content_type = self.get_str("datacontenttype");
+                if content_type.is_some_and(is_json_media_type)
+                    && serde_json::from_slice::<&RawValue>(bytes).is_ok()
+                    && let Ok(text) = std::str::from_utf8(bytes)
+                {
+                    return Some(StructuredData::Json(text));
+                }
+                if content_type.is_some_and(is_text_media_type)
+                    && let Ok(text) = std::str::from_utf8(bytes)
+                {
+                    return Some(StructuredData::Text(text));
+                }
+                Some(StructuredData::Base64(bytes))
+            }
+        }
+    }
+
+    /// The data as binary mode's HTTP body: bytes as stored; structured mode's JSON `data` as its text, except a
+    /// JSON string under a non-JSON `datacontenttype` (`text/plain` data sent in structured mode), whose body is
+    /// the string itself, as the SDKs write it.
+    pub fn binary_body(&self) -> Bytes {
+        match &self.data {
+            None => Bytes::new(),
+            Some(EventData::Bytes(bytes)) => bytes.clone(),
+            Some(EventData::Json(raw)) => {
+                let json_content = self.get_str("datacontenttype").is_none_or(is_json_media_type);
+                if !json_content
+                    && raw.trim_start().starts_with('"')
+                    && let Ok(text) = serde_json::from_str::<String>(raw)
+                {
+                    return Bytes::from(text);
+                }
+                Bytes::from(raw.clone())
+            }
+        }
+    }
+}
+
+/// The data of an event in the JSON format: see [`CloudEvent::structured_data`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum StructuredData<'a> {
+    /// JSON text, copied as the `data` member.
+    Json(&'a str),
+    /// Text, written as a JSON string in `data`.
+    Text(&'a str),
+    /// Bytes, written base64-encoded as `data_base64`.
+    Base64(&'a [u8]),
+}
+
+fn push_json_string(out: &mut String, value: &str) {
+    // Serialising a str into JSON cannot fail.
+    out.push_str(&serde_json::to_string(value).unwrap_or_default());
+}
+
+const STORED_FORMAT_V1: u8 = 1;

@@ -1,0 +1,172 @@
+//! Validation against the CloudEvents spec of the event's own `specversion` (1.0 and 0.3): attribute names,
+//! the types and formats of the context attributes, media types and URIs.
+
+use crate::model::{AttrValue, EventError};
+
+pub const SPEC_VERSIONS: [&str; 2] = ["1.0", "0.3"];
+pub(crate) const REQUIRED: [&str; 4] = ["id", "source", "specversion", "type"];
+
+fn is_valid_attribute_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// Characters the CloudEvents String type excludes.
+fn has_forbidden_chars(s: &str) -> bool {
+    s.chars().any(|c| {
+        let u = c as u32;
+        u <= 0x1f || (0x7f..=0x9f).contains(&u) || (0xfdd0..=0xfdef).contains(&u) || (u & 0xfffe) == 0xfffe
+    })
+}
+
+pub(crate) fn validate_attribute(version: &str, name: &str, value: &AttrValue) -> Result<(), EventError> {
+    if !is_valid_attribute_name(name) {
+        return Err(EventError::bad("invalid attribute name")
+            .attribute(name)
+            .rule("names are lower-case letters and digits: [a-z0-9]"));
+    }
+    let string_only = |rule: &str| -> Result<&str, EventError> {
+        value
+            .as_str()
+            .ok_or_else(|| EventError::bad("attribute has the wrong type").attribute(name).rule(rule.to_string()))
+    };
+    if let AttrValue::String(s) = value
+        && has_forbidden_chars(s)
+    {
+        return Err(EventError::bad("attribute contains a control character")
+            .attribute(name)
+            .rule("strings must not contain U+0000-U+001F or U+007F-U+009F"));
+    }
+    match name {
+        "id" | "type" | "specversion" => {}
+        "source" => {
+            let s = string_only("must be a URI-reference")?;
+            if !is_uri_reference(s) {
+                return Err(EventError::bad("attribute is not a URI-reference")
+                    .attribute(name)
+                    .rule("RFC 3986 URI-reference"));
+            }
+        }
+        "subject" => {
+            let s = string_only("must be a string")?;
+            if s.is_empty() {
+                return Err(EventError::bad("attribute is empty")
+                    .attribute(name)
+                    .rule("must be a non-empty string when present"));
+            }
+        }
+        "datacontenttype" => {
+            let s = string_only("must be an RFC 2046 media type")?;
+            if !is_media_type(s) {
+                return Err(EventError::bad("attribute is not a media type")
+                    .attribute(name)
+                    .rule("RFC 2046 media type, e.g. application/json"));
+            }
+        }
+        "dataschema" | "schemaurl" => {
+            let s = string_only("must be a URI")?;
+            let ok = if name == "dataschema" && version == "1.0" {
+                is_absolute_uri(s)
+            } else {
+                is_uri_reference(s) && !s.is_empty()
+            };
+            if !ok {
+                let rule = if name == "dataschema" { "RFC 3986 absolute URI" } else { "RFC 3986 URI-reference" };
+                return Err(EventError::bad("attribute is not a URI").attribute(name).rule(rule));
+            }
+        }
+        "time" => {
+            let s = string_only("must be an RFC 3339 timestamp")?;
+            if chrono::DateTime::parse_from_rfc3339(s).is_err() {
+                return Err(EventError::bad("attribute is not an RFC 3339 timestamp")
+                    .attribute(name)
+                    .rule("RFC 3339, e.g. 2018-04-05T17:31:00Z"));
+            }
+        }
+        "datacontentencoding" if version == "0.3" => {
+            let s = string_only("must be a string")?;
+            if !s.eq_ignore_ascii_case("base64") {
+                return Err(EventError::bad("unsupported datacontentencoding").attribute(name).rule("must be base64"));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// RFC 3986 URI-reference: only URI characters and well-formed `%XX`, and a
+/// valid scheme if there is one.
+pub fn is_uri_reference(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            if i + 2 >= bytes.len() {
+                return false;
+            }
+            if !(bytes[i + 1].is_ascii_hexdigit() && bytes[i + 2].is_ascii_hexdigit()) {
+                return false;
+            }
+            i += 3;
+            continue;
+        }
+        let allowed = b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=".contains(&b);
+        if !allowed {
+            return false;
+        }
+        i += 1;
+    }
+    // A colon before any '/', '?' or '#' means a scheme, which must be well formed.
+    let first_delim = s.find(['/', '?', '#']).unwrap_or(s.len());
+    match s[..first_delim].find(':') {
+        Some(colon) => is_scheme(&s[..colon]),
+        None => true,
+    }
+}
+
+fn is_scheme(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+pub fn is_absolute_uri(s: &str) -> bool {
+    let first_delim = s.find(['/', '?', '#']).unwrap_or(s.len());
+    is_uri_reference(s)
+        && s[..first_delim].contains(':')
+        && s.split_once(':').is_some_and(|(scheme, _)| is_scheme(scheme))
+}
+
+/// `type/subtype` with RFC 2045 token characters, optional `;param=value`s.
+pub fn is_media_type(s: &str) -> bool {
+    let mut parts = s.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else { return false };
+    let token =
+        |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&b));
+    token(kind)
+        && token(subtype)
+        && parts.all(|p| p.trim().is_empty() || p.split_once('=').is_some_and(|(k, _)| token(k.trim())))
+}
+
+/// The media type's `type/subtype`, lower-cased, and its charset if any.
+pub fn media_essence(content_type: &str) -> (String, Option<String>) {
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let charset = parts.find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("charset").then(|| v.trim().trim_matches('"').to_ascii_lowercase())
+    });
+    (essence, charset)
+}
+
+/// `text/*`, or any type that declares a UTF-8 charset.
+pub fn is_text_media_type(content_type: &str) -> bool {
+    let (essence, charset) = media_essence(content_type);
+    essence.starts_with("text/") || charset.as_deref().is_some_and(|c| c == "utf-8" || c == "us-ascii")
+}
+
+pub fn is_json_media_type(content_type: &str) -> bool {
+    let (essence, _) = media_essence(content_type);
+    essence.split_once('/').is_some_and(|(_, sub)| sub == "json" || sub.ends_with("+json"))
+}
