@@ -384,11 +384,7 @@ pub async fn wait_for_broker(http: &str, path: &str) -> Result<()> {
 }
 
 /// Every event stored for `stream`, over all partitions, on the node at `admin`.
-pub async fn read_events(
-    admin: &str,
-    stream: &str,
-    partitions: u32,
-) -> Result<Vec<sluice_cloudevent::CloudEvent>> {
+pub async fn read_events(admin: &str, stream: &str, partitions: u32) -> Result<Vec<sluice_cloudevent::CloudEvent>> {
     let mut events = Vec::new();
     for partition in 0..partitions {
         for record in read_all(admin, stream, partition).await? {

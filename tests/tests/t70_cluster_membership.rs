@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use sluice_proto::errors::error_detail;
 use sluice_proto::admin::cluster_client::ClusterClient;
 use sluice_proto::admin::{AddNodeRequest, RemoveNodeRequest, TransferLeaderRequest};
+use sluice_proto::errors::error_detail;
 use sluice_tests::subscriber::Subscriber;
 use sluice_tests::{
     NodeProc, TestCluster, apply_resource, broker_object, read_events, send_event, status, trigger_object,

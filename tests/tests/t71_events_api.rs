@@ -7,11 +7,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
-use sluice_proto::errors::error_detail;
 use sluice_proto::admin::events_client::EventsClient;
 use sluice_proto::admin::{
     EventStreamRef, FindEventsRequest, LoggedEvent, ReadEventsReply, ReadEventsRequest, TailEventsRequest,
 };
+use sluice_proto::errors::error_detail;
 use sluice_tests::{TestCluster, apply_resource, broker_object, send_event_accepted, sluice_bin, wait_for_broker};
 use tonic::Code;
 use tonic::transport::Channel;
