@@ -5,7 +5,7 @@
 //! written (the caller must not assume either).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sluice_proto::admin::cluster_server::Cluster;
 use sluice_proto::admin::log_server::Log;
@@ -71,9 +71,7 @@ pub fn status_of(error: BrokerError) -> Status {
     error_status(code, message)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use sluice_cloudevent::clock::now_ms;
 
 #[tonic::async_trait]
 impl Cluster for AdminService {

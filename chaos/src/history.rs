@@ -143,9 +143,7 @@ struct Inner {
     write_error: Option<String>,
 }
 
-pub fn wall_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub use sluice_cloudevent::clock::now_ms as wall_ms;
 
 impl History {
     pub fn new(path: Option<&Path>) -> Result<Self, ChaosError> {

@@ -7,9 +7,11 @@
 //! ([`apply_knative_attributes`]), picks the partition ([`partition_of`]) and stores [`CloudEvent::encode`]'s
 //! bytes; readers get the event back with [`CloudEvent::decode`], filter it through [`EventView`], and send it
 //! on as `ce-` headers ([`encode_header_value`], [`CloudEvent::binary_body`]) or in the JSON format
-//! ([`CloudEvent::to_json_string`]). Every function here is pure.
+//! ([`CloudEvent::to_json_string`]). Every function here is pure; [`clock`] is the one wall clock the shells
+//! read.
 
 mod binding;
+pub mod clock;
 mod knative;
 mod model;
 mod partition;

@@ -6,7 +6,7 @@
 //! when its partition dispatcher stops; the event is then redelivered from the committed offset.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -42,14 +42,111 @@ pub enum Settlement {
     },
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub use sluice_cloudevent::clock::now_ms;
 
 async fn sleep_until_ms(at_ms: u64) {
     let wait = at_ms.saturating_sub(now_ms());
     if wait > 0 {
         tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+/// How [`send_with_retries`] ended.
+enum Sent {
+    Done {
+        attempts: u32,
+    },
+    /// The policy gave up (dead letter or drop): the last attempt, why, and the judge's note if it overrode the
+    /// outcome.
+    GaveUp {
+        attempts: u32,
+        result: AttemptResult,
+        reason: FailureReason,
+        note: Option<String>,
+    },
+}
+
+type JudgeFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (Outcome, Option<String>)> + Send + 'a>>;
+
+/// What a send loop's caller adds to each attempt: its outcome from the result (with a note that explains an
+/// override), and what to do before each retry.
+trait Judge: Send {
+    fn judge<'a>(&'a mut self, result: &'a AttemptResult, elapsed: Duration) -> JudgeFuture<'a>;
+
+    fn on_retry(&mut self, _attempt: u32, _result: &AttemptResult, _at_ms: u64) {}
+}
+
+/// The status alone decides (replies forwarded to a URI, dead-letter sinks).
+struct ByStatus;
+
+impl Judge for ByStatus {
+    fn judge<'a>(&'a mut self, result: &'a AttemptResult, _elapsed: Duration) -> JudgeFuture<'a> {
+        Box::pin(std::future::ready((classify(result.status), None)))
+    }
+}
+
+/// The one send loop: POSTs `event` to `url` until the consumer's policy (`delivery::next_step_jittered`) says it
+/// is done or gives up, sleeping until each retry instant.
+async fn send_with_retries(
+    ctx: &DeliveryContext,
+    spec: &ConsumerSpec,
+    url: &str,
+    format: Format,
+    event: &CloudEvent,
+    judge: &mut dyn Judge,
+) -> Sent {
+    let mut attempt = 1u32;
+    loop {
+        let started = std::time::Instant::now();
+        let result = ctx.sender.send(url, spec.protocol, format, event, spec.policy.timeout_ms, now_ms()).await;
+        let (outcome, note) = judge.judge(&result, started.elapsed()).await;
+        match next_step_jittered(&spec.policy, attempt, outcome, result.retry_after, now_ms(), rand::random::<f64>()) {
+            Step::Done => return Sent::Done { attempts: attempt },
+            Step::RetryAt(at_ms) => {
+                judge.on_retry(attempt, &result, at_ms);
+                sleep_until_ms(at_ms).await;
+                attempt += 1;
+            }
+            Step::DeadLetter { reason } | Step::Drop { reason } => {
+                return Sent::GaveUp { attempts: attempt, result, reason, note };
+            }
+        }
+    }
+}
+
+/// The main delivery: metrics per attempt, and a 200's reply committed (or forwarded) before the event counts
+/// as delivered.
+struct SubscriberJudge<'c> {
+    ctx: &'c DeliveryContext,
+    spec: &'c ConsumerSpec,
+    event: &'c CloudEvent,
+    offset: u64,
+}
+
+impl Judge for SubscriberJudge<'_> {
+    fn judge<'a>(&'a mut self, result: &'a AttemptResult, elapsed: Duration) -> JudgeFuture<'a> {
+        Box::pin(async move {
+            let labels = labels(self.spec, self.event, result.status);
+            metrics::counter!("event_count", &labels).increment(1);
+            metrics::histogram!("event_dispatch_latencies", &labels).record(elapsed.as_secs_f64() * 1000.0);
+            let outcome = classify(result.status);
+            match (&outcome, &result.reply) {
+                (Outcome::Success, Some(reply)) => match handle_reply(self.ctx, self.spec, self.event, reply).await {
+                    Ok(()) => (outcome, None),
+                    Err(ReplyError::Invalid(reason)) => {
+                        (Outcome::Permanent { status: result.status.unwrap_or(200) }, Some(reason))
+                    }
+                    Err(ReplyError::NotCommitted(reason)) => (Outcome::Retryable { status: None }, Some(reason)),
+                },
+                _ => (outcome, None),
+            }
+        })
+    }
+
+    fn on_retry(&mut self, attempt: u32, result: &AttemptResult, at_ms: u64) {
+        let spec = self.spec;
+        metrics::counter!("sluice_dispatch_retries_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone()).increment(1);
+        tracing::debug!(consumer = %spec.name, offset = self.offset, attempt, status = ?result.status, wait_ms = at_ms.saturating_sub(now_ms()), "retrying");
     }
 }
 
@@ -104,48 +201,12 @@ fn labels(spec: &ConsumerSpec, event: &CloudEvent, status: Option<u16>) -> Vec<(
 pub async fn deliver(ctx: DeliveryContext, spec: Arc<ConsumerSpec>, offset: u64, event: Arc<CloudEvent>) -> Settlement {
     let span = tracing::debug_span!("deliver", consumer = %spec.cursor, partition = ctx.partition, offset);
     let _ = &span;
-    let mut attempt = 1u32;
-    loop {
-        let started = std::time::Instant::now();
-        let result = ctx
-            .sender
-            .send(&spec.subscriber_uri, spec.protocol, spec.format, &event, spec.policy.timeout_ms, now_ms())
-            .await;
-        let labels = labels(&spec, &event, result.status);
-        metrics::counter!("event_count", &labels).increment(1);
-        metrics::histogram!("event_dispatch_latencies", &labels).record(started.elapsed().as_secs_f64() * 1000.0);
-        let mut outcome = classify(result.status);
-        let mut failure_reason = None;
-        if outcome == Outcome::Success
-            && let Some(reply) = &result.reply
-        {
-            match handle_reply(&ctx, &spec, &event, reply).await {
-                Ok(()) => {}
-                Err(ReplyError::Invalid(reason)) => {
-                    outcome = Outcome::Permanent { status: result.status.unwrap_or(200) };
-                    failure_reason = Some(reason);
-                }
-                Err(ReplyError::NotCommitted(reason)) => {
-                    outcome = Outcome::Retryable { status: None };
-                    failure_reason = Some(reason);
-                }
-            }
-        }
-        let step =
-            next_step_jittered(&spec.policy, attempt, outcome, result.retry_after, now_ms(), rand::random::<f64>());
-        match step {
-            Step::Done => return Settlement::Delivered { attempts: attempt },
-            Step::RetryAt(at_ms) => {
-                metrics::counter!("sluice_dispatch_retries_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone()).increment(1);
-                tracing::debug!(consumer = %spec.name, offset, attempt, status = ?result.status, wait_ms = at_ms.saturating_sub(now_ms()), "retrying");
-                sleep_until_ms(at_ms).await;
-                attempt += 1;
-            }
-            Step::DeadLetter { reason } | Step::Drop { reason } => {
-                let reason_text = failure_reason.unwrap_or_else(|| describe(reason));
-                let failure = failure_from(&spec.subscriber_uri, &result, reason_text);
-                return dead_letter(&ctx, &spec, offset, &event, failure, attempt).await;
-            }
+    let mut judge = SubscriberJudge { ctx: &ctx, spec: &spec, event: &event, offset };
+    match send_with_retries(&ctx, &spec, &spec.subscriber_uri, spec.format, &event, &mut judge).await {
+        Sent::Done { attempts } => Settlement::Delivered { attempts },
+        Sent::GaveUp { attempts, result, reason, note } => {
+            let failure = failure_from(&spec.subscriber_uri, &result, note.unwrap_or_else(|| describe(reason)));
+            dead_letter(&ctx, &spec, offset, &event, failure, attempts).await
         }
     }
 }
@@ -212,31 +273,13 @@ async fn handle_reply(
         ReplyTarget::Uri(uri) => {
             // A Subscription's reply goes on to spec.reply with the same policy; if that fails, the reply (not
             // the original, which was delivered) is dead-lettered.
-            let mut attempt = 1u32;
-            loop {
-                let result =
-                    ctx.sender.send(uri, spec.protocol, Format::Binary, &reply, spec.policy.timeout_ms, now_ms()).await;
-                let step = next_step_jittered(
-                    &spec.policy,
-                    attempt,
-                    classify(result.status),
-                    result.retry_after,
-                    now_ms(),
-                    rand::random::<f64>(),
-                );
-                match step {
-                    Step::Done => return Ok(()),
-                    Step::RetryAt(at_ms) => {
-                        sleep_until_ms(at_ms).await;
-                        attempt += 1;
-                    }
-                    Step::DeadLetter { reason } | Step::Drop { reason } => {
-                        let failure = failure_from(uri, &result, describe(reason));
-                        dead_letter_event(ctx, spec, None, &reply, failure).await;
-                        return Ok(());
-                    }
-                }
+            if let Sent::GaveUp { result, reason, .. } =
+                send_with_retries(ctx, spec, uri, Format::Binary, &reply, &mut ByStatus).await
+            {
+                let failure = failure_from(uri, &result, describe(reason));
+                dead_letter_event(ctx, spec, None, &reply, failure).await;
             }
+            Ok(())
         }
     }
 }
@@ -294,34 +337,16 @@ async fn dead_letter_event(
 ) -> DeadLettered {
     let mut dead = with_error_attributes(event, &failure, offset);
     if let Some(sink) = &spec.dead_letter_uri {
-        let mut attempt = 1u32;
-        loop {
-            let result =
-                ctx.sender.send(sink, spec.protocol, spec.format, &dead, spec.policy.timeout_ms, now_ms()).await;
-            let step = next_step_jittered(
-                &spec.policy,
-                attempt,
-                classify(result.status),
-                result.retry_after,
-                now_ms(),
-                rand::random::<f64>(),
-            );
-            match step {
-                Step::Done => {
-                    metrics::counter!("sluice_dispatch_dead_lettered_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone(), "to" => "sink").increment(1);
-                    return DeadLettered::Sink;
-                }
-                Step::RetryAt(at_ms) => {
-                    sleep_until_ms(at_ms).await;
-                    attempt += 1;
-                }
-                Step::DeadLetter { reason } | Step::Drop { reason } => {
-                    tracing::warn!(consumer = %spec.name, sink = %sink, reason = %reason, "the dead-letter sink failed too");
-                    let sink_reason = format!("{}; then the dead-letter sink {sink} failed: {reason}", failure.reason);
-                    dead.attributes
-                        .insert("sluiceerrorreason".into(), AttrValue::String(sink_reason.chars().take(512).collect()));
-                    break;
-                }
+        match send_with_retries(ctx, spec, sink, spec.format, &dead, &mut ByStatus).await {
+            Sent::Done { .. } => {
+                metrics::counter!("sluice_dispatch_dead_lettered_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone(), "to" => "sink").increment(1);
+                return DeadLettered::Sink;
+            }
+            Sent::GaveUp { reason, .. } => {
+                tracing::warn!(consumer = %spec.name, sink = %sink, reason = %reason, "the dead-letter sink failed too");
+                let sink_reason = format!("{}; then the dead-letter sink {sink} failed: {reason}", failure.reason);
+                dead.attributes
+                    .insert("sluiceerrorreason".into(), AttrValue::String(sink_reason.chars().take(512).collect()));
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::json;
 use sluice_proto::admin::events_client::EventsClient;
@@ -16,9 +16,7 @@ use sluice_tests::{TestCluster, apply_resource, broker_object, send_event_accept
 use tonic::Code;
 use tonic::transport::Channel;
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use sluice_cloudevent::clock::now_ms;
 
 fn orders() -> Option<EventStreamRef> {
     Some(EventStreamRef {

@@ -126,9 +126,7 @@ async fn sluice(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
     ))
 }
 
-fn chrono_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use sluice_cloudevent::clock::now_ms as chrono_ms;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_redriven_and_purged() -> anyhow::Result<()> {
