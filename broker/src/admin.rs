@@ -66,6 +66,11 @@ pub fn status_of(error: BrokerError) -> Status {
         BrokerError::NotInitialized => ErrorCode::NotInitialized,
         BrokerError::NoLeader { .. } => ErrorCode::NoLeader,
         BrokerError::QueueFull { .. } => ErrorCode::QueueFull,
+        BrokerError::Raft { .. }
+        | BrokerError::Bug { .. }
+        | BrokerError::InvalidRaftConfig { .. }
+        | BrokerError::Storage(_)
+        | BrokerError::Codec(_) => ErrorCode::Internal,
         _ => ErrorCode::Unavailable,
     };
     error_status(code, message)

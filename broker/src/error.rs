@@ -51,8 +51,27 @@ pub enum BrokerError {
     #[error("invalid consumer cursor name {cursor:?}: {rule}")]
     InvalidCursor { cursor: String, rule: &'static str },
 
+    /// A write whose outcome is unknown (its leader was lost, or it timed out after it was proposed): retry,
+    /// and do not assume either outcome.
+    #[error("group {group}: the write may or may not have been committed: {reason}")]
+    Indeterminate { group: GroupId, reason: String },
+
+    /// A long operation stopped before it finished (a membership change, a leadership transfer); running it
+    /// again is safe.
+    #[error("{reason}")]
+    Interrupted { group: GroupId, reason: String },
+
+    /// openraft failed: storage, or a fatal Raft error. Not retryable.
     #[error("raft error in group {group}: {reason}")]
     Raft { group: GroupId, reason: String },
+
+    /// The Raft settings are invalid (a node flag): fix the configuration.
+    #[error("invalid raft config for group {group}: {reason}")]
+    InvalidRaftConfig { group: GroupId, reason: String },
+
+    /// Something that cannot happen did (an unexpected reply): a bug, never retryable.
+    #[error("bug in group {group}: {reason}")]
+    Bug { group: GroupId, reason: String },
 
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -86,7 +105,27 @@ impl BrokerError {
                 | BrokerError::ForwardFailed { .. }
                 | BrokerError::QueueFull { .. }
                 | BrokerError::ShuttingDown
-                | BrokerError::Raft { .. }
+                | BrokerError::Indeterminate { .. }
+                | BrokerError::Interrupted { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Raft { reason: String }` covered bugs ("unexpected reply"), fatal openraft errors and writes of unknown
+    /// outcome alike, and all of them were reported as retryable.
+    #[test]
+    fn a_bug_or_a_fatal_raft_error_is_never_retryable() {
+        let group = 1;
+        let reason = String::from("x");
+        assert!(!BrokerError::Bug { group, reason: reason.clone() }.is_retryable());
+        assert!(!BrokerError::Raft { group, reason: reason.clone() }.is_retryable());
+        assert!(!BrokerError::InvalidRaftConfig { group, reason: reason.clone() }.is_retryable());
+        assert!(BrokerError::Indeterminate { group, reason: reason.clone() }.is_retryable());
+        assert!(BrokerError::Interrupted { group, reason }.is_retryable());
+        assert!(BrokerError::NoLeader { group }.is_retryable());
     }
 }

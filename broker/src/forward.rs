@@ -70,7 +70,7 @@ impl From<WriteFailure> for BrokerError {
             WriteFailure::NotLeader { group, .. } => BrokerError::NoLeader { group },
             WriteFailure::QueueFull { group, capacity } => BrokerError::QueueFull { group, capacity },
             WriteFailure::TooLarge { bytes, limit_bytes } => BrokerError::AppendTooLarge { bytes, limit_bytes },
-            WriteFailure::Indeterminate { group, reason } => BrokerError::Raft { group, reason },
+            WriteFailure::Indeterminate { group, reason } => BrokerError::Indeterminate { group, reason },
         }
     }
 }

@@ -60,7 +60,7 @@ impl RaftTuning {
             enable_pre_vote: Some(true),
             ..Default::default()
         };
-        config.validate().map_err(|e| BrokerError::Raft { group, reason: format!("invalid raft config: {e}") })
+        config.validate().map_err(|e| BrokerError::InvalidRaftConfig { group, reason: e.to_string() })
     }
 }
 

@@ -165,7 +165,8 @@ pub fn broker_error_status(e: &BrokerError) -> u16 {
         | BrokerError::ForwardFailed { .. }
         | BrokerError::NotInitialized
         | BrokerError::ShuttingDown
-        | BrokerError::Raft { .. } => 503,
+        | BrokerError::Indeterminate { .. }
+        | BrokerError::Interrupted { .. } => 503,
         _ => 500,
     }
 }
@@ -183,7 +184,8 @@ fn broker_error_response(error: BrokerError) -> Response {
         | BrokerError::ForwardFailed { .. }
         | BrokerError::NotInitialized
         | BrokerError::ShuttingDown
-        | BrokerError::Raft { .. } => {
+        | BrokerError::Indeterminate { .. }
+        | BrokerError::Interrupted { .. } => {
             retry_later(StatusCode::SERVICE_UNAVAILABLE, "not accepted; retry", error.to_string())
         }
         _ => json_response(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "error": error.to_string() })),

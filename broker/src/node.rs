@@ -302,7 +302,7 @@ impl Node {
         let append = StreamAppend { stream: stream.to_string(), arrival_ms, payloads, dedupe };
         match self.write(group, ForwardedWrite::Append(append)).await? {
             ForwardedReply::Appended(appended) => Ok(appended),
-            other => Err(BrokerError::Raft { group, reason: format!("unexpected reply {other:?}") }),
+            other => Err(BrokerError::Bug { group, reason: format!("unexpected reply {other:?}") }),
         }
     }
 
@@ -356,7 +356,7 @@ impl Node {
     pub async fn put_resource(&self, record: ResourceRecord) -> Result<String, BrokerError> {
         match self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::PutResource(record))).await? {
             ForwardedReply::Response(LogResponse::Applied { outcome }) => Ok(outcome),
-            other => Err(BrokerError::Raft { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),
+            other => Err(BrokerError::Bug { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),
         }
     }
 
@@ -364,7 +364,7 @@ impl Node {
     pub async fn delete_resource(&self, key: ResourceKey) -> Result<bool, BrokerError> {
         match self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::DeleteResource(key))).await? {
             ForwardedReply::Response(LogResponse::Deleted { existed }) => Ok(existed),
-            other => Err(BrokerError::Raft { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),
+            other => Err(BrokerError::Bug { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),
         }
     }
 
@@ -627,7 +627,7 @@ impl Node {
                 }
                 Ok(ForwardedReply::Membership(MembershipOutcome::CatchingUp)) => None,
                 Ok(other) => {
-                    return Err(BrokerError::Raft { group: group_id, reason: format!("unexpected reply {other:?}") });
+                    return Err(BrokerError::Bug { group: group_id, reason: format!("unexpected reply {other:?}") });
                 }
                 Err(e) if e.is_retryable() => Some(e),
                 Err(e) => return Err(e),
@@ -679,7 +679,7 @@ impl Node {
             change.await
         })
         .await
-        .map_err(|e| BrokerError::Raft {
+        .map_err(|e| BrokerError::Interrupted {
             group: METADATA_GROUP,
             reason: format!("the membership change stopped ({e}) and may be partly done; run it again"),
         })?
@@ -792,7 +792,7 @@ impl Node {
         .await;
         match moved {
             Ok(true) => Ok(()),
-            _ => Err(BrokerError::Raft {
+            _ => Err(BrokerError::Interrupted {
                 group: group_id,
                 reason: format!("leadership did not move to node {to} within {wait:?}; retry"),
             }),
