@@ -13,7 +13,8 @@ use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::forward::WriteFailure;
-use crate::raft_types::{Appended, GroupId, LogCommand, LogResponse, Raft, StreamAppend, group_name};
+use crate::raft_types::{Appended, GroupId, LogCommand, LogResponse, StreamAppend, group_name};
+use crate::store::Raft;
 
 /// Bounds of the append path of one group.
 #[derive(Clone, Debug)]

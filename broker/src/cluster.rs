@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::BrokerError;
-use crate::raft_types::NodeId;
+use crate::ids::NodeId;
 
 /// Upper bound on partitions: every partition is a Raft group on every node.
 pub const MAX_PARTITIONS: u32 = 256;

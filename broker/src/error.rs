@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::raft_types::{GroupId, NodeId};
+use crate::ids::{GroupId, NodeId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {

@@ -11,7 +11,8 @@ use crate::batcher::{AppendBatcher, AppendLimits};
 use crate::error::BrokerError;
 use crate::forward_batcher::ForwardBatcher;
 use crate::network::{NetworkFactory, PeerClients};
-use crate::raft_types::{GroupId, NodeId, Raft, group_name};
+use crate::raft_types::{GroupId, NodeId, group_name};
+use crate::store::Raft;
 use crate::store::{GroupLogStore, GroupStateMachine, Store, StreamView};
 
 /// Timing and log-compaction settings shared by all groups of a node.

@@ -14,7 +14,7 @@
 //! | `dedupe`      | group · stream id · 1 · key                | arrival_ms (seen at)       |
 //! | `dedupe`      | group · stream id · 2 · arrival_ms · key   | (empty; expiry order)      |
 
-use crate::raft_types::GroupId;
+use crate::ids::GroupId;
 
 pub const CF_RAFT_LOG: &str = "raft_log";
 pub const CF_RAFT_STATE: &str = "raft_state";
@@ -140,10 +140,10 @@ pub fn resource_key(group: GroupId, kind: &str, namespace: &str, name: &str) -> 
     key
 }
 
-pub fn split_resource_key(key: &[u8]) -> Option<crate::raft_types::ResourceKey> {
+pub fn split_resource_key(key: &[u8]) -> Option<crate::ids::ResourceKey> {
     let text = std::str::from_utf8(key.get(5..)?).ok()?;
     let mut parts = text.split('\0');
-    Some(crate::raft_types::ResourceKey {
+    Some(crate::ids::ResourceKey {
         kind: parts.next()?.to_string(),
         namespace: parts.next()?.to_string(),
         name: parts.next()?.to_string(),

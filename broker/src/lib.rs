@@ -24,6 +24,7 @@ pub mod forward;
 pub mod forward_batcher;
 pub mod group;
 pub mod http;
+pub mod ids;
 pub mod ingress;
 pub mod keys;
 pub mod network;

@@ -17,7 +17,8 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
-use crate::raft_types::{GroupId, NodeId, Snapshot, TypeConfig, Vote, decode, encode};
+use crate::raft_types::{GroupId, NodeId, TypeConfig, Vote, decode, encode};
+use crate::store::Snapshot;
 use crate::store::SnapshotFile;
 
 /// Largest gRPC message between nodes (an AppendEntries of up to 16 entries of ~4 MiB).

@@ -19,11 +19,11 @@ use crate::forward::{ForwardedReply, ForwardedWrite, MembershipOp, MembershipOut
 use crate::group::{Group, RaftTuning};
 use crate::network::PeerClients;
 use crate::raft_types::{
-    Appended, Dedupe, GroupId, LogCommand, LogResponse, METADATA_GROUP, NodeId, OffsetCommit, Raft, ResourceKey,
+    Appended, Dedupe, GroupId, LogCommand, LogResponse, METADATA_GROUP, NodeId, OffsetCommit, ResourceKey,
     ResourceRecord, StreamAppend, group_name, partition_group,
 };
 use crate::store::AppliedConfig;
-use crate::store::{ReadBatch, Store};
+use crate::store::{Raft, ReadBatch, Store};
 
 /// Bounds of one read.
 #[derive(Clone, Debug)]
@@ -164,7 +164,6 @@ impl Node {
             node.ensure_partitions(config).await?;
         }
         tokio::spawn(watch_cluster_config(node.clone(), metadata.view.watch_cluster_config(), was_member));
-        tokio::spawn(crate::retention::run(node.clone(), node.inner.settings.retention_check_interval));
         Ok(node)
     }
 

@@ -8,26 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::ClusterConfig;
-
-/// A node's id in the cluster (`--id`).
-pub type NodeId = u64;
-
-/// Which Raft group: [`METADATA_GROUP`] or a partition's group.
-pub type GroupId = u32;
-
-/// The cluster-wide group: membership of the cluster, and (later issues) the
-/// resources (Brokers, Triggers, ...).
-pub const METADATA_GROUP: GroupId = 0;
-
-/// The group that holds partition `partition` (partitions are numbered from 0).
-pub fn partition_group(partition: u32) -> GroupId {
-    partition + 1
-}
-
-/// Human name of a group, as used in metrics labels and status.
-pub fn group_name(group: GroupId) -> String {
-    if group == METADATA_GROUP { "metadata".to_string() } else { format!("partition-{}", group - 1) }
-}
+pub use crate::ids::{GroupId, METADATA_GROUP, NodeId, ResourceKey, group_name, partition_group};
 
 openraft::declare_raft_types!(
     /// openraft's type config for every Sluice group.
@@ -38,13 +19,11 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
 );
 
-pub type Raft = openraft::Raft<TypeConfig, crate::store::GroupStateMachine>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, crate::store::SnapshotFile>;
 
 /// Records for one stream, accepted together at one arrival time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,14 +102,6 @@ pub struct OffsetCommit {
     pub offset: u64,
     /// Store `offset` even if it is lower than the stored one (operator replay).
     pub reset: bool,
-}
-
-/// Identifies a resource: kind (e.g. `Broker`), namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ResourceKey {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
 }
 
 /// A resource object as JSON text (Kubernetes-style object).

@@ -86,6 +86,8 @@ pub async fn start(
     let snapshot_root: PathBuf = settings.data_dir.join("snapshots");
     let metrics = crate::telemetry::prometheus();
     let node = Node::open(settings).await?;
+    // Detached, as the node's other background loops: it ends with the runtime.
+    tokio::spawn(crate::retention::run(node.clone(), node.settings().retention_check_interval));
     let (shutdown, _) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

@@ -11,7 +11,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
 use crate::node::Node;
-use crate::raft_types::{GroupId, Snapshot, SnapshotMeta, Vote, decode, encode};
+use crate::raft_types::{GroupId, SnapshotMeta, Vote, decode, encode};
+use crate::store::Snapshot;
 use crate::store::SnapshotFile;
 
 pub struct TransportService {
@@ -24,7 +25,7 @@ impl TransportService {
         Self { node, snapshot_root }
     }
 
-    fn raft(&self, group: GroupId) -> Result<crate::raft_types::Raft, Status> {
+    fn raft(&self, group: GroupId) -> Result<crate::store::Raft, Status> {
         // A group this node has not started yet (it has not seen the cluster
         // config): the sender backs off and retries.
         self.node

@@ -13,6 +13,7 @@
 mod binding;
 pub mod clock;
 mod knative;
+mod media;
 mod model;
 mod partition;
 mod validate;
@@ -20,12 +21,10 @@ mod view;
 
 pub use binding::{decode_header_value, encode_header_value, from_batch, from_binary, from_structured};
 pub use knative::{DEFAULT_BROKER_TTL, apply_knative_attributes, event_type_label};
+pub use media::{is_json_media_type, is_media_type, is_text_media_type, media_essence};
 pub use model::{AttrValue, CloudEvent, EventData, EventError, StructuredData};
 pub use partition::{ordering_key, partition_of, stable_hash};
-pub use validate::{
-    SPEC_VERSIONS, is_absolute_uri, is_json_media_type, is_media_type, is_text_media_type, is_uri_reference,
-    media_essence,
-};
+pub use validate::{SPEC_VERSIONS, is_absolute_uri, is_uri_reference};
 pub use view::EventView;
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::validate::{REQUIRED, SPEC_VERSIONS, is_json_media_type, is_text_media_type, validate_attribute};
+use crate::media::{is_json_media_type, is_text_media_type};
 
 /// An attribute's value as it arrived: binary mode gives strings, the JSON
 /// format may give integers and booleans for extensions.
@@ -122,34 +122,6 @@ impl CloudEvent {
 
     pub fn spec_version(&self) -> &str {
         self.get_str("specversion").unwrap_or_default()
-    }
-
-    /// Checks the event against the spec of its own `specversion`.
-    pub fn validate(&self) -> Result<(), EventError> {
-        for name in REQUIRED {
-            match self.attributes.get(name) {
-                None => return Err(EventError::bad("missing required attribute").attribute(name)),
-                Some(AttrValue::String(s)) if s.is_empty() => {
-                    return Err(EventError::bad("required attribute is empty")
-                        .attribute(name)
-                        .rule("must be a non-empty string"));
-                }
-                Some(AttrValue::String(_)) => {}
-                Some(_) => {
-                    return Err(EventError::bad("attribute has the wrong type")
-                        .attribute(name)
-                        .rule("must be a string"));
-                }
-            }
-        }
-        let version = self.spec_version();
-        if !SPEC_VERSIONS.contains(&version) {
-            return Err(EventError::bad("unsupported specversion").attribute("specversion").rule("must be 1.0 or 0.3"));
-        }
-        for (name, value) in &self.attributes {
-            validate_attribute(version, name, value)?;
-        }
-        Ok(())
     }
 
     /// The stored form: a format byte, then postcard.

@@ -1,7 +1,8 @@
 //! Validation against the CloudEvents spec of the event's own `specversion` (1.0 and 0.3): attribute names,
 //! the types and formats of the context attributes, media types and URIs.
 
-use crate::model::{AttrValue, EventError};
+use crate::media::is_media_type;
+use crate::model::{AttrValue, CloudEvent, EventError};
 
 pub const SPEC_VERSIONS: [&str; 2] = ["1.0", "0.3"];
 pub(crate) const REQUIRED: [&str; 4] = ["id", "source", "specversion", "type"];
@@ -137,36 +138,32 @@ pub fn is_absolute_uri(s: &str) -> bool {
         && s.split_once(':').is_some_and(|(scheme, _)| is_scheme(scheme))
 }
 
-/// `type/subtype` with RFC 2045 token characters, optional `;param=value`s.
-pub fn is_media_type(s: &str) -> bool {
-    let mut parts = s.split(';');
-    let essence = parts.next().unwrap_or_default().trim();
-    let Some((kind, subtype)) = essence.split_once('/') else { return false };
-    let token =
-        |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&b));
-    token(kind)
-        && token(subtype)
-        && parts.all(|p| p.trim().is_empty() || p.split_once('=').is_some_and(|(k, _)| token(k.trim())))
-}
-
-/// The media type's `type/subtype`, lower-cased, and its charset if any.
-pub fn media_essence(content_type: &str) -> (String, Option<String>) {
-    let mut parts = content_type.split(';');
-    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-    let charset = parts.find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        k.trim().eq_ignore_ascii_case("charset").then(|| v.trim().trim_matches('"').to_ascii_lowercase())
-    });
-    (essence, charset)
-}
-
-/// `text/*`, or any type that declares a UTF-8 charset.
-pub fn is_text_media_type(content_type: &str) -> bool {
-    let (essence, charset) = media_essence(content_type);
-    essence.starts_with("text/") || charset.as_deref().is_some_and(|c| c == "utf-8" || c == "us-ascii")
-}
-
-pub fn is_json_media_type(content_type: &str) -> bool {
-    let (essence, _) = media_essence(content_type);
-    essence.split_once('/').is_some_and(|(_, sub)| sub == "json" || sub.ends_with("+json"))
+impl CloudEvent {
+    /// Checks the event against the spec of its own `specversion`.
+    pub fn validate(&self) -> Result<(), EventError> {
+        for name in REQUIRED {
+            match self.attributes.get(name) {
+                None => return Err(EventError::bad("missing required attribute").attribute(name)),
+                Some(AttrValue::String(s)) if s.is_empty() => {
+                    return Err(EventError::bad("required attribute is empty")
+                        .attribute(name)
+                        .rule("must be a non-empty string"));
+                }
+                Some(AttrValue::String(_)) => {}
+                Some(_) => {
+                    return Err(EventError::bad("attribute has the wrong type")
+                        .attribute(name)
+                        .rule("must be a string"));
+                }
+            }
+        }
+        let version = self.spec_version();
+        if !SPEC_VERSIONS.contains(&version) {
+            return Err(EventError::bad("unsupported specversion").attribute("specversion").rule("must be 1.0 or 0.3"));
+        }
+        for (name, value) in &self.attributes {
+            validate_attribute(version, name, value)?;
+        }
+        Ok(())
+    }
 }

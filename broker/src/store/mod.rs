@@ -18,8 +18,8 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamilyDescriptor, DB, Options};
 
 pub use log_store::GroupLogStore;
-pub use snapshot::SnapshotFile;
-pub use state_machine::{AppliedConfig, GroupStateMachine, ReadBatch, StoredRecord, StreamExtent, StreamView};
+pub use snapshot::{Snapshot, SnapshotFile};
+pub use state_machine::{AppliedConfig, GroupStateMachine, Raft, ReadBatch, StoredRecord, StreamExtent, StreamView};
 pub use wal_sync::WalSyncer;
 
 use crate::error::BrokerError;

@@ -17,6 +17,9 @@ use crate::keys::{CF_SM_STATE, SM_APPLIED, SM_MEMBERSHIP, STATE_MACHINE_CFS, gro
 use crate::raft_types::{GroupId, LogId, SnapshotMeta, StoredMembership, decode, encode};
 
 const MAGIC: &[u8] = b"SLUICESNAP1\n";
+/// A snapshot of a group's state machine, as openraft hands it around.
+pub type Snapshot = openraft::alias::SnapshotOf<crate::raft_types::TypeConfig, SnapshotFile>;
+
 /// A snapshot's meta without its data (`*.meta`): what a group records when it builds a snapshot, so that
 /// openraft may purge the log. The data is written only when a follower needs it ([`write_snapshot`]).
 /// A different magic, so a meta file can never be installed as an (empty) snapshot.

@@ -37,9 +37,13 @@ use crate::keys::{
     stream_state_key, tag_key, time_index_key, time_index_offset_of,
 };
 use crate::raft_types::{
-    Appended, GroupId, LogCommand, LogId, LogResponse, NodeId, OffsetCommit, ResourceKey, Snapshot, SnapshotMeta,
+    Appended, GroupId, LogCommand, LogId, LogResponse, NodeId, OffsetCommit, ResourceKey, SnapshotMeta,
     StoredMembership, StreamAppend, TypeConfig, decode, encode,
 };
+use crate::store::snapshot::Snapshot;
+
+/// A group's Raft: openraft over this state machine.
+pub type Raft = openraft::Raft<crate::raft_types::TypeConfig, GroupStateMachine>;
 
 /// Where a stream stands, persisted in `sm_state` under its name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -805,7 +809,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let Staged { batch, streams: touched, resources, offset_commits, .. } = staged;
         self.db.write(batch).map_err(io_err)?;
         if offset_commits > 0 {
-            metrics::counter!("sluice_offset_commits_total", "group" => crate::raft_types::group_name(self.group))
+            metrics::counter!("sluice_offset_commits_total", "group" => crate::ids::group_name(self.group))
                 .increment(offset_commits);
         }
 
@@ -856,8 +860,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             .put_cf(sm, tag_key(self.group, SM_MEMBERSHIP), encode(&meta.last_membership).map_err(io_err)?)
             .map_err(io_err)?;
         tracing::info!(group, last_log_id = ?meta.last_log_id, "installed snapshot");
-        metrics::counter!("sluice_snapshots_installed_total", "group" => crate::raft_types::group_name(group))
-            .increment(1);
+        metrics::counter!("sluice_snapshots_installed_total", "group" => crate::ids::group_name(group)).increment(1);
         self.reload()
     }
 
@@ -875,7 +878,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let (meta, path) =
             tokio::task::spawn_blocking(move || snapshot::write_snapshot(&db, group, &dir)).await.map_err(io_err)??;
         let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
-        let label = crate::raft_types::group_name(group);
+        let label = crate::ids::group_name(group);
         metrics::histogram!("sluice_snapshot_materialize_seconds", "group" => label.clone())
             .record(started.elapsed().as_secs_f64());
         metrics::gauge!("sluice_snapshot_bytes", "group" => label).set(file_bytes as f64);
@@ -906,7 +909,7 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
             Ok(written) => written,
             Err(e) => return Err(e),
         };
-        metrics::histogram!("sluice_snapshot_build_seconds", "group" => crate::raft_types::group_name(group))
+        metrics::histogram!("sluice_snapshot_build_seconds", "group" => crate::ids::group_name(group))
             .record(started.elapsed().as_secs_f64());
         tracing::info!(group, last_log_id = ?meta.last_log_id, path = %path.display(), "built snapshot");
         Ok(Snapshot { meta, snapshot: SnapshotFile { path } })
