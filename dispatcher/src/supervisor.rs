@@ -1,5 +1,9 @@
 //! The dispatcher of one node: runs a [`PartitionDispatcher`] for every (stream, partition) that has
 //! consumers and whose partition this node leads, and keeps that set right as resources and leadership change.
+//!
+//! What flows in: the resources and the partitions this node leads, each time either changes. What flows out:
+//! partition dispatchers started, given their consumers, and stopped. The decision is [`plan`], a pure function
+//! of what is wanted and what runs; `reconcile` carries it out.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -60,11 +64,60 @@ impl Dispatcher {
     }
 }
 
+/// A partition dispatcher's key: (stream, partition).
+type Key = (String, u32);
+/// (cursor, version) of each consumer a partition dispatcher was given, to send updates only on change.
+type Fingerprint = Vec<(String, String)>;
+
+/// What a partition dispatcher is, as [`plan`] sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Observed {
+    fingerprint: Fingerprint,
+    /// It ended on its own (its partition's state went away).
+    finished: bool,
+}
+
+/// What turns the running partition dispatchers into the wanted ones.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// Not running (or ended on its own): start it.
+    start: Vec<Key>,
+    /// Started now, or given other consumers: send it its consumers.
+    update: Vec<Key>,
+    /// Running (or ended) but not wanted (no consumers, or the partition is led elsewhere now): stop it and
+    /// forget it.
+    stop: Vec<Key>,
+}
+
+/// Every stream with consumers, in every partition this node leads, is wanted with that stream's consumers.
+fn plan(led_partitions: &[u32], wanted: &BTreeMap<String, Fingerprint>, running: &BTreeMap<Key, Observed>) -> Plan {
+    let mut plan = Plan::default();
+    let mut wanted_keys = HashSet::new();
+    for &partition in led_partitions {
+        for (stream, fingerprint) in wanted {
+            let key = (stream.clone(), partition);
+            wanted_keys.insert(key.clone());
+            match running.get(&key) {
+                Some(observed) if !observed.finished => {
+                    if &observed.fingerprint != fingerprint {
+                        plan.update.push(key);
+                    }
+                }
+                _ => {
+                    plan.start.push(key.clone());
+                    plan.update.push(key);
+                }
+            }
+        }
+    }
+    plan.stop = running.keys().filter(|k| !wanted_keys.contains(*k)).cloned().collect();
+    plan
+}
+
 struct Running {
     control: mpsc::Sender<Control>,
     task: JoinHandle<()>,
-    /// (cursor, version) of the consumers it was given, to send updates only on change.
-    fingerprint: Vec<(String, String)>,
+    fingerprint: Fingerprint,
 }
 
 async fn supervise(node: Node, settings: DispatcherSettings, sender: Sender, mut stopped: watch::Receiver<bool>) {
@@ -138,48 +191,108 @@ async fn reconcile(
     for spec in specs {
         by_stream.entry(spec.stream.clone()).or_default().push(spec);
     }
-    // A partition dispatcher that ended on its own (its partition's state went away) is started again.
-    running.retain(|(stream, partition), task| {
-        let alive = !task.task.is_finished();
-        if !alive {
-            tracing::warn!(%stream, partition, "partition dispatcher ended; starting it again");
-        }
-        alive
-    });
+    let wanted: BTreeMap<String, Fingerprint> = by_stream
+        .iter()
+        .map(|(stream, specs)| (stream.clone(), specs.iter().map(|s| (s.cursor.clone(), s.version.clone())).collect()))
+        .collect();
+    let observed: BTreeMap<Key, Observed> = running
+        .iter()
+        .map(|(key, task)| {
+            (key.clone(), Observed { fingerprint: task.fingerprint.clone(), finished: task.task.is_finished() })
+        })
+        .collect();
     let partitions = node.partitions();
-    let mut wanted: HashSet<(String, u32)> = HashSet::new();
-    for partition in (0..partitions).filter(|p| node.leads_partition(*p)) {
-        for (stream, specs) in &by_stream {
-            let key = (stream.clone(), partition);
-            wanted.insert(key.clone());
-            let fingerprint: Vec<(String, String)> =
-                specs.iter().map(|s| (s.cursor.clone(), s.version.clone())).collect();
-            let task = running.entry(key).or_insert_with(|| {
-                let ctx = DeliveryContext { node: node.clone(), sender: sender.clone(), partition };
-                let partition_settings = PartitionSettings {
-                    commit_interval: settings.commit_interval,
-                    read_batch: settings.read_batch,
-                    partitions,
-                };
-                let (control, task) = PartitionDispatcher::spawn(ctx, stream.clone(), partition_settings);
-                Running { control, task, fingerprint: Vec::new() }
-            });
-            if task.fingerprint != fingerprint {
-                task.fingerprint = fingerprint;
-                let update = Control::Update { consumers: specs.clone(), live_uids: live_uids.clone() };
-                if task.control.send(update).await.is_err() {
-                    tracing::warn!(%stream, partition, "partition dispatcher ended; restarting it");
-                    task.fingerprint.clear();
-                }
-            }
-        }
-    }
-    let stale: Vec<(String, u32)> = running.keys().filter(|k| !wanted.contains(*k)).cloned().collect();
-    for key in stale {
+    let led: Vec<u32> = (0..partitions).filter(|p| node.leads_partition(*p)).collect();
+    let plan = plan(&led, &wanted, &observed);
+
+    for key in plan.stop {
         if let Some(task) = running.remove(&key) {
             let _ = task.control.send(Control::Stop).await;
             let _ = task.task.await;
         }
     }
+    for (stream, partition) in plan.start {
+        if running.remove(&(stream.clone(), partition)).is_some() {
+            tracing::warn!(%stream, partition, "partition dispatcher ended; starting it again");
+        }
+        let ctx = DeliveryContext { node: node.clone(), sender: sender.clone(), partition };
+        let partition_settings = PartitionSettings {
+            commit_interval: settings.commit_interval,
+            read_batch: settings.read_batch,
+            partitions,
+        };
+        let (control, task) = PartitionDispatcher::spawn(ctx, stream.clone(), partition_settings);
+        running.insert((stream, partition), Running { control, task, fingerprint: Vec::new() });
+    }
+    for key in plan.update {
+        let (Some(task), Some(specs), Some(fingerprint)) =
+            (running.get_mut(&key), by_stream.get(&key.0), wanted.get(&key.0))
+        else {
+            continue;
+        };
+        task.fingerprint = fingerprint.clone();
+        let update = Control::Update { consumers: specs.clone(), live_uids: live_uids.clone() };
+        if task.control.send(update).await.is_err() {
+            tracing::warn!(stream = %key.0, partition = key.1, "partition dispatcher ended; restarting it");
+            task.fingerprint.clear();
+        }
+    }
     metrics::gauge!("sluice_dispatch_partitions").set(running.len() as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(stream: &str, partition: u32) -> Key {
+        (stream.to_string(), partition)
+    }
+
+    fn fingerprint(version: &str) -> Fingerprint {
+        vec![("trigger/default/t".to_string(), version.to_string())]
+    }
+
+    fn observed(version: &str, finished: bool) -> Observed {
+        Observed { fingerprint: fingerprint(version), finished }
+    }
+
+    #[test]
+    fn nothing_runs_yet_every_led_partition_of_every_stream_starts() {
+        let wanted = BTreeMap::from([("a".to_string(), fingerprint("1")), ("b".to_string(), fingerprint("1"))]);
+        let plan = plan(&[0, 2], &wanted, &BTreeMap::new());
+        assert_eq!(plan.start, vec![key("a", 0), key("b", 0), key("a", 2), key("b", 2)]);
+        assert_eq!(plan.update, plan.start);
+        assert!(plan.stop.is_empty());
+    }
+
+    #[test]
+    fn unchanged_consumers_send_nothing_and_changed_ones_are_updated() {
+        let wanted = BTreeMap::from([("a".to_string(), fingerprint("2")), ("b".to_string(), fingerprint("1"))]);
+        let running = BTreeMap::from([(key("a", 0), observed("1", false)), (key("b", 0), observed("1", false))]);
+        let plan = plan(&[0], &wanted, &running);
+        assert_eq!(plan, Plan { start: vec![], update: vec![key("a", 0)], stop: vec![] });
+    }
+
+    #[test]
+    fn leadership_lost_or_consumers_gone_stops_the_dispatcher() {
+        let wanted = BTreeMap::from([("a".to_string(), fingerprint("1"))]);
+        let running = BTreeMap::from([
+            (key("a", 0), observed("1", false)),
+            (key("a", 1), observed("1", false)),
+            (key("gone", 1), observed("1", false)),
+        ]);
+        let plan = plan(&[0], &wanted, &running);
+        assert_eq!(plan.stop, vec![key("a", 1), key("gone", 1)]);
+        assert!(plan.start.is_empty() && plan.update.is_empty());
+    }
+
+    #[test]
+    fn a_dispatcher_that_ended_on_its_own_starts_again_or_is_forgotten() {
+        let wanted = BTreeMap::from([("a".to_string(), fingerprint("1"))]);
+        let running = BTreeMap::from([(key("a", 0), observed("1", true)), (key("old", 0), observed("1", true))]);
+        let plan = plan(&[0], &wanted, &running);
+        assert_eq!(plan.start, vec![key("a", 0)]);
+        assert_eq!(plan.update, vec![key("a", 0)]);
+        assert_eq!(plan.stop, vec![key("old", 0)], "an ended dispatcher nobody wants is forgotten");
+    }
 }
