@@ -22,6 +22,24 @@ impl fmt::Display for AdminError {
 
 impl std::error::Error for AdminError {}
 
+/// An admin API error about a Kubernetes-style object, printed as kubectl prints a server's answer:
+/// `Error from server (NotFound): triggers.eventing.knative.dev "nope" not found (RESOURCE_NOT_FOUND 1008)`.
+#[derive(Debug)]
+pub struct ServerError {
+    pub exit_code: u8,
+    /// kubectl's reason: `NotFound`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Error from server ({}): {}", self.reason, self.message)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
 pub const EXIT_NOT_FOUND: u8 = 3;
 pub const EXIT_REFUSED: u8 = 4;
 pub const EXIT_UNAVAILABLE: u8 = 5;
@@ -40,13 +58,17 @@ pub fn exit_code_for(code: Code) -> u8 {
     }
 }
 
+/// ` (RESOURCE_NOT_FOUND 1008)`: the Sluice error code a status carries, as the CLI prints it after a message
+/// (empty without one).
+pub fn error_code_suffix(status: &Status) -> String {
+    sluice_proto::errors::error_detail(status)
+        .map(|detail| format!(" ({} {})", detail.name, detail.code))
+        .unwrap_or_default()
+}
+
 /// Wraps a gRPC error with its Sluice error code in the message.
 pub fn from_status(status: Status) -> anyhow::Error {
-    let detail = sluice_broker::admin_errors::error_detail(&status);
-    let message = match detail {
-        Some(detail) => format!("{} ({} {})", status.message(), detail.name, detail.code),
-        None => status.message().to_string(),
-    };
+    let message = format!("{}{}", status.message(), error_code_suffix(&status));
     anyhow::Error::new(AdminError { exit_code: exit_code_for(status.code()), message })
 }
 

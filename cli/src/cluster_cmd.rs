@@ -132,38 +132,47 @@ fn status_value(reply: &StatusReply) -> serde_json::Value {
     })
 }
 
-fn print_status_table(reply: &StatusReply) {
+fn print_status_table(reply: &StatusReply) -> Result<()> {
     let show = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
-    println!(
+    outln!(
         "node {}  initialised: {}  partitions: {}{}",
         reply.node_id,
         reply.initialized,
         reply.partitions,
         if reply.removed { "  (REMOVED from the cluster)" } else { "" }
-    );
+    )?;
     if !reply.members.is_empty() {
-        println!();
-        println!("{:<6} {:<24} {:<10} {:<10} {:<8}", "MEMBER", "PEER", "REACHABLE", "CHECKED", "INITIAL");
+        outln!()?;
+        outln!("{:<6} {:<24} {:<10} {:<10} {:<8}", "MEMBER", "PEER", "REACHABLE", "CHECKED", "INITIAL")?;
         for m in &reply.members {
             let checked = match m.heartbeat_age_ms {
                 Some(age) if m.checked_by == "heartbeat" => format!("hb {}", human_age(age.max(1))),
                 _ => m.checked_by.clone(),
             };
-            println!(
+            outln!(
                 "{:<6} {:<24} {:<10} {:<10} {:<8}",
                 m.node_id,
                 m.peer_addr,
                 if m.reachable { "yes" } else { "NO" },
                 checked,
                 if m.initial { "yes" } else { "no" }
-            );
+            )?;
         }
     }
-    println!();
-    println!(
+    outln!()?;
+    outln!(
         "{:<14} {:>7} {:<10} {:>6} {:>10} {:>10} {:>10} {:>10}  {:<12} {:<10} LAG",
-        "GROUP", "LEADER", "STATE", "TERM", "COMMITTED", "APPLIED", "SNAPSHOT", "PURGED", "VOTERS", "LEARNERS"
-    );
+        "GROUP",
+        "LEADER",
+        "STATE",
+        "TERM",
+        "COMMITTED",
+        "APPLIED",
+        "SNAPSHOT",
+        "PURGED",
+        "VOTERS",
+        "LEARNERS"
+    )?;
     for g in &reply.groups {
         let list = |ids: &[u64]| {
             let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
@@ -175,7 +184,7 @@ fn print_status_table(reply: &StatusReply) {
         } else {
             "(known on the leader)".to_string()
         };
-        println!(
+        outln!(
             "{:<14} {:>7} {:<10} {:>6} {:>10} {:>10} {:>10} {:>10}  {:<12} {:<10} {}",
             g.name,
             show(g.leader_id),
@@ -188,36 +197,37 @@ fn print_status_table(reply: &StatusReply) {
             list(&g.voters),
             list(&g.learners),
             lag
-        );
+        )?;
     }
+    Ok(())
 }
 
 pub async fn run(command: ClusterCommand) -> Result<()> {
     match command {
         ClusterCommand::Init { admin, members, partitions } => {
             init(&admin, &members, partitions).await?;
-            println!("cluster initialised: {partitions} partitions");
+            outln!("cluster initialised: {partitions} partitions")?;
             Ok(())
         }
         ClusterCommand::Status { admin, output } => {
             let reply = status(&admin).await?;
             match output.as_str() {
-                "json" => println!("{}", serde_json::to_string_pretty(&status_value(&reply))?),
-                "yaml" => print!("{}", serde_yaml::to_string(&status_value(&reply)).context("encoding YAML")?),
-                _ => print_status_table(&reply),
+                "json" => outln!("{}", serde_json::to_string_pretty(&status_value(&reply))?)?,
+                "yaml" => out!("{}", serde_yaml::to_string(&status_value(&reply)).context("encoding YAML")?)?,
+                _ => print_status_table(&reply)?,
             }
             Ok(())
         }
         ClusterCommand::AddNode { admin, id, peer } => {
             let mut client = connect(&admin).await?;
             client.add_node(AddNodeRequest { node_id: id, peer_addr: peer.clone() }).await.map_err(from_status)?;
-            println!("node {id} ({peer}) added: a voter in every group");
+            outln!("node {id} ({peer}) added: a voter in every group")?;
             Ok(())
         }
         ClusterCommand::RemoveNode { admin, id } => {
             let mut client = connect(&admin).await?;
             client.remove_node(RemoveNodeRequest { node_id: id }).await.map_err(from_status)?;
-            println!("node {id} removed from every group; it serves no partition now and can be stopped");
+            outln!("node {id} removed from every group; it serves no partition now and can be stopped")?;
             Ok(())
         }
         ClusterCommand::TransferLeader { admin, group, to } => {
@@ -227,7 +237,7 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
                 .await
                 .map_err(from_status)?
                 .into_inner();
-            println!("group {group} is now led by node {}", reply.leader_id);
+            outln!("group {group} is now led by node {}", reply.leader_id)?;
             Ok(())
         }
     }

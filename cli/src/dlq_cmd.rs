@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use sluice_proto::admin::dead_letters_client::DeadLettersClient;
-use sluice_proto::admin::{DeadLetterPosition, ListDeadLettersRequest, PurgeRequest, RedriveRequest};
+use sluice_proto::admin::{DeadLetter, DeadLetterPosition, ListDeadLettersRequest, PurgeRequest, RedriveRequest};
 
 use crate::admin_cli::{from_status, human_size, human_time};
 use crate::trigger_cmd::{Target, progress};
@@ -53,41 +53,58 @@ fn parse_position(text: &str) -> Result<DeadLetterPosition> {
     })
 }
 
+/// A dead letter for `-o json|yaml`: where it is, its error, its attributes with their types (integers stay
+/// integers, as `events read -o json` shows them) and the event in the CloudEvents JSON format, as in
+/// `events read`. A node that does not send `event_json` yet gets the attributes as strings and no `event`.
+fn dead_letter_json(dead: &DeadLetter) -> serde_json::Value {
+    let event: Option<serde_json::Value> =
+        serde_json::from_str(&dead.event_json).ok().filter(serde_json::Value::is_object);
+    let attributes = match &event {
+        Some(serde_json::Value::Object(members)) => serde_json::Value::Object(
+            members
+                .iter()
+                .filter(|(name, _)| !matches!(name.as_str(), "data" | "data_base64"))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+        ),
+        _ => serde_json::json!(dead.attributes),
+    };
+    let mut json = serde_json::json!({
+        "partition": dead.partition, "offset": dead.offset, "arrivalMs": dead.arrival_ms,
+        "errorCode": dead.error_code, "errorDest": dead.error_dest,
+        "errorData": String::from_utf8_lossy(&dead.error_data), "reason": dead.reason,
+        "attributes": attributes, "dataBytes": dead.data.len(),
+    });
+    if let (Some(event), Some(members)) = (event, json.as_object_mut()) {
+        members.insert("event".into(), event);
+    }
+    json
+}
+
 pub async fn run(command: Command) -> Result<()> {
     match command {
         Command::List { target, limit, output } => {
             let mut client = connect(&target.admin).await?;
             let request = ListDeadLettersRequest { consumer: Some(target.reference()), limit };
             let list = client.list(request).await.map_err(from_status)?.into_inner();
-            let rows: Vec<serde_json::Value> = list
-                .dead_letters
-                .iter()
-                .map(|d| {
-                    serde_json::json!({
-                        "partition": d.partition, "offset": d.offset, "arrivalMs": d.arrival_ms,
-                        "errorCode": d.error_code, "errorDest": d.error_dest,
-                        "errorData": String::from_utf8_lossy(&d.error_data), "reason": d.reason,
-                        "attributes": d.attributes, "dataBytes": d.data.len(),
-                    })
-                })
-                .collect();
+            let listing = || serde_json::json!({"total": list.total, "deadLetters": list.dead_letters.iter().map(dead_letter_json).collect::<Vec<_>>()});
             match output.as_str() {
-                "json" => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({"total": list.total, "deadLetters": rows}))?
-                ),
-                "yaml" => {
-                    print!("{}", serde_yaml::to_string(&serde_json::json!({"total": list.total, "deadLetters": rows}))?)
-                }
+                "json" => outln!("{}", serde_json::to_string_pretty(&listing())?)?,
+                "yaml" => out!("{}", serde_yaml::to_string(&listing())?)?,
                 _ => {
-                    println!("{} dead letter(s)", list.total);
-                    println!(
+                    outln!("{} dead letter(s)", list.total)?;
+                    outln!(
                         "{:<8} {:<19} {:<5} {:<24} {:<20} {:>7}  REASON",
-                        "POS", "ARRIVED", "CODE", "ID", "TYPE", "SIZE"
-                    );
+                        "POS",
+                        "ARRIVED",
+                        "CODE",
+                        "ID",
+                        "TYPE",
+                        "SIZE"
+                    )?;
                     for d in &list.dead_letters {
                         let attr = |n: &str| d.attributes.get(n).cloned().unwrap_or_default();
-                        println!(
+                        outln!(
                             "{:<8} {:<19} {:<5} {:<24} {:<20} {:>7}  {}",
                             format!("{}:{}", d.partition, d.offset),
                             human_time(d.arrival_ms),
@@ -96,7 +113,7 @@ pub async fn run(command: Command) -> Result<()> {
                             attr("type"),
                             human_size(d.data.len() as u64),
                             d.reason
-                        );
+                        )?;
                     }
                 }
             }
@@ -118,14 +135,48 @@ pub async fn run(command: Command) -> Result<()> {
             }
             eprintln!();
             let last = last.unwrap_or_default();
-            println!("redriven {}: delivered {}, failed again {}", last.processed, last.delivered, last.failed);
+            outln!("redriven {}: delivered {}, failed again {}", last.processed, last.delivered, last.failed)?;
             Ok(())
         }
         Command::Purge { target } => {
             let mut client = connect(&target.admin).await?;
             let reply = client.purge(PurgeRequest { consumer: Some(target.reference()) }).await.map_err(from_status)?;
-            println!("purged {} dead letter(s)", reply.into_inner().purged);
+            outln!("purged {} dead letter(s)", reply.into_inner().purged)?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_keep_the_types_of_event_json() {
+        let event = r#"{"specversion":"1.0","id":"e1","source":"/s","type":"t","knativebrokerttl":255,
+                        "knativeerrorcode":500,"data":{"n":1}}"#;
+        let dead = DeadLetter {
+            partition: 1,
+            offset: 7,
+            error_code: "500".into(),
+            attributes: [("knativeerrorcode".to_string(), "500".to_string()), ("id".to_string(), "e1".to_string())]
+                .into_iter()
+                .collect(),
+            event_json: event.into(),
+            ..Default::default()
+        };
+        let json = dead_letter_json(&dead);
+        assert_eq!(json["attributes"]["knativeerrorcode"], 500, "an integer, as events read shows it");
+        assert_eq!(json["attributes"]["knativebrokerttl"], 255);
+        assert_eq!(json["attributes"]["id"], "e1");
+        assert!(json["attributes"].get("data").is_none(), "data is not an attribute");
+        assert_eq!(json["event"]["data"]["n"], 1);
+        assert_eq!((json["partition"].as_u64(), json["offset"].as_u64()), (Some(1), Some(7)));
+
+        // A node without event_json: the string map, and no event.
+        let old = DeadLetter { event_json: String::new(), ..dead };
+        let json = dead_letter_json(&old);
+        assert_eq!(json["attributes"]["knativeerrorcode"], "500");
+        assert!(json.get("event").is_none());
     }
 }

@@ -133,33 +133,37 @@ pub struct FindArgs {
     oldest_first: bool,
 }
 
-/// A failure with the exit code it maps to.
-struct Failure {
-    code: i32,
-    message: String,
+/// A failure with the exit code it maps to, or a write to standard output that failed (a closed pipe, which
+/// `main` turns into a quiet exit), kept as the `io::Error` it is.
+enum Failure {
+    Exit { code: i32, message: String },
+    Output(std::io::Error),
 }
 
 impl Failure {
+    fn exit(code: i32, message: impl Into<String>) -> Self {
+        Self::Exit { code, message: message.into() }
+    }
+
     fn usage(message: impl Into<String>) -> Self {
-        Self { code: 2, message: message.into() }
+        Self::exit(2, message)
     }
 
     fn status(status: tonic::Status) -> Self {
         let code = i32::from(crate::admin_cli::exit_code_for(status.code()));
-        let name = sluice_broker::admin_errors::error_detail(&status).map(|d| format!(" ({} {})", d.name, d.code));
-        Self { code, message: format!("{}{}", status.message(), name.unwrap_or_default()) }
+        Self::exit(code, format!("{}{}", status.message(), crate::admin_cli::error_code_suffix(&status)))
     }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
-        Self { code: 1, message: format!("{e:#}") }
+        Self::exit(1, format!("{e:#}"))
     }
 }
 
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Self {
-        Self { code: 1, message: e.to_string() }
+        Self::Output(e)
     }
 }
 
@@ -170,11 +174,11 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Find(args) => find(args).await,
     };
     // `main` turns an AdminError into the process exit code (docs/operations.md, "Exit codes").
-    result.map_err(|failure| {
-        anyhow::Error::new(crate::admin_cli::AdminError {
-            exit_code: u8::try_from(failure.code).unwrap_or(1),
-            message: failure.message,
-        })
+    result.map_err(|failure| match failure {
+        Failure::Exit { code, message } => {
+            anyhow::Error::new(crate::admin_cli::AdminError { exit_code: u8::try_from(code).unwrap_or(1), message })
+        }
+        Failure::Output(e) => anyhow::Error::new(e).context("writing to standard output"),
     })
 }
 
@@ -184,7 +188,7 @@ async fn connect(admin: &str) -> Result<EventsClient<Channel>, Failure> {
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| Failure { code: 5, message: format!("cannot reach the admin API at {admin} (--admin): {e}") })?;
+        .map_err(|e| Failure::exit(5, format!("cannot reach the admin API at {admin} (--admin): {e}")))?;
     Ok(EventsClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
@@ -209,7 +213,7 @@ fn filter_of(filter: &Option<String>) -> Result<String, Failure> {
     let text = filter.clone().unwrap_or_default();
     if !text.is_empty() {
         // Checked here too, so that a typo is a usage error before any call.
-        sluice_cesql::parse(&text).map_err(|e| Failure { code: 4, message: format!("--filter: {e}") })?;
+        sluice_cesql::parse(&text).map_err(|e| Failure::exit(4, format!("--filter: {e}")))?;
     }
     Ok(text)
 }
@@ -283,7 +287,7 @@ async fn tail(args: TailArgs) -> Result<(), Failure> {
         .into_inner();
     let output = args.target.output.as_str();
     if output == "table" {
-        println!("{}", table_header());
+        outln!("{}", table_header())?;
     }
     let stop = crate::shutdown_signal();
     tokio::pin!(stop);
@@ -293,11 +297,11 @@ async fn tail(args: TailArgs) -> Result<(), Failure> {
             message = stream.message() => message,
         };
         let Some(event) = message.map_err(Failure::status)? else {
-            return Err(Failure { code: 5, message: "the node ended the tail (it is shutting down?)".into() });
+            return Err(Failure::exit(5, "the node ended the tail (it is shutting down?)"));
         };
         let mut out = std::io::stdout().lock();
         match output {
-            "json" => writeln!(out, "{}", event_json(&event))?,
+            "json" => writeln!(out, "{}", event_json_text(&event, false))?,
             "yaml" => {
                 let yaml = serde_yaml::to_string(&event_json(&event)).map_err(|e| anyhow::anyhow!(e))?;
                 write!(out, "---\n{yaml}")?
@@ -312,8 +316,9 @@ fn print_events(output: &str, events: &[LoggedEvent]) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     match output {
         "json" => {
-            let json: Vec<serde_json::Value> = events.iter().map(event_json).collect();
-            writeln!(out, "{}", serde_json::to_string_pretty(&json).map_err(|e| anyhow::anyhow!(e))?)?;
+            let records: Vec<String> = events.iter().map(|e| event_json_text(e, true)).collect();
+            // Not re-indented: the events' JSON stays byte for byte.
+            writeln!(out, "[\n{}\n]", records.join(",\n"))?;
         }
         "yaml" => {
             let json: Vec<serde_json::Value> = events.iter().map(event_json).collect();
@@ -330,7 +335,39 @@ fn print_events(output: &str, events: &[LoggedEvent]) -> Result<(), Failure> {
     Ok(())
 }
 
-/// An event for `-o json|yaml`: where it is, when it arrived, and the event in the CloudEvents JSON format.
+/// An event for `-o json`: where it is, when it arrived, and the event in the CloudEvents JSON format exactly as
+/// the node wrote it (JSON data byte for byte: never parsed into floats, keys in the order sent).
+fn event_json_text(event: &LoggedEvent, pretty: bool) -> String {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Record<'a> {
+        partition: u32,
+        offset: u64,
+        arrival_ms: u64,
+        arrival_time: String,
+        size: usize,
+        event: &'a serde_json::value::RawValue,
+    }
+    let null = serde_json::value::RawValue::from_string("null".into());
+    let parsed = serde_json::from_str::<&serde_json::value::RawValue>(&event.json);
+    let event_raw = match (&parsed, &null) {
+        (Ok(raw), _) => *raw,
+        (Err(_), Ok(null)) => null.as_ref(),
+        (Err(_), Err(_)) => return "null".into(),
+    };
+    let record = Record {
+        partition: event.partition,
+        offset: event.offset,
+        arrival_ms: event.arrival_ms,
+        arrival_time: arrival_time(event.arrival_ms),
+        size: event.data.len(),
+        event: event_raw,
+    };
+    let text = if pretty { serde_json::to_string_pretty(&record) } else { serde_json::to_string(&record) };
+    text.unwrap_or_else(|_| "null".into())
+}
+
+/// An event for `-o yaml`: as `-o json`, through YAML's own number types.
 fn event_json(event: &LoggedEvent) -> serde_json::Value {
     let structured: serde_json::Value = serde_json::from_str(&event.json).unwrap_or(serde_json::Value::Null);
     serde_json::json!({
@@ -376,6 +413,20 @@ fn table_row(event: &LoggedEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `events read -o json` showed `{"big": 123456789012345678901234567890}` as `1.2345678901234568e+29`, `1e2` as
+    /// `100.0`, and re-sorted object keys.
+    #[test]
+    fn events_read_json_shows_the_data_byte_for_byte() {
+        let json = r#"{"id":"1","data":{"zeta":1e2,"big":123456789012345678901234567890}}"#;
+        let event = LoggedEvent { partition: 1, offset: 7, json: json.into(), ..Default::default() };
+        for pretty in [false, true] {
+            let text = event_json_text(&event, pretty);
+            assert!(text.contains(json), "{text}");
+            let parsed: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+            assert_eq!(parsed["offset"], 7);
+        }
+    }
 
     #[test]
     fn times_are_parsed_and_shown() {

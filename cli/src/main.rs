@@ -2,13 +2,35 @@
 //! 3-node cluster), `sluice node` (a cluster member) and `sluice cluster`
 //! (init and status through a node's admin API).
 
+/// `println!` for the command paths: writes to standard output and returns the `io::Result` instead of
+/// panicking on a closed pipe (`sluice describe … | head -1`); `main` exits quietly on a broken pipe.
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for the command paths (see `outln!`).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod admin_cli;
 mod cluster_cmd;
 mod dev;
 mod dlq_cmd;
 mod events_cmd;
+mod jsonpath;
 mod node_cmd;
+mod output;
 mod resources_cmd;
+mod selector;
+mod table;
 mod trigger_cmd;
 
 use std::process::ExitCode;
@@ -33,11 +55,11 @@ enum Command {
     Cluster(cluster_cmd::ClusterCommand),
     /// Create or update Knative objects from YAML (like kubectl apply).
     Apply(resources_cmd::ApplyArgs),
-    /// List or show Knative objects.
+    /// List or show Knative objects (like kubectl get: -o name|jsonpath=…, -l, -w).
     Get(resources_cmd::GetArgs),
     /// Delete Knative objects.
     Delete(resources_cmd::DeleteArgs),
-    /// Show one object: spec and status conditions.
+    /// Show objects: metadata, spec, stored events and status conditions.
     Describe(resources_cmd::DescribeArgs),
     /// Read, tail and find a broker's or channel's events.
     #[command(subcommand)]
@@ -78,13 +100,19 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output has gone (`| head`): what it wanted was printed.
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line that says what to change.
-            eprintln!("error: {e:#}");
+            // One line that says what to change; errors about a resource object read as kubectl's.
+            match e.downcast_ref::<admin_cli::ServerError>() {
+                Some(server) => eprintln!("{server}"),
+                None => eprintln!("error: {e:#}"),
+            }
             // Admin errors carry a meaningful exit code (docs/operations.md).
-            match e.downcast_ref::<admin_cli::AdminError>() {
-                Some(admin) => ExitCode::from(admin.exit_code),
-                None => ExitCode::FAILURE,
+            match (e.downcast_ref::<admin_cli::AdminError>(), e.downcast_ref::<admin_cli::ServerError>()) {
+                (Some(admin), _) => ExitCode::from(admin.exit_code),
+                (None, Some(server)) => ExitCode::from(server.exit_code),
+                (None, None) => ExitCode::FAILURE,
             }
         }
     }

@@ -1,46 +1,146 @@
-//! `sluice apply | get | delete`: Knative resource objects through a node's
-//! admin API, the way kubectl shows them.
+//! `sluice apply | get | describe | delete`: Knative resource objects through a node's admin API, the way
+//! kubectl handles them: several kinds (`get broker,trigger`) and names (`get trigger a b`, `get trigger/a`),
+//! label selectors (`-l`), `-o wide|json|yaml|name|jsonpath=TEMPLATE`, `get -w`, `delete --all`,
+//! `apply --dry-run=server|client`. An object that does not exist is exit 3 with kubectl's message. See
+//! docs/operations.md, "Resources".
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use serde_json::Value;
 use sluice_controller::model::{KindInfo, kind_info};
 use sluice_proto::admin::resources_client::ResourcesClient;
-use sluice_proto::admin::{ApplyResourceRequest, ListResourcesRequest, ResourceRef};
+use sluice_proto::admin::{
+    ApplyResourceRequest, ListResourcesRequest, ResourceRef, WatchResourcesRequest, resource_event,
+};
+use sluice_proto::errors::{ErrorCode, error_status};
 use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::admin_cli::{AdminError, EXIT_NOT_FOUND, ServerError, error_code_suffix, exit_code_for, from_status};
+use crate::jsonpath::Template;
+use crate::selector::Selector;
+use crate::table;
+
+/// kubectl's `--dry-run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DryRun {
+    /// Store the objects.
+    None,
+    /// Validate each object here and compare it with the stored one (read with Get): nothing is sent to be
+    /// stored.
+    Client,
+    /// The node validates and merges each object as it would store it, and stores nothing.
+    Server,
+}
+
+impl DryRun {
+    /// What kubectl appends to each line.
+    fn suffix(self) -> &'static str {
+        match self {
+            DryRun::None => "",
+            DryRun::Client => " (dry run)",
+            DryRun::Server => " (server dry run)",
+        }
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct ApplyArgs {
     /// A YAML or JSON file (several documents allowed), a directory of them, or - for standard input.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
+    /// Only show what would happen: server (the node validates and merges, stores nothing) or client
+    /// (validated here against the stored object).
+    #[arg(long, value_enum, default_value = "none")]
+    dry_run: DryRun,
     #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9090")]
     admin: String,
 }
 
-#[derive(Args, Debug)]
-pub struct GetArgs {
-    /// brokers, triggers, channels, inmemorychannels, subscriptions (or their short names).
-    kind: String,
-    name: Option<String>,
+/// Which objects: a namespace (or all of them) and a label selector.
+#[derive(Args, Clone, Debug)]
+pub struct ScopeArgs {
     #[arg(short = 'n', long, default_value = "default")]
     namespace: String,
     /// Every namespace.
     #[arg(short = 'A', long)]
     all_namespaces: bool,
-    #[arg(short = 'o', long, value_parser = ["table", "wide", "yaml", "json"], default_value = "table")]
-    output: String,
+    /// Only objects whose labels match, e.g. app=x, app!=x, 'app in (a,b)', 'app notin (a)', app, '!app';
+    /// commas join requirements that must all hold.
+    #[arg(short = 'l', long, value_parser = Selector::parse)]
+    selector: Option<Selector>,
+}
+
+impl ScopeArgs {
+    fn contains(&self, object: &Value) -> bool {
+        let in_namespace = self.all_namespaces || str_at(object, "/metadata/namespace") == self.namespace;
+        in_namespace && self.selector.as_ref().is_none_or(|selector| selector.matches(object))
+    }
+}
+
+/// How `get` prints objects (`-o`).
+#[derive(Clone, Debug)]
+pub enum Output {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+    Name,
+    JsonPath(Template),
+}
+
+fn parse_output(text: &str) -> Result<Output, String> {
+    match text {
+        "table" => Ok(Output::Table),
+        "wide" => Ok(Output::Wide),
+        "json" => Ok(Output::Json),
+        "yaml" => Ok(Output::Yaml),
+        "name" => Ok(Output::Name),
+        _ => match text.strip_prefix("jsonpath=") {
+            Some(template) => Template::parse(template).map(Output::JsonPath).map_err(|e| format!("jsonpath: {e}")),
+            None => Err("expected table, wide, json, yaml, name or jsonpath=TEMPLATE".into()),
+        },
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// KIND[,KIND...] [NAME...], or KIND/NAME...; kinds: brokers, triggers, channels, inmemorychannels,
+    /// subscriptions (or broker, trigger, ch, imc, sub).
+    #[arg(required = true, value_name = "KIND [NAME]")]
+    targets: Vec<String>,
+    #[command(flatten)]
+    scope: ScopeArgs,
+    /// table (the default), wide, json, yaml, name, or jsonpath=TEMPLATE (kubectl's JSONPath, e.g.
+    /// jsonpath='{.items[*].metadata.name}').
+    #[arg(short = 'o', long, default_value = "table", value_parser = parse_output)]
+    output: Output,
+    /// After the list, print objects as they are added, changed or deleted, until Ctrl-C.
+    #[arg(short = 'w', long)]
+    watch: bool,
+    /// Like --watch, without printing the list first.
+    #[arg(long)]
+    watch_only: bool,
     #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9090")]
     admin: String,
 }
 
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
-    kind: Option<String>,
-    name: Option<String>,
-    #[arg(short = 'n', long, default_value = "default")]
-    namespace: String,
+    /// KIND[,KIND...] NAME..., or KIND/NAME...; with --all or -l only the kinds.
+    #[arg(value_name = "KIND [NAME]")]
+    targets: Vec<String>,
+    #[command(flatten)]
+    scope: ScopeArgs,
+    /// Every object of the kinds in the namespace (with -A, in every namespace).
+    #[arg(long)]
+    all: bool,
+    /// A missing object is not an error.
+    #[arg(long)]
+    ignore_not_found: bool,
     /// Delete the objects these files describe.
     #[arg(short = 'f', long = "filename")]
     files: Vec<PathBuf>,
@@ -48,14 +148,86 @@ pub struct DeleteArgs {
     admin: String,
 }
 
+#[derive(Args, Debug)]
+pub struct DescribeArgs {
+    /// KIND [NAME...], or KIND/NAME...; without a name, every object of the kind.
+    #[arg(required = true, value_name = "KIND [NAME]")]
+    targets: Vec<String>,
+    #[command(flatten)]
+    scope: ScopeArgs,
+    #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9090")]
+    admin: String,
+}
+
 async fn connect(admin: &str) -> Result<ResourcesClient<Channel>> {
-    ResourcesClient::connect(format!("http://{admin}"))
-        .await
-        .with_context(|| format!("cannot reach the admin API at {admin} (--admin)"))
+    ResourcesClient::connect(format!("http://{admin}")).await.map_err(|e| {
+        anyhow::Error::new(AdminError {
+            exit_code: crate::admin_cli::EXIT_UNAVAILABLE,
+            message: format!("cannot reach the admin API at {admin} (--admin): {e}"),
+        })
+    })
+}
+
+fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
+    object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// A value for a table cell: strings as they are, other values as JSON, missing as empty.
+fn text_at(object: &Value, pointer: &str) -> String {
+    match object.pointer(pointer) {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// `eventing.knative.dev`: the API group of a kind.
+fn group(info: &KindInfo) -> &'static str {
+    info.api_version.split_once('/').map(|(group, _)| group).unwrap_or_default()
+}
+
+/// `trigger.eventing.knative.dev`: how kubectl names a kind in `-o name` and in apply's and delete's output.
+fn resource(info: &KindInfo) -> String {
+    format!("{}.{}", info.kind.to_ascii_lowercase(), group(info))
+}
+
+/// `trigger.eventing.knative.dev/NAME`.
+fn object_name(info: &KindInfo, object: &Value) -> String {
+    format!("{}/{}", resource(info), str_at(object, "/metadata/name"))
+}
+
+/// kubectl's `Error from server (NotFound): triggers.eventing.knative.dev "nope" not found`.
+fn not_found(info: &KindInfo, name: &str, status: &Status) -> ServerError {
+    ServerError {
+        exit_code: EXIT_NOT_FOUND,
+        reason: "NotFound",
+        message: format!("{}.{} \"{name}\" not found{}", info.plural, group(info), error_code_suffix(status)),
+    }
+}
+
+/// How a document of a manifest is named in apply's output: `trigger.eventing.knative.dev/NAME` from its
+/// kind, API group and name (`service/NAME` for the core group, `<no kind>` and `<no name>` for what is
+/// missing).
+fn display_name(object: &Value) -> String {
+    if !object.is_object() {
+        return "<not an object>".into();
+    }
+    let kind = str_at(object, "/kind");
+    let name = Some(str_at(object, "/metadata/name")).filter(|n| !n.is_empty()).unwrap_or("<no name>");
+    if kind.is_empty() {
+        return format!("<no kind>/{name}");
+    }
+    let group = match object.get("apiVersion").and_then(Value::as_str) {
+        Some(api_version) => api_version.split_once('/').map(|(group, _)| group).unwrap_or_default(),
+        // Without an apiVersion, the group Sluice knows for the kind.
+        None => kind_info(kind).map(group).unwrap_or_default(),
+    };
+    let kind = kind.to_ascii_lowercase();
+    if group.is_empty() { format!("{kind}/{name}") } else { format!("{kind}.{group}/{name}") }
 }
 
 /// Every document of every file, as (file, index, object).
-fn read_documents(files: &[PathBuf]) -> Result<Vec<(String, usize, serde_json::Value)>> {
+fn read_documents(files: &[PathBuf]) -> Result<Vec<(String, usize, Value)>> {
     let mut paths = Vec::new();
     for file in files {
         if file.is_dir() {
@@ -74,7 +246,7 @@ fn read_documents(files: &[PathBuf]) -> Result<Vec<(String, usize, serde_json::V
     for path in paths {
         let (name, text) = if path == Path::new("-") {
             let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading standard input")?;
             ("-".to_string(), text)
         } else {
             (
@@ -83,7 +255,7 @@ fn read_documents(files: &[PathBuf]) -> Result<Vec<(String, usize, serde_json::V
             )
         };
         for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let value: serde_json::Value = serde::Deserialize::deserialize(document)
+            let value: Value = serde::Deserialize::deserialize(document)
                 .map_err(|e| anyhow::anyhow!("{name}: document {index}: not valid YAML: {e}"))?;
             if !value.is_null() {
                 documents.push((name.clone(), index, value));
@@ -93,34 +265,68 @@ fn read_documents(files: &[PathBuf]) -> Result<Vec<(String, usize, serde_json::V
     Ok(documents)
 }
 
-fn display_name(object: &serde_json::Value) -> String {
-    let kind = object.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
-    let group = object
-        .get("apiVersion")
-        .and_then(|a| a.as_str())
-        .and_then(|a| a.split_once('/'))
-        .map(|(g, _)| g)
-        .unwrap_or_default();
-    let name = object.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default();
-    format!("{}.{group}/{name}", kind.to_ascii_lowercase())
+/// `--dry-run=client`: validated here as the node would (immutable fields against the stored object, read
+/// with Get), and the outcome Apply would report. Nothing is sent to be stored.
+async fn client_dry_run(client: &mut ResourcesClient<Channel>, object: &Value) -> Result<String, Status> {
+    let invalid = |errors: Vec<sluice_controller::validate::FieldError>| {
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        error_status(ErrorCode::InvalidResource, text.join("; "))
+    };
+    let mut object = object.clone();
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.entry("namespace").or_insert_with(|| "default".into());
+    }
+    sluice_controller::validate::validate_object(&object, None).map_err(invalid)?;
+    let reference = ResourceRef {
+        kind: str_at(&object, "/kind").to_string(),
+        namespace: str_at(&object, "/metadata/namespace").to_string(),
+        name: str_at(&object, "/metadata/name").to_string(),
+    };
+    let existing: Option<Value> = match client.get(reference).await {
+        Ok(reply) => serde_json::from_str(&reply.into_inner().object_json).ok(),
+        Err(status) if status.code() == Code::NotFound => None,
+        Err(status) => return Err(status),
+    };
+    sluice_controller::validate::validate_object(&object, existing.as_ref()).map_err(invalid)?;
+    let (_, outcome) = sluice_controller::meta::merge_for_apply(existing.as_ref(), object, "", "", 0);
+    Ok(outcome.as_str().to_string())
 }
 
 pub async fn apply(args: ApplyArgs) -> Result<()> {
     let documents = read_documents(&args.files)?;
     let mut client = connect(&args.admin).await?;
     let mut rejected = 0;
+    let mut exit_code = None;
     for (file, index, object) in documents {
         let name = display_name(&object);
-        match client.apply(ApplyResourceRequest { object_json: object.to_string() }).await {
-            Ok(reply) => println!("{name} {}", reply.into_inner().outcome),
+        let outcome = match args.dry_run {
+            DryRun::Client => client_dry_run(&mut client, &object).await,
+            DryRun::None | DryRun::Server => client
+                .apply(ApplyResourceRequest {
+                    object_json: object.to_string(),
+                    dry_run: args.dry_run == DryRun::Server,
+                })
+                .await
+                .map(|reply| reply.into_inner().outcome),
+        };
+        match outcome {
+            Ok(outcome) => outln!("{name} {outcome}{}", args.dry_run.suffix())?,
             Err(status) => {
-                eprintln!("error: {file}: document {index} ({name}): {}", status.message());
+                eprintln!(
+                    "error: {file}: document {index} ({name}): {}{}",
+                    status.message(),
+                    error_code_suffix(&status)
+                );
                 rejected += 1;
+                exit_code.get_or_insert(exit_code_for(status.code()));
             }
         }
     }
     if rejected > 0 {
-        bail!("{rejected} object(s) rejected");
+        return Err(anyhow::Error::new(AdminError {
+            exit_code: exit_code.unwrap_or(1),
+            message: format!("{rejected} object(s) rejected"),
+        }));
     }
     Ok(())
 }
@@ -131,150 +337,576 @@ fn resolve_kind(kind: &str) -> Result<&'static KindInfo> {
     })
 }
 
-pub async fn get(args: GetArgs) -> Result<()> {
-    let info = resolve_kind(&args.kind)?;
-    let mut client = connect(&args.admin).await?;
-    let objects: Vec<serde_json::Value> = client
-        .list(ListResourcesRequest { kind: info.kind.to_string() })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+/// One kind, and one of its objects or (None) all of them in scope.
+#[derive(Clone, Debug, PartialEq)]
+struct Target {
+    kind: &'static KindInfo,
+    name: Option<String>,
+}
+
+/// The positional arguments of get, describe and delete, as kubectl reads them: `KIND[,KIND...] [NAME...]`
+/// (each kind with each name), or `KIND/NAME...`.
+fn parse_targets(args: &[String]) -> Result<Vec<Target>> {
+    let Some(first) = args.first() else {
+        bail!("say which kind: e.g. triggers, brokers, trigger NAME, trigger/NAME");
+    };
+    if first.contains('/') {
+        return args
+            .iter()
+            .map(|arg| {
+                let Some((kind, name)) = arg.split_once('/').filter(|(_, name)| !name.is_empty()) else {
+                    bail!(
+                        "{arg:?}: there is no need to specify a resource type as a separate argument when passing \
+                         arguments in resource/name form (e.g. 'trigger/a trigger/b')"
+                    );
+                };
+                Ok(Target { kind: resolve_kind(kind)?, name: Some(name.to_string()) })
+            })
+            .collect();
+    }
+    let mut kinds: Vec<&'static KindInfo> = Vec::new();
+    for kind in first.split(',').filter(|k| !k.is_empty()) {
+        let info = resolve_kind(kind)?;
+        if !kinds.contains(&info) {
+            kinds.push(info);
+        }
+    }
+    if kinds.is_empty() {
+        bail!("{first:?} names no kind");
+    }
+    let names = &args[1..];
+    if let Some(bad) = names.iter().find(|n| n.contains('/')) {
+        bail!("{bad:?}: a name after a kind has no '/'; use either KIND NAME... or KIND/NAME...");
+    }
+    Ok(kinds
+        .into_iter()
+        .flat_map(|kind| match names {
+            [] => vec![Target { kind, name: None }],
+            names => names.iter().map(|name| Target { kind, name: Some(name.clone()) }).collect(),
+        })
+        .collect())
+}
+
+/// kubectl prints a lone object (not a List) when exactly one object was asked for by name.
+fn single_object_implied(targets: &[Target]) -> bool {
+    matches!(targets, [Target { name: Some(_), .. }])
+}
+
+fn distinct_kinds(targets: &[Target]) -> usize {
+    let mut kinds: Vec<&str> = targets.iter().map(|t| t.kind.kind).collect();
+    kinds.dedup();
+    kinds.len()
+}
+
+fn check_scope(targets: &[Target], scope: &ScopeArgs) -> Result<()> {
+    let named = targets.iter().any(|t| t.name.is_some());
+    if named && scope.selector.is_some() {
+        bail!("name cannot be provided when a selector is specified");
+    }
+    if named && scope.all_namespaces {
+        bail!("a resource cannot be retrieved by name across all namespaces");
+    }
+    Ok(())
+}
+
+/// An object by name, with its status; `Ok(Err(not found))` when it does not exist.
+async fn get_object(
+    client: &mut ResourcesClient<Channel>,
+    info: &'static KindInfo,
+    namespace: &str,
+    name: &str,
+) -> Result<Result<Value, ServerError>> {
+    let reference =
+        ResourceRef { kind: info.kind.to_string(), namespace: namespace.to_string(), name: name.to_string() };
+    match client.get(reference).await {
+        Ok(reply) => {
+            let json = reply.into_inner().object_json;
+            Ok(Ok(serde_json::from_str(&json).with_context(|| format!("the node answered {name} with bad JSON"))?))
+        }
+        Err(status) if status.code() == Code::NotFound => Ok(Err(not_found(info, name, &status))),
+        Err(status) => Err(from_status(status)),
+    }
+}
+
+/// Every object of a kind within the scope, with its status.
+async fn list_objects(client: &mut ResourcesClient<Channel>, info: &KindInfo, scope: &ScopeArgs) -> Result<Vec<Value>> {
+    let list = client.list(ListResourcesRequest { kind: info.kind.to_string() }).await.map_err(from_status)?;
+    Ok(list
         .into_inner()
         .objects_json
         .iter()
         .filter_map(|json| serde_json::from_str(json).ok())
-        .filter(|o: &serde_json::Value| {
-            args.all_namespaces
-                || o.pointer("/metadata/namespace").and_then(|n| n.as_str()) == Some(args.namespace.as_str())
-        })
-        .filter(|o| {
-            args.name.as_deref().is_none_or(|name| o.pointer("/metadata/name").and_then(|n| n.as_str()) == Some(name))
-        })
-        .collect();
-    if let Some(name) = &args.name
-        && objects.is_empty()
-    {
-        bail!(
-            "{}.{} {name:?} not found in namespace {}",
-            info.plural,
-            info.api_version.split('/').next().unwrap_or_default(),
-            args.namespace
-        );
+        .filter(|object| scope.contains(object))
+        .collect())
+}
+
+/// The objects of each kind asked for, in the order asked, and the named ones that do not exist.
+struct Found {
+    blocks: Vec<(&'static KindInfo, Vec<Value>)>,
+    missing: Vec<ServerError>,
+}
+
+impl Found {
+    fn objects(&self) -> impl Iterator<Item = (&'static KindInfo, &Value)> {
+        self.blocks.iter().flat_map(|(info, objects)| objects.iter().map(move |object| (*info, object)))
     }
-    let shown = if args.name.is_some() && objects.len() == 1 {
-        objects[0].clone()
-    } else {
-        serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": objects })
+}
+
+async fn fetch(client: &mut ResourcesClient<Channel>, targets: &[Target], scope: &ScopeArgs) -> Result<Found> {
+    let mut found = Found { blocks: Vec::new(), missing: Vec::new() };
+    for target in targets {
+        let objects = match &target.name {
+            None => list_objects(client, target.kind, scope).await?,
+            Some(name) => match get_object(client, target.kind, &scope.namespace, name).await? {
+                Ok(object) => vec![object],
+                Err(missing) => {
+                    found.missing.push(missing);
+                    Vec::new()
+                }
+            },
+        };
+        match found.blocks.iter_mut().find(|(kind, _)| *kind == target.kind) {
+            Some((_, block)) => block.extend(objects),
+            None => found.blocks.push((target.kind, objects)),
+        }
+    }
+    Ok(found)
+}
+
+/// Prints every not-found error but the last, and answers the last (exit 3), as kubectl reports each.
+fn report_missing(mut missing: Vec<ServerError>) -> Result<()> {
+    let Some(last) = missing.pop() else {
+        return Ok(());
     };
-    match args.output.as_str() {
-        "json" => println!("{}", serde_json::to_string_pretty(&shown)?),
-        "yaml" => print!("{}", serde_yaml::to_string(&shown)?),
-        output => print_table(info, &objects, args.all_namespaces, output == "wide"),
+    for error in missing {
+        eprintln!("{error}");
+    }
+    Err(anyhow::Error::new(last))
+}
+
+/// What a table shows besides the kind's own columns.
+#[derive(Clone, Copy, Debug, Default)]
+struct Layout {
+    all_namespaces: bool,
+    wide: bool,
+    /// Several kinds were asked for: names read `trigger.eventing.knative.dev/NAME`, as kubectl shows them.
+    show_kind: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Column {
+    Namespace,
+    Name,
+    Field { header: &'static str, pointer: &'static str },
+    Age,
+    Ready,
+    Reason,
+}
+
+/// The columns of a kind: Knative's printer columns (Trigger: NAME BROKER SUBSCRIBER_URI AGE READY REASON;
+/// Broker, Channel, InMemoryChannel: NAME URL AGE READY REASON; Subscription: NAME AGE READY REASON), with
+/// NAMESPACE first for -A, and more with -o wide.
+fn columns(info: &KindInfo, layout: Layout) -> Vec<Column> {
+    let field = |header, pointer| Column::Field { header, pointer };
+    let mut columns = Vec::new();
+    if layout.all_namespaces {
+        columns.push(Column::Namespace);
+    }
+    columns.push(Column::Name);
+    match info.kind {
+        "Trigger" => {
+            columns.push(field("BROKER", "/spec/broker"));
+            columns.push(field("SUBSCRIBER_URI", "/status/subscriberUri"));
+        }
+        "Subscription" => {}
+        _ => columns.push(field("URL", "/status/address/url")),
+    }
+    columns.extend([Column::Age, Column::Ready, Column::Reason]);
+    if layout.wide {
+        if info.kind == "Subscription" {
+            columns.push(field("CHANNEL", "/spec/channel/name"));
+            columns.push(field("SUBSCRIBER_URI", "/status/subscriberUri"));
+        }
+        columns.push(field("GENERATION", "/metadata/generation"));
+    }
+    columns
+}
+
+fn header(columns: &[Column]) -> Vec<String> {
+    columns
+        .iter()
+        .map(|column| match column {
+            Column::Namespace => "NAMESPACE",
+            Column::Name => "NAME",
+            Column::Field { header, .. } => header,
+            Column::Age => "AGE",
+            Column::Ready => "READY",
+            Column::Reason => "REASON",
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The Ready condition's status and reason; an object without one is `Unknown`.
+fn ready_of(object: &Value) -> (String, String) {
+    let ready = object
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|conditions| conditions.iter().find(|c| c["type"] == "Ready"));
+    match ready {
+        Some(ready) => (text_at(ready, "/status"), text_at(ready, "/reason")),
+        None => ("Unknown".into(), String::new()),
+    }
+}
+
+fn row(
+    info: &KindInfo,
+    columns: &[Column],
+    layout: Layout,
+    object: &Value,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<String> {
+    columns
+        .iter()
+        .map(|column| match column {
+            Column::Namespace => text_at(object, "/metadata/namespace"),
+            Column::Name if layout.show_kind => object_name(info, object),
+            Column::Name => text_at(object, "/metadata/name"),
+            Column::Field { pointer, .. } => text_at(object, pointer),
+            Column::Age => table::age(object.pointer("/metadata/creationTimestamp").and_then(Value::as_str), now),
+            Column::Ready => ready_of(object).0,
+            Column::Reason => ready_of(object).1,
+        })
+        .collect()
+}
+
+/// The table of one kind: a header and a row per object, columns sized to their content.
+fn table_lines<'a>(
+    info: &KindInfo,
+    objects: impl IntoIterator<Item = &'a Value>,
+    layout: Layout,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (Vec<String>, Vec<usize>) {
+    let columns = columns(info, layout);
+    let mut rows = vec![header(&columns)];
+    rows.extend(objects.into_iter().map(|object| row(info, &columns, layout, object, now)));
+    let widths = table::column_widths(&rows);
+    (rows.iter().map(|r| table::format_row(r, &widths)).collect(), widths)
+}
+
+/// What `-o json|yaml|jsonpath` applies to: the object when one was asked for by name, else a `List`.
+fn document(found: &Found, single: bool) -> Value {
+    let objects: Vec<Value> = found.objects().map(|(_, object)| object.clone()).collect();
+    match objects.as_slice() {
+        [object] if single => object.clone(),
+        _ => serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": objects }),
+    }
+}
+
+/// `-o json|yaml|name|jsonpath` of one document (an object or a List).
+fn format_document(output: &Output, document: &Value, names: &[String]) -> Result<String> {
+    Ok(match output {
+        Output::Json => format!("{}\n", serde_json::to_string_pretty(document)?),
+        Output::Yaml => serde_yaml::to_string(document)?,
+        Output::JsonPath(template) => template.render(document),
+        Output::Name => names.iter().map(|name| format!("{name}\n")).collect(),
+        Output::Table | Output::Wide => String::new(),
+    })
+}
+
+/// (namespace, name) of an object.
+fn object_key(object: &Value) -> (String, String) {
+    (text_at(object, "/metadata/namespace"), text_at(object, "/metadata/name"))
+}
+
+/// Where a table printed by `get -w` stands: its columns and widths so far.
+struct WatchTable {
+    info: &'static KindInfo,
+    layout: Layout,
+    widths: Option<Vec<usize>>,
+}
+
+impl WatchTable {
+    /// The list before the changes: sized to all of its rows.
+    fn print_block<'a>(&mut self, objects: impl IntoIterator<Item = &'a Value>) -> Result<()> {
+        let (lines, widths) = table_lines(self.info, objects, self.layout, chrono::Utc::now());
+        if lines.len() > 1 {
+            for line in lines {
+                outln!("{line}")?;
+            }
+            self.widths = Some(widths);
+        }
+        Ok(())
+    }
+
+    /// One changed object: the header first if nothing was printed yet; columns only ever widen.
+    fn print_row(&mut self, object: &Value) -> Result<()> {
+        let columns = columns(self.info, self.layout);
+        let row = row(self.info, &columns, self.layout, object, chrono::Utc::now());
+        if self.widths.is_none() {
+            let header = header(&columns);
+            let widths = table::column_widths(&[header.clone(), row.clone()]);
+            outln!("{}", table::format_row(&header, &widths))?;
+            self.widths = Some(widths);
+        }
+        let widths = self.widths.get_or_insert_with(Vec::new);
+        table::widen_to_fit(widths, &row);
+        outln!("{}", table::format_row(&row, widths))?;
+        Ok(())
+    }
+}
+
+pub async fn get(args: GetArgs) -> Result<()> {
+    let targets = parse_targets(&args.targets)?;
+    check_scope(&targets, &args.scope)?;
+    let watching = args.watch || args.watch_only;
+    if watching && distinct_kinds(&targets) > 1 {
+        bail!("--watch takes a single kind (kubectl: you may only specify a single resource type)");
+    }
+    let mut client = connect(&args.admin).await?;
+    // A watch opens before the list, so that no change falls between them.
+    let stream = match targets.first() {
+        Some(target) if watching => Some(
+            client
+                .watch(WatchResourcesRequest { kind: target.kind.kind.to_string() })
+                .await
+                .map_err(from_status)?
+                .into_inner(),
+        ),
+        _ => None,
+    };
+    let found = fetch(&mut client, &targets, &args.scope).await?;
+    let layout = Layout {
+        all_namespaces: args.scope.all_namespaces,
+        wide: matches!(args.output, Output::Wide),
+        show_kind: distinct_kinds(&targets) > 1,
+    };
+    let mut watch_table = targets.first().map(|t| WatchTable { info: t.kind, layout, widths: None });
+    if !args.watch_only {
+        match (&args.output, &mut watch_table) {
+            (Output::Table | Output::Wide, Some(watch_table)) if watching => {
+                watch_table.print_block(found.objects().map(|(_, object)| object))?;
+            }
+            (Output::Table | Output::Wide, _) => print_tables(&found, layout, &args.scope)?,
+            (output, _) if watching => {
+                // A watch prints each object by itself, the list's objects too.
+                for (info, object) in found.objects() {
+                    print_watched(output, info, object)?;
+                }
+            }
+            (output, _) => {
+                let names: Vec<String> = found.objects().map(|(info, object)| object_name(info, object)).collect();
+                out!("{}", format_document(output, &document(&found, single_object_implied(&targets)), &names)?)?;
+            }
+        }
+    }
+    if !watching || !found.missing.is_empty() {
+        return report_missing(found.missing);
+    }
+    let (Some(stream), Some(watch_table)) = (stream, watch_table) else {
+        return Ok(());
+    };
+    let shown: BTreeMap<(String, String), Value> =
+        found.objects().map(|(_, object)| (object_key(object), object.clone())).collect();
+    let names: Vec<String> = targets.iter().filter_map(|t| t.name.clone()).collect();
+    watch(&mut client, stream, WatchState { shown, names, table: watch_table }, &args.scope, &args.output).await
+}
+
+fn print_tables(found: &Found, layout: Layout, scope: &ScopeArgs) -> Result<()> {
+    let now = chrono::Utc::now();
+    let mut printed = false;
+    for (info, objects) in &found.blocks {
+        if objects.is_empty() {
+            continue;
+        }
+        if printed {
+            outln!()?;
+        }
+        for line in table_lines(info, objects, layout, now).0 {
+            outln!("{line}")?;
+        }
+        printed = true;
+    }
+    if !printed && found.missing.is_empty() {
+        if scope.all_namespaces {
+            eprintln!("No resources found");
+        } else {
+            eprintln!("No resources found in {} namespace.", scope.namespace);
+        }
     }
     Ok(())
+}
+
+/// One object of a watch, in a format other than a table.
+fn print_watched(output: &Output, info: &KindInfo, object: &Value) -> Result<()> {
+    let text = match output {
+        Output::Yaml => format!("---\n{}", serde_yaml::to_string(object)?),
+        Output::JsonPath(template) => template.render(object),
+        output => format_document(output, object, &[object_name(info, object)])?,
+    };
+    out!("{text}")?;
+    Ok(())
+}
+
+/// What a watch has shown: the last form (with status) of every object printed, the list's included, by
+/// (namespace, name), so that the stream's initial ADDED events of objects the list printed at the same
+/// `resourceVersion` are skipped, and a deleted object's row shows its last status; the names asked for;
+/// the table.
+struct WatchState {
+    shown: BTreeMap<(String, String), Value>,
+    names: Vec<String>,
+    table: WatchTable,
+}
+
+/// Whether a watch event repeats what was printed: the ADDED events the stream starts with, for objects the
+/// list printed at the same `resourceVersion`.
+fn is_shown_already(shown: &BTreeMap<(String, String), Value>, event_type: i32, object: &Value) -> bool {
+    let version = |o: &Value| text_at(o, "/metadata/resourceVersion");
+    event_type == resource_event::Type::Added as i32
+        && shown.get(&object_key(object)).is_some_and(|shown| version(shown) == version(object))
+}
+
+async fn watch(
+    client: &mut ResourcesClient<Channel>,
+    mut stream: tonic::Streaming<sluice_proto::admin::ResourceEvent>,
+    mut state: WatchState,
+    scope: &ScopeArgs,
+    output: &Output,
+) -> Result<()> {
+    let stop = crate::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let message = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            message = stream.message() => message,
+        };
+        let Some(event) = message.map_err(from_status)? else {
+            return Ok(());
+        };
+        let Ok(object) = serde_json::from_str::<Value>(&event.object_json) else {
+            continue;
+        };
+        let name = text_at(&object, "/metadata/name");
+        if !scope.contains(&object) || !(state.names.is_empty() || state.names.contains(&name)) {
+            continue;
+        }
+        let key = object_key(&object);
+        if is_shown_already(&state.shown, event.r#type, &object) {
+            continue;
+        }
+        let shown = if event.r#type == resource_event::Type::Deleted as i32 {
+            // Its last status, as kubectl shows a deleted object.
+            state.shown.remove(&key).unwrap_or(object)
+        } else {
+            // The stream carries objects as stored; their status is derived on Get.
+            let shown = match get_object(client, state.table.info, &key.0, &key.1).await? {
+                Ok(with_status) => with_status,
+                Err(_) => object,
+            };
+            state.shown.insert(key, shown.clone());
+            shown
+        };
+        match output {
+            Output::Table | Output::Wide => state.table.print_row(&shown)?,
+            output => print_watched(output, state.table.info, &shown)?,
+        }
+    }
 }
 
 pub async fn delete(args: DeleteArgs) -> Result<()> {
-    let mut targets = Vec::new();
+    let mut client = connect(&args.admin).await?;
+    let mut doomed: Vec<(&'static KindInfo, String, String)> = Vec::new();
     if !args.files.is_empty() {
+        if !args.targets.is_empty() || args.all {
+            bail!("give either -f FILE or KIND NAME..., not both");
+        }
         for (_, _, object) in read_documents(&args.files)? {
-            let s = |p: &str| object.pointer(p).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-            let namespace =
-                Some(s("/metadata/namespace")).filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
-            targets.push((resolve_kind(&s("/kind"))?, namespace, s("/metadata/name")));
+            let namespace = Some(str_at(&object, "/metadata/namespace")).filter(|n| !n.is_empty());
+            doomed.push((
+                resolve_kind(str_at(&object, "/kind"))?,
+                namespace.unwrap_or(&args.scope.namespace).to_string(),
+                str_at(&object, "/metadata/name").to_string(),
+            ));
         }
     } else {
-        let (Some(kind), Some(name)) = (&args.kind, &args.name) else {
-            bail!("say what to delete: sluice delete KIND NAME, or sluice delete -f FILE");
-        };
-        targets.push((resolve_kind(kind)?, args.namespace.clone(), name.clone()));
-    }
-    let mut client = connect(&args.admin).await?;
-    for (info, namespace, name) in targets {
-        client
-            .delete(ResourceRef { kind: info.kind.to_string(), namespace, name: name.clone() })
-            .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-        println!(
-            "{}.{}/{name} deleted",
-            info.kind.to_ascii_lowercase(),
-            info.api_version.split('/').next().unwrap_or_default()
-        );
-    }
-    Ok(())
-}
-
-fn ready_of(object: &serde_json::Value) -> (String, String) {
-    let ready = object
-        .pointer("/status/conditions")
-        .and_then(|c| c.as_array())
-        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-        .cloned()
-        .unwrap_or_default();
-    (
-        ready["status"].as_str().unwrap_or("Unknown").to_string(),
-        ready["reason"].as_str().unwrap_or_default().to_string(),
-    )
-}
-
-fn print_table(info: &KindInfo, objects: &[serde_json::Value], all_namespaces: bool, wide: bool) {
-    let namespace_header = if all_namespaces { format!("{:<20} ", "NAMESPACE") } else { String::new() };
-    let (extra_header, extra_pointer) = match info.kind {
-        "Trigger" => ("BROKER", "/spec/broker"),
-        "Subscription" => ("CHANNEL", "/spec/channel/name"),
-        _ => ("URL", "/status/address/url"),
-    };
-    let wide_header = if wide { format!(" {:>10}  {:<25}", "GENERATION", "CREATED") } else { String::new() };
-    println!("{namespace_header}{:<28} {:<44} {:<8} {:<22}{wide_header}", "NAME", extra_header, "READY", "REASON");
-    for o in objects {
-        let s = |p: &str| {
-            o.pointer(p).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default()
-        };
-        let namespace = if all_namespaces { format!("{:<20} ", s("/metadata/namespace")) } else { String::new() };
-        let (ready, reason) = ready_of(o);
-        let wide = if wide {
-            format!(" {:>10}  {:<25}", s("/metadata/generation"), s("/metadata/creationTimestamp"))
+        let targets = parse_targets(&args.targets)?;
+        check_scope(&targets, &args.scope)?;
+        let named = targets.iter().any(|t| t.name.is_some());
+        if args.all || args.scope.selector.is_some() {
+            if named {
+                bail!("names cannot be given with --all or --selector");
+            }
+            for target in &targets {
+                for object in list_objects(&mut client, target.kind, &args.scope).await? {
+                    doomed.push((
+                        target.kind,
+                        text_at(&object, "/metadata/namespace"),
+                        text_at(&object, "/metadata/name"),
+                    ));
+                }
+            }
+            if doomed.is_empty() {
+                eprintln!("No resources found");
+            }
+        } else if !named {
+            bail!(
+                "resource(s) were provided, but no name was specified: give names, or --all for every object of the kind"
+            );
         } else {
-            String::new()
-        };
-        println!("{namespace}{:<28} {:<44} {:<8} {:<22}{wide}", s("/metadata/name"), s(extra_pointer), ready, reason);
+            for target in targets {
+                doomed.push((target.kind, args.scope.namespace.clone(), target.name.unwrap_or_default()));
+            }
+        }
     }
+    let mut missing = Vec::new();
+    for (info, namespace, name) in doomed {
+        let reference = ResourceRef { kind: info.kind.to_string(), namespace, name: name.clone() };
+        match client.delete(reference).await {
+            Ok(_) => outln!("{} \"{name}\" deleted", resource(info))?,
+            Err(status) if status.code() == Code::NotFound => {
+                if !args.ignore_not_found {
+                    missing.push(not_found(info, &name, &status));
+                }
+            }
+            Err(status) => return Err(from_status(status)),
+        }
+    }
+    report_missing(missing)
 }
 
-#[derive(Args, Debug)]
-pub struct DescribeArgs {
-    kind: String,
-    name: String,
-    #[arg(short = 'n', long, default_value = "default")]
-    namespace: String,
-    #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9090")]
-    admin: String,
-}
-
-/// `sluice describe KIND NAME`: metadata, spec and status conditions.
+/// `sluice describe KIND [NAME...]`: metadata, spec, the events stored (brokers and channels) and the status
+/// conditions of each object.
 pub async fn describe(args: DescribeArgs) -> Result<()> {
-    let info = resolve_kind(&args.kind)?;
+    let targets = parse_targets(&args.targets)?;
+    check_scope(&targets, &args.scope)?;
     let mut client = connect(&args.admin).await?;
-    let object: serde_json::Value = serde_json::from_str(
-        &client
-            .get(ResourceRef {
-                kind: info.kind.to_string(),
-                namespace: args.namespace.clone(),
-                name: args.name.clone(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-            .into_inner()
-            .object_json,
-    )?;
-    let s = |p: &str| {
-        object.pointer(p).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default()
-    };
-    println!("Name:         {}", s("/metadata/name"));
-    println!("Namespace:    {}", s("/metadata/namespace"));
-    println!("Kind:         {} ({})", info.kind, s("/apiVersion"));
-    println!("UID:          {}", s("/metadata/uid"));
-    println!("Generation:   {}", s("/metadata/generation"));
-    println!("Created:      {}", s("/metadata/creationTimestamp"));
+    let found = fetch(&mut client, &targets, &args.scope).await?;
+    for (index, (info, object)) in found.objects().enumerate() {
+        if index > 0 {
+            outln!()?;
+            outln!()?;
+        }
+        describe_object(&args.admin, info, object).await?;
+    }
+    if found.objects().next().is_none() && found.missing.is_empty() {
+        eprintln!("No resources found in {} namespace.", args.scope.namespace);
+    }
+    report_missing(found.missing)
+}
+
+async fn describe_object(admin: &str, info: &KindInfo, object: &Value) -> Result<()> {
+    let s = |pointer: &str| text_at(object, pointer);
+    outln!("Name:         {}", s("/metadata/name"))?;
+    outln!("Namespace:    {}", s("/metadata/namespace"))?;
+    outln!("Kind:         {} ({})", info.kind, s("/apiVersion"))?;
+    outln!("UID:          {}", s("/metadata/uid"))?;
+    outln!("Generation:   {}", s("/metadata/generation"))?;
+    outln!("Created:      {}", s("/metadata/creationTimestamp"))?;
+    if let Some(labels) = object.pointer("/metadata/labels").and_then(Value::as_object).filter(|l| !l.is_empty()) {
+        let labels: Vec<String> =
+            labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
+        outln!("Labels:       {}", labels.join(","))?;
+    }
     for (label, pointer) in [
         ("Address", "/status/address/url"),
         ("Subscriber", "/status/subscriberUri"),
@@ -282,22 +914,21 @@ pub async fn describe(args: DescribeArgs) -> Result<()> {
         ("Dead letters", "/status/deadLetterSinkUri"),
     ] {
         if object.pointer(pointer).is_some() {
-            println!("{:<14}{}", format!("{label}:"), s(pointer));
+            outln!("{:<14}{}", format!("{label}:"), s(pointer))?;
         }
     }
-    println!("Spec:");
-    for line in serde_yaml::to_string(object.get("spec").unwrap_or(&serde_json::Value::Null))?.lines() {
-        println!("  {line}");
+    outln!("Spec:")?;
+    for line in serde_yaml::to_string(object.get("spec").unwrap_or(&Value::Null))?.lines() {
+        outln!("  {line}")?;
     }
     if matches!(info.kind, "Broker" | "Channel" | "InMemoryChannel") {
         // Events of interest: what the stream holds, per partition.
-        let stream = sluice_broker::resources::stream_name(info.kind, &args.namespace, &args.name);
-        let mut log = sluice_proto::admin::log_client::LogClient::connect(format!("http://{}", args.admin)).await?;
-        let mut cluster =
-            sluice_proto::admin::cluster_client::ClusterClient::connect(format!("http://{}", args.admin)).await?;
-        let partitions = cluster.status(sluice_proto::admin::StatusRequest {}).await?.into_inner().partitions;
-        println!("Events ({stream}):");
-        println!("  {:<10} {:>12} {:>12} {:>10}", "PARTITION", "START", "END", "RETAINED");
+        let stream = sluice_broker::resources::stream_name(info.kind, &s("/metadata/namespace"), &s("/metadata/name"));
+        let mut log = sluice_proto::admin::log_client::LogClient::connect(format!("http://{admin}")).await?;
+        let mut cluster = crate::cluster_cmd::connect(admin).await?;
+        let partitions =
+            cluster.status(sluice_proto::admin::StatusRequest {}).await.map_err(from_status)?.into_inner().partitions;
+        let mut rows = vec![["PARTITION", "START", "END", "RETAINED"].map(String::from).to_vec()];
         for partition in 0..partitions {
             let reply = log
                 .read(sluice_proto::admin::ReadRequest {
@@ -307,22 +938,203 @@ pub async fn describe(args: DescribeArgs) -> Result<()> {
                     max_records: 1,
                     max_bytes: 0,
                 })
-                .await?
+                .await
+                .map_err(from_status)?
                 .into_inner();
-            println!(
-                "  {:<10} {:>12} {:>12} {:>10}",
-                partition,
-                reply.start_offset,
-                reply.end_offset,
-                reply.end_offset - reply.start_offset
-            );
+            rows.push(vec![
+                partition.to_string(),
+                reply.start_offset.to_string(),
+                reply.end_offset.to_string(),
+                reply.end_offset.saturating_sub(reply.start_offset).to_string(),
+            ]);
+        }
+        outln!("Events ({stream}):")?;
+        for line in table::format_table(&rows) {
+            outln!("  {line}")?;
         }
     }
-    println!("Conditions:");
-    println!("  {:<24} {:<8} {:<24} MESSAGE", "TYPE", "STATUS", "REASON");
-    for c in object.pointer("/status/conditions").and_then(|c| c.as_array()).into_iter().flatten() {
-        let f = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-        println!("  {:<24} {:<8} {:<24} {}", f("type"), f("status"), f("reason"), f("message"));
+    outln!("Conditions:")?;
+    let mut rows = vec![["TYPE", "STATUS", "REASON", "MESSAGE"].map(String::from).to_vec()];
+    for condition in object.pointer("/status/conditions").and_then(Value::as_array).into_iter().flatten() {
+        rows.push(["/type", "/status", "/reason", "/message"].iter().map(|p| text_at(condition, p)).collect());
+    }
+    for line in table::format_table(&rows) {
+        outln!("  {line}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn display_names_of_mixed_manifests() {
+        let trigger = json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "metadata": {"name": "t"}});
+        assert_eq!(display_name(&trigger), "trigger.eventing.knative.dev/t");
+        let imc =
+            json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "metadata": {"name": "c"}});
+        assert_eq!(display_name(&imc), "inmemorychannel.messaging.knative.dev/c");
+        // The core group has no group part, as in kubectl's `service/x`.
+        assert_eq!(
+            display_name(&json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}})),
+            "service/x"
+        );
+        // Without apiVersion, the group Sluice knows for the kind.
+        assert_eq!(
+            display_name(&json!({"kind": "Broker", "metadata": {"name": "b"}})),
+            "broker.eventing.knative.dev/b"
+        );
+        assert_eq!(display_name(&json!({"kind": "Widget", "metadata": {"name": "w"}})), "widget/w");
+        assert_eq!(
+            display_name(&json!({"apiVersion": "eventing.knative.dev/v1", "metadata": {"name": "n"}})),
+            "<no kind>/n"
+        );
+        assert_eq!(
+            display_name(&json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger"})),
+            "trigger.eventing.knative.dev/<no name>"
+        );
+        assert_eq!(display_name(&json!({})), "<no kind>/<no name>");
+        assert_eq!(display_name(&json!(["a list"])), "<not an object>");
+    }
+
+    #[test]
+    fn targets_read_as_kubectl_reads_them() -> Result<()> {
+        let described = |args: &[&str]| -> Result<Vec<(String, Option<String>)>> {
+            Ok(parse_targets(&strings(args))?.into_iter().map(|t| (t.kind.kind.to_string(), t.name)).collect())
+        };
+        assert_eq!(described(&["triggers"])?, [("Trigger".into(), None)]);
+        assert_eq!(
+            described(&["trigger", "a", "b"])?,
+            [("Trigger".into(), Some("a".into())), ("Trigger".into(), Some("b".into()))]
+        );
+        assert_eq!(described(&["brokers,triggers"])?, [("Broker".into(), None), ("Trigger".into(), None)]);
+        assert_eq!(described(&["broker,brokers,imc"])?, [("Broker".into(), None), ("InMemoryChannel".into(), None)]);
+        assert_eq!(
+            described(&["trigger/a", "broker/default"])?,
+            [("Trigger".into(), Some("a".into())), ("Broker".into(), Some("default".into()))]
+        );
+        assert!(parse_targets(&strings(&["trigger/a", "b"])).is_err(), "mixed forms");
+        assert!(parse_targets(&strings(&["trigger", "broker/b"])).is_err());
+        assert!(parse_targets(&strings(&["pods"])).is_err());
+        assert!(parse_targets(&strings(&["trigger/"])).is_err());
+        assert!(parse_targets(&[]).is_err());
+        assert!(single_object_implied(&parse_targets(&strings(&["trigger", "a"]))?));
+        assert!(single_object_implied(&parse_targets(&strings(&["trigger/a"]))?));
+        assert!(!single_object_implied(&parse_targets(&strings(&["trigger", "a", "b"]))?));
+        assert!(!single_object_implied(&parse_targets(&strings(&["triggers"]))?));
+        Ok(())
+    }
+
+    fn trigger(name: &str, uri: &str, created: &str) -> Value {
+        json!({
+            "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+            "metadata": {"name": name, "namespace": "default", "creationTimestamp": created, "generation": 2},
+            "spec": {"broker": "default", "subscriber": {"uri": uri}},
+            "status": {"subscriberUri": uri, "conditions": [{"type": "Ready", "status": "True"}]},
+        })
+    }
+
+    #[test]
+    fn trigger_tables_have_knatives_columns_sized_to_their_content() -> Result<()> {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z")?.to_utc();
+        let long = "http://subscriber.with-a-very-long-host-name.example.com:8080/deliver/here";
+        let objects = [trigger("a", "http://x/", "2026-01-01T11:59:15Z"), trigger("b", long, "2026-01-01T11:57:00Z")];
+        let info = resolve_kind("triggers")?;
+        let (lines, _) = table_lines(info, &objects, Layout::default(), now);
+        let pad = |text: &str, width: usize| format!("{text:<width$}");
+        let uri_width = long.len() + 3;
+        assert_eq!(
+            lines,
+            [
+                format!("NAME   BROKER    {}AGE   READY   REASON", pad("SUBSCRIBER_URI", uri_width)),
+                format!("a      default   {}45s   True", pad("http://x/", uri_width)),
+                format!("b      default   {}3m    True", pad(long, uri_width)),
+            ]
+        );
+        let wide = Layout { all_namespaces: true, wide: true, show_kind: true };
+        let (lines, _) = table_lines(info, &objects[..1], wide, now);
+        assert_eq!(
+            lines,
+            [
+                "NAMESPACE   NAME                             BROKER    SUBSCRIBER_URI   AGE   READY   REASON   GENERATION",
+                "default     trigger.eventing.knative.dev/a   default   http://x/        45s   True             2",
+            ]
+        );
+        let broker = json!({"metadata": {"name": "default", "namespace": "default"},
+                            "status": {"address": {"url": "http://127.0.0.1:8080/default/default"}}});
+        let (lines, _) = table_lines(resolve_kind("broker")?, &[broker], Layout::default(), now);
+        assert_eq!(lines[0], "NAME      URL                                     AGE         READY     REASON");
+        assert_eq!(lines[1], "default   http://127.0.0.1:8080/default/default   <unknown>   Unknown");
+        let (lines, _) = table_lines(resolve_kind("sub")?, &[], Layout::default(), now);
+        assert_eq!(lines, ["NAME   AGE   READY   REASON"]);
+        Ok(())
+    }
+
+    #[test]
+    fn outputs_other_than_tables() -> Result<()> {
+        let objects =
+            vec![trigger("a", "http://x/", "2026-01-01T11:59:15Z"), trigger("b", "http://y/", "2026-01-01T11:59:15Z")];
+        let info = resolve_kind("trigger")?;
+        let found = Found { blocks: vec![(info, objects)], missing: Vec::new() };
+        let list = document(&found, false);
+        assert_eq!(list["kind"], "List");
+        assert_eq!(list["items"].as_array().map(Vec::len), Some(2));
+        let one = Found { blocks: vec![(info, vec![trigger("a", "http://x/", "")])], missing: Vec::new() };
+        assert_eq!(document(&one, true)["kind"], "Trigger", "one object asked for by name is shown by itself");
+        assert_eq!(document(&one, false)["kind"], "List");
+        let names: Vec<String> = found.objects().map(|(info, o)| object_name(info, o)).collect();
+        assert_eq!(
+            format_document(&Output::Name, &list, &names)?,
+            "trigger.eventing.knative.dev/a\ntrigger.eventing.knative.dev/b\n"
+        );
+        let template = parse_output("jsonpath={range .items[*]}{.metadata.name}={.status.subscriberUri}{\"\\n\"}{end}");
+        let template = template.map_err(|e| anyhow::anyhow!(e))?;
+        assert_eq!(format_document(&template, &list, &names)?, "a=http://x/\nb=http://y/\n");
+        assert!(parse_output("jsonpath={.a").is_err());
+        assert!(parse_output("go-template={{.a}}").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_watch_skips_only_the_initial_added_events_of_listed_objects() {
+        let object = |name: &str, version: &str| json!({"metadata": {"name": name, "namespace": "default", "resourceVersion": version}});
+        let listed = [object("a", "5")];
+        let shown: BTreeMap<(String, String), Value> = listed.iter().map(|o| (object_key(o), o.clone())).collect();
+        let (added, modified, deleted) = (
+            resource_event::Type::Added as i32,
+            resource_event::Type::Modified as i32,
+            resource_event::Type::Deleted as i32,
+        );
+        assert!(is_shown_already(&shown, added, &object("a", "5")), "listed at this version");
+        assert!(!is_shown_already(&shown, added, &object("a", "6")), "changed between the watch and the list");
+        assert!(!is_shown_already(&shown, added, &object("b", "7")), "new");
+        assert!(!is_shown_already(&shown, modified, &object("a", "5")));
+        assert!(!is_shown_already(&shown, deleted, &object("a", "5")));
+    }
+
+    #[test]
+    fn dry_run_suffixes_are_kubectls() {
+        assert_eq!(DryRun::None.suffix(), "");
+        assert_eq!(DryRun::Client.suffix(), " (dry run)");
+        assert_eq!(DryRun::Server.suffix(), " (server dry run)");
+    }
+
+    #[test]
+    fn not_found_reads_as_kubectl() -> Result<()> {
+        let status = error_status(ErrorCode::ResourceNotFound, "Trigger default/nope not found");
+        let error = not_found(resolve_kind("trigger")?, "nope", &status);
+        assert_eq!(
+            error.to_string(),
+            "Error from server (NotFound): triggers.eventing.knative.dev \"nope\" not found (RESOURCE_NOT_FOUND 1008)"
+        );
+        assert_eq!(error.exit_code, 3);
+        Ok(())
+    }
 }

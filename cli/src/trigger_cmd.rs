@@ -100,8 +100,8 @@ pub fn status_json(status: &ConsumerStatus) -> serde_json::Value {
 
 fn print_status(status: &ConsumerStatus, output: &str) -> Result<()> {
     match output {
-        "json" => println!("{}", serde_json::to_string_pretty(&status_json(status))?),
-        "yaml" => print!("{}", serde_yaml::to_string(&status_json(status))?),
+        "json" => outln!("{}", serde_json::to_string_pretty(&status_json(status))?)?,
+        "yaml" => out!("{}", serde_yaml::to_string(&status_json(status))?)?,
         _ => {
             let consumer = status.consumer.clone().unwrap_or_default();
             let state = match (status.paused, status.dispatchable) {
@@ -109,17 +109,30 @@ fn print_status(status: &ConsumerStatus, output: &str) -> Result<()> {
                 (false, true) => "delivering".to_string(),
                 (false, false) => format!("waiting: {}", status.reason),
             };
-            println!(
+            outln!(
                 "{} {}/{}  {}  backlog {}",
-                consumer.kind, consumer.namespace, consumer.name, state, status.backlog
-            );
-            println!("  stream {}  subscriber {}", status.stream, status.subscriber_uri);
-            println!(
+                consumer.kind,
+                consumer.namespace,
+                consumer.name,
+                state,
+                status.backlog
+            )?;
+            outln!("  stream {}  subscriber {}", status.stream, status.subscriber_uri)?;
+            outln!(
                 "{:>9} {:>10} {:>10} {:>8} {:>9} {:>8} {:>10} {:>8} {:>8} {:>6}",
-                "PARTITION", "COMMITTED", "END", "BACKLOG", "OLDEST", "INFLIGHT", "DELIVERED", "RETRIED", "DEAD", "DLQ"
-            );
+                "PARTITION",
+                "COMMITTED",
+                "END",
+                "BACKLOG",
+                "OLDEST",
+                "INFLIGHT",
+                "DELIVERED",
+                "RETRIED",
+                "DEAD",
+                "DLQ"
+            )?;
             for p in &status.partitions {
-                println!(
+                outln!(
                     "{:>9} {:>10} {:>10} {:>8} {:>9} {:>8} {:>10} {:>8} {:>8} {:>6}",
                     p.partition,
                     p.committed_offset,
@@ -131,7 +144,7 @@ fn print_status(status: &ConsumerStatus, output: &str) -> Result<()> {
                     p.retried,
                     p.dead_lettered,
                     p.dead_letter_count
-                );
+                )?;
             }
         }
     }
@@ -156,13 +169,13 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Pause { target } => {
             let mut client = connect(&target.admin).await?;
             let status = client.pause(target.reference()).await.map_err(from_status)?.into_inner();
-            println!("paused {}/{}; backlog {}", target.namespace, target.name, status.backlog);
+            outln!("paused {}/{}; backlog {}", target.namespace, target.name, status.backlog)?;
             Ok(())
         }
         Command::Resume { target } => {
             let mut client = connect(&target.admin).await?;
             let status = client.resume(target.reference()).await.map_err(from_status)?.into_inner();
-            println!("resumed {}/{}; backlog {}", target.namespace, target.name, status.backlog);
+            outln!("resumed {}/{}; backlog {}", target.namespace, target.name, status.backlog)?;
             Ok(())
         }
         Command::Replay { target, to_offset, to_time, partition, follow } => {
@@ -175,10 +188,10 @@ pub async fn run(command: Command) -> Result<()> {
             let request = ReplayRequest { consumer: Some(target.reference()), to: Some(to), partition, wait: true };
             let reply = client.replay(request).await.map_err(from_status)?.into_inner();
             for t in &reply.targets {
-                println!("partition {}: {} -> {}", t.partition, t.from_offset, t.to_offset);
+                outln!("partition {}: {} -> {}", t.partition, t.from_offset, t.to_offset)?;
             }
             if !reply.applied {
-                println!("requested; the dispatchers apply it within one commit interval");
+                outln!("requested; the dispatchers apply it within one commit interval")?;
             }
             if follow {
                 let total: u64 = reply.targets.iter().map(|t| t.from_offset.saturating_sub(t.to_offset)).sum();

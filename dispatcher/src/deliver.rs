@@ -290,7 +290,7 @@ fn with_error_attributes(event: &CloudEvent, failure: &Failure, offset: Option<u
     let attributes = &mut event.attributes;
     attributes.insert("knativeerrordest".into(), AttrValue::String(failure.destination.clone()));
     match failure.status {
-        Some(status) => attributes.insert("knativeerrorcode".into(), AttrValue::String(status.to_string())),
+        Some(status) => attributes.insert("knativeerrorcode".into(), AttrValue::Integer(i64::from(status))),
         None => attributes.remove("knativeerrorcode"),
     };
     let data = &failure.data[..failure.data.len().min(MAX_ERROR_DATA_BYTES)];

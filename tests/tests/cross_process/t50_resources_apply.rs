@@ -95,11 +95,11 @@ async fn knative_yaml_applies_and_reads_back_across_nodes_and_restarts() -> anyh
     )?;
     let (code, _, stderr) =
         sluice(args(&["apply", "-f", invalid.to_str().unwrap_or_default(), "--admin", &admin1])).await?;
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 4, "{stderr}"); // refused: exit 4 (docs/operations.md)
     assert!(stderr.contains("document 0") && stderr.contains("spec.filter.attributes[Type]"), "{stderr}");
     assert!(stderr.contains("document 1") && stderr.contains("spec.delivery.retry"), "{stderr}");
     let (code, _, _) = sluice(args(&["get", "trigger", "bad", "--admin", &admin1])).await?;
-    assert_eq!(code, 1, "a refused object is not stored");
+    assert_eq!(code, 3, "a refused object is not stored");
 
     // Immutable: a Trigger cannot move to another broker.
     let moved = std::fs::read_to_string(fixture_path.as_str())?
@@ -107,7 +107,7 @@ async fn knative_yaml_applies_and_reads_back_across_nodes_and_restarts() -> anyh
     std::fs::write(&changed, moved)?;
     let (code, _, stderr) =
         sluice(args(&["apply", "-f", changed.to_str().unwrap_or_default(), "--admin", &admin1])).await?;
-    assert_eq!(code, 1);
+    assert_eq!(code, 4);
     assert!(stderr.contains("spec.broker: field is immutable"), "{stderr}");
 
     // Everything survives a restart of every node.
@@ -127,7 +127,7 @@ async fn knative_yaml_applies_and_reads_back_across_nodes_and_restarts() -> anyh
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.lines().count(), 5);
     let (code, _, _) = sluice(args(&["get", "broker", "default", "--admin", &admin1])).await?;
-    assert_eq!(code, 1);
+    assert_eq!(code, 3);
     let _ = std::fs::remove_file(changed);
     let _ = std::fs::remove_file(invalid);
     Ok(())
@@ -214,7 +214,7 @@ async fn invalid_objects_are_refused_with_their_field_path_and_nothing_is_stored
         .collect();
     assert!(expected.len() >= 30, "{} cases", expected.len());
     let (code, stdout, stderr) = sluice(args(&["apply", "-f", fixture, "--admin", &node.admin])).await?;
-    assert_eq!(code, 1, "{stdout}");
+    assert_eq!(code, 4, "{stdout}");
     assert!(stdout.trim().is_empty(), "nothing applied: {stdout}");
     for (index, path) in expected.iter().enumerate() {
         let line = stderr
