@@ -24,7 +24,8 @@ use crate::transport::TransportService;
 
 #[derive(Clone, Debug)]
 pub struct Listen {
-    pub peer: String,
+    /// The Raft peer listener; `None` for a node that will never have peers (one-node `sluice dev`).
+    pub peer: Option<String>,
     pub http: String,
     pub admin: String,
 }
@@ -32,7 +33,7 @@ pub struct Listen {
 /// A running node and the addresses it actually listens on.
 pub struct RunningNode {
     pub node: Node,
-    pub peer_addr: SocketAddr,
+    pub peer_addr: Option<SocketAddr>,
     pub http_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -78,11 +79,15 @@ pub async fn start(
     ingress_limits: IngressLimits,
     extra_admin: Option<ExtraAdminRoutes>,
 ) -> Result<RunningNode, BrokerError> {
-    let peer = bind("--peer-listen", &listen.peer).await?;
+    let peer = match &listen.peer {
+        Some(addr) => Some(bind("--peer-listen", addr).await?),
+        None => None,
+    };
     let http = bind("--http", &listen.http).await?;
     let admin = bind("--admin", &listen.admin).await?;
     let local = |l: &TcpListener| l.local_addr().map_err(|e| BrokerError::io("listener address", e));
-    let (peer_addr, http_addr, admin_addr) = (local(&peer)?, local(&http)?, local(&admin)?);
+    let peer_addr = peer.as_ref().map(local).transpose()?;
+    let (http_addr, admin_addr) = (local(&http)?, local(&admin)?);
     let snapshot_root: PathBuf = settings.data_dir.join("snapshots");
     let metrics = crate::telemetry::prometheus();
     let node = Node::open(settings).await?;
@@ -97,17 +102,19 @@ pub async fn start(
     let transport = RaftTransportServer::new(TransportService::new(node.clone(), snapshot_root))
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
-    let rx = shutdown.subscribe();
-    tasks.push(tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(transport)
-            .serve_with_incoming_shutdown(nodelay(peer), stopped(rx))
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "peer server stopped");
-        }
-    }));
+    if let Some(peer) = peer {
+        let rx = shutdown.subscribe();
+        tasks.push(tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(transport)
+                .serve_with_incoming_shutdown(nodelay(peer), stopped(rx))
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "peer server stopped");
+            }
+        }));
+    }
 
     let rx = shutdown.subscribe();
     let admin_node = node.clone();

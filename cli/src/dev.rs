@@ -27,9 +27,10 @@ pub struct DevArgs {
     /// Admin gRPC address; with --nodes, node N uses this port + N - 1.
     #[arg(long, default_value = "127.0.0.1:9090")]
     admin: String,
-    /// Raft peer address; with --nodes, node N uses this port + N - 1.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    peer_listen: String,
+    /// Raft peer address; with --nodes, node N uses this port + N - 1 (default 127.0.0.1:7070). One node binds
+    /// none unless this is given (say it to add nodes to a dev node later).
+    #[arg(long)]
+    peer_listen: Option<String>,
     /// Number of local nodes: 1 runs in this process, more run as child processes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=9))]
     nodes: u64,
@@ -62,6 +63,13 @@ fn default_broker() -> serde_json::Value {
     })
 }
 
+/// Where a dev cluster's nodes listen for Raft peers by default (node N: this port + N - 1).
+const DEFAULT_PEER_LISTEN: &str = "127.0.0.1:7070";
+
+fn member_peer_addr(peer_listen: Option<&str>) -> String {
+    peer_listen.unwrap_or(DEFAULT_PEER_LISTEN).to_string()
+}
+
 pub async fn run(args: DevArgs) -> Result<()> {
     if args.nodes == 1 { run_single(args).await } else { run_cluster(args).await }
 }
@@ -69,9 +77,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
 async fn run_single(args: DevArgs) -> Result<()> {
     let settings = settings(1, args.data.clone(), &args.tuning, &args.ingress)?;
     let listen = Listen { peer: args.peer_listen.clone(), http: args.http.clone(), admin: args.admin.clone() };
+    // The member address recorded in the cluster config: the listener's, or the one a later --peer-listen
+    // would use by default.
+    let member_addr = member_peer_addr(args.peer_listen.as_deref());
     let running = server::start(settings, listen, args.ingress.limits(), Some(crate::node_cmd::extra_admin())).await?;
     if running.node.cluster_config().is_none() {
-        let members = [(1, running.peer_addr.to_string())].into_iter().collect();
+        let members = [(1, running.peer_addr.map(|a| a.to_string()).unwrap_or(member_addr))].into_iter().collect();
         let config = ClusterConfig::new(args.partitions.unwrap_or(1), members)?;
         running.node.init_cluster(config).await.context("initialising the dev cluster")?;
         let record = sluice_broker::admin::resource_record(&default_broker().to_string(), &running.node)
@@ -82,7 +93,10 @@ async fn run_single(args: DevArgs) -> Result<()> {
     println!("sluice dev: 1 node, {partitions} partition(s), data in {}", args.data.display());
     println!("  http   http://{}  (/healthz, /readyz, /metrics; events: POST /default/default)", running.http_addr);
     println!("  admin  {}  (gRPC: sluice.admin.v1)", running.admin_addr);
-    println!("  peer   {}", running.peer_addr);
+    match running.peer_addr {
+        Some(peer) => println!("  peer   {peer}  (Raft)"),
+        None => println!("  peer   none (one node; --peer-listen to bind one)"),
+    }
     println!("Ctrl-C stops it; restarting on the same --data keeps everything.");
     let dispatcher = crate::node_cmd::start_dispatcher(&running, &args.tuning)?;
     crate::shutdown_signal().await;
@@ -118,7 +132,8 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
     let mut members = Vec::new();
     for id in 1..=args.nodes {
         let offset = id - 1;
-        let peer = with_port_offset("--peer-listen", &args.peer_listen, offset)?;
+        let peer =
+            with_port_offset("--peer-listen", args.peer_listen.as_deref().unwrap_or(DEFAULT_PEER_LISTEN), offset)?;
         let http = with_port_offset("--http", &args.http, offset)?;
         let admin = with_port_offset("--admin", &args.admin, offset)?;
         let data = args.data.join(format!("node-{id}"));

@@ -185,11 +185,11 @@ pub fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &IngressAr
 pub async fn run(args: NodeArgs) -> Result<()> {
     let mut settings = settings(args.id, args.data.clone(), &args.tuning, &args.ingress)?;
     settings.peer_routes = args.peer_routes.iter().cloned().collect();
-    let listen = Listen { peer: args.peer_listen.clone(), http: args.http.clone(), admin: args.admin.clone() };
+    let listen = Listen { peer: Some(args.peer_listen.clone()), http: args.http.clone(), admin: args.admin.clone() };
     let running = server::start(settings, listen, args.ingress.limits(), Some(extra_admin())).await?;
     tracing::info!(
         node = args.id,
-        peer = %running.peer_addr,
+        peer = ?running.peer_addr,
         http = %running.http_addr,
         admin = %running.admin_addr,
         data = %args.data.display(),

@@ -875,4 +875,35 @@ mod tests {
         policy.apply_annotations(json!({"sluice.dev/backoff-max": "250ms"}).as_object()).expect("short");
         assert_eq!(policy.backoff_max_ms, Some(250));
     }
+
+    proptest::proptest! {
+        /// A wait is the schedule's backoff plus at most the jitter fraction of it, never above the cap or
+        /// [`MAX_DELAY_MS`], and jitter never shortens it.
+        #[test]
+        fn backoff_and_jitter_stay_in_their_bounds(
+            delay_ms in 0u64..100_000,
+            exponential in proptest::bool::ANY,
+            attempt in 1u32..80,
+            jitter_permille in 0u32..=1000,
+            sample in 0.0f64..1.0,
+            cap in proptest::option::of(1u64..10_000_000),
+        ) {
+            let policy = DeliveryPolicy {
+                backoff_delay_ms: delay_ms,
+                backoff_policy: if exponential { BackoffPolicy::Exponential } else { BackoffPolicy::Linear },
+                backoff_jitter_permille: jitter_permille,
+                backoff_max_ms: cap,
+                ..DeliveryPolicy::default()
+            };
+            let base = policy.backoff_ms(attempt);
+            let wait = policy.wait_ms(attempt, sample);
+            let ceiling = cap.unwrap_or(MAX_DELAY_MS).min(MAX_DELAY_MS);
+            proptest::prop_assert!(base <= MAX_DELAY_MS);
+            proptest::prop_assert!(wait <= ceiling);
+            proptest::prop_assert!(wait >= base.min(ceiling), "jitter never shortens a wait");
+            let most = base as f64 * (1.0 + f64::from(jitter_permille) / 1000.0);
+            proptest::prop_assert!(wait as f64 <= most + 1.0);
+            proptest::prop_assert!(policy.backoff_ms(attempt + 1) >= base, "the schedule never shrinks");
+        }
+    }
 }

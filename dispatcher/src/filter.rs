@@ -846,4 +846,47 @@ mod tests {
         let nothing = event(json!({"type": "com.example.unknown", "source": "/s/unknown"}));
         assert_eq!(index.matching_counted(&nothing), (Vec::new(), 10));
     }
+
+    proptest::proptest! {
+        /// The index answers exactly what evaluating every filter answers (docs/dispatch.md), for random filters
+        /// (legacy attributes, `exact`, `prefix`, combined) and random events over a small alphabet, so that
+        /// collisions are common.
+        #[test]
+        fn index_equals_linear_scan(
+            specs in proptest::collection::vec((0u8..4, "[ab]", "[xy]{0,2}", proptest::bool::ANY), 1..24),
+            events in proptest::collection::vec(("[ab]", "[xy]{0,2}", proptest::option::of("[xy]{0,2}")), 1..12),
+        ) {
+            let compiled: Vec<(usize, CompiledFilter)> = specs
+                .iter()
+                .enumerate()
+                .map(|(i, (dialect, ty, value, with_subject))| {
+                    // `exact` and `prefix` refuse empty values; legacy attributes read "" as "any value".
+                    let non_empty = if value.is_empty() { "x" } else { value.as_str() };
+                    let filter = match dialect {
+                        0 => legacy(&[("type", ty.as_str()), ("source", value.as_str())]),
+                        1 => filters(json!([{"exact": {"type": ty}}])),
+                        2 => filters(json!([{"prefix": {"source": non_empty}}])),
+                        _ => filters(json!([{"exact": {"source": non_empty}}, {"exact": {"type": ty}}])),
+                    };
+                    let filter = if *with_subject && *dialect == 0 {
+                        legacy(&[("type", ty.as_str()), ("subject", "")])
+                    } else {
+                        filter
+                    };
+                    (i, filter)
+                })
+                .collect();
+            let index = FilterIndex::new(compiled.clone());
+            for (ty, source, subject) in &events {
+                let mut e = Event::new();
+                e.insert("type".into(), ty.as_str().into());
+                e.insert("source".into(), source.as_str().into());
+                if let Some(subject) = subject {
+                    e.insert("subject".into(), subject.as_str().into());
+                }
+                let expected: Vec<usize> = compiled.iter().filter(|(_, f)| f.matches(&e)).map(|(k, _)| *k).collect();
+                proptest::prop_assert_eq!(index.matching(&e), expected);
+            }
+        }
+    }
 }

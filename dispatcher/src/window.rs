@@ -285,4 +285,80 @@ mod tests {
             }
         }
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Admit { gap: u64, key: Option<u8> },
+        StartFirstReady,
+        SettleInFlight(usize),
+        Skip(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u64..3, proptest::option::of(0u8..3)).prop_map(|(gap, key)| Op::Admit { gap, key }),
+            Just(Op::StartFirstReady),
+            (0usize..8).prop_map(Op::SettleInFlight),
+            (0u64..4).prop_map(Op::Skip),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever happens: the watermark never goes back and never passes an unsettled event; the window never
+        /// holds more than its room; in ordered mode one event per key is in flight, and a key's events start in
+        /// log order.
+        #[test]
+        fn window_invariants(ordered in proptest::bool::ANY, room in 1usize..6, ops in proptest::collection::vec(op(), 1..80)) {
+            let ordering = if ordered { Ordering::Ordered } else { Ordering::Unordered };
+            let mut window = Window::new(ordering, room, 10);
+            let mut keys: BTreeMap<u64, Option<String>> = BTreeMap::new();
+            let mut in_flight: Vec<u64> = Vec::new();
+            let mut started_per_key: HashMap<Option<String>, u64> = HashMap::new();
+            let mut watermark = window.watermark();
+            for op in ops {
+                match op {
+                    Op::Admit { gap, key } => {
+                        let offset = window.scanned_to() + gap;
+                        let key = key.map(|k| format!("k{k}"));
+                        if window.admit(offset, key.clone()) {
+                            keys.insert(offset, key);
+                        }
+                    }
+                    Op::StartFirstReady => {
+                        let first_ready = window.ready().next();
+                        if let Some(offset) = first_ready {
+                            proptest::prop_assert!(window.start(offset));
+                            in_flight.push(offset);
+                            let key = keys[&offset].clone();
+                            if ordered {
+                                let earlier_pending = keys.range(..offset).any(|(_, k)| *k == key);
+                                proptest::prop_assert!(!earlier_pending, "a key's events start in log order");
+                                let busy = in_flight.iter().filter(|o| keys.get(o) == Some(&key)).count();
+                                proptest::prop_assert_eq!(busy, 1, "one event per key in flight");
+                            }
+                            let last = started_per_key.insert(key, offset);
+                            proptest::prop_assert!(!ordered || last.is_none_or(|l| l < offset));
+                        }
+                    }
+                    Op::SettleInFlight(i) => {
+                        if !in_flight.is_empty() {
+                            let offset = in_flight.remove(i % in_flight.len());
+                            proptest::prop_assert!(window.settle(offset));
+                            keys.remove(&offset);
+                        }
+                    }
+                    Op::Skip(n) => window.skip_to(window.scanned_to() + n),
+                }
+                proptest::prop_assert!(window.pending() <= room);
+                proptest::prop_assert_eq!(window.pending(), keys.len());
+                let now = window.watermark();
+                proptest::prop_assert!(now >= watermark, "the watermark never goes back");
+                if let Some(lowest) = keys.keys().next() {
+                    proptest::prop_assert!(now <= *lowest, "the watermark never passes an unsettled event");
+                }
+                watermark = now;
+            }
+        }
+    }
 }

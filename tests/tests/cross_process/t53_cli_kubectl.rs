@@ -532,3 +532,40 @@ async fn dead_letter_error_code_is_an_integer() -> anyhow::Result<()> {
     assert_eq!(dead["attributes"]["knativeerrorcode"], 500, "{dead}");
     Ok(())
 }
+
+/// `sluice dev` bound a Raft peer port (7070) that the README did not mention, though one node never has
+/// peers: it now listens on its HTTP and admin ports only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_dev_with_one_node_binds_no_peer_port() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let (http, admin) = (sluice_tests::free_addr(), sluice_tests::free_addr());
+    let mut child = tokio::process::Command::new(sluice_tests::sluice_bin())
+        .args(["dev", "--http", &http, "--admin", &admin, "--data"])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("sluice dev has no pid"))?;
+    let mut lines = BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?).lines();
+    let mut printed = Vec::new();
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await?? {
+        let ready = line.starts_with("Ctrl-C stops it");
+        printed.push(line);
+        if ready {
+            break;
+        }
+    }
+    assert!(printed.iter().any(|l| l.trim_start().starts_with("peer   none")), "{printed:?}");
+    let listening = Command::new("ss").args(["-ltnpH"]).output()?;
+    let owned = String::from_utf8_lossy(&listening.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    let ports: Vec<&str> = owned.iter().filter_map(|l| l.split_whitespace().nth(3)).collect();
+    assert_eq!(ports.len(), 2, "only HTTP and admin: {owned:?}");
+    assert!(ports.contains(&http.as_str()) && ports.contains(&admin.as_str()), "{ports:?} vs {http} {admin}");
+    child.kill().await?;
+    Ok(())
+}
