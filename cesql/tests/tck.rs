@@ -1,7 +1,7 @@
 //! Runs the official CESQL v1 conformance suite (TCK) against the engine.
 
 use serde_json::{Map, Value as Json};
-use serde_yaml::Value as Yaml;
+use serde_yaml_ng::Value as Yaml;
 use sluice_cesql::{self as cesql, EvalError, Value};
 
 /// `../shared/specs/cesql-tck` next to the repository, found from `CARGO_MANIFEST_DIR` at run time (cargo
@@ -124,7 +124,7 @@ fn cesql_tck() {
     let mut failures = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).expect("TCK file readable");
-        let suite: Yaml = serde_yaml::from_str(&text).expect("TCK file is valid YAML");
+        let suite: Yaml = serde_yaml_ng::from_str(&text).expect("TCK file is valid YAML");
         let file_name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tests = suite["tests"].as_sequence().expect("TCK file has a tests list");
         let raw = raw_expressions(&text);

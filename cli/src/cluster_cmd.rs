@@ -213,7 +213,7 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
             let reply = status(&admin).await?;
             match output.as_str() {
                 "json" => outln!("{}", serde_json::to_string_pretty(&status_value(&reply))?)?,
-                "yaml" => out!("{}", serde_yaml::to_string(&status_value(&reply)).context("encoding YAML")?)?,
+                "yaml" => out!("{}", serde_yaml_ng::to_string(&status_value(&reply)).context("encoding YAML")?)?,
                 _ => print_status_table(&reply)?,
             }
             Ok(())

@@ -90,7 +90,7 @@ pub async fn run(command: Command) -> Result<()> {
             let listing = || serde_json::json!({"total": list.total, "deadLetters": list.dead_letters.iter().map(dead_letter_json).collect::<Vec<_>>()});
             match output.as_str() {
                 "json" => outln!("{}", serde_json::to_string_pretty(&listing())?)?,
-                "yaml" => out!("{}", serde_yaml::to_string(&listing())?)?,
+                "yaml" => out!("{}", serde_yaml_ng::to_string(&listing())?)?,
                 _ => {
                     outln!("{} dead letter(s)", list.total)?;
                     outln!(

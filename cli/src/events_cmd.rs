@@ -303,7 +303,7 @@ async fn tail(args: TailArgs) -> Result<(), Failure> {
         match output {
             "json" => writeln!(out, "{}", event_json_text(&event, false))?,
             "yaml" => {
-                let yaml = serde_yaml::to_string(&event_json(&event)).map_err(|e| anyhow::anyhow!(e))?;
+                let yaml = serde_yaml_ng::to_string(&event_json(&event)).map_err(|e| anyhow::anyhow!(e))?;
                 write!(out, "---\n{yaml}")?
             }
             _ => writeln!(out, "{}", table_row(&event))?,
@@ -322,7 +322,7 @@ fn print_events(output: &str, events: &[LoggedEvent]) -> Result<(), Failure> {
         }
         "yaml" => {
             let json: Vec<serde_json::Value> = events.iter().map(event_json).collect();
-            write!(out, "{}", serde_yaml::to_string(&json).map_err(|e| anyhow::anyhow!(e))?)?;
+            write!(out, "{}", serde_yaml_ng::to_string(&json).map_err(|e| anyhow::anyhow!(e))?)?;
         }
         _ => {
             writeln!(out, "{}", table_header())?;

@@ -254,7 +254,7 @@ fn read_documents(files: &[PathBuf]) -> Result<Vec<(String, usize, Value)>> {
                 std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
             )
         };
-        for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        for (index, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
             let value: Value = serde::Deserialize::deserialize(document)
                 .map_err(|e| anyhow::anyhow!("{name}: document {index}: not valid YAML: {e}"))?;
             if !value.is_null() {
@@ -607,7 +607,7 @@ fn document(found: &Found, single: bool) -> Value {
 fn format_document(output: &Output, document: &Value, names: &[String]) -> Result<String> {
     Ok(match output {
         Output::Json => format!("{}\n", serde_json::to_string_pretty(document)?),
-        Output::Yaml => serde_yaml::to_string(document)?,
+        Output::Yaml => serde_yaml_ng::to_string(document)?,
         Output::JsonPath(template) => template.render(document),
         Output::Name => names.iter().map(|name| format!("{name}\n")).collect(),
         Output::Table | Output::Wide => String::new(),
@@ -740,7 +740,7 @@ fn print_tables(found: &Found, layout: Layout, scope: &ScopeArgs) -> Result<()> 
 /// One object of a watch, in a format other than a table.
 fn print_watched(output: &Output, info: &KindInfo, object: &Value) -> Result<()> {
     let text = match output {
-        Output::Yaml => format!("---\n{}", serde_yaml::to_string(object)?),
+        Output::Yaml => format!("---\n{}", serde_yaml_ng::to_string(object)?),
         Output::JsonPath(template) => template.render(object),
         output => format_document(output, object, &[object_name(info, object)])?,
     };
@@ -918,7 +918,7 @@ async fn describe_object(admin: &str, info: &KindInfo, object: &Value) -> Result
         }
     }
     outln!("Spec:")?;
-    for line in serde_yaml::to_string(object.get("spec").unwrap_or(&Value::Null))?.lines() {
+    for line in serde_yaml_ng::to_string(object.get("spec").unwrap_or(&Value::Null))?.lines() {
         outln!("  {line}")?;
     }
     if matches!(info.kind, "Broker" | "Channel" | "InMemoryChannel") {

@@ -101,7 +101,7 @@ pub fn status_json(status: &ConsumerStatus) -> serde_json::Value {
 fn print_status(status: &ConsumerStatus, output: &str) -> Result<()> {
     match output {
         "json" => outln!("{}", serde_json::to_string_pretty(&status_json(status))?)?,
-        "yaml" => out!("{}", serde_yaml::to_string(&status_json(status))?)?,
+        "yaml" => out!("{}", serde_yaml_ng::to_string(&status_json(status))?)?,
         _ => {
             let consumer = status.consumer.clone().unwrap_or_default();
             let state = match (status.paused, status.dispatchable) {

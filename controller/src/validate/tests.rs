@@ -693,7 +693,7 @@ fn every_knative_field_set_once_validates_and_the_model_keeps_it() {
 fn knative_fixtures_still_validate() {
     let text = include_str!("../../../tests/fixtures/knative.yaml");
     let mut count = 0;
-    for document in serde_yaml::Deserializer::from_str(text) {
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
         let object: Value = serde::Deserialize::deserialize(document).expect("YAML");
         if object.is_null() {
             continue;

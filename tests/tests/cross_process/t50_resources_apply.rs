@@ -134,7 +134,7 @@ async fn knative_yaml_applies_and_reads_back_across_nodes_and_restarts() -> anyh
 }
 
 fn serde_yaml_value(text: &str) -> anyhow::Result<serde_json::Value> {
-    Ok(serde_yaml::from_str(text)?)
+    Ok(serde_yaml_ng::from_str(text)?)
 }
 
 fn ready(object: &serde_json::Value) -> (String, String) {
