@@ -1,44 +1,39 @@
-//! Sluice's broker: CloudEvents ingress over HTTP, the replicated durable
-//! log, and the node that serves both.
+//! Sluice's broker: CloudEvents ingress over HTTP, the replicated durable log, and the node that serves both.
 //!
-//! What flows through it: an event POSTed to a broker ([`ingress`]) is
-//! parsed and validated ([`cloudevent`]), stored as a record. An append (stream name, partition, payloads) enters
-//! a node ([`Node::append`]), goes to the leader of that partition's Raft
-//! group (forwarded one hop if needed), waits in the group's
-//! [`batcher`] to be coalesced with other appends into one Raft entry, is
-//! replicated and fsynced on a quorum ([`store::WalSyncer`] covers all groups
-//! with one fsync), and is applied by the group's state machine, which gives
-//! each record its offset in its stream. Readers ([`Node::read`]) read the
-//! applied streams of the node they ask.
+//! The folders follow an event: it is POSTed to [`ingress`] (the HTTP binding), published by the [`node`]
+//! (Knative attributes, encoding, partition, dedupe keys) as an append to its partition's Raft group, which
+//! [`raft`] coalesces and forwards to the group's leader ([`transport`] carries it between nodes) and proposes
+//! as one entry ([`command`]: what an entry holds and what applying it answers); once a quorum has it fsynced,
+//! the [`store`]'s state machine applies it, giving each record its offset in its stream, and readers
+//! ([`Node::read`], [`admin`]'s Events API, the dispatcher) read the applied streams. [`server`] starts the
+//! node and serves its three ports (HTTP, admin gRPC, the Raft transport). [`ids`] is the leaf everything
+//! names; [`resources`] maps Knative objects to streams and settings.
 //!
-//! Groups: one metadata group (cluster config, later the resources) and one
-//! group per partition; all share one RocksDB and one gRPC transport. See
-//! `docs/architecture.md`.
+//! Groups: one metadata group (cluster config and resources) and one group per partition; all share one
+//! RocksDB and one gRPC transport. See `docs/architecture.md`.
 
 pub mod admin;
-pub mod admin_events;
-pub mod batcher;
-pub mod cluster;
+pub mod command;
 pub mod error;
-pub mod forward;
-pub mod forward_batcher;
-pub mod group;
-pub mod http;
 pub mod ids;
 pub mod ingress;
-pub mod keys;
-pub mod network;
 pub mod node;
-pub mod raft_types;
+pub mod raft;
 pub mod resources;
-pub mod retention;
 pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod transport;
 
+pub use admin::{resource_record, status_of};
+pub use command::{ClusterConfig, OffsetCommit, parse_members};
 pub use error::BrokerError;
-pub use node::{Node, NodeSettings};
+pub use ingress::IngressLimits;
+pub use node::publish::{PublishError, publish};
+pub use node::{Node, NodeSettings, ReadLimits};
+pub use raft::{AppendLimits, RaftTuning};
+pub use resources::{DEFAULT_BROKER_TTL, IngressSettings, stream_name};
+pub use server::{ExtraAdminRoutes, Listen, RunningNode};
 /// The CloudEvent model lives in its own crate (no storage); re-exported so `sluice_broker::cloudevent` paths
 /// keep working.
 pub use sluice_cloudevent as cloudevent;

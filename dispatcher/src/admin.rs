@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde_json::Value;
+use sluice_broker::IngressSettings;
 use sluice_broker::Node;
-use sluice_broker::admin_errors::{ErrorCode, error_status};
-use sluice_broker::raft_types::ResourceKey;
-use sluice_broker::resources::IngressSettings;
+use sluice_broker::ids::ResourceKey;
 use sluice_cloudevent::{AttrValue, CloudEvent, EventData};
 use sluice_controller::status::Environment;
 use sluice_proto::admin::consumers_server::{Consumers, ConsumersServer};
@@ -24,6 +23,7 @@ use sluice_proto::admin::{
     ConsumerRef, ConsumerStatus, DeadLetter, DeadLetterList, ListDeadLettersRequest, PartitionStatus, PurgeReply,
     PurgeRequest, RedriveProgress, RedriveRequest, ReplayReply, ReplayRequest, ReplayTarget, replay_request,
 };
+use sluice_proto::errors::{ErrorCode, error_status};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -198,8 +198,8 @@ impl ConsumersAdmin {
             }
         }
         let mut changes = self.node.watch_resources().ok_or_else(|| internal("the node is shutting down"))?;
-        let record = sluice_broker::admin::resource_record(&object.to_string(), &self.node)?;
-        self.node.put_resource(record).await.map_err(sluice_broker::admin::status_of)?;
+        let record = sluice_broker::resource_record(&object.to_string(), &self.node)?;
+        self.node.put_resource(record).await.map_err(sluice_broker::status_of)?;
         // Answer once every partition's dispatcher has taken the change into account (as this node sees it),
         // so that a pause means nothing new is delivered from then on; or after PAUSE_WAIT with what is known.
         let deadline = tokio::time::Instant::now() + PAUSE_WAIT;
@@ -276,7 +276,7 @@ impl Consumers for ConsumersAdmin {
             self.node
                 .commit_offsets(partition, vec![stats::request_replay(&found.cursor, to_offset)])
                 .await
-                .map_err(sluice_broker::admin::status_of)?;
+                .map_err(sluice_broker::status_of)?;
             targets.push(ReplayTarget { partition, from_offset, to_offset });
         }
         let mut applied = false;
@@ -420,7 +420,7 @@ impl DeadLetters for ConsumersAdmin {
                     }
                 }
                 if let Err(e) = node.trim(partition, &stream, end).await {
-                    let _ = tx.send(Err(sluice_broker::admin::status_of(e))).await;
+                    let _ = tx.send(Err(sluice_broker::status_of(e))).await;
                     return;
                 }
             }
@@ -438,7 +438,7 @@ impl DeadLetters for ConsumersAdmin {
         for partition in 0..self.node.partitions() {
             let extent = self.node.read(&stream, partition, 0, 1, 0).map_err(internal)?;
             if extent.end_offset > extent.start_offset {
-                self.node.trim(partition, &stream, extent.end_offset).await.map_err(sluice_broker::admin::status_of)?;
+                self.node.trim(partition, &stream, extent.end_offset).await.map_err(sluice_broker::status_of)?;
                 purged += extent.end_offset - extent.start_offset;
             }
         }
@@ -452,7 +452,5 @@ async fn redrive_to_broker(node: &Node, spec: &ConsumerSpec, event: CloudEvent) 
     let settings = IngressSettings { dedupe_window: None, ..settings.clone() };
     let mut event = event;
     event.attributes.remove("knativearrivaltime");
-    sluice_broker::ingress::publish(node, stream, &settings, vec![event], crate::deliver::MAX_REPLY_EVENT_BYTES)
-        .await
-        .is_ok()
+    sluice_broker::publish(node, stream, &settings, vec![event], crate::deliver::MAX_REPLY_EVENT_BYTES).await.is_ok()
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde_json::Value;
-use sluice_broker::resources::{IngressSettings, stream_name};
+use sluice_broker::{IngressSettings, stream_name};
 use sluice_controller::model::Destination;
 use sluice_controller::status::{Environment, World, resolve};
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use sluice_broker::Node;
-use sluice_broker::ingress::{self, PublishError};
+use sluice_broker::{PublishError, publish};
 use sluice_cloudevent::{AttrValue, CloudEvent};
 
 use crate::consumer::{ConsumerSpec, DeadLetterMode, Format, ReplyTarget};
@@ -237,7 +237,7 @@ async fn handle_reply(
     let ttl = original
         .get("knativebrokerttl")
         .and_then(|v| v.to_canonical_string().trim().parse::<i64>().ok())
-        .unwrap_or(sluice_broker::resources::DEFAULT_BROKER_TTL)
+        .unwrap_or(sluice_cloudevent::DEFAULT_BROKER_TTL)
         - 1;
     reply.attributes.remove("knativearrivaltime");
     match &spec.reply {
@@ -257,7 +257,7 @@ async fn handle_reply(
                 return Ok(());
             }
             reply.attributes.insert("knativebrokerttl".into(), AttrValue::Integer(ttl));
-            match ingress::publish(&ctx.node, stream, settings, vec![reply], MAX_REPLY_EVENT_BYTES).await {
+            match publish(&ctx.node, stream, settings, vec![reply], MAX_REPLY_EVENT_BYTES).await {
                 Ok(_) => {
                     metrics::counter!("sluice_dispatch_replies_total", "consumer" => spec.name.clone()).increment(1);
                     Ok(())

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_broker::raft_types::OffsetCommit;
+use sluice_broker::OffsetCommit;
 use sluice_cloudevent::CloudEvent;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};

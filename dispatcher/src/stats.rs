@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use sluice_broker::raft_types::OffsetCommit;
+use sluice_broker::OffsetCommit;
 
 pub const DELIVERED: &str = "delivered";
 pub const RETRIED: &str = "retried";

@@ -13,11 +13,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{WalSyncer, cf, io_err};
-use crate::keys::{
+use crate::command::{Entry, GroupId, LogId, TypeConfig, Vote, decode, encode};
+use crate::store::keys::{
     CF_RAFT_LOG, CF_RAFT_STATE, RAFT_STATE_COMMITTED, RAFT_STATE_LAST_PURGED, RAFT_STATE_VOTE, group_end, log_index_of,
     log_key, tag_key,
 };
-use crate::raft_types::{Entry, GroupId, LogId, TypeConfig, Vote, decode, encode};
 
 #[derive(Clone)]
 pub struct GroupLogStore {

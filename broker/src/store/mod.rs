@@ -7,6 +7,7 @@
 //!   RocksDB unsynced and then wait for one shared `fsync` of the WAL; one
 //!   fsync covers every append written before it, whatever its group.
 
+pub mod keys;
 mod log_store;
 mod snapshot;
 mod state_machine;
@@ -23,7 +24,7 @@ pub use state_machine::{AppliedConfig, GroupStateMachine, Raft, ReadBatch, Store
 pub use wal_sync::WalSyncer;
 
 use crate::error::BrokerError;
-use crate::keys::ALL_CFS;
+use crate::store::keys::ALL_CFS;
 
 /// The node's storage: the RocksDB instance and the snapshot directory.
 #[derive(Clone)]
@@ -52,7 +53,7 @@ impl Store {
         let cfs = ALL_CFS.iter().map(|name| {
             let mut cf_options = Options::default();
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            if *name == crate::keys::CF_DEDUPE {
+            if *name == crate::store::keys::CF_DEDUPE {
                 // Every appended event looks its dedupe key up, and almost every lookup misses: bloom
                 // filters (memtable and SST) answer a miss without searching.
                 let mut table = rocksdb::BlockBasedOptions::default();

@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use super::{cf, io_err};
-use crate::keys::{CF_SM_STATE, SM_APPLIED, SM_MEMBERSHIP, STATE_MACHINE_CFS, group_end, group_prefix, tag_key};
-use crate::raft_types::{GroupId, LogId, SnapshotMeta, StoredMembership, decode, encode};
+use crate::command::{GroupId, LogId, SnapshotMeta, StoredMembership, decode, encode};
+use crate::store::keys::{CF_SM_STATE, SM_APPLIED, SM_MEMBERSHIP, STATE_MACHINE_CFS, group_end, group_prefix, tag_key};
 
 const MAGIC: &[u8] = b"SLUICESNAP1\n";
 /// A snapshot of a group's state machine, as openraft hands it around.
-pub type Snapshot = openraft::alias::SnapshotOf<crate::raft_types::TypeConfig, SnapshotFile>;
+pub type Snapshot = openraft::alias::SnapshotOf<crate::command::TypeConfig, SnapshotFile>;
 
 /// A snapshot's meta without its data (`*.meta`): what a group records when it builds a snapshot, so that
 /// openraft may purge the log. The data is written only when a follower needs it ([`write_snapshot`]).

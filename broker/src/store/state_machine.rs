@@ -27,23 +27,23 @@ use super::snapshot::{self, SnapshotFile};
 use super::{cf, io_err};
 use sluice_controller::meta::{ApplyOutcome, merge_for_apply};
 
-use crate::raft_types::ResourceRecord;
+use crate::command::ResourceRecord;
 
-use crate::cluster::ClusterConfig;
-use crate::keys::{
+use crate::command::cluster_config::ClusterConfig;
+use crate::command::{
+    Appended, GroupId, LogCommand, LogId, LogResponse, NodeId, OffsetCommit, ResourceKey, SnapshotMeta,
+    StoredMembership, StreamAppend, TypeConfig, decode, encode,
+};
+use crate::store::keys::{
     CF_DEDUPE, CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBER_REMOVALS, SM_MEMBERSHIP,
     SM_OFFSET, SM_RESOURCE, SM_STREAM, dedupe_expiry_key, dedupe_seen_key, event_key, event_offset_of, event_value,
     group_end, offset_key, resource_key, split_dedupe_expiry_key, split_event_value, split_resource_key,
     stream_state_key, tag_key, time_index_key, time_index_offset_of,
 };
-use crate::raft_types::{
-    Appended, GroupId, LogCommand, LogId, LogResponse, NodeId, OffsetCommit, ResourceKey, SnapshotMeta,
-    StoredMembership, StreamAppend, TypeConfig, decode, encode,
-};
 use crate::store::snapshot::Snapshot;
 
 /// A group's Raft: openraft over this state machine.
-pub type Raft = openraft::Raft<crate::raft_types::TypeConfig, GroupStateMachine>;
+pub type Raft = openraft::Raft<crate::command::TypeConfig, GroupStateMachine>;
 
 /// Where a stream stands, persisted in `sm_state` under its name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

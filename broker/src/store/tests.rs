@@ -10,7 +10,7 @@ use openraft::vote::RaftLeaderId;
 use openraft::{RaftSnapshotBuilder, StorageError};
 
 use super::*;
-use crate::raft_types::{LogCommand, StreamAppend, TypeConfig};
+use crate::command::{LogCommand, StreamAppend, TypeConfig};
 use crate::store::StreamExtent;
 
 struct RocksBuilder;
@@ -45,12 +45,12 @@ fn append(stream: &str, arrival_ms: u64, payloads: &[&str]) -> StreamAppend {
     }
 }
 
-fn entry(index: u64, command: LogCommand) -> crate::raft_types::Entry {
+fn entry(index: u64, command: LogCommand) -> crate::command::Entry {
     let log_id = openraft::LogId::new(openraft::impls::leader_id_adv::LeaderId::new(1, 1).to_committed(), index);
     openraft::Entry { log_id, payload: openraft::EntryPayload::Normal(command) }
 }
 
-async fn apply(sm: &mut GroupStateMachine, entries: Vec<crate::raft_types::Entry>) {
+async fn apply(sm: &mut GroupStateMachine, entries: Vec<crate::command::Entry>) {
     let items = entries.into_iter().map(|e| Ok((e, None)));
     sm.apply(stream::iter(items)).await.expect("apply");
 }
@@ -172,9 +172,9 @@ async fn a_snapshot_installs_the_same_streams_elsewhere() {
 
 #[test]
 fn raft_messages_round_trip_through_postcard() {
-    use crate::raft_types::{decode, encode};
+    use crate::command::{decode, encode};
     let e = entry(7, LogCommand::Append(vec![append("s", 1, &["payload"])]));
-    let back: crate::raft_types::Entry = decode(&encode(&e).expect("encode")).expect("decode");
+    let back: crate::command::Entry = decode(&encode(&e).expect("encode")).expect("decode");
     assert_eq!(back, e);
     let vote = openraft::impls::Vote::new(3, 2);
     let request = openraft::raft::VoteRequest::<TypeConfig>::new(vote, Some(e.log_id));
@@ -208,8 +208,8 @@ async fn trimming_moves_the_start_and_keeps_offsets() {
     assert_eq!(view.extent("s"), StreamExtent { start_offset: 4, end_offset: 4, retained_bytes: 0 });
 }
 
-fn commit(cursor: &str, offset: u64, reset: bool) -> crate::raft_types::OffsetCommit {
-    crate::raft_types::OffsetCommit { cursor: cursor.to_string(), offset, reset }
+fn commit(cursor: &str, offset: u64, reset: bool) -> crate::command::OffsetCommit {
+    crate::command::OffsetCommit { cursor: cursor.to_string(), offset, reset }
 }
 
 #[tokio::test]
@@ -325,7 +325,7 @@ fn dedupe_append(arrival_ms: u64, keys: &[&str]) -> StreamAppend {
         stream: "d".to_string(),
         arrival_ms,
         payloads: keys.iter().map(|k| Bytes::copy_from_slice(k.as_bytes())).collect(),
-        dedupe: Some(crate::raft_types::Dedupe {
+        dedupe: Some(crate::command::Dedupe {
             window_ms: 100,
             keys: keys.iter().map(|k| Bytes::copy_from_slice(k.as_bytes())).collect(),
         }),
@@ -354,7 +354,7 @@ async fn dedupe_keys_expire_after_the_window_scan_after_scan() {
     assert_eq!(sm.view().end_offset("d"), 501, "r0k0 expired long ago");
     let dedupe_keys = store
         .db()
-        .iterator_cf(cf(store.db(), crate::keys::CF_DEDUPE).expect("cf"), rocksdb::IteratorMode::Start)
+        .iterator_cf(cf(store.db(), crate::store::keys::CF_DEDUPE).expect("cf"), rocksdb::IteratorMode::Start)
         .count();
     // Only keys seen within the last window (plus their expiry entries) remain: not all 500.
     assert!(dedupe_keys < 100, "{dedupe_keys} dedupe keys left");
@@ -368,7 +368,7 @@ async fn member_changes_apply_to_the_current_list_and_record_removals() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_store, mut sm) = open(dir.path(), 0);
     let members = |ids: &[u64]| ids.iter().map(|id| (*id, format!("10.0.0.{id}:7070"))).collect();
-    let config = crate::cluster::ClusterConfig::new(2, members(&[1, 2, 3])).expect("config");
+    let config = crate::command::cluster_config::ClusterConfig::new(2, members(&[1, 2, 3])).expect("config");
     apply(&mut sm, vec![entry(1, LogCommand::InitCluster(config))]).await;
     // Node 4 added through one node while node 3 is removed through another: both stand.
     apply(

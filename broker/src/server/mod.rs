@@ -2,6 +2,8 @@
 //! starts), opens the node, and serves the Raft transport, admin gRPC and HTTP
 //! until shutdown.
 
+pub mod raft_service;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -15,12 +17,12 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::AdminService;
-use crate::admin_events::EventsService;
+use crate::admin::events::EventsService;
 use crate::error::BrokerError;
 use crate::ingress::{Ingress, IngressLimits};
-use crate::network::MAX_PEER_MESSAGE_BYTES;
 use crate::node::{Node, NodeSettings};
-use crate::transport::TransportService;
+use crate::server::raft_service::TransportService;
+use crate::transport::client::MAX_PEER_MESSAGE_BYTES;
 
 #[derive(Clone, Debug)]
 pub struct Listen {
@@ -92,7 +94,7 @@ pub async fn start(
     let metrics = crate::telemetry::prometheus();
     let node = Node::open(settings).await?;
     // Detached, as the node's other background loops: it ends with the runtime.
-    tokio::spawn(crate::retention::run(node.clone(), node.settings().retention_check_interval));
+    tokio::spawn(crate::node::retention::run(node.clone(), node.settings().retention_check_interval));
     let (shutdown, _) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -156,8 +158,8 @@ pub async fn start(
 
     let rx = shutdown.subscribe();
     let ingress = Ingress::new(node.clone(), ingress_limits.clone());
-    let app = crate::http::router(node.clone(), metrics, ingress);
-    tasks.push(tokio::spawn(crate::http::serve(http, app, ingress_limits, stopped(rx))));
+    let app = crate::ingress::http::router(node.clone(), metrics, ingress);
+    tasks.push(tokio::spawn(crate::ingress::http::serve(http, app, ingress_limits, stopped(rx))));
 
     Ok(RunningNode { node, peer_addr, http_addr, admin_addr, shutdown, tasks })
 }

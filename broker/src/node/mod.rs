@@ -1,6 +1,9 @@
 //! A Sluice node: the store, the metadata group, the partition groups of the
 //! cluster config, and the write/read API the servers and later crates use.
 
+pub mod publish;
+pub mod retention;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -12,18 +15,18 @@ use openraft::error::{ChangeMembershipError, ClientWriteError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use tokio::sync::watch;
 
-use crate::batcher::AppendLimits;
-use crate::cluster::ClusterConfig;
-use crate::error::BrokerError;
-use crate::forward::{ForwardedReply, ForwardedWrite, MembershipOp, MembershipOutcome, WriteFailure};
-use crate::group::{Group, RaftTuning};
-use crate::network::PeerClients;
-use crate::raft_types::{
+use crate::command::cluster_config::ClusterConfig;
+use crate::command::forward::{ForwardedReply, ForwardedWrite, MembershipOp, MembershipOutcome, WriteFailure};
+use crate::command::{
     Appended, Dedupe, GroupId, LogCommand, LogResponse, METADATA_GROUP, NodeId, OffsetCommit, ResourceKey,
     ResourceRecord, StreamAppend, group_name, partition_group,
 };
+use crate::error::BrokerError;
+use crate::raft::append_batcher::AppendLimits;
+use crate::raft::group::{Group, RaftTuning};
 use crate::store::AppliedConfig;
 use crate::store::{Raft, ReadBatch, Store};
+use crate::transport::client::PeerClients;
 
 /// Bounds of one read.
 #[derive(Clone, Debug)]
@@ -447,10 +450,18 @@ impl Node {
             // Metadata commands are idempotent (applying one twice changes
             // nothing more), so a lost leadership is simply retried.
             ForwardedWrite::Command(command) => {
-                match tokio::time::timeout(crate::batcher::COMMIT_TIMEOUT, group.raft.client_write(command)).await {
+                match tokio::time::timeout(
+                    crate::raft::append_batcher::COMMIT_TIMEOUT,
+                    group.raft.client_write(command),
+                )
+                .await
+                {
                     Err(_) => Err(WriteFailure::Indeterminate {
                         group: group_id,
-                        reason: format!("not committed within {:?} (no quorum?)", crate::batcher::COMMIT_TIMEOUT),
+                        reason: format!(
+                            "not committed within {:?} (no quorum?)",
+                            crate::raft::append_batcher::COMMIT_TIMEOUT
+                        ),
                     }),
                     Ok(Ok(response)) => Ok(ForwardedReply::Response(response.response().clone())),
                     Ok(Err(e)) => match e.forward_to_leader() {
@@ -840,8 +851,11 @@ async fn run_membership(group: &Group, op: MembershipOp) -> Result<MembershipOut
                 return Ok(MembershipOutcome::Done);
             }
             let change = ChangeMembers::AddVoterIds(BTreeSet::from([node]));
-            match tokio::time::timeout(crate::batcher::COMMIT_TIMEOUT, group.raft.change_membership(change, false))
-                .await
+            match tokio::time::timeout(
+                crate::raft::append_batcher::COMMIT_TIMEOUT,
+                group.raft.change_membership(change, false),
+            )
+            .await
             {
                 Err(_) => {
                     return Err(WriteFailure::Indeterminate {
@@ -867,8 +881,11 @@ async fn run_membership(group: &Group, op: MembershipOp) -> Result<MembershipOut
             } else {
                 ChangeMembers::RemoveNodes(BTreeSet::from([node]))
             };
-            match tokio::time::timeout(crate::batcher::COMMIT_TIMEOUT, group.raft.change_membership(change, false))
-                .await
+            match tokio::time::timeout(
+                crate::raft::append_batcher::COMMIT_TIMEOUT,
+                group.raft.change_membership(change, false),
+            )
+            .await
             {
                 Err(_) => {
                     return Err(WriteFailure::Indeterminate {
@@ -938,7 +955,7 @@ async fn watch_group_leadership(raft: Raft, leadership: Arc<watch::Sender<u64>>)
 /// as a learner, or as a voter of the configuration it is moving to. During a
 /// removal the joint configuration's last half no longer has the node; during
 /// an add the node is a learner, then a voter.
-fn listed_in_metadata_membership(stored: &crate::raft_types::StoredMembership, node: NodeId) -> Option<u64> {
+fn listed_in_metadata_membership(stored: &crate::command::StoredMembership, node: NodeId) -> Option<u64> {
     let membership = stored.membership();
     let listed = membership.learner_ids().any(|id| id == node)
         || membership.get_joint_config().last().is_some_and(|voters| voters.contains(&node));
@@ -948,7 +965,7 @@ fn listed_in_metadata_membership(stored: &crate::raft_types::StoredMembership, n
 /// Whether `node` belongs to the cluster: listed in the member list, or
 /// listed in a metadata membership newer than the entry that last removed it
 /// from the member list (see [`watch_cluster_config`]).
-fn belongs(applied: &AppliedConfig, membership: &crate::raft_types::StoredMembership, node: NodeId) -> bool {
+fn belongs(applied: &AppliedConfig, membership: &crate::command::StoredMembership, node: NodeId) -> bool {
     let removed_at = applied.removed_at.get(&node).copied().unwrap_or(0);
     applied.config.is_member(node)
         || listed_in_metadata_membership(membership, node).is_some_and(|index| index > removed_at)
@@ -1090,7 +1107,7 @@ mod tests {
         assert!(matches!(validate_cursor_name(""), Err(BrokerError::InvalidCursor { .. })));
     }
 
-    fn stored(index: u64, voters: &[&[NodeId]], learners: &[NodeId]) -> crate::raft_types::StoredMembership {
+    fn stored(index: u64, voters: &[&[NodeId]], learners: &[NodeId]) -> crate::command::StoredMembership {
         use openraft::vote::RaftLeaderId;
         let configs: Vec<BTreeSet<NodeId>> = voters.iter().map(|ids| ids.iter().copied().collect()).collect();
         let mut nodes: BTreeMap<NodeId, BasicNode> =

@@ -1,5 +1,14 @@
 //! The types every Raft group of a node agrees on: openraft's type config,
 //! the commands stored in Raft entries and what applying them answers.
+//!
+//! A leaf of the write path: the store applies these, the transport carries them, Raft groups agree on them.
+//! [`cluster_config`] is the cluster's membership and partition count (the first thing the metadata group
+//! commits); [`forward`] is what a follower forwards to its group's leader and what it gets back.
+
+pub mod cluster_config;
+pub mod forward;
+
+pub use cluster_config::{ClusterConfig, parse_members};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,7 +16,6 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::ClusterConfig;
 pub use crate::ids::{GroupId, METADATA_GROUP, NodeId, ResourceKey, group_name, partition_group};
 
 openraft::declare_raft_types!(

@@ -18,9 +18,9 @@ use tonic::{Request, Response, Status};
 use crate::admin::status_of;
 use crate::admin_errors::{ErrorCode, error_status};
 use crate::cloudevent::{CloudEvent, EventData};
+use crate::command::ResourceKey;
 use crate::error::BrokerError;
 use crate::node::{Node, validate_stream_name};
-use crate::raft_types::ResourceKey;
 use crate::store::StoredRecord;
 
 /// Events per `Read` page when the request does not say.

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use sluice_controller::validate::{parse_duration, parse_size};
 
+use crate::command::partition_group;
 use crate::node::Node;
-use crate::raft_types::partition_group;
 use crate::store::StreamExtent;
 
 pub const ANNOTATION_RETENTION: &str = "sluice.dev/retention";

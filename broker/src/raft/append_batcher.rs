@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::forward::WriteFailure;
-use crate::raft_types::{Appended, GroupId, LogCommand, LogResponse, StreamAppend, group_name};
+use crate::command::forward::WriteFailure;
+use crate::command::{Appended, GroupId, LogCommand, LogResponse, StreamAppend, group_name};
 use crate::store::Raft;
 
 /// Bounds of the append path of one group.

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::command::{Appended, GroupId, LogCommand, LogResponse, NodeId, StreamAppend};
 use crate::error::BrokerError;
-use crate::raft_types::{Appended, GroupId, LogCommand, LogResponse, NodeId, StreamAppend};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ForwardedWrite {
@@ -14,7 +14,7 @@ pub enum ForwardedWrite {
     Command(LogCommand),
     /// A change of the group's Raft membership or leadership, run by its leader.
     Membership(MembershipOp),
-    /// Appends a follower coalesced ([`crate::forward_batcher`]); each is answered on its own.
+    /// Appends a follower coalesced ([`crate::raft::forward_batcher`]); each is answered on its own.
     AppendBatch(Vec<StreamAppend>),
 }
 

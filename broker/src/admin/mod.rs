@@ -4,6 +4,8 @@
 //! `INVALID_ARGUMENT` or `NOT_FOUND`; `UNAVAILABLE` may or may not have
 //! written (the caller must not assume either).
 
+pub mod events;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -23,10 +25,10 @@ use sluice_proto::admin::{
 };
 
 use crate::admin_errors::{ErrorCode, error_status};
-use crate::cluster::ClusterConfig;
+use crate::command::cluster_config::ClusterConfig;
+use crate::command::{NodeId, ResourceKey, ResourceRecord};
 use crate::error::BrokerError;
 use crate::node::Node;
-use crate::raft_types::{NodeId, ResourceKey, ResourceRecord};
 use sluice_controller::model::KINDS;
 use sluice_controller::status::{Environment, World, with_status};
 use sluice_controller::validate_object;

@@ -4,17 +4,17 @@
 //! One RPC per request made the peer transport (HTTP/2 framing, protobuf, a task per call) the largest
 //! cost of a 3-node cluster. Requests wait in a bounded queue; the sender takes the first waiting one and
 //! everything else already waiting for the same leader (up to the entry's record and byte limits), sends
-//! them as one `AppendBatch`, and answers each request with its own outcome. Like [`crate::batcher`] it
+//! them as one `AppendBatch`, and answers each request with its own outcome. Like [`crate::raft::append_batcher`] it
 //! never waits for more to arrive, and at most `MAX_IN_FLIGHT_RPCS` batches per group are on the wire.
 
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::batcher::{AppendLimits, Queue, check_append_size, fill_batch};
-use crate::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
-use crate::network::PeerClients;
-use crate::raft_types::{Appended, GroupId, StreamAppend, group_name};
+use crate::command::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
+use crate::command::{Appended, GroupId, StreamAppend, group_name};
+use crate::raft::append_batcher::{AppendLimits, Queue, check_append_size, fill_batch};
+use crate::transport::client::PeerClients;
 
 const MAX_IN_FLIGHT_RPCS: usize = 8;
 

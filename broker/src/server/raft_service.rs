@@ -9,9 +9,9 @@ use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
+use crate::command::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
+use crate::command::{GroupId, SnapshotMeta, Vote, decode, encode};
 use crate::node::Node;
-use crate::raft_types::{GroupId, SnapshotMeta, Vote, decode, encode};
 use crate::store::Snapshot;
 use crate::store::SnapshotFile;
 

@@ -16,8 +16,8 @@ use sluice_proto::raft::{ForwardRequest, GroupMessage, SnapshotChunk};
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
-use crate::raft_types::{GroupId, NodeId, TypeConfig, Vote, decode, encode};
+use crate::command::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
+use crate::command::{GroupId, NodeId, TypeConfig, Vote, decode, encode};
 use crate::store::Snapshot;
 use crate::store::SnapshotFile;
 

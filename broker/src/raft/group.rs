@@ -7,13 +7,13 @@ use std::sync::Arc;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{Config, ServerState, SnapshotPolicy};
 
-use crate::batcher::{AppendBatcher, AppendLimits};
+use crate::command::{GroupId, NodeId, group_name};
 use crate::error::BrokerError;
-use crate::forward_batcher::ForwardBatcher;
-use crate::network::{NetworkFactory, PeerClients};
-use crate::raft_types::{GroupId, NodeId, group_name};
+use crate::raft::append_batcher::{AppendBatcher, AppendLimits};
+use crate::raft::forward_batcher::ForwardBatcher;
 use crate::store::Raft;
 use crate::store::{GroupLogStore, GroupStateMachine, Store, StreamView};
+use crate::transport::client::{NetworkFactory, PeerClients};
 
 /// Timing and log-compaction settings shared by all groups of a node.
 #[derive(Clone, Debug)]
