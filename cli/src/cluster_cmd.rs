@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use sluice_broker::cluster::parse_members;
+use sluice_broker::parse_members;
 use sluice_proto::admin::cluster_client::ClusterClient;
 use sluice_proto::admin::{
     AddNodeRequest, InitRequest, Member, RemoveNodeRequest, StatusReply, StatusRequest, TransferLeaderRequest,

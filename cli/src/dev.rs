@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use sluice_broker::cluster::ClusterConfig;
+use sluice_broker::ClusterConfig;
 use sluice_broker::server::{self, Listen};
 use tokio::process::{Child, Command};
 
@@ -85,7 +85,7 @@ async fn run_single(args: DevArgs) -> Result<()> {
         let members = [(1, running.peer_addr.map(|a| a.to_string()).unwrap_or(member_addr))].into_iter().collect();
         let config = ClusterConfig::new(args.partitions.unwrap_or(1), members)?;
         running.node.init_cluster(config).await.context("initialising the dev cluster")?;
-        let record = sluice_broker::admin::resource_record(&default_broker().to_string(), &running.node)
+        let record = sluice_broker::resource_record(&default_broker().to_string(), &running.node)
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
         running.node.put_resource(record).await.context("creating the default broker")?;
     }

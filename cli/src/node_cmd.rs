@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use sluice_broker::batcher::AppendLimits;
-use sluice_broker::group::RaftTuning;
-use sluice_broker::ingress::IngressLimits;
-use sluice_broker::node::{NodeSettings, ReadLimits};
+use sluice_broker::AppendLimits;
+use sluice_broker::IngressLimits;
+use sluice_broker::RaftTuning;
 use sluice_broker::server::{self, Listen};
+use sluice_broker::{NodeSettings, ReadLimits};
 
 #[derive(Args, Clone, Debug)]
 pub struct NodeArgs {

@@ -923,7 +923,7 @@ async fn describe_object(admin: &str, info: &KindInfo, object: &Value) -> Result
     }
     if matches!(info.kind, "Broker" | "Channel" | "InMemoryChannel") {
         // Events of interest: what the stream holds, per partition.
-        let stream = sluice_broker::resources::stream_name(info.kind, &s("/metadata/namespace"), &s("/metadata/name"));
+        let stream = sluice_broker::stream_name(info.kind, &s("/metadata/namespace"), &s("/metadata/name"));
         let mut log = sluice_proto::admin::log_client::LogClient::connect(format!("http://{admin}")).await?;
         let mut cluster = crate::cluster_cmd::connect(admin).await?;
         let partitions =
