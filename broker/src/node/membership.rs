@@ -1,0 +1,409 @@
+//! Membership: adding and removing cluster members and moving leadership (one change at a time, each run to
+//! completion in a task of its own), and whether this node still belongs to the cluster, decided again from the
+//! current state each time the cluster config or the metadata group's membership changes.
+
+use super::*;
+
+impl Node {
+    /// Stops serving the partition groups: this node was removed from the cluster.
+    pub(super) async fn stop_partitions(&self) {
+        self.inner.removed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let stopped: Vec<Arc<Group>> = match self.inner.groups.write() {
+            Ok(mut groups) => {
+                let ids: Vec<GroupId> = groups.keys().copied().filter(|g| *g != METADATA_GROUP).collect();
+                ids.iter().filter_map(|id| groups.remove(id)).collect()
+            }
+            Err(_) => return,
+        };
+        for group in stopped {
+            if let Err(e) = group.raft.shutdown().await {
+                tracing::warn!(group = %group_name(group.id), error = %e, "raft shutdown");
+            }
+        }
+        self.inner.leadership.send_modify(|v| *v = v.wrapping_add(1));
+        tracing::warn!("this node was removed from the cluster: its partition groups are stopped");
+    }
+
+    /// Every group of the cluster config: metadata first, then the partitions.
+    pub(super) fn cluster_groups(config: &ClusterConfig) -> Vec<GroupId> {
+        std::iter::once(METADATA_GROUP).chain((0..config.partitions).map(partition_group)).collect()
+    }
+
+    /// Runs `op` on `group`'s leader until it is done (asking again while a
+    /// learner catches up or another change commits), for a bounded time.
+    pub(super) async fn membership(&self, group_id: GroupId, op: MembershipOp) -> Result<(), BrokerError> {
+        let deadline = tokio::time::Instant::now() + MEMBERSHIP_DEADLINE;
+        let group = self.group(group_id)?;
+        loop {
+            let outcome = self.write(group_id, ForwardedWrite::Membership(op.clone())).await;
+            let last_error = match outcome {
+                Ok(ForwardedReply::Membership(MembershipOutcome::Done)) => return Ok(()),
+                Ok(ForwardedReply::Membership(MembershipOutcome::Refused(reason))) => {
+                    return Err(BrokerError::MembershipRefused(format!("{}: {reason}", group_name(group_id))));
+                }
+                Ok(ForwardedReply::Membership(MembershipOutcome::CatchingUp)) => None,
+                Ok(other) => {
+                    return Err(BrokerError::Bug { group: group_id, reason: format!("unexpected reply {other:?}") });
+                }
+                Err(e) if e.is_retryable() => Some(e),
+                Err(e) => return Err(e),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last_error.unwrap_or_else(|| {
+                    BrokerError::MembershipRefused(format!(
+                        "{}: {op:?} did not finish within {MEMBERSHIP_DEADLINE:?}",
+                        group_name(group_id)
+                    ))
+                }));
+            }
+            {
+                // Wait for the group to change (new leader, new membership, progress) before asking again.
+                let mut metrics = group.raft.metrics();
+                let wait = Duration::from_millis(self.inner.settings.tuning.election_timeout_max_ms);
+                let _ = tokio::time::timeout(wait, metrics.changed()).await;
+            }
+        }
+    }
+
+    /// `cluster add-node`: adds `node` (peer `addr`) to the metadata group
+    /// and every partition group, each as a learner that catches up and then
+    /// as a voter, and records it in the cluster config. The new node must be
+    /// running (`sluice node` without `cluster init`). Idempotent.
+    ///
+    /// Runs to completion in its own task: a client that gives up (timeout,
+    /// cancelled RPC) does not leave the node half added.
+    pub async fn add_node(&self, node: NodeId, addr: String) -> Result<(), BrokerError> {
+        // Refused at once, not after the changes queued before it (checked again when it runs).
+        self.check_add_node(node, &addr)?;
+        let this = self.clone();
+        self.run_membership_change(async move { this.add_node_to_completion(node, addr).await }).await
+    }
+
+    /// Runs a membership change in a task of its own, after any change this
+    /// node is already running, and waits for its outcome.
+    pub(super) async fn run_membership_change(
+        &self,
+        change: impl std::future::Future<Output = Result<(), BrokerError>> + Send + 'static,
+    ) -> Result<(), BrokerError> {
+        let Ok(queued) = self.inner.membership_queue.clone().try_acquire_owned() else {
+            return Err(BrokerError::QueueFull { group: METADATA_GROUP, capacity: MEMBERSHIP_QUEUE });
+        };
+        let serial = self.inner.membership_changes.clone();
+        tokio::spawn(async move {
+            let _queued = queued;
+            let _serial = serial.lock().await;
+            change.await
+        })
+        .await
+        .map_err(|e| BrokerError::Interrupted {
+            group: METADATA_GROUP,
+            reason: format!("the membership change stopped ({e}) and may be partly done; run it again"),
+        })?
+    }
+
+    /// The checks of `cluster add-node` against the current config.
+    pub(super) fn check_add_node(&self, node: NodeId, addr: &str) -> Result<ClusterConfig, BrokerError> {
+        let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
+        if !addr.contains(':') {
+            return Err(BrokerError::InvalidClusterConfig(format!("peer address {addr:?} is not host:port")));
+        }
+        if let Some(existing) = config.members.get(&node)
+            && existing != addr
+        {
+            return Err(BrokerError::InvalidClusterConfig(format!(
+                "node {node} is already a member with peer address {existing}"
+            )));
+        }
+        if let Some((other, _)) = config.members.iter().find(|(id, a)| **a == addr && **id != node) {
+            return Err(BrokerError::InvalidClusterConfig(format!("peer address {addr} belongs to member {other}")));
+        }
+        Ok(config)
+    }
+
+    pub(super) async fn add_node_to_completion(&self, node: NodeId, addr: String) -> Result<(), BrokerError> {
+        let config = self.check_add_node(node, &addr)?;
+        for group in Self::cluster_groups(&config) {
+            self.membership(group, MembershipOp::AddLearner { node, addr: addr.clone() }).await?;
+            self.membership(group, MembershipOp::Promote(node)).await?;
+            tracing::info!(group = %group_name(group), node, "node added as a voter");
+        }
+        self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::AddMember { node, addr })).await?;
+        Ok(())
+    }
+
+    /// `cluster remove-node`: takes `node` out of every partition group,
+    /// records the new member list, then takes it out of the metadata group.
+    /// The removed node stops its partition groups when it sees itself leave
+    /// the metadata group. Refuses the last member and non-members.
+    ///
+    /// Runs to completion in its own task, like [`Node::add_node`].
+    pub async fn remove_node(&self, node: NodeId) -> Result<(), BrokerError> {
+        self.check_remove_node(node)?;
+        let this = self.clone();
+        self.run_membership_change(async move { this.remove_node_to_completion(node).await }).await
+    }
+
+    /// The checks of `cluster remove-node` against the current config.
+    pub(super) fn check_remove_node(&self, node: NodeId) -> Result<ClusterConfig, BrokerError> {
+        let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
+        let in_metadata = self.group(METADATA_GROUP)?.node_addr(node).is_some();
+        if !config.is_member(node) && !in_metadata {
+            return Err(BrokerError::NoSuchMember(format!(
+                "node {node} is not a member of the cluster (members: {})",
+                config.member_ids()
+            )));
+        }
+        if config.members.keys().all(|id| *id == node) {
+            return Err(BrokerError::MembershipRefused(format!("node {node} is the last member of the cluster")));
+        }
+        Ok(config)
+    }
+
+    pub(super) async fn remove_node_to_completion(&self, node: NodeId) -> Result<(), BrokerError> {
+        let config = self.check_remove_node(node)?;
+        let groups = Self::cluster_groups(&config);
+        for group in groups.iter().skip(1) {
+            self.membership(*group, MembershipOp::Remove(node)).await?;
+            tracing::info!(group = %group_name(*group), node, "node removed");
+        }
+        if config.is_member(node) {
+            self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::RemoveMember(node))).await?;
+        }
+        self.membership(METADATA_GROUP, MembershipOp::Remove(node)).await?;
+        Ok(())
+    }
+
+    /// `cluster transfer-leader`: asks `group`'s leader to hand leadership to
+    /// the voter `to`, and waits until this node sees `to` lead (bounded).
+    pub async fn transfer_leader(&self, group_id: GroupId, to: NodeId) -> Result<(), BrokerError> {
+        let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
+        if group_id > config.partitions {
+            return Err(BrokerError::NoSuchGroup { group: group_id, partitions: config.partitions });
+        }
+        let group = self.group(group_id)?;
+        let voters: Vec<NodeId> =
+            group.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+        if !voters.contains(&to) {
+            return Err(BrokerError::NoSuchMember(format!(
+                "node {to} is not a voter of {} (voters: {voters:?})",
+                group_name(group_id)
+            )));
+        }
+        if group.leader() == Some(to) {
+            return Ok(());
+        }
+        self.membership(group_id, MembershipOp::TransferLeader(to)).await?;
+        let mut metrics = group.raft.metrics();
+        let wait = Duration::from_millis(self.inner.settings.tuning.election_timeout_max_ms * 4);
+        let moved = tokio::time::timeout(wait, async {
+            loop {
+                if metrics.borrow_watched().current_leader == Some(to) {
+                    return true;
+                }
+                if metrics.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        match moved {
+            Ok(true) => Ok(()),
+            _ => Err(BrokerError::Interrupted {
+                group: group_id,
+                reason: format!("leadership did not move to node {to} within {wait:?}; retry"),
+            }),
+        }
+    }
+}
+
+/// Runs a membership operation on the group's leader (this node).
+pub(super) async fn run_membership(group: &Group, op: MembershipOp) -> Result<MembershipOutcome, WriteFailure> {
+    let group_id = group.id;
+    let membership = group.raft.metrics().borrow_watched().membership_config.clone();
+    let membership = membership.membership();
+    let is_voter = |node: NodeId| membership.voter_ids().any(|v| v == node);
+    let result = match op {
+        MembershipOp::AddLearner { node, addr } => {
+            if membership.get_node(&node).is_some_and(|n| n.addr != addr) {
+                return Ok(MembershipOutcome::Refused(format!(
+                    "node {node} is already in {} with another peer address",
+                    group_name(group_id)
+                )));
+            }
+            match tokio::time::timeout(LEARNER_WAIT, group.raft.add_learner(node, BasicNode::new(addr), true)).await {
+                // The learner is added; the wait for it to catch up timed out.
+                Err(_) => return Ok(MembershipOutcome::CatchingUp),
+                Ok(result) => result.map(|_| ()),
+            }
+        }
+        MembershipOp::Promote(node) => {
+            if is_voter(node) {
+                return Ok(MembershipOutcome::Done);
+            }
+            let change = ChangeMembers::AddVoterIds(BTreeSet::from([node]));
+            match tokio::time::timeout(
+                crate::raft::append_batcher::COMMIT_TIMEOUT,
+                group.raft.change_membership(change, false),
+            )
+            .await
+            {
+                Err(_) => {
+                    return Err(WriteFailure::Indeterminate {
+                        group: group_id,
+                        reason: "promotion not committed in time".into(),
+                    });
+                }
+                Ok(result) => result.map(|_| ()),
+            }
+        }
+        MembershipOp::Remove(node) => {
+            if membership.get_node(&node).is_none() {
+                return Ok(MembershipOutcome::Done);
+            }
+            let change = if is_voter(node) {
+                if membership.voter_ids().count() <= 1 {
+                    return Ok(MembershipOutcome::Refused(format!(
+                        "node {node} is the last voter of {}",
+                        group_name(group_id)
+                    )));
+                }
+                ChangeMembers::RemoveVoters(BTreeSet::from([node]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([node]))
+            };
+            match tokio::time::timeout(
+                crate::raft::append_batcher::COMMIT_TIMEOUT,
+                group.raft.change_membership(change, false),
+            )
+            .await
+            {
+                Err(_) => {
+                    return Err(WriteFailure::Indeterminate {
+                        group: group_id,
+                        reason: "removal not committed in time".into(),
+                    });
+                }
+                Ok(result) => result.map(|_| ()),
+            }
+        }
+        MembershipOp::TransferLeader(node) => {
+            if !is_voter(node) {
+                return Ok(MembershipOutcome::Refused(format!(
+                    "node {node} is not a voter of {}",
+                    group_name(group_id)
+                )));
+            }
+            return match group.raft.trigger().transfer_leader(node).await {
+                Ok(()) => Ok(MembershipOutcome::Done),
+                Err(e) => Err(WriteFailure::Indeterminate { group: group_id, reason: e.to_string() }),
+            };
+        }
+    };
+    match result {
+        Ok(()) => Ok(MembershipOutcome::Done),
+        Err(e) => {
+            if let Some(forward) = e.forward_to_leader() {
+                return Err(WriteFailure::NotLeader { group: group_id, leader: forward.leader_id });
+            }
+            match e.api_error() {
+                // Another change (joint config) is still committing: ask again.
+                Some(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))) => {
+                    Ok(MembershipOutcome::CatchingUp)
+                }
+                Some(_) => Ok(MembershipOutcome::Refused(e.to_string())),
+                None => Err(WriteFailure::Indeterminate { group: group_id, reason: e.to_string() }),
+            }
+        }
+    }
+}
+
+/// The log index of the metadata group's newest membership (the last one
+/// this node has in its log, committed or not) if it still counts `node` in:
+/// as a learner, or as a voter of the configuration it is moving to. During a
+/// removal the joint configuration's last half no longer has the node; during
+/// an add the node is a learner, then a voter.
+pub(super) fn listed_in_metadata_membership(stored: &crate::command::StoredMembership, node: NodeId) -> Option<u64> {
+    let membership = stored.membership();
+    let listed = membership.learner_ids().any(|id| id == node)
+        || membership.get_joint_config().last().is_some_and(|voters| voters.contains(&node));
+    listed.then(|| stored.log_id().as_ref().map_or(0, |id| id.index))
+}
+
+/// Whether `node` belongs to the cluster: listed in the member list, or
+/// listed in a metadata membership newer than the entry that last removed it
+/// from the member list (see [`watch_cluster_config`]).
+pub(super) fn belongs(applied: &AppliedConfig, membership: &crate::command::StoredMembership, node: NodeId) -> bool {
+    let removed_at = applied.removed_at.get(&node).copied().unwrap_or(0);
+    applied.config.is_member(node)
+        || listed_in_metadata_membership(membership, node).is_some_and(|index| index > removed_at)
+}
+
+/// Keeps the partition groups running exactly while this node belongs to the
+/// cluster, decided from the current state every time either the cluster
+/// config or the metadata group's membership changes, never from a latch:
+/// a node wiped and added again with its old id replays the metadata log,
+/// which removes it before it adds it again, possibly before the add has
+/// reached the partition groups (`docs/reliability.md`, findings).
+///
+/// - in the member list: serve;
+/// - listed in a metadata membership newer than the entry that last took it
+///   out of the member list (a node being added is, from add-node's first
+///   step until its last, `AddMember`; other members' changes meanwhile do
+///   not count): serve;
+/// - otherwise, if it was ever listed: `cluster remove-node` of this node has
+///   taken it out of every partition group and then out of the member list:
+///   stop the partition groups. (Not waiting for the metadata membership to
+///   drop it too: the leader stops replicating to a removed node, which may
+///   never see that entry.)
+pub(super) async fn watch_cluster_config(
+    node: Node,
+    mut config_rx: watch::Receiver<Option<AppliedConfig>>,
+    mut was_member: bool,
+) {
+    let Ok(metadata) = node.group(METADATA_GROUP) else {
+        return;
+    };
+    // Server metrics change on membership, leader and state changes only (not on every append); the
+    // membership is read from the same value that woke the watcher.
+    let mut membership_rx = metadata.raft.server_metrics();
+    loop {
+        let config = config_rx.borrow_and_update().clone();
+        let membership = membership_rx.borrow_and_update().membership_config.clone();
+        let last_membership = *membership.log_id();
+        if let Some(applied) = config {
+            let config = &applied.config;
+            if belongs(&applied, &membership, node.id()) {
+                if node.is_removed() {
+                    tracing::info!("this node belongs to the cluster again: starting its partition groups");
+                    node.inner.removed.store(false, std::sync::atomic::Ordering::SeqCst);
+                }
+                was_member = true;
+            } else if was_member && !node.is_removed() {
+                node.stop_partitions().await;
+            }
+            if let Err(e) = node.ensure_partitions(config).await {
+                tracing::error!(error = %e, "starting partition groups");
+            }
+        }
+        // Wake on a new config or a new metadata membership.
+        loop {
+            tokio::select! {
+                changed = config_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                changed = membership_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = *membership_rx.borrow_watched().membership_config.log_id();
+                    if last_membership != now {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
