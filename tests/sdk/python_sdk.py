@@ -1,5 +1,5 @@
 """The Python CloudEvents SDK (`cloudevents` 1.x) as a producer and as a subscriber, for the SDK round-trip
-test (tests/tests/t43_sdk_round_trip.rs).
+test (tests/tests/cross_process/t43_sdk_round_trip.rs).
 
   python3 python_sdk.py produce URL EVENTS_JSON   send every event twice, binary (`to_binary`) and structured
                                                   (`to_structured`), with id `<id>.py-bin` / `<id>.py-json`;

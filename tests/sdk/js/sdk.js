@@ -1,5 +1,5 @@
 // The JavaScript CloudEvents SDK (npm `cloudevents` 10) as a producer and as a subscriber, for the SDK
-// round-trip test (tests/tests/t43_sdk_round_trip.rs). Same commands and fingerprint as ../python_sdk.py:
+// round-trip test (tests/tests/cross_process/t43_sdk_round_trip.rs). Same commands and fingerprint as ../python_sdk.py:
 //
 //   node sdk.js produce URL EVENTS_JSON    every event twice, `HTTP.binary` and `HTTP.structured`, ids
 //                                          `<id>.js-bin` / `<id>.js-json`; prints one HTTP status per request
