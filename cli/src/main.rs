@@ -29,6 +29,7 @@ mod jsonpath;
 mod node_cmd;
 mod output;
 mod resources_cmd;
+mod resources_print;
 mod selector;
 mod table;
 mod trigger_cmd;

@@ -21,6 +21,7 @@ use tonic::{Code, Status};
 
 use crate::admin_cli::{AdminError, EXIT_NOT_FOUND, ServerError, error_code_suffix, exit_code_for, from_status};
 use crate::jsonpath::Template;
+use crate::resources_print::*;
 use crate::selector::Selector;
 use crate::table;
 
@@ -166,34 +167,6 @@ async fn connect(admin: &str) -> Result<ResourcesClient<Channel>> {
             message: format!("cannot reach the admin API at {admin} (--admin): {e}"),
         })
     })
-}
-
-fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
-    object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
-}
-
-/// A value for a table cell: strings as they are, other values as JSON, missing as empty.
-fn text_at(object: &Value, pointer: &str) -> String {
-    match object.pointer(pointer) {
-        Some(Value::String(text)) => text.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    }
-}
-
-/// `eventing.knative.dev`: the API group of a kind.
-fn group(info: &KindInfo) -> &'static str {
-    info.api_version.split_once('/').map(|(group, _)| group).unwrap_or_default()
-}
-
-/// `trigger.eventing.knative.dev`: how kubectl names a kind in `-o name` and in apply's and delete's output.
-fn resource(info: &KindInfo) -> String {
-    format!("{}.{}", info.kind.to_ascii_lowercase(), group(info))
-}
-
-/// `trigger.eventing.knative.dev/NAME`.
-fn object_name(info: &KindInfo, object: &Value) -> String {
-    format!("{}/{}", resource(info), str_at(object, "/metadata/name"))
 }
 
 /// kubectl's `Error from server (NotFound): triggers.eventing.knative.dev "nope" not found`.
@@ -482,116 +455,6 @@ fn report_missing(mut missing: Vec<ServerError>) -> Result<()> {
         eprintln!("{error}");
     }
     Err(anyhow::Error::new(last))
-}
-
-/// What a table shows besides the kind's own columns.
-#[derive(Clone, Copy, Debug, Default)]
-struct Layout {
-    all_namespaces: bool,
-    wide: bool,
-    /// Several kinds were asked for: names read `trigger.eventing.knative.dev/NAME`, as kubectl shows them.
-    show_kind: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Column {
-    Namespace,
-    Name,
-    Field { header: &'static str, pointer: &'static str },
-    Age,
-    Ready,
-    Reason,
-}
-
-/// The columns of a kind: Knative's printer columns (Trigger: NAME BROKER SUBSCRIBER_URI AGE READY REASON;
-/// Broker, Channel, InMemoryChannel: NAME URL AGE READY REASON; Subscription: NAME AGE READY REASON), with
-/// NAMESPACE first for -A, and more with -o wide.
-fn columns(info: &KindInfo, layout: Layout) -> Vec<Column> {
-    let field = |header, pointer| Column::Field { header, pointer };
-    let mut columns = Vec::new();
-    if layout.all_namespaces {
-        columns.push(Column::Namespace);
-    }
-    columns.push(Column::Name);
-    match info.kind {
-        "Trigger" => {
-            columns.push(field("BROKER", "/spec/broker"));
-            columns.push(field("SUBSCRIBER_URI", "/status/subscriberUri"));
-        }
-        "Subscription" => {}
-        _ => columns.push(field("URL", "/status/address/url")),
-    }
-    columns.extend([Column::Age, Column::Ready, Column::Reason]);
-    if layout.wide {
-        if info.kind == "Subscription" {
-            columns.push(field("CHANNEL", "/spec/channel/name"));
-            columns.push(field("SUBSCRIBER_URI", "/status/subscriberUri"));
-        }
-        columns.push(field("GENERATION", "/metadata/generation"));
-    }
-    columns
-}
-
-fn header(columns: &[Column]) -> Vec<String> {
-    columns
-        .iter()
-        .map(|column| match column {
-            Column::Namespace => "NAMESPACE",
-            Column::Name => "NAME",
-            Column::Field { header, .. } => header,
-            Column::Age => "AGE",
-            Column::Ready => "READY",
-            Column::Reason => "REASON",
-        })
-        .map(str::to_string)
-        .collect()
-}
-
-/// The Ready condition's status and reason; an object without one is `Unknown`.
-fn ready_of(object: &Value) -> (String, String) {
-    let ready = object
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .and_then(|conditions| conditions.iter().find(|c| c["type"] == "Ready"));
-    match ready {
-        Some(ready) => (text_at(ready, "/status"), text_at(ready, "/reason")),
-        None => ("Unknown".into(), String::new()),
-    }
-}
-
-fn row(
-    info: &KindInfo,
-    columns: &[Column],
-    layout: Layout,
-    object: &Value,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Vec<String> {
-    columns
-        .iter()
-        .map(|column| match column {
-            Column::Namespace => text_at(object, "/metadata/namespace"),
-            Column::Name if layout.show_kind => object_name(info, object),
-            Column::Name => text_at(object, "/metadata/name"),
-            Column::Field { pointer, .. } => text_at(object, pointer),
-            Column::Age => table::age(object.pointer("/metadata/creationTimestamp").and_then(Value::as_str), now),
-            Column::Ready => ready_of(object).0,
-            Column::Reason => ready_of(object).1,
-        })
-        .collect()
-}
-
-/// The table of one kind: a header and a row per object, columns sized to their content.
-fn table_lines<'a>(
-    info: &KindInfo,
-    objects: impl IntoIterator<Item = &'a Value>,
-    layout: Layout,
-    now: chrono::DateTime<chrono::Utc>,
-) -> (Vec<String>, Vec<usize>) {
-    let columns = columns(info, layout);
-    let mut rows = vec![header(&columns)];
-    rows.extend(objects.into_iter().map(|object| row(info, &columns, layout, object, now)));
-    let widths = table::column_widths(&rows);
-    (rows.iter().map(|r| table::format_row(r, &widths)).collect(), widths)
 }
 
 /// What `-o json|yaml|jsonpath` applies to: the object when one was asked for by name, else a `List`.
