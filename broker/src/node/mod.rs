@@ -3,32 +3,35 @@
 
 pub mod membership;
 pub mod publish;
+mod reads;
 pub mod retention;
+mod status;
+mod writes;
 
-use membership::{belongs, run_membership, watch_cluster_config};
+pub use status::GroupStatus;
+pub use writes::{MAX_STREAM_NAME_BYTES, validate_cursor_name, validate_stream_name};
+
+use membership::{belongs, watch_cluster_config};
+use status::watch_group_leadership;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ChangeMembershipError, ClientWriteError};
-use openraft::{BasicNode, ChangeMembers, ServerState};
+use openraft::{BasicNode, ChangeMembers};
 use tokio::sync::watch;
 
 use crate::command::cluster_config::ClusterConfig;
 use crate::command::forward::{ForwardedReply, ForwardedWrite, MembershipOp, MembershipOutcome, WriteFailure};
-use crate::command::{
-    Appended, Dedupe, GroupId, LogCommand, LogResponse, METADATA_GROUP, NodeId, OffsetCommit, ResourceKey,
-    ResourceRecord, StreamAppend, group_name, partition_group,
-};
+use crate::command::{GroupId, LogCommand, LogResponse, METADATA_GROUP, NodeId, group_name, partition_group};
 use crate::error::BrokerError;
 use crate::raft::append_batcher::AppendLimits;
 use crate::raft::group::{Group, RaftTuning};
 use crate::store::AppliedConfig;
-use crate::store::{Raft, ReadBatch, Store};
+use crate::store::Store;
 use crate::transport::client::PeerClients;
 
 /// Bounds of one read.
@@ -44,9 +47,6 @@ impl Default for ReadLimits {
     }
 }
 
-/// Longest stream name (bytes).
-pub const MAX_STREAM_NAME_BYTES: usize = 512;
-
 #[derive(Clone, Debug)]
 pub struct NodeSettings {
     pub node_id: NodeId,
@@ -58,29 +58,6 @@ pub struct NodeSettings {
     pub retention_check_interval: Duration,
     /// `--peer-route`: dial a peer advertised as the key at the value instead.
     pub peer_routes: BTreeMap<String, String>,
-}
-
-/// A group as this node sees it (for status and readiness).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GroupStatus {
-    pub group: GroupId,
-    pub name: String,
-    pub leader: Option<NodeId>,
-    pub state: String,
-    pub term: u64,
-    pub committed_index: Option<u64>,
-    pub applied_index: Option<u64>,
-    pub last_log_index: Option<u64>,
-    pub purged_index: Option<u64>,
-    pub snapshot_index: Option<u64>,
-    pub voters: Vec<NodeId>,
-    pub learners: Vec<NodeId>,
-    /// Only where this node leads the group: each replica's matched log
-    /// index (None: nothing matched yet), from openraft's replication metrics.
-    pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
-    /// Only where this node leads the group: ms since each replica last
-    /// acknowledged a heartbeat or replication (None: never).
-    pub heartbeat_age_ms: Option<BTreeMap<NodeId, Option<u64>>>,
 }
 
 /// How long a leader waits for a new learner to catch up before it answers
@@ -286,303 +263,6 @@ impl Node {
         self.ensure_partitions(&config).await
     }
 
-    /// Appends `payloads` to `stream` in `partition`; answers where they went
-    /// once committed (the stored ones have dense offsets from `first_offset`;
-    /// with `dedupe`, records seen within the window are not stored again).
-    pub async fn append(
-        &self,
-        stream: &str,
-        partition: u32,
-        payloads: Vec<Bytes>,
-        arrival_ms: u64,
-        dedupe: Option<Dedupe>,
-    ) -> Result<Appended, BrokerError> {
-        validate_stream_name(stream)?;
-        if let Some(dedupe) = &dedupe
-            && dedupe.keys.len() != payloads.len()
-        {
-            return Err(BrokerError::InvalidStream { stream: stream.to_string(), rule: "one dedupe key per payload" });
-        }
-        let group = self.partition_group_id(partition)?;
-        let append = StreamAppend { stream: stream.to_string(), arrival_ms, payloads, dedupe };
-        match self.write(group, ForwardedWrite::Append(append)).await? {
-            ForwardedReply::Appended(appended) => Ok(appended),
-            other => Err(BrokerError::Bug { group, reason: format!("unexpected reply {other:?}") }),
-        }
-    }
-
-    /// Drops the records of `stream` in `partition` below `before_offset` (retention).
-    pub async fn trim(&self, partition: u32, stream: &str, before_offset: u64) -> Result<(), BrokerError> {
-        let group = self.partition_group_id(partition)?;
-        let command = LogCommand::Trim { stream: stream.to_string(), before_offset };
-        self.write(group, ForwardedWrite::Command(command)).await.map(|_| ())
-    }
-
-    /// Commits consumer offsets in `partition`'s group: each cursor moves to
-    /// `max(stored, offset)`, or exactly `offset` with `reset`. Through Raft,
-    /// so that a new leader resumes delivery where the old one left off.
-    pub async fn commit_offsets(&self, partition: u32, commits: Vec<OffsetCommit>) -> Result<(), BrokerError> {
-        for commit in &commits {
-            validate_cursor_name(&commit.cursor)?;
-        }
-        let group = self.partition_group_id(partition)?;
-        if commits.is_empty() {
-            return Ok(());
-        }
-        self.write(group, ForwardedWrite::Command(LogCommand::CommitOffsets(commits))).await.map(|_| ())
-    }
-
-    /// Forgets consumer cursors in `partition`'s group (absent ones are fine).
-    pub async fn delete_offsets(&self, partition: u32, cursors: Vec<String>) -> Result<(), BrokerError> {
-        for cursor in &cursors {
-            validate_cursor_name(cursor)?;
-        }
-        let group = self.partition_group_id(partition)?;
-        if cursors.is_empty() {
-            return Ok(());
-        }
-        self.write(group, ForwardedWrite::Command(LogCommand::DeleteOffsets(cursors))).await.map(|_| ())
-    }
-
-    /// A cursor's committed offset in `partition`, as applied on this node.
-    pub fn committed_offset(&self, partition: u32, cursor: &str) -> Result<Option<u64>, BrokerError> {
-        let group = self.group(self.partition_group_id(partition)?)?;
-        group.view.committed_offset(cursor).map_err(|e| BrokerError::io("reading a committed offset", e))
-    }
-
-    /// Every cursor committed in `partition` and its offset, ordered by cursor name.
-    pub fn committed_offsets(&self, partition: u32) -> Result<Vec<(String, u64)>, BrokerError> {
-        let group = self.group(self.partition_group_id(partition)?)?;
-        group.view.committed_offsets().map_err(|e| BrokerError::io("reading committed offsets", e))
-    }
-
-    /// Creates or replaces a resource object in the metadata group; answers
-    /// `created`, `configured` or `unchanged`.
-    pub async fn put_resource(&self, record: ResourceRecord) -> Result<String, BrokerError> {
-        match self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::PutResource(record))).await? {
-            ForwardedReply::Response(LogResponse::Applied { outcome }) => Ok(outcome),
-            other => Err(BrokerError::Bug { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),
-        }
-    }
-
-    /// Deletes a resource object; `false` when there was none (nothing changed).
-    pub async fn delete_resource(&self, key: ResourceKey) -> Result<bool, BrokerError> {
-        match self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::DeleteResource(key))).await? {
-            ForwardedReply::Response(LogResponse::Deleted { existed }) => Ok(existed),
-            other => Err(BrokerError::Bug { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),
-        }
-    }
-
-    /// A resource object as applied on this node.
-    pub fn resource(&self, key: &ResourceKey) -> Option<String> {
-        self.group(METADATA_GROUP).ok().and_then(|g| g.view.resource(key))
-    }
-
-    /// Every resource of `kind` as applied on this node.
-    pub fn resources(&self, kind: &str) -> Vec<(ResourceKey, String)> {
-        self.group(METADATA_GROUP).map(|g| g.view.resources(kind)).unwrap_or_default()
-    }
-
-    /// Changes whenever a resource is put or deleted (None while shutting down).
-    pub fn watch_resources(&self) -> Option<watch::Receiver<u64>> {
-        self.group(METADATA_GROUP).ok().map(|g| g.view.watch_resources())
-    }
-
-    /// The number of partitions (0 before `cluster init`).
-    pub fn partitions(&self) -> u32 {
-        self.cluster_config().map(|c| c.partitions).unwrap_or(0)
-    }
-
-    fn partition_group_id(&self, partition: u32) -> Result<GroupId, BrokerError> {
-        let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
-        if partition >= config.partitions {
-            return Err(BrokerError::NoSuchPartition { partition, partitions: config.partitions });
-        }
-        Ok(partition_group(partition))
-    }
-
-    /// Writes through the group's leader: locally, or forwarded one hop.
-    /// Definite refusals (no leader yet, stale leader) are retried while a
-    /// new leader is elected, for a bounded time.
-    async fn write(&self, group_id: GroupId, write: ForwardedWrite) -> Result<ForwardedReply, BrokerError> {
-        let group = self.group(group_id)?;
-        let tuning = &self.inner.settings.tuning;
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(tuning.election_timeout_max_ms * 4);
-        loop {
-            let attempt = match group.leader() {
-                Some(leader) if leader == self.id() => self.write_local(group_id, write.clone()).await,
-                Some(leader) => match group.node_addr(leader) {
-                    Some(addr) => match &write {
-                        ForwardedWrite::Append(append) => {
-                            group.forwarder.submit(&addr, append.clone()).await.map(ForwardedReply::Appended)
-                        }
-                        _ => self.inner.peers.forward(&addr, group_id, &write).await,
-                    },
-                    None => Err(WriteFailure::NotLeader { group: group_id, leader: Some(leader) }),
-                },
-                None => Err(WriteFailure::NotLeader { group: group_id, leader: None }),
-            };
-            match attempt {
-                Err(WriteFailure::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
-                    let mut metrics = group.raft.metrics();
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(tuning.heartbeat_ms * 2), metrics.changed()).await;
-                }
-                other => return other.map_err(BrokerError::from),
-            }
-        }
-    }
-
-    /// Writes on this node, which must lead the group (the `Forward` RPC lands here).
-    pub(crate) async fn write_local(
-        &self,
-        group_id: GroupId,
-        write: ForwardedWrite,
-    ) -> Result<ForwardedReply, WriteFailure> {
-        let group = self.group(group_id).map_err(|_| WriteFailure::NotLeader { group: group_id, leader: None })?;
-        if !group.is_leader(self.id()) {
-            return Err(WriteFailure::NotLeader { group: group_id, leader: group.leader() });
-        }
-        match write {
-            ForwardedWrite::Append(append) => group.batcher.submit(append).await.map(ForwardedReply::Appended),
-            ForwardedWrite::AppendBatch(appends) => {
-                let results = futures::future::join_all(appends.into_iter().map(|a| group.batcher.submit(a))).await;
-                Ok(ForwardedReply::AppendedBatch(results))
-            }
-            ForwardedWrite::Membership(op) => run_membership(&group, op).await.map(ForwardedReply::Membership),
-            // Metadata commands are idempotent (applying one twice changes
-            // nothing more), so a lost leadership is simply retried.
-            ForwardedWrite::Command(command) => {
-                match tokio::time::timeout(
-                    crate::raft::append_batcher::COMMIT_TIMEOUT,
-                    group.raft.client_write(command),
-                )
-                .await
-                {
-                    Err(_) => Err(WriteFailure::Indeterminate {
-                        group: group_id,
-                        reason: format!(
-                            "not committed within {:?} (no quorum?)",
-                            crate::raft::append_batcher::COMMIT_TIMEOUT
-                        ),
-                    }),
-                    Ok(Ok(response)) => Ok(ForwardedReply::Response(response.response().clone())),
-                    Ok(Err(e)) => match e.forward_to_leader() {
-                        Some(forward) => Err(WriteFailure::NotLeader { group: group_id, leader: forward.leader_id }),
-                        None => Err(WriteFailure::Indeterminate { group: group_id, reason: e.to_string() }),
-                    },
-                }
-            }
-        }
-    }
-
-    /// Committed records of `stream` in `partition` from `from_offset`, as
-    /// applied on this node (bounded by the node's read limits).
-    pub fn read(
-        &self,
-        stream: &str,
-        partition: u32,
-        from_offset: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<ReadBatch, BrokerError> {
-        let group = self.group(self.partition_group_id(partition)?)?;
-        let limits = &self.inner.settings.read_limits;
-        let max_records = if max_records == 0 { limits.max_records } else { max_records.min(limits.max_records) };
-        let max_bytes = if max_bytes == 0 { limits.max_bytes } else { max_bytes.min(limits.max_bytes) };
-        group.view.read(stream, from_offset, max_records, max_bytes).map_err(|e| BrokerError::io("reading events", e))
-    }
-
-    pub fn end_offset(&self, stream: &str, partition: u32) -> Result<u64, BrokerError> {
-        let group = self.group(self.partition_group_id(partition)?)?;
-        Ok(group.view.end_offset(stream))
-    }
-
-    pub fn offset_for_time(&self, stream: &str, partition: u32, time_ms: u64) -> Result<u64, BrokerError> {
-        let group = self.group(self.partition_group_id(partition)?)?;
-        group.view.offset_for_time(stream, time_ms).map_err(|e| BrokerError::io("reading the time index", e))
-    }
-
-    /// A partition's applied index, which changes whenever entries are applied
-    /// (the dispatcher and tail readers wait on it).
-    pub fn watch_applied(&self, partition: u32) -> Result<watch::Receiver<u64>, BrokerError> {
-        let group = self.group(self.partition_group_id(partition)?)?;
-        Ok(group.view.watch_applied())
-    }
-
-    pub fn status(&self) -> Vec<GroupStatus> {
-        self.groups()
-            .iter()
-            .map(|group| {
-                let metrics = group.raft.metrics();
-                let m = metrics.borrow_watched();
-                GroupStatus {
-                    group: group.id,
-                    name: group_name(group.id),
-                    leader: m.current_leader,
-                    state: format!("{:?}", m.state),
-                    term: m.current_term,
-                    committed_index: m.local_committed.as_ref().map(|id| id.index),
-                    applied_index: m.last_applied.as_ref().map(|id| id.index),
-                    last_log_index: m.last_log_index,
-                    purged_index: m.purged.as_ref().map(|id| id.index),
-                    snapshot_index: m.snapshot.as_ref().map(|id| id.index),
-                    voters: m.membership_config.membership().voter_ids().collect(),
-                    learners: m.membership_config.membership().learner_ids().collect(),
-                    replication: m
-                        .replication
-                        .as_ref()
-                        .map(|r| r.iter().map(|(id, matched)| (*id, matched.as_ref().map(|l| l.index))).collect()),
-                    heartbeat_age_ms: m.heartbeat.as_ref().map(|h| {
-                        h.iter()
-                            .map(|(id, at)| {
-                                (*id, at.as_ref().map(|at| openraft::Instant::elapsed(&**at).as_millis() as u64))
-                            })
-                            .collect()
-                    }),
-                }
-            })
-            .collect()
-    }
-
-    /// Whether this node's copy of the cluster's resources (the metadata group's
-    /// applied state) is as new as the last commit its leader reported. Until
-    /// then a Broker this node does not know may just not have arrived yet (a
-    /// node that restarted, or was added, replays the metadata log first).
-    pub fn metadata_caught_up(&self) -> Result<(), String> {
-        let metadata = self.group(METADATA_GROUP).map_err(|e| e.to_string())?;
-        let metrics = metadata.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        if metrics.current_leader.is_none() {
-            return Err("no leader for metadata".into());
-        }
-        let applied = metrics.last_applied.as_ref().map_or(0, |id| id.index);
-        let committed = metrics.cluster_committed.as_ref().map_or(0, |id| id.index);
-        if applied < committed {
-            return Err(format!("metadata is catching up (applied {applied} of {committed})"));
-        }
-        Ok(())
-    }
-
-    /// Ready: the cluster is initialised, every group this node hosts has a
-    /// leader, and its metadata has caught up with the leader's.
-    pub fn readiness(&self) -> Result<(), String> {
-        if self.is_removed() {
-            return Err("this node was removed from the cluster".into());
-        }
-        let Some(config) = self.cluster_config() else {
-            return Err("the cluster is not initialised".into());
-        };
-        self.metadata_caught_up()?;
-        let groups = self.groups();
-        if groups.len() < config.partitions as usize + 1 {
-            return Err("partition groups are still starting".into());
-        }
-        let leaderless: Vec<String> =
-            groups.iter().filter(|g| g.leader().is_none()).map(|g| group_name(g.id)).collect();
-        if leaderless.is_empty() { Ok(()) } else { Err(format!("no leader for {}", leaderless.join(", "))) }
-    }
-
     /// Stops every group's Raft (in-flight writes fail as indeterminate).
     pub async fn shutdown(&self) {
         for group in self.groups() {
@@ -601,45 +281,6 @@ impl Node {
     pub fn is_removed(&self) -> bool {
         self.inner.removed.load(std::sync::atomic::Ordering::SeqCst)
     }
-
-    /// Whether this node leads `group` (tests and status).
-    pub fn leads(&self, group: GroupId) -> bool {
-        self.group(group).map(|g| g.raft.metrics().borrow_watched().state == ServerState::Leader).unwrap_or(false)
-    }
-
-    /// Whether this node is the Raft leader of `partition`'s group.
-    pub fn leads_partition(&self, partition: u32) -> bool {
-        self.leads(partition_group(partition))
-    }
-
-    /// A counter bumped whenever a group of this node starts or changes
-    /// leader or server state; watchers re-check [`Node::leads_partition`].
-    pub fn watch_leadership(&self) -> watch::Receiver<u64> {
-        self.inner.leadership.subscribe()
-    }
-}
-
-/// Bumps `leadership` when the group's (server state, leader) changes, and
-/// once at start. Ends when the group's Raft stops.
-async fn watch_group_leadership(raft: Raft, leadership: Arc<watch::Sender<u64>>) {
-    let mut rx = raft.metrics();
-    drop(raft);
-    let mut last = None;
-    loop {
-        let now = {
-            // borrow_and_update, not borrow_watched: it marks the value seen,
-            // otherwise changed() would return at once forever.
-            let m = rx.borrow_and_update();
-            Some((m.state, m.current_leader))
-        };
-        if now != last {
-            last = now;
-            leadership.send_modify(|v| *v = v.wrapping_add(1));
-        }
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 /// The membership every group is initialised with: the members given to `cluster init`.
@@ -649,27 +290,6 @@ fn raft_members(config: &ClusterConfig) -> BTreeMap<NodeId, BasicNode> {
 
 fn already_initialized(existing: &ClusterConfig) -> BrokerError {
     BrokerError::AlreadyInitialized { partitions: existing.partitions, members: existing.member_ids() }
-}
-
-pub fn validate_stream_name(stream: &str) -> Result<(), BrokerError> {
-    let rule = if stream.is_empty() {
-        "must not be empty"
-    } else if stream.len() > MAX_STREAM_NAME_BYTES {
-        "must be at most 512 bytes"
-    } else if stream.chars().any(char::is_control) {
-        "must not contain control characters"
-    } else {
-        return Ok(());
-    };
-    Err(BrokerError::InvalidStream { stream: stream.chars().take(64).collect(), rule })
-}
-
-/// Consumer cursor names follow the stream name rules.
-pub fn validate_cursor_name(cursor: &str) -> Result<(), BrokerError> {
-    validate_stream_name(cursor).map_err(|e| match e {
-        BrokerError::InvalidStream { stream, rule } => BrokerError::InvalidCursor { cursor: stream, rule },
-        other => other,
-    })
 }
 
 /// Ties a data dir to one node id: `DATA/node-id` is written on first use.

@@ -9,6 +9,7 @@
 
 pub mod keys;
 mod log_store;
+mod read_view;
 mod snapshot;
 mod state_machine;
 mod wal_sync;

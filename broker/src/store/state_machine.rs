@@ -20,7 +20,6 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::snapshot::{self, SnapshotFile};
@@ -36,253 +35,16 @@ use crate::command::{
 };
 use crate::store::keys::{
     CF_DEDUPE, CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBER_REMOVALS, SM_MEMBERSHIP,
-    SM_OFFSET, SM_RESOURCE, SM_STREAM, dedupe_expiry_key, dedupe_seen_key, event_key, event_offset_of, event_value,
-    group_end, offset_key, resource_key, split_dedupe_expiry_key, split_event_value, split_resource_key,
-    stream_state_key, tag_key, time_index_key, time_index_offset_of,
+    SM_RESOURCE, SM_STREAM, dedupe_expiry_key, dedupe_seen_key, event_key, event_value, offset_key, resource_key,
+    split_dedupe_expiry_key, split_resource_key, stream_state_key, tag_key, time_index_key, time_index_offset_of,
 };
 use crate::store::snapshot::Snapshot;
 
+pub use super::read_view::{AppliedConfig, ReadBatch, StoredRecord, StreamExtent, StreamView};
+use super::read_view::{AppliedView, StreamState};
+
 /// A group's Raft: openraft over this state machine.
 pub type Raft = openraft::Raft<crate::command::TypeConfig, GroupStateMachine>;
-
-/// Where a stream stands, persisted in `sm_state` under its name.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct StreamState {
-    /// Compact id used in event keys, unique within the group.
-    id: u32,
-    next_offset: u64,
-    last_arrival_ms: u64,
-    /// The first retained offset (retention trims below it).
-    start_offset: u64,
-    /// Payload bytes of the retained records.
-    retained_bytes: u64,
-}
-
-/// How much of a stream is retained.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StreamExtent {
-    pub start_offset: u64,
-    pub end_offset: u64,
-    pub retained_bytes: u64,
-}
-
-/// The cluster config as applied (metadata group), with when each former
-/// member was last taken out of its member list.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AppliedConfig {
-    pub config: ClusterConfig,
-    /// Node id → log index of the entry that last removed it from `members`.
-    pub removed_at: BTreeMap<NodeId, u64>,
-}
-
-/// What readers of a group see: the applied streams and cluster config.
-struct AppliedView {
-    streams: RwLock<HashMap<String, StreamState>>,
-    /// Resource objects (metadata group), JSON text by key.
-    resources: RwLock<BTreeMap<ResourceKey, String>>,
-    /// Bumped on every resource change, so watchers re-read.
-    resources_version: watch::Sender<u64>,
-    cluster_config: watch::Sender<Option<AppliedConfig>>,
-    applied_index: watch::Sender<u64>,
-}
-
-/// One record read back from a stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredRecord {
-    pub offset: u64,
-    pub arrival_ms: u64,
-    pub payload: Bytes,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReadBatch {
-    pub records: Vec<StoredRecord>,
-    /// One past the last applied offset of the stream.
-    pub end_offset: u64,
-    /// The first retained offset.
-    pub start_offset: u64,
-}
-
-/// Read access to a group's applied state (any node, any time).
-#[derive(Clone)]
-pub struct StreamView {
-    db: Arc<DB>,
-    group: GroupId,
-    view: Arc<AppliedView>,
-}
-
-impl StreamView {
-    fn stream_state(&self, stream: &str) -> Option<StreamState> {
-        self.view.streams.read().ok().and_then(|streams| streams.get(stream).cloned())
-    }
-
-    /// The retained range of a stream and its size.
-    pub fn extent(&self, stream: &str) -> StreamExtent {
-        self.stream_state(stream)
-            .map(|s| StreamExtent {
-                start_offset: s.start_offset,
-                end_offset: s.next_offset,
-                retained_bytes: s.retained_bytes,
-            })
-            .unwrap_or_default()
-    }
-
-    /// `(offset, payload bytes)` of the retained records from the start, in order.
-    pub fn record_sizes(&self, stream: &str) -> io::Result<Vec<(u64, u64)>> {
-        let Some(state) = self.stream_state(stream) else { return Ok(Vec::new()) };
-        let mut read_options = ReadOptions::default();
-        read_options.set_iterate_upper_bound(event_key(self.group, state.id, state.next_offset).to_vec());
-        let start = event_key(self.group, state.id, state.start_offset);
-        let mut sizes = Vec::new();
-        for item in self.db.iterator_cf_opt(
-            cf(&self.db, CF_EVENTS)?,
-            read_options,
-            IteratorMode::From(&start, Direction::Forward),
-        ) {
-            let (key, value) = item.map_err(io_err)?;
-            let offset = event_offset_of(&key).ok_or_else(|| io_err("malformed event key"))?;
-            sizes.push((offset, value.len().saturating_sub(8) as u64));
-        }
-        Ok(sizes)
-    }
-
-    /// One past the last applied offset (0 for a stream never written).
-    pub fn end_offset(&self, stream: &str) -> u64 {
-        self.stream_state(stream).map(|s| s.next_offset).unwrap_or(0)
-    }
-
-    /// Records from `from_offset`, at most `max_records` and about `max_bytes`
-    /// (always at least one record if there is one).
-    pub fn read(&self, stream: &str, from_offset: u64, max_records: usize, max_bytes: usize) -> io::Result<ReadBatch> {
-        let Some(state) = self.stream_state(stream) else {
-            return Ok(ReadBatch::default());
-        };
-        let mut batch =
-            ReadBatch { records: Vec::new(), end_offset: state.next_offset, start_offset: state.start_offset };
-        if from_offset >= state.next_offset || max_records == 0 {
-            return Ok(batch);
-        }
-        let mut read_options = ReadOptions::default();
-        read_options.set_iterate_upper_bound(event_key(self.group, state.id, state.next_offset).to_vec());
-        let start = event_key(self.group, state.id, from_offset);
-        let iter = self.db.iterator_cf_opt(
-            cf(&self.db, CF_EVENTS)?,
-            read_options,
-            IteratorMode::From(&start, Direction::Forward),
-        );
-        let mut bytes = 0usize;
-        for item in iter {
-            let (key, value) = item.map_err(io_err)?;
-            let offset = event_offset_of(&key).ok_or_else(|| io_err("malformed event key"))?;
-            let (arrival_ms, payload) = split_event_value(&value).ok_or_else(|| io_err("malformed event value"))?;
-            bytes += payload.len();
-            batch.records.push(StoredRecord { offset, arrival_ms, payload: Bytes::copy_from_slice(payload) });
-            if batch.records.len() >= max_records || bytes >= max_bytes {
-                break;
-            }
-        }
-        Ok(batch)
-    }
-
-    /// The first offset whose arrival time is at or after `time_ms`; the end
-    /// offset if there is none.
-    pub fn offset_for_time(&self, stream: &str, time_ms: u64) -> io::Result<u64> {
-        let Some(state) = self.stream_state(stream) else {
-            return Ok(0);
-        };
-        let mut read_options = ReadOptions::default();
-        read_options.set_iterate_upper_bound(time_index_key(self.group, state.id, u64::MAX, u64::MAX).to_vec());
-        let start = time_index_key(self.group, state.id, time_ms, 0);
-        let mut iter = self.db.iterator_cf_opt(
-            cf(&self.db, CF_TIME_INDEX)?,
-            read_options,
-            IteratorMode::From(&start, Direction::Forward),
-        );
-        match iter.next() {
-            Some(item) => {
-                let (key, _) = item.map_err(io_err)?;
-                Ok(time_index_offset_of(&key)
-                    .ok_or_else(|| io_err("malformed time index key"))?
-                    .max(state.start_offset))
-            }
-            None => Ok(state.next_offset),
-        }
-    }
-
-    pub fn cluster_config(&self) -> Option<ClusterConfig> {
-        self.view.cluster_config.borrow().as_ref().map(|applied| applied.config.clone())
-    }
-
-    /// Changes to the cluster config (metadata group), with when each former
-    /// member was last removed from the member list.
-    pub fn watch_cluster_config(&self) -> watch::Receiver<Option<AppliedConfig>> {
-        self.view.cluster_config.subscribe()
-    }
-
-    /// The applied log index; changes whenever entries are applied.
-    pub fn watch_applied(&self) -> watch::Receiver<u64> {
-        self.view.applied_index.subscribe()
-    }
-
-    /// A resource object's JSON (metadata group).
-    pub fn resource(&self, key: &ResourceKey) -> Option<String> {
-        self.view.resources.read().ok().and_then(|r| r.get(key).cloned())
-    }
-
-    /// Every resource of `kind`, ordered by namespace and name.
-    pub fn resources(&self, kind: &str) -> Vec<(ResourceKey, String)> {
-        self.view
-            .resources
-            .read()
-            .map(|r| r.iter().filter(|(k, _)| k.kind == kind).map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default()
-    }
-
-    /// Changes whenever a resource is put or deleted.
-    pub fn watch_resources(&self) -> watch::Receiver<u64> {
-        self.view.resources_version.subscribe()
-    }
-
-    /// Names of the streams this group holds.
-    pub fn stream_names(&self) -> Vec<String> {
-        self.view.streams.read().map(|s| s.keys().cloned().collect()).unwrap_or_default()
-    }
-
-    /// A consumer cursor's committed offset (partition groups), as applied on
-    /// this node. Read from RocksDB rather than cached: cursors can be many,
-    /// and a consumer reads its own only when it (re)starts.
-    pub fn committed_offset(&self, cursor: &str) -> io::Result<Option<u64>> {
-        self.db
-            .get_cf(cf(&self.db, CF_SM_STATE)?, offset_key(self.group, cursor))
-            .map_err(io_err)?
-            .map(|value| decode_offset(&value))
-            .transpose()
-    }
-
-    /// Every committed cursor of the group and its offset, ordered by cursor name.
-    pub fn committed_offsets(&self) -> io::Result<Vec<(String, u64)>> {
-        let prefix = tag_key(self.group, SM_OFFSET);
-        let mut read_options = ReadOptions::default();
-        read_options.set_iterate_upper_bound(tag_key(self.group, SM_OFFSET + 1).to_vec());
-        let mut offsets = Vec::new();
-        for item in self.db.iterator_cf_opt(
-            cf(&self.db, CF_SM_STATE)?,
-            read_options,
-            IteratorMode::From(&prefix, Direction::Forward),
-        ) {
-            let (key, value) = item.map_err(io_err)?;
-            let cursor = String::from_utf8(key[prefix.len()..].to_vec()).map_err(io_err)?;
-            offsets.push((cursor, decode_offset(&value)?));
-        }
-        Ok(offsets)
-    }
-}
-
-/// A committed offset's stored value: 8 bytes, big-endian.
-fn decode_offset(value: &[u8]) -> io::Result<u64> {
-    let bytes: [u8; 8] = value.try_into().map_err(|_| io_err("malformed committed offset"))?;
-    Ok(u64::from_be_bytes(bytes))
-}
 
 pub struct GroupStateMachine {
     db: Arc<DB>,
@@ -669,12 +431,148 @@ impl GroupStateMachine {
         staged.resources.insert(key.clone(), json.cloned());
         Ok(())
     }
+
+    /// Stages one entry and returns what its proposer is told.
+    fn stage_entry(&mut self, staged: &mut Staged, entry: &crate::command::Entry) -> io::Result<LogResponse> {
+        let sm = cf(&self.db, CF_SM_STATE)?;
+        let index = entry.log_id().index();
+        let command = match &entry.payload {
+            EntryPayload::Blank => return Ok(LogResponse::None),
+            EntryPayload::Membership(membership) => {
+                let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
+                staged.batch.put_cf(sm, tag_key(self.group, SM_MEMBERSHIP), encode(&stored).map_err(io_err)?);
+                return Ok(LogResponse::None);
+            }
+            EntryPayload::Normal(command) => command,
+        };
+        Ok(match command {
+            LogCommand::Append(appends) => {
+                let mut appended = Vec::with_capacity(appends.len());
+                for append in appends {
+                    appended.push(self.stage_append(staged, append)?);
+                }
+                LogResponse::Appended { appended }
+            }
+            LogCommand::Trim { stream, before_offset } => {
+                self.stage_trim(staged, stream, *before_offset)?;
+                LogResponse::None
+            }
+            LogCommand::PutResource(record) => {
+                let outcome = self.stage_put_resource(staged, record, index)?;
+                LogResponse::Applied { outcome: outcome.as_str().to_string() }
+            }
+            LogCommand::DeleteResource(key) => {
+                let existed = self.staged_resource(staged, key).is_some();
+                if existed {
+                    self.stage_resource(staged, key, None)?;
+                }
+                LogResponse::Deleted { existed }
+            }
+            LogCommand::CommitOffsets(commits) => {
+                self.stage_commit_offsets(staged, commits)?;
+                LogResponse::None
+            }
+            LogCommand::DeleteOffsets(cursors) => {
+                self.stage_delete_offsets(staged, cursors)?;
+                LogResponse::None
+            }
+            LogCommand::InitCluster(config) => match self.staged_cluster_config(staged) {
+                Some(existing) => LogResponse::AlreadyInitialized(existing.config),
+                None => {
+                    staged.batch.put_cf(sm, tag_key(self.group, SM_CLUSTER_CONFIG), encode(config).map_err(io_err)?);
+                    staged.new_config = Some(AppliedConfig { config: config.clone(), removed_at: BTreeMap::new() });
+                    LogResponse::None
+                }
+            },
+            LogCommand::SetMembers(_) | LogCommand::AddMember { .. } | LogCommand::RemoveMember(_) => {
+                if let Some(next) = next_cluster_config(self.staged_cluster_config(staged), command, index) {
+                    staged.batch.put_cf(
+                        sm,
+                        tag_key(self.group, SM_CLUSTER_CONFIG),
+                        encode(&next.config).map_err(io_err)?,
+                    );
+                    staged.batch.put_cf(
+                        sm,
+                        tag_key(self.group, SM_MEMBER_REMOVALS),
+                        encode(&next.removed_at).map_err(io_err)?,
+                    );
+                    staged.new_config = Some(next);
+                }
+                LogResponse::None
+            }
+        })
+    }
+
+    fn staged_cluster_config(&self, staged: &Staged) -> Option<AppliedConfig> {
+        staged.new_config.clone().or_else(|| self.view.cluster_config.borrow().clone())
+    }
+
+    /// Writes the staged batch with the applied log id, then publishes the changes to readers.
+    fn commit_staged(&mut self, mut staged: Staged, last_applied: LogId) -> io::Result<()> {
+        let sm = cf(&self.db, CF_SM_STATE)?;
+        staged.batch.put_cf(sm, tag_key(self.group, SM_APPLIED), encode(&Some(last_applied)).map_err(io_err)?);
+        let Staged { batch, streams: touched, resources, offset_commits, new_config, .. } = staged;
+        self.db.write(batch).map_err(io_err)?;
+        if offset_commits > 0 {
+            metrics::counter!("sluice_offset_commits_total", "group" => crate::ids::group_name(self.group))
+                .increment(offset_commits);
+        }
+        if !touched.is_empty()
+            && let Ok(mut streams) = self.view.streams.write()
+        {
+            streams.extend(touched);
+        }
+        if !resources.is_empty() {
+            if let Ok(mut view) = self.view.resources.write() {
+                for (key, json) in resources {
+                    match json {
+                        Some(json) => view.insert(key, json),
+                        None => view.remove(&key),
+                    };
+                }
+            }
+            self.view.resources_version.send_modify(|v| *v += 1);
+        }
+        if let Some(config) = new_config {
+            self.view.cluster_config.send_replace(Some(config));
+        }
+        self.view.applied_index.send_replace(last_applied.index());
+        Ok(())
+    }
+}
+
+/// The cluster config after a member command (metadata group): the new member list, and when each node
+/// that left it was removed. `None` when there is no config yet or the command would empty the list
+/// (both are ignored, as they always were).
+fn next_cluster_config(current: Option<AppliedConfig>, command: &LogCommand, index: u64) -> Option<AppliedConfig> {
+    let AppliedConfig { mut config, mut removed_at } = current?;
+    let mut members = config.members.clone();
+    match command {
+        LogCommand::SetMembers(list) => members = list.clone(),
+        LogCommand::AddMember { node, addr } => {
+            members.insert(*node, addr.clone());
+        }
+        LogCommand::RemoveMember(node) => {
+            members.remove(node);
+        }
+        _ => return None,
+    }
+    if members.is_empty() {
+        return None;
+    }
+    for gone in config.members.keys().filter(|id| !members.contains_key(id)) {
+        removed_at.insert(*gone, index);
+    }
+    config.members = members;
+    Some(AppliedConfig { config, removed_at })
 }
 
 /// Writes of one `apply` call, staged in one `WriteBatch`, and the view
 /// changes to publish once it is written.
 #[derive(Default)]
 struct Staged {
+    /// The cluster config as changed by the entries staged so far (metadata group).
+    new_config: Option<AppliedConfig>,
     batch: WriteBatch,
     streams: HashMap<String, StreamState>,
     seen: HashMap<(u32, Bytes), u64>,
@@ -701,103 +599,12 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let db = self.db.clone();
-        let sm = cf(&db, CF_SM_STATE)?;
         let mut staged = Staged::default();
         let mut last_applied: Option<LogId> = None;
-        let mut new_config: Option<AppliedConfig> = None;
         let mut responses = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             last_applied = Some(entry.log_id());
-            let response = match &entry.payload {
-                EntryPayload::Blank => LogResponse::None,
-                EntryPayload::Normal(LogCommand::Append(appends)) => {
-                    let mut appended = Vec::with_capacity(appends.len());
-                    for append in appends {
-                        appended.push(self.stage_append(&mut staged, append)?);
-                    }
-                    LogResponse::Appended { appended }
-                }
-                EntryPayload::Normal(LogCommand::Trim { stream, before_offset }) => {
-                    self.stage_trim(&mut staged, stream, *before_offset)?;
-                    LogResponse::None
-                }
-                EntryPayload::Normal(LogCommand::PutResource(record)) => {
-                    let outcome = self.stage_put_resource(&mut staged, record, entry.log_id().index())?;
-                    LogResponse::Applied { outcome: outcome.as_str().to_string() }
-                }
-                EntryPayload::Normal(LogCommand::DeleteResource(key)) => {
-                    let existed = self.staged_resource(&staged, key).is_some();
-                    if existed {
-                        self.stage_resource(&mut staged, key, None)?;
-                    }
-                    LogResponse::Deleted { existed }
-                }
-                EntryPayload::Normal(LogCommand::CommitOffsets(commits)) => {
-                    self.stage_commit_offsets(&mut staged, commits)?;
-                    LogResponse::None
-                }
-                EntryPayload::Normal(LogCommand::DeleteOffsets(cursors)) => {
-                    self.stage_delete_offsets(&mut staged, cursors)?;
-                    LogResponse::None
-                }
-                EntryPayload::Normal(LogCommand::InitCluster(config)) => {
-                    let existing = new_config.clone().or_else(|| self.view.cluster_config.borrow().clone());
-                    match existing {
-                        Some(existing) => LogResponse::AlreadyInitialized(existing.config),
-                        None => {
-                            staged.batch.put_cf(
-                                sm,
-                                tag_key(self.group, SM_CLUSTER_CONFIG),
-                                encode(config).map_err(io_err)?,
-                            );
-                            new_config = Some(AppliedConfig { config: config.clone(), removed_at: BTreeMap::new() });
-                            LogResponse::None
-                        }
-                    }
-                }
-                EntryPayload::Normal(
-                    command @ (LogCommand::SetMembers(_) | LogCommand::AddMember { .. } | LogCommand::RemoveMember(_)),
-                ) => {
-                    let current = new_config.clone().or_else(|| self.view.cluster_config.borrow().clone());
-                    if let Some(AppliedConfig { mut config, mut removed_at }) = current {
-                        let mut members = config.members.clone();
-                        match command {
-                            LogCommand::SetMembers(list) => members = list.clone(),
-                            LogCommand::AddMember { node, addr } => {
-                                members.insert(*node, addr.clone());
-                            }
-                            LogCommand::RemoveMember(node) => {
-                                members.remove(node);
-                            }
-                            _ => {}
-                        }
-                        if !members.is_empty() {
-                            for gone in config.members.keys().filter(|id| !members.contains_key(id)) {
-                                removed_at.insert(*gone, entry.log_id().index());
-                            }
-                            config.members = members;
-                            staged.batch.put_cf(
-                                sm,
-                                tag_key(self.group, SM_CLUSTER_CONFIG),
-                                encode(&config).map_err(io_err)?,
-                            );
-                            staged.batch.put_cf(
-                                sm,
-                                tag_key(self.group, SM_MEMBER_REMOVALS),
-                                encode(&removed_at).map_err(io_err)?,
-                            );
-                            new_config = Some(AppliedConfig { config, removed_at });
-                        }
-                    }
-                    LogResponse::None
-                }
-                EntryPayload::Membership(membership) => {
-                    let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
-                    staged.batch.put_cf(sm, tag_key(self.group, SM_MEMBERSHIP), encode(&stored).map_err(io_err)?);
-                    LogResponse::None
-                }
-            };
+            let response = self.stage_entry(&mut staged, &entry)?;
             if let Some(responder) = responder {
                 responses.push((responder, response));
             }
@@ -805,34 +612,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let Some(last_applied) = last_applied else {
             return Ok(());
         };
-        staged.batch.put_cf(sm, tag_key(self.group, SM_APPLIED), encode(&Some(last_applied)).map_err(io_err)?);
-        let Staged { batch, streams: touched, resources, offset_commits, .. } = staged;
-        self.db.write(batch).map_err(io_err)?;
-        if offset_commits > 0 {
-            metrics::counter!("sluice_offset_commits_total", "group" => crate::ids::group_name(self.group))
-                .increment(offset_commits);
-        }
-
-        if !touched.is_empty()
-            && let Ok(mut streams) = self.view.streams.write()
-        {
-            streams.extend(touched);
-        }
-        if !resources.is_empty() {
-            if let Ok(mut view) = self.view.resources.write() {
-                for (key, json) in resources {
-                    match json {
-                        Some(json) => view.insert(key, json),
-                        None => view.remove(&key),
-                    };
-                }
-            }
-            self.view.resources_version.send_modify(|v| *v += 1);
-        }
-        if let Some(config) = new_config {
-            self.view.cluster_config.send_replace(Some(config));
-        }
-        self.view.applied_index.send_replace(last_applied.index());
+        self.commit_staged(staged, last_applied)?;
         for (responder, response) in responses {
             responder.send(response);
         }
@@ -916,7 +696,48 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_group_end_is_used(group: GroupId) -> Vec<u8> {
-    group_end(group)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(members: &[(NodeId, &str)], removed_at: &[(NodeId, u64)]) -> AppliedConfig {
+        let members: BTreeMap<NodeId, String> = members.iter().map(|(id, addr)| (*id, addr.to_string())).collect();
+        AppliedConfig {
+            config: ClusterConfig { partitions: 2, members: members.clone(), initial_members: members },
+            removed_at: removed_at.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn member_commands_change_the_member_list_and_record_removals() {
+        let current = applied(&[(1, "a"), (2, "b")], &[]);
+        let added = next_cluster_config(Some(current.clone()), &LogCommand::AddMember { node: 3, addr: "c".into() }, 7)
+            .expect("config");
+        assert_eq!(added.config.members.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(added.removed_at.is_empty());
+        assert_eq!(added.config.initial_members, current.config.initial_members, "initial members never change");
+
+        let removed = next_cluster_config(Some(added), &LogCommand::RemoveMember(2), 9).expect("config");
+        assert_eq!(removed.config.members.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(removed.removed_at, BTreeMap::from([(2, 9)]));
+
+        let set =
+            next_cluster_config(Some(removed), &LogCommand::SetMembers(BTreeMap::from([(2, "b2".to_string())])), 12)
+                .expect("config");
+        assert_eq!(set.config.members, BTreeMap::from([(2, "b2".to_string())]));
+        assert_eq!(set.removed_at, BTreeMap::from([(1, 12), (2, 9), (3, 12)]), "a removal keeps its latest index");
+    }
+
+    #[test]
+    fn member_commands_without_a_config_or_emptying_the_list_are_ignored() {
+        assert_eq!(next_cluster_config(None, &LogCommand::RemoveMember(1), 3), None);
+        let only = applied(&[(1, "a")], &[]);
+        assert_eq!(next_cluster_config(Some(only.clone()), &LogCommand::RemoveMember(1), 3), None);
+        assert_eq!(next_cluster_config(Some(only.clone()), &LogCommand::SetMembers(BTreeMap::new()), 3), None);
+        assert_eq!(
+            next_cluster_config(Some(only), &LogCommand::Trim { stream: "s".into(), before_offset: 1 }, 3),
+            None,
+            "not a member command"
+        );
+    }
 }

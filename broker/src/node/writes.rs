@@ -1,0 +1,201 @@
+//! Writes: a request for a group goes to its leader (forwarded if this node is not it), which proposes it
+//! to Raft and answers once it is committed and applied. Streams, consumer offsets and resource objects
+//! all come through here.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::async_runtime::watch::WatchReceiver;
+
+use super::Node;
+use super::membership::run_membership;
+use crate::command::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
+use crate::command::{
+    Appended, Dedupe, GroupId, LogCommand, LogResponse, METADATA_GROUP, OffsetCommit, ResourceKey, ResourceRecord,
+    StreamAppend, partition_group,
+};
+use crate::error::BrokerError;
+
+/// Longest stream name (bytes).
+pub const MAX_STREAM_NAME_BYTES: usize = 512;
+
+impl Node {
+    /// Appends `payloads` to `stream` in `partition`; answers where they went
+    /// once committed (the stored ones have dense offsets from `first_offset`;
+    /// with `dedupe`, records seen within the window are not stored again).
+    pub async fn append(
+        &self,
+        stream: &str,
+        partition: u32,
+        payloads: Vec<Bytes>,
+        arrival_ms: u64,
+        dedupe: Option<Dedupe>,
+    ) -> Result<Appended, BrokerError> {
+        validate_stream_name(stream)?;
+        if let Some(dedupe) = &dedupe
+            && dedupe.keys.len() != payloads.len()
+        {
+            return Err(BrokerError::InvalidStream { stream: stream.to_string(), rule: "one dedupe key per payload" });
+        }
+        let group = self.partition_group_id(partition)?;
+        let append = StreamAppend { stream: stream.to_string(), arrival_ms, payloads, dedupe };
+        match self.write(group, ForwardedWrite::Append(append)).await? {
+            ForwardedReply::Appended(appended) => Ok(appended),
+            other => Err(BrokerError::Bug { group, reason: format!("unexpected reply {other:?}") }),
+        }
+    }
+
+    /// Drops the records of `stream` in `partition` below `before_offset` (retention).
+    pub async fn trim(&self, partition: u32, stream: &str, before_offset: u64) -> Result<(), BrokerError> {
+        let group = self.partition_group_id(partition)?;
+        let command = LogCommand::Trim { stream: stream.to_string(), before_offset };
+        self.write(group, ForwardedWrite::Command(command)).await.map(|_| ())
+    }
+
+    /// Commits consumer offsets in `partition`'s group: each cursor moves to
+    /// `max(stored, offset)`, or exactly `offset` with `reset`. Through Raft,
+    /// so that a new leader resumes delivery where the old one left off.
+    pub async fn commit_offsets(&self, partition: u32, commits: Vec<OffsetCommit>) -> Result<(), BrokerError> {
+        for commit in &commits {
+            validate_cursor_name(&commit.cursor)?;
+        }
+        let group = self.partition_group_id(partition)?;
+        if commits.is_empty() {
+            return Ok(());
+        }
+        self.write(group, ForwardedWrite::Command(LogCommand::CommitOffsets(commits))).await.map(|_| ())
+    }
+
+    /// Forgets consumer cursors in `partition`'s group (absent ones are fine).
+    pub async fn delete_offsets(&self, partition: u32, cursors: Vec<String>) -> Result<(), BrokerError> {
+        for cursor in &cursors {
+            validate_cursor_name(cursor)?;
+        }
+        let group = self.partition_group_id(partition)?;
+        if cursors.is_empty() {
+            return Ok(());
+        }
+        self.write(group, ForwardedWrite::Command(LogCommand::DeleteOffsets(cursors))).await.map(|_| ())
+    }
+
+    /// Creates or replaces a resource object in the metadata group; answers
+    /// `created`, `configured` or `unchanged`.
+    pub async fn put_resource(&self, record: ResourceRecord) -> Result<String, BrokerError> {
+        match self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::PutResource(record))).await? {
+            ForwardedReply::Response(LogResponse::Applied { outcome }) => Ok(outcome),
+            other => Err(BrokerError::Bug { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),
+        }
+    }
+
+    /// Deletes a resource object; `false` when there was none (nothing changed).
+    pub async fn delete_resource(&self, key: ResourceKey) -> Result<bool, BrokerError> {
+        match self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::DeleteResource(key))).await? {
+            ForwardedReply::Response(LogResponse::Deleted { existed }) => Ok(existed),
+            other => Err(BrokerError::Bug { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),
+        }
+    }
+
+    pub(super) fn partition_group_id(&self, partition: u32) -> Result<GroupId, BrokerError> {
+        let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
+        if partition >= config.partitions {
+            return Err(BrokerError::NoSuchPartition { partition, partitions: config.partitions });
+        }
+        Ok(partition_group(partition))
+    }
+
+    /// Writes through the group's leader: locally, or forwarded one hop.
+    /// Definite refusals (no leader yet, stale leader) are retried while a
+    /// new leader is elected, for a bounded time.
+    pub(super) async fn write(&self, group_id: GroupId, write: ForwardedWrite) -> Result<ForwardedReply, BrokerError> {
+        let group = self.group(group_id)?;
+        let tuning = &self.inner.settings.tuning;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(tuning.election_timeout_max_ms * 4);
+        loop {
+            let attempt = match group.leader() {
+                Some(leader) if leader == self.id() => self.write_local(group_id, write.clone()).await,
+                Some(leader) => match group.node_addr(leader) {
+                    Some(addr) => match &write {
+                        ForwardedWrite::Append(append) => {
+                            group.forwarder.submit(&addr, append.clone()).await.map(ForwardedReply::Appended)
+                        }
+                        _ => self.inner.peers.forward(&addr, group_id, &write).await,
+                    },
+                    None => Err(WriteFailure::NotLeader { group: group_id, leader: Some(leader) }),
+                },
+                None => Err(WriteFailure::NotLeader { group: group_id, leader: None }),
+            };
+            match attempt {
+                Err(WriteFailure::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                    let mut metrics = group.raft.metrics();
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(tuning.heartbeat_ms * 2), metrics.changed()).await;
+                }
+                other => return other.map_err(BrokerError::from),
+            }
+        }
+    }
+
+    /// Writes on this node, which must lead the group (the `Forward` RPC lands here).
+    pub(crate) async fn write_local(
+        &self,
+        group_id: GroupId,
+        write: ForwardedWrite,
+    ) -> Result<ForwardedReply, WriteFailure> {
+        let group = self.group(group_id).map_err(|_| WriteFailure::NotLeader { group: group_id, leader: None })?;
+        if !group.is_leader(self.id()) {
+            return Err(WriteFailure::NotLeader { group: group_id, leader: group.leader() });
+        }
+        match write {
+            ForwardedWrite::Append(append) => group.batcher.submit(append).await.map(ForwardedReply::Appended),
+            ForwardedWrite::AppendBatch(appends) => {
+                let results = futures::future::join_all(appends.into_iter().map(|a| group.batcher.submit(a))).await;
+                Ok(ForwardedReply::AppendedBatch(results))
+            }
+            ForwardedWrite::Membership(op) => run_membership(&group, op).await.map(ForwardedReply::Membership),
+            // Metadata commands are idempotent (applying one twice changes
+            // nothing more), so a lost leadership is simply retried.
+            ForwardedWrite::Command(command) => {
+                match tokio::time::timeout(
+                    crate::raft::append_batcher::COMMIT_TIMEOUT,
+                    group.raft.client_write(command),
+                )
+                .await
+                {
+                    Err(_) => Err(WriteFailure::Indeterminate {
+                        group: group_id,
+                        reason: format!(
+                            "not committed within {:?} (no quorum?)",
+                            crate::raft::append_batcher::COMMIT_TIMEOUT
+                        ),
+                    }),
+                    Ok(Ok(response)) => Ok(ForwardedReply::Response(response.response().clone())),
+                    Ok(Err(e)) => match e.forward_to_leader() {
+                        Some(forward) => Err(WriteFailure::NotLeader { group: group_id, leader: forward.leader_id }),
+                        None => Err(WriteFailure::Indeterminate { group: group_id, reason: e.to_string() }),
+                    },
+                }
+            }
+        }
+    }
+}
+
+pub fn validate_stream_name(stream: &str) -> Result<(), BrokerError> {
+    let rule = if stream.is_empty() {
+        "must not be empty"
+    } else if stream.len() > MAX_STREAM_NAME_BYTES {
+        "must be at most 512 bytes"
+    } else if stream.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else {
+        return Ok(());
+    };
+    Err(BrokerError::InvalidStream { stream: stream.chars().take(64).collect(), rule })
+}
+
+/// Consumer cursor names follow the stream name rules.
+pub fn validate_cursor_name(cursor: &str) -> Result<(), BrokerError> {
+    validate_stream_name(cursor).map_err(|e| match e {
+        BrokerError::InvalidStream { stream, rule } => BrokerError::InvalidCursor { cursor: stream, rule },
+        other => other,
+    })
+}
