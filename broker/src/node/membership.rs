@@ -216,83 +216,100 @@ impl Node {
     }
 }
 
-/// Runs a membership operation on the group's leader (this node).
+/// A group's membership as its leader sees it: the voters, and every member (voters and learners) with its
+/// peer address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct GroupMembers {
+    pub(super) voters: BTreeSet<NodeId>,
+    pub(super) addrs: BTreeMap<NodeId, String>,
+}
+
+/// What a membership operation comes to on a group, decided from its membership alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum MembershipStep {
+    /// Nothing to change (already so): the operation is done.
+    Done,
+    Refused(String),
+    AddLearner {
+        node: NodeId,
+        addr: String,
+    },
+    Promote(NodeId),
+    RemoveVoter(NodeId),
+    RemoveLearner(NodeId),
+    TransferLeader(NodeId),
+}
+
+/// The decision of [`run_membership`]: idempotent (repeating an operation that took effect is `Done`), and
+/// refusing what would break the group (a node under two addresses, removing the last voter, handing
+/// leadership to a non-voter).
+pub(super) fn plan_membership(group: &str, members: &GroupMembers, op: MembershipOp) -> MembershipStep {
+    let is_voter = |node: NodeId| members.voters.contains(&node);
+    match op {
+        MembershipOp::AddLearner { node, addr } => match members.addrs.get(&node) {
+            Some(known) if *known != addr => {
+                MembershipStep::Refused(format!("node {node} is already in {group} with another peer address"))
+            }
+            // Adding again also waits for the learner to catch up, so it is not `Done` here.
+            _ => MembershipStep::AddLearner { node, addr },
+        },
+        MembershipOp::Promote(node) if is_voter(node) => MembershipStep::Done,
+        MembershipOp::Promote(node) => MembershipStep::Promote(node),
+        MembershipOp::Remove(node) if !members.addrs.contains_key(&node) && !is_voter(node) => MembershipStep::Done,
+        MembershipOp::Remove(node) if is_voter(node) && members.voters.len() <= 1 => {
+            MembershipStep::Refused(format!("node {node} is the last voter of {group}"))
+        }
+        MembershipOp::Remove(node) if is_voter(node) => MembershipStep::RemoveVoter(node),
+        MembershipOp::Remove(node) => MembershipStep::RemoveLearner(node),
+        MembershipOp::TransferLeader(node) if !is_voter(node) => {
+            MembershipStep::Refused(format!("node {node} is not a voter of {group}"))
+        }
+        MembershipOp::TransferLeader(node) => MembershipStep::TransferLeader(node),
+    }
+}
+
+/// Carries out a membership operation on a group this node leads, as [`plan_membership`] decides it.
 pub(super) async fn run_membership(group: &Group, op: MembershipOp) -> Result<MembershipOutcome, WriteFailure> {
     let group_id = group.id;
     let membership = group.raft.metrics().borrow_watched().membership_config.clone();
     let membership = membership.membership();
-    let is_voter = |node: NodeId| membership.voter_ids().any(|v| v == node);
-    let result = match op {
-        MembershipOp::AddLearner { node, addr } => {
-            if membership.get_node(&node).is_some_and(|n| n.addr != addr) {
-                return Ok(MembershipOutcome::Refused(format!(
-                    "node {node} is already in {} with another peer address",
-                    group_name(group_id)
-                )));
+    let members = GroupMembers {
+        voters: membership.voter_ids().collect(),
+        addrs: membership.nodes().map(|(id, node)| (*id, node.addr.clone())).collect(),
+    };
+    let commit_change = |change, what: &'static str| async move {
+        match tokio::time::timeout(
+            crate::raft::append_batcher::COMMIT_TIMEOUT,
+            group.raft.change_membership(change, false),
+        )
+        .await
+        {
+            Err(_) => {
+                Err(WriteFailure::Indeterminate { group: group_id, reason: format!("{what} not committed in time") })
             }
+            Ok(result) => Ok(result.map(|_| ())),
+        }
+    };
+    let result = match plan_membership(&group_name(group_id), &members, op) {
+        MembershipStep::Done => return Ok(MembershipOutcome::Done),
+        MembershipStep::Refused(reason) => return Ok(MembershipOutcome::Refused(reason)),
+        MembershipStep::AddLearner { node, addr } => {
             match tokio::time::timeout(LEARNER_WAIT, group.raft.add_learner(node, BasicNode::new(addr), true)).await {
                 // The learner is added; the wait for it to catch up timed out.
                 Err(_) => return Ok(MembershipOutcome::CatchingUp),
                 Ok(result) => result.map(|_| ()),
             }
         }
-        MembershipOp::Promote(node) => {
-            if is_voter(node) {
-                return Ok(MembershipOutcome::Done);
-            }
-            let change = ChangeMembers::AddVoterIds(BTreeSet::from([node]));
-            match tokio::time::timeout(
-                crate::raft::append_batcher::COMMIT_TIMEOUT,
-                group.raft.change_membership(change, false),
-            )
-            .await
-            {
-                Err(_) => {
-                    return Err(WriteFailure::Indeterminate {
-                        group: group_id,
-                        reason: "promotion not committed in time".into(),
-                    });
-                }
-                Ok(result) => result.map(|_| ()),
-            }
+        MembershipStep::Promote(node) => {
+            commit_change(ChangeMembers::AddVoterIds(BTreeSet::from([node])), "promotion").await?
         }
-        MembershipOp::Remove(node) => {
-            if membership.get_node(&node).is_none() {
-                return Ok(MembershipOutcome::Done);
-            }
-            let change = if is_voter(node) {
-                if membership.voter_ids().count() <= 1 {
-                    return Ok(MembershipOutcome::Refused(format!(
-                        "node {node} is the last voter of {}",
-                        group_name(group_id)
-                    )));
-                }
-                ChangeMembers::RemoveVoters(BTreeSet::from([node]))
-            } else {
-                ChangeMembers::RemoveNodes(BTreeSet::from([node]))
-            };
-            match tokio::time::timeout(
-                crate::raft::append_batcher::COMMIT_TIMEOUT,
-                group.raft.change_membership(change, false),
-            )
-            .await
-            {
-                Err(_) => {
-                    return Err(WriteFailure::Indeterminate {
-                        group: group_id,
-                        reason: "removal not committed in time".into(),
-                    });
-                }
-                Ok(result) => result.map(|_| ()),
-            }
+        MembershipStep::RemoveVoter(node) => {
+            commit_change(ChangeMembers::RemoveVoters(BTreeSet::from([node])), "removal").await?
         }
-        MembershipOp::TransferLeader(node) => {
-            if !is_voter(node) {
-                return Ok(MembershipOutcome::Refused(format!(
-                    "node {node} is not a voter of {}",
-                    group_name(group_id)
-                )));
-            }
+        MembershipStep::RemoveLearner(node) => {
+            commit_change(ChangeMembers::RemoveNodes(BTreeSet::from([node])), "removal").await?
+        }
+        MembershipStep::TransferLeader(node) => {
             return match group.raft.trigger().transfer_leader(node).await {
                 Ok(()) => Ok(MembershipOutcome::Done),
                 Err(e) => Err(WriteFailure::Indeterminate { group: group_id, reason: e.to_string() }),
@@ -405,5 +422,59 @@ pub(super) async fn watch_cluster_config(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    fn members(voters: &[NodeId], learners: &[NodeId]) -> GroupMembers {
+        GroupMembers {
+            voters: voters.iter().copied().collect(),
+            addrs: voters.iter().chain(learners).map(|id| (*id, format!("n{id}:7000"))).collect(),
+        }
+    }
+
+    #[test]
+    fn membership_operations_are_planned_from_the_group_membership() {
+        use MembershipOp as Op;
+        use MembershipStep as Step;
+        let group = members(&[1, 2], &[3]);
+        let refused = |reason: &str| Step::Refused(reason.to_string());
+        let cases: Vec<(Op, Step, &str)> = vec![
+            (
+                Op::AddLearner { node: 4, addr: "n4:7000".into() },
+                Step::AddLearner { node: 4, addr: "n4:7000".into() },
+                "a new node joins as a learner",
+            ),
+            (
+                Op::AddLearner { node: 3, addr: "n3:7000".into() },
+                Step::AddLearner { node: 3, addr: "n3:7000".into() },
+                "adding again waits for the learner again",
+            ),
+            (
+                Op::AddLearner { node: 3, addr: "elsewhere:7000".into() },
+                refused("node 3 is already in partition-0 with another peer address"),
+                "one node, one address",
+            ),
+            (Op::Promote(3), Step::Promote(3), "a learner is promoted"),
+            (Op::Promote(2), Step::Done, "promoting a voter again is done"),
+            (Op::Remove(2), Step::RemoveVoter(2), "a voter is removed by a joint change"),
+            (Op::Remove(3), Step::RemoveLearner(3), "a learner is just dropped"),
+            (Op::Remove(9), Step::Done, "removing a node that is not there is done"),
+            (Op::TransferLeader(2), Step::TransferLeader(2), "leadership moves to a voter"),
+            (Op::TransferLeader(3), refused("node 3 is not a voter of partition-0"), "never to a learner"),
+            (Op::TransferLeader(9), refused("node 9 is not a voter of partition-0"), "never to a stranger"),
+        ];
+        for (op, expected, why) in cases {
+            assert_eq!(plan_membership("partition-0", &group, op), expected, "{why}");
+        }
+        assert_eq!(
+            plan_membership("partition-0", &members(&[1], &[3]), Op::Remove(1)),
+            refused("node 1 is the last voter of partition-0"),
+            "the last voter stays"
+        );
+        assert_eq!(plan_membership("partition-0", &members(&[1], &[3]), Op::Remove(3)), Step::RemoveLearner(3));
     }
 }

@@ -127,7 +127,7 @@ async fn run(group: GroupId, raft: Raft, limits: AppendLimits, mut rx: mpsc::Rec
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let filled = fill_batch(first, &mut rx, &limits, |p| &p.append, |_, _| true);
+        let filled = fill_batch(first, || rx.try_recv().ok(), &limits, |p| &p.append, |_, _| true);
         let (batch, records, bytes) = (filled.batch, filled.records, filled.bytes);
         carried = filled.carried;
         let raft = raft.clone();
@@ -146,12 +146,13 @@ pub(crate) struct Filled<T> {
     pub carried: Option<T>,
 }
 
-/// Takes `first` and everything already waiting in `rx` (never waiting for more) while the batch stays within
-/// the entry's record and byte limits and `joins(first, next)` holds. Shared by the leader's batcher and the
-/// follower's forwarder.
+/// Takes `first` and what `next_waiting` gives (what is already queued: the shells pass a non-blocking
+/// `try_recv`) while the batch stays within the entry's record and byte limits and `joins(first, next)` holds.
+/// The first item that does not fit is carried: it starts the next batch. Shared by the leader's batcher and
+/// the follower's forwarder.
 pub(crate) fn fill_batch<T>(
     first: T,
-    rx: &mut mpsc::Receiver<T>,
+    mut next_waiting: impl FnMut() -> Option<T>,
     limits: &AppendLimits,
     append_of: impl Fn(&T) -> &StreamAppend,
     joins: impl Fn(&T, &T) -> bool,
@@ -161,7 +162,7 @@ pub(crate) fn fill_batch<T>(
     let mut batch = vec![first];
     let mut carried = None;
     while records < limits.max_records_per_entry && bytes < limits.max_bytes_per_entry {
-        let Ok(next) = rx.try_recv() else { break };
+        let Some(next) = next_waiting() else { break };
         let next_records = append_of(&next).payloads.len();
         let next_bytes = append_of(&next).payload_bytes();
         if !joins(&batch[0], &next)
@@ -217,5 +218,93 @@ async fn commit(group: GroupId, raft: &Raft, batch: Vec<PendingAppend>, records:
                 let _ = reply.send(Err(WriteFailure::Indeterminate { group, reason: reason.clone() }));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    use bytes::Bytes;
+
+    fn append(stream: &str, records: usize, bytes_each: usize) -> StreamAppend {
+        StreamAppend {
+            stream: stream.into(),
+            arrival_ms: 0,
+            payloads: (0..records).map(|_| Bytes::from(vec![b'x'; bytes_each])).collect(),
+            dedupe: None,
+        }
+    }
+
+    fn limits(max_records_per_entry: usize, max_bytes_per_entry: usize) -> AppendLimits {
+        AppendLimits { max_records_per_entry, max_bytes_per_entry, ..AppendLimits::default() }
+    }
+
+    /// Fills one batch from `queued`; answers the streams batched, the carried one and what stays queued.
+    fn fill(
+        first: StreamAppend,
+        queued: &mut VecDeque<StreamAppend>,
+        limits: &AppendLimits,
+        joins: impl Fn(&StreamAppend, &StreamAppend) -> bool,
+    ) -> (Vec<String>, usize, usize, Option<String>) {
+        let filled = fill_batch(first, || queued.pop_front(), limits, |a| a, joins);
+        (
+            filled.batch.iter().map(|a| a.stream.clone()).collect(),
+            filled.records,
+            filled.bytes,
+            filled.carried.map(|a| a.stream),
+        )
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_queued_and_never_waits() {
+        let mut queued = VecDeque::from([append("b", 1, 10), append("c", 2, 10)]);
+        let (batch, records, bytes, carried) = fill(append("a", 1, 10), &mut queued, &limits(100, 1000), |_, _| true);
+        assert_eq!(batch, ["a", "b", "c"]);
+        assert_eq!((records, bytes), (4, 40));
+        assert_eq!(carried, None);
+        assert!(queued.is_empty());
+
+        let (batch, _, _, carried) = fill(append("alone", 1, 10), &mut queued, &limits(100, 1000), |_, _| true);
+        assert_eq!((batch, carried), (vec!["alone".to_string()], None), "an empty queue: the first goes alone");
+    }
+
+    #[test]
+    fn the_first_append_that_would_pass_a_limit_is_carried_and_the_rest_stay_queued() {
+        // Records: 3 + 1 = 4 fits, + 2 would be 6 > 5.
+        let mut queued = VecDeque::from([append("b", 1, 1), append("c", 2, 1), append("d", 1, 1)]);
+        let (batch, records, _, carried) = fill(append("a", 3, 1), &mut queued, &limits(5, 1000), |_, _| true);
+        assert_eq!((batch, records, carried), (vec!["a".into(), "b".into()], 4, Some("c".into())));
+        assert_eq!(queued.len(), 1, "d was never taken");
+
+        // Reaching a limit exactly ends the batch without taking (or carrying) the next one.
+        let mut queued = VecDeque::from([append("b", 2, 1), append("c", 1, 1)]);
+        let (batch, records, _, carried) = fill(append("a", 3, 1), &mut queued, &limits(5, 1000), |_, _| true);
+        assert_eq!((batch, records, carried), (vec!["a".into(), "b".into()], 5, None));
+        assert_eq!(queued.len(), 1);
+
+        // Bytes: 60 + 50 > 100.
+        let mut queued = VecDeque::from([append("b", 1, 50)]);
+        let (batch, _, bytes, carried) = fill(append("a", 1, 60), &mut queued, &limits(100, 100), |_, _| true);
+        assert_eq!((batch, bytes, carried), (vec!["a".into()], 60, Some("b".into())));
+    }
+
+    #[test]
+    fn a_full_first_append_takes_nothing_more() {
+        let mut queued = VecDeque::from([append("b", 1, 1)]);
+        let (batch, _, _, carried) = fill(append("a", 5, 1), &mut queued, &limits(5, 1000), |_, _| true);
+        assert_eq!((batch, carried), (vec!["a".into()], None));
+        assert_eq!(queued.len(), 1, "the limit is reached before anything is taken");
+    }
+
+    #[test]
+    fn an_append_that_does_not_join_the_first_starts_the_next_batch() {
+        // The forwarder joins only requests for the same leader (here: the same stream name's first letter).
+        let joins = |a: &StreamAppend, b: &StreamAppend| a.stream[..1] == b.stream[..1];
+        let mut queued = VecDeque::from([append("x2", 1, 1), append("y1", 1, 1), append("x3", 1, 1)]);
+        let (batch, _, _, carried) = fill(append("x1", 1, 1), &mut queued, &limits(100, 1000), joins);
+        assert_eq!((batch, carried), (vec!["x1".into(), "x2".into()], Some("y1".into())));
+        assert_eq!(queued.len(), 1);
     }
 }

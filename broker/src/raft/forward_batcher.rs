@@ -65,7 +65,8 @@ async fn run(group: GroupId, peers: PeerClients, limits: AppendLimits, mut rx: m
             return;
         };
         let leader_addr = first.leader_addr.clone();
-        let filled = fill_batch(first, &mut rx, &limits, |p| &p.append, |a, b| a.leader_addr == b.leader_addr);
+        let filled =
+            fill_batch(first, || rx.try_recv().ok(), &limits, |p| &p.append, |a, b| a.leader_addr == b.leader_addr);
         let batch = filled.batch;
         carried = filled.carried;
         requests_per_rpc.record(batch.len() as f64);
