@@ -30,8 +30,8 @@ use tonic::{Request, Response, Status};
 use crate::consumer::{
     ANNOTATION_PAUSED, ConsumerKind, ConsumerSpec, ReplyTarget, consumers, cursor_name, dead_letter_stream, stream_of,
 };
-use crate::deliver::{DeliveryContext, Settlement, deliver, now_ms};
-use crate::sender::Sender;
+use crate::delivery::sender::Sender;
+use crate::delivery::task::{DeliveryContext, Settlement, deliver, now_ms};
 use crate::stats::{self, CursorStats};
 
 /// Most dead letters one `List` returns.
@@ -452,5 +452,7 @@ async fn redrive_to_broker(node: &Node, spec: &ConsumerSpec, event: CloudEvent) 
     let settings = IngressSettings { dedupe_window: None, ..settings.clone() };
     let mut event = event;
     event.attributes.remove("knativearrivaltime");
-    sluice_broker::publish(node, stream, &settings, vec![event], crate::deliver::MAX_REPLY_EVENT_BYTES).await.is_ok()
+    sluice_broker::publish(node, stream, &settings, vec![event], crate::delivery::task::MAX_REPLY_EVENT_BYTES)
+        .await
+        .is_ok()
 }

@@ -17,7 +17,7 @@ use sluice_broker::{IngressSettings, stream_name};
 use sluice_controller::model::Destination;
 use sluice_controller::status::{Environment, World, resolve};
 
-use crate::delivery::DeliveryPolicy;
+use crate::delivery::policy::DeliveryPolicy;
 use crate::filter::{self, CompiledFilter};
 use crate::window::Ordering;
 

@@ -3,12 +3,12 @@
 //!
 //! What flows through it: resource objects (Brokers, Triggers, Channels, Subscriptions) become
 //! [`consumer::ConsumerSpec`]s — resolved URLs, a compiled [`filter`] (Knative's attributes, the Subscriptions
-//! API dialects and [`cesql`]), a [`delivery`] policy and Sluice's annotations. The [`supervisor`] runs one
+//! API dialects and [`cesql`]), a [`delivery::policy`] and Sluice's annotations. The [`supervisor`] runs one
 //! [`partition::PartitionDispatcher`] per (stream, partition) on the node leading that partition. It reads
 //! the committed log, matches each event once against all consumers through a [`filter::FilterIndex`], and
 //! admits matches into each consumer's [`window`] (ordering per key, in-flight bound, commit watermark); a
-//! [`rate`] limiter paces starts. Each admitted event is delivered by [`deliver`]: HTTP attempts via
-//! [`sender`], the retry/dead-letter decisions of [`delivery`], replies appended to the Broker through the
+//! [`rate`] limiter paces starts. Each admitted event is delivered by [`delivery`]: HTTP attempts via
+//! [`delivery::sender`], the retry/dead-letter decisions of [`delivery::policy`], replies appended to the Broker through the
 //! log, dead letters to the sink or the consumer's dead-letter stream. Watermarks are committed through the
 //! partition's Raft group, so a new leader resumes where the old one left off.
 //!
@@ -19,12 +19,10 @@
 pub use sluice_cesql as cesql;
 pub mod admin;
 pub mod consumer;
-pub mod deliver;
 pub mod delivery;
 pub mod filter;
 pub mod partition;
 pub mod rate;
-pub mod sender;
 pub mod stats;
 pub mod supervisor;
 pub mod window;

@@ -16,9 +16,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::consumer::{ConsumerSpec, consumers};
-use crate::deliver::DeliveryContext;
+use crate::delivery::sender::Sender;
+use crate::delivery::task::DeliveryContext;
 use crate::partition::{Control, PartitionDispatcher, PartitionSettings};
-use crate::sender::Sender;
 
 #[derive(Clone, Debug)]
 pub struct DispatcherSettings {

@@ -1,7 +1,7 @@
 //! Delivering one event to one consumer, from the first attempt to its settlement: delivered (and its reply
 //! committed), dead-lettered (to the sink, or kept in the consumer's dead-letter stream), or dropped.
 //!
-//! The decisions are [`crate::delivery`]'s; this is the shell that sends, sleeps until the retry instant it was
+//! The decisions are [`super::policy`]'s; this is the shell that sends, sleeps until the retry instant it was
 //! given, and appends replies and dead letters through the log. A delivery task is aborted (at an await point)
 //! when its partition dispatcher stops; the event is then redelivered from the committed offset.
 
@@ -15,8 +15,8 @@ use sluice_broker::{PublishError, publish};
 use sluice_cloudevent::{AttrValue, CloudEvent};
 
 use crate::consumer::{ConsumerSpec, DeadLetterMode, Format, ReplyTarget};
-use crate::delivery::{FailureReason, Outcome, Step, classify, next_step_jittered};
-use crate::sender::{AttemptResult, Sender};
+use crate::delivery::policy::{FailureReason, Outcome, Step, classify, next_step_jittered};
+use crate::delivery::sender::{AttemptResult, Sender};
 
 /// The most of a subscriber's response body carried in `knativeerrordata` (before base64).
 pub const MAX_ERROR_DATA_BYTES: usize = 1024;
@@ -85,7 +85,7 @@ impl Judge for ByStatus {
     }
 }
 
-/// The one send loop: POSTs `event` to `url` until the consumer's policy (`delivery::next_step_jittered`) says it
+/// The one send loop: POSTs `event` to `url` until the consumer's policy (`policy::next_step_jittered`) says it
 /// is done or gives up, sleeping until each retry instant.
 async fn send_with_retries(
     ctx: &DeliveryContext,

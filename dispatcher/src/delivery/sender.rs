@@ -11,7 +11,7 @@ use bytes::Bytes;
 use sluice_cloudevent::{self as cloudevent, AttrValue, CloudEvent, EventData};
 
 use crate::consumer::{Format, Protocol};
-use crate::delivery::RetryAfter;
+use crate::delivery::policy::RetryAfter;
 
 /// The most of a response body that is read: a reply event must fit, and `knativeerrordata` is cut from it.
 pub const MAX_RESPONSE_BYTES: usize = 4 << 20;

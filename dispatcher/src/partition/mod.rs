@@ -1,0 +1,361 @@
+//! One stream partition's dispatch, on the node that leads the partition: the consumers (Triggers of a Broker,
+//! Subscriptions of a Channel) reading it, their windows, their deliveries and their offset commits.
+//!
+//! What flows in: the consumers of the stream (from the supervisor), the partition's applied log, delivery
+//! settlements, replay requests (stored as cursors), a commit tick. What flows out: delivery tasks, and offset
+//! and statistics commits through the partition's Raft group.
+//!
+//! The decisions (shared and private readers, attach and detach, admission into windows, rate limits,
+//! replays, what to commit) are [`reading`]'s, pure and tested over an in-memory log; this task reads the log
+//! for them, spawns and aborts deliveries, and commits.
+//!
+//! Offsets: every `commit_interval` the watermark of each consumer (below it everything is settled or did not
+//! match) is committed through the partition's Raft group; also when the dispatcher stops. A crash redelivers
+//! at most what settled since the last commit, plus what was in flight.
+
+mod reading;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_broker::OffsetCommit;
+use sluice_cloudevent::CloudEvent;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+
+use crate::consumer::{ConsumerSpec, InitialOffset, cursor_prefix};
+use crate::delivery::task::{DeliveryContext, Settlement, deliver, now_ms};
+use crate::stats::{self, CursorStats};
+use reading::{Consumer, ConsumerStart, ReadEvent, ReadLog, Reading, Start};
+
+/// What a delivery task answers: (cursor, generation, offset, settlement).
+type DeliveryResult = (String, u64, u64, Settlement);
+
+pub enum Control {
+    /// The consumers of this stream now; `live_uids` are the uids of every Trigger and Subscription that
+    /// exists (cursors of others are deleted).
+    Update {
+        consumers: Vec<Arc<ConsumerSpec>>,
+        live_uids: Arc<HashSet<String>>,
+    },
+    Stop,
+}
+
+#[derive(Clone, Debug)]
+pub struct PartitionSettings {
+    pub commit_interval: Duration,
+    /// Records per read.
+    pub read_batch: usize,
+    pub partitions: u32,
+}
+
+pub struct PartitionDispatcher {
+    ctx: DeliveryContext,
+    stream: String,
+    settings: PartitionSettings,
+    reading: Reading,
+    deliveries: JoinSet<DeliveryResult>,
+    /// Running deliveries by consumer and offset, to abort when the consumer stops, changes or replays.
+    running: HashMap<String, HashMap<u64, AbortHandle>>,
+}
+
+impl PartitionDispatcher {
+    /// Starts the task; it runs until [`Control::Stop`] or the sender is dropped.
+    pub fn spawn(
+        ctx: DeliveryContext,
+        stream: String,
+        settings: PartitionSettings,
+    ) -> (mpsc::Sender<Control>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(16);
+        let dispatcher = PartitionDispatcher {
+            reading: Reading::new(settings.read_batch, settings.partitions),
+            ctx,
+            stream,
+            settings,
+            deliveries: JoinSet::new(),
+            running: HashMap::new(),
+        };
+        (tx, tokio::spawn(dispatcher.run(rx)))
+    }
+
+    fn partition(&self) -> u32 {
+        self.ctx.partition
+    }
+
+    async fn run(mut self, mut control: mpsc::Receiver<Control>) {
+        let partition = self.partition();
+        tracing::info!(stream = %self.stream, partition, "dispatch started");
+        let mut applied = match self.ctx.node.watch_applied(partition) {
+            Ok(applied) => applied,
+            Err(e) => {
+                tracing::error!(stream = %self.stream, partition, error = %e, "cannot watch the partition");
+                return;
+            }
+        };
+        let mut commit_tick = tokio::time::interval(self.settings.commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.pump().await;
+            let wake_at = self.reading.next_rate_wakeup(now_ms());
+            tokio::select! {
+                Some(joined) = self.deliveries.join_next(), if !self.deliveries.is_empty() => {
+                    if let Ok((cursor, generation, offset, settlement)) = joined {
+                        self.settle(&cursor, generation, offset, settlement);
+                    }
+                }
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = commit_tick.tick() => {
+                    self.commit().await;
+                    self.publish_gauges();
+                }
+                message = control.recv() => match message {
+                    Some(Control::Update { consumers, live_uids }) => self.update(consumers, &live_uids).await,
+                    Some(Control::Stop) | None => break,
+                },
+                _ = sleep_until_ms(wake_at), if wake_at.is_some() => {}
+            }
+        }
+        self.deliveries.abort_all();
+        self.commit().await;
+        tracing::info!(stream = %self.stream, partition, "dispatch stopped");
+    }
+
+    /// Applies a new set of consumers: new ones start from their committed (or initial) offset, changed ones
+    /// restart from their watermark, removed ones stop.
+    async fn update(&mut self, specs: Vec<Arc<ConsumerSpec>>, live_uids: &HashSet<String>) {
+        self.reading.sync_attached();
+        let stored: BTreeMap<String, u64> =
+            self.ctx.node.committed_offsets(self.partition()).unwrap_or_default().into_iter().collect();
+        let wanted: HashMap<&str, &Arc<ConsumerSpec>> = specs.iter().map(|s| (s.cursor.as_str(), s)).collect();
+        let removed: Vec<String> =
+            self.reading.consumers.keys().filter(|cursor| !wanted.contains_key(cursor.as_str())).cloned().collect();
+        for cursor in removed {
+            if let Some(consumer) = self.reading.remove(&cursor) {
+                self.stop_consumer(consumer).await;
+            }
+        }
+        for spec in specs {
+            let start = match self.reading.consumers.get(&spec.cursor) {
+                Some(existing) if existing.spec.version == spec.version => continue,
+                Some(_) => {
+                    let Some(existing) = self.reading.remove(&spec.cursor) else { continue };
+                    let start = ConsumerStart {
+                        offset: existing.window.watermark(),
+                        committed: existing.committed,
+                        counters: existing.stats,
+                        committed_stats: CursorStats::from_committed(&spec.cursor, &stored),
+                    };
+                    self.stop_consumer(existing).await;
+                    start
+                }
+                None => match self.starting_offset(&spec) {
+                    Some((offset, committed)) => ConsumerStart {
+                        offset,
+                        committed,
+                        counters: CursorStats::from_committed(&spec.cursor, &stored),
+                        committed_stats: CursorStats::from_committed(&spec.cursor, &stored),
+                    },
+                    None => continue,
+                },
+            };
+            tracing::info!(consumer = %spec.cursor, partition = self.partition(), offset = start.offset, "consumer starts");
+            self.reading.add(spec, start, now_ms());
+        }
+        self.reading.finish_update();
+        self.collect_garbage(live_uids).await;
+    }
+
+    /// The committed offset, or else the initial one. The initial offset is derived from the consumer's
+    /// `creationTimestamp` (or is the stream's start), so every leader derives the same one; it is committed
+    /// with the next periodic commit.
+    fn starting_offset(&self, spec: &ConsumerSpec) -> Option<(u64, Option<u64>)> {
+        let node = &self.ctx.node;
+        let partition = self.partition();
+        match node.committed_offset(partition, &spec.cursor) {
+            Ok(Some(offset)) => return Some((offset, Some(offset))),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(consumer = %spec.cursor, partition, error = %e, "cannot read the committed offset");
+                return None;
+            }
+        }
+        let initial = match spec.initial {
+            InitialOffset::Earliest => 0,
+            InitialOffset::FromCreation { created_ms } => {
+                match node.offset_for_time(&spec.stream, partition, created_ms) {
+                    Ok(offset) => offset,
+                    Err(e) => {
+                        tracing::warn!(consumer = %spec.cursor, partition, error = %e, "cannot find the initial offset");
+                        return None;
+                    }
+                }
+            }
+        };
+        Some((initial, None))
+    }
+
+    async fn stop_consumer(&mut self, consumer: Consumer) {
+        self.abort_running(&consumer.spec.cursor);
+        let watermark = consumer.window.watermark();
+        if consumer.committed.is_none_or(|c| watermark > c) {
+            let commit = OffsetCommit { cursor: consumer.spec.cursor.clone(), offset: watermark, reset: false };
+            if let Err(e) = self.ctx.node.commit_offsets(self.partition(), vec![commit]).await {
+                tracing::warn!(consumer = %consumer.spec.cursor, error = %e, "final offset commit failed");
+            }
+        }
+    }
+
+    /// Deletes the cursors of this stream whose Trigger or Subscription no longer exists.
+    async fn collect_garbage(&self, live_uids: &HashSet<String>) {
+        let prefix = cursor_prefix(&self.stream);
+        let Ok(committed) = self.ctx.node.committed_offsets(self.partition()) else { return };
+        let dead: Vec<String> = committed
+            .into_iter()
+            .map(|(cursor, _)| cursor)
+            .filter(|cursor| cursor.starts_with(&prefix))
+            .filter(|cursor| !live_uids.contains(stats::owner_uid(cursor)))
+            .collect();
+        if !dead.is_empty() {
+            tracing::info!(stream = %self.stream, partition = self.partition(), cursors = ?dead, "deleting the offsets of deleted consumers");
+            if let Err(e) = self.ctx.node.delete_offsets(self.partition(), dead).await {
+                tracing::warn!(error = %e, "deleting offsets failed");
+            }
+        }
+    }
+
+    fn abort_running(&mut self, cursor: &str) {
+        for handle in self.running.remove(cursor).unwrap_or_default().into_values() {
+            handle.abort();
+        }
+    }
+
+    /// Reads what can be read, admits matching events into the windows, and starts what may start.
+    async fn pump(&mut self) {
+        let Ok(end) = self.ctx.node.end_offset(&self.stream, self.partition()) else { return };
+        let log = NodeLog { node: &self.ctx.node, stream: &self.stream, partition: self.partition() };
+        for _ in 0..64 {
+            if !self.reading.read_shared(end, &log) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let log = NodeLog { node: &self.ctx.node, stream: &self.stream, partition: self.partition() };
+        self.reading.read_detached(end, &log);
+        for start in self.reading.take_startable(now_ms()) {
+            let Some(spec) = self.reading.consumers.get(&start.cursor).map(|c| c.spec.clone()) else { continue };
+            let ctx = self.ctx.clone();
+            let Start { cursor, generation, offset, event } = start;
+            let running = self.running.entry(cursor.clone()).or_default();
+            let handle = self.deliveries.spawn(async move {
+                let settlement = deliver(ctx, spec, offset, event).await;
+                (cursor, generation, offset, settlement)
+            });
+            running.insert(offset, handle);
+        }
+    }
+
+    fn settle(&mut self, cursor: &str, generation: u64, offset: u64, settlement: Settlement) {
+        let Some(outcome) = self.reading.settle(cursor, generation, offset, settlement) else { return };
+        if let Some(running) = self.running.get_mut(cursor) {
+            running.remove(&offset);
+        }
+        if let Some(consumer) = self.reading.consumers.get(cursor) {
+            metrics::counter!("sluice_dispatch_settled_total", "consumer" => consumer.spec.name.clone(),
+                "namespace" => consumer.spec.namespace.clone(), "outcome" => outcome)
+            .increment(1);
+        }
+    }
+
+    /// Applies requested replays, then commits every watermark that moved and the statistics that changed.
+    async fn commit(&mut self) {
+        self.reading.sync_attached();
+        let stored: BTreeMap<String, u64> = match self.ctx.node.committed_offsets(self.partition()) {
+            Ok(stored) => stored.into_iter().collect(),
+            Err(_) => BTreeMap::new(),
+        };
+        let (replayed, replay_commits) = self.reading.apply_replays(&stored);
+        for cursor in &replayed {
+            tracing::info!(consumer = %cursor, partition = self.partition(), "replay restarts the consumer");
+            self.abort_running(cursor);
+        }
+        let replayed: HashSet<String> = replayed.into_iter().collect();
+        let commits = self.reading.commits(&replayed, replay_commits);
+        if commits.commits.is_empty() {
+            return;
+        }
+        match self.ctx.node.commit_offsets(self.partition(), commits.commits.clone()).await {
+            Ok(()) => self.reading.committed(commits),
+            Err(e) => {
+                tracing::warn!(stream = %self.stream, partition = self.partition(), error = %e, "offset commit failed")
+            }
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let end = self.ctx.node.end_offset(&self.stream, self.partition()).unwrap_or(0);
+        let now = now_ms();
+        let partition = self.partition().to_string();
+        for consumer in self.reading.consumers.values() {
+            let spec = &consumer.spec;
+            let labels = [
+                ("consumer", spec.name.clone()),
+                ("namespace", spec.namespace.clone()),
+                ("kind", spec.kind.as_str().to_string()),
+                ("partition", partition.clone()),
+            ];
+            let committed = consumer.committed.unwrap_or(0);
+            metrics::gauge!("sluice_dispatch_backlog", &labels).set(end.saturating_sub(committed) as f64);
+            metrics::gauge!("sluice_dispatch_inflight", &labels).set(consumer.window.in_flight() as f64);
+            metrics::gauge!("sluice_dispatch_pending", &labels).set(consumer.window.pending() as f64);
+            let oldest = consumer
+                .oldest_pending_arrival_ms()
+                .map(|arrival_ms| now.saturating_sub(arrival_ms) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            metrics::gauge!("sluice_dispatch_oldest_undelivered_age_seconds", &labels).set(oldest);
+        }
+    }
+}
+
+async fn sleep_until_ms(at_ms: Option<u64>) {
+    if let Some(at_ms) = at_ms {
+        let wait = at_ms.saturating_sub(now_ms());
+        tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
+    }
+}
+
+/// The partition's applied log, read for [`Reading`].
+struct NodeLog<'a> {
+    node: &'a sluice_broker::Node,
+    stream: &'a str,
+    partition: u32,
+}
+
+impl ReadLog for NodeLog<'_> {
+    fn read(&self, from: u64, max: usize) -> Option<(Vec<ReadEvent>, u64)> {
+        let batch = match self.node.read(self.stream, self.partition, from, max.max(1), 0) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(stream = %self.stream, error = %e, "read failed");
+                return None;
+            }
+        };
+        let mut next = from.max(batch.start_offset);
+        let mut events = Vec::with_capacity(batch.records.len());
+        for record in batch.records {
+            next = record.offset + 1;
+            match CloudEvent::decode(&record.payload) {
+                Ok(event) => events.push((record.offset, record.arrival_ms, Arc::new(event))),
+                Err(e) => {
+                    metrics::counter!("sluice_dispatch_undecodable_total").increment(1);
+                    tracing::error!(stream = %self.stream, offset = record.offset, error = %e, "undecodable record skipped");
+                }
+            }
+        }
+        Some((events, next.min(batch.end_offset.max(from))))
+    }
+}
