@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::{Value, json};
 
-pub const APPEND_BYTES: usize = 1024;
+pub(crate) const APPEND_BYTES: usize = 1024;
 
 #[derive(Clone, Debug)]
-pub struct FsyncReport {
+pub(crate) struct FsyncReport {
     pub single_appends_per_second: f64,
     pub group_threads: usize,
     pub group_appends_per_second: f64,
@@ -24,7 +24,7 @@ pub struct FsyncReport {
 }
 
 impl FsyncReport {
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({
             "append_bytes": APPEND_BYTES,
             "single_appends_per_second": self.single_appends_per_second,
@@ -36,7 +36,7 @@ impl FsyncReport {
 }
 
 /// Measures for `seconds` each, in a temporary file under `dir` (removed afterwards). Blocking.
-pub fn fsync_calibration(dir: &Path, seconds: f64, threads: usize) -> Result<FsyncReport> {
+pub(crate) fn fsync_calibration(dir: &Path, seconds: f64, threads: usize) -> Result<FsyncReport> {
     let tmp = tempfile::tempdir_in(dir)?;
     let period = Duration::from_secs_f64(seconds);
     let block = vec![b'x'; APPEND_BYTES];

@@ -19,7 +19,7 @@ use crate::driver::System;
 use crate::openloop::{self, ProbeConfig, RunConfig, Sink};
 use crate::systems::{HttpCeiling, SluiceHttp};
 
-pub struct CompareConfig {
+pub(crate) struct CompareConfig {
     pub smoke: bool,
     pub seconds_per_step: f64,
     pub json_out: Option<PathBuf>,
@@ -424,7 +424,7 @@ fn print_table(rows: &[Row], ratios: &[String]) {
     }
 }
 
-pub async fn run(config: CompareConfig) -> Result<()> {
+pub(crate) async fn run(config: CompareConfig) -> Result<()> {
     let plan = Plan::new(&config);
     let started = Instant::now();
     let mut bench = Bench { plan: &plan, rows: Vec::new() };

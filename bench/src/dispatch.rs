@@ -16,7 +16,7 @@ use serde_json::json;
 use sluice_tests::subscriber::{Delivery, Subscriber};
 use sluice_tests::{apply_resource, broker_object, trigger_object};
 
-pub struct DispatchBench {
+pub(crate) struct DispatchBench {
     pub admin: String,
     pub https: Vec<String>,
     pub seconds: u64,
@@ -36,7 +36,7 @@ fn event_request(client: &reqwest::Client, url: &str, id: &str, body: Vec<u8>) -
 }
 
 impl DispatchBench {
-    pub async fn run(&self, rates: &[u64], triggers: usize, concurrency: usize) -> Result<()> {
+    pub(crate) async fn run(&self, rates: &[u64], triggers: usize, concurrency: usize) -> Result<()> {
         let subscriber = Subscriber::start(Subscriber::ok()).await?;
         apply_resource(&self.admin, broker_object("bench", "bench", json!({}))).await?;
         for http in &self.https {
@@ -157,7 +157,12 @@ impl DispatchBench {
 
 /// Applies `count` Triggers to broker `bench/bench` that filter on types never sent (named `n1`..), then waits
 /// until every partition leader dispatches all of them (the steady state), at most 120 s.
-pub async fn add_nonmatching_triggers(admin: &str, https: &[String], partitions: u32, count: usize) -> Result<()> {
+pub(crate) async fn add_nonmatching_triggers(
+    admin: &str,
+    https: &[String],
+    partitions: u32,
+    count: usize,
+) -> Result<()> {
     for i in 1..=count {
         let filter = json!({"filter": {"attributes": {"type": format!("never.sent.{i}")}}});
         let trigger = trigger_object("bench", &format!("n{i}"), "bench", "http://127.0.0.1:9/", filter, json!({}));

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Called with each delivered message's payload.
-pub type OnMessage = Arc<dyn Fn(&[u8]) + Send + Sync>;
+pub(crate) type OnMessage = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
-pub trait System: Send + Sync {
+pub(crate) trait System: Send + Sync {
     /// E.g. `sluice-3`, `nats-jetstream-3`, `rabbitmq-quorum-3`.
     fn name(&self) -> String;
     /// E.g. `3 replicas, fsync before ack` — said in every row of the report.
@@ -30,10 +30,10 @@ pub trait System: Send + Sync {
     fn stop(&mut self) -> BoxFuture<'_, ()>;
 }
 
-pub const HEADER_BYTES: usize = 16;
+pub(crate) const HEADER_BYTES: usize = 16;
 
 /// A payload of `size` bytes (at least the header) carrying `seq` and the intended send time.
-pub fn payload(seq: u64, intended_unix_ns: u64, size: usize) -> Bytes {
+pub(crate) fn payload(seq: u64, intended_unix_ns: u64, size: usize) -> Bytes {
     let mut bytes = vec![b'x'; size.max(HEADER_BYTES)];
     bytes[..8].copy_from_slice(&seq.to_be_bytes());
     bytes[8..16].copy_from_slice(&intended_unix_ns.to_be_bytes());
@@ -41,7 +41,7 @@ pub fn payload(seq: u64, intended_unix_ns: u64, size: usize) -> Bytes {
 }
 
 /// The (sequence number, intended send time) of a payload made by [`payload`].
-pub fn header(payload: &[u8]) -> Option<(u64, u64)> {
+pub(crate) fn header(payload: &[u8]) -> Option<(u64, u64)> {
     let seq = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
     let intended = u64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
     Some((seq, intended))
@@ -50,7 +50,7 @@ pub fn header(payload: &[u8]) -> Option<(u64, u64)> {
 /// Subscribes, publishes `count` messages and waits (bounded) until every one was delivered: the round trip
 /// each system's own test runs.
 #[cfg(test)]
-pub async fn publish_and_receive(system: &dyn System, count: u64) -> anyhow::Result<()> {
+pub(crate) async fn publish_and_receive(system: &dyn System, count: u64) -> anyhow::Result<()> {
     use std::time::Duration;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     system

@@ -24,16 +24,16 @@ use crate::driver::{self, OnMessage, System};
 const RUN_SHIFT: u32 = 40;
 
 /// Offset of message `i` from the start of a run at `rate` messages per second.
-pub fn due_offset(i: u64, rate: f64) -> Duration {
+pub(crate) fn due_offset(i: u64, rate: f64) -> Duration {
     Duration::from_secs_f64(i as f64 / rate)
 }
 
 /// How many messages a run of `duration` at `rate` offers.
-pub fn messages_in(rate: f64, duration: Duration) -> u64 {
+pub(crate) fn messages_in(rate: f64, duration: Duration) -> u64 {
     (rate * duration.as_secs_f64()).round().max(1.0) as u64
 }
 
-pub fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // microseconds, 1 µs .. 10 min
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
 }
@@ -43,7 +43,7 @@ fn unix_ns() -> u64 {
 }
 
 /// Where the subscriber's deliveries go: counts and intended → receive latency of the current run.
-pub struct Sink {
+pub(crate) struct Sink {
     run: AtomicU64,
     delivered: AtomicU64,
     /// Every delivery, of any run (a backlog of an earlier run shows here).
@@ -52,7 +52,7 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub fn new() -> Arc<Sink> {
+    pub(crate) fn new() -> Arc<Sink> {
         Arc::new(Sink {
             run: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -62,7 +62,7 @@ impl Sink {
     }
 
     /// The callback to give [`System::subscribe`].
-    pub fn on_message(self: &Arc<Self>) -> OnMessage {
+    pub(crate) fn on_message(self: &Arc<Self>) -> OnMessage {
         let sink = self.clone();
         Arc::new(move |payload: &[u8]| sink.record(payload))
     }
@@ -80,7 +80,7 @@ impl Sink {
 
     /// Waits until no delivery (of any run) arrived for `quiet`, at most `max`: the backlog of an earlier
     /// run must not count against the next one. Answers how long it waited and whether it got quiet.
-    pub async fn drain(&self, quiet: Duration, max: Duration) -> (Duration, bool) {
+    pub(crate) async fn drain(&self, quiet: Duration, max: Duration) -> (Duration, bool) {
         let started = Instant::now();
         let mut last_seen = self.seen.load(Ordering::Acquire);
         let mut last_change = Instant::now();
@@ -112,7 +112,7 @@ impl Sink {
 }
 
 #[derive(Clone, Debug)]
-pub struct RunConfig {
+pub(crate) struct RunConfig {
     pub rate: f64,
     pub duration: Duration,
     pub payload_bytes: usize,
@@ -122,7 +122,7 @@ pub struct RunConfig {
     pub grace: Duration,
 }
 
-pub struct RunResult {
+pub(crate) struct RunResult {
     pub offered: u64,
     /// Acknowledged before the end of the run plus the grace.
     pub acked: u64,
@@ -141,7 +141,7 @@ static RUNS: AtomicU64 = AtomicU64::new(1);
 
 /// One open-loop run against `system`. With `sink`, the system must already be subscribed with
 /// `sink.on_message()`; deliveries of this run are counted and timed.
-pub async fn run(system: Arc<dyn System>, config: &RunConfig, sink: Option<&Arc<Sink>>) -> Result<RunResult> {
+pub(crate) async fn run(system: Arc<dyn System>, config: &RunConfig, sink: Option<&Arc<Sink>>) -> Result<RunResult> {
     let run_id = RUNS.fetch_add(1, Ordering::Relaxed);
     if let Some(sink) = sink {
         sink.begin(run_id);
@@ -210,14 +210,14 @@ pub async fn run(system: Arc<dyn System>, config: &RunConfig, sink: Option<&Arc<
 
 /// The probe's rule for one step: at least 99 % of the offered messages acknowledged within the step (plus
 /// the grace), and — with a subscriber — the subscriber kept up (delivered ≥ 99 % of acknowledged).
-pub fn step_passes(offered: u64, acked: u64, delivered: Option<u64>) -> bool {
+pub(crate) fn step_passes(offered: u64, acked: u64, delivered: Option<u64>) -> bool {
     let enough_acked = acked as f64 >= 0.99 * offered as f64;
     let kept_up = delivered.is_none_or(|d| d as f64 >= 0.99 * acked as f64);
     offered > 0 && enough_acked && kept_up
 }
 
 #[derive(Clone, Debug)]
-pub struct ProbeConfig {
+pub(crate) struct ProbeConfig {
     pub start_rate: f64,
     pub factor: f64,
     pub max_steps: usize,
@@ -230,23 +230,23 @@ pub struct ProbeConfig {
 }
 
 /// The rates the probe offers, in order: `start × factor^k` for `k < max_steps`.
-pub fn probe_rates(config: &ProbeConfig) -> Vec<f64> {
+pub(crate) fn probe_rates(config: &ProbeConfig) -> Vec<f64> {
     (0..config.max_steps).map(|k| config.start_rate * config.factor.powi(k as i32)).collect()
 }
 
 /// The highest passing rate of the steps run so far, provided the steps before it passed too (the probe
 /// stops at the first failure).
-pub fn probe_verdict(steps: &[(f64, bool)]) -> Option<f64> {
+pub(crate) fn probe_verdict(steps: &[(f64, bool)]) -> Option<f64> {
     steps.iter().take_while(|(_, passed)| *passed).map(|(rate, _)| *rate).last()
 }
 
-pub struct ProbeStep {
+pub(crate) struct ProbeStep {
     pub rate: f64,
     pub passed: bool,
     pub result: RunResult,
 }
 
-pub struct ProbeResult {
+pub(crate) struct ProbeResult {
     /// Highest rate that passed; `None` if even the first step failed.
     pub max_rate: Option<f64>,
     pub steps: Vec<ProbeStep>,
@@ -255,7 +255,11 @@ pub struct ProbeResult {
 }
 
 /// Steps the offered rate up until a step fails [`step_passes`], the steps run out, or the budget is spent.
-pub async fn probe(system: Arc<dyn System>, config: &ProbeConfig, sink: Option<&Arc<Sink>>) -> Result<ProbeResult> {
+pub(crate) async fn probe(
+    system: Arc<dyn System>,
+    config: &ProbeConfig,
+    sink: Option<&Arc<Sink>>,
+) -> Result<ProbeResult> {
     let started = Instant::now();
     let mut steps = Vec::new();
     let mut capped = true;

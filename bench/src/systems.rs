@@ -25,14 +25,14 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A minimal in-process HTTP/1.1 + h2c server on 127.0.0.1 answering 202 to everything, after handing the
 /// body to the current callback (if any). Nothing is recorded, so memory stays flat however long it runs.
-pub struct HttpServer {
+pub(crate) struct HttpServer {
     pub addr: std::net::SocketAddr,
     callback: Arc<RwLock<Option<OnMessage>>>,
     task: JoinHandle<()>,
 }
 
 impl HttpServer {
-    pub async fn start() -> Result<HttpServer> {
+    pub(crate) async fn start() -> Result<HttpServer> {
         let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the HTTP server")?;
         let addr = listener.local_addr()?;
         let callback: Arc<RwLock<Option<OnMessage>>> = Arc::default();
@@ -40,11 +40,11 @@ impl HttpServer {
         Ok(HttpServer { addr, callback, task })
     }
 
-    pub fn set_callback(&self, on_message: OnMessage) {
+    pub(crate) fn set_callback(&self, on_message: OnMessage) {
         *self.callback.write().unwrap_or_else(PoisonError::into_inner) = Some(on_message);
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/", self.addr)
     }
 }
@@ -112,7 +112,7 @@ async fn post_event(client: &reqwest::Client, url: &str, id: u64, payload: Bytes
 /// Sluice: `nodes` real `sluice node` processes (replication factor = nodes), one Broker; publishes are
 /// binary-mode CloudEvents POSTed round-robin over the nodes' ingress, acknowledged by the 202 that Sluice
 /// only sends once the event is committed on a quorum with fsync.
-pub struct SluiceHttp {
+pub(crate) struct SluiceHttp {
     cluster: Option<TestCluster>,
     nodes: u64,
     pub partitions: u32,
@@ -127,21 +127,21 @@ pub struct SluiceHttp {
 
 /// Extra `sluice node` flags for every Sluice the benchmark starts, from `SLUICE_BENCH_NODE_ARGS`
 /// (space-separated), for trying tuning flags without a rebuild.
-pub fn extra_node_args() -> Vec<String> {
+pub(crate) fn extra_node_args() -> Vec<String> {
     std::env::var("SLUICE_BENCH_NODE_ARGS")
         .map(|v| v.split_whitespace().map(String::from).collect())
         .unwrap_or_default()
 }
 
 /// Starts a Sluice cluster for the benchmark (with [`extra_node_args`]).
-pub async fn start_cluster(nodes: u64, partitions: u32) -> Result<TestCluster> {
+pub(crate) async fn start_cluster(nodes: u64, partitions: u32) -> Result<TestCluster> {
     let extra = extra_node_args();
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     TestCluster::start(nodes, partitions, &extra).await
 }
 
 impl SluiceHttp {
-    pub async fn start(nodes: u64, partitions: u32) -> Result<SluiceHttp> {
+    pub(crate) async fn start(nodes: u64, partitions: u32) -> Result<SluiceHttp> {
         let cluster = start_cluster(nodes, partitions).await?;
         let admin = cluster.nodes[0].admin.clone();
         let https: Vec<String> = cluster.nodes.iter().map(|n| n.http.clone()).collect();
@@ -166,7 +166,7 @@ impl SluiceHttp {
 
     /// Adds `count` Triggers on the broker that never match (fan-out scenario) and waits until every
     /// partition leader dispatches them all.
-    pub async fn add_idle_triggers(&self, count: usize) -> Result<()> {
+    pub(crate) async fn add_idle_triggers(&self, count: usize) -> Result<()> {
         crate::dispatch::add_nonmatching_triggers(&self.admin, &self.https, self.partitions, count).await
     }
 }
@@ -226,7 +226,7 @@ impl System for SluiceHttp {
 
 /// The HTTP ceiling of this machine: the same POSTs, answered 202 by a bare in-process hyper server that does
 /// nothing else. The subscriber callback is called by the server on each POST (no broker in between).
-pub struct HttpCeiling {
+pub(crate) struct HttpCeiling {
     server: Option<HttpServer>,
     url: String,
     client: reqwest::Client,
@@ -234,7 +234,7 @@ pub struct HttpCeiling {
 }
 
 impl HttpCeiling {
-    pub async fn start() -> Result<HttpCeiling> {
+    pub(crate) async fn start() -> Result<HttpCeiling> {
         let server = HttpServer::start().await?;
         let url = server.url();
         Ok(HttpCeiling { server: Some(server), url, client: http_client()?, ids: AtomicU64::new(0) })

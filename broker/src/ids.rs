@@ -6,19 +6,19 @@ use serde::{Deserialize, Serialize};
 pub type NodeId = u64;
 
 /// Which Raft group: [`METADATA_GROUP`] or a partition's group.
-pub type GroupId = u32;
+pub(crate) type GroupId = u32;
 
 /// The cluster-wide group: membership of the cluster, and (later issues) the
 /// resources (Brokers, Triggers, ...).
-pub const METADATA_GROUP: GroupId = 0;
+pub(crate) const METADATA_GROUP: GroupId = 0;
 
 /// The group that holds partition `partition` (partitions are numbered from 0).
-pub fn partition_group(partition: u32) -> GroupId {
+pub(crate) fn partition_group(partition: u32) -> GroupId {
     partition + 1
 }
 
 /// Human name of a group, as used in metrics labels and status.
-pub fn group_name(group: GroupId) -> String {
+pub(crate) fn group_name(group: GroupId) -> String {
     if group == METADATA_GROUP { "metadata".to_string() } else { format!("partition-{}", group - 1) }
 }
 

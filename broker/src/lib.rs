@@ -12,28 +12,29 @@
 //! Groups: one metadata group (cluster config and resources) and one group per partition; all share one
 //! RocksDB and one gRPC transport. See `docs/architecture.md`.
 
-pub mod admin;
-pub mod command;
-pub mod error;
-pub mod ids;
-pub mod ingress;
-pub mod node;
-pub mod raft;
-pub mod resources;
-pub mod server;
-pub mod store;
-pub mod telemetry;
-pub mod transport;
+mod admin;
+mod command;
+mod error;
+mod ids;
+mod ingress;
+mod node;
+mod raft;
+mod resources;
+mod server;
+mod store;
+mod telemetry;
+mod transport;
 
 pub use admin::{resource_record, status_of};
 pub use command::{ClusterConfig, OffsetCommit, parse_members};
 pub use error::BrokerError;
+pub use ids::{NodeId, ResourceKey};
 pub use ingress::IngressLimits;
 pub use node::publish::{PublishError, publish};
 pub use node::{Node, NodeSettings, ReadLimits};
 pub use raft::{AppendLimits, RaftTuning};
 pub use resources::{DEFAULT_BROKER_TTL, IngressSettings, stream_name};
-pub use server::{ExtraAdminRoutes, Listen, RunningNode};
+pub use server::{ExtraAdminRoutes, Listen, RunningNode, start as start_node};
 /// The CloudEvent model lives in its own crate (no storage); re-exported so `sluice_broker::cloudevent` paths
 /// keep working.
 pub use sluice_cloudevent as cloudevent;

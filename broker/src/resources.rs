@@ -7,12 +7,12 @@ use std::time::Duration;
 use sluice_controller::validate::parse_duration;
 
 pub use sluice_cloudevent::DEFAULT_BROKER_TTL;
-pub const ANNOTATION_TTL: &str = "sluice.dev/ttl";
-pub const ANNOTATION_DEDUPE_WINDOW: &str = "sluice.dev/dedupe-window";
+pub(crate) const ANNOTATION_TTL: &str = "sluice.dev/ttl";
+pub(crate) const ANNOTATION_DEDUPE_WINDOW: &str = "sluice.dev/dedupe-window";
 /// Dedupe is on unless a broker says `sluice.dev/dedupe-window: "off"` (or `0s`).
-pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
 /// Longest dedupe window (bounds the memory a window holds).
-pub const MAX_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// The stream of a Broker or Channel (one per partition).
 pub fn stream_name(kind: &str, namespace: &str, name: &str) -> String {

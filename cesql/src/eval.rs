@@ -30,11 +30,11 @@ pub(crate) struct Evaluator<'a> {
 }
 
 impl<'a> Evaluator<'a> {
-    pub fn new(event: &'a dyn EventAttributes) -> Self {
+    pub(crate) fn new(event: &'a dyn EventAttributes) -> Self {
         Evaluator { event, errors: Vec::new() }
     }
 
-    pub fn evaluate(&mut self, node: &Node) -> Value {
+    pub(crate) fn evaluate(&mut self, node: &Node) -> Value {
         self.eval(node).value
     }
 

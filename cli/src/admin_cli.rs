@@ -9,7 +9,7 @@ use tonic::{Code, Status};
 
 /// An admin API error carried to `main`, which turns it into the process exit code.
 #[derive(Debug)]
-pub struct AdminError {
+pub(crate) struct AdminError {
     pub exit_code: u8,
     pub message: String,
 }
@@ -25,7 +25,7 @@ impl std::error::Error for AdminError {}
 /// An admin API error about a Kubernetes-style object, printed as kubectl prints a server's answer:
 /// `Error from server (NotFound): triggers.eventing.knative.dev "nope" not found (RESOURCE_NOT_FOUND 1008)`.
 #[derive(Debug)]
-pub struct ServerError {
+pub(crate) struct ServerError {
     pub exit_code: u8,
     /// kubectl's reason: `NotFound`.
     pub reason: &'static str,
@@ -40,12 +40,12 @@ impl fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
-pub const EXIT_NOT_FOUND: u8 = 3;
-pub const EXIT_REFUSED: u8 = 4;
-pub const EXIT_UNAVAILABLE: u8 = 5;
+pub(crate) const EXIT_NOT_FOUND: u8 = 3;
+pub(crate) const EXIT_REFUSED: u8 = 4;
+pub(crate) const EXIT_UNAVAILABLE: u8 = 5;
 
 /// The exit code for a gRPC status.
-pub fn exit_code_for(code: Code) -> u8 {
+pub(crate) fn exit_code_for(code: Code) -> u8 {
     match code {
         Code::NotFound => EXIT_NOT_FOUND,
         Code::InvalidArgument
@@ -60,27 +60,27 @@ pub fn exit_code_for(code: Code) -> u8 {
 
 /// ` (RESOURCE_NOT_FOUND 1008)`: the Sluice error code a status carries, as the CLI prints it after a message
 /// (empty without one).
-pub fn error_code_suffix(status: &Status) -> String {
+pub(crate) fn error_code_suffix(status: &Status) -> String {
     sluice_proto::errors::error_detail(status)
         .map(|detail| format!(" ({} {})", detail.name, detail.code))
         .unwrap_or_default()
 }
 
 /// Wraps a gRPC error with its Sluice error code in the message.
-pub fn from_status(status: Status) -> anyhow::Error {
+pub(crate) fn from_status(status: Status) -> anyhow::Error {
     let message = format!("{}{}", status.message(), error_code_suffix(&status));
     anyhow::Error::new(AdminError { exit_code: exit_code_for(status.code()), message })
 }
 
 /// `2026-11-21 23:05:01` (UTC) from milliseconds since the epoch.
-pub fn human_time(ms: u64) -> String {
+pub(crate) fn human_time(ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(ms as i64)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".into())
 }
 
 /// `1.5s`, `3m`, `2h` from milliseconds.
-pub fn human_age(ms: u64) -> String {
+pub(crate) fn human_age(ms: u64) -> String {
     match ms {
         0 => "-".into(),
         ms if ms < 1_000 => format!("{ms}ms"),
@@ -91,7 +91,7 @@ pub fn human_age(ms: u64) -> String {
 }
 
 /// `512B`, `1.2KiB`, `3.4MiB`.
-pub fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if bytes < 1024 {
         return format!("{bytes}B");
@@ -106,7 +106,7 @@ pub fn human_size(bytes: u64) -> String {
 }
 
 /// Times given on the command line: RFC 3339, or an age like `10m`, `2h`, `1d` (that long ago).
-pub fn parse_time_ms(text: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_time_ms(text: &str) -> anyhow::Result<u64> {
     if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(time.timestamp_millis().max(0) as u64);
     }

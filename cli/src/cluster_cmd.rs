@@ -12,7 +12,7 @@ use sluice_proto::admin::{
 use crate::admin_cli::{AdminError, EXIT_UNAVAILABLE, from_status, human_age};
 
 #[derive(Subcommand)]
-pub enum ClusterCommand {
+pub(crate) enum ClusterCommand {
     /// Initialise a new cluster from its member list (send it to any one member).
     Init {
         /// Admin address of one member.
@@ -65,7 +65,7 @@ pub enum ClusterCommand {
     },
 }
 
-pub async fn connect(admin: &str) -> Result<ClusterClient<tonic::transport::Channel>> {
+pub(crate) async fn connect(admin: &str) -> Result<ClusterClient<tonic::transport::Channel>> {
     ClusterClient::connect(format!("http://{admin}")).await.map_err(|e| {
         anyhow::Error::new(AdminError {
             exit_code: EXIT_UNAVAILABLE,
@@ -74,7 +74,7 @@ pub async fn connect(admin: &str) -> Result<ClusterClient<tonic::transport::Chan
     })
 }
 
-pub async fn init(admin: &str, members: &str, partitions: u32) -> Result<()> {
+pub(crate) async fn init(admin: &str, members: &str, partitions: u32) -> Result<()> {
     let members = parse_members(members)?;
     let mut client = connect(admin).await?;
     client
@@ -87,7 +87,7 @@ pub async fn init(admin: &str, members: &str, partitions: u32) -> Result<()> {
     Ok(())
 }
 
-pub async fn status(admin: &str) -> Result<StatusReply> {
+pub(crate) async fn status(admin: &str) -> Result<StatusReply> {
     let mut client = connect(admin).await?;
     Ok(client.status(StatusRequest {}).await.map_err(from_status)?.into_inner())
 }
@@ -202,7 +202,7 @@ fn print_status_table(reply: &StatusReply) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(command: ClusterCommand) -> Result<()> {
+pub(crate) async fn run(command: ClusterCommand) -> Result<()> {
     match command {
         ClusterCommand::Init { admin, members, partitions } => {
             init(&admin, &members, partitions).await?;

@@ -10,14 +10,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use sluice_broker::ClusterConfig;
-use sluice_broker::server::{self, Listen};
+use sluice_broker::{Listen, start_node};
 use tokio::process::{Child, Command};
 
 use crate::cluster_cmd;
 use crate::node_cmd::{IngressArgs, TuningArgs, settings};
 
 #[derive(Args, Debug)]
-pub struct DevArgs {
+pub(crate) struct DevArgs {
     /// Data directory (node N of a multi-node dev cluster uses DATA/node-N).
     #[arg(long, default_value = ".sluice")]
     data: PathBuf,
@@ -70,7 +70,7 @@ fn member_peer_addr(peer_listen: Option<&str>) -> String {
     peer_listen.unwrap_or(DEFAULT_PEER_LISTEN).to_string()
 }
 
-pub async fn run(args: DevArgs) -> Result<()> {
+pub(crate) async fn run(args: DevArgs) -> Result<()> {
     if args.nodes == 1 { run_single(args).await } else { run_cluster(args).await }
 }
 
@@ -80,7 +80,7 @@ async fn run_single(args: DevArgs) -> Result<()> {
     // The member address recorded in the cluster config: the listener's, or the one a later --peer-listen
     // would use by default.
     let member_addr = member_peer_addr(args.peer_listen.as_deref());
-    let running = server::start(settings, listen, args.ingress.limits(), Some(crate::node_cmd::extra_admin())).await?;
+    let running = start_node(settings, listen, args.ingress.limits(), Some(crate::node_cmd::extra_admin())).await?;
     if running.node.cluster_config().is_none() {
         let members = [(1, running.peer_addr.map(|a| a.to_string()).unwrap_or(member_addr))].into_iter().collect();
         let config = ClusterConfig::new(args.partitions.unwrap_or(1), members)?;

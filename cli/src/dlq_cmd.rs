@@ -10,7 +10,7 @@ use crate::admin_cli::{from_status, human_size, human_time};
 use crate::trigger_cmd::{Target, progress};
 
 #[derive(Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// The dead letters with their error code, destination and data.
     List {
         #[command(flatten)]
@@ -81,7 +81,7 @@ fn dead_letter_json(dead: &DeadLetter) -> serde_json::Value {
     json
 }
 
-pub async fn run(command: Command) -> Result<()> {
+pub(crate) async fn run(command: Command) -> Result<()> {
     match command {
         Command::List { target, limit, output } => {
             let mut client = connect(&target.admin).await?;

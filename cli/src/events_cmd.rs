@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 const MAX_LIMIT: u64 = 100_000;
 
 #[derive(Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Stored events by offset or time range, optionally filtered by CESQL.
     Read(ReadArgs),
     /// New events as they are committed, until Ctrl-C.
@@ -26,7 +26,7 @@ pub enum Command {
 }
 
 #[derive(Args)]
-pub struct Target {
+pub(crate) struct Target {
     /// The broker whose events to show.
     #[arg(long, required_unless_present_any = ["channel", "stream"], conflicts_with_all = ["channel", "stream"])]
     broker: Option<String>,
@@ -68,7 +68,7 @@ impl Target {
 }
 
 #[derive(Args)]
-pub struct ReadArgs {
+pub(crate) struct ReadArgs {
     #[command(flatten)]
     target: Target,
     /// One partition (default: all).
@@ -98,7 +98,7 @@ pub struct ReadArgs {
 }
 
 #[derive(Args)]
-pub struct TailArgs {
+pub(crate) struct TailArgs {
     #[command(flatten)]
     target: Target,
     /// One partition (default: all).
@@ -116,7 +116,7 @@ pub struct TailArgs {
 }
 
 #[derive(Args)]
-pub struct FindArgs {
+pub(crate) struct FindArgs {
     #[command(flatten)]
     target: Target,
     /// The event's source attribute.
@@ -167,7 +167,7 @@ impl From<std::io::Error> for Failure {
     }
 }
 
-pub async fn run(command: Command) -> Result<()> {
+pub(crate) async fn run(command: Command) -> Result<()> {
     let result = match command {
         Command::Read(args) => read(args).await,
         Command::Tail(args) => tail(args).await,

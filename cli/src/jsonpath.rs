@@ -16,7 +16,7 @@ use serde_json::Value;
 
 /// A parsed template.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Template {
+pub(crate) struct Template {
     nodes: Vec<Node>,
 }
 
@@ -85,7 +85,7 @@ enum Action {
 
 impl Template {
     /// Parses a template such as `{range .items[*]}{.metadata.name}{"\n"}{end}`.
-    pub fn parse(template: &str) -> Result<Self, String> {
+    pub(crate) fn parse(template: &str) -> Result<Self, String> {
         let mut actions = Vec::new();
         let mut rest = template;
         while !rest.is_empty() {
@@ -112,7 +112,7 @@ impl Template {
     }
 
     /// The template applied to `root`.
-    pub fn render(&self, root: &Value) -> String {
+    pub(crate) fn render(&self, root: &Value) -> String {
         let mut out = String::new();
         render_nodes(&self.nodes, root, root, &mut out);
         out

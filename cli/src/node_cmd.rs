@@ -8,11 +8,11 @@ use clap::Args;
 use sluice_broker::AppendLimits;
 use sluice_broker::IngressLimits;
 use sluice_broker::RaftTuning;
-use sluice_broker::server::{self, Listen};
+use sluice_broker::{ExtraAdminRoutes, Listen, RunningNode, start_node};
 use sluice_broker::{NodeSettings, ReadLimits};
 
 #[derive(Args, Clone, Debug)]
-pub struct NodeArgs {
+pub(crate) struct NodeArgs {
     /// This node's id in the cluster (a positive number, stable across restarts).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub id: u64,
@@ -40,7 +40,7 @@ pub struct NodeArgs {
 
 /// Limits of the HTTP ingress and the append path.
 #[derive(Args, Clone, Debug)]
-pub struct IngressArgs {
+pub(crate) struct IngressArgs {
     /// Largest event (binary body, or structured JSON) in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_event_bytes: usize,
@@ -75,7 +75,7 @@ pub struct IngressArgs {
 }
 
 impl IngressArgs {
-    pub fn limits(&self) -> IngressLimits {
+    pub(crate) fn limits(&self) -> IngressLimits {
         IngressLimits {
             max_event_bytes: self.max_event_bytes,
             max_batch_events: self.max_batch_events,
@@ -90,7 +90,7 @@ impl IngressArgs {
 }
 
 #[derive(Args, Clone, Debug)]
-pub struct TuningArgs {
+pub(crate) struct TuningArgs {
     /// Raft heartbeat interval.
     #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
@@ -116,12 +116,12 @@ pub struct TuningArgs {
 }
 
 /// The dispatcher's admin services (Consumers, DeadLetters), served on the node's admin port.
-pub fn extra_admin() -> server::ExtraAdminRoutes {
-    Box::new(sluice_dispatcher::admin::routes)
+pub(crate) fn extra_admin() -> ExtraAdminRoutes {
+    Box::new(sluice_dispatcher::admin_routes)
 }
 
 /// Starts the dispatcher of a running node (its ingress address resolves references to Brokers).
-pub fn start_dispatcher(running: &server::RunningNode, tuning: &TuningArgs) -> Result<sluice_dispatcher::Dispatcher> {
+pub(crate) fn start_dispatcher(running: &RunningNode, tuning: &TuningArgs) -> Result<sluice_dispatcher::Dispatcher> {
     let settings = sluice_dispatcher::DispatcherSettings {
         ingress_base: format!("http://{}", running.http_addr),
         commit_interval: Duration::from_millis(tuning.dispatch_commit_interval_ms),
@@ -131,7 +131,7 @@ pub fn start_dispatcher(running: &server::RunningNode, tuning: &TuningArgs) -> R
 }
 
 impl TuningArgs {
-    pub fn to_tuning(&self) -> anyhow::Result<RaftTuning> {
+    pub(crate) fn to_tuning(&self) -> anyhow::Result<RaftTuning> {
         if self.heartbeat_ms == 0 || self.election_timeout_ms <= self.heartbeat_ms * 2 {
             anyhow::bail!(
                 "--election-timeout-ms ({}) must be more than twice --heartbeat-ms ({})",
@@ -162,7 +162,7 @@ fn parse_peer_route(route: &str) -> std::result::Result<(String, String), String
     Ok((addr.to_string(), via.to_string()))
 }
 
-pub fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &IngressArgs) -> Result<NodeSettings> {
+pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &IngressArgs) -> Result<NodeSettings> {
     let limits = ingress.limits();
     // An append entry must hold the largest batch (events grow a little when stored).
     let max_bytes_per_entry = (limits.max_batch_bytes.max(limits.max_event_bytes) + (64 << 10)).max(1 << 20);
@@ -182,11 +182,11 @@ pub fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &IngressAr
     })
 }
 
-pub async fn run(args: NodeArgs) -> Result<()> {
+pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     let mut settings = settings(args.id, args.data.clone(), &args.tuning, &args.ingress)?;
     settings.peer_routes = args.peer_routes.iter().cloned().collect();
     let listen = Listen { peer: Some(args.peer_listen.clone()), http: args.http.clone(), admin: args.admin.clone() };
-    let running = server::start(settings, listen, args.ingress.limits(), Some(extra_admin())).await?;
+    let running = start_node(settings, listen, args.ingress.limits(), Some(extra_admin())).await?;
     tracing::info!(
         node = args.id,
         peer = ?running.peer_addr,

@@ -9,14 +9,14 @@ use std::io::{self, Write};
 
 /// Writes formatted text to standard output and flushes it (so a closed pipe shows at once, and `get -w`
 /// rows appear as they change).
-pub fn write_stdout(text: fmt::Arguments<'_>) -> io::Result<()> {
+pub(crate) fn write_stdout(text: fmt::Arguments<'_>) -> io::Result<()> {
     let mut out = io::stdout().lock();
     out.write_fmt(text)?;
     out.flush()
 }
 
 /// Whether `error`, or any error it was caused by, is a write to a pipe whose reader has gone.
-pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+pub(crate) fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error
         .chain()
         .any(|cause| cause.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))

@@ -27,7 +27,7 @@ use crate::table;
 
 /// kubectl's `--dry-run`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum DryRun {
+pub(crate) enum DryRun {
     /// Store the objects.
     None,
     /// Validate each object here and compare it with the stored one (read with Get): nothing is sent to be
@@ -49,7 +49,7 @@ impl DryRun {
 }
 
 #[derive(Args, Debug)]
-pub struct ApplyArgs {
+pub(crate) struct ApplyArgs {
     /// A YAML or JSON file (several documents allowed), a directory of them, or - for standard input.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
@@ -63,7 +63,7 @@ pub struct ApplyArgs {
 
 /// Which objects: a namespace (or all of them) and a label selector.
 #[derive(Args, Clone, Debug)]
-pub struct ScopeArgs {
+pub(crate) struct ScopeArgs {
     #[arg(short = 'n', long, default_value = "default")]
     namespace: String,
     /// Every namespace.
@@ -84,7 +84,7 @@ impl ScopeArgs {
 
 /// How `get` prints objects (`-o`).
 #[derive(Clone, Debug)]
-pub enum Output {
+pub(crate) enum Output {
     Table,
     Wide,
     Json,
@@ -108,7 +108,7 @@ fn parse_output(text: &str) -> Result<Output, String> {
 }
 
 #[derive(Args, Debug)]
-pub struct GetArgs {
+pub(crate) struct GetArgs {
     /// KIND[,KIND...] [NAME...], or KIND/NAME...; kinds: brokers, triggers, channels, inmemorychannels,
     /// subscriptions (or broker, trigger, ch, imc, sub).
     #[arg(required = true, value_name = "KIND [NAME]")]
@@ -130,7 +130,7 @@ pub struct GetArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct DeleteArgs {
+pub(crate) struct DeleteArgs {
     /// KIND[,KIND...] NAME..., or KIND/NAME...; with --all or -l only the kinds.
     #[arg(value_name = "KIND [NAME]")]
     targets: Vec<String>,
@@ -150,7 +150,7 @@ pub struct DeleteArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct DescribeArgs {
+pub(crate) struct DescribeArgs {
     /// KIND [NAME...], or KIND/NAME...; without a name, every object of the kind.
     #[arg(required = true, value_name = "KIND [NAME]")]
     targets: Vec<String>,
@@ -265,7 +265,7 @@ async fn client_dry_run(client: &mut ResourcesClient<Channel>, object: &Value) -
     Ok(outcome.as_str().to_string())
 }
 
-pub async fn apply(args: ApplyArgs) -> Result<()> {
+pub(crate) async fn apply(args: ApplyArgs) -> Result<()> {
     let documents = read_documents(&args.files)?;
     let mut client = connect(&args.admin).await?;
     let mut rejected = 0;
@@ -519,7 +519,7 @@ impl WatchTable {
     }
 }
 
-pub async fn get(args: GetArgs) -> Result<()> {
+pub(crate) async fn get(args: GetArgs) -> Result<()> {
     let targets = parse_targets(&args.targets)?;
     check_scope(&targets, &args.scope)?;
     let watching = args.watch || args.watch_only;
@@ -676,7 +676,7 @@ async fn watch(
     }
 }
 
-pub async fn delete(args: DeleteArgs) -> Result<()> {
+pub(crate) async fn delete(args: DeleteArgs) -> Result<()> {
     let mut client = connect(&args.admin).await?;
     let mut doomed: Vec<(&'static KindInfo, String, String)> = Vec::new();
     if !args.files.is_empty() {
@@ -739,7 +739,7 @@ pub async fn delete(args: DeleteArgs) -> Result<()> {
 
 /// `sluice describe KIND [NAME...]`: metadata, spec, the events stored (brokers and channels) and the status
 /// conditions of each object.
-pub async fn describe(args: DescribeArgs) -> Result<()> {
+pub(crate) async fn describe(args: DescribeArgs) -> Result<()> {
     let targets = parse_targets(&args.targets)?;
     check_scope(&targets, &args.scope)?;
     let mut client = connect(&args.admin).await?;

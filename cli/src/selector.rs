@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 /// A parsed label selector; the empty selector matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Selector {
+pub(crate) struct Selector {
     requirements: Vec<Requirement>,
 }
 
@@ -113,7 +113,7 @@ fn parse_requirement(text: &str) -> Result<Requirement, String> {
 
 impl Selector {
     /// Parses `app=x,tier!=db,env in (a,b),!legacy`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
@@ -124,7 +124,7 @@ impl Selector {
     }
 
     /// Whether an object's `metadata.labels` (a JSON object of strings, or absent) satisfy every requirement.
-    pub fn matches(&self, object: &serde_json::Value) -> bool {
+    pub(crate) fn matches(&self, object: &serde_json::Value) -> bool {
         let label = |key: &str| object.pointer("/metadata/labels").and_then(|l| l.get(key)).and_then(|v| v.as_str());
         self.requirements.iter().all(|requirement| match requirement {
             Requirement::Equals(key, value) => label(key) == Some(value.as_str()),

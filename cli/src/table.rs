@@ -15,7 +15,7 @@ fn cell_width(cell: &str) -> usize {
 }
 
 /// The width of each column of `rows` (the header is a row), padding included.
-pub fn column_widths<S: AsRef<str>>(rows: &[Vec<S>]) -> Vec<usize> {
+pub(crate) fn column_widths<S: AsRef<str>>(rows: &[Vec<S>]) -> Vec<usize> {
     let mut widths = Vec::new();
     for row in rows {
         widen_to_fit(&mut widths, row);
@@ -25,7 +25,7 @@ pub fn column_widths<S: AsRef<str>>(rows: &[Vec<S>]) -> Vec<usize> {
 
 /// Widens `widths` so that `row` fits (kubectl's `RememberWidths`: a watch's later rows never narrow a
 /// column).
-pub fn widen_to_fit<S: AsRef<str>>(widths: &mut Vec<usize>, row: &[S]) {
+pub(crate) fn widen_to_fit<S: AsRef<str>>(widths: &mut Vec<usize>, row: &[S]) {
     for (column, cell) in row.iter().enumerate() {
         let needed = (cell_width(cell.as_ref()) + PADDING).max(MIN_WIDTH);
         match widths.get_mut(column) {
@@ -36,7 +36,7 @@ pub fn widen_to_fit<S: AsRef<str>>(widths: &mut Vec<usize>, row: &[S]) {
 }
 
 /// One line of the table: every cell but the last padded to its column's width; no trailing spaces.
-pub fn format_row<S: AsRef<str>>(row: &[S], widths: &[usize]) -> String {
+pub(crate) fn format_row<S: AsRef<str>>(row: &[S], widths: &[usize]) -> String {
     let mut line = String::new();
     for (column, cell) in row.iter().enumerate() {
         let cell = cell.as_ref();
@@ -51,14 +51,14 @@ pub fn format_row<S: AsRef<str>>(row: &[S], widths: &[usize]) -> String {
 }
 
 /// Every line of a table whose first row is its header.
-pub fn format_table<S: AsRef<str>>(rows: &[Vec<S>]) -> Vec<String> {
+pub(crate) fn format_table<S: AsRef<str>>(rows: &[Vec<S>]) -> Vec<String> {
     let widths = column_widths(rows);
     rows.iter().map(|row| format_row(row, &widths)).collect()
 }
 
 /// How long ago, as kubectl's AGE column says it (`duration.HumanDuration` of k8s.io/apimachinery): `45s`,
 /// `3m10s`, `15m`, `5h30m`, `10h`, `2d4h`, `20d`, `2y3d`.
-pub fn human_duration(seconds: i64) -> String {
+pub(crate) fn human_duration(seconds: i64) -> String {
     if seconds < -1 {
         return "<invalid>".into();
     }
@@ -107,7 +107,7 @@ pub fn human_duration(seconds: i64) -> String {
 }
 
 /// The AGE of an object created at `creation_timestamp` (RFC 3339), seen at `now`; `<unknown>` without one.
-pub fn age(creation_timestamp: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn age(creation_timestamp: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> String {
     match creation_timestamp.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) {
         Some(created) => human_duration(now.signed_duration_since(created).num_seconds()),
         None => "<unknown>".into(),

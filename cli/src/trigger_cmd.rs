@@ -12,7 +12,7 @@ use sluice_proto::admin::{ConsumerRef, ConsumerStatus, ReplayRequest, replay_req
 use crate::admin_cli::{from_status, human_age, parse_time_ms};
 
 #[derive(Args, Clone, Debug)]
-pub struct Target {
+pub(crate) struct Target {
     /// The Trigger's name (or the Subscription's, with --subscription).
     pub name: String,
     #[arg(short = 'n', long, default_value = "default")]
@@ -25,7 +25,7 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn reference(&self) -> ConsumerRef {
+    pub(crate) fn reference(&self) -> ConsumerRef {
         ConsumerRef {
             kind: if self.subscription { "subscription" } else { "trigger" }.into(),
             namespace: self.namespace.clone(),
@@ -35,7 +35,7 @@ impl Target {
 }
 
 #[derive(Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Per partition: committed and end offsets, backlog, oldest undelivered, in flight, counts.
     Status {
         #[command(flatten)]
@@ -77,7 +77,7 @@ async fn connect(admin: &str) -> Result<ConsumersClient<tonic::transport::Channe
         .with_context(|| format!("cannot reach the admin API at {admin} (--admin)"))
 }
 
-pub fn status_json(status: &ConsumerStatus) -> serde_json::Value {
+pub(crate) fn status_json(status: &ConsumerStatus) -> serde_json::Value {
     let partitions: Vec<_> = status
         .partitions
         .iter()
@@ -152,14 +152,14 @@ fn print_status(status: &ConsumerStatus, output: &str) -> Result<()> {
 }
 
 /// A one-line progress bar on stderr: `[#####.....] 50/100 label`.
-pub fn progress(done: u64, total: u64, label: &str) {
+pub(crate) fn progress(done: u64, total: u64, label: &str) {
     let width = 30usize;
     let filled = if total == 0 { width } else { (done.min(total) as usize * width) / total as usize };
     eprint!("\r[{}{}] {done}/{total} {label}   ", "#".repeat(filled), ".".repeat(width - filled));
     let _ = std::io::stderr().flush();
 }
 
-pub async fn run(command: Command) -> Result<()> {
+pub(crate) async fn run(command: Command) -> Result<()> {
     match command {
         Command::Status { target, output } => {
             let mut client = connect(&target.admin).await?;

@@ -14,7 +14,7 @@ use base64::Engine;
 use serde_json::Value;
 use sluice_broker::IngressSettings;
 use sluice_broker::Node;
-use sluice_broker::ids::ResourceKey;
+use sluice_broker::ResourceKey;
 use sluice_cloudevent::{AttrValue, CloudEvent, EventData};
 use sluice_controller::status::Environment;
 use sluice_proto::admin::consumers_server::{Consumers, ConsumersServer};
@@ -35,13 +35,13 @@ use crate::delivery::task::{DeliveryContext, Settlement, deliver, now_ms};
 use crate::stats::{self, CursorStats};
 
 /// Most dead letters one `List` returns.
-pub const MAX_LIST: usize = 1000;
+pub(crate) const MAX_LIST: usize = 1000;
 /// Most dead letters one `Redrive` call handles per partition (run it again for more).
-pub const MAX_REDRIVE_PER_PARTITION: usize = 10_000;
+pub(crate) const MAX_REDRIVE_PER_PARTITION: usize = 10_000;
 /// How long `Pause` and `Resume` wait for the dispatchers to take them into account.
-pub const PAUSE_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const PAUSE_WAIT: Duration = Duration::from_secs(10);
 /// How long `Replay` with `wait` waits for the dispatchers.
-pub const REPLAY_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const REPLAY_WAIT: Duration = Duration::from_secs(30);
 
 /// The routes of the dispatcher's admin services for `node`.
 pub fn routes(node: Node, ingress_base: String) -> tonic::service::Routes {
@@ -57,7 +57,7 @@ pub fn routes(node: Node, ingress_base: String) -> tonic::service::Routes {
 }
 
 #[derive(Clone)]
-pub struct ConsumersAdmin {
+pub(crate) struct ConsumersAdmin {
     node: Node,
     env: Environment,
     sender: Option<Sender>,

@@ -21,27 +21,27 @@ use crate::delivery::policy::DeliveryPolicy;
 use crate::filter::{self, CompiledFilter};
 use crate::window::Ordering;
 
-pub const ANNOTATION_INITIAL_OFFSET: &str = "sluice.dev/initial-offset";
-pub const ANNOTATION_DELIVERY_ORDER: &str = "sluice.dev/delivery-order";
-pub const ANNOTATION_KAFKA_DELIVERY_ORDER: &str = "kafka.eventing.knative.dev/delivery.order";
-pub const ANNOTATION_MAX_INFLIGHT: &str = "sluice.dev/max-inflight";
-pub const ANNOTATION_RATE_LIMIT: &str = "sluice.dev/rate-limit";
-pub const ANNOTATION_DEAD_LETTER: &str = "sluice.dev/dead-letter";
-pub const ANNOTATION_SUBSCRIBER_PROTOCOL: &str = "sluice.dev/subscriber-protocol";
+pub(crate) const ANNOTATION_INITIAL_OFFSET: &str = "sluice.dev/initial-offset";
+pub(crate) const ANNOTATION_DELIVERY_ORDER: &str = "sluice.dev/delivery-order";
+pub(crate) const ANNOTATION_KAFKA_DELIVERY_ORDER: &str = "kafka.eventing.knative.dev/delivery.order";
+pub(crate) const ANNOTATION_MAX_INFLIGHT: &str = "sluice.dev/max-inflight";
+pub(crate) const ANNOTATION_RATE_LIMIT: &str = "sluice.dev/rate-limit";
+pub(crate) const ANNOTATION_DEAD_LETTER: &str = "sluice.dev/dead-letter";
+pub(crate) const ANNOTATION_SUBSCRIBER_PROTOCOL: &str = "sluice.dev/subscriber-protocol";
 /// `sluice.dev/paused: "true"`: the consumer keeps its offset but nothing is delivered (`sluice trigger pause`).
-pub const ANNOTATION_PAUSED: &str = "sluice.dev/paused";
+pub(crate) const ANNOTATION_PAUSED: &str = "sluice.dev/paused";
 
 /// Default `sluice.dev/max-inflight`: concurrent deliveries per consumer and partition.
-pub const DEFAULT_MAX_INFLIGHT: usize = 100;
+pub(crate) const DEFAULT_MAX_INFLIGHT: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConsumerKind {
+pub(crate) enum ConsumerKind {
     Trigger,
     Subscription,
 }
 
 impl ConsumerKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ConsumerKind::Trigger => "trigger",
             ConsumerKind::Subscription => "subscription",
@@ -51,7 +51,7 @@ impl ConsumerKind {
 
 /// Where a subscriber's reply goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplyTarget {
+pub(crate) enum ReplyTarget {
     /// A Trigger's reply: appended to its Broker's stream, like an event from ingress.
     Broker { stream: String, settings: IngressSettings },
     /// A Subscription's `spec.reply`, POSTed.
@@ -62,7 +62,7 @@ pub enum ReplyTarget {
 
 /// What happens to an event that could not be delivered and has no (working) dead-letter sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadLetterMode {
+pub(crate) enum DeadLetterMode {
     /// Sluice's default: kept in the consumer's dead-letter stream.
     Keep,
     /// `sluice.dev/dead-letter: drop`: Knative's behaviour.
@@ -70,20 +70,20 @@ pub enum DeadLetterMode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     Binary,
     Structured,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     Http1,
     /// HTTP/2 without TLS, with prior knowledge (`sluice.dev/subscriber-protocol: h2c`).
     H2c,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InitialOffset {
+pub(crate) enum InitialOffset {
     /// Knative's behaviour: events that arrived from the consumer's creation on (`creationTimestamp`, to the
     /// second).
     FromCreation { created_ms: u64 },
@@ -93,11 +93,10 @@ pub enum InitialOffset {
 
 /// One Trigger or Subscription, ready to dispatch.
 #[derive(Debug, Clone)]
-pub struct ConsumerSpec {
+pub(crate) struct ConsumerSpec {
     pub kind: ConsumerKind,
     pub namespace: String,
     pub name: String,
-    pub uid: String,
     /// The Broker's or Channel's name (metrics label).
     pub source_name: String,
     /// The stream it reads.
@@ -126,22 +125,22 @@ pub struct ConsumerSpec {
 }
 
 /// The dead-letter stream of a consumer.
-pub fn dead_letter_stream(kind: ConsumerKind, namespace: &str, name: &str) -> String {
+pub(crate) fn dead_letter_stream(kind: ConsumerKind, namespace: &str, name: &str) -> String {
     format!("deadletter/{}/{namespace}/{name}", kind.as_str())
 }
 
 /// The prefix of every cursor reading `stream` (to find cursors whose consumer is gone).
-pub fn cursor_prefix(stream: &str) -> String {
+pub(crate) fn cursor_prefix(stream: &str) -> String {
     format!("{stream}#")
 }
 
 /// A consumer's cursor name in each partition group.
-pub fn cursor_name(stream: &str, kind: ConsumerKind, name: &str, uid: &str) -> String {
+pub(crate) fn cursor_name(stream: &str, kind: ConsumerKind, name: &str, uid: &str) -> String {
     format!("{}{}/{name}/{uid}", cursor_prefix(stream), kind.as_str())
 }
 
 /// The stream a Trigger or Subscription object reads (whether or not its Broker or Channel exists).
-pub fn stream_of(kind: ConsumerKind, object: &Value) -> String {
+pub(crate) fn stream_of(kind: ConsumerKind, object: &Value) -> String {
     let namespace = str_at(object, "/metadata/namespace");
     match kind {
         ConsumerKind::Trigger => stream_name("Broker", namespace, str_at(object, "/spec/broker")),
@@ -184,7 +183,7 @@ fn pointer_path(pointer: &str) -> String {
 }
 
 /// Every dispatchable consumer, and `(kind/namespace/name, reason)` for those that are not.
-pub fn consumers(objects: &[Value], env: &Environment) -> (Vec<Arc<ConsumerSpec>>, Vec<(String, String)>) {
+pub(crate) fn consumers(objects: &[Value], env: &Environment) -> (Vec<Arc<ConsumerSpec>>, Vec<(String, String)>) {
     let world = World { objects };
     let sources: Sources = objects
         .iter()
@@ -325,7 +324,6 @@ fn consumer(
         dead_letter_stream: dead_letter_stream(kind, &namespace, &name),
         namespace,
         name,
-        uid,
         source_name,
         stream,
         subscriber_uri,

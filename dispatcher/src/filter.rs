@@ -28,7 +28,7 @@ use crate::cesql::{self, EventAttributes, Expression, Value};
 /// (`filter.attributes[Type]`, `filters[0].cesql`, `filters[1].all[0].exact`), the same way the controller
 /// names fields, so that an operator can find it in the object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FilterError {
+pub(crate) enum FilterError {
     #[error("{path}: expected {expected}")]
     WrongType { path: String, expected: &'static str },
     #[error("{path}: a filter holds exactly one of exact, prefix, suffix, all, any, not, cesql; got {found}")]
@@ -49,7 +49,7 @@ pub enum FilterError {
 
 impl FilterError {
     /// The offending field, relative to the Trigger's spec.
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         match self {
             FilterError::WrongType { path, .. }
             | FilterError::DialectCount { path, .. }
@@ -143,18 +143,18 @@ fn attribute_string(event: &dyn EventAttributes, attribute: &str) -> Option<Stri
 
 /// A Trigger's filter, validated and with its CESQL expressions parsed; evaluating it does no parsing.
 #[derive(Debug, Clone)]
-pub struct CompiledFilter {
+pub(crate) struct CompiledFilter {
     root: Node,
 }
 
 impl CompiledFilter {
     /// A filter matching every event: the Trigger has neither `filter.attributes` nor `filters`.
-    pub fn match_all() -> Self {
+    pub(crate) fn match_all() -> Self {
         CompiledFilter { root: Node::All(Vec::new()) }
     }
 
     /// Whether the event is selected by the Trigger.
-    pub fn matches(&self, event: &dyn EventAttributes) -> bool {
+    pub(crate) fn matches(&self, event: &dyn EventAttributes) -> bool {
         self.root.matches(event)
     }
 
@@ -173,7 +173,7 @@ impl CompiledFilter {
 /// Compiles a Trigger's filter from its `spec.filter.attributes` and its `spec.filters` (the JSON array of filter
 /// objects). Both fields are validated even when `filters` replaces `filter.attributes`, so that a mistake does
 /// not lie dormant until the other field is removed.
-pub fn compile(
+pub(crate) fn compile(
     filter_attributes: Option<&BTreeMap<String, String>>,
     filters: Option<&Json>,
 ) -> Result<CompiledFilter, FilterError> {
@@ -310,7 +310,7 @@ fn filter_list(body: &Json, path: &str) -> Result<Vec<Node>, FilterError> {
 /// filter on `type`, so for a typical Broker an event costs a handful of hash lookups plus the Triggers of its
 /// type.
 #[derive(Debug, Clone)]
-pub struct FilterIndex<K> {
+pub(crate) struct FilterIndex<K> {
     entries: Vec<(K, CompiledFilter)>,
     /// attribute → canonical value → indices into `entries`. Each entry is filed under at most one pair, so the
     /// candidate lists of an event never overlap and no entry is evaluated twice.
@@ -322,7 +322,7 @@ pub struct FilterIndex<K> {
 impl<K: Clone + Ord> FilterIndex<K> {
     /// Builds the index. A key may appear more than once (a Trigger whose filter is split in alternatives); it
     /// then matches when any of its filters matches.
-    pub fn new(filters: impl IntoIterator<Item = (K, CompiledFilter)>) -> Self {
+    pub(crate) fn new(filters: impl IntoIterator<Item = (K, CompiledFilter)>) -> Self {
         let entries: Vec<(K, CompiledFilter)> = filters.into_iter().collect();
         let mut by_exact: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
         let mut always = Vec::new();
@@ -338,23 +338,25 @@ impl<K: Clone + Ord> FilterIndex<K> {
     }
 
     /// How many filters the index holds.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// The keys whose filter matches the event, each once, in ascending order (so the result does not depend on
     /// hashing or on the order the filters were given in).
-    pub fn matching(&self, event: &dyn EventAttributes) -> Vec<K> {
+    pub(crate) fn matching(&self, event: &dyn EventAttributes) -> Vec<K> {
         self.matching_counted(event).0
     }
 
     /// [`FilterIndex::matching`], plus how many filters were evaluated: the measure of the index's work, for
     /// tests and metrics.
-    pub fn matching_counted(&self, event: &dyn EventAttributes) -> (Vec<K>, usize) {
+    pub(crate) fn matching_counted(&self, event: &dyn EventAttributes) -> (Vec<K>, usize) {
         let mut evaluated = 0;
         let mut matched = Vec::new();
         let mut evaluate = |i: usize| {

@@ -17,14 +17,15 @@
 
 /// The CESQL engine (its own crate, shared with the controller).
 pub use sluice_cesql as cesql;
-pub mod admin;
-pub mod consumer;
-pub mod delivery;
-pub mod filter;
-pub mod partition;
-pub mod rate;
-pub mod stats;
-pub mod supervisor;
-pub mod window;
+mod admin;
+mod consumer;
+mod delivery;
+mod filter;
+mod partition;
+mod rate;
+mod stats;
+mod supervisor;
+mod window;
 
+pub use admin::routes as admin_routes;
 pub use supervisor::{DispatchError, Dispatcher, DispatcherSettings};

@@ -3,7 +3,7 @@
 //! Pure: the caller passes `now_ms` and, when the bucket is empty, sleeps until [`TokenBucket::next_token_ms`].
 
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     per_second: f64,
     burst: f64,
     tokens: f64,
@@ -12,7 +12,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// `per_second` events per second on average, bursts of at most `burst` (at least 1).
-    pub fn new(per_second: f64, burst: f64, now_ms: u64) -> Self {
+    pub(crate) fn new(per_second: f64, burst: f64, now_ms: u64) -> Self {
         let burst = burst.max(1.0);
         TokenBucket { per_second: per_second.max(f64::MIN_POSITIVE), burst, tokens: burst, last_ms: now_ms }
     }
@@ -24,7 +24,7 @@ impl TokenBucket {
     }
 
     /// Takes one token if there is one.
-    pub fn try_take(&mut self, now_ms: u64) -> bool {
+    pub(crate) fn try_take(&mut self, now_ms: u64) -> bool {
         self.refill(now_ms);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -35,7 +35,7 @@ impl TokenBucket {
     }
 
     /// When the next token will be there.
-    pub fn next_token_ms(&mut self, now_ms: u64) -> u64 {
+    pub(crate) fn next_token_ms(&mut self, now_ms: u64) -> u64 {
         self.refill(now_ms);
         if self.tokens >= 1.0 {
             return now_ms;

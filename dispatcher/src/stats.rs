@@ -10,27 +10,27 @@ use std::collections::BTreeMap;
 
 use sluice_broker::OffsetCommit;
 
-pub const DELIVERED: &str = "delivered";
-pub const RETRIED: &str = "retried";
-pub const DEAD_LETTERED: &str = "deadlettered";
-pub const IN_FLIGHT: &str = "inflight";
-pub const OLDEST_PENDING_ARRIVAL_MS: &str = "oldest";
-pub const REPLAY: &str = "replay";
+pub(crate) const DELIVERED: &str = "delivered";
+pub(crate) const RETRIED: &str = "retried";
+pub(crate) const DEAD_LETTERED: &str = "deadlettered";
+pub(crate) const IN_FLIGHT: &str = "inflight";
+pub(crate) const OLDEST_PENDING_ARRIVAL_MS: &str = "oldest";
+pub(crate) const REPLAY: &str = "replay";
 /// 1 once the partition's dispatcher holds the consumer paused (so `pause` can wait for it to take effect).
-pub const PAUSED: &str = "paused";
+pub(crate) const PAUSED: &str = "paused";
 
-pub fn stat_key(cursor: &str, stat: &str) -> String {
+pub(crate) fn stat_key(cursor: &str, stat: &str) -> String {
     format!("{cursor}!{stat}")
 }
 
 /// The uid of the consumer a stored cursor (or one of its stats) belongs to.
-pub fn owner_uid(stored: &str) -> &str {
+pub(crate) fn owner_uid(stored: &str) -> &str {
     let cursor = stored.split_once('!').map_or(stored, |(cursor, _)| cursor);
     cursor.rsplit('/').next().unwrap_or(cursor)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CursorStats {
+pub(crate) struct CursorStats {
     pub delivered: u64,
     pub retried: u64,
     pub dead_lettered: u64,
@@ -43,7 +43,7 @@ pub struct CursorStats {
 
 impl CursorStats {
     /// Reads a consumer's stats from a partition's committed cursors.
-    pub fn from_committed(cursor: &str, committed: &BTreeMap<String, u64>) -> Self {
+    pub(crate) fn from_committed(cursor: &str, committed: &BTreeMap<String, u64>) -> Self {
         let get = |stat: &str| committed.get(&stat_key(cursor, stat)).copied().unwrap_or(0);
         CursorStats {
             delivered: get(DELIVERED),
@@ -56,7 +56,7 @@ impl CursorStats {
     }
 
     /// The commits that bring `previous` (what is stored) to `self`.
-    pub fn commits(&self, cursor: &str, previous: &CursorStats) -> Vec<OffsetCommit> {
+    pub(crate) fn commits(&self, cursor: &str, previous: &CursorStats) -> Vec<OffsetCommit> {
         let mut commits = Vec::new();
         let mut push = |stat: &str, now: u64, before: u64, reset: bool| {
             if now != before {
@@ -74,12 +74,12 @@ impl CursorStats {
 }
 
 /// A pending replay's target offset, if any.
-pub fn pending_replay(cursor: &str, committed: &BTreeMap<String, u64>) -> Option<u64> {
+pub(crate) fn pending_replay(cursor: &str, committed: &BTreeMap<String, u64>) -> Option<u64> {
     committed.get(&stat_key(cursor, REPLAY)).copied().filter(|v| *v > 0).map(|v| v - 1)
 }
 
 /// The commit that requests a replay (or a skip) to `target`.
-pub fn request_replay(cursor: &str, target: u64) -> OffsetCommit {
+pub(crate) fn request_replay(cursor: &str, target: u64) -> OffsetCommit {
     OffsetCommit { cursor: stat_key(cursor, REPLAY), offset: target + 1, reset: true }
 }
 

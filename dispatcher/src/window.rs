@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ordering {
+pub(crate) enum Ordering {
     Ordered,
     Unordered,
 }
@@ -29,7 +29,7 @@ enum State {
 }
 
 #[derive(Debug)]
-pub struct Window {
+pub(crate) struct Window {
     ordering: Ordering,
     max_pending: usize,
     /// Every offset below this has been admitted or skipped.
@@ -43,7 +43,7 @@ pub struct Window {
 
 impl Window {
     /// A window starting at `offset`, holding at most `max_pending` admitted but unsettled events (at least 1).
-    pub fn new(ordering: Ordering, max_pending: usize, offset: u64) -> Self {
+    pub(crate) fn new(ordering: Ordering, max_pending: usize, offset: u64) -> Self {
         Window {
             ordering,
             max_pending: max_pending.max(1),
@@ -55,37 +55,37 @@ impl Window {
     }
 
     /// The next offset the reader should look at for this consumer.
-    pub fn scanned_to(&self) -> u64 {
+    pub(crate) fn scanned_to(&self) -> u64 {
         self.scanned_to
     }
 
     /// Whether another matching event may be admitted.
-    pub fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         self.pending.len() < self.max_pending
     }
 
     /// Admitted and not yet settled.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.pending.len()
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.pending.values().filter(|(_, state)| *state == State::InFlight).count()
     }
 
     /// The lowest unsettled offset, if any (its age is the consumer's "oldest undelivered").
-    pub fn oldest_pending(&self) -> Option<u64> {
+    pub(crate) fn oldest_pending(&self) -> Option<u64> {
         self.pending.keys().next().copied()
     }
 
     /// Records that the offsets below `offset` were looked at and did not match.
-    pub fn skip_to(&mut self, offset: u64) {
+    pub(crate) fn skip_to(&mut self, offset: u64) {
         self.scanned_to = self.scanned_to.max(offset);
     }
 
     /// Admits a matching event. Offsets must increase; an offset below [`Window::scanned_to`] (already seen) is
     /// ignored and answers false, as is one beyond the window's room.
-    pub fn admit(&mut self, offset: u64, key: Option<String>) -> bool {
+    pub(crate) fn admit(&mut self, offset: u64, key: Option<String>) -> bool {
         if offset < self.scanned_to || !self.has_room() {
             return false;
         }
@@ -107,12 +107,12 @@ impl Window {
     }
 
     /// Admitted events that may start now, lowest offset first.
-    pub fn ready(&self) -> impl Iterator<Item = u64> + '_ {
+    pub(crate) fn ready(&self) -> impl Iterator<Item = u64> + '_ {
         self.startable.iter().copied()
     }
 
     /// Marks an event as being delivered (it must be ready).
-    pub fn start(&mut self, offset: u64) -> bool {
+    pub(crate) fn start(&mut self, offset: u64) -> bool {
         if !self.startable.remove(&offset) {
             return false;
         }
@@ -124,7 +124,7 @@ impl Window {
 
     /// Settles an event (delivered, dead-lettered or dropped); in ordered mode the next event of its key becomes
     /// ready.
-    pub fn settle(&mut self, offset: u64) -> bool {
+    pub(crate) fn settle(&mut self, offset: u64) -> bool {
         let Some((key, _)) = self.pending.remove(&offset) else { return false };
         self.startable.remove(&offset);
         if self.ordering == Ordering::Ordered
@@ -144,7 +144,7 @@ impl Window {
     }
 
     /// Where the consumer may resume: the lowest unsettled offset, or the scan position when all are settled.
-    pub fn watermark(&self) -> u64 {
+    pub(crate) fn watermark(&self) -> u64 {
         self.oldest_pending().unwrap_or(self.scanned_to)
     }
 }

@@ -1,4 +1,4 @@
 //! The peers Sluice is compared with, each started on loopback by the harness.
 
-pub mod nats;
-pub mod rabbitmq;
+pub(crate) mod nats;
+pub(crate) mod rabbitmq;

@@ -94,7 +94,7 @@ pub(crate) fn free_port() -> u16 {
     addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_default()
 }
 
-pub struct NatsJetStream {
+pub(crate) struct NatsJetStream {
     servers: usize,
     procs: Vec<Proc>,
     client: async_nats::Client,
@@ -107,7 +107,7 @@ pub struct NatsJetStream {
 impl NatsJetStream {
     /// Starts `servers` clustered nats-server processes on loopback (JetStream, file storage in a tempdir),
     /// waits for a JetStream meta leader and creates the stream with `servers` replicas.
-    pub async fn start(servers: usize) -> Result<Self> {
+    pub(crate) async fn start(servers: usize) -> Result<Self> {
         if servers == 0 {
             bail!("nats: at least one server");
         }

@@ -45,7 +45,7 @@ struct Nodes {
     procs: Vec<Proc>,
 }
 
-pub struct RabbitQuorum {
+pub(crate) struct RabbitQuorum {
     requested: usize,
     nodes: Nodes,
     /// Why the `requested`-node cluster was replaced by one node.
@@ -62,7 +62,7 @@ pub struct RabbitQuorum {
 impl RabbitQuorum {
     /// Starts `nodes` RabbitMQ nodes on loopback and clusters them (or falls back to 1 node, see `name()`),
     /// declares the quorum queue and opens the publishing channels (publisher confirms on).
-    pub async fn start(nodes: usize) -> Result<Self> {
+    pub(crate) async fn start(nodes: usize) -> Result<Self> {
         if nodes == 0 {
             bail!("rabbitmq: at least one node");
         }
@@ -123,7 +123,7 @@ impl RabbitQuorum {
     }
 
     /// The members of the quorum queue (as `rabbitmqctl list_queues` reports them).
-    pub async fn queue_members(&self) -> Result<String> {
+    pub(crate) async fn queue_members(&self) -> Result<String> {
         let node = &self.nodes.names[0];
         ctl(&self.nodes.home, node, &["list_queues", "-q", "name", "type", "members", "leader"], CTL_TIMEOUT).await
     }

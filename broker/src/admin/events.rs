@@ -24,31 +24,31 @@ use crate::node::{Node, validate_stream_name};
 use crate::store::StoredRecord;
 
 /// Events per `Read` page when the request does not say.
-pub const DEFAULT_PAGE_EVENTS: usize = 100;
+pub(crate) const DEFAULT_PAGE_EVENTS: usize = 100;
 /// Most events per `Read` page.
-pub const MAX_PAGE_EVENTS: usize = 1000;
+pub(crate) const MAX_PAGE_EVENTS: usize = 1000;
 /// Bytes (stored size) per `Read` page when the request does not say.
-pub const DEFAULT_PAGE_BYTES: usize = 4 << 20;
+pub(crate) const DEFAULT_PAGE_BYTES: usize = 4 << 20;
 /// Most bytes per `Read` page (a page always has at least one event).
-pub const MAX_PAGE_BYTES: usize = 16 << 20;
+pub(crate) const MAX_PAGE_BYTES: usize = 16 << 20;
 /// Most records looked at for one `Read` page (matters with a filter that matches little).
-pub const MAX_SCANNED_PER_PAGE: u64 = 10_000;
+pub(crate) const MAX_SCANNED_PER_PAGE: u64 = 10_000;
 /// Events a `Tail` buffers for its client before it is dropped as too slow.
-pub const TAIL_BUFFER: usize = 256;
+pub(crate) const TAIL_BUFFER: usize = 256;
 /// Records a `Find` looks at when the request does not say.
-pub const DEFAULT_FIND_SCAN: u64 = 100_000;
+pub(crate) const DEFAULT_FIND_SCAN: u64 = 100_000;
 /// Most records a `Find` looks at.
-pub const MAX_FIND_SCAN: u64 = 1_000_000;
+pub(crate) const MAX_FIND_SCAN: u64 = 1_000_000;
 /// Records per internal read.
 const CHUNK: usize = 500;
 
 #[derive(Clone)]
-pub struct EventsService {
+pub(crate) struct EventsService {
     node: Node,
 }
 
 impl EventsService {
-    pub fn new(node: Node) -> Self {
+    pub(crate) fn new(node: Node) -> Self {
         Self { node }
     }
 }

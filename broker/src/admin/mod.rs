@@ -4,7 +4,7 @@
 //! `INVALID_ARGUMENT` or `NOT_FOUND`; `UNAVAILABLE` may or may not have
 //! written (the caller must not assume either).
 
-pub mod events;
+pub(crate) mod events;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -33,14 +33,14 @@ use sluice_controller::model::KINDS;
 use sluice_controller::status::{Environment, World, with_status};
 use sluice_controller::validate_object;
 
-pub struct AdminService {
+pub(crate) struct AdminService {
     node: Node,
     /// Where this node's ingress is reached (Broker and Channel addresses in status).
     status_env: Environment,
 }
 
 impl AdminService {
-    pub fn new(node: Node, ingress_base: String) -> Self {
+    pub(crate) fn new(node: Node, ingress_base: String) -> Self {
         Self { node, status_env: Environment { ingress_base } }
     }
 
@@ -301,7 +301,7 @@ pub fn resource_record(object_json: &str, node: &Node) -> Result<ResourceRecord,
 const WATCH_BUFFER: usize = 1024;
 
 /// The events that turn `before` into `after`.
-pub fn diff_resources(
+pub(crate) fn diff_resources(
     before: &std::collections::BTreeMap<ResourceKey, String>,
     after: &std::collections::BTreeMap<ResourceKey, String>,
 ) -> Vec<ResourceEvent> {

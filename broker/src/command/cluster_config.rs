@@ -9,7 +9,7 @@ use crate::error::BrokerError;
 use crate::ids::NodeId;
 
 /// Upper bound on partitions: every partition is a Raft group on every node.
-pub const MAX_PARTITIONS: u32 = 256;
+pub(crate) const MAX_PARTITIONS: u32 = 256;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterConfig {

@@ -7,7 +7,7 @@ use crate::command::{Appended, GroupId, LogCommand, LogResponse, NodeId, StreamA
 use crate::error::BrokerError;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum ForwardedWrite {
+pub(crate) enum ForwardedWrite {
     /// Records for a stream: the leader batches them with others.
     Append(StreamAppend),
     /// A command written as its own entry (metadata group).
@@ -20,7 +20,7 @@ pub enum ForwardedWrite {
 
 /// Membership operations (`cluster add-node`, `remove-node`, `transfer-leader`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MembershipOp {
+pub(crate) enum MembershipOp {
     /// Adds `node` as a learner and waits (bounded by the forward timeout)
     /// until replication to it has caught up; answers `CatchingUp` if not yet.
     AddLearner { node: NodeId, addr: String },
@@ -33,7 +33,7 @@ pub enum MembershipOp {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MembershipOutcome {
+pub(crate) enum MembershipOutcome {
     Done,
     /// The learner is still catching up: ask again (adding is idempotent).
     CatchingUp,
@@ -42,7 +42,7 @@ pub enum MembershipOutcome {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum ForwardedReply {
+pub(crate) enum ForwardedReply {
     Appended(Appended),
     Response(LogResponse),
     Membership(MembershipOutcome),

@@ -5,8 +5,8 @@
 //! [`cluster_config`] is the cluster's membership and partition count (the first thing the metadata group
 //! commits); [`forward`] is what a follower forwards to its group's leader and what it gets back.
 
-pub mod cluster_config;
-pub mod forward;
+pub(crate) mod cluster_config;
+pub(crate) mod forward;
 
 pub use cluster_config::{ClusterConfig, parse_members};
 
@@ -16,26 +16,26 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use crate::ids::{GroupId, METADATA_GROUP, NodeId, ResourceKey, group_name, partition_group};
+pub(crate) use crate::ids::{GroupId, METADATA_GROUP, NodeId, ResourceKey, group_name, partition_group};
 
 openraft::declare_raft_types!(
     /// openraft's type config for every Sluice group.
-    pub TypeConfig:
+    pub(crate) TypeConfig:
         D = LogCommand,
         R = LogResponse,
         NodeId = NodeId,
         Node = openraft::BasicNode,
 );
 
-pub type Entry = openraft::alias::EntryOf<TypeConfig>;
-pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
-pub type Vote = openraft::alias::VoteOf<TypeConfig>;
-pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
-pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub(crate) type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub(crate) type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub(crate) type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub(crate) type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub(crate) type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 
 /// Records for one stream, accepted together at one arrival time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StreamAppend {
+pub(crate) struct StreamAppend {
     /// A broker's or channel's stream name, e.g. `broker/default/my-broker`.
     pub stream: String,
     /// Milliseconds since the Unix epoch when the node accepted the records.
@@ -65,14 +65,14 @@ pub struct Appended {
 }
 
 impl StreamAppend {
-    pub fn payload_bytes(&self) -> usize {
+    pub(crate) fn payload_bytes(&self) -> usize {
         self.payloads.iter().map(Bytes::len).sum()
     }
 }
 
 /// What a Raft entry carries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LogCommand {
+pub(crate) enum LogCommand {
     /// Several appends coalesced into one entry (partition groups).
     Append(Vec<StreamAppend>),
     /// The cluster's fixed shape, written once by `cluster init` (metadata group).
@@ -142,7 +142,7 @@ impl fmt::Display for LogCommand {
 
 /// What applying an entry answers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LogResponse {
+pub(crate) enum LogResponse {
     #[default]
     None,
     /// For each [`StreamAppend`] of the entry, in order, where it went.
@@ -157,10 +157,10 @@ pub enum LogResponse {
 
 /// postcard: compact, positional; both ends run the same build (openraft keeps
 /// its types positional-format compatible, see `SnapshotMeta`).
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_allocvec(value)
 }
 
-pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
+pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
     postcard::from_bytes(bytes)
 }

@@ -27,7 +27,7 @@ struct HttpState {
     metrics: PrometheusHandle,
 }
 
-pub fn router(node: Node, metrics: PrometheusHandle, ingress: Ingress) -> Router {
+pub(crate) fn router(node: Node, metrics: PrometheusHandle, ingress: Ingress) -> Router {
     let probes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -39,7 +39,12 @@ pub fn router(node: Node, metrics: PrometheusHandle, ingress: Ingress) -> Router
 /// Serves `app` on `listener` until `shutdown`: HTTP/1.1 (keep-alive) and
 /// h2c, at most `max_connections` at once (more are closed at accept), and
 /// headers must arrive within `header_read_timeout`.
-pub async fn serve(listener: TcpListener, app: Router, limits: IngressLimits, shutdown: impl Future<Output = ()>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: IngressLimits,
+    shutdown: impl Future<Output = ()>,
+) {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

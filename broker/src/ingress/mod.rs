@@ -4,7 +4,7 @@
 //! partition, appends through the node (202 only once committed), and turns
 //! every refusal into a 4xx/5xx with a JSON body naming the field and rule.
 
-pub mod http;
+pub(crate) mod http;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use sluice_controller::validate::is_dns_label;
 
-use crate::cloudevent::{self, CloudEvent, EventError};
+use crate::cloudevent::{self, EventError};
 use crate::command::ResourceKey;
 use crate::error::BrokerError;
 use crate::node::Node;
@@ -54,13 +54,13 @@ impl Default for IngressLimits {
 
 /// Where a request goes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Target {
+pub(crate) enum Target {
     Broker { namespace: String, name: String },
     Channel { namespace: String, name: String },
 }
 
 impl Target {
-    pub fn stream(&self) -> String {
+    pub(crate) fn stream(&self) -> String {
         match self {
             Target::Broker { namespace, name } => crate::resources::stream_name("Broker", namespace, name),
             Target::Channel { namespace, name } => crate::resources::stream_name("Channel", namespace, name),
@@ -74,7 +74,7 @@ impl Target {
     }
 }
 
-pub fn parse_target(path: &str) -> Result<Target, EventError> {
+pub(crate) fn parse_target(path: &str) -> Result<Target, EventError> {
     let malformed = || {
         EventError::bad("malformed path")
             .rule("POST /{namespace}/{broker} or /channels/{namespace}/{channel}, names are DNS-1123 labels")
@@ -95,14 +95,14 @@ pub fn parse_target(path: &str) -> Result<Target, EventError> {
 /// The ingress state shared by requests: the node, limits, and the brokers'
 /// and channels' settings, rebuilt whenever a resource changes.
 #[derive(Clone)]
-pub struct Ingress {
+pub(crate) struct Ingress {
     node: Node,
     limits: Arc<IngressLimits>,
     targets: Arc<RwLock<Arc<HashMap<Target, IngressSettings>>>>,
 }
 
 impl Ingress {
-    pub fn new(node: Node, limits: IngressLimits) -> Self {
+    pub(crate) fn new(node: Node, limits: IngressLimits) -> Self {
         let ingress = Self { node: node.clone(), limits: Arc::new(limits), targets: Arc::default() };
         if let Some(mut changes) = node.watch_resources() {
             let ingress = ingress.clone();
@@ -118,7 +118,7 @@ impl Ingress {
         ingress
     }
 
-    pub fn limits(&self) -> &IngressLimits {
+    pub(crate) fn limits(&self) -> &IngressLimits {
         &self.limits
     }
 
@@ -154,23 +154,6 @@ fn retry_later(status: StatusCode, error: &str, reason: String) -> Response {
     let mut response = json_response(status, serde_json::json!({ "error": error, "rule": reason }));
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
-}
-
-/// The HTTP status the ingress answers for `e`: callers inside the node (the
-/// dispatcher's reply appends) use it to tell retryable failures (429, 503)
-/// from definite ones.
-pub fn broker_error_status(e: &BrokerError) -> u16 {
-    match e {
-        BrokerError::QueueFull { .. } => 429,
-        BrokerError::AppendTooLarge { .. } => 413,
-        BrokerError::NoLeader { .. }
-        | BrokerError::ForwardFailed { .. }
-        | BrokerError::NotInitialized
-        | BrokerError::ShuttingDown
-        | BrokerError::Indeterminate { .. }
-        | BrokerError::Interrupted { .. } => 503,
-        _ => 500,
-    }
 }
 
 fn broker_error_response(error: BrokerError) -> Response {
@@ -295,16 +278,7 @@ async fn discard_body(body: Body, max_bytes: usize, timeout: Duration) {
     .await;
 }
 
-/// Knative's attributes with this broker's TTL (see [`sluice_cloudevent::apply_knative_attributes`]).
-pub fn apply_knative_attributes(
-    event: &mut CloudEvent,
-    settings: &IngressSettings,
-    arrival: &str,
-) -> Result<(), EventError> {
-    sluice_cloudevent::apply_knative_attributes(event, settings.ttl, arrival)
-}
-
-pub use sluice_cloudevent::event_type_label;
+pub(crate) use sluice_cloudevent::event_type_label;
 
 fn record_events(target: &Target, types: &[String], status: StatusCode, started: Instant) {
     let (namespace, name) = target.namespace_and_name();
@@ -330,7 +304,7 @@ fn record_events(target: &Target, types: &[String], status: StatusCode, started:
 }
 
 /// The handler behind every path that is not `/healthz`, `/readyz` or `/metrics`.
-pub async fn handle(
+pub(crate) async fn handle(
     State(ingress): State<Ingress>,
     method: Method,
     uri: Uri,
@@ -461,7 +435,7 @@ async fn accept(
     Ok(types)
 }
 
-pub use crate::node::publish::{PublishError, publish};
+pub(crate) use crate::node::publish::{PublishError, publish};
 
 #[cfg(test)]
 mod tests {
@@ -494,13 +468,14 @@ mod tests {
         let settings = IngressSettings { ttl: 42, dedupe_window: None };
         let mut event =
             cloudevent::from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#).expect("valid");
-        apply_knative_attributes(&mut event, &settings, "2026-01-01T00:00:00Z").expect("accepted");
+        sluice_cloudevent::apply_knative_attributes(&mut event, settings.ttl, "2026-01-01T00:00:00Z")
+            .expect("accepted");
         assert_eq!(event.get("knativebrokerttl"), Some(&AttrValue::Integer(42)));
         assert_eq!(event.get_str("knativearrivaltime"), Some("2026-01-01T00:00:00Z"));
         for (ttl, ok) in [("5", true), ("0", false), ("-3", false), ("x", false)] {
             let mut event = event.clone();
             event.attributes.insert("knativebrokerttl".into(), AttrValue::String(ttl.into()));
-            assert_eq!(apply_knative_attributes(&mut event, &settings, "t").is_ok(), ok, "{ttl}");
+            assert_eq!(sluice_cloudevent::apply_knative_attributes(&mut event, settings.ttl, "t").is_ok(), ok, "{ttl}");
         }
     }
 }

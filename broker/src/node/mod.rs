@@ -1,15 +1,15 @@
 //! A Sluice node: the store, the metadata group, the partition groups of the
 //! cluster config, and the write/read API the servers and later crates use.
 
-pub mod membership;
-pub mod publish;
+pub(crate) mod membership;
+pub(crate) mod publish;
 mod reads;
-pub mod retention;
+pub(crate) mod retention;
 mod status;
 mod writes;
 
-pub use status::GroupStatus;
-pub use writes::{MAX_STREAM_NAME_BYTES, validate_cursor_name, validate_stream_name};
+pub(crate) use status::GroupStatus;
+pub(crate) use writes::validate_stream_name;
 
 use membership::{belongs, watch_cluster_config};
 use status::watch_group_leadership;
@@ -321,6 +321,7 @@ fn claim_data_dir(dir: &Path, node_id: NodeId) -> Result<(), BrokerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use writes::validate_cursor_name;
 
     #[test]
     fn stream_names_are_validated() {

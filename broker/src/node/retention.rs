@@ -15,17 +15,17 @@ use crate::command::partition_group;
 use crate::node::Node;
 use crate::store::StreamExtent;
 
-pub const ANNOTATION_RETENTION: &str = "sluice.dev/retention";
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const ANNOTATION_RETENTION: &str = "sluice.dev/retention";
+pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetentionPolicy {
+pub(crate) struct RetentionPolicy {
     pub max_age: Option<Duration>,
     pub max_bytes: Option<u64>,
 }
 
 impl RetentionPolicy {
-    pub fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         let mut policy = RetentionPolicy { max_age: None, max_bytes: None };
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if let Some(bytes) = parse_size(part) {
@@ -38,10 +38,10 @@ impl RetentionPolicy {
     }
 
     /// The policy of a resource object (its annotation, else the default).
-    pub fn from_object(json: &str) -> Self {
+    pub(crate) fn from_object(json: &str) -> Self {
         let object: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
         object
-            .pointer("/metadata/annotations/sluice.dev~1retention")
+            .pointer(&format!("/metadata/annotations/{}", ANNOTATION_RETENTION.replace('/', "~1")))
             .and_then(|v| v.as_str())
             .and_then(RetentionPolicy::parse)
             .unwrap_or(RetentionPolicy { max_age: Some(DEFAULT_RETENTION), max_bytes: None })
@@ -53,7 +53,7 @@ impl RetentionPolicy {
 /// `first_young_offset`: the first offset whose arrival is within `max_age`
 /// (what the time index answers for `now - max_age`). `sizes`: `(offset,
 /// bytes)` of the retained records from the start, needed only with `max_bytes`.
-pub fn trim_point(
+pub(crate) fn trim_point(
     policy: &RetentionPolicy,
     extent: StreamExtent,
     first_young_offset: u64,
@@ -80,7 +80,7 @@ pub fn trim_point(
 }
 
 /// Every `interval`, trims the streams of the partitions this node leads.
-pub async fn run(node: Node, interval: Duration) {
+pub(crate) async fn run(node: Node, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -17,7 +17,7 @@ use crate::command::{
 use crate::error::BrokerError;
 
 /// Longest stream name (bytes).
-pub const MAX_STREAM_NAME_BYTES: usize = 512;
+pub(crate) const MAX_STREAM_NAME_BYTES: usize = 512;
 
 impl Node {
     /// Appends `payloads` to `stream` in `partition`; answers where they went
@@ -179,7 +179,7 @@ impl Node {
     }
 }
 
-pub fn validate_stream_name(stream: &str) -> Result<(), BrokerError> {
+pub(crate) fn validate_stream_name(stream: &str) -> Result<(), BrokerError> {
     let rule = if stream.is_empty() {
         "must not be empty"
     } else if stream.len() > MAX_STREAM_NAME_BYTES {
@@ -193,7 +193,7 @@ pub fn validate_stream_name(stream: &str) -> Result<(), BrokerError> {
 }
 
 /// Consumer cursor names follow the stream name rules.
-pub fn validate_cursor_name(cursor: &str) -> Result<(), BrokerError> {
+pub(crate) fn validate_cursor_name(cursor: &str) -> Result<(), BrokerError> {
     validate_stream_name(cursor).map_err(|e| match e {
         BrokerError::InvalidStream { stream, rule } => BrokerError::InvalidCursor { cursor: stream, rule },
         other => other,

@@ -29,7 +29,7 @@ pub struct AppendLimits {
 /// How long an entry may wait to commit before its appends are answered as
 /// indeterminate. A leader cut off from its quorum keeps the entry (it may
 /// still commit later), but no caller waits on it without bound.
-pub const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Default for AppendLimits {
     fn default() -> Self {
@@ -48,14 +48,14 @@ struct PendingAppend {
 }
 
 #[derive(Clone)]
-pub struct AppendBatcher {
+pub(crate) struct AppendBatcher {
     group: GroupId,
     limits: AppendLimits,
     tx: mpsc::Sender<PendingAppend>,
 }
 
 impl AppendBatcher {
-    pub fn start(group: GroupId, raft: Raft, limits: AppendLimits) -> Self {
+    pub(crate) fn start(group: GroupId, raft: Raft, limits: AppendLimits) -> Self {
         let (tx, rx) = mpsc::channel(limits.queue_capacity.max(1));
         tokio::spawn(run(group, raft, limits.clone(), rx));
         Self { group, limits, tx }
@@ -63,7 +63,7 @@ impl AppendBatcher {
 
     /// Appends `append` to its stream; answers where its records went once
     /// the entry holding it is committed and applied.
-    pub async fn submit(&self, append: StreamAppend) -> Result<Appended, WriteFailure> {
+    pub(crate) async fn submit(&self, append: StreamAppend) -> Result<Appended, WriteFailure> {
         check_append_size(&self.limits, &append)?;
         let (reply, rx) = oneshot::channel();
         let queue = Queue { group: self.group, capacity: self.limits.queue_capacity, name: "batcher" };

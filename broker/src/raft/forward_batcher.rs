@@ -25,21 +25,21 @@ struct PendingForward {
 }
 
 #[derive(Clone)]
-pub struct ForwardBatcher {
+pub(crate) struct ForwardBatcher {
     group: GroupId,
     limits: AppendLimits,
     tx: mpsc::Sender<PendingForward>,
 }
 
 impl ForwardBatcher {
-    pub fn start(group: GroupId, peers: PeerClients, limits: AppendLimits) -> Self {
+    pub(crate) fn start(group: GroupId, peers: PeerClients, limits: AppendLimits) -> Self {
         let (tx, rx) = mpsc::channel(limits.queue_capacity.max(1));
         tokio::spawn(run(group, peers, limits.clone(), rx));
         Self { group, limits, tx }
     }
 
     /// Forwards `append` to the leader at `leader_addr`; answers the leader's outcome for it.
-    pub async fn submit(&self, leader_addr: &str, append: StreamAppend) -> Result<Appended, WriteFailure> {
+    pub(crate) async fn submit(&self, leader_addr: &str, append: StreamAppend) -> Result<Appended, WriteFailure> {
         check_append_size(&self.limits, &append)?;
         let (reply, rx) = oneshot::channel();
         let pending = PendingForward { leader_addr: leader_addr.to_string(), append, reply };

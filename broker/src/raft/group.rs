@@ -65,7 +65,7 @@ impl RaftTuning {
     }
 }
 
-pub struct Group {
+pub(crate) struct Group {
     pub id: GroupId,
     pub raft: Raft,
     pub view: StreamView,
@@ -75,7 +75,7 @@ pub struct Group {
 }
 
 impl Group {
-    pub async fn start(
+    pub(crate) async fn start(
         node_id: NodeId,
         group: GroupId,
         store: &Store,
@@ -100,18 +100,18 @@ impl Group {
         Ok(Arc::new(Group { id: group, raft, view, batcher, forwarder }))
     }
 
-    pub fn leader(&self) -> Option<NodeId> {
+    pub(crate) fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow_watched().current_leader
     }
 
     /// The peer address of `node` in this group's membership.
-    pub fn node_addr(&self, node: NodeId) -> Option<String> {
+    pub(crate) fn node_addr(&self, node: NodeId) -> Option<String> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
         metrics.membership_config.membership().get_node(&node).map(|n| n.addr.clone())
     }
 
-    pub fn is_leader(&self, node_id: NodeId) -> bool {
+    pub(crate) fn is_leader(&self, node_id: NodeId) -> bool {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
         metrics.state == ServerState::Leader && metrics.current_leader == Some(node_id)

@@ -5,9 +5,9 @@
 //! into one Raft entry ([`append_batcher`]) and proposes it to its [`group`]. What flows out: committed entries
 //! (`crate::command`'s `LogCommand`, answered by a `LogResponse`), applied by the store's state machine.
 
-pub mod append_batcher;
-pub mod forward_batcher;
-pub mod group;
+pub(crate) mod append_batcher;
+pub(crate) mod forward_batcher;
+pub(crate) mod group;
 
 pub use append_batcher::AppendLimits;
 pub use group::RaftTuning;

@@ -2,7 +2,7 @@
 //! starts), opens the node, and serves the Raft transport, admin gRPC and HTTP
 //! until shutdown.
 
-pub mod raft_service;
+pub(crate) mod raft_service;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

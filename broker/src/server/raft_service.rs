@@ -15,13 +15,13 @@ use crate::node::Node;
 use crate::store::Snapshot;
 use crate::store::SnapshotFile;
 
-pub struct TransportService {
+pub(crate) struct TransportService {
     node: Node,
     snapshot_root: PathBuf,
 }
 
 impl TransportService {
-    pub fn new(node: Node, snapshot_root: PathBuf) -> Self {
+    pub(crate) fn new(node: Node, snapshot_root: PathBuf) -> Self {
         Self { node, snapshot_root }
     }
 

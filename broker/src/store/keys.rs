@@ -16,73 +16,73 @@
 
 use crate::ids::GroupId;
 
-pub const CF_RAFT_LOG: &str = "raft_log";
-pub const CF_RAFT_STATE: &str = "raft_state";
-pub const CF_EVENTS: &str = "events";
-pub const CF_TIME_INDEX: &str = "time_index";
-pub const CF_SM_STATE: &str = "sm_state";
-pub const CF_DEDUPE: &str = "dedupe";
+pub(crate) const CF_RAFT_LOG: &str = "raft_log";
+pub(crate) const CF_RAFT_STATE: &str = "raft_state";
+pub(crate) const CF_EVENTS: &str = "events";
+pub(crate) const CF_TIME_INDEX: &str = "time_index";
+pub(crate) const CF_SM_STATE: &str = "sm_state";
+pub(crate) const CF_DEDUPE: &str = "dedupe";
 
-pub const ALL_CFS: [&str; 6] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_EVENTS, CF_TIME_INDEX, CF_SM_STATE, CF_DEDUPE];
+pub(crate) const ALL_CFS: [&str; 6] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_EVENTS, CF_TIME_INDEX, CF_SM_STATE, CF_DEDUPE];
 /// The column families that hold a group's state machine (what a snapshot
 /// carries; the snapshot format refers to them by position, so only append).
-pub const STATE_MACHINE_CFS: [&str; 4] = [CF_EVENTS, CF_TIME_INDEX, CF_SM_STATE, CF_DEDUPE];
+pub(crate) const STATE_MACHINE_CFS: [&str; 4] = [CF_EVENTS, CF_TIME_INDEX, CF_SM_STATE, CF_DEDUPE];
 
-pub const RAFT_STATE_VOTE: u8 = 1;
-pub const RAFT_STATE_COMMITTED: u8 = 2;
-pub const RAFT_STATE_LAST_PURGED: u8 = 3;
+pub(crate) const RAFT_STATE_VOTE: u8 = 1;
+pub(crate) const RAFT_STATE_COMMITTED: u8 = 2;
+pub(crate) const RAFT_STATE_LAST_PURGED: u8 = 3;
 
-pub const SM_APPLIED: u8 = 1;
-pub const SM_MEMBERSHIP: u8 = 2;
-pub const SM_STREAM: u8 = 3;
-pub const SM_CLUSTER_CONFIG: u8 = 4;
-pub const SM_RESOURCE: u8 = 5;
+pub(crate) const SM_APPLIED: u8 = 1;
+pub(crate) const SM_MEMBERSHIP: u8 = 2;
+pub(crate) const SM_STREAM: u8 = 3;
+pub(crate) const SM_CLUSTER_CONFIG: u8 = 4;
+pub(crate) const SM_RESOURCE: u8 = 5;
 /// Consumer offsets (partition groups), one key per cursor.
-pub const SM_OFFSET: u8 = 6;
+pub(crate) const SM_OFFSET: u8 = 6;
 /// When each former member was last taken out of the member list: node id → log index (metadata group).
-pub const SM_MEMBER_REMOVALS: u8 = 7;
+pub(crate) const SM_MEMBER_REMOVALS: u8 = 7;
 
 const DEDUPE_SEEN: u8 = 1;
 const DEDUPE_EXPIRY: u8 = 2;
 
-pub fn group_prefix(group: GroupId) -> [u8; 4] {
+pub(crate) fn group_prefix(group: GroupId) -> [u8; 4] {
     group.to_be_bytes()
 }
 
 /// The first key after every key of `group`.
-pub fn group_end(group: GroupId) -> Vec<u8> {
+pub(crate) fn group_end(group: GroupId) -> Vec<u8> {
     match group.checked_add(1) {
         Some(next) => next.to_be_bytes().to_vec(),
         None => vec![0xff; 5],
     }
 }
 
-pub fn log_key(group: GroupId, index: u64) -> [u8; 12] {
+pub(crate) fn log_key(group: GroupId, index: u64) -> [u8; 12] {
     let mut key = [0u8; 12];
     key[..4].copy_from_slice(&group.to_be_bytes());
     key[4..].copy_from_slice(&index.to_be_bytes());
     key
 }
 
-pub fn log_index_of(key: &[u8]) -> Option<u64> {
+pub(crate) fn log_index_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(4..12)?.try_into().ok()?))
 }
 
-pub fn tag_key(group: GroupId, tag: u8) -> [u8; 5] {
+pub(crate) fn tag_key(group: GroupId, tag: u8) -> [u8; 5] {
     let mut key = [0u8; 5];
     key[..4].copy_from_slice(&group.to_be_bytes());
     key[4] = tag;
     key
 }
 
-pub fn stream_state_key(group: GroupId, stream: &str) -> Vec<u8> {
+pub(crate) fn stream_state_key(group: GroupId, stream: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(5 + stream.len());
     key.extend_from_slice(&tag_key(group, SM_STREAM));
     key.extend_from_slice(stream.as_bytes());
     key
 }
 
-pub fn event_key(group: GroupId, stream_id: u32, offset: u64) -> [u8; 16] {
+pub(crate) fn event_key(group: GroupId, stream_id: u32, offset: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
     key[..4].copy_from_slice(&group.to_be_bytes());
     key[4..8].copy_from_slice(&stream_id.to_be_bytes());
@@ -90,11 +90,11 @@ pub fn event_key(group: GroupId, stream_id: u32, offset: u64) -> [u8; 16] {
     key
 }
 
-pub fn event_offset_of(key: &[u8]) -> Option<u64> {
+pub(crate) fn event_offset_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(8..16)?.try_into().ok()?))
 }
 
-pub fn time_index_key(group: GroupId, stream_id: u32, arrival_ms: u64, offset: u64) -> [u8; 24] {
+pub(crate) fn time_index_key(group: GroupId, stream_id: u32, arrival_ms: u64, offset: u64) -> [u8; 24] {
     let mut key = [0u8; 24];
     key[..4].copy_from_slice(&group.to_be_bytes());
     key[4..8].copy_from_slice(&stream_id.to_be_bytes());
@@ -103,25 +103,25 @@ pub fn time_index_key(group: GroupId, stream_id: u32, arrival_ms: u64, offset: u
     key
 }
 
-pub fn time_index_offset_of(key: &[u8]) -> Option<u64> {
+pub(crate) fn time_index_offset_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(16..24)?.try_into().ok()?))
 }
 
 /// An event's stored value: arrival time, then the payload as sent.
-pub fn event_value(arrival_ms: u64, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn event_value(arrival_ms: u64, payload: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(8 + payload.len());
     value.extend_from_slice(&arrival_ms.to_be_bytes());
     value.extend_from_slice(payload);
     value
 }
 
-pub fn split_event_value(value: &[u8]) -> Option<(u64, &[u8])> {
+pub(crate) fn split_event_value(value: &[u8]) -> Option<(u64, &[u8])> {
     let (time, payload) = value.split_at_checked(8)?;
     Some((u64::from_be_bytes(time.try_into().ok()?), payload))
 }
 
 /// A consumer cursor's committed offset: the cursor name after the tag.
-pub fn offset_key(group: GroupId, cursor: &str) -> Vec<u8> {
+pub(crate) fn offset_key(group: GroupId, cursor: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(5 + cursor.len());
     key.extend_from_slice(&tag_key(group, SM_OFFSET));
     key.extend_from_slice(cursor.as_bytes());
@@ -129,7 +129,7 @@ pub fn offset_key(group: GroupId, cursor: &str) -> Vec<u8> {
 }
 
 /// `kind \0 namespace \0 name` after the tag (names never hold NUL).
-pub fn resource_key(group: GroupId, kind: &str, namespace: &str, name: &str) -> Vec<u8> {
+pub(crate) fn resource_key(group: GroupId, kind: &str, namespace: &str, name: &str) -> Vec<u8> {
     let mut key = tag_key(group, SM_RESOURCE).to_vec();
     for (i, part) in [kind, namespace, name].iter().enumerate() {
         if i > 0 {
@@ -140,7 +140,7 @@ pub fn resource_key(group: GroupId, kind: &str, namespace: &str, name: &str) -> 
     key
 }
 
-pub fn split_resource_key(key: &[u8]) -> Option<crate::ids::ResourceKey> {
+pub(crate) fn split_resource_key(key: &[u8]) -> Option<crate::ids::ResourceKey> {
     let text = std::str::from_utf8(key.get(5..)?).ok()?;
     let mut parts = text.split('\0');
     Some(crate::ids::ResourceKey {
@@ -150,7 +150,7 @@ pub fn split_resource_key(key: &[u8]) -> Option<crate::ids::ResourceKey> {
     })
 }
 
-pub fn dedupe_seen_key(group: GroupId, stream_id: u32, key: &[u8]) -> Vec<u8> {
+pub(crate) fn dedupe_seen_key(group: GroupId, stream_id: u32, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(9 + key.len());
     out.extend_from_slice(&group.to_be_bytes());
     out.extend_from_slice(&stream_id.to_be_bytes());
@@ -159,7 +159,7 @@ pub fn dedupe_seen_key(group: GroupId, stream_id: u32, key: &[u8]) -> Vec<u8> {
     out
 }
 
-pub fn dedupe_expiry_key(group: GroupId, stream_id: u32, arrival_ms: u64, key: &[u8]) -> Vec<u8> {
+pub(crate) fn dedupe_expiry_key(group: GroupId, stream_id: u32, arrival_ms: u64, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(17 + key.len());
     out.extend_from_slice(&group.to_be_bytes());
     out.extend_from_slice(&stream_id.to_be_bytes());
@@ -170,7 +170,7 @@ pub fn dedupe_expiry_key(group: GroupId, stream_id: u32, arrival_ms: u64, key: &
 }
 
 /// (arrival_ms, key) of an expiry key.
-pub fn split_dedupe_expiry_key(expiry_key: &[u8]) -> Option<(u64, &[u8])> {
+pub(crate) fn split_dedupe_expiry_key(expiry_key: &[u8]) -> Option<(u64, &[u8])> {
     let at = u64::from_be_bytes(expiry_key.get(9..17)?.try_into().ok()?);
     Some((at, expiry_key.get(17..)?))
 }

@@ -20,14 +20,14 @@ use crate::store::keys::{
 };
 
 #[derive(Clone)]
-pub struct GroupLogStore {
+pub(crate) struct GroupLogStore {
     db: Arc<DB>,
     wal: WalSyncer,
     group: GroupId,
 }
 
 impl GroupLogStore {
-    pub fn new(db: Arc<DB>, wal: WalSyncer, group: GroupId) -> Self {
+    pub(crate) fn new(db: Arc<DB>, wal: WalSyncer, group: GroupId) -> Self {
         Self { db, wal, group }
     }
 

@@ -7,7 +7,7 @@
 //!   RocksDB unsynced and then wait for one shared `fsync` of the WAL; one
 //!   fsync covers every append written before it, whatever its group.
 
-pub mod keys;
+pub(crate) mod keys;
 mod log_store;
 mod read_view;
 mod snapshot;
@@ -19,17 +19,19 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, DB, Options};
 
-pub use log_store::GroupLogStore;
-pub use snapshot::{Snapshot, SnapshotFile};
-pub use state_machine::{AppliedConfig, GroupStateMachine, Raft, ReadBatch, StoredRecord, StreamExtent, StreamView};
-pub use wal_sync::WalSyncer;
+pub(crate) use log_store::GroupLogStore;
+pub(crate) use snapshot::{Snapshot, SnapshotFile};
+pub(crate) use state_machine::{
+    AppliedConfig, GroupStateMachine, Raft, ReadBatch, StoredRecord, StreamExtent, StreamView,
+};
+pub(crate) use wal_sync::WalSyncer;
 
 use crate::error::BrokerError;
 use crate::store::keys::ALL_CFS;
 
 /// The node's storage: the RocksDB instance and the snapshot directory.
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Store {
     db: Arc<DB>,
     wal: WalSyncer,
     snapshot_dir: PathBuf,
@@ -38,7 +40,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store under `dir`: RocksDB in `dir/db`,
     /// snapshots in `dir/snapshots`.
-    pub fn open(dir: &Path) -> Result<Self, BrokerError> {
+    pub(crate) fn open(dir: &Path) -> Result<Self, BrokerError> {
         let data_dir_error = |reason: String| BrokerError::DataDir { path: dir.to_path_buf(), reason };
         std::fs::create_dir_all(dir).map_err(|e| data_dir_error(e.to_string()))?;
         let snapshot_dir = dir.join("snapshots");
@@ -78,15 +80,15 @@ impl Store {
         Ok(Self { db, wal, snapshot_dir })
     }
 
-    pub fn db(&self) -> &Arc<DB> {
+    pub(crate) fn db(&self) -> &Arc<DB> {
         &self.db
     }
 
-    pub fn wal(&self) -> &WalSyncer {
+    pub(crate) fn wal(&self) -> &WalSyncer {
         &self.wal
     }
 
-    pub fn snapshot_dir(&self) -> &Path {
+    pub(crate) fn snapshot_dir(&self) -> &Path {
         &self.snapshot_dir
     }
 }

@@ -35,7 +35,7 @@ pub(super) struct StreamState {
 
 /// How much of a stream is retained.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StreamExtent {
+pub(crate) struct StreamExtent {
     pub start_offset: u64,
     pub end_offset: u64,
     pub retained_bytes: u64,
@@ -44,7 +44,7 @@ pub struct StreamExtent {
 /// The cluster config as applied (metadata group), with when each former
 /// member was last taken out of its member list.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AppliedConfig {
+pub(crate) struct AppliedConfig {
     pub config: ClusterConfig,
     /// Node id → log index of the entry that last removed it from `members`.
     pub removed_at: BTreeMap<NodeId, u64>,
@@ -80,7 +80,7 @@ pub struct ReadBatch {
 
 /// Read access to a group's applied state (any node, any time).
 #[derive(Clone)]
-pub struct StreamView {
+pub(crate) struct StreamView {
     pub(super) db: Arc<DB>,
     pub(super) group: GroupId,
     pub(super) view: Arc<AppliedView>,
@@ -92,7 +92,7 @@ impl StreamView {
     }
 
     /// The retained range of a stream and its size.
-    pub fn extent(&self, stream: &str) -> StreamExtent {
+    pub(crate) fn extent(&self, stream: &str) -> StreamExtent {
         self.stream_state(stream)
             .map(|s| StreamExtent {
                 start_offset: s.start_offset,
@@ -103,7 +103,7 @@ impl StreamView {
     }
 
     /// `(offset, payload bytes)` of the retained records from the start, in order.
-    pub fn record_sizes(&self, stream: &str) -> io::Result<Vec<(u64, u64)>> {
+    pub(crate) fn record_sizes(&self, stream: &str) -> io::Result<Vec<(u64, u64)>> {
         let Some(state) = self.stream_state(stream) else { return Ok(Vec::new()) };
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(event_key(self.group, state.id, state.next_offset).to_vec());
@@ -122,13 +122,19 @@ impl StreamView {
     }
 
     /// One past the last applied offset (0 for a stream never written).
-    pub fn end_offset(&self, stream: &str) -> u64 {
+    pub(crate) fn end_offset(&self, stream: &str) -> u64 {
         self.stream_state(stream).map(|s| s.next_offset).unwrap_or(0)
     }
 
     /// Records from `from_offset`, at most `max_records` and about `max_bytes`
     /// (always at least one record if there is one).
-    pub fn read(&self, stream: &str, from_offset: u64, max_records: usize, max_bytes: usize) -> io::Result<ReadBatch> {
+    pub(crate) fn read(
+        &self,
+        stream: &str,
+        from_offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> io::Result<ReadBatch> {
         let Some(state) = self.stream_state(stream) else {
             return Ok(ReadBatch::default());
         };
@@ -161,7 +167,7 @@ impl StreamView {
 
     /// The first offset whose arrival time is at or after `time_ms`; the end
     /// offset if there is none.
-    pub fn offset_for_time(&self, stream: &str, time_ms: u64) -> io::Result<u64> {
+    pub(crate) fn offset_for_time(&self, stream: &str, time_ms: u64) -> io::Result<u64> {
         let Some(state) = self.stream_state(stream) else {
             return Ok(0);
         };
@@ -184,28 +190,28 @@ impl StreamView {
         }
     }
 
-    pub fn cluster_config(&self) -> Option<ClusterConfig> {
+    pub(crate) fn cluster_config(&self) -> Option<ClusterConfig> {
         self.view.cluster_config.borrow().as_ref().map(|applied| applied.config.clone())
     }
 
     /// Changes to the cluster config (metadata group), with when each former
     /// member was last removed from the member list.
-    pub fn watch_cluster_config(&self) -> watch::Receiver<Option<AppliedConfig>> {
+    pub(crate) fn watch_cluster_config(&self) -> watch::Receiver<Option<AppliedConfig>> {
         self.view.cluster_config.subscribe()
     }
 
     /// The applied log index; changes whenever entries are applied.
-    pub fn watch_applied(&self) -> watch::Receiver<u64> {
+    pub(crate) fn watch_applied(&self) -> watch::Receiver<u64> {
         self.view.applied_index.subscribe()
     }
 
     /// A resource object's JSON (metadata group).
-    pub fn resource(&self, key: &ResourceKey) -> Option<String> {
+    pub(crate) fn resource(&self, key: &ResourceKey) -> Option<String> {
         self.view.resources.read().ok().and_then(|r| r.get(key).cloned())
     }
 
     /// Every resource of `kind`, ordered by namespace and name.
-    pub fn resources(&self, kind: &str) -> Vec<(ResourceKey, String)> {
+    pub(crate) fn resources(&self, kind: &str) -> Vec<(ResourceKey, String)> {
         self.view
             .resources
             .read()
@@ -214,19 +220,19 @@ impl StreamView {
     }
 
     /// Changes whenever a resource is put or deleted.
-    pub fn watch_resources(&self) -> watch::Receiver<u64> {
+    pub(crate) fn watch_resources(&self) -> watch::Receiver<u64> {
         self.view.resources_version.subscribe()
     }
 
     /// Names of the streams this group holds.
-    pub fn stream_names(&self) -> Vec<String> {
+    pub(crate) fn stream_names(&self) -> Vec<String> {
         self.view.streams.read().map(|s| s.keys().cloned().collect()).unwrap_or_default()
     }
 
     /// A consumer cursor's committed offset (partition groups), as applied on
     /// this node. Read from RocksDB rather than cached: cursors can be many,
     /// and a consumer reads its own only when it (re)starts.
-    pub fn committed_offset(&self, cursor: &str) -> io::Result<Option<u64>> {
+    pub(crate) fn committed_offset(&self, cursor: &str) -> io::Result<Option<u64>> {
         self.db
             .get_cf(cf(&self.db, CF_SM_STATE)?, offset_key(self.group, cursor))
             .map_err(io_err)?
@@ -235,7 +241,7 @@ impl StreamView {
     }
 
     /// Every committed cursor of the group and its offset, ordered by cursor name.
-    pub fn committed_offsets(&self) -> io::Result<Vec<(String, u64)>> {
+    pub(crate) fn committed_offsets(&self) -> io::Result<Vec<(String, u64)>> {
         let prefix = tag_key(self.group, SM_OFFSET);
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(tag_key(self.group, SM_OFFSET + 1).to_vec());

@@ -18,7 +18,7 @@ use crate::store::keys::{CF_SM_STATE, SM_APPLIED, SM_MEMBERSHIP, STATE_MACHINE_C
 
 const MAGIC: &[u8] = b"SLUICESNAP1\n";
 /// A snapshot of a group's state machine, as openraft hands it around.
-pub type Snapshot = openraft::alias::SnapshotOf<crate::command::TypeConfig, SnapshotFile>;
+pub(crate) type Snapshot = openraft::alias::SnapshotOf<crate::command::TypeConfig, SnapshotFile>;
 
 /// A snapshot's meta without its data (`*.meta`): what a group records when it builds a snapshot, so that
 /// openraft may purge the log. The data is written only when a follower needs it ([`write_snapshot`]).
@@ -30,7 +30,7 @@ const INSTALL_BATCH_BYTES: usize = 4 << 20;
 
 /// The data of a snapshot: a complete file on disk.
 #[derive(Clone, Debug)]
-pub struct SnapshotFile {
+pub(crate) struct SnapshotFile {
     pub path: PathBuf,
 }
 

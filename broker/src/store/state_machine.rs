@@ -40,13 +40,13 @@ use crate::store::keys::{
 };
 use crate::store::snapshot::Snapshot;
 
-pub use super::read_view::{AppliedConfig, ReadBatch, StoredRecord, StreamExtent, StreamView};
+pub(crate) use super::read_view::{AppliedConfig, ReadBatch, StoredRecord, StreamExtent, StreamView};
 use super::read_view::{AppliedView, StreamState};
 
 /// A group's Raft: openraft over this state machine.
-pub type Raft = openraft::Raft<crate::command::TypeConfig, GroupStateMachine>;
+pub(crate) type Raft = openraft::Raft<crate::command::TypeConfig, GroupStateMachine>;
 
-pub struct GroupStateMachine {
+pub(crate) struct GroupStateMachine {
     db: Arc<DB>,
     group: GroupId,
     snapshot_dir: PathBuf,
@@ -63,7 +63,7 @@ pub struct GroupStateMachine {
 
 impl GroupStateMachine {
     /// Loads the group's applied state from the store.
-    pub fn open(db: Arc<DB>, group: GroupId, snapshot_root: &std::path::Path) -> io::Result<Self> {
+    pub(crate) fn open(db: Arc<DB>, group: GroupId, snapshot_root: &std::path::Path) -> io::Result<Self> {
         let snapshot_dir = snapshot_root.join(format!("group-{group}"));
         std::fs::create_dir_all(&snapshot_dir)?;
         snapshot::remove_partial_snapshots(&snapshot_dir)?;
@@ -89,11 +89,11 @@ impl GroupStateMachine {
     }
 
     /// Marks the group as run by openraft (see `raft_started`).
-    pub fn raft_started(&self) -> Arc<AtomicBool> {
+    pub(crate) fn raft_started(&self) -> Arc<AtomicBool> {
         self.raft_started.clone()
     }
 
-    pub fn view(&self) -> StreamView {
+    pub(crate) fn view(&self) -> StreamView {
         StreamView { db: self.db.clone(), group: self.group, view: self.view.clone() }
     }
 
@@ -667,7 +667,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 }
 
-pub struct GroupSnapshotBuilder {
+pub(crate) struct GroupSnapshotBuilder {
     db: Arc<DB>,
     group: GroupId,
     snapshot_dir: PathBuf,

@@ -11,12 +11,12 @@ type Done = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
 
 /// Completes each waiter only after an fsync that started after its write.
 #[derive(Clone)]
-pub struct WalSyncer {
+pub(crate) struct WalSyncer {
     tx: mpsc::Sender<Done>,
 }
 
 impl WalSyncer {
-    pub fn start(db: Arc<DB>) -> Self {
+    pub(crate) fn start(db: Arc<DB>) -> Self {
         let (tx, rx) = mpsc::channel::<Done>();
         // Weak: the thread must not keep the DB (and its lock file) open once the store is dropped.
         let db = Arc::downgrade(&db);
@@ -29,14 +29,14 @@ impl WalSyncer {
     }
 
     /// Calls `done` once everything written to the WAL so far is on disk.
-    pub fn after_sync(&self, done: impl FnOnce(Result<(), std::io::Error>) + Send + 'static) {
+    pub(crate) fn after_sync(&self, done: impl FnOnce(Result<(), std::io::Error>) + Send + 'static) {
         if let Err(mpsc::SendError(done)) = self.tx.send(Box::new(done)) {
             done(Err(std::io::Error::other("the WAL sync thread has stopped")));
         }
     }
 
     /// Waits until everything written to the WAL so far is on disk.
-    pub async fn sync(&self) -> Result<(), std::io::Error> {
+    pub(crate) async fn sync(&self) -> Result<(), std::io::Error> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.after_sync(move |result| {
             let _ = tx.send(result);

@@ -22,12 +22,12 @@ use crate::store::Snapshot;
 use crate::store::SnapshotFile;
 
 /// Largest gRPC message between nodes (an AppendEntries of up to 16 entries of ~4 MiB).
-pub const MAX_PEER_MESSAGE_BYTES: usize = 96 << 20;
+pub(crate) const MAX_PEER_MESSAGE_BYTES: usize = 96 << 20;
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Default)]
-pub struct PeerClients {
+pub(crate) struct PeerClients {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// `--peer-route`: a peer's advertised address → the address this node
     /// dials instead (a proxy, a NAT address). Peers are still named by
@@ -36,16 +36,16 @@ pub struct PeerClients {
 }
 
 impl PeerClients {
-    pub fn with_routes(routes: BTreeMap<String, String>) -> Self {
+    pub(crate) fn with_routes(routes: BTreeMap<String, String>) -> Self {
         PeerClients { channels: Arc::default(), routes: Arc::new(routes) }
     }
 
     /// The address this node dials to reach the peer advertised as `addr`.
-    pub fn dial_addr<'a>(&'a self, addr: &'a str) -> &'a str {
+    pub(crate) fn dial_addr<'a>(&'a self, addr: &'a str) -> &'a str {
         self.routes.get(addr).map(String::as_str).unwrap_or(addr)
     }
 
-    pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
+    pub(crate) fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
         let mut channels = self.channels.lock().map_err(|_| "peer client table poisoned".to_string())?;
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
@@ -68,7 +68,7 @@ impl PeerClients {
     }
 
     /// Sends a write to `addr`, the leader of `group`.
-    pub async fn forward(
+    pub(crate) async fn forward(
         &self,
         addr: &str,
         group: GroupId,
@@ -97,13 +97,13 @@ fn is_connect_error(status: &tonic::Status) -> bool {
     text.contains("Connection refused") || text.contains("tcp connect error") || text.contains("connect error")
 }
 
-pub struct NetworkFactory {
+pub(crate) struct NetworkFactory {
     group: GroupId,
     peers: PeerClients,
 }
 
 impl NetworkFactory {
-    pub fn new(group: GroupId, peers: PeerClients) -> Self {
+    pub(crate) fn new(group: GroupId, peers: PeerClients) -> Self {
         Self { group, peers }
     }
 }
@@ -116,7 +116,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     }
 }
 
-pub struct GroupNetwork {
+pub(crate) struct GroupNetwork {
     group: GroupId,
     target: NodeId,
     addr: String,

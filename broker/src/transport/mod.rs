@@ -5,4 +5,4 @@
 //! and forwarded writes to a peer. What flows in is served by `crate::server::raft_service`, which hands each
 //! message to the local group it names (it needs the node; the client must not, so they live apart).
 
-pub mod client;
+pub(crate) mod client;

@@ -9,8 +9,8 @@
 //! - [`sender`]: one HTTP attempt (binary or structured mode) and what came back.
 //! - [`task`]: the shell that runs the send loop by the policy's steps and settles the event.
 
-pub mod policy;
-pub mod sender;
-pub mod task;
+pub(crate) mod policy;
+pub(crate) mod sender;
+pub(crate) mod task;
 
-pub use task::{DeliveryContext, Settlement, deliver};
+pub(crate) use task::Settlement;

@@ -4,7 +4,7 @@
 //! [`DeliveryPolicy::from_spec`]; then, after every delivery attempt, the attempt's HTTP status (or `None` for a
 //! network error or a timeout), the response's `Retry-After` header (already converted by the caller into a
 //! [`RetryAfter`]) and the current time from the caller's clock. [`classify`] turns the status into an
-//! [`Outcome`] following the data-plane contract's response-code table, and [`next_step`] decides the [`Step`]
+//! [`Outcome`] following the data-plane contract's response-code table, and [`next_step_jittered`] decides the [`Step`]
 //! that flows out: delivery is done, retry at a given instant, hand the event to the dead-letter sink, or drop it.
 //!
 //! Everything here is pure and synchronous: the clock is an argument (`now_ms`, milliseconds on whatever
@@ -19,25 +19,25 @@ use serde_json::Value as Json;
 /// The most any single wait between two attempts can last, whatever the backoff schedule or a `Retry-After`
 /// header ask for: an exponential schedule overflows quickly, and an event parked for days behind a
 /// misbehaving subscriber is better sent to the dead-letter sink after its retries than forgotten.
-pub const MAX_DELAY_MS: u64 = 60 * 60 * 1000;
+pub(crate) const MAX_DELAY_MS: u64 = 60 * 60 * 1000;
 
 /// Default `retry`: no retries. The DeliverySpec marks `retry` OPTIONAL and the specification gives no default
 /// ("Retry is the minimum number of retries the sender should attempt"), so an absent field means none.
-pub const DEFAULT_RETRY: u32 = 0;
+pub(crate) const DEFAULT_RETRY: u32 = 0;
 
 /// Default `backoffDelay`: 0.2 s. The specification gives no default ("The initial delay when retrying delivery,
 /// in ISO 8601 format"); 0.2 s (`PT0.2S`) is Sluice's choice, short enough that a retry after a transient
 /// failure costs little latency, long enough not to hammer a subscriber that is restarting.
-pub const DEFAULT_BACKOFF_DELAY_MS: u64 = 200;
+pub(crate) const DEFAULT_BACKOFF_DELAY_MS: u64 = 200;
 
 /// Default per-attempt `timeout`: 30 s. `timeout` is not part of the DeliverySpec in the specification (it is a
 /// Knative extension); without one a subscriber that never answers would hold a delivery forever.
-pub const DEFAULT_TIMEOUT_MS: u64 = 30 * 1000;
+pub(crate) const DEFAULT_TIMEOUT_MS: u64 = 30 * 1000;
 
 /// A DeliverySpec that cannot be used. `path` names the offending field (`delivery.backoffDelay`), the way the
 /// controller names fields, so that an operator can find it in the object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeliveryError {
+pub(crate) enum DeliveryError {
     #[error("{path}: expected {expected}")]
     WrongType { path: String, expected: &'static str },
     #[error("{path}: unsupported backoff policy {policy:?}, expected \"linear\" or \"exponential\"")]
@@ -50,7 +50,7 @@ pub enum DeliveryError {
 
 impl DeliveryError {
     /// The offending field, relative to the object's spec.
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         match self {
             DeliveryError::WrongType { path, .. }
             | DeliveryError::UnknownBackoffPolicy { path, .. }
@@ -62,7 +62,7 @@ impl DeliveryError {
 
 /// An ISO-8601 duration this parser does not accept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DurationError {
+pub(crate) enum DurationError {
     #[error("{0:?} is not an ISO-8601 duration (PnDTnHnMnS)")]
     Syntax(String),
     #[error("{0:?}: years and months have no fixed length; use days (nD) or a time part (TnHnMnS)")]
@@ -75,7 +75,7 @@ pub enum DurationError {
 
 /// How the delay grows from one retry to the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackoffPolicy {
+pub(crate) enum BackoffPolicy {
     /// `backoffDelay * n` before the n-th retry. The DeliverySpec table says "Linear policy uses the same
     /// `backoffDelay` for each attempt", but Knative's documentation and implementation grow the delay with the
     /// retry number, and Sluice follows the implementation that subscribers are tuned against.
@@ -87,7 +87,7 @@ pub enum BackoffPolicy {
 
 /// The delivery options of one Trigger or Subscription, from its DeliverySpec.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryPolicy {
+pub(crate) struct DeliveryPolicy {
     /// How many times a retryable failure is retried: at most `retry + 1` attempts in all.
     pub retry: u32,
     pub backoff_policy: BackoffPolicy,
@@ -106,9 +106,9 @@ pub struct DeliveryPolicy {
 }
 
 /// `sluice.dev/backoff-max`.
-pub const ANNOTATION_BACKOFF_MAX: &str = "sluice.dev/backoff-max";
+pub(crate) const ANNOTATION_BACKOFF_MAX: &str = "sluice.dev/backoff-max";
 /// `sluice.dev/backoff-jitter`.
-pub const ANNOTATION_BACKOFF_JITTER: &str = "sluice.dev/backoff-jitter";
+pub(crate) const ANNOTATION_BACKOFF_JITTER: &str = "sluice.dev/backoff-jitter";
 
 impl Default for DeliveryPolicy {
     /// The policy of an object without `spec.delivery`: no retry, exponential backoff from 0.2 s, 30 s per
@@ -130,7 +130,7 @@ impl Default for DeliveryPolicy {
 impl DeliveryPolicy {
     /// Parses `spec.delivery` (absent or `null` gives [`DeliveryPolicy::default`]). Unknown fields are ignored,
     /// so that a newer controller's additions do not stop delivery.
-    pub fn from_spec(delivery: Option<&Json>) -> Result<Self, DeliveryError> {
+    pub(crate) fn from_spec(delivery: Option<&Json>) -> Result<Self, DeliveryError> {
         let mut policy = DeliveryPolicy::default();
         let spec = match delivery {
             None | Some(Json::Null) => return Ok(policy),
@@ -185,7 +185,7 @@ impl DeliveryPolicy {
 
     /// Reads Sluice's backoff annotations (`sluice.dev/backoff-max`, `sluice.dev/backoff-jitter`) from an object's
     /// `metadata.annotations`. Errors name the annotation the way the controller does.
-    pub fn apply_annotations(
+    pub(crate) fn apply_annotations(
         &mut self,
         annotations: Option<&serde_json::Map<String, Json>>,
     ) -> Result<(), DeliveryError> {
@@ -214,7 +214,7 @@ impl DeliveryPolicy {
     /// The wait before the retry following attempt `attempt`, with jitter and the cap: the schedule's backoff,
     /// plus `jitter_sample` (in `[0, 1)`, the caller's randomness) times the jitter fraction of it, at most
     /// `backoff_max_ms`.
-    pub fn wait_ms(&self, attempt: u32, jitter_sample: f64) -> u64 {
+    pub(crate) fn wait_ms(&self, attempt: u32, jitter_sample: f64) -> u64 {
         let base = self.backoff_ms(attempt);
         let sample = if jitter_sample.is_finite() { jitter_sample.clamp(0.0, 1.0) } else { 0.0 };
         let extra = (base as f64 * f64::from(self.backoff_jitter_permille) / 1000.0 * sample) as u64;
@@ -224,7 +224,7 @@ impl DeliveryPolicy {
 
     /// The wait before the retry following attempt number `attempt` (1 for the original request), from the
     /// backoff schedule alone, capped at [`MAX_DELAY_MS`].
-    pub fn backoff_ms(&self, attempt: u32) -> u64 {
+    pub(crate) fn backoff_ms(&self, attempt: u32) -> u64 {
         let attempt = attempt.max(1);
         let factor = match self.backoff_policy {
             BackoffPolicy::Linear => u64::from(attempt),
@@ -247,7 +247,7 @@ fn duration_field(value: &Json, path: &str) -> Result<u64, DeliveryError> {
 /// least one must be present, and `T` must be followed by a time component. Only the seconds may carry a
 /// fraction (`.` or `,`), truncated to the millisecond. Years and months are refused: their length depends on
 /// the calendar, and a delivery delay that does is surely a mistake.
-pub fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
+pub(crate) fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
     let syntax = || DurationError::Syntax(text.into());
     let overflow = || DurationError::Overflow(text.into());
     let rest = text.strip_prefix('P').ok_or_else(syntax)?;
@@ -315,7 +315,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
 
 /// What an attempt's response means for the delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The subscriber accepted the event: delivery is complete.
     Success,
     /// The attempt failed and may succeed later; `status` is `None` for a network error or a timeout.
@@ -334,7 +334,7 @@ pub enum Outcome {
 ///   retriable error."
 /// - No response: retryable. The table does not cover it, but a network error or a timeout says nothing about
 ///   the event, and the same rule for codes not in the table applies a fortiori; Knative retries them too.
-pub fn classify(status: Option<u16>) -> Outcome {
+pub(crate) fn classify(status: Option<u16>) -> Outcome {
     let Some(code) = status else {
         return Outcome::Retryable { status: None };
     };
@@ -364,7 +364,7 @@ fn parse_short_duration_ms(text: &str) -> Option<u64> {
 
 /// A response's `Retry-After` header, converted by the caller (which owns the clock and the date parsing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryAfter {
+pub(crate) enum RetryAfter {
     /// `Retry-After: <delay-seconds>`.
     Seconds(u64),
     /// `Retry-After: <HTTP-date>`, as an instant in ms on the caller's clock (the same clock as `now_ms`).
@@ -373,7 +373,7 @@ pub enum RetryAfter {
 
 /// Why an event was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum FailureReason {
+pub(crate) enum FailureReason {
     /// The subscriber answered with a status that is not retried.
     #[error("non-retryable response {status}")]
     NotRetryable { status: u16 },
@@ -391,7 +391,7 @@ fn describe_failure(status: Option<u16>) -> String {
 
 /// What the delivery loop does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// The event is delivered.
     Done,
     /// Attempt again at this instant (ms, on the caller's clock).
@@ -412,7 +412,9 @@ pub enum Step {
 /// by `retryAfterMax` when set and by [`MAX_DELAY_MS`] otherwise, so that a subscriber cannot park an event
 /// indefinitely; the specification itself does not mention `Retry-After`. A `Retry-After` never grants extra
 /// attempts. When the event cannot be delivered it goes to the dead-letter sink, or is dropped without one.
-pub fn next_step(
+/// (Without jitter; the delivery task uses [`next_step_jittered`].)
+#[cfg(test)]
+pub(crate) fn next_step(
     policy: &DeliveryPolicy,
     attempt: u32,
     outcome: Outcome,
@@ -422,9 +424,9 @@ pub fn next_step(
     next_step_jittered(policy, attempt, outcome, retry_after, now_ms, 0.0)
 }
 
-/// [`next_step`] with the backoff jitter's random sample (`[0, 1)`) supplied by the caller, and the cap of
+/// `next_step` (the decision as the tests state it) with the backoff jitter's random sample (`[0, 1)`) supplied by the caller, and the cap of
 /// `sluice.dev/backoff-max` applied to the backoff (not to `Retry-After`, which `retryAfterMax` caps).
-pub fn next_step_jittered(
+pub(crate) fn next_step_jittered(
     policy: &DeliveryPolicy,
     attempt: u32,
     outcome: Outcome,

@@ -14,13 +14,13 @@ use crate::consumer::{Format, Protocol};
 use crate::delivery::policy::RetryAfter;
 
 /// The most of a response body that is read: a reply event must fit, and `knativeerrordata` is cut from it.
-pub const MAX_RESPONSE_BYTES: usize = 4 << 20;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 4 << 20;
 /// Idle pooled connections kept per host.
-pub const MAX_IDLE_PER_HOST: usize = 64;
+pub(crate) const MAX_IDLE_PER_HOST: usize = 64;
 
 /// What one attempt produced.
 #[derive(Debug, Default)]
-pub struct AttemptResult {
+pub(crate) struct AttemptResult {
     /// `None`: no response (connection error or timeout).
     pub status: Option<u16>,
     pub retry_after: Option<RetryAfter>,
@@ -33,13 +33,13 @@ pub struct AttemptResult {
 }
 
 #[derive(Clone)]
-pub struct Sender {
+pub(crate) struct Sender {
     http1: reqwest::Client,
     h2c: reqwest::Client,
 }
 
 impl Sender {
-    pub fn new() -> Result<Self, reqwest::Error> {
+    pub(crate) fn new() -> Result<Self, reqwest::Error> {
         let base = || {
             reqwest::Client::builder()
                 .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
@@ -52,7 +52,7 @@ impl Sender {
     }
 
     /// One attempt: POSTs `event` to `url`, waiting at most `timeout_ms` for the whole response.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         url: &str,
         protocol: Protocol,
@@ -155,7 +155,7 @@ fn parse_reply(headers: &reqwest::header::HeaderMap, body: Bytes) -> Option<Resu
 }
 
 /// `Retry-After`: delay-seconds, or an HTTP-date converted to an instant on the wall clock (`now_ms`'s clock).
-pub fn parse_retry_after(value: &str, now_ms: u64) -> Option<RetryAfter> {
+pub(crate) fn parse_retry_after(value: &str, now_ms: u64) -> Option<RetryAfter> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(RetryAfter::Seconds(seconds));
@@ -167,7 +167,7 @@ pub fn parse_retry_after(value: &str, now_ms: u64) -> Option<RetryAfter> {
 
 /// The event's own `traceparent` (distributed tracing extension), or one derived from its `source` and `id`,
 /// so that every attempt of one event shares a trace.
-pub fn traceparent(event: &CloudEvent) -> String {
+pub(crate) fn traceparent(event: &CloudEvent) -> String {
     if let Some(AttrValue::String(existing)) = event.get("traceparent")
         && is_traceparent(existing)
     {

@@ -19,13 +19,13 @@ use crate::delivery::policy::{FailureReason, Outcome, Step, classify, next_step_
 use crate::delivery::sender::{AttemptResult, Sender};
 
 /// The most of a subscriber's response body carried in `knativeerrordata` (before base64).
-pub const MAX_ERROR_DATA_BYTES: usize = 1024;
+pub(crate) const MAX_ERROR_DATA_BYTES: usize = 1024;
 /// Largest reply event accepted from a subscriber (encoded).
-pub const MAX_REPLY_EVENT_BYTES: usize = 1 << 20;
+pub(crate) const MAX_REPLY_EVENT_BYTES: usize = 1 << 20;
 
 /// How a delivery ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settlement {
+pub(crate) enum Settlement {
     Delivered {
         attempts: u32,
     },
@@ -42,7 +42,7 @@ pub enum Settlement {
     },
 }
 
-pub use sluice_cloudevent::clock::now_ms;
+pub(crate) use sluice_cloudevent::clock::now_ms;
 
 async fn sleep_until_ms(at_ms: u64) {
     let wait = at_ms.saturating_sub(now_ms());
@@ -152,7 +152,7 @@ impl Judge for SubscriberJudge<'_> {
 
 /// Everything a delivery needs.
 #[derive(Clone)]
-pub struct DeliveryContext {
+pub(crate) struct DeliveryContext {
     pub node: Node,
     pub sender: Sender,
     pub partition: u32,
@@ -198,7 +198,12 @@ fn labels(spec: &ConsumerSpec, event: &CloudEvent, status: Option<u16>) -> Vec<(
 }
 
 /// Delivers `event` (at `offset`) to `spec`'s subscriber until it settles.
-pub async fn deliver(ctx: DeliveryContext, spec: Arc<ConsumerSpec>, offset: u64, event: Arc<CloudEvent>) -> Settlement {
+pub(crate) async fn deliver(
+    ctx: DeliveryContext,
+    spec: Arc<ConsumerSpec>,
+    offset: u64,
+    event: Arc<CloudEvent>,
+) -> Settlement {
     let span = tracing::debug_span!("deliver", consumer = %spec.cursor, partition = ctx.partition, offset);
     let _ = &span;
     let mut judge = SubscriberJudge { ctx: &ctx, spec: &spec, event: &event, offset };

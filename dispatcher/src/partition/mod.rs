@@ -32,7 +32,7 @@ use reading::{Consumer, ConsumerStart, ReadEvent, ReadLog, Reading, Start};
 /// What a delivery task answers: (cursor, generation, offset, settlement).
 type DeliveryResult = (String, u64, u64, Settlement);
 
-pub enum Control {
+pub(crate) enum Control {
     /// The consumers of this stream now; `live_uids` are the uids of every Trigger and Subscription that
     /// exists (cursors of others are deleted).
     Update {
@@ -43,14 +43,14 @@ pub enum Control {
 }
 
 #[derive(Clone, Debug)]
-pub struct PartitionSettings {
+pub(crate) struct PartitionSettings {
     pub commit_interval: Duration,
     /// Records per read.
     pub read_batch: usize,
     pub partitions: u32,
 }
 
-pub struct PartitionDispatcher {
+pub(crate) struct PartitionDispatcher {
     ctx: DeliveryContext,
     stream: String,
     settings: PartitionSettings,
@@ -62,7 +62,7 @@ pub struct PartitionDispatcher {
 
 impl PartitionDispatcher {
     /// Starts the task; it runs until [`Control::Stop`] or the sender is dropped.
-    pub fn spawn(
+    pub(crate) fn spawn(
         ctx: DeliveryContext,
         stream: String,
         settings: PartitionSettings,

@@ -687,7 +687,7 @@ mod tests {
         let cursor = all[0].cursor.clone();
         let stored = BTreeMap::from([(stats::stat_key(&cursor, stats::REPLAY), 2 + 1)]);
         let (replayed, commits) = reading.apply_replays(&stored);
-        assert_eq!(replayed, [cursor.clone()]);
+        assert_eq!(replayed, std::slice::from_ref(&cursor));
         assert_eq!(
             commits,
             [
