@@ -30,6 +30,7 @@ pub use command::{ClusterConfig, OffsetCommit, parse_members};
 pub use error::BrokerError;
 pub use ids::{NodeId, ResourceKey};
 pub use ingress::IngressLimits;
+pub use ingress::http::{HostRouteSlot, HostRoutes, request_host};
 pub use node::publish::{PublishError, publish};
 pub use node::{Node, NodeSettings, ReadLimits};
 pub use raft::{AppendLimits, RaftTuning};

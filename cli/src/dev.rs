@@ -41,6 +41,8 @@ pub(crate) struct DevArgs {
     tuning: TuningArgs,
     #[command(flatten)]
     ingress: IngressArgs,
+    #[command(flatten)]
+    serving: crate::node_cmd::ServingArgs,
 }
 
 fn with_port_offset(flag: &str, addr: &str, offset: u64) -> Result<String> {
@@ -75,7 +77,8 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
 }
 
 async fn run_single(args: DevArgs) -> Result<()> {
-    let settings = settings(1, args.data.clone(), &args.tuning, &args.ingress)?;
+    let mut settings = settings(1, args.data.clone(), &args.tuning, &args.ingress)?;
+    settings.serving_domain = args.serving.serving_domain.clone();
     let listen = Listen { peer: args.peer_listen.clone(), http: args.http.clone(), admin: args.admin.clone() };
     // The member address recorded in the cluster config: the listener's, or the one a later --peer-listen
     // would use by default.
@@ -97,10 +100,17 @@ async fn run_single(args: DevArgs) -> Result<()> {
         Some(peer) => println!("  peer   {peer}  (Raft)"),
         None => println!("  peer   none (one node; --peer-listen to bind one)"),
     }
+    println!(
+        "  ksvc   http://NAME.NAMESPACE.{}:{}  (Knative Services: sluice apply -f service.yaml)",
+        args.serving.serving_domain,
+        running.http_addr.port()
+    );
     println!("Ctrl-C stops it; restarting on the same --data keeps everything.");
+    let serving = args.serving.start(&running, &args.data);
     let dispatcher = crate::node_cmd::start_dispatcher(&running, &args.tuning)?;
     crate::shutdown_signal().await;
     dispatcher.shutdown().await;
+    serving.stop().await;
     running.stop().await;
     Ok(())
 }
@@ -164,6 +174,12 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
             t.retention_check_ms.to_string(),
             "--dispatch-commit-interval-ms".into(),
             t.dispatch_commit_interval_ms.to_string(),
+            "--serving-domain".into(),
+            args.serving.serving_domain.clone(),
+            "--scale-to-zero-ms".into(),
+            args.serving.scale_to_zero_ms.to_string(),
+            "--termination-grace-ms".into(),
+            args.serving.termination_grace_ms.to_string(),
         ];
         members.push(format!("{id}={peer}"));
         println!("  node {id}: http http://{http}  admin {admin}  peer {peer}  data {}", data.display());

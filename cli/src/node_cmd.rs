@@ -10,6 +10,7 @@ use sluice_broker::IngressLimits;
 use sluice_broker::RaftTuning;
 use sluice_broker::{ExtraAdminRoutes, Listen, RunningNode, start_node};
 use sluice_broker::{NodeSettings, ReadLimits};
+use sluice_serving::{Serving, ServingSettings};
 
 #[derive(Args, Clone, Debug)]
 pub(crate) struct NodeArgs {
@@ -36,6 +37,39 @@ pub(crate) struct NodeArgs {
     pub tuning: TuningArgs,
     #[command(flatten)]
     pub ingress: IngressArgs,
+    #[command(flatten)]
+    pub serving: ServingArgs,
+}
+
+/// How the node serves Knative Services.
+#[derive(Args, Clone, Debug)]
+pub(crate) struct ServingArgs {
+    /// Knative Routes are served on the HTTP port as NAME.NAMESPACE.DOMAIN (curl and browsers resolve every
+    /// *.localhost name to this machine).
+    #[arg(long, default_value = sluice_controller::serving::DEFAULT_DOMAIN)]
+    pub serving_domain: String,
+    /// A revision without requests for this long is scaled to zero (Knative's default stable window: 60 s;
+    /// a revision's autoscaling.knative.dev/window overrides it).
+    #[arg(long, default_value_t = 60_000)]
+    pub scale_to_zero_ms: u64,
+    /// Between SIGTERM and SIGKILL when an instance stops.
+    #[arg(long, default_value_t = 30_000)]
+    pub termination_grace_ms: u64,
+}
+
+impl ServingArgs {
+    pub(crate) fn start(&self, running: &RunningNode, data: &std::path::Path) -> Serving {
+        Serving::start(
+            running.node.clone(),
+            &running.host_routes,
+            ServingSettings {
+                domain: self.serving_domain.clone(),
+                data_dir: data.join("serving"),
+                scale_to_zero_ms: self.scale_to_zero_ms,
+                termination_grace: Duration::from_millis(self.termination_grace_ms),
+            },
+        )
+    }
 }
 
 /// Limits of the HTTP ingress and the append path.
@@ -179,12 +213,14 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
         read_limits: ReadLimits::default(),
         retention_check_interval: Duration::from_millis(tuning.retention_check_ms),
         peer_routes: Default::default(),
+        serving_domain: sluice_controller::serving::DEFAULT_DOMAIN.into(),
     })
 }
 
 pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     let mut settings = settings(args.id, args.data.clone(), &args.tuning, &args.ingress)?;
     settings.peer_routes = args.peer_routes.iter().cloned().collect();
+    settings.serving_domain = args.serving.serving_domain.clone();
     let listen = Listen { peer: Some(args.peer_listen.clone()), http: args.http.clone(), admin: args.admin.clone() };
     let running = start_node(settings, listen, args.ingress.limits(), Some(extra_admin())).await?;
     tracing::info!(
@@ -195,10 +231,12 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         data = %args.data.display(),
         "sluice node listening"
     );
+    let serving = args.serving.start(&running, &args.data);
     let dispatcher = start_dispatcher(&running, &args.tuning)?;
     crate::shutdown_signal().await;
     tracing::info!("shutting down");
     dispatcher.shutdown().await;
+    serving.stop().await;
     running.stop().await;
     Ok(())
 }

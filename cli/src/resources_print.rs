@@ -54,8 +54,9 @@ pub(crate) enum Column {
 }
 
 /// The columns of a kind: Knative's printer columns (Trigger: NAME BROKER SUBSCRIBER_URI AGE READY REASON;
-/// Broker, Channel, InMemoryChannel: NAME URL AGE READY REASON; Subscription: NAME AGE READY REASON), with
-/// NAMESPACE first for -A, and more with -o wide.
+/// Broker, Channel, InMemoryChannel: NAME URL AGE READY REASON; Subscription: NAME AGE READY REASON; Service:
+/// NAME URL LATESTCREATED LATESTREADY; Configuration: NAME LATESTCREATED LATESTREADY; Revision: NAME CONFIG NAME
+/// GENERATION ... ACTUAL REPLICAS; Route: NAME URL), with NAMESPACE first for -A, and more with -o wide.
 pub(crate) fn columns(info: &KindInfo, layout: Layout) -> Vec<Column> {
     let field = |header, pointer| Column::Field { header, pointer };
     let mut columns = Vec::new();
@@ -69,9 +70,24 @@ pub(crate) fn columns(info: &KindInfo, layout: Layout) -> Vec<Column> {
             columns.push(field("SUBSCRIBER_URI", "/status/subscriberUri"));
         }
         "Subscription" => {}
+        "Service" | "Configuration" => {
+            if info.kind == "Service" {
+                columns.push(field("URL", "/status/url"));
+            }
+            columns.push(field("LATESTCREATED", "/status/latestCreatedRevisionName"));
+            columns.push(field("LATESTREADY", "/status/latestReadyRevisionName"));
+        }
+        "Revision" => {
+            columns.push(field("CONFIG NAME", "/metadata/labels/serving.knative.dev~1configuration"));
+            columns.push(field("GENERATION", "/metadata/labels/serving.knative.dev~1configurationGeneration"));
+        }
+        "Route" => columns.push(field("URL", "/status/url")),
         _ => columns.push(field("URL", "/status/address/url")),
     }
     columns.extend([Column::Age, Column::Ready, Column::Reason]);
+    if info.kind == "Revision" {
+        columns.push(field("ACTUAL REPLICAS", "/status/actualReplicas"));
+    }
     if layout.wide {
         if info.kind == "Subscription" {
             columns.push(field("CHANNEL", "/spec/channel/name"));

@@ -1,4 +1,5 @@
-//! Knative's resources as Sluice keeps them.
+//! Knative's resources as Sluice keeps them: eventing (Broker, Trigger, Channel, InMemoryChannel,
+//! Subscription) and serving ([`serving`]: Service, Configuration, Revision, Route).
 //!
 //! What flows through it: an object (YAML or JSON, as `kubectl apply` would
 //! take it) is parsed into its kind's typed form ([`model`]), validated the
@@ -19,6 +20,7 @@
 
 pub mod meta;
 pub mod model;
+pub mod serving;
 pub mod status;
 pub mod validate;
 

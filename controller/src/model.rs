@@ -323,7 +323,7 @@ pub struct KindInfo {
     pub short_names: &'static [&'static str],
 }
 
-pub const KINDS: [KindInfo; 5] = [
+pub const KINDS: [KindInfo; 9] = [
     KindInfo { kind: "Broker", api_version: "eventing.knative.dev/v1", plural: "brokers", short_names: &["broker"] },
     KindInfo { kind: "Trigger", api_version: "eventing.knative.dev/v1", plural: "triggers", short_names: &["trigger"] },
     KindInfo {
@@ -344,7 +344,31 @@ pub const KINDS: [KindInfo; 5] = [
         plural: "subscriptions",
         short_names: &["subscription", "sub"],
     },
+    KindInfo {
+        kind: "Service",
+        api_version: "serving.knative.dev/v1",
+        plural: "services",
+        short_names: &["service", "ksvc", "kservice"],
+    },
+    KindInfo {
+        kind: "Configuration",
+        api_version: "serving.knative.dev/v1",
+        plural: "configurations",
+        short_names: &["configuration", "config", "cfg"],
+    },
+    KindInfo {
+        kind: "Revision",
+        api_version: "serving.knative.dev/v1",
+        plural: "revisions",
+        short_names: &["revision", "rev"],
+    },
+    KindInfo { kind: "Route", api_version: "serving.knative.dev/v1", plural: "routes", short_names: &["route", "rt"] },
 ];
+
+/// Every kind whose objects status and resolution read: the [`KINDS`] and the serving runtime's internal facts.
+pub fn world_kinds() -> impl Iterator<Item = &'static str> {
+    KINDS.iter().map(|k| k.kind).chain(std::iter::once(crate::serving::REVISION_STATE_KIND))
+}
 
 /// Finds a kind by its name, plural or short name, case-insensitively.
 pub fn kind_info(name: &str) -> Option<&'static KindInfo> {

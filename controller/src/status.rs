@@ -11,6 +11,20 @@ use crate::model::{Destination, KReference};
 pub struct Environment {
     /// Base URL of the ingress, e.g. `http://127.0.0.1:8080`.
     pub ingress_base: String,
+    /// The domain Knative Routes are served under (`NAME.NAMESPACE.DOMAIN` on the ingress port).
+    pub serving_domain: String,
+}
+
+impl Environment {
+    /// The environment of a node whose ingress is `ingress_base`, serving Routes under the default domain.
+    pub fn new(ingress_base: impl Into<String>) -> Self {
+        Environment { ingress_base: ingress_base.into(), serving_domain: crate::serving::DEFAULT_DOMAIN.into() }
+    }
+
+    /// The environment of a node whose ingress is `ingress_base`, serving Routes under `serving_domain`.
+    pub fn with_domain(ingress_base: impl Into<String>, serving_domain: &str) -> Self {
+        Environment { ingress_base: ingress_base.into(), serving_domain: serving_domain.to_ascii_lowercase() }
+    }
 }
 
 /// The objects that exist, as stored JSON.
@@ -83,10 +97,9 @@ fn resolve_reference(
             }
         }
         ("", "Service") => Ok(format!("http://{}.{namespace}.svc.cluster.local", reference.name)),
-        ("serving.knative.dev", "Service") => Err((
-            "ServingNotAvailable".into(),
-            format!("Knative Service {namespace}/{} resolves once Sluice's serving module runs", reference.name),
-        )),
+        ("serving.knative.dev", kind @ ("Service" | "Route" | "Configuration")) => {
+            crate::serving::status::address(kind, namespace, &reference.name, world, env)
+        }
         (_, kind) => Err(("UnsupportedReference".into(), format!("cannot resolve a {kind} ({api_version})"))),
     }
 }
@@ -97,6 +110,9 @@ fn destination_at(object: &Value, pointer: &str) -> Option<Destination> {
 
 /// `status` for `object`, computed from the objects around it.
 pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
+    if let Some(status) = crate::serving::status::reconcile(object, world, env) {
+        return status;
+    }
     let kind = str_at(object, "/kind");
     let namespace = str_at(object, "/metadata/namespace");
     let name = str_at(object, "/metadata/name");
@@ -204,7 +220,7 @@ mod tests {
     use super::*;
 
     fn env() -> Environment {
-        Environment { ingress_base: "http://127.0.0.1:8080".into() }
+        Environment::new("http://127.0.0.1:8080")
     }
 
     fn broker(name: &str, dls: Option<Value>) -> Value {
@@ -265,7 +281,7 @@ mod tests {
         assert_eq!(missing.expect_err("missing").0, "DestinationNotFound");
         let serving =
             resolve_json(json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "ksvc"}}));
-        assert_eq!(serving.expect_err("serving").0, "ServingNotAvailable");
+        assert_eq!(serving.expect_err("serving").0, "DestinationNotFound", "no such Service");
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub fn routes(node: Node, ingress_base: String) -> tonic::service::Routes {
             None
         }
     };
-    let admin = ConsumersAdmin { node, env: Environment { ingress_base }, sender };
+    let env = Environment::with_domain(ingress_base, &node.settings().serving_domain);
+    let admin = ConsumersAdmin { node, env, sender };
     tonic::service::Routes::new(ConsumersServer::new(admin.clone())).add_service(DeadLettersServer::new(admin))
 }
 
@@ -100,8 +101,7 @@ fn strip_error_attributes(event: &CloudEvent) -> CloudEvent {
 
 impl ConsumersAdmin {
     fn objects(&self) -> Vec<Value> {
-        ["Broker", "Trigger", "Channel", "InMemoryChannel", "Subscription"]
-            .iter()
+        sluice_controller::model::world_kinds()
             .flat_map(|kind| self.node.resources(kind))
             .filter_map(|(_, json)| serde_json::from_str(&json).ok())
             .collect()

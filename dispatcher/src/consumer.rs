@@ -349,7 +349,7 @@ mod tests {
     use serde_json::json;
 
     fn env() -> Environment {
-        Environment { ingress_base: "http://127.0.0.1:8080".into() }
+        Environment::new("http://127.0.0.1:8080")
     }
 
     fn meta(kind: &str, name: &str, extra: Value) -> Value {
@@ -412,7 +412,7 @@ mod tests {
         assert!(specs.is_empty());
         assert_eq!(problems.len(), 2);
         assert!(problems[0].1.contains("Broker default/missing does not exist"), "{problems:?}");
-        assert!(problems[1].1.contains("ServingNotAvailable"), "{problems:?}");
+        assert!(problems[1].1.contains("DestinationNotFound"), "a Service that does not exist: {problems:?}");
     }
 
     #[test]

@@ -123,7 +123,7 @@ struct Running {
 async fn supervise(node: Node, settings: DispatcherSettings, sender: Sender, mut stopped: watch::Receiver<bool>) {
     let Some(mut resources) = node.watch_resources() else { return };
     let mut leadership = node.watch_leadership();
-    let env = Environment { ingress_base: settings.ingress_base.clone() };
+    let env = Environment::with_domain(settings.ingress_base.clone(), &node.settings().serving_domain);
     let mut running: HashMap<(String, u32), Running> = HashMap::new();
     let mut reported: HashMap<String, String> = HashMap::new();
     loop {
@@ -167,7 +167,8 @@ async fn reconcile(
     reported: &mut HashMap<String, String>,
 ) {
     let mut objects: Vec<Value> = Vec::new();
-    for kind in ["Broker", "Trigger", "Channel", "InMemoryChannel", "Subscription"] {
+    // Every kind a destination may refer to (Knative Services, Routes, ... and their revisions' facts).
+    for kind in sluice_controller::model::world_kinds() {
         objects.extend(node.resources(kind).into_iter().filter_map(|(_, json)| serde_json::from_str(&json).ok()));
     }
     let live_uids: Arc<HashSet<String>> = Arc::new(

@@ -34,6 +34,11 @@ pub fn sluice_bin() -> PathBuf {
     profile_dir.join("sluice")
 }
 
+/// The `sluice-hello` test app (a Knative Service's `command` in the serving tests), next to `sluice`.
+pub fn hello_bin() -> PathBuf {
+    sluice_bin().with_file_name("sluice-hello")
+}
+
 /// A free loopback port for a node to bind. Ports come from below the
 /// kernel's ephemeral range (so no client socket or port-0 bind is handed
 /// one) and are never handed out twice by one process, so a port a killed

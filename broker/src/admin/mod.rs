@@ -41,14 +41,14 @@ pub(crate) struct AdminService {
 
 impl AdminService {
     pub(crate) fn new(node: Node, ingress_base: String) -> Self {
-        Self { node, status_env: Environment { ingress_base } }
+        let status_env = Environment::with_domain(ingress_base, &node.settings().serving_domain);
+        Self { node, status_env }
     }
 
     /// Every resource object, parsed (the world status is computed from).
     fn all_objects(&self) -> Vec<serde_json::Value> {
-        KINDS
-            .iter()
-            .flat_map(|k| self.node.resources(k.kind))
+        sluice_controller::model::world_kinds()
+            .flat_map(|kind| self.node.resources(kind))
             .filter_map(|(_, json)| serde_json::from_str(&json).ok())
             .collect()
     }

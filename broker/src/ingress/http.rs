@@ -1,16 +1,19 @@
-//! The node's HTTP port: `/healthz`, `/readyz`, `/metrics`, and CloudEvents
-//! ingress on every other path (`ingress`), served with bounded connections,
-//! header sizes and header-read time (slow clients are cut off).
+//! The node's HTTP port: requests for a host claimed by [`HostRoutes`] (Knative Routes, served by the serving
+//! module) go there whatever their path; otherwise `/healthz`, `/readyz`, `/metrics`, and CloudEvents ingress
+//! on every other path (`ingress`). Served with bounded connections, header sizes and header-read time (slow
+//! clients are cut off), HTTP/1.1 and h2c.
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -27,13 +30,53 @@ struct HttpState {
     metrics: PrometheusHandle,
 }
 
-pub(crate) fn router(node: Node, metrics: PrometheusHandle, ingress: Ingress) -> Router {
+/// Requests the node's HTTP port serves by their Host rather than their path: Knative Routes. The serving
+/// module implements it; bodies stream both ways.
+pub trait HostRoutes: Send + Sync + 'static {
+    /// Whether `host` (lower-case, without the port) is one of ours.
+    fn claims(&self, host: &str) -> bool;
+    fn handle(&self, request: Request) -> BoxFuture<'static, Response>;
+}
+
+/// Where the serving module plugs its [`HostRoutes`] in once it runs (it needs the node, which starts first).
+pub type HostRouteSlot = Arc<OnceLock<Arc<dyn HostRoutes>>>;
+
+/// The request's host, lower-case and without the port: the `Host` header, else the URI's authority (h2c).
+pub fn request_host(request: &Request) -> Option<String> {
+    let host = match request.headers().get(header::HOST).and_then(|h| h.to_str().ok()) {
+        Some(host) => host.to_string(),
+        None => request.uri().authority()?.as_str().to_string(),
+    };
+    let without_port = match host.strip_prefix('[') {
+        // An IPv6 literal: `[::1]:8080`.
+        Some(rest) => rest.split_once(']').map_or(host.as_str(), |(address, _)| address),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host.as_str(),
+        },
+    };
+    Some(without_port.trim_end_matches('.').to_ascii_lowercase())
+}
+
+async fn by_host(State(slot): State<HostRouteSlot>, request: Request, next: Next) -> Response {
+    if let Some(routes) = slot.get()
+        && let Some(host) = request_host(&request)
+        && routes.claims(&host)
+    {
+        return routes.handle(request).await;
+    }
+    next.run(request).await
+}
+
+pub(crate) fn router(node: Node, metrics: PrometheusHandle, ingress: Ingress, hosts: HostRouteSlot) -> Router {
     let probes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(HttpState { node, metrics });
-    probes.merge(Router::new().fallback(crate::ingress::handle).with_state(ingress))
+    probes
+        .merge(Router::new().fallback(crate::ingress::handle).with_state(ingress))
+        .layer(axum::middleware::from_fn_with_state(hosts, by_host))
 }
 
 /// Serves `app` on `listener` until `shutdown`: HTTP/1.1 (keep-alive) and

@@ -58,6 +58,8 @@ pub struct NodeSettings {
     pub retention_check_interval: Duration,
     /// `--peer-route`: dial a peer advertised as the key at the value instead.
     pub peer_routes: BTreeMap<String, String>,
+    /// Knative Routes are served (and their URLs given) as `NAME.NAMESPACE.DOMAIN` on the HTTP port.
+    pub serving_domain: String,
 }
 
 /// How long a leader waits for a new learner to catch up before it answers

@@ -114,6 +114,12 @@ impl Node {
         self.group(group).map(|g| g.raft.metrics().borrow_watched().state == ServerState::Leader).unwrap_or(false)
     }
 
+    /// Whether this node leads the metadata group (the one node that writes derived objects, so that two
+    /// nodes never race to create the same one).
+    pub fn leads_metadata(&self) -> bool {
+        self.leads(METADATA_GROUP)
+    }
+
     /// Whether this node is the Raft leader of `partition`'s group.
     pub fn leads_partition(&self, partition: u32) -> bool {
         self.leads(partition_group(partition))

@@ -19,6 +19,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::admin::AdminService;
 use crate::admin::events::EventsService;
 use crate::error::BrokerError;
+use crate::ingress::http::HostRouteSlot;
 use crate::ingress::{Ingress, IngressLimits};
 use crate::node::{Node, NodeSettings};
 use crate::server::raft_service::TransportService;
@@ -38,6 +39,8 @@ pub struct RunningNode {
     pub peer_addr: Option<SocketAddr>,
     pub http_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Where the serving module plugs in the hosts it serves on the HTTP port.
+    pub host_routes: HostRouteSlot,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -158,10 +161,11 @@ pub async fn start(
 
     let rx = shutdown.subscribe();
     let ingress = Ingress::new(node.clone(), ingress_limits.clone());
-    let app = crate::ingress::http::router(node.clone(), metrics, ingress);
+    let host_routes = HostRouteSlot::default();
+    let app = crate::ingress::http::router(node.clone(), metrics, ingress, host_routes.clone());
     tasks.push(tokio::spawn(crate::ingress::http::serve(http, app, ingress_limits, stopped(rx))));
 
-    Ok(RunningNode { node, peer_addr, http_addr, admin_addr, shutdown, tasks })
+    Ok(RunningNode { node, peer_addr, http_addr, admin_addr, host_routes, shutdown, tasks })
 }
 
 impl RunningNode {

@@ -18,6 +18,9 @@ use crate::model::{
 
 mod strict;
 
+use crate::serving::model as serving;
+use crate::serving::validate as serving_rules;
+
 /// One rule an object breaks, at one field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -60,6 +63,11 @@ pub fn is_dns_label(s: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
+}
+
+/// DNS-1035 label (Knative's revision names and traffic tags): like a DNS-1123 label, starting with a letter.
+pub fn is_dns_1035_label(s: &str) -> bool {
+    is_dns_label(s) && s.as_bytes()[0].is_ascii_lowercase()
 }
 
 /// Knative's filter attribute names: `^[a-z][a-z0-9]*$`.
@@ -136,7 +144,7 @@ pub fn validate_object(object: &Value, existing: Option<&Value>) -> Result<(), V
     let Some(info) = kind_info(kind).filter(|k| k.kind == kind) else {
         return Err(vec![err(
             "kind",
-            format!("{kind:?} is not one of Broker, Trigger, Channel, InMemoryChannel, Subscription"),
+            format!("{kind:?} is not one of {}", crate::model::KINDS.map(|k| k.kind).join(", ")),
         )]);
     };
     // A non-string apiVersion is a type error, which the strict reading names.
@@ -156,7 +164,19 @@ pub fn validate_object(object: &Value, existing: Option<&Value>) -> Result<(), V
         }
         "InMemoryChannel" => typed::<InMemoryChannel>(object, &mut errors)
             .map(|c| validate_channel(c.spec.delivery.as_ref(), &mut rules)),
-        _ => typed::<Subscription>(object, &mut errors).map(|s| validate_subscription(&s, existing, &mut rules)),
+        "Subscription" => {
+            typed::<Subscription>(object, &mut errors).map(|s| validate_subscription(&s, existing, &mut rules))
+        }
+        "Service" => typed::<serving::Service>(object, &mut errors)
+            .map(|s| serving_rules::validate_service(&s, existing, &mut rules)),
+        "Configuration" => typed::<serving::Configuration>(object, &mut errors)
+            .map(|c| serving_rules::validate_configuration(&c, existing, &mut rules)),
+        "Revision" => typed::<serving::Revision>(object, &mut errors)
+            .map(|r| serving_rules::validate_revision(&r, existing, &mut rules)),
+        "Route" => typed::<serving::Route>(object, &mut errors).map(|r| serving_rules::validate_route(&r, &mut rules)),
+        other => {
+            return Err(vec![err("kind", format!("{other:?} has no validation rules (a bug: it is in KINDS)"))]);
+        }
     }
     .is_some();
     if well_typed {

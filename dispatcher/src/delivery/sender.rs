@@ -5,6 +5,7 @@
 //! says `format: json`. Every request carries `Prefer: reply` and a W3C `traceparent`. Connections are pooled
 //! and kept alive per host by the HTTP clients (one for HTTP/1.1, one for h2c with prior knowledge).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,6 +33,27 @@ pub(crate) struct AttemptResult {
     pub error: Option<String>,
 }
 
+/// Resolves every `*.localhost` name to loopback, as RFC 6761 asks and as browsers and curl do (the system
+/// resolver here does not), so that a subscriber URL of a Knative Service served by this machine
+/// (`http://hello.default.localhost:8080`) reaches the node's HTTP port; other names go to the system resolver.
+struct LoopbackNames;
+
+impl reqwest::dns::Resolve for LoopbackNames {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
+        Box::pin(async move {
+            if host == "localhost" || host.ends_with(".localhost") {
+                let addrs: reqwest::dns::Addrs =
+                    Box::new([std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0))].into_iter());
+                return Ok(addrs);
+            }
+            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: reqwest::dns::Addrs = Box::new(found.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct Sender {
     http1: reqwest::Client,
@@ -47,6 +69,7 @@ impl Sender {
                 .tcp_nodelay(true)
                 .connect_timeout(Duration::from_secs(5))
                 .redirect(reqwest::redirect::Policy::none())
+                .dns_resolver(Arc::new(LoopbackNames))
         };
         Ok(Sender { http1: base().http1_only().build()?, h2c: base().http2_prior_knowledge().build()? })
     }

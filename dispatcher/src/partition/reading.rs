@@ -545,7 +545,7 @@ mod tests {
             trigger["spec"] = spec;
             objects.push(trigger);
         }
-        let (specs, problems) = consumers(&objects, &Environment { ingress_base: "http://127.0.0.1:1".into() });
+        let (specs, problems) = consumers(&objects, &Environment::new("http://127.0.0.1:1"));
         assert!(problems.is_empty(), "{problems:?}");
         specs
     }

@@ -21,3 +21,4 @@ mod t65_dispatch_options;
 mod t70_cluster_membership;
 mod t71_events_api;
 mod t72_consumers_admin;
+mod t90_serving;

@@ -1,0 +1,52 @@
+//! Knative Serving's objects (`serving.knative.dev/v1`): Service, Configuration, Revision, Route.
+//!
+//! What flows in: the stored objects (and the facts the serving runtime records about each Revision, kind
+//! [`REVISION_STATE_KIND`]). What flows out, all pure:
+//! - [`model`]: the typed objects (the allow-list of fields);
+//! - [`validate`](mod@validate): Knative's webhook rules, run by `crate::validate::validate_object`;
+//! - [`children`]: what a Service and a Configuration own (a Configuration and a Route; one Revision per
+//!   template generation) and what no longer has an owner, for the children reconcile loop to write;
+//! - [`routing`]: which revisions each Route (and tag) sends its traffic to, by weight, and under which host;
+//!   one source for the Route's status and for the data plane;
+//! - [`status`]: Knative's conditions, `url`, `traffic`, `latestReadyRevisionName`, ...
+
+pub mod children;
+pub mod model;
+pub mod routing;
+pub mod status;
+pub(crate) mod validate;
+
+#[cfg(test)]
+mod tests;
+
+/// The API version of every serving kind.
+pub const SERVING_API_VERSION: &str = "serving.knative.dev/v1";
+/// Facts the serving runtime records about a Revision (ready, failed and why, instances), stored next to the
+/// resources under the Revision's name. Internal: not applied or listed by users.
+pub const REVISION_STATE_KIND: &str = "RevisionState";
+
+pub const SERVICE_LABEL: &str = "serving.knative.dev/service";
+pub const SERVICE_UID_LABEL: &str = "serving.knative.dev/serviceUID";
+pub const CONFIGURATION_LABEL: &str = "serving.knative.dev/configuration";
+pub const CONFIGURATION_UID_LABEL: &str = "serving.knative.dev/configurationUID";
+pub const CONFIGURATION_GENERATION_LABEL: &str = "serving.knative.dev/configurationGeneration";
+pub const ROUTE_LABEL: &str = "serving.knative.dev/route";
+
+pub const AUTOSCALING_PREFIX: &str = "autoscaling.knative.dev/";
+pub const MIN_SCALE_ANNOTATION: &str = "autoscaling.knative.dev/min-scale";
+pub const MAX_SCALE_ANNOTATION: &str = "autoscaling.knative.dev/max-scale";
+pub const INITIAL_SCALE_ANNOTATION: &str = "autoscaling.knative.dev/initial-scale";
+pub const WINDOW_ANNOTATION: &str = "autoscaling.knative.dev/window";
+
+/// Knative's `config-defaults`: `revision-timeout-seconds` and `max-revision-timeout-seconds`.
+pub const DEFAULT_TIMEOUT_SECONDS: i64 = 300;
+pub const MAX_TIMEOUT_SECONDS: i64 = 600;
+/// Knative's `container-concurrency-max-limit`.
+pub const MAX_CONTAINER_CONCURRENCY: i64 = 1000;
+/// Set by the runtime for every instance; a container may not set them.
+pub const RESERVED_ENV: [&str; 4] = ["PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"];
+/// Ports Knative's queue-proxy and activator take.
+pub const RESERVED_PORTS: [i64; 5] = [8012, 8013, 8022, 9090, 9091];
+/// The domain Routes are served under when none is configured: `NAME.NAMESPACE.localhost`. Browsers and curl
+/// resolve every `*.localhost` name to loopback (RFC 6761), so a newcomer can type the URL.
+pub const DEFAULT_DOMAIN: &str = "localhost";

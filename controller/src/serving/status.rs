@@ -1,0 +1,297 @@
+//! Status of the serving kinds, derived from the objects and the runtime's facts, with Knative's conditions
+//! and reasons: Revision `ContainerHealthy`, `ResourcesAvailable`, `Active`; Configuration latest created and
+//! ready revisions; Route `AllTrafficAssigned`, `traffic`, `url`; Service `ConfigurationsReady`, `RoutesReady`.
+
+use serde_json::{Map, Value, json};
+
+use super::children::{owned_by, revision_name};
+use super::model::Container;
+use super::routing::{ResolvedTarget, host, latest_revisions, resolve_traffic, revision_facts, spec_traffic, tag_host};
+use crate::status::{Environment, World};
+
+fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
+    object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// A condition: `Ok(true)` True, `Ok(false)` Unknown with the reason, `Err` False.
+type Condition = Result<Option<(String, String)>, (String, String)>;
+
+fn condition(kind: &str, state: &Condition) -> Value {
+    match state {
+        Ok(None) => json!({"type": kind, "status": "True"}),
+        Ok(Some((reason, message))) => json!({"type": kind, "status": "Unknown", "reason": reason, "message": message}),
+        Err((reason, message)) => json!({"type": kind, "status": "False", "reason": reason, "message": message}),
+    }
+}
+
+/// Ready from the conditions it depends on: the first False, else the first Unknown, else True.
+fn ready_of(parts: &[&Condition]) -> Condition {
+    if let Some(Err(e)) = parts.iter().find(|c| c.is_err()) {
+        return Err(e.clone());
+    }
+    if let Some(Ok(Some(u))) = parts.iter().find(|c| matches!(c, Ok(Some(_)))) {
+        return Ok(Some(u.clone()));
+    }
+    Ok(None)
+}
+
+/// The URL a host is served at: the node's HTTP port on that host.
+pub fn url_for(host: &str, env: &Environment) -> String {
+    let port = env.ingress_base.rsplit_once(':').map(|(_, port)| port.trim_end_matches('/')).unwrap_or("80");
+    if port == "80" { format!("http://{host}") } else { format!("http://{host}:{port}") }
+}
+
+/// Whether the local runtime can run this container: it runs `command` + `args`, not images.
+pub fn local_runnable(containers: &[Container]) -> Result<(), (String, String)> {
+    let Some(container) = containers.first() else {
+        return Err(("ContainerMissing".into(), "the Revision has no container".into()));
+    };
+    if containers.len() > 1 {
+        return Err((
+            "SidecarsNotSupported".into(),
+            "the local runtime runs one container per revision; sidecars run on the Kubernetes runtime".into(),
+        ));
+    }
+    if container.command.is_empty() {
+        let name = container.name.as_deref().unwrap_or("user-container");
+        let image = container.image.as_deref().unwrap_or_default();
+        return Err((
+            "LocalRuntimeNeedsCommand".into(),
+            format!(
+                "container {name:?} has image {image:?} but no command: the local runtime runs commands (the Kubernetes runtime runs images)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn revision_status(object: &Value, world: &World, status: &mut Map<String, Value>) -> Vec<Value> {
+    let namespace = str_at(object, "/metadata/namespace");
+    let name = str_at(object, "/metadata/name");
+    let containers: Vec<Container> =
+        object.pointer("/spec/containers").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
+    let facts = revision_facts(world.objects, namespace, name);
+    let healthy: Condition = match (local_runnable(&containers), &facts.failure, facts.ready) {
+        (Err(e), _, _) => Err(e),
+        (Ok(()), Some(failure), _) => Err(failure.clone()),
+        (Ok(()), None, true) => Ok(None),
+        (Ok(()), None, false) => {
+            Ok(Some(("Deploying".into(), "waiting for the first instance to become ready".into())))
+        }
+    };
+    let resources: Condition = match &healthy {
+        Err(_) if !facts.ready => Err(("ProgressDeadlineExceeded".into(), "no instance became ready".into())),
+        _ if facts.ready => Ok(None),
+        _ => Ok(Some(("Deploying".into(), String::new()))),
+    };
+    let active: Condition = if facts.instances > 0 {
+        Ok(None)
+    } else {
+        Err(("NoTraffic".into(), "The target is not receiving traffic.".into()))
+    };
+    status.insert("actualReplicas".into(), facts.instances.into());
+    if let Some(image) = containers.first().and_then(|c| c.image.clone()) {
+        let name = containers.first().and_then(|c| c.name.clone()).unwrap_or_else(|| "user-container".into());
+        status.insert("containerStatuses".into(), json!([{"name": name, "imageDigest": image}]));
+    }
+    let ready = ready_of(&[&healthy, &resources]);
+    vec![
+        condition("Ready", &ready),
+        condition("Active", &active),
+        condition("ContainerHealthy", &healthy),
+        condition("ResourcesAvailable", &resources),
+    ]
+}
+
+fn configuration_ready(object: &Value, world: &World, status: &mut Map<String, Value>) -> Condition {
+    let namespace = str_at(object, "/metadata/namespace");
+    let name = str_at(object, "/metadata/name");
+    let generation = object.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+    let expected = revision_name(name, str_at(object, "/spec/template/metadata/name"), generation);
+    let (created, ready) = latest_revisions(world.objects, namespace, name);
+    if let Some(created) = &created {
+        status.insert("latestCreatedRevisionName".into(), created.clone().into());
+    }
+    if let Some(ready) = &ready {
+        status.insert("latestReadyRevisionName".into(), ready.clone().into());
+    }
+    let collision = world
+        .objects
+        .iter()
+        .find(|o| {
+            str_at(o, "/kind") == "Revision"
+                && str_at(o, "/metadata/namespace") == namespace
+                && str_at(o, "/metadata/name") == expected
+        })
+        .filter(|revision| !owned_by(revision, object));
+    if collision.is_some() {
+        return Err((
+            "RevisionFailed".into(),
+            format!(
+                "Revision {expected:?} already exists and was not made from this template; give the template a new name"
+            ),
+        ));
+    }
+    match (&created, &ready) {
+        (Some(created), _) if *created != expected => {
+            Ok(Some(("Deploying".into(), format!("Revision {expected:?} is being created"))))
+        }
+        (Some(created), Some(ready)) if created == ready => Ok(None),
+        (Some(created), _) => match revision_facts(world.objects, namespace, created).failure {
+            Some((_, message)) => {
+                Err(("RevisionFailed".into(), format!("Revision {created:?} failed with message: {message}.")))
+            }
+            None => {
+                let containers: Vec<Container> = world
+                    .objects
+                    .iter()
+                    .find(|o| {
+                        str_at(o, "/kind") == "Revision"
+                            && str_at(o, "/metadata/namespace") == namespace
+                            && str_at(o, "/metadata/name") == created
+                    })
+                    .and_then(|r| r.pointer("/spec/containers"))
+                    .and_then(|c| serde_json::from_value(c.clone()).ok())
+                    .unwrap_or_default();
+                match local_runnable(&containers) {
+                    Err((_, message)) => {
+                        Err(("RevisionFailed".into(), format!("Revision {created:?} failed with message: {message}.")))
+                    }
+                    Ok(()) => Ok(Some(("Deploying".into(), format!("Revision {created:?} is not ready yet")))),
+                }
+            }
+        },
+        (None, _) => Ok(Some(("Deploying".into(), format!("Revision {expected:?} is being created")))),
+    }
+}
+
+fn traffic_status(targets: &[ResolvedTarget], name: &str, namespace: &str, env: &Environment) -> Value {
+    Value::Array(
+        targets
+            .iter()
+            .map(|t| {
+                let mut entry =
+                    json!({"revisionName": t.revision, "latestRevision": t.latest_revision, "percent": t.percent});
+                if let Some(configuration) = &t.configuration {
+                    entry["configurationName"] = configuration.clone().into();
+                }
+                if let Some(tag) = &t.tag {
+                    entry["tag"] = tag.clone().into();
+                    entry["url"] = url_for(&tag_host(tag, name, namespace, &env.serving_domain), env).into();
+                }
+                entry
+            })
+            .collect(),
+    )
+}
+
+fn route_ready(object: &Value, world: &World, env: &Environment, status: &mut Map<String, Value>) -> Condition {
+    let namespace = str_at(object, "/metadata/namespace");
+    let name = str_at(object, "/metadata/name");
+    let url = url_for(&host(name, namespace, &env.serving_domain), env);
+    status.insert("url".into(), url.clone().into());
+    status.insert("address".into(), json!({"url": url}));
+    match resolve_traffic(world.objects, namespace, &spec_traffic(object, name)) {
+        Ok(targets) => {
+            status.insert("traffic".into(), traffic_status(&targets, name, namespace, env));
+            Ok(None)
+        }
+        Err(e) if e.waiting => Ok(Some((e.reason, e.message))),
+        Err(e) => Err((e.reason, e.message)),
+    }
+}
+
+/// Status of a serving object (`None` for other kinds).
+pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Option<Value> {
+    let kind = str_at(object, "/kind");
+    let namespace = str_at(object, "/metadata/namespace");
+    let name = str_at(object, "/metadata/name");
+    let mut status = Map::new();
+    status.insert("observedGeneration".into(), object.pointer("/metadata/generation").cloned().unwrap_or(json!(1)));
+    let conditions = match kind {
+        "Revision" => revision_status(object, world, &mut status),
+        "Configuration" => {
+            let ready = configuration_ready(object, world, &mut status);
+            vec![condition("Ready", &ready)]
+        }
+        "Route" => {
+            let assigned = route_ready(object, world, env, &mut status);
+            let ingress: Condition = Ok(None);
+            let certificate: Condition = Ok(None);
+            let ready = ready_of(&[&assigned, &ingress]);
+            let mut certificate_condition = condition("CertificateProvisioned", &certificate);
+            certificate_condition["reason"] = "TLSNotEnabled".into();
+            vec![
+                condition("Ready", &ready),
+                condition("AllTrafficAssigned", &assigned),
+                condition("IngressReady", &ingress),
+                certificate_condition,
+            ]
+        }
+        "Service" => {
+            let find = |kind: &str| {
+                world.objects.iter().find(|o| {
+                    str_at(o, "/kind") == kind
+                        && str_at(o, "/metadata/namespace") == namespace
+                        && str_at(o, "/metadata/name") == name
+                        && owned_by(o, object)
+                })
+            };
+            let mut configuration_status = Map::new();
+            let configurations: Condition = match find("Configuration") {
+                Some(configuration) => configuration_ready(configuration, world, &mut configuration_status),
+                None => Ok(Some(("Deploying".into(), format!("Configuration {name:?} is being created")))),
+            };
+            for field in ["latestCreatedRevisionName", "latestReadyRevisionName"] {
+                if let Some(value) = configuration_status.remove(field) {
+                    status.insert(field.into(), value);
+                }
+            }
+            let mut route_status = Map::new();
+            let routes: Condition = match find("Route") {
+                Some(route) => route_ready(route, world, env, &mut route_status),
+                None => Ok(Some(("Deploying".into(), format!("Route {name:?} is being created")))),
+            };
+            for field in ["url", "address", "traffic"] {
+                if let Some(value) = route_status.remove(field) {
+                    status.insert(field.into(), value);
+                }
+            }
+            let ready = ready_of(&[&configurations, &routes]);
+            vec![
+                condition("Ready", &ready),
+                condition("ConfigurationsReady", &configurations),
+                condition("RoutesReady", &routes),
+            ]
+        }
+        _ => return None,
+    };
+    status.insert("conditions".into(), Value::Array(conditions));
+    Some(Value::Object(status))
+}
+
+/// The URL a reference to a Service, Route or Configuration resolves to, once it routes somewhere.
+pub fn address(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    world: &World,
+    env: &Environment,
+) -> Result<String, (String, String)> {
+    let exists = |kind: &str| {
+        world.objects.iter().any(|o| {
+            str_at(o, "/kind") == kind
+                && str_at(o, "/metadata/namespace") == namespace
+                && str_at(o, "/metadata/name") == name
+        })
+    };
+    if !exists(kind) {
+        return Err(("DestinationNotFound".into(), format!("{kind} {namespace}/{name} does not exist")));
+    }
+    let served = super::routing::route_table(world.objects, &env.serving_domain);
+    let host = host(name, namespace, &env.serving_domain);
+    match served.get(&host) {
+        Some(targets) if !targets.targets.is_empty() => Ok(url_for(&host, env)),
+        _ => Err(("RouteNotReady".into(), format!("{kind} {namespace}/{name} has no ready revision to route to yet"))),
+    }
+}

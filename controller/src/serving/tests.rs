@@ -1,0 +1,240 @@
+//! Scenario tests of the serving kinds: children, traffic, status and validation, over objects as stored.
+
+use serde_json::{Value, json};
+
+use super::children::{self, revision_name};
+use super::routing::{HostTargets, route_table};
+use crate::meta::merge_for_apply;
+use crate::status::{Environment, World, reconcile};
+use crate::validate_object;
+
+fn env() -> Environment {
+    Environment::new("http://127.0.0.1:8080")
+}
+
+fn hello_service(target: &str) -> Value {
+    json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": {"name": "hello", "namespace": "default"},
+        "spec": {"template": {"spec": {"containers": [{"image": "ghcr.io/knative/helloworld-go",
+            "command": ["/bin/hello"], "env": [{"name": "TARGET", "value": target}]}]}}}})
+}
+
+/// Stores `object` as the state machine would (uid, generation, resourceVersion).
+fn store(objects: &mut Vec<Value>, object: Value) {
+    let key = |o: &Value| (o["kind"].clone(), o["metadata"]["namespace"].clone(), o["metadata"]["name"].clone());
+    let position = objects.iter().position(|o| key(o) == key(&object));
+    let existing = position.map(|i| objects[i].clone());
+    let uid = format!(
+        "uid-{}-{}",
+        object["kind"].as_str().unwrap_or_default(),
+        object["metadata"]["name"].as_str().unwrap_or_default()
+    );
+    let (merged, _) =
+        merge_for_apply(existing.as_ref(), object, &uid, "2026-11-28T00:00:00Z", objects.len() as u64 + 1);
+    match position {
+        Some(i) => objects[i] = merged,
+        None => objects.push(merged),
+    }
+}
+
+/// Runs the children reconcile until it has nothing left to write, as the metadata leader's loop does.
+fn settle(objects: &mut Vec<Value>) -> Vec<String> {
+    let mut written = Vec::new();
+    for _ in 0..10 {
+        let plan = children::plan(objects);
+        if plan.put.is_empty() && plan.delete.is_empty() {
+            return written;
+        }
+        for child in plan.put {
+            written.push(format!(
+                "{}/{}",
+                child["kind"].as_str().unwrap_or_default(),
+                child["metadata"]["name"].as_str().unwrap_or_default()
+            ));
+            store(objects, child);
+        }
+        for (kind, namespace, name) in plan.delete {
+            written.push(format!("-{kind}/{name}"));
+            objects.retain(|o| {
+                !(o["kind"] == kind.as_str()
+                    && o["metadata"]["namespace"] == namespace.as_str()
+                    && o["metadata"]["name"] == name.as_str())
+            });
+        }
+    }
+    panic!("the children reconcile does not settle: {written:?}");
+}
+
+fn ready_fact(objects: &mut Vec<Value>, revision: &str) {
+    store(
+        objects,
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "RevisionState",
+        "metadata": {"name": revision, "namespace": "default"}, "spec": {"ready": true, "instances": 1}}),
+    );
+}
+
+fn condition(status: &Value, kind: &str) -> (String, String) {
+    let found =
+        status["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == kind)).cloned().unwrap_or_default();
+    (found["status"].as_str().unwrap_or_default().into(), found["reason"].as_str().unwrap_or_default().into())
+}
+
+fn status_of(objects: &[Value], kind: &str, name: &str) -> Value {
+    let object =
+        objects.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name).cloned().unwrap_or_default();
+    reconcile(&object, &World { objects }, &env())
+}
+
+#[test]
+fn a_service_makes_a_configuration_a_route_and_one_revision_per_template() {
+    let mut objects = Vec::new();
+    store(&mut objects, hello_service("one"));
+    assert_eq!(settle(&mut objects), ["Configuration/hello", "Route/hello", "Revision/hello-00001"]);
+    let revision = objects.iter().find(|o| o["kind"] == "Revision").cloned().unwrap_or_default();
+    assert_eq!(revision["metadata"]["labels"]["serving.knative.dev/configurationGeneration"], "1");
+    assert_eq!(revision["metadata"]["labels"]["serving.knative.dev/service"], "hello");
+    assert_eq!(revision["metadata"]["ownerReferences"][0]["uid"], "uid-Configuration-hello");
+    assert_eq!(revision["spec"]["containers"][0]["env"][0]["value"], "one");
+
+    // Same template again: nothing. A traffic-only change: the Route only. A template change: a new revision.
+    store(&mut objects, hello_service("one"));
+    assert!(settle(&mut objects).is_empty());
+    let mut with_traffic = hello_service("one");
+    with_traffic["spec"]["traffic"] = json!([{"revisionName": "hello-00001", "percent": 100}]);
+    store(&mut objects, with_traffic);
+    assert_eq!(settle(&mut objects), ["Route/hello"]);
+    store(&mut objects, hello_service("two"));
+    assert_eq!(settle(&mut objects), ["Configuration/hello", "Route/hello", "Revision/hello-00002"]);
+
+    // Deleting the Service deletes what it owns, then what they own.
+    objects.retain(|o| o["kind"] != "Service");
+    let deleted = settle(&mut objects);
+    assert_eq!(deleted, ["-Configuration/hello", "-Route/hello", "-Revision/hello-00001", "-Revision/hello-00002"]);
+    assert!(objects.is_empty());
+}
+
+#[test]
+fn revision_names_follow_knative() {
+    assert_eq!(revision_name("hello", "", 1), "hello-00001");
+    assert_eq!(revision_name("hello", "hello-v2", 7), "hello-v2", "the template's own name");
+    let long = "a".repeat(60);
+    let cut = revision_name(&long, "", 3);
+    assert!(cut.len() <= 63 && cut.ends_with("-00003"), "{cut}");
+    assert_eq!(cut, revision_name(&long, "", 3), "stable");
+}
+
+#[test]
+fn status_follows_the_revisions_facts() {
+    let mut objects = Vec::new();
+    store(&mut objects, hello_service("one"));
+    settle(&mut objects);
+    let service = status_of(&objects, "Service", "hello");
+    assert_eq!(condition(&service, "Ready").0, "Unknown", "no instance ready yet: {service}");
+    assert_eq!(
+        condition(&status_of(&objects, "Revision", "hello-00001"), "ContainerHealthy"),
+        ("Unknown".into(), "Deploying".into())
+    );
+
+    ready_fact(&mut objects, "hello-00001");
+    let service = status_of(&objects, "Service", "hello");
+    assert_eq!(condition(&service, "Ready").0, "True", "{service}");
+    assert_eq!(condition(&service, "ConfigurationsReady").0, "True");
+    assert_eq!(condition(&service, "RoutesReady").0, "True");
+    assert_eq!(service["url"], "http://hello.default.localhost:8080");
+    assert_eq!(service["address"]["url"], "http://hello.default.localhost:8080");
+    assert_eq!(service["latestCreatedRevisionName"], "hello-00001");
+    assert_eq!(service["latestReadyRevisionName"], "hello-00001");
+    assert_eq!(
+        service["traffic"],
+        json!([{"revisionName": "hello-00001", "configurationName": "hello", "latestRevision": true, "percent": 100}])
+    );
+
+    // A new template whose revision fails: the old one keeps the traffic, the Service says why.
+    store(&mut objects, hello_service("two"));
+    settle(&mut objects);
+    store(
+        &mut objects,
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "RevisionState",
+        "metadata": {"name": "hello-00002", "namespace": "default"},
+        "spec": {"ready": false, "failureReason": "ExitCode3", "failureMessage": "boom", "instances": 0}}),
+    );
+    let service = status_of(&objects, "Service", "hello");
+    assert_eq!(condition(&service, "Ready"), ("False".into(), "RevisionFailed".into()), "{service}");
+    assert_eq!(service["latestReadyRevisionName"], "hello-00001");
+    assert_eq!(service["traffic"][0]["revisionName"], "hello-00001");
+    let revision = status_of(&objects, "Revision", "hello-00002");
+    assert_eq!(condition(&revision, "ContainerHealthy"), ("False".into(), "ExitCode3".into()));
+}
+
+#[test]
+fn routes_split_and_tag_by_revision_and_unresolvable_traffic_says_why() {
+    let mut objects = Vec::new();
+    store(&mut objects, hello_service("one"));
+    settle(&mut objects);
+    ready_fact(&mut objects, "hello-00001");
+    store(&mut objects, hello_service("two"));
+    settle(&mut objects);
+    ready_fact(&mut objects, "hello-00002");
+    let mut split = hello_service("two");
+    split["spec"]["traffic"] =
+        json!([{"revisionName": "hello-00001", "percent": 50, "tag": "old"}, {"latestRevision": true, "percent": 50}]);
+    store(&mut objects, split);
+    settle(&mut objects);
+    let table = route_table(&objects, "localhost");
+    let target = |host: &str| table.get(host).cloned().unwrap_or_default();
+    assert_eq!(
+        target("hello.default.localhost"),
+        HostTargets {
+            namespace: "default".into(),
+            name: "hello".into(),
+            targets: vec![("hello-00001".into(), 50), ("hello-00002".into(), 50)]
+        }
+    );
+    assert_eq!(target("old-hello.default.localhost").targets, vec![("hello-00001".to_string(), 100)]);
+    let route = status_of(&objects, "Route", "hello");
+    assert_eq!(route["traffic"][0]["url"], "http://old-hello.default.localhost:8080");
+
+    let missing = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route", "metadata": {"name": "r", "namespace": "default"},
+        "spec": {"traffic": [{"revisionName": "nope-00001", "percent": 100}]}});
+    store(&mut objects, missing);
+    let route = status_of(&objects, "Route", "r");
+    assert_eq!(condition(&route, "AllTrafficAssigned"), ("False".into(), "RevisionMissing".into()));
+    assert!(!table.contains_key("r.default.localhost"));
+}
+
+#[test]
+fn knatives_own_hello_world_and_a_traffic_split_validate() {
+    let service = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": {"name": "hello", "namespace": "default"},
+        "spec": {"template": {
+            "metadata": {"name": "hello-world", "annotations": {"autoscaling.knative.dev/min-scale": "1", "autoscaling.knative.dev/window": "30s"}},
+            "spec": {"containerConcurrency": 10, "timeoutSeconds": 300, "containers": [{
+                "image": "ghcr.io/knative/helloworld-go:latest", "ports": [{"containerPort": 8080}],
+                "env": [{"name": "TARGET", "value": "World"}],
+                "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+                "resources": {"limits": {"cpu": "1"}}, "securityContext": {"runAsNonRoot": true}}]}},
+            "traffic": [{"tag": "current", "revisionName": "hello-world", "percent": 100},
+                {"tag": "latest", "latestRevision": true, "percent": 0}]}});
+    assert_eq!(validate_object(&service, None), Ok(()));
+    let route = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route", "metadata": {"name": "r"},
+        "spec": {"traffic": [{"configurationName": "c", "percent": 90}, {"revisionName": "c-00001", "percent": 10, "tag": "v1"}]}});
+    assert_eq!(validate_object(&route, None), Ok(()));
+}
+
+#[test]
+fn revisions_and_named_templates_are_immutable() {
+    let revision = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Revision", "metadata": {"name": "r"},
+        "spec": {"containers": [{"image": "x", "command": ["/bin/a"]}]}});
+    let mut changed = revision.clone();
+    changed["spec"]["containers"][0]["command"] = json!(["/bin/b"]);
+    let errors = validate_object(&changed, Some(&revision)).expect_err("immutable");
+    assert_eq!(errors[0].path, "spec");
+    assert_eq!(validate_object(&revision, Some(&revision)), Ok(()));
+
+    let mut named = hello_service("one");
+    named["spec"]["template"]["metadata"] = json!({"name": "hello-v1"});
+    let mut renamed_not = hello_service("two");
+    renamed_not["spec"]["template"]["metadata"] = json!({"name": "hello-v1"});
+    let errors = validate_object(&renamed_not, Some(&named)).expect_err("a new template needs a new name");
+    assert_eq!(errors[0].path, "spec.template.metadata.name");
+}

@@ -1,0 +1,364 @@
+//! Knative Serving's webhook rules (knative/serving `pkg/apis/serving/v1/*_validation.go`,
+//! `pkg/apis/serving/k8s_validation.go`, `pkg/apis/autoscaling/annotation_validation.go`), with Knative's
+//! messages and Sluice's path style (`spec.traffic[1].tag`, `metadata.annotations[key]`). They run on an
+//! object that is well typed (see `crate::validate`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use super::model::{Container, Probe, Revision, RevisionTemplateSpec, Route, Service, TrafficTarget};
+use super::{
+    AUTOSCALING_PREFIX, INITIAL_SCALE_ANNOTATION, MAX_CONTAINER_CONCURRENCY, MAX_SCALE_ANNOTATION, MAX_TIMEOUT_SECONDS,
+    MIN_SCALE_ANNOTATION, RESERVED_ENV, RESERVED_PORTS, WINDOW_ANNOTATION,
+};
+use crate::validate::{FieldError, is_dns_1035_label, parse_duration};
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError { path: path.into(), message: message.into() }
+}
+
+fn bounds(path: String, low: i64, value: i64, high: i64, errors: &mut Vec<FieldError>) {
+    if value < low || value > high {
+        errors.push(err(path, format!("expected {low} <= {value} <= {high}")));
+    }
+}
+
+pub(crate) fn validate_service(service: &Service, existing: Option<&Value>, errors: &mut Vec<FieldError>) {
+    let name = &service.metadata.name;
+    no_autoscaling_on_parent(&service.metadata.annotations, errors);
+    validate_template("spec.template", name, &service.spec.template, existing, errors);
+    if let Some(traffic) = &service.spec.traffic {
+        validate_traffic(traffic, TrafficOf::Service, errors);
+    }
+}
+
+pub(crate) fn validate_configuration(
+    configuration: &super::model::Configuration,
+    existing: Option<&Value>,
+    errors: &mut Vec<FieldError>,
+) {
+    no_autoscaling_on_parent(&configuration.metadata.annotations, errors);
+    validate_template("spec.template", &configuration.metadata.name, &configuration.spec.template, existing, errors);
+}
+
+pub(crate) fn validate_revision(revision: &Revision, existing: Option<&Value>, errors: &mut Vec<FieldError>) {
+    validate_revision_spec("spec", &revision.spec, errors);
+    validate_scale_annotations("metadata.annotations", &revision.metadata.annotations, errors);
+    if let Some(existing) = existing
+        && let Ok(stored) = serde_json::from_value::<Revision>(existing.clone())
+        && stored.spec != revision.spec
+    {
+        errors.push(err("spec", "Immutable fields changed (-old +new): a Revision's spec never changes"));
+    }
+}
+
+pub(crate) fn validate_route(route: &Route, errors: &mut Vec<FieldError>) {
+    if let Some(traffic) = &route.spec.traffic {
+        validate_traffic(traffic, TrafficOf::Route, errors);
+    }
+}
+
+/// Autoscaling annotations act on Revisions: on a Service or Configuration they would do nothing.
+fn no_autoscaling_on_parent(annotations: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
+    for key in annotations.keys().filter(|key| key.starts_with(AUTOSCALING_PREFIX)) {
+        errors.push(err(
+            format!("metadata.annotations[{key}]"),
+            format!(
+                "invalid key name {key:?}: autoscaling annotations must be put under spec.template.metadata.annotations to work"
+            ),
+        ));
+    }
+}
+
+fn validate_template(
+    path: &str,
+    parent: &str,
+    template: &RevisionTemplateSpec,
+    existing: Option<&Value>,
+    errors: &mut Vec<FieldError>,
+) {
+    let name = &template.metadata.name;
+    if !name.is_empty() {
+        let prefix = format!("{parent}-");
+        if !name.starts_with(&prefix) {
+            errors.push(err(
+                format!("{path}.metadata.name"),
+                format!("invalid value: {name:?} must have prefix {prefix:?}"),
+            ));
+        } else if !is_dns_1035_label(name) {
+            errors.push(err(
+                format!("{path}.metadata.name"),
+                format!("invalid value: {name:?} is not a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, at most 63)"),
+            ));
+        }
+        // A template with its own name names one Revision: changing the template means a new name.
+        if let Some(stored) = existing.and_then(|e| e.pointer("/spec/template"))
+            && let Ok(stored) = serde_json::from_value::<RevisionTemplateSpec>(stored.clone())
+            && stored.metadata.name == *name
+            && (stored.spec != template.spec || stored.metadata.annotations != template.metadata.annotations)
+        {
+            errors.push(err(
+                format!("{path}.metadata.name"),
+                format!("Saw the following changes without a name change (-old +new): give the template a new name than {name:?}"),
+            ));
+        }
+    }
+    validate_scale_annotations(&format!("{path}.metadata.annotations"), &template.metadata.annotations, errors);
+    validate_revision_spec(&format!("{path}.spec"), &template.spec, errors);
+}
+
+fn validate_scale_annotations(path: &str, annotations: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
+    let int = |key: &str, errors: &mut Vec<FieldError>| -> Option<i64> {
+        let value = annotations.get(key)?;
+        match value.trim().parse::<i64>() {
+            Ok(n) if (0..=i64::from(i32::MAX)).contains(&n) => Some(n),
+            Ok(n) => {
+                errors.push(err(format!("{path}[{key}]"), format!("expected 0 <= {n} <= 2147483647")));
+                None
+            }
+            Err(_) => {
+                errors.push(err(format!("{path}[{key}]"), format!("invalid value: {value:?} is not an integer")));
+                None
+            }
+        }
+    };
+    let min = int(MIN_SCALE_ANNOTATION, errors);
+    let max = int(MAX_SCALE_ANNOTATION, errors);
+    if int(INITIAL_SCALE_ANNOTATION, errors) == Some(0) {
+        // Knative's `allow-zero-initial-scale` is false by default: a revision must start once to become Ready.
+        errors.push(err(
+            format!("{path}[{INITIAL_SCALE_ANNOTATION}]"),
+            format!("invalid value: 0: {INITIAL_SCALE_ANNOTATION}=0 not allowed by cluster"),
+        ));
+    }
+    if let (Some(min), Some(max)) = (min, max)
+        && max != 0
+        && max < min
+    {
+        errors.push(err(
+            format!("{path}[{MAX_SCALE_ANNOTATION}]"),
+            format!("max-scale={max} is less than min-scale={min}"),
+        ));
+    }
+    if let Some(window) = annotations.get(WINDOW_ANNOTATION) {
+        match parse_duration(window) {
+            Ok(d) if (6.0..=3600.0).contains(&d.as_secs_f64()) => {}
+            Ok(_) => {
+                errors.push(err(format!("{path}[{WINDOW_ANNOTATION}]"), format!("expected 6s <= {window} <= 1h0m0s")))
+            }
+            Err(e) => errors.push(err(format!("{path}[{WINDOW_ANNOTATION}]"), format!("invalid value: {e}"))),
+        }
+    }
+}
+
+fn validate_revision_spec(path: &str, spec: &super::model::RevisionSpec, errors: &mut Vec<FieldError>) {
+    if spec.containers.is_empty() {
+        errors.push(err(format!("{path}.containers"), "missing field(s)"));
+    }
+    let with_ports = spec.containers.iter().filter(|c| !c.ports.is_empty()).count();
+    if spec.containers.len() > 1 && with_ports != 1 {
+        errors.push(err(
+            format!("{path}.containers"),
+            "exactly one container must specify ports (the one that serves), got ".to_string()
+                + &with_ports.to_string(),
+        ));
+    }
+    for (i, container) in spec.containers.iter().enumerate() {
+        validate_container(&format!("{path}.containers[{i}]"), container, errors);
+    }
+    if let Some(cc) = spec.container_concurrency {
+        bounds(format!("{path}.containerConcurrency"), 0, cc, MAX_CONTAINER_CONCURRENCY, errors);
+    }
+    if let Some(timeout) = spec.timeout_seconds {
+        bounds(format!("{path}.timeoutSeconds"), 0, timeout, MAX_TIMEOUT_SECONDS, errors);
+    }
+    if let Some(start) = spec.response_start_timeout_seconds {
+        let high = spec.timeout_seconds.unwrap_or(MAX_TIMEOUT_SECONDS);
+        bounds(format!("{path}.responseStartTimeoutSeconds"), 0, start, high, errors);
+    }
+    if let Some(idle) = spec.idle_timeout_seconds {
+        bounds(format!("{path}.idleTimeoutSeconds"), 0, idle, MAX_TIMEOUT_SECONDS, errors);
+    }
+}
+
+fn validate_container(path: &str, container: &Container, errors: &mut Vec<FieldError>) {
+    if container.image.as_deref().is_none_or(str::is_empty) {
+        errors.push(err(format!("{path}.image"), "missing field(s)"));
+    }
+    if container.name.as_deref() == Some("queue-proxy") {
+        errors.push(err(format!("{path}.name"), "\"queue-proxy\" is a reserved container name"));
+    }
+    let mut env_names = BTreeSet::new();
+    for (i, env) in container.env.iter().enumerate() {
+        let env_path = format!("{path}.env[{i}]");
+        if env.name.is_empty() {
+            errors.push(err(format!("{env_path}.name"), "missing field(s)"));
+        } else if RESERVED_ENV.contains(&env.name.as_str()) {
+            errors.push(err(format!("{env_path}.name"), format!("{:?} is a reserved environment variable", env.name)));
+        } else if !env_names.insert(env.name.as_str()) {
+            errors.push(err(format!("{env_path}.name"), format!("duplicate environment variable {:?}", env.name)));
+        }
+        if env.value.is_some() && env.value_from.is_some() {
+            errors.push(err(env_path, "expected exactly one, got both: value, valueFrom"));
+        }
+    }
+    if container.ports.len() > 1 {
+        errors.push(err(format!("{path}.ports"), "more than one container port is set"));
+    }
+    let mut container_port = None;
+    if let Some(port) = container.ports.first() {
+        let port_path = format!("{path}.ports");
+        if let Some(name) = port.name.as_deref()
+            && !matches!(name, "" | "h2c" | "http1")
+        {
+            errors.push(err(format!("{port_path}.name"), format!("Port name {name} is not allowed (h2c or http1)")));
+        }
+        if let Some(protocol) = port.protocol.as_deref()
+            && protocol != "TCP"
+        {
+            errors.push(err(format!("{port_path}.protocol"), format!("invalid value: {protocol} (only TCP)")));
+        }
+        if let Some(number) = port.container_port {
+            if RESERVED_PORTS.contains(&number) {
+                errors.push(err(
+                    format!("{port_path}.containerPort"),
+                    format!("invalid value: {number} is a reserved port"),
+                ));
+            } else {
+                bounds(format!("{port_path}.containerPort"), 0, number, 65535, errors);
+            }
+            container_port = Some(number);
+        }
+    }
+    if let Some(probe) = &container.readiness_probe {
+        validate_probe(&format!("{path}.readinessProbe"), probe, container_port, errors);
+    }
+    if let Some(probe) = &container.liveness_probe {
+        validate_probe(&format!("{path}.livenessProbe"), probe, container_port, errors);
+    }
+    if let Some(probe) = &container.startup_probe {
+        validate_probe(&format!("{path}.startupProbe"), probe, container_port, errors);
+    }
+}
+
+fn validate_probe(path: &str, probe: &Probe, container_port: Option<i64>, errors: &mut Vec<FieldError>) {
+    let handlers = [probe.http_get.is_some(), probe.tcp_socket.is_some(), probe.exec.is_some(), probe.grpc.is_some()];
+    match handlers.iter().filter(|set| **set).count() {
+        0 => errors.push(err(path, "expected exactly one, got neither: httpGet, tcpSocket, exec, grpc")),
+        1 => {}
+        _ => errors.push(err(path, "expected exactly one, got both: httpGet, tcpSocket, exec, grpc")),
+    }
+    let max = i64::from(i32::MAX);
+    for (field, value) in [
+        ("initialDelaySeconds", probe.initial_delay_seconds),
+        ("timeoutSeconds", probe.timeout_seconds),
+        ("periodSeconds", probe.period_seconds),
+        ("successThreshold", probe.success_threshold),
+        ("failureThreshold", probe.failure_threshold),
+    ] {
+        if let Some(value) = value {
+            bounds(format!("{path}.{field}"), 0, value, max, errors);
+        }
+    }
+    if probe.period_seconds == Some(0) {
+        if probe.failure_threshold.is_some() {
+            errors.push(err(
+                format!("{path}.failureThreshold"),
+                "failureThreshold is disallowed when periodSeconds is zero",
+            ));
+        }
+        if probe.timeout_seconds.is_some() {
+            errors
+                .push(err(format!("{path}.timeoutSeconds"), "timeoutSeconds is disallowed when periodSeconds is zero"));
+        }
+    }
+    let port = probe
+        .http_get
+        .as_ref()
+        .and_then(|h| h.port.as_ref())
+        .map(|p| ("httpGet", p))
+        .or_else(|| probe.tcp_socket.as_ref().and_then(|t| t.port.as_ref()).map(|p| ("tcpSocket", p)));
+    if let Some((handler, port)) = port {
+        let matches = match port {
+            Value::Number(n) => {
+                n.as_i64().is_some_and(|n| container_port.is_none_or(|c| c == n) && n > 0 && n <= 65535)
+            }
+            Value::String(_) => false,
+            _ => false,
+        };
+        if !matches {
+            errors.push(err(
+                format!("{path}.{handler}.port"),
+                format!("invalid value: {port}: a probe may only probe the containerPort"),
+            ));
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TrafficOf {
+    Service,
+    Route,
+}
+
+fn validate_traffic(traffic: &[TrafficTarget], of: TrafficOf, errors: &mut Vec<FieldError>) {
+    let mut sum = 0i64;
+    let mut tags: BTreeSet<&str> = BTreeSet::new();
+    for (i, target) in traffic.iter().enumerate() {
+        let path = format!("spec.traffic[{i}]");
+        if let Some(percent) = target.percent {
+            bounds(format!("{path}.percent"), 0, percent, 100, errors);
+            sum += percent;
+        }
+        if let Some(tag) = target.tag.as_deref() {
+            if !is_dns_1035_label(tag) {
+                errors.push(err(
+                    format!("{path}.tag"),
+                    format!("invalid value: {tag:?} is not a DNS-1035 label (lower-case letters, digits and '-', starting with a letter)"),
+                ));
+            } else if !tags.insert(tag) {
+                errors.push(err(format!("{path}.tag"), format!("Multiple definitions for {tag:?}")));
+            }
+        }
+        if target.url.is_some() {
+            errors.push(err(format!("{path}.url"), "must not set the field(s)"));
+        }
+        if let Some(revision) = target.revision_name.as_deref()
+            && !is_dns_1035_label(revision)
+        {
+            errors.push(err(format!("{path}.revisionName"), format!("invalid key name {revision:?}")));
+        }
+        match of {
+            TrafficOf::Service => {
+                if target.configuration_name.is_some() {
+                    errors.push(err(format!("{path}.configurationName"), "must not set the field(s)"));
+                }
+            }
+            TrafficOf::Route => {
+                match (&target.revision_name, &target.configuration_name) {
+                    (Some(_), Some(_)) => errors
+                        .push(err(path.clone(), "expected exactly one, got both: revisionName, configurationName")),
+                    (None, None) => errors
+                        .push(err(path.clone(), "expected exactly one, got neither: revisionName, configurationName")),
+                    _ => {}
+                }
+            }
+        }
+        let revision = target.revision_name.as_deref().unwrap_or_default();
+        match target.latest_revision {
+            Some(true) if !revision.is_empty() => errors.push(err(
+                format!("{path}.latestRevision"),
+                format!("may not set revisionName {revision:?} when latestRevision is true"),
+            )),
+            Some(false) if revision.is_empty() => errors.push(err(
+                format!("{path}.latestRevision"),
+                "may not set revisionName \"\" when latestRevision is false",
+            )),
+            _ => {}
+        }
+    }
+    if !traffic.is_empty() && sum != 100 {
+        errors.push(err("spec.traffic", format!("Traffic targets sum to {sum}, want 100")));
+    }
+}

@@ -1,0 +1,36 @@
+//! What can go wrong in serving, with the status a request is answered with.
+
+use axum::http::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServingError {
+    #[error("revision {revision}: cannot start {command:?}: {reason}")]
+    Spawn { revision: String, command: String, reason: String },
+    #[error("no free port for an instance: {0}")]
+    NoPort(std::io::Error),
+    #[error("no Route serves host {host:?}")]
+    NoRoute { host: String },
+    #[error("revision {revision} has {limit} requests waiting already")]
+    QueueFull { revision: String, limit: usize },
+    #[error("revision {revision} did not answer within {after_ms} ms")]
+    Timeout { revision: String, after_ms: u64 },
+    #[error("revision {revision} cannot start: {reason}")]
+    RevisionFailed { revision: String, reason: String },
+    #[error("revision {revision}: {reason}")]
+    Upstream { revision: String, reason: String },
+}
+
+impl ServingError {
+    /// The HTTP status a request gets for this error.
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ServingError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ServingError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ServingError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ServingError::RevisionFailed { .. } | ServingError::Spawn { .. } | ServingError::NoPort(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ServingError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+}

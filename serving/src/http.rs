@@ -1,0 +1,187 @@
+//! Requests to Knative Routes on the node's HTTP port: the host names the Route (or a tag of it), the traffic
+//! split picks a revision, the revision's gate gives a slot on a ready instance (holding the request while one
+//! starts), and the request is proxied to it, bodies streamed both ways, HTTP/1.1 or h2c. The slot is given back
+//! when the response body ends (or is dropped), so in-flight counts are exact.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, Response, StatusCode, header};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use sluice_broker::{HostRoutes, request_host};
+
+use crate::balance::Balancer;
+use crate::error::ServingError;
+use crate::revision::Permit;
+use crate::supervisor::Shared;
+
+/// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+#[derive(Clone)]
+pub(crate) struct HostRouter {
+    shared: Arc<Shared>,
+    /// `.DOMAIN`: every host under it is ours (an unknown one is answered 404).
+    suffix: String,
+    http1: Client<HttpConnector, Body>,
+    h2c: Client<HttpConnector, Body>,
+}
+
+impl HostRouter {
+    pub(crate) fn new(shared: Arc<Shared>, domain: &str) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        HostRouter {
+            shared,
+            suffix: format!(".{}", domain.trim_start_matches('.').to_ascii_lowercase()),
+            http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            h2c: Client::builder(TokioExecutor::new()).http2_only(true).build(connector),
+        }
+    }
+
+    fn pick(&self, host: &str) -> Result<String, ServingError> {
+        let table = self.shared.table.read().map(|t| t.clone()).unwrap_or_default();
+        let targets = table.get(host).ok_or_else(|| ServingError::NoRoute { host: host.into() })?;
+        let mut balancers = self.shared.balancers.lock().map_err(|_| ServingError::NoRoute { host: host.into() })?;
+        let balancer = balancers.entry(host.to_string()).or_insert_with(|| Balancer::new(&targets.targets));
+        if !balancer.same_targets(&targets.targets) {
+            *balancer = Balancer::new(&targets.targets);
+        }
+        let revision = balancer.pick().ok_or_else(|| ServingError::NoRoute { host: host.into() })?;
+        Ok(format!("{}/{revision}", targets.namespace))
+    }
+
+    async fn serve(&self, request: Request) -> Result<Response<Body>, ServingError> {
+        let host = request_host(&request).unwrap_or_default();
+        let key = self.pick(&host)?;
+        let revision = self.shared.revisions.read().ok().and_then(|r| r.get(&key).cloned()).ok_or_else(|| {
+            ServingError::Upstream {
+                revision: key.clone(),
+                reason: "the revision is not running on this node yet".into(),
+            }
+        })?;
+        let timeout_ms = revision.run.timeout_ms;
+        let deadline = Instant::now() + std::time::Duration::from_millis(timeout_ms);
+        let permit = revision.acquire(timeout_ms).await?;
+        let client = if revision.run.h2c { &self.h2c } else { &self.http1 };
+        let upstream = upstream_request(request, &permit)?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let response = match tokio::time::timeout(remaining, client.request(upstream)).await {
+            Err(_) => return Err(ServingError::Timeout { revision: key, after_ms: timeout_ms }),
+            Ok(Err(e)) => return Err(ServingError::Upstream { revision: key, reason: e.to_string() }),
+            Ok(Ok(response)) => response,
+        };
+        let (mut parts, body) = response.into_parts();
+        for name in HOP_BY_HOP {
+            parts.headers.remove(name);
+        }
+        Ok(Response::from_parts(parts, Body::new(GuardedBody { inner: body, _permit: permit })))
+    }
+}
+
+fn upstream_request(request: Request, permit: &Permit) -> Result<hyper::Request<Body>, ServingError> {
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = format!("http://{}{path}", permit.addr).parse().map_err(|e: axum::http::uri::InvalidUri| {
+        ServingError::Upstream { revision: permit.addr.to_string(), reason: e.to_string() }
+    })?;
+    // h2c requests carry their host in the authority; HTTP/1.1 upstreams need a Host header.
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(host) = parts.extensions.get::<OriginalHost>().map(|h| h.0.clone())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    for name in HOP_BY_HOP {
+        parts.headers.remove(name);
+    }
+    parts.version = axum::http::Version::HTTP_11;
+    Ok(hyper::Request::from_parts(parts, body))
+}
+
+/// The client's Host, kept when the request reached us over h2 (authority instead of a Host header).
+#[derive(Clone)]
+struct OriginalHost(HeaderValue);
+
+/// A response body that holds its request's slot until it ends or is dropped.
+struct GuardedBody {
+    inner: Incoming,
+    _permit: Permit,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn error_response(error: &ServingError) -> Response<Body> {
+    let status = error.status_code();
+    let body = serde_json::json!({"error": error.to_string(), "status": status.as_u16()}).to_string();
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+impl HostRoutes for HostRouter {
+    fn claims(&self, host: &str) -> bool {
+        host.ends_with(&self.suffix)
+    }
+
+    fn handle(&self, mut request: Request) -> BoxFuture<'static, Response<Body>> {
+        let router = self.clone();
+        if !request.headers().contains_key(header::HOST)
+            && let Some(authority) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            request.extensions_mut().insert(OriginalHost(authority));
+        }
+        Box::pin(async move {
+            let started = Instant::now();
+            let host = request_host(&request).unwrap_or_default();
+            let response = match router.serve(request).await {
+                Ok(response) => response,
+                Err(e) => {
+                    tracing::debug!(%host, error = %e, "serving request failed");
+                    error_response(&e)
+                }
+            };
+            let code = response.status().as_u16().to_string();
+            metrics::counter!("sluice_serving_requests_total", "host" => host.clone(), "code" => code).increment(1);
+            metrics::histogram!("sluice_serving_request_start_seconds", "host" => host)
+                .record(started.elapsed().as_secs_f64());
+            response
+        })
+    }
+}

@@ -1,0 +1,87 @@
+//! Sluice's serving module: Knative Services run as revisions on the node, routed by Host and traffic split,
+//! activated from zero.
+//!
+//! What flows in: the resource objects (Services, Configurations, Revisions, Routes, as stored in the
+//! metadata group) and HTTP requests to `NAME.NAMESPACE.DOMAIN` on the node's HTTP port (the dispatcher's
+//! deliveries to a Knative Service come the same way). What flows out: child processes running the
+//! revisions' commands ([`runtime`]), proxied responses, the Revisions and Routes that Services own
+//! (`children`, written on the metadata leader), and what the runtime learns about each revision (ready,
+//! failed and why, instances), recorded for their status.
+//!
+//! The path of a request: [`http`] (host → Route) → [`balance`] (traffic split → revision) → [`gate`] (a
+//! slot on a ready instance, or wait while [`revision`] starts one by [`scale`]'s decision) → the instance.
+//! [`supervisor`] keeps the route table and the running revisions in line with the objects ([`plan`]).
+//!
+//! Placement: instances run on the node that serves the request. Each node runs the instances its own
+//! requests and deliveries need and scales them to zero when idle; a node that dies takes only its own
+//! instances with it, and the requests and deliveries that were in flight there are retried by their clients
+//! (the dispatcher redelivers from the committed offset). See `docs/serving.md`.
+
+mod balance;
+mod error;
+mod gate;
+mod http;
+mod plan;
+mod revision;
+mod runtime;
+mod scale;
+mod supervisor;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_broker::{HostRouteSlot, HostRoutes, Node};
+use tokio::sync::oneshot;
+
+pub use error::ServingError;
+
+/// How a node serves.
+#[derive(Clone, Debug)]
+pub struct ServingSettings {
+    /// Routes are served as `NAME.NAMESPACE.DOMAIN`.
+    pub domain: String,
+    /// Instances' output goes to `DIR/logs/NAMESPACE/REVISION.log`.
+    pub data_dir: PathBuf,
+    /// A revision without requests for this long goes to zero (unless `min-scale`, or its
+    /// `autoscaling.knative.dev/window` says otherwise).
+    pub scale_to_zero_ms: u64,
+    /// Between SIGTERM and SIGKILL when an instance stops.
+    pub termination_grace: Duration,
+}
+
+/// Serving on one node; stops (every instance drained and terminated) with [`Serving::stop`].
+pub struct Serving {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Serving {
+    /// Starts serving Routes on the node's HTTP port (through `host_routes`).
+    pub fn start(node: Node, host_routes: &HostRouteSlot, settings: ServingSettings) -> Serving {
+        let shared = Arc::new(supervisor::Shared::default());
+        let router: Arc<dyn HostRoutes> = Arc::new(http::HostRouter::new(shared.clone(), &settings.domain));
+        if host_routes.set(router).is_err() {
+            tracing::warn!("serving: the node's HTTP port already serves another router");
+        }
+        let (stop, stopped) = oneshot::channel();
+        let supervisor_settings = supervisor::SupervisorSettings {
+            domain: settings.domain.clone(),
+            logs_dir: settings.data_dir.join("logs"),
+            idle_ms: settings.scale_to_zero_ms,
+            grace: settings.termination_grace,
+        };
+        let runtime: Arc<dyn runtime::Runtime> = Arc::new(runtime::local::LocalRuntime);
+        let task = tokio::spawn(supervisor::run(node, supervisor_settings, runtime, shared, stopped));
+        Serving { stop: Some(stop), task }
+    }
+
+    /// Stops every revision: in-flight requests finish, then each instance gets SIGTERM (SIGKILL after the
+    /// grace period).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}

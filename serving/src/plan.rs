@@ -1,0 +1,263 @@
+//! From objects to what runs: a Revision object becomes a [`RevisionRun`] (command, environment, port,
+//! readiness, concurrency, timeout, scale bounds), and the set of revisions this node should be ready to run
+//! is compared with what runs ([`plan`]). Pure.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::Value;
+use sluice_controller::serving::model::{Container, Probe};
+use sluice_controller::serving::routing::{RouteTable, latest_revisions};
+use sluice_controller::serving::status::local_runnable;
+use sluice_controller::serving::{
+    CONFIGURATION_LABEL, DEFAULT_TIMEOUT_SECONDS, INITIAL_SCALE_ANNOTATION, MAX_SCALE_ANNOTATION, MIN_SCALE_ANNOTATION,
+    SERVICE_LABEL, WINDOW_ANNOTATION,
+};
+use sluice_controller::validate::parse_duration;
+
+use crate::revision::RevisionRun;
+use crate::runtime::Readiness;
+use crate::scale::ScaleSettings;
+
+fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
+    object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn label<'a>(object: &'a Value, name: &str) -> Option<&'a str> {
+    object.pointer("/metadata/labels").and_then(|l| l.get(name)).and_then(Value::as_str)
+}
+
+fn annotation<'a>(object: &'a Value, name: &str) -> Option<&'a str> {
+    object.pointer("/metadata/annotations").and_then(|a| a.get(name)).and_then(Value::as_str)
+}
+
+/// What running a Revision takes, or why the local runtime cannot run it: `(reason, message)`.
+pub(crate) fn revision_run(revision: &Value, default_idle_ms: u64) -> Result<RevisionRun, (String, String)> {
+    let containers: Vec<Container> =
+        revision.pointer("/spec/containers").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
+    local_runnable(&containers)?;
+    let container = containers.first().cloned().unwrap_or_default();
+    let name = str_at(revision, "/metadata/name").to_string();
+    let mut env = Vec::new();
+    for var in &container.env {
+        match (&var.value, &var.value_from) {
+            (_, Some(_)) => {
+                return Err((
+                    "CreateContainerConfigError".into(),
+                    format!("env {:?} uses valueFrom, which only the Kubernetes runtime resolves", var.name),
+                ));
+            }
+            (value, None) => env.push((var.name.clone(), value.clone().unwrap_or_default())),
+        }
+    }
+    if let Some(service) = label(revision, SERVICE_LABEL) {
+        env.push(("K_SERVICE".into(), service.into()));
+    }
+    env.push(("K_CONFIGURATION".into(), label(revision, CONFIGURATION_LABEL).unwrap_or_default().into()));
+    env.push(("K_REVISION".into(), name.clone()));
+    let port =
+        container.ports.first().and_then(|p| p.container_port).and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0);
+    let h2c = container.ports.first().and_then(|p| p.name.as_deref()) == Some("h2c");
+    let readiness = readiness_of(container.readiness_probe.as_ref());
+    let int_annotation = |key: &str| annotation(revision, key).and_then(|v| v.trim().parse::<u32>().ok());
+    let idle_ms = annotation(revision, WINDOW_ANNOTATION)
+        .and_then(|w| parse_duration(w).ok())
+        .map_or(default_idle_ms, |d| d.as_millis() as u64);
+    let timeout_seconds =
+        revision.pointer("/spec/timeoutSeconds").and_then(Value::as_i64).unwrap_or(DEFAULT_TIMEOUT_SECONDS);
+    Ok(RevisionRun {
+        namespace: str_at(revision, "/metadata/namespace").to_string(),
+        name,
+        argv: container.command.iter().chain(&container.args).cloned().collect(),
+        env,
+        working_dir: container.working_dir.map(PathBuf::from),
+        port,
+        readiness,
+        h2c,
+        container_concurrency: revision
+            .pointer("/spec/containerConcurrency")
+            .and_then(Value::as_u64)
+            .map_or(0, |c| c.min(u64::from(u32::MAX)) as u32),
+        timeout_ms: (timeout_seconds.max(1) as u64) * 1000,
+        scale: ScaleSettings {
+            min: int_annotation(MIN_SCALE_ANNOTATION).unwrap_or(0),
+            max: int_annotation(MAX_SCALE_ANNOTATION).unwrap_or(0),
+            initial: int_annotation(INITIAL_SCALE_ANNOTATION).unwrap_or(1),
+            idle_ms,
+        },
+    })
+}
+
+/// The readiness check: the probe's handler, else a TCP connect to the port (the port is filled in per
+/// instance; the probe may only probe the container's port).
+fn readiness_of(probe: Option<&Probe>) -> Readiness {
+    match probe {
+        Some(Probe { http_get: Some(get), .. }) => {
+            Readiness::HttpGet { port: 0, path: get.path.clone().unwrap_or_else(|| "/".into()) }
+        }
+        Some(Probe { exec: Some(exec), .. }) if !exec.command.is_empty() => {
+            Readiness::Exec { argv: exec.command.clone() }
+        }
+        _ => Readiness::TcpConnect { port: 0 },
+    }
+}
+
+/// The revisions this node should be ready to run: those a Route (or a Configuration) sends traffic to, and
+/// each Configuration's latest created one (so that it starts once and becomes Ready); with what running them
+/// takes. The others are left out, with the reason for those that cannot
+/// run here.
+pub(crate) fn wanted_revisions(
+    objects: &[Value],
+    table: &RouteTable,
+    default_idle_ms: u64,
+) -> (BTreeMap<String, RevisionRun>, Vec<(String, String)>) {
+    let routed: std::collections::BTreeSet<(&str, &str)> = table
+        .values()
+        .flat_map(|host| host.targets.iter().map(move |(revision, _)| (host.namespace.as_str(), revision.as_str())))
+        .collect();
+    let mut wanted = BTreeMap::new();
+    let mut problems = Vec::new();
+    for revision in objects.iter().filter(|o| str_at(o, "/kind") == "Revision") {
+        let namespace = str_at(revision, "/metadata/namespace");
+        let name = str_at(revision, "/metadata/name");
+        let configuration = label(revision, CONFIGURATION_LABEL).unwrap_or_default();
+        let latest = latest_revisions(objects, namespace, configuration).0.as_deref() == Some(name);
+        // Knative ignores `min-scale` on a revision nothing routes to: an old one is not kept warm.
+        if !(routed.contains(&(namespace, name)) || latest) {
+            continue;
+        }
+        let key = format!("{namespace}/{name}");
+        match revision_run(revision, default_idle_ms) {
+            Ok(run) => {
+                wanted.insert(key, run);
+            }
+            Err((reason, message)) => problems.push((key, format!("{reason}: {message}"))),
+        }
+    }
+    (wanted, problems)
+}
+
+/// What to start and stop so that what runs is what is wanted (a revision whose run changed restarts).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub(crate) start: Vec<String>,
+    pub(crate) stop: Vec<String>,
+}
+
+pub(crate) fn plan(wanted: &BTreeMap<String, RevisionRun>, running: &BTreeMap<String, RevisionRun>) -> Plan {
+    let mut plan = Plan::default();
+    for (key, run) in running {
+        if wanted.get(key) != Some(run) {
+            plan.stop.push(key.clone());
+        }
+    }
+    for (key, run) in wanted {
+        if running.get(key) != Some(run) {
+            plan.start.push(key.clone());
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use sluice_controller::serving::routing::route_table;
+
+    use super::*;
+
+    fn revision(name: &str, generation: u32, container: Value, annotations: Value) -> Value {
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+            "metadata": {"name": name, "namespace": "default", "annotations": annotations,
+                "labels": {"serving.knative.dev/configuration": "hello", "serving.knative.dev/service": "hello",
+                    "serving.knative.dev/configurationGeneration": generation.to_string()}},
+            "spec": {"containers": [container], "containerConcurrency": 1, "timeoutSeconds": 30}})
+    }
+
+    #[test]
+    fn a_revision_runs_its_command_with_knatives_environment() {
+        let container = json!({"image": "ghcr.io/knative/helloworld-go", "command": ["/bin/hello"], "args": ["--x"],
+            "env": [{"name": "TARGET", "value": "Sluice"}], "workingDir": "/tmp",
+            "ports": [{"containerPort": 9000, "name": "h2c"}],
+            "readinessProbe": {"httpGet": {"path": "/healthz"}}});
+        let run = revision_run(
+            &revision(
+                "hello-00001",
+                1,
+                container,
+                json!({"autoscaling.knative.dev/min-scale": "1",
+                "autoscaling.knative.dev/max-scale": "3", "autoscaling.knative.dev/window": "10s"}),
+            ),
+            60_000,
+        )
+        .expect("runnable");
+        assert_eq!(run.argv, ["/bin/hello", "--x"]);
+        assert_eq!(
+            run.env,
+            [
+                ("TARGET".to_string(), "Sluice".to_string()),
+                ("K_SERVICE".into(), "hello".into()),
+                ("K_CONFIGURATION".into(), "hello".into()),
+                ("K_REVISION".into(), "hello-00001".into()),
+            ]
+        );
+        assert_eq!(run.working_dir, Some(PathBuf::from("/tmp")));
+        assert_eq!((run.port, run.h2c), (Some(9000), true));
+        assert_eq!(run.readiness, Readiness::HttpGet { port: 0, path: "/healthz".into() });
+        assert_eq!((run.container_concurrency, run.timeout_ms), (1, 30_000));
+        assert_eq!(run.scale, ScaleSettings { min: 1, max: 3, initial: 1, idle_ms: 10_000 });
+    }
+
+    #[test]
+    fn what_the_local_runtime_cannot_run_says_why() {
+        let image_only = revision("a", 1, json!({"image": "ghcr.io/knative/helloworld-go"}), json!({}));
+        assert_eq!(revision_run(&image_only, 1).expect_err("no command").0, "LocalRuntimeNeedsCommand");
+        let secret = revision(
+            "b",
+            1,
+            json!({"image": "x", "command": ["/bin/true"], "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}),
+            json!({}),
+        );
+        assert_eq!(revision_run(&secret, 1).expect_err("valueFrom").0, "CreateContainerConfigError");
+        let tcp = revision("c", 1, json!({"image": "x", "command": ["/bin/true"]}), json!({}));
+        let run = revision_run(&tcp, 5).expect("runnable");
+        assert_eq!((run.readiness, run.port, run.scale.idle_ms), (Readiness::TcpConnect { port: 0 }, None, 5));
+    }
+
+    #[test]
+    fn routed_latest_and_min_scale_revisions_are_wanted_and_changes_restart() {
+        let app = json!({"image": "x", "command": ["/bin/app"]});
+        let configuration = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Configuration",
+            "metadata": {"name": "hello", "namespace": "default", "uid": "c1", "generation": 3}, "spec": {}});
+        let old = revision("hello-00001", 1, app.clone(), json!({}));
+        let pinned = revision("hello-00002", 2, app.clone(), json!({}));
+        let latest = revision("hello-00003", 3, app.clone(), json!({}));
+        let warm_but_old = revision("hello-00000", 0, app.clone(), json!({"autoscaling.knative.dev/min-scale": "2"}));
+        let route = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
+            "metadata": {"name": "hello", "namespace": "default"},
+            "spec": {"traffic": [{"revisionName": "hello-00002", "percent": 100}]}});
+        let objects = [configuration, old, pinned, latest, warm_but_old, route];
+        let table = route_table(&objects, "localhost");
+        let (wanted, problems) = wanted_revisions(&objects, &table, 1_000);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            wanted.keys().collect::<Vec<_>>(),
+            ["default/hello-00002", "default/hello-00003"],
+            "routed and latest created; not the old ones, min-scale or not"
+        );
+        let mut running = wanted.clone();
+        assert_eq!(plan(&wanted, &running), Plan::default());
+        running.remove("default/hello-00002");
+        if let Some(run) = running.get_mut("default/hello-00003") {
+            run.container_concurrency = 9;
+        }
+        running.insert("default/gone".into(), wanted["default/hello-00002"].clone());
+        assert_eq!(
+            plan(&wanted, &running),
+            Plan {
+                start: vec!["default/hello-00002".into(), "default/hello-00003".into()],
+                stop: vec!["default/gone".into(), "default/hello-00003".into()],
+            }
+        );
+    }
+}

@@ -1,0 +1,67 @@
+//! Running instances of a revision. The [`Runtime`] interface is what the revision task needs: start an
+//! instance, learn when it is ready or has exited, stop it (SIGTERM, then SIGKILL after a grace period). The
+//! local runtime runs the container's `command` as a child process; a Kubernetes runtime (Deployments) can
+//! implement the same interface.
+
+pub(crate) mod local;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use crate::error::ServingError;
+use crate::gate::InstanceId;
+
+/// How an instance's readiness is checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Readiness {
+    /// A TCP connection to the port is accepted (the default, as Knative's queue-proxy does).
+    TcpConnect { port: u16 },
+    /// `GET http://127.0.0.1:PORT{path}` answers 2xx or 3xx.
+    HttpGet { port: u16, path: String },
+    /// The command exits 0.
+    Exec { argv: Vec<String> },
+}
+
+/// One instance to start.
+#[derive(Clone, Debug)]
+pub(crate) struct InstanceSpec {
+    pub(crate) id: InstanceId,
+    /// `namespace/revision`, for logs and messages.
+    pub(crate) revision: String,
+    pub(crate) argv: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) working_dir: Option<PathBuf>,
+    pub(crate) port: u16,
+    pub(crate) readiness: Readiness,
+    /// Where its output is appended.
+    pub(crate) log_path: PathBuf,
+}
+
+/// What an instance reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum InstanceEvent {
+    Ready(InstanceId),
+    /// It exited (or could not be started): the exit code or signal and its last lines of output.
+    Exited {
+        id: InstanceId,
+        code: Option<i32>,
+        signal: Option<i32>,
+        last_output: String,
+    },
+}
+
+pub(crate) trait Runtime: Send + Sync + 'static {
+    /// Starts an instance; readiness and exit come on `events`.
+    fn start(&self, spec: InstanceSpec, events: mpsc::Sender<InstanceEvent>)
+    -> Result<Box<dyn Instance>, ServingError>;
+}
+
+pub(crate) trait Instance: Send + Sync {
+    fn addr(&self) -> SocketAddr;
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`; ends when it has exited.
+    fn stop(&self, grace: Duration) -> BoxFuture<'static, ()>;
+}

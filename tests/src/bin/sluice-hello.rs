@@ -1,0 +1,165 @@
+//! The test app the serving tests run as a Knative Service's `command`: Knative's helloworld, plus what the
+//! tests measure. Listens on `$PORT`.
+//!
+//! - `GET /` → `Hello $TARGET!` (default `World`), with `x-revision: $K_REVISION`; `?sleep_ms=N` answers
+//!   after N ms.
+//! - `GET /env` → the runtime contract as the app sees it (`PORT`, `K_SERVICE`, `K_CONFIGURATION`,
+//!   `K_REVISION`) as JSON.
+//! - `GET /stats` → `{"max_concurrent": N, "requests": N}`: the most requests it ever had at once.
+//! - `POST` (a CloudEvent) → 202; the event's `ce-id` is appended to `$HELLO_RECORD` when set.
+//! - `HELLO_STARTUP_MS`: waits that long before listening; `HELLO_CRASH=N`: writes a line to stderr and exits
+//!   with code N at start.
+//! - SIGTERM: stops accepting, lets in-flight requests finish, exits 0; with `HELLO_ABRUPT_TERM` set it exits
+//!   at once instead, dropping them (to prove that the runtime drains an instance before it stops it).
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+#[derive(Default)]
+struct Stats {
+    current: AtomicU64,
+    max: AtomicU64,
+    requests: AtomicU64,
+    idle: Notify,
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_default()
+}
+
+async fn handle(request: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let now = stats.current.fetch_add(1, Ordering::SeqCst) + 1;
+    stats.max.fetch_max(now, Ordering::SeqCst);
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    let response = answer(request, &stats).await;
+    if stats.current.fetch_sub(1, Ordering::SeqCst) == 1 {
+        stats.idle.notify_waiters();
+    }
+    Ok(response)
+}
+
+async fn answer(request: Request<Incoming>, stats: &Stats) -> Response<Full<Bytes>> {
+    let sleep_ms: u64 = request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("sleep_ms=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if sleep_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    }
+    let revision = env("K_REVISION");
+    let text = |status: StatusCode, body: String| {
+        Response::builder()
+            .status(status)
+            .header("x-revision", revision.as_str())
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_default()
+    };
+    match (request.method().as_str(), request.uri().path()) {
+        ("GET", "/stats") => {
+            let body = serde_json::json!({
+                "max_concurrent": stats.max.load(Ordering::SeqCst),
+                "requests": stats.requests.load(Ordering::SeqCst),
+            });
+            text(StatusCode::OK, body.to_string())
+        }
+        ("GET", "/env") => {
+            let body = serde_json::json!({
+                "PORT": env("PORT"), "K_SERVICE": env("K_SERVICE"),
+                "K_CONFIGURATION": env("K_CONFIGURATION"), "K_REVISION": env("K_REVISION"),
+                "cwd": std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+            });
+            text(StatusCode::OK, body.to_string())
+        }
+        ("POST", _) => {
+            let id = request.headers().get("ce-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            let _ = request.into_body().collect().await;
+            let record = env("HELLO_RECORD");
+            if !record.is_empty()
+                && let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(&record)
+            {
+                let _ = writeln!(file, "{id}");
+            }
+            text(StatusCode::ACCEPTED, String::new())
+        }
+        _ => {
+            let target = std::env::var("TARGET").unwrap_or_else(|_| "World".into());
+            text(StatusCode::OK, format!("Hello {target}!\n"))
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    if let Ok(code) = env("HELLO_CRASH").parse::<i32>() {
+        eprintln!("hello: crashing at start as asked (HELLO_CRASH={code})");
+        std::process::exit(code);
+    }
+    if let Ok(ms) = env("HELLO_STARTUP_MS").parse::<u64>() {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let port: u16 = match env("PORT").parse() {
+        Ok(port) => port,
+        Err(_) => {
+            eprintln!("hello: PORT is not set");
+            std::process::exit(2);
+        }
+    };
+    let listener = match TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("hello: cannot listen on {port}: {e}");
+            std::process::exit(3);
+        }
+    };
+    println!("hello: listening on {port} as {}", env("K_REVISION"));
+    let stats = Arc::new(Stats::default());
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            eprintln!("hello: no SIGTERM handler: {e}");
+            std::process::exit(4);
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let stats = stats.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| handle(request, stats.clone()));
+                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        }
+    }
+    if !env("HELLO_ABRUPT_TERM").is_empty() {
+        println!("hello: terminated abruptly with {} in flight", stats.current.load(Ordering::SeqCst));
+        std::process::exit(0);
+    }
+    // Graceful: no new connections; the requests in flight finish.
+    drop(listener);
+    loop {
+        let idle = stats.idle.notified();
+        if stats.current.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        idle.await;
+    }
+    println!("hello: terminated after {} requests", stats.requests.load(Ordering::SeqCst));
+}

@@ -1,0 +1,379 @@
+//! Knative Serving on one node: Services become revisions run as child processes (the `sluice-hello` test
+//! app), served at `NAME.NAMESPACE.localhost` on the node's HTTP port by traffic split, activated from zero.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use sluice_proto::admin::resources_client::ResourcesClient;
+use sluice_proto::admin::{ListResourcesRequest, ResourceRef};
+use sluice_tests::{apply_resource, hello_bin, start_single_node, wait_until};
+
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+fn service(name: &str, env: Value, annotations: Value, extra_spec: Value) -> Value {
+    let mut template_spec = json!({
+        "containers": [{
+            "image": "ghcr.io/knative/helloworld-go",
+            "command": [hello_bin().display().to_string()],
+            "env": env,
+        }],
+    });
+    if let (Some(spec), Value::Object(extra)) = (template_spec.as_object_mut(), extra_spec) {
+        spec.extend(extra);
+    }
+    json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"template": {"metadata": {"annotations": annotations}, "spec": template_spec}},
+    })
+}
+
+async fn get(admin: &str, kind: &str, name: &str) -> Result<Value> {
+    let mut client = ResourcesClient::connect(format!("http://{admin}")).await?;
+    let reply = client
+        .get(ResourceRef { kind: kind.into(), namespace: "default".into(), name: name.into() })
+        .await?
+        .into_inner();
+    Ok(serde_json::from_str(&reply.object_json)?)
+}
+
+fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
+    object.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == kind)
+}
+
+/// Waits until `kind/name` has `field` (a JSON pointer) equal to `expected`; answers the object.
+async fn wait_for(admin: &str, kind: &str, name: &str, pointer: &str, expected: Value) -> Result<Value> {
+    wait_until(READY_WITHIN, || async {
+        let object = get(admin, kind, name).await?;
+        Ok((object.pointer(pointer) == Some(&expected)).then_some(object))
+    })
+    .await
+    .with_context(|| format!("{kind} {name}: {pointer} never became {expected}"))
+}
+
+async fn wait_ready(admin: &str, kind: &str, name: &str) -> Result<Value> {
+    wait_until(READY_WITHIN, || async {
+        let object = get(admin, kind, name).await?;
+        Ok(condition(&object, "Ready").filter(|c| c["status"] == "True").is_some().then_some(object.clone()))
+    })
+    .await
+    .with_context(|| format!("{kind} {name} never became Ready"))
+}
+
+/// A client that reaches every `*.localhost` host at the node's HTTP port, as curl and browsers do.
+fn client(http: &str, hosts: &[&str]) -> Result<reqwest::Client> {
+    let addr: SocketAddr = http.parse()?;
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(64);
+    for host in hosts {
+        builder = builder.resolve(host, addr);
+    }
+    Ok(builder.build()?)
+}
+
+fn url(host: &str, http: &str, path: &str) -> String {
+    let port = http.rsplit_once(':').map(|(_, p)| p).unwrap_or("80");
+    format!("http://{host}:{port}{path}")
+}
+
+#[tokio::test]
+async fn a_service_becomes_ready_answers_at_its_url_and_splits_traffic_by_revision() -> Result<()> {
+    let (_dir, node) = start_single_node(1, &[]).await?;
+    let (admin, http) = (node.admin.clone(), node.http.clone());
+    apply_resource(&admin, service("hello", json!([{"name": "TARGET", "value": "Sluice"}]), json!({}), json!({})))
+        .await?;
+    let ready = wait_ready(&admin, "Service", "hello").await?;
+    let port = http.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
+    assert_eq!(ready["status"]["url"], format!("http://hello.default.localhost:{port}"));
+    assert_eq!(ready["status"]["latestReadyRevisionName"], "hello-00001");
+    assert_eq!(ready["status"]["traffic"][0]["revisionName"], "hello-00001");
+    let revision = wait_ready(&admin, "Revision", "hello-00001").await?;
+    assert_eq!(revision["metadata"]["labels"]["serving.knative.dev/configuration"], "hello");
+    assert_eq!(revision["metadata"]["ownerReferences"][0]["kind"], "Configuration");
+
+    let client = client(&http, &["hello.default.localhost", "old-hello.default.localhost"])?;
+    let response = client.get(url("hello.default.localhost", &http, "/")).send().await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-revision"], "hello-00001");
+    assert_eq!(response.text().await?, "Hello Sluice!\n");
+    let contract: Value = client.get(url("hello.default.localhost", &http, "/env")).send().await?.json().await?;
+    assert_eq!(contract["K_SERVICE"], "hello");
+    assert_eq!(contract["K_CONFIGURATION"], "hello");
+    assert_eq!(contract["K_REVISION"], "hello-00001");
+    assert!(contract["PORT"].as_str().is_some_and(|p| p.parse::<u16>().is_ok()), "{contract}");
+    let unknown =
+        client.get(url("hello.default.localhost", &http, "/")).header("host", "nope.default.localhost").send().await?;
+    assert_eq!(unknown.status(), 404, "an unknown host under the domain");
+
+    // A template change makes a second revision, which takes the traffic once ready.
+    apply_resource(&admin, service("hello", json!([{"name": "TARGET", "value": "Two"}]), json!({}), json!({}))).await?;
+    wait_for(&admin, "Service", "hello", "/status/latestReadyRevisionName", json!("hello-00002")).await?;
+    wait_ready(&admin, "Service", "hello").await?;
+    let body = client.get(url("hello.default.localhost", &http, "/")).send().await?.text().await?;
+    assert_eq!(body, "Hello Two!\n");
+
+    // 50/50 between the two, the old one also under a tag.
+    let mut split = service("hello", json!([{"name": "TARGET", "value": "Two"}]), json!({}), json!({}));
+    split["spec"]["traffic"] = json!([
+        {"revisionName": "hello-00001", "percent": 50, "tag": "old"},
+        {"latestRevision": true, "percent": 50},
+    ]);
+    apply_resource(&admin, split).await?;
+    let routed = wait_until(READY_WITHIN, || async {
+        let route = get(&admin, "Route", "hello").await?;
+        let traffic = route.pointer("/status/traffic").cloned().unwrap_or_default();
+        Ok((traffic.as_array().map(Vec::len) == Some(2)).then_some(route))
+    })
+    .await?;
+    assert_eq!(routed["status"]["traffic"][0]["url"], format!("http://old-hello.default.localhost:{port}"));
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..1000 {
+        let response = client.get(url("hello.default.localhost", &http, "/")).send().await?;
+        assert_eq!(response.status(), 200);
+        let revision = response.headers()["x-revision"].to_str()?.to_string();
+        *counts.entry(revision).or_default() += 1;
+    }
+    for revision in ["hello-00001", "hello-00002"] {
+        let got = counts.get(revision).copied().unwrap_or(0);
+        assert!((450..=550).contains(&got), "50/50 within ±5 % over 1,000 requests: {counts:?}");
+    }
+    for _ in 0..20 {
+        let response = client.get(url("old-hello.default.localhost", &http, "/")).send().await?;
+        assert_eq!(response.headers()["x-revision"], "hello-00001", "the tag URL reaches its revision");
+    }
+
+    // A pinned revision stays pinned when the template changes again.
+    let mut pinned = service("hello", json!([{"name": "TARGET", "value": "Three"}]), json!({}), json!({}));
+    pinned["spec"]["traffic"] = json!([{"revisionName": "hello-00002", "percent": 100}]);
+    apply_resource(&admin, pinned).await?;
+    wait_for(&admin, "Service", "hello", "/status/latestReadyRevisionName", json!("hello-00003")).await?;
+    for _ in 0..20 {
+        let response = client.get(url("hello.default.localhost", &http, "/")).send().await?;
+        assert_eq!(response.headers()["x-revision"], "hello-00002");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_revision_at_zero_answers_concurrent_first_requests_and_container_concurrency_holds() -> Result<()> {
+    let (_dir, node) = start_single_node(1, &["--scale-to-zero-ms", "300"]).await?;
+    let (admin, http) = (node.admin.clone(), node.http.clone());
+    apply_resource(&admin, service("cold", json!([]), json!({}), json!({"containerConcurrency": 1}))).await?;
+    wait_ready(&admin, "Service", "cold").await?;
+    // It went to zero after being idle.
+    wait_for(&admin, "Revision", "cold-00001", "/status/actualReplicas", json!(0)).await?;
+    let client = client(&http, &["cold.default.localhost"])?;
+    let requests = (0..50).map(|_| {
+        let client = client.clone();
+        let url = url("cold.default.localhost", &http, "/?sleep_ms=5");
+        tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
+    });
+    let statuses: Vec<u16> = futures_collect(requests).await?;
+    assert!(statuses.iter().all(|s| *s == 200), "every first request is answered 2xx: {statuses:?}");
+    let stats: Value = client.get(url("cold.default.localhost", &http, "/stats")).send().await?.json().await?;
+    assert_eq!(stats["max_concurrent"], 1, "containerConcurrency: 1 never sees two requests at once: {stats}");
+    assert!(stats["requests"].as_u64().is_some_and(|n| n >= 50), "{stats}");
+    Ok(())
+}
+
+async fn futures_collect(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<reqwest::Result<u16>>>,
+) -> Result<Vec<u16>> {
+    let mut statuses = Vec::new();
+    for handle in handles.collect::<Vec<_>>() {
+        statuses.push(handle.await??);
+    }
+    Ok(statuses)
+}
+
+#[tokio::test]
+async fn an_app_that_cannot_start_shows_why_in_status() -> Result<()> {
+    let (_dir, node) = start_single_node(1, &[]).await?;
+    let admin = node.admin.clone();
+    apply_resource(&admin, service("crash", json!([{"name": "HELLO_CRASH", "value": "3"}]), json!({}), json!({})))
+        .await?;
+    let revision = wait_until(READY_WITHIN, || async {
+        let revision = get(&admin, "Revision", "crash-00001").await?;
+        Ok(condition(&revision, "ContainerHealthy").filter(|c| c["status"] == "False").map(|_| revision.clone()))
+    })
+    .await?;
+    let healthy = condition(&revision, "ContainerHealthy").cloned().unwrap_or_default();
+    assert_eq!(healthy["reason"], "ExitCode3", "{healthy}");
+    assert!(
+        healthy["message"].as_str().is_some_and(|m| m.contains("crashing at start")),
+        "the app's output: {healthy}"
+    );
+    let service = wait_until(READY_WITHIN, || async {
+        let service = get(&admin, "Service", "crash").await?;
+        Ok(condition(&service, "Ready").filter(|c| c["status"] == "False").map(|_| service.clone()))
+    })
+    .await?;
+    let ready = condition(&service, "Ready").cloned().unwrap_or_default();
+    assert_eq!(ready["reason"], "RevisionFailed", "{ready}");
+
+    // An image without a command cannot run here, and says so instead of hanging.
+    let mut image_only = service_without_command("image-only");
+    image_only["metadata"]["namespace"] = json!("default");
+    apply_resource(&admin, image_only).await?;
+    let revision = wait_until(READY_WITHIN, || async {
+        let revision = get(&admin, "Revision", "image-only-00001").await?;
+        Ok(condition(&revision, "Ready").filter(|c| c["status"] == "False").map(|_| revision.clone()))
+    })
+    .await?;
+    assert_eq!(condition(&revision, "Ready").map(|c| c["reason"].clone()), Some(json!("LocalRuntimeNeedsCommand")));
+    Ok(())
+}
+
+fn service_without_command(name: &str) -> Value {
+    json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": name},
+        "spec": {"template": {"spec": {"containers": [{"image": "ghcr.io/knative/helloworld-go"}]}}}})
+}
+
+#[tokio::test]
+async fn invalid_serving_objects_are_refused_with_their_paths_and_nothing_is_stored() -> Result<()> {
+    let (_dir, node) = start_single_node(1, &[]).await?;
+    let text = std::fs::read_to_string(sluice_tests::manifest_dir().join("fixtures/serving-invalid.yaml"))?;
+    let mut client = ResourcesClient::connect(format!("http://{}", node.admin)).await?;
+    let mut refused = 0;
+    for document in text.split("\n---\n").filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.starts_with('#'))) {
+        let object: Value = serde_yaml_ng::from_str(document)?;
+        let expect = object
+            .pointer("/metadata/annotations/test.sluice.dev~1expect")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut object = object;
+        if let Some(annotations) = object.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+            annotations.remove("test.sluice.dev/expect");
+        }
+        let result = client
+            .apply(sluice_proto::admin::ApplyResourceRequest { object_json: object.to_string(), dry_run: false })
+            .await;
+        match result {
+            Ok(_) => bail!("accepted: {object}"),
+            Err(status) => {
+                assert!(status.message().contains(&expect), "{expect:?} not in {:?}", status.message());
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 20, "{refused} invalid objects");
+    for kind in ["Service", "Configuration", "Revision", "Route"] {
+        let listed = client.list(ListResourcesRequest { kind: kind.into() }).await?.into_inner();
+        assert!(listed.objects_json.is_empty(), "nothing stored: {kind}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_trigger_to_a_service_at_zero_gets_every_event_without_retries_or_dead_letters() -> Result<()> {
+    let (dir, node) = start_single_node(2, &["--scale-to-zero-ms", "300"]).await?;
+    let (admin, http) = (node.admin.clone(), node.http.clone());
+    let record = dir.path().join("received.txt");
+    let env = json!([{"name": "HELLO_RECORD", "value": record.display().to_string()}]);
+    apply_resource(&admin, service("sink", env, json!({}), json!({"containerConcurrency": 4}))).await?;
+    wait_ready(&admin, "Service", "sink").await?;
+    wait_for(&admin, "Revision", "sink-00001", "/status/actualReplicas", json!(0)).await?;
+
+    apply_resource(&admin, sluice_tests::broker_object("default", "default", json!({}))).await?;
+    let mut trigger = sluice_tests::trigger_object("default", "to-ksvc", "default", "", json!({}), json!({}));
+    trigger["spec"]["subscriber"] =
+        json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "sink"}});
+    apply_resource(&admin, trigger).await?;
+    let port = http.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
+    wait_for(
+        &admin,
+        "Trigger",
+        "to-ksvc",
+        "/status/subscriberUri",
+        json!(format!("http://sink.default.localhost:{port}")),
+    )
+    .await?;
+    sluice_tests::wait_for_broker(&http, "/default/default").await?;
+
+    let client = reqwest::Client::new();
+    for batch in 0..10 {
+        let events: Vec<Value> = (0..100)
+            .map(|i| json!({"specversion": "1.0", "id": format!("e{}", batch * 100 + i), "source": "/t90", "type": "t90.event"}))
+            .collect();
+        let response = client
+            .post(format!("http://{http}/default/default"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(Value::Array(events).to_string())
+            .send()
+            .await?;
+        assert_eq!(response.status(), 202);
+    }
+    let lines = wait_until(Duration::from_secs(60), || async {
+        let text = std::fs::read_to_string(&record).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        Ok((lines.len() >= 1000).then_some(lines))
+    })
+    .await
+    .context("1,000 events delivered")?;
+    let unique: std::collections::BTreeSet<&String> = lines.iter().collect();
+    assert_eq!(unique.len(), 1000, "every event");
+    assert_eq!(lines.len(), 1000, "none twice: no delivery was retried");
+
+    let consumers = sluice_proto::admin::consumers_client::ConsumersClient::connect(format!("http://{admin}")).await?;
+    let status = wait_until(Duration::from_secs(20), || async {
+        let status = consumers
+            .clone()
+            .status(sluice_proto::admin::ConsumerRef {
+                kind: "trigger".into(),
+                namespace: "default".into(),
+                name: "to-ksvc".into(),
+            })
+            .await?
+            .into_inner();
+        let delivered: u64 = status.partitions.iter().map(|p| p.delivered).sum();
+        Ok((delivered == 1000).then_some(status))
+    })
+    .await
+    .context("the Trigger's statistics count 1,000 deliveries")?;
+    for partition in &status.partitions {
+        assert_eq!(
+            (partition.retried, partition.dead_lettered, partition.dead_letter_count),
+            (0, 0, 0),
+            "{partition:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn requests_in_flight_finish_before_an_instance_is_stopped() -> Result<()> {
+    let (_dir, node) = start_single_node(1, &[]).await?;
+    let (admin, http) = (node.admin.clone(), node.http.clone());
+    // The app drops what it is doing on SIGTERM: only the runtime's draining lets the slow request finish.
+    let abrupt = json!({"name": "HELLO_ABRUPT_TERM", "value": "1"});
+    apply_resource(
+        &admin,
+        service("drain", json!([{"name": "TARGET", "value": "One"}, abrupt.clone()]), json!({}), json!({})),
+    )
+    .await?;
+    wait_ready(&admin, "Service", "drain").await?;
+    let client = client(&http, &["drain.default.localhost"])?;
+    // A slow request to the first revision...
+    let slow = {
+        let client = client.clone();
+        let url = url("drain.default.localhost", &http, "/?sleep_ms=1500");
+        tokio::spawn(async move {
+            let response = client.get(url).send().await?;
+            let revision = response.headers()["x-revision"].to_str().unwrap_or_default().to_string();
+            Ok::<_, anyhow::Error>((response.status().as_u16(), revision, response.text().await?))
+        })
+    };
+    wait_for(&admin, "Revision", "drain-00001", "/status/actualReplicas", json!(1)).await?;
+    // ...while a new template takes all the traffic, so the first revision is stopped.
+    apply_resource(&admin, service("drain", json!([{"name": "TARGET", "value": "Two"}, abrupt]), json!({}), json!({})))
+        .await?;
+    wait_for(&admin, "Service", "drain", "/status/latestReadyRevisionName", json!("drain-00002")).await?;
+    let (status, revision, body) = slow.await??;
+    assert_eq!((status, revision.as_str(), body.as_str()), (200, "drain-00001", "Hello One!\n"), "it finished");
+    wait_for(&admin, "Revision", "drain-00001", "/status/actualReplicas", json!(0)).await?;
+    Ok(())
+}
