@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/sluice/admin/v1/admin.proto",
         "proto/sluice/admin/v1/events.proto",
         "proto/sluice/admin/v1/consumers.proto",
+        "proto/sluice/admin/v1/serving.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -8,6 +8,8 @@
 //!
 //! - `--mode dispatch`: publish → subscriber latency at fixed rates, and
 //!   delivery throughput with one Trigger versus many (see `dispatch.rs`).
+//! - `--mode serving`: Knative Services: cold starts (compiled and Python apps), the proxy's cost against
+//!   the instance straight, the memory of revisions at zero (see `serving.rs`).
 //! - `--mode compare`: Sluice side by side with NATS JetStream, RabbitMQ and
 //!   the machine's limits, open loop (see `compare.rs`, `openloop.rs`).
 //!   `--smoke`: Sluice on one node only, tiny rates, a few seconds.
@@ -30,6 +32,7 @@ mod dispatch;
 mod driver;
 mod openloop;
 mod peers;
+mod serving;
 mod systems;
 
 #[derive(Parser, Debug)]
@@ -41,7 +44,7 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     partitions: u32,
     /// `log` (admin API appends), `http` (CloudEvents ingress), `dispatch` or `compare`.
-    #[arg(long, default_value = "log", value_parser = ["log", "http", "dispatch", "compare"])]
+    #[arg(long, default_value = "log", value_parser = ["log", "http", "dispatch", "compare", "serving"])]
     mode: String,
     /// `dispatch`: comma-separated publish rates (events/s) for the latency runs.
     #[arg(long, default_value = "100,500")]
@@ -66,6 +69,9 @@ struct Args {
     /// `compare`: seconds per step of the max-throughput probe.
     #[arg(long, default_value_t = 4.0)]
     seconds_per_step: f64,
+    /// `serving`: cold starts measured per app.
+    #[arg(long, default_value_t = 50)]
+    cold_starts: usize,
     /// `compare`: Sluice on one node only, tiny rates, about 5 s (the CI smoke test).
     #[arg(long)]
     smoke: bool,
@@ -86,6 +92,11 @@ async fn main() -> Result<()> {
             only: args.systems.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
         };
         return compare::run(config).await;
+    }
+    if args.mode == "serving" {
+        let concurrency = args.concurrency.split(',').next().unwrap_or("16").trim().parse()?;
+        let config = serving::ServingArgs { cold_starts: args.cold_starts.max(1), concurrency, seconds: args.seconds };
+        return serving::run(config).await;
     }
     let sizes: Vec<usize> = args.records_per_append.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
     let concurrencies: Vec<usize> = args.concurrency.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;

@@ -943,6 +943,13 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
     let specs = trigger_specs();
     let mut streams = vec![stream()];
     streams.extend(specs.iter().map(|t| t.dead_letter_stream.clone()));
+    // The drain reads the events from one node: first every node must hold every acknowledged event (the
+    // producers have stopped), or an event acknowledged just before the heal, not yet applied on the node
+    // read, would be missed and the drain would end while it is still being delivered.
+    if let Err(e) = converge(&healthy, &streams[..1], config.partitions).await {
+        history.note(format!("drain: {e}"));
+        say(&config, &format!("drain: {e}"));
+    }
     let drained = wait_until("subscribers caught up", config.drain_timeout, || async {
         let admin = &first_healthy;
         let mut incomplete = 0;
@@ -973,21 +980,7 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
         say(&config, &format!("drain: {e}"));
     }
     // Every node's copies converge (same end offsets everywhere).
-    let converged = wait_until("copies converged", Duration::from_secs(60), || async {
-        for s in &streams {
-            for partition in 0..config.partitions {
-                let mut ends = BTreeSet::new();
-                for admin in &healthy {
-                    ends.insert(end_offset(admin, s, partition).await.ok()?);
-                }
-                if ends.len() > 1 {
-                    return None;
-                }
-            }
-        }
-        Some(())
-    })
-    .await;
+    let converged = converge(&healthy, &streams, config.partitions).await;
     if let Err(e) = converged {
         history.note(format!("final: {e}"));
         say(&config, &format!("final: {e}"));
@@ -1027,4 +1020,23 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
     }
     drop(subscribers);
     Ok(())
+}
+
+/// Waits (at most 60 s) until every node in `admins` has the same end offset in each partition of `streams`.
+async fn converge(admins: &[String], streams: &[String], partitions: u32) -> Result<(), ChaosError> {
+    wait_until("copies converged", Duration::from_secs(60), || async {
+        for s in streams {
+            for partition in 0..partitions {
+                let mut ends = BTreeSet::new();
+                for admin in admins {
+                    ends.insert(end_offset(admin, s, partition).await.ok()?);
+                }
+                if ends.len() > 1 {
+                    return None;
+                }
+            }
+        }
+        Some(())
+    })
+    .await
 }

@@ -83,7 +83,9 @@ async fn run_single(args: DevArgs) -> Result<()> {
     // The member address recorded in the cluster config: the listener's, or the one a later --peer-listen
     // would use by default.
     let member_addr = member_peer_addr(args.peer_listen.as_deref());
-    let running = start_node(settings, listen, args.ingress.limits(), Some(crate::node_cmd::extra_admin())).await?;
+    let logs = crate::node_cmd::ServingArgs::logs(&args.data);
+    let running =
+        start_node(settings, listen, args.ingress.limits(), Some(crate::node_cmd::extra_admin(logs.clone()))).await?;
     if running.node.cluster_config().is_none() {
         let members = [(1, running.peer_addr.map(|a| a.to_string()).unwrap_or(member_addr))].into_iter().collect();
         let config = ClusterConfig::new(args.partitions.unwrap_or(1), members)?;
@@ -106,7 +108,7 @@ async fn run_single(args: DevArgs) -> Result<()> {
         running.http_addr.port()
     );
     println!("Ctrl-C stops it; restarting on the same --data keeps everything.");
-    let serving = args.serving.start(&running, &args.data);
+    let serving = args.serving.start(&running, &args.data, logs);
     let dispatcher = crate::node_cmd::start_dispatcher(&running, &args.tuning)?;
     crate::shutdown_signal().await;
     dispatcher.shutdown().await;

@@ -26,6 +26,7 @@ mod dev;
 mod dlq_cmd;
 mod events_cmd;
 mod jsonpath;
+mod logs_cmd;
 mod node_cmd;
 mod output;
 mod resources_cmd;
@@ -71,6 +72,8 @@ enum Command {
     /// Dead letters: list, redrive, purge.
     #[command(subcommand)]
     Dlq(dlq_cmd::Command),
+    /// The output of a Knative Service's instances (ksvc, configuration or revision).
+    Logs(logs_cmd::LogsArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
             Command::Events(command) => events_cmd::run(command).await,
             Command::Trigger(command) => trigger_cmd::run(command).await,
             Command::Dlq(command) => dlq_cmd::run(command).await,
+            Command::Logs(args) => logs_cmd::run(args).await,
         }
     });
     // Background tasks stop here, so the error below is the last line.

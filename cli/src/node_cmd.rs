@@ -10,7 +10,9 @@ use sluice_broker::IngressLimits;
 use sluice_broker::RaftTuning;
 use sluice_broker::{ExtraAdminRoutes, Listen, RunningNode, start_node};
 use sluice_broker::{NodeSettings, ReadLimits};
-use sluice_serving::{Serving, ServingSettings};
+use std::sync::Arc;
+
+use sluice_serving::{LogHub, Serving, ServingSettings};
 
 #[derive(Args, Clone, Debug)]
 pub(crate) struct NodeArgs {
@@ -58,13 +60,19 @@ pub(crate) struct ServingArgs {
 }
 
 impl ServingArgs {
-    pub(crate) fn start(&self, running: &RunningNode, data: &std::path::Path) -> Serving {
+    /// Where a node's instances' output goes.
+    pub(crate) fn logs(data: &std::path::Path) -> Arc<LogHub> {
+        LogHub::new(data.join("serving").join("logs"))
+    }
+
+    pub(crate) fn start(&self, running: &RunningNode, data: &std::path::Path, logs: Arc<LogHub>) -> Serving {
         Serving::start(
             running.node.clone(),
             &running.host_routes,
             ServingSettings {
                 domain: self.serving_domain.clone(),
                 data_dir: data.join("serving"),
+                logs,
                 scale_to_zero_ms: self.scale_to_zero_ms,
                 termination_grace: Duration::from_millis(self.termination_grace_ms),
             },
@@ -149,9 +157,12 @@ pub(crate) struct TuningArgs {
     pub dispatch_commit_interval_ms: u64,
 }
 
-/// The dispatcher's admin services (Consumers, DeadLetters), served on the node's admin port.
-pub(crate) fn extra_admin() -> ExtraAdminRoutes {
-    Box::new(sluice_dispatcher::admin_routes)
+/// The dispatcher's admin services (Consumers, DeadLetters) and serving's (Serving: logs), served on the node's
+/// admin port.
+pub(crate) fn extra_admin(logs: Arc<LogHub>) -> ExtraAdminRoutes {
+    Box::new(move |node, ingress_base| {
+        sluice_serving::with_admin_routes(sluice_dispatcher::admin_routes(node.clone(), ingress_base), node, logs)
+    })
 }
 
 /// Starts the dispatcher of a running node (its ingress address resolves references to Brokers).
@@ -222,7 +233,8 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     settings.peer_routes = args.peer_routes.iter().cloned().collect();
     settings.serving_domain = args.serving.serving_domain.clone();
     let listen = Listen { peer: Some(args.peer_listen.clone()), http: args.http.clone(), admin: args.admin.clone() };
-    let running = start_node(settings, listen, args.ingress.limits(), Some(extra_admin())).await?;
+    let logs = ServingArgs::logs(&args.data);
+    let running = start_node(settings, listen, args.ingress.limits(), Some(extra_admin(logs.clone()))).await?;
     tracing::info!(
         node = args.id,
         peer = ?running.peer_addr,
@@ -231,7 +243,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         data = %args.data.display(),
         "sluice node listening"
     );
-    let serving = args.serving.start(&running, &args.data);
+    let serving = args.serving.start(&running, &args.data, logs);
     let dispatcher = start_dispatcher(&running, &args.tuning)?;
     crate::shutdown_signal().await;
     tracing::info!("shutting down");

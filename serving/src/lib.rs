@@ -17,10 +17,12 @@
 //! instances with it, and the requests and deliveries that were in flight there are retried by their clients
 //! (the dispatcher redelivers from the committed offset). See `docs/serving.md`.
 
+mod admin;
 mod balance;
 mod error;
 mod gate;
 mod http;
+mod logs;
 mod plan;
 mod revision;
 mod runtime;
@@ -34,15 +36,19 @@ use std::time::Duration;
 use sluice_broker::{HostRouteSlot, HostRoutes, Node};
 use tokio::sync::oneshot;
 
+pub use admin::with_admin_routes;
 pub use error::ServingError;
+pub use logs::LogHub;
 
 /// How a node serves.
 #[derive(Clone, Debug)]
 pub struct ServingSettings {
     /// Routes are served as `NAME.NAMESPACE.DOMAIN`.
     pub domain: String,
-    /// Instances' output goes to `DIR/logs/NAMESPACE/REVISION.log`.
+    /// What a previous run left running is recorded under `DIR/instances`.
     pub data_dir: PathBuf,
+    /// Where instances' output goes (also served by [`with_admin_routes`]).
+    pub logs: Arc<LogHub>,
     /// A revision without requests for this long goes to zero (unless `min-scale`, or its
     /// `autoscaling.knative.dev/window` says otherwise).
     pub scale_to_zero_ms: u64,
@@ -67,11 +73,12 @@ impl Serving {
         let (stop, stopped) = oneshot::channel();
         let supervisor_settings = supervisor::SupervisorSettings {
             domain: settings.domain.clone(),
-            logs_dir: settings.data_dir.join("logs"),
+            logs: settings.logs.clone(),
             idle_ms: settings.scale_to_zero_ms,
             grace: settings.termination_grace,
         };
-        let runtime: Arc<dyn runtime::Runtime> = Arc::new(runtime::local::LocalRuntime);
+        let runtime: Arc<dyn runtime::Runtime> =
+            Arc::new(runtime::local::LocalRuntime::new(settings.data_dir.join("instances")));
         let task = tokio::spawn(supervisor::run(node, supervisor_settings, runtime, shared, stopped));
         Serving { stop: Some(stop), task }
     }

@@ -17,6 +17,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::error::ServingError;
 use crate::gate::{Admit, Gate, InstanceId, WaiterId};
+use crate::logs::LogHub;
 use crate::runtime::local::free_port;
 use crate::runtime::{Instance, InstanceEvent, InstanceSpec, Readiness, Runtime};
 use crate::scale::{ScaleInput, ScaleSettings, restart_delay_ms, wanted_instances};
@@ -219,7 +220,7 @@ impl RunningRevision {
         run: RevisionRun,
         ready_before: bool,
         runtime: Arc<dyn Runtime>,
-        logs_dir: PathBuf,
+        logs: Arc<LogHub>,
         grace: Duration,
         facts: mpsc::UnboundedSender<(String, String, Facts)>,
     ) -> Self {
@@ -237,7 +238,7 @@ impl RunningRevision {
             released: Notify::new(),
         });
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run_revision(handle.clone(), ready_before, runtime, logs_dir, grace, facts, stopped));
+        let task = tokio::spawn(run_revision(handle.clone(), ready_before, runtime, logs, grace, facts, stopped));
         RunningRevision { handle, stop: Some(stop), task }
     }
 
@@ -264,7 +265,7 @@ async fn run_revision(
     revision: Arc<RevisionHandle>,
     ready_before: bool,
     runtime: Arc<dyn Runtime>,
-    logs_dir: PathBuf,
+    logs: Arc<LogHub>,
     grace: Duration,
     facts_tx: mpsc::UnboundedSender<(String, String, Facts)>,
     mut stopped: oneshot::Receiver<()>,
@@ -284,7 +285,7 @@ async fn run_revision(
     let mut reported = Facts { ready: ready_before, ..Facts::default() };
     instances.facts.ready = ready_before;
     loop {
-        scale(&revision, &runtime, &logs_dir, &events_tx, &drained_tx, &mut instances);
+        scale(&revision, &runtime, &logs, &events_tx, &drained_tx, &mut instances);
         instances.facts.instances = (instances.running.len() - instances.stopping.len()) as u32;
         if instances.facts != reported {
             reported = instances.facts.clone();
@@ -392,7 +393,7 @@ fn fail(revision: &RevisionHandle, instances: &mut Instances, reason: String, me
 fn scale(
     revision: &Arc<RevisionHandle>,
     runtime: &Arc<dyn Runtime>,
-    logs_dir: &std::path::Path,
+    logs: &LogHub,
     events: &mpsc::Sender<InstanceEvent>,
     drained: &mpsc::UnboundedSender<InstanceId>,
     instances: &mut Instances,
@@ -441,7 +442,7 @@ fn scale(
                 working_dir: run.working_dir.clone(),
                 port,
                 readiness,
-                log_path: logs_dir.join(&run.namespace).join(format!("{}.log", run.name)),
+                log: logs.revision(&run.namespace, &run.name),
             };
             runtime.start(spec, events.clone())
         });

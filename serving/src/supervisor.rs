@@ -7,17 +7,19 @@
 //! `RevisionState` objects, and child objects ([`children::plan`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice_broker::{Node, ResourceKey};
+use sluice_cloudevent::clock::now_ms;
+use sluice_controller::serving::gc::{self, GcSettings};
 use sluice_controller::serving::routing::{RouteTable, revision_facts, route_table};
 use sluice_controller::serving::{REVISION_STATE_KIND, SERVING_API_VERSION, children};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::balance::Balancer;
+use crate::logs::LogHub;
 use crate::plan::{plan, wanted_revisions};
 use crate::revision::{Facts, RevisionHandle, RevisionRun, RunningRevision};
 use crate::runtime::Runtime;
@@ -32,7 +34,7 @@ pub(crate) struct Shared {
 
 pub(crate) struct SupervisorSettings {
     pub(crate) domain: String,
-    pub(crate) logs_dir: PathBuf,
+    pub(crate) logs: Arc<LogHub>,
     pub(crate) idle_ms: u64,
     pub(crate) grace: Duration,
 }
@@ -130,7 +132,7 @@ async fn reconcile(
             run.clone(),
             ready_before,
             runtime.clone(),
-            settings.logs_dir.clone(),
+            settings.logs.clone(),
             settings.grace,
             facts.clone(),
         );
@@ -159,7 +161,13 @@ async fn reconcile(
 /// does, so two nodes never race to create the same Revision; a failed write is made again on the next change.
 /// Answers whether it wrote anything.
 async fn write_children(node: &Node, objects: &[Value]) -> bool {
-    let plan = children::plan(objects);
+    let mut plan = children::plan(objects);
+    // Old revisions nothing routes to, by Knative's garbage-collection defaults.
+    let table = route_table(objects, sluice_controller::serving::DEFAULT_DOMAIN);
+    for (namespace, name) in gc::collect(objects, &table, now_ms(), &GcSettings::default()) {
+        tracing::info!(%namespace, revision = %name, "old revision collected");
+        plan.delete.push(("Revision".into(), namespace, name));
+    }
     let wrote = !plan.put.is_empty() || !plan.delete.is_empty();
     for child in plan.put {
         let name = child.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();

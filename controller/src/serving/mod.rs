@@ -11,6 +11,7 @@
 //! - [`status`]: Knative's conditions, `url`, `traffic`, `latestReadyRevisionName`, ...
 
 pub mod children;
+pub mod gc;
 pub mod model;
 pub mod routing;
 pub mod status;

@@ -4,8 +4,8 @@
 //! lines are kept for the Revision's status when it fails.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{Instance, InstanceEvent, InstanceSpec, Readiness, Runtime};
 use crate::error::ServingError;
+use crate::logs::RevisionLog;
 
 /// Lines of output kept for a failure message.
 const TAIL_LINES: usize = 10;
@@ -30,7 +31,42 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a stop waits for the process to be gone after SIGKILL (it never hangs the node's shutdown).
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
-pub(crate) struct LocalRuntime;
+/// Runs instances as child processes; records each one's process group under `instances_dir` while it runs,
+/// so that a node killed with `kill -9` (whose children outlive it) stops them when it starts again.
+pub(crate) struct LocalRuntime {
+    instances_dir: PathBuf,
+}
+
+impl LocalRuntime {
+    /// Stops what a previous run of this node left running, then starts fresh.
+    pub(crate) fn new(instances_dir: PathBuf) -> Self {
+        if let Ok(entries) = std::fs::read_dir(&instances_dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let recorded = std::fs::read_to_string(&path).unwrap_or_default();
+                let pid = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok());
+                if let Some(pid) = pid
+                    && process_start_time(pid).is_some_and(|started| started == recorded.trim())
+                {
+                    tracing::warn!(pid, "stopping an instance left by a previous run of this node");
+                    signal_group(pid, "-KILL");
+                }
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        let _ = std::fs::create_dir_all(&instances_dir);
+        LocalRuntime { instances_dir }
+    }
+}
+
+/// A process's start time (field 22 of `/proc/PID/stat`): with the pid, it names one process, never a later
+/// one that reuses the pid.
+fn process_start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from the closing parenthesis.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19).map(str::to_string)
+}
 
 struct LocalInstance {
     addr: SocketAddr,
@@ -70,26 +106,29 @@ impl Runtime for LocalRuntime {
         })?;
         let pid = child.id();
         tracing::info!(revision = %spec.revision, instance = spec.id, pid, port = spec.port, "instance started");
-        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
-        if let Some(parent) = spec.log_path.parent() {
-            let _ = std::fs::create_dir_all(parent);
+        let record = pid.map(|pid| self.instances_dir.join(pid.to_string()));
+        if let (Some(pid), Some(record)) = (pid, &record)
+            && let Some(started) = process_start_time(pid)
+        {
+            let _ = std::fs::write(record, started);
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.log_path)
-            .ok()
-            .map(|f| Arc::new(Mutex::new(f)));
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
         let mut readers = Vec::new();
         if let Some(stdout) = child.stdout.take() {
-            readers.push(tokio::spawn(copy_lines(stdout, tail.clone(), log.clone())));
+            readers.push(tokio::spawn(copy_lines(stdout, tail.clone(), spec.log.clone())));
         }
         if let Some(stderr) = child.stderr.take() {
-            readers.push(tokio::spawn(copy_lines(stderr, tail.clone(), log.clone())));
+            readers.push(tokio::spawn(copy_lines(stderr, tail.clone(), spec.log.clone())));
         }
         let (exited_tx, exited) = watch::channel(false);
         let probe = tokio::spawn(probe_until_ready(spec.readiness.clone(), spec.id, events.clone(), exited.clone()));
-        tokio::spawn(wait_for_exit(child, spec.id, spec.revision.clone(), events, tail, readers, probe, exited_tx));
+        let (id, revision) = (spec.id, spec.revision.clone());
+        tokio::spawn(async move {
+            wait_for_exit(child, id, revision, events, tail, readers, probe, exited_tx).await;
+            if let Some(record) = record {
+                let _ = std::fs::remove_file(record);
+            }
+        });
         Ok(Box::new(LocalInstance { addr: SocketAddr::from((Ipv4Addr::LOCALHOST, spec.port)), pid, exited }))
     }
 }
@@ -97,7 +136,7 @@ impl Runtime for LocalRuntime {
 async fn copy_lines(
     stream: impl tokio::io::AsyncRead + Unpin,
     tail: Arc<Mutex<VecDeque<String>>>,
-    log: Option<Arc<Mutex<std::fs::File>>>,
+    log: Arc<RevisionLog>,
 ) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(mut line)) = lines.next_line().await {
@@ -108,11 +147,7 @@ async fn copy_lines(
             }
             line.truncate(cut);
         }
-        if let Some(log) = &log
-            && let Ok(mut file) = log.lock()
-        {
-            let _ = writeln!(file, "{line}");
-        }
+        log.write_line(&line);
         if let Ok(mut tail) = tail.lock() {
             if tail.len() == TAIL_LINES {
                 tail.pop_front();

@@ -7,6 +7,7 @@ pub(crate) mod local;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -14,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::error::ServingError;
 use crate::gate::InstanceId;
+use crate::logs::RevisionLog;
 
 /// How an instance's readiness is checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,7 +29,7 @@ pub(crate) enum Readiness {
 }
 
 /// One instance to start.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct InstanceSpec {
     pub(crate) id: InstanceId,
     /// `namespace/revision`, for logs and messages.
@@ -37,8 +39,8 @@ pub(crate) struct InstanceSpec {
     pub(crate) working_dir: Option<PathBuf>,
     pub(crate) port: u16,
     pub(crate) readiness: Readiness,
-    /// Where its output is appended.
-    pub(crate) log_path: PathBuf,
+    /// Where its output goes.
+    pub(crate) log: Arc<RevisionLog>,
 }
 
 /// What an instance reports.

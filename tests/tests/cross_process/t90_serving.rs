@@ -165,6 +165,17 @@ async fn a_revision_at_zero_answers_concurrent_first_requests_and_container_conc
     wait_ready(&admin, "Service", "cold").await?;
     // It went to zero after being idle.
     wait_for(&admin, "Revision", "cold-00001", "/status/actualReplicas", json!(0)).await?;
+    // `sluice logs -f` shows the first instance's output, then the next one's as it starts.
+    let mut follower = tokio::process::Command::new(sluice_tests::sluice_bin())
+        .args(["logs", "ksvc", "cold", "--follow", "--admin", &admin])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut followed = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        follower.stdout.take().context("the follower's output")?,
+    ));
+    let first = tokio::time::timeout(READY_WITHIN, followed.next_line()).await??.unwrap_or_default();
+    assert!(first.starts_with("hello: listening on"), "{first}");
     let client = client(&http, &["cold.default.localhost"])?;
     let requests = (0..50).map(|_| {
         let client = client.clone();
@@ -176,6 +187,18 @@ async fn a_revision_at_zero_answers_concurrent_first_requests_and_container_conc
     let stats: Value = client.get(url("cold.default.localhost", &http, "/stats")).send().await?.json().await?;
     assert_eq!(stats["max_concurrent"], 1, "containerConcurrency: 1 never sees two requests at once: {stats}");
     assert!(stats["requests"].as_u64().is_some_and(|n| n >= 50), "{stats}");
+    let live = tokio::time::timeout(READY_WITHIN, async {
+        loop {
+            match followed.next_line().await? {
+                Some(line) if line.starts_with("hello: listening on") => return Ok::<_, anyhow::Error>(line),
+                Some(_) => continue,
+                None => bail!("the follower stopped"),
+            }
+        }
+    })
+    .await
+    .context("the second instance's first line, followed live")??;
+    assert!(live.ends_with("as cold-00001"), "{live}");
     Ok(())
 }
 
@@ -213,6 +236,14 @@ async fn an_app_that_cannot_start_shows_why_in_status() -> Result<()> {
     .await?;
     let ready = condition(&service, "Ready").cloned().unwrap_or_default();
     assert_eq!(ready["reason"], "RevisionFailed", "{ready}");
+    let logs = tokio::process::Command::new(sluice_tests::sluice_bin())
+        .args(["logs", "ksvc", "crash", "--admin", &admin])
+        .kill_on_drop(true)
+        .output();
+    let logs = tokio::time::timeout(Duration::from_secs(20), logs).await??;
+    let output = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.status.success(), "{}", String::from_utf8_lossy(&logs.stderr));
+    assert!(output.contains("hello: crashing at start as asked (HELLO_CRASH=3)"), "{output}");
 
     // An image without a command cannot run here, and says so instead of hanging.
     let mut image_only = service_without_command("image-only");
@@ -375,5 +406,82 @@ async fn requests_in_flight_finish_before_an_instance_is_stopped() -> Result<()>
     let (status, revision, body) = slow.await??;
     assert_eq!((status, revision.as_str(), body.as_str()), (200, "drain-00001", "Hello One!\n"), "it finished");
     wait_for(&admin, "Revision", "drain-00001", "/status/actualReplicas", json!(0)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn kill_9_of_the_node_running_the_instance_during_delivery_loses_no_event() -> Result<()> {
+    let mut cluster = sluice_tests::TestCluster::start(3, 1, &["--scale-to-zero-ms", "300"]).await?;
+    let record = cluster.root.path().join("received.txt");
+    let admin = cluster.nodes[0].admin.clone();
+    let env = json!([{"name": "HELLO_RECORD", "value": record.display().to_string()}]);
+    apply_resource(&admin, service("sink", env, json!({}), json!({"containerConcurrency": 2}))).await?;
+    wait_ready(&admin, "Service", "sink").await?;
+    apply_resource(&admin, sluice_tests::broker_object("default", "default", json!({}))).await?;
+    let mut trigger = sluice_tests::trigger_object("default", "to-ksvc", "default", "", json!({}), json!({}));
+    // Slow deliveries (5 ms each), so that the kill lands while events are being delivered.
+    trigger["spec"]["subscriber"] = json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "sink"}, "uri": "/?sleep_ms=5"});
+    apply_resource(&admin, trigger).await?;
+    // The partition's leader dispatches, through its own node's serving: that is where the instance runs.
+    let leader = cluster.leader_of(1).await?;
+    let other = cluster.nodes.iter().find(|n| n.id != leader).map(|n| (n.http.clone(), n.admin.clone()));
+    let (http, other_admin) = other.context("a node other than the leader")?;
+    wait_until(READY_WITHIN, || async {
+        let trigger = get(&other_admin, "Trigger", "to-ksvc").await?;
+        Ok(condition(&trigger, "Ready").filter(|c| c["status"] == "True").map(|_| ()))
+    })
+    .await?;
+    sluice_tests::wait_for_broker(&http, "/default/default").await?;
+    let client = reqwest::Client::new();
+    for batch in 0..10 {
+        let events: Vec<Value> = (0..100)
+            .map(|i| json!({"specversion": "1.0", "id": format!("k{}", batch * 100 + i), "source": "/t90", "type": "t90.kill"}))
+            .collect();
+        let response = client
+            .post(format!("http://{http}/default/default"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(Value::Array(events).to_string())
+            .send()
+            .await?;
+        assert_eq!(response.status(), 202);
+    }
+    let received = |record: &std::path::Path| -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(record).unwrap_or_default().lines().map(str::to_string).collect()
+    };
+    wait_until(Duration::from_secs(30), || async { Ok((received(&record).len() >= 200).then_some(())) }).await?;
+    cluster.node(leader).kill9();
+    let delivered_before_kill = received(&record).len();
+    assert!(delivered_before_kill < 1000, "the kill landed during delivery ({delivered_before_kill} delivered)");
+    wait_until(Duration::from_secs(90), || async { Ok((received(&record).len() == 1000).then_some(())) })
+        .await
+        .with_context(|| format!("every event after the kill: {} of 1000", received(&record).len()))?;
+    let consumers =
+        sluice_proto::admin::consumers_client::ConsumersClient::connect(format!("http://{other_admin}")).await?;
+    let status = consumers
+        .clone()
+        .status(sluice_proto::admin::ConsumerRef {
+            kind: "trigger".into(),
+            namespace: "default".into(),
+            name: "to-ksvc".into(),
+        })
+        .await?
+        .into_inner();
+    for partition in &status.partitions {
+        assert_eq!((partition.dead_lettered, partition.dead_letter_count), (0, 0), "{partition:?}");
+    }
+    // The killed node's instances outlived it; started again, it stops them.
+    let instances_dir = cluster.node(leader).data.join("serving").join("instances");
+    let orphans: Vec<String> = std::fs::read_dir(&instances_dir)?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    assert!(!orphans.is_empty(), "the killed node ran the instance");
+    cluster.node(leader).start()?;
+    sluice_tests::wait_ready(&cluster.node(leader).http.clone()).await?;
+    wait_until(Duration::from_secs(10), || async {
+        Ok(orphans.iter().all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(()))
+    })
+    .await
+    .context("the restarted node stopped the instances its previous run left")?;
     Ok(())
 }

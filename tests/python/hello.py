@@ -1,0 +1,23 @@
+"""Knative's helloworld in Python (stdlib only): the serving benchmark's Python app. Listens on $PORT and
+answers every GET with "Hello $TARGET!" and its revision in `x-revision`."""
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Hello(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = f"Hello {os.environ.get('TARGET', 'World')}!\n".encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.send_header("x-revision", os.environ.get("K_REVISION", ""))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+if __name__ == "__main__":
+    ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Hello).serve_forever()
