@@ -30,6 +30,7 @@ use crate::command::{NodeId, ResourceKey, ResourceRecord};
 use crate::error::BrokerError;
 use crate::node::Node;
 use sluice_controller::model::KINDS;
+use sluice_controller::serving::children::template_name_collision;
 use sluice_controller::status::{Environment, World, with_status};
 use sluice_controller::validate_object;
 
@@ -290,6 +291,15 @@ pub fn resource_record(object_json: &str, node: &Node) -> Result<ResourceRecord,
     if let Err(errors) = validate_object(&object, existing.as_ref()) {
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         return Err(error_status(ErrorCode::InvalidResource, text.join("; ")));
+    }
+    if let Some(template_name) = object.pointer("/spec/template/metadata/name").and_then(|n| n.as_str()) {
+        let revision_key =
+            ResourceKey { kind: "Revision".into(), namespace: key.namespace.clone(), name: template_name.to_string() };
+        let revision: Option<serde_json::Value> =
+            node.resource(&revision_key).and_then(|json| serde_json::from_str(&json).ok());
+        if let Some(collision) = template_name_collision(&object, revision.as_ref()) {
+            return Err(error_status(ErrorCode::InvalidResource, collision.to_string()));
+        }
     }
     let uid = format!("{:032x}", rand::random::<u128>());
     let uid = format!("{}-{}-{}-{}-{}", &uid[..8], &uid[8..12], &uid[12..16], &uid[16..20], &uid[20..]);

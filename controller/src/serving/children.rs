@@ -74,6 +74,28 @@ fn owner_reference(owner: &Value) -> Value {
     })
 }
 
+/// A Service's or Configuration's template with its own name names one Revision. Refused at apply (Knative's
+/// webhook does the same) when a Revision of that name exists that was not made from this template by this
+/// Configuration: `revision` is the stored Revision of the template's name, if any.
+pub fn template_name_collision(object: &Value, revision: Option<&Value>) -> Option<crate::validate::FieldError> {
+    let kind = str_at(object, "/kind");
+    let template_name = str_at(object, "/spec/template/metadata/name");
+    if !matches!(kind, "Service" | "Configuration") || template_name.is_empty() {
+        return None;
+    }
+    let revision = revision?;
+    let made_by_us =
+        revision.pointer("/metadata/labels").and_then(|l| l.get(CONFIGURATION_LABEL)).and_then(Value::as_str)
+            == Some(str_at(object, "/metadata/name"))
+            && revision.get("spec") == object.pointer("/spec/template/spec");
+    (!made_by_us).then(|| crate::validate::FieldError {
+        path: "spec.template.metadata.name".into(),
+        message: format!(
+            "Revision {template_name:?} already exists and was not made from this template; give the template a new name"
+        ),
+    })
+}
+
 /// Whether `owner` is one of `object`'s owners (by uid).
 pub fn owned_by(object: &Value, owner: &Value) -> bool {
     let uid = str_at(owner, "/metadata/uid");

@@ -154,6 +154,26 @@ async fn a_service_becomes_ready_answers_at_its_url_and_splits_traffic_by_revisi
         let response = client.get(url("hello.default.localhost", &http, "/")).send().await?;
         assert_eq!(response.headers()["x-revision"], "hello-00002");
     }
+
+    // h2c clients are served too (prior knowledge, as gRPC-style clients speak it).
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve("hello.default.localhost", http.parse::<SocketAddr>()?)
+        .build()?;
+    let response = h2c.get(url("hello.default.localhost", &http, "/")).send().await?;
+    assert_eq!((response.version(), response.status().as_u16()), (reqwest::Version::HTTP_2, 200));
+    assert_eq!(response.headers()["x-revision"], "hello-00002");
+
+    // A template with its own name may not take the name of a Revision made from another template (here one
+    // applied by hand).
+    let bare = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+        "metadata": {"name": "taken-v1", "namespace": "default"},
+        "spec": {"containers": [{"image": "x", "command": [hello_bin().display().to_string()]}]}});
+    apply_resource(&admin, bare).await?;
+    let mut taken = service("taken", json!([]), json!({}), json!({}));
+    taken["spec"]["template"]["metadata"]["name"] = json!("taken-v1");
+    let refused = apply_resource(&admin, taken).await.expect_err("the name of a Revision it did not make");
+    assert!(refused.to_string().contains("spec.template.metadata.name"), "{refused:#}");
     Ok(())
 }
 
