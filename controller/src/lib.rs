@@ -18,10 +18,12 @@
 //! supports it. `status` may hold anything (it is derived, never taken from
 //! the applied object). Reading stored objects stays lenient.
 
+mod fields;
 pub mod meta;
 pub mod model;
 pub mod serving;
 pub mod status;
 pub mod validate;
+mod world;
 
 pub use validate::{FieldError, validate_object};

@@ -6,41 +6,7 @@ use serde_json::{Value, json};
 
 use crate::model::{Destination, KReference};
 
-/// What reconciling needs to know besides the objects.
-#[derive(Clone, Debug)]
-pub struct Environment {
-    /// Base URL of the ingress, e.g. `http://127.0.0.1:8080`.
-    pub ingress_base: String,
-    /// The domain Knative Routes are served under (`NAME.NAMESPACE.DOMAIN` on the ingress port).
-    pub serving_domain: String,
-}
-
-impl Environment {
-    /// The environment of a node whose ingress is `ingress_base`, serving Routes under the default domain.
-    pub fn new(ingress_base: impl Into<String>) -> Self {
-        Environment { ingress_base: ingress_base.into(), serving_domain: crate::serving::DEFAULT_DOMAIN.into() }
-    }
-
-    /// The environment of a node whose ingress is `ingress_base`, serving Routes under `serving_domain`.
-    pub fn with_domain(ingress_base: impl Into<String>, serving_domain: &str) -> Self {
-        Environment { ingress_base: ingress_base.into(), serving_domain: serving_domain.to_ascii_lowercase() }
-    }
-}
-
-/// The objects that exist, as stored JSON.
-pub struct World<'a> {
-    pub objects: &'a [Value],
-}
-
-impl World<'_> {
-    fn find(&self, kind: &str, namespace: &str, name: &str) -> Option<&Value> {
-        self.objects.iter().find(|o| {
-            o.get("kind").and_then(Value::as_str) == Some(kind)
-                && o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(namespace)
-                && o.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
-        })
-    }
-}
+pub use crate::world::{Environment, World};
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
     object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()

@@ -77,7 +77,7 @@ fn owner_reference(owner: &Value) -> Value {
 /// A Service's or Configuration's template with its own name names one Revision. Refused at apply (Knative's
 /// webhook does the same) when a Revision of that name exists that was not made from this template by this
 /// Configuration: `revision` is the stored Revision of the template's name, if any.
-pub fn template_name_collision(object: &Value, revision: Option<&Value>) -> Option<crate::validate::FieldError> {
+pub fn template_name_collision(object: &Value, revision: Option<&Value>) -> Option<crate::fields::FieldError> {
     let kind = str_at(object, "/kind");
     let template_name = str_at(object, "/spec/template/metadata/name");
     if !matches!(kind, "Service" | "Configuration") || template_name.is_empty() {
@@ -88,7 +88,7 @@ pub fn template_name_collision(object: &Value, revision: Option<&Value>) -> Opti
         revision.pointer("/metadata/labels").and_then(|l| l.get(CONFIGURATION_LABEL)).and_then(Value::as_str)
             == Some(str_at(object, "/metadata/name"))
             && revision.get("spec") == object.pointer("/spec/template/spec");
-    (!made_by_us).then(|| crate::validate::FieldError {
+    (!made_by_us).then(|| crate::fields::FieldError {
         path: "spec.template.metadata.name".into(),
         message: format!(
             "Revision {template_name:?} already exists and was not made from this template; give the template a new name"

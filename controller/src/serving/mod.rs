@@ -48,6 +48,4 @@ pub const MAX_CONTAINER_CONCURRENCY: i64 = 1000;
 pub const RESERVED_ENV: [&str; 4] = ["PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"];
 /// Ports Knative's queue-proxy and activator take.
 pub const RESERVED_PORTS: [i64; 5] = [8012, 8013, 8022, 9090, 9091];
-/// The domain Routes are served under when none is configured: `NAME.NAMESPACE.localhost`. Browsers and curl
-/// resolve every `*.localhost` name to loopback (RFC 6761), so a newcomer can type the URL.
-pub const DEFAULT_DOMAIN: &str = "localhost";
+pub use crate::world::DEFAULT_DOMAIN;

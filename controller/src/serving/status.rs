@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use super::children::{owned_by, revision_name};
 use super::model::Container;
 use super::routing::{ResolvedTarget, host, latest_revisions, resolve_traffic, revision_facts, spec_traffic, tag_host};
-use crate::status::{Environment, World};
+use crate::world::{Environment, World};
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
     object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()

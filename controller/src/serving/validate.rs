@@ -12,7 +12,7 @@ use super::{
     AUTOSCALING_PREFIX, INITIAL_SCALE_ANNOTATION, MAX_CONTAINER_CONCURRENCY, MAX_SCALE_ANNOTATION, MAX_TIMEOUT_SECONDS,
     MIN_SCALE_ANNOTATION, RESERVED_ENV, RESERVED_PORTS, WINDOW_ANNOTATION,
 };
-use crate::validate::{FieldError, is_dns_1035_label, parse_duration};
+use crate::fields::{FieldError, is_dns_1035_label, parse_duration};
 
 fn err(path: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError { path: path.into(), message: message.into() }
