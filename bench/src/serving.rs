@@ -139,7 +139,7 @@ pub(crate) async fn run(args: ServingArgs) -> Result<()> {
         wait_replicas(&admin, revision, 0).await?;
     }
     let rss_idle = rss_kib(pid);
-    println!("serving bench (one node, dev profile unless SLUICE_BIN says otherwise)");
+    println!("serving bench: one node, {}", sluice_tests::sluice_bin().display());
     println!(
         "memory: node RSS {rss_before} KiB before, {rss_idle} KiB with two revisions at zero (+{} KiB)",
         rss_idle.saturating_sub(rss_before)

@@ -1,6 +1,8 @@
 """Knative's helloworld in Python (stdlib only): the serving benchmark's Python app. Listens on $PORT and
 answers every GET with "Hello $TARGET!" and its revision in `x-revision`."""
 import os
+import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -19,5 +21,14 @@ class Hello(BaseHTTPRequestHandler):
         pass
 
 
+def exit_when_orphaned(parent):
+    """A test app must not outlive the node that runs it (tests kill nodes with SIGKILL)."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
 if __name__ == "__main__":
+    threading.Thread(target=exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Hello).serve_forever()

@@ -1,5 +1,7 @@
 use serde_json::{Value, json};
 
+use std::time::Duration;
+
 use super::*;
 
 fn broker() -> Value {

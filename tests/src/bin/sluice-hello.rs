@@ -9,6 +9,8 @@
 //! - `POST` (a CloudEvent) → 202; the event's `ce-id` is appended to `$HELLO_RECORD` when set.
 //! - `HELLO_STARTUP_MS`: waits that long before listening; `HELLO_CRASH=N`: writes a line to stderr and exits
 //!   with code N at start.
+//! - Exits when the process that started it (the node) is gone, unless `HELLO_OUTLIVE_PARENT` is set (to
+//!   test that a restarted node stops what its killed predecessor left running).
 //! - SIGTERM: stops accepting, lets in-flight requests finish, exits 0; with `HELLO_ABRUPT_TERM` set it exits
 //!   at once instead, dropping them (to prove that the runtime drains an instance before it stops it).
 
@@ -40,15 +42,23 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_default()
 }
 
+/// Counts a request in flight until it is answered or dropped (a client that goes away drops it).
+struct InFlight(Arc<Stats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.current.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 async fn handle(request: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Full<Bytes>>, Infallible> {
     let now = stats.current.fetch_add(1, Ordering::SeqCst) + 1;
+    let _in_flight = InFlight(stats.clone());
     stats.max.fetch_max(now, Ordering::SeqCst);
     stats.requests.fetch_add(1, Ordering::SeqCst);
-    let response = answer(request, &stats).await;
-    if stats.current.fetch_sub(1, Ordering::SeqCst) == 1 {
-        stats.idle.notify_waiters();
-    }
-    Ok(response)
+    Ok(answer(request, &stats).await)
 }
 
 async fn answer(request: Request<Incoming>, stats: &Stats) -> Response<Full<Bytes>> {
@@ -105,6 +115,8 @@ async fn answer(request: Request<Incoming>, stats: &Stats) -> Response<Full<Byte
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // Taken first: the node may die while this starts (then the parent is already init, and it exits below).
+    let parent = std::os::unix::process::parent_id();
     if let Ok(code) = env("HELLO_CRASH").parse::<i32>() {
         eprintln!("hello: crashing at start as asked (HELLO_CRASH={code})");
         std::process::exit(code);
@@ -127,6 +139,21 @@ async fn main() {
         }
     };
     println!("hello: listening on {port} as {}", env("K_REVISION"));
+    // A test app must not outlive the node that runs it: a node killed with SIGKILL cannot stop it (it stops
+    // such orphans only when it starts again), and tests kill nodes. Exit once the parent is gone.
+    let watch_parent = env("HELLO_OUTLIVE_PARENT").is_empty();
+    tokio::spawn(async move {
+        if !watch_parent {
+            return;
+        }
+        loop {
+            if parent == 1 || std::os::unix::process::parent_id() != parent {
+                // No message: with the node gone, stderr is a broken pipe (and eprintln! would panic).
+                std::process::exit(0);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
     let stats = Arc::new(Stats::default());
     let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(signal) => signal,

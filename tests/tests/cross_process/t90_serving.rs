@@ -434,7 +434,8 @@ async fn kill_9_of_the_node_running_the_instance_during_delivery_loses_no_event(
     let mut cluster = sluice_tests::TestCluster::start(3, 1, &["--scale-to-zero-ms", "300"]).await?;
     let record = cluster.root.path().join("received.txt");
     let admin = cluster.nodes[0].admin.clone();
-    let env = json!([{"name": "HELLO_RECORD", "value": record.display().to_string()}]);
+    let env = json!([{"name": "HELLO_RECORD", "value": record.display().to_string()},
+        {"name": "HELLO_OUTLIVE_PARENT", "value": "1"}]);
     apply_resource(&admin, service("sink", env, json!({}), json!({"containerConcurrency": 2}))).await?;
     wait_ready(&admin, "Service", "sink").await?;
     apply_resource(&admin, sluice_tests::broker_object("default", "default", json!({}))).await?;
@@ -503,5 +504,16 @@ async fn kill_9_of_the_node_running_the_instance_during_delivery_loses_no_event(
     })
     .await
     .context("the restarted node stopped the instances its previous run left")?;
+    // These instances outlive a killed node on purpose: stop the nodes gracefully, which stops them.
+    for node in &cluster.nodes {
+        node.signal("TERM")?;
+    }
+    for node in cluster.nodes.iter_mut() {
+        wait_until(Duration::from_secs(30), || {
+            let running = node.is_running();
+            async move { Ok((!running).then_some(())) }
+        })
+        .await?;
+    }
     Ok(())
 }
