@@ -19,12 +19,12 @@ impl Balancer {
         }
     }
 
-    /// The same targets and weights (a table rebuilt with the same route keeps its balancer's state).
+    /// The same targets and weights (a table rebuilt with the same route keeps its balancer's state). Called
+    /// per request: compares in place, without allocating.
     pub(crate) fn same_targets(&self, targets: &[(String, u32)]) -> bool {
-        let wanted: Vec<(&str, i64)> =
-            targets.iter().filter(|(_, w)| *w > 0).map(|(r, w)| (r.as_str(), i64::from(*w))).collect();
-        let ours: Vec<(&str, i64)> = self.targets.iter().map(|(r, w, _)| (r.as_str(), *w)).collect();
-        wanted == ours
+        let wanted = targets.iter().filter(|(_, w)| *w > 0);
+        wanted.clone().count() == self.targets.len()
+            && wanted.zip(&self.targets).all(|((r, w), (ours, weight, _))| r == ours && i64::from(*w) == *weight)
     }
 
     pub(crate) fn pick(&mut self) -> Option<&str> {
@@ -75,6 +75,9 @@ mod tests {
         let picks: Vec<String> = (0..4).map(|_| balancer.pick().unwrap_or_default().to_string()).collect();
         assert_eq!(picks, ["a", "b", "a", "b"]);
         assert!(Balancer::new(&[("x".into(), 0)]).pick().is_none(), "no weight, no target");
+        assert!(balancer.same_targets(&[("a".into(), 50), ("dark".into(), 0), ("b".into(), 50)]));
+        assert!(!balancer.same_targets(&[("a".into(), 50), ("b".into(), 49)]));
+        assert!(!balancer.same_targets(&[("a".into(), 50)]));
     }
 
     proptest! {

@@ -15,7 +15,8 @@ fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
     object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
 }
 
-fn find<'a>(objects: &'a [Value], kind: &str, namespace: &str, name: &str) -> Option<&'a Value> {
+/// The object of `kind` named `namespace/name`.
+pub(crate) fn find<'a>(objects: &'a [Value], kind: &str, namespace: &str, name: &str) -> Option<&'a Value> {
     objects.iter().find(|o| {
         str_at(o, "/kind") == kind
             && str_at(o, "/metadata/namespace") == namespace

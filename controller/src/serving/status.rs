@@ -6,7 +6,9 @@ use serde_json::{Map, Value, json};
 
 use super::children::{owned_by, revision_name};
 use super::model::Container;
-use super::routing::{ResolvedTarget, host, latest_revisions, resolve_traffic, revision_facts, spec_traffic, tag_host};
+use super::routing::{
+    ResolvedTarget, find, host, latest_revisions, resolve_traffic, revision_facts, spec_traffic, tag_host,
+};
 use crate::world::{Environment, World};
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
@@ -115,15 +117,8 @@ fn configuration_ready(object: &Value, world: &World, status: &mut Map<String, V
     if let Some(ready) = &ready {
         status.insert("latestReadyRevisionName".into(), ready.clone().into());
     }
-    let collision = world
-        .objects
-        .iter()
-        .find(|o| {
-            str_at(o, "/kind") == "Revision"
-                && str_at(o, "/metadata/namespace") == namespace
-                && str_at(o, "/metadata/name") == expected
-        })
-        .filter(|revision| !owned_by(revision, object));
+    let collision =
+        find(world.objects, "Revision", namespace, &expected).filter(|revision| !owned_by(revision, object));
     if collision.is_some() {
         return Err((
             "RevisionFailed".into(),
@@ -142,14 +137,7 @@ fn configuration_ready(object: &Value, world: &World, status: &mut Map<String, V
                 Err(("RevisionFailed".into(), format!("Revision {created:?} failed with message: {message}.")))
             }
             None => {
-                let containers: Vec<Container> = world
-                    .objects
-                    .iter()
-                    .find(|o| {
-                        str_at(o, "/kind") == "Revision"
-                            && str_at(o, "/metadata/namespace") == namespace
-                            && str_at(o, "/metadata/name") == created
-                    })
+                let containers: Vec<Container> = find(world.objects, "Revision", namespace, created)
                     .and_then(|r| r.pointer("/spec/containers"))
                     .and_then(|c| serde_json::from_value(c.clone()).ok())
                     .unwrap_or_default();
@@ -229,16 +217,9 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Option<Val
             ]
         }
         "Service" => {
-            let find = |kind: &str| {
-                world.objects.iter().find(|o| {
-                    str_at(o, "/kind") == kind
-                        && str_at(o, "/metadata/namespace") == namespace
-                        && str_at(o, "/metadata/name") == name
-                        && owned_by(o, object)
-                })
-            };
+            let owned = |kind: &str| find(world.objects, kind, namespace, name).filter(|o| owned_by(o, object));
             let mut configuration_status = Map::new();
-            let configurations: Condition = match find("Configuration") {
+            let configurations: Condition = match owned("Configuration") {
                 Some(configuration) => configuration_ready(configuration, world, &mut configuration_status),
                 None => Ok(Some(("Deploying".into(), format!("Configuration {name:?} is being created")))),
             };
@@ -248,7 +229,7 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Option<Val
                 }
             }
             let mut route_status = Map::new();
-            let routes: Condition = match find("Route") {
+            let routes: Condition = match owned("Route") {
                 Some(route) => route_ready(route, world, env, &mut route_status),
                 None => Ok(Some(("Deploying".into(), format!("Route {name:?} is being created")))),
             };
@@ -278,14 +259,7 @@ pub fn address(
     world: &World,
     env: &Environment,
 ) -> Result<String, (String, String)> {
-    let exists = |kind: &str| {
-        world.objects.iter().any(|o| {
-            str_at(o, "/kind") == kind
-                && str_at(o, "/metadata/namespace") == namespace
-                && str_at(o, "/metadata/name") == name
-        })
-    };
-    if !exists(kind) {
+    if find(world.objects, kind, namespace, name).is_none() {
         return Err(("DestinationNotFound".into(), format!("{kind} {namespace}/{name} does not exist")));
     }
     let served = super::routing::route_table(world.objects, &env.serving_domain);

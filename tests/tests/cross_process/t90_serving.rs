@@ -345,19 +345,7 @@ async fn a_trigger_to_a_service_at_zero_gets_every_event_without_retries_or_dead
     .await?;
     sluice_tests::wait_for_broker(&http, "/default/default").await?;
 
-    let client = reqwest::Client::new();
-    for batch in 0..10 {
-        let events: Vec<Value> = (0..100)
-            .map(|i| json!({"specversion": "1.0", "id": format!("e{}", batch * 100 + i), "source": "/t90", "type": "t90.event"}))
-            .collect();
-        let response = client
-            .post(format!("http://{http}/default/default"))
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(Value::Array(events).to_string())
-            .send()
-            .await?;
-        assert_eq!(response.status(), 202);
-    }
+    publish_1000(&http, "e", "t90.event").await?;
     let lines = wait_until(Duration::from_secs(60), || async {
         let text = std::fs::read_to_string(&record).unwrap_or_default();
         let lines: Vec<String> = text.lines().map(str::to_string).collect();
@@ -371,15 +359,7 @@ async fn a_trigger_to_a_service_at_zero_gets_every_event_without_retries_or_dead
 
     let consumers = sluice_proto::admin::consumers_client::ConsumersClient::connect(format!("http://{admin}")).await?;
     let status = wait_until(Duration::from_secs(20), || async {
-        let status = consumers
-            .clone()
-            .status(sluice_proto::admin::ConsumerRef {
-                kind: "trigger".into(),
-                namespace: "default".into(),
-                name: "to-ksvc".into(),
-            })
-            .await?
-            .into_inner();
+        let status = trigger_status(&consumers).await?;
         let delivered: u64 = status.partitions.iter().map(|p| p.delivered).sum();
         Ok((delivered == 1000).then_some(status))
     })
@@ -453,19 +433,7 @@ async fn kill_9_of_the_node_running_the_instance_during_delivery_loses_no_event(
     })
     .await?;
     sluice_tests::wait_for_broker(&http, "/default/default").await?;
-    let client = reqwest::Client::new();
-    for batch in 0..10 {
-        let events: Vec<Value> = (0..100)
-            .map(|i| json!({"specversion": "1.0", "id": format!("k{}", batch * 100 + i), "source": "/t90", "type": "t90.kill"}))
-            .collect();
-        let response = client
-            .post(format!("http://{http}/default/default"))
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(Value::Array(events).to_string())
-            .send()
-            .await?;
-        assert_eq!(response.status(), 202);
-    }
+    publish_1000(&http, "k", "t90.kill").await?;
     let received = |record: &std::path::Path| -> std::collections::BTreeSet<String> {
         std::fs::read_to_string(record).unwrap_or_default().lines().map(str::to_string).collect()
     };
@@ -478,15 +446,7 @@ async fn kill_9_of_the_node_running_the_instance_during_delivery_loses_no_event(
         .with_context(|| format!("every event after the kill: {} of 1000", received(&record).len()))?;
     let consumers =
         sluice_proto::admin::consumers_client::ConsumersClient::connect(format!("http://{other_admin}")).await?;
-    let status = consumers
-        .clone()
-        .status(sluice_proto::admin::ConsumerRef {
-            kind: "trigger".into(),
-            namespace: "default".into(),
-            name: "to-ksvc".into(),
-        })
-        .await?
-        .into_inner();
+    let status = trigger_status(&consumers).await?;
     for partition in &status.partitions {
         assert_eq!((partition.dead_lettered, partition.dead_letter_count), (0, 0), "{partition:?}");
     }
@@ -516,4 +476,34 @@ async fn kill_9_of_the_node_running_the_instance_during_delivery_loses_no_event(
         .await?;
     }
     Ok(())
+}
+
+/// 1,000 events in 10 batches to the `default` Broker at `http`, ids `{prefix}0` .. `{prefix}999`.
+async fn publish_1000(http: &str, prefix: &str, event_type: &str) -> Result<()> {
+    let client = reqwest::Client::new();
+    for batch in 0..10 {
+        let events: Vec<Value> = (0..100)
+            .map(|i| json!({"specversion": "1.0", "id": format!("{prefix}{}", batch * 100 + i), "source": "/t90", "type": event_type}))
+            .collect();
+        let response = client
+            .post(format!("http://{http}/default/default"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(Value::Array(events).to_string())
+            .send()
+            .await?;
+        assert_eq!(response.status(), 202);
+    }
+    Ok(())
+}
+
+/// The `to-ksvc` Trigger's delivery status.
+async fn trigger_status(
+    consumers: &sluice_proto::admin::consumers_client::ConsumersClient<tonic::transport::Channel>,
+) -> Result<sluice_proto::admin::ConsumerStatus> {
+    let reference = sluice_proto::admin::ConsumerRef {
+        kind: "trigger".into(),
+        namespace: "default".into(),
+        name: "to-ksvc".into(),
+    };
+    Ok(consumers.clone().status(reference).await?.into_inner())
 }
