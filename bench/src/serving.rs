@@ -120,7 +120,18 @@ async fn closed_loop(
 }
 
 pub(crate) async fn run(args: ServingArgs) -> Result<()> {
-    let (_dir, node) = start_single_node(1, &["--scale-to-zero-ms", "200"]).await?;
+    let (_dir, node) = start_single_node(
+        1,
+        &[
+            "--autoscaler",
+            "stable-window=200ms",
+            "--autoscaler",
+            "scale-to-zero-grace-period=0s",
+            "--autoscaler",
+            "tick-interval=100ms",
+        ],
+    )
+    .await?;
     let (admin, http) = (node.admin.clone(), node.http.clone());
     let pid = node.pid().context("the node's pid")?;
     let rss_before = rss_kib(pid);

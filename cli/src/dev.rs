@@ -84,8 +84,14 @@ async fn run_single(args: DevArgs) -> Result<()> {
     // would use by default.
     let member_addr = member_peer_addr(args.peer_listen.as_deref());
     let logs = crate::node_cmd::ServingArgs::logs(&args.data);
-    let running =
-        start_node(settings, listen, args.ingress.limits(), Some(crate::node_cmd::extra_admin(logs.clone()))).await?;
+    let serving_state = sluice_serving::ServingState::default();
+    let running = start_node(
+        settings,
+        listen,
+        args.ingress.limits(),
+        Some(crate::node_cmd::extra_admin(logs.clone(), serving_state.clone())),
+    )
+    .await?;
     if running.node.cluster_config().is_none() {
         let members = [(1, running.peer_addr.map(|a| a.to_string()).unwrap_or(member_addr))].into_iter().collect();
         let config = ClusterConfig::new(args.partitions.unwrap_or(1), members)?;
@@ -108,8 +114,8 @@ async fn run_single(args: DevArgs) -> Result<()> {
         running.http_addr.port()
     );
     println!("Ctrl-C stops it; restarting on the same --data keeps everything.");
-    let serving = args.serving.start(&running, &args.data, logs);
-    let dispatcher = crate::node_cmd::start_dispatcher(&running, &args.tuning)?;
+    let serving = args.serving.start(&running, &args.data, logs, &serving_state)?;
+    let dispatcher = crate::node_cmd::start_dispatcher(&running, &args.tuning, &serving_state)?;
     crate::shutdown_signal().await;
     dispatcher.shutdown().await;
     serving.stop().await;
@@ -150,7 +156,7 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
         let admin = with_port_offset("--admin", &args.admin, offset)?;
         let data = args.data.join(format!("node-{id}"));
         let t = &args.tuning;
-        let node_args = vec![
+        let mut node_args = vec![
             "node".into(),
             "--id".into(),
             id.to_string(),
@@ -176,13 +182,8 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
             t.retention_check_ms.to_string(),
             "--dispatch-commit-interval-ms".into(),
             t.dispatch_commit_interval_ms.to_string(),
-            "--serving-domain".into(),
-            args.serving.serving_domain.clone(),
-            "--scale-to-zero-ms".into(),
-            args.serving.scale_to_zero_ms.to_string(),
-            "--termination-grace-ms".into(),
-            args.serving.termination_grace_ms.to_string(),
         ];
+        node_args.extend(args.serving.to_args());
         members.push(format!("{id}={peer}"));
         println!("  node {id}: http http://{http}  admin {admin}  peer {peer}  data {}", data.display());
         nodes.push(DevNode { id, args: node_args, admin, child: None });

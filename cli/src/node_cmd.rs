@@ -12,7 +12,8 @@ use sluice_broker::{ExtraAdminRoutes, Listen, RunningNode, start_node};
 use sluice_broker::{NodeSettings, ReadLimits};
 use std::sync::Arc;
 
-use sluice_serving::{LogHub, Serving, ServingSettings};
+use sluice_controller::serving::autoscaling::AutoscalerDefaults;
+use sluice_serving::{LogHub, Serving, ServingSettings, ServingState, SubscriberSignals};
 
 #[derive(Args, Clone, Debug)]
 pub(crate) struct NodeArgs {
@@ -50,10 +51,12 @@ pub(crate) struct ServingArgs {
     /// *.localhost name to this machine).
     #[arg(long, default_value = sluice_controller::serving::DEFAULT_DOMAIN)]
     pub serving_domain: String,
-    /// A revision without requests for this long is scaled to zero (Knative's default stable window: 60 s;
-    /// a revision's autoscaling.knative.dev/window overrides it).
-    #[arg(long, default_value_t = 60_000)]
-    pub scale_to_zero_ms: u64,
+    /// The cluster's autoscaling defaults as Knative's config-autoscaler keys (KEY=VALUE, repeatable):
+    /// stable-window=60s, scale-to-zero-grace-period=30s, container-concurrency-target-default=100,
+    /// max-scale-up-rate=1000, ... and Sluice's backlog-target=100, activation-backlog=0, tick-interval=2s.
+    /// A revision's autoscaling.knative.dev/* annotations override them (docs/autoscaling.md).
+    #[arg(long = "autoscaler", value_name = "KEY=VALUE", value_parser = parse_autoscaler_key)]
+    pub autoscaler: Vec<String>,
     /// Between SIGTERM and SIGKILL when an instance stops.
     #[arg(long, default_value_t = 30_000)]
     pub termination_grace_ms: u64,
@@ -65,19 +68,47 @@ impl ServingArgs {
         LogHub::new(data.join("serving").join("logs"))
     }
 
-    pub(crate) fn start(&self, running: &RunningNode, data: &std::path::Path, logs: Arc<LogHub>) -> Serving {
-        Serving::start(
+    pub(crate) fn start(
+        &self,
+        running: &RunningNode,
+        data: &std::path::Path,
+        logs: Arc<LogHub>,
+        state: &ServingState,
+    ) -> Result<Serving> {
+        let autoscaler = AutoscalerDefaults::from_pairs(self.autoscaler.iter().map(String::as_str))
+            .map_err(|e| anyhow::anyhow!("--autoscaler: {e}"))?;
+        Ok(Serving::start(
             running.node.clone(),
             &running.host_routes,
+            state,
             ServingSettings {
                 domain: self.serving_domain.clone(),
                 data_dir: data.join("serving"),
                 logs,
-                scale_to_zero_ms: self.scale_to_zero_ms,
+                autoscaler,
                 termination_grace: Duration::from_millis(self.termination_grace_ms),
             },
-        )
+        ))
     }
+
+    /// The flags a child node is started with, to serve as this one does.
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--serving-domain".to_string(),
+            self.serving_domain.clone(),
+            "--termination-grace-ms".into(),
+            self.termination_grace_ms.to_string(),
+        ];
+        for pair in &self.autoscaler {
+            args.extend(["--autoscaler".to_string(), pair.clone()]);
+        }
+        args
+    }
+}
+
+fn parse_autoscaler_key(pair: &str) -> std::result::Result<String, String> {
+    AutoscalerDefaults::from_pairs([pair])?;
+    Ok(pair.to_string())
 }
 
 /// Limits of the HTTP ingress and the append path.
@@ -159,17 +190,44 @@ pub(crate) struct TuningArgs {
 
 /// The dispatcher's admin services (Consumers, DeadLetters) and serving's (Serving: logs), served on the node's
 /// admin port.
-pub(crate) fn extra_admin(logs: Arc<LogHub>) -> ExtraAdminRoutes {
+pub(crate) fn extra_admin(logs: Arc<LogHub>, state: ServingState) -> ExtraAdminRoutes {
     Box::new(move |node, ingress_base| {
-        sluice_serving::with_admin_routes(sluice_dispatcher::admin_routes(node.clone(), ingress_base), node, logs)
+        sluice_serving::with_admin_routes(
+            sluice_dispatcher::admin_routes(node.clone(), ingress_base),
+            node,
+            logs,
+            state,
+        )
     })
 }
 
-/// Starts the dispatcher of a running node (its ingress address resolves references to Brokers).
-pub(crate) fn start_dispatcher(running: &RunningNode, tuning: &TuningArgs) -> Result<sluice_dispatcher::Dispatcher> {
+/// Serving's signals as the dispatcher asks for them: the two crates do not know each other; this binary
+/// wires them.
+struct ServingCapacity(SubscriberSignals);
+
+impl sluice_dispatcher::SubscriberCapacity for ServingCapacity {
+    fn limit(&self, host: &str) -> Option<usize> {
+        self.0.limit(host)
+    }
+    fn report_backlog(&self, reporter: &str, host: &str, events: u64, ordered_keys: Option<u64>) {
+        self.0.report_backlog(reporter, host, events, ordered_keys);
+    }
+    fn capacity_grown(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.capacity_grown()
+    }
+}
+
+/// Starts the dispatcher of a running node (its ingress address resolves references to Brokers); deliveries
+/// to the Knative Services this node serves follow their ready capacity.
+pub(crate) fn start_dispatcher(
+    running: &RunningNode,
+    tuning: &TuningArgs,
+    serving: &ServingState,
+) -> Result<sluice_dispatcher::Dispatcher> {
     let settings = sluice_dispatcher::DispatcherSettings {
         ingress_base: format!("http://{}", running.http_addr),
         commit_interval: Duration::from_millis(tuning.dispatch_commit_interval_ms),
+        subscriber_capacity: Some(Arc::new(ServingCapacity(serving.signals()))),
         ..Default::default()
     };
     Ok(sluice_dispatcher::Dispatcher::start(running.node.clone(), settings)?)
@@ -234,7 +292,10 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     settings.serving_domain = args.serving.serving_domain.clone();
     let listen = Listen { peer: Some(args.peer_listen.clone()), http: args.http.clone(), admin: args.admin.clone() };
     let logs = ServingArgs::logs(&args.data);
-    let running = start_node(settings, listen, args.ingress.limits(), Some(extra_admin(logs.clone()))).await?;
+    let serving_state = ServingState::default();
+    let running =
+        start_node(settings, listen, args.ingress.limits(), Some(extra_admin(logs.clone(), serving_state.clone())))
+            .await?;
     tracing::info!(
         node = args.id,
         peer = ?running.peer_addr,
@@ -243,8 +304,8 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         data = %args.data.display(),
         "sluice node listening"
     );
-    let serving = args.serving.start(&running, &args.data, logs);
-    let dispatcher = start_dispatcher(&running, &args.tuning)?;
+    let serving = args.serving.start(&running, &args.data, logs, &serving_state)?;
+    let dispatcher = start_dispatcher(&running, &args.tuning, &serving_state)?;
     crate::shutdown_signal().await;
     tracing::info!("shutting down");
     dispatcher.shutdown().await;

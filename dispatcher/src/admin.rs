@@ -382,7 +382,7 @@ impl DeadLetters for ConsumersAdmin {
             let mut progress = RedriveProgress { total, ..Default::default() };
             for (partition, letters) in work {
                 let Some(end) = letters.last().map(|(o, _, _)| o + 1) else { continue };
-                let ctx = DeliveryContext { node: node.clone(), sender: sender.clone(), partition };
+                let ctx = DeliveryContext { node: node.clone(), sender: sender.clone(), partition, limits: None };
                 let mut keep = Vec::new();
                 for (offset, _, dead) in letters {
                     if !selected.is_empty() && !selected.contains(&(partition, offset)) {

@@ -12,12 +12,17 @@
 //! log, dead letters to the sink or the consumer's dead-letter stream. Watermarks are committed through the
 //! partition's Raft group, so a new leader resumes where the old one left off.
 //!
+//! Subscribers that say how much they can take (Knative Services run by the node's serving, through
+//! [`SubscriberCapacity`]) get no more in-flight deliveries than that: the rest wait in the log, and the
+//! backlog is reported to their autoscaler ([`capacity`]).
+//!
 //! The decisions (filters, CESQL, backoff, windows, rate) are pure and synchronous, tested without sockets;
 //! the tokio tasks only carry them out.
 
 /// The CESQL engine (its own crate, shared with the controller).
 pub use sluice_cesql as cesql;
 mod admin;
+mod capacity;
 mod consumer;
 mod delivery;
 mod filter;
@@ -28,4 +33,5 @@ mod supervisor;
 mod window;
 
 pub use admin::routes as admin_routes;
+pub use capacity::SubscriberCapacity;
 pub use supervisor::{DispatchError, Dispatcher, DispatcherSettings};

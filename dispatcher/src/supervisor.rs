@@ -15,12 +15,13 @@ use sluice_controller::status::Environment;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::capacity::{DestinationLimits, SubscriberCapacity};
 use crate::consumer::{ConsumerSpec, consumers};
 use crate::delivery::sender::Sender;
 use crate::delivery::task::DeliveryContext;
 use crate::partition::{Control, PartitionDispatcher, PartitionSettings};
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DispatcherSettings {
     /// Base URL of this node's ingress (resolves references to Brokers and Channels).
     pub ingress_base: String,
@@ -28,11 +29,29 @@ pub struct DispatcherSettings {
     pub commit_interval: Duration,
     /// Records per log read.
     pub read_batch: usize,
+    /// The node's serving: in-flight limits towards the Knative Services it runs, and their backlog.
+    pub subscriber_capacity: Option<Arc<dyn SubscriberCapacity>>,
+}
+
+impl std::fmt::Debug for DispatcherSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DispatcherSettings")
+            .field("ingress_base", &self.ingress_base)
+            .field("commit_interval", &self.commit_interval)
+            .field("read_batch", &self.read_batch)
+            .field("subscriber_capacity", &self.subscriber_capacity.is_some())
+            .finish()
+    }
 }
 
 impl Default for DispatcherSettings {
     fn default() -> Self {
-        Self { ingress_base: "http://127.0.0.1:8080".into(), commit_interval: Duration::from_secs(1), read_batch: 256 }
+        Self {
+            ingress_base: "http://127.0.0.1:8080".into(),
+            commit_interval: Duration::from_secs(1),
+            read_batch: 256,
+            subscriber_capacity: None,
+        }
     }
 }
 
@@ -126,8 +145,9 @@ async fn supervise(node: Node, settings: DispatcherSettings, sender: Sender, mut
     let env = Environment::with_domain(settings.ingress_base.clone(), &node.settings().serving_domain);
     let mut running: HashMap<(String, u32), Running> = HashMap::new();
     let mut reported: HashMap<String, String> = HashMap::new();
+    let limits = settings.subscriber_capacity.clone().map(DestinationLimits::new);
     loop {
-        reconcile(&node, &settings, &sender, &env, &mut running, &mut reported).await;
+        reconcile(&node, &settings, &sender, &limits, &env, &mut running, &mut reported).await;
         tokio::select! {
             changed = resources.changed() => if changed.is_err() { break },
             changed = leadership.changed() => if changed.is_err() { break },
@@ -162,6 +182,7 @@ async fn reconcile(
     node: &Node,
     settings: &DispatcherSettings,
     sender: &Sender,
+    limits: &Option<Arc<DestinationLimits>>,
     env: &Environment,
     running: &mut HashMap<(String, u32), Running>,
     reported: &mut HashMap<String, String>,
@@ -216,7 +237,7 @@ async fn reconcile(
         if running.remove(&(stream.clone(), partition)).is_some() {
             tracing::warn!(%stream, partition, "partition dispatcher ended; starting it again");
         }
-        let ctx = DeliveryContext { node: node.clone(), sender: sender.clone(), partition };
+        let ctx = DeliveryContext { node: node.clone(), sender: sender.clone(), partition, limits: limits.clone() };
         let partition_settings = PartitionSettings {
             commit_interval: settings.commit_interval,
             read_batch: settings.read_batch,

@@ -73,6 +73,16 @@ impl Window {
         self.pending.values().filter(|(_, state)| *state == State::InFlight).count()
     }
 
+    /// Admitted and not started: events waiting for their turn (ordering) or for room at the subscriber.
+    pub(crate) fn queued(&self) -> usize {
+        self.pending.len() - self.in_flight()
+    }
+
+    /// Ordered windows: the keys with events pending (more deliveries than this cannot run at once).
+    pub(crate) fn keys_pending(&self) -> usize {
+        self.by_key.len()
+    }
+
     /// The lowest unsettled offset, if any (its age is the consumer's "oldest undelivered").
     pub(crate) fn oldest_pending(&self) -> Option<u64> {
         self.pending.keys().next().copied()

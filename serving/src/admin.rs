@@ -1,4 +1,5 @@
-//! The `sluice.admin.v1.Serving` admin service: `Logs`, the output of a Service's instances on this node.
+//! The `sluice.admin.v1.Serving` admin service: `Logs`, the output of a Service's instances on this node, and
+//! `Decisions`, what the autoscaler decided for its revisions here and why.
 
 use std::sync::Arc;
 
@@ -6,20 +7,49 @@ use serde_json::Value;
 use sluice_broker::Node;
 use sluice_controller::serving::{CONFIGURATION_LABEL, SERVICE_LABEL};
 use sluice_proto::admin::serving_server::{Serving, ServingServer};
-use sluice_proto::admin::{LogLine, LogsRequest};
+use sluice_proto::admin::{AutoscalerDecision, DecisionsRequest, LogLine, LogsRequest};
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
+use crate::ServingState;
 use crate::logs::LogHub;
+use sluice_autoscaler::Decision;
 
 struct LogsService {
     node: Node,
     logs: Arc<LogHub>,
+    state: ServingState,
 }
 
 /// `routes` with the admin services serving provides, for the node's admin port.
-pub fn with_admin_routes(routes: tonic::service::Routes, node: Node, logs: Arc<LogHub>) -> tonic::service::Routes {
-    routes.add_service(ServingServer::new(LogsService { node, logs }))
+pub fn with_admin_routes(
+    routes: tonic::service::Routes,
+    node: Node,
+    logs: Arc<LogHub>,
+    state: ServingState,
+) -> tonic::service::Routes {
+    routes.add_service(ServingServer::new(LogsService { node, logs, state }))
+}
+
+fn decision_message(revision: &str, d: &Decision) -> AutoscalerDecision {
+    AutoscalerDecision {
+        revision: revision.to_string(),
+        at_ms: d.at_ms,
+        desired: d.desired,
+        reason: d.reason.as_str().to_string(),
+        panicking: d.panicking,
+        ready: d.ready,
+        instances: d.instances,
+        held: d.held,
+        stable_metric: d.stable_metric,
+        panic_metric: d.panic_metric,
+        backlog_events: d.backlog.events,
+        backlog_ordered_keys: d.backlog.ordered_keys,
+        metric_wanted: d.metric_wanted,
+        panic_wanted: d.panic_wanted,
+        backlog_wanted: d.backlog_wanted,
+        excess_burst_capacity: d.excess_burst_capacity,
+    }
 }
 
 /// The revisions whose output a request asks for, oldest first.
@@ -53,6 +83,65 @@ fn revisions(node: &Node, kind: &str, namespace: &str, name: &str) -> Vec<String
 #[tonic::async_trait]
 impl Serving for LogsService {
     type LogsStream = tokio_stream::wrappers::ReceiverStream<Result<LogLine, Status>>;
+    type DecisionsStream = tokio_stream::wrappers::ReceiverStream<Result<AutoscalerDecision, Status>>;
+
+    async fn decisions(&self, request: Request<DecisionsRequest>) -> Result<Response<Self::DecisionsStream>, Status> {
+        let request = request.into_inner();
+        let namespace = if request.namespace.is_empty() { "default".to_string() } else { request.namespace };
+        let names = revisions(&self.node, &request.kind, &namespace, &request.name);
+        let handles: Vec<(String, Arc<crate::revision::RevisionHandle>)> = {
+            let running = self.state.shared.revisions.read().map_err(|_| Status::internal("revisions poisoned"))?;
+            names
+                .iter()
+                .filter_map(|name| Some((name.clone(), running.get(&format!("{namespace}/{name}"))?.clone())))
+                .collect()
+        };
+        if names.is_empty() {
+            return Err(Status::not_found(format!("{namespace}/{} has no revisions", request.name)));
+        }
+        let (tx, rx) = mpsc::channel(256);
+        // Followers subscribe before the kept decisions are read: one may show twice, none is lost.
+        let followers: Vec<(String, broadcast::Receiver<Decision>)> = if request.follow {
+            handles.iter().map(|(name, handle)| (name.clone(), handle.decision_feed.subscribe())).collect()
+        } else {
+            Vec::new()
+        };
+        let kept: Vec<AutoscalerDecision> = handles
+            .iter()
+            .flat_map(|(name, handle)| handle.decisions().into_iter().map(move |d| decision_message(name, &d)))
+            .collect();
+        tokio::spawn(async move {
+            for decision in kept {
+                if tx.send(Ok(decision)).await.is_err() {
+                    return;
+                }
+            }
+            let (merged_tx, mut merged) = mpsc::channel::<AutoscalerDecision>(256);
+            for (name, mut follower) in followers {
+                let merged_tx = merged_tx.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match follower.recv().await {
+                            Ok(decision) => {
+                                if merged_tx.send(decision_message(&name, &decision)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        }
+                    }
+                });
+            }
+            drop(merged_tx);
+            while let Some(decision) = merged.recv().await {
+                if tx.send(Ok(decision)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
 
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let request = request.into_inner();

@@ -153,8 +153,62 @@ impl Gate {
     }
 }
 
+/// The gate's level (requests in flight or held) integrated over time, and the requests that ended: what the
+/// autoscaler's samples are made of, exact rather than scraped.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Meter {
+    level: u32,
+    since_ms: u64,
+    opened_ms: u64,
+    /// Level × milliseconds since the bucket opened.
+    integral: f64,
+    completed: u64,
+}
+
+impl Meter {
+    pub(crate) fn new(now_ms: u64) -> Self {
+        Meter { since_ms: now_ms, opened_ms: now_ms, ..Meter::default() }
+    }
+
+    /// The level is `level` from `now_ms` on.
+    pub(crate) fn set(&mut self, now_ms: u64, level: u32) {
+        let now_ms = now_ms.max(self.since_ms);
+        self.integral += f64::from(self.level) * (now_ms - self.since_ms) as f64;
+        self.since_ms = now_ms;
+        self.level = level;
+    }
+
+    pub(crate) fn completed(&mut self) {
+        self.completed += 1;
+    }
+
+    /// Closes the bucket: the average level since it opened, and the requests that ended in it.
+    pub(crate) fn close(&mut self, now_ms: u64) -> (f64, u64) {
+        self.set(now_ms, self.level);
+        let elapsed = now_ms.saturating_sub(self.opened_ms);
+        let average = if elapsed == 0 { f64::from(self.level) } else { self.integral / elapsed as f64 };
+        let completed = std::mem::take(&mut self.completed);
+        self.integral = 0.0;
+        self.opened_ms = now_ms.max(self.opened_ms);
+        (average, completed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_meter_integrates_the_level_over_time() {
+        let mut meter = Meter::new(0);
+        meter.set(0, 2);
+        meter.set(250, 4);
+        meter.completed();
+        meter.set(750, 0);
+        assert_eq!(meter.close(1_000), (2.0 * 0.25 + 4.0 * 0.5, 1));
+        assert_eq!(meter.close(2_000), (0.0, 0), "a new bucket starts empty");
+        meter.set(2_000, 3);
+        assert_eq!(meter.close(2_500), (3.0, 0));
+    }
+
     use proptest::prelude::*;
 
     use super::*;

@@ -26,7 +26,7 @@ mod logs;
 mod plan;
 mod revision;
 mod runtime;
-mod scale;
+mod signals;
 mod supervisor;
 
 use std::path::PathBuf;
@@ -34,11 +34,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_broker::{HostRouteSlot, HostRoutes, Node};
+use sluice_controller::serving::autoscaling::AutoscalerDefaults;
 use tokio::sync::oneshot;
 
 pub use admin::with_admin_routes;
 pub use error::ServingError;
 pub use logs::LogHub;
+pub use signals::SubscriberSignals;
+pub use sluice_autoscaler::{Backlog, Decision, Reason};
+
+/// What a node's serving shares with its admin API and its dispatcher: the route table, the running
+/// revisions (their autoscaler decisions), the dispatcher's signals. Made before the node starts (its admin
+/// routes need it), handed to [`Serving::start`].
+#[derive(Clone, Default)]
+pub struct ServingState {
+    shared: Arc<supervisor::Shared>,
+}
+
+impl ServingState {
+    /// The dispatcher's side: in-flight limits towards Knative Services, backlog reports.
+    pub fn signals(&self) -> SubscriberSignals {
+        SubscriberSignals { shared: self.shared.clone() }
+    }
+}
 
 /// How a node serves.
 #[derive(Clone, Debug)]
@@ -49,9 +67,9 @@ pub struct ServingSettings {
     pub data_dir: PathBuf,
     /// Where instances' output goes (also served by [`with_admin_routes`]).
     pub logs: Arc<LogHub>,
-    /// A revision without requests for this long goes to zero (unless `min-scale`, or its
-    /// `autoscaling.knative.dev/window` says otherwise).
-    pub scale_to_zero_ms: u64,
+    /// The cluster's autoscaling defaults (Knative's `config-autoscaler` keys), under each revision's
+    /// `autoscaling.knative.dev/*` annotations.
+    pub autoscaler: AutoscalerDefaults,
     /// Between SIGTERM and SIGKILL when an instance stops.
     pub termination_grace: Duration,
 }
@@ -64,8 +82,8 @@ pub struct Serving {
 
 impl Serving {
     /// Starts serving Routes on the node's HTTP port (through `host_routes`).
-    pub fn start(node: Node, host_routes: &HostRouteSlot, settings: ServingSettings) -> Serving {
-        let shared = Arc::new(supervisor::Shared::default());
+    pub fn start(node: Node, host_routes: &HostRouteSlot, state: &ServingState, settings: ServingSettings) -> Serving {
+        let shared = state.shared.clone();
         let router: Arc<dyn HostRoutes> = Arc::new(http::HostRouter::new(shared.clone(), &settings.domain));
         if host_routes.set(router).is_err() {
             tracing::warn!("serving: the node's HTTP port already serves another router");
@@ -74,7 +92,7 @@ impl Serving {
         let supervisor_settings = supervisor::SupervisorSettings {
             domain: settings.domain.clone(),
             logs: settings.logs.clone(),
-            idle_ms: settings.scale_to_zero_ms,
+            autoscaler: settings.autoscaler.clone(),
             grace: settings.termination_grace,
         };
         let runtime: Arc<dyn runtime::Runtime> =

@@ -6,18 +6,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_json::Value;
+use sluice_controller::serving::autoscaling::{AutoscalerDefaults, resolve};
 use sluice_controller::serving::model::{Container, Probe};
 use sluice_controller::serving::routing::{RouteTable, latest_revisions};
 use sluice_controller::serving::status::local_runnable;
-use sluice_controller::serving::{
-    CONFIGURATION_LABEL, DEFAULT_TIMEOUT_SECONDS, INITIAL_SCALE_ANNOTATION, MAX_SCALE_ANNOTATION, MIN_SCALE_ANNOTATION,
-    SERVICE_LABEL, WINDOW_ANNOTATION,
-};
-use sluice_controller::validate::parse_duration;
+use sluice_controller::serving::{CONFIGURATION_LABEL, DEFAULT_TIMEOUT_SECONDS, SERVICE_LABEL};
 
 use crate::revision::RevisionRun;
 use crate::runtime::Readiness;
-use crate::scale::ScaleSettings;
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
     object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
@@ -27,12 +23,8 @@ fn label<'a>(object: &'a Value, name: &str) -> Option<&'a str> {
     object.pointer("/metadata/labels").and_then(|l| l.get(name)).and_then(Value::as_str)
 }
 
-fn annotation<'a>(object: &'a Value, name: &str) -> Option<&'a str> {
-    object.pointer("/metadata/annotations").and_then(|a| a.get(name)).and_then(Value::as_str)
-}
-
 /// What running a Revision takes, or why the local runtime cannot run it: `(reason, message)`.
-pub(crate) fn revision_run(revision: &Value, default_idle_ms: u64) -> Result<RevisionRun, (String, String)> {
+pub(crate) fn revision_run(revision: &Value, defaults: &AutoscalerDefaults) -> Result<RevisionRun, (String, String)> {
     let containers: Vec<Container> =
         revision.pointer("/spec/containers").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
     local_runnable(&containers)?;
@@ -59,10 +51,21 @@ pub(crate) fn revision_run(revision: &Value, default_idle_ms: u64) -> Result<Rev
         container.ports.first().and_then(|p| p.container_port).and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0);
     let h2c = container.ports.first().and_then(|p| p.name.as_deref()) == Some("h2c");
     let readiness = readiness_of(container.readiness_probe.as_ref());
-    let int_annotation = |key: &str| annotation(revision, key).and_then(|v| v.trim().parse::<u32>().ok());
-    let idle_ms = annotation(revision, WINDOW_ANNOTATION)
-        .and_then(|w| parse_duration(w).ok())
-        .map_or(default_idle_ms, |d| d.as_millis() as u64);
+    let container_concurrency = revision
+        .pointer("/spec/containerConcurrency")
+        .and_then(Value::as_u64)
+        .map_or(0, |c| c.min(u64::from(u32::MAX)) as u32);
+    let annotations: BTreeMap<String, String> = revision
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .map(|a| a.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default();
+    // Validated at apply; a node whose defaults make them invalid (a lower `max-scale-limit`) says why.
+    let autoscaling = resolve(&annotations, container_concurrency, defaults).map_err(|errors| {
+        let message =
+            errors.iter().map(|e| format!("metadata.annotations{}: {}", e.path, e.message)).collect::<Vec<_>>();
+        ("InvalidAutoscaling".to_string(), message.join("; "))
+    })?;
     let timeout_seconds =
         revision.pointer("/spec/timeoutSeconds").and_then(Value::as_i64).unwrap_or(DEFAULT_TIMEOUT_SECONDS);
     Ok(RevisionRun {
@@ -74,17 +77,9 @@ pub(crate) fn revision_run(revision: &Value, default_idle_ms: u64) -> Result<Rev
         port,
         readiness,
         h2c,
-        container_concurrency: revision
-            .pointer("/spec/containerConcurrency")
-            .and_then(Value::as_u64)
-            .map_or(0, |c| c.min(u64::from(u32::MAX)) as u32),
+        container_concurrency,
         timeout_ms: (timeout_seconds.max(1) as u64) * 1000,
-        scale: ScaleSettings {
-            min: int_annotation(MIN_SCALE_ANNOTATION).unwrap_or(0),
-            max: int_annotation(MAX_SCALE_ANNOTATION).unwrap_or(0),
-            initial: int_annotation(INITIAL_SCALE_ANNOTATION).unwrap_or(1),
-            idle_ms,
-        },
+        autoscaling,
     })
 }
 
@@ -109,7 +104,7 @@ fn readiness_of(probe: Option<&Probe>) -> Readiness {
 pub(crate) fn wanted_revisions(
     objects: &[Value],
     table: &RouteTable,
-    default_idle_ms: u64,
+    defaults: &AutoscalerDefaults,
 ) -> (BTreeMap<String, RevisionRun>, Vec<(String, String)>) {
     let routed: std::collections::BTreeSet<(&str, &str)> = table
         .values()
@@ -127,7 +122,7 @@ pub(crate) fn wanted_revisions(
             continue;
         }
         let key = format!("{namespace}/{name}");
-        match revision_run(revision, default_idle_ms) {
+        match revision_run(revision, defaults) {
             Ok(run) => {
                 wanted.insert(key, run);
             }
@@ -188,7 +183,7 @@ mod tests {
                 json!({"autoscaling.knative.dev/min-scale": "1",
                 "autoscaling.knative.dev/max-scale": "3", "autoscaling.knative.dev/window": "10s"}),
             ),
-            60_000,
+            &AutoscalerDefaults::default(),
         )
         .expect("runnable");
         assert_eq!(run.argv, ["/bin/hello", "--x"]);
@@ -205,23 +200,33 @@ mod tests {
         assert_eq!((run.port, run.h2c), (Some(9000), true));
         assert_eq!(run.readiness, Readiness::HttpGet { port: 0, path: "/healthz".into() });
         assert_eq!((run.container_concurrency, run.timeout_ms), (1, 30_000));
-        assert_eq!(run.scale, ScaleSettings { min: 1, max: 3, initial: 1, idle_ms: 10_000 });
+        let knobs = &run.autoscaling;
+        assert_eq!((knobs.min_scale, knobs.max_scale, knobs.initial_scale, knobs.stable_window_ms), (1, 3, 1, 10_000));
+        assert_eq!(knobs.total, 1.0, "containerConcurrency 1 is the target's total");
     }
 
     #[test]
     fn what_the_local_runtime_cannot_run_says_why() {
         let image_only = revision("a", 1, json!({"image": "ghcr.io/knative/helloworld-go"}), json!({}));
-        assert_eq!(revision_run(&image_only, 1).expect_err("no command").0, "LocalRuntimeNeedsCommand");
+        assert_eq!(
+            revision_run(&image_only, &AutoscalerDefaults::default()).expect_err("no command").0,
+            "LocalRuntimeNeedsCommand"
+        );
         let secret = revision(
             "b",
             1,
             json!({"image": "x", "command": ["/bin/true"], "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}),
             json!({}),
         );
-        assert_eq!(revision_run(&secret, 1).expect_err("valueFrom").0, "CreateContainerConfigError");
+        assert_eq!(
+            revision_run(&secret, &AutoscalerDefaults::default()).expect_err("valueFrom").0,
+            "CreateContainerConfigError"
+        );
         let tcp = revision("c", 1, json!({"image": "x", "command": ["/bin/true"]}), json!({}));
-        let run = revision_run(&tcp, 5).expect("runnable");
-        assert_eq!((run.readiness, run.port, run.scale.idle_ms), (Readiness::TcpConnect { port: 0 }, None, 5));
+        let defaults = AutoscalerDefaults::from_pairs(["stable-window=5s"]).expect("valid");
+        let run = revision_run(&tcp, &defaults).expect("runnable");
+        assert_eq!((run.readiness, run.port), (Readiness::TcpConnect { port: 0 }, None));
+        assert_eq!(run.autoscaling.stable_window_ms, 5_000, "the cluster's default window");
     }
 
     #[test]
@@ -238,7 +243,7 @@ mod tests {
             "spec": {"traffic": [{"revisionName": "hello-00002", "percent": 100}]}});
         let objects = [configuration, old, pinned, latest, warm_but_old, route];
         let table = route_table(&objects, "localhost");
-        let (wanted, problems) = wanted_revisions(&objects, &table, 1_000);
+        let (wanted, problems) = wanted_revisions(&objects, &table, &AutoscalerDefaults::default());
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
             wanted.keys().collect::<Vec<_>>(),

@@ -2,33 +2,41 @@
 //!
 //! Requests (HTTP through the Route, and the dispatcher's deliveries, which come the same way) take a slot
 //! with [`RevisionHandle::acquire`]: at once when an instance has room, else they wait, bounded, while the task
-//! starts an instance (a revision at zero wakes on its first request). The task decides how many instances run
-//! ([`crate::scale`]), starts them through the [`Runtime`], marks them ready, restarts crashed ones with
-//! backoff, and takes idle ones out: drained first, so in-flight requests finish, then SIGTERM.
+//! starts an instance (a revision at zero wakes on its first request, or on the dispatcher's backlog). The
+//! gate's [`Meter`] measures the traffic exactly; each bucket becomes a sample for the revision's
+//! [`Autoscaler`], which decides at each tick (and at once when a revision at zero is asked for) how many
+//! instances run. The task starts them through the [`Runtime`], marks them ready (and tells the dispatcher the
+//! capacity grew), restarts crashed ones with backoff, and takes surplus ones out: drained first, so in-flight
+//! requests finish, then SIGTERM.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_cloudevent::clock::now_ms;
-use tokio::sync::{Notify, mpsc, oneshot};
+use sluice_controller::serving::autoscaling::Autoscaling;
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
 use crate::error::ServingError;
-use crate::gate::{Admit, Gate, InstanceId, WaiterId};
+use crate::gate::{Admit, Gate, InstanceId, Meter, WaiterId};
 use crate::logs::LogHub;
 use crate::runtime::local::free_port;
 use crate::runtime::{Instance, InstanceEvent, InstanceSpec, Readiness, Runtime};
-use crate::scale::{ScaleInput, ScaleSettings, restart_delay_ms, wanted_instances};
+use crate::supervisor::Shared;
+use sluice_autoscaler::{Autoscaler, Decision, Observation, Sample};
 
 /// Requests waiting for a slot of one revision on one node, at most.
 pub(crate) const QUEUE_LIMIT: usize = 10_000;
 /// After this many failed starts in a row without ever being ready, waiting requests are answered 503 with the
 /// reason instead of being held until their timeout.
 const FAILED_STARTS_BEFORE_GIVING_UP: u32 = 3;
-/// How often the scaler looks again without being poked.
-const SCALE_TICK: Duration = Duration::from_millis(200);
+/// The ready capacity of a revision without `containerConcurrency`.
+pub(crate) const UNLIMITED: usize = usize::MAX;
+/// Decisions kept per revision (for `sluice describe revision` and the admin API).
+const DECISIONS_KEPT: usize = 30;
 
 /// What it takes to run a revision, from its object.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,7 +53,7 @@ pub(crate) struct RevisionRun {
     pub(crate) h2c: bool,
     pub(crate) container_concurrency: u32,
     pub(crate) timeout_ms: u64,
-    pub(crate) scale: ScaleSettings,
+    pub(crate) autoscaling: Autoscaling,
 }
 
 /// What the runtime learnt about a revision (recorded for its status).
@@ -64,12 +72,18 @@ struct GateState {
     waiters: HashMap<WaiterId, oneshot::Sender<Grant>>,
     addrs: HashMap<InstanceId, SocketAddr>,
     next_waiter: WaiterId,
-    last_active_ms: u64,
+    meter: Meter,
     /// Set while the revision cannot start (waiters are answered with it).
     failed: Option<String>,
 }
 
 impl GateState {
+    /// Records the gate's level after a change.
+    fn measure(&mut self) {
+        let load = self.gate.load();
+        self.meter.set(now_ms(), load.in_flight + load.waiting as u32);
+    }
+
     fn hand_out(&mut self, woken: Vec<(WaiterId, InstanceId)>) {
         let mut released = Vec::new();
         for (waiter, id) in woken {
@@ -98,6 +112,11 @@ pub(crate) struct RevisionHandle {
     poke: Notify,
     /// Notified whenever a slot is given back (scale-in waits for its instance to drain).
     released: Notify,
+    /// Ready instances × `containerConcurrency` ([`UNLIMITED`] without it): the dispatcher's in-flight limit.
+    pub(crate) ready_capacity: AtomicUsize,
+    /// The last decisions, oldest first, and each new one as it is taken.
+    decisions: Mutex<VecDeque<Decision>>,
+    pub(crate) decision_feed: broadcast::Sender<Decision>,
 }
 
 /// A slot on an instance; given back when dropped (when the response body has ended or was dropped).
@@ -110,9 +129,10 @@ pub(crate) struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Ok(mut state) = self.revision.state.lock() {
-            state.last_active_ms = now_ms();
+            state.meter.completed();
             let woken = state.gate.release(self.instance);
             state.hand_out(woken);
+            state.measure();
         }
         self.revision.poke.notify_one();
         self.revision.released.notify_waiters();
@@ -124,21 +144,43 @@ impl RevisionHandle {
         format!("{}/{}", self.run.namespace, self.run.name)
     }
 
+    /// Wakes the revision's task (a revision at zero that is asked for decides at once).
+    pub(crate) fn poke(&self) {
+        self.poke.notify_one();
+    }
+
+    /// The last decisions, oldest first.
+    pub(crate) fn decisions(&self) -> Vec<Decision> {
+        self.decisions.lock().map(|d| d.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn record_decision(&self, decision: &Decision) {
+        if let Ok(mut decisions) = self.decisions.lock() {
+            if decisions.len() >= DECISIONS_KEPT {
+                decisions.pop_front();
+            }
+            decisions.push_back(decision.clone());
+        }
+        let _ = self.decision_feed.send(decision.clone());
+    }
+
     /// A slot on a ready instance, waiting (at most `timeout_ms`) while none has room.
     pub(crate) async fn acquire(self: &Arc<Self>, timeout_ms: u64) -> Result<Permit, ServingError> {
         let rx = {
             let mut state = self.state.lock().map_err(|_| self.upstream("gate poisoned"))?;
-            state.last_active_ms = now_ms();
             if let Some(reason) = &state.failed {
                 return Err(ServingError::RevisionFailed { revision: self.key(), reason: reason.clone() });
             }
             state.next_waiter += 1;
             let waiter = state.next_waiter;
-            match state.gate.admit(waiter) {
+            let admitted = state.gate.admit(waiter);
+            state.measure();
+            match admitted {
                 Admit::Go(id) => {
                     let Some(addr) = state.addrs.get(&id).copied() else {
                         let woken = state.gate.release(id);
                         state.hand_out(woken);
+                        state.measure();
                         return Err(self.upstream("an instance without an address"));
                     };
                     return Ok(Permit { revision: self.clone(), instance: id, addr });
@@ -202,6 +244,7 @@ impl Drop for WaitGuard {
                 let woken = state.gate.release(id);
                 state.hand_out(woken);
             }
+            state.measure();
         }
         self.revision.released.notify_waiters();
     }
@@ -214,31 +257,38 @@ pub(crate) struct RunningRevision {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What every revision task on the node shares.
+#[derive(Clone)]
+pub(crate) struct RevisionEnv {
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) logs: Arc<LogHub>,
+    pub(crate) grace: Duration,
+    pub(crate) facts: mpsc::UnboundedSender<(String, String, Facts)>,
+    /// The route table and the dispatcher's signals (backlog in, capacity out).
+    pub(crate) shared: Arc<Shared>,
+}
+
 impl RunningRevision {
     /// `ready_before`: it has been ready before (on any node), so it need not start an instance to prove it.
-    pub(crate) fn start(
-        run: RevisionRun,
-        ready_before: bool,
-        runtime: Arc<dyn Runtime>,
-        logs: Arc<LogHub>,
-        grace: Duration,
-        facts: mpsc::UnboundedSender<(String, String, Facts)>,
-    ) -> Self {
+    pub(crate) fn start(run: RevisionRun, ready_before: bool, env: RevisionEnv) -> Self {
         let handle = Arc::new(RevisionHandle {
             state: Mutex::new(GateState {
                 gate: Gate::new(run.container_concurrency, QUEUE_LIMIT),
                 waiters: HashMap::new(),
                 addrs: HashMap::new(),
                 next_waiter: 0,
-                last_active_ms: 0,
+                meter: Meter::new(now_ms()),
                 failed: None,
             }),
+            ready_capacity: AtomicUsize::new(if run.container_concurrency == 0 { UNLIMITED } else { 0 }),
             run,
             poke: Notify::new(),
             released: Notify::new(),
+            decisions: Mutex::new(VecDeque::new()),
+            decision_feed: broadcast::channel(64).0,
         });
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run_revision(handle.clone(), ready_before, runtime, logs, grace, facts, stopped));
+        let task = tokio::spawn(run_revision(handle.clone(), ready_before, env, stopped));
         RunningRevision { handle, stop: Some(stop), task }
     }
 
@@ -255,62 +305,118 @@ struct Instances {
     running: BTreeMap<InstanceId, Box<dyn Instance>>,
     stopping: BTreeSet<InstanceId>,
     next_id: InstanceId,
-    ever_ready: bool,
     consecutive_failures: u32,
     last_failure_ms: u64,
     facts: Facts,
+    /// The autoscaler's last word.
+    desired: u32,
+}
+
+/// How long to wait before starting an instance again after `consecutive_failures` failed starts: 100 ms
+/// doubling to 10 s (a crash loop costs little, a transient failure recovers fast). This is also how a
+/// revision that cannot become ready backs off its activations: its backlog asks again, the delay answers.
+pub(crate) fn restart_delay_ms(consecutive_failures: u32) -> u64 {
+    if consecutive_failures == 0 {
+        return 0;
+    }
+    100u64.saturating_mul(1 << consecutive_failures.saturating_sub(1).min(7)).min(10_000)
 }
 
 async fn run_revision(
     revision: Arc<RevisionHandle>,
     ready_before: bool,
-    runtime: Arc<dyn Runtime>,
-    logs: Arc<LogHub>,
-    grace: Duration,
-    facts_tx: mpsc::UnboundedSender<(String, String, Facts)>,
+    env: RevisionEnv,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let (events_tx, mut events) = mpsc::channel::<InstanceEvent>(64);
     let (drained_tx, mut drained) = mpsc::unbounded_channel::<InstanceId>();
+    let knobs = revision.run.autoscaling.clone();
+    let mut autoscaler = Autoscaler::new(knobs.clone(), 0, now_ms(), ready_before);
     let mut instances = Instances {
         running: BTreeMap::new(),
         stopping: BTreeSet::new(),
         next_id: 0,
-        ever_ready: ready_before,
         consecutive_failures: 0,
         last_failure_ms: 0,
-        facts: Facts::default(),
+        facts: Facts { ready: ready_before, ..Facts::default() },
+        desired: 0,
     };
     let key = revision.key();
-    let mut reported = Facts { ready: ready_before, ..Facts::default() };
-    instances.facts.ready = ready_before;
+    let labels = [("revision", key.clone())];
+    let mut reported = instances.facts.clone();
+    let mut buckets = tokio::time::interval(Duration::from_millis(knobs.bucket_ms));
+    buckets.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Decisions are taken as a bucket closes (every `tick_ms / bucket_ms` buckets), so that they see it.
+    let buckets_per_tick = knobs.tick_ms.div_ceil(knobs.bucket_ms).max(1);
+    let mut buckets_since_decision = 0;
+    let mut decide_now = true;
     loop {
-        scale(&revision, &runtime, &logs, &events_tx, &drained_tx, &mut instances);
+        if decide_now {
+            decide_now = false;
+            let decision = decide(&revision, &env, &mut autoscaler, &instances);
+            metrics::gauge!("sluice_autoscaler_desired_instances", &labels).set(f64::from(decision.desired));
+            metrics::gauge!("sluice_autoscaler_ready_instances", &labels).set(f64::from(decision.ready));
+            metrics::gauge!("sluice_autoscaler_actual_instances", &labels).set(instances.running.len() as f64);
+            metrics::gauge!("sluice_autoscaler_panic", &labels).set(if decision.panicking { 1.0 } else { 0.0 });
+            metrics::gauge!("sluice_autoscaler_excess_burst_capacity", &labels)
+                .set(decision.excess_burst_capacity as f64);
+            metrics::gauge!("sluice_autoscaler_backlog_events", &labels).set(decision.backlog.events as f64);
+            metrics::gauge!("sluice_autoscaler_stable_metric", &labels).set(decision.stable_metric);
+            metrics::gauge!("sluice_autoscaler_panic_metric", &labels).set(decision.panic_metric);
+            if decision.desired != instances.desired {
+                tracing::info!(revision = %key, desired = decision.desired, reason = decision.reason.as_str(),
+                    ready = decision.ready, backlog = decision.backlog.events, stable = decision.stable_metric,
+                    panic = decision.panic_metric, panicking = decision.panicking, "autoscaler decision");
+            }
+            instances.desired = decision.desired;
+            revision.record_decision(&decision);
+        }
+        scale(&revision, &env, &events_tx, &drained_tx, &mut instances);
         instances.facts.instances = (instances.running.len() - instances.stopping.len()) as u32;
         if instances.facts != reported {
             reported = instances.facts.clone();
-            let _ = facts_tx.send((revision.run.namespace.clone(), revision.run.name.clone(), reported.clone()));
+            let _ = env.facts.send((revision.run.namespace.clone(), revision.run.name.clone(), reported.clone()));
         }
         tokio::select! {
             _ = &mut stopped => break,
-            _ = revision.poke.notified() => {}
-            _ = tokio::time::sleep(SCALE_TICK) => {}
+            _ = revision.poke.notified() => {
+                // Asked for at zero (a request held, a backlog reported): decide now, not at the next tick.
+                let active = instances.running.len() - instances.stopping.len();
+                if active == 0 && instances.desired == 0 {
+                    let held = revision.state.lock().map_or(0, |s| s.gate.load().waiting as u32);
+                    let backlog = backlog(&revision, &env);
+                    decide_now = autoscaler.wakes(held, backlog);
+                }
+            }
+            _ = buckets.tick() => {
+                let now = now_ms();
+                if let Ok(mut state) = revision.state.lock() {
+                    let (concurrency, requests) = state.meter.close(now);
+                    autoscaler.record(now, Sample { concurrency, requests });
+                }
+                buckets_since_decision += 1;
+                if buckets_since_decision >= buckets_per_tick {
+                    buckets_since_decision = 0;
+                    decide_now = true;
+                }
+            }
             Some(id) = drained.recv() => {
                 // Drained: no request in flight any more; stop it (in the background, bounded by the grace period).
                 if let Some(instance) = instances.running.get(&id) {
-                    tokio::spawn(instance.stop(grace));
+                    tokio::spawn(instance.stop(env.grace));
                 }
             }
             Some(event) = events.recv() => match event {
                 InstanceEvent::Ready(id) => {
                     tracing::info!(revision = %key, instance = id, "instance ready");
-                    instances.ever_ready = true;
                     instances.consecutive_failures = 0;
                     if let Ok(mut state) = revision.state.lock() {
                         state.failed = None;
                         let woken = state.gate.set_ready(id, true);
                         state.hand_out(woken);
+                        state.measure();
                     }
+                    publish_capacity(&revision, &env);
                     instances.facts.ready = true;
                     instances.facts.failure = None;
                 }
@@ -320,7 +426,9 @@ async fn run_revision(
                     if let Ok(mut state) = revision.state.lock() {
                         state.gate.remove(id);
                         state.addrs.remove(&id);
+                        state.measure();
                     }
+                    publish_capacity(&revision, &env);
                     if !expected {
                         let reason = match (code, signal) {
                             (Some(code), _) => format!("ExitCode{code}"),
@@ -343,6 +451,7 @@ async fn run_revision(
                 tx.send(Err(ServingError::Upstream { revision: key.clone(), reason: "the revision stopped".into() }));
         }
     }
+    revision.ready_capacity.store(0, Ordering::Relaxed);
     // In-flight requests finish first (bounded by the revision's timeout), then the instances stop.
     let ids: Vec<InstanceId> = instances.running.keys().copied().collect();
     if let Ok(mut state) = revision.state.lock() {
@@ -361,19 +470,61 @@ async fn run_revision(
             break;
         }
     }
-    let stops: Vec<_> = instances.running.values().map(|i| i.stop(grace)).collect();
+    let stops: Vec<_> = instances.running.values().map(|i| i.stop(env.grace)).collect();
     futures::future::join_all(stops).await;
     instances.facts.instances = 0;
     if instances.facts != reported {
-        let _ = facts_tx.send((revision.run.namespace.clone(), revision.run.name.clone(), instances.facts.clone()));
+        let _ = env.facts.send((revision.run.namespace.clone(), revision.run.name.clone(), instances.facts.clone()));
     }
     tracing::info!(revision = %key, "revision stopped");
+}
+
+/// The dispatcher's backlog for this revision now.
+fn backlog(revision: &RevisionHandle, env: &RevisionEnv) -> sluice_autoscaler::Backlog {
+    let table = env.shared.table.read().map(|t| t.clone()).unwrap_or_default();
+    env.shared.signals.backlog_for(&table, &revision.run.namespace, &revision.run.name, now_ms())
+}
+
+fn decide(
+    revision: &RevisionHandle,
+    env: &RevisionEnv,
+    autoscaler: &mut Autoscaler,
+    instances: &Instances,
+) -> Decision {
+    let (load, held) = match revision.state.lock() {
+        Ok(state) => {
+            let load = state.gate.load();
+            (load, load.waiting as u32)
+        }
+        Err(_) => (Default::default(), 0),
+    };
+    autoscaler.decide(&Observation {
+        now_ms: now_ms(),
+        ready: load.ready as u32,
+        instances: (instances.running.len() - instances.stopping.len()) as u32,
+        held,
+        backlog: backlog(revision, env),
+    })
+}
+
+/// Ready instances × `containerConcurrency`, for the dispatcher; tells it when that grew.
+fn publish_capacity(revision: &RevisionHandle, env: &RevisionEnv) {
+    let cc = revision.run.container_concurrency as usize;
+    if cc == 0 {
+        return;
+    }
+    let ready = revision.state.lock().map_or(0, |s| s.gate.load().ready);
+    let capacity = ready.saturating_mul(cc);
+    let before = revision.ready_capacity.swap(capacity, Ordering::Relaxed);
+    if capacity > before {
+        env.shared.signals.capacity_grew();
+    }
 }
 
 fn fail(revision: &RevisionHandle, instances: &mut Instances, reason: String, message: String) {
     instances.consecutive_failures += 1;
     instances.last_failure_ms = now_ms();
-    if !instances.ever_ready
+    if !instances.facts.ready
         && instances.consecutive_failures >= FAILED_STARTS_BEFORE_GIVING_UP
         && let Ok(mut state) = revision.state.lock()
     {
@@ -386,106 +537,122 @@ fn fail(revision: &RevisionHandle, instances: &mut Instances, reason: String, me
                     tx.send(Err(ServingError::RevisionFailed { revision: revision.key(), reason: message.clone() }));
             }
         }
+        state.measure();
     }
     instances.facts.failure = Some((reason, message));
 }
 
+/// Starts or takes out instances towards the autoscaler's count.
 fn scale(
     revision: &Arc<RevisionHandle>,
-    runtime: &Arc<dyn Runtime>,
-    logs: &LogHub,
+    env: &RevisionEnv,
     events: &mpsc::Sender<InstanceEvent>,
     drained: &mpsc::UnboundedSender<InstanceId>,
     instances: &mut Instances,
 ) {
     let now = now_ms();
-    let (load, last_active_ms) = match revision.state.lock() {
-        Ok(state) => (state.gate.load(), state.last_active_ms),
-        Err(_) => return,
-    };
-    let wanted = wanted_instances(
-        &revision.run.scale,
-        &ScaleInput {
-            now_ms: now,
-            in_flight: load.in_flight,
-            waiting: load.waiting,
-            last_active_ms,
-            ever_ready: instances.ever_ready,
-        },
-    ) as usize;
-    let active = instances.running.len() - instances.stopping.len();
-    // A fixed `containerPort` (the app may listen on it, whatever `PORT` says) fits one instance on this
-    // machine: the next starts only once the previous has exited.
-    let port_free = revision.run.port.is_none() || instances.running.is_empty();
-    if active < wanted
-        && port_free
-        && now >= instances.last_failure_ms + restart_delay_ms(instances.consecutive_failures)
-    {
-        instances.next_id += 1;
-        let id = instances.next_id;
-        let run = &revision.run;
-        let port = match run.port {
-            Some(port) => Ok(port),
-            None => free_port(),
-        };
-        let started = port.and_then(|port| {
-            let readiness = match &run.readiness {
-                Readiness::TcpConnect { .. } => Readiness::TcpConnect { port },
-                Readiness::HttpGet { path, .. } => Readiness::HttpGet { port, path: path.clone() },
-                exec @ Readiness::Exec { .. } => exec.clone(),
-            };
-            let spec = InstanceSpec {
-                id,
-                revision: revision.key(),
-                argv: run.argv.clone(),
-                env: run.env.clone(),
-                working_dir: run.working_dir.clone(),
-                port,
-                readiness,
-                log: logs.revision(&run.namespace, &run.name),
-            };
-            runtime.start(spec, events.clone())
-        });
-        match started {
-            Ok(instance) => {
-                metrics::counter!("sluice_serving_instance_starts_total", "revision" => revision.key()).increment(1);
-                if let Ok(mut state) = revision.state.lock() {
-                    state.gate.add(id);
-                    state.addrs.insert(id, instance.addr());
-                }
-                instances.running.insert(id, instance);
-            }
-            Err(e) => {
-                tracing::warn!(revision = %revision.key(), error = %e, "instance not started");
-                fail(revision, instances, "RunContainerError".into(), e.to_string());
-            }
+    let wanted = instances.desired as usize;
+    let mut active = instances.running.len() - instances.stopping.len();
+    while active < wanted {
+        // A fixed `containerPort` (the app may listen on it, whatever `PORT` says) fits one instance on this
+        // machine: the next starts only once the previous has exited.
+        let port_free = revision.run.port.is_none() || instances.running.is_empty();
+        if !port_free || now < instances.last_failure_ms + restart_delay_ms(instances.consecutive_failures) {
+            return;
         }
-    } else if active > wanted {
+        if !start_instance(revision, env, events, instances) {
+            return;
+        }
+        active += 1;
+    }
+    while active > wanted {
         let victim = revision.state.lock().ok().and_then(|mut state| {
             let id = state.gate.least_loaded()?;
             state.gate.drain(id);
             Some((id, state.gate.in_flight(id)))
         });
-        if let Some((id, in_flight)) = victim {
-            tracing::info!(revision = %revision.key(), instance = id, in_flight, "scaling in");
-            instances.stopping.insert(id);
-            let revision = revision.clone();
-            let drained = drained.clone();
-            tokio::spawn(async move {
-                // In-flight requests finish first (bounded by the revision's timeout): each response that ends
-                // notifies `released`.
-                let deadline = tokio::time::Instant::now() + Duration::from_millis(revision.run.timeout_ms);
-                loop {
-                    let released = revision.released.notified();
-                    if revision.state.lock().map(|s| s.gate.in_flight(id)).unwrap_or(0) == 0 {
-                        break;
-                    }
-                    if tokio::time::timeout_at(deadline, released).await.is_err() {
-                        break;
-                    }
+        let Some((id, in_flight)) = victim else { return };
+        active -= 1;
+        publish_capacity(revision, env);
+        tracing::info!(revision = %revision.key(), instance = id, in_flight, "scaling in");
+        instances.stopping.insert(id);
+        let revision = revision.clone();
+        let drained = drained.clone();
+        tokio::spawn(async move {
+            // In-flight requests finish first (bounded by the revision's timeout): each response that ends
+            // notifies `released`.
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(revision.run.timeout_ms);
+            loop {
+                let released = revision.released.notified();
+                if revision.state.lock().map(|s| s.gate.in_flight(id)).unwrap_or(0) == 0 {
+                    break;
                 }
-                let _ = drained.send(id);
-            });
+                if tokio::time::timeout_at(deadline, released).await.is_err() {
+                    break;
+                }
+            }
+            let _ = drained.send(id);
+        });
+    }
+}
+
+/// Starts one instance; false when it could not be started (recorded as a failure).
+fn start_instance(
+    revision: &Arc<RevisionHandle>,
+    env: &RevisionEnv,
+    events: &mpsc::Sender<InstanceEvent>,
+    instances: &mut Instances,
+) -> bool {
+    instances.next_id += 1;
+    let id = instances.next_id;
+    let run = &revision.run;
+    let port = match run.port {
+        Some(port) => Ok(port),
+        None => free_port(),
+    };
+    let started = port.and_then(|port| {
+        let readiness = match &run.readiness {
+            Readiness::TcpConnect { .. } => Readiness::TcpConnect { port },
+            Readiness::HttpGet { path, .. } => Readiness::HttpGet { port, path: path.clone() },
+            exec @ Readiness::Exec { .. } => exec.clone(),
+        };
+        let spec = InstanceSpec {
+            id,
+            revision: revision.key(),
+            argv: run.argv.clone(),
+            env: run.env.clone(),
+            working_dir: run.working_dir.clone(),
+            port,
+            readiness,
+            log: env.logs.revision(&run.namespace, &run.name),
+        };
+        env.runtime.start(spec, events.clone())
+    });
+    match started {
+        Ok(instance) => {
+            metrics::counter!("sluice_serving_instance_starts_total", "revision" => revision.key()).increment(1);
+            if let Ok(mut state) = revision.state.lock() {
+                state.gate.add(id);
+                state.addrs.insert(id, instance.addr());
+            }
+            instances.running.insert(id, instance);
+            true
         }
+        Err(e) => {
+            tracing::warn!(revision = %revision.key(), error = %e, "instance not started");
+            fail(revision, instances, "RunContainerError".into(), e.to_string());
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_to_a_cap() {
+        let delays: Vec<u64> = (0..10).map(restart_delay_ms).collect();
+        assert_eq!(delays, [0, 100, 200, 400, 800, 1_600, 3_200, 6_400, 10_000, 10_000]);
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sluice_broker::{Node, ResourceKey};
 use sluice_cloudevent::clock::now_ms;
+use sluice_controller::serving::autoscaling::AutoscalerDefaults;
 use sluice_controller::serving::gc::{self, GcSettings};
 use sluice_controller::serving::routing::{RouteTable, revision_facts, route_table};
 use sluice_controller::serving::{REVISION_STATE_KIND, SERVING_API_VERSION, children};
@@ -21,8 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::balance::Balancer;
 use crate::logs::LogHub;
 use crate::plan::{plan, wanted_revisions};
-use crate::revision::{Facts, RevisionHandle, RevisionRun, RunningRevision};
+use crate::revision::{Facts, RevisionEnv, RevisionHandle, RevisionRun, RunningRevision};
 use crate::runtime::Runtime;
+use crate::signals::Signals;
 
 /// What the HTTP router reads.
 #[derive(Default)]
@@ -30,12 +32,14 @@ pub(crate) struct Shared {
     pub(crate) table: RwLock<Arc<RouteTable>>,
     pub(crate) revisions: RwLock<HashMap<String, Arc<RevisionHandle>>>,
     pub(crate) balancers: Mutex<HashMap<String, Balancer>>,
+    /// The dispatcher's backlog reports and the capacity counter.
+    pub(crate) signals: Signals,
 }
 
 pub(crate) struct SupervisorSettings {
     pub(crate) domain: String,
     pub(crate) logs: Arc<LogHub>,
-    pub(crate) idle_ms: u64,
+    pub(crate) autoscaler: AutoscalerDefaults,
     pub(crate) grace: Duration,
 }
 
@@ -49,18 +53,25 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let (facts_tx, mut facts_rx) = mpsc::unbounded_channel::<(String, String, Facts)>();
+    let env = RevisionEnv {
+        runtime,
+        logs: settings.logs.clone(),
+        grace: settings.grace,
+        facts: facts_tx,
+        shared: shared.clone(),
+    };
     let Some(mut changes) = node.watch_resources() else {
         tracing::error!("serving: the node has no resource watch");
         return;
     };
     let mut leadership = node.watch_leadership();
-    let (facts_tx, mut facts_rx) = mpsc::unbounded_channel::<(String, String, Facts)>();
     let mut running: BTreeMap<String, RunningRevision> = BTreeMap::new();
     let mut reported: HashMap<String, String> = HashMap::new();
     loop {
         changes.borrow_and_update();
         leadership.borrow_and_update();
-        reconcile(&node, &settings, &runtime, &shared, &facts_tx, &mut running, &mut reported).await;
+        reconcile(&node, &settings, &env, &mut running, &mut reported).await;
         tokio::select! {
             _ = &mut stop => break,
             changed = changes.changed() => {
@@ -93,9 +104,7 @@ fn objects(node: &Node) -> Vec<Value> {
 async fn reconcile(
     node: &Node,
     settings: &SupervisorSettings,
-    runtime: &Arc<dyn Runtime>,
-    shared: &Shared,
-    facts: &mpsc::UnboundedSender<(String, String, Facts)>,
+    env: &RevisionEnv,
     running: &mut BTreeMap<String, RunningRevision>,
     reported: &mut HashMap<String, String>,
 ) {
@@ -105,7 +114,8 @@ async fn reconcile(
         objects = self::objects(node);
     }
     let table = route_table(&objects, &settings.domain);
-    let (wanted, problems) = wanted_revisions(&objects, &table, settings.idle_ms);
+    let shared = &env.shared;
+    let (wanted, problems) = wanted_revisions(&objects, &table, &settings.autoscaler);
     for (key, problem) in problems {
         if reported.get(&key) != Some(&problem) {
             tracing::warn!(revision = %key, %problem, "revision cannot run here");
@@ -128,14 +138,7 @@ async fn reconcile(
         tracing::info!(revision = %key, "revision starts");
         let (namespace, name) = key.split_once('/').unwrap_or_default();
         let ready_before = revision_facts(&objects, namespace, name).ready;
-        let revision = RunningRevision::start(
-            run.clone(),
-            ready_before,
-            runtime.clone(),
-            settings.logs.clone(),
-            settings.grace,
-            facts.clone(),
-        );
+        let revision = RunningRevision::start(run.clone(), ready_before, env.clone());
         if let Ok(mut revisions) = shared.revisions.write() {
             revisions.insert(key.clone(), revision.handle.clone());
         }

@@ -6,10 +6,12 @@
 //! - [`validate`](mod@validate): Knative's webhook rules, run by `crate::validate::validate_object`;
 //! - [`children`]: what a Service and a Configuration own (a Configuration and a Route; one Revision per
 //!   template generation) and what no longer has an owner, for the children reconcile loop to write;
+//! - [`autoscaling`]: the autoscaling knobs of a Revision, from its annotations over the cluster's defaults;
 //! - [`routing`]: which revisions each Route (and tag) sends its traffic to, by weight, and under which host;
 //!   one source for the Route's status and for the data plane;
 //! - [`status`]: Knative's conditions, `url`, `traffic`, `latestReadyRevisionName`, ...
 
+pub mod autoscaling;
 pub mod children;
 pub mod gc;
 pub mod model;
@@ -34,10 +36,6 @@ pub const CONFIGURATION_GENERATION_LABEL: &str = "serving.knative.dev/configurat
 pub const ROUTE_LABEL: &str = "serving.knative.dev/route";
 
 pub const AUTOSCALING_PREFIX: &str = "autoscaling.knative.dev/";
-pub const MIN_SCALE_ANNOTATION: &str = "autoscaling.knative.dev/min-scale";
-pub const MAX_SCALE_ANNOTATION: &str = "autoscaling.knative.dev/max-scale";
-pub const INITIAL_SCALE_ANNOTATION: &str = "autoscaling.knative.dev/initial-scale";
-pub const WINDOW_ANNOTATION: &str = "autoscaling.knative.dev/window";
 
 /// Knative's `config-defaults`: `revision-timeout-seconds` and `max-revision-timeout-seconds`.
 pub const DEFAULT_TIMEOUT_SECONDS: i64 = 300;

@@ -8,11 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::model::{Container, Probe, Revision, RevisionTemplateSpec, Route, Service, TrafficTarget};
-use super::{
-    AUTOSCALING_PREFIX, INITIAL_SCALE_ANNOTATION, MAX_CONTAINER_CONCURRENCY, MAX_SCALE_ANNOTATION, MAX_TIMEOUT_SECONDS,
-    MIN_SCALE_ANNOTATION, RESERVED_ENV, RESERVED_PORTS, WINDOW_ANNOTATION,
-};
-use crate::fields::{FieldError, is_dns_1035_label, parse_duration};
+use super::{AUTOSCALING_PREFIX, MAX_CONTAINER_CONCURRENCY, MAX_TIMEOUT_SECONDS, RESERVED_ENV, RESERVED_PORTS};
+use crate::fields::{FieldError, is_dns_1035_label};
 
 fn err(path: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError { path: path.into(), message: message.into() }
@@ -109,46 +106,11 @@ fn validate_template(
 }
 
 fn validate_scale_annotations(path: &str, annotations: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
-    let int = |key: &str, errors: &mut Vec<FieldError>| -> Option<i64> {
-        let value = annotations.get(key)?;
-        match value.trim().parse::<i64>() {
-            Ok(n) if (0..=i64::from(i32::MAX)).contains(&n) => Some(n),
-            Ok(n) => {
-                errors.push(err(format!("{path}[{key}]"), format!("expected 0 <= {n} <= 2147483647")));
-                None
-            }
-            Err(_) => {
-                errors.push(err(format!("{path}[{key}]"), format!("invalid value: {value:?} is not an integer")));
-                None
-            }
-        }
-    };
-    let min = int(MIN_SCALE_ANNOTATION, errors);
-    let max = int(MAX_SCALE_ANNOTATION, errors);
-    if int(INITIAL_SCALE_ANNOTATION, errors) == Some(0) {
-        // Knative's `allow-zero-initial-scale` is false by default: a revision must start once to become Ready.
-        errors.push(err(
-            format!("{path}[{INITIAL_SCALE_ANNOTATION}]"),
-            format!("invalid value: 0: {INITIAL_SCALE_ANNOTATION}=0 not allowed by cluster"),
-        ));
-    }
-    if let (Some(min), Some(max)) = (min, max)
-        && max != 0
-        && max < min
+    // The cluster's defaults as a stock node has them: bounds that depend on them (`max-scale-limit`,
+    // `allow-zero-initial-scale`) are Knative's defaults at apply time.
+    if let Err(broken) = super::autoscaling::resolve(annotations, 0, &super::autoscaling::AutoscalerDefaults::default())
     {
-        errors.push(err(
-            format!("{path}[{MAX_SCALE_ANNOTATION}]"),
-            format!("max-scale={max} is less than min-scale={min}"),
-        ));
-    }
-    if let Some(window) = annotations.get(WINDOW_ANNOTATION) {
-        match parse_duration(window) {
-            Ok(d) if (6.0..=3600.0).contains(&d.as_secs_f64()) => {}
-            Ok(_) => {
-                errors.push(err(format!("{path}[{WINDOW_ANNOTATION}]"), format!("expected 6s <= {window} <= 1h0m0s")))
-            }
-            Err(e) => errors.push(err(format!("{path}[{WINDOW_ANNOTATION}]"), format!("invalid value: {e}"))),
-        }
+        errors.extend(broken.into_iter().map(|e| err(format!("{path}{}", e.path), e.message)));
     }
 }
 

@@ -14,6 +14,7 @@ use sluice_broker::Node;
 use sluice_broker::{PublishError, publish};
 use sluice_cloudevent::{AttrValue, CloudEvent};
 
+use crate::capacity::DestinationLimits;
 use crate::consumer::{ConsumerSpec, DeadLetterMode, Format, ReplyTarget};
 use crate::delivery::policy::{FailureReason, Outcome, Step, classify, next_step_jittered};
 use crate::delivery::sender::{AttemptResult, Sender};
@@ -156,6 +157,8 @@ pub(crate) struct DeliveryContext {
     pub node: Node,
     pub sender: Sender,
     pub partition: u32,
+    /// In-flight limits towards subscribers that have them (Knative Services this node runs).
+    pub limits: Option<Arc<DestinationLimits>>,
 }
 
 /// Why a delivery failed, for the dead letter's error attributes.

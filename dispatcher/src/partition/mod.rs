@@ -24,10 +24,14 @@ use sluice_cloudevent::CloudEvent;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
+use crate::capacity::host_of;
 use crate::consumer::{ConsumerSpec, InitialOffset, cursor_prefix};
 use crate::delivery::task::{DeliveryContext, Settlement, deliver, now_ms};
 use crate::stats::{self, CursorStats};
 use reading::{Consumer, ConsumerStart, ReadEvent, ReadLog, Reading, Start};
+
+/// Backlog reports towards a full subscriber, at most this often (besides one every commit tick).
+const BACKLOG_REPORT_MIN_MS: u64 = 50;
 
 /// What a delivery task answers: (cursor, generation, offset, settlement).
 type DeliveryResult = (String, u64, u64, Settlement);
@@ -58,6 +62,7 @@ pub(crate) struct PartitionDispatcher {
     deliveries: JoinSet<DeliveryResult>,
     /// Running deliveries by consumer and offset, to abort when the consumer stops, changes or replays.
     running: HashMap<String, HashMap<u64, AbortHandle>>,
+    last_backlog_report_ms: u64,
 }
 
 impl PartitionDispatcher {
@@ -75,6 +80,7 @@ impl PartitionDispatcher {
             settings,
             deliveries: JoinSet::new(),
             running: HashMap::new(),
+            last_backlog_report_ms: 0,
         };
         (tx, tokio::spawn(dispatcher.run(rx)))
     }
@@ -95,6 +101,8 @@ impl PartitionDispatcher {
         };
         let mut commit_tick = tokio::time::interval(self.settings.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Room at a full subscriber (capacity grew, a slot was given back) wakes this dispatcher.
+        let mut room = self.ctx.limits.as_ref().map(|limits| limits.wake());
         loop {
             self.pump().await;
             let wake_at = self.reading.next_rate_wakeup(now_ms());
@@ -112,6 +120,12 @@ impl PartitionDispatcher {
                 _ = commit_tick.tick() => {
                     self.commit().await;
                     self.publish_gauges();
+                    self.report_backlog();
+                }
+                changed = async { room.as_mut()?.changed().await.ok() }, if room.is_some() => {
+                    if changed.is_none() {
+                        room = None;
+                    }
                 }
                 message = control.recv() => match message {
                     Some(Control::Update { consumers, live_uids }) => self.update(consumers, &live_uids).await,
@@ -246,16 +260,50 @@ impl PartitionDispatcher {
         }
         let log = NodeLog { node: &self.ctx.node, stream: &self.stream, partition: self.partition() };
         self.reading.read_detached(end, &log);
-        for start in self.reading.take_startable(now_ms()) {
+        let limits = self.ctx.limits.clone();
+        let starts = self.reading.take_startable(now_ms(), |spec| match &limits {
+            Some(limits) => limits.try_start(host_of(&spec.subscriber_uri)),
+            None => Some(None),
+        });
+        for (start, slot) in starts {
             let Some(spec) = self.reading.consumers.get(&start.cursor).map(|c| c.spec.clone()) else { continue };
             let ctx = self.ctx.clone();
             let Start { cursor, generation, offset, event } = start;
             let running = self.running.entry(cursor.clone()).or_default();
             let handle = self.deliveries.spawn(async move {
+                // The slot at the subscriber is held until the delivery ends (or is aborted).
+                let _slot = slot;
                 let settlement = deliver(ctx, spec, offset, event).await;
                 (cursor, generation, offset, settlement)
             });
             running.insert(offset, handle);
+        }
+        // A subscriber without room: tell it (its autoscaler) what waits, now rather than at the next tick.
+        if self.reading.any_full() && now_ms() >= self.last_backlog_report_ms + BACKLOG_REPORT_MIN_MS {
+            self.report_backlog();
+        }
+    }
+
+    /// Reports, for each consumer whose subscriber limits its in-flight deliveries, the events waiting in the
+    /// log for it: admitted and not started, plus those not read yet (counted as matching until read: an upper
+    /// bound for filtered Triggers).
+    fn report_backlog(&mut self) {
+        let Some(limits) = &self.ctx.limits else { return };
+        self.last_backlog_report_ms = now_ms();
+        let end = self.ctx.node.end_offset(&self.stream, self.partition()).unwrap_or(0);
+        for consumer in self.reading.consumers.values() {
+            let spec = &consumer.spec;
+            let host = host_of(&spec.subscriber_uri);
+            if !limits.is_limited(host) {
+                continue;
+            }
+            let window = &consumer.window;
+            let unread = if spec.paused { 0 } else { end.saturating_sub(window.scanned_to()) };
+            let events = if spec.paused { 0 } else { window.queued() as u64 + unread };
+            let ordered_keys = (spec.ordering == crate::window::Ordering::Ordered)
+                .then(|| window.keys_pending() as u64 + u64::from(unread > 0));
+            let reporter = format!("{}#{}", spec.cursor, self.partition());
+            limits.report_backlog(&reporter, host, events, ordered_keys);
         }
     }
 

@@ -116,6 +116,8 @@ pub(crate) struct Reading {
     dirty: BTreeSet<String>,
     /// Consumers with startable events held back by their rate limit.
     throttled: BTreeSet<String>,
+    /// Consumers with startable events held back because their subscriber has no room.
+    full: BTreeSet<String>,
 }
 
 impl Reading {
@@ -130,6 +132,7 @@ impl Reading {
             detached: BTreeSet::new(),
             dirty: BTreeSet::new(),
             throttled: BTreeSet::new(),
+            full: BTreeSet::new(),
         }
     }
 
@@ -139,6 +142,7 @@ impl Reading {
         self.detached.remove(cursor);
         self.dirty.remove(cursor);
         self.throttled.remove(cursor);
+        self.full.remove(cursor);
         self.consumers.remove(cursor)
     }
 
@@ -336,14 +340,26 @@ impl Reading {
 
     /// The deliveries that may start now, for the consumers whose window changed (or that wait for tokens);
     /// each is marked started in its window.
-    pub(crate) fn take_startable(&mut self, now_ms: u64) -> Vec<Start> {
+    /// Every event that may start now, each with what `admit` gave it (a slot at its subscriber); when `admit`
+    /// answers `None` (the subscriber is full), the consumer's next events wait, admitted but not started,
+    /// until [`Reading::take_startable`] is called again.
+    pub(crate) fn take_startable<T>(
+        &mut self,
+        now_ms: u64,
+        mut admit: impl FnMut(&ConsumerSpec) -> Option<T>,
+    ) -> Vec<(Start, T)> {
         let mut starts = Vec::new();
         let mut touched = std::mem::take(&mut self.dirty);
         touched.append(&mut std::mem::take(&mut self.throttled));
+        touched.append(&mut std::mem::take(&mut self.full));
         for cursor in touched {
             let Some(consumer) = self.consumers.get_mut(&cursor) else { continue };
             let ready: Vec<u64> = consumer.window.ready().collect();
             for offset in ready {
+                let Some(slot) = admit(&consumer.spec) else {
+                    self.full.insert(cursor.clone());
+                    break;
+                };
                 if let Some(bucket) = &mut consumer.bucket
                     && !bucket.try_take(now_ms)
                 {
@@ -352,15 +368,21 @@ impl Reading {
                 }
                 let Some(pending) = consumer.pending.get(&offset) else { continue };
                 consumer.window.start(offset);
-                starts.push(Start {
+                let start = Start {
                     cursor: cursor.clone(),
                     generation: consumer.generation,
                     offset,
                     event: pending.event.clone(),
-                });
+                };
+                starts.push((start, slot));
             }
         }
         starts
+    }
+
+    /// Whether some consumer has events waiting for room at its subscriber.
+    pub(crate) fn any_full(&self) -> bool {
+        !self.full.is_empty()
     }
 
     /// When a consumer held back by its rate limit gets its next token.
@@ -572,7 +594,7 @@ mod tests {
     fn pump(reading: &mut Reading, log: &MemLog) -> Vec<Start> {
         while reading.read_shared(log.end(), log) {}
         reading.read_detached(log.end(), log);
-        reading.take_startable(0)
+        reading.take_startable(0, |_| Some(())).into_iter().map(|(start, ())| start).collect()
     }
 
     fn settle_all(reading: &mut Reading, starts: &[Start]) {
@@ -593,6 +615,28 @@ mod tests {
 
     fn attached(reading: &Reading) -> Vec<&str> {
         reading.consumers.iter().filter(|(_, c)| c.attached).map(|(cursor, _)| name_of(cursor)).collect()
+    }
+
+    #[test]
+    fn events_wait_in_the_window_while_the_subscriber_has_no_room() {
+        let mut log = MemLog::default();
+        for _ in 0..10 {
+            log.append("a");
+        }
+        let mut reading = reading_with(&specs(&[("t1", "", 100)]), &[0], 4);
+        while reading.read_shared(log.end(), &log) {}
+        reading.read_detached(log.end(), &log);
+        let mut room = 0usize;
+        let starts = reading.take_startable(0, |_| (room < 3).then(|| room += 1));
+        assert_eq!(starts.iter().map(|(s, _)| s.offset).collect::<Vec<_>>(), [0, 1, 2], "three slots, three starts");
+        assert!(reading.any_full());
+        let window = &reading.consumers.values().next().expect("consumer").window;
+        assert_eq!((window.in_flight(), window.queued()), (3, 7), "the rest wait, admitted but not started");
+        let none: Vec<(Start, ())> = reading.take_startable(0, |_| None);
+        assert!(none.is_empty(), "still no room");
+        let later = reading.take_startable(0, |_| Some(()));
+        assert_eq!(later.len(), 7, "room again: the waiting ones start, in order");
+        assert!(!reading.any_full());
     }
 
     #[test]

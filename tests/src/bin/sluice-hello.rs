@@ -102,7 +102,9 @@ async fn answer(request: Request<Incoming>, stats: &Stats) -> Response<Full<Byte
             if !record.is_empty()
                 && let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(&record)
             {
-                let _ = writeln!(file, "{id}");
+                // One write per line: instances of a scaled-out revision append to the same file at once, and
+                // `writeln!` writes the id and the newline separately (lines came out torn: "k21k20").
+                let _ = file.write_all(format!("{id}\n").as_bytes());
             }
             text(StatusCode::ACCEPTED, String::new())
         }

@@ -5,6 +5,16 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Revisions go to zero 300 ms after their last request (no grace period), decisions every 100 ms.
+const QUICK_ZERO: &[&str] = &[
+    "--autoscaler",
+    "stable-window=300ms",
+    "--autoscaler",
+    "scale-to-zero-grace-period=0s",
+    "--autoscaler",
+    "tick-interval=100ms",
+];
+
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use sluice_proto::admin::resources_client::ResourcesClient;
@@ -179,9 +189,11 @@ async fn a_service_becomes_ready_answers_at_its_url_and_splits_traffic_by_revisi
 
 #[tokio::test]
 async fn a_revision_at_zero_answers_concurrent_first_requests_and_container_concurrency_holds() -> Result<()> {
-    let (_dir, node) = start_single_node(1, &["--scale-to-zero-ms", "300"]).await?;
+    let (_dir, node) = start_single_node(1, QUICK_ZERO).await?;
     let (admin, http) = (node.admin.clone(), node.http.clone());
-    apply_resource(&admin, service("cold", json!([]), json!({}), json!({"containerConcurrency": 1}))).await?;
+    // One instance (`max-scale: 1`), so that its own count shows containerConcurrency holding for all 50.
+    let one_instance = json!({"autoscaling.knative.dev/max-scale": "1"});
+    apply_resource(&admin, service("cold", json!([]), one_instance, json!({"containerConcurrency": 1}))).await?;
     wait_ready(&admin, "Service", "cold").await?;
     // It went to zero after being idle.
     wait_for(&admin, "Revision", "cold-00001", "/status/actualReplicas", json!(0)).await?;
@@ -321,7 +333,7 @@ async fn invalid_serving_objects_are_refused_with_their_paths_and_nothing_is_sto
 
 #[tokio::test]
 async fn a_trigger_to_a_service_at_zero_gets_every_event_without_retries_or_dead_letters() -> Result<()> {
-    let (dir, node) = start_single_node(2, &["--scale-to-zero-ms", "300"]).await?;
+    let (dir, node) = start_single_node(2, QUICK_ZERO).await?;
     let (admin, http) = (node.admin.clone(), node.http.clone());
     let record = dir.path().join("received.txt");
     let env = json!([{"name": "HELLO_RECORD", "value": record.display().to_string()}]);
@@ -411,7 +423,7 @@ async fn requests_in_flight_finish_before_an_instance_is_stopped() -> Result<()>
 
 #[tokio::test]
 async fn kill_9_of_the_node_running_the_instance_during_delivery_loses_no_event() -> Result<()> {
-    let mut cluster = sluice_tests::TestCluster::start(3, 1, &["--scale-to-zero-ms", "300"]).await?;
+    let mut cluster = sluice_tests::TestCluster::start(3, 1, QUICK_ZERO).await?;
     let record = cluster.root.path().join("received.txt");
     let admin = cluster.nodes[0].admin.clone();
     let env = json!([{"name": "HELLO_RECORD", "value": record.display().to_string()},

@@ -1,0 +1,449 @@
+//! The whole decision for one revision on one node: Knative's KPA ([`crate::kpa`]) over the metric's windows
+//! and the backlog, then what the KPA leaves to its reconciler (activation from zero, `initial-scale`,
+//! `min-scale`/`max-scale`, scale to zero after the idle window and the grace period), as one state machine.
+//!
+//! What flows in: a [`Sample`] for each closed bucket (time-weighted concurrency, requests completed), and at
+//! each tick (or at once when a revision at zero is asked for) an [`Observation`]: the time, ready and
+//! running instances, requests held at the gate, the dispatcher's [`Backlog`]. What flows out: a [`Decision`],
+//! the instance count wanted with every input and term that led to it and which one won. Pure: time is data.
+
+use sluice_controller::serving::autoscaling::{Autoscaling, Metric};
+
+use crate::kpa::{Kpa, KpaSpec};
+use crate::window::{WindowAverage, round6};
+
+/// One closed bucket of the revision's traffic on this node.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sample {
+    /// Requests in flight or held, averaged over the bucket's time.
+    pub concurrency: f64,
+    /// Requests that ended in the bucket.
+    pub requests: u64,
+}
+
+/// Events waiting in the log for the revision: matched to a Trigger or Subscription whose subscriber resolves
+/// to it, not yet dispatched (in-flight and retry-waiting ones are not backlog).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub events: u64,
+    /// For ordered delivery: the keys (or partitions) with events waiting; more instances than this cannot be
+    /// used. `None`: unordered.
+    pub ordered_keys: Option<u64>,
+}
+
+impl Backlog {
+    /// Adds another consumer's backlog.
+    pub fn merge(self, other: Backlog) -> Backlog {
+        let unordered_waiting =
+            (self.ordered_keys.is_none() && self.events > 0) || (other.ordered_keys.is_none() && other.events > 0);
+        let ordered_keys = match (self.ordered_keys, other.ordered_keys) {
+            // An unordered consumer with events waiting can use any number of instances.
+            _ if unordered_waiting => None,
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        Backlog { events: self.events + other.events, ordered_keys }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub now_ms: u64,
+    pub ready: u32,
+    /// Running (starting or ready, not draining).
+    pub instances: u32,
+    /// Requests held at the gate (waiting for a slot).
+    pub held: u32,
+    pub backlog: Backlog,
+}
+
+/// Which input settled the count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The metric's stable window (concurrency or rps).
+    Metric,
+    /// The backlog asked for more than the metric.
+    Backlog,
+    /// Panic mode: the short window saw a spike; no scale-down until it has passed for a stable window.
+    Panic,
+    /// At zero, a request is held or the backlog passed the activation threshold.
+    Activation,
+    /// A new revision starts `initial-scale` instances once.
+    InitialScale,
+    MinScale,
+    MaxScale,
+    /// Nothing wanted, but the revision has not been idle for the window and the grace period yet.
+    IdleGrace,
+    /// `enable-scale-to-zero` is false.
+    ScaleToZeroDisabled,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Metric => "metric",
+            Reason::Backlog => "backlog",
+            Reason::Panic => "panic",
+            Reason::Activation => "activation",
+            Reason::InitialScale => "initial-scale",
+            Reason::MinScale => "min-scale",
+            Reason::MaxScale => "max-scale",
+            Reason::IdleGrace => "idle-grace",
+            Reason::ScaleToZeroDisabled => "scale-to-zero-disabled",
+        }
+    }
+}
+
+/// A decision and everything that explains it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub at_ms: u64,
+    pub desired: u32,
+    pub reason: Reason,
+    pub panicking: bool,
+    pub ready: u32,
+    pub instances: u32,
+    pub held: u32,
+    /// The metric's averages over the stable and the panic window.
+    pub stable_metric: f64,
+    pub panic_metric: f64,
+    pub backlog: Backlog,
+    /// Instances each term asks for: the metric over the stable window, the panic window (with the
+    /// backlog), the backlog.
+    pub metric_wanted: u32,
+    pub panic_wanted: u32,
+    pub backlog_wanted: u32,
+    pub excess_burst_capacity: i64,
+}
+
+/// One revision's autoscaler.
+#[derive(Clone, Debug)]
+pub struct Autoscaler {
+    knobs: Autoscaling,
+    kpa: Kpa,
+    stable: WindowAverage,
+    panic: WindowAverage,
+    /// When a request, a held request or backlog was last seen (the revision's start counts as activity).
+    last_activity_ms: u64,
+    inactive_since_ms: Option<u64>,
+    /// `initial-scale` has been reached once (or the revision was ready before, elsewhere).
+    reached_initial: bool,
+}
+
+/// Instances the backlog asks for: `ceil(events / backlog-target)`, no more than ordered delivery can use.
+pub fn backlog_instances(knobs: &Autoscaling, backlog: Backlog) -> u32 {
+    if backlog.events == 0 {
+        return 0;
+    }
+    let wanted = (backlog.events as f64 / knobs.backlog_target).ceil().min(f64::from(u32::MAX)) as u32;
+    match backlog.ordered_keys {
+        Some(keys) => wanted.min(keys.clamp(1, u64::from(u32::MAX)) as u32),
+        None => wanted,
+    }
+}
+
+impl Autoscaler {
+    /// An autoscaler for a revision with `ready` instances now; `reached_initial`: it was ready before, so
+    /// `initial-scale` need not be started again.
+    pub fn new(knobs: Autoscaling, ready: u32, now_ms: u64, reached_initial: bool) -> Self {
+        let spec = KpaSpec {
+            target: knobs.target,
+            total: knobs.total,
+            target_burst_capacity: knobs.target_burst_capacity,
+            panic_threshold: knobs.panic_threshold,
+            max_scale_up_rate: knobs.max_scale_up_rate,
+            max_scale_down_rate: knobs.max_scale_down_rate,
+            stable_window_ms: knobs.stable_window_ms,
+            scale_down_delay_ms: knobs.scale_down_delay_ms,
+            reachable: true,
+            activation_scale: knobs.activation_scale,
+            tick_ms: knobs.tick_ms,
+        };
+        Autoscaler {
+            kpa: Kpa::new(spec, ready, now_ms),
+            stable: WindowAverage::new(knobs.stable_window_ms, knobs.bucket_ms),
+            panic: WindowAverage::new(knobs.panic_window_ms, knobs.bucket_ms),
+            knobs,
+            last_activity_ms: now_ms,
+            inactive_since_ms: None,
+            reached_initial,
+        }
+    }
+
+    /// Records a closed bucket that ended at `now_ms`.
+    pub fn record(&mut self, now_ms: u64, sample: Sample) {
+        let value = match self.knobs.metric {
+            Metric::Concurrency => sample.concurrency,
+            Metric::Rps => sample.requests as f64 * 1000.0 / self.knobs.bucket_ms as f64,
+        };
+        // Stamped with the time it closed, as Knative stamps a scrape: a decision taken then includes it.
+        self.stable.record(now_ms, value);
+        self.panic.record(now_ms, value);
+        if sample.concurrency > 0.0 || sample.requests > 0 {
+            self.last_activity_ms = self.last_activity_ms.max(now_ms);
+        }
+    }
+
+    /// Whether a revision at zero must start now, without waiting for the next tick.
+    pub fn wakes(&self, held: u32, backlog: Backlog) -> bool {
+        held > 0 || backlog.events > self.knobs.activation_backlog
+    }
+
+    pub fn decide(&mut self, observed: &Observation) -> Decision {
+        let now = observed.now_ms;
+        let knobs = &self.knobs;
+        if observed.held > 0 || observed.backlog.events > 0 {
+            self.last_activity_ms = self.last_activity_ms.max(now);
+        }
+        let stable_metric = self.stable.average(now);
+        let panic_metric = self.panic.average(now);
+        let backlog_wanted = backlog_instances(knobs, observed.backlog);
+        let kpa = self.kpa.scale(now, observed.ready, stable_metric, panic_metric, backlog_wanted);
+        let metric_wanted = round6(stable_metric / knobs.target).ceil().min(f64::from(u32::MAX)) as u32;
+        let mut desired = kpa.desired;
+        let mut reason = if kpa.panicking {
+            Reason::Panic
+        } else if backlog_wanted > metric_wanted {
+            Reason::Backlog
+        } else {
+            Reason::Metric
+        };
+        if desired == 0 && self.wakes(observed.held, observed.backlog) {
+            desired = knobs.activation_scale.max(1);
+            reason = Reason::Activation;
+        }
+        if !self.reached_initial {
+            if observed.ready >= knobs.initial_scale {
+                self.reached_initial = true;
+            } else if desired < knobs.initial_scale {
+                desired = knobs.initial_scale;
+                reason = Reason::InitialScale;
+            }
+        }
+        if desired < knobs.min_scale {
+            desired = knobs.min_scale;
+            reason = Reason::MinScale;
+        }
+        if knobs.max_scale > 0 && desired > knobs.max_scale {
+            desired = knobs.max_scale;
+            reason = Reason::MaxScale;
+        }
+        if desired == 0 {
+            // Inactive: nothing (requests, held requests, backlog) for a whole window. The grace period counts
+            // from then, so the last instance goes after `window + max(grace, retention)` of quiet.
+            let idle_for_window = now.saturating_sub(self.last_activity_ms) >= knobs.stable_window_ms;
+            if !idle_for_window {
+                self.inactive_since_ms = None;
+            }
+            let since = if idle_for_window { *self.inactive_since_ms.get_or_insert(now) } else { now };
+            let grace_passed = idle_for_window
+                && now.saturating_sub(since) >= knobs.scale_to_zero_grace_ms.max(knobs.pod_retention_ms);
+            if !knobs.enable_scale_to_zero {
+                desired = 1;
+                reason = Reason::ScaleToZeroDisabled;
+            } else if !grace_passed && observed.instances > 0 {
+                // The last instance stays until the revision has been idle for the window and the grace period.
+                desired = 1;
+                reason = Reason::IdleGrace;
+            }
+        } else {
+            self.inactive_since_ms = None;
+        }
+        Decision {
+            at_ms: now,
+            desired,
+            reason,
+            panicking: kpa.panicking,
+            ready: observed.ready,
+            instances: observed.instances,
+            held: observed.held,
+            stable_metric,
+            panic_metric,
+            backlog: observed.backlog,
+            metric_wanted,
+            panic_wanted: kpa.panic_wanted,
+            backlog_wanted,
+            excess_burst_capacity: kpa.excess_burst_capacity,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use sluice_controller::serving::autoscaling::AutoscalerDefaults;
+
+    use super::*;
+
+    /// Knative's defaults with a 6 s window, containerConcurrency 4 (target 2.8).
+    fn knobs() -> Autoscaling {
+        let defaults = AutoscalerDefaults::from_pairs(["stable-window=6s"]).expect("valid");
+        Autoscaling::from_defaults(&defaults, 4)
+    }
+
+    fn observe(now_ms: u64, ready: u32, held: u32, events: u64) -> Observation {
+        Observation { now_ms, ready, instances: ready, held, backlog: Backlog { events, ordered_keys: None } }
+    }
+
+    /// Records `concurrency` each second from `from_s` to `to_s`.
+    fn load(scaler: &mut Autoscaler, from_s: u64, to_s: u64, concurrency: f64) {
+        for s in from_s..to_s {
+            scaler.record((s + 1) * 1000, Sample { concurrency, requests: concurrency as u64 });
+        }
+    }
+
+    #[test]
+    fn the_backlog_wakes_a_revision_at_zero_and_sizes_it() {
+        let mut scaler = Autoscaler::new(knobs(), 0, 0, true);
+        load(&mut scaler, 0, 100, 0.0);
+        let idle = scaler.decide(&observe(100_000, 0, 0, 0));
+        assert_eq!((idle.desired, idle.reason), (0, Reason::Metric));
+        assert!(!scaler.wakes(0, Backlog { events: 0, ordered_keys: None }));
+        assert!(scaler.wakes(0, Backlog { events: 1, ordered_keys: None }), "activation-backlog 0: strictly greater");
+        let burst = scaler.decide(&observe(100_100, 0, 0, 5_000));
+        assert_eq!((burst.desired, burst.reason, burst.backlog_wanted), (50, Reason::Backlog, 50));
+        assert!(!burst.panicking, "the backlog does not panic");
+        let capped =
+            Autoscaler::new(Autoscaling { max_scale: 8, ..knobs() }, 0, 0, true).decide(&observe(1, 0, 0, 5_000));
+        assert_eq!((capped.desired, capped.reason), (8, Reason::MaxScale));
+        let mut threshold = Autoscaler::new(Autoscaling { activation_backlog: 10, ..knobs() }, 0, 0, true);
+        load(&mut threshold, 0, 100, 0.0);
+        assert!(!threshold.wakes(0, Backlog { events: 10, ordered_keys: None }));
+        assert!(threshold.wakes(0, Backlog { events: 11, ordered_keys: None }));
+    }
+
+    #[test]
+    fn a_held_request_wakes_a_revision_at_zero_before_the_window_sees_it() {
+        let mut scaler = Autoscaler::new(Autoscaling { activation_scale: 3, ..knobs() }, 0, 0, true);
+        load(&mut scaler, 0, 100, 0.0);
+        assert!(scaler.wakes(1, Backlog::default()));
+        let woken = scaler.decide(&observe(100_000, 0, 1, 0));
+        assert_eq!((woken.desired, woken.reason), (3, Reason::Activation), "activation-scale");
+    }
+
+    #[test]
+    fn never_to_zero_while_events_wait_and_to_zero_after_window_and_grace() {
+        let knobs = Autoscaling { scale_to_zero_grace_ms: 10_000, ..knobs() };
+        let mut scaler = Autoscaler::new(knobs, 1, 0, true);
+        load(&mut scaler, 0, 10, 2.0);
+        for t in (10_000..40_000).step_by(2_000) {
+            let d = scaler.decide(&observe(t, 1, 0, 1));
+            assert!(d.desired >= 1, "backlog at {t}: {d:?}");
+        }
+        // The backlog is gone and nothing comes: the last instance stays for the window and the grace period.
+        load(&mut scaler, 40, 80, 0.0);
+        let mut zero_at = None;
+        for t in (40_000..80_000).step_by(2_000) {
+            let d = scaler.decide(&observe(t, 1, 0, 0));
+            if d.desired == 0 {
+                zero_at = Some(t);
+                break;
+            }
+            assert_eq!((d.desired, d.reason), (1, Reason::IdleGrace), "{d:?}");
+        }
+        assert_eq!(zero_at, Some(38_000 + 6_000 + 10_000), "window and grace after the last backlog");
+    }
+
+    #[test]
+    fn events_stuck_in_retries_are_not_backlog_and_let_it_go_to_zero() {
+        // A delivery waiting to retry is neither backlog nor held: the revision goes to zero after the window.
+        let knobs = Autoscaling { scale_to_zero_grace_ms: 0, ..knobs() };
+        let mut scaler = Autoscaler::new(knobs, 1, 0, true);
+        load(&mut scaler, 0, 30, 0.0);
+        let d = scaler.decide(&observe(30_000, 1, 0, 0));
+        assert_eq!(d.desired, 0);
+    }
+
+    #[test]
+    fn ordered_delivery_caps_the_backlog_term() {
+        let knobs = knobs();
+        let ordered = |events, keys| Backlog { events, ordered_keys: Some(keys) };
+        assert_eq!(backlog_instances(&knobs, ordered(10_000, 3)), 3);
+        assert_eq!(backlog_instances(&knobs, ordered(150, 3)), 2);
+        assert_eq!(backlog_instances(&knobs, Backlog { events: 10_000, ordered_keys: None }), 100);
+        let merged = ordered(500, 2).merge(ordered(500, 3));
+        assert_eq!(merged, ordered(1_000, 5));
+        let with_unordered = ordered(500, 2).merge(Backlog { events: 10, ordered_keys: None });
+        assert_eq!(with_unordered.ordered_keys, None, "an unordered consumer can use every instance");
+        assert_eq!(ordered(500, 2).merge(Backlog::default()), ordered(500, 2));
+        let mut scaler = Autoscaler::new(knobs, 0, 0, true);
+        let d = scaler.decide(&Observation { backlog: ordered(10_000, 2), ..observe(0, 0, 0, 0) });
+        assert_eq!((d.desired, d.reason), (2, Reason::Backlog), "two keys: two instances");
+    }
+
+    #[test]
+    fn initial_min_and_disabled_scale_to_zero() {
+        let new =
+            Autoscaler::new(Autoscaling { initial_scale: 3, ..knobs() }, 0, 0, false).decide(&observe(0, 0, 0, 0));
+        assert_eq!((new.desired, new.reason), (3, Reason::InitialScale));
+        let mut reached = Autoscaler::new(Autoscaling { initial_scale: 3, ..knobs() }, 0, 0, false);
+        reached.decide(&observe(0, 3, 0, 0));
+        assert_eq!(reached.decide(&observe(2_000, 3, 0, 0)).reason, Reason::Metric, "once reached, forgotten");
+        let min = Autoscaler::new(Autoscaling { min_scale: 2, ..knobs() }, 0, 0, true).decide(&observe(0, 0, 0, 0));
+        assert_eq!((min.desired, min.reason), (2, Reason::MinScale));
+        let mut kept = Autoscaler::new(Autoscaling { enable_scale_to_zero: false, ..knobs() }, 1, 0, true);
+        assert_eq!(kept.decide(&observe(600_000, 1, 0, 0)).reason, Reason::ScaleToZeroDisabled);
+    }
+
+    #[test]
+    fn a_new_revision_stays_up_for_a_window_before_going_to_zero() {
+        let knobs = Autoscaling { scale_to_zero_grace_ms: 0, ..knobs() };
+        let mut scaler = Autoscaler::new(knobs, 0, 0, false);
+        assert_eq!(scaler.decide(&observe(0, 0, 0, 0)).desired, 1, "initial-scale 1 to become ready");
+        assert_eq!(scaler.decide(&observe(2_000, 1, 0, 0)).reason, Reason::IdleGrace);
+        assert_eq!(scaler.decide(&observe(6_000, 1, 0, 0)).desired, 0);
+    }
+
+    #[test]
+    fn concurrency_scales_it_and_a_spike_panics() {
+        let mut scaler = Autoscaler::new(knobs(), 1, 0, true);
+        load(&mut scaler, 0, 6, 14.0);
+        let d = scaler.decide(&observe(6_000, 1, 0, 0));
+        assert_eq!((d.desired, d.reason, d.metric_wanted), (5, Reason::Panic, 5), "14 / 2.8 = 5, 5× the ready one");
+        assert!(d.panicking);
+    }
+
+    proptest! {
+        /// Over any trace: within the bounds, never down while panicking, within the rate limits each tick.
+        #[test]
+        fn invariants_hold_over_any_trace(
+            steps in proptest::collection::vec((0.0f64..400.0, 0u32..3, 0u64..20_000), 1..80),
+            min in 0u32..3, max in prop_oneof![Just(0u32), 3u32..40],
+        ) {
+            let knobs = Autoscaling { min_scale: min, max_scale: max, ..knobs() };
+            let mut scaler = Autoscaler::new(knobs.clone(), 0, 0, true);
+            let mut ready = 0u32;
+            let mut previous: Option<Decision> = None;
+            for (i, (concurrency, held, events)) in steps.iter().enumerate() {
+                let now = (i as u64 + 1) * 2_000;
+                scaler.record(now - 1_000, Sample { concurrency: *concurrency, requests: 0 });
+                scaler.record(now, Sample { concurrency: *concurrency, requests: 0 });
+                let d = scaler.decide(&observe(now, ready, *held, *events));
+                prop_assert!(d.desired >= min, "{d:?}");
+                if max > 0 {
+                    prop_assert!(d.desired <= max, "{d:?}");
+                }
+                let from = f64::from(ready.max(1));
+                let up_limit = (knobs.max_scale_up_rate * from).ceil() as u32;
+                prop_assert!(d.desired <= up_limit.max(min).max(knobs.initial_scale).max(1), "{d:?}");
+                let down_limit = (from / knobs.max_scale_down_rate).floor() as u32;
+                if max == 0 || down_limit <= max {
+                    prop_assert!(d.desired >= down_limit, "{d:?} from {ready}");
+                }
+                if let Some(p) = &previous
+                    && p.panicking
+                    && d.panicking
+                {
+                    let cap = if max > 0 { max } else { u32::MAX };
+                    prop_assert!(d.desired >= p.desired.min(cap), "no decrease while panicking: {p:?} → {d:?}");
+                }
+                if *events > 0 {
+                    prop_assert!(d.desired >= 1, "never to zero with backlog: {d:?}");
+                }
+                // The revision follows the decision at once here (the simulator models start-up time).
+                ready = d.desired;
+                previous = Some(d);
+            }
+        }
+    }
+}

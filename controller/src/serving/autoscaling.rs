@@ -1,0 +1,568 @@
+//! Knative's autoscaling knobs, resolved for one Revision: the `autoscaling.knative.dev/*` annotations of its
+//! template over the cluster's defaults (the keys of Knative's `config-autoscaler` ConfigMap, given to each
+//! node with `--autoscaler KEY=VALUE`), with Knative's bounds and defaults (`pkg/autoscaler/config`,
+//! `pkg/apis/autoscaling/annotation_validation.go`), and `containerConcurrency` capping the target.
+//!
+//! What flows in: a template's annotations, its `containerConcurrency`, the cluster's [`AutoscalerDefaults`].
+//! What flows out: [`Autoscaling`], every knob in its unit, or the [`FieldError`]s that name the annotation
+//! and the rule (the same errors refuse the object at apply). Pure.
+//!
+//! Sluice's own knobs sit beside Knative's: `autoscaling.sluice.dev/backlog-target` (events waiting in the log
+//! per instance, default 100, Knative's Kafka `lag-threshold` default) and
+//! `autoscaling.sluice.dev/activation-backlog` (a revision at zero wakes when its backlog passes it; default
+//! 0, strictly greater, as KEDA's activation threshold).
+
+use std::collections::BTreeMap;
+
+use crate::fields::{FieldError, parse_duration};
+
+pub const CLASS_ANNOTATION: &str = "autoscaling.knative.dev/class";
+pub const METRIC_ANNOTATION: &str = "autoscaling.knative.dev/metric";
+pub const TARGET_ANNOTATION: &str = "autoscaling.knative.dev/target";
+pub const TARGET_UTILIZATION_ANNOTATION: &str = "autoscaling.knative.dev/target-utilization-percentage";
+pub const WINDOW_ANNOTATION: &str = "autoscaling.knative.dev/window";
+pub const PANIC_WINDOW_ANNOTATION: &str = "autoscaling.knative.dev/panic-window-percentage";
+pub const PANIC_THRESHOLD_ANNOTATION: &str = "autoscaling.knative.dev/panic-threshold-percentage";
+pub const MAX_SCALE_UP_RATE_ANNOTATION: &str = "autoscaling.knative.dev/max-scale-up-rate";
+pub const MAX_SCALE_DOWN_RATE_ANNOTATION: &str = "autoscaling.knative.dev/max-scale-down-rate";
+pub const MIN_SCALE_ANNOTATION: &str = "autoscaling.knative.dev/min-scale";
+pub const MAX_SCALE_ANNOTATION: &str = "autoscaling.knative.dev/max-scale";
+pub const INITIAL_SCALE_ANNOTATION: &str = "autoscaling.knative.dev/initial-scale";
+pub const ACTIVATION_SCALE_ANNOTATION: &str = "autoscaling.knative.dev/activation-scale";
+pub const SCALE_DOWN_DELAY_ANNOTATION: &str = "autoscaling.knative.dev/scale-down-delay";
+pub const POD_RETENTION_ANNOTATION: &str = "autoscaling.knative.dev/scale-to-zero-pod-retention-period";
+pub const TARGET_BURST_CAPACITY_ANNOTATION: &str = "autoscaling.knative.dev/target-burst-capacity";
+pub const AGGREGATION_ANNOTATION: &str = "autoscaling.knative.dev/metric-aggregation-algorithm";
+pub const BACKLOG_TARGET_ANNOTATION: &str = "autoscaling.sluice.dev/backlog-target";
+pub const ACTIVATION_BACKLOG_ANNOTATION: &str = "autoscaling.sluice.dev/activation-backlog";
+
+/// The only class this autoscaler is (Knative's default).
+pub const KPA_CLASS: &str = "kpa.autoscaling.knative.dev";
+
+/// What the autoscaler counts per instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// Requests in flight (and held), averaged over time.
+    Concurrency,
+    /// Requests completed per second.
+    Rps,
+}
+
+/// The cluster's defaults: Knative's `config-autoscaler` keys, same defaults, plus Sluice's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AutoscalerDefaults {
+    pub container_concurrency_target_default: f64,
+    pub container_concurrency_target_percentage: f64,
+    pub requests_per_second_target_default: f64,
+    pub target_burst_capacity: f64,
+    pub stable_window_ms: u64,
+    pub panic_window_percentage: f64,
+    pub panic_threshold_percentage: f64,
+    pub max_scale_up_rate: f64,
+    pub max_scale_down_rate: f64,
+    pub enable_scale_to_zero: bool,
+    pub scale_to_zero_grace_period_ms: u64,
+    pub scale_to_zero_pod_retention_period_ms: u64,
+    pub scale_down_delay_ms: u64,
+    pub initial_scale: u32,
+    pub allow_zero_initial_scale: bool,
+    pub min_scale: u32,
+    /// 0: none.
+    pub max_scale: u32,
+    /// 0: none; a revision's `max-scale` may not exceed it.
+    pub max_scale_limit: u32,
+    /// Sluice: events waiting per instance.
+    pub backlog_target: f64,
+    /// Sluice: a revision at zero wakes when its backlog is above this.
+    pub activation_backlog: u64,
+    /// Sluice: how often a decision is taken (Knative's is fixed at 2 s). Metrics are kept in buckets of
+    /// `min(1 s, tick)`.
+    pub tick_interval_ms: u64,
+}
+
+impl Default for AutoscalerDefaults {
+    fn default() -> Self {
+        AutoscalerDefaults {
+            container_concurrency_target_default: 100.0,
+            container_concurrency_target_percentage: 70.0,
+            requests_per_second_target_default: 200.0,
+            target_burst_capacity: 211.0,
+            stable_window_ms: 60_000,
+            panic_window_percentage: 10.0,
+            panic_threshold_percentage: 200.0,
+            max_scale_up_rate: 1000.0,
+            max_scale_down_rate: 2.0,
+            enable_scale_to_zero: true,
+            scale_to_zero_grace_period_ms: 30_000,
+            scale_to_zero_pod_retention_period_ms: 0,
+            scale_down_delay_ms: 0,
+            initial_scale: 1,
+            allow_zero_initial_scale: false,
+            min_scale: 0,
+            max_scale: 0,
+            max_scale_limit: 0,
+            backlog_target: 100.0,
+            activation_backlog: 0,
+            tick_interval_ms: 2_000,
+        }
+    }
+}
+
+fn number(key: &str, value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() => Ok(n),
+        _ => Err(format!("{key}: {value:?} is not a number")),
+    }
+}
+
+fn count(key: &str, value: &str) -> Result<u32, String> {
+    match value.trim().parse::<i64>() {
+        Ok(n) if (0..=i64::from(i32::MAX)).contains(&n) => Ok(n as u32),
+        Ok(n) => Err(format!("{key}: expected 0 <= {n} <= 2147483647")),
+        Err(_) => Err(format!("{key}: {value:?} is not an integer")),
+    }
+}
+
+fn millis(key: &str, value: &str) -> Result<u64, String> {
+    parse_duration(value).map(|d| d.as_millis() as u64).map_err(|e| format!("{key}: {e}"))
+}
+
+fn within(key: &str, low: f64, value: f64, high: f64) -> Result<f64, String> {
+    if (low..=high).contains(&value) { Ok(value) } else { Err(format!("{key}: expected {low} <= {value} <= {high}")) }
+}
+
+impl AutoscalerDefaults {
+    /// Sets one `config-autoscaler` key (`stable-window=60s`, `max-scale-up-rate=1000`, ...).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let v = value;
+        match key {
+            "container-concurrency-target-default" => {
+                self.container_concurrency_target_default = within(key, 0.01, number(key, v)?, f64::MAX)?
+            }
+            "container-concurrency-target-percentage" => {
+                self.container_concurrency_target_percentage = within(key, 1.0, number(key, v)?, 100.0)?
+            }
+            "requests-per-second-target-default" => {
+                self.requests_per_second_target_default = within(key, 0.01, number(key, v)?, f64::MAX)?
+            }
+            "target-burst-capacity" => self.target_burst_capacity = within(key, -1.0, number(key, v)?, f64::MAX)?,
+            // Sluice's nodes accept windows below Knative's 6 s for tests and demos; annotations keep the bounds.
+            "stable-window" => {
+                self.stable_window_ms = within(key, 100.0, millis(key, v)? as f64, 3_600_000.0)? as u64;
+            }
+            "panic-window-percentage" => self.panic_window_percentage = within(key, 1.0, number(key, v)?, 100.0)?,
+            "panic-threshold-percentage" => {
+                self.panic_threshold_percentage = within(key, 110.0, number(key, v)?, 1000.0)?
+            }
+            "max-scale-up-rate" => self.max_scale_up_rate = rate(key, number(key, v)?)?,
+            "max-scale-down-rate" => self.max_scale_down_rate = rate(key, number(key, v)?)?,
+            "enable-scale-to-zero" => self.enable_scale_to_zero = boolean(key, v)?,
+            "allow-zero-initial-scale" => self.allow_zero_initial_scale = boolean(key, v)?,
+            "scale-to-zero-grace-period" => self.scale_to_zero_grace_period_ms = millis(key, v)?,
+            "scale-to-zero-pod-retention-period" => self.scale_to_zero_pod_retention_period_ms = millis(key, v)?,
+            "scale-down-delay" => {
+                self.scale_down_delay_ms = within(key, 0.0, millis(key, v)? as f64, 3_600_000.0)? as u64;
+            }
+            "initial-scale" => self.initial_scale = count(key, v)?,
+            "min-scale" => self.min_scale = count(key, v)?,
+            "max-scale" => self.max_scale = count(key, v)?,
+            "max-scale-limit" => self.max_scale_limit = count(key, v)?,
+            "backlog-target" => self.backlog_target = within(key, 1.0, number(key, v)?, f64::MAX)?,
+            "activation-backlog" => self.activation_backlog = u64::from(count(key, v)?),
+            "tick-interval" => {
+                self.tick_interval_ms = within(key, 10.0, millis(key, v)? as f64, 60_000.0)? as u64;
+            }
+            other => return Err(format!("{other:?} is not a config-autoscaler key Sluice knows")),
+        }
+        if self.initial_scale == 0 && !self.allow_zero_initial_scale {
+            return Err("initial-scale: 0 needs allow-zero-initial-scale=true".into());
+        }
+        if self.max_scale != 0 && self.max_scale < self.min_scale {
+            return Err(format!("max-scale={} is less than min-scale={}", self.max_scale, self.min_scale));
+        }
+        Ok(())
+    }
+
+    /// The defaults with `KEY=VALUE` pairs applied in order.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut defaults = AutoscalerDefaults::default();
+        for pair in pairs {
+            let (key, value) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not KEY=VALUE"))?;
+            defaults.set(key.trim(), value)?;
+        }
+        Ok(defaults)
+    }
+}
+
+fn rate(key: &str, value: f64) -> Result<f64, String> {
+    if value > 1.0 { Ok(value) } else { Err(format!("{key}: {value} must be greater than 1")) }
+}
+
+fn boolean(key: &str, value: &str) -> Result<bool, String> {
+    match value.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("{key}: {other:?} is not true or false")),
+    }
+}
+
+/// One revision's knobs, each in its unit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Autoscaling {
+    pub metric: Metric,
+    /// What one instance should carry (`total × utilization`, at least 0.01).
+    pub target: f64,
+    /// What one instance can carry at most (Knative's `TotalValue`: burst capacity is counted in it).
+    pub total: f64,
+    pub stable_window_ms: u64,
+    pub panic_window_ms: u64,
+    /// As a ratio (`panic-threshold-percentage / 100`).
+    pub panic_threshold: f64,
+    pub max_scale_up_rate: f64,
+    pub max_scale_down_rate: f64,
+    pub min_scale: u32,
+    /// 0: none.
+    pub max_scale: u32,
+    pub initial_scale: u32,
+    pub activation_scale: u32,
+    pub scale_down_delay_ms: u64,
+    pub enable_scale_to_zero: bool,
+    pub scale_to_zero_grace_ms: u64,
+    pub pod_retention_ms: u64,
+    pub target_burst_capacity: f64,
+    pub backlog_target: f64,
+    pub activation_backlog: u64,
+    pub tick_ms: u64,
+    pub bucket_ms: u64,
+}
+
+impl Autoscaling {
+    /// The cluster's defaults alone (a revision without annotations).
+    pub fn from_defaults(defaults: &AutoscalerDefaults, container_concurrency: u32) -> Self {
+        resolve(&BTreeMap::new(), container_concurrency, defaults)
+            .unwrap_or_else(|_| unreachable_defaults(defaults, container_concurrency))
+    }
+}
+
+/// Validated defaults always resolve; this keeps the function total if they were built by hand wrongly.
+fn unreachable_defaults(defaults: &AutoscalerDefaults, container_concurrency: u32) -> Autoscaling {
+    let total = if container_concurrency > 0 { f64::from(container_concurrency) } else { 100.0 };
+    Autoscaling {
+        metric: Metric::Concurrency,
+        target: (total * 0.7).max(0.01),
+        total,
+        stable_window_ms: 60_000,
+        panic_window_ms: 6_000,
+        panic_threshold: 2.0,
+        max_scale_up_rate: 1000.0,
+        max_scale_down_rate: 2.0,
+        min_scale: 0,
+        max_scale: 0,
+        initial_scale: 1,
+        activation_scale: 1,
+        scale_down_delay_ms: 0,
+        enable_scale_to_zero: defaults.enable_scale_to_zero,
+        scale_to_zero_grace_ms: 30_000,
+        pod_retention_ms: 0,
+        target_burst_capacity: 211.0,
+        backlog_target: 100.0,
+        activation_backlog: 0,
+        tick_ms: 2_000,
+        bucket_ms: 1_000,
+    }
+}
+
+/// A revision's knobs from its annotations over the cluster's defaults, or every annotation that breaks a
+/// rule (paths relative to the annotations: `[autoscaling.knative.dev/window]`).
+pub fn resolve(
+    annotations: &BTreeMap<String, String>,
+    container_concurrency: u32,
+    defaults: &AutoscalerDefaults,
+) -> Result<Autoscaling, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut fail = |key: &str, message: String| errors.push(FieldError { path: format!("[{key}]"), message });
+    let get = |key: &str| annotations.get(key).map(String::as_str);
+    let num = |key: &str, low: f64, high: f64, default: f64, fail: &mut dyn FnMut(&str, String)| -> f64 {
+        let Some(text) = get(key) else { return default };
+        match text.trim().parse::<f64>() {
+            Ok(n) if n.is_finite() && (low..=high).contains(&n) => n,
+            Ok(n) if n.is_finite() => {
+                fail(key, format!("expected {low} <= {n} <= {high}"));
+                default
+            }
+            _ => {
+                fail(key, format!("invalid value: {text:?} is not a number"));
+                default
+            }
+        }
+    };
+    let int = |key: &str, low: u32, default: u32, fail: &mut dyn FnMut(&str, String)| -> u32 {
+        let Some(text) = get(key) else { return default };
+        match text.trim().parse::<i64>() {
+            Ok(n) if (i64::from(low)..=i64::from(i32::MAX)).contains(&n) => n as u32,
+            Ok(n) => {
+                fail(key, format!("expected {low} <= {n} <= 2147483647"));
+                default
+            }
+            Err(_) => {
+                fail(key, format!("invalid value: {text:?} is not an integer"));
+                default
+            }
+        }
+    };
+    let duration = |key: &str, low_ms: u64, high_ms: u64, default: u64, fail: &mut dyn FnMut(&str, String)| -> u64 {
+        let Some(text) = get(key) else { return default };
+        match parse_duration(text) {
+            Ok(d) if (low_ms..=high_ms).contains(&(d.as_millis() as u64)) => d.as_millis() as u64,
+            Ok(_) => {
+                fail(key, format!("expected {} <= {text} <= {}", show_ms(low_ms), show_ms(high_ms)));
+                default
+            }
+            Err(e) => {
+                fail(key, format!("invalid value: {e}"));
+                default
+            }
+        }
+    };
+
+    if let Some(class) = get(CLASS_ANNOTATION)
+        && class != KPA_CLASS
+    {
+        fail(CLASS_ANNOTATION, format!("{class:?} is not supported: Sluice's autoscaler is {KPA_CLASS:?}"));
+    }
+    let metric = match get(METRIC_ANNOTATION) {
+        None | Some("concurrency") => Metric::Concurrency,
+        Some("rps") => Metric::Rps,
+        Some(other) => {
+            fail(
+                METRIC_ANNOTATION,
+                format!("invalid value: {other:?}: the {KPA_CLASS} class supports concurrency and rps"),
+            );
+            Metric::Concurrency
+        }
+    };
+    if let Some(algorithm) = get(AGGREGATION_ANNOTATION)
+        && algorithm != "linear"
+    {
+        fail(AGGREGATION_ANNOTATION, format!("invalid value: {algorithm:?}: Sluice averages windows linearly"));
+    }
+    let cc = f64::from(container_concurrency);
+    let (default_total, default_utilization) = match metric {
+        Metric::Concurrency => {
+            (defaults.container_concurrency_target_default, defaults.container_concurrency_target_percentage)
+        }
+        Metric::Rps => (defaults.requests_per_second_target_default, 70.0),
+    };
+    let mut total = num(TARGET_ANNOTATION, 0.01, f64::MAX, default_total, &mut fail);
+    if metric == Metric::Concurrency && container_concurrency > 0 {
+        total = if get(TARGET_ANNOTATION).is_some() { total.min(cc) } else { cc };
+    }
+    let utilization = num(TARGET_UTILIZATION_ANNOTATION, 1.0, 100.0, default_utilization, &mut fail) / 100.0;
+    // Knative's annotation bounds (6 s to 1 h) apply to annotations; a node's default may be shorter.
+    let stable_window_ms = duration(WINDOW_ANNOTATION, 6_000, 3_600_000, defaults.stable_window_ms, &mut fail);
+    let panic_percentage = num(PANIC_WINDOW_ANNOTATION, 1.0, 100.0, defaults.panic_window_percentage, &mut fail);
+    let panic_threshold =
+        num(PANIC_THRESHOLD_ANNOTATION, 110.0, 1000.0, defaults.panic_threshold_percentage, &mut fail) / 100.0;
+    let max_scale_up_rate = num(MAX_SCALE_UP_RATE_ANNOTATION, 1.0, f64::MAX, defaults.max_scale_up_rate, &mut fail);
+    let max_scale_down_rate =
+        num(MAX_SCALE_DOWN_RATE_ANNOTATION, 1.0, f64::MAX, defaults.max_scale_down_rate, &mut fail);
+    for (key, value) in
+        [(MAX_SCALE_UP_RATE_ANNOTATION, max_scale_up_rate), (MAX_SCALE_DOWN_RATE_ANNOTATION, max_scale_down_rate)]
+    {
+        if get(key).is_some() && value <= 1.0 {
+            fail(key, format!("{value} must be greater than 1"));
+        }
+    }
+    let min_scale = int(MIN_SCALE_ANNOTATION, 0, defaults.min_scale, &mut fail);
+    let max_scale = int(MAX_SCALE_ANNOTATION, 0, defaults.max_scale, &mut fail);
+    if max_scale != 0 && max_scale < min_scale {
+        fail(MAX_SCALE_ANNOTATION, format!("max-scale={max_scale} is less than min-scale={min_scale}"));
+    }
+    if defaults.max_scale_limit > 0
+        && (max_scale == 0 || max_scale > defaults.max_scale_limit)
+        && get(MAX_SCALE_ANNOTATION).is_some()
+    {
+        fail(
+            MAX_SCALE_ANNOTATION,
+            format!("expected 1 <= {max_scale} <= {} (max-scale-limit)", defaults.max_scale_limit),
+        );
+    }
+    let initial_scale = int(INITIAL_SCALE_ANNOTATION, 0, defaults.initial_scale, &mut fail);
+    if initial_scale == 0 && !defaults.allow_zero_initial_scale && get(INITIAL_SCALE_ANNOTATION).is_some() {
+        fail(
+            INITIAL_SCALE_ANNOTATION,
+            format!("invalid value: 0: {INITIAL_SCALE_ANNOTATION}=0 not allowed by cluster"),
+        );
+    }
+    let activation_scale = int(ACTIVATION_SCALE_ANNOTATION, 1, 1, &mut fail);
+    if max_scale != 0 && activation_scale > max_scale {
+        fail(
+            ACTIVATION_SCALE_ANNOTATION,
+            format!("activation-scale={activation_scale} is more than max-scale={max_scale}"),
+        );
+    }
+    let scale_down_delay_ms =
+        duration(SCALE_DOWN_DELAY_ANNOTATION, 0, 3_600_000, defaults.scale_down_delay_ms, &mut fail);
+    let pod_retention_ms =
+        duration(POD_RETENTION_ANNOTATION, 0, 3_600_000, defaults.scale_to_zero_pod_retention_period_ms, &mut fail);
+    let target_burst_capacity =
+        num(TARGET_BURST_CAPACITY_ANNOTATION, -1.0, f64::MAX, defaults.target_burst_capacity, &mut fail);
+    let backlog_target = num(BACKLOG_TARGET_ANNOTATION, 1.0, f64::MAX, defaults.backlog_target, &mut fail);
+    let activation_backlog = u64::from(int(
+        ACTIVATION_BACKLOG_ANNOTATION,
+        0,
+        defaults.activation_backlog.min(u64::from(i32::MAX as u32)) as u32,
+        &mut fail,
+    ));
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // Knative's panic window: a percentage of the stable window, at least one bucket (1 s).
+    let bucket_ms = defaults.tick_interval_ms.clamp(10, 1_000);
+    let panic_window_ms = ((stable_window_ms as f64 * panic_percentage / 100.0).round() as u64).max(bucket_ms);
+    Ok(Autoscaling {
+        metric,
+        target: (total * utilization).max(0.01),
+        total,
+        stable_window_ms,
+        panic_window_ms,
+        panic_threshold,
+        max_scale_up_rate,
+        max_scale_down_rate,
+        min_scale,
+        max_scale,
+        initial_scale,
+        activation_scale,
+        scale_down_delay_ms,
+        enable_scale_to_zero: defaults.enable_scale_to_zero,
+        scale_to_zero_grace_ms: defaults.scale_to_zero_grace_period_ms,
+        pod_retention_ms,
+        target_burst_capacity,
+        backlog_target,
+        activation_backlog,
+        tick_ms: defaults.tick_interval_ms,
+        bucket_ms,
+    })
+}
+
+/// A duration as Go prints it (Knative's messages): `0s`, `6s`, `1h0m0s`, `1m30s`, `500ms`.
+fn show_ms(ms: u64) -> String {
+    if ms < 1_000 {
+        return if ms == 0 { "0s".into() } else { format!("{ms}ms") };
+    }
+    let (hours, minutes, seconds) = (ms / 3_600_000, ms / 60_000 % 60, (ms % 60_000) as f64 / 1000.0);
+    match (hours, minutes) {
+        (0, 0) => format!("{seconds}s"),
+        (0, m) => format!("{m}m{seconds}s"),
+        (h, m) => format!("{h}h{m}m{seconds}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn knatives_defaults_resolve_to_knatives_targets() {
+        let defaults = AutoscalerDefaults::default();
+        let none = resolve(&BTreeMap::new(), 0, &defaults).expect("defaults resolve");
+        assert_eq!((none.metric, none.total, none.target), (Metric::Concurrency, 100.0, 70.0));
+        assert_eq!((none.stable_window_ms, none.panic_window_ms, none.panic_threshold), (60_000, 6_000, 2.0));
+        assert_eq!((none.max_scale_up_rate, none.max_scale_down_rate), (1000.0, 2.0));
+        assert_eq!((none.min_scale, none.max_scale, none.initial_scale, none.activation_scale), (0, 0, 1, 1));
+        assert_eq!((none.target_burst_capacity, none.scale_to_zero_grace_ms, none.tick_ms), (211.0, 30_000, 2_000));
+        let cc4 = resolve(&BTreeMap::new(), 4, &defaults).expect("resolves");
+        assert_eq!((cc4.total, cc4.target), (4.0, 4.0 * 0.7), "containerConcurrency is the total without a target");
+        let capped = resolve(&annotations(&[(TARGET_ANNOTATION, "10")]), 4, &defaults).expect("resolves");
+        assert_eq!(capped.total, 4.0, "containerConcurrency caps the target");
+        let rps = resolve(&annotations(&[(METRIC_ANNOTATION, "rps")]), 4, &defaults).expect("resolves");
+        assert_eq!((rps.metric, rps.total), (Metric::Rps, 200.0), "rps targets are not capped by containerConcurrency");
+        let tuned = resolve(
+            &annotations(&[
+                (WINDOW_ANNOTATION, "20s"),
+                (PANIC_WINDOW_ANNOTATION, "25"),
+                (TARGET_UTILIZATION_ANNOTATION, "50"),
+                (TARGET_ANNOTATION, "10"),
+                (BACKLOG_TARGET_ANNOTATION, "40"),
+                (ACTIVATION_BACKLOG_ANNOTATION, "5"),
+            ]),
+            0,
+            &defaults,
+        )
+        .expect("resolves");
+        assert_eq!((tuned.stable_window_ms, tuned.panic_window_ms, tuned.target), (20_000, 5_000, 5.0));
+        assert_eq!((tuned.backlog_target, tuned.activation_backlog), (40.0, 5));
+    }
+
+    #[test]
+    fn every_broken_rule_is_named_by_its_annotation() {
+        let cases: &[(&str, &str, &str)] = &[
+            (WINDOW_ANNOTATION, "5s", "expected 6s <= 5s <= 1h"),
+            (WINDOW_ANNOTATION, "soon", "invalid value"),
+            (PANIC_WINDOW_ANNOTATION, "0", "expected 1 <= 0 <= 100"),
+            (PANIC_THRESHOLD_ANNOTATION, "100", "expected 110 <= 100 <= 1000"),
+            (TARGET_ANNOTATION, "0", "expected 0.01 <= 0"),
+            (TARGET_UTILIZATION_ANNOTATION, "101", "expected 1 <= 101 <= 100"),
+            (MIN_SCALE_ANNOTATION, "-1", "expected 0 <= -1"),
+            (ACTIVATION_SCALE_ANNOTATION, "0", "expected 1 <= 0"),
+            (INITIAL_SCALE_ANNOTATION, "0", "not allowed by cluster"),
+            (TARGET_BURST_CAPACITY_ANNOTATION, "-2", "expected -1 <= -2"),
+            (SCALE_DOWN_DELAY_ANNOTATION, "2h", "expected 0s <= 2h <= 1h0m0s"),
+            (MAX_SCALE_UP_RATE_ANNOTATION, "1", "must be greater than 1"),
+            (METRIC_ANNOTATION, "cpu", "supports concurrency and rps"),
+            (CLASS_ANNOTATION, "hpa.autoscaling.knative.dev", "is not supported"),
+            (AGGREGATION_ANNOTATION, "weighted-exponential", "linearly"),
+            (BACKLOG_TARGET_ANNOTATION, "0", "expected 1 <= 0"),
+        ];
+        for (key, value, message) in cases {
+            let errors = resolve(&annotations(&[(key, value)]), 0, &AutoscalerDefaults::default())
+                .expect_err(&format!("{key}={value} is refused"));
+            assert_eq!(errors[0].path, format!("[{key}]"));
+            assert!(errors[0].message.contains(message), "{key}={value}: {}", errors[0].message);
+        }
+        let errors = resolve(
+            &annotations(&[
+                (MIN_SCALE_ANNOTATION, "3"),
+                (MAX_SCALE_ANNOTATION, "2"),
+                (ACTIVATION_SCALE_ANNOTATION, "5"),
+            ]),
+            0,
+            &AutoscalerDefaults::default(),
+        )
+        .expect_err("refused");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn cluster_defaults_take_config_autoscaler_keys() {
+        let defaults = AutoscalerDefaults::from_pairs([
+            "stable-window=600ms",
+            "scale-to-zero-grace-period=0s",
+            "tick-interval=100ms",
+            "max-scale-down-rate=4",
+            "backlog-target=20",
+        ])
+        .expect("valid");
+        let resolved = Autoscaling::from_defaults(&defaults, 0);
+        assert_eq!((resolved.stable_window_ms, resolved.panic_window_ms, resolved.bucket_ms), (600, 100, 100));
+        assert_eq!(
+            (resolved.scale_to_zero_grace_ms, resolved.max_scale_down_rate, resolved.backlog_target),
+            (0, 4.0, 20.0)
+        );
+        for bad in [
+            "stable-window=2h",
+            "max-scale-down-rate=1",
+            "nope=1",
+            "initial-scale=0",
+            "min-scale",
+            "enable-scale-to-zero=yes",
+        ] {
+            assert!(AutoscalerDefaults::from_pairs([bad]).is_err(), "{bad} is refused");
+        }
+        assert!(AutoscalerDefaults::from_pairs(["allow-zero-initial-scale=true", "initial-scale=0"]).is_ok());
+    }
+}

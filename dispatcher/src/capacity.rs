@@ -1,0 +1,161 @@
+//! In-flight limits towards subscribers that say how much they can take (Knative Services this node runs), and
+//! the backlog the dispatcher holds back from them.
+//!
+//! What flows in: the node's [`SubscriberCapacity`] (serving, through the binary that wires the two), a
+//! delivery asking to start towards a host, deliveries ending. What flows out: a [`DeliverySlot`] (or "not
+//! now": the event waits in the log, admitted to its window but not started), backlog reports per consumer
+//! and partition, and a wake-up counter that moves when capacity grew or a slot was given back to a host that
+//! had turned someone away.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+/// What the node's serving tells the dispatcher about the subscribers it runs.
+pub trait SubscriberCapacity: Send + Sync + 'static {
+    /// Deliveries to `host` that may be in flight from this node now; `None`: no limit.
+    fn limit(&self, host: &str) -> Option<usize>;
+    /// Replaces `reporter`'s last report: `events` waiting in the log for `host` (`ordered_keys`: how many
+    /// ordering keys they have, for ordered delivery).
+    fn report_backlog(&self, reporter: &str, host: &str, events: u64, ordered_keys: Option<u64>);
+    /// Moves whenever some limit grew.
+    fn capacity_grown(&self) -> watch::Receiver<u64>;
+}
+
+/// Deliveries in flight per limited host, across every partition this node dispatches.
+pub(crate) struct DestinationLimits {
+    capacity: Arc<dyn SubscriberCapacity>,
+    in_flight: Mutex<HashMap<String, usize>>,
+    /// Someone was turned away since the last wake-up.
+    turned_away: AtomicBool,
+    wake: watch::Sender<u64>,
+}
+
+/// A delivery's place in its host's limit, given back when dropped (the delivery ended or was aborted).
+pub(crate) struct DeliverySlot {
+    limits: Arc<DestinationLimits>,
+    host: String,
+}
+
+impl Drop for DeliverySlot {
+    fn drop(&mut self) {
+        if let Ok(mut in_flight) = self.limits.in_flight.lock()
+            && let Some(count) = in_flight.get_mut(&self.host)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                in_flight.remove(&self.host);
+            }
+        }
+        if self.limits.turned_away.swap(false, Ordering::AcqRel) {
+            self.limits.wake.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
+/// The host of a subscriber URI (`http://hello.default.localhost:8080/x` → `hello.default.localhost:8080`).
+pub(crate) fn host_of(uri: &str) -> &str {
+    let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    rest.split(['/', '?', '#']).next().unwrap_or_default()
+}
+
+impl DestinationLimits {
+    /// Limits over `capacity`; a task forwards its growth to [`DestinationLimits::wake`].
+    pub(crate) fn new(capacity: Arc<dyn SubscriberCapacity>) -> Arc<Self> {
+        let limits = Arc::new(DestinationLimits {
+            capacity,
+            in_flight: Mutex::new(HashMap::new()),
+            turned_away: AtomicBool::new(false),
+            wake: watch::channel(0).0,
+        });
+        let mut grown = limits.capacity.capacity_grown();
+        let weak = Arc::downgrade(&limits);
+        tokio::spawn(async move {
+            while grown.changed().await.is_ok() {
+                let Some(limits) = weak.upgrade() else { return };
+                limits.wake.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        });
+        limits
+    }
+
+    /// Whether `host` limits what may be in flight towards it.
+    pub(crate) fn is_limited(&self, host: &str) -> bool {
+        self.capacity.limit(host).is_some()
+    }
+
+    /// A slot towards `host`: `Some(None)` when it has no limit, `Some(Some(slot))` when it has room, `None`
+    /// when it is full (the event waits; the dispatcher wakes when room appears).
+    pub(crate) fn try_start(self: &Arc<Self>, host: &str) -> Option<Option<DeliverySlot>> {
+        let Some(limit) = self.capacity.limit(host) else { return Some(None) };
+        let Ok(mut in_flight) = self.in_flight.lock() else { return Some(None) };
+        let count = in_flight.entry(host.to_string()).or_insert(0);
+        if *count >= limit {
+            self.turned_away.store(true, Ordering::Release);
+            return None;
+        }
+        *count += 1;
+        Some(Some(DeliverySlot { limits: self.clone(), host: host.to_string() }))
+    }
+
+    pub(crate) fn report_backlog(&self, reporter: &str, host: &str, events: u64, ordered_keys: Option<u64>) {
+        self.capacity.report_backlog(reporter, host, events, ordered_keys);
+    }
+
+    /// Moves when capacity grew or a slot was freed after someone was turned away.
+    pub(crate) fn wake(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed {
+        limits: Mutex<HashMap<String, usize>>,
+        reports: Mutex<Vec<(String, String, u64)>>,
+        grown: watch::Sender<u64>,
+    }
+
+    impl SubscriberCapacity for Fixed {
+        fn limit(&self, host: &str) -> Option<usize> {
+            self.limits.lock().ok()?.get(host).copied()
+        }
+        fn report_backlog(&self, reporter: &str, host: &str, events: u64, _ordered_keys: Option<u64>) {
+            if let Ok(mut reports) = self.reports.lock() {
+                reports.push((reporter.into(), host.into(), events));
+            }
+        }
+        fn capacity_grown(&self) -> watch::Receiver<u64> {
+            self.grown.subscribe()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_host_turns_deliveries_away_until_a_slot_is_given_back() {
+        let fixed = Arc::new(Fixed {
+            limits: Mutex::new(HashMap::from([("ksvc:80".to_string(), 2)])),
+            reports: Mutex::new(Vec::new()),
+            grown: watch::channel(0).0,
+        });
+        let limits = DestinationLimits::new(fixed.clone());
+        let mut wake = limits.wake();
+        assert!(matches!(limits.try_start("other:80"), Some(None)), "no limit");
+        let first = limits.try_start("ksvc:80").expect("room").expect("a slot");
+        let _second = limits.try_start("ksvc:80").expect("room").expect("a slot");
+        assert!(limits.try_start("ksvc:80").is_none(), "full");
+        drop(first);
+        wake.changed().await.expect("woken: a slot was freed after a refusal");
+        assert!(limits.try_start("ksvc:80").is_some());
+        fixed.limits.lock().expect("lock").insert("ksvc:80".into(), 5);
+        fixed.grown.send_modify(|n| *n += 1);
+        wake.changed().await.expect("woken: capacity grew");
+        limits.report_backlog("t/0", "ksvc:80", 7, None);
+        assert_eq!(fixed.reports.lock().expect("lock").as_slice(), [("t/0".into(), "ksvc:80".into(), 7)]);
+        assert_eq!(host_of("http://hello.default.localhost:8080/path?q"), "hello.default.localhost:8080");
+        assert_eq!(host_of("hello.default.localhost"), "hello.default.localhost");
+    }
+}
