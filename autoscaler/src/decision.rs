@@ -197,7 +197,10 @@ impl Autoscaler {
         }
         let stable_metric = self.stable.average(now);
         let panic_metric = self.panic.average(now);
-        let backlog_wanted = backlog_instances(knobs, observed.backlog);
+        // At zero, a backlog up to `activation-backlog` does not wake the revision (KEDA's activation
+        // threshold); once it runs, every waiting event counts.
+        let below_activation = observed.instances == 0 && observed.backlog.events <= knobs.activation_backlog;
+        let backlog_wanted = if below_activation { 0 } else { backlog_instances(knobs, observed.backlog) };
         let kpa = self.kpa.scale(now, observed.ready, stable_metric, panic_metric, backlog_wanted);
         let metric_wanted = round6(stable_metric / knobs.target).ceil().min(f64::from(u32::MAX)) as u32;
         let mut desired = kpa.desired;
@@ -310,6 +313,9 @@ mod tests {
         load(&mut threshold, 0, 100, 0.0);
         assert!(!threshold.wakes(0, Backlog { events: 10, ordered_keys: None }));
         assert!(threshold.wakes(0, Backlog { events: 11, ordered_keys: None }));
+        assert_eq!(threshold.decide(&observe(100_000, 0, 0, 10)).desired, 0, "at zero, 10 events do not wake it");
+        assert_eq!(threshold.decide(&observe(100_200, 0, 0, 11)).desired, 1, "11 do");
+        assert_eq!(threshold.decide(&observe(100_400, 1, 0, 3)).desired, 1, "running, every event counts");
     }
 
     #[test]

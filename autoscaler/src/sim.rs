@@ -268,7 +268,7 @@ pub fn simulate(knobs: &Autoscaling, model: &Model, trace: &Trace, mode: Mode, s
         score.instance_seconds += f64::from(alive) * STEP_MS as f64 / 1000.0;
         score.peak_instances = score.peak_instances.max(alive);
         now += STEP_MS;
-        if now % knobs.bucket_ms == 0 {
+        if now.is_multiple_of(knobs.bucket_ms) {
             let (concurrency, requests) = match mode {
                 Mode::BacklogOnly => (0.0, 0),
                 _ => (bucket_concurrency / knobs.bucket_ms as f64, bucket_requests),

@@ -10,6 +10,8 @@
 //!   delivery throughput with one Trigger versus many (see `dispatch.rs`).
 //! - `--mode serving`: Knative Services: cold starts (compiled and Python apps), the proxy's cost against
 //!   the instance straight, the memory of revisions at zero (see `serving.rs`).
+//! - `--mode autoscaling`: the autoscaler on the simulator: burst, step, spike and sine traces under
+//!   concurrency only (KPA), backlog only (KEDA-like) and both (Sluice) (see `autoscaling.rs`).
 //! - `--mode compare`: Sluice side by side with NATS JetStream, RabbitMQ and
 //!   the machine's limits, open loop (see `compare.rs`, `openloop.rs`).
 //!   `--smoke`: Sluice on one node only, tiny rates, a few seconds.
@@ -26,6 +28,7 @@ use hdrhistogram::Histogram;
 use sluice_proto::admin::AppendRequest;
 use sluice_tests::log_client;
 
+mod autoscaling;
 mod calibrate;
 mod compare;
 mod dispatch;
@@ -44,7 +47,7 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     partitions: u32,
     /// `log` (admin API appends), `http` (CloudEvents ingress), `dispatch` or `compare`.
-    #[arg(long, default_value = "log", value_parser = ["log", "http", "dispatch", "compare", "serving"])]
+    #[arg(long, default_value = "log", value_parser = ["log", "http", "dispatch", "compare", "serving", "autoscaling"])]
     mode: String,
     /// `dispatch`: comma-separated publish rates (events/s) for the latency runs.
     #[arg(long, default_value = "100,500")]
@@ -92,6 +95,9 @@ async fn main() -> Result<()> {
             only: args.systems.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
         };
         return compare::run(config).await;
+    }
+    if args.mode == "autoscaling" {
+        return autoscaling::run();
     }
     if args.mode == "serving" {
         let concurrency = args.concurrency.split(',').next().unwrap_or("16").trim().parse()?;

@@ -22,3 +22,4 @@ mod t70_cluster_membership;
 mod t71_events_api;
 mod t72_consumers_admin;
 mod t90_serving;
+mod t91_autoscaling;

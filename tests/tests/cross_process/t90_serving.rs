@@ -21,9 +21,9 @@ use sluice_proto::admin::resources_client::ResourcesClient;
 use sluice_proto::admin::{ListResourcesRequest, ResourceRef};
 use sluice_tests::{apply_resource, hello_bin, start_single_node, wait_until};
 
-const READY_WITHIN: Duration = Duration::from_secs(30);
+pub(super) const READY_WITHIN: Duration = Duration::from_secs(30);
 
-fn service(name: &str, env: Value, annotations: Value, extra_spec: Value) -> Value {
+pub(super) fn service(name: &str, env: Value, annotations: Value, extra_spec: Value) -> Value {
     let mut template_spec = json!({
         "containers": [{
             "image": "ghcr.io/knative/helloworld-go",
@@ -42,7 +42,7 @@ fn service(name: &str, env: Value, annotations: Value, extra_spec: Value) -> Val
     })
 }
 
-async fn get(admin: &str, kind: &str, name: &str) -> Result<Value> {
+pub(super) async fn get(admin: &str, kind: &str, name: &str) -> Result<Value> {
     let mut client = ResourcesClient::connect(format!("http://{admin}")).await?;
     let reply = client
         .get(ResourceRef { kind: kind.into(), namespace: "default".into(), name: name.into() })
@@ -56,7 +56,7 @@ fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
 }
 
 /// Waits until `kind/name` has `field` (a JSON pointer) equal to `expected`; answers the object.
-async fn wait_for(admin: &str, kind: &str, name: &str, pointer: &str, expected: Value) -> Result<Value> {
+pub(super) async fn wait_for(admin: &str, kind: &str, name: &str, pointer: &str, expected: Value) -> Result<Value> {
     wait_until(READY_WITHIN, || async {
         let object = get(admin, kind, name).await?;
         Ok((object.pointer(pointer) == Some(&expected)).then_some(object))
@@ -65,7 +65,7 @@ async fn wait_for(admin: &str, kind: &str, name: &str, pointer: &str, expected: 
     .with_context(|| format!("{kind} {name}: {pointer} never became {expected}"))
 }
 
-async fn wait_ready(admin: &str, kind: &str, name: &str) -> Result<Value> {
+pub(super) async fn wait_ready(admin: &str, kind: &str, name: &str) -> Result<Value> {
     wait_until(READY_WITHIN, || async {
         let object = get(admin, kind, name).await?;
         Ok(condition(&object, "Ready").filter(|c| c["status"] == "True").is_some().then_some(object.clone()))
@@ -75,7 +75,7 @@ async fn wait_ready(admin: &str, kind: &str, name: &str) -> Result<Value> {
 }
 
 /// A client that reaches every `*.localhost` host at the node's HTTP port, as curl and browsers do.
-fn client(http: &str, hosts: &[&str]) -> Result<reqwest::Client> {
+pub(super) fn client(http: &str, hosts: &[&str]) -> Result<reqwest::Client> {
     let addr: SocketAddr = http.parse()?;
     let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(64);
     for host in hosts {
@@ -84,7 +84,7 @@ fn client(http: &str, hosts: &[&str]) -> Result<reqwest::Client> {
     Ok(builder.build()?)
 }
 
-fn url(host: &str, http: &str, path: &str) -> String {
+pub(super) fn url(host: &str, http: &str, path: &str) -> String {
     let port = http.rsplit_once(':').map(|(_, p)| p).unwrap_or("80");
     format!("http://{host}:{port}{path}")
 }
@@ -509,7 +509,7 @@ async fn publish_1000(http: &str, prefix: &str, event_type: &str) -> Result<()> 
 }
 
 /// The `to-ksvc` Trigger's delivery status.
-async fn trigger_status(
+pub(super) async fn trigger_status(
     consumers: &sluice_proto::admin::consumers_client::ConsumersClient<tonic::transport::Channel>,
 ) -> Result<sluice_proto::admin::ConsumerStatus> {
     let reference = sluice_proto::admin::ConsumerRef {
