@@ -816,10 +816,64 @@ async fn describe_object(admin: &str, info: &KindInfo, object: &Value) -> Result
             outln!("  {line}")?;
         }
     }
+    if matches!(info.kind, "Revision" | "Service" | "Configuration") {
+        describe_decisions(admin, info.kind, &s("/metadata/namespace"), &s("/metadata/name")).await?;
+    }
     outln!("Conditions:")?;
     let mut rows = vec![["TYPE", "STATUS", "REASON", "MESSAGE"].map(String::from).to_vec()];
     for condition in object.pointer("/status/conditions").and_then(Value::as_array).into_iter().flatten() {
         rows.push(["/type", "/status", "/reason", "/message"].iter().map(|p| text_at(condition, p)).collect());
+    }
+    for line in table::format_table(&rows) {
+        outln!("  {line}")?;
+    }
+    Ok(())
+}
+
+/// The autoscaler's last decisions for the object's revisions on the node asked (instances run on the node
+/// that serves the request, so each node decides for its own).
+async fn describe_decisions(admin: &str, kind: &str, namespace: &str, name: &str) -> Result<()> {
+    const SHOWN: usize = 10;
+    let request = sluice_proto::admin::DecisionsRequest {
+        kind: kind.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        follow: false,
+    };
+    let decisions = async {
+        let mut client = sluice_proto::admin::serving_client::ServingClient::connect(format!("http://{admin}")).await?;
+        let mut stream = client.decisions(request).await?.into_inner();
+        let mut all = Vec::new();
+        while let Some(decision) = stream.message().await? {
+            all.push(decision);
+        }
+        anyhow::Ok(all)
+    }
+    .await
+    .unwrap_or_default();
+    if decisions.is_empty() {
+        outln!("Autoscaler:   no decisions on this node (its revisions do not run here)")?;
+        return Ok(());
+    }
+    outln!("Autoscaler (the last {SHOWN} decisions on this node):")?;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let mut rows = vec![
+        ["REVISION", "AGE", "DESIRED", "READY", "REASON", "PANIC", "METRIC STABLE/PANIC", "BACKLOG", "WANTED M/P/B"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for d in decisions.iter().rev().take(SHOWN).rev() {
+        rows.push(vec![
+            d.revision.clone(),
+            format!("{:.1}s", now_ms.saturating_sub(d.at_ms) as f64 / 1000.0),
+            d.desired.to_string(),
+            d.ready.to_string(),
+            d.reason.clone(),
+            if d.panicking { "yes" } else { "no" }.to_string(),
+            format!("{:.2}/{:.2}", d.stable_metric, d.panic_metric),
+            d.backlog_events.to_string(),
+            format!("{}/{}/{}", d.metric_wanted, d.panic_wanted, d.backlog_wanted),
+        ]);
     }
     for line in table::format_table(&rows) {
         outln!("  {line}")?;

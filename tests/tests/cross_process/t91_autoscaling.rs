@@ -123,6 +123,13 @@ async fn a_burst_of_events_scales_a_service_out_from_zero_and_back_to_zero() -> 
     let kept = decisions(&admin).await?;
     let last = kept.last().context("decisions are kept")?;
     assert_eq!(last.desired, 0, "{last:?}");
+    let described = tokio::process::Command::new(sluice_tests::sluice_bin())
+        .args(["describe", "revision", "sink-00001", "--admin", &admin])
+        .output()
+        .await?;
+    let described = String::from_utf8_lossy(&described.stdout);
+    assert!(described.contains("Autoscaler (the last 10 decisions on this node)"), "{described}");
+    assert!(described.lines().any(|l| l.contains("sink-00001") && l.contains(" 0 ")), "{described}");
     drop(node);
     let seen = followed.await??;
     let most_ready = seen.iter().map(|d| d.ready).max().unwrap_or(0);
