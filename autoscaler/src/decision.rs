@@ -7,7 +7,7 @@
 //! running instances, requests held at the gate, the dispatcher's [`Backlog`]. What flows out: a [`Decision`],
 //! the instance count wanted with every input and term that led to it and which one won. Pure: time is data.
 
-use sluice_controller::serving::autoscaling::{Autoscaling, Metric};
+use sluice_controller::serving::autoscaling::{Autoscaling, Metric, Signals};
 
 use crate::kpa::{Kpa, KpaSpec};
 use crate::window::{WindowAverage, round6};
@@ -172,6 +172,8 @@ impl Autoscaler {
 
     /// Records a closed bucket that ended at `now_ms`.
     pub fn record(&mut self, now_ms: u64, sample: Sample) {
+        // Deciding on the backlog alone (KEDA-like), the traffic is not looked at.
+        let sample = if self.knobs.signals == Signals::Backlog { Sample::default() } else { sample };
         let value = match self.knobs.metric {
             Metric::Concurrency => sample.concurrency,
             Metric::Rps => sample.requests as f64 * 1000.0 / self.knobs.bucket_ms as f64,
@@ -186,10 +188,18 @@ impl Autoscaler {
 
     /// Whether a revision at zero must start now, without waiting for the next tick.
     pub fn wakes(&self, held: u32, backlog: Backlog) -> bool {
-        held > 0 || backlog.events > self.knobs.activation_backlog
+        held > 0 || (self.knobs.signals != Signals::Concurrency && backlog.events > self.knobs.activation_backlog)
     }
 
     pub fn decide(&mut self, observed: &Observation) -> Decision {
+        // Deciding on concurrency alone (Knative's KPA), the backlog is not looked at.
+        let ignored;
+        let observed = if self.knobs.signals == Signals::Concurrency {
+            ignored = Observation { backlog: Backlog::default(), ..*observed };
+            &ignored
+        } else {
+            observed
+        };
         let now = observed.now_ms;
         let knobs = &self.knobs;
         if observed.held > 0 || observed.backlog.events > 0 {
@@ -389,6 +399,19 @@ mod tests {
         assert_eq!((min.desired, min.reason), (2, Reason::MinScale));
         let mut kept = Autoscaler::new(Autoscaling { enable_scale_to_zero: false, ..knobs() }, 1, 0, true);
         assert_eq!(kept.decide(&observe(600_000, 1, 0, 0)).reason, Reason::ScaleToZeroDisabled);
+    }
+
+    #[test]
+    fn one_signal_alone_decides_as_knative_or_keda_would() {
+        let mut kpa = Autoscaler::new(Autoscaling { signals: Signals::Concurrency, ..knobs() }, 0, 0, true);
+        assert!(!kpa.wakes(0, Backlog { events: 5_000, ordered_keys: None }), "the KPA does not see the backlog");
+        assert_eq!(kpa.decide(&observe(0, 0, 0, 5_000)).desired, 0);
+        assert!(kpa.wakes(1, Backlog::default()), "a held request wakes it");
+        let mut keda = Autoscaler::new(Autoscaling { signals: Signals::Backlog, ..knobs() }, 1, 0, true);
+        load(&mut keda, 0, 6, 100.0);
+        let d = keda.decide(&observe(6_000, 1, 0, 0));
+        assert_eq!((d.stable_metric, d.desired), (0.0, 1), "the traffic is not looked at (the window keeps one up)");
+        assert_eq!(keda.decide(&observe(6_200, 1, 0, 5_000)).desired, 50, "the backlog is");
     }
 
     #[test]

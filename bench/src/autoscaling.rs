@@ -84,3 +84,123 @@ pub(crate) fn run() -> Result<()> {
     }
     Ok(())
 }
+
+/// `--mode autoscaling --real`: the burst on real processes: a node per decision mode (`--autoscaler
+/// signals=concurrency|backlog|both`), a Trigger to a Knative Service at zero (`containerConcurrency: 4`,
+/// 50 ms per event, the `sluice-hello` app), `events` published at once. Measured: time until the app has
+/// received every event, deliveries received more than once (a 5xx or a timeout makes the dispatcher retry),
+/// instance-seconds and the peak from the autoscaler's decisions (`Serving/Decisions`) until the revision is
+/// back at zero. A shorter window than Knative's (6 s, grace 2 s) keeps each run under a minute; ticks stay 2 s.
+pub(crate) async fn run_real(events: usize) -> Result<()> {
+    use anyhow::Context;
+    use serde_json::{Value, json};
+    use sluice_proto::admin::serving_client::ServingClient;
+    use sluice_proto::admin::{AutoscalerDecision, DecisionsRequest};
+    use sluice_tests::{apply_resource, hello_bin, start_single_node, wait_until};
+    use std::time::{Duration, Instant};
+
+    println!(
+        "real processes: {events} events, containerConcurrency 4, 50 ms each, max-scale 100, {}",
+        sluice_tests::sluice_bin().display()
+    );
+    println!("| decision | drained in | received twice | instance-seconds | peak instances |");
+    println!("|---|---|---|---|---|");
+    for (mode, signals) in
+        [(Mode::ConcurrencyOnly, "concurrency"), (Mode::BacklogOnly, "backlog"), (Mode::Coupled, "both")]
+    {
+        let flags = ["--autoscaler", "stable-window=6s", "--autoscaler", "scale-to-zero-grace-period=2s"];
+        let signals_flag = format!("signals={signals}");
+        let args: Vec<&str> = flags.iter().copied().chain(["--autoscaler", signals_flag.as_str()]).collect();
+        let (dir, node) = start_single_node(1, &args).await?;
+        let (admin, http) = (node.admin.clone(), node.http.clone());
+        let record = dir.path().join("received.txt");
+        let service = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+            "metadata": {"name": "sink", "namespace": "default"},
+            "spec": {"template": {"metadata": {"annotations": {"autoscaling.knative.dev/max-scale": "100"}},
+                "spec": {"containerConcurrency": 4, "containers": [{"image": "ghcr.io/knative/helloworld-go",
+                    "command": [hello_bin().display().to_string()],
+                    "env": [{"name": "HELLO_RECORD", "value": record.display().to_string()}]}]}}}});
+        apply_resource(&admin, service).await?;
+        crate::serving::wait_replicas(&admin, "sink-00001", 0).await?;
+        apply_resource(&admin, sluice_tests::broker_object("default", "default", json!({}))).await?;
+        let mut trigger = sluice_tests::trigger_object("default", "to-ksvc", "default", "", json!({}), json!({}));
+        trigger["spec"]["subscriber"] = json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+            "name": "sink"}, "uri": "/?sleep_ms=50"});
+        apply_resource(&admin, trigger).await?;
+        sluice_tests::wait_for_broker(&http, "/default/default").await?;
+        // Wait until the Trigger resolves (its subscriber URI is set).
+        let mut resources =
+            sluice_proto::admin::resources_client::ResourcesClient::connect(format!("http://{admin}")).await?;
+        wait_until(Duration::from_secs(30), || {
+            let mut resources = resources.clone();
+            async move {
+                let reply = resources
+                    .get(sluice_proto::admin::ResourceRef {
+                        kind: "Trigger".into(),
+                        namespace: "default".into(),
+                        name: "to-ksvc".into(),
+                    })
+                    .await?
+                    .into_inner();
+                let object: Value = serde_json::from_str(&reply.object_json)?;
+                Ok(object.pointer("/status/subscriberUri").and_then(Value::as_str).map(|_| ()))
+            }
+        })
+        .await?;
+        let _ = &mut resources;
+
+        let mut serving = ServingClient::connect(format!("http://{admin}")).await?;
+        let request = DecisionsRequest { name: "sink".into(), follow: true, ..Default::default() };
+        let mut stream = serving.decisions(request).await?.into_inner();
+        let followed = tokio::spawn(async move {
+            let mut all: Vec<AutoscalerDecision> = Vec::new();
+            while let Ok(Some(decision)) = stream.message().await {
+                let done = decision.instances == 0 && decision.desired == 0 && all.iter().any(|d| d.instances > 0);
+                all.push(decision);
+                if done {
+                    break;
+                }
+            }
+            all
+        });
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        for batch in 0..events.div_ceil(500) {
+            let body: Vec<Value> = (batch * 500..((batch + 1) * 500).min(events))
+                .map(|i| json!({"specversion": "1.0", "id": format!("e{i}"), "source": "/bench", "type": "bench"}))
+                .collect();
+            let response = client
+                .post(format!("http://{http}/default/default"))
+                .header("content-type", "application/cloudevents-batch+json")
+                .body(Value::Array(body).to_string())
+                .send()
+                .await?;
+            anyhow::ensure!(response.status() == 202, "publish: {}", response.status());
+        }
+        let read = || std::fs::read_to_string(&record).unwrap_or_default();
+        wait_until(Duration::from_secs(300), || async {
+            let text = read();
+            let unique: std::collections::HashSet<&str> = text.lines().collect();
+            Ok((unique.len() >= events).then_some(()))
+        })
+        .await
+        .context("every event delivered")?;
+        let drained = started.elapsed();
+        let decisions = tokio::time::timeout(Duration::from_secs(120), followed).await.context("back to zero")??;
+        let text = read();
+        let twice = text.lines().count() - text.lines().collect::<std::collections::HashSet<_>>().len();
+        let mut instance_ms = 0u64;
+        for pair in decisions.windows(2) {
+            instance_ms += u64::from(pair[0].instances) * pair[1].at_ms.saturating_sub(pair[0].at_ms);
+        }
+        let peak = decisions.iter().map(|d| d.instances).max().unwrap_or(0);
+        println!(
+            "| {} | {:.1} s | {twice} | {:.0} | {peak} |",
+            mode.as_str(),
+            drained.as_secs_f64(),
+            instance_ms as f64 / 1000.0
+        );
+        drop(node);
+    }
+    Ok(())
+}

@@ -49,6 +49,12 @@ struct Args {
     /// `log` (admin API appends), `http` (CloudEvents ingress), `dispatch` or `compare`.
     #[arg(long, default_value = "log", value_parser = ["log", "http", "dispatch", "compare", "serving", "autoscaling"])]
     mode: String,
+    /// `autoscaling`: on real processes (nodes and app instances) rather than the simulator.
+    #[arg(long)]
+    real: bool,
+    /// `autoscaling --real`: events in the burst.
+    #[arg(long, default_value_t = 10_000)]
+    events: usize,
     /// `dispatch`: comma-separated publish rates (events/s) for the latency runs.
     #[arg(long, default_value = "100,500")]
     rates: String,
@@ -97,7 +103,7 @@ async fn main() -> Result<()> {
         return compare::run(config).await;
     }
     if args.mode == "autoscaling" {
-        return autoscaling::run();
+        return if args.real { autoscaling::run_real(args.events).await } else { autoscaling::run() };
     }
     if args.mode == "serving" {
         let concurrency = args.concurrency.split(',').next().unwrap_or("16").trim().parse()?;

@@ -44,7 +44,7 @@ async fn replicas(admin: &str, revision: &str) -> Result<Option<u64>> {
     Ok(ready.then(|| object.pointer("/status/actualReplicas").and_then(Value::as_u64)).flatten())
 }
 
-async fn wait_replicas(admin: &str, revision: &str, wanted: u64) -> Result<()> {
+pub(crate) async fn wait_replicas(admin: &str, revision: &str, wanted: u64) -> Result<()> {
     wait_until(Duration::from_secs(60), || async {
         Ok((replicas(admin, revision).await? == Some(wanted)).then_some(()))
     })

@@ -86,6 +86,11 @@ impl DestinationLimits {
         self.capacity.limit(host).is_some()
     }
 
+    /// What may be in flight towards `host` from this node now (`None`: no limit).
+    pub(crate) fn limit(&self, host: &str) -> Option<usize> {
+        self.capacity.limit(host)
+    }
+
     /// A slot towards `host`: `Some(None)` when it has no limit, `Some(Some(slot))` when it has room, `None`
     /// when it is full (the event waits; the dispatcher wakes when room appears).
     pub(crate) fn try_start(self: &Arc<Self>, host: &str) -> Option<Option<DeliverySlot>> {

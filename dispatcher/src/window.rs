@@ -59,6 +59,15 @@ impl Window {
         self.scanned_to
     }
 
+    pub(crate) fn max_pending(&self) -> usize {
+        self.max_pending
+    }
+
+    /// Holds at most `max_pending` from now on (at least 1); events already admitted stay.
+    pub(crate) fn set_max_pending(&mut self, max_pending: usize) {
+        self.max_pending = max_pending.max(1);
+    }
+
     /// Whether another matching event may be admitted.
     pub(crate) fn has_room(&self) -> bool {
         self.pending.len() < self.max_pending

@@ -8,14 +8,19 @@
 /// The balancer of one host.
 #[derive(Clone, Debug)]
 pub(crate) struct Balancer {
-    targets: Vec<(String, i64, i64)>,
+    /// (revision, weight, credit, `namespace/revision`: the running revisions' key, made once).
+    targets: Vec<(String, i64, i64, String)>,
 }
 
 impl Balancer {
     /// `targets`: revision and weight (percent); zero weights are never picked.
-    pub(crate) fn new(targets: &[(String, u32)]) -> Self {
+    pub(crate) fn new(namespace: &str, targets: &[(String, u32)]) -> Self {
         Balancer {
-            targets: targets.iter().filter(|(_, w)| *w > 0).map(|(r, w)| (r.clone(), i64::from(*w), 0)).collect(),
+            targets: targets
+                .iter()
+                .filter(|(_, w)| *w > 0)
+                .map(|(r, w)| (r.clone(), i64::from(*w), 0, format!("{namespace}/{r}")))
+                .collect(),
         }
     }
 
@@ -24,18 +29,19 @@ impl Balancer {
     pub(crate) fn same_targets(&self, targets: &[(String, u32)]) -> bool {
         let wanted = targets.iter().filter(|(_, w)| *w > 0);
         wanted.clone().count() == self.targets.len()
-            && wanted.zip(&self.targets).all(|((r, w), (ours, weight, _))| r == ours && i64::from(*w) == *weight)
+            && wanted.zip(&self.targets).all(|((r, w), (ours, weight, _, _))| r == ours && i64::from(*w) == *weight)
     }
 
+    /// The next revision, as its `namespace/revision` key.
     pub(crate) fn pick(&mut self) -> Option<&str> {
-        let total: i64 = self.targets.iter().map(|(_, w, _)| w).sum();
-        for (_, weight, credit) in &mut self.targets {
+        let total: i64 = self.targets.iter().map(|(_, w, _, _)| w).sum();
+        for (_, weight, credit, _) in &mut self.targets {
             *credit += *weight;
         }
         // The first of the targets with the most credit (so equal weights alternate in their order).
-        let best = self.targets.iter_mut().rev().max_by_key(|(_, _, credit)| *credit)?;
+        let best = self.targets.iter_mut().rev().max_by_key(|(_, _, credit, _)| *credit)?;
         best.2 -= total;
-        Some(best.0.as_str())
+        Some(best.3.as_str())
     }
 }
 
@@ -49,10 +55,11 @@ mod tests {
 
     fn counts(targets: &[(&str, u32)], picks: usize) -> BTreeMap<String, usize> {
         let targets: Vec<(String, u32)> = targets.iter().map(|(r, w)| (r.to_string(), *w)).collect();
-        let mut balancer = Balancer::new(&targets);
+        let mut balancer = Balancer::new("ns", &targets);
         let mut counts = BTreeMap::new();
         for _ in 0..picks {
-            *counts.entry(balancer.pick().expect("a target").to_string()).or_default() += 1;
+            let key = balancer.pick().expect("a target");
+            *counts.entry(key.trim_start_matches("ns/").to_string()).or_default() += 1;
         }
         counts
     }
@@ -71,10 +78,11 @@ mod tests {
     #[test]
     fn picks_are_spread_not_in_runs() {
         let targets = vec![("a".to_string(), 50), ("b".to_string(), 50)];
-        let mut balancer = Balancer::new(&targets);
-        let picks: Vec<String> = (0..4).map(|_| balancer.pick().unwrap_or_default().to_string()).collect();
+        let mut balancer = Balancer::new("ns", &targets);
+        let picks: Vec<String> =
+            (0..4).map(|_| balancer.pick().unwrap_or_default().trim_start_matches("ns/").to_string()).collect();
         assert_eq!(picks, ["a", "b", "a", "b"]);
-        assert!(Balancer::new(&[("x".into(), 0)]).pick().is_none(), "no weight, no target");
+        assert!(Balancer::new("ns", &[("x".into(), 0)]).pick().is_none(), "no weight, no target");
         assert!(balancer.same_targets(&[("a".into(), 50), ("dark".into(), 0), ("b".into(), 50)]));
         assert!(!balancer.same_targets(&[("a".into(), 50), ("b".into(), 49)]));
         assert!(!balancer.same_targets(&[("a".into(), 50)]));
@@ -88,10 +96,10 @@ mod tests {
             let targets: Vec<(String, u32)> = weights.iter().enumerate().map(|(i, w)| (format!("r{i}"), *w)).collect();
             let total: u32 = weights.iter().sum();
             prop_assume!(total > 0);
-            let mut balancer = Balancer::new(&targets);
+            let mut balancer = Balancer::new("ns", &targets);
             let mut counts: BTreeMap<String, u64> = BTreeMap::new();
             for pick in 1..=(total as usize * periods) {
-                *counts.entry(balancer.pick().unwrap_or_default().to_string()).or_default() += 1;
+                *counts.entry(balancer.pick().unwrap_or_default().trim_start_matches("ns/").to_string()).or_default() += 1;
                 for (name, weight) in &targets {
                     let expected = f64::from(*weight) * pick as f64 / f64::from(total);
                     let got = counts.get(name).copied().unwrap_or(0) as f64;

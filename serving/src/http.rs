@@ -21,7 +21,7 @@ use sluice_broker::{HostRoutes, request_host};
 
 use crate::balance::Balancer;
 use crate::error::ServingError;
-use crate::revision::Permit;
+use crate::revision::{Permit, RevisionHandle};
 use crate::supervisor::Shared;
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
@@ -57,27 +57,27 @@ impl HostRouter {
         }
     }
 
-    fn pick(&self, host: &str) -> Result<String, ServingError> {
+    /// The revision the next request to `host` goes to, by the traffic split.
+    fn pick(&self, host: &str) -> Result<Arc<RevisionHandle>, ServingError> {
         let table = self.shared.table.read().map(|t| t.clone()).unwrap_or_default();
         let targets = table.get(host).ok_or_else(|| ServingError::NoRoute { host: host.into() })?;
         let mut balancers = self.shared.balancers.lock().map_err(|_| ServingError::NoRoute { host: host.into() })?;
-        let balancer = balancers.entry(host.to_string()).or_insert_with(|| Balancer::new(&targets.targets));
-        if !balancer.same_targets(&targets.targets) {
-            *balancer = Balancer::new(&targets.targets);
+        if !balancers.get(host).is_some_and(|b| b.same_targets(&targets.targets)) {
+            balancers.insert(host.to_string(), Balancer::new(&targets.namespace, &targets.targets));
         }
-        let revision = balancer.pick().ok_or_else(|| ServingError::NoRoute { host: host.into() })?;
-        Ok(format!("{}/{revision}", targets.namespace))
+        let key = balancers
+            .get_mut(host)
+            .and_then(Balancer::pick)
+            .ok_or_else(|| ServingError::NoRoute { host: host.into() })?;
+        let revision = self.shared.revisions.read().ok().and_then(|r| r.get(key).cloned());
+        revision.ok_or_else(|| ServingError::Upstream {
+            revision: key.to_string(),
+            reason: "the revision is not running on this node yet".into(),
+        })
     }
 
-    async fn serve(&self, request: Request) -> Result<Response<Body>, ServingError> {
-        let host = request_host(&request).unwrap_or_default();
-        let key = self.pick(&host)?;
-        let revision = self.shared.revisions.read().ok().and_then(|r| r.get(&key).cloned()).ok_or_else(|| {
-            ServingError::Upstream {
-                revision: key.clone(),
-                reason: "the revision is not running on this node yet".into(),
-            }
-        })?;
+    async fn serve(&self, host: &str, request: Request) -> Result<Response<Body>, ServingError> {
+        let revision = self.pick(host)?;
         let timeout_ms = revision.run.timeout_ms;
         let deadline = Instant::now() + std::time::Duration::from_millis(timeout_ms);
         let permit = revision.acquire(timeout_ms).await?;
@@ -85,8 +85,8 @@ impl HostRouter {
         let upstream = upstream_request(request, &permit)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let response = match tokio::time::timeout(remaining, client.request(upstream)).await {
-            Err(_) => return Err(ServingError::Timeout { revision: key, after_ms: timeout_ms }),
-            Ok(Err(e)) => return Err(ServingError::Upstream { revision: key, reason: e.to_string() }),
+            Err(_) => return Err(ServingError::Timeout { revision: revision.key(), after_ms: timeout_ms }),
+            Ok(Err(e)) => return Err(ServingError::Upstream { revision: revision.key(), reason: e.to_string() }),
             Ok(Ok(response)) => response,
         };
         let (mut parts, body) = response.into_parts();
@@ -170,7 +170,7 @@ impl HostRoutes for HostRouter {
         Box::pin(async move {
             let started = Instant::now();
             let host = request_host(&request).unwrap_or_default();
-            let response = match router.serve(request).await {
+            let response = match router.serve(&host, request).await {
                 Ok(response) => response,
                 Err(e) => {
                     tracing::debug!(%host, error = %e, "serving request failed");

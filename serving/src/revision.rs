@@ -134,7 +134,7 @@ impl Drop for Permit {
             state.hand_out(woken);
             state.measure();
         }
-        self.revision.poke.notify_one();
+        // No poke: the autoscaler samples the gate on its own ticks; only scale-in waits for slots to free.
         self.revision.released.notify_waiters();
     }
 }

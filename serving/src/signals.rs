@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use sluice_cloudevent::clock::now_ms;
+use sluice_controller::serving::autoscaling::Signals as DecidingSignals;
 use sluice_controller::serving::routing::RouteTable;
 use tokio::sync::watch;
 
@@ -103,9 +104,12 @@ impl SubscriberSignals {
             if *percent == 0 {
                 continue;
             }
-            let capacity = revisions
-                .get(&format!("{}/{name}", route.namespace))
-                .map_or(0, |revision| revision.ready_capacity.load(Ordering::Relaxed));
+            let revision = revisions.get(&format!("{}/{name}", route.namespace));
+            // Deciding on concurrency alone (Knative's way), the dispatcher pushes its own window, unlimited.
+            if revision.is_some_and(|r| r.run.autoscaling.signals == DecidingSignals::Concurrency) {
+                return None;
+            }
+            let capacity = revision.map_or(0, |revision| revision.ready_capacity.load(Ordering::Relaxed));
             if capacity == UNLIMITED {
                 return None;
             }

@@ -48,6 +48,16 @@ pub enum Metric {
     Rps,
 }
 
+/// Which signals decide: Sluice's one decision over both, or one of them alone, as Knative's KPA
+/// (concurrency, with the dispatcher pushing its own window regardless of capacity) and KEDA (the backlog)
+/// decide. A node setting (`signals=`), for comparisons; `both` unless told otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signals {
+    Both,
+    Concurrency,
+    Backlog,
+}
+
 /// The cluster's defaults: Knative's `config-autoscaler` keys, same defaults, plus Sluice's.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AutoscalerDefaults {
@@ -78,6 +88,8 @@ pub struct AutoscalerDefaults {
     /// Sluice: how often a decision is taken (Knative's is fixed at 2 s). Metrics are kept in buckets of
     /// `min(1 s, tick)`.
     pub tick_interval_ms: u64,
+    /// Sluice: which signals decide.
+    pub signals: Signals,
 }
 
 impl Default for AutoscalerDefaults {
@@ -104,6 +116,7 @@ impl Default for AutoscalerDefaults {
             backlog_target: 100.0,
             activation_backlog: 0,
             tick_interval_ms: 2_000,
+            signals: Signals::Both,
         }
     }
 }
@@ -172,6 +185,14 @@ impl AutoscalerDefaults {
             "tick-interval" => {
                 self.tick_interval_ms = within(key, 10.0, millis(key, v)? as f64, 60_000.0)? as u64;
             }
+            "signals" => {
+                self.signals = match v.trim() {
+                    "both" => Signals::Both,
+                    "concurrency" => Signals::Concurrency,
+                    "backlog" => Signals::Backlog,
+                    other => return Err(format!("signals: {other:?} is not both, concurrency or backlog")),
+                }
+            }
             other => return Err(format!("{other:?} is not a config-autoscaler key Sluice knows")),
         }
         if self.initial_scale == 0 && !self.allow_zero_initial_scale {
@@ -234,6 +255,7 @@ pub struct Autoscaling {
     pub activation_backlog: u64,
     pub tick_ms: u64,
     pub bucket_ms: u64,
+    pub signals: Signals,
 }
 
 impl Autoscaling {
@@ -269,6 +291,7 @@ fn unreachable_defaults(defaults: &AutoscalerDefaults, container_concurrency: u3
         activation_backlog: 0,
         tick_ms: 2_000,
         bucket_ms: 1_000,
+        signals: defaults.signals,
     }
 }
 
@@ -442,6 +465,7 @@ pub fn resolve(
         activation_backlog,
         tick_ms: defaults.tick_interval_ms,
         bucket_ms,
+        signals: defaults.signals,
     })
 }
 

@@ -30,6 +30,9 @@ use crate::delivery::task::{DeliveryContext, Settlement, deliver, now_ms};
 use crate::stats::{self, CursorStats};
 use reading::{Consumer, ConsumerStart, ReadEvent, ReadLog, Reading, Start};
 
+/// A window sized by its subscriber's capacity holds at most this many events (memory).
+const MAX_WINDOW_FOR_CAPACITY: usize = 1_000;
+
 /// Backlog reports towards a full subscriber, at most this often (besides one every commit tick).
 const BACKLOG_REPORT_MIN_MS: u64 = 50;
 
@@ -251,6 +254,14 @@ impl PartitionDispatcher {
     /// Reads what can be read, admits matching events into the windows, and starts what may start.
     async fn pump(&mut self) {
         let Ok(end) = self.ctx.node.end_offset(&self.stream, self.partition()) else { return };
+        // A subscriber that can take more than the consumer's `max-inflight` (a Knative Service scaled out)
+        // gets a window as large as its capacity, so that new instances take load at once.
+        if let Some(limits) = &self.ctx.limits {
+            self.reading.size_windows(|spec| match limits.limit(host_of(&spec.subscriber_uri)) {
+                Some(capacity) => spec.max_inflight.max(capacity.min(MAX_WINDOW_FOR_CAPACITY)),
+                None => spec.max_inflight,
+            });
+        }
         let log = NodeLog { node: &self.ctx.node, stream: &self.stream, partition: self.partition() };
         for _ in 0..64 {
             if !self.reading.read_shared(end, &log) {

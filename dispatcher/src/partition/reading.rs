@@ -380,6 +380,20 @@ impl Reading {
         starts
     }
 
+    /// Sizes each consumer's window: `size(spec)` events admitted at most (its `max-inflight`, or more where
+    /// the subscriber can take more). A window that grew is looked at again.
+    pub(crate) fn size_windows(&mut self, size: impl Fn(&ConsumerSpec) -> usize) {
+        for (cursor, consumer) in &mut self.consumers {
+            let wanted = size(&consumer.spec).max(1);
+            if wanted != consumer.window.max_pending() {
+                if wanted > consumer.window.max_pending() {
+                    self.dirty.insert(cursor.clone());
+                }
+                consumer.window.set_max_pending(wanted);
+            }
+        }
+    }
+
     /// Whether some consumer has events waiting for room at its subscriber.
     pub(crate) fn any_full(&self) -> bool {
         !self.full.is_empty()
@@ -637,6 +651,18 @@ mod tests {
         let later = reading.take_startable(0, |_| Some(()));
         assert_eq!(later.len(), 7, "room again: the waiting ones start, in order");
         assert!(!reading.any_full());
+    }
+
+    #[test]
+    fn a_window_sized_by_its_subscribers_capacity_admits_more_than_max_inflight() {
+        let mut log = MemLog::default();
+        for _ in 0..50 {
+            log.append("a");
+        }
+        let mut reading = reading_with(&specs(&[("t1", "", 10)]), &[0], 8);
+        assert_eq!(pump(&mut reading, &log).len(), 10, "max-inflight 10");
+        reading.size_windows(|spec| spec.max_inflight.max(40));
+        assert_eq!(pump(&mut reading, &log).len(), 30, "a capacity of 40: 30 more start");
     }
 
     #[test]
