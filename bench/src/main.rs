@@ -52,6 +52,9 @@ struct Args {
     /// `autoscaling`: on real processes (nodes and app instances) rather than the simulator.
     #[arg(long)]
     real: bool,
+    /// `autoscaling --real`: the stable window in seconds (Knative's default is 60).
+    #[arg(long, default_value_t = 6)]
+    window_s: u64,
     /// `autoscaling --real`: events in the burst.
     #[arg(long, default_value_t = 10_000)]
     events: usize,
@@ -103,7 +106,7 @@ async fn main() -> Result<()> {
         return compare::run(config).await;
     }
     if args.mode == "autoscaling" {
-        return if args.real { autoscaling::run_real(args.events).await } else { autoscaling::run() };
+        return if args.real { autoscaling::run_real(args.events, args.window_s).await } else { autoscaling::run() };
     }
     if args.mode == "serving" {
         let concurrency = args.concurrency.split(',').next().unwrap_or("16").trim().parse()?;

@@ -44,12 +44,14 @@ async fn replicas(admin: &str, revision: &str) -> Result<Option<u64>> {
     Ok(ready.then(|| object.pointer("/status/actualReplicas").and_then(Value::as_u64)).flatten())
 }
 
-pub(crate) async fn wait_replicas(admin: &str, revision: &str, wanted: u64) -> Result<()> {
-    wait_until(Duration::from_secs(60), || async {
-        Ok((replicas(admin, revision).await? == Some(wanted)).then_some(()))
-    })
-    .await
-    .with_context(|| format!("{revision} never had {wanted} instances"))
+async fn wait_replicas(admin: &str, revision: &str, wanted: u64) -> Result<()> {
+    wait_replicas_within(admin, revision, wanted, Duration::from_secs(60)).await
+}
+
+pub(crate) async fn wait_replicas_within(admin: &str, revision: &str, wanted: u64, within: Duration) -> Result<()> {
+    wait_until(within, || async { Ok((replicas(admin, revision).await? == Some(wanted)).then_some(())) })
+        .await
+        .with_context(|| format!("{revision} never had {wanted} instances"))
 }
 
 fn rss_kib(pid: u32) -> u64 {

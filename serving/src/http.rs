@@ -22,7 +22,7 @@ use sluice_broker::{HostRoutes, request_host};
 use crate::balance::Balancer;
 use crate::error::ServingError;
 use crate::revision::{Permit, RevisionHandle};
-use crate::supervisor::Shared;
+use crate::shared::Shared;
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [

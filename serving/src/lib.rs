@@ -9,8 +9,11 @@
 //! failed and why, instances), recorded for their status.
 //!
 //! The path of a request: [`http`] (host → Route) → [`balance`] (traffic split → revision) → [`gate`] (a
-//! slot on a ready instance, or wait while [`revision`] starts one by [`scale`]'s decision) → the instance.
-//! [`supervisor`] keeps the route table and the running revisions in line with the objects ([`plan`]).
+//! slot on a ready instance, or wait while [`revision`] starts one) → the instance. Each revision's task runs
+//! its autoscaler (`sluice_autoscaler`) over the gate's exact samples and the dispatcher's backlog
+//! ([`signals`]); [`shared`] holds what the parts share and is the dispatcher's view ([`SubscriberSignals`]:
+//! in-flight limits, backlog reports). [`supervisor`] keeps the route table and the running revisions in line
+//! with the objects ([`plan`]).
 //!
 //! Placement: instances run on the node that serves the request. Each node runs the instances its own
 //! requests and deliveries need and scales them to zero when idle; a node that dies takes only its own
@@ -26,6 +29,7 @@ mod logs;
 mod plan;
 mod revision;
 mod runtime;
+mod shared;
 mod signals;
 mod supervisor;
 
@@ -40,7 +44,7 @@ use tokio::sync::oneshot;
 pub use admin::with_admin_routes;
 pub use error::ServingError;
 pub use logs::LogHub;
-pub use signals::SubscriberSignals;
+pub use shared::SubscriberSignals;
 pub use sluice_autoscaler::{Backlog, Decision, Reason};
 
 /// What a node's serving shares with its admin API and its dispatcher: the route table, the running
@@ -48,7 +52,7 @@ pub use sluice_autoscaler::{Backlog, Decision, Reason};
 /// routes need it), handed to [`Serving::start`].
 #[derive(Clone, Default)]
 pub struct ServingState {
-    shared: Arc<supervisor::Shared>,
+    shared: Arc<shared::Shared>,
 }
 
 impl ServingState {

@@ -25,8 +25,7 @@ use crate::gate::{Admit, Gate, InstanceId, Meter, WaiterId};
 use crate::logs::LogHub;
 use crate::runtime::local::free_port;
 use crate::runtime::{Instance, InstanceEvent, InstanceSpec, Readiness, Runtime};
-use crate::supervisor::Shared;
-use sluice_autoscaler::{Autoscaler, Decision, Observation, Sample};
+use sluice_autoscaler::{Autoscaler, Backlog, Decision, Observation, Sample};
 
 /// Requests waiting for a slot of one revision on one node, at most.
 pub(crate) const QUEUE_LIMIT: usize = 10_000;
@@ -257,6 +256,14 @@ pub(crate) struct RunningRevision {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What a revision's task exchanges with the dispatcher (through the node's serving state).
+pub(crate) trait RevisionSignals: Send + Sync {
+    /// The events waiting in the log for `namespace/name` now.
+    fn backlog(&self, namespace: &str, name: &str) -> Backlog;
+    /// A revision's ready capacity grew: dispatchers waiting for room look again.
+    fn capacity_grew(&self);
+}
+
 /// What every revision task on the node shares.
 #[derive(Clone)]
 pub(crate) struct RevisionEnv {
@@ -264,8 +271,8 @@ pub(crate) struct RevisionEnv {
     pub(crate) logs: Arc<LogHub>,
     pub(crate) grace: Duration,
     pub(crate) facts: mpsc::UnboundedSender<(String, String, Facts)>,
-    /// The route table and the dispatcher's signals (backlog in, capacity out).
-    pub(crate) shared: Arc<Shared>,
+    /// The dispatcher's side: backlog in, capacity out.
+    pub(crate) signals: Arc<dyn RevisionSignals>,
 }
 
 impl RunningRevision {
@@ -480,9 +487,8 @@ async fn run_revision(
 }
 
 /// The dispatcher's backlog for this revision now.
-fn backlog(revision: &RevisionHandle, env: &RevisionEnv) -> sluice_autoscaler::Backlog {
-    let table = env.shared.table.read().map(|t| t.clone()).unwrap_or_default();
-    env.shared.signals.backlog_for(&table, &revision.run.namespace, &revision.run.name, now_ms())
+fn backlog(revision: &RevisionHandle, env: &RevisionEnv) -> Backlog {
+    env.signals.backlog(&revision.run.namespace, &revision.run.name)
 }
 
 fn decide(
@@ -517,7 +523,7 @@ fn publish_capacity(revision: &RevisionHandle, env: &RevisionEnv) {
     let capacity = ready.saturating_mul(cc);
     let before = revision.ready_capacity.swap(capacity, Ordering::Relaxed);
     if capacity > before {
-        env.shared.signals.capacity_grew();
+        env.signals.capacity_grew();
     }
 }
 

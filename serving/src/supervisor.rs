@@ -7,7 +7,7 @@
 //! `RevisionState` objects, and child objects ([`children::plan`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -15,26 +15,15 @@ use sluice_broker::{Node, ResourceKey};
 use sluice_cloudevent::clock::now_ms;
 use sluice_controller::serving::autoscaling::AutoscalerDefaults;
 use sluice_controller::serving::gc::{self, GcSettings};
-use sluice_controller::serving::routing::{RouteTable, revision_facts, route_table};
+use sluice_controller::serving::routing::{revision_facts, route_table};
 use sluice_controller::serving::{REVISION_STATE_KIND, SERVING_API_VERSION, children};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::balance::Balancer;
 use crate::logs::LogHub;
 use crate::plan::{plan, wanted_revisions};
-use crate::revision::{Facts, RevisionEnv, RevisionHandle, RevisionRun, RunningRevision};
+use crate::revision::{Facts, RevisionEnv, RevisionRun, RunningRevision};
 use crate::runtime::Runtime;
-use crate::signals::Signals;
-
-/// What the HTTP router reads.
-#[derive(Default)]
-pub(crate) struct Shared {
-    pub(crate) table: RwLock<Arc<RouteTable>>,
-    pub(crate) revisions: RwLock<HashMap<String, Arc<RevisionHandle>>>,
-    pub(crate) balancers: Mutex<HashMap<String, Balancer>>,
-    /// The dispatcher's backlog reports and the capacity counter.
-    pub(crate) signals: Signals,
-}
+use crate::shared::Shared;
 
 pub(crate) struct SupervisorSettings {
     pub(crate) domain: String,
@@ -59,7 +48,7 @@ pub(crate) async fn run(
         logs: settings.logs.clone(),
         grace: settings.grace,
         facts: facts_tx,
-        shared: shared.clone(),
+        signals: shared.clone(),
     };
     let Some(mut changes) = node.watch_resources() else {
         tracing::error!("serving: the node has no resource watch");
@@ -71,7 +60,7 @@ pub(crate) async fn run(
     loop {
         changes.borrow_and_update();
         leadership.borrow_and_update();
-        reconcile(&node, &settings, &env, &mut running, &mut reported).await;
+        reconcile(&node, &settings, &shared, &env, &mut running, &mut reported).await;
         tokio::select! {
             _ = &mut stop => break,
             changed = changes.changed() => {
@@ -104,6 +93,7 @@ fn objects(node: &Node) -> Vec<Value> {
 async fn reconcile(
     node: &Node,
     settings: &SupervisorSettings,
+    shared: &Shared,
     env: &RevisionEnv,
     running: &mut BTreeMap<String, RunningRevision>,
     reported: &mut HashMap<String, String>,
@@ -114,7 +104,6 @@ async fn reconcile(
         objects = self::objects(node);
     }
     let table = route_table(&objects, &settings.domain);
-    let shared = &env.shared;
     let (wanted, problems) = wanted_revisions(&objects, &table, &settings.autoscaler);
     for (key, problem) in problems {
         if reported.get(&key) != Some(&problem) {

@@ -1,0 +1,111 @@
+//! What a node's serving shares between its parts: the route table and the running revisions (the HTTP
+//! router reads them, the supervisor writes them), the balancers, and the dispatcher's signals; and the
+//! dispatcher's view of it all, [`SubscriberSignals`].
+//!
+//! What flows in: the table and revisions from the supervisor, backlog reports from the dispatcher, ready
+//! capacities from the revisions. What flows out: the in-flight limit towards a host (the sum of its routed
+//! revisions' ready capacity), each revision's backlog, wake-ups.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+
+use sluice_autoscaler::Backlog;
+use sluice_cloudevent::clock::now_ms;
+use sluice_controller::serving::autoscaling::Signals as DecidingSignals;
+use sluice_controller::serving::routing::RouteTable;
+use tokio::sync::watch;
+
+use crate::balance::Balancer;
+use crate::revision::{RevisionHandle, RevisionSignals, UNLIMITED};
+use crate::signals::Signals;
+
+/// What the HTTP router, the supervisor, the admin API and the dispatcher read.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub(crate) table: RwLock<Arc<RouteTable>>,
+    pub(crate) revisions: RwLock<HashMap<String, Arc<RevisionHandle>>>,
+    pub(crate) balancers: Mutex<HashMap<String, Balancer>>,
+    /// The dispatcher's backlog reports and the capacity counter.
+    pub(crate) signals: Signals,
+}
+
+impl RevisionSignals for Shared {
+    fn backlog(&self, namespace: &str, name: &str) -> Backlog {
+        let table = self.table.read().map(|t| t.clone()).unwrap_or_default();
+        self.signals.backlog_for(&table, namespace, name, now_ms())
+    }
+
+    fn capacity_grew(&self) {
+        self.signals.capacity_grew();
+    }
+}
+
+/// The node's serving, as the dispatcher sees it.
+#[derive(Clone)]
+pub struct SubscriberSignals {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// `Host` without the port, lower case.
+fn host_name(host: &str) -> String {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    name.to_ascii_lowercase()
+}
+
+impl SubscriberSignals {
+    /// Deliveries to `host` that may be in flight from this node now: the ready capacity of the revisions its
+    /// Route sends traffic to. `None`: not a Route served here, or a revision without `containerConcurrency`
+    /// (no limit from serving).
+    pub fn limit(&self, host: &str) -> Option<usize> {
+        let host = host_name(host);
+        let table = self.shared.table.read().ok()?.clone();
+        let route = table.get(&host)?;
+        let revisions = self.shared.revisions.read().ok()?;
+        let mut limit = 0usize;
+        for (name, percent) in &route.targets {
+            if *percent == 0 {
+                continue;
+            }
+            let revision = revisions.get(&format!("{}/{name}", route.namespace));
+            // Deciding on concurrency alone (Knative's way), the dispatcher pushes its own window, unlimited.
+            if revision.is_some_and(|r| r.run.autoscaling.signals == DecidingSignals::Concurrency) {
+                return None;
+            }
+            let capacity = revision.map_or(0, |revision| revision.ready_capacity.load(Ordering::Relaxed));
+            if capacity == UNLIMITED {
+                return None;
+            }
+            limit = limit.saturating_add(capacity);
+        }
+        Some(limit)
+    }
+
+    /// Replaces `reporter`'s last report: `events` waiting for `host` (`ordered_keys` of them ordered). A
+    /// revision at zero that this wakes starts at once.
+    pub fn report_backlog(&self, reporter: &str, host: &str, events: u64, ordered_keys: Option<u64>) {
+        let host = host_name(host);
+        let backlog = Backlog { events, ordered_keys };
+        if !self.shared.signals.report(reporter, &host, backlog, now_ms()) || events == 0 {
+            return;
+        }
+        // Wake the revisions this host routes to, so that one at zero starts without waiting for its tick.
+        let Ok(table) = self.shared.table.read().map(|t| t.clone()) else { return };
+        let Some(route) = table.get(&host) else { return };
+        if let Ok(revisions) = self.shared.revisions.read() {
+            for (name, _) in &route.targets {
+                if let Some(revision) = revisions.get(&format!("{}/{name}", route.namespace)) {
+                    revision.poke();
+                }
+            }
+        }
+    }
+
+    /// Moves whenever a revision's ready capacity grew.
+    pub fn capacity_grown(&self) -> watch::Receiver<u64> {
+        self.shared.signals.subscribe()
+    }
+}
