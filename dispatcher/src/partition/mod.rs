@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_broker::OffsetCommit;
-use sluice_cloudevent::CloudEvent;
+use sluice_cloudevent::{CloudEvent, EventView};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
@@ -66,6 +66,8 @@ pub(crate) struct PartitionDispatcher {
     /// Running deliveries by consumer and offset, to abort when the consumer stops, changes or replays.
     running: HashMap<String, HashMap<u64, AbortHandle>>,
     last_backlog_report_ms: u64,
+    /// Per consumer with a limited subscriber: the matching records past its window (its backlog).
+    lookahead: HashMap<String, Lookahead>,
 }
 
 impl PartitionDispatcher {
@@ -84,6 +86,7 @@ impl PartitionDispatcher {
             deliveries: JoinSet::new(),
             running: HashMap::new(),
             last_backlog_report_ms: 0,
+            lookahead: HashMap::new(),
         };
         (tx, tokio::spawn(dispatcher.run(rx)))
     }
@@ -299,9 +302,12 @@ impl PartitionDispatcher {
     /// log for it: admitted and not started, plus those not read yet (counted as matching until read: an upper
     /// bound for filtered Triggers).
     fn report_backlog(&mut self) {
-        let Some(limits) = &self.ctx.limits else { return };
+        let Some(limits) = self.ctx.limits.clone() else { return };
         self.last_backlog_report_ms = now_ms();
         let end = self.ctx.node.end_offset(&self.stream, self.partition()).unwrap_or(0);
+        let log = NodeLog { node: &self.ctx.node, stream: &self.stream, partition: self.partition() };
+        let partition = self.partition();
+        self.lookahead.retain(|cursor, _| self.reading.consumers.contains_key(cursor));
         for consumer in self.reading.consumers.values() {
             let spec = &consumer.spec;
             let host = host_of(&spec.subscriber_uri);
@@ -309,11 +315,16 @@ impl PartitionDispatcher {
                 continue;
             }
             let window = &consumer.window;
-            let unread = if spec.paused { 0 } else { end.saturating_sub(window.scanned_to()) };
-            let events = if spec.paused { 0 } else { window.queued() as u64 + unread };
+            let ahead = self.lookahead.entry(spec.cursor.clone()).or_default();
+            let (matched, unscanned) = if spec.paused {
+                (0, 0)
+            } else {
+                ahead.scan(window.scanned_to(), end, &log, |event| spec.filter.matches(&EventView(event)))
+            };
+            let events = if spec.paused { 0 } else { window.queued() as u64 + matched + unscanned };
             let ordered_keys = (spec.ordering == crate::window::Ordering::Ordered)
-                .then(|| window.keys_pending() as u64 + u64::from(unread > 0));
-            let reporter = format!("{}#{}", spec.cursor, self.partition());
+                .then(|| window.keys_pending() as u64 + u64::from(matched + unscanned > 0));
+            let reporter = format!("{}#{partition}", spec.cursor);
             limits.report_backlog(&reporter, host, events, ordered_keys);
         }
     }
@@ -387,6 +398,45 @@ async fn sleep_until_ms(at_ms: Option<u64>) {
     }
 }
 
+/// Records scanned per backlog report and consumer, at most; what is left counts as matching until scanned.
+const LOOKAHEAD_SCAN_PER_REPORT: usize = 4_096;
+/// Matching offsets kept ahead of a window, at most (80 KB).
+const LOOKAHEAD_MAX_MATCHES: usize = 10_000;
+
+/// The records past a consumer's window that match its filter, found by scanning ahead of it (each record
+/// once), so that its backlog counts matching events only.
+#[derive(Default)]
+struct Lookahead {
+    /// Offsets of matching records in `[window's scan position, scanned_to)`, in order.
+    matched: std::collections::VecDeque<u64>,
+    scanned_to: u64,
+}
+
+impl Lookahead {
+    /// Scans on from where it left off (the window's position `from` at least) towards `end`, within the
+    /// budgets; answers (matching records past `from`, records not scanned yet).
+    fn scan(&mut self, from: u64, end: u64, log: &impl ReadLog, matches: impl Fn(&CloudEvent) -> bool) -> (u64, u64) {
+        if self.scanned_to < from {
+            self.scanned_to = from;
+            self.matched.clear();
+        }
+        while self.matched.front().is_some_and(|offset| *offset < from) {
+            self.matched.pop_front();
+        }
+        let mut budget = LOOKAHEAD_SCAN_PER_REPORT;
+        while self.scanned_to < end && budget > 0 && self.matched.len() < LOOKAHEAD_MAX_MATCHES {
+            let Some((events, next)) = log.read(self.scanned_to, budget.min(256)) else { break };
+            if next <= self.scanned_to {
+                break;
+            }
+            budget = budget.saturating_sub((next - self.scanned_to) as usize);
+            self.matched.extend(events.iter().filter(|(_, _, event)| matches(event)).map(|(offset, _, _)| *offset));
+            self.scanned_to = next;
+        }
+        (self.matched.len() as u64, end.saturating_sub(self.scanned_to))
+    }
+}
+
 /// The partition's applied log, read for [`Reading`].
 struct NodeLog<'a> {
     node: &'a sluice_broker::Node,
@@ -416,5 +466,43 @@ impl ReadLog for NodeLog<'_> {
             }
         }
         Some((events, next.min(batch.end_offset.max(from))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records 0..n; those whose id is even match.
+    struct Numbers(u64);
+
+    impl ReadLog for Numbers {
+        fn read(&self, from: u64, max: usize) -> Option<(Vec<ReadEvent>, u64)> {
+            let to = (from + max as u64).min(self.0);
+            let events = (from..to)
+                .map(|offset| {
+                    let body = format!(r#"{{"specversion":"1.0","id":"{offset}","source":"/t","type":"t"}}"#);
+                    let event = sluice_cloudevent::from_structured(body.as_bytes()).expect("event");
+                    (offset, 0, Arc::new(event))
+                })
+                .collect();
+            Some((events, to))
+        }
+    }
+
+    fn even(event: &CloudEvent) -> bool {
+        event.get_str("id").and_then(|id| id.parse::<u64>().ok()).is_some_and(|n| n % 2 == 0)
+    }
+
+    #[test]
+    fn the_backlog_counts_only_matching_records_past_the_window() {
+        let mut ahead = Lookahead::default();
+        assert_eq!(ahead.scan(10, 20, &Numbers(20), even), (5, 0), "10, 12, .. 18");
+        assert_eq!(ahead.scan(15, 20, &Numbers(20), even), (2, 0), "the window moved past 10, 12, 14");
+        assert_eq!(ahead.scan(15, 30, &Numbers(30), even), (7, 0), "new records are scanned once");
+        let mut far = Lookahead::default();
+        let (matched, unscanned) = far.scan(0, 10_000, &Numbers(10_000), even);
+        assert_eq!((matched, unscanned), (2_048, 10_000 - 4_096), "a budget per report; the rest counts as matching");
+        assert_eq!(far.scan(0, 10_000, &Numbers(10_000), even).0, 4_096, "the next report scans on");
     }
 }
