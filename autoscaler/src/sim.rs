@@ -102,6 +102,14 @@ impl Trace {
         }
     }
 
+    /// Events per second at `now_ms` (0 for a burst, which comes at once).
+    pub fn rate_at(&self, now_ms: u64) -> f64 {
+        match self {
+            Trace::Burst { .. } => 0.0,
+            _ => self.expected(now_ms, 1_000),
+        }
+    }
+
     /// Events expected in `[now, now + step)`.
     fn expected(&self, now_ms: u64, step_ms: u64) -> f64 {
         let per_s = match self {

@@ -85,14 +85,93 @@ pub(crate) fn run() -> Result<()> {
     Ok(())
 }
 
-/// `--mode autoscaling --real`: the burst on real processes: a node per decision mode (`--autoscaler
+/// `--mode autoscaling --real`: the traces on real processes: a node per decision mode (`--autoscaler
 /// signals=concurrency|backlog|both`), a Trigger to a Knative Service at zero (`containerConcurrency: 4`,
-/// 50 ms per event, the `sluice-hello` app), `events` published at once. Measured: time until the app has
-/// received every event, deliveries received more than once (a 5xx or a timeout makes the dispatcher retry),
+/// `max-scale: 100`, 50 ms per event, the `sluice-hello` app). The burst is `events` published at once; the
+/// rate traces (with `--traces`) are published every 100 ms. Measured: each event's age when the app got it
+/// (publish → the bench seeing its line in the app's record, polled every 20 ms), the time until every event
+/// arrived (the burst), deliveries received more than once (a 5xx or a timeout makes the dispatcher retry),
 /// instance-seconds and the peak from the autoscaler's decisions (`Serving/Decisions`) until the revision is
-/// back at zero. `window_s` is the stable window (Knative's is 60 s; 6 s keeps each run under a minute);
-/// the grace period is 2 s, ticks stay 2 s.
-pub(crate) async fn run_real(events: usize, window_s: u64) -> Result<()> {
+/// back at zero. `window_s` is the stable window (Knative's is 60 s); the grace period is 2 s, ticks 2 s.
+pub(crate) async fn run_real(events: usize, window_s: u64, with_traces: bool) -> Result<()> {
+    let mut loads = vec![Trace::Burst { events: events as u64, at_ms: 0, duration_ms: 0 }];
+    if with_traces {
+        loads.extend([
+            Trace::Step { before: 0.0, after: 200.0, at_ms: 2_000, duration_ms: 30_000 },
+            Trace::Spike { base: 20.0, peak: 400.0, from_ms: 10_000, to_ms: 20_000, duration_ms: 30_000 },
+            Trace::Sine { mean: 100.0, amplitude: 90.0, period_ms: 20_000, duration_ms: 40_000 },
+        ]);
+    }
+    println!(
+        "real processes: containerConcurrency 4, 50 ms per event, max-scale 100, stable window {window_s} s, {}",
+        sluice_tests::sluice_bin().display()
+    );
+    println!(
+        "| trace | decision | drained in | p99 event age | max event age | received twice | instance-seconds | peak |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for trace in &loads {
+        for mode in Mode::ALL {
+            let score = real_run(trace, mode, window_s).await?;
+            let drained = match trace {
+                Trace::Burst { .. } => format!("{:.1} s", score.drained_ms as f64 / 1000.0),
+                _ => "—".into(),
+            };
+            println!(
+                "| {} | {} | {drained} | {:.2} s | {:.2} s | {} | {:.0} | {} |",
+                trace.name(),
+                mode.as_str(),
+                score.p99_age_ms as f64 / 1000.0,
+                score.max_age_ms as f64 / 1000.0,
+                score.twice,
+                score.instance_seconds,
+                score.peak
+            );
+        }
+    }
+    Ok(())
+}
+
+struct RealScore {
+    drained_ms: u64,
+    p99_age_ms: u64,
+    max_age_ms: u64,
+    twice: usize,
+    instance_seconds: f64,
+    peak: u32,
+}
+
+/// Ages of events as the app's record file shows them arriving.
+struct Arrivals {
+    published: Vec<Option<std::time::Instant>>,
+    ages_ms: Vec<u64>,
+    seen: std::collections::HashSet<usize>,
+    lines: usize,
+    offset: usize,
+}
+
+impl Arrivals {
+    fn poll(&mut self, record: &std::path::Path) {
+        let Ok(text) = std::fs::read(record) else { return };
+        let Some(end) = text.iter().rposition(|b| *b == b'\n').map(|i| i + 1) else { return };
+        if end <= self.offset {
+            return;
+        }
+        let now = std::time::Instant::now();
+        for line in String::from_utf8_lossy(&text[self.offset..end]).lines() {
+            self.lines += 1;
+            let Some(n) = line.strip_prefix('e').and_then(|n| n.parse::<usize>().ok()) else { continue };
+            if self.seen.insert(n)
+                && let Some(Some(at)) = self.published.get(n)
+            {
+                self.ages_ms.push(now.duration_since(*at).as_millis() as u64);
+            }
+        }
+        self.offset = end;
+    }
+}
+
+async fn real_run(trace: &Trace, mode: Mode, window_s: u64) -> Result<RealScore> {
     use anyhow::Context;
     use serde_json::{Value, json};
     use sluice_proto::admin::serving_client::ServingClient;
@@ -100,110 +179,132 @@ pub(crate) async fn run_real(events: usize, window_s: u64) -> Result<()> {
     use sluice_tests::{apply_resource, hello_bin, start_single_node, wait_until};
     use std::time::{Duration, Instant};
 
-    println!(
-        "real processes: {events} events, containerConcurrency 4, 50 ms each, max-scale 100, stable window {window_s} s, {}",
-        sluice_tests::sluice_bin().display()
-    );
-    println!("| decision | drained in | received twice | instance-seconds | peak instances |");
-    println!("|---|---|---|---|---|");
-    for (mode, signals) in
-        [(Mode::ConcurrencyOnly, "concurrency"), (Mode::BacklogOnly, "backlog"), (Mode::Coupled, "both")]
-    {
-        let (window, signals_flag) = (format!("stable-window={window_s}s"), format!("signals={signals}"));
-        let args =
-            ["--autoscaler", &window, "--autoscaler", "scale-to-zero-grace-period=2s", "--autoscaler", &signals_flag];
-        let (dir, node) = start_single_node(1, &args).await?;
-        let (admin, http) = (node.admin.clone(), node.http.clone());
-        let record = dir.path().join("received.txt");
-        let service = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
-            "metadata": {"name": "sink", "namespace": "default"},
-            "spec": {"template": {"metadata": {"annotations": {"autoscaling.knative.dev/max-scale": "100"}},
-                "spec": {"containerConcurrency": 4, "containers": [{"image": "ghcr.io/knative/helloworld-go",
-                    "command": [hello_bin().display().to_string()],
-                    "env": [{"name": "HELLO_RECORD", "value": record.display().to_string()}]}]}}}});
-        apply_resource(&admin, service).await?;
-        // A new revision runs one instance to become Ready, then goes to zero after the window and the grace.
-        crate::serving::wait_replicas_within(&admin, "sink-00001", 0, Duration::from_secs(window_s + 60)).await?;
-        apply_resource(&admin, sluice_tests::broker_object("default", "default", json!({}))).await?;
-        let mut trigger = sluice_tests::trigger_object("default", "to-ksvc", "default", "", json!({}), json!({}));
-        trigger["spec"]["subscriber"] = json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
-            "name": "sink"}, "uri": "/?sleep_ms=50"});
-        apply_resource(&admin, trigger).await?;
-        sluice_tests::wait_for_broker(&http, "/default/default").await?;
-        // Wait until the Trigger resolves (its subscriber URI is set).
-        let mut resources =
-            sluice_proto::admin::resources_client::ResourcesClient::connect(format!("http://{admin}")).await?;
-        wait_until(Duration::from_secs(30), || {
-            let mut resources = resources.clone();
-            async move {
-                let reply = resources
-                    .get(sluice_proto::admin::ResourceRef {
-                        kind: "Trigger".into(),
-                        namespace: "default".into(),
-                        name: "to-ksvc".into(),
-                    })
-                    .await?
-                    .into_inner();
-                let object: Value = serde_json::from_str(&reply.object_json)?;
-                Ok(object.pointer("/status/subscriberUri").and_then(Value::as_str).map(|_| ()))
-            }
-        })
-        .await?;
-        let _ = &mut resources;
+    let signals = match mode {
+        Mode::ConcurrencyOnly => "concurrency",
+        Mode::BacklogOnly => "backlog",
+        Mode::Coupled => "both",
+    };
+    let (window, signals_flag) = (format!("stable-window={window_s}s"), format!("signals={signals}"));
+    let args =
+        ["--autoscaler", &window, "--autoscaler", "scale-to-zero-grace-period=2s", "--autoscaler", &signals_flag];
+    let (dir, node) = start_single_node(1, &args).await?;
+    let (admin, http) = (node.admin.clone(), node.http.clone());
+    let record = dir.path().join("received.txt");
+    let service = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": {"name": "sink", "namespace": "default"},
+        "spec": {"template": {"metadata": {"annotations": {"autoscaling.knative.dev/max-scale": "100"}},
+            "spec": {"containerConcurrency": 4, "containers": [{"image": "ghcr.io/knative/helloworld-go",
+                "command": [hello_bin().display().to_string()],
+                "env": [{"name": "HELLO_RECORD", "value": record.display().to_string()}]}]}}}});
+    apply_resource(&admin, service).await?;
+    // A new revision runs one instance to become Ready, then goes to zero after the window and the grace.
+    crate::serving::wait_replicas_within(&admin, "sink-00001", 0, Duration::from_secs(window_s + 60)).await?;
+    apply_resource(&admin, sluice_tests::broker_object("default", "default", json!({}))).await?;
+    let mut trigger = sluice_tests::trigger_object("default", "to-ksvc", "default", "", json!({}), json!({}));
+    trigger["spec"]["subscriber"] = json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "name": "sink"}, "uri": "/?sleep_ms=50"});
+    apply_resource(&admin, trigger).await?;
+    sluice_tests::wait_for_broker(&http, "/default/default").await?;
+    let resources = sluice_proto::admin::resources_client::ResourcesClient::connect(format!("http://{admin}")).await?;
+    wait_until(Duration::from_secs(30), || {
+        let mut resources = resources.clone();
+        async move {
+            let reference = sluice_proto::admin::ResourceRef {
+                kind: "Trigger".into(),
+                namespace: "default".into(),
+                name: "to-ksvc".into(),
+            };
+            let reply = resources.get(reference).await?.into_inner();
+            let object: Value = serde_json::from_str(&reply.object_json)?;
+            Ok(object.pointer("/status/subscriberUri").and_then(Value::as_str).map(|_| ()))
+        }
+    })
+    .await
+    .context("the Trigger resolves the Service")?;
 
-        let mut serving = ServingClient::connect(format!("http://{admin}")).await?;
-        let request = DecisionsRequest { name: "sink".into(), follow: true, ..Default::default() };
-        let mut stream = serving.decisions(request).await?.into_inner();
-        let followed = tokio::spawn(async move {
-            let mut all: Vec<AutoscalerDecision> = Vec::new();
-            while let Ok(Some(decision)) = stream.message().await {
-                let done = decision.instances == 0 && decision.desired == 0 && all.iter().any(|d| d.instances > 0);
-                all.push(decision);
-                if done {
-                    break;
-                }
+    let mut serving = ServingClient::connect(format!("http://{admin}")).await?;
+    let request = DecisionsRequest { name: "sink".into(), follow: true, ..Default::default() };
+    let mut stream = serving.decisions(request).await?.into_inner();
+    let followed = tokio::spawn(async move {
+        let mut all: Vec<AutoscalerDecision> = Vec::new();
+        while let Ok(Some(decision)) = stream.message().await {
+            let done = decision.instances == 0 && decision.desired == 0 && all.iter().any(|d| d.instances > 0);
+            all.push(decision);
+            if done {
+                break;
             }
-            all
-        });
-        let client = reqwest::Client::new();
-        let started = Instant::now();
-        for batch in 0..events.div_ceil(500) {
-            let body: Vec<Value> = (batch * 500..((batch + 1) * 500).min(events))
-                .map(|i| json!({"specversion": "1.0", "id": format!("e{i}"), "source": "/bench", "type": "bench"}))
-                .collect();
-            let response = client
-                .post(format!("http://{http}/default/default"))
-                .header("content-type", "application/cloudevents-batch+json")
-                .body(Value::Array(body).to_string())
-                .send()
-                .await?;
-            anyhow::ensure!(response.status() == 202, "publish: {}", response.status());
         }
-        let read = || std::fs::read_to_string(&record).unwrap_or_default();
-        wait_until(Duration::from_secs(300), || async {
-            let text = read();
-            let unique: std::collections::HashSet<&str> = text.lines().collect();
-            Ok((unique.len() >= events).then_some(()))
-        })
-        .await
-        .context("every event delivered")?;
-        let drained = started.elapsed();
-        let back_to_zero = Duration::from_secs(window_s * 2 + 60);
-        let decisions = tokio::time::timeout(back_to_zero, followed).await.context("back to zero")??;
-        let text = read();
-        let twice = text.lines().count() - text.lines().collect::<std::collections::HashSet<_>>().len();
-        let mut instance_ms = 0u64;
-        for pair in decisions.windows(2) {
-            instance_ms += u64::from(pair[0].instances) * pair[1].at_ms.saturating_sub(pair[0].at_ms);
+        all
+    });
+
+    let client = reqwest::Client::new();
+    let publish = |from: usize, to: usize| {
+        let client = client.clone();
+        let url = format!("http://{http}/default/default");
+        async move {
+            for chunk_start in (from..to).step_by(500) {
+                let body: Vec<Value> = (chunk_start..(chunk_start + 500).min(to))
+                    .map(|i| json!({"specversion": "1.0", "id": format!("e{i}"), "source": "/bench", "type": "bench"}))
+                    .collect();
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/cloudevents-batch+json")
+                    .body(Value::Array(body).to_string())
+                    .send()
+                    .await?;
+                anyhow::ensure!(response.status() == 202, "publish: {}", response.status());
+            }
+            anyhow::Ok(())
         }
-        let peak = decisions.iter().map(|d| d.instances).max().unwrap_or(0);
-        println!(
-            "| {} | {:.1} s | {twice} | {:.0} | {peak} |",
-            mode.as_str(),
-            drained.as_secs_f64(),
-            instance_ms as f64 / 1000.0
-        );
-        drop(node);
+    };
+    let mut arrivals =
+        Arrivals { published: Vec::new(), ages_ms: Vec::new(), seen: Default::default(), lines: 0, offset: 0 };
+    let started = Instant::now();
+    let mut total = 0usize;
+    if let Trace::Burst { events, .. } = trace {
+        total = *events as usize;
+        arrivals.published = vec![Some(started); total];
+        publish(0, total).await?;
+    } else {
+        // Every 100 ms, the events the trace's rate asks for (fractions carried over).
+        let mut owed = 0.0;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while started.elapsed() < Duration::from_millis(trace.duration_ms()) {
+            tick.tick().await;
+            owed += trace.rate_at(started.elapsed().as_millis() as u64) / 10.0;
+            let count = owed.floor() as usize;
+            owed -= count as f64;
+            if count > 0 {
+                arrivals.published.extend(std::iter::repeat_n(Some(Instant::now()), count));
+                publish(total, total + count).await?;
+                total += count;
+            }
+            arrivals.poll(&record);
+        }
     }
-    Ok(())
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while arrivals.seen.len() < total {
+        anyhow::ensure!(Instant::now() < deadline, "{} of {total} events delivered", arrivals.seen.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        arrivals.poll(&record);
+    }
+    let drained_ms = started.elapsed().as_millis() as u64;
+    let back_to_zero = Duration::from_secs(window_s * 2 + 60);
+    let decisions = tokio::time::timeout(back_to_zero, followed).await.context("back to zero")??;
+    arrivals.poll(&record);
+    let mut instance_ms = 0u64;
+    for pair in decisions.windows(2) {
+        instance_ms += u64::from(pair[0].instances) * pair[1].at_ms.saturating_sub(pair[0].at_ms);
+    }
+    arrivals.ages_ms.sort_unstable();
+    let ages = &arrivals.ages_ms;
+    drop(node);
+    Ok(RealScore {
+        drained_ms,
+        p99_age_ms: ages.get(ages.len().saturating_sub(1) * 99 / 100).copied().unwrap_or(0),
+        max_age_ms: ages.last().copied().unwrap_or(0),
+        twice: arrivals.lines - arrivals.seen.len(),
+        instance_seconds: instance_ms as f64 / 1000.0,
+        peak: decisions.iter().map(|d| d.instances).max().unwrap_or(0),
+    })
 }

@@ -55,6 +55,9 @@ struct Args {
     /// `autoscaling --real`: the stable window in seconds (Knative's default is 60).
     #[arg(long, default_value_t = 6)]
     window_s: u64,
+    /// `autoscaling --real`: also the step, spike and sine traces (shortened: 30–40 s each).
+    #[arg(long)]
+    traces: bool,
     /// `autoscaling --real`: events in the burst.
     #[arg(long, default_value_t = 10_000)]
     events: usize,
@@ -106,7 +109,11 @@ async fn main() -> Result<()> {
         return compare::run(config).await;
     }
     if args.mode == "autoscaling" {
-        return if args.real { autoscaling::run_real(args.events, args.window_s).await } else { autoscaling::run() };
+        return if args.real {
+            autoscaling::run_real(args.events, args.window_s, args.traces).await
+        } else {
+            autoscaling::run()
+        };
     }
     if args.mode == "serving" {
         let concurrency = args.concurrency.split(',').next().unwrap_or("16").trim().parse()?;
