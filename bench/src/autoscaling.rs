@@ -93,7 +93,7 @@ pub(crate) fn run() -> Result<()> {
 /// arrived (the burst), deliveries received more than once (a 5xx or a timeout makes the dispatcher retry),
 /// instance-seconds and the peak from the autoscaler's decisions (`Serving/Decisions`) until the revision is
 /// back at zero. `window_s` is the stable window (Knative's is 60 s); the grace period is 2 s, ticks 2 s.
-pub(crate) async fn run_real(events: usize, window_s: u64, with_traces: bool) -> Result<()> {
+pub(crate) async fn run_real(events: usize, window_s: u64, with_traces: bool, only: &str) -> Result<()> {
     let mut loads = vec![Trace::Burst { events: events as u64, at_ms: 0, duration_ms: 0 }];
     if with_traces {
         loads.extend([
@@ -112,6 +112,10 @@ pub(crate) async fn run_real(events: usize, window_s: u64, with_traces: bool) ->
     println!("|---|---|---|---|---|---|---|---|");
     for trace in &loads {
         for mode in Mode::ALL {
+            let name = format!("{} {}", trace.name(), mode.as_str());
+            if !only.is_empty() && !only.split(',').all(|word| name.contains(word)) {
+                continue;
+            }
             let score = real_run(trace, mode, window_s).await?;
             let drained = match trace {
                 Trace::Burst { .. } => format!("{:.1} s", score.drained_ms as f64 / 1000.0),
@@ -225,9 +229,15 @@ async fn real_run(trace: &Trace, mode: Mode, window_s: u64) -> Result<RealScore>
     let mut serving = ServingClient::connect(format!("http://{admin}")).await?;
     let request = DecisionsRequest { name: "sink".into(), follow: true, ..Default::default() };
     let mut stream = serving.decisions(request).await?.into_inner();
+    // The stream starts with the decisions kept from before (the new revision's first instance): only those
+    // from the load on count.
+    let since_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
     let followed = tokio::spawn(async move {
         let mut all: Vec<AutoscalerDecision> = Vec::new();
         while let Ok(Some(decision)) = stream.message().await {
+            if decision.at_ms < since_ms {
+                continue;
+            }
             let done = decision.instances == 0 && decision.desired == 0 && all.iter().any(|d| d.instances > 0);
             all.push(decision);
             if done {
@@ -284,7 +294,15 @@ async fn real_run(trace: &Trace, mode: Mode, window_s: u64) -> Result<RealScore>
     }
     let deadline = Instant::now() + Duration::from_secs(300);
     while arrivals.seen.len() < total {
-        anyhow::ensure!(Instant::now() < deadline, "{} of {total} events delivered", arrivals.seen.len());
+        if Instant::now() >= deadline {
+            let missing: Vec<usize> = (0..total).filter(|n| !arrivals.seen.contains(n)).take(10).collect();
+            let kept = dir.keep();
+            anyhow::bail!(
+                "{} of {total} events delivered; missing {missing:?}; node kept in {}",
+                arrivals.seen.len(),
+                kept.display()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
         arrivals.poll(&record);
     }

@@ -58,6 +58,10 @@ struct Args {
     /// `autoscaling --real`: also the step, spike and sine traces (shortened: 30–40 s each).
     #[arg(long)]
     traces: bool,
+    /// `autoscaling --real`: only the runs whose trace and decision names contain every comma-separated word
+    /// (`sine,backlog`).
+    #[arg(long, default_value = "")]
+    only: String,
     /// `autoscaling --real`: events in the burst.
     #[arg(long, default_value_t = 10_000)]
     events: usize,
@@ -110,7 +114,7 @@ async fn main() -> Result<()> {
     }
     if args.mode == "autoscaling" {
         return if args.real {
-            autoscaling::run_real(args.events, args.window_s, args.traces).await
+            autoscaling::run_real(args.events, args.window_s, args.traces, &args.only).await
         } else {
             autoscaling::run()
         };

@@ -81,16 +81,22 @@ impl Runtime for LocalRuntime {
         spec: InstanceSpec,
         events: mpsc::Sender<InstanceEvent>,
     ) -> Result<Box<dyn Instance>, ServingError> {
-        let program = spec.argv.first().ok_or_else(|| ServingError::Spawn {
+        // `$(VAR)` in env values refers to variables defined before it; in command and args, to all of them.
+        let mut vars: Vec<(String, String)> = vec![("PORT".into(), spec.port.to_string())];
+        for (name, value) in &spec.env {
+            let value = super::expand_references(value, &vars);
+            vars.push((name.clone(), value));
+        }
+        let argv: Vec<String> = spec.argv.iter().map(|arg| super::expand_references(arg, &vars)).collect();
+        let program = argv.first().ok_or_else(|| ServingError::Spawn {
             revision: spec.revision.clone(),
             command: String::new(),
             reason: "no command".into(),
         })?;
         let mut command = Command::new(program);
         command
-            .args(&spec.argv[1..])
-            .env("PORT", spec.port.to_string())
-            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(&argv[1..])
+            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

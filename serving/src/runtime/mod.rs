@@ -67,3 +67,61 @@ pub(crate) trait Instance: Send + Sync {
     /// SIGTERM, then SIGKILL if it has not exited within `grace`; ends when it has exited.
     fn stop(&self, grace: Duration) -> BoxFuture<'static, ()>;
 }
+
+/// Kubernetes' `$(VAR)` references in a container's `command`, `args` and `env` values: `$(NAME)` becomes the
+/// value of `NAME` in `vars` (the last definition wins), an undefined one stays as written, `$$` is a `$` (so
+/// `$$(NAME)` is the text `$(NAME)`), any other `$` stays.
+pub(crate) fn expand_references(text: &str, vars: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some((name, tail)) = after.strip_prefix('(').and_then(|inner| inner.split_once(')')) {
+            match vars.iter().rev().find(|(key, _)| key == name) {
+                Some((_, value)) => out.push_str(value),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = tail;
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_expand_as_kubernetes_does() {
+        let vars = vec![
+            ("PORT".to_string(), "8080".to_string()),
+            ("TARGET".into(), "a".into()),
+            ("TARGET".into(), "b".into()),
+        ];
+        let cases = [
+            ("--port=$(PORT)", "--port=8080"),
+            ("$(TARGET)-$(TARGET)", "b-b"),
+            ("$(MISSING)", "$(MISSING)"),
+            ("$$(PORT)", "$(PORT)"),
+            ("cost: $5", "cost: $5"),
+            ("$(PORT", "$(PORT"),
+            ("$", "$"),
+            ("plain", "plain"),
+        ];
+        for (text, expanded) in cases {
+            assert_eq!(expand_references(text, &vars), expanded, "{text}");
+        }
+    }
+}

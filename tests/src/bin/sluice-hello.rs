@@ -4,7 +4,7 @@
 //! - `GET /` → `Hello $TARGET!` (default `World`), with `x-revision: $K_REVISION`; `?sleep_ms=N` answers
 //!   after N ms.
 //! - `GET /env` → the runtime contract as the app sees it (`PORT`, `K_SERVICE`, `K_CONFIGURATION`,
-//!   `K_REVISION`) as JSON.
+//!   `K_REVISION`, and `ADDRESS` for the tests of `$(VAR)` expansion) as JSON.
 //! - `GET /stats` → `{"max_concurrent": N, "requests": N}`: the most requests it ever had at once.
 //! - `POST` (a CloudEvent) → 202; the event's `ce-id` is appended to `$HELLO_RECORD` when set.
 //! - `HELLO_STARTUP_MS`: waits that long before listening; `HELLO_CRASH=N`: writes a line to stderr and exits
@@ -91,6 +91,7 @@ async fn answer(request: Request<Incoming>, stats: &Stats) -> Response<Full<Byte
             let body = serde_json::json!({
                 "PORT": env("PORT"), "K_SERVICE": env("K_SERVICE"),
                 "K_CONFIGURATION": env("K_CONFIGURATION"), "K_REVISION": env("K_REVISION"),
+                "ADDRESS": env("ADDRESS"),
                 "cwd": std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
             });
             text(StatusCode::OK, body.to_string())

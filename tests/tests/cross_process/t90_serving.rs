@@ -93,8 +93,9 @@ pub(super) fn url(host: &str, http: &str, path: &str) -> String {
 async fn a_service_becomes_ready_answers_at_its_url_and_splits_traffic_by_revision() -> Result<()> {
     let (_dir, node) = start_single_node(1, &[]).await?;
     let (admin, http) = (node.admin.clone(), node.http.clone());
-    apply_resource(&admin, service("hello", json!([{"name": "TARGET", "value": "Sluice"}]), json!({}), json!({})))
-        .await?;
+    // `$(PORT)` in an env value expands as Kubernetes expands it.
+    let env = json!([{"name": "TARGET", "value": "Sluice"}, {"name": "ADDRESS", "value": "127.0.0.1:$(PORT)"}]);
+    apply_resource(&admin, service("hello", env, json!({}), json!({}))).await?;
     let ready = wait_ready(&admin, "Service", "hello").await?;
     let port = http.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
     assert_eq!(ready["status"]["url"], format!("http://hello.default.localhost:{port}"));
@@ -114,6 +115,7 @@ async fn a_service_becomes_ready_answers_at_its_url_and_splits_traffic_by_revisi
     assert_eq!(contract["K_CONFIGURATION"], "hello");
     assert_eq!(contract["K_REVISION"], "hello-00001");
     assert!(contract["PORT"].as_str().is_some_and(|p| p.parse::<u16>().is_ok()), "{contract}");
+    assert_eq!(contract["ADDRESS"], format!("127.0.0.1:{}", contract["PORT"].as_str().unwrap_or_default()));
     let unknown =
         client.get(url("hello.default.localhost", &http, "/")).header("host", "nope.default.localhost").send().await?;
     assert_eq!(unknown.status(), 404, "an unknown host under the domain");
