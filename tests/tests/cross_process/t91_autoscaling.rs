@@ -198,8 +198,9 @@ async fn http_load_scales_it_on_concurrency_and_load_with_backlog_is_one_decisio
         .iter()
         .find(|d| d.backlog_events > 0 && d.stable_metric > 0.0)
         .context("a decision saw both the backlog and the concurrency")?;
-    // One decision: the larger demand wins, within max-scale.
-    let wanted = both.metric_wanted.max(both.backlog_wanted).max(both.panic_wanted).min(10);
+    // One decision: the larger demand wins (the panic window's only while panicking), within max-scale.
+    let panic_wanted = if both.panicking { both.panic_wanted } else { 0 };
+    let wanted = both.metric_wanted.max(both.backlog_wanted).max(panic_wanted).min(10);
     assert!(both.desired >= wanted.min(both.ready.max(1) * 1000), "{both:?}");
     assert!(["metric", "backlog", "panic", "max-scale"].contains(&both.reason.as_str()), "{both:?}");
     Ok(())
