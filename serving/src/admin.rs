@@ -31,6 +31,51 @@ pub fn with_admin_routes(
     routes.add_service(ServingServer::new(LogsService { node, logs, state }))
 }
 
+/// Sends `kept` (oldest first), then what each revision's follower receives as it comes, merged, until the
+/// client goes away. `message` makes an item of the stream from a revision's name and what its follower
+/// received (or how many items it missed by lagging), or skips it.
+fn send_kept_then_followed<T, M>(
+    tx: mpsc::Sender<Result<M, Status>>,
+    kept: Vec<M>,
+    followers: Vec<(String, broadcast::Receiver<T>)>,
+    message: fn(&str, Result<T, u64>) -> Option<M>,
+) where
+    T: Clone + Send + 'static,
+    M: Send + 'static,
+{
+    tokio::spawn(async move {
+        for item in kept {
+            if tx.send(Ok(item)).await.is_err() {
+                return;
+            }
+        }
+        let (merged_tx, mut merged) = mpsc::channel::<M>(256);
+        for (revision, mut follower) in followers {
+            let merged_tx = merged_tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let received = match follower.recv().await {
+                        Ok(item) => Ok(item),
+                        Err(broadcast::error::RecvError::Lagged(missed)) => Err(missed),
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    if let Some(item) = message(&revision, received)
+                        && merged_tx.send(item).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(merged_tx);
+        while let Some(item) = merged.recv().await {
+            if tx.send(Ok(item)).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 fn decision_message(revision: &str, d: &Decision) -> AutoscalerDecision {
     AutoscalerDecision {
         revision: revision.to_string(),
@@ -110,35 +155,9 @@ impl Serving for LogsService {
             .iter()
             .flat_map(|(name, handle)| handle.decisions().into_iter().map(move |d| decision_message(name, &d)))
             .collect();
-        tokio::spawn(async move {
-            for decision in kept {
-                if tx.send(Ok(decision)).await.is_err() {
-                    return;
-                }
-            }
-            let (merged_tx, mut merged) = mpsc::channel::<AutoscalerDecision>(256);
-            for (name, mut follower) in followers {
-                let merged_tx = merged_tx.clone();
-                tokio::spawn(async move {
-                    loop {
-                        match follower.recv().await {
-                            Ok(decision) => {
-                                if merged_tx.send(decision_message(&name, &decision)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                            Err(broadcast::error::RecvError::Closed) => return,
-                        }
-                    }
-                });
-            }
-            drop(merged_tx);
-            while let Some(decision) = merged.recv().await {
-                if tx.send(Ok(decision)).await.is_err() {
-                    return;
-                }
-            }
+        // A lagging follower skips the decisions it missed: the next one says where the revision is.
+        send_kept_then_followed(tx, kept, followers, |name, decision| {
+            decision.ok().map(|decision| decision_message(name, &decision))
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
@@ -170,34 +189,9 @@ impl Serving for LogsService {
                     .map(|line| LogLine { revision: revision.clone(), line })
             })
             .collect();
-        tokio::spawn(async move {
-            for line in backlog {
-                if tx.send(Ok(line)).await.is_err() {
-                    return;
-                }
-            }
-            let (merged_tx, mut merged) = mpsc::channel::<LogLine>(256);
-            for (revision, mut follower) in followers {
-                let merged_tx = merged_tx.clone();
-                tokio::spawn(async move {
-                    loop {
-                        let line = match follower.recv().await {
-                            Ok(line) => line,
-                            Err(broadcast::error::RecvError::Lagged(missed)) => format!("[{missed} lines missed]"),
-                            Err(broadcast::error::RecvError::Closed) => return,
-                        };
-                        if merged_tx.send(LogLine { revision: revision.clone(), line }).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-            drop(merged_tx);
-            while let Some(line) = merged.recv().await {
-                if tx.send(Ok(line)).await.is_err() {
-                    return;
-                }
-            }
+        send_kept_then_followed(tx, backlog, followers, |revision, line| {
+            let line = line.unwrap_or_else(|missed| format!("[{missed} lines missed]"));
+            Some(LogLine { revision: revision.to_string(), line })
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
