@@ -359,7 +359,7 @@ async fn a_trigger_to_a_service_at_zero_gets_every_event_without_retries_or_dead
     .await?;
     sluice_tests::wait_for_broker(&http, "/default/default").await?;
 
-    publish_1000(&http, "e", "t90.event").await?;
+    publish(&http, "e", 1000, "t90.event").await?;
     let lines = wait_until(Duration::from_secs(60), || async {
         let text = std::fs::read_to_string(&record).unwrap_or_default();
         let lines: Vec<String> = text.lines().map(str::to_string).collect();
@@ -447,7 +447,7 @@ async fn kill_9_of_the_node_running_the_instance_during_delivery_loses_no_event(
     })
     .await?;
     sluice_tests::wait_for_broker(&http, "/default/default").await?;
-    publish_1000(&http, "k", "t90.kill").await?;
+    publish(&http, "k", 1000, "t90.kill").await?;
     let received = |record: &std::path::Path| -> std::collections::BTreeSet<String> {
         std::fs::read_to_string(record).unwrap_or_default().lines().map(str::to_string).collect()
     };
@@ -492,12 +492,12 @@ async fn kill_9_of_the_node_running_the_instance_during_delivery_loses_no_event(
     Ok(())
 }
 
-/// 1,000 events in 10 batches to the `default` Broker at `http`, ids `{prefix}0` .. `{prefix}999`.
-async fn publish_1000(http: &str, prefix: &str, event_type: &str) -> Result<()> {
+/// `count` events in batches of 500 to the `default` Broker at `http`, ids `{prefix}0` .. `{prefix}{count - 1}`.
+pub(super) async fn publish(http: &str, prefix: &str, count: usize, event_type: &str) -> Result<()> {
     let client = reqwest::Client::new();
-    for batch in 0..10 {
-        let events: Vec<Value> = (0..100)
-            .map(|i| json!({"specversion": "1.0", "id": format!("{prefix}{}", batch * 100 + i), "source": "/t90", "type": event_type}))
+    for start in (0..count).step_by(500) {
+        let events: Vec<Value> = (start..(start + 500).min(count))
+            .map(|i| json!({"specversion": "1.0", "id": format!("{prefix}{i}"), "source": "/t90", "type": event_type}))
             .collect();
         let response = client
             .post(format!("http://{http}/default/default"))

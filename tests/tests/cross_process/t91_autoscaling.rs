@@ -11,7 +11,7 @@ use sluice_proto::admin::serving_client::ServingClient;
 use sluice_proto::admin::{AutoscalerDecision, DecisionsRequest};
 use sluice_tests::{apply_resource, start_single_node, wait_until};
 
-use super::t90_serving::{client, service, trigger_status, url, wait_for, wait_ready};
+use super::t90_serving::{client, publish, service, trigger_status, url, wait_for, wait_ready};
 
 /// A short stable window (2 s) and grace period (1 s), decisions every 200 ms, so that a test sees the
 /// revision go to zero.
@@ -55,23 +55,6 @@ fn follow_decisions(admin: String) -> tokio::task::JoinHandle<Result<Vec<Autosca
     })
 }
 
-async fn publish(http: &str, prefix: &str, count: usize) -> Result<()> {
-    let client = reqwest::Client::new();
-    for batch in 0..count.div_ceil(500) {
-        let events: Vec<Value> = (batch * 500..((batch + 1) * 500).min(count))
-            .map(|i| json!({"specversion": "1.0", "id": format!("{prefix}{i}"), "source": "/t91", "type": "t91"}))
-            .collect();
-        let response = client
-            .post(format!("http://{http}/default/default"))
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(Value::Array(events).to_string())
-            .send()
-            .await?;
-        anyhow::ensure!(response.status() == 202, "publish: {}", response.status());
-    }
-    Ok(())
-}
-
 /// A Broker and a Trigger to the sink, each delivery taking 50 ms; answers when the Trigger is Ready.
 async fn trigger_to_sink(admin: &str, http: &str) -> Result<()> {
     apply_resource(admin, sluice_tests::broker_object("default", "default", json!({}))).await?;
@@ -99,7 +82,7 @@ async fn a_burst_of_events_scales_a_service_out_from_zero_and_back_to_zero() -> 
     trigger_to_sink(&admin, &http).await?;
 
     let followed = follow_decisions(admin.clone());
-    publish(&http, "b", 5_000).await?;
+    publish(&http, "b", 5_000, "t91").await?;
     let delivered = wait_until(Duration::from_secs(90), || async {
         let lines = lines(&record);
         Ok((lines.len() >= 5_000).then_some(lines))
@@ -186,7 +169,7 @@ async fn http_load_scales_it_on_concurrency_and_load_with_backlog_is_one_decisio
 
     // Both at once: HTTP load and a backlog of events.
     let tasks = load(3);
-    publish(&http, "m", 2_000).await?;
+    publish(&http, "m", 2_000, "t91").await?;
     for task in tasks {
         assert!(task.await?.iter().all(|s| *s == 200));
     }
