@@ -497,18 +497,12 @@ fn decide(
     autoscaler: &mut Autoscaler,
     instances: &Instances,
 ) -> Decision {
-    let (load, held) = match revision.state.lock() {
-        Ok(state) => {
-            let load = state.gate.load();
-            (load, load.waiting as u32)
-        }
-        Err(_) => (Default::default(), 0),
-    };
+    let load = revision.state.lock().map(|state| state.gate.load()).unwrap_or_default();
     autoscaler.decide(&Observation {
         now_ms: now_ms(),
         ready: load.ready as u32,
         instances: (instances.running.len() - instances.stopping.len()) as u32,
-        held,
+        held: load.waiting as u32,
         backlog: backlog(revision, env),
     })
 }
