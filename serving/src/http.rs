@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sluice_broker::{HostRoutes, request_host};
 
 use crate::balance::Balancer;
@@ -36,6 +36,11 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// How long an idle connection to an instance is kept: under the idle timeouts apps commonly close kept-alive
+/// connections at (Node.js: 5 s), so that a request never goes out on a connection the app is closing; such a
+/// request would be lost with it (the body is streamed, so it cannot be sent again).
+const UPSTREAM_POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+
 #[derive(Clone)]
 pub(crate) struct HostRouter {
     shared: Arc<Shared>,
@@ -52,8 +57,15 @@ impl HostRouter {
         HostRouter {
             shared,
             suffix: format!(".{}", domain.trim_start_matches('.').to_ascii_lowercase()),
-            http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
-            h2c: Client::builder(TokioExecutor::new()).http2_only(true).build(connector),
+            http1: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
+                .pool_timer(TokioTimer::new())
+                .build(connector.clone()),
+            h2c: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
+                .pool_timer(TokioTimer::new())
+                .build(connector),
         }
     }
 

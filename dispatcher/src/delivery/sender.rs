@@ -18,6 +18,13 @@ use crate::delivery::policy::RetryAfter;
 pub(crate) const MAX_RESPONSE_BYTES: usize = 4 << 20;
 /// Idle pooled connections kept per host.
 pub(crate) const MAX_IDLE_PER_HOST: usize = 64;
+/// How long an idle pooled connection is kept. Under the idle timeouts servers commonly close kept-alive
+/// connections at (Node.js 5 s, Sluice's own HTTP port 10 s through its header-read timeout): a connection the
+/// server is closing at the moment it is reused loses the request, and a shorter pool avoids that race.
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Times one attempt is sent again when its kept-alive connection died before any response byte (see
+/// [`died_before_response`]). Not a DeliverySpec retry: it is not counted, and a Trigger without retries gets it.
+pub(crate) const MAX_RESENDS: u32 = 1;
 
 /// What one attempt produced.
 #[derive(Debug, Default)]
@@ -65,7 +72,7 @@ impl Sender {
         let base = || {
             reqwest::Client::builder()
                 .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                 .tcp_nodelay(true)
                 .connect_timeout(Duration::from_secs(5))
                 .redirect(reqwest::redirect::Policy::none())
@@ -121,9 +128,27 @@ impl Sender {
                 request = request.header("content-type", "application/cloudevents+json").body(event.to_json_string());
             }
         }
-        let response = match request.send().await {
-            Ok(response) => response,
+        let request = match request.build() {
+            Ok(request) => request,
             Err(e) => return AttemptResult { error: Some(describe_error(&e, timeout_ms)), ..Default::default() },
+        };
+        let mut pending = request;
+        let mut resends = 0;
+        let response = loop {
+            // The body is bytes in memory, so the request can always be cloned.
+            let again = if resends < MAX_RESENDS { pending.try_clone() } else { None };
+            match (client.execute(pending).await, again) {
+                (Ok(response), _) => break response,
+                (Err(e), Some(again)) if died_before_response(&e) => {
+                    resends += 1;
+                    metrics::counter!("sluice_dispatch_resends_total").increment(1);
+                    tracing::debug!(%url, error = %e, "kept-alive connection died before a response; sending again");
+                    pending = again;
+                }
+                (Err(e), _) => {
+                    return AttemptResult { error: Some(describe_error(&e, timeout_ms)), ..Default::default() };
+                }
+            }
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -149,6 +174,37 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> (Bytes, 
             Err(e) => return (body.freeze(), Some(format!("reading the response body: {e}"))),
         }
     }
+}
+
+/// Whether the request was lost with its connection before any of the response arrived: the server closed
+/// (or reset) a kept-alive connection, typically because it was idle, as the request went out on it. Timeouts and
+/// failed connects are not this. Sending again is safe for delivery, which is at least once (subscribers dedupe
+/// by `id`); a subscriber that crashes mid-request is also sent the event once more, as a retry would.
+fn died_before_response(error: &reqwest::Error) -> bool {
+    if error.is_timeout() || error.is_connect() || error.is_body() || error.is_decode() {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(hyper_error) = current.downcast_ref::<hyper::Error>()
+            && hyper_error.is_incomplete_message()
+        {
+            return true;
+        }
+        if let Some(io_error) = current.downcast_ref::<std::io::Error>()
+            && matches!(
+                io_error.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        source = current.source();
+    }
+    false
 }
 
 fn describe_error(error: &reqwest::Error, timeout_ms: u64) -> String {
@@ -234,5 +290,86 @@ mod tests {
         let own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         event.attributes.insert("traceparent".into(), AttrValue::String(own.into()));
         assert_eq!(traceparent(&event), own);
+    }
+
+    /// A subscriber that answers the first request on each connection and, keeping it alive, closes it when the
+    /// next request arrives without answering (what a server closing an idle connection does as it is reused).
+    /// `answer_first: false`: it closes every connection without answering.
+    async fn closing_subscriber(answer_first: bool) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/", listener.local_addr().expect("address"));
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut answered = !answer_first;
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // One whole request: its head, then the body its content-length names.
+                        let Some(head_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buffer.len() < head_end + 4 + length {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        }
+                        buffer.drain(..head_end + 4 + length);
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if answered {
+                            return; // closes the connection: the request is lost with it
+                        }
+                        answered = true;
+                        if stream.write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, requests)
+    }
+
+    fn event() -> CloudEvent {
+        cloudevent::from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"n":1}}"#)
+            .expect("valid event")
+    }
+
+    #[tokio::test]
+    async fn regression_idle_connection_closed_as_it_is_reused_loses_no_event() {
+        let (url, requests) = closing_subscriber(true).await;
+        let sender = Sender::new().expect("client");
+        let first = sender.send(&url, Protocol::Http1, Format::Binary, &event(), 5_000, 0).await;
+        assert_eq!(first.status, Some(202), "{first:?}");
+        // Goes out on the kept-alive connection, which the subscriber closes: sent again on a new one.
+        let second = sender.send(&url, Protocol::Http1, Format::Binary, &event(), 5_000, 0).await;
+        assert_eq!(second.status, Some(202), "{second:?}");
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_always_drops_the_connection_is_sent_to_once_more_only() {
+        let (url, requests) = closing_subscriber(false).await;
+        let sender = Sender::new().expect("client");
+        let result = sender.send(&url, Protocol::Http1, Format::Structured, &event(), 5_000, 0).await;
+        assert_eq!(result.status, None, "{result:?}");
+        assert!(result.error.is_some());
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1 + MAX_RESENDS as usize);
     }
 }
