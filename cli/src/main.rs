@@ -26,6 +26,7 @@ mod dev;
 mod dlq_cmd;
 mod events_cmd;
 mod jsonpath;
+mod kube_cmd;
 mod logs_cmd;
 mod node_cmd;
 mod output;
@@ -74,6 +75,8 @@ enum Command {
     Dlq(dlq_cmd::Command),
     /// The output of a Knative Service's instances (ksvc, configuration or revision).
     Logs(logs_cmd::LogsArgs),
+    /// Print the CRDs of Knative's kinds as Sluice serves them (for clusters without Knative's own CRDs).
+    Crds(kube_cmd::CrdsArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
             Command::Trigger(command) => trigger_cmd::run(command).await,
             Command::Dlq(command) => dlq_cmd::run(command).await,
             Command::Logs(args) => logs_cmd::run(args).await,
+            Command::Crds(args) => kube_cmd::crds(args),
         }
     });
     // Background tasks stop here, so the error below is the last line.

@@ -21,6 +21,7 @@
 mod fields;
 pub mod meta;
 pub mod model;
+mod schema;
 pub mod serving;
 pub mod status;
 pub mod validate;

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Kubernetes' `metav1.ObjectMeta`, every field.
@@ -92,7 +93,7 @@ pub struct ManagedFieldsEntry {
 }
 
 /// `duckv1.KReference`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KReference {
     #[serde(default)]
@@ -111,7 +112,7 @@ pub struct KReference {
 }
 
 /// `duckv1.Destination`: a `ref`, a `uri`, or a `ref` plus a relative `uri`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Destination {
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -125,7 +126,7 @@ pub struct Destination {
 }
 
 /// `eventingduckv1.DeliverySpec`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,7 +146,7 @@ pub struct DeliverySpec {
     pub format: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,7 +156,7 @@ pub struct BrokerSpec {
 }
 
 /// `TriggerFilter`: attribute name → value ("" matches any value).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TriggerFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,7 +165,7 @@ pub struct TriggerFilter {
 
 /// A Subscriptions API filter: exactly one dialect per object. The keys of
 /// `exact`, `prefix` and `suffix` are attribute names (data, not fields).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionsApiFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,16 +175,19 @@ pub struct SubscriptionsApiFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suffix: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::array_of_any_objects")]
     pub all: Option<Vec<SubscriptionsApiFilter>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::array_of_any_objects")]
     pub any: Option<Vec<SubscriptionsApiFilter>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::any_object")]
     pub not: Option<Box<SubscriptionsApiFilter>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cesql: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TriggerSpec {
     #[serde(default)]
@@ -201,7 +205,7 @@ pub struct TriggerSpec {
 }
 
 /// `messagingv1.ChannelTemplateSpec`: the kind of channel backing a Channel.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelTemplateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -210,11 +214,12 @@ pub struct ChannelTemplateSpec {
     pub kind: Option<String>,
     /// Passed verbatim to the backing channel: any JSON object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::any_object")]
     pub spec: Option<serde_json::Value>,
 }
 
 /// `duckv1.AuthStatus`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,7 +230,7 @@ pub struct AuthStatus {
 
 /// `eventingduckv1.SubscriberSpec`: a channel's resolved subscription, which
 /// Knative's Subscription controller writes into `spec.subscribers`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriberSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,7 +261,7 @@ pub struct SubscriberSpec {
 }
 
 /// Channel: `channelTemplate` plus `ChannelableSpec` (`subscribers`, `delivery`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -268,7 +273,7 @@ pub struct ChannelSpec {
 }
 
 /// InMemoryChannel: `ChannelableSpec` only (no `channelTemplate`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InMemoryChannelSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -277,7 +282,7 @@ pub struct InMemoryChannelSpec {
     pub delivery: Option<DeliverySpec>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,236 @@
+//! How the pods of a StatefulSet form a Sluice cluster by themselves, and follow its scaling: pure decisions
+//! over what a pod observes (its hostname, which peers' names resolve, what the cluster reports), carried out
+//! by `sluice node --statefulset`.
+//!
+//! - Identity: pod `sluice-2` is node 3 (ordinal + 1: node ids are positive), and its peer address is its
+//!   stable DNS name under the headless Service: `sluice-2.sluice-peers.NAMESPACE.svc.cluster.local:7070`.
+//! - Forming: the first `initial_members` pods are the founding members. Pod 0 initialises the cluster with
+//!   all of them once every founding pod's name resolves (the headless Service publishes not-ready
+//!   addresses, so names exist before readiness); the others wait to be told. Init is idempotent: a cluster
+//!   already initialised with the same members answers as if it were new, so a restarted pod 0 is harmless.
+//! - Growing: a pod whose ordinal is at or past `initial_members` asks a member to add it (AddNode is
+//!   idempotent for a node that is already a member).
+//! - Shrinking: the StatefulSet deletes its highest ordinals first; a pod stopping with an ordinal at or past
+//!   the desired replicas removes itself from the cluster in its preStop ([`leave_on_stop`]), and the
+//!   controller removes any member left behind by a pod that died instead ([`members_to_remove`]).
+
+/// A pod's place in its StatefulSet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodIdentity {
+    /// The StatefulSet's name (the hostname without `-ORDINAL`).
+    pub set: String,
+    pub ordinal: u32,
+}
+
+impl PodIdentity {
+    /// From the pod's hostname, `SET-ORDINAL` (the StatefulSet controller names pods so).
+    pub fn from_hostname(hostname: &str) -> Result<PodIdentity, String> {
+        let hostname = hostname.split('.').next().unwrap_or(hostname);
+        let (set, ordinal) = hostname
+            .rsplit_once('-')
+            .ok_or_else(|| format!("hostname {hostname:?} is not a StatefulSet pod's (SET-ORDINAL)"))?;
+        let ordinal: u32 = ordinal
+            .parse()
+            .map_err(|_| format!("hostname {hostname:?} does not end in a StatefulSet ordinal (SET-ORDINAL)"))?;
+        if set.is_empty() {
+            return Err(format!("hostname {hostname:?} has no StatefulSet name before its ordinal"));
+        }
+        Ok(PodIdentity { set: set.to_string(), ordinal })
+    }
+
+    /// The Sluice node id: the ordinal + 1 (ids are positive and stable across restarts, as the ordinal is).
+    pub fn node_id(&self) -> u64 {
+        u64::from(self.ordinal) + 1
+    }
+}
+
+/// The pod of a node id: the inverse of [`PodIdentity::node_id`].
+pub fn ordinal_of(node_id: u64) -> Option<u32> {
+    node_id.checked_sub(1).and_then(|o| u32::try_from(o).ok())
+}
+
+/// Where the StatefulSet's pods reach each other: `POD.SERVICE.NAMESPACE.svc.DOMAIN:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerNaming {
+    pub set: String,
+    pub headless_service: String,
+    pub namespace: String,
+    pub cluster_domain: String,
+    pub peer_port: u16,
+}
+
+impl PeerNaming {
+    pub fn host(&self, ordinal: u32) -> String {
+        format!("{}-{ordinal}.{}.{}.svc.{}", self.set, self.headless_service, self.namespace, self.cluster_domain)
+    }
+
+    pub fn peer_address(&self, ordinal: u32) -> String {
+        format!("{}:{}", self.host(ordinal), self.peer_port)
+    }
+}
+
+/// What a pod has seen this round.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The members of the cluster as a reachable node reports them (node ids); `None` when no node reached
+    /// reports an initialised cluster.
+    pub members: Option<Vec<u64>>,
+    /// The founding pods whose names resolve now (ordinals).
+    pub resolvable: Vec<u32>,
+}
+
+/// What the pod does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// This node is a member: nothing left to do.
+    Joined,
+    /// Initialise the cluster with these members (node id, peer address). Pod 0 only.
+    Init { members: Vec<(u64, String)> },
+    /// Ask a member to add this node.
+    AddSelf { id: u64, peer: String },
+    /// Wait and observe again, for this reason.
+    Wait { reason: String },
+}
+
+/// The next bootstrap step of pod `me`, whose StatefulSet founds the cluster with `initial_members` pods.
+pub fn next_step(me: &PodIdentity, naming: &PeerNaming, initial_members: u32, observed: &Observed) -> Step {
+    let id = me.node_id();
+    match &observed.members {
+        Some(members) if members.contains(&id) => Step::Joined,
+        Some(_) => Step::AddSelf { id, peer: naming.peer_address(me.ordinal) },
+        None if me.ordinal >= initial_members.max(1) => {
+            Step::Wait { reason: "no founding member reports an initialised cluster yet".into() }
+        }
+        None if me.ordinal > 0 => Step::Wait { reason: format!("pod {}-0 initialises the cluster", me.set) },
+        None => {
+            let missing: Vec<u32> = (0..initial_members.max(1)).filter(|o| !observed.resolvable.contains(o)).collect();
+            if missing.is_empty() {
+                let members = (0..initial_members.max(1)).map(|o| (u64::from(o) + 1, naming.peer_address(o))).collect();
+                Step::Init { members }
+            } else {
+                Step::Wait { reason: format!("founding pods {missing:?} do not resolve yet") }
+            }
+        }
+    }
+}
+
+/// Whether a stopping pod leaves the cluster: only when the StatefulSet no longer wants its ordinal (a
+/// scale-down), not when it is restarted, rescheduled or upgraded.
+pub fn leave_on_stop(me: &PodIdentity, desired_replicas: u32) -> bool {
+    me.ordinal >= desired_replicas
+}
+
+/// Members whose pods the StatefulSet no longer wants (ordinal at or past `desired_replicas`), in the order to
+/// remove them (highest first, as the StatefulSet deletes them). Never all of them: a cluster scaled to zero
+/// keeps its members, so scaling back up finds its data.
+pub fn members_to_remove(members: &[u64], desired_replicas: u32) -> Vec<u64> {
+    if desired_replicas == 0 {
+        return Vec::new();
+    }
+    let mut gone: Vec<u64> =
+        members.iter().copied().filter(|id| ordinal_of(*id).is_none_or(|o| o >= desired_replicas)).collect();
+    gone.sort_unstable_by(|a, b| b.cmp(a));
+    gone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naming() -> PeerNaming {
+        PeerNaming {
+            set: "sluice".into(),
+            headless_service: "sluice-peers".into(),
+            namespace: "sluice-system".into(),
+            cluster_domain: "cluster.local".into(),
+            peer_port: 7070,
+        }
+    }
+
+    fn pod(ordinal: u32) -> PodIdentity {
+        PodIdentity { set: "sluice".into(), ordinal }
+    }
+
+    #[test]
+    fn identity_from_hostnames() {
+        let cases: [(&str, Result<(&str, u32, u64), ()>); 7] = [
+            ("sluice-0", Ok(("sluice", 0, 1))),
+            ("sluice-12", Ok(("sluice", 12, 13))),
+            ("my-sluice-2", Ok(("my-sluice", 2, 3))),
+            ("sluice-1.sluice-peers.ns.svc.cluster.local", Ok(("sluice", 1, 2))),
+            ("sluice", Err(())),
+            ("sluice-x", Err(())),
+            ("-3", Err(())),
+        ];
+        for (hostname, want) in cases {
+            let got = PodIdentity::from_hostname(hostname);
+            match want {
+                Ok((set, ordinal, id)) => {
+                    let got = got.expect(hostname);
+                    assert_eq!((got.set.as_str(), got.ordinal, got.node_id()), (set, ordinal, id), "{hostname}");
+                    assert_eq!(ordinal_of(id), Some(ordinal));
+                }
+                Err(()) => assert!(got.is_err(), "{hostname}: {got:?}"),
+            }
+        }
+        assert_eq!(ordinal_of(0), None);
+    }
+
+    #[test]
+    fn peer_addresses_are_stable_dns_names() {
+        assert_eq!(naming().peer_address(2), "sluice-2.sluice-peers.sluice-system.svc.cluster.local:7070");
+    }
+
+    #[test]
+    fn pod_zero_initialises_once_every_founder_resolves() {
+        let waiting = Observed { members: None, resolvable: vec![0, 2] };
+        assert!(matches!(next_step(&pod(0), &naming(), 3, &waiting), Step::Wait { reason } if reason.contains("[1]")));
+        let ready = Observed { members: None, resolvable: vec![2, 1, 0] };
+        let Step::Init { members } = next_step(&pod(0), &naming(), 3, &ready) else { panic!("expected init") };
+        assert_eq!(members.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(members[1].1, naming().peer_address(1));
+    }
+
+    #[test]
+    fn other_founders_wait_for_pod_zero_and_then_are_members() {
+        let before = Observed { members: None, resolvable: vec![0, 1, 2] };
+        assert!(matches!(next_step(&pod(1), &naming(), 3, &before), Step::Wait { .. }));
+        let after = Observed { members: Some(vec![1, 2, 3]), resolvable: vec![0, 1, 2] };
+        for ordinal in 0..3 {
+            assert_eq!(next_step(&pod(ordinal), &naming(), 3, &after), Step::Joined);
+        }
+    }
+
+    #[test]
+    fn a_pod_past_the_founders_adds_itself_to_a_formed_cluster() {
+        let formed = Observed { members: Some(vec![1, 2, 3]), resolvable: vec![] };
+        assert_eq!(next_step(&pod(3), &naming(), 3, &formed), Step::AddSelf { id: 4, peer: naming().peer_address(3) });
+        assert!(matches!(next_step(&pod(3), &naming(), 3, &Observed::default()), Step::Wait { .. }));
+        let grown = Observed { members: Some(vec![1, 2, 3, 4]), resolvable: vec![] };
+        assert_eq!(next_step(&pod(3), &naming(), 3, &grown), Step::Joined);
+    }
+
+    #[test]
+    fn a_single_node_set_initialises_itself() {
+        let Step::Init { members } = next_step(&pod(0), &naming(), 1, &Observed { members: None, resolvable: vec![0] })
+        else {
+            panic!("expected init")
+        };
+        assert_eq!(members.len(), 1);
+        // `initial_members: 0` is read as 1: a cluster has at least one founder.
+        assert!(matches!(
+            next_step(&pod(0), &naming(), 0, &Observed { members: None, resolvable: vec![0] }),
+            Step::Init { .. }
+        ));
+    }
+
+    #[test]
+    fn scale_down_removes_the_highest_ordinals_and_never_every_member() {
+        assert!(leave_on_stop(&pod(4), 3));
+        assert!(leave_on_stop(&pod(3), 3));
+        assert!(!leave_on_stop(&pod(2), 3));
+        assert_eq!(members_to_remove(&[1, 2, 3, 4, 5], 3), vec![5, 4]);
+        assert_eq!(members_to_remove(&[1, 2, 3], 3), Vec::<u64>::new());
+        assert_eq!(members_to_remove(&[1, 2, 3], 0), Vec::<u64>::new());
+    }
+}

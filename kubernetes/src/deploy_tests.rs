@@ -1,0 +1,144 @@
+//! `deploy/`'s manifests: every document parses as its Kubernetes type (k8s-openapi) and loses nothing in
+//! doing so (a misspelt or misplaced field would be dropped by the typed read, and the comparison fails), and
+//! the kustomizations list files that exist.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|document| {
+            let value: Value = serde::Deserialize::deserialize(document).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            value
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The document read as `T` and written back, compared with the document.
+fn round_trips<T: DeserializeOwned + Serialize>(document: &Value) -> Result<(), String> {
+    let typed: T = serde_json::from_value(document.clone()).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    if &back == document {
+        Ok(())
+    } else {
+        Err(format!("fields lost or changed by the typed read:\nwritten: {document}\nread back: {back}"))
+    }
+}
+
+fn check(document: &Value) -> Result<(), String> {
+    let kind = document["kind"].as_str().unwrap_or_default();
+    match kind {
+        "Namespace" => round_trips::<Namespace>(document),
+        "Service" => round_trips::<Service>(document),
+        "ServiceAccount" => round_trips::<ServiceAccount>(document),
+        "StatefulSet" => round_trips::<StatefulSet>(document),
+        "Deployment" => round_trips::<Deployment>(document),
+        "PodDisruptionBudget" => round_trips::<PodDisruptionBudget>(document),
+        "Role" => round_trips::<Role>(document),
+        "RoleBinding" => round_trips::<RoleBinding>(document),
+        "ClusterRole" => round_trips::<ClusterRole>(document),
+        "ClusterRoleBinding" => round_trips::<ClusterRoleBinding>(document),
+        other => Err(format!("kind {other:?} has no check here")),
+    }
+}
+
+fn kustomization_resources(dir: &Path) -> Vec<String> {
+    let kustomization = &documents(&dir.join("kustomization.yaml"))[0];
+    kustomization["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().expect("a file name").to_string())
+        .collect()
+}
+
+#[test]
+fn every_manifest_parses_as_its_kubernetes_type() {
+    let dir = deploy_dir();
+    let mut problems = Vec::new();
+    let mut kinds = Vec::new();
+    for file in kustomization_resources(&dir) {
+        for document in documents(&dir.join(&file)) {
+            kinds.push(document["kind"].as_str().unwrap_or_default().to_string());
+            if let Err(problem) = check(&document) {
+                problems.push(format!("{file}: {problem}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+    for kind in ["StatefulSet", "Deployment", "PodDisruptionBudget", "ClusterRole", "Service", "ServiceAccount"] {
+        assert!(kinds.iter().any(|k| k == kind), "deploy/ has no {kind}");
+    }
+}
+
+#[test]
+fn the_check_catches_a_misplaced_field() {
+    let mut document = documents(&deploy_dir().join("pdb.yaml")).remove(0);
+    assert!(check(&document).is_ok());
+    document["spec"]["maxUnavailabel"] = Value::from(1);
+    assert!(check(&document).is_err());
+}
+
+#[test]
+fn every_yaml_file_in_deploy_is_in_a_kustomization() {
+    for dir in [deploy_dir(), deploy_dir().join("crds")] {
+        let listed = kustomization_resources(&dir);
+        for entry in std::fs::read_dir(&dir).expect("deploy/") {
+            let name = entry.expect("entry").file_name().to_string_lossy().to_string();
+            if name.ends_with(".yaml") && name != "kustomization.yaml" {
+                assert!(listed.contains(&name), "{}/{name} is not in its kustomization.yaml", dir.display());
+            }
+        }
+        for file in &listed {
+            assert!(dir.join(file).exists(), "{}/kustomization.yaml lists {file}, which does not exist", dir.display());
+        }
+    }
+}
+
+#[test]
+fn the_statefulset_and_its_services_agree() {
+    let dir = deploy_dir();
+    let set: StatefulSet = serde_json::from_value(documents(&dir.join("statefulset.yaml")).remove(0)).expect("set");
+    let spec = set.spec.expect("spec");
+    assert_eq!(spec.service_name.as_deref(), Some("sluice-peers"));
+    assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"), "founders must start together");
+    let pod = spec.template.spec.expect("pod spec");
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap_or_default();
+    let replicas = spec.replicas.unwrap_or(1);
+    assert!(args.contains(&format!("--initial-members={replicas}")), "{args:?}");
+    let services: Vec<Service> =
+        documents(&dir.join("services.yaml")).into_iter().map(|d| serde_json::from_value(d).expect("service")).collect();
+    let peers = services.iter().find(|s| s.metadata.name.as_deref() == Some("sluice-peers")).expect("sluice-peers");
+    let peers_spec = peers.spec.clone().expect("spec");
+    assert_eq!(peers_spec.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(peers_spec.publish_not_ready_addresses, Some(true));
+    let labels = spec.template.metadata.and_then(|m| m.labels).unwrap_or_default();
+    for service in &services {
+        for (key, value) in service.spec.clone().and_then(|s| s.selector).unwrap_or_default() {
+            assert_eq!(labels.get(&key), Some(&value), "{:?} selects {key}={value}", service.metadata.name);
+        }
+    }
+    let named_ports: Vec<String> =
+        container.ports.clone().unwrap_or_default().into_iter().filter_map(|p| p.name).collect();
+    for service in &services {
+        for port in service.spec.clone().and_then(|s| s.ports).unwrap_or_default() {
+            if let Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name)) = port.target_port {
+                assert!(named_ports.contains(&name), "{:?} targets port {name}", service.metadata.name);
+            }
+        }
+    }
+}
