@@ -33,6 +33,7 @@ mod output;
 mod resources_cmd;
 mod resources_print;
 mod selector;
+mod statefulset;
 mod table;
 mod trigger_cmd;
 

@@ -17,9 +17,10 @@ use sluice_serving::{LogHub, Serving, ServingSettings, ServingState, SubscriberS
 
 #[derive(Args, Clone, Debug)]
 pub(crate) struct NodeArgs {
-    /// This node's id in the cluster (a positive number, stable across restarts).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub id: u64,
+    /// This node's id in the cluster (a positive number, stable across restarts). With --statefulset it
+    /// comes from the pod's name instead.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), required_unless_present = "statefulset")]
+    pub id: Option<u64>,
     /// Directory for this node's RocksDB and snapshots.
     #[arg(long)]
     pub data: PathBuf,
@@ -42,6 +43,8 @@ pub(crate) struct NodeArgs {
     pub ingress: IngressArgs,
     #[command(flatten)]
     pub serving: ServingArgs,
+    #[command(flatten)]
+    pub statefulset: crate::statefulset::StatefulSetArgs,
 }
 
 /// How the node serves Knative Services.
@@ -287,7 +290,17 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
 }
 
 pub(crate) async fn run(args: NodeArgs) -> Result<()> {
-    let mut settings = settings(args.id, args.data.clone(), &args.tuning, &args.ingress)?;
+    let placement = if args.statefulset.statefulset {
+        Some(crate::statefulset::Placement::from_args(&args.statefulset, &args.peer_listen, &args.admin)?)
+    } else {
+        None
+    };
+    let id = match (&placement, args.id) {
+        (Some(placement), _) => placement.me.node_id(),
+        (None, Some(id)) => id,
+        (None, None) => anyhow::bail!("--id is required (or --statefulset, to take it from the pod's name)"),
+    };
+    let mut settings = settings(id, args.data.clone(), &args.tuning, &args.ingress)?;
     settings.peer_routes = args.peer_routes.iter().cloned().collect();
     settings.serving_domain = args.serving.serving_domain.clone();
     let listen = Listen { peer: Some(args.peer_listen.clone()), http: args.http.clone(), admin: args.admin.clone() };
@@ -297,7 +310,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         start_node(settings, listen, args.ingress.limits(), Some(extra_admin(logs.clone(), serving_state.clone())))
             .await?;
     tracing::info!(
-        node = args.id,
+        node = id,
         peer = ?running.peer_addr,
         http = %running.http_addr,
         admin = %running.admin_addr,
@@ -306,7 +319,12 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     );
     let serving = args.serving.start(&running, &args.data, logs, &serving_state)?;
     let dispatcher = start_dispatcher(&running, &args.tuning, &serving_state)?;
+    let bootstrap =
+        placement.map(|placement| tokio::spawn(crate::statefulset::bootstrap(running.node.clone(), placement)));
     crate::shutdown_signal().await;
+    if let Some(bootstrap) = bootstrap {
+        bootstrap.abort();
+    }
     tracing::info!("shutting down");
     dispatcher.shutdown().await;
     serving.stop().await;

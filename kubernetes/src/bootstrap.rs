@@ -49,9 +49,15 @@ pub fn ordinal_of(node_id: u64) -> Option<u32> {
     node_id.checked_sub(1).and_then(|o| u32::try_from(o).ok())
 }
 
-/// Where the StatefulSet's pods reach each other: `POD.SERVICE.NAMESPACE.svc.DOMAIN:PORT`.
+/// A pod's DNS name under the headless Service.
+pub const DEFAULT_HOST_TEMPLATE: &str = "{pod}.{service}.{namespace}.svc.{domain}";
+
+/// Where the StatefulSet's pods reach each other: by default `POD.SERVICE.NAMESPACE.svc.DOMAIN:PORT`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerNaming {
+    /// A pod's host with `{pod}`, `{ordinal}`, `{service}`, `{namespace}` and `{domain}` to fill in
+    /// ([`DEFAULT_HOST_TEMPLATE`]; tests on one machine give each pod a loopback address instead).
+    pub host_template: String,
     pub set: String,
     pub headless_service: String,
     pub namespace: String,
@@ -61,7 +67,12 @@ pub struct PeerNaming {
 
 impl PeerNaming {
     pub fn host(&self, ordinal: u32) -> String {
-        format!("{}-{ordinal}.{}.{}.svc.{}", self.set, self.headless_service, self.namespace, self.cluster_domain)
+        self.host_template
+            .replace("{pod}", &format!("{}-{ordinal}", self.set))
+            .replace("{ordinal}", &ordinal.to_string())
+            .replace("{service}", &self.headless_service)
+            .replace("{namespace}", &self.namespace)
+            .replace("{domain}", &self.cluster_domain)
     }
 
     pub fn peer_address(&self, ordinal: u32) -> String {
@@ -139,6 +150,7 @@ mod tests {
 
     fn naming() -> PeerNaming {
         PeerNaming {
+            host_template: DEFAULT_HOST_TEMPLATE.into(),
             set: "sluice".into(),
             headless_service: "sluice-peers".into(),
             namespace: "sluice-system".into(),
@@ -179,6 +191,8 @@ mod tests {
     #[test]
     fn peer_addresses_are_stable_dns_names() {
         assert_eq!(naming().peer_address(2), "sluice-2.sluice-peers.sluice-system.svc.cluster.local:7070");
+        let loopback = PeerNaming { host_template: "127.0.0.1{ordinal}".into(), ..naming() };
+        assert_eq!(loopback.peer_address(2), "127.0.0.12:7070");
     }
 
     #[test]

@@ -20,7 +20,8 @@ fn documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml_ng::Deserializer::from_str(&text)
         .map(|document| {
-            let value: Value = serde::Deserialize::deserialize(document).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let value: Value =
+                serde::Deserialize::deserialize(document).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             value
         })
         .filter(|v| !v.is_null())
@@ -120,8 +121,10 @@ fn the_statefulset_and_its_services_agree() {
     let args = container.args.clone().unwrap_or_default();
     let replicas = spec.replicas.unwrap_or(1);
     assert!(args.contains(&format!("--initial-members={replicas}")), "{args:?}");
-    let services: Vec<Service> =
-        documents(&dir.join("services.yaml")).into_iter().map(|d| serde_json::from_value(d).expect("service")).collect();
+    let services: Vec<Service> = documents(&dir.join("services.yaml"))
+        .into_iter()
+        .map(|d| serde_json::from_value(d).expect("service"))
+        .collect();
     let peers = services.iter().find(|s| s.metadata.name.as_deref() == Some("sluice-peers")).expect("sluice-peers");
     let peers_spec = peers.spec.clone().expect("spec");
     assert_eq!(peers_spec.cluster_ip.as_deref(), Some("None"));

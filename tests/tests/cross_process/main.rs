@@ -21,5 +21,6 @@ mod t65_dispatch_options;
 mod t70_cluster_membership;
 mod t71_events_api;
 mod t72_consumers_admin;
+mod t73_statefulset_bootstrap;
 mod t90_serving;
 mod t91_autoscaling;
