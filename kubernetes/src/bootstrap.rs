@@ -165,24 +165,26 @@ mod tests {
 
     #[test]
     fn identity_from_hostnames() {
-        let cases: [(&str, Result<(&str, u32, u64), ()>); 7] = [
-            ("sluice-0", Ok(("sluice", 0, 1))),
-            ("sluice-12", Ok(("sluice", 12, 13))),
-            ("my-sluice-2", Ok(("my-sluice", 2, 3))),
-            ("sluice-1.sluice-peers.ns.svc.cluster.local", Ok(("sluice", 1, 2))),
-            ("sluice", Err(())),
-            ("sluice-x", Err(())),
-            ("-3", Err(())),
+        // The StatefulSet's name, the ordinal and the node id; `None`: not a StatefulSet pod's hostname.
+        type Expected<'a> = Option<(&'a str, u32, u64)>;
+        let cases: [(&str, Expected); 7] = [
+            ("sluice-0", Some(("sluice", 0, 1))),
+            ("sluice-12", Some(("sluice", 12, 13))),
+            ("my-sluice-2", Some(("my-sluice", 2, 3))),
+            ("sluice-1.sluice-peers.ns.svc.cluster.local", Some(("sluice", 1, 2))),
+            ("sluice", None),
+            ("sluice-x", None),
+            ("-3", None),
         ];
         for (hostname, want) in cases {
             let got = PodIdentity::from_hostname(hostname);
             match want {
-                Ok((set, ordinal, id)) => {
+                Some((set, ordinal, id)) => {
                     let got = got.expect(hostname);
                     assert_eq!((got.set.as_str(), got.ordinal, got.node_id()), (set, ordinal, id), "{hostname}");
                     assert_eq!(ordinal_of(id), Some(ordinal));
                 }
-                Err(()) => assert!(got.is_err(), "{hostname}: {got:?}"),
+                None => assert!(got.is_err(), "{hostname}: {got:?}"),
             }
         }
         assert_eq!(ordinal_of(0), None);

@@ -1,13 +1,25 @@
 //! Sluice on Kubernetes.
 //!
 //! What flows in: Knative objects from the Kubernetes API (Brokers of class `Sluice`, their Triggers,
-//! Channels, Subscriptions, and Knative Serving objects), and the StatefulSet's pod identity (hostname,
-//! headless Service). What flows out: the same objects pushed into the Sluice cluster's metadata group (the
-//! data plane's source of truth), their status written back to Kubernetes, and the CRDs (`deploy/crds/`)
-//! derived from Sluice's model types ([`crd`]).
+//! Channels and Subscriptions), and a StatefulSet pod's identity (its name, the headless Service). What flows
+//! out: the objects pushed into the Sluice cluster's metadata group (the data plane's source of truth) through
+//! its admin API ([`sluice_api`]), their status written back to Kubernetes ([`controller`], deciding with
+//! [`reconcile`]), the bootstrap steps of a StatefulSet's pods ([`bootstrap`]), and the CRDs of
+//! `deploy/crds/`, derived from Sluice's model types ([`crd`]).
 
 pub mod bootstrap;
+pub mod controller;
 pub mod crd;
+mod error;
+pub mod lease;
+pub mod reconcile;
+pub mod sluice_api;
+
+pub use controller::{Context, Settings};
+pub use error::Error;
+pub use sluice_api::{AdminApi, SluiceApi};
 
 #[cfg(test)]
 mod deploy_tests;
+#[cfg(test)]
+mod mock_api;

@@ -1,0 +1,307 @@
+//! The controller, in kube-rs controller-rs's shape: a [`Context`], `reconcile` and `error_policy` per kind,
+//! and [`run`]. What flows in: watch events of Brokers (class `Sluice` only), their Triggers, Channels and
+//! Subscriptions. What flows out: each object pushed into the Sluice cluster ([`SluiceApi`]), its status
+//! patched back (`status` subresource), a finalizer that holds the object until Sluice has forgotten it,
+//! and a Warning Event for each failure (which is then retried with backoff).
+//!
+//! The decisions are [`crate::reconcile`]'s; this module fetches what they need and applies what they say.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalized, finalizer};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::crd::{Broker, Channel, KnativeStatus, Subscription, Trigger};
+use crate::error::Error;
+use crate::reconcile::{
+    ClusterAddressing, FINALIZER, TriggerPlan, desired_sluice_object, is_core_service_ref, is_sluice_broker,
+    plan_trigger, refused_status, resolve_core_service, status_for_kubernetes,
+};
+use crate::sluice_api::SluiceApi;
+
+#[cfg(test)]
+mod tests;
+
+/// How the controller is set up (`sluice kube-controller`'s flags).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The class a Broker without the class annotation has.
+    pub default_broker_class: String,
+    pub addressing: ClusterAddressing,
+    /// The cluster's DNS domain, for core Services' URLs.
+    pub cluster_domain: String,
+    /// How often an object that is Ready is read back from Sluice (its status can change without a
+    /// Kubernetes event: a subscriber that stops resolving, a partition without a leader).
+    pub resync_ready: Duration,
+    /// The same for an object that is not Ready yet.
+    pub resync_not_ready: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_broker_class: crate::reconcile::SLUICE_BROKER_CLASS.into(),
+            addressing: ClusterAddressing { ingress_host: "sluice-ingress.sluice-system.svc.cluster.local".into() },
+            cluster_domain: "cluster.local".into(),
+            resync_ready: Duration::from_secs(300),
+            resync_not_ready: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub sluice: Arc<dyn SluiceApi>,
+    pub settings: Settings,
+    recorder: Recorder,
+    /// Consecutive failures per object, for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, sluice: Arc<dyn SluiceApi>, settings: Settings, reporter: Reporter) -> Arc<Context> {
+        let recorder = Recorder::new(client.clone(), reporter);
+        Arc::new(Context { client, sluice, settings, recorder, failures: Mutex::default() })
+    }
+}
+
+/// The wait before the next attempt after `failures` failures in a row: 1 s doubling to 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    let seconds = 1u64.checked_shl(failures.saturating_sub(1)).unwrap_or(u64::MAX).min(300);
+    Duration::from_secs(seconds)
+}
+
+/// The kinds the controller pushes into Sluice.
+pub trait Pushed:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+impl Pushed for Broker {}
+impl Pushed for Trigger {}
+impl Pushed for Channel {}
+impl Pushed for Subscription {}
+
+/// Whether an object is Sluice's to serve.
+enum Ownership {
+    Ours,
+    /// Another implementation's (an MT-class Broker, a Trigger on one): left alone.
+    NotOurs,
+}
+
+fn object_key<K: Pushed>(object: &K) -> String {
+    format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
+}
+
+/// Reconciles one object of kind `K`: the entry point [`run`] gives the kube `Controller`.
+pub async fn reconcile<K: Pushed>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let kind = K::kind(&()).to_string();
+    let started = Instant::now();
+    metrics::counter!("sluice_kube_reconciles_total", "kind" => kind.clone()).increment(1);
+    let result = reconcile_inner(object.clone(), &ctx).await;
+    metrics::histogram!("sluice_kube_reconcile_seconds", "kind" => kind.clone())
+        .record(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(_) => {
+            if let Ok(mut failures) = ctx.failures.lock() {
+                failures.remove(&object_key(&*object));
+            }
+        }
+        Err(error) => {
+            metrics::counter!("sluice_kube_reconcile_errors_total", "kind" => kind, "error" => error.metric_label())
+                .increment(1);
+            let event = KubeEvent {
+                type_: EventType::Warning,
+                reason: error.metric_label().into(),
+                note: Some(error.to_string()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+                tracing::warn!(object = %object_key(&*object), error = %e, "could not record a Kubernetes Event");
+            }
+        }
+    }
+    result
+}
+
+/// After a failed reconcile: try again after a backoff that grows with the failures in a row.
+pub fn error_policy<K: Pushed>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx
+        .failures
+        .lock()
+        .map(|mut failures| {
+            let count = failures.entry(object_key(&*object)).or_insert(0);
+            *count = count.saturating_add(1);
+            *count
+        })
+        .unwrap_or(1);
+    let wait = backoff(failures);
+    tracing::warn!(object = %object_key(&*object), error = %error, failures, retry_in_ms = wait.as_millis() as u64, "reconcile failed");
+    Action::requeue(wait)
+}
+
+async fn reconcile_inner<K: Pushed>(object: Arc<K>, ctx: &Context) -> Result<Action, Error> {
+    let kind = K::kind(&()).to_string();
+    let namespace = object.namespace().ok_or_else(|| Error::IllegalObject { kind: kind.clone() })?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Ownership::NotOurs = ownership(&*object, ctx).await? {
+        if object.finalizers().iter().any(|f| f == FINALIZER) {
+            // It was ours (its Broker's class changed): Sluice forgets it, then our finalizer goes.
+            ctx.sluice.delete(&kind, &namespace, &object.name_any()).await?;
+            remove_finalizer(&api, &*object).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    finalizer(&api, FINALIZER, object, |event| async {
+        match event {
+            Finalized::Apply(object) => push(&api, &*object, ctx).await,
+            Finalized::Cleanup(object) => {
+                ctx.sluice.delete(&kind, &namespace, &object.name_any()).await?;
+                tracing::info!(object = %object_key(&*object), "removed from Sluice");
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+async fn ownership<K: Pushed>(object: &K, ctx: &Context) -> Result<Ownership, Error> {
+    let default_class = ctx.settings.default_broker_class.as_str();
+    match K::kind(&()).as_ref() {
+        "Broker" => {
+            Ok(if is_sluice_broker(object.annotations(), default_class) { Ownership::Ours } else { Ownership::NotOurs })
+        }
+        "Trigger" => {
+            let value = serde_json::to_value(object).map_err(|e| bad_object(object, e))?;
+            let broker_name = value["spec"]["broker"].as_str().unwrap_or_default();
+            let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+            let broker = brokers.get_opt(broker_name).await?;
+            Ok(match plan_trigger(broker.as_ref().map(|b| b.annotations()), default_class) {
+                TriggerPlan::Push | TriggerPlan::BrokerMissing => Ownership::Ours,
+                TriggerPlan::NotOurs => Ownership::NotOurs,
+            })
+        }
+        _ => Ok(Ownership::Ours),
+    }
+}
+
+fn bad_object<K: Pushed>(object: &K, error: serde_json::Error) -> Error {
+    Error::SluiceBadReply { admin: "-".into(), reason: format!("{} does not serialise: {error}", object_key(object)) }
+}
+
+/// Pushes the object into Sluice and writes the status Sluice derives for it back to Kubernetes.
+async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Action, Error> {
+    let kind = K::kind(&()).to_string();
+    let namespace = object.namespace().unwrap_or_default();
+    let name = object.name_any();
+    let generation = object.meta().generation;
+    let value = serde_json::to_value(object).map_err(|e| bad_object(object, e))?;
+    let mut desired = desired_sluice_object(&value);
+    if let Err(message) = resolve_core_services(&mut desired, &namespace, ctx).await? {
+        patch_status(api, &name, &refused_status(generation, "DestinationNotResolved", &message)).await?;
+        return Ok(Action::requeue(ctx.settings.resync_not_ready));
+    }
+    if let Err(refusal) = ctx.sluice.apply(&desired).await? {
+        patch_status(api, &name, &refused_status(generation, "SluiceRefused", &refusal.message)).await?;
+        // Refused until the object changes: a new generation is a new watch event.
+        return Ok(Action::await_change());
+    }
+    let stored = ctx.sluice.get(&kind, &namespace, &name).await?.unwrap_or(Value::Null);
+    let status =
+        status_for_kubernetes(&stored["status"], &kind, &namespace, &name, generation, &ctx.settings.addressing);
+    let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    patch_status(api, &name, &status).await?;
+    tracing::debug!(object = %format!("{kind}/{namespace}/{name}"), ready, "pushed to Sluice");
+    Ok(Action::requeue(if ready { ctx.settings.resync_ready } else { ctx.settings.resync_not_ready }))
+}
+
+/// Replaces every Destination that refers to a core `v1` Service by its URL (Sluice sees no core Services).
+/// `Ok(Err(message))`: one does not resolve.
+async fn resolve_core_services(
+    desired: &mut Value,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Result<(), String>, Error> {
+    for pointer in ["/spec/subscriber", "/spec/reply", "/spec/delivery/deadLetterSink"] {
+        let Some(destination) = desired.pointer(pointer).filter(|d| is_core_service_ref(d)).cloned() else {
+            continue;
+        };
+        let service_namespace = destination["ref"]["namespace"].as_str().unwrap_or(namespace).to_string();
+        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &service_namespace);
+        let name = destination["ref"]["name"].as_str().unwrap_or_default();
+        let Some(service) = services.get_opt(name).await? else {
+            return Ok(Err(format!("{pointer}: Service {service_namespace}/{name} does not exist")));
+        };
+        let ports: Vec<i32> = service.spec.and_then(|s| s.ports).unwrap_or_default().iter().map(|p| p.port).collect();
+        match resolve_core_service(&destination, namespace, &ports, &ctx.settings.cluster_domain) {
+            Ok(resolved) => {
+                if let Some(slot) = desired.pointer_mut(pointer) {
+                    *slot = resolved;
+                }
+            }
+            Err(message) => return Ok(Err(format!("{pointer}: {message}"))),
+        }
+    }
+    Ok(Ok(()))
+}
+
+async fn patch_status<K: Pushed>(api: &Api<K>, name: &str, status: &KnativeStatus) -> Result<(), Error> {
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+    Ok(())
+}
+
+async fn remove_finalizer<K: Pushed>(api: &Api<K>, object: &K) -> Result<(), Error> {
+    let Some(index) = object.finalizers().iter().position(|f| f == FINALIZER) else { return Ok(()) };
+    let path = format!("/metadata/finalizers/{index}");
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        { "op": "test", "path": path, "value": FINALIZER },
+        { "op": "remove", "path": path },
+    ]))
+    .map_err(|e| bad_object(object, e))?;
+    api.patch(&object.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
+    Ok(())
+}
+
+/// Runs the controllers for every pushed kind until a shutdown signal.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let brokers = Controller::new(Api::<Broker>::all(client.clone()), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile::<Broker>, error_policy::<Broker>, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    let triggers = Controller::new(Api::<Trigger>::all(client.clone()), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile::<Trigger>, error_policy::<Trigger>, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    let channels = Controller::new(Api::<Channel>::all(client.clone()), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile::<Channel>, error_policy::<Channel>, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    let subscriptions = Controller::new(Api::<Subscription>::all(client), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile::<Subscription>, error_policy::<Subscription>, ctx)
+        .for_each(|_| futures::future::ready(()));
+    futures::join!(brokers, triggers, channels, subscriptions);
+}

@@ -1,0 +1,335 @@
+//! Scenarios in controller-rs's pattern: the real kube `Client` talks to a mock API server (`tower-test`)
+//! that asserts each request's method, path and body and answers it; Sluice is an in-memory double that
+//! journals what it is asked (no Kubernetes API server can run here; a real Sluice runs in the
+//! cross-process tests).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http::Method;
+use kube::Resource;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
+use serde_json::{Value, json};
+
+use super::{Context, Settings, backoff, error_policy, reconcile};
+use crate::crd::{Broker, BrokerSpec, Trigger};
+use crate::error::Error;
+use crate::mock_api::{Handle, assert_no_request, mock_client, next_request, respond, respond_not_found};
+use crate::reconcile::{BROKER_CLASS_ANNOTATION, FINALIZER};
+use crate::sluice_api::{Refusal, SluiceApi};
+
+/// Sluice, in memory: objects by `kind/namespace/name`, every call journalled.
+#[derive(Default)]
+struct FakeSluice {
+    objects: Mutex<BTreeMap<String, Value>>,
+    journal: Arc<Mutex<Vec<String>>>,
+    unavailable: bool,
+}
+
+impl FakeSluice {
+    fn note(&self, line: String) {
+        if let Ok(mut journal) = self.journal.lock() {
+            journal.push(line);
+        }
+    }
+
+    fn object(&self, key: &str) -> Option<Value> {
+        self.objects.lock().ok()?.get(key).cloned()
+    }
+}
+
+fn unavailable() -> Error {
+    Error::SluiceUnavailable { admin: "sluice-admin:9090".into(), reason: "connection refused".into() }
+}
+
+impl SluiceApi for FakeSluice {
+    fn apply<'a>(&'a self, object: &'a Value) -> BoxFuture<'a, Result<Result<(), Refusal>, Error>> {
+        Box::pin(async move {
+            if self.unavailable {
+                return Err(unavailable());
+            }
+            let key = format!(
+                "{}/{}/{}",
+                object["kind"].as_str().unwrap_or_default(),
+                object["metadata"]["namespace"].as_str().unwrap_or_default(),
+                object["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            self.note(format!("apply {key}"));
+            let mut stored = object.clone();
+            stored["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}], "subscriberUri": object["spec"]["subscriber"]["uri"]});
+            if let Ok(mut objects) = self.objects.lock() {
+                objects.insert(key, stored);
+            }
+            Ok(Ok(()))
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        kind: &'a str,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Value>, Error>> {
+        Box::pin(async move {
+            if self.unavailable {
+                return Err(unavailable());
+            }
+            Ok(self.object(&format!("{kind}/{namespace}/{name}")))
+        })
+    }
+
+    fn delete<'a>(&'a self, kind: &'a str, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            if self.unavailable {
+                return Err(unavailable());
+            }
+            let key = format!("{kind}/{namespace}/{name}");
+            self.note(format!("delete {key}"));
+            if let Ok(mut objects) = self.objects.lock() {
+                objects.remove(&key);
+            }
+            Ok(())
+        })
+    }
+}
+
+fn context(sluice: Arc<FakeSluice>) -> (Arc<Context>, Handle) {
+    let (client, handle) = mock_client();
+    let reporter = Reporter { controller: "sluice-controller".into(), instance: Some("test".into()) };
+    (Context::new(client, sluice, Settings::default(), reporter), handle)
+}
+
+fn broker(class: &str) -> Broker {
+    let mut broker = Broker::new("b", BrokerSpec::default());
+    broker.meta_mut().namespace = Some("default".into());
+    broker.meta_mut().generation = Some(3);
+    broker.meta_mut().annotations = Some([(BROKER_CLASS_ANNOTATION.to_string(), class.to_string())].into());
+    broker
+}
+
+fn finalized<K: Resource>(mut object: K) -> K {
+    object.meta_mut().finalizers = Some(vec![FINALIZER.into()]);
+    object
+}
+
+fn trigger(subscriber: Value) -> Trigger {
+    let mut trigger: Trigger = serde_json::from_value(json!({
+        "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+        "metadata": {"name": "t", "namespace": "default", "generation": 1, "finalizers": [FINALIZER]},
+        "spec": {"broker": "b", "subscriber": subscriber}
+    }))
+    .expect("trigger");
+    trigger.meta_mut().namespace = Some("default".into());
+    trigger
+}
+
+/// Runs `reconcile` while `scenario` plays the API server; both must finish within 5 s.
+async fn play<K, S>(object: K, ctx: Arc<Context>, scenario: S) -> Result<Action, Error>
+where
+    K: super::Pushed,
+    S: std::future::Future<Output = ()> + Send + 'static,
+{
+    let server = tokio::spawn(scenario);
+    let result = tokio::time::timeout(Duration::from_secs(5), reconcile(Arc::new(object), ctx))
+        .await
+        .expect("reconcile finished within 5 s");
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("the scenario finished").expect("scenario");
+    result
+}
+
+#[tokio::test]
+async fn a_sluice_class_broker_gets_a_finalizer_first() {
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, mut handle) = context(sluice.clone());
+    let object = broker("Sluice");
+    let echo = serde_json::to_value(&object).expect("json");
+    let action = play(object, ctx, async move {
+        let (method, path, body, send) = next_request(&mut handle).await;
+        assert_eq!(method, Method::PATCH);
+        assert_eq!(path, "/apis/eventing.knative.dev/v1/namespaces/default/brokers/b?");
+        assert_eq!(body[1], json!({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}));
+        respond(send, &echo);
+    })
+    .await
+    .expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    assert!(sluice.journal.lock().expect("journal").is_empty(), "nothing reaches Sluice before the finalizer");
+}
+
+#[tokio::test]
+async fn a_sluice_class_broker_gets_its_status_and_address() {
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, mut handle) = context(sluice.clone());
+    let object = finalized(broker("Sluice"));
+    let echo = serde_json::to_value(&object).expect("json");
+    let action = play(object, ctx, async move {
+        let (method, path, body, send) = next_request(&mut handle).await;
+        assert_eq!(method, Method::PATCH);
+        assert_eq!(path, "/apis/eventing.knative.dev/v1/namespaces/default/brokers/b/status?");
+        let status = &body["status"];
+        assert_eq!(status["observedGeneration"], 3);
+        assert_eq!(status["address"]["url"], "http://sluice-ingress.sluice-system.svc.cluster.local/default/b");
+        assert_eq!(status["conditions"][0], json!({"type": "Ready", "status": "True"}));
+        respond(send, &echo);
+    })
+    .await
+    .expect("reconcile");
+    assert_eq!(action, Action::requeue(Settings::default().resync_ready));
+    assert_eq!(*sluice.journal.lock().expect("journal"), vec!["apply Broker/default/b".to_string()]);
+    let pushed = sluice.object("Broker/default/b").expect("pushed");
+    assert_eq!(pushed["metadata"]["annotations"][BROKER_CLASS_ANNOTATION], "Sluice");
+    assert!(pushed["metadata"].get("finalizers").is_none(), "{pushed}");
+}
+
+#[tokio::test]
+async fn an_mt_class_broker_is_left_alone() {
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, mut handle) = context(sluice.clone());
+    let action = reconcile(Arc::new(broker("MTChannelBasedBroker")), ctx).await.expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    // Radio silence: no request at all (no finalizer, no status), and Sluice is not told.
+    assert_no_request(&mut handle).await;
+    assert!(sluice.journal.lock().expect("journal").is_empty());
+}
+
+#[tokio::test]
+async fn a_trigger_on_a_sluice_broker_reaches_sluice_with_its_core_service_resolved_and_reports_ready() {
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, mut handle) = context(sluice.clone());
+    let object = trigger(json!({"ref": {"apiVersion": "v1", "kind": "Service", "name": "sink"}}));
+    let echo = serde_json::to_value(&object).expect("json");
+    let the_broker = serde_json::to_value(broker("Sluice")).expect("json");
+    let action = play(object, ctx, async move {
+        let (method, path, _, send) = next_request(&mut handle).await;
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::GET, "/apis/eventing.knative.dev/v1/namespaces/default/brokers/b")
+        );
+        respond(send, &the_broker);
+        let (method, path, _, send) = next_request(&mut handle).await;
+        assert_eq!((method, path.as_str()), (Method::GET, "/api/v1/namespaces/default/services/sink"));
+        respond(
+            send,
+            &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sink", "namespace": "default"},
+                              "spec": {"ports": [{"port": 8080}]}}),
+        );
+        let (method, path, body, send) = next_request(&mut handle).await;
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::PATCH, "/apis/eventing.knative.dev/v1/namespaces/default/triggers/t/status?")
+        );
+        assert_eq!(body["status"]["conditions"][0]["status"], "True");
+        assert_eq!(body["status"]["subscriberUri"], "http://sink.default.svc.cluster.local:8080");
+        assert!(body["status"].get("address").is_none());
+        respond(send, &echo);
+    })
+    .await
+    .expect("reconcile");
+    assert_eq!(action, Action::requeue(Settings::default().resync_ready));
+    let pushed = sluice.object("Trigger/default/t").expect("pushed");
+    assert_eq!(pushed["spec"]["subscriber"], json!({"uri": "http://sink.default.svc.cluster.local:8080"}));
+}
+
+#[tokio::test]
+async fn a_trigger_whose_core_service_is_missing_says_so_and_is_not_pushed() {
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, mut handle) = context(sluice.clone());
+    let object = trigger(json!({"ref": {"apiVersion": "v1", "kind": "Service", "name": "gone"}}));
+    let echo = serde_json::to_value(&object).expect("json");
+    let the_broker = serde_json::to_value(broker("Sluice")).expect("json");
+    play(object, ctx, async move {
+        let (_, _, _, send) = next_request(&mut handle).await;
+        respond(send, &the_broker);
+        let (_, path, _, send) = next_request(&mut handle).await;
+        assert_eq!(path, "/api/v1/namespaces/default/services/gone");
+        respond_not_found(send);
+        let (method, path, body, send) = next_request(&mut handle).await;
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::PATCH, "/apis/eventing.knative.dev/v1/namespaces/default/triggers/t/status?")
+        );
+        assert_eq!(body["status"]["conditions"][0]["reason"], "DestinationNotResolved");
+        respond(send, &echo);
+    })
+    .await
+    .expect("reconcile");
+    assert!(sluice.journal.lock().expect("journal").is_empty());
+}
+
+#[tokio::test]
+async fn a_trigger_on_an_mt_class_broker_is_left_alone() {
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, mut handle) = context(sluice.clone());
+    let mut object = trigger(json!({"uri": "http://example.com/"}));
+    object.meta_mut().finalizers = None;
+    let mt_broker = serde_json::to_value(broker("MTChannelBasedBroker")).expect("json");
+    let action = play(object, ctx, async move {
+        let (method, path, _, send) = next_request(&mut handle).await;
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::GET, "/apis/eventing.knative.dev/v1/namespaces/default/brokers/b")
+        );
+        respond(send, &mt_broker);
+        assert_no_request(&mut handle).await;
+    })
+    .await
+    .expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    assert!(sluice.journal.lock().expect("journal").is_empty());
+}
+
+#[tokio::test]
+async fn deleting_removes_from_sluice_before_the_finalizer_is_released() {
+    let sluice = Arc::new(FakeSluice::default());
+    let journal = sluice.journal.clone();
+    let (ctx, mut handle) = context(sluice.clone());
+    let mut object = finalized(broker("Sluice"));
+    object.meta_mut().deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    let echo = serde_json::to_value(&object).expect("json");
+    play(object, ctx, async move {
+        let (method, path, body, send) = next_request(&mut handle).await;
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::PATCH, "/apis/eventing.knative.dev/v1/namespaces/default/brokers/b?")
+        );
+        assert_eq!(body[1], json!({"op": "remove", "path": "/metadata/finalizers/0"}));
+        // By the time the finalizer is released, Sluice has forgotten the Broker.
+        assert_eq!(*journal.lock().expect("journal"), vec!["delete Broker/default/b".to_string()]);
+        respond(send, &echo);
+    })
+    .await
+    .expect("reconcile");
+}
+
+#[tokio::test]
+async fn an_unreachable_sluice_produces_an_event_and_a_retry_with_backoff() {
+    let sluice = Arc::new(FakeSluice { unavailable: true, ..Default::default() });
+    let (ctx, mut handle) = context(sluice);
+    let object = finalized(broker("Sluice"));
+    let result = play(object.clone(), ctx.clone(), async move {
+        let (method, path, body, send) = next_request(&mut handle).await;
+        assert_eq!((method, path.as_str()), (Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events?"));
+        assert_eq!(body["type"], "Warning");
+        assert_eq!(body["reason"], "SluiceUnavailable");
+        assert_eq!(body["regarding"]["name"], "b");
+        respond(send, &body);
+    })
+    .await;
+    let error = result.expect_err("Sluice is unreachable");
+    assert_eq!(error.metric_label(), "SluiceUnavailable");
+    let object = Arc::new(object);
+    assert_eq!(error_policy(object.clone(), &error, ctx.clone()), Action::requeue(Duration::from_secs(1)));
+    assert_eq!(error_policy(object.clone(), &error, ctx.clone()), Action::requeue(Duration::from_secs(2)));
+    assert_eq!(error_policy(object, &error, ctx), Action::requeue(Duration::from_secs(4)));
+}
+
+#[test]
+fn backoff_doubles_to_five_minutes() {
+    let waits: Vec<u64> = [1, 2, 3, 4, 9, 10, 64, u32::MAX].iter().map(|f| backoff(*f).as_secs()).collect();
+    assert_eq!(waits, vec![1, 2, 4, 8, 256, 300, 300, 300]);
+    assert_eq!(backoff(0).as_secs(), 1);
+}

@@ -1,0 +1,114 @@
+//! The Sluice cluster as the controller sees it: apply, read and delete resource objects through the admin
+//! Resources API (gRPC). The metadata group behind it stays the data plane's source of truth.
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+use sluice_proto::admin::resources_client::ResourcesClient;
+use sluice_proto::admin::{ApplyResourceRequest, ResourceRef};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::Error;
+
+/// Why Sluice did not take an object: it is invalid (the message names the fields), or it conflicts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+}
+
+/// Sluice's resources, as the controller uses them.
+pub trait SluiceApi: Send + Sync + 'static {
+    /// Creates or replaces an object. `Ok(Err(refusal))`: Sluice refused it (not retried until it changes).
+    fn apply<'a>(&'a self, object: &'a Value) -> BoxFuture<'a, Result<Result<(), Refusal>, Error>>;
+    /// The object as Sluice keeps it, with its derived status; `None` if Sluice does not have it.
+    fn get<'a>(
+        &'a self,
+        kind: &'a str,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Value>, Error>>;
+    /// Removes an object; one Sluice does not have is already removed.
+    fn delete<'a>(&'a self, kind: &'a str, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+/// The admin API of a Sluice cluster (the `sluice-admin` Service), connected on first use.
+pub struct AdminApi {
+    admin: String,
+    channel: Channel,
+}
+
+impl AdminApi {
+    pub fn new(admin: &str) -> Result<AdminApi, Error> {
+        let unavailable = |reason: String| Error::SluiceUnavailable { admin: admin.to_string(), reason };
+        let endpoint = Endpoint::from_shared(format!("http://{admin}"))
+            .map_err(|e| unavailable(format!("not an address: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(30));
+        Ok(AdminApi { admin: admin.to_string(), channel: endpoint.connect_lazy() })
+    }
+
+    fn client(&self) -> ResourcesClient<Channel> {
+        ResourcesClient::new(self.channel.clone())
+    }
+
+    fn unavailable(&self, status: &tonic::Status) -> Error {
+        Error::SluiceUnavailable {
+            admin: self.admin.clone(),
+            reason: format!("{}: {}", status.code(), status.message()),
+        }
+    }
+}
+
+fn reference(kind: &str, namespace: &str, name: &str) -> ResourceRef {
+    ResourceRef { kind: kind.into(), namespace: namespace.into(), name: name.into() }
+}
+
+impl SluiceApi for AdminApi {
+    fn apply<'a>(&'a self, object: &'a Value) -> BoxFuture<'a, Result<Result<(), Refusal>, Error>> {
+        Box::pin(async move {
+            let request = ApplyResourceRequest { object_json: object.to_string(), dry_run: false };
+            match self.client().apply(request).await {
+                Ok(_) => Ok(Ok(())),
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists
+                    ) =>
+                {
+                    Ok(Err(Refusal { message: status.message().to_string() }))
+                }
+                Err(status) => Err(self.unavailable(&status)),
+            }
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        kind: &'a str,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Value>, Error>> {
+        Box::pin(async move {
+            match self.client().get(reference(kind, namespace, name)).await {
+                Ok(reply) => {
+                    serde_json::from_str(&reply.into_inner().object_json).map(Some).map_err(|e| Error::SluiceBadReply {
+                        admin: self.admin.clone(),
+                        reason: format!("an object that is not JSON: {e}"),
+                    })
+                }
+                Err(status) if status.code() == Code::NotFound => Ok(None),
+                Err(status) => Err(self.unavailable(&status)),
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, kind: &'a str, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            match self.client().delete(reference(kind, namespace, name)).await {
+                Ok(_) => Ok(()),
+                Err(status) if status.code() == Code::NotFound => Ok(()),
+                Err(status) => Err(self.unavailable(&status)),
+            }
+        })
+    }
+}
