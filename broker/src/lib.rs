@@ -41,6 +41,8 @@ pub use server::{ExtraAdminRoutes, Listen, RunningNode, start as start_node};
 pub use sluice_cloudevent as cloudevent;
 /// The admin API's error codes live with the API (`sluice_proto::errors`); re-exported for the broker's callers.
 pub use sluice_proto::errors as admin_errors;
+/// The process's Prometheus recorder (installed on first use), for binaries that serve `/metrics` themselves.
+pub use telemetry::prometheus;
 
 /// Test-only planted bugs (feature `planted-bugs`, never in a release build): whether the bug `name` is switched
 /// on by the env var `SLUICE_PLANTED_BUG` (comma-separated names). The chaos suite's self-test plants them to

@@ -35,3 +35,118 @@ pub(crate) fn crds(args: CrdsArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `sluice kube-controller`: runs in the cluster (deploy/controller.yaml).
+#[derive(Args, Debug)]
+pub(crate) struct ControllerArgs {
+    /// The Sluice cluster's admin API (the `sluice-admin` Service).
+    #[arg(long, default_value = "sluice-admin:9090")]
+    pub admin: String,
+    /// The ingress Service's host, as event sources in the cluster reach it (Brokers' `status.address.url`).
+    #[arg(long, default_value = "sluice-ingress.sluice-system.svc.cluster.local")]
+    pub ingress_host: String,
+    /// Where `/metrics` and `/healthz` are served.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    pub metrics: String,
+    /// The class of a Broker without the `eventing.knative.dev/broker.class` annotation.
+    #[arg(long, default_value = sluice_kubernetes::reconcile::SLUICE_BROKER_CLASS)]
+    pub default_broker_class: String,
+    /// The cluster's DNS domain (core Services resolve to NAME.NAMESPACE.svc.DOMAIN).
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The Lease that makes one controller replica the active one.
+    #[arg(long, default_value = "sluice-controller")]
+    pub lease_name: String,
+    #[arg(long, env = "POD_NAMESPACE", default_value = "sluice-system")]
+    pub lease_namespace: String,
+    /// This replica's name in the Lease (its pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+    pub lease_duration_s: u64,
+}
+
+pub(crate) async fn kube_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::Api;
+    use kube::runtime::events::Reporter;
+    use sluice_kubernetes::reconcile::ClusterAddressing;
+    use sluice_kubernetes::{AdminApi, Context as ControllerContext, Settings, controller, lease};
+
+    let identity = match args.identity.clone() {
+        Some(identity) => identity,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string())?,
+    };
+    serve_metrics(&args.metrics).await?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in the cluster, or through $KUBECONFIG)")?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &args.lease_namespace);
+    let duration = Duration::from_secs(args.lease_duration_s);
+    let leader = metrics::gauge!("sluice_kube_leader");
+    leader.set(0.0);
+    tracing::info!(%identity, lease = %args.lease_name, "waiting to lead");
+    loop {
+        match lease::hold(&leases, &args.lease_name, &identity, duration).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the Lease failed"),
+        }
+        tokio::select! {
+            _ = crate::shutdown_signal() => return Ok(()),
+            _ = tokio::time::sleep(duration / 3) => {}
+        }
+    }
+    leader.set(1.0);
+    tracing::info!(%identity, "leading: reconciling Sluice-class Brokers and their objects");
+    // Renews the Lease; returns when it could not be renewed for a whole lease duration (another replica may
+    // hold it by then, so this one stops rather than act beside it).
+    let renew = async {
+        let mut held_at = Instant::now();
+        loop {
+            tokio::time::sleep(duration / 3).await;
+            match lease::hold(&leases, &args.lease_name, &identity, duration).await {
+                Ok(true) => held_at = Instant::now(),
+                Ok(false) => return anyhow::anyhow!("another replica holds the Lease {}", args.lease_name),
+                Err(e) => tracing::warn!(error = %e, "renewing the Lease failed"),
+            }
+            if held_at.elapsed() >= duration {
+                return anyhow::anyhow!("the Lease {} could not be renewed for {duration:?}", args.lease_name);
+            }
+        }
+    };
+    let settings = Settings {
+        default_broker_class: args.default_broker_class.clone(),
+        addressing: ClusterAddressing { ingress_host: args.ingress_host.clone() },
+        cluster_domain: args.cluster_domain.clone(),
+        ..Settings::default()
+    };
+    let reporter = Reporter { controller: "sluice-controller".into(), instance: Some(identity.clone()) };
+    let ctx = ControllerContext::new(client, Arc::new(AdminApi::new(&args.admin)?), settings, reporter);
+    tokio::select! {
+        _ = controller::run(ctx) => Ok(()),
+        lost = renew => {
+            leader.set(0.0);
+            Err(lost.context("stopped leading"))
+        }
+    }
+}
+
+/// `/metrics` (Prometheus) and `/healthz` on `addr`, in the background.
+async fn serve_metrics(addr: &str) -> anyhow::Result<()> {
+    let handle = sluice_broker::prometheus();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/metrics", axum::routing::get(move || std::future::ready(handle.render())));
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (--metrics)"))?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics server stopped");
+        }
+    });
+    Ok(())
+}

@@ -78,6 +78,8 @@ enum Command {
     Logs(logs_cmd::LogsArgs),
     /// Print the CRDs of Knative's kinds as Sluice serves them (for clusters without Knative's own CRDs).
     Crds(kube_cmd::CrdsArgs),
+    /// Run the Kubernetes controller: Sluice-class Brokers and their objects pushed into Sluice, status back.
+    KubeController(kube_cmd::ControllerArgs),
 }
 
 fn main() -> ExitCode {
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
             Command::Dlq(command) => dlq_cmd::run(command).await,
             Command::Logs(args) => logs_cmd::run(args).await,
             Command::Crds(args) => kube_cmd::crds(args),
+            Command::KubeController(args) => kube_cmd::kube_controller(args).await,
         }
     });
     // Background tasks stop here, so the error below is the last line.
