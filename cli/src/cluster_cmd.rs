@@ -1,4 +1,4 @@
-//! `sluice cluster init | status | add-node | remove-node | transfer-leader`, through a node's admin API.
+//! `sluice cluster init | status | add-node | remove-node | transfer-leader | pre-stop`, through a node's admin API.
 //! Exit codes follow `docs/operations.md` (3 not found, 4 refused, 5 unavailable).
 
 use anyhow::{Context, Result};
@@ -62,6 +62,12 @@ pub(crate) enum ClusterCommand {
         /// Node id of the new leader.
         #[arg(long)]
         to: u64,
+    },
+    /// Before this node stops (a pod's preStop): hand its leaderships to other members, and on a StatefulSet
+    /// scale-down (its ordinal at or past the StatefulSet's replicas) leave the cluster.
+    PreStop {
+        #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9090")]
+        admin: String,
     },
 }
 
@@ -230,6 +236,7 @@ pub(crate) async fn run(command: ClusterCommand) -> Result<()> {
             outln!("node {id} removed from every group; it serves no partition now and can be stopped")?;
             Ok(())
         }
+        ClusterCommand::PreStop { admin } => pre_stop(&admin).await,
         ClusterCommand::TransferLeader { admin, group, to } => {
             let mut client = connect(&admin).await?;
             let reply = client
@@ -241,4 +248,49 @@ pub(crate) async fn run(command: ClusterCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `cluster pre-stop`: best effort, each step logged; a stopping pod must not hang on a failed step.
+async fn pre_stop(admin: &str) -> Result<()> {
+    use sluice_kubernetes::bootstrap::{GroupView, PodIdentity, handover, leave_on_stop};
+    let reply = status(admin).await?;
+    let groups: Vec<GroupView> = reply
+        .groups
+        .iter()
+        .map(|g| GroupView { group_id: g.group_id, leader: g.leader_id, voters: g.voters.clone() })
+        .collect();
+    let reachable: Vec<u64> = reply.members.iter().filter(|m| m.reachable).map(|m| m.node_id).collect();
+    let mut client = connect(admin).await?;
+    for (group, to) in handover(reply.node_id, &groups, &reachable) {
+        let request = TransferLeaderRequest { group_id: group, to_node_id: to };
+        match tokio::time::timeout(std::time::Duration::from_secs(10), client.transfer_leader(request)).await {
+            Ok(Ok(_)) => outln!("group {group}: leadership handed to node {to}")?,
+            Ok(Err(e)) => outln!("group {group}: handing leadership to node {to} failed: {}", e.message())?,
+            Err(_) => outln!("group {group}: handing leadership to node {to} took over 10 s; left")?,
+        }
+    }
+    // A StatefulSet pod whose ordinal the StatefulSet no longer wants leaves the cluster.
+    let Some(pod) = std::env::var("POD_NAME").ok().and_then(|name| PodIdentity::from_hostname(&name).ok()) else {
+        return Ok(());
+    };
+    let Some(replicas) = statefulset_replicas(&pod.set).await else {
+        outln!("the StatefulSet's replicas are unknown: staying a member")?;
+        return Ok(());
+    };
+    if leave_on_stop(&pod, replicas) && reply.members.len() > 1 {
+        match client.remove_node(RemoveNodeRequest { node_id: reply.node_id }).await {
+            Ok(_) => outln!("scaled down to {replicas}: node {} left the cluster", reply.node_id)?,
+            Err(e) => outln!("scaled down to {replicas}: leaving failed: {}", e.message())?,
+        }
+    }
+    Ok(())
+}
+
+/// The desired replicas of StatefulSet `name` in this pod's namespace, read through the Kubernetes API.
+async fn statefulset_replicas(name: &str) -> Option<u32> {
+    let client = kube::Client::try_default().await.ok()?;
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let sets: kube::Api<k8s_openapi::api::apps::v1::StatefulSet> = kube::Api::namespaced(client, &namespace);
+    let set = tokio::time::timeout(std::time::Duration::from_secs(5), sets.get(name)).await.ok()?.ok()?;
+    set.spec.and_then(|s| s.replicas).and_then(|r| u32::try_from(r).ok())
 }

@@ -144,6 +144,28 @@ pub fn members_to_remove(members: &[u64], desired_replicas: u32) -> Vec<u64> {
     gone
 }
 
+/// A Raft group as a stopping node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupView {
+    pub group_id: u32,
+    pub leader: Option<u64>,
+    pub voters: Vec<u64>,
+}
+
+/// The leaderships a stopping node hands away before it stops (its preStop), so that no group waits an
+/// election timeout for a leader: each group it leads goes to a reachable voter, spread over them by group.
+pub fn handover(me: u64, groups: &[GroupView], reachable: &[u64]) -> Vec<(u32, u64)> {
+    groups
+        .iter()
+        .filter(|g| g.leader == Some(me))
+        .filter_map(|g| {
+            let candidates: Vec<u64> = g.voters.iter().copied().filter(|v| *v != me && reachable.contains(v)).collect();
+            let index = usize::try_from(g.group_id).unwrap_or(0) % candidates.len().max(1);
+            candidates.get(index).map(|to| (g.group_id, *to))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +260,23 @@ mod tests {
             next_step(&pod(0), &naming(), 0, &Observed { members: None, resolvable: vec![0] }),
             Step::Init { .. }
         ));
+    }
+
+    #[test]
+    fn a_stopping_leader_hands_its_groups_to_reachable_voters() {
+        let group = |group_id, leader, voters: &[u64]| GroupView { group_id, leader, voters: voters.to_vec() };
+        let groups = [
+            group(0, Some(1), &[1, 2, 3]),
+            group(1, Some(1), &[1, 2, 3]),
+            group(2, Some(2), &[1, 2, 3]),
+            group(3, Some(1), &[1]),
+            group(4, None, &[1, 2, 3]),
+        ];
+        assert_eq!(handover(1, &groups, &[1, 2, 3]), vec![(0, 2), (1, 3)]);
+        // Only reachable voters take a group; one with no other voter stays.
+        assert_eq!(handover(1, &groups, &[1, 3]), vec![(0, 3), (1, 3)]);
+        assert_eq!(handover(1, &groups, &[1]), vec![]);
+        assert_eq!(handover(4, &groups, &[1, 2, 3]), vec![]);
     }
 
     #[test]

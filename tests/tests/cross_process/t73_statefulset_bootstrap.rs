@@ -1,6 +1,7 @@
 //! Three nodes started as `deploy/statefulset.yaml` starts its pods (`sluice node --statefulset`, the pod's
 //! name in $POD_NAME, no `--id`, no `cluster init`) form the cluster by themselves; a fourth pod (a scale-up)
-//! joins it; pod 0, killed and restarted on its volume, is still a member and initialises nothing again.
+//! joins it; pod 0's preStop (`sluice cluster pre-stop`) hands its leaderships away; pod 0, killed and
+//! restarted on its volume, is still a member and initialises nothing again.
 //! Each pod gets an address of its own (127.0.0.1N, as a pod has its IP) and the same ports, as on
 //! Kubernetes; the headless Service's DNS names are replaced by `--peer-host-template 127.0.0.1{ordinal}`.
 
@@ -139,7 +140,27 @@ async fn statefulset_pods_form_the_cluster_grow_it_and_restart_into_it() -> anyh
         .map_err(|e| anyhow::anyhow!("pod 3 does not see itself a member: {e}\n{}", pod3.log_text()))?;
     assert!(pod3.log_text().contains("statefulset: added to the cluster"), "{}", pod3.log_text());
 
-    // Pod 0, which initialised the cluster, restarts on its volume: a member at once, nothing initialised again.
+    // Pod 0's preStop hands its leaderships away (the StatefulSet is not read here: no API server, so it stays a
+    // member); then pod 0, which initialised the cluster, restarts on its volume: a member at once, nothing
+    // initialised again.
+    let leads = |reply: &sluice_proto::admin::StatusReply| {
+        reply.groups.iter().filter(|g| g.leader_id == Some(1)).map(|g| g.group_id).collect::<Vec<_>>()
+    };
+    // Make sure pod 0 leads something, so the handover has work to do.
+    let mut cluster = sluice_proto::admin::cluster_client::ClusterClient::connect(format!("http://{admin0}")).await?;
+    cluster.transfer_leader(sluice_proto::admin::TransferLeaderRequest { group_id: 0, to_node_id: 1 }).await?;
+    wait_until(Duration::from_secs(20), || async { Ok(status(&admin0).await.ok().filter(|s| !leads(s).is_empty())) })
+        .await?;
+    let output = Command::new(sluice_bin())
+        .args(["cluster", "pre-stop", "--admin", &admin0])
+        .env("POD_NAME", "sluice-0")
+        .output()?;
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "{printed}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(printed.contains("leadership handed to node"), "{printed}");
+    wait_until(Duration::from_secs(20), || async { Ok(status(&admin0).await.ok().filter(|s| leads(s).is_empty())) })
+        .await
+        .map_err(|e| anyhow::anyhow!("node 1 still leads after its preStop: {e}\n{printed}"))?;
     assert!(pods[0].log_text().contains("statefulset: initialising the cluster"), "{}", pods[0].log_text());
     pods[0].kill9();
     let before_restart = pods[0].log_text().len();
