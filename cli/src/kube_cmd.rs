@@ -64,6 +64,10 @@ pub(crate) struct ControllerArgs {
     pub identity: Option<String>,
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
     pub lease_duration_s: u64,
+    /// Also serve Knative Serving's Services, Configurations and Routes (only where Knative Serving is not
+    /// installed: it would serve them too).
+    #[arg(long)]
+    pub serving: bool,
 }
 
 pub(crate) async fn kube_controller(args: ControllerArgs) -> anyhow::Result<()> {
@@ -122,6 +126,7 @@ pub(crate) async fn kube_controller(args: ControllerArgs) -> anyhow::Result<()> 
         default_broker_class: args.default_broker_class.clone(),
         addressing: ClusterAddressing { ingress_host: args.ingress_host.clone() },
         cluster_domain: args.cluster_domain.clone(),
+        serve_knative_serving: args.serving,
         ..Settings::default()
     };
     let reporter = Reporter { controller: "sluice-controller".into(), instance: Some(identity.clone()) };

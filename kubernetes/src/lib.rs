@@ -13,6 +13,7 @@ pub mod crd;
 mod error;
 pub mod lease;
 pub mod reconcile;
+pub mod revision;
 pub mod sluice_api;
 
 pub use controller::{Context, Settings};

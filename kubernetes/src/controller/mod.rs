@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::crd::{Broker, Channel, KnativeStatus, Subscription, Trigger};
+use crate::crd::{Broker, Channel, Configuration, KnativeService, KnativeStatus, Route, Subscription, Trigger};
 use crate::error::Error;
 use crate::reconcile::{
     ClusterAddressing, FINALIZER, TriggerPlan, desired_sluice_object, is_core_service_ref, is_sluice_broker,
@@ -48,6 +48,9 @@ pub struct Settings {
     pub resync_ready: Duration,
     /// The same for an object that is not Ready yet.
     pub resync_not_ready: Duration,
+    /// Also push Knative Serving's Services, Configurations and Routes (where Knative Serving is not installed
+    /// to serve them itself).
+    pub serve_knative_serving: bool,
 }
 
 impl Default for Settings {
@@ -58,6 +61,7 @@ impl Default for Settings {
             cluster_domain: "cluster.local".into(),
             resync_ready: Duration::from_secs(300),
             resync_not_ready: Duration::from_secs(2),
+            serve_knative_serving: false,
         }
     }
 }
@@ -101,6 +105,9 @@ impl Pushed for Broker {}
 impl Pushed for Trigger {}
 impl Pushed for Channel {}
 impl Pushed for Subscription {}
+impl Pushed for KnativeService {}
+impl Pushed for Configuration {}
+impl Pushed for Route {}
 
 /// Whether an object is Sluice's to serve.
 enum Ownership {
@@ -284,24 +291,31 @@ async fn remove_finalizer<K: Pushed>(api: &Api<K>, object: &K) -> Result<(), Err
     Ok(())
 }
 
+/// Runs the controller of one kind until a shutdown signal.
+async fn control<K: Pushed>(ctx: Arc<Context>) {
+    Controller::new(Api::<K>::all(ctx.client.clone()), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile::<K>, error_policy::<K>, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
 /// Runs the controllers for every pushed kind until a shutdown signal.
 pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let brokers = Controller::new(Api::<Broker>::all(client.clone()), watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile::<Broker>, error_policy::<Broker>, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-    let triggers = Controller::new(Api::<Trigger>::all(client.clone()), watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile::<Trigger>, error_policy::<Trigger>, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-    let channels = Controller::new(Api::<Channel>::all(client.clone()), watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile::<Channel>, error_policy::<Channel>, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-    let subscriptions = Controller::new(Api::<Subscription>::all(client), watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile::<Subscription>, error_policy::<Subscription>, ctx)
-        .for_each(|_| futures::future::ready(()));
-    futures::join!(brokers, triggers, channels, subscriptions);
+    let eventing = futures::future::join4(
+        control::<Broker>(ctx.clone()),
+        control::<Trigger>(ctx.clone()),
+        control::<Channel>(ctx.clone()),
+        control::<Subscription>(ctx.clone()),
+    );
+    if ctx.settings.serve_knative_serving {
+        let serving = futures::future::join3(
+            control::<KnativeService>(ctx.clone()),
+            control::<Configuration>(ctx.clone()),
+            control::<Route>(ctx),
+        );
+        futures::future::join(eventing, serving).await;
+    } else {
+        eventing.await;
+    }
 }

@@ -327,6 +327,33 @@ async fn an_unreachable_sluice_produces_an_event_and_a_retry_with_backoff() {
     assert_eq!(error_policy(object, &error, ctx), Action::requeue(Duration::from_secs(4)));
 }
 
+#[tokio::test]
+async fn a_knative_service_is_pushed_with_its_template_and_reports_sluices_status() {
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, mut handle) = context(sluice.clone());
+    let object: crate::crd::KnativeService = serde_json::from_value(json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": {"name": "hello", "namespace": "default", "generation": 2, "finalizers": [FINALIZER]},
+        "spec": {"template": {"spec": {"containers": [{"image": "example/hello", "command": ["/hello"]}]}}}
+    }))
+    .expect("ksvc");
+    let echo = serde_json::to_value(&object).expect("json");
+    play(object, ctx, async move {
+        let (method, path, body, send) = next_request(&mut handle).await;
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::PATCH, "/apis/serving.knative.dev/v1/namespaces/default/services/hello/status?")
+        );
+        assert_eq!(body["status"]["observedGeneration"], 2);
+        assert_eq!(body["status"]["conditions"][0]["status"], "True");
+        respond(send, &echo);
+    })
+    .await
+    .expect("reconcile");
+    let pushed = sluice.object("Service/default/hello").expect("pushed");
+    assert_eq!(pushed["spec"]["template"]["spec"]["containers"][0]["command"], json!(["/hello"]));
+}
+
 #[test]
 fn backoff_doubles_to_five_minutes() {
     let waits: Vec<u64> = [1, 2, 3, 4, 9, 10, 64, u32::MAX].iter().map(|f| backoff(*f).as_secs()).collect();
