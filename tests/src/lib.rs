@@ -13,6 +13,7 @@ use sluice_proto::admin::log_client::LogClient;
 use sluice_proto::admin::{AppendRequest, InitRequest, Member, ReadRequest, Record, StatusReply, StatusRequest};
 use tonic::transport::Channel;
 
+pub mod fake_kube;
 pub mod subscriber;
 
 /// This crate's directory, read when the test runs (cargo sets `CARGO_MANIFEST_DIR` for test processes): a

@@ -24,3 +24,4 @@ mod t72_consumers_admin;
 mod t73_statefulset_bootstrap;
 mod t90_serving;
 mod t91_autoscaling;
+mod t95_kubernetes_controller;

@@ -1,0 +1,105 @@
+//! The whole loop on Kubernetes' side, with no cluster: the real `sluice kube-controller` binary (its kube
+//! client, `Controller`, finalizers, Lease) against the in-test API server (`sluice_tests::fake_kube`), and a
+//! real Sluice node behind it. A Sluice-class Broker is pushed into Sluice and gets Knative's status and its
+//! address on the ingress Service; an MT-class Broker gets nothing; a Trigger on the Sluice Broker reaches
+//! Sluice and reports Ready; deleting the Broker removes it from Sluice before Kubernetes forgets it.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_proto::admin::ResourceRef;
+use sluice_proto::admin::resources_client::ResourcesClient;
+use sluice_tests::fake_kube::FakeKube;
+use sluice_tests::{sluice_bin, start_single_node, wait_until};
+
+const BROKERS: &str = "eventing.knative.dev/v1/brokers";
+const TRIGGERS: &str = "eventing.knative.dev/v1/triggers";
+const LEASES: &str = "coordination.k8s.io/v1/leases";
+
+fn broker(name: &str, class: &str) -> Value {
+    json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+           "metadata": {"name": name, "namespace": "default", "annotations": {"eventing.knative.dev/broker.class": class}},
+           "spec": {}})
+}
+
+fn ready(object: &Value) -> bool {
+    object["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+/// The object as the Sluice node keeps it, or `None`.
+async fn in_sluice(admin: &str, kind: &str, name: &str) -> anyhow::Result<Option<Value>> {
+    let mut client = ResourcesClient::connect(format!("http://{admin}")).await?;
+    let reference = ResourceRef { kind: kind.into(), namespace: "default".into(), name: name.into() };
+    match client.get(reference).await {
+        Ok(reply) => Ok(Some(serde_json::from_str(&reply.into_inner().object_json)?)),
+        Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+        Err(status) => Err(status.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_controller_serves_sluice_brokers_and_their_triggers_end_to_end() -> anyhow::Result<()> {
+    let (root, node) = start_single_node(2, &[]).await?;
+    let kube = FakeKube::start().await?;
+    let kubeconfig = kube.write_kubeconfig(root.path())?;
+    let log_path = root.path().join("controller.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut controller = Command::new(sluice_bin())
+        .args(["kube-controller", "--admin", &node.admin, "--ingress-host", "sluice-ingress.test.svc"])
+        .args(["--metrics", "127.0.0.1:0", "--identity", "controller-a", "--lease-namespace", "sluice-system"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info,kube=warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let controller_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    // An MT-class Broker first, then a Sluice one: when the second is served, the first has been seen.
+    kube.create(BROKERS, broker("mt", "MTChannelBasedBroker"))?;
+    kube.create(BROKERS, broker("b", "Sluice"))?;
+    let served = wait_until(Duration::from_secs(60), || async { Ok(kube.get(BROKERS, "default", "b").filter(ready)) })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", controller_log()))?;
+    assert_eq!(served["status"]["address"]["url"], "http://sluice-ingress.test.svc/default/b");
+    assert_eq!(served["status"]["observedGeneration"], 1);
+    assert_eq!(served["metadata"]["finalizers"], json!(["sluice.dev/controller"]));
+    assert!(in_sluice(&node.admin, "Broker", "b").await?.is_some());
+    let lease = kube.get(LEASES, "sluice-system", "sluice-controller").expect("the controller holds its Lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "controller-a");
+
+    let mt = kube.get(BROKERS, "default", "mt").expect("mt");
+    assert!(mt["metadata"].get("finalizers").is_none() && mt.get("status").is_none(), "{mt}");
+    assert!(!kube.requests().iter().any(|r| r.starts_with("PATCH") && r.contains("/brokers/mt")));
+    assert!(in_sluice(&node.admin, "Broker", "mt").await?.is_none());
+
+    // A Trigger on the Sluice Broker: pushed, Ready, its subscriber URI in its status.
+    kube.create(
+        TRIGGERS,
+        json!({
+            "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+            "metadata": {"name": "t", "namespace": "default"},
+            "spec": {"broker": "b", "subscriber": {"uri": "http://sink.default.svc.cluster.local/"}}
+        }),
+    )?;
+    let trigger =
+        wait_until(Duration::from_secs(60), || async { Ok(kube.get(TRIGGERS, "default", "t").filter(ready)) })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", controller_log()))?;
+    assert_eq!(trigger["status"]["subscriberUri"], "http://sink.default.svc.cluster.local/");
+    assert!(in_sluice(&node.admin, "Trigger", "t").await?.is_some());
+
+    // Deleting the Broker: Sluice forgets it, then the finalizer goes and Kubernetes removes it.
+    kube.delete(BROKERS, "default", "b");
+    wait_until(Duration::from_secs(60), || async { Ok(kube.get(BROKERS, "default", "b").is_none().then_some(())) })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", controller_log()))?;
+    assert!(in_sluice(&node.admin, "Broker", "b").await?.is_none());
+
+    let _ = controller.kill();
+    let _ = controller.wait();
+    Ok(())
+}
