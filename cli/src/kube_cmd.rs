@@ -64,6 +64,10 @@ pub(crate) struct ControllerArgs {
     pub identity: Option<String>,
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
     pub lease_duration_s: u64,
+    /// The StatefulSet that runs the Sluice nodes, in the controller's namespace: members whose pods it no
+    /// longer has are removed from the cluster ("" to never remove members).
+    #[arg(long, default_value = "sluice")]
+    pub statefulset: String,
     /// Also serve Knative Serving's Services, Configurations and Routes (only where Knative Serving is not
     /// installed: it would serve them too).
     #[arg(long)]
@@ -131,8 +135,20 @@ pub(crate) async fn kube_controller(args: ControllerArgs) -> anyhow::Result<()> 
     };
     let reporter = Reporter { controller: "sluice-controller".into(), instance: Some(identity.clone()) };
     let ctx = ControllerContext::new(client, Arc::new(AdminApi::new(&args.admin)?), settings, reporter);
+    let tidy = async {
+        if args.statefulset.is_empty() {
+            return std::future::pending().await;
+        }
+        loop {
+            if let Err(e) = controller::tidy_members(&ctx, &args.lease_namespace, &args.statefulset).await {
+                tracing::warn!(error = %e, "removing members the StatefulSet no longer has failed");
+            }
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    };
     tokio::select! {
-        _ = controller::run(ctx) => Ok(()),
+        _ = controller::run(ctx.clone()) => Ok(()),
+        () = tidy => Ok(()),
         lost = renew => {
             leader.set(0.0);
             Err(lost.context("stopped leading"))

@@ -3,8 +3,9 @@
 
 use futures::future::BoxFuture;
 use serde_json::Value;
+use sluice_proto::admin::cluster_client::ClusterClient;
 use sluice_proto::admin::resources_client::ResourcesClient;
-use sluice_proto::admin::{ApplyResourceRequest, ResourceRef};
+use sluice_proto::admin::{ApplyResourceRequest, RemoveNodeRequest, ResourceRef, StatusRequest};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -29,6 +30,10 @@ pub trait SluiceApi: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<Value>, Error>>;
     /// Removes an object; one Sluice does not have is already removed.
     fn delete<'a>(&'a self, kind: &'a str, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+    /// The cluster's members (node ids); empty before the cluster is initialised.
+    fn members(&self) -> BoxFuture<'_, Result<Vec<u64>, Error>>;
+    /// Removes a member from every group.
+    fn remove_member(&self, node_id: u64) -> BoxFuture<'_, Result<(), Error>>;
 }
 
 /// The admin API of a Sluice cluster (the `sluice-admin` Service), connected on first use.
@@ -105,6 +110,27 @@ impl SluiceApi for AdminApi {
     fn delete<'a>(&'a self, kind: &'a str, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             match self.client().delete(reference(kind, namespace, name)).await {
+                Ok(_) => Ok(()),
+                Err(status) if status.code() == Code::NotFound => Ok(()),
+                Err(status) => Err(self.unavailable(&status)),
+            }
+        })
+    }
+
+    fn members(&self) -> BoxFuture<'_, Result<Vec<u64>, Error>> {
+        Box::pin(async move {
+            let status = ClusterClient::new(self.channel.clone())
+                .status(StatusRequest {})
+                .await
+                .map_err(|status| self.unavailable(&status))?
+                .into_inner();
+            Ok(if status.initialized { status.members.iter().map(|m| m.node_id).collect() } else { Vec::new() })
+        })
+    }
+
+    fn remove_member(&self, node_id: u64) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            match ClusterClient::new(self.channel.clone()).remove_node(RemoveNodeRequest { node_id }).await {
                 Ok(_) => Ok(()),
                 Err(status) if status.code() == Code::NotFound => Ok(()),
                 Err(status) => Err(self.unavailable(&status)),

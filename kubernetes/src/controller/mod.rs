@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -289,6 +290,25 @@ async fn remove_finalizer<K: Pushed>(api: &Api<K>, object: &K) -> Result<(), Err
     .map_err(|e| bad_object(object, e))?;
     api.patch(&object.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
     Ok(())
+}
+
+/// Removes the members of the Sluice cluster whose pods the StatefulSet `name` no longer wants (a pod that
+/// died instead of running its preStop leaves its member behind). Returns the node ids removed.
+pub async fn tidy_members(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<u64>, Error> {
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(set) = sets.get_opt(name).await? else { return Ok(Vec::new()) };
+    let Some(replicas) = set.spec.and_then(|s| s.replicas).and_then(|r| u32::try_from(r).ok()) else {
+        return Ok(Vec::new());
+    };
+    let members = ctx.sluice.members().await?;
+    let mut removed = Vec::new();
+    for node_id in crate::bootstrap::members_to_remove(&members, replicas) {
+        ctx.sluice.remove_member(node_id).await?;
+        tracing::info!(node_id, replicas, statefulset = %name, "removed a member the StatefulSet no longer has");
+        metrics::counter!("sluice_kube_members_removed_total").increment(1);
+        removed.push(node_id);
+    }
+    Ok(removed)
 }
 
 /// Runs the controller of one kind until a shutdown signal.

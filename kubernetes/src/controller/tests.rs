@@ -25,6 +25,7 @@ use crate::sluice_api::{Refusal, SluiceApi};
 #[derive(Default)]
 struct FakeSluice {
     objects: Mutex<BTreeMap<String, Value>>,
+    members: Mutex<Vec<u64>>,
     journal: Arc<Mutex<Vec<String>>>,
     unavailable: bool,
 }
@@ -46,6 +47,20 @@ fn unavailable() -> Error {
 }
 
 impl SluiceApi for FakeSluice {
+    fn members(&self) -> BoxFuture<'_, Result<Vec<u64>, Error>> {
+        Box::pin(async move { Ok(self.members.lock().map(|m| m.clone()).unwrap_or_default()) })
+    }
+
+    fn remove_member(&self, node_id: u64) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            self.note(format!("remove-member {node_id}"));
+            if let Ok(mut members) = self.members.lock() {
+                members.retain(|m| *m != node_id);
+            }
+            Ok(())
+        })
+    }
+
     fn apply<'a>(&'a self, object: &'a Value) -> BoxFuture<'a, Result<Result<(), Refusal>, Error>> {
         Box::pin(async move {
             if self.unavailable {
@@ -352,6 +367,38 @@ async fn a_knative_service_is_pushed_with_its_template_and_reports_sluices_statu
     .expect("reconcile");
     let pushed = sluice.object("Service/default/hello").expect("pushed");
     assert_eq!(pushed["spec"]["template"]["spec"]["containers"][0]["command"], json!(["/hello"]));
+}
+
+#[tokio::test]
+async fn members_a_scaled_down_statefulset_left_behind_are_removed() {
+    let sluice = Arc::new(FakeSluice { members: Mutex::new(vec![1, 2, 3, 4, 5]), ..Default::default() });
+    let (ctx, mut handle) = context(sluice.clone());
+    let server = tokio::spawn(async move {
+        let (method, path, _, send) = next_request(&mut handle).await;
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::GET, "/apis/apps/v1/namespaces/sluice-system/statefulsets/sluice")
+        );
+        respond(
+            send,
+            &json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                              "metadata": {"name": "sluice", "namespace": "sluice-system"},
+                              "spec": {"replicas": 3, "serviceName": "sluice-peers", "selector": {},
+                                       "template": {}}}),
+        );
+        let (_, path, _, send) = next_request(&mut handle).await;
+        assert_eq!(path, "/apis/apps/v1/namespaces/sluice-system/statefulsets/sluice");
+        respond_not_found(send);
+    });
+    assert_eq!(super::tidy_members(&ctx, "sluice-system", "sluice").await.expect("tidy"), vec![5, 4]);
+    assert_eq!(*sluice.members.lock().expect("members"), vec![1, 2, 3]);
+    // No StatefulSet (Sluice not run by one): nothing is removed.
+    assert_eq!(super::tidy_members(&ctx, "sluice-system", "sluice").await.expect("tidy"), Vec::<u64>::new());
+    assert_eq!(
+        *sluice.journal.lock().expect("journal"),
+        vec!["remove-member 5".to_string(), "remove-member 4".to_string()]
+    );
+    server.await.expect("scenario");
 }
 
 #[test]
