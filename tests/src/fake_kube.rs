@@ -177,6 +177,20 @@ impl FakeKube {
         self.shared.store().objects.get(collection)?.get(&(namespace.to_string(), name.to_string())).cloned()
     }
 
+    /// Changes an object as `kubectl edit` would (`change` gets the stored object), as a MODIFIED event.
+    pub fn update(
+        &self,
+        collection: &str,
+        namespace: &str,
+        name: &str,
+        change: impl FnOnce(&mut Value),
+    ) -> Option<Value> {
+        let before = self.get(collection, namespace, name)?;
+        let mut after = before.clone();
+        change(&mut after);
+        Some(store_changed(&self.shared, collection, namespace, &before, after))
+    }
+
     /// Deletes as `kubectl delete` would: with finalizers, only marked.
     pub fn delete(&self, collection: &str, namespace: &str, name: &str) {
         delete(&self.shared, collection, namespace, name);
@@ -221,6 +235,10 @@ fn create(shared: &Shared, collection: &str, namespace: &str, mut object: Value)
 
 /// Stores a changed object (or removes it, once it is deleted and has no finalizer left).
 fn store_changed(shared: &Shared, collection: &str, namespace: &str, before: &Value, mut after: Value) -> Value {
+    // As the API server does: a write that changes nothing is no new version and no watch event.
+    if &after == before {
+        return after;
+    }
     let mut store = shared.store();
     let name = before["metadata"]["name"].as_str().unwrap_or_default().to_string();
     let deleting = after["metadata"].get("deletionTimestamp").is_some_and(|t| !t.is_null());

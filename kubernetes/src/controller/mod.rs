@@ -19,6 +19,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalized, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -320,11 +321,33 @@ async fn control<K: Pushed>(ctx: Arc<Context>) {
         .await;
 }
 
+/// The Triggers' controller, which also reconciles a Broker's Triggers when the Broker changes (created
+/// after them, its class changed, deleted), rather than at their next resync.
+async fn control_triggers(ctx: Arc<Context>) {
+    let controller = Controller::new(Api::<Trigger>::all(ctx.client.clone()), watcher::Config::default());
+    let triggers = controller.store();
+    controller
+        .watches(Api::<Broker>::all(ctx.client.clone()), watcher::Config::default(), move |broker: Broker| {
+            let namespace = broker.namespace();
+            let name = broker.name_any();
+            triggers
+                .state()
+                .into_iter()
+                .filter(|trigger| trigger.namespace() == namespace && trigger.spec.0.broker == name)
+                .map(|trigger| ObjectRef::from_obj(&*trigger))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(reconcile::<Trigger>, error_policy::<Trigger>, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
 /// Runs the controllers for every pushed kind until a shutdown signal.
 pub async fn run(ctx: Arc<Context>) {
     let eventing = futures::future::join4(
         control::<Broker>(ctx.clone()),
-        control::<Trigger>(ctx.clone()),
+        control_triggers(ctx.clone()),
         control::<Channel>(ctx.clone()),
         control::<Subscription>(ctx.clone()),
     );

@@ -2,7 +2,8 @@
 //! client, `Controller`, finalizers, Lease) against the in-test API server (`sluice_tests::fake_kube`), and a
 //! real Sluice node behind it. A Sluice-class Broker is pushed into Sluice and gets Knative's status and its
 //! address on the ingress Service; an MT-class Broker gets nothing; a Trigger on the Sluice Broker reaches
-//! Sluice and reports Ready; deleting the Broker removes it from Sluice before Kubernetes forgets it.
+//! Sluice and reports Ready; deleting the Broker removes it from Sluice before Kubernetes forgets it; a Broker
+//! whose class changes away from Sluice takes its Trigger out of Sluice with it.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -98,6 +99,33 @@ async fn the_controller_serves_sluice_brokers_and_their_triggers_end_to_end() ->
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}", controller_log()))?;
     assert!(in_sluice(&node.admin, "Broker", "b").await?.is_none());
+
+    // A Broker whose class changes away from Sluice: it and its Trigger leave Sluice and lose the finalizer,
+    // the Trigger as soon as its Broker changes (a Ready Trigger's own resync is minutes away).
+    kube.create(BROKERS, broker("c", "Sluice"))?;
+    kube.create(
+        TRIGGERS,
+        json!({
+            "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+            "metadata": {"name": "u", "namespace": "default"},
+            "spec": {"broker": "c", "subscriber": {"uri": "http://sink.default.svc.cluster.local/"}}
+        }),
+    )?;
+    wait_until(Duration::from_secs(60), || async { Ok(kube.get(TRIGGERS, "default", "u").filter(ready)) })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", controller_log()))?;
+    kube.update(BROKERS, "default", "c", |c| {
+        c["metadata"]["annotations"]["eventing.knative.dev/broker.class"] = json!("MTChannelBasedBroker");
+    });
+    let released = |name: &str| {
+        kube.get(TRIGGERS, "default", name)
+            .is_some_and(|t| t["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty()))
+    };
+    wait_until(Duration::from_secs(60), || async { Ok(released("u").then_some(())) })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", controller_log()))?;
+    assert!(in_sluice(&node.admin, "Trigger", "u").await?.is_none());
+    assert!(in_sluice(&node.admin, "Broker", "c").await?.is_none());
 
     let _ = controller.kill();
     let _ = controller.wait();
