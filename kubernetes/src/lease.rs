@@ -128,6 +128,15 @@ mod tests {
     use http::Method;
     use serde_json::json;
 
+    /// The Lease as the API server returns it, held by `pod-b` since `renewed`, taken twice before.
+    fn held_by_pod_b(renewed: &str) -> serde_json::Value {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "sluice-controller", "namespace": "sluice-system", "resourceVersion": "5"},
+            "spec": {"holderIdentity": "pod-b", "leaseDurationSeconds": 15, "renewTime": renewed, "leaseTransitions": 2}
+        })
+    }
+
     #[tokio::test]
     async fn a_missing_lease_is_created_and_held() {
         let (client, mut handle) = mock_client();
@@ -158,14 +167,7 @@ mod tests {
         let api: Api<Lease> = Api::namespaced(client, "sluice-system");
         let server = tokio::spawn(async move {
             let (_, _, _, send) = next_request(&mut handle).await;
-            respond(
-                send,
-                &json!({
-                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": "sluice-controller", "namespace": "sluice-system", "resourceVersion": "5"},
-                    "spec": {"holderIdentity": "pod-b", "leaseDurationSeconds": 15, "renewTime": Timestamp::now().to_string()}
-                }),
-            );
+            respond(send, &held_by_pod_b(&Timestamp::now().to_string()));
             assert_no_request(&mut handle).await;
         });
         assert!(!hold(&api, "sluice-controller", "pod-a", Duration::from_secs(15)).await.expect("hold"));
@@ -178,15 +180,7 @@ mod tests {
         let api: Api<Lease> = Api::namespaced(client, "sluice-system");
         let server = tokio::spawn(async move {
             let (_, _, _, send) = next_request(&mut handle).await;
-            respond(
-                send,
-                &json!({
-                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": "sluice-controller", "namespace": "sluice-system", "resourceVersion": "5"},
-                    "spec": {"holderIdentity": "pod-b", "leaseDurationSeconds": 15, "renewTime": "2020-01-01T00:00:00.000000Z",
-                             "leaseTransitions": 2}
-                }),
-            );
+            respond(send, &held_by_pod_b("2020-01-01T00:00:00.000000Z"));
             let (method, path, body, send) = next_request(&mut handle).await;
             assert_eq!(
                 (method, path.as_str()),

@@ -95,57 +95,17 @@ impl Sender {
             Protocol::Http1 => &self.http1,
             Protocol::H2c => &self.h2c,
         };
-        let mut request = client
-            .post(url)
-            .timeout(Duration::from_millis(timeout_ms))
-            .header("prefer", "reply")
-            .header("traceparent", traceparent(event));
-        match format {
-            Format::Binary => {
-                for (name, value) in &event.attributes {
-                    if name == "datacontenttype" {
-                        continue;
-                    }
-                    let value = value.to_canonical_string();
-                    match reqwest::header::HeaderValue::from_bytes(cloudevent::encode_header_value(&value)) {
-                        Ok(header) => request = request.header(format!("ce-{name}"), header),
-                        // Validation keeps control characters out of attribute values, so this cannot happen.
-                        Err(_) => {
-                            tracing::warn!(attribute = %name, "attribute value cannot be a header value; not sent")
-                        }
-                    }
-                }
-                let content_type = event.get_str("datacontenttype").map(str::to_string).or_else(|| match &event.data {
-                    Some(EventData::Json(_)) => Some("application/json".to_string()),
-                    _ => None,
-                });
-                if let Some(content_type) = content_type {
-                    request = request.header("content-type", content_type);
-                }
-                request = request.body(event.binary_body());
-            }
-            Format::Structured => {
-                request = request.header("content-type", "application/cloudevents+json").body(event.to_json_string());
-            }
-        }
-        let request = match request.build() {
-            Ok(request) => request,
-            Err(e) => return AttemptResult { error: Some(describe_error(&e, timeout_ms)), ..Default::default() },
-        };
-        let mut pending = request;
         let mut resends = 0;
         let response = loop {
-            // The body is bytes in memory, so the request can always be cloned.
-            let again = if resends < MAX_RESENDS { pending.try_clone() } else { None };
-            match (client.execute(pending).await, again) {
-                (Ok(response), _) => break response,
-                (Err(e), Some(again)) if died_before_response(&e) => {
+            // Built again for a resend (rare) rather than cloned for every delivery.
+            match build_request(client, url, format, event, timeout_ms).send().await {
+                Ok(response) => break response,
+                Err(e) if resends < MAX_RESENDS && died_before_response(&e) => {
                     resends += 1;
                     metrics::counter!("sluice_dispatch_resends_total").increment(1);
                     tracing::debug!(%url, error = %e, "kept-alive connection died before a response; sending again");
-                    pending = again;
                 }
-                (Err(e), _) => {
+                Err(e) => {
                     return AttemptResult { error: Some(describe_error(&e, timeout_ms)), ..Default::default() };
                 }
             }
@@ -158,6 +118,50 @@ impl Sender {
         let reply = if status == 200 { parse_reply(&headers, body.clone()) } else { None };
         AttemptResult { status: Some(status), retry_after, body, reply, error }
     }
+}
+
+/// The POST of one attempt: binary or structured, with `Prefer: reply` and the event's `traceparent`.
+fn build_request(
+    client: &reqwest::Client,
+    url: &str,
+    format: Format,
+    event: &CloudEvent,
+    timeout_ms: u64,
+) -> reqwest::RequestBuilder {
+    let mut request = client
+        .post(url)
+        .timeout(Duration::from_millis(timeout_ms))
+        .header("prefer", "reply")
+        .header("traceparent", traceparent(event));
+    match format {
+        Format::Binary => {
+            for (name, value) in &event.attributes {
+                if name == "datacontenttype" {
+                    continue;
+                }
+                let value = value.to_canonical_string();
+                match reqwest::header::HeaderValue::from_bytes(cloudevent::encode_header_value(&value)) {
+                    Ok(header) => request = request.header(format!("ce-{name}"), header),
+                    // Validation keeps control characters out of attribute values, so this cannot happen.
+                    Err(_) => {
+                        tracing::warn!(attribute = %name, "attribute value cannot be a header value; not sent")
+                    }
+                }
+            }
+            let content_type = event.get_str("datacontenttype").map(str::to_string).or_else(|| match &event.data {
+                Some(EventData::Json(_)) => Some("application/json".to_string()),
+                _ => None,
+            });
+            if let Some(content_type) = content_type {
+                request = request.header("content-type", content_type);
+            }
+            request = request.body(event.binary_body());
+        }
+        Format::Structured => {
+            request = request.header("content-type", "application/cloudevents+json").body(event.to_json_string());
+        }
+    }
+    request
 }
 
 async fn read_limited(mut response: reqwest::Response, limit: usize) -> (Bytes, Option<String>) {

@@ -24,6 +24,13 @@ fn broker(name: &str, class: &str) -> Value {
            "spec": {}})
 }
 
+/// A Trigger on `broker` to a core Service's URL.
+fn trigger_object(name: &str, broker: &str) -> Value {
+    json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+           "metadata": {"name": name, "namespace": "default"},
+           "spec": {"broker": broker, "subscriber": {"uri": "http://sink.default.svc.cluster.local/"}}})
+}
+
 fn ready(object: &Value) -> bool {
     object["status"]["conditions"]
         .as_array()
@@ -78,14 +85,7 @@ async fn the_controller_serves_sluice_brokers_and_their_triggers_end_to_end() ->
     assert!(in_sluice(&node.admin, "Broker", "mt").await?.is_none());
 
     // A Trigger on the Sluice Broker: pushed, Ready, its subscriber URI in its status.
-    kube.create(
-        TRIGGERS,
-        json!({
-            "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
-            "metadata": {"name": "t", "namespace": "default"},
-            "spec": {"broker": "b", "subscriber": {"uri": "http://sink.default.svc.cluster.local/"}}
-        }),
-    )?;
+    kube.create(TRIGGERS, trigger_object("t", "b"))?;
     let trigger =
         wait_until(Duration::from_secs(60), || async { Ok(kube.get(TRIGGERS, "default", "t").filter(ready)) })
             .await
@@ -103,14 +103,7 @@ async fn the_controller_serves_sluice_brokers_and_their_triggers_end_to_end() ->
     // A Broker whose class changes away from Sluice: it and its Trigger leave Sluice and lose the finalizer,
     // the Trigger as soon as its Broker changes (a Ready Trigger's own resync is minutes away).
     kube.create(BROKERS, broker("c", "Sluice"))?;
-    kube.create(
-        TRIGGERS,
-        json!({
-            "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
-            "metadata": {"name": "u", "namespace": "default"},
-            "spec": {"broker": "c", "subscriber": {"uri": "http://sink.default.svc.cluster.local/"}}
-        }),
-    )?;
+    kube.create(TRIGGERS, trigger_object("u", "c"))?;
     wait_until(Duration::from_secs(60), || async { Ok(kube.get(TRIGGERS, "default", "u").filter(ready)) })
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}", controller_log()))?;
