@@ -120,7 +120,11 @@ async fn statefulset_pods_form_the_cluster_grow_it_and_restart_into_it() -> anyh
             .await
             .map_err(|e| anyhow::anyhow!("pod {}: {e}\n{}", pod.ordinal, pod.log_text()))?;
     }
-    // The cluster works: a Broker on pod 0, an event through pod 2 acknowledged (committed on a quorum).
+    // The cluster works: a Broker on pod 0, an event through pod 2 acknowledged (committed on a quorum) once
+    // every group has elected a leader (readiness).
+    for pod in &pods {
+        sluice_tests::wait_ready(&pod.http()).await?;
+    }
     apply_resource(&pods[0].admin(), broker_object("default", "b", json!({}))).await?;
     wait_for_broker(&pods[2].http(), "/default/b").await?;
     let client = reqwest::Client::new();
@@ -173,6 +177,7 @@ async fn statefulset_pods_form_the_cluster_grow_it_and_restart_into_it() -> anyh
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", since_restart()))?;
     assert!(!since_restart().contains("initialising the cluster"), "{}", since_restart());
+    sluice_tests::wait_ready(&pods[0].http()).await?;
     assert_eq!(send_event(&client, &pods[0].http(), "/default/b", "e-2", "statefulset.test", &[], "{}").await?, 202);
     Ok(())
 }
