@@ -286,6 +286,7 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
         retention_check_interval: Duration::from_millis(tuning.retention_check_ms),
         peer_routes: Default::default(),
         serving_domain: sluice_controller::serving::DEFAULT_DOMAIN.into(),
+        serving_runtime: Default::default(),
     })
 }
 

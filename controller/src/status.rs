@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::model::{Destination, KReference};
 
-pub use crate::world::{Environment, World};
+pub use crate::world::{Environment, ServingRuntime, World};
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
     object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()

@@ -14,17 +14,43 @@ pub struct Environment {
     pub ingress_base: String,
     /// The domain Knative Routes are served under (`NAME.NAMESPACE.DOMAIN` on the ingress port).
     pub serving_domain: String,
+    /// What runs revisions: what a Revision needs to be runnable depends on it.
+    pub serving_runtime: ServingRuntime,
+}
+
+/// What runs a node's revisions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServingRuntime {
+    /// Child processes on the node: a container's `command` runs, its image is not pulled.
+    #[default]
+    Local,
+    /// A Deployment per revision (and node) on the Kubernetes cluster the node runs in: images run.
+    Kubernetes,
 }
 
 impl Environment {
     /// The environment of a node whose ingress is `ingress_base`, serving Routes under the default domain.
     pub fn new(ingress_base: impl Into<String>) -> Self {
-        Environment { ingress_base: ingress_base.into(), serving_domain: DEFAULT_DOMAIN.into() }
+        Environment {
+            ingress_base: ingress_base.into(),
+            serving_domain: DEFAULT_DOMAIN.into(),
+            serving_runtime: ServingRuntime::Local,
+        }
     }
 
     /// The environment of a node whose ingress is `ingress_base`, serving Routes under `serving_domain`.
     pub fn with_domain(ingress_base: impl Into<String>, serving_domain: &str) -> Self {
-        Environment { ingress_base: ingress_base.into(), serving_domain: serving_domain.to_ascii_lowercase() }
+        Environment {
+            ingress_base: ingress_base.into(),
+            serving_domain: serving_domain.to_ascii_lowercase(),
+            serving_runtime: ServingRuntime::Local,
+        }
+    }
+
+    /// The same, with revisions run by `runtime`.
+    pub fn with_runtime(mut self, runtime: ServingRuntime) -> Self {
+        self.serving_runtime = runtime;
+        self
     }
 }
 

@@ -1,33 +1,109 @@
-//! A Knative Revision on Kubernetes: the Deployment that runs it ([`revision_deployment`], pure), and the
-//! calls that apply it and carry out the autoscaler's decisions through the scale subresource ([`apply`],
-//! [`scale`]). What flows in: a Revision as Sluice stores it (JSON) and a desired instance count. What flows
-//! out: a server-side apply of the Deployment, and a patch of `deployments/NAME/scale` when the count changes.
+//! A Knative Revision on Kubernetes: the Deployment that runs one node's pods of it and the headless Service
+//! whose EndpointSlices list them ([`revision_deployment`], [`revision_service`], pure), and the calls that
+//! apply them and carry out the autoscaler's decisions through the scale subresource ([`apply`], [`scale`]).
+//! What flows in: a Revision as Sluice stores it (JSON), the Sluice node that runs it, a desired pod count.
+//! What flows out: server-side applies, and a patch of `deployments/NAME/scale` when the count changes.
 //!
-//! Knative's shape is kept: the Deployment is named `REVISION-deployment`, owned by the Revision, labelled with
-//! `serving.knative.dev/{revision,configuration,service}`, its user container named `user-container` with
+//! Each Sluice node scales the revisions its own requests and deliveries need (as with the local runtime), so
+//! a revision has one Deployment per node that runs it: `REVISION-nID-deployment`, its pods labelled with the
+//! node ([`NODE_LABEL`]). Knative's shape is kept otherwise: labelled with
+//! `serving.knative.dev/{revision,configuration,service}`, the user container named `user-container` with
 //! `PORT`, `K_SERVICE`, `K_CONFIGURATION`, `K_REVISION`; the termination grace period is the Revision's
-//! `timeoutSeconds` (in-flight requests may finish).
+//! `timeoutSeconds` (in-flight requests may finish). No owner reference: Sluice's Revisions live in Sluice's
+//! metadata group, not in the API server (an owner the API server does not know would have the garbage
+//! collector delete the Deployment); the node deletes what it made when the revision stops running there, and
+//! what a previous run of the node left when it starts.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Map, Value, json};
 use sluice_controller::serving::{CONFIGURATION_LABEL, SERVICE_LABEL};
 
-/// The label every pod of a revision carries (the Deployment's selector).
+/// The label every pod of a revision carries.
 pub const REVISION_LABEL: &str = "serving.knative.dev/revision";
+/// The label naming the Sluice node that scales a Deployment (and its pods).
+pub const NODE_LABEL: &str = "serving.sluice.dev/node";
 /// The port a container listens on when it names none (Knative's default).
 pub const DEFAULT_USER_PORT: i64 = 8080;
+/// The name of the revision Service's port, in its EndpointSlices.
+pub const SERVICE_PORT_NAME: &str = "http";
 /// The field manager of Sluice's server-side applies.
 pub const FIELD_MANAGER: &str = "sluice";
+/// Longest name of a Service (a DNS-1035 label).
+const MAX_SERVICE_NAME: usize = 63;
 
-/// The Deployment's name for a revision.
-pub fn deployment_name(revision: &str) -> String {
-    format!("{revision}-deployment")
+/// What one node's pods of a revision are called: `REVISION-nID`.
+pub fn pod_set_name(revision: &str, node_id: u64) -> String {
+    format!("{revision}-n{node_id}")
 }
 
-/// The Deployment that runs `revision` with `replicas` pods. Fields Kubernetes acts on and Sluice keeps as
-/// JSON (`resources`, `volumes`, `affinity`, ...) are passed through as the user wrote them.
-pub fn revision_deployment(revision: &Value, replicas: i32) -> Result<Deployment, String> {
+/// The Deployment's name for a node's pods of a revision.
+pub fn deployment_name(revision: &str, node_id: u64) -> String {
+    format!("{}-deployment", pod_set_name(revision, node_id))
+}
+
+/// The headless Service whose EndpointSlices list a node's pods of a revision: `REVISION-nID-private`, or,
+/// past 63 characters, the revision's name cut short with a hash of the whole.
+pub fn service_name(revision: &str, node_id: u64) -> String {
+    let full = format!("{}-private", pod_set_name(revision, node_id));
+    if full.len() <= MAX_SERVICE_NAME {
+        return full;
+    }
+    // FNV-1a: stable across runs and builds (the name must not change when the node restarts).
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let tail = format!("-{:08x}-n{node_id}-private", hash as u32);
+    let keep = MAX_SERVICE_NAME - tail.len();
+    format!("{}{tail}", revision[..keep.min(revision.len())].trim_end_matches('-'))
+}
+
+fn pod_labels(revision: &Value, node_id: u64) -> Result<Map<String, Value>, String> {
+    let name = revision["metadata"]["name"].as_str().filter(|n| !n.is_empty()).ok_or("the revision has no name")?;
+    let mut labels = Map::new();
+    labels.insert(REVISION_LABEL.into(), json!(name));
+    labels.insert(NODE_LABEL.into(), json!(format!("n{node_id}")));
+    for key in [CONFIGURATION_LABEL, SERVICE_LABEL] {
+        if let Some(value) = revision["metadata"]["labels"][key].as_str().filter(|v| !v.is_empty()) {
+            labels.insert(key.into(), json!(value));
+        }
+    }
+    Ok(labels)
+}
+
+/// The pods' selector: the revision and the node.
+pub fn pod_selector(revision: &str, node_id: u64) -> String {
+    format!("{REVISION_LABEL}={revision},{NODE_LABEL}=n{node_id}")
+}
+
+fn user_port(revision: &Value) -> i64 {
+    revision["spec"]["containers"][0]["ports"][0]["containerPort"].as_i64().filter(|p| *p > 0).unwrap_or(DEFAULT_USER_PORT)
+}
+
+/// The headless Service over a node's pods of `revision`: its EndpointSlices are where the serving proxy
+/// finds the ready pods.
+pub fn revision_service(revision: &Value, node_id: u64) -> Result<Service, String> {
+    let name = revision["metadata"]["name"].as_str().filter(|n| !n.is_empty()).ok_or("the revision has no name")?;
+    let namespace = revision["metadata"]["namespace"].as_str().unwrap_or("default");
+    let labels = pod_labels(revision, node_id)?;
+    let selector = json!({REVISION_LABEL: name, NODE_LABEL: format!("n{node_id}")});
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": service_name(name, node_id), "namespace": namespace, "labels": labels},
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector,
+            "ports": [{"name": SERVICE_PORT_NAME, "port": user_port(revision), "targetPort": user_port(revision),
+                       "protocol": "TCP"}],
+        },
+    });
+    serde_json::from_value(service).map_err(|e| format!("the revision does not make a valid Service: {e}"))
+}
+
+/// The Deployment that runs node `node_id`'s pods of `revision`, `replicas` of them. Fields Kubernetes acts on
+/// and Sluice keeps as JSON (`resources`, `volumes`, `affinity`, ...) are passed through as the user wrote
+/// them; containers after the first run as sidecars, as written.
+pub fn revision_deployment(revision: &Value, node_id: u64, replicas: i32) -> Result<Deployment, String> {
     let name = revision["metadata"]["name"].as_str().filter(|n| !n.is_empty()).ok_or("the revision has no name")?;
     let namespace = revision["metadata"]["namespace"].as_str().unwrap_or("default");
     let labels = revision["metadata"]["labels"].as_object().cloned().unwrap_or_default();
@@ -38,7 +114,7 @@ pub fn revision_deployment(revision: &Value, replicas: i32) -> Result<Deployment
     if user["image"].as_str().is_none_or(str::is_empty) {
         return Err("spec.containers[0].image: a container on Kubernetes needs an image".into());
     }
-    let port = user["ports"][0]["containerPort"].as_i64().filter(|p| *p > 0).unwrap_or(DEFAULT_USER_PORT);
+    let port = user_port(revision);
 
     let mut env: Vec<Value> = user["env"].as_array().cloned().unwrap_or_default();
     env.extend([
@@ -83,7 +159,9 @@ pub fn revision_deployment(revision: &Value, replicas: i32) -> Result<Deployment
     container.insert("readinessProbe".into(), readiness);
 
     let mut pod_spec = Map::new();
-    pod_spec.insert("containers".into(), json!([container]));
+    let mut all_containers = vec![Value::Object(container)];
+    all_containers.extend(containers.iter().skip(1).cloned());
+    pod_spec.insert("containers".into(), Value::Array(all_containers));
     for field in [
         "serviceAccountName",
         "automountServiceAccountToken",
@@ -110,30 +188,18 @@ pub fn revision_deployment(revision: &Value, replicas: i32) -> Result<Deployment
     let timeout_seconds = spec["timeoutSeconds"].as_i64().unwrap_or(300);
     pod_spec.insert("terminationGracePeriodSeconds".into(), json!(timeout_seconds));
 
-    let mut pod_labels = Map::new();
-    pod_labels.insert(REVISION_LABEL.into(), json!(name));
-    for key in [CONFIGURATION_LABEL, SERVICE_LABEL] {
-        if !label(key).is_empty() {
-            pod_labels.insert(key.into(), json!(label(key)));
-        }
-    }
-    let mut owner = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Revision", "name": name,
-                           "controller": true, "blockOwnerDeletion": true});
-    if let Some(uid) = revision["metadata"]["uid"].as_str() {
-        owner["uid"] = json!(uid);
-    }
+    let pod_labels = pod_labels(revision, node_id)?;
     let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": deployment_name(name),
+            "name": deployment_name(name, node_id),
             "namespace": namespace,
             "labels": pod_labels.clone(),
-            "ownerReferences": [owner],
         },
         "spec": {
             "replicas": replicas.max(0),
-            "selector": {"matchLabels": {REVISION_LABEL: name}},
+            "selector": {"matchLabels": {REVISION_LABEL: name, NODE_LABEL: format!("n{node_id}")}},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
             "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
         },
@@ -155,6 +221,13 @@ pub async fn apply(api: &Api<Deployment>, deployment: &Deployment, exists: bool)
     if exists && let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut) {
         spec.remove("replicas");
     }
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await
+}
+
+/// Creates or updates a revision's headless Service (server-side apply).
+pub async fn apply_service(api: &Api<Service>, service: &Service) -> Result<Service, kube::Error> {
+    let name = service.metadata.name.clone().unwrap_or_default();
+    let body = serde_json::to_value(service).map_err(kube::Error::SerdeError)?;
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await
 }
 
@@ -191,16 +264,17 @@ mod tests {
 
     #[test]
     fn a_revision_becomes_a_deployment_shaped_as_knatives() {
-        let deployment = revision_deployment(&revision(), 3).expect("deployment");
+        let deployment = revision_deployment(&revision(), 2, 3).expect("deployment");
         let value = serde_json::to_value(&deployment).expect("json");
-        assert_eq!(value["metadata"]["name"], "hello-00002-deployment");
+        assert_eq!(value["metadata"]["name"], "hello-00002-n2-deployment");
         assert_eq!(value["metadata"]["namespace"], "apps");
-        assert_eq!(value["metadata"]["ownerReferences"][0]["kind"], "Revision");
-        assert_eq!(value["metadata"]["ownerReferences"][0]["uid"], "r-uid");
-        assert_eq!(value["metadata"]["ownerReferences"][0]["controller"], true);
+        // Sluice's Revision is not in the API server: an owner reference to it would have the Deployment
+        // garbage-collected.
+        assert!(value["metadata"].get("ownerReferences").is_none(), "{value}");
         let spec = &value["spec"];
         assert_eq!(spec["replicas"], 3);
-        assert_eq!(spec["selector"]["matchLabels"][REVISION_LABEL], "hello-00002");
+        assert_eq!(spec["selector"]["matchLabels"], json!({REVISION_LABEL: "hello-00002", NODE_LABEL: "n2"}));
+        assert_eq!(spec["template"]["metadata"]["labels"][NODE_LABEL], "n2");
         assert_eq!(spec["template"]["metadata"]["labels"][SERVICE_LABEL], "hello");
         let pod = &spec["template"]["spec"];
         assert_eq!(pod["serviceAccountName"], "runner");
@@ -240,7 +314,7 @@ mod tests {
     fn defaults_port_and_probe_and_refuses_what_cannot_run() {
         let mut bare = revision();
         bare["spec"]["containers"][0] = json!({"image": "example/app"});
-        let value = serde_json::to_value(revision_deployment(&bare, 1).expect("deployment")).expect("json");
+        let value = serde_json::to_value(revision_deployment(&bare, 1, 1).expect("deployment")).expect("json");
         let container = &value["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["ports"][0]["containerPort"], DEFAULT_USER_PORT);
         assert_eq!(container["readinessProbe"]["tcpSocket"]["port"], DEFAULT_USER_PORT);
@@ -248,11 +322,42 @@ mod tests {
 
         let mut no_image = revision();
         no_image["spec"]["containers"][0] = json!({"command": ["./app"]});
-        assert!(revision_deployment(&no_image, 1).expect_err("no image").contains("image"));
+        assert!(revision_deployment(&no_image, 1, 1).expect_err("no image").contains("image"));
         let mut no_container = revision();
         no_container["spec"]["containers"] = json!([]);
-        assert!(revision_deployment(&no_container, 1).is_err());
-        assert!(revision_deployment(&json!({"spec": {}}), 1).is_err());
+        assert!(revision_deployment(&no_container, 1, 1).is_err());
+        assert!(revision_deployment(&json!({"spec": {}}), 1, 1).is_err());
+    }
+
+    #[test]
+    fn a_sidecar_runs_as_written_beside_the_user_container() {
+        let mut with_sidecar = revision();
+        if let Some(containers) = with_sidecar["spec"]["containers"].as_array_mut() {
+            containers.push(json!({"name": "proxy", "image": "envoy:1"}));
+        }
+        let value = serde_json::to_value(revision_deployment(&with_sidecar, 1, 1).expect("deployment")).expect("json");
+        let containers = &value["spec"]["template"]["spec"]["containers"];
+        assert_eq!(containers[0]["name"], "user-container");
+        assert_eq!(containers[1], json!({"name": "proxy", "image": "envoy:1"}));
+    }
+
+    #[test]
+    fn the_private_service_selects_the_nodes_pods_and_its_name_fits_a_dns_label() {
+        let value = serde_json::to_value(revision_service(&revision(), 3).expect("service")).expect("json");
+        assert_eq!(value["metadata"]["name"], "hello-00002-n3-private");
+        assert_eq!(value["metadata"]["namespace"], "apps");
+        assert_eq!(value["spec"]["clusterIP"], "None");
+        assert_eq!(value["spec"]["selector"], json!({REVISION_LABEL: "hello-00002", NODE_LABEL: "n3"}));
+        assert_eq!(value["spec"]["ports"][0]["name"], SERVICE_PORT_NAME);
+        assert_eq!(value["spec"]["ports"][0]["targetPort"], 9000);
+        assert_eq!(pod_selector("hello-00002", 3), "serving.knative.dev/revision=hello-00002,serving.sluice.dev/node=n3");
+
+        let long = "a".repeat(50) + "-00001";
+        let name = service_name(&long, 12);
+        assert!(name.len() <= 63 && name.ends_with("-n12-private"), "{name}");
+        assert_eq!(name, service_name(&long, 12), "stable");
+        assert_ne!(name, service_name(&("b".repeat(50) + "-00001"), 12));
+        assert!(name.starts_with("aaaa") && !name.contains("--"), "{name}");
     }
 
     #[test]
@@ -267,14 +372,14 @@ mod tests {
     async fn a_revision_is_applied_as_its_deployment_and_a_decision_becomes_a_scale_patch() {
         let (client, mut handle) = mock_client();
         let api: Api<Deployment> = Api::namespaced(client, "apps");
-        let deployment = revision_deployment(&revision(), 1).expect("deployment");
+        let deployment = revision_deployment(&revision(), 1, 1).expect("deployment");
         let echo = serde_json::to_value(&deployment).expect("json");
         let server = tokio::spawn(async move {
             let (method, path, body, send) = next_request(&mut handle).await;
             assert_eq!(method, Method::PATCH);
             assert_eq!(
                 path,
-                "/apis/apps/v1/namespaces/apps/deployments/hello-00002-deployment?&force=true&fieldManager=sluice"
+                "/apis/apps/v1/namespaces/apps/deployments/hello-00002-n1-deployment?&force=true&fieldManager=sluice"
             );
             assert_eq!(body["spec"]["template"]["spec"]["containers"][0]["image"], "ghcr.io/example/hello:1");
             // The Deployment exists: replicas are the autoscaler's, not the apply's.
@@ -282,17 +387,17 @@ mod tests {
             respond(send, &echo);
             let (method, path, body, send) = next_request(&mut handle).await;
             assert_eq!(method, Method::PATCH);
-            assert_eq!(path, "/apis/apps/v1/namespaces/apps/deployments/hello-00002-deployment/scale?");
+            assert_eq!(path, "/apis/apps/v1/namespaces/apps/deployments/hello-00002-n1-deployment/scale?");
             assert_eq!(body, json!({"spec": {"replicas": 7}}));
             respond(
                 send,
                 &json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
-                                  "metadata": {"name": "hello-00002-deployment"}, "spec": {"replicas": 7}}),
+                                  "metadata": {"name": "hello-00002-n1-deployment"}, "spec": {"replicas": 7}}),
             );
         });
         apply(&api, &deployment, true).await.expect("apply");
         if let Some(replicas) = scale_change(Some(1), 7) {
-            scale(&api, "hello-00002-deployment", replicas).await.expect("scale");
+            scale(&api, "hello-00002-n1-deployment", replicas).await.expect("scale");
         }
         tokio::time::timeout(std::time::Duration::from_secs(5), server)
             .await

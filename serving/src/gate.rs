@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-pub(crate) type InstanceId = u64;
+pub type InstanceId = u64;
 pub(crate) type WaiterId = u64;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -28,7 +28,7 @@ mod http;
 mod logs;
 mod plan;
 mod revision;
-mod runtime;
+pub mod runtime;
 mod shared;
 mod signals;
 mod supervisor;
@@ -44,6 +44,7 @@ use tokio::sync::oneshot;
 pub use admin::with_admin_routes;
 pub use error::ServingError;
 pub use logs::LogHub;
+pub use runtime::Runtime;
 pub use shared::SubscriberSignals;
 pub use sluice_autoscaler::{Backlog, Decision, Reason};
 
@@ -63,7 +64,7 @@ impl ServingState {
 }
 
 /// How a node serves.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServingSettings {
     /// Routes are served as `NAME.NAMESPACE.DOMAIN`.
     pub domain: String,
@@ -76,6 +77,9 @@ pub struct ServingSettings {
     pub autoscaler: AutoscalerDefaults,
     /// Between SIGTERM and SIGKILL when an instance stops.
     pub termination_grace: Duration,
+    /// What runs instances: `None` for child processes on this node ([`runtime`] has the interface a
+    /// Kubernetes runtime implements).
+    pub runtime: Option<Arc<dyn Runtime>>,
 }
 
 /// Serving on one node; stops (every instance drained and terminated) with [`Serving::stop`].
@@ -99,8 +103,9 @@ impl Serving {
             autoscaler: settings.autoscaler.clone(),
             grace: settings.termination_grace,
         };
-        let runtime: Arc<dyn runtime::Runtime> =
-            Arc::new(runtime::local::LocalRuntime::new(settings.data_dir.join("instances")));
+        let runtime = settings.runtime.clone().unwrap_or_else(|| {
+            Arc::new(runtime::local::LocalRuntime::new(settings.data_dir.join("instances"))) as Arc<dyn Runtime>
+        });
         let task = tokio::spawn(supervisor::run(node, supervisor_settings, runtime, shared, stopped));
         Serving { stop: Some(stop), task }
     }

@@ -16,14 +16,15 @@ pub(crate) const MAX_TAIL_LINES: usize = 10_000;
 
 /// One revision's output.
 #[derive(Debug)]
-pub(crate) struct RevisionLog {
+pub struct RevisionLog {
     path: PathBuf,
     file: Mutex<Option<File>>,
     live: broadcast::Sender<String>,
 }
 
 impl RevisionLog {
-    pub(crate) fn write_line(&self, line: &str) {
+    /// Appends one line of the revision's output (and sends it to followers).
+    pub fn write_line(&self, line: &str) {
         if let Ok(mut file) = self.file.lock() {
             if file.is_none() {
                 if let Some(parent) = self.path.parent() {

@@ -9,7 +9,8 @@ use serde_json::Value;
 use sluice_controller::serving::autoscaling::{AutoscalerDefaults, resolve};
 use sluice_controller::serving::model::{Container, Probe};
 use sluice_controller::serving::routing::{RouteTable, latest_revisions};
-use sluice_controller::serving::status::local_runnable;
+use sluice_controller::serving::ServingRuntime;
+use sluice_controller::serving::status::runnable;
 use sluice_controller::serving::{CONFIGURATION_LABEL, DEFAULT_TIMEOUT_SECONDS, SERVICE_LABEL};
 
 use crate::revision::RevisionRun;
@@ -23,16 +24,22 @@ fn label<'a>(object: &'a Value, name: &str) -> Option<&'a str> {
     object.pointer("/metadata/labels").and_then(|l| l.get(name)).and_then(Value::as_str)
 }
 
-/// What running a Revision takes, or why the local runtime cannot run it: `(reason, message)`.
-pub(crate) fn revision_run(revision: &Value, defaults: &AutoscalerDefaults) -> Result<RevisionRun, (String, String)> {
+/// What running a Revision takes, or why `runtime` cannot run it: `(reason, message)`.
+pub(crate) fn revision_run(
+    revision: &Value,
+    defaults: &AutoscalerDefaults,
+    runtime: ServingRuntime,
+) -> Result<RevisionRun, (String, String)> {
     let containers: Vec<Container> =
         revision.pointer("/spec/containers").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
-    local_runnable(&containers)?;
+    runnable(&containers, runtime)?;
     let container = containers.first().cloned().unwrap_or_default();
     let name = str_at(revision, "/metadata/name").to_string();
     let mut env = Vec::new();
     for var in &container.env {
         match (&var.value, &var.value_from) {
+            // Kubernetes resolves it in the pod; the local runtime cannot.
+            (_, Some(_)) if runtime == ServingRuntime::Kubernetes => {}
             (_, Some(_)) => {
                 return Err((
                     "CreateContainerConfigError".into(),
@@ -68,9 +75,18 @@ pub(crate) fn revision_run(revision: &Value, defaults: &AutoscalerDefaults) -> R
     })?;
     let timeout_seconds =
         revision.pointer("/spec/timeoutSeconds").and_then(Value::as_i64).unwrap_or(DEFAULT_TIMEOUT_SECONDS);
+    let object = serde_json::json!({
+        "metadata": {
+            "name": name,
+            "namespace": str_at(revision, "/metadata/namespace"),
+            "labels": revision.pointer("/metadata/labels").cloned().unwrap_or_default(),
+        },
+        "spec": revision.pointer("/spec").cloned().unwrap_or_default(),
+    });
     Ok(RevisionRun {
         namespace: str_at(revision, "/metadata/namespace").to_string(),
         name,
+        object: std::sync::Arc::new(object),
         argv: container.command.iter().chain(&container.args).cloned().collect(),
         env,
         working_dir: container.working_dir.map(PathBuf::from),
@@ -105,6 +121,7 @@ pub(crate) fn wanted_revisions(
     objects: &[Value],
     table: &RouteTable,
     defaults: &AutoscalerDefaults,
+    runtime: ServingRuntime,
 ) -> (BTreeMap<String, RevisionRun>, Vec<(String, String)>) {
     let routed: std::collections::BTreeSet<(&str, &str)> = table
         .values()
@@ -122,7 +139,7 @@ pub(crate) fn wanted_revisions(
             continue;
         }
         let key = format!("{namespace}/{name}");
-        match revision_run(revision, defaults) {
+        match revision_run(revision, defaults, runtime) {
             Ok(run) => {
                 wanted.insert(key, run);
             }
@@ -184,9 +201,12 @@ mod tests {
                 "autoscaling.knative.dev/max-scale": "3", "autoscaling.knative.dev/window": "10s"}),
             ),
             &AutoscalerDefaults::default(),
+            ServingRuntime::Local,
         )
         .expect("runnable");
         assert_eq!(run.argv, ["/bin/hello", "--x"]);
+        assert_eq!(run.object["metadata"]["name"], "hello-00001");
+        assert_eq!(run.object["spec"]["containers"][0]["image"], "ghcr.io/knative/helloworld-go");
         assert_eq!(
             run.env,
             [
@@ -209,7 +229,7 @@ mod tests {
     fn what_the_local_runtime_cannot_run_says_why() {
         let image_only = revision("a", 1, json!({"image": "ghcr.io/knative/helloworld-go"}), json!({}));
         assert_eq!(
-            revision_run(&image_only, &AutoscalerDefaults::default()).expect_err("no command").0,
+            revision_run(&image_only, &AutoscalerDefaults::default(), ServingRuntime::Local).expect_err("no command").0,
             "LocalRuntimeNeedsCommand"
         );
         let secret = revision(
@@ -219,14 +239,35 @@ mod tests {
             json!({}),
         );
         assert_eq!(
-            revision_run(&secret, &AutoscalerDefaults::default()).expect_err("valueFrom").0,
+            revision_run(&secret, &AutoscalerDefaults::default(), ServingRuntime::Local).expect_err("valueFrom").0,
             "CreateContainerConfigError"
         );
         let tcp = revision("c", 1, json!({"image": "x", "command": ["/bin/true"]}), json!({}));
         let defaults = AutoscalerDefaults::from_pairs(["stable-window=5s"]).expect("valid");
-        let run = revision_run(&tcp, &defaults).expect("runnable");
+        let run = revision_run(&tcp, &defaults, ServingRuntime::Local).expect("runnable");
         assert_eq!((run.readiness, run.port), (Readiness::TcpConnect { port: 0 }, None));
         assert_eq!(run.autoscaling.stable_window_ms, 5_000, "the cluster's default window");
+    }
+
+    #[test]
+    fn the_kubernetes_runtime_runs_images_and_leaves_secrets_to_the_pod() {
+        let defaults = AutoscalerDefaults::default();
+        let image_only = revision("a", 1, json!({"image": "ghcr.io/knative/helloworld-go"}), json!({}));
+        let run = revision_run(&image_only, &defaults, ServingRuntime::Kubernetes).expect("an image runs");
+        assert!(run.argv.is_empty());
+        let secret = revision(
+            "b",
+            1,
+            json!({"image": "x", "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}),
+            json!({}),
+        );
+        let run = revision_run(&secret, &defaults, ServingRuntime::Kubernetes).expect("valueFrom is the pod's");
+        assert!(run.env.iter().all(|(name, _)| name != "K"), "resolved in the pod, not here: {:?}", run.env);
+        let command_only = revision("c", 1, json!({"command": ["/bin/app"]}), json!({}));
+        assert_eq!(
+            revision_run(&command_only, &defaults, ServingRuntime::Kubernetes).expect_err("no image").0,
+            "ImageMissing"
+        );
     }
 
     #[test]
@@ -243,7 +284,7 @@ mod tests {
             "spec": {"traffic": [{"revisionName": "hello-00002", "percent": 100}]}});
         let objects = [configuration, old, pinned, latest, warm_but_old, route];
         let table = route_table(&objects, "localhost");
-        let (wanted, problems) = wanted_revisions(&objects, &table, &AutoscalerDefaults::default());
+        let (wanted, problems) = wanted_revisions(&objects, &table, &AutoscalerDefaults::default(), ServingRuntime::Local);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
             wanted.keys().collect::<Vec<_>>(),

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_cloudevent::clock::now_ms;
+use serde_json::Value;
+use sluice_controller::serving::ServingRuntime;
 use sluice_controller::serving::autoscaling::Autoscaling;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
@@ -32,6 +34,8 @@ pub(crate) const QUEUE_LIMIT: usize = 10_000;
 /// After this many failed starts in a row without ever being ready, waiting requests are answered 503 with the
 /// reason instead of being held until their timeout.
 const FAILED_STARTS_BEFORE_GIVING_UP: u32 = 3;
+/// The port a container listens on when it names none, where instances do not share a host (Knative's).
+const DEFAULT_CONTAINER_PORT: u16 = 8080;
 /// The ready capacity of a revision without `containerConcurrency`.
 pub(crate) const UNLIMITED: usize = usize::MAX;
 /// Decisions kept per revision (for `sluice describe revision` and the admin API).
@@ -42,6 +46,8 @@ const DECISIONS_KEPT: usize = 30;
 pub(crate) struct RevisionRun {
     pub(crate) namespace: String,
     pub(crate) name: String,
+    /// The Revision's metadata (name, namespace, labels) and spec: what a runtime that runs images needs.
+    pub(crate) object: Arc<Value>,
     pub(crate) argv: Vec<String>,
     pub(crate) env: Vec<(String, String)>,
     pub(crate) working_dir: Option<PathBuf>,
@@ -414,11 +420,12 @@ async fn run_revision(
                 }
             }
             Some(event) = events.recv() => match event {
-                InstanceEvent::Ready(id) => {
-                    tracing::info!(revision = %key, instance = id, "instance ready");
+                InstanceEvent::Ready { id, addr } => {
+                    tracing::info!(revision = %key, instance = id, %addr, "instance ready");
                     instances.consecutive_failures = 0;
                     if let Ok(mut state) = revision.state.lock() {
                         state.failed = None;
+                        state.addrs.insert(id, addr);
                         let woken = state.gate.set_ready(id, true);
                         state.hand_out(woken);
                         state.measure();
@@ -427,7 +434,7 @@ async fn run_revision(
                     instances.facts.ready = true;
                     instances.facts.failure = None;
                 }
-                InstanceEvent::Exited { id, code, signal, last_output } => {
+                InstanceEvent::Exited { id, code, signal, reason, last_output } => {
                     instances.running.remove(&id);
                     let expected = instances.stopping.remove(&id);
                     if let Ok(mut state) = revision.state.lock() {
@@ -437,10 +444,11 @@ async fn run_revision(
                     }
                     publish_capacity(&revision, &env);
                     if !expected {
-                        let reason = match (code, signal) {
-                            (Some(code), _) => format!("ExitCode{code}"),
-                            (None, Some(signal)) => format!("Signal{signal}"),
-                            (None, None) => "ContainerExited".to_string(),
+                        let reason = match (reason, code, signal) {
+                            (Some(reason), _, _) => reason,
+                            (None, Some(code), _) => format!("ExitCode{code}"),
+                            (None, None, Some(signal)) => format!("Signal{signal}"),
+                            (None, None, None) => "ContainerExited".to_string(),
                         };
                         let message = format!("container exited ({reason}): {}", last_output.trim());
                         tracing::warn!(revision = %key, instance = id, %reason, output = %last_output, "instance exited unexpectedly");
@@ -479,6 +487,7 @@ async fn run_revision(
     }
     let stops: Vec<_> = instances.running.values().map(|i| i.stop(env.grace)).collect();
     futures::future::join_all(stops).await;
+    env.runtime.retire(&key).await;
     instances.facts.instances = 0;
     if instances.facts != reported {
         let _ = env.facts.send((revision.run.namespace.clone(), revision.run.name.clone(), instances.facts.clone()));
@@ -556,7 +565,9 @@ fn scale(
     while active < wanted {
         // A fixed `containerPort` (the app may listen on it, whatever `PORT` says) fits one instance on this
         // machine: the next starts only once the previous has exited.
-        let port_free = revision.run.port.is_none() || instances.running.is_empty();
+        let port_free = revision.run.port.is_none()
+            || instances.running.is_empty()
+            || env.runtime.kind() != ServingRuntime::Local;
         if !port_free || now < instances.last_failure_ms + restart_delay_ms(instances.consecutive_failures) {
             return;
         }
@@ -606,9 +617,11 @@ fn start_instance(
     instances.next_id += 1;
     let id = instances.next_id;
     let run = &revision.run;
-    let port = match run.port {
-        Some(port) => Ok(port),
-        None => free_port(),
+    let port = match (run.port, env.runtime.kind()) {
+        (Some(port), _) => Ok(port),
+        // Each instance listens on a port of its own on this machine; a pod has its own address.
+        (None, ServingRuntime::Local) => free_port(),
+        (None, ServingRuntime::Kubernetes) => Ok(DEFAULT_CONTAINER_PORT),
     };
     let started = port.and_then(|port| {
         let readiness = match &run.readiness {
@@ -619,6 +632,7 @@ fn start_instance(
         let spec = InstanceSpec {
             id,
             revision: revision.key(),
+            object: run.object.clone(),
             argv: run.argv.clone(),
             env: run.env.clone(),
             working_dir: run.working_dir.clone(),
@@ -633,7 +647,6 @@ fn start_instance(
             metrics::counter!("sluice_serving_instance_starts_total", "revision" => revision.key()).increment(1);
             if let Ok(mut state) = revision.state.lock() {
                 state.gate.add(id);
-                state.addrs.insert(id, instance.addr());
             }
             instances.running.insert(id, instance);
             true

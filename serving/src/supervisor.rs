@@ -104,7 +104,7 @@ async fn reconcile(
         objects = self::objects(node);
     }
     let table = route_table(&objects, &settings.domain);
-    let (wanted, problems) = wanted_revisions(&objects, &table, &settings.autoscaler);
+    let (wanted, problems) = wanted_revisions(&objects, &table, &settings.autoscaler, env.runtime.kind());
     for (key, problem) in problems {
         if reported.get(&key) != Some(&problem) {
             tracing::warn!(revision = %key, %problem, "revision cannot run here");

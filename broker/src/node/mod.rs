@@ -60,6 +60,8 @@ pub struct NodeSettings {
     pub peer_routes: BTreeMap<String, String>,
     /// Knative Routes are served (and their URLs given) as `NAME.NAMESPACE.DOMAIN` on the HTTP port.
     pub serving_domain: String,
+    /// What runs revisions (what a Revision needs to be runnable, for its status).
+    pub serving_runtime: sluice_controller::serving::ServingRuntime,
 }
 
 /// How long a leader waits for a new learner to catch up before it answers

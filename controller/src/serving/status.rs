@@ -9,7 +9,7 @@ use super::model::Container;
 use super::routing::{
     ResolvedTarget, find, host, latest_revisions, resolve_traffic, revision_facts, spec_traffic, tag_host,
 };
-use crate::world::{Environment, World};
+use crate::world::{Environment, ServingRuntime, World};
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
     object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
@@ -43,37 +43,51 @@ pub fn url_for(host: &str, env: &Environment) -> String {
     if port == "80" { format!("http://{host}") } else { format!("http://{host}:{port}") }
 }
 
-/// Whether the local runtime can run this container: it runs `command` + `args`, not images.
-pub fn local_runnable(containers: &[Container]) -> Result<(), (String, String)> {
+/// Whether `runtime` can run a revision with these containers, or why not `(reason, message)`: the local
+/// runtime runs one container's `command` + `args`, not images; the Kubernetes runtime runs images.
+pub fn runnable(containers: &[Container], runtime: ServingRuntime) -> Result<(), (String, String)> {
     let Some(container) = containers.first() else {
         return Err(("ContainerMissing".into(), "the Revision has no container".into()));
     };
-    if containers.len() > 1 {
-        return Err((
-            "SidecarsNotSupported".into(),
-            "the local runtime runs one container per revision; sidecars run on the Kubernetes runtime".into(),
-        ));
-    }
-    if container.command.is_empty() {
-        let name = container.name.as_deref().unwrap_or("user-container");
-        let image = container.image.as_deref().unwrap_or_default();
-        return Err((
-            "LocalRuntimeNeedsCommand".into(),
-            format!(
-                "container {name:?} has image {image:?} but no command: the local runtime runs commands (the Kubernetes runtime runs images)"
-            ),
-        ));
+    let name = container.name.as_deref().unwrap_or("user-container");
+    let image = container.image.as_deref().unwrap_or_default();
+    match runtime {
+        ServingRuntime::Kubernetes => {
+            if let Some((index, _)) =
+                containers.iter().enumerate().find(|(_, c)| c.image.as_deref().is_none_or(str::is_empty))
+            {
+                return Err((
+                    "ImageMissing".into(),
+                    format!("spec.containers[{index}].image: the Kubernetes runtime runs images, and this container names none"),
+                ));
+            }
+        }
+        ServingRuntime::Local if containers.len() > 1 => {
+            return Err((
+                "SidecarsNotSupported".into(),
+                "the local runtime runs one container per revision; sidecars run on the Kubernetes runtime".into(),
+            ));
+        }
+        ServingRuntime::Local if container.command.is_empty() => {
+            return Err((
+                "LocalRuntimeNeedsCommand".into(),
+                format!(
+                    "container {name:?} has image {image:?} but no command: the local runtime runs commands (the Kubernetes runtime runs images)"
+                ),
+            ));
+        }
+        ServingRuntime::Local => {}
     }
     Ok(())
 }
 
-fn revision_status(object: &Value, world: &World, status: &mut Map<String, Value>) -> Vec<Value> {
+fn revision_status(object: &Value, world: &World, env: &Environment, status: &mut Map<String, Value>) -> Vec<Value> {
     let namespace = str_at(object, "/metadata/namespace");
     let name = str_at(object, "/metadata/name");
     let containers: Vec<Container> =
         object.pointer("/spec/containers").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
     let facts = revision_facts(world.objects, namespace, name);
-    let healthy: Condition = match (local_runnable(&containers), &facts.failure, facts.ready) {
+    let healthy: Condition = match (runnable(&containers, env.serving_runtime), &facts.failure, facts.ready) {
         (Err(e), _, _) => Err(e),
         (Ok(()), Some(failure), _) => Err(failure.clone()),
         (Ok(()), None, true) => Ok(None),
@@ -105,7 +119,12 @@ fn revision_status(object: &Value, world: &World, status: &mut Map<String, Value
     ]
 }
 
-fn configuration_ready(object: &Value, world: &World, status: &mut Map<String, Value>) -> Condition {
+fn configuration_ready(
+    object: &Value,
+    world: &World,
+    env: &Environment,
+    status: &mut Map<String, Value>,
+) -> Condition {
     let namespace = str_at(object, "/metadata/namespace");
     let name = str_at(object, "/metadata/name");
     let generation = object.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
@@ -141,7 +160,7 @@ fn configuration_ready(object: &Value, world: &World, status: &mut Map<String, V
                     .and_then(|r| r.pointer("/spec/containers"))
                     .and_then(|c| serde_json::from_value(c.clone()).ok())
                     .unwrap_or_default();
-                match local_runnable(&containers) {
+                match runnable(&containers, env.serving_runtime) {
                     Err((_, message)) => {
                         Err(("RevisionFailed".into(), format!("Revision {created:?} failed with message: {message}.")))
                     }
@@ -197,9 +216,9 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Option<Val
     let mut status = Map::new();
     status.insert("observedGeneration".into(), object.pointer("/metadata/generation").cloned().unwrap_or(json!(1)));
     let conditions = match kind {
-        "Revision" => revision_status(object, world, &mut status),
+        "Revision" => revision_status(object, world, env, &mut status),
         "Configuration" => {
-            let ready = configuration_ready(object, world, &mut status);
+            let ready = configuration_ready(object, world, env, &mut status);
             vec![condition("Ready", &ready)]
         }
         "Route" => {
@@ -220,7 +239,7 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Option<Val
             let owned = |kind: &str| find(world.objects, kind, namespace, name).filter(|o| owned_by(o, object));
             let mut configuration_status = Map::new();
             let configurations: Condition = match owned("Configuration") {
-                Some(configuration) => configuration_ready(configuration, world, &mut configuration_status),
+                Some(configuration) => configuration_ready(configuration, world, env, &mut configuration_status),
                 None => Ok(Some(("Deploying".into(), format!("Configuration {name:?} is being created")))),
             };
             for field in ["latestCreatedRevisionName", "latestReadyRevisionName"] {
@@ -267,5 +286,43 @@ pub fn address(
     match served.get(&host) {
         Some(targets) if !targets.targets.is_empty() => Ok(url_for(&host, env)),
         _ => Err(("RouteNotReady".into(), format!("{kind} {namespace}/{name} has no ready revision to route to yet"))),
+    }
+}
+
+#[cfg(test)]
+mod runnable_tests {
+    use super::*;
+
+    fn containers(value: Value) -> Vec<Container> {
+        serde_json::from_value(value).expect("containers")
+    }
+
+    #[test]
+    fn each_runtime_says_what_it_cannot_run() {
+        let command_only = json!([{"command": ["/bin/app"]}]);
+        let image_only = json!([{"image": "ghcr.io/knative/helloworld-go"}]);
+        let both = json!([{"image": "x", "command": ["/bin/app"]}]);
+        let sidecar = json!([{"image": "x", "command": ["/bin/app"]}, {"image": "proxy"}]);
+        let sidecar_without_image = json!([{"image": "x"}, {"command": ["/bin/proxy"]}]);
+        let cases = [
+            (json!([]), ServingRuntime::Local, Some("ContainerMissing")),
+            (json!([]), ServingRuntime::Kubernetes, Some("ContainerMissing")),
+            (command_only.clone(), ServingRuntime::Local, None),
+            (command_only, ServingRuntime::Kubernetes, Some("ImageMissing")),
+            (image_only.clone(), ServingRuntime::Local, Some("LocalRuntimeNeedsCommand")),
+            (image_only, ServingRuntime::Kubernetes, None),
+            (both.clone(), ServingRuntime::Local, None),
+            (both, ServingRuntime::Kubernetes, None),
+            (sidecar.clone(), ServingRuntime::Local, Some("SidecarsNotSupported")),
+            (sidecar, ServingRuntime::Kubernetes, None),
+            (sidecar_without_image, ServingRuntime::Kubernetes, Some("ImageMissing")),
+        ];
+        for (value, runtime, refused) in cases {
+            let outcome = runnable(&containers(value.clone()), runtime);
+            assert_eq!(outcome.as_ref().err().map(|(reason, _)| reason.as_str()), refused, "{value} on {runtime:?}");
+        }
+        let (_, message) = runnable(&containers(json!([{"image": "x"}, {}])), ServingRuntime::Kubernetes)
+            .expect_err("no image");
+        assert!(message.starts_with("spec.containers[1].image"), "{message}");
     }
 }

@@ -15,6 +15,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 
+use sluice_controller::serving::ServingRuntime;
+
 use super::{Instance, InstanceEvent, InstanceSpec, Readiness, Runtime};
 use crate::error::ServingError;
 use crate::logs::RevisionLog;
@@ -69,13 +71,16 @@ fn process_start_time(pid: u32) -> Option<String> {
 }
 
 struct LocalInstance {
-    addr: SocketAddr,
     pid: Option<u32>,
     /// Becomes true once the process has exited.
     exited: watch::Receiver<bool>,
 }
 
 impl Runtime for LocalRuntime {
+    fn kind(&self) -> ServingRuntime {
+        ServingRuntime::Local
+    }
+
     fn start(
         &self,
         spec: InstanceSpec,
@@ -127,7 +132,9 @@ impl Runtime for LocalRuntime {
             readers.push(tokio::spawn(copy_lines(stderr, tail.clone(), spec.log.clone())));
         }
         let (exited_tx, exited) = watch::channel(false);
-        let probe = tokio::spawn(probe_until_ready(spec.readiness.clone(), spec.id, events.clone(), exited.clone()));
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, spec.port));
+        let probe =
+            tokio::spawn(probe_until_ready(spec.readiness.clone(), spec.id, addr, events.clone(), exited.clone()));
         let (id, revision) = (spec.id, spec.revision.clone());
         tokio::spawn(async move {
             wait_for_exit(child, id, revision, events, tail, readers, probe, exited_tx).await;
@@ -135,7 +142,7 @@ impl Runtime for LocalRuntime {
                 let _ = std::fs::remove_file(record);
             }
         });
-        Ok(Box::new(LocalInstance { addr: SocketAddr::from((Ipv4Addr::LOCALHOST, spec.port)), pid, exited }))
+        Ok(Box::new(LocalInstance { pid, exited }))
     }
 }
 
@@ -190,12 +197,13 @@ async fn wait_for_exit(
         Err(_) => (None, None),
     };
     tracing::info!(%revision, instance = id, ?code, ?signal, "instance exited");
-    let _ = events.send(InstanceEvent::Exited { id, code, signal, last_output }).await;
+    let _ = events.send(InstanceEvent::Exited { id, code, signal, reason: None, last_output }).await;
 }
 
 async fn probe_until_ready(
     readiness: Readiness,
     id: u64,
+    addr: SocketAddr,
     events: mpsc::Sender<InstanceEvent>,
     exited: watch::Receiver<bool>,
 ) {
@@ -205,7 +213,7 @@ async fn probe_until_ready(
             return;
         }
         if probe_once(&readiness).await {
-            let _ = events.send(InstanceEvent::Ready(id)).await;
+            let _ = events.send(InstanceEvent::Ready { id, addr }).await;
             return;
         }
         let period =
@@ -258,10 +266,6 @@ async fn http_get_ok(port: u16, path: &str) -> bool {
 }
 
 impl Instance for LocalInstance {
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     fn stop(&self, grace: Duration) -> BoxFuture<'static, ()> {
         let pid = self.pid;
         let mut exited = self.exited.clone();

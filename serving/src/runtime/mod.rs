@@ -1,7 +1,8 @@
 //! Running instances of a revision. The [`Runtime`] interface is what the revision task needs: start an
-//! instance, learn when it is ready or has exited, stop it (SIGTERM, then SIGKILL after a grace period). The
-//! local runtime runs the container's `command` as a child process; a Kubernetes runtime (Deployments) can
-//! implement the same interface.
+//! instance, learn when it is ready (and where it listens) or has exited, stop it (SIGTERM, then SIGKILL after a
+//! grace period), and let a revision go once nothing of it runs. The local runtime runs the container's
+//! `command` as a child process; the Kubernetes runtime (in `sluice-kubernetes`) claims pods of a Deployment
+//! it scales.
 
 pub(crate) mod local;
 
@@ -11,15 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use serde_json::Value;
+use sluice_controller::serving::ServingRuntime;
 use tokio::sync::mpsc;
 
 use crate::error::ServingError;
-use crate::gate::InstanceId;
-use crate::logs::RevisionLog;
+pub use crate::gate::InstanceId;
+pub use crate::logs::RevisionLog;
 
 /// How an instance's readiness is checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Readiness {
+pub enum Readiness {
     /// A TCP connection to the port is accepted (the default, as Knative's queue-proxy does).
     TcpConnect { port: u16 },
     /// `GET http://127.0.0.1:PORT{path}` answers 2xx or 3xx.
@@ -30,40 +33,57 @@ pub(crate) enum Readiness {
 
 /// One instance to start.
 #[derive(Clone)]
-pub(crate) struct InstanceSpec {
-    pub(crate) id: InstanceId,
+pub struct InstanceSpec {
+    pub id: InstanceId,
     /// `namespace/revision`, for logs and messages.
-    pub(crate) revision: String,
-    pub(crate) argv: Vec<String>,
-    pub(crate) env: Vec<(String, String)>,
-    pub(crate) working_dir: Option<PathBuf>,
-    pub(crate) port: u16,
-    pub(crate) readiness: Readiness,
+    pub revision: String,
+    /// The Revision as stored (its metadata's name, namespace, labels, and its spec): what a runtime that runs
+    /// images builds from.
+    pub object: Arc<Value>,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<PathBuf>,
+    pub port: u16,
+    pub readiness: Readiness,
     /// Where its output goes.
-    pub(crate) log: Arc<RevisionLog>,
+    pub log: Arc<RevisionLog>,
 }
 
 /// What an instance reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum InstanceEvent {
-    Ready(InstanceId),
-    /// It exited (or could not be started): the exit code or signal and its last lines of output.
+pub enum InstanceEvent {
+    /// It is ready, and takes requests at `addr`.
+    Ready { id: InstanceId, addr: SocketAddr },
+    /// It exited (or could not be started, or is gone): the exit code or signal, the runtime's reason when it
+    /// knows one (`ImagePullBackOff`), and its last lines of output (or the runtime's message).
     Exited {
         id: InstanceId,
         code: Option<i32>,
         signal: Option<i32>,
+        reason: Option<String>,
         last_output: String,
     },
 }
 
-pub(crate) trait Runtime: Send + Sync + 'static {
+/// What runs a node's instances.
+pub trait Runtime: Send + Sync + 'static {
+    /// Which runtime this is: it decides what a Revision needs to be runnable.
+    fn kind(&self) -> ServingRuntime;
+
     /// Starts an instance; readiness and exit come on `events`.
     fn start(&self, spec: InstanceSpec, events: mpsc::Sender<InstanceEvent>)
     -> Result<Box<dyn Instance>, ServingError>;
+
+    /// The revision (`namespace/name`) no longer runs on this node and none of its instances runs: what the
+    /// runtime keeps for it may go.
+    fn retire(&self, revision: &str) -> BoxFuture<'static, ()> {
+        let _ = revision;
+        Box::pin(async {})
+    }
 }
 
-pub(crate) trait Instance: Send + Sync {
-    fn addr(&self) -> SocketAddr;
+/// A started instance.
+pub trait Instance: Send + Sync {
     /// SIGTERM, then SIGKILL if it has not exited within `grace`; ends when it has exited.
     fn stop(&self, grace: Duration) -> BoxFuture<'static, ()>;
 }

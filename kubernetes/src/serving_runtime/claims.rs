@@ -1,0 +1,387 @@
+//! Which pod is which instance: the revision task on a node starts and stops instances one by one; Kubernetes
+//! runs a Deployment's pods by count. [`Claims`] maps one onto the other, pure: each started instance is a claim
+//! the Deployment's replica count covers; a claim is bound to a ready pod the EndpointSlices show (and reported
+//! ready at its address); stopping a bound claim marks its pod as the cheapest to delete before the count goes
+//! down, so the ReplicaSet takes that pod and no other; a bound pod that stops serving is reported exited, as
+//! is a waiting claim while a pod of the revision cannot start (its image cannot be pulled, it crash-loops).
+//!
+//! Events in ([`Input`]), commands out ([`Command`]); the shell (`super`) watches and patches.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use sluice_serving::runtime::InstanceId;
+
+/// A pod as the revision's EndpointSlices show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub(crate) pod: String,
+    pub(crate) addr: SocketAddr,
+    /// `conditions.ready` (absent counts as ready, as Kubernetes defines it).
+    pub(crate) ready: bool,
+    pub(crate) terminating: bool,
+}
+
+impl Endpoint {
+    fn serving(&self) -> bool {
+        self.ready && !self.terminating
+    }
+}
+
+/// Why a pod of the revision cannot start (a container waiting with `ImagePullBackOff`, `CrashLoopBackOff`, ...,
+/// or the pod unschedulable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PodProblem {
+    pub(crate) pod: String,
+    pub(crate) reason: String,
+    pub(crate) message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Input {
+    Start(InstanceId),
+    Stop(InstanceId),
+    /// Every endpoint the revision's slices list now.
+    Endpoints(Vec<Endpoint>),
+    /// Every problem the revision's pods have now.
+    Problems(Vec<PodProblem>),
+    /// The last scale patch failed: ask again at the next step.
+    ScaleFailed,
+    /// Look again (after a failed patch).
+    Resync,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Command {
+    /// Set the Deployment's replicas (the scale subresource).
+    Scale(i32),
+    /// Make this pod the one the ReplicaSet deletes first (`controller.kubernetes.io/pod-deletion-cost`).
+    MarkForDeletion { pod: String },
+    Ready { id: InstanceId, addr: SocketAddr },
+    Exited { id: InstanceId, reason: String, message: String },
+    /// The stop of this instance is done (its pod is gone or terminating, or it never had one).
+    Stopped(InstanceId),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Claim {
+    /// Counted in the replicas, waiting for a ready pod.
+    Waiting,
+    Bound { pod: String },
+    /// Stopped while bound: waiting for its pod to go.
+    Stopping { pod: String },
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Claims {
+    claims: BTreeMap<InstanceId, Claim>,
+    endpoints: BTreeMap<String, Endpoint>,
+    problems: Vec<PodProblem>,
+    /// What was last asked of the Deployment (`None`: not yet, or the ask failed).
+    replicas: Option<i32>,
+}
+
+impl Claims {
+    /// No claim left: nothing of the revision runs for this node.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.claims.is_empty()
+    }
+
+    pub(crate) fn step(&mut self, input: Input) -> Vec<Command> {
+        let mut out = Vec::new();
+        match input {
+            Input::Start(id) => {
+                self.claims.entry(id).or_insert(Claim::Waiting);
+            }
+            Input::Stop(id) => match self.claims.remove(&id) {
+                Some(Claim::Bound { pod }) if self.endpoints.get(&pod).is_some_and(|e| !e.terminating) => {
+                    out.push(Command::MarkForDeletion { pod: pod.clone() });
+                    self.claims.insert(id, Claim::Stopping { pod });
+                }
+                Some(Claim::Stopping { pod }) => {
+                    self.claims.insert(id, Claim::Stopping { pod });
+                }
+                _ => out.push(Command::Stopped(id)),
+            },
+            Input::Endpoints(endpoints) => {
+                self.endpoints = endpoints.into_iter().map(|e| (e.pod.clone(), e)).collect();
+                let mut gone = Vec::new();
+                for (id, claim) in &self.claims {
+                    match claim {
+                        Claim::Bound { pod } => match self.endpoints.get(pod) {
+                            Some(endpoint) if endpoint.serving() => {}
+                            Some(endpoint) if endpoint.terminating => gone.push((*id, "PodTerminating", pod)),
+                            Some(_) => gone.push((*id, "PodNotReady", pod)),
+                            None => gone.push((*id, "PodGone", pod)),
+                        },
+                        Claim::Stopping { pod } => {
+                            if self.endpoints.get(pod).is_none_or(|e| e.terminating) {
+                                out.push(Command::Stopped(*id));
+                            }
+                        }
+                        Claim::Waiting => {}
+                    }
+                }
+                for (id, reason, pod) in gone {
+                    out.push(Command::Exited {
+                        id,
+                        reason: reason.into(),
+                        message: format!("pod {pod} no longer serves (its endpoint is not ready)"),
+                    });
+                }
+                self.claims.retain(|id, _| {
+                    !out.iter().any(|c| matches!(c, Command::Stopped(s) | Command::Exited { id: s, .. } if s == id))
+                });
+            }
+            Input::Problems(problems) => self.problems = problems,
+            // Not asked again at once: at the next resync (the shell's tick), so a failing API is not hammered.
+            Input::ScaleFailed => {
+                self.replicas = None;
+                return out;
+            }
+            Input::Resync => {}
+        }
+        self.bind(&mut out);
+        self.charge_problems(&mut out);
+        self.rescale(&mut out);
+        out
+    }
+
+    /// Ready pods no claim holds go to waiting claims, oldest first.
+    fn bind(&mut self, out: &mut Vec<Command>) {
+        let held: BTreeSet<&str> = self
+            .claims
+            .values()
+            .filter_map(|c| match c {
+                Claim::Bound { pod } | Claim::Stopping { pod } => Some(pod.as_str()),
+                Claim::Waiting => None,
+            })
+            .collect();
+        let free: Vec<Endpoint> =
+            self.endpoints.values().filter(|e| e.serving() && !held.contains(e.pod.as_str())).cloned().collect();
+        let waiting: Vec<InstanceId> =
+            self.claims.iter().filter(|(_, c)| **c == Claim::Waiting).map(|(id, _)| *id).collect();
+        for (id, endpoint) in waiting.into_iter().zip(free) {
+            self.claims.insert(id, Claim::Bound { pod: endpoint.pod.clone() });
+            out.push(Command::Ready { id, addr: endpoint.addr });
+        }
+    }
+
+    /// A pod that cannot start fails a waiting claim (the oldest), once per pod and step: the revision task
+    /// counts it as a failed start and backs off before it asks again.
+    fn charge_problems(&mut self, out: &mut Vec<Command>) {
+        let held: BTreeSet<String> = self
+            .claims
+            .values()
+            .filter_map(|c| match c {
+                Claim::Bound { pod } | Claim::Stopping { pod } => Some(pod.clone()),
+                Claim::Waiting => None,
+            })
+            .collect();
+        let problems: Vec<PodProblem> = self.problems.iter().filter(|p| !held.contains(&p.pod)).cloned().collect();
+        let waiting: Vec<InstanceId> =
+            self.claims.iter().filter(|(_, c)| **c == Claim::Waiting).map(|(id, _)| *id).collect();
+        for (id, problem) in waiting.into_iter().zip(problems) {
+            self.claims.remove(&id);
+            out.push(Command::Exited {
+                id,
+                reason: problem.reason.clone(),
+                message: format!("pod {}: {}", problem.pod, problem.message),
+            });
+        }
+    }
+
+    /// The Deployment runs a pod for each claim not being stopped.
+    fn rescale(&mut self, out: &mut Vec<Command>) {
+        let wanted = self.claims.values().filter(|c| !matches!(c, Claim::Stopping { .. })).count();
+        let wanted = i32::try_from(wanted).unwrap_or(i32::MAX);
+        if self.replicas != Some(wanted) {
+            self.replicas = Some(wanted);
+            out.push(Command::Scale(wanted));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn endpoint(pod: &str, last_octet: u8, ready: bool, terminating: bool) -> Endpoint {
+        Endpoint { pod: pod.into(), addr: SocketAddr::from(([10, 0, 0, last_octet], 8080)), ready, terminating }
+    }
+
+    fn ready(pod: &str, last_octet: u8) -> Endpoint {
+        endpoint(pod, last_octet, true, false)
+    }
+
+    fn addr(last_octet: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, last_octet], 8080))
+    }
+
+    #[test]
+    fn a_start_scales_up_and_the_first_ready_pod_is_its_instance() {
+        let mut claims = Claims::default();
+        assert_eq!(claims.step(Input::Start(1)), [Command::Scale(1)]);
+        // Not ready yet: nothing to bind.
+        assert_eq!(claims.step(Input::Endpoints(vec![endpoint("p-a", 1, false, false)])), []);
+        assert_eq!(claims.step(Input::Endpoints(vec![ready("p-a", 1)])), [Command::Ready { id: 1, addr: addr(1) }]);
+        // A second start gets the next ready pod, not the one instance 1 holds.
+        assert_eq!(claims.step(Input::Start(2)), [Command::Scale(2)]);
+        assert_eq!(claims.step(Input::Endpoints(vec![ready("p-a", 1)])), []);
+        assert_eq!(
+            claims.step(Input::Endpoints(vec![ready("p-a", 1), ready("p-b", 2)])),
+            [Command::Ready { id: 2, addr: addr(2) }]
+        );
+    }
+
+    #[test]
+    fn a_stop_marks_its_own_pod_before_the_count_goes_down_and_ends_when_the_pod_goes() {
+        let mut claims = Claims::default();
+        claims.step(Input::Start(1));
+        claims.step(Input::Start(2));
+        claims.step(Input::Endpoints(vec![ready("p-a", 1), ready("p-b", 2)]));
+        assert_eq!(
+            claims.step(Input::Stop(2)),
+            [Command::MarkForDeletion { pod: "p-b".into() }, Command::Scale(1)],
+            "the mark comes first: the ReplicaSet picks the pod to delete when the count goes down"
+        );
+        assert_eq!(claims.step(Input::Endpoints(vec![ready("p-a", 1), ready("p-b", 2)])), [], "still there");
+        assert_eq!(claims.step(Input::Stop(2)), [], "a second stop waits as the first");
+        assert_eq!(
+            claims.step(Input::Endpoints(vec![ready("p-a", 1), endpoint("p-b", 2, false, true)])),
+            [Command::Stopped(2)]
+        );
+        assert!(!claims.is_empty());
+        // A waiting claim stops at once.
+        claims.step(Input::Start(3));
+        assert_eq!(claims.step(Input::Stop(3)), [Command::Stopped(3), Command::Scale(1)]);
+        assert_eq!(claims.step(Input::Stop(1)), [Command::MarkForDeletion { pod: "p-a".into() }, Command::Scale(0)]);
+        assert_eq!(claims.step(Input::Endpoints(vec![])), [Command::Stopped(1)]);
+        assert!(claims.is_empty());
+        assert_eq!(claims.step(Input::Stop(9)), [Command::Stopped(9)], "an unknown stop is done");
+    }
+
+    #[test]
+    fn a_pod_that_stops_serving_is_an_exit_and_its_claim_goes() {
+        let cases = [
+            (vec![endpoint("p-a", 1, false, false)], "PodNotReady"),
+            (vec![endpoint("p-a", 1, true, true)], "PodTerminating"),
+            (vec![], "PodGone"),
+        ];
+        for (endpoints, reason) in cases {
+            let mut claims = Claims::default();
+            claims.step(Input::Start(1));
+            claims.step(Input::Endpoints(vec![ready("p-a", 1)]));
+            let out = claims.step(Input::Endpoints(endpoints));
+            assert!(matches!(&out[0], Command::Exited { id: 1, reason: r, .. } if r == reason), "{out:?}");
+            assert_eq!(out[1..], [Command::Scale(0)]);
+            assert!(claims.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_pod_that_cannot_start_fails_the_oldest_waiting_claim() {
+        let mut claims = Claims::default();
+        claims.step(Input::Start(1));
+        claims.step(Input::Start(2));
+        claims.step(Input::Endpoints(vec![ready("p-a", 1)]));
+        let problem = PodProblem { pod: "p-b".into(), reason: "ImagePullBackOff".into(), message: "no such image".into() };
+        let out = claims.step(Input::Problems(vec![problem.clone()]));
+        assert_eq!(
+            out,
+            [
+                Command::Exited { id: 2, reason: "ImagePullBackOff".into(), message: "pod p-b: no such image".into() },
+                Command::Scale(1)
+            ]
+        );
+        // The next start meets the same problem at once (the revision task backs off between starts).
+        let out = claims.step(Input::Start(3));
+        assert!(matches!(&out[0], Command::Exited { id: 3, .. }), "{out:?}");
+        // A problem of a pod that serves a claim is not a waiting claim's.
+        let mut claims = Claims::default();
+        claims.step(Input::Start(1));
+        claims.step(Input::Endpoints(vec![ready("p-a", 1)]));
+        let crash = PodProblem { pod: "p-a".into(), reason: "CrashLoopBackOff".into(), message: String::new() };
+        assert_eq!(claims.step(Input::Problems(vec![crash])), []);
+    }
+
+    #[test]
+    fn a_failed_scale_is_asked_again() {
+        let mut claims = Claims::default();
+        assert_eq!(claims.step(Input::Start(1)), [Command::Scale(1)]);
+        assert_eq!(claims.step(Input::Resync), []);
+        assert_eq!(claims.step(Input::ScaleFailed), [], "not at once");
+        assert_eq!(claims.step(Input::Resync), [Command::Scale(1)]);
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        let pods = ["p-a", "p-b", "p-c", "p-d"];
+        let endpoints = proptest::collection::vec((0..4usize, any::<bool>(), any::<bool>()), 0..4).prop_map(
+            move |list| {
+                let mut seen = BTreeSet::new();
+                list.into_iter()
+                    .filter(|(i, _, _)| seen.insert(*i))
+                    .map(|(i, ready, terminating)| endpoint(pods[i], i as u8 + 1, ready, terminating))
+                    .collect::<Vec<_>>()
+            },
+        );
+        prop_oneof![
+            (1..6u64).prop_map(Input::Start),
+            (1..6u64).prop_map(Input::Stop),
+            endpoints.prop_map(Input::Endpoints),
+            (0..4usize).prop_map(move |i| Input::Problems(vec![PodProblem {
+                pod: pods[i].into(),
+                reason: "ErrImagePull".into(),
+                message: String::new()
+            }])),
+            Just(Input::Problems(vec![])),
+            Just(Input::ScaleFailed),
+            Just(Input::Resync),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens: no pod is two instances' at once, a ready report names a pod that serves, the
+        /// replicas last asked are the claims not stopping, and every stop is answered once the pod is gone.
+        #[test]
+        fn claims_never_share_a_pod_and_the_count_follows_them(inputs in proptest::collection::vec(input(), 1..60)) {
+            let mut claims = Claims::default();
+            let mut asked = None;
+            let mut live: BTreeMap<InstanceId, SocketAddr> = BTreeMap::new();
+            for input in inputs {
+                let out = claims.step(input.clone());
+                for command in &out {
+                    match command {
+                        Command::Scale(n) => asked = Some(*n),
+                        Command::Ready { id, addr } => {
+                            prop_assert!(claims.endpoints.values().any(|e| e.addr == *addr && e.serving()));
+                            prop_assert!(!live.values().any(|a| a == addr), "{addr} given twice");
+                            live.insert(*id, *addr);
+                        }
+                        Command::Exited { id, .. } | Command::Stopped(id) => {
+                            live.remove(id);
+                        }
+                        Command::MarkForDeletion { .. } => {}
+                    }
+                }
+                if let Input::Stop(id) = input {
+                    live.remove(&id);
+                }
+                let bound: Vec<&String> = claims.claims.values().filter_map(|c| match c {
+                    Claim::Bound { pod } | Claim::Stopping { pod } => Some(pod),
+                    Claim::Waiting => None,
+                }).collect();
+                let unique: BTreeSet<&String> = bound.iter().copied().collect();
+                prop_assert_eq!(bound.len(), unique.len(), "a pod bound twice");
+                let counted = claims.claims.values().filter(|c| !matches!(c, Claim::Stopping { .. })).count() as i32;
+                if claims.replicas.is_some() {
+                    prop_assert_eq!(asked, Some(counted));
+                }
+                for id in live.keys() {
+                    prop_assert!(matches!(claims.claims.get(id), Some(Claim::Bound { .. })), "instance {} reported ready but not bound", id);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Sluice's serving runtime on Kubernetes: the revision task of a node starts and stops instances, and here
+//! each instance is a pod of the Deployment that runs the node's pods of that revision.
+//!
+//! What flows in: starts and stops from the serving module ([`sluice_serving::Runtime`]), the revision's
+//! EndpointSlices (which pods are ready, at which address) and its pods (why one cannot start). What flows out:
+//! the Deployment and its headless Service (server-side applies, [`crate::revision`]), scale patches, a
+//! pod-deletion-cost mark on the pod an instance stop takes out, and each instance's readiness (its pod's
+//! address: the serving proxy sends requests there) or exit. [`claims`] decides, pure; one task per revision
+//! carries it out. Requests wait at zero in the serving module's gate, as with the local runtime.
+//!
+//! A node's run owns what it made: when a revision stops running on the node, its Deployment and Service are
+//! deleted; when the node starts, what a previous run of it left (labelled with its id) is deleted first.
+
+mod claims;
+mod observe;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use sluice_controller::serving::ServingRuntime;
+use sluice_serving::runtime::{Instance, InstanceEvent, InstanceId, InstanceSpec};
+use sluice_serving::{Runtime, ServingError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::revision::{NODE_LABEL, apply, apply_service, pod_selector, revision_deployment, revision_service, scale};
+use claims::{Claims, Command, Input};
+
+/// How often a revision's task looks again after a failed call (an apply, a scale patch).
+const RESYNC: Duration = Duration::from_secs(2);
+/// How long a stop waits past the grace period for the pod to leave the endpoints.
+const STOP_SLACK: Duration = Duration::from_secs(10);
+/// The annotation that makes a pod the ReplicaSet's first to delete when the count goes down.
+const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+
+enum Request {
+    Start { id: InstanceId, events: mpsc::Sender<InstanceEvent> },
+    Stop { id: InstanceId, done: oneshot::Sender<()> },
+    Retire { done: oneshot::Sender<()> },
+}
+
+type Tasks = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Request>>>>;
+
+/// Runs revisions as Deployments on the cluster the node runs in.
+pub struct KubernetesRuntime {
+    client: Client,
+    node_id: u64,
+    tasks: Tasks,
+}
+
+impl KubernetesRuntime {
+    /// A runtime for node `node_id`; first deletes the Deployments and Services a previous run of this node left
+    /// (nothing of them is an instance of this run).
+    pub async fn start(client: Client, node_id: u64) -> Result<KubernetesRuntime, kube::Error> {
+        let selector = format!("{NODE_LABEL}=n{node_id}");
+        let params = ListParams::default().labels(&selector);
+        let left: Vec<Deployment> = Api::<Deployment>::all(client.clone()).list(&params).await?.items;
+        for deployment in left {
+            let namespace = deployment.namespace().unwrap_or_default();
+            tracing::info!(deployment = %deployment.name_any(), %namespace, "deleting what a previous run left");
+            delete_ignoring_absent(&Api::<Deployment>::namespaced(client.clone(), &namespace), &deployment.name_any())
+                .await?;
+        }
+        let left: Vec<Service> = Api::<Service>::all(client.clone()).list(&params).await?.items;
+        for service in left {
+            let namespace = service.namespace().unwrap_or_default();
+            delete_ignoring_absent(&Api::<Service>::namespaced(client.clone(), &namespace), &service.name_any())
+                .await?;
+        }
+        Ok(KubernetesRuntime { client, node_id, tasks: Arc::default() })
+    }
+}
+
+async fn delete_ignoring_absent<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+impl Runtime for KubernetesRuntime {
+    fn kind(&self) -> ServingRuntime {
+        ServingRuntime::Kubernetes
+    }
+
+    fn start(
+        &self,
+        spec: InstanceSpec,
+        events: mpsc::Sender<InstanceEvent>,
+    ) -> Result<Box<dyn Instance>, ServingError> {
+        let refuse = |reason: String| ServingError::Spawn {
+            revision: spec.revision.clone(),
+            command: spec.object["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_string(),
+            reason,
+        };
+        // What cannot become a Deployment fails here, as a command that cannot start does locally.
+        let deployment = revision_deployment(&spec.object, self.node_id, 0).map_err(refuse)?;
+        let service = revision_service(&spec.object, self.node_id).map_err(refuse)?;
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        let request = Request::Start { id: spec.id, events };
+        let sender = match tasks.get(&spec.revision) {
+            Some(sender) if !sender.is_closed() => sender.clone(),
+            _ => {
+                let (sender, requests) = mpsc::unbounded_channel();
+                let task = PodSetTask {
+                    client: self.client.clone(),
+                    key: spec.revision.clone(),
+                    deployment,
+                    service,
+                    pod_selector: pod_selector(
+                        spec.object["metadata"]["name"].as_str().unwrap_or_default(),
+                        self.node_id,
+                    ),
+                    tasks: self.tasks.clone(),
+                };
+                tokio::spawn(task.run(requests, sender.clone()));
+                tasks.insert(spec.revision.clone(), sender.clone());
+                sender
+            }
+        };
+        sender.send(request).map_err(|_| refuse("the revision's pod task has stopped".into()))?;
+        Ok(Box::new(PodInstance { id: spec.id, requests: sender }))
+    }
+
+    fn retire(&self, revision: &str) -> BoxFuture<'static, ()> {
+        let sender = self.tasks.lock().unwrap_or_else(PoisonError::into_inner).get(revision).cloned();
+        Box::pin(async move {
+            let Some(sender) = sender else { return };
+            let (done, retired) = oneshot::channel();
+            if sender.send(Request::Retire { done }).is_ok() {
+                let _ = retired.await;
+            }
+        })
+    }
+}
+
+/// An instance: a claim on one pod of the revision's Deployment.
+struct PodInstance {
+    id: InstanceId,
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl Instance for PodInstance {
+    fn stop(&self, grace: Duration) -> BoxFuture<'static, ()> {
+        let (done, stopped) = oneshot::channel();
+        let sent = self.requests.send(Request::Stop { id: self.id, done }).is_ok();
+        let id = self.id;
+        Box::pin(async move {
+            if sent && tokio::time::timeout(grace + STOP_SLACK, stopped).await.is_err() {
+                tracing::warn!(instance = id, "the pod of a stopped instance is still serving after the grace period");
+            }
+        })
+    }
+}
+
+/// One revision's pods for this node.
+struct PodSetTask {
+    client: Client,
+    /// `namespace/revision`.
+    key: String,
+    deployment: Deployment,
+    service: Service,
+    pod_selector: String,
+    tasks: Tasks,
+}
+
+/// What the task keeps besides the claims.
+#[derive(Default)]
+struct Waiting {
+    events: HashMap<InstanceId, mpsc::Sender<InstanceEvent>>,
+    stops: HashMap<InstanceId, Vec<oneshot::Sender<()>>>,
+}
+
+impl PodSetTask {
+    async fn run(self, mut requests: mpsc::UnboundedReceiver<Request>, me: mpsc::UnboundedSender<Request>) {
+        let namespace = self.deployment.namespace().unwrap_or_default();
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &namespace);
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &namespace);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &namespace);
+        let deployment_name = self.deployment.name_any();
+        let service_name = self.service.name_any();
+        let slice_selector = format!("kubernetes.io/service-name={service_name}");
+        let mut slice_events =
+            watcher(slices, watcher::Config::default().labels(&slice_selector)).default_backoff().boxed();
+        let mut pod_events =
+            watcher(pods.clone(), watcher::Config::default().labels(&self.pod_selector)).default_backoff().boxed();
+        let mut slice_store = observe::Store::<EndpointSlice>::default();
+        let mut pod_store = observe::Store::<Pod>::default();
+        let mut claims = Claims::default();
+        let mut waiting = Waiting::default();
+        let mut applied = self.ensure(&deployments, &services).await;
+        let mut resync = tokio::time::interval(RESYNC);
+        loop {
+            let input = tokio::select! {
+                request = requests.recv() => match request {
+                    Some(Request::Start { id, events }) => {
+                        waiting.events.insert(id, events);
+                        Input::Start(id)
+                    }
+                    Some(Request::Stop { id, done }) => {
+                        waiting.stops.entry(id).or_default().push(done);
+                        Input::Stop(id)
+                    }
+                    Some(Request::Retire { done }) => {
+                        if claims.is_empty() && self.leave(&me, &requests) {
+                            let _ = delete_ignoring_absent(&deployments, &deployment_name).await;
+                            let _ = delete_ignoring_absent(&services, &service_name).await;
+                            tracing::info!(revision = %self.key, deployment = %deployment_name, "revision retired");
+                            let _ = done.send(());
+                            return;
+                        }
+                        let _ = done.send(());
+                        continue;
+                    }
+                    None => return,
+                },
+                event = slice_events.try_next() => match event {
+                    Ok(Some(event)) => match slice_store.apply(event) {
+                        true => Input::Endpoints(observe::endpoints(slice_store.objects())),
+                        false => continue,
+                    },
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(revision = %self.key, error = %e, "watching EndpointSlices failed");
+                        continue;
+                    }
+                },
+                event = pod_events.try_next() => match event {
+                    Ok(Some(event)) => match pod_store.apply(event) {
+                        true => Input::Problems(pod_store.objects().filter_map(observe::pod_problem).collect()),
+                        false => continue,
+                    },
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(revision = %self.key, error = %e, "watching pods failed");
+                        continue;
+                    }
+                },
+                _ = resync.tick() => {
+                    if !applied {
+                        applied = self.ensure(&deployments, &services).await;
+                    }
+                    Input::Resync
+                }
+            };
+            let mut commands = claims.step(input);
+            while !commands.is_empty() {
+                let mut follow_ups = Vec::new();
+                for command in commands {
+                    if let Some(input) = self.carry_out(command, applied, &deployments, &pods, &mut waiting).await {
+                        if input == Input::ScaleFailed {
+                            applied = false;
+                        }
+                        follow_ups.extend(claims.step(input));
+                    }
+                }
+                commands = follow_ups;
+            }
+        }
+    }
+
+    /// Applies the Service and the Deployment (at zero pods when it is new: the claims set the count).
+    async fn ensure(&self, deployments: &Api<Deployment>, services: &Api<Service>) -> bool {
+        let outcome = async {
+            apply_service(services, &self.service).await?;
+            let exists = deployments.get_opt(&self.deployment.name_any()).await?.is_some();
+            apply(deployments, &self.deployment, exists).await
+        }
+        .await;
+        match outcome {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(revision = %self.key, error = %e, "applying the revision's Deployment failed");
+                metrics::counter!("sluice_kubernetes_runtime_errors_total", "call" => "apply").increment(1);
+                false
+            }
+        }
+    }
+
+    /// Carries out one command; what it learns goes back to the claims.
+    async fn carry_out(
+        &self,
+        command: Command,
+        applied: bool,
+        deployments: &Api<Deployment>,
+        pods: &Api<Pod>,
+        waiting: &mut Waiting,
+    ) -> Option<Input> {
+        match command {
+            Command::Scale(replicas) => {
+                let outcome = match applied {
+                    true => scale(deployments, &self.deployment.name_any(), replicas).await.map_err(|e| e.to_string()),
+                    false => Err("the Deployment is not applied yet".to_string()),
+                };
+                match outcome {
+                    Ok(()) => {
+                        tracing::info!(revision = %self.key, replicas, "scaled");
+                        metrics::counter!("sluice_kubernetes_scale_patches_total").increment(1);
+                        None
+                    }
+                    Err(error) => {
+                        tracing::warn!(revision = %self.key, replicas, %error, "scaling the Deployment failed");
+                        metrics::counter!("sluice_kubernetes_runtime_errors_total", "call" => "scale").increment(1);
+                        Some(Input::ScaleFailed)
+                    }
+                }
+            }
+            Command::MarkForDeletion { pod } => {
+                let mark = json!({"metadata": {"annotations": {POD_DELETION_COST: i32::MIN.to_string()}}});
+                if let Err(e) = pods.patch(&pod, &PatchParams::default(), &Patch::Merge(mark)).await {
+                    // The ReplicaSet may then take another pod; that instance reports an exit and is replaced.
+                    tracing::warn!(revision = %self.key, %pod, error = %e, "marking the pod to delete failed");
+                    metrics::counter!("sluice_kubernetes_runtime_errors_total", "call" => "mark").increment(1);
+                }
+                None
+            }
+            Command::Ready { id, addr } => {
+                tracing::info!(revision = %self.key, instance = id, %addr, "pod ready");
+                if let Some(events) = waiting.events.get(&id) {
+                    let _ = events.send(InstanceEvent::Ready { id, addr }).await;
+                }
+                None
+            }
+            Command::Exited { id, reason, message } => {
+                tracing::warn!(revision = %self.key, instance = id, %reason, %message, "pod lost");
+                if let Some(events) = waiting.events.remove(&id) {
+                    let event =
+                        InstanceEvent::Exited { id, code: None, signal: None, reason: Some(reason), last_output: message };
+                    let _ = events.send(event).await;
+                }
+                for done in waiting.stops.remove(&id).unwrap_or_default() {
+                    let _ = done.send(());
+                }
+                None
+            }
+            Command::Stopped(id) => {
+                for done in waiting.stops.remove(&id).unwrap_or_default() {
+                    let _ = done.send(());
+                }
+                // As a process's exit after its SIGTERM: the revision task expects it, and forgets the instance.
+                if let Some(events) = waiting.events.remove(&id) {
+                    let event = InstanceEvent::Exited {
+                        id,
+                        code: None,
+                        signal: None,
+                        reason: Some("Stopped".into()),
+                        last_output: String::new(),
+                    };
+                    let _ = events.send(event).await;
+                }
+                None
+            }
+        }
+    }
+
+    /// Takes this task out of the runtime's map, unless a request reached it meanwhile (a start of the same
+    /// revision: it then goes on). Senders take the map's lock to send, so none can come after.
+    fn leave(&self, me: &mpsc::UnboundedSender<Request>, requests: &mpsc::UnboundedReceiver<Request>) -> bool {
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        if !requests.is_empty() {
+            return false;
+        }
+        if tasks.get(&self.key).is_some_and(|sender| sender.same_channel(me)) {
+            tasks.remove(&self.key);
+        }
+        true
+    }
+}
