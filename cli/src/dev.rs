@@ -79,6 +79,7 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
 async fn run_single(args: DevArgs) -> Result<()> {
     let mut settings = settings(1, args.data.clone(), &args.tuning, &args.ingress)?;
     settings.serving_domain = args.serving.serving_domain.clone();
+    settings.serving_runtime = args.serving.serving_runtime.kind();
     let listen = Listen { peer: args.peer_listen.clone(), http: args.http.clone(), admin: args.admin.clone() };
     // The member address recorded in the cluster config: the listener's, or the one a later --peer-listen
     // would use by default.
@@ -114,7 +115,7 @@ async fn run_single(args: DevArgs) -> Result<()> {
         running.http_addr.port()
     );
     println!("Ctrl-C stops it; restarting on the same --data keeps everything.");
-    let serving = args.serving.start(&running, &args.data, logs, &serving_state)?;
+    let serving = args.serving.start(&running, &args.data, logs, &serving_state).await?;
     let dispatcher = crate::node_cmd::start_dispatcher(&running, &args.tuning, &serving_state)?;
     crate::shutdown_signal().await;
     dispatcher.shutdown().await;

@@ -63,6 +63,26 @@ pub(crate) struct ServingArgs {
     /// Between SIGTERM and SIGKILL when an instance stops.
     #[arg(long, default_value_t = 30_000)]
     pub termination_grace_ms: u64,
+    /// What runs revisions: `local` (child processes on this node, from each container's command) or
+    /// `kubernetes` (a Deployment per revision and node, from its image, on the cluster the node runs in: the
+    /// in-cluster service account, or KUBECONFIG).
+    #[arg(long, value_enum, default_value_t = RuntimeArg::Local)]
+    pub serving_runtime: RuntimeArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RuntimeArg {
+    Local,
+    Kubernetes,
+}
+
+impl RuntimeArg {
+    pub(crate) fn kind(self) -> sluice_controller::serving::ServingRuntime {
+        match self {
+            RuntimeArg::Local => sluice_controller::serving::ServingRuntime::Local,
+            RuntimeArg::Kubernetes => sluice_controller::serving::ServingRuntime::Kubernetes,
+        }
+    }
 }
 
 impl ServingArgs {
@@ -71,7 +91,7 @@ impl ServingArgs {
         LogHub::new(data.join("serving").join("logs"))
     }
 
-    pub(crate) fn start(
+    pub(crate) async fn start(
         &self,
         running: &RunningNode,
         data: &std::path::Path,
@@ -80,6 +100,19 @@ impl ServingArgs {
     ) -> Result<Serving> {
         let autoscaler = AutoscalerDefaults::from_pairs(self.autoscaler.iter().map(String::as_str))
             .map_err(|e| anyhow::anyhow!("--autoscaler: {e}"))?;
+        let runtime: Option<Arc<dyn sluice_serving::Runtime>> = match self.serving_runtime {
+            RuntimeArg::Local => None,
+            RuntimeArg::Kubernetes => {
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--serving-runtime kubernetes: no Kubernetes API to talk to: {e}"))?;
+                let node_id = running.node.settings().node_id;
+                let runtime = sluice_kubernetes::KubernetesRuntime::start(client, node_id)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--serving-runtime kubernetes: {e}"))?;
+                Some(Arc::new(runtime))
+            }
+        };
         Ok(Serving::start(
             running.node.clone(),
             &running.host_routes,
@@ -90,6 +123,7 @@ impl ServingArgs {
                 logs,
                 autoscaler,
                 termination_grace: Duration::from_millis(self.termination_grace_ms),
+                runtime,
             },
         ))
     }
@@ -102,6 +136,9 @@ impl ServingArgs {
             "--termination-grace-ms".into(),
             self.termination_grace_ms.to_string(),
         ];
+        if self.serving_runtime == RuntimeArg::Kubernetes {
+            args.extend(["--serving-runtime".to_string(), "kubernetes".into()]);
+        }
         for pair in &self.autoscaler {
             args.extend(["--autoscaler".to_string(), pair.clone()]);
         }
@@ -304,6 +341,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     let mut settings = settings(id, args.data.clone(), &args.tuning, &args.ingress)?;
     settings.peer_routes = args.peer_routes.iter().cloned().collect();
     settings.serving_domain = args.serving.serving_domain.clone();
+    settings.serving_runtime = args.serving.serving_runtime.kind();
     let listen = Listen { peer: Some(args.peer_listen.clone()), http: args.http.clone(), admin: args.admin.clone() };
     let logs = ServingArgs::logs(&args.data);
     let serving_state = ServingState::default();
@@ -318,7 +356,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         data = %args.data.display(),
         "sluice node listening"
     );
-    let serving = args.serving.start(&running, &args.data, logs, &serving_state)?;
+    let serving = args.serving.start(&running, &args.data, logs, &serving_state).await?;
     let dispatcher = start_dispatcher(&running, &args.tuning, &serving_state)?;
     let bootstrap =
         placement.map(|placement| tokio::spawn(crate::statefulset::bootstrap(running.node.clone(), placement)));

@@ -99,7 +99,43 @@ fn parse_target(path: &str) -> Option<Target> {
 }
 
 fn query_value(query: &str, key: &str) -> Option<String> {
-    query.split('&').find_map(|pair| pair.strip_prefix(&format!("{key}=")).map(str::to_string))
+    query.split('&').find_map(|pair| pair.strip_prefix(&format!("{key}=")).map(percent_decode))
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = || std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex()) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether an object's labels match a selector of `key=value` (or `key==value`) terms, comma-separated (the
+/// equality-based selectors; set-based ones are not supported and match nothing).
+pub fn labels_match(object: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|term| !term.is_empty()).all(|term| {
+        let (key, value) = match term.split_once("==").or_else(|| term.split_once('=')) {
+            Some(pair) => pair,
+            None => return false,
+        };
+        object["metadata"]["labels"][key.trim()].as_str() == Some(value.trim())
+    })
 }
 
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
@@ -196,6 +232,35 @@ impl FakeKube {
         delete(&self.shared, collection, namespace, name);
     }
 
+    /// Every object of a collection, in every namespace.
+    pub fn list(&self, collection: &str) -> Vec<Value> {
+        self.shared.store().objects.get(collection).map(|c| c.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Told of every change, as a watch of every collection would be (its collection's name).
+    pub fn changes(&self) -> broadcast::Receiver<String> {
+        let (sender, receiver) = broadcast::channel(4096);
+        let mut changes = self.shared.changes.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(change) => {
+                        if sender.send(change.collection).is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if sender.send(String::new()).is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        receiver
+    }
+
     /// Every request so far, as `METHOD PATH`.
     pub fn requests(&self) -> Vec<String> {
         self.shared.store().requests.clone()
@@ -290,16 +355,19 @@ async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Bo
     match (&method, &target.name) {
         (&Method::GET, None) if query_value(&query, "watch").as_deref() == Some("true") => {
             let from = query_value(&query, "resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
-            watch(shared, &target, from)
+            let selector = query_value(&query, "labelSelector").unwrap_or_default();
+            watch(shared, &target, from, selector)
         }
         (&Method::GET, None) => {
             let store = shared.store();
+            let selector = query_value(&query, "labelSelector").unwrap_or_default();
             let items: Vec<Value> = store
                 .objects
                 .get(&target.collection)
                 .map(|c| {
                     c.iter()
                         .filter(|((ns, _), _)| target.namespace.as_ref().is_none_or(|want| want == ns))
+                        .filter(|(_, object)| labels_match(object, &selector))
                         .map(|(_, object)| object.clone())
                         .collect()
                 })
@@ -309,6 +377,21 @@ async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Bo
                 &json!({"apiVersion": target.api_version, "kind": "List",
                                  "metadata": {"resourceVersion": store.resource_version.to_string()}, "items": items}),
             )
+        }
+        (&Method::GET, Some(name)) if target.subresource.as_deref() == Some("scale") => match found(name) {
+            Some(object) => respond(200, &scale_of(&object)),
+            None => respond(404, &status_body(404, "NotFound", name)),
+        },
+        (&Method::PATCH, Some(name)) if target.subresource.as_deref() == Some("scale") => {
+            let Some(before) = found(name) else {
+                return respond(404, &status_body(404, "NotFound", name));
+            };
+            let Some(replicas) = body["spec"]["replicas"].as_i64() else {
+                return respond(422, &status_body(422, "Invalid", "spec.replicas: Required value"));
+            };
+            let mut after = before.clone();
+            after["spec"]["replicas"] = json!(replicas);
+            respond(200, &scale_of(&store_changed(shared, &target.collection, &namespace, &before, after)))
         }
         (&Method::GET, Some(name)) => match found(name) {
             Some(object) => respond(200, &object),
@@ -385,8 +468,17 @@ async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Bo
     }
 }
 
+/// The `autoscaling/v1` Scale of an object with `spec.replicas`.
+fn scale_of(object: &Value) -> Value {
+    json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+           "metadata": {"name": object["metadata"]["name"], "namespace": object["metadata"]["namespace"],
+                        "resourceVersion": object["metadata"]["resourceVersion"]},
+           "spec": {"replicas": object["spec"]["replicas"]},
+           "status": {"replicas": object["status"]["replicas"].as_i64().unwrap_or(0)}})
+}
+
 /// A watch from `from` on: the history after it, then every change as it happens, one JSON event per line.
-fn watch(shared: &Arc<Shared>, target: &Target, from: u64) -> Response<Body> {
+fn watch(shared: &Arc<Shared>, target: &Target, from: u64, selector: String) -> Response<Body> {
     let mut live = shared.changes.subscribe();
     let backlog: Vec<Change> = shared.store().history.iter().filter(|c| c.resource_version > from).cloned().collect();
     let (sender, receiver) = mpsc::channel::<Bytes>(64);
@@ -394,7 +486,9 @@ fn watch(shared: &Arc<Shared>, target: &Target, from: u64) -> Response<Body> {
     let namespace = target.namespace.clone();
     tokio::spawn(async move {
         let wanted = |change: &Change| {
-            change.collection == collection && namespace.as_ref().is_none_or(|ns| *ns == change.namespace)
+            change.collection == collection
+                && namespace.as_ref().is_none_or(|ns| *ns == change.namespace)
+                && labels_match(&change.event["object"], &selector)
         };
         let mut last = from;
         for change in backlog.into_iter().filter(|c| wanted(c)) {

@@ -14,6 +14,7 @@ use sluice_proto::admin::{AppendRequest, InitRequest, Member, ReadRequest, Recor
 use tonic::transport::Channel;
 
 pub mod fake_kube;
+pub mod fake_kubelet;
 pub mod subscriber;
 
 /// This crate's directory, read when the test runs (cargo sets `CARGO_MANIFEST_DIR` for test processes): a
@@ -66,6 +67,8 @@ pub struct NodeProc {
     pub admin: String,
     pub log: PathBuf,
     pub extra_args: Vec<String>,
+    /// Environment variables the node starts with, besides the test's own.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -79,6 +82,7 @@ impl NodeProc {
             admin: free_addr(),
             log: root.join(format!("node-{id}.log")),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             child: None,
         }
     }
@@ -91,6 +95,7 @@ impl NodeProc {
             .args(["--peer-listen", &self.peer, "--http", &self.http, "--admin", &self.admin])
             .args(&self.extra_args)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -190,12 +195,19 @@ impl TestCluster {
 pub async fn start_single_node(partitions: u32, extra_args: &[&str]) -> Result<(tempfile::TempDir, NodeProc)> {
     let root = tempfile::tempdir()?;
     let mut node = NodeProc::new(1, root.path(), extra_args);
+    start_as_single_node(&mut node, partitions).await?;
+    Ok((root, node))
+}
+
+/// Starts `node` and initialises it as a one-member cluster.
+pub async fn start_as_single_node(node: &mut NodeProc, partitions: u32) -> Result<()> {
     node.start()?;
     wait_for_admin(&node.admin).await.with_context(|| node.log_tail())?;
     let mut client = ClusterClient::connect(format!("http://{}", node.admin)).await?;
-    client.init(InitRequest { members: vec![Member { node_id: 1, peer_addr: node.peer.clone() }], partitions }).await?;
+    let members = vec![Member { node_id: node.id, peer_addr: node.peer.clone() }];
+    client.init(InitRequest { members, partitions }).await?;
     wait_ready(&node.http).await.with_context(|| node.log_tail())?;
-    Ok((root, node))
+    Ok(())
 }
 
 /// Polls `check` until it yields a value (state observed through the API,

@@ -25,3 +25,4 @@ mod t73_statefulset_bootstrap;
 mod t90_serving;
 mod t91_autoscaling;
 mod t95_kubernetes_controller;
+mod t96_revisions_on_kubernetes;
