@@ -76,7 +76,10 @@ pub fn pod_selector(revision: &str, node_id: u64) -> String {
 }
 
 fn user_port(revision: &Value) -> i64 {
-    revision["spec"]["containers"][0]["ports"][0]["containerPort"].as_i64().filter(|p| *p > 0).unwrap_or(DEFAULT_USER_PORT)
+    revision["spec"]["containers"][0]["ports"][0]["containerPort"]
+        .as_i64()
+        .filter(|p| *p > 0)
+        .unwrap_or(DEFAULT_USER_PORT)
 }
 
 /// The headless Service over a node's pods of `revision`: its EndpointSlices are where the serving proxy
@@ -350,7 +353,10 @@ mod tests {
         assert_eq!(value["spec"]["selector"], json!({REVISION_LABEL: "hello-00002", NODE_LABEL: "n3"}));
         assert_eq!(value["spec"]["ports"][0]["name"], SERVICE_PORT_NAME);
         assert_eq!(value["spec"]["ports"][0]["targetPort"], 9000);
-        assert_eq!(pod_selector("hello-00002", 3), "serving.knative.dev/revision=hello-00002,serving.sluice.dev/node=n3");
+        assert_eq!(
+            pod_selector("hello-00002", 3),
+            "serving.knative.dev/revision=hello-00002,serving.sluice.dev/node=n3"
+        );
 
         let long = "a".repeat(50) + "-00001";
         let name = service_name(&long, 12);

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_json::Value;
+use sluice_controller::serving::ServingRuntime;
 use sluice_controller::serving::autoscaling::{AutoscalerDefaults, resolve};
 use sluice_controller::serving::model::{Container, Probe};
 use sluice_controller::serving::routing::{RouteTable, latest_revisions};
-use sluice_controller::serving::ServingRuntime;
 use sluice_controller::serving::status::runnable;
 use sluice_controller::serving::{CONFIGURATION_LABEL, DEFAULT_TIMEOUT_SECONDS, SERVICE_LABEL};
 
@@ -284,7 +284,8 @@ mod tests {
             "spec": {"traffic": [{"revisionName": "hello-00002", "percent": 100}]}});
         let objects = [configuration, old, pinned, latest, warm_but_old, route];
         let table = route_table(&objects, "localhost");
-        let (wanted, problems) = wanted_revisions(&objects, &table, &AutoscalerDefaults::default(), ServingRuntime::Local);
+        let (wanted, problems) =
+            wanted_revisions(&objects, &table, &AutoscalerDefaults::default(), ServingRuntime::Local);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
             wanted.keys().collect::<Vec<_>>(),

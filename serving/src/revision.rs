@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_cloudevent::clock::now_ms;
 use serde_json::Value;
+use sluice_cloudevent::clock::now_ms;
 use sluice_controller::serving::ServingRuntime;
 use sluice_controller::serving::autoscaling::Autoscaling;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
@@ -565,9 +565,8 @@ fn scale(
     while active < wanted {
         // A fixed `containerPort` (the app may listen on it, whatever `PORT` says) fits one instance on this
         // machine: the next starts only once the previous has exited.
-        let port_free = revision.run.port.is_none()
-            || instances.running.is_empty()
-            || env.runtime.kind() != ServingRuntime::Local;
+        let port_free =
+            revision.run.port.is_none() || instances.running.is_empty() || env.runtime.kind() != ServingRuntime::Local;
         if !port_free || now < instances.last_failure_ms + restart_delay_ms(instances.consecutive_failures) {
             return;
         }

@@ -169,7 +169,8 @@ impl Kubelet {
 
     /// Runs a pod's container, probes it, and publishes its endpoint once it accepts connections.
     async fn run(self: Arc<Self>, key: (String, String), program: std::path::PathBuf, container: Value) {
-        let Ok(port) = crate::free_addr().rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default().parse::<u16>()
+        let Ok(port) =
+            crate::free_addr().rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default().parse::<u16>()
         else {
             return;
         };

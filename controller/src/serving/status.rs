@@ -58,7 +58,9 @@ pub fn runnable(containers: &[Container], runtime: ServingRuntime) -> Result<(),
             {
                 return Err((
                     "ImageMissing".into(),
-                    format!("spec.containers[{index}].image: the Kubernetes runtime runs images, and this container names none"),
+                    format!(
+                        "spec.containers[{index}].image: the Kubernetes runtime runs images, and this container names none"
+                    ),
                 ));
             }
         }
@@ -119,12 +121,7 @@ fn revision_status(object: &Value, world: &World, env: &Environment, status: &mu
     ]
 }
 
-fn configuration_ready(
-    object: &Value,
-    world: &World,
-    env: &Environment,
-    status: &mut Map<String, Value>,
-) -> Condition {
+fn configuration_ready(object: &Value, world: &World, env: &Environment, status: &mut Map<String, Value>) -> Condition {
     let namespace = str_at(object, "/metadata/namespace");
     let name = str_at(object, "/metadata/name");
     let generation = object.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
@@ -321,8 +318,8 @@ mod runnable_tests {
             let outcome = runnable(&containers(value.clone()), runtime);
             assert_eq!(outcome.as_ref().err().map(|(reason, _)| reason.as_str()), refused, "{value} on {runtime:?}");
         }
-        let (_, message) = runnable(&containers(json!([{"image": "x"}, {}])), ServingRuntime::Kubernetes)
-            .expect_err("no image");
+        let (_, message) =
+            runnable(&containers(json!([{"image": "x"}, {}])), ServingRuntime::Kubernetes).expect_err("no image");
         assert!(message.starts_with("spec.containers[1].image"), "{message}");
     }
 }

@@ -56,9 +56,18 @@ pub(crate) enum Command {
     /// Set the Deployment's replicas (the scale subresource).
     Scale(i32),
     /// Make this pod the one the ReplicaSet deletes first (`controller.kubernetes.io/pod-deletion-cost`).
-    MarkForDeletion { pod: String },
-    Ready { id: InstanceId, addr: SocketAddr },
-    Exited { id: InstanceId, reason: String, message: String },
+    MarkForDeletion {
+        pod: String,
+    },
+    Ready {
+        id: InstanceId,
+        addr: SocketAddr,
+    },
+    Exited {
+        id: InstanceId,
+        reason: String,
+        message: String,
+    },
     /// The stop of this instance is done (its pod is gone or terminating, or it never had one).
     Stopped(InstanceId),
 }
@@ -67,9 +76,13 @@ pub(crate) enum Command {
 enum Claim {
     /// Counted in the replicas, waiting for a ready pod.
     Waiting,
-    Bound { pod: String },
+    Bound {
+        pod: String,
+    },
     /// Stopped while bound: waiting for its pod to go.
-    Stopping { pod: String },
+    Stopping {
+        pod: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -286,7 +299,8 @@ mod tests {
         claims.step(Input::Start(1));
         claims.step(Input::Start(2));
         claims.step(Input::Endpoints(vec![ready("p-a", 1)]));
-        let problem = PodProblem { pod: "p-b".into(), reason: "ImagePullBackOff".into(), message: "no such image".into() };
+        let problem =
+            PodProblem { pod: "p-b".into(), reason: "ImagePullBackOff".into(), message: "no such image".into() };
         let out = claims.step(Input::Problems(vec![problem.clone()]));
         assert_eq!(
             out,
@@ -317,15 +331,14 @@ mod tests {
 
     fn input() -> impl Strategy<Value = Input> {
         let pods = ["p-a", "p-b", "p-c", "p-d"];
-        let endpoints = proptest::collection::vec((0..4usize, any::<bool>(), any::<bool>()), 0..4).prop_map(
-            move |list| {
+        let endpoints =
+            proptest::collection::vec((0..4usize, any::<bool>(), any::<bool>()), 0..4).prop_map(move |list| {
                 let mut seen = BTreeSet::new();
                 list.into_iter()
                     .filter(|(i, _, _)| seen.insert(*i))
                     .map(|(i, ready, terminating)| endpoint(pods[i], i as u8 + 1, ready, terminating))
                     .collect::<Vec<_>>()
-            },
-        );
+            });
         prop_oneof![
             (1..6u64).prop_map(Input::Start),
             (1..6u64).prop_map(Input::Stop),

@@ -338,8 +338,13 @@ impl PodSetTask {
             Command::Exited { id, reason, message } => {
                 tracing::warn!(revision = %self.key, instance = id, %reason, %message, "pod lost");
                 if let Some(events) = waiting.events.remove(&id) {
-                    let event =
-                        InstanceEvent::Exited { id, code: None, signal: None, reason: Some(reason), last_output: message };
+                    let event = InstanceEvent::Exited {
+                        id,
+                        code: None,
+                        signal: None,
+                        reason: Some(reason),
+                        last_output: message,
+                    };
                     let _ = events.send(event).await;
                 }
                 for done in waiting.stops.remove(&id).unwrap_or_default() {

@@ -111,9 +111,10 @@ pub(crate) fn pod_problem(pod: &Pod) -> Option<PodProblem> {
             });
         }
     }
-    let unschedulable = status.conditions.iter().flatten().find(|c| {
-        c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
-    })?;
+    let unschedulable =
+        status.conditions.iter().flatten().find(|c| {
+            c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+        })?;
     Some(PodProblem {
         pod: name,
         reason: "Unschedulable".into(),
@@ -153,8 +154,18 @@ mod tests {
         assert_eq!(
             found,
             [
-                Endpoint { pod: "p-a".into(), addr: "10.1.0.5:8080".parse().expect("addr"), ready: true, terminating: false },
-                Endpoint { pod: "p-b".into(), addr: "10.1.0.6:8080".parse().expect("addr"), ready: false, terminating: true },
+                Endpoint {
+                    pod: "p-a".into(),
+                    addr: "10.1.0.5:8080".parse().expect("addr"),
+                    ready: true,
+                    terminating: false
+                },
+                Endpoint {
+                    pod: "p-b".into(),
+                    addr: "10.1.0.6:8080".parse().expect("addr"),
+                    ready: false,
+                    terminating: true
+                },
                 // No conditions: ready, as Kubernetes reads a missing one; no target: named by its address.
                 Endpoint {
                     pod: "10.1.0.7".into(),
@@ -167,8 +178,10 @@ mod tests {
     }
 
     fn pod(status: serde_json::Value) -> Pod {
-        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p-a"}, "status": status}))
-            .expect("pod")
+        serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p-a"}, "status": status}),
+        )
+        .expect("pod")
     }
 
     #[test]

@@ -56,13 +56,7 @@ pub enum InstanceEvent {
     Ready { id: InstanceId, addr: SocketAddr },
     /// It exited (or could not be started, or is gone): the exit code or signal, the runtime's reason when it
     /// knows one (`ImagePullBackOff`), and its last lines of output (or the runtime's message).
-    Exited {
-        id: InstanceId,
-        code: Option<i32>,
-        signal: Option<i32>,
-        reason: Option<String>,
-        last_output: String,
-    },
+    Exited { id: InstanceId, code: Option<i32>, signal: Option<i32>, reason: Option<String>, last_output: String },
 }
 
 /// What runs a node's instances.

@@ -112,7 +112,9 @@ async fn revisions_run_as_deployments_scaled_from_sluice_and_routed_to_their_pod
     let scale_patches = |kube: &FakeKube| {
         kube.requests()
             .iter()
-            .filter(|r| r.as_str() == "PATCH /apis/apps/v1/namespaces/default/deployments/hello-00001-n1-deployment/scale")
+            .filter(|r| {
+                r.as_str() == "PATCH /apis/apps/v1/namespaces/default/deployments/hello-00001-n1-deployment/scale"
+            })
             .count()
     };
     assert!(scale_patches(&kube) >= 2, "up to one, down to zero: {:?}", kube.requests());
@@ -143,9 +145,7 @@ async fn revisions_run_as_deployments_scaled_from_sluice_and_routed_to_their_pod
 
     // Deleting the Service: the revision stops here, and what the node made for it goes.
     let mut resources = ResourcesClient::connect(format!("http://{admin}")).await?;
-    resources
-        .delete(ResourceRef { kind: "Service".into(), namespace: "default".into(), name: "hello".into() })
-        .await?;
+    resources.delete(ResourceRef { kind: "Service".into(), namespace: "default".into(), name: "hello".into() }).await?;
     wait_until(WITHIN, || async {
         Ok((kube.get(DEPLOYMENTS, "default", "hello-00001-n1-deployment").is_none()
             && kube.get(SERVICES, "default", "hello-00001-n1-private").is_none()
