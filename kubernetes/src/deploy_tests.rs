@@ -145,3 +145,59 @@ fn the_statefulset_and_its_services_agree() {
         }
     }
 }
+
+/// What the Kubernetes serving runtime calls (`serving_runtime`, `revision`): (API group, resource, verb).
+const SERVING_RUNTIME_CALLS: [(&str, &str, &str); 13] = [
+    ("apps", "deployments", "list"),
+    ("apps", "deployments", "get"),
+    ("apps", "deployments", "patch"),
+    ("apps", "deployments", "delete"),
+    ("apps", "deployments/scale", "patch"),
+    ("", "services", "list"),
+    ("", "services", "patch"),
+    ("", "services", "delete"),
+    ("", "pods", "list"),
+    ("", "pods", "watch"),
+    ("", "pods", "patch"),
+    ("discovery.k8s.io", "endpointslices", "list"),
+    ("discovery.k8s.io", "endpointslices", "watch"),
+];
+
+#[test]
+fn the_nodes_may_make_every_call_of_the_kubernetes_runtime_and_the_controller_no_longer_runs_revisions() {
+    let dir = deploy_dir();
+    let set: StatefulSet = serde_json::from_value(documents(&dir.join("statefulset.yaml")).remove(0)).expect("set");
+    let pod = set.spec.and_then(|s| s.template.spec).expect("pod spec");
+    let account = pod.service_account_name.clone().expect("the nodes' service account");
+    assert!(pod.containers[0].args.clone().unwrap_or_default().contains(&"--serving-runtime=kubernetes".to_string()));
+    let documents = documents(&dir.join("rbac.yaml"));
+    let bound_roles = |account: &str| -> Vec<ClusterRole> {
+        let names: Vec<String> = documents
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRoleBinding")
+            .map(|d| serde_json::from_value::<ClusterRoleBinding>(d.clone()).expect("binding"))
+            .filter(|b| b.subjects.iter().flatten().any(|s| s.kind == "ServiceAccount" && s.name == account))
+            .map(|b| b.role_ref.name)
+            .collect();
+        documents
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole")
+            .map(|d| serde_json::from_value::<ClusterRole>(d.clone()).expect("role"))
+            .filter(|r| r.metadata.name.as_ref().is_some_and(|n| names.contains(n)))
+            .collect()
+    };
+    let allows = |roles: &[ClusterRole], (group, resource, verb): (&str, &str, &str)| {
+        roles.iter().flat_map(|r| r.rules.iter().flatten()).any(|rule| {
+            rule.api_groups.iter().flatten().any(|g| g == group)
+                && rule.resources.iter().flatten().any(|r| r == resource)
+                && rule.verbs.iter().any(|v| v == verb)
+        })
+    };
+    let node_roles = bound_roles(&account);
+    for call in SERVING_RUNTIME_CALLS {
+        assert!(allows(&node_roles, call), "{account} may not {call:?}");
+    }
+    let controller_roles = bound_roles("sluice-controller");
+    assert!(!controller_roles.is_empty());
+    assert!(!allows(&controller_roles, ("apps", "deployments/scale", "patch")), "least privilege");
+}
