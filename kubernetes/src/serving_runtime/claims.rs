@@ -96,8 +96,15 @@ pub(crate) struct Claims {
 
 impl Claims {
     /// No claim left: nothing of the revision runs for this node.
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.claims.is_empty()
+    }
+
+    /// Nothing serves or waits to: every claim left is a stop waiting for its pod to go (deleting the
+    /// Deployment takes those pods too).
+    pub(crate) fn only_stopping(&self) -> bool {
+        self.claims.values().all(|c| matches!(c, Claim::Stopping { .. }))
     }
 
     pub(crate) fn step(&mut self, input: Input) -> Vec<Command> {
@@ -261,6 +268,7 @@ mod tests {
         );
         assert_eq!(claims.step(Input::Endpoints(vec![ready("p-a", 1), ready("p-b", 2)])), [], "still there");
         assert_eq!(claims.step(Input::Stop(2)), [], "a second stop waits as the first");
+        assert!(!claims.only_stopping(), "p-a serves");
         assert_eq!(
             claims.step(Input::Endpoints(vec![ready("p-a", 1), endpoint("p-b", 2, false, true)])),
             [Command::Stopped(2)]
@@ -270,6 +278,7 @@ mod tests {
         claims.step(Input::Start(3));
         assert_eq!(claims.step(Input::Stop(3)), [Command::Stopped(3), Command::Scale(1)]);
         assert_eq!(claims.step(Input::Stop(1)), [Command::MarkForDeletion { pod: "p-a".into() }, Command::Scale(0)]);
+        assert!(claims.only_stopping() && !claims.is_empty());
         assert_eq!(claims.step(Input::Endpoints(vec![])), [Command::Stopped(1)]);
         assert!(claims.is_empty());
         assert_eq!(claims.step(Input::Stop(9)), [Command::Stopped(9)], "an unknown stop is done");

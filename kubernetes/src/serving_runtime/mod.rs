@@ -216,10 +216,14 @@ impl PodSetTask {
                         Input::Stop(id)
                     }
                     Some(Request::Retire { done }) => {
-                        if claims.is_empty() && self.leave(&me, &requests) {
+                        if claims.only_stopping() && self.leave(&me, &requests) {
+                            // Deleting the Deployment takes its pods, those still stopping too.
                             let _ = delete_ignoring_absent(&deployments, &deployment_name).await;
                             let _ = delete_ignoring_absent(&services, &service_name).await;
                             tracing::info!(revision = %self.key, deployment = %deployment_name, "revision retired");
+                            for done in waiting.stops.into_values().flatten() {
+                                let _ = done.send(());
+                            }
                             let _ = done.send(());
                             return;
                         }
