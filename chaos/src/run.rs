@@ -16,13 +16,13 @@ use sluice_proto::admin::consumers_client::ConsumersClient;
 use sluice_proto::admin::log_client::LogClient;
 use sluice_proto::admin::resources_client::ResourcesClient;
 use sluice_proto::admin::{
-    AddNodeRequest, ApplyResourceRequest, ConsumerRef, InitRequest, Member, ReadRequest, RemoveNodeRequest,
-    StatusReply, StatusRequest,
+    AddNodeRequest, ApplyResourceRequest, ConsumerRef, InitRequest, Member, PartitionStatus, ReadRequest,
+    RemoveNodeRequest, StatusReply, StatusRequest,
 };
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::checker::{Report, check};
+use crate::checker::{self, DispatchProgress, Report, check};
 use crate::faults::{self, Fault, FaultKind, Planned, Target, Timing};
 use crate::history::{History, LoggedEvent, Op, TriggerSpec};
 use crate::netns::{Network, NetworkKind, NodeAddrs};
@@ -612,10 +612,14 @@ async fn end_offset(admin: &str, stream: &str, partition: u32) -> Result<u64, Ch
 }
 
 async fn committed_offsets(admin: &str, trigger: &str) -> Result<Vec<(u32, u64)>, ChaosError> {
+    Ok(dispatch_status(admin, trigger).await?.iter().map(|p| (p.partition, p.committed_offset)).collect())
+}
+
+/// A Trigger's dispatch, per partition, as `admin` reports it.
+async fn dispatch_status(admin: &str, trigger: &str) -> Result<Vec<PartitionStatus>, ChaosError> {
     let mut client = ConsumersClient::new(channel(admin).await?);
     let reference = ConsumerRef { kind: "trigger".into(), namespace: NAMESPACE.into(), name: trigger.into() };
-    let status = client.status(reference).await?.into_inner();
-    Ok(status.partitions.iter().map(|p| (p.partition, p.committed_offset)).collect())
+    Ok(client.status(reference).await?.into_inner().partitions)
 }
 
 /// Records every Trigger's committed offsets as each node reports them, every second, until stopped.
@@ -950,9 +954,17 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
         history.note(format!("drain: {e}"));
         say(&config, &format!("drain: {e}"));
     }
+    // Drained: every matching event delivered or dead-lettered, and every Trigger's dispatcher committed past the
+    // end with nothing in flight (so no dead letter is still to come when the copies are compared).
     let drained = wait_until("subscribers caught up", config.drain_timeout, || async {
         let admin = &first_healthy;
-        let mut incomplete = 0;
+        let mut undrained = 0;
+        let mut progress = BTreeMap::new();
+        for spec in &specs {
+            for status in dispatch_status(admin, &spec.name).await.ok()? {
+                progress.insert((spec.name.clone(), status.partition), status);
+            }
+        }
         for partition in 0..config.partitions {
             let events = read_partition(admin, &stream(), partition).await.ok()?;
             for spec in &specs {
@@ -962,17 +974,22 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
                     .into_iter()
                     .map(|e| (e.source, e.id))
                     .collect();
-                incomplete += events
-                    .iter()
-                    .filter(|e| spec.type_filter.as_ref().is_none_or(|t| *t == e.event_type))
-                    .filter(|e| {
-                        !subscribers.delivered(&spec.name, &e.source, &e.id)
-                            && !dead.contains(&(e.source.clone(), e.id.clone()))
-                    })
-                    .count();
+                let status = progress.get(&(spec.name.clone(), partition))?;
+                let dispatch = DispatchProgress {
+                    end_offset: status.end_offset,
+                    committed_offset: status.committed_offset,
+                    in_flight: status.in_flight,
+                };
+                undrained += checker::undrained(
+                    &events,
+                    spec,
+                    |(source, id)| subscribers.delivered(&spec.name, source, id),
+                    &dead,
+                    dispatch,
+                );
             }
         }
-        (incomplete == 0).then_some(())
+        (undrained == 0).then_some(())
     })
     .await;
     if let Err(e) = drained {
