@@ -10,6 +10,7 @@ pub mod ci;
 pub mod faults;
 pub mod history;
 pub mod netns;
+pub mod powerloss;
 pub mod proxy;
 pub mod run;
 pub mod workload;
