@@ -14,6 +14,7 @@
 
 mod admin;
 mod command;
+mod durable_fs;
 mod error;
 mod ids;
 mod ingress;

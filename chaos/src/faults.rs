@@ -1,8 +1,8 @@
 //! Faults: what they are (recorded in the history) and the seeded schedule that picks them (pure). The
 //! run applies them ([`crate::run`]).
 //!
-//! The list is open: power loss (unsynced writes dropped) and disk corruption are later variants of
-//! [`FaultKind`] and [`Fault`]; the checker does not match on the fault list except for leader kills.
+//! The list is open (disk corruption is a later variant of [`FaultKind`] and [`Fault`]); the checker does not
+//! match on the fault list except for leader kills.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -29,11 +29,28 @@ pub enum FaultKind {
     /// Graceful restart: SIGTERM to a partition's leader or a random node (kill -9 if it has not exited
     /// within 10 s), started again after the hold.
     Restart,
+    /// Power loss of a partition's leader or a random node: kill -9, and what its disk had not fsynced is
+    /// dropped (`powerloss`); started again after the hold. Puts every node's data on the power-loss
+    /// filesystem.
+    Power,
+    /// Power loss of every node at once. Not in `all`: a mode of its own.
+    PowerAll,
 }
 
 impl FaultKind {
+    /// What `all` means: the faults that need no special filesystem.
     pub const ALL: [FaultKind; 5] =
         [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::Membership, FaultKind::Restart];
+    /// Every kind `--faults` takes by name.
+    pub const NAMED: [FaultKind; 7] = [
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::Partition,
+        FaultKind::Membership,
+        FaultKind::Restart,
+        FaultKind::Power,
+        FaultKind::PowerAll,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -42,20 +59,31 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::Membership => "membership",
             FaultKind::Restart => "restart",
+            FaultKind::Power => "power",
+            FaultKind::PowerAll => "power-all",
         }
     }
 
-    /// `none`, `all` or a comma-separated list of kinds.
+    /// Whether the node's data directory must sit on the power-loss filesystem for it.
+    pub fn cuts_power(self) -> bool {
+        matches!(self, FaultKind::Power | FaultKind::PowerAll)
+    }
+
+    /// `none`, or a comma-separated list of kinds and `all` (`all,power`).
     pub fn parse_list(text: &str) -> Result<Vec<FaultKind>, String> {
-        match text.trim() {
-            "none" | "" => return Ok(Vec::new()),
-            "all" => return Ok(Self::ALL.to_vec()),
-            _ => {}
+        if matches!(text.trim(), "none" | "") {
+            return Ok(Vec::new());
         }
         let mut kinds = BTreeSet::new();
         for part in text.split([',', '+']) {
-            let kind = Self::ALL.into_iter().find(|k| k.name() == part.trim()).ok_or_else(|| {
-                format!("unknown fault {part:?} (kill, pause, partition, membership, restart, none, all)")
+            if part.trim() == "all" {
+                kinds.extend(Self::ALL);
+                continue;
+            }
+            let kind = Self::NAMED.into_iter().find(|k| k.name() == part.trim()).ok_or_else(|| {
+                format!(
+                    "unknown fault {part:?} (kill, pause, partition, membership, restart, power, power-all, none, all)"
+                )
             })?;
             kinds.insert(kind);
         }
@@ -88,6 +116,10 @@ pub enum Planned {
     /// Remove the target from the cluster, wipe it, add it again.
     Membership(Target),
     Restart(Target),
+    /// Kill the target and drop what its disk had not fsynced.
+    Power(Target),
+    /// The same for every node at once.
+    PowerAll,
 }
 
 /// One step of the schedule: wait `gap` (the cluster recovers), inject, hold, heal.
@@ -132,6 +164,8 @@ pub fn next_step(rng: &mut StdRng, kinds: &[FaultKind], nodes: u64, partitions: 
         FaultKind::Pause => Planned::Pause(target(rng)),
         FaultKind::Membership => Planned::Membership(target(rng)),
         FaultKind::Restart => Planned::Restart(target(rng)),
+        FaultKind::Power => Planned::Power(target(rng)),
+        FaultKind::PowerAll => Planned::PowerAll,
         FaultKind::Partition => match rng.random_range(0..3) {
             0 => Planned::Isolate(Target::Node(rng.random_range(1..=nodes))),
             1 => Planned::Isolate(Target::LeaderOf(rng.random_range(1..=partitions.max(1)))),
@@ -183,6 +217,21 @@ pub enum Fault {
         /// Whether the node exited on SIGTERM in time (else it was killed).
         graceful: bool,
     },
+    /// A power cut of one node: `dropped_bytes` of written data its disk had not fsynced were lost, and
+    /// `undone_entries` directory entries not made durable.
+    Power {
+        n: u64,
+        node: u64,
+        leader_of_group: Option<u32>,
+        dropped_bytes: u64,
+        undone_entries: u64,
+    },
+    /// A power cut of every node at once.
+    PowerAll {
+        n: u64,
+        dropped_bytes: u64,
+        undone_entries: u64,
+    },
 }
 
 impl Fault {
@@ -192,8 +241,9 @@ impl Fault {
             Fault::Kill { node, .. }
             | Fault::Pause { node, .. }
             | Fault::Membership { node, .. }
-            | Fault::Restart { node, .. } => Some(*node),
-            Fault::Partition { .. } => None,
+            | Fault::Restart { node, .. }
+            | Fault::Power { node, .. } => Some(*node),
+            Fault::Partition { .. } | Fault::PowerAll { .. } => None,
         }
     }
 
@@ -204,6 +254,8 @@ impl Fault {
             Fault::Partition { .. } => FaultKind::Partition,
             Fault::Membership { .. } => FaultKind::Membership,
             Fault::Restart { .. } => FaultKind::Restart,
+            Fault::Power { .. } => FaultKind::Power,
+            Fault::PowerAll { .. } => FaultKind::PowerAll,
         }
     }
 }
@@ -272,5 +324,10 @@ mod tests {
         assert_eq!(FaultKind::parse_list("all"), Ok(FaultKind::ALL.to_vec()));
         assert_eq!(FaultKind::parse_list("partition+kill"), Ok(vec![FaultKind::Kill, FaultKind::Partition]));
         assert!(FaultKind::parse_list("flood").is_err());
+        let mut with_power = FaultKind::ALL.to_vec();
+        with_power.push(FaultKind::Power);
+        assert_eq!(FaultKind::parse_list("all,power"), Ok(with_power));
+        assert_eq!(FaultKind::parse_list("power-all"), Ok(vec![FaultKind::PowerAll]));
+        assert!(!FaultKind::ALL.iter().any(|k| k.cuts_power()), "`all` needs no special filesystem");
     }
 }

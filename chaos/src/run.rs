@@ -3,7 +3,7 @@
 //! node's log from that node; check the history.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -26,6 +26,7 @@ use crate::checker::{self, DispatchProgress, Report, check};
 use crate::faults::{self, Fault, FaultKind, Planned, Target, Timing};
 use crate::history::{History, LoggedEvent, Op, TriggerSpec};
 use crate::netns::{Network, NetworkKind, NodeAddrs};
+use crate::powerloss::LazyFsProcess;
 use crate::workload::{FailSchedule, Producers, Subscribers, TYPES};
 use crate::{ChaosError, netns};
 
@@ -49,6 +50,8 @@ pub struct Config {
     pub rate: f64,
     pub network: NetworkKind,
     pub sluice_bin: PathBuf,
+    /// The power-loss filesystem's binary (`sluice-lazyfs`), for the power faults.
+    pub lazyfs_bin: PathBuf,
     /// Sets `SLUICE_PLANTED_BUG` for the nodes (a build with feature `planted-bugs`).
     pub planted_bug: Option<String>,
     /// How long the drain waits for subscribers to catch up.
@@ -85,6 +88,7 @@ impl Config {
             producers: 4,
             rate: 20.0,
             network: NetworkKind::Auto,
+            lazyfs_bin: sibling_binary("sluice-lazyfs"),
             sluice_bin,
             planted_bug: None,
             drain_timeout: Duration::from_secs(120),
@@ -108,14 +112,19 @@ pub fn default_sluice_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("SLUICE_BIN") {
         return PathBuf::from(path);
     }
+    sibling_binary("sluice")
+}
+
+/// The binary `name` next to this executable (target/<profile>/ for binaries, its parent for tests).
+fn sibling_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
-    for candidate in [dir.join("sluice"), dir.parent().map(|p| p.join("sluice")).unwrap_or_default()] {
+    for candidate in [dir.join(name), dir.parent().map(|p| p.join(name)).unwrap_or_default()] {
         if candidate.is_file() {
             return candidate;
         }
     }
-    dir.join("sluice")
+    dir.join(name)
 }
 
 fn stream() -> String {
@@ -174,6 +183,8 @@ struct NodeProc {
     id: u64,
     addrs: NodeAddrs,
     data: PathBuf,
+    /// The power-loss filesystem `data` is mounted from, in the power-loss runs.
+    disk: Option<LazyFsProcess>,
     log: PathBuf,
     child: Option<Child>,
     paused: bool,
@@ -233,8 +244,36 @@ const GRACEFUL_STOP: Duration = Duration::from_secs(10);
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
+        // The node first: the filesystem unmounts when `disk` drops.
         self.kill9();
     }
+}
+
+impl NodeProc {
+    /// The power goes: kill -9, then what the disk had not fsynced is dropped. Answers what was lost.
+    fn cut_power(&mut self) -> Result<(u64, u64), ChaosError> {
+        self.kill9();
+        match &self.disk {
+            Some(disk) => disk.cut_counted(),
+            None => Err(ChaosError::Setup(format!("node {} has no power-loss filesystem", self.id))),
+        }
+    }
+}
+
+/// Empties a data directory (it may be a mount point: the directory itself stays).
+fn wipe(dir: &Path) -> Result<(), ChaosError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ChaosError::io(format!("wiping {}", dir.display()), e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| ChaosError::io(format!("wiping {}", dir.display()), e))?;
+        let path = entry.path();
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.map_err(|e| ChaosError::io(format!("wiping {}", path.display()), e))?;
+    }
+    Ok(())
 }
 
 struct Cluster<'a> {
@@ -411,16 +450,19 @@ impl Cluster<'_> {
             | Planned::Pause(t)
             | Planned::Isolate(t)
             | Planned::Membership(t)
-            | Planned::Restart(t) => Some(*t),
-            Planned::Bridge { .. } => None,
+            | Planned::Restart(t)
+            | Planned::Power(t) => Some(*t),
+            Planned::Bridge { .. } | Planned::PowerAll => None,
         };
         let resolved = match target {
             Some(Target::Node(id)) => Some((id, self.led_group(id).await)),
             Some(Target::LeaderOf(group)) => self.leader_of(group).await.map(|id| (id, Some(group))),
             None => None,
         };
-        let hits_node =
-            matches!(planned, Planned::Kill(_) | Planned::Pause(_) | Planned::Membership(_) | Planned::Restart(_));
+        let hits_node = matches!(
+            planned,
+            Planned::Kill(_) | Planned::Pause(_) | Planned::Membership(_) | Planned::Restart(_) | Planned::Power(_)
+        );
         if hits_node && resolved.is_some_and(|(node, _)| busy.contains(&node)) {
             return Ok(None);
         }
@@ -430,6 +472,31 @@ impl Cluster<'_> {
                 let fault = Fault::Kill { n, node, leader_of_group };
                 self.history.record(Op::FaultStart { fault: fault.clone() });
                 self.node(node).kill9();
+                fault
+            }
+            Planned::Power(_) => {
+                let Some((node, leader_of_group)) = resolved else { return Ok(None) };
+                let (dropped_bytes, undone_entries) = self.node(node).cut_power()?;
+                let fault = Fault::Power { n, node, leader_of_group, dropped_bytes, undone_entries };
+                self.history.record(Op::FaultStart { fault: fault.clone() });
+                fault
+            }
+            Planned::PowerAll => {
+                if !busy.is_empty() {
+                    return Ok(None);
+                }
+                let (mut dropped_bytes, mut undone_entries) = (0, 0);
+                // Every node dies first, then every disk loses its cache: no node writes after the cut.
+                for node in &mut self.nodes {
+                    node.kill9();
+                }
+                for node in &mut self.nodes {
+                    let (dropped, undone) = node.cut_power()?;
+                    dropped_bytes += dropped;
+                    undone_entries += undone;
+                }
+                let fault = Fault::PowerAll { n, dropped_bytes, undone_entries };
+                self.history.record(Op::FaultStart { fault: fault.clone() });
                 fault
             }
             Planned::Restart(_) => {
@@ -493,8 +560,7 @@ impl Cluster<'_> {
                 }
                 let wiped = self.node(node);
                 wiped.kill9();
-                std::fs::remove_dir_all(&wiped.data)
-                    .map_err(|e| ChaosError::io(format!("wiping {}", wiped.data.display()), e))?;
+                wipe(&wiped.data)?;
                 fault
             }
             Planned::Bridge { left, right, .. } => {
@@ -545,7 +611,14 @@ impl Cluster<'_> {
                 .await?;
                 self.add_back(*n, *node).await;
             }
-            Fault::Kill { node, .. } | Fault::Restart { node, .. } => self.start(*node)?,
+            Fault::Kill { node, .. } | Fault::Restart { node, .. } | Fault::Power { node, .. } => self.start(*node)?,
+            Fault::PowerAll { .. } => {
+                for id in self.ids() {
+                    if !self.node(id).running() {
+                        self.start(id)?;
+                    }
+                }
+            }
             Fault::Pause { node, .. } => {
                 self.node(*node).signal("-CONT")?;
                 self.node(*node).paused = false;
@@ -736,12 +809,26 @@ pub async fn run(config: Config) -> Result<Report, ChaosError> {
             id,
             addrs: net.node((id - 1) as usize),
             data: root.join(format!("node-{id}")),
+            disk: None,
             log: root.join(format!("node-{id}.log")),
             child: None,
             paused: false,
             incarnation: Arc::new(AtomicU32::new(0)),
         })
         .collect();
+    let mut nodes: Vec<NodeProc> = nodes;
+    if kinds.iter().any(|k| k.cuts_power()) {
+        // Every node's data on the power-loss filesystem (a node the schedule never cuts is still the same).
+        for node in &mut nodes {
+            let disk = LazyFsProcess::start(
+                &config.lazyfs_bin,
+                &root.join(format!("node-{}.disk", node.id)),
+                &node.data,
+                &root.join(format!("node-{}.lazyfs", node.id)),
+            )?;
+            node.disk = Some(disk);
+        }
+    }
     let mut cluster = Cluster {
         net: &net,
         nodes,
@@ -810,9 +897,14 @@ async fn inject_faults(
             continue;
         };
         n += 1;
-        let membership_active = active.iter().any(|(_, f)| f.kind() == FaultKind::Membership);
-        if membership_active || (matches!(step.planned, Planned::Membership(_)) && !active.is_empty()) {
-            history.note(format!("fault {n} skipped: it would overlap a membership change ({:?})", step.planned));
+        let alone = |kind: FaultKind| matches!(kind, FaultKind::Membership | FaultKind::PowerAll);
+        let alone_active = active.iter().any(|(_, f)| alone(f.kind()));
+        let wants_alone = matches!(step.planned, Planned::Membership(_) | Planned::PowerAll);
+        if alone_active || (wants_alone && !active.is_empty()) {
+            history.note(format!(
+                "fault {n} skipped: a membership change or a cut of every node runs alone ({:?})",
+                step.planned
+            ));
             continue;
         }
         let busy: BTreeSet<u64> = active.iter().filter_map(|(_, f)| f.node()).collect();

@@ -299,7 +299,7 @@ fn already_initialized(existing: &ClusterConfig) -> BrokerError {
 /// Ties a data dir to one node id: `DATA/node-id` is written on first use.
 fn claim_data_dir(dir: &Path, node_id: NodeId) -> Result<(), BrokerError> {
     let data_dir_error = |reason: String| BrokerError::DataDir { path: dir.to_path_buf(), reason };
-    std::fs::create_dir_all(dir).map_err(|e| data_dir_error(e.to_string()))?;
+    crate::durable_fs::create_dir_all(dir).map_err(|e| data_dir_error(e.to_string()))?;
     let id_file = dir.join("node-id");
     match std::fs::read_to_string(&id_file) {
         Ok(text) => {
@@ -314,9 +314,8 @@ fn claim_data_dir(dir: &Path, node_id: NodeId) -> Result<(), BrokerError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let tmp = dir.join("node-id.tmp");
-            std::fs::write(&tmp, format!("{node_id}\n")).map_err(|e| data_dir_error(e.to_string()))?;
-            std::fs::rename(&tmp, &id_file).map_err(|e| data_dir_error(e.to_string()))
+            crate::durable_fs::write_file(&id_file, format!("{node_id}\n").as_bytes())
+                .map_err(|e| data_dir_error(e.to_string()))
         }
         Err(e) => Err(data_dir_error(e.to_string())),
     }

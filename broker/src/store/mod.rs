@@ -42,9 +42,10 @@ impl Store {
     /// snapshots in `dir/snapshots`.
     pub(crate) fn open(dir: &Path) -> Result<Self, BrokerError> {
         let data_dir_error = |reason: String| BrokerError::DataDir { path: dir.to_path_buf(), reason };
-        std::fs::create_dir_all(dir).map_err(|e| data_dir_error(e.to_string()))?;
+        // RocksDB fsyncs its own directory's entries; the directories above it are Sluice's to make durable.
+        crate::durable_fs::create_dir_all(&dir.join("db")).map_err(|e| data_dir_error(e.to_string()))?;
         let snapshot_dir = dir.join("snapshots");
-        std::fs::create_dir_all(&snapshot_dir).map_err(|e| data_dir_error(e.to_string()))?;
+        crate::durable_fs::create_dir_all(&snapshot_dir).map_err(|e| data_dir_error(e.to_string()))?;
 
         let mut options = Options::default();
         options.create_if_missing(true);

@@ -41,7 +41,7 @@ fn file_name(last_log_id: Option<&LogId>) -> String {
 /// Writes the group's state machine as of now; the meta comes from the same
 /// RocksDB snapshot as the data, so the two always agree.
 pub(crate) fn write_snapshot(db: &DB, group: GroupId, dir: &Path) -> io::Result<(SnapshotMeta, PathBuf)> {
-    fs::create_dir_all(dir)?;
+    crate::durable_fs::create_dir_all(dir)?;
     let snapshot = db.snapshot();
     let meta = applied_meta(db, &snapshot, group)?;
     let final_path = dir.join(file_name(meta.last_log_id.as_ref()));
@@ -95,7 +95,7 @@ fn applied_meta(db: &DB, snapshot: &rocksdb::Snapshot<'_>, group: GroupId) -> io
 /// The WAL is synced first, so the applied state the meta names is on disk before the meta is (after a
 /// crash the state is never behind its meta, and openraft never needs to install anything at start).
 pub(crate) fn write_snapshot_meta(db: &DB, group: GroupId, dir: &Path) -> io::Result<(SnapshotMeta, PathBuf)> {
-    fs::create_dir_all(dir)?;
+    crate::durable_fs::create_dir_all(dir)?;
     let snapshot = db.snapshot();
     let meta = applied_meta(db, &snapshot, group)?;
     drop(snapshot);
@@ -159,7 +159,7 @@ pub(crate) fn install_snapshot(
     path: &Path,
     dir: &Path,
 ) -> io::Result<(SnapshotMeta, PathBuf)> {
-    fs::create_dir_all(dir)?;
+    crate::durable_fs::create_dir_all(dir)?;
     let mut input = BufReader::with_capacity(1 << 20, File::open(path)?);
     let meta = read_meta(&mut input)?;
     let final_path = dir.join(file_name(meta.last_log_id.as_ref()));
@@ -248,6 +248,4 @@ fn remove_other_snapshots(dir: &Path, keep: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+use crate::durable_fs::sync_dir;

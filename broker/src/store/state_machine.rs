@@ -65,7 +65,7 @@ impl GroupStateMachine {
     /// Loads the group's applied state from the store.
     pub(crate) fn open(db: Arc<DB>, group: GroupId, snapshot_root: &std::path::Path) -> io::Result<Self> {
         let snapshot_dir = snapshot_root.join(format!("group-{group}"));
-        std::fs::create_dir_all(&snapshot_dir)?;
+        crate::durable_fs::create_dir_all(&snapshot_dir)?;
         snapshot::remove_partial_snapshots(&snapshot_dir)?;
         let view = Arc::new(AppliedView {
             streams: RwLock::new(HashMap::new()),

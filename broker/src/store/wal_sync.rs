@@ -45,6 +45,16 @@ impl WalSyncer {
     }
 }
 
+/// Whether the WAL flush fsyncs (always, but for the planted bug that skips it: the WAL is then written to the
+/// OS's cache only, which a kill -9 keeps and a power cut loses).
+fn wal_fsync() -> bool {
+    #[cfg(feature = "planted-bugs")]
+    if crate::planted_bug("skip-wal-fsync") {
+        return false;
+    }
+    true
+}
+
 fn run(db: Weak<DB>, rx: mpsc::Receiver<Done>) {
     let fsync_seconds = metrics::histogram!("sluice_wal_fsync_seconds");
     let covered = metrics::histogram!("sluice_wal_fsync_covered_writes");
@@ -53,7 +63,7 @@ fn run(db: Weak<DB>, rx: mpsc::Receiver<Done>) {
         waiting.extend(rx.try_iter());
         let started = Instant::now();
         let result = match db.upgrade() {
-            Some(db) => db.flush_wal(true).map_err(|e| std::io::Error::other(e.to_string())),
+            Some(db) => db.flush_wal(wal_fsync()).map_err(|e| std::io::Error::other(e.to_string())),
             None => Err(std::io::Error::other("the store is closed")),
         };
         fsync_seconds.record(started.elapsed().as_secs_f64());

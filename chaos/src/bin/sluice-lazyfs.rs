@@ -43,14 +43,19 @@ fn main() -> Result<()> {
         }
         let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
         let command = line.trim();
-        if command == "cut" {
-            state.cut();
-        }
-        let _ = writeln!(
-            stream,
-            "ok cuts={} dropped_bytes={} undone_entries={}",
-            state.cuts, state.dropped_bytes, state.undone_entries
-        );
+        let answer = match command {
+            // What this cut lost.
+            "cut" => {
+                let (dropped, undone) = state.cut();
+                format!("ok cuts={} dropped_bytes={dropped} undone_entries={undone}", state.cuts)
+            }
+            // What every cut so far lost.
+            _ => format!(
+                "ok cuts={} dropped_bytes={} undone_entries={}",
+                state.cuts, state.dropped_bytes, state.undone_entries
+            ),
+        };
+        let _ = writeln!(stream, "{answer}");
         if command == "quit" {
             break;
         }

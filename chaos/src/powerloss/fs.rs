@@ -180,9 +180,12 @@ impl State {
 
     /// The power goes: pending data is dropped, unsynced entries are undone (newest first), and the inodes are
     /// forgotten (the node that used them is dead).
-    pub fn cut(&mut self) {
+    /// Answers what this cut lost: (bytes of data, directory entries).
+    pub fn cut(&mut self) -> (u64, u64) {
         self.cuts += 1;
-        self.dropped_bytes += self.pending.values().map(|p| p.bytes() as u64).sum::<u64>();
+        let dropped = self.pending.values().map(|p| p.bytes() as u64).sum::<u64>();
+        let undone_before = self.undone_entries;
+        self.dropped_bytes += dropped;
         self.pending.clear();
         self.files.clear();
         for undo in self.namespace.cut() {
@@ -205,6 +208,7 @@ impl State {
         self.inodes.clear();
         self.paths.insert(1, root.clone());
         self.inodes.insert(root, 1);
+        (dropped, self.undone_entries - undone_before)
     }
 }
 

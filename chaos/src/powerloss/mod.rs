@@ -71,6 +71,18 @@ impl LazyFsProcess {
     pub fn cut(&self) -> Result<String, ChaosError> {
         self.ask("cut")
     }
+
+    /// A cut, answering what it lost: (bytes of data, directory entries).
+    pub fn cut_counted(&self) -> Result<(u64, u64), ChaosError> {
+        let answer = self.cut()?;
+        let field = |name: &str| {
+            answer
+                .split_whitespace()
+                .find_map(|part| part.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
+                .ok_or_else(|| failed(format!("lazyfs answered {answer:?}")))
+        };
+        Ok((field("dropped_bytes")?, field("undone_entries")?))
+    }
 }
 
 impl Drop for LazyFsProcess {
