@@ -13,7 +13,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, Response, StatusCode, header};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use hyper::body::Frame;
+use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -23,7 +23,6 @@ use crate::balance::Balancer;
 use crate::error::ServingError;
 use crate::revision::{Permit, RevisionHandle};
 use crate::shared::Shared;
-use crate::upstream::Upstreams;
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -37,16 +36,17 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// How long an idle h2c connection to an instance is kept (as the HTTP/1.1 ones, [`crate::upstream`]).
-const UPSTREAM_POOL_IDLE_TIMEOUT: std::time::Duration = crate::upstream::IDLE_TIMEOUT;
+/// How long an idle connection to an instance is kept: under the idle timeouts apps commonly close kept-alive
+/// connections at (Node.js: 5 s), so that a request never goes out on a connection the app is closing; such a
+/// request would be lost with it (the body is streamed, so it cannot be sent again).
+const UPSTREAM_POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
 #[derive(Clone)]
 pub(crate) struct HostRouter {
     shared: Arc<Shared>,
     /// `.DOMAIN`: every host under it is ours (an unknown one is answered 404).
     suffix: String,
-    /// HTTP/1.1 connections, driven in the task serving the request ([`Upstreams`]).
-    http1: Arc<Upstreams>,
+    http1: Client<HttpConnector, Body>,
     h2c: Client<HttpConnector, Body>,
 }
 
@@ -57,7 +57,10 @@ impl HostRouter {
         HostRouter {
             shared,
             suffix: format!(".{}", domain.trim_start_matches('.').to_ascii_lowercase()),
-            http1: Arc::default(),
+            http1: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
+                .pool_timer(TokioTimer::new())
+                .build(connector.clone()),
             h2c: Client::builder(TokioExecutor::new())
                 .http2_only(true)
                 .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
@@ -90,20 +93,12 @@ impl HostRouter {
         let timeout_ms = revision.run.timeout_ms;
         let deadline = Instant::now() + std::time::Duration::from_millis(timeout_ms);
         let permit = revision.acquire(timeout_ms).await?;
+        let client = if revision.run.h2c { &self.h2c } else { &self.http1 };
         let upstream = upstream_request(request, &permit)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let sent = async {
-            if revision.run.h2c {
-                let response = self.h2c.request(upstream).await.map_err(|e| e.to_string())?;
-                Ok(response.map(Body::new))
-            } else {
-                let response = self.http1.send(permit.addr, upstream).await?;
-                Ok(response.map(Body::new))
-            }
-        };
-        let response: Response<Body> = match tokio::time::timeout(remaining, sent).await {
+        let response = match tokio::time::timeout(remaining, client.request(upstream)).await {
             Err(_) => return Err(ServingError::Timeout { revision: revision.key(), after_ms: timeout_ms }),
-            Ok(Err(reason)) => return Err(ServingError::Upstream { revision: revision.key(), reason }),
+            Ok(Err(e)) => return Err(ServingError::Upstream { revision: revision.key(), reason: e.to_string() }),
             Ok(Ok(response)) => response,
         };
         let (mut parts, body) = response.into_parts();
@@ -139,15 +134,15 @@ struct OriginalHost(HeaderValue);
 
 /// A response body that holds its request's slot until it ends or is dropped.
 struct GuardedBody {
-    inner: Body,
+    inner: Incoming,
     _permit: Permit,
 }
 
 impl hyper::body::Body for GuardedBody {
     type Data = Bytes;
-    type Error = axum::Error;
+    type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 

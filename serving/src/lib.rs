@@ -32,7 +32,6 @@ pub mod runtime;
 mod shared;
 mod signals;
 mod supervisor;
-mod upstream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
