@@ -56,6 +56,9 @@ pub struct Config {
     pub planted_bug: Option<String>,
     /// How long the drain waits for subscribers to catch up.
     pub drain_timeout: Duration,
+    /// How long the heal waits for every node to be ready again, and the final read for the copies to
+    /// converge (a run whose nodes cannot recover, in the self-test, need not wait long to say so).
+    pub recovery_timeout: Duration,
     /// Probability that an attempt to the failing Trigger's subscriber is answered 500.
     pub fail_rate: f64,
     /// Delivery policy of the Triggers.
@@ -92,6 +95,7 @@ impl Config {
             sluice_bin,
             planted_bug: None,
             drain_timeout: Duration::from_secs(120),
+            recovery_timeout: Duration::from_secs(60),
             fail_rate: 0.3,
             retry: 3,
             backoff_policy: "exponential".into(),
@@ -1015,7 +1019,7 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
     // A node that does not recover is reported (a violation) and left out of the drain and the final reads;
     // the others are still checked.
     let mut unrecovered = BTreeSet::new();
-    for (id, reason) in cluster.unready(Duration::from_secs(60)).await {
+    for (id, reason) in cluster.unready(config.recovery_timeout).await {
         say(&config, &format!("node {id} did not recover: {reason}"));
         history.record(Op::Unrecovered { node: id, reason });
         unrecovered.insert(id);
@@ -1042,7 +1046,7 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
     // The drain reads the events from one node: first every node must hold every acknowledged event (the
     // producers have stopped), or an event acknowledged just before the heal, not yet applied on the node
     // read, would be missed and the drain would end while it is still being delivered.
-    if let Err(e) = converge(&healthy, &streams[..1], config.partitions).await {
+    if let Err(e) = converge(&healthy, &streams[..1], config.partitions, config.recovery_timeout).await {
         history.note(format!("drain: {e}"));
         say(&config, &format!("drain: {e}"));
     }
@@ -1089,7 +1093,7 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
         say(&config, &format!("drain: {e}"));
     }
     // Every node's copies converge (same end offsets everywhere).
-    let converged = converge(&healthy, &streams, config.partitions).await;
+    let converged = converge(&healthy, &streams, config.partitions, config.recovery_timeout).await;
     if let Err(e) = converged {
         history.note(format!("final: {e}"));
         say(&config, &format!("final: {e}"));
@@ -1131,9 +1135,9 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
     Ok(())
 }
 
-/// Waits (at most 60 s) until every node in `admins` has the same end offset in each partition of `streams`.
-async fn converge(admins: &[String], streams: &[String], partitions: u32) -> Result<(), ChaosError> {
-    wait_until("copies converged", Duration::from_secs(60), || async {
+/// Waits (at most `timeout`) until every node in `admins` has the same end offset in each partition of `streams`.
+async fn converge(admins: &[String], streams: &[String], partitions: u32, timeout: Duration) -> Result<(), ChaosError> {
+    wait_until("copies converged", timeout, || async {
         for s in streams {
             for partition in 0..partitions {
                 let mut ends = BTreeSet::new();

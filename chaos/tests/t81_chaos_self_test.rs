@@ -8,10 +8,15 @@
 //!   events in flight), and every kill hits a partition's leader (the node dispatching it), so the next leader
 //!   resumes past events that were never delivered nor dead-lettered: dispatch incomplete > 0.
 //!
+//! - `skip-wal-fsync` and `ack-before-fsync`: the WAL is never fsynced, or the log store reports entries
+//!   flushed before the fsync covers them. A kill -9 cannot tell (the OS keeps its cache); a power cut of every
+//!   node at once (`power-all`, the nodes' data on the power-loss filesystem) loses what they acknowledged.
+//!
 //! Needs the workspace built with `--features sluice/planted-bugs` (scripts/test.sh does).
 
 use std::time::Duration;
 
+use sluice_chaos::checker::Report;
 use sluice_chaos::faults::{FaultKind, Timing};
 use sluice_chaos::run::{Config, default_sluice_bin};
 
@@ -49,5 +54,30 @@ async fn the_checker_reports_planted_bugs() -> anyhow::Result<()> {
         "commit-before-delivery (seed {seed}): no incomplete dispatch reported; {hint}"
     );
     assert!(undelivered.lost.is_empty(), "that bug loses no acknowledged event");
+
+    the_checker_reports_planted_fsync_bugs_after_power_cuts(seed, hint).await
+}
+
+/// A short run with every node cut at once, against nodes with `bug`.
+async fn power_all(bug: &str, seed: u64) -> anyhow::Result<Report> {
+    let mut config = config(bug, seed);
+    config.faults = vec![FaultKind::PowerAll];
+    config.duration = Duration::from_secs(12);
+    config.timing = Timing { gap_ms: (2_000, 3_000), hold_ms: (2_000, 3_000), leader_bias: 0.0 };
+    config.wait_ready_between_faults = false;
+    // The nodes may not recover at all (the cluster's own init can be lost): no need to wait long to say so.
+    config.recovery_timeout = Duration::from_secs(10);
+    config.drain_timeout = Duration::from_secs(10);
+    Ok(sluice_chaos::run(config).await?)
+}
+
+/// The fsync bugs, reported after power cuts (run after the others: one cluster at a time).
+async fn the_checker_reports_planted_fsync_bugs_after_power_cuts(seed: u64, hint: &str) -> anyhow::Result<()> {
+    for bug in ["skip-wal-fsync", "ack-before-fsync"] {
+        let report = power_all(bug, seed).await?;
+        println!("{report}");
+        assert!(report.faults.get("power-all").is_some_and(|&n| n >= 1), "cuts were made: {:?}", report.faults);
+        assert!(!report.lost.is_empty(), "{bug} (seed {seed}): no lost event reported; {hint}");
+    }
     Ok(())
 }
