@@ -134,7 +134,8 @@ impl State {
 
     /// Writes a file's pending data down to the disk below.
     fn write_down(&mut self, ino: u64) -> std::io::Result<()> {
-        let Some(pending) = self.pending.remove(&ino) else { return Ok(()) };
+        // Kept until it is all down: a failed write-down loses nothing, and the fsync that asked fails.
+        let Some(pending) = self.pending.get(&ino).cloned() else { return Ok(()) };
         let file = self.file(ino)?;
         if let Some(cut) = pending.cut_at {
             file.set_len(cut)?;
@@ -143,6 +144,7 @@ impl State {
             file.write_all_at(data, *offset)?;
         }
         file.set_len(pending.size)?;
+        self.pending.remove(&ino);
         Ok(())
     }
 
@@ -150,8 +152,9 @@ impl State {
         let total: usize = self.pending.values().map(PendingData::bytes).sum();
         if total > MAX_PENDING_BYTES
             && let Some(largest) = self.pending.iter().max_by_key(|(_, p)| p.bytes()).map(|(ino, _)| *ino)
+            && let Err(e) = self.write_down(largest)
         {
-            let _ = self.write_down(largest);
+            eprintln!("lazyfs: writing back under memory pressure: {e}");
         }
     }
 

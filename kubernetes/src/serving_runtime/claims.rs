@@ -154,7 +154,7 @@ impl Claims {
                 });
             }
             Input::Problems(problems) => self.problems = problems,
-            // Not asked again at once: at the next resync (the shell's tick), so a failing API is not hammered.
+            // Not asked again in this step: at the next step (the shell's 2 s resync tick, or the next event).
             Input::ScaleFailed => {
                 self.replicas = None;
                 return out;

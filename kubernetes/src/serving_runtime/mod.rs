@@ -37,14 +37,20 @@ use claims::{Claims, Command, Input};
 
 /// How often a revision's task looks again after a failed call (an apply, a scale patch).
 const RESYNC: Duration = Duration::from_secs(2);
+/// How long a revision's retirement (deleting its Deployment and Service) may take.
+const RETIRE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stop waits past the grace period for the pod to leave the endpoints.
 const STOP_SLACK: Duration = Duration::from_secs(10);
 /// The annotation that makes a pod the ReplicaSet's first to delete when the count goes down.
 const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 
+/// A claim's id: unique in the runtime (two runs of one revision, an old one draining while a new one starts,
+/// number their instances from 1 each, and share the revision's task).
+type ClaimId = u64;
+
 enum Request {
-    Start { id: InstanceId, events: mpsc::Sender<InstanceEvent> },
-    Stop { id: InstanceId, done: oneshot::Sender<()> },
+    Start { claim: ClaimId, instance: InstanceId, events: mpsc::Sender<InstanceEvent> },
+    Stop { claim: ClaimId, done: oneshot::Sender<()> },
     Retire { done: oneshot::Sender<()> },
 }
 
@@ -55,6 +61,7 @@ pub struct KubernetesRuntime {
     client: Client,
     node_id: u64,
     tasks: Tasks,
+    next_claim: std::sync::atomic::AtomicU64,
 }
 
 impl KubernetesRuntime {
@@ -76,7 +83,7 @@ impl KubernetesRuntime {
             delete_ignoring_absent(&Api::<Service>::namespaced(client.clone(), &namespace), &service.name_any())
                 .await?;
         }
-        Ok(KubernetesRuntime { client, node_id, tasks: Arc::default() })
+        Ok(KubernetesRuntime { client, node_id, tasks: Arc::default(), next_claim: Default::default() })
     }
 }
 
@@ -110,7 +117,8 @@ impl Runtime for KubernetesRuntime {
         let deployment = revision_deployment(&spec.object, self.node_id, 0).map_err(refuse)?;
         let service = revision_service(&spec.object, self.node_id).map_err(refuse)?;
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
-        let request = Request::Start { id: spec.id, events };
+        let claim = self.next_claim.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let request = Request::Start { claim, instance: spec.id, events };
         let sender = match tasks.get(&spec.revision) {
             Some(sender) if !sender.is_closed() => sender.clone(),
             _ => {
@@ -132,7 +140,7 @@ impl Runtime for KubernetesRuntime {
             }
         };
         sender.send(request).map_err(|_| refuse("the revision's pod task has stopped".into()))?;
-        Ok(Box::new(PodInstance { id: spec.id, requests: sender }))
+        Ok(Box::new(PodInstance { claim, requests: sender }))
     }
 
     fn retire(&self, revision: &str) -> BoxFuture<'static, ()> {
@@ -140,8 +148,10 @@ impl Runtime for KubernetesRuntime {
         Box::pin(async move {
             let Some(sender) = sender else { return };
             let (done, retired) = oneshot::channel();
-            if sender.send(Request::Retire { done }).is_ok() {
-                let _ = retired.await;
+            if sender.send(Request::Retire { done }).is_ok()
+                && tokio::time::timeout(RETIRE_TIMEOUT, retired).await.is_err()
+            {
+                tracing::warn!("a revision's Deployment was not deleted in time; it goes when the node restarts");
             }
         })
     }
@@ -149,18 +159,18 @@ impl Runtime for KubernetesRuntime {
 
 /// An instance: a claim on one pod of the revision's Deployment.
 struct PodInstance {
-    id: InstanceId,
+    claim: ClaimId,
     requests: mpsc::UnboundedSender<Request>,
 }
 
 impl Instance for PodInstance {
     fn stop(&self, grace: Duration) -> BoxFuture<'static, ()> {
         let (done, stopped) = oneshot::channel();
-        let sent = self.requests.send(Request::Stop { id: self.id, done }).is_ok();
-        let id = self.id;
+        let sent = self.requests.send(Request::Stop { claim: self.claim, done }).is_ok();
+        let claim = self.claim;
         Box::pin(async move {
             if sent && tokio::time::timeout(grace + STOP_SLACK, stopped).await.is_err() {
-                tracing::warn!(instance = id, "the pod of a stopped instance is still serving after the grace period");
+                tracing::warn!(claim, "the pod of a stopped instance is still serving after the grace period");
             }
         })
     }
@@ -180,8 +190,20 @@ struct PodSetTask {
 /// What the task keeps besides the claims.
 #[derive(Default)]
 struct Waiting {
-    events: HashMap<InstanceId, mpsc::Sender<InstanceEvent>>,
-    stops: HashMap<InstanceId, Vec<oneshot::Sender<()>>>,
+    /// Each claim's instance (as its revision run numbers it) and where its events go.
+    events: HashMap<ClaimId, (InstanceId, mpsc::Sender<InstanceEvent>)>,
+    stops: HashMap<ClaimId, Vec<oneshot::Sender<()>>>,
+}
+
+/// Hands an event to the revision's task without waiting: a revision that is stopping no longer reads its
+/// events, and this task must not block on it (the rest of the revision's pods, and its retirement, wait here).
+fn deliver(events: &mpsc::Sender<InstanceEvent>, event: InstanceEvent) {
+    if let Err(mpsc::error::TrySendError::Full(event)) = events.try_send(event) {
+        let events = events.clone();
+        tokio::spawn(async move {
+            let _ = events.send(event).await;
+        });
+    }
 }
 
 impl PodSetTask {
@@ -207,19 +229,31 @@ impl PodSetTask {
         loop {
             let input = tokio::select! {
                 request = requests.recv() => match request {
-                    Some(Request::Start { id, events }) => {
-                        waiting.events.insert(id, events);
-                        Input::Start(id)
+                    Some(Request::Start { claim, instance, events }) => {
+                        waiting.events.insert(claim, (instance, events));
+                        Input::Start(claim)
                     }
-                    Some(Request::Stop { id, done }) => {
-                        waiting.stops.entry(id).or_default().push(done);
-                        Input::Stop(id)
+                    Some(Request::Stop { claim, done }) => {
+                        waiting.stops.entry(claim).or_default().push(done);
+                        Input::Stop(claim)
                     }
                     Some(Request::Retire { done }) => {
-                        if claims.only_stopping() && self.leave(&me, &requests) {
-                            // Deleting the Deployment takes its pods, those still stopping too.
-                            let _ = delete_ignoring_absent(&deployments, &deployment_name).await;
-                            let _ = delete_ignoring_absent(&services, &service_name).await;
+                        if !claims.only_stopping() || !requests.is_empty() {
+                            let _ = done.send(());
+                            continue;
+                        }
+                        // Deleting the Deployment takes its pods, those still stopping too. Deleted first, then
+                        // the task leaves the map: a start that comes meanwhile finds it and has it apply again.
+                        for outcome in [
+                            delete_ignoring_absent(&deployments, &deployment_name).await,
+                            delete_ignoring_absent(&services, &service_name).await,
+                        ] {
+                            if let Err(e) = outcome {
+                                tracing::warn!(revision = %self.key, error = %e, "deleting the revision's Deployment or Service failed; it goes when the node restarts");
+                                metrics::counter!("sluice_kubernetes_runtime_errors_total", "call" => "delete").increment(1);
+                            }
+                        }
+                        if self.leave(&me, &requests) {
                             tracing::info!(revision = %self.key, deployment = %deployment_name, "revision retired");
                             for done in waiting.stops.into_values().flatten() {
                                 let _ = done.send(());
@@ -227,8 +261,10 @@ impl PodSetTask {
                             let _ = done.send(());
                             return;
                         }
+                        applied = self.ensure(&deployments, &services).await;
+                        claims.step(Input::ScaleFailed);
                         let _ = done.send(());
-                        continue;
+                        Input::Resync
                     }
                     None => return,
                 },
@@ -332,16 +368,16 @@ impl PodSetTask {
                 }
                 None
             }
-            Command::Ready { id, addr } => {
-                tracing::info!(revision = %self.key, instance = id, %addr, "pod ready");
-                if let Some(events) = waiting.events.get(&id) {
-                    let _ = events.send(InstanceEvent::Ready { id, addr }).await;
+            Command::Ready { id: claim, addr } => {
+                if let Some((id, events)) = waiting.events.get(&claim) {
+                    tracing::info!(revision = %self.key, instance = id, %addr, "pod ready");
+                    deliver(events, InstanceEvent::Ready { id: *id, addr });
                 }
                 None
             }
-            Command::Exited { id, reason, message } => {
-                tracing::warn!(revision = %self.key, instance = id, %reason, %message, "pod lost");
-                if let Some(events) = waiting.events.remove(&id) {
+            Command::Exited { id: claim, reason, message } => {
+                tracing::warn!(revision = %self.key, claim, %reason, %message, "pod lost");
+                if let Some((id, events)) = waiting.events.remove(&claim) {
                     let event = InstanceEvent::Exited {
                         id,
                         code: None,
@@ -349,19 +385,19 @@ impl PodSetTask {
                         reason: Some(reason),
                         last_output: message,
                     };
-                    let _ = events.send(event).await;
+                    deliver(&events, event);
                 }
-                for done in waiting.stops.remove(&id).unwrap_or_default() {
+                for done in waiting.stops.remove(&claim).unwrap_or_default() {
                     let _ = done.send(());
                 }
                 None
             }
-            Command::Stopped(id) => {
-                for done in waiting.stops.remove(&id).unwrap_or_default() {
+            Command::Stopped(claim) => {
+                for done in waiting.stops.remove(&claim).unwrap_or_default() {
                     let _ = done.send(());
                 }
                 // As a process's exit after its SIGTERM: the revision task expects it, and forgets the instance.
-                if let Some(events) = waiting.events.remove(&id) {
+                if let Some((id, events)) = waiting.events.remove(&claim) {
                     let event = InstanceEvent::Exited {
                         id,
                         code: None,
@@ -369,7 +405,7 @@ impl PodSetTask {
                         reason: Some("Stopped".into()),
                         last_output: String::new(),
                     };
-                    let _ = events.send(event).await;
+                    deliver(&events, event);
                 }
                 None
             }
@@ -377,7 +413,8 @@ impl PodSetTask {
     }
 
     /// Takes this task out of the runtime's map, unless a request reached it meanwhile (a start of the same
-    /// revision: it then goes on). Senders take the map's lock to send, so none can come after.
+    /// revision: it then goes on). Starts take the map's lock to send, so none can come after; a stop or a
+    /// retirement sent after finds the channel closed and is done at once.
     fn leave(&self, me: &mpsc::UnboundedSender<Request>, requests: &mpsc::UnboundedReceiver<Request>) -> bool {
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         if !requests.is_empty() {
