@@ -19,6 +19,8 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 # The chaos suite (chaos/): network namespaces (iproute2) and partitions (nftables).
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+# The power-loss filesystem mounts with mount(2) as root, else through fusermount3.
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

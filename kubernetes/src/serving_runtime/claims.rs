@@ -167,21 +167,28 @@ impl Claims {
         out
     }
 
-    /// Ready pods no claim holds go to waiting claims, oldest first.
-    fn bind(&mut self, out: &mut Vec<Command>) {
-        let held: BTreeSet<&str> = self
-            .claims
+    /// The pods a claim holds (serving or stopping).
+    fn held_pods(&self) -> BTreeSet<String> {
+        self.claims
             .values()
             .filter_map(|c| match c {
-                Claim::Bound { pod } | Claim::Stopping { pod } => Some(pod.as_str()),
+                Claim::Bound { pod } | Claim::Stopping { pod } => Some(pod.clone()),
                 Claim::Waiting => None,
             })
-            .collect();
+            .collect()
+    }
+
+    /// The claims waiting for a pod, oldest first.
+    fn waiting(&self) -> Vec<InstanceId> {
+        self.claims.iter().filter(|(_, c)| **c == Claim::Waiting).map(|(id, _)| *id).collect()
+    }
+
+    /// Ready pods no claim holds go to waiting claims, oldest first.
+    fn bind(&mut self, out: &mut Vec<Command>) {
+        let held = self.held_pods();
         let free: Vec<Endpoint> =
-            self.endpoints.values().filter(|e| e.serving() && !held.contains(e.pod.as_str())).cloned().collect();
-        let waiting: Vec<InstanceId> =
-            self.claims.iter().filter(|(_, c)| **c == Claim::Waiting).map(|(id, _)| *id).collect();
-        for (id, endpoint) in waiting.into_iter().zip(free) {
+            self.endpoints.values().filter(|e| e.serving() && !held.contains(&e.pod)).cloned().collect();
+        for (id, endpoint) in self.waiting().into_iter().zip(free) {
             self.claims.insert(id, Claim::Bound { pod: endpoint.pod.clone() });
             out.push(Command::Ready { id, addr: endpoint.addr });
         }
@@ -190,17 +197,9 @@ impl Claims {
     /// A pod that cannot start fails a waiting claim (the oldest), once per pod and step: the revision task
     /// counts it as a failed start and backs off before it asks again.
     fn charge_problems(&mut self, out: &mut Vec<Command>) {
-        let held: BTreeSet<String> = self
-            .claims
-            .values()
-            .filter_map(|c| match c {
-                Claim::Bound { pod } | Claim::Stopping { pod } => Some(pod.clone()),
-                Claim::Waiting => None,
-            })
-            .collect();
+        let held = self.held_pods();
         let problems: Vec<PodProblem> = self.problems.iter().filter(|p| !held.contains(&p.pod)).cloned().collect();
-        let waiting: Vec<InstanceId> =
-            self.claims.iter().filter(|(_, c)| **c == Claim::Waiting).map(|(id, _)| *id).collect();
+        let waiting = self.waiting();
         for (id, problem) in waiting.into_iter().zip(problems) {
             self.claims.remove(&id);
             out.push(Command::Exited {
