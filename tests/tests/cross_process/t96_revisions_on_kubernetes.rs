@@ -79,7 +79,13 @@ async fn revisions_run_as_deployments_scaled_from_sluice_and_routed_to_their_pod
     node.env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
     start_as_single_node(&mut node, 1).await?;
     let (admin, http) = (node.admin.clone(), node.http.clone());
-    assert!(kube.get(DEPLOYMENTS, "default", "old-00001-n1-deployment").is_none(), "a previous run's is deleted");
+    // Serving (and with it the runtime's clean-up) starts once the node is up, so that is awaited.
+    wait_until(WITHIN, || async {
+        Ok(kube.get(DEPLOYMENTS, "default", "old-00001-n1-deployment").is_none().then_some(()))
+    })
+    .await
+    .context("a previous run's Deployment is deleted")
+    .with_context(|| node.log_tail())?;
     assert!(kube.get(DEPLOYMENTS, "default", "other-00001-n2-deployment").is_some(), "another node's stays");
 
     // The Service's first revision runs as a Deployment of this node, and proves itself ready with a pod.
