@@ -12,7 +12,8 @@
 //! | `sm_state`    | group · tag [· name]                       | postcard(value) or JSON    |
 //! | `sm_state`    | group · 6 · cursor name                    | committed offset (u64 BE)  |
 //! | `dedupe`      | group · stream id · 1 · key                | arrival_ms (seen at)       |
-//! | `dedupe`      | group · stream id · 2 · arrival_ms · key   | (empty; expiry order)      |
+//! | `dedupe`      | group · stream id · 2 · arrival_ms · key   | (empty; expiry order; only |
+//! |               |                                            | earlier versions wrote it) |
 
 use crate::ids::GroupId;
 
@@ -159,6 +160,7 @@ pub(crate) fn dedupe_seen_key(group: GroupId, stream_id: u32, key: &[u8]) -> Vec
     out
 }
 
+#[cfg(test)]
 pub(crate) fn dedupe_expiry_key(group: GroupId, stream_id: u32, arrival_ms: u64, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(17 + key.len());
     out.extend_from_slice(&group.to_be_bytes());
@@ -169,10 +171,23 @@ pub(crate) fn dedupe_expiry_key(group: GroupId, stream_id: u32, arrival_ms: u64,
     out
 }
 
-/// (arrival_ms, key) of an expiry key.
-pub(crate) fn split_dedupe_expiry_key(expiry_key: &[u8]) -> Option<(u64, &[u8])> {
-    let at = u64::from_be_bytes(expiry_key.get(9..17)?.try_into().ok()?);
-    Some((at, expiry_key.get(17..)?))
+/// What a `dedupe` column family key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DedupeEntry {
+    /// A key seen in a stream (its value: when).
+    Seen { group: GroupId, stream_id: u32 },
+    /// An expiry-ordered entry, written by earlier versions (expiry is now the compaction filter's).
+    LegacyExpiry,
+}
+
+pub(crate) fn split_dedupe_key(key: &[u8]) -> Option<DedupeEntry> {
+    let group = GroupId::from_be_bytes(key.get(..4)?.try_into().ok()?);
+    let stream_id = u32::from_be_bytes(key.get(4..8)?.try_into().ok()?);
+    match *key.get(8)? {
+        DEDUPE_SEEN => Some(DedupeEntry::Seen { group, stream_id }),
+        DEDUPE_EXPIRY => Some(DedupeEntry::LegacyExpiry),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //!   RocksDB unsynced and then wait for one shared `fsync` of the WAL; one
 //!   fsync covers every append written before it, whatever its group.
 
+mod dedupe_expiry;
 pub(crate) mod keys;
 mod log_store;
 mod read_view;
@@ -27,6 +28,7 @@ pub(crate) use state_machine::{
 pub(crate) use wal_sync::WalSyncer;
 
 use crate::error::BrokerError;
+use crate::store::dedupe_expiry::DedupeHorizons;
 use crate::store::keys::ALL_CFS;
 
 /// The node's storage: the RocksDB instance and the snapshot directory.
@@ -35,6 +37,7 @@ pub(crate) struct Store {
     db: Arc<DB>,
     wal: WalSyncer,
     snapshot_dir: PathBuf,
+    dedupe_horizons: Arc<DedupeHorizons>,
 }
 
 impl Store {
@@ -54,6 +57,7 @@ impl Store {
         options.set_manual_wal_flush(false);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         options.increase_parallelism(2);
+        let dedupe_horizons = Arc::new(DedupeHorizons::default());
         let cfs = ALL_CFS.iter().map(|name| {
             let mut cf_options = Options::default();
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -65,6 +69,20 @@ impl Store {
                 cf_options.set_block_based_table_factory(&table);
                 cf_options.set_memtable_prefix_bloom_ratio(0.1);
                 cf_options.set_memtable_whole_key_filtering(true);
+                // Keys behind their stream's window go when compaction rewrites them (dedupe_expiry.rs);
+                // files no write touches are still rewritten (and so pruned) at least hourly.
+                let horizons = dedupe_horizons.clone();
+                cf_options.set_compaction_filter(
+                    "sluice-dedupe-expiry",
+                    move |_level: u32, key: &[u8], value: &[u8]| {
+                        if horizons.keep(key, value) {
+                            rocksdb::compaction_filter::Decision::Keep
+                        } else {
+                            rocksdb::compaction_filter::Decision::Remove
+                        }
+                    },
+                );
+                cf_options.set_periodic_compaction_seconds(3600);
             }
             ColumnFamilyDescriptor::new(*name, cf_options)
         });
@@ -78,7 +96,7 @@ impl Store {
         })?;
         let db = Arc::new(db);
         let wal = WalSyncer::start(db.clone());
-        Ok(Self { db, wal, snapshot_dir })
+        Ok(Self { db, wal, snapshot_dir, dedupe_horizons })
     }
 
     pub(crate) fn db(&self) -> &Arc<DB> {
@@ -91,6 +109,10 @@ impl Store {
 
     pub(crate) fn snapshot_dir(&self) -> &Path {
         &self.snapshot_dir
+    }
+
+    pub(crate) fn dedupe_horizons(&self) -> &Arc<DedupeHorizons> {
+        &self.dedupe_horizons
     }
 }
 

@@ -8,7 +8,7 @@
 //! `WriteBatch` as the data, so after a crash openraft re-applies exactly the
 //! entries that are missing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,10 +33,11 @@ use crate::command::{
     Appended, GroupId, LogCommand, LogId, LogResponse, NodeId, OffsetCommit, ResourceKey, SnapshotMeta,
     StoredMembership, StreamAppend, TypeConfig, decode, encode,
 };
+use crate::store::dedupe_expiry::DedupeHorizons;
 use crate::store::keys::{
     CF_DEDUPE, CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBER_REMOVALS, SM_MEMBERSHIP,
-    SM_RESOURCE, SM_STREAM, dedupe_expiry_key, dedupe_seen_key, event_key, event_value, offset_key, resource_key,
-    split_dedupe_expiry_key, split_resource_key, stream_state_key, tag_key, time_index_key, time_index_offset_of,
+    SM_RESOURCE, SM_STREAM, dedupe_seen_key, event_key, event_value, offset_key, resource_key, split_resource_key,
+    stream_state_key, tag_key, time_index_key, time_index_offset_of,
 };
 use crate::store::snapshot::Snapshot;
 
@@ -55,15 +56,18 @@ pub(crate) struct GroupStateMachine {
     /// Set once openraft runs the group: from then on a request for the current snapshot comes from a
     /// follower that needs the data, not from start-up reading the meta.
     raft_started: Arc<AtomicBool>,
-    /// Per stream id: every dedupe expiry key below this arrival time is already deleted. The expiry scan
-    /// starts here instead of at 0, because RocksDB's seek would otherwise step over every tombstone the
-    /// earlier scans left (it grew with the stream: 90 % of a node's CPU after a few minutes at 5k/s).
-    dedupe_expired_below_ms: HashMap<u32, u64>,
+    /// Where each stream's dedupe window starts, for the compaction that forgets older keys.
+    dedupe_horizons: Arc<DedupeHorizons>,
 }
 
 impl GroupStateMachine {
     /// Loads the group's applied state from the store.
-    pub(crate) fn open(db: Arc<DB>, group: GroupId, snapshot_root: &std::path::Path) -> io::Result<Self> {
+    pub(crate) fn open(
+        db: Arc<DB>,
+        group: GroupId,
+        snapshot_root: &std::path::Path,
+        dedupe_horizons: Arc<DedupeHorizons>,
+    ) -> io::Result<Self> {
         let snapshot_dir = snapshot_root.join(format!("group-{group}"));
         crate::durable_fs::create_dir_all(&snapshot_dir)?;
         snapshot::remove_partial_snapshots(&snapshot_dir)?;
@@ -75,15 +79,7 @@ impl GroupStateMachine {
             applied_index: watch::Sender::new(0),
         });
         let raft_started = Arc::new(AtomicBool::new(false));
-        let mut machine = Self {
-            db,
-            group,
-            snapshot_dir,
-            view,
-            next_stream_id: 0,
-            raft_started,
-            dedupe_expired_below_ms: HashMap::new(),
-        };
+        let mut machine = Self { db, group, snapshot_dir, view, next_stream_id: 0, raft_started, dedupe_horizons };
         machine.reload()?;
         Ok(machine)
     }
@@ -99,7 +95,7 @@ impl GroupStateMachine {
 
     /// Re-reads the in-memory view from RocksDB (at open and after a snapshot install).
     fn reload(&mut self) -> io::Result<()> {
-        self.dedupe_expired_below_ms.clear();
+        self.dedupe_horizons.forget_group(self.group);
         let sm = cf(&self.db, CF_SM_STATE)?;
         let prefix = tag_key(self.group, SM_STREAM);
         let mut read_options = ReadOptions::default();
@@ -192,12 +188,7 @@ impl GroupStateMachine {
             added_bytes += payload.len() as u64;
         }
         if let Some(dedupe) = &append.dedupe {
-            self.stage_dedupe_expiry(
-                staged,
-                state.id,
-                arrival_ms.saturating_sub(dedupe.window_ms),
-                append.payloads.len(),
-            )?;
+            staged.dedupe_horizons.push((state.id, arrival_ms.saturating_sub(dedupe.window_ms)));
         }
         let stored = next_offset - first_offset;
         if stored > 0 {
@@ -307,55 +298,7 @@ impl GroupStateMachine {
     fn stage_seen(&self, staged: &mut Staged, stream_id: u32, key: &[u8], arrival_ms: u64) -> io::Result<()> {
         let dedupe = cf(&self.db, CF_DEDUPE)?;
         staged.batch.put_cf(dedupe, dedupe_seen_key(self.group, stream_id, key), arrival_ms.to_be_bytes());
-        staged.batch.put_cf(dedupe, dedupe_expiry_key(self.group, stream_id, arrival_ms, key), []);
         staged.seen.insert((stream_id, Bytes::copy_from_slice(key)), arrival_ms);
-        Ok(())
-    }
-
-    /// Forgets keys stored before `horizon_ms`: at most a bounded number per
-    /// append (twice what it added, plus a margin), so the window's keys stay
-    /// bounded by rate × window without an unbounded pause.
-    fn stage_dedupe_expiry(
-        &mut self,
-        staged: &mut Staged,
-        stream_id: u32,
-        horizon_ms: u64,
-        added: usize,
-    ) -> io::Result<()> {
-        let dedupe = cf(&self.db, CF_DEDUPE)?;
-        let floor_ms = self.dedupe_expired_below_ms.get(&stream_id).copied().unwrap_or(0);
-        if floor_ms >= horizon_ms {
-            return Ok(());
-        }
-        let start = dedupe_expiry_key(self.group, stream_id, floor_ms, &[]);
-        let limit = added * 2 + 64;
-        let mut seen = 0usize;
-        let mut last_at = floor_ms;
-        let mut read_options = ReadOptions::default();
-        read_options.set_iterate_upper_bound(dedupe_expiry_key(self.group, stream_id, horizon_ms, &[]));
-        let iter = self.db.iterator_cf_opt(dedupe, read_options, IteratorMode::From(&start, Direction::Forward));
-        for item in iter.take(limit) {
-            seen += 1;
-            let (expiry_key, _) = item.map_err(io_err)?;
-            let Some((at, key)) = split_dedupe_expiry_key(&expiry_key) else { continue };
-            last_at = at;
-            staged.batch.delete_cf(dedupe, &expiry_key);
-            // A key seen again since (in this entry or on disk) keeps its newer mark.
-            let newer_in_batch = staged.seen.get(&(stream_id, Bytes::copy_from_slice(key))).is_some_and(|t| *t != at);
-            if newer_in_batch || staged.expired.contains(&expiry_key.to_vec()) {
-                continue;
-            }
-            let seen_key = dedupe_seen_key(self.group, stream_id, key);
-            let current = self.db.get_cf(dedupe, &seen_key).map_err(io_err)?;
-            if current.as_deref().and_then(|v| v.get(..8)) == Some(&at.to_be_bytes()[..]) {
-                staged.batch.delete_cf(dedupe, &seen_key);
-            }
-            staged.expired.insert(expiry_key.to_vec());
-        }
-        // Below `last_at` everything seen was deleted (keys at `last_at` itself may remain: scanned again).
-        // A scan that stopped before its limit reached the horizon: nothing below it is left.
-        let floor = if seen < limit { horizon_ms } else { last_at };
-        self.dedupe_expired_below_ms.insert(stream_id, floor);
         Ok(())
     }
 
@@ -511,8 +454,11 @@ impl GroupStateMachine {
     fn commit_staged(&mut self, mut staged: Staged, last_applied: LogId) -> io::Result<()> {
         let sm = cf(&self.db, CF_SM_STATE)?;
         staged.batch.put_cf(sm, tag_key(self.group, SM_APPLIED), encode(&Some(last_applied)).map_err(io_err)?);
-        let Staged { batch, streams: touched, resources, offset_commits, new_config, .. } = staged;
+        let Staged { batch, streams: touched, resources, offset_commits, new_config, dedupe_horizons, .. } = staged;
         self.db.write(batch).map_err(io_err)?;
+        for (stream_id, horizon_ms) in dedupe_horizons {
+            self.dedupe_horizons.advance(self.group, stream_id, horizon_ms);
+        }
         if offset_commits > 0 {
             metrics::counter!("sluice_offset_commits_total", "group" => crate::ids::group_name(self.group))
                 .increment(offset_commits);
@@ -576,7 +522,8 @@ struct Staged {
     batch: WriteBatch,
     streams: HashMap<String, StreamState>,
     seen: HashMap<(u32, Bytes), u64>,
-    expired: HashSet<Vec<u8>>,
+    /// (stream id, dedupe horizon) of each append with dedupe, published once the batch is written.
+    dedupe_horizons: Vec<(u32, u64)>,
     resources: BTreeMap<ResourceKey, Option<String>>,
     /// Payload bytes of the records staged so far, by (stream id, offset).
     event_bytes: BTreeMap<(u32, u64), u64>,

@@ -23,8 +23,9 @@ impl StoreBuilder<TypeConfig, GroupLogStore, GroupStateMachine, tempfile::TempDi
         // A non-zero group id, so that key prefixes are exercised.
         let group = 3;
         let log = GroupLogStore::new(store.db().clone(), store.wal().clone(), group);
-        let sm = GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir())
-            .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+        let sm =
+            GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir(), store.dedupe_horizons().clone())
+                .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
         // As in a running group: the current snapshot is asked for to send it, so its data is written.
         sm.raft_started().store(true, std::sync::atomic::Ordering::Release);
         Ok((dir, log, sm))
@@ -57,7 +58,8 @@ async fn apply(sm: &mut GroupStateMachine, entries: Vec<crate::command::Entry>) 
 
 fn open(dir: &std::path::Path, group: u32) -> (Store, GroupStateMachine) {
     let store = Store::open(dir).expect("open store");
-    let sm = GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir()).expect("open state machine");
+    let sm = GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir(), store.dedupe_horizons().clone())
+        .expect("open state machine");
     (store, sm)
 }
 
@@ -287,12 +289,15 @@ async fn committed_offsets_survive_reopen_and_stay_in_their_group() {
     {
         let (store, mut sm) = open(dir.path(), 1);
         apply(&mut sm, vec![entry(1, LogCommand::CommitOffsets(vec![commit("t", 42, false)]))]).await;
-        let mut other = GroupStateMachine::open(store.db().clone(), 2, store.snapshot_dir()).expect("open group 2");
+        let mut other =
+            GroupStateMachine::open(store.db().clone(), 2, store.snapshot_dir(), store.dedupe_horizons().clone())
+                .expect("open group 2");
         apply(&mut other, vec![entry(1, LogCommand::CommitOffsets(vec![commit("t", 7, false)]))]).await;
     }
     let (store, sm) = open(dir.path(), 1);
     assert_eq!(sm.view().committed_offsets().expect("read"), vec![("t".to_string(), 42)]);
-    let other = GroupStateMachine::open(store.db().clone(), 2, store.snapshot_dir()).expect("open group 2");
+    let other = GroupStateMachine::open(store.db().clone(), 2, store.snapshot_dir(), store.dedupe_horizons().clone())
+        .expect("open group 2");
     assert_eq!(other.view().committed_offset("t").expect("read"), Some(7));
 }
 
@@ -333,10 +338,10 @@ fn dedupe_append(arrival_ms: u64, keys: &[&str]) -> StreamAppend {
 }
 
 #[tokio::test]
-async fn dedupe_keys_expire_after_the_window_scan_after_scan() {
+async fn dedupe_keys_behind_the_window_are_dropped_by_compaction_not_by_apply() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, mut sm) = open(dir.path(), 2);
-    // Many keys, each expired by a later append: the expiry scan resumes where the last one stopped.
+    // Many keys, each pushed out of the window by later appends.
     let mut index = 1;
     for round in 0..50u64 {
         let keys: Vec<String> = (0..10).map(|k| format!("r{round}k{k}")).collect();
@@ -352,12 +357,34 @@ async fn dedupe_keys_expire_after_the_window_scan_after_scan() {
     // Past the window: the key was forgotten, so the same id is stored again.
     apply(&mut sm, vec![entry(index, LogCommand::Append(vec![dedupe_append(3_000, &["r0k0"])]))]).await;
     assert_eq!(sm.view().end_offset("d"), 501, "r0k0 expired long ago");
-    let dedupe_keys = store
-        .db()
-        .iterator_cf(cf(store.db(), crate::store::keys::CF_DEDUPE).expect("cf"), rocksdb::IteratorMode::Start)
-        .count();
-    // Only keys seen within the last window (plus their expiry entries) remain: not all 500.
-    assert!(dedupe_keys < 100, "{dedupe_keys} dedupe keys left");
+    let dedupe = cf(store.db(), crate::store::keys::CF_DEDUPE).expect("cf");
+    let count_keys = || store.db().iterator_cf(dedupe, rocksdb::IteratorMode::Start).count();
+    assert_eq!(count_keys(), 500, "nothing is deleted in apply (r0k0 was put again)");
+    // Compaction forgets what is behind the window of the last arrival (3_460 − 100 ms).
+    store.db().flush_cf(dedupe).expect("flush");
+    store.db().compact_range_cf(dedupe, None::<&[u8]>, None::<&[u8]>);
+    let kept = count_keys();
+    assert_eq!(kept, 21, "rounds 48 (3_400 ms) and 49 (3_450 ms), and r0k0 seen again at 3_460 ms");
+}
+
+/// Regression (review of the compaction-filter expiry): after a reopen nothing says how far a stream's
+/// window reaches until it appends again, so compaction must keep every key; a key dropped meanwhile would
+/// let a duplicate in after a restart.
+#[tokio::test]
+async fn after_a_reopen_no_dedupe_key_goes_before_the_stream_appends_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (_store, mut sm) = open(dir.path(), 2);
+        apply(&mut sm, vec![entry(1, LogCommand::Append(vec![dedupe_append(1_000, &["a", "b"])]))]).await;
+        apply(&mut sm, vec![entry(2, LogCommand::Append(vec![dedupe_append(1_050, &["c"])]))]).await;
+    }
+    let (store, mut sm) = open(dir.path(), 2);
+    let dedupe = cf(store.db(), crate::store::keys::CF_DEDUPE).expect("cf");
+    store.db().compact_range_cf(dedupe, None::<&[u8]>, None::<&[u8]>);
+    assert_eq!(store.db().iterator_cf(dedupe, rocksdb::IteratorMode::Start).count(), 3);
+    // Within the window of the last append, "a" is still a duplicate.
+    apply(&mut sm, vec![entry(3, LogCommand::Append(vec![dedupe_append(1_090, &["a"])]))]).await;
+    assert_eq!(sm.view().end_offset("d"), 3);
 }
 
 /// Regression (review): `SetMembers` carried a whole member list built before it committed, so two changes
