@@ -56,6 +56,31 @@ pub struct Unavailability {
     pub window_ns: Option<u64>,
 }
 
+/// Nearest-rank percentiles of the unavailability windows after leader kills; a kill with no ack after it
+/// counts as longer than every other (`None`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnavailabilitySummary {
+    pub kills: usize,
+    pub p50_ns: Option<u64>,
+    pub p99_ns: Option<u64>,
+}
+
+impl UnavailabilitySummary {
+    pub fn of(windows: &[Unavailability]) -> Option<Self> {
+        if windows.is_empty() {
+            return None;
+        }
+        // None sorts first as an Option; map it to the top instead.
+        let mut sorted: Vec<u64> = windows.iter().map(|u| u.window_ns.unwrap_or(u64::MAX)).collect();
+        sorted.sort_unstable();
+        let at = |q: f64| {
+            let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+            Some(sorted[rank - 1]).filter(|w| *w != u64::MAX)
+        };
+        Some(Self { kills: sorted.len(), p50_ns: at(0.50), p99_ns: at(0.99) })
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Report {
     pub seed: u64,
@@ -206,6 +231,17 @@ impl fmt::Display for Report {
         }
         if let Some(max) = self.unavailability.iter().filter_map(|u| u.window_ns).max() {
             writeln!(f, "{:<34} {}", "longest unavailability", ms(max))?;
+        }
+        if let Some(summary) = UnavailabilitySummary::of(&self.unavailability) {
+            let shown = |w: Option<u64>| w.map(ms).unwrap_or_else(|| "no ack".into());
+            writeln!(
+                f,
+                "{:<34} p50 {} / p99 {} over {} leader kills",
+                "unavailability percentiles",
+                shown(summary.p50_ns),
+                shown(summary.p99_ns),
+                summary.kills
+            )?;
         }
         let violations = self.violations();
         writeln!(f, "{:-<64}", "")?;
@@ -722,6 +758,35 @@ mod tests {
         assert_eq!(report.unavailability[0].window_ns, Some(6_000_000));
         assert_eq!(report.unavailability[1].window_ns, None);
         assert!(report.to_string().contains("no ack after the kill"));
+    }
+
+    #[test]
+    fn unavailability_percentiles_are_nearest_rank_and_a_kill_without_ack_is_the_longest() {
+        let windows = |ms: &[Option<u64>]| -> Vec<Unavailability> {
+            ms.iter()
+                .map(|w| Unavailability { at_ns: 0, node: 1, group: 1, window_ns: w.map(|ms| ms * 1_000_000) })
+                .collect()
+        };
+        assert_eq!(UnavailabilitySummary::of(&[]), None);
+        // (windows in ms, p50 ms, p99 ms)
+        type Row<'a> = (&'a [Option<u64>], Option<u64>, Option<u64>);
+        let table: [Row; 4] = [
+            (&[Some(700)], Some(700), Some(700)),
+            (&[Some(900), Some(100), Some(500)], Some(500), Some(900)),
+            (&[Some(100), None, Some(300)], Some(300), None),
+            (&[Some(10); 100], Some(10), Some(10)),
+        ];
+        for (input, p50, p99) in table {
+            let summary = UnavailabilitySummary::of(&windows(input)).expect("kills");
+            assert_eq!(summary.kills, input.len());
+            assert_eq!(summary.p50_ns, p50.map(|ms| ms * 1_000_000), "p50 of {input:?}");
+            assert_eq!(summary.p99_ns, p99.map(|ms| ms * 1_000_000), "p99 of {input:?}");
+        }
+        // 100 kills, one slow: p99 is the 99th, not the slow one.
+        let mut many = vec![Some(200u64); 99];
+        many.push(Some(5_000));
+        let summary = UnavailabilitySummary::of(&windows(&many)).expect("kills");
+        assert_eq!(summary.p99_ns, Some(200_000_000));
     }
 
     #[test]
