@@ -205,10 +205,10 @@ impl IngressArgs {
 #[derive(Args, Clone, Debug)]
 pub(crate) struct TuningArgs {
     /// Raft heartbeat interval.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 50)]
     pub heartbeat_ms: u64,
     /// Raft election timeout, lower bound (the upper bound is twice this).
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 300)]
     pub election_timeout_ms: u64,
     /// Build a snapshot of a group after this many Raft entries.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]

@@ -33,9 +33,9 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         Self {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 600,
-            election_timeout_max_ms: 1200,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
             snapshot_every_entries: 20_000,
             keep_entries_after_snapshot: 1_000,
             learner_catch_up_entries: 5_000,
@@ -84,8 +84,9 @@ impl Group {
         limits: AppendLimits,
     ) -> Result<Arc<Group>, BrokerError> {
         let log_store = GroupLogStore::new(store.db().clone(), store.wal().clone(), group);
-        let state_machine = GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir())
-            .map_err(|e| BrokerError::io(format!("state machine of {}", group_name(group)), e))?;
+        let state_machine =
+            GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir(), store.dedupe_horizons().clone())
+                .map_err(|e| BrokerError::io(format!("state machine of {}", group_name(group)), e))?;
         let view = state_machine.view();
         let raft_started = state_machine.raft_started();
         let config = Arc::new(tuning.openraft_config(group)?);
