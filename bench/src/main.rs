@@ -3,8 +3,9 @@
 //!
 //! - `--mode log`: committed appends per second and append latency (submit →
 //!   acknowledged, i.e. committed on a quorum and applied) over the admin API.
-//! - `--mode http`: CloudEvents (binary mode) POSTed to a broker; events per
-//!   second and 202 latency.
+//! - `--mode http`: CloudEvents POSTed to a broker: one per request in binary mode
+//!   (`--records-per-append 1`), or N per request as `application/cloudevents-batch+json`; events per
+//!   second, 202 latency, and the nodes' CPU time per acknowledged event.
 //!
 //! - `--mode dispatch`: publish → subscriber latency at fixed rates, and
 //!   delivery throughput with one Trigger versus many (see `dispatch.rs`).
@@ -31,6 +32,7 @@ use sluice_tests::log_client;
 mod autoscaling;
 mod calibrate;
 mod compare;
+mod cpu;
 mod dispatch;
 mod driver;
 mod openloop;
@@ -151,26 +153,27 @@ async fn main() -> Result<()> {
     }
     if args.json.is_none() {
         println!(
-            "{:>5} {:>6} {:>11} {:>8} {:>14} {:>10} {:>9} {:>9} {:>9}",
-            "nodes", "conc", "recs/append", "payload", "records/s", "MiB/s", "p50 ms", "p99 ms", "max ms"
+            "{:>5} {:>6} {:>11} {:>8} {:>14} {:>10} {:>9} {:>9} {:>9} {:>12}",
+            "nodes", "conc", "recs/append", "payload", "records/s", "MiB/s", "p50 ms", "p99 ms", "max ms", "cpu µs/rec"
         );
     }
-    let runs: Vec<(usize, usize)> = if args.mode == "http" {
-        concurrencies.iter().map(|c| (*c, 1)).collect()
-    } else {
-        concurrencies.iter().flat_map(|c| sizes.iter().map(move |s| (*c, *s))).collect()
-    };
+    let runs: Vec<(usize, usize)> = concurrencies.iter().flat_map(|c| sizes.iter().map(move |s| (*c, *s))).collect();
+    let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
     for (concurrency, records) in runs {
-        let result = if args.mode == "http" {
-            run_http(&args, &https, concurrency).await?
+        let cpu_before_us = cpu::total_cpu_us(&pids);
+        let mut result = if args.mode == "http" {
+            run_http(&args, &https, concurrency, records).await?
         } else {
             run(&args, &admins, concurrency, records).await?
         };
+        let cpu_us = cpu::total_cpu_us(&pids).saturating_sub(cpu_before_us);
+        let acknowledged = result["records"].as_u64().unwrap_or(0).max(1);
+        result["node_cpu_us_per_event"] = serde_json::json!(cpu_us as f64 / acknowledged as f64);
         if args.json.is_some() {
             println!("{}", result);
         } else {
             println!(
-                "{:>5} {:>6} {:>11} {:>8} {:>14.0} {:>10.1} {:>9.2} {:>9.2} {:>9.2}",
+                "{:>5} {:>6} {:>11} {:>8} {:>14.0} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>12.1}",
                 args.nodes,
                 concurrency,
                 records,
@@ -180,6 +183,7 @@ async fn main() -> Result<()> {
                 result["p50_ms"].as_f64().unwrap_or(0.0),
                 result["p99_ms"].as_f64().unwrap_or(0.0),
                 result["max_ms"].as_f64().unwrap_or(0.0),
+                result["node_cpu_us_per_event"].as_f64().unwrap_or(0.0),
             );
         }
     }
@@ -187,35 +191,53 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn run_http(args: &Args, https: &[String], concurrency: usize) -> Result<serde_json::Value> {
+async fn run_http(
+    args: &Args,
+    https: &[String],
+    concurrency: usize,
+    events_per_request: usize,
+) -> Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
     let mut clients = Vec::new();
+    let events_per_request = events_per_request.max(1);
     for worker in 0..concurrency {
         let url = format!("http://{}/bench/bench", https[worker % https.len()]);
         let client = client.clone();
-        let body = vec![b'x'; args.payload_bytes];
+        let payload_bytes = args.payload_bytes;
         clients.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let (mut events, mut errors) = (0u64, 0u64);
             let mut i = 0u64;
             while Instant::now() < deadline {
                 i += 1;
+                let request = if events_per_request == 1 {
+                    client
+                        .post(&url)
+                        .header("ce-specversion", "1.0")
+                        .header("ce-id", format!("{worker}-{i}"))
+                        .header("ce-source", "/bench")
+                        .header("ce-type", "bench.event")
+                        .header("content-type", "application/octet-stream")
+                        .body(vec![b'x'; payload_bytes])
+                } else {
+                    let batch: Vec<serde_json::Value> = (0..events_per_request)
+                        .map(|e| {
+                            serde_json::json!({"specversion": "1.0", "id": format!("{worker}-{i}-{e}"),
+                                "source": "/bench", "type": "bench.event", "datacontenttype": "text/plain",
+                                "data": "x".repeat(payload_bytes)})
+                        })
+                        .collect();
+                    client
+                        .post(&url)
+                        .header("content-type", "application/cloudevents-batch+json")
+                        .body(serde_json::to_vec(&batch)?)
+                };
                 let started = Instant::now();
-                let response = client
-                    .post(&url)
-                    .header("ce-specversion", "1.0")
-                    .header("ce-id", format!("{worker}-{i}"))
-                    .header("ce-source", "/bench")
-                    .header("ce-type", "bench.event")
-                    .header("content-type", "application/octet-stream")
-                    .body(body.clone())
-                    .send()
-                    .await;
-                match response {
+                match request.send().await {
                     Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
                         histogram.record(started.elapsed().as_micros().max(1) as u64)?;
-                        events += 1;
+                        events += events_per_request as u64;
                     }
                     _ => errors += 1,
                 }
@@ -223,7 +245,7 @@ async fn run_http(args: &Args, https: &[String], concurrency: usize) -> Result<s
             anyhow::Ok((histogram, events, errors))
         }));
     }
-    summarize(args, concurrency, 1, clients).await
+    summarize(args, concurrency, events_per_request, clients).await
 }
 
 async fn run(
@@ -297,6 +319,7 @@ async fn summarize(
         "payload_bytes": args.payload_bytes,
         "records_per_second": records as f64 / elapsed,
         "mib_per_second": records as f64 * args.payload_bytes as f64 / elapsed / (1 << 20) as f64,
+        "records": records,
         "appends": histogram.len(),
         "errors": errors,
         "p50_ms": ms(0.5),
