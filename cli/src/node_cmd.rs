@@ -208,7 +208,7 @@ pub(crate) struct TuningArgs {
     #[arg(long, default_value_t = 50)]
     pub heartbeat_ms: u64,
     /// Raft election timeout, lower bound (the upper bound is twice this).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 200)]
     pub election_timeout_ms: u64,
     /// Build a snapshot of a group after this many Raft entries.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]

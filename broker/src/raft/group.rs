@@ -34,8 +34,8 @@ impl Default for RaftTuning {
     fn default() -> Self {
         Self {
             heartbeat_ms: 50,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: 400,
             snapshot_every_entries: 20_000,
             keep_entries_after_snapshot: 1_000,
             learner_catch_up_entries: 5_000,
