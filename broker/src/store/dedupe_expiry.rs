@@ -1,16 +1,18 @@
 //! Forgetting dedupe keys: in: each apply's dedupe horizon per stream (arrival − window); out: RocksDB's
 //! compaction dropping the `dedupe` entries below it.
 //!
-//! A stream's arrival times never go back, so a key seen before `last arrival − window` can never be "seen
-//! within the window" again: it is logically gone the moment the horizon passes it, and `seen_within`
-//! already compares times. Removing it physically is therefore not a state-machine step and need not be in
-//! the log: a compaction filter drops it whenever RocksDB rewrites the file that holds it. That keeps
-//! each event's dedupe cost in apply at one lookup and one put, where it used to be two puts (the key and
-//! an expiry-ordered index entry) plus, later, an index scan step, a lookup and two deletes.
+//! Each stream keeps a horizon in its state (`StreamState::dedupe_horizon_ms`, replicated like the rest of
+//! it): the last arrival minus the window, and never lower than before. A key seen before it counts as not
+//! seen (`seen_since`), so it is logically gone the moment the horizon passes it. Removing it physically is
+//! therefore not a state-machine step and need not be in the log: a compaction filter drops it whenever
+//! RocksDB rewrites the file that holds it. That keeps each event's dedupe cost in apply at one lookup and
+//! one put, where it used to be two puts (the key and an expiry-ordered index entry) plus, later, an index
+//! scan step, a lookup and two deletes.
 //!
-//! Replicas may hold different physical sets of expired keys (their compactions run at different times);
-//! what any apply can observe is the same on all of them. After a restart or a snapshot install the
-//! horizons are unknown until the next append, and until then nothing is dropped.
+//! Replicas hold different physical sets of expired keys (their compactions run at different times); what
+//! any apply can observe is the same on all of them, because the horizon, not the window, decides. The
+//! horizons here are a copy for the filter: published after each applied batch, read back from the streams'
+//! states at open and after a snapshot install; a stream not in it yet keeps everything.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -33,8 +35,7 @@ impl DedupeHorizons {
         }
     }
 
-    /// After a snapshot install the group's streams may be other streams: nothing of it is dropped until
-    /// its next appends say again how far.
+    /// Before the group's streams are read again (at open and after a snapshot install).
     pub(crate) fn forget_group(&self, group: GroupId) {
         if let Ok(mut below) = self.below_ms.write() {
             below.retain(|(g, _), _| *g != group);
@@ -109,8 +110,8 @@ mod tests {
     }
 
     proptest! {
-        /// The property the whole scheme rests on: an entry the filter drops is one that no later append
-        /// (arrival ≥ the last one, same window) could find within its window.
+        /// The filter drops only what the apply path no longer counts: with the window unchanged, an entry
+        /// it drops is one no later append (arrival ≥ the last one) could find within its window.
         #[test]
         fn a_dropped_key_could_never_be_seen_within_the_window_again(
             window_ms in 0u64..10_000,

@@ -31,6 +31,37 @@ pub(super) struct StreamState {
     pub(super) start_offset: u64,
     /// Payload bytes of the retained records.
     pub(super) retained_bytes: u64,
+    /// Dedupe keys seen before this arrival time count as not seen, whatever the window is now. It only
+    /// moves forward (to the arrival minus the window of each append with dedupe), so every replica
+    /// forgets the same keys, and compaction may drop them from disk at any time (`dedupe_expiry.rs`).
+    pub(super) dedupe_horizon_ms: u64,
+}
+
+/// A stream's state as stored before `dedupe_horizon_ms` existed (postcard has no optional trailing fields).
+#[derive(Deserialize)]
+struct StreamStateWithoutHorizon {
+    id: u32,
+    next_offset: u64,
+    last_arrival_ms: u64,
+    start_offset: u64,
+    retained_bytes: u64,
+}
+
+impl StreamState {
+    /// Decodes a stored state, of this version or the one before (whose keys nothing had forgotten yet).
+    pub(super) fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        crate::command::decode::<StreamState>(bytes).or_else(|current_error| {
+            let old: StreamStateWithoutHorizon = crate::command::decode(bytes).map_err(|_| current_error)?;
+            Ok(StreamState {
+                id: old.id,
+                next_offset: old.next_offset,
+                last_arrival_ms: old.last_arrival_ms,
+                start_offset: old.start_offset,
+                retained_bytes: old.retained_bytes,
+                dedupe_horizon_ms: 0,
+            })
+        })
+    }
 }
 
 /// How much of a stream is retained.

@@ -105,8 +105,9 @@ impl GroupStateMachine {
         for item in self.db.iterator_cf_opt(sm, read_options, IteratorMode::From(&prefix, Direction::Forward)) {
             let (key, value) = item.map_err(io_err)?;
             let name = String::from_utf8(key[prefix.len()..].to_vec()).map_err(io_err)?;
-            let state: StreamState = decode(&value).map_err(io_err)?;
+            let state = StreamState::decode(&value).map_err(io_err)?;
             next_stream_id = next_stream_id.max(state.id + 1);
+            self.dedupe_horizons.advance(self.group, state.id, state.dedupe_horizon_ms);
             streams.insert(name, state);
         }
         let cluster_config: Option<ClusterConfig> =
@@ -170,6 +171,12 @@ impl GroupStateMachine {
             },
         };
         let arrival_ms = append.arrival_ms.max(state.last_arrival_ms);
+        // A key seen at or after the horizon is a duplicate: with an unchanged window, exactly the keys
+        // seen within the window of this arrival.
+        let dedupe_horizon_ms = match &append.dedupe {
+            Some(dedupe) => state.dedupe_horizon_ms.max(arrival_ms.saturating_sub(dedupe.window_ms)),
+            None => state.dedupe_horizon_ms,
+        };
         let mut added_bytes = 0u64;
         let first_offset = state.next_offset;
         let events = cf(&self.db, CF_EVENTS)?;
@@ -177,7 +184,7 @@ impl GroupStateMachine {
         for (i, payload) in append.payloads.iter().enumerate() {
             if let Some(dedupe) = &append.dedupe {
                 let key = dedupe.keys.get(i).ok_or_else(|| io_err("dedupe keys and payloads differ in length"))?;
-                if self.seen_within(staged, state.id, key, arrival_ms, dedupe.window_ms)? {
+                if self.seen_since(staged, state.id, key, dedupe_horizon_ms)? {
                     continue;
                 }
                 self.stage_seen(staged, state.id, key, arrival_ms)?;
@@ -187,8 +194,8 @@ impl GroupStateMachine {
             next_offset += 1;
             added_bytes += payload.len() as u64;
         }
-        if let Some(dedupe) = &append.dedupe {
-            staged.dedupe_horizons.push((state.id, arrival_ms.saturating_sub(dedupe.window_ms)));
+        if append.dedupe.is_some() {
+            staged.dedupe_horizons.push((state.id, dedupe_horizon_ms));
         }
         let stored = next_offset - first_offset;
         if stored > 0 {
@@ -202,6 +209,7 @@ impl GroupStateMachine {
             next_offset,
             last_arrival_ms: arrival_ms,
             retained_bytes: state.retained_bytes + added_bytes,
+            dedupe_horizon_ms,
             ..state
         };
         staged.batch.put_cf(
@@ -270,15 +278,9 @@ impl GroupStateMachine {
         Ok(())
     }
 
-    /// Whether `key` was stored in this stream at or after `arrival_ms - window_ms`.
-    fn seen_within(
-        &self,
-        staged: &Staged,
-        stream_id: u32,
-        key: &[u8],
-        arrival_ms: u64,
-        window_ms: u64,
-    ) -> io::Result<bool> {
+    /// Whether `key` was stored in this stream at or after `horizon_ms`. Keys before it may or may not still
+    /// be on disk (compaction drops them when it gets to them); either way they do not count.
+    fn seen_since(&self, staged: &Staged, stream_id: u32, key: &[u8], horizon_ms: u64) -> io::Result<bool> {
         let seen_at = match staged.seen.get(&(stream_id, Bytes::copy_from_slice(key))) {
             Some(at) => Some(*at),
             None => match self
@@ -292,7 +294,7 @@ impl GroupStateMachine {
                 None => None,
             },
         };
-        Ok(seen_at.is_some_and(|at| arrival_ms.saturating_sub(at) <= window_ms))
+        Ok(seen_at.is_some_and(|at| at >= horizon_ms))
     }
 
     fn stage_seen(&self, staged: &mut Staged, stream_id: u32, key: &[u8], arrival_ms: u64) -> io::Result<()> {

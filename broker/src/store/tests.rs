@@ -367,24 +367,54 @@ async fn dedupe_keys_behind_the_window_are_dropped_by_compaction_not_by_apply() 
     assert_eq!(kept, 21, "rounds 48 (3_400 ms) and 49 (3_450 ms), and r0k0 seen again at 3_460 ms");
 }
 
-/// Regression (review of the compaction-filter expiry): after a reopen nothing says how far a stream's
-/// window reaches until it appends again, so compaction must keep every key; a key dropped meanwhile would
-/// let a duplicate in after a restart.
+/// After a reopen the horizon is read back with the stream's state: what is behind it goes at the first
+/// compaction, what is within it stays and still catches a duplicate.
 #[tokio::test]
-async fn after_a_reopen_no_dedupe_key_goes_before_the_stream_appends_again() {
+async fn after_a_reopen_the_dedupe_horizon_is_known_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let (_store, mut sm) = open(dir.path(), 2);
         apply(&mut sm, vec![entry(1, LogCommand::Append(vec![dedupe_append(1_000, &["a", "b"])]))]).await;
-        apply(&mut sm, vec![entry(2, LogCommand::Append(vec![dedupe_append(1_050, &["c"])]))]).await;
+        apply(&mut sm, vec![entry(2, LogCommand::Append(vec![dedupe_append(1_150, &["c"])]))]).await;
     }
     let (store, mut sm) = open(dir.path(), 2);
     let dedupe = cf(store.db(), crate::store::keys::CF_DEDUPE).expect("cf");
     store.db().compact_range_cf(dedupe, None::<&[u8]>, None::<&[u8]>);
-    assert_eq!(store.db().iterator_cf(dedupe, rocksdb::IteratorMode::Start).count(), 3);
-    // Within the window of the last append, "a" is still a duplicate.
-    apply(&mut sm, vec![entry(3, LogCommand::Append(vec![dedupe_append(1_090, &["a"])]))]).await;
-    assert_eq!(sm.view().end_offset("d"), 3);
+    assert_eq!(store.db().iterator_cf(dedupe, rocksdb::IteratorMode::Start).count(), 1, "a and b were behind 1_050");
+    apply(&mut sm, vec![entry(3, LogCommand::Append(vec![dedupe_append(1_160, &["c", "a"])]))]).await;
+    assert_eq!(sm.view().end_offset("d"), 4, "c is a duplicate, a is not");
+}
+
+/// Regression (review of the compaction-filter expiry): replicas compact at different times, so what a
+/// compaction dropped must not change a later decision. A window made longer than before would otherwise
+/// find a key on a replica that had not compacted yet (a duplicate there) and miss it on one that had
+/// (stored there): the copies would diverge. Keys behind the horizon stay forgotten on every replica.
+#[tokio::test]
+async fn a_longer_window_does_not_bring_back_keys_whatever_compaction_dropped() {
+    let entries = || {
+        vec![
+            entry(1, LogCommand::Append(vec![dedupe_append(1_000, &["x"])])),
+            entry(2, LogCommand::Append(vec![dedupe_append(1_300, &["y"])])),
+        ]
+    };
+    let mut longer = dedupe_append(1_310, &["x"]);
+    if let Some(dedupe) = longer.dedupe.as_mut() {
+        dedupe.window_ms = 1_000;
+    }
+    let mut ends = Vec::new();
+    for compact_first in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, mut sm) = open(dir.path(), 2);
+        apply(&mut sm, entries()).await;
+        let dedupe = cf(store.db(), crate::store::keys::CF_DEDUPE).expect("cf");
+        if compact_first {
+            store.db().compact_range_cf(dedupe, None::<&[u8]>, None::<&[u8]>);
+            assert_eq!(store.db().iterator_cf(dedupe, rocksdb::IteratorMode::Start).count(), 1, "x was dropped");
+        }
+        apply(&mut sm, vec![entry(3, LogCommand::Append(vec![longer.clone()]))]).await;
+        ends.push(sm.view().end_offset("d"));
+    }
+    assert_eq!(ends, vec![3, 3], "x is stored again on both, compacted or not");
 }
 
 /// Regression (review): `SetMembers` carried a whole member list built before it committed, so two changes
