@@ -20,7 +20,7 @@ use std::sync::RwLock;
 use crate::ids::GroupId;
 use crate::store::keys::{DedupeEntry, split_dedupe_key};
 
-/// The horizon of every stream that has appended with dedupe since this process opened the store.
+/// The horizon of every stream this process knows: read with the streams' states, advanced by each apply.
 #[derive(Debug, Default)]
 pub(crate) struct DedupeHorizons {
     below_ms: RwLock<HashMap<(GroupId, u32), u64>>,
