@@ -205,6 +205,7 @@ async fn run_http(
         let url = format!("http://{}/bench/bench", https[worker % https.len()]);
         let client = client.clone();
         let payload_bytes = args.payload_bytes;
+        let data = "x".repeat(payload_bytes);
         clients.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let (mut events, mut errors) = (0u64, 0u64);
@@ -225,7 +226,7 @@ async fn run_http(
                         .map(|e| {
                             serde_json::json!({"specversion": "1.0", "id": format!("{worker}-{i}-{e}"),
                                 "source": "/bench", "type": "bench.event", "datacontenttype": "text/plain",
-                                "data": "x".repeat(payload_bytes)})
+                                "data": data})
                         })
                         .collect();
                     client
