@@ -22,8 +22,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
 fi
 if [ "$release" -eq 1 ]; then
-  target="${SLUICE_RELEASE_TARGET:-$HOME/.cache/sluice-release}"
-  CARGO_TARGET_DIR="$target" cargo build --release --workspace --bins
+  # The same packages as the release builds of docs/reliability.md, so one release build serves both.
+  target="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
+  CARGO_TARGET_DIR="$target" cargo build --release -p sluice -p sluice-bench -p sluice-tests -p sluice-chaos --bins
   profile="$target/release"
 else
   target="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"

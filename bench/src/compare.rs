@@ -4,7 +4,10 @@
 //! Per system: (a)+(d) the max-throughput probe (publish → ack, with the subscriber attached and required to
 //! keep up) for each payload size; (a)+(b) open-loop runs at fixed rates — a common rate every system runs,
 //! and 25 % / 50 % of the system's own probed max at 1 KiB — recording intended → ack and intended → delivery
-//! latency; (c) for Sluice, the probe and the common-rate run again with 1,000 Triggers of which one matches.
+//! latency; (a') the probe again with producers that batch (Sluice's `application/cloudevents-batch+json`,
+//! NATS async publishes, RabbitMQ confirms awaited after the whole batch); (c) for Sluice, the probe and the
+//! common-rate run again with 1,000 Triggers of which one matches. Each probe step also records the CPU time
+//! the system's processes used (publish, acknowledgement and delivery to the subscriber) per acked event.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +40,11 @@ struct Plan {
     per_system_budget: Duration,
     fsync_seconds: f64,
     partitions: u32,
+    /// The batching producers' probe: messages per request, requests in flight, first rate, steps.
+    batch: usize,
+    batch_outstanding: usize,
+    batch_start_rate: f64,
+    batch_max_steps: usize,
 }
 
 impl Plan {
@@ -52,6 +60,7 @@ impl Plan {
                     budget: Duration::from_secs(5),
                     payload_bytes: 1024,
                     max_outstanding: 64,
+                    batch: 1,
                 },
                 payloads: vec![1024],
                 fixed_seconds: 1.0,
@@ -61,6 +70,10 @@ impl Plan {
                 per_system_budget: Duration::from_secs(60),
                 fsync_seconds: 0.2,
                 partitions: 1,
+                batch: 4,
+                batch_outstanding: 8,
+                batch_start_rate: 20.0,
+                batch_max_steps: 2,
             };
         }
         Plan {
@@ -73,6 +86,7 @@ impl Plan {
                 budget: Duration::from_secs_f64(config.seconds_per_step * 20.0),
                 payload_bytes: 1024,
                 max_outstanding: 512,
+                batch: 1,
             },
             payloads: vec![128, 1024, 65536],
             fixed_seconds: 10.0,
@@ -82,6 +96,10 @@ impl Plan {
             per_system_budget: Duration::from_secs(15 * 60),
             fsync_seconds: 3.0,
             partitions: 2,
+            batch: 64,
+            batch_outstanding: 64,
+            batch_start_rate: 1000.0,
+            batch_max_steps: 15,
         }
     }
 }
@@ -214,8 +232,15 @@ impl Bench<'_> {
         sink: &Arc<Sink>,
         scenario: String,
         payload: usize,
+        batch: usize,
     ) -> Result<Option<f64>> {
-        let config = ProbeConfig { payload_bytes: payload, ..self.plan.probe.clone() };
+        let mut config = ProbeConfig { payload_bytes: payload, ..self.plan.probe.clone() };
+        if batch > 1 {
+            config.batch = batch;
+            config.max_outstanding = self.plan.batch_outstanding;
+            config.max_steps = self.plan.batch_max_steps;
+            config.start_rate = self.plan.batch_start_rate;
+        }
         let drained = self.drain(sink).await;
         let result = openloop::probe(system.clone(), &config, Some(sink)).await?;
         let steps: Vec<Value> = result
@@ -226,12 +251,16 @@ impl Bench<'_> {
                     "rate": s.rate, "passed": s.passed, "offered": s.result.offered, "acked": s.result.acked,
                     "errors": s.result.errors, "unsent": s.result.unsent, "delivered": s.result.delivered,
                     "ack_latency": latency_json(&s.result.ack_latency),
+                    "cpu_us": s.cpu_us, "cpu_us_per_event": s.cpu_us_per_message(),
                 })
             })
             .collect();
+        // The CPU of the highest passing step: what an event costs the system at its max.
+        let cpu_at_max = result.steps.iter().take_while(|s| s.passed).last().and_then(|s| s.cpu_us_per_message());
+        let cpu = cpu_at_max.map_or(String::new(), |us| format!(", CPU {us:.1} µs/ev"));
         let figure = match result.max_rate {
             Some(rate) => format!(
-                "{}{rate:.0} ev/s ({:.1} MiB/s)",
+                "{}{rate:.0} ev/s ({:.1} MiB/s){cpu}",
                 if result.capped { "≥ " } else { "" },
                 rate * payload as f64 / (1 << 20) as f64
             ),
@@ -239,7 +268,8 @@ impl Bench<'_> {
         };
         let detail = json!({
             "max_rate": result.max_rate, "capped": result.capped, "payload_bytes": payload, "steps": steps,
-            "drained_before": drained,
+            "batch": config.batch, "max_outstanding_requests": config.max_outstanding,
+            "cpu_us_per_event_at_max": cpu_at_max, "drained_before": drained,
         });
         self.push(system.as_ref(), scenario, result.max_rate, figure, true, detail);
         Ok(result.max_rate)
@@ -252,6 +282,7 @@ impl Bench<'_> {
             payload_bytes: 1024,
             max_outstanding: self.plan.probe.max_outstanding,
             grace: Duration::from_secs(5).min(self.plan.probe.grace * 5),
+            batch: 1,
         };
         let drained = self.drain(sink).await;
         let result = openloop::run(system.clone(), &config, Some(sink)).await?;
@@ -290,12 +321,15 @@ impl Bench<'_> {
         system.subscribe(sink.on_message()).await.context("subscribe")?;
         let mut max_1k = None;
         for &payload in &self.plan.payloads.clone() {
-            let max =
-                self.probe_row(&system, &sink, format!("max publish→ack, {}", payload_label(payload)), payload).await?;
+            let max = self
+                .probe_row(&system, &sink, format!("max publish→ack, {}", payload_label(payload)), payload, 1)
+                .await?;
             if payload == 1024 {
                 max_1k = max;
             }
         }
+        let batch = self.plan.batch;
+        self.probe_row(&system, &sink, format!("max publish→ack, 1 KiB, batches of {batch}"), 1024, batch).await?;
         let common = self.plan.common_rate;
         self.fixed_rows(&system, &sink, &format!("{common:.0}/s"), common).await?;
         if let Some(max) = max_1k {
@@ -309,8 +343,8 @@ impl Bench<'_> {
             && triggers > 1
         {
             sluice.add_idle_triggers(triggers - 1).await.context("adding the idle Triggers")?;
-            self.probe_row(&system, &sink, format!("max publish→ack, 1 KiB, {triggers} Triggers (1 matches)"), 1024)
-                .await?;
+            let scenario = format!("max publish→ack, 1 KiB, {triggers} Triggers (1 matches)");
+            self.probe_row(&system, &sink, scenario, 1024, 1).await?;
             self.fixed_rows(&system, &sink, &format!("{common:.0}/s, {triggers} Triggers"), common).await?;
         }
         Ok(())

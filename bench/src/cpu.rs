@@ -25,6 +25,23 @@ pub(crate) fn total_cpu_us(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|pid| process_cpu_us(*pid)).sum()
 }
 
+/// The summed CPU time of every live process whose process group is one of `groups`: the peers' wrapper
+/// scripts (rabbitmq-server) fork the process that does the work, and it stays in the group they lead.
+pub(crate) fn group_cpu_us(groups: &[u32]) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter(|stat| parse_stat_group(stat).is_some_and(|group| groups.contains(&group)))
+        .filter_map(|stat| parse_stat_cpu_us(&stat))
+        .sum()
+}
+
+/// Field 5 (pgrp) of a `/proc/PID/stat` line.
+fn parse_stat_group(stat: &str) -> Option<u32> {
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(2)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,6 +53,8 @@ mod tests {
         assert_eq!(parse_stat_cpu_us(stat), Some(3_000_000));
         assert_eq!(parse_stat_cpu_us("4242 (x) S 1 2"), None, "too few fields");
         assert_eq!(parse_stat_cpu_us("no name here"), None);
+        assert_eq!(parse_stat_group(stat), Some(4242));
+        assert_eq!(parse_stat_group("4242 (x) S 1"), None);
     }
 
     #[test]
@@ -43,5 +62,7 @@ mod tests {
         let spin: u64 = (0..5_000_000u64).fold(0, |a, b| a.wrapping_add(b * b));
         assert!(spin > 0);
         assert!(process_cpu_us(std::process::id()).is_some_and(|us| us > 0));
+        let own_group = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| parse_stat_group(&s));
+        assert!(own_group.is_some_and(|group| group_cpu_us(&[group]) > 0));
     }
 }

@@ -23,6 +23,12 @@ pub(crate) trait System: Send + Sync {
     fn durability(&self) -> String;
     /// Publishes one message; resolves once the system acknowledged it (durably, as `durability` says).
     fn publish(&self, payload: Bytes) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Publishes `payloads` the way a producer that batches does with this system (one request, or all sent
+    /// before any acknowledgement is awaited); resolves once every one was acknowledged.
+    fn publish_batch(&self, payloads: Vec<Bytes>) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// User + system CPU time, in µs, used so far by the processes of this system (`None` when it runs
+    /// inside the harness itself, as the HTTP ceiling does).
+    fn cpu_us(&self) -> Option<u64>;
     /// Starts delivering every message published from now on to `on_message` (a durable consumer for the
     /// peers; a Trigger to an HTTP subscriber for Sluice). Messages are acknowledged after `on_message`.
     fn subscribe(&self, on_message: OnMessage) -> BoxFuture<'_, anyhow::Result<()>>;
@@ -47,7 +53,7 @@ pub(crate) fn header(payload: &[u8]) -> Option<(u64, u64)> {
     Some((seq, intended))
 }
 
-/// Subscribes, publishes `count` messages and waits (bounded) until every one was delivered: the round trip
+/// Subscribes, publishes `count` messages (half of them in one batch) and waits (bounded) until every one was delivered: the round trip
 /// each system's own test runs.
 #[cfg(test)]
 pub(crate) async fn publish_and_receive(system: &dyn System, count: u64) -> anyhow::Result<()> {
@@ -59,9 +65,12 @@ pub(crate) async fn publish_and_receive(system: &dyn System, count: u64) -> anyh
         }))
         .await?;
     let published = std::time::Instant::now();
-    for seq in 0..count {
+    // The first half one by one, the rest as one batch: both ways a producer publishes.
+    let half = count / 2;
+    for seq in 0..half {
         system.publish(payload(seq, 0, 256)).await?;
     }
+    system.publish_batch((half..count).map(|seq| payload(seq, 0, 256)).collect()).await?;
     eprintln!("{count} acknowledged publishes in {:.1?}", published.elapsed());
     let mut seen = std::collections::BTreeSet::new();
     tokio::time::timeout(Duration::from_secs(30), async {

@@ -6,6 +6,10 @@
 //! from the message's INTENDED send time (no coordinated omission). A message the sender could not even send
 //! before the run's hard deadline is counted as offered and not acknowledged, never skipped silently.
 //!
+//! Batching producers (`batch > 1`): messages are grouped in batches of `batch` consecutive ones, and a batch
+//! is sent when its last message is due (as a producer that fills a batch before it sends); each message's
+//! latency is still measured from its own intended send time. The outstanding bound counts requests.
+//!
 //! End-to-end latency: each payload carries its sequence number and intended send time
 //! ([`crate::driver::payload`]); the subscriber callback ([`Sink::on_message`]) records intended → receive.
 
@@ -120,6 +124,8 @@ pub(crate) struct RunConfig {
     pub max_outstanding: usize,
     /// After the last due time, how long acks (and deliveries) still count for this run.
     pub grace: Duration,
+    /// Messages per publish request ([`System::publish_batch`] when > 1).
+    pub batch: usize,
 }
 
 pub(crate) struct RunResult {
@@ -156,33 +162,47 @@ pub(crate) async fn run(system: Arc<dyn System>, config: &RunConfig, sink: Optio
     let deadline = start + config.duration + config.grace;
     let mut tasks = JoinSet::new();
     let mut sent = 0u64;
-    for i in 0..total {
-        let offset = due_offset(i, config.rate);
-        let due = start + offset;
-        tokio::time::sleep_until(due.into()).await;
+    let batch = config.batch.max(1) as u64;
+    while sent < total {
+        let first = sent;
+        let count = batch.min(total - first);
+        let offsets: Vec<Duration> = (first..first + count).map(|i| due_offset(i, config.rate)).collect();
+        let sent_at = start + offsets[offsets.len() - 1];
+        tokio::time::sleep_until(sent_at.into()).await;
         let permit = match tokio::time::timeout_at(deadline.into(), slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => permit,
             _ => break,
         };
-        let seq = (run_id << RUN_SHIFT) | i;
-        let payload = driver::payload(seq, start_unix + offset.as_nanos() as u64, config.payload_bytes);
+        let mut payloads: Vec<bytes::Bytes> = (first..first + count)
+            .zip(&offsets)
+            .map(|(i, offset)| {
+                let seq = (run_id << RUN_SHIFT) | i;
+                driver::payload(seq, start_unix + offset.as_nanos() as u64, config.payload_bytes)
+            })
+            .collect();
+        let dues: Vec<Instant> = offsets.iter().map(|offset| start + *offset).collect();
         let (system, ack_latency, acked, errors) = (system.clone(), ack_latency.clone(), acked.clone(), errors.clone());
         tasks.spawn(async move {
-            let outcome = system.publish(payload).await;
+            let outcome = match payloads.len() {
+                1 => system.publish(payloads.remove(0)).await,
+                _ => system.publish_batch(payloads).await,
+            };
             drop(permit);
             match outcome {
                 Ok(()) if Instant::now() <= deadline => {
-                    let micros = due.elapsed().as_micros() as u64;
-                    ack_latency.lock().unwrap_or_else(PoisonError::into_inner).saturating_record(micros.max(1));
-                    acked.fetch_add(1, Ordering::AcqRel);
+                    let mut histogram = ack_latency.lock().unwrap_or_else(PoisonError::into_inner);
+                    for due in &dues {
+                        histogram.saturating_record((due.elapsed().as_micros() as u64).max(1));
+                    }
+                    acked.fetch_add(dues.len() as u64, Ordering::AcqRel);
                 }
                 Ok(()) => {}
                 Err(_) => {
-                    errors.fetch_add(1, Ordering::AcqRel);
+                    errors.fetch_add(dues.len() as u64, Ordering::AcqRel);
                 }
             }
         });
-        sent += 1;
+        sent += count;
         // Reap finished tasks so the set does not grow with the run.
         while tasks.try_join_next().is_some() {}
     }
@@ -227,6 +247,8 @@ pub(crate) struct ProbeConfig {
     pub budget: Duration,
     pub payload_bytes: usize,
     pub max_outstanding: usize,
+    /// Messages per publish request.
+    pub batch: usize,
 }
 
 /// The rates the probe offers, in order: `start × factor^k` for `k < max_steps`.
@@ -244,6 +266,15 @@ pub(crate) struct ProbeStep {
     pub rate: f64,
     pub passed: bool,
     pub result: RunResult,
+    /// CPU time the system's processes used during the step (publish, acknowledgement and delivery).
+    pub cpu_us: Option<u64>,
+}
+
+impl ProbeStep {
+    /// CPU µs per acknowledged message of the step.
+    pub(crate) fn cpu_us_per_message(&self) -> Option<f64> {
+        self.cpu_us.filter(|_| self.result.acked > 0).map(|us| us as f64 / self.result.acked as f64)
+    }
 }
 
 pub(crate) struct ProbeResult {
@@ -273,10 +304,13 @@ pub(crate) async fn probe(
             payload_bytes: config.payload_bytes,
             max_outstanding: config.max_outstanding,
             grace: config.grace,
+            batch: config.batch,
         };
+        let cpu_before_us = system.cpu_us();
         let result = run(system.clone(), &run_config, sink).await?;
+        let cpu_us = system.cpu_us().zip(cpu_before_us).map(|(after, before)| after.saturating_sub(before));
         let passed = step_passes(result.offered, result.acked, result.delivered);
-        steps.push(ProbeStep { rate, passed, result });
+        steps.push(ProbeStep { rate, passed, result, cpu_us });
         if !passed {
             capped = false;
             break;
@@ -326,12 +360,68 @@ mod tests {
             budget: Duration::from_secs(60),
             payload_bytes: 16,
             max_outstanding: 8,
+            batch: 1,
         };
         assert_eq!(probe_rates(&config), vec![100.0, 150.0, 225.0, 337.5]);
         assert_eq!(probe_verdict(&[]), None);
         assert_eq!(probe_verdict(&[(100.0, false)]), None);
         assert_eq!(probe_verdict(&[(100.0, true), (150.0, true), (225.0, false)]), Some(150.0));
         assert_eq!(probe_verdict(&[(100.0, true), (150.0, false), (225.0, true)]), Some(100.0));
+    }
+
+    /// Acknowledges at once, and remembers how many messages each request carried.
+    #[derive(Default)]
+    struct Recorder {
+        requests: Mutex<Vec<usize>>,
+    }
+
+    impl System for Recorder {
+        fn name(&self) -> String {
+            "recorder".into()
+        }
+        fn durability(&self) -> String {
+            "none".into()
+        }
+        fn publish(&self, _payload: bytes::Bytes) -> driver::BoxFuture<'_, Result<()>> {
+            self.requests.lock().unwrap_or_else(PoisonError::into_inner).push(1);
+            Box::pin(async { Ok(()) })
+        }
+        fn publish_batch(&self, payloads: Vec<bytes::Bytes>) -> driver::BoxFuture<'_, Result<()>> {
+            self.requests.lock().unwrap_or_else(PoisonError::into_inner).push(payloads.len());
+            Box::pin(async { Ok(()) })
+        }
+        fn cpu_us(&self) -> Option<u64> {
+            None
+        }
+        fn subscribe(&self, _on_message: OnMessage) -> driver::BoxFuture<'_, Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn stop(&mut self) -> driver::BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batching_run_groups_consecutive_messages_and_acks_each_one() {
+        let recorder = Arc::new(Recorder::default());
+        let config = RunConfig {
+            rate: 1000.0,
+            duration: Duration::from_millis(10),
+            payload_bytes: 32,
+            max_outstanding: 4,
+            grace: Duration::from_secs(1),
+            batch: 4,
+        };
+        let result = run(recorder.clone(), &config, None).await.expect("run");
+        assert_eq!((result.offered, result.acked, result.unsent, result.errors), (10, 10, 0, 0));
+        assert_eq!(result.ack_latency.len(), 10, "one latency per message, not per request");
+        assert_eq!(*recorder.requests.lock().unwrap_or_else(PoisonError::into_inner), vec![4, 4, 2]);
+
+        let single = RunConfig { batch: 1, ..config };
+        let recorder = Arc::new(Recorder::default());
+        let result = run(recorder.clone(), &single, None).await.expect("run");
+        assert_eq!(result.acked, 10);
+        assert_eq!(*recorder.requests.lock().unwrap_or_else(PoisonError::into_inner), vec![1; 10]);
     }
 
     #[test]

@@ -72,10 +72,17 @@ async fn serve(listener: TcpListener, callback: Arc<RwLock<Option<OnMessage>>>) 
             let service = service_fn(move |request: Request<Incoming>| {
                 let callback = callback.clone();
                 async move {
+                    let batched = request.headers().get(hyper::header::CONTENT_TYPE).is_some_and(|v| v == BATCH);
                     let body = request.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                     let current = callback.read().unwrap_or_else(PoisonError::into_inner).clone();
                     if let Some(on_message) = current {
-                        on_message(&body);
+                        if batched {
+                            for data in batch_data(&body) {
+                                on_message(&data);
+                            }
+                        } else {
+                            on_message(&body);
+                        }
                     }
                     let mut response = Response::new(Full::new(Bytes::new()));
                     *response.status_mut() = hyper::StatusCode::ACCEPTED;
@@ -89,6 +96,47 @@ async fn serve(listener: TcpListener, callback: Arc<RwLock<Option<OnMessage>>>) 
 
 fn http_client() -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder().pool_max_idle_per_host(1024).tcp_nodelay(true).timeout(PUBLISH_TIMEOUT).build()?)
+}
+
+const BATCH: &str = "application/cloudevents-batch+json";
+
+/// POSTs `payloads` as one `application/cloudevents-batch+json` request; `Ok` on 202.
+async fn post_batch(client: &reqwest::Client, url: &str, first_id: u64, payloads: Vec<Bytes>) -> Result<()> {
+    let body = batch_body(first_id, &payloads)?;
+    let response = client.post(url).header("content-type", BATCH).body(body).send().await?;
+    if response.status() != reqwest::StatusCode::ACCEPTED {
+        bail!("status {}", response.status());
+    }
+    Ok(())
+}
+
+/// A batch of structured CloudEvents, ids from `first_id`, each payload as `data_base64`.
+fn batch_body(first_id: u64, payloads: &[Bytes]) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let events: Vec<serde_json::Value> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| {
+            json!({"specversion": "1.0", "id": (first_id + i as u64).to_string(), "source": "/bench",
+                "type": "bench.event", "datacontenttype": "application/octet-stream",
+                "data_base64": base64::engine::general_purpose::STANDARD.encode(payload)})
+        })
+        .collect();
+    Ok(serde_json::to_vec(&events)?)
+}
+
+/// The decoded `data_base64` of each event of a batch made by [`post_batch`] (what the ceiling's
+/// subscriber callback sees, as Sluice's subscriber sees each event's data).
+fn batch_data(body: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let Ok(serde_json::Value::Array(events)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    events
+        .iter()
+        .filter_map(|event| event.get("data_base64")?.as_str())
+        .filter_map(|data| base64::engine::general_purpose::STANDARD.decode(data).ok())
+        .collect()
 }
 
 /// POSTs `payload` as a binary-mode CloudEvent; `Ok` on 202.
@@ -189,6 +237,17 @@ impl System for SluiceHttp {
         Box::pin(post_event(&self.client, url, id, payload))
     }
 
+    fn publish_batch(&self, payloads: Vec<Bytes>) -> BoxFuture<'_, Result<()>> {
+        let url = &self.urls[self.next.fetch_add(1, Ordering::Relaxed) % self.urls.len()];
+        let first_id = self.ids.fetch_add(payloads.len() as u64, Ordering::Relaxed);
+        Box::pin(post_batch(&self.client, url, first_id, payloads))
+    }
+
+    fn cpu_us(&self) -> Option<u64> {
+        let pids: Vec<u32> = self.cluster.as_ref()?.nodes.iter().filter_map(|n| n.pid()).collect();
+        Some(crate::cpu::total_cpu_us(&pids))
+    }
+
     fn subscribe(&self, on_message: OnMessage) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let server = self.subscriber.as_ref().context("SluiceHttp subscriber missing")?;
@@ -255,6 +314,15 @@ impl System for HttpCeiling {
         Box::pin(post_event(&self.client, &self.url, id, payload))
     }
 
+    fn publish_batch(&self, payloads: Vec<Bytes>) -> BoxFuture<'_, Result<()>> {
+        let first_id = self.ids.fetch_add(payloads.len() as u64, Ordering::Relaxed);
+        Box::pin(post_batch(&self.client, &self.url, first_id, payloads))
+    }
+
+    fn cpu_us(&self) -> Option<u64> {
+        None
+    }
+
     fn subscribe(&self, on_message: OnMessage) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.server.as_ref().context("stopped")?.set_callback(on_message);
@@ -266,5 +334,22 @@ impl System for HttpCeiling {
         Box::pin(async move {
             self.server = None;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_body_carries_each_payload_and_its_header() {
+        let payloads: Vec<Bytes> = (0..3).map(|seq| crate::driver::payload(seq, 99, 64)).collect();
+        let body = batch_body(10, &payloads).expect("body");
+        let events: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("json");
+        assert_eq!(events[2]["id"], "12");
+        let data = batch_data(&body);
+        assert_eq!(data.len(), 3);
+        assert_eq!(crate::driver::header(&data[1]), Some((1, 99)));
+        assert!(batch_data(b"not json").is_empty());
     }
 }

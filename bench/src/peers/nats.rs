@@ -238,6 +238,31 @@ impl System for NatsJetStream {
         })
     }
 
+    fn publish_batch(&self, payloads: Vec<Bytes>) -> BoxFuture<'_, Result<()>> {
+        // NATS's own batching: every publish sent before any PubAck is awaited (async publish).
+        Box::pin(async move {
+            tokio::time::timeout(PUBLISH_TIMEOUT, async {
+                let mut pending = Vec::with_capacity(payloads.len());
+                for payload in payloads {
+                    pending.push(std::future::IntoFuture::into_future(self.js.publish(SUBJECT, payload).await?));
+                }
+                for ack in futures::future::join_all(pending).await {
+                    if ack?.duplicate {
+                        bail!("nats publish: duplicate");
+                    }
+                }
+                anyhow::Ok(())
+            })
+            .await
+            .map_err(|_| anyhow!("nats publish: no PubAck within {PUBLISH_TIMEOUT:?}"))?
+        })
+    }
+
+    fn cpu_us(&self) -> Option<u64> {
+        let groups: Vec<u32> = self.procs.iter().filter_map(Proc::pid).collect();
+        Some(crate::cpu::group_cpu_us(&groups))
+    }
+
     fn subscribe(&self, on_message: OnMessage) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let stream = tokio::time::timeout(STARTUP_TIMEOUT, self.js.get_stream(STREAM))

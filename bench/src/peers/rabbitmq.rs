@@ -348,6 +348,38 @@ impl System for RabbitQuorum {
         })
     }
 
+    fn publish_batch(&self, payloads: Vec<Bytes>) -> BoxFuture<'_, Result<()>> {
+        // RabbitMQ's own batching: every message published on one channel before any confirm is awaited
+        // (the broker may confirm several at once with `multiple`).
+        Box::pin(async move {
+            let channel = &self.publishers[self.next.fetch_add(1, Ordering::Relaxed) % self.publishers.len()];
+            tokio::time::timeout(PUBLISH_TIMEOUT, async {
+                let mut pending = Vec::with_capacity(payloads.len());
+                for payload in &payloads {
+                    let properties = BasicProperties::default().with_delivery_mode(2);
+                    pending.push(
+                        channel
+                            .basic_publish("".into(), QUEUE.into(), BasicPublishOptions::default(), payload, properties)
+                            .await?,
+                    );
+                }
+                for confirmation in futures::future::join_all(pending).await {
+                    if !confirmation?.is_ack() {
+                        bail!("rabbitmq publish: nacked");
+                    }
+                }
+                anyhow::Ok(())
+            })
+            .await
+            .map_err(|_| anyhow!("rabbitmq publish: no confirm within {PUBLISH_TIMEOUT:?}"))?
+        })
+    }
+
+    fn cpu_us(&self) -> Option<u64> {
+        let groups: Vec<u32> = self.nodes.procs.iter().filter_map(Proc::pid).collect();
+        Some(crate::cpu::group_cpu_us(&groups))
+    }
+
     fn subscribe(&self, on_message: OnMessage) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let consumer = tokio::time::timeout(Duration::from_secs(30), async {
