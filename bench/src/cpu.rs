@@ -1,5 +1,6 @@
-//! CPU time of the node processes, from `/proc/PID/stat`: in: pids, before and after a run; out: CPU
-//! microseconds per acknowledged event (the figure the other processes on shared cores disturb least).
+//! CPU time and memory of the processes under test, from `/proc`: in: pids, before and after a run; out: CPU
+//! microseconds per acknowledged event (the figure the other processes on shared cores disturb least), and
+//! resident memory.
 
 /// Linux reports `utime`/`stime` in USER_HZ ticks, which is 100 on every architecture it runs on here.
 const USER_HZ: u64 = 100;
@@ -42,6 +43,17 @@ fn parse_stat_group(stat: &str) -> Option<u32> {
     stat[stat.rfind(')')? + 1..].split_whitespace().nth(2)?.parse().ok()
 }
 
+/// Resident memory of a process (`VmRSS` of `/proc/PID/status`), in bytes.
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
+    parse_status_rss(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+fn parse_status_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +67,13 @@ mod tests {
         assert_eq!(parse_stat_cpu_us("no name here"), None);
         assert_eq!(parse_stat_group(stat), Some(4242));
         assert_eq!(parse_stat_group("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn resident_memory_is_read_from_vmrss() {
+        assert_eq!(parse_status_rss("Name:\tsluice\nVmPeak:\t 900 kB\nVmRSS:\t  61440 kB\n"), Some(61440 * 1024));
+        assert_eq!(parse_status_rss("Name:\tsluice\n"), None);
+        assert!(rss_bytes(std::process::id()).is_some_and(|bytes| bytes > 0));
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   the instance straight, the memory of revisions at zero (see `serving.rs`).
 //! - `--mode autoscaling`: the autoscaler on the simulator: burst, step, spike and sine traces under
 //!   concurrency only (KPA), backlog only (KEDA-like) and both (Sluice) (see `autoscaling.rs`).
+//! - `--mode backlog`: `--events` held back by a paused Trigger: the node's memory and disk while they pile
+//!   up, then the drain's rate against the steady-state dispatch rate (see `backlog.rs`).
 //! - `--mode compare`: Sluice side by side with NATS JetStream, RabbitMQ and
 //!   the machine's limits, open loop (see `compare.rs`, `openloop.rs`).
 //!   `--smoke`: Sluice on one node only, tiny rates, a few seconds.
@@ -30,6 +32,7 @@ use sluice_proto::admin::AppendRequest;
 use sluice_tests::log_client;
 
 mod autoscaling;
+mod backlog;
 mod calibrate;
 mod compare;
 mod cpu;
@@ -49,7 +52,7 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     partitions: u32,
     /// `log` (admin API appends), `http` (CloudEvents ingress), `dispatch` or `compare`.
-    #[arg(long, default_value = "log", value_parser = ["log", "http", "dispatch", "compare", "serving", "autoscaling"])]
+    #[arg(long, default_value = "log", value_parser = ["log", "http", "dispatch", "compare", "serving", "autoscaling", "backlog"])]
     mode: String,
     /// `autoscaling`: on real processes (nodes and app instances) rather than the simulator.
     #[arg(long)]
@@ -64,7 +67,7 @@ struct Args {
     /// (`sine,backlog`).
     #[arg(long, default_value = "")]
     only: String,
-    /// `autoscaling --real`: events in the burst.
+    /// `autoscaling --real`: events in the burst. `backlog`: events held back (e.g. 10000000).
     #[arg(long, default_value_t = 10_000)]
     events: usize,
     /// `dispatch`: comma-separated publish rates (events/s) for the latency runs.
@@ -128,6 +131,20 @@ async fn main() -> Result<()> {
     }
     let sizes: Vec<usize> = args.records_per_append.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
     let concurrencies: Vec<usize> = args.concurrency.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
+    if args.mode == "backlog" {
+        let bench = backlog::BacklogBench {
+            nodes: args.nodes,
+            partitions: args.partitions,
+            events: args.events as u64,
+            payload_bytes: args.payload_bytes,
+            producers: concurrencies.first().copied().unwrap_or(16),
+            // The largest of `--records-per-append`: producers that fill a backlog batch.
+            batch: sizes.iter().copied().max().unwrap_or(64).max(1),
+            steady_seconds: args.seconds,
+            json: args.json.is_some(),
+        };
+        return bench.run().await;
+    }
     let cluster = systems::start_cluster(args.nodes, args.partitions).await?;
     let admins: Vec<String> = cluster.nodes.iter().map(|n| n.admin.clone()).collect();
     let https: Vec<String> = cluster.nodes.iter().map(|n| n.http.clone()).collect();

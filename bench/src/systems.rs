@@ -98,7 +98,7 @@ fn http_client() -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder().pool_max_idle_per_host(1024).tcp_nodelay(true).timeout(PUBLISH_TIMEOUT).build()?)
 }
 
-const BATCH: &str = "application/cloudevents-batch+json";
+pub(crate) const BATCH: &str = "application/cloudevents-batch+json";
 
 /// POSTs `payloads` as one `application/cloudevents-batch+json` request; `Ok` on 202.
 async fn post_batch(client: &reqwest::Client, url: &str, first_id: u64, payloads: Vec<Bytes>) -> Result<()> {
@@ -111,7 +111,7 @@ async fn post_batch(client: &reqwest::Client, url: &str, first_id: u64, payloads
 }
 
 /// A batch of structured CloudEvents, ids from `first_id`, each payload as `data_base64`.
-fn batch_body(first_id: u64, payloads: &[Bytes]) -> Result<Vec<u8>> {
+pub(crate) fn batch_body(first_id: u64, payloads: &[Bytes]) -> Result<Vec<u8>> {
     use base64::Engine as _;
     let events: Vec<serde_json::Value> = payloads
         .iter()

@@ -162,6 +162,16 @@ impl Node {
         &self.inner.settings
     }
 
+    /// Every `interval`, publishes what the store holds in memory (the `sluice_store_*_bytes` gauges).
+    pub(crate) async fn report_store_memory(self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            self.inner.store.memory_usage().publish();
+        }
+    }
+
     pub fn cluster_config(&self) -> Option<ClusterConfig> {
         self.group(METADATA_GROUP).ok().and_then(|g| g.view.cluster_config())
     }

@@ -98,6 +98,7 @@ pub async fn start(
     let node = Node::open(settings).await?;
     // Detached, as the node's other background loops: it ends with the runtime.
     tokio::spawn(crate::node::retention::run(node.clone(), node.settings().retention_check_interval));
+    tokio::spawn(node.clone().report_store_memory(std::time::Duration::from_secs(5)));
     let (shutdown, _) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

@@ -10,6 +10,7 @@
 mod dedupe_expiry;
 pub(crate) mod keys;
 mod log_store;
+mod memory;
 mod read_view;
 mod snapshot;
 mod state_machine;
@@ -30,6 +31,8 @@ pub(crate) use wal_sync::WalSyncer;
 use crate::error::BrokerError;
 use crate::store::dedupe_expiry::DedupeHorizons;
 use crate::store::keys::ALL_CFS;
+pub(crate) use crate::store::memory::MemoryUsage;
+use crate::store::memory::{MemoryBudget, SharedMemory};
 
 /// The node's storage: the RocksDB instance and the snapshot directory.
 #[derive(Clone)]
@@ -57,16 +60,18 @@ impl Store {
         options.set_manual_wal_flush(false);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         options.increase_parallelism(2);
+        // Memory bounded whatever the size of the data (memory.rs).
+        let memory = SharedMemory::new(MemoryBudget::default());
+        memory.apply_to_db(&mut options);
+        memory.apply_to_cf("default", &mut options, rocksdb::BlockBasedOptions::default());
         let dedupe_horizons = Arc::new(DedupeHorizons::default());
         let cfs = ALL_CFS.iter().map(|name| {
             let mut cf_options = Options::default();
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            // Every appended event looks its dedupe key up, and almost every lookup misses: bloom filters
+            // (memtable and, set by `apply_to_cf`, SST) answer a miss without searching.
+            memory.apply_to_cf(name, &mut cf_options, rocksdb::BlockBasedOptions::default());
             if *name == crate::store::keys::CF_DEDUPE {
-                // Every appended event looks its dedupe key up, and almost every lookup misses: bloom
-                // filters (memtable and SST) answer a miss without searching.
-                let mut table = rocksdb::BlockBasedOptions::default();
-                table.set_bloom_filter(10.0, false);
-                cf_options.set_block_based_table_factory(&table);
                 cf_options.set_memtable_prefix_bloom_ratio(0.1);
                 cf_options.set_memtable_whole_key_filtering(true);
                 // Keys behind their stream's window go when compaction rewrites them (dedupe_expiry.rs);
@@ -113,6 +118,11 @@ impl Store {
 
     pub(crate) fn dedupe_horizons(&self) -> &Arc<DedupeHorizons> {
         &self.dedupe_horizons
+    }
+
+    /// What RocksDB holds in memory now.
+    pub(crate) fn memory_usage(&self) -> MemoryUsage {
+        MemoryUsage::read(&self.db)
     }
 }
 

@@ -1,0 +1,144 @@
+//! The store's memory budget. In: the column family's name; out: its RocksDB options.
+//!
+//! A node's RocksDB memory must not grow with the data it holds (a paused Trigger with millions of events
+//! behind it, docs/benchmarks.md). RocksDB's defaults do grow: each column family gets its own 32 MiB block
+//! cache and 2 × 64 MiB memtables, the index and filter blocks of every open table file stay in memory
+//! outside any cache, and the WAL is kept until 4 × the memtables' total. So:
+//! - one LRU block cache for every column family, with the memtables charged to it (a write buffer
+//!   manager) and the index and filter blocks inside it: what RocksDB holds is bounded by its capacity;
+//! - memtables sized by what each column family takes (events and the Raft log take the bytes);
+//! - the WAL bounded, so column families that are written little (state, votes) get flushed and the old
+//!   WAL files, which hold every event twice, are deleted.
+
+use rocksdb::{BlockBasedOptions, Cache, DB, Options, WriteBufferManager};
+
+use crate::store::keys::{CF_DEDUPE, CF_EVENTS, CF_RAFT_LOG};
+
+/// What RocksDB may hold in memory and in its WAL, whatever the size of the data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MemoryBudget {
+    /// The shared block cache: data, index and filter blocks, and (charged to it) the memtables.
+    pub cache_bytes: usize,
+    /// All memtables together; a flush starts when they reach it.
+    pub write_buffer_bytes: usize,
+    /// One memtable of a column family that takes the bytes (events, the Raft log).
+    pub large_memtable_bytes: usize,
+    /// One memtable of any other column family.
+    pub small_memtable_bytes: usize,
+    /// The WAL files kept before the column families holding the oldest are flushed.
+    pub wal_bytes: u64,
+}
+
+impl Default for MemoryBudget {
+    fn default() -> Self {
+        MemoryBudget {
+            cache_bytes: 96 << 20,
+            write_buffer_bytes: 48 << 20,
+            large_memtable_bytes: 16 << 20,
+            small_memtable_bytes: 4 << 20,
+            wal_bytes: 128 << 20,
+        }
+    }
+}
+
+impl MemoryBudget {
+    /// The memtable size of a column family.
+    pub(crate) fn memtable_bytes(&self, cf: &str) -> usize {
+        if cf == CF_EVENTS || cf == CF_RAFT_LOG { self.large_memtable_bytes } else { self.small_memtable_bytes }
+    }
+
+    /// Data blocks of a column family: larger for events, read in offset order by the dispatcher, so that
+    /// the index (one entry per block) stays small.
+    pub(crate) fn block_bytes(&self, cf: &str) -> usize {
+        if cf == CF_EVENTS { 16 << 10 } else { 4 << 10 }
+    }
+}
+
+/// The cache and write buffer manager every column family of one DB shares.
+pub(crate) struct SharedMemory {
+    pub budget: MemoryBudget,
+    cache: Cache,
+    write_buffers: WriteBufferManager,
+}
+
+impl SharedMemory {
+    pub(crate) fn new(budget: MemoryBudget) -> Self {
+        let cache = Cache::new_lru_cache(budget.cache_bytes);
+        // Not stalling writes: a full budget makes RocksDB flush, and the WAL's group commit paces writers.
+        let write_buffers =
+            WriteBufferManager::new_write_buffer_manager_with_cache(budget.write_buffer_bytes, false, cache.clone());
+        SharedMemory { budget, cache, write_buffers }
+    }
+
+    /// The DB-wide options that bound memory and the WAL.
+    pub(crate) fn apply_to_db(&self, options: &mut Options) {
+        options.set_write_buffer_manager(&self.write_buffers);
+        options.set_max_total_wal_size(self.budget.wal_bytes);
+    }
+
+    /// The options of one column family; `table` carries what the caller set (e.g. a bloom filter).
+    pub(crate) fn apply_to_cf(&self, cf: &str, options: &mut Options, mut table: BlockBasedOptions) {
+        options.set_write_buffer_size(self.budget.memtable_bytes(cf));
+        options.set_max_write_buffer_number(2);
+        table.set_block_cache(&self.cache);
+        table.set_block_size(self.budget.block_bytes(cf));
+        // Index and filter blocks inside the cache (and so inside the budget); those of the newest files,
+        // which every lookup reads, pinned there.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_cache_index_and_filter_blocks_with_high_priority(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        if cf == CF_DEDUPE {
+            table.set_bloom_filter(10.0, false);
+        }
+        options.set_block_based_table_factory(&table);
+    }
+}
+
+/// What RocksDB holds in memory now, in bytes (the `sluice_store_*_bytes` gauges).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MemoryUsage {
+    pub memtables: u64,
+    pub table_readers: u64,
+    pub block_cache: u64,
+    pub pinned: u64,
+}
+
+impl MemoryUsage {
+    pub(crate) fn read(db: &DB) -> MemoryUsage {
+        let property = |name: &str| db.property_int_value(name).ok().flatten().unwrap_or(0);
+        MemoryUsage {
+            memtables: property("rocksdb.cur-size-all-mem-tables"),
+            table_readers: property("rocksdb.estimate-table-readers-mem"),
+            block_cache: property("rocksdb.block-cache-usage"),
+            pinned: property("rocksdb.block-cache-pinned-usage"),
+        }
+    }
+
+    pub(crate) fn publish(&self) {
+        metrics::gauge!("sluice_store_memtable_bytes").set(self.memtables as f64);
+        metrics::gauge!("sluice_store_table_readers_bytes").set(self.table_readers as f64);
+        metrics::gauge!("sluice_store_block_cache_bytes").set(self.block_cache as f64);
+        metrics::gauge!("sluice_store_block_cache_pinned_bytes").set(self.pinned as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::keys::ALL_CFS;
+
+    #[test]
+    fn the_byte_heavy_column_families_get_the_large_memtables_and_all_fit_the_budget() {
+        let budget = MemoryBudget::default();
+        assert_eq!(budget.memtable_bytes(CF_EVENTS), 16 << 20);
+        assert_eq!(budget.memtable_bytes(CF_RAFT_LOG), 16 << 20);
+        assert_eq!(budget.memtable_bytes(CF_DEDUPE), 4 << 20);
+        assert_eq!(budget.block_bytes(CF_EVENTS), 16 << 10);
+        assert_eq!(budget.block_bytes(CF_DEDUPE), 4 << 10);
+        // The write buffers are charged to the cache: they must leave it room for blocks.
+        assert!(budget.write_buffer_bytes * 2 <= budget.cache_bytes);
+        // One memtable of every column family fits the write buffer budget (and "default", unused, too).
+        let one_each: usize = ALL_CFS.iter().chain(&["default"]).map(|cf| budget.memtable_bytes(cf)).sum();
+        assert!(one_each <= budget.write_buffer_bytes + budget.small_memtable_bytes, "{one_each}");
+    }
+}
