@@ -15,6 +15,8 @@
 //!   concurrency only (KPA), backlog only (KEDA-like) and both (Sluice) (see `autoscaling.rs`).
 //! - `--mode backlog`: `--events` held back by a paused Trigger: the node's memory and disk while they pile
 //!   up, then the drain's rate against the steady-state dispatch rate (see `backlog.rs`).
+//! - `--mode steady`: one long open-loop run at `--rate` (e.g. half the max for 10 minutes): latency and memory
+//!   second by second, `--csv` and an SVG `--plot` (see `steady.rs`).
 //! - `--mode compare`: Sluice side by side with NATS JetStream, RabbitMQ and
 //!   the machine's limits, open loop (see `compare.rs`, `openloop.rs`).
 //!   `--smoke`: Sluice on one node only, tiny rates, a few seconds.
@@ -41,6 +43,7 @@ mod driver;
 mod openloop;
 mod peers;
 mod serving;
+mod steady;
 mod systems;
 
 #[derive(Parser, Debug)]
@@ -52,7 +55,7 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     partitions: u32,
     /// `log` (admin API appends), `http` (CloudEvents ingress), `dispatch` or `compare`.
-    #[arg(long, default_value = "log", value_parser = ["log", "http", "dispatch", "compare", "serving", "autoscaling", "backlog"])]
+    #[arg(long, default_value = "log", value_parser = ["log", "http", "dispatch", "compare", "serving", "autoscaling", "backlog", "steady"])]
     mode: String,
     /// `autoscaling`: on real processes (nodes and app instances) rather than the simulator.
     #[arg(long)]
@@ -96,6 +99,15 @@ struct Args {
     /// `serving`: cold starts measured per app.
     #[arg(long, default_value_t = 50)]
     cold_starts: usize,
+    /// `steady`: events per second.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// `steady`: the seconds as CSV.
+    #[arg(long)]
+    csv: Option<std::path::PathBuf>,
+    /// `steady`: latency and RSS over time as SVG.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
     /// `compare`: Sluice on one node only, tiny rates, about 5 s (the CI smoke test).
     #[arg(long)]
     smoke: bool,
@@ -131,6 +143,18 @@ async fn main() -> Result<()> {
     }
     let sizes: Vec<usize> = args.records_per_append.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
     let concurrencies: Vec<usize> = args.concurrency.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
+    if args.mode == "steady" {
+        let bench = steady::SteadyBench {
+            nodes: args.nodes,
+            partitions: args.partitions,
+            rate: args.rate,
+            seconds: args.seconds,
+            payload_bytes: args.payload_bytes,
+            csv: args.csv.clone(),
+            plot: args.plot.clone(),
+        };
+        return bench.run().await;
+    }
     if args.mode == "backlog" {
         let bench = backlog::BacklogBench {
             nodes: args.nodes,

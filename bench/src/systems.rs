@@ -212,6 +212,11 @@ impl SluiceHttp {
         })
     }
 
+    /// The node processes' pids.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.cluster.as_ref().map_or_else(Vec::new, |c| c.nodes.iter().filter_map(|n| n.pid()).collect())
+    }
+
     /// Adds `count` Triggers on the broker that never match (fan-out scenario) and waits until every
     /// partition leader dispatches them all.
     pub(crate) async fn add_idle_triggers(&self, count: usize) -> Result<()> {
@@ -244,8 +249,8 @@ impl System for SluiceHttp {
     }
 
     fn cpu_us(&self) -> Option<u64> {
-        let pids: Vec<u32> = self.cluster.as_ref()?.nodes.iter().filter_map(|n| n.pid()).collect();
-        Some(crate::cpu::total_cpu_us(&pids))
+        self.cluster.as_ref()?;
+        Some(crate::cpu::total_cpu_us(&self.pids()))
     }
 
     fn subscribe(&self, on_message: OnMessage) -> BoxFuture<'_, Result<()>> {

@@ -2,6 +2,12 @@
 //! 3-node cluster), `sluice node` (a cluster member) and `sluice cluster`
 //! (init and status through a node's admin API).
 
+/// jemalloc, not glibc's malloc: in the node's profile glibc's allocator took about a quarter of the CPU
+/// (chunk coalescing under many threads), and it keeps freed memtable memory that jemalloc returns
+/// (docs/benchmarks.md, session 11).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// `println!` for the command paths: writes to standard output and returns the `io::Result` instead of
 /// panicking on a closed pipe (`sluice describe … | head -1`); `main` exits quietly on a broken pipe.
 macro_rules! outln {

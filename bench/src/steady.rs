@@ -1,0 +1,326 @@
+//! `--mode steady`: a long open-loop run at one rate (e.g. half the max, 10 minutes), publish → subscriber
+//! latency and the nodes' memory second by second: does anything stall, does memory creep.
+//!
+//! In: nodes, partitions, `--rate`, `--seconds`. Out: a summary (overall p50/p99/p99.9/max, events over the
+//! stall bound, RSS in the first and the last minute), a CSV of the seconds (`--csv`), and an SVG plot of
+//! p99 and max latency and RSS over time (`--plot`), drawn by [`svg_plot`] from the same rows.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+
+use crate::driver::System;
+use crate::openloop::{self, RunConfig};
+use crate::systems::SluiceHttp;
+
+/// An event slower than this, publish → subscriber, is a stall.
+pub(crate) const STALL_MS: f64 = 50.0;
+
+pub(crate) struct SteadyBench {
+    pub nodes: u64,
+    pub partitions: u32,
+    pub rate: f64,
+    pub seconds: u64,
+    pub payload_bytes: usize,
+    pub csv: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
+}
+
+/// One second of the run.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Second {
+    pub t: u64,
+    pub delivered: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub over_stall: u64,
+    pub rss_mib: f64,
+}
+
+/// Latencies bucketed by the second (since the run's start) in which the event was received.
+struct Seconds {
+    /// Set when the run starts; until then (the warm-up events of `subscribe`) nothing is recorded.
+    start_unix_ns: AtomicU64,
+    buckets: Mutex<Vec<(Histogram<u64>, u64)>>,
+}
+
+impl Seconds {
+    fn record(&self, payload: &[u8]) {
+        let Some((_, intended)) = crate::driver::header(payload) else { return };
+        let start = self.start_unix_ns.load(Ordering::Acquire);
+        let now = unix_ns();
+        if intended < start || now < start {
+            return;
+        }
+        let second = ((now - start) / 1_000_000_000) as usize;
+        let micros = (now.saturating_sub(intended) / 1000).max(1);
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        while buckets.len() <= second {
+            buckets.push((openloop::new_histogram(), 0));
+        }
+        let (histogram, over) = &mut buckets[second];
+        histogram.saturating_record(micros);
+        if micros as f64 / 1000.0 > STALL_MS {
+            *over += 1;
+        }
+    }
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl SteadyBench {
+    pub(crate) async fn run(&self) -> Result<()> {
+        let sluice = Arc::new(SluiceHttp::start(self.nodes, self.partitions).await?);
+        let seconds = Arc::new(Seconds { start_unix_ns: AtomicU64::new(u64::MAX), buckets: Mutex::new(Vec::new()) });
+        let recorder = seconds.clone();
+        sluice.subscribe(Arc::new(move |payload: &[u8]| recorder.record(payload))).await.context("subscribe")?;
+        seconds.start_unix_ns.store(unix_ns(), Ordering::Release);
+
+        let pids = sluice.pids();
+        let rss: Arc<Mutex<Vec<f64>>> = Arc::default();
+        let sampling = Arc::new(AtomicBool::new(true));
+        let sampler = {
+            let (rss, sampling) = (rss.clone(), sampling.clone());
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(Duration::from_secs(1));
+                while sampling.load(Ordering::Acquire) {
+                    ticker.tick().await;
+                    let bytes: u64 = pids.iter().filter_map(|pid| crate::cpu::rss_bytes(*pid)).sum();
+                    rss.lock().unwrap_or_else(PoisonError::into_inner).push(bytes as f64 / (1 << 20) as f64);
+                }
+            })
+        };
+        println!("steady: {} nodes, {:.0} events/s for {} s", self.nodes, self.rate, self.seconds);
+        let started = Instant::now();
+        let config = RunConfig {
+            rate: self.rate,
+            duration: Duration::from_secs(self.seconds),
+            payload_bytes: self.payload_bytes,
+            max_outstanding: 512,
+            grace: Duration::from_secs(5),
+            batch: 1,
+        };
+        let result = openloop::run(sluice.clone(), &config, None).await?;
+        sampling.store(false, Ordering::Release);
+        let _ = sampler.await;
+        println!("  {} offered, {} acked in {:.0} s", result.offered, result.acked, started.elapsed().as_secs_f64());
+
+        let buckets = seconds.buckets.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let rss = rss.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let rows = rows(&buckets, &rss);
+        let mut all = openloop::new_histogram();
+        for (histogram, _) in &buckets {
+            all.add(histogram).context("merging histograms")?;
+        }
+        let summary = summarize(&rows);
+        let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "  publish→subscriber: {} delivered, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms",
+            all.len(),
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            all.max() as f64 / 1000.0
+        );
+        println!(
+            "  events over {STALL_MS} ms: {} in {} of {} seconds; RSS first minute {:.0} MiB, last minute {:.0} MiB",
+            summary.over_stall,
+            summary.seconds_with_stall,
+            summary.seconds,
+            summary.rss_first_min,
+            summary.rss_last_min
+        );
+        if let Some(csv) = &self.csv {
+            std::fs::write(csv, to_csv(&rows)).with_context(|| format!("writing {}", csv.display()))?;
+        }
+        if let Some(plot) = &self.plot {
+            let title = format!(
+                "sluice-{}: {:.0} events/s, 1 KiB, publish → subscriber (p99 {:.1} ms, max {:.1} ms)",
+                self.nodes,
+                self.rate,
+                ms(0.99),
+                all.max() as f64 / 1000.0
+            );
+            std::fs::write(plot, svg_plot(&rows, &title)).with_context(|| format!("writing {}", plot.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The rows of the run: one per second that received events, with the RSS sampled nearest to it.
+pub(crate) fn rows(buckets: &[(Histogram<u64>, u64)], rss_mib: &[f64]) -> Vec<Second> {
+    buckets
+        .iter()
+        .enumerate()
+        .filter(|(_, (histogram, _))| !histogram.is_empty())
+        .map(|(t, (histogram, over))| Second {
+            t: t as u64,
+            delivered: histogram.len(),
+            p50_ms: histogram.value_at_quantile(0.5) as f64 / 1000.0,
+            p99_ms: histogram.value_at_quantile(0.99) as f64 / 1000.0,
+            max_ms: histogram.max() as f64 / 1000.0,
+            over_stall: *over,
+            rss_mib: rss_mib.get(t).or(rss_mib.last()).copied().unwrap_or(0.0),
+        })
+        .collect()
+}
+
+#[derive(Debug, PartialEq)]
+pub(crate) struct Summary {
+    pub seconds: usize,
+    pub over_stall: u64,
+    pub seconds_with_stall: usize,
+    pub rss_first_min: f64,
+    pub rss_last_min: f64,
+}
+
+/// Stalls, and the mean RSS of the first and the last 60 rows.
+pub(crate) fn summarize(rows: &[Second]) -> Summary {
+    let mean = |rows: &[Second]| rows.iter().map(|r| r.rss_mib).sum::<f64>() / rows.len().max(1) as f64;
+    let minute = rows.len().min(60);
+    Summary {
+        seconds: rows.len(),
+        over_stall: rows.iter().map(|r| r.over_stall).sum(),
+        seconds_with_stall: rows.iter().filter(|r| r.over_stall > 0).count(),
+        rss_first_min: mean(&rows[..minute]),
+        rss_last_min: mean(&rows[rows.len() - minute..]),
+    }
+}
+
+pub(crate) fn to_csv(rows: &[Second]) -> String {
+    let mut csv = String::from("t_s,delivered,p50_ms,p99_ms,max_ms,over_stall,rss_mib\n");
+    for r in rows {
+        csv.push_str(&format!(
+            "{},{},{:.3},{:.3},{:.3},{},{:.1}\n",
+            r.t, r.delivered, r.p50_ms, r.p99_ms, r.max_ms, r.over_stall, r.rss_mib
+        ));
+    }
+    csv
+}
+
+/// Latency (p99 and max per second, left axis, ms) and RSS (right axis, MiB) over time, with the stall bound
+/// drawn across: a plain SVG, readable in a browser and on GitHub.
+pub(crate) fn svg_plot(rows: &[Second], title: &str) -> String {
+    let (width, height, left, right, top, bottom) = (900.0, 360.0, 60.0, 70.0, 40.0, 40.0);
+    let plot_w = width - left - right;
+    let plot_h = height - top - bottom;
+    let t_max = rows.last().map_or(1.0, |r| r.t.max(1) as f64);
+    let ms_max = rows.iter().map(|r| r.max_ms).fold(STALL_MS * 1.2, f64::max);
+    let rss_max = rows.iter().map(|r| r.rss_mib).fold(1.0, f64::max) * 1.2;
+    let x = |t: f64| left + t / t_max * plot_w;
+    let y_ms = |ms: f64| top + plot_h - ms / ms_max * plot_h;
+    let y_rss = |mib: f64| top + plot_h - mib / rss_max * plot_h;
+    let line = |points: Vec<(f64, f64)>, color: &str| {
+        let path: Vec<String> = points.iter().map(|(px, py)| format!("{px:.1},{py:.1}")).collect();
+        format!(r#"<polyline fill="none" stroke="{color}" stroke-width="1.2" points="{}"/>"#, path.join(" "))
+    };
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    svg.push_str(&format!(r#"<rect width="{width}" height="{height}" fill="white"/>"#));
+    svg.push_str(&format!(r#"<text x="{left}" y="20" font-size="13">{}</text>"#, escape(title)));
+    svg.push_str(&format!(
+        r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>"##
+    ));
+    for k in 0..=4 {
+        let fraction = k as f64 / 4.0;
+        let (ms, mib, t) = (ms_max * fraction, rss_max * fraction, t_max * fraction);
+        svg.push_str(&format!(
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{ms:.0} ms</text>"#,
+            left - 6.0,
+            y_ms(ms) + 4.0
+        ));
+        svg.push_str(&format!(
+            r#"<text x="{:.1}" y="{:.1}">{mib:.0} MiB</text>"#,
+            width - right + 6.0,
+            y_rss(mib) + 4.0
+        ));
+        svg.push_str(&format!(
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{t:.0} s</text>"#,
+            x(t),
+            height - bottom + 16.0
+        ));
+    }
+    svg.push_str(&format!(
+        r##"<line x1="{left}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="#c00" stroke-dasharray="4 3"/>"##,
+        left + plot_w,
+        y = y_ms(STALL_MS)
+    ));
+    svg.push_str(&line(rows.iter().map(|r| (x(r.t as f64), y_ms(r.max_ms))).collect(), "#f0a040"));
+    svg.push_str(&line(rows.iter().map(|r| (x(r.t as f64), y_ms(r.p99_ms))).collect(), "#2060c0"));
+    svg.push_str(&line(rows.iter().map(|r| (x(r.t as f64), y_rss(r.rss_mib))).collect(), "#30a050"));
+    let legend = [
+        ("#2060c0", "p99 per second"),
+        ("#f0a040", "max per second"),
+        ("#30a050", "RSS of the nodes"),
+        ("#c00", "50 ms"),
+    ];
+    for (i, (color, label)) in legend.iter().enumerate() {
+        let lx = left + 10.0 + i as f64 * 150.0;
+        svg.push_str(&format!(
+            r#"<rect x="{lx}" y="{:.1}" width="12" height="3" fill="{color}"/><text x="{:.1}" y="{:.1}">{label}</text>"#,
+            top + 10.0,
+            lx + 16.0,
+            top + 14.0
+        ));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn second(t: u64, max_ms: f64, over_stall: u64, rss_mib: f64) -> Second {
+        Second { t, delivered: 10, p50_ms: 1.0, p99_ms: 2.0, max_ms, over_stall, rss_mib }
+    }
+
+    #[test]
+    fn rows_skip_empty_seconds_and_take_the_nearest_rss() {
+        let mut quiet = openloop::new_histogram();
+        quiet.record(2_000).expect("record");
+        let mut slow = openloop::new_histogram();
+        slow.record(80_000).expect("record");
+        let buckets = vec![(quiet, 0), (openloop::new_histogram(), 0), (slow, 1)];
+        let rows = rows(&buckets, &[100.0, 101.0]);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].t, rows[0].rss_mib), (0, 100.0));
+        assert_eq!((rows[1].t, rows[1].over_stall, rows[1].rss_mib), (2, 1, 101.0), "past the samples: the last");
+        assert!((rows[1].max_ms - 80.0).abs() < 0.1);
+    }
+
+    #[test]
+    fn the_summary_counts_stalls_and_compares_the_first_and_last_minutes() {
+        let rows: Vec<Second> = (0..180).map(|t| second(t, 5.0, u64::from(t == 90) * 3, 100.0 + t as f64)).collect();
+        let summary = summarize(&rows);
+        assert_eq!((summary.seconds, summary.over_stall, summary.seconds_with_stall), (180, 3, 1));
+        assert!((summary.rss_first_min - 129.5).abs() < 1e-9);
+        assert!((summary.rss_last_min - 249.5).abs() < 1e-9);
+        let short = summarize(&rows[..10]);
+        assert_eq!(short.rss_first_min, short.rss_last_min);
+    }
+
+    #[test]
+    fn the_csv_and_the_plot_carry_every_row() {
+        let rows = vec![second(0, 3.0, 0, 90.0), second(1, 60.0, 2, 91.0)];
+        let csv = to_csv(&rows);
+        assert_eq!(csv.lines().count(), 3);
+        assert!(csv.lines().nth(2).is_some_and(|l| l.starts_with("1,10,1.000,2.000,60.000,2,91.0")));
+        let svg = svg_plot(&rows, "a <title> & more");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 3);
+        assert!(svg.contains("a &lt;title&gt; &amp; more"));
+    }
+}
