@@ -34,9 +34,9 @@ pub(crate) struct MemoryBudget {
 impl Default for MemoryBudget {
     fn default() -> Self {
         MemoryBudget {
-            cache_bytes: 96 << 20,
-            write_buffer_bytes: 48 << 20,
-            large_memtable_bytes: 16 << 20,
+            cache_bytes: 64 << 20,
+            write_buffer_bytes: 32 << 20,
+            large_memtable_bytes: 8 << 20,
             small_memtable_bytes: 4 << 20,
             wal_bytes: 128 << 20,
         }
@@ -131,8 +131,8 @@ mod tests {
     #[test]
     fn the_byte_heavy_column_families_get_the_large_memtables_and_all_fit_the_budget() {
         let budget = MemoryBudget::default();
-        assert_eq!(budget.memtable_bytes(CF_EVENTS), 16 << 20);
-        assert_eq!(budget.memtable_bytes(CF_RAFT_LOG), 16 << 20);
+        assert_eq!(budget.memtable_bytes(CF_EVENTS), 8 << 20);
+        assert_eq!(budget.memtable_bytes(CF_RAFT_LOG), 8 << 20);
         assert_eq!(budget.memtable_bytes(CF_DEDUPE), 4 << 20);
         assert_eq!(budget.block_bytes(CF_EVENTS), 16 << 10);
         assert_eq!(budget.block_bytes(CF_DEDUPE), 4 << 10);

@@ -176,6 +176,9 @@ impl StreamView {
         }
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(event_key(self.group, state.id, state.next_offset).to_vec());
+        // Consumers read forward and never twice: a backlog's blocks would only push everything else out
+        // of the shared cache (store/memory.rs).
+        read_options.fill_cache(false);
         let start = event_key(self.group, state.id, from_offset);
         let iter = self.db.iterator_cf_opt(
             cf(&self.db, CF_EVENTS)?,
