@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# One command for the side-by-side benchmark (docs/benchmarks.md):
-#   scripts/bench.sh [--release] [--smoke] [--seconds-per-step N] [--json OUT]
-# Installs nats-server and rabbitmq-server if missing, builds (dev profile, or release with --release),
-# and runs `sluice-bench --mode compare`, which starts and stops every process itself (loopback only).
+# One command for every figure of the performance targets (docs/benchmarks.md):
+#   scripts/bench.sh [--release] [--compare-only] [--smoke] [--seconds-per-step N] [--systems a,b]
+# Installs nats-server and rabbitmq-server if missing, builds (dev profile, or release with --release), and
+# runs, one after the other (each starts and stops every process itself, loopback only):
+#   sluice-bench --mode compare   Sluice beside NATS JetStream, RabbitMQ and the machine's limits
+#   sluice-bench --mode backlog   BACKLOG_EVENTS (10 M) held by a paused Trigger: memory, disk, drain rate
+#   sluice-bench --mode steady    3 nodes at half their max for STEADY_SECONDS (600): latency and RSS plot
+# Results go to BENCH_OUT (./bench-results): compare.json, steady.csv, steady.svg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 release=0
+compare_only=0
 args=()
 for arg in "$@"; do
   case "$arg" in
     --release) release=1 ;;
+    --compare-only|--smoke) compare_only=1; [ "$arg" = --smoke ] && args+=("$arg") ;;
     *) args+=("$arg") ;;
   esac
 done
@@ -33,5 +39,19 @@ else
 fi
 export SLUICE_BIN="${SLUICE_BIN:-$profile/sluice}"
 echo "sluice: $SLUICE_BIN"
-# The run bounds itself (probe budgets, per-system budget); the outer timeout is a last resort.
-exec timeout 3600 "$profile/sluice-bench" --mode compare "${args[@]}"
+bench="$profile/sluice-bench"
+# Each mode bounds itself (probe budgets, per-system budget, drain budget); the timeouts are a last resort.
+if [ "$compare_only" -eq 1 ]; then
+  exec timeout 3600 "$bench" --mode compare "${args[@]}"
+fi
+out="${BENCH_OUT:-bench-results}"
+mkdir -p "$out"
+echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+timeout 3600 "$bench" --mode compare --json "$out/compare.json" "${args[@]}"
+echo "== backlog: ${BACKLOG_EVENTS:-10000000} events held by a paused Trigger, then drained"
+timeout 7200 "$bench" --mode backlog --events "${BACKLOG_EVENTS:-10000000}" --partitions 4 --concurrency 16 \
+  --records-per-append 64 --seconds 10
+echo "== steady: 3 nodes at half of their max, ${STEADY_SECONDS:-600} s"
+timeout 3600 "$bench" --mode steady --nodes 3 --partitions 2 --rate-from "$out/compare.json" \
+  --seconds "${STEADY_SECONDS:-600}" --csv "$out/steady.csv" --plot "$out/steady.svg"
+echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

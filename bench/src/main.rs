@@ -102,6 +102,9 @@ struct Args {
     /// `steady`: events per second.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
+    /// `steady`: instead of `--rate`, half of `sluice-N`'s 1 KiB max in this `--mode compare` JSON report.
+    #[arg(long)]
+    rate_from: Option<std::path::PathBuf>,
     /// `steady`: the seconds as CSV.
     #[arg(long)]
     csv: Option<std::path::PathBuf>,
@@ -144,10 +147,19 @@ async fn main() -> Result<()> {
     let sizes: Vec<usize> = args.records_per_append.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
     let concurrencies: Vec<usize> = args.concurrency.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
     if args.mode == "steady" {
+        let rate = match &args.rate_from {
+            Some(path) => {
+                let report: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
+                let system = format!("sluice-{}", args.nodes);
+                steady::half_max_from_report(&report, &system)
+                    .ok_or_else(|| anyhow::anyhow!("{}: no 1 KiB max of {system}", path.display()))?
+            }
+            None => args.rate,
+        };
         let bench = steady::SteadyBench {
             nodes: args.nodes,
             partitions: args.partitions,
-            rate: args.rate,
+            rate,
             seconds: args.seconds,
             payload_bytes: args.payload_bytes,
             csv: args.csv.clone(),

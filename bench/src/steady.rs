@@ -154,6 +154,17 @@ impl SteadyBench {
     }
 }
 
+/// Half of `system`'s max publish→ack rate at 1 KiB (one event per request) in a `--mode compare` report:
+/// the rate the latency target is set at.
+pub(crate) fn half_max_from_report(report: &serde_json::Value, system: &str) -> Option<f64> {
+    let rows = report.get("rows")?.as_array()?;
+    let row = rows.iter().find(|row| {
+        row.get("system").and_then(|s| s.as_str()) == Some(system)
+            && row.get("scenario").and_then(|s| s.as_str()) == Some("max publish→ack, 1 KiB")
+    })?;
+    Some(row.get("value")?.as_f64()? / 2.0)
+}
+
 /// The rows of the run: one per second that received events, with the RSS sampled nearest to it.
 pub(crate) fn rows(buckets: &[(Histogram<u64>, u64)], rss_mib: &[f64]) -> Vec<Second> {
     buckets
@@ -285,6 +296,18 @@ mod tests {
 
     fn second(t: u64, max_ms: f64, over_stall: u64, rss_mib: f64) -> Second {
         Second { t, delivered: 10, p50_ms: 1.0, p99_ms: 2.0, max_ms, over_stall, rss_mib }
+    }
+
+    #[test]
+    fn half_the_max_comes_from_the_one_event_row_of_the_system() {
+        let report = serde_json::json!({"rows": [
+            {"system": "sluice-3", "scenario": "max publish→ack, 1 KiB, batches of 64", "value": 30000.0},
+            {"system": "sluice-1", "scenario": "max publish→ack, 1 KiB", "value": 9000.0},
+            {"system": "sluice-3", "scenario": "max publish→ack, 1 KiB", "value": 4271.0},
+        ]});
+        assert_eq!(half_max_from_report(&report, "sluice-3"), Some(2135.5));
+        assert_eq!(half_max_from_report(&report, "sluice-5"), None);
+        assert_eq!(half_max_from_report(&serde_json::json!({}), "sluice-3"), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use rocksdb::{BlockBasedOptions, Cache, DB, Options, WriteBufferManager};
 
-use crate::store::keys::{CF_DEDUPE, CF_EVENTS, CF_RAFT_LOG};
+use crate::store::keys::{ALL_CFS, CF_DEDUPE, CF_EVENTS, CF_RAFT_LOG};
 
 /// What RocksDB may hold in memory and in its WAL, whatever the size of the data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,14 +105,19 @@ pub(crate) struct MemoryUsage {
 }
 
 impl MemoryUsage {
+    /// Memtables and table readers summed over every column family (the DB-wide property names answer for
+    /// the default column family only); the block cache is shared, so any column family tells it.
     pub(crate) fn read(db: &DB) -> MemoryUsage {
-        let property = |name: &str| db.property_int_value(name).ok().flatten().unwrap_or(0);
-        MemoryUsage {
-            memtables: property("rocksdb.cur-size-all-mem-tables"),
-            table_readers: property("rocksdb.estimate-table-readers-mem"),
-            block_cache: property("rocksdb.block-cache-usage"),
-            pinned: property("rocksdb.block-cache-pinned-usage"),
+        let mut usage = MemoryUsage::default();
+        for name in ALL_CFS {
+            let Some(cf) = db.cf_handle(name) else { continue };
+            let property = |property: &str| db.property_int_value_cf(cf, property).ok().flatten().unwrap_or(0);
+            usage.memtables += property("rocksdb.cur-size-all-mem-tables");
+            usage.table_readers += property("rocksdb.estimate-table-readers-mem");
+            usage.block_cache = property("rocksdb.block-cache-usage");
+            usage.pinned = property("rocksdb.block-cache-pinned-usage");
         }
+        usage
     }
 
     pub(crate) fn publish(&self) {
@@ -126,7 +131,6 @@ impl MemoryUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::keys::ALL_CFS;
 
     #[test]
     fn the_byte_heavy_column_families_get_the_large_memtables_and_all_fit_the_budget() {
@@ -141,5 +145,20 @@ mod tests {
         // One memtable of every column family fits the write buffer budget (and "default", unused, too).
         let one_each: usize = ALL_CFS.iter().chain(&["default"]).map(|cf| budget.memtable_bytes(cf)).sum();
         assert!(one_each <= budget.write_buffer_bytes + budget.small_memtable_bytes, "{one_each}");
+    }
+
+    #[test]
+    fn the_usage_counts_the_memtables_of_every_column_family() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(dir.path()).expect("open");
+        let before = store.memory_usage();
+        let events = store.db().cf_handle(CF_EVENTS).expect("events column family");
+        for i in 0u32..1000 {
+            store.db().put_cf(events, i.to_be_bytes(), [7u8; 1024]).expect("put");
+        }
+        let after = store.memory_usage();
+        assert!(after.memtables >= before.memtables + 1000 * 1024, "{before:?} → {after:?}");
+        // The memtables are charged to the shared cache.
+        assert!(after.block_cache >= 1000 * 1024, "{after:?}");
     }
 }

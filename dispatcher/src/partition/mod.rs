@@ -68,6 +68,11 @@ pub(crate) struct PartitionDispatcher {
     last_backlog_report_ms: u64,
     /// Per consumer with a limited subscriber: the matching records past its window (its backlog).
     lookahead: HashMap<String, Lookahead>,
+    /// The windows are sized to the subscribers' capacity when this is set: when consumers change, capacity
+    /// grows (the wake-up) and at every commit tick (a shrink needs no hurry: starts check the limit). Sizing
+    /// at every pump asked every consumer's limit per batch of events, a quarter of a node's CPU with 1,000
+    /// Triggers (docs/benchmarks.md, session 11).
+    windows_stale: bool,
 }
 
 impl PartitionDispatcher {
@@ -87,6 +92,7 @@ impl PartitionDispatcher {
             running: HashMap::new(),
             last_backlog_report_ms: 0,
             lookahead: HashMap::new(),
+            windows_stale: true,
         };
         (tx, tokio::spawn(dispatcher.run(rx)))
     }
@@ -124,17 +130,22 @@ impl PartitionDispatcher {
                     }
                 }
                 _ = commit_tick.tick() => {
+                    self.windows_stale = true;
                     self.commit().await;
                     self.publish_gauges();
                     self.report_backlog();
                 }
                 changed = async { room.as_mut()?.changed().await.ok() }, if room.is_some() => {
+                    self.windows_stale = true;
                     if changed.is_none() {
                         room = None;
                     }
                 }
                 message = control.recv() => match message {
-                    Some(Control::Update { consumers, live_uids }) => self.update(consumers, &live_uids).await,
+                    Some(Control::Update { consumers, live_uids }) => {
+                        self.windows_stale = true;
+                        self.update(consumers, &live_uids).await;
+                    }
                     Some(Control::Stop) | None => break,
                 },
                 _ = sleep_until_ms(wake_at), if wake_at.is_some() => {}
@@ -259,7 +270,9 @@ impl PartitionDispatcher {
         let Ok(end) = self.ctx.node.end_offset(&self.stream, self.partition()) else { return };
         // A subscriber that can take more than the consumer's `max-inflight` (a Knative Service scaled out)
         // gets a window as large as its capacity, so that new instances take load at once.
-        if let Some(limits) = &self.ctx.limits {
+        if let Some(limits) = &self.ctx.limits
+            && std::mem::take(&mut self.windows_stale)
+        {
             self.reading.size_windows(|spec| match limits.limit(host_of(&spec.subscriber_uri)) {
                 Some(capacity) => spec.max_inflight.max(capacity.min(MAX_WINDOW_FOR_CAPACITY)),
                 None => spec.max_inflight,
