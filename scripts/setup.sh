@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building Sluice needs on a fresh Debian/Ubuntu machine:
-# clang/libclang (RocksDB's bindings), protoc (the gRPC APIs), iproute2 and
+# clang/libclang (RocksDB's bindings), make and a C compiler (jemalloc, the node's
+# allocator, is built from source), protoc (the gRPC APIs), iproute2 and
 # nftables (the chaos suite's namespaces and partitions).
 # Idempotent: does nothing when everything is there.
 set -euo pipefail
@@ -8,6 +9,8 @@ set -euo pipefail
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v clang >/dev/null 2>&1 || need+=(clang)
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
 if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
   need+=(libclang-dev)
 fi
