@@ -43,6 +43,18 @@ pub(crate) struct DevArgs {
     ingress: IngressArgs,
     #[command(flatten)]
     serving: crate::node_cmd::ServingArgs,
+    /// Transport encryption with a local CA made on first start under DATA/tls (ca.pem is the one to trust:
+    /// `curl --cacert DATA/tls/ca.pem https://...`); `permissive` unless --transport-encryption says otherwise.
+    #[arg(long)]
+    tls: bool,
+    #[command(flatten)]
+    transport: crate::tls_args::TlsArgs,
+}
+
+impl DevArgs {
+    fn tls_args(&self) -> Result<crate::tls_args::TlsArgs> {
+        if self.tls { self.transport.with_dev_certificates(&self.data) } else { Ok(self.transport.clone()) }
+    }
 }
 
 fn with_port_offset(flag: &str, addr: &str, offset: u64) -> Result<String> {
@@ -78,6 +90,9 @@ pub(crate) async fn run(args: DevArgs) -> Result<()> {
 
 async fn run_single(args: DevArgs) -> Result<()> {
     let mut settings = settings(1, args.data.clone(), &args.tuning, &args.ingress)?;
+    let tls_args = args.tls_args()?;
+    settings.tls = tls_args.load()?;
+    let scheme = if settings.tls.is_some() { "https" } else { "http" };
     settings.serving_domain = args.serving.serving_domain.clone();
     settings.serving_runtime = args.serving.serving_runtime.kind();
     let listen = Listen { peer: args.peer_listen.clone(), http: args.http.clone(), admin: args.admin.clone() };
@@ -103,7 +118,11 @@ async fn run_single(args: DevArgs) -> Result<()> {
     }
     let partitions = running.node.cluster_config().map(|c| c.partitions).unwrap_or(0);
     println!("sluice dev: 1 node, {partitions} partition(s), data in {}", args.data.display());
-    println!("  http   http://{}  (/healthz, /readyz, /metrics; events: POST /default/default)", running.http_addr);
+    println!("  http   {scheme}://{}  (/healthz, /readyz, /metrics; events: POST /default/default)", running.http_addr);
+    if let Some(ca) = &tls_args.tls_ca {
+        let mode = tls_args.transport_encryption.unwrap_or_default();
+        println!("  tls    {mode}; trust {} (curl --cacert {0})", ca.display());
+    }
     println!("  admin  {}  (gRPC: sluice.admin.v1)", running.admin_addr);
     match running.peer_addr {
         Some(peer) => println!("  peer   {peer}  (Raft)"),
@@ -147,6 +166,11 @@ impl DevNode {
 
 async fn run_cluster(args: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data).with_context(|| format!("cannot create --data {}", args.data.display()))?;
+    let tls_args = args.tls_args()?;
+    if tls_args.transport_encryption == Some(sluice_security::TransportEncryption::Strict) {
+        // This command initialises the children over their admin ports, which speak plaintext only.
+        bail!("sluice dev --nodes N cannot use strict transport encryption yet: use permissive");
+    }
     let mut nodes = Vec::new();
     let mut members = Vec::new();
     for id in 1..=args.nodes {
@@ -185,6 +209,7 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
             t.dispatch_commit_interval_ms.to_string(),
         ];
         node_args.extend(args.serving.to_args());
+        node_args.extend(tls_args.to_args());
         members.push(format!("{id}={peer}"));
         println!("  node {id}: http http://{http}  admin {admin}  peer {peer}  data {}", data.display());
         nodes.push(DevNode { id, args: node_args, admin, child: None });

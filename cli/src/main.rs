@@ -48,6 +48,7 @@ mod resources_print;
 mod selector;
 mod statefulset;
 mod table;
+mod tls_args;
 mod trigger_cmd;
 
 use std::process::ExitCode;

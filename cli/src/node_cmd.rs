@@ -44,6 +44,8 @@ pub(crate) struct NodeArgs {
     #[command(flatten)]
     pub serving: ServingArgs,
     #[command(flatten)]
+    pub tls: crate::tls_args::TlsArgs,
+    #[command(flatten)]
     pub statefulset: crate::statefulset::StatefulSetArgs,
 }
 
@@ -324,6 +326,7 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
         peer_routes: Default::default(),
         serving_domain: sluice_controller::serving::DEFAULT_DOMAIN.into(),
         serving_runtime: Default::default(),
+        tls: None,
     })
 }
 
@@ -339,6 +342,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         (None, None) => anyhow::bail!("--id is required (or --statefulset, to take it from the pod's name)"),
     };
     let mut settings = settings(id, args.data.clone(), &args.tuning, &args.ingress)?;
+    settings.tls = args.tls.load()?;
     settings.peer_routes = args.peer_routes.iter().cloned().collect();
     settings.serving_domain = args.serving.serving_domain.clone();
     settings.serving_runtime = args.serving.serving_runtime.kind();

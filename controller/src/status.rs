@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::model::{Destination, KReference};
 
-pub use crate::world::{Environment, ServingRuntime, World};
+pub use crate::world::{Environment, HttpsIngress, ServingRuntime, World};
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
     object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
@@ -19,10 +19,32 @@ fn condition(kind: &str, ok: Result<(), (String, String)>) -> Value {
     }
 }
 
-fn address_of(env: &Environment, kind: &str, namespace: &str, name: &str) -> String {
+fn path_of(kind: &str, namespace: &str, name: &str) -> String {
     match kind {
-        "Broker" => format!("{}/{namespace}/{name}", env.ingress_base),
-        _ => format!("{}/channels/{namespace}/{name}", env.ingress_base),
+        "Broker" => format!("/{namespace}/{name}"),
+        _ => format!("/channels/{namespace}/{name}"),
+    }
+}
+
+/// The URL events for a Broker or Channel are sent to: https when the ingress serves TLS (Knative: "producers
+/// must send events to HTTPS endpoints, if available").
+fn address_of(env: &Environment, kind: &str, namespace: &str, name: &str) -> String {
+    let base = env.ingress_https.as_ref().map_or(env.ingress_base.as_str(), |https| https.base.as_str());
+    format!("{base}{}", path_of(kind, namespace, name))
+}
+
+/// `status.address` and `status.addresses` of a Broker or Channel, as Knative's transport-encryption modes
+/// give them: `disabled` http only; `permissive` https first, then http; `strict` https only.
+fn addresses(env: &Environment, kind: &str, namespace: &str, name: &str) -> (Value, Value) {
+    let path = path_of(kind, namespace, name);
+    let http = json!({"name": "http", "url": format!("{}{path}", env.ingress_base)});
+    match &env.ingress_https {
+        None => (http.clone(), json!([http])),
+        Some(https) => {
+            let secure = json!({"name": "https", "url": format!("{}{path}", https.base), "CACerts": https.ca_certs});
+            let all = if https.plaintext_too { json!([secure, http]) } else { json!([secure]) };
+            (secure, all)
+        }
     }
 }
 
@@ -97,8 +119,9 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
 
     match kind {
         "Broker" | "Channel" | "InMemoryChannel" => {
-            let url = address_of(env, kind, namespace, name);
-            status.insert("address".into(), json!({"url": url}));
+            let (address, all) = addresses(env, kind, namespace, name);
+            status.insert("address".into(), address);
+            status.insert("addresses".into(), all);
             conditions.push(condition("Addressable", Ok(())));
             if kind == "Broker" {
                 conditions.push(condition("IngressReady", Ok(())));
@@ -206,6 +229,39 @@ mod tests {
 
     fn condition_of<'a>(status: &'a Value, kind: &str) -> &'a Value {
         status["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == kind)).expect("condition present")
+    }
+
+    #[test]
+    fn addresses_follow_the_transport_encryption_mode() {
+        let b = broker("default", None);
+        let objects = [b.clone()];
+        let world = World { objects: &objects };
+        let https = |plaintext_too| HttpsIngress {
+            base: "https://127.0.0.1:8080".into(),
+            ca_certs: "-----BEGIN CERTIFICATE-----".into(),
+            plaintext_too,
+        };
+        let http = json!({"name": "http", "url": "http://127.0.0.1:8080/default/default"});
+        let secure = json!({"name": "https", "url": "https://127.0.0.1:8080/default/default",
+                            "CACerts": "-----BEGIN CERTIFICATE-----"});
+        for (mode, environment, address, all) in [
+            ("disabled", env(), &http, json!([http])),
+            ("permissive", env().with_https(Some(https(true))), &secure, json!([secure, http])),
+            ("strict", env().with_https(Some(https(false))), &secure, json!([secure])),
+        ] {
+            let status = reconcile(&b, &world, &environment);
+            assert_eq!(&status["address"], address, "{mode}");
+            assert_eq!(status["addresses"], all, "{mode}");
+            let to_broker: Destination = serde_json::from_value(
+                json!({"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "default"}}),
+            )
+            .expect("destination");
+            assert_eq!(
+                resolve(&to_broker, "default", &world, &environment).as_ref(),
+                Ok(&address["url"].as_str().expect("url").to_string()),
+                "{mode}"
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,20 @@ pub struct Environment {
     pub serving_domain: String,
     /// What runs revisions: what a Revision needs to be runnable depends on it.
     pub serving_runtime: ServingRuntime,
+    /// The ingress over TLS, when transport encryption is on.
+    pub ingress_https: Option<HttpsIngress>,
+}
+
+/// The node's ingress over TLS (transport-encryption `permissive` or `strict`): what Addressables advertise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpsIngress {
+    /// e.g. `https://127.0.0.1:8080`: the same port as the plaintext one (a connection's first byte tells them
+    /// apart).
+    pub base: String,
+    /// The CA bundle (PEM) that signs the node's certificate: `CACerts` in every https address.
+    pub ca_certs: String,
+    /// `permissive`: the `http` address is advertised too; `strict`: https only.
+    pub plaintext_too: bool,
 }
 
 /// What runs a node's revisions.
@@ -35,6 +49,7 @@ impl Environment {
             ingress_base: ingress_base.into(),
             serving_domain: DEFAULT_DOMAIN.into(),
             serving_runtime: ServingRuntime::Local,
+            ingress_https: None,
         }
     }
 
@@ -44,7 +59,14 @@ impl Environment {
             ingress_base: ingress_base.into(),
             serving_domain: serving_domain.to_ascii_lowercase(),
             serving_runtime: ServingRuntime::Local,
+            ingress_https: None,
         }
+    }
+
+    /// The same, with the ingress also (or only) served over TLS.
+    pub fn with_https(mut self, https: Option<HttpsIngress>) -> Self {
+        self.ingress_https = https;
+        self
     }
 
     /// The same, with revisions run by `runtime`.

@@ -52,8 +52,7 @@ pub fn routes(node: Node, ingress_base: String) -> tonic::service::Routes {
             None
         }
     };
-    let env = Environment::with_domain(ingress_base, &node.settings().serving_domain)
-        .with_runtime(node.settings().serving_runtime);
+    let env = node.status_environment(&ingress_base);
     let admin = ConsumersAdmin { node, env, sender };
     tonic::service::Routes::new(ConsumersServer::new(admin.clone())).add_service(DeadLettersServer::new(admin))
 }

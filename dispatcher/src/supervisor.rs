@@ -142,8 +142,7 @@ struct Running {
 async fn supervise(node: Node, settings: DispatcherSettings, sender: Sender, mut stopped: watch::Receiver<bool>) {
     let Some(mut resources) = node.watch_resources() else { return };
     let mut leadership = node.watch_leadership();
-    let env = Environment::with_domain(settings.ingress_base.clone(), &node.settings().serving_domain)
-        .with_runtime(node.settings().serving_runtime);
+    let env = node.status_environment(&settings.ingress_base);
     let mut running: HashMap<(String, u32), Running> = HashMap::new();
     let mut reported: HashMap<String, String> = HashMap::new();
     let limits = settings.subscriber_capacity.clone().map(DestinationLimits::new);

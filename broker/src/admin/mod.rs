@@ -42,8 +42,7 @@ pub(crate) struct AdminService {
 
 impl AdminService {
     pub(crate) fn new(node: Node, ingress_base: String) -> Self {
-        let status_env = Environment::with_domain(ingress_base, &node.settings().serving_domain)
-            .with_runtime(node.settings().serving_runtime);
+        let status_env = node.status_environment(&ingress_base);
         Self { node, status_env }
     }
 

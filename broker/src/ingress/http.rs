@@ -21,6 +21,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use sluice_security::{ClientCertificate, ConnInfo, PlaintextPolicy, Tls, Transport};
+
 use crate::ingress::{Ingress, IngressLimits};
 use crate::node::Node;
 
@@ -86,8 +88,11 @@ pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: IngressLimits,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let strict = tls.as_ref().is_some_and(|tls| !tls.mode().accepts_plaintext());
+    let app = app.layer(axum::middleware::from_fn_with_state(strict, refuse_plaintext_when_strict));
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -122,19 +127,63 @@ pub(crate) async fn serve(
             drop(stream);
             continue;
         };
-        let _ = stream.set_nodelay(true);
         let builder = builder.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let (app, tls) = (app.clone(), tls.clone());
         let open = open.clone();
+        let first_byte_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             open.increment(1.0);
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
-                tracing::debug!(error = %e, "http connection ended");
+            // Plaintext is let through even in strict mode, so a client is told why (426) and probes work.
+            match sluice_security::accept(
+                stream,
+                tls.as_ref(),
+                PlaintextPolicy::Accept,
+                ClientCertificate::Optional,
+                first_byte_timeout,
+            )
+            .await
+            {
+                Ok(conn) => {
+                    let info = conn.info();
+                    let service = TowerToHyperService::new(app.layer(axum::Extension(info)));
+                    if let Err(e) = builder.serve_connection(TokioIo::new(conn), service).await {
+                        tracing::debug!(error = %e, "http connection ended");
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!("sluice_tls_refused_total", "port" => "http").increment(1);
+                    tracing::debug!(error = %e, "http connection refused");
+                }
             }
             open.decrement(1.0);
             drop(permit);
         });
     }
+}
+
+/// Probes answer over plaintext in every mode (kubelet's httpGet probes); in strict mode everything else
+/// asks for TLS.
+fn plaintext_allowed_when_strict(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
+async fn refuse_plaintext_when_strict(
+    State(strict): State<bool>,
+    axum::Extension(info): axum::Extension<ConnInfo>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if strict && info.transport == Transport::Plain && !plaintext_allowed_when_strict(request.uri().path()) {
+        metrics::counter!("sluice_http_plaintext_refused_total").increment(1);
+        let body = serde_json::json!({
+            "error": "plaintext HTTP is refused",
+            "field": "scheme",
+            "rule": "transport-encryption is strict: send over https (the CA is the address's CACerts)",
+        });
+        return (StatusCode::UPGRADE_REQUIRED, [(header::UPGRADE, "TLS/1.3, HTTP/1.1")], axum::Json(body))
+            .into_response();
+    }
+    next.run(request).await
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {

@@ -62,6 +62,9 @@ pub struct NodeSettings {
     pub serving_domain: String,
     /// What runs revisions (what a Revision needs to be runnable, for its status).
     pub serving_runtime: sluice_controller::serving::ServingRuntime,
+    /// Transport encryption: the node's certificate, key and CA, when the mode is not `disabled`. The Raft
+    /// transport then dials and accepts mutual TLS only.
+    pub tls: Option<sluice_security::Tls>,
 }
 
 /// How long a leader waits for a new learner to catch up before it answers
@@ -106,7 +109,7 @@ impl Node {
     pub async fn open(settings: NodeSettings) -> Result<Node, BrokerError> {
         claim_data_dir(&settings.data_dir, settings.node_id)?;
         let store = Store::open(&settings.data_dir)?;
-        let peers = PeerClients::with_routes(settings.peer_routes.clone());
+        let peers = PeerClients::new(settings.peer_routes.clone(), settings.tls.clone());
         let node = Node {
             inner: Arc::new(NodeInner {
                 settings,
@@ -156,6 +159,20 @@ impl Node {
 
     pub fn id(&self) -> NodeId {
         self.inner.settings.node_id
+    }
+
+    /// What status is computed against on this node: its ingress at `ingress_base` (`http://IP:PORT`), also
+    /// as `https://` with the CA when transport encryption is on, its serving domain and runtime.
+    pub fn status_environment(&self, ingress_base: &str) -> sluice_controller::status::Environment {
+        let settings = &self.inner.settings;
+        let https = settings.tls.as_ref().map(|tls| sluice_controller::status::HttpsIngress {
+            base: ingress_base.replacen("http://", "https://", 1),
+            ca_certs: tls.ca_pem(),
+            plaintext_too: tls.mode().accepts_plaintext(),
+        });
+        sluice_controller::status::Environment::with_domain(ingress_base, &settings.serving_domain)
+            .with_runtime(settings.serving_runtime)
+            .with_https(https)
     }
 
     pub fn settings(&self) -> &NodeSettings {

@@ -12,9 +12,9 @@ use sluice_proto::admin::events_server::EventsServer;
 use sluice_proto::admin::log_server::LogServer;
 use sluice_proto::admin::resources_server::ResourcesServer;
 use sluice_proto::raft::raft_transport_server::RaftTransportServer;
+use sluice_security::{ClientCertificate, PlaintextPolicy, Tls};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::AdminService;
 use crate::admin::events::EventsService;
@@ -24,6 +24,9 @@ use crate::ingress::{Ingress, IngressLimits};
 use crate::node::{Node, NodeSettings};
 use crate::server::raft_service::TransportService;
 use crate::transport::client::MAX_PEER_MESSAGE_BYTES;
+
+/// How often the TLS files are re-read (a rotated certificate is served within this).
+const TLS_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct Listen {
@@ -61,17 +64,22 @@ async fn bind(flag: &'static str, addr: &str) -> Result<TcpListener, BrokerError
     })
 }
 
-/// Accepted connections with `TCP_NODELAY` (tonic cannot set it on an
-/// incoming stream it did not create; without it, small replies wait for
-/// delayed ACKs, about 40 ms).
-fn nodelay(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        if let Ok(stream) = &accepted {
-            let _ = stream.set_nodelay(true);
-        }
-        accepted
-    })
+/// A listener's connections for tonic, sorted into plaintext and TLS by the node's transport-encryption
+/// mode (with `TCP_NODELAY`: without it small replies wait for delayed ACKs, about 40 ms).
+fn incoming(
+    listener: TcpListener,
+    tls: Option<&Tls>,
+    port: &'static str,
+) -> impl tokio_stream::Stream<Item = std::io::Result<sluice_security::Conn>> {
+    let (plaintext, client_certificate) = match port {
+        // A node without a certificate of the cluster's CA never reaches Raft.
+        "peer" => (PlaintextPolicy::Refuse, ClientCertificate::Required),
+        _ => match tls.map(Tls::mode) {
+            Some(mode) if !mode.accepts_plaintext() => (PlaintextPolicy::Refuse, ClientCertificate::Optional),
+            _ => (PlaintextPolicy::Accept, ClientCertificate::Optional),
+        },
+    };
+    sluice_security::incoming(listener, tls.cloned(), plaintext, client_certificate, port)
 }
 
 /// Admin gRPC services that live outside this crate (the dispatcher's), built once the node is open; given
@@ -95,7 +103,11 @@ pub async fn start(
     let (http_addr, admin_addr) = (local(&http)?, local(&admin)?);
     let snapshot_root: PathBuf = settings.data_dir.join("snapshots");
     let metrics = crate::telemetry::prometheus();
+    let tls = settings.tls.clone();
     let node = Node::open(settings).await?;
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch(TLS_RELOAD_INTERVAL));
+    }
     // Detached, as the node's other background loops: it ends with the runtime.
     tokio::spawn(crate::node::retention::run(node.clone(), node.settings().retention_check_interval));
     tokio::spawn(node.clone().report_store_memory(std::time::Duration::from_secs(5)));
@@ -110,11 +122,12 @@ pub async fn start(
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
     if let Some(peer) = peer {
         let rx = shutdown.subscribe();
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(transport)
-                .serve_with_incoming_shutdown(nodelay(peer), stopped(rx))
+                .serve_with_incoming_shutdown(incoming(peer, tls.as_ref(), "peer"), stopped(rx))
                 .await;
             if let Err(e) = result {
                 tracing::error!(error = %e, "peer server stopped");
@@ -137,7 +150,9 @@ pub async fn start(
         .build_v1alpha()
         .inspect_err(|e| tracing::error!(error = %e, "gRPC reflection (v1alpha) is not served"))
         .ok();
+    let admin_tls = tls.clone();
     tasks.push(tokio::spawn(async move {
+        let tls = admin_tls;
         let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
         let router = match extra_routes {
             Some(routes) => builder.add_routes(routes),
@@ -153,7 +168,7 @@ pub async fn start(
             .add_service(EventsServer::new(EventsService::new(admin_node)))
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(nodelay(admin), stopped(rx))
+            .serve_with_incoming_shutdown(incoming(admin, tls.as_ref(), "admin"), stopped(rx))
             .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "admin server stopped");
@@ -164,7 +179,7 @@ pub async fn start(
     let ingress = Ingress::new(node.clone(), ingress_limits.clone());
     let host_routes = HostRouteSlot::default();
     let app = crate::ingress::http::router(node.clone(), metrics, ingress, host_routes.clone());
-    tasks.push(tokio::spawn(crate::ingress::http::serve(http, app, ingress_limits, stopped(rx))));
+    tasks.push(tokio::spawn(crate::ingress::http::serve(http, app, ingress_limits, tls, stopped(rx))));
 
     Ok(RunningNode { node, peer_addr, http_addr, admin_addr, host_routes, shutdown, tasks })
 }

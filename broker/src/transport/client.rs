@@ -25,6 +25,8 @@ use crate::store::SnapshotFile;
 pub(crate) const MAX_PEER_MESSAGE_BYTES: usize = 96 << 20;
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP connect and TLS handshake to a peer.
+const PEER_TLS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Default)]
 pub(crate) struct PeerClients {
@@ -33,11 +35,13 @@ pub(crate) struct PeerClients {
     /// dials instead (a proxy, a NAT address). Peers are still named by
     /// their advertised address everywhere else.
     routes: Arc<BTreeMap<String, String>>,
+    /// Mutual TLS to every peer when transport encryption is on.
+    tls: Option<sluice_security::Tls>,
 }
 
 impl PeerClients {
-    pub(crate) fn with_routes(routes: BTreeMap<String, String>) -> Self {
-        PeerClients { channels: Arc::default(), routes: Arc::new(routes) }
+    pub(crate) fn new(routes: BTreeMap<String, String>, tls: Option<sluice_security::Tls>) -> Self {
+        PeerClients { channels: Arc::default(), routes: Arc::new(routes), tls }
     }
 
     /// The address this node dials to reach the peer advertised as `addr`.
@@ -51,13 +55,16 @@ impl PeerClients {
             Some(channel) => channel.clone(),
             None => {
                 let dial = self.dial_addr(addr);
-                let channel = Endpoint::from_shared(format!("http://{dial}"))
+                let endpoint = Endpoint::from_shared(format!("http://{dial}"))
                     .map_err(|e| format!("bad peer address {addr}: {e}"))?
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .connect_lazy();
+                    .keep_alive_timeout(Duration::from_secs(5));
+                let channel = match &self.tls {
+                    None => endpoint.connect_lazy(),
+                    Some(tls) => endpoint.connect_with_connector_lazy(mutual_tls_connector(tls.clone(), dial, addr)),
+                };
                 channels.insert(addr.to_string(), channel.clone());
                 channel
             }
@@ -88,6 +95,43 @@ impl PeerClients {
             Err(status) => return Err(indeterminate(status.message().to_string())),
         };
         decode::<Result<ForwardedReply, WriteFailure>>(&reply.result).map_err(|e| indeterminate(e.to_string()))?
+    }
+}
+
+/// Dials `dial` and checks the peer's certificate against the cluster's CA and the host of the address the
+/// peer is known by (they differ behind a `--peer-route` proxy); presents this node's certificate.
+#[derive(Clone)]
+struct MutualTlsConnector {
+    tls: sluice_security::Tls,
+    dial: Arc<str>,
+    server_name: Arc<str>,
+}
+
+fn mutual_tls_connector(tls: sluice_security::Tls, dial: &str, addr: &str) -> MutualTlsConnector {
+    MutualTlsConnector { tls, dial: dial.into(), server_name: sluice_security::host_of(addr).into() }
+}
+
+impl tower::Service<axum::http::Uri> for MutualTlsConnector {
+    type Response = hyper_util::rt::TokioIo<sluice_security::ClientTlsStream>;
+    type Error = std::io::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: axum::http::Uri) -> Self::Future {
+        let connector = self.clone();
+        Box::pin(async move {
+            let stream = sluice_security::dial(
+                &connector.dial,
+                &connector.server_name,
+                &connector.tls,
+                PEER_TLS_CONNECT_TIMEOUT,
+            )
+            .await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
     }
 }
 

@@ -1,0 +1,77 @@
+//! The flags of transport encryption, shared by `sluice node` and `sluice dev` (docs/security.md).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use clap::Args;
+use sluice_security::{Tls, TlsFiles, TransportEncryption};
+
+#[derive(Args, Clone, Debug, Default)]
+pub(crate) struct TlsArgs {
+    /// Knative's transport-encryption: `disabled`; `permissive` (TLS and plaintext on the HTTP and admin
+    /// ports, https addresses first; mutual TLS between nodes); `strict` (TLS only: plaintext HTTP gets 426
+    /// except /healthz and /readyz).
+    #[arg(long, env = "SLUICE_TRANSPORT_ENCRYPTION", value_parser = parse_mode)]
+    pub transport_encryption: Option<TransportEncryption>,
+    /// This node's certificate chain (PEM). Re-read every 2 s: a rotated file is served without a restart.
+    #[arg(long, env = "SLUICE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SLUICE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster's CA bundle (PEM): every node's certificate is signed by it; advertised as CACerts.
+    #[arg(long, env = "SLUICE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+fn parse_mode(text: &str) -> std::result::Result<TransportEncryption, String> {
+    text.parse().map_err(|e: sluice_security::TlsError| e.to_string())
+}
+
+impl TlsArgs {
+    fn files(&self) -> Result<Option<TlsFiles>> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => {
+                Ok(Some(TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() }))
+            }
+            _ => bail!("--tls-cert, --tls-key and --tls-ca go together: give all three"),
+        }
+    }
+
+    /// The mode (`disabled` unless given) and its loaded files.
+    pub(crate) fn load(&self) -> Result<Option<Tls>> {
+        let files = self.files()?;
+        let mode = self.transport_encryption.unwrap_or_default();
+        if mode == TransportEncryption::Disabled && files.is_some() {
+            bail!("--tls-cert is given but --transport-encryption is disabled: set it to permissive or strict");
+        }
+        Ok(Tls::load(mode, files)?)
+    }
+
+    /// `sluice dev --tls`: the dev CA's files under `data` (made on first use), in `permissive` mode unless a
+    /// mode is given.
+    pub(crate) fn with_dev_certificates(&self, data: &Path) -> Result<TlsArgs> {
+        let files = sluice_security::ensure_dev_certificates(&data.join("tls"))?;
+        Ok(TlsArgs {
+            transport_encryption: Some(self.transport_encryption.unwrap_or(TransportEncryption::Permissive)),
+            tls_cert: Some(files.cert),
+            tls_key: Some(files.key),
+            tls_ca: Some(files.ca),
+        })
+    }
+
+    /// The same flags for a child `sluice node`.
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(mode) = self.transport_encryption {
+            args.extend(["--transport-encryption".to_string(), mode.to_string()]);
+        }
+        for (flag, path) in [("--tls-cert", &self.tls_cert), ("--tls-key", &self.tls_key), ("--tls-ca", &self.tls_ca)] {
+            if let Some(path) = path {
+                args.extend([flag.to_string(), path.display().to_string()]);
+            }
+        }
+        args
+    }
+}

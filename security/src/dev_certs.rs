@@ -1,0 +1,81 @@
+//! A local CA and certificates it signs, for `sluice dev --tls` and for tests: never for production, where
+//! certificates come from cert-manager or the organisation's CA (docs/security.md).
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+use crate::error::TlsError;
+use crate::tls::TlsFiles;
+
+/// A CA's certificate and key in PEM.
+#[derive(Clone, Debug)]
+pub struct DevCertificates {
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+}
+
+fn generate_error(context: &str) -> impl Fn(rcgen::Error) -> TlsError + '_ {
+    move |e| TlsError::Generate { context: context.to_string(), reason: e.to_string() }
+}
+
+impl DevCertificates {
+    /// A new self-signed CA named `common_name`.
+    pub fn new_ca(common_name: &str) -> Result<DevCertificates, TlsError> {
+        let key = KeyPair::generate().map_err(generate_error("generating the CA key"))?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(generate_error("CA parameters"))?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let cert = params.self_signed(&key).map_err(generate_error("self-signing the CA"))?;
+        Ok(DevCertificates { ca_cert_pem: cert.pem(), ca_key_pem: key.serialize_pem() })
+    }
+}
+
+/// A certificate for `names` (DNS names or IP addresses; usable by servers and as a client certificate)
+/// signed by `ca`: (certificate PEM, key PEM).
+pub fn issue_certificate(ca: &DevCertificates, names: &[String]) -> Result<(String, String), TlsError> {
+    let ca_key = KeyPair::from_pem(&ca.ca_key_pem).map_err(generate_error("reading the CA key"))?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca.ca_cert_pem, ca_key).map_err(generate_error("reading the CA certificate"))?;
+    let key = KeyPair::generate().map_err(generate_error("generating a key"))?;
+    let mut params = CertificateParams::new(names.to_vec()).map_err(generate_error("certificate names"))?;
+    params.distinguished_name.push(DnType::CommonName, names.first().map(String::as_str).unwrap_or("sluice"));
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).map_err(generate_error("signing the certificate"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// `dir`'s CA and node certificate, generated on first use and kept (so a browser or `curl --cacert` that
+/// trusts the CA keeps trusting it across restarts). The node certificate names `localhost`, `*.localhost`
+/// (serving's Route hosts), 127.0.0.1 and ::1.
+pub fn ensure_dev_certificates(dir: &Path) -> Result<TlsFiles, TlsError> {
+    let files = TlsFiles { cert: dir.join("node.pem"), key: dir.join("node.key"), ca: dir.join("ca.pem") };
+    if files.cert.exists() && files.key.exists() && files.ca.exists() {
+        return Ok(files);
+    }
+    let write = |path: &PathBuf, text: &str| {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Keys are readable by their owner only; certificates too, which costs nothing here.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut file| file.write_all(text.as_bytes()))
+            .map_err(|source| TlsError::Read { flag: "--tls", path: path.clone(), source })
+    };
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Read { flag: "--tls", path: dir.to_path_buf(), source })?;
+    let ca = DevCertificates::new_ca("Sluice dev CA")?;
+    let names = ["localhost", "*.localhost", "127.0.0.1", "::1"].map(String::from);
+    let (cert, key) = issue_certificate(&ca, &names)?;
+    write(&dir.join("ca.key"), &ca.ca_key_pem)?;
+    write(&files.ca, &ca.ca_cert_pem)?;
+    write(&files.key, &key)?;
+    write(&files.cert, &cert)?;
+    Ok(files)
+}

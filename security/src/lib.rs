@@ -1,0 +1,19 @@
+//! Sluice's security, what flows in and out:
+//! - `tls`: PEM files (certificate chain, private key, CA bundle) in → rustls server and client configs out,
+//!   rebuilt when the files change; accepted TCP connections in → plaintext or TLS streams out, told apart
+//!   by their first byte, so one port serves both in `permissive` mode.
+//! - `dev_certs`: a directory in → a local CA and a node certificate signed by it out (`sluice dev --tls`).
+//!
+//! Nothing here knows about Brokers or Raft: the broker, dispatcher and CLI call in.
+
+mod dev_certs;
+mod error;
+pub mod tls;
+
+pub use dev_certs::{DevCertificates, ensure_dev_certificates, issue_certificate};
+pub use error::TlsError;
+pub use tls::accept::{AcceptError, ClientCertificate, Conn, ConnInfo, PlaintextPolicy, Transport, accept, incoming};
+pub use tls::dial::{dial, host_of};
+/// A TLS stream this node dialed.
+pub type ClientTlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+pub use tls::{Reload, Tls, TlsFiles, TransportEncryption};
