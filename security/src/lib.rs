@@ -13,7 +13,7 @@ pub mod tls;
 pub use dev_certs::{DevCertificates, ensure_dev_certificates, issue_certificate};
 pub use error::TlsError;
 pub use tls::accept::{AcceptError, ClientCertificate, Conn, ConnInfo, PlaintextPolicy, Transport, accept, incoming};
-pub use tls::dial::{dial, host_of};
+pub use tls::dial::{TlsDialer, dial, host_of};
 /// A TLS stream this node dialed.
 pub type ClientTlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 pub use tls::{Reload, Tls, TlsFiles, TransportEncryption};

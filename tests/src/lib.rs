@@ -480,3 +480,54 @@ pub async fn send_event_accepted(
     })
     .await
 }
+
+/// A certificate for 127.0.0.1 and localhost signed by `ca`, with the CA, written under `dir` as
+/// `NAME.pem`, `NAME.key` and `NAME-ca.pem`.
+pub fn write_tls_files(
+    dir: &Path,
+    ca: &sluice_security::DevCertificates,
+    name: &str,
+) -> Result<sluice_security::TlsFiles> {
+    std::fs::create_dir_all(dir)?;
+    let (cert, key) = sluice_security::issue_certificate(ca, &["127.0.0.1".to_string(), "localhost".to_string()])?;
+    let files = sluice_security::TlsFiles {
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+        ca: dir.join(format!("{name}-ca.pem")),
+    };
+    std::fs::write(&files.key, key)?;
+    std::fs::write(&files.cert, cert)?;
+    std::fs::write(&files.ca, &ca.ca_cert_pem)?;
+    Ok(files)
+}
+
+/// `sluice node` flags for transport encryption `mode` with `files`.
+pub fn tls_node_args(mode: &str, files: &sluice_security::TlsFiles) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    vec![
+        "--transport-encryption".into(),
+        mode.into(),
+        "--tls-cert".into(),
+        path(&files.cert),
+        "--tls-key".into(),
+        path(&files.key),
+        "--tls-ca".into(),
+        path(&files.ca),
+    ]
+}
+
+/// A gRPC channel to `addr` over TLS with `files` (trusting their CA, presenting their certificate).
+pub async fn tls_channel(addr: &str, files: &sluice_security::TlsFiles) -> Result<Channel> {
+    let tls = sluice_security::Tls::load(sluice_security::TransportEncryption::Strict, Some(files.clone()))?
+        .ok_or_else(|| anyhow::anyhow!("TLS is on"))?;
+    let dialer = sluice_security::TlsDialer::new(tls, addr, sluice_security::host_of(addr));
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_with_connector(dialer).await?)
+}
+
+/// An HTTPS client that trusts only the CA in `ca_pem`.
+pub fn https_client(ca_pem: &str) -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes())?)
+        .build()?)
+}

@@ -25,8 +25,6 @@ use crate::store::SnapshotFile;
 pub(crate) const MAX_PEER_MESSAGE_BYTES: usize = 96 << 20;
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
-/// TCP connect and TLS handshake to a peer.
-const PEER_TLS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Default)]
 pub(crate) struct PeerClients {
@@ -63,7 +61,11 @@ impl PeerClients {
                     .keep_alive_timeout(Duration::from_secs(5));
                 let channel = match &self.tls {
                     None => endpoint.connect_lazy(),
-                    Some(tls) => endpoint.connect_with_connector_lazy(mutual_tls_connector(tls.clone(), dial, addr)),
+                    Some(tls) => endpoint.connect_with_connector_lazy(sluice_security::TlsDialer::new(
+                        tls.clone(),
+                        dial,
+                        sluice_security::host_of(addr),
+                    )),
                 };
                 channels.insert(addr.to_string(), channel.clone());
                 channel
@@ -95,43 +97,6 @@ impl PeerClients {
             Err(status) => return Err(indeterminate(status.message().to_string())),
         };
         decode::<Result<ForwardedReply, WriteFailure>>(&reply.result).map_err(|e| indeterminate(e.to_string()))?
-    }
-}
-
-/// Dials `dial` and checks the peer's certificate against the cluster's CA and the host of the address the
-/// peer is known by (they differ behind a `--peer-route` proxy); presents this node's certificate.
-#[derive(Clone)]
-struct MutualTlsConnector {
-    tls: sluice_security::Tls,
-    dial: Arc<str>,
-    server_name: Arc<str>,
-}
-
-fn mutual_tls_connector(tls: sluice_security::Tls, dial: &str, addr: &str) -> MutualTlsConnector {
-    MutualTlsConnector { tls, dial: dial.into(), server_name: sluice_security::host_of(addr).into() }
-}
-
-impl tower::Service<axum::http::Uri> for MutualTlsConnector {
-    type Response = hyper_util::rt::TokioIo<sluice_security::ClientTlsStream>;
-    type Error = std::io::Error;
-    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: axum::http::Uri) -> Self::Future {
-        let connector = self.clone();
-        Box::pin(async move {
-            let stream = sluice_security::dial(
-                &connector.dial,
-                &connector.server_name,
-                &connector.tls,
-                PEER_TLS_CONNECT_TIMEOUT,
-            )
-            .await?;
-            Ok(hyper_util::rt::TokioIo::new(stream))
-        })
     }
 }
 

@@ -1,6 +1,10 @@
 //! Dialing another node (or any TLS server of the cluster's CA) with this node's client config.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
@@ -30,6 +34,42 @@ pub async fn dial(
     tokio::time::timeout(timeout, connecting).await.map_err(|_| {
         io::Error::new(io::ErrorKind::TimedOut, format!("TLS connect to {dial_addr} not done within {timeout:?}"))
     })?
+}
+
+/// A tower service for tonic's `Endpoint::connect_with_connector`: every connection is [`dial`]ed to the
+/// same address and checked against the same server name, whatever URI tonic asks for.
+#[derive(Clone)]
+pub struct TlsDialer {
+    tls: Tls,
+    dial: Arc<str>,
+    server_name: Arc<str>,
+}
+
+/// TCP connect plus TLS handshake.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl TlsDialer {
+    pub fn new(tls: Tls, dial_addr: &str, server_name: &str) -> TlsDialer {
+        TlsDialer { tls, dial: dial_addr.into(), server_name: server_name.into() }
+    }
+}
+
+impl tower::Service<http::Uri> for TlsDialer {
+    type Response = hyper_util::rt::TokioIo<TlsStream<TcpStream>>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let dialer = self.clone();
+        Box::pin(async move {
+            let stream = dial(&dialer.dial, &dialer.server_name, &dialer.tls, DIAL_TIMEOUT).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
 }
 
 /// The host part of `HOST:PORT` / `IP:PORT` / `[IPv6]:PORT`, as a certificate names it.

@@ -119,14 +119,18 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn certificates(flag: &'static str, path: &PathBuf, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn certificates(
+    flag: &'static str,
+    path: &std::path::Path,
+    bytes: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(bytes).collect::<Result<Vec<_>, _>>().map_err(|e| TlsError::BadPem {
         flag,
-        path: path.clone(),
+        path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate { flag, path: path.clone() });
+        return Err(TlsError::NoCertificate { flag, path: path.to_path_buf() });
     }
     Ok(certs)
 }

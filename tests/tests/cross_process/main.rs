@@ -22,6 +22,7 @@ mod t70_cluster_membership;
 mod t71_events_api;
 mod t72_consumers_admin;
 mod t73_statefulset_bootstrap;
+mod t80_transport_encryption;
 mod t90_serving;
 mod t91_autoscaling;
 mod t95_kubernetes_controller;

@@ -1,0 +1,184 @@
+//! Transport encryption (docs/security.md): https ingress with a 426 for plaintext in strict mode, a rotated
+//! certificate served without a restart, https addresses with CACerts, mutual TLS between nodes and a node
+//! of another CA refused while the cluster keeps serving.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use reqwest::StatusCode;
+use sluice_proto::admin::cluster_client::ClusterClient;
+use sluice_proto::admin::resources_client::ResourcesClient;
+use sluice_proto::admin::{ApplyResourceRequest, InitRequest, Member, ResourceRef, StatusRequest};
+use sluice_proto::raft::GroupMessage;
+use sluice_proto::raft::raft_transport_client::RaftTransportClient;
+use sluice_security::DevCertificates;
+use sluice_tests::{
+    NodeProc, TestCluster, apply_resource, broker_object, https_client, tls_channel, tls_node_args, wait_ready,
+    wait_until, write_tls_files,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn args(strings: &[String]) -> Vec<&str> {
+    strings.iter().map(String::as_str).collect()
+}
+
+/// A call the connection failed under (reset, closed), as opposed to one a handler answered.
+fn refused_by_transport(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some_and(|source| source.is::<tonic::transport::Error>())
+}
+
+async fn post_event(client: &reqwest::Client, url: &str, id: &str) -> Result<StatusCode> {
+    let response = client
+        .post(url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/t80")
+        .header("ce-type", "t80.event")
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await?;
+    Ok(response.status())
+}
+
+#[tokio::test]
+async fn strict_ingress_takes_https_only_and_serves_a_rotated_certificate() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let first_ca = DevCertificates::new_ca("t80 first CA")?;
+    let node_files = write_tls_files(&root.path().join("tls"), &first_ca, "node")?;
+    let admin_files = write_tls_files(&root.path().join("tls"), &first_ca, "operator")?;
+    let mut node = NodeProc::new(1, root.path(), &args(&tls_node_args("strict", &node_files)));
+    node.start()?;
+
+    // The admin port takes TLS only; the probes answer plaintext.
+    let channel = wait_until(WAIT, || async { Ok(tls_channel(&node.admin, &admin_files).await.ok()) })
+        .await
+        .with_context(|| node.log_tail())?;
+    let mut cluster = ClusterClient::new(channel.clone());
+    cluster
+        .init(InitRequest { members: vec![Member { node_id: 1, peer_addr: node.peer.clone() }], partitions: 1 })
+        .await?;
+    wait_ready(&node.http).await.with_context(|| node.log_tail())?;
+    if let Ok(mut plaintext) = ClusterClient::connect(format!("http://{}", node.admin)).await {
+        let status = plaintext.status(StatusRequest {}).await.expect_err("plaintext gRPC is refused in strict mode");
+        assert!(refused_by_transport(&status), "{status:?}");
+    }
+
+    let mut resources = ResourcesClient::new(channel);
+    let object = broker_object("default", "default", serde_json::json!({}));
+    resources.apply(ApplyResourceRequest { object_json: object.to_string(), dry_run: false }).await?;
+
+    let https_url = format!("https://{}/default/default", node.http);
+    let trusts_first = https_client(&first_ca.ca_cert_pem)?;
+    let accepted = wait_until(WAIT, || async {
+        Ok((post_event(&trusts_first, &https_url, "e1").await? != StatusCode::NOT_FOUND).then_some(()))
+    });
+    accepted.await?;
+    assert_eq!(post_event(&trusts_first, &https_url, "e2").await?, StatusCode::ACCEPTED);
+
+    let plain = reqwest::Client::new();
+    let response = plain
+        .post(format!("http://{}/default/default", node.http))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "plain-1")
+        .header("ce-source", "/t80")
+        .header("ce-type", "t80.event")
+        .body("hello")
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED);
+    let body: serde_json::Value = response.json().await?;
+    assert_eq!(body["field"], "scheme", "{body}");
+    assert!(body["rule"].as_str().unwrap_or_default().contains("strict"), "{body}");
+    assert_eq!(plain.get(format!("http://{}/readyz", node.http)).send().await?.status(), StatusCode::OK);
+
+    // The Broker advertises https with the CA (only https: strict).
+    let broker = resources
+        .get(ResourceRef { kind: "Broker".into(), namespace: "default".into(), name: "default".into() })
+        .await?
+        .into_inner();
+    let broker: serde_json::Value = serde_json::from_str(&broker.object_json)?;
+    assert_eq!(broker["status"]["address"]["url"], https_url, "{broker}");
+    assert_eq!(broker["status"]["address"]["CACerts"], first_ca.ca_cert_pem.trim(), "{broker}");
+    assert_eq!(broker["status"]["addresses"].as_array().map(Vec::len), Some(1), "{broker}");
+
+    // Rotation: a certificate of a new CA replaces the files; the node serves it without a restart.
+    let second_ca = DevCertificates::new_ca("t80 second CA")?;
+    let staged = write_tls_files(&root.path().join("staged"), &second_ca, "node")?;
+    for (from, to) in [(&staged.key, &node_files.key), (&staged.cert, &node_files.cert), (&staged.ca, &node_files.ca)] {
+        std::fs::copy(from, to)?;
+    }
+    let trusts_second = https_client(&second_ca.ca_cert_pem)?;
+    wait_until(WAIT, || async {
+        Ok(post_event(&trusts_second, &https_url, "e3").await.ok().filter(|s| *s == StatusCode::ACCEPTED))
+    })
+    .await
+    .with_context(|| node.log_tail())?;
+    // New connections (a pooled one stays up) no longer verify with the old CA.
+    let fresh = https_client(&first_ca.ca_cert_pem)?;
+    assert!(post_event(&fresh, &https_url, "e4").await.is_err(), "the old CA no longer verifies the node");
+    Ok(())
+}
+
+#[tokio::test]
+async fn nodes_speak_mutual_tls_and_a_node_of_another_ca_is_refused() -> Result<()> {
+    let certs = tempfile::tempdir()?;
+    let cluster_ca = DevCertificates::new_ca("t80 cluster CA")?;
+    let files = write_tls_files(certs.path(), &cluster_ca, "node")?;
+    let cluster = TestCluster::start(3, 2, &args(&tls_node_args("permissive", &files))).await?;
+    let admin = cluster.nodes[0].admin.clone();
+    apply_resource(&admin, broker_object("default", "default", serde_json::json!({}))).await?;
+
+    // Writes to every node, over https and plaintext (permissive): two thirds reach a follower and are
+    // forwarded to the leader over mutual TLS.
+    let https = https_client(&cluster_ca.ca_cert_pem)?;
+    let plain = reqwest::Client::new();
+    for node in &cluster.nodes {
+        let https_url = format!("https://{}/default/default", node.http);
+        wait_until(WAIT, || async {
+            Ok((post_event(&https, &https_url, "probe").await? == StatusCode::ACCEPTED).then_some(()))
+        })
+        .await
+        .with_context(|| node.log_tail())?;
+        for partition_key in 0..4 {
+            let id = format!("n{}-{partition_key}", node.id);
+            assert_eq!(post_event(&https, &https_url, &id).await?, StatusCode::ACCEPTED);
+            let plain_url = format!("http://{}/default/default", node.http);
+            assert_eq!(post_event(&plain, &plain_url, &format!("{id}-plain")).await?, StatusCode::ACCEPTED);
+        }
+    }
+
+    // A node with a certificate of another CA cannot reach Raft, nor can plaintext.
+    let stranger_ca = DevCertificates::new_ca("t80 stranger CA")?;
+    let mut stranger = write_tls_files(&certs.path().join("stranger"), &stranger_ca, "stranger")?;
+    stranger.ca = files.ca.clone(); // It trusts the cluster, so only its own certificate is wrong.
+    let peer = cluster.nodes[0].peer.clone();
+    let message = || GroupMessage { group_id: 0, payload: b"not a vote".to_vec().into() };
+    match tls_channel(&peer, &stranger).await {
+        Err(_) => {} // Refused in the handshake.
+        Ok(channel) => {
+            // TLS 1.3 finishes the client's side before the server checks the client's certificate: the
+            // refusal then shows as the connection dropping under the first call.
+            let status = RaftTransportClient::new(channel).vote(message()).await.expect_err("a stranger is refused");
+            assert!(refused_by_transport(&status), "refused by the transport, not the handler: {status:?}");
+        }
+    }
+    if let Ok(mut client) = RaftTransportClient::connect(format!("http://{peer}")).await {
+        let status = client.vote(message()).await.expect_err("plaintext is refused");
+        assert!(refused_by_transport(&status), "refused by the transport, not the handler: {status:?}");
+    }
+    // A member's certificate gets as far as the handler, which refuses the garbled vote itself.
+    let member = RaftTransportClient::new(tls_channel(&peer, &files).await?).vote(message()).await;
+    let status = member.expect_err("a garbled vote is refused by the handler");
+    assert!(!refused_by_transport(&status), "{status:?}");
+
+    // The cluster kept serving.
+    for node in &cluster.nodes {
+        let url = format!("https://{}/default/default", node.http);
+        assert_eq!(post_event(&https, &url, &format!("after-{}", node.id)).await?, StatusCode::ACCEPTED);
+    }
+    let log = std::fs::read_to_string(&cluster.nodes[0].log)?;
+    assert!(!log.contains("panicked"), "{log}");
+    Ok(())
+}
