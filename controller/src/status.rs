@@ -48,6 +48,30 @@ fn addresses(env: &Environment, kind: &str, namespace: &str, name: &str) -> (Val
     }
 }
 
+/// A resolved Destination: where to send, and what to trust there (Knative's `duckv1.Addressable`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedAddress {
+    pub url: String,
+    /// CA certificates (PEM) to trust for `url` besides the system's: the Destination's own `CACerts`, else
+    /// the node's CA when the Destination is a Broker or Channel served over https here.
+    pub ca_certs: Option<String>,
+    /// The OIDC audience a token for `url` is minted for.
+    pub audience: Option<String>,
+}
+
+/// Resolves a Destination to its address, or says why it cannot be.
+pub fn resolve_address(
+    destination: &Destination,
+    namespace: &str,
+    world: &World,
+    env: &Environment,
+) -> Result<ResolvedAddress, (String, String)> {
+    let url = resolve(destination, namespace, world, env)?;
+    let served_here = env.ingress_https.as_ref().filter(|https| url.starts_with(&format!("{}/", https.base)));
+    let ca_certs = destination.ca_certs.clone().or_else(|| served_here.map(|https| https.ca_certs.clone()));
+    Ok(ResolvedAddress { url, ca_certs, audience: destination.audience.clone() })
+}
+
 /// Resolves a Destination to a URL, or says why it cannot be.
 pub fn resolve(
     destination: &Destination,
@@ -262,6 +286,36 @@ mod tests {
                 "{mode}"
             );
         }
+    }
+
+    #[test]
+    fn a_resolved_address_carries_what_to_trust() {
+        let objects = [broker("default", None)];
+        let world = World { objects: &objects };
+        let https = env().with_https(Some(HttpsIngress {
+            base: "https://127.0.0.1:8080".into(),
+            ca_certs: "cluster CA".into(),
+            plaintext_too: true,
+        }));
+        let destination = |d: Value| -> Destination { serde_json::from_value(d).expect("destination") };
+        let to_broker =
+            destination(json!({"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "default"}}));
+        let own_ca = destination(json!({"uri": "https://sink.example/x", "CACerts": "sink CA", "audience": "sink"}));
+        let plain_uri = destination(json!({"uri": "https://sink.example/x"}));
+        for (what, d, environment, url, ca) in [
+            ("broker, tls off", &to_broker, env(), "http://127.0.0.1:8080/default/default", None),
+            ("broker, tls on", &to_broker, https.clone(), "https://127.0.0.1:8080/default/default", Some("cluster CA")),
+            ("uri with CACerts", &own_ca, https.clone(), "https://sink.example/x", Some("sink CA")),
+            ("uri without", &plain_uri, https.clone(), "https://sink.example/x", None),
+        ] {
+            let resolved = resolve_address(d, "default", &world, &environment).expect("resolves");
+            assert_eq!(resolved.url, url, "{what}");
+            assert_eq!(resolved.ca_certs.as_deref(), ca, "{what}");
+        }
+        assert_eq!(
+            resolve_address(&own_ca, "default", &world, &https).expect("resolves").audience.as_deref(),
+            Some("sink")
+        );
     }
 
     #[test]

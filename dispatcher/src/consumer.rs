@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use sluice_broker::{IngressSettings, stream_name};
 use sluice_controller::model::Destination;
-use sluice_controller::status::{Environment, World, resolve};
+use sluice_controller::status::{Environment, World, resolve_address};
 
 use crate::delivery::policy::DeliveryPolicy;
 use crate::filter::{self, CompiledFilter};
@@ -109,6 +109,9 @@ pub(crate) struct ConsumerSpec {
     pub dead_letter_mode: DeadLetterMode,
     /// The consumer's own dead-letter stream (same partition as the event).
     pub dead_letter_stream: String,
+    /// CA certificates (PEM) to trust, by destination URL (subscriber, reply, dead-letter sink): the
+    /// Destination's `CACerts`, or the node's CA for a Broker or Channel served over https.
+    pub ca_certs: BTreeMap<String, Arc<str>>,
     pub policy: DeliveryPolicy,
     pub format: Format,
     pub protocol: Protocol,
@@ -169,13 +172,17 @@ fn resolve_at(
     namespace: &str,
     world: &World,
     env: &Environment,
+    trust: &mut BTreeMap<String, Arc<str>>,
 ) -> Result<Option<String>, String> {
     let Some(value) = object.pointer(pointer).filter(|v| !v.is_null()) else { return Ok(None) };
     let destination: Destination = serde_json::from_value(value.clone())
         .map_err(|e| format!("{}: not a Destination: {e}", pointer_path(pointer)))?;
-    resolve(&destination, namespace, world, env)
-        .map(Some)
-        .map_err(|(reason, message)| format!("{}: {reason}: {message}", pointer_path(pointer)))
+    let address = resolve_address(&destination, namespace, world, env)
+        .map_err(|(reason, message)| format!("{}: {reason}: {message}", pointer_path(pointer)))?;
+    if let Some(ca_certs) = address.ca_certs {
+        trust.insert(address.url.clone(), ca_certs.into());
+    }
+    Ok(Some(address.url))
 }
 
 fn pointer_path(pointer: &str) -> String {
@@ -241,7 +248,8 @@ fn consumer(
         }
     };
     let stream = stream_name(source_kind, &namespace, &source_name);
-    let subscriber_uri = resolve_at(object, "/spec/subscriber", &namespace, world, env)?
+    let mut ca_certs = BTreeMap::new();
+    let subscriber_uri = resolve_at(object, "/spec/subscriber", &namespace, world, env, &mut ca_certs)?
         .ok_or_else(|| "spec.subscriber: missing".to_string())?;
     let (delivery_owner, delivery) = match object.pointer("/spec/delivery").filter(|d| !d.is_null()) {
         Some(delivery) => (object, Some(delivery)),
@@ -253,7 +261,9 @@ fn consumer(
         .map_err(|e| e.to_string())?;
     let owner_namespace = str_at(delivery_owner, "/metadata/namespace").to_string();
     let dead_letter_uri = match delivery {
-        Some(_) => resolve_at(delivery_owner, "/spec/delivery/deadLetterSink", &owner_namespace, world, env)?,
+        Some(_) => {
+            resolve_at(delivery_owner, "/spec/delivery/deadLetterSink", &owner_namespace, world, env, &mut ca_certs)?
+        }
         None => None,
     };
     let format = match delivery.and_then(|d| d.get("format")).and_then(Value::as_str) {
@@ -264,7 +274,7 @@ fn consumer(
         ConsumerKind::Trigger => {
             ReplyTarget::Broker { stream: stream.clone(), settings: IngressSettings::from_object(&source.to_string()) }
         }
-        ConsumerKind::Subscription => match resolve_at(object, "/spec/reply", &namespace, world, env)? {
+        ConsumerKind::Subscription => match resolve_at(object, "/spec/reply", &namespace, world, env, &mut ca_certs)? {
             Some(uri) => ReplyTarget::Uri(uri),
             None => ReplyTarget::Discard,
         },
@@ -314,7 +324,7 @@ fn consumer(
         }
     };
     let version = format!(
-        "{}|{}|{subscriber_uri}|{reply:?}|{dead_letter_uri:?}",
+        "{}|{}|{subscriber_uri}|{reply:?}|{dead_letter_uri:?}|{ca_certs:?}",
         str_at(object, "/metadata/resourceVersion"),
         str_at(source, "/metadata/resourceVersion"),
     );
@@ -330,6 +340,7 @@ fn consumer(
         reply,
         dead_letter_uri,
         dead_letter_mode,
+        ca_certs,
         policy,
         format,
         protocol,

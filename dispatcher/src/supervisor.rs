@@ -57,8 +57,8 @@ impl Default for DispatcherSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
-    #[error("building the HTTP client: {0}")]
-    HttpClient(#[from] reqwest::Error),
+    #[error("{0}")]
+    HttpClient(String),
 }
 
 /// A running dispatcher; [`Dispatcher::shutdown`] stops it and commits every offset.
@@ -69,7 +69,8 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn start(node: Node, settings: DispatcherSettings) -> Result<Dispatcher, DispatchError> {
-        let sender = Sender::new()?;
+        let sender =
+            Sender::new(node.settings().tls.as_ref().map(|tls| tls.ca_pem())).map_err(DispatchError::HttpClient)?;
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(supervise(node, settings, sender, stopped));
         Ok(Dispatcher { stop, task })

@@ -22,6 +22,9 @@ pub enum TlsError {
     #[error("--tls-ca {path}: {reason}")]
     BadCa { path: PathBuf, reason: String },
 
+    #[error("CACerts of {what}: {reason}")]
+    BadCaCerts { what: String, reason: String },
+
     #[error("TLS configuration refused by rustls: {0}")]
     Rustls(String),
 

@@ -16,4 +16,5 @@ pub use tls::accept::{AcceptError, ClientCertificate, Conn, ConnInfo, PlaintextP
 pub use tls::dial::{TlsDialer, dial, host_of};
 /// A TLS stream this node dialed.
 pub type ClientTlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+pub use tls::roots::https_client_config;
 pub use tls::{Reload, Tls, TlsFiles, TransportEncryption};

@@ -187,18 +187,29 @@ struct Shared {
 /// Dropping it stops the server and every open connection.
 pub struct Subscriber {
     addr: std::net::SocketAddr,
+    scheme: &'static str,
     deliveries: watch::Receiver<Vec<Delivery>>,
     task: JoinHandle<()>,
 }
 
 impl Subscriber {
     pub async fn start(behavior: Behavior) -> Result<Subscriber> {
+        Self::start_with(behavior, None).await
+    }
+
+    /// The same over TLS only (HTTPS), with `tls`'s certificate.
+    pub async fn start_tls(behavior: Behavior, tls: sluice_security::Tls) -> Result<Subscriber> {
+        Self::start_with(behavior, Some(tls)).await
+    }
+
+    async fn start_with(behavior: Behavior, tls: Option<sluice_security::Tls>) -> Result<Subscriber> {
         let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the subscriber")?;
         let addr = listener.local_addr()?;
         let (sender, receiver) = watch::channel(Vec::new());
         let shared = Arc::new(Shared { behavior, deliveries: sender, attempts: Mutex::new(HashMap::new()) });
-        let task = tokio::spawn(serve(listener, shared));
-        Ok(Subscriber { addr, deliveries: receiver, task })
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let task = tokio::spawn(serve(listener, shared, tls));
+        Ok(Subscriber { addr, scheme, deliveries: receiver, task })
     }
 
     /// Answers every request with an empty 202.
@@ -206,9 +217,9 @@ impl Subscriber {
         Arc::new(|_, _| Reply::status(202))
     }
 
-    /// `http://127.0.0.1:PORT/`
+    /// `http://127.0.0.1:PORT/` (`https://` when started with TLS)
     pub fn url(&self) -> String {
-        format!("http://{}/", self.addr)
+        format!("{}://{}/", self.scheme, self.addr)
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {
@@ -252,7 +263,7 @@ impl Drop for Subscriber {
 
 /// Accepts connections until aborted; connections live in a `JoinSet`
 /// owned by this task, so aborting it ends them too.
-async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Option<sluice_security::Tls>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
     builder.http2().timer(TokioTimer::new());
@@ -265,12 +276,20 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             },
             Some(_) = connections.join_next() => continue,
         };
-        let _ = stream.set_nodelay(true);
         let builder = builder.clone();
-        let shared = shared.clone();
+        let (shared, tls) = (shared.clone(), tls.clone());
         connections.spawn(async move {
+            let accepted = sluice_security::accept(
+                stream,
+                tls.as_ref(),
+                sluice_security::PlaintextPolicy::Refuse,
+                sluice_security::ClientCertificate::Optional,
+                Duration::from_secs(10),
+            )
+            .await;
+            let Ok(conn) = accepted else { return };
             let service = service_fn(move |request| handle(shared.clone(), request));
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder.serve_connection(TokioIo::new(conn), service).await;
         });
     }
 }

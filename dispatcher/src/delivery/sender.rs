@@ -5,7 +5,8 @@
 //! says `format: json`. Every request carries `Prefer: reply` and a W3C `traceparent`. Connections are pooled
 //! and kept alive per host by the HTTP clients (one for HTTP/1.1, one for h2c with prior knowledge).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,39 +62,88 @@ impl reqwest::dns::Resolve for LoopbackNames {
     }
 }
 
+/// HTTPS clients kept for destinations with CA certificates of their own; more distinct bundles than this
+/// empty the table (each client keeps its own connection pool).
+const MAX_CLIENTS_WITH_CA: usize = 256;
+
 #[derive(Clone)]
 pub(crate) struct Sender {
+    /// Plaintext and https (trusting the system's CAs and the cluster's).
     http1: reqwest::Client,
+    /// HTTP/2 with prior knowledge, plaintext only.
     h2c: reqwest::Client,
+    cluster_ca: Option<Arc<str>>,
+    /// By a destination's CACerts: clients trusting them besides the system's and the cluster's CAs.
+    with_ca: Arc<Mutex<HashMap<Arc<str>, reqwest::Client>>>,
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(LoopbackNames))
+        .http1_only()
+}
+
+/// An HTTP/1.1 client (https too) trusting the system's CAs and `cas` (PEM bundles).
+fn https_client(cas: &[&str], what: &str) -> Result<reqwest::Client, String> {
+    let tls = sluice_security::https_client_config(cas, what).map_err(|e| e.to_string())?;
+    client_builder().use_preconfigured_tls(tls).build().map_err(|e| format!("building the HTTP client: {e}"))
 }
 
 impl Sender {
-    pub(crate) fn new() -> Result<Self, reqwest::Error> {
-        let base = || {
-            reqwest::Client::builder()
-                .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                .tcp_nodelay(true)
-                .connect_timeout(Duration::from_secs(5))
-                .redirect(reqwest::redirect::Policy::none())
-                .dns_resolver(Arc::new(LoopbackNames))
-        };
-        Ok(Sender { http1: base().http1_only().build()?, h2c: base().http2_prior_knowledge().build()? })
+    /// `cluster_ca`: the node's CA (PEM) when transport encryption is on; trusted for every destination.
+    pub(crate) fn new(cluster_ca: Option<String>) -> Result<Self, String> {
+        let cluster_ca: Option<Arc<str>> = cluster_ca.map(Into::into);
+        let http1 = https_client(cluster_ca.as_deref().as_slice(), "the cluster's CA (--tls-ca)")?;
+        let h2c =
+            client_builder().http2_prior_knowledge().build().map_err(|e| format!("building the HTTP client: {e}"))?;
+        Ok(Sender { http1, h2c, cluster_ca, with_ca: Arc::default() })
+    }
+
+    /// The client for a destination that names `ca_certs`, made on first use.
+    fn client_with_ca(&self, ca_certs: &Arc<str>, url: &str) -> Result<reqwest::Client, String> {
+        let mut clients = self.with_ca.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = clients.get(ca_certs) {
+            return Ok(client.clone());
+        }
+        let mut cas = vec![&**ca_certs];
+        cas.extend(self.cluster_ca.as_deref());
+        let client = https_client(&cas, url)?;
+        if clients.len() >= MAX_CLIENTS_WITH_CA {
+            clients.clear();
+        }
+        clients.insert(ca_certs.clone(), client.clone());
+        Ok(client)
     }
 
     /// One attempt: POSTs `event` to `url`, waiting at most `timeout_ms` for the whole response.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn send(
         &self,
         url: &str,
+        ca_certs: Option<&Arc<str>>,
         protocol: Protocol,
         format: Format,
         event: &CloudEvent,
         timeout_ms: u64,
         now_ms: u64,
     ) -> AttemptResult {
-        let client = match protocol {
-            Protocol::Http1 => &self.http1,
-            Protocol::H2c => &self.h2c,
+        let with_ca;
+        let client = match (protocol, ca_certs) {
+            // h2c is plaintext by definition; an https URL goes over HTTP/1.1 with TLS.
+            (Protocol::H2c, _) if !url.starts_with("https:") => &self.h2c,
+            (_, None) => &self.http1,
+            (_, Some(ca_certs)) => match self.client_with_ca(ca_certs, url) {
+                Ok(client) => {
+                    with_ca = client;
+                    &with_ca
+                }
+                Err(e) => return AttemptResult { error: Some(e), ..Default::default() },
+            },
         };
         let mut resends = 0;
         let response = loop {
@@ -358,11 +408,11 @@ mod tests {
     #[tokio::test]
     async fn regression_idle_connection_closed_as_it_is_reused_loses_no_event() {
         let (url, requests) = closing_subscriber(true).await;
-        let sender = Sender::new().expect("client");
-        let first = sender.send(&url, Protocol::Http1, Format::Binary, &event(), 5_000, 0).await;
+        let sender = Sender::new(None).expect("client");
+        let first = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), 5_000, 0).await;
         assert_eq!(first.status, Some(202), "{first:?}");
         // Goes out on the kept-alive connection, which the subscriber closes: sent again on a new one.
-        let second = sender.send(&url, Protocol::Http1, Format::Binary, &event(), 5_000, 0).await;
+        let second = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), 5_000, 0).await;
         assert_eq!(second.status, Some(202), "{second:?}");
         assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
@@ -370,8 +420,8 @@ mod tests {
     #[tokio::test]
     async fn a_subscriber_that_always_drops_the_connection_is_sent_to_once_more_only() {
         let (url, requests) = closing_subscriber(false).await;
-        let sender = Sender::new().expect("client");
-        let result = sender.send(&url, Protocol::Http1, Format::Structured, &event(), 5_000, 0).await;
+        let sender = Sender::new(None).expect("client");
+        let result = sender.send(&url, None, Protocol::Http1, Format::Structured, &event(), 5_000, 0).await;
         assert_eq!(result.status, None, "{result:?}");
         assert!(result.error.is_some());
         assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1 + MAX_RESENDS as usize);

@@ -99,7 +99,9 @@ async fn send_with_retries(
     let mut attempt = 1u32;
     loop {
         let started = std::time::Instant::now();
-        let result = ctx.sender.send(url, spec.protocol, format, event, spec.policy.timeout_ms, now_ms()).await;
+        let ca_certs = spec.ca_certs.get(url);
+        let result =
+            ctx.sender.send(url, ca_certs, spec.protocol, format, event, spec.policy.timeout_ms, now_ms()).await;
         let (outcome, note) = judge.judge(&result, started.elapsed()).await;
         match next_step_jittered(&spec.policy, attempt, outcome, result.retry_after, now_ms(), rand::random::<f64>()) {
             Step::Done => return Sent::Done { attempts: attempt },

@@ -9,6 +9,7 @@
 
 pub mod accept;
 pub mod dial;
+pub mod roots;
 
 use std::fmt;
 use std::path::PathBuf;

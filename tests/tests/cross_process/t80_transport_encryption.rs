@@ -11,10 +11,11 @@ use sluice_proto::admin::resources_client::ResourcesClient;
 use sluice_proto::admin::{ApplyResourceRequest, InitRequest, Member, ResourceRef, StatusRequest};
 use sluice_proto::raft::GroupMessage;
 use sluice_proto::raft::raft_transport_client::RaftTransportClient;
-use sluice_security::DevCertificates;
+use sluice_security::{DevCertificates, TransportEncryption};
+use sluice_tests::subscriber::Subscriber;
 use sluice_tests::{
-    NodeProc, TestCluster, apply_resource, broker_object, https_client, tls_channel, tls_node_args, wait_ready,
-    wait_until, write_tls_files,
+    NodeProc, TestCluster, apply_resource, broker_object, https_client, start_single_node, tls_channel, tls_node_args,
+    trigger_object, wait_ready, wait_until, write_tls_files,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -180,5 +181,57 @@ async fn nodes_speak_mutual_tls_and_a_node_of_another_ca_is_refused() -> Result<
     }
     let log = std::fs::read_to_string(&cluster.nodes[0].log)?;
     assert!(!log.contains("panicked"), "{log}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn deliveries_to_https_destinations_trust_their_cacerts_and_the_cluster_ca() -> Result<()> {
+    let certs = tempfile::tempdir()?;
+    let cluster_ca = DevCertificates::new_ca("t80 cluster CA")?;
+    let node_files = write_tls_files(certs.path(), &cluster_ca, "node")?;
+    let (_root, node) = start_single_node(1, &args(&tls_node_args("permissive", &node_files))).await?;
+    let admin = node.admin.clone();
+
+    // A subscriber whose certificate only its own CA signs.
+    let subscriber_ca = DevCertificates::new_ca("t80 subscriber CA")?;
+    let subscriber_files = write_tls_files(&certs.path().join("subscriber"), &subscriber_ca, "subscriber")?;
+    let subscriber_tls =
+        sluice_security::Tls::load(TransportEncryption::Strict, Some(subscriber_files))?.context("TLS is on")?;
+    let subscriber = Subscriber::start_tls(Subscriber::ok(), subscriber_tls).await?;
+    let dead_letters = Subscriber::start(Subscriber::ok()).await?;
+
+    for broker in ["default", "other"] {
+        apply_resource(&admin, broker_object("default", broker, serde_json::json!({}))).await?;
+    }
+    let trusting = serde_json::json!({"subscriber": {"uri": subscriber.url(), "CACerts": subscriber_ca.ca_cert_pem}});
+    apply_resource(&admin, trigger_object("default", "trusting", "default", "", trusting, serde_json::json!({})))
+        .await?;
+    let untrusting = serde_json::json!({"delivery": {"retry": 0, "deadLetterSink": {"uri": dead_letters.url()}}});
+    apply_resource(
+        &admin,
+        trigger_object("default", "untrusting", "default", &subscriber.url(), untrusting, serde_json::json!({})),
+    )
+    .await?;
+    // A Broker as subscriber resolves to its https address, trusted through the cluster's CA.
+    let to_broker = serde_json::json!({"subscriber": {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "other"}}});
+    apply_resource(&admin, trigger_object("default", "forward", "default", "", to_broker, serde_json::json!({})))
+        .await?;
+
+    let https = https_client(&cluster_ca.ca_cert_pem)?;
+    let url = format!("https://{}/default/default", node.http);
+    wait_until(WAIT, || async { Ok((post_event(&https, &url, "tls-1").await? == StatusCode::ACCEPTED).then_some(())) })
+        .await?;
+
+    let dead = dead_letters.wait_for(1, WAIT).await?;
+    assert_eq!(dead[0].header("ce-knativeerrordest"), Some(subscriber.url().as_str()), "{:?}", dead[0].headers);
+    let delivered = subscriber.wait_for(1, WAIT).await?;
+    assert_eq!(delivered[0].header("ce-id"), Some("tls-1"));
+    let forwarded = wait_until(WAIT, || async {
+        let events = sluice_tests::read_events(&admin, "broker/default/other", 1).await?;
+        Ok((!events.is_empty()).then_some(events))
+    })
+    .await?;
+    assert_eq!(forwarded.len(), 1);
+    assert_eq!(subscriber.deliveries().len(), 1, "only the Trigger that names the subscriber's CA reached it");
     Ok(())
 }
