@@ -2,16 +2,21 @@
 //! - `tls`: PEM files (certificate chain, private key, CA bundle) in → rustls server and client configs out,
 //!   rebuilt when the files change; accepted TCP connections in → plaintext or TLS streams out, told apart
 //!   by their first byte, so one port serves both in `permissive` mode.
+//! - `jwt`: a bearer token in → its verified claims out, or the one check it failed (pure: issuers' keys and
+//!   the clock are given); `jwt::sign` mints tokens (Sluice's own issuer, tests).
 //! - `dev_certs`: a directory in → a local CA and a node certificate signed by it out (`sluice dev --tls`).
 //!
 //! Nothing here knows about Brokers or Raft: the broker, dispatcher and CLI call in.
 
 mod dev_certs;
 mod error;
+pub mod jwt;
 pub mod tls;
 
 pub use dev_certs::{DevCertificates, ensure_dev_certificates, issue_certificate};
 pub use error::TlsError;
+pub use jwt::sign::SigningKey;
+pub use jwt::{AuthError, Claims, TrustedIssuer};
 pub use tls::accept::{AcceptError, ClientCertificate, Conn, ConnInfo, PlaintextPolicy, Transport, accept, incoming};
 pub use tls::dial::{TlsDialer, dial, host_of};
 /// A TLS stream this node dialed.
