@@ -48,11 +48,13 @@ pub(crate) struct DevArgs {
     #[arg(long)]
     tls: bool,
     #[command(flatten)]
-    transport: crate::tls_args::TlsArgs,
+    transport: crate::security_args::TlsArgs,
+    #[command(flatten)]
+    oidc: crate::security_args::OidcArgs,
 }
 
 impl DevArgs {
-    fn tls_args(&self) -> Result<crate::tls_args::TlsArgs> {
+    fn tls_args(&self) -> Result<crate::security_args::TlsArgs> {
         if self.tls { self.transport.with_dev_certificates(&self.data) } else { Ok(self.transport.clone()) }
     }
 }
@@ -92,6 +94,7 @@ async fn run_single(args: DevArgs) -> Result<()> {
     let mut settings = settings(1, args.data.clone(), &args.tuning, &args.ingress)?;
     let tls_args = args.tls_args()?;
     settings.tls = tls_args.load()?;
+    settings.authenticator = args.oidc.start().await?;
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
     settings.serving_domain = args.serving.serving_domain.clone();
     settings.serving_runtime = args.serving.serving_runtime.kind();
@@ -210,6 +213,7 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
         ];
         node_args.extend(args.serving.to_args());
         node_args.extend(tls_args.to_args());
+        node_args.extend(args.oidc.to_args());
         members.push(format!("{id}={peer}"));
         println!("  node {id}: http http://{http}  admin {admin}  peer {peer}  data {}", data.display());
         nodes.push(DevNode { id, args: node_args, admin, child: None });

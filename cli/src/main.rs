@@ -45,10 +45,10 @@ mod node_cmd;
 mod output;
 mod resources_cmd;
 mod resources_print;
+mod security_args;
 mod selector;
 mod statefulset;
 mod table;
-mod tls_args;
 mod trigger_cmd;
 
 use std::process::ExitCode;

@@ -44,7 +44,9 @@ pub(crate) struct NodeArgs {
     #[command(flatten)]
     pub serving: ServingArgs,
     #[command(flatten)]
-    pub tls: crate::tls_args::TlsArgs,
+    pub tls: crate::security_args::TlsArgs,
+    #[command(flatten)]
+    pub oidc: crate::security_args::OidcArgs,
     #[command(flatten)]
     pub statefulset: crate::statefulset::StatefulSetArgs,
 }
@@ -327,6 +329,7 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
         serving_domain: sluice_controller::serving::DEFAULT_DOMAIN.into(),
         serving_runtime: Default::default(),
         tls: None,
+        authenticator: None,
     })
 }
 
@@ -343,6 +346,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     };
     let mut settings = settings(id, args.data.clone(), &args.tuning, &args.ingress)?;
     settings.tls = args.tls.load()?;
+    settings.authenticator = args.oidc.start().await?;
     settings.peer_routes = args.peer_routes.iter().cloned().collect();
     settings.serving_domain = args.serving.serving_domain.clone();
     settings.serving_runtime = args.serving.serving_runtime.kind();

@@ -33,18 +33,38 @@ fn address_of(env: &Environment, kind: &str, namespace: &str, name: &str) -> Str
     format!("{base}{}", path_of(kind, namespace, name))
 }
 
+/// The OIDC audience of a Broker or Channel, as Knative names it: `eventing.knative.dev/broker/NS/NAME`,
+/// `messaging.knative.dev/channel/NS/NAME`.
+pub fn audience_of(kind: &str, namespace: &str, name: &str) -> String {
+    match kind {
+        "Broker" => format!("eventing.knative.dev/broker/{namespace}/{name}"),
+        _ => format!("messaging.knative.dev/channel/{namespace}/{name}"),
+    }
+}
+
 /// `status.address` and `status.addresses` of a Broker or Channel, as Knative's transport-encryption modes
-/// give them: `disabled` http only; `permissive` https first, then http; `strict` https only.
+/// give them: `disabled` http only; `permissive` https first, then http; `strict` https only. Each carries
+/// the audience when sender identity is on.
 fn addresses(env: &Environment, kind: &str, namespace: &str, name: &str) -> (Value, Value) {
     let path = path_of(kind, namespace, name);
-    let http = json!({"name": "http", "url": format!("{}{path}", env.ingress_base)});
-    match &env.ingress_https {
-        None => (http.clone(), json!([http])),
-        Some(https) => {
-            let secure = json!({"name": "https", "url": format!("{}{path}", https.base), "CACerts": https.ca_certs});
+    let mut http = json!({"name": "http", "url": format!("{}{path}", env.ingress_base)});
+    let mut secure = env
+        .ingress_https
+        .as_ref()
+        .map(|https| json!({"name": "https", "url": format!("{}{path}", https.base), "CACerts": https.ca_certs}));
+    if env.audiences {
+        let audience = audience_of(kind, namespace, name);
+        http["audience"] = audience.clone().into();
+        if let Some(secure) = &mut secure {
+            secure["audience"] = audience.into();
+        }
+    }
+    match (secure, &env.ingress_https) {
+        (Some(secure), Some(https)) => {
             let all = if https.plaintext_too { json!([secure, http]) } else { json!([secure]) };
             (secure, all)
         }
+        _ => (http.clone(), json!([http])),
     }
 }
 
@@ -69,7 +89,15 @@ pub fn resolve_address(
     let url = resolve(destination, namespace, world, env)?;
     let served_here = env.ingress_https.as_ref().filter(|https| url.starts_with(&format!("{}/", https.base)));
     let ca_certs = destination.ca_certs.clone().or_else(|| served_here.map(|https| https.ca_certs.clone()));
-    Ok(ResolvedAddress { url, ca_certs, audience: destination.audience.clone() })
+    let audience = destination.audience.clone().or_else(|| {
+        let reference = destination.reference.as_ref().filter(|_| env.audiences)?;
+        let kind = if reference.kind == "Broker" { "Broker" } else { "Channel" };
+        matches!(reference.kind.as_str(), "Broker" | "Channel" | "InMemoryChannel").then(|| {
+            let namespace = reference.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(namespace);
+            audience_of(kind, namespace, &reference.name)
+        })
+    });
+    Ok(ResolvedAddress { url, ca_certs, audience })
 }
 
 /// Resolves a Destination to a URL, or says why it cannot be.

@@ -18,6 +18,8 @@ pub struct Environment {
     pub serving_runtime: ServingRuntime,
     /// The ingress over TLS, when transport encryption is on.
     pub ingress_https: Option<HttpsIngress>,
+    /// Sender identity is on: addresses carry the audience a token must be minted for.
+    pub audiences: bool,
 }
 
 /// The node's ingress over TLS (transport-encryption `permissive` or `strict`): what Addressables advertise.
@@ -50,6 +52,7 @@ impl Environment {
             serving_domain: DEFAULT_DOMAIN.into(),
             serving_runtime: ServingRuntime::Local,
             ingress_https: None,
+            audiences: false,
         }
     }
 
@@ -60,12 +63,19 @@ impl Environment {
             serving_domain: serving_domain.to_ascii_lowercase(),
             serving_runtime: ServingRuntime::Local,
             ingress_https: None,
+            audiences: false,
         }
     }
 
     /// The same, with the ingress also (or only) served over TLS.
     pub fn with_https(mut self, https: Option<HttpsIngress>) -> Self {
         self.ingress_https = https;
+        self
+    }
+
+    /// The same, with (or without) audiences in addresses.
+    pub fn with_audiences(mut self, audiences: bool) -> Self {
+        self.audiences = audiences;
         self
     }
 

@@ -15,6 +15,7 @@ pub mod tls;
 
 pub use dev_certs::{DevCertificates, ensure_dev_certificates, issue_certificate};
 pub use error::TlsError;
+pub use jwt::issuers::{Authenticator, IssuerSource, JwksSource};
 pub use jwt::sign::SigningKey;
 pub use jwt::{AuthError, Claims, TrustedIssuer};
 pub use tls::accept::{AcceptError, ClientCertificate, Conn, ConnInfo, PlaintextPolicy, Transport, accept, incoming};

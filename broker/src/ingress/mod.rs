@@ -334,6 +334,10 @@ pub(crate) async fn handle(
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOW));
         return response;
     }
+    // Before the target is looked up: an unauthenticated sender learns nothing of what exists.
+    if let Some(refused) = authenticate(&ingress, &target, &headers) {
+        return refused;
+    }
     let Some(settings) = ingress.settings(&target) else {
         let (namespace, name) = target.namespace_and_name();
         let kind = if matches!(target, Target::Broker { .. }) { "broker" } else { "channel" };
@@ -360,6 +364,23 @@ pub(crate) async fn handle(
         Ok(_) => StatusCode::ACCEPTED.into_response(),
         Err(response) => response,
     }
+}
+
+/// With sender identity on, the 401 for a request without a valid token for the target's audience.
+fn authenticate(ingress: &Ingress, target: &Target, headers: &HeaderMap) -> Option<Response> {
+    let authenticator = ingress.node.settings().authenticator.as_ref()?;
+    let (namespace, name) = target.namespace_and_name();
+    let kind = if matches!(target, Target::Broker { .. }) { "Broker" } else { "Channel" };
+    let audience = sluice_controller::status::audience_of(kind, namespace, name);
+    let authorization = headers.get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or_default());
+    let refusal = authenticator.authenticate(authorization, &audience).err()?;
+    metrics::counter!("sluice_ingress_unauthenticated_total", "check" => refusal.check()).increment(1);
+    let mut response = json_response(
+        StatusCode::UNAUTHORIZED,
+        serde_json::json!({ "error": refusal.to_string(), "field": "Authorization", "rule": refusal.check() }),
+    );
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+    Some(response)
 }
 
 /// Parses, validates and appends; answers the accepted events' types.

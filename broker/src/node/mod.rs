@@ -65,6 +65,9 @@ pub struct NodeSettings {
     /// Transport encryption: the node's certificate, key and CA, when the mode is not `disabled`. The Raft
     /// transport then dials and accepts mutual TLS only.
     pub tls: Option<sluice_security::Tls>,
+    /// Sender identity (Knative's `authentication-oidc`): when set, ingress requires a bearer JWT of a trusted
+    /// issuer for the Broker's or Channel's audience.
+    pub authenticator: Option<sluice_security::Authenticator>,
 }
 
 /// How long a leader waits for a new learner to catch up before it answers
@@ -173,6 +176,7 @@ impl Node {
         sluice_controller::status::Environment::with_domain(ingress_base, &settings.serving_domain)
             .with_runtime(settings.serving_runtime)
             .with_https(https)
+            .with_audiences(settings.authenticator.is_some())
     }
 
     pub fn settings(&self) -> &NodeSettings {

@@ -1,4 +1,5 @@
-//! The flags of transport encryption, shared by `sluice node` and `sluice dev` (docs/security.md).
+//! The flags of transport encryption and sender identity, shared by `sluice node` and `sluice dev`
+//! (docs/security.md).
 
 use std::path::{Path, PathBuf};
 
@@ -71,6 +72,57 @@ impl TlsArgs {
             if let Some(path) = path {
                 args.extend([flag.to_string(), path.display().to_string()]);
             }
+        }
+        args
+    }
+}
+
+/// Sender identity (Knative's `authentication-oidc`).
+#[derive(Args, Clone, Debug, Default)]
+pub(crate) struct OidcArgs {
+    /// Trust bearer tokens of this issuer (repeatable): `ISSUER=JWKS_FILE` (the file re-read every --oidc-refresh-s),
+    /// or `ISSUER` for OpenID discovery at ISSUER/.well-known/openid-configuration. With one or more, ingress
+    /// requires `Authorization: Bearer <JWT>` whose audience is the Broker's or Channel's
+    /// (`eventing.knative.dev/broker/NS/NAME`); without, senders are anonymous.
+    #[arg(long = "oidc-issuer", value_name = "ISSUER[=JWKS_FILE]")]
+    pub oidc_issuers: Vec<sluice_security::IssuerSource>,
+    /// Clock difference allowed on a token's exp and nbf, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub oidc_skew_s: u64,
+    /// How often the issuers' keys are re-read (a rotated key set is trusted within this).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub oidc_refresh_s: u64,
+}
+
+impl OidcArgs {
+    /// The authenticator, its keys loaded and a refresh task started; `None` without issuers.
+    pub(crate) async fn start(&self) -> Result<Option<sluice_security::Authenticator>> {
+        if self.oidc_issuers.is_empty() {
+            return Ok(None);
+        }
+        let authenticator = sluice_security::Authenticator::start(
+            self.oidc_issuers.clone(),
+            std::time::Duration::from_secs(self.oidc_skew_s),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        tokio::spawn(authenticator.clone().refresh(std::time::Duration::from_secs(self.oidc_refresh_s)));
+        Ok(Some(authenticator))
+    }
+
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--oidc-skew-s".to_string(),
+            self.oidc_skew_s.to_string(),
+            "--oidc-refresh-s".into(),
+            self.oidc_refresh_s.to_string(),
+        ];
+        for source in &self.oidc_issuers {
+            let flag = match &source.jwks {
+                sluice_security::JwksSource::File(path) => format!("{}={}", source.issuer, path.display()),
+                sluice_security::JwksSource::Discovery => source.issuer.clone(),
+            };
+            args.extend(["--oidc-issuer".to_string(), flag]);
         }
         args
     }

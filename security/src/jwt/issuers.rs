@@ -1,0 +1,187 @@
+//! The issuers a node trusts, with their keys kept current: the async shell around [`super::verify`].
+//!
+//! An issuer is given as `ISSUER=JWKS_FILE` (the file re-read every refresh, so a rotated key set is picked up
+//! without a restart) or as `ISSUER` alone (OpenID discovery: `ISSUER/.well-known/openid-configuration` names
+//! the `jwks_uri`, fetched at start and every refresh). A source that fails to refresh keeps its last good
+//! keys; one that never loaded trusts no key, so its tokens are refused as from an unknown key.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::jwt::{AuthError, Claims, TrustedIssuer, bearer_token, parse_jwks, verify};
+
+/// Largest JWKS or discovery document read.
+const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+/// Clock difference allowed on `exp` and `nbf` (Kubernetes' own token review allows the same order).
+pub const DEFAULT_SKEW: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JwksSource {
+    File(PathBuf),
+    Discovery,
+}
+
+/// One `--oidc-issuer` flag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuerSource {
+    pub issuer: String,
+    pub jwks: JwksSource,
+}
+
+impl std::str::FromStr for IssuerSource {
+    type Err = String;
+
+    fn from_str(flag: &str) -> Result<Self, Self::Err> {
+        let (issuer, jwks) = match flag.split_once('=') {
+            Some((issuer, file)) if !file.is_empty() => (issuer, JwksSource::File(PathBuf::from(file))),
+            Some(_) => return Err(format!("--oidc-issuer {flag:?}: expected ISSUER or ISSUER=JWKS_FILE")),
+            None => (flag, JwksSource::Discovery),
+        };
+        if issuer.is_empty() {
+            return Err(format!("--oidc-issuer {flag:?}: the issuer is empty"));
+        }
+        if jwks == JwksSource::Discovery && !issuer.starts_with("https://") && !issuer.starts_with("http://") {
+            return Err(format!("--oidc-issuer {flag:?}: discovery needs an http(s) issuer URL, or give =JWKS_FILE"));
+        }
+        Ok(IssuerSource { issuer: issuer.to_string(), jwks })
+    }
+}
+
+/// Verifies bearer tokens against the trusted issuers' current keys; cheap to clone.
+#[derive(Clone)]
+pub struct Authenticator {
+    sources: Arc<Vec<IssuerSource>>,
+    trusted: Arc<RwLock<Arc<Vec<TrustedIssuer>>>>,
+    skew_s: u64,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").field("sources", &self.sources).finish_non_exhaustive()
+    }
+}
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, String> {
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    let body = response.bytes().await.map_err(|e| e.to_string())?;
+    if body.len() > MAX_DOCUMENT_BYTES {
+        return Err(format!("larger than {MAX_DOCUMENT_BYTES} bytes"));
+    }
+    Ok(body.to_vec())
+}
+
+impl Authenticator {
+    /// Loads every source once. A JWKS file that does not load is an error (a typo must not start a node
+    /// that refuses every sender); a discovery URL that does not answer is logged and retried at each
+    /// refresh.
+    pub async fn start(sources: Vec<IssuerSource>, skew: Duration) -> Result<Authenticator, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let authenticator =
+            Authenticator { sources: Arc::new(sources), trusted: Arc::default(), skew_s: skew.as_secs(), http };
+        let mut trusted = Vec::new();
+        for source in authenticator.sources.iter() {
+            match authenticator.load(source).await {
+                Ok(keys) => trusted.push(TrustedIssuer { issuer: source.issuer.clone(), keys }),
+                Err(e) if source.jwks == JwksSource::Discovery => {
+                    tracing::warn!(issuer = %source.issuer, error = %e, "OIDC discovery failed; retrying at each refresh");
+                }
+                Err(e) => return Err(format!("--oidc-issuer {}: {e}", source.issuer)),
+            }
+        }
+        authenticator.replace(trusted);
+        Ok(authenticator)
+    }
+
+    fn replace(&self, trusted: Vec<TrustedIssuer>) {
+        let mut current = self.trusted.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *current = Arc::new(trusted);
+    }
+
+    fn current(&self) -> Arc<Vec<TrustedIssuer>> {
+        self.trusted.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    async fn load(&self, source: &IssuerSource) -> Result<Vec<crate::jwt::Jwk>, String> {
+        let document = match &source.jwks {
+            JwksSource::File(path) => {
+                let text = tokio::fs::read(path).await.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                if text.len() > MAX_DOCUMENT_BYTES {
+                    return Err(format!("{} is larger than {MAX_DOCUMENT_BYTES} bytes", path.display()));
+                }
+                text
+            }
+            JwksSource::Discovery => {
+                let discovery = format!("{}/.well-known/openid-configuration", source.issuer.trim_end_matches('/'));
+                let fetch = |url: String| async move {
+                    read_limited(self.http.get(&url).send().await.map_err(|e| format!("{url}: {e}"))?)
+                        .await
+                        .map_err(|e| format!("{url}: {e}"))
+                };
+                let configuration: serde_json::Value = serde_json::from_slice(&fetch(discovery.clone()).await?)
+                    .map_err(|e| format!("{discovery}: not JSON: {e}"))?;
+                let jwks_uri = configuration
+                    .get("jwks_uri")
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or_else(|| format!("{discovery}: no jwks_uri"))?;
+                fetch(jwks_uri.to_string()).await?
+            }
+        };
+        parse_jwks(&document)
+    }
+
+    /// Re-reads every source each `interval`; a source that fails keeps its previous keys.
+    pub async fn refresh(self, interval: Duration) {
+        loop {
+            tokio::time::sleep(interval).await;
+            let previous = self.current();
+            let mut trusted = Vec::new();
+            for source in self.sources.iter() {
+                match self.load(source).await {
+                    Ok(keys) => trusted.push(TrustedIssuer { issuer: source.issuer.clone(), keys }),
+                    Err(e) => {
+                        metrics::counter!("sluice_oidc_refresh_failures_total").increment(1);
+                        tracing::warn!(issuer = %source.issuer, error = %e, "OIDC keys not refreshed; the previous stay");
+                        if let Some(kept) = previous.iter().find(|t| t.issuer == source.issuer) {
+                            trusted.push(kept.clone());
+                        }
+                    }
+                }
+            }
+            self.replace(trusted);
+        }
+    }
+
+    /// Checks an `Authorization` header for `audience`, now.
+    pub fn authenticate(&self, authorization: Option<&str>, audience: &str) -> Result<Claims, AuthError> {
+        let token = bearer_token(authorization)?;
+        verify(token, &self.current(), audience, now_s(), self.skew_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuer_flags_parse() {
+        let file: IssuerSource = "https://kubernetes.default.svc=/etc/jwks.json".parse().expect("parses");
+        assert_eq!(file.jwks, JwksSource::File("/etc/jwks.json".into()));
+        assert_eq!(file.issuer, "https://kubernetes.default.svc");
+        let discovery: IssuerSource = "https://accounts.example".parse().expect("parses");
+        assert_eq!(discovery.jwks, JwksSource::Discovery);
+        for bad in ["", "=x", "issuer=", "not-a-url"] {
+            assert!(bad.parse::<IssuerSource>().is_err(), "{bad:?}");
+        }
+    }
+}
