@@ -8,10 +8,11 @@
 //! bytes; readers get the event back with [`CloudEvent::decode`], filter it through [`EventView`], and send it
 //! on as `ce-` headers ([`encode_header_value`], [`CloudEvent::binary_body`]) or in the JSON format
 //! ([`CloudEvent::to_json_string`]). Every function here is pure; [`clock`] is the one wall clock the shells
-//! read.
+//! read. [`filter`] compiles Subscriptions API filters (Triggers, EventPolicies) and matches events against them.
 
 mod binding;
 pub mod clock;
+pub mod filter;
 mod knative;
 mod media;
 mod model;

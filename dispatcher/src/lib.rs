@@ -25,7 +25,7 @@ mod admin;
 mod capacity;
 mod consumer;
 mod delivery;
-mod filter;
+use sluice_cloudevent::filter;
 mod partition;
 mod rate;
 mod stats;
