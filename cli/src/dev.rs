@@ -95,6 +95,7 @@ async fn run_single(args: DevArgs) -> Result<()> {
     let tls_args = args.tls_args()?;
     settings.tls = tls_args.load()?;
     settings.authenticator = args.oidc.start().await?;
+    settings.default_authorization = args.oidc.default_authorization_mode;
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
     settings.serving_domain = args.serving.serving_domain.clone();
     settings.serving_runtime = args.serving.serving_runtime.kind();

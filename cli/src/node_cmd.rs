@@ -330,6 +330,7 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
         serving_runtime: Default::default(),
         tls: None,
         authenticator: None,
+        default_authorization: Default::default(),
     })
 }
 
@@ -347,6 +348,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     let mut settings = settings(id, args.data.clone(), &args.tuning, &args.ingress)?;
     settings.tls = args.tls.load()?;
     settings.authenticator = args.oidc.start().await?;
+    settings.default_authorization = args.oidc.default_authorization_mode;
     settings.peer_routes = args.peer_routes.iter().cloned().collect();
     settings.serving_domain = args.serving.serving_domain.clone();
     settings.serving_runtime = args.serving.serving_runtime.kind();

@@ -92,6 +92,11 @@ pub(crate) struct OidcArgs {
     /// How often the issuers' keys are re-read (a rotated key set is trusted within this).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub oidc_refresh_s: u64,
+    /// What a Broker or Channel without an EventPolicy lets in, with sender identity on (Knative's
+    /// default-authorization-mode): allow-same-namespace (service accounts of its namespace), allow-all,
+    /// deny-all.
+    #[arg(long, default_value = "allow-same-namespace")]
+    pub default_authorization_mode: sluice_controller::policy::DefaultAuthorization,
 }
 
 impl OidcArgs {
@@ -116,6 +121,8 @@ impl OidcArgs {
             self.oidc_skew_s.to_string(),
             "--oidc-refresh-s".into(),
             self.oidc_refresh_s.to_string(),
+            "--default-authorization-mode".into(),
+            self.default_authorization_mode.as_str().into(),
         ];
         for source in &self.oidc_issuers {
             let flag = match &source.jwks {

@@ -1,4 +1,4 @@
-//! Knative's resources as Sluice keeps them: eventing (Broker, Trigger, Channel, InMemoryChannel,
+//! Knative's resources as Sluice keeps them: eventing (Broker, Trigger, Channel, InMemoryChannel, EventPolicy ([`policy`]),
 //! Subscription) and serving ([`serving`]: Service, Configuration, Revision, Route).
 //!
 //! What flows through it: an object (YAML or JSON, as `kubectl apply` would
@@ -21,6 +21,7 @@
 mod fields;
 pub mod meta;
 pub mod model;
+pub mod policy;
 mod schema;
 pub mod serving;
 pub mod status;

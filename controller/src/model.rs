@@ -318,6 +318,93 @@ pub type Trigger = Object<TriggerSpec>;
 pub type Channel = Object<ChannelSpec>;
 pub type InMemoryChannel = Object<InMemoryChannelSpec>;
 pub type Subscription = Object<SubscriptionSpec>;
+pub type EventPolicy = Object<EventPolicySpec>;
+
+/// `eventing.knative.dev/v1alpha1` EventPolicy: who may send which events to which Brokers and Channels.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventPolicySpec {
+    /// The targets; empty: every Broker and Channel of the policy's namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<EventPolicyTo>,
+    /// The senders allowed; empty: nobody (the policy then only restricts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<EventPolicyFrom>,
+    /// Every filter must match an event for the policy to allow it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<SubscriptionsApiFilter>,
+}
+
+/// One target of an EventPolicy: a reference or a label selector (with the kind it selects).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventPolicyTo {
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<EventPolicyTargetRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<EventPolicySelector>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventPolicyTargetRef {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+/// `metav1.LabelSelector` plus the kind it selects.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventPolicySelector {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_expressions: Option<Vec<LabelSelectorRequirement>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelectorRequirement {
+    #[serde(default)]
+    pub key: String,
+    /// In, NotIn, Exists, DoesNotExist.
+    #[serde(default)]
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<String>>,
+}
+
+/// One allowed sender: a reference to a source (its OIDC identity) or a subject (`*` at the end matches any
+/// suffix).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventPolicyFrom {
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<EventPolicySourceRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventPolicySourceRef {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
 
 /// The kinds Sluice stores, with their API groups and kubectl names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -328,7 +415,7 @@ pub struct KindInfo {
     pub short_names: &'static [&'static str],
 }
 
-pub const KINDS: [KindInfo; 9] = [
+pub const KINDS: [KindInfo; 10] = [
     KindInfo { kind: "Broker", api_version: "eventing.knative.dev/v1", plural: "brokers", short_names: &["broker"] },
     KindInfo { kind: "Trigger", api_version: "eventing.knative.dev/v1", plural: "triggers", short_names: &["trigger"] },
     KindInfo {
@@ -368,6 +455,12 @@ pub const KINDS: [KindInfo; 9] = [
         short_names: &["revision", "rev"],
     },
     KindInfo { kind: "Route", api_version: "serving.knative.dev/v1", plural: "routes", short_names: &["route", "rt"] },
+    KindInfo {
+        kind: "EventPolicy",
+        api_version: "eventing.knative.dev/v1alpha1",
+        plural: "eventpolicies",
+        short_names: &["eventpolicy", "ep"],
+    },
 ];
 
 /// Every kind whose objects status and resolution read: the [`KINDS`] and the serving runtime's internal facts.

@@ -174,6 +174,17 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
             let (address, all) = addresses(env, kind, namespace, name);
             status.insert("address".into(), address);
             status.insert("addresses".into(), all);
+            if env.audiences {
+                // EventPolicies are enforced only with sender identity on, as in Knative.
+                let policies = crate::policy::policies_status(object, world);
+                let reason = if policies.as_array().is_some_and(Vec::is_empty) {
+                    "the default authorization mode applies (no EventPolicy)"
+                } else {
+                    "the EventPolicies in status.policies apply"
+                };
+                status.insert("policies".into(), policies);
+                conditions.push(json!({"type": "EventPoliciesReady", "status": "True", "message": reason}));
+            }
             conditions.push(condition("Addressable", Ok(())));
             if kind == "Broker" {
                 conditions.push(condition("IngressReady", Ok(())));
@@ -210,6 +221,11 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
             conditions.push(condition("SubscriberResolved", subscriber_ok));
             conditions.push(condition("DeadLetterSinkResolved", dead_letter_ok));
         }
+        "EventPolicy" => {
+            let (subjects, resolved) = crate::policy::event_policy_status(object, world);
+            status.insert("from".into(), subjects);
+            conditions.push(condition("SubjectsResolved", resolved));
+        }
         "Subscription" => {
             let channel: Option<KReference> =
                 object.pointer("/spec/channel").and_then(|v| serde_json::from_value(v.clone()).ok());
@@ -234,6 +250,12 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
             conditions.push(condition("DeadLetterSinkResolved", dead_letter_ok));
         }
         _ => {}
+    }
+    if env.audiences
+        && let Some(account) = crate::policy::sender_account(kind, name)
+    {
+        // Who Sluice sends this consumer's deliveries as (EventPolicies' `from.ref` resolves to it).
+        status.insert("auth".into(), json!({"serviceAccountName": account}));
     }
     let failing: Vec<&Value> = conditions.iter().filter(|c| c["status"] == "False").collect();
     let ready = match failing.first() {

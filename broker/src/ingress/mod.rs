@@ -4,6 +4,7 @@
 //! partition, appends through the node (202 only once committed), and turns
 //! every refusal into a 4xx/5xx with a JSON body naming the field and rule.
 
+mod authorize;
 pub(crate) mod http;
 
 use std::collections::HashMap;
@@ -98,7 +99,15 @@ pub(crate) fn parse_target(path: &str) -> Result<Target, EventError> {
 pub(crate) struct Ingress {
     node: Node,
     limits: Arc<IngressLimits>,
-    targets: Arc<RwLock<Arc<HashMap<Target, IngressSettings>>>>,
+    targets: Arc<RwLock<Arc<HashMap<Target, TargetState>>>>,
+}
+
+/// What a request to one Broker or Channel is checked against.
+#[derive(Clone)]
+struct TargetState {
+    settings: IngressSettings,
+    /// The EventPolicies that apply (only computed with sender identity on).
+    policies: Arc<Vec<authorize::CompiledPolicy>>,
 }
 
 impl Ingress {
@@ -123,12 +132,31 @@ impl Ingress {
     }
 
     fn refresh_targets(&self) {
+        // EventPolicies are enforced only with sender identity on (Knative's rule); their `from` may name any
+        // kind, so every object is read then.
+        let objects: Vec<serde_json::Value> = if self.node.settings().authenticator.is_some() {
+            sluice_controller::model::KINDS
+                .iter()
+                .flat_map(|kind| self.node.resources(kind.kind))
+                .filter_map(|(_, json)| serde_json::from_str(&json).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let world = sluice_controller::status::World { objects: &objects };
         let mut targets = HashMap::new();
         for (kind, channel) in [("Broker", false), ("Channel", true), ("InMemoryChannel", true)] {
             for (ResourceKey { namespace, name, .. }, json) in self.node.resources(kind) {
+                let policies = match serde_json::from_str::<serde_json::Value>(&json) {
+                    Ok(object) if !objects.is_empty() => {
+                        authorize::compile_policies(sluice_controller::policy::applied_policies(&object, &world))
+                    }
+                    _ => Vec::new(),
+                };
                 let target =
                     if channel { Target::Channel { namespace, name } } else { Target::Broker { namespace, name } };
-                targets.insert(target, IngressSettings::from_object(&json));
+                let state = TargetState { settings: IngressSettings::from_object(&json), policies: Arc::new(policies) };
+                targets.insert(target, state);
             }
         }
         if let Ok(mut guard) = self.targets.write() {
@@ -136,7 +164,7 @@ impl Ingress {
         }
     }
 
-    fn settings(&self, target: &Target) -> Option<IngressSettings> {
+    fn target(&self, target: &Target) -> Option<TargetState> {
         self.targets.read().ok().and_then(|t| t.get(target).cloned())
     }
 }
@@ -335,10 +363,11 @@ pub(crate) async fn handle(
         return response;
     }
     // Before the target is looked up: an unauthenticated sender learns nothing of what exists.
-    if let Some(refused) = authenticate(&ingress, &target, &headers) {
-        return refused;
-    }
-    let Some(settings) = ingress.settings(&target) else {
+    let subject = match authenticate(&ingress, &target, &headers) {
+        Ok(subject) => subject,
+        Err(refused) => return refused,
+    };
+    let Some(state) = ingress.target(&target) else {
         let (namespace, name) = target.namespace_and_name();
         let kind = if matches!(target, Target::Broker { .. }) { "broker" } else { "channel" };
         // Unknown here may only mean "not replicated here yet": retryable, not a definite 404.
@@ -354,7 +383,8 @@ pub(crate) async fn handle(
             serde_json::json!({ "error": format!("unknown {kind}"), "namespace": namespace, "name": name }),
         );
     };
-    let response = accept(&ingress, &target, &settings, &headers, body).await;
+    let sender = subject.as_deref().map(|subject| (subject, state.policies.as_slice()));
+    let response = accept(&ingress, &target, &state.settings, sender, &headers, body).await;
     let (status, types) = match &response {
         Ok(types) => (StatusCode::ACCEPTED, types.clone()),
         Err(response) => (response.status(), vec![String::new()]),
@@ -366,21 +396,25 @@ pub(crate) async fn handle(
     }
 }
 
-/// With sender identity on, the 401 for a request without a valid token for the target's audience.
-fn authenticate(ingress: &Ingress, target: &Target, headers: &HeaderMap) -> Option<Response> {
-    let authenticator = ingress.node.settings().authenticator.as_ref()?;
+/// With sender identity on, the sender's subject, or the 401 for a request without a valid token for the
+/// target's audience; `None` with sender identity off.
+fn authenticate(ingress: &Ingress, target: &Target, headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let Some(authenticator) = ingress.node.settings().authenticator.as_ref() else { return Ok(None) };
     let (namespace, name) = target.namespace_and_name();
     let kind = if matches!(target, Target::Broker { .. }) { "Broker" } else { "Channel" };
     let audience = sluice_controller::status::audience_of(kind, namespace, name);
     let authorization = headers.get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or_default());
-    let refusal = authenticator.authenticate(authorization, &audience).err()?;
+    let refusal = match authenticator.authenticate(authorization, &audience) {
+        Ok(claims) => return Ok(Some(claims.subject)),
+        Err(refusal) => refusal,
+    };
     metrics::counter!("sluice_ingress_unauthenticated_total", "check" => refusal.check()).increment(1);
     let mut response = json_response(
         StatusCode::UNAUTHORIZED,
         serde_json::json!({ "error": refusal.to_string(), "field": "Authorization", "rule": refusal.check() }),
     );
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
-    Some(response)
+    Err(response)
 }
 
 /// Parses, validates and appends; answers the accepted events' types.
@@ -388,6 +422,7 @@ async fn accept(
     ingress: &Ingress,
     target: &Target,
     settings: &IngressSettings,
+    sender: Option<(&str, &[authorize::CompiledPolicy])>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Vec<String>, Response> {
@@ -428,6 +463,16 @@ async fn accept(
         Mode::Batch => cloudevent::from_batch(&body, limits.max_batch_events).map_err(|e| error_response(&e))?,
     };
     metrics::histogram!("sluice_ingress_batch_events").record(events.len() as f64);
+    if let Some((subject, policies)) = sender {
+        let mode = ingress.node.settings().default_authorization;
+        if let Err(reason) = authorize::authorize(policies, mode, target.namespace_and_name().0, subject, &events) {
+            metrics::counter!("sluice_ingress_unauthorized_total").increment(1);
+            return Err(json_response(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({ "error": "not authorized", "field": "Authorization", "rule": reason, "subject": subject }),
+            ));
+        }
+    }
 
     let types = events.iter().map(|e| e.get_str("type").unwrap_or_default().to_string()).collect();
     let count = events.len() as u64;

@@ -68,6 +68,8 @@ pub struct NodeSettings {
     /// Sender identity (Knative's `authentication-oidc`): when set, ingress requires a bearer JWT of a trusted
     /// issuer for the Broker's or Channel's audience.
     pub authenticator: Option<sluice_security::Authenticator>,
+    /// What a Broker or Channel without an EventPolicy lets in (with sender identity on).
+    pub default_authorization: sluice_controller::policy::DefaultAuthorization,
 }
 
 /// How long a leader waits for a new learner to catch up before it answers

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::model::{
-    Broker, Channel, DeliverySpec, Destination, InMemoryChannel, KReference, Subscription, SubscriptionsApiFilter,
-    Trigger, kind_info,
+    Broker, Channel, DeliverySpec, Destination, EventPolicy, InMemoryChannel, KReference, Subscription,
+    SubscriptionsApiFilter, Trigger, kind_info,
 };
 
 mod strict;
@@ -102,6 +102,7 @@ pub fn validate_object(object: &Value, existing: Option<&Value>) -> Result<(), V
         "Revision" => typed::<serving::Revision>(object, &mut errors)
             .map(|r| serving_rules::validate_revision(&r, existing, &mut rules)),
         "Route" => typed::<serving::Route>(object, &mut errors).map(|r| serving_rules::validate_route(&r, &mut rules)),
+        "EventPolicy" => typed::<EventPolicy>(object, &mut errors).map(|p| validate_event_policy(&p, &mut rules)),
         other => {
             return Err(vec![err("kind", format!("{other:?} has no validation rules (a bug: it is in KINDS)"))]);
         }
@@ -323,6 +324,62 @@ fn validate_filter(path: &str, filter: &SubscriptionsApiFilter, errors: &mut Vec
         } else if let Err(e) = sluice_cesql::parse(expression) {
             errors.push(err(format!("{path}.cesql"), format!("does not parse: {e}")));
         }
+    }
+}
+
+fn validate_event_policy(policy: &EventPolicy, errors: &mut Vec<FieldError>) {
+    let spec = &policy.spec;
+    for (i, to) in spec.to.iter().enumerate() {
+        let path = format!("spec.to[{i}]");
+        match (&to.reference, &to.selector) {
+            (Some(reference), None) => {
+                if reference.name.is_empty() {
+                    errors.push(err(format!("{path}.ref.name"), "required"));
+                }
+                if !matches!(reference.kind.as_str(), "Broker" | "Channel" | "InMemoryChannel") {
+                    errors.push(err(format!("{path}.ref.kind"), "must be Broker, Channel or InMemoryChannel"));
+                }
+            }
+            (None, Some(selector)) => {
+                if !matches!(selector.kind.as_str(), "Broker" | "Channel" | "InMemoryChannel") {
+                    errors.push(err(format!("{path}.selector.kind"), "must be Broker, Channel or InMemoryChannel"));
+                }
+                for (j, requirement) in selector.match_expressions.iter().flatten().enumerate() {
+                    let values = requirement.values.as_ref().map_or(0, Vec::len);
+                    let rule = match requirement.operator.as_str() {
+                        "In" | "NotIn" if values == 0 => Some("In and NotIn need values"),
+                        "Exists" | "DoesNotExist" if values > 0 => Some("Exists and DoesNotExist take no values"),
+                        "In" | "NotIn" | "Exists" | "DoesNotExist" => None,
+                        _ => Some("operator must be In, NotIn, Exists or DoesNotExist"),
+                    };
+                    if let Some(rule) = rule {
+                        errors.push(err(format!("{path}.selector.matchExpressions[{j}]"), rule));
+                    }
+                }
+            }
+            _ => errors.push(err(path, "exactly one of ref and selector")),
+        }
+    }
+    for (i, from) in spec.from.iter().enumerate() {
+        let path = format!("spec.from[{i}]");
+        match (&from.reference, &from.sub) {
+            (Some(reference), None) => {
+                if reference.name.is_empty() || reference.kind.is_empty() {
+                    errors.push(err(format!("{path}.ref"), "kind and name are required"));
+                }
+            }
+            (None, Some(sub)) => {
+                if sub.is_empty() {
+                    errors.push(err(format!("{path}.sub"), "must not be empty"));
+                } else if sub.trim_end_matches('*').contains('*') {
+                    errors.push(err(format!("{path}.sub"), "'*' is allowed only at the end"));
+                }
+            }
+            _ => errors.push(err(path, "exactly one of ref and sub")),
+        }
+    }
+    for (i, filter) in spec.filters.iter().enumerate() {
+        validate_filter(&format!("spec.filters[{i}]"), filter, errors);
     }
 }
 

@@ -1,0 +1,319 @@
+//! EventPolicies (`eventing.knative.dev/v1alpha1`), read from the objects: which apply to a Broker or
+//! Channel (`to`: references, label selectors, or the whole namespace), who they let in (`from` resolved to
+//! OIDC subjects), and the status both sides show. Pure: the ingress compiles [`applied_policies`] into its
+//! per-target authorizer, status calls the rest.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::model::{EventPolicySelector, EventPolicySpec};
+use crate::world::World;
+
+pub const EVENT_POLICY_API_VERSION: &str = "eventing.knative.dev/v1alpha1";
+
+/// Knative's `default-authorization-mode`: what a Broker or Channel with no EventPolicy lets in (when sender
+/// identity is on; without it nothing is authorized or refused).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DefaultAuthorization {
+    /// Senders whose subject is a service account of the target's namespace
+    /// (`system:serviceaccount:NS:...`).
+    #[default]
+    AllowSameNamespace,
+    AllowAll,
+    DenyAll,
+}
+
+impl DefaultAuthorization {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefaultAuthorization::AllowSameNamespace => "allow-same-namespace",
+            DefaultAuthorization::AllowAll => "allow-all",
+            DefaultAuthorization::DenyAll => "deny-all",
+        }
+    }
+}
+
+impl std::fmt::Display for DefaultAuthorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DefaultAuthorization {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "allow-same-namespace" => Ok(DefaultAuthorization::AllowSameNamespace),
+            "allow-all" => Ok(DefaultAuthorization::AllowAll),
+            "deny-all" => Ok(DefaultAuthorization::DenyAll),
+            other => Err(format!("{other:?} is not one of allow-same-namespace, allow-all, deny-all")),
+        }
+    }
+}
+
+/// An EventPolicy that applies to a target, ready to decide with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppliedPolicy {
+    pub name: String,
+    /// Subjects allowed (a trailing `*` matches any suffix); unresolved `from` references add none.
+    pub subjects: Vec<String>,
+    /// `spec.filters` as stored (a JSON array), for the ingress to compile.
+    pub filters: Option<Value>,
+}
+
+/// Whether `subject` is matched by `pattern` (exact, or a prefix when the pattern ends with `*`).
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => subject.starts_with(prefix),
+        None => pattern == subject,
+    }
+}
+
+fn labels_of(object: &Value) -> BTreeMap<String, String> {
+    object
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|labels| labels.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default()
+}
+
+/// `metav1.LabelSelector` semantics: every `matchLabels` pair and every requirement must hold.
+pub fn selector_matches(selector: &EventPolicySelector, labels: &BTreeMap<String, String>) -> bool {
+    let pairs = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    let requirements = selector.match_expressions.iter().flatten().all(|r| {
+        let values = r.values.as_deref().unwrap_or_default();
+        match r.operator.as_str() {
+            "In" => labels.get(&r.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&r.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&r.key),
+            "DoesNotExist" => !labels.contains_key(&r.key),
+            _ => false,
+        }
+    });
+    pairs && requirements
+}
+
+fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
+    object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn spec_of(policy: &Value) -> Option<EventPolicySpec> {
+    serde_json::from_value(policy.get("spec").cloned().unwrap_or(Value::Null)).ok()
+}
+
+/// Channel and InMemoryChannel are one kind of target here (both are served as channels).
+fn same_target_kind(a: &str, b: &str) -> bool {
+    let channel = |k: &str| matches!(k, "Channel" | "InMemoryChannel");
+    a == b || (channel(a) && channel(b))
+}
+
+/// Whether `policy` applies to `target` (a Broker, Channel or InMemoryChannel object).
+pub fn applies_to(policy: &Value, target: &Value) -> bool {
+    if str_at(policy, "/metadata/namespace") != str_at(target, "/metadata/namespace") {
+        return false;
+    }
+    let Some(spec) = spec_of(policy) else { return false };
+    if spec.to.is_empty() {
+        return true;
+    }
+    let (kind, name) = (str_at(target, "/kind"), str_at(target, "/metadata/name"));
+    spec.to.iter().any(|to| match (&to.reference, &to.selector) {
+        (Some(reference), _) => same_target_kind(&reference.kind, kind) && reference.name == name,
+        (None, Some(selector)) => {
+            same_target_kind(&selector.kind, kind) && selector_matches(selector, &labels_of(target))
+        }
+        (None, None) => false,
+    })
+}
+
+/// The OIDC service account Sluice sends as for a Trigger's or Subscription's deliveries (its
+/// `status.auth.serviceAccountName`; the subject is `system:serviceaccount:NS:ACCOUNT`).
+pub fn sender_account(kind: &str, name: &str) -> Option<String> {
+    match kind {
+        "Trigger" => Some(format!("sluice-trigger-{name}")),
+        "Subscription" => Some(format!("sluice-subscription-{name}")),
+        _ => None,
+    }
+}
+
+/// The subjects `policy`'s `from` resolves to, and why each unresolved reference is not.
+pub fn subjects_of(policy: &Value, world: &World) -> (Vec<String>, Vec<String>) {
+    let namespace = str_at(policy, "/metadata/namespace");
+    let Some(spec) = spec_of(policy) else { return (Vec::new(), vec!["spec does not parse".into()]) };
+    let (mut subjects, mut unresolved) = (Vec::new(), Vec::new());
+    for from in &spec.from {
+        if let Some(sub) = &from.sub {
+            subjects.push(sub.clone());
+        }
+        let Some(reference) = &from.reference else { continue };
+        let source_namespace = reference.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(namespace);
+        let Some(source) = world.find(&reference.kind, source_namespace, &reference.name) else {
+            unresolved.push(format!("{} {source_namespace}/{} does not exist here", reference.kind, reference.name));
+            continue;
+        };
+        // Sluice's own senders have a derived identity; Knative's sources name their service account in
+        // status.auth.
+        let accounts: Vec<String> = match sender_account(&reference.kind, &reference.name) {
+            Some(account) => vec![account],
+            None => match source.pointer("/status/auth") {
+                Some(auth) => auth
+                    .get("serviceAccountNames")
+                    .and_then(Value::as_array)
+                    .map(|names| names.iter().filter_map(Value::as_str).map(String::from).collect())
+                    .or_else(|| auth.get("serviceAccountName").and_then(Value::as_str).map(|name| vec![name.into()]))
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            },
+        };
+        if accounts.is_empty() {
+            unresolved.push(format!(
+                "{} {source_namespace}/{} has no OIDC identity (status.auth.serviceAccountName)",
+                reference.kind, reference.name
+            ));
+        }
+        subjects.extend(accounts.iter().map(|account| format!("system:serviceaccount:{source_namespace}:{account}")));
+    }
+    (subjects, unresolved)
+}
+
+/// Every EventPolicy that applies to `target`, by name.
+pub fn applied_policies(target: &Value, world: &World) -> Vec<AppliedPolicy> {
+    let mut applied: Vec<AppliedPolicy> = world
+        .objects
+        .iter()
+        .filter(|o| str_at(o, "/kind") == "EventPolicy" && applies_to(o, target))
+        .map(|policy| AppliedPolicy {
+            name: str_at(policy, "/metadata/name").to_string(),
+            subjects: subjects_of(policy, world).0,
+            filters: policy.pointer("/spec/filters").filter(|f| !f.is_null()).cloned(),
+        })
+        .collect();
+    applied.sort_by(|a, b| a.name.cmp(&b.name));
+    applied
+}
+
+/// An EventPolicy's status fields: `from` (the resolved subjects) and the condition on its references.
+pub fn event_policy_status(policy: &Value, world: &World) -> (Value, Result<(), (String, String)>) {
+    let (subjects, unresolved) = subjects_of(policy, world);
+    let resolved =
+        if unresolved.is_empty() { Ok(()) } else { Err(("SubjectsNotResolved".into(), unresolved.join("; "))) };
+    (json!(subjects), resolved)
+}
+
+/// A Broker's or Channel's `status.policies` (Knative's applied-policies list).
+pub fn policies_status(target: &Value, world: &World) -> Value {
+    Value::Array(
+        applied_policies(target, world)
+            .iter()
+            .map(|p| json!({"apiVersion": EVENT_POLICY_API_VERSION, "name": p.name}))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(name: &str, labels: Value) -> Value {
+        json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+               "metadata": {"name": name, "namespace": "team", "labels": labels}})
+    }
+
+    fn policy(name: &str, spec: Value) -> Value {
+        json!({"apiVersion": EVENT_POLICY_API_VERSION, "kind": "EventPolicy",
+               "metadata": {"name": name, "namespace": "team"}, "spec": spec})
+    }
+
+    #[test]
+    fn to_selects_by_reference_selector_or_namespace() {
+        let gold = broker("gold", json!({"tier": "gold"}));
+        let plain = broker("plain", json!({}));
+        let cases = [
+            ("whole namespace", json!({}), true, true),
+            (
+                "ref",
+                json!({"to": [{"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "gold"}}]}),
+                true,
+                false,
+            ),
+            (
+                "matchLabels",
+                json!({"to": [{"selector": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "matchLabels": {"tier": "gold"}}}]}),
+                true,
+                false,
+            ),
+            (
+                "NotIn",
+                json!({"to": [{"selector": {"kind": "Broker", "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["gold"]}]}}]}),
+                false,
+                true,
+            ),
+            (
+                "DoesNotExist",
+                json!({"to": [{"selector": {"kind": "Broker", "matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}}]}),
+                false,
+                true,
+            ),
+            (
+                "a Channel's selector",
+                json!({"to": [{"selector": {"kind": "Channel", "matchLabels": {}}}]}),
+                false,
+                false,
+            ),
+        ];
+        for (what, spec, to_gold, to_plain) in cases {
+            let p = policy("p", spec);
+            assert_eq!((applies_to(&p, &gold), applies_to(&p, &plain)), (to_gold, to_plain), "{what}");
+        }
+        let elsewhere = json!({"kind": "Broker", "metadata": {"name": "gold", "namespace": "other"}});
+        assert!(!applies_to(&policy("p", json!({})), &elsewhere), "a policy never reaches another namespace");
+    }
+
+    #[test]
+    fn from_resolves_subjects_and_names_what_it_cannot() {
+        let trigger = json!({"kind": "Trigger", "metadata": {"name": "fwd", "namespace": "team"}});
+        let with_auth = json!({"kind": "Broker", "metadata": {"name": "with-auth", "namespace": "team"},
+                               "status": {"auth": {"serviceAccountName": "b-oidc"}}});
+        let bare = json!({"kind": "Broker", "metadata": {"name": "bare", "namespace": "team"}});
+        let p = policy(
+            "p",
+            json!({"from": [
+                {"sub": "system:serviceaccount:team:*"},
+                {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "name": "fwd"}},
+                {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "with-auth"}},
+                {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "bare"}},
+                {"ref": {"apiVersion": "sources.knative.dev/v1", "kind": "PingSource", "name": "gone"}},
+            ]}),
+        );
+        let objects = [trigger, with_auth, bare, p.clone()];
+        let (subjects, unresolved) = subjects_of(&p, &World { objects: &objects });
+        assert_eq!(
+            subjects,
+            [
+                "system:serviceaccount:team:*",
+                "system:serviceaccount:team:sluice-trigger-fwd",
+                "system:serviceaccount:team:b-oidc"
+            ]
+        );
+        assert_eq!(unresolved.len(), 2, "{unresolved:?}");
+        assert!(
+            unresolved[0].contains("no OIDC identity") && unresolved[1].contains("does not exist"),
+            "{unresolved:?}"
+        );
+    }
+
+    #[test]
+    fn subject_globs_match_suffixes_only() {
+        for (pattern, subject, matches) in [
+            ("system:serviceaccount:team:sender", "system:serviceaccount:team:sender", true),
+            ("system:serviceaccount:team:sender", "system:serviceaccount:team:sender2", false),
+            ("system:serviceaccount:team:*", "system:serviceaccount:team:anyone", true),
+            ("system:serviceaccount:team:*", "system:serviceaccount:other:anyone", false),
+            ("*", "anything", true),
+        ] {
+            assert_eq!(subject_matches(pattern, subject), matches, "{pattern} ~ {subject}");
+        }
+    }
+}
