@@ -132,3 +132,176 @@ async fn the_authentication_matrix_at_ingress() -> Result<()> {
     assert_eq!(broker["status"]["address"]["audience"], AUDIENCE, "{broker}");
     Ok(())
 }
+
+/// Distinct event ids, so no accepted event is a duplicate of another.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A token of `subject` for the Broker `namespace/name`.
+fn token_for(key: &SigningKey, subject: &str, namespace: &str, name: &str) -> Result<String> {
+    let claims = json!({"iss": ISSUER, "sub": subject, "exp": now_s() + 600,
+                        "aud": format!("eventing.knative.dev/broker/{namespace}/{name}")});
+    Ok(format!("Bearer {}", key.sign(&claims)?))
+}
+
+async fn send(
+    http: &str,
+    namespace: &str,
+    broker: &str,
+    event_type: &str,
+    authorization: &str,
+) -> Result<(StatusCode, Value)> {
+    let response = reqwest::Client::new()
+        .post(format!("http://{http}/{namespace}/{broker}"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", format!("{event_type}-{}", NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))
+        .header("ce-source", "/t81")
+        .header("ce-type", event_type)
+        .header("authorization", authorization)
+        .body("hello")
+        .send()
+        .await?;
+    let status = response.status();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+async fn get_object(admin: &str, kind: &str, namespace: &str, name: &str) -> Result<Value> {
+    let mut resources = ResourcesClient::connect(format!("http://{admin}")).await?;
+    let reference = ResourceRef { kind: kind.into(), namespace: namespace.into(), name: name.into() };
+    Ok(serde_json::from_str(&resources.get(reference).await?.into_inner().object_json)?)
+}
+
+#[tokio::test]
+async fn event_policies_decide_who_sends_what() -> Result<()> {
+    let keys = tempfile::tempdir()?;
+    let jwks = keys.path().join("jwks.json");
+    let key = SigningKey::generate("key-1")?;
+    write_jwks(&jwks, &[&key])?;
+    let issuer_flag = format!("{ISSUER}={}", jwks.display());
+    let (_root, node) = start_single_node(1, &["--oidc-issuer", &issuer_flag]).await?; // allow-same-namespace
+    let admin = node.admin.clone();
+    for (name, labels) in [("open", json!({})), ("guarded", json!({})), ("gold", json!({"tier": "gold"}))] {
+        let mut broker = broker_object("team", name, json!({}));
+        broker["metadata"]["labels"] = labels;
+        apply_resource(&admin, broker).await?;
+    }
+    let trigger = sluice_tests::trigger_object("team", "fwd", "open", "http://127.0.0.1:9/", json!({}), json!({}));
+    apply_resource(&admin, trigger).await?;
+    let policy = |name: &str, spec: Value| {
+        json!({"apiVersion": "eventing.knative.dev/v1alpha1", "kind": "EventPolicy",
+               "metadata": {"name": name, "namespace": "team"}, "spec": spec})
+    };
+    apply_resource(
+        &admin,
+        policy(
+            "orders-only",
+            json!({
+                "to": [{"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "guarded"}}],
+                "from": [
+                    {"sub": "system:serviceaccount:team:orders"},
+                    {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "name": "fwd"}},
+                    {"ref": {"apiVersion": "sources.knative.dev/v1", "kind": "PingSource", "name": "gone"}},
+                ],
+                "filters": [{"any": [{"prefix": {"type": "order."}}, {"cesql": "type LIKE '%.audit'"}]}],
+            }),
+        ),
+    )
+    .await?;
+    apply_resource(
+        &admin,
+        policy(
+            "ops-to-gold",
+            json!({
+                "to": [{"selector": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "matchLabels": {"tier": "gold"}}}],
+                "from": [{"sub": "system:serviceaccount:ops:*"}],
+            }),
+        ),
+    )
+    .await?;
+
+    let orders = "system:serviceaccount:team:orders";
+    let neighbour = "system:serviceaccount:team:neighbour";
+    let oncall = "system:serviceaccount:ops:oncall";
+    let trigger_identity = "system:serviceaccount:team:sluice-trigger-fwd";
+    let cases = [
+        ("default mode, same namespace", neighbour, "open", "any.thing", StatusCode::ACCEPTED),
+        ("default mode, other namespace", oncall, "open", "any.thing", StatusCode::FORBIDDEN),
+        ("from sub, filter prefix", orders, "guarded", "order.created", StatusCode::ACCEPTED),
+        ("from sub, filter cesql", orders, "guarded", "billing.audit", StatusCode::ACCEPTED),
+        ("from sub, no filter matches", orders, "guarded", "invoice.created", StatusCode::FORBIDDEN),
+        ("from ref to a Trigger", trigger_identity, "guarded", "order.forwarded", StatusCode::ACCEPTED),
+        ("same namespace but not in from", neighbour, "guarded", "order.created", StatusCode::FORBIDDEN),
+        ("subject glob via selector", oncall, "gold", "any.thing", StatusCode::ACCEPTED),
+        ("selector target, not in from", orders, "gold", "any.thing", StatusCode::FORBIDDEN),
+    ];
+    // Policies take effect as the ingress sees the objects: await the first decision that needs them.
+    let guarded_refuses = token_for(&key, neighbour, "team", "guarded")?;
+    wait_until(Duration::from_secs(20), || async {
+        Ok((send(&node.http, "team", "guarded", "order.created", &guarded_refuses).await?.0 == StatusCode::FORBIDDEN)
+            .then_some(()))
+    })
+    .await?;
+    let mut accepted = 0;
+    for (what, subject, broker, event_type, expected) in cases {
+        let (status, body) =
+            send(&node.http, "team", broker, event_type, &token_for(&key, subject, "team", broker)?).await?;
+        assert_eq!(status, expected, "{what}: {body}");
+        if status == StatusCode::FORBIDDEN {
+            assert_eq!(body["subject"], subject, "{what}: {body}");
+            assert!(body["rule"].as_str().is_some_and(|r| !r.is_empty()), "{what}: {body}");
+        } else {
+            accepted += 1;
+        }
+    }
+    let stored: usize = {
+        let mut total = 0;
+        for broker in ["open", "guarded", "gold"] {
+            total += read_events(&admin, &format!("broker/team/{broker}"), 1).await?.len();
+        }
+        total
+    };
+    assert_eq!(stored, accepted, "only the accepted requests stored events");
+
+    // Status: the policy names what it resolved and what it could not; the Brokers list the policies applied.
+    let policy_object = get_object(&admin, "EventPolicy", "team", "orders-only").await?;
+    assert_eq!(policy_object["status"]["from"], json!([orders, trigger_identity]), "{policy_object}");
+    let resolved = policy_object["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "SubjectsResolved").cloned())
+        .unwrap_or_default();
+    assert_eq!(resolved["status"], "False", "{policy_object}");
+    let guarded = get_object(&admin, "Broker", "team", "guarded").await?;
+    assert_eq!(
+        guarded["status"]["policies"],
+        json!([{"apiVersion": "eventing.knative.dev/v1alpha1", "name": "orders-only"}])
+    );
+    let fwd = get_object(&admin, "Trigger", "team", "fwd").await?;
+    assert_eq!(fwd["status"]["auth"]["serviceAccountName"], "sluice-trigger-fwd", "{fwd}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn default_authorization_modes_deny_all_and_allow_all() -> Result<()> {
+    let keys = tempfile::tempdir()?;
+    let jwks = keys.path().join("jwks.json");
+    let key = SigningKey::generate("key-1")?;
+    write_jwks(&jwks, &[&key])?;
+    let issuer_flag = format!("{ISSUER}={}", jwks.display());
+    for (mode, same_namespace, other_namespace) in [
+        ("deny-all", StatusCode::FORBIDDEN, StatusCode::FORBIDDEN),
+        ("allow-all", StatusCode::ACCEPTED, StatusCode::ACCEPTED),
+    ] {
+        let (_root, node) =
+            start_single_node(1, &["--oidc-issuer", &issuer_flag, "--default-authorization-mode", mode]).await?;
+        apply_resource(&node.admin, broker_object("team", "b", json!({}))).await?;
+        let same = token_for(&key, "system:serviceaccount:team:a", "team", "b")?;
+        let status = wait_until(Duration::from_secs(20), || async {
+            let status = send(&node.http, "team", "b", "t", &same).await?.0;
+            Ok((status != StatusCode::NOT_FOUND && status != StatusCode::SERVICE_UNAVAILABLE).then_some(status))
+        })
+        .await?;
+        assert_eq!(status, same_namespace, "{mode}, same namespace");
+        let other = token_for(&key, "system:serviceaccount:other:a", "team", "b")?;
+        assert_eq!(send(&node.http, "team", "b", "t", &other).await?.0, other_namespace, "{mode}, other namespace");
+    }
+    Ok(())
+}
