@@ -1,7 +1,8 @@
 //! What the admin commands share: exit codes from gRPC errors, human-readable times and sizes.
 //!
-//! Exit codes (docs/operations.md): 0 ok, 1 error, 2 usage (clap), 3 not found, 4 refused (invalid or not
-//! allowed now), 5 unavailable (retry).
+//! Exit codes (docs/operations.md): 0 ok, 1 error, 2 usage (clap), 3 not found, 4 refused (invalid, not
+//! allowed now, or not allowed to this caller's role), 5 unavailable (retry), 6 unauthenticated (no or
+//! unknown credentials).
 
 use std::fmt;
 
@@ -43,6 +44,7 @@ impl std::error::Error for ServerError {}
 pub(crate) const EXIT_NOT_FOUND: u8 = 3;
 pub(crate) const EXIT_REFUSED: u8 = 4;
 pub(crate) const EXIT_UNAVAILABLE: u8 = 5;
+pub(crate) const EXIT_UNAUTHENTICATED: u8 = 6;
 
 /// The exit code for a gRPC status.
 pub(crate) fn exit_code_for(code: Code) -> u8 {
@@ -54,6 +56,7 @@ pub(crate) fn exit_code_for(code: Code) -> u8 {
         | Code::OutOfRange
         | Code::PermissionDenied => EXIT_REFUSED,
         Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Aborted => EXIT_UNAVAILABLE,
+        Code::Unauthenticated => EXIT_UNAUTHENTICATED,
         _ => 1,
     }
 }

@@ -71,8 +71,8 @@ pub(crate) enum ClusterCommand {
     },
 }
 
-pub(crate) async fn connect(admin: &str) -> Result<ClusterClient<tonic::transport::Channel>> {
-    ClusterClient::connect(format!("http://{admin}")).await.map_err(|e| {
+pub(crate) async fn connect(admin: &str) -> Result<ClusterClient<crate::admin_channel::AdminChannel>> {
+    crate::admin_channel::connect(admin).await.map(ClusterClient::new).map_err(|e| {
         anyhow::Error::new(AdminError {
             exit_code: EXIT_UNAVAILABLE,
             message: format!("cannot reach the admin API at {admin} (--admin): {e}"),

@@ -51,6 +51,8 @@ pub(crate) struct DevArgs {
     transport: crate::security_args::TlsArgs,
     #[command(flatten)]
     oidc: crate::security_args::OidcArgs,
+    #[command(flatten)]
+    admin_auth: crate::security_args::AdminAuthArgs,
 }
 
 impl DevArgs {
@@ -96,6 +98,7 @@ async fn run_single(args: DevArgs) -> Result<()> {
     settings.tls = tls_args.load()?;
     settings.authenticator = args.oidc.start().await?;
     settings.default_authorization = args.oidc.default_authorization_mode;
+    settings.admin_tokens = args.admin_auth.load(settings.tls.as_ref())?;
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
     settings.serving_domain = args.serving.serving_domain.clone();
     settings.serving_runtime = args.serving.serving_runtime.kind();
@@ -235,8 +238,9 @@ async fn supervise(args: &DevArgs, nodes: &mut [DevNode], members: &str) -> Resu
     let status = cluster_cmd::status(&first_admin).await?;
     if !status.initialized {
         cluster_cmd::init(&first_admin, members, args.partitions.unwrap_or(4)).await?;
-        let mut client =
-            sluice_proto::admin::resources_client::ResourcesClient::connect(format!("http://{first_admin}")).await?;
+        let mut client = sluice_proto::admin::resources_client::ResourcesClient::new(
+            crate::admin_channel::connect(&first_admin).await?,
+        );
         client
             .apply(sluice_proto::admin::ApplyResourceRequest {
                 object_json: default_broker().to_string(),

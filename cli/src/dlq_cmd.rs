@@ -38,9 +38,10 @@ pub(crate) enum Command {
     },
 }
 
-async fn connect(admin: &str) -> Result<DeadLettersClient<tonic::transport::Channel>> {
-    DeadLettersClient::connect(format!("http://{admin}"))
+async fn connect(admin: &str) -> Result<DeadLettersClient<crate::admin_channel::AdminChannel>> {
+    crate::admin_channel::connect(admin)
         .await
+        .map(DeadLettersClient::new)
         .with_context(|| format!("cannot reach the admin API at {admin} (--admin)"))
 }
 

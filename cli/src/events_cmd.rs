@@ -4,13 +4,12 @@
 //! Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 refused/invalid, 5 unavailable.
 
 use std::io::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use sluice_proto::admin::events_client::EventsClient;
 use sluice_proto::admin::{EventStreamRef, FindEventsRequest, LoggedEvent, ReadEventsRequest, TailEventsRequest};
-use tonic::transport::Channel;
 
 /// Most events one `sluice events read` prints (it pages through the API, at most 1000 per call).
 const MAX_LIMIT: u64 = 100_000;
@@ -182,11 +181,8 @@ pub(crate) async fn run(command: Command) -> Result<()> {
     })
 }
 
-async fn connect(admin: &str) -> Result<EventsClient<Channel>, Failure> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))
-        .map_err(|e| Failure::usage(format!("--admin {admin}: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
+async fn connect(admin: &str) -> Result<EventsClient<crate::admin_channel::AdminChannel>, Failure> {
+    let channel = crate::admin_channel::connect(admin)
         .await
         .map_err(|e| Failure::exit(5, format!("cannot reach the admin API at {admin} (--admin): {e}")))?;
     Ok(EventsClient::new(channel).max_decoding_message_size(64 << 20))

@@ -37,7 +37,7 @@ pub(crate) async fn run(args: LogsArgs) -> Result<()> {
         Some(kind @ ("Service" | "Configuration" | "Revision")) => kind,
         _ => bail!("{:?}: logs are kept for ksvc, configuration or revision", args.kind),
     };
-    let mut client = ServingClient::connect(format!("http://{}", args.admin)).await?;
+    let mut client = ServingClient::new(crate::admin_channel::connect(&args.admin).await?);
     let request = LogsRequest {
         kind: kind.into(),
         namespace: args.namespace,

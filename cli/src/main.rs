@@ -33,6 +33,7 @@ macro_rules! out {
     };
 }
 
+mod admin_channel;
 mod admin_cli;
 mod cluster_cmd;
 mod dev;
@@ -60,6 +61,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    credentials: admin_channel::AdminCredentialArgs,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +101,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    admin_channel::set(cli.credentials.clone());
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -139,7 +143,11 @@ fn main() -> ExitCode {
             match (e.downcast_ref::<admin_cli::AdminError>(), e.downcast_ref::<admin_cli::ServerError>()) {
                 (Some(admin), _) => ExitCode::from(admin.exit_code),
                 (None, Some(server)) => ExitCode::from(server.exit_code),
-                (None, None) => ExitCode::FAILURE,
+                // A call refused as it stood (unauthenticated, not this role's, ...): its gRPC code says which.
+                (None, None) => match e.downcast_ref::<tonic::Status>() {
+                    Some(status) => ExitCode::from(admin_cli::exit_code_for(status.code())),
+                    None => ExitCode::FAILURE,
+                },
             }
         }
     }

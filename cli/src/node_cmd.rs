@@ -48,6 +48,8 @@ pub(crate) struct NodeArgs {
     #[command(flatten)]
     pub oidc: crate::security_args::OidcArgs,
     #[command(flatten)]
+    pub admin_auth: crate::security_args::AdminAuthArgs,
+    #[command(flatten)]
     pub statefulset: crate::statefulset::StatefulSetArgs,
 }
 
@@ -331,6 +333,7 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
         tls: None,
         authenticator: None,
         default_authorization: Default::default(),
+        admin_tokens: None,
     })
 }
 
@@ -349,6 +352,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     settings.tls = args.tls.load()?;
     settings.authenticator = args.oidc.start().await?;
     settings.default_authorization = args.oidc.default_authorization_mode;
+    settings.admin_tokens = args.admin_auth.load(settings.tls.as_ref())?;
     settings.peer_routes = args.peer_routes.iter().cloned().collect();
     settings.serving_domain = args.serving.serving_domain.clone();
     settings.serving_runtime = args.serving.serving_runtime.kind();

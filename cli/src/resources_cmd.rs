@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::admin_channel::AdminChannel;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::Value;
@@ -16,7 +17,6 @@ use sluice_proto::admin::{
     ApplyResourceRequest, ListResourcesRequest, ResourceRef, WatchResourcesRequest, resource_event,
 };
 use sluice_proto::errors::{ErrorCode, error_status};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::admin_cli::{AdminError, EXIT_NOT_FOUND, ServerError, error_code_suffix, exit_code_for, from_status};
@@ -160,8 +160,8 @@ pub(crate) struct DescribeArgs {
     admin: String,
 }
 
-async fn connect(admin: &str) -> Result<ResourcesClient<Channel>> {
-    ResourcesClient::connect(format!("http://{admin}")).await.map_err(|e| {
+async fn connect(admin: &str) -> Result<ResourcesClient<AdminChannel>> {
+    crate::admin_channel::connect(admin).await.map(ResourcesClient::new).map_err(|e| {
         anyhow::Error::new(AdminError {
             exit_code: crate::admin_cli::EXIT_UNAVAILABLE,
             message: format!("cannot reach the admin API at {admin} (--admin): {e}"),
@@ -240,7 +240,7 @@ fn read_documents(files: &[PathBuf]) -> Result<Vec<(String, usize, Value)>> {
 
 /// `--dry-run=client`: validated here as the node would (immutable fields against the stored object, read
 /// with Get), and the outcome Apply would report. Nothing is sent to be stored.
-async fn client_dry_run(client: &mut ResourcesClient<Channel>, object: &Value) -> Result<String, Status> {
+async fn client_dry_run(client: &mut ResourcesClient<AdminChannel>, object: &Value) -> Result<String, Status> {
     let invalid = |errors: Vec<sluice_controller::validate::FieldError>| {
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         error_status(ErrorCode::InvalidResource, text.join("; "))
@@ -384,7 +384,7 @@ fn check_scope(targets: &[Target], scope: &ScopeArgs) -> Result<()> {
 
 /// An object by name, with its status; `Ok(Err(not found))` when it does not exist.
 async fn get_object(
-    client: &mut ResourcesClient<Channel>,
+    client: &mut ResourcesClient<AdminChannel>,
     info: &'static KindInfo,
     namespace: &str,
     name: &str,
@@ -402,7 +402,11 @@ async fn get_object(
 }
 
 /// Every object of a kind within the scope, with its status.
-async fn list_objects(client: &mut ResourcesClient<Channel>, info: &KindInfo, scope: &ScopeArgs) -> Result<Vec<Value>> {
+async fn list_objects(
+    client: &mut ResourcesClient<AdminChannel>,
+    info: &KindInfo,
+    scope: &ScopeArgs,
+) -> Result<Vec<Value>> {
     let list = client.list(ListResourcesRequest { kind: info.kind.to_string() }).await.map_err(from_status)?;
     Ok(list
         .into_inner()
@@ -425,7 +429,7 @@ impl Found {
     }
 }
 
-async fn fetch(client: &mut ResourcesClient<Channel>, targets: &[Target], scope: &ScopeArgs) -> Result<Found> {
+async fn fetch(client: &mut ResourcesClient<AdminChannel>, targets: &[Target], scope: &ScopeArgs) -> Result<Found> {
     let mut found = Found { blocks: Vec::new(), missing: Vec::new() };
     for target in targets {
         let objects = match &target.name {
@@ -630,7 +634,7 @@ fn is_shown_already(shown: &BTreeMap<(String, String), Value>, event_type: i32, 
 }
 
 async fn watch(
-    client: &mut ResourcesClient<Channel>,
+    client: &mut ResourcesClient<AdminChannel>,
     mut stream: tonic::Streaming<sluice_proto::admin::ResourceEvent>,
     mut state: WatchState,
     scope: &ScopeArgs,
@@ -787,7 +791,7 @@ async fn describe_object(admin: &str, info: &KindInfo, object: &Value) -> Result
     if matches!(info.kind, "Broker" | "Channel" | "InMemoryChannel") {
         // Events of interest: what the stream holds, per partition.
         let stream = sluice_broker::stream_name(info.kind, &s("/metadata/namespace"), &s("/metadata/name"));
-        let mut log = sluice_proto::admin::log_client::LogClient::connect(format!("http://{admin}")).await?;
+        let mut log = sluice_proto::admin::log_client::LogClient::new(crate::admin_channel::connect(admin).await?);
         let mut cluster = crate::cluster_cmd::connect(admin).await?;
         let partitions =
             cluster.status(sluice_proto::admin::StatusRequest {}).await.map_err(from_status)?.into_inner().partitions;
@@ -841,7 +845,8 @@ async fn describe_decisions(admin: &str, kind: &str, namespace: &str, name: &str
         follow: false,
     };
     let decisions = async {
-        let mut client = sluice_proto::admin::serving_client::ServingClient::connect(format!("http://{admin}")).await?;
+        let mut client =
+            sluice_proto::admin::serving_client::ServingClient::new(crate::admin_channel::connect(admin).await?);
         let mut stream = client.decisions(request).await?.into_inner();
         let mut all = Vec::new();
         while let Some(decision) = stream.message().await? {

@@ -134,3 +134,23 @@ impl OidcArgs {
         args
     }
 }
+
+/// Who may use the admin API.
+#[derive(Args, Clone, Debug, Default)]
+pub(crate) struct AdminAuthArgs {
+    /// Require credentials on the admin API: bearer tokens from this file (`TOKEN,NAME,ROLE` per line, ROLE
+    /// `read` or `operate`), or client certificates of the cluster's CA. Strict transport encryption requires
+    /// credentials even without this file (client certificates only).
+    #[arg(long, env = "SLUICE_ADMIN_TOKENS")]
+    pub admin_tokens: Option<PathBuf>,
+}
+
+impl AdminAuthArgs {
+    pub(crate) fn load(&self, tls: Option<&Tls>) -> Result<Option<sluice_security::admin_auth::AdminTokens>> {
+        match &self.admin_tokens {
+            Some(path) => Ok(Some(sluice_security::admin_auth::AdminTokens::load(path).map_err(anyhow::Error::msg)?)),
+            None if tls.is_some_and(|tls| tls.mode() == TransportEncryption::Strict) => Ok(Some(Default::default())),
+            None => Ok(None),
+        }
+    }
+}

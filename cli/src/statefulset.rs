@@ -161,7 +161,7 @@ async fn observe(node: &Node, placement: &Placement) -> Observed {
 
 async fn remote_members(admin: &str) -> Option<Vec<u64>> {
     let call = async {
-        let mut client = ClusterClient::connect(format!("http://{admin}")).await.ok()?;
+        let mut client = ClusterClient::new(crate::admin_channel::connect(admin).await.ok()?);
         let status = client.status(StatusRequest {}).await.ok()?.into_inner();
         status.initialized.then(|| status.members.iter().map(|m| m.node_id).collect())
     };
@@ -173,7 +173,7 @@ async fn add_self(placement: &Placement, id: u64, peer: &str) -> Result<()> {
     for ordinal in 0..placement.initial_members {
         let admin = placement.admin_address(ordinal);
         let call = async {
-            let mut client = ClusterClient::connect(format!("http://{admin}")).await?;
+            let mut client = ClusterClient::new(crate::admin_channel::connect(&admin).await?);
             client.add_node(AddNodeRequest { node_id: id, peer_addr: peer.to_string() }).await?;
             anyhow::Ok(())
         };

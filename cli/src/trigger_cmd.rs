@@ -71,9 +71,10 @@ pub(crate) enum Command {
     },
 }
 
-async fn connect(admin: &str) -> Result<ConsumersClient<tonic::transport::Channel>> {
-    ConsumersClient::connect(format!("http://{admin}"))
+async fn connect(admin: &str) -> Result<ConsumersClient<crate::admin_channel::AdminChannel>> {
+    crate::admin_channel::connect(admin)
         .await
+        .map(ConsumersClient::new)
         .with_context(|| format!("cannot reach the admin API at {admin} (--admin)"))
 }
 

@@ -48,6 +48,27 @@ pub fn issue_certificate(ca: &DevCertificates, names: &[String]) -> Result<(Stri
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// A client certificate named `common_name` (and organisation, e.g. `sluice:read` for the admin API's read
+/// role) signed by `ca`: (certificate PEM, key PEM).
+pub fn issue_certificate_for(
+    ca: &DevCertificates,
+    common_name: &str,
+    organisation: Option<&str>,
+) -> Result<(String, String), TlsError> {
+    let ca_key = KeyPair::from_pem(&ca.ca_key_pem).map_err(generate_error("reading the CA key"))?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca.ca_cert_pem, ca_key).map_err(generate_error("reading the CA certificate"))?;
+    let key = KeyPair::generate().map_err(generate_error("generating a key"))?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(generate_error("certificate names"))?;
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    if let Some(organisation) = organisation {
+        params.distinguished_name.push(DnType::OrganizationName, organisation);
+    }
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).map_err(generate_error("signing the certificate"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 /// `dir`'s CA and node certificate, generated on first use and kept (so a browser or `curl --cacert` that
 /// trusts the CA keeps trusting it across restarts). The node certificate names `localhost`, `*.localhost`
 /// (serving's Route hosts), 127.0.0.1 and ::1.

@@ -4,16 +4,19 @@
 //!   by their first byte, so one port serves both in `permissive` mode.
 //! - `jwt`: a bearer token in → its verified claims out, or the one check it failed (pure: issuers' keys and
 //!   the clock are given); `jwt::sign` mints tokens (Sluice's own issuer, tests).
+//! - `admin_auth`: an admin gRPC call's method and credentials (token or client certificate) in → allowed or
+//!   UNAUTHENTICATED / PERMISSION_DENIED out, by two roles (read, operate).
 //! - `dev_certs`: a directory in → a local CA and a node certificate signed by it out (`sluice dev --tls`).
 //!
 //! Nothing here knows about Brokers or Raft: the broker, dispatcher and CLI call in.
 
+pub mod admin_auth;
 mod dev_certs;
 mod error;
 pub mod jwt;
 pub mod tls;
 
-pub use dev_certs::{DevCertificates, ensure_dev_certificates, issue_certificate};
+pub use dev_certs::{DevCertificates, ensure_dev_certificates, issue_certificate, issue_certificate_for};
 pub use error::TlsError;
 pub use jwt::issuers::{Authenticator, IssuerSource, JwksSource};
 pub use jwt::sign::SigningKey;

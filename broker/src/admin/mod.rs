@@ -111,6 +111,7 @@ impl Cluster for AdminService {
                 let checks = config.members.iter().map(|(id, addr)| {
                     let (id, addr) = (*id, addr.clone());
                     let dial = self.node.peer_dial_addr(&addr).to_string();
+                    let tls = self.node.settings().tls.clone();
                     let age = heartbeat.get(&id).copied();
                     let initial = config.is_initial_member(id);
                     let own = id == self.node.id();
@@ -120,7 +121,7 @@ impl Cluster for AdminService {
                         } else if age.is_some_and(|age| age <= alive_ms) {
                             (true, "heartbeat")
                         } else {
-                            (can_connect(&dial).await, "connect")
+                            (can_connect(&dial, &addr, tls.as_ref()).await, "connect")
                         };
                         MemberStatus {
                             node_id: id,
@@ -176,9 +177,13 @@ impl Cluster for AdminService {
 /// How long a status call waits to connect to a member it has no heartbeat from.
 const CONNECT_CHECK: Duration = Duration::from_millis(500);
 
-/// Whether a gRPC (HTTP/2) connection to `addr` opens within [`CONNECT_CHECK`].
-async fn can_connect(addr: &str) -> bool {
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+/// Whether a gRPC (HTTP/2) connection to `addr` opens within [`CONNECT_CHECK`] (over mutual TLS when the
+/// node's transport is encrypted: a peer port refuses plaintext then).
+async fn can_connect(dial: &str, addr: &str, tls: Option<&sluice_security::Tls>) -> bool {
+    if let Some(tls) = tls {
+        return sluice_security::dial(dial, sluice_security::host_of(addr), tls, CONNECT_CHECK).await.is_ok();
+    }
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{dial}")) else {
         return false;
     };
     let endpoint = endpoint.connect_timeout(CONNECT_CHECK).timeout(CONNECT_CHECK);

@@ -102,7 +102,9 @@ mod tests {
         ]);
         let team = "system:serviceaccount:team:orders";
         let stranger = "system:serviceaccount:other:x";
-        let cases: Vec<(&str, &[CompiledPolicy], DefaultAuthorization, &str, Vec<&str>, bool)> = vec![
+        /// What, policies, default mode, subject, event types, allowed.
+        type Case<'a> = (&'a str, &'a [CompiledPolicy], DefaultAuthorization, &'a str, Vec<&'a str>, bool);
+        let cases: Vec<Case> = vec![
             ("no policy, allow-all", &[], AllowAll, stranger, vec!["a"], true),
             ("no policy, deny-all", &[], DenyAll, team, vec!["a"], false),
             ("no policy, same namespace", &[], AllowSameNamespace, team, vec!["a"], true),

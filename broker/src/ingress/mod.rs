@@ -365,7 +365,7 @@ pub(crate) async fn handle(
     // Before the target is looked up: an unauthenticated sender learns nothing of what exists.
     let subject = match authenticate(&ingress, &target, &headers) {
         Ok(subject) => subject,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let Some(state) = ingress.target(&target) else {
         let (namespace, name) = target.namespace_and_name();
@@ -398,7 +398,7 @@ pub(crate) async fn handle(
 
 /// With sender identity on, the sender's subject, or the 401 for a request without a valid token for the
 /// target's audience; `None` with sender identity off.
-fn authenticate(ingress: &Ingress, target: &Target, headers: &HeaderMap) -> Result<Option<String>, Response> {
+fn authenticate(ingress: &Ingress, target: &Target, headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
     let Some(authenticator) = ingress.node.settings().authenticator.as_ref() else { return Ok(None) };
     let (namespace, name) = target.namespace_and_name();
     let kind = if matches!(target, Target::Broker { .. }) { "Broker" } else { "Channel" };
@@ -414,7 +414,7 @@ fn authenticate(ingress: &Ingress, target: &Target, headers: &HeaderMap) -> Resu
         serde_json::json!({ "error": refusal.to_string(), "field": "Authorization", "rule": refusal.check() }),
     );
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
-    Err(response)
+    Err(Box::new(response))
 }
 
 /// Parses, validates and appends; answers the accepted events' types.

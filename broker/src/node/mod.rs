@@ -70,6 +70,9 @@ pub struct NodeSettings {
     pub authenticator: Option<sluice_security::Authenticator>,
     /// What a Broker or Channel without an EventPolicy lets in (with sender identity on).
     pub default_authorization: sluice_controller::policy::DefaultAuthorization,
+    /// Admin API authentication: `Some` requires a token of these or a client certificate of the cluster's
+    /// CA for every call, by role; `None` leaves the admin port open (bind it to loopback then).
+    pub admin_tokens: Option<sluice_security::admin_auth::AdminTokens>,
 }
 
 /// How long a leader waits for a new learner to catch up before it answers

@@ -104,6 +104,10 @@ pub async fn start(
     let snapshot_root: PathBuf = settings.data_dir.join("snapshots");
     let metrics = crate::telemetry::prometheus();
     let tls = settings.tls.clone();
+    let admin_auth = settings.admin_tokens.clone().map(sluice_security::admin_auth::AdminAuthLayer::new);
+    if admin_auth.is_none() && !admin.local_addr().is_ok_and(|a| a.ip().is_loopback()) {
+        tracing::warn!("the admin API listens beyond loopback without authentication (--admin-tokens, or strict TLS)");
+    }
     let node = Node::open(settings).await?;
     if let Some(tls) = &tls {
         tokio::spawn(tls.clone().watch(TLS_RELOAD_INTERVAL));
@@ -153,7 +157,8 @@ pub async fn start(
     let admin_tls = tls.clone();
     tasks.push(tokio::spawn(async move {
         let tls = admin_tls;
-        let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+        let mut builder =
+            tonic::transport::Server::builder().tcp_nodelay(true).layer(tower::util::option_layer(admin_auth));
         let router = match extra_routes {
             Some(routes) => builder.add_routes(routes),
             None => builder.add_routes(tonic::service::Routes::default()),

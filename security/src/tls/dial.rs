@@ -23,13 +23,23 @@ pub async fn dial(
     tls: &Tls,
     timeout: Duration,
 ) -> io::Result<TlsStream<TcpStream>> {
+    dial_with_config(dial_addr, server_name, tls.client_config(), timeout).await
+}
+
+/// [`dial`] with a client config of the caller's (a CLI that trusts a CA and may hold no certificate).
+pub async fn dial_with_config(
+    dial_addr: &str,
+    server_name: &str,
+    config: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> io::Result<TlsStream<TcpStream>> {
     let name = ServerName::try_from(server_name.to_string()).map_err(|e| {
         io::Error::new(io::ErrorKind::InvalidInput, format!("{server_name:?} is not a server name: {e}"))
     })?;
     let connecting = async {
         let stream = TcpStream::connect(dial_addr).await?;
         stream.set_nodelay(true)?;
-        TlsConnector::from(tls.client_config()).connect(name, stream).await
+        TlsConnector::from(config).connect(name, stream).await
     };
     tokio::time::timeout(timeout, connecting).await.map_err(|_| {
         io::Error::new(io::ErrorKind::TimedOut, format!("TLS connect to {dial_addr} not done within {timeout:?}"))
@@ -40,9 +50,16 @@ pub async fn dial(
 /// same address and checked against the same server name, whatever URI tonic asks for.
 #[derive(Clone)]
 pub struct TlsDialer {
-    tls: Tls,
+    config: DialerConfig,
     dial: Arc<str>,
     server_name: Arc<str>,
+}
+
+/// A node's reloading config, or a fixed one.
+#[derive(Clone)]
+enum DialerConfig {
+    Node(Tls),
+    Fixed(Arc<rustls::ClientConfig>),
 }
 
 /// TCP connect plus TLS handshake.
@@ -50,7 +67,11 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl TlsDialer {
     pub fn new(tls: Tls, dial_addr: &str, server_name: &str) -> TlsDialer {
-        TlsDialer { tls, dial: dial_addr.into(), server_name: server_name.into() }
+        TlsDialer { config: DialerConfig::Node(tls), dial: dial_addr.into(), server_name: server_name.into() }
+    }
+
+    pub fn with_config(config: Arc<rustls::ClientConfig>, dial_addr: &str, server_name: &str) -> TlsDialer {
+        TlsDialer { config: DialerConfig::Fixed(config), dial: dial_addr.into(), server_name: server_name.into() }
     }
 }
 
@@ -66,7 +87,11 @@ impl tower::Service<http::Uri> for TlsDialer {
     fn call(&mut self, _: http::Uri) -> Self::Future {
         let dialer = self.clone();
         Box::pin(async move {
-            let stream = dial(&dialer.dial, &dialer.server_name, &dialer.tls, DIAL_TIMEOUT).await?;
+            let config = match &dialer.config {
+                DialerConfig::Node(tls) => tls.client_config(),
+                DialerConfig::Fixed(config) => config.clone(),
+            };
+            let stream = dial_with_config(&dialer.dial, &dialer.server_name, config, DIAL_TIMEOUT).await?;
             Ok(hyper_util::rt::TokioIo::new(stream))
         })
     }

@@ -1,0 +1,92 @@
+//! How the CLI reaches a node's admin API: plaintext, or TLS when given the cluster's CA (`--ca-cert`,
+//! SLUICE_CA_CERT), presenting a client certificate when given one (`--client-cert`/`--client-key`), and
+//! sending a bearer token when given one (`--token`, SLUICE_TOKEN). docs/security.md has the roles.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use clap::Args;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// The admin API's credentials, global flags of every command.
+#[derive(Args, Clone, Debug, Default)]
+pub(crate) struct AdminCredentialArgs {
+    /// Bearer token for the admin API (a line of the node's --admin-tokens file).
+    #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Speak TLS to the admin API, trusting this CA (PEM).
+    #[arg(long, global = true, env = "SLUICE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the admin API; with --client-key.
+    #[arg(long, global = true, env = "SLUICE_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    #[arg(long, global = true, env = "SLUICE_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+static CREDENTIALS: OnceLock<AdminCredentialArgs> = OnceLock::new();
+
+/// Called once by `main` with the parsed flags.
+pub(crate) fn set(credentials: AdminCredentialArgs) {
+    let _ = CREDENTIALS.set(credentials);
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub(crate) struct AddToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for AddToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub(crate) type AdminChannel = InterceptedService<Channel, AddToken>;
+
+fn client_tls(credentials: &AdminCredentialArgs, ca: &PathBuf) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    match (&credentials.client_cert, &credentials.client_key) {
+        (Some(cert), Some(key)) => {
+            let files = sluice_security::TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() };
+            let tls = sluice_security::Tls::load(sluice_security::TransportEncryption::Strict, Some(files))?
+                .ok_or_else(|| anyhow::anyhow!("TLS is on"))?;
+            Ok(tls.client_config())
+        }
+        _ => {
+            let pem = std::fs::read_to_string(ca).map_err(|e| anyhow::anyhow!("--ca-cert {}: {e}", ca.display()))?;
+            Ok(Arc::new(sluice_security::https_client_config(&[&pem], "--ca-cert")?))
+        }
+    }
+}
+
+/// A channel to the admin API at `admin` (`IP:PORT` or `HOST:PORT`) with the global credentials.
+pub(crate) async fn connect(admin: &str) -> anyhow::Result<AdminChannel> {
+    let credentials = CREDENTIALS.get().cloned().unwrap_or_default();
+    let token = match &credentials.token {
+        Some(token) => Some(
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--token: not a valid header value (printable ASCII only)"))?,
+        ),
+        None => None,
+    };
+    let endpoint = Endpoint::from_shared(format!("http://{admin}"))
+        .map_err(|e| anyhow::anyhow!("--admin {admin}: {e}"))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = match &credentials.ca_cert {
+        None => endpoint.connect().await,
+        Some(ca) => {
+            let config = client_tls(&credentials, ca)?;
+            let dialer = sluice_security::TlsDialer::with_config(config, admin, sluice_security::host_of(admin));
+            endpoint.connect_with_connector(dialer).await
+        }
+    }
+    .map_err(|e| {
+        anyhow::anyhow!("{e}: {}", std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default())
+    })?;
+    Ok(InterceptedService::new(channel, AddToken(token)))
+}

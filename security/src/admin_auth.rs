@@ -1,0 +1,283 @@
+//! Who may call the admin API: a gRPC method and the caller's credentials in, allowed (with who and which
+//! role) or a gRPC status out.
+//!
+//! Two roles. `read`: status, get/list/watch, read/tail/find, consumer and dead-letter listings, logs.
+//! `operate`: everything, including what changes state (init, membership, apply, delete, append, pause,
+//! resume, replay, redrive, purge). A method not in the read table needs `operate` (fail closed).
+//! Credentials: a bearer token from the tokens file (`TOKEN,NAME,ROLE` per line), or a client certificate of
+//! the cluster's CA (its subject's organisation `sluice:read` makes it a reader; any other certificate of
+//! the CA, the nodes' own among them, operates).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use crate::tls::accept::ConnInfo;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Read,
+    Operate,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "read" => Ok(Role::Read),
+            "operate" => Ok(Role::Operate),
+            other => Err(format!("role {other:?} is not read or operate")),
+        }
+    }
+}
+
+/// The gRPC methods (`/package.Service/Method`) a reader may call; gRPC reflection too.
+const READ_METHODS: &[&str] = &[
+    "/sluice.admin.v1.Cluster/Status",
+    "/sluice.admin.v1.Log/Read",
+    "/sluice.admin.v1.Log/OffsetForTime",
+    "/sluice.admin.v1.Resources/Get",
+    "/sluice.admin.v1.Resources/List",
+    "/sluice.admin.v1.Resources/Watch",
+    "/sluice.admin.v1.Consumers/Status",
+    "/sluice.admin.v1.DeadLetters/List",
+    "/sluice.admin.v1.Events/Read",
+    "/sluice.admin.v1.Events/Tail",
+    "/sluice.admin.v1.Events/Find",
+    "/sluice.admin.v1.Serving/Logs",
+    "/sluice.admin.v1.Serving/Decisions",
+];
+
+/// The role a method needs.
+pub fn required_role(path: &str) -> Role {
+    if READ_METHODS.contains(&path) || path.starts_with("/grpc.reflection.") { Role::Read } else { Role::Operate }
+}
+
+/// The tokens file: `TOKEN,NAME,ROLE` per line, `#` comments and blank lines ignored.
+#[derive(Clone, Debug, Default)]
+pub struct AdminTokens {
+    by_token: HashMap<String, (String, Role)>,
+}
+
+impl AdminTokens {
+    pub fn parse(text: &str) -> Result<AdminTokens, String> {
+        let mut by_token = HashMap::new();
+        for (number, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            let [token, name, role] = fields.as_slice() else {
+                return Err(format!("line {number}: expected TOKEN,NAME,ROLE"));
+            };
+            if token.len() < 16 {
+                return Err(format!("line {number}: a token must be at least 16 characters"));
+            }
+            let role: Role = role.parse().map_err(|e| format!("line {number}: {e}"))?;
+            if by_token.insert(token.to_string(), (name.to_string(), role)).is_some() {
+                return Err(format!("line {number}: the same token twice"));
+            }
+        }
+        Ok(AdminTokens { by_token })
+    }
+
+    pub fn load(path: &Path) -> Result<AdminTokens, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        AdminTokens::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// The role a verified client certificate carries (see the module's doc).
+pub fn certificate_role(certificate: &[u8]) -> Option<(String, Role)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    let subject = parsed.subject();
+    let organisations: Vec<&str> = subject.iter_organization().filter_map(|o| o.as_str().ok()).collect();
+    let name = subject.iter_common_name().filter_map(|cn| cn.as_str().ok()).next().unwrap_or("certificate").to_string();
+    let role = if organisations.contains(&"sluice:read") { Role::Read } else { Role::Operate };
+    Some((format!("cert:{name}"), role))
+}
+
+/// Why a call is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminRefusal {
+    /// No credentials, or ones that are not known: gRPC UNAUTHENTICATED.
+    Unauthenticated(String),
+    /// Known, but the role is too small: gRPC PERMISSION_DENIED.
+    Forbidden(String),
+}
+
+/// Decides one call: `path` the gRPC method, `authorization` the metadata value, `certificate_role` what a
+/// verified client certificate carries.
+pub fn authorize_call(
+    tokens: &AdminTokens,
+    path: &str,
+    authorization: Option<&str>,
+    certificate_role: Option<(String, Role)>,
+) -> Result<(String, Role), AdminRefusal> {
+    let needed = required_role(path);
+    let caller = match authorization {
+        Some(value) => {
+            let token = crate::jwt::bearer_token(Some(value))
+                .map_err(|_| AdminRefusal::Unauthenticated("authorization metadata is not `Bearer TOKEN`".into()))?;
+            tokens
+                .by_token
+                .get(token)
+                .cloned()
+                .ok_or_else(|| AdminRefusal::Unauthenticated("the token is not known".into()))?
+        }
+        None => certificate_role.ok_or_else(|| {
+            AdminRefusal::Unauthenticated(
+                "the admin API needs credentials: a token (--token, SLUICE_TOKEN) or a client certificate".into(),
+            )
+        })?,
+    };
+    if caller.1 < needed {
+        return Err(AdminRefusal::Forbidden(format!("{} has the read role; {path} needs operate", caller.0)));
+    }
+    Ok(caller)
+}
+
+/// A tower layer for the admin gRPC server that refuses calls [`authorize_call`] refuses.
+#[derive(Clone)]
+pub struct AdminAuthLayer {
+    tokens: Arc<AdminTokens>,
+}
+
+impl AdminAuthLayer {
+    pub fn new(tokens: AdminTokens) -> AdminAuthLayer {
+        AdminAuthLayer { tokens: Arc::new(tokens) }
+    }
+}
+
+impl<S> tower::Layer<S> for AdminAuthLayer {
+    type Service = AdminAuth<S>;
+
+    fn layer(&self, inner: S) -> AdminAuth<S> {
+        AdminAuth { inner, tokens: self.tokens.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct AdminAuth<S> {
+    inner: S,
+    tokens: Arc<AdminTokens>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for AdminAuth<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let certificate_role = request
+            .extensions()
+            .get::<ConnInfo>()
+            .and_then(|info| info.client_certificates.as_ref())
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| certificate_role(leaf.as_ref()));
+        let authorization = request.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or_default());
+        let path = request.uri().path().to_string();
+        match authorize_call(&self.tokens, &path, authorization, certificate_role) {
+            Ok((caller, role)) => {
+                tracing::debug!(%caller, ?role, %path, "admin call");
+                Box::pin(self.inner.call(request))
+            }
+            Err(refusal) => {
+                let status = match refusal {
+                    AdminRefusal::Unauthenticated(message) => {
+                        metrics::counter!("sluice_admin_refused_total", "reason" => "unauthenticated").increment(1);
+                        tonic::Status::unauthenticated(message)
+                    }
+                    AdminRefusal::Forbidden(message) => {
+                        metrics::counter!("sluice_admin_refused_total", "reason" => "forbidden").increment(1);
+                        tonic::Status::permission_denied(message)
+                    }
+                };
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKENS: &str = "# token,name,role\nread-token-0123456789,alice,read\noperate-token-0123456789,bob,operate\n";
+
+    #[test]
+    fn every_call_is_decided_by_role() {
+        let tokens = AdminTokens::parse(TOKENS).expect("parses");
+        let read = Some("Bearer read-token-0123456789");
+        let operate = Some("Bearer operate-token-0123456789");
+        let unauthenticated =
+            |r: Result<(String, Role), AdminRefusal>| matches!(r, Err(AdminRefusal::Unauthenticated(_)));
+        for path in ["/sluice.admin.v1.Cluster/Status", "/sluice.admin.v1.Resources/Apply", "/no.such/Method"] {
+            assert!(unauthenticated(authorize_call(&tokens, path, None, None)), "{path}: no credentials");
+            assert!(unauthenticated(authorize_call(&tokens, path, Some("Bearer wrong-token-000000"), None)), "{path}");
+            assert!(unauthenticated(authorize_call(&tokens, path, Some("Basic x"), None)), "{path}");
+            assert!(authorize_call(&tokens, path, operate, None).is_ok(), "{path}: operate may do anything");
+        }
+        assert!(authorize_call(&tokens, "/sluice.admin.v1.Events/Tail", read, None).is_ok());
+        for path in [
+            "/sluice.admin.v1.Resources/Apply",
+            "/sluice.admin.v1.Resources/Delete",
+            "/sluice.admin.v1.Cluster/RemoveNode",
+            "/sluice.admin.v1.DeadLetters/Purge",
+            "/sluice.admin.v1.Consumers/Replay",
+            "/sluice.admin.v1.Log/Append",
+            "/no.such/Method",
+        ] {
+            assert!(matches!(authorize_call(&tokens, path, read, None), Err(AdminRefusal::Forbidden(_))), "{path}");
+        }
+        let reader_cert = Some(("cert:ops".to_string(), Role::Read));
+        assert!(authorize_call(&tokens, "/sluice.admin.v1.Cluster/Status", None, reader_cert.clone()).is_ok());
+        assert!(matches!(
+            authorize_call(&tokens, "/sluice.admin.v1.Cluster/Init", None, reader_cert),
+            Err(AdminRefusal::Forbidden(_))
+        ));
+    }
+
+    #[test]
+    fn bad_token_files_are_refused_with_the_line() {
+        for (text, wanted) in [
+            ("short,alice,read", "at least 16"),
+            ("0123456789abcdef,alice,admin", "not read or operate"),
+            ("0123456789abcdef,alice", "TOKEN,NAME,ROLE"),
+            ("0123456789abcdef,a,read\n0123456789abcdef,b,read", "line 2: the same token"),
+        ] {
+            let error = AdminTokens::parse(text).expect_err(text);
+            assert!(error.contains(wanted), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn certificates_carry_their_role_in_the_organisation() {
+        let ca = crate::DevCertificates::new_ca("test CA").expect("CA");
+        let (reader, _) = crate::dev_certs::issue_certificate_for(&ca, "ops", Some("sluice:read")).expect("issue");
+        let (operator, _) = crate::dev_certs::issue_certificate_for(&ca, "node-1", None).expect("issue");
+        let der = |pem: &str| {
+            use rustls_pki_types::pem::PemObject;
+            rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem").to_vec()
+        };
+        assert_eq!(certificate_role(&der(&reader)), Some(("cert:ops".into(), Role::Read)));
+        assert_eq!(certificate_role(&der(&operator)), Some(("cert:node-1".into(), Role::Operate)));
+    }
+}
