@@ -153,6 +153,43 @@ impl Expression {
 mod tests {
     use super::*;
 
+    #[test]
+    fn hostile_nesting_and_length_are_refused_not_followed() {
+        for (what, expression) in [
+            ("parentheses", format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000))),
+            ("NOT", format!("{}TRUE", "NOT ".repeat(1_000))),
+            ("minus", format!("{}1", "- ".repeat(1_000))),
+            ("calls", format!("{}1{}", "ABS(".repeat(1_000), ")".repeat(1_000))),
+            ("IN sets", format!("{}1{}", "1 IN (".repeat(1_000), ")".repeat(1_000))),
+            ("a long chain", vec!["1"; 5_000].join(" + ")),
+        ] {
+            let error = parse(&expression).expect_err(what);
+            assert!(
+                error.message.contains("nested deeper")
+                    || error.message.contains("longer than")
+                    || error.message.contains("tokens"),
+                "{what}: {error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_largest_accepted_tree_evaluates_and_drops_on_a_small_stack() {
+        // A left-deep chain at the token limit, the deepest tree the limits allow, on a 256 KiB stack (tokio's
+        // workers have 2 MiB).
+        let chain = vec!["1"; parser::MAX_TOKENS / 2].join(" + ");
+        let nested = format!("{}1{}", "(".repeat(parser::MAX_NESTING / 2 - 1), ")".repeat(parser::MAX_NESTING / 2 - 1));
+        let worker = std::thread::Builder::new().stack_size(1 << 20).spawn(move || {
+            let expression = parse(&chain).expect("at the limit parses");
+            let (value, error) = expression.evaluate(&event());
+            drop(expression);
+            let nested = parse(&nested).expect("nesting within the limit parses");
+            (value, error, nested.evaluate(&event()).0)
+        });
+        let (value, error, nested) = worker.expect("thread").join().expect("no stack overflow");
+        assert_eq!((value, error, nested), (Value::Integer(256), None, Value::Integer(1)));
+    }
+
     fn event() -> serde_json::Map<String, serde_json::Value> {
         let mut m = serde_json::Map::new();
         m.insert("id".into(), "1".into());

@@ -109,9 +109,24 @@ pub(crate) enum Node {
     },
 }
 
+/// Longest expression accepted, in characters: a filter is a few clauses, and every input has a bound.
+pub(crate) const MAX_EXPRESSION_CHARS: usize = 4096;
+/// Most tokens: bounds the tree's size and so its depth (a chain `1+1+...` nests one node per operator), which
+/// evaluation and drop walk recursively on a thread's stack.
+pub(crate) const MAX_TOKENS: usize = 512;
+/// Deepest nesting of parentheses, function calls, NOT and unary minus.
+pub(crate) const MAX_NESTING: usize = 64;
+
 pub(crate) fn parse(input: &str) -> Result<Node, ParseError> {
+    let chars = input.chars().count();
+    if chars > MAX_EXPRESSION_CHARS {
+        return Err(ParseError::new(MAX_EXPRESSION_CHARS, format!("longer than {MAX_EXPRESSION_CHARS} characters")));
+    }
     let tokens = tokenize(input)?;
-    let mut parser = Parser { tokens, index: 0, end: input.chars().count() };
+    if let Some(extra) = tokens.get(MAX_TOKENS) {
+        return Err(ParseError::new(extra.pos, format!("more than {MAX_TOKENS} tokens")));
+    }
+    let mut parser = Parser { tokens, index: 0, end: chars, nesting: 0 };
     let node = parser.logic()?;
     if let Some(t) = parser.peek_spanned() {
         return Err(ParseError::new(t.pos, format!("unexpected token {:?}", t.token)));
@@ -123,6 +138,8 @@ struct Parser {
     tokens: Vec<Spanned>,
     index: usize,
     end: usize,
+    /// How deep the recursive descent is in parentheses, calls, NOT and unary minus.
+    nesting: usize,
 }
 
 fn is_keyword(word: &str, keyword: &str) -> bool {
@@ -270,7 +287,23 @@ impl Parser {
         }
     }
 
+    /// Enters one level of nesting, refusing past [`MAX_NESTING`] (the recursion would otherwise follow hostile
+    /// input as deep as it goes).
+    fn nested<T>(&mut self, parse: impl FnOnce(&mut Self) -> Result<T, ParseError>) -> Result<T, ParseError> {
+        if self.nesting >= MAX_NESTING {
+            return Err(ParseError::new(self.pos(), format!("nested deeper than {MAX_NESTING}")));
+        }
+        self.nesting += 1;
+        let result = parse(self);
+        self.nesting -= 1;
+        result
+    }
+
     fn unary(&mut self) -> Result<Node, ParseError> {
+        self.nested(Self::unary_unnested)
+    }
+
+    fn unary_unnested(&mut self) -> Result<Node, ParseError> {
         if self.peek_keyword("NOT") {
             self.index += 1;
             return Ok(Node::Not(Box::new(self.unary()?)));
@@ -307,7 +340,7 @@ impl Parser {
             Token::Integer(digits) => integer_literal(&digits, pos).map(Node::Literal),
             Token::String(s) => Ok(Node::Literal(Value::String(s))),
             Token::LParen => {
-                let inner = self.logic()?;
+                let inner = self.nested(Self::logic)?;
                 self.expect(&Token::RParen, "')'")?;
                 Ok(inner)
             }

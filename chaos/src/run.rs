@@ -76,6 +76,9 @@ pub struct Config {
     pub keep_dir: Option<PathBuf>,
     /// Print progress to stderr.
     pub verbose: bool,
+    /// Transport encryption on (`permissive`: mutual TLS between nodes, TLS or plaintext for clients), with a
+    /// CA and a certificate for every node's address made for the run.
+    pub tls: bool,
 }
 
 impl Config {
@@ -106,6 +109,7 @@ impl Config {
             max_overlapping_faults: 1,
             keep_dir: None,
             verbose: true,
+            tls: false,
         }
     }
 }
@@ -289,6 +293,8 @@ struct Cluster<'a> {
     partitions: BTreeMap<u64, Vec<(u64, u64)>>,
     /// The node (admin address) that ran each active membership fault's RemoveNode.
     membership_via: BTreeMap<u64, String>,
+    /// Flags every node starts with besides its addresses (transport encryption).
+    extra_node_args: Vec<String>,
 }
 
 impl Cluster<'_> {
@@ -299,6 +305,7 @@ impl Cluster<'_> {
 
     fn start(&mut self, id: u64) -> Result<(), ChaosError> {
         let (net, config) = (self.net, self.config.clone());
+        let extra_node_args = self.extra_node_args.clone();
         let node = self.node(id);
         let log = std::fs::File::options()
             .create(true)
@@ -313,6 +320,7 @@ impl Cluster<'_> {
             .args(["--peer-listen", &node.addrs.peer, "--http", &node.addrs.http, "--admin", &node.addrs.admin])
             .args(["--dispatch-commit-interval-ms", &config.commit_interval_ms.to_string()])
             .args(net.node_args((id - 1) as usize))
+            .args(&extra_node_args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log)
@@ -833,6 +841,17 @@ pub async fn run(config: Config) -> Result<Report, ChaosError> {
             node.disk = Some(disk);
         }
     }
+    let extra_node_args = if config.tls {
+        let mut hosts: Vec<String> =
+            nodes.iter().map(|n| sluice_security::host_of(&n.addrs.peer).to_string()).collect();
+        hosts.extend(["127.0.0.1".to_string(), "localhost".to_string()]);
+        hosts.sort();
+        hosts.dedup();
+        history.note(format!("transport encryption: permissive, mutual TLS between nodes (certificate for {hosts:?})"));
+        tls_node_args(&root.join("tls"), &hosts)?
+    } else {
+        Vec::new()
+    };
     let mut cluster = Cluster {
         net: &net,
         nodes,
@@ -840,6 +859,7 @@ pub async fn run(config: Config) -> Result<Report, ChaosError> {
         history: history.clone(),
         partitions: BTreeMap::new(),
         membership_via: BTreeMap::new(),
+        extra_node_args,
     };
     let outcome = drive(&mut cluster, &kinds).await;
     if outcome.is_err() {
@@ -852,6 +872,23 @@ pub async fn run(config: Config) -> Result<Report, ChaosError> {
     outcome?;
     let entries = history.finish()?;
     Ok(check(&entries))
+}
+
+/// A CA and one certificate for `hosts` under `dir`, and the node flags that use them.
+fn tls_node_args(dir: &std::path::Path, hosts: &[String]) -> Result<Vec<String>, ChaosError> {
+    let setup = |e: sluice_security::TlsError| ChaosError::Setup(format!("TLS certificates: {e}"));
+    let ca = sluice_security::DevCertificates::new_ca("sluice-chaos CA").map_err(setup)?;
+    let (cert, key) = sluice_security::issue_certificate(&ca, hosts).map_err(setup)?;
+    std::fs::create_dir_all(dir).map_err(|e| ChaosError::io(format!("creating {}", dir.display()), e))?;
+    let mut args = vec!["--transport-encryption".to_string(), "permissive".to_string()];
+    for (flag, name, text) in
+        [("--tls-cert", "node.pem", &cert), ("--tls-key", "node.key", &key), ("--tls-ca", "ca.pem", &ca.ca_cert_pem)]
+    {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| ChaosError::io(format!("writing {}", path.display()), e))?;
+        args.extend([flag.to_string(), path.display().to_string()]);
+    }
+    Ok(args)
 }
 
 /// The fault phase until `end`: draws each step from the seeded schedule when a slot is free (at most

@@ -22,7 +22,7 @@ pub use jwt::issuers::{Authenticator, IssuerSource, JwksSource};
 pub use jwt::sign::SigningKey;
 pub use jwt::{AuthError, Claims, TrustedIssuer};
 pub use tls::accept::{AcceptError, ClientCertificate, Conn, ConnInfo, PlaintextPolicy, Transport, accept, incoming};
-pub use tls::dial::{TlsDialer, dial, host_of};
+pub use tls::dial::{TlsDialer, dial, dial_with_config, host_of};
 /// A TLS stream this node dialed.
 pub type ClientTlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 pub use tls::roots::https_client_config;

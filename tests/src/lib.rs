@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 
 pub mod fake_kube;
 pub mod fake_kubelet;
+pub mod hostile;
 pub mod subscriber;
 
 /// This crate's directory, read when the test runs (cargo sets `CARGO_MANIFEST_DIR` for test processes): a

@@ -74,6 +74,9 @@ struct Args {
     /// Keep the nodes' data and logs in this directory.
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// Transport encryption on: mutual TLS between the nodes (permissive mode; the workload stays plaintext).
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
     config.wait_ready_between_faults = !args.no_recovery;
     config.max_overlapping_faults = args.overlap as usize;
     config.keep_dir = args.keep.clone();
+    config.tls = args.tls;
     eprintln!("sluice-chaos: seed {seed}");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

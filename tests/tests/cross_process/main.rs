@@ -25,6 +25,7 @@ mod t73_statefulset_bootstrap;
 mod t80_transport_encryption;
 mod t81_sender_identity;
 mod t82_admin_auth;
+mod t83_hostile_input;
 mod t90_serving;
 mod t91_autoscaling;
 mod t95_kubernetes_controller;
