@@ -19,6 +19,11 @@ pub use targets::{Target, by_name};
 
 /// Longest input tried: beyond this the targets refuse by their own limits anyway.
 pub const MAX_INPUT_BYTES: usize = 64 << 10;
+/// Inputs kept in memory and on disk at most (the oldest stay; a run that keeps finding new outcomes stops
+/// adding at this bound rather than filling the disk).
+pub const MAX_CORPUS: usize = 4_096;
+/// Longest input kept in the corpus.
+pub const MAX_KEPT_BYTES: usize = 4 << 10;
 
 /// What a run found.
 #[derive(Debug, Default)]
@@ -93,7 +98,7 @@ pub fn fuzz(
         report.runs += 1;
         match run_one(target, &child) {
             Ok(signature) => {
-                if signatures.insert(signature) {
+                if signatures.insert(signature) && inputs.len() < MAX_CORPUS && child.len() <= MAX_KEPT_BYTES {
                     if let Some(dir) = keep {
                         let _ = std::fs::create_dir_all(dir);
                         let _ = std::fs::write(dir.join(file_name(&child)), &child);

@@ -43,15 +43,20 @@ fn type_of(value: &Value) -> &'static str {
     }
 }
 
-/// The first words of a message: its kind, without the positions and values that make every one distinct.
+/// The kind of a message: its leading lower-case words (at most three), without the names, positions and
+/// values that would make every message distinct (outcome signatures must stay few to mean anything).
 fn kind_of(message: &str) -> String {
     message
-        .split(|c: char| c.is_ascii_digit() || c == '"' || c == '\'')
-        .next()
-        .unwrap_or_default()
-        .chars()
-        .take(48)
-        .collect()
+        .split_whitespace()
+        .take_while(|word| word.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// An evaluation error's variant (`Math`, `Cast`, ...), not its message.
+fn variant_of(error: &cesql::EvalError) -> String {
+    format!("{error:?}").split('(').next().unwrap_or_default().to_string()
 }
 
 impl Target for Cesql {
@@ -146,7 +151,7 @@ impl Target for Cesql {
             signature.push_str(&format!(
                 " {}{}",
                 type_of(&value),
-                error.map(|e| format!("!{}", kind_of(&e.to_string()))).unwrap_or_default()
+                error.map(|e| format!("!{}", variant_of(&e))).unwrap_or_default()
             ));
         }
         signature
@@ -156,7 +161,24 @@ impl Target for Cesql {
 pub struct Event;
 
 fn event_error(e: &sluice_cloudevent::EventError) -> String {
-    format!("{} {} {:?}", e.status, kind_of(&e.error), e.attribute.as_deref().map(kind_of))
+    const CORE: [&str; 10] = [
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "time",
+        "subject",
+        "dataschema",
+        "datacontenttype",
+        "data",
+        "data_base64",
+    ];
+    let attribute = match e.attribute.as_deref() {
+        Some(name) if CORE.contains(&name) => name,
+        Some(_) => "extension",
+        None => "-",
+    };
+    format!("{} {} {attribute}", e.status, kind_of(&e.error))
 }
 
 /// The oracles an accepted event must pass: the JSON format and the stored encoding give it back whole.
