@@ -218,6 +218,9 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
         node_args.extend(args.serving.to_args());
         node_args.extend(tls_args.to_args());
         node_args.extend(args.oidc.to_args());
+        // The children's admin APIs then ask for credentials: this command calls them with its own
+        // (--token or SLUICE_TOKEN).
+        node_args.extend(args.admin_auth.to_args());
         members.push(format!("{id}={peer}"));
         println!("  node {id}: http http://{http}  admin {admin}  peer {peer}  data {}", data.display());
         nodes.push(DevNode { id, args: node_args, admin, child: None });

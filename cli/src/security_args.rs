@@ -146,6 +146,14 @@ pub(crate) struct AdminAuthArgs {
 }
 
 impl AdminAuthArgs {
+    /// The same flag for a child `sluice node`.
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        match &self.admin_tokens {
+            Some(path) => vec!["--admin-tokens".into(), path.display().to_string()],
+            None => Vec::new(),
+        }
+    }
+
     pub(crate) fn load(&self, tls: Option<&Tls>) -> Result<Option<sluice_security::admin_auth::AdminTokens>> {
         match &self.admin_tokens {
             Some(path) => Ok(Some(sluice_security::admin_auth::AdminTokens::load(path).map_err(anyhow::Error::msg)?)),

@@ -161,7 +161,9 @@ pub fn incoming(
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
+                        // Out of descriptors, say: wait a little rather than spin on the error.
                         tracing::warn!(error = %e, port, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
