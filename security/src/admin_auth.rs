@@ -5,8 +5,9 @@
 //! `operate`: everything, including what changes state (init, membership, apply, delete, append, pause,
 //! resume, replay, redrive, purge). A method not in the read table needs `operate` (fail closed).
 //! Credentials: a bearer token from the tokens file (`TOKEN,NAME,ROLE` per line), or a client certificate of
-//! the cluster's CA (its subject's organisation `sluice:read` makes it a reader; any other certificate of
-//! the CA, the nodes' own among them, operates).
+//! the cluster's CA whose subject's organisation names a role: `sluice:read` reads, `sluice:operate` and
+//! `sluice:node` (the nodes' own) operate. A certificate of the CA naming none of them has no role: a CA
+//! shared with other workloads grants nothing by itself.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -92,13 +93,33 @@ impl AdminTokens {
     }
 }
 
-/// The role a verified client certificate carries (see the module's doc).
+/// The organisation of a node's certificate: required on the Raft peer port, and an operator on the admin API.
+pub const NODE_ORGANISATION: &str = "sluice:node";
+
+/// The organisations of a certificate's subject (none when it does not parse).
+pub fn certificate_organisations(certificate: &[u8]) -> Vec<String> {
+    match x509_parser::parse_x509_certificate(certificate) {
+        Ok((_, parsed)) => {
+            parsed.subject().iter_organization().filter_map(|o| o.as_str().ok()).map(String::from).collect()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The role a verified client certificate carries (see the module's doc); `None`: no role.
 pub fn certificate_role(certificate: &[u8]) -> Option<(String, Role)> {
     let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
     let subject = parsed.subject();
-    let organisations: Vec<&str> = subject.iter_organization().filter_map(|o| o.as_str().ok()).collect();
     let name = subject.iter_common_name().filter_map(|cn| cn.as_str().ok()).next().unwrap_or("certificate").to_string();
-    let role = if organisations.contains(&"sluice:read") { Role::Read } else { Role::Operate };
+    let organisations = certificate_organisations(certificate);
+    let has = |o: &str| organisations.iter().any(|x| x == o);
+    let role = if has("sluice:operate") || has(NODE_ORGANISATION) {
+        Role::Operate
+    } else if has("sluice:read") {
+        Role::Read
+    } else {
+        return None;
+    };
     Some((format!("cert:{name}"), role))
 }
 
@@ -272,12 +293,16 @@ mod tests {
     fn certificates_carry_their_role_in_the_organisation() {
         let ca = crate::DevCertificates::new_ca("test CA").expect("CA");
         let (reader, _) = crate::dev_certs::issue_certificate_for(&ca, "ops", Some("sluice:read")).expect("issue");
-        let (operator, _) = crate::dev_certs::issue_certificate_for(&ca, "node-1", None).expect("issue");
+        let (operator, _) = crate::dev_certs::issue_certificate_for(&ca, "ci", Some("sluice:operate")).expect("issue");
+        let (node, _) = crate::dev_certs::issue_certificate(&ca, &["node-1".to_string()]).expect("issue");
+        let (workload, _) = crate::dev_certs::issue_certificate_for(&ca, "some-app", None).expect("issue");
         let der = |pem: &str| {
             use rustls_pki_types::pem::PemObject;
             rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem").to_vec()
         };
         assert_eq!(certificate_role(&der(&reader)), Some(("cert:ops".into(), Role::Read)));
-        assert_eq!(certificate_role(&der(&operator)), Some(("cert:node-1".into(), Role::Operate)));
+        assert_eq!(certificate_role(&der(&operator)), Some(("cert:ci".into(), Role::Operate)));
+        assert_eq!(certificate_role(&der(&node)), Some(("cert:node-1".into(), Role::Operate)));
+        assert_eq!(certificate_role(&der(&workload)), None, "a certificate of the CA with no Sluice role has none");
     }
 }

@@ -33,8 +33,8 @@ impl DevCertificates {
     }
 }
 
-/// A certificate for `names` (DNS names or IP addresses; usable by servers and as a client certificate)
-/// signed by `ca`: (certificate PEM, key PEM).
+/// A node certificate for `names` (DNS names or IP addresses; usable by servers and as a client
+/// certificate, organisation `sluice:node`) signed by `ca`: (certificate PEM, key PEM).
 pub fn issue_certificate(ca: &DevCertificates, names: &[String]) -> Result<(String, String), TlsError> {
     let ca_key = KeyPair::from_pem(&ca.ca_key_pem).map_err(generate_error("reading the CA key"))?;
     let issuer =
@@ -42,6 +42,8 @@ pub fn issue_certificate(ca: &DevCertificates, names: &[String]) -> Result<(Stri
     let key = KeyPair::generate().map_err(generate_error("generating a key"))?;
     let mut params = CertificateParams::new(names.to_vec()).map_err(generate_error("certificate names"))?;
     params.distinguished_name.push(DnType::CommonName, names.first().map(String::as_str).unwrap_or("sluice"));
+    // A node's certificate: the organisation the peer port and the admin API's operate role ask for.
+    params.distinguished_name.push(DnType::OrganizationName, crate::admin_auth::NODE_ORGANISATION);
     params.extended_key_usages =
         vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, &issuer).map_err(generate_error("signing the certificate"))?;

@@ -146,6 +146,9 @@ pub(crate) async fn serve(
                 Ok(conn) => {
                     let info = conn.info();
                     let service = TowerToHyperService::new(app.layer(axum::Extension(info)));
+                    // hyper's header-read timeout starts with the first byte of a request: a client that
+                    // connects (and finishes TLS) and sends nothing would hold its slot for ever.
+                    let conn = FirstByteDeadline::new(conn, first_byte_timeout);
                     if let Err(e) = builder.serve_connection(TokioIo::new(conn), service).await {
                         tracing::debug!(error = %e, "http connection ended");
                     }
@@ -161,10 +164,91 @@ pub(crate) async fn serve(
     }
 }
 
-/// Probes answer over plaintext in every mode (kubelet's httpGet probes); in strict mode everything else
-/// asks for TLS.
-fn plaintext_allowed_when_strict(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz")
+/// A stream whose first read must bring a byte within a deadline; after that it is the stream itself.
+struct FirstByteDeadline<S> {
+    inner: S,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstByteDeadline<S> {
+    fn new(inner: S, timeout: std::time::Duration) -> Self {
+        FirstByteDeadline { inner, deadline: Some(Box::pin(tokio::time::sleep(timeout))) }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let filled = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.deadline.is_some() {
+            match &polled {
+                std::task::Poll::Ready(_) if buf.filled().len() > filled => self.deadline = None,
+                std::task::Poll::Pending => {
+                    if let Some(deadline) = self.deadline.as_mut()
+                        && deadline.as_mut().poll(cx).is_ready()
+                    {
+                        let timed_out = std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no request within the header-read timeout",
+                        );
+                        return std::task::Poll::Ready(Err(timed_out));
+                    }
+                }
+                std::task::Poll::Ready(_) => {}
+            }
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadline<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Probes answer over plaintext in every mode (kubelet's httpGet probes, sent to the pod's IP); in strict
+/// mode everything else asks for TLS, a Knative Route's `/healthz` included (its host is a name).
+fn plaintext_allowed_when_strict(request: &Request) -> bool {
+    let to_node = match request_host(request) {
+        None => true,
+        Some(host) => host == "localhost" || host.parse::<std::net::IpAddr>().is_ok(),
+    };
+    to_node && matches!(request.uri().path(), "/healthz" | "/readyz")
 }
 
 async fn refuse_plaintext_when_strict(
@@ -173,7 +257,7 @@ async fn refuse_plaintext_when_strict(
     request: Request,
     next: Next,
 ) -> Response {
-    if strict && info.transport == Transport::Plain && !plaintext_allowed_when_strict(request.uri().path()) {
+    if strict && info.transport == Transport::Plain && !plaintext_allowed_when_strict(&request) {
         metrics::counter!("sluice_http_plaintext_refused_total").increment(1);
         let body = serde_json::json!({
             "error": "plaintext HTTP is refused",

@@ -41,8 +41,9 @@ impl std::str::FromStr for IssuerSource {
         if issuer.is_empty() {
             return Err(format!("--oidc-issuer {flag:?}: the issuer is empty"));
         }
-        if jwks == JwksSource::Discovery && !issuer.starts_with("https://") && !issuer.starts_with("http://") {
-            return Err(format!("--oidc-issuer {flag:?}: discovery needs an http(s) issuer URL, or give =JWKS_FILE"));
+        // Keys fetched over plaintext could be swapped by anyone on the path.
+        if jwks == JwksSource::Discovery && !issuer.starts_with("https://") {
+            return Err(format!("--oidc-issuer {flag:?}: discovery needs an https issuer URL, or give =JWKS_FILE"));
         }
         Ok(IssuerSource { issuer: issuer.to_string(), jwks })
     }
@@ -67,15 +68,22 @@ fn now_s() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, String> {
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
     if !response.status().is_success() {
         return Err(format!("HTTP {}", response.status()));
     }
-    let body = response.bytes().await.map_err(|e| e.to_string())?;
-    if body.len() > MAX_DOCUMENT_BYTES {
-        return Err(format!("larger than {MAX_DOCUMENT_BYTES} bytes"));
+    let too_large = || format!("larger than {MAX_DOCUMENT_BYTES} bytes");
+    if response.content_length().is_some_and(|length| length > MAX_DOCUMENT_BYTES as u64) {
+        return Err(too_large());
     }
-    Ok(body.to_vec())
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 impl Authenticator {
@@ -130,10 +138,17 @@ impl Authenticator {
                 };
                 let configuration: serde_json::Value = serde_json::from_slice(&fetch(discovery.clone()).await?)
                     .map_err(|e| format!("{discovery}: not JSON: {e}"))?;
+                let announced = configuration.get("issuer").and_then(serde_json::Value::as_str).unwrap_or_default();
+                if announced != source.issuer {
+                    return Err(format!("{discovery}: issuer {announced:?} is not {:?}", source.issuer));
+                }
                 let jwks_uri = configuration
                     .get("jwks_uri")
                     .and_then(serde_json::Value::as_str)
                     .ok_or_else(|| format!("{discovery}: no jwks_uri"))?;
+                if !jwks_uri.starts_with("https://") {
+                    return Err(format!("{discovery}: jwks_uri {jwks_uri:?} is not https"));
+                }
                 fetch(jwks_uri.to_string()).await?
             }
         };
@@ -180,7 +195,7 @@ mod tests {
         assert_eq!(file.issuer, "https://kubernetes.default.svc");
         let discovery: IssuerSource = "https://accounts.example".parse().expect("parses");
         assert_eq!(discovery.jwks, JwksSource::Discovery);
-        for bad in ["", "=x", "issuer=", "not-a-url"] {
+        for bad in ["", "=x", "issuer=", "not-a-url", "http://plaintext.example"] {
             assert!(bad.parse::<IssuerSource>().is_err(), "{bad:?}");
         }
     }

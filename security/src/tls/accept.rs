@@ -23,8 +23,11 @@ use crate::tls::Tls;
 
 /// The first byte of a TLS record carrying a handshake.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-/// Handshakes in progress at once per listener; more connections wait in the kernel's backlog.
+/// Handshakes in progress at once per listener; a connection beyond them is closed at once rather than
+/// left waiting (so silent connections cannot hold the accept loop).
 const MAX_HANDSHAKES_IN_FLIGHT: usize = 256;
+/// The first byte and the handshake on a gRPC port must each come within this.
+const GRPC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How a connection reached us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +97,8 @@ pub enum AcceptError {
     Handshake(io::Error),
     #[error("TLS handshake not done within {0:?}")]
     HandshakeTimeout(Duration),
+    #[error("the client certificate is not a node's (organisation sluice:node)")]
+    NotANode,
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -105,6 +110,7 @@ impl AcceptError {
             AcceptError::PlaintextRefused => "plaintext_refused",
             AcceptError::Handshake(_) => "handshake_failed",
             AcceptError::HandshakeTimeout(_) => "handshake_timeout",
+            AcceptError::NotANode => "not_a_node",
             AcceptError::Io(_) => "io",
         }
     }
@@ -135,11 +141,23 @@ pub async fn accept(
         ClientCertificate::Required => tls.mutual_server_config(),
     };
     let handshake = TlsAcceptor::from(config).accept(stream);
-    match tokio::time::timeout(timeout, handshake).await {
-        Ok(Ok(stream)) => Ok(Conn::Tls(Box::new(stream))),
-        Ok(Err(e)) => Err(AcceptError::Handshake(e)),
-        Err(_) => Err(AcceptError::HandshakeTimeout(timeout)),
+    let stream = match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(AcceptError::Handshake(e)),
+        Err(_) => return Err(AcceptError::HandshakeTimeout(timeout)),
+    };
+    if client_certificate == ClientCertificate::Required {
+        // The CA may sign other workloads' certificates too: only a node's may speak Raft.
+        let is_node = stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).is_some_and(|leaf| {
+            crate::admin_auth::certificate_organisations(leaf.as_ref())
+                .iter()
+                .any(|o| o == crate::admin_auth::NODE_ORGANISATION)
+        });
+        if !is_node {
+            return Err(AcceptError::NotANode);
+        }
     }
+    Ok(Conn::Tls(Box::new(stream)))
 }
 
 /// A listener's accepted connections as a stream for tonic's `serve_with_incoming`: each connection is
@@ -168,11 +186,16 @@ pub fn incoming(
                     }
                 },
             };
-            let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                metrics::counter!("sluice_tls_refused_total", "port" => port, "reason" => "too_many_handshakes")
+                    .increment(1);
+                drop(stream);
+                continue;
+            };
             let (sender, tls) = (sender.clone(), tls.clone());
             tokio::spawn(async move {
                 let accepted =
-                    accept(stream, tls.as_ref(), plaintext, client_certificate, Duration::from_secs(10)).await;
+                    accept(stream, tls.as_ref(), plaintext, client_certificate, GRPC_HANDSHAKE_TIMEOUT).await;
                 drop(permit);
                 match accepted {
                     Ok(conn) => {

@@ -169,6 +169,19 @@ async fn nodes_speak_mutual_tls_and_a_node_of_another_ca_is_refused() -> Result<
         let status = client.vote(message()).await.expect_err("plaintext is refused");
         assert!(refused_by_transport(&status), "refused by the transport, not the handler: {status:?}");
     }
+    // A certificate of the cluster's CA that is not a node's (another workload's) cannot speak Raft either.
+    let (workload_cert, workload_key) = sluice_security::issue_certificate_for(&cluster_ca, "some-app", None)?;
+    let workload = sluice_security::TlsFiles {
+        cert: certs.path().join("workload.pem"),
+        key: certs.path().join("workload.key"),
+        ca: files.ca.clone(),
+    };
+    std::fs::write(&workload.cert, workload_cert)?;
+    std::fs::write(&workload.key, workload_key)?;
+    if let Ok(channel) = tls_channel(&peer, &workload).await {
+        let status = RaftTransportClient::new(channel).vote(message()).await.expect_err("a workload is refused");
+        assert!(refused_by_transport(&status), "refused by the transport, not the handler: {status:?}");
+    }
     // A member's certificate gets as far as the handler, which refuses the garbled vote itself.
     let member = RaftTransportClient::new(tls_channel(&peer, &files).await?).vote(message()).await;
     let status = member.expect_err("a garbled vote is refused by the handler");

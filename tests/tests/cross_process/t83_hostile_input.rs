@@ -17,16 +17,34 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const MAX_EVENT_BYTES: usize = 64 << 10;
 const MAX_BATCH_EVENTS: usize = 50;
 
-/// What a raw exchange ended with: a status code, or the connection closed without one.
+/// What a raw exchange ended with: a status code, or the connection closed without one. The server must end
+/// the connection within `HELD_OPEN_LIMIT`: one held open is a failure.
 async fn raw_exchange(addr: &str, config: Arc<rustls::ClientConfig>, bytes: &[u8]) -> Result<Option<u16>> {
     let mut stream = sluice_security::dial_with_config(addr, "127.0.0.1", config, Duration::from_secs(5)).await?;
     // The server may close before reading everything: that is one of the allowed endings.
     let _ = stream.write_all(bytes).await;
     let _ = stream.flush().await;
     let mut response = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut response)).await;
-    let text = String::from_utf8_lossy(&response);
-    Ok(text.strip_prefix("HTTP/1.1 ").and_then(|rest| rest.get(..3)).and_then(|code| code.parse().ok()))
+    read_until_closed(&mut stream, &mut response).await?;
+    Ok(status_of(&response))
+}
+
+/// Longest a refused connection may stay open: past the header (1 s) and body (2 s) read limits.
+const HELD_OPEN_LIMIT: Duration = Duration::from_secs(8);
+
+/// Reads until the server ends the connection (EOF or reset), failing if it is still open after
+/// [`HELD_OPEN_LIMIT`].
+async fn read_until_closed(stream: &mut (impl AsyncReadExt + Unpin), into: &mut Vec<u8>) -> Result<()> {
+    match tokio::time::timeout(HELD_OPEN_LIMIT, stream.read_to_end(into)).await {
+        Ok(_) => Ok(()),
+        Err(_) => anyhow::bail!("the connection was still open after {HELD_OPEN_LIMIT:?}"),
+    }
+}
+
+/// The status of an HTTP/1.1 response, if the bytes start with one.
+fn status_of(response: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(response);
+    text.strip_prefix("HTTP/1.1 ").and_then(|rest| rest.get(..3)).and_then(|code| code.parse().ok())
 }
 
 #[tokio::test]
@@ -105,7 +123,8 @@ async fn a_thousand_hostile_requests_get_4xx_and_the_node_keeps_serving() -> Res
     let config = Arc::new(sluice_security::https_client_config(&[&ca.ca_cert_pem], "t83")?);
     let mut raw_outcomes = Vec::new();
     for (name, bytes) in &raw {
-        raw_outcomes.push((name.clone(), raw_exchange(&node.http, config.clone(), bytes).await?));
+        let outcome = raw_exchange(&node.http, config.clone(), bytes).await.map_err(|e| format!("{e:#}"));
+        raw_outcomes.push((name.clone(), outcome));
     }
 
     // Slow senders: headers or a body trickled past the limits are cut off.
@@ -132,9 +151,8 @@ async fn a_thousand_hostile_requests_get_4xx_and_the_node_keeps_serving() -> Res
                 tokio::time::sleep(Duration::from_millis(wait)).await;
                 let _ = stream.write_all(rest.as_bytes()).await;
                 let mut response = Vec::new();
-                let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
-                let text = String::from_utf8_lossy(&response).to_string();
-                anyhow::Ok(text.strip_prefix("HTTP/1.1 ").and_then(|r| r.get(..3)).and_then(|c| c.parse::<u16>().ok()))
+                read_until_closed(&mut stream, &mut response).await?;
+                anyhow::Ok(status_of(&response))
             };
             (name.to_string(), outcome.await.map_err(|e| format!("{e:#}")))
         }));
@@ -152,11 +170,11 @@ async fn a_thousand_hostile_requests_get_4xx_and_the_node_keeps_serving() -> Res
             other => wrong.push(format!("{name}: {other:?}")),
         }
     }
-    for (name, status) in raw_outcomes {
-        match status {
-            Some(status) if (400..500).contains(&status) => *by_status.entry(status.to_string()).or_default() += 1,
-            None => *by_status.entry("closed".into()).or_default() += 1,
-            Some(status) => wrong.push(format!("raw {name}: {status}")),
+    for (name, outcome) in raw_outcomes {
+        match outcome {
+            Ok(Some(status)) if (400..500).contains(&status) => *by_status.entry(status.to_string()).or_default() += 1,
+            Ok(None) => *by_status.entry("closed".into()).or_default() += 1,
+            other => wrong.push(format!("raw {name}: {other:?}")),
         }
     }
     for task in slow {
