@@ -16,7 +16,6 @@ use sluice_broker::IngressSettings;
 use sluice_broker::Node;
 use sluice_broker::ResourceKey;
 use sluice_cloudevent::{AttrValue, CloudEvent, EventData};
-use sluice_controller::status::Environment;
 use sluice_proto::admin::consumers_server::{Consumers, ConsumersServer};
 use sluice_proto::admin::dead_letters_server::{DeadLetters, DeadLettersServer};
 use sluice_proto::admin::{
@@ -52,15 +51,15 @@ pub fn routes(node: Node, ingress_base: String) -> tonic::service::Routes {
             None
         }
     };
-    let env = node.status_environment(&ingress_base);
-    let admin = ConsumersAdmin { node, env, sender };
+    let admin = ConsumersAdmin { node, ingress_base, sender };
     tonic::service::Routes::new(ConsumersServer::new(admin.clone())).add_service(DeadLettersServer::new(admin))
 }
 
 #[derive(Clone)]
 pub(crate) struct ConsumersAdmin {
     node: Node,
-    env: Environment,
+    /// Status and destinations are resolved against it (and the current CA) per call.
+    ingress_base: String,
     sender: Option<Sender>,
 }
 
@@ -123,7 +122,7 @@ impl ConsumersAdmin {
         let uid = object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string();
         let stream = stream_of(kind, &object);
         let cursor = cursor_name(&stream, kind, &reference.name, &uid);
-        let (specs, problems) = consumers(&self.objects(), &self.env);
+        let (specs, problems) = consumers(&self.objects(), &self.node.status_environment(&self.ingress_base));
         let spec = specs.into_iter().find(|s| s.cursor == cursor);
         let label = format!("{}/{namespace}/{}", kind.as_str(), reference.name);
         let reason = problems.into_iter().find(|(name, _)| *name == label).map(|(_, r)| r).unwrap_or_default();

@@ -143,11 +143,12 @@ struct Running {
 async fn supervise(node: Node, settings: DispatcherSettings, sender: Sender, mut stopped: watch::Receiver<bool>) {
     let Some(mut resources) = node.watch_resources() else { return };
     let mut leadership = node.watch_leadership();
-    let env = node.status_environment(&settings.ingress_base);
     let mut running: HashMap<(String, u32), Running> = HashMap::new();
     let mut reported: HashMap<String, String> = HashMap::new();
     let limits = settings.subscriber_capacity.clone().map(DestinationLimits::new);
     loop {
+        // Read again each time: a rotated CA reaches the Broker destinations' trust at the next reconcile.
+        let env = node.status_environment(&settings.ingress_base);
         reconcile(&node, &settings, &sender, &limits, &env, &mut running, &mut reported).await;
         tokio::select! {
             changed = resources.changed() => if changed.is_err() { break },

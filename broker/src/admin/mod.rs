@@ -31,19 +31,19 @@ use crate::error::BrokerError;
 use crate::node::Node;
 use sluice_controller::model::KINDS;
 use sluice_controller::serving::children::template_name_collision;
-use sluice_controller::status::{Environment, World, with_status};
+use sluice_controller::status::{World, with_status};
 use sluice_controller::validate_object;
 
 pub(crate) struct AdminService {
     node: Node,
-    /// Where this node's ingress is reached (Broker and Channel addresses in status).
-    status_env: Environment,
+    /// Where this node's ingress is reached (Broker and Channel addresses in status); status is computed
+    /// against it, and the current CA, per call.
+    ingress_base: String,
 }
 
 impl AdminService {
     pub(crate) fn new(node: Node, ingress_base: String) -> Self {
-        let status_env = node.status_environment(&ingress_base);
-        Self { node, status_env }
+        Self { node, ingress_base }
     }
 
     /// Every resource object, parsed (the world status is computed from).
@@ -393,7 +393,7 @@ impl Resources for AdminService {
         let found = self.node.resource(&key).and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok());
         match found {
             Some(object) => Ok(Response::new(ResourceObject {
-                object_json: with_status(object, &world, &self.status_env).to_string(),
+                object_json: with_status(object, &world, &self.node.status_environment(&self.ingress_base)).to_string(),
             })),
             None => Err(error_status(
                 ErrorCode::ResourceNotFound,
@@ -406,10 +406,11 @@ impl Resources for AdminService {
         let kind = request.into_inner().kind;
         let objects = self.all_objects();
         let world = World { objects: &objects };
+        let status_env = self.node.status_environment(&self.ingress_base);
         let objects_json = objects
             .iter()
             .filter(|o| o.get("kind").and_then(|k| k.as_str()) == Some(kind.as_str()))
-            .map(|o| with_status(o.clone(), &world, &self.status_env).to_string())
+            .map(|o| with_status(o.clone(), &world, &status_env).to_string())
             .collect();
         Ok(Response::new(ResourceList { objects_json }))
     }

@@ -116,6 +116,12 @@ async fn strict_ingress_takes_https_only_and_serves_a_rotated_certificate() -> R
     })
     .await
     .with_context(|| node.log_tail())?;
+    // Status advertises the new CA (read per call, not at start).
+    let second_operator = write_tls_files(&root.path().join("operator2"), &second_ca, "operator")?;
+    let mut resources = ResourcesClient::new(tls_channel(&node.admin, &second_operator).await?);
+    let reference = ResourceRef { kind: "Broker".into(), namespace: "default".into(), name: "default".into() };
+    let broker: serde_json::Value = serde_json::from_str(&resources.get(reference).await?.into_inner().object_json)?;
+    assert_eq!(broker["status"]["address"]["CACerts"], second_ca.ca_cert_pem.trim(), "{broker}");
     // New connections (a pooled one stays up) no longer verify with the old CA.
     let fresh = https_client(&first_ca.ca_cert_pem)?;
     assert!(post_event(&fresh, &https_url, "e4").await.is_err(), "the old CA no longer verifies the node");
