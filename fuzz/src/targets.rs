@@ -181,12 +181,17 @@ fn event_error(e: &sluice_cloudevent::EventError) -> String {
     format!("{} {} {attribute}", e.status, kind_of(&e.error))
 }
 
-/// The oracles an accepted event must pass: the JSON format and the stored encoding give it back whole.
+/// The oracles an accepted event must pass: the JSON format gives back the same attributes and the same
+/// data bytes (the representation may change by design: text bytes under a `text/*` type are written as a
+/// JSON string and read back as one; `binary_body` gives the same bytes either way), and writing it again is
+/// a fixed point; the stored encoding gives it back whole.
 fn round_trips(event: &CloudEvent) {
     let json = event.to_json_string();
     let again = sluice_cloudevent::from_structured(json.as_bytes())
         .unwrap_or_else(|e| panic!("the JSON format of an accepted event is refused: {e:?}: {json}"));
-    assert_eq!(&again, event, "JSON round trip");
+    assert_eq!(again.attributes, event.attributes, "JSON round trip: attributes");
+    assert_eq!(again.binary_body(), event.binary_body(), "JSON round trip: data bytes");
+    assert_eq!(again.to_json_string(), json, "JSON round trip: a fixed point");
     let stored = event.encode().unwrap_or_else(|e| panic!("an accepted event does not encode: {e}"));
     let decoded = CloudEvent::decode(&stored).unwrap_or_else(|e| panic!("an encoded event does not decode: {e}"));
     assert_eq!(&decoded, event, "stored encoding round trip");
