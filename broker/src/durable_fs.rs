@@ -30,8 +30,18 @@ pub(crate) fn create_dir_all(dir: &Path) -> io::Result<()> {
 
 /// Writes a whole file durably: to `PATH.tmp`, fsynced, renamed over `path`, the directory fsynced.
 pub(crate) fn write_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    write_file_with_mode(path, contents, 0o644)
+}
+
+/// The same for a secret: readable by the owner only (mode 0600) from its first byte.
+pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    write_file_with_mode(path, contents, 0o600)
+}
+
+fn write_file_with_mode(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
     file.write_all(contents)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;

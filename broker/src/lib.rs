@@ -31,8 +31,11 @@ pub use command::{ClusterConfig, OffsetCommit, parse_members};
 pub use error::BrokerError;
 pub use ids::{NodeId, ResourceKey};
 pub use ingress::IngressLimits;
+/// EventPolicy decisions, for what reaches a Broker without its ingress (a Trigger's replies).
+pub use ingress::authorize::{CompiledPolicy, authorize as authorize_sender, compile_policies};
 pub use ingress::http::{HostRouteSlot, HostRoutes, request_host};
 pub use node::publish::{PublishError, publish};
+pub use node::signing_keys::SenderIdentity;
 pub use node::{Node, NodeSettings, ReadLimits};
 pub use raft::{AppendLimits, RaftTuning};
 pub use resources::{DEFAULT_BROKER_TTL, IngressSettings, stream_name};

@@ -98,6 +98,7 @@ async fn run_single(args: DevArgs) -> Result<()> {
     settings.tls = tls_args.load()?;
     settings.authenticator = args.oidc.start().await?;
     settings.default_authorization = args.oidc.default_authorization_mode;
+    settings.sender_identity = args.oidc.sender_identity()?;
     settings.admin_tokens = args.admin_auth.load(settings.tls.as_ref())?;
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
     settings.serving_domain = args.serving.serving_domain.clone();
@@ -180,6 +181,15 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
     }
     let mut nodes = Vec::new();
     let mut members = Vec::new();
+    // One issuer for the whole cluster (every node serves its discovery and the union of the keys): node 1's
+    // address unless one is given.
+    let mut oidc = args.oidc.clone();
+    if oidc.sender_issuer.is_none() {
+        let encrypted =
+            tls_args.transport_encryption.is_some_and(|mode| mode != sluice_security::TransportEncryption::Disabled);
+        let scheme = if encrypted { "https" } else { "http" };
+        oidc.sender_issuer = Some(format!("{scheme}://{}", with_port_offset("--http", &args.http, 0)?));
+    }
     for id in 1..=args.nodes {
         let offset = id - 1;
         let peer =
@@ -217,7 +227,7 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
         ];
         node_args.extend(args.serving.to_args());
         node_args.extend(tls_args.to_args());
-        node_args.extend(args.oidc.to_args());
+        node_args.extend(oidc.to_args());
         // The children's admin APIs then ask for credentials: this command calls them with its own
         // (--token or SLUICE_TOKEN).
         node_args.extend(args.admin_auth.to_args());

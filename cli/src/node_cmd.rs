@@ -334,6 +334,7 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
         authenticator: None,
         default_authorization: Default::default(),
         admin_tokens: None,
+        sender_identity: Default::default(),
     })
 }
 
@@ -352,6 +353,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     settings.tls = args.tls.load()?;
     settings.authenticator = args.oidc.start().await?;
     settings.default_authorization = args.oidc.default_authorization_mode;
+    settings.sender_identity = args.oidc.sender_identity()?;
     settings.admin_tokens = args.admin_auth.load(settings.tls.as_ref())?;
     settings.peer_routes = args.peer_routes.iter().cloned().collect();
     settings.serving_domain = args.serving.serving_domain.clone();

@@ -97,6 +97,21 @@ pub(crate) struct OidcArgs {
     /// deny-all.
     #[arg(long, default_value = "allow-same-namespace")]
     pub default_authorization_mode: sluice_controller::policy::DefaultAuthorization,
+    /// Sluice's own issuer (the `iss` of the tokens its Trigger and Subscription deliveries carry to
+    /// destinations with an audience; discovery at ISSUER/.well-known/openid-configuration). Default: this
+    /// node's HTTP address. In a cluster give every node the same URL, one that reaches any of them.
+    #[arg(long, value_name = "URL")]
+    pub sender_issuer: Option<String>,
+    /// Lifetime of the tokens Sluice mints, in seconds (a token is reused while half of it remains).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    pub sender_token_ttl_s: u64,
+    /// A node makes a new signing key when its newest is this old, in seconds.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(2..))]
+    pub signing_key_rotation_s: u64,
+    /// A new signing key is published this long before it signs, in seconds (longer than verifiers take to
+    /// refetch the JWKS).
+    #[arg(long, default_value_t = 120)]
+    pub signing_key_publish_lead_s: u64,
 }
 
 impl OidcArgs {
@@ -115,8 +130,31 @@ impl OidcArgs {
         Ok(Some(authenticator))
     }
 
+    /// Sluice's own issuer settings, checked.
+    pub(crate) fn sender_identity(&self) -> Result<sluice_broker::SenderIdentity> {
+        let timing = sluice_security::KeyTiming {
+            token_ttl: std::time::Duration::from_secs(self.sender_token_ttl_s),
+            rotation: std::time::Duration::from_secs(self.signing_key_rotation_s),
+            publish_lead: std::time::Duration::from_secs(self.signing_key_publish_lead_s),
+            skew: std::time::Duration::from_secs(self.oidc_skew_s),
+        };
+        timing.check().map_err(|e| anyhow::anyhow!("--signing-key-publish-lead-s / --signing-key-rotation-s: {e}"))?;
+        if let Some(issuer) = &self.sender_issuer
+            && !(issuer.starts_with("https://") || issuer.starts_with("http://"))
+        {
+            anyhow::bail!("--sender-issuer {issuer:?}: must be an http:// or https:// URL");
+        }
+        Ok(sluice_broker::SenderIdentity { issuer: self.sender_issuer.clone(), timing })
+    }
+
     pub(crate) fn to_args(&self) -> Vec<String> {
         let mut args = vec![
+            "--sender-token-ttl-s".to_string(),
+            self.sender_token_ttl_s.to_string(),
+            "--signing-key-rotation-s".into(),
+            self.signing_key_rotation_s.to_string(),
+            "--signing-key-publish-lead-s".into(),
+            self.signing_key_publish_lead_s.to_string(),
             "--oidc-skew-s".to_string(),
             self.oidc_skew_s.to_string(),
             "--oidc-refresh-s".into(),
@@ -130,6 +168,9 @@ impl OidcArgs {
                 sluice_security::JwksSource::Discovery => source.issuer.clone(),
             };
             args.extend(["--oidc-issuer".to_string(), flag]);
+        }
+        if let Some(issuer) = &self.sender_issuer {
+            args.extend(["--sender-issuer".to_string(), issuer.clone()]);
         }
         args
     }

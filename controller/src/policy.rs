@@ -138,6 +138,11 @@ pub fn sender_account(kind: &str, name: &str) -> Option<String> {
     }
 }
 
+/// The OIDC subject of a Trigger's or Subscription's deliveries: what the tokens Sluice mints for them say.
+pub fn sender_subject(kind: &str, namespace: &str, name: &str) -> Option<String> {
+    sender_account(kind, name).map(|account| format!("system:serviceaccount:{namespace}:{account}"))
+}
+
 /// The subjects `policy`'s `from` resolves to, and why each unresolved reference is not.
 pub fn subjects_of(policy: &Value, world: &World) -> (Vec<String>, Vec<String>) {
     let namespace = str_at(policy, "/metadata/namespace");

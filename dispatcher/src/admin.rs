@@ -122,7 +122,11 @@ impl ConsumersAdmin {
         let uid = object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string();
         let stream = stream_of(kind, &object);
         let cursor = cursor_name(&stream, kind, &reference.name, &uid);
-        let (specs, problems) = consumers(&self.objects(), &self.node.status_environment(&self.ingress_base));
+        let (specs, problems) = consumers(
+            &self.objects(),
+            &self.node.status_environment(&self.ingress_base),
+            self.node.settings().default_authorization,
+        );
         let spec = specs.into_iter().find(|s| s.cursor == cursor);
         let label = format!("{}/{namespace}/{}", kind.as_str(), reference.name);
         let reason = problems.into_iter().find(|(name, _)| *name == label).map(|(_, r)| r).unwrap_or_default();

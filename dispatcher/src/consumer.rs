@@ -47,6 +47,14 @@ impl ConsumerKind {
             ConsumerKind::Subscription => "subscription",
         }
     }
+
+    /// The object's `kind`.
+    pub(crate) fn object_kind(self) -> &'static str {
+        match self {
+            ConsumerKind::Trigger => "Trigger",
+            ConsumerKind::Subscription => "Subscription",
+        }
+    }
 }
 
 /// Where a subscriber's reply goes.
@@ -112,6 +120,14 @@ pub(crate) struct ConsumerSpec {
     /// CA certificates (PEM) to trust, by destination URL (subscriber, reply, dead-letter sink): the
     /// Destination's `CACerts`, or the node's CA for a Broker or Channel served over https.
     pub ca_certs: BTreeMap<String, Arc<str>>,
+    /// OIDC audiences by destination URL: a request there carries a token Sluice mints for `sender_subject`
+    /// and that audience (the Destination's `audience`, or the Broker's or Channel's it refers to).
+    pub audiences: BTreeMap<String, Arc<str>>,
+    /// Who the deliveries are from: `system:serviceaccount:NS:sluice-trigger-NAME` (or `-subscription-`).
+    pub sender_subject: String,
+    /// With sender identity on, the EventPolicies a Trigger's replies must pass to enter its Broker (as from
+    /// `sender_subject`), and the default mode when none applies; `None` with it off.
+    pub reply_authorization: Option<ReplyAuthorization>,
     pub policy: DeliveryPolicy,
     pub format: Format,
     pub protocol: Protocol,
@@ -125,6 +141,20 @@ pub(crate) struct ConsumerSpec {
     pub paused: bool,
     /// Changes whenever anything above changes: a dispatcher restarts the consumer then.
     pub version: String,
+}
+
+/// The EventPolicy check of a Trigger's replies (the same decision as its Broker's ingress makes).
+#[derive(Debug, Clone)]
+pub(crate) struct ReplyAuthorization {
+    pub policies: Arc<Vec<sluice_broker::CompiledPolicy>>,
+    pub mode: sluice_controller::policy::DefaultAuthorization,
+}
+
+/// What a destination needs besides its URL, by URL.
+#[derive(Default)]
+struct DestinationTrust {
+    ca_certs: BTreeMap<String, Arc<str>>,
+    audiences: BTreeMap<String, Arc<str>>,
 }
 
 /// The dead-letter stream of a consumer.
@@ -172,7 +202,7 @@ fn resolve_at(
     namespace: &str,
     world: &World,
     env: &Environment,
-    trust: &mut BTreeMap<String, Arc<str>>,
+    trust: &mut DestinationTrust,
 ) -> Result<Option<String>, String> {
     let Some(value) = object.pointer(pointer).filter(|v| !v.is_null()) else { return Ok(None) };
     let destination: Destination = serde_json::from_value(value.clone())
@@ -180,7 +210,10 @@ fn resolve_at(
     let address = resolve_address(&destination, namespace, world, env)
         .map_err(|(reason, message)| format!("{}: {reason}: {message}", pointer_path(pointer)))?;
     if let Some(ca_certs) = address.ca_certs {
-        trust.insert(address.url.clone(), ca_certs.into());
+        trust.ca_certs.insert(address.url.clone(), ca_certs.into());
+    }
+    if let Some(audience) = address.audience {
+        trust.audiences.insert(address.url.clone(), audience.into());
     }
     Ok(Some(address.url))
 }
@@ -190,7 +223,11 @@ fn pointer_path(pointer: &str) -> String {
 }
 
 /// Every dispatchable consumer, and `(kind/namespace/name, reason)` for those that are not.
-pub(crate) fn consumers(objects: &[Value], env: &Environment) -> (Vec<Arc<ConsumerSpec>>, Vec<(String, String)>) {
+pub(crate) fn consumers(
+    objects: &[Value],
+    env: &Environment,
+    default_authorization: sluice_controller::policy::DefaultAuthorization,
+) -> (Vec<Arc<ConsumerSpec>>, Vec<(String, String)>) {
     let world = World { objects };
     let sources: Sources = objects
         .iter()
@@ -205,7 +242,7 @@ pub(crate) fn consumers(objects: &[Value], env: &Environment) -> (Vec<Arc<Consum
             "Subscription" => ConsumerKind::Subscription,
             _ => continue,
         };
-        match consumer(kind, object, &sources, &world, env) {
+        match consumer(kind, object, &sources, &world, env, default_authorization) {
             Ok(spec) => specs.push(Arc::new(spec)),
             Err(reason) => problems.push((
                 format!(
@@ -228,6 +265,7 @@ fn consumer(
     sources: &Sources,
     world: &World,
     env: &Environment,
+    default_authorization: sluice_controller::policy::DefaultAuthorization,
 ) -> Result<ConsumerSpec, String> {
     let namespace = str_at(object, "/metadata/namespace").to_string();
     let name = str_at(object, "/metadata/name").to_string();
@@ -248,8 +286,8 @@ fn consumer(
         }
     };
     let stream = stream_name(source_kind, &namespace, &source_name);
-    let mut ca_certs = BTreeMap::new();
-    let subscriber_uri = resolve_at(object, "/spec/subscriber", &namespace, world, env, &mut ca_certs)?
+    let mut trust = DestinationTrust::default();
+    let subscriber_uri = resolve_at(object, "/spec/subscriber", &namespace, world, env, &mut trust)?
         .ok_or_else(|| "spec.subscriber: missing".to_string())?;
     let (delivery_owner, delivery) = match object.pointer("/spec/delivery").filter(|d| !d.is_null()) {
         Some(delivery) => (object, Some(delivery)),
@@ -262,7 +300,7 @@ fn consumer(
     let owner_namespace = str_at(delivery_owner, "/metadata/namespace").to_string();
     let dead_letter_uri = match delivery {
         Some(_) => {
-            resolve_at(delivery_owner, "/spec/delivery/deadLetterSink", &owner_namespace, world, env, &mut ca_certs)?
+            resolve_at(delivery_owner, "/spec/delivery/deadLetterSink", &owner_namespace, world, env, &mut trust)?
         }
         None => None,
     };
@@ -274,7 +312,7 @@ fn consumer(
         ConsumerKind::Trigger => {
             ReplyTarget::Broker { stream: stream.clone(), settings: IngressSettings::from_object(&source.to_string()) }
         }
-        ConsumerKind::Subscription => match resolve_at(object, "/spec/reply", &namespace, world, env, &mut ca_certs)? {
+        ConsumerKind::Subscription => match resolve_at(object, "/spec/reply", &namespace, world, env, &mut trust)? {
             Some(uri) => ReplyTarget::Uri(uri),
             None => ReplyTarget::Discard,
         },
@@ -323,11 +361,25 @@ fn consumer(
             InitialOffset::FromCreation { created_ms }
         }
     };
+    // A Trigger's replies enter its Broker as from the Trigger: with sender identity on, its EventPolicies
+    // apply to them as at ingress.
+    let applied = match kind {
+        ConsumerKind::Trigger if env.audiences => Some(sluice_controller::policy::applied_policies(source, world)),
+        _ => None,
+    };
     let version = format!(
-        "{}|{}|{subscriber_uri}|{reply:?}|{dead_letter_uri:?}|{ca_certs:?}",
+        "{}|{}|{subscriber_uri}|{reply:?}|{dead_letter_uri:?}|{:?}|{:?}|{applied:?}",
         str_at(object, "/metadata/resourceVersion"),
         str_at(source, "/metadata/resourceVersion"),
+        trust.ca_certs,
+        trust.audiences,
     );
+    let reply_authorization = applied.map(|applied| ReplyAuthorization {
+        policies: Arc::new(sluice_broker::compile_policies(applied)),
+        mode: default_authorization,
+    });
+    let sender_subject =
+        sluice_controller::policy::sender_subject(kind.object_kind(), &namespace, &name).unwrap_or_default();
     Ok(ConsumerSpec {
         kind,
         cursor: cursor_name(&stream, kind, &name, &uid),
@@ -340,7 +392,10 @@ fn consumer(
         reply,
         dead_letter_uri,
         dead_letter_mode,
-        ca_certs,
+        ca_certs: trust.ca_certs,
+        audiences: trust.audiences,
+        sender_subject,
+        reply_authorization,
         policy,
         format,
         protocol,
@@ -388,7 +443,7 @@ mod tests {
                     "annotations": {"sluice.dev/delivery-order": "ordered", "sluice.dev/max-inflight": "7",
                         "sluice.dev/dead-letter": "drop", "sluice.dev/initial-offset": "earliest"}}}),
         );
-        let (specs, problems) = consumers(&[broker, inherits, own], &env());
+        let (specs, problems) = consumers(&[broker, inherits, own], &env(), Default::default());
         assert!(problems.is_empty(), "{problems:?}");
         let t1 = &specs[0];
         assert_eq!(t1.cursor, "broker/default/b#trigger/t1/uid-t1");
@@ -419,7 +474,7 @@ mod tests {
             "k",
             json!({"spec": {"broker": "b", "subscriber": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "fn"}}}}),
         );
-        let (specs, problems) = consumers(&[orphan, broker, serving], &env());
+        let (specs, problems) = consumers(&[orphan, broker, serving], &env(), Default::default());
         assert!(specs.is_empty());
         assert_eq!(problems.len(), 2);
         assert!(problems[0].1.contains("Broker default/missing does not exist"), "{problems:?}");
@@ -435,7 +490,7 @@ mod tests {
             "metadata": {"name": "s", "namespace": "default", "uid": "u", "resourceVersion": "4", "creationTimestamp": "2026-01-02T03:04:05Z"},
             "spec": {"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "c"},
                 "subscriber": {"uri": "http://sub/"}, "reply": {"uri": "http://reply/"}}});
-        let (specs, problems) = consumers(&[channel, subscription], &env());
+        let (specs, problems) = consumers(&[channel, subscription], &env(), Default::default());
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(specs[0].stream, "channel/default/c");
         assert_eq!(specs[0].policy.retry, 2, "delivery from the Channel");

@@ -201,7 +201,7 @@ async fn reconcile(
             .filter_map(|o| o.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string))
             .collect(),
     );
-    let (specs, problems) = consumers(&objects, env);
+    let (specs, problems) = consumers(&objects, env, node.settings().default_authorization);
     let problems: HashMap<String, String> = problems.into_iter().collect();
     for (consumer, reason) in &problems {
         if reported.get(consumer) != Some(reason) {

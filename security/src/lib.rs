@@ -3,7 +3,8 @@
 //!   rebuilt when the files change; accepted TCP connections in → plaintext or TLS streams out, told apart
 //!   by their first byte, so one port serves both in `permissive` mode.
 //! - `jwt`: a bearer token in → its verified claims out, or the one check it failed (pure: issuers' keys and
-//!   the clock are given); `jwt::sign` mints tokens (Sluice's own issuer, tests).
+//!   the clock are given); `jwt::sign` mints tokens; `jwt::issuer` is Sluice as an OIDC issuer for its own
+//!   senders: its keys' rotation plan (pure) and the tokens minted with the current key.
 //! - `admin_auth`: an admin gRPC call's method and credentials (token or client certificate) in → allowed or
 //!   UNAUTHENTICATED / PERMISSION_DENIED out, by two roles (read, operate).
 //! - `dev_certs`: a directory in → a local CA and a node certificate signed by it out (`sluice dev --tls`).
@@ -18,6 +19,7 @@ pub mod tls;
 
 pub use dev_certs::{DevCertificates, ensure_dev_certificates, issue_certificate, issue_certificate_for};
 pub use error::TlsError;
+pub use jwt::issuer::{KeyPlan, KeyTiming, OwnKey, SenderTokens, plan_keys};
 pub use jwt::issuers::{Authenticator, IssuerSource, JwksSource};
 pub use jwt::sign::SigningKey;
 pub use jwt::{AuthError, Claims, TrustedIssuer};

@@ -1,4 +1,5 @@
-//! Authorization at ingress: an authenticated sender's subject and its events in, allowed or the reason for
+//! Authorization at ingress (and of the replies the dispatcher appends for a Trigger): an authenticated
+//! sender's subject and its events in, allowed or the reason for
 //! a 403 out. Pure: the EventPolicies that apply to the target come compiled, the default mode is given.
 //!
 //! Knative's rules: with no EventPolicy for the target, the default mode decides; with one or more, an event
@@ -11,15 +12,15 @@ use sluice_controller::policy::{AppliedPolicy, DefaultAuthorization, subject_mat
 
 /// An EventPolicy that applies to a target, its filters compiled.
 #[derive(Debug, Clone)]
-pub(crate) struct CompiledPolicy {
-    pub(crate) name: String,
+pub struct CompiledPolicy {
+    pub name: String,
     subjects: Vec<String>,
     /// `None`: the filters do not compile (the controller refuses such objects, so only a stored object from an
     /// older version): the policy then allows nothing rather than everything.
     filter: Option<CompiledFilter>,
 }
 
-pub(crate) fn compile_policies(applied: Vec<AppliedPolicy>) -> Vec<CompiledPolicy> {
+pub fn compile_policies(applied: Vec<AppliedPolicy>) -> Vec<CompiledPolicy> {
     applied
         .into_iter()
         .map(|policy| {
@@ -32,7 +33,7 @@ pub(crate) fn compile_policies(applied: Vec<AppliedPolicy>) -> Vec<CompiledPolic
 }
 
 /// Whether `subject` may send `events` to a target of `namespace` with `policies` applying to it.
-pub(crate) fn authorize(
+pub fn authorize(
     policies: &[CompiledPolicy],
     mode: DefaultAuthorization,
     namespace: &str,

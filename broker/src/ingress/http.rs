@@ -75,10 +75,25 @@ pub(crate) fn router(node: Node, metrics: PrometheusHandle, ingress: Ingress, ho
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
+        .route(sluice_security::jwt::issuer::DISCOVERY_PATH, get(openid_configuration))
+        .route(sluice_security::jwt::issuer::JWKS_PATH, get(jwks))
         .with_state(HttpState { node, metrics });
     probes
         .merge(Router::new().fallback(crate::ingress::handle).with_state(ingress))
         .layer(axum::middleware::from_fn_with_state(hosts, by_host))
+}
+
+/// Sluice's own issuer: its OpenID discovery document (any node answers it alike).
+async fn openid_configuration(State(state): State<HttpState>) -> Response {
+    let document = sluice_security::jwt::issuer::discovery_document(state.node.sender_tokens().issuer());
+    ([(header::CONTENT_TYPE, "application/json")], document.to_string()).into_response()
+}
+
+/// Sluice's own issuer: every node's published signing keys.
+async fn jwks(State(state): State<HttpState>) -> Response {
+    let keys = state.node.sender_jwks();
+    ([(header::CONTENT_TYPE, "application/jwk-set+json"), (header::CACHE_CONTROL, "max-age=60")], keys.to_string())
+        .into_response()
 }
 
 /// Serves `app` on `listener` until `shutdown`: HTTP/1.1 (keep-alive) and

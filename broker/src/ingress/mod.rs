@@ -4,7 +4,7 @@
 //! partition, appends through the node (202 only once committed), and turns
 //! every refusal into a 4xx/5xx with a JSON body naming the field and rule.
 
-mod authorize;
+pub(crate) mod authorize;
 pub(crate) mod http;
 
 use std::collections::HashMap;

@@ -5,6 +5,7 @@ pub(crate) mod membership;
 pub(crate) mod publish;
 mod reads;
 pub(crate) mod retention;
+pub(crate) mod signing_keys;
 mod status;
 mod writes;
 
@@ -73,6 +74,8 @@ pub struct NodeSettings {
     /// Admin API authentication: `Some` requires a token of these or a client certificate of the cluster's
     /// CA for every call, by role; `None` leaves the admin port open (bind it to loopback then).
     pub admin_tokens: Option<sluice_security::admin_auth::AdminTokens>,
+    /// Sluice as the OIDC issuer of its own deliveries: the issuer URL and how keys and tokens live.
+    pub sender_identity: signing_keys::SenderIdentity,
 }
 
 /// How long a leader waits for a new learner to catch up before it answers
@@ -109,6 +112,8 @@ struct NodeInner {
     /// that components that act only where this node leads (the dispatcher)
     /// re-check without polling every group.
     leadership: Arc<watch::Sender<u64>>,
+    /// Mints the tokens of this node's deliveries (`signing_keys` keeps its key current).
+    sender_tokens: sluice_security::SenderTokens,
 }
 
 impl Node {
@@ -118,8 +123,10 @@ impl Node {
         claim_data_dir(&settings.data_dir, settings.node_id)?;
         let store = Store::open(&settings.data_dir)?;
         let peers = PeerClients::new(settings.peer_routes.clone(), settings.tls.clone());
+        let sender_tokens = signing_keys::tokens_for(&settings.sender_identity, "http://127.0.0.1");
         let node = Node {
             inner: Arc::new(NodeInner {
+                sender_tokens,
                 settings,
                 store,
                 peers,
@@ -186,6 +193,16 @@ impl Node {
 
     pub fn settings(&self) -> &NodeSettings {
         &self.inner.settings
+    }
+
+    /// Mints the bearer tokens this node's deliveries carry (Sluice as the OIDC issuer of its senders).
+    pub fn sender_tokens(&self) -> &sluice_security::SenderTokens {
+        &self.inner.sender_tokens
+    }
+
+    /// The issuer's key set now: every node's published signing keys that have not expired.
+    pub fn sender_jwks(&self) -> serde_json::Value {
+        signing_keys::published_jwks(self, sluice_cloudevent::clock::now_ms())
     }
 
     /// Every `interval`, publishes what the store holds in memory (the `sluice_store_*_bytes` gauges).

@@ -87,7 +87,7 @@ fn incoming(
 pub type ExtraAdminRoutes = Box<dyn FnOnce(Node, String) -> tonic::service::Routes + Send>;
 
 pub async fn start(
-    settings: NodeSettings,
+    mut settings: NodeSettings,
     listen: Listen,
     ingress_limits: IngressLimits,
     extra_admin: Option<ExtraAdminRoutes>,
@@ -108,6 +108,10 @@ pub async fn start(
     if admin_auth.is_none() && !admin.local_addr().is_ok_and(|a| a.ip().is_loopback()) {
         tracing::warn!("the admin API listens beyond loopback without authentication (--admin-tokens, or strict TLS)");
     }
+    if settings.sender_identity.issuer.is_none() {
+        let scheme = if settings.tls.is_some() { "https" } else { "http" };
+        settings.sender_identity.issuer = Some(format!("{scheme}://{http_addr}"));
+    }
     let node = Node::open(settings).await?;
     if let Some(tls) = &tls {
         tokio::spawn(tls.clone().watch(TLS_RELOAD_INTERVAL));
@@ -115,6 +119,8 @@ pub async fn start(
     // Detached, as the node's other background loops: it ends with the runtime.
     tokio::spawn(crate::node::retention::run(node.clone(), node.settings().retention_check_interval));
     tokio::spawn(node.clone().report_store_memory(std::time::Duration::from_secs(5)));
+    tokio::spawn(crate::node::signing_keys::run(node.clone()));
+    tokio::spawn(crate::node::signing_keys::trust_own_issuer(node.clone()));
     let (shutdown, _) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

@@ -3,7 +3,8 @@
 //! Binary mode by default (attributes as `ce-` headers encoded by `cloudevent::encode_header_value`,
 //! `datacontenttype` as `Content-Type`, data as the body, byte for byte); structured mode (`application/cloudevents+json`) when the DeliverySpec
 //! says `format: json`. Every request carries `Prefer: reply` and a W3C `traceparent`. Connections are pooled
-//! and kept alive per host by the HTTP clients (one for HTTP/1.1, one for h2c with prior knowledge).
+//! and kept alive per host by the HTTP clients (one for HTTP/1.1, one for h2c with prior knowledge). A
+//! destination with an OIDC audience is sent `Authorization: Bearer` with the token Sluice minted for it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -129,6 +130,7 @@ impl Sender {
         protocol: Protocol,
         format: Format,
         event: &CloudEvent,
+        authorization: Option<&str>,
         timeout_ms: u64,
         now_ms: u64,
     ) -> AttemptResult {
@@ -148,7 +150,7 @@ impl Sender {
         let mut resends = 0;
         let response = loop {
             // Built again for a resend (rare) rather than cloned for every delivery.
-            match build_request(client, url, format, event, timeout_ms).send().await {
+            match build_request(client, url, format, event, authorization, timeout_ms).send().await {
                 Ok(response) => break response,
                 Err(e) if resends < MAX_RESENDS && died_before_response(&e) => {
                     resends += 1;
@@ -176,6 +178,7 @@ fn build_request(
     url: &str,
     format: Format,
     event: &CloudEvent,
+    token: Option<&str>,
     timeout_ms: u64,
 ) -> reqwest::RequestBuilder {
     let mut request = client
@@ -183,6 +186,9 @@ fn build_request(
         .timeout(Duration::from_millis(timeout_ms))
         .header("prefer", "reply")
         .header("traceparent", traceparent(event));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
     match format {
         Format::Binary => {
             for (name, value) in &event.attributes {
@@ -409,10 +415,10 @@ mod tests {
     async fn regression_idle_connection_closed_as_it_is_reused_loses_no_event() {
         let (url, requests) = closing_subscriber(true).await;
         let sender = Sender::new(None).expect("client");
-        let first = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), 5_000, 0).await;
+        let first = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
         assert_eq!(first.status, Some(202), "{first:?}");
         // Goes out on the kept-alive connection, which the subscriber closes: sent again on a new one.
-        let second = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), 5_000, 0).await;
+        let second = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
         assert_eq!(second.status, Some(202), "{second:?}");
         assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
@@ -421,7 +427,7 @@ mod tests {
     async fn a_subscriber_that_always_drops_the_connection_is_sent_to_once_more_only() {
         let (url, requests) = closing_subscriber(false).await;
         let sender = Sender::new(None).expect("client");
-        let result = sender.send(&url, None, Protocol::Http1, Format::Structured, &event(), 5_000, 0).await;
+        let result = sender.send(&url, None, Protocol::Http1, Format::Structured, &event(), None, 5_000, 0).await;
         assert_eq!(result.status, None, "{result:?}");
         assert!(result.error.is_some());
         assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1 + MAX_RESENDS as usize);

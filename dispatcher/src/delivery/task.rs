@@ -86,6 +86,18 @@ impl Judge for ByStatus {
     }
 }
 
+/// The token a request to `url` carries: for a destination with an OIDC audience, minted by this node for the
+/// consumer's subject (cached; a retry after the token's half-life gets a new one).
+fn sender_token(ctx: &DeliveryContext, spec: &ConsumerSpec, url: &str) -> Option<String> {
+    let audience = spec.audiences.get(url)?;
+    let token = ctx.node.sender_tokens().token(&spec.sender_subject, audience, now_ms());
+    if token.is_none() {
+        metrics::counter!("sluice_dispatch_unsigned_total").increment(1);
+        tracing::warn!(consumer = %spec.name, %url, "no signing key yet: sent without a token");
+    }
+    token
+}
+
 /// The one send loop: POSTs `event` to `url` until the consumer's policy (`policy::next_step_jittered`) says it
 /// is done or gives up, sleeping until each retry instant.
 async fn send_with_retries(
@@ -100,8 +112,11 @@ async fn send_with_retries(
     loop {
         let started = std::time::Instant::now();
         let ca_certs = spec.ca_certs.get(url);
-        let result =
-            ctx.sender.send(url, ca_certs, spec.protocol, format, event, spec.policy.timeout_ms, now_ms()).await;
+        let token = sender_token(ctx, spec, url);
+        let result = ctx
+            .sender
+            .send(url, ca_certs, spec.protocol, format, event, token.as_deref(), spec.policy.timeout_ms, now_ms())
+            .await;
         let (outcome, note) = judge.judge(&result, started.elapsed()).await;
         match next_step_jittered(&spec.policy, attempt, outcome, result.retry_after, now_ms(), rand::random::<f64>()) {
             Step::Done => return Sent::Done { attempts: attempt },
@@ -267,6 +282,22 @@ async fn handle_reply(
                 return Ok(());
             }
             reply.attributes.insert("knativebrokerttl".into(), AttrValue::Integer(ttl));
+            if let Some(authorization) = &spec.reply_authorization {
+                let namespace = &spec.namespace;
+                let subject = &spec.sender_subject;
+                let events = std::slice::from_ref(&reply);
+                if let Err(rule) = sluice_broker::authorize_sender(
+                    &authorization.policies,
+                    authorization.mode,
+                    namespace,
+                    subject,
+                    events,
+                ) {
+                    metrics::counter!("sluice_dispatch_replies_unauthorized_total", "consumer" => spec.name.clone())
+                        .increment(1);
+                    return Err(ReplyError::Invalid(format!("the reply is not authorized ({subject}): {rule}")));
+                }
+            }
             match publish(&ctx.node, stream, settings, vec![reply], MAX_REPLY_EVENT_BYTES).await {
                 Ok(_) => {
                     metrics::counter!("sluice_dispatch_replies_total", "consumer" => spec.name.clone()).increment(1);

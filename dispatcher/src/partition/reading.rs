@@ -581,7 +581,7 @@ mod tests {
             trigger["spec"] = spec;
             objects.push(trigger);
         }
-        let (specs, problems) = consumers(&objects, &Environment::new("http://127.0.0.1:1"));
+        let (specs, problems) = consumers(&objects, &Environment::new("http://127.0.0.1:1"), Default::default());
         assert!(problems.is_empty(), "{problems:?}");
         specs
     }

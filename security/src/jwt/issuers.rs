@@ -53,6 +53,11 @@ impl std::str::FromStr for IssuerSource {
 #[derive(Clone)]
 pub struct Authenticator {
     sources: Arc<Vec<IssuerSource>>,
+    /// What the sources last gave.
+    loaded: Arc<RwLock<Vec<TrustedIssuer>>>,
+    /// Sluice's own issuer (its nodes' published keys), trusted besides the sources.
+    own: Arc<RwLock<Option<TrustedIssuer>>>,
+    /// Both, as `verify` reads them.
     trusted: Arc<RwLock<Arc<Vec<TrustedIssuer>>>>,
     skew_s: u64,
     http: reqwest::Client,
@@ -95,8 +100,14 @@ impl Authenticator {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
-        let authenticator =
-            Authenticator { sources: Arc::new(sources), trusted: Arc::default(), skew_s: skew.as_secs(), http };
+        let authenticator = Authenticator {
+            sources: Arc::new(sources),
+            loaded: Arc::default(),
+            own: Arc::default(),
+            trusted: Arc::default(),
+            skew_s: skew.as_secs(),
+            http,
+        };
         let mut trusted = Vec::new();
         for source in authenticator.sources.iter() {
             match authenticator.load(source).await {
@@ -111,13 +122,36 @@ impl Authenticator {
         Ok(authenticator)
     }
 
-    fn replace(&self, trusted: Vec<TrustedIssuer>) {
-        let mut current = self.trusted.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *current = Arc::new(trusted);
+    fn replace(&self, loaded: Vec<TrustedIssuer>) {
+        *self.loaded.write().unwrap_or_else(std::sync::PoisonError::into_inner) = loaded;
+        self.combine();
+    }
+
+    /// Trusts Sluice's own issuer with these keys (replacing the previous ones): the tokens Sluice mints for
+    /// its Triggers' deliveries to Brokers verify without a flag. Merged into a source of the same issuer.
+    pub fn trust_own_issuer(&self, own: TrustedIssuer) {
+        *self.own.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(own);
+        self.combine();
+    }
+
+    fn combine(&self) {
+        let mut trusted = self.loaded.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(own) = self.own.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
+            match trusted.iter_mut().find(|t| t.issuer == own.issuer) {
+                Some(same) => same.keys.extend(own.keys),
+                None => trusted.push(own),
+            }
+        }
+        *self.trusted.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(trusted);
     }
 
     fn current(&self) -> Arc<Vec<TrustedIssuer>> {
         self.trusted.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// What the sources last gave (a refresh keeps a failing source's previous keys from here).
+    fn loaded(&self) -> Vec<TrustedIssuer> {
+        self.loaded.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     async fn load(&self, source: &IssuerSource) -> Result<Vec<crate::jwt::Jwk>, String> {
@@ -159,7 +193,7 @@ impl Authenticator {
     pub async fn refresh(self, interval: Duration) {
         loop {
             tokio::time::sleep(interval).await;
-            let previous = self.current();
+            let previous = self.loaded();
             let mut trusted = Vec::new();
             for source in self.sources.iter() {
                 match self.load(source).await {

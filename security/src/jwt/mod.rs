@@ -5,6 +5,7 @@
 //! never let a token pick a symmetric algorithm (the classic key-confusion attack). Errors say which check
 //! failed and never which key would have worked.
 
+pub mod issuer;
 pub mod issuers;
 pub mod jwks;
 pub mod sign;
