@@ -26,6 +26,7 @@ mod t80_transport_encryption;
 mod t81_sender_identity;
 mod t82_admin_auth;
 mod t83_hostile_input;
+mod t84_sluice_as_issuer;
 mod t90_serving;
 mod t91_autoscaling;
 mod t95_kubernetes_controller;
