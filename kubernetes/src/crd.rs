@@ -100,6 +100,23 @@ pub struct InMemoryChannelSpec(pub model::InMemoryChannelSpec);
 #[schemars(transparent)]
 pub struct SubscriptionSpec(pub model::SubscriptionSpec);
 
+/// `eventing.knative.dev/v1alpha1` EventPolicy.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "eventing.knative.dev",
+    version = "v1alpha1",
+    kind = "EventPolicy",
+    plural = "eventpolicies",
+    doc = "A Knative EventPolicy: who may send which events to which Brokers and Channels (with sender identity on).",
+    namespaced,
+    status = "KnativeStatus"
+)]
+#[kube(category = "all", category = "knative", category = "eventing")]
+#[kube(label("knative.dev/crd-install", "true"))]
+#[serde(transparent)]
+#[schemars(transparent)]
+pub struct EventPolicySpec(pub model::EventPolicySpec);
+
 /// `serving.knative.dev/v1` Service (`KnativeService` here, to keep it apart from a core `v1` Service).
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -264,6 +281,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         Channel::crd(),
         InMemoryChannel::crd(),
         Subscription::crd(),
+        EventPolicy::crd(),
         KnativeService::crd(),
         Configuration::crd(),
         Revision::crd(),
@@ -322,6 +340,7 @@ fn printer_columns(kind: &str) -> Vec<CustomResourceColumnDefinition> {
             column("Desired Replicas", "integer", ".status.desiredReplicas"),
         ],
         "Route" => vec![status_url(), ready(), reason()],
+        "EventPolicy" => vec![ready(), reason()],
         _ => vec![age(), ready(), reason()],
     }
 }
@@ -366,6 +385,7 @@ mod tests {
             ("channels.messaging.knative.dev", "Channel", vec!["ch"]),
             ("inmemorychannels.messaging.knative.dev", "InMemoryChannel", vec!["imc"]),
             ("subscriptions.messaging.knative.dev", "Subscription", vec!["sub"]),
+            ("eventpolicies.eventing.knative.dev", "EventPolicy", vec![]),
             ("services.serving.knative.dev", "Service", vec!["kservice", "ksvc"]),
             ("configurations.serving.knative.dev", "Configuration", vec!["config", "cfg"]),
             ("revisions.serving.knative.dev", "Revision", vec!["rev"]),
@@ -378,7 +398,8 @@ mod tests {
         }
         for crd in crds() {
             assert_eq!(crd.spec.versions.len(), 1);
-            assert_eq!(crd.spec.versions[0].name, "v1");
+            let version = if crd.spec.names.kind == "EventPolicy" { "v1alpha1" } else { "v1" };
+            assert_eq!(crd.spec.versions[0].name, version);
             assert_eq!(crd.spec.scope, "Namespaced");
             assert!(crd.spec.versions[0].subresources.as_ref().is_some_and(|s| s.status.is_some()));
         }

@@ -1,8 +1,8 @@
 //! The controller, in kube-rs controller-rs's shape: a [`Context`], `reconcile` and `error_policy` per kind,
-//! and [`run`]. What flows in: watch events of Brokers (class `Sluice` only), their Triggers, Channels and
-//! Subscriptions. What flows out: each object pushed into the Sluice cluster ([`SluiceApi`]), its status
-//! patched back (`status` subresource), a finalizer that holds the object until Sluice has forgotten it,
-//! and a Warning Event for each failure (which is then retried with backoff).
+//! and [`run`]. What flows in: watch events of Brokers (class `Sluice` only), their Triggers, Channels,
+//! Subscriptions and EventPolicies (and the serving kinds). What flows out: each object pushed into the Sluice
+//! cluster ([`SluiceApi`]), its status patched back (`status` subresource), a finalizer that holds the object
+//! until Sluice has forgotten it, and a Warning Event for each failure (which is then retried with backoff).
 //!
 //! The decisions are [`crate::reconcile`]'s; this module fetches what they need and applies what they say.
 
@@ -26,7 +26,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::crd::{Broker, Channel, Configuration, KnativeService, KnativeStatus, Route, Subscription, Trigger};
+use crate::crd::{
+    Broker, Channel, Configuration, EventPolicy, KnativeService, KnativeStatus, Route, Subscription, Trigger,
+};
 use crate::error::Error;
 use crate::reconcile::{
     ClusterAddressing, FINALIZER, TriggerPlan, desired_sluice_object, is_core_service_ref, is_sluice_broker,
@@ -107,6 +109,7 @@ impl Pushed for Broker {}
 impl Pushed for Trigger {}
 impl Pushed for Channel {}
 impl Pushed for Subscription {}
+impl Pushed for EventPolicy {}
 impl Pushed for KnativeService {}
 impl Pushed for Configuration {}
 impl Pushed for Route {}
@@ -345,11 +348,12 @@ async fn control_triggers(ctx: Arc<Context>) {
 
 /// Runs the controllers for every pushed kind until a shutdown signal.
 pub async fn run(ctx: Arc<Context>) {
-    let eventing = futures::future::join4(
+    let eventing = futures::future::join5(
         control::<Broker>(ctx.clone()),
         control_triggers(ctx.clone()),
         control::<Channel>(ctx.clone()),
         control::<Subscription>(ctx.clone()),
+        control::<EventPolicy>(ctx.clone()),
     );
     if ctx.settings.serve_knative_serving {
         let serving = futures::future::join3(

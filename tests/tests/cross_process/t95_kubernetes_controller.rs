@@ -2,7 +2,7 @@
 //! client, `Controller`, finalizers, Lease) against the in-test API server (`sluice_tests::fake_kube`), and a
 //! real Sluice node behind it. A Sluice-class Broker is pushed into Sluice and gets Knative's status and its
 //! address on the ingress Service; an MT-class Broker gets nothing; a Trigger on the Sluice Broker reaches
-//! Sluice and reports Ready; deleting the Broker removes it from Sluice before Kubernetes forgets it; a Broker
+//! Sluice and reports Ready; an EventPolicy is pushed and reports its resolved subjects; deleting the Broker removes it from Sluice before Kubernetes forgets it; a Broker
 //! whose class changes away from Sluice takes its Trigger out of Sluice with it.
 
 use std::process::{Command, Stdio};
@@ -16,6 +16,7 @@ use sluice_tests::{sluice_bin, start_single_node, wait_until};
 
 const BROKERS: &str = "eventing.knative.dev/v1/brokers";
 const TRIGGERS: &str = "eventing.knative.dev/v1/triggers";
+const POLICIES: &str = "eventing.knative.dev/v1alpha1/eventpolicies";
 const LEASES: &str = "coordination.k8s.io/v1/leases";
 
 fn broker(name: &str, class: &str) -> Value {
@@ -92,6 +93,25 @@ async fn the_controller_serves_sluice_brokers_and_their_triggers_end_to_end() ->
             .map_err(|e| anyhow::anyhow!("{e}\n{}", controller_log()))?;
     assert_eq!(trigger["status"]["subscriberUri"], "http://sink.default.svc.cluster.local/");
     assert!(in_sluice(&node.admin, "Trigger", "t").await?.is_some());
+
+    // An EventPolicy applied as the CRD: pushed, its subjects resolved in its status.
+    kube.create(
+        POLICIES,
+        json!({"apiVersion": "eventing.knative.dev/v1alpha1", "kind": "EventPolicy",
+               "metadata": {"name": "p", "namespace": "default"},
+               "spec": {"to": [{"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "b"}}],
+                        "from": [{"sub": "system:serviceaccount:default:orders"},
+                                 {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "name": "t"}}]}}),
+    )?;
+    let policy = wait_until(Duration::from_secs(60), || async { Ok(kube.get(POLICIES, "default", "p").filter(ready)) })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", controller_log()))?;
+    assert_eq!(
+        policy["status"]["from"],
+        json!(["system:serviceaccount:default:orders", "system:serviceaccount:default:sluice-trigger-t"]),
+        "{policy}"
+    );
+    assert!(in_sluice(&node.admin, "EventPolicy", "p").await?.is_some());
 
     // Deleting the Broker: Sluice forgets it, then the finalizer goes and Kubernetes removes it.
     kube.delete(BROKERS, "default", "b");
