@@ -63,6 +63,8 @@ pub fn required_role(path: &str) -> Role {
 #[derive(Clone, Debug, Default)]
 pub struct AdminTokens {
     by_token: HashMap<String, (String, Role)>,
+    /// The file they were read from (read again by [`AdminAuthLayer::watch_file`]).
+    path: Option<std::path::PathBuf>,
 }
 
 impl AdminTokens {
@@ -84,12 +86,13 @@ impl AdminTokens {
                 return Err(format!("line {number}: the same token twice"));
             }
         }
-        Ok(AdminTokens { by_token })
+        Ok(AdminTokens { by_token, path: None })
     }
 
     pub fn load(path: &Path) -> Result<AdminTokens, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        AdminTokens::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let tokens = AdminTokens::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(AdminTokens { path: Some(path.to_path_buf()), ..tokens })
     }
 }
 
@@ -166,12 +169,59 @@ pub fn authorize_call(
 /// A tower layer for the admin gRPC server that refuses calls [`authorize_call`] refuses.
 #[derive(Clone)]
 pub struct AdminAuthLayer {
-    tokens: Arc<AdminTokens>,
+    tokens: SharedTokens,
 }
+
+/// The current tokens, replaced whole when the file changes.
+type SharedTokens = Arc<std::sync::RwLock<Arc<AdminTokens>>>;
 
 impl AdminAuthLayer {
     pub fn new(tokens: AdminTokens) -> AdminAuthLayer {
-        AdminAuthLayer { tokens: Arc::new(tokens) }
+        AdminAuthLayer { tokens: Arc::new(std::sync::RwLock::new(Arc::new(tokens))) }
+    }
+
+    fn current(&self) -> Arc<AdminTokens> {
+        self.tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Takes `text` as the tokens file's new content: `Ok` when it replaced the tokens, an error (and
+    /// the previous tokens kept) when it does not parse.
+    pub fn reload(&self, text: &str) -> Result<(), String> {
+        let path = self.current().path.clone();
+        let tokens = AdminTokens::parse(text)?;
+        *self.tokens.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(AdminTokens { path, ..tokens });
+        Ok(())
+    }
+
+    /// Reads the tokens file again every `interval` (as the TLS files are), until the runtime ends: a changed
+    /// file that parses replaces the tokens (a revoked token is refused from then on); one that does not keeps
+    /// the previous tokens, logged and counted (`sluice_admin_tokens_reload_failures_total`).
+    pub async fn watch_file(self, interval: std::time::Duration) {
+        let Some(path) = self.current().path.clone() else { return };
+        let mut last = std::fs::read_to_string(&path).ok();
+        loop {
+            tokio::time::sleep(interval).await;
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) => {
+                    metrics::counter!("sluice_admin_tokens_reload_failures_total").increment(1);
+                    tracing::warn!(file = %path.display(), error = %e, "the admin tokens file cannot be read; the previous tokens stay");
+                    continue;
+                }
+            };
+            if last.as_deref() == Some(text.as_str()) {
+                continue;
+            }
+            match self.reload(&text) {
+                Ok(()) => tracing::info!(file = %path.display(), "admin tokens reloaded"),
+                Err(e) => {
+                    metrics::counter!("sluice_admin_tokens_reload_failures_total").increment(1);
+                    tracing::warn!(file = %path.display(), error = %e, "the admin tokens file does not parse; the previous tokens stay");
+                }
+            }
+            last = Some(text);
+        }
     }
 }
 
@@ -179,14 +229,14 @@ impl<S> tower::Layer<S> for AdminAuthLayer {
     type Service = AdminAuth<S>;
 
     fn layer(&self, inner: S) -> AdminAuth<S> {
-        AdminAuth { inner, tokens: self.tokens.clone() }
+        AdminAuth { inner, tokens: self.clone() }
     }
 }
 
 #[derive(Clone)]
 pub struct AdminAuth<S> {
     inner: S,
-    tokens: Arc<AdminTokens>,
+    tokens: AdminAuthLayer,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for AdminAuth<S>
@@ -215,7 +265,7 @@ where
             .and_then(|leaf| certificate_role(leaf.as_ref()));
         let authorization = request.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or_default());
         let path = request.uri().path().to_string();
-        match authorize_call(&self.tokens, &path, authorization, certificate_role) {
+        match authorize_call(&self.tokens.current(), &path, authorization, certificate_role) {
             Ok((caller, role)) => {
                 tracing::debug!(%caller, ?role, %path, "admin call");
                 Box::pin(self.inner.call(request))
@@ -242,6 +292,19 @@ mod tests {
     use super::*;
 
     const TOKENS: &str = "# token,name,role\nread-token-0123456789,alice,read\noperate-token-0123456789,bob,operate\n";
+
+    #[test]
+    fn a_reloaded_file_replaces_the_tokens_and_a_bad_one_keeps_them() {
+        let layer = AdminAuthLayer::new(AdminTokens::parse(TOKENS).expect("parses"));
+        let status = "/sluice.admin.v1.Cluster/Status";
+        let decide = |token: &str| authorize_call(&layer.current(), status, Some(token), None).is_ok();
+        assert!(decide("Bearer read-token-0123456789"));
+        layer.reload("rotated-token-0123456789,alice,read\n").expect("parses");
+        assert!(!decide("Bearer read-token-0123456789"), "the revoked token is refused");
+        assert!(decide("Bearer rotated-token-0123456789"));
+        assert!(layer.reload("short,alice,read\n").is_err());
+        assert!(decide("Bearer rotated-token-0123456789"), "a bad file keeps the previous tokens");
+    }
 
     #[test]
     fn every_call_is_decided_by_role() {

@@ -116,6 +116,9 @@ pub async fn start(
     if let Some(tls) = &tls {
         tokio::spawn(tls.clone().watch(TLS_RELOAD_INTERVAL));
     }
+    if let Some(layer) = &admin_auth {
+        tokio::spawn(layer.clone().watch_file(TLS_RELOAD_INTERVAL));
+    }
     // Detached, as the node's other background loops: it ends with the runtime.
     tokio::spawn(crate::node::retention::run(node.clone(), node.settings().retention_check_interval));
     tokio::spawn(node.clone().report_store_memory(std::time::Duration::from_secs(5)));

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use sluice_proto::admin::cluster_client::ClusterClient;
 use sluice_proto::admin::{InitRequest, Member};
 use sluice_tests::{NodeProc, run_sluice, wait_until};
@@ -12,6 +12,7 @@ use tonic::metadata::MetadataValue;
 
 const READ_TOKEN: &str = "read-token-t82-0123456789";
 const OPERATE_TOKEN: &str = "operate-token-t82-0123456789";
+const NEW_TOKEN: &str = "new-token-t82-0123456789";
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Every admin RPC and whether it changes state.
@@ -121,5 +122,28 @@ async fn every_rpc_asks_who_you_are() -> Result<()> {
         .env("SLUICE_TOKEN", READ_TOKEN)
         .output()?;
     assert_eq!(status.status.code(), Some(0), "SLUICE_TOKEN: {}", String::from_utf8_lossy(&status.stderr));
+
+    // The tokens file is read again while the node runs: a revoked token is refused, a new one let in, and a
+    // file that does not parse keeps the tokens it replaced.
+    let staged = root.path().join("tokens.staged");
+    std::fs::write(&staged, format!("{NEW_TOKEN},carol,operate\n"))?;
+    std::fs::rename(&staged, &tokens)?;
+    sluice_tests::wait_until(TIMEOUT, || async {
+        Ok((call(&admin, "Cluster/Status", Some(NEW_TOKEN)).await? != Code::Unauthenticated).then_some(()))
+    })
+    .await
+    .context("the new token let in")?;
+    assert_eq!(call(&admin, "Cluster/Status", Some(OPERATE_TOKEN)).await?, Code::Unauthenticated);
+    std::fs::write(&staged, "not,a,valid,line\n")?;
+    std::fs::rename(&staged, &tokens)?;
+    // Once the node has read the bad file (its failure counted), the tokens it had still work.
+    let metrics_url = format!("http://{}/metrics", node.http);
+    sluice_tests::wait_until(TIMEOUT, || async {
+        let metrics = reqwest::get(&metrics_url).await?.text().await?;
+        Ok(metrics.lines().any(|l| l.starts_with("sluice_admin_tokens_reload_failures_total ")).then_some(()))
+    })
+    .await
+    .context("the bad file read")?;
+    assert_eq!(call(&admin, "Cluster/Status", Some(NEW_TOKEN)).await?, Code::Ok);
     Ok(())
 }
