@@ -44,7 +44,7 @@ pub(crate) const REPLAY_WAIT: Duration = Duration::from_secs(30);
 
 /// The routes of the dispatcher's admin services for `node`.
 pub fn routes(node: Node, ingress_base: String) -> tonic::service::Routes {
-    let sender = match Sender::new(node.settings().tls.as_ref().map(|tls| tls.ca_pem())) {
+    let sender = match Sender::new(node.settings().tls.clone()) {
         Ok(sender) => Some(sender),
         Err(e) => {
             tracing::error!(error = %e, "no HTTP client: redrive to subscribers is unavailable");

@@ -69,8 +69,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn start(node: Node, settings: DispatcherSettings) -> Result<Dispatcher, DispatchError> {
-        let sender =
-            Sender::new(node.settings().tls.as_ref().map(|tls| tls.ca_pem())).map_err(DispatchError::HttpClient)?;
+        let sender = Sender::new(node.settings().tls.clone()).map_err(DispatchError::HttpClient)?;
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(supervise(node, settings, sender, stopped));
         Ok(Dispatcher { stop, task })

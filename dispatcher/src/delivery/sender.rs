@@ -69,13 +69,29 @@ const MAX_CLIENTS_WITH_CA: usize = 256;
 
 #[derive(Clone)]
 pub(crate) struct Sender {
-    /// Plaintext and https (trusting the system's CAs and the cluster's).
-    http1: reqwest::Client,
+    /// The node's TLS, when transport encryption is on: its CA is trusted for every destination, as it is now
+    /// (a rotated CA reaches the clients at the next attempt).
+    tls: Option<sluice_security::Tls>,
+    clients: Arc<std::sync::RwLock<Arc<Clients>>>,
     /// HTTP/2 with prior knowledge, plaintext only.
     h2c: reqwest::Client,
+}
+
+/// The HTTP clients built for one generation of the node's CA.
+struct Clients {
+    generation: u64,
+    /// Plaintext and https (trusting the system's CAs and the cluster's).
+    http1: reqwest::Client,
     cluster_ca: Option<Arc<str>>,
     /// By a destination's CACerts: clients trusting them besides the system's and the cluster's CAs.
-    with_ca: Arc<Mutex<HashMap<Arc<str>, reqwest::Client>>>,
+    with_ca: Mutex<HashMap<Arc<str>, reqwest::Client>>,
+}
+
+impl Clients {
+    fn build(generation: u64, cluster_ca: Option<Arc<str>>) -> Result<Clients, String> {
+        let http1 = https_client(cluster_ca.as_deref().as_slice(), "the cluster's CA (--tls-ca)")?;
+        Ok(Clients { generation, http1, cluster_ca, with_ca: Mutex::default() })
+    }
 }
 
 fn client_builder() -> reqwest::ClientBuilder {
@@ -96,28 +112,55 @@ fn https_client(cas: &[&str], what: &str) -> Result<reqwest::Client, String> {
 }
 
 impl Sender {
-    /// `cluster_ca`: the node's CA (PEM) when transport encryption is on; trusted for every destination.
-    pub(crate) fn new(cluster_ca: Option<String>) -> Result<Self, String> {
-        let cluster_ca: Option<Arc<str>> = cluster_ca.map(Into::into);
-        let http1 = https_client(cluster_ca.as_deref().as_slice(), "the cluster's CA (--tls-ca)")?;
+    /// `tls`: the node's, when transport encryption is on; its CA is trusted for every destination.
+    pub(crate) fn new(tls: Option<sluice_security::Tls>) -> Result<Self, String> {
+        let generation = tls.as_ref().map_or(0, sluice_security::Tls::generation);
+        let clients = Clients::build(generation, tls.as_ref().map(|tls| tls.ca_pem().into()))?;
         let h2c =
             client_builder().http2_prior_knowledge().build().map_err(|e| format!("building the HTTP client: {e}"))?;
-        Ok(Sender { http1, h2c, cluster_ca, with_ca: Arc::default() })
+        Ok(Sender { tls, clients: Arc::new(std::sync::RwLock::new(Arc::new(clients))), h2c })
+    }
+
+    /// The clients for the node's CA as it is now: rebuilt once after each rotation (a rotation whose clients
+    /// cannot be built keeps the previous ones, logged).
+    fn clients(&self) -> Arc<Clients> {
+        let current = self.clients.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let Some(tls) = &self.tls else { return current };
+        let generation = tls.generation();
+        if current.generation == generation {
+            return current;
+        }
+        let rebuilt = match Clients::build(generation, Some(tls.ca_pem().into())) {
+            Ok(clients) => {
+                tracing::info!(generation, "the cluster's CA changed: delivery clients rebuilt");
+                Arc::new(clients)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the cluster's CA changed but no client trusts it; the previous stay");
+                let kept = Clients::build(generation, current.cluster_ca.clone());
+                match kept {
+                    Ok(kept) => Arc::new(kept),
+                    Err(_) => return current,
+                }
+            }
+        };
+        *self.clients.write().unwrap_or_else(std::sync::PoisonError::into_inner) = rebuilt.clone();
+        rebuilt
     }
 
     /// The client for a destination that names `ca_certs`, made on first use.
-    fn client_with_ca(&self, ca_certs: &Arc<str>, url: &str) -> Result<reqwest::Client, String> {
-        let mut clients = self.with_ca.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(client) = clients.get(ca_certs) {
+    fn client_with_ca(&self, clients: &Clients, ca_certs: &Arc<str>, url: &str) -> Result<reqwest::Client, String> {
+        let mut with_ca = clients.with_ca.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = with_ca.get(ca_certs) {
             return Ok(client.clone());
         }
         let mut cas = vec![&**ca_certs];
-        cas.extend(self.cluster_ca.as_deref());
+        cas.extend(clients.cluster_ca.as_deref());
         let client = https_client(&cas, url)?;
-        if clients.len() >= MAX_CLIENTS_WITH_CA {
-            clients.clear();
+        if with_ca.len() >= MAX_CLIENTS_WITH_CA {
+            with_ca.clear();
         }
-        clients.insert(ca_certs.clone(), client.clone());
+        with_ca.insert(ca_certs.clone(), client.clone());
         Ok(client)
     }
 
@@ -134,19 +177,16 @@ impl Sender {
         timeout_ms: u64,
         now_ms: u64,
     ) -> AttemptResult {
-        let with_ca;
         let client = match (protocol, ca_certs) {
             // h2c is plaintext by definition; an https URL goes over HTTP/1.1 with TLS.
-            (Protocol::H2c, _) if !url.starts_with("https:") => &self.h2c,
-            (_, None) => &self.http1,
-            (_, Some(ca_certs)) => match self.client_with_ca(ca_certs, url) {
-                Ok(client) => {
-                    with_ca = client;
-                    &with_ca
-                }
+            (Protocol::H2c, _) if !url.starts_with("https:") => self.h2c.clone(),
+            (_, None) => self.clients().http1.clone(),
+            (_, Some(ca_certs)) => match self.client_with_ca(&self.clients(), ca_certs, url) {
+                Ok(client) => client,
                 Err(e) => return AttemptResult { error: Some(e), ..Default::default() },
             },
         };
+        let client = &client;
         let mut resends = 0;
         let response = loop {
             // Built again for a resend (rare) rather than cloned for every delivery.

@@ -197,6 +197,9 @@ pub struct Tls {
     mode: TransportEncryption,
     files: TlsFiles,
     current: Arc<RwLock<Arc<Configs>>>,
+    /// Bumped whenever the configs are replaced, so that users of derived state (HTTP clients trusting the
+    /// CA) notice a rotation with one atomic load.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl fmt::Debug for Tls {
@@ -213,11 +216,16 @@ impl Tls {
         }
         let files = files.ok_or(TlsError::MissingFiles { mode: mode.as_str() })?;
         let configs = build(&files, files.read()?)?;
-        Ok(Some(Tls { mode, files, current: Arc::new(RwLock::new(Arc::new(configs))) }))
+        Ok(Some(Tls { mode, files, current: Arc::new(RwLock::new(Arc::new(configs))), generation: Arc::default() }))
     }
 
     pub fn mode(&self) -> TransportEncryption {
         self.mode
+    }
+
+    /// How many times the files were reloaded with a change (0 at start).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn files(&self) -> &TlsFiles {
@@ -268,6 +276,7 @@ impl Tls {
                     Err(poisoned) => poisoned.into_inner(),
                 };
                 *current = Arc::new(configs);
+                self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
                 Reload::Reloaded
             }
             Err(e) => Reload::Failed(e.to_string()),

@@ -252,5 +252,33 @@ async fn deliveries_to_https_destinations_trust_their_cacerts_and_the_cluster_ca
     .await?;
     assert_eq!(forwarded.len(), 1);
     assert_eq!(subscriber.deliveries().len(), 1, "only the Trigger that names the subscriber's CA reached it");
+
+    // The cluster's CA bundle rotates to include the subscriber's CA (the node's certificate unchanged): the
+    // Trigger without CACerts reaches the subscriber from then on, with no restart and no object change.
+    let bundle = format!("{}\n{}", cluster_ca.ca_cert_pem.trim(), subscriber_ca.ca_cert_pem.trim());
+    let staged = certs.path().join("ca.staged");
+    std::fs::write(&staged, bundle)?;
+    std::fs::rename(&staged, &node_files.ca)?;
+    let mut sent = 0;
+    let reached_by_both = wait_until(WAIT, || {
+        sent += 1;
+        let id = format!("after-rotation-{sent}");
+        let https = &https;
+        let url = &url;
+        let subscriber = &subscriber;
+        async move {
+            assert_eq!(post_event(https, url, &id).await?, StatusCode::ACCEPTED);
+            // Both Triggers deliver it once the untrusting one trusts the new bundle.
+            let both = subscriber
+                .wait_until(Duration::from_secs(2), |d| {
+                    d.iter().filter(|d| d.header("ce-id") == Some(&id)).count() >= 2
+                })
+                .await
+                .is_ok();
+            Ok(both.then_some(id))
+        }
+    })
+    .await?;
+    assert!(reached_by_both.starts_with("after-rotation-"));
     Ok(())
 }
