@@ -3,7 +3,7 @@
 //! sending a bearer token when given one (`--token`, SLUICE_TOKEN). docs/security.md has the roles.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use clap::Args;
@@ -26,11 +26,28 @@ pub(crate) struct AdminCredentialArgs {
     pub client_key: Option<PathBuf>,
 }
 
-static CREDENTIALS: OnceLock<AdminCredentialArgs> = OnceLock::new();
+static CREDENTIALS: RwLock<Option<AdminCredentialArgs>> = RwLock::new(None);
 
 /// Called once by `main` with the parsed flags.
 pub(crate) fn set(credentials: AdminCredentialArgs) {
-    let _ = CREDENTIALS.set(credentials);
+    *CREDENTIALS.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(credentials);
+}
+
+fn credentials() -> AdminCredentialArgs {
+    CREDENTIALS.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone().unwrap_or_default()
+}
+
+/// For a process that is a node (`sluice node`, `sluice dev`'s supervisor): its own admin calls (joining a
+/// StatefulSet's cluster, initialising the dev cluster) speak TLS with the node's certificate, whose
+/// organisation `sluice:node` carries the operate role, unless the caller gave a CA or a client certificate.
+pub(crate) fn use_node_identity_unless_given(files: &sluice_security::TlsFiles) {
+    let mut guard = CREDENTIALS.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let credentials = guard.get_or_insert_with(AdminCredentialArgs::default);
+    if credentials.ca_cert.is_none() && credentials.client_cert.is_none() {
+        credentials.ca_cert = Some(files.ca.clone());
+        credentials.client_cert = Some(files.cert.clone());
+        credentials.client_key = Some(files.key.clone());
+    }
 }
 
 /// Adds the bearer token to every call.
@@ -65,7 +82,7 @@ fn client_tls(credentials: &AdminCredentialArgs, ca: &PathBuf) -> anyhow::Result
 
 /// A channel to the admin API at `admin` (`IP:PORT` or `HOST:PORT`) with the global credentials.
 pub(crate) async fn connect(admin: &str) -> anyhow::Result<AdminChannel> {
-    let credentials = CREDENTIALS.get().cloned().unwrap_or_default();
+    let credentials = credentials();
     let token = match &credentials.token {
         Some(token) => Some(
             format!("Bearer {token}")

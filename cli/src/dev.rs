@@ -175,9 +175,9 @@ impl DevNode {
 async fn run_cluster(args: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data).with_context(|| format!("cannot create --data {}", args.data.display()))?;
     let tls_args = args.tls_args()?;
-    if tls_args.transport_encryption == Some(sluice_security::TransportEncryption::Strict) {
-        // This command initialises the children over their admin ports, which speak plaintext only.
-        bail!("sluice dev --nodes N cannot use strict transport encryption yet: use permissive");
+    // This command initialises the children over their admin ports: with TLS on, as a node (their certificate).
+    if let Some(tls) = tls_args.load()? {
+        crate::admin_channel::use_node_identity_unless_given(tls.files());
     }
     let mut nodes = Vec::new();
     let mut members = Vec::new();

@@ -351,6 +351,9 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     };
     let mut settings = settings(id, args.data.clone(), &args.tuning, &args.ingress)?;
     settings.tls = args.tls.load()?;
+    if let Some(tls) = &settings.tls {
+        crate::admin_channel::use_node_identity_unless_given(tls.files());
+    }
     settings.authenticator = args.oidc.start().await?;
     settings.default_authorization = args.oidc.default_authorization_mode;
     settings.sender_identity = args.oidc.sender_identity()?;
