@@ -282,3 +282,82 @@ async fn deliveries_to_https_destinations_trust_their_cacerts_and_the_cluster_ca
     assert!(reached_by_both.starts_with("after-rotation-"));
     Ok(())
 }
+
+/// A port and the `count - 1` ports after it, all free now (`sluice dev --nodes N` gives node i port + i - 1).
+fn free_run(count: u16) -> String {
+    loop {
+        let base = sluice_tests::free_addr();
+        let port: u16 = base.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let free = (1..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", port.saturating_add(i))).is_ok());
+        if port != 0 && free {
+            return base;
+        }
+    }
+}
+
+/// `sluice dev --nodes 3` in strict mode: the supervisor initialises its children over TLS as a node, https
+/// ingress takes events on every node, and the admin API asks an operator for a client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_cluster_runs_in_strict_mode() -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let data = tempfile::tempdir()?;
+    // One run of nine free ports: HTTP, admin and peer ports for nodes 1-3 (free_addr hands out consecutive
+    // ports, so three runs asked for one after the other would overlap).
+    let base = free_run(9);
+    let base_port: u16 = base.rsplit(':').next().and_then(|p| p.parse().ok()).context("port")?;
+    let [http, admin, peer] = [0u16, 3, 6].map(|offset| format!("127.0.0.1:{}", base_port + offset));
+    let mut child = tokio::process::Command::new(sluice_tests::sluice_bin())
+        .args(["dev", "--nodes", "3", "--tls", "--transport-encryption", "strict"])
+        .args(["--http", &http, "--admin", &admin, "--peer-listen", &peer, "--data"])
+        .arg(data.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(data.path().join("dev.log"))?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let started = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.starts_with("sluice dev: 3 nodes") {
+                return Ok::<bool, anyhow::Error>(true);
+            }
+        }
+        Ok(false)
+    })
+    .await??;
+    let log = || std::fs::read_to_string(data.path().join("dev.log")).unwrap_or_default();
+    assert!(started, "the dev cluster printed that it runs: {}", log());
+    let tls = data.path().join("tls");
+    let ca = std::fs::read_to_string(tls.join("ca.pem"))?;
+    let https = https_client(&ca)?;
+    let port: u16 = http.rsplit(':').next().and_then(|p| p.parse().ok()).context("port")?;
+    for node in 0..3u16 {
+        let url = format!("https://127.0.0.1:{}/default/default", port + node);
+        let id = format!("dev-{node}");
+        let status =
+            wait_until(WAIT, || async { Ok(post_event(&https, &url, &id).await.ok().filter(|s| s.is_success())) })
+                .await?;
+        assert_eq!(status, StatusCode::ACCEPTED, "node {node}");
+    }
+    let as_operator = [
+        "--ca-cert".to_string(),
+        tls.join("ca.pem").display().to_string(),
+        "--client-cert".into(),
+        tls.join("node.pem").display().to_string(),
+        "--client-key".into(),
+        tls.join("node.key").display().to_string(),
+    ];
+    let status = |extra: &[String]| {
+        std::process::Command::new(sluice_tests::sluice_bin())
+            .args(["cluster", "status", "--admin", &admin])
+            .args(extra)
+            .output()
+    };
+    let refused = status(&as_operator[..2])?;
+    assert_eq!(refused.status.code(), Some(6), "a CA but no credentials: {}", String::from_utf8_lossy(&refused.stderr));
+    let allowed = status(&as_operator)?;
+    assert_eq!(allowed.status.code(), Some(0), "{}", String::from_utf8_lossy(&allowed.stderr));
+    assert!(String::from_utf8_lossy(&allowed.stdout).contains("initialised: true"));
+    child.kill().await?;
+    Ok(())
+}
