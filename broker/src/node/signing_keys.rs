@@ -107,7 +107,7 @@ pub(crate) fn published_jwks(node: &Node, now_ms: u64) -> Value {
             Some((created, object.pointer("/spec/jwk")?.clone()))
         })
         .collect();
-    keys.sort_by(|a, b| b.0.cmp(&a.0));
+    keys.sort_by_key(|key| std::cmp::Reverse(key.0));
     keys.truncate(MAX_SERVED_KEYS);
     json!({"keys": keys.into_iter().map(|(_, jwk)| jwk).collect::<Vec<_>>()})
 }
