@@ -168,9 +168,43 @@ impl Node {
         }
         if config.is_member(node) {
             self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::RemoveMember(node))).await?;
+            self.wait_replicated_to(METADATA_GROUP, node, REMOVAL_NOTICE_WAIT).await;
         }
         self.membership(METADATA_GROUP, MembershipOp::Remove(node)).await?;
         Ok(())
+    }
+
+    /// Where this node leads `group`, waits (at most `wait`) until `node` holds the group's log up to its last
+    /// entry now. Used before the metadata group drops a node: the leader stops replicating to a node it
+    /// removed, so a node that lagged would never see the `RemoveMember` that tells it it was removed (found
+    /// under load: `t70`'s removed node kept reporting itself a member). A node that is down does not hold
+    /// the removal up for longer than `wait`.
+    async fn wait_replicated_to(&self, group: GroupId, node: NodeId, wait: Duration) {
+        let Ok(group) = self.group(group) else { return };
+        let metrics = group.raft.metrics().borrow_watched().clone();
+        let (Some(replication), Some(target)) = (metrics.replication.as_ref(), metrics.last_log_index) else {
+            return; // Not the leader: the leader's own replication decides.
+        };
+        if !replication.contains_key(&node) {
+            return;
+        }
+        let reached = group
+            .raft
+            .wait(Some(wait))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&node))
+                        .and_then(|matched| matched.as_ref())
+                        .is_some_and(|matched| matched.index >= target)
+                },
+                "the removed node holds its removal",
+            )
+            .await;
+        if reached.is_err() {
+            tracing::warn!(node, target, "the removed node did not replicate its removal in time; removing it anyway");
+        }
     }
 
     /// `cluster transfer-leader`: asks `group`'s leader to hand leadership to

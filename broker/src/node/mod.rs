@@ -86,6 +86,8 @@ const MEMBERSHIP_QUEUE: usize = 8;
 
 /// How long `cluster add-node` / `remove-node` keep trying one group.
 const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(180);
+/// How long a removal waits for the removed node to hold the entry that tells it so.
+const REMOVAL_NOTICE_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Node {
