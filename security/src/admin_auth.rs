@@ -63,8 +63,9 @@ pub fn required_role(path: &str) -> Role {
 #[derive(Clone, Debug, Default)]
 pub struct AdminTokens {
     by_token: HashMap<String, (String, Role)>,
-    /// The file they were read from (read again by [`AdminAuthLayer::watch_file`]).
+    /// The file they were read from and its text then (read again by [`AdminAuthLayer::watch_file`]).
     path: Option<std::path::PathBuf>,
+    loaded_text: Option<String>,
 }
 
 impl AdminTokens {
@@ -86,13 +87,13 @@ impl AdminTokens {
                 return Err(format!("line {number}: the same token twice"));
             }
         }
-        Ok(AdminTokens { by_token, path: None })
+        Ok(AdminTokens { by_token, path: None, loaded_text: None })
     }
 
     pub fn load(path: &Path) -> Result<AdminTokens, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let tokens = AdminTokens::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(AdminTokens { path: Some(path.to_path_buf()), ..tokens })
+        Ok(AdminTokens { path: Some(path.to_path_buf()), loaded_text: Some(text), ..tokens })
     }
 }
 
@@ -190,7 +191,7 @@ impl AdminAuthLayer {
         let path = self.current().path.clone();
         let tokens = AdminTokens::parse(text)?;
         *self.tokens.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Arc::new(AdminTokens { path, ..tokens });
+            Arc::new(AdminTokens { path, loaded_text: Some(text.to_string()), ..tokens });
         Ok(())
     }
 
@@ -199,7 +200,8 @@ impl AdminAuthLayer {
     /// the previous tokens, logged and counted (`sluice_admin_tokens_reload_failures_total`).
     pub async fn watch_file(self, interval: std::time::Duration) {
         let Some(path) = self.current().path.clone() else { return };
-        let mut last = std::fs::read_to_string(&path).ok();
+        // Compared with what was loaded, so a change made between the load and this task is not missed.
+        let mut last = self.current().loaded_text.clone();
         loop {
             tokio::time::sleep(interval).await;
             let text = match std::fs::read_to_string(&path) {

@@ -7,7 +7,7 @@
 //! What to do is `sluice_security::plan_keys`'s decision; [`run`] carries it out every tick. Private keys
 //! never leave the node: a node that is lost takes its keys with it, and its published halves expire.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,13 +87,30 @@ fn key_path(dir: &Path, kid: &str) -> PathBuf {
     dir.join(format!("{kid}.pk8"))
 }
 
-fn published_object(node: u64, key: &SigningKey, created_ms: u64, timing: &KeyTiming) -> Value {
+fn published_object(node: u64, key: &SigningKey, created_ms: u64, published_ms: u64, timing: &KeyTiming) -> Value {
     json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": SIGNING_KEY_KIND,
         "metadata": {"namespace": SYSTEM_NAMESPACE, "name": key.kid()},
-        "spec": {"node": node, "createdMs": created_ms, "expiresMs": timing.expires_ms(created_ms), "jwk": key.jwk()},
+        "spec": {
+            "node": node, "createdMs": created_ms, "publishedMs": published_ms,
+            "expiresMs": timing.expires_ms(created_ms), "jwk": key.jwk(),
+        },
     })
 }
+
+/// When the stored object says `key` was published, if it is this key with the expiry the current timing gives
+/// it (a node restarted with other timing publishes its keys again with their new expiry).
+fn stored_publication(stored: &Value, key: &SigningKey, created_ms: u64, timing: &KeyTiming) -> Option<u64> {
+    let spec = stored.get("spec")?;
+    let same = spec.get("jwk") == Some(&key.jwk())
+        && spec.get("createdMs").and_then(Value::as_u64) == Some(created_ms)
+        && spec.get("expiresMs").and_then(Value::as_u64) == Some(timing.expires_ms(created_ms));
+    same.then(|| spec.get("publishedMs").and_then(Value::as_u64).unwrap_or(created_ms))
+}
+
+/// How long a publication this node saw committed counts before the node's own copy of the metadata shows it
+/// (it applies the entry a moment after the leader answered).
+const APPLY_GRACE_MS: u64 = 30_000;
 
 /// Every node's published keys that have not expired at `now_ms`, newest first, as a JWKS document.
 pub(crate) fn published_jwks(node: &Node, now_ms: u64) -> Value {
@@ -122,24 +139,36 @@ pub(crate) async fn run(node: Node) {
         return;
     }
     let mut keys = load_keys(&dir);
-    let mut published = BTreeSet::new();
+    let mut published = BTreeMap::new();
     loop {
         step(&node, &dir, &timing, &mut keys, &mut published, now_ms()).await;
         tokio::time::sleep(tick).await;
     }
 }
 
-/// The plan's view of `keys`: published when this node's publication was committed (`published`) or the
-/// metadata group holds it (after a restart).
-fn own_keys(node: &Node, keys: &OwnKeys, published: &BTreeSet<String>) -> Vec<OwnKey> {
+/// The plan's view of `keys`: each one's publication as the metadata group holds it, or as this node saw it
+/// committed (`committed`: kid → when) within the last [`APPLY_GRACE_MS`]. A key whose object is gone (deleted
+/// by hand) or stale is unpublished to the plan: it stops signing and is published again.
+fn own_keys(
+    node: &Node,
+    keys: &OwnKeys,
+    committed: &BTreeMap<String, u64>,
+    timing: &KeyTiming,
+    now_ms: u64,
+) -> Vec<OwnKey> {
     keys.iter()
-        .map(|(kid, (key, created_ms))| OwnKey {
-            kid: kid.clone(),
-            created_ms: *created_ms,
-            published: published.contains(kid)
-                || node.resource(&key_of(kid)).is_some_and(|json| {
-                    serde_json::from_str::<Value>(&json).is_ok_and(|o| o.pointer("/spec/jwk") == Some(&key.jwk()))
-                }),
+        .map(|(kid, (key, created_ms))| {
+            let stored = node
+                .resource(&key_of(kid))
+                .and_then(|json| serde_json::from_str::<Value>(&json).ok())
+                .and_then(|object| stored_publication(&object, key, *created_ms, timing));
+            let seen = committed.get(kid).copied();
+            let published_ms = match (stored, seen) {
+                (Some(stored), seen) => Some(stored.max(seen.unwrap_or(0))),
+                (None, Some(seen)) if now_ms < seen.saturating_add(APPLY_GRACE_MS) => Some(seen),
+                (None, _) => None,
+            };
+            OwnKey { kid: kid.clone(), created_ms: *created_ms, published_ms }
         })
         .collect()
 }
@@ -149,10 +178,16 @@ async fn step(
     dir: &Path,
     timing: &KeyTiming,
     keys: &mut OwnKeys,
-    published: &mut BTreeSet<String>,
+    committed: &mut BTreeMap<String, u64>,
     now_ms: u64,
 ) {
-    let plan = plan_keys(&own_keys(node, keys, published), now_ms, timing);
+    let plan = plan_keys(&own_keys(node, keys, committed, timing, now_ms), now_ms, timing);
+    // First the signing key: the writes below may wait for a metadata leader, and the current key may be
+    // reaching the end of its signing time meanwhile.
+    let signing_key = |plan: &sluice_security::KeyPlan, keys: &OwnKeys| {
+        plan.signing.as_ref().and_then(|kid| keys.get(kid)).map(|(key, _)| key.clone())
+    };
+    node.sender_tokens().set_signing_key(signing_key(&plan, keys));
     let mut publish = plan.publish.clone();
     if plan.generate {
         let created_ms = now_ms.max(keys.values().map(|(_, c)| c + 1).max().unwrap_or(0));
@@ -173,9 +208,11 @@ async fn step(
     }
     for kid in &publish {
         let Some((key, created_ms)) = keys.get(kid) else { continue };
-        match node.put_internal_object(&published_object(node.id(), key, *created_ms, timing)).await {
+        let object = published_object(node.id(), key, *created_ms, sluice_cloudevent::clock::now_ms(), timing);
+        match node.put_internal_object(&object).await {
             Ok(_) => {
-                published.insert(kid.clone());
+                // The lead counts from the commit, which is later than the time the object names.
+                committed.insert(kid.clone(), sluice_cloudevent::clock::now_ms());
             }
             Err(e) => {
                 // Before `cluster init`, or without a metadata leader: the next tick tries again.
@@ -185,14 +222,19 @@ async fn step(
         }
     }
     // Again with what was just published: a node's first key signs as soon as it is committed.
-    let plan = if publish.is_empty() { plan } else { plan_keys(&own_keys(node, keys, published), now_ms, timing) };
-    let signing = plan.signing.as_ref().and_then(|kid| keys.get(kid)).map(|(key, _)| key.clone());
-    node.sender_tokens().set_signing_key(signing);
+    let now_ms = sluice_cloudevent::clock::now_ms().max(now_ms);
+    let plan = if publish.is_empty() {
+        plan
+    } else {
+        let plan = plan_keys(&own_keys(node, keys, committed, timing, now_ms), now_ms, timing);
+        node.sender_tokens().set_signing_key(signing_key(&plan, keys));
+        plan
+    };
     for kid in &plan.remove {
         match node.delete_resource(key_of(kid)).await {
             Ok(_) => {
                 keys.remove(kid);
-                published.remove(kid);
+                committed.remove(kid);
                 if let Err(e) = std::fs::remove_file(key_path(dir, kid)) {
                     tracing::warn!(kid = %kid, error = %e, "cannot remove a retired signing key's file");
                 }
@@ -201,12 +243,14 @@ async fn step(
             Err(e) => tracing::debug!(kid = %kid, error = %e, "retired signing key not unpublished yet"),
         }
     }
-    // Keys of nodes that are gone expire: any node removes them (deleting twice is harmless).
+    // Keys of nodes that are gone expire: any node removes them once no token of theirs can be valid even on a
+    // clock that lags (deleting twice is harmless).
+    let grace_ms = u64::try_from((timing.token_ttl + timing.skew).as_millis()).unwrap_or(u64::MAX);
     for (key, json) in node.resources(SIGNING_KEY_KIND) {
         let expired = serde_json::from_str::<Value>(&json)
             .ok()
             .and_then(|o| o.pointer("/spec/expiresMs").and_then(Value::as_u64))
-            .is_none_or(|expires| expires <= now_ms);
+            .is_none_or(|expires| expires.saturating_add(grace_ms) <= now_ms);
         if expired && !keys.contains_key(&key.name) {
             let _ = node.delete_resource(key).await;
         }

@@ -109,6 +109,11 @@ pub async fn start(
         tracing::warn!("the admin API listens beyond loopback without authentication (--admin-tokens, or strict TLS)");
     }
     if settings.sender_identity.issuer.is_none() {
+        if http_addr.ip().is_unspecified() {
+            tracing::warn!(%http_addr, "--sender-issuer is not set and the HTTP port listens on every address: the \
+                tokens Sluice sends name an issuer subscribers cannot reach; set --sender-issuer to an address of \
+                this cluster");
+        }
         let scheme = if settings.tls.is_some() { "https" } else { "http" };
         settings.sender_identity.issuer = Some(format!("{scheme}://{http_addr}"));
     }

@@ -46,11 +46,13 @@ impl Default for KeyTiming {
 
 impl KeyTiming {
     /// When a key made at `created_ms` leaves the JWKS at the latest: it signs until its successor (made at
-    /// `created + rotation`) is past its lead, and its last tokens live `token_ttl` (+ skew) more.
+    /// `created + rotation`) is past its lead, counted from the successor's publication, which may come up to
+    /// another lead late (a metadata leader being elected) without a gap; its last tokens live `token_ttl`
+    /// (+ skew) more.
     pub fn expires_ms(&self, created_ms: u64) -> u64 {
         created_ms
             .saturating_add(ms(self.rotation))
-            .saturating_add(ms(self.publish_lead))
+            .saturating_add(ms(self.publish_lead).saturating_mul(2))
             .saturating_add(ms(self.token_ttl))
             .saturating_add(ms(self.skew))
     }
@@ -67,6 +69,19 @@ impl KeyTiming {
                 self.rotation.as_secs()
             ));
         }
+        // A key stays published for up to two leads + token lifetime + skew after its successor is made: the keys that
+        // overlap then must fit in MAX_OWN_KEYS, or the oldest would go while its tokens are valid.
+        let overlap = self.publish_lead * 2 + self.token_ttl + self.skew;
+        let room = self.rotation * (MAX_OWN_KEYS as u32 - 2);
+        if overlap > room {
+            return Err(format!(
+                "the publish lead, token lifetime and clock skew ({} s together) must not exceed {} key rotation \
+                 periods ({} s): more keys would be alive at once than a node keeps",
+                overlap.as_secs(),
+                MAX_OWN_KEYS - 2,
+                room.as_secs()
+            ));
+        }
         Ok(())
     }
 }
@@ -80,8 +95,9 @@ fn ms(duration: Duration) -> u64 {
 pub struct OwnKey {
     pub kid: String,
     pub created_ms: u64,
-    /// Its public half is committed in the metadata group (verifiers can find it).
-    pub published: bool,
+    /// When its public half was committed in the metadata group with its current expiry (verifiers can find
+    /// it from then on); `None`: not published, or published with another expiry.
+    pub published_ms: Option<u64>,
 }
 
 /// What to do with the keys now.
@@ -99,31 +115,36 @@ pub struct KeyPlan {
 
 /// The plan for a node's `keys` at `now_ms`.
 ///
-/// - A key signs while `now + token_ttl <= expires` (its tokens never outlive its place in the JWKS).
-/// - The signing key is the newest published one past its publish lead, else (a node's first key, or one
-///   back after a long stop) the newest published one that can sign.
-/// - A new key is made when there is none or the newest is `rotation` old.
-/// - A key older than the signing key is removed once its successor has signed for `token_ttl + skew`, or once
-///   it expired; past [`MAX_OWN_KEYS`] the oldest go.
+/// - A key signs while `now + token_ttl + skew <= expires`: its tokens, with the verifiers' skew, never
+///   outlive its place in the JWKS.
+/// - The signing key is the newest published one whose publication is `publish_lead` old, else (a node's
+///   first key, or one back after a long stop) the newest published one that can sign.
+/// - A new key is made when there is none or the newest is `rotation` old; an unpublished key that has not
+///   expired is published.
+/// - A key older than the signing key is removed once its successor has been past its lead for
+///   `token_ttl + skew` (when its own last token has expired), or once it expired; past [`MAX_OWN_KEYS`] the
+///   oldest go ([`KeyTiming::check`] keeps sane timings from getting there).
 pub fn plan_keys(keys: &[OwnKey], now_ms: u64, timing: &KeyTiming) -> KeyPlan {
     let mut keys: Vec<&OwnKey> = keys.iter().collect();
     keys.sort_by_key(|k| (k.created_ms, k.kid.clone()));
-    let can_sign = |k: &OwnKey| now_ms.saturating_add(ms(timing.token_ttl)) <= timing.expires_ms(k.created_ms);
-    let past_lead = |k: &OwnKey| k.created_ms.saturating_add(ms(timing.publish_lead)) <= now_ms;
-    let signers: Vec<&&OwnKey> = keys.iter().filter(|k| k.published && can_sign(k)).collect();
+    let (lead, ttl, skew) = (ms(timing.publish_lead), ms(timing.token_ttl), ms(timing.skew));
+    let expires = |k: &OwnKey| timing.expires_ms(k.created_ms);
+    let can_sign = |k: &OwnKey| now_ms.saturating_add(ttl).saturating_add(skew) <= expires(k);
+    let past_lead = |k: &OwnKey| k.published_ms.is_some_and(|p| p.saturating_add(lead) <= now_ms);
+    let signers: Vec<&&OwnKey> = keys.iter().filter(|k| k.published_ms.is_some() && can_sign(k)).collect();
     let signing = signers.iter().rev().find(|k| past_lead(k)).or(signers.last()).map(|k| k.kid.clone());
     let generate = keys.last().is_none_or(|newest| newest.created_ms.saturating_add(ms(timing.rotation)) <= now_ms);
-    let publish = keys.iter().filter(|k| !k.published).map(|k| k.kid.clone()).collect();
+    let publish =
+        keys.iter().filter(|k| k.published_ms.is_none() && expires(k) > now_ms).map(|k| k.kid.clone()).collect();
     let signing_index = signing.as_ref().and_then(|kid| keys.iter().position(|k| &k.kid == kid));
     let mut remove = Vec::new();
     for (index, key) in keys.iter().enumerate() {
         let older_than_signing = signing_index.is_some_and(|s| index < s);
-        let expired = timing.expires_ms(key.created_ms) <= now_ms;
-        let superseded = older_than_signing && {
-            let successor = keys[index + 1];
-            let retired_ms = successor.created_ms.saturating_add(ms(timing.publish_lead));
-            retired_ms.saturating_add(ms(timing.token_ttl)).saturating_add(ms(timing.skew)) <= now_ms
-        };
+        let expired = expires(key) <= now_ms;
+        let superseded = older_than_signing
+            && keys[index + 1]
+                .published_ms
+                .is_some_and(|p| p.saturating_add(lead).saturating_add(ttl).saturating_add(skew) <= now_ms);
         if (expired || superseded) && Some(index) != signing_index {
             remove.push(key.kid.clone());
         }
@@ -252,18 +273,23 @@ mod tests {
         }
     }
 
-    fn key(kid: &str, created_s: u64, published: bool) -> OwnKey {
-        OwnKey { kid: kid.into(), created_ms: created_s * S, published }
+    /// A key made at `created_s` and published `published_after_s` later (`None`: not published).
+    fn key(kid: &str, created_s: u64, published_after_s: Option<u64>) -> OwnKey {
+        OwnKey {
+            kid: kid.into(),
+            created_ms: created_s * S,
+            published_ms: published_after_s.map(|p| (created_s + p) * S),
+        }
     }
 
     #[test]
     fn a_node_without_keys_makes_one_and_signs_with_it_once_published() {
         let t = timing();
         assert_eq!(plan_keys(&[], 0, &t), KeyPlan { generate: true, ..Default::default() });
-        let made = plan_keys(&[key("a", 10, false)], 10 * S, &t);
+        let made = plan_keys(&[key("a", 10, None)], 10 * S, &t);
         assert_eq!(made, KeyPlan { publish: vec!["a".into()], ..Default::default() });
         // A first key signs at once: there is nothing older to sign with during its lead.
-        let published = plan_keys(&[key("a", 10, true)], 11 * S, &t);
+        let published = plan_keys(&[key("a", 10, Some(0))], 11 * S, &t);
         assert_eq!(published.signing.as_deref(), Some("a"));
         assert!(!published.generate && published.remove.is_empty());
     }
@@ -272,11 +298,11 @@ mod tests {
     fn rotation_publishes_ahead_signs_after_the_lead_and_removes_after_the_last_token() {
         let t = timing();
         // The old key is an hour old: make a new one.
-        let due = plan_keys(&[key("a", 0, true)], 3600 * S, &t);
+        let due = plan_keys(&[key("a", 0, Some(0))], 3600 * S, &t);
         assert!(due.generate);
         assert_eq!(due.signing.as_deref(), Some("a"));
         // The new key is published but within its lead: the old one still signs.
-        let keys = [key("a", 0, true), key("b", 3600, true)];
+        let keys = [key("a", 0, Some(0)), key("b", 3600, Some(0))];
         assert_eq!(plan_keys(&keys, 3601 * S, &t).signing.as_deref(), Some("a"));
         assert_eq!(plan_keys(&keys, (3600 + 119) * S, &t).signing.as_deref(), Some("a"));
         // Past the lead the new one signs; the old stays until its last token expired (+ skew).
@@ -291,62 +317,91 @@ mod tests {
     }
 
     #[test]
+    fn the_lead_counts_from_the_publication_not_the_creation() {
+        let t = timing();
+        // b was made at 3600 s, but its publication only committed 100 s later: verifiers may first see it
+        // then, so a keeps signing until 120 s after that.
+        let keys = [key("a", 0, Some(0)), key("b", 3600, Some(100))];
+        assert_eq!(plan_keys(&keys, (3600 + 121) * S, &t).signing.as_deref(), Some("a"));
+        assert_eq!(plan_keys(&keys, (3600 + 219) * S, &t).signing.as_deref(), Some("a"));
+        assert_eq!(plan_keys(&keys, (3600 + 220) * S, &t).signing.as_deref(), Some("b"));
+        let retired_until = 3600 + 220 + 600 + 60;
+        assert!(plan_keys(&keys, (retired_until - 1) * S, &t).remove.is_empty());
+        assert_eq!(plan_keys(&keys, retired_until * S, &t).remove, vec!["a".to_string()]);
+    }
+
+    #[test]
     fn an_unpublished_key_never_signs_and_a_key_near_expiry_stops_signing() {
         let t = timing();
-        let keys = [key("a", 0, true), key("b", 3600, false)];
-        let plan = plan_keys(&keys, (3600 + 150) * S, &t);
+        let keys = [key("a", 0, Some(0)), key("b", 3600, None)];
+        let plan = plan_keys(&keys, (3600 + 100) * S, &t);
         assert_eq!(plan.signing.as_deref(), Some("a"));
         assert_eq!(plan.publish, vec!["b".to_string()]);
         // A node that was stopped past its key's last signing instant signs with nothing until a new key is
         // published, and then with that one at once.
-        let stale = [key("a", 0, true)];
-        let late = t.expires_ms(0) - 599 * S;
+        let stale = [key("a", 0, Some(0))];
+        let late = t.expires_ms(0) - 659 * S;
         let plan = plan_keys(&stale, late, &t);
         assert_eq!(plan.signing, None);
         assert!(plan.generate);
-        let fresh = [key("a", 0, true), key("c", late / S, true)];
+        let fresh = [key("a", 0, Some(0)), key("c", late / S, Some(0))];
         assert_eq!(plan_keys(&fresh, late + S, &t).signing.as_deref(), Some("c"));
+        // An expired key found after a restart is not published again, only removed.
+        let gone = plan_keys(&[key("a", 0, None)], t.expires_ms(0), &t);
+        assert!(gone.publish.is_empty() && gone.remove == vec!["a".to_string()], "{gone:?}");
     }
 
     #[test]
     fn expired_keys_go_and_the_key_count_is_bounded() {
         let t = timing();
-        let keys: Vec<OwnKey> = (0..12).map(|i| key(&format!("k{i:02}"), 100 + i, true)).collect();
+        let keys: Vec<OwnKey> = (0..12).map(|i| key(&format!("k{i:02}"), 100 + i, Some(0))).collect();
         let plan = plan_keys(&keys, 200 * S, &t);
         assert_eq!(plan.signing.as_deref(), Some("k11"));
         let kept = keys.len() - plan.remove.len();
         assert!(kept <= MAX_OWN_KEYS, "{plan:?}");
         assert!(!plan.remove.contains(plan.signing.as_ref().expect("a signer")));
-        let long_gone = plan_keys(&[key("a", 0, true), key("b", 1, true)], t.expires_ms(0) + S, &t);
+        let long_gone = plan_keys(&[key("a", 0, Some(0)), key("b", 1, Some(0))], t.expires_ms(0) + S, &t);
         assert!(long_gone.remove.contains(&"a".to_string()), "{long_gone:?}");
+    }
+
+    #[test]
+    fn timings_that_would_need_more_keys_than_a_node_keeps_are_refused() {
+        assert!(timing().check().is_ok());
+        assert!(KeyTiming::default().check().is_ok());
+        let tight = KeyTiming { rotation: Duration::from_secs(60), publish_lead: Duration::from_secs(1), ..timing() };
+        assert!(tight.check().is_err(), "600 s tokens with a key a minute");
+        let lead_too_long = KeyTiming { publish_lead: Duration::from_secs(3600), ..timing() };
+        assert!(lead_too_long.check().is_err());
     }
 
     proptest::proptest! {
         /// Whatever the keys and the instant: the signing key is published and can sign a whole token; a removed
-        /// key never signs; a key that signed within `token_ttl + skew` (the previous signer) is not removed.
+        /// key never signs; a key that signed a moment ago is not removed while its tokens may be valid.
         #[test]
         fn the_plan_never_strands_a_token(
-            created in proptest::collection::vec((0u64..20_000, proptest::bool::ANY), 0..6),
-            now_s in 0u64..30_000,
+            created in proptest::collection::vec((0u64..20_000, proptest::option::of(0u64..500)), 0..6),
+            now_s in 1u64..30_000,
         ) {
             let t = timing();
-            let keys: Vec<OwnKey> =
-                created.iter().enumerate().map(|(i, (c, p))| key(&format!("k{i}"), *c, *p)).collect();
+            // Keys are made and published in the past (before the instant before `now`).
+            let keys: Vec<OwnKey> = created
+                .iter()
+                .filter(|(c, p)| c + p.unwrap_or(0) < now_s)
+                .enumerate()
+                .map(|(i, (c, p))| key(&format!("k{i}"), *c, *p))
+                .collect();
             let plan = plan_keys(&keys, now_s * S, &t);
             if let Some(signing) = &plan.signing {
                 let k = keys.iter().find(|k| &k.kid == signing).expect("a known key");
-                proptest::prop_assert!(k.published);
-                proptest::prop_assert!(now_s * S + 600 * S <= t.expires_ms(k.created_ms));
+                proptest::prop_assert!(k.published_ms.is_some());
+                proptest::prop_assert!(now_s * S + 660 * S <= t.expires_ms(k.created_ms));
                 proptest::prop_assert!(!plan.remove.contains(signing));
             }
-            // The key that signed a moment ago (same keys) is still there now.
-            if now_s >= 1 {
-                let before = plan_keys(&keys, (now_s - 1) * S, &t);
-                if let Some(previous) = before.signing {
-                    let k = keys.iter().find(|k| k.kid == previous).expect("a known key");
-                    if now_s * S < t.expires_ms(k.created_ms) && keys.len() <= MAX_OWN_KEYS {
-                        proptest::prop_assert!(!plan.remove.contains(&previous), "{plan:?} removed {previous}");
-                    }
+            let before = plan_keys(&keys, (now_s - 1) * S, &t);
+            if let Some(previous) = before.signing {
+                let k = keys.iter().find(|k| k.kid == previous).expect("a known key");
+                if now_s * S < t.expires_ms(k.created_ms) && keys.len() <= MAX_OWN_KEYS {
+                    proptest::prop_assert!(!plan.remove.contains(&previous), "{plan:?} removed {previous}");
                 }
             }
         }

@@ -71,12 +71,21 @@ fn kid_of(delivery: &Delivery) -> String {
     serde_json::from_slice::<Value>(&decoded).ok().and_then(|h| h["kid"].as_str().map(String::from)).unwrap_or_default()
 }
 
-/// Answers 202 to a request whose token verifies for `audience`, else 401 naming the check (and the Trigger's
-/// retries then give up: such events end as dead letters).
-fn verifying(verifier: Verifier, audience: &'static str) -> sluice_tests::subscriber::Behavior {
-    Arc::new(move |delivery: &Delivery, _| match verifier.verify(delivery.header("authorization"), audience) {
-        Ok(_) => Reply::status(202),
-        Err(refusal) => Reply::status(401).with_body(refusal.check()),
+/// What a verifying subscriber decided for each request, at receipt: (event id, the check that failed or
+/// `None`).
+type Verdicts = Arc<std::sync::Mutex<Vec<(String, Option<&'static str>)>>>;
+
+/// Answers 202 to a request whose token verifies for `audience` when it arrives, else 401 naming the check
+/// (the Trigger's retries then give up: such events end as dead letters); records each verdict.
+fn verifying(verifier: Verifier, audience: &'static str, verdicts: Verdicts) -> sluice_tests::subscriber::Behavior {
+    Arc::new(move |delivery: &Delivery, _| {
+        let id = delivery.event().ok().and_then(|e| e.get("id").map(String::from)).unwrap_or_default();
+        let verdict = verifier.verify(delivery.header("authorization"), audience).err().map(|e| e.check());
+        verdicts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((id, verdict));
+        match verdict {
+            None => Reply::status(202),
+            Some(check) => Reply::status(401).with_body(check),
+        }
     })
 }
 
@@ -84,15 +93,32 @@ fn verifying(verifier: Verifier, audience: &'static str) -> sluice_tests::subscr
 async fn a_subscriber_verifies_sluices_tokens_and_refuses_a_forged_one() -> Result<()> {
     let (_root, node) = start_single_node(
         1,
-        &["--signing-key-rotation-s", "6", "--signing-key-publish-lead-s", "1", "--sender-token-ttl-s", "10"],
+        &[
+            "--signing-key-rotation-s",
+            "6",
+            "--signing-key-publish-lead-s",
+            "1",
+            "--sender-token-ttl-s",
+            "10",
+            "--oidc-skew-s",
+            "5",
+        ],
     )
     .await?;
     let (verifier, jwks_uri) = Verifier::discover(&node.http).await?;
     assert_eq!(verifier.issuer, format!("http://{}", node.http), "the issuer defaults to the node's address");
     assert_eq!(jwks_uri, format!("http://{}/.well-known/jwks.json", node.http));
+    // The node's first key is published once the cluster is initialised; the verifier has it before any
+    // delivery (a subscriber would refetch on an unknown kid; this one refreshes every 200 ms).
+    wait_until(Duration::from_secs(20), || async {
+        let keys = verifier.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        Ok(keys.first().is_some_and(|issuer| !issuer.keys.is_empty()).then_some(()))
+    })
+    .await?;
 
-    let subscriber = Subscriber::start(verifying(verifier.clone(), SUBSCRIBER_AUDIENCE)).await?;
-    let sink = Subscriber::start(verifying(verifier.clone(), SINK_AUDIENCE)).await?;
+    let verdicts = Verdicts::default();
+    let subscriber = Subscriber::start(verifying(verifier.clone(), SUBSCRIBER_AUDIENCE, verdicts.clone())).await?;
+    let sink = Subscriber::start(verifying(verifier.clone(), SINK_AUDIENCE, Verdicts::default())).await?;
     let refusing = Subscriber::start(Arc::new(|_, _| Reply::status(500))).await?;
     apply_resource(&node.admin, broker_object("default", "default", json!({}))).await?;
     let trigger = |name: &str, event_type: &str, uri: &str| {
@@ -143,7 +169,13 @@ async fn a_subscriber_verifies_sluices_tokens_and_refuses_a_forged_one() -> Resu
         assert_eq!(claims.issuer, verifier.issuer);
     }
     // The dead letter of the failing Trigger goes to the sink with a token for the sink's audience.
-    let dead = sink.wait_for(1, Duration::from_secs(30)).await?;
+    let is_fail_1 = |d: &Delivery| d.event().is_ok_and(|e| e.get("id") == Some("fail-1"));
+    let dead: Vec<Delivery> = sink
+        .wait_until(Duration::from_secs(30), |d| d.iter().any(is_fail_1))
+        .await?
+        .into_iter()
+        .filter(is_fail_1)
+        .collect();
     let claims = verifier.verify(dead[0].header("authorization"), SINK_AUDIENCE).map_err(anyhow::Error::msg)?;
     assert_eq!(claims.subject, "system:serviceaccount:default:sluice-trigger-failing");
     assert!(
@@ -186,12 +218,15 @@ async fn a_subscriber_verifies_sluices_tokens_and_refuses_a_forged_one() -> Resu
     let jwks: Value = client.get(&jwks_uri).send().await?.json().await?;
     let kids: Vec<&str> = jwks["keys"].as_array().into_iter().flatten().filter_map(|k| k["kid"].as_str()).collect();
     assert!(kids.contains(&rotated.as_str()) && kids.contains(&kid.as_str()), "{kids:?} holds {kid} and {rotated}");
-    let from_sluice = |d: &Delivery| d.event().is_ok_and(|e| !e.get("id").is_some_and(|id| id.starts_with("forged-")));
-    for delivery in subscriber.deliveries().iter().filter(|d| from_sluice(d)) {
-        verifier
-            .verify(delivery.header("authorization"), SUBSCRIBER_AUDIENCE)
-            .map_err(|e| anyhow::anyhow!("after rotation, kid {}: {e}", kid_of(delivery)))?;
-    }
+    // Every delivery from Sluice, before and across the rotation, verified when it arrived.
+    let refused: Vec<(String, Option<&str>)> = verdicts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .filter(|(id, verdict)| !id.starts_with("forged-") && verdict.is_some())
+        .cloned()
+        .collect();
+    assert!(refused.is_empty(), "deliveries refused at receipt: {refused:?}");
     Ok(())
 }
 
@@ -277,6 +312,28 @@ async fn triggers_send_as_themselves_through_event_policies() -> Result<()> {
         }
     })
     .await?;
+    // Nobody else can send as the Trigger: a token naming it, signed with another key under a real kid of the
+    // cluster's issuer, is refused at b's ingress.
+    let issuer_of_node = format!("http://{}", node.http);
+    let jwks: Value = client.get(format!("{issuer_of_node}/.well-known/jwks.json")).send().await?.json().await?;
+    let kid = jwks["keys"][0]["kid"].as_str().context("a published key")?.to_string();
+    let forged = SigningKey::generate(&kid)?.sign(&json!({
+        "iss": issuer_of_node, "sub": "system:serviceaccount:team:sluice-trigger-fwd",
+        "aud": "eventing.knative.dev/broker/team/b", "exp": now_s() + 600,
+    }))?;
+    let response = client
+        .post(format!("http://{}/team/b", node.http))
+        .header("authorization", format!("Bearer {forged}"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "forged-1")
+        .header("ce-source", "/t84")
+        .header("ce-type", "t84.order")
+        .body("{}")
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 401);
+    let body: Value = response.json().await?;
+    assert_eq!(body["rule"], "signature", "{body}");
     assert_eq!(publish("stray-1", "t84.stray").await?.status().as_u16(), 202);
     assert_eq!(publish("ask-1", "t84.ask").await?.status().as_u16(), 202);
 
