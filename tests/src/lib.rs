@@ -162,9 +162,21 @@ impl TestCluster {
         for node in &cluster.nodes {
             wait_for_admin(&node.admin).await.with_context(|| node.log_tail())?;
         }
-        let members = cluster.nodes.iter().map(|n| Member { node_id: n.id, peer_addr: n.peer.clone() }).collect();
+        let members: Vec<Member> =
+            cluster.nodes.iter().map(|n| Member { node_id: n.id, peer_addr: n.peer.clone() }).collect();
         let mut client = ClusterClient::connect(format!("http://{}", cluster.nodes[0].admin)).await?;
-        client.init(InitRequest { members, partitions }).await.context("cluster init")?;
+        // Init is idempotent; a metadata group that has not elected its leader yet (a loaded machine) answers
+        // "no leader right now", which is retried (regression: t90 failed its cluster init once under CI load).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.init(InitRequest { members: members.clone(), partitions }).await {
+                Ok(_) => break,
+                Err(status) if status.message().contains("no leader") && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(status) => return Err(anyhow::Error::from(status).context("cluster init")),
+            }
+        }
         for node in &cluster.nodes {
             wait_ready(&node.http).await.with_context(|| node.log_tail())?;
         }
