@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::tls::accept::ConnInfo;
+use crate::tls::accept::{ConnInfo, NODE_ORGANISATION, certificate_organisations};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -94,19 +94,6 @@ impl AdminTokens {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let tokens = AdminTokens::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(AdminTokens { path: Some(path.to_path_buf()), loaded_text: Some(text), ..tokens })
-    }
-}
-
-/// The organisation of a node's certificate: required on the Raft peer port, and an operator on the admin API.
-pub const NODE_ORGANISATION: &str = "sluice:node";
-
-/// The organisations of a certificate's subject (none when it does not parse).
-pub fn certificate_organisations(certificate: &[u8]) -> Vec<String> {
-    match x509_parser::parse_x509_certificate(certificate) {
-        Ok((_, parsed)) => {
-            parsed.subject().iter_organization().filter_map(|o| o.as_str().ok()).map(String::from).collect()
-        }
-        Err(_) => Vec::new(),
     }
 }
 

@@ -43,7 +43,7 @@ pub fn issue_certificate(ca: &DevCertificates, names: &[String]) -> Result<(Stri
     let mut params = CertificateParams::new(names.to_vec()).map_err(generate_error("certificate names"))?;
     params.distinguished_name.push(DnType::CommonName, names.first().map(String::as_str).unwrap_or("sluice"));
     // A node's certificate: the organisation the peer port and the admin API's operate role ask for.
-    params.distinguished_name.push(DnType::OrganizationName, crate::admin_auth::NODE_ORGANISATION);
+    params.distinguished_name.push(DnType::OrganizationName, crate::tls::accept::NODE_ORGANISATION);
     params.extended_key_usages =
         vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, &issuer).map_err(generate_error("signing the certificate"))?;

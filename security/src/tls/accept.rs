@@ -148,11 +148,12 @@ pub async fn accept(
     };
     if client_certificate == ClientCertificate::Required {
         // The CA may sign other workloads' certificates too: only a node's may speak Raft.
-        let is_node = stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).is_some_and(|leaf| {
-            crate::admin_auth::certificate_organisations(leaf.as_ref())
-                .iter()
-                .any(|o| o == crate::admin_auth::NODE_ORGANISATION)
-        });
+        let is_node = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .is_some_and(|leaf| certificate_organisations(leaf.as_ref()).iter().any(|o| o == NODE_ORGANISATION));
         if !is_node {
             return Err(AcceptError::NotANode);
         }
@@ -268,5 +269,18 @@ impl AsyncWrite for Conn {
             Conn::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
             Conn::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+/// The organisation of a node's certificate: required on the Raft peer port, and an operator on the admin API.
+pub const NODE_ORGANISATION: &str = "sluice:node";
+
+/// The organisations of a certificate's subject (none when it does not parse).
+pub fn certificate_organisations(certificate: &[u8]) -> Vec<String> {
+    match x509_parser::parse_x509_certificate(certificate) {
+        Ok((_, parsed)) => {
+            parsed.subject().iter_organization().filter_map(|o| o.as_str().ok()).map(String::from).collect()
+        }
+        Err(_) => Vec::new(),
     }
 }
