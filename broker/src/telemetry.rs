@@ -1,10 +1,17 @@
 //! The process-wide Prometheus recorder behind `/metrics`.
+//!
+//! In: every `metrics::` call of the process; out: the text `/metrics` renders. The recorder keeps each
+//! histogram's new samples in a queue until they are folded into its buckets, which it does only when asked:
+//! at a scrape, or at an upkeep. A node nobody scrapes (most benchmarks, a dev node) grew by every sample,
+//! several per event (docs/benchmarks.md, session 14), so a thread of its own runs the upkeep.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static UPKEEP: OnceLock<std::thread::JoinHandle<()>> = OnceLock::new();
 
 /// Installs the recorder once per process and returns its handle.
 pub fn prometheus() -> PrometheusHandle {
@@ -35,7 +42,46 @@ pub fn prometheus() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::debug!("a metrics recorder was already installed");
             }
+            spawn_upkeep(handle.clone());
             handle
         })
         .clone()
+}
+
+/// How often the histograms' queued samples are folded into their buckets: the queue holds at most this
+/// long's samples (at 100,000 samples/s, about 4 MB).
+pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The name of the upkeep thread (`/proc/PID/task/*/comm` shows it).
+pub(crate) const UPKEEP_THREAD: &str = "metrics-upkeep";
+
+/// A plain thread, not a task: the recorder may be installed before (or without) a Tokio runtime.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new().name(UPKEEP_THREAD.into()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            handle.run_upkeep();
+        }
+    });
+    match spawned {
+        Ok(thread) => {
+            let _ = UPKEEP.set(thread);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the metrics upkeep thread did not start; histogram samples queue until a scrape")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installing_the_recorder_starts_the_upkeep_thread() {
+        let _handle = prometheus();
+        let upkeep = UPKEEP.get().expect("the upkeep thread was started");
+        assert_eq!(upkeep.thread().name(), Some(UPKEEP_THREAD));
+        assert!(!upkeep.is_finished(), "the upkeep runs as long as the process");
+    }
 }
