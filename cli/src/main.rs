@@ -2,9 +2,10 @@
 //! 3-node cluster), `sluice node` (a cluster member) and `sluice cluster`
 //! (init and status through a node's admin API).
 
-/// jemalloc, not glibc's malloc: in the node's profile glibc's allocator took about a quarter of the CPU
-/// (chunk coalescing under many threads), and it keeps freed memtable memory that jemalloc returns
-/// (docs/benchmarks.md, session 11).
+/// jemalloc, not glibc's malloc, for Rust and for RocksDB's C++ alike (it replaces `malloc` for the whole
+/// process): in the node's profile glibc's allocator took about a quarter of the CPU (chunk coalescing under
+/// many threads), and RocksDB's blocks and memtables freed into glibc's per-thread arenas stayed in the RSS
+/// (docs/benchmarks.md, sessions 11 and 14).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -12,7 +13,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// second (the default waits for more allocations, 10 s), so a drained backlog does not stay in the RSS.
 /// jemalloc reads a `const char *` by this name; a `&u8` to the first byte of a NUL-terminated string is one.
 #[allow(unsafe_code, non_upper_case_globals)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
+#[unsafe(export_name = "malloc_conf")]
 pub static malloc_conf: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000\0"[0];
 
 /// `println!` for the command paths: writes to standard output and returns the `io::Result` instead of
