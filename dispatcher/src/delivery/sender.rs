@@ -18,8 +18,11 @@ use crate::delivery::policy::RetryAfter;
 
 /// The most of a response body that is read: a reply event must fit, and `knativeerrordata` is cut from it.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 4 << 20;
-/// Idle pooled connections kept per host.
-pub(crate) const MAX_IDLE_PER_HOST: usize = 64;
+/// Idle pooled connections kept per host: at least what a node has in flight to one subscriber (a Trigger's
+/// window, 100 by default, on each of the node's partitions), or every completion beyond the pool closes a
+/// connection that the next delivery opens again. At 64, half the deliveries of a backlog drain opened a
+/// connection (docs/benchmarks.md, session 14). Idle connections go after `POOL_IDLE_TIMEOUT`.
+pub(crate) const MAX_IDLE_PER_HOST: usize = 512;
 /// How long an idle pooled connection is kept. Under the idle timeouts servers commonly close kept-alive
 /// connections at (Node.js 5 s, Sluice's own HTTP port 10 s through its header-read timeout): a connection the
 /// server is closing at the moment it is reused loses the request, and a shorter pool avoids that race.
