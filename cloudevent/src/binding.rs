@@ -109,18 +109,13 @@ pub fn from_batch(body: &[u8], max_events: usize) -> Result<Vec<CloudEvent>, Eve
 }
 
 fn from_json_object(raw: &RawValue) -> Result<CloudEvent, EventError> {
-    let members: Vec<(String, Box<RawValue>)> =
-        match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get()) {
-            Ok(_) => serde_json::from_str::<BTreeMap<String, Box<RawValue>>>(raw.get())
-                .map_err(|e| EventError::bad("malformed JSON").rule(e.to_string()))?
-                .into_iter()
-                .collect(),
-            Err(_) => {
-                return Err(
-                    EventError::bad("an event must be a JSON object").rule("structured mode carries one JSON object")
-                );
-            }
-        };
+    // `raw` is valid JSON already (the body parsed): one pass splits the object into its members, whose values
+    // stay unparsed text borrowed from the body until each is read below (the data is never parsed).
+    if !raw.get().trim_start().starts_with('{') {
+        return Err(EventError::bad("an event must be a JSON object").rule("structured mode carries one JSON object"));
+    }
+    let members: BTreeMap<String, &RawValue> =
+        serde_json::from_str(raw.get()).map_err(|e| EventError::bad("malformed JSON").rule(e.to_string()))?;
     let mut attributes = BTreeMap::new();
     let mut data = None;
     let mut data_base64 = None;
