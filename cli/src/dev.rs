@@ -224,6 +224,8 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
             t.retention_check_ms.to_string(),
             "--dispatch-commit-interval-ms".into(),
             t.dispatch_commit_interval_ms.to_string(),
+            "--stop-with-parent".into(),
+            std::process::id().to_string(),
         ];
         node_args.extend(args.serving.to_args());
         node_args.extend(tls_args.to_args());

@@ -37,6 +37,10 @@ pub(crate) struct NodeArgs {
     /// this node's path to that peer. The cluster still names the peer by ADDR.
     #[arg(long = "peer-route", value_name = "ADDR=VIA", value_parser = parse_peer_route)]
     pub peer_routes: Vec<(String, String)>,
+    /// Shut down (as on SIGTERM) when the process PID is no longer this node's parent: `sluice dev` starts
+    /// its nodes with it, so that a `kill -9` of `sluice dev` does not leave them running.
+    #[arg(long, value_name = "PID", hide = true)]
+    pub stop_with_parent: Option<u32>,
     #[command(flatten)]
     pub tuning: TuningArgs,
     #[command(flatten)]
@@ -51,6 +55,15 @@ pub(crate) struct NodeArgs {
     pub admin_auth: crate::security_args::AdminAuthArgs,
     #[command(flatten)]
     pub statefulset: crate::statefulset::StatefulSetArgs,
+}
+
+/// Returns once `parent` is no longer this process's parent (it died and the process was re-parented).
+/// Polled: Linux tells a child of its parent's death only through `prctl`, which needs `unsafe`.
+async fn parent_gone(parent: u32) {
+    const PARENT_POLL: Duration = Duration::from_millis(500);
+    while std::os::unix::process::parent_id() == parent {
+        tokio::time::sleep(PARENT_POLL).await;
+    }
 }
 
 /// How the node serves Knative Services.
@@ -379,7 +392,15 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     let dispatcher = start_dispatcher(&running, &args.tuning, &serving_state)?;
     let bootstrap =
         placement.map(|placement| tokio::spawn(crate::statefulset::bootstrap(running.node.clone(), placement)));
-    crate::shutdown_signal().await;
+    match args.stop_with_parent {
+        Some(parent) => {
+            tokio::select! {
+                _ = crate::shutdown_signal() => {}
+                _ = parent_gone(parent) => tracing::warn!(parent, "the parent process is gone"),
+            }
+        }
+        None => crate::shutdown_signal().await,
+    }
     if let Some(bootstrap) = bootstrap {
         bootstrap.abort();
     }

@@ -60,6 +60,18 @@ pub fn free_addr() -> String {
     }
 }
 
+/// A port and the `count - 1` ports after it, all free now (`sluice dev --nodes N` gives node i port + i - 1).
+pub fn free_run(count: u16) -> String {
+    loop {
+        let base = free_addr();
+        let port: u16 = base.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let free = (1..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", port.saturating_add(i))).is_ok());
+        if port != 0 && free {
+            return base;
+        }
+    }
+}
+
 pub struct NodeProc {
     pub id: u64,
     pub data: PathBuf,

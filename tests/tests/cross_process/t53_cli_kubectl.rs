@@ -569,3 +569,77 @@ async fn sluice_dev_with_one_node_binds_no_peer_port() -> anyhow::Result<()> {
     child.kill().await?;
     Ok(())
 }
+
+/// A `kill -9` of `sluice dev --nodes 3` left its three nodes running, holding their ports and data (seen as
+/// stray `sluice node` processes after CI runs): each node now stops when its parent is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_sluice_dev_stops_its_nodes() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let base = sluice_tests::free_run(9);
+    let base_port: u16 = base.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or_else(|| anyhow::anyhow!("port"))?;
+    let [http, admin, peer] = [0u16, 3, 6].map(|offset| format!("127.0.0.1:{}", base_port + offset));
+    let mut dev = tokio::process::Command::new(sluice_bin())
+        .args(["dev", "--nodes", "3", "--http", &http, "--admin", &admin, "--peer-listen", &peer, "--data"])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let dev_pid = dev.id().ok_or_else(|| anyhow::anyhow!("sluice dev has no pid"))?;
+    let mut lines = BufReader::new(dev.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?).lines();
+    let started = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.starts_with("sluice dev: 3 nodes") {
+                return Ok::<bool, anyhow::Error>(true);
+            }
+        }
+        Ok(false)
+    })
+    .await??;
+    assert!(started, "sluice dev printed that its nodes run");
+    let nodes = children_of(dev_pid)?;
+    assert_eq!(nodes.len(), 3, "sluice dev runs its three nodes as children: {nodes:?}");
+    dev.start_kill()?;
+    dev.wait().await?;
+    let running = wait_until(Duration::from_secs(30), || {
+        let nodes = nodes.clone();
+        async move {
+            let running: Vec<u32> = nodes.into_iter().filter(|pid| is_alive(*pid)).collect();
+            Ok(running.is_empty().then_some(()))
+        }
+    })
+    .await;
+    let left: Vec<u32> = nodes.iter().copied().filter(|pid| is_alive(*pid)).collect();
+    for pid in &left {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    assert!(running.is_ok(), "nodes still running 30 s after sluice dev was killed: {left:?}");
+    Ok(())
+}
+
+/// The pids whose parent is `parent` (from `/proc/PID/stat`).
+fn children_of(parent: u32) -> anyhow::Result<Vec<u32>> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The fields after the command (which may hold spaces) start after its closing parenthesis.
+        let after_command = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+        if after_command.split_whitespace().nth(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent) {
+            children.push(pid);
+        }
+    }
+    Ok(children)
+}
+
+/// Whether `pid` is a running process (a zombie has exited; nobody may reap it in a container).
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}

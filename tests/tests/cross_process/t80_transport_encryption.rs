@@ -283,18 +283,6 @@ async fn deliveries_to_https_destinations_trust_their_cacerts_and_the_cluster_ca
     Ok(())
 }
 
-/// A port and the `count - 1` ports after it, all free now (`sluice dev --nodes N` gives node i port + i - 1).
-fn free_run(count: u16) -> String {
-    loop {
-        let base = sluice_tests::free_addr();
-        let port: u16 = base.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        let free = (1..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", port.saturating_add(i))).is_ok());
-        if port != 0 && free {
-            return base;
-        }
-    }
-}
-
 /// `sluice dev --nodes 3` in strict mode: the supervisor initialises its children over TLS as a node, https
 /// ingress takes events on every node, and the admin API asks an operator for a client certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,7 +291,7 @@ async fn a_dev_cluster_runs_in_strict_mode() -> Result<()> {
     let data = tempfile::tempdir()?;
     // One run of nine free ports: HTTP, admin and peer ports for nodes 1-3 (free_addr hands out consecutive
     // ports, so three runs asked for one after the other would overlap).
-    let base = free_run(9);
+    let base = sluice_tests::free_run(9);
     let base_port: u16 = base.rsplit(':').next().and_then(|p| p.parse().ok()).context("port")?;
     let [http, admin, peer] = [0u16, 3, 6].map(|offset| format!("127.0.0.1:{}", base_port + offset));
     let mut child = tokio::process::Command::new(sluice_tests::sluice_bin())
