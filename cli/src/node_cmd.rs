@@ -204,6 +204,10 @@ pub(crate) struct IngressArgs {
     /// batched into the next entry, so fewer in flight means larger entries.
     #[arg(long, default_value_t = AppendLimits::default().max_in_flight_entries)]
     pub append_inflight_entries: usize,
+    /// While entries of a partition are in flight, a batch of appends smaller than this many events (and
+    /// 64 KiB) waits for one of them to commit, gathering what arrives meanwhile; 1 sends every batch at once.
+    #[arg(long, default_value_t = AppendLimits::default().pipeline_min_records)]
+    pub append_pipeline_min_records: usize,
 }
 
 impl IngressArgs {
@@ -337,6 +341,8 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
             max_bytes_per_entry,
             max_records_per_entry: ingress.max_batch_events.max(4096),
             max_in_flight_entries: ingress.append_inflight_entries.max(1),
+            pipeline_min_records: ingress.append_pipeline_min_records.max(1),
+            pipeline_min_bytes: AppendLimits::default().pipeline_min_bytes,
         },
         read_limits: ReadLimits::default(),
         retention_check_interval: Duration::from_millis(tuning.retention_check_ms),

@@ -3,14 +3,19 @@
 //! Requests wait in a bounded queue. The batcher takes the first waiting
 //! request, then everything else already waiting (up to the entry's record
 //! and byte limits), and submits them as one entry. It never waits for more
-//! to arrive: an idle group commits a lone append at once, and a busy one
-//! batches because requests pile up while earlier entries are in flight
-//! (at most `max_in_flight_entries` at a time).
+//! to arrive when nothing is in flight: an idle group commits a lone append at
+//! once. While entries are in flight, a small batch waits for one of them to
+//! finish, gathering what arrives meanwhile ([`send_decision`]); a batch of
+//! `pipeline_min_records` records (or `pipeline_min_bytes`) goes at once, up to
+//! `max_in_flight_entries` at a time. Producers that send one event per request
+//! thus share entries instead of each taking its own (every entry costs a log
+//! write, an apply and Raft's bookkeeping), and producers that batch still
+//! pipeline.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use crate::command::forward::WriteFailure;
 use crate::command::{Appended, GroupId, LogCommand, LogResponse, StreamAppend, group_name};
@@ -24,6 +29,11 @@ pub struct AppendLimits {
     /// Appends waiting for a batch; beyond this, appends fail with `QueueFull`.
     pub queue_capacity: usize,
     pub max_in_flight_entries: usize,
+    /// A batch this large goes while other entries are in flight; a smaller one waits for one of them to
+    /// finish (and gathers what arrives meanwhile). 1 pipelines every batch.
+    pub pipeline_min_records: usize,
+    /// The same in bytes of payload: whichever is reached first.
+    pub pipeline_min_bytes: usize,
 }
 
 /// How long an entry may wait to commit before its appends are answered as
@@ -38,6 +48,8 @@ impl Default for AppendLimits {
             max_bytes_per_entry: 1 << 20,
             queue_capacity: 8192,
             max_in_flight_entries: 16,
+            pipeline_min_records: 64,
+            pipeline_min_bytes: 64 << 10,
         }
     }
 }
@@ -113,28 +125,89 @@ impl Queue {
 }
 
 async fn run(group: GroupId, raft: Raft, limits: AppendLimits, mut rx: mpsc::Receiver<PendingAppend>) {
-    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight_entries.max(1)));
-    let mut carried: Option<PendingAppend> = None;
-    loop {
-        let first = match carried.take() {
-            Some(pending) => pending,
-            None => match rx.recv().await {
-                Some(pending) => pending,
-                None => return,
-            },
-        };
-        // Waiting for a slot lets more requests queue up behind `first`.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let filled = fill_batch(first, || rx.try_recv().ok(), &limits, |p| &p.append, |_, _| true);
-        let (batch, records, bytes) = (filled.batch, filled.records, filled.bytes);
-        carried = filled.carried;
+    let mut in_flight = JoinSet::new();
+    let mut carried = None;
+    let max_in_flight = limits.max_in_flight_entries.max(1);
+    while let Some(filled) =
+        next_batch(&mut rx, &mut carried, &mut in_flight, max_in_flight, &limits, |p| &p.append, |_, _| true).await
+    {
         let raft = raft.clone();
-        tokio::spawn(async move {
-            commit(group, &raft, batch, records, bytes).await;
-            drop(permit);
-        });
+        in_flight.spawn(async move { commit(group, &raft, filled.batch, filled.records, filled.bytes).await });
+    }
+    // The queue is closed (the group is stopping): the entries already proposed still answer their callers.
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Whether a batch goes now or waits: the pure part of the batchers' loops ([`next_batch`] carries it out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SendDecision {
+    Send,
+    /// Wait for an in-flight entry to finish (or more to arrive, if the batch has room).
+    Wait,
+}
+
+/// What a batch of `records` records and `bytes` bytes does with `in_flight` entries already in flight:
+/// nothing in flight, it goes (a lone request never waits on an idle group); the window full, it waits; in
+/// between it goes only if it is full (an entry limit reached, or the next request did not fit) or reaches
+/// the pipelining size, and otherwise waits for an entry to finish, gathering what arrives meanwhile.
+pub(crate) fn send_decision(
+    in_flight: usize,
+    max_in_flight: usize,
+    records: usize,
+    bytes: usize,
+    full: bool,
+    limits: &AppendLimits,
+) -> SendDecision {
+    let large = records >= limits.pipeline_min_records || bytes >= limits.pipeline_min_bytes;
+    if in_flight == 0 || (in_flight < max_in_flight && (full || large)) {
+        SendDecision::Send
+    } else {
+        SendDecision::Wait
+    }
+}
+
+/// The next batch to send, once [`send_decision`] lets it go; `None` once the queue is closed and empty.
+/// Reaps finished entries from `in_flight` (which the caller spawns into) while it waits.
+pub(crate) async fn next_batch<T>(
+    rx: &mut mpsc::Receiver<T>,
+    carried: &mut Option<T>,
+    in_flight: &mut JoinSet<()>,
+    max_in_flight: usize,
+    limits: &AppendLimits,
+    append_of: impl Fn(&T) -> &StreamAppend + Copy,
+    joins: impl Fn(&T, &T) -> bool + Copy,
+) -> Option<Filled<T>> {
+    let first = match carried.take() {
+        Some(first) => first,
+        None => loop {
+            tokio::select! {
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                next = rx.recv() => break next?,
+            }
+        },
+    };
+    let mut filled = fill_batch(first, || rx.try_recv().ok(), limits, append_of, joins);
+    let mut open = true;
+    loop {
+        while in_flight.try_join_next().is_some() {}
+        let full = filled.carried.is_some()
+            || filled.records >= limits.max_records_per_entry
+            || filled.bytes >= limits.max_bytes_per_entry;
+        let decision = send_decision(in_flight.len(), max_in_flight, filled.records, filled.bytes, full, limits);
+        if decision == SendDecision::Send {
+            *carried = filled.carried.take();
+            return Some(filled);
+        }
+        tokio::select! {
+            Some(_) = in_flight.join_next() => {}
+            next = rx.recv(), if open && !full => match next {
+                Some(next) => {
+                    let mut next = Some(next);
+                    filled.extend(|| next.take().or_else(|| rx.try_recv().ok()), limits, append_of, joins);
+                }
+                None => open = false,
+            },
+        }
     }
 }
 
@@ -152,31 +225,47 @@ pub(crate) struct Filled<T> {
 /// the follower's forwarder.
 pub(crate) fn fill_batch<T>(
     first: T,
-    mut next_waiting: impl FnMut() -> Option<T>,
+    next_waiting: impl FnMut() -> Option<T>,
     limits: &AppendLimits,
     append_of: impl Fn(&T) -> &StreamAppend,
     joins: impl Fn(&T, &T) -> bool,
 ) -> Filled<T> {
-    let mut records = append_of(&first).payloads.len();
-    let mut bytes = append_of(&first).payload_bytes();
-    let mut batch = vec![first];
-    let mut carried = None;
-    while records < limits.max_records_per_entry && bytes < limits.max_bytes_per_entry {
-        let Some(next) = next_waiting() else { break };
-        let next_records = append_of(&next).payloads.len();
-        let next_bytes = append_of(&next).payload_bytes();
-        if !joins(&batch[0], &next)
-            || records + next_records > limits.max_records_per_entry
-            || bytes + next_bytes > limits.max_bytes_per_entry
+    let records = append_of(&first).payloads.len();
+    let bytes = append_of(&first).payload_bytes();
+    let mut filled = Filled { batch: vec![first], records, bytes, carried: None };
+    filled.extend(next_waiting, limits, append_of, joins);
+    filled
+}
+
+impl<T> Filled<T> {
+    /// Takes more from `next_waiting` while the batch stays within the limits and joins its first item; the
+    /// first that does not fit is carried (nothing more is taken once one is).
+    pub(crate) fn extend(
+        &mut self,
+        mut next_waiting: impl FnMut() -> Option<T>,
+        limits: &AppendLimits,
+        append_of: impl Fn(&T) -> &StreamAppend,
+        joins: impl Fn(&T, &T) -> bool,
+    ) {
+        while self.carried.is_none()
+            && self.records < limits.max_records_per_entry
+            && self.bytes < limits.max_bytes_per_entry
         {
-            carried = Some(next);
-            break;
+            let Some(next) = next_waiting() else { break };
+            let next_records = append_of(&next).payloads.len();
+            let next_bytes = append_of(&next).payload_bytes();
+            if !joins(&self.batch[0], &next)
+                || self.records + next_records > limits.max_records_per_entry
+                || self.bytes + next_bytes > limits.max_bytes_per_entry
+            {
+                self.carried = Some(next);
+                break;
+            }
+            self.records += next_records;
+            self.bytes += next_bytes;
+            self.batch.push(next);
         }
-        records += next_records;
-        bytes += next_bytes;
-        batch.push(next);
     }
-    Filled { batch, records, bytes, carried }
 }
 
 async fn commit(group: GroupId, raft: &Raft, batch: Vec<PendingAppend>, records: usize, bytes: usize) {
@@ -306,5 +395,67 @@ mod tests {
         let (batch, _, _, carried) = fill(append("x1", 1, 1), &mut queued, &limits(100, 1000), joins);
         assert_eq!((batch, carried), (vec!["x1".into(), "x2".into()], Some("y1".into())));
         assert_eq!(queued.len(), 1);
+    }
+
+    #[test]
+    fn a_small_batch_waits_for_an_entry_in_flight_and_a_large_or_full_one_pipelines() {
+        let limits = AppendLimits { pipeline_min_records: 64, pipeline_min_bytes: 64 << 10, ..AppendLimits::default() };
+        let (send, wait) = (SendDecision::Send, SendDecision::Wait);
+        // (in flight, records, bytes, full) -> decision, with 16 entries at most in flight.
+        let table = [
+            ((0, 1, 1024, false), send, "an idle group sends a lone request at once"),
+            ((0, 4096, 1 << 20, true), send, "an idle group sends a full batch"),
+            ((1, 1, 1024, false), wait, "a small batch waits for the entry in flight"),
+            ((1, 63, 63 * 1024, false), wait, "one record short of the pipelining size"),
+            ((1, 64, 100, false), send, "the pipelining size in records"),
+            ((1, 2, 64 << 10, false), send, "the pipelining size in bytes"),
+            ((5, 3, 300, true), send, "a full batch (its next request did not fit) need not wait"),
+            ((15, 64, 64 << 10, false), send, "one slot left"),
+            ((16, 4096, 1 << 20, true), wait, "the window is full"),
+            ((16, 1, 1, false), wait, "the window is full, small batch"),
+        ];
+        for ((in_flight, records, bytes, full), expected, why) in table {
+            assert_eq!(send_decision(in_flight, 16, records, bytes, full, &limits), expected, "{why}");
+        }
+        let always = AppendLimits { pipeline_min_records: 1, ..limits.clone() };
+        assert_eq!(send_decision(3, 16, 1, 10, false, &always), send, "1 pipelines every batch");
+    }
+
+    /// The shell: a lone request goes at once; while it is in flight, requests that arrive gather into one
+    /// batch, which goes when the entry finishes.
+    #[tokio::test]
+    async fn requests_arriving_while_an_entry_is_in_flight_share_the_next_entry() {
+        let limits = AppendLimits::default();
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut in_flight = JoinSet::new();
+        let mut carried = None;
+        tx.send(append("a", 1, 10)).await.expect("queue open");
+        let first =
+            next_batch(&mut rx, &mut carried, &mut in_flight, 16, &limits, |a| a, |_, _| true).await.expect("a batch");
+        assert_eq!(first.batch.len(), 1, "nothing in flight: the lone request goes");
+        let (finish, finished) = oneshot::channel::<()>();
+        in_flight.spawn(async move {
+            let _ = finished.await;
+        });
+        tx.send(append("b", 1, 10)).await.expect("queue open");
+        tx.send(append("c", 1, 10)).await.expect("queue open");
+        let gathering = tokio::spawn(async move {
+            let filled = next_batch(&mut rx, &mut carried, &mut in_flight, 16, &limits, |a| a, |_, _| true).await;
+            filled.map(|filled| filled.batch.iter().map(|a| a.stream.clone()).collect::<Vec<_>>())
+        });
+        // The test runtime has one thread: the gatherer runs only while this task yields. Once it has taken
+        // everything queued it is waiting (a batch that went at once would have finished it).
+        let drained = |tx: &mpsc::Sender<StreamAppend>| tx.capacity() == tx.max_capacity();
+        while !drained(&tx) {
+            tokio::task::yield_now().await;
+        }
+        assert!(!gathering.is_finished(), "a small batch does not go while an entry is in flight");
+        tx.send(append("d", 1, 10)).await.expect("queue open");
+        while !drained(&tx) {
+            tokio::task::yield_now().await;
+        }
+        assert!(!gathering.is_finished(), "still waiting after more arrived");
+        drop(finish);
+        assert_eq!(gathering.await.expect("the gatherer finishes"), Some(vec!["b".into(), "c".into(), "d".into()]));
     }
 }

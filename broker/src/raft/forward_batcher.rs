@@ -4,16 +4,16 @@
 //! One RPC per request made the peer transport (HTTP/2 framing, protobuf, a task per call) the largest
 //! cost of a 3-node cluster. Requests wait in a bounded queue; the sender takes the first waiting one and
 //! everything else already waiting for the same leader (up to the entry's record and byte limits), sends
-//! them as one `AppendBatch`, and answers each request with its own outcome. Like [`crate::raft::append_batcher`] it
-//! never waits for more to arrive, and at most `MAX_IN_FLIGHT_RPCS` batches per group are on the wire.
+//! them as one `AppendBatch`, and answers each request with its own outcome. Like [`crate::raft::append_batcher`]
+//! (the same [`next_batch`] decides) it never waits while nothing is on the wire, lets a small batch wait for
+//! an RPC to finish, and puts at most `MAX_IN_FLIGHT_RPCS` batches per group on the wire.
 
-use std::sync::Arc;
-
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use crate::command::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
 use crate::command::{Appended, GroupId, StreamAppend, group_name};
-use crate::raft::append_batcher::{AppendLimits, Queue, check_append_size, fill_batch};
+use crate::raft::append_batcher::{AppendLimits, Queue, check_append_size, next_batch};
 use crate::transport::client::PeerClients;
 
 const MAX_IN_FLIGHT_RPCS: usize = 8;
@@ -49,33 +49,20 @@ impl ForwardBatcher {
 }
 
 async fn run(group: GroupId, peers: PeerClients, limits: AppendLimits, mut rx: mpsc::Receiver<PendingForward>) {
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_RPCS));
     let requests_per_rpc = metrics::histogram!("sluice_forward_batch_requests", "group" => group_name(group));
-    let mut carried: Option<PendingForward> = None;
-    loop {
-        let first = match carried.take() {
-            Some(pending) => pending,
-            None => match rx.recv().await {
-                Some(pending) => pending,
-                None => return,
-            },
-        };
-        // Waiting for a slot lets more requests queue up behind `first`.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let leader_addr = first.leader_addr.clone();
-        let filled =
-            fill_batch(first, || rx.try_recv().ok(), &limits, |p| &p.append, |a, b| a.leader_addr == b.leader_addr);
+    let mut in_flight = JoinSet::new();
+    let mut carried = None;
+    let same_leader = |a: &PendingForward, b: &PendingForward| a.leader_addr == b.leader_addr;
+    while let Some(filled) =
+        next_batch(&mut rx, &mut carried, &mut in_flight, MAX_IN_FLIGHT_RPCS, &limits, |p| &p.append, same_leader).await
+    {
         let batch = filled.batch;
-        carried = filled.carried;
         requests_per_rpc.record(batch.len() as f64);
+        let leader_addr = batch[0].leader_addr.clone();
         let peers = peers.clone();
-        tokio::spawn(async move {
-            send(group, &peers, &leader_addr, batch).await;
-            drop(permit);
-        });
+        in_flight.spawn(async move { send(group, &peers, &leader_addr, batch).await });
     }
+    while in_flight.join_next().await.is_some() {}
 }
 
 async fn send(group: GroupId, peers: &PeerClients, leader_addr: &str, batch: Vec<PendingForward>) {
