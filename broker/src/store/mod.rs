@@ -58,6 +58,8 @@ impl Store {
         options.create_missing_column_families(true);
         // Writes go to the WAL unsynced; durability comes from WalSyncer's fsync.
         options.set_manual_wal_flush(false);
+        // Applied state skips the WAL (state_machine.rs): the column families must reach disk as of one point.
+        options.set_atomic_flush(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         options.increase_parallelism(2);
         // Memory bounded whatever the size of the data (memory.rs).

@@ -76,6 +76,16 @@ pub(crate) fn write_snapshot(db: &DB, group: GroupId, dir: &Path) -> io::Result<
     Ok((meta, final_path))
 }
 
+/// Writes the state machine's memtables to table files (every group's: the column families are shared) and
+/// waits for it. With `atomic_flush` the column families are flushed as of one point, so the applied log id
+/// on disk always matches the data on disk.
+pub(crate) fn flush_state_machine(db: &DB) -> io::Result<()> {
+    let cfs = STATE_MACHINE_CFS.iter().map(|name| cf(db, name)).collect::<io::Result<Vec<_>>>()?;
+    let mut options = rocksdb::FlushOptions::default();
+    options.set_wait(true);
+    db.flush_cfs_opt(&cfs, &options).map_err(io_err)
+}
+
 /// The group's applied log id and membership as of `snapshot`.
 fn applied_meta(db: &DB, snapshot: &rocksdb::Snapshot<'_>, group: GroupId) -> io::Result<SnapshotMeta> {
     let sm_cf = cf(db, CF_SM_STATE)?;
@@ -92,14 +102,16 @@ fn applied_meta(db: &DB, snapshot: &rocksdb::Snapshot<'_>, group: GroupId) -> io
 }
 
 /// Records the meta of a snapshot as of now without writing its data: cheap, whatever the state's size.
-/// The WAL is synced first, so the applied state the meta names is on disk before the meta is (after a
-/// crash the state is never behind its meta, and openraft never needs to install anything at start).
+/// Applied state is written without the WAL (state_machine.rs), so the state machine's memtables are
+/// flushed first (atomically, and waited for): the applied state the meta names is on disk before the meta
+/// is, and before openraft purges the log entries it came from (after a crash the state is never behind
+/// its meta, and openraft never needs to install anything at start).
 pub(crate) fn write_snapshot_meta(db: &DB, group: GroupId, dir: &Path) -> io::Result<(SnapshotMeta, PathBuf)> {
     crate::durable_fs::create_dir_all(dir)?;
     let snapshot = db.snapshot();
     let meta = applied_meta(db, &snapshot, group)?;
     drop(snapshot);
-    db.flush_wal(true).map_err(io_err)?;
+    flush_state_machine(db)?;
     let final_path = dir.join(file_name(meta.last_log_id.as_ref())).with_extension("meta");
     let tmp_path = final_path.with_extension("meta.tmp");
     let header = encode(&meta).map_err(io_err)?;
