@@ -4,9 +4,11 @@
 //! One RPC per request made the peer transport (HTTP/2 framing, protobuf, a task per call) the largest
 //! cost of a 3-node cluster. Requests wait in a bounded queue; the sender takes the first waiting one and
 //! everything else already waiting for the same leader (up to the entry's record and byte limits), sends
-//! them as one `AppendBatch`, and answers each request with its own outcome. Like [`crate::raft::append_batcher`]
-//! (the same [`next_batch`] decides) it never waits while nothing is on the wire, lets a small batch wait for
-//! an RPC to finish, and puts at most `MAX_IN_FLIGHT_RPCS` batches per group on the wire.
+//! them as one `AppendBatch`, and answers each request with its own outcome. It never waits for more to
+//! arrive, and puts at most `MAX_IN_FLIGHT_RPCS` batches per group on the wire. Unlike the leader's
+//! [`crate::raft::append_batcher`], a small batch does not wait for an RPC in flight: an RPC to a leader that
+//! just died lasts until its timeout, and every forward behind it would wait that long (the leader's entries
+//! commit in order anyway, so there waiting costs nothing).
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -53,6 +55,7 @@ async fn run(group: GroupId, peers: PeerClients, limits: AppendLimits, mut rx: m
     let mut in_flight = JoinSet::new();
     let mut carried = None;
     let same_leader = |a: &PendingForward, b: &PendingForward| a.leader_addr == b.leader_addr;
+    let limits = AppendLimits { pipeline_min_records: 1, ..limits };
     while let Some(filled) =
         next_batch(&mut rx, &mut carried, &mut in_flight, MAX_IN_FLIGHT_RPCS, &limits, |p| &p.append, same_leader).await
     {
