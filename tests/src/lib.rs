@@ -47,29 +47,48 @@ pub fn hello_bin() -> PathBuf {
 /// one) and are never handed out twice by one process, so a port a killed
 /// node held is still its own when it restarts.
 pub fn free_addr() -> String {
+    free_run(1)
+}
+
+/// A port and the `count - 1` ports after it, all free now and all taken from the same counter as
+/// [`free_addr`], so no other caller of this process is handed one of them (`sluice dev --nodes N` gives
+/// node i port + i - 1; two dev clusters started at once were handed overlapping runs).
+pub fn free_run(count: u16) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    let count = u32::from(count.max(1));
     let base = 20_000 + (std::process::id() * 97) % 10_000;
     loop {
-        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (base - 20_000 + offset) % 12_000;
-        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
-            drop(listener);
-            return format!("127.0.0.1:{port}");
+        let offset = NEXT.fetch_add(count, Ordering::Relaxed);
+        let first = 20_000 + (base - 20_000 + offset) % 12_000;
+        // A run never wraps past the end of the range: ports stay consecutive.
+        if first + count > 32_000 {
+            continue;
+        }
+        let free = (first..first + count).all(|port| std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok());
+        if free {
+            return format!("127.0.0.1:{first}");
         }
     }
 }
 
-/// A port and the `count - 1` ports after it, all free now (`sluice dev --nodes N` gives node i port + i - 1).
-pub fn free_run(count: u16) -> String {
-    loop {
-        let base = free_addr();
-        let port: u16 = base.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        let free = (1..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", port.saturating_add(i))).is_ok());
-        if port != 0 && free {
-            return base;
+/// Reads `lines` until one starts with `prefix`: `true` once one does, `false` if the output ends first; an
+/// error after `timeout` (a `sluice dev` that prints that its nodes run, for instance).
+pub async fn wait_for_line<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<bool> {
+    tokio::time::timeout(timeout, async {
+        while let Some(line) = lines.next_line().await? {
+            if line.starts_with(prefix) {
+                return Ok(true);
+            }
         }
-    }
+        Ok(false)
+    })
+    .await
+    .with_context(|| format!("no line starting with {prefix:?} within {timeout:?}"))?
 }
 
 pub struct NodeProc {

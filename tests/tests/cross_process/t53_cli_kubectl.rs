@@ -587,15 +587,7 @@ async fn kill_9_of_sluice_dev_stops_its_nodes() -> anyhow::Result<()> {
         .spawn()?;
     let dev_pid = dev.id().ok_or_else(|| anyhow::anyhow!("sluice dev has no pid"))?;
     let mut lines = BufReader::new(dev.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?).lines();
-    let started = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(line) = lines.next_line().await? {
-            if line.starts_with("sluice dev: 3 nodes") {
-                return Ok::<bool, anyhow::Error>(true);
-            }
-        }
-        Ok(false)
-    })
-    .await??;
+    let started = sluice_tests::wait_for_line(&mut lines, "sluice dev: 3 nodes", Duration::from_secs(120)).await?;
     assert!(started, "sluice dev printed that its nodes run");
     let nodes = children_of(dev_pid)?;
     assert_eq!(nodes.len(), 3, "sluice dev runs its three nodes as children: {nodes:?}");

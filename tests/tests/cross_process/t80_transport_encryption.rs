@@ -304,15 +304,7 @@ async fn a_dev_cluster_runs_in_strict_mode() -> Result<()> {
         .spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let started = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(line) = lines.next_line().await? {
-            if line.starts_with("sluice dev: 3 nodes") {
-                return Ok::<bool, anyhow::Error>(true);
-            }
-        }
-        Ok(false)
-    })
-    .await??;
+    let started = sluice_tests::wait_for_line(&mut lines, "sluice dev: 3 nodes", Duration::from_secs(120)).await?;
     let log = || std::fs::read_to_string(data.path().join("dev.log")).unwrap_or_default();
     assert!(started, "the dev cluster printed that it runs: {}", log());
     let tls = data.path().join("tls");
