@@ -208,6 +208,9 @@ pub(crate) struct IngressArgs {
     /// 64 KiB) waits for one of them to commit, gathering what arrives meanwhile; 1 sends every batch at once.
     #[arg(long, default_value_t = AppendLimits::default().pipeline_min_records)]
     pub append_pipeline_min_records: usize,
+    /// The same for the appends a follower forwards to a partition's leader.
+    #[arg(long, default_value_t = AppendLimits::default().forward_pipeline_min_records)]
+    pub forward_pipeline_min_records: usize,
 }
 
 impl IngressArgs {
@@ -245,6 +248,10 @@ pub(crate) struct TuningArgs {
     /// How often partition leaders apply retention (sluice.dev/retention).
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retention_check_ms: u64,
+    /// How often a node checks whether it leads at least two partitions more than another healthy node,
+    /// and if so hands one over (docs/architecture.md, "Leadership balance"); 0 never moves leadership.
+    #[arg(long, default_value_t = 1_000)]
+    pub leader_balance_ms: u64,
     /// How often the dispatcher commits consumer offsets through Raft. After a crash, events settled within
     /// the last interval (and those in flight) are delivered again.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -343,9 +350,12 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
             max_in_flight_entries: ingress.append_inflight_entries.max(1),
             pipeline_min_records: ingress.append_pipeline_min_records.max(1),
             pipeline_min_bytes: AppendLimits::default().pipeline_min_bytes,
+            forward_pipeline_min_records: ingress.forward_pipeline_min_records.max(1),
         },
         read_limits: ReadLimits::default(),
         retention_check_interval: Duration::from_millis(tuning.retention_check_ms),
+        leader_balance_interval: (tuning.leader_balance_ms > 0)
+            .then(|| Duration::from_millis(tuning.leader_balance_ms)),
         peer_routes: Default::default(),
         serving_domain: sluice_controller::serving::DEFAULT_DOMAIN.into(),
         serving_runtime: Default::default(),

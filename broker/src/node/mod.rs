@@ -1,6 +1,7 @@
 //! A Sluice node: the store, the metadata group, the partition groups of the
 //! cluster config, and the write/read API the servers and later crates use.
 
+pub(crate) mod leader_balance;
 pub(crate) mod membership;
 pub(crate) mod publish;
 mod reads;
@@ -57,6 +58,9 @@ pub struct NodeSettings {
     pub read_limits: ReadLimits,
     /// How often the leader of a partition applies retention.
     pub retention_check_interval: Duration,
+    /// How often the node checks whether it leads more partitions than its share (`node/leader_balance.rs`);
+    /// None: never moves leadership on its own.
+    pub leader_balance_interval: Option<Duration>,
     /// `--peer-route`: dial a peer advertised as the key at the value instead.
     pub peer_routes: BTreeMap<String, String>,
     /// Knative Routes are served (and their URLs given) as `NAME.NAMESPACE.DOMAIN` on the HTTP port.
@@ -116,6 +120,9 @@ struct NodeInner {
     leadership: Arc<watch::Sender<u64>>,
     /// Mints the tokens of this node's deliveries (`signing_keys` keeps its key current).
     sender_tokens: sluice_security::SenderTokens,
+    /// When each peer last handed this node a group's leadership (`leader_balance` gives none back for a
+    /// while: a node handing its leaderships away before it stops must not be refilled).
+    handovers_from: std::sync::Mutex<BTreeMap<NodeId, std::time::Instant>>,
 }
 
 impl Node {
@@ -137,6 +144,7 @@ impl Node {
                 membership_changes: Arc::new(tokio::sync::Mutex::new(())),
                 membership_queue: Arc::new(tokio::sync::Semaphore::new(MEMBERSHIP_QUEUE)),
                 removed: std::sync::atomic::AtomicBool::new(false),
+                handovers_from: Default::default(),
                 leadership: Arc::new(watch::Sender::new(0)),
             }),
         };

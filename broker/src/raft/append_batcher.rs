@@ -34,6 +34,8 @@ pub struct AppendLimits {
     pub pipeline_min_records: usize,
     /// The same in bytes of payload: whichever is reached first.
     pub pipeline_min_bytes: usize,
+    /// The same rule for a follower's forwards to the leader (records only; 1 sends every batch at once).
+    pub forward_pipeline_min_records: usize,
 }
 
 /// How long an entry may wait to commit before its appends are answered as
@@ -50,6 +52,7 @@ impl Default for AppendLimits {
             max_in_flight_entries: 16,
             pipeline_min_records: 64,
             pipeline_min_bytes: 64 << 10,
+            forward_pipeline_min_records: 1,
         }
     }
 }

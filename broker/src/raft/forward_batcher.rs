@@ -55,7 +55,7 @@ async fn run(group: GroupId, peers: PeerClients, limits: AppendLimits, mut rx: m
     let mut in_flight = JoinSet::new();
     let mut carried = None;
     let same_leader = |a: &PendingForward, b: &PendingForward| a.leader_addr == b.leader_addr;
-    let limits = AppendLimits { pipeline_min_records: 1, ..limits };
+    let limits = AppendLimits { pipeline_min_records: limits.forward_pipeline_min_records, ..limits };
     while let Some(filled) =
         next_batch(&mut rx, &mut carried, &mut in_flight, MAX_IN_FLIGHT_RPCS, &limits, |p| &p.append, same_leader).await
     {

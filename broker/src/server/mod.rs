@@ -126,6 +126,9 @@ pub async fn start(
     }
     // Detached, as the node's other background loops: it ends with the runtime.
     tokio::spawn(crate::node::retention::run(node.clone(), node.settings().retention_check_interval));
+    if let Some(interval) = node.settings().leader_balance_interval {
+        tokio::spawn(crate::node::leader_balance::run(node.clone(), interval));
+    }
     tokio::spawn(node.clone().report_store_memory(std::time::Duration::from_secs(5)));
     tokio::spawn(crate::node::signing_keys::run(node.clone()));
     tokio::spawn(crate::node::signing_keys::trust_own_issuer(node.clone()));

@@ -74,7 +74,11 @@ impl RaftTransport for TransportService {
     async fn transfer_leader(&self, request: Request<GroupMessage>) -> Result<Response<GroupReply>, Status> {
         let message = request.into_inner();
         let raft = self.raft(message.group_id)?;
-        let rpc = decode(&message.payload).map_err(bad_request)?;
+        let rpc: openraft::raft::TransferLeaderRequest<crate::command::TypeConfig> =
+            decode(&message.payload).map_err(bad_request)?;
+        if *rpc.to_node_id() == self.node.id() {
+            self.node.note_handover_from(rpc.from_leader().leader_id().node_id);
+        }
         reply(&raft.handle_transfer_leader(rpc).await.map_err(fatal)?)
     }
 

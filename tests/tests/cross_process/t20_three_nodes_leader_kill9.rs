@@ -16,7 +16,8 @@ const GROUP: u32 = PARTITION + 1;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill9_mid_stream_loses_nothing_acknowledged() -> anyhow::Result<()> {
-    let mut cluster = TestCluster::start(3, 2, &[]).await?;
+    // Leadership stays where it was elected (no balancing), so the kill below hits the partition's leader.
+    let mut cluster = TestCluster::start(3, 2, &["--leader-balance-ms", "0"]).await?;
     let admins: Vec<String> = cluster.nodes.iter().map(|n| n.admin.clone()).collect();
     let leader = cluster.leader_of(GROUP).await?;
 
