@@ -208,7 +208,8 @@ pub(crate) struct IngressArgs {
     /// 64 KiB) waits for one of them to commit, gathering what arrives meanwhile; 1 sends every batch at once.
     #[arg(long, default_value_t = AppendLimits::default().pipeline_min_records)]
     pub append_pipeline_min_records: usize,
-    /// The same for the appends a follower forwards to a partition's leader.
+    /// The same for the appends a follower forwards to a partition's leader (counting only the RPCs in flight
+    /// to that leader); 1 sends every forward at once.
     #[arg(long, default_value_t = AppendLimits::default().forward_pipeline_min_records)]
     pub forward_pipeline_min_records: usize,
 }

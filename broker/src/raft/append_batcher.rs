@@ -12,10 +12,13 @@
 //! write, an apply and Raft's bookkeeping), and producers that batch still
 //! pipeline.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 
 use crate::command::forward::WriteFailure;
 use crate::command::{Appended, GroupId, LogCommand, LogResponse, StreamAppend, group_name};
@@ -52,7 +55,7 @@ impl Default for AppendLimits {
             max_in_flight_entries: 16,
             pipeline_min_records: 64,
             pipeline_min_bytes: 64 << 10,
-            forward_pipeline_min_records: 1,
+            forward_pipeline_min_records: 64,
         }
     }
 }
@@ -128,17 +131,91 @@ impl Queue {
 }
 
 async fn run(group: GroupId, raft: Raft, limits: AppendLimits, mut rx: mpsc::Receiver<PendingAppend>) {
-    let mut in_flight = JoinSet::new();
+    let mut in_flight = InFlight::default();
     let mut carried = None;
     let max_in_flight = limits.max_in_flight_entries.max(1);
-    while let Some(filled) =
-        next_batch(&mut rx, &mut carried, &mut in_flight, max_in_flight, &limits, |p| &p.append, |_, _| true).await
-    {
+    let batching =
+        Batching { max_in_flight, limits: &limits, append_of: |p: &PendingAppend| &p.append, lane_of: |_| () };
+    while let Some(filled) = next_batch(&mut rx, &mut carried, &mut in_flight, &batching, |_, _| true).await {
         let raft = raft.clone();
-        in_flight.spawn(async move { commit(group, &raft, filled.batch, filled.records, filled.bytes).await });
+        in_flight.spawn((), async move { commit(group, &raft, filled.batch, filled.records, filled.bytes).await });
     }
     // The queue is closed (the group is stopping): the entries already proposed still answer their callers.
-    while in_flight.join_next().await.is_some() {}
+    in_flight.join_all().await;
+}
+
+/// Entries or RPCs in flight, each in a lane: the leader's batcher has one lane; the forwarder's lanes are
+/// the leaders it sent to, so a batch for a new leader never waits behind an RPC to one that just died.
+pub(crate) struct InFlight<L> {
+    tasks: JoinSet<L>,
+    per_lane: HashMap<L, usize>,
+}
+
+impl<L> Default for InFlight<L> {
+    fn default() -> Self {
+        Self { tasks: JoinSet::new(), per_lane: HashMap::new() }
+    }
+}
+
+impl<L: Clone + Eq + Hash + Send + 'static> InFlight<L> {
+    pub(crate) fn spawn(&mut self, lane: L, work: impl Future<Output = ()> + Send + 'static) {
+        *self.per_lane.entry(lane.clone()).or_default() += 1;
+        self.tasks.spawn(async move {
+            work.await;
+            lane
+        });
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn in_lane(&self, lane: &L) -> usize {
+        self.per_lane.get(lane).copied().unwrap_or(0).min(self.tasks.len())
+    }
+
+    fn reaped(&mut self, joined: Result<L, JoinError>) {
+        if let Ok(lane) = joined
+            && let Some(count) = self.per_lane.get_mut(&lane)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_lane.remove(&lane);
+            }
+        }
+        // A task that panicked took its lane with it: nothing left means nothing in any lane.
+        if self.tasks.is_empty() {
+            self.per_lane.clear();
+        }
+    }
+
+    fn reap_finished(&mut self) {
+        while let Some(joined) = self.tasks.try_join_next() {
+            self.reaped(joined);
+        }
+    }
+
+    /// Waits for one task to finish (forever if none runs: callers select on it beside their queue).
+    async fn next_finished(&mut self) {
+        match self.tasks.join_next().await {
+            Some(joined) => self.reaped(joined),
+            None => std::future::pending().await,
+        }
+    }
+
+    pub(crate) async fn join_all(&mut self) {
+        while let Some(joined) = self.tasks.join_next().await {
+            self.reaped(joined);
+        }
+    }
+}
+
+/// How [`next_batch`] batches the queued `T`s of one batcher.
+pub(crate) struct Batching<'a, T, L> {
+    pub max_in_flight: usize,
+    pub limits: &'a AppendLimits,
+    pub append_of: fn(&T) -> &StreamAppend,
+    pub lane_of: fn(&T) -> L,
 }
 
 /// Whether a batch goes now or waits: the pure part of the batchers' loops ([`next_batch`] carries it out).
@@ -149,12 +226,14 @@ pub(crate) enum SendDecision {
     Wait,
 }
 
-/// What a batch of `records` records and `bytes` bytes does with `in_flight` entries already in flight:
-/// nothing in flight, it goes (a lone request never waits on an idle group); the window full, it waits; in
-/// between it goes only if it is full (an entry limit reached, or the next request did not fit) or reaches
-/// the pipelining size, and otherwise waits for an entry to finish, gathering what arrives meanwhile.
+/// What a batch of `records` records and `bytes` bytes does with `in_flight` entries already in flight, of
+/// which `ahead` are in its own lane: the window full, it waits; nothing ahead of it, it goes (a lone request
+/// never waits on an idle group); otherwise it goes only if it is full (an entry limit reached, or the next
+/// request did not fit) or reaches the pipelining size, and else waits for an entry to finish, gathering
+/// what arrives meanwhile.
 pub(crate) fn send_decision(
     in_flight: usize,
+    ahead: usize,
     max_in_flight: usize,
     records: usize,
     bytes: usize,
@@ -162,47 +241,45 @@ pub(crate) fn send_decision(
     limits: &AppendLimits,
 ) -> SendDecision {
     let large = records >= limits.pipeline_min_records || bytes >= limits.pipeline_min_bytes;
-    if in_flight == 0 || (in_flight < max_in_flight && (full || large)) {
-        SendDecision::Send
-    } else {
-        SendDecision::Wait
-    }
+    if in_flight < max_in_flight && (ahead == 0 || full || large) { SendDecision::Send } else { SendDecision::Wait }
 }
 
 /// The next batch to send, once [`send_decision`] lets it go; `None` once the queue is closed and empty.
 /// Reaps finished entries from `in_flight` (which the caller spawns into) while it waits.
-pub(crate) async fn next_batch<T>(
+pub(crate) async fn next_batch<T, L: Clone + Eq + Hash + Send + 'static>(
     rx: &mut mpsc::Receiver<T>,
     carried: &mut Option<T>,
-    in_flight: &mut JoinSet<()>,
-    max_in_flight: usize,
-    limits: &AppendLimits,
-    append_of: impl Fn(&T) -> &StreamAppend + Copy,
+    in_flight: &mut InFlight<L>,
+    batching: &Batching<'_, T, L>,
     joins: impl Fn(&T, &T) -> bool + Copy,
 ) -> Option<Filled<T>> {
+    let (limits, append_of) = (batching.limits, batching.append_of);
     let first = match carried.take() {
         Some(first) => first,
         None => loop {
             tokio::select! {
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                _ = in_flight.next_finished(), if in_flight.len() > 0 => {}
                 next = rx.recv() => break next?,
             }
         },
     };
+    let lane = (batching.lane_of)(&first);
     let mut filled = fill_batch(first, || rx.try_recv().ok(), limits, append_of, joins);
     let mut open = true;
     loop {
-        while in_flight.try_join_next().is_some() {}
+        in_flight.reap_finished();
         let full = filled.carried.is_some()
             || filled.records >= limits.max_records_per_entry
             || filled.bytes >= limits.max_bytes_per_entry;
-        let decision = send_decision(in_flight.len(), max_in_flight, filled.records, filled.bytes, full, limits);
+        let ahead = in_flight.in_lane(&lane);
+        let decision =
+            send_decision(in_flight.len(), ahead, batching.max_in_flight, filled.records, filled.bytes, full, limits);
         if decision == SendDecision::Send {
             *carried = filled.carried.take();
             return Some(filled);
         }
         tokio::select! {
-            Some(_) = in_flight.join_next() => {}
+            _ = in_flight.next_finished() => {}
             next = rx.recv(), if open && !full => match next {
                 Some(next) => {
                     let mut next = Some(next);
@@ -303,11 +380,19 @@ async fn commit(group: GroupId, raft: &Raft, batch: Vec<PendingAppend>, records:
             }
         },
         Err(error) => {
-            // Submitted: even a ForwardToLeader now means a new leader may still commit it.
-            let reason = error.to_string();
-            tracing::debug!(group, %reason, "append not acknowledged");
+            // openraft (pinned exactly) answers `ForwardToLeader` only for a proposal it refused before
+            // appending it (not the leader, or handing leadership over): definite, so the node retries it at
+            // the new leader and the producer never sees the change. An entry that was appended and then
+            // discarded (`LogEntryDiscarded`), or any other error, may still commit elsewhere.
+            let failure = match error.api_error() {
+                Some(openraft::error::ClientWriteError::ForwardToLeader(forward)) => {
+                    WriteFailure::NotLeader { group, leader: forward.leader_id }
+                }
+                _ => WriteFailure::Indeterminate { group, reason: error.to_string() },
+            };
+            tracing::debug!(group, reason = %error, "append not acknowledged");
             for reply in replies {
-                let _ = reply.send(Err(WriteFailure::Indeterminate { group, reason: reason.clone() }));
+                let _ = reply.send(Err(failure.clone()));
             }
         }
     }
@@ -404,24 +489,27 @@ mod tests {
     fn a_small_batch_waits_for_an_entry_in_flight_and_a_large_or_full_one_pipelines() {
         let limits = AppendLimits { pipeline_min_records: 64, pipeline_min_bytes: 64 << 10, ..AppendLimits::default() };
         let (send, wait) = (SendDecision::Send, SendDecision::Wait);
-        // (in flight, records, bytes, full) -> decision, with 16 entries at most in flight.
+        // (in flight, of them in this batch's lane, records, bytes, full) -> decision, 16 at most in flight.
         let table = [
-            ((0, 1, 1024, false), send, "an idle group sends a lone request at once"),
-            ((0, 4096, 1 << 20, true), send, "an idle group sends a full batch"),
-            ((1, 1, 1024, false), wait, "a small batch waits for the entry in flight"),
-            ((1, 63, 63 * 1024, false), wait, "one record short of the pipelining size"),
-            ((1, 64, 100, false), send, "the pipelining size in records"),
-            ((1, 2, 64 << 10, false), send, "the pipelining size in bytes"),
-            ((5, 3, 300, true), send, "a full batch (its next request did not fit) need not wait"),
-            ((15, 64, 64 << 10, false), send, "one slot left"),
-            ((16, 4096, 1 << 20, true), wait, "the window is full"),
-            ((16, 1, 1, false), wait, "the window is full, small batch"),
+            ((0, 0, 1, 1024, false), send, "an idle group sends a lone request at once"),
+            ((0, 0, 4096, 1 << 20, true), send, "an idle group sends a full batch"),
+            ((1, 1, 1, 1024, false), wait, "a small batch waits for the entry in flight"),
+            ((1, 1, 63, 63 * 1024, false), wait, "one record short of the pipelining size"),
+            ((1, 1, 64, 100, false), send, "the pipelining size in records"),
+            ((1, 1, 2, 64 << 10, false), send, "the pipelining size in bytes"),
+            ((5, 5, 3, 300, true), send, "a full batch (its next request did not fit) need not wait"),
+            ((15, 15, 64, 64 << 10, false), send, "one slot left"),
+            ((16, 16, 4096, 1 << 20, true), wait, "the window is full"),
+            ((16, 16, 1, 1, false), wait, "the window is full, small batch"),
+            ((3, 0, 1, 10, false), send, "a forward to a leader with nothing in flight goes beside RPCs to another"),
+            ((3, 1, 1, 10, false), wait, "a small forward waits for the RPC in flight to its leader"),
+            ((16, 0, 1, 10, false), wait, "the window is shared by every lane"),
         ];
-        for ((in_flight, records, bytes, full), expected, why) in table {
-            assert_eq!(send_decision(in_flight, 16, records, bytes, full, &limits), expected, "{why}");
+        for ((in_flight, ahead, records, bytes, full), expected, why) in table {
+            assert_eq!(send_decision(in_flight, ahead, 16, records, bytes, full, &limits), expected, "{why}");
         }
         let always = AppendLimits { pipeline_min_records: 1, ..limits.clone() };
-        assert_eq!(send_decision(3, 16, 1, 10, false, &always), send, "1 pipelines every batch");
+        assert_eq!(send_decision(3, 3, 16, 1, 10, false, &always), send, "1 pipelines every batch");
     }
 
     /// The shell: a lone request goes at once; while it is in flight, requests that arrive gather into one
@@ -430,20 +518,23 @@ mod tests {
     async fn requests_arriving_while_an_entry_is_in_flight_share_the_next_entry() {
         let limits = AppendLimits::default();
         let (tx, mut rx) = mpsc::channel(16);
-        let mut in_flight = JoinSet::new();
+        let mut in_flight = InFlight::default();
         let mut carried = None;
         tx.send(append("a", 1, 10)).await.expect("queue open");
-        let first =
-            next_batch(&mut rx, &mut carried, &mut in_flight, 16, &limits, |a| a, |_, _| true).await.expect("a batch");
+        let batching =
+            Batching { max_in_flight: 16, limits: &limits, append_of: |a: &StreamAppend| a, lane_of: |_| () };
+        let first = next_batch(&mut rx, &mut carried, &mut in_flight, &batching, |_, _| true).await.expect("a batch");
         assert_eq!(first.batch.len(), 1, "nothing in flight: the lone request goes");
         let (finish, finished) = oneshot::channel::<()>();
-        in_flight.spawn(async move {
+        in_flight.spawn((), async move {
             let _ = finished.await;
         });
         tx.send(append("b", 1, 10)).await.expect("queue open");
         tx.send(append("c", 1, 10)).await.expect("queue open");
         let gathering = tokio::spawn(async move {
-            let filled = next_batch(&mut rx, &mut carried, &mut in_flight, 16, &limits, |a| a, |_, _| true).await;
+            let batching: Batching<'_, StreamAppend, ()> =
+                Batching { max_in_flight: 16, limits: &limits, append_of: |a| a, lane_of: |_| () };
+            let filled = next_batch(&mut rx, &mut carried, &mut in_flight, &batching, |_, _| true).await;
             filled.map(|filled| filled.batch.iter().map(|a| a.stream.clone()).collect::<Vec<_>>())
         });
         // The test runtime has one thread: the gatherer runs only while this task yields. Once it has taken
@@ -460,5 +551,39 @@ mod tests {
         assert!(!gathering.is_finished(), "still waiting after more arrived");
         drop(finish);
         assert_eq!(gathering.await.expect("the gatherer finishes"), Some(vec!["b".into(), "c".into(), "d".into()]));
+    }
+
+    /// The forwarder's lanes: an RPC hanging on one leader (one that just died) holds back small forwards to
+    /// that leader only; a forward to the new leader goes at once.
+    #[tokio::test]
+    async fn a_forward_to_a_new_leader_does_not_wait_behind_an_rpc_to_the_old_one() {
+        let limits = AppendLimits::default();
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut in_flight: InFlight<String> = InFlight::default();
+        let mut carried = None;
+        // (stream, leader)
+        let lane_of = |a: &(StreamAppend, String)| a.1.clone();
+        let batching =
+            Batching { max_in_flight: 8, limits: &limits, append_of: |a: &(StreamAppend, String)| &a.0, lane_of };
+        let (_never, hangs) = oneshot::channel::<()>();
+        in_flight.spawn("old-leader".to_string(), async move {
+            let _ = hangs.await;
+        });
+        tx.send((append("to-new", 1, 10), "new-leader".into())).await.expect("queue open");
+        let same_leader = |a: &(StreamAppend, String), b: &(StreamAppend, String)| a.1 == b.1;
+        let to_new = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            next_batch(&mut rx, &mut carried, &mut in_flight, &batching, same_leader),
+        )
+        .await
+        .expect("a forward to the new leader goes while the old leader's RPC hangs");
+        assert_eq!(to_new.expect("a batch").batch[0].0.stream, "to-new");
+        tx.send((append("to-old", 1, 10), "old-leader".into())).await.expect("queue open");
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            next_batch(&mut rx, &mut carried, &mut in_flight, &batching, same_leader),
+        )
+        .await;
+        assert!(waited.is_err(), "a small forward to the old leader waits for its RPC in flight");
     }
 }

@@ -5,17 +5,16 @@
 //! cost of a 3-node cluster. Requests wait in a bounded queue; the sender takes the first waiting one and
 //! everything else already waiting for the same leader (up to the entry's record and byte limits), sends
 //! them as one `AppendBatch`, and answers each request with its own outcome. It never waits for more to
-//! arrive, and puts at most `MAX_IN_FLIGHT_RPCS` batches per group on the wire. Unlike the leader's
-//! [`crate::raft::append_batcher`], a small batch does not wait for an RPC in flight: an RPC to a leader that
-//! just died lasts until its timeout, and every forward behind it would wait that long (the leader's entries
-//! commit in order anyway, so there waiting costs nothing).
+//! arrive when nothing is in flight to that leader; while RPCs to it are in flight, a small batch waits for
+//! one of them (the leader's rule, [`crate::raft::append_batcher::send_decision`]), up to
+//! `MAX_IN_FLIGHT_RPCS` batches per group on the wire. The wait counts only RPCs to the same leader: an RPC
+//! to a leader that just died lasts until its timeout, and forwards to the new one must not wait behind it.
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 
 use crate::command::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
 use crate::command::{Appended, GroupId, StreamAppend, group_name};
-use crate::raft::append_batcher::{AppendLimits, Queue, check_append_size, next_batch};
+use crate::raft::append_batcher::{AppendLimits, Batching, InFlight, Queue, check_append_size, next_batch};
 use crate::transport::client::PeerClients;
 
 const MAX_IN_FLIGHT_RPCS: usize = 8;
@@ -52,20 +51,24 @@ impl ForwardBatcher {
 
 async fn run(group: GroupId, peers: PeerClients, limits: AppendLimits, mut rx: mpsc::Receiver<PendingForward>) {
     let requests_per_rpc = metrics::histogram!("sluice_forward_batch_requests", "group" => group_name(group));
-    let mut in_flight = JoinSet::new();
+    let mut in_flight = InFlight::default();
     let mut carried = None;
     let same_leader = |a: &PendingForward, b: &PendingForward| a.leader_addr == b.leader_addr;
     let limits = AppendLimits { pipeline_min_records: limits.forward_pipeline_min_records, ..limits };
-    while let Some(filled) =
-        next_batch(&mut rx, &mut carried, &mut in_flight, MAX_IN_FLIGHT_RPCS, &limits, |p| &p.append, same_leader).await
-    {
+    let batching: Batching<'_, PendingForward, String> = Batching {
+        max_in_flight: MAX_IN_FLIGHT_RPCS,
+        limits: &limits,
+        append_of: |p| &p.append,
+        lane_of: |p| p.leader_addr.clone(),
+    };
+    while let Some(filled) = next_batch(&mut rx, &mut carried, &mut in_flight, &batching, same_leader).await {
         let batch = filled.batch;
         requests_per_rpc.record(batch.len() as f64);
         let leader_addr = batch[0].leader_addr.clone();
         let peers = peers.clone();
-        in_flight.spawn(async move { send(group, &peers, &leader_addr, batch).await });
+        in_flight.spawn(leader_addr.clone(), async move { send(group, &peers, &leader_addr, batch).await });
     }
-    while in_flight.join_next().await.is_some() {}
+    in_flight.join_all().await;
 }
 
 async fn send(group: GroupId, peers: &PeerClients, leader_addr: &str, batch: Vec<PendingForward>) {

@@ -71,8 +71,15 @@ async fn a_node_joins_and_a_node_leaves_while_events_flow() -> anyhow::Result<()
         .await
         .map_err(|e| anyhow::anyhow!("add_node: {e}\n{}", node4.log_tail()))?;
 
-    // Node 4 is a voter in every group, and its applied index reaches what node 1 had committed.
-    let before = status(&admin).await?;
+    // Node 4 is a voter in every group, and its applied index reaches what node 1 had committed. AddNode
+    // answers once each group's leader committed the change; where node 1 follows (leadership is balanced over
+    // the nodes), node 1 applies it a moment later (regression: read at once, this failed once partition
+    // leadership was balanced).
+    let before = wait_until(Duration::from_secs(20), || async {
+        let s = status(&admin).await?;
+        Ok(s.groups.iter().all(|g| g.voters.contains(&4)).then_some(s))
+    })
+    .await?;
     anyhow::ensure!(before.members.iter().any(|m| m.node_id == 4 && m.reachable), "{:?}", before.members);
     anyhow::ensure!(before.groups.len() == PARTITIONS as usize + 1);
     for g in &before.groups {
