@@ -99,6 +99,20 @@ pub(crate) fn plan_transfer(
         .map(|(_, to, group)| Transfer { group, to })
 }
 
+/// The replicas of the groups this node leads that have not acknowledged within the policy's heartbeat age.
+pub(crate) fn silent_replicas(me: NodeId, groups: &[GroupView], policy: &BalancePolicy) -> BTreeSet<NodeId> {
+    groups
+        .iter()
+        .filter_map(|g| g.led_here.as_ref().map(|here| (g, here)))
+        .flat_map(|(g, here)| {
+            g.voters.iter().copied().filter(move |v| {
+                let age = here.heartbeat_age_ms.get(v).copied().flatten();
+                *v != me && age.is_none_or(|age| age > policy.max_heartbeat_age_ms)
+            })
+        })
+        .collect()
+}
+
 fn replica_is_current(here: &LedHere, replica: NodeId, policy: &BalancePolicy) -> bool {
     let caught_up = here
         .matched
@@ -119,10 +133,11 @@ impl Node {
         }
     }
 
-    /// The peers that handed this node a leadership within `within`.
-    fn recent_handovers_from(&self, within: Duration) -> BTreeSet<NodeId> {
+    /// The peers that handed this node a leadership within `within` and have not been seen silent since
+    /// (one that stopped has finished its drain: when it comes back it may lead again).
+    fn recent_handovers_from(&self, within: Duration, silent: &BTreeSet<NodeId>) -> BTreeSet<NodeId> {
         let Ok(mut handovers) = self.inner.handovers_from.lock() else { return BTreeSet::new() };
-        handovers.retain(|_, at| at.elapsed() < within);
+        handovers.retain(|node, at| at.elapsed() < within && !silent.contains(node));
         handovers.keys().copied().collect()
     }
 }
@@ -149,15 +164,19 @@ fn views(status: &[GroupStatus], led_since: &BTreeMap<GroupId, (u64, Instant)>, 
         .collect()
 }
 
-/// A node that handed this one a leadership gets none back from it for this long: longer than a Kubernetes
-/// pod's default termination grace period (30 s), so a pod's preStop handover is not undone before it stops.
+/// A node that handed this one a leadership gets none back from it for this long (unless it is seen silent
+/// meanwhile): longer than a Kubernetes pod's default termination grace period (30 s), so a pod's preStop
+/// handover is not undone before it stops.
 const NO_HANDBACK_FOR: Duration = Duration::from_secs(60);
 
 /// Checks every `interval` and carries out [`plan_transfer`]'s decision (one transfer at a time).
 pub(crate) async fn run(node: Node, interval: Duration) {
     let tuning = node.settings().tuning.clone();
     let policy = BalancePolicy {
-        max_lag_entries: 64,
+        // openraft's target ignores a transfer if its log lacks the leader's last entry when the request
+        // arrives (the group then elects after an election timeout, like a failover): under load, hand over
+        // only at a moment the target has everything.
+        max_lag_entries: 0,
         max_heartbeat_age_ms: tuning.election_timeout_max_ms * 2,
         min_led_ms: (interval.as_millis() as u64 * 3).max(tuning.election_timeout_max_ms * 5),
     };
@@ -180,8 +199,9 @@ pub(crate) async fn run(node: Node, interval: Duration) {
         for g in status.iter().filter(|g| g.leader == Some(me)) {
             led_since.entry(g.group).or_insert((g.term, now));
         }
-        let not_to = node.recent_handovers_from(NO_HANDBACK_FOR);
-        let Some(transfer) = plan_transfer(me, &views(&status, &led_since, now), &not_to, &policy) else {
+        let views = views(&status, &led_since, now);
+        let not_to = node.recent_handovers_from(NO_HANDBACK_FOR, &silent_replicas(me, &views, &policy));
+        let Some(transfer) = plan_transfer(me, &views, &not_to, &policy) else {
             continue;
         };
         tracing::info!(group = %group_name(transfer.group), to = transfer.to, "leader balance: transferring leadership");
@@ -316,6 +336,18 @@ mod tests {
         // 0-3-1: the gap to node 3 is two as well.
         let more = cluster(2, &[1, 2, 3], &[s(2), s(2), s(3), s(2)]);
         assert_eq!(plan_transfer(2, &more, &BTreeSet::from([1]), &POLICY), Some(Transfer { group: 1, to: 3 }));
+    }
+
+    #[test]
+    fn a_replica_that_stopped_acknowledging_is_silent() {
+        let s = Some;
+        let mut groups = cluster(1, &[1, 2, 3], &[s(1), s(2), s(1)]);
+        assert_eq!(silent_replicas(1, &groups, &POLICY), BTreeSet::new());
+        here(&mut groups, 1).heartbeat_age_ms.insert(3, Some(5_000));
+        here(&mut groups, 3).heartbeat_age_ms.insert(2, None);
+        assert_eq!(silent_replicas(1, &groups, &POLICY), BTreeSet::from([2, 3]), "one group's view is enough");
+        let from_node_2 = cluster(2, &[1, 2, 3], &[s(1), s(2), s(1)]);
+        assert_eq!(silent_replicas(2, &from_node_2, &POLICY), BTreeSet::new(), "node 2 hears from everyone");
     }
 
     proptest! {
