@@ -104,12 +104,7 @@ pub(crate) fn silent_replicas(me: NodeId, groups: &[GroupView], policy: &Balance
     groups
         .iter()
         .filter_map(|g| g.led_here.as_ref().map(|here| (g, here)))
-        .flat_map(|(g, here)| {
-            g.voters.iter().copied().filter(move |v| {
-                let age = here.heartbeat_age_ms.get(v).copied().flatten();
-                *v != me && age.is_none_or(|age| age > policy.max_heartbeat_age_ms)
-            })
-        })
+        .flat_map(|(g, here)| g.voters.iter().copied().filter(move |v| *v != me && !acknowledges(here, *v, policy)))
         .collect()
 }
 
@@ -120,9 +115,12 @@ fn replica_is_current(here: &LedHere, replica: NodeId, policy: &BalancePolicy) -
         .copied()
         .flatten()
         .is_some_and(|matched| matched.saturating_add(policy.max_lag_entries) >= here.last_log_index);
-    let alive =
-        here.heartbeat_age_ms.get(&replica).copied().flatten().is_some_and(|age| age <= policy.max_heartbeat_age_ms);
-    caught_up && alive
+    caught_up && acknowledges(here, replica, policy)
+}
+
+/// Whether `replica` acknowledged the leader within the policy's heartbeat age.
+fn acknowledges(here: &LedHere, replica: NodeId, policy: &BalancePolicy) -> bool {
+    here.heartbeat_age_ms.get(&replica).copied().flatten().is_some_and(|age| age <= policy.max_heartbeat_age_ms)
 }
 
 impl Node {
@@ -217,7 +215,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const POLICY: BalancePolicy = BalancePolicy { max_lag_entries: 64, max_heartbeat_age_ms: 800, min_led_ms: 2_000 };
+    const POLICY: BalancePolicy = BalancePolicy { max_lag_entries: 0, max_heartbeat_age_ms: 800, min_led_ms: 2_000 };
 
     /// Partition groups 1..=leaders.len() over `voters`; `me` leads its groups with every replica current.
     fn cluster(me: NodeId, voters: &[NodeId], leaders: &[Option<NodeId>]) -> Vec<GroupView> {
@@ -236,6 +234,11 @@ mod tests {
                 }),
             })
             .collect()
+    }
+
+    /// Changes what the leader knows of every group it leads.
+    fn every_led(groups: &mut [GroupView], change: impl Fn(&mut LedHere)) {
+        groups.iter_mut().filter_map(|g| g.led_here.as_mut()).for_each(change);
     }
 
     fn here(groups: &mut [GroupView], group: GroupId) -> &mut LedHere {
@@ -279,19 +282,19 @@ mod tests {
         let s = Some;
         let all_mine = [s(1), s(1), s(1), s(1)];
         let mut lagging = cluster(1, &[1, 2, 3], &all_mine);
-        for group in 1..=4 {
-            here(&mut lagging, group).matched.insert(2, Some(900));
-        }
+        every_led(&mut lagging, |h| {
+            h.matched.insert(2, Some(999));
+        });
         assert_eq!(
             plan_transfer(1, &lagging, &BTreeSet::new(), &POLICY),
             Some(Transfer { group: 1, to: 3 }),
-            "node 2 lags by 100"
+            "node 2 lags by one entry"
         );
         let mut silent = cluster(1, &[1, 2, 3], &all_mine);
-        for group in 1..=4 {
-            here(&mut silent, group).heartbeat_age_ms.insert(2, Some(5_000));
-            here(&mut silent, group).heartbeat_age_ms.insert(3, None);
-        }
+        every_led(&mut silent, |h| {
+            h.heartbeat_age_ms.insert(2, Some(5_000));
+            h.heartbeat_age_ms.insert(3, None);
+        });
         assert_eq!(plan_transfer(1, &silent, &BTreeSet::new(), &POLICY), None, "node 2 silent, node 3 never answered");
         let mut fresh = cluster(1, &[1, 2, 3], &all_mine);
         here(&mut fresh, 1).led_for_ms = 500;
@@ -301,10 +304,10 @@ mod tests {
             "group 1 was just won"
         );
         let mut nothing_matched = cluster(1, &[1, 2, 3], &all_mine);
-        for group in 1..=4 {
-            here(&mut nothing_matched, group).matched.insert(2, None);
-            here(&mut nothing_matched, group).matched.insert(3, None);
-        }
+        every_led(&mut nothing_matched, |h| {
+            h.matched.insert(2, None);
+            h.matched.insert(3, None);
+        });
         assert_eq!(plan_transfer(1, &nothing_matched, &BTreeSet::new(), &POLICY), None);
     }
 
