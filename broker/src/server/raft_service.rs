@@ -10,10 +10,12 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::command::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
-use crate::command::{GroupId, SnapshotMeta, Vote, decode, encode};
+use crate::command::{GroupId, SnapshotMeta, TypeConfig, Vote, decode, encode};
 use crate::node::Node;
 use crate::store::Snapshot;
 use crate::store::SnapshotFile;
+use crate::transport::append_stream::GROUP_METADATA_KEY;
+use openraft::raft::AppendEntriesRequest;
 
 pub(crate) struct TransportService {
     node: Node,
@@ -55,6 +57,43 @@ impl RaftTransport for TransportService {
         let raft = self.raft(message.group_id)?;
         let rpc = decode(&message.payload).map_err(bad_request)?;
         reply(&raft.append_entries(rpc).await.map_err(fatal)?)
+    }
+
+    type StreamAppendStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<GroupReply, Status>> + Send>>;
+
+    /// A leader's replication session ([`crate::transport::append_stream`]): requests in, one answer each
+    /// out, in order. A request that does not decode ends the requests; the leader then sees the answers end
+    /// with requests unanswered and opens a new session.
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<GroupMessage>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let group = request
+            .metadata()
+            .get(GROUP_METADATA_KEY)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<GroupId>().ok())
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("`{GROUP_METADATA_KEY}` metadata: a group id is required"))
+            })?;
+        let raft = self.raft(group)?;
+        let requests = request.into_inner().map_while(move |message| {
+            let message = message.map_err(|status| tracing::debug!(group, %status, "append stream closed")).ok()?;
+            if message.group_id != group {
+                tracing::warn!(group, sent = message.group_id, "an append stream's request names another group");
+                return None;
+            }
+            decode::<AppendEntriesRequest<TypeConfig>>(&message.payload)
+                .map_err(|e| tracing::warn!(group, error = %e, "undecodable AppendEntries on an append stream"))
+                .ok()
+        });
+        let answers = raft.stream_append(requests).map(|answer| match answer {
+            Ok(result) => encode(&result)
+                .map(|payload| GroupReply { payload: payload.into() })
+                .map_err(|e| Status::internal(e.to_string())),
+            Err(fatal) => Err(self::fatal(fatal)),
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, request: Request<GroupMessage>) -> Result<Response<GroupReply>, Status> {

@@ -7,9 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::Future;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse,
+};
 use openraft::{BasicNode, OptionalSend};
 use sluice_proto::raft::raft_transport_client::RaftTransportClient;
 use sluice_proto::raft::{ForwardRequest, GroupMessage, SnapshotChunk};
@@ -20,6 +23,7 @@ use crate::command::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
 use crate::command::{GroupId, NodeId, TypeConfig, Vote, decode, encode};
 use crate::store::Snapshot;
 use crate::store::SnapshotFile;
+use crate::transport::append_stream;
 
 /// Largest gRPC message between nodes (an AppendEntries of up to 16 entries of ~4 MiB).
 pub(crate) const MAX_PEER_MESSAGE_BYTES: usize = 96 << 20;
@@ -136,7 +140,7 @@ fn unreachable(e: impl ToString) -> Unreachable<TypeConfig> {
     Unreachable::from_string(e.to_string())
 }
 
-fn status_error(status: tonic::Status) -> RPCError<TypeConfig> {
+pub(crate) fn status_error(status: tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
             RPCError::Unreachable(unreachable(status.message()))
@@ -177,6 +181,25 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         let request = self.message(&rpc, &option)?;
         let reply = self.client()?.append_entries(request).await.map_err(status_error)?;
         decode_reply(&reply.get_ref().payload)
+    }
+
+    /// Replication sessions go on one long-lived stream each ([`super::append_stream`]), not one call per
+    /// request.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let client = self.client()?;
+            append_stream::open(client, self.group, input, append_stream::APPEND_ANSWER_TIMEOUT).await
+        })
     }
 
     async fn vote(
