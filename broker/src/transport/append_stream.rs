@@ -115,12 +115,13 @@ impl Shared {
     }
 }
 
-/// Opens a `StreamAppend` to the follower behind `client` and streams `requests` on it.
+/// Opens a `StreamAppend` to the follower behind `client` and streams `requests` on it. Opening and each
+/// answer are bounded by `answer_timeout` ([`APPEND_ANSWER_TIMEOUT`] outside tests).
 pub(crate) async fn open<S>(
     mut client: RaftTransportClient<Channel>,
     group: GroupId,
     requests: S,
-    setup_timeout: Duration,
+    answer_timeout: Duration,
 ) -> Result<Answers>
 where
     S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
@@ -147,19 +148,24 @@ where
     request
         .metadata_mut()
         .insert(GROUP_METADATA_KEY, group.to_string().parse().map_err(|e| network(format!("group metadata: {e}")))?);
-    let answers = match tokio::time::timeout(setup_timeout, client.stream_append(request)).await {
+    let answers = match tokio::time::timeout(answer_timeout, client.stream_append(request)).await {
         Ok(Ok(response)) => response.into_inner(),
         Ok(Err(status)) => return Err(super::client::status_error(status)),
-        Err(_) => return Err(unreachable(format!("opening the append stream took over {setup_timeout:?}"))),
+        Err(_) => return Err(unreachable(format!("opening the append stream took over {answer_timeout:?}"))),
     };
     metrics::counter!("sluice_raft_append_streams_total", "group" => group_name(group)).increment(1);
-    Ok(answer_stream(group, answers, shared))
+    Ok(answer_stream(group, answers, shared, answer_timeout))
 }
 
-fn answer_stream(group: GroupId, answers: tonic::Streaming<GroupReply>, shared: Arc<Shared>) -> Answers {
+fn answer_stream(
+    group: GroupId,
+    answers: tonic::Streaming<GroupReply>,
+    shared: Arc<Shared>,
+    answer_timeout: Duration,
+) -> Answers {
     futures::stream::unfold(Some((answers, shared)), move |state| async move {
         let (mut answers, shared) = state?;
-        match next_answer(&mut answers, &shared).await {
+        match next_answer(&mut answers, &shared, answer_timeout).await {
             Ok(Some(answer)) => Some((Ok(answer), Some((answers, shared)))),
             Ok(None) => None,
             Err(e) => {
@@ -175,13 +181,14 @@ fn answer_stream(group: GroupId, answers: tonic::Streaming<GroupReply>, shared: 
 async fn next_answer(
     answers: &mut tonic::Streaming<GroupReply>,
     shared: &Shared,
+    answer_timeout: Duration,
 ) -> Result<Option<StreamAppendResult<TypeConfig>>> {
     loop {
-        let wait = shared.window().wait(Instant::now(), APPEND_ANSWER_TIMEOUT);
+        let wait = shared.window().wait(Instant::now(), answer_timeout);
         let until = match wait {
             AnswerWait::Overdue { unanswered } => {
                 return Err(unreachable(format!(
-                    "no answer to an AppendEntries for {APPEND_ANSWER_TIMEOUT:?} ({unanswered} unanswered)"
+                    "no answer to an AppendEntries for {answer_timeout:?} ({unanswered} unanswered)"
                 )));
             }
             AnswerWait::Idle { recheck_at } => recheck_at,
@@ -246,6 +253,124 @@ mod tests {
         window.sent(at(900));
         assert_eq!(window.wait(at(2_099), T), AnswerWait::Until { deadline: at(2_100) });
         assert_eq!(window.wait(at(2_100), T), AnswerWait::Overdue { unanswered: 2 });
+    }
+
+    /// A follower that takes the stream and then answers as `answers` says.
+    #[derive(Clone, Copy)]
+    enum Follower {
+        Silent,
+        EndsAtOnce,
+        AnswersEach,
+    }
+
+    #[tonic::async_trait]
+    impl sluice_proto::raft::raft_transport_server::RaftTransport for Follower {
+        type StreamAppendStream = BoxStream<'static, std::result::Result<GroupReply, tonic::Status>>;
+
+        async fn stream_append(
+            &self,
+            request: tonic::Request<tonic::Streaming<GroupMessage>>,
+        ) -> std::result::Result<tonic::Response<Self::StreamAppendStream>, tonic::Status> {
+            let answer = encode(&StreamAppendResult::<TypeConfig>::Ok(None)).expect("encode");
+            let answers = match self {
+                Follower::Silent => {
+                    // Reads the requests (so the leader sends them all) and never answers.
+                    let mut requests = request.into_inner();
+                    tokio::spawn(async move { while let Ok(Some(_)) = requests.message().await {} });
+                    futures::stream::pending().boxed()
+                }
+                Follower::EndsAtOnce => futures::stream::empty().boxed(),
+                Follower::AnswersEach => {
+                    request.into_inner().map(move |m| m.map(|_| GroupReply { payload: answer.clone().into() })).boxed()
+                }
+            };
+            Ok(tonic::Response::new(answers))
+        }
+
+        async fn append_entries(&self, _: tonic::Request<GroupMessage>) -> UnaryReply {
+            Err(tonic::Status::unimplemented("test"))
+        }
+        async fn vote(&self, _: tonic::Request<GroupMessage>) -> UnaryReply {
+            Err(tonic::Status::unimplemented("test"))
+        }
+        async fn pre_vote(&self, _: tonic::Request<GroupMessage>) -> UnaryReply {
+            Err(tonic::Status::unimplemented("test"))
+        }
+        async fn transfer_leader(&self, _: tonic::Request<GroupMessage>) -> UnaryReply {
+            Err(tonic::Status::unimplemented("test"))
+        }
+        async fn install_snapshot(
+            &self,
+            _: tonic::Request<tonic::Streaming<sluice_proto::raft::SnapshotChunk>>,
+        ) -> UnaryReply {
+            Err(tonic::Status::unimplemented("test"))
+        }
+        async fn forward(
+            &self,
+            _: tonic::Request<sluice_proto::raft::ForwardRequest>,
+        ) -> std::result::Result<tonic::Response<sluice_proto::raft::ForwardReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("test"))
+        }
+    }
+
+    type UnaryReply = std::result::Result<tonic::Response<GroupReply>, tonic::Status>;
+
+    async fn client_of(follower: Follower) -> RaftTransportClient<Channel> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(sluice_proto::raft::raft_transport_server::RaftTransportServer::new(follower))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        RaftTransportClient::new(channel)
+    }
+
+    fn heartbeat() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: crate::command::Vote::new(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![],
+        }
+    }
+
+    async fn first_answer(follower: Follower, requests: usize) -> Result<Option<StreamAppendResult<TypeConfig>>> {
+        let client = client_of(follower).await;
+        let requests = futures::stream::iter((0..requests).map(|_| heartbeat()));
+        let mut answers = open(client, 1, requests, Duration::from_millis(300)).await?;
+        answers.next().await.transpose()
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_never_answers_fails_the_session_after_the_timeout() {
+        let started = Instant::now();
+        let outcome = first_answer(Follower::Silent, 3).await;
+        let Err(RPCError::Unreachable(e)) = outcome else { panic!("expected Unreachable, got {outcome:?}") };
+        assert!(e.to_string().contains("no answer"), "{e}");
+        assert!(started.elapsed() >= Duration::from_millis(300), "not before the timeout");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_with_requests_unanswered_fails_the_session() {
+        let outcome = first_answer(Follower::EndsAtOnce, 2).await;
+        let Err(RPCError::Unreachable(e)) = outcome else { panic!("expected Unreachable, got {outcome:?}") };
+        assert!(e.to_string().contains("unanswered"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn every_request_gets_its_answer_and_the_session_ends_with_the_requests() {
+        let client = client_of(Follower::AnswersEach).await;
+        let requests = futures::stream::iter((0..100).map(|_| heartbeat()));
+        let answers = open(client, 1, requests, Duration::from_secs(5)).await.expect("open");
+        let answers: Vec<_> = answers.collect().await;
+        assert_eq!(answers.len(), 100);
+        assert!(answers.iter().all(|a| matches!(a, Ok(Ok(None)))), "{answers:?}");
     }
 
     #[test]

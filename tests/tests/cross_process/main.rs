@@ -5,6 +5,7 @@ mod t05_bad_configuration;
 mod t10_single_node_kill9;
 mod t20_three_nodes_leader_kill9;
 mod t21_leader_balance;
+mod t22_replication_stream;
 mod t30_snapshot_catch_up;
 mod t40_ingress_conformance;
 mod t41_ingress_durability_dedupe;
