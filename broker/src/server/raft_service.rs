@@ -15,6 +15,7 @@ use crate::node::Node;
 use crate::store::Snapshot;
 use crate::store::SnapshotFile;
 use crate::transport::append_stream::GROUP_METADATA_KEY;
+use crate::transport::forward_stream::MAX_FORWARDS_IN_FLIGHT;
 use openraft::raft::AppendEntriesRequest;
 
 pub(crate) struct TransportService {
@@ -152,12 +153,51 @@ impl RaftTransport for TransportService {
         result
     }
 
+    type ForwardStreamStream = tokio_stream::wrappers::ReceiverStream<Result<ForwardReply, Status>>;
+
+    /// Writes a peer forwards ([`crate::transport::forward_stream`]): each runs as its own task (they wait
+    /// for different commits), up to `MAX_FORWARDS_IN_FLIGHT` at a time, and is answered with its id as
+    /// soon as it is done.
+    async fn forward_stream(
+        &self,
+        request: Request<Streaming<ForwardRequest>>,
+    ) -> Result<Response<Self::ForwardStreamStream>, Status> {
+        let mut requests = request.into_inner();
+        let (answers, answers_rx) = tokio::sync::mpsc::channel(MAX_FORWARDS_IN_FLIGHT);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS_IN_FLIGHT));
+            while let Ok(Some(request)) = requests.message().await {
+                let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+                let (node, answers) = (node.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let group = request.group_id;
+                    let result: Result<ForwardedReply, WriteFailure> = match decode::<ForwardedWrite>(&request.write) {
+                        Ok(write) => node.write_local(group, write).await,
+                        // Nothing was written, but a peer that sends what this build cannot read is a bug.
+                        Err(e) => Err(WriteFailure::Indeterminate {
+                            group,
+                            reason: format!("undecodable forwarded write: {e}"),
+                        }),
+                    };
+                    let answer = encode(&result)
+                        .map(|bytes| ForwardReply { result: bytes.into(), id: request.id })
+                        .map_err(|e| Status::internal(e.to_string()));
+                    // The peer may have gone; its writes were done all the same.
+                    let _ = answers.send(answer).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(answers_rx)))
+    }
+
     async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
         let message = request.into_inner();
         let write: ForwardedWrite = decode(&message.write).map_err(bad_request)?;
         let result: Result<ForwardedReply, WriteFailure> = self.node.write_local(message.group_id, write).await;
         let bytes = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(ForwardReply { result: bytes.into() }))
+        Ok(Response::new(ForwardReply { result: bytes.into(), id: 0 }))
     }
 }
 

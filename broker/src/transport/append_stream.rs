@@ -255,81 +255,7 @@ mod tests {
         assert_eq!(window.wait(at(2_100), T), AnswerWait::Overdue { unanswered: 2 });
     }
 
-    /// A follower that takes the stream and then answers as `answers` says.
-    #[derive(Clone, Copy)]
-    enum Follower {
-        Silent,
-        EndsAtOnce,
-        AnswersEach,
-    }
-
-    #[tonic::async_trait]
-    impl sluice_proto::raft::raft_transport_server::RaftTransport for Follower {
-        type StreamAppendStream = BoxStream<'static, std::result::Result<GroupReply, tonic::Status>>;
-
-        async fn stream_append(
-            &self,
-            request: tonic::Request<tonic::Streaming<GroupMessage>>,
-        ) -> std::result::Result<tonic::Response<Self::StreamAppendStream>, tonic::Status> {
-            let answer = encode(&StreamAppendResult::<TypeConfig>::Ok(None)).expect("encode");
-            let answers = match self {
-                Follower::Silent => {
-                    // Reads the requests (so the leader sends them all) and never answers.
-                    let mut requests = request.into_inner();
-                    tokio::spawn(async move { while let Ok(Some(_)) = requests.message().await {} });
-                    futures::stream::pending().boxed()
-                }
-                Follower::EndsAtOnce => futures::stream::empty().boxed(),
-                Follower::AnswersEach => {
-                    request.into_inner().map(move |m| m.map(|_| GroupReply { payload: answer.clone().into() })).boxed()
-                }
-            };
-            Ok(tonic::Response::new(answers))
-        }
-
-        async fn append_entries(&self, _: tonic::Request<GroupMessage>) -> UnaryReply {
-            Err(tonic::Status::unimplemented("test"))
-        }
-        async fn vote(&self, _: tonic::Request<GroupMessage>) -> UnaryReply {
-            Err(tonic::Status::unimplemented("test"))
-        }
-        async fn pre_vote(&self, _: tonic::Request<GroupMessage>) -> UnaryReply {
-            Err(tonic::Status::unimplemented("test"))
-        }
-        async fn transfer_leader(&self, _: tonic::Request<GroupMessage>) -> UnaryReply {
-            Err(tonic::Status::unimplemented("test"))
-        }
-        async fn install_snapshot(
-            &self,
-            _: tonic::Request<tonic::Streaming<sluice_proto::raft::SnapshotChunk>>,
-        ) -> UnaryReply {
-            Err(tonic::Status::unimplemented("test"))
-        }
-        async fn forward(
-            &self,
-            _: tonic::Request<sluice_proto::raft::ForwardRequest>,
-        ) -> std::result::Result<tonic::Response<sluice_proto::raft::ForwardReply>, tonic::Status> {
-            Err(tonic::Status::unimplemented("test"))
-        }
-    }
-
-    type UnaryReply = std::result::Result<tonic::Response<GroupReply>, tonic::Status>;
-
-    async fn client_of(follower: Follower) -> RaftTransportClient<Channel> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(sluice_proto::raft::raft_transport_server::RaftTransportServer::new(follower))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect");
-        RaftTransportClient::new(channel)
-    }
+    use crate::transport::fake_peer::{Peer, client_of};
 
     fn heartbeat() -> AppendEntriesRequest<TypeConfig> {
         AppendEntriesRequest {
@@ -340,8 +266,8 @@ mod tests {
         }
     }
 
-    async fn first_answer(follower: Follower, requests: usize) -> Result<Option<StreamAppendResult<TypeConfig>>> {
-        let client = client_of(follower).await;
+    async fn first_answer(peer: Peer, requests: usize) -> Result<Option<StreamAppendResult<TypeConfig>>> {
+        let client = client_of(peer).await;
         let requests = futures::stream::iter((0..requests).map(|_| heartbeat()));
         let mut answers = open(client, 1, requests, Duration::from_millis(300)).await?;
         answers.next().await.transpose()
@@ -350,7 +276,7 @@ mod tests {
     #[tokio::test]
     async fn a_follower_that_never_answers_fails_the_session_after_the_timeout() {
         let started = Instant::now();
-        let outcome = first_answer(Follower::Silent, 3).await;
+        let outcome = first_answer(Peer::Silent, 3).await;
         let Err(RPCError::Unreachable(e)) = outcome else { panic!("expected Unreachable, got {outcome:?}") };
         assert!(e.to_string().contains("no answer"), "{e}");
         assert!(started.elapsed() >= Duration::from_millis(300), "not before the timeout");
@@ -358,14 +284,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_that_ends_with_requests_unanswered_fails_the_session() {
-        let outcome = first_answer(Follower::EndsAtOnce, 2).await;
+        let outcome = first_answer(Peer::EndsAtOnce, 2).await;
         let Err(RPCError::Unreachable(e)) = outcome else { panic!("expected Unreachable, got {outcome:?}") };
         assert!(e.to_string().contains("unanswered"), "{e}");
     }
 
     #[tokio::test]
     async fn every_request_gets_its_answer_and_the_session_ends_with_the_requests() {
-        let client = client_of(Follower::AnswersEach).await;
+        let client = client_of(Peer::AnswersEach).await;
         let requests = futures::stream::iter((0..100).map(|_| heartbeat()));
         let answers = open(client, 1, requests, Duration::from_secs(5)).await.expect("open");
         let answers: Vec<_> = answers.collect().await;

@@ -15,7 +15,7 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, OptionalSend};
 use sluice_proto::raft::raft_transport_client::RaftTransportClient;
-use sluice_proto::raft::{ForwardRequest, GroupMessage, SnapshotChunk};
+use sluice_proto::raft::{GroupMessage, SnapshotChunk};
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
@@ -24,6 +24,7 @@ use crate::command::{GroupId, NodeId, TypeConfig, Vote, decode, encode};
 use crate::store::Snapshot;
 use crate::store::SnapshotFile;
 use crate::transport::append_stream;
+use crate::transport::forward_stream::{ForwardStreams, Lost};
 
 /// Largest gRPC message between nodes (an AppendEntries of up to 16 entries of ~4 MiB).
 pub(crate) const MAX_PEER_MESSAGE_BYTES: usize = 96 << 20;
@@ -39,11 +40,13 @@ pub(crate) struct PeerClients {
     routes: Arc<BTreeMap<String, String>>,
     /// Mutual TLS to every peer when transport encryption is on.
     tls: Option<sluice_security::Tls>,
+    /// The stream of forwarded writes to each peer.
+    forwards: ForwardStreams,
 }
 
 impl PeerClients {
     pub(crate) fn new(routes: BTreeMap<String, String>, tls: Option<sluice_security::Tls>) -> Self {
-        PeerClients { channels: Arc::default(), routes: Arc::new(routes), tls }
+        PeerClients { channels: Arc::default(), routes: Arc::new(routes), tls, forwards: ForwardStreams::default() }
     }
 
     /// The address this node dials to reach the peer advertised as `addr`.
@@ -80,7 +83,8 @@ impl PeerClients {
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
     }
 
-    /// Sends a write to `addr`, the leader of `group`.
+    /// Sends a write to `addr`, the leader of `group`, on the stream of writes to that peer
+    /// ([`super::forward_stream`]).
     pub(crate) async fn forward(
         &self,
         addr: &str,
@@ -88,23 +92,20 @@ impl PeerClients {
         write: &ForwardedWrite,
     ) -> Result<ForwardedReply, WriteFailure> {
         let indeterminate = |reason: String| WriteFailure::Indeterminate { group, reason };
-        let mut client = self.client(addr).map_err(|_| WriteFailure::NotLeader { group, leader: None })?;
         let payload = encode(write).map_err(|e| indeterminate(e.to_string()))?;
-        let mut request = tonic::Request::new(ForwardRequest { group_id: group, write: payload.into() });
-        request.set_timeout(FORWARD_TIMEOUT);
-        let reply = match client.forward(request).await {
-            Ok(reply) => reply.into_inner(),
-            // Refused before it reached the leader: nothing was written.
-            Err(status) if status.code() == tonic::Code::Unavailable && is_connect_error(&status) => {
-                return Err(WriteFailure::NotLeader { group, leader: None });
+        let answer = self.forwards.send(addr, || self.client(addr), group, payload.into(), FORWARD_TIMEOUT).await;
+        match answer {
+            Ok(result) => {
+                decode::<Result<ForwardedReply, WriteFailure>>(&result).map_err(|e| indeterminate(e.to_string()))?
             }
-            Err(status) => return Err(indeterminate(status.message().to_string())),
-        };
-        decode::<Result<ForwardedReply, WriteFailure>>(&reply.result).map_err(|e| indeterminate(e.to_string()))?
+            // Refused before it reached the leader: nothing was written.
+            Err(Lost::NotSent(_)) => Err(WriteFailure::NotLeader { group, leader: None }),
+            Err(Lost::Broken(reason)) => Err(indeterminate(reason)),
+        }
     }
 }
 
-fn is_connect_error(status: &tonic::Status) -> bool {
+pub(crate) fn is_connect_error(status: &tonic::Status) -> bool {
     // tonic reports a refused connection as Unavailable with a transport source.
     let text = format!("{status:?}");
     text.contains("Connection refused") || text.contains("tcp connect error") || text.contains("connect error")

@@ -2,8 +2,13 @@
 //! and the appends followers forward.
 //!
 //! What flows out of a node: [`client`] sends a group's Raft RPCs (votes, snapshots in chunks) and forwarded
-//! writes to a peer; [`append_stream`] carries a group's replication to a follower on one long-lived stream. What flows in is served by `crate::server::raft_service`, which hands each
+//! writes to a peer; [`append_stream`] carries a group's replication to a follower on one long-lived stream, and [`forward_stream`]
+//! every write forwarded to a peer on another. What flows in is served by `crate::server::raft_service`, which hands each
 //! message to the local group it names (it needs the node; the client must not, so they live apart).
 
 pub(crate) mod append_stream;
 pub(crate) mod client;
+pub(crate) mod forward_stream;
+
+#[cfg(test)]
+pub(crate) mod fake_peer;
