@@ -150,7 +150,7 @@ where
         .insert(GROUP_METADATA_KEY, group.to_string().parse().map_err(|e| network(format!("group metadata: {e}")))?);
     let answers = match tokio::time::timeout(answer_timeout, client.stream_append(request)).await {
         Ok(Ok(response)) => response.into_inner(),
-        Ok(Err(status)) => return Err(super::client::status_error(status)),
+        Ok(Err(status)) => return Err(super::status::status_error(status)),
         Err(_) => return Err(unreachable(format!("opening the append stream took over {answer_timeout:?}"))),
     };
     metrics::counter!("sluice_raft_append_streams_total", "group" => group_name(group)).increment(1);
@@ -213,7 +213,7 @@ async fn next_answer(
                 }
                 return Err(unreachable(format!("the append stream ended with {unanswered} requests unanswered")));
             }
-            Err(status) => return Err(super::client::status_error(status)),
+            Err(status) => return Err(super::status::status_error(status)),
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::store::Snapshot;
 use crate::store::SnapshotFile;
 use crate::transport::append_stream;
 use crate::transport::forward_stream::{ForwardStreams, Lost};
+use crate::transport::status::status_error;
 
 /// Largest gRPC message between nodes (an AppendEntries of up to 16 entries of ~4 MiB).
 pub(crate) const MAX_PEER_MESSAGE_BYTES: usize = 96 << 20;
@@ -105,12 +106,6 @@ impl PeerClients {
     }
 }
 
-pub(crate) fn is_connect_error(status: &tonic::Status) -> bool {
-    // tonic reports a refused connection as Unavailable with a transport source.
-    let text = format!("{status:?}");
-    text.contains("Connection refused") || text.contains("tcp connect error") || text.contains("connect error")
-}
-
 pub(crate) struct NetworkFactory {
     group: GroupId,
     peers: PeerClients,
@@ -139,15 +134,6 @@ pub(crate) struct GroupNetwork {
 
 fn unreachable(e: impl ToString) -> Unreachable<TypeConfig> {
     Unreachable::from_string(e.to_string())
-}
-
-pub(crate) fn status_error(status: tonic::Status) -> RPCError<TypeConfig> {
-    match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
-            RPCError::Unreachable(unreachable(status.message()))
-        }
-        _ => RPCError::Network(NetworkError::from_string(status.message().to_string())),
-    }
 }
 
 impl GroupNetwork {
@@ -292,5 +278,49 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
                     .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("bad reply: {e}"))))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::PeerClients;
+    use crate::command::encode;
+    use crate::command::forward::{ForwardedWrite, MembershipOp, WriteFailure};
+    use crate::transport::fake_peer::{Peer, serve};
+
+    fn write_for(node: u64) -> ForwardedWrite {
+        ForwardedWrite::Membership(MembershipOp::Promote(node))
+    }
+
+    #[tokio::test]
+    async fn each_write_gets_its_own_answer_whatever_order_the_leader_answers_in() {
+        let addr = serve(Peer::AnswersForwardsInReverse(8)).await;
+        let peers = PeerClients::new(BTreeMap::new(), None);
+        // All eight are in flight before the leader answers any.
+        let forwards: Vec<_> = (0..8u32)
+            .map(|group| {
+                let (peers, addr) = (peers.clone(), addr.clone());
+                // Writes of different lengths, so that each answer names its write.
+                let write = write_for(1u64 << (group * 7));
+                let length = encode(&write).expect("encode").len();
+                tokio::spawn(async move { (group, length, peers.forward(&addr, group, &write).await) })
+            })
+            .collect();
+        for forward in forwards {
+            let (group, length, outcome) = forward.await.expect("forward task");
+            assert_eq!(outcome.err(), Some(WriteFailure::QueueFull { group, capacity: length }));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_cannot_be_reached_is_a_definite_refusal() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        drop(listener);
+        let peers = PeerClients::new(BTreeMap::new(), None);
+        let outcome = peers.forward(&addr, 3, &write_for(1)).await;
+        assert_eq!(outcome.err(), Some(WriteFailure::NotLeader { group: 3, leader: None }));
     }
 }

@@ -148,7 +148,7 @@ async fn run(
         let request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
         let mut answers = match client.forward_stream(request).await {
             Ok(response) => response.into_inner(),
-            Err(status) if super::client::is_connect_error(&status) => {
+            Err(status) if super::status::is_connect_error(&status) => {
                 return Lost::NotSent(format!("connecting to the leader: {}", status.message()));
             }
             Err(status) => return Lost::Broken(format!("opening the forward stream: {}", status.message())),
@@ -181,47 +181,8 @@ async fn run(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::command::encode;
-    use crate::command::forward::{ForwardedWrite, MembershipOp, WriteFailure};
-    use crate::transport::client::PeerClients;
     use crate::transport::fake_peer::{Peer, serve};
-
-    fn write_for(node: u64) -> ForwardedWrite {
-        ForwardedWrite::Membership(MembershipOp::Promote(node))
-    }
-
-    #[tokio::test]
-    async fn each_write_gets_its_own_answer_whatever_order_the_leader_answers_in() {
-        let addr = serve(Peer::AnswersForwardsInReverse(8)).await;
-        let peers = PeerClients::new(BTreeMap::new(), None);
-        // All eight are in flight before the leader answers any.
-        let forwards: Vec<_> = (0..8u32)
-            .map(|group| {
-                let (peers, addr) = (peers.clone(), addr.clone());
-                // Writes of different lengths, so that each answer names its write.
-                let write = write_for(1u64 << (group * 7));
-                let length = encode(&write).expect("encode").len();
-                tokio::spawn(async move { (group, length, peers.forward(&addr, group, &write).await) })
-            })
-            .collect();
-        for forward in forwards {
-            let (group, length, outcome) = forward.await.expect("forward task");
-            assert_eq!(outcome.err(), Some(WriteFailure::QueueFull { group, capacity: length }));
-        }
-    }
-
-    #[tokio::test]
-    async fn a_leader_that_cannot_be_reached_is_a_definite_refusal() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        drop(listener);
-        let peers = PeerClients::new(BTreeMap::new(), None);
-        let outcome = peers.forward(&addr, 3, &write_for(1)).await;
-        assert_eq!(outcome.err(), Some(WriteFailure::NotLeader { group: 3, leader: None }));
-    }
 
     fn lazy_client(addr: &str) -> Result<RaftTransportClient<Channel>, String> {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;

@@ -9,6 +9,7 @@
 pub(crate) mod append_stream;
 pub(crate) mod client;
 pub(crate) mod forward_stream;
+pub(crate) mod status;
 
 #[cfg(test)]
 pub(crate) mod fake_peer;
