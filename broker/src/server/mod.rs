@@ -138,7 +138,7 @@ pub async fn start(
     };
 
     let mut tasks = Vec::new();
-    let transport = RaftTransportServer::new(TransportService::new(node.clone(), snapshot_root))
+    let transport = RaftTransportServer::new(TransportService::new(node.clone(), snapshot_root, shutdown.subscribe()))
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
     if let Some(peer) = peer {
@@ -206,13 +206,21 @@ pub async fn start(
     Ok(RunningNode { node, peer_addr, http_addr, admin_addr, host_routes, shutdown, tasks })
 }
 
+/// How long a stopping node waits for each server's open requests and streams to end.
+const SERVER_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl RunningNode {
     /// Stops serving and shuts every group down.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         self.node.shutdown().await;
-        for task in self.tasks {
-            let _ = task.await;
+        for mut task in self.tasks {
+            // A server waits for its open requests and streams to end; a peer that keeps one open must not
+            // keep this node from stopping.
+            if tokio::time::timeout(SERVER_STOP_TIMEOUT, &mut task).await.is_err() {
+                tracing::warn!(timeout = ?SERVER_STOP_TIMEOUT, "a server still had requests open; stopping it anyway");
+                task.abort();
+            }
         }
     }
 }

@@ -21,11 +21,21 @@ use openraft::raft::AppendEntriesRequest;
 pub(crate) struct TransportService {
     node: Node,
     snapshot_root: PathBuf,
+    /// True once the node stops: the long-lived streams end then, so that the server's graceful stop (which
+    /// waits for open streams) finishes while the peers still run.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl TransportService {
-    pub(crate) fn new(node: Node, snapshot_root: PathBuf) -> Self {
-        Self { node, snapshot_root }
+    pub(crate) fn new(node: Node, snapshot_root: PathBuf, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { node, snapshot_root, stopping }
+    }
+
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
     }
 
     fn raft(&self, group: GroupId) -> Result<crate::store::Raft, Status> {
@@ -88,12 +98,13 @@ impl RaftTransport for TransportService {
                 .map_err(|e| tracing::warn!(group, error = %e, "undecodable AppendEntries on an append stream"))
                 .ok()
         });
-        let answers = raft.stream_append(requests).map(|answer| match answer {
-            Ok(result) => encode(&result)
-                .map(|payload| GroupReply { payload: payload.into() })
-                .map_err(|e| Status::internal(e.to_string())),
-            Err(fatal) => Err(self::fatal(fatal)),
-        });
+        let answers =
+            futures::StreamExt::take_until(raft.stream_append(requests), self.stopped()).map(|answer| match answer {
+                Ok(result) => encode(&result)
+                    .map(|payload| GroupReply { payload: payload.into() })
+                    .map_err(|e| Status::internal(e.to_string())),
+                Err(fatal) => Err(self::fatal(fatal)),
+            });
         Ok(Response::new(Box::pin(answers)))
     }
 
@@ -165,9 +176,15 @@ impl RaftTransport for TransportService {
         let mut requests = request.into_inner();
         let (answers, answers_rx) = tokio::sync::mpsc::channel(MAX_FORWARDS_IN_FLIGHT);
         let node = self.node.clone();
+        let stopped = self.stopped();
         tokio::spawn(async move {
             let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS_IN_FLIGHT));
-            while let Ok(Some(request)) = requests.message().await {
+            tokio::pin!(stopped);
+            // Once the node stops, no new write is taken; those in flight are answered, then the stream ends.
+            while let Some(Ok(Some(request))) = tokio::select! {
+                next = requests.message() => Some(next),
+                () = &mut stopped => None,
+            } {
                 let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
                 let (node, answers) = (node.clone(), answers.clone());
                 tokio::spawn(async move {
