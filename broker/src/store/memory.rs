@@ -9,12 +9,16 @@
 //! - index and filter blocks outside the cache (inside, ingest fell to a third, `apply_to_cf`), kept small:
 //!   larger data blocks for events (one index entry per block), dedupe keys expired by compaction;
 //! - memtables sized by what each column family takes (events and the Raft log take the bytes);
+//! - the event bytes (events, Raft log entries) in blob files, outside the tables compaction rewrites;
 //! - the WAL bounded, so column families that are written little (state, votes) get flushed and the old
 //!   WAL files, which hold every event twice, are deleted.
 
 use rocksdb::{BlockBasedOptions, Cache, DB, Options, WriteBufferManager};
 
 use crate::store::keys::{ALL_CFS, CF_DEDUPE, CF_EVENTS, CF_RAFT_LOG};
+
+/// The smallest value kept in a blob file ([`MemoryBudget::min_blob_bytes`]).
+const MIN_BLOB_BYTES: u64 = 256;
 
 /// What RocksDB may hold in memory and in its WAL, whatever the size of the data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +51,13 @@ impl MemoryBudget {
     /// The memtable size of a column family.
     pub(crate) fn memtable_bytes(&self, cf: &str) -> usize {
         if cf == CF_EVENTS || cf == CF_RAFT_LOG { self.large_memtable_bytes } else { self.small_memtable_bytes }
+    }
+
+    /// Values at least this large are kept in blob files rather than in the column family's tables: the
+    /// events and the Raft log's entries, which carry the events' bytes. Smaller ones (a tiny event, an
+    /// entry of a few commands) stay inline, where a blob reference would save nothing.
+    pub(crate) fn min_blob_bytes(&self, cf: &str) -> Option<u64> {
+        (cf == CF_EVENTS || cf == CF_RAFT_LOG).then_some(MIN_BLOB_BYTES)
     }
 
     /// Data blocks of a column family: larger for events, read in offset order by the dispatcher, so that
@@ -92,6 +103,23 @@ impl SharedMemory {
             table.set_bloom_filter(10.0, false);
         }
         options.set_block_based_table_factory(&table);
+        if let Some(min_blob_bytes) = self.budget.min_blob_bytes(cf) {
+            // Key-value separation (RocksDB's integrated BlobDB): event bytes go to blob files when a memtable
+            // is flushed, and compaction rewrites only the keys and blob references. With the bytes inline,
+            // every event was rewritten about five times by compaction (each L0 file spans every group's
+            // newest keys, so it overlaps all of L1), and compaction took 40 % of a three-node cluster's CPU
+            // (docs/benchmarks.md, "Session 18"). A blob file goes once compaction has dropped the keys of all
+            // its values: events are trimmed and entries purged oldest first, so files empty in the order they
+            // were written. No blob GC: it rewrites the live values of the oldest files at every compaction,
+            // which cost more CPU than the separation saved (measured). The price: a file holding events of
+            // streams trimmed at very different times stays until the last of them is trimmed (disk, never
+            // correctness).
+            options.set_enable_blob_files(true);
+            options.set_min_blob_size(min_blob_bytes);
+            options.set_blob_compression_type(rocksdb::DBCompressionType::Lz4);
+            options.set_enable_blob_gc(false);
+            options.set_blob_cache(&self.cache);
+        }
     }
 }
 
@@ -140,6 +168,9 @@ mod tests {
         assert_eq!(budget.memtable_bytes(CF_DEDUPE), 4 << 20);
         assert_eq!(budget.block_bytes(CF_EVENTS), 16 << 10);
         assert_eq!(budget.block_bytes(CF_DEDUPE), 4 << 10);
+        assert_eq!(budget.min_blob_bytes(CF_EVENTS), Some(256));
+        assert_eq!(budget.min_blob_bytes(CF_RAFT_LOG), Some(256));
+        assert_eq!(budget.min_blob_bytes(CF_DEDUPE), None);
         // The write buffers are charged to the cache: they must leave it room for blocks.
         assert!(budget.write_buffer_bytes * 2 <= budget.cache_bytes);
         // One memtable of every column family fits the write buffer budget (and "default", unused, too).

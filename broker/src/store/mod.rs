@@ -67,13 +67,15 @@ impl Store {
         memory.apply_to_db(&mut options);
         memory.apply_to_cf("default", &mut options, rocksdb::BlockBasedOptions::default());
         let dedupe_horizons = Arc::new(DedupeHorizons::default());
-        let cfs = ALL_CFS.iter().map(|name| {
-            let mut cf_options = Options::default();
+        let mut cfs = Vec::new();
+        for name in ALL_CFS {
+            let mut cf_options =
+                tuned_cf_options(name, |variable| std::env::var(variable).ok()).map_err(data_dir_error)?;
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
             // Every appended event looks its dedupe key up, and almost every lookup misses: bloom filters
             // (memtable and, set by `apply_to_cf`, SST) answer a miss without searching.
             memory.apply_to_cf(name, &mut cf_options, rocksdb::BlockBasedOptions::default());
-            if *name == crate::store::keys::CF_DEDUPE {
+            if name == crate::store::keys::CF_DEDUPE {
                 cf_options.set_memtable_prefix_bloom_ratio(0.1);
                 cf_options.set_memtable_whole_key_filtering(true);
                 // Keys behind their stream's window go when compaction rewrites them (dedupe_expiry.rs);
@@ -91,8 +93,8 @@ impl Store {
                 );
                 cf_options.set_periodic_compaction_seconds(3600);
             }
-            ColumnFamilyDescriptor::new(*name, cf_options)
-        });
+            cfs.push(ColumnFamilyDescriptor::new(name, cf_options));
+        }
         let db = DB::open_cf_descriptors(&options, dir.join("db"), cfs).map_err(|e| {
             let text = e.to_string();
             if text.contains("lock") || text.contains("LOCK") {
@@ -125,6 +127,46 @@ impl Store {
     /// What RocksDB holds in memory now.
     pub(crate) fn memory_usage(&self) -> MemoryUsage {
         MemoryUsage::read(&self.db)
+    }
+}
+
+/// The environment variable that tunes one column family's RocksDB options, e.g.
+/// `SLUICE_ROCKSDB_OPTIONS_EVENTS="level0_file_num_compaction_trigger=8"` (RocksDB's option-string syntax).
+/// For benchmarking and for operators who measured; what Sluice sets for memory, filters and blob files is
+/// applied over it.
+pub(crate) fn cf_options_variable(cf: &str) -> String {
+    format!("SLUICE_ROCKSDB_OPTIONS_{}", cf.to_ascii_uppercase())
+}
+
+/// A column family's compaction, before the environment's tuning ([`cf_options_variable`]).
+///
+/// `events` and `dedupe` compact as universal (tiered) compaction. Under leveled compaction every memtable
+/// flush made an L0 file spanning the newest keys of every group (events) or keys all over the key space
+/// (dedupe, keyed by event id), so it overlapped the whole of L1 and each compaction rewrote all of it:
+/// every event's key was rewritten 5–8 times within 30 seconds of a benchmark, more as the data grew.
+/// Tiered compaction merges sorted runs of similar size, rewriting each key about log₂(data ÷ memtable)
+/// times. The price is space: trimmed events and expired dedupe keys stay on disk until the run holding
+/// them is merged, up to about twice the live data (`max_size_amplification_percent`, 200 %). The Raft
+/// log stays leveled: its keys are one per entry, cheap to rewrite, and its purged entries (and their blob
+/// files) go promptly.
+fn default_cf_options(cf: &str) -> Options {
+    let mut options = Options::default();
+    if cf == keys::CF_EVENTS || cf == keys::CF_DEDUPE {
+        options.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
+    }
+    options
+}
+
+fn tuned_cf_options(cf: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Options, String> {
+    let variable = cf_options_variable(cf);
+    let mut options = default_cf_options(cf);
+    match lookup(&variable) {
+        Some(text) if !text.trim().is_empty() => {
+            let options = options.get_options_from_string(&text).map_err(|e| format!("{variable}: {e}"))?;
+            tracing::info!(column_family = cf, options = %text, "RocksDB options tuned from the environment");
+            Ok(options)
+        }
+        _ => Ok(options),
     }
 }
 

@@ -12,6 +12,7 @@ use openraft::{RaftSnapshotBuilder, StorageError};
 use super::*;
 use crate::command::{LogCommand, StreamAppend, TypeConfig};
 use crate::store::StreamExtent;
+use crate::store::keys::CF_EVENTS;
 
 struct RocksBuilder;
 
@@ -208,6 +209,36 @@ async fn trimming_moves_the_start_and_keeps_offsets() {
     assert_eq!(view.extent("s"), StreamExtent { start_offset: 2, end_offset: 4, retained_bytes: 4 });
     apply(&mut sm, vec![entry(6, LogCommand::Trim { stream: "s".into(), before_offset: 99 })]).await;
     assert_eq!(view.extent("s"), StreamExtent { start_offset: 4, end_offset: 4, retained_bytes: 0 });
+}
+
+/// A column family's blob files (those of the current version: obsolete ones are not counted).
+fn blob_files(store: &Store, name: &str) -> u64 {
+    let handle = cf(store.db(), name).expect("cf");
+    store.db().property_int_value_cf(handle, "rocksdb.num-blob-files").expect("property").expect("known property")
+}
+
+#[tokio::test]
+async fn event_bytes_live_in_blob_files_that_go_once_their_events_are_trimmed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, mut sm) = open(dir.path(), 1);
+    let large: Vec<String> = (0..200).map(|i| format!("{i:04}{}", "e".repeat(1020))).collect();
+    let large: Vec<&str> = large.iter().map(String::as_str).collect();
+    apply(&mut sm, vec![entry(1, LogCommand::Append(vec![append("s", 1_000, &large), append("t", 1_000, &["tiny"])]))])
+        .await;
+    let events = cf(store.db(), CF_EVENTS).expect("cf");
+    store.db().flush_cf(events).expect("flush");
+    assert_eq!(blob_files(&store, CF_EVENTS), 1, "the flush wrote the large events to a blob file");
+    let view = sm.view();
+    let records = view.read("s", 0, 1_000, 1 << 30).expect("read").records;
+    assert_eq!(records.len(), 200);
+    assert!(records.iter().zip(&large).all(|(r, want)| r.payload.as_ref() == want.as_bytes()), "read back whole");
+    assert_eq!(view.read("t", 0, 10, 1 << 20).expect("read").records[0].payload.as_ref(), b"tiny");
+
+    apply(&mut sm, vec![entry(2, LogCommand::Trim { stream: "s".into(), before_offset: 200 })]).await;
+    store.db().flush_cf(events).expect("flush");
+    store.db().compact_range_cf(events, None::<&[u8]>, None::<&[u8]>);
+    assert_eq!(blob_files(&store, CF_EVENTS), 0, "every blob in the file was trimmed: the file went");
+    assert_eq!(view.read("t", 0, 10, 1 << 20).expect("read").records[0].payload.as_ref(), b"tiny", "inline");
 }
 
 fn commit(cursor: &str, offset: u64, reset: bool) -> crate::command::OffsetCommit {
@@ -450,4 +481,46 @@ async fn member_changes_apply_to_the_current_list_and_record_removals() {
     let (_store, sm) = open(dir.path(), 0);
     let applied = sm.view().watch_cluster_config().borrow().clone().expect("config after reopen");
     assert_eq!((applied.config.members, applied.removed_at), (members(&[3, 4]), expected));
+}
+
+#[test]
+fn a_column_familys_options_can_be_tuned_from_the_environment_and_bad_ones_are_named() {
+    assert_eq!(cf_options_variable("raft_log"), "SLUICE_ROCKSDB_OPTIONS_RAFT_LOG");
+    let set = |wanted: &'static str| {
+        move |variable: &str| (variable == "SLUICE_ROCKSDB_OPTIONS_EVENTS").then(|| wanted.to_string())
+    };
+    assert!(super::tuned_cf_options("events", set("level0_file_num_compaction_trigger=8")).is_ok());
+    assert!(super::tuned_cf_options("events", set("  ")).is_ok(), "blank is unset");
+    let error = super::tuned_cf_options("events", set("level0_file_num_compaction_trigger=many")).err();
+    assert!(error.as_deref().is_some_and(|e| e.starts_with("SLUICE_ROCKSDB_OPTIONS_EVENTS: ")), "{error:?}");
+    let error = super::tuned_cf_options("events", set("no_such_option=1")).err();
+    assert!(error.is_some(), "an unknown option is refused, not ignored");
+    assert!(super::tuned_cf_options("dedupe", set("no_such_option=1")).is_ok(), "only the named family");
+}
+
+/// The options RocksDB recorded for a column family in the newest OPTIONS file of `dir`.
+fn recorded_option(dir: &std::path::Path, cf: &str, option: &str) -> Option<String> {
+    let newest = std::fs::read_dir(dir.join("db"))
+        .expect("db dir")
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("OPTIONS-")))
+        .max()?;
+    let text = std::fs::read_to_string(newest).expect("read OPTIONS");
+    let section = text.split("[CFOptions \"").find(|section| section.starts_with(&format!("{cf}\"")))?;
+    section.lines().find_map(|line| line.trim().strip_prefix(&format!("{option}=")).map(str::to_string))
+}
+
+#[test]
+fn events_and_dedupe_compact_tiered_and_the_raft_log_leveled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    drop(store);
+    let style = |cf: &str| recorded_option(dir.path(), cf, "compaction_style");
+    assert_eq!(style("events").as_deref(), Some("kCompactionStyleUniversal"));
+    assert_eq!(style("dedupe").as_deref(), Some("kCompactionStyleUniversal"));
+    assert_eq!(style("raft_log").as_deref(), Some("kCompactionStyleLevel"));
+    assert_eq!(recorded_option(dir.path(), "events", "enable_blob_files").as_deref(), Some("true"));
+    assert_eq!(recorded_option(dir.path(), "raft_log", "enable_blob_files").as_deref(), Some("true"));
+    assert_eq!(recorded_option(dir.path(), "dedupe", "enable_blob_files").as_deref(), Some("false"));
 }
