@@ -1,5 +1,9 @@
-//! Forgetting dedupe keys: in: each apply's dedupe horizon per stream (arrival − window); out: RocksDB's
-//! compaction dropping the `dedupe` entries below it.
+//! Forgetting the dedupe keys earlier versions wrote: in: each apply's dedupe horizon per stream (arrival −
+//! window); out: RocksDB's compaction dropping the `dedupe` entries below it.
+//!
+//! Since the windows moved into memory (`dedupe_window.rs`) no key is written to the `dedupe` column family;
+//! what a data dir of an earlier version holds there is still looked up until the window passes it, and
+//! goes the way described below.
 //!
 //! Each stream keeps a horizon in its state (`StreamState::dedupe_horizon_ms`, replicated like the rest of
 //! it): the last arrival minus the window, and never lower than before. A key seen before it counts as not

@@ -8,10 +8,14 @@
 //! | `raft_log`    | group · index                              | postcard(Entry)            |
 //! | `raft_state`  | group · tag (vote, committed, last purged) | postcard(value)            |
 //! | `events`      | group · stream id · offset                 | arrival_ms · payload       |
-//! | `time_index`  | group · stream id · arrival_ms · offset    | (empty)                    |
+//! | `time_index`  | group · stream id · arrival_ms · offset    | 1 · the stored events' key |
+//! |               |                                            | fingerprints (dedupe on), 0|
+//! |               |                                            | (off), empty (earlier      |
+//! |               |                                            | versions)                  |
 //! | `sm_state`    | group · tag [· name]                       | postcard(value) or JSON    |
 //! | `sm_state`    | group · 6 · cursor name                    | committed offset (u64 BE)  |
-//! | `dedupe`      | group · stream id · 1 · key                | arrival_ms (seen at)       |
+//! | `dedupe`      | group · stream id · 1 · key                | arrival_ms (seen at; only  |
+//! |               |                                            | earlier versions wrote it) |
 //! | `dedupe`      | group · stream id · 2 · arrival_ms · key   | (empty; expiry order; only |
 //! |               |                                            | earlier versions wrote it) |
 
@@ -102,6 +106,10 @@ pub(crate) fn time_index_key(group: GroupId, stream_id: u32, arrival_ms: u64, of
     key[8..16].copy_from_slice(&arrival_ms.to_be_bytes());
     key[16..].copy_from_slice(&offset.to_be_bytes());
     key
+}
+
+pub(crate) fn time_index_arrival_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(8..16)?.try_into().ok()?))
 }
 
 pub(crate) fn time_index_offset_of(key: &[u8]) -> Option<u64> {

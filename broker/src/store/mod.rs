@@ -8,6 +8,7 @@
 //!   fsync covers every append written before it, whatever its group.
 
 mod dedupe_expiry;
+mod dedupe_window;
 pub(crate) mod keys;
 mod log_store;
 mod memory;
@@ -72,8 +73,9 @@ impl Store {
             let mut cf_options =
                 tuned_cf_options(name, |variable| std::env::var(variable).ok()).map_err(data_dir_error)?;
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            // Every appended event looks its dedupe key up, and almost every lookup misses: bloom filters
-            // (memtable and, set by `apply_to_cf`, SST) answer a miss without searching.
+            // Data dirs of earlier versions hold dedupe keys here, looked up (almost always missing) until
+            // the windows pass them: bloom filters (memtable and, set by `apply_to_cf`, SST) answer a miss
+            // without searching. Keys are no longer written here (dedupe_window.rs).
             memory.apply_to_cf(name, &mut cf_options, rocksdb::BlockBasedOptions::default());
             if name == crate::store::keys::CF_DEDUPE {
                 cf_options.set_memtable_prefix_bloom_ratio(0.1);

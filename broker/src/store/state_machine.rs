@@ -20,7 +20,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -40,10 +39,13 @@ use crate::command::{
     StoredMembership, StreamAppend, TypeConfig, decode, encode,
 };
 use crate::store::dedupe_expiry::DedupeHorizons;
+use crate::store::dedupe_window::{
+    DedupeWindow, Fingerprint, IndexedKeys, LiveRange, RecordedAppend, decode_index_value, index_value,
+};
 use crate::store::keys::{
     CF_DEDUPE, CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBER_REMOVALS, SM_MEMBERSHIP,
     SM_RESOURCE, SM_STREAM, dedupe_seen_key, event_key, event_value, offset_key, resource_key, split_resource_key,
-    stream_state_key, tag_key, time_index_key, time_index_offset_of,
+    stream_state_key, tag_key, time_index_arrival_of, time_index_key, time_index_offset_of,
 };
 use crate::store::snapshot::Snapshot;
 
@@ -62,8 +64,11 @@ pub(crate) struct GroupStateMachine {
     /// Set once openraft runs the group: from then on a request for the current snapshot comes from a
     /// follower that needs the data, not from start-up reading the meta.
     raft_started: Arc<AtomicBool>,
-    /// Where each stream's dedupe window starts, for the compaction that forgets older keys.
+    /// Where each stream's dedupe window starts, for the compaction that forgets the keys earlier versions
+    /// kept in the `dedupe` column family.
     dedupe_horizons: Arc<DedupeHorizons>,
+    /// Each stream's live dedupe keys, by stream id (dedupe_window.rs), rebuilt by `reload`.
+    dedupe_windows: HashMap<u32, DedupeWindow>,
 }
 
 impl GroupStateMachine {
@@ -85,7 +90,16 @@ impl GroupStateMachine {
             applied_index: watch::Sender::new(0),
         });
         let raft_started = Arc::new(AtomicBool::new(false));
-        let mut machine = Self { db, group, snapshot_dir, view, next_stream_id: 0, raft_started, dedupe_horizons };
+        let mut machine = Self {
+            db,
+            group,
+            snapshot_dir,
+            view,
+            next_stream_id: 0,
+            raft_started,
+            dedupe_horizons,
+            dedupe_windows: HashMap::new(),
+        };
         machine.reload()?;
         Ok(machine)
     }
@@ -136,6 +150,21 @@ impl GroupStateMachine {
             resources.insert(key, String::from_utf8(value.to_vec()).map_err(io_err)?);
         }
         let (applied, _) = self.read_applied_state()?;
+        let started = std::time::Instant::now();
+        let mut dedupe_windows = HashMap::with_capacity(streams.len());
+        for state in streams.values() {
+            dedupe_windows.insert(state.id, self.rebuild_dedupe_window(state)?);
+        }
+        self.dedupe_windows = dedupe_windows;
+        if self.dedupe_keys() > 0 {
+            tracing::info!(
+                group = self.group,
+                keys = self.dedupe_keys(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "rebuilt the dedupe windows from the time index"
+            );
+        }
+        self.publish_dedupe_keys();
         if let Ok(mut guard) = self.view.streams.write() {
             *guard = streams;
         }
@@ -147,6 +176,47 @@ impl GroupStateMachine {
         self.view.cluster_config.send_replace(cluster_config.map(|config| AppliedConfig { config, removed_at }));
         self.view.applied_index.send_replace(applied.map(|id| id.index()).unwrap_or(0));
         Ok(())
+    }
+
+    /// A stream's dedupe window as its appends left it: from their `time_index` entries since the horizon.
+    fn rebuild_dedupe_window(&self, state: &StreamState) -> io::Result<DedupeWindow> {
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(time_index_key(self.group, state.id, u64::MAX, u64::MAX).to_vec());
+        let from = time_index_key(self.group, state.id, state.dedupe_horizon_ms, 0);
+        let mut appends: Vec<RecordedAppend> = Vec::new();
+        let index = cf(&self.db, CF_TIME_INDEX)?;
+        for item in self.db.iterator_cf_opt(index, read_options, IteratorMode::From(&from, Direction::Forward)) {
+            let (key, value) = item.map_err(io_err)?;
+            let (Some(arrival_ms), Some(first_offset)) = (time_index_arrival_of(&key), time_index_offset_of(&key))
+            else {
+                return Err(io_err("malformed time index key"));
+            };
+            if let Some(previous) = appends.last_mut() {
+                previous.end_offset = previous.end_offset.min(first_offset);
+            }
+            let (fingerprints, end_offset) =
+                match decode_index_value(&value).ok_or_else(|| io_err("malformed time index value"))? {
+                    IndexedKeys::WithoutDedupe => continue,
+                    IndexedKeys::Legacy => (None, state.next_offset),
+                    IndexedKeys::Fingerprints(fingerprints) => {
+                        let end_offset = first_offset + fingerprints.len() as u64;
+                        (Some(fingerprints), end_offset)
+                    }
+                };
+            appends.push(RecordedAppend { first_offset, end_offset, arrival_ms, fingerprints });
+        }
+        let range = LiveRange::of(state.start_offset, state.next_offset, state.dedupe_horizon_ms);
+        Ok(DedupeWindow::rebuilt(appends, range))
+    }
+
+    /// Dedupe keys held in memory for this group's streams.
+    pub(super) fn dedupe_keys(&self) -> usize {
+        self.dedupe_windows.values().map(DedupeWindow::len).sum()
+    }
+
+    fn publish_dedupe_keys(&self) {
+        metrics::gauge!("sluice_dedupe_keys", "group" => crate::ids::group_name(self.group))
+            .set(self.dedupe_keys() as f64);
     }
 
     fn read_applied_state(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
@@ -185,15 +255,34 @@ impl GroupStateMachine {
         };
         let mut added_bytes = 0u64;
         let first_offset = state.next_offset;
+        // Which events are new, decided by the stream's window (and remembered there at once, so that the
+        // next append sees them whatever the apply batches are; a failed write stops the group, and the
+        // window is rebuilt from disk when it opens again).
+        let decided = match &append.dedupe {
+            Some(dedupe) => {
+                if dedupe.keys.len() != append.payloads.len() {
+                    return Err(io_err("dedupe keys and payloads differ in length"));
+                }
+                let fingerprints: Vec<Fingerprint> = dedupe.keys.iter().map(|key| Fingerprint::of_key(key)).collect();
+                let range = LiveRange::of(state.start_offset, state.next_offset, dedupe_horizon_ms);
+                let (db, group) = (&self.db, self.group);
+                let window = self.dedupe_windows.entry(state.id).or_default();
+                let admitted = window.admit(range, first_offset, arrival_ms, &fingerprints, |i| {
+                    legacy_seen_since(db, group, state.id, &dedupe.keys[i], dedupe_horizon_ms)
+                })?;
+                Some((fingerprints, admitted))
+            }
+            None => None,
+        };
+        let mut kept = Vec::new();
         let events = cf(&self.db, CF_EVENTS)?;
         let mut next_offset = first_offset;
         for (i, payload) in append.payloads.iter().enumerate() {
-            if let Some(dedupe) = &append.dedupe {
-                let key = dedupe.keys.get(i).ok_or_else(|| io_err("dedupe keys and payloads differ in length"))?;
-                if self.seen_since(staged, state.id, key, dedupe_horizon_ms)? {
+            if let Some((fingerprints, admitted)) = &decided {
+                if !admitted[i] {
                     continue;
                 }
-                self.stage_seen(staged, state.id, key, arrival_ms)?;
+                kept.push(fingerprints[i]);
             }
             staged.batch.put_cf(events, event_key(self.group, state.id, next_offset), event_value(arrival_ms, payload));
             staged.event_bytes.insert((state.id, next_offset), payload.len() as u64);
@@ -208,7 +297,7 @@ impl GroupStateMachine {
             staged.batch.put_cf(
                 cf(&self.db, CF_TIME_INDEX)?,
                 time_index_key(self.group, state.id, arrival_ms, first_offset),
-                [],
+                index_value(decided.as_ref().map(|_| kept.as_slice())),
             );
         }
         let next = StreamState {
@@ -281,32 +370,6 @@ impl GroupStateMachine {
             encode(&next).map_err(io_err)?,
         );
         staged.streams.insert(stream.to_string(), next);
-        Ok(())
-    }
-
-    /// Whether `key` was stored in this stream at or after `horizon_ms`. Keys before it may or may not still
-    /// be on disk (compaction drops them when it gets to them); either way they do not count.
-    fn seen_since(&self, staged: &Staged, stream_id: u32, key: &[u8], horizon_ms: u64) -> io::Result<bool> {
-        let seen_at = match staged.seen.get(&(stream_id, Bytes::copy_from_slice(key))) {
-            Some(at) => Some(*at),
-            None => match self
-                .db
-                .get_cf(cf(&self.db, CF_DEDUPE)?, dedupe_seen_key(self.group, stream_id, key))
-                .map_err(io_err)?
-            {
-                Some(value) => Some(u64::from_be_bytes(
-                    value.get(..8).and_then(|v| v.try_into().ok()).ok_or_else(|| io_err("malformed dedupe value"))?,
-                )),
-                None => None,
-            },
-        };
-        Ok(seen_at.is_some_and(|at| at >= horizon_ms))
-    }
-
-    fn stage_seen(&self, staged: &mut Staged, stream_id: u32, key: &[u8], arrival_ms: u64) -> io::Result<()> {
-        let dedupe = cf(&self.db, CF_DEDUPE)?;
-        staged.batch.put_cf(dedupe, dedupe_seen_key(self.group, stream_id, key), arrival_ms.to_be_bytes());
-        staged.seen.insert((stream_id, Bytes::copy_from_slice(key)), arrival_ms);
         Ok(())
     }
 
@@ -466,6 +529,9 @@ impl GroupStateMachine {
         let mut without_wal = WriteOptions::default();
         without_wal.disable_wal(true);
         self.db.write_opt(batch, &without_wal).map_err(io_err)?;
+        if !dedupe_horizons.is_empty() {
+            self.publish_dedupe_keys();
+        }
         for (stream_id, horizon_ms) in dedupe_horizons {
             self.dedupe_horizons.advance(self.group, stream_id, horizon_ms);
         }
@@ -495,6 +561,18 @@ impl GroupStateMachine {
         self.view.applied_index.send_replace(last_applied.index());
         Ok(())
     }
+}
+
+/// Whether the `dedupe` column family, where earlier versions kept each stream's keys, has `key` seen at or
+/// after `horizon_ms` (keys before it do not count, whether or not compaction has dropped them yet).
+fn legacy_seen_since(db: &DB, group: GroupId, stream_id: u32, key: &[u8], horizon_ms: u64) -> io::Result<bool> {
+    let Some(value) = db.get_cf(cf(db, CF_DEDUPE)?, dedupe_seen_key(group, stream_id, key)).map_err(io_err)? else {
+        return Ok(false);
+    };
+    let seen_at_ms = u64::from_be_bytes(
+        value.get(..8).and_then(|v| v.try_into().ok()).ok_or_else(|| io_err("malformed dedupe value"))?,
+    );
+    Ok(seen_at_ms >= horizon_ms)
 }
 
 /// The cluster config after a member command (metadata group): the new member list, and when each node
@@ -531,7 +609,6 @@ struct Staged {
     new_config: Option<AppliedConfig>,
     batch: WriteBatch,
     streams: HashMap<String, StreamState>,
-    seen: HashMap<(u32, Bytes), u64>,
     /// (stream id, dedupe horizon) of each append with dedupe, published once the batch is written.
     dedupe_horizons: Vec<(u32, u64)>,
     resources: BTreeMap<ResourceKey, Option<String>>,

@@ -368,8 +368,19 @@ fn dedupe_append(arrival_ms: u64, keys: &[&str]) -> StreamAppend {
     }
 }
 
+fn with_window(mut append: StreamAppend, window_ms: u64) -> StreamAppend {
+    if let Some(dedupe) = append.dedupe.as_mut() {
+        dedupe.window_ms = window_ms;
+    }
+    append
+}
+
+fn count(store: &Store, name: &str) -> usize {
+    store.db().iterator_cf(cf(store.db(), name).expect("cf"), rocksdb::IteratorMode::Start).count()
+}
+
 #[tokio::test]
-async fn dedupe_keys_behind_the_window_are_dropped_by_compaction_not_by_apply() {
+async fn a_key_is_a_duplicate_within_the_window_and_new_past_it_with_no_write_per_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, mut sm) = open(dir.path(), 2);
     // Many keys, each pushed out of the window by later appends.
@@ -388,64 +399,123 @@ async fn dedupe_keys_behind_the_window_are_dropped_by_compaction_not_by_apply() 
     // Past the window: the key was forgotten, so the same id is stored again.
     apply(&mut sm, vec![entry(index, LogCommand::Append(vec![dedupe_append(3_000, &["r0k0"])]))]).await;
     assert_eq!(sm.view().end_offset("d"), 501, "r0k0 expired long ago");
-    let dedupe = cf(store.db(), crate::store::keys::CF_DEDUPE).expect("cf");
-    let count_keys = || store.db().iterator_cf(dedupe, rocksdb::IteratorMode::Start).count();
-    assert_eq!(count_keys(), 500, "nothing is deleted in apply (r0k0 was put again)");
-    // Compaction forgets what is behind the window of the last arrival (3_460 − 100 ms).
-    store.db().flush_cf(dedupe).expect("flush");
-    store.db().compact_range_cf(dedupe, None::<&[u8]>, None::<&[u8]>);
-    let kept = count_keys();
-    assert_eq!(kept, 21, "rounds 48 (3_400 ms) and 49 (3_450 ms), and r0k0 seen again at 3_460 ms");
+    // Only what the window holds is in memory: rounds 48 (3_400 ms) and 49 (3_450 ms), and r0k0 again.
+    assert_eq!(sm.dedupe_keys(), 21);
+    // The keys are not written one by one: each append's fingerprints ride on its one time-index entry.
+    assert_eq!(count(&store, crate::store::keys::CF_DEDUPE), 0);
+    assert_eq!(count(&store, crate::store::keys::CF_TIME_INDEX), 51);
 }
 
-/// After a reopen the horizon is read back with the stream's state: what is behind it goes at the first
-/// compaction, what is within it stays and still catches a duplicate.
+/// The window is rebuilt at open from the time index: what was within it still catches a duplicate, what
+/// was behind the horizon stays forgotten.
 #[tokio::test]
-async fn after_a_reopen_the_dedupe_horizon_is_known_again() {
+async fn after_a_reopen_the_dedupe_window_is_rebuilt() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let (_store, mut sm) = open(dir.path(), 2);
         apply(&mut sm, vec![entry(1, LogCommand::Append(vec![dedupe_append(1_000, &["a", "b"])]))]).await;
         apply(&mut sm, vec![entry(2, LogCommand::Append(vec![dedupe_append(1_150, &["c"])]))]).await;
     }
-    let (store, mut sm) = open(dir.path(), 2);
-    let dedupe = cf(store.db(), crate::store::keys::CF_DEDUPE).expect("cf");
-    store.db().compact_range_cf(dedupe, None::<&[u8]>, None::<&[u8]>);
-    assert_eq!(store.db().iterator_cf(dedupe, rocksdb::IteratorMode::Start).count(), 1, "a and b were behind 1_050");
+    let (_store, mut sm) = open(dir.path(), 2);
+    assert_eq!(sm.dedupe_keys(), 1, "a and b were behind 1_050");
     apply(&mut sm, vec![entry(3, LogCommand::Append(vec![dedupe_append(1_160, &["c", "a"])]))]).await;
     assert_eq!(sm.view().end_offset("d"), 4, "c is a duplicate, a is not");
 }
 
-/// Regression (review of the compaction-filter expiry): replicas compact at different times, so what a
-/// compaction dropped must not change a later decision. A window made longer than before would otherwise
-/// find a key on a replica that had not compacted yet (a duplicate there) and miss it on one that had
-/// (stored there): the copies would diverge. Keys behind the horizon stay forgotten on every replica.
+/// Regression (review of the compaction-filter expiry, kept for the in-memory window): what one replica
+/// forgot physically must not change a later decision. A window made longer than before must not bring
+/// back keys behind the horizon, whether the replica kept running or reopened (rebuilt) in between.
 #[tokio::test]
-async fn a_longer_window_does_not_bring_back_keys_whatever_compaction_dropped() {
+async fn a_longer_window_does_not_bring_back_keys_whether_or_not_the_window_was_rebuilt() {
     let entries = || {
         vec![
             entry(1, LogCommand::Append(vec![dedupe_append(1_000, &["x"])])),
             entry(2, LogCommand::Append(vec![dedupe_append(1_300, &["y"])])),
         ]
     };
-    let mut longer = dedupe_append(1_310, &["x"]);
-    if let Some(dedupe) = longer.dedupe.as_mut() {
-        dedupe.window_ms = 1_000;
-    }
+    let longer = with_window(dedupe_append(1_310, &["x"]), 1_000);
     let mut ends = Vec::new();
-    for compact_first in [false, true] {
+    for reopen_first in [false, true] {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, mut sm) = open(dir.path(), 2);
         apply(&mut sm, entries()).await;
-        let dedupe = cf(store.db(), crate::store::keys::CF_DEDUPE).expect("cf");
-        if compact_first {
-            store.db().compact_range_cf(dedupe, None::<&[u8]>, None::<&[u8]>);
-            assert_eq!(store.db().iterator_cf(dedupe, rocksdb::IteratorMode::Start).count(), 1, "x was dropped");
-        }
+        let (_store, mut sm) = if reopen_first {
+            drop((store, sm));
+            open(dir.path(), 2)
+        } else {
+            (store, sm)
+        };
         apply(&mut sm, vec![entry(3, LogCommand::Append(vec![longer.clone()]))]).await;
         ends.push(sm.view().end_offset("d"));
     }
-    assert_eq!(ends, vec![3, 3], "x is stored again on both, compacted or not");
+    assert_eq!(ends, vec![3, 3], "x is stored again on both, rebuilt or not");
+}
+
+/// Retention decides too: a trimmed event's key is forgotten with it, on every replica alike (a rebuilt
+/// window could not know it: its index entry went with the trim).
+#[tokio::test]
+async fn a_trimmed_events_key_is_new_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, mut sm) = open(dir.path(), 2);
+    let window = |append| with_window(append, 60_000);
+    apply(
+        &mut sm,
+        vec![
+            entry(1, LogCommand::Append(vec![window(dedupe_append(1_000, &["a", "b"]))])),
+            entry(2, LogCommand::Trim { stream: "d".into(), before_offset: 1 }),
+            entry(3, LogCommand::Append(vec![window(dedupe_append(1_010, &["a", "b"]))])),
+        ],
+    )
+    .await;
+    assert_eq!(sm.view().end_offset("d"), 3, "a was trimmed (stored again), b was not (a duplicate)");
+}
+
+/// Data dirs of earlier versions kept each key in the `dedupe` column family and wrote empty time-index
+/// values: until the window passes those appends, a key not in memory is looked up there.
+#[tokio::test]
+async fn keys_an_earlier_version_kept_on_disk_still_catch_duplicates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (store, mut sm) = open(dir.path(), 2);
+        apply(&mut sm, vec![entry(1, LogCommand::Append(vec![dedupe_append(1_000, &["old"])]))]).await;
+        // Turn the data dir into one written the old way: the key in `dedupe`, the index value empty.
+        let db = store.db();
+        let index = cf(db, crate::store::keys::CF_TIME_INDEX).expect("cf");
+        let keys: Vec<_> = db.iterator_cf(index, rocksdb::IteratorMode::Start).map(|kv| kv.expect("kv").0).collect();
+        assert_eq!(keys.len(), 1);
+        db.put_cf(index, &keys[0], []).expect("put");
+        let dedupe = cf(db, crate::store::keys::CF_DEDUPE).expect("cf");
+        db.put_cf(dedupe, crate::store::keys::dedupe_seen_key(2, 0, b"old"), 1_000u64.to_be_bytes()).expect("put");
+    }
+    let (_store, mut sm) = open(dir.path(), 2);
+    assert_eq!(sm.dedupe_keys(), 0, "nothing to rebuild from");
+    apply(&mut sm, vec![entry(2, LogCommand::Append(vec![dedupe_append(1_050, &["old", "new"])]))]).await;
+    assert_eq!(sm.view().end_offset("d"), 2, "old was found on disk, new was stored");
+    apply(&mut sm, vec![entry(3, LogCommand::Append(vec![dedupe_append(1_060, &["new"])]))]).await;
+    assert_eq!(sm.view().end_offset("d"), 2, "new is in memory");
+    apply(&mut sm, vec![entry(4, LogCommand::Append(vec![dedupe_append(1_120, &["old"])]))]).await;
+    assert_eq!(sm.view().end_offset("d"), 3, "past the window, the old key no longer counts");
+}
+
+/// A follower that installs a snapshot rebuilds the windows from it, and decides as the leader does.
+#[tokio::test]
+async fn a_snapshot_carries_the_dedupe_window() {
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let (_source_store, mut source) = open(source_dir.path(), 2);
+    apply(&mut source, vec![entry(1, LogCommand::Append(vec![dedupe_append(1_000, &["a", "b"])]))]).await;
+    source.raft_started().store(true, std::sync::atomic::Ordering::Release);
+    source.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let snapshot = source.get_current_snapshot().await.expect("current").expect("a snapshot");
+    let target_dir = tempfile::tempdir().expect("tempdir");
+    let (_target_store, mut target) = open(target_dir.path(), 2);
+    let copy = target_dir.path().join("incoming.snap.incoming");
+    std::fs::copy(&snapshot.snapshot.path, &copy).expect("copy snapshot");
+    target.install_snapshot(&snapshot.meta, SnapshotFile { path: copy }).await.expect("install");
+    let next = || vec![entry(2, LogCommand::Append(vec![dedupe_append(1_010, &["b", "c"])]))];
+    apply(&mut source, next()).await;
+    apply(&mut target, next()).await;
+    assert_eq!(source.view().end_offset("d"), 3);
+    assert_eq!(target.view().end_offset("d"), 3, "b is a duplicate on both");
 }
 
 /// Regression (review): `SetMembers` carried a whole member list built before it committed, so two changes

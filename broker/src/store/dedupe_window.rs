@@ -1,0 +1,435 @@
+//! A stream's dedupe window, in memory. In: each append's dedupe keys (as fingerprints), its first offset
+//! and arrival, and the stream's live range (start offset, dedupe horizon, key cap) at that append. Out:
+//! which of its events are new (stored) and which were seen within the range (acknowledged, not stored).
+//!
+//! This decides what a replica stores, so it must decide alike on every replica, whatever each one's
+//! apply batches, restarts and snapshot installs: the answer depends only on the appends applied before,
+//! in log order, and on the live range, which comes from replicated state. A key counts as seen iff an
+//! event with its fingerprint was stored at an offset ≥ `LiveRange::from_offset` with an arrival ≥
+//! `LiveRange::horizon_ms`. Arrivals never go back within a stream and offsets only grow, so the live keys
+//! are always a suffix of the stored ones: forgetting pops from the front.
+//!
+//! The window is not persisted as such. Each append's fingerprints go into its `time_index` entry (the
+//! one key per append that existed already), and a window is rebuilt from those entries at open and after
+//! a snapshot install ([`DedupeWindow::rebuilt`]); `proptest` below checks that a rebuilt window decides
+//! exactly as the one it replaces. Data dirs of earlier versions kept the keys in the `dedupe` column
+//! family instead; their appends have an empty index value, and until the range passes them a lookup
+//! that misses here asks that column family (`legacy_below_offset`).
+//!
+//! Memory: 12 bytes per fingerprint in the order queue, about 20 in the set, and 24 per append; at most
+//! [`MAX_KEYS_PER_STREAM`] keys per stream.
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+/// Bytes of SHA-256 kept per key. Two distinct keys share a fingerprint with probability 2⁻⁹⁶ per pair,
+/// the same on every replica (the function is fixed), so even that would not make replicas diverge.
+pub(crate) const FINGERPRINT_BYTES: usize = 12;
+
+/// The most keys one stream remembers: the window ends at the last this many events, whatever its length
+/// (about 70 MiB per stream). Part of the replicated semantics: every replica must use the same value.
+pub(crate) const MAX_KEYS_PER_STREAM: u64 = 1 << 21;
+
+/// A dedupe key's fingerprint: the first [`FINGERPRINT_BYTES`] of its SHA-256.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Fingerprint([u8; FINGERPRINT_BYTES]);
+
+impl Fingerprint {
+    pub(crate) fn of_key(key: &[u8]) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, key);
+        let mut bytes = [0u8; FINGERPRINT_BYTES];
+        bytes.copy_from_slice(&digest.as_ref()[..FINGERPRINT_BYTES]);
+        Fingerprint(bytes)
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8; FINGERPRINT_BYTES] {
+        &self.0
+    }
+}
+
+/// A fingerprint is already uniformly spread (SHA-256 of the key, which a producer cannot steer), so the
+/// set hashes by its first eight bytes and nothing else.
+impl Hash for Fingerprint {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct FingerprintHasher(u64);
+
+impl Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+/// What an append with dedupe may match: events stored at or after `from_offset` that arrived at or after
+/// `horizon_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LiveRange {
+    pub(crate) from_offset: u64,
+    pub(crate) horizon_ms: u64,
+}
+
+impl LiveRange {
+    /// The range of an append to a stream that starts (retention) at `start_offset` and ends before
+    /// `next_offset`, with the stream's dedupe horizon after this append.
+    pub(crate) fn of(start_offset: u64, next_offset: u64, horizon_ms: u64) -> Self {
+        LiveRange { from_offset: start_offset.max(next_offset.saturating_sub(MAX_KEYS_PER_STREAM)), horizon_ms }
+    }
+}
+
+/// One append's keyed events: `len` fingerprints at offsets `first_offset..`, all arrived at `arrival_ms`.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    first_offset: u64,
+    arrival_ms: u64,
+    len: u64,
+}
+
+/// One stream's live keys.
+#[derive(Default)]
+pub(crate) struct DedupeWindow {
+    live: HashSet<Fingerprint, BuildHasherDefault<FingerprintHasher>>,
+    /// The live fingerprints in offset order; `spans` says where each append's start.
+    order: VecDeque<Fingerprint>,
+    spans: VecDeque<Span>,
+    /// Events below this offset were stored by a version that kept their keys in the `dedupe` column
+    /// family only: while the range reaches below it, a miss here must ask that column family too.
+    legacy_below_offset: u64,
+}
+
+impl DedupeWindow {
+    /// Builds the window a stream had, from its appends in offset order as `(first offset, arrival,
+    /// fingerprints)`: `Some` for an append with dedupe, `None` for one stored by an earlier version
+    /// (whose keys are only in the `dedupe` column family, and whose offsets end at `end_offset`: the next
+    /// append's first offset, or the stream's end). Appends without dedupe are left out.
+    pub(crate) fn rebuilt(appends: impl IntoIterator<Item = RecordedAppend>, range: LiveRange) -> Self {
+        let mut window = DedupeWindow::default();
+        for append in appends {
+            match append.fingerprints {
+                // Only the live part: a key stored again after its first event was trimmed or passed the
+                // horizon appears twice in the index, and only the later one may stay.
+                Some(_) if append.arrival_ms < range.horizon_ms => {}
+                Some(fingerprints) => {
+                    let skip = range.from_offset.saturating_sub(append.first_offset).min(fingerprints.len() as u64);
+                    window.remember(append.first_offset + skip, append.arrival_ms, &fingerprints[skip as usize..]);
+                }
+                None => window.legacy_below_offset = window.legacy_below_offset.max(append.end_offset),
+            }
+        }
+        window
+    }
+
+    /// Decides which of an append's events are new and remembers them: `true` for an event to store, in
+    /// order; `false` for one whose fingerprint is live, or came earlier in the same append. `range` is the
+    /// stream's live range for this append; `legacy_seen(i)` asks the `dedupe` column family about event
+    /// `i` while the range still reaches appends of an earlier version.
+    pub(crate) fn admit<E>(
+        &mut self,
+        range: LiveRange,
+        first_offset: u64,
+        arrival_ms: u64,
+        fingerprints: &[Fingerprint],
+        mut legacy_seen: impl FnMut(usize) -> Result<bool, E>,
+    ) -> Result<Vec<bool>, E> {
+        self.forget_before(range);
+        let ask_legacy = range.from_offset < self.legacy_below_offset;
+        let mut admitted = Vec::with_capacity(fingerprints.len());
+        let mut stored = Vec::with_capacity(fingerprints.len());
+        for (i, fingerprint) in fingerprints.iter().enumerate() {
+            let seen = self.live.contains(fingerprint) || (ask_legacy && legacy_seen(i)?);
+            if !seen {
+                self.live.insert(*fingerprint);
+                stored.push(*fingerprint);
+            }
+            admitted.push(!seen);
+        }
+        self.push_span(first_offset, arrival_ms, &stored);
+        Ok(admitted)
+    }
+
+    /// Keys live now.
+    pub(crate) fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Remembers fingerprints already decided (stored at `first_offset..`), as a rebuild does.
+    fn remember(&mut self, first_offset: u64, arrival_ms: u64, fingerprints: &[Fingerprint]) {
+        self.live.extend(fingerprints.iter().copied());
+        self.push_span(first_offset, arrival_ms, fingerprints);
+    }
+
+    fn push_span(&mut self, first_offset: u64, arrival_ms: u64, fingerprints: &[Fingerprint]) {
+        if fingerprints.is_empty() {
+            return;
+        }
+        self.order.extend(fingerprints.iter().copied());
+        self.spans.push_back(Span { first_offset, arrival_ms, len: fingerprints.len() as u64 });
+    }
+
+    /// Forgets every key outside `range`: whole appends that arrived before the horizon or end before
+    /// `from_offset`, and the front of one that straddles `from_offset`.
+    fn forget_before(&mut self, range: LiveRange) {
+        while let Some(span) = self.spans.front_mut() {
+            let forget = if span.arrival_ms < range.horizon_ms {
+                span.len
+            } else {
+                range.from_offset.saturating_sub(span.first_offset).min(span.len)
+            };
+            if forget == 0 {
+                break;
+            }
+            for fingerprint in self.order.drain(..forget as usize) {
+                self.live.remove(&fingerprint);
+            }
+            span.first_offset += forget;
+            span.len -= forget;
+            if span.len > 0 {
+                break;
+            }
+            self.spans.pop_front();
+        }
+        // After a burst, give the memory back (with slack, so that a steady window does not reallocate).
+        if self.order.capacity() > 1024 && self.order.len() < self.order.capacity() / 4 {
+            self.order.shrink_to(self.order.len() * 2);
+            self.spans.shrink_to(self.spans.len() * 2);
+            self.live.shrink_to(self.live.len() * 2);
+        }
+    }
+}
+
+/// One append as recorded in the `time_index` (see [`DedupeWindow::rebuilt`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RecordedAppend {
+    pub(crate) first_offset: u64,
+    pub(crate) end_offset: u64,
+    pub(crate) arrival_ms: u64,
+    pub(crate) fingerprints: Option<Vec<Fingerprint>>,
+}
+
+/// A `time_index` value: `[]` from earlier versions (keys, if any, in the `dedupe` column family), `[0]`
+/// for an append without dedupe, `[1] · fingerprints` for one with dedupe (the stored events' keys).
+pub(crate) fn index_value(fingerprints: Option<&[Fingerprint]>) -> Vec<u8> {
+    match fingerprints {
+        None => vec![INDEX_WITHOUT_DEDUPE],
+        Some(fingerprints) => {
+            let mut value = Vec::with_capacity(1 + fingerprints.len() * FINGERPRINT_BYTES);
+            value.push(INDEX_WITH_DEDUPE);
+            for fingerprint in fingerprints {
+                value.extend_from_slice(fingerprint.as_bytes());
+            }
+            value
+        }
+    }
+}
+
+const INDEX_WITHOUT_DEDUPE: u8 = 0;
+const INDEX_WITH_DEDUPE: u8 = 1;
+
+/// What a `time_index` value says about its append's keys.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum IndexedKeys {
+    /// Written by an earlier version: keys, if any, are in the `dedupe` column family.
+    Legacy,
+    WithoutDedupe,
+    Fingerprints(Vec<Fingerprint>),
+}
+
+pub(crate) fn decode_index_value(value: &[u8]) -> Option<IndexedKeys> {
+    match value.split_first() {
+        None => Some(IndexedKeys::Legacy),
+        Some((&INDEX_WITHOUT_DEDUPE, [])) => Some(IndexedKeys::WithoutDedupe),
+        Some((&INDEX_WITH_DEDUPE, rest)) if rest.len() % FINGERPRINT_BYTES == 0 => Some(IndexedKeys::Fingerprints(
+            rest.chunks_exact(FINGERPRINT_BYTES)
+                .map(|chunk| {
+                    let mut bytes = [0u8; FINGERPRINT_BYTES];
+                    bytes.copy_from_slice(chunk);
+                    Fingerprint(bytes)
+                })
+                .collect(),
+        )),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn fp(key: &str) -> Fingerprint {
+        Fingerprint::of_key(key.as_bytes())
+    }
+
+    fn no_legacy(_: usize) -> Result<bool, Infallible> {
+        Ok(false)
+    }
+
+    #[test]
+    fn fingerprints_are_fixed_sha256_prefixes() {
+        // SHA-256("abc") = ba7816bf 8f01cfea 414140de 5dae2223 …: the same bytes on every replica and version.
+        assert_eq!(fp("abc").as_bytes(), &[0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde]);
+        assert_ne!(fp("src\0a"), fp("src\0b"));
+    }
+
+    #[test]
+    fn index_values_round_trip_and_garbage_is_refused() {
+        let fingerprints = vec![fp("a"), fp("b")];
+        assert_eq!(
+            decode_index_value(&index_value(Some(&fingerprints))),
+            Some(IndexedKeys::Fingerprints(fingerprints))
+        );
+        assert_eq!(decode_index_value(&index_value(Some(&[]))), Some(IndexedKeys::Fingerprints(vec![])));
+        assert_eq!(decode_index_value(&index_value(None)), Some(IndexedKeys::WithoutDedupe));
+        assert_eq!(decode_index_value(&[]), Some(IndexedKeys::Legacy));
+        assert_eq!(decode_index_value(&[1, 2, 3]), None, "not a whole fingerprint");
+        assert_eq!(decode_index_value(&[0, 0]), None);
+        assert_eq!(decode_index_value(&[7]), None);
+    }
+
+    #[test]
+    fn the_decisions_of_one_stream() {
+        let mut window = DedupeWindow::default();
+        let range = |from_offset, horizon_ms| LiveRange { from_offset, horizon_ms };
+        let admit = |window: &mut DedupeWindow, range, first, at, keys: &[&str]| {
+            let fingerprints: Vec<_> = keys.iter().map(|k| fp(k)).collect();
+            window.admit(range, first, at, &fingerprints, no_legacy).expect("infallible")
+        };
+        // (range, first offset, arrival, keys) → stored?
+        assert_eq!(admit(&mut window, range(0, 0), 0, 100, &["a", "b", "a"]), [true, true, false], "twice in one");
+        assert_eq!(admit(&mut window, range(0, 0), 2, 150, &["b", "c"]), [false, true]);
+        assert_eq!(window.len(), 3);
+        assert_eq!(admit(&mut window, range(0, 101), 3, 200, &["a", "c"]), [true, false], "a arrived before 101");
+        assert_eq!(admit(&mut window, range(3, 101), 4, 210, &["b", "c"]), [true, true], "trimmed below 3");
+        assert_eq!(window.len(), 3, "a (3), b (4), c (5)");
+        assert_eq!(admit(&mut window, range(4, 101), 6, 220, &["a"]), [true], "a straddled the start: forgotten");
+        assert_eq!(window.len(), 3);
+    }
+
+    #[test]
+    fn the_cap_bounds_the_window_by_offsets() {
+        assert_eq!(LiveRange::of(0, 10, 5), LiveRange { from_offset: 0, horizon_ms: 5 });
+        assert_eq!(LiveRange::of(7, 10, 5).from_offset, 7);
+        assert_eq!(LiveRange::of(0, MAX_KEYS_PER_STREAM + 10, 5).from_offset, 10);
+        assert_eq!(LiveRange::of(20, MAX_KEYS_PER_STREAM + 10, 5).from_offset, 20);
+    }
+
+    #[test]
+    fn a_legacy_append_is_asked_about_until_the_range_passes_it() {
+        let legacy = RecordedAppend { first_offset: 0, end_offset: 5, arrival_ms: 100, fingerprints: None };
+        let mut window = DedupeWindow::rebuilt([legacy], LiveRange { from_offset: 0, horizon_ms: 0 });
+        let mut asked = 0;
+        let mut ask = |_: usize| -> Result<bool, Infallible> {
+            asked += 1;
+            Ok(true)
+        };
+        let stored = window.admit(LiveRange { from_offset: 4, horizon_ms: 0 }, 5, 200, &[fp("x")], &mut ask);
+        assert_eq!(stored, Ok(vec![false]), "the dedupe column family had it");
+        let stored = window.admit(LiveRange { from_offset: 5, horizon_ms: 0 }, 5, 210, &[fp("y")], &mut ask);
+        assert_eq!(stored, Ok(vec![true]), "offsets below 5 are out of range: not asked");
+        assert_eq!(asked, 1);
+    }
+
+    /// One step of a stream's life, as the log would apply it.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// An append with dedupe: keys (from a small alphabet, so that duplicates happen), time advanced,
+        /// window.
+        Append { keys: Vec<u8>, advance_ms: u64, window_ms: u64 },
+        /// An append without dedupe of `count` events.
+        Plain { count: u8 },
+        /// Retention trims `by` events off the front.
+        Trim { by: u64 },
+        /// The node restarts: the window is rebuilt from what the index holds.
+        Reopen,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => (proptest::collection::vec(0u8..24, 0..6), 0u64..60, 20u64..200)
+                .prop_map(|(keys, advance_ms, window_ms)| Step::Append { keys, advance_ms, window_ms }),
+            1 => (1u8..4).prop_map(|count| Step::Plain { count }),
+            1 => (0u64..6).prop_map(|by| Step::Trim { by }),
+            1 => Just(Step::Reopen),
+        ]
+    }
+
+    proptest! {
+        /// Against the definition, kept naively as every stored event (key, offset, arrival): an append's
+        /// key is a duplicate iff a stored event with it is at or after the start and the horizon. Reopens
+        /// rebuild from the index entries, filtered by arrival as the scan from the horizon is.
+        #[test]
+        fn the_window_decides_as_the_definition_across_trims_and_reopens(
+            steps in proptest::collection::vec(step(), 1..60),
+        ) {
+            let mut window = DedupeWindow::default();
+            let mut stored: Vec<(Option<u8>, u64, u64)> = Vec::new();
+            let mut index: Vec<RecordedAppend> = Vec::new();
+            let (mut next_offset, mut start_offset, mut now_ms, mut horizon_ms) = (0u64, 0u64, 1_000u64, 0u64);
+            for step in steps {
+                match step {
+                    Step::Append { keys, advance_ms, window_ms } => {
+                        now_ms += advance_ms;
+                        horizon_ms = horizon_ms.max(now_ms.saturating_sub(window_ms));
+                        let range = LiveRange::of(start_offset, next_offset, horizon_ms);
+                        let fingerprints: Vec<_> = keys.iter().map(|k| fp(&k.to_string())).collect();
+                        let decided = window.admit(range, next_offset, now_ms, &fingerprints, no_legacy).expect("ok");
+                        let mut kept = Vec::new();
+                        for (i, key) in keys.iter().enumerate() {
+                            let seen = stored.iter().any(|(k, offset, at)| {
+                                *k == Some(*key) && *offset >= range.from_offset && *at >= horizon_ms
+                            }) || keys[..i].contains(key);
+                            prop_assert_eq!(decided[i], !seen, "key {} at {} ms", key, now_ms);
+                            if !seen {
+                                stored.push((Some(*key), next_offset + kept.len() as u64, now_ms));
+                                kept.push(fingerprints[i]);
+                            }
+                        }
+                        if !kept.is_empty() {
+                            let end_offset = next_offset + kept.len() as u64;
+                            index.push(RecordedAppend {
+                                first_offset: next_offset, end_offset, arrival_ms: now_ms, fingerprints: Some(kept),
+                            });
+                            next_offset = end_offset;
+                        }
+                    }
+                    Step::Plain { count } => {
+                        for _ in 0..count {
+                            stored.push((None, next_offset, now_ms));
+                            next_offset += 1;
+                        }
+                    }
+                    Step::Trim { by } => start_offset = (start_offset + by).min(next_offset),
+                    Step::Reopen => {
+                        let range = LiveRange::of(start_offset, next_offset, horizon_ms);
+                        let recorded = index.iter().filter(|a| a.arrival_ms >= horizon_ms).cloned();
+                        let rebuilt = DedupeWindow::rebuilt(recorded, range);
+                        let mut live_before = window.live.iter().copied().collect::<Vec<_>>();
+                        window.forget_before(range);
+                        live_before.retain(|f| window.live.contains(f));
+                        prop_assert_eq!(rebuilt.len(), window.len());
+                        prop_assert!(live_before.iter().all(|f| rebuilt.live.contains(f)));
+                        window = rebuilt;
+                    }
+                }
+            }
+        }
+    }
+}
