@@ -16,11 +16,15 @@
 //! family instead; their appends have an empty index value, and until the range passes them a lookup
 //! that misses here asks that column family (`legacy_below_offset`).
 //!
-//! Memory: 12 bytes per fingerprint in the order queue, about 20 in the set, and 24 per append; at most
-//! [`MAX_KEYS_PER_STREAM`] keys per stream.
+//! Memory: each fingerprint once, 12 bytes, in a queue of fixed blocks in offset order; the hash table holds
+//! only its position there (4 bytes and a control byte per slot, at a load between 7/16 and 7/8); and 24
+//! bytes per append. About 18-24 bytes per key, at most [`MAX_KEYS_PER_STREAM`] keys per stream. (The first
+//! version kept a `HashSet` of fingerprints beside a `VecDeque` of them: about 42 bytes per key measured, and
+//! both doubled at once.)
 
-use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::collections::VecDeque;
+
+use hashbrown::HashTable;
 
 /// Bytes of SHA-256 kept per key. Two distinct keys share a fingerprint with probability 2⁻⁹⁶ per pair,
 /// the same on every replica (the function is fixed), so even that would not make replicas diverge.
@@ -47,33 +51,68 @@ impl Fingerprint {
     }
 }
 
-/// A fingerprint is already uniformly spread (SHA-256 of the key, which a producer cannot steer), so the
-/// set hashes by its first eight bytes and nothing else.
-impl Hash for Fingerprint {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(first));
+/// Fingerprints in insertion order, numbered by a sequence that never goes back; stored in blocks of
+/// [`RING_BLOCK`], so that growing never copies (or doubles) what is there, and a block is freed once its
+/// last fingerprint is popped.
+#[derive(Default)]
+struct Ring {
+    blocks: VecDeque<Box<[Fingerprint]>>,
+    /// Sequence number of `blocks[0][0]`.
+    first_seq: u64,
+    /// The oldest fingerprint held, and the one after the newest.
+    front_seq: u64,
+    end_seq: u64,
+}
+
+const RING_BLOCK: usize = 4096;
+
+impl Ring {
+    #[cfg(test)]
+    fn len(&self) -> u64 {
+        self.end_seq - self.front_seq
+    }
+
+    fn get(&self, seq: u64) -> Fingerprint {
+        let i = (seq - self.first_seq) as usize;
+        self.blocks[i / RING_BLOCK][i % RING_BLOCK]
+    }
+
+    fn push(&mut self, fingerprint: Fingerprint) -> u64 {
+        let i = (self.end_seq - self.first_seq) as usize;
+        if i / RING_BLOCK == self.blocks.len() {
+            self.blocks.push_back(vec![Fingerprint([0; FINGERPRINT_BYTES]); RING_BLOCK].into_boxed_slice());
+        }
+        self.blocks[i / RING_BLOCK][i % RING_BLOCK] = fingerprint;
+        self.end_seq += 1;
+        self.end_seq - 1
+    }
+
+    fn pop_front(&mut self) -> Option<(u64, Fingerprint)> {
+        if self.front_seq == self.end_seq {
+            return None;
+        }
+        let seq = self.front_seq;
+        let fingerprint = self.get(seq);
+        self.front_seq += 1;
+        if self.front_seq - self.first_seq == RING_BLOCK as u64 {
+            self.blocks.pop_front();
+            self.first_seq += RING_BLOCK as u64;
+        }
+        Some((seq, fingerprint))
+    }
+
+    /// The full sequence number of a position kept as its low 32 bits (the ring never holds 2³² entries).
+    fn resolve(&self, low: u32) -> u64 {
+        self.end_seq - u64::from((self.end_seq as u32).wrapping_sub(low))
     }
 }
 
-#[derive(Default)]
-pub(crate) struct FingerprintHasher(u64);
-
-impl Hasher for FingerprintHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
+/// A fingerprint is already uniformly spread (SHA-256 of the key, which a producer cannot steer), so the
+/// table hashes by its first eight bytes and nothing else.
+fn table_hash(fingerprint: &Fingerprint) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&fingerprint.0[..8]);
+    u64::from_le_bytes(first)
 }
 
 /// What an append with dedupe may match: events stored at or after `from_offset` that arrived at or after
@@ -103,9 +142,10 @@ struct Span {
 /// One stream's live keys.
 #[derive(Default)]
 pub(crate) struct DedupeWindow {
-    live: HashSet<Fingerprint, BuildHasherDefault<FingerprintHasher>>,
     /// The live fingerprints in offset order; `spans` says where each append's start.
-    order: VecDeque<Fingerprint>,
+    order: Ring,
+    /// Positions in `order` (low 32 bits of the sequence), found by fingerprint.
+    live: HashTable<u32>,
     spans: VecDeque<Span>,
     /// Events below this offset were stored by a version that kept their keys in the `dedupe` column
     /// family only: while the range reaches below it, a miss here must ask that column family too.
@@ -149,16 +189,16 @@ impl DedupeWindow {
         self.forget_before(range);
         let ask_legacy = range.from_offset < self.legacy_below_offset;
         let mut admitted = Vec::with_capacity(fingerprints.len());
-        let mut stored = Vec::with_capacity(fingerprints.len());
+        let mut stored = 0;
         for (i, fingerprint) in fingerprints.iter().enumerate() {
-            let seen = self.live.contains(fingerprint) || (ask_legacy && legacy_seen(i)?);
+            let seen = self.contains(fingerprint) || (ask_legacy && legacy_seen(i)?);
             if !seen {
-                self.live.insert(*fingerprint);
-                stored.push(*fingerprint);
+                self.insert(*fingerprint);
+                stored += 1;
             }
             admitted.push(!seen);
         }
-        self.push_span(first_offset, arrival_ms, &stored);
+        self.push_span(first_offset, arrival_ms, stored);
         Ok(admitted)
     }
 
@@ -167,18 +207,31 @@ impl DedupeWindow {
         self.live.len()
     }
 
-    /// Remembers fingerprints already decided (stored at `first_offset..`), as a rebuild does.
-    fn remember(&mut self, first_offset: u64, arrival_ms: u64, fingerprints: &[Fingerprint]) {
-        self.live.extend(fingerprints.iter().copied());
-        self.push_span(first_offset, arrival_ms, fingerprints);
+    fn contains(&self, fingerprint: &Fingerprint) -> bool {
+        self.live
+            .find(table_hash(fingerprint), |&low| self.order.get(self.order.resolve(low)) == *fingerprint)
+            .is_some()
     }
 
-    fn push_span(&mut self, first_offset: u64, arrival_ms: u64, fingerprints: &[Fingerprint]) {
-        if fingerprints.is_empty() {
-            return;
+    fn insert(&mut self, fingerprint: Fingerprint) {
+        let seq = self.order.push(fingerprint);
+        let order = &self.order;
+        self.live
+            .insert_unique(table_hash(&fingerprint), seq as u32, |&low| table_hash(&order.get(order.resolve(low))));
+    }
+
+    /// Remembers fingerprints already decided (stored at `first_offset..`), as a rebuild does.
+    fn remember(&mut self, first_offset: u64, arrival_ms: u64, fingerprints: &[Fingerprint]) {
+        for fingerprint in fingerprints {
+            self.insert(*fingerprint);
         }
-        self.order.extend(fingerprints.iter().copied());
-        self.spans.push_back(Span { first_offset, arrival_ms, len: fingerprints.len() as u64 });
+        self.push_span(first_offset, arrival_ms, fingerprints.len() as u64);
+    }
+
+    fn push_span(&mut self, first_offset: u64, arrival_ms: u64, len: u64) {
+        if len > 0 {
+            self.spans.push_back(Span { first_offset, arrival_ms, len });
+        }
     }
 
     /// Forgets every key outside `range`: whole appends that arrived before the horizon or end before
@@ -193,8 +246,11 @@ impl DedupeWindow {
             if forget == 0 {
                 break;
             }
-            for fingerprint in self.order.drain(..forget as usize) {
-                self.live.remove(&fingerprint);
+            for _ in 0..forget {
+                let Some((seq, fingerprint)) = self.order.pop_front() else { break };
+                if let Ok(entry) = self.live.find_entry(table_hash(&fingerprint), |&low| low == seq as u32) {
+                    entry.remove();
+                }
             }
             span.first_offset += forget;
             span.len -= forget;
@@ -203,11 +259,12 @@ impl DedupeWindow {
             }
             self.spans.pop_front();
         }
-        // After a burst, give the memory back (with slack, so that a steady window does not reallocate).
-        if self.order.capacity() > 1024 && self.order.len() < self.order.capacity() / 4 {
-            self.order.shrink_to(self.order.len() * 2);
+        // After a burst, give the table's memory back (with slack, so that a steady window does not
+        // reallocate); the ring frees its blocks as it goes.
+        if self.live.capacity() > 1024 && self.live.len() < self.live.capacity() / 4 {
+            let order = &self.order;
+            self.live.shrink_to(self.live.len() * 2, |&low| table_hash(&order.get(order.resolve(low))));
             self.spans.shrink_to(self.spans.len() * 2);
-            self.live.shrink_to(self.live.len() * 2);
         }
     }
 }
@@ -324,6 +381,47 @@ mod tests {
     }
 
     #[test]
+    fn the_ring_crosses_blocks_and_the_32_bit_positions_wrap() {
+        let start = u64::from(u32::MAX) - 5;
+        let mut ring = Ring { blocks: VecDeque::new(), first_seq: start, front_seq: start, end_seq: start };
+        let keys: Vec<Fingerprint> = (0..3 * RING_BLOCK + 7).map(|i| fp(&i.to_string())).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let seq = ring.push(*key);
+            assert_eq!(seq, start + i as u64);
+            assert_eq!(ring.resolve(seq as u32), seq, "past 2^32 too");
+        }
+        assert_eq!(ring.blocks.len(), 4);
+        for key in &keys[..2 * RING_BLOCK] {
+            assert_eq!(ring.pop_front().map(|(_, f)| f), Some(*key));
+        }
+        assert_eq!(ring.blocks.len(), 2, "emptied blocks are freed");
+        assert_eq!(ring.len(), (RING_BLOCK + 7) as u64);
+        assert_eq!(ring.get(ring.front_seq), keys[2 * RING_BLOCK]);
+    }
+
+    /// Many more keys than a block, sliding through the window: every live key is found, no forgotten one.
+    #[test]
+    fn a_sliding_window_over_many_blocks_holds_exactly_the_live_keys() {
+        let mut window = DedupeWindow::default();
+        let width = 2 * RING_BLOCK as u64 + 123;
+        for offset in 0..6 * RING_BLOCK as u64 {
+            let range = LiveRange { from_offset: offset.saturating_sub(width), horizon_ms: 0 };
+            let stored = window.admit(range, offset, 0, &[fp(&offset.to_string())], no_legacy).expect("ok");
+            assert_eq!(stored, [true]);
+        }
+        let end = 6 * RING_BLOCK as u64;
+        window.forget_before(LiveRange { from_offset: end - width, horizon_ms: 0 });
+        assert_eq!(window.len() as u64, width);
+        for offset in (0..end).step_by(97) {
+            assert_eq!(window.contains(&fp(&offset.to_string())), offset >= end - width, "offset {offset}");
+        }
+        window.forget_before(LiveRange { from_offset: end, horizon_ms: 0 });
+        assert_eq!(window.len(), 0);
+        assert!(window.live.capacity() < 1024, "the table gave its memory back");
+        assert!(window.order.blocks.len() <= 1, "and the ring its blocks, but the one being filled");
+    }
+
+    #[test]
     fn the_cap_bounds_the_window_by_offsets() {
         assert_eq!(LiveRange::of(0, 10, 5), LiveRange { from_offset: 0, horizon_ms: 5 });
         assert_eq!(LiveRange::of(7, 10, 5).from_offset, 7);
@@ -421,11 +519,12 @@ mod tests {
                         let range = LiveRange::of(start_offset, next_offset, horizon_ms);
                         let recorded = index.iter().filter(|a| a.arrival_ms >= horizon_ms).cloned();
                         let rebuilt = DedupeWindow::rebuilt(recorded, range);
-                        let mut live_before = window.live.iter().copied().collect::<Vec<_>>();
                         window.forget_before(range);
-                        live_before.retain(|f| window.live.contains(f));
+                        let live: Vec<Fingerprint> =
+                            (window.order.front_seq..window.order.end_seq).map(|seq| window.order.get(seq)).collect();
                         prop_assert_eq!(rebuilt.len(), window.len());
-                        prop_assert!(live_before.iter().all(|f| rebuilt.live.contains(f)));
+                        prop_assert_eq!(window.len() as u64, window.order.len(), "one table entry per queued key");
+                        prop_assert!(live.iter().all(|f| rebuilt.contains(f) && window.contains(f)));
                         window = rebuilt;
                     }
                 }
