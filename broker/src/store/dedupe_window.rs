@@ -14,7 +14,7 @@
 //! a snapshot install ([`DedupeWindow::rebuilt`]); `proptest` below checks that a rebuilt window decides
 //! exactly as the one it replaces. Data dirs of earlier versions kept the keys in the `dedupe` column
 //! family instead; their appends have an empty index value, and until the range passes them a lookup
-//! that misses here asks that column family (`legacy_below_offset`).
+//! that misses here asks that column family (`LegacyAppends`).
 //!
 //! Memory: each fingerprint once, 12 bytes, in a queue of fixed blocks in offset order; the hash table holds
 //! only its position there (4 bytes and a control byte per slot, at a load between 7/16 and 7/8); and 24
@@ -147,9 +147,24 @@ pub(crate) struct DedupeWindow {
     /// Positions in `order` (low 32 bits of the sequence), found by fingerprint.
     live: HashTable<u32>,
     spans: VecDeque<Span>,
-    /// Events below this offset were stored by a version that kept their keys in the `dedupe` column
-    /// family only: while the range reaches below it, a miss here must ask that column family too.
-    legacy_below_offset: u64,
+    /// Appends stored by a version that kept their keys in the `dedupe` column family only: while the
+    /// range reaches them, a miss here must ask that column family too.
+    legacy: Option<LegacyAppends>,
+}
+
+/// Where a stream's appends of an earlier version end: below `below_offset`, arrived by `last_arrival_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LegacyAppends {
+    below_offset: u64,
+    last_arrival_ms: u64,
+}
+
+impl LegacyAppends {
+    /// Whether a key of theirs could still count: one stored at or after the range's start, and not before
+    /// its horizon. Both only move forward, so once this is false it stays false.
+    fn reached_by(&self, range: LiveRange) -> bool {
+        range.from_offset < self.below_offset && range.horizon_ms <= self.last_arrival_ms
+    }
 }
 
 impl DedupeWindow {
@@ -168,7 +183,13 @@ impl DedupeWindow {
                     let skip = range.from_offset.saturating_sub(append.first_offset).min(fingerprints.len() as u64);
                     window.remember(append.first_offset + skip, append.arrival_ms, &fingerprints[skip as usize..]);
                 }
-                None => window.legacy_below_offset = window.legacy_below_offset.max(append.end_offset),
+                None => {
+                    let previous = window.legacy.unwrap_or(LegacyAppends { below_offset: 0, last_arrival_ms: 0 });
+                    window.legacy = Some(LegacyAppends {
+                        below_offset: previous.below_offset.max(append.end_offset),
+                        last_arrival_ms: previous.last_arrival_ms.max(append.arrival_ms),
+                    });
+                }
             }
         }
         window
@@ -187,7 +208,10 @@ impl DedupeWindow {
         mut legacy_seen: impl FnMut(usize) -> Result<bool, E>,
     ) -> Result<Vec<bool>, E> {
         self.forget_before(range);
-        let ask_legacy = range.from_offset < self.legacy_below_offset;
+        let ask_legacy = self.legacy.is_some_and(|legacy| legacy.reached_by(range));
+        if !ask_legacy {
+            self.legacy = None;
+        }
         let mut admitted = Vec::with_capacity(fingerprints.len());
         let mut stored = 0;
         for (i, fingerprint) in fingerprints.iter().enumerate() {
@@ -432,17 +456,26 @@ mod tests {
     #[test]
     fn a_legacy_append_is_asked_about_until_the_range_passes_it() {
         let legacy = RecordedAppend { first_offset: 0, end_offset: 5, arrival_ms: 100, fingerprints: None };
-        let mut window = DedupeWindow::rebuilt([legacy], LiveRange { from_offset: 0, horizon_ms: 0 });
-        let mut asked = 0;
-        let mut ask = |_: usize| -> Result<bool, Infallible> {
-            asked += 1;
-            Ok(true)
-        };
-        let stored = window.admit(LiveRange { from_offset: 4, horizon_ms: 0 }, 5, 200, &[fp("x")], &mut ask);
-        assert_eq!(stored, Ok(vec![false]), "the dedupe column family had it");
-        let stored = window.admit(LiveRange { from_offset: 5, horizon_ms: 0 }, 5, 210, &[fp("y")], &mut ask);
-        assert_eq!(stored, Ok(vec![true]), "offsets below 5 are out of range: not asked");
-        assert_eq!(asked, 1);
+        for (passed_by, range) in [
+            ("offset", LiveRange { from_offset: 5, horizon_ms: 0 }),
+            ("time", LiveRange { from_offset: 4, horizon_ms: 101 }),
+        ] {
+            let mut window = DedupeWindow::rebuilt([legacy.clone()], LiveRange { from_offset: 0, horizon_ms: 0 });
+            let mut asked = 0;
+            let mut ask = |_: usize| -> Result<bool, Infallible> {
+                asked += 1;
+                Ok(true)
+            };
+            let reached = LiveRange { from_offset: 4, horizon_ms: 100 };
+            let stored = window.admit(reached, 5, 200, &[fp("x")], &mut ask);
+            assert_eq!(stored, Ok(vec![false]), "the dedupe column family had it");
+            let stored = window.admit(range, 6, 210, &[fp("y")], &mut ask);
+            assert_eq!(stored, Ok(vec![true]), "passed by {passed_by}: not asked");
+            let stored = window.admit(reached, 7, 220, &[fp("z")], &mut ask);
+            assert_eq!(stored, Ok(vec![true]), "and never again (the range only moves forward)");
+            assert_eq!(asked, 1);
+            assert_eq!(window.legacy, None);
+        }
     }
 
     /// One step of a stream's life, as the log would apply it.
