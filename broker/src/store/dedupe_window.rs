@@ -19,8 +19,8 @@
 //! Memory: each fingerprint once, 12 bytes, in a queue of fixed blocks in offset order; the hash table holds
 //! only its position there (4 bytes and a control byte per slot, at a load between 7/16 and 7/8); and 24
 //! bytes per append. About 18-24 bytes per key, at most [`MAX_KEYS_PER_STREAM`] keys per stream. (The first
-//! version kept a `HashSet` of fingerprints beside a `VecDeque` of them: about 42 bytes per key measured, and
-//! both doubled at once.)
+//! version kept a `HashSet` of fingerprints beside a `VecDeque` of them; both doubled at once, and a 10 M
+//! event backlog with 4 M keys reached 287 MiB RSS against 228 MiB with this layout.)
 
 use std::collections::VecDeque;
 
@@ -168,8 +168,8 @@ impl LegacyAppends {
 }
 
 impl DedupeWindow {
-    /// Builds the window a stream had, from its appends in offset order as `(first offset, arrival,
-    /// fingerprints)`: `Some` for an append with dedupe, `None` for one stored by an earlier version
+    /// Builds the window a stream had, from its appends in offset order; their `fingerprints` are `Some`
+    /// for an append with dedupe, `None` for one stored by an earlier version
     /// (whose keys are only in the `dedupe` column family, and whose offsets end at `end_offset`: the next
     /// append's first offset, or the stream's end). Appends without dedupe are left out.
     pub(crate) fn rebuilt(appends: impl IntoIterator<Item = RecordedAppend>, range: LiveRange) -> Self {
