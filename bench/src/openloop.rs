@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use crate::driver::{self, OnMessage, System};
 
 /// Sequence numbers carry the run id in their top bits, so late deliveries of an earlier run are not counted.
-const RUN_SHIFT: u32 = 40;
+pub(crate) const RUN_SHIFT: u32 = 40;
 
 /// Offset of message `i` from the start of a run at `rate` messages per second.
 pub(crate) fn due_offset(i: u64, rate: f64) -> Duration {

@@ -47,14 +47,48 @@ struct Seconds {
     /// Set when the run starts; until then (the warm-up events of `subscribe`) nothing is recorded.
     start_unix_ns: AtomicU64,
     buckets: Mutex<Vec<(Histogram<u64>, u64)>>,
+    arrivals: Mutex<FirstArrivals>,
+    /// Deliveries of an event that had arrived already (at-least-once: after a leader change, the offsets
+    /// committed last): counted, not timed, since the event's latency is that of its first arrival.
+    duplicates: AtomicU64,
+}
+
+/// Which sequence numbers of the run have arrived: one bit each.
+#[derive(Default)]
+pub(crate) struct FirstArrivals {
+    bits: Vec<u64>,
+}
+
+impl FirstArrivals {
+    /// Sequence numbers at or past this are not tracked (every arrival counts as a first): 128 MiB of bits.
+    const MAX_TRACKED: u64 = 1 << 30;
+
+    /// Whether `seq` arrives for the first time (and notes it).
+    pub(crate) fn first(&mut self, seq: u64) -> bool {
+        if seq >= Self::MAX_TRACKED {
+            return true;
+        }
+        let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        if self.bits.len() <= word {
+            self.bits.resize(word + 1, 0);
+        }
+        let first = self.bits[word] & bit == 0;
+        self.bits[word] |= bit;
+        first
+    }
 }
 
 impl Seconds {
     fn record(&self, payload: &[u8]) {
-        let Some((_, intended)) = crate::driver::header(payload) else { return };
+        let Some((seq, intended)) = crate::driver::header(payload) else { return };
         let start = self.start_unix_ns.load(Ordering::Acquire);
         let now = unix_ns();
         if intended < start || now < start {
+            return;
+        }
+        let index = seq & ((1 << openloop::RUN_SHIFT) - 1);
+        if !self.arrivals.lock().unwrap_or_else(PoisonError::into_inner).first(index) {
+            self.duplicates.fetch_add(1, Ordering::AcqRel);
             return;
         }
         let second = ((now - start) / 1_000_000_000) as usize;
@@ -78,7 +112,12 @@ fn unix_ns() -> u64 {
 impl SteadyBench {
     pub(crate) async fn run(&self) -> Result<()> {
         let sluice = Arc::new(SluiceHttp::start(self.nodes, self.partitions).await?);
-        let seconds = Arc::new(Seconds { start_unix_ns: AtomicU64::new(u64::MAX), buckets: Mutex::new(Vec::new()) });
+        let seconds = Arc::new(Seconds {
+            start_unix_ns: AtomicU64::new(u64::MAX),
+            buckets: Mutex::new(Vec::new()),
+            arrivals: Mutex::new(FirstArrivals::default()),
+            duplicates: AtomicU64::new(0),
+        });
         let recorder = seconds.clone();
         sluice.subscribe(Arc::new(move |payload: &[u8]| recorder.record(payload))).await.context("subscribe")?;
         seconds.start_unix_ns.store(unix_ns(), Ordering::Release);
@@ -122,8 +161,9 @@ impl SteadyBench {
         let summary = summarize(&rows);
         let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "  publish→subscriber: {} delivered, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms",
+            "  publish→subscriber: {} delivered (and {} duplicates), p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms",
             all.len(),
+            seconds.duplicates.load(Ordering::Acquire),
             ms(0.5),
             ms(0.99),
             ms(0.999),
@@ -293,6 +333,17 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_events_first_arrival_counts() {
+        let mut arrivals = FirstArrivals::default();
+        let firsts: Vec<bool> = [0, 63, 64, 0, 1_000, 64, 1_000, 1].iter().map(|seq| arrivals.first(*seq)).collect();
+        assert_eq!(firsts, [true, true, true, false, true, false, false, true]);
+        // Past the tracked range every arrival counts (no unbounded bitmap).
+        assert!(arrivals.first(FirstArrivals::MAX_TRACKED));
+        assert!(arrivals.first(FirstArrivals::MAX_TRACKED));
+        assert_eq!(arrivals.bits.len(), 1_000 / 64 + 1);
+    }
 
     fn second(t: u64, max_ms: f64, over_stall: u64, rss_mib: f64) -> Second {
         Second { t, delivered: 10, p50_ms: 1.0, p99_ms: 2.0, max_ms, over_stall, rss_mib }
