@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sluice_broker::Node;
-use sluice_controller::status::Environment;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -142,16 +141,27 @@ struct Running {
 async fn supervise(node: Node, settings: DispatcherSettings, sender: Sender, mut stopped: watch::Receiver<bool>) {
     let Some(mut resources) = node.watch_resources() else { return };
     let mut leadership = node.watch_leadership();
+    let mut handovers = node.handovers();
     let mut running: HashMap<(String, u32), Running> = HashMap::new();
     let mut reported: HashMap<String, String> = HashMap::new();
+    // Partitions handed over (a planned transfer is under way): not dispatched here until the instant, or until
+    // this node no longer leads them (the transfer happened).
+    let mut held: HashMap<u32, tokio::time::Instant> = HashMap::new();
     let limits = settings.subscriber_capacity.clone().map(DestinationLimits::new);
     loop {
-        // Read again each time: a rotated CA reaches the Broker destinations' trust at the next reconcile.
-        let env = node.status_environment(&settings.ingress_base);
-        reconcile(&node, &settings, &sender, &limits, &env, &mut running, &mut reported).await;
+        let now = tokio::time::Instant::now();
+        held.retain(|partition, until| *until > now && node.leads_partition(*partition));
+        reconcile(&node, &settings, &sender, &limits, &held, &mut running, &mut reported).await;
+        let hold_ends = held.values().min().copied();
         tokio::select! {
             changed = resources.changed() => if changed.is_err() { break },
             changed = leadership.changed() => if changed.is_err() { break },
+            Some(handover) = handovers.recv() => {
+                held.insert(handover.partition, tokio::time::Instant::now() + HANDOVER_HOLD);
+                hand_over(&mut running, handover).await;
+                continue;
+            }
+            _ = tokio::time::sleep_until(hold_ends.unwrap_or(now)), if hold_ends.is_some() => continue,
             _ = stopped.changed() => break,
         }
         // Applying many objects (a YAML file of 1,000 Triggers) changes the resources many times in a row:
@@ -167,6 +177,31 @@ async fn supervise(node: Node, settings: DispatcherSettings, sender: Sender, mut
     }
     stop_all(running).await;
 }
+
+/// The partition's leadership is about to move (a planned transfer): its dispatchers let their deliveries
+/// settle, commit their offsets and end, so the next leader's start where these stopped and none runs beside
+/// them (the broker bounds the wait; the partition is held, see `supervise`).
+async fn hand_over(running: &mut HashMap<(String, u32), Running>, handover: sluice_broker::Handover) {
+    let keys: Vec<(String, u32)> =
+        running.keys().filter(|(_, partition)| *partition == handover.partition).cloned().collect();
+    let mut handed = Vec::new();
+    for key in keys {
+        let Some(task) = running.remove(&key) else { continue };
+        let (done, answered) = tokio::sync::oneshot::channel();
+        let _ = task.control.send(Control::HandOver(done)).await;
+        handed.push(async move {
+            let _ = answered.await;
+            let _ = task.task.await;
+        });
+    }
+    futures::future::join_all(handed).await;
+    handover.done();
+}
+
+/// How long a handed-over partition is not dispatched here while this node still leads it: longer than the
+/// broker waits for the transfer (`transfer_leader`: four maximum election timeouts, 1.6 s by default); past
+/// it the transfer failed and this node dispatches again.
+const HANDOVER_HOLD: Duration = Duration::from_secs(5);
 
 /// Quiet time after a resource change before reconciling (see `supervise`).
 const SETTLE: Duration = Duration::from_millis(50);
@@ -184,10 +219,12 @@ async fn reconcile(
     settings: &DispatcherSettings,
     sender: &Sender,
     limits: &Option<Arc<DestinationLimits>>,
-    env: &Environment,
+    held: &HashMap<u32, tokio::time::Instant>,
     running: &mut HashMap<(String, u32), Running>,
     reported: &mut HashMap<String, String>,
 ) {
+    // Read again each time: a rotated CA reaches the Broker destinations' trust at the next reconcile.
+    let env = &node.status_environment(&settings.ingress_base);
     let mut objects: Vec<Value> = Vec::new();
     // Every kind a destination may refer to (Knative Services, Routes, ... and their revisions' facts).
     for kind in sluice_controller::model::world_kinds() {
@@ -225,7 +262,7 @@ async fn reconcile(
         })
         .collect();
     let partitions = node.partitions();
-    let led: Vec<u32> = (0..partitions).filter(|p| node.leads_partition(*p)).collect();
+    let led: Vec<u32> = (0..partitions).filter(|p| node.leads_partition_applied(*p) && !held.contains_key(p)).collect();
     let plan = plan(&led, &wanted, &observed);
 
     for key in plan.stop {

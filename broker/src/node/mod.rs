@@ -1,6 +1,8 @@
 //! A Sluice node: the store, the metadata group, the partition groups of the
 //! cluster config, and the write/read API the servers and later crates use.
 
+mod handover;
+pub use handover::Handover;
 pub(crate) mod leader_balance;
 pub(crate) mod membership;
 pub(crate) mod publish;
@@ -123,6 +125,8 @@ struct NodeInner {
     /// When each peer last handed this node a group's leadership (`leader_balance` gives none back for a
     /// while: a node handing its leaderships away before it stops must not be refilled).
     handovers_from: std::sync::Mutex<BTreeMap<NodeId, std::time::Instant>>,
+    /// Where planned transfers of a partition's leadership are announced (`handover`): the dispatcher.
+    handover: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<handover::Handover>>>,
 }
 
 impl Node {
@@ -145,6 +149,7 @@ impl Node {
                 membership_queue: Arc::new(tokio::sync::Semaphore::new(MEMBERSHIP_QUEUE)),
                 removed: std::sync::atomic::AtomicBool::new(false),
                 handovers_from: Default::default(),
+                handover: Default::default(),
                 leadership: Arc::new(watch::Sender::new(0)),
             }),
         };

@@ -125,6 +125,14 @@ impl Node {
         self.leads(partition_group(partition))
     }
 
+    /// Whether this node leads `partition` and has applied every entry of earlier terms (an entry of its own
+    /// term is applied: a new leader's first entry is its own term's blank one, applied after all before it).
+    /// Until then the partition's state (committed offsets) may not yet read as the last leader left it, so the
+    /// dispatcher starts only from here (`handover`).
+    pub fn leads_partition_applied(&self, partition: u32) -> bool {
+        self.group(partition_group(partition)).map(|g| leads_with_own_term_applied(&g.raft)).unwrap_or(false)
+    }
+
     /// A counter bumped whenever a group of this node starts or changes
     /// leader or server state; watchers re-check [`Node::leads_partition`].
     pub fn watch_leadership(&self) -> watch::Receiver<u64> {
@@ -132,7 +140,17 @@ impl Node {
     }
 }
 
-/// Bumps `leadership` when the group's (server state, leader) changes, and
+fn leads_with_own_term_applied(raft: &Raft) -> bool {
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    m.state == ServerState::Leader && own_term_applied(&m)
+}
+
+fn own_term_applied(m: &openraft::RaftMetrics<crate::command::TypeConfig>) -> bool {
+    m.last_applied.as_ref().is_some_and(|applied| applied.committed_leader_id().term == m.current_term)
+}
+
+/// Bumps `leadership` when the group's (server state, leader, own term applied) changes, and
 /// once at start. Ends when the group's Raft stops.
 pub(super) async fn watch_group_leadership(raft: Raft, leadership: Arc<watch::Sender<u64>>) {
     let mut rx = raft.metrics();
@@ -143,7 +161,7 @@ pub(super) async fn watch_group_leadership(raft: Raft, leadership: Arc<watch::Se
             // borrow_and_update, not borrow_watched: it marks the value seen,
             // otherwise changed() would return at once forever.
             let m = rx.borrow_and_update();
-            Some((m.state, m.current_leader))
+            Some((m.state, m.current_leader, own_term_applied(&m)))
         };
         if now != last {
             last = now;

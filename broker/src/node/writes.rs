@@ -9,7 +9,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 
 use super::Node;
 use super::membership::run_membership;
-use crate::command::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
+use crate::command::forward::{ForwardedReply, ForwardedWrite, MembershipOp, WriteFailure};
 use crate::command::{
     Appended, Dedupe, GroupId, LogCommand, LogResponse, METADATA_GROUP, OffsetCommit, ResourceKey, ResourceRecord,
     StreamAppend, partition_group,
@@ -162,7 +162,12 @@ impl Node {
                 let results = futures::future::join_all(appends.into_iter().map(|a| group.batcher.submit(a))).await;
                 Ok(ForwardedReply::AppendedBatch(results))
             }
-            ForwardedWrite::Membership(op) => run_membership(&group, op).await.map(ForwardedReply::Membership),
+            ForwardedWrite::Membership(op) => {
+                if let MembershipOp::TransferLeader(_) = op {
+                    self.hand_over(group_id).await;
+                }
+                run_membership(&group, op).await.map(ForwardedReply::Membership)
+            }
             // Metadata commands are idempotent (applying one twice changes
             // nothing more), so a lost leadership is simply retried.
             ForwardedWrite::Command(command) => {

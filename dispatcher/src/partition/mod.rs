@@ -33,6 +33,9 @@ use reading::{Consumer, ConsumerStart, ReadEvent, ReadLog, Reading, Start};
 /// A window sized by its subscriber's capacity holds at most this many events (memory).
 const MAX_WINDOW_FOR_CAPACITY: usize = 1_000;
 
+/// How long a handover waits for the running deliveries (the broker gives the whole handover 1 s).
+const HANDOVER_DRAIN: Duration = Duration::from_millis(500);
+
 /// Backlog reports towards a full subscriber, at most this often (besides one every commit tick).
 const BACKLOG_REPORT_MIN_MS: u64 = 50;
 
@@ -46,6 +49,9 @@ pub(crate) enum Control {
         consumers: Vec<Arc<ConsumerSpec>>,
         live_uids: Arc<HashSet<String>>,
     },
+    /// A planned leadership transfer is about to start: let the running deliveries settle (bounded), commit
+    /// every consumer's offset, answer, and end (the next leader's dispatcher goes on from the commit).
+    HandOver(tokio::sync::oneshot::Sender<()>),
     Stop,
 }
 
@@ -145,6 +151,14 @@ impl PartitionDispatcher {
                     Some(Control::Update { consumers, live_uids }) => {
                         self.windows_stale = true;
                         self.update(consumers, &live_uids).await;
+                    }
+                    Some(Control::HandOver(done)) => {
+                        self.settle_running(HANDOVER_DRAIN).await;
+                        self.deliveries.abort_all();
+                        self.commit().await;
+                        let _ = done.send(());
+                        tracing::info!(stream = %self.stream, partition, "dispatch handed over");
+                        break;
                     }
                     Some(Control::Stop) | None => break,
                 },
@@ -339,6 +353,18 @@ impl PartitionDispatcher {
                 .then(|| window.keys_pending() as u64 + u64::from(matched + unscanned > 0));
             let reporter = format!("{}#{partition}", spec.cursor);
             limits.report_backlog(&reporter, host, events, ordered_keys);
+        }
+    }
+
+    /// Waits for the running deliveries to finish and settles them, starting none, for at most `within` (a
+    /// delivery in its retries' backoff may take longer; the rest are aborted by the caller and delivered
+    /// again from the committed offset).
+    async fn settle_running(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, self.deliveries.join_next()).await {
+            if let Ok((cursor, generation, offset, settlement)) = joined {
+                self.settle(&cursor, generation, offset, settlement);
+            }
         }
     }
 

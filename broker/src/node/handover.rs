@@ -1,0 +1,70 @@
+//! Planned leadership transfers hand the partition's dispatch over instead of dropping it.
+//!
+//! What flows in: a transfer this node (the leader) is about to start, from leader balance or `cluster
+//! transfer-leader`. What flows out: a [`Handover`] to the listener that acts where this node leads (the
+//! dispatcher), which commits its consumers' offsets and answers; the transfer then starts, waiting at most
+//! [`HANDOVER_WAIT`] for the answer.
+//!
+//! Why: offsets are committed once per interval (1 s by default). Without a handover the next leader's
+//! dispatcher starts from the last interval's offsets and delivers everything settled since then a second
+//! time, about a second late (measured in docs/benchmarks.md, session 20). A crash still redelivers up to
+//! one interval; a planned move now redelivers only what settles between this commit and the new leader's
+//! election (milliseconds).
+//!
+//! The other half: the next leader's dispatcher must read the offsets as this leader left them, so it starts
+//! only once it has applied every entry of earlier terms ([`Node::leads_partition_applied`]).
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::Node;
+use crate::command::{GroupId, METADATA_GROUP, group_name};
+
+/// How long a transfer waits for the listener; past it the leadership moves anyway (a stuck dispatcher must
+/// not pin leadership; its consumers are then redelivered from their last commit, as after a crash).
+pub(crate) const HANDOVER_WAIT: Duration = Duration::from_secs(1);
+
+/// A partition whose leadership is about to leave this node. Answer with [`Handover::done`] once its offsets
+/// are committed; dropping it unanswered lets the transfer go on at once.
+#[derive(Debug)]
+pub struct Handover {
+    pub partition: u32,
+    done: oneshot::Sender<()>,
+}
+
+impl Handover {
+    pub fn done(self) {
+        let _ = self.done.send(());
+    }
+}
+
+impl Node {
+    /// Registers the listener of planned transfers (one per node: a later call replaces the earlier one).
+    pub fn handovers(&self) -> mpsc::Receiver<Handover> {
+        let (tx, rx) = mpsc::channel(16);
+        *self.inner.handover.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        rx
+    }
+
+    /// Tells the listener that `group`'s leadership is about to move, and waits for its answer (bounded).
+    pub(super) async fn hand_over(&self, group: GroupId) {
+        if group == METADATA_GROUP {
+            return;
+        }
+        let listener = self.inner.handover.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let Some(listener) = listener else { return };
+        let started = Instant::now();
+        let (done, answered) = oneshot::channel();
+        let outcome = match listener.try_send(Handover { partition: group - 1, done }) {
+            Err(_) => "no_listener",
+            Ok(()) => match tokio::time::timeout(HANDOVER_WAIT, answered).await {
+                Ok(Ok(())) => "done",
+                Ok(Err(_)) => "dropped",
+                Err(_) => "timeout",
+            },
+        };
+        metrics::counter!("sluice_leadership_handovers_total", "outcome" => outcome).increment(1);
+        tracing::info!(group = %group_name(group), outcome, elapsed_ms = started.elapsed().as_millis() as u64, "leadership handover");
+    }
+}
