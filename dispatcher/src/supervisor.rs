@@ -155,7 +155,8 @@ async fn supervise(node: Node, settings: DispatcherSettings, sender: Sender, mut
         let hold_ends = held.values().min().copied();
         tokio::select! {
             changed = resources.changed() => if changed.is_err() { break },
-            changed = leadership.changed() => if changed.is_err() { break },
+            // Leadership changes are reconciled at once (the new leader's dispatch waits for nothing else).
+            changed = leadership.changed() => if changed.is_err() { break } else { continue },
             Some(handover) = handovers.recv() => {
                 held.insert(handover.partition, tokio::time::Instant::now() + HANDOVER_HOLD);
                 hand_over(&mut running, handover).await;
