@@ -2,14 +2,13 @@
 //!
 //! What flows in: a transfer this node (the leader) is about to start, from leader balance or `cluster
 //! transfer-leader`. What flows out: a [`Handover`] to the listener that acts where this node leads (the
-//! dispatcher), which commits its consumers' offsets and answers; the transfer then starts, waiting at most
-//! [`HANDOVER_WAIT`] for the answer.
+//! dispatcher), which lets its deliveries settle, commits its consumers' offsets, stops dispatching the
+//! partition and answers; the transfer then starts, waiting at most [`HANDOVER_WAIT`] for the answer.
 //!
 //! Why: offsets are committed once per interval (1 s by default). Without a handover the next leader's
 //! dispatcher starts from the last interval's offsets and delivers everything settled since then a second
 //! time, about a second late (measured in docs/benchmarks.md, session 20). A crash still redelivers up to
-//! one interval; a planned move now redelivers only what settles between this commit and the new leader's
-//! election (milliseconds).
+//! one interval; a planned move now redelivers only the deliveries the dispatcher gave up waiting for.
 //!
 //! The other half: the next leader's dispatcher must read the offsets as this leader left them, so it starts
 //! only once it has applied every entry of earlier terms ([`Node::leads_partition_applied`]).
