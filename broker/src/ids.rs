@@ -17,9 +17,17 @@ pub(crate) fn partition_group(partition: u32) -> GroupId {
     partition + 1
 }
 
+/// The partition a group holds; `None` for the metadata group.
+pub(crate) fn partition_of(group: GroupId) -> Option<u32> {
+    group.checked_sub(1)
+}
+
 /// Human name of a group, as used in metrics labels and status.
 pub(crate) fn group_name(group: GroupId) -> String {
-    if group == METADATA_GROUP { "metadata".to_string() } else { format!("partition-{}", group - 1) }
+    match partition_of(group) {
+        None => "metadata".to_string(),
+        Some(partition) => format!("partition-{partition}"),
+    }
 }
 
 /// Identifies a resource: kind (e.g. `Broker`), namespace and name.

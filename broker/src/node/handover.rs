@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Node;
-use crate::command::{GroupId, METADATA_GROUP, group_name};
+use crate::ids::{GroupId, group_name, partition_of};
 
 /// How long a transfer waits for the listener; past it the leadership moves anyway (a stuck dispatcher must
 /// not pin leadership; its consumers are then redelivered from their last commit, as after a crash).
@@ -48,14 +48,12 @@ impl Node {
 
     /// Tells the listener that `group`'s leadership is about to move, and waits for its answer (bounded).
     pub(super) async fn hand_over(&self, group: GroupId) {
-        if group == METADATA_GROUP {
-            return;
-        }
+        let Some(partition) = partition_of(group) else { return };
         let listener = self.inner.handover.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let Some(listener) = listener else { return };
         let started = Instant::now();
         let (done, answered) = oneshot::channel();
-        let outcome = match listener.try_send(Handover { partition: group - 1, done }) {
+        let outcome = match listener.try_send(Handover { partition, done }) {
             Err(_) => "no_listener",
             Ok(()) => match tokio::time::timeout(HANDOVER_WAIT, answered).await {
                 Ok(Ok(())) => "done",
