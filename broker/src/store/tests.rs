@@ -592,5 +592,8 @@ fn events_and_dedupe_compact_tiered_and_the_raft_log_leveled() {
     assert_eq!(style("raft_log").as_deref(), Some("kCompactionStyleLevel"));
     assert_eq!(recorded_option(dir.path(), "events", "enable_blob_files").as_deref(), Some("true"));
     assert_eq!(recorded_option(dir.path(), "raft_log", "enable_blob_files").as_deref(), Some("true"));
+    assert_eq!(recorded_option(dir.path(), "time_index", "enable_blob_files").as_deref(), Some("true"));
+    assert_eq!(recorded_option(dir.path(), "events", "level0_file_num_compaction_trigger").as_deref(), Some("8"));
+    assert_eq!(recorded_option(dir.path(), "dedupe", "level0_file_num_compaction_trigger").as_deref(), Some("4"));
     assert_eq!(recorded_option(dir.path(), "dedupe", "enable_blob_files").as_deref(), Some("false"));
 }
