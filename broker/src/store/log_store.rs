@@ -1,9 +1,10 @@
-//! A group's Raft log and vote in the shared RocksDB (`raft_log`, `raft_state`).
+//! A group's Raft log and vote in the shared RocksDB (`raft_log`, `raft_state`), with the newest entries also
+//! held decoded in memory for the log's readers ([`LogTail`]).
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
@@ -12,6 +13,7 @@ use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::log_tail::LogTail;
 use super::{WalSyncer, cf, io_err};
 use crate::command::{Entry, GroupId, LogId, TypeConfig, Vote, decode, encode};
 use crate::store::keys::{
@@ -19,16 +21,28 @@ use crate::store::keys::{
     log_key, tag_key,
 };
 
+/// Bytes of encoded entries a group holds in its [`LogTail`]: at the 4–5 MB/s one partition of a batched
+/// benchmark writes, about half a second, far more than apply and the replication streams lag when they keep
+/// up; a node's groups together hold at most a few times this.
+const LOG_TAIL_BYTES: usize = 2 << 20;
+
+/// The store and its log reader are clones sharing one tail.
 #[derive(Clone)]
 pub(crate) struct GroupLogStore {
     db: Arc<DB>,
     wal: WalSyncer,
     group: GroupId,
+    tail: Arc<Mutex<LogTail<Entry>>>,
 }
 
 impl GroupLogStore {
     pub(crate) fn new(db: Arc<DB>, wal: WalSyncer, group: GroupId) -> Self {
-        Self { db, wal, group }
+        Self { db, wal, group, tail: Arc::new(Mutex::new(LogTail::new(LOG_TAIL_BYTES))) }
+    }
+
+    /// The tail's rules hold after every whole call, so a panic elsewhere cannot leave it half-changed.
+    fn tail(&self) -> MutexGuard<'_, LogTail<Entry>> {
+        self.tail.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn get_state<T: DeserializeOwned>(&self, tag: u8) -> io::Result<Option<T>> {
@@ -73,6 +87,16 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        let end_exclusive = match range.end_bound() {
+            Bound::Included(x) => x.checked_add(1),
+            Bound::Excluded(x) => Some(*x),
+            Bound::Unbounded => None,
+        };
+        if let Some(entries) = self.tail().range(start, end_exclusive) {
+            metrics::counter!("sluice_raft_log_reads_total", "from" => "memory").increment(1);
+            return Ok(entries);
+        }
+        metrics::counter!("sluice_raft_log_reads_total", "from" => "store").increment(1);
         let end_key = match range.end_bound() {
             Bound::Included(x) => match x.checked_add(1) {
                 Some(next) => log_key(self.group, next).to_vec(),
@@ -108,7 +132,9 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged_log_id: Option<LogId> = self.get_state(RAFT_STATE_LAST_PURGED)?;
-        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
+        let last_entry = self.last_entry_log_id()?;
+        self.tail().store_holds_through(last_entry.as_ref().map(|log_id| log_id.index()));
+        let last_log_id = last_entry.or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
@@ -139,13 +165,20 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     {
         let cf = cf(&self.db, CF_RAFT_LOG)?;
         let mut batch = WriteBatch::default();
+        let mut written = Vec::new();
         for entry in entries {
             let value = encode(&entry).map_err(io_err)?;
-            batch.put_cf(cf, log_key(self.group, entry.index()), value);
+            batch.put_cf(cf, log_key(self.group, entry.index()), &value);
+            written.push((entry, value.len()));
         }
         // Written now so that the entries are readable when this returns;
         // reported flushed only after the shared WAL fsync.
         self.db.write(batch).map_err(io_err)?;
+        let mut tail = self.tail();
+        for (entry, encoded_bytes) in written {
+            tail.push(entry.index(), entry, encoded_bytes);
+        }
+        drop(tail);
         #[cfg(feature = "planted-bugs")]
         if crate::planted_bug("ack-before-fsync") {
             // Reported flushed while the entries are only in the OS's cache: a kill -9 cannot tell.
@@ -163,12 +196,16 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         };
         let cf = cf(&self.db, CF_RAFT_LOG)?;
         // Ordered in the WAL before any later append, so it needs no fsync of its own.
-        self.db.delete_range_cf(cf, from, group_end(self.group)).map_err(io_err)
+        self.db.delete_range_cf(cf, from, group_end(self.group)).map_err(io_err)?;
+        self.tail().truncate_after(last_log_id.map(|log_id| log_id.index()));
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         self.put_state(RAFT_STATE_LAST_PURGED, &log_id)?;
         let cf = cf(&self.db, CF_RAFT_LOG)?;
-        self.db.delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, log_id.index() + 1)).map_err(io_err)
+        self.db.delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, log_id.index() + 1)).map_err(io_err)?;
+        self.tail().purge_through(log_id.index());
+        Ok(())
     }
 }
