@@ -224,11 +224,12 @@ fn build_request(
     token: Option<&str>,
     timeout_ms: u64,
 ) -> reqwest::RequestBuilder {
+    use reqwest::header::{HeaderName, HeaderValue};
     let mut request = client
         .post(url)
         .timeout(Duration::from_millis(timeout_ms))
-        .header("prefer", "reply")
-        .header("traceparent", traceparent(event));
+        .header(HeaderName::from_static("prefer"), HeaderValue::from_static("reply"))
+        .header(HeaderName::from_static("traceparent"), traceparent(event));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -239,12 +240,10 @@ fn build_request(
                     continue;
                 }
                 let value = value.to_canonical_string();
-                match reqwest::header::HeaderValue::from_bytes(cloudevent::encode_header_value(&value)) {
-                    Ok(header) => request = request.header(format!("ce-{name}"), header),
-                    // Validation keeps control characters out of attribute values, so this cannot happen.
-                    Err(_) => {
-                        tracing::warn!(attribute = %name, "attribute value cannot be a header value; not sent")
-                    }
+                match (ce_header_name(name), HeaderValue::from_bytes(cloudevent::encode_header_value(&value))) {
+                    (Some(header_name), Ok(header)) => request = request.header(header_name, header),
+                    // Validation keeps control characters out of attribute names and values, so this cannot happen.
+                    _ => tracing::warn!(attribute = %name, "attribute cannot be a header; not sent"),
                 }
             }
             let content_type = event.get_str("datacontenttype").map(str::to_string).or_else(|| match &event.data {
@@ -261,6 +260,26 @@ fn build_request(
         }
     }
     request
+}
+
+/// The `ce-` header of an attribute. The spec's attributes (and those every Sluice delivery carries) are
+/// static names, neither allocated nor parsed per delivery; an extension's name is built.
+fn ce_header_name(attribute: &str) -> Option<reqwest::header::HeaderName> {
+    let known = match attribute {
+        "id" => "ce-id",
+        "source" => "ce-source",
+        "type" => "ce-type",
+        "specversion" => "ce-specversion",
+        "time" => "ce-time",
+        "subject" => "ce-subject",
+        "dataschema" => "ce-dataschema",
+        "knativearrivaltime" => "ce-knativearrivaltime",
+        "traceparent" => "ce-traceparent",
+        "tracestate" => "ce-tracestate",
+        "partitionkey" => "ce-partitionkey",
+        _ => return reqwest::header::HeaderName::try_from(format!("ce-{attribute}")).ok(),
+    };
+    Some(reqwest::header::HeaderName::from_static(known))
 }
 
 async fn read_limited(mut response: reqwest::Response, limit: usize) -> (Bytes, Option<String>) {
@@ -381,6 +400,28 @@ mod tests {
         assert_eq!(parse_retry_after("3", 0), Some(RetryAfter::Seconds(3)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 0), Some(RetryAfter::AtMs(1_445_412_480_000)));
         assert_eq!(parse_retry_after("soon", 0), None);
+    }
+
+    #[test]
+    fn ce_header_names_are_the_attribute_names_prefixed() {
+        for attribute in [
+            "id",
+            "source",
+            "type",
+            "specversion",
+            "time",
+            "subject",
+            "dataschema",
+            "knativearrivaltime",
+            "traceparent",
+            "tracestate",
+            "partitionkey",
+            "myextension",
+            "a1",
+        ] {
+            let name = ce_header_name(attribute).expect("a valid header name");
+            assert_eq!(name.as_str(), format!("ce-{attribute}"));
+        }
     }
 
     #[test]
