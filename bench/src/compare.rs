@@ -61,6 +61,7 @@ impl Plan {
                     payload_bytes: 1024,
                     max_outstanding: 64,
                     batch: 1,
+                    refine_steps: 0,
                 },
                 payloads: vec![1024],
                 fixed_seconds: 1.0,
@@ -87,6 +88,7 @@ impl Plan {
                 payload_bytes: 1024,
                 max_outstanding: 512,
                 batch: 1,
+                refine_steps: 2,
             },
             payloads: vec![128, 1024, 65536],
             fixed_seconds: 10.0,
@@ -255,8 +257,12 @@ impl Bench<'_> {
                 })
             })
             .collect();
-        // The CPU of the highest passing step: what an event costs the system at its max.
-        let cpu_at_max = result.steps.iter().take_while(|s| s.passed).last().and_then(|s| s.cpu_us_per_message());
+        // The CPU of the step that set the max: what an event costs the system there.
+        let cpu_at_max = result
+            .steps
+            .iter()
+            .find(|s| s.passed && Some(s.rate) == result.max_rate)
+            .and_then(|s| s.cpu_us_per_message());
         let cpu = cpu_at_max.map_or(String::new(), |us| format!(", CPU {us:.1} µs/ev"));
         let figure = match result.max_rate {
             Some(rate) => format!(

@@ -249,17 +249,39 @@ pub(crate) struct ProbeConfig {
     pub max_outstanding: usize,
     /// Messages per publish request.
     pub batch: usize,
+    /// Steps after the first failure, each halving (geometrically) the interval between the highest pass and
+    /// the lowest failure: the verdict is then within `factor^(1/2^refine_steps)` of the true max.
+    pub refine_steps: usize,
 }
 
-/// The rates the probe offers, in order: `start × factor^k` for `k < max_steps`.
+/// The ladder the probe climbs: `start × factor^k` for `k < max_steps`.
 pub(crate) fn probe_rates(config: &ProbeConfig) -> Vec<f64> {
     (0..config.max_steps).map(|k| config.start_rate * config.factor.powi(k as i32)).collect()
 }
 
-/// The highest passing rate of the steps run so far, provided the steps before it passed too (the probe
-/// stops at the first failure).
+/// The rate of the probe's next step after `steps` (rate, passed), or `None` when it is done: up the ladder
+/// until a step fails, then `refine_steps` steps at the geometric middle of the highest pass below the lowest
+/// failure and that failure. Nothing to refine when the first step failed.
+pub(crate) fn next_probe_rate(config: &ProbeConfig, steps: &[(f64, bool)]) -> Option<f64> {
+    let Some(first_failure) = steps.iter().position(|(_, passed)| !passed) else {
+        return probe_rates(config).get(steps.len()).copied();
+    };
+    if steps.len() - first_failure > config.refine_steps {
+        return None;
+    }
+    let lowest_failure = lowest_failure(steps)?;
+    let highest_pass = probe_verdict(steps)?;
+    Some((highest_pass * lowest_failure).sqrt())
+}
+
+fn lowest_failure(steps: &[(f64, bool)]) -> Option<f64> {
+    steps.iter().filter(|(_, passed)| !passed).map(|(rate, _)| *rate).reduce(f64::min)
+}
+
+/// The max: the highest passing rate below every failing one (a pass above a failure is noise, not a max).
 pub(crate) fn probe_verdict(steps: &[(f64, bool)]) -> Option<f64> {
-    steps.iter().take_while(|(_, passed)| *passed).map(|(rate, _)| *rate).last()
+    let ceiling = lowest_failure(steps).unwrap_or(f64::INFINITY);
+    steps.iter().filter(|(rate, passed)| *passed && *rate < ceiling).map(|(rate, _)| *rate).reduce(f64::max)
 }
 
 pub(crate) struct ProbeStep {
@@ -285,16 +307,18 @@ pub(crate) struct ProbeResult {
     pub capped: bool,
 }
 
-/// Steps the offered rate up until a step fails [`step_passes`], the steps run out, or the budget is spent.
+/// Steps the offered rate up until a step fails [`step_passes`], the steps run out, or the budget is spent,
+/// then narrows the max down ([`next_probe_rate`]).
 pub(crate) async fn probe(
     system: Arc<dyn System>,
     config: &ProbeConfig,
     sink: Option<&Arc<Sink>>,
 ) -> Result<ProbeResult> {
     let started = Instant::now();
-    let mut steps = Vec::new();
+    let mut steps: Vec<ProbeStep> = Vec::new();
     let mut capped = true;
-    for rate in probe_rates(config) {
+    let history = |steps: &[ProbeStep]| steps.iter().map(|s| (s.rate, s.passed)).collect::<Vec<_>>();
+    while let Some(rate) = next_probe_rate(config, &history(&steps)) {
         if started.elapsed() >= config.budget {
             break;
         }
@@ -313,7 +337,6 @@ pub(crate) async fn probe(
         steps.push(ProbeStep { rate, passed, result, cpu_us });
         if !passed {
             capped = false;
-            break;
         }
         // Let a backlog of this step drain before the next one.
         match sink {
@@ -323,7 +346,7 @@ pub(crate) async fn probe(
             None => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    let verdict = probe_verdict(&steps.iter().map(|s| (s.rate, s.passed)).collect::<Vec<_>>());
+    let verdict = probe_verdict(&history(&steps));
     Ok(ProbeResult { max_rate: verdict, steps, capped })
 }
 
@@ -361,12 +384,55 @@ mod tests {
             payload_bytes: 16,
             max_outstanding: 8,
             batch: 1,
+            refine_steps: 2,
         };
         assert_eq!(probe_rates(&config), vec![100.0, 150.0, 225.0, 337.5]);
         assert_eq!(probe_verdict(&[]), None);
         assert_eq!(probe_verdict(&[(100.0, false)]), None);
         assert_eq!(probe_verdict(&[(100.0, true), (150.0, true), (225.0, false)]), Some(150.0));
         assert_eq!(probe_verdict(&[(100.0, true), (150.0, false), (225.0, true)]), Some(100.0));
+        assert_eq!(probe_verdict(&[(100.0, true), (150.0, false), (122.0, true), (135.0, false)]), Some(122.0));
+    }
+
+    #[test]
+    fn the_probe_climbs_then_narrows_the_max_down() {
+        let config = ProbeConfig {
+            start_rate: 100.0,
+            factor: 1.5,
+            max_steps: 4,
+            step: Duration::from_secs(1),
+            grace: Duration::from_secs(1),
+            budget: Duration::from_secs(60),
+            payload_bytes: 16,
+            max_outstanding: 8,
+            batch: 1,
+            refine_steps: 2,
+        };
+        // (steps so far, the next rate); the true max here is 160.
+        let mid = |a: f64, b: f64| (a * b).sqrt();
+        type Steps = Vec<(f64, bool)>;
+        let cases: Vec<(Steps, Option<f64>)> = vec![
+            (vec![], Some(100.0)),
+            (vec![(100.0, true)], Some(150.0)),
+            (vec![(100.0, true), (150.0, true)], Some(225.0)),
+            (vec![(100.0, true), (150.0, true), (225.0, false)], Some(mid(150.0, 225.0))),
+            (
+                vec![(100.0, true), (150.0, true), (225.0, false), (mid(150.0, 225.0), false)],
+                Some(mid(150.0, mid(150.0, 225.0))),
+            ),
+            (vec![(100.0, true), (150.0, true), (225.0, false), (183.7, false), (166.0, false)], None),
+            (vec![(100.0, false)], None),
+            (vec![(100.0, true), (150.0, true), (225.0, true), (337.5, true)], None),
+        ];
+        for (steps, expected) in cases {
+            let next = next_probe_rate(&config, &steps);
+            match (next, expected) {
+                (Some(got), Some(want)) => assert!((got - want).abs() < 1e-9, "{steps:?}: {got} ≠ {want}"),
+                (got, want) => assert_eq!(got, want, "{steps:?}"),
+            }
+        }
+        let no_refining = ProbeConfig { refine_steps: 0, ..config };
+        assert_eq!(next_probe_rate(&no_refining, &[(100.0, true), (150.0, false)]), None);
     }
 
     /// Acknowledges at once, and remembers how many messages each request carried.
