@@ -372,9 +372,9 @@ mod tests {
         assert!(!step_passes(0, 0, None));
     }
 
-    #[test]
-    fn probe_rates_and_verdict() {
-        let config = ProbeConfig {
+    /// 100, 150, 225, 337.5 events/s, then two refining steps.
+    fn ladder_of_four() -> ProbeConfig {
+        ProbeConfig {
             start_rate: 100.0,
             factor: 1.5,
             max_steps: 4,
@@ -385,7 +385,12 @@ mod tests {
             max_outstanding: 8,
             batch: 1,
             refine_steps: 2,
-        };
+        }
+    }
+
+    #[test]
+    fn probe_rates_and_verdict() {
+        let config = ladder_of_four();
         assert_eq!(probe_rates(&config), vec![100.0, 150.0, 225.0, 337.5]);
         assert_eq!(probe_verdict(&[]), None);
         assert_eq!(probe_verdict(&[(100.0, false)]), None);
@@ -396,18 +401,7 @@ mod tests {
 
     #[test]
     fn the_probe_climbs_then_narrows_the_max_down() {
-        let config = ProbeConfig {
-            start_rate: 100.0,
-            factor: 1.5,
-            max_steps: 4,
-            step: Duration::from_secs(1),
-            grace: Duration::from_secs(1),
-            budget: Duration::from_secs(60),
-            payload_bytes: 16,
-            max_outstanding: 8,
-            batch: 1,
-            refine_steps: 2,
-        };
+        let config = ladder_of_four();
         // (steps so far, the next rate); the true max here is 160.
         let mid = |a: f64, b: f64| (a * b).sqrt();
         type Steps = Vec<(f64, bool)>;
