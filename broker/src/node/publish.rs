@@ -42,7 +42,7 @@ pub async fn publish(
     let arrival = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let batch = events.len() > 1;
     let mut payloads = Vec::with_capacity(events.len());
-    let mut keys = Vec::with_capacity(events.len());
+    let mut keys = Vec::with_capacity(if settings.dedupe_window.is_some() { events.len() } else { 0 });
     for (i, event) in events.iter_mut().enumerate() {
         let indexed = |e: EventError| PublishError::Invalid(if batch { e.at_index(i) } else { e });
         sluice_cloudevent::apply_knative_attributes(event, settings.ttl, &arrival).map_err(indexed)?;
@@ -57,11 +57,14 @@ pub async fn publish(
             ));
         }
         payloads.push(Bytes::from(encoded));
-        let mut key = Vec::new();
-        key.extend_from_slice(event.get_str("source").unwrap_or_default().as_bytes());
-        key.push(0);
-        key.extend_from_slice(event.get_str("id").unwrap_or_default().as_bytes());
-        keys.push(Bytes::from(key));
+        if settings.dedupe_window.is_some() {
+            let (source, id) = (event.get_str("source").unwrap_or_default(), event.get_str("id").unwrap_or_default());
+            let mut key = Vec::with_capacity(source.len() + 1 + id.len());
+            key.extend_from_slice(source.as_bytes());
+            key.push(0);
+            key.extend_from_slice(id.as_bytes());
+            keys.push(Bytes::from(key));
+        }
     }
     // A batch is atomic, so it goes to one partition: its first event's.
     let partition = events.first().map(|e| cloudevent::partition_of(e, node.partitions())).unwrap_or(0);

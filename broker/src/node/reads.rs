@@ -38,7 +38,7 @@ impl Node {
 
     /// The number of partitions (0 before `cluster init`).
     pub fn partitions(&self) -> u32 {
-        self.cluster_config().map(|c| c.partitions).unwrap_or(0)
+        self.group(METADATA_GROUP).map_or(0, |g| g.view.partitions())
     }
 
     /// Committed records of `stream` in `partition` from `from_offset`, as

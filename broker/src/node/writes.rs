@@ -107,9 +107,12 @@ impl Node {
     }
 
     pub(super) fn partition_group_id(&self, partition: u32) -> Result<GroupId, BrokerError> {
-        let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
-        if partition >= config.partitions {
-            return Err(BrokerError::NoSuchPartition { partition, partitions: config.partitions });
+        let partitions = self.partitions();
+        if partitions == 0 {
+            return Err(BrokerError::NotInitialized);
+        }
+        if partition >= partitions {
+            return Err(BrokerError::NoSuchPartition { partition, partitions });
         }
         Ok(partition_group(partition))
     }

@@ -228,6 +228,12 @@ impl StreamView {
         self.view.cluster_config.borrow().as_ref().map(|applied| applied.config.clone())
     }
 
+    /// The cluster's partition count (0 before `cluster init`), read without copying the config: every
+    /// publish asks.
+    pub(crate) fn partitions(&self) -> u32 {
+        self.view.cluster_config.borrow().as_ref().map_or(0, |applied| applied.config.partitions)
+    }
+
     /// Changes to the cluster config (metadata group), with when each former
     /// member was last removed from the member list.
     pub(crate) fn watch_cluster_config(&self) -> watch::Receiver<Option<AppliedConfig>> {
