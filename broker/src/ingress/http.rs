@@ -6,22 +6,22 @@
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use sluice_security::{ClientCertificate, ConnInfo, PlaintextPolicy, Tls, Transport};
+use sluice_security::{ClientCertificate, PlaintextPolicy, Tls, Transport};
 
 use crate::ingress::{Ingress, IngressLimits};
 use crate::node::Node;
@@ -60,17 +60,7 @@ pub fn request_host(request: &Request) -> Option<String> {
     Some(without_port.trim_end_matches('.').to_ascii_lowercase())
 }
 
-async fn by_host(State(slot): State<HostRouteSlot>, request: Request, next: Next) -> Response {
-    if let Some(routes) = slot.get()
-        && let Some(host) = request_host(&request)
-        && routes.claims(&host)
-    {
-        return routes.handle(request).await;
-    }
-    next.run(request).await
-}
-
-pub(crate) fn router(node: Node, metrics: PrometheusHandle, ingress: Ingress, hosts: HostRouteSlot) -> Router {
+pub(crate) fn router(node: Node, metrics: PrometheusHandle, ingress: Ingress) -> Router {
     let probes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -78,9 +68,36 @@ pub(crate) fn router(node: Node, metrics: PrometheusHandle, ingress: Ingress, ho
         .route(sluice_security::jwt::issuer::DISCOVERY_PATH, get(openid_configuration))
         .route(sluice_security::jwt::issuer::JWKS_PATH, get(jwks))
         .with_state(HttpState { node, metrics });
-    probes
-        .merge(Router::new().fallback(crate::ingress::handle).with_state(ingress))
-        .layer(axum::middleware::from_fn_with_state(hosts, by_host))
+    probes.merge(Router::new().fallback(crate::ingress::handle).with_state(ingress))
+}
+
+/// What every request of one connection passes before the router: the plaintext refusal of strict transport
+/// encryption, then the Knative Routes claiming its host. A plain function per request rather than tower
+/// layers: each layer boxed the request's future and cloned the service behind it, per request.
+#[derive(Clone)]
+struct Front {
+    app: Router,
+    hosts: HostRouteSlot,
+    /// Strict transport encryption and a plaintext connection: only probes are answered.
+    refuse_plaintext: bool,
+}
+
+impl Front {
+    async fn serve(self, request: Request) -> Response {
+        if self.refuse_plaintext && !plaintext_allowed_when_strict(&request) {
+            return plaintext_refused();
+        }
+        if let Some(routes) = self.hosts.get()
+            && let Some(host) = request_host(&request)
+            && routes.claims(&host)
+        {
+            return routes.handle(request).await;
+        }
+        match tower::ServiceExt::oneshot(self.app, request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
 }
 
 /// Sluice's own issuer: its OpenID discovery document (any node answers it alike).
@@ -102,12 +119,12 @@ async fn jwks(State(state): State<HttpState>) -> Response {
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
+    hosts: HostRouteSlot,
     limits: IngressLimits,
     tls: Option<Tls>,
     shutdown: impl Future<Output = ()>,
 ) {
     let strict = tls.as_ref().is_some_and(|tls| !tls.mode().accepts_plaintext());
-    let app = app.layer(axum::middleware::from_fn_with_state(strict, refuse_plaintext_when_strict));
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -143,7 +160,7 @@ pub(crate) async fn serve(
             continue;
         };
         let builder = builder.clone();
-        let (app, tls) = (app.clone(), tls.clone());
+        let (app, hosts, tls) = (app.clone(), hosts.clone(), tls.clone());
         let open = open.clone();
         let first_byte_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
@@ -159,8 +176,12 @@ pub(crate) async fn serve(
             .await
             {
                 Ok(conn) => {
-                    let info = conn.info();
-                    let service = TowerToHyperService::new(app.layer(axum::Extension(info)));
+                    let refuse_plaintext = strict && conn.info().transport == Transport::Plain;
+                    let front = Front { app, hosts, refuse_plaintext };
+                    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                        let front = front.clone();
+                        async move { Ok::<_, Infallible>(front.serve(request.map(axum::body::Body::new)).await) }
+                    });
                     // hyper's header-read timeout starts with the first byte of a request: a client that
                     // connects (and finishes TLS) and sends nothing would hold its slot for ever.
                     let conn = FirstByteDeadline::new(conn, first_byte_timeout);
@@ -266,23 +287,14 @@ fn plaintext_allowed_when_strict(request: &Request) -> bool {
     to_node && matches!(request.uri().path(), "/healthz" | "/readyz")
 }
 
-async fn refuse_plaintext_when_strict(
-    State(strict): State<bool>,
-    axum::Extension(info): axum::Extension<ConnInfo>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if strict && info.transport == Transport::Plain && !plaintext_allowed_when_strict(&request) {
-        metrics::counter!("sluice_http_plaintext_refused_total").increment(1);
-        let body = serde_json::json!({
-            "error": "plaintext HTTP is refused",
-            "field": "scheme",
-            "rule": "transport-encryption is strict: send over https (the CA is the address's CACerts)",
-        });
-        return (StatusCode::UPGRADE_REQUIRED, [(header::UPGRADE, "TLS/1.3, HTTP/1.1")], axum::Json(body))
-            .into_response();
-    }
-    next.run(request).await
+fn plaintext_refused() -> Response {
+    metrics::counter!("sluice_http_plaintext_refused_total").increment(1);
+    let body = serde_json::json!({
+        "error": "plaintext HTTP is refused",
+        "field": "scheme",
+        "rule": "transport-encryption is strict: send over https (the CA is the address's CACerts)",
+    });
+    (StatusCode::UPGRADE_REQUIRED, [(header::UPGRADE, "TLS/1.3, HTTP/1.1")], axum::Json(body)).into_response()
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {

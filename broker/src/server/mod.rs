@@ -200,8 +200,15 @@ pub async fn start(
     let rx = shutdown.subscribe();
     let ingress = Ingress::new(node.clone(), ingress_limits.clone());
     let host_routes = HostRouteSlot::default();
-    let app = crate::ingress::http::router(node.clone(), metrics, ingress, host_routes.clone());
-    tasks.push(tokio::spawn(crate::ingress::http::serve(http, app, ingress_limits, tls, stopped(rx))));
+    let app = crate::ingress::http::router(node.clone(), metrics, ingress);
+    tasks.push(tokio::spawn(crate::ingress::http::serve(
+        http,
+        app,
+        host_routes.clone(),
+        ingress_limits,
+        tls,
+        stopped(rx),
+    )));
 
     Ok(RunningNode { node, peer_addr, http_addr, admin_addr, host_routes, shutdown, tasks })
 }
