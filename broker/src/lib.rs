@@ -45,6 +45,8 @@ pub use server::{ExtraAdminRoutes, Listen, RunningNode, start as start_node};
 pub use sluice_cloudevent as cloudevent;
 /// The admin API's error codes live with the API (`sluice_proto::errors`); re-exported for the broker's callers.
 pub use sluice_proto::errors as admin_errors;
+/// Knative's `event_count` and `event_dispatch_latencies`, with their handles kept (ingress and dispatch).
+pub use telemetry::EventMetrics;
 /// The process's Prometheus recorder (installed on first use), for binaries that serve `/metrics` themselves.
 pub use telemetry::prometheus;
 

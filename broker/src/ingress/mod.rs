@@ -263,17 +263,18 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes,
     let too_large = || EventError::bad("request body too large").rule(format!("at most {limit} bytes")).status(413);
     let mut body = body;
     let collect = async {
-        let mut collected = bytes::BytesMut::new();
+        // A body that arrives in one frame (most events) is kept as it came, not copied.
+        let mut collected = Collected::default();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| EventError::bad("request body could not be read").rule(e.to_string()))?;
-            if let Some(data) = frame.data_ref() {
+            if let Ok(data) = frame.into_data() {
                 if collected.len() + data.len() > limit {
                     return Ok(None);
                 }
-                collected.extend_from_slice(data);
+                collected.push(data);
             }
         }
-        Ok(Some(collected.freeze()))
+        Ok(Some(collected.into_bytes()))
     };
     match tokio::time::timeout(timeout, collect).await {
         Err(_) => Err(EventError::bad("request body not received in time")
@@ -284,6 +285,49 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes,
         Ok(Ok(None)) => {
             discard_body(body, DISCARD_MAX_BYTES, timeout).await;
             Err(too_large())
+        }
+    }
+}
+
+/// A body's frames as they arrive: the first kept as it is, copied into one buffer only when a second comes.
+#[derive(Default)]
+enum Collected {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(bytes::BytesMut),
+}
+
+impl Collected {
+    fn len(&self) -> usize {
+        match self {
+            Collected::Empty => 0,
+            Collected::One(bytes) => bytes.len(),
+            Collected::Many(buffer) => buffer.len(),
+        }
+    }
+
+    fn push(&mut self, data: Bytes) {
+        *self = match std::mem::take(self) {
+            Collected::Empty => Collected::One(data),
+            Collected::One(first) => {
+                let mut buffer = bytes::BytesMut::with_capacity(first.len() + data.len());
+                buffer.extend_from_slice(&first);
+                buffer.extend_from_slice(&data);
+                Collected::Many(buffer)
+            }
+            Collected::Many(mut buffer) => {
+                buffer.extend_from_slice(&data);
+                Collected::Many(buffer)
+            }
+        };
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Collected::Empty => Bytes::new(),
+            Collected::One(bytes) => bytes,
+            Collected::Many(buffer) => buffer.freeze(),
         }
     }
 }
@@ -308,10 +352,14 @@ async fn discard_body(body: Body, max_bytes: usize, timeout: Duration) {
 
 pub(crate) use sluice_cloudevent::event_type_label;
 
+/// Knative's `event_count` and `event_dispatch_latencies` of the ingress, by Broker or Channel, event type and
+/// response code.
+static INGRESS_EVENT_METRICS: std::sync::LazyLock<crate::telemetry::EventMetrics> =
+    std::sync::LazyLock::new(Default::default);
+
 fn record_events(target: &Target, types: &[String], status: StatusCode, started: Instant) {
     let (namespace, name) = target.namespace_and_name();
-    let code = status.as_u16().to_string();
-    let class = format!("{}xx", status.as_u16() / 100);
+    let code = status.as_u16();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     // One metric update per event type of the request, not per event (batches).
     let mut counts: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
@@ -319,15 +367,15 @@ fn record_events(target: &Target, types: &[String], status: StatusCode, started:
         *counts.entry(event_type.as_str()).or_default() += 1;
     }
     for (event_type, count) in counts {
-        let labels = [
-            ("broker_name", name.to_string()),
-            ("namespace_name", namespace.to_string()),
-            ("event_type", event_type_label(event_type)),
-            ("response_code", code.clone()),
-            ("response_code_class", class.clone()),
-        ];
-        metrics::counter!("event_count", &labels).increment(count);
-        metrics::histogram!("event_dispatch_latencies", &labels).record(ms);
+        INGRESS_EVENT_METRICS.record(&[namespace, name], event_type, code, count, ms, || {
+            vec![
+                ("broker_name", name.to_string()),
+                ("namespace_name", namespace.to_string()),
+                ("event_type", event_type_label(event_type)),
+                ("response_code", code.to_string()),
+                ("response_code_class", format!("{}xx", code / 100)),
+            ]
+        });
     }
 }
 
@@ -527,6 +575,20 @@ mod tests {
         ] {
             assert_eq!(parse_target(bad).expect_err(bad).error, "malformed path", "{bad}");
         }
+    }
+
+    #[test]
+    fn a_body_in_one_frame_is_kept_and_in_several_joined() {
+        let mut collected = Collected::default();
+        assert_eq!(collected.len(), 0);
+        let first = Bytes::from_static(b"hello ");
+        collected.push(first.clone());
+        assert!(matches!(&collected, Collected::One(b) if b.as_ptr() == first.as_ptr()), "kept without a copy");
+        collected.push(Bytes::from_static(b"world"));
+        collected.push(Bytes::from_static(b"!"));
+        assert_eq!(collected.len(), 12);
+        assert_eq!(collected.into_bytes(), Bytes::from_static(b"hello world!"));
+        assert_eq!(Collected::default().into_bytes(), Bytes::new());
     }
 
     #[test]

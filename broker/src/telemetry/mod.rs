@@ -4,6 +4,12 @@
 //! histogram's new samples in a queue until they are folded into its buckets, which it does only when asked:
 //! at a scrape, or at an upkeep. A node nobody scrapes (most benchmarks, a dev node) grew by every sample,
 //! several per event (docs/benchmarks.md, session 14), so a thread of its own runs the upkeep.
+//! [`EventMetrics`] keeps the handles of Knative's per-event metrics, which ingress and dispatch update for
+//! every request.
+
+mod event_metrics;
+
+pub use event_metrics::EventMetrics;
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -144,9 +144,11 @@ struct SubscriberJudge<'c> {
 impl Judge for SubscriberJudge<'_> {
     fn judge<'a>(&'a mut self, result: &'a AttemptResult, elapsed: Duration) -> JudgeFuture<'a> {
         Box::pin(async move {
-            let labels = labels(self.spec, self.event, result.status);
-            metrics::counter!("event_count", &labels).increment(1);
-            metrics::histogram!("event_dispatch_latencies", &labels).record(elapsed.as_secs_f64() * 1000.0);
+            let event_type = self.event.get_str("type").unwrap_or_default();
+            let (scope, code, ms) =
+                ([self.spec.cursor.as_str()], result.status.unwrap_or(0), elapsed.as_secs_f64() * 1000.0);
+            DISPATCH_EVENT_METRICS
+                .record(&scope, event_type, code, 1, ms, || labels(self.spec, event_type, result.status));
             let outcome = classify(result.status);
             match (&outcome, &result.reply) {
                 (Outcome::Success, Some(reply)) => match handle_reply(self.ctx, self.spec, self.event, reply).await {
@@ -196,7 +198,12 @@ fn failure_from(destination: &str, result: &AttemptResult, reason: String) -> Fa
     Failure { destination: destination.to_string(), status: result.status, data, reason }
 }
 
-fn labels(spec: &ConsumerSpec, event: &CloudEvent, status: Option<u16>) -> Vec<(&'static str, String)> {
+/// Knative's `event_count` and `event_dispatch_latencies` of deliveries, by consumer, event type and response
+/// code.
+static DISPATCH_EVENT_METRICS: std::sync::LazyLock<sluice_broker::EventMetrics> =
+    std::sync::LazyLock::new(Default::default);
+
+fn labels(spec: &ConsumerSpec, event_type: &str, status: Option<u16>) -> Vec<(&'static str, String)> {
     let code = status.map(|s| s.to_string()).unwrap_or_else(|| "0".into());
     let class = status.map(|s| format!("{}xx", s / 100)).unwrap_or_else(|| "none".into());
     let source_label = match spec.kind {
@@ -211,7 +218,7 @@ fn labels(spec: &ConsumerSpec, event: &CloudEvent, status: Option<u16>) -> Vec<(
         (source_label, spec.source_name.clone()),
         (consumer_label, spec.name.clone()),
         ("namespace_name", spec.namespace.clone()),
-        ("event_type", sluice_cloudevent::event_type_label(event.get_str("type").unwrap_or_default())),
+        ("event_type", sluice_cloudevent::event_type_label(event_type)),
         ("response_code", code),
         ("response_code_class", class),
     ]
