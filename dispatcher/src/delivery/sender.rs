@@ -3,7 +3,9 @@
 //! Binary mode by default (attributes as `ce-` headers encoded by `cloudevent::encode_header_value`,
 //! `datacontenttype` as `Content-Type`, data as the body, byte for byte); structured mode (`application/cloudevents+json`) when the DeliverySpec
 //! says `format: json`. Every request carries `Prefer: reply` and a W3C `traceparent`. Connections are pooled
-//! and kept alive per host by the HTTP clients (one for HTTP/1.1, one for h2c with prior knowledge). A
+//! and kept alive per host by the HTTP clients: plaintext HTTP/1.1 (Knative's usual in-cluster subscriber) goes
+//! through hyper's pooled client directly, with the URL parsed once per attempt into the request's `Uri`;
+//! https (which may need the destination's own CAs) and h2c with prior knowledge go through reqwest. A
 //! destination with an OIDC audience is sent `Authorization: Bearer` with the token Sluice minted for it.
 
 use std::collections::HashMap;
@@ -11,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
 use sluice_cloudevent::{self as cloudevent, AttrValue, CloudEvent, EventData};
 
 use crate::consumer::{Format, Protocol};
@@ -48,21 +53,128 @@ pub(crate) struct AttemptResult {
 /// Resolves every `*.localhost` name to loopback, as RFC 6761 asks and as browsers and curl do (the system
 /// resolver here does not), so that a subscriber URL of a Knative Service served by this machine
 /// (`http://hello.default.localhost:8080`) reaches the node's HTTP port; other names go to the system resolver.
+#[derive(Clone, Copy)]
 struct LoopbackNames;
+
+impl LoopbackNames {
+    async fn lookup(host: String) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        if host == "localhost" || host.ends_with(".localhost") {
+            return Ok(vec![std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0))]);
+        }
+        Ok(tokio::net::lookup_host((host.as_str(), 0)).await?.collect())
+    }
+
+    fn host_of(name: &str) -> String {
+        name.trim_end_matches('.').to_ascii_lowercase()
+    }
+}
 
 impl reqwest::dns::Resolve for LoopbackNames {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
+        let host = Self::host_of(name.as_str());
         Box::pin(async move {
-            if host == "localhost" || host.ends_with(".localhost") {
-                let addrs: reqwest::dns::Addrs =
-                    Box::new([std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0))].into_iter());
-                return Ok(addrs);
-            }
-            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let addrs: reqwest::dns::Addrs = Box::new(found.into_iter());
+            let addrs: reqwest::dns::Addrs = Box::new(Self::lookup(host).await?.into_iter());
             Ok(addrs)
         })
+    }
+}
+
+/// The same names for hyper's connector.
+impl tower::Service<Name> for LoopbackNames {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = std::io::Error;
+    type Future = futures::future::BoxFuture<'static, std::io::Result<Self::Response>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let host = Self::host_of(name.as_str());
+        Box::pin(async move { Ok(Self::lookup(host).await?.into_iter()) })
+    }
+}
+
+/// Plaintext HTTP/1.1, pooled per host.
+type PlainClient = hyper_util::client::legacy::Client<HttpConnector<LoopbackNames>, Full<Bytes>>;
+
+fn plain_client() -> PlainClient {
+    let mut connector = HttpConnector::new_with_resolver(LoopbackNames);
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector)
+}
+
+/// How long a new connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The client one attempt goes out on.
+enum Client<'a> {
+    Plain(&'a PlainClient),
+    Reqwest(reqwest::Client),
+}
+
+/// Why an attempt got no response.
+enum SendError {
+    Plain(hyper_util::client::legacy::Error),
+    Reqwest(reqwest::Error),
+}
+
+impl SendError {
+    fn is_connect(&self) -> bool {
+        match self {
+            SendError::Plain(e) => e.is_connect(),
+            SendError::Reqwest(e) => e.is_connect(),
+        }
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + 'static) {
+        match self {
+            SendError::Plain(e) => e,
+            SendError::Reqwest(e) => e,
+        }
+    }
+
+    fn describe(&self) -> String {
+        // Each client's own message leaves the cause out; the chain says what happened.
+        let mut text = self.as_error().to_string();
+        let mut source = self.as_error().source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text = format!("{text}: {cause_text}");
+            }
+            source = cause.source();
+        }
+        if self.is_connect() { format!("connection failed: {text}") } else { text }
+    }
+}
+
+/// A response's body, from either client.
+enum ResponseBody {
+    Plain(hyper::body::Incoming),
+    Reqwest(reqwest::Body),
+}
+
+impl Client<'_> {
+    async fn send(&self, request: http::Request<Bytes>) -> Result<(http::response::Parts, ResponseBody), SendError> {
+        match self {
+            Client::Plain(client) => {
+                let response = client.request(request.map(Full::new)).await.map_err(SendError::Plain)?;
+                let (parts, body) = response.into_parts();
+                Ok((parts, ResponseBody::Plain(body)))
+            }
+            Client::Reqwest(client) => {
+                let request = reqwest::Request::try_from(request).map_err(SendError::Reqwest)?;
+                let response = client.execute(request).await.map_err(SendError::Reqwest)?;
+                let (parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
+                Ok((parts, ResponseBody::Reqwest(body)))
+            }
+        }
     }
 }
 
@@ -76,6 +188,8 @@ pub(crate) struct Sender {
     /// (a rotated CA reaches the clients at the next attempt).
     tls: Option<sluice_security::Tls>,
     clients: Arc<std::sync::RwLock<Arc<Clients>>>,
+    /// Plaintext HTTP/1.1.
+    plain: PlainClient,
     /// HTTP/2 with prior knowledge, plaintext only.
     h2c: reqwest::Client,
 }
@@ -102,7 +216,7 @@ fn client_builder() -> reqwest::ClientBuilder {
         .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(CONNECT_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(Arc::new(LoopbackNames))
         .http1_only()
@@ -121,7 +235,7 @@ impl Sender {
         let clients = Clients::build(generation, tls.as_ref().map(|tls| tls.ca_pem().into()))?;
         let h2c =
             client_builder().http2_prior_knowledge().build().map_err(|e| format!("building the HTTP client: {e}"))?;
-        Ok(Sender { tls, clients: Arc::new(std::sync::RwLock::new(Arc::new(clients))), h2c })
+        Ok(Sender { tls, clients: Arc::new(std::sync::RwLock::new(Arc::new(clients))), plain: plain_client(), h2c })
     }
 
     /// The clients for the node's CA as it is now: rebuilt once after each rotation (a rotation whose clients
@@ -180,60 +294,86 @@ impl Sender {
         timeout_ms: u64,
         now_ms: u64,
     ) -> AttemptResult {
+        let no_response = |error: String| AttemptResult { error: Some(error), ..Default::default() };
+        let uri = match parse_uri(url) {
+            Ok(uri) => uri,
+            Err(e) => return no_response(e),
+        };
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let client = match (protocol, ca_certs) {
             // h2c is plaintext by definition; an https URL goes over HTTP/1.1 with TLS.
-            (Protocol::H2c, _) if !url.starts_with("https:") => self.h2c.clone(),
-            (_, None) => self.clients().http1.clone(),
+            (Protocol::H2c, _) if !https => Client::Reqwest(self.h2c.clone()),
+            _ if !https => Client::Plain(&self.plain),
+            (_, None) => Client::Reqwest(self.clients().http1.clone()),
             (_, Some(ca_certs)) => match self.client_with_ca(&self.clients(), ca_certs, url) {
-                Ok(client) => client,
-                Err(e) => return AttemptResult { error: Some(e), ..Default::default() },
+                Ok(client) => Client::Reqwest(client),
+                Err(e) => return no_response(e),
             },
         };
-        let client = &client;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         let mut resends = 0;
-        let response = loop {
+        let (parts, body) = loop {
             // Built again for a resend (rare) rather than cloned for every delivery.
-            match build_request(client, url, format, event, authorization, timeout_ms).send().await {
-                Ok(response) => break response,
-                Err(e) if resends < MAX_RESENDS && died_before_response(&e) => {
+            let request = build_request(&uri, format, event, authorization);
+            match tokio::time::timeout_at(deadline, client.send(request)).await {
+                Err(_elapsed) => return no_response(format!("no response within {timeout_ms} ms")),
+                Ok(Ok(response)) => break response,
+                Ok(Err(e)) if resends < MAX_RESENDS && died_before_response(&e) => {
                     resends += 1;
                     metrics::counter!("sluice_dispatch_resends_total").increment(1);
-                    tracing::debug!(%url, error = %e, "kept-alive connection died before a response; sending again");
+                    let error = e.describe();
+                    tracing::debug!(%url, %error, "kept-alive connection died before a response; sending again");
                 }
-                Err(e) => {
-                    return AttemptResult { error: Some(describe_error(&e, timeout_ms)), ..Default::default() };
-                }
+                Ok(Err(e)) => return no_response(e.describe()),
             }
         };
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
+        let status = parts.status.as_u16();
         let retry_after =
-            headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, now_ms));
-        let (body, error) = read_limited(response, MAX_RESPONSE_BYTES).await;
-        let reply = if status == 200 { parse_reply(&headers, body.clone()) } else { None };
+            parts.headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, now_ms));
+        let read = match body {
+            ResponseBody::Plain(body) => {
+                tokio::time::timeout_at(deadline, read_limited(body, MAX_RESPONSE_BYTES)).await
+            }
+            ResponseBody::Reqwest(body) => {
+                tokio::time::timeout_at(deadline, read_limited(body, MAX_RESPONSE_BYTES)).await
+            }
+        };
+        let (body, error) = read.unwrap_or_else(|_elapsed| {
+            (Bytes::new(), Some(format!("response body not complete within {timeout_ms} ms")))
+        });
+        let reply = if status == 200 { parse_reply(&parts.headers, body.clone()) } else { None };
         AttemptResult { status: Some(status), retry_after, body, reply, error }
     }
 }
 
-/// The POST of one attempt: binary or structured, with `Prefer: reply` and the event's `traceparent`.
-fn build_request(
-    client: &reqwest::Client,
-    url: &str,
-    format: Format,
-    event: &CloudEvent,
-    token: Option<&str>,
-    timeout_ms: u64,
-) -> reqwest::RequestBuilder {
-    use reqwest::header::{HeaderName, HeaderValue};
-    let mut request = client
-        .post(url)
-        .timeout(Duration::from_millis(timeout_ms))
-        .header(HeaderName::from_static("prefer"), HeaderValue::from_static("reply"))
-        .header(HeaderName::from_static("traceparent"), traceparent(event));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
+/// The destination's URL as a request `Uri`. One a `Uri` cannot take as it is (a space, a non-ASCII host) is
+/// normalised as a browser would first (percent-encoding, IDNA).
+fn parse_uri(url: &str) -> Result<http::Uri, String> {
+    if let Ok(uri) = http::Uri::try_from(url)
+        && uri.scheme().is_some()
+        && uri.host().is_some()
+    {
+        return Ok(uri);
     }
-    match format {
+    let normalised = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    http::Uri::try_from(normalised.as_str()).map_err(|e| format!("invalid URL {url:?}: {e}"))
+}
+
+/// The POST of one attempt: binary or structured, with `Prefer: reply` and the event's `traceparent`.
+fn build_request(uri: &http::Uri, format: Format, event: &CloudEvent, token: Option<&str>) -> http::Request<Bytes> {
+    use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+    let mut headers = http::HeaderMap::with_capacity(event.attributes.len() + 4);
+    headers.insert(HeaderName::from_static("prefer"), HeaderValue::from_static("reply"));
+    if let Ok(traceparent) = HeaderValue::try_from(traceparent(event)) {
+        headers.insert(HeaderName::from_static("traceparent"), traceparent);
+    }
+    if let Some(token) = token
+        && let Ok(mut bearer) = HeaderValue::try_from(format!("Bearer {token}"))
+    {
+        bearer.set_sensitive(true);
+        headers.insert(http::header::AUTHORIZATION, bearer);
+    }
+    let body = match format {
         Format::Binary => {
             for (name, value) in &event.attributes {
                 if name == "datacontenttype" {
@@ -241,30 +381,38 @@ fn build_request(
                 }
                 let value = value.to_canonical_string();
                 match (ce_header_name(name), HeaderValue::from_bytes(cloudevent::encode_header_value(&value))) {
-                    (Some(header_name), Ok(header)) => request = request.header(header_name, header),
+                    (Some(header_name), Ok(header)) => {
+                        headers.insert(header_name, header);
+                    }
                     // Validation keeps control characters out of attribute names and values, so this cannot happen.
                     _ => tracing::warn!(attribute = %name, "attribute cannot be a header; not sent"),
                 }
             }
-            let content_type = event.get_str("datacontenttype").map(str::to_string).or_else(|| match &event.data {
-                Some(EventData::Json(_)) => Some("application/json".to_string()),
-                _ => None,
-            });
+            let content_type = match (event.get_str("datacontenttype"), &event.data) {
+                (Some(content_type), _) => HeaderValue::from_str(content_type).ok(),
+                (None, Some(EventData::Json(_))) => Some(HeaderValue::from_static("application/json")),
+                (None, _) => None,
+            };
             if let Some(content_type) = content_type {
-                request = request.header("content-type", content_type);
+                headers.insert(CONTENT_TYPE, content_type);
             }
-            request = request.body(event.binary_body());
+            event.binary_body()
         }
         Format::Structured => {
-            request = request.header("content-type", "application/cloudevents+json").body(event.to_json_string());
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/cloudevents+json"));
+            Bytes::from(event.to_json_string())
         }
-    }
+    };
+    let mut request = http::Request::new(body);
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri.clone();
+    *request.headers_mut() = headers;
     request
 }
 
 /// The `ce-` header of an attribute. The spec's attributes (and those every Sluice delivery carries) are
 /// static names, neither allocated nor parsed per delivery; an extension's name is built.
-fn ce_header_name(attribute: &str) -> Option<reqwest::header::HeaderName> {
+fn ce_header_name(attribute: &str) -> Option<http::header::HeaderName> {
     let known = match attribute {
         "id" => "ce-id",
         "source" => "ce-source",
@@ -277,36 +425,48 @@ fn ce_header_name(attribute: &str) -> Option<reqwest::header::HeaderName> {
         "traceparent" => "ce-traceparent",
         "tracestate" => "ce-tracestate",
         "partitionkey" => "ce-partitionkey",
-        _ => return reqwest::header::HeaderName::try_from(format!("ce-{attribute}")).ok(),
+        _ => return http::header::HeaderName::try_from(format!("ce-{attribute}")).ok(),
     };
-    Some(reqwest::header::HeaderName::from_static(known))
+    Some(http::header::HeaderName::from_static(known))
 }
 
-async fn read_limited(mut response: reqwest::Response, limit: usize) -> (Bytes, Option<String>) {
-    let mut body = bytes::BytesMut::new();
+async fn read_limited<B>(mut body: B, limit: usize) -> (Bytes, Option<String>)
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    let mut collected = bytes::BytesMut::new();
     loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > limit {
-                    return (body.freeze(), Some(format!("response body larger than {limit} bytes")));
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                let Some(chunk) = frame.data_ref() else { continue };
+                if collected.len() + chunk.len() > limit {
+                    return (collected.freeze(), Some(format!("response body larger than {limit} bytes")));
                 }
-                body.extend_from_slice(&chunk);
+                collected.extend_from_slice(chunk);
             }
-            Ok(None) => return (body.freeze(), None),
-            Err(e) => return (body.freeze(), Some(format!("reading the response body: {e}"))),
+            None => return (collected.freeze(), None),
+            Some(Err(e)) => return (collected.freeze(), Some(format!("reading the response body: {e}"))),
         }
     }
 }
 
 /// Whether the request was lost with its connection before any of the response arrived: the server closed
-/// (or reset) a kept-alive connection, typically because it was idle, as the request went out on it. Timeouts and
-/// failed connects are not this. Sending again is safe for delivery, which is at least once (subscribers dedupe
-/// by `id`); a subscriber that crashes mid-request is also sent the event once more, as a retry would.
-fn died_before_response(error: &reqwest::Error) -> bool {
-    if error.is_timeout() || error.is_connect() || error.is_body() || error.is_decode() {
+/// (or reset) a kept-alive connection, typically because it was idle, as the request went out on it. Failed
+/// connects are not this (timeouts are told apart before). Sending again is safe for delivery, which is at
+/// least once (subscribers dedupe by `id`); a subscriber that crashes mid-request is also sent the event once
+/// more, as a retry would.
+fn died_before_response(error: &SendError) -> bool {
+    if error.is_connect() {
         return false;
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    if let SendError::Reqwest(e) = error
+        && (e.is_timeout() || e.is_body() || e.is_decode())
+    {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_error());
     while let Some(current) = source {
         if let Some(hyper_error) = current.downcast_ref::<hyper::Error>()
             && hyper_error.is_incomplete_message()
@@ -329,19 +489,9 @@ fn died_before_response(error: &reqwest::Error) -> bool {
     false
 }
 
-fn describe_error(error: &reqwest::Error, timeout_ms: u64) -> String {
-    if error.is_timeout() {
-        format!("no response within {timeout_ms} ms")
-    } else if error.is_connect() {
-        format!("connection failed: {error}")
-    } else {
-        error.to_string()
-    }
-}
-
 /// A 200's body as a reply event: binary mode (`ce-specversion` present) or structured mode; `None` when the
 /// response carries no event.
-fn parse_reply(headers: &reqwest::header::HeaderMap, body: Bytes) -> Option<Result<CloudEvent, String>> {
+fn parse_reply(headers: &http::HeaderMap, body: Bytes) -> Option<Result<CloudEvent, String>> {
     let content_type = headers.get("content-type").map(|v| v.as_bytes());
     if headers.contains_key("ce-specversion") {
         let ce_headers =
@@ -505,6 +655,56 @@ mod tests {
         let second = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
         assert_eq!(second.status, Some(202), "{second:?}");
         assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn urls_a_uri_cannot_take_as_they_are_are_normalised_first() {
+        assert_eq!(parse_uri("http://a.example:8080/x?y=1").expect("valid").to_string(), "http://a.example:8080/x?y=1");
+        assert_eq!(parse_uri("http://a.example/with space").expect("valid").path(), "/with%20space");
+        assert_eq!(parse_uri("http://bücher.example/").expect("valid").host(), Some("xn--bcher-kva.example"));
+        for invalid in ["", "not a url", "/relative/only", "http://"] {
+            assert!(parse_uri(invalid).is_err(), "{invalid:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_localhost_name_reaches_loopback_over_plain_http() {
+        let (url, requests) = closing_subscriber(true).await;
+        let port = url.trim_end_matches('/').rsplit(':').next().expect("a port").to_string();
+        let sender = Sender::new(None).expect("client");
+        let url = format!("http://hello.default.localhost:{port}/");
+        let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+        assert_eq!(result.status, Some(202), "{result:?}");
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_never_answers_times_out_with_no_status() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/", listener.local_addr().expect("address"));
+        // Accepts, reads and holds the connection without answering.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let sender = Sender::new(None).expect("client");
+        let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 200, 0).await;
+        assert_eq!(result.status, None, "{result:?}");
+        assert_eq!(result.error.as_deref(), Some("no response within 200 ms"));
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_connection_failure_and_not_resent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/", listener.local_addr().expect("address"));
+        drop(listener);
+        let sender = Sender::new(None).expect("client");
+        let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+        assert_eq!(result.status, None, "{result:?}");
+        let error = result.error.expect("an error");
+        assert!(error.starts_with("connection failed"), "{error}");
     }
 
     #[tokio::test]
