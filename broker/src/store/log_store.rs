@@ -26,16 +26,6 @@ use crate::store::keys::{
 /// up; a node's groups together hold at most a few times this.
 const LOG_TAIL_BYTES: usize = 2 << 20;
 
-/// The committed log id is written at most this often per group. It only spares a restarting node re-applying
-/// entries (openraft starts from the state machine's applied id when the saved one is behind it, and a leader
-/// tells it the rest), and openraft hands it over after every commit: a RocksDB write per Raft entry.
-const COMMITTED_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Whether the committed log id is written now, last written at `saved_at`.
-fn committed_save_due(saved_at: Option<std::time::Instant>, now: std::time::Instant) -> bool {
-    saved_at.is_none_or(|at| now.saturating_duration_since(at) >= COMMITTED_SAVE_INTERVAL)
-}
-
 /// The store and its log reader are clones sharing one tail.
 #[derive(Clone)]
 pub(crate) struct GroupLogStore {
@@ -43,13 +33,11 @@ pub(crate) struct GroupLogStore {
     wal: WalSyncer,
     group: GroupId,
     tail: Arc<Mutex<LogTail<Entry>>>,
-    /// When the committed log id was last written (see [`COMMITTED_SAVE_INTERVAL`]).
-    committed_saved_at: Option<std::time::Instant>,
 }
 
 impl GroupLogStore {
     pub(crate) fn new(db: Arc<DB>, wal: WalSyncer, group: GroupId) -> Self {
-        Self { db, wal, group, tail: Arc::new(Mutex::new(LogTail::new(LOG_TAIL_BYTES))), committed_saved_at: None }
+        Self { db, wal, group, tail: Arc::new(Mutex::new(LogTail::new(LOG_TAIL_BYTES))) }
     }
 
     /// The tail's rules hold after every whole call, so a panic elsewhere cannot leave it half-changed.
@@ -160,14 +148,14 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not synced, and not every time: it only speeds up recovery; Raft re-learns it from the leader.
-        let Some(log_id) = committed else { return Ok(()) };
-        let now = std::time::Instant::now();
-        if !committed_save_due(self.committed_saved_at, now) {
-            return Ok(());
+        // Not synced, but written after every commit: a restarting node re-applies the log up to it before it
+        // hears from any leader (the applied state is flushed only at snapshots), and what it knows then, its
+        // cluster's members among it, must be current. Writing it at most every 100 ms (session 22) left a
+        // restart after kill -9 without the cluster config (t05's node_id_not_in_the_stored_cluster_is_rejected).
+        match committed {
+            Some(log_id) => self.put_state(RAFT_STATE_COMMITTED, &log_id),
+            None => Ok(()),
         }
-        self.committed_saved_at = Some(now);
-        self.put_state(RAFT_STATE_COMMITTED, &log_id)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -222,29 +210,5 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         self.db.delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, log_id.index() + 1)).map_err(io_err)?;
         self.tail().purge_through(log_id.index());
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::{Duration, Instant};
-
-    #[test]
-    fn the_committed_log_id_is_written_first_then_at_most_once_per_interval() {
-        let start = Instant::now();
-        let at = |ms: u64| start + Duration::from_millis(ms);
-        let interval_ms = COMMITTED_SAVE_INTERVAL.as_millis() as u64;
-        for (saved_at, now, due) in [
-            (None, at(0), true),
-            (Some(at(0)), at(0), false),
-            (Some(at(0)), at(interval_ms - 1), false),
-            (Some(at(0)), at(interval_ms), true),
-            (Some(at(0)), at(10 * interval_ms), true),
-            // A clock read out of order never panics and waits.
-            (Some(at(interval_ms)), at(0), false),
-        ] {
-            assert_eq!(committed_save_due(saved_at, now), due, "saved at {saved_at:?}, now {now:?}");
-        }
     }
 }
