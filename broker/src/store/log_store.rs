@@ -1,5 +1,12 @@
 //! A group's Raft log and vote in the shared RocksDB (`raft_log`, `raft_state`), with the newest entries also
 //! held decoded in memory for the log's readers ([`LogTail`]).
+//!
+//! The committed log id is saved so that a restarting node re-applies its log up to it before any leader
+//! speaks. The metadata group writes it at every commit: what a node decides at start (is it a member?) reads
+//! the cluster config applied from it. A partition group writes it in its next append's batch instead, one
+//! RocksDB write per append rather than two: after a restart it may re-apply less and learn the rest from its
+//! leader (or, leading, from its own first commit), which Raft allows, and nothing reads a partition's applied
+//! state at start (its dispatch waits for the leader's own term to be applied).
 
 use std::fmt::Debug;
 use std::io;
@@ -15,7 +22,7 @@ use serde::de::DeserializeOwned;
 
 use super::log_tail::LogTail;
 use super::{WalSyncer, cf, io_err};
-use crate::command::{Entry, GroupId, LogId, TypeConfig, Vote, decode, encode};
+use crate::command::{Entry, GroupId, LogId, METADATA_GROUP, TypeConfig, Vote, decode, encode};
 use crate::store::keys::{
     CF_RAFT_LOG, CF_RAFT_STATE, RAFT_STATE_COMMITTED, RAFT_STATE_LAST_PURGED, RAFT_STATE_VOTE, group_end, log_index_of,
     log_key, tag_key,
@@ -26,6 +33,13 @@ use crate::store::keys::{
 /// up; a node's groups together hold at most a few times this.
 const LOG_TAIL_BYTES: usize = 2 << 20;
 
+/// When a group's committed log id reaches RocksDB (the module's doc says why each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CommittedWrites {
+    AtEveryCommit,
+    WithTheNextAppend,
+}
+
 /// The store and its log reader are clones sharing one tail.
 #[derive(Clone)]
 pub(crate) struct GroupLogStore {
@@ -33,11 +47,27 @@ pub(crate) struct GroupLogStore {
     wal: WalSyncer,
     group: GroupId,
     tail: Arc<Mutex<LogTail<Entry>>>,
+    committed_writes: CommittedWrites,
+    /// The newest committed log id not written yet (`WithTheNextAppend` only).
+    unwritten_committed: Arc<Mutex<Option<LogId>>>,
 }
 
 impl GroupLogStore {
     pub(crate) fn new(db: Arc<DB>, wal: WalSyncer, group: GroupId) -> Self {
-        Self { db, wal, group, tail: Arc::new(Mutex::new(LogTail::new(LOG_TAIL_BYTES))) }
+        let committed_writes =
+            if group == METADATA_GROUP { CommittedWrites::AtEveryCommit } else { CommittedWrites::WithTheNextAppend };
+        Self {
+            db,
+            wal,
+            group,
+            tail: Arc::new(Mutex::new(LogTail::new(LOG_TAIL_BYTES))),
+            committed_writes,
+            unwritten_committed: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn unwritten_committed(&self) -> MutexGuard<'_, Option<LogId>> {
+        self.unwritten_committed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The tail's rules hold after every whole call, so a panic elsewhere cannot leave it half-changed.
@@ -148,17 +178,24 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not synced, but written after every commit: a restarting node re-applies the log up to it before it
-        // hears from any leader (the applied state is flushed only at snapshots), and what it knows then, its
-        // cluster's members among it, must be current. Writing it at most every 100 ms (session 22) left a
-        // restart after kill -9 without the cluster config (t05's node_id_not_in_the_stored_cluster_is_rejected).
-        match committed {
-            Some(log_id) => self.put_state(RAFT_STATE_COMMITTED, &log_id),
-            None => Ok(()),
+        // Never synced. The metadata group writes it at every commit: writing it at most every 100 ms (session
+        // 22) left a restart after kill -9 without the cluster config (t05's
+        // node_id_not_in_the_stored_cluster_is_rejected).
+        let Some(log_id) = committed else { return Ok(()) };
+        match self.committed_writes {
+            CommittedWrites::AtEveryCommit => self.put_state(RAFT_STATE_COMMITTED, &log_id),
+            CommittedWrites::WithTheNextAppend => {
+                *self.unwritten_committed() = Some(log_id);
+                Ok(())
+            }
         }
     }
 
+    /// The newest committed log id this store was given: after a restart, the one written last.
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        if let Some(log_id) = *self.unwritten_committed() {
+            return Ok(Some(log_id));
+        }
         self.get_state(RAFT_STATE_COMMITTED)
     }
 
@@ -166,13 +203,17 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     where
         I: IntoIterator<Item = Entry> + Send,
     {
-        let cf = cf(&self.db, CF_RAFT_LOG)?;
+        let log_cf = cf(&self.db, CF_RAFT_LOG)?;
         let mut batch = WriteBatch::default();
         let mut written = Vec::new();
         for entry in entries {
             let value = encode(&entry).map_err(io_err)?;
-            batch.put_cf(cf, log_key(self.group, entry.index()), &value);
+            batch.put_cf(log_cf, log_key(self.group, entry.index()), &value);
             written.push((entry, value.len()));
+        }
+        if let Some(committed) = self.unwritten_committed().take() {
+            let state_cf = cf(&self.db, CF_RAFT_STATE)?;
+            batch.put_cf(state_cf, tag_key(self.group, RAFT_STATE_COMMITTED), encode(&committed).map_err(io_err)?);
         }
         // Written now so that the entries are readable when this returns;
         // reported flushed only after the shared WAL fsync.

@@ -597,3 +597,30 @@ fn events_and_dedupe_compact_tiered_and_the_raft_log_leveled() {
     assert_eq!(recorded_option(dir.path(), "dedupe", "level0_file_num_compaction_trigger").as_deref(), Some("4"));
     assert_eq!(recorded_option(dir.path(), "dedupe", "enable_blob_files").as_deref(), Some("false"));
 }
+
+/// The metadata group's committed log id is on disk at once; a partition group's goes with its next append.
+#[tokio::test]
+async fn a_partitions_committed_log_id_is_written_with_its_next_append() {
+    use openraft::storage::{IOFlushed, RaftLogStorage};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committed =
+        |index| openraft::LogId::new(openraft::impls::leader_id_adv::LeaderId::new(1, 1).to_committed(), index);
+    let partition = crate::ids::partition_group(0);
+    {
+        let store = Store::open(dir.path()).expect("open store");
+        let mut metadata = GroupLogStore::new(store.db().clone(), store.wal().clone(), crate::ids::METADATA_GROUP);
+        let mut log = GroupLogStore::new(store.db().clone(), store.wal().clone(), partition);
+        let blank = |index| openraft::Entry { log_id: committed(index), payload: openraft::EntryPayload::Blank };
+        log.append([blank(1), blank(2)], IOFlushed::noop()).await.expect("append");
+        metadata.save_committed(Some(committed(7))).await.expect("save");
+        log.save_committed(Some(committed(1))).await.expect("save");
+        log.append([blank(3)], IOFlushed::noop()).await.expect("append");
+        log.save_committed(Some(committed(3))).await.expect("save");
+        assert_eq!(log.read_committed().await.expect("read"), Some(committed(3)), "what this process was given");
+    }
+    let store = Store::open(dir.path()).expect("reopen store");
+    let mut metadata = GroupLogStore::new(store.db().clone(), store.wal().clone(), crate::ids::METADATA_GROUP);
+    let mut log = GroupLogStore::new(store.db().clone(), store.wal().clone(), partition);
+    assert_eq!(metadata.read_committed().await.expect("read"), Some(committed(7)));
+    assert_eq!(log.read_committed().await.expect("read"), Some(committed(1)), "3 came after the last append");
+}
