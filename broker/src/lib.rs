@@ -36,7 +36,7 @@ pub use ingress::authorize::{CompiledPolicy, authorize as authorize_sender, comp
 pub use ingress::http::{HostRouteSlot, HostRoutes, request_host};
 pub use node::publish::{PublishError, publish};
 pub use node::signing_keys::SenderIdentity;
-pub use node::{Handover, Node, NodeSettings, ReadLimits};
+pub use node::{Handover, Node, NodeSettings, ReadLimits, TransferOver};
 pub use raft::{AppendLimits, RaftTuning};
 pub use resources::{DEFAULT_BROKER_TTL, IngressSettings, stream_name};
 pub use server::{ExtraAdminRoutes, Listen, RunningNode, start as start_node};

@@ -25,6 +25,7 @@ mod admin;
 mod capacity;
 mod consumer;
 mod delivery;
+mod holds;
 use sluice_cloudevent::filter;
 mod partition;
 mod rate;

@@ -9,6 +9,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use serde_json::Value;
 use sluice_broker::Node;
 use tokio::sync::{mpsc, watch};
@@ -18,6 +21,7 @@ use crate::capacity::{DestinationLimits, SubscriberCapacity};
 use crate::consumer::{ConsumerSpec, consumers};
 use crate::delivery::sender::Sender;
 use crate::delivery::task::DeliveryContext;
+use crate::holds::{HoldEnd, HoldId, Holds};
 use crate::partition::{Control, PartitionDispatcher, PartitionSettings};
 
 #[derive(Clone)]
@@ -144,25 +148,37 @@ async fn supervise(node: Node, settings: DispatcherSettings, sender: Sender, mut
     let mut handovers = node.handovers();
     let mut running: HashMap<(String, u32), Running> = HashMap::new();
     let mut reported: HashMap<String, String> = HashMap::new();
-    // Partitions handed over (a planned transfer is under way): not dispatched here until the instant, or until
-    // this node no longer leads them (the transfer happened).
-    let mut held: HashMap<u32, tokio::time::Instant> = HashMap::new();
+    // Partitions handed over (a planned transfer is under way) are not dispatched here until the transfer
+    // attempt is over or this node no longer leads them (`holds`).
+    let mut holds = Holds::new(HANDOVER_HOLD);
+    let mut transfers: FuturesUnordered<BoxFuture<'static, HoldId>> = FuturesUnordered::new();
     let limits = settings.subscriber_capacity.clone().map(DestinationLimits::new);
     loop {
-        let now = tokio::time::Instant::now();
-        held.retain(|partition, until| *until > now && node.leads_partition(*partition));
-        reconcile(&node, &settings, &sender, &limits, &held, &mut running, &mut reported).await;
-        let hold_ends = held.values().min().copied();
+        for (partition, end) in holds.expire(tokio::time::Instant::now(), |partition| node.leads_partition(partition)) {
+            hold_ended(partition, end);
+        }
+        reconcile(&node, &settings, &sender, &limits, &holds, &mut running, &mut reported).await;
+        let hold_ends = holds.next_expiry();
         tokio::select! {
             changed = resources.changed() => if changed.is_err() { break },
             // Leadership changes are reconciled at once (the new leader's dispatch waits for nothing else).
             changed = leadership.changed() => if changed.is_err() { break } else { continue },
             Some(handover) = handovers.recv() => {
-                held.insert(handover.partition, tokio::time::Instant::now() + HANDOVER_HOLD);
-                hand_over(&mut running, handover).await;
+                let hold = holds.start(handover.partition, tokio::time::Instant::now());
+                let transfer_over = hand_over(&mut running, handover).await;
+                transfers.push(Box::pin(async move {
+                    transfer_over.await;
+                    hold
+                }));
                 continue;
             }
-            _ = tokio::time::sleep_until(hold_ends.unwrap_or(now)), if hold_ends.is_some() => continue,
+            Some(hold) = transfers.next(), if !transfers.is_empty() => {
+                if holds.transfer_over(hold) {
+                    hold_ended(hold.partition, HoldEnd::TransferOver);
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(hold_ends.unwrap_or_else(tokio::time::Instant::now)), if hold_ends.is_some() => continue,
             _ = stopped.changed() => break,
         }
         // Applying many objects (a YAML file of 1,000 Triggers) changes the resources many times in a row:
@@ -179,10 +195,19 @@ async fn supervise(node: Node, settings: DispatcherSettings, sender: Sender, mut
     stop_all(running).await;
 }
 
+fn hold_ended(partition: u32, end: HoldEnd) {
+    metrics::counter!("sluice_dispatch_handover_holds_ended_total", "why" => end.label()).increment(1);
+    tracing::info!(partition, why = end.label(), "handed-over partition no longer held");
+}
+
 /// The partition's leadership is about to move (a planned transfer): its dispatchers let their deliveries
 /// settle, commit their offsets and end, so the next leader's start where these stopped and none runs beside
-/// them (the broker bounds the wait; the partition is held, see `supervise`).
-async fn hand_over(running: &mut HashMap<(String, u32), Running>, handover: sluice_broker::Handover) {
+/// them (the broker bounds the wait; the partition is held, see `supervise`). Answers what resolves when the
+/// transfer attempt is over.
+async fn hand_over(
+    running: &mut HashMap<(String, u32), Running>,
+    handover: sluice_broker::Handover,
+) -> sluice_broker::TransferOver {
     let keys: Vec<(String, u32)> =
         running.keys().filter(|(_, partition)| *partition == handover.partition).cloned().collect();
     let mut handed = Vec::new();
@@ -196,12 +221,12 @@ async fn hand_over(running: &mut HashMap<(String, u32), Running>, handover: slui
         });
     }
     futures::future::join_all(handed).await;
-    handover.done();
+    handover.done()
 }
 
-/// How long a handed-over partition is not dispatched here while this node still leads it: longer than the
-/// broker waits for the transfer (`transfer_leader`: four maximum election timeouts, 1.6 s by default); past
-/// it the transfer failed and this node dispatches again.
+/// The longest a handed-over partition is not dispatched here while this node still leads it, should the end
+/// of the transfer attempt never be reported: longer than the broker waits for the transfer (four maximum
+/// election timeouts, 1.6 s by default).
 const HANDOVER_HOLD: Duration = Duration::from_secs(5);
 
 /// Quiet time after a resource change before reconciling (see `supervise`).
@@ -220,7 +245,7 @@ async fn reconcile(
     settings: &DispatcherSettings,
     sender: &Sender,
     limits: &Option<Arc<DestinationLimits>>,
-    held: &HashMap<u32, tokio::time::Instant>,
+    holds: &Holds,
     running: &mut HashMap<(String, u32), Running>,
     reported: &mut HashMap<String, String>,
 ) {
@@ -263,7 +288,7 @@ async fn reconcile(
         })
         .collect();
     let partitions = node.partitions();
-    let led: Vec<u32> = (0..partitions).filter(|p| node.leads_partition_applied(*p) && !held.contains_key(p)).collect();
+    let led: Vec<u32> = (0..partitions).filter(|p| node.leads_partition_applied(*p) && !holds.is_held(*p)).collect();
     let plan = plan(&led, &wanted, &observed);
 
     for key in plan.stop {

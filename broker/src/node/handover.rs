@@ -12,13 +12,22 @@
 //!
 //! The other half: the next leader's dispatcher must read the offsets as this leader left them, so it starts
 //! only once it has applied every entry of earlier terms ([`Node::leads_partition_applied`]).
+//!
+//! A transfer can fail (the target is paused, or behind): the listener learns when the attempt is over
+//! ([`TransferOver`]), and if this node still leads the partition it dispatches it again at once, instead of
+//! after a fixed hold.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use openraft::async_runtime::watch::WatchReceiver;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Node;
 use crate::ids::{GroupId, group_name, partition_of};
+use crate::raft::group::Group;
 
 /// How long a transfer waits for the listener; past it the leadership moves anyway (a stuck dispatcher must
 /// not pin leadership; its consumers are then redelivered from their last commit, as after a crash).
@@ -30,11 +39,52 @@ pub(crate) const HANDOVER_WAIT: Duration = Duration::from_secs(1);
 pub struct Handover {
     pub partition: u32,
     done: oneshot::Sender<()>,
+    attempt_over: oneshot::Receiver<()>,
 }
 
 impl Handover {
-    pub fn done(self) {
+    /// Answers that the partition's offsets are committed; what it returns resolves once the transfer attempt
+    /// is over, whether the leadership moved or not.
+    pub fn done(self) -> TransferOver {
         let _ = self.done.send(());
+        TransferOver(self.attempt_over)
+    }
+}
+
+/// Resolves once a transfer attempt is over: the leadership left this node, or the attempt failed or gave up.
+#[derive(Debug)]
+pub struct TransferOver(oneshot::Receiver<()>);
+
+impl Future for TransferOver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Nothing is ever sent: the attempt ends when its sender is dropped.
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+/// Held while a transfer attempt runs; dropping it tells the listener the attempt is over.
+pub(super) struct TransferAttempt(Option<oneshot::Sender<()>>);
+
+impl TransferAttempt {
+    /// Ends the attempt once this node no longer leads `group`, or after `wait` (the transfer failed).
+    pub(super) fn end_when_moved(self, group: std::sync::Arc<Group>, node: crate::ids::NodeId, wait: Duration) {
+        if self.0.is_none() {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut metrics = group.raft.metrics();
+            let _ = tokio::time::timeout(wait, async {
+                while group.is_leader(node) {
+                    if metrics.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            drop(self);
+        });
     }
 }
 
@@ -46,14 +96,16 @@ impl Node {
         rx
     }
 
-    /// Tells the listener that `group`'s leadership is about to move, and waits for its answer (bounded).
-    pub(super) async fn hand_over(&self, group: GroupId) {
-        let Some(partition) = partition_of(group) else { return };
+    /// Tells the listener that `group`'s leadership is about to move, and waits for its answer (bounded). The
+    /// attempt it answers must be held until the transfer is over.
+    pub(super) async fn hand_over(&self, group: GroupId) -> TransferAttempt {
+        let Some(partition) = partition_of(group) else { return TransferAttempt(None) };
         let listener = self.inner.handover.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let Some(listener) = listener else { return };
+        let Some(listener) = listener else { return TransferAttempt(None) };
         let started = Instant::now();
         let (done, answered) = oneshot::channel();
-        let outcome = match listener.try_send(Handover { partition, done }) {
+        let (attempt, attempt_over) = oneshot::channel();
+        let outcome = match listener.try_send(Handover { partition, done, attempt_over }) {
             Err(_) => "no_listener",
             Ok(()) => match tokio::time::timeout(HANDOVER_WAIT, answered).await {
                 Ok(Ok(())) => "done",
@@ -63,5 +115,6 @@ impl Node {
         };
         metrics::counter!("sluice_leadership_handovers_total", "outcome" => outcome).increment(1);
         tracing::info!(group = %group_name(group), outcome, elapsed_ms = started.elapsed().as_millis() as u64, "leadership handover");
+        TransferAttempt(Some(attempt))
     }
 }

@@ -2,7 +2,7 @@
 //! cluster config, and the write/read API the servers and later crates use.
 
 mod handover;
-pub use handover::Handover;
+pub use handover::{Handover, TransferOver};
 pub(crate) mod leader_balance;
 pub(crate) mod membership;
 pub(crate) mod publish;

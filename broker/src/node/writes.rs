@@ -166,10 +166,20 @@ impl Node {
                 Ok(ForwardedReply::AppendedBatch(results))
             }
             ForwardedWrite::Membership(op) => {
-                if let MembershipOp::TransferLeader(_) = op {
-                    self.hand_over(group_id).await;
+                let attempt = match op {
+                    MembershipOp::TransferLeader(_) => Some(self.hand_over(group_id).await),
+                    _ => None,
+                };
+                let result = run_membership(&group, op).await;
+                if let Some(attempt) = attempt {
+                    // A refused transfer is over now (dropped here); an accepted one once the leadership left
+                    // or the caller's wait for it (`transfer_leader`) has passed.
+                    if result.is_ok() {
+                        let wait = Duration::from_millis(self.inner.settings.tuning.election_timeout_max_ms * 4);
+                        attempt.end_when_moved(group.clone(), self.id(), wait);
+                    }
                 }
-                run_membership(&group, op).await.map(ForwardedReply::Membership)
+                result.map(ForwardedReply::Membership)
             }
             // Metadata commands are idempotent (applying one twice changes
             // nothing more), so a lost leadership is simply retried.
