@@ -29,10 +29,15 @@ impl AttrValue {
 
     /// The canonical string form (what binary mode carries).
     pub fn to_canonical_string(&self) -> String {
+        self.canonical().into_owned()
+    }
+
+    /// The canonical string form, borrowed where the value is a string (no copy per delivered attribute).
+    pub fn canonical(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            AttrValue::String(s) => s.clone(),
-            AttrValue::Integer(i) => i.to_string(),
-            AttrValue::Boolean(b) => b.to_string(),
+            AttrValue::String(s) => std::borrow::Cow::Borrowed(s),
+            AttrValue::Integer(i) => std::borrow::Cow::Owned(i.to_string()),
+            AttrValue::Boolean(b) => std::borrow::Cow::Owned(b.to_string()),
         }
     }
 }

@@ -357,17 +357,12 @@ pub(crate) use sluice_cloudevent::event_type_label;
 static INGRESS_EVENT_METRICS: std::sync::LazyLock<crate::telemetry::EventMetrics> =
     std::sync::LazyLock::new(Default::default);
 
-fn record_events(target: &Target, types: &[String], status: StatusCode, started: Instant) {
+fn record_events(target: &Target, type_counts: &[(String, u64)], status: StatusCode, started: Instant) {
     let (namespace, name) = target.namespace_and_name();
     let code = status.as_u16();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    // One metric update per event type of the request, not per event (batches).
-    let mut counts: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
-    for event_type in types {
-        *counts.entry(event_type.as_str()).or_default() += 1;
-    }
-    for (event_type, count) in counts {
-        INGRESS_EVENT_METRICS.record(&[namespace, name], event_type, code, count, ms, || {
+    for (event_type, count) in type_counts {
+        INGRESS_EVENT_METRICS.record(&[namespace, name], event_type, code, *count, ms, || {
             vec![
                 ("broker_name", name.to_string()),
                 ("namespace_name", namespace.to_string()),
@@ -377,6 +372,22 @@ fn record_events(target: &Target, types: &[String], status: StatusCode, started:
             ]
         });
     }
+}
+
+/// How many events of each type a request carried, in the order each type first appears: one metric update per
+/// type, not per event (batches), and one `String` per type.
+fn count_types(events: &[cloudevent::CloudEvent]) -> Vec<(String, u64)> {
+    let mut counts: Vec<(String, u64)> = Vec::new();
+    for event in events {
+        let event_type = event.get_str("type").unwrap_or_default();
+        match counts.iter_mut().find(|(seen, _)| seen == event_type) {
+            Some((_, count)) => *count += 1,
+            // A linear search: a request's events almost always share one type, and the batch limit bounds
+            // the rest.
+            None => counts.push((event_type.to_string(), 1)),
+        }
+    }
+    counts
 }
 
 /// The handler behind every path that is not `/healthz`, `/readyz` or `/metrics`.
@@ -433,14 +444,15 @@ pub(crate) async fn handle(
     };
     let sender = subject.as_deref().map(|subject| (subject, state.policies.as_slice()));
     let response = accept(&ingress, &target, &state.settings, sender, &headers, body).await;
-    let (status, types) = match &response {
-        Ok(types) => (StatusCode::ACCEPTED, types.clone()),
-        Err(response) => (response.status(), vec![String::new()]),
-    };
-    record_events(&target, &types, status, started);
     match response {
-        Ok(_) => StatusCode::ACCEPTED.into_response(),
-        Err(response) => response,
+        Ok(type_counts) => {
+            record_events(&target, &type_counts, StatusCode::ACCEPTED, started);
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(response) => {
+            record_events(&target, &[(String::new(), 1)], response.status(), started);
+            response
+        }
     }
 }
 
@@ -465,7 +477,7 @@ fn authenticate(ingress: &Ingress, target: &Target, headers: &HeaderMap) -> Resu
     Err(Box::new(response))
 }
 
-/// Parses, validates and appends; answers the accepted events' types.
+/// Parses, validates and appends; answers how many events of each type were accepted.
 async fn accept(
     ingress: &Ingress,
     target: &Target,
@@ -473,7 +485,7 @@ async fn accept(
     sender: Option<(&str, &[authorize::CompiledPolicy])>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Vec<String>, Response> {
+) -> Result<Vec<(String, u64)>, Response> {
     let limits = ingress.limits();
     check_headers(headers, limits).map_err(|e| error_response(&e))?;
     let mode = mode_of(headers).map_err(|e| error_response(&e))?;
@@ -522,7 +534,7 @@ async fn accept(
         }
     }
 
-    let types = events.iter().map(|e| e.get_str("type").unwrap_or_default().to_string()).collect();
+    let types = count_types(&events);
     let count = events.len() as u64;
     #[cfg(feature = "planted-bugs")]
     if crate::planted_bug("ack-before-commit") {
@@ -555,6 +567,16 @@ pub(crate) use crate::node::publish::{PublishError, publish};
 mod tests {
     use super::*;
     use crate::cloudevent::AttrValue;
+
+    #[test]
+    fn a_requests_events_are_counted_by_type_in_first_seen_order() {
+        let batch = br#"[{"specversion":"1.0","id":"1","source":"/s","type":"b"},
+            {"specversion":"1.0","id":"2","source":"/s","type":"a"},
+            {"specversion":"1.0","id":"3","source":"/s","type":"b"}]"#;
+        let events = cloudevent::from_batch(batch, 10).expect("valid");
+        assert_eq!(count_types(&events), vec![("b".to_string(), 2), ("a".to_string(), 1)]);
+        assert_eq!(count_types(&[]), Vec::<(String, u64)>::new());
+    }
 
     #[test]
     fn paths_map_to_targets() {

@@ -379,7 +379,7 @@ fn build_request(uri: &http::Uri, format: Format, event: &CloudEvent, token: Opt
                 if name == "datacontenttype" {
                     continue;
                 }
-                let value = value.to_canonical_string();
+                let value = value.canonical();
                 match (ce_header_name(name), HeaderValue::from_bytes(cloudevent::encode_header_value(&value))) {
                     (Some(header_name), Ok(header)) => {
                         headers.insert(header_name, header);
