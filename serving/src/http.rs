@@ -10,30 +10,31 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, Response, StatusCode, header};
+use axum::http::uri::{PathAndQuery, Scheme};
+use axum::http::{HeaderName, HeaderValue, Response, StatusCode, Uri, header};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use sluice_broker::{HostRoutes, request_host};
+use sluice_broker::HostRoutes;
 
 use crate::balance::Balancer;
 use crate::error::ServingError;
 use crate::revision::{Permit, RevisionHandle};
-use crate::shared::Shared;
+use crate::shared::{HostMetrics, HostTraffic, Shared};
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
 ];
 
 /// How long an idle connection to an instance is kept: under the idle timeouts apps commonly close kept-alive
@@ -69,27 +70,30 @@ impl HostRouter {
         }
     }
 
-    /// The revision the next request to `host` goes to, by the traffic split.
-    fn pick(&self, host: &str) -> Result<Arc<RevisionHandle>, ServingError> {
+    /// The revision the next request to `host` goes to, by the traffic split, and the host's metrics.
+    fn pick(&self, host: &str) -> (Option<Arc<HostMetrics>>, Result<Arc<RevisionHandle>, ServingError>) {
+        let no_route = || ServingError::NoRoute { host: host.into() };
         let table = self.shared.table.read().map(|t| t.clone()).unwrap_or_default();
-        let targets = table.get(host).ok_or_else(|| ServingError::NoRoute { host: host.into() })?;
-        let mut balancers = self.shared.balancers.lock().map_err(|_| ServingError::NoRoute { host: host.into() })?;
-        if !balancers.get(host).is_some_and(|b| b.same_targets(&targets.targets)) {
-            balancers.insert(host.to_string(), Balancer::new(&targets.namespace, &targets.targets));
+        let Some(targets) = table.get(host) else { return (None, Err(no_route())) };
+        let Ok(mut hosts) = self.shared.hosts.lock() else { return (None, Err(no_route())) };
+        let traffic = match hosts.get_mut(host) {
+            Some(traffic) => traffic,
+            None => hosts.entry(host.to_string()).or_insert_with(|| HostTraffic::new(host, &targets.namespace)),
+        };
+        if !traffic.balancer.same_targets(&targets.targets) {
+            traffic.balancer = Balancer::new(&targets.namespace, &targets.targets);
         }
-        let key = balancers
-            .get_mut(host)
-            .and_then(Balancer::pick)
-            .ok_or_else(|| ServingError::NoRoute { host: host.into() })?;
+        let metrics = Some(traffic.metrics.clone());
+        let Some(key) = traffic.balancer.pick() else { return (metrics, Err(no_route())) };
         let revision = self.shared.revisions.read().ok().and_then(|r| r.get(key).cloned());
-        revision.ok_or_else(|| ServingError::Upstream {
+        let revision = revision.ok_or_else(|| ServingError::Upstream {
             revision: key.to_string(),
             reason: "the revision is not running on this node yet".into(),
-        })
+        });
+        (metrics, revision)
     }
 
-    async fn serve(&self, host: &str, request: Request) -> Result<Response<Body>, ServingError> {
-        let revision = self.pick(host)?;
+    async fn serve(&self, revision: Arc<RevisionHandle>, request: Request) -> Result<Response<Body>, ServingError> {
         let timeout_ms = revision.run.timeout_ms;
         let deadline = Instant::now() + std::time::Duration::from_millis(timeout_ms);
         let permit = revision.acquire(timeout_ms).await?;
@@ -102,7 +106,7 @@ impl HostRouter {
             Ok(Ok(response)) => response,
         };
         let (mut parts, body) = response.into_parts();
-        for name in HOP_BY_HOP {
+        for name in &HOP_BY_HOP {
             parts.headers.remove(name);
         }
         Ok(Response::from_parts(parts, Body::new(GuardedBody { inner: body, _permit: permit })))
@@ -111,17 +115,19 @@ impl HostRouter {
 
 fn upstream_request(request: Request, permit: &Permit) -> Result<hyper::Request<Body>, ServingError> {
     let (mut parts, body) = request.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = format!("http://{}{path}", permit.addr).parse().map_err(|e: axum::http::uri::InvalidUri| {
-        ServingError::Upstream { revision: permit.addr.to_string(), reason: e.to_string() }
-    })?;
+    let mut uri = parts.uri.into_parts();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(permit.authority.clone());
+    uri.path_and_query = Some(uri.path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
+    parts.uri = Uri::from_parts(uri)
+        .map_err(|e| ServingError::Upstream { revision: permit.authority.to_string(), reason: e.to_string() })?;
     // h2c requests carry their host in the authority; HTTP/1.1 upstreams need a Host header.
     if !parts.headers.contains_key(header::HOST)
         && let Some(host) = parts.extensions.get::<OriginalHost>().map(|h| h.0.clone())
     {
         parts.headers.insert(header::HOST, host);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         parts.headers.remove(name);
     }
     parts.version = axum::http::Version::HTTP_11;
@@ -172,7 +178,7 @@ impl HostRoutes for HostRouter {
         host.ends_with(&self.suffix)
     }
 
-    fn handle(&self, mut request: Request) -> BoxFuture<'static, Response<Body>> {
+    fn handle(&self, host: String, mut request: Request) -> BoxFuture<'static, Response<Body>> {
         let router = self.clone();
         if !request.headers().contains_key(header::HOST)
             && let Some(authority) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -181,18 +187,25 @@ impl HostRoutes for HostRouter {
         }
         Box::pin(async move {
             let started = Instant::now();
-            let host = request_host(&request).unwrap_or_default();
-            let response = match router.serve(&host, request).await {
+            let (metrics, revision) = router.pick(&host);
+            let served = match revision {
+                Ok(revision) => router.serve(revision, request).await,
+                Err(e) => Err(e),
+            };
+            let response = match served {
                 Ok(response) => response,
                 Err(e) => {
                     tracing::debug!(%host, error = %e, "serving request failed");
                     error_response(&e)
                 }
             };
-            let code = response.status().as_u16().to_string();
-            metrics::counter!("sluice_serving_requests_total", "host" => host.clone(), "code" => code).increment(1);
-            metrics::histogram!("sluice_serving_request_start_seconds", "host" => host)
-                .record(started.elapsed().as_secs_f64());
+            let code = response.status().as_u16();
+            let elapsed_seconds = started.elapsed().as_secs_f64();
+            match metrics {
+                Some(metrics) => metrics.record(code, elapsed_seconds),
+                // A host without a Route: counted by name (rare; no handles are kept for it).
+                None => HostMetrics::record_unrouted(&host, code, elapsed_seconds),
+            }
             response
         })
     }

@@ -10,12 +10,12 @@
 //! requests finish, then SIGTERM.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::http::uri::Authority;
 use serde_json::Value;
 use sluice_cloudevent::clock::now_ms;
 use sluice_controller::serving::ServingRuntime;
@@ -70,12 +70,13 @@ pub(crate) struct Facts {
 }
 
 /// What a waiting request is given: a slot on an instance at an address, or why it gets none.
-type Grant = Result<(InstanceId, SocketAddr), ServingError>;
+type Grant = Result<(InstanceId, Authority), ServingError>;
 
 struct GateState {
     gate: Gate,
     waiters: HashMap<WaiterId, oneshot::Sender<Grant>>,
-    addrs: HashMap<InstanceId, SocketAddr>,
+    /// Each ready instance's `host:port`, made once (every request to it needs it for its URI).
+    addrs: HashMap<InstanceId, Authority>,
     next_waiter: WaiterId,
     meter: Meter,
     /// Set while the revision cannot start (waiters are answered with it).
@@ -92,7 +93,7 @@ impl GateState {
     fn hand_out(&mut self, woken: Vec<(WaiterId, InstanceId)>) {
         let mut released = Vec::new();
         for (waiter, id) in woken {
-            let addr = self.addrs.get(&id).copied();
+            let addr = self.addrs.get(&id).cloned();
             match (self.waiters.remove(&waiter), addr) {
                 (Some(tx), Some(addr)) => {
                     if tx.send(Ok((id, addr))).is_err() {
@@ -128,7 +129,8 @@ pub(crate) struct RevisionHandle {
 pub(crate) struct Permit {
     revision: Arc<RevisionHandle>,
     instance: InstanceId,
-    pub(crate) addr: SocketAddr,
+    /// The instance's `host:port`.
+    pub(crate) authority: Authority,
 }
 
 impl Drop for Permit {
@@ -182,13 +184,13 @@ impl RevisionHandle {
             state.measure();
             match admitted {
                 Admit::Go(id) => {
-                    let Some(addr) = state.addrs.get(&id).copied() else {
+                    let Some(authority) = state.addrs.get(&id).cloned() else {
                         let woken = state.gate.release(id);
                         state.hand_out(woken);
                         state.measure();
                         return Err(self.upstream("an instance without an address"));
                     };
-                    return Ok(Permit { revision: self.clone(), instance: id, addr });
+                    return Ok(Permit { revision: self.clone(), instance: id, authority });
                 }
                 Admit::Full => return Err(ServingError::QueueFull { revision: self.key(), limit: QUEUE_LIMIT }),
                 Admit::Wait => {
@@ -203,9 +205,9 @@ impl RevisionHandle {
         self.poke.notify_one();
         let outcome = tokio::time::timeout(Duration::from_millis(timeout_ms), &mut guard.rx).await;
         match outcome {
-            Ok(Ok(Ok((instance, addr)))) => {
+            Ok(Ok(Ok((instance, authority)))) => {
                 guard.settled = true;
-                Ok(Permit { revision: self.clone(), instance, addr })
+                Ok(Permit { revision: self.clone(), instance, authority })
             }
             Ok(Ok(Err(e))) => {
                 guard.settled = true;
@@ -425,9 +427,16 @@ async fn run_revision(
                     instances.consecutive_failures = 0;
                     if let Ok(mut state) = revision.state.lock() {
                         state.failed = None;
-                        state.addrs.insert(id, addr);
-                        let woken = state.gate.set_ready(id, true);
-                        state.hand_out(woken);
+                        // A socket address is always a valid authority; were it not, the instance would get no
+                        // requests rather than requests without an address.
+                        match Authority::try_from(addr.to_string()) {
+                            Ok(authority) => {
+                                state.addrs.insert(id, authority);
+                                let woken = state.gate.set_ready(id, true);
+                                state.hand_out(woken);
+                            }
+                            Err(e) => tracing::error!(revision = %key, instance = id, %addr, error = %e, "no URI authority for the instance"),
+                        }
                         state.measure();
                     }
                     publish_capacity(&revision, &env);

@@ -1,5 +1,5 @@
 //! What a node's serving shares between its parts: the route table and the running revisions (the HTTP
-//! router reads them, the supervisor writes them), the balancers, and the dispatcher's signals; and the
+//! router reads them, the supervisor writes them), each host's balancer and metrics, and the dispatcher's signals; and the
 //! dispatcher's view of it all, [`SubscriberSignals`].
 //!
 //! What flows in: the table and revisions from the supervisor, backlog reports from the dispatcher, ready
@@ -25,9 +25,64 @@ use crate::signals::Signals;
 pub(crate) struct Shared {
     pub(crate) table: RwLock<Arc<RouteTable>>,
     pub(crate) revisions: RwLock<HashMap<String, Arc<RevisionHandle>>>,
-    pub(crate) balancers: Mutex<HashMap<String, Balancer>>,
+    /// Per Route host: its traffic split's state and its metrics' handles.
+    pub(crate) hosts: Mutex<HashMap<String, HostTraffic>>,
     /// The dispatcher's backlog reports and the capacity counter.
     pub(crate) signals: Signals,
+}
+
+/// One Route host as the HTTP router keeps it between requests.
+pub(crate) struct HostTraffic {
+    pub(crate) balancer: Balancer,
+    pub(crate) metrics: Arc<HostMetrics>,
+}
+
+impl HostTraffic {
+    pub(crate) fn new(host: &str, namespace: &str) -> Self {
+        HostTraffic { balancer: Balancer::new(namespace, &[]), metrics: Arc::new(HostMetrics::new(host)) }
+    }
+}
+
+/// A host's request metrics, registered once rather than looked up by their labels on every request:
+/// `sluice_serving_requests_total{host,code}` and `sluice_serving_request_start_seconds{host}`.
+pub(crate) struct HostMetrics {
+    host: String,
+    start_seconds: metrics::Histogram,
+    /// One counter per status code seen (a few dozen at most: status codes are three digits).
+    requests_by_code: Mutex<Vec<(u16, metrics::Counter)>>,
+}
+
+impl HostMetrics {
+    fn new(host: &str) -> Self {
+        HostMetrics {
+            host: host.to_string(),
+            start_seconds: metrics::histogram!("sluice_serving_request_start_seconds", "host" => host.to_string()),
+            requests_by_code: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn record(&self, code: u16, elapsed_seconds: f64) {
+        self.start_seconds.record(elapsed_seconds);
+        let Ok(mut counters) = self.requests_by_code.lock() else { return };
+        match counters.iter().find(|(c, _)| *c == code) {
+            Some((_, counter)) => counter.increment(1),
+            None => {
+                let counter = requests_counter(&self.host, code);
+                counter.increment(1);
+                counters.push((code, counter));
+            }
+        }
+    }
+
+    /// A request to a host no Route serves.
+    pub(crate) fn record_unrouted(host: &str, code: u16, elapsed_seconds: f64) {
+        requests_counter(host, code).increment(1);
+        metrics::histogram!("sluice_serving_request_start_seconds", "host" => host.to_string()).record(elapsed_seconds);
+    }
+}
+
+fn requests_counter(host: &str, code: u16) -> metrics::Counter {
+    metrics::counter!("sluice_serving_requests_total", "host" => host.to_string(), "code" => code.to_string())
 }
 
 impl RevisionSignals for Shared {

@@ -37,7 +37,8 @@ struct HttpState {
 pub trait HostRoutes: Send + Sync + 'static {
     /// Whether `host` (lower-case, without the port) is one of ours.
     fn claims(&self, host: &str) -> bool;
-    fn handle(&self, request: Request) -> BoxFuture<'static, Response>;
+    /// Serves `request` for `host` (as [`request_host`] gives it, and claimed).
+    fn handle(&self, host: String, request: Request) -> BoxFuture<'static, Response>;
 }
 
 /// Where the serving module plugs its [`HostRoutes`] in once it runs (it needs the node, which starts first).
@@ -91,7 +92,7 @@ impl Front {
             && let Some(host) = request_host(&request)
             && routes.claims(&host)
         {
-            return routes.handle(request).await;
+            return routes.handle(host, request).await;
         }
         match tower::ServiceExt::oneshot(self.app, request).await {
             Ok(response) => response,

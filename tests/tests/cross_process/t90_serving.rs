@@ -176,6 +176,17 @@ async fn a_service_becomes_ready_answers_at_its_url_and_splits_traffic_by_revisi
     assert_eq!((response.version(), response.status().as_u16()), (reqwest::Version::HTTP_2, 200));
     assert_eq!(response.headers()["x-revision"], "hello-00002");
 
+    // Every request is counted under its host and status code: 1,024 answered 200 for the Service's host
+    // (across three revisions and both protocols), 20 for the tag's, and the unknown host's 404.
+    let metrics = reqwest::get(format!("http://{http}/metrics")).await?.text().await?;
+    for (series, count) in [
+        (r#"sluice_serving_requests_total{host="hello.default.localhost",code="200"}"#, 1024),
+        (r#"sluice_serving_requests_total{host="old-hello.default.localhost",code="200"}"#, 20),
+        (r#"sluice_serving_requests_total{host="nope.default.localhost",code="404"}"#, 1),
+    ] {
+        assert!(metrics.lines().any(|l| l == format!("{series} {count}")), "{series} {count} in:\n{metrics}");
+    }
+
     // A template with its own name may not take the name of a Revision made from another template (here one
     // applied by hand).
     let bare = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Revision",
