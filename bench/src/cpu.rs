@@ -38,6 +38,24 @@ pub(crate) fn group_cpu_us(groups: &[u32]) -> u64 {
         .sum()
 }
 
+/// The live processes whose parent is `pid` (a node's revision instances).
+pub(crate) fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .is_some_and(|stat| parse_stat_parent(&stat) == Some(pid))
+        })
+        .collect()
+}
+
+/// Field 4 (ppid) of a `/proc/PID/stat` line.
+fn parse_stat_parent(stat: &str) -> Option<u32> {
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Field 5 (pgrp) of a `/proc/PID/stat` line.
 fn parse_stat_group(stat: &str) -> Option<u32> {
     stat[stat.rfind(')')? + 1..].split_whitespace().nth(2)?.parse().ok()
@@ -66,6 +84,7 @@ mod tests {
         assert_eq!(parse_stat_cpu_us("4242 (x) S 1 2"), None, "too few fields");
         assert_eq!(parse_stat_cpu_us("no name here"), None);
         assert_eq!(parse_stat_group(stat), Some(4242));
+        assert_eq!(parse_stat_parent(stat), Some(1));
         assert_eq!(parse_stat_group("4242 (x) S 1"), None);
     }
 

@@ -18,6 +18,8 @@ use sluice_proto::admin::ResourceRef;
 use sluice_proto::admin::resources_client::ResourcesClient;
 use sluice_tests::{apply_resource, hello_bin, manifest_dir, start_single_node, wait_until};
 
+use crate::cpu;
+
 pub(crate) struct ServingArgs {
     pub(crate) cold_starts: usize,
     pub(crate) concurrency: usize,
@@ -124,34 +126,76 @@ async fn closed_loop(
     Ok(total)
 }
 
+/// What one path of the proxy comparison measured: every request's latency, and the CPU each process spent
+/// while its slices ran.
+struct PathLoad {
+    latencies: Histogram<u64>,
+    node_cpu_us: u64,
+    app_cpu_us: u64,
+    client_cpu_us: u64,
+}
+
+impl PathLoad {
+    fn new() -> Result<Self> {
+        Ok(PathLoad { latencies: Histogram::new(3)?, node_cpu_us: 0, app_cpu_us: 0, client_cpu_us: 0 })
+    }
+
+    /// One slice: the loop, with the CPU time of the node, of its children (the app) and of this process
+    /// (the client) read around it.
+    async fn slice(&mut self, client: &reqwest::Client, url: &str, concurrency: usize, node_pid: u32) -> Result<()> {
+        let app = cpu::children_of(node_pid);
+        let read_cpu =
+            || (cpu::total_cpu_us(&[node_pid]), cpu::total_cpu_us(&app), cpu::total_cpu_us(&[std::process::id()]));
+        let before = read_cpu();
+        let latencies = closed_loop(client, url, concurrency, Duration::from_secs(1)).await?;
+        let after = read_cpu();
+        self.node_cpu_us += after.0.saturating_sub(before.0);
+        self.app_cpu_us += after.1.saturating_sub(before.1);
+        self.client_cpu_us += after.2.saturating_sub(before.2);
+        self.latencies.add(&latencies)?;
+        Ok(())
+    }
+
+    /// CPU microseconds per request: node, app, client.
+    fn cpu_per_request(&self) -> String {
+        let requests = self.latencies.len().max(1) as f64;
+        let per = |us: u64| us as f64 / requests;
+        format!(
+            "CPU per request: node {:.1} µs, app {:.1} µs, client {:.1} µs",
+            per(self.node_cpu_us),
+            per(self.app_cpu_us),
+            per(self.client_cpu_us)
+        )
+    }
+}
+
 /// Through serving and straight to the instance in alternating one-second slices (routed first in even
 /// pairs, direct first in odd ones), so that the machine's drift during the run (its other tenants, its
-/// clock speed) falls on both alike: `seconds` slices of each. Returns both loops' latencies and each pair's
-/// ratio (routed ÷ direct requests).
+/// clock speed) falls on both alike: `seconds` slices of each. Returns both paths and each pair's ratio
+/// (routed ÷ direct requests).
 async fn alternating_loops(
     client: &reqwest::Client,
-    routed_url: &str,
-    direct_url: &str,
+    (routed_url, direct_url): (&str, &str),
     concurrency: usize,
     seconds: u64,
-) -> Result<(Histogram<u64>, Histogram<u64>, Vec<f64>)> {
-    let slice = Duration::from_secs(1);
+    node_pid: u32,
+) -> Result<(PathLoad, PathLoad, Vec<f64>)> {
     // Connections opened and both paths warm before anything is counted.
-    closed_loop(client, routed_url, concurrency, slice / 4).await?;
-    closed_loop(client, direct_url, concurrency, slice / 4).await?;
-    let (mut routed, mut direct) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
+    closed_loop(client, routed_url, concurrency, Duration::from_millis(250)).await?;
+    closed_loop(client, direct_url, concurrency, Duration::from_millis(250)).await?;
+    let (mut routed, mut direct) = (PathLoad::new()?, PathLoad::new()?);
     let mut pair_ratios = Vec::new();
     for pair in 0..seconds {
-        let (r, d) = if pair % 2 == 0 {
-            let r = closed_loop(client, routed_url, concurrency, slice).await?;
-            (r, closed_loop(client, direct_url, concurrency, slice).await?)
+        let (routed_before, direct_before) = (routed.latencies.len(), direct.latencies.len());
+        if pair % 2 == 0 {
+            routed.slice(client, routed_url, concurrency, node_pid).await?;
+            direct.slice(client, direct_url, concurrency, node_pid).await?;
         } else {
-            let d = closed_loop(client, direct_url, concurrency, slice).await?;
-            (closed_loop(client, routed_url, concurrency, slice).await?, d)
-        };
-        pair_ratios.push(r.len() as f64 / (d.len() as f64).max(1.0));
-        routed.add(&r)?;
-        direct.add(&d)?;
+            direct.slice(client, direct_url, concurrency, node_pid).await?;
+            routed.slice(client, routed_url, concurrency, node_pid).await?;
+        }
+        let (r, d) = (routed.latencies.len() - routed_before, direct.latencies.len() - direct_before);
+        pair_ratios.push(r as f64 / (d as f64).max(1.0));
     }
     Ok((routed, direct, pair_ratios))
 }
@@ -210,13 +254,15 @@ pub(crate) async fn run(args: ServingArgs) -> Result<()> {
     let routed_url = format!("http://warm.default.localhost:{port}/");
     let direct_url = format!("http://127.0.0.1:{instance_port}/");
     let (routed, direct, pair_ratios) =
-        alternating_loops(&client, &routed_url, &direct_url, args.concurrency, args.seconds).await?;
+        alternating_loops(&client, (&routed_url, &direct_url), args.concurrency, args.seconds, pid).await?;
     let seconds = args.seconds.max(1) as f64;
-    let (routed_rps, direct_rps) = (routed.len() as f64 / seconds, direct.len() as f64 / seconds);
+    let (routed_rps, direct_rps) = (routed.latencies.len() as f64 / seconds, direct.latencies.len() as f64 / seconds);
     let (lowest, highest) = pair_ratios.iter().fold((f64::MAX, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
     println!("proxy, {} clients, {} one-second slices of each, alternating:", args.concurrency, args.seconds);
-    println!("  through serving  {routed_rps:>8.0} req/s  {}", quantiles(&routed));
-    println!("  direct           {direct_rps:>8.0} req/s  {}", quantiles(&direct));
+    println!("  through serving  {routed_rps:>8.0} req/s  {}", quantiles(&routed.latencies));
+    println!("                   {}", routed.cpu_per_request());
+    println!("  direct           {direct_rps:>8.0} req/s  {}", quantiles(&direct.latencies));
+    println!("                   {}", direct.cpu_per_request());
     println!(
         "  serving / direct {:.0} %  (per pair of slices: {:.0}–{:.0} %)",
         100.0 * routed_rps / direct_rps.max(1.0),
