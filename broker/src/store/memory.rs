@@ -33,6 +33,9 @@ pub(crate) struct MemoryBudget {
     pub small_memtable_bytes: usize,
     /// The WAL files kept before the column families holding the oldest are flushed.
     pub wal_bytes: u64,
+    /// Memtables a column family may hold: the one written and those waiting for their flush. At the limit
+    /// RocksDB stops every write until a flush ends (why four: `apply_to_cf`).
+    pub memtables_per_cf: i32,
 }
 
 impl Default for MemoryBudget {
@@ -43,6 +46,7 @@ impl Default for MemoryBudget {
             large_memtable_bytes: 8 << 20,
             small_memtable_bytes: 4 << 20,
             wal_bytes: 128 << 20,
+            memtables_per_cf: 4,
         }
     }
 }
@@ -96,7 +100,13 @@ impl SharedMemory {
     /// The options of one column family; `table` carries what the caller set (e.g. a bloom filter).
     pub(crate) fn apply_to_cf(&self, cf: &str, options: &mut Options, mut table: BlockBasedOptions) {
         options.set_write_buffer_size(self.budget.memtable_bytes(cf));
-        options.set_max_write_buffer_number(2);
+        // With `atomic_flush` every column family with data switches to a new memtable whenever one of them
+        // fills or a snapshot flushes the state machine, and the flushes run one at a time. At two memtables
+        // (RocksDB's default) a second switch during a flush stopped every write until that flush ended: the
+        // LOG of a node under load showed "Stopping writes because we have 2 immutable memtables" several
+        // times a minute, for up to the longest flush (109 ms). Four let two more switches pass while one
+        // flush runs; the memtables stay charged to the shared cache (the write buffer manager).
+        options.set_max_write_buffer_number(self.budget.memtables_per_cf);
         table.set_block_cache(&self.cache);
         // Index and filter blocks stay with their table files, outside the cache: inside it (measured,
         // docs/benchmarks.md) every dedupe lookup and iterator fetched them through the cache and ingest fell
