@@ -103,9 +103,9 @@ impl SharedMemory {
         // With `atomic_flush` every column family with data switches to a new memtable whenever one of them
         // fills or a snapshot flushes the state machine, and the flushes run one at a time. At two memtables
         // (RocksDB's default) a second switch during a flush stopped every write until that flush ended: the
-        // LOG of a node under load showed "Stopping writes because we have 2 immutable memtables" several
-        // times a minute, for up to the longest flush (109 ms). Four let two more switches pass while one
-        // flush runs; the memtables stay charged to the shared cache (the write buffer manager).
+        // LOG of each node of three at their max showed "Stopping writes because we have 2 immutable
+        // memtables" 17–25 times in three minutes, each for up to the longest flush (109 ms); at four, none.
+        // The memtables stay charged to the shared cache (the write buffer manager).
         options.set_max_write_buffer_number(self.budget.memtables_per_cf);
         table.set_block_cache(&self.cache);
         // Index and filter blocks stay with their table files, outside the cache: inside it (measured,
