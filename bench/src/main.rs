@@ -141,7 +141,8 @@ async fn main() -> Result<()> {
     }
     if args.mode == "serving" {
         let concurrency = args.concurrency.split(',').next().unwrap_or("16").trim().parse()?;
-        let config = serving::ServingArgs { cold_starts: args.cold_starts.max(1), concurrency, seconds: args.seconds };
+        let config =
+            serving::ServingArgs { cold_starts: args.cold_starts.max(1), concurrency, seconds: args.seconds.max(1) };
         return serving::run(config).await;
     }
     let sizes: Vec<usize> = args.records_per_append.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
