@@ -29,26 +29,24 @@ pub(crate) fn total_cpu_us(pids: &[u32]) -> u64 {
 /// The summed CPU time of every live process whose process group is one of `groups`: the peers' wrapper
 /// scripts (rabbitmq-server) fork the process that does the work, and it stays in the group they lead.
 pub(crate) fn group_cpu_us(groups: &[u32]) -> u64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter(|stat| parse_stat_group(stat).is_some_and(|group| groups.contains(&group)))
-        .filter_map(|stat| parse_stat_cpu_us(&stat))
+    live_stats()
+        .filter(|(_, stat)| parse_stat_group(stat).is_some_and(|group| groups.contains(&group)))
+        .filter_map(|(_, stat)| parse_stat_cpu_us(&stat))
         .sum()
 }
 
 /// The live processes whose parent is `pid` (a node's revision instances).
 pub(crate) fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
+    live_stats().filter(|(_, stat)| parse_stat_parent(stat) == Some(pid)).map(|(child, _)| child).collect()
+}
+
+/// Every live process with its `/proc/PID/stat` line (one that exits while being read is skipped).
+fn live_stats() -> impl Iterator<Item = (u32, String)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|child| {
-            std::fs::read_to_string(format!("/proc/{child}/stat"))
-                .ok()
-                .is_some_and(|stat| parse_stat_parent(&stat) == Some(pid))
-        })
-        .collect()
+        .filter_map(|pid| Some((pid, std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)))
 }
 
 /// Field 4 (ppid) of a `/proc/PID/stat` line.

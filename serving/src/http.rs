@@ -78,7 +78,9 @@ impl HostRouter {
         let Ok(mut hosts) = self.shared.hosts.lock() else { return (None, Err(no_route())) };
         let traffic = match hosts.get_mut(host) {
             Some(traffic) => traffic,
-            None => hosts.entry(host.to_string()).or_insert_with(|| HostTraffic::new(host, &targets.namespace)),
+            None => hosts
+                .entry(host.to_string())
+                .or_insert_with(|| HostTraffic::new(host, &targets.namespace, &targets.targets)),
         };
         if !traffic.balancer.same_targets(&targets.targets) {
             traffic.balancer = Balancer::new(&targets.namespace, &targets.targets);

@@ -38,8 +38,8 @@ pub(crate) struct HostTraffic {
 }
 
 impl HostTraffic {
-    pub(crate) fn new(host: &str, namespace: &str) -> Self {
-        HostTraffic { balancer: Balancer::new(namespace, &[]), metrics: Arc::new(HostMetrics::new(host)) }
+    pub(crate) fn new(host: &str, namespace: &str, targets: &[(String, u32)]) -> Self {
+        HostTraffic { balancer: Balancer::new(namespace, targets), metrics: Arc::new(HostMetrics::new(host)) }
     }
 }
 
