@@ -16,15 +16,16 @@
 //! family instead; their appends have an empty index value, and until the range passes them a lookup
 //! that misses here asks that column family (`LegacyAppends`).
 //!
-//! Memory: each fingerprint once, 12 bytes, in a queue of fixed blocks in offset order; the hash table holds
-//! only its position there (4 bytes and a control byte per slot, at a load between 7/16 and 7/8); and 24
-//! bytes per append. About 18-24 bytes per key, at most [`MAX_KEYS_PER_STREAM`] keys per stream. (The first
+//! Memory: each fingerprint once, 12 bytes, in a queue of fixed blocks in offset order; the table holds
+//! only its position there (4 bytes per slot, at a load between 3/5 and 4/5: `dedupe_table.rs`); and 24
+//! bytes per append. About 17-19 bytes per key, at most [`MAX_KEYS_PER_STREAM`] keys per stream. (The first
 //! version kept a `HashSet` of fingerprints beside a `VecDeque` of them; both doubled at once, and a 10 M
-//! event backlog with 4 M keys reached 287 MiB RSS against 228 MiB with this layout.)
+//! event backlog with 4 M keys reached 287 MiB RSS against 228 MiB with the ring and a `hashbrown` table of
+//! positions, whose load moved between 7/16 and 7/8.)
 
 use std::collections::VecDeque;
 
-use hashbrown::HashTable;
+use super::dedupe_table::{POSITION_BITS, PositionTable, slot_hash};
 
 /// Bytes of SHA-256 kept per key. Two distinct keys share a fingerprint with probability 2⁻⁹⁶ per pair,
 /// the same on every replica (the function is fixed), so even that would not make replicas diverge.
@@ -33,6 +34,10 @@ pub(crate) const FINGERPRINT_BYTES: usize = 12;
 /// The most keys one stream remembers: the window ends at the last this many events, whatever its length
 /// (about 70 MiB per stream). Part of the replicated semantics: every replica must use the same value.
 pub(crate) const MAX_KEYS_PER_STREAM: u64 = 1 << 21;
+
+// The ring holds the live keys (at most the cap, plus one append's) and the table resolves their positions
+// from POSITION_BITS; twice the cap leaves room for any append.
+const _: () = assert!(2 * MAX_KEYS_PER_STREAM <= 1 << POSITION_BITS);
 
 /// A dedupe key's fingerprint: the first [`FINGERPRINT_BYTES`] of its SHA-256.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +72,6 @@ struct Ring {
 const RING_BLOCK: usize = 4096;
 
 impl Ring {
-    #[cfg(test)]
     fn len(&self) -> u64 {
         self.end_seq - self.front_seq
     }
@@ -101,18 +105,24 @@ impl Ring {
         Some((seq, fingerprint))
     }
 
-    /// The full sequence number of a position kept as its low 32 bits (the ring never holds 2³² entries).
+    /// The full sequence number of a position kept as its low [`POSITION_BITS`] (the ring never holds
+    /// that many entries).
     fn resolve(&self, low: u32) -> u64 {
-        self.end_seq - u64::from((self.end_seq as u32).wrapping_sub(low))
+        let mask = (1u32 << POSITION_BITS) - 1;
+        self.end_seq - u64::from((self.end_seq as u32).wrapping_sub(low) & mask)
+    }
+
+    /// The live fingerprints with their sequence numbers, oldest first.
+    fn iter(&self) -> impl Iterator<Item = (u64, Fingerprint)> + '_ {
+        (self.front_seq..self.end_seq).map(|seq| (seq, self.get(seq)))
     }
 }
 
-/// A fingerprint is already uniformly spread (SHA-256 of the key, which a producer cannot steer), so the
-/// table hashes by its first eight bytes and nothing else.
+/// The table's hash of a fingerprint: its first eight bytes, mixed with a key of this process's.
 fn table_hash(fingerprint: &Fingerprint) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&fingerprint.0[..8]);
-    u64::from_le_bytes(first)
+    slot_hash(u64::from_le_bytes(first))
 }
 
 /// What an append with dedupe may match: events stored at or after `from_offset` that arrived at or after
@@ -144,8 +154,8 @@ struct Span {
 pub(crate) struct DedupeWindow {
     /// The live fingerprints in offset order; `spans` says where each append's start.
     order: Ring,
-    /// Positions in `order` (low 32 bits of the sequence), found by fingerprint.
-    live: HashTable<u32>,
+    /// Positions in `order` (low [`POSITION_BITS`] of the sequence), found by fingerprint.
+    live: PositionTable,
     spans: VecDeque<Span>,
     /// Appends stored by a version that kept their keys in the `dedupe` column family only: while the
     /// range reaches them, a miss here must ask that column family too.
@@ -232,16 +242,32 @@ impl DedupeWindow {
     }
 
     fn contains(&self, fingerprint: &Fingerprint) -> bool {
-        self.live
-            .find(table_hash(fingerprint), |&low| self.order.get(self.order.resolve(low)) == *fingerprint)
-            .is_some()
+        self.live.find(table_hash(fingerprint), |low| self.order.get(self.order.resolve(low)) == *fingerprint).is_some()
     }
 
     fn insert(&mut self, fingerprint: Fingerprint) {
         let seq = self.order.push(fingerprint);
-        let order = &self.order;
-        self.live
-            .insert_unique(table_hash(&fingerprint), seq as u32, |&low| table_hash(&order.get(order.resolve(low))));
+        if self.live.insert(table_hash(&fingerprint), seq as u32).is_err() {
+            // Full (or a run too long): a bigger table, from the ring, which holds this one already.
+            self.rebuild_table();
+        }
+    }
+
+    /// A new table of every live position, at its rebuilt load; bigger again in the (for keyed hashes of
+    /// SHA-256 prefixes, unheard-of) case of a run too long for a slot's distance.
+    fn rebuild_table(&mut self) {
+        let mut entries = self.order.len() as usize;
+        loop {
+            let mut table = PositionTable::for_entries(entries);
+            if self.order.iter().all(|(seq, fingerprint)| table.insert(table_hash(&fingerprint), seq as u32).is_ok()) {
+                self.live = table;
+                return;
+            }
+            entries += entries / 2 + 1;
+            // Only more than 62 fingerprints sharing their first eight bytes could get here: SHA-256
+            // collisions on 64 bits, many times over.
+            assert!(entries <= 64 * (1 << POSITION_BITS), "dedupe table: no table size parts these fingerprints");
+        }
     }
 
     /// Remembers fingerprints already decided (stored at `first_offset..`), as a rebuild does.
@@ -270,10 +296,11 @@ impl DedupeWindow {
             if forget == 0 {
                 break;
             }
+            let mask = (1u32 << POSITION_BITS) - 1;
             for _ in 0..forget {
                 let Some((seq, fingerprint)) = self.order.pop_front() else { break };
-                if let Ok(entry) = self.live.find_entry(table_hash(&fingerprint), |&low| low == seq as u32) {
-                    entry.remove();
+                if let Some(slot) = self.live.find(table_hash(&fingerprint), |low| low == seq as u32 & mask) {
+                    self.live.remove_at(slot);
                 }
             }
             span.first_offset += forget;
@@ -285,9 +312,8 @@ impl DedupeWindow {
         }
         // After a burst, give the table's memory back (with slack, so that a steady window does not
         // reallocate); the ring frees its blocks as it goes.
-        if self.live.capacity() > 1024 && self.live.len() < self.live.capacity() / 4 {
-            let order = &self.order;
-            self.live.shrink_to(self.live.len() * 2, |&low| table_hash(&order.get(order.resolve(low))));
+        if self.live.slot_count() > 1024 && self.live.len() < self.live.slot_count() / 4 {
+            self.rebuild_table();
             self.spans.shrink_to(self.spans.len() * 2);
         }
     }
@@ -405,7 +431,7 @@ mod tests {
     }
 
     #[test]
-    fn the_ring_crosses_blocks_and_the_32_bit_positions_wrap() {
+    fn the_ring_crosses_blocks_and_its_positions_wrap() {
         let start = u64::from(u32::MAX) - 5;
         let mut ring = Ring { blocks: VecDeque::new(), first_seq: start, front_seq: start, end_seq: start };
         let keys: Vec<Fingerprint> = (0..3 * RING_BLOCK + 7).map(|i| fp(&i.to_string())).collect();
@@ -441,7 +467,7 @@ mod tests {
         }
         window.forget_before(LiveRange { from_offset: end, horizon_ms: 0 });
         assert_eq!(window.len(), 0);
-        assert!(window.live.capacity() < 1024, "the table gave its memory back");
+        assert!(window.live.slot_count() < 1024, "the table gave its memory back");
         assert!(window.order.blocks.len() <= 1, "and the ring its blocks, but the one being filled");
     }
 

@@ -8,6 +8,7 @@
 //!   fsync covers every append written before it, whatever its group.
 
 mod dedupe_expiry;
+mod dedupe_table;
 mod dedupe_window;
 pub(crate) mod keys;
 mod log_store;
