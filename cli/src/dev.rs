@@ -142,9 +142,11 @@ async fn run_single(args: DevArgs) -> Result<()> {
         running.http_addr.port()
     );
     println!("Ctrl-C stops it; restarting on the same --data keeps everything.");
+    let allocator_gauges = crate::allocator::publish_every(std::time::Duration::from_secs(5));
     let serving = args.serving.start(&running, &args.data, logs, &serving_state).await?;
     let dispatcher = crate::node_cmd::start_dispatcher(&running, &args.tuning, &serving_state)?;
     crate::shutdown_signal().await;
+    allocator_gauges.abort();
     dispatcher.shutdown().await;
     serving.stop().await;
     running.stop().await;

@@ -36,6 +36,7 @@ macro_rules! out {
 
 mod admin_channel;
 mod admin_cli;
+mod allocator;
 mod cluster_cmd;
 mod dev;
 mod dlq_cmd;

@@ -405,6 +405,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         data = %args.data.display(),
         "sluice node listening"
     );
+    let allocator_gauges = crate::allocator::publish_every(std::time::Duration::from_secs(5));
     let serving = args.serving.start(&running, &args.data, logs, &serving_state).await?;
     let dispatcher = start_dispatcher(&running, &args.tuning, &serving_state)?;
     let bootstrap =
@@ -422,6 +423,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         bootstrap.abort();
     }
     tracing::info!("shutting down");
+    allocator_gauges.abort();
     dispatcher.shutdown().await;
     serving.stop().await;
     running.stop().await;

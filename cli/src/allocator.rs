@@ -1,0 +1,100 @@
+//! jemalloc's own figures as gauges. In: its counters, read every few seconds. Out:
+//! `sluice_allocator_bytes{kind}`: `allocated` (what the process asked for and holds), `active` (the pages
+//! that holds), `metadata` (jemalloc's bookkeeping), `resident` (what it has mapped and resident) and
+//! `retained` (mapped, given back to the system, kept for reuse). `resident` minus `allocated` is memory
+//! the allocator keeps for reuse rather than data: the figure to read beside the RSS when a node's memory
+//! grows (docs/operations.md, "Storage tuning").
+
+use std::ffi::{CStr, c_void};
+use std::time::Duration;
+
+const KINDS: [(&str, &CStr); 5] = [
+    ("allocated", c"stats.allocated"),
+    ("active", c"stats.active"),
+    ("metadata", c"stats.metadata"),
+    ("resident", c"stats.resident"),
+    ("retained", c"stats.retained"),
+];
+
+/// The counters now, by kind; `None` if jemalloc refuses to say (a build without its statistics).
+pub(crate) fn read() -> Option<Vec<(&'static str, u64)>> {
+    // jemalloc caches its statistics; advancing its epoch refreshes them.
+    let mut epoch: u64 = 1;
+    mallctl_write(c"epoch", &mut epoch)?;
+    KINDS.iter().map(|(kind, name)| mallctl_read(name).map(|bytes| (*kind, bytes as u64))).collect()
+}
+
+#[allow(unsafe_code)]
+fn mallctl_write(name: &CStr, value: &mut u64) -> Option<()> {
+    let size = std::mem::size_of::<u64>();
+    // SAFETY: `name` is NUL-terminated; `value` is a live u64 of the size given, which is what jemalloc
+    // reads for "epoch"; no old value is asked for.
+    let status = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            (value as *mut u64).cast::<c_void>(),
+            size,
+        )
+    };
+    (status == 0).then_some(())
+}
+
+#[allow(unsafe_code)]
+fn mallctl_read(name: &CStr) -> Option<usize> {
+    let mut value: usize = 0;
+    let mut size = std::mem::size_of::<usize>();
+    // SAFETY: `name` is NUL-terminated; jemalloc writes at most `size` bytes into `value`, a live usize
+    // (its "stats.*" byte counts are size_t), and writes nothing through the null new value.
+    let status = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            (&mut value as *mut usize).cast::<c_void>(),
+            &mut size,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    (status == 0 && size == std::mem::size_of::<usize>()).then_some(value)
+}
+
+/// Sets the gauges every `period` until the task is aborted; ends at once if jemalloc has no statistics.
+pub(crate) fn publish_every(period: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let Some(figures) = read() else {
+                tracing::warn!("jemalloc gives no statistics: sluice_allocator_bytes is not published");
+                return;
+            };
+            for (kind, bytes) in figures {
+                metrics::gauge!("sluice_allocator_bytes", "kind" => kind).set(bytes as f64);
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figure(figures: &[(&str, u64)], kind: &str) -> u64 {
+        figures.iter().find(|(k, _)| *k == kind).map(|(_, bytes)| *bytes).expect("every kind is read")
+    }
+
+    #[test]
+    fn the_counters_follow_an_allocation_and_its_release() {
+        let before = read().expect("jemalloc is built with statistics");
+        let held = vec![1u8; 64 << 20];
+        let during = read().expect("statistics");
+        assert!(figure(&during, "allocated") >= figure(&before, "allocated") + (64 << 20), "{before:?} → {during:?}");
+        assert!(figure(&during, "resident") >= figure(&during, "active"));
+        assert!(figure(&during, "active") >= figure(&during, "allocated"));
+        assert!(figure(&during, "metadata") > 0);
+        drop(std::hint::black_box(held));
+        let after = read().expect("statistics");
+        assert!(figure(&after, "allocated") + (32 << 20) < figure(&during, "allocated"), "{during:?} → {after:?}");
+    }
+}
