@@ -32,7 +32,8 @@ use super::dedupe_table::{POSITION_BITS, PositionTable, slot_hash};
 pub(crate) const FINGERPRINT_BYTES: usize = 12;
 
 /// The most keys one stream remembers: the window ends at the last this many events, whatever its length
-/// (about 70 MiB per stream). Part of the replicated semantics: every replica must use the same value.
+/// (about 38 MiB per stream with its table). Part of the replicated semantics: every replica must use the
+/// same value.
 pub(crate) const MAX_KEYS_PER_STREAM: u64 = 1 << 21;
 
 // The ring holds the live keys (at most the cap, plus one append's) and the table resolves their positions
