@@ -203,6 +203,10 @@ impl DedupeWindow {
                 }
             }
         }
+        // One table for all the keys, sized once, rather than grown step by step as they came.
+        if window.order.len() > 0 {
+            window.rebuild_table();
+        }
         window
     }
 
@@ -271,10 +275,11 @@ impl DedupeWindow {
         }
     }
 
-    /// Remembers fingerprints already decided (stored at `first_offset..`), as a rebuild does.
+    /// Remembers fingerprints already decided (stored at `first_offset..`), as a rebuild does: in the ring
+    /// only; [`DedupeWindow::rebuilt`] builds the table once they are all there.
     fn remember(&mut self, first_offset: u64, arrival_ms: u64, fingerprints: &[Fingerprint]) {
         for fingerprint in fingerprints {
-            self.insert(*fingerprint);
+            self.order.push(*fingerprint);
         }
         self.push_span(first_offset, arrival_ms, fingerprints.len() as u64);
     }
