@@ -84,17 +84,22 @@ mod tests {
         figures.iter().find(|(k, _)| *k == kind).map(|(_, bytes)| *bytes).expect("every kind is read")
     }
 
+    /// Other tests of this binary allocate and free alongside, so the figures move by the 128 MiB held
+    /// give or take their few MiB (a first version asked for the exact 64 MiB and failed in CI when a
+    /// neighbour freed 270 kB in between).
     #[test]
     fn the_counters_follow_an_allocation_and_its_release() {
+        const HELD: u64 = 128 << 20;
+        const SLACK: u64 = 16 << 20;
         let before = read().expect("jemalloc is built with statistics");
-        let held = vec![1u8; 64 << 20];
+        let held = vec![1u8; HELD as usize];
         let during = read().expect("statistics");
-        assert!(figure(&during, "allocated") >= figure(&before, "allocated") + (64 << 20), "{before:?} → {during:?}");
+        assert!(figure(&during, "allocated") + SLACK >= figure(&before, "allocated") + HELD, "{before:?} → {during:?}");
         assert!(figure(&during, "resident") >= figure(&during, "active"));
         assert!(figure(&during, "active") >= figure(&during, "allocated"));
         assert!(figure(&during, "metadata") > 0);
         drop(std::hint::black_box(held));
         let after = read().expect("statistics");
-        assert!(figure(&after, "allocated") + (32 << 20) < figure(&during, "allocated"), "{during:?} → {after:?}");
+        assert!(figure(&after, "allocated") + HELD <= figure(&during, "allocated") + SLACK, "{during:?} → {after:?}");
     }
 }
