@@ -1,6 +1,7 @@
 //! The dedupe window's index: ring positions, found by the hash of the fingerprint stored there. In: a
 //! hash and a position to insert, a hash and a test to find one, a slot to remove. Out: where a position
-//! is. The fingerprints themselves stay in the window's ring; this table holds 4 bytes per slot.
+//! is. The window's ring keeps 48 bits of each hash (the full fingerprints are in the `time_index`); this
+//! table holds 4 bytes per slot.
 //!
 //! Why not `hashbrown`: its bucket counts are powers of two at a load of at most 7/8, so a table's load
 //! moves between 7/16 and 7/8 as it grows, and at the window's cap (2²¹ keys) it is 1/2, with 5 bytes per
@@ -10,7 +11,7 @@
 //! table, not 3.
 //!
 //! Robin Hood linear probing, with a slot of 32 bits: the position's low [`POSITION_BITS`], its distance
-//! from its home slot, and four more bits of its hash, so that a lookup compares a fingerprint (a read in
+//! from its home slot, and four more bits of its hash, so that a lookup compares a short hash (a read in
 //! the ring) only for one in sixteen of the entries it passes that share its probe distance; removal
 //! shifts the entries after it back one slot and needs no fingerprint at all. The table decides nothing a
 //! replica could see: membership is the window's, exact on the full fingerprint. So its hash may differ
@@ -84,8 +85,10 @@ impl PositionTable {
         ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
     }
 
+    /// Bits 16-19 of the hash: below the bits that pick a home slot in any table this size, and within
+    /// the top 48 the window keeps (so its hashes may end in zeros).
     fn tag(hash: u64) -> u32 {
-        (hash & 0xf) as u32
+        ((hash >> 16) & 0xf) as u32
     }
 
     fn distance(slot: u32) -> u32 {

@@ -40,7 +40,8 @@ use crate::command::{
 };
 use crate::store::dedupe_expiry::DedupeHorizons;
 use crate::store::dedupe_window::{
-    DedupeWindow, Fingerprint, IndexedKeys, LiveRange, RecordedAppend, decode_index_value, index_value,
+    DedupeWindow, Fingerprint, IndexedKeys, KeyLookup, LiveRange, RecordedAppend, StoredKey, decode_index_value,
+    index_value, indexed_fingerprint,
 };
 use crate::store::keys::{
     CF_DEDUPE, CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBER_REMOVALS, SM_MEMBERSHIP,
@@ -265,11 +266,15 @@ impl GroupStateMachine {
                 }
                 let fingerprints: Vec<Fingerprint> = dedupe.keys.iter().map(|key| Fingerprint::of_key(key)).collect();
                 let range = LiveRange::of(state.start_offset, state.next_offset, dedupe_horizon_ms);
-                let (db, group) = (&self.db, self.group);
+                let mut lookup = StreamKeys {
+                    db: &self.db,
+                    group: self.group,
+                    stream_id: state.id,
+                    keys: &dedupe.keys,
+                    horizon_ms: dedupe_horizon_ms,
+                };
                 let window = self.dedupe_windows.entry(state.id).or_default();
-                let admitted = window.admit(range, first_offset, arrival_ms, &fingerprints, |i| {
-                    legacy_seen_since(db, group, state.id, &dedupe.keys[i], dedupe_horizon_ms)
-                })?;
+                let admitted = window.admit(range, first_offset, arrival_ms, &fingerprints, &mut lookup)?;
                 Some((fingerprints, admitted))
             }
             None => None,
@@ -347,15 +352,29 @@ impl GroupStateMachine {
             .map(|(_, b)| b)
             .sum::<u64>();
         staged.batch.delete_range_cf(events, from, to);
-        // Time-index entries of batches that now start below the new start.
+        // Time-index entries of appends that now end at or below the new start. The last that starts below
+        // it stays: it may straddle the start, and its later keys are still in the dedupe window, which
+        // reads their fingerprints there (and rebuilds from there after a restart).
         let index = cf(&self.db, CF_TIME_INDEX)?;
         let index_from = time_index_key(self.group, state.id, 0, 0);
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(time_index_key(self.group, state.id, u64::MAX, u64::MAX).to_vec());
+        let mut below: Option<Box<[u8]>> = None;
         for item in self.db.iterator_cf_opt(index, read_options, IteratorMode::From(&index_from, Direction::Forward)) {
             let (key, _) = item.map_err(io_err)?;
             match time_index_offset_of(&key) {
-                Some(offset) if offset < before_offset => staged.batch.delete_cf(index, &key),
+                Some(offset) if offset < before_offset => {
+                    if let Some(previous) = below.replace(key) {
+                        staged.batch.delete_cf(index, &previous);
+                    }
+                }
+                Some(offset) if offset == before_offset => {
+                    // The previous append ends at the start exactly.
+                    if let Some(previous) = below.take() {
+                        staged.batch.delete_cf(index, &previous);
+                    }
+                    break;
+                }
                 _ => break,
             }
         }
@@ -529,6 +548,11 @@ impl GroupStateMachine {
         let mut without_wal = WriteOptions::default();
         without_wal.disable_wal(true);
         self.db.write_opt(batch, &without_wal).map_err(io_err)?;
+        for (stream_id, _) in &dedupe_horizons {
+            if let Some(window) = self.dedupe_windows.get_mut(stream_id) {
+                window.written();
+            }
+        }
         if !dedupe_horizons.is_empty() {
             self.publish_dedupe_keys();
         }
@@ -565,6 +589,37 @@ impl GroupStateMachine {
 
 /// Whether the `dedupe` column family, where earlier versions kept each stream's keys, has `key` seen at or
 /// after `horizon_ms` (keys before it do not count, whether or not compaction has dropped them yet).
+/// Where an append's dedupe keys are looked up beyond its stream's window: the `dedupe` column family
+/// (appends of earlier versions) and the `time_index` (full fingerprints of live keys).
+struct StreamKeys<'a> {
+    db: &'a DB,
+    group: GroupId,
+    stream_id: u32,
+    keys: &'a [bytes::Bytes],
+    horizon_ms: u64,
+}
+
+impl KeyLookup for StreamKeys<'_> {
+    type Error = io::Error;
+
+    fn legacy_seen(&mut self, index: usize) -> io::Result<bool> {
+        let key = self.keys.get(index).ok_or_else(|| io_err("dedupe key index past the append"))?;
+        legacy_seen_since(self.db, self.group, self.stream_id, key, self.horizon_ms)
+    }
+
+    fn stored_fingerprint(&mut self, key: StoredKey) -> io::Result<Fingerprint> {
+        let index_key = time_index_key(self.group, self.stream_id, key.arrival_ms, key.append_offset);
+        let value = self.db.get_pinned_cf(cf(self.db, CF_TIME_INDEX)?, index_key).map_err(io_err)?;
+        // A live key's entry is kept until the key is forgotten (`stage_trim`): missing, it is a bug.
+        value.as_deref().and_then(|value| indexed_fingerprint(value, key.index)).ok_or_else(|| {
+            io_err(format!(
+                "dedupe window: the time index of stream {} has no fingerprint {} for the append at offset {}",
+                self.stream_id, key.index, key.append_offset
+            ))
+        })
+    }
+}
+
 fn legacy_seen_since(db: &DB, group: GroupId, stream_id: u32, key: &[u8], horizon_ms: u64) -> io::Result<bool> {
     let Some(value) = db.get_cf(cf(db, CF_DEDUPE)?, dedupe_seen_key(group, stream_id, key)).map_err(io_err)? else {
         return Ok(false);

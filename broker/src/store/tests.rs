@@ -470,6 +470,45 @@ async fn a_trimmed_events_key_is_new_again() {
     assert_eq!(sm.view().end_offset("d"), 3, "a was trimmed (stored again), b was not (a duplicate)");
 }
 
+/// Regression (a trim that splits an append deleted its time-index entry, while the window kept the keys
+/// after the split): a replica that reopened then forgot them, and one that kept running did not, so a
+/// duplicate of one was stored by the first and not by the second. The entry now stays while it may
+/// straddle the start, and the window reads its fingerprints there.
+#[tokio::test]
+async fn a_trim_mid_append_keeps_the_later_keys_whether_or_not_the_window_was_rebuilt() {
+    let window = |append| with_window(append, 60_000);
+    let mut ends = Vec::new();
+    for reopen in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, mut sm) = open(dir.path(), 2);
+        apply(&mut sm, vec![entry(1, LogCommand::Append(vec![window(dedupe_append(1_000, &["a", "b", "c"]))]))]).await;
+        apply(&mut sm, vec![entry(2, LogCommand::Trim { stream: "d".into(), before_offset: 1 })]).await;
+        let (_store, mut sm) = if reopen {
+            drop((store, sm));
+            open(dir.path(), 2)
+        } else {
+            (store, sm)
+        };
+        apply(&mut sm, vec![entry(3, LogCommand::Append(vec![window(dedupe_append(1_010, &["c", "a"]))]))]).await;
+        ends.push(sm.view().end_offset("d"));
+        assert_eq!(sm.dedupe_keys(), 3, "b and c, and a again; reopened: {reopen}");
+    }
+    assert_eq!(ends, vec![4, 4], "c is a duplicate and a is new, on both");
+}
+
+/// An append's later keys are looked up in its time-index entry once it is written: a duplicate of one,
+/// applied in a later batch, is found there.
+#[tokio::test]
+async fn a_duplicate_in_a_later_batch_is_confirmed_from_the_time_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, mut sm) = open(dir.path(), 2);
+    let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    apply(&mut sm, vec![entry(1, LogCommand::Append(vec![dedupe_append(1_000, &keys)]))]).await;
+    apply(&mut sm, vec![entry(2, LogCommand::Append(vec![dedupe_append(1_010, &["k7", "k199", "new"])]))]).await;
+    assert_eq!(sm.view().end_offset("d"), 201, "k7 and k199 were seen, new was not");
+}
+
 /// Data dirs of earlier versions kept each key in the `dedupe` column family and wrote empty time-index
 /// values: until the window passes those appends, a key not in memory is looked up there.
 #[tokio::test]
