@@ -59,9 +59,29 @@ fn mallctl_read(name: &CStr) -> Option<usize> {
     (status == 0 && size == std::mem::size_of::<usize>()).then_some(value)
 }
 
+/// The number of automatic arenas jemalloc was started with (`opt.narenas`, an `unsigned`), as `malloc_conf` in
+/// `main.rs` and `MALLOC_CONF` set it (the arena of very large allocations comes on top).
+#[allow(unsafe_code)]
+pub(crate) fn arenas() -> Option<u32> {
+    let mut value: u32 = 0;
+    let mut size = std::mem::size_of::<u32>();
+    // SAFETY: as in `mallctl_read`, with a live u32 for jemalloc's `unsigned`.
+    let status = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"opt.narenas".as_ptr(),
+            (&mut value as *mut u32).cast::<c_void>(),
+            &mut size,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    (status == 0 && size == std::mem::size_of::<u32>()).then_some(value)
+}
+
 /// Sets the gauges every `period` until the task is aborted; ends at once if jemalloc has no statistics.
 pub(crate) fn publish_every(period: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        tracing::info!(arenas = arenas(), "jemalloc");
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
@@ -82,6 +102,14 @@ mod tests {
 
     fn figure(figures: &[(&str, u64)], kind: &str) -> u64 {
         figures.iter().find(|(k, _)| *k == kind).map(|(_, bytes)| *bytes).expect("every kind is read")
+    }
+
+    /// The options in `main.rs` reach jemalloc (a misspelt one is only warned about on standard error).
+    #[test]
+    fn jemalloc_runs_the_two_arenas_main_asks_for() {
+        if std::env::var_os("MALLOC_CONF").is_none() {
+            assert_eq!(arenas(), Some(2));
+        }
     }
 
     /// Other tests of this binary allocate and free alongside, so the figures move by the 128 MiB held
