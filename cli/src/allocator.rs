@@ -106,9 +106,12 @@ mod tests {
 
     /// The options in `main.rs` reach jemalloc (a misspelt one is only warned about on standard error).
     #[test]
-    fn jemalloc_runs_the_two_arenas_main_asks_for() {
+    fn jemalloc_runs_with_the_options_main_asks_for() {
         if std::env::var_os("MALLOC_CONF").is_none() {
             assert_eq!(arenas(), Some(2));
+            // `ssize_t`s, read as the `size_t`s they are the size of.
+            assert_eq!(mallctl_read(c"opt.dirty_decay_ms").map(|ms| ms as isize), Some(1000));
+            assert_eq!(mallctl_read(c"opt.muzzy_decay_ms").map(|ms| ms as isize), Some(0));
         }
     }
 

@@ -10,15 +10,17 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read at its start: a background thread gives freed pages back to the system after a
-/// second (the default waits for more allocations, 10 s), so a drained backlog does not stay in the RSS; and
-/// two arenas, not four per core: each arena keeps its own freed pages for a second, and with eight of them
-/// (two cores) a 10 M-event backlog peaked at 260-264 MiB of RSS against 239 MiB with two, at the same ingest
-/// rate (docs/benchmarks.md, "Session 26"). Threads take most small allocations from their own caches, so
-/// the arenas' locks see little traffic; `MALLOC_CONF=narenas:N` (read after this) overrides it.
+/// second (the default waits for more allocations, 10 s), so a drained backlog does not stay in the RSS, and
+/// gives them back outright (`muzzy_decay_ms:0`: not first marked lazily freeable, which the kernel leaves
+/// in the RSS until it needs the memory); and two arenas, not four per core: each arena keeps its own freed
+/// pages for a second, and with eight of them (two cores) a 10 M-event backlog peaked at 260-264 MiB of RSS
+/// against 239 MiB with two, at the same ingest rate (docs/benchmarks.md, "Session 26"). Threads take most
+/// small allocations from their own caches, so the arenas' locks see little traffic; `MALLOC_CONF` (read
+/// after this) overrides any of it, e.g. `narenas:8`.
 /// jemalloc reads a `const char *` by this name; a `&u8` to the first byte of a NUL-terminated string is one.
 #[allow(unsafe_code, non_upper_case_globals)]
 #[unsafe(export_name = "malloc_conf")]
-pub static malloc_conf: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000,narenas:2\0"[0];
+pub static malloc_conf: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2\0"[0];
 
 /// `println!` for the command paths: writes to standard output and returns the `io::Result` instead of
 /// panicking on a closed pipe (`sluice describe … | head -1`); `main` exits quietly on a broken pipe.
