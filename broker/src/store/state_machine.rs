@@ -587,8 +587,6 @@ impl GroupStateMachine {
     }
 }
 
-/// Whether the `dedupe` column family, where earlier versions kept each stream's keys, has `key` seen at or
-/// after `horizon_ms` (keys before it do not count, whether or not compaction has dropped them yet).
 /// Where an append's dedupe keys are looked up beyond its stream's window: the `dedupe` column family
 /// (appends of earlier versions) and the `time_index` (full fingerprints of live keys).
 struct StreamKeys<'a> {
@@ -620,6 +618,8 @@ impl KeyLookup for StreamKeys<'_> {
     }
 }
 
+/// Whether the `dedupe` column family, where earlier versions kept each stream's keys, has `key` seen at or
+/// after `horizon_ms` (keys before it do not count, whether or not compaction has dropped them yet).
 fn legacy_seen_since(db: &DB, group: GroupId, stream_id: u32, key: &[u8], horizon_ms: u64) -> io::Result<bool> {
     let Some(value) = db.get_cf(cf(db, CF_DEDUPE)?, dedupe_seen_key(group, stream_id, key)).map_err(io_err)? else {
         return Ok(false);
