@@ -311,17 +311,20 @@ impl DedupeWindow {
         }
         let mut admitted = Vec::with_capacity(fingerprints.len());
         let first_seq = self.order.end_seq;
-        for (i, fingerprint) in fingerprints.iter().enumerate() {
+        let decided = fingerprints.iter().enumerate().try_for_each(|(i, fingerprint)| {
             let seen = self.contains(fingerprint, lookup)? || (ask_legacy && lookup.legacy_seen(i)?);
             if !seen {
                 self.insert(*fingerprint);
             }
             admitted.push(!seen);
-        }
+            Ok(())
+        });
+        // Even when a lookup failed half way: every key in the ring belongs to a span (the state machine
+        // stops the group on the error, and a window is rebuilt when it opens again).
         if self.order.end_seq > first_seq {
             self.spans.push_back(Span { append_offset: first_offset, arrival_ms, first_seq });
         }
-        Ok(admitted)
+        decided.map(|()| admitted)
     }
 
     /// The appends admitted so far are in the `time_index` now: their full fingerprints are read there.
@@ -678,9 +681,38 @@ mod tests {
         let mut index = Index::default();
         let range = LiveRange { from_offset: 0, horizon_ms: 0 };
         index.append(&mut window, range, 0, 10, &[fp("a"), fp("b")]);
-        index.entries.clear();
+        let entries = std::mem::take(&mut index.entries);
         let result = window.admit(range, 2, 11, &[fp("c")], &mut index);
         assert_eq!(result, Err(Missing(StoredKey { arrival_ms: 10, append_offset: 0, index: 0 })));
+        // Half way through an append (c admitted after comparing a and b, d's first comparison fails): the
+        // keys admitted before the error keep their span, so the window still finds them, and forgets them.
+        index.entries = entries;
+        let mut window = DedupeWindow::rebuilt_with_mask(index.recorded(), range, 0);
+        let mut failing = FailThird(&mut index, 0);
+        let result = window.admit(range, 2, 11, &[fp("c"), fp("d")], &mut failing);
+        assert!(result.is_err());
+        assert_eq!(window.len(), 3, "a, b, and c, which went in before d's lookup failed");
+        window.written();
+        index.entries.insert((11, 2), vec![fp("c")]);
+        assert!(live_contains(&window, &mut index, &fp("c")));
+        window.forget_before(LiveRange { from_offset: 3, horizon_ms: 0 });
+        assert_eq!(window.len(), 0);
+    }
+
+    /// An index whose third read of a fingerprint fails.
+    struct FailThird<'a>(&'a mut Index, usize);
+
+    impl KeyLookup for FailThird<'_> {
+        type Error = Missing;
+
+        fn legacy_seen(&mut self, index: usize) -> Result<bool, Missing> {
+            self.0.legacy_seen(index)
+        }
+
+        fn stored_fingerprint(&mut self, key: StoredKey) -> Result<Fingerprint, Missing> {
+            self.1 += 1;
+            if self.1 == 3 { Err(Missing(key)) } else { self.0.stored_fingerprint(key) }
+        }
     }
 
     #[test]
