@@ -17,6 +17,7 @@ mod memory;
 mod read_view;
 mod snapshot;
 mod state_machine;
+mod stream_keys;
 mod wal_sync;
 
 use std::path::{Path, PathBuf};

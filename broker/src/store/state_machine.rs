@@ -40,15 +40,15 @@ use crate::command::{
 };
 use crate::store::dedupe_expiry::DedupeHorizons;
 use crate::store::dedupe_window::{
-    DedupeWindow, Fingerprint, IndexedKeys, KeyLookup, LiveRange, RecordedAppend, StoredKey, decode_index_value,
-    index_value, indexed_fingerprint,
+    DedupeWindow, Fingerprint, IndexedKeys, LiveRange, RecordedAppend, decode_index_value, index_value,
 };
 use crate::store::keys::{
-    CF_DEDUPE, CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBER_REMOVALS, SM_MEMBERSHIP,
-    SM_RESOURCE, SM_STREAM, dedupe_seen_key, event_key, event_value, offset_key, resource_key, split_resource_key,
-    stream_state_key, tag_key, time_index_arrival_of, time_index_key, time_index_offset_of,
+    CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBER_REMOVALS, SM_MEMBERSHIP,
+    SM_RESOURCE, SM_STREAM, event_key, event_value, offset_key, resource_key, split_resource_key, stream_state_key,
+    tag_key, time_index_arrival_of, time_index_key, time_index_offset_of,
 };
 use crate::store::snapshot::Snapshot;
+use crate::store::stream_keys::StreamKeys;
 
 pub(crate) use super::read_view::{AppliedConfig, ReadBatch, StoredRecord, StreamExtent, StreamView};
 use super::read_view::{AppliedView, StreamState};
@@ -585,49 +585,6 @@ impl GroupStateMachine {
         self.view.applied_index.send_replace(last_applied.index());
         Ok(())
     }
-}
-
-/// Where an append's dedupe keys are looked up beyond its stream's window: the `dedupe` column family
-/// (appends of earlier versions) and the `time_index` (full fingerprints of live keys).
-struct StreamKeys<'a> {
-    db: &'a DB,
-    group: GroupId,
-    stream_id: u32,
-    keys: &'a [bytes::Bytes],
-    horizon_ms: u64,
-}
-
-impl KeyLookup for StreamKeys<'_> {
-    type Error = io::Error;
-
-    fn legacy_seen(&mut self, index: usize) -> io::Result<bool> {
-        let key = self.keys.get(index).ok_or_else(|| io_err("dedupe key index past the append"))?;
-        legacy_seen_since(self.db, self.group, self.stream_id, key, self.horizon_ms)
-    }
-
-    fn stored_fingerprint(&mut self, key: StoredKey) -> io::Result<Fingerprint> {
-        let index_key = time_index_key(self.group, self.stream_id, key.arrival_ms, key.append_offset);
-        let value = self.db.get_pinned_cf(cf(self.db, CF_TIME_INDEX)?, index_key).map_err(io_err)?;
-        // A live key's entry is kept until the key is forgotten (`stage_trim`): missing, it is a bug.
-        value.as_deref().and_then(|value| indexed_fingerprint(value, key.index)).ok_or_else(|| {
-            io_err(format!(
-                "dedupe window: the time index of stream {} has no fingerprint {} for the append at offset {}",
-                self.stream_id, key.index, key.append_offset
-            ))
-        })
-    }
-}
-
-/// Whether the `dedupe` column family, where earlier versions kept each stream's keys, has `key` seen at or
-/// after `horizon_ms` (keys before it do not count, whether or not compaction has dropped them yet).
-fn legacy_seen_since(db: &DB, group: GroupId, stream_id: u32, key: &[u8], horizon_ms: u64) -> io::Result<bool> {
-    let Some(value) = db.get_cf(cf(db, CF_DEDUPE)?, dedupe_seen_key(group, stream_id, key)).map_err(io_err)? else {
-        return Ok(false);
-    };
-    let seen_at_ms = u64::from_be_bytes(
-        value.get(..8).and_then(|v| v.try_into().ok()).ok_or_else(|| io_err("malformed dedupe value"))?,
-    );
-    Ok(seen_at_ms >= horizon_ms)
 }
 
 /// The cluster config after a member command (metadata group): the new member list, and when each node
