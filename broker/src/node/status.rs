@@ -150,25 +150,89 @@ fn own_term_applied(m: &openraft::RaftMetrics<crate::command::TypeConfig>) -> bo
     m.last_applied.as_ref().is_some_and(|applied| applied.committed_leader_id().term == m.current_term)
 }
 
-/// Bumps `leadership` when the group's (server state, leader, own term applied) changes, and
-/// once at start. Ends when the group's Raft stops.
+/// What a group's leadership watchers react to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Leadership {
+    state: ServerState,
+    leader: Option<NodeId>,
+    /// Leads, and has applied an entry of its own term: serves reads and dispatches.
+    serving: bool,
+}
+
+impl Leadership {
+    fn of(state: ServerState, leader: Option<NodeId>, term: u64, applied_term: Option<u64>) -> Self {
+        Leadership { state, leader, serving: state == ServerState::Leader && applied_term == Some(term) }
+    }
+
+    /// A leader that has not applied an entry of its term yet: the moment it does is in the full metrics.
+    fn awaits_own_term(&self) -> bool {
+        self.state == ServerState::Leader && !self.serving
+    }
+}
+
+/// Bumps `leadership` when the group's (server state, leader, leads with an entry of its own term applied)
+/// changes, and once at start. Ends when the group's Raft stops.
+///
+/// openraft sends its full metrics at every turn of its core loop, several times per entry; following them
+/// woke this task as often, on every node and group. Its server metrics change only with the role, the leader
+/// and the vote, so this task follows those, and the full metrics only while this node leads a term of
+/// which it has applied nothing yet (the moment it starts to serve reads and dispatch).
 pub(super) async fn watch_group_leadership(raft: Raft, leadership: Arc<watch::Sender<u64>>) {
-    let mut rx = raft.metrics();
+    let mut server_rx = raft.server_metrics();
+    let mut all_rx = raft.metrics();
     drop(raft);
     let mut last = None;
     loop {
+        // borrow_and_update, not borrow_watched: it marks the value seen, otherwise changed() would return
+        // at once forever.
         let now = {
-            // borrow_and_update, not borrow_watched: it marks the value seen,
-            // otherwise changed() would return at once forever.
-            let m = rx.borrow_and_update();
-            Some((m.state, m.current_leader, own_term_applied(&m)))
+            let server = server_rx.borrow_and_update();
+            let all = all_rx.borrow_and_update();
+            // The term from the server metrics: the full ones are sent after them and may still be older.
+            let applied_term = all.last_applied.as_ref().map(|id| id.committed_leader_id().term);
+            Leadership::of(server.state, server.current_leader, server.vote.leader_id().term, applied_term)
         };
-        if now != last {
-            last = now;
+        if last != Some(now) {
+            last = Some(now);
             leadership.send_modify(|v| *v = v.wrapping_add(1));
         }
-        if rx.changed().await.is_err() {
+        let changed = if now.awaits_own_term() {
+            tokio::select! {
+                changed = server_rx.changed() => changed,
+                changed = all_rx.changed() => changed,
+            }
+        } else {
+            server_rx.changed().await
+        };
+        if changed.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::ServerState::{Candidate, Follower, Leader, Learner};
+
+    use super::Leadership;
+
+    #[test]
+    fn a_leader_serves_once_it_applied_an_entry_of_its_own_term_and_only_then_stops_following_every_change() {
+        // (state, leader, term, applied term) → serving, awaits own term
+        let cases = [
+            (Leader, Some(1), 5, None, false, true),
+            (Leader, Some(1), 5, Some(4), false, true),
+            (Leader, Some(1), 5, Some(5), true, false),
+            // The full metrics may lag the server metrics: an older term applied is not this term's entry.
+            (Leader, Some(1), 6, Some(5), false, true),
+            (Follower, Some(2), 5, Some(5), false, false),
+            (Follower, None, 5, None, false, false),
+            (Candidate, None, 6, Some(5), false, false),
+            (Learner, Some(2), 5, Some(5), false, false),
+        ];
+        for (state, leader, term, applied, serving, awaits) in cases {
+            let now = Leadership::of(state, leader, term, applied);
+            assert_eq!((now.serving, now.awaits_own_term()), (serving, awaits), "{state:?} {term} {applied:?}");
         }
     }
 }

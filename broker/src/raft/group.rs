@@ -119,7 +119,14 @@ impl Group {
     }
 }
 
+/// How often the log-index gauges are read (openraft's full metrics are not followed: below).
+const INDEX_GAUGES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Per-group gauges and the leader-change counter, from openraft's metrics.
+///
+/// openraft sends its full metrics at every turn of its core loop, several times per entry; following them
+/// woke this task as often. It wakes when the server metrics change (role, leader, vote: the leader-change
+/// counter misses none) and reads the log indexes every [`INDEX_GAUGES_EVERY`].
 async fn publish_metrics(group: GroupId, raft: Raft) {
     let label = group_name(group);
     let committed = metrics::gauge!("sluice_raft_commit_index", "group" => label.clone());
@@ -128,26 +135,38 @@ async fn publish_metrics(group: GroupId, raft: Raft) {
     let term = metrics::gauge!("sluice_raft_term", "group" => label.clone());
     let is_leader = metrics::gauge!("sluice_raft_is_leader", "group" => label.clone());
     let leader_changes = metrics::counter!("sluice_raft_leader_changes_total", "group" => label.clone());
-    let mut rx = raft.metrics();
+    let mut server_rx = raft.server_metrics();
+    let all_rx = raft.metrics();
+    drop(raft);
+    let mut index_tick = tokio::time::interval(INDEX_GAUGES_EVERY);
+    index_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_leader = None;
     loop {
         {
-            let m = rx.borrow_and_update();
+            let server = server_rx.borrow_and_update();
+            term.set(server.vote.leader_id().term as f64);
+            is_leader.set(if server.state == ServerState::Leader { 1.0 } else { 0.0 });
+            if server.current_leader != last_leader {
+                if server.current_leader.is_some() {
+                    leader_changes.increment(1);
+                    tracing::info!(group = %label, leader = ?server.current_leader, term = server.vote.leader_id().term, "leader changed");
+                }
+                last_leader = server.current_leader;
+            }
+        }
+        {
+            let m = all_rx.borrow_watched();
             committed.set(m.local_committed.as_ref().map(|id| id.index as f64).unwrap_or(0.0));
             applied.set(m.last_applied.as_ref().map(|id| id.index as f64).unwrap_or(0.0));
             last_log.set(m.last_log_index.unwrap_or(0) as f64);
-            term.set(m.current_term as f64);
-            is_leader.set(if m.state == ServerState::Leader { 1.0 } else { 0.0 });
-            if m.current_leader != last_leader {
-                if m.current_leader.is_some() {
-                    leader_changes.increment(1);
-                    tracing::info!(group = %label, leader = ?m.current_leader, term = m.current_term, "leader changed");
-                }
-                last_leader = m.current_leader;
-            }
         }
-        if rx.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = server_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = index_tick.tick() => {}
         }
     }
 }
