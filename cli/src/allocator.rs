@@ -21,7 +21,7 @@ pub(crate) fn read() -> Option<Vec<(&'static str, u64)>> {
     // jemalloc caches its statistics; advancing its epoch refreshes them.
     let mut epoch: u64 = 1;
     mallctl_write(c"epoch", &mut epoch)?;
-    KINDS.iter().map(|(kind, name)| mallctl_read(name).map(|bytes| (*kind, bytes as u64))).collect()
+    KINDS.iter().map(|(kind, name)| mallctl_read::<usize>(name).map(|bytes| (*kind, bytes as u64))).collect()
 }
 
 #[allow(unsafe_code)]
@@ -41,41 +41,37 @@ fn mallctl_write(name: &CStr, value: &mut u64) -> Option<()> {
     (status == 0).then_some(())
 }
 
+/// The integer types jemalloc's read-only controls hold (`size_t`, `unsigned`, `ssize_t`): any bit pattern
+/// jemalloc writes is a valid value of them.
+trait MallctlInteger: Copy + Default {}
+impl MallctlInteger for usize {}
+impl MallctlInteger for u32 {}
+impl MallctlInteger for isize {}
+
+/// A control's value, read as the integer type jemalloc keeps it in (`None` if jemalloc refuses, e.g. for a
+/// name it does not know or a type of another size).
 #[allow(unsafe_code)]
-fn mallctl_read(name: &CStr) -> Option<usize> {
-    let mut value: usize = 0;
-    let mut size = std::mem::size_of::<usize>();
-    // SAFETY: `name` is NUL-terminated; jemalloc writes at most `size` bytes into `value`, a live usize
-    // (its "stats.*" byte counts are size_t), and writes nothing through the null new value.
+fn mallctl_read<T: MallctlInteger>(name: &CStr) -> Option<T> {
+    let mut value = T::default();
+    let mut size = std::mem::size_of::<T>();
+    // SAFETY: `name` is NUL-terminated; jemalloc writes at most `size` bytes into `value`, a live integer of
+    // that size (it refuses a size other than its type's), and writes nothing through the null new value.
     let status = unsafe {
         tikv_jemalloc_sys::mallctl(
             name.as_ptr(),
-            (&mut value as *mut usize).cast::<c_void>(),
+            (&mut value as *mut T).cast::<c_void>(),
             &mut size,
             std::ptr::null_mut(),
             0,
         )
     };
-    (status == 0 && size == std::mem::size_of::<usize>()).then_some(value)
+    (status == 0 && size == std::mem::size_of::<T>()).then_some(value)
 }
 
 /// The number of automatic arenas jemalloc was started with (`opt.narenas`, an `unsigned`), as `malloc_conf` in
 /// `main.rs` and `MALLOC_CONF` set it (the arena of very large allocations comes on top).
-#[allow(unsafe_code)]
 pub(crate) fn arenas() -> Option<u32> {
-    let mut value: u32 = 0;
-    let mut size = std::mem::size_of::<u32>();
-    // SAFETY: as in `mallctl_read`, with a live u32 for jemalloc's `unsigned`.
-    let status = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            c"opt.narenas".as_ptr(),
-            (&mut value as *mut u32).cast::<c_void>(),
-            &mut size,
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    (status == 0 && size == std::mem::size_of::<u32>()).then_some(value)
+    mallctl_read(c"opt.narenas")
 }
 
 /// Sets the gauges every `period` until the task is aborted; ends at once if jemalloc has no statistics.
@@ -109,9 +105,9 @@ mod tests {
     fn jemalloc_runs_with_the_options_main_asks_for() {
         if std::env::var_os("MALLOC_CONF").is_none() {
             assert_eq!(arenas(), Some(2));
-            // `ssize_t`s, read as the `size_t`s they are the size of.
-            assert_eq!(mallctl_read(c"opt.dirty_decay_ms").map(|ms| ms as isize), Some(1000));
-            assert_eq!(mallctl_read(c"opt.muzzy_decay_ms").map(|ms| ms as isize), Some(0));
+            // `ssize_t`s.
+            assert_eq!(mallctl_read::<isize>(c"opt.dirty_decay_ms"), Some(1000));
+            assert_eq!(mallctl_read::<isize>(c"opt.muzzy_decay_ms"), Some(0));
         }
     }
 
