@@ -312,9 +312,10 @@ impl DedupeWindow {
         let mut admitted = Vec::with_capacity(fingerprints.len());
         let first_seq = self.order.end_seq;
         let decided = fingerprints.iter().enumerate().try_for_each(|(i, fingerprint)| {
-            let seen = self.contains(fingerprint, lookup)? || (ask_legacy && lookup.legacy_seen(i)?);
+            let short = ShortHash::of(fingerprint, self.hash_mask);
+            let seen = self.contains(fingerprint, short, lookup)? || (ask_legacy && lookup.legacy_seen(i)?);
             if !seen {
-                self.insert(*fingerprint);
+                self.insert(*fingerprint, short);
             }
             admitted.push(!seen);
             Ok(())
@@ -338,8 +339,13 @@ impl DedupeWindow {
         self.live.len()
     }
 
-    fn contains<L: KeyLookup>(&self, fingerprint: &Fingerprint, lookup: &mut L) -> Result<bool, L::Error> {
-        let short = ShortHash::of(fingerprint, self.hash_mask);
+    /// Whether `fingerprint` (whose short hash is `short`) is live.
+    fn contains<L: KeyLookup>(
+        &self,
+        fingerprint: &Fingerprint,
+        short: ShortHash,
+        lookup: &mut L,
+    ) -> Result<bool, L::Error> {
         let mut failed = None;
         let found = self.live.find(short.table_hash(), |low| {
             let seq = self.order.resolve(low);
@@ -374,8 +380,7 @@ impl DedupeWindow {
         })
     }
 
-    fn insert(&mut self, fingerprint: Fingerprint) {
-        let short = ShortHash::of(&fingerprint, self.hash_mask);
+    fn insert(&mut self, fingerprint: Fingerprint, short: ShortHash) {
         let seq = self.order.push(short);
         self.recent.push(fingerprint);
         if self.live.insert(short.table_hash(), seq as u32).is_err() {
