@@ -143,11 +143,8 @@ impl Node {
 fn leads_with_own_term_applied(raft: &Raft) -> bool {
     let metrics = raft.metrics();
     let m = metrics.borrow_watched();
-    m.state == ServerState::Leader && own_term_applied(&m)
-}
-
-fn own_term_applied(m: &openraft::RaftMetrics<crate::command::TypeConfig>) -> bool {
-    m.last_applied.as_ref().is_some_and(|applied| applied.committed_leader_id().term == m.current_term)
+    let applied_term = m.last_applied.as_ref().map(|id| id.committed_leader_id().term);
+    Leadership::of(m.state, m.current_leader, m.current_term, applied_term).serving
 }
 
 /// What a group's leadership watchers react to.
