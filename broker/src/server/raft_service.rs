@@ -13,7 +13,7 @@ use crate::command::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
 use crate::command::{GroupId, SnapshotMeta, TypeConfig, Vote, decode, encode};
 use crate::node::Node;
 use crate::store::Snapshot;
-use crate::store::SnapshotFile;
+use crate::store::SnapshotData;
 use crate::transport::append_stream::GROUP_METADATA_KEY;
 use crate::transport::forward_stream::MAX_FORWARDS_IN_FLIGHT;
 use openraft::raft::AppendEntriesRequest;
@@ -154,7 +154,7 @@ impl RaftTransport for TransportService {
             }
             file.sync_all().await.map_err(|e| Status::internal(e.to_string()))?;
             drop(file);
-            let snapshot = Snapshot { meta, snapshot: SnapshotFile { path: path.clone() } };
+            let snapshot = Snapshot { meta, snapshot: SnapshotData::File { path: path.clone() } };
             let response = raft.install_full_snapshot(vote, snapshot).await.map_err(fatal)?;
             reply(&response)
         }

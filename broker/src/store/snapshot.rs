@@ -1,16 +1,21 @@
-//! Snapshot files: a group's state machine (its key ranges in `events`,
-//! `time_index` and `sm_state`) written from a RocksDB snapshot.
+//! Snapshots of a group's state machine (its key ranges in `events`, `time_index` and `sm_state`).
+//!
+//! In: a RocksDB snapshot of the state machine (a leader sending to a follower), or the chunks a follower
+//! receives. Out: the encoded state, streamed as it is read ([`open_live`]: nothing is written on the
+//! leader), a received file installed, and `*.meta` files (what a build or an install records).
 //!
 //! Format: `SLUICESNAP1\n`, u32 header length, postcard([`SnapshotMeta`]),
 //! then records `cf index (u8) · key length (u32) · key · value length (u32) ·
-//! value`, then the end marker `0xff`. Integers are big-endian. The file is
-//! fsynced and renamed into place, so a present `*.snap` file is whole.
+//! value`, then the end marker `0xff`. Integers are big-endian. A received file
+//! is fsynced and renamed into place, so a present `*.snap` file is whole.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{cf, io_err};
 use crate::command::{GroupId, LogId, SnapshotMeta, StoredMembership, decode, encode};
@@ -18,42 +23,190 @@ use crate::store::keys::{CF_SM_STATE, SM_APPLIED, SM_MEMBERSHIP, STATE_MACHINE_C
 
 const MAGIC: &[u8] = b"SLUICESNAP1\n";
 /// A snapshot of a group's state machine, as openraft hands it around.
-pub(crate) type Snapshot = openraft::alias::SnapshotOf<crate::command::TypeConfig, SnapshotFile>;
+pub(crate) type Snapshot = openraft::alias::SnapshotOf<crate::command::TypeConfig, SnapshotData>;
 
-/// A snapshot's meta without its data (`*.meta`): what a group records when it builds a snapshot, so that
-/// openraft may purge the log. The data is written only when a follower needs it ([`write_snapshot`]).
-/// A different magic, so a meta file can never be installed as an (empty) snapshot.
+/// A snapshot's meta without its data (`*.meta`): what a group records when it builds a snapshot (so that
+/// openraft may purge the log) or has installed one. A different magic, so a meta file can never be
+/// installed as an (empty) snapshot.
 const META_MAGIC: &[u8] = b"SLUICEMETA1\n";
 const END_MARKER: u8 = 0xff;
 /// Bytes per RocksDB write batch when installing a snapshot.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
+/// Bytes per chunk of a snapshot sent to a follower (one gRPC message each).
+pub(crate) const CHUNK_BYTES: usize = 1 << 20;
+/// Encoded chunks a live snapshot reads ahead of the one being sent.
+const LIVE_CHUNKS_AHEAD: usize = 4;
 
-/// The data of a snapshot: a complete file on disk.
-#[derive(Clone, Debug)]
-pub(crate) struct SnapshotFile {
-    pub path: PathBuf,
+/// The data of a snapshot.
+#[derive(Debug)]
+pub(crate) enum SnapshotData {
+    /// A file on disk: a full snapshot received from a leader, or a `.meta` (what start-up reads; it
+    /// carries no data and cannot be sent or installed).
+    File { path: PathBuf },
+    /// A leader's state machine as of one RocksDB snapshot, encoded as it is read ([`open_live`]).
+    Live(LiveSnapshot),
 }
 
-fn file_name(last_log_id: Option<&LogId>) -> String {
-    format!("{:020}.snap", last_log_id.map(|id| id.index() + 1).unwrap_or(0))
+impl SnapshotData {
+    /// The encoded snapshot in chunks (a live one's as opened, a file's of [`CHUNK_BYTES`]); the reading
+    /// stops when the receiver is dropped.
+    pub(crate) fn into_chunks(self) -> io::Result<mpsc::Receiver<io::Result<Vec<u8>>>> {
+        match self {
+            SnapshotData::Live(live) => Ok(live.chunks),
+            SnapshotData::File { path } if path.extension().is_some_and(|ext| ext == "meta") => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "only the meta of this snapshot is on disk; the next request reads the data",
+            )),
+            SnapshotData::File { path } => {
+                let mut file = File::open(&path)?;
+                let (tx, rx) = mpsc::channel(LIVE_CHUNKS_AHEAD);
+                spawn_reader("snapshot-file", move || {
+                    let mut out = ChunkWriter::new(tx, CHUNK_BYTES);
+                    io::copy(&mut file, &mut out)?;
+                    out.finish()
+                })?;
+                Ok(rx)
+            }
+        }
+    }
+
+    /// Writes the encoded snapshot to `path` and fsyncs it: what a follower does with what it receives.
+    pub(crate) async fn save_to(self, path: &Path) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut chunks = self.into_chunks()?;
+        let mut file = tokio::fs::File::create(path).await?;
+        while let Some(chunk) = chunks.recv().await {
+            file.write_all(&chunk?).await?;
+        }
+        file.sync_all().await
+    }
 }
 
-/// Writes the group's state machine as of now; the meta comes from the same
-/// RocksDB snapshot as the data, so the two always agree.
-pub(crate) fn write_snapshot(db: &DB, group: GroupId, dir: &Path) -> io::Result<(SnapshotMeta, PathBuf)> {
-    crate::durable_fs::create_dir_all(dir)?;
-    let snapshot = db.snapshot();
-    let meta = applied_meta(db, &snapshot, group)?;
-    let final_path = dir.join(file_name(meta.last_log_id.as_ref()));
-    let tmp_path = final_path.with_extension("snap.tmp");
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp_path)?);
-    let header = encode(&meta).map_err(io_err)?;
+/// The encoded chunks of a live snapshot, read by a thread that holds the RocksDB snapshot until the last
+/// chunk is taken or this is dropped.
+pub(crate) struct LiveSnapshot {
+    chunks: mpsc::Receiver<io::Result<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for LiveSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveSnapshot")
+    }
+}
+
+/// Opens the group's state machine as of now for a follower: the meta at once, and the data encoded as
+/// the receiver takes it, from the same RocksDB snapshot (so the two always agree). Nothing is written:
+/// a follower's catch-up costs the leader a read of the state, not a copy of it on disk.
+pub(crate) async fn open_live(
+    db: Arc<DB>,
+    group: GroupId,
+    chunk_bytes: usize,
+) -> io::Result<(SnapshotMeta, LiveSnapshot)> {
+    let (meta_tx, meta_rx) = oneshot::channel();
+    let (tx, chunks) = mpsc::channel(LIVE_CHUNKS_AHEAD);
+    spawn_reader("snapshot-live", move || {
+        let snapshot = db.snapshot();
+        let meta = match applied_meta(&db, &snapshot, group) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let _ = meta_tx.send(Err(e));
+                return Ok(());
+            }
+        };
+        if meta_tx.send(Ok(meta.clone())).is_err() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut out = ChunkWriter::new(tx, chunk_bytes);
+        let written = encode_state(&db, &snapshot, group, &meta, &mut out).and_then(|()| out.finish());
+        if written.is_ok() {
+            let label = crate::ids::group_name(group);
+            metrics::histogram!("sluice_snapshot_send_seconds", "group" => label.clone())
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("sluice_snapshot_sent_bytes_total", "group" => label).increment(out.bytes);
+            tracing::info!(group, last_log_id = ?meta.last_log_id, bytes = out.bytes, "sent a snapshot's data");
+        }
+        written
+    })?;
+    let meta = meta_rx.await.map_err(|_| io::Error::other("the snapshot reader stopped before its meta"))??;
+    Ok((meta, LiveSnapshot { chunks }))
+}
+
+/// Runs `read` on a thread of its own (it blocks on RocksDB and on the receiver); an error other than the
+/// receiver going away is sent to it.
+fn spawn_reader(name: &str, read: impl FnOnce() -> io::Result<()> + Send + 'static) -> io::Result<()> {
+    std::thread::Builder::new().name(name.to_string()).spawn(move || {
+        if let Err(e) = read()
+            && e.kind() != io::ErrorKind::BrokenPipe
+        {
+            tracing::warn!(error = %e, "reading a snapshot to send");
+        }
+    })?;
+    Ok(())
+}
+
+/// Cuts what is written into chunks of `chunk_bytes` and hands them to the receiver, waiting while it is
+/// `LIVE_CHUNKS_AHEAD` behind; a receiver that is gone is a `BrokenPipe`, which ends the writing.
+struct ChunkWriter {
+    tx: mpsc::Sender<io::Result<Vec<u8>>>,
+    chunk_bytes: usize,
+    buffer: Vec<u8>,
+    bytes: u64,
+}
+
+impl ChunkWriter {
+    fn new(tx: mpsc::Sender<io::Result<Vec<u8>>>, chunk_bytes: usize) -> Self {
+        let chunk_bytes = chunk_bytes.max(1);
+        Self { tx, chunk_bytes, buffer: Vec::with_capacity(chunk_bytes), bytes: 0 }
+    }
+
+    fn send(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        self.bytes += chunk.len() as u64;
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the snapshot's receiver went away"))
+    }
+
+    /// Sends what is left.
+    fn finish(&mut self) -> io::Result<()> {
+        let rest = std::mem::take(&mut self.buffer);
+        if rest.is_empty() { Ok(()) } else { self.send(rest) }
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let take = bytes.len().min(self.chunk_bytes - self.buffer.len());
+        self.buffer.extend_from_slice(&bytes[..take]);
+        if self.buffer.len() == self.chunk_bytes {
+            let full = std::mem::replace(&mut self.buffer, Vec::with_capacity(self.chunk_bytes));
+            self.send(full)?;
+        }
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the snapshot format for `group` as of `snapshot`: header, every record, end marker.
+fn encode_state(
+    db: &DB,
+    snapshot: &rocksdb::Snapshot<'_>,
+    group: GroupId,
+    meta: &SnapshotMeta,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    let header = encode(meta).map_err(io_err)?;
     out.write_all(MAGIC)?;
     out.write_all(&(header.len() as u32).to_be_bytes())?;
     out.write_all(&header)?;
     for (cf_index, cf_name) in STATE_MACHINE_CFS.iter().enumerate() {
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(group_end(group));
+        // A catch-up read of the whole state would otherwise push the hot blocks out of the cache.
+        read_options.fill_cache(false);
         let prefix = group_prefix(group);
         let iter =
             snapshot.iterator_cf_opt(cf(db, cf_name)?, read_options, IteratorMode::From(&prefix, Direction::Forward));
@@ -66,14 +219,7 @@ pub(crate) fn write_snapshot(db: &DB, group: GroupId, dir: &Path) -> io::Result<
             out.write_all(&value)?;
         }
     }
-    out.write_all(&[END_MARKER])?;
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp_path, &final_path)?;
-    sync_dir(dir)?;
-    remove_other_snapshots(dir, &final_path)?;
-    Ok((meta, final_path))
+    out.write_all(&[END_MARKER])
 }
 
 /// Writes the state machine's memtables to table files (every group's: the column families are shared) and
@@ -101,6 +247,10 @@ fn applied_meta(db: &DB, snapshot: &rocksdb::Snapshot<'_>, group: GroupId) -> io
     Ok(SnapshotMeta { last_log_id, last_membership })
 }
 
+fn file_name(last_log_id: Option<&LogId>) -> String {
+    format!("{:020}.snap", last_log_id.map(|id| id.index() + 1).unwrap_or(0))
+}
+
 /// Records the meta of a snapshot as of now without writing its data: cheap, whatever the state's size.
 /// Applied state is written without the WAL (state_machine.rs), so the state machine's memtables are
 /// flushed first (atomically, and waited for): the applied state the meta names is on disk before the meta
@@ -112,9 +262,16 @@ pub(crate) fn write_snapshot_meta(db: &DB, group: GroupId, dir: &Path) -> io::Re
     let meta = applied_meta(db, &snapshot, group)?;
     drop(snapshot);
     flush_state_machine(db)?;
+    let path = record_meta(dir, &meta)?;
+    Ok((meta, path))
+}
+
+/// Writes `meta` as the group's current snapshot meta (durably: fsynced, renamed, directory synced), then
+/// removes every other meta and full snapshot file in `dir`. The caller has made the state it names durable.
+fn record_meta(dir: &Path, meta: &SnapshotMeta) -> io::Result<PathBuf> {
     let final_path = dir.join(file_name(meta.last_log_id.as_ref())).with_extension("meta");
     let tmp_path = final_path.with_extension("meta.tmp");
-    let header = encode(&meta).map_err(io_err)?;
+    let header = encode(meta).map_err(io_err)?;
     let mut file = File::create(&tmp_path)?;
     file.write_all(META_MAGIC)?;
     file.write_all(&(header.len() as u32).to_be_bytes())?;
@@ -125,11 +282,11 @@ pub(crate) fn write_snapshot_meta(db: &DB, group: GroupId, dir: &Path) -> io::Re
     sync_dir(dir)?;
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        if path != final_path && path.extension().is_some_and(|ext| ext == "meta") {
+        if path != final_path && path.extension().is_some_and(|ext| ext == "meta" || ext == "snap") {
             fs::remove_file(&path)?;
         }
     }
-    Ok((meta, final_path))
+    Ok(final_path)
 }
 
 /// The newest snapshot or snapshot meta in `dir` (by the index in its name), if any.
@@ -164,7 +321,8 @@ pub(crate) fn newest_snapshot_or_meta(dir: &Path) -> io::Result<Option<(Snapshot
 /// The file is first moved into place as the current snapshot, and the
 /// applied log id is written last: a crash midway leaves a state machine
 /// without an applied id and a current snapshot newer than it, which
-/// openraft installs again on restart.
+/// openraft installs again on restart. Once the state is durable, the file
+/// is replaced by its meta.
 pub(crate) fn install_snapshot(
     db: &DB,
     group: GroupId,
@@ -213,8 +371,10 @@ pub(crate) fn install_snapshot(
     }
     db.write(batch).map_err(io_err)?;
     db.flush_wal(true).map_err(io_err)?;
-    remove_other_snapshots(dir, &final_path)?;
-    Ok((meta, final_path))
+    // The installed state is durable in the WAL: its meta is all that needs to stay (the received copy
+    // would otherwise hold the state's size on disk a second time).
+    let meta_path = record_meta(dir, &meta)?;
+    Ok((meta, meta_path))
 }
 
 /// Removes snapshots that were being written or received when the node stopped.
@@ -250,14 +410,45 @@ fn read_chunk(input: &mut impl Read) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn remove_other_snapshots(dir: &Path, keep: &Path) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path != keep && path.extension().is_some_and(|ext| ext == "snap") {
-            fs::remove_file(&path)?;
+use crate::durable_fs::sync_dir;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_cut_at_the_size_asked_for_whatever_the_writes() {
+        for chunk_bytes in [1, 3, 8, 64] {
+            for write_sizes in [vec![1usize, 1, 1], vec![10, 0, 7], vec![64, 65, 1], vec![3; 20]] {
+                let (tx, mut rx) = mpsc::channel(1024);
+                let mut writer = ChunkWriter::new(tx, chunk_bytes);
+                let mut expected = Vec::new();
+                for (i, size) in write_sizes.iter().enumerate() {
+                    let bytes: Vec<u8> = (0..*size).map(|b| (b + i) as u8).collect();
+                    writer.write_all(&bytes).expect("write");
+                    expected.extend(bytes);
+                }
+                writer.finish().expect("finish");
+                assert_eq!(writer.bytes, expected.len() as u64);
+                drop(writer);
+                let mut chunks = Vec::new();
+                while let Ok(chunk) = rx.try_recv() {
+                    chunks.push(chunk.expect("chunk"));
+                }
+                let (last, full) = chunks.split_last().map_or((None, &[][..]), |(l, f)| (Some(l), f));
+                assert!(full.iter().all(|c| c.len() == chunk_bytes), "{chunk_bytes} {write_sizes:?}");
+                assert!(last.is_none_or(|l| !l.is_empty() && l.len() <= chunk_bytes));
+                assert_eq!(chunks.concat(), expected, "{chunk_bytes} {write_sizes:?}");
+            }
         }
     }
-    Ok(())
-}
 
-use crate::durable_fs::sync_dir;
+    #[test]
+    fn a_receiver_that_went_away_ends_the_writing() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut writer = ChunkWriter::new(tx, 4);
+        drop(rx);
+        let error = writer.write_all(b"12345678").expect_err("nobody reads");
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+    }
+}

@@ -27,7 +27,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 use tokio::sync::watch;
 
-use super::snapshot::{self, SnapshotFile};
+use super::snapshot::{self, SnapshotData};
 use super::{cf, io_err};
 use sluice_controller::meta::{ApplyOutcome, merge_for_apply};
 
@@ -634,7 +634,7 @@ struct Staged {
 }
 
 impl RaftStateMachine<TypeConfig> for GroupStateMachine {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = GroupSnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -669,14 +669,24 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         GroupSnapshotBuilder { db: self.db.clone(), group: self.group, snapshot_dir: self.snapshot_dir.clone() }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         let db = self.db.clone();
         let group = self.group;
         let dir = self.snapshot_dir.clone();
-        let (installed, _) =
-            tokio::task::spawn_blocking(move || snapshot::install_snapshot(&db, group, &snapshot.path, &dir))
-                .await
-                .map_err(io_err)??;
+        let path = match snapshot {
+            SnapshotData::File { path } => path,
+            // A live snapshot handed over in this process (openraft's storage suite does): received into a
+            // file first, as the transport's receiver does.
+            live @ SnapshotData::Live(_) => {
+                crate::durable_fs::create_dir_all(&dir)?;
+                let path = dir.join("local.incoming");
+                live.save_to(&path).await?;
+                path
+            }
+        };
+        let (installed, _) = tokio::task::spawn_blocking(move || snapshot::install_snapshot(&db, group, &path, &dir))
+            .await
+            .map_err(io_err)??;
         if installed.last_log_id != meta.last_log_id {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot file does not match its meta"));
         }
@@ -692,24 +702,17 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
 
     /// At start-up (openraft reads the meta, and installs a full snapshot newer than the applied state,
     /// which only an interrupted install leaves): the newest snapshot or meta on disk. Once running, this
-    /// is asked for when a follower needs the data: a full snapshot of the state as of now is written.
+    /// is asked for when a follower needs the data: the state as of now, read as it is sent (nothing is
+    /// written).
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let stored = snapshot::newest_snapshot_or_meta(&self.snapshot_dir)?;
         // Nothing built or received yet: there is no snapshot (the log was never purged).
         if !self.raft_started.load(Ordering::Acquire) || stored.is_none() {
-            return Ok(stored.map(|(meta, path)| Snapshot { meta, snapshot: SnapshotFile { path } }));
+            return Ok(stored.map(|(meta, path)| Snapshot { meta, snapshot: SnapshotData::File { path } }));
         }
-        let (db, group, dir) = (self.db.clone(), self.group, self.snapshot_dir.clone());
-        let started = std::time::Instant::now();
-        let (meta, path) =
-            tokio::task::spawn_blocking(move || snapshot::write_snapshot(&db, group, &dir)).await.map_err(io_err)??;
-        let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
-        let label = crate::ids::group_name(group);
-        metrics::histogram!("sluice_snapshot_materialize_seconds", "group" => label.clone())
-            .record(started.elapsed().as_secs_f64());
-        metrics::gauge!("sluice_snapshot_bytes", "group" => label).set(file_bytes as f64);
-        tracing::info!(group, last_log_id = ?meta.last_log_id, bytes = file_bytes, "wrote a full snapshot for a follower");
-        Ok(Some(Snapshot { meta, snapshot: SnapshotFile { path } }))
+        let (meta, live) = snapshot::open_live(self.db.clone(), self.group, snapshot::CHUNK_BYTES).await?;
+        tracing::info!(group = self.group, last_log_id = ?meta.last_log_id, "opened a snapshot for a follower");
+        Ok(Some(Snapshot { meta, snapshot: SnapshotData::Live(live) }))
     }
 }
 
@@ -720,7 +723,7 @@ pub(crate) struct GroupSnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let db = self.db.clone();
@@ -738,7 +741,7 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
         metrics::histogram!("sluice_snapshot_build_seconds", "group" => crate::ids::group_name(group))
             .record(started.elapsed().as_secs_f64());
         tracing::info!(group, last_log_id = ?meta.last_log_id, path = %path.display(), "built snapshot");
-        Ok(Snapshot { meta, snapshot: SnapshotFile { path } })
+        Ok(Snapshot { meta, snapshot: SnapshotData::File { path } })
     }
 }
 

@@ -64,6 +64,29 @@ fn open(dir: &std::path::Path, group: u32) -> (Store, GroupStateMachine) {
     (store, sm)
 }
 
+/// What a follower receives, written to `path`.
+async fn receive(snapshot: SnapshotData, path: &std::path::Path) {
+    snapshot.save_to(path).await.expect("receive snapshot");
+}
+
+/// The snapshot and meta files anywhere under `dir`, by name.
+fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "snap" || ext == "meta") {
+                found.push(path.file_name().expect("name").to_string_lossy().into_owned());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 #[tokio::test]
 async fn offsets_are_dense_per_stream_and_survive_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -135,27 +158,36 @@ async fn a_snapshot_installs_the_same_streams_elsewhere() {
     // Building records the meta only; a meta file can never be installed as a snapshot.
     let built = source.get_snapshot_builder().await.build_snapshot().await.expect("build");
     assert_eq!(built.meta.last_log_id.as_ref().map(|id| id.index), Some(2));
-    assert_eq!(built.snapshot.path.extension().and_then(|e| e.to_str()), Some("meta"));
-    // Once the group runs, asking for the current snapshot (a follower needs it) writes the data.
+    let SnapshotData::File { path: built_path } = built.snapshot else { panic!("a build records a file") };
+    assert_eq!(built_path.extension().and_then(|e| e.to_str()), Some("meta"));
+    assert!(SnapshotData::File { path: built_path.clone() }.into_chunks().is_err(), "a meta file has no data to send");
+    // Once the group runs, asking for the current snapshot (a follower needs it) opens the state as of now;
+    // nothing is written to the source's disk.
     source.raft_started().store(true, std::sync::atomic::Ordering::Release);
     let snapshot = source.get_current_snapshot().await.expect("current").expect("a snapshot");
     assert_eq!(snapshot.meta, built.meta);
-    assert_eq!(snapshot.snapshot.path.extension().and_then(|e| e.to_str()), Some("snap"));
+    assert!(matches!(snapshot.snapshot, SnapshotData::Live(_)));
+    assert_eq!(snapshot_files(source_dir.path()), vec!["00000000000000000003.meta"]);
 
     let target_dir = tempfile::tempdir().expect("tempdir");
     let (_target_store, mut target) = open(target_dir.path(), 2);
     // Data the snapshot must replace.
     apply(&mut target, vec![entry(1, LogCommand::Append(vec![append("stale", 5, &["old"])]))]).await;
     let copy = target_dir.path().join("incoming.snap.incoming");
-    std::fs::copy(&snapshot.snapshot.path, &copy).expect("copy snapshot");
+    receive(snapshot.snapshot, &copy).await;
     let meta_only = target_dir.path().join("meta-only.snap.incoming");
-    std::fs::copy(&built.snapshot.path, &meta_only).expect("copy meta");
+    std::fs::copy(&built_path, &meta_only).expect("copy meta");
     assert!(
-        target.install_snapshot(&built.meta, SnapshotFile { path: meta_only }).await.is_err(),
+        target.install_snapshot(&built.meta, SnapshotData::File { path: meta_only }).await.is_err(),
         "a meta file is refused, not installed as an empty state"
     );
     assert_eq!(target.view().end_offset("stale"), 1, "nothing was replaced");
-    target.install_snapshot(&snapshot.meta, SnapshotFile { path: copy }).await.expect("install");
+    target.install_snapshot(&snapshot.meta, SnapshotData::File { path: copy }).await.expect("install");
+    assert_eq!(
+        snapshot_files(target_dir.path()),
+        vec!["00000000000000000003.meta"],
+        "once installed, the received copy is replaced by its meta"
+    );
 
     let view = target.view();
     assert_eq!(view.end_offset("stale"), 0, "the snapshot replaced the old state");
@@ -171,6 +203,49 @@ async fn a_snapshot_installs_the_same_streams_elsewhere() {
     // New appends continue the installed streams.
     apply(&mut target, vec![entry(3, LogCommand::Append(vec![append("a", 30, &["a2"])]))]).await;
     assert_eq!(target.view().end_offset("a"), 3);
+}
+
+#[tokio::test]
+async fn a_snapshot_sent_is_the_state_as_of_when_it_was_opened() {
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let (source_store, mut source) = open(source_dir.path(), 2);
+    apply(&mut source, vec![entry(1, LogCommand::Append(vec![append("a", 10, &["a0", "a1"])]))]).await;
+    source.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    source.raft_started().store(true, std::sync::atomic::Ordering::Release);
+    let snapshot = source.get_current_snapshot().await.expect("current").expect("a snapshot");
+    assert_eq!(snapshot.meta.last_log_id.as_ref().map(|id| id.index), Some(1));
+    // Applied while the snapshot waits to be sent: not part of it, or meta and data would disagree.
+    apply(&mut source, vec![entry(2, LogCommand::Append(vec![append("a", 20, &["a2"]), append("b", 20, &["b0"])]))])
+        .await;
+
+    let target_dir = tempfile::tempdir().expect("tempdir");
+    let (_target_store, mut target) = open(target_dir.path(), 2);
+    let copy = target_dir.path().join("incoming.snap.incoming");
+    receive(snapshot.snapshot, &copy).await;
+    target.install_snapshot(&snapshot.meta, SnapshotData::File { path: copy }).await.expect("install");
+    assert_eq!(target.view().end_offset("a"), 2);
+    assert_eq!(target.view().end_offset("b"), 0);
+    let (applied, _) = target.applied_state().await.expect("applied");
+    assert_eq!(applied.map(|id| id.index), Some(1));
+
+    // Each snapshot is as of its own opening, one dropped unread included.
+    drop(source.get_current_snapshot().await.expect("current"));
+    let later = source.get_current_snapshot().await.expect("current").expect("a snapshot");
+    assert_eq!(later.meta.last_log_id.as_ref().map(|id| id.index), Some(2));
+
+    // Cut into 7-byte chunks (records across chunks), the same bytes as in the default chunks.
+    let (small_meta, small) = snapshot::open_live(source_store.db().clone(), 2, 7).await.expect("open");
+    assert_eq!(small_meta, later.meta);
+    let mut chunks = SnapshotData::Live(small).into_chunks().expect("chunks");
+    let mut small_bytes = Vec::new();
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = chunk.expect("chunk");
+        assert!(chunk.len() <= 7);
+        small_bytes.extend(chunk);
+    }
+    let whole = target_dir.path().join("whole");
+    receive(later.snapshot, &whole).await;
+    assert_eq!(small_bytes, std::fs::read(&whole).expect("read"));
 }
 
 #[test]
@@ -351,8 +426,8 @@ async fn committed_offsets_travel_with_snapshots() {
     let (_target_store, mut target) = open(target_dir.path(), 2);
     apply(&mut target, vec![entry(1, LogCommand::CommitOffsets(vec![commit("stale", 5, false)]))]).await;
     let copy = target_dir.path().join("incoming.snap.incoming");
-    std::fs::copy(&snapshot.snapshot.path, &copy).expect("copy snapshot");
-    target.install_snapshot(&snapshot.meta, SnapshotFile { path: copy }).await.expect("install");
+    receive(snapshot.snapshot, &copy).await;
+    target.install_snapshot(&snapshot.meta, SnapshotData::File { path: copy }).await.expect("install");
     assert_eq!(target.view().committed_offsets().expect("read"), vec![("t".to_string(), 1)]);
 }
 
@@ -548,8 +623,8 @@ async fn a_snapshot_carries_the_dedupe_window() {
     let target_dir = tempfile::tempdir().expect("tempdir");
     let (_target_store, mut target) = open(target_dir.path(), 2);
     let copy = target_dir.path().join("incoming.snap.incoming");
-    std::fs::copy(&snapshot.snapshot.path, &copy).expect("copy snapshot");
-    target.install_snapshot(&snapshot.meta, SnapshotFile { path: copy }).await.expect("install");
+    receive(snapshot.snapshot, &copy).await;
+    target.install_snapshot(&snapshot.meta, SnapshotData::File { path: copy }).await.expect("install");
     let next = || vec![entry(2, LogCommand::Append(vec![dedupe_append(1_010, &["b", "c"])]))];
     apply(&mut source, next()).await;
     apply(&mut target, next()).await;

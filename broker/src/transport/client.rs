@@ -16,20 +16,18 @@ use openraft::raft::{
 use openraft::{BasicNode, OptionalSend};
 use sluice_proto::raft::raft_transport_client::RaftTransportClient;
 use sluice_proto::raft::{GroupMessage, SnapshotChunk};
-use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::command::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
 use crate::command::{GroupId, NodeId, TypeConfig, Vote, decode, encode};
 use crate::store::Snapshot;
-use crate::store::SnapshotFile;
+use crate::store::SnapshotData;
 use crate::transport::append_stream;
 use crate::transport::forward_stream::{ForwardStreams, Lost};
 use crate::transport::status::status_error;
 
 /// Largest gRPC message between nodes (an AppendEntries of up to 16 entries of ~4 MiB).
 pub(crate) const MAX_PEER_MESSAGE_BYTES: usize = 96 << 20;
-const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Default)]
@@ -158,7 +156,7 @@ fn decode_reply<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, RPCEr
 }
 
 impl RaftNetworkV2<TypeConfig> for GroupNetwork {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -230,38 +228,35 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
             other => StreamingError::Network(NetworkError::from_string(other.to_string())),
         };
-        if snapshot.snapshot.path.extension().is_some_and(|ext| ext == "meta") {
-            // Only the meta of a snapshot (what start-up reads): the next request writes the data.
-            return Err(StreamingError::Network(NetworkError::from_string("snapshot data not written yet")));
-        }
         let header = encode(&(vote, snapshot.meta.clone()))
             .map_err(|e| StreamingError::Network(NetworkError::from_string(e.to_string())))?;
-        let mut file = tokio::fs::File::open(&snapshot.snapshot.path)
-            .await
-            .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("open snapshot: {e}"))))?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
+        let mut data = snapshot
+            .snapshot
+            .into_chunks()
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("read snapshot: {e}"))))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(2);
+        let (read_failed, read_failure) = tokio::sync::oneshot::channel::<String>();
         let group = self.group;
-        let target = self.target;
-        // Reads the file into the request stream; stops if the receiver goes away.
+        // Moves the encoded chunks into the request stream; the stream ends after the last. A read error
+        // keeps the stream open and fails the call, which cancels it: the follower never takes a cut-short
+        // snapshot for a whole one.
         tokio::spawn(async move {
-            let mut first = true;
-            loop {
-                let mut data = vec![0u8; SNAPSHOT_CHUNK_BYTES];
-                let n = match file.read(&mut data).await {
-                    Ok(n) => n,
+            let mut header = Some(header);
+            while let Some(chunk) = data.recv().await {
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
                     Err(e) => {
-                        tracing::warn!(group, target, error = %e, "reading snapshot to send");
+                        let _ = read_failed.send(e.to_string());
+                        tx.closed().await;
                         return;
                     }
                 };
-                data.truncate(n);
-                let chunk = SnapshotChunk {
+                let message = SnapshotChunk {
                     group_id: group,
-                    header: if first { header.clone().into() } else { Default::default() },
-                    data: data.into(),
+                    header: header.take().map(Into::into).unwrap_or_default(),
+                    data: chunk.into(),
                 };
-                first = false;
-                if tx.send(chunk).await.is_err() || n == 0 {
+                if tx.send(message).await.is_err() {
                     return;
                 }
             }
@@ -272,6 +267,10 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         let send = client.install_snapshot(request);
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
+            Ok(reason) = read_failure => {
+                tracing::warn!(group, target = self.target, error = %reason, "reading snapshot to send");
+                Err(StreamingError::Network(NetworkError::from_string(format!("read snapshot: {reason}"))))
+            }
             reply = send => {
                 let reply = reply.map_err(|s| to_streaming(status_error(s)))?;
                 decode(&reply.get_ref().payload)

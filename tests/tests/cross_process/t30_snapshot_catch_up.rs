@@ -1,5 +1,6 @@
 //! A node that was down while the leader snapshotted and purged its log
-//! catches up through a snapshot, and ends with the same stream.
+//! catches up through a snapshot, and ends with the same stream; neither node
+//! keeps a full copy of the state on disk for it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -65,6 +66,21 @@ async fn lagging_node_catches_up_through_a_snapshot() -> anyhow::Result<()> {
         metrics.lines().any(|l| l.starts_with("sluice_snapshots_installed_total") && !l.ends_with(" 0")),
         "the lagging node installed a snapshot"
     );
+
+    // The leader sent its state as it read it, and the follower kept only the meta of what it installed:
+    // no full copy of the state stays on either disk.
+    let leader_metrics = reqwest::get(format!("http://{}/metrics", cluster.node(leader).http)).await?.text().await?;
+    assert!(
+        leader_metrics.lines().any(|l| l.starts_with("sluice_snapshot_sent_bytes_total") && !l.ends_with(" 0")),
+        "the leader counted the snapshot's bytes it sent"
+    );
+    for node in [leader, lagging] {
+        let dir = cluster.node(node).data.join("snapshots").join(format!("group-{GROUP}"));
+        let files: Vec<String> = std::fs::read_dir(&dir)?
+            .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        assert!(files.iter().all(|name| name.ends_with(".meta")), "node {node} keeps only metas: {files:?}");
+    }
 
     let leader_copy = check_stream(&read_all(&leader_admin, STREAM, 0).await?, &acked)?;
     let lagging_copy = check_stream(&read_all(&lagging_admin, STREAM, 0).await?, &acked)?;
