@@ -79,6 +79,8 @@ pub struct Config {
     /// Transport encryption on (`permissive`: mutual TLS between nodes, TLS or plaintext for clients), with a
     /// CA and a certificate for every node's address made for the run.
     pub tls: bool,
+    /// Nodes snapshot every N entries and keep N/4 behind (`None`: the node's defaults).
+    pub snapshot_every_entries: Option<u64>,
 }
 
 impl Config {
@@ -110,6 +112,7 @@ impl Config {
             keep_dir: None,
             verbose: true,
             tls: false,
+            snapshot_every_entries: None,
         }
     }
 }
@@ -841,7 +844,7 @@ pub async fn run(config: Config) -> Result<Report, ChaosError> {
             node.disk = Some(disk);
         }
     }
-    let extra_node_args = if config.tls {
+    let mut extra_node_args = if config.tls {
         let mut hosts: Vec<String> =
             nodes.iter().map(|n| sluice_security::host_of(&n.addrs.peer).to_string()).collect();
         hosts.extend(["127.0.0.1".to_string(), "localhost".to_string()]);
@@ -852,6 +855,10 @@ pub async fn run(config: Config) -> Result<Report, ChaosError> {
     } else {
         Vec::new()
     };
+    if let Some(every) = config.snapshot_every_entries {
+        history.note(format!("snapshots every {every} entries, {} kept behind", every / 4));
+        extra_node_args.extend(snapshot_node_args(every));
+    }
     let mut cluster = Cluster {
         net: &net,
         nodes,
@@ -872,6 +879,16 @@ pub async fn run(config: Config) -> Result<Report, ChaosError> {
     outcome?;
     let entries = history.finish()?;
     Ok(check(&entries))
+}
+
+/// The node arguments for a snapshot every `every` entries with a quarter of them kept behind it.
+fn snapshot_node_args(every: u64) -> Vec<String> {
+    vec![
+        "--snapshot-every-entries".into(),
+        every.to_string(),
+        "--keep-entries-after-snapshot".into(),
+        (every / 4).to_string(),
+    ]
 }
 
 /// A CA and one certificate for `hosts` under `dir`, and the node flags that use them.

@@ -60,9 +60,8 @@ impl SnapshotData {
             SnapshotData::File { path } => {
                 let mut file = File::open(&path)?;
                 let (tx, rx) = mpsc::channel(LIVE_CHUNKS_AHEAD);
-                spawn_reader("snapshot-file", move || {
-                    let mut out = ChunkWriter::new(tx, CHUNK_BYTES);
-                    io::copy(&mut file, &mut out)?;
+                spawn_reader("snapshot-file", ChunkWriter::new(tx, CHUNK_BYTES), move |out| {
+                    io::copy(&mut file, out)?;
                     out.finish()
                 })?;
                 Ok(rx)
@@ -104,7 +103,7 @@ pub(crate) async fn open_live(
 ) -> io::Result<(SnapshotMeta, LiveSnapshot)> {
     let (meta_tx, meta_rx) = oneshot::channel();
     let (tx, chunks) = mpsc::channel(LIVE_CHUNKS_AHEAD);
-    spawn_reader("snapshot-live", move || {
+    spawn_reader("snapshot-live", ChunkWriter::new(tx, chunk_bytes), move |out| {
         let snapshot = db.snapshot();
         let meta = match applied_meta(&db, &snapshot, group) {
             Ok(meta) => meta,
@@ -117,29 +116,33 @@ pub(crate) async fn open_live(
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let mut out = ChunkWriter::new(tx, chunk_bytes);
-        let written = encode_state(&db, &snapshot, group, &meta, &mut out).and_then(|()| out.finish());
-        if written.is_ok() {
-            let label = crate::ids::group_name(group);
-            metrics::histogram!("sluice_snapshot_send_seconds", "group" => label.clone())
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!("sluice_snapshot_sent_bytes_total", "group" => label).increment(out.bytes);
-            tracing::info!(group, last_log_id = ?meta.last_log_id, bytes = out.bytes, "sent a snapshot's data");
-        }
-        written
+        encode_state(&db, &snapshot, group, &meta, out)?;
+        out.finish()?;
+        let label = crate::ids::group_name(group);
+        metrics::histogram!("sluice_snapshot_send_seconds", "group" => label.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("sluice_snapshot_sent_bytes_total", "group" => label).increment(out.bytes);
+        tracing::info!(group, last_log_id = ?meta.last_log_id, bytes = out.bytes, "sent a snapshot's data");
+        Ok(())
     })?;
     let meta = meta_rx.await.map_err(|_| io::Error::other("the snapshot reader stopped before its meta"))??;
     Ok((meta, LiveSnapshot { chunks }))
 }
 
-/// Runs `read` on a thread of its own (it blocks on RocksDB and on the receiver); an error other than the
-/// receiver going away is sent to it.
-fn spawn_reader(name: &str, read: impl FnOnce() -> io::Result<()> + Send + 'static) -> io::Result<()> {
+/// Runs `read` into `out` on a thread of its own (it blocks on RocksDB and on the receiver). An error is
+/// the receiver's last item, so that a cut-short snapshot is never taken for a whole one (a receiver that
+/// went away needs no answer).
+fn spawn_reader(
+    name: &str,
+    mut out: ChunkWriter,
+    read: impl FnOnce(&mut ChunkWriter) -> io::Result<()> + Send + 'static,
+) -> io::Result<()> {
     std::thread::Builder::new().name(name.to_string()).spawn(move || {
-        if let Err(e) = read()
+        if let Err(e) = read(&mut out)
             && e.kind() != io::ErrorKind::BrokenPipe
         {
             tracing::warn!(error = %e, "reading a snapshot to send");
+            let _ = out.tx.blocking_send(Err(e));
         }
     })?;
     Ok(())
@@ -441,6 +444,21 @@ mod tests {
                 assert_eq!(chunks.concat(), expected, "{chunk_bytes} {write_sizes:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_read_error_is_the_receivers_last_item_not_a_clean_end() {
+        let (tx, mut rx) = mpsc::channel(8);
+        spawn_reader("test-reader", ChunkWriter::new(tx, 4), |out| {
+            out.write_all(b"12345678")?;
+            Err(io::Error::other("disk gone"))
+        })
+        .expect("spawn");
+        let mut items = Vec::new();
+        while let Some(item) = rx.blocking_recv() {
+            items.push(item.map_err(|e| e.to_string()));
+        }
+        assert_eq!(items, vec![Ok(b"1234".to_vec()), Ok(b"5678".to_vec()), Err("disk gone".to_string())]);
     }
 
     #[test]

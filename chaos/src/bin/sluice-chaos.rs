@@ -77,6 +77,10 @@ struct Args {
     /// Transport encryption on: mutual TLS between the nodes (permissive mode; the workload stays plaintext).
     #[arg(long)]
     tls: bool,
+    /// Nodes build a snapshot every N Raft entries and keep N/4 behind it (node default: 20,000 and
+    /// 1,000), so that a node back from a fault catches up through a snapshot, not only the log.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(4..))]
+    snapshot_every_entries: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -144,6 +148,7 @@ fn main() -> ExitCode {
     config.max_overlapping_faults = args.overlap as usize;
     config.keep_dir = args.keep.clone();
     config.tls = args.tls;
+    config.snapshot_every_entries = args.snapshot_every_entries;
     eprintln!("sluice-chaos: seed {seed}");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
