@@ -13,7 +13,7 @@ use crate::command::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
 use crate::command::{GroupId, SnapshotMeta, TypeConfig, Vote, decode, encode};
 use crate::node::Node;
 use crate::store::Snapshot;
-use crate::store::SnapshotData;
+use crate::store::{SnapshotData, check_snapshot_file};
 use crate::transport::append_stream::GROUP_METADATA_KEY;
 use crate::transport::forward_stream::MAX_FORWARDS_IN_FLIGHT;
 use openraft::raft::AppendEntriesRequest;
@@ -154,6 +154,17 @@ impl RaftTransport for TransportService {
             }
             file.sync_all().await.map_err(|e| Status::internal(e.to_string()))?;
             drop(file);
+            // Only a whole snapshot of this group, matching its meta, reaches openraft (its install may not
+            // fail halfway); anything else is refused here and the leader sends again.
+            let checking = path.clone();
+            let checked = tokio::task::spawn_blocking(move || check_snapshot_file(&checking, group))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            match checked {
+                Ok(file_meta) if file_meta == meta => {}
+                Ok(_) => return Err(Status::invalid_argument("the snapshot's data does not match its meta")),
+                Err(e) => return Err(Status::data_loss(format!("snapshot for group {group} refused: {e}"))),
+            }
             let snapshot = Snapshot { meta, snapshot: SnapshotData::File { path: path.clone() } };
             let response = raft.install_full_snapshot(vote, snapshot).await.map_err(fatal)?;
             reply(&response)

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamilyDescriptor, DB, Options};
 
 pub(crate) use log_store::GroupLogStore;
-pub(crate) use snapshot::{Snapshot, SnapshotData};
+pub(crate) use snapshot::{Snapshot, SnapshotData, check_snapshot_file};
 pub(crate) use state_machine::{
     AppliedConfig, GroupStateMachine, Raft, ReadBatch, StoredRecord, StreamExtent, StreamView,
 };

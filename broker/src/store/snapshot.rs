@@ -395,6 +395,40 @@ pub(crate) fn remove_partial_snapshots(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Reads a received snapshot file through without installing anything: its meta, if the file is whole (every
+/// record complete, the end marker last, nothing after it) and holds only `group`'s keys in known column
+/// families. A follower checks this before it hands the file to openraft: an install that fails halfway is
+/// a storage error, which stops the group on that node, and it would already have removed the old state.
+pub(crate) fn check_snapshot_file(path: &Path, group: GroupId) -> io::Result<SnapshotMeta> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let mut input = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let meta = read_meta(&mut input)?;
+    let prefix = group_prefix(group);
+    loop {
+        let mut cf_index = [0u8; 1];
+        input.read_exact(&mut cf_index)?;
+        if cf_index[0] == END_MARKER {
+            break;
+        }
+        if usize::from(cf_index[0]) >= STATE_MACHINE_CFS.len() {
+            return Err(invalid("snapshot names an unknown column family"));
+        }
+        if !read_chunk(&mut input)?.starts_with(&prefix) {
+            return Err(invalid("snapshot holds a key of another group"));
+        }
+        let mut len = [0u8; 4];
+        input.read_exact(&mut len)?;
+        let len = u64::from(u32::from_be_bytes(len));
+        if io::copy(&mut input.by_ref().take(len), &mut io::sink())? != len {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "snapshot ends inside a value"));
+        }
+    }
+    if input.read(&mut [0u8; 1])? != 0 {
+        return Err(invalid("bytes after the snapshot's end marker"));
+    }
+    Ok(meta)
+}
+
 fn read_meta(input: &mut impl Read) -> io::Result<SnapshotMeta> {
     let mut magic = [0u8; MAGIC.len()];
     input.read_exact(&mut magic)?;

@@ -206,6 +206,29 @@ async fn a_snapshot_installs_the_same_streams_elsewhere() {
 }
 
 #[tokio::test]
+async fn a_received_snapshot_is_checked_whole_before_it_is_installed() {
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let (_source_store, mut source) = open(source_dir.path(), 2);
+    apply(&mut source, vec![entry(1, LogCommand::Append(vec![append("a", 10, &["a0", "a1"])]))]).await;
+    source.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    source.raft_started().store(true, std::sync::atomic::Ordering::Release);
+    let snapshot = source.get_current_snapshot().await.expect("current").expect("a snapshot");
+    let received = source_dir.path().join("received");
+    receive(snapshot.snapshot, &received).await;
+    assert_eq!(check_snapshot_file(&received, 2).expect("whole"), snapshot.meta);
+    assert!(check_snapshot_file(&received, 3).is_err(), "another group's keys");
+
+    let whole = std::fs::read(&received).expect("read");
+    let cut = source_dir.path().join("cut");
+    for len in (0..whole.len()).step_by(3).chain([whole.len() - 1]) {
+        std::fs::write(&cut, &whole[..len]).expect("write");
+        assert!(check_snapshot_file(&cut, 2).is_err(), "cut after {len} of {} bytes", whole.len());
+    }
+    std::fs::write(&cut, [&whole[..], b"x"].concat()).expect("write");
+    assert!(check_snapshot_file(&cut, 2).is_err(), "a byte after the end marker");
+}
+
+#[tokio::test]
 async fn a_snapshot_sent_is_the_state_as_of_when_it_was_opened() {
     let source_dir = tempfile::tempdir().expect("tempdir");
     let (source_store, mut source) = open(source_dir.path(), 2);
