@@ -347,24 +347,12 @@ pub(crate) fn install_snapshot(
     }
     let applied_key = tag_key(group, SM_APPLIED);
     let mut batch = WriteBatch::default();
-    loop {
-        let mut cf_index = [0u8; 1];
-        input.read_exact(&mut cf_index)?;
-        if cf_index[0] == END_MARKER {
-            break;
-        }
-        let handle = cfs
-            .get(usize::from(cf_index[0]))
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "snapshot names an unknown column family"))?;
-        let key = read_chunk(&mut input)?;
-        let value = read_chunk(&mut input)?;
-        if !key.starts_with(&group_prefix(group)) {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot holds a key of another group"));
-        }
+    let prefix = group_prefix(group);
+    while let Some((cf_index, key, value)) = read_record(&mut input, &prefix)? {
         if key == applied_key {
             continue;
         }
-        batch.put_cf(*handle, key, value);
+        batch.put_cf(cfs[cf_index], key, value);
         if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
             db.write(std::mem::take(&mut batch)).map_err(io_err)?;
         }
@@ -400,33 +388,36 @@ pub(crate) fn remove_partial_snapshots(dir: &Path) -> io::Result<()> {
 /// families. A follower checks this before it hands the file to openraft: an install that fails halfway is
 /// a storage error, which stops the group on that node, and it would already have removed the old state.
 pub(crate) fn check_snapshot_file(path: &Path, group: GroupId) -> io::Result<SnapshotMeta> {
-    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
     let mut input = BufReader::with_capacity(1 << 20, File::open(path)?);
     let meta = read_meta(&mut input)?;
     let prefix = group_prefix(group);
-    loop {
-        let mut cf_index = [0u8; 1];
-        input.read_exact(&mut cf_index)?;
-        if cf_index[0] == END_MARKER {
-            break;
-        }
-        if usize::from(cf_index[0]) >= STATE_MACHINE_CFS.len() {
-            return Err(invalid("snapshot names an unknown column family"));
-        }
-        if !read_chunk(&mut input)?.starts_with(&prefix) {
-            return Err(invalid("snapshot holds a key of another group"));
-        }
-        let mut len = [0u8; 4];
-        input.read_exact(&mut len)?;
-        let len = u64::from(u32::from_be_bytes(len));
-        if io::copy(&mut input.by_ref().take(len), &mut io::sink())? != len {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "snapshot ends inside a value"));
-        }
-    }
+    while read_record(&mut input, &prefix)?.is_some() {}
     if input.read(&mut [0u8; 1])? != 0 {
-        return Err(invalid("bytes after the snapshot's end marker"));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "bytes after the snapshot's end marker"));
     }
     Ok(meta)
+}
+
+/// A snapshot record: the index of its column family in `STATE_MACHINE_CFS`, its key, its value.
+type Record = (usize, Vec<u8>, Vec<u8>);
+
+/// The next record of a snapshot, or `None` at its end marker; refuses an unknown column family and a key
+/// outside `prefix` (another group's).
+fn read_record(input: &mut impl Read, prefix: &[u8]) -> io::Result<Option<Record>> {
+    let mut cf_index = [0u8; 1];
+    input.read_exact(&mut cf_index)?;
+    if cf_index[0] == END_MARKER {
+        return Ok(None);
+    }
+    let cf_index = usize::from(cf_index[0]);
+    if cf_index >= STATE_MACHINE_CFS.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot names an unknown column family"));
+    }
+    let key = read_chunk(input)?;
+    if !key.starts_with(prefix) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot holds a key of another group"));
+    }
+    Ok(Some((cf_index, key, read_chunk(input)?)))
 }
 
 fn read_meta(input: &mut impl Read) -> io::Result<SnapshotMeta> {

@@ -205,14 +205,21 @@ async fn a_snapshot_installs_the_same_streams_elsewhere() {
     assert_eq!(target.view().end_offset("a"), 3);
 }
 
-#[tokio::test]
-async fn a_received_snapshot_is_checked_whole_before_it_is_installed() {
-    let source_dir = tempfile::tempdir().expect("tempdir");
-    let (_source_store, mut source) = open(source_dir.path(), 2);
+/// A group 2 with two records in stream `a`, applied at index 1 and built, running, and the snapshot a follower
+/// would be sent.
+async fn source_with_snapshot(dir: &std::path::Path) -> (Store, GroupStateMachine, Snapshot) {
+    let (store, mut source) = open(dir, 2);
     apply(&mut source, vec![entry(1, LogCommand::Append(vec![append("a", 10, &["a0", "a1"])]))]).await;
     source.get_snapshot_builder().await.build_snapshot().await.expect("build");
     source.raft_started().store(true, std::sync::atomic::Ordering::Release);
     let snapshot = source.get_current_snapshot().await.expect("current").expect("a snapshot");
+    (store, source, snapshot)
+}
+
+#[tokio::test]
+async fn a_received_snapshot_is_checked_whole_before_it_is_installed() {
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let (_source_store, _source, snapshot) = source_with_snapshot(source_dir.path()).await;
     let received = source_dir.path().join("received");
     receive(snapshot.snapshot, &received).await;
     assert_eq!(check_snapshot_file(&received, 2).expect("whole"), snapshot.meta);
@@ -231,11 +238,7 @@ async fn a_received_snapshot_is_checked_whole_before_it_is_installed() {
 #[tokio::test]
 async fn a_snapshot_sent_is_the_state_as_of_when_it_was_opened() {
     let source_dir = tempfile::tempdir().expect("tempdir");
-    let (source_store, mut source) = open(source_dir.path(), 2);
-    apply(&mut source, vec![entry(1, LogCommand::Append(vec![append("a", 10, &["a0", "a1"])]))]).await;
-    source.get_snapshot_builder().await.build_snapshot().await.expect("build");
-    source.raft_started().store(true, std::sync::atomic::Ordering::Release);
-    let snapshot = source.get_current_snapshot().await.expect("current").expect("a snapshot");
+    let (source_store, mut source, snapshot) = source_with_snapshot(source_dir.path()).await;
     assert_eq!(snapshot.meta.last_log_id.as_ref().map(|id| id.index), Some(1));
     // Applied while the snapshot waits to be sent: not part of it, or meta and data would disagree.
     apply(&mut source, vec![entry(2, LogCommand::Append(vec![append("a", 20, &["a2"]), append("b", 20, &["b0"])]))])
