@@ -20,6 +20,10 @@ use crate::systems::SluiceHttp;
 /// An event slower than this, publish → subscriber, is a stall.
 pub(crate) const STALL_MS: f64 = 50.0;
 
+/// A WAL fsync slower than this (an upper bound of `sluice_wal_fsync_seconds`' buckets) is a slow one: a
+/// second with a stall and a slow fsync on some node is a stall the disk shares in.
+const SLOW_FSYNC_BUCKET: &str = "0.032";
+
 pub(crate) struct SteadyBench {
     pub nodes: u64,
     pub partitions: u32,
@@ -40,6 +44,8 @@ pub(crate) struct Second {
     pub max_ms: f64,
     pub over_stall: u64,
     pub rss_mib: f64,
+    /// WAL fsyncs over 32 ms in this second, summed over the nodes (their `sluice_wal_fsync_seconds`).
+    pub slow_fsyncs: u64,
 }
 
 /// Latencies bucketed by the second (since the run's start) in which the event was received.
@@ -123,16 +129,27 @@ impl SteadyBench {
         seconds.start_unix_ns.store(unix_ns(), Ordering::Release);
 
         let pids = sluice.pids();
-        let rss: Arc<Mutex<Vec<f64>>> = Arc::default();
+        let metrics_urls: Vec<String> = sluice.https.iter().map(|http| format!("http://{http}/metrics")).collect();
+        let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
         let sampling = Arc::new(AtomicBool::new(true));
         let sampler = {
-            let (rss, sampling) = (rss.clone(), sampling.clone());
+            let (samples, sampling) = (samples.clone(), sampling.clone());
             tokio::spawn(async move {
+                let client = reqwest::Client::new();
                 let mut ticker = tokio::time::interval(Duration::from_secs(1));
                 while sampling.load(Ordering::Acquire) {
                     ticker.tick().await;
                     let bytes: u64 = pids.iter().filter_map(|pid| crate::cpu::rss_bytes(*pid)).sum();
-                    rss.lock().unwrap_or_else(PoisonError::into_inner).push(bytes as f64 / (1 << 20) as f64);
+                    let mut slow_fsyncs = 0;
+                    for url in &metrics_urls {
+                        let text = match client.get(url).timeout(Duration::from_millis(500)).send().await {
+                            Ok(response) => response.text().await.unwrap_or_default(),
+                            Err(_) => String::new(),
+                        };
+                        slow_fsyncs += slow_fsyncs_in(&text).unwrap_or(0);
+                    }
+                    let sample = Sample { rss_mib: bytes as f64 / (1 << 20) as f64, slow_fsyncs_total: slow_fsyncs };
+                    samples.lock().unwrap_or_else(PoisonError::into_inner).push(sample);
                 }
             })
         };
@@ -152,8 +169,8 @@ impl SteadyBench {
         println!("  {} offered, {} acked in {:.0} s", result.offered, result.acked, started.elapsed().as_secs_f64());
 
         let buckets = seconds.buckets.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let rss = rss.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let rows = rows(&buckets, &rss);
+        let samples = samples.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let rows = rows(&buckets, &samples);
         let mut all = openloop::new_histogram();
         for (histogram, _) in &buckets {
             all.add(histogram).context("merging histograms")?;
@@ -169,6 +186,15 @@ impl SteadyBench {
             ms(0.999),
             all.max() as f64 / 1000.0
         );
+        let acks = &result.ack_latency;
+        let ack_ms = |q: f64| acks.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "  publish→ack: p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms",
+            ack_ms(0.5),
+            ack_ms(0.99),
+            ack_ms(0.999),
+            acks.max() as f64 / 1000.0
+        );
         println!(
             "  events over {STALL_MS} ms: {} in {} of {} seconds; RSS first minute {:.0} MiB, last minute {:.0} MiB",
             summary.over_stall,
@@ -176,6 +202,15 @@ impl SteadyBench {
             summary.seconds,
             summary.rss_first_min,
             summary.rss_last_min
+        );
+        println!(
+            "  WAL fsyncs over {} ms (all nodes): {} in {} seconds; seconds with a stall and a slow fsync then or \
+             the second before: {} of {}",
+            SLOW_FSYNC_BUCKET.parse::<f64>().unwrap_or(0.0) * 1000.0,
+            summary.slow_fsyncs,
+            summary.seconds_with_slow_fsync,
+            summary.stalls_with_slow_fsync,
+            summary.seconds_with_stall
         );
         if let Some(csv) = &self.csv {
             std::fs::write(csv, to_csv(&rows)).with_context(|| format!("writing {}", csv.display()))?;
@@ -205,20 +240,48 @@ pub(crate) fn half_max_from_report(report: &serde_json::Value, system: &str) -> 
     Some(row.get("value")?.as_f64()? / 2.0)
 }
 
-/// The rows of the run: one per second that received events, with the RSS sampled nearest to it.
-pub(crate) fn rows(buckets: &[(Histogram<u64>, u64)], rss_mib: &[f64]) -> Vec<Second> {
+/// What the sampler reads from the nodes once a second.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Sample {
+    pub rss_mib: f64,
+    /// WAL fsyncs over [`SLOW_FSYNC_BUCKET`] since each node started, summed over the nodes.
+    pub slow_fsyncs_total: u64,
+}
+
+/// WAL fsyncs slower than [`SLOW_FSYNC_BUCKET`] since the node started, from its `/metrics` text: the
+/// histogram's count less its bucket at that bound. `None` when the text has neither.
+pub(crate) fn slow_fsyncs_in(metrics: &str) -> Option<u64> {
+    let bucket = format!("sluice_wal_fsync_seconds_bucket{{le=\"{SLOW_FSYNC_BUCKET}\"}}");
+    let value = |name: &str| {
+        metrics.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok()).map(|v| v as u64)
+    };
+    let (count, fast) = (value("sluice_wal_fsync_seconds_count ")?, value(&bucket)?);
+    Some(count.saturating_sub(fast))
+}
+
+/// The rows of the run: one per second that received events, with the RSS sampled nearest to it and the
+/// slow fsyncs between that sample and the one before.
+pub(crate) fn rows(buckets: &[(Histogram<u64>, u64)], samples: &[Sample]) -> Vec<Second> {
+    let sample = |t: usize| samples.get(t).or(samples.last());
     buckets
         .iter()
         .enumerate()
         .filter(|(_, (histogram, _))| !histogram.is_empty())
-        .map(|(t, (histogram, over))| Second {
-            t: t as u64,
-            delivered: histogram.len(),
-            p50_ms: histogram.value_at_quantile(0.5) as f64 / 1000.0,
-            p99_ms: histogram.value_at_quantile(0.99) as f64 / 1000.0,
-            max_ms: histogram.max() as f64 / 1000.0,
-            over_stall: *over,
-            rss_mib: rss_mib.get(t).or(rss_mib.last()).copied().unwrap_or(0.0),
+        .map(|(t, (histogram, over))| {
+            let slow_fsyncs = match (t.checked_sub(1).and_then(|before| samples.get(before)), samples.get(t)) {
+                (Some(before), Some(now)) => now.slow_fsyncs_total.saturating_sub(before.slow_fsyncs_total),
+                _ => 0,
+            };
+            Second {
+                t: t as u64,
+                delivered: histogram.len(),
+                p50_ms: histogram.value_at_quantile(0.5) as f64 / 1000.0,
+                p99_ms: histogram.value_at_quantile(0.99) as f64 / 1000.0,
+                max_ms: histogram.max() as f64 / 1000.0,
+                over_stall: *over,
+                rss_mib: sample(t).map_or(0.0, |s| s.rss_mib),
+                slow_fsyncs,
+            }
         })
         .collect()
 }
@@ -230,6 +293,11 @@ pub(crate) struct Summary {
     pub seconds_with_stall: usize,
     pub rss_first_min: f64,
     pub rss_last_min: f64,
+    pub slow_fsyncs: u64,
+    pub seconds_with_slow_fsync: usize,
+    /// Seconds with a stall and a slow fsync in that second or the one before (a stalled event waited up to
+    /// its latency, so the fsync that held it may have ended in the second before its delivery).
+    pub stalls_with_slow_fsync: usize,
 }
 
 /// Stalls, and the mean RSS of the first and the last 60 rows.
@@ -242,15 +310,22 @@ pub(crate) fn summarize(rows: &[Second]) -> Summary {
         seconds_with_stall: rows.iter().filter(|r| r.over_stall > 0).count(),
         rss_first_min: mean(&rows[..minute]),
         rss_last_min: mean(&rows[rows.len() - minute..]),
+        slow_fsyncs: rows.iter().map(|r| r.slow_fsyncs).sum(),
+        seconds_with_slow_fsync: rows.iter().filter(|r| r.slow_fsyncs > 0).count(),
+        stalls_with_slow_fsync: rows
+            .iter()
+            .filter(|r| r.over_stall > 0)
+            .filter(|r| rows.iter().any(|o| o.slow_fsyncs > 0 && (o.t == r.t || o.t + 1 == r.t)))
+            .count(),
     }
 }
 
 pub(crate) fn to_csv(rows: &[Second]) -> String {
-    let mut csv = String::from("t_s,delivered,p50_ms,p99_ms,max_ms,over_stall,rss_mib\n");
+    let mut csv = String::from("t_s,delivered,p50_ms,p99_ms,max_ms,over_stall,rss_mib,slow_fsyncs\n");
     for r in rows {
         csv.push_str(&format!(
-            "{},{},{:.3},{:.3},{:.3},{},{:.1}\n",
-            r.t, r.delivered, r.p50_ms, r.p99_ms, r.max_ms, r.over_stall, r.rss_mib
+            "{},{},{:.3},{:.3},{:.3},{},{:.1},{}\n",
+            r.t, r.delivered, r.p50_ms, r.p99_ms, r.max_ms, r.over_stall, r.rss_mib, r.slow_fsyncs
         ));
     }
     csv
@@ -307,11 +382,21 @@ pub(crate) fn svg_plot(rows: &[Second], title: &str) -> String {
     svg.push_str(&line(rows.iter().map(|r| (x(r.t as f64), y_ms(r.max_ms))).collect(), "#f0a040"));
     svg.push_str(&line(rows.iter().map(|r| (x(r.t as f64), y_ms(r.p99_ms))).collect(), "#2060c0"));
     svg.push_str(&line(rows.iter().map(|r| (x(r.t as f64), y_rss(r.rss_mib))).collect(), "#30a050"));
+    // A tick along the time axis for each second in which some node's WAL fsync took over 32 ms.
+    for r in rows.iter().filter(|r| r.slow_fsyncs > 0) {
+        svg.push_str(&format!(
+            r##"<line x1="{px:.1}" x2="{px:.1}" y1="{:.1}" y2="{:.1}" stroke="#804000" stroke-width="2"/>"##,
+            top + plot_h - 8.0,
+            top + plot_h,
+            px = x(r.t as f64)
+        ));
+    }
     let legend = [
         ("#2060c0", "p99 per second"),
         ("#f0a040", "max per second"),
         ("#30a050", "RSS of the nodes"),
         ("#c00", "50 ms"),
+        ("#804000", "an fsync over 32 ms"),
     ];
     for (i, (color, label)) in legend.iter().enumerate() {
         let lx = left + 10.0 + i as f64 * 150.0;
@@ -346,7 +431,43 @@ mod tests {
     }
 
     fn second(t: u64, max_ms: f64, over_stall: u64, rss_mib: f64) -> Second {
-        Second { t, delivered: 10, p50_ms: 1.0, p99_ms: 2.0, max_ms, over_stall, rss_mib }
+        Second { t, delivered: 10, p50_ms: 1.0, p99_ms: 2.0, max_ms, over_stall, rss_mib, slow_fsyncs: 0 }
+    }
+
+    fn sample(rss_mib: f64, slow_fsyncs_total: u64) -> Sample {
+        Sample { rss_mib, slow_fsyncs_total }
+    }
+
+    #[test]
+    fn slow_fsyncs_are_the_count_less_the_bucket_at_32_ms() {
+        let metrics = "# TYPE sluice_wal_fsync_seconds histogram\n\
+            sluice_wal_fsync_seconds_bucket{le=\"0.016\"} 7349\n\
+            sluice_wal_fsync_seconds_bucket{le=\"0.032\"} 7350\n\
+            sluice_wal_fsync_seconds_bucket{le=\"0.064\"} 7351\n\
+            sluice_wal_fsync_seconds_bucket{le=\"+Inf\"} 7352\n\
+            sluice_wal_fsync_seconds_sum 1.46\n\
+            sluice_wal_fsync_seconds_count 7352\n";
+        assert_eq!(slow_fsyncs_in(metrics), Some(2));
+        assert_eq!(slow_fsyncs_in("sluice_wal_fsync_seconds_count 3\n"), None, "no bucket: unknown, not zero");
+        assert_eq!(slow_fsyncs_in(""), None);
+    }
+
+    #[test]
+    fn a_stall_counts_as_the_disks_when_a_slow_fsync_came_in_its_second_or_the_one_before() {
+        let mut histograms = Vec::new();
+        for max_us in [2_000, 2_000, 90_000, 2_000, 80_000, 70_000] {
+            let mut histogram = openloop::new_histogram();
+            histogram.record(max_us).expect("record");
+            histograms.push((histogram, u64::from(max_us > 50_000)));
+        }
+        // Cumulative slow fsyncs as sampled: one between samples 0 and 1 (second 1), two in second 3.
+        let samples = [0, 1, 1, 3, 3, 3].map(|total| sample(100.0, total));
+        let rows = rows(&histograms, &samples);
+        assert_eq!(rows.iter().map(|r| r.slow_fsyncs).collect::<Vec<_>>(), [0, 1, 0, 2, 0, 0]);
+        let summary = summarize(&rows);
+        assert_eq!((summary.slow_fsyncs, summary.seconds_with_slow_fsync), (3, 2));
+        // Second 2 follows second 1's slow fsync; second 4 follows second 3's; second 5 has none near it.
+        assert_eq!((summary.seconds_with_stall, summary.stalls_with_slow_fsync), (3, 2));
     }
 
     #[test]
@@ -368,7 +489,7 @@ mod tests {
         let mut slow = openloop::new_histogram();
         slow.record(80_000).expect("record");
         let buckets = vec![(quiet, 0), (openloop::new_histogram(), 0), (slow, 1)];
-        let rows = rows(&buckets, &[100.0, 101.0]);
+        let rows = rows(&buckets, &[sample(100.0, 0), sample(101.0, 0)]);
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].t, rows[0].rss_mib), (0, 100.0));
         assert_eq!((rows[1].t, rows[1].over_stall, rows[1].rss_mib), (2, 1, 101.0), "past the samples: the last");
@@ -391,7 +512,7 @@ mod tests {
         let rows = vec![second(0, 3.0, 0, 90.0), second(1, 60.0, 2, 91.0)];
         let csv = to_csv(&rows);
         assert_eq!(csv.lines().count(), 3);
-        assert!(csv.lines().nth(2).is_some_and(|l| l.starts_with("1,10,1.000,2.000,60.000,2,91.0")));
+        assert!(csv.lines().nth(2).is_some_and(|l| l == "1,10,1.000,2.000,60.000,2,91.0,0"));
         let svg = svg_plot(&rows, "a <title> & more");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 3);
