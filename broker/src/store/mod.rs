@@ -10,6 +10,7 @@
 mod dedupe_expiry;
 mod dedupe_table;
 mod dedupe_window;
+mod event_tail;
 pub(crate) mod keys;
 mod log_store;
 mod log_tail;

@@ -5,13 +5,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::event_tail::EventTail;
 use super::{cf, io_err};
 use crate::command::cluster_config::ClusterConfig;
 use crate::command::{GroupId, NodeId, ResourceKey};
@@ -84,6 +85,8 @@ pub(crate) struct AppliedConfig {
 /// What readers of a group see: the applied streams and cluster config.
 pub(super) struct AppliedView {
     pub(super) streams: RwLock<HashMap<String, StreamState>>,
+    /// The streams' newest records, written before `streams` shows them.
+    pub(super) tail: Mutex<EventTail>,
     /// Resource objects (metadata group), JSON text by key.
     pub(super) resources: RwLock<BTreeMap<ResourceKey, String>>,
     /// Bumped on every resource change, so watchers re-read.
@@ -174,6 +177,19 @@ impl StreamView {
         if from_offset >= state.next_offset || max_records == 0 {
             return Ok(batch);
         }
+        let held = self.view.tail.lock().unwrap_or_else(PoisonError::into_inner).read(
+            state.id,
+            from_offset,
+            state.next_offset,
+            max_records,
+            max_bytes,
+        );
+        if let Some(records) = held {
+            metrics::counter!("sluice_stream_reads_total", "from" => "memory").increment(1);
+            batch.records = records;
+            return Ok(batch);
+        }
+        metrics::counter!("sluice_stream_reads_total", "from" => "store").increment(1);
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(event_key(self.group, state.id, state.next_offset).to_vec());
         // Consumers read forward and never twice: a backlog's blocks would only push everything else out

@@ -18,8 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -27,6 +28,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 use tokio::sync::watch;
 
+use super::event_tail::EventTail;
 use super::snapshot::{self, SnapshotData};
 use super::{cf, io_err};
 use sluice_controller::meta::{ApplyOutcome, merge_for_apply};
@@ -52,6 +54,14 @@ use crate::store::stream_keys::StreamKeys;
 
 pub(crate) use super::read_view::{AppliedConfig, ReadBatch, StoredRecord, StreamExtent, StreamView};
 use super::read_view::{AppliedView, StreamState};
+
+/// Bytes of payload a group holds in its [`EventTail`] for readers that keep up: at the 4–5 MB/s one partition
+/// of a batched benchmark takes, a fifth of a second, far more than a dispatcher that keeps up lags. The
+/// payloads are those of the log's own tail (shared, not copied) while both hold them.
+const EVENT_TAIL_BYTES: usize = 1 << 20;
+
+/// Records a group holds in its [`EventTail`] at most (small events: the tail's own bookkeeping bounded).
+const EVENT_TAIL_RECORDS: usize = 8192;
 
 /// A group's Raft: openraft over this state machine.
 pub(crate) type Raft = openraft::Raft<crate::command::TypeConfig, GroupStateMachine>;
@@ -85,6 +95,7 @@ impl GroupStateMachine {
         snapshot::remove_partial_snapshots(&snapshot_dir)?;
         let view = Arc::new(AppliedView {
             streams: RwLock::new(HashMap::new()),
+            tail: Mutex::new(EventTail::new(EVENT_TAIL_BYTES, EVENT_TAIL_RECORDS)),
             resources: RwLock::new(BTreeMap::new()),
             resources_version: watch::Sender::new(0),
             cluster_config: watch::Sender::new(None),
@@ -166,6 +177,8 @@ impl GroupStateMachine {
             );
         }
         self.publish_dedupe_keys();
+        // The streams' records may have been replaced (a snapshot installed): none of the tail's stay.
+        self.view.tail.lock().unwrap_or_else(PoisonError::into_inner).clear();
         if let Ok(mut guard) = self.view.streams.write() {
             *guard = streams;
         }
@@ -291,6 +304,7 @@ impl GroupStateMachine {
             }
             staged.batch.put_cf(events, event_key(self.group, state.id, next_offset), event_value(arrival_ms, payload));
             staged.event_bytes.insert((state.id, next_offset), payload.len() as u64);
+            staged.tail_records.push((state.id, next_offset, arrival_ms, payload.clone()));
             next_offset += 1;
             added_bytes += payload.len() as u64;
         }
@@ -352,6 +366,7 @@ impl GroupStateMachine {
             .map(|(_, b)| b)
             .sum::<u64>();
         staged.batch.delete_range_cf(events, from, to);
+        staged.tail_trims.push((state.id, before_offset));
         // Time-index entries of appends that now end at or below the new start. The last that starts below
         // it stays: it may straddle the start, and its later keys are still in the dedupe window, which
         // reads their fingerprints there (and rebuilds from there after a restart).
@@ -544,10 +559,31 @@ impl GroupStateMachine {
     fn commit_staged(&mut self, mut staged: Staged, last_applied: LogId) -> io::Result<()> {
         let sm = cf(&self.db, CF_SM_STATE)?;
         staged.batch.put_cf(sm, tag_key(self.group, SM_APPLIED), encode(&Some(last_applied)).map_err(io_err)?);
-        let Staged { batch, streams: touched, resources, offset_commits, new_config, dedupe_horizons, .. } = staged;
+        let Staged {
+            batch,
+            streams: touched,
+            resources,
+            offset_commits,
+            new_config,
+            dedupe_horizons,
+            tail_records,
+            tail_trims,
+            ..
+        } = staged;
         let mut without_wal = WriteOptions::default();
         without_wal.disable_wal(true);
         self.db.write_opt(batch, &without_wal).map_err(io_err)?;
+        // Into the tail before `streams` shows the new ends: a reader that sees an end finds its records.
+        if !tail_records.is_empty() || !tail_trims.is_empty() {
+            let mut tail = self.view.tail.lock().unwrap_or_else(PoisonError::into_inner);
+            for (stream_id, offset, arrival_ms, payload) in tail_records {
+                tail.push(stream_id, offset, arrival_ms, payload);
+            }
+            // After the pushes: a trim drops what this same apply appended below its new start too.
+            for (stream_id, before_offset) in tail_trims {
+                tail.trim(stream_id, before_offset);
+            }
+        }
         for (stream_id, _) in &dedupe_horizons {
             if let Some(window) = self.dedupe_windows.get_mut(stream_id) {
                 window.written();
@@ -626,6 +662,10 @@ struct Staged {
     resources: BTreeMap<ResourceKey, Option<String>>,
     /// Payload bytes of the records staged so far, by (stream id, offset).
     event_bytes: BTreeMap<(u32, u64), u64>,
+    /// The records staged, (stream id, offset, arrival, payload), for the readers' tail once written.
+    tail_records: Vec<(u32, u64, u64, Bytes)>,
+    /// The trims staged, (stream id, new start).
+    tail_trims: Vec<(u32, u64)>,
     /// Consumer offsets staged so far (`None`: deleted), so that later
     /// commits of the same apply compare against them, not the older disk value.
     offsets: HashMap<String, Option<u64>>,

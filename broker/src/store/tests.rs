@@ -11,8 +11,8 @@ use openraft::{RaftSnapshotBuilder, StorageError};
 
 use super::*;
 use crate::command::{LogCommand, StreamAppend, TypeConfig};
-use crate::store::StreamExtent;
 use crate::store::keys::CF_EVENTS;
+use crate::store::{StoredRecord, StreamExtent, StreamView};
 
 struct RocksBuilder;
 
@@ -171,8 +171,9 @@ async fn a_snapshot_installs_the_same_streams_elsewhere() {
 
     let target_dir = tempfile::tempdir().expect("tempdir");
     let (_target_store, mut target) = open(target_dir.path(), 2);
-    // Data the snapshot must replace.
-    apply(&mut target, vec![entry(1, LogCommand::Append(vec![append("stale", 5, &["old"])]))]).await;
+    // Data the snapshot must replace: a stream with the id that `a` has in the snapshot, and as many records,
+    // in the readers' tail too.
+    apply(&mut target, vec![entry(1, LogCommand::Append(vec![append("stale", 5, &["old0", "old1"])]))]).await;
     let copy = target_dir.path().join("incoming.snap.incoming");
     receive(snapshot.snapshot, &copy).await;
     let meta_only = target_dir.path().join("meta-only.snap.incoming");
@@ -181,7 +182,7 @@ async fn a_snapshot_installs_the_same_streams_elsewhere() {
         target.install_snapshot(&built.meta, SnapshotData::File { path: meta_only }).await.is_err(),
         "a meta file is refused, not installed as an empty state"
     );
-    assert_eq!(target.view().end_offset("stale"), 1, "nothing was replaced");
+    assert_eq!(target.view().end_offset("stale"), 2, "nothing was replaced");
     target.install_snapshot(&snapshot.meta, SnapshotData::File { path: copy }).await.expect("install");
     assert_eq!(
         snapshot_files(target_dir.path()),
@@ -192,6 +193,8 @@ async fn a_snapshot_installs_the_same_streams_elsewhere() {
     let view = target.view();
     assert_eq!(view.end_offset("stale"), 0, "the snapshot replaced the old state");
     assert_eq!(view.end_offset("a"), 2);
+    let a = view.read("a", 0, 10, 1 << 20).expect("read").records;
+    assert_eq!(a.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(), [Bytes::from("a0"), Bytes::from("a1")]);
     let b = view.read("b", 0, 10, 1 << 20).expect("read").records;
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].payload, Bytes::from("b0"));
@@ -203,6 +206,49 @@ async fn a_snapshot_installs_the_same_streams_elsewhere() {
     // New appends continue the installed streams.
     apply(&mut target, vec![entry(3, LogCommand::Append(vec![append("a", 30, &["a2"])]))]).await;
     assert_eq!(target.view().end_offset("a"), 3);
+}
+
+#[tokio::test]
+async fn a_reader_that_keeps_up_is_answered_from_memory_with_what_rocksdb_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = Bytes::from("s3");
+    let entries = vec![
+        entry(1, LogCommand::Append(vec![append("s", 10, &["s0", "s1"]), append("t", 10, &["t0"])])),
+        entry(2, LogCommand::Append(vec![append("s", 20, &["s2"])])),
+        entry(3, LogCommand::Trim { stream: "s".into(), before_offset: 1 }),
+        entry(
+            4,
+            LogCommand::Append(vec![StreamAppend {
+                payloads: vec![s3.clone(), Bytes::from("s4")],
+                ..append("s", 30, &[])
+            }]),
+        ),
+    ];
+    let reads = |view: &StreamView| -> Vec<Vec<StoredRecord>> {
+        let mut reads = Vec::new();
+        for (stream, end) in [("s", 6), ("t", 2)] {
+            for from in 0..end {
+                for (max_records, max_bytes) in [(100, 1 << 20), (1, 1 << 20), (100, 1)] {
+                    reads.push(view.read(stream, from, max_records, max_bytes).expect("read").records);
+                }
+            }
+        }
+        reads
+    };
+    let from_memory = {
+        let (_store, mut sm) = open(dir.path(), 1);
+        apply(&mut sm, entries).await;
+        let view = sm.view();
+        let s3_read = view.read("s", 3, 1, 1 << 20).expect("read").records;
+        assert_eq!(s3_read[0].payload.as_ptr(), s3.as_ptr(), "the applied payload itself, not a copy");
+        reads(&view)
+    };
+    // Reopened, the tail is empty: every read is RocksDB's.
+    let (_store, sm) = open(dir.path(), 1);
+    let view = sm.view();
+    assert_ne!(view.read("s", 3, 1, 1 << 20).expect("read").records[0].payload.as_ptr(), s3.as_ptr());
+    assert_eq!(from_memory, reads(&view));
+    assert_eq!(from_memory[0].iter().map(|r| r.offset).collect::<Vec<_>>(), [1, 2, 3, 4], "trimmed below 1");
 }
 
 /// A group 2 with two records in stream `a`, applied at index 1 and built, running, and the snapshot a follower
