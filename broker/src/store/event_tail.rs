@@ -17,7 +17,13 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
-use crate::store::read_view::StoredRecord;
+/// One record read back from a stream (from the tail or from RocksDB).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub offset: u64,
+    pub arrival_ms: u64,
+    pub payload: Bytes,
+}
 
 /// The records of all streams of one group, newest last.
 #[derive(Debug)]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::event_tail::EventTail;
+pub(crate) use super::event_tail::StoredRecord;
 use super::{cf, io_err};
 use crate::command::cluster_config::ClusterConfig;
 use crate::command::{GroupId, NodeId, ResourceKey};
@@ -93,14 +94,6 @@ pub(super) struct AppliedView {
     pub(super) resources_version: watch::Sender<u64>,
     pub(super) cluster_config: watch::Sender<Option<AppliedConfig>>,
     pub(super) applied_index: watch::Sender<u64>,
-}
-
-/// One record read back from a stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredRecord {
-    pub offset: u64,
-    pub arrival_ms: u64,
-    pub payload: Bytes,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
