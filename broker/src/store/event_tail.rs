@@ -9,9 +9,10 @@
 //! "Session 29"). A reader behind the tail still reads RocksDB.
 //!
 //! The rule that makes an answer complete: a stream's records here are consecutive offsets ending at the
-//! newest pushed; a record that does not follow the newest one starts that stream afresh. Readers cap an
-//! answer at the stream's applied end as they saw it. One bound on bytes and one on records for the whole
-//! group; the oldest records of any stream go first.
+//! newest pushed; a record that does not follow the newest one starts that stream afresh. A reader asks up
+//! to the stream's applied end as it saw it, and the tail answers only if it holds every record up to that
+//! end. One bound on bytes and one on records for the whole group; the oldest records of any stream go
+//! first.
 
 use std::collections::{HashMap, VecDeque};
 
