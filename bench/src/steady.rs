@@ -20,9 +20,9 @@ use crate::systems::SluiceHttp;
 /// An event slower than this, publish → subscriber, is a stall.
 pub(crate) const STALL_MS: f64 = 50.0;
 
-/// A WAL fsync slower than this (an upper bound of `sluice_wal_fsync_seconds`' buckets) is a slow one: a
-/// second with a stall and a slow fsync on some node is a stall the disk shares in.
-const SLOW_FSYNC_BUCKET: &str = "0.032";
+/// A WAL fsync slower than this (an upper bound of `sluice_wal_fsync_seconds`' buckets, 0.032 s) is a slow one:
+/// a second with a stall and a slow fsync on some node is a stall the disk shares in.
+const SLOW_FSYNC_MS: u32 = 32;
 
 pub(crate) struct SteadyBench {
     pub nodes: u64,
@@ -136,19 +136,26 @@ impl SteadyBench {
             let (samples, sampling) = (samples.clone(), sampling.clone());
             tokio::spawn(async move {
                 let client = reqwest::Client::new();
+                // Each node's count as last read: a scrape that fails keeps it, rather than counting the node's
+                // whole history again in the next second.
+                let mut slow_per_node = vec![0u64; metrics_urls.len()];
                 let mut ticker = tokio::time::interval(Duration::from_secs(1));
                 while sampling.load(Ordering::Acquire) {
                     ticker.tick().await;
                     let bytes: u64 = pids.iter().filter_map(|pid| crate::cpu::rss_bytes(*pid)).sum();
-                    let mut slow_fsyncs = 0;
-                    for url in &metrics_urls {
+                    for (url, last) in metrics_urls.iter().zip(&mut slow_per_node) {
                         let text = match client.get(url).timeout(Duration::from_millis(500)).send().await {
                             Ok(response) => response.text().await.unwrap_or_default(),
                             Err(_) => String::new(),
                         };
-                        slow_fsyncs += slow_fsyncs_in(&text).unwrap_or(0);
+                        if let Some(slow) = slow_fsyncs_in(&text) {
+                            *last = slow;
+                        }
                     }
-                    let sample = Sample { rss_mib: bytes as f64 / (1 << 20) as f64, slow_fsyncs_total: slow_fsyncs };
+                    let sample = Sample {
+                        rss_mib: bytes as f64 / (1 << 20) as f64,
+                        slow_fsyncs_total: slow_per_node.iter().sum(),
+                    };
                     samples.lock().unwrap_or_else(PoisonError::into_inner).push(sample);
                 }
             })
@@ -204,9 +211,8 @@ impl SteadyBench {
             summary.rss_last_min
         );
         println!(
-            "  WAL fsyncs over {} ms (all nodes): {} in {} seconds; seconds with a stall and a slow fsync then or \
-             the second before: {} of {}",
-            SLOW_FSYNC_BUCKET.parse::<f64>().unwrap_or(0.0) * 1000.0,
+            "  WAL fsyncs over {SLOW_FSYNC_MS} ms (all nodes): {} in {} seconds; seconds with a stall and a slow \
+             fsync then or the second before: {} of {}",
             summary.slow_fsyncs,
             summary.seconds_with_slow_fsync,
             summary.stalls_with_slow_fsync,
@@ -244,14 +250,15 @@ pub(crate) fn half_max_from_report(report: &serde_json::Value, system: &str) -> 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Sample {
     pub rss_mib: f64,
-    /// WAL fsyncs over [`SLOW_FSYNC_BUCKET`] since each node started, summed over the nodes.
+    /// WAL fsyncs over [`SLOW_FSYNC_MS`] since each node started, summed over the nodes.
     pub slow_fsyncs_total: u64,
 }
 
-/// WAL fsyncs slower than [`SLOW_FSYNC_BUCKET`] since the node started, from its `/metrics` text: the
+/// WAL fsyncs slower than [`SLOW_FSYNC_MS`] since the node started, from its `/metrics` text: the
 /// histogram's count less its bucket at that bound. `None` when the text has neither.
 pub(crate) fn slow_fsyncs_in(metrics: &str) -> Option<u64> {
-    let bucket = format!("sluice_wal_fsync_seconds_bucket{{le=\"{SLOW_FSYNC_BUCKET}\"}}");
+    let bound_s = f64::from(SLOW_FSYNC_MS) / 1000.0;
+    let bucket = format!("sluice_wal_fsync_seconds_bucket{{le=\"{bound_s}\"}}");
     let value = |name: &str| {
         metrics.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok()).map(|v| v as u64)
     };
