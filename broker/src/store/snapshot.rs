@@ -14,11 +14,12 @@ use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use openraft::RaftSnapshotBuilder;
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{cf, io_err};
-use crate::command::{GroupId, LogId, SnapshotMeta, StoredMembership, decode, encode};
+use crate::command::{GroupId, LogId, SnapshotMeta, StoredMembership, TypeConfig, decode, encode};
 use crate::store::keys::{CF_SM_STATE, SM_APPLIED, SM_MEMBERSHIP, STATE_MACHINE_CFS, group_end, group_prefix, tag_key};
 
 const MAGIC: &[u8] = b"SLUICESNAP1\n";
@@ -439,6 +440,43 @@ fn read_chunk(input: &mut impl Read) -> io::Result<Vec<u8>> {
 }
 
 use crate::durable_fs::sync_dir;
+
+/// Builds a group's snapshot for openraft: the meta of the state as of now, once the memtables are flushed
+/// (`write_snapshot_meta`); the data is read when a follower needs it.
+pub(crate) struct GroupSnapshotBuilder {
+    db: Arc<DB>,
+    group: GroupId,
+    snapshot_dir: PathBuf,
+}
+
+impl GroupSnapshotBuilder {
+    pub(crate) fn new(db: Arc<DB>, group: GroupId, snapshot_dir: PathBuf) -> Self {
+        GroupSnapshotBuilder { db, group, snapshot_dir }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let db = self.db.clone();
+        let group = self.group;
+        let dir = self.snapshot_dir.clone();
+        let started = std::time::Instant::now();
+        let written = tokio::task::spawn_blocking(move || write_snapshot_meta(&db, group, &dir))
+            .await
+            .map_err(io_err)
+            .and_then(|written| written);
+        let (meta, path) = match written {
+            Ok(written) => written,
+            Err(e) => return Err(e),
+        };
+        metrics::histogram!("sluice_snapshot_build_seconds", "group" => crate::ids::group_name(group))
+            .record(started.elapsed().as_secs_f64());
+        tracing::info!(group, last_log_id = ?meta.last_log_id, path = %path.display(), "built snapshot");
+        Ok(Snapshot { meta, snapshot: SnapshotData::File { path } })
+    }
+}
 
 #[cfg(test)]
 mod tests {

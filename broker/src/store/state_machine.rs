@@ -24,12 +24,12 @@ use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use openraft::{EntryPayload, OptionalSend};
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 use tokio::sync::watch;
 
 use super::event_tail::EventTail;
-use super::snapshot::{self, SnapshotData};
+use super::snapshot::{self, GroupSnapshotBuilder, SnapshotData};
 use super::{cf, io_err};
 use sluice_controller::meta::{ApplyOutcome, merge_for_apply};
 
@@ -54,14 +54,6 @@ use crate::store::stream_keys::StreamKeys;
 
 pub(crate) use super::read_view::{AppliedConfig, ReadBatch, StoredRecord, StreamExtent, StreamView};
 use super::read_view::{AppliedView, StreamState};
-
-/// Bytes of payload a group holds in its [`EventTail`] for readers that keep up: at the 4–5 MB/s one partition
-/// of a batched benchmark takes, a fifth of a second, far more than a dispatcher that keeps up lags. The
-/// payloads are those of the log's own tail (shared, not copied) while both hold them.
-const EVENT_TAIL_BYTES: usize = 1 << 20;
-
-/// Records a group holds in its [`EventTail`] at most (small events: the tail's own bookkeeping bounded).
-const EVENT_TAIL_RECORDS: usize = 8192;
 
 /// A group's Raft: openraft over this state machine.
 pub(crate) type Raft = openraft::Raft<crate::command::TypeConfig, GroupStateMachine>;
@@ -95,7 +87,7 @@ impl GroupStateMachine {
         snapshot::remove_partial_snapshots(&snapshot_dir)?;
         let view = Arc::new(AppliedView {
             streams: RwLock::new(HashMap::new()),
-            tail: Mutex::new(EventTail::new(EVENT_TAIL_BYTES, EVENT_TAIL_RECORDS)),
+            tail: Mutex::new(EventTail::default()),
             resources: RwLock::new(BTreeMap::new()),
             resources_version: watch::Sender::new(0),
             cluster_config: watch::Sender::new(None),
@@ -706,7 +698,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        GroupSnapshotBuilder { db: self.db.clone(), group: self.group, snapshot_dir: self.snapshot_dir.clone() }
+        GroupSnapshotBuilder::new(self.db.clone(), self.group, self.snapshot_dir.clone())
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
@@ -753,35 +745,6 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let (meta, live) = snapshot::open_live(self.db.clone(), self.group, snapshot::CHUNK_BYTES).await?;
         tracing::info!(group = self.group, last_log_id = ?meta.last_log_id, "opened a snapshot for a follower");
         Ok(Some(Snapshot { meta, snapshot: SnapshotData::Live(live) }))
-    }
-}
-
-pub(crate) struct GroupSnapshotBuilder {
-    db: Arc<DB>,
-    group: GroupId,
-    snapshot_dir: PathBuf,
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
-    type SnapshotData = SnapshotData;
-
-    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let db = self.db.clone();
-        let group = self.group;
-        let dir = self.snapshot_dir.clone();
-        let started = std::time::Instant::now();
-        let written = tokio::task::spawn_blocking(move || snapshot::write_snapshot_meta(&db, group, &dir))
-            .await
-            .map_err(io_err)
-            .and_then(|written| written);
-        let (meta, path) = match written {
-            Ok(written) => written,
-            Err(e) => return Err(e),
-        };
-        metrics::histogram!("sluice_snapshot_build_seconds", "group" => crate::ids::group_name(group))
-            .record(started.elapsed().as_secs_f64());
-        tracing::info!(group, last_log_id = ?meta.last_log_id, path = %path.display(), "built snapshot");
-        Ok(Snapshot { meta, snapshot: SnapshotData::File { path } })
     }
 }
 
