@@ -15,8 +15,8 @@
 //!   concurrency only (KPA), backlog only (KEDA-like) and both (Sluice) (see `autoscaling.rs`).
 //! - `--mode backlog`: `--events` held back by a paused Trigger: the node's memory and disk while they pile
 //!   up, then the drain's rate against the steady-state dispatch rate (see `backlog.rs`).
-//! - `--mode steady`: one long open-loop run at `--rate` (e.g. half the max for 10 minutes): latency and memory
-//!   second by second, `--csv` and an SVG `--plot` (see `steady.rs`).
+//! - `--mode steady`: one long open-loop run at `--rate` (e.g. half the max for 10 minutes): latency, memory and
+//!   the nodes' CPU second by second, `--csv` and an SVG `--plot` (see `steady.rs`).
 //! - `--mode compare`: Sluice side by side with NATS JetStream, RabbitMQ and
 //!   the machine's limits, open loop (see `compare.rs`, `openloop.rs`).
 //!   `--smoke`: Sluice on one node only, tiny rates, a few seconds.

@@ -2,8 +2,9 @@
 //! latency and the nodes' memory second by second: does anything stall, does memory creep.
 //!
 //! In: nodes, partitions, `--rate`, `--seconds`. Out: a summary (overall p50/p99/p99.9/max, events over the
-//! stall bound, RSS in the first and the last minute), a CSV of the seconds (`--csv`), and an SVG plot of
-//! p99 and max latency and RSS over time (`--plot`), drawn by [`svg_plot`] from the same rows.
+//! stall bound, RSS in the first and the last minute, the nodes' CPU per delivered event in the middle of
+//! the run), a CSV of the seconds (`--csv`), and an SVG plot of p99 and max latency and RSS over time
+//! (`--plot`), drawn by [`svg_plot`] from the same rows.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,6 +47,8 @@ pub(crate) struct Second {
     pub rss_mib: f64,
     /// WAL fsyncs over 32 ms in this second, summed over the nodes (their `sluice_wal_fsync_seconds`).
     pub slow_fsyncs: u64,
+    /// CPU time the nodes spent in this second (user + system, from `/proc`), summed over the nodes.
+    pub node_cpu_ms: f64,
 }
 
 /// Latencies bucketed by the second (since the run's start) in which the event was received.
@@ -143,6 +146,7 @@ impl SteadyBench {
                 while sampling.load(Ordering::Acquire) {
                     ticker.tick().await;
                     let bytes: u64 = pids.iter().filter_map(|pid| crate::cpu::rss_bytes(*pid)).sum();
+                    let node_cpu_us_total = crate::cpu::total_cpu_us(&pids);
                     for (url, last) in metrics_urls.iter().zip(&mut slow_per_node) {
                         let text = match client.get(url).timeout(Duration::from_millis(500)).send().await {
                             Ok(response) => response.text().await.unwrap_or_default(),
@@ -155,6 +159,7 @@ impl SteadyBench {
                     let sample = Sample {
                         rss_mib: bytes as f64 / (1 << 20) as f64,
                         slow_fsyncs_total: slow_per_node.iter().sum(),
+                        node_cpu_us_total,
                     };
                     samples.lock().unwrap_or_else(PoisonError::into_inner).push(sample);
                 }
@@ -218,6 +223,13 @@ impl SteadyBench {
             summary.stalls_with_slow_fsync,
             summary.seconds_with_stall
         );
+        match cpu_per_event(&rows) {
+            Some(cpu) => println!(
+                "  node CPU (all nodes) in seconds {}-{} of the run: {:.2} cores, {:.1} µs per delivered event",
+                cpu.from_s, cpu.to_s, cpu.cores, cpu.us_per_event
+            ),
+            None => println!("  node CPU per delivered event: too few seconds with deliveries to tell"),
+        }
         if let Some(csv) = &self.csv {
             std::fs::write(csv, to_csv(&rows)).with_context(|| format!("writing {}", csv.display()))?;
         }
@@ -252,6 +264,8 @@ pub(crate) struct Sample {
     pub rss_mib: f64,
     /// WAL fsyncs over [`SLOW_FSYNC_MS`] since each node started, summed over the nodes.
     pub slow_fsyncs_total: u64,
+    /// CPU time of the node processes since they started, summed.
+    pub node_cpu_us_total: u64,
 }
 
 /// WAL fsyncs slower than [`SLOW_FSYNC_MS`] since the node started, from its `/metrics` text: the
@@ -266,8 +280,8 @@ pub(crate) fn slow_fsyncs_in(metrics: &str) -> Option<u64> {
     Some(count.saturating_sub(fast))
 }
 
-/// The rows of the run: one per second that received events, with the RSS sampled nearest to it and the
-/// slow fsyncs between that sample and the one before.
+/// The rows of the run: one per second that received events, with the RSS sampled nearest to it, and the
+/// slow fsyncs and the nodes' CPU time between that sample and the one before.
 pub(crate) fn rows(buckets: &[(Histogram<u64>, u64)], samples: &[Sample]) -> Vec<Second> {
     let sample = |t: usize| samples.get(t).or(samples.last());
     buckets
@@ -275,10 +289,14 @@ pub(crate) fn rows(buckets: &[(Histogram<u64>, u64)], samples: &[Sample]) -> Vec
         .enumerate()
         .filter(|(_, (histogram, _))| !histogram.is_empty())
         .map(|(t, (histogram, over))| {
-            let slow_fsyncs = match (t.checked_sub(1).and_then(|before| samples.get(before)), samples.get(t)) {
-                (Some(before), Some(now)) => now.slow_fsyncs_total.saturating_sub(before.slow_fsyncs_total),
-                _ => 0,
-            };
+            let (slow_fsyncs, node_cpu_us) =
+                match (t.checked_sub(1).and_then(|before| samples.get(before)), samples.get(t)) {
+                    (Some(before), Some(now)) => (
+                        now.slow_fsyncs_total.saturating_sub(before.slow_fsyncs_total),
+                        now.node_cpu_us_total.saturating_sub(before.node_cpu_us_total),
+                    ),
+                    _ => (0, 0),
+                };
             Second {
                 t: t as u64,
                 delivered: histogram.len(),
@@ -288,6 +306,7 @@ pub(crate) fn rows(buckets: &[(Histogram<u64>, u64)], samples: &[Sample]) -> Vec
                 over_stall: *over,
                 rss_mib: sample(t).map_or(0.0, |s| s.rss_mib),
                 slow_fsyncs,
+                node_cpu_ms: node_cpu_us as f64 / 1000.0,
             }
         })
         .collect()
@@ -327,12 +346,44 @@ pub(crate) fn summarize(rows: &[Second]) -> Summary {
     }
 }
 
+/// The nodes' CPU over the middle of a run: its seconds, the cores they kept busy, and the CPU per event.
+#[derive(Debug, PartialEq)]
+pub(crate) struct CpuPerEvent {
+    pub from_s: u64,
+    pub to_s: u64,
+    pub cores: f64,
+    pub us_per_event: f64,
+}
+
+/// The nodes' CPU per delivered event over the rows of the run's middle three fifths: the first fifth holds
+/// the warm-up (connections, the first entries' allocations) and the last the drain after the producers
+/// stop, where CPU and deliveries fall out of step. `None` under five rows or with nothing delivered.
+pub(crate) fn cpu_per_event(rows: &[Second]) -> Option<CpuPerEvent> {
+    if rows.len() < 5 {
+        return None;
+    }
+    let fifth = rows.len() / 5;
+    let middle = &rows[fifth..rows.len() - fifth];
+    let delivered: u64 = middle.iter().map(|r| r.delivered).sum();
+    if delivered == 0 {
+        return None;
+    }
+    let cpu_ms: f64 = middle.iter().map(|r| r.node_cpu_ms).sum();
+    let (first, last) = (middle.first()?, middle.last()?);
+    Some(CpuPerEvent {
+        from_s: first.t,
+        to_s: last.t,
+        cores: cpu_ms / 1000.0 / middle.len() as f64,
+        us_per_event: cpu_ms * 1000.0 / delivered as f64,
+    })
+}
+
 pub(crate) fn to_csv(rows: &[Second]) -> String {
-    let mut csv = String::from("t_s,delivered,p50_ms,p99_ms,max_ms,over_stall,rss_mib,slow_fsyncs\n");
+    let mut csv = String::from("t_s,delivered,p50_ms,p99_ms,max_ms,over_stall,rss_mib,slow_fsyncs,node_cpu_ms\n");
     for r in rows {
         csv.push_str(&format!(
-            "{},{},{:.3},{:.3},{:.3},{},{:.1},{}\n",
-            r.t, r.delivered, r.p50_ms, r.p99_ms, r.max_ms, r.over_stall, r.rss_mib, r.slow_fsyncs
+            "{},{},{:.3},{:.3},{:.3},{},{:.1},{},{:.0}\n",
+            r.t, r.delivered, r.p50_ms, r.p99_ms, r.max_ms, r.over_stall, r.rss_mib, r.slow_fsyncs, r.node_cpu_ms
         ));
     }
     csv
@@ -438,11 +489,52 @@ mod tests {
     }
 
     fn second(t: u64, max_ms: f64, over_stall: u64, rss_mib: f64) -> Second {
-        Second { t, delivered: 10, p50_ms: 1.0, p99_ms: 2.0, max_ms, over_stall, rss_mib, slow_fsyncs: 0 }
+        Second {
+            t,
+            delivered: 10,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            max_ms,
+            over_stall,
+            rss_mib,
+            slow_fsyncs: 0,
+            node_cpu_ms: 0.0,
+        }
     }
 
     fn sample(rss_mib: f64, slow_fsyncs_total: u64) -> Sample {
-        Sample { rss_mib, slow_fsyncs_total }
+        Sample { rss_mib, slow_fsyncs_total, node_cpu_us_total: 0 }
+    }
+
+    #[test]
+    fn cpu_per_event_is_the_middle_three_fifths_cpu_over_their_deliveries() {
+        let mut histograms = Vec::new();
+        for _ in 0..10 {
+            let mut histogram = openloop::new_histogram();
+            histogram.record(1_000).expect("record");
+            histograms.push((histogram, 0));
+        }
+        // The nodes' CPU: 900 ms in the first second (warm-up), then 100 ms a second, 700 ms in the last.
+        let mut total = 0;
+        let samples: Vec<Sample> = (0..10)
+            .map(|t| {
+                total += match t {
+                    1 => 900_000,
+                    9 => 700_000,
+                    0 => 0,
+                    _ => 100_000,
+                };
+                Sample { rss_mib: 1.0, slow_fsyncs_total: 0, node_cpu_us_total: total }
+            })
+            .collect();
+        let rows = rows(&histograms, &samples);
+        assert_eq!(rows.iter().map(|r| r.node_cpu_ms).collect::<Vec<_>>()[..3], [0.0, 900.0, 100.0]);
+        // Rows 2..8: 6 seconds of 100 ms of CPU and one event each.
+        let cpu = cpu_per_event(&rows).expect("enough rows");
+        assert_eq!((cpu.from_s, cpu.to_s), (2, 7));
+        assert!((cpu.cores - 0.1).abs() < 1e-9, "{cpu:?}");
+        assert!((cpu.us_per_event - 100_000.0).abs() < 1e-6, "{cpu:?}");
+        assert_eq!(cpu_per_event(&rows[..4]), None, "too short to leave out its ends");
     }
 
     #[test]
@@ -519,7 +611,7 @@ mod tests {
         let rows = vec![second(0, 3.0, 0, 90.0), second(1, 60.0, 2, 91.0)];
         let csv = to_csv(&rows);
         assert_eq!(csv.lines().count(), 3);
-        assert!(csv.lines().nth(2).is_some_and(|l| l == "1,10,1.000,2.000,60.000,2,91.0,0"));
+        assert!(csv.lines().nth(2).is_some_and(|l| l == "1,10,1.000,2.000,60.000,2,91.0,0,0"));
         let svg = svg_plot(&rows, "a <title> & more");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 3);
