@@ -21,6 +21,26 @@ fn parse_stat_cpu_us(stat: &str) -> Option<u64> {
     Some((utime + stime) * 1_000_000 / USER_HZ)
 }
 
+/// CPU time of the live threads of `pids`, summed by thread name (`tokio-rt-worker`, `rocksdb:high`, …): where
+/// a node's CPU goes. A thread that has exited is not counted.
+pub(crate) fn thread_cpu_us_by_name(pids: &[u32]) -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for task in tasks.filter_map(Result::ok) {
+            let (Ok(name), Ok(stat)) =
+                (std::fs::read_to_string(task.path().join("comm")), std::fs::read_to_string(task.path().join("stat")))
+            else {
+                continue;
+            };
+            if let Some(cpu_us) = parse_stat_cpu_us(&stat) {
+                *by_name.entry(name.trim().to_string()).or_default() += cpu_us;
+            }
+        }
+    }
+    by_name
+}
+
 /// The summed CPU time of `pids` (a pid that cannot be read counts as nothing).
 pub(crate) fn total_cpu_us(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|pid| process_cpu_us(*pid)).sum()

@@ -142,12 +142,14 @@ impl SteadyBench {
                 // Each node's count as last read: a scrape that fails keeps it, rather than counting the node's
                 // whole history again in the next second.
                 let mut slow_per_node = vec![0u64; metrics_urls.len()];
+                let mut store_per_node = vec![StoreState::default(); metrics_urls.len()];
                 let mut ticker = tokio::time::interval(Duration::from_secs(1));
                 while sampling.load(Ordering::Acquire) {
                     ticker.tick().await;
                     let bytes: u64 = pids.iter().filter_map(|pid| crate::cpu::rss_bytes(*pid)).sum();
                     let node_cpu_us_total = crate::cpu::total_cpu_us(&pids);
-                    for (url, last) in metrics_urls.iter().zip(&mut slow_per_node) {
+                    let thread_cpu_us = crate::cpu::thread_cpu_us_by_name(&pids);
+                    for ((url, last), store) in metrics_urls.iter().zip(&mut slow_per_node).zip(&mut store_per_node) {
                         let text = match client.get(url).timeout(Duration::from_millis(500)).send().await {
                             Ok(response) => response.text().await.unwrap_or_default(),
                             Err(_) => String::new(),
@@ -155,11 +157,17 @@ impl SteadyBench {
                         if let Some(slow) = slow_fsyncs_in(&text) {
                             *last = slow;
                         }
+                        if let Some(state) = store_state_in(&text) {
+                            *store = state;
+                        }
                     }
                     let sample = Sample {
                         rss_mib: bytes as f64 / (1 << 20) as f64,
                         slow_fsyncs_total: slow_per_node.iter().sum(),
                         node_cpu_us_total,
+                        thread_cpu_us,
+                        compaction_pending_bytes: store_per_node.iter().map(|s| s.compaction_pending_bytes).sum(),
+                        nodes_holding_writes: store_per_node.iter().filter(|s| s.writes_held).count() as u64,
                     };
                     samples.lock().unwrap_or_else(PoisonError::into_inner).push(sample);
                 }
@@ -223,11 +231,26 @@ impl SteadyBench {
             summary.stalls_with_slow_fsync,
             summary.seconds_with_stall
         );
+        let store = store_summary(&samples);
+        println!(
+            "  RocksDB (all nodes, gauges of every 5 s): compaction pending at most {:.1} MiB; seconds with writes \
+             delayed or stopped on some node: {} of {}",
+            store.max_compaction_pending_mib,
+            store.seconds_holding_writes,
+            samples.len()
+        );
         match cpu_per_event(&rows) {
-            Some(cpu) => println!(
-                "  node CPU (all nodes) in seconds {}-{} of the run: {:.2} cores, {:.1} µs per delivered event",
-                cpu.from_s, cpu.to_s, cpu.cores, cpu.us_per_event
-            ),
+            Some(cpu) => {
+                println!(
+                    "  node CPU (all nodes) in seconds {}-{} of the run: {:.2} cores, {:.1} µs per delivered event",
+                    cpu.from_s, cpu.to_s, cpu.cores, cpu.us_per_event
+                );
+                let shares: Vec<String> = thread_shares(&samples, cpu.from_s, cpu.to_s)
+                    .iter()
+                    .map(|(name, cores)| format!("{name} {cores:.2}"))
+                    .collect();
+                println!("  by thread (cores): {}", shares.join(", "));
+            }
             None => println!("  node CPU per delivered event: too few seconds with deliveries to tell"),
         }
         if let Some(csv) = &self.csv {
@@ -266,6 +289,48 @@ pub(crate) struct Sample {
     pub slow_fsyncs_total: u64,
     /// CPU time of the node processes since they started, summed.
     pub node_cpu_us_total: u64,
+    /// The same by thread name, of the threads alive when sampled.
+    pub thread_cpu_us: std::collections::BTreeMap<String, u64>,
+    /// What RocksDB's compaction has still to rewrite, summed over the nodes (as each last published it).
+    pub compaction_pending_bytes: u64,
+    /// Nodes whose RocksDB delays or stops writes until compaction catches up.
+    pub nodes_holding_writes: u64,
+}
+
+/// One node's RocksDB gauges (`sluice_store_compaction_pending_bytes`, `sluice_store_write_delayed_rate_bytes_per_second`,
+/// `sluice_store_writes_stopped`), published every 5 s.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct StoreState {
+    pub compaction_pending_bytes: u64,
+    pub writes_held: bool,
+}
+
+/// The value of the unlabelled gauge `name` in a `/metrics` text.
+fn gauge_in(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+}
+
+/// A node's [`StoreState`] from its `/metrics` text; `None` before it first published the gauges.
+pub(crate) fn store_state_in(metrics: &str) -> Option<StoreState> {
+    let pending = gauge_in(metrics, "sluice_store_compaction_pending_bytes")?;
+    let delayed = gauge_in(metrics, "sluice_store_write_delayed_rate_bytes_per_second").unwrap_or(0.0);
+    let stopped = gauge_in(metrics, "sluice_store_writes_stopped").unwrap_or(0.0);
+    Some(StoreState { compaction_pending_bytes: pending as u64, writes_held: delayed > 0.0 || stopped > 0.0 })
+}
+
+/// The RocksDB side of a run: the most compaction had pending, and the samples in which a node held writes.
+#[derive(Debug, PartialEq)]
+pub(crate) struct StoreSummary {
+    pub max_compaction_pending_mib: f64,
+    pub seconds_holding_writes: usize,
+}
+
+pub(crate) fn store_summary(samples: &[Sample]) -> StoreSummary {
+    StoreSummary {
+        max_compaction_pending_mib: samples.iter().map(|s| s.compaction_pending_bytes).max().unwrap_or(0) as f64
+            / (1 << 20) as f64,
+        seconds_holding_writes: samples.iter().filter(|s| s.nodes_holding_writes > 0).count(),
+    }
 }
 
 /// WAL fsyncs slower than [`SLOW_FSYNC_MS`] since the node started, from its `/metrics` text: the
@@ -353,6 +418,28 @@ pub(crate) struct CpuPerEvent {
     pub to_s: u64,
     pub cores: f64,
     pub us_per_event: f64,
+}
+
+/// The cores each kind of thread (by name) kept busy from the sample before second `from_s` to that of `to_s`,
+/// busiest first; empty when the samples do not reach.
+pub(crate) fn thread_shares(samples: &[Sample], from_s: u64, to_s: u64) -> Vec<(String, f64)> {
+    let (Some(before), Some(after)) =
+        (from_s.checked_sub(1).and_then(|t| samples.get(t as usize)), samples.get(to_s as usize))
+    else {
+        return Vec::new();
+    };
+    let seconds = (to_s + 1 - from_s) as f64;
+    let mut shares: Vec<(String, f64)> = after
+        .thread_cpu_us
+        .iter()
+        .map(|(name, us)| {
+            let spent = us.saturating_sub(before.thread_cpu_us.get(name).copied().unwrap_or(0));
+            (name.clone(), spent as f64 / 1e6 / seconds)
+        })
+        .filter(|(_, cores)| *cores > 0.0)
+        .collect();
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    shares
 }
 
 /// The nodes' CPU per delivered event over the rows of the run's middle three fifths: the first fifth holds
@@ -503,7 +590,56 @@ mod tests {
     }
 
     fn sample(rss_mib: f64, slow_fsyncs_total: u64) -> Sample {
-        Sample { rss_mib, slow_fsyncs_total, node_cpu_us_total: 0 }
+        Sample { rss_mib, slow_fsyncs_total, ..Sample::default() }
+    }
+
+    #[test]
+    fn thread_shares_are_the_cores_each_name_used_between_the_samples_busiest_first() {
+        let at = |pairs: &[(&str, u64)]| Sample {
+            thread_cpu_us: pairs.iter().map(|(name, us)| (name.to_string(), *us)).collect(),
+            ..Sample::default()
+        };
+        let samples = [
+            at(&[("tokio-rt-worker", 1_000_000), ("rocksdb:high", 50_000)]),
+            at(&[("tokio-rt-worker", 2_000_000), ("rocksdb:high", 50_000)]),
+            // A thread that started since is counted from zero.
+            at(&[("tokio-rt-worker", 3_000_000), ("rocksdb:high", 150_000), ("rocksdb:low", 200_000)]),
+        ];
+        // Seconds 1-2: from sample 0 to sample 2.
+        let shares = thread_shares(&samples, 1, 2);
+        assert_eq!(
+            shares,
+            vec![
+                ("tokio-rt-worker".to_string(), 1.0),
+                ("rocksdb:low".to_string(), 0.1),
+                ("rocksdb:high".to_string(), 0.05)
+            ]
+        );
+        assert!(thread_shares(&samples, 0, 2).is_empty(), "no sample before second 0");
+        assert!(thread_shares(&samples, 1, 3).is_empty(), "no sample for second 3");
+    }
+
+    #[test]
+    fn the_store_state_comes_from_the_nodes_gauges_and_the_summary_takes_the_worst() {
+        let metrics = "sluice_store_compaction_pending_bytes 2097152\n\
+            sluice_store_compaction_pending_bytes_total 7\n\
+            sluice_store_write_delayed_rate_bytes_per_second 0\n\
+            sluice_store_writes_stopped 0\n";
+        assert_eq!(store_state_in(metrics), Some(StoreState { compaction_pending_bytes: 2 << 20, writes_held: false }));
+        let delayed = metrics.replace("per_second 0", "per_second 16777216");
+        assert_eq!(store_state_in(&delayed).map(|s| s.writes_held), Some(true));
+        let stopped = metrics.replace("writes_stopped 0", "writes_stopped 1");
+        assert_eq!(store_state_in(&stopped).map(|s| s.writes_held), Some(true));
+        assert_eq!(store_state_in("sluice_wal_fsync_seconds_count 3\n"), None, "not published yet");
+        let samples = [(1 << 20, 0), (3 << 20, 1), (0, 0), (0, 2)].map(|(pending, held)| Sample {
+            compaction_pending_bytes: pending,
+            nodes_holding_writes: held,
+            ..Sample::default()
+        });
+        assert_eq!(
+            store_summary(&samples),
+            StoreSummary { max_compaction_pending_mib: 3.0, seconds_holding_writes: 2 }
+        );
     }
 
     #[test]
@@ -524,7 +660,7 @@ mod tests {
                     0 => 0,
                     _ => 100_000,
                 };
-                Sample { rss_mib: 1.0, slow_fsyncs_total: 0, node_cpu_us_total: total }
+                Sample { rss_mib: 1.0, node_cpu_us_total: total, ..Sample::default() }
             })
             .collect();
         let rows = rows(&histograms, &samples);

@@ -220,13 +220,15 @@ impl Node {
         signing_keys::published_jwks(self, sluice_cloudevent::clock::now_ms())
     }
 
-    /// Every `interval`, publishes what the store holds in memory (the `sluice_store_*_bytes` gauges).
-    pub(crate) async fn report_store_memory(self, interval: Duration) {
+    /// Every `interval`, publishes what the store holds in memory (the `sluice_store_*_bytes` gauges) and how
+    /// far its compaction is behind (`sluice_store_compaction_*`, `sluice_store_write_*`).
+    pub(crate) async fn report_store_gauges(self, interval: Duration) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
             self.inner.store.memory_usage().publish();
+            self.inner.store.compaction_backlog().publish();
         }
     }
 

@@ -129,7 +129,7 @@ pub async fn start(
     if let Some(interval) = node.settings().leader_balance_interval {
         tokio::spawn(crate::node::leader_balance::run(node.clone(), interval));
     }
-    tokio::spawn(node.clone().report_store_memory(std::time::Duration::from_secs(5)));
+    tokio::spawn(node.clone().report_store_gauges(std::time::Duration::from_secs(5)));
     tokio::spawn(crate::node::signing_keys::run(node.clone()));
     tokio::spawn(crate::node::signing_keys::trust_own_issuer(node.clone()));
     let (shutdown, _) = watch::channel(false);

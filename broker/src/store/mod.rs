@@ -7,6 +7,7 @@
 //!   RocksDB unsynced and then wait for one shared `fsync` of the WAL; one
 //!   fsync covers every append written before it, whatever its group.
 
+mod compaction;
 mod dedupe_expiry;
 mod dedupe_table;
 mod dedupe_window;
@@ -34,6 +35,7 @@ pub(crate) use state_machine::{
 pub(crate) use wal_sync::WalSyncer;
 
 use crate::error::BrokerError;
+pub(crate) use crate::store::compaction::CompactionBacklog;
 use crate::store::dedupe_expiry::DedupeHorizons;
 use crate::store::keys::ALL_CFS;
 pub(crate) use crate::store::memory::MemoryUsage;
@@ -133,6 +135,11 @@ impl Store {
     /// What RocksDB holds in memory now.
     pub(crate) fn memory_usage(&self) -> MemoryUsage {
         MemoryUsage::read(&self.db)
+    }
+
+    /// How far compaction is behind, and whether RocksDB holds writes back for it.
+    pub(crate) fn compaction_backlog(&self) -> CompactionBacklog {
+        CompactionBacklog::read(&self.db)
     }
 }
 
