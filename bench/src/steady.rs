@@ -305,7 +305,7 @@ pub(crate) struct StoreState {
     pub writes_held: bool,
 }
 
-/// The value of the unlabelled gauge `name` in a `/metrics` text.
+/// The value of the series `name` (labels included, as the text writes them) in a `/metrics` text.
 fn gauge_in(metrics: &str, name: &str) -> Option<f64> {
     metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
 }
@@ -338,11 +338,8 @@ pub(crate) fn store_summary(samples: &[Sample]) -> StoreSummary {
 pub(crate) fn slow_fsyncs_in(metrics: &str) -> Option<u64> {
     let bound_s = f64::from(SLOW_FSYNC_MS) / 1000.0;
     let bucket = format!("sluice_wal_fsync_seconds_bucket{{le=\"{bound_s}\"}}");
-    let value = |name: &str| {
-        metrics.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok()).map(|v| v as u64)
-    };
-    let (count, fast) = (value("sluice_wal_fsync_seconds_count ")?, value(&bucket)?);
-    Some(count.saturating_sub(fast))
+    let (count, fast) = (gauge_in(metrics, "sluice_wal_fsync_seconds_count")?, gauge_in(metrics, &bucket)?);
+    Some((count as u64).saturating_sub(fast as u64))
 }
 
 /// The rows of the run: one per second that received events, with the RSS sampled nearest to it, and the
