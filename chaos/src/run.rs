@@ -1106,42 +1106,21 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
     }
     // Drained: every matching event delivered or dead-lettered, and every Trigger's dispatcher committed past the
     // end with nothing in flight (so no dead letter is still to come when the copies are compared).
+    // What kept the last check from calling it drained, for the note if the drain times out.
+    let blocker = std::sync::Mutex::new(String::new());
     let drained = wait_until("subscribers caught up", config.drain_timeout, || async {
-        let admin = &first_healthy;
-        let mut undrained = 0;
-        let mut progress = BTreeMap::new();
-        for spec in &specs {
-            for status in dispatch_status(admin, &spec.name).await.ok()? {
-                progress.insert((spec.name.clone(), status.partition), status);
-            }
+        let waiting = drain_blockers(&first_healthy, &specs, config.partitions, &subscribers).await;
+        let drained = waiting.is_empty();
+        if let Ok(mut last) = blocker.lock() {
+            *last = waiting.join("; ");
         }
-        for partition in 0..config.partitions {
-            let events = read_partition(admin, &stream(), partition).await.ok()?;
-            for spec in &specs {
-                let dead: BTreeSet<(String, String)> = read_partition(admin, &spec.dead_letter_stream, partition)
-                    .await
-                    .ok()?
-                    .into_iter()
-                    .map(|e| (e.source, e.id))
-                    .collect();
-                let status = progress.get(&(spec.name.clone(), partition))?;
-                let dispatch = DispatchProgress {
-                    end_offset: status.end_offset,
-                    committed_offset: status.committed_offset,
-                    in_flight: status.in_flight,
-                };
-                undrained += checker::undrained(
-                    &events,
-                    spec,
-                    |(source, id)| subscribers.delivered(&spec.name, source, id),
-                    &dead,
-                    dispatch,
-                );
-            }
-        }
-        (undrained == 0).then_some(())
+        drained.then_some(())
     })
     .await;
+    let drained = drained.map_err(|e| {
+        let waiting = blocker.lock().map(|b| b.clone()).unwrap_or_default();
+        format!("{e} (still waiting for: {waiting})")
+    });
     if let Err(e) = drained {
         history.note(format!("drain: {e}"));
         say(&config, &format!("drain: {e}"));
@@ -1187,6 +1166,62 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
     }
     drop(subscribers);
     Ok(())
+}
+
+/// What keeps the Triggers from being drained, read from the node at `admin`: per Trigger and partition the
+/// matching events neither delivered nor dead-lettered, a committed offset short of the end, deliveries in
+/// flight, or the admin call that failed. Empty when drained.
+async fn drain_blockers(admin: &str, specs: &[TriggerSpec], partitions: u32, subscribers: &Subscribers) -> Vec<String> {
+    let mut waiting = Vec::new();
+    for partition in 0..partitions {
+        let events = match read_partition(admin, &stream(), partition).await {
+            Ok(events) => events,
+            Err(e) => {
+                waiting.push(format!("reading partition {partition}: {e}"));
+                continue;
+            }
+        };
+        for spec in specs {
+            let status = match dispatch_status(admin, &spec.name).await {
+                Ok(partitions) => partitions.into_iter().find(|s| s.partition == partition),
+                Err(e) => {
+                    waiting.push(format!("{} status: {e}", spec.name));
+                    continue;
+                }
+            };
+            let Some(status) = status else {
+                waiting.push(format!("{} partition {partition}: no status", spec.name));
+                continue;
+            };
+            let dead: BTreeSet<(String, String)> =
+                match read_partition(admin, &spec.dead_letter_stream, partition).await {
+                    Ok(dead) => dead.into_iter().map(|e| (e.source, e.id)).collect(),
+                    Err(e) => {
+                        waiting.push(format!("{} dead letters of partition {partition}: {e}", spec.name));
+                        continue;
+                    }
+                };
+            let progress = DispatchProgress {
+                end_offset: status.end_offset,
+                committed_offset: status.committed_offset,
+                in_flight: status.in_flight,
+            };
+            let undrained = checker::undrained(
+                &events,
+                spec,
+                |(source, id)| subscribers.delivered(&spec.name, source, id),
+                &dead,
+                progress,
+            );
+            if undrained > 0 {
+                waiting.push(format!(
+                    "{} partition {partition}: {undrained} undrained (committed {} of {}, {} in flight)",
+                    spec.name, status.committed_offset, status.end_offset, status.in_flight
+                ));
+            }
+        }
+    }
+    waiting
 }
 
 /// Waits (at most `timeout`) until every node in `admins` has the same end offset in each partition of `streams`.

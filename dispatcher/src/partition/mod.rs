@@ -384,7 +384,11 @@ impl PartitionDispatcher {
     async fn commit(&mut self) {
         self.reading.sync_attached();
         let stored: BTreeMap<String, u64> = match self.ctx.node.committed_offsets(self.partition()) {
-            Ok(stored) => stored.into_iter().collect(),
+            Ok(stored) => {
+                let stored = stored.into_iter().collect();
+                self.reading.observe_stored_stats(&stored);
+                stored
+            }
             Err(_) => BTreeMap::new(),
         };
         let (replayed, replay_commits) = self.reading.apply_replays(&stored);

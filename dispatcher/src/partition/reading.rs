@@ -472,6 +472,16 @@ impl Reading {
         (replayed, commits)
     }
 
+    /// Takes each consumer's statistics as stored in the partition's Raft group for what is committed, so that
+    /// the next [`Reading::commits`] corrects what differs. A previous leader's dispatcher can write its gauges
+    /// after this one read them at start (its commit applied here late, or made while it still ran): without
+    /// this, `trigger status` would show its deliveries in flight for good once the stream goes idle.
+    pub(crate) fn observe_stored_stats(&mut self, stored: &BTreeMap<String, u64>) {
+        for consumer in self.consumers.values_mut() {
+            consumer.committed_stats = CursorStats::from_committed(&consumer.spec.cursor, stored);
+        }
+    }
+
     /// What to commit now: each consumer's watermark where it moved (not for the `replayed` ones, whose
     /// commits the replay made) and its statistics where they changed.
     pub(crate) fn commits(&mut self, replayed: &HashSet<String>, mut commits: Vec<OffsetCommit>) -> Commits {
@@ -803,6 +813,38 @@ mod tests {
         reading.committed(second);
         settle_all(&mut reading, &starts[1..]);
         assert_eq!(offset_commits(&reading.commits(&HashSet::new(), Vec::new())), [3]);
+    }
+
+    #[test]
+    fn regression_a_previous_leaders_in_flight_gauge_written_after_the_start_is_reset() {
+        let mut log = MemLog::default();
+        log.append("a");
+        let all = specs(&[("t", "", 100)]);
+        let cursor = all[0].cursor.clone();
+        let mut reading = reading_with(&all, &[0], 100);
+        let starts = pump(&mut reading, &log);
+        settle_all(&mut reading, &starts);
+        let first = reading.commits(&HashSet::new(), Vec::new());
+        reading.committed(first);
+        assert!(reading.commits(&HashSet::new(), Vec::new()).commits.is_empty(), "all committed");
+        // The previous leader's last commit lands now: 8 in flight, an older oldest-pending time.
+        let mut stored: BTreeMap<String, u64> = BTreeMap::from([(cursor.clone(), 1)]);
+        stored.insert(stats::stat_key(&cursor, stats::IN_FLIGHT), 8);
+        stored.insert(stats::stat_key(&cursor, stats::OLDEST_PENDING_ARRIVAL_MS), 5);
+        stored.insert(stats::stat_key(&cursor, stats::DELIVERED), 1);
+        reading.observe_stored_stats(&stored);
+        let corrected = reading.commits(&HashSet::new(), Vec::new());
+        let gauges: BTreeMap<&str, (u64, bool)> =
+            corrected.commits.iter().map(|c| (c.cursor.as_str(), (c.offset, c.reset))).collect();
+        assert_eq!(gauges.get(stats::stat_key(&cursor, stats::IN_FLIGHT).as_str()), Some(&(0, true)));
+        assert_eq!(gauges.get(stats::stat_key(&cursor, stats::OLDEST_PENDING_ARRIVAL_MS).as_str()), Some(&(0, true)));
+        assert_eq!(gauges.len(), 2, "only the gauges that differ: {gauges:?}");
+        reading.committed(corrected);
+        let mut stored_now = stored.clone();
+        stored_now.insert(stats::stat_key(&cursor, stats::IN_FLIGHT), 0);
+        stored_now.insert(stats::stat_key(&cursor, stats::OLDEST_PENDING_ARRIVAL_MS), 0);
+        reading.observe_stored_stats(&stored_now);
+        assert!(reading.commits(&HashSet::new(), Vec::new()).commits.is_empty(), "stored matches: nothing to write");
     }
 
     #[derive(Clone, Debug)]
