@@ -238,7 +238,9 @@ pub(crate) async fn deliver(
         Sent::Done { attempts } => Settlement::Delivered { attempts },
         Sent::GaveUp { attempts, result, reason, note } => {
             let failure = failure_from(&spec.subscriber_uri, &result, note.unwrap_or_else(|| describe(reason)));
-            dead_letter(&ctx, &spec, offset, &event, failure, attempts).await
+            // Boxed: the rare path's state (another send with retries, an append) would otherwise be part of
+            // every delivery's future, which is copied into its task.
+            Box::pin(dead_letter(&ctx, &spec, offset, &event, failure, attempts)).await
         }
     }
 }

@@ -129,6 +129,12 @@ impl PartitionDispatcher {
                     if let Ok((cursor, generation, offset, settlement)) = joined {
                         self.settle(&cursor, generation, offset, settlement);
                     }
+                    // Every other delivery that has ended too, so that one pump admits and starts for all of them.
+                    while let Some(joined) = self.deliveries.try_join_next() {
+                        if let Ok((cursor, generation, offset, settlement)) = joined {
+                            self.settle(&cursor, generation, offset, settlement);
+                        }
+                    }
                 }
                 changed = applied.changed() => {
                     if changed.is_err() {
@@ -311,12 +317,13 @@ impl PartitionDispatcher {
             let ctx = self.ctx.clone();
             let Start { cursor, generation, offset, event } = start;
             let running = self.running.entry(cursor.clone()).or_default();
-            let handle = self.deliveries.spawn(async move {
+            // Boxed: the delivery's state machine is large, and tokio would copy it whole into the new task.
+            let handle = self.deliveries.spawn(Box::pin(async move {
                 // The slot at the subscriber is held until the delivery ends (or is aborted).
                 let _slot = slot;
                 let settlement = deliver(ctx, spec, offset, event).await;
                 (cursor, generation, offset, settlement)
-            });
+            }));
             running.insert(offset, handle);
         }
         // A subscriber without room: tell it (its autoscaler) what waits, now rather than at the next tick.
