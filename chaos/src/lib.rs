@@ -5,8 +5,10 @@
 //! [`workload`] (producers over HTTP, recording subscribers behind Triggers), injects faults, heals, reads
 //! every node's log back and checks the history ([`run`]).
 
+mod admin_calls;
 pub mod checker;
 pub mod ci;
+mod drain;
 pub mod faults;
 pub mod history;
 pub mod netns;

@@ -12,25 +12,21 @@ use std::time::Duration;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sluice_proto::admin::cluster_client::ClusterClient;
-use sluice_proto::admin::consumers_client::ConsumersClient;
-use sluice_proto::admin::log_client::LogClient;
 use sluice_proto::admin::resources_client::ResourcesClient;
-use sluice_proto::admin::{
-    AddNodeRequest, ApplyResourceRequest, ConsumerRef, InitRequest, Member, PartitionStatus, ReadRequest,
-    RemoveNodeRequest, StatusReply, StatusRequest,
-};
+use sluice_proto::admin::{AddNodeRequest, ApplyResourceRequest, InitRequest, Member, RemoveNodeRequest};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
 
-use crate::checker::{self, DispatchProgress, Report, check};
+pub use crate::admin_calls::wait_until;
+use crate::admin_calls::{NAMESPACE, channel, channel_with_timeout, committed_offsets, read_partition, status};
+use crate::checker::{Report, check};
+use crate::drain::{converge, drain_blockers};
 use crate::faults::{self, Fault, FaultKind, Planned, Target, Timing};
-use crate::history::{History, LoggedEvent, Op, TriggerSpec};
+use crate::history::{History, Op, TriggerSpec};
 use crate::netns::{Network, NetworkKind, NodeAddrs};
 use crate::powerloss::LazyFsProcess;
 use crate::workload::{FailSchedule, Producers, Subscribers, TYPES};
 use crate::{ChaosError, netns};
 
-const NAMESPACE: &str = "default";
 const BROKER: &str = "chaos";
 
 /// What a run does.
@@ -151,42 +147,6 @@ fn trigger_specs() -> Vec<TriggerSpec> {
             dead_letter_stream: format!("deadletter/trigger/{NAMESPACE}/{name}"),
         })
         .collect()
-}
-
-/// Polls `check` until it answers a value, at most `timeout`.
-pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T, ChaosError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            return Err(ChaosError::Timeout { what: what.to_string(), after: timeout });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn channel(admin: &str) -> Result<Channel, ChaosError> {
-    channel_with_timeout(admin, Duration::from_secs(3)).await
-}
-
-/// A channel whose calls may take `timeout` (membership changes wait for replication; a call cut short by the
-/// client is cancelled on the server, possibly half done).
-async fn channel_with_timeout(admin: &str, timeout: Duration) -> Result<Channel, ChaosError> {
-    let endpoint = Endpoint::from_shared(format!("http://{admin}"))
-        .map_err(|e| ChaosError::Setup(format!("admin address {admin}: {e}")))?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(timeout);
-    Ok(endpoint.connect().await?)
-}
-
-async fn status(admin: &str) -> Result<StatusReply, ChaosError> {
-    Ok(ClusterClient::new(channel(admin).await?).status(StatusRequest {}).await?.into_inner())
 }
 
 /// One `sluice node` process.
@@ -645,71 +605,6 @@ impl Cluster<'_> {
     }
 }
 
-/// Decodes stored records into (offset, source, id, type).
-fn logged(records: Vec<sluice_proto::admin::Record>) -> Vec<LoggedEvent> {
-    records
-        .into_iter()
-        .map(|r| match sluice_cloudevent::CloudEvent::decode(&r.payload) {
-            Ok(event) => LoggedEvent {
-                offset: r.offset,
-                source: event.get_str("source").unwrap_or_default().to_string(),
-                id: event.get_str("id").unwrap_or_default().to_string(),
-                event_type: event.get_str("type").unwrap_or_default().to_string(),
-            },
-            Err(e) => LoggedEvent {
-                offset: r.offset,
-                source: "(undecodable)".into(),
-                id: format!("{e}"),
-                event_type: String::new(),
-            },
-        })
-        .collect()
-}
-
-/// Every record of a stream's partition as applied on the node at `admin` (Log.Read reads the asked node's
-/// own applied state; it never forwards).
-async fn read_partition(admin: &str, stream: &str, partition: u32) -> Result<Vec<LoggedEvent>, ChaosError> {
-    let mut client = LogClient::new(channel(admin).await?);
-    let mut events: Vec<LoggedEvent> = Vec::new();
-    let mut from = 0;
-    loop {
-        let reply = client
-            .read(ReadRequest {
-                stream: stream.to_string(),
-                partition,
-                from_offset: from,
-                max_records: 5000,
-                max_bytes: 0,
-            })
-            .await?
-            .into_inner();
-        let Some(last) = reply.records.last().map(|r| r.offset) else { return Ok(events) };
-        from = last + 1;
-        events.extend(logged(reply.records));
-        if from >= reply.end_offset {
-            return Ok(events);
-        }
-    }
-}
-
-async fn end_offset(admin: &str, stream: &str, partition: u32) -> Result<u64, ChaosError> {
-    let mut client = LogClient::new(channel(admin).await?);
-    let request =
-        ReadRequest { stream: stream.to_string(), partition, from_offset: u64::MAX, max_records: 1, max_bytes: 0 };
-    Ok(client.read(request).await?.into_inner().end_offset)
-}
-
-async fn committed_offsets(admin: &str, trigger: &str) -> Result<Vec<(u32, u64)>, ChaosError> {
-    Ok(dispatch_status(admin, trigger).await?.iter().map(|p| (p.partition, p.committed_offset)).collect())
-}
-
-/// A Trigger's dispatch, per partition, as `admin` reports it.
-async fn dispatch_status(admin: &str, trigger: &str) -> Result<Vec<PartitionStatus>, ChaosError> {
-    let mut client = ConsumersClient::new(channel(admin).await?);
-    let reference = ConsumerRef { kind: "trigger".into(), namespace: NAMESPACE.into(), name: trigger.into() };
-    Ok(client.status(reference).await?.into_inner().partitions)
-}
-
 /// Records every Trigger's committed offsets as each node reports them, every second, until stopped.
 fn observe_offsets(
     nodes: Vec<(u64, String, Arc<AtomicU32>)>,
@@ -1109,7 +1004,7 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
     // What kept the last check from calling it drained, for the note if the drain times out.
     let blocker = std::sync::Mutex::new(String::new());
     let drained = wait_until("subscribers caught up", config.drain_timeout, || async {
-        let waiting = drain_blockers(&first_healthy, &specs, config.partitions, &subscribers).await;
+        let waiting = drain_blockers(&first_healthy, &stream(), &specs, config.partitions, &subscribers).await;
         let drained = waiting.is_empty();
         if let Ok(mut last) = blocker.lock() {
             *last = waiting.join("; ");
@@ -1166,79 +1061,4 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
     }
     drop(subscribers);
     Ok(())
-}
-
-/// What keeps the Triggers from being drained, read from the node at `admin`: per Trigger and partition the
-/// matching events neither delivered nor dead-lettered, a committed offset short of the end, deliveries in
-/// flight, or the admin call that failed. Empty when drained.
-async fn drain_blockers(admin: &str, specs: &[TriggerSpec], partitions: u32, subscribers: &Subscribers) -> Vec<String> {
-    let mut waiting = Vec::new();
-    for partition in 0..partitions {
-        let events = match read_partition(admin, &stream(), partition).await {
-            Ok(events) => events,
-            Err(e) => {
-                waiting.push(format!("reading partition {partition}: {e}"));
-                continue;
-            }
-        };
-        for spec in specs {
-            let status = match dispatch_status(admin, &spec.name).await {
-                Ok(partitions) => partitions.into_iter().find(|s| s.partition == partition),
-                Err(e) => {
-                    waiting.push(format!("{} status: {e}", spec.name));
-                    continue;
-                }
-            };
-            let Some(status) = status else {
-                waiting.push(format!("{} partition {partition}: no status", spec.name));
-                continue;
-            };
-            let dead: BTreeSet<(String, String)> =
-                match read_partition(admin, &spec.dead_letter_stream, partition).await {
-                    Ok(dead) => dead.into_iter().map(|e| (e.source, e.id)).collect(),
-                    Err(e) => {
-                        waiting.push(format!("{} dead letters of partition {partition}: {e}", spec.name));
-                        continue;
-                    }
-                };
-            let progress = DispatchProgress {
-                end_offset: status.end_offset,
-                committed_offset: status.committed_offset,
-                in_flight: status.in_flight,
-            };
-            let undrained = checker::undrained(
-                &events,
-                spec,
-                |(source, id)| subscribers.delivered(&spec.name, source, id),
-                &dead,
-                progress,
-            );
-            if undrained > 0 {
-                waiting.push(format!(
-                    "{} partition {partition}: {undrained} undrained (committed {} of {}, {} in flight)",
-                    spec.name, status.committed_offset, status.end_offset, status.in_flight
-                ));
-            }
-        }
-    }
-    waiting
-}
-
-/// Waits (at most `timeout`) until every node in `admins` has the same end offset in each partition of `streams`.
-async fn converge(admins: &[String], streams: &[String], partitions: u32, timeout: Duration) -> Result<(), ChaosError> {
-    wait_until("copies converged", timeout, || async {
-        for s in streams {
-            for partition in 0..partitions {
-                let mut ends = BTreeSet::new();
-                for admin in admins {
-                    ends.insert(end_offset(admin, s, partition).await.ok()?);
-                }
-                if ends.len() > 1 {
-                    return None;
-                }
-            }
-        }
-        Some(())
-    })
-    .await
 }

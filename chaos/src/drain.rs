@@ -1,0 +1,99 @@
+//! The end of a chaos run, after the heal: what flows in is the nodes' admin addresses, the run's Triggers and
+//! what the subscribers received; what flows out is whether every node holds the same copies (`converge`) and
+//! what still keeps the Triggers from being drained (`drain_blockers`, empty when drained), so that a drain
+//! that times out says why.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::ChaosError;
+use crate::admin_calls::{dispatch_status, end_offset, read_partition, wait_until};
+use crate::checker::{self, DispatchProgress};
+use crate::history::TriggerSpec;
+use crate::workload::Subscribers;
+
+/// What keeps the Triggers from being drained, read from the node at `admin`: per Trigger and partition the
+/// matching events neither delivered nor dead-lettered, a committed offset short of the end, deliveries in
+/// flight, or the admin call that failed. Empty when drained.
+pub(crate) async fn drain_blockers(
+    admin: &str,
+    stream: &str,
+    specs: &[TriggerSpec],
+    partitions: u32,
+    subscribers: &Subscribers,
+) -> Vec<String> {
+    let mut waiting = Vec::new();
+    for partition in 0..partitions {
+        let events = match read_partition(admin, stream, partition).await {
+            Ok(events) => events,
+            Err(e) => {
+                waiting.push(format!("reading partition {partition}: {e}"));
+                continue;
+            }
+        };
+        for spec in specs {
+            let status = match dispatch_status(admin, &spec.name).await {
+                Ok(partitions) => partitions.into_iter().find(|s| s.partition == partition),
+                Err(e) => {
+                    waiting.push(format!("{} status: {e}", spec.name));
+                    continue;
+                }
+            };
+            let Some(status) = status else {
+                waiting.push(format!("{} partition {partition}: no status", spec.name));
+                continue;
+            };
+            let dead: BTreeSet<(String, String)> =
+                match read_partition(admin, &spec.dead_letter_stream, partition).await {
+                    Ok(dead) => dead.into_iter().map(|e| (e.source, e.id)).collect(),
+                    Err(e) => {
+                        waiting.push(format!("{} dead letters of partition {partition}: {e}", spec.name));
+                        continue;
+                    }
+                };
+            let progress = DispatchProgress {
+                end_offset: status.end_offset,
+                committed_offset: status.committed_offset,
+                in_flight: status.in_flight,
+            };
+            let undrained = checker::undrained(
+                &events,
+                spec,
+                |(source, id)| subscribers.delivered(&spec.name, source, id),
+                &dead,
+                progress,
+            );
+            if undrained > 0 {
+                waiting.push(format!(
+                    "{} partition {partition}: {undrained} undrained (committed {} of {}, {} in flight)",
+                    spec.name, status.committed_offset, status.end_offset, status.in_flight
+                ));
+            }
+        }
+    }
+    waiting
+}
+
+/// Waits (at most `timeout`) until every node in `admins` has the same end offset in each partition of `streams`.
+pub(crate) async fn converge(
+    admins: &[String],
+    streams: &[String],
+    partitions: u32,
+    timeout: Duration,
+) -> Result<(), ChaosError> {
+    wait_until("copies converged", timeout, || async {
+        for s in streams {
+            for partition in 0..partitions {
+                let mut ends = BTreeSet::new();
+                for admin in admins {
+                    ends.insert(end_offset(admin, s, partition).await.ok()?);
+                }
+                if ends.len() > 1 {
+                    return None;
+                }
+            }
+        }
+        Some(())
+    })
+    .await
+}
