@@ -23,6 +23,17 @@ pub(crate) async fn drain_blockers(
     subscribers: &Subscribers,
 ) -> Vec<String> {
     let mut waiting = Vec::new();
+    // Each Trigger's dispatch in every partition, asked once per check.
+    let mut statuses = Vec::with_capacity(specs.len());
+    for spec in specs {
+        match dispatch_status(admin, &spec.name).await {
+            Ok(partitions) => statuses.push(Some(partitions)),
+            Err(e) => {
+                waiting.push(format!("{} status: {e}", spec.name));
+                statuses.push(None);
+            }
+        }
+    }
     for partition in 0..partitions {
         let events = match read_partition(admin, stream, partition).await {
             Ok(events) => events,
@@ -31,15 +42,10 @@ pub(crate) async fn drain_blockers(
                 continue;
             }
         };
-        for spec in specs {
-            let status = match dispatch_status(admin, &spec.name).await {
-                Ok(partitions) => partitions.into_iter().find(|s| s.partition == partition),
-                Err(e) => {
-                    waiting.push(format!("{} status: {e}", spec.name));
-                    continue;
-                }
-            };
-            let Some(status) = status else {
+        for (spec, status) in specs.iter().zip(&statuses) {
+            // A failed status call is already among the blockers.
+            let Some(status) = status else { continue };
+            let Some(status) = status.iter().find(|s| s.partition == partition) else {
                 waiting.push(format!("{} partition {partition}: no status", spec.name));
                 continue;
             };
