@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::checker::Report;
-use crate::run::{Config, default_sluice_bin};
+use crate::config::{Config, default_sluice_bin};
 
 /// A run's configuration for CI test `test` (e.g. `t80`), writing its history under `tmp_dir`.
 pub fn config(test: &str, tmp_dir: &Path, default_duration: Duration) -> Result<Config, String> {

@@ -2,12 +2,15 @@
 //!
 //! A pure core — the [`history`] format, the seeded fault schedule ([`faults`]) and the [`checker`] — and an
 //! async shell that runs real `sluice node` processes in per-node network namespaces ([`netns`]), drives the
-//! [`workload`] (producers over HTTP, recording subscribers behind Triggers), injects faults, heals, reads
-//! every node's log back and checks the history ([`run`]).
+//! [`workload`] (producers over HTTP, recording subscribers behind Triggers), injects faults on the node
+//! processes (`cluster`), heals, reads every node's log back and checks the history ([`run`], set up by
+//! [`config`]).
 
 mod admin_calls;
 pub mod checker;
 pub mod ci;
+mod cluster;
+pub mod config;
 mod drain;
 pub mod faults;
 pub mod history;
@@ -18,7 +21,8 @@ pub mod run;
 pub mod workload;
 
 pub use checker::{Report, check};
-pub use run::{Config, run};
+pub use config::Config;
+pub use run::run;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChaosError {

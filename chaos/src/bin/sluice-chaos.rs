@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use sluice_chaos::config::{Config, default_sluice_bin};
 use sluice_chaos::faults::{FaultKind, Timing};
 use sluice_chaos::netns::NetworkKind;
-use sluice_chaos::run::{Config, default_sluice_bin};
 
 #[derive(Parser, Debug)]
 #[command(name = "sluice-chaos", about = "Jepsen-style fault injection for Sluice (docs/reliability.md)")]

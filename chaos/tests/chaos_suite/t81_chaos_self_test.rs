@@ -17,8 +17,8 @@
 use std::time::Duration;
 
 use sluice_chaos::checker::Report;
+use sluice_chaos::config::{Config, default_sluice_bin};
 use sluice_chaos::faults::{FaultKind, Timing};
-use sluice_chaos::run::{Config, default_sluice_bin};
 
 fn config(bug: &str, seed: u64) -> Config {
     let mut config = Config::new(default_sluice_bin());
