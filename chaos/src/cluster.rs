@@ -36,11 +36,11 @@ pub(crate) struct NodeProc {
 }
 
 impl NodeProc {
-    pub(crate) fn pid(&self) -> Option<String> {
+    fn pid(&self) -> Option<String> {
         self.child.as_ref().map(|c| c.id().to_string())
     }
 
-    pub(crate) fn signal(&self, signal: &str) -> Result<(), ChaosError> {
+    fn signal(&self, signal: &str) -> Result<(), ChaosError> {
         match self.pid() {
             Some(pid) => netns::run("kill", &[signal, &pid], None).map(|_| ()),
             None => Ok(()),
@@ -55,12 +55,12 @@ impl NodeProc {
         self.paused = false;
     }
 
-    pub(crate) fn running(&self) -> bool {
+    fn running(&self) -> bool {
         self.child.is_some()
     }
 
     /// SIGTERM, then waits for the exit; kill -9 after `timeout`. Answers whether it exited by itself.
-    pub(crate) async fn stop_gracefully(&mut self, timeout: Duration) -> bool {
+    async fn stop_gracefully(&mut self, timeout: Duration) -> bool {
         if self.signal("-TERM").is_err() {
             self.kill9();
             return false;
@@ -84,7 +84,7 @@ impl NodeProc {
 }
 
 /// How long a graceful restart waits for the node to exit on SIGTERM.
-pub(crate) const GRACEFUL_STOP: Duration = Duration::from_secs(10);
+const GRACEFUL_STOP: Duration = Duration::from_secs(10);
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
@@ -95,7 +95,7 @@ impl Drop for NodeProc {
 
 impl NodeProc {
     /// The power goes: kill -9, then what the disk had not fsynced is dropped. Answers what was lost.
-    pub(crate) fn cut_power(&mut self) -> Result<(u64, u64), ChaosError> {
+    fn cut_power(&mut self) -> Result<(u64, u64), ChaosError> {
         self.kill9();
         match &self.disk {
             Some(disk) => disk.cut_counted(),
@@ -105,7 +105,7 @@ impl NodeProc {
 }
 
 /// Empties a data directory (it may be a mount point: the directory itself stays).
-pub(crate) fn wipe(dir: &Path) -> Result<(), ChaosError> {
+fn wipe(dir: &Path) -> Result<(), ChaosError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -179,7 +179,7 @@ impl Cluster<'_> {
     }
 
     /// The leader of `group` as the live, unpaused node that leads it with the highest term says.
-    pub(crate) async fn leader_of(&self, group: u32) -> Option<u64> {
+    async fn leader_of(&self, group: u32) -> Option<u64> {
         let mut best: Option<(u64, u64)> = None;
         for node in self.nodes.iter().filter(|n| n.running() && !n.paused) {
             if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), status(&node.addrs.admin)).await
@@ -194,7 +194,7 @@ impl Cluster<'_> {
     }
 
     /// A partition group that node `id` leads now (by its own status), if any: a random target may be a leader.
-    pub(crate) async fn led_group(&self, id: u64) -> Option<u32> {
+    async fn led_group(&self, id: u64) -> Option<u32> {
         let node = self.nodes.iter().find(|n| n.id == id && n.running() && !n.paused)?;
         let status = tokio::time::timeout(Duration::from_secs(2), status(&node.addrs.admin)).await.ok()?.ok()?;
         status.groups.iter().find(|g| g.group_id >= 1 && g.leader_id == Some(id)).map(|g| g.group_id)
@@ -269,18 +269,18 @@ impl Cluster<'_> {
     }
 
     /// Cuts the links of partition fault `n` (on top of those of other active partitions).
-    pub(crate) fn block(&mut self, n: u64, cut: &[(u64, u64)]) -> Result<(), ChaosError> {
+    fn block(&mut self, n: u64, cut: &[(u64, u64)]) -> Result<(), ChaosError> {
         self.partitions.insert(n, cut.to_vec());
         self.apply_partitions()
     }
 
     /// Heals the links of partition fault `n` that no other active partition cuts.
-    pub(crate) fn unblock(&mut self, n: u64) -> Result<(), ChaosError> {
+    fn unblock(&mut self, n: u64) -> Result<(), ChaosError> {
         self.partitions.remove(&n);
         self.apply_partitions()
     }
 
-    pub(crate) fn apply_partitions(&self) -> Result<(), ChaosError> {
+    fn apply_partitions(&self) -> Result<(), ChaosError> {
         let cut: Vec<(u64, u64)> = self.partitions.values().flatten().copied().collect();
         let blocked: BTreeMap<usize, BTreeSet<usize>> = faults::cut_links(&cut)
             .into_iter()
@@ -430,7 +430,7 @@ impl Cluster<'_> {
     /// AddNode of `id` (idempotent), retried until it answers (bounded), preferably through the node that ran
     /// its RemoveNode: a node runs membership changes one at a time, so the add comes after a removal that
     /// may still be running there.
-    pub(crate) async fn add_back(&mut self, n: u64, id: u64) {
+    async fn add_back(&mut self, n: u64, id: u64) {
         let peer = self.node(id).addrs.peer.clone();
         let preferred = self.membership_via.remove(&n);
         let added = wait_until(&format!("node {id} added again"), Duration::from_secs(120), || async {
@@ -448,7 +448,7 @@ impl Cluster<'_> {
     }
 
     /// A running, unpaused node other than `node` (its admin address).
-    pub(crate) fn other_member(&self, node: u64) -> Option<String> {
+    fn other_member(&self, node: u64) -> Option<String> {
         self.nodes.iter().find(|n| n.id != node && n.running() && !n.paused).map(|n| n.addrs.admin.clone())
     }
 
