@@ -1,0 +1,380 @@
+//! Tests of `Reading` over an in-memory log (`MemLog`): window admission, shared and private readers
+//! (attach/detach), replays, commits, and a property test of every consumer seeing each match once.
+
+use std::cell::RefCell;
+
+use proptest::prelude::*;
+use serde_json::json;
+use sluice_controller::status::Environment;
+
+use super::*;
+use crate::consumer::consumers;
+
+/// A stream in memory; counts how often each offset is read.
+#[derive(Default)]
+struct MemLog {
+    events: Vec<Arc<CloudEvent>>,
+    reads: RefCell<BTreeMap<u64, usize>>,
+}
+
+impl MemLog {
+    fn append(&mut self, event_type: &str) {
+        let id = self.events.len();
+        let body = json!({"specversion": "1.0", "id": format!("e{id}"), "source": "/t", "type": event_type});
+        let event = sluice_cloudevent::from_structured(body.to_string().as_bytes()).expect("event");
+        self.events.push(Arc::new(event));
+    }
+
+    fn end(&self) -> u64 {
+        self.events.len() as u64
+    }
+}
+
+impl ReadLog for MemLog {
+    fn read(&self, from: u64, max: usize) -> Option<(Vec<ReadEvent>, u64)> {
+        let to = (from + max as u64).min(self.end());
+        let mut reads = self.reads.borrow_mut();
+        let events = (from..to)
+            .map(|offset| {
+                *reads.entry(offset).or_default() += 1;
+                (offset, offset * 10, self.events[offset as usize].clone())
+            })
+            .collect();
+        Some((events, to))
+    }
+}
+
+/// Trigger specs as the consumer module derives them: `(name, type filter or "", max in flight)`.
+fn specs(triggers: &[(&str, &str, usize)]) -> Vec<Arc<ConsumerSpec>> {
+    let meta = |kind: &str, name: &str| {
+        json!({"apiVersion": "eventing.knative.dev/v1", "kind": kind,
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                "creationTimestamp": "2026-01-02T03:04:05Z"}})
+    };
+    let mut objects = vec![meta("Broker", "b")];
+    for (name, event_type, max_inflight) in triggers {
+        let mut trigger = meta("Trigger", name);
+        trigger["metadata"]["annotations"] = json!({"sluice.dev/max-inflight": max_inflight.to_string()});
+        let mut spec = json!({"broker": "b", "subscriber": {"uri": "http://s/"}});
+        if !event_type.is_empty() {
+            spec["filter"] = json!({"attributes": {"type": event_type}});
+        }
+        trigger["spec"] = spec;
+        objects.push(trigger);
+    }
+    let (specs, problems) = consumers(&objects, &Environment::new("http://127.0.0.1:1"), Default::default());
+    assert!(problems.is_empty(), "{problems:?}");
+    specs
+}
+
+fn start_at(offset: u64) -> ConsumerStart {
+    ConsumerStart { offset, committed: None, counters: CursorStats::default(), committed_stats: CursorStats::default() }
+}
+
+fn reading_with(specs: &[Arc<ConsumerSpec>], starts: &[u64], read_batch: usize) -> Reading {
+    let mut reading = Reading::new(read_batch, 1);
+    for (spec, start) in specs.iter().zip(starts) {
+        reading.add(spec.clone(), start_at(*start), 0);
+    }
+    reading.finish_update();
+    reading
+}
+
+/// What the shell's pump does, without the yields: read until nothing moves, then start what may start.
+fn pump(reading: &mut Reading, log: &MemLog) -> Vec<Start> {
+    while reading.read_shared(log.end(), log) {}
+    reading.read_detached(log.end(), log);
+    reading.take_startable(0, |_| Some(())).into_iter().map(|(start, ())| start).collect()
+}
+
+fn settle_all(reading: &mut Reading, starts: &[Start]) {
+    for start in starts {
+        let settled =
+            reading.settle(&start.cursor, start.generation, start.offset, Settlement::Delivered { attempts: 1 });
+        assert_eq!(settled, Some("delivered"));
+    }
+}
+
+fn name_of(cursor: &str) -> &str {
+    cursor.split('/').nth(3).unwrap_or(cursor)
+}
+
+fn all_cursor(reading: &Reading, name: &str) -> String {
+    reading.consumers.keys().find(|cursor| name_of(cursor) == name).cloned().unwrap_or_default()
+}
+
+fn attached(reading: &Reading) -> Vec<&str> {
+    reading.consumers.iter().filter(|(_, c)| c.attached).map(|(cursor, _)| name_of(cursor)).collect()
+}
+
+#[test]
+fn events_wait_in_the_window_while_the_subscriber_has_no_room() {
+    let mut log = MemLog::default();
+    for _ in 0..10 {
+        log.append("a");
+    }
+    let mut reading = reading_with(&specs(&[("t1", "", 100)]), &[0], 4);
+    while reading.read_shared(log.end(), &log) {}
+    reading.read_detached(log.end(), &log);
+    let mut room = 0usize;
+    let starts = reading.take_startable(0, |_| (room < 3).then(|| room += 1));
+    assert_eq!(starts.iter().map(|(s, _)| s.offset).collect::<Vec<_>>(), [0, 1, 2], "three slots, three starts");
+    assert!(reading.any_full());
+    let window = &reading.consumers.values().next().expect("consumer").window;
+    assert_eq!((window.in_flight(), window.queued()), (3, 7), "the rest wait, admitted but not started");
+    let none: Vec<(Start, ())> = reading.take_startable(0, |_| None);
+    assert!(none.is_empty(), "still no room");
+    let later = reading.take_startable(0, |_| Some(()));
+    assert_eq!(later.len(), 7, "room again: the waiting ones start, in order");
+    assert!(!reading.any_full());
+}
+
+#[test]
+fn a_window_sized_by_its_subscribers_capacity_admits_more_than_max_inflight() {
+    let mut log = MemLog::default();
+    for _ in 0..50 {
+        log.append("a");
+    }
+    let mut reading = reading_with(&specs(&[("t1", "", 10)]), &[0], 8);
+    assert_eq!(pump(&mut reading, &log).len(), 10, "max-inflight 10");
+    reading.size_windows(|spec| spec.max_inflight.max(40));
+    assert_eq!(pump(&mut reading, &log).len(), 30, "a capacity of 40: 30 more start");
+}
+
+#[test]
+fn consumers_that_keep_up_share_one_reader() {
+    let mut log = MemLog::default();
+    for _ in 0..10 {
+        log.append("a");
+    }
+    let mut reading = reading_with(&specs(&[("t1", "", 100), ("t2", "", 100)]), &[0, 0], 4);
+    let starts = pump(&mut reading, &log);
+    assert_eq!(starts.len(), 20, "both consumers start every event");
+    assert_eq!(attached(&reading), ["t1", "t2"], "both caught up and attached");
+    assert_eq!(reading.shared_next, Some(10));
+    settle_all(&mut reading, &starts);
+
+    log.reads.borrow_mut().clear();
+    for _ in 0..10 {
+        log.append("a");
+    }
+    let starts = pump(&mut reading, &log);
+    assert_eq!(starts.len(), 20);
+    let reads = log.reads.borrow();
+    assert_eq!(reads.keys().copied().collect::<Vec<_>>(), (10..20).collect::<Vec<_>>());
+    assert!(reads.values().all(|n| *n == 1), "each new event is read once for both: {reads:?}");
+}
+
+#[test]
+fn a_full_window_detaches_its_consumer_and_the_others_go_on() {
+    let mut log = MemLog::default();
+    let mut reading = reading_with(&specs(&[("fast", "", 100), ("slow", "", 2)]), &[0, 0], 100);
+    pump(&mut reading, &log);
+    assert_eq!(attached(&reading), ["fast", "slow"], "an empty stream: both attach at 0");
+    for _ in 0..10 {
+        log.append("a");
+    }
+    let starts = pump(&mut reading, &log);
+    let count = |name: &str| starts.iter().filter(|s| name_of(&s.cursor) == name).count();
+    assert_eq!((count("fast"), count("slow")), (10, 2), "the slow window holds two");
+    assert_eq!(attached(&reading), ["fast"], "slow reads alone from its first event that did not fit");
+    let slow_cursor = all_cursor(&reading, "slow");
+    assert_eq!(reading.consumers[&slow_cursor].private_next, 2);
+
+    // The slow subscriber answers: it reads on its own, two at a time, and attaches again at the end.
+    let mut slow: Vec<Start> = starts.into_iter().filter(|s| name_of(&s.cursor) == "slow").collect();
+    let mut delivered = Vec::new();
+    while !slow.is_empty() {
+        delivered.extend(slow.iter().map(|s| s.offset));
+        settle_all(&mut reading, &slow);
+        slow = pump(&mut reading, &log);
+    }
+    assert_eq!(delivered, (0..10).collect::<Vec<_>>(), "every event once, in order");
+    assert_eq!(attached(&reading), ["fast", "slow"]);
+}
+
+#[test]
+fn a_consumer_that_starts_ahead_holds_the_shared_reader_until_it_attaches() {
+    let mut log = MemLog::default();
+    for _ in 0..10 {
+        log.append("a");
+    }
+    let all = specs(&[("early", "", 1000), ("late", "", 1000)]);
+    let mut reading = reading_with(&all[..1], &[0], 100);
+    pump(&mut reading, &log);
+    assert_eq!(reading.shared_next, Some(10));
+    for _ in 10..30 {
+        log.append("a");
+    }
+    // `late` starts at its committed offset 15, ahead of the shared reader.
+    reading.add(all[1].clone(), start_at(15), 0);
+    reading.finish_update();
+    assert!(reading.read_shared(log.end(), &log));
+    assert_eq!(reading.shared_next, Some(15), "the shared reader stops where `late` waits");
+    let starts = pump(&mut reading, &log);
+    let late: Vec<u64> = starts.iter().filter(|s| name_of(&s.cursor) == "late").map(|s| s.offset).collect();
+    assert_eq!(late, (15..30).collect::<Vec<_>>(), "nothing before its start, everything after");
+    let early: Vec<u64> = starts.iter().filter(|s| name_of(&s.cursor) == "early").map(|s| s.offset).collect();
+    assert_eq!(early, (10..30).collect::<Vec<_>>());
+    assert_eq!(attached(&reading), ["early", "late"]);
+    assert_eq!(reading.shared_next, Some(30));
+}
+
+#[test]
+fn a_replay_restarts_the_consumer_at_its_target_and_ignores_the_old_deliveries() {
+    let mut log = MemLog::default();
+    for _ in 0..5 {
+        log.append("a");
+    }
+    let all = specs(&[("t", "", 100)]);
+    let mut reading = reading_with(&all, &[0], 100);
+    let old = pump(&mut reading, &log);
+    assert_eq!(old.len(), 5);
+    let cursor = all[0].cursor.clone();
+    let stored = BTreeMap::from([(stats::stat_key(&cursor, stats::REPLAY), 2 + 1)]);
+    let (replayed, commits) = reading.apply_replays(&stored);
+    assert_eq!(replayed, std::slice::from_ref(&cursor));
+    assert_eq!(
+        commits,
+        [
+            OffsetCommit { cursor: cursor.clone(), offset: 2, reset: true },
+            OffsetCommit { cursor: stats::stat_key(&cursor, stats::REPLAY), offset: 0, reset: true },
+        ]
+    );
+    let first = &old[0];
+    assert_eq!(
+        reading.settle(&first.cursor, first.generation, first.offset, Settlement::Delivered { attempts: 1 }),
+        None,
+        "a delivery of the old incarnation changes nothing"
+    );
+    let again: Vec<u64> = pump(&mut reading, &log).iter().map(|s| s.offset).collect();
+    assert_eq!(again, [2, 3, 4]);
+    let committed = reading.commits(&replayed.into_iter().collect(), commits);
+    assert!(
+        !committed.commits.iter().any(|c| c.cursor == cursor && !c.reset),
+        "a replayed consumer's watermark is not committed over its replay: {:?}",
+        committed.commits
+    );
+}
+
+#[test]
+fn the_watermark_is_committed_only_when_it_moves() {
+    let mut log = MemLog::default();
+    for event_type in ["a", "b", "a"] {
+        log.append(event_type);
+    }
+    let all = specs(&[("t", "a", 100)]);
+    let mut reading = reading_with(&all, &[0], 100);
+    let starts = pump(&mut reading, &log);
+    assert_eq!(starts.iter().map(|s| s.offset).collect::<Vec<_>>(), [0, 2], "the filter keeps type a");
+    let offset_commits =
+        |c: &Commits| c.commits.iter().filter(|c| !c.cursor.contains('!')).map(|c| c.offset).collect::<Vec<_>>();
+    let first = reading.commits(&HashSet::new(), Vec::new());
+    assert_eq!(offset_commits(&first), [0], "nothing settled: the watermark is the start");
+    reading.committed(first);
+    assert_eq!(offset_commits(&reading.commits(&HashSet::new(), Vec::new())), Vec::<u64>::new());
+    settle_all(&mut reading, &starts[..1]);
+    let second = reading.commits(&HashSet::new(), Vec::new());
+    assert_eq!(offset_commits(&second), [2], "offset 1 did not match, 2 is still in flight");
+    reading.committed(second);
+    settle_all(&mut reading, &starts[1..]);
+    assert_eq!(offset_commits(&reading.commits(&HashSet::new(), Vec::new())), [3]);
+}
+
+#[test]
+fn regression_a_previous_leaders_in_flight_gauge_written_after_the_start_is_reset() {
+    let mut log = MemLog::default();
+    log.append("a");
+    let all = specs(&[("t", "", 100)]);
+    let cursor = all[0].cursor.clone();
+    let mut reading = reading_with(&all, &[0], 100);
+    let starts = pump(&mut reading, &log);
+    settle_all(&mut reading, &starts);
+    let first = reading.commits(&HashSet::new(), Vec::new());
+    reading.committed(first);
+    assert!(reading.commits(&HashSet::new(), Vec::new()).commits.is_empty(), "all committed");
+    // The previous leader's last commit lands now: 8 in flight, an older oldest-pending time.
+    let mut stored: BTreeMap<String, u64> = BTreeMap::from([(cursor.clone(), 1)]);
+    stored.insert(stats::stat_key(&cursor, stats::IN_FLIGHT), 8);
+    stored.insert(stats::stat_key(&cursor, stats::OLDEST_PENDING_ARRIVAL_MS), 5);
+    stored.insert(stats::stat_key(&cursor, stats::DELIVERED), 1);
+    reading.observe_stored_stats(&stored);
+    let corrected = reading.commits(&HashSet::new(), Vec::new());
+    let gauges: BTreeMap<&str, (u64, bool)> =
+        corrected.commits.iter().map(|c| (c.cursor.as_str(), (c.offset, c.reset))).collect();
+    assert_eq!(gauges.get(stats::stat_key(&cursor, stats::IN_FLIGHT).as_str()), Some(&(0, true)));
+    assert_eq!(gauges.get(stats::stat_key(&cursor, stats::OLDEST_PENDING_ARRIVAL_MS).as_str()), Some(&(0, true)));
+    assert_eq!(gauges.len(), 2, "only the gauges that differ: {gauges:?}");
+    reading.committed(corrected);
+    let mut stored_now = stored.clone();
+    stored_now.insert(stats::stat_key(&cursor, stats::IN_FLIGHT), 0);
+    stored_now.insert(stats::stat_key(&cursor, stats::OLDEST_PENDING_ARRIVAL_MS), 0);
+    reading.observe_stored_stats(&stored_now);
+    assert!(reading.commits(&HashSet::new(), Vec::new()).commits.is_empty(), "stored matches: nothing to write");
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append(Vec<bool>),
+    Pump,
+    Settle(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        prop::collection::vec(any::<bool>(), 1..12).prop_map(Op::Append),
+        Just(Op::Pump),
+        (0usize..8).prop_map(Op::Settle),
+    ]
+}
+
+proptest! {
+    /// Whatever the interleaving of appends, reads and settlements, and whatever the window sizes and read
+    /// batch, each consumer starts every event that matches it exactly once, in log order, and its
+    /// watermark ends at the end of the stream.
+    #[test]
+    fn every_matching_event_starts_once_per_consumer_in_order(
+        ops in prop::collection::vec(op(), 1..40),
+        windows in prop::collection::vec(1usize..6, 3),
+        read_batch in 1usize..7,
+    ) {
+        let all = specs(&[("any", "", windows[0]), ("only-a", "a", windows[1]), ("only-b", "b", windows[2])]);
+        let mut reading = reading_with(&all, &[0, 0, 0], read_batch);
+        let mut log = MemLog::default();
+        let mut running: VecDeque<Start> = VecDeque::new();
+        let mut started: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut run = |reading: &mut Reading, log: &MemLog, running: &mut VecDeque<Start>| {
+            for start in pump(reading, log) {
+                started.entry(name_of(&start.cursor).to_string()).or_default().push(start.offset);
+                running.push_back(start);
+            }
+        };
+        for op in ops {
+            match op {
+                Op::Append(types) => types.iter().for_each(|a| log.append(if *a { "a" } else { "b" })),
+                Op::Pump => run(&mut reading, &log, &mut running),
+                Op::Settle(n) => {
+                    let settled: Vec<Start> = (0..n).filter_map(|_| running.pop_front()).collect();
+                    settle_all(&mut reading, &settled);
+                }
+            }
+        }
+        // Drain: settle and pump until nothing is left.
+        loop {
+            run(&mut reading, &log, &mut running);
+            if running.is_empty() {
+                break;
+            }
+            let settled: Vec<Start> = running.drain(..).collect();
+            settle_all(&mut reading, &settled);
+        }
+        let types: Vec<&str> = log.events.iter().map(|e| e.get_str("type").unwrap_or("")).collect();
+        for (name, wanted) in [("any", None), ("only-a", Some("a")), ("only-b", Some("b"))] {
+            let expected: Vec<u64> = (0..log.end()).filter(|o| wanted.is_none_or(|t| types[*o as usize] == t)).collect();
+            prop_assert_eq!(started.get(name).cloned().unwrap_or_default(), expected, "{}", name);
+        }
+        let watermarks: Vec<u64> = reading.commits(&HashSet::new(), Vec::new()).commits.iter()
+            .filter(|c| !c.cursor.contains('!')).map(|c| c.offset).collect();
+        prop_assert_eq!(watermarks, vec![log.end(); 3]);
+    }
+}
