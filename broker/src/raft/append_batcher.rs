@@ -11,14 +11,20 @@
 //! thus share entries instead of each taking its own (every entry costs a log
 //! write, an apply and Raft's bookkeeping), and producers that batch still
 //! pipeline.
+//!
+//! The entries in flight are driven by the batcher's own task (see [`InFlight`]), not spawned: a task per
+//! entry cost a hand-off between tasks when it started and another when it ended.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::{JoinError, JoinSet};
 
 use crate::command::forward::WriteFailure;
 use crate::command::{Appended, GroupId, LogCommand, LogResponse, StreamAppend, group_name};
@@ -144,26 +150,28 @@ async fn run(group: GroupId, raft: Raft, limits: AppendLimits, mut rx: mpsc::Rec
     in_flight.join_all().await;
 }
 
+/// What an entry or RPC in flight answers: its lane, or the panic that ended it.
+type Finished<L> = Result<L, Box<dyn std::any::Any + Send>>;
+
 /// Entries or RPCs in flight, each in a lane: the leader's batcher has one lane; the forwarder's lanes are
 /// the leaders it sent to, so a batch for a new leader never waits behind an RPC to one that just died.
+/// They are polled by the batcher's task whenever it waits ([`next_batch`]), which it does between any two
+/// batches; a panic in one ends that one only.
 pub(crate) struct InFlight<L> {
-    tasks: JoinSet<L>,
+    tasks: FuturesUnordered<BoxFuture<'static, Finished<L>>>,
     per_lane: HashMap<L, usize>,
 }
 
 impl<L> Default for InFlight<L> {
     fn default() -> Self {
-        Self { tasks: JoinSet::new(), per_lane: HashMap::new() }
+        Self { tasks: FuturesUnordered::new(), per_lane: HashMap::new() }
     }
 }
 
 impl<L: Clone + Eq + Hash + Send + 'static> InFlight<L> {
     pub(crate) fn spawn(&mut self, lane: L, work: impl Future<Output = ()> + Send + 'static) {
         *self.per_lane.entry(lane.clone()).or_default() += 1;
-        self.tasks.spawn(async move {
-            work.await;
-            lane
-        });
+        self.tasks.push(Box::pin(AssertUnwindSafe(work).catch_unwind().map(move |ended| ended.map(|()| lane))));
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -174,8 +182,11 @@ impl<L: Clone + Eq + Hash + Send + 'static> InFlight<L> {
         self.per_lane.get(lane).copied().unwrap_or(0).min(self.tasks.len())
     }
 
-    fn reaped(&mut self, joined: Result<L, JoinError>) {
-        if let Ok(lane) = joined
+    fn reaped(&mut self, finished: Finished<L>) {
+        if finished.is_err() {
+            tracing::error!("an entry in flight panicked; its callers are answered as indeterminate");
+        }
+        if let Ok(lane) = finished
             && let Some(count) = self.per_lane.get_mut(&lane)
         {
             *count = count.saturating_sub(1);
@@ -190,22 +201,23 @@ impl<L: Clone + Eq + Hash + Send + 'static> InFlight<L> {
     }
 
     fn reap_finished(&mut self) {
-        while let Some(joined) = self.tasks.try_join_next() {
-            self.reaped(joined);
+        while let Some(Some(finished)) = self.tasks.next().now_or_never() {
+            self.reaped(finished);
         }
     }
 
-    /// Waits for one task to finish (forever if none runs: callers select on it beside their queue).
+    /// Drives the work in flight until one finishes (forever if none runs: callers select on it beside their
+    /// queue).
     async fn next_finished(&mut self) {
-        match self.tasks.join_next().await {
-            Some(joined) => self.reaped(joined),
+        match self.tasks.next().await {
+            Some(finished) => self.reaped(finished),
             None => std::future::pending().await,
         }
     }
 
     pub(crate) async fn join_all(&mut self) {
-        while let Some(joined) = self.tasks.join_next().await {
-            self.reaped(joined);
+        while let Some(finished) = self.tasks.next().await {
+            self.reaped(finished);
         }
     }
 }

@@ -7,7 +7,11 @@
 //!
 //! The decisions (shared and private readers, attach and detach, admission into windows, rate limits,
 //! replays, what to commit) are [`reading`]'s, pure and tested over an in-memory log; this task reads the log
-//! for them, spawns and aborts deliveries, and commits.
+//! for them, runs and aborts deliveries, and commits.
+//!
+//! The deliveries run inside this task (polled beside its other inputs), not as tasks of their own: a spawned
+//! delivery cost a task hand-off when it started and another when it ended, on every event. Their sockets are
+//! driven by the HTTP client's connection tasks, so what runs here is each delivery's own bookkeeping.
 //!
 //! Offsets: every `commit_interval` the watermark of each consumer (below it everything is settled or did not
 //! match) is committed through the partition's Raft group; also when the dispatcher stops. A crash redelivers
@@ -16,13 +20,16 @@
 mod reading;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::{AbortHandle, Abortable, Aborted, BoxFuture};
+use futures::stream::{FuturesUnordered, StreamExt};
 use sluice_broker::OffsetCommit;
 use sluice_cloudevent::{CloudEvent, EventView};
 use tokio::sync::mpsc;
-use tokio::task::{AbortHandle, JoinSet};
 
 use crate::capacity::host_of;
 use crate::consumer::{ConsumerSpec, InitialOffset, cursor_prefix};
@@ -39,8 +46,15 @@ const HANDOVER_DRAIN: Duration = Duration::from_millis(500);
 /// Backlog reports towards a full subscriber, at most this often (besides one every commit tick).
 const BACKLOG_REPORT_MIN_MS: u64 = 50;
 
-/// What a delivery task answers: (cursor, generation, offset, settlement).
+/// What a delivery answers: (cursor, generation, offset, settlement).
 type DeliveryResult = (String, u64, u64, Settlement);
+
+/// A running delivery; an aborted one answers `Aborted` (and is dropped, with its slot at the subscriber), one
+/// that panicked answers `None`.
+type RunningDelivery = Abortable<BoxFuture<'static, Option<DeliveryResult>>>;
+
+/// How a running delivery ended.
+type Ended = Result<Option<DeliveryResult>, Aborted>;
 
 pub(crate) enum Control {
     /// The consumers of this stream now; `live_uids` are the uids of every Trigger and Subscription that
@@ -68,7 +82,7 @@ pub(crate) struct PartitionDispatcher {
     stream: String,
     settings: PartitionSettings,
     reading: Reading,
-    deliveries: JoinSet<DeliveryResult>,
+    deliveries: FuturesUnordered<RunningDelivery>,
     /// Running deliveries by consumer and offset, to abort when the consumer stops, changes or replays.
     running: HashMap<String, HashMap<u64, AbortHandle>>,
     last_backlog_report_ms: u64,
@@ -94,7 +108,7 @@ impl PartitionDispatcher {
             ctx,
             stream,
             settings,
-            deliveries: JoinSet::new(),
+            deliveries: FuturesUnordered::new(),
             running: HashMap::new(),
             last_backlog_report_ms: 0,
             lookahead: HashMap::new(),
@@ -124,23 +138,27 @@ impl PartitionDispatcher {
         loop {
             self.pump().await;
             let wake_at = self.reading.next_rate_wakeup(now_ms());
+            // Biased, in this order: the control messages, the commit tick and room at a subscriber never wait
+            // behind deliveries that keep ending under load, and the deliveries are polled in every turn (the
+            // ones `pump` just started send their requests here); the applied log's news can wait, as every
+            // pump reads up to the stream's end anyway.
             tokio::select! {
-                Some(joined) = self.deliveries.join_next(), if !self.deliveries.is_empty() => {
-                    if let Ok((cursor, generation, offset, settlement)) = joined {
-                        self.settle(&cursor, generation, offset, settlement);
+                biased;
+                message = control.recv() => match message {
+                    Some(Control::Update { consumers, live_uids }) => {
+                        self.windows_stale = true;
+                        self.update(consumers, &live_uids).await;
                     }
-                    // Every other delivery that has ended too, so that one pump admits and starts for all of them.
-                    while let Some(joined) = self.deliveries.try_join_next() {
-                        if let Ok((cursor, generation, offset, settlement)) = joined {
-                            self.settle(&cursor, generation, offset, settlement);
-                        }
-                    }
-                }
-                changed = applied.changed() => {
-                    if changed.is_err() {
+                    Some(Control::HandOver(done)) => {
+                        self.settle_running(HANDOVER_DRAIN).await;
+                        self.deliveries.clear();
+                        self.commit().await;
+                        let _ = done.send(());
+                        tracing::info!(stream = %self.stream, partition, "dispatch handed over");
                         break;
                     }
-                }
+                    Some(Control::Stop) | None => break,
+                },
                 _ = commit_tick.tick() => {
                     self.windows_stale = true;
                     self.commit().await;
@@ -153,25 +171,22 @@ impl PartitionDispatcher {
                         room = None;
                     }
                 }
-                message = control.recv() => match message {
-                    Some(Control::Update { consumers, live_uids }) => {
-                        self.windows_stale = true;
-                        self.update(consumers, &live_uids).await;
+                Some(ended) = self.deliveries.next(), if !self.deliveries.is_empty() => {
+                    self.settle_ended(ended);
+                    // Every other delivery that has ended too, so that one pump admits and starts for all of them.
+                    while let Some(Some(ended)) = self.deliveries.next().now_or_never() {
+                        self.settle_ended(ended);
                     }
-                    Some(Control::HandOver(done)) => {
-                        self.settle_running(HANDOVER_DRAIN).await;
-                        self.deliveries.abort_all();
-                        self.commit().await;
-                        let _ = done.send(());
-                        tracing::info!(stream = %self.stream, partition, "dispatch handed over");
+                }
+                changed = applied.changed() => {
+                    if changed.is_err() {
                         break;
                     }
-                    Some(Control::Stop) | None => break,
-                },
+                }
                 _ = sleep_until_ms(wake_at), if wake_at.is_some() => {}
             }
         }
-        self.deliveries.abort_all();
+        self.deliveries.clear();
         self.commit().await;
         tracing::info!(stream = %self.stream, partition, "dispatch stopped");
     }
@@ -261,8 +276,9 @@ impl PartitionDispatcher {
         }
     }
 
-    /// Deletes the cursors of this stream whose Trigger or Subscription no longer exists.
-    async fn collect_garbage(&self, live_uids: &HashSet<String>) {
+    /// Deletes the cursors of this stream whose Trigger or Subscription no longer exists. (`&mut`: the running
+    /// deliveries are not `Sync`, so a shared borrow of `self` across an await would make this task not `Send`.)
+    async fn collect_garbage(&mut self, live_uids: &HashSet<String>) {
         let prefix = cursor_prefix(&self.stream);
         let Ok(committed) = self.ctx.node.committed_offsets(self.partition()) else { return };
         let dead: Vec<String> = committed
@@ -317,14 +333,23 @@ impl PartitionDispatcher {
             let ctx = self.ctx.clone();
             let Start { cursor, generation, offset, event } = start;
             let running = self.running.entry(cursor.clone()).or_default();
-            // Boxed: the delivery's state machine is large, and tokio would copy it whole into the new task.
-            let handle = self.deliveries.spawn(Box::pin(async move {
+            // Boxed: the delivery's state machine is large; the set moves a pointer.
+            let (abort, registration) = AbortHandle::new_pair();
+            let delivery: BoxFuture<'static, Option<DeliveryResult>> = Box::pin(async move {
                 // The slot at the subscriber is held until the delivery ends (or is aborted).
                 let _slot = slot;
-                let settlement = deliver(ctx, spec, offset, event).await;
-                (cursor, generation, offset, settlement)
-            }));
-            running.insert(offset, handle);
+                match AssertUnwindSafe(deliver(ctx, spec, offset, event)).catch_unwind().await {
+                    Ok(settlement) => Some((cursor, generation, offset, settlement)),
+                    Err(_) => {
+                        // A bug: the event stays in flight (unsettled) until the consumer restarts, and this
+                        // partition's other deliveries go on.
+                        tracing::error!(consumer = %cursor, offset, "a delivery panicked");
+                        None
+                    }
+                }
+            });
+            self.deliveries.push(Abortable::new(delivery, registration));
+            running.insert(offset, abort);
         }
         // A subscriber without room: tell it (its autoscaler) what waits, now rather than at the next tick.
         if self.reading.any_full() && now_ms() >= self.last_backlog_report_ms + BACKLOG_REPORT_MIN_MS {
@@ -368,10 +393,28 @@ impl PartitionDispatcher {
     /// again from the committed offset).
     async fn settle_running(&mut self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
-        while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, self.deliveries.join_next()).await {
-            if let Ok((cursor, generation, offset, settlement)) = joined {
-                self.settle(&cursor, generation, offset, settlement);
+        while let Ok(Some(ended)) = tokio::time::timeout_at(deadline, self.deliveries.next()).await {
+            self.settle_ended(ended);
+        }
+    }
+
+    /// Awaits `work` while the running deliveries go on (an offset commit waits for a quorum's fsync; the
+    /// deliveries must not wait with it); answers what it gave and the deliveries that ended meanwhile.
+    async fn while_delivering<T>(&mut self, work: impl std::future::Future<Output = T>) -> (T, Vec<Ended>) {
+        let mut work = std::pin::pin!(work);
+        let mut ended = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return (out, ended),
+                Some(done) = self.deliveries.next(), if !self.deliveries.is_empty() => ended.push(done),
             }
+        }
+    }
+
+    fn settle_ended(&mut self, ended: Ended) {
+        if let Ok(Some((cursor, generation, offset, settlement))) = ended {
+            self.settle(&cursor, generation, offset, settlement);
         }
     }
 
@@ -408,11 +451,17 @@ impl PartitionDispatcher {
         if commits.commits.is_empty() {
             return;
         }
-        match self.ctx.node.commit_offsets(self.partition(), commits.commits.clone()).await {
+        let node = self.ctx.node.clone();
+        let (written, ended) =
+            self.while_delivering(node.commit_offsets(self.partition(), commits.commits.clone())).await;
+        match written {
             Ok(()) => self.reading.committed(commits),
             Err(e) => {
                 tracing::warn!(stream = %self.stream, partition = self.partition(), error = %e, "offset commit failed")
             }
+        }
+        for ended in ended {
+            self.settle_ended(ended);
         }
     }
 
