@@ -150,8 +150,8 @@ async fn run(group: GroupId, raft: Raft, limits: AppendLimits, mut rx: mpsc::Rec
     in_flight.join_all().await;
 }
 
-/// What an entry or RPC in flight answers: its lane, or the panic that ended it.
-type Finished<L> = Result<L, Box<dyn std::any::Any + Send>>;
+/// What an entry or RPC in flight answers: its lane, and whether it ended or panicked.
+type Finished<L> = (L, std::thread::Result<()>);
 
 /// Entries or RPCs in flight, each in a lane: the leader's batcher has one lane; the forwarder's lanes are
 /// the leaders it sent to, so a batch for a new leader never waits behind an RPC to one that just died.
@@ -171,7 +171,7 @@ impl<L> Default for InFlight<L> {
 impl<L: Clone + Eq + Hash + Send + 'static> InFlight<L> {
     pub(crate) fn spawn(&mut self, lane: L, work: impl Future<Output = ()> + Send + 'static) {
         *self.per_lane.entry(lane.clone()).or_default() += 1;
-        self.tasks.push(Box::pin(AssertUnwindSafe(work).catch_unwind().map(move |ended| ended.map(|()| lane))));
+        self.tasks.push(Box::pin(AssertUnwindSafe(work).catch_unwind().map(move |ended| (lane, ended))));
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -179,24 +179,19 @@ impl<L: Clone + Eq + Hash + Send + 'static> InFlight<L> {
     }
 
     fn in_lane(&self, lane: &L) -> usize {
-        self.per_lane.get(lane).copied().unwrap_or(0).min(self.tasks.len())
+        self.per_lane.get(lane).copied().unwrap_or(0)
     }
 
-    fn reaped(&mut self, finished: Finished<L>) {
-        if finished.is_err() {
-            tracing::error!("an entry in flight panicked; its callers are answered as indeterminate");
+    fn reaped(&mut self, (lane, ended): Finished<L>) {
+        if ended.is_err() {
+            // A bug: its callers are answered as indeterminate (their reply senders were dropped).
+            tracing::error!("an entry in flight panicked");
         }
-        if let Ok(lane) = finished
-            && let Some(count) = self.per_lane.get_mut(&lane)
-        {
+        if let Some(count) = self.per_lane.get_mut(&lane) {
             *count = count.saturating_sub(1);
             if *count == 0 {
                 self.per_lane.remove(&lane);
             }
-        }
-        // A task that panicked took its lane with it: nothing left means nothing in any lane.
-        if self.tasks.is_empty() {
-            self.per_lane.clear();
         }
     }
 
@@ -563,6 +558,22 @@ mod tests {
         assert!(!gathering.is_finished(), "still waiting after more arrived");
         drop(finish);
         assert_eq!(gathering.await.expect("the gatherer finishes"), Some(vec!["b".into(), "c".into(), "d".into()]));
+    }
+
+    /// A panic in one entry in flight (a bug) ends that entry alone: the others go on, and its lane is free.
+    #[tokio::test]
+    async fn an_entry_in_flight_that_panics_ends_alone_and_frees_its_lane() {
+        let mut in_flight: InFlight<&'static str> = InFlight::default();
+        let (finish, finished) = oneshot::channel::<()>();
+        in_flight.spawn("a", async { panic!("a planted bug in one entry") });
+        in_flight.spawn("b", async move {
+            let _ = finished.await;
+        });
+        in_flight.next_finished().await;
+        assert_eq!((in_flight.len(), in_flight.in_lane(&"a"), in_flight.in_lane(&"b")), (1, 0, 1));
+        drop(finish);
+        in_flight.join_all().await;
+        assert_eq!((in_flight.len(), in_flight.in_lane(&"b")), (0, 0));
     }
 
     /// The forwarder's lanes: an RPC hanging on one leader (one that just died) holds back small forwards to
