@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
@@ -357,6 +357,13 @@ pub(crate) use sluice_cloudevent::event_type_label;
 static INGRESS_EVENT_METRICS: std::sync::LazyLock<crate::telemetry::EventMetrics> =
     std::sync::LazyLock::new(Default::default);
 
+// Handles kept, taken at the first request (after the node installed its recorder): each `histogram!` looks its
+// key up in the recorder's registry.
+static REQUEST_BYTES: std::sync::LazyLock<metrics::Histogram> =
+    std::sync::LazyLock::new(|| metrics::histogram!("sluice_ingress_request_bytes"));
+static BATCH_EVENTS: std::sync::LazyLock<metrics::Histogram> =
+    std::sync::LazyLock::new(|| metrics::histogram!("sluice_ingress_batch_events"));
+
 fn record_events(target: &Target, type_counts: &[(String, u64)], status: StatusCode, started: Instant) {
     let (namespace, name) = target.namespace_and_name();
     let code = status.as_u16();
@@ -391,14 +398,10 @@ fn count_types(events: &[cloudevent::CloudEvent]) -> Vec<(String, u64)> {
 }
 
 /// The handler behind every path that is not `/healthz`, `/readyz` or `/metrics`.
-pub(crate) async fn handle(
-    State(ingress): State<Ingress>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+/// Takes the request whole: Axum's `Method`, `Uri` and `HeaderMap` extractors each clone their part.
+pub(crate) async fn handle(State(ingress): State<Ingress>, request: axum::extract::Request) -> Response {
     let started = Instant::now();
+    let (axum::http::request::Parts { method, uri, headers, .. }, body) = request.into_parts();
     let target = match parse_target(uri.path()) {
         Ok(target) => target,
         Err(e) => return error_response(&e),
@@ -511,7 +514,7 @@ async fn accept(
         }
         response
     })?;
-    metrics::histogram!("sluice_ingress_request_bytes").record(body.len() as f64);
+    REQUEST_BYTES.record(body.len() as f64);
     let events = match mode {
         Mode::Binary => {
             let ce_headers =
@@ -522,7 +525,7 @@ async fn accept(
         Mode::Structured => vec![cloudevent::from_structured(&body).map_err(|e| error_response(&e))?],
         Mode::Batch => cloudevent::from_batch(&body, limits.max_batch_events).map_err(|e| error_response(&e))?,
     };
-    metrics::histogram!("sluice_ingress_batch_events").record(events.len() as f64);
+    BATCH_EVENTS.record(events.len() as f64);
     if let Some((subject, policies)) = sender {
         let mode = ingress.node.settings().default_authorization;
         if let Err(reason) = authorize::authorize(policies, mode, target.namespace_and_name().0, subject, &events) {

@@ -85,6 +85,9 @@ pub(crate) struct PartitionDispatcher {
     deliveries: FuturesUnordered<RunningDelivery>,
     /// Running deliveries by consumer and offset, to abort when the consumer stops, changes or replays.
     running: HashMap<String, HashMap<u64, AbortHandle>>,
+    /// `sluice_dispatch_settled_total` by consumer and outcome, kept: its labels are owned strings, built and
+    /// looked up in the registry on every settlement otherwise.
+    settled_counters: HashMap<String, Vec<(&'static str, metrics::Counter)>>,
     last_backlog_report_ms: u64,
     /// Per consumer with a limited subscriber: the matching records past its window (its backlog).
     lookahead: HashMap<String, Lookahead>,
@@ -110,6 +113,7 @@ impl PartitionDispatcher {
             settings,
             deliveries: FuturesUnordered::new(),
             running: HashMap::new(),
+            settled_counters: HashMap::new(),
             last_backlog_report_ms: 0,
             lookahead: HashMap::new(),
             windows_stale: true,
@@ -201,6 +205,7 @@ impl PartitionDispatcher {
         let removed: Vec<String> =
             self.reading.consumers.keys().filter(|cursor| !wanted.contains_key(cursor.as_str())).cloned().collect();
         for cursor in removed {
+            self.settled_counters.remove(&cursor);
             if let Some(consumer) = self.reading.remove(&cursor) {
                 self.stop_consumer(consumer).await;
             }
@@ -423,10 +428,20 @@ impl PartitionDispatcher {
         if let Some(running) = self.running.get_mut(cursor) {
             running.remove(&offset);
         }
-        if let Some(consumer) = self.reading.consumers.get(cursor) {
-            metrics::counter!("sluice_dispatch_settled_total", "consumer" => consumer.spec.name.clone(),
-                "namespace" => consumer.spec.namespace.clone(), "outcome" => outcome)
-            .increment(1);
+        let Some(consumer) = self.reading.consumers.get(cursor) else { return };
+        if !self.settled_counters.contains_key(cursor) {
+            self.settled_counters.insert(cursor.to_string(), Vec::new());
+        }
+        let Some(kept) = self.settled_counters.get_mut(cursor) else { return };
+        match kept.iter().find(|(kept_outcome, _)| *kept_outcome == outcome) {
+            Some((_, counter)) => counter.increment(1),
+            None => {
+                let spec = &consumer.spec;
+                let counter = metrics::counter!("sluice_dispatch_settled_total", "consumer" => spec.name.clone(),
+                    "namespace" => spec.namespace.clone(), "outcome" => outcome);
+                counter.increment(1);
+                kept.push((outcome, counter));
+            }
         }
     }
 

@@ -426,7 +426,9 @@ impl Reading {
         }
         consumer.pending.remove(&offset);
         consumer.window.settle(offset);
-        self.dirty.insert(cursor.to_string());
+        if !self.dirty.contains(cursor) {
+            self.dirty.insert(cursor.to_string());
+        }
         let (outcome, attempts) = match settlement {
             Settlement::Delivered { attempts } => {
                 consumer.stats.delivered += 1;
