@@ -2,8 +2,9 @@
 //! committed), dead-lettered (to the sink, or kept in the consumer's dead-letter stream), or dropped.
 //!
 //! The decisions are [`super::policy`]'s; this is the shell that sends, sleeps until the retry instant it was
-//! given, and appends replies and dead letters through the log. A delivery task is aborted (at an await point)
-//! when its partition dispatcher stops; the event is then redelivered from the committed offset.
+//! given, and appends replies and dead letters through the log. Its partition dispatcher polls it (one future per
+//! delivery, not a task) and drops it at an await point when it stops or aborts it; the event is then
+//! redelivered from the committed offset.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -239,7 +240,7 @@ pub(crate) async fn deliver(
         Sent::GaveUp { attempts, result, reason, note } => {
             let failure = failure_from(&spec.subscriber_uri, &result, note.unwrap_or_else(|| describe(reason)));
             // Boxed: the rare path's state (another send with retries, an append) would otherwise be part of
-            // every delivery's future, which is copied into its task.
+            // every delivery's future, which is moved whole wherever the future is.
             Box::pin(dead_letter(&ctx, &spec, offset, &event, failure, attempts)).await
         }
     }
@@ -412,7 +413,7 @@ async fn dead_letter_event(
             return DeadLettered::Dropped;
         }
     };
-    // The dead letter must be stored before the event settles: retry until it is (or the task is aborted,
+    // The dead letter must be stored before the event settles: retry until it is (or the delivery is aborted,
     // when the event is redelivered from the committed offset).
     let mut wait_ms = 100u64;
     loop {
