@@ -240,7 +240,7 @@ pub(crate) async fn deliver(
         Sent::GaveUp { attempts, result, reason, note } => {
             let failure = failure_from(&spec.subscriber_uri, &result, note.unwrap_or_else(|| describe(reason)));
             // Boxed: the rare path's state (another send with retries, an append) would otherwise be part of
-            // every delivery's future, which is moved whole wherever the future is.
+            // every delivery's future, allocated (and initialised) for each event.
             Box::pin(dead_letter(&ctx, &spec, offset, &event, failure, attempts)).await
         }
     }
