@@ -141,11 +141,14 @@ impl PartitionDispatcher {
         let mut room = self.ctx.limits.as_ref().map(|limits| limits.wake());
         loop {
             self.pump().await;
+            // The deliveries are polled in every turn, whichever branch the select below takes: the ones `pump`
+            // just started send their requests, the ones that ended settle and give back their slots, aborted
+            // ones go. What this settles may free room, so the select then does not wait (its last branch).
+            let settled_before_select = self.settle_ready();
             let wake_at = self.reading.next_rate_wakeup(now_ms());
             // Biased, in this order: the control messages, the commit tick and room at a subscriber never wait
-            // behind deliveries that keep ending under load, and the deliveries are polled in every turn (the
-            // ones `pump` just started send their requests here); the applied log's news can wait, as every
-            // pump reads up to the stream's end anyway.
+            // behind deliveries that keep ending under load; the applied log's news can wait, as every pump
+            // reads up to the stream's end anyway.
             tokio::select! {
                 biased;
                 message = control.recv() => match message {
@@ -178,9 +181,7 @@ impl PartitionDispatcher {
                 Some(ended) = self.deliveries.next(), if !self.deliveries.is_empty() => {
                     self.settle_ended(ended);
                     // Every other delivery that has ended too, so that one pump admits and starts for all of them.
-                    while let Some(Some(ended)) = self.deliveries.next().now_or_never() {
-                        self.settle_ended(ended);
-                    }
+                    self.settle_ready();
                 }
                 changed = applied.changed() => {
                     if changed.is_err() {
@@ -188,6 +189,7 @@ impl PartitionDispatcher {
                     }
                 }
                 _ = sleep_until_ms(wake_at), if wake_at.is_some() => {}
+                () = std::future::ready(()), if settled_before_select > 0 => {}
             }
         }
         self.deliveries.clear();
@@ -204,10 +206,12 @@ impl PartitionDispatcher {
         let wanted: HashMap<&str, &Arc<ConsumerSpec>> = specs.iter().map(|s| (s.cursor.as_str(), s)).collect();
         let removed: Vec<String> =
             self.reading.consumers.keys().filter(|cursor| !wanted.contains_key(cursor.as_str())).cloned().collect();
+        // The final offsets of the consumers that stop, committed together once the update is made.
+        let mut final_commits = Vec::new();
         for cursor in removed {
             self.settled_counters.remove(&cursor);
             if let Some(consumer) = self.reading.remove(&cursor) {
-                self.stop_consumer(consumer).await;
+                final_commits.extend(self.stop_consumer(consumer));
             }
         }
         for spec in specs {
@@ -221,7 +225,7 @@ impl PartitionDispatcher {
                         counters: existing.stats,
                         committed_stats: CursorStats::from_committed(&spec.cursor, &stored),
                     };
-                    self.stop_consumer(existing).await;
+                    final_commits.extend(self.stop_consumer(existing));
                     start
                 }
                 None => match self.starting_offset(&spec) {
@@ -238,6 +242,14 @@ impl PartitionDispatcher {
             self.reading.add(spec, start, now_ms());
         }
         self.reading.finish_update();
+        if !final_commits.is_empty() {
+            let node = self.ctx.node.clone();
+            let (written, ended) = self.while_delivering(node.commit_offsets(self.partition(), final_commits)).await;
+            if let Err(e) = written {
+                tracing::warn!(stream = %self.stream, partition = self.partition(), error = %e, "final offset commit failed");
+            }
+            ended.into_iter().for_each(|ended| self.settle_ended(ended));
+        }
         self.collect_garbage(live_uids).await;
     }
 
@@ -270,19 +282,19 @@ impl PartitionDispatcher {
         Some((initial, None))
     }
 
-    async fn stop_consumer(&mut self, consumer: Consumer) {
+    /// Aborts a stopping consumer's deliveries; answers the commit of its watermark if that moved.
+    fn stop_consumer(&mut self, consumer: Consumer) -> Option<OffsetCommit> {
         self.abort_running(&consumer.spec.cursor);
         let watermark = consumer.window.watermark();
-        if consumer.committed.is_none_or(|c| watermark > c) {
-            let commit = OffsetCommit { cursor: consumer.spec.cursor.clone(), offset: watermark, reset: false };
-            if let Err(e) = self.ctx.node.commit_offsets(self.partition(), vec![commit]).await {
-                tracing::warn!(consumer = %consumer.spec.cursor, error = %e, "final offset commit failed");
-            }
-        }
+        consumer.committed.is_none_or(|c| watermark > c).then(|| OffsetCommit {
+            cursor: consumer.spec.cursor.clone(),
+            offset: watermark,
+            reset: false,
+        })
     }
 
-    /// Deletes the cursors of this stream whose Trigger or Subscription no longer exists. (`&mut`: the running
-    /// deliveries are not `Sync`, so a shared borrow of `self` across an await would make this task not `Send`.)
+    /// Deletes the cursors of this stream whose Trigger or Subscription no longer exists, while the deliveries
+    /// go on.
     async fn collect_garbage(&mut self, live_uids: &HashSet<String>) {
         let prefix = cursor_prefix(&self.stream);
         let Ok(committed) = self.ctx.node.committed_offsets(self.partition()) else { return };
@@ -294,9 +306,12 @@ impl PartitionDispatcher {
             .collect();
         if !dead.is_empty() {
             tracing::info!(stream = %self.stream, partition = self.partition(), cursors = ?dead, "deleting the offsets of deleted consumers");
-            if let Err(e) = self.ctx.node.delete_offsets(self.partition(), dead).await {
+            let node = self.ctx.node.clone();
+            let (deleted, ended) = self.while_delivering(node.delete_offsets(self.partition(), dead)).await;
+            if let Err(e) = deleted {
                 tracing::warn!(error = %e, "deleting offsets failed");
             }
+            ended.into_iter().for_each(|ended| self.settle_ended(ended));
         }
     }
 
@@ -415,6 +430,17 @@ impl PartitionDispatcher {
                 Some(done) = self.deliveries.next(), if !self.deliveries.is_empty() => ended.push(done),
             }
         }
+    }
+
+    /// Settles every delivery that has ended, without waiting (and gives the new ones their first poll);
+    /// answers how many ended.
+    fn settle_ready(&mut self) -> usize {
+        let mut count = 0;
+        while let Some(Some(ended)) = self.deliveries.next().now_or_never() {
+            self.settle_ended(ended);
+            count += 1;
+        }
+        count
     }
 
     fn settle_ended(&mut self, ended: Ended) {
