@@ -45,7 +45,7 @@ pub fn verdict(test: &str, config: &Config, report: &Report, took: Duration) -> 
     if report.acknowledged == 0 {
         return Err("no event was acknowledged".into());
     }
-    if !report.triggers.values().all(|t| t.delivered > 0) {
+    if report.triggers.is_empty() || !report.triggers.values().all(|t| t.delivered > 0) {
         return Err("a Trigger delivered nothing".into());
     }
     Ok(())

@@ -568,6 +568,21 @@ pub async fn tls_channel(addr: &str, files: &sluice_security::TlsFiles) -> Resul
     Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_with_connector(dialer).await?)
 }
 
+/// A gRPC channel over TLS with `files` that connects at its first call: a refusal (in the handshake, or the
+/// connection dropped once the server has checked the client's certificate) shows as that call's error. Only
+/// loading `files` fails here, so a test cannot mistake its own bad certificate for the server's refusal.
+pub fn tls_channel_lazy(addr: &str, files: &sluice_security::TlsFiles) -> Result<Channel> {
+    let tls = sluice_security::Tls::load(sluice_security::TransportEncryption::Strict, Some(files.clone()))?
+        .ok_or_else(|| anyhow::anyhow!("TLS is on"))?;
+    let dialer = sluice_security::TlsDialer::new(tls, addr, sluice_security::host_of(addr));
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_with_connector_lazy(dialer))
+}
+
+/// A plaintext gRPC channel that connects at its first call.
+pub fn plaintext_channel_lazy(addr: &str) -> Result<Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy())
+}
+
 /// An HTTPS client that trusts only the CA in `ca_pem`.
 pub fn https_client(ca_pem: &str) -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder()

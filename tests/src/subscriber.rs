@@ -530,8 +530,8 @@ mod tests {
         subscriber.wait_for(1, WAIT).await?;
         let fast = post_binary(&client, &subscriber.url(), "fast").await?;
         assert_eq!(fast.status().as_u16(), 202);
+        // Answered while the slow one is still held (below: it ends after this one).
         let fast_done = Instant::now();
-        assert!(fast_done - started < Duration::from_secs(2), "the fast request waited for the slow one");
 
         // A client timeout shorter than the delay sees a timeout.
         let timed_out = reqwest::Client::builder().timeout(Duration::from_millis(300)).build()?;

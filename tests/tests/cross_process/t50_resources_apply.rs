@@ -43,7 +43,9 @@ async fn knative_yaml_applies_and_reads_back_across_nodes_and_restarts() -> anyh
             "subscription.messaging.knative.dev/orders-to-display created",
         ]
     );
-    let (_, again, _) = sluice(args(&["apply", "-f", fixture_path.as_str(), "--admin", &admin1])).await?;
+    let (code, again, stderr) = sluice(args(&["apply", "-f", fixture_path.as_str(), "--admin", &admin1])).await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(again.lines().count(), 5, "{again}");
     assert!(again.lines().all(|l| l.ends_with(" unchanged")), "{again}");
 
     // Read back from another node, as YAML with Knative's field names.

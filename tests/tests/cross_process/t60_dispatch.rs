@@ -10,8 +10,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde_json::json;
+use sluice_proto::admin::ConsumerRef;
+use sluice_proto::admin::consumers_client::ConsumersClient;
 use sluice_tests::subscriber::{Behavior, Delivery, Reply, Subscriber};
-use sluice_tests::{TestCluster, apply_resource, broker_object, read_events, send_event_accepted, trigger_object};
+use sluice_tests::{
+    TestCluster, apply_resource, broker_object, read_events, send_event_accepted, trigger_object, wait_until,
+};
 
 const PARTITIONS: u32 = 2;
 const EARLY_MS: i64 = 20;
@@ -21,6 +25,25 @@ const FIRST_TRANSIT_ALLOWANCE_MS: i64 = 100;
 
 fn gaps_ms(deliveries: &[Delivery]) -> Vec<i64> {
     deliveries.windows(2).map(|w| w[1].at.duration_since(w[0].at).as_millis() as i64).collect()
+}
+
+/// Waits until every named Trigger has nothing left to deliver (no backlog, nothing in flight, as its status
+/// says), so that a delivery, retry or dead letter that should not happen has had its chance to happen.
+async fn wait_until_idle(admin: &str, triggers: &[&str]) -> anyhow::Result<()> {
+    let consumers = ConsumersClient::connect(format!("http://{admin}")).await?;
+    for name in triggers {
+        let trigger = ConsumerRef { kind: "trigger".into(), namespace: "default".into(), name: name.to_string() };
+        wait_until(Duration::from_secs(30), || {
+            let (mut consumers, trigger) = (consumers.clone(), trigger.clone());
+            async move {
+                let status = consumers.status(trigger).await?.into_inner();
+                let idle = status.backlog == 0 && status.partitions.iter().all(|p| p.in_flight == 0);
+                Ok(idle.then_some(()))
+            }
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 fn assert_gap(gap: i64, expected: i64, what: &str) {
@@ -79,8 +102,11 @@ async fn every_matching_trigger_gets_every_event() -> anyhow::Result<()> {
         .await?;
     }
     // s1: 20 via `all` + 10 via `orders`; s2: 10 via `prefix` + 5 via `cesql`.
-    let at_s1 = s1.wait_for(30, Duration::from_secs(60)).await?;
-    let at_s2 = s2.wait_for(15, Duration::from_secs(60)).await?;
+    s1.wait_for(30, Duration::from_secs(60)).await?;
+    s2.wait_for(15, Duration::from_secs(60)).await?;
+    wait_until_idle(&admin, &["all", "orders", "prefix", "cesql", "nothing"]).await?;
+    let (at_s1, at_s2) = (s1.deliveries(), s2.deliveries());
+    assert_eq!((at_s1.len(), at_s2.len()), (30, 15), "each event once per matching Trigger, and nothing else");
     let mut pairs: BTreeMap<(String, String), usize> = BTreeMap::new();
     for delivery in at_s1.iter().chain(&at_s2) {
         let event = delivery.event()?;
@@ -157,7 +183,12 @@ async fn retries_follow_the_delivery_spec_and_failures_reach_dead_letters() -> a
             .await?;
     }
     // Attempts: fail500 4, r429 2, nf404 3, slow 2, bad400 1, nodls 1.
-    let deliveries = subscriber.wait_for(13, Duration::from_secs(60)).await?;
+    subscriber.wait_for(13, Duration::from_secs(60)).await?;
+    dls.wait_for(3, Duration::from_secs(30)).await?;
+    let names: Vec<&str> = triggers.iter().map(|(name, _)| *name).collect();
+    wait_until_idle(&admin, &names).await?;
+    let deliveries = subscriber.deliveries();
+    assert_eq!(deliveries.len(), 13, "no attempt beyond the DeliverySpec's");
     let by_path = |path: &str| deliveries.iter().filter(|d| d.path == path).cloned().collect::<Vec<_>>();
 
     let fail500 = by_path("/fail500");
@@ -183,7 +214,8 @@ async fn retries_follow_the_delivery_spec_and_failures_reach_dead_letters() -> a
     assert_eq!(by_path("/nodls").len(), 1);
 
     // Dead letters: fail500, slow, bad400 at the sink, with Knative's error attributes.
-    let dead = dls.wait_for(3, Duration::from_secs(30)).await?;
+    let dead = dls.deliveries();
+    assert_eq!(dead.len(), 3, "fail500, slow and bad400 only");
     let mut by_type: BTreeMap<String, sluice_tests::subscriber::ReceivedEvent> = BTreeMap::new();
     for delivery in &dead {
         let event = delivery.event()?;
@@ -205,7 +237,7 @@ async fn retries_follow_the_delivery_spec_and_failures_reach_dead_letters() -> a
     assert!(!by_type.contains_key("test.r429") && !by_type.contains_key("test.nf404"));
 
     // Without a sink the event is kept in the Trigger's dead-letter stream.
-    let kept = sluice_tests::wait_until(Duration::from_secs(20), || async {
+    let kept = wait_until(Duration::from_secs(20), || async {
         let events = read_events(&admin, "deadletter/trigger/default/nodls", PARTITIONS).await?;
         Ok((!events.is_empty()).then_some(events))
     })

@@ -32,8 +32,12 @@ async fn pause_resume_replay_by_time_and_status() -> anyhow::Result<()> {
     let admin = cluster.nodes[1].admin.clone();
     let http = cluster.nodes[2].http.clone();
     let subscriber = Subscriber::start(Subscriber::ok()).await?;
+    // A second Trigger, never paused: its deliveries show that the partition's dispatcher has read the events
+    // that the paused one must not deliver.
+    let witness = Subscriber::start(Subscriber::ok()).await?;
     apply_resource(&admin, broker_object("default", "b", json!({}))).await?;
     apply_resource(&admin, trigger_object("default", "t", "b", &subscriber.url(), json!({}), json!({}))).await?;
+    apply_resource(&admin, trigger_object("default", "w", "b", &witness.url(), json!({}), json!({}))).await?;
     let mut consumers = ConsumersClient::connect(format!("http://{admin}")).await?;
     let client = reqwest::Client::new();
 
@@ -58,7 +62,17 @@ async fn pause_resume_replay_by_time_and_status() -> anyhow::Result<()> {
     })
     .await?;
     assert_eq!(status.partitions[0].end_offset, 6);
+    witness.wait_for(6, Duration::from_secs(30)).await?;
+    wait_until(Duration::from_secs(20), || {
+        let mut consumers = consumers.clone();
+        async move {
+            let status = consumers.status(trigger("w")).await?.into_inner();
+            Ok((status.backlog == 0 && status.partitions[0].in_flight == 0).then_some(()))
+        }
+    })
+    .await?;
     assert!(subscriber.deliveries().is_empty(), "nothing delivered while paused");
+    assert_eq!(consumers.status(trigger("t")).await?.into_inner().backlog, 6, "the paused backlog stays");
     consumers.resume(trigger("t")).await?;
     subscriber.wait_for(6, Duration::from_secs(30)).await?;
     let drained = wait_until(Duration::from_secs(20), || {
@@ -154,6 +168,7 @@ async fn dead_letters_are_listed_redriven_and_purged() -> anyhow::Result<()> {
         }
     })
     .await?;
+    assert_eq!(listed.dead_letters.len(), 4, "every dead letter listed, not only counted");
     for dead in &listed.dead_letters {
         assert_eq!(dead.error_code, "400");
         assert_eq!(dead.error_data.as_ref(), b"not today");

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sluice_proto::admin::ResourceRef;
 use sluice_proto::admin::resources_client::ResourcesClient;
 use sluice_tests::fake_kube::FakeKube;
-use sluice_tests::{sluice_bin, start_single_node, wait_until};
+use sluice_tests::{free_addr, sluice_bin, start_single_node, wait_until};
 
 const BROKERS: &str = "eventing.knative.dev/v1/brokers";
 const TRIGGERS: &str = "eventing.knative.dev/v1/triggers";
@@ -54,11 +54,12 @@ async fn the_controller_serves_sluice_brokers_and_their_triggers_end_to_end() ->
     let (root, node) = start_single_node(2, &[]).await?;
     let kube = FakeKube::start().await?;
     let kubeconfig = kube.write_kubeconfig(root.path())?;
+    let metrics_addr = free_addr();
     let log_path = root.path().join("controller.log");
     let log = std::fs::File::create(&log_path)?;
     let mut controller = Command::new(sluice_bin())
         .args(["kube-controller", "--admin", &node.admin, "--ingress-host", "sluice-ingress.test.svc"])
-        .args(["--metrics", "127.0.0.1:0", "--identity", "controller-a", "--lease-namespace", "sluice-system"])
+        .args(["--metrics", &metrics_addr, "--identity", "controller-a", "--lease-namespace", "sluice-system"])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info,kube=warn")
         .stdin(Stdio::null())
@@ -67,8 +68,20 @@ async fn the_controller_serves_sluice_brokers_and_their_triggers_end_to_end() ->
         .spawn()?;
     let controller_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
-    // An MT-class Broker first, then a Sluice one: when the second is served, the first has been seen.
+    // An MT-class Broker first, reconciled (left alone) before a Sluice one is created.
     kube.create(BROKERS, broker("mt", "MTChannelBasedBroker"))?;
+    let metrics_url = format!("http://{metrics_addr}/metrics");
+    wait_until(Duration::from_secs(60), || async {
+        let Ok(response) = reqwest::get(&metrics_url).await else { return Ok(None) };
+        let text = response.text().await?;
+        let reconciled = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("sluice_kube_reconciles_total{kind=\"Broker\"} "))
+            .any(|count| count.trim().parse::<f64>().is_ok_and(|count| count >= 1.0));
+        Ok(reconciled.then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("the MT-class Broker was never reconciled: {e}\n{}", controller_log()))?;
     kube.create(BROKERS, broker("b", "Sluice"))?;
     let served = wait_until(Duration::from_secs(60), || async { Ok(kube.get(BROKERS, "default", "b").filter(ready)) })
         .await
