@@ -205,8 +205,7 @@ impl HostRoutes for HostRouter {
             let elapsed_seconds = started.elapsed().as_secs_f64();
             match metrics {
                 Some(metrics) => metrics.record(code, elapsed_seconds),
-                // A host without a Route: counted by name (rare; no handles are kept for it).
-                None => HostMetrics::record_unrouted(&host, code, elapsed_seconds),
+                None => HostMetrics::record_unrouted(code, elapsed_seconds),
             }
             response
         })

@@ -74,12 +74,17 @@ impl HostMetrics {
         }
     }
 
-    /// A request to a host no Route serves.
-    pub(crate) fn record_unrouted(host: &str, code: u16, elapsed_seconds: f64) {
-        requests_counter(host, code).increment(1);
-        metrics::histogram!("sluice_serving_request_start_seconds", "host" => host.to_string()).record(elapsed_seconds);
+    /// A request to a host no Route serves, under one label for all of them: the client chooses the `Host`
+    /// header, and a label per name would let anyone grow the node's series (and `/metrics`) without bound.
+    pub(crate) fn record_unrouted(code: u16, elapsed_seconds: f64) {
+        requests_counter(UNROUTED_HOST_LABEL, code).increment(1);
+        metrics::histogram!("sluice_serving_request_start_seconds", "host" => UNROUTED_HOST_LABEL)
+            .record(elapsed_seconds);
     }
 }
+
+/// The `host` label of requests to hosts that no Route serves.
+pub(crate) const UNROUTED_HOST_LABEL: &str = "_unrouted";
 
 fn requests_counter(host: &str, code: u16) -> metrics::Counter {
     metrics::counter!("sluice_serving_requests_total", "host" => host.to_string(), "code" => code.to_string())

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 
@@ -137,7 +136,7 @@ impl Runtime for LocalRuntime {
             tokio::spawn(probe_until_ready(spec.readiness.clone(), spec.id, addr, events.clone(), exited.clone()));
         let (id, revision) = (spec.id, spec.revision.clone());
         tokio::spawn(async move {
-            wait_for_exit(child, id, revision, events, tail, readers, probe, exited_tx).await;
+            wait_for_exit(child, pid, id, revision, events, tail, readers, probe, exited_tx).await;
             if let Some(record) = record {
                 let _ = std::fs::remove_file(record);
             }
@@ -146,20 +145,19 @@ impl Runtime for LocalRuntime {
     }
 }
 
+/// Copies an instance's output, line by line, to its revision's log and its tail. Reads until the pipe
+/// closes whatever the bytes are: invalid UTF-8 is replaced (an app's output is not ours to refuse, and a
+/// reader that stopped would leave the app writing into a closed pipe, killed by SIGPIPE), and a line longer
+/// than [`MAX_LINE_BYTES`] is cut there, the rest of it skipped, so no line is held whole in memory.
 async fn copy_lines(
-    stream: impl tokio::io::AsyncRead + Unpin,
+    mut stream: impl tokio::io::AsyncRead + Unpin,
     tail: Arc<Mutex<VecDeque<String>>>,
     log: Arc<RevisionLog>,
 ) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(mut line)) = lines.next_line().await {
-        if line.len() > MAX_LINE_BYTES {
-            let mut cut = MAX_LINE_BYTES;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-        }
+    use tokio::io::AsyncReadExt;
+    let mut splitter = LineSplitter::default();
+    let mut chunk = vec![0u8; 8 * 1024];
+    let emit = |line: String| {
         log.write_line(&line);
         if let Ok(mut tail) = tail.lock() {
             if tail.len() == TAIL_LINES {
@@ -167,12 +165,72 @@ async fn copy_lines(
             }
             tail.push_back(line);
         }
+    };
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(read) => splitter.push(&chunk[..read]).into_iter().for_each(emit),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading an instance's output failed");
+                break;
+            }
+        }
+    }
+    splitter.finish().into_iter().for_each(emit);
+}
+
+/// Bytes in, lines out: at most [`MAX_LINE_BYTES`] held for the line being read.
+#[derive(Default)]
+struct LineSplitter {
+    line: Vec<u8>,
+    /// The line being read was cut: its bytes up to the next newline are skipped.
+    skipping: bool,
+}
+
+impl LineSplitter {
+    fn push(&mut self, mut bytes: &[u8]) -> Vec<String> {
+        let mut lines = Vec::new();
+        while !bytes.is_empty() {
+            let (part, newline) = match bytes.iter().position(|b| *b == b'\n') {
+                Some(at) => (&bytes[..at], true),
+                None => (bytes, false),
+            };
+            bytes = &bytes[part.len() + usize::from(newline)..];
+            if !self.skipping {
+                let room = MAX_LINE_BYTES - self.line.len();
+                self.line.extend_from_slice(&part[..part.len().min(room)]);
+                if part.len() > room {
+                    lines.push(self.take());
+                    self.skipping = true;
+                }
+            }
+            if newline {
+                if !self.skipping {
+                    lines.push(self.take());
+                }
+                self.skipping = false;
+            }
+        }
+        lines
+    }
+
+    /// The last line, when the output did not end with a newline.
+    fn finish(mut self) -> Option<String> {
+        (!self.line.is_empty()).then(|| self.take())
+    }
+
+    fn take(&mut self) -> String {
+        let line = std::mem::take(&mut self.line);
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        String::from_utf8_lossy(line).into_owned()
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn wait_for_exit(
     mut child: Child,
+    pid: Option<u32>,
     id: u64,
     revision: String,
     events: mpsc::Sender<InstanceEvent>,
@@ -182,6 +240,13 @@ async fn wait_for_exit(
     exited: watch::Sender<bool>,
 ) {
     let status = child.wait().await;
+    // The instance is its first process, as a container is: when it exits, whatever it started goes too (a
+    // container runtime kills the rest of the container), or a child that ignored SIGTERM (`npm start` → `node`)
+    // would live on, holding the port the next instance needs. The group outlives its leader only while it has
+    // members, so its id is not anyone else's yet.
+    if let Some(pid) = pid {
+        signal_group(pid, "-KILL");
+    }
     let _ = exited.send(true);
     probe.abort();
     // The pipes close when the process (group) is gone; wait briefly for the last lines.
@@ -282,13 +347,109 @@ impl Instance for LocalInstance {
     }
 }
 
-/// Sends `signal` to the instance's process group (its pid: it leads the group).
+/// Sends `signal` to the instance's process group (its pid: it leads the group). Quiet: a group already gone
+/// is the usual case after its leader exited.
 fn signal_group(pid: u32, signal: &str) {
-    let _ = std::process::Command::new("kill").arg(signal).arg("--").arg(format!("-{pid}")).status();
+    let _ = std::process::Command::new("kill")
+        .arg(signal)
+        .arg("--")
+        .arg(format!("-{pid}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 /// A free loopback port for an instance without a `containerPort`.
 pub(crate) fn free_port() -> Result<u16, ServingError> {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(ServingError::NoPort)?;
     listener.local_addr().map(|a| a.port()).map_err(ServingError::NoPort)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{InstanceSpec, Readiness, Runtime};
+
+    /// Whether the process is gone (or a zombie nobody has reaped yet: it runs no more).
+    fn gone(pid: u32) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+        stat.rfind(')').and_then(|at| stat[at + 1..].split_whitespace().next()).is_some_and(|state| state == "Z")
+    }
+
+    async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Regression: when an instance's first process exited, what it had started lived on (a child that ignored
+    /// SIGTERM, as `npm start` leaves `node`), holding the port the next instance needed.
+    #[tokio::test]
+    async fn what_an_instance_started_goes_with_it_even_when_it_ignored_sigterm() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = LocalRuntime::new(dir.path().join("instances"));
+        let logs = crate::logs::LogHub::new(dir.path().join("logs"));
+        let orphan_file = dir.path().join("orphan.pid");
+        let script =
+            format!("trap '' TERM; sleep 300 & echo $! > {}; trap - TERM; exec sleep 299", orphan_file.display());
+        let port = free_port().expect("port");
+        let spec = InstanceSpec {
+            id: 1,
+            revision: "default/hello-00001".into(),
+            object: Arc::new(serde_json::Value::Null),
+            argv: vec!["sh".into(), "-c".into(), script],
+            env: Vec::new(),
+            working_dir: None,
+            port,
+            readiness: Readiness::TcpConnect { port },
+            log: logs.revision("default", "hello-00001"),
+        };
+        let (events, _events) = mpsc::channel(8);
+        let instance = runtime.start(spec, events).expect("start");
+        let orphan_pid = || std::fs::read_to_string(&orphan_file).ok().and_then(|pid| pid.trim().parse::<u32>().ok());
+        wait_for("the child started", || orphan_pid().is_some()).await;
+        let orphan = orphan_pid().expect("pid");
+        assert!(!gone(orphan), "the child runs");
+        instance.stop(Duration::from_secs(10)).await;
+        wait_for("the child that ignored SIGTERM is killed with its instance", || gone(orphan)).await;
+    }
+
+    fn split(chunks: &[&[u8]]) -> Vec<String> {
+        let mut splitter = LineSplitter::default();
+        let mut lines: Vec<String> = chunks.iter().flat_map(|chunk| splitter.push(chunk)).collect();
+        lines.extend(splitter.finish());
+        lines
+    }
+
+    #[test]
+    fn output_is_split_into_lines_whatever_the_chunks() {
+        assert_eq!(split(&[b"a\nbc\n"]), ["a", "bc"]);
+        assert_eq!(split(&[b"a", b"b\nc", b"d\n"]), ["ab", "cd"]);
+        assert_eq!(split(&[b"a\r\n\nlast"]), ["a", "", "last"], "CRLF, an empty line, no final newline");
+        assert!(split(&[b""]).is_empty());
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_and_reading_goes_on() {
+        assert_eq!(split(&[b"ok \xff\xfe bytes\n", b"next\n"]), ["ok \u{fffd}\u{fffd} bytes", "next"]);
+    }
+
+    #[test]
+    fn a_long_line_is_cut_and_its_rest_skipped_without_holding_it() {
+        let long = vec![b'x'; MAX_LINE_BYTES * 3];
+        let mut splitter = LineSplitter::default();
+        let mut lines = Vec::new();
+        for chunk in long.chunks(1000) {
+            lines.extend(splitter.push(chunk));
+            assert!(splitter.line.len() <= MAX_LINE_BYTES, "never more than one line's limit held");
+        }
+        lines.extend(splitter.push(b"\nafter\n"));
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].len(), MAX_LINE_BYTES);
+        assert_eq!(lines[1], "after");
+        let exact = vec![b'y'; MAX_LINE_BYTES];
+        assert_eq!(split(&[&exact, b"\nz\n"]), [String::from_utf8(exact.clone()).unwrap_or_default(), "z".into()]);
+    }
 }

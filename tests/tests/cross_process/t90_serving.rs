@@ -182,7 +182,7 @@ async fn a_service_becomes_ready_answers_at_its_url_and_splits_traffic_by_revisi
     for (series, count) in [
         (r#"sluice_serving_requests_total{host="hello.default.localhost",code="200"}"#, 1024),
         (r#"sluice_serving_requests_total{host="old-hello.default.localhost",code="200"}"#, 20),
-        (r#"sluice_serving_requests_total{host="nope.default.localhost",code="404"}"#, 1),
+        (r#"sluice_serving_requests_total{host="_unrouted",code="404"}"#, 1),
     ] {
         assert!(metrics.lines().any(|l| l == format!("{series} {count}")), "{series} {count} in:\n{metrics}");
     }
