@@ -55,6 +55,12 @@ impl CursorStats {
         }
     }
 
+    /// The same counters with the gauges of a consumer that no dispatcher holds here any more: nothing in
+    /// flight, nothing pending, not held paused.
+    pub(crate) fn stopped(self) -> Self {
+        CursorStats { in_flight: 0, oldest_pending_arrival_ms: 0, paused: 0, ..self }
+    }
+
     /// The commits that bring `previous` (what is stored) to `self`.
     pub(crate) fn commits(&self, cursor: &str, previous: &CursorStats) -> Vec<OffsetCommit> {
         let mut commits = Vec::new();

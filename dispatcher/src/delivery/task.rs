@@ -226,24 +226,46 @@ fn labels(spec: &ConsumerSpec, event_type: &str, status: Option<u16>) -> Vec<(&'
 }
 
 /// Delivers `event` (at `offset`) to `spec`'s subscriber until it settles.
-pub(crate) async fn deliver(
-    ctx: DeliveryContext,
-    spec: Arc<ConsumerSpec>,
-    offset: u64,
-    event: Arc<CloudEvent>,
-) -> Settlement {
+pub(crate) async fn deliver(ctx: &DeliveryContext, spec: &ConsumerSpec, offset: u64, event: &CloudEvent) -> Settlement {
     let span = tracing::debug_span!("deliver", consumer = %spec.cursor, partition = ctx.partition, offset);
     let _ = &span;
-    let mut judge = SubscriberJudge { ctx: &ctx, spec: &spec, event: &event, offset };
-    match send_with_retries(&ctx, &spec, &spec.subscriber_uri, spec.format, &event, &mut judge).await {
+    #[cfg(feature = "planted-bugs")]
+    if sluice_broker::planted_bug("panic-in-delivery") && event.get_str("type") == Some(PLANTED_PANIC_TYPE) {
+        panic!("a planted bug in the delivery of offset {offset}");
+    }
+    let mut judge = SubscriberJudge { ctx, spec, event, offset };
+    match send_with_retries(ctx, spec, &spec.subscriber_uri, spec.format, event, &mut judge).await {
         Sent::Done { attempts } => Settlement::Delivered { attempts },
         Sent::GaveUp { attempts, result, reason, note } => {
             let failure = failure_from(&spec.subscriber_uri, &result, note.unwrap_or_else(|| describe(reason)));
             // Boxed: the rare path's state (another send with retries, an append) would otherwise be part of
             // every delivery's future, allocated (and initialised) for each event.
-            Box::pin(dead_letter(&ctx, &spec, offset, &event, failure, attempts)).await
+            Box::pin(dead_letter(ctx, spec, offset, event, failure, attempts)).await
         }
     }
+}
+
+/// The event type whose deliveries panic under the planted bug `panic-in-delivery` (tests only).
+#[cfg(feature = "planted-bugs")]
+pub(crate) const PLANTED_PANIC_TYPE: &str = "sluice.test.panic";
+
+/// Settles an event whose delivery panicked (a bug in Sluice): it is dead-lettered like an event that failed,
+/// with the reason saying so, rather than left in flight, where it would hold the consumer's watermark (and its
+/// ordering key) until the consumer restarted. Kept, it can be redriven once the bug is fixed.
+pub(crate) async fn dead_letter_after_panic(
+    ctx: &DeliveryContext,
+    spec: &ConsumerSpec,
+    offset: u64,
+    event: &CloudEvent,
+) -> Settlement {
+    let reason = "internal error: Sluice's delivery of this event panicked (a bug; see the node's log)";
+    let failure = Failure {
+        destination: spec.subscriber_uri.clone(),
+        status: None,
+        data: Bytes::from_static(reason.as_bytes()),
+        reason: reason.to_string(),
+    };
+    Box::pin(dead_letter(ctx, spec, offset, event, failure, 0)).await
 }
 
 fn describe(reason: FailureReason) -> String {

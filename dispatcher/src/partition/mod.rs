@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 
 use crate::capacity::host_of;
 use crate::consumer::{ConsumerSpec, InitialOffset, cursor_prefix};
-use crate::delivery::task::{DeliveryContext, Settlement, deliver, now_ms};
+use crate::delivery::task::{DeliveryContext, Settlement, dead_letter_after_panic, deliver, now_ms};
 use crate::stats::{self, CursorStats};
 use reading::{Consumer, ConsumerStart, ReadEvent, ReadLog, Reading, Start};
 
@@ -159,7 +159,7 @@ impl PartitionDispatcher {
                     Some(Control::HandOver(done)) => {
                         self.settle_running(HANDOVER_DRAIN).await;
                         self.deliveries.clear();
-                        self.commit().await;
+                        self.commit(true).await;
                         let _ = done.send(());
                         tracing::info!(stream = %self.stream, partition, "dispatch handed over");
                         break;
@@ -168,7 +168,7 @@ impl PartitionDispatcher {
                 },
                 _ = commit_tick.tick() => {
                     self.windows_stale = true;
-                    self.commit().await;
+                    self.commit(false).await;
                     self.publish_gauges();
                     self.report_backlog();
                 }
@@ -193,7 +193,7 @@ impl PartitionDispatcher {
             }
         }
         self.deliveries.clear();
-        self.commit().await;
+        self.commit(true).await;
         tracing::info!(stream = %self.stream, partition, "dispatch stopped");
     }
 
@@ -282,15 +282,17 @@ impl PartitionDispatcher {
         Some((initial, None))
     }
 
-    /// Aborts a stopping consumer's deliveries; answers the commit of its watermark if that moved.
-    fn stop_consumer(&mut self, consumer: Consumer) -> Option<OffsetCommit> {
-        self.abort_running(&consumer.spec.cursor);
+    /// Aborts a stopping consumer's deliveries; answers the commits of its watermark if that moved, and of
+    /// its gauges, which no longer count deliveries here.
+    fn stop_consumer(&mut self, consumer: Consumer) -> Vec<OffsetCommit> {
+        let cursor = &consumer.spec.cursor;
+        self.abort_running(cursor);
         let watermark = consumer.window.watermark();
-        consumer.committed.is_none_or(|c| watermark > c).then(|| OffsetCommit {
-            cursor: consumer.spec.cursor.clone(),
-            offset: watermark,
-            reset: false,
-        })
+        let mut commits = consumer.stopped_stat_commits();
+        if consumer.committed.is_none_or(|c| watermark > c) {
+            commits.push(OffsetCommit { cursor: cursor.clone(), offset: watermark, reset: false });
+        }
+        commits
     }
 
     /// Deletes the cursors of this stream whose Trigger or Subscription no longer exists, while the deliveries
@@ -358,15 +360,22 @@ impl PartitionDispatcher {
             let delivery: BoxFuture<'static, Option<DeliveryResult>> = Box::pin(async move {
                 // The slot at the subscriber is held until the delivery ends (or is aborted).
                 let _slot = slot;
-                match AssertUnwindSafe(deliver(ctx, spec, offset, event)).catch_unwind().await {
-                    Ok(settlement) => Some((cursor, generation, offset, settlement)),
+                let settlement = match AssertUnwindSafe(deliver(&ctx, &spec, offset, &event)).catch_unwind().await {
+                    Ok(settlement) => settlement,
                     Err(_) => {
-                        // A bug: the event stays in flight (unsettled) until the consumer restarts, and this
-                        // partition's other deliveries go on.
-                        tracing::error!(consumer = %cursor, offset, "a delivery panicked");
-                        None
+                        // A bug: the event is dead-lettered, saying so, and this partition's other deliveries
+                        // go on.
+                        tracing::error!(consumer = %cursor, offset, "a delivery panicked; dead-lettering its event");
+                        metrics::counter!("sluice_dispatch_panics_total").increment(1);
+                        let dead_letter = dead_letter_after_panic(&ctx, &spec, offset, &event);
+                        match AssertUnwindSafe(dead_letter).catch_unwind().await {
+                            Ok(settlement) => settlement,
+                            // Left in flight (unsettled) until the consumer restarts.
+                            Err(_) => return None,
+                        }
                     }
-                }
+                };
+                Some((cursor, generation, offset, settlement))
             });
             self.deliveries.push(Abortable::new(delivery, registration));
             running.insert(offset, abort);
@@ -471,8 +480,9 @@ impl PartitionDispatcher {
         }
     }
 
-    /// Applies requested replays, then commits every watermark that moved and the statistics that changed.
-    async fn commit(&mut self) {
+    /// Applies requested replays, then commits every watermark that moved and the statistics that changed
+    /// (`stopping`: see [`Reading::commits`]).
+    async fn commit(&mut self, stopping: bool) {
         self.reading.sync_attached();
         let stored: BTreeMap<String, u64> = match self.ctx.node.committed_offsets(self.partition()) {
             Ok(stored) => {
@@ -482,13 +492,16 @@ impl PartitionDispatcher {
             }
             Err(_) => BTreeMap::new(),
         };
-        let (replayed, replay_commits) = self.reading.apply_replays(&stored);
+        // A dispatcher that stops leaves a requested replay to the partition's next one: applied here, it would
+        // be cleared while the next leader's dispatcher, which may have read the cursor already, moves it back.
+        let (replayed, replay_commits) =
+            if stopping { Default::default() } else { self.reading.apply_replays(&stored) };
         for cursor in &replayed {
             tracing::info!(consumer = %cursor, partition = self.partition(), "replay restarts the consumer");
             self.abort_running(cursor);
         }
         let replayed: HashSet<String> = replayed.into_iter().collect();
-        let commits = self.reading.commits(&replayed, replay_commits);
+        let commits = self.reading.commits(&replayed, replay_commits, stopping);
         if commits.commits.is_empty() {
             return;
         }

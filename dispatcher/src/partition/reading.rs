@@ -63,6 +63,11 @@ pub(crate) struct Consumer {
 }
 
 impl Consumer {
+    /// The commits of the gauges of this consumer once it stops here: nothing in flight, pending or held.
+    pub(crate) fn stopped_stat_commits(&self) -> Vec<OffsetCommit> {
+        self.stats.stopped().commits(&self.spec.cursor, &self.committed_stats)
+    }
+
     /// Moves the private read position; what was read ahead no longer follows it.
     fn set_private_next(&mut self, offset: u64) {
         self.private_next = offset;
@@ -485,8 +490,15 @@ impl Reading {
     }
 
     /// What to commit now: each consumer's watermark where it moved (not for the `replayed` ones, whose
-    /// commits the replay made) and its statistics where they changed.
-    pub(crate) fn commits(&mut self, replayed: &HashSet<String>, mut commits: Vec<OffsetCommit>) -> Commits {
+    /// commits the replay made) and its statistics where they changed. `stopping`: the dispatcher stops, its
+    /// deliveries are dropped, and the gauges say that none is in flight or held here (a next leader's dispatcher
+    /// sets its own).
+    pub(crate) fn commits(
+        &mut self,
+        replayed: &HashSet<String>,
+        mut commits: Vec<OffsetCommit>,
+        stopping: bool,
+    ) -> Commits {
         self.sync_attached();
         let mut stat_updates = Vec::new();
         for consumer in self.consumers.values_mut() {
@@ -506,6 +518,9 @@ impl Reading {
             consumer.stats.in_flight = consumer.window.in_flight() as u64;
             consumer.stats.paused = u64::from(consumer.spec.paused);
             consumer.stats.oldest_pending_arrival_ms = consumer.oldest_pending_arrival_ms().unwrap_or(0);
+            if stopping {
+                consumer.stats = consumer.stats.stopped();
+            }
             let changed = consumer.stats.commits(cursor, &consumer.committed_stats);
             if !changed.is_empty() {
                 stat_updates.push((cursor.clone(), consumer.stats));

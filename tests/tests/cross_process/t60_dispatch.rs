@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use base64::Engine;
 use serde_json::json;
 use sluice_proto::admin::ConsumerRef;
@@ -282,5 +283,41 @@ async fn a_slow_subscriber_holds_up_no_one_and_rate_limits_pace_deliveries() -> 
     let span = paced[39].at.duration_since(paced[0].at);
     assert!(span >= Duration::from_millis(2_900), "40 events at 10/s arrived within {span:?}");
     assert_eq!(slow.deliveries().len(), 3, "still only max-inflight in flight");
+    Ok(())
+}
+
+/// Regression: a delivery that panicked (a bug) left its event in flight until the consumer restarted, holding
+/// the consumer's watermark and, when ordered, every later event of the same key. It is now dead-lettered,
+/// saying why, and the consumer goes on. The panic is planted (`panic-in-delivery`, events of type
+/// `sluice.test.panic`; a test-only feature of the build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_panics_dead_letters_its_event_and_the_consumer_goes_on() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let mut node = sluice_tests::NodeProc::new(1, root.path(), &[]);
+    node.env.push(("SLUICE_PLANTED_BUG".into(), "panic-in-delivery".into()));
+    sluice_tests::start_as_single_node(&mut node, 1).await?;
+    let subscriber = Subscriber::start(Subscriber::ok()).await?;
+    let dls = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&node.admin, broker_object("default", "b", json!({}))).await?;
+    let delivery = json!({"delivery": {"deadLetterSink": {"uri": dls.url()}}});
+    let ordered = json!({"sluice.dev/delivery-order": "ordered"});
+    apply_resource(&node.admin, trigger_object("default", "p", "b", &subscriber.url(), delivery, ordered)).await?;
+    let client = reqwest::Client::new();
+    let key = [("partitionkey", "k")];
+    send_event_accepted(&client, &node.http, "/default/b", "before", "t", &key, "{}").await?;
+    send_event_accepted(&client, &node.http, "/default/b", "panics", "sluice.test.panic", &key, "{}").await?;
+    send_event_accepted(&client, &node.http, "/default/b", "after", "t", &key, "{}").await?;
+
+    let delivered = subscriber.wait_for(2, Duration::from_secs(30)).await.with_context(|| node.log_tail())?;
+    let ids: Vec<&str> = delivered.iter().map(|d| d.header("ce-id").unwrap_or_default()).collect();
+    assert_eq!(ids, ["before", "after"], "the key's next event is not held behind the one that panicked");
+    let dead = dls.wait_for(1, Duration::from_secs(30)).await?;
+    let event = dead[0].event()?;
+    assert_eq!(event.get("id"), Some("panics"));
+    assert!(event.get("sluiceerrorreason").is_some_and(|r| r.contains("panicked")), "{:?}", dead[0].headers);
+    assert_eq!(event.get("knativeerrorcode"), None, "no response, no code");
+    wait_until_idle(&node.admin, &["p"]).await?;
+    let metrics = reqwest::get(format!("http://{}/metrics", node.http)).await?.text().await?;
+    assert!(metrics.lines().any(|l| l == "sluice_dispatch_panics_total 1"), "the panic is counted");
     Ok(())
 }

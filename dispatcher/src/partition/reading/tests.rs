@@ -249,12 +249,40 @@ fn a_replay_restarts_the_consumer_at_its_target_and_ignores_the_old_deliveries()
     );
     let again: Vec<u64> = pump(&mut reading, &log).iter().map(|s| s.offset).collect();
     assert_eq!(again, [2, 3, 4]);
-    let committed = reading.commits(&replayed.into_iter().collect(), commits);
+    let committed = reading.commits(&replayed.into_iter().collect(), commits, false);
     assert!(
         !committed.commits.iter().any(|c| c.cursor == cursor && !c.reset),
         "a replayed consumer's watermark is not committed over its replay: {:?}",
         committed.commits
     );
+}
+
+/// Regression: a dispatcher that stopped (leadership moved, the consumer could no longer be dispatched) left its
+/// last in-flight gauge stored, and `trigger status` showed deliveries in flight (and an ever older oldest
+/// pending event) that no node was making.
+#[test]
+fn regression_a_stopping_dispatcher_commits_no_delivery_in_flight() {
+    let mut log = MemLog::default();
+    for _ in 0..3 {
+        log.append("a");
+    }
+    let all = specs(&[("t", "", 100)]);
+    let cursor = all[0].cursor.clone();
+    let mut reading = reading_with(&all, &[0], 100);
+    let starts = pump(&mut reading, &log);
+    assert_eq!(starts.len(), 3);
+    settle_all(&mut reading, &starts[..1]);
+    let running = reading.commits(&HashSet::new(), Vec::new(), false);
+    let value = |c: &Commits, stat: &str| {
+        c.commits.iter().find(|c| c.cursor == stats::stat_key(&cursor, stat)).map(|c| (c.offset, c.reset))
+    };
+    assert_eq!(value(&running, stats::IN_FLIGHT), Some((2, true)));
+    reading.committed(running);
+    let stopping = reading.commits(&HashSet::new(), Vec::new(), true);
+    assert_eq!(value(&stopping, stats::IN_FLIGHT), Some((0, true)), "{:?}", stopping.commits);
+    assert_eq!(value(&stopping, stats::OLDEST_PENDING_ARRIVAL_MS), Some((0, true)));
+    assert_eq!(value(&stopping, stats::DELIVERED), None, "the counters are not touched");
+    assert!(!stopping.commits.iter().any(|c| c.cursor == cursor), "the watermark (1, committed) stays");
 }
 
 #[test]
@@ -269,16 +297,16 @@ fn the_watermark_is_committed_only_when_it_moves() {
     assert_eq!(starts.iter().map(|s| s.offset).collect::<Vec<_>>(), [0, 2], "the filter keeps type a");
     let offset_commits =
         |c: &Commits| c.commits.iter().filter(|c| !c.cursor.contains('!')).map(|c| c.offset).collect::<Vec<_>>();
-    let first = reading.commits(&HashSet::new(), Vec::new());
+    let first = reading.commits(&HashSet::new(), Vec::new(), false);
     assert_eq!(offset_commits(&first), [0], "nothing settled: the watermark is the start");
     reading.committed(first);
-    assert_eq!(offset_commits(&reading.commits(&HashSet::new(), Vec::new())), Vec::<u64>::new());
+    assert_eq!(offset_commits(&reading.commits(&HashSet::new(), Vec::new(), false)), Vec::<u64>::new());
     settle_all(&mut reading, &starts[..1]);
-    let second = reading.commits(&HashSet::new(), Vec::new());
+    let second = reading.commits(&HashSet::new(), Vec::new(), false);
     assert_eq!(offset_commits(&second), [2], "offset 1 did not match, 2 is still in flight");
     reading.committed(second);
     settle_all(&mut reading, &starts[1..]);
-    assert_eq!(offset_commits(&reading.commits(&HashSet::new(), Vec::new())), [3]);
+    assert_eq!(offset_commits(&reading.commits(&HashSet::new(), Vec::new(), false)), [3]);
 }
 
 #[test]
@@ -290,16 +318,16 @@ fn regression_a_previous_leaders_in_flight_gauge_written_after_the_start_is_rese
     let mut reading = reading_with(&all, &[0], 100);
     let starts = pump(&mut reading, &log);
     settle_all(&mut reading, &starts);
-    let first = reading.commits(&HashSet::new(), Vec::new());
+    let first = reading.commits(&HashSet::new(), Vec::new(), false);
     reading.committed(first);
-    assert!(reading.commits(&HashSet::new(), Vec::new()).commits.is_empty(), "all committed");
+    assert!(reading.commits(&HashSet::new(), Vec::new(), false).commits.is_empty(), "all committed");
     // The previous leader's last commit lands now: 8 in flight, an older oldest-pending time.
     let mut stored: BTreeMap<String, u64> = BTreeMap::from([(cursor.clone(), 1)]);
     stored.insert(stats::stat_key(&cursor, stats::IN_FLIGHT), 8);
     stored.insert(stats::stat_key(&cursor, stats::OLDEST_PENDING_ARRIVAL_MS), 5);
     stored.insert(stats::stat_key(&cursor, stats::DELIVERED), 1);
     reading.observe_stored_stats(&stored);
-    let corrected = reading.commits(&HashSet::new(), Vec::new());
+    let corrected = reading.commits(&HashSet::new(), Vec::new(), false);
     let gauges: BTreeMap<&str, (u64, bool)> =
         corrected.commits.iter().map(|c| (c.cursor.as_str(), (c.offset, c.reset))).collect();
     assert_eq!(gauges.get(stats::stat_key(&cursor, stats::IN_FLIGHT).as_str()), Some(&(0, true)));
@@ -310,7 +338,7 @@ fn regression_a_previous_leaders_in_flight_gauge_written_after_the_start_is_rese
     stored_now.insert(stats::stat_key(&cursor, stats::IN_FLIGHT), 0);
     stored_now.insert(stats::stat_key(&cursor, stats::OLDEST_PENDING_ARRIVAL_MS), 0);
     reading.observe_stored_stats(&stored_now);
-    assert!(reading.commits(&HashSet::new(), Vec::new()).commits.is_empty(), "stored matches: nothing to write");
+    assert!(reading.commits(&HashSet::new(), Vec::new(), false).commits.is_empty(), "stored matches: nothing to write");
 }
 
 #[derive(Clone, Debug)]
@@ -373,7 +401,7 @@ proptest! {
             let expected: Vec<u64> = (0..log.end()).filter(|o| wanted.is_none_or(|t| types[*o as usize] == t)).collect();
             prop_assert_eq!(started.get(name).cloned().unwrap_or_default(), expected, "{}", name);
         }
-        let watermarks: Vec<u64> = reading.commits(&HashSet::new(), Vec::new()).commits.iter()
+        let watermarks: Vec<u64> = reading.commits(&HashSet::new(), Vec::new(), false).commits.iter()
             .filter(|c| !c.cursor.contains('!')).map(|c| c.offset).collect();
         prop_assert_eq!(watermarks, vec![log.end(); 3]);
     }
