@@ -6,7 +6,7 @@ use clap::Subcommand;
 use sluice_proto::admin::dead_letters_client::DeadLettersClient;
 use sluice_proto::admin::{DeadLetter, DeadLetterPosition, ListDeadLettersRequest, PurgeRequest, RedriveRequest};
 
-use crate::admin_cli::{from_status, human_size, human_time};
+use crate::admin_cli::{AdminError, EXIT_UNAVAILABLE, from_status, human_size, human_time};
 use crate::trigger_cmd::{Target, progress};
 
 #[derive(Subcommand)]
@@ -136,6 +136,17 @@ pub(crate) async fn run(command: Command) -> Result<()> {
             }
             eprintln!();
             let last = last.unwrap_or_default();
+            if !last.done {
+                // The node ended the stream early (it stopped, or the redrive failed): what was handled is out of
+                // the stream, the rest is still there.
+                return Err(anyhow::Error::new(AdminError {
+                    exit_code: EXIT_UNAVAILABLE,
+                    message: format!(
+                        "the redrive ended before its end: {} of {} handled (delivered {}, failed again {}); run it again for the rest",
+                        last.processed, last.total, last.delivered, last.failed
+                    ),
+                }));
+            }
             outln!("redriven {}: delivered {}, failed again {}", last.processed, last.delivered, last.failed)?;
             Ok(())
         }

@@ -32,6 +32,8 @@ use crate::consumer::{
 use crate::delivery::sender::Sender;
 use crate::delivery::task::{DeliveryContext, Settlement, deliver, now_ms};
 use crate::stats::{self, CursorStats};
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
 
 /// Most dead letters one `List` returns.
 pub(crate) const MAX_LIST: usize = 1000;
@@ -51,7 +53,7 @@ pub fn routes(node: Node, ingress_base: String) -> tonic::service::Routes {
             None
         }
     };
-    let admin = ConsumersAdmin { node, ingress_base, sender };
+    let admin = ConsumersAdmin { node, ingress_base, sender, redrives: Redrives::default() };
     tonic::service::Routes::new(ConsumersServer::new(admin.clone())).add_service(DeadLettersServer::new(admin))
 }
 
@@ -61,6 +63,7 @@ pub(crate) struct ConsumersAdmin {
     /// Status and destinations are resolved against it (and the current CA) per call.
     ingress_base: String,
     sender: Option<Sender>,
+    redrives: Redrives,
 }
 
 /// A consumer as found from its reference.
@@ -377,53 +380,29 @@ impl DeadLetters for ConsumersAdmin {
             .flat_map(|(p, letters)| letters.iter().map(move |(o, _, _)| (*p, *o)))
             .filter(|key| selected.is_empty() || selected.contains(key))
             .count() as u64;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let node = self.node.clone();
         let stream = dead_letter_stream(found.kind, &found.key.namespace, &found.key.name);
-        let to_broker = request.to_broker;
+        let Some(running) = RedriveGuard::take(&self.redrives, &stream) else {
+            return Err(error_status(
+                ErrorCode::RedriveRunning,
+                format!(
+                    "a redrive of {} {}/{} is already running on this node",
+                    found.kind.as_str(),
+                    found.key.namespace,
+                    found.key.name
+                ),
+            ));
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let redrive = Redrive { node: self.node.clone(), sender, spec, stream, to_broker: request.to_broker, selected };
         tokio::spawn(async move {
+            let _running = running;
             let mut progress = RedriveProgress { total, ..Default::default() };
             for (partition, letters) in work {
-                let Some(end) = letters.last().map(|(o, _, _)| o + 1) else { continue };
-                let ctx = DeliveryContext { node: node.clone(), sender: sender.clone(), partition, limits: None };
-                let mut keep = Vec::new();
-                for (offset, _, dead) in letters {
-                    if !selected.is_empty() && !selected.contains(&(partition, offset)) {
-                        keep.push(dead);
-                        continue;
+                if let Err(status) = redrive.partition(partition, letters, &mut progress, &tx).await {
+                    // `None`: the client went away; what was handled so far is trimmed, the rest stays.
+                    if let Some(status) = status {
+                        let _ = tx.send(Err(status)).await;
                     }
-                    let source_offset = dead
-                        .get("sluicesourceoffset")
-                        .and_then(|v| v.to_canonical_string().parse::<u64>().ok())
-                        .unwrap_or(offset);
-                    let event = strip_error_attributes(&dead);
-                    let ok = if to_broker {
-                        redrive_to_broker(&node, &spec, event).await
-                    } else {
-                        // Delivered with the consumer's policy; what fails again is dead-lettered again.
-                        matches!(
-                            deliver(ctx.clone(), spec.clone(), source_offset, Arc::new(event)).await,
-                            Settlement::Delivered { .. }
-                        )
-                    };
-                    progress.processed += 1;
-                    if ok {
-                        progress.delivered += 1;
-                    } else {
-                        progress.failed += 1;
-                    }
-                    if tx.send(Ok(progress)).await.is_err() {
-                        return;
-                    }
-                }
-                // What was not selected stays: copied past the trim point, then the handled prefix goes.
-                for dead in keep {
-                    if let Ok(payload) = dead.encode() {
-                        let _ = node.append(&stream, partition, vec![payload.into()], now_ms(), None).await;
-                    }
-                }
-                if let Err(e) = node.trim(partition, &stream, end).await {
-                    let _ = tx.send(Err(sluice_broker::status_of(e))).await;
                     return;
                 }
             }
@@ -437,6 +416,13 @@ impl DeadLetters for ConsumersAdmin {
         let request = request.into_inner();
         let found = self.find(request.consumer.as_ref())?;
         let stream = dead_letter_stream(found.kind, &found.key.namespace, &found.key.name);
+        // Not while this node redrives them: the letters it keeps would be copied back after the purge.
+        let Some(_purging) = RedriveGuard::take(&self.redrives, &stream) else {
+            return Err(error_status(
+                ErrorCode::RedriveRunning,
+                "a redrive of this consumer is running on this node; purge once it has ended",
+            ));
+        };
         let mut purged = 0;
         for partition in 0..self.node.partitions() {
             let extent = self.node.read(&stream, partition, 0, 1, 0).map_err(internal)?;
@@ -449,13 +435,139 @@ impl DeadLetters for ConsumersAdmin {
     }
 }
 
-async fn redrive_to_broker(node: &Node, spec: &ConsumerSpec, event: CloudEvent) -> bool {
-    let ReplyTarget::Broker { stream, settings } = &spec.reply else { return false };
+/// The dead-letter streams being redriven by this node: a second redrive of the same consumer would deliver
+/// the same letters again (and copy the kept ones twice).
+type Redrives = Arc<std::sync::Mutex<HashSet<String>>>;
+
+/// A redrive's claim on its dead-letter stream, given back when it ends.
+struct RedriveGuard {
+    redrives: Redrives,
+    stream: String,
+}
+
+impl RedriveGuard {
+    fn take(redrives: &Redrives, stream: &str) -> Option<RedriveGuard> {
+        let mut running = redrives.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        running.insert(stream.to_string()).then(|| RedriveGuard { redrives: redrives.clone(), stream: stream.into() })
+    }
+}
+
+impl Drop for RedriveGuard {
+    fn drop(&mut self) {
+        self.redrives.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.stream);
+    }
+}
+
+/// One redrive of a consumer's dead letters.
+struct Redrive {
+    node: Node,
+    sender: Sender,
+    spec: Arc<ConsumerSpec>,
+    /// The consumer's dead-letter stream.
+    stream: String,
+    to_broker: bool,
+    /// (partition, offset) of the letters to redrive; empty: all of them.
+    selected: HashSet<(u32, u64)>,
+}
+
+impl Redrive {
+    /// Redrives one partition's letters in offset order. Each letter is handled before the stream's start moves
+    /// past it: delivered, dead-lettered again (by the delivery, as any failed event), or, when it is not
+    /// selected or could not be redriven, copied to the stream's end first. So no letter is lost, and a redrive
+    /// that stops halfway (the client gone, an error) leaves exactly the letters it did not handle. Letters
+    /// after the last selected one are not touched. `Err(None)`: the client went away.
+    async fn partition(
+        &self,
+        partition: u32,
+        letters: Vec<(u64, u64, CloudEvent)>,
+        progress: &mut RedriveProgress,
+        tx: &tokio::sync::mpsc::Sender<Result<RedriveProgress, Status>>,
+    ) -> Result<(), Option<Status>> {
+        let is_selected = |offset: u64| self.selected.is_empty() || self.selected.contains(&(partition, offset));
+        let Some(last_selected) = letters.iter().rev().find(|(offset, _, _)| is_selected(*offset)).map(|l| l.0) else {
+            return Ok(());
+        };
+        let ctx = DeliveryContext { node: self.node.clone(), sender: self.sender.clone(), partition, limits: None };
+        for (offset, _, dead) in letters.into_iter().take_while(|(offset, _, _)| *offset <= last_selected) {
+            if is_selected(offset) {
+                let redriven = self.redrive_one(&ctx, offset, &dead).await;
+                progress.processed += 1;
+                match redriven {
+                    Redriven::Delivered => progress.delivered += 1,
+                    Redriven::DeadLetteredAgain => progress.failed += 1,
+                    Redriven::NotSent => {
+                        progress.failed += 1;
+                        self.keep(partition, &dead).await?;
+                    }
+                }
+            } else {
+                self.keep(partition, &dead).await?;
+            }
+            self.node.trim(partition, &self.stream, offset + 1).await.map_err(|e| Some(sluice_broker::status_of(e)))?;
+            if is_selected(offset) && tx.send(Ok(*progress)).await.is_err() {
+                return Err(None);
+            }
+        }
+        Ok(())
+    }
+
+    async fn redrive_one(&self, ctx: &DeliveryContext, offset: u64, dead: &CloudEvent) -> Redriven {
+        let source_offset =
+            dead.get("sluicesourceoffset").and_then(|v| v.to_canonical_string().parse::<u64>().ok()).unwrap_or(offset);
+        let event = strip_error_attributes(dead);
+        if self.to_broker {
+            return match redrive_to_broker(&self.node, &self.spec, event).await {
+                Ok(()) => Redriven::Delivered,
+                Err(e) => {
+                    tracing::warn!(consumer = %self.spec.cursor, offset, error = %e, "redrive to the Broker failed; the letter stays");
+                    Redriven::NotSent
+                }
+            };
+        }
+        // Delivered with the consumer's policy; what fails again is dead-lettered again (a new letter).
+        match AssertUnwindSafe(deliver(ctx, &self.spec, source_offset, &event)).catch_unwind().await {
+            Ok(Settlement::Delivered { .. }) => Redriven::Delivered,
+            Ok(_) => Redriven::DeadLetteredAgain,
+            Err(_) => {
+                tracing::error!(consumer = %self.spec.cursor, offset, "a redriven delivery panicked; the letter stays");
+                metrics::counter!("sluice_dispatch_panics_total").increment(1);
+                Redriven::NotSent
+            }
+        }
+    }
+
+    /// Copies a letter to the end of the stream, so that trimming past it loses nothing.
+    async fn keep(&self, partition: u32, dead: &CloudEvent) -> Result<(), Option<Status>> {
+        let payload = dead.encode().map_err(|e| {
+            Some(error_status(ErrorCode::Internal, format!("a dead letter cannot be encoded again: {e}")))
+        })?;
+        self.node
+            .append(&self.stream, partition, vec![payload.into()], now_ms(), None)
+            .await
+            .map(|_| ())
+            .map_err(|e| Some(sluice_broker::status_of(e)))
+    }
+}
+
+/// What became of one redriven letter.
+enum Redriven {
+    Delivered,
+    /// Failed again and dead-lettered again by the delivery (a new letter, at the sink or the stream's end).
+    DeadLetteredAgain,
+    /// Not sent (the Broker refused it, a Subscription has no Broker, a bug): the letter must stay.
+    NotSent,
+}
+
+async fn redrive_to_broker(node: &Node, spec: &ConsumerSpec, event: CloudEvent) -> Result<(), String> {
+    let ReplyTarget::Broker { stream, settings } = &spec.reply else {
+        return Err("only a Trigger's letters can go back to its Broker".into());
+    };
     // Not deduplicated: the same (source, id) was accepted before, and redriving it is the point.
     let settings = IngressSettings { dedupe_window: None, ..settings.clone() };
     let mut event = event;
     event.attributes.remove("knativearrivaltime");
     sluice_broker::publish(node, stream, &settings, vec![event], crate::delivery::task::MAX_REPLY_EVENT_BYTES)
         .await
-        .is_ok()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

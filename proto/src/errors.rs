@@ -51,6 +51,8 @@ pub enum ErrorCode {
     /// The Trigger or Subscription cannot be dispatched now (its Broker is missing, its subscriber does not
     /// resolve); the message says why.
     ConsumerNotDispatchable = 1017,
+    /// A redrive of the same Trigger or Subscription is already running on this node: wait for it to end.
+    RedriveRunning = 1018,
 }
 
 impl ErrorCode {
@@ -74,6 +76,7 @@ impl ErrorCode {
             ErrorCode::EventNotFound => "EVENT_NOT_FOUND",
             ErrorCode::TailTooSlow => "TAIL_TOO_SLOW",
             ErrorCode::ConsumerNotDispatchable => "CONSUMER_NOT_DISPATCHABLE",
+            ErrorCode::RedriveRunning => "REDRIVE_RUNNING",
         }
     }
 
@@ -87,6 +90,7 @@ impl ErrorCode {
             | ErrorCode::NoLeader
             | ErrorCode::ConsumerNotDispatchable => Code::FailedPrecondition,
             ErrorCode::AlreadyInitialized => Code::AlreadyExists,
+            ErrorCode::RedriveRunning => Code::Aborted,
             ErrorCode::Unavailable => Code::Unavailable,
             ErrorCode::QueueFull | ErrorCode::TailTooSlow => Code::ResourceExhausted,
             ErrorCode::TooLarge => Code::OutOfRange,

@@ -10,7 +10,8 @@ use serde_json::json;
 use sluice_proto::admin::consumers_client::ConsumersClient;
 use sluice_proto::admin::dead_letters_client::DeadLettersClient;
 use sluice_proto::admin::{
-    ConsumerRef, ListDeadLettersRequest, PurgeRequest, RedriveRequest, ReplayRequest, replay_request,
+    ConsumerRef, DeadLetterPosition, ListDeadLettersRequest, PurgeRequest, RedriveProgress, RedriveRequest,
+    ReplayRequest, replay_request,
 };
 use sluice_tests::subscriber::{Delivery, Reply, Subscriber};
 use sluice_tests::{TestCluster, apply_resource, broker_object, send_event_accepted, trigger_object, wait_until};
@@ -242,5 +243,114 @@ async fn dead_letters_are_listed_redriven_and_purged() -> anyhow::Result<()> {
     let (code, _, err) = sluice(&["trigger", "status", "missing", "--admin", &admin]).await?;
     assert_eq!(code, 3, "not found: {err}");
     assert!(err.contains("CONSUMER_NOT_FOUND 1012"), "{err}");
+    Ok(())
+}
+
+fn subscription(name: &str) -> ConsumerRef {
+    ConsumerRef { kind: "subscription".into(), namespace: "default".into(), name: name.into() }
+}
+
+/// Runs a redrive to its end: the last progress.
+async fn redrive(
+    dlq: &mut DeadLettersClient<tonic::transport::Channel>,
+    request: RedriveRequest,
+) -> anyhow::Result<RedriveProgress> {
+    let mut progress = dlq.redrive(request).await?.into_inner();
+    let mut last = None;
+    while let Some(update) = progress.message().await? {
+        last = Some(update);
+    }
+    last.ok_or_else(|| anyhow::anyhow!("no progress"))
+}
+
+/// The ids of a consumer's dead letters, in stream order, once `count` of them are listed.
+async fn letters(
+    dlq: &DeadLettersClient<tonic::transport::Channel>,
+    consumer: ConsumerRef,
+    count: u64,
+) -> anyhow::Result<Vec<String>> {
+    wait_until(Duration::from_secs(20), || {
+        let (mut dlq, consumer) = (dlq.clone(), consumer.clone());
+        async move {
+            let list = dlq.list(ListDeadLettersRequest { consumer: Some(consumer), limit: 0 }).await?.into_inner();
+            let ids = list.dead_letters.iter().filter_map(|d| d.attributes.get("id").cloned()).collect::<Vec<_>>();
+            Ok((list.total == count && ids.len() as u64 == count).then_some(ids))
+        }
+    })
+    .await
+}
+
+/// Regression: a redrive trimmed every letter it had gone through, whatever became of it, so `--to-broker` on a
+/// Subscription (which has no Broker) deleted its whole dead-letter stream, and a letter not selected whose copy
+/// failed was lost. Now a letter leaves the stream only once handled, and one redrive per consumer runs at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_loses_no_letter_it_could_not_send_or_did_not_select() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    let slow = Arc::new(AtomicBool::new(false));
+    let flag = slow.clone();
+    let subscriber = Subscriber::start(Arc::new(move |_: &Delivery, _| {
+        let refused = Reply::status(400).with_body("never");
+        if flag.load(Ordering::SeqCst) { refused.after(Duration::from_millis(700)) } else { refused }
+    }))
+    .await?;
+    apply_resource(
+        &node.admin,
+        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
+            "metadata": {"name": "c", "namespace": "default"}}),
+    )
+    .await?;
+    apply_resource(
+        &node.admin,
+        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "Subscription",
+            "metadata": {"name": "s", "namespace": "default"},
+            "spec": {"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "c"},
+                "subscriber": {"uri": subscriber.url()}}}),
+    )
+    .await?;
+    let client = reqwest::Client::new();
+    for i in 0..3 {
+        send_event_accepted(&client, &node.http, "/channels/default/c", &format!("m{i}"), "t", &[], "{}").await?;
+    }
+    let mut dlq = DeadLettersClient::connect(format!("http://{}", node.admin)).await?;
+    // In the order the deliveries failed (they run concurrently).
+    let initial = letters(&dlq, subscription("s"), 3).await?;
+    let mut sorted = initial.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["m0", "m1", "m2"]);
+
+    // Back to a Broker: a Subscription has none, so nothing is sent and every letter stays.
+    let request = RedriveRequest { consumer: Some(subscription("s")), to_broker: true, ..Default::default() };
+    let last = redrive(&mut dlq, request).await?;
+    assert!(last.done);
+    assert_eq!((last.total, last.delivered, last.failed), (3, 0, 3));
+    assert_eq!(letters(&dlq, subscription("s"), 3).await?, initial, "kept, in order");
+
+    // Only the middle one, failing again: it is dead-lettered anew, and the one before it is kept.
+    let list = dlq.list(ListDeadLettersRequest { consumer: Some(subscription("s")), limit: 0 }).await?.into_inner();
+    let middle = list.dead_letters.iter().find(|d| d.attributes.get("id").map(String::as_str) == Some("m1"));
+    let middle = middle.ok_or_else(|| anyhow::anyhow!("m1 listed"))?;
+    let selected = vec![DeadLetterPosition { partition: middle.partition, offset: middle.offset }];
+    let request = RedriveRequest { consumer: Some(subscription("s")), selected, ..Default::default() };
+    let last = redrive(&mut dlq, request).await?;
+    assert_eq!((last.total, last.delivered, last.failed), (1, 0, 1));
+    let mut after = letters(&dlq, subscription("s"), 3).await?;
+    after.sort();
+    assert_eq!(after, ["m0", "m1", "m2"], "nothing lost");
+
+    // While a redrive runs, a second one and a purge are refused.
+    slow.store(true, Ordering::SeqCst);
+    let running = dlq.redrive(RedriveRequest { consumer: Some(subscription("s")), ..Default::default() }).await?;
+    let second = dlq.redrive(RedriveRequest { consumer: Some(subscription("s")), ..Default::default() }).await;
+    let refused = second.err().ok_or_else(|| anyhow::anyhow!("a second redrive was let in"))?;
+    assert_eq!(refused.code(), tonic::Code::Aborted, "{refused:?}");
+    let purge = dlq.purge(PurgeRequest { consumer: Some(subscription("s")) }).await;
+    assert_eq!(purge.err().map(|e| e.code()), Some(tonic::Code::Aborted));
+    let mut running = running.into_inner();
+    let mut last = None;
+    while let Some(update) = running.message().await? {
+        last = Some(update);
+    }
+    assert_eq!(last.map(|l| (l.done, l.failed)), Some((true, 3)));
+    assert_eq!(dlq.purge(PurgeRequest { consumer: Some(subscription("s")) }).await?.into_inner().purged, 3);
     Ok(())
 }
