@@ -45,8 +45,8 @@ pub enum ErrorCode {
     NoLeader = 1014,
     /// No stored event matches (`Events.Find`; the message says how much was scanned).
     EventNotFound = 1015,
-    /// A tail's client read too slowly and its buffer filled: the stream is dropped; tail again from the
-    /// last offset seen.
+    /// A tail's client took no event for a while with its buffer full: the stream is dropped; tail again from
+    /// the offset the message names.
     TailTooSlow = 1016,
     /// The Trigger or Subscription cannot be dispatched now (its Broker is missing, its subscriber does not
     /// resolve); the message says why.

@@ -33,8 +33,11 @@ pub(crate) const DEFAULT_PAGE_BYTES: usize = 4 << 20;
 pub(crate) const MAX_PAGE_BYTES: usize = 16 << 20;
 /// Most records looked at for one `Read` page (matters with a filter that matches little).
 pub(crate) const MAX_SCANNED_PER_PAGE: u64 = 10_000;
-/// Events a `Tail` buffers for its client before it is dropped as too slow.
+/// Events a `Tail` buffers for its client; past them it reads the log only as fast as the client takes them.
 pub(crate) const TAIL_BUFFER: usize = 256;
+/// How long a tail waits for its client to take an event, with [`TAIL_BUFFER`] waiting, before it ends the
+/// stream as too slow.
+pub(crate) const TAIL_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 /// Records a `Find` looks at when the request does not say.
 pub(crate) const DEFAULT_FIND_SCAN: u64 = 100_000;
 /// Most records a `Find` looks at.
@@ -389,12 +392,13 @@ impl Tailer {
         }
     }
 
-    /// Sends everything committed past each position; false when the tail is over.
-    fn catch_up(&mut self) -> bool {
+    /// Sends everything committed past each position, at the client's pace (at most [`TAIL_BUFFER`] events
+    /// wait for it); false when the tail is over.
+    async fn catch_up(&mut self) -> bool {
         for i in 0..self.partitions.len() {
             loop {
-                let (partition, next, ref mut applied) = self.partitions[i];
-                applied.borrow_and_update();
+                let (partition, next) = (self.partitions[i].0, self.partitions[i].1);
+                self.partitions[i].2.borrow_and_update();
                 let batch = match self.node.read(&self.stream, partition, next, CHUNK, 0) {
                     Ok(batch) => batch,
                     Err(e) => {
@@ -409,23 +413,31 @@ impl Tailer {
                     if !passes(self.filter.as_ref(), event.as_ref()) {
                         continue;
                     }
-                    match self.events.try_send(logged_event(partition, record, event.as_ref())) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
+                    let sent = self.events.send(logged_event(partition, record, event.as_ref()));
+                    match tokio::time::timeout(TAIL_STALL, sent).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_closed)) => return false,
+                        Err(_stalled) => {
                             metrics::counter!("sluice_admin_tail_dropped_total").increment(1);
                             self.fail(error_status(
                                 ErrorCode::TailTooSlow,
                                 format!(
-                                    "the client read too slowly ({TAIL_BUFFER} events buffered); tail again from \
+                                    "the client took no event for {} s with {TAIL_BUFFER} waiting; tail again from \
                                      partition {partition} offset {}",
+                                    TAIL_STALL.as_secs(),
                                     record.offset
                                 ),
                             ));
                             return false;
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) => return false,
                     }
                 }
+                // A filter that matches little scans many records between sends: the client may have gone, and
+                // other tasks must run.
+                if self.events.is_closed() {
+                    return false;
+                }
+                tokio::task::yield_now().await;
             }
         }
         true
@@ -433,7 +445,7 @@ impl Tailer {
 
     async fn run(mut self) {
         loop {
-            if !self.catch_up() {
+            if !self.catch_up().await {
                 return;
             }
             let events = self.events.clone();
@@ -452,33 +464,15 @@ impl Tailer {
     }
 }
 
-/// Where the client's side of a tail is.
-enum TailState {
-    /// Events flow; the failure may come.
-    Open(mpsc::Receiver<LoggedEvent>, oneshot::Receiver<Status>),
-    /// The tailer ended without a failure: what is buffered, then the end.
-    Draining(mpsc::Receiver<LoggedEvent>),
-    Ended,
-}
-
-/// The client's side of a tail: a failure comes first (it drops what is buffered) and ends the stream.
+/// The client's side of a tail: the events, then (once the tailer has ended) its failure if it failed. The
+/// events it buffered come first, so a failure's "tail again from" names the first event the client has not had.
 fn tail_stream(events: mpsc::Receiver<LoggedEvent>, fail: oneshot::Receiver<Status>) -> TailStream {
-    Box::pin(futures::stream::unfold(TailState::Open(events, fail), |state| async move {
-        match state {
-            TailState::Open(mut events, mut fail) => {
-                tokio::select! {
-                    biased;
-                    status = &mut fail => match status {
-                        Ok(status) => Some((Err(status), TailState::Ended)),
-                        Err(_) => events.recv().await.map(|event| (Ok(event), TailState::Draining(events))),
-                    },
-                    event = events.recv() => event.map(|event| (Ok(event), TailState::Open(events, fail))),
-                }
-            }
-            TailState::Draining(mut events) => {
-                events.recv().await.map(|event| (Ok(event), TailState::Draining(events)))
-            }
-            TailState::Ended => None,
+    Box::pin(futures::stream::unfold(Some((events, fail)), |state| async move {
+        let (mut events, fail) = state?;
+        match events.recv().await {
+            Some(event) => Some((Ok(event), Some((events, fail)))),
+            // Every sender is gone: the tailer has ended, and sent its failure first if it failed.
+            None => fail.await.ok().map(|status| (Err(status), None)),
         }
     }))
 }
