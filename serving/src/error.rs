@@ -18,6 +18,10 @@ pub enum ServingError {
     RevisionFailed { revision: String, reason: String },
     #[error("revision {revision}: {reason}")]
     Upstream { revision: String, reason: String },
+    /// The revision stopped (taken off traffic, its Service changed or deleted) before the request got a slot:
+    /// the request, not sent yet, goes to the revision the route picks now.
+    #[error("revision {revision} stopped before the request was sent")]
+    RevisionStopped { revision: String },
 }
 
 impl ServingError {
@@ -27,9 +31,10 @@ impl ServingError {
             ServingError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ServingError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ServingError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ServingError::RevisionFailed { .. } | ServingError::Spawn { .. } | ServingError::NoPort(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ServingError::RevisionFailed { .. }
+            | ServingError::Spawn { .. }
+            | ServingError::NoPort(_)
+            | ServingError::RevisionStopped { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ServingError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }

@@ -41,6 +41,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// connections at (Node.js: 5 s), so that a request never goes out on a connection the app is closing; such a
 /// request would be lost with it (the body is streamed, so it cannot be sent again).
 const UPSTREAM_POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+/// Revisions one request is given to at most when the ones picked before stop under it (a rollout).
+const MAX_PICKS: u32 = 3;
 
 #[derive(Clone)]
 pub(crate) struct HostRouter {
@@ -95,10 +97,45 @@ impl HostRouter {
         (metrics, revision)
     }
 
-    async fn serve(&self, revision: Arc<RevisionHandle>, request: Request) -> Result<Response<Body>, ServingError> {
+    /// Picks a revision for the request and serves it there. A revision that stops while the request waits for
+    /// a slot (taken off traffic by a rollout) has not had the request: it is picked again, a few times at most,
+    /// within the first revision's timeout, rather than answered 5xx.
+    async fn pick_and_serve(
+        &self,
+        host: &str,
+        request: Request,
+    ) -> (Option<Arc<HostMetrics>>, Result<Response<Body>, ServingError>) {
+        let mut started: Option<Instant> = None;
+        let mut picks = 0;
+        loop {
+            let (metrics, revision) = self.pick(host);
+            let revision = match revision {
+                Ok(revision) => revision,
+                Err(e) => return (metrics, Err(e)),
+            };
+            let timeout_ms = revision.run.timeout_ms;
+            let deadline = *started.get_or_insert_with(Instant::now) + std::time::Duration::from_millis(timeout_ms);
+            let remaining_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+            picks += 1;
+            match revision.acquire(remaining_ms.max(1)).await {
+                Ok(permit) => return (metrics, self.forward(&revision, permit, request, deadline).await),
+                Err(ServingError::RevisionStopped { .. }) if picks < MAX_PICKS => {
+                    metrics::counter!("sluice_serving_repicks_total").increment(1);
+                    continue;
+                }
+                Err(e) => return (metrics, Err(e)),
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        revision: &RevisionHandle,
+        permit: Permit,
+        request: Request,
+        deadline: Instant,
+    ) -> Result<Response<Body>, ServingError> {
         let timeout_ms = revision.run.timeout_ms;
-        let deadline = Instant::now() + std::time::Duration::from_millis(timeout_ms);
-        let permit = revision.acquire(timeout_ms).await?;
         let client = if revision.run.h2c { &self.h2c } else { &self.http1 };
         let upstream = upstream_request(request, &permit)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -189,11 +226,7 @@ impl HostRoutes for HostRouter {
         }
         Box::pin(async move {
             let started = Instant::now();
-            let (metrics, revision) = router.pick(&host);
-            let served = match revision {
-                Ok(revision) => router.serve(revision, request).await,
-                Err(e) => Err(e),
-            };
+            let (metrics, served) = router.pick_and_serve(&host, request).await;
             let response = match served {
                 Ok(response) => response,
                 Err(e) => {

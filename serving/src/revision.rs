@@ -81,6 +81,8 @@ struct GateState {
     meter: Meter,
     /// Set while the revision cannot start (waiters are answered with it).
     failed: Option<String>,
+    /// Set once the revision stops: no request waits for it any more.
+    stopped: bool,
 }
 
 impl GateState {
@@ -177,6 +179,9 @@ impl RevisionHandle {
             let mut state = self.state.lock().map_err(|_| self.upstream("gate poisoned"))?;
             if let Some(reason) = &state.failed {
                 return Err(ServingError::RevisionFailed { revision: self.key(), reason: reason.clone() });
+            }
+            if state.stopped {
+                return Err(ServingError::RevisionStopped { revision: self.key() });
             }
             state.next_waiter += 1;
             let waiter = state.next_waiter;
@@ -290,6 +295,7 @@ impl RunningRevision {
             state: Mutex::new(GateState {
                 gate: Gate::new(run.container_concurrency, QUEUE_LIMIT),
                 waiters: HashMap::new(),
+                stopped: false,
                 addrs: HashMap::new(),
                 next_waiter: 0,
                 meter: Meter::new(now_ms()),
@@ -468,11 +474,11 @@ async fn run_revision(
             },
         }
     }
-    // Stopping: waiters are told, instances drain and stop.
+    // Stopping: no request waits any more; those waiting go to the revision their route picks now.
     if let Ok(mut state) = revision.state.lock() {
+        state.stopped = true;
         for (_, tx) in state.waiters.drain() {
-            let _ =
-                tx.send(Err(ServingError::Upstream { revision: key.clone(), reason: "the revision stopped".into() }));
+            let _ = tx.send(Err(ServingError::RevisionStopped { revision: key.clone() }));
         }
     }
     revision.ready_capacity.store(0, Ordering::Relaxed);

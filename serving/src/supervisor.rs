@@ -56,13 +56,16 @@ pub(crate) async fn run(
     };
     let mut leadership = node.watch_leadership();
     let mut running: BTreeMap<String, RunningRevision> = BTreeMap::new();
+    // Revisions taken off traffic, draining then stopping (up to their timeout plus the grace period each).
+    let mut stopping = tokio::task::JoinSet::new();
     let mut reported: HashMap<String, String> = HashMap::new();
     loop {
         changes.borrow_and_update();
         leadership.borrow_and_update();
-        reconcile(&node, &settings, &shared, &env, &mut running, &mut reported).await;
+        reconcile(&node, &settings, &shared, &env, &mut running, &mut stopping, &mut reported).await;
         tokio::select! {
             _ = &mut stop => break,
+            Some(_) = stopping.join_next(), if !stopping.is_empty() => {}
             changed = changes.changed() => {
                 if changed.is_err() {
                     break;
@@ -81,6 +84,8 @@ pub(crate) async fn run(
     }
     let stops: Vec<_> = running.into_values().map(RunningRevision::stop).collect();
     futures::future::join_all(stops).await;
+    // And those already stopping: their instances drain and get their SIGTERM too, not a SIGKILL at exit.
+    while stopping.join_next().await.is_some() {}
 }
 
 fn objects(node: &Node) -> Vec<Value> {
@@ -96,6 +101,7 @@ async fn reconcile(
     shared: &Shared,
     env: &RevisionEnv,
     running: &mut BTreeMap<String, RunningRevision>,
+    stops: &mut tokio::task::JoinSet<()>,
     reported: &mut HashMap<String, String>,
 ) {
     let mut objects = objects(node);
@@ -144,7 +150,7 @@ async fn reconcile(
         }
         tracing::info!(revision = %key, "revision stops");
         // Draining takes up to the revision's timeout: not on the reconcile path.
-        tokio::spawn(revision.stop());
+        stops.spawn(revision.stop());
     }
     metrics::gauge!("sluice_serving_revisions").set(running.len() as f64);
 }

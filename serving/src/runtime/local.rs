@@ -132,8 +132,16 @@ impl Runtime for LocalRuntime {
         }
         let (exited_tx, exited) = watch::channel(false);
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, spec.port));
-        let probe =
-            tokio::spawn(probe_until_ready(spec.readiness.clone(), spec.id, addr, events.clone(), exited.clone()));
+        // An exec probe runs as it would in the container: with its environment and working directory.
+        let probe_env = ProbeEnv { vars, working_dir: spec.working_dir.clone() };
+        let probe = tokio::spawn(probe_until_ready(
+            spec.readiness.clone(),
+            probe_env,
+            spec.id,
+            addr,
+            events.clone(),
+            exited.clone(),
+        ));
         let (id, revision) = (spec.id, spec.revision.clone());
         tokio::spawn(async move {
             wait_for_exit(child, pid, id, revision, events, tail, readers, probe, exited_tx).await;
@@ -265,8 +273,15 @@ async fn wait_for_exit(
     let _ = events.send(InstanceEvent::Exited { id, code, signal, reason: None, last_output }).await;
 }
 
+/// Where an exec probe runs: the instance's variables (`PORT`, the container's `env`) and working directory.
+struct ProbeEnv {
+    vars: Vec<(String, String)>,
+    working_dir: Option<PathBuf>,
+}
+
 async fn probe_until_ready(
     readiness: Readiness,
+    env: ProbeEnv,
     id: u64,
     addr: SocketAddr,
     events: mpsc::Sender<InstanceEvent>,
@@ -277,7 +292,7 @@ async fn probe_until_ready(
         if *exited.borrow() {
             return;
         }
-        if probe_once(&readiness).await {
+        if probe_once(&readiness, &env).await {
             let _ = events.send(InstanceEvent::Ready { id, addr }).await;
             return;
         }
@@ -287,7 +302,7 @@ async fn probe_until_ready(
     }
 }
 
-async fn probe_once(readiness: &Readiness) -> bool {
+async fn probe_once(readiness: &Readiness, env: &ProbeEnv) -> bool {
     let attempt = async {
         match readiness {
             Readiness::TcpConnect { port } => {
@@ -297,6 +312,8 @@ async fn probe_once(readiness: &Readiness) -> bool {
             Readiness::Exec { argv } => match argv.split_first() {
                 Some((program, args)) => Command::new(program)
                     .args(args)
+                    .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .current_dir(env.working_dir.as_deref().unwrap_or_else(|| std::path::Path::new(".")))
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -382,6 +399,23 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "{what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Regression: an exec probe ran with the node's environment and directory, so a probe such as
+    /// `curl localhost:$PORT/healthz` never passed.
+    #[tokio::test]
+    async fn an_exec_probe_runs_with_the_instances_environment_and_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let workdir = std::fs::canonicalize(dir.path()).expect("canonical");
+        let probe = |script: &str| Readiness::Exec { argv: vec!["sh".into(), "-c".into(), script.into()] };
+        let env = ProbeEnv {
+            vars: vec![("PORT".into(), "4321".into()), ("TARGET".into(), "x".into())],
+            working_dir: Some(workdir.clone()),
+        };
+        let script =
+            format!("test \"$PORT\" = 4321 && test \"$TARGET\" = x && test \"$(pwd -P)\" = '{}'", workdir.display());
+        assert!(probe_once(&probe(&script), &env).await, "{script}");
+        assert!(!probe_once(&probe("test \"$PORT\" = 1"), &env).await, "a failing probe fails");
     }
 
     /// Regression: when an instance's first process exited, what it had started lived on (a child that ignored

@@ -532,3 +532,50 @@ pub(super) async fn trigger_status(
     };
     Ok(consumers.clone().status(reference).await?.into_inner())
 }
+
+/// Regression: a request waiting for a slot at a revision that a rollout took off traffic was answered 502
+/// ("the revision stopped"); it had not been sent, and now goes to the revision the route picks instead.
+#[tokio::test]
+async fn a_request_waiting_at_a_revision_taken_off_traffic_goes_to_the_new_one() -> Result<()> {
+    let (_dir, node) = start_single_node(1, &[]).await?;
+    let (admin, http) = (node.admin.clone(), node.http.clone());
+    // One instance that takes one request at a time: a second request waits at the gate.
+    let one_at_a_time = |target: &str| {
+        service(
+            "queued",
+            json!([{"name": "TARGET", "value": target}]),
+            json!({"autoscaling.knative.dev/min-scale": "1", "autoscaling.knative.dev/max-scale": "1"}),
+            json!({"containerConcurrency": 1}),
+        )
+    };
+    apply_resource(&admin, one_at_a_time("One")).await?;
+    wait_ready(&admin, "Service", "queued").await?;
+    let client = client(&http, &["queued.default.localhost"])?;
+    let send = |client: reqwest::Client| {
+        let url = url("queued.default.localhost", &http, "/?sleep_ms=6000");
+        tokio::spawn(async move {
+            let response = client.get(url).send().await?;
+            let revision = response.headers().get("x-revision").and_then(|v| v.to_str().ok()).map(String::from);
+            Ok::<_, anyhow::Error>((response.status().as_u16(), revision.unwrap_or_default()))
+        })
+    };
+    let first = send(client.clone());
+    let second = send(client.clone());
+    // One of them holds the instance; the other waits at the first revision's gate.
+    let metrics_url = format!("http://{http}/metrics");
+    wait_until(READY_WITHIN, || async {
+        let text = reqwest::get(&metrics_url).await?.text().await?;
+        let waiting = text.lines().any(|l| l == r#"sluice_serving_waiting{revision="default/queued-00001"} 1"#);
+        Ok(waiting.then_some(()))
+    })
+    .await?;
+    apply_resource(&admin, one_at_a_time("Two")).await?;
+    let mut answers = vec![first.await??, second.await??];
+    answers.sort();
+    assert_eq!(
+        answers,
+        [(200, "queued-00001".to_string()), (200, "queued-00002".to_string())],
+        "the one in flight finished where it was; the waiting one went to the new revision"
+    );
+    Ok(())
+}
