@@ -195,12 +195,31 @@ pub(crate) async fn run(command: Command) -> Result<()> {
                 outln!("requested; the dispatchers apply it within one commit interval")?;
             }
             if follow {
+                // Until each replayed partition's committed offset is back where it was when the replay was asked
+                // (what comes after is new traffic, which a backlog of 0 would wait for forever).
                 let total: u64 = reply.targets.iter().map(|t| t.from_offset.saturating_sub(t.to_offset)).sum();
                 loop {
                     let status = client.status(target.reference()).await.map_err(from_status)?.into_inner();
-                    progress(total.saturating_sub(status.backlog.min(total)), total, "redelivered");
-                    if status.backlog == 0 {
+                    let done: u64 = reply
+                        .targets
+                        .iter()
+                        .map(|t| {
+                            let committed = status
+                                .partitions
+                                .iter()
+                                .find(|p| p.partition == t.partition)
+                                .map_or(t.to_offset, |p| p.committed_offset);
+                            committed.clamp(t.to_offset, t.from_offset.max(t.to_offset)) - t.to_offset
+                        })
+                        .sum();
+                    progress(done, total, "redelivered");
+                    if done >= total {
                         eprintln!();
+                        break;
+                    }
+                    if status.paused {
+                        eprintln!();
+                        outln!("the consumer is paused: it redelivers once resumed")?;
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -88,7 +88,13 @@ fn kind_of(reference: &ConsumerRef) -> Result<ConsumerKind, Status> {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> Status {
+/// A stored object Sluice cannot read back: a bug or a corruption, never worth retrying.
+fn corrupt(e: impl std::fmt::Display) -> Status {
+    error_status(ErrorCode::Internal, format!("a stored object cannot be read: {e}"))
+}
+
+/// The node cannot answer now (shutting down): retry.
+fn unavailable(e: impl std::fmt::Display) -> Status {
     error_status(ErrorCode::Unavailable, e.to_string())
 }
 
@@ -121,7 +127,7 @@ impl ConsumersAdmin {
         let json = self.node.resource(&key).ok_or_else(|| {
             error_status(ErrorCode::ConsumerNotFound, format!("{} {namespace}/{} not found", key.kind, reference.name))
         })?;
-        let object: Value = serde_json::from_str(&json).map_err(internal)?;
+        let object: Value = serde_json::from_str(&json).map_err(corrupt)?;
         let uid = object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string();
         let stream = stream_of(kind, &object);
         let cursor = cursor_name(&stream, kind, &reference.name, &uid);
@@ -142,11 +148,11 @@ impl ConsumersAdmin {
         let mut partitions = Vec::new();
         for partition in 0..self.node.partitions() {
             let stored: BTreeMap<String, u64> =
-                self.node.committed_offsets(partition).map_err(internal)?.into_iter().collect();
-            let end_offset = self.node.end_offset(&found.stream, partition).map_err(internal)?;
+                self.node.committed_offsets(partition).map_err(sluice_broker::status_of)?.into_iter().collect();
+            let end_offset = self.node.end_offset(&found.stream, partition).map_err(sluice_broker::status_of)?;
             let committed_offset = stored.get(&found.cursor).copied().unwrap_or(0);
             let counters = CursorStats::from_committed(&found.cursor, &stored);
-            let dead = self.node.read(&dead_letters, partition, 0, 1, 0).map_err(internal)?;
+            let dead = self.node.read(&dead_letters, partition, 0, 1, 0).map_err(sluice_broker::status_of)?;
             partitions.push(PartitionStatus {
                 partition,
                 committed_offset,
@@ -194,7 +200,7 @@ impl ConsumersAdmin {
         let metadata = object
             .get_mut("metadata")
             .and_then(Value::as_object_mut)
-            .ok_or_else(|| internal("stored object without metadata"))?;
+            .ok_or_else(|| corrupt("stored object without metadata"))?;
         let annotations = metadata.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
         if let Some(annotations) = annotations.as_object_mut() {
             if paused {
@@ -203,7 +209,7 @@ impl ConsumersAdmin {
                 annotations.remove(ANNOTATION_PAUSED);
             }
         }
-        let mut changes = self.node.watch_resources().ok_or_else(|| internal("the node is shutting down"))?;
+        let mut changes = self.node.watch_resources().ok_or_else(|| unavailable("the node is shutting down"))?;
         let record = sluice_broker::resource_record(&object.to_string(), &self.node)?;
         self.node.put_resource(record).await.map_err(sluice_broker::status_of)?;
         // Answer once every partition's dispatcher has taken the change into account (as this node sees it),
@@ -231,7 +237,10 @@ impl ConsumersAdmin {
         let mut out = Vec::new();
         let mut from = 0;
         while out.len() < limit {
-            let batch = self.node.read(&stream, partition, from, (limit - out.len()).min(1000), 0).map_err(internal)?;
+            let batch = self
+                .node
+                .read(&stream, partition, from, (limit - out.len()).min(1000), 0)
+                .map_err(sluice_broker::status_of)?;
             let Some(last) = batch.records.last().map(|r| r.offset) else { break };
             for record in batch.records {
                 match CloudEvent::decode(&record.payload) {
@@ -271,14 +280,15 @@ impl Consumers for ConsumersAdmin {
         let to = request.to.ok_or_else(|| error_status(ErrorCode::InvalidArgument, "to: an offset or a time"))?;
         let mut targets = Vec::new();
         for partition in partitions {
-            let end = self.node.end_offset(&found.stream, partition).map_err(internal)?;
+            let end = self.node.end_offset(&found.stream, partition).map_err(sluice_broker::status_of)?;
             let to_offset = match to {
                 replay_request::To::Offset(offset) => offset.min(end),
                 replay_request::To::TimeMs(time_ms) => {
-                    self.node.offset_for_time(&found.stream, partition, time_ms).map_err(internal)?
+                    self.node.offset_for_time(&found.stream, partition, time_ms).map_err(sluice_broker::status_of)?
                 }
             };
-            let from_offset = self.node.committed_offset(partition, &found.cursor).map_err(internal)?.unwrap_or(0);
+            let from_offset =
+                self.node.committed_offset(partition, &found.cursor).map_err(sluice_broker::status_of)?.unwrap_or(0);
             self.node
                 .commit_offsets(partition, vec![stats::request_replay(&found.cursor, to_offset)])
                 .await
@@ -290,10 +300,14 @@ impl Consumers for ConsumersAdmin {
             let deadline = tokio::time::Instant::now() + REPLAY_WAIT;
             applied = true;
             for target in &targets {
-                let mut changes = self.node.watch_applied(target.partition).map_err(internal)?;
+                let mut changes = self.node.watch_applied(target.partition).map_err(sluice_broker::status_of)?;
                 let key = stats::stat_key(&found.cursor, stats::REPLAY);
                 loop {
-                    let pending = self.node.committed_offset(target.partition, &key).map_err(internal)?.unwrap_or(0);
+                    let pending = self
+                        .node
+                        .committed_offset(target.partition, &key)
+                        .map_err(sluice_broker::status_of)?
+                        .unwrap_or(0);
                     if pending == 0 {
                         break;
                     }
@@ -346,7 +360,7 @@ impl DeadLetters for ConsumersAdmin {
         let mut list = Vec::new();
         let mut total = 0;
         for partition in 0..self.node.partitions() {
-            let extent = self.node.read(&stream, partition, 0, 1, 0).map_err(internal)?;
+            let extent = self.node.read(&stream, partition, 0, 1, 0).map_err(sluice_broker::status_of)?;
             total += extent.end_offset.saturating_sub(extent.start_offset);
             for (offset, arrival_ms, event) in self.dead_letters(&found, partition, limit.saturating_sub(list.len()))? {
                 list.push(dead_letter_message(partition, offset, arrival_ms, &event));
@@ -425,7 +439,7 @@ impl DeadLetters for ConsumersAdmin {
         };
         let mut purged = 0;
         for partition in 0..self.node.partitions() {
-            let extent = self.node.read(&stream, partition, 0, 1, 0).map_err(internal)?;
+            let extent = self.node.read(&stream, partition, 0, 1, 0).map_err(sluice_broker::status_of)?;
             if extent.end_offset > extent.start_offset {
                 self.node.trim(partition, &stream, extent.end_offset).await.map_err(sluice_broker::status_of)?;
                 purged += extent.end_offset - extent.start_offset;
