@@ -93,7 +93,12 @@ pub(crate) async fn run(command: Command) -> Result<()> {
                 "json" => outln!("{}", serde_json::to_string_pretty(&listing())?)?,
                 "yaml" => out!("{}", serde_yaml_ng::to_string(&listing())?)?,
                 _ => {
-                    outln!("{} dead letter(s)", list.total)?;
+                    let shown = list.dead_letters.len() as u64;
+                    if shown < list.total {
+                        outln!("{} dead letter(s), {shown} shown (--limit, or the reply's 3 MiB)", list.total)?;
+                    } else {
+                        outln!("{} dead letter(s)", list.total)?;
+                    }
                     outln!(
                         "{:<8} {:<19} {:<5} {:<24} {:<20} {:>7}  REASON",
                         "POS",

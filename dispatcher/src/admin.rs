@@ -37,6 +37,9 @@ use std::panic::AssertUnwindSafe;
 
 /// Most dead letters one `List` returns.
 pub(crate) const MAX_LIST: usize = 1000;
+/// Most bytes of dead letters one `List` returns (each carries its data twice, raw and in its JSON), under the
+/// 4 MiB a gRPC client takes by default; at least one is listed whatever its size.
+pub(crate) const MAX_LIST_BYTES: usize = 3 << 20;
 /// Most dead letters one `Redrive` call handles per partition (run it again for more).
 pub(crate) const MAX_REDRIVE_PER_PARTITION: usize = 10_000;
 /// How long `Pause` and `Resume` wait for the dispatchers to take them into account.
@@ -234,19 +237,35 @@ impl ConsumersAdmin {
 
     fn dead_letters(&self, found: &Found, partition: u32, limit: usize) -> Result<Vec<(u64, u64, CloudEvent)>, Status> {
         let stream = dead_letter_stream(found.kind, &found.key.namespace, &found.key.name);
+        let letters = self.stored_letters(&stream, partition, limit)?;
+        Ok(letters
+            .into_iter()
+            .filter_map(|(offset, letter)| match letter {
+                Letter::Event { arrival_ms, event } => Some((offset, arrival_ms, event)),
+                Letter::Undecodable(_) => None,
+            })
+            .collect())
+    }
+
+    /// The first `limit` records of a dead-letter stream's partition, decoded where they can be.
+    fn stored_letters(&self, stream: &str, partition: u32, limit: usize) -> Result<Vec<(u64, Letter)>, Status> {
         let mut out = Vec::new();
         let mut from = 0;
         while out.len() < limit {
             let batch = self
                 .node
-                .read(&stream, partition, from, (limit - out.len()).min(1000), 0)
+                .read(stream, partition, from, (limit - out.len()).min(1000), 0)
                 .map_err(sluice_broker::status_of)?;
             let Some(last) = batch.records.last().map(|r| r.offset) else { break };
             for record in batch.records {
-                match CloudEvent::decode(&record.payload) {
-                    Ok(event) => out.push((record.offset, record.arrival_ms, event)),
-                    Err(e) => tracing::warn!(%stream, offset = record.offset, error = %e, "undecodable dead letter"),
-                }
+                let letter = match CloudEvent::decode(&record.payload) {
+                    Ok(event) => Letter::Event { arrival_ms: record.arrival_ms, event },
+                    Err(e) => {
+                        tracing::warn!(%stream, offset = record.offset, error = %e, "undecodable dead letter");
+                        Letter::Undecodable(record.payload)
+                    }
+                };
+                out.push((record.offset, letter));
             }
             from = last + 1;
         }
@@ -359,11 +378,17 @@ impl DeadLetters for ConsumersAdmin {
         let stream = dead_letter_stream(found.kind, &found.key.namespace, &found.key.name);
         let mut list = Vec::new();
         let mut total = 0;
+        let mut bytes = 0;
         for partition in 0..self.node.partitions() {
             let extent = self.node.read(&stream, partition, 0, 1, 0).map_err(sluice_broker::status_of)?;
             total += extent.end_offset.saturating_sub(extent.start_offset);
             for (offset, arrival_ms, event) in self.dead_letters(&found, partition, limit.saturating_sub(list.len()))? {
-                list.push(dead_letter_message(partition, offset, arrival_ms, &event));
+                let letter = dead_letter_message(partition, offset, arrival_ms, &event);
+                bytes += prost::Message::encoded_len(&letter);
+                if bytes > MAX_LIST_BYTES && !list.is_empty() {
+                    break;
+                }
+                list.push(letter);
             }
         }
         Ok(Response::new(DeadLetterList { dead_letters: list, total }))
@@ -384,16 +409,7 @@ impl DeadLetters for ConsumersAdmin {
             return Err(error_status(ErrorCode::Internal, "no HTTP client on this node"));
         };
         let selected: HashSet<(u32, u64)> = request.selected.iter().map(|p| (p.partition, p.offset)).collect();
-        let mut work = Vec::new();
-        for partition in 0..self.node.partitions() {
-            let letters = self.dead_letters(&found, partition, MAX_REDRIVE_PER_PARTITION)?;
-            work.push((partition, letters));
-        }
-        let total = work
-            .iter()
-            .flat_map(|(p, letters)| letters.iter().map(move |(o, _, _)| (*p, *o)))
-            .filter(|key| selected.is_empty() || selected.contains(key))
-            .count() as u64;
+        // Claimed before the letters are read: a redrive that ends meanwhile must not leave this one a stale list.
         let stream = dead_letter_stream(found.kind, &found.key.namespace, &found.key.name);
         let Some(running) = RedriveGuard::take(&self.redrives, &stream) else {
             return Err(error_status(
@@ -406,6 +422,15 @@ impl DeadLetters for ConsumersAdmin {
                 ),
             ));
         };
+        let mut work = Vec::new();
+        for partition in 0..self.node.partitions() {
+            work.push((partition, self.stored_letters(&stream, partition, MAX_REDRIVE_PER_PARTITION)?));
+        }
+        let total = work
+            .iter()
+            .flat_map(|(p, letters)| letters.iter().map(move |(o, _)| (*p, *o)))
+            .filter(|key| selected.is_empty() || selected.contains(key))
+            .count() as u64;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let redrive = Redrive { node: self.node.clone(), sender, spec, stream, to_broker: request.to_broker, selected };
         tokio::spawn(async move {
@@ -493,29 +518,35 @@ impl Redrive {
     async fn partition(
         &self,
         partition: u32,
-        letters: Vec<(u64, u64, CloudEvent)>,
+        letters: Vec<(u64, Letter)>,
         progress: &mut RedriveProgress,
         tx: &tokio::sync::mpsc::Sender<Result<RedriveProgress, Status>>,
     ) -> Result<(), Option<Status>> {
         let is_selected = |offset: u64| self.selected.is_empty() || self.selected.contains(&(partition, offset));
-        let Some(last_selected) = letters.iter().rev().find(|(offset, _, _)| is_selected(*offset)).map(|l| l.0) else {
+        let Some(last_selected) = letters.iter().rev().find(|(offset, _)| is_selected(*offset)).map(|l| l.0) else {
             return Ok(());
         };
         let ctx = DeliveryContext { node: self.node.clone(), sender: self.sender.clone(), partition, limits: None };
-        for (offset, _, dead) in letters.into_iter().take_while(|(offset, _, _)| *offset <= last_selected) {
-            if is_selected(offset) {
-                let redriven = self.redrive_one(&ctx, offset, &dead).await;
-                progress.processed += 1;
-                match redriven {
-                    Redriven::Delivered => progress.delivered += 1,
-                    Redriven::DeadLetteredAgain => progress.failed += 1,
-                    Redriven::NotSent => {
-                        progress.failed += 1;
-                        self.keep(partition, &dead).await?;
+        for (offset, letter) in letters.into_iter().take_while(|(offset, _)| *offset <= last_selected) {
+            match (&letter, is_selected(offset)) {
+                (Letter::Event { event, .. }, true) => {
+                    let redriven = self.redrive_one(&ctx, offset, event).await;
+                    progress.processed += 1;
+                    match redriven {
+                        Redriven::Delivered => progress.delivered += 1,
+                        Redriven::DeadLetteredAgain => progress.failed += 1,
+                        Redriven::NotSent => {
+                            progress.failed += 1;
+                            self.keep(partition, &letter).await?;
+                        }
                     }
                 }
-            } else {
-                self.keep(partition, &dead).await?;
+                (Letter::Undecodable(_), true) => {
+                    progress.processed += 1;
+                    progress.failed += 1;
+                    self.keep(partition, &letter).await?;
+                }
+                (_, false) => self.keep(partition, &letter).await?,
             }
             self.node.trim(partition, &self.stream, offset + 1).await.map_err(|e| Some(sluice_broker::status_of(e)))?;
             if is_selected(offset) && tx.send(Ok(*progress)).await.is_err() {
@@ -541,7 +572,10 @@ impl Redrive {
         // Delivered with the consumer's policy; what fails again is dead-lettered again (a new letter).
         match AssertUnwindSafe(deliver(ctx, &self.spec, source_offset, &event)).catch_unwind().await {
             Ok(Settlement::Delivered { .. }) => Redriven::Delivered,
-            Ok(_) => Redriven::DeadLetteredAgain,
+            Ok(Settlement::DeadLetterSink { .. } | Settlement::DeadLetterStream { .. }) => Redriven::DeadLetteredAgain,
+            // Failed again under `sluice.dev/dead-letter: drop` (or not encodable again): the letter it came from
+            // stays; a redrive is not a way to lose it.
+            Ok(Settlement::Dropped { .. }) => Redriven::NotSent,
             Err(_) => {
                 tracing::error!(consumer = %self.spec.cursor, offset, "a redriven delivery panicked; the letter stays");
                 metrics::counter!("sluice_dispatch_panics_total").increment(1);
@@ -551,16 +585,29 @@ impl Redrive {
     }
 
     /// Copies a letter to the end of the stream, so that trimming past it loses nothing.
-    async fn keep(&self, partition: u32, dead: &CloudEvent) -> Result<(), Option<Status>> {
-        let payload = dead.encode().map_err(|e| {
-            Some(error_status(ErrorCode::Internal, format!("a dead letter cannot be encoded again: {e}")))
-        })?;
+    async fn keep(&self, partition: u32, letter: &Letter) -> Result<(), Option<Status>> {
+        let payload = match letter {
+            Letter::Event { event, .. } => event.encode().map(bytes::Bytes::from).map_err(|e| {
+                Some(error_status(ErrorCode::Internal, format!("a dead letter cannot be encoded again: {e}")))
+            })?,
+            Letter::Undecodable(raw) => raw.clone(),
+        };
         self.node
-            .append(&self.stream, partition, vec![payload.into()], now_ms(), None)
+            .append(&self.stream, partition, vec![payload], now_ms(), None)
             .await
             .map(|_| ())
             .map_err(|e| Some(sluice_broker::status_of(e)))
     }
+}
+
+/// A record of a dead-letter stream.
+enum Letter {
+    Event {
+        arrival_ms: u64,
+        event: CloudEvent,
+    },
+    /// Not a CloudEvent Sluice can read (written by another version, damaged): never redriven, never lost.
+    Undecodable(bytes::Bytes),
 }
 
 /// What became of one redriven letter.

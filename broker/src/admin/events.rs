@@ -44,6 +44,11 @@ pub(crate) const DEFAULT_FIND_SCAN: u64 = 100_000;
 pub(crate) const MAX_FIND_SCAN: u64 = 1_000_000;
 /// Records per internal read.
 const CHUNK: usize = 500;
+/// Most events one `Find` answers (the same `source` and `id` stored this often means a producer resending far
+/// outside the dedupe window); the reply then says it is not complete.
+pub(crate) const FIND_MAX_MATCHES: usize = 100;
+/// Most bytes of events one `Find` answers, under the 4 MiB a gRPC client takes by default.
+pub(crate) const FIND_MAX_BYTES: usize = 3 << 20;
 
 #[derive(Clone)]
 pub(crate) struct EventsService {
@@ -295,7 +300,14 @@ impl EventsService {
                 e.get_str("source") == Some(request.source.as_str()) && e.get_str("id") == Some(request.id.as_str())
             })
         };
-        for &partition in &partitions {
+        let mut match_bytes = 0usize;
+        // Each match is kept until the reply: at most FIND_MAX_MATCHES of them, and FIND_MAX_BYTES.
+        let mut keep = |matches: &mut Vec<LoggedEvent>, event: LoggedEvent| {
+            match_bytes += prost::Message::encoded_len(&event);
+            matches.push(event);
+            matches.len() >= FIND_MAX_MATCHES || match_bytes >= FIND_MAX_BYTES
+        };
+        'partitions: for &partition in &partitions {
             let end = node.end_offset(&stream, partition).map_err(status_of)?;
             let mut scanned_here = 0u64;
             if request.oldest_first {
@@ -311,8 +323,12 @@ impl EventsService {
                     next = last.offset + 1;
                     for record in batch.records.iter().filter(|r| r.offset < end) {
                         scanned_here += 1;
-                        if let Some(event) = is_match(record) {
-                            matches.push(logged_event(partition, record, Some(&event)));
+                        if let Some(event) = is_match(record)
+                            && keep(&mut matches, logged_event(partition, record, Some(&event)))
+                        {
+                            scanned += scanned_here;
+                            complete = false;
+                            break 'partitions;
                         }
                     }
                 }
@@ -339,8 +355,12 @@ impl EventsService {
                     }
                     for record in chunk.iter().rev() {
                         scanned_here += 1;
-                        if let Some(event) = is_match(record) {
-                            matches.push(logged_event(partition, record, Some(&event)));
+                        if let Some(event) = is_match(record)
+                            && keep(&mut matches, logged_event(partition, record, Some(&event)))
+                        {
+                            scanned += scanned_here;
+                            complete = false;
+                            break 'partitions;
                         }
                     }
                     high = from;
