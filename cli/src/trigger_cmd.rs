@@ -195,25 +195,27 @@ pub(crate) async fn run(command: Command) -> Result<()> {
                 outln!("requested; the dispatchers apply it within one commit interval")?;
             }
             if follow {
-                // Until each replayed partition's committed offset is back where it was when the replay was asked
-                // (what comes after is new traffic, which a backlog of 0 would wait for forever).
+                // Per replayed partition: once its committed offset has been seen back at the replay's target (the
+                // replay applied), until it is where it was when the replay was asked (what comes after is new
+                // traffic, which a backlog of 0 would wait for forever).
                 let total: u64 = reply.targets.iter().map(|t| t.from_offset.saturating_sub(t.to_offset)).sum();
+                let mut rewound = vec![false; reply.targets.len()];
                 loop {
                     let status = client.status(target.reference()).await.map_err(from_status)?.into_inner();
-                    let done: u64 = reply
-                        .targets
-                        .iter()
-                        .map(|t| {
-                            let committed = status
-                                .partitions
-                                .iter()
-                                .find(|p| p.partition == t.partition)
-                                .map_or(t.to_offset, |p| p.committed_offset);
-                            committed.clamp(t.to_offset, t.from_offset.max(t.to_offset)) - t.to_offset
-                        })
-                        .sum();
+                    let mut done = 0;
+                    for (t, rewound) in reply.targets.iter().zip(rewound.iter_mut()) {
+                        let Some(committed) =
+                            status.partitions.iter().find(|p| p.partition == t.partition).map(|p| p.committed_offset)
+                        else {
+                            continue;
+                        };
+                        *rewound |= committed <= t.to_offset;
+                        if *rewound {
+                            done += committed.clamp(t.to_offset, t.from_offset.max(t.to_offset)) - t.to_offset;
+                        }
+                    }
                     progress(done, total, "redelivered");
-                    if done >= total {
+                    if done >= total && rewound.iter().all(|r| *r) {
                         eprintln!();
                         break;
                     }
