@@ -82,6 +82,10 @@ pub(crate) struct ServingArgs {
     /// Between SIGTERM and SIGKILL when an instance stops.
     #[arg(long, default_value_t = 30_000)]
     pub termination_grace_ms: u64,
+    /// How long an instance may take to become ready before it is stopped as failed to start
+    /// (`ProgressDeadlineExceeded`; Knative's progress deadline, 600 s by default).
+    #[arg(long, default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub progress_deadline_ms: u64,
     /// What runs revisions: `local` (child processes on this node, from each container's command) or
     /// `kubernetes` (a Deployment per revision and node, from its image, on the cluster the node runs in: the
     /// in-cluster service account, or KUBECONFIG).
@@ -142,6 +146,7 @@ impl ServingArgs {
                 logs,
                 autoscaler,
                 termination_grace: Duration::from_millis(self.termination_grace_ms),
+                progress_deadline: Duration::from_millis(self.progress_deadline_ms),
                 runtime,
             },
         ))
@@ -154,6 +159,8 @@ impl ServingArgs {
             self.serving_domain.clone(),
             "--termination-grace-ms".into(),
             self.termination_grace_ms.to_string(),
+            "--progress-deadline-ms".into(),
+            self.progress_deadline_ms.to_string(),
         ];
         if self.serving_runtime == RuntimeArg::Kubernetes {
             args.extend(["--serving-runtime".to_string(), "kubernetes".into()]);

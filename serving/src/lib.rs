@@ -77,6 +77,8 @@ pub struct ServingSettings {
     pub autoscaler: AutoscalerDefaults,
     /// Between SIGTERM and SIGKILL when an instance stops.
     pub termination_grace: Duration,
+    /// How long an instance may take to become ready before it is stopped as failed to start.
+    pub progress_deadline: Duration,
     /// What runs instances: `None` for child processes on this node ([`runtime`] has the interface a
     /// Kubernetes runtime implements).
     pub runtime: Option<Arc<dyn Runtime>>,
@@ -102,6 +104,7 @@ impl Serving {
             logs: settings.logs.clone(),
             autoscaler: settings.autoscaler.clone(),
             grace: settings.termination_grace,
+            progress_deadline: settings.progress_deadline,
         };
         let runtime = settings.runtime.clone().unwrap_or_else(|| {
             Arc::new(runtime::local::LocalRuntime::new(settings.data_dir.join("instances"))) as Arc<dyn Runtime>

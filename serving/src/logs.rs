@@ -106,6 +106,9 @@ impl LogHub {
     pub(crate) fn tail(&self, namespace: &str, revision: &str, lines: usize) -> Vec<String> {
         let path = self.dir.join(namespace).join(format!("{revision}.log"));
         let keep = if lines == 0 { MAX_TAIL_LINES } else { lines.min(MAX_TAIL_LINES) };
+        // No rotation between the two reads (it would show the same file twice).
+        let log = self.revision(namespace, revision);
+        let _writing = log.file.lock();
         let read = |path: &std::path::Path| {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             let all: Vec<String> = text.lines().map(str::to_string).collect();

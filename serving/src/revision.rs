@@ -283,6 +283,7 @@ pub(crate) struct RevisionEnv {
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) logs: Arc<LogHub>,
     pub(crate) grace: Duration,
+    pub(crate) progress_deadline: Duration,
     pub(crate) facts: mpsc::UnboundedSender<(String, String, Facts)>,
     /// The dispatcher's side: backlog in, capacity out.
     pub(crate) signals: Arc<dyn RevisionSignals>,
@@ -652,6 +653,7 @@ fn start_instance(
             working_dir: run.working_dir.clone(),
             port,
             readiness,
+            progress_deadline: env.progress_deadline,
             log: env.logs.revision(&run.namespace, &run.name),
         };
         env.runtime.start(spec, events.clone())

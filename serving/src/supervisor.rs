@@ -30,6 +30,7 @@ pub(crate) struct SupervisorSettings {
     pub(crate) logs: Arc<LogHub>,
     pub(crate) autoscaler: AutoscalerDefaults,
     pub(crate) grace: Duration,
+    pub(crate) progress_deadline: Duration,
 }
 
 /// Resource changes closer together than this are handled together.
@@ -47,6 +48,7 @@ pub(crate) async fn run(
         runtime,
         logs: settings.logs.clone(),
         grace: settings.grace,
+        progress_deadline: settings.progress_deadline,
         facts: facts_tx,
         signals: shared.clone(),
     };

@@ -134,9 +134,12 @@ impl Runtime for LocalRuntime {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, spec.port));
         // An exec probe runs as it would in the container: with its environment and working directory.
         let probe_env = ProbeEnv { vars, working_dir: spec.working_dir.clone() };
+        // Why the runtime stopped the instance itself, if it did (its exit then says so).
+        let gave_up: Arc<Mutex<Option<String>>> = Arc::default();
         let probe = tokio::spawn(probe_until_ready(
             spec.readiness.clone(),
             probe_env,
+            Deadline { after: spec.progress_deadline, gave_up: gave_up.clone(), group: pid },
             spec.id,
             addr,
             events.clone(),
@@ -144,7 +147,7 @@ impl Runtime for LocalRuntime {
         ));
         let (id, revision) = (spec.id, spec.revision.clone());
         tokio::spawn(async move {
-            wait_for_exit(child, pid, id, revision, events, tail, readers, probe, exited_tx).await;
+            wait_for_exit(child, pid, id, revision, events, tail, readers, probe, exited_tx, gave_up).await;
             if let Some(record) = record {
                 let _ = std::fs::remove_file(record);
             }
@@ -246,12 +249,15 @@ async fn wait_for_exit(
     readers: Vec<tokio::task::JoinHandle<()>>,
     probe: tokio::task::JoinHandle<()>,
     exited: watch::Sender<bool>,
+    gave_up: Arc<Mutex<Option<String>>>,
 ) {
     let status = child.wait().await;
     // The instance is its first process, as a container is: when it exits, whatever it started goes too (a
     // container runtime kills the rest of the container), or a child that ignored SIGTERM (`npm start` → `node`)
-    // would live on, holding the port the next instance needs. The group outlives its leader only while it has
-    // members, so its id is not anyone else's yet.
+    // would live on, holding the port the next instance needs. While the group has members its id cannot be
+    // given to a new process; when it has none, the id is free again once the leader is reaped (just above), and
+    // a new group led by a process given that very id in the meantime would be hit: a window of microseconds,
+    // which waiting without reaping (waitid with WNOWAIT) would close, at the price of unsafe code here.
     if let Some(pid) = pid {
         signal_group(pid, "-KILL");
     }
@@ -270,7 +276,8 @@ async fn wait_for_exit(
         Err(_) => (None, None),
     };
     tracing::info!(%revision, instance = id, ?code, ?signal, "instance exited");
-    let _ = events.send(InstanceEvent::Exited { id, code, signal, reason: None, last_output }).await;
+    let reason = gave_up.lock().ok().and_then(|mut reason| reason.take());
+    let _ = events.send(InstanceEvent::Exited { id, code, signal, reason, last_output }).await;
 }
 
 /// Where an exec probe runs: the instance's variables (`PORT`, the container's `env`) and working directory.
@@ -279,9 +286,17 @@ struct ProbeEnv {
     working_dir: Option<PathBuf>,
 }
 
+/// An instance that is not ready `after` it started is stopped (its process group killed), saying why.
+struct Deadline {
+    after: Duration,
+    gave_up: Arc<Mutex<Option<String>>>,
+    group: Option<u32>,
+}
+
 async fn probe_until_ready(
     readiness: Readiness,
     env: ProbeEnv,
+    deadline: Deadline,
     id: u64,
     addr: SocketAddr,
     events: mpsc::Sender<InstanceEvent>,
@@ -294,6 +309,20 @@ async fn probe_until_ready(
         }
         if probe_once(&readiness, &env).await {
             let _ = events.send(InstanceEvent::Ready { id, addr }).await;
+            return;
+        }
+        if started.elapsed() >= deadline.after {
+            tracing::warn!(
+                instance = id,
+                after_ms = deadline.after.as_millis() as u64,
+                "not ready within the progress deadline; stopping it"
+            );
+            if let Ok(mut gave_up) = deadline.gave_up.lock() {
+                *gave_up = Some("ProgressDeadlineExceeded".into());
+            }
+            if let Some(group) = deadline.group {
+                signal_group(group, "-KILL");
+            }
             return;
         }
         let period =
@@ -401,6 +430,39 @@ mod tests {
         }
     }
 
+    /// An instance that never becomes ready is stopped at the progress deadline, and its exit says why (the
+    /// revision then counts a failed start and shows the reason).
+    #[tokio::test]
+    async fn an_instance_not_ready_by_the_progress_deadline_is_stopped_saying_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = LocalRuntime::new(dir.path().join("instances"));
+        let logs = crate::logs::LogHub::new(dir.path().join("logs"));
+        let port = free_port().expect("port");
+        let spec = InstanceSpec {
+            id: 7,
+            revision: "default/never-00001".into(),
+            object: Arc::new(serde_json::Value::Null),
+            argv: vec!["sleep".into(), "300".into()],
+            env: Vec::new(),
+            working_dir: None,
+            port,
+            readiness: Readiness::TcpConnect { port },
+            progress_deadline: Duration::from_millis(300),
+            log: logs.revision("default", "never-00001"),
+        };
+        let (events, mut received) = mpsc::channel(8);
+        let _instance = runtime.start(spec, events).expect("start");
+        let event = tokio::time::timeout(Duration::from_secs(20), received.recv()).await.expect("an event");
+        match event {
+            Some(InstanceEvent::Exited { id, reason, signal, .. }) => {
+                assert_eq!(id, 7);
+                assert_eq!(reason.as_deref(), Some("ProgressDeadlineExceeded"));
+                assert_eq!(signal, Some(9), "killed");
+            }
+            other => panic!("expected the instance to exit at its deadline: {other:?}"),
+        }
+    }
+
     /// Regression: an exec probe ran with the node's environment and directory, so a probe such as
     /// `curl localhost:$PORT/healthz` never passed.
     #[tokio::test]
@@ -438,6 +500,7 @@ mod tests {
             working_dir: None,
             port,
             readiness: Readiness::TcpConnect { port },
+            progress_deadline: Duration::from_secs(600),
             log: logs.revision("default", "hello-00001"),
         };
         let (events, _events) = mpsc::channel(8);

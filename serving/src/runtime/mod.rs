@@ -45,6 +45,8 @@ pub struct InstanceSpec {
     pub working_dir: Option<PathBuf>,
     pub port: u16,
     pub readiness: Readiness,
+    /// Not ready by then: it is stopped, as failed to start (`ProgressDeadlineExceeded`).
+    pub progress_deadline: Duration,
     /// Where its output goes.
     pub log: Arc<RevisionLog>,
 }

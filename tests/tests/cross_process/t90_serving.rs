@@ -552,7 +552,8 @@ async fn a_request_waiting_at_a_revision_taken_off_traffic_goes_to_the_new_one()
     wait_ready(&admin, "Service", "queued").await?;
     let client = client(&http, &["queued.default.localhost"])?;
     let send = |client: reqwest::Client| {
-        let url = url("queued.default.localhost", &http, "/?sleep_ms=6000");
+        // Long enough for the rollout below on a loaded machine; the two overlap once the waiting one moves.
+        let url = url("queued.default.localhost", &http, "/?sleep_ms=15000");
         tokio::spawn(async move {
             let response = client.get(url).send().await?;
             let revision = response.headers().get("x-revision").and_then(|v| v.to_str().ok()).map(String::from);
