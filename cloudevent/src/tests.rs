@@ -279,3 +279,13 @@ fn partitions_are_stable_and_follow_partitionkey() {
     };
     assert_eq!(partition_of(&keyed("1"), 16), partition_of(&keyed("2"), 16));
 }
+
+/// Regression: `ce-data` was accepted as an attribute, and the JSON format then had two `data` members (the
+/// attribute and the payload). The spec reserves the name, in every mode.
+#[test]
+fn an_attribute_named_data_is_refused() {
+    let refused = binary(&[("ce-data", "x")]).expect_err("ce-data");
+    assert!(refused.to_string().contains("reserved"), "{refused}");
+    let structured = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1}"#;
+    assert!(from_structured(structured).is_ok(), "the payload member itself is fine");
+}

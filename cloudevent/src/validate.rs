@@ -25,6 +25,12 @@ pub(crate) fn validate_attribute(version: &str, name: &str, value: &AttrValue) -
             .attribute(name)
             .rule("names are lower-case letters and digits: [a-z0-9]"));
     }
+    if name == "data" {
+        // The JSON format's member for the payload: an attribute of that name would be written twice there.
+        return Err(EventError::bad("reserved attribute name")
+            .attribute(name)
+            .rule("attribute names must not be \"data\" (the CloudEvents spec reserves it)"));
+    }
     let string_only = |rule: &str| -> Result<&str, EventError> {
         value
             .as_str()
