@@ -98,10 +98,11 @@ pub(crate) async fn kube_controller(args: ControllerArgs) -> anyhow::Result<()> 
     leader.set(0.0);
     tracing::info!(%identity, lease = %args.lease_name, "waiting to lead");
     loop {
-        match lease::hold(&leases, &args.lease_name, &identity, duration).await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "reading the Lease failed"),
+        match tokio::time::timeout(duration, lease::hold(&leases, &args.lease_name, &identity, duration)).await {
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "reading the Lease failed"),
+            Err(_) => tracing::warn!("the API server did not answer about the Lease within {duration:?}"),
         }
         tokio::select! {
             _ = crate::shutdown_signal() => return Ok(()),
@@ -110,19 +111,23 @@ pub(crate) async fn kube_controller(args: ControllerArgs) -> anyhow::Result<()> 
     }
     leader.set(1.0);
     tracing::info!(%identity, "leading: reconciling Sluice-class Brokers and their objects");
-    // Renews the Lease; returns when it could not be renewed for a whole lease duration (another replica may
-    // hold it by then, so this one stops rather than act beside it).
+    // Renews the Lease; returns when it could not be renewed within the renew deadline, two thirds of the lease
+    // duration (client-go's 10 s of 15 s): another replica may take the Lease once the duration has passed, so
+    // this one stops before that, even when a renewal hangs (the client has no read timeout).
+    let renew_deadline = duration * 2 / 3;
     let renew = async {
         let mut held_at = Instant::now();
         loop {
             tokio::time::sleep(duration / 3).await;
-            match lease::hold(&leases, &args.lease_name, &identity, duration).await {
-                Ok(true) => held_at = Instant::now(),
-                Ok(false) => return anyhow::anyhow!("another replica holds the Lease {}", args.lease_name),
-                Err(e) => tracing::warn!(error = %e, "renewing the Lease failed"),
+            let left = renew_deadline.saturating_sub(held_at.elapsed());
+            match tokio::time::timeout(left, lease::hold(&leases, &args.lease_name, &identity, duration)).await {
+                Ok(Ok(true)) => held_at = Instant::now(),
+                Ok(Ok(false)) => return anyhow::anyhow!("another replica holds the Lease {}", args.lease_name),
+                Ok(Err(e)) => tracing::warn!(error = %e, "renewing the Lease failed"),
+                Err(_) => tracing::warn!("renewing the Lease did not finish before the renew deadline"),
             }
-            if held_at.elapsed() >= duration {
-                return anyhow::anyhow!("the Lease {} could not be renewed for {duration:?}", args.lease_name);
+            if held_at.elapsed() >= renew_deadline {
+                return anyhow::anyhow!("the Lease {} could not be renewed for {renew_deadline:?}", args.lease_name);
             }
         }
     };

@@ -74,14 +74,7 @@ impl SluiceApi for AdminApi {
             let request = ApplyResourceRequest { object_json: object.to_string(), dry_run: false };
             match self.client().apply(request).await {
                 Ok(_) => Ok(Ok(())),
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists
-                    ) =>
-                {
-                    Ok(Err(Refusal { message: status.message().to_string() }))
-                }
+                Err(status) if is_refusal(&status) => Ok(Err(Refusal { message: status.message().to_string() })),
                 Err(status) => Err(self.unavailable(&status)),
             }
         })
@@ -136,5 +129,39 @@ impl SluiceApi for AdminApi {
                 Err(status) => Err(self.unavailable(&status)),
             }
         })
+    }
+}
+
+/// Whether Sluice refused the object itself (invalid, or not allowed as it is), rather than could not take it
+/// now. FAILED_PRECONDITION also carries "no leader" and "not initialised" (an election, a cluster starting):
+/// those pass, so they are retried rather than marked refused until the object changes.
+fn is_refusal(status: &tonic::Status) -> bool {
+    use sluice_proto::errors::{ErrorCode, error_detail};
+    match status.code() {
+        Code::InvalidArgument | Code::AlreadyExists => true,
+        Code::FailedPrecondition => {
+            let passing = [ErrorCode::NoLeader as u32, ErrorCode::NotInitialized as u32];
+            !error_detail(status).is_some_and(|detail| passing.contains(&detail.code))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+    use sluice_proto::errors::{ErrorCode, error_status};
+
+    /// Regression: an apply during a metadata election (NO_LEADER, a FAILED_PRECONDITION) marked the object
+    /// refused, and it stayed so until someone edited it.
+    #[test]
+    fn only_the_objects_own_faults_are_refusals() {
+        assert!(is_refusal(&error_status(ErrorCode::InvalidResource, "spec.x: bad")));
+        assert!(is_refusal(&error_status(ErrorCode::AlreadyInitialized, "taken")));
+        assert!(is_refusal(&error_status(ErrorCode::ConsumerNotDispatchable, "no broker")));
+        assert!(!is_refusal(&error_status(ErrorCode::NoLeader, "election")));
+        assert!(!is_refusal(&error_status(ErrorCode::NotInitialized, "starting")));
+        assert!(!is_refusal(&error_status(ErrorCode::Unavailable, "shutting down")));
+        assert!(!is_refusal(&tonic::Status::unavailable("connection refused")));
     }
 }
