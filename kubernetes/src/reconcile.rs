@@ -129,6 +129,22 @@ pub fn refused_status(generation: Option<i64>, reason: &str, message: &str) -> K
     }
 }
 
+/// The JSON merge patch that makes an object's status `desired`: what `desired` has, and `null` for every field
+/// of the `current` status it no longer has (a merge patch keeps what it does not name, so a Broker no longer
+/// ready would go on showing its old `address.url` to the sources that resolve it).
+pub fn status_patch(current: &Value, desired: &KnativeStatus) -> Value {
+    let mut patch = match serde_json::to_value(desired) {
+        Ok(Value::Object(fields)) => fields,
+        _ => Map::new(),
+    };
+    if let Some(current) = current.as_object() {
+        for name in current.keys() {
+            patch.entry(name.clone()).or_insert(Value::Null);
+        }
+    }
+    Value::Object(patch)
+}
+
 /// What the controller does with a Trigger, given the class of the Broker it names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TriggerPlan {
@@ -152,6 +168,22 @@ pub fn plan_trigger(broker_annotations: Option<&BTreeMap<String, String>>, defau
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a Broker refused (or no longer ready) kept its `address` and `url`, since the status was
+    /// written as a merge patch of the new fields only.
+    #[test]
+    fn a_status_patch_clears_what_the_new_status_no_longer_has() {
+        let current = json!({"observedGeneration": 1, "address": {"url": "http://x"}, "url": "http://x",
+            "subscriberUri": "http://s", "conditions": [{"type": "Ready", "status": "True"}]});
+        let refused = refused_status(Some(2), "SluiceRefused", "spec.x: bad");
+        let patch = status_patch(&current, &refused);
+        assert_eq!(patch["address"], Value::Null);
+        assert_eq!(patch["url"], Value::Null);
+        assert_eq!(patch["subscriberUri"], Value::Null);
+        assert_eq!(patch["observedGeneration"], 2);
+        assert_eq!(patch["conditions"][0]["reason"], "SluiceRefused", "lists are replaced whole");
+        assert_eq!(status_patch(&Value::Null, &refused), serde_json::to_value(&refused).unwrap_or_default());
+    }
 
     fn annotations(class: Option<&str>) -> BTreeMap<String, String> {
         class.map(|c| (BROKER_CLASS_ANNOTATION.to_string(), c.to_string())).into_iter().collect()

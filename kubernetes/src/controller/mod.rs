@@ -32,7 +32,7 @@ use crate::crd::{
 use crate::error::Error;
 use crate::reconcile::{
     ClusterAddressing, FINALIZER, TriggerPlan, desired_sluice_object, is_core_service_ref, is_sluice_broker,
-    plan_trigger, refused_status, resolve_core_service, status_for_kubernetes,
+    plan_trigger, refused_status, resolve_core_service, status_for_kubernetes, status_patch,
 };
 use crate::sluice_api::SluiceApi;
 
@@ -232,11 +232,13 @@ async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Acti
     let value = serde_json::to_value(object).map_err(|e| bad_object(object, e))?;
     let mut desired = desired_sluice_object(&value);
     if let Err(message) = resolve_core_services(&mut desired, &namespace, ctx).await? {
-        patch_status(api, &name, &refused_status(generation, "DestinationNotResolved", &message)).await?;
+        let refused = refused_status(generation, "DestinationNotResolved", &message);
+        patch_status(api, &name, &value["status"], &refused).await?;
         return Ok(Action::requeue(ctx.settings.resync_not_ready));
     }
     if let Err(refusal) = ctx.sluice.apply(&desired).await? {
-        patch_status(api, &name, &refused_status(generation, "SluiceRefused", &refusal.message)).await?;
+        let refused = refused_status(generation, "SluiceRefused", &refusal.message);
+        patch_status(api, &name, &value["status"], &refused).await?;
         // Refused until the object changes: a new generation is a new watch event.
         return Ok(Action::await_change());
     }
@@ -244,7 +246,7 @@ async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Acti
     let status =
         status_for_kubernetes(&stored["status"], &kind, &namespace, &name, generation, &ctx.settings.addressing);
     let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-    patch_status(api, &name, &status).await?;
+    patch_status(api, &name, &value["status"], &status).await?;
     tracing::debug!(object = %format!("{kind}/{namespace}/{name}"), ready, "pushed to Sluice");
     Ok(Action::requeue(if ready { ctx.settings.resync_ready } else { ctx.settings.resync_not_ready }))
 }
@@ -279,8 +281,15 @@ async fn resolve_core_services(
     Ok(Ok(()))
 }
 
-async fn patch_status<K: Pushed>(api: &Api<K>, name: &str, status: &KnativeStatus) -> Result<(), Error> {
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+/// Writes `status` over `current`, clearing what it no longer has ([`status_patch`]).
+async fn patch_status<K: Pushed>(
+    api: &Api<K>,
+    name: &str,
+    current: &Value,
+    status: &KnativeStatus,
+) -> Result<(), Error> {
+    let patch = status_patch(current, status);
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": patch }))).await?;
     Ok(())
 }
 
