@@ -256,6 +256,32 @@ fn check_headers(headers: &HeaderMap, limits: &IngressLimits) -> Result<(), Even
     Ok(())
 }
 
+/// An event sent in a JSON format must fit the headers it will be delivered with (binary mode, every attribute
+/// a `ce-` header): the header limits of a binary request, which Sluice's own ingress and most servers apply.
+/// Accepted, an event of 150,000 extensions or one 900 KB attribute would be stored and then refused by every
+/// subscriber (431) until it was dead-lettered.
+fn check_attributes(events: &[cloudevent::CloudEvent], limits: &IngressLimits) -> Result<(), EventError> {
+    for (index, event) in events.iter().enumerate() {
+        let at = |error: EventError| if events.len() > 1 { error.at_index(index) } else { error };
+        if event.attributes.len() > limits.max_headers {
+            return Err(at(EventError::bad("too many attributes")
+                .rule(format!("at most {} attributes, as a binary event has headers", limits.max_headers))
+                .status(413)));
+        }
+        let bytes: usize =
+            event.attributes.iter().map(|(name, value)| "ce-".len() + name.len() + value.canonical().len() + 4).sum();
+        if bytes > limits.max_header_bytes {
+            return Err(at(EventError::bad("attributes too large")
+                .rule(format!(
+                    "at most {} bytes of attributes, as a binary event has of headers",
+                    limits.max_header_bytes
+                ))
+                .status(413)));
+        }
+    }
+    Ok(())
+}
+
 /// Reads the body within `timeout`, refusing more than `limit` bytes (the
 /// rest is read and dropped, up to a bound, so the client sees the 413).
 async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, EventError> {
@@ -525,6 +551,9 @@ async fn accept(
         Mode::Structured => vec![cloudevent::from_structured(&body).map_err(|e| error_response(&e))?],
         Mode::Batch => cloudevent::from_batch(&body, limits.max_batch_events).map_err(|e| error_response(&e))?,
     };
+    if !matches!(mode, Mode::Binary) {
+        check_attributes(&events, limits).map_err(|e| error_response(&e))?;
+    }
     BATCH_EVENTS.record(events.len() as f64);
     if let Some((subject, policies)) = sender {
         let mode = ingress.node.settings().default_authorization;
@@ -570,6 +599,26 @@ pub(crate) use crate::node::publish::{PublishError, publish};
 mod tests {
     use super::*;
     use crate::cloudevent::AttrValue;
+
+    /// Regression: a structured or batched event could carry any number of attributes (150,000 extensions in
+    /// 1 MiB), stored and then refused by every subscriber it was delivered to in binary mode.
+    #[test]
+    fn json_format_events_must_fit_the_headers_they_will_be_delivered_with() {
+        let limits = IngressLimits::default();
+        let event = |extensions: usize, value_len: usize| {
+            let mut body = serde_json::json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
+            for i in 0..extensions {
+                body[format!("x{i}")] = "v".repeat(value_len).into();
+            }
+            cloudevent::from_structured(body.to_string().as_bytes()).expect("valid")
+        };
+        assert!(check_attributes(&[event(90, 10)], &limits).is_ok());
+        let many = check_attributes(&[event(200, 1)], &limits).expect_err("200 attributes");
+        assert_eq!((many.status, many.index), (413, None));
+        assert!(many.rule.as_deref().is_some_and(|r| r.contains("at most 100 attributes")), "{many:?}");
+        let large = check_attributes(&[event(1, 10), event(1, 20_000)], &limits).expect_err("20 KB");
+        assert_eq!((large.status, large.index), (413, Some(1)), "the batch's event is named");
+    }
 
     #[test]
     fn a_requests_events_are_counted_by_type_in_first_seen_order() {
