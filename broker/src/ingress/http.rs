@@ -179,13 +179,18 @@ pub(crate) async fn serve(
                 Ok(conn) => {
                     let refuse_plaintext = strict && conn.info().transport == Transport::Plain;
                     let front = Front { app, hosts, refuse_plaintext };
+                    let first_request = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let request_seen = first_request.clone();
                     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                        request_seen.store(true, std::sync::atomic::Ordering::Relaxed);
                         let front = front.clone();
                         async move { Ok::<_, Infallible>(front.serve(request.map(axum::body::Body::new)).await) }
                     });
-                    // hyper's header-read timeout starts with the first byte of a request: a client that
-                    // connects (and finishes TLS) and sends nothing would hold its slot for ever.
-                    let conn = FirstByteDeadline::new(conn, first_byte_timeout);
+                    // hyper's header-read timeout starts once it knows the connection is HTTP/1.1, and its
+                    // protocol sniffing has no timeout: a client that connects (and finishes TLS) and sends
+                    // nothing, or one byte, or only the HTTP/2 preface, would hold its slot for ever. So the
+                    // first request's head must be in within the header-read timeout.
+                    let conn = FirstRequestDeadline::new(conn, first_byte_timeout, first_request);
                     if let Err(e) = builder.serve_connection(TokioIo::new(conn), service).await {
                         tracing::debug!(error = %e, "http connection ended");
                     }
@@ -201,48 +206,43 @@ pub(crate) async fn serve(
     }
 }
 
-/// A stream whose first read must bring a byte within a deadline; after that it is the stream itself.
-struct FirstByteDeadline<S> {
+/// A stream on which the first request's head must be read within a deadline (`first_request` turns true when
+/// the service is called); after that it is the stream itself.
+struct FirstRequestDeadline<S> {
     inner: S,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    first_request: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl<S> FirstByteDeadline<S> {
-    fn new(inner: S, timeout: std::time::Duration) -> Self {
-        FirstByteDeadline { inner, deadline: Some(Box::pin(tokio::time::sleep(timeout))) }
+impl<S> FirstRequestDeadline<S> {
+    fn new(inner: S, timeout: std::time::Duration, first_request: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        FirstRequestDeadline { inner, deadline: Some(Box::pin(tokio::time::sleep(timeout))), first_request }
     }
 }
 
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline<S> {
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstRequestDeadline<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        let filled = buf.filled().len();
+        if self.deadline.is_some() && self.first_request.load(std::sync::atomic::Ordering::Relaxed) {
+            self.deadline = None;
+        }
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if self.deadline.is_some() {
-            match &polled {
-                std::task::Poll::Ready(_) if buf.filled().len() > filled => self.deadline = None,
-                std::task::Poll::Pending => {
-                    if let Some(deadline) = self.deadline.as_mut()
-                        && deadline.as_mut().poll(cx).is_ready()
-                    {
-                        let timed_out = std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "no request within the header-read timeout",
-                        );
-                        return std::task::Poll::Ready(Err(timed_out));
-                    }
-                }
-                std::task::Poll::Ready(_) => {}
-            }
+        if polled.is_pending()
+            && let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            let timed_out =
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "no request within the header-read timeout");
+            return std::task::Poll::Ready(Err(timed_out));
         }
         polled
     }
 }
 
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadline<S> {
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstRequestDeadline<S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

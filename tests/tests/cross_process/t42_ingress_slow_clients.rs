@@ -85,6 +85,15 @@ async fn trickled_headers_and_bodies_are_cut_off() -> anyhow::Result<()> {
     assert!(closed, "a client trickling its body is disconnected");
     assert!(answer.starts_with("HTTP/1.1 408"), "answered 408 before closing: {answer:?}");
 
+    // Regression: one byte, or the whole HTTP/2 preface, then silence. hyper's protocol sniffing waits without a
+    // timeout, and its header-read timeout had not started: the connection held its slot for ever.
+    for (what, opening) in
+        [("one byte", b"P".to_vec()), ("the HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec())]
+    {
+        let (closed, _) = trickle(&node.http, vec![opening], Duration::from_secs(5)).await?;
+        assert!(closed, "a client that sent {what} and nothing more is disconnected");
+    }
+
     assert_eq!(normal.await?, 40, "normal requests were all accepted meanwhile");
     Ok(())
 }
