@@ -108,13 +108,47 @@ pub fn from_batch(body: &[u8], max_events: usize) -> Result<Vec<CloudEvent>, Eve
     items.iter().enumerate().map(|(i, raw)| from_json_object(raw).map_err(|e| e.at_index(i))).collect()
 }
 
+/// An object's members as written, refusing a member named twice: JSON leaves its meaning open and parsers keep
+/// the first or the last, so two readers of one event (Sluice's dedupe, a subscriber) could see two ids.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Members<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Members<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members<'a>, A::Error> {
+                let mut members: Vec<(String, &'a RawValue)> = Vec::new();
+                // A set, not a scan: a 1 MiB event can hold 100,000 members.
+                let mut seen = std::collections::HashSet::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    let value: &'a RawValue = map.next_value()?;
+                    if !seen.insert(name.clone()) {
+                        return Err(serde::de::Error::custom(format!(
+                            "member {name:?} appears twice (each member of an event once)"
+                        )));
+                    }
+                    members.push((name, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
 fn from_json_object(raw: &RawValue) -> Result<CloudEvent, EventError> {
     // `raw` is valid JSON already (the body parsed): one pass splits the object into its members, whose values
     // stay unparsed text borrowed from the body until each is read below (the data is never parsed).
     if !raw.get().trim_start().starts_with('{') {
         return Err(EventError::bad("an event must be a JSON object").rule("structured mode carries one JSON object"));
     }
-    let members: BTreeMap<String, &RawValue> =
+    let Members(members) =
         serde_json::from_str(raw.get()).map_err(|e| EventError::bad("malformed JSON").rule(e.to_string()))?;
     let mut attributes = BTreeMap::new();
     let mut data = None;

@@ -289,3 +289,15 @@ fn an_attribute_named_data_is_refused() {
     let structured = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1}"#;
     assert!(from_structured(structured).is_ok(), "the payload member itself is fine");
 }
+
+/// Regression: a member named twice was taken with its last value, where other parsers take the first: Sluice's
+/// dedupe and a subscriber could see two different ids for one event.
+#[test]
+fn a_member_named_twice_is_refused() {
+    let twice = br#"{"specversion":"1.0","id":"a","source":"/s","type":"t","id":"b"}"#;
+    let refused = from_structured(twice).expect_err("id twice");
+    assert!(refused.to_string().contains("\\\"id\\\" appears twice"), "{refused}");
+    let batch = br#"[{"specversion":"1.0","id":"a","source":"/s","type":"t"},{"specversion":"1.0","id":"b","source":"/s","type":"t","type":"u"}]"#;
+    let refused = from_batch(batch, 10).expect_err("type twice in the second");
+    assert_eq!(refused.index, Some(1));
+}
