@@ -89,23 +89,54 @@ pub fn from_structured(body: &[u8]) -> Result<CloudEvent, EventError> {
 /// Batched mode: a JSON array of events; all valid or the whole batch is refused.
 pub fn from_batch(body: &[u8], max_events: usize) -> Result<Vec<CloudEvent>, EventError> {
     let text = std::str::from_utf8(body).map_err(|e| EventError::bad("body is not valid UTF-8").rule(e.to_string()))?;
-    let items: Vec<Box<RawValue>> = serde_json::from_str(text).map_err(|e| {
-        if text.trim_start().starts_with('[') {
-            EventError::bad("malformed JSON").rule(e.to_string())
-        } else {
-            EventError::bad("a batch must be a JSON array")
-                .rule("application/cloudevents-batch+json is an array of events")
-        }
-    })?;
+    let too_many = || {
+        EventError::bad("batch has too many events").rule(format!("at most {max_events} events per batch")).status(413)
+    };
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let items = serde::Deserializer::deserialize_seq(&mut deserializer, Items { max: max_events })
+        .and_then(|items| deserializer.end().map(|()| items))
+        .map_err(|e| {
+            if e.to_string().starts_with(TOO_MANY_ITEMS) {
+                too_many()
+            } else if text.trim_start().starts_with('[') {
+                EventError::bad("malformed JSON").rule(e.to_string())
+            } else {
+                EventError::bad("a batch must be a JSON array")
+                    .rule("application/cloudevents-batch+json is an array of events")
+            }
+        })?;
     if items.is_empty() {
         return Err(EventError::bad("empty batch").rule("a batch holds at least one event"));
     }
-    if items.len() > max_events {
-        return Err(EventError::bad("batch has too many events")
-            .rule(format!("at most {max_events} events per batch, got {}", items.len()))
-            .status(413));
-    }
     items.iter().enumerate().map(|(i, raw)| from_json_object(raw).map_err(|e| e.at_index(i))).collect()
+}
+
+/// The start of the error that stops reading a batch past its limit.
+const TOO_MANY_ITEMS: &str = "more items than the limit";
+
+/// A batch's items, unparsed, read no further than `max` + 1: a 4 MiB body of `[0,0,0,…]` would otherwise be two
+/// million allocations before its count is checked.
+struct Items {
+    max: usize,
+}
+
+impl<'de> serde::de::Visitor<'de> for Items {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array of events")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            if items.len() == self.max {
+                return Err(serde::de::Error::custom(TOO_MANY_ITEMS));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
 }
 
 /// An object's members as written, refusing a member named twice: JSON leaves its meaning open and parsers keep

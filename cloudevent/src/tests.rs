@@ -301,3 +301,19 @@ fn a_member_named_twice_is_refused() {
     let refused = from_batch(batch, 10).expect_err("type twice in the second");
     assert_eq!(refused.index, Some(1));
 }
+
+/// A batch is read no further than its limit: `[0,0,0,…]` past it is refused without parsing the rest.
+#[test]
+fn a_batch_is_read_no_further_than_its_limit() {
+    let event = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#;
+    let batch = |n: usize| format!("[{}]", vec![event; n].join(","));
+    assert_eq!(from_batch(batch(3).as_bytes(), 3).map(|events| events.len()), Ok(3));
+    let over = from_batch(batch(4).as_bytes(), 3).expect_err("4 of 3");
+    assert_eq!(over.status, 413);
+    assert_eq!(over.rule.as_deref(), Some("at most 3 events per batch"));
+    let zeros = format!("[{}]", vec!["0"; 100_000].join(","));
+    assert_eq!(from_batch(zeros.as_bytes(), 1000).map_err(|e| e.status), Err(413), "refused at the 1,001st");
+    assert_eq!(from_batch(b"[]", 3).map_err(|e| e.error), Err("empty batch".to_string()));
+    assert_eq!(from_batch(br#"{"a":1}"#, 3).map_err(|e| e.error), Err("a batch must be a JSON array".to_string()));
+    assert_eq!(from_batch(b"[1,", 3).map_err(|e| e.error), Err("malformed JSON".to_string()));
+}
