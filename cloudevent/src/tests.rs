@@ -317,3 +317,15 @@ fn a_batch_is_read_no_further_than_its_limit() {
     assert_eq!(from_batch(br#"{"a":1}"#, 3).map_err(|e| e.error), Err("a batch must be a JSON array".to_string()));
     assert_eq!(from_batch(b"[1,", 3).map_err(|e| e.error), Err("malformed JSON".to_string()));
 }
+
+/// Past 32 members the repeat is found through a set: the same answer.
+#[test]
+fn a_member_named_twice_is_refused_among_many() {
+    let extensions: Vec<String> = (0..40).map(|i| format!(r#""x{i}":"v""#)).collect();
+    let body =
+        format!(r#"{{"specversion":"1.0","id":"a","source":"/s","type":"t",{},"x7":"again"}}"#, extensions.join(","));
+    let refused = from_structured(body.as_bytes()).expect_err("x7 twice");
+    assert!(refused.to_string().contains("x7"), "{refused}");
+    let fine = format!(r#"{{"specversion":"1.0","id":"a","source":"/s","type":"t",{}}}"#, extensions.join(","));
+    assert!(from_structured(fine.as_bytes()).is_ok());
+}
