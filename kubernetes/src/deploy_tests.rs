@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Serialize;
@@ -48,6 +49,7 @@ fn check(document: &Value) -> Result<(), String> {
         "StatefulSet" => round_trips::<StatefulSet>(document),
         "Deployment" => round_trips::<Deployment>(document),
         "PodDisruptionBudget" => round_trips::<PodDisruptionBudget>(document),
+        "NetworkPolicy" => round_trips::<NetworkPolicy>(document),
         "Role" => round_trips::<Role>(document),
         "RoleBinding" => round_trips::<RoleBinding>(document),
         "ClusterRole" => round_trips::<ClusterRole>(document),
@@ -141,6 +143,73 @@ fn the_statefulset_and_its_services_agree() {
         for port in service.spec.clone().and_then(|s| s.ports).unwrap_or_default() {
             if let Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name)) = port.target_port {
                 assert!(named_ports.contains(&name), "{:?} targets port {name}", service.metadata.name);
+            }
+        }
+    }
+}
+
+/// deploy/ runs without TLS or admin tokens, so the network policy is what keeps other pods off the admin API:
+/// every port of a node is admitted from somewhere, HTTP from anywhere, admin and peer from Sluice's pods only
+/// (the nodes and the controller, which pushes objects to the admin API).
+#[test]
+fn only_sluices_own_pods_reach_the_admin_and_peer_ports() {
+    let dir = deploy_dir();
+    let set: StatefulSet = serde_json::from_value(documents(&dir.join("statefulset.yaml")).remove(0)).expect("set");
+    let spec = set.spec.expect("spec");
+    let node_labels = spec.template.metadata.and_then(|m| m.labels).unwrap_or_default();
+    let ports: Vec<String> = spec.template.spec.expect("pod spec").containers[0]
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    let policy: NetworkPolicy =
+        serde_json::from_value(documents(&dir.join("networkpolicy.yaml")).remove(0)).expect("policy");
+    let policy = policy.spec.expect("spec");
+    let selects = |selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+                   labels: &std::collections::BTreeMap<String, String>| {
+        selector.match_expressions.is_none()
+            && selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    assert!(
+        selects(policy.pod_selector.as_ref().expect("a pod selector"), &node_labels),
+        "the policy selects the nodes"
+    );
+    assert_eq!(policy.policy_types, Some(vec!["Ingress".to_string()]));
+    let controller: Deployment = serde_json::from_value(
+        documents(&dir.join("controller.yaml")).into_iter().find(|d| d["kind"] == "Deployment").expect("controller"),
+    )
+    .expect("controller");
+    let controller_labels =
+        controller.spec.and_then(|s| s.template.metadata).and_then(|m| m.labels).unwrap_or_default();
+    let rules = policy.ingress.unwrap_or_default();
+    for port in &ports {
+        let admitting: Vec<_> = rules
+            .iter()
+            .filter(|rule| {
+                rule.ports.iter().flatten().any(|p| {
+                    p.port == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(port.clone()))
+                })
+            })
+            .collect();
+        assert!(!admitting.is_empty(), "no rule admits port {port}");
+        let from_anywhere = admitting.iter().any(|rule| rule.from.as_ref().is_none_or(Vec::is_empty));
+        if port == "http" {
+            assert!(from_anywhere, "event sources reach port http");
+            continue;
+        }
+        assert!(!from_anywhere, "port {port} is open to every pod");
+        for rule in admitting {
+            for peer in rule.from.iter().flatten() {
+                assert!(peer.namespace_selector.is_none() && peer.ip_block.is_none(), "{port}: {peer:?}");
+                let selector = peer.pod_selector.as_ref().expect("a pod selector");
+                assert!(
+                    selector.match_labels.iter().flatten().any(|(k, v)| k == "app.kubernetes.io/name" && v == "sluice")
+                );
+                for (who, labels) in [("the nodes", &node_labels), ("the controller", &controller_labels)] {
+                    assert!(selects(selector, labels), "{who} cannot reach port {port}");
+                }
             }
         }
     }

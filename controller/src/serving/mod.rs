@@ -3,7 +3,8 @@
 //! What flows in: the stored objects (and the facts the serving runtime records about each Revision, kind
 //! [`REVISION_STATE_KIND`]). What flows out, all pure:
 //! - [`model`]: the typed objects (the allow-list of fields);
-//! - [`validate`](mod@validate): Knative's webhook rules, run by `crate::validate::validate_object`;
+//! - [`validate`](mod@validate): Knative's webhook rules, run by `crate::validate::validate_object`, with
+//!   [`isolation`]'s: what a revision's pod may ask of the node and cluster it runs on;
 //! - [`children`]: what a Service and a Configuration own (a Configuration and a Route; one Revision per
 //!   template generation) and what no longer has an owner, for the children reconcile loop to write;
 //! - [`autoscaling`]: the autoscaling knobs of a Revision, from its annotations over the cluster's defaults;
@@ -14,6 +15,7 @@
 pub mod autoscaling;
 pub mod children;
 pub mod gc;
+pub(crate) mod isolation;
 pub mod model;
 pub mod routing;
 pub mod status;

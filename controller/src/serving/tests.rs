@@ -238,3 +238,20 @@ fn revisions_and_named_templates_are_immutable() {
     let errors = validate_object(&renamed_not, Some(&named)).expect_err("a new template needs a new name");
     assert_eq!(errors[0].path, "spec.template.metadata.name");
 }
+
+/// Regression: the model named the fields `hostPid` and `hostIpc` (serde's camelCase of `host_pid`), so
+/// Knative's `hostPID`/`hostIPC` were refused as unknown fields and the CRDs listed the wrong names.
+#[test]
+fn regression_host_pid_and_ipc_are_read_by_their_kubernetes_names() {
+    for (field, flag) in [("hostPID", "kubernetes.podspec-hostpid"), ("hostIPC", "kubernetes.podspec-hostipc")] {
+        let mut revision = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+            "metadata": {"name": "r"}, "spec": {"containers": [{"image": "x", "command": ["/bin/a"]}]}});
+        revision["spec"][field] = json!(false);
+        assert_eq!(validate_object(&revision, None), Ok(()), "{field}: false");
+        revision["spec"][field] = json!(true);
+        let errors = validate_object(&revision, None).expect_err(field);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, format!("spec.{field}"));
+        assert!(errors[0].message.contains(flag), "{errors:?}");
+    }
+}

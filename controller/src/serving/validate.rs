@@ -129,6 +129,7 @@ fn validate_revision_spec(path: &str, spec: &super::model::RevisionSpec, errors:
     for (i, container) in spec.containers.iter().enumerate() {
         validate_container(&format!("{path}.containers[{i}]"), container, errors);
     }
+    super::isolation::validate_pod_isolation(path, spec, errors);
     if let Some(cc) = spec.container_concurrency {
         bounds(format!("{path}.containerConcurrency"), 0, cc, MAX_CONTAINER_CONCURRENCY, errors);
     }
