@@ -204,6 +204,10 @@ pub(crate) struct IngressArgs {
     /// A request's body must arrive within this time.
     #[arg(long, default_value_t = 30_000)]
     pub body_read_timeout_ms: u64,
+    /// A connection with no byte moving either way for this long is shut down gracefully (requests in flight
+    /// finish; HTTP/2 gets GOAWAY).
+    #[arg(long, default_value_t = 60_000)]
+    pub idle_connection_timeout_ms: u64,
     /// Appends waiting per partition before requests get 429.
     #[arg(long, default_value_t = 8192)]
     pub queue_depth: usize,
@@ -232,6 +236,7 @@ impl IngressArgs {
             max_connections: self.max_connections.max(1),
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
             body_read_timeout: Duration::from_millis(self.body_read_timeout_ms.max(1)),
+            idle_connection_timeout: Duration::from_millis(self.idle_connection_timeout_ms.max(1)),
         }
     }
 }

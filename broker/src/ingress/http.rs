@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use hyper::body::Incoming;
@@ -115,8 +116,9 @@ async fn jwks(State(state): State<HttpState>) -> Response {
 }
 
 /// Serves `app` on `listener` until `shutdown`: HTTP/1.1 (keep-alive) and
-/// h2c, at most `max_connections` at once (more are closed at accept), and
-/// headers must arrive within `header_read_timeout`.
+/// h2c, at most `max_connections` at once (more are closed at accept),
+/// headers must arrive within `header_read_timeout`, and a connection idle for
+/// `idle_connection_timeout` is shut down gracefully.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
@@ -142,6 +144,7 @@ pub(crate) async fn serve(
         .max_header_list_size((limits.max_header_bytes * 2) as u32)
         .max_concurrent_streams(256);
     let refused = metrics::counter!("sluice_http_connections_refused_total");
+    let idle_closed = metrics::counter!("sluice_http_connections_idle_closed_total");
     let open = metrics::gauge!("sluice_http_connections");
     tokio::pin!(shutdown);
     loop {
@@ -162,8 +165,9 @@ pub(crate) async fn serve(
         };
         let builder = builder.clone();
         let (app, hosts, tls) = (app.clone(), hosts.clone(), tls.clone());
-        let open = open.clone();
+        let (open, idle_closed) = (open.clone(), idle_closed.clone());
         let first_byte_timeout = limits.header_read_timeout;
+        let idle_timeout = limits.idle_connection_timeout;
         tokio::spawn(async move {
             open.increment(1.0);
             // Plaintext is let through even in strict mode, so a client is told why (426) and probes work.
@@ -191,7 +195,24 @@ pub(crate) async fn serve(
                     // nothing, or one byte, or only the HTTP/2 preface, would hold its slot for ever. So the
                     // first request's head must be in within the header-read timeout.
                     let conn = FirstRequestDeadline::new(conn, first_byte_timeout, first_request);
-                    if let Err(e) = builder.serve_connection(TokioIo::new(conn), service).await {
+                    let moved = Arc::new(AtomicU64::new(0));
+                    let conn = CountingIo { inner: conn, moved: moved.clone() };
+                    let connection = builder.serve_connection(TokioIo::new(conn), service);
+                    tokio::pin!(connection);
+                    // See `IdleWatch`: an idle connection is shut down gracefully, never cut.
+                    let mut idle = IdleWatch::new(moved.load(Ordering::Relaxed));
+                    let ended = loop {
+                        tokio::select! {
+                            ended = connection.as_mut() => break ended,
+                            _ = tokio::time::sleep(idle_timeout) => {
+                                if idle.tick(moved.load(Ordering::Relaxed)) {
+                                    idle_closed.increment(1);
+                                    connection.as_mut().graceful_shutdown();
+                                }
+                            }
+                        }
+                    };
+                    if let Err(e) = ended {
                         tracing::debug!(error = %e, "http connection ended");
                     }
                 }
@@ -203,6 +224,97 @@ pub(crate) async fn serve(
             open.decrement(1.0);
             drop(permit);
         });
+    }
+}
+
+/// Whether a connection has gone idle, looked at once per idle timeout: idle when no byte moved either way
+/// since the last look (so after one to two timeouts of silence), and said once. hyper's HTTP/1.1 closes a
+/// kept-alive connection after its header-read timeout, but an HTTP/2 connection with no stream open would hold
+/// its slot (of `--max-connections`) for as long as the client keeps it. The caller shuts the connection down
+/// gracefully, which lets every request in flight finish (HTTP/2 sends GOAWAY), so a request that waits long
+/// with nothing to send is never cut.
+struct IdleWatch {
+    moved_at_last_look: u64,
+    closing: bool,
+}
+
+impl IdleWatch {
+    fn new(moved: u64) -> Self {
+        IdleWatch { moved_at_last_look: moved, closing: false }
+    }
+
+    /// One look, with the bytes moved so far; true the first time the connection is found idle.
+    fn tick(&mut self, moved: u64) -> bool {
+        let idle = moved == self.moved_at_last_look && !self.closing;
+        self.moved_at_last_look = moved;
+        self.closing |= idle;
+        idle
+    }
+}
+
+/// The bytes a connection read and wrote, counted for [`close_when_idle`].
+struct CountingIo<S> {
+    inner: S,
+    moved: Arc<AtomicU64>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountingIo<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before);
+        if read > 0 {
+            self.moved.fetch_add(read as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountingIo<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(written)) = &polled {
+            self.moved.fetch_add(*written as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(written)) = &polled {
+            self.moved.fetch_add(*written as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -307,4 +419,26 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
 
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdleWatch;
+
+    #[test]
+    fn a_connection_is_idle_after_a_whole_look_without_a_byte_and_said_once() {
+        // (bytes moved so far at each look, whether that look says "shut it down")
+        let cases: [(&str, &[(u64, bool)]); 4] = [
+            ("silent from the start", &[(0, true), (0, false), (0, false)]),
+            ("busy, then silent", &[(10, false), (25, false), (25, true), (25, false)]),
+            ("a byte in every period", &[(1, false), (2, false), (3, false), (4, false)]),
+            ("bytes again after the shutdown began", &[(0, true), (5, false), (5, false)]),
+        ];
+        for (name, looks) in cases {
+            let mut watch = IdleWatch::new(0);
+            for (i, (moved, expected)) in looks.iter().enumerate() {
+                assert_eq!(watch.tick(*moved), *expected, "{name}: look {i}");
+            }
+        }
+    }
 }

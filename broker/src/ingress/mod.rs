@@ -36,6 +36,8 @@ pub struct IngressLimits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
+    /// A connection with no byte moving either way for this long is shut down gracefully.
+    pub idle_connection_timeout: Duration,
 }
 
 impl Default for IngressLimits {
@@ -49,6 +51,7 @@ impl Default for IngressLimits {
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
+            idle_connection_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -97,3 +97,33 @@ async fn trickled_headers_and_bodies_are_cut_off() -> anyhow::Result<()> {
     assert_eq!(normal.await?, 40, "normal requests were all accepted meanwhile");
     Ok(())
 }
+
+/// Regression: an HTTP/2 connection with no stream open held its slot (of `--max-connections`) for as long as
+/// the client kept it; hyper has no idle timeout for HTTP/2. It is now shut down (GOAWAY, then closed) once
+/// nothing has moved for the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2c_connection_is_closed() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(1, &["--idle-connection-timeout-ms", "1000"]).await?;
+    let stream = TcpStream::connect(&node.http).await?;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await?;
+    let connection = tokio::spawn(connection);
+    let request = hyper::Request::get(format!("http://{}/healthz", node.http))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    http_body_util::BodyExt::collect(response.into_body()).await?;
+
+    let ended = tokio::time::timeout(Duration::from_secs(30), connection).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "the idle connection ends cleanly (GOAWAY): {ended:?}");
+    let metrics = reqwest::get(format!("http://{}/metrics", node.http)).await?.text().await?;
+    let closed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_http_connections_idle_closed_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(closed.is_some_and(|n| n >= 1.0), "counted: {closed:?}");
+    Ok(())
+}
