@@ -208,6 +208,10 @@ pub(crate) struct IngressArgs {
     /// finish; HTTP/2 gets GOAWAY).
     #[arg(long, default_value_t = 60_000)]
     pub idle_connection_timeout_ms: u64,
+    /// Bytes of request bodies held at once over every connection, from their arrival until they are answered;
+    /// past it requests get 429 (never less than the largest body allowed).
+    #[arg(long, default_value_t = 256 << 20)]
+    pub max_inflight_body_bytes: usize,
     /// Appends waiting per partition before requests get 429.
     #[arg(long, default_value_t = 8192)]
     pub queue_depth: usize,
@@ -237,6 +241,7 @@ impl IngressArgs {
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
             body_read_timeout: Duration::from_millis(self.body_read_timeout_ms.max(1)),
             idle_connection_timeout: Duration::from_millis(self.idle_connection_timeout_ms.max(1)),
+            max_inflight_body_bytes: self.max_inflight_body_bytes,
         }
     }
 }

@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use sluice_controller::validate::is_dns_label;
 
@@ -38,6 +39,9 @@ pub struct IngressLimits {
     pub body_read_timeout: Duration,
     /// A connection with no byte moving either way for this long is shut down gracefully.
     pub idle_connection_timeout: Duration,
+    /// Request bodies held at once over every connection, from their first byte until their answer (never
+    /// less than the largest body allowed).
+    pub max_inflight_body_bytes: usize,
 }
 
 impl Default for IngressLimits {
@@ -52,6 +56,7 @@ impl Default for IngressLimits {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             idle_connection_timeout: Duration::from_secs(60),
+            max_inflight_body_bytes: 256 << 20,
         }
     }
 }
@@ -103,6 +108,7 @@ pub(crate) struct Ingress {
     node: Node,
     limits: Arc<IngressLimits>,
     targets: Arc<RwLock<Arc<HashMap<Target, TargetState>>>>,
+    body_budget: BodyBudget,
 }
 
 /// What a request to one Broker or Channel is checked against.
@@ -115,7 +121,10 @@ struct TargetState {
 
 impl Ingress {
     pub(crate) fn new(node: Node, limits: IngressLimits) -> Self {
-        let ingress = Self { node: node.clone(), limits: Arc::new(limits), targets: Arc::default() };
+        let body_budget = BodyBudget::new(
+            limits.max_inflight_body_bytes.max(limits.max_batch_bytes).max(limits.max_event_bytes),
+        );
+        let ingress = Self { node: node.clone(), limits: Arc::new(limits), targets: Arc::default(), body_budget };
         if let Some(mut changes) = node.watch_resources() {
             let ingress = ingress.clone();
             tokio::spawn(async move {
@@ -287,7 +296,15 @@ fn check_attributes(events: &[cloudevent::CloudEvent], limits: &IngressLimits) -
 
 /// Reads the body within `timeout`, refusing more than `limit` bytes (the
 /// rest is read and dropped, up to a bound, so the client sees the 413).
-async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, EventError> {
+/// Reads a body of at most `limit` bytes within `timeout`, holding its bytes in `budget` as they arrive; the
+/// permit goes back when the request is answered.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+    budget: &BodyBudget,
+    mut held: BodyPermit,
+) -> Result<(Bytes, BodyPermit), EventError> {
     use http_body_util::BodyExt;
     let too_large = || EventError::bad("request body too large").rule(format!("at most {limit} bytes")).status(413);
     let mut body = body;
@@ -298,22 +315,75 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes,
             let frame = frame.map_err(|e| EventError::bad("request body could not be read").rule(e.to_string()))?;
             if let Ok(data) = frame.into_data() {
                 if collected.len() + data.len() > limit {
-                    return Ok(None);
+                    return Ok(Err(too_large()));
+                }
+                if let Err(busy) = budget.hold(&mut held, collected.len() + data.len()) {
+                    return Ok(Err(busy));
                 }
                 collected.push(data);
             }
         }
-        Ok(Some(collected.into_bytes()))
+        Ok(Ok(collected.into_bytes()))
     };
     match tokio::time::timeout(timeout, collect).await {
         Err(_) => Err(EventError::bad("request body not received in time")
             .rule(format!("the body must arrive within {timeout:?}"))
             .status(408)),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(Some(bytes))) => Ok(bytes),
-        Ok(Ok(None)) => {
+        Ok(Ok(Ok(bytes))) => Ok((bytes, held)),
+        Ok(Ok(Err(refused))) => {
+            drop(held);
             discard_body(body, DISCARD_MAX_BYTES, timeout).await;
-            Err(too_large())
+            Err(refused)
+        }
+    }
+}
+
+/// The request bodies a node holds at once, over every connection (`--max-inflight-body-bytes`): a body's bytes
+/// count from their arrival until its request is answered (parsed, appended, committed). Without it, 4,096
+/// connections of 256 HTTP/2 streams each could hold a 4 MiB batch apiece. Past it, a request gets 429 with
+/// `Retry-After` at once rather than waiting: requests that each hold part of the budget and wait for more
+/// would wait on each other.
+#[derive(Clone)]
+struct BodyBudget {
+    kib: Arc<Semaphore>,
+    bytes: usize,
+}
+
+/// A request's share of the [`BodyBudget`], in KiB.
+type BodyPermit = Option<OwnedSemaphorePermit>;
+
+impl BodyBudget {
+    fn new(bytes: usize) -> Self {
+        BodyBudget { kib: Arc::new(Semaphore::new(bytes.div_ceil(1024).min(Semaphore::MAX_PERMITS))), bytes }
+    }
+
+    /// Grows `held` to cover `bytes`, or says why not (429).
+    fn hold(&self, held: &mut BodyPermit, bytes: usize) -> Result<(), EventError> {
+        let needed = bytes.div_ceil(1024);
+        let have = held.as_ref().map_or(0, |p| p.num_permits());
+        if needed <= have {
+            return Ok(());
+        }
+        let more = u32::try_from(needed - have).unwrap_or(u32::MAX);
+        match self.kib.clone().try_acquire_many_owned(more) {
+            Ok(permit) => {
+                match held {
+                    Some(held) => held.merge(permit),
+                    None => *held = Some(permit),
+                }
+                Ok(())
+            }
+            Err(_) => {
+                metrics::counter!("sluice_ingress_body_budget_refused_total").increment(1);
+                Err(EventError::bad("the node holds as many request bodies as it may; retry")
+                    .rule(format!(
+                        "at most {} bytes of request bodies are held at once over every connection \
+                         (--max-inflight-body-bytes)",
+                        self.bytes
+                    ))
+                    .status(429))
+            }
         }
     }
 }
@@ -536,13 +606,28 @@ async fn accept(
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Err(response);
     }
-    let body = read_body(body, limit, limits.body_read_timeout).await.map_err(|e| {
-        let mut response = error_response(&e);
-        if e.status == 408 || e.status == 413 {
+    let mut held = None;
+    let refused = |e: &EventError| {
+        let mut response = error_response(e);
+        if matches!(e.status, 408 | 413 | 429) {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if e.status == 429 {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
-    })?;
+    };
+    // A declared length is held before a byte is read, so a request the budget cannot take is refused at once.
+    if let Some(declared) = declared
+        && let Err(e) = ingress.body_budget.hold(&mut held, declared as usize)
+    {
+        discard_body(body, DISCARD_MAX_BYTES, limits.body_read_timeout).await;
+        return Err(refused(&e));
+    }
+    // Held until this request is answered: its bytes live on in the parsed events until they are committed.
+    let (body, _held) = read_body(body, limit, limits.body_read_timeout, &ingress.body_budget, held)
+        .await
+        .map_err(|e| refused(&e))?;
     REQUEST_BYTES.record(body.len() as f64);
     let events = match mode {
         Mode::Binary => {
@@ -602,6 +687,25 @@ pub(crate) use crate::node::publish::{PublishError, publish};
 mod tests {
     use super::*;
     use crate::cloudevent::AttrValue;
+
+    #[test]
+    fn the_body_budget_is_held_in_kib_grown_as_bytes_arrive_and_given_back_when_dropped() {
+        let budget = BodyBudget::new(4 << 10);
+        let (mut first, mut second) = (None, None);
+        budget.hold(&mut first, 1000).expect("1 KiB of 4");
+        assert_eq!(first.as_ref().map(OwnedSemaphorePermit::num_permits), Some(1));
+        budget.hold(&mut first, 1000).expect("already held");
+        budget.hold(&mut first, 3000).expect("grown to 3 KiB");
+        assert_eq!(first.as_ref().map(OwnedSemaphorePermit::num_permits), Some(3));
+        let refused = budget.hold(&mut second, 2048).expect_err("2 KiB of the 1 left");
+        assert_eq!(refused.status, 429);
+        assert!(refused.rule.as_deref().unwrap_or_default().contains("--max-inflight-body-bytes"), "{refused:?}");
+        assert!(second.is_none(), "a refused request holds nothing");
+        budget.hold(&mut second, 1024).expect("the last KiB");
+        drop(first);
+        budget.hold(&mut second, 4096).expect("the first request's share is back");
+        assert_eq!(second.as_ref().map(OwnedSemaphorePermit::num_permits), Some(4));
+    }
 
     /// Regression: a structured or batched event could carry any number of attributes (150,000 extensions in
     /// 1 MiB), stored and then refused by every subscriber it was delivered to in binary mode.

@@ -127,3 +127,66 @@ async fn an_idle_h2c_connection_is_closed() -> anyhow::Result<()> {
     assert!(closed.is_some_and(|n| n >= 1.0), "counted: {closed:?}");
     Ok(())
 }
+
+/// Request bodies held at once are bounded over every connection (`--max-inflight-body-bytes`): two slow
+/// senders that declared 64 KiB each fill a 128 KiB budget, the next request gets 429 with `Retry-After` and a
+/// body naming the limit, and once the slow senders go the budget is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_held_at_once_are_bounded_over_every_connection() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(
+        1,
+        &[
+            "--max-event-bytes",
+            "65536",
+            "--max-batch-bytes",
+            "65536",
+            "--max-inflight-body-bytes",
+            "131072",
+            "--body-read-timeout-ms",
+            "60000",
+        ],
+    )
+    .await?;
+    apply_resource(&node.admin, broker_object("default", "default", serde_json::json!({}))).await?;
+    wait_for_broker(&node.http, "/default/default").await?;
+    let head = |id: &str, length: usize| {
+        format!(
+            "POST /default/default HTTP/1.1\r\nHost: x\r\nce-specversion: 1.0\r\nce-id: {id}\r\nce-source: /s\r\n\
+             ce-type: t\r\ncontent-length: {length}\r\n\r\n"
+        )
+    };
+    let mut slow = Vec::new();
+    for id in ["slow-1", "slow-2"] {
+        let mut stream = TcpStream::connect(&node.http).await?;
+        stream.write_all(head(id, 65536).as_bytes()).await?;
+        stream.write_all(&[b'x'; 100]).await?;
+        slow.push(stream);
+    }
+    let client = reqwest::Client::new();
+    let post = |id: &'static str| {
+        client
+            .post(format!("http://{}/default/default", node.http))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "/normal")
+            .header("ce-type", "t")
+            .body(vec![b'y'; 1000])
+            .send()
+    };
+    // The slow senders' requests take their share when their heads are read.
+    let refused = sluice_tests::wait_until(Duration::from_secs(20), || async {
+        let response = post("while-full").await?;
+        Ok((response.status() == StatusCode::TOO_MANY_REQUESTS).then_some(response))
+    })
+    .await?;
+    assert_eq!(refused.headers().get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
+    let body: serde_json::Value = refused.json().await?;
+    assert!(body["rule"].as_str().unwrap_or_default().contains("--max-inflight-body-bytes"), "{body}");
+
+    drop(slow);
+    sluice_tests::wait_until(Duration::from_secs(20), || async {
+        Ok((post("after").await?.status() == StatusCode::ACCEPTED).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
