@@ -79,6 +79,37 @@ pub fn merge_for_apply(
     (incoming, outcome)
 }
 
+/// `object` with one annotation set to `value`, or removed with `None` (an emptied `annotations` is removed
+/// too, as Kubernetes shows none).
+pub fn with_annotation(object: &Value, annotation: &str, value: Option<&str>) -> Value {
+    let mut object = object.clone();
+    let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) else { return object };
+    match value {
+        Some(value) => {
+            let annotations = metadata.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+            if !annotations.is_object() {
+                *annotations = Value::Object(Default::default());
+            }
+            if let Some(annotations) = annotations.as_object_mut() {
+                annotations.insert(annotation.to_string(), value.into());
+            }
+        }
+        None => {
+            let emptied = match metadata.get_mut("annotations").and_then(Value::as_object_mut) {
+                Some(annotations) => {
+                    annotations.remove(annotation);
+                    annotations.is_empty()
+                }
+                None => false,
+            };
+            if emptied {
+                metadata.remove("annotations");
+            }
+        }
+    }
+    object
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -199,22 +199,20 @@ impl ConsumersAdmin {
 
     async fn set_paused(&self, reference: Option<&ConsumerRef>, paused: bool) -> Result<ConsumerStatus, Status> {
         let found = self.find(reference)?;
-        let mut object = found.object.clone();
-        let metadata = object
-            .get_mut("metadata")
-            .and_then(Value::as_object_mut)
-            .ok_or_else(|| corrupt("stored object without metadata"))?;
-        let annotations = metadata.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
-        if let Some(annotations) = annotations.as_object_mut() {
-            if paused {
-                annotations.insert(ANNOTATION_PAUSED.to_string(), Value::String("true".into()));
-            } else {
-                annotations.remove(ANNOTATION_PAUSED);
-            }
-        }
         let mut changes = self.node.watch_resources().ok_or_else(|| unavailable("the node is shutting down"))?;
-        let record = sluice_broker::resource_record(&object.to_string(), &self.node)?;
-        self.node.put_resource(record).await.map_err(sluice_broker::status_of)?;
+        // Set on the object as it is when the write applies: an apply landing meanwhile is kept.
+        let value = paused.then_some("true");
+        let outcome = self
+            .node
+            .set_resource_annotation(found.key.clone(), ANNOTATION_PAUSED, value)
+            .await
+            .map_err(sluice_broker::status_of)?;
+        if outcome == "absent" {
+            return Err(error_status(
+                ErrorCode::ConsumerNotFound,
+                format!("{} {}/{} was deleted meanwhile", found.key.kind, found.key.namespace, found.key.name),
+            ));
+        }
         // Answer once every partition's dispatcher has taken the change into account (as this node sees it),
         // so that a pause means nothing new is delivered from then on; or after PAUSE_WAIT with what is known.
         let deadline = tokio::time::Instant::now() + PAUSE_WAIT;

@@ -101,6 +101,11 @@ pub(crate) enum LogCommand {
     /// `cluster remove-node`: unlists one member (metadata group), applied to
     /// the member list current at apply time; never the last one.
     RemoveMember(NodeId),
+    /// Sets (or, with `None`, removes) one annotation of a stored resource (metadata group), applied to the
+    /// object current at apply time, so that a change applied meanwhile is kept (`trigger pause`/`resume`
+    /// read the object, changed it and wrote it whole, undoing an apply that landed in between). Answers
+    /// [`LogResponse::Applied`], `absent` when there is no such object.
+    SetAnnotation { key: ResourceKey, annotation: String, value: Option<String> },
 }
 
 /// One consumer cursor's position: the next offset it will read.
@@ -136,6 +141,9 @@ impl fmt::Display for LogCommand {
             LogCommand::SetMembers(members) => write!(f, "SetMembers({:?})", members.keys().collect::<Vec<_>>()),
             LogCommand::AddMember { node, addr } => write!(f, "AddMember({node} at {addr})"),
             LogCommand::RemoveMember(node) => write!(f, "RemoveMember({node})"),
+            LogCommand::SetAnnotation { key, annotation, value } => {
+                write!(f, "SetAnnotation({key:?} {annotation}={value:?})")
+            }
         }
     }
 }
@@ -149,7 +157,7 @@ pub(crate) enum LogResponse {
     Appended { appended: Vec<Appended> },
     /// `InitCluster` was refused: the cluster already has this config.
     AlreadyInitialized(ClusterConfig),
-    /// What a `PutResource` did: `created`, `configured` or `unchanged`.
+    /// What a `PutResource` did: `created`, `configured` or `unchanged` (`SetAnnotation`: or `absent`).
     Applied { outcome: String },
     /// What a `DeleteResource` did: whether there was an object to delete.
     Deleted { existed: bool },

@@ -121,9 +121,8 @@ struct TargetState {
 
 impl Ingress {
     pub(crate) fn new(node: Node, limits: IngressLimits) -> Self {
-        let body_budget = BodyBudget::new(
-            limits.max_inflight_body_bytes.max(limits.max_batch_bytes).max(limits.max_event_bytes),
-        );
+        let body_budget =
+            BodyBudget::new(limits.max_inflight_body_bytes.max(limits.max_batch_bytes).max(limits.max_event_bytes));
         let ingress = Self { node: node.clone(), limits: Arc::new(limits), targets: Arc::default(), body_budget };
         if let Some(mut changes) = node.watch_resources() {
             let ingress = ingress.clone();
@@ -625,9 +624,8 @@ async fn accept(
         return Err(refused(&e));
     }
     // Held until this request is answered: its bytes live on in the parsed events until they are committed.
-    let (body, _held) = read_body(body, limit, limits.body_read_timeout, &ingress.body_budget, held)
-        .await
-        .map_err(|e| refused(&e))?;
+    let (body, _held) =
+        read_body(body, limit, limits.body_read_timeout, &ingress.body_budget, held).await.map_err(|e| refused(&e))?;
     REQUEST_BYTES.record(body.len() as f64);
     let events = match mode {
         Mode::Binary => {

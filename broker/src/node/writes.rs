@@ -87,6 +87,22 @@ impl Node {
         }
     }
 
+    /// Sets (or, with `None`, removes) one annotation of a stored resource, on the object as it is when the
+    /// write applies: `configured`, `unchanged`, or `absent` when there is no such object.
+    pub async fn set_resource_annotation(
+        &self,
+        key: ResourceKey,
+        annotation: &str,
+        value: Option<&str>,
+    ) -> Result<String, BrokerError> {
+        let command =
+            LogCommand::SetAnnotation { key, annotation: annotation.to_string(), value: value.map(str::to_string) };
+        match self.write(METADATA_GROUP, ForwardedWrite::Command(command)).await? {
+            ForwardedReply::Response(LogResponse::Applied { outcome }) => Ok(outcome),
+            other => Err(BrokerError::Bug { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),
+        }
+    }
+
     /// Stores an object the node derives itself (the serving runtime's facts about a revision), as it is,
     /// without the validation user objects go through: its kind is not one users apply.
     pub async fn put_internal_object(&self, object: &serde_json::Value) -> Result<String, BrokerError> {

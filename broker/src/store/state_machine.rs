@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use super::event_tail::EventTail;
 use super::snapshot::{self, GroupSnapshotBuilder, SnapshotData};
 use super::{cf, io_err};
-use sluice_controller::meta::{ApplyOutcome, merge_for_apply};
+use sluice_controller::meta::{ApplyOutcome, merge_for_apply, with_annotation};
 
 use crate::command::ResourceRecord;
 
@@ -426,6 +426,26 @@ impl GroupStateMachine {
         Ok(outcome)
     }
 
+    /// One annotation set or removed on the object as it is now (staged included): `configured`, `unchanged`,
+    /// or `absent`. The object's uid, generation and status stay; its resourceVersion becomes this entry's.
+    fn stage_set_annotation(
+        &self,
+        staged: &mut Staged,
+        key: &ResourceKey,
+        annotation: &str,
+        value: Option<&str>,
+        log_index: u64,
+    ) -> io::Result<&'static str> {
+        let Some(existing) = self.staged_resource(staged, key) else { return Ok("absent") };
+        let existing: serde_json::Value = serde_json::from_str(&existing).map_err(io_err)?;
+        let changed = with_annotation(&existing, annotation, value);
+        let (merged, outcome) = merge_for_apply(Some(&existing), changed, "", "", log_index);
+        if outcome != ApplyOutcome::Unchanged {
+            self.stage_resource(staged, key, Some(&merged.to_string()))?;
+        }
+        Ok(outcome.as_str())
+    }
+
     /// The offset of `cursor` as of the writes staged so far in this apply.
     fn staged_offset(&self, staged: &Staged, cursor: &str) -> io::Result<Option<u64>> {
         match staged.offsets.get(cursor) {
@@ -500,6 +520,10 @@ impl GroupStateMachine {
             LogCommand::PutResource(record) => {
                 let outcome = self.stage_put_resource(staged, record, index)?;
                 LogResponse::Applied { outcome: outcome.as_str().to_string() }
+            }
+            LogCommand::SetAnnotation { key, annotation, value } => {
+                let outcome = self.stage_set_annotation(staged, key, annotation, value.as_deref(), index)?;
+                LogResponse::Applied { outcome: outcome.to_string() }
             }
             LogCommand::DeleteResource(key) => {
                 let existed = self.staged_resource(staged, key).is_some();

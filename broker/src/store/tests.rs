@@ -814,3 +814,55 @@ async fn a_partitions_committed_log_id_is_written_with_its_next_append() {
     assert_eq!(metadata.read_committed().await.expect("read"), Some(committed(7)));
     assert_eq!(log.read_committed().await.expect("read"), Some(committed(1)), "3 came after the last append");
 }
+
+/// Regression: `trigger pause` read the object, set its annotation and wrote the object whole, so an apply that
+/// landed in between was undone. `SetAnnotation` is applied to the object as it is at apply time.
+#[tokio::test]
+async fn an_annotation_is_set_on_the_object_current_at_apply_time_and_keeps_a_change_applied_meanwhile() {
+    use crate::command::{ResourceKey, ResourceRecord};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, mut sm) = open(dir.path(), 0);
+    let key = ResourceKey { kind: "Trigger".into(), namespace: "default".into(), name: "t".into() };
+    let trigger = |uri: &str| ResourceRecord {
+        key: key.clone(),
+        json: serde_json::json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+            "metadata": {"name": "t", "namespace": "default"},
+            "spec": {"broker": "default", "subscriber": {"uri": uri}}})
+        .to_string(),
+        uid: "uid-1".into(),
+        applied_at: "2026-12-01T00:00:00Z".into(),
+    };
+    let set = |value: Option<&str>| LogCommand::SetAnnotation {
+        key: key.clone(),
+        annotation: "sluice.dev/paused".into(),
+        value: value.map(str::to_string),
+    };
+    let absent_key = ResourceKey { name: "gone".into(), ..key.clone() };
+    apply(
+        &mut sm,
+        vec![
+            entry(1, LogCommand::PutResource(trigger("http://one"))),
+            // The pause was asked for with the first object; an apply lands before it commits.
+            entry(2, LogCommand::PutResource(trigger("http://two"))),
+            entry(3, set(Some("true"))),
+            entry(4, LogCommand::SetAnnotation { key: absent_key.clone(), annotation: "a".into(), value: None }),
+        ],
+    )
+    .await;
+    let stored = |sm: &GroupStateMachine| -> serde_json::Value {
+        serde_json::from_str(&sm.view().resource(&key).expect("stored")).expect("json")
+    };
+    let object = stored(&sm);
+    assert_eq!(object["spec"]["subscriber"]["uri"], "http://two", "the apply in between is kept");
+    assert_eq!(object["metadata"]["annotations"]["sluice.dev/paused"], "true");
+    assert_eq!(object["metadata"]["generation"], 2, "an annotation is not a spec change");
+    assert_eq!(object["metadata"]["uid"], "uid-1");
+    assert_eq!(object["metadata"]["resourceVersion"], "3");
+    assert!(sm.view().resource(&absent_key).is_none(), "nothing is created for an absent object");
+
+    apply(&mut sm, vec![entry(5, set(None)), entry(6, set(None))]).await;
+    let object = stored(&sm);
+    assert!(object["metadata"].get("annotations").is_none(), "removed, and the emptied map with it: {object}");
+    assert_eq!(object["metadata"]["resourceVersion"], "5", "removing it again changes nothing");
+    assert_eq!(object["spec"]["subscriber"]["uri"], "http://two");
+}
