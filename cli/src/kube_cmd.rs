@@ -97,8 +97,10 @@ pub(crate) async fn kube_controller(args: ControllerArgs) -> anyhow::Result<()> 
     let leader = metrics::gauge!("sluice_kube_leader");
     leader.set(0.0);
     tracing::info!(%identity, lease = %args.lease_name, "waiting to lead");
+    let mut observer = lease::LeaseObserver::default();
     loop {
-        match tokio::time::timeout(duration, lease::hold(&leases, &args.lease_name, &identity, duration)).await {
+        let round = lease::hold(&leases, &args.lease_name, &identity, duration, &mut observer);
+        match tokio::time::timeout(duration, round).await {
             Ok(Ok(true)) => break,
             Ok(Ok(false)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "reading the Lease failed"),
@@ -120,7 +122,8 @@ pub(crate) async fn kube_controller(args: ControllerArgs) -> anyhow::Result<()> 
         loop {
             tokio::time::sleep(duration / 3).await;
             let left = renew_deadline.saturating_sub(held_at.elapsed());
-            match tokio::time::timeout(left, lease::hold(&leases, &args.lease_name, &identity, duration)).await {
+            let round = lease::hold(&leases, &args.lease_name, &identity, duration, &mut observer);
+            match tokio::time::timeout(left, round).await {
                 Ok(Ok(true)) => held_at = Instant::now(),
                 Ok(Ok(false)) => return anyhow::anyhow!("another replica holds the Lease {}", args.lease_name),
                 Ok(Err(e)) => tracing::warn!(error = %e, "renewing the Lease failed"),
