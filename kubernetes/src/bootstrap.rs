@@ -131,15 +131,20 @@ pub fn leave_on_stop(me: &PodIdentity, desired_replicas: u32) -> bool {
     me.ordinal >= desired_replicas
 }
 
-/// Members whose pods the StatefulSet no longer wants (ordinal at or past `desired_replicas`), in the order to
-/// remove them (highest first, as the StatefulSet deletes them). Never all of them: a cluster scaled to zero
-/// keeps its members, so scaling back up finds its data.
-pub fn members_to_remove(members: &[u64], desired_replicas: u32) -> Vec<u64> {
+/// Members whose pods the StatefulSet no longer wants (ordinal at or past `desired_replicas`) and that are gone
+/// (no pod with their ordinal in `pods_present`), in the order to remove them (highest first, as the
+/// StatefulSet deletes them). A pod still there, stopping or not yet stopped, leaves in its own preStop after
+/// handing its leaderships over: removing its member under it would cut those groups' leaders without a
+/// handover. Never all of them: a cluster scaled to zero keeps its members, so scaling back up finds its data.
+pub fn members_to_remove(members: &[u64], desired_replicas: u32, pods_present: &[u32]) -> Vec<u64> {
     if desired_replicas == 0 {
         return Vec::new();
     }
-    let mut gone: Vec<u64> =
-        members.iter().copied().filter(|id| ordinal_of(*id).is_none_or(|o| o >= desired_replicas)).collect();
+    let mut gone: Vec<u64> = members
+        .iter()
+        .copied()
+        .filter(|id| ordinal_of(*id).is_none_or(|o| o >= desired_replicas && !pods_present.contains(&o)))
+        .collect();
     gone.sort_unstable_by(|a, b| b.cmp(a));
     gone
 }
@@ -284,8 +289,21 @@ mod tests {
         assert!(leave_on_stop(&pod(4), 3));
         assert!(leave_on_stop(&pod(3), 3));
         assert!(!leave_on_stop(&pod(2), 3));
-        assert_eq!(members_to_remove(&[1, 2, 3, 4, 5], 3), vec![5, 4]);
-        assert_eq!(members_to_remove(&[1, 2, 3], 3), Vec::<u64>::new());
-        assert_eq!(members_to_remove(&[1, 2, 3], 0), Vec::<u64>::new());
+        /// (members, desired replicas, ordinals of the pods still there, members to remove)
+        type Case<'a> = (&'a [u64], u32, &'a [u32], &'a [u64]);
+        let cases: [Case; 6] = [
+            (&[1, 2, 3, 4, 5], 3, &[0, 1, 2], &[5, 4]),
+            // Pod 4 (node 5) is still stopping: its preStop hands over and leaves; pod 3's died.
+            (&[1, 2, 3, 4, 5], 3, &[0, 1, 2, 4], &[4]),
+            // The spec just changed and no pod has stopped yet: nothing to do.
+            (&[1, 2, 3, 4, 5], 3, &[0, 1, 2, 3, 4], &[]),
+            (&[1, 2, 3], 3, &[], &[]),
+            (&[1, 2, 3], 0, &[], &[]),
+            // A member that is no StatefulSet pod's (node id 0) is not the cluster's to keep.
+            (&[0, 1, 2], 2, &[0, 1], &[0]),
+        ];
+        for (members, desired, present, expected) in cases {
+            assert_eq!(members_to_remove(members, desired, present), expected, "{members:?} {desired} {present:?}");
+        }
     }
 }

@@ -269,4 +269,27 @@ fn the_nodes_may_make_every_call_of_the_kubernetes_runtime_and_the_controller_no
     let controller_roles = bound_roles("sluice-controller");
     assert!(!controller_roles.is_empty());
     assert!(!allows(&controller_roles, ("apps", "deployments/scale", "patch")), "least privilege");
+    // In its own namespace: the Lease, and what `tidy_members` reads (the StatefulSet, its pods).
+    let role: Role = documents
+        .iter()
+        .filter(|d| d["kind"] == "Role" && d["metadata"]["name"] == "sluice-controller")
+        .map(|d| serde_json::from_value(d.clone()).expect("role"))
+        .next()
+        .expect("the controller's Role");
+    let role_allows = |(group, resource, verb): (&str, &str, &str)| {
+        role.rules.iter().flatten().any(|rule| {
+            rule.api_groups.iter().flatten().any(|g| g == group)
+                && rule.resources.iter().flatten().any(|r| r == resource)
+                && rule.verbs.iter().any(|v| v == verb)
+        })
+    };
+    for call in [
+        ("coordination.k8s.io", "leases", "get"),
+        ("coordination.k8s.io", "leases", "create"),
+        ("coordination.k8s.io", "leases", "update"),
+        ("apps", "statefulsets", "get"),
+        ("", "pods", "list"),
+    ] {
+        assert!(role_allows(call), "the controller may not {call:?} in its namespace");
+    }
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalized, finalizer};
@@ -305,17 +305,35 @@ async fn remove_finalizer<K: Pushed>(api: &Api<K>, object: &K) -> Result<(), Err
     Ok(())
 }
 
-/// Removes the members of the Sluice cluster whose pods the StatefulSet `name` no longer wants (a pod that
-/// died instead of running its preStop leaves its member behind). Returns the node ids removed.
+/// Removes the members of the Sluice cluster whose pods the StatefulSet `name` no longer wants and that are
+/// gone (a pod that died instead of running its preStop leaves its member behind; one still stopping leaves
+/// by itself). Returns the node ids removed.
 pub async fn tidy_members(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<u64>, Error> {
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
     let Some(set) = sets.get_opt(name).await? else { return Ok(Vec::new()) };
-    let Some(replicas) = set.spec.and_then(|s| s.replicas).and_then(|r| u32::try_from(r).ok()) else {
-        return Ok(Vec::new());
-    };
+    let Some(spec) = set.spec else { return Ok(Vec::new()) };
+    let Some(replicas) = spec.replicas.and_then(|r| u32::try_from(r).ok()) else { return Ok(Vec::new()) };
+    let selector = spec
+        .selector
+        .match_labels
+        .unwrap_or_default()
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let pods_present: Vec<u32> = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .iter()
+        .filter_map(|pod| crate::bootstrap::PodIdentity::from_hostname(&pod.name_any()).ok())
+        .filter(|pod| pod.set == name)
+        .map(|pod| pod.ordinal)
+        .collect();
     let members = ctx.sluice.members().await?;
     let mut removed = Vec::new();
-    for node_id in crate::bootstrap::members_to_remove(&members, replicas) {
+    for node_id in crate::bootstrap::members_to_remove(&members, replicas, &pods_present) {
         ctx.sluice.remove_member(node_id).await?;
         tracing::info!(node_id, replicas, statefulset = %name, "removed a member the StatefulSet no longer has");
         metrics::counter!("sluice_kube_members_removed_total").increment(1);

@@ -370,7 +370,7 @@ async fn a_knative_service_is_pushed_with_its_template_and_reports_sluices_statu
 }
 
 #[tokio::test]
-async fn members_a_scaled_down_statefulset_left_behind_are_removed() {
+async fn members_a_scaled_down_statefulset_left_behind_are_removed_once_their_pods_are_gone() {
     let sluice = Arc::new(FakeSluice { members: Mutex::new(vec![1, 2, 3, 4, 5]), ..Default::default() });
     let (ctx, mut handle) = context(sluice.clone());
     let server = tokio::spawn(async move {
@@ -379,24 +379,44 @@ async fn members_a_scaled_down_statefulset_left_behind_are_removed() {
             (method, path.as_str()),
             (Method::GET, "/apis/apps/v1/namespaces/sluice-system/statefulsets/sluice")
         );
-        respond(
-            send,
-            &json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
-                              "metadata": {"name": "sluice", "namespace": "sluice-system"},
-                              "spec": {"replicas": 3, "serviceName": "sluice-peers", "selector": {},
-                                       "template": {}}}),
+        let set = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                         "metadata": {"name": "sluice", "namespace": "sluice-system"},
+                         "spec": {"replicas": 3, "serviceName": "sluice-peers",
+                                  "selector": {"matchLabels": {"app.kubernetes.io/name": "sluice"}},
+                                  "template": {}}});
+        let pods = |names: &[&str]| {
+            let items: Vec<Value> = names
+                .iter()
+                .map(|name| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "sluice-system"}}))
+                .collect();
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+        };
+        respond(send, &set);
+        // Pod sluice-4 (node 5) is still stopping: its own preStop leaves; sluice-3 died without it.
+        let (method, path, _, send) = next_request(&mut handle).await;
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::GET, "/api/v1/namespaces/sluice-system/pods?&labelSelector=app.kubernetes.io%2Fname%3Dsluice")
         );
+        respond(send, &pods(&["sluice-0", "sluice-1", "sluice-2", "sluice-4", "other-3"]));
+        // Next round: sluice-4 is gone too.
+        let (_, path, _, send) = next_request(&mut handle).await;
+        assert_eq!(path, "/apis/apps/v1/namespaces/sluice-system/statefulsets/sluice");
+        respond(send, &set);
+        let (_, _, _, send) = next_request(&mut handle).await;
+        respond(send, &pods(&["sluice-0", "sluice-1", "sluice-2"]));
         let (_, path, _, send) = next_request(&mut handle).await;
         assert_eq!(path, "/apis/apps/v1/namespaces/sluice-system/statefulsets/sluice");
         respond_not_found(send);
     });
-    assert_eq!(super::tidy_members(&ctx, "sluice-system", "sluice").await.expect("tidy"), vec![5, 4]);
+    assert_eq!(super::tidy_members(&ctx, "sluice-system", "sluice").await.expect("tidy"), vec![4]);
+    assert_eq!(super::tidy_members(&ctx, "sluice-system", "sluice").await.expect("tidy"), vec![5]);
     assert_eq!(*sluice.members.lock().expect("members"), vec![1, 2, 3]);
     // No StatefulSet (Sluice not run by one): nothing is removed.
     assert_eq!(super::tidy_members(&ctx, "sluice-system", "sluice").await.expect("tidy"), Vec::<u64>::new());
     assert_eq!(
         *sluice.journal.lock().expect("journal"),
-        vec!["remove-member 5".to_string(), "remove-member 4".to_string()]
+        vec!["remove-member 4".to_string(), "remove-member 5".to_string()]
     );
     server.await.expect("scenario");
 }
