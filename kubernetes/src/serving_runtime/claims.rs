@@ -114,6 +114,12 @@ impl Claims {
                 self.claims.entry(id).or_insert(Claim::Waiting);
             }
             Input::Stop(id) => match self.claims.remove(&id) {
+                // A claim waits for a pod: it gets this one, which goes on serving (see `bind`).
+                Some(Claim::Bound { pod })
+                    if self.endpoints.get(&pod).is_some_and(Endpoint::serving) && !self.waiting().is_empty() =>
+                {
+                    self.claims.insert(id, Claim::Stopping { pod });
+                }
                 Some(Claim::Bound { pod }) if self.endpoints.get(&pod).is_some_and(|e| !e.terminating) => {
                     out.push(Command::MarkForDeletion { pod: pod.clone() });
                     self.claims.insert(id, Claim::Stopping { pod });
@@ -183,12 +189,33 @@ impl Claims {
         self.claims.iter().filter(|(_, c)| **c == Claim::Waiting).map(|(id, _)| *id).collect()
     }
 
-    /// Ready pods no claim holds go to waiting claims, oldest first.
+    /// Ready pods go to waiting claims, oldest first: first those no claim holds, then those of stopping claims
+    /// (whose stop is then done: the pod serves on as the waiting claim's). Without the second, a stop while a
+    /// claim waits could hang for ever: the scale-down makes the ReplicaSet delete the waiting claim's pending
+    /// pod (it ranks pending pods before any deletion cost), so the stopping pod never goes and the waiting
+    /// claim never gets one.
     fn bind(&mut self, out: &mut Vec<Command>) {
-        let held = self.held_pods();
-        let free: Vec<Endpoint> =
-            self.endpoints.values().filter(|e| e.serving() && !held.contains(&e.pod)).cloned().collect();
+        let mut bound = BTreeSet::new();
+        let mut stopping = BTreeMap::new();
+        for (id, claim) in &self.claims {
+            match claim {
+                Claim::Bound { pod } => {
+                    bound.insert(pod.clone());
+                }
+                Claim::Stopping { pod } => {
+                    stopping.insert(pod.clone(), *id);
+                }
+                Claim::Waiting => {}
+            }
+        }
+        let serving = || self.endpoints.values().filter(|e| e.serving() && !bound.contains(&e.pod));
+        let mut free: Vec<Endpoint> = serving().filter(|e| !stopping.contains_key(&e.pod)).cloned().collect();
+        free.extend(serving().filter(|e| stopping.contains_key(&e.pod)).cloned());
         for (id, endpoint) in self.waiting().into_iter().zip(free) {
+            if let Some(stopped) = stopping.get(&endpoint.pod) {
+                self.claims.remove(stopped);
+                out.push(Command::Stopped(*stopped));
+            }
             self.claims.insert(id, Claim::Bound { pod: endpoint.pod.clone() });
             out.push(Command::Ready { id, addr: endpoint.addr });
         }
@@ -281,6 +308,44 @@ mod tests {
         assert_eq!(claims.step(Input::Endpoints(vec![])), [Command::Stopped(1)]);
         assert!(claims.is_empty());
         assert_eq!(claims.step(Input::Stop(9)), [Command::Stopped(9)], "an unknown stop is done");
+    }
+
+    /// Regression: a stop while another claim waited marked the stopping pod and lowered the count, but the
+    /// ReplicaSet deletes a pending pod before any marked one: the waiting claim's pod went, the stopping pod
+    /// stayed, and neither claim ever moved on.
+    #[test]
+    fn regression_a_stop_while_a_claim_waits_hands_the_pod_over_and_never_hangs() {
+        let mut claims = Claims::default();
+        claims.step(Input::Start(1));
+        claims.step(Input::Endpoints(vec![ready("p-a", 1)]));
+        assert_eq!(claims.step(Input::Start(2)), [Command::Scale(2)]);
+        assert_eq!(claims.step(Input::Endpoints(vec![ready("p-a", 1), endpoint("p-b", 2, false, false)])), []);
+        assert_eq!(
+            claims.step(Input::Stop(1)),
+            [Command::Stopped(1), Command::Ready { id: 2, addr: addr(1) }, Command::Scale(1)],
+            "no mark: the count going down takes the pending pod"
+        );
+        // The ReplicaSet deletes p-b; claim 2 serves on p-a.
+        assert_eq!(claims.step(Input::Endpoints(vec![ready("p-a", 1), endpoint("p-b", 2, false, true)])), []);
+        assert_eq!(claims.step(Input::Endpoints(vec![ready("p-a", 1)])), []);
+
+        // A start that comes after a stop, before the stopping pod went, takes that pod too.
+        assert_eq!(claims.step(Input::Stop(2)), [Command::MarkForDeletion { pod: "p-a".into() }, Command::Scale(0)]);
+        assert_eq!(
+            claims.step(Input::Start(3)),
+            [Command::Stopped(2), Command::Ready { id: 3, addr: addr(1) }, Command::Scale(1)]
+        );
+        // A free ready pod is preferred to a stopping one.
+        claims.step(Input::Start(4));
+        assert_eq!(
+            claims.step(Input::Endpoints(vec![ready("p-a", 1), ready("p-c", 3)])),
+            [Command::Ready { id: 4, addr: addr(3) }]
+        );
+        assert_eq!(claims.step(Input::Stop(4)), [Command::MarkForDeletion { pod: "p-c".into() }, Command::Scale(1)]);
+        // p-d is ready and no claim's (one more pod than claims, for a while): it is taken, p-c's stop goes on.
+        assert_eq!(claims.step(Input::Endpoints(vec![ready("p-a", 1), ready("p-c", 3), ready("p-d", 4)])), []);
+        assert_eq!(claims.step(Input::Start(5)), [Command::Ready { id: 5, addr: addr(4) }, Command::Scale(2)]);
+        assert_eq!(claims.step(Input::Endpoints(vec![ready("p-a", 1), ready("p-d", 4)])), [Command::Stopped(4)]);
     }
 
     #[test]
