@@ -49,6 +49,10 @@ pub(crate) enum Input {
     ScaleFailed,
     /// Look again (after a failed patch).
     Resync,
+    /// The time, on the shell's monotonic clock: a claim still waiting past its progress deadline fails.
+    Tick {
+        now_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,8 +78,10 @@ pub(crate) enum Command {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Claim {
-    /// Counted in the replicas, waiting for a ready pod.
-    Waiting,
+    /// Counted in the replicas, waiting for a ready pod until `deadline_ms` (or for ever).
+    Waiting {
+        deadline_ms: Option<u64>,
+    },
     Bound {
         pod: String,
     },
@@ -92,9 +98,19 @@ pub(crate) struct Claims {
     problems: Vec<PodProblem>,
     /// What was last asked of the Deployment (`None`: not yet, or the ask failed).
     replicas: Option<i32>,
+    /// How long a claim may wait for a ready pod (Knative's progress deadline; `None`: for ever).
+    progress_deadline_ms: Option<u64>,
+    /// The last [`Input::Tick`].
+    now_ms: u64,
 }
 
 impl Claims {
+    /// Claims whose instances fail (`ProgressDeadlineExceeded`) when no pod of theirs is ready within
+    /// `progress_deadline_ms`, as the local runtime's do.
+    pub(crate) fn with_progress_deadline(progress_deadline_ms: u64) -> Self {
+        Claims { progress_deadline_ms: Some(progress_deadline_ms), ..Claims::default() }
+    }
+
     /// No claim left: nothing of the revision runs for this node.
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
@@ -111,7 +127,8 @@ impl Claims {
         let mut out = Vec::new();
         match input {
             Input::Start(id) => {
-                self.claims.entry(id).or_insert(Claim::Waiting);
+                let deadline_ms = self.progress_deadline_ms.map(|d| self.now_ms.saturating_add(d));
+                self.claims.entry(id).or_insert(Claim::Waiting { deadline_ms });
             }
             Input::Stop(id) => match self.claims.remove(&id) {
                 // A claim waits for a pod: it gets this one, which goes on serving (see `bind`).
@@ -145,7 +162,7 @@ impl Claims {
                                 out.push(Command::Stopped(*id));
                             }
                         }
-                        Claim::Waiting => {}
+                        Claim::Waiting { .. } => {}
                     }
                 }
                 for (id, reason, pod) in gone {
@@ -166,8 +183,10 @@ impl Claims {
                 return out;
             }
             Input::Resync => {}
+            Input::Tick { now_ms } => self.now_ms = self.now_ms.max(now_ms),
         }
         self.bind(&mut out);
+        self.expire(&mut out);
         self.charge_problems(&mut out);
         self.rescale(&mut out);
         out
@@ -179,14 +198,14 @@ impl Claims {
             .values()
             .filter_map(|c| match c {
                 Claim::Bound { pod } | Claim::Stopping { pod } => Some(pod.clone()),
-                Claim::Waiting => None,
+                Claim::Waiting { .. } => None,
             })
             .collect()
     }
 
     /// The claims waiting for a pod, oldest first.
     fn waiting(&self) -> Vec<InstanceId> {
-        self.claims.iter().filter(|(_, c)| **c == Claim::Waiting).map(|(id, _)| *id).collect()
+        self.claims.iter().filter(|(_, c)| matches!(c, Claim::Waiting { .. })).map(|(id, _)| *id).collect()
     }
 
     /// Ready pods go to waiting claims, oldest first: first those no claim holds, then those of stopping claims
@@ -205,7 +224,7 @@ impl Claims {
                 Claim::Stopping { pod } => {
                     stopping.insert(pod.clone(), *id);
                 }
-                Claim::Waiting => {}
+                Claim::Waiting { .. } => {}
             }
         }
         let serving = || self.endpoints.values().filter(|e| e.serving() && !bound.contains(&e.pod));
@@ -218,6 +237,28 @@ impl Claims {
             }
             self.claims.insert(id, Claim::Bound { pod: endpoint.pod.clone() });
             out.push(Command::Ready { id, addr: endpoint.addr });
+        }
+    }
+
+    /// A claim that waited past its deadline for a ready pod fails: the revision task counts it as a failed start
+    /// (the Revision says `ProgressDeadlineExceeded`) and backs off before it asks again. Bound after the
+    /// pods of this step are: a pod that became ready in time is taken first.
+    fn expire(&mut self, out: &mut Vec<Command>) {
+        let now_ms = self.now_ms;
+        let late: Vec<InstanceId> = self
+            .claims
+            .iter()
+            .filter(|(_, c)| matches!(c, Claim::Waiting { deadline_ms: Some(deadline_ms) } if *deadline_ms <= now_ms))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.claims.remove(&id);
+            let waited_s = self.progress_deadline_ms.unwrap_or_default() / 1000;
+            out.push(Command::Exited {
+                id,
+                reason: "ProgressDeadlineExceeded".into(),
+                message: format!("no pod of the revision became ready within {waited_s} s (--progress-deadline-ms)"),
+            });
         }
     }
 
@@ -308,6 +349,32 @@ mod tests {
         assert_eq!(claims.step(Input::Endpoints(vec![])), [Command::Stopped(1)]);
         assert!(claims.is_empty());
         assert_eq!(claims.step(Input::Stop(9)), [Command::Stopped(9)], "an unknown stop is done");
+    }
+
+    #[test]
+    fn a_claim_with_no_ready_pod_by_its_progress_deadline_fails_saying_why() {
+        let mut claims = Claims::with_progress_deadline(600_000);
+        claims.step(Input::Tick { now_ms: 1_000 });
+        assert_eq!(claims.step(Input::Start(1)), [Command::Scale(1)]);
+        claims.step(Input::Tick { now_ms: 300_000 });
+        assert_eq!(claims.step(Input::Start(2)), [Command::Scale(2)]);
+        // Running, never ready (its readiness probe fails): no problem to report, only the deadline.
+        assert_eq!(claims.step(Input::Endpoints(vec![endpoint("p-a", 1, false, false)])), []);
+        assert_eq!(claims.step(Input::Tick { now_ms: 600_999 }), []);
+        let exited = claims.step(Input::Tick { now_ms: 601_000 });
+        assert!(
+            matches!(&exited[..], [Command::Exited { id: 1, reason, .. }, Command::Scale(1)] if reason == "ProgressDeadlineExceeded"),
+            "{exited:?}"
+        );
+        // A pod ready in time is taken, even in the step whose tick is past the deadline.
+        let bound = claims.step(Input::Endpoints(vec![ready("p-a", 1)]));
+        assert_eq!(bound, [Command::Ready { id: 2, addr: addr(1) }]);
+        assert_eq!(claims.step(Input::Tick { now_ms: 10_000_000 }), [], "a bound claim has no deadline");
+        // A clock that goes back does not move the deadline.
+        assert_eq!(claims.step(Input::Tick { now_ms: 5 }), []);
+        let mut forever = Claims::default();
+        forever.step(Input::Start(1));
+        assert_eq!(forever.step(Input::Tick { now_ms: u64::MAX }), [], "no deadline set");
     }
 
     /// Regression: a stop while another claim waited marked the stopping pod and lowered the count, but the
@@ -424,6 +491,7 @@ mod tests {
             Just(Input::Problems(vec![])),
             Just(Input::ScaleFailed),
             Just(Input::Resync),
+            (0u64..2_000_000).prop_map(|now_ms| Input::Tick { now_ms }),
         ]
     }
 
@@ -432,7 +500,7 @@ mod tests {
         /// replicas last asked are the claims not stopping, and every stop is answered once the pod is gone.
         #[test]
         fn claims_never_share_a_pod_and_the_count_follows_them(inputs in proptest::collection::vec(input(), 1..60)) {
-            let mut claims = Claims::default();
+            let mut claims = Claims::with_progress_deadline(500_000);
             let mut asked = None;
             let mut live: BTreeMap<InstanceId, SocketAddr> = BTreeMap::new();
             for input in inputs {
@@ -456,7 +524,7 @@ mod tests {
                 }
                 let bound: Vec<&String> = claims.claims.values().filter_map(|c| match c {
                     Claim::Bound { pod } | Claim::Stopping { pod } => Some(pod),
-                    Claim::Waiting => None,
+                    Claim::Waiting { .. } => None,
                 }).collect();
                 let unique: BTreeSet<&String> = bound.iter().copied().collect();
                 prop_assert_eq!(bound.len(), unique.len(), "a pod bound twice");
@@ -466,6 +534,12 @@ mod tests {
                 }
                 for id in live.keys() {
                     prop_assert!(matches!(claims.claims.get(id), Some(Claim::Bound { .. })), "instance {} reported ready but not bound", id);
+                }
+                // No claim waits while a ready pod is held only by a stop (the scale-in deadlock).
+                if claims.claims.values().any(|c| matches!(c, Claim::Waiting { .. })) {
+                    let stuck = claims.claims.values().any(|c| matches!(c, Claim::Stopping { pod }
+                        if claims.endpoints.get(pod).is_some_and(Endpoint::serving)));
+                    prop_assert!(!stuck, "a claim waits beside a stopping pod that still serves");
                 }
             }
         }

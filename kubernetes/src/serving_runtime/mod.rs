@@ -133,6 +133,7 @@ impl Runtime for KubernetesRuntime {
                         self.node_id,
                     ),
                     tasks: self.tasks.clone(),
+                    progress_deadline: spec.progress_deadline,
                 };
                 tokio::spawn(task.run(requests, sender.clone()));
                 tasks.insert(spec.revision.clone(), sender.clone());
@@ -185,6 +186,8 @@ struct PodSetTask {
     service: Service,
     pod_selector: String,
     tasks: Tasks,
+    /// An instance with no ready pod by then fails (`ProgressDeadlineExceeded`).
+    progress_deadline: Duration,
 }
 
 /// What the task keeps besides the claims.
@@ -222,7 +225,10 @@ impl PodSetTask {
             watcher(pods.clone(), watcher::Config::default().labels(&self.pod_selector)).default_backoff().boxed();
         let mut slice_store = observe::Store::<EndpointSlice>::default();
         let mut pod_store = observe::Store::<Pod>::default();
-        let mut claims = Claims::default();
+        let clock = tokio::time::Instant::now();
+        let now_ms = || u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut claims =
+            Claims::with_progress_deadline(u64::try_from(self.progress_deadline.as_millis()).unwrap_or(u64::MAX));
         let mut waiting = Waiting::default();
         let mut applied = self.ensure(&deployments, &services).await;
         let mut resync = tokio::time::interval(RESYNC);
@@ -294,7 +300,7 @@ impl PodSetTask {
                     if !applied {
                         applied = self.ensure(&deployments, &services).await;
                     }
-                    Input::Resync
+                    Input::Tick { now_ms: now_ms() }
                 }
             };
             let mut commands = claims.step(input);
