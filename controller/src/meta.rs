@@ -36,6 +36,12 @@ fn user_part(object: &Value) -> UserPart<'_> {
     (spec, labels, annotations, extra)
 }
 
+/// Whether applying `incoming` over the stored `stored` would change nothing (the same spec, labels,
+/// annotations and other user fields; what Sluice maintains is not compared).
+pub fn same_user_part(stored: &Value, incoming: &Value) -> bool {
+    user_part(stored) == user_part(incoming)
+}
+
 /// Merges `incoming` with the stored `existing` object:
 /// - a new object gets `uid`, `creationTimestamp`, generation 1;
 /// - an object whose spec changed keeps its uid and creation time and bumps

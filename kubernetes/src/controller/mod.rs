@@ -236,13 +236,21 @@ async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Acti
         patch_status(api, &name, &value["status"], &refused).await?;
         return Ok(Action::requeue(ctx.settings.resync_not_ready));
     }
-    if let Err(refusal) = ctx.sluice.apply(&desired).await? {
-        let refused = refused_status(generation, "SluiceRefused", &refusal.message);
-        patch_status(api, &name, &value["status"], &refused).await?;
-        // Refused until the object changes: a new generation is a new watch event.
-        return Ok(Action::await_change());
-    }
-    let stored = ctx.sluice.get(&kind, &namespace, &name).await?.unwrap_or(Value::Null);
+    // A resync of an object Sluice already has as it is reads it only: an apply is a Raft write, even when it
+    // changes nothing, and objects not yet ready are resynced every few seconds.
+    let stored = ctx.sluice.get(&kind, &namespace, &name).await?;
+    let stored = match stored {
+        Some(stored) if sluice_controller::meta::same_user_part(&stored, &desired) => stored,
+        _ => {
+            if let Err(refusal) = ctx.sluice.apply(&desired).await? {
+                let refused = refused_status(generation, "SluiceRefused", &refusal.message);
+                patch_status(api, &name, &value["status"], &refused).await?;
+                // Refused until the object changes: a new generation is a new watch event.
+                return Ok(Action::await_change());
+            }
+            ctx.sluice.get(&kind, &namespace, &name).await?.unwrap_or(Value::Null)
+        }
+    };
     let status =
         status_for_kubernetes(&stored["status"], &kind, &namespace, &name, generation, &ctx.settings.addressing);
     let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");

@@ -155,6 +155,45 @@ where
     result
 }
 
+/// Regression: every resync applied the object again, a Raft write each time although nothing changed (objects
+/// not yet ready are resynced every few seconds).
+#[tokio::test]
+async fn a_resync_of_an_object_sluice_has_unchanged_reads_it_and_writes_nothing() {
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, mut handle) = context(sluice.clone());
+    let object = finalized(broker("Sluice"));
+    let echo = serde_json::to_value(&object).expect("json");
+    let scenario = async move {
+        for _ in 0..2 {
+            let (method, path, _, send) = next_request(&mut handle).await;
+            assert_eq!(
+                (method, path.as_str()),
+                (Method::PATCH, "/apis/eventing.knative.dev/v1/namespaces/default/brokers/b/status?")
+            );
+            respond(send, &echo);
+        }
+        let (method, _, body, send) = next_request(&mut handle).await;
+        assert_eq!(method, Method::PATCH);
+        assert_eq!(body["status"]["observedGeneration"], 4, "the changed object's status");
+        respond(send, &echo);
+    };
+    let server = tokio::spawn(scenario);
+    for _ in 0..2 {
+        reconcile(Arc::new(object.clone()), ctx.clone()).await.expect("reconcile");
+    }
+    assert_eq!(*sluice.journal.lock().expect("journal"), vec!["apply Broker/default/b".to_string()]);
+    // A change (here an annotation) is applied.
+    let mut changed = object.clone();
+    changed.meta_mut().generation = Some(4);
+    kube::ResourceExt::annotations_mut(&mut changed).insert("team".into(), "payments".into());
+    reconcile(Arc::new(changed), ctx.clone()).await.expect("reconcile");
+    assert_eq!(
+        *sluice.journal.lock().expect("journal"),
+        vec!["apply Broker/default/b".to_string(), "apply Broker/default/b".to_string()]
+    );
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("the scenario finished").expect("scenario");
+}
+
 #[tokio::test]
 async fn a_sluice_class_broker_gets_a_finalizer_first() {
     let sluice = Arc::new(FakeSluice::default());
