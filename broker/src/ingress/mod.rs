@@ -596,11 +596,17 @@ async fn accept(
     };
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    // A client that waits for `100 Continue` before it sends the body is refused without it: reading the body
+    // would make hyper send it, and the whole upload would come only to be dropped.
+    let awaits_continue =
+        headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if declared.is_some_and(|len| len > limit as u64) {
         let e = EventError::bad("request body too large").rule(format!("at most {limit} bytes")).status(413);
         // Read (and drop) a bounded amount first: closing on unread data resets the
         // connection, and the client would never see the 413.
-        discard_body(body, DISCARD_MAX_BYTES, limits.body_read_timeout).await;
+        if !awaits_continue {
+            discard_body(body, DISCARD_MAX_BYTES, limits.body_read_timeout).await;
+        }
         let mut response = error_response(&e);
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Err(response);
@@ -620,7 +626,9 @@ async fn accept(
     if let Some(declared) = declared
         && let Err(e) = ingress.body_budget.hold(&mut held, declared as usize)
     {
-        discard_body(body, DISCARD_MAX_BYTES, limits.body_read_timeout).await;
+        if !awaits_continue {
+            discard_body(body, DISCARD_MAX_BYTES, limits.body_read_timeout).await;
+        }
         return Err(refused(&e));
     }
     // Held until this request is answered: its bytes live on in the parsed events until they are committed.
@@ -666,12 +674,14 @@ async fn accept(
         });
         return Ok(types);
     }
-    let appended = publish(&ingress.node, &target.stream(), settings, events, limits.max_event_bytes).await.map_err(
-        |e| match e {
+    // The body was held to `max_event_bytes` and the attributes to the header limits: the stored event may
+    // carry both (a binary event of `max_event_bytes` with its `ce-` headers was refused with 413 before).
+    let max_stored = limits.max_event_bytes + limits.max_header_bytes;
+    let appended =
+        publish(&ingress.node, &target.stream(), settings, events, max_stored).await.map_err(|e| match e {
             PublishError::Invalid(e) => error_response(&e),
             PublishError::Broker(e) => broker_error_response(e),
-        },
-    )?;
+        })?;
     let duplicates = count - u64::from(appended.stored);
     if duplicates > 0 {
         metrics::counter!("sluice_ingress_duplicates_total").increment(duplicates);
