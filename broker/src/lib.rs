@@ -57,3 +57,15 @@ pub use telemetry::prometheus;
 pub fn planted_bug(name: &str) -> bool {
     std::env::var("SLUICE_PLANTED_BUG").is_ok_and(|bugs| bugs.split(',').any(|bug| bug.trim() == name))
 }
+
+/// The node's wall clock, where records get their times. With the test-only fault `clock-ahead-2h` (feature
+/// `planted-bugs`), two hours ahead of the machine's: a node with a wrong clock, for `t41` (libfaketime cannot
+/// be preloaded under jemalloc).
+pub(crate) fn wall_clock() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    #[cfg(feature = "planted-bugs")]
+    if planted_bug("clock-ahead-2h") {
+        return now + chrono::TimeDelta::hours(2);
+    }
+    now
+}

@@ -38,7 +38,7 @@ pub async fn publish(
     if events.is_empty() {
         return Err(PublishError::Invalid(EventError::bad("no events").rule("publish at least one event")));
     }
-    let now = chrono::Utc::now();
+    let now = crate::wall_clock();
     let arrival = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let batch = events.len() > 1;
     let mut payloads = Vec::with_capacity(events.len());

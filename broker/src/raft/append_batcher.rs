@@ -12,6 +12,9 @@
 //! write, an apply and Raft's bookkeeping), and producers that batch still
 //! pipeline.
 //!
+//! The leader stamps every record of an entry with its own clock's time as it proposes it (the records'
+//! arrival time: time index, retention, dedupe horizon), whichever node took the request.
+//!
 //! The entries in flight are driven by the batcher's own task (see [`InFlight`]), not spawned: a task per
 //! entry cost a hand-off between tasks when it started and another when it ended.
 
@@ -360,7 +363,13 @@ async fn commit(group: GroupId, raft: &Raft, batch: Vec<PendingAppend>, records:
     metrics::histogram!("sluice_append_batch_records", "group" => label.clone()).record(records as f64);
     metrics::histogram!("sluice_append_batch_bytes", "group" => label.clone()).record(bytes as f64);
     metrics::histogram!("sluice_append_batch_requests", "group" => label.clone()).record(batch.len() as f64);
-    let (appends, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.append, p.reply)).unzip();
+    // Every record's arrival time is the partition leader's clock when it proposes the entry (Kafka's
+    // LogAppendTime), not the clock of whichever node took the request: a node whose clock ran ahead set the
+    // stream's arrival (which only moves forward) into its future, and the dedupe horizon with it, so a retry
+    // through another node within the window was stored twice.
+    let arrival_ms = u64::try_from(crate::wall_clock().timestamp_millis()).unwrap_or(0);
+    let (appends, replies): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|p| (StreamAppend { arrival_ms, ..p.append }, p.reply)).unzip();
     let started = Instant::now();
     let result = tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(LogCommand::Append(appends))).await;
     metrics::histogram!("sluice_raft_commit_seconds", "group" => label).record(started.elapsed().as_secs_f64());

@@ -213,3 +213,65 @@ async fn without_a_quorum_ingress_answers_503_with_retry_after() -> anyhow::Resu
     .await?;
     Ok(())
 }
+
+async fn post_keyed(client: &reqwest::Client, http: &str, id: &str) -> anyhow::Result<StatusCode> {
+    let response = client
+        .post(format!("http://{http}/default/orders"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/producer")
+        .header("ce-type", "order.created")
+        .header("ce-partitionkey", "one-partition")
+        .body("{}")
+        .send()
+        .await?;
+    Ok(response.status())
+}
+
+/// Regression: a record's arrival time was the clock of the node that took the request. A node whose clock ran
+/// ahead moved its partition's arrival time (which only goes forward) into the future, and the dedupe horizon
+/// with it: a retry through another node, well within the window, was stored twice. The partition leader now
+/// stamps the records as it proposes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_clock_runs_ahead_does_not_cut_the_dedupe_window_short() -> anyhow::Result<()> {
+    let mut cluster = cluster(3).await?;
+    // Node 3's wall clock (where records get their times) runs two hours ahead: the test-only fault
+    // `clock-ahead-2h`. Whichever node leads the partition, one clock stamps all three requests.
+    cluster.node(3).kill9();
+    cluster.node(3).env = vec![("SLUICE_PLANTED_BUG".into(), "clock-ahead-2h".into())];
+    cluster.node(3).start()?;
+    wait_ready(&cluster.nodes[2].http).await?;
+    wait_for_broker(&cluster.nodes[2].http, "/default/orders").await?;
+    let client = reqwest::Client::new();
+    let (first, ahead) = (cluster.nodes[0].http.clone(), cluster.nodes[2].http.clone());
+    let accepted = |http: String, id: &'static str| {
+        let client = client.clone();
+        async move {
+            wait_until(Duration::from_secs(20), || async {
+                Ok((post_keyed(&client, &http, id).await? == StatusCode::ACCEPTED).then_some(()))
+            })
+            .await
+        }
+    };
+    accepted(first.clone(), "first").await?;
+    accepted(ahead, "through-the-node-ahead").await?;
+    accepted(first, "first").await?;
+
+    for node in &cluster.nodes {
+        let admin = node.admin.clone();
+        wait_until(Duration::from_secs(30), || async {
+            Ok((read_events(&admin, STREAM, PARTITIONS).await?.len() >= 2).then_some(()))
+        })
+        .await?;
+        let events = read_events(&node.admin, STREAM, PARTITIONS).await?;
+        let mut ids: Vec<&str> = events.iter().filter_map(|e| e.get_str("id")).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["first", "through-the-node-ahead"], "node {}: stored once each", node.id);
+        // The skew took: the node ahead wrote its own clock into the event's knativearrivaltime.
+        let ahead_event = events.iter().find(|e| e.get_str("id") == Some("through-the-node-ahead"));
+        let arrival = ahead_event.and_then(|e| e.get_str("knativearrivaltime")).unwrap_or_default();
+        let arrival = chrono::DateTime::parse_from_rfc3339(arrival)?;
+        assert!(arrival > chrono::Utc::now() + chrono::Duration::minutes(90), "node 3 ran ahead: {arrival}");
+    }
+    Ok(())
+}
