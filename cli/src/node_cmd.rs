@@ -356,7 +356,9 @@ fn parse_peer_route(route: &str) -> std::result::Result<(String, String), String
 pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &IngressArgs) -> Result<NodeSettings> {
     let limits = ingress.limits();
     // An append entry must hold the largest batch (events grow a little when stored).
-    let max_bytes_per_entry = (limits.max_batch_bytes.max(limits.max_event_bytes) + (64 << 10)).max(1 << 20);
+    // A binary event may be stored with its attributes on top of its body (up to the header limit).
+    let largest_request = limits.max_batch_bytes.max(limits.max_event_bytes + limits.max_header_bytes);
+    let max_bytes_per_entry = (largest_request + (64 << 10)).max(1 << 20);
     Ok(NodeSettings {
         node_id: id,
         data_dir: data,

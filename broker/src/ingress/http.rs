@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use hyper::body::Incoming;
@@ -185,10 +185,17 @@ pub(crate) async fn serve(
                     let front = Front { app, hosts, refuse_plaintext };
                     let first_request = Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let request_seen = first_request.clone();
+                    let handling = Arc::new(AtomicUsize::new(0));
+                    let handling_here = handling.clone();
                     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                         request_seen.store(true, std::sync::atomic::Ordering::Relaxed);
                         let front = front.clone();
-                        async move { Ok::<_, Infallible>(front.serve(request.map(axum::body::Body::new)).await) }
+                        let handled = Handling::start(&handling_here);
+                        async move {
+                            let response = front.serve(request.map(axum::body::Body::new)).await;
+                            drop(handled);
+                            Ok::<_, Infallible>(response)
+                        }
                     });
                     // hyper's header-read timeout starts once it knows the connection is HTTP/1.1, and its
                     // protocol sniffing has no timeout: a client that connects (and finishes TLS) and sends
@@ -204,11 +211,16 @@ pub(crate) async fn serve(
                     let ended = loop {
                         tokio::select! {
                             ended = connection.as_mut() => break ended,
-                            _ = tokio::time::sleep(idle_timeout) => {
-                                if idle.tick(moved.load(Ordering::Relaxed)) {
+                            _ = tokio::time::sleep(idle_timeout) => match idle.look(
+                                moved.load(Ordering::Relaxed),
+                                handling.load(Ordering::Relaxed),
+                            ) {
+                                IdleStep::Serve => {}
+                                IdleStep::ShutDownGracefully => {
                                     idle_closed.increment(1);
                                     connection.as_mut().graceful_shutdown();
                                 }
+                                IdleStep::Drop => break Ok(()),
                             }
                         }
                     };
@@ -228,31 +240,64 @@ pub(crate) async fn serve(
 }
 
 /// Whether a connection has gone idle, looked at once per idle timeout: idle when no byte moved either way
-/// since the last look (so after one to two timeouts of silence), and said once. hyper's HTTP/1.1 closes a
-/// kept-alive connection after its header-read timeout, but an HTTP/2 connection with no stream open would hold
-/// its slot (of `--max-connections`) for as long as the client keeps it. The caller shuts the connection down
-/// gracefully, which lets every request in flight finish (HTTP/2 sends GOAWAY), so a request that waits long
-/// with nothing to send is never cut.
+/// since the last look (so after one to two timeouts of silence). hyper's HTTP/1.1 closes a kept-alive
+/// connection after its header-read timeout, but an HTTP/2 connection with no stream open would hold its slot
+/// (of `--max-connections`) for as long as the client keeps it. The first idle look shuts the connection down
+/// gracefully, which lets every request in flight finish (HTTP/2 sends GOAWAY); a connection still silent at
+/// the next look, with no request being handled, is dropped: an HTTP/2 client that never answers the
+/// shutdown's PING, or an HTTP/1.1 client that stopped reading its response, would otherwise keep it open. A
+/// request whose handler is still at work (a slow revision, a commit) is never cut by this.
 struct IdleWatch {
     moved_at_last_look: u64,
-    closing: bool,
+    shutting_down: bool,
+}
+
+/// A request being handled on a connection (its handler has not answered yet), counted while it lives.
+struct Handling(Arc<AtomicUsize>);
+
+impl Handling {
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Handling(count.clone())
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a look at a connection decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IdleStep {
+    Serve,
+    ShutDownGracefully,
+    Drop,
 }
 
 impl IdleWatch {
     fn new(moved: u64) -> Self {
-        IdleWatch { moved_at_last_look: moved, closing: false }
+        IdleWatch { moved_at_last_look: moved, shutting_down: false }
     }
 
-    /// One look, with the bytes moved so far; true the first time the connection is found idle.
-    fn tick(&mut self, moved: u64) -> bool {
-        let idle = moved == self.moved_at_last_look && !self.closing;
+    /// One look, with the bytes moved so far and the requests being handled now.
+    fn look(&mut self, moved: u64, handling: usize) -> IdleStep {
+        let idle = moved == self.moved_at_last_look;
         self.moved_at_last_look = moved;
-        self.closing |= idle;
-        idle
+        match (idle, self.shutting_down) {
+            (false, _) => IdleStep::Serve,
+            (true, false) => {
+                self.shutting_down = true;
+                IdleStep::ShutDownGracefully
+            }
+            (true, true) if handling == 0 => IdleStep::Drop,
+            (true, true) => IdleStep::Serve,
+        }
     }
 }
 
-/// The bytes a connection read and wrote, counted for [`close_when_idle`].
+/// The bytes a connection read and wrote, counted for [`IdleWatch`].
 struct CountingIo<S> {
     inner: S,
     moved: Arc<AtomicU64>,
@@ -423,21 +468,27 @@ async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
-    use super::IdleWatch;
+    use super::{IdleStep, IdleWatch};
 
     #[test]
-    fn a_connection_is_idle_after_a_whole_look_without_a_byte_and_said_once() {
-        // (bytes moved so far at each look, whether that look says "shut it down")
-        let cases: [(&str, &[(u64, bool)]); 4] = [
-            ("silent from the start", &[(0, true), (0, false), (0, false)]),
-            ("busy, then silent", &[(10, false), (25, false), (25, true), (25, false)]),
-            ("a byte in every period", &[(1, false), (2, false), (3, false), (4, false)]),
-            ("bytes again after the shutdown began", &[(0, true), (5, false), (5, false)]),
+    fn a_silent_connection_is_shut_down_gracefully_then_dropped_if_it_stays_silent() {
+        use IdleStep::{Drop, Serve, ShutDownGracefully as Shut};
+        /// (bytes moved so far at each look, requests being handled, what that look decides)
+        type Look = (u64, usize, IdleStep);
+        let cases: [(&str, &[Look]); 6] = [
+            ("silent from the start", &[(0, 0, Shut), (0, 0, Drop)]),
+            ("busy, then silent", &[(10, 0, Serve), (25, 1, Serve), (25, 0, Shut), (25, 0, Drop)]),
+            ("a byte in every period", &[(1, 0, Serve), (2, 0, Serve), (3, 0, Serve), (4, 0, Serve)]),
+            // A request in flight finishes after the GOAWAY: bytes move, the connection is left to end.
+            ("finishing after the shutdown", &[(0, 1, Shut), (5, 1, Serve), (9, 0, Serve), (9, 0, Drop)]),
+            // A handler silent for long (a slow revision) is never cut; dropped once it has answered.
+            ("a long silent request", &[(0, 1, Shut), (0, 1, Serve), (0, 1, Serve), (0, 0, Drop)]),
+            ("quiet once, then busy", &[(0, 0, Shut), (3, 0, Serve), (7, 0, Serve)]),
         ];
         for (name, looks) in cases {
             let mut watch = IdleWatch::new(0);
-            for (i, (moved, expected)) in looks.iter().enumerate() {
-                assert_eq!(watch.tick(*moved), *expected, "{name}: look {i}");
+            for (i, (moved, handling, expected)) in looks.iter().enumerate() {
+                assert_eq!(watch.look(*moved, *handling), *expected, "{name}: look {i}");
             }
         }
     }

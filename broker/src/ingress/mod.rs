@@ -339,7 +339,8 @@ async fn read_body(
 }
 
 /// The request bodies a node holds at once, over every connection (`--max-inflight-body-bytes`): a body's bytes
-/// count from their arrival until its request is answered (parsed, appended, committed). Without it, 4,096
+/// count from their arrival (its declared length at once, for a client awaiting `100 Continue`) until its
+/// request is answered (parsed, appended, committed). Without it, 4,096
 /// connections of 256 HTTP/2 streams each could hold a 4 MiB batch apiece. Past it, a request gets 429 with
 /// `Retry-After` at once rather than waiting: requests that each hold part of the budget and wait for more
 /// would wait on each other.
@@ -622,8 +623,11 @@ async fn accept(
         }
         response
     };
-    // A declared length is held before a byte is read, so a request the budget cannot take is refused at once.
-    if let Some(declared) = declared
+    // Bytes are held as they arrive, not as declared: declared lengths alone (a 4 MiB Content-Length and no
+    // body, on 64 streams) would fill the budget for nothing. A client that waits for `100 Continue` has its
+    // declared length held first, so that it is refused before it uploads.
+    if awaits_continue
+        && let Some(declared) = declared
         && let Err(e) = ingress.body_budget.hold(&mut held, declared as usize)
     {
         if !awaits_continue {
@@ -674,9 +678,13 @@ async fn accept(
         });
         return Ok(types);
     }
-    // The body was held to `max_event_bytes` and the attributes to the header limits: the stored event may
-    // carry both (a binary event of `max_event_bytes` with its `ce-` headers was refused with 413 before).
-    let max_stored = limits.max_event_bytes + limits.max_header_bytes;
+    // A binary body was held to `max_event_bytes` and its attributes to the header limits: the stored event may
+    // carry both (a binary event of `max_event_bytes` with its `ce-` headers was refused with 413 before). A
+    // structured or batched event's attributes were inside the bytes counted.
+    let max_stored = match mode {
+        Mode::Binary => limits.max_event_bytes + limits.max_header_bytes,
+        _ => limits.max_event_bytes,
+    };
     let appended =
         publish(&ingress.node, &target.stream(), settings, events, max_stored).await.map_err(|e| match e {
             PublishError::Invalid(e) => error_response(&e),

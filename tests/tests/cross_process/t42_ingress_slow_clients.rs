@@ -129,8 +129,8 @@ async fn an_idle_h2c_connection_is_closed() -> anyhow::Result<()> {
 }
 
 /// Request bodies held at once are bounded over every connection (`--max-inflight-body-bytes`): two slow
-/// senders that declared 64 KiB each fill a 128 KiB budget, the next request gets 429 with `Retry-After` and a
-/// body naming the limit, and once the slow senders go the budget is free again.
+/// senders that sent 64 KiB of their bodies each fill a 128 KiB budget, the next request gets 429 with
+/// `Retry-After` and a body naming the limit, and once the slow senders go the budget is free again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_held_at_once_are_bounded_over_every_connection() -> anyhow::Result<()> {
     let (_root, node) = sluice_tests::start_single_node(
@@ -159,7 +159,7 @@ async fn request_bodies_held_at_once_are_bounded_over_every_connection() -> anyh
     for id in ["slow-1", "slow-2"] {
         let mut stream = TcpStream::connect(&node.http).await?;
         stream.write_all(head(id, 65536).as_bytes()).await?;
-        stream.write_all(&[b'x'; 100]).await?;
+        stream.write_all(&[b'x'; 65_000]).await?;
         slow.push(stream);
     }
     let client = reqwest::Client::new();
@@ -173,7 +173,7 @@ async fn request_bodies_held_at_once_are_bounded_over_every_connection() -> anyh
             .body(vec![b'y'; 1000])
             .send()
     };
-    // The slow senders' requests take their share when their heads are read.
+    // The slow senders' requests hold what they sent (64 KiB each, counted in whole KiB) once it is read.
     let refused = sluice_tests::wait_until(Duration::from_secs(20), || async {
         let response = post("while-full").await?;
         Ok((response.status() == StatusCode::TOO_MANY_REQUESTS).then_some(response))
@@ -188,5 +188,44 @@ async fn request_bodies_held_at_once_are_bounded_over_every_connection() -> anyh
         Ok((post("after").await?.status() == StatusCode::ACCEPTED).then_some(()))
     })
     .await?;
+    Ok(())
+}
+
+/// Regression: after the idle shutdown (GOAWAY), hyper's HTTP/2 waits for the client to answer its PING
+/// before it closes; a client that never answers kept the connection for ever. A connection still silent one
+/// timeout after the shutdown, with no request being handled, is dropped. The client here is frames written
+/// by hand, which answer nothing: not even the server's SETTINGS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2c_client_that_answers_nothing_is_dropped() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(1, &["--idle-connection-timeout-ms", "1000"]).await?;
+    let mut stream = TcpStream::connect(&node.http).await?;
+    let frame = |kind: u8, flags: u8, stream_id: u32, payload: &[u8]| {
+        let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        frame.extend([kind, flags]);
+        frame.extend(stream_id.to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    };
+    // GET /healthz: `:method GET`, `:scheme http` (static table), `:path` and `:authority` as literals.
+    let mut headers = vec![0x82, 0x86, 0x44, 8];
+    headers.extend_from_slice(b"/healthz");
+    headers.extend([0x41, 1, b'x']);
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(frame(0x4, 0, 0, &[]));
+    opening.extend(frame(0x1, 0x5, 1, &headers));
+    stream.write_all(&opening).await?;
+    let mut received = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut received)).await;
+    assert!(ended.is_ok(), "the connection is still open after 30 s ({} bytes received)", received.len());
+    // It was served first: a HEADERS frame on stream 1 came back.
+    let mut at = 0;
+    let mut answered = false;
+    while at + 9 <= received.len() {
+        let length = u32::from_be_bytes([0, received[at], received[at + 1], received[at + 2]]) as usize;
+        let stream_id = u32::from_be_bytes([received[at + 5], received[at + 6], received[at + 7], received[at + 8]]);
+        answered |= received[at + 3] == 0x1 && stream_id == 1;
+        at += 9 + length;
+    }
+    assert!(answered, "the request was answered before the connection went");
     Ok(())
 }
