@@ -149,6 +149,20 @@ pub fn members_to_remove(members: &[u64], desired_replicas: u32, pods_present: &
     gone
 }
 
+/// Whether a pod still counts as there for [`members_to_remove`]: yes until its deletion has run past its grace
+/// period by a minute. A pod on a node that was lost stays `Terminating` for ever (nothing confirms that it
+/// stopped), so without this its member would never be removed; its preStop, if it ever ran, had that time.
+pub fn pod_still_there(deletion_started_ms: Option<i64>, grace_period_s: Option<i64>, now_ms: i64) -> bool {
+    const MARGIN_MS: i64 = 60_000;
+    match deletion_started_ms {
+        None => true,
+        Some(started_ms) => {
+            let grace_ms = grace_period_s.unwrap_or(30).max(0).saturating_mul(1000);
+            now_ms < started_ms.saturating_add(grace_ms).saturating_add(MARGIN_MS)
+        }
+    }
+}
+
 /// A Raft group as a stopping node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupView {
@@ -282,6 +296,22 @@ mod tests {
         assert_eq!(handover(1, &groups, &[1, 3]), vec![(0, 3), (1, 3)]);
         assert_eq!(handover(1, &groups, &[1]), vec![]);
         assert_eq!(handover(4, &groups, &[1, 2, 3]), vec![]);
+    }
+
+    #[test]
+    fn a_pod_whose_deletion_ran_a_minute_past_its_grace_period_no_longer_counts() {
+        // (deletion started, grace period, now, still there)
+        let cases = [
+            (None, None, 10_000_000, true),
+            (Some(1_000_000), Some(60), 1_000_000 + 60_000 + 59_999, true),
+            (Some(1_000_000), Some(60), 1_000_000 + 120_000, false),
+            (Some(1_000_000), None, 1_000_000 + 89_999, true),
+            (Some(1_000_000), None, 1_000_000 + 90_000, false),
+            (Some(1_000_000), Some(-5), 1_000_000 + 60_000, false),
+        ];
+        for (started, grace, now, expected) in cases {
+            assert_eq!(pod_still_there(started, grace, now), expected, "{started:?} {grace:?} at {now}");
+        }
     }
 
     #[test]

@@ -236,11 +236,17 @@ async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Acti
         patch_status(api, &name, &value["status"], &refused).await?;
         return Ok(Action::requeue(ctx.settings.resync_not_ready));
     }
-    // A resync of an object Sluice already has as it is reads it only: an apply is a Raft write, even when it
-    // changes nothing, and objects not yet ready are resynced every few seconds.
+    // A resync of an object not yet ready that Sluice already has as it is reads it only: an apply is a Raft
+    // write, even when it changes nothing, and such objects are resynced every few seconds. A Ready one is
+    // applied (every few minutes): the node read may lag the cluster (a change and its undoing, both through
+    // Sluice, the read seeing the first), and a Ready answer would leave that unnoticed until the next resync.
     let stored = ctx.sluice.get(&kind, &namespace, &name).await?;
     let stored = match stored {
-        Some(stored) if sluice_controller::meta::same_user_part(&stored, &desired) => stored,
+        Some(stored)
+            if sluice_controller::meta::same_user_part(&stored, &desired) && !condition_true(&stored, "Ready") =>
+        {
+            stored
+        }
         _ => {
             if let Err(refusal) = ctx.sluice.apply(&desired).await? {
                 let refused = refused_status(generation, "SluiceRefused", &refusal.message);
@@ -257,6 +263,13 @@ async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Acti
     patch_status(api, &name, &value["status"], &status).await?;
     tracing::debug!(object = %format!("{kind}/{namespace}/{name}"), ready, "pushed to Sluice");
     Ok(Action::requeue(if ready { ctx.settings.resync_ready } else { ctx.settings.resync_not_ready }))
+}
+
+/// Whether a stored object's `status.conditions` hold `kind` as `True`.
+fn condition_true(object: &Value, kind: &str) -> bool {
+    object["status"]["conditions"]
+        .as_array()
+        .is_some_and(|conditions| conditions.iter().any(|c| c["type"] == kind && c["status"] == "True"))
 }
 
 /// Replaces every Destination that refers to a core `v1` Service by its URL (Sluice sees no core Services).
@@ -315,7 +328,8 @@ async fn remove_finalizer<K: Pushed>(api: &Api<K>, object: &K) -> Result<(), Err
 
 /// Removes the members of the Sluice cluster whose pods the StatefulSet `name` no longer wants and that are
 /// gone (a pod that died instead of running its preStop leaves its member behind; one still stopping leaves
-/// by itself). Returns the node ids removed.
+/// by itself; one stuck terminating past its grace period, on a lost node, counts as gone). Returns the node
+/// ids removed.
 pub async fn tidy_members(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<u64>, Error> {
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
     let Some(set) = sets.get_opt(name).await? else { return Ok(Vec::new()) };
@@ -330,11 +344,16 @@ pub async fn tidy_members(ctx: &Context, namespace: &str, name: &str) -> Result<
         .collect::<Vec<_>>()
         .join(",");
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let now_ms = k8s_openapi::jiff::Timestamp::now().as_millisecond();
     let pods_present: Vec<u32> = pods
         .list(&ListParams::default().labels(&selector))
         .await?
         .items
         .iter()
+        .filter(|pod| {
+            let started_ms = pod.metadata.deletion_timestamp.as_ref().map(|t| t.0.as_millisecond());
+            crate::bootstrap::pod_still_there(started_ms, pod.metadata.deletion_grace_period_seconds, now_ms)
+        })
         .filter_map(|pod| crate::bootstrap::PodIdentity::from_hostname(&pod.name_any()).ok())
         .filter(|pod| pod.set == name)
         .map(|pod| pod.ordinal)

@@ -28,6 +28,8 @@ struct FakeSluice {
     members: Mutex<Vec<u64>>,
     journal: Arc<Mutex<Vec<String>>>,
     unavailable: bool,
+    /// What it derives for what it stores: Ready, unless this is set.
+    not_ready: bool,
 }
 
 impl FakeSluice {
@@ -74,7 +76,8 @@ impl SluiceApi for FakeSluice {
             );
             self.note(format!("apply {key}"));
             let mut stored = object.clone();
-            stored["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}], "subscriberUri": object["spec"]["subscriber"]["uri"]});
+            let ready = if self.not_ready { "False" } else { "True" };
+            stored["status"] = json!({"conditions": [{"type": "Ready", "status": ready}], "subscriberUri": object["spec"]["subscriber"]["uri"]});
             if let Ok(mut objects) = self.objects.lock() {
                 objects.insert(key, stored);
             }
@@ -158,8 +161,8 @@ where
 /// Regression: every resync applied the object again, a Raft write each time although nothing changed (objects
 /// not yet ready are resynced every few seconds).
 #[tokio::test]
-async fn a_resync_of_an_object_sluice_has_unchanged_reads_it_and_writes_nothing() {
-    let sluice = Arc::new(FakeSluice::default());
+async fn a_resync_of_a_not_ready_object_sluice_has_unchanged_reads_it_and_writes_nothing() {
+    let sluice = Arc::new(FakeSluice { not_ready: true, ..Default::default() });
     let (ctx, mut handle) = context(sluice.clone());
     let object = finalized(broker("Sluice"));
     let echo = serde_json::to_value(&object).expect("json");
@@ -431,19 +434,23 @@ async fn members_a_scaled_down_statefulset_left_behind_are_removed_once_their_po
             json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
         };
         respond(send, &set);
-        // Pod sluice-4 (node 5) is still stopping: its own preStop leaves; sluice-3 died without it.
+        // Pod sluice-4 (node 5) is still there (stopping or about to): its own preStop leaves; sluice-3 died
+        // without it.
         let (method, path, _, send) = next_request(&mut handle).await;
         assert_eq!(
             (method, path.as_str()),
             (Method::GET, "/api/v1/namespaces/sluice-system/pods?&labelSelector=app.kubernetes.io%2Fname%3Dsluice")
         );
         respond(send, &pods(&["sluice-0", "sluice-1", "sluice-2", "sluice-4", "other-3"]));
-        // Next round: sluice-4 is gone too.
+        // Next round: sluice-4's node was lost: the pod stays Terminating, long past its grace period.
         let (_, path, _, send) = next_request(&mut handle).await;
         assert_eq!(path, "/apis/apps/v1/namespaces/sluice-system/statefulsets/sluice");
         respond(send, &set);
         let (_, _, _, send) = next_request(&mut handle).await;
-        respond(send, &pods(&["sluice-0", "sluice-1", "sluice-2"]));
+        let mut listed = pods(&["sluice-0", "sluice-1", "sluice-2", "sluice-4"]);
+        listed["items"][3]["metadata"]["deletionTimestamp"] = json!("2020-01-01T00:00:00Z");
+        listed["items"][3]["metadata"]["deletionGracePeriodSeconds"] = json!(60);
+        respond(send, &listed);
         let (_, path, _, send) = next_request(&mut handle).await;
         assert_eq!(path, "/apis/apps/v1/namespaces/sluice-system/statefulsets/sluice");
         respond_not_found(send);

@@ -63,6 +63,10 @@ pub(crate) enum Command {
     MarkForDeletion {
         pod: String,
     },
+    /// Take that mark off again: the pod was handed to another instance before it went.
+    Unmark {
+        pod: String,
+    },
     Ready {
         id: InstanceId,
         addr: SocketAddr,
@@ -85,9 +89,10 @@ enum Claim {
     Bound {
         pod: String,
     },
-    /// Stopped while bound: waiting for its pod to go.
+    /// Stopped while bound: waiting for its pod to go (`marked`: for deletion, see [`Command::MarkForDeletion`]).
     Stopping {
         pod: String,
+        marked: bool,
     },
 }
 
@@ -135,14 +140,14 @@ impl Claims {
                 Some(Claim::Bound { pod })
                     if self.endpoints.get(&pod).is_some_and(Endpoint::serving) && !self.waiting().is_empty() =>
                 {
-                    self.claims.insert(id, Claim::Stopping { pod });
+                    self.claims.insert(id, Claim::Stopping { pod, marked: false });
                 }
                 Some(Claim::Bound { pod }) if self.endpoints.get(&pod).is_some_and(|e| !e.terminating) => {
                     out.push(Command::MarkForDeletion { pod: pod.clone() });
-                    self.claims.insert(id, Claim::Stopping { pod });
+                    self.claims.insert(id, Claim::Stopping { pod, marked: true });
                 }
-                Some(Claim::Stopping { pod }) => {
-                    self.claims.insert(id, Claim::Stopping { pod });
+                Some(stopping @ Claim::Stopping { .. }) => {
+                    self.claims.insert(id, stopping);
                 }
                 _ => out.push(Command::Stopped(id)),
             },
@@ -157,7 +162,7 @@ impl Claims {
                             Some(_) => gone.push((*id, "PodNotReady", pod)),
                             None => gone.push((*id, "PodGone", pod)),
                         },
-                        Claim::Stopping { pod } => {
+                        Claim::Stopping { pod, .. } => {
                             if self.endpoints.get(pod).is_none_or(|e| e.terminating) {
                                 out.push(Command::Stopped(*id));
                             }
@@ -197,7 +202,7 @@ impl Claims {
         self.claims
             .values()
             .filter_map(|c| match c {
-                Claim::Bound { pod } | Claim::Stopping { pod } => Some(pod.clone()),
+                Claim::Bound { pod } | Claim::Stopping { pod, .. } => Some(pod.clone()),
                 Claim::Waiting { .. } => None,
             })
             .collect()
@@ -221,8 +226,8 @@ impl Claims {
                 Claim::Bound { pod } => {
                     bound.insert(pod.clone());
                 }
-                Claim::Stopping { pod } => {
-                    stopping.insert(pod.clone(), *id);
+                Claim::Stopping { pod, marked } => {
+                    stopping.insert(pod.clone(), (*id, *marked));
                 }
                 Claim::Waiting { .. } => {}
             }
@@ -231,9 +236,12 @@ impl Claims {
         let mut free: Vec<Endpoint> = serving().filter(|e| !stopping.contains_key(&e.pod)).cloned().collect();
         free.extend(serving().filter(|e| stopping.contains_key(&e.pod)).cloned());
         for (id, endpoint) in self.waiting().into_iter().zip(free) {
-            if let Some(stopped) = stopping.get(&endpoint.pod) {
+            if let Some((stopped, marked)) = stopping.get(&endpoint.pod) {
                 self.claims.remove(stopped);
                 out.push(Command::Stopped(*stopped));
+                if *marked {
+                    out.push(Command::Unmark { pod: endpoint.pod.clone() });
+                }
             }
             self.claims.insert(id, Claim::Bound { pod: endpoint.pod.clone() });
             out.push(Command::Ready { id, addr: endpoint.addr });
@@ -400,7 +408,13 @@ mod tests {
         assert_eq!(claims.step(Input::Stop(2)), [Command::MarkForDeletion { pod: "p-a".into() }, Command::Scale(0)]);
         assert_eq!(
             claims.step(Input::Start(3)),
-            [Command::Stopped(2), Command::Ready { id: 3, addr: addr(1) }, Command::Scale(1)]
+            [
+                Command::Stopped(2),
+                Command::Unmark { pod: "p-a".into() },
+                Command::Ready { id: 3, addr: addr(1) },
+                Command::Scale(1)
+            ],
+            "the mark comes off before the pod serves again, or the next scale-down would take it"
         );
         // A free ready pod is preferred to a stopping one.
         claims.step(Input::Start(4));
@@ -516,14 +530,14 @@ mod tests {
                         Command::Exited { id, .. } | Command::Stopped(id) => {
                             live.remove(id);
                         }
-                        Command::MarkForDeletion { .. } => {}
+                        Command::MarkForDeletion { .. } | Command::Unmark { .. } => {}
                     }
                 }
                 if let Input::Stop(id) = input {
                     live.remove(&id);
                 }
                 let bound: Vec<&String> = claims.claims.values().filter_map(|c| match c {
-                    Claim::Bound { pod } | Claim::Stopping { pod } => Some(pod),
+                    Claim::Bound { pod } | Claim::Stopping { pod, .. } => Some(pod),
                     Claim::Waiting { .. } => None,
                 }).collect();
                 let unique: BTreeSet<&String> = bound.iter().copied().collect();
@@ -537,7 +551,7 @@ mod tests {
                 }
                 // No claim waits while a ready pod is held only by a stop (the scale-in deadlock).
                 if claims.claims.values().any(|c| matches!(c, Claim::Waiting { .. })) {
-                    let stuck = claims.claims.values().any(|c| matches!(c, Claim::Stopping { pod }
+                    let stuck = claims.claims.values().any(|c| matches!(c, Claim::Stopping { pod, .. }
                         if claims.endpoints.get(pod).is_some_and(Endpoint::serving)));
                     prop_assert!(!stuck, "a claim waits beside a stopping pod that still serves");
                 }

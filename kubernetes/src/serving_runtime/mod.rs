@@ -374,6 +374,16 @@ impl PodSetTask {
                 }
                 None
             }
+            Command::Unmark { pod } => {
+                let unmark = json!({"metadata": {"annotations": {POD_DELETION_COST: null}}});
+                if let Err(e) = pods.patch(&pod, &PatchParams::default(), &Patch::Merge(unmark)).await {
+                    // Its next stop marks it again; meanwhile a scale-down may take it first, and its instance
+                    // reports an exit and is replaced.
+                    tracing::warn!(revision = %self.key, %pod, error = %e, "unmarking the pod handed over failed");
+                    metrics::counter!("sluice_kubernetes_runtime_errors_total", "call" => "unmark").increment(1);
+                }
+                None
+            }
             Command::Ready { id: claim, addr } => {
                 if let Some((id, events)) = waiting.events.get(&claim) {
                     tracing::info!(revision = %self.key, instance = id, %addr, "pod ready");
