@@ -204,7 +204,12 @@ impl ConsumersAdmin {
         let value = paused.then_some("true");
         let outcome = self
             .node
-            .set_resource_annotation(found.key.clone(), ANNOTATION_PAUSED, value)
+            .set_resource_annotation(
+                found.key.clone(),
+                found.object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default(),
+                ANNOTATION_PAUSED,
+                value,
+            )
             .await
             .map_err(sluice_broker::status_of)?;
         if outcome == "absent" {

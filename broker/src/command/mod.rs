@@ -104,8 +104,9 @@ pub(crate) enum LogCommand {
     /// Sets (or, with `None`, removes) one annotation of a stored resource (metadata group), applied to the
     /// object current at apply time, so that a change applied meanwhile is kept (`trigger pause`/`resume`
     /// read the object, changed it and wrote it whole, undoing an apply that landed in between). Answers
-    /// [`LogResponse::Applied`], `absent` when there is no such object.
-    SetAnnotation { key: ResourceKey, annotation: String, value: Option<String> },
+    /// [`LogResponse::Applied`], `absent` when there is no such object, or when `uid` is set and the object
+    /// is another one of that name (deleted and created again meanwhile).
+    SetAnnotation { key: ResourceKey, uid: String, annotation: String, value: Option<String> },
 }
 
 /// One consumer cursor's position: the next offset it will read.
@@ -141,7 +142,7 @@ impl fmt::Display for LogCommand {
             LogCommand::SetMembers(members) => write!(f, "SetMembers({:?})", members.keys().collect::<Vec<_>>()),
             LogCommand::AddMember { node, addr } => write!(f, "AddMember({node} at {addr})"),
             LogCommand::RemoveMember(node) => write!(f, "RemoveMember({node})"),
-            LogCommand::SetAnnotation { key, annotation, value } => {
+            LogCommand::SetAnnotation { key, annotation, value, .. } => {
                 write!(f, "SetAnnotation({key:?} {annotation}={value:?})")
             }
         }

@@ -88,15 +88,21 @@ impl Node {
     }
 
     /// Sets (or, with `None`, removes) one annotation of a stored resource, on the object as it is when the
-    /// write applies: `configured`, `unchanged`, or `absent` when there is no such object.
+    /// write applies: `configured`, `unchanged`, or `absent` when there is no such object (or, with a `uid`,
+    /// when the object of that name is another one).
     pub async fn set_resource_annotation(
         &self,
         key: ResourceKey,
+        uid: &str,
         annotation: &str,
         value: Option<&str>,
     ) -> Result<String, BrokerError> {
-        let command =
-            LogCommand::SetAnnotation { key, annotation: annotation.to_string(), value: value.map(str::to_string) };
+        let command = LogCommand::SetAnnotation {
+            key,
+            uid: uid.to_string(),
+            annotation: annotation.to_string(),
+            value: value.map(str::to_string),
+        };
         match self.write(METADATA_GROUP, ForwardedWrite::Command(command)).await? {
             ForwardedReply::Response(LogResponse::Applied { outcome }) => Ok(outcome),
             other => Err(BrokerError::Bug { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),

@@ -427,17 +427,21 @@ impl GroupStateMachine {
     }
 
     /// One annotation set or removed on the object as it is now (staged included): `configured`, `unchanged`,
-    /// or `absent`. The object's uid, generation and status stay; its resourceVersion becomes this entry's.
+    /// or `absent` (none, or another object than the one of `uid`, when set). The object's uid, generation and status stay; its resourceVersion becomes this entry's.
     fn stage_set_annotation(
         &self,
         staged: &mut Staged,
         key: &ResourceKey,
+        uid: &str,
         annotation: &str,
         value: Option<&str>,
         log_index: u64,
     ) -> io::Result<&'static str> {
         let Some(existing) = self.staged_resource(staged, key) else { return Ok("absent") };
         let existing: serde_json::Value = serde_json::from_str(&existing).map_err(io_err)?;
+        if !uid.is_empty() && existing.pointer("/metadata/uid").and_then(|u| u.as_str()) != Some(uid) {
+            return Ok("absent");
+        }
         let changed = with_annotation(&existing, annotation, value);
         let (merged, outcome) = merge_for_apply(Some(&existing), changed, "", "", log_index);
         if outcome != ApplyOutcome::Unchanged {
@@ -521,8 +525,8 @@ impl GroupStateMachine {
                 let outcome = self.stage_put_resource(staged, record, index)?;
                 LogResponse::Applied { outcome: outcome.as_str().to_string() }
             }
-            LogCommand::SetAnnotation { key, annotation, value } => {
-                let outcome = self.stage_set_annotation(staged, key, annotation, value.as_deref(), index)?;
+            LogCommand::SetAnnotation { key, uid, annotation, value } => {
+                let outcome = self.stage_set_annotation(staged, key, uid, annotation, value.as_deref(), index)?;
                 LogResponse::Applied { outcome: outcome.to_string() }
             }
             LogCommand::DeleteResource(key) => {

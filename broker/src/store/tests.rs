@@ -834,6 +834,7 @@ async fn an_annotation_is_set_on_the_object_current_at_apply_time_and_keeps_a_ch
     };
     let set = |value: Option<&str>| LogCommand::SetAnnotation {
         key: key.clone(),
+        uid: "uid-1".into(),
         annotation: "sluice.dev/paused".into(),
         value: value.map(str::to_string),
     };
@@ -845,7 +846,25 @@ async fn an_annotation_is_set_on_the_object_current_at_apply_time_and_keeps_a_ch
             // The pause was asked for with the first object; an apply lands before it commits.
             entry(2, LogCommand::PutResource(trigger("http://two"))),
             entry(3, set(Some("true"))),
-            entry(4, LogCommand::SetAnnotation { key: absent_key.clone(), annotation: "a".into(), value: None }),
+            entry(
+                4,
+                LogCommand::SetAnnotation {
+                    key: absent_key.clone(),
+                    uid: String::new(),
+                    annotation: "a".into(),
+                    value: None,
+                },
+            ),
+            // Meant for another object of that name (deleted and created again since): not this one.
+            entry(
+                5,
+                LogCommand::SetAnnotation {
+                    key: key.clone(),
+                    uid: "uid-0".into(),
+                    annotation: "other".into(),
+                    value: Some("x".into()),
+                },
+            ),
         ],
     )
     .await;
@@ -859,10 +878,11 @@ async fn an_annotation_is_set_on_the_object_current_at_apply_time_and_keeps_a_ch
     assert_eq!(object["metadata"]["uid"], "uid-1");
     assert_eq!(object["metadata"]["resourceVersion"], "3");
     assert!(sm.view().resource(&absent_key).is_none(), "nothing is created for an absent object");
+    assert!(object["metadata"]["annotations"].get("other").is_none(), "another object's annotation: {object}");
 
-    apply(&mut sm, vec![entry(5, set(None)), entry(6, set(None))]).await;
+    apply(&mut sm, vec![entry(6, set(None)), entry(7, set(None))]).await;
     let object = stored(&sm);
     assert!(object["metadata"].get("annotations").is_none(), "removed, and the emptied map with it: {object}");
-    assert_eq!(object["metadata"]["resourceVersion"], "5", "removing it again changes nothing");
+    assert_eq!(object["metadata"]["resourceVersion"], "6", "removing it again changes nothing");
     assert_eq!(object["spec"]["subscriber"]["uri"], "http://two");
 }
