@@ -173,10 +173,16 @@ impl AdminAuthLayer {
     }
 
     /// Takes `text` as the tokens file's new content: `Ok` when it replaced the tokens, an error (and
-    /// the previous tokens kept) when it does not parse.
+    /// the previous tokens kept) when it does not parse, or holds no token where there were some: an empty
+    /// file is far more often one being written (`cat > file`, read mid-write) than a wish to lock every holder
+    /// out, which removing the flag does instead.
     pub fn reload(&self, text: &str) -> Result<(), String> {
-        let path = self.current().path.clone();
+        let current = self.current();
+        let path = current.path.clone();
         let tokens = AdminTokens::parse(text)?;
+        if tokens.by_token.is_empty() && !current.by_token.is_empty() {
+            return Err("the file holds no token (empty, or being written?)".into());
+        }
         *self.tokens.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Arc::new(AdminTokens { path, loaded_text: Some(text.to_string()), ..tokens });
         Ok(())
@@ -293,6 +299,10 @@ mod tests {
         assert!(decide("Bearer rotated-token-0123456789"));
         assert!(layer.reload("short,alice,read\n").is_err());
         assert!(decide("Bearer rotated-token-0123456789"), "a bad file keeps the previous tokens");
+        for empty in ["", "\n", "# being written\n"] {
+            assert!(layer.reload(empty).is_err(), "{empty:?}");
+            assert!(decide("Bearer rotated-token-0123456789"), "an empty file keeps the previous tokens: {empty:?}");
+        }
     }
 
     #[test]
