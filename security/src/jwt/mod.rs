@@ -101,6 +101,10 @@ fn seconds(value: Option<&Value>) -> Option<u64> {
     value.and_then(|v| v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)))
 }
 
+/// Largest number of keys one token's signature is tried against: a token without `kid` names none, and an
+/// issuer may publish dozens, each check a public-key operation an unauthenticated sender would make the node do.
+const MAX_KEYS_TRIED: usize = 2;
+
 /// Verifies `token` against `issuers` for `audience` at `now_s`, allowing `skew_s` of clock difference on
 /// `exp` and `nbf`.
 pub fn verify(
@@ -135,22 +139,24 @@ pub fn verify(
     let kid = header.get("kid").and_then(Value::as_str);
     let candidates: Vec<&Jwk> =
         issuer.keys.iter().filter(|key| key.fits(algorithm) && (kid.is_none() || key.kid.as_deref() == kid)).collect();
-    if candidates.is_empty() {
+    // A token without `kid` against an issuer of many keys is refused rather than tried against each.
+    if candidates.is_empty() || candidates.len() > MAX_KEYS_TRIED {
         return Err(AuthError::UnknownKey);
     }
-    let signed = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-    if !candidates.iter().any(|key| key.public.verifies(signed, &signature)) {
-        return Err(AuthError::BadSignature);
-    }
-
+    // The claims that cost nothing to check are checked before the signature: refusing them early grants
+    // nothing, and spares a public-key operation per token that would be refused anyway.
     let expires_at_s = seconds(all.get("exp")).ok_or(AuthError::Malformed("no exp claim"))?;
     if now_s > expires_at_s.saturating_add(skew_s) {
         return Err(AuthError::Expired);
     }
-    if let Some(not_before_s) = seconds(all.get("nbf"))
-        && now_s.saturating_add(skew_s) < not_before_s
-    {
-        return Err(AuthError::NotYetValid);
+    match all.get("nbf") {
+        None => {}
+        Some(nbf) => {
+            let not_before_s = seconds(Some(nbf)).ok_or(AuthError::Malformed("nbf is not a NumericDate"))?;
+            if now_s.saturating_add(skew_s) < not_before_s {
+                return Err(AuthError::NotYetValid);
+            }
+        }
     }
     let audiences: Vec<String> = match all.get("aud") {
         Some(Value::String(one)) => vec![one.clone()],
@@ -159,6 +165,10 @@ pub fn verify(
     };
     if !audiences.iter().any(|a| a == audience) {
         return Err(AuthError::WrongAudience { expected: audience.to_string() });
+    }
+    let signed = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
+    if !candidates.iter().any(|key| key.public.verifies(signed, &signature)) {
+        return Err(AuthError::BadSignature);
     }
     Ok(Claims {
         issuer: issuer_name.to_string(),

@@ -71,11 +71,29 @@ fn the_authentication_matrix() {
         ),
         ("audience list", key.sign(&with(claims(), "aud", json!(["x", AUDIENCE]))).expect("sign"), Ok(())),
         ("unknown key id", rotated.sign(&claims()).expect("sign"), Err(AuthError::UnknownKey)),
+        // Regression: a `nbf` that is not a number was ignored, so the token was taken before its time.
+        (
+            "nbf not a NumericDate",
+            key.sign(&with(claims(), "nbf", json!("2030-01-01"))).expect("sign"),
+            Err(AuthError::Malformed("nbf is not a NumericDate")),
+        ),
+        (
+            "no kid, one key",
+            key.sign_with_header(&json!({"alg": "ES256", "typ": "JWT"}), &claims()).expect("sign"),
+            Ok(()),
+        ),
     ];
     for (what, token, expected) in cases {
         let verified = verify(&token, &issuers, AUDIENCE, NOW, 60).map(|_| ());
         assert_eq!(verified, expected, "{what}");
     }
+    // Regression: a token without `kid` was tried against every key of the issuer that fits (up to 64), a
+    // public-key operation each for any unauthenticated sender. Past two keys it is refused without a check.
+    let (second, third) = (SigningKey::generate("k2").expect("key"), SigningKey::generate("k3").expect("key"));
+    let no_kid = key.sign_with_header(&json!({"alg": "ES256", "typ": "JWT"}), &claims()).expect("sign");
+    let verdict = |keys: &[&SigningKey]| verify(&no_kid, &trusted(keys), AUDIENCE, NOW, 60).map(|_| ());
+    assert_eq!(verdict(&[&key, &second, &third]), Err(AuthError::UnknownKey));
+    assert_eq!(verdict(&[&second, &key]), Ok(()), "two keys are still tried");
     // After rotation (the JWKS holds only the new key) the old key's tokens are refused.
     let after_rotation = trusted(&[&rotated]);
     assert_eq!(verify(&good, &after_rotation, AUDIENCE, NOW, 60), Err(AuthError::UnknownKey));
