@@ -96,7 +96,7 @@ async fn run_single(args: DevArgs) -> Result<()> {
     let mut settings = settings(1, args.data.clone(), &args.tuning, &args.ingress)?;
     let tls_args = args.tls_args()?;
     settings.tls = tls_args.load()?;
-    settings.authenticator = args.oidc.start().await?;
+    settings.authenticator = args.oidc.start(settings.tls.as_ref()).await?;
     settings.default_authorization = args.oidc.default_authorization_mode;
     settings.sender_identity = args.oidc.sender_identity()?;
     settings.admin_tokens = args.admin_auth.load(settings.tls.as_ref())?;

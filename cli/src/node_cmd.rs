@@ -403,7 +403,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     if let Some(tls) = &settings.tls {
         crate::admin_channel::use_node_identity_unless_given(tls.files());
     }
-    settings.authenticator = args.oidc.start().await?;
+    settings.authenticator = args.oidc.start(settings.tls.as_ref()).await?;
     settings.default_authorization = args.oidc.default_authorization_mode;
     settings.sender_identity = args.oidc.sender_identity()?;
     settings.admin_tokens = args.admin_auth.load(settings.tls.as_ref())?;

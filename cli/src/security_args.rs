@@ -115,14 +115,17 @@ pub(crate) struct OidcArgs {
 }
 
 impl OidcArgs {
-    /// The authenticator, its keys loaded and a refresh task started; `None` without issuers.
-    pub(crate) async fn start(&self) -> Result<Option<sluice_security::Authenticator>> {
+    /// The authenticator, its keys loaded and a refresh task started; `None` without issuers. Discovery trusts
+    /// the cluster's CA (of `tls`) besides the system's.
+    pub(crate) async fn start(&self, tls: Option<&Tls>) -> Result<Option<sluice_security::Authenticator>> {
         if self.oidc_issuers.is_empty() {
             return Ok(None);
         }
+        let cluster_ca: Vec<String> = tls.map(Tls::ca_pem).into_iter().collect();
         let authenticator = sluice_security::Authenticator::start(
             self.oidc_issuers.clone(),
             std::time::Duration::from_secs(self.oidc_skew_s),
+            &cluster_ca,
         )
         .await
         .map_err(anyhow::Error::msg)?;

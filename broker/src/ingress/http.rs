@@ -201,9 +201,8 @@ pub(crate) async fn serve(
                     // protocol sniffing has no timeout: a client that connects (and finishes TLS) and sends
                     // nothing, or one byte, or only the HTTP/2 preface, would hold its slot for ever. So the
                     // first request's head must be in within the header-read timeout.
-                    let conn = FirstRequestDeadline::new(conn, first_byte_timeout, first_request);
                     let moved = Arc::new(AtomicU64::new(0));
-                    let conn = CountingIo { inner: conn, moved: moved.clone() };
+                    let conn = WatchedIo::new(conn, first_byte_timeout, first_request, moved.clone());
                     let connection = builder.serve_connection(TokioIo::new(conn), service);
                     tokio::pin!(connection);
                     // See `IdleWatch`: an idle connection is shut down gracefully, never cut.
@@ -297,96 +296,48 @@ impl IdleWatch {
     }
 }
 
-/// The bytes a connection read and wrote, counted for [`IdleWatch`].
-struct CountingIo<S> {
+/// A connection's stream, watched: the first request's head must be read within a deadline (`first_request`
+/// turns true when the service is called; after that the deadline is gone), and the bytes read and written
+/// are counted in `moved` for [`IdleWatch`].
+struct WatchedIo<S> {
     inner: S,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    first_request: Arc<std::sync::atomic::AtomicBool>,
     moved: Arc<AtomicU64>,
 }
 
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountingIo<S> {
+impl<S> WatchedIo<S> {
+    fn new(
+        inner: S,
+        timeout: std::time::Duration,
+        first_request: Arc<std::sync::atomic::AtomicBool>,
+        moved: Arc<AtomicU64>,
+    ) -> Self {
+        WatchedIo { inner, deadline: Some(Box::pin(tokio::time::sleep(timeout))), first_request, moved }
+    }
+
+    fn count(&self, polled: &std::task::Poll<std::io::Result<usize>>) {
+        if let std::task::Poll::Ready(Ok(written)) = polled {
+            self.moved.fetch_add(*written as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WatchedIo<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if self.deadline.is_some() && self.first_request.load(Ordering::Relaxed) {
+            self.deadline = None;
+        }
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len().saturating_sub(before);
         if read > 0 {
             self.moved.fetch_add(read as u64, Ordering::Relaxed);
         }
-        polled
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountingIo<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(written)) = &polled {
-            self.moved.fetch_add(*written as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let std::task::Poll::Ready(Ok(written)) = &polled {
-            self.moved.fetch_add(*written as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// A stream on which the first request's head must be read within a deadline (`first_request` turns true when
-/// the service is called); after that it is the stream itself.
-struct FirstRequestDeadline<S> {
-    inner: S,
-    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    first_request: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl<S> FirstRequestDeadline<S> {
-    fn new(inner: S, timeout: std::time::Duration, first_request: Arc<std::sync::atomic::AtomicBool>) -> Self {
-        FirstRequestDeadline { inner, deadline: Some(Box::pin(tokio::time::sleep(timeout))), first_request }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstRequestDeadline<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.deadline.is_some() && self.first_request.load(std::sync::atomic::Ordering::Relaxed) {
-            self.deadline = None;
-        }
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if polled.is_pending()
             && let Some(deadline) = self.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
@@ -399,13 +350,15 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstRequestDeadl
     }
 }
 
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstRequestDeadline<S> {
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WatchedIo<S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.count(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -413,7 +366,9 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstRequestDea
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.count(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

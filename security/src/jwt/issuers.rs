@@ -95,8 +95,20 @@ impl Authenticator {
     /// Loads every source once. A JWKS file that does not load is an error (a typo must not start a node
     /// that refuses every sender); a discovery URL that does not answer is logged and retried at each
     /// refresh.
-    pub async fn start(sources: Vec<IssuerSource>, skew: Duration) -> Result<Authenticator, String> {
+    ///
+    /// Discovery trusts the system's CAs and `extra_ca_pems` (the cluster's CA, so that an issuer it signed,
+    /// Sluice's own included, can be fetched), and only https: a redirect to http is refused, where anyone
+    /// on the path could swap the keys.
+    pub async fn start(
+        sources: Vec<IssuerSource>,
+        skew: Duration,
+        extra_ca_pems: &[String],
+    ) -> Result<Authenticator, String> {
+        let extra: Vec<&str> = extra_ca_pems.iter().map(String::as_str).collect();
+        let tls = crate::tls::roots::https_client_config(&extra, "--oidc-issuer").map_err(|e| e.to_string())?;
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .https_only(true)
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
@@ -157,7 +169,15 @@ impl Authenticator {
     async fn load(&self, source: &IssuerSource) -> Result<Vec<crate::jwt::Jwk>, String> {
         let document = match &source.jwks {
             JwksSource::File(path) => {
-                let text = tokio::fs::read(path).await.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                use tokio::io::AsyncReadExt;
+                // Read no further than the limit: a huge file (or a device) is refused, not loaded whole.
+                let file =
+                    tokio::fs::File::open(path).await.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let mut text = Vec::new();
+                file.take(MAX_DOCUMENT_BYTES as u64 + 1)
+                    .read_to_end(&mut text)
+                    .await
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 if text.len() > MAX_DOCUMENT_BYTES {
                     return Err(format!("{} is larger than {MAX_DOCUMENT_BYTES} bytes", path.display()));
                 }
@@ -232,5 +252,92 @@ mod tests {
         for bad in ["", "=x", "issuer=", "not-a-url", "http://plaintext.example"] {
             assert!(bad.parse::<IssuerSource>().is_err(), "{bad:?}");
         }
+    }
+}
+
+/// Discovery against a real HTTPS issuer on loopback: the issuer's certificate is signed by a CA only the node's
+/// cluster CA bundle holds (as Sluice's own issuer, or a private one, would be).
+#[cfg(test)]
+mod discovery_tests {
+    use std::sync::Arc;
+
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::DevCertificates;
+    use crate::jwt::sign::SigningKey;
+
+    const AUDIENCE: &str = "eventing.knative.dev/broker/default/default";
+
+    /// Serves `/.well-known/openid-configuration` and `/jwks` over TLS until the test ends; answers its URL.
+    async fn issuer_on_loopback(ca: &DevCertificates, key: &SigningKey) -> String {
+        let (cert_pem, key_pem) =
+            crate::dev_certs::issue_certificate(ca, &["127.0.0.1".to_string()]).expect("a certificate");
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().expect("certs");
+        let private = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, private)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("https://{}", listener.local_addr().expect("addr"));
+        let discovery = json!({"issuer": url, "jwks_uri": format!("{url}/jwks")}).to_string();
+        let jwks = json!({"keys": [key.jwk()]}).to_string();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let Ok(mut stream) = acceptor.accept(stream).await else { continue };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = if request.starts_with(b"GET /jwks ") { &jwks } else { &discovery };
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        url
+    }
+
+    /// Regression: the discovery client trusted no CA at all (reqwest with manually added roots, none added),
+    /// so `--oidc-issuer https://…` never loaded its keys and every token of that issuer was refused.
+    #[tokio::test]
+    async fn an_issuer_is_discovered_over_https_with_the_cluster_ca() {
+        let ca = DevCertificates::new_ca("a private issuer's CA").expect("CA");
+        let key = SigningKey::generate("k1").expect("key");
+        let url = issuer_on_loopback(&ca, &key).await;
+        let now = now_s();
+        let token = key
+            .sign(
+                &json!({"iss": url, "sub": "system:serviceaccount:default:sender", "aud": AUDIENCE, "exp": now + 300}),
+            )
+            .expect("sign");
+        let bearer = format!("Bearer {token}");
+        let source: IssuerSource = url.parse().expect("a discovery source");
+
+        let trusting =
+            Authenticator::start(vec![source.clone()], Duration::from_secs(60), std::slice::from_ref(&ca.ca_cert_pem))
+                .await
+                .expect("start");
+        let claims = trusting.authenticate(Some(&bearer), AUDIENCE).expect("discovered and verified");
+        assert_eq!(claims.subject, "system:serviceaccount:default:sender");
+
+        // Without the CA the issuer's certificate is not trusted: nothing loads, the token is refused.
+        let not_trusting = Authenticator::start(vec![source], Duration::from_secs(60), &[]).await.expect("start");
+        assert!(not_trusting.authenticate(Some(&bearer), AUDIENCE).is_err());
     }
 }

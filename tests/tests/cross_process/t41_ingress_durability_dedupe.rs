@@ -11,8 +11,9 @@ use sluice_tests::{TestCluster, apply_resource, broker_object, read_events, wait
 const PARTITIONS: u32 = 2;
 const STREAM: &str = "broker/default/orders";
 
-async fn post(client: &reqwest::Client, http: &str, id: &str) -> Option<StatusCode> {
-    let response = client
+/// The order event `id` as a producer POSTs it.
+fn order(client: &reqwest::Client, http: &str, id: &str) -> reqwest::RequestBuilder {
+    client
         .post(format!("http://{http}/default/orders"))
         .header("ce-specversion", "1.0")
         .header("ce-id", id)
@@ -20,9 +21,10 @@ async fn post(client: &reqwest::Client, http: &str, id: &str) -> Option<StatusCo
         .header("ce-type", "order.created")
         .header("content-type", "application/json")
         .body(format!("{{\"order\":\"{id}\"}}"))
-        .send()
-        .await
-        .ok()?;
+}
+
+async fn post(client: &reqwest::Client, http: &str, id: &str) -> Option<StatusCode> {
+    let response = order(client, http, id).send().await.ok()?;
     let status = response.status();
     if status != StatusCode::ACCEPTED {
         eprintln!("{id} via {http}: {status} {}", response.text().await.unwrap_or_default());
@@ -215,17 +217,7 @@ async fn without_a_quorum_ingress_answers_503_with_retry_after() -> anyhow::Resu
 }
 
 async fn post_keyed(client: &reqwest::Client, http: &str, id: &str) -> anyhow::Result<StatusCode> {
-    let response = client
-        .post(format!("http://{http}/default/orders"))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-source", "/producer")
-        .header("ce-type", "order.created")
-        .header("ce-partitionkey", "one-partition")
-        .body("{}")
-        .send()
-        .await?;
-    Ok(response.status())
+    Ok(order(client, http, id).header("ce-partitionkey", "one-partition").send().await?.status())
 }
 
 /// Regression: a record's arrival time was the clock of the node that took the request. A node whose clock ran
