@@ -171,15 +171,73 @@ fn build(files: &TlsFiles, pem: PemBytes) -> Result<Configs, TlsError> {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     };
+    let node_verifier = NodeServerVerifier {
+        inner: rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::BadCa { path: files.ca.clone(), reason: e.to_string() })?,
+    };
     let mut client = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(rustls_error)?
-        .with_root_certificates(roots.clone())
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(node_verifier))
         .with_client_auth_cert(chain.clone(), key.clone_key())
         .map_err(rustls_error)?;
     client.alpn_protocols = vec![b"h2".to_vec()];
     let ca_pem = String::from_utf8_lossy(&pem.ca).trim().to_string();
     Ok(Configs { server: server(true)?, mutual: server(false)?, client: Arc::new(client), ca_pem, pem })
+}
+
+/// How a node checks the node it dials (peer port, or the admin port as a node): the cluster's CA and the
+/// name, as any TLS client does, and the certificate's organisation `sluice:node`, as the peer port demands of
+/// its clients. Without the last check, with a CA shared with other workloads, a certificate issued for a
+/// node's name to something else would be taken for that node, and get its Raft traffic (every event).
+#[derive(Debug)]
+struct NodeServerVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for NodeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        let organisations = accept::certificate_organisations(end_entity.as_ref());
+        if !organisations.iter().any(|o| o == accept::NODE_ORGANISATION) {
+            return Err(rustls::Error::General(format!(
+                "the server's certificate is not a Sluice node's (organisation {} expected, found {organisations:?})",
+                accept::NODE_ORGANISATION
+            )));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// What one look at the files decided.

@@ -200,3 +200,38 @@ async fn mutual_tls_refuses_a_client_of_another_ca() {
     echo_over_tls(&addr, member).await.expect("a member's certificate is accepted");
     assert_eq!(server.await.expect("join"), Ok(Transport::Tls));
 }
+
+/// Regression: a node dialing a node checked the CA and the name only. With a CA shared with other workloads, a
+/// certificate of that CA for a node's name, held by something that is not a node, was taken for the node (and
+/// would get its Raft traffic). The server's certificate must now carry the organisation `sluice:node`.
+#[tokio::test]
+async fn a_node_dials_only_servers_whose_certificate_is_a_nodes() {
+    use rcgen::{CertificateParams, DnType, Issuer, KeyPair};
+    let ca = DevCertificates::new_ca("a CA shared with other workloads").expect("CA");
+    let workload_dir = tempfile::tempdir().expect("tempdir");
+    let workload = {
+        let files = write_files(workload_dir.path(), &ca);
+        let issuer = Issuer::from_ca_cert_pem(&ca.ca_cert_pem, KeyPair::from_pem(&ca.ca_key_pem).expect("CA key"))
+            .expect("issuer");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(localhost()).expect("names");
+        params.distinguished_name.push(DnType::OrganizationName, "payments");
+        let cert = params.signed_by(&key, &issuer).expect("signed");
+        std::fs::write(&files.cert, cert.pem()).expect("write");
+        std::fs::write(&files.key, key.serialize_pem()).expect("write");
+        Tls::load(TransportEncryption::Permissive, Some(files)).expect("loads").expect("TLS on")
+    };
+    let node_dir = tempfile::tempdir().expect("tempdir");
+    let node = client_config(node_dir.path(), &ca);
+
+    let (addr, server) = serve_once(workload, PlaintextPolicy::Refuse, ClientCertificate::Optional).await;
+    let refused = echo_over_tls(&addr, node.clone()).await.expect_err("not a node's certificate");
+    assert!(refused.contains("not a Sluice node's"), "{refused}");
+    let _ = server.await;
+
+    let member_dir = tempfile::tempdir().expect("tempdir");
+    let member = load(&write_files(member_dir.path(), &ca)).expect("loads");
+    let (addr, server) = serve_once(member, PlaintextPolicy::Refuse, ClientCertificate::Optional).await;
+    echo_over_tls(&addr, node).await.expect("a node's certificate is taken");
+    server.await.expect("join").expect("served");
+}
