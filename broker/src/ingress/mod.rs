@@ -5,6 +5,7 @@
 //! every refusal into a 4xx/5xx with a JSON body naming the field and rule.
 
 pub(crate) mod authorize;
+mod body;
 pub(crate) mod http;
 
 use std::collections::HashMap;
@@ -15,8 +16,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use sluice_controller::validate::is_dns_label;
 
@@ -25,6 +24,7 @@ use crate::command::ResourceKey;
 use crate::error::BrokerError;
 use crate::node::Node;
 use crate::resources::IngressSettings;
+use body::{BodyBudget, BodyPermit, DISCARD_MAX_BYTES, discard_body, read_body};
 
 /// Bounds of the HTTP ingress (all configurable).
 #[derive(Clone, Debug)]
@@ -293,162 +293,6 @@ fn check_attributes(events: &[cloudevent::CloudEvent], limits: &IngressLimits) -
     Ok(())
 }
 
-/// Reads the body within `timeout`, refusing more than `limit` bytes (the
-/// rest is read and dropped, up to a bound, so the client sees the 413).
-/// Reads a body of at most `limit` bytes within `timeout`, holding its bytes in `budget` as they arrive; the
-/// permit goes back when the request is answered.
-async fn read_body(
-    body: Body,
-    limit: usize,
-    timeout: Duration,
-    budget: &BodyBudget,
-    mut held: BodyPermit,
-) -> Result<(Bytes, BodyPermit), EventError> {
-    use http_body_util::BodyExt;
-    let too_large = || EventError::bad("request body too large").rule(format!("at most {limit} bytes")).status(413);
-    let mut body = body;
-    let collect = async {
-        // A body that arrives in one frame (most events) is kept as it came, not copied.
-        let mut collected = Collected::default();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| EventError::bad("request body could not be read").rule(e.to_string()))?;
-            if let Ok(data) = frame.into_data() {
-                if collected.len() + data.len() > limit {
-                    return Ok(Err(too_large()));
-                }
-                if let Err(busy) = budget.hold(&mut held, collected.len() + data.len()) {
-                    return Ok(Err(busy));
-                }
-                collected.push(data);
-            }
-        }
-        Ok(Ok(collected.into_bytes()))
-    };
-    match tokio::time::timeout(timeout, collect).await {
-        Err(_) => Err(EventError::bad("request body not received in time")
-            .rule(format!("the body must arrive within {timeout:?}"))
-            .status(408)),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(Ok(bytes))) => Ok((bytes, held)),
-        Ok(Ok(Err(refused))) => {
-            drop(held);
-            discard_body(body, DISCARD_MAX_BYTES, timeout).await;
-            Err(refused)
-        }
-    }
-}
-
-/// The request bodies a node holds at once, over every connection (`--max-inflight-body-bytes`): a body's bytes
-/// count from their arrival (its declared length at once, for a client awaiting `100 Continue`) until its
-/// request is answered (parsed, appended, committed). Without it, 4,096
-/// connections of 256 HTTP/2 streams each could hold a 4 MiB batch apiece. Past it, a request gets 429 with
-/// `Retry-After` at once rather than waiting: requests that each hold part of the budget and wait for more
-/// would wait on each other.
-#[derive(Clone)]
-struct BodyBudget {
-    kib: Arc<Semaphore>,
-    bytes: usize,
-}
-
-/// A request's share of the [`BodyBudget`], in KiB.
-type BodyPermit = Option<OwnedSemaphorePermit>;
-
-impl BodyBudget {
-    fn new(bytes: usize) -> Self {
-        BodyBudget { kib: Arc::new(Semaphore::new(bytes.div_ceil(1024).min(Semaphore::MAX_PERMITS))), bytes }
-    }
-
-    /// Grows `held` to cover `bytes`, or says why not (429).
-    fn hold(&self, held: &mut BodyPermit, bytes: usize) -> Result<(), EventError> {
-        let needed = bytes.div_ceil(1024);
-        let have = held.as_ref().map_or(0, |p| p.num_permits());
-        if needed <= have {
-            return Ok(());
-        }
-        let more = u32::try_from(needed - have).unwrap_or(u32::MAX);
-        match self.kib.clone().try_acquire_many_owned(more) {
-            Ok(permit) => {
-                match held {
-                    Some(held) => held.merge(permit),
-                    None => *held = Some(permit),
-                }
-                Ok(())
-            }
-            Err(_) => {
-                metrics::counter!("sluice_ingress_body_budget_refused_total").increment(1);
-                Err(EventError::bad("the node holds as many request bodies as it may; retry")
-                    .rule(format!(
-                        "at most {} bytes of request bodies are held at once over every connection \
-                         (--max-inflight-body-bytes)",
-                        self.bytes
-                    ))
-                    .status(429))
-            }
-        }
-    }
-}
-
-/// A body's frames as they arrive: the first kept as it is, copied into one buffer only when a second comes.
-#[derive(Default)]
-enum Collected {
-    #[default]
-    Empty,
-    One(Bytes),
-    Many(bytes::BytesMut),
-}
-
-impl Collected {
-    fn len(&self) -> usize {
-        match self {
-            Collected::Empty => 0,
-            Collected::One(bytes) => bytes.len(),
-            Collected::Many(buffer) => buffer.len(),
-        }
-    }
-
-    fn push(&mut self, data: Bytes) {
-        *self = match std::mem::take(self) {
-            Collected::Empty => Collected::One(data),
-            Collected::One(first) => {
-                let mut buffer = bytes::BytesMut::with_capacity(first.len() + data.len());
-                buffer.extend_from_slice(&first);
-                buffer.extend_from_slice(&data);
-                Collected::Many(buffer)
-            }
-            Collected::Many(mut buffer) => {
-                buffer.extend_from_slice(&data);
-                Collected::Many(buffer)
-            }
-        };
-    }
-
-    fn into_bytes(self) -> Bytes {
-        match self {
-            Collected::Empty => Bytes::new(),
-            Collected::One(bytes) => bytes,
-            Collected::Many(buffer) => buffer.freeze(),
-        }
-    }
-}
-
-/// The most a refused request's body is read (and dropped) before answering.
-const DISCARD_MAX_BYTES: usize = 16 << 20;
-
-async fn discard_body(body: Body, max_bytes: usize, timeout: Duration) {
-    use http_body_util::BodyExt;
-    let mut body = body;
-    let mut seen = 0usize;
-    let _ = tokio::time::timeout(timeout, async {
-        while let Some(Ok(frame)) = body.frame().await {
-            seen += frame.data_ref().map(|d| d.len()).unwrap_or(0);
-            if seen > max_bytes {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
 pub(crate) use sluice_cloudevent::event_type_label;
 
 /// Knative's `event_count` and `event_dispatch_latencies` of the ingress, by Broker or Channel, event type and
@@ -612,7 +456,7 @@ async fn accept(
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Err(response);
     }
-    let mut held = None;
+    let mut held = BodyPermit::default();
     let refused = |e: &EventError| {
         let mut response = error_response(e);
         if matches!(e.status, 408 | 413 | 429) {
@@ -704,25 +548,6 @@ mod tests {
     use super::*;
     use crate::cloudevent::AttrValue;
 
-    #[test]
-    fn the_body_budget_is_held_in_kib_grown_as_bytes_arrive_and_given_back_when_dropped() {
-        let budget = BodyBudget::new(4 << 10);
-        let (mut first, mut second) = (None, None);
-        budget.hold(&mut first, 1000).expect("1 KiB of 4");
-        assert_eq!(first.as_ref().map(OwnedSemaphorePermit::num_permits), Some(1));
-        budget.hold(&mut first, 1000).expect("already held");
-        budget.hold(&mut first, 3000).expect("grown to 3 KiB");
-        assert_eq!(first.as_ref().map(OwnedSemaphorePermit::num_permits), Some(3));
-        let refused = budget.hold(&mut second, 2048).expect_err("2 KiB of the 1 left");
-        assert_eq!(refused.status, 429);
-        assert!(refused.rule.as_deref().unwrap_or_default().contains("--max-inflight-body-bytes"), "{refused:?}");
-        assert!(second.is_none(), "a refused request holds nothing");
-        budget.hold(&mut second, 1024).expect("the last KiB");
-        drop(first);
-        budget.hold(&mut second, 4096).expect("the first request's share is back");
-        assert_eq!(second.as_ref().map(OwnedSemaphorePermit::num_permits), Some(4));
-    }
-
     /// Regression: a structured or batched event could carry any number of attributes (150,000 extensions in
     /// 1 MiB), stored and then refused by every subscriber it was delivered to in binary mode.
     #[test]
@@ -772,20 +597,6 @@ mod tests {
         ] {
             assert_eq!(parse_target(bad).expect_err(bad).error, "malformed path", "{bad}");
         }
-    }
-
-    #[test]
-    fn a_body_in_one_frame_is_kept_and_in_several_joined() {
-        let mut collected = Collected::default();
-        assert_eq!(collected.len(), 0);
-        let first = Bytes::from_static(b"hello ");
-        collected.push(first.clone());
-        assert!(matches!(&collected, Collected::One(b) if b.as_ptr() == first.as_ptr()), "kept without a copy");
-        collected.push(Bytes::from_static(b"world"));
-        collected.push(Bytes::from_static(b"!"));
-        assert_eq!(collected.len(), 12);
-        assert_eq!(collected.into_bytes(), Bytes::from_static(b"hello world!"));
-        assert_eq!(Collected::default().into_bytes(), Bytes::new());
     }
 
     #[test]

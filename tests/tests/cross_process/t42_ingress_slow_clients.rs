@@ -173,7 +173,18 @@ async fn request_bodies_held_at_once_are_bounded_over_every_connection() -> anyh
             .body(vec![b'y'; 1000])
             .send()
     };
-    // The slow senders' requests hold what they sent (64 KiB each, counted in whole KiB) once it is read.
+    // The slow senders' requests hold what they sent (64 KiB each, counted in whole KiB) once it is read; the
+    // probes wait for that, or one of them could hold the last KiB a slow sender needs and have it refused.
+    let metrics = format!("http://{}/metrics", node.http);
+    sluice_tests::wait_until(Duration::from_secs(20), || async {
+        let text = reqwest::get(&metrics).await?.text().await?;
+        let held = text
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_ingress_body_budget_held_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        Ok(held.is_some_and(|bytes| bytes >= 131_072.0).then_some(()))
+    })
+    .await?;
     let refused = sluice_tests::wait_until(Duration::from_secs(20), || async {
         let response = post("while-full").await?;
         Ok((response.status() == StatusCode::TOO_MANY_REQUESTS).then_some(response))

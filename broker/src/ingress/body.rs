@@ -1,0 +1,223 @@
+//! Request bodies: read within a time and size limit, their bytes held in the node's [`BodyBudget`] from
+//! their arrival until the request is answered; a refused body is read (bounded) and dropped, so the client
+//! sees its answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::cloudevent::EventError;
+
+/// Reads a body of at most `limit` bytes within `timeout`, holding its bytes in `budget` as they arrive (the
+/// permit goes back when the request is answered); past `limit` the rest is read and dropped, up to a bound,
+/// so the client sees the 413.
+pub(super) async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+    budget: &BodyBudget,
+    mut held: BodyPermit,
+) -> Result<(Bytes, BodyPermit), EventError> {
+    use http_body_util::BodyExt;
+    let too_large = || EventError::bad("request body too large").rule(format!("at most {limit} bytes")).status(413);
+    let mut body = body;
+    let collect = async {
+        // A body that arrives in one frame (most events) is kept as it came, not copied.
+        let mut collected = Collected::default();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| EventError::bad("request body could not be read").rule(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if collected.len() + data.len() > limit {
+                    return Ok(Err(too_large()));
+                }
+                if let Err(busy) = budget.hold(&mut held, collected.len() + data.len()) {
+                    return Ok(Err(busy));
+                }
+                collected.push(data);
+            }
+        }
+        Ok(Ok(collected.into_bytes()))
+    };
+    match tokio::time::timeout(timeout, collect).await {
+        Err(_) => Err(EventError::bad("request body not received in time")
+            .rule(format!("the body must arrive within {timeout:?}"))
+            .status(408)),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Ok(bytes))) => Ok((bytes, held)),
+        Ok(Ok(Err(refused))) => {
+            drop(held);
+            discard_body(body, DISCARD_MAX_BYTES, timeout).await;
+            Err(refused)
+        }
+    }
+}
+
+/// The request bodies a node holds at once, over every connection (`--max-inflight-body-bytes`): a body's bytes
+/// count from their arrival (its declared length at once, for a client awaiting `100 Continue`) until its
+/// request is answered (parsed, appended, committed). Without it, 4,096
+/// connections of 256 HTTP/2 streams each could hold a 4 MiB batch apiece. Past it, a request gets 429 with
+/// `Retry-After` at once rather than waiting: requests that each hold part of the budget and wait for more
+/// would wait on each other.
+#[derive(Clone)]
+pub(super) struct BodyBudget {
+    kib: Arc<Semaphore>,
+    bytes: usize,
+}
+
+/// A request's share of the [`BodyBudget`], in KiB.
+#[derive(Default)]
+pub(super) struct BodyPermit(Option<OwnedSemaphorePermit>);
+
+/// Bytes of request bodies the node holds now (whole KiB), as `sluice_ingress_body_budget_held_bytes`.
+static HELD_BYTES: std::sync::LazyLock<metrics::Gauge> =
+    std::sync::LazyLock::new(|| metrics::gauge!("sluice_ingress_body_budget_held_bytes"));
+
+impl BodyPermit {
+    pub(super) fn kib(&self) -> usize {
+        self.0.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+}
+
+impl Drop for BodyPermit {
+    fn drop(&mut self) {
+        HELD_BYTES.decrement((self.kib() * 1024) as f64);
+    }
+}
+
+impl BodyBudget {
+    pub(super) fn new(bytes: usize) -> Self {
+        BodyBudget { kib: Arc::new(Semaphore::new(bytes.div_ceil(1024).min(Semaphore::MAX_PERMITS))), bytes }
+    }
+
+    /// Grows `held` to cover `bytes`, or says why not (429).
+    pub(super) fn hold(&self, held: &mut BodyPermit, bytes: usize) -> Result<(), EventError> {
+        let needed = bytes.div_ceil(1024);
+        let have = held.kib();
+        if needed <= have {
+            return Ok(());
+        }
+        let more = u32::try_from(needed - have).unwrap_or(u32::MAX);
+        match self.kib.clone().try_acquire_many_owned(more) {
+            Ok(permit) => {
+                HELD_BYTES.increment((permit.num_permits() * 1024) as f64);
+                match &mut held.0 {
+                    Some(held) => held.merge(permit),
+                    None => held.0 = Some(permit),
+                }
+                Ok(())
+            }
+            Err(_) => {
+                metrics::counter!("sluice_ingress_body_budget_refused_total").increment(1);
+                Err(EventError::bad("the node holds as many request bodies as it may; retry")
+                    .rule(format!(
+                        "at most {} bytes of request bodies are held at once over every connection \
+                         (--max-inflight-body-bytes)",
+                        self.bytes
+                    ))
+                    .status(429))
+            }
+        }
+    }
+}
+
+/// A body's frames as they arrive: the first kept as it is, copied into one buffer only when a second comes.
+#[derive(Default)]
+enum Collected {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(bytes::BytesMut),
+}
+
+impl Collected {
+    fn len(&self) -> usize {
+        match self {
+            Collected::Empty => 0,
+            Collected::One(bytes) => bytes.len(),
+            Collected::Many(buffer) => buffer.len(),
+        }
+    }
+
+    fn push(&mut self, data: Bytes) {
+        *self = match std::mem::take(self) {
+            Collected::Empty => Collected::One(data),
+            Collected::One(first) => {
+                let mut buffer = bytes::BytesMut::with_capacity(first.len() + data.len());
+                buffer.extend_from_slice(&first);
+                buffer.extend_from_slice(&data);
+                Collected::Many(buffer)
+            }
+            Collected::Many(mut buffer) => {
+                buffer.extend_from_slice(&data);
+                Collected::Many(buffer)
+            }
+        };
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Collected::Empty => Bytes::new(),
+            Collected::One(bytes) => bytes,
+            Collected::Many(buffer) => buffer.freeze(),
+        }
+    }
+}
+
+/// The most a refused request's body is read (and dropped) before answering.
+pub(super) const DISCARD_MAX_BYTES: usize = 16 << 20;
+
+pub(super) async fn discard_body(body: Body, max_bytes: usize, timeout: Duration) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(timeout, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map(|d| d.len()).unwrap_or(0);
+            if seen > max_bytes {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_budget_is_held_in_kib_grown_as_bytes_arrive_and_given_back_when_dropped() {
+        let budget = BodyBudget::new(4 << 10);
+        let (mut first, mut second) = (BodyPermit::default(), BodyPermit::default());
+        budget.hold(&mut first, 1000).expect("1 KiB of 4");
+        assert_eq!(first.kib(), 1);
+        budget.hold(&mut first, 1000).expect("already held");
+        budget.hold(&mut first, 3000).expect("grown to 3 KiB");
+        assert_eq!(first.kib(), 3);
+        let refused = budget.hold(&mut second, 2048).expect_err("2 KiB of the 1 left");
+        assert_eq!(refused.status, 429);
+        assert!(refused.rule.as_deref().unwrap_or_default().contains("--max-inflight-body-bytes"), "{refused:?}");
+        assert_eq!(second.kib(), 0, "a refused request holds nothing");
+        budget.hold(&mut second, 1024).expect("the last KiB");
+        drop(first);
+        budget.hold(&mut second, 4096).expect("the first request's share is back");
+        assert_eq!(second.kib(), 4);
+    }
+
+    #[test]
+    fn a_body_in_one_frame_is_kept_and_in_several_joined() {
+        let mut collected = Collected::default();
+        assert_eq!(collected.len(), 0);
+        let first = Bytes::from_static(b"hello ");
+        collected.push(first.clone());
+        assert!(matches!(&collected, Collected::One(b) if b.as_ptr() == first.as_ptr()), "kept without a copy");
+        collected.push(Bytes::from_static(b"world"));
+        collected.push(Bytes::from_static(b"!"));
+        assert_eq!(collected.len(), 12);
+        assert_eq!(collected.into_bytes(), Bytes::from_static(b"hello world!"));
+        assert_eq!(Collected::default().into_bytes(), Bytes::new());
+    }
+}
