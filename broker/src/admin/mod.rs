@@ -364,7 +364,7 @@ impl Resources for AdminService {
                 .and_then(|v| v.as_str())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            let (merged, outcome) = sluice_controller::meta::merge_for_apply(
+            let (merged, outcome) = sluice_controller::meta::merge_for_apply_keeping_owned(
                 existing.as_ref(),
                 incoming,
                 &record.uid,

@@ -80,7 +80,8 @@ pub(crate) enum LogCommand {
     /// Retention: drops the records of `stream` below `before_offset`
     /// (partition groups; idempotent).
     Trim { stream: String, before_offset: u64 },
-    /// Creates or replaces a resource object (metadata group).
+    /// Creates or replaces a resource object (metadata group). Kept for logs written by earlier versions:
+    /// it replaces the annotations whole, so a resync undid a `trigger pause`; nodes propose `ApplyResource`.
     PutResource(ResourceRecord),
     /// Removes a resource object (metadata group); absent is not an error.
     DeleteResource(ResourceKey),
@@ -106,7 +107,14 @@ pub(crate) enum LogCommand {
     /// read the object, changed it and wrote it whole, undoing an apply that landed in between). Answers
     /// [`LogResponse::Applied`], `absent` when there is no such object, or when `uid` is set and the object
     /// is another one of that name (deleted and created again meanwhile).
+    /// Kept for logs written by earlier versions; nodes propose `SetAdminAnnotation`.
     SetAnnotation { key: ResourceKey, uid: String, annotation: String, value: Option<String> },
+    /// Creates or replaces a resource object (metadata group), keeping the annotations the admin API set
+    /// that the object does not name (`sluice_controller::meta::merge_for_apply_keeping_owned`).
+    ApplyResource(ResourceRecord),
+    /// `SetAnnotation`, recording the annotation as the admin API's (`metadata.managedFields`), so that an
+    /// apply that does not name it keeps it (`trigger pause`/`resume`).
+    SetAdminAnnotation { key: ResourceKey, uid: String, annotation: String, value: Option<String> },
 }
 
 /// One consumer cursor's position: the next offset it will read.
@@ -136,6 +144,7 @@ impl fmt::Display for LogCommand {
             LogCommand::InitCluster(config) => write!(f, "InitCluster({config:?})"),
             LogCommand::Trim { stream, before_offset } => write!(f, "Trim({stream} < {before_offset})"),
             LogCommand::PutResource(record) => write!(f, "PutResource({:?})", record.key),
+            LogCommand::ApplyResource(record) => write!(f, "ApplyResource({:?})", record.key),
             LogCommand::DeleteResource(key) => write!(f, "DeleteResource({key:?})"),
             LogCommand::CommitOffsets(commits) => write!(f, "CommitOffsets({} cursors)", commits.len()),
             LogCommand::DeleteOffsets(cursors) => write!(f, "DeleteOffsets({} cursors)", cursors.len()),
@@ -144,6 +153,9 @@ impl fmt::Display for LogCommand {
             LogCommand::RemoveMember(node) => write!(f, "RemoveMember({node})"),
             LogCommand::SetAnnotation { key, annotation, value, .. } => {
                 write!(f, "SetAnnotation({key:?} {annotation}={value:?})")
+            }
+            LogCommand::SetAdminAnnotation { key, annotation, value, .. } => {
+                write!(f, "SetAdminAnnotation({key:?} {annotation}={value:?})")
             }
         }
     }
@@ -158,7 +170,8 @@ pub(crate) enum LogResponse {
     Appended { appended: Vec<Appended> },
     /// `InitCluster` was refused: the cluster already has this config.
     AlreadyInitialized(ClusterConfig),
-    /// What a `PutResource` did: `created`, `configured` or `unchanged` (`SetAnnotation`: or `absent`).
+    /// What a `PutResource`/`ApplyResource` did: `created`, `configured` or `unchanged` (the annotation
+    /// commands: or `absent`).
     Applied { outcome: String },
     /// What a `DeleteResource` did: whether there was an object to delete.
     Deleted { existed: bool },

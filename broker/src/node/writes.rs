@@ -81,7 +81,7 @@ impl Node {
     /// Creates or replaces a resource object in the metadata group; answers
     /// `created`, `configured` or `unchanged`.
     pub async fn put_resource(&self, record: ResourceRecord) -> Result<String, BrokerError> {
-        match self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::PutResource(record))).await? {
+        match self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::ApplyResource(record))).await? {
             ForwardedReply::Response(LogResponse::Applied { outcome }) => Ok(outcome),
             other => Err(BrokerError::Bug { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),
         }
@@ -97,7 +97,7 @@ impl Node {
         annotation: &str,
         value: Option<&str>,
     ) -> Result<String, BrokerError> {
-        let command = LogCommand::SetAnnotation {
+        let command = LogCommand::SetAdminAnnotation {
             key,
             uid: uid.to_string(),
             annotation: annotation.to_string(),

@@ -31,9 +31,6 @@ use tokio::sync::watch;
 use super::event_tail::EventTail;
 use super::snapshot::{self, GroupSnapshotBuilder, SnapshotData};
 use super::{cf, io_err};
-use sluice_controller::meta::{ApplyOutcome, merge_for_apply, with_annotation};
-
-use crate::command::ResourceRecord;
 
 use crate::command::cluster_config::ClusterConfig;
 use crate::command::{
@@ -46,11 +43,15 @@ use crate::store::dedupe_window::{
 };
 use crate::store::keys::{
     CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBER_REMOVALS, SM_MEMBERSHIP,
-    SM_RESOURCE, SM_STREAM, event_key, event_value, offset_key, resource_key, split_resource_key, stream_state_key,
-    tag_key, time_index_arrival_of, time_index_key, time_index_offset_of,
+    SM_RESOURCE, SM_STREAM, event_key, event_value, offset_key, split_resource_key, stream_state_key, tag_key,
+    time_index_arrival_of, time_index_key, time_index_offset_of,
 };
 use crate::store::snapshot::Snapshot;
 use crate::store::stream_keys::StreamKeys;
+
+mod resources;
+
+use resources::{AnnotationChange, ResourceRules};
 
 pub(crate) use super::read_view::{AppliedConfig, ReadBatch, StoredRecord, StreamExtent, StreamView};
 use super::read_view::{AppliedView, StreamState};
@@ -399,57 +400,6 @@ impl GroupStateMachine {
         Ok(())
     }
 
-    /// Stores a resource with the metadata Sluice maintains (uid, generation,
-    /// resourceVersion = the entry's log index, creationTimestamp).
-    /// A resource as of the writes staged so far in this apply.
-    fn staged_resource(&self, staged: &Staged, key: &ResourceKey) -> Option<String> {
-        match staged.resources.get(key) {
-            Some(staged) => staged.clone(),
-            None => self.view.resources.read().ok().and_then(|r| r.get(key).cloned()),
-        }
-    }
-
-    fn stage_put_resource(
-        &self,
-        staged: &mut Staged,
-        record: &ResourceRecord,
-        log_index: u64,
-    ) -> io::Result<ApplyOutcome> {
-        let existing: Option<serde_json::Value> =
-            self.staged_resource(staged, &record.key).map(|j| serde_json::from_str(&j)).transpose().map_err(io_err)?;
-        let incoming: serde_json::Value = serde_json::from_str(&record.json).map_err(io_err)?;
-        let (merged, outcome) =
-            merge_for_apply(existing.as_ref(), incoming, &record.uid, &record.applied_at, log_index);
-        if outcome != ApplyOutcome::Unchanged {
-            self.stage_resource(staged, &record.key, Some(&merged.to_string()))?;
-        }
-        Ok(outcome)
-    }
-
-    /// One annotation set or removed on the object as it is now (staged included): `configured`, `unchanged`,
-    /// or `absent` (none, or another object than the one of `uid`, when set). The object's uid, generation and status stay; its resourceVersion becomes this entry's.
-    fn stage_set_annotation(
-        &self,
-        staged: &mut Staged,
-        key: &ResourceKey,
-        uid: &str,
-        annotation: &str,
-        value: Option<&str>,
-        log_index: u64,
-    ) -> io::Result<&'static str> {
-        let Some(existing) = self.staged_resource(staged, key) else { return Ok("absent") };
-        let existing: serde_json::Value = serde_json::from_str(&existing).map_err(io_err)?;
-        if !uid.is_empty() && existing.pointer("/metadata/uid").and_then(|u| u.as_str()) != Some(uid) {
-            return Ok("absent");
-        }
-        let changed = with_annotation(&existing, annotation, value);
-        let (merged, outcome) = merge_for_apply(Some(&existing), changed, "", "", log_index);
-        if outcome != ApplyOutcome::Unchanged {
-            self.stage_resource(staged, key, Some(&merged.to_string()))?;
-        }
-        Ok(outcome.as_str())
-    }
-
     /// The offset of `cursor` as of the writes staged so far in this apply.
     fn staged_offset(&self, staged: &Staged, cursor: &str) -> io::Result<Option<u64>> {
         match staged.offsets.get(cursor) {
@@ -485,17 +435,6 @@ impl GroupStateMachine {
         Ok(())
     }
 
-    fn stage_resource(&self, staged: &mut Staged, key: &ResourceKey, json: Option<&String>) -> io::Result<()> {
-        let sm = cf(&self.db, CF_SM_STATE)?;
-        let db_key = resource_key(self.group, &key.kind, &key.namespace, &key.name);
-        match json {
-            Some(json) => staged.batch.put_cf(sm, db_key, json.as_bytes()),
-            None => staged.batch.delete_cf(sm, db_key),
-        }
-        staged.resources.insert(key.clone(), json.cloned());
-        Ok(())
-    }
-
     /// Stages one entry and returns what its proposer is told.
     fn stage_entry(&mut self, staged: &mut Staged, entry: &crate::command::Entry) -> io::Result<LogResponse> {
         let sm = cf(&self.db, CF_SM_STATE)?;
@@ -522,11 +461,21 @@ impl GroupStateMachine {
                 LogResponse::None
             }
             LogCommand::PutResource(record) => {
-                let outcome = self.stage_put_resource(staged, record, index)?;
+                let outcome = self.stage_put_resource(staged, record, index, ResourceRules::Original)?;
+                LogResponse::Applied { outcome: outcome.as_str().to_string() }
+            }
+            LogCommand::ApplyResource(record) => {
+                let outcome = self.stage_put_resource(staged, record, index, ResourceRules::KeepingOwned)?;
                 LogResponse::Applied { outcome: outcome.as_str().to_string() }
             }
             LogCommand::SetAnnotation { key, uid, annotation, value } => {
-                let outcome = self.stage_set_annotation(staged, key, uid, annotation, value.as_deref(), index)?;
+                let change = AnnotationChange { key, uid, annotation, value: value.as_deref() };
+                let outcome = self.stage_set_annotation(staged, change, index, ResourceRules::Original)?;
+                LogResponse::Applied { outcome: outcome.to_string() }
+            }
+            LogCommand::SetAdminAnnotation { key, uid, annotation, value } => {
+                let change = AnnotationChange { key, uid, annotation, value: value.as_deref() };
+                let outcome = self.stage_set_annotation(staged, change, index, ResourceRules::KeepingOwned)?;
                 LogResponse::Applied { outcome: outcome.to_string() }
             }
             LogCommand::DeleteResource(key) => {

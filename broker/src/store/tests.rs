@@ -886,3 +886,51 @@ async fn an_annotation_is_set_on_the_object_current_at_apply_time_and_keeps_a_ch
     assert_eq!(object["metadata"]["resourceVersion"], "6", "removing it again changes nothing");
     assert_eq!(object["spec"]["subscriber"]["uri"], "http://two");
 }
+
+/// Regression: a Trigger paused through the admin API was resumed by the next apply of the object without the
+/// annotation (the Kubernetes controller applies every Ready object again every few minutes). `ApplyResource`
+/// keeps what `SetAdminAnnotation` set; the earlier `PutResource`/`SetAnnotation` entries keep their rules, so a
+/// replay of an old log stores what it stored before.
+#[tokio::test]
+async fn a_pause_set_through_the_admin_api_survives_an_apply_without_it_and_old_entries_keep_their_rules() {
+    use crate::command::{ResourceKey, ResourceRecord};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, mut sm) = open(dir.path(), 0);
+    let record = |name: &str| ResourceRecord {
+        key: ResourceKey { kind: "Trigger".into(), namespace: "default".into(), name: name.into() },
+        json: serde_json::json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"broker": "default", "subscriber": {"uri": "http://sink"}}})
+        .to_string(),
+        uid: format!("uid-{name}"),
+        applied_at: "2026-12-02T00:00:00Z".into(),
+    };
+    let pause = |name: &str, admin: bool| {
+        let (key, uid) = (record(name).key, format!("uid-{name}"));
+        let (annotation, value) = ("sluice.dev/paused".to_string(), Some("true".to_string()));
+        if admin {
+            LogCommand::SetAdminAnnotation { key, uid, annotation, value }
+        } else {
+            LogCommand::SetAnnotation { key, uid, annotation, value }
+        }
+    };
+    apply(
+        &mut sm,
+        vec![
+            entry(1, LogCommand::ApplyResource(record("new"))),
+            entry(2, pause("new", true)),
+            entry(3, LogCommand::ApplyResource(record("new"))),
+            entry(4, LogCommand::PutResource(record("old"))),
+            entry(5, pause("old", false)),
+            entry(6, LogCommand::PutResource(record("old"))),
+        ],
+    )
+    .await;
+    let paused = |name: &str| -> Option<String> {
+        let object: serde_json::Value =
+            serde_json::from_str(&sm.view().resource(&record(name).key).expect("stored")).expect("json");
+        object.pointer("/metadata/annotations/sluice.dev~1paused").and_then(|v| v.as_str()).map(str::to_string)
+    };
+    assert_eq!(paused("new").as_deref(), Some("true"), "kept by the apply that did not name it");
+    assert_eq!(paused("old"), None, "an earlier log's entries: the apply replaced the annotations, as it did");
+}

@@ -58,7 +58,7 @@ async fn client_dry_run(client: &mut ResourcesClient<AdminChannel>, object: &Val
         Err(status) => return Err(status),
     };
     sluice_controller::validate::validate_object(&object, existing.as_ref()).map_err(invalid)?;
-    let (_, outcome) = sluice_controller::meta::merge_for_apply(existing.as_ref(), object, "", "", 0);
+    let (_, outcome) = sluice_controller::meta::merge_for_apply_keeping_owned(existing.as_ref(), object, "", "", 0);
     Ok(outcome.as_str().to_string())
 }
 

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use super::children::{self, revision_name};
 use super::routing::{HostTargets, route_table};
-use crate::meta::merge_for_apply;
+use crate::meta::merge_for_apply_keeping_owned;
 use crate::status::{Environment, World, reconcile};
 use crate::validate_object;
 
@@ -29,8 +29,13 @@ fn store(objects: &mut Vec<Value>, object: Value) {
         object["kind"].as_str().unwrap_or_default(),
         object["metadata"]["name"].as_str().unwrap_or_default()
     );
-    let (merged, _) =
-        merge_for_apply(existing.as_ref(), object, &uid, "2026-11-28T00:00:00Z", objects.len() as u64 + 1);
+    let (merged, _) = merge_for_apply_keeping_owned(
+        existing.as_ref(),
+        object,
+        &uid,
+        "2026-11-28T00:00:00Z",
+        objects.len() as u64 + 1,
+    );
     match position {
         Some(i) => objects[i] = merged,
         None => objects.push(merged),

@@ -243,7 +243,8 @@ async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Acti
     let stored = ctx.sluice.get(&kind, &namespace, &name).await?;
     let stored = match stored {
         Some(stored)
-            if sluice_controller::meta::same_user_part(&stored, &desired) && !condition_true(&stored, "Ready") =>
+            if sluice_controller::meta::apply_changes_nothing(&stored, &desired)
+                && !condition_true(&stored, "Ready") =>
         {
             stored
         }

@@ -75,7 +75,10 @@ impl SluiceApi for FakeSluice {
                 object["metadata"]["name"].as_str().unwrap_or_default()
             );
             self.note(format!("apply {key}"));
-            let mut stored = object.clone();
+            // Merged as the node merges an `ApplyResource` entry.
+            let existing = self.object(&key);
+            let (mut stored, _) =
+                sluice_controller::meta::merge_for_apply_keeping_owned(existing.as_ref(), object.clone(), "u", "t", 1);
             let ready = if self.not_ready { "False" } else { "True" };
             stored["status"] = json!({"conditions": [{"type": "Ready", "status": ready}], "subscriberUri": object["spec"]["subscriber"]["uri"]});
             if let Ok(mut objects) = self.objects.lock() {
@@ -288,6 +291,42 @@ async fn a_trigger_on_a_sluice_broker_reaches_sluice_with_its_core_service_resol
     assert_eq!(action, Action::requeue(Settings::default().resync_ready));
     let pushed = sluice.object("Trigger/default/t").expect("pushed");
     assert_eq!(pushed["spec"]["subscriber"], json!({"uri": "http://sink.default.svc.cluster.local:8080"}));
+}
+
+/// Regression: a Trigger paused through the admin API (`sluice trigger pause`) was resumed by the next resync,
+/// which applied the Kubernetes object, without the annotation, over it.
+#[tokio::test]
+async fn a_resync_keeps_a_pause_set_through_the_admin_api() {
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, mut handle) = context(sluice.clone());
+    let object = trigger(json!({"uri": "http://sink.example"}));
+    let echo = serde_json::to_value(&object).expect("json");
+    let the_broker = serde_json::to_value(broker("Sluice")).expect("json");
+    let scenario = async move {
+        for _ in 0..2 {
+            let (method, path, _, send) = next_request(&mut handle).await;
+            assert_eq!(
+                (method, path.as_str()),
+                (Method::GET, "/apis/eventing.knative.dev/v1/namespaces/default/brokers/b")
+            );
+            respond(send, &the_broker);
+            let (method, _, _, send) = next_request(&mut handle).await;
+            assert_eq!(method, Method::PATCH);
+            respond(send, &echo);
+        }
+    };
+    let server = tokio::spawn(scenario);
+    reconcile(Arc::new(object.clone()), ctx.clone()).await.expect("reconcile");
+    let key = "Trigger/default/t";
+    let stored = sluice.object(key).expect("pushed");
+    let (paused, _) = sluice_controller::meta::set_admin_annotation(&stored, "sluice.dev/paused", Some("true"), 2);
+    sluice.objects.lock().expect("objects").insert(key.into(), paused);
+    // The resync of a Ready object applies it again.
+    reconcile(Arc::new(object), ctx.clone()).await.expect("reconcile");
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("the scenario finished").expect("scenario");
+    assert_eq!(*sluice.journal.lock().expect("journal"), vec![format!("apply {key}"), format!("apply {key}")]);
+    let stored = sluice.object(key).expect("stored");
+    assert_eq!(stored["metadata"]["annotations"]["sluice.dev/paused"], "true", "{stored}");
 }
 
 #[tokio::test]

@@ -9,9 +9,10 @@ use std::time::Duration;
 use serde_json::json;
 use sluice_proto::admin::consumers_client::ConsumersClient;
 use sluice_proto::admin::dead_letters_client::DeadLettersClient;
+use sluice_proto::admin::resources_client::ResourcesClient;
 use sluice_proto::admin::{
-    ConsumerRef, DeadLetterPosition, ListDeadLettersRequest, PurgeRequest, RedriveProgress, RedriveRequest,
-    ReplayRequest, replay_request,
+    ApplyResourceRequest, ConsumerRef, DeadLetterPosition, ListDeadLettersRequest, PurgeRequest, RedriveProgress,
+    RedriveRequest, ReplayRequest, replay_request,
 };
 use sluice_tests::subscriber::{Delivery, Reply, Subscriber};
 use sluice_tests::{TestCluster, apply_resource, broker_object, send_event_accepted, trigger_object, wait_until};
@@ -51,6 +52,11 @@ async fn pause_resume_replay_by_time_and_status() -> anyhow::Result<()> {
     // Paused: the backlog grows and nothing is delivered; resumed: it drains.
     let paused = consumers.pause(trigger("t")).await?.into_inner();
     assert!(paused.paused);
+    // Applied again without the annotation (as the Kubernetes controller's resync does): still paused.
+    let mut resources = ResourcesClient::connect(format!("http://{}", cluster.nodes[0].admin)).await?;
+    let again = trigger_object("default", "t", "b", &subscriber.url(), json!({}), json!({}));
+    let reply = resources.apply(ApplyResourceRequest { object_json: again.to_string(), dry_run: false }).await?;
+    assert_eq!(reply.into_inner().outcome, "unchanged", "the pause is kept (a removed one would be `configured`)");
     for i in 0..6 {
         send_event_accepted(&client, &http, "/default/b", &format!("p{i}"), "t", &[], "{}").await?;
     }
