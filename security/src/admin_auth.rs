@@ -8,6 +8,10 @@
 //! the cluster's CA whose subject's organisation names a role: `sluice:read` reads, `sluice:operate` and
 //! `sluice:node` (the nodes' own) operate. A certificate of the CA naming none of them has no role: a CA
 //! shared with other workloads grants nothing by itself.
+//!
+//! A token is checked when a call starts and again whenever the tokens file changes while its response
+//! streams: a stream opened with a token since revoked (or demoted below the method's role) ends with
+//! UNAUTHENTICATED ([`RevocableBody`]), so `watch`, `tail` and `logs --follow` do not outlive the token.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -160,16 +164,16 @@ pub struct AdminAuthLayer {
     tokens: SharedTokens,
 }
 
-/// The current tokens, replaced whole when the file changes.
-type SharedTokens = Arc<std::sync::RwLock<Arc<AdminTokens>>>;
+/// The current tokens, replaced whole when the file changes; responses still streaming watch them.
+type SharedTokens = Arc<tokio::sync::watch::Sender<Arc<AdminTokens>>>;
 
 impl AdminAuthLayer {
     pub fn new(tokens: AdminTokens) -> AdminAuthLayer {
-        AdminAuthLayer { tokens: Arc::new(std::sync::RwLock::new(Arc::new(tokens))) }
+        AdminAuthLayer { tokens: Arc::new(tokio::sync::watch::Sender::new(Arc::new(tokens))) }
     }
 
     fn current(&self) -> Arc<AdminTokens> {
-        self.tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.tokens.borrow().clone()
     }
 
     /// Takes `text` as the tokens file's new content: `Ok` when it replaced the tokens, an error (and
@@ -183,8 +187,7 @@ impl AdminAuthLayer {
         if tokens.by_token.is_empty() && !current.by_token.is_empty() {
             return Err("the file holds no token (empty, or being written?)".into());
         }
-        *self.tokens.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Arc::new(AdminTokens { path, loaded_text: Some(text.to_string()), ..tokens });
+        self.tokens.send_replace(Arc::new(AdminTokens { path, loaded_text: Some(text.to_string()), ..tokens }));
         Ok(())
     }
 
@@ -260,10 +263,23 @@ where
             .and_then(|leaf| certificate_role(leaf.as_ref()));
         let authorization = request.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or_default());
         let path = request.uri().path().to_string();
-        match authorize_call(&self.tokens.current(), &path, authorization, certificate_role) {
+        // Subscribed before the decision, so that a reload right after it still reaches the response.
+        let mut tokens = self.tokens.tokens.subscribe();
+        let current = tokens.borrow_and_update().clone();
+        match authorize_call(&current, &path, authorization, certificate_role) {
             Ok((caller, role)) => {
                 tracing::debug!(%caller, ?role, %path, "admin call");
-                Box::pin(self.inner.call(request))
+                let token = authorization.and_then(|value| crate::jwt::bearer_token(Some(value)).ok());
+                let Some(token) = token.map(str::to_string) else { return Box::pin(self.inner.call(request)) };
+                let changes = tokio_stream::wrappers::WatchStream::from_changes(tokens);
+                let needed = required_role(&path);
+                let response = self.inner.call(request);
+                Box::pin(async move {
+                    let response = response.await?;
+                    Ok(response.map(|inner| {
+                        tonic::body::Body::new(RevocableBody { inner, token, needed, caller, changes, ended: false })
+                    }))
+                })
             }
             Err(refusal) => {
                 let status = match refusal {
@@ -279,6 +295,71 @@ where
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
         }
+    }
+}
+
+impl AdminTokens {
+    /// Whether `token` is known with at least the role `needed`.
+    fn allows(&self, token: &str, needed: Role) -> bool {
+        self.by_token.get(token).is_some_and(|(_, role)| *role >= needed)
+    }
+}
+
+/// A response body of a call let in by a token, ended with UNAUTHENTICATED in its trailers as soon as the
+/// tokens file no longer lets that token call the method (the rest of the response is not sent).
+pub struct RevocableBody {
+    inner: tonic::body::Body,
+    token: String,
+    needed: Role,
+    caller: String,
+    changes: tokio_stream::wrappers::WatchStream<Arc<AdminTokens>>,
+    /// The inner body has ended (or sent its trailers), or the revocation was sent: nothing more.
+    ended: bool,
+}
+
+impl http_body::Body for RevocableBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        use tokio_stream::Stream;
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        // Registers for the next change, so an idle stream (a watch with nothing to say) ends too.
+        while let Poll::Ready(Some(tokens)) = Pin::new(&mut this.changes).poll_next(cx) {
+            if !tokens.allows(&this.token, this.needed) {
+                this.ended = true;
+                metrics::counter!("sluice_admin_streams_revoked_total").increment(1);
+                tracing::info!(caller = %this.caller, "an admin response ended: its token was revoked");
+                let mut trailers = http::HeaderMap::new();
+                let status = tonic::Status::unauthenticated("the token was revoked");
+                if status.add_header(&mut trailers).is_err() {
+                    return Poll::Ready(Some(Err(status)));
+                }
+                return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+            }
+        }
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = &frame {
+            this.ended = true;
+        }
+        if let Poll::Ready(Some(Ok(frame))) = &frame {
+            this.ended = frame.is_trailers();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -366,5 +447,41 @@ mod tests {
         assert_eq!(certificate_role(&der(&operator)), Some(("cert:ci".into(), Role::Operate)));
         assert_eq!(certificate_role(&der(&node)), Some(("cert:node-1".into(), Role::Operate)));
         assert_eq!(certificate_role(&der(&workload)), None, "a certificate of the CA with no Sluice role has none");
+    }
+
+    /// Regression: a stream opened with a token (`watch`, `tail`, `logs --follow`) went on after the token was
+    /// revoked; only new calls were refused.
+    #[tokio::test]
+    async fn a_stream_ends_unauthenticated_once_its_token_is_revoked() {
+        use http_body::Body as _;
+        use tower::{Layer, Service};
+        let layer = AdminAuthLayer::new(AdminTokens::parse(TOKENS).expect("parses"));
+        let streams_for_ever = tower::service_fn(|_request: http::Request<()>| async {
+            let body = http_body_util::StreamBody::new(tokio_stream::pending::<
+                Result<http_body::Frame<bytes::Bytes>, tonic::Status>,
+            >());
+            Ok::<_, Infallible>(http::Response::new(tonic::body::Body::new(body)))
+        });
+        let mut service = layer.layer(streams_for_ever);
+        let watch = |token: &str| {
+            http::Request::builder()
+                .uri("/sluice.admin.v1.Resources/Watch")
+                .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(())
+                .expect("request")
+        };
+        let mut reader = service.call(watch("read-token-0123456789")).await.expect("call").into_body();
+        let mut operator = service.call(watch("operate-token-0123456789")).await.expect("call").into_body();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut poll = |body: &mut tonic::body::Body| Pin::new(body).poll_frame(&mut cx).map(|f| f.map(|f| f.ok()));
+        assert!(poll(&mut reader).is_pending());
+        layer.reload("operate-token-0123456789,bob,operate\nread-token-0123456789,alice,read\n").expect("parses");
+        assert!(poll(&mut reader).is_pending(), "a reload that keeps the token keeps the stream");
+        layer.reload("operate-token-0123456789,bob,operate\n").expect("parses");
+        let Poll::Ready(Some(Some(frame))) = poll(&mut reader) else { panic!("the revoked stream ends") };
+        let trailers = frame.into_trailers().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "16", "UNAUTHENTICATED: {trailers:?}");
+        assert!(matches!(poll(&mut reader), Poll::Ready(None)));
+        assert!(poll(&mut operator).is_pending(), "another token's stream goes on");
     }
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sluice_proto::admin::cluster_client::ClusterClient;
-use sluice_proto::admin::{InitRequest, Member};
+use sluice_proto::admin::resources_client::ResourcesClient;
+use sluice_proto::admin::{InitRequest, Member, WatchResourcesRequest};
 use sluice_tests::{NodeProc, run_sluice, wait_until};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
@@ -123,6 +124,15 @@ async fn every_rpc_asks_who_you_are() -> Result<()> {
         .output()?;
     assert_eq!(status.status.code(), Some(0), "SLUICE_TOKEN: {}", String::from_utf8_lossy(&status.stderr));
 
+    // A watch opened with the read token, open when the token is revoked below.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))?.connect().await?;
+    let token: MetadataValue<_> = format!("Bearer {READ_TOKEN}").parse()?;
+    let mut resources = ResourcesClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", token.clone());
+        Ok(r)
+    });
+    let mut watch = resources.watch(WatchResourcesRequest { kind: "Broker".into() }).await?.into_inner();
+
     // The tokens file is read again while the node runs: a revoked token is refused, a new one let in, and a
     // file that does not parse keeps the tokens it replaced.
     let staged = root.path().join("tokens.staged");
@@ -134,6 +144,19 @@ async fn every_rpc_asks_who_you_are() -> Result<()> {
     .await
     .context("the new token let in")?;
     assert_eq!(call(&admin, "Cluster/Status", Some(OPERATE_TOKEN)).await?, Code::Unauthenticated);
+    // The watch opened with a revoked token ends (it would otherwise wait for changes to Brokers for ever).
+    let ended = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Code::Ok,
+                Err(status) => return status.code(),
+            }
+        }
+    })
+    .await
+    .context("the revoked token's watch ended")?;
+    assert_eq!(ended, Code::Unauthenticated);
     std::fs::write(&staged, "not,a,valid,line\n")?;
     std::fs::rename(&staged, &tokens)?;
     // Once the node has read the bad file (its failure counted), the tokens it had still work.
