@@ -212,6 +212,10 @@ pub(crate) struct IngressArgs {
     /// past it requests get 429 (never less than the largest body allowed).
     #[arg(long, default_value_t = 256 << 20)]
     pub max_inflight_body_bytes: usize,
+    /// What one connection's requests may hold of `--max-inflight-body-bytes` at once (never less than the
+    /// largest body allowed), so that one client's HTTP/2 streams cannot take it all.
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_inflight_body_bytes_per_connection: usize,
     /// Appends waiting per partition before requests get 429.
     #[arg(long, default_value_t = 8192)]
     pub queue_depth: usize,
@@ -242,6 +246,7 @@ impl IngressArgs {
             body_read_timeout: Duration::from_millis(self.body_read_timeout_ms.max(1)),
             idle_connection_timeout: Duration::from_millis(self.idle_connection_timeout_ms.max(1)),
             max_inflight_body_bytes: self.max_inflight_body_bytes,
+            max_inflight_body_bytes_per_connection: self.max_inflight_body_bytes_per_connection,
         }
     }
 }

@@ -60,24 +60,48 @@ pub(super) async fn read_body(
 /// request is answered (parsed, appended, committed). Without it, 4,096
 /// connections of 256 HTTP/2 streams each could hold a 4 MiB batch apiece. Past it, a request gets 429 with
 /// `Retry-After` at once rather than waiting: requests that each hold part of the budget and wait for more
-/// would wait on each other.
+/// would wait on each other. Each connection may hold only its [`ConnectionBodyShare`] of it, so that one client's
+/// streams (an HTTP/2 connection carries 256) cannot take the whole budget from the others.
 #[derive(Clone)]
 pub(super) struct BodyBudget {
     kib: Arc<Semaphore>,
     bytes: usize,
 }
 
-/// A request's share of the [`BodyBudget`], in KiB.
+/// What one connection's requests may hold of the [`BodyBudget`] at once
+/// (`--max-inflight-body-bytes-per-connection`); it travels in each request's extensions.
+#[derive(Clone)]
+pub(crate) struct ConnectionBodyShare {
+    kib: Arc<Semaphore>,
+    bytes: usize,
+}
+
+impl ConnectionBodyShare {
+    pub(crate) fn new(bytes: usize) -> Self {
+        ConnectionBodyShare { kib: Arc::new(Semaphore::new(bytes.div_ceil(1024).min(Semaphore::MAX_PERMITS))), bytes }
+    }
+}
+
+/// A request's part of the [`BodyBudget`] and of its connection's share, in KiB.
 #[derive(Default)]
-pub(super) struct BodyPermit(Option<OwnedSemaphorePermit>);
+pub(super) struct BodyPermit {
+    node: Option<OwnedSemaphorePermit>,
+    connection: Option<OwnedSemaphorePermit>,
+    share: Option<ConnectionBodyShare>,
+}
 
 /// Bytes of request bodies the node holds now (whole KiB), as `sluice_ingress_body_budget_held_bytes`.
 static HELD_BYTES: std::sync::LazyLock<metrics::Gauge> =
     std::sync::LazyLock::new(|| metrics::gauge!("sluice_ingress_body_budget_held_bytes"));
 
 impl BodyPermit {
+    /// A permit holding nothing yet, for a request on a connection with `share` (none: the node's budget only).
+    pub(super) fn on_connection(share: Option<ConnectionBodyShare>) -> Self {
+        BodyPermit { node: None, connection: None, share }
+    }
+
     pub(super) fn kib(&self) -> usize {
-        self.0.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+        self.node.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
     }
 }
 
@@ -87,39 +111,61 @@ impl Drop for BodyPermit {
     }
 }
 
+/// Grows `held` by `more` KiB of `kib`, or says that there is not as much left.
+fn grow(held: &mut Option<OwnedSemaphorePermit>, kib: &Arc<Semaphore>, more: usize) -> Result<(), ()> {
+    if more == 0 {
+        return Ok(());
+    }
+    let more = u32::try_from(more).unwrap_or(u32::MAX);
+    let permit = kib.clone().try_acquire_many_owned(more).map_err(|_| ())?;
+    match held {
+        Some(held) => held.merge(permit),
+        None => *held = Some(permit),
+    }
+    Ok(())
+}
+
 impl BodyBudget {
     pub(super) fn new(bytes: usize) -> Self {
         BodyBudget { kib: Arc::new(Semaphore::new(bytes.div_ceil(1024).min(Semaphore::MAX_PERMITS))), bytes }
     }
 
-    /// Grows `held` to cover `bytes`, or says why not (429).
+    /// Grows `held` to cover `bytes`, in its connection's share and in the node's budget, or says why not (429).
     pub(super) fn hold(&self, held: &mut BodyPermit, bytes: usize) -> Result<(), EventError> {
         let needed = bytes.div_ceil(1024);
         let have = held.kib();
         if needed <= have {
             return Ok(());
         }
-        let more = u32::try_from(needed - have).unwrap_or(u32::MAX);
-        match self.kib.clone().try_acquire_many_owned(more) {
-            Ok(permit) => {
-                HELD_BYTES.increment((permit.num_permits() * 1024) as f64);
-                match &mut held.0 {
-                    Some(held) => held.merge(permit),
-                    None => held.0 = Some(permit),
-                }
-                Ok(())
-            }
-            Err(_) => {
-                metrics::counter!("sluice_ingress_body_budget_refused_total").increment(1);
-                Err(EventError::bad("the node holds as many request bodies as it may; retry")
-                    .rule(format!(
-                        "at most {} bytes of request bodies are held at once over every connection \
-                         (--max-inflight-body-bytes)",
-                        self.bytes
-                    ))
-                    .status(429))
+        let refused = |rule: String, reason: &'static str| {
+            metrics::counter!("sluice_ingress_body_budget_refused_total", "limit" => reason).increment(1);
+            EventError::bad("the node holds as many request bodies as it may; retry").rule(rule).status(429)
+        };
+        if let Some(share) = &held.share {
+            let have_here = held.connection.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+            if grow(&mut held.connection, &share.kib, needed.saturating_sub(have_here)).is_err() {
+                return Err(refused(
+                    format!(
+                        "at most {} bytes of request bodies are held at once per connection \
+                         (--max-inflight-body-bytes-per-connection)",
+                        share.bytes
+                    ),
+                    "connection",
+                ));
             }
         }
+        if grow(&mut held.node, &self.kib, needed - have).is_err() {
+            return Err(refused(
+                format!(
+                    "at most {} bytes of request bodies are held at once over every connection \
+                     (--max-inflight-body-bytes)",
+                    self.bytes
+                ),
+                "node",
+            ));
+        }
+        HELD_BYTES.increment(((needed - have) * 1024) as f64);
+        Ok(())
     }
 }
 
@@ -191,7 +237,7 @@ mod tests {
     #[test]
     fn the_body_budget_is_held_in_kib_grown_as_bytes_arrive_and_given_back_when_dropped() {
         let budget = BodyBudget::new(4 << 10);
-        let (mut first, mut second) = (BodyPermit::default(), BodyPermit::default());
+        let (mut first, mut second) = (BodyPermit::on_connection(None), BodyPermit::on_connection(None));
         budget.hold(&mut first, 1000).expect("1 KiB of 4");
         assert_eq!(first.kib(), 1);
         budget.hold(&mut first, 1000).expect("already held");
@@ -205,6 +251,28 @@ mod tests {
         drop(first);
         budget.hold(&mut second, 4096).expect("the first request's share is back");
         assert_eq!(second.kib(), 4);
+    }
+
+    #[test]
+    fn a_connection_holds_no_more_than_its_share_and_the_others_keep_theirs() {
+        let budget = BodyBudget::new(8 << 10);
+        let greedy = ConnectionBodyShare::new(3 << 10);
+        let (mut first, mut second) =
+            (BodyPermit::on_connection(Some(greedy.clone())), BodyPermit::on_connection(Some(greedy.clone())));
+        budget.hold(&mut first, 2048).expect("2 KiB of the connection's 3");
+        let refused = budget.hold(&mut second, 2048).expect_err("2 KiB of the connection's 1 left");
+        assert_eq!(refused.status, 429);
+        assert!(refused.rule.as_deref().unwrap_or_default().contains("per-connection"), "{refused:?}");
+        assert_eq!((second.kib(), budget.kib.available_permits()), (0, 6), "nothing held for the refused one");
+        let mut other = BodyPermit::on_connection(Some(ConnectionBodyShare::new(8 << 10)));
+        budget.hold(&mut other, 6 << 10).expect("another connection has the rest of the node's budget");
+        let refused = budget.hold(&mut second, 1024).expect_err("the connection has room, the node none");
+        assert!(refused.rule.as_deref().unwrap_or_default().contains("--max-inflight-body-bytes)"), "{refused:?}");
+        drop(other);
+        budget.hold(&mut second, 1024).expect("the connection's last KiB");
+        drop(first);
+        budget.hold(&mut second, 3 << 10).expect("the first request's share is back");
+        assert_eq!((second.kib(), greedy.kib.available_permits()), (3, 0));
     }
 
     #[test]

@@ -129,6 +129,7 @@ pub(crate) async fn serve(
 ) {
     let strict = tls.as_ref().is_some_and(|tls| !tls.mode().accepts_plaintext());
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let largest_body = limits.max_batch_bytes.max(limits.max_event_bytes);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -168,6 +169,7 @@ pub(crate) async fn serve(
         let (open, idle_closed) = (open.clone(), idle_closed.clone());
         let first_byte_timeout = limits.header_read_timeout;
         let idle_timeout = limits.idle_connection_timeout;
+        let body_share_bytes = limits.max_inflight_body_bytes_per_connection.max(largest_body);
         tokio::spawn(async move {
             open.increment(1.0);
             // Plaintext is let through even in strict mode, so a client is told why (426) and probes work.
@@ -187,8 +189,10 @@ pub(crate) async fn serve(
                     let request_seen = first_request.clone();
                     let handling = Arc::new(AtomicUsize::new(0));
                     let handling_here = handling.clone();
-                    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                    let share = super::ConnectionBodyShare::new(body_share_bytes);
+                    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                         request_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                        request.extensions_mut().insert(share.clone());
                         let front = front.clone();
                         let handled = Handling::start(&handling_here);
                         async move {

@@ -24,6 +24,7 @@ use crate::command::ResourceKey;
 use crate::error::BrokerError;
 use crate::node::Node;
 use crate::resources::IngressSettings;
+pub(crate) use body::ConnectionBodyShare;
 use body::{BodyBudget, BodyPermit, DISCARD_MAX_BYTES, discard_body, read_body};
 
 /// Bounds of the HTTP ingress (all configurable).
@@ -42,6 +43,9 @@ pub struct IngressLimits {
     /// Request bodies held at once over every connection, from their first byte until their answer (never
     /// less than the largest body allowed).
     pub max_inflight_body_bytes: usize,
+    /// What one connection's requests may hold of `max_inflight_body_bytes` at once (never less than the
+    /// largest body allowed).
+    pub max_inflight_body_bytes_per_connection: usize,
 }
 
 impl Default for IngressLimits {
@@ -57,6 +61,7 @@ impl Default for IngressLimits {
             body_read_timeout: Duration::from_secs(30),
             idle_connection_timeout: Duration::from_secs(60),
             max_inflight_body_bytes: 256 << 20,
+            max_inflight_body_bytes_per_connection: 32 << 20,
         }
     }
 }
@@ -344,7 +349,7 @@ fn count_types(events: &[cloudevent::CloudEvent]) -> Vec<(String, u64)> {
 /// Takes the request whole: Axum's `Method`, `Uri` and `HeaderMap` extractors each clone their part.
 pub(crate) async fn handle(State(ingress): State<Ingress>, request: axum::extract::Request) -> Response {
     let started = Instant::now();
-    let (axum::http::request::Parts { method, uri, headers, .. }, body) = request.into_parts();
+    let (axum::http::request::Parts { method, uri, headers, extensions, .. }, body) = request.into_parts();
     let target = match parse_target(uri.path()) {
         Ok(target) => target,
         Err(e) => return error_response(&e),
@@ -389,7 +394,8 @@ pub(crate) async fn handle(State(ingress): State<Ingress>, request: axum::extrac
         );
     };
     let sender = subject.as_deref().map(|subject| (subject, state.policies.as_slice()));
-    let response = accept(&ingress, &target, &state.settings, sender, &headers, body).await;
+    let held = BodyPermit::on_connection(extensions.get::<ConnectionBodyShare>().cloned());
+    let response = accept(&ingress, &target, &state.settings, sender, &headers, (body, held)).await;
     match response {
         Ok(type_counts) => {
             record_events(&target, &type_counts, StatusCode::ACCEPTED, started);
@@ -430,7 +436,7 @@ async fn accept(
     settings: &IngressSettings,
     sender: Option<(&str, &[authorize::CompiledPolicy])>,
     headers: &HeaderMap,
-    body: Body,
+    (body, mut held): (Body, BodyPermit),
 ) -> Result<Vec<(String, u64)>, Response> {
     let limits = ingress.limits();
     check_headers(headers, limits).map_err(|e| error_response(&e))?;
@@ -456,7 +462,6 @@ async fn accept(
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Err(response);
     }
-    let mut held = BodyPermit::default();
     let refused = |e: &EventError| {
         let mut response = error_response(e);
         if matches!(e.status, 408 | 413 | 429) {
@@ -474,9 +479,6 @@ async fn accept(
         && let Some(declared) = declared
         && let Err(e) = ingress.body_budget.hold(&mut held, declared as usize)
     {
-        if !awaits_continue {
-            discard_body(body, DISCARD_MAX_BYTES, limits.body_read_timeout).await;
-        }
         return Err(refused(&e));
     }
     // Held until this request is answered: its bytes live on in the parsed events until they are committed.

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use reqwest::StatusCode;
 use sluice_tests::{apply_resource, broker_object, wait_for_broker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -199,6 +200,70 @@ async fn request_bodies_held_at_once_are_bounded_over_every_connection() -> anyh
         Ok((post("after").await?.status() == StatusCode::ACCEPTED).then_some(()))
     })
     .await?;
+    Ok(())
+}
+
+/// Regression: one HTTP/2 connection's streams could hold the whole body budget, and every other client got
+/// 429. A connection holds at most its share; another connection is still let in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_holds_no_more_than_its_share_of_the_body_budget() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(
+        1,
+        &[
+            "--max-event-bytes",
+            "65536",
+            "--max-batch-bytes",
+            "65536",
+            "--max-inflight-body-bytes",
+            "1048576",
+            "--max-inflight-body-bytes-per-connection",
+            "131072",
+            "--body-read-timeout-ms",
+            "60000",
+        ],
+    )
+    .await?;
+    apply_resource(&node.admin, broker_object("default", "default", serde_json::json!({}))).await?;
+    wait_for_broker(&node.http, "/default/default").await?;
+    // One client: HTTP/2 without upgrade, so every request is a stream of one connection.
+    let greedy = reqwest::Client::builder().http2_prior_knowledge().build()?;
+    let url = format!("http://{}/default/default", node.http);
+    let post = |client: &reqwest::Client, id: &str, body: reqwest::Body| {
+        client
+            .post(&url)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "/s")
+            .header("ce-type", "t")
+            .body(body)
+            .send()
+    };
+    // Two streams send 64,000 bytes each (held as 63 KiB: whole KiB) and stall.
+    let stalled = |_: ()| {
+        let first: Result<bytes::Bytes, std::io::Error> = Ok(bytes::Bytes::from(vec![b'x'; 64_000]));
+        reqwest::Body::wrap_stream(futures::stream::iter([first]).chain(futures::stream::pending()))
+    };
+    let slow: Vec<_> = ["slow-1", "slow-2"].iter().map(|id| tokio::spawn(post(&greedy, id, stalled(())))).collect();
+    let metrics = format!("http://{}/metrics", node.http);
+    sluice_tests::wait_until(Duration::from_secs(20), || async {
+        let text = reqwest::get(&metrics).await?.text().await?;
+        let held = text
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_ingress_body_budget_held_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        Ok(held.is_some_and(|bytes| bytes >= 2.0 * 63.0 * 1024.0).then_some(()))
+    })
+    .await?;
+    // 126 KiB of the connection's 128 held: a third stream of 4 KiB is refused, on this connection only.
+    let refused = post(&greedy, "greedy", vec![b'y'; 4000].into()).await?;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: serde_json::Value = refused.json().await?;
+    assert!(body["rule"].as_str().unwrap_or_default().contains("per-connection"), "{body}");
+    let other = reqwest::Client::builder().http2_prior_knowledge().build()?;
+    assert_eq!(post(&other, "other", vec![b'y'; 4000].into()).await?.status(), StatusCode::ACCEPTED);
+    for request in slow {
+        request.abort();
+    }
     Ok(())
 }
 
