@@ -103,6 +103,7 @@ async fn run_single(args: DevArgs) -> Result<()> {
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
     settings.serving_domain = args.serving.serving_domain.clone();
     settings.serving_runtime = args.serving.serving_runtime.kind();
+    settings.serving_features = args.serving.features()?;
     let listen = Listen { peer: args.peer_listen.clone(), http: args.http.clone(), admin: args.admin.clone() };
     // The member address recorded in the cluster config: the listener's, or the one a later --peer-listen
     // would use by default.

@@ -91,6 +91,16 @@ pub(crate) struct ServingArgs {
     /// in-cluster service account, or KUBECONFIG).
     #[arg(long, value_enum, default_value_t = RuntimeArg::Local)]
     pub serving_runtime: RuntimeArg,
+    /// Enables (or disables) one of Knative's feature flags (config-features) that let a revision's pod ask
+    /// for more of the node and the cluster, as FLAG=enabled (repeatable): kubernetes.podspec-hostpath,
+    /// kubernetes.podspec-persistent-volume-claim, ... All are disabled by default (docs/serving.md).
+    #[arg(long = "serving-feature", value_name = "FLAG=enabled", value_parser = parse_serving_feature)]
+    pub serving_features: Vec<String>,
+}
+
+fn parse_serving_feature(setting: &str) -> std::result::Result<String, String> {
+    sluice_controller::serving::ServingFeatures::parse(&[setting])?;
+    Ok(setting.to_string())
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +119,11 @@ impl RuntimeArg {
 }
 
 impl ServingArgs {
+    /// The feature flags enabled (`--serving-feature`).
+    pub(crate) fn features(&self) -> Result<sluice_controller::serving::ServingFeatures> {
+        sluice_controller::serving::ServingFeatures::parse(&self.serving_features).map_err(|e| anyhow::anyhow!(e))
+    }
+
     /// Where a node's instances' output goes.
     pub(crate) fn logs(data: &std::path::Path) -> Arc<LogHub> {
         LogHub::new(data.join("serving").join("logs"))
@@ -167,6 +182,9 @@ impl ServingArgs {
         }
         for pair in &self.autoscaler {
             args.extend(["--autoscaler".to_string(), pair.clone()]);
+        }
+        for setting in &self.serving_features {
+            args.extend(["--serving-feature".to_string(), setting.clone()]);
         }
         args
     }
@@ -384,6 +402,7 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
         peer_routes: Default::default(),
         serving_domain: sluice_controller::serving::DEFAULT_DOMAIN.into(),
         serving_runtime: Default::default(),
+        serving_features: Default::default(),
         tls: None,
         authenticator: None,
         default_authorization: Default::default(),
@@ -415,6 +434,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     settings.peer_routes = args.peer_routes.iter().cloned().collect();
     settings.serving_domain = args.serving.serving_domain.clone();
     settings.serving_runtime = args.serving.serving_runtime.kind();
+    settings.serving_features = args.serving.features()?;
     let listen = Listen { peer: Some(args.peer_listen.clone()), http: args.http.clone(), admin: args.admin.clone() };
     let logs = ServingArgs::logs(&args.data);
     let serving_state = ServingState::default();

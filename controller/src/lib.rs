@@ -28,4 +28,4 @@ pub mod status;
 pub mod validate;
 mod world;
 
-pub use validate::{FieldError, validate_object};
+pub use validate::{FieldError, validate_object, validate_object_with};

@@ -183,6 +183,11 @@ pub fn revision_deployment(revision: &Value, node_id: u64, replicas: i32) -> Res
         "schedulerName",
         "securityContext",
         "volumes",
+        // Refused at apply unless the cluster enables their feature flags (`--serving-feature`).
+        "hostNetwork",
+        "hostPID",
+        "hostIPC",
+        "shareProcessNamespace",
     ] {
         if let Some(value) = spec.get(field).filter(|v| !v.is_null()) {
             pod_spec.insert(field.into(), value.clone());
@@ -311,6 +316,28 @@ mod tests {
         }
         // Kubernetes resolves valueFrom here (the local runtime cannot).
         assert!(env.iter().any(|(name, value)| name == "TOKEN" && value["secretKeyRef"]["key"] == "k"));
+    }
+
+    /// What an enabled feature flag let through at apply reaches the pod (a field left out would be a flag
+    /// that does nothing).
+    #[test]
+    fn pod_fields_behind_feature_flags_reach_the_pod() {
+        let mut asking = revision();
+        for (field, value) in [
+            ("hostNetwork", json!(true)),
+            ("hostPID", json!(true)),
+            ("hostIPC", json!(true)),
+            ("shareProcessNamespace", json!(true)),
+            ("volumes", json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}])),
+        ] {
+            asking["spec"][field] = value;
+        }
+        let value = serde_json::to_value(revision_deployment(&asking, 1, 1).expect("deployment")).expect("json");
+        let pod = &value["spec"]["template"]["spec"];
+        for field in ["hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace"] {
+            assert_eq!(pod[field], true, "{field}: {pod}");
+        }
+        assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "data");
     }
 
     #[test]

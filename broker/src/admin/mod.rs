@@ -32,7 +32,7 @@ use crate::node::Node;
 use sluice_controller::model::KINDS;
 use sluice_controller::serving::children::template_name_collision;
 use sluice_controller::status::{World, with_status};
-use sluice_controller::validate_object;
+use sluice_controller::validate_object_with;
 
 pub(crate) struct AdminService {
     node: Node,
@@ -293,7 +293,7 @@ pub fn resource_record(object_json: &str, node: &Node) -> Result<ResourceRecord,
         name: object.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_string(),
     };
     let existing: Option<serde_json::Value> = node.resource(&key).and_then(|json| serde_json::from_str(&json).ok());
-    if let Err(errors) = validate_object(&object, existing.as_ref()) {
+    if let Err(errors) = validate_object_with(&object, existing.as_ref(), &node.settings().serving_features) {
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         return Err(error_status(ErrorCode::InvalidResource, text.join("; ")));
     }

@@ -69,6 +69,8 @@ pub struct NodeSettings {
     pub serving_domain: String,
     /// What runs revisions (what a Revision needs to be runnable, for its status).
     pub serving_runtime: sluice_controller::serving::ServingRuntime,
+    /// Knative's feature flags enabled on this cluster (`--serving-feature`): what a revision's pod may ask for.
+    pub serving_features: sluice_controller::serving::ServingFeatures,
     /// Transport encryption: the node's certificate, key and CA, when the mode is not `disabled`. The Raft
     /// transport then dials and accepts mutual TLS only.
     pub tls: Option<sluice_security::Tls>,

@@ -8,7 +8,11 @@
 //! ConfigMaps, Secrets and scratch space. Sluice's node service account creates the Deployment, so without
 //! these rules anyone allowed to apply a Knative Service could run a pod as privileged as the node's RBAC
 //! allows. The scheduling fields (`affinity`, `nodeSelector`, `tolerations`, ...) stay accepted, as in Knative
-//! with their flags enabled (docs/serving.md, "What a revision's pod may ask for").
+//! with their flags enabled (docs/serving.md, "What a revision's pod may ask for"). A cluster's operator
+//! enables a flag as Knative's `config-features` does, with the nodes' `--serving-feature FLAG=enabled`
+//! ([`ServingFeatures`]); `privileged` and an `Unconfined` seccomp profile have no flag.
+
+use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
@@ -38,11 +42,64 @@ const CONTAINER_SECURITY_FIELDS: [&str; 8] = [
 /// Knative lets a container bind a low port without `kubernetes.containerspec-addcapabilities`.
 const ADDABLE_CAPABILITIES: [&str; 1] = ["NET_BIND_SERVICE"];
 
+/// Knative's feature flags (`config-features`) that lift a rule below; all disabled unless enabled.
+pub const FEATURE_FLAGS: [&str; 11] = [
+    "kubernetes.containerspec-addcapabilities",
+    "kubernetes.podspec-hostipc",
+    "kubernetes.podspec-hostnetwork",
+    "kubernetes.podspec-hostpid",
+    "kubernetes.podspec-persistent-volume-claim",
+    "kubernetes.podspec-securitycontext",
+    "kubernetes.podspec-shareprocessnamespace",
+    "kubernetes.podspec-volumes-csi",
+    "kubernetes.podspec-volumes-ephemeral",
+    "kubernetes.podspec-volumes-hostpath",
+    "kubernetes.podspec-volumes-image",
+];
+
+/// The feature flags a cluster has enabled (a node's `--serving-feature`); the default enables none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServingFeatures {
+    enabled: BTreeSet<&'static str>,
+}
+
+impl ServingFeatures {
+    /// From `FLAG=enabled` or `FLAG=disabled` settings (Knative's `config-features` keys and values; the last
+    /// setting of a flag wins). `allowed` is refused: Knative reads it as "enabled where an annotation asks",
+    /// which Sluice does not implement.
+    pub fn parse<S: AsRef<str>>(settings: &[S]) -> Result<ServingFeatures, String> {
+        let mut enabled = BTreeSet::new();
+        for setting in settings {
+            let setting = setting.as_ref();
+            let (flag, value) = setting.split_once('=').unwrap_or((setting, ""));
+            let Some(flag) = FEATURE_FLAGS.iter().copied().find(|known| *known == flag.trim()) else {
+                return Err(format!("--serving-feature {setting:?}: not one of {}", FEATURE_FLAGS.join(", ")));
+            };
+            match value.trim() {
+                "enabled" => enabled.insert(flag),
+                "disabled" => enabled.remove(flag),
+                other => return Err(format!("--serving-feature {setting:?}: {other:?} is not enabled or disabled")),
+            };
+        }
+        Ok(ServingFeatures { enabled })
+    }
+
+    pub fn is_enabled(&self, flag: &str) -> bool {
+        self.enabled.contains(flag)
+    }
+
+    /// The flags enabled, as `FLAG=enabled` settings.
+    pub fn settings(&self) -> Vec<String> {
+        self.enabled.iter().map(|flag| format!("{flag}=enabled")).collect()
+    }
+}
+
 fn refused(path: String, flag: &str) -> FieldError {
     FieldError {
         path,
         message: format!(
-            "must not set the field(s): it needs Knative's feature flag {flag}, which Sluice keeps disabled"
+            "must not set the field(s): it needs Knative's feature flag {flag}, which this cluster keeps disabled \
+             (a node's --serving-feature {flag}=enabled)"
         ),
     }
 }
@@ -64,7 +121,12 @@ fn volume_flag(source: &str) -> Option<&'static str> {
 }
 
 /// Every rule above, on the spec at `path` (`spec.template.spec`, or `spec` for a Revision).
-pub(crate) fn validate_pod_isolation(path: &str, spec: &RevisionSpec, errors: &mut Vec<FieldError>) {
+pub(crate) fn validate_pod_isolation(
+    path: &str,
+    spec: &RevisionSpec,
+    features: &ServingFeatures,
+    errors: &mut Vec<FieldError>,
+) {
     let host_namespaces = [
         ("hostNetwork", spec.host_network, "kubernetes.podspec-hostnetwork"),
         ("hostPID", spec.host_pid, "kubernetes.podspec-hostpid"),
@@ -72,31 +134,34 @@ pub(crate) fn validate_pod_isolation(path: &str, spec: &RevisionSpec, errors: &m
         ("shareProcessNamespace", spec.share_process_namespace, "kubernetes.podspec-shareprocessnamespace"),
     ];
     for (field, value, flag) in host_namespaces {
-        if value == Some(true) {
+        if value == Some(true) && !features.is_enabled(flag) {
             errors.push(refused(format!("{path}.{field}"), flag));
         }
     }
     if let Some(volumes) = spec.volumes.as_ref().and_then(Value::as_array) {
         for (i, volume) in volumes.iter().enumerate() {
-            validate_volume(&format!("{path}.volumes[{i}]"), volume, errors);
+            validate_volume(&format!("{path}.volumes[{i}]"), volume, features, errors);
         }
     }
     if let Some(context) = spec.security_context.as_ref().and_then(Value::as_object) {
-        for field in context.keys().filter(|f| !POD_SECURITY_FIELDS.contains(&f.as_str())) {
+        let any_field = features.is_enabled("kubernetes.podspec-securitycontext");
+        for field in context.keys().filter(|f| !any_field && !POD_SECURITY_FIELDS.contains(&f.as_str())) {
             errors.push(not_allowed(format!("{path}.securityContext.{field}"), &POD_SECURITY_FIELDS));
         }
         validate_seccomp(&format!("{path}.securityContext"), context, errors);
     }
     for (i, container) in spec.containers.iter().enumerate() {
         if let Some(context) = container.security_context.as_ref().and_then(Value::as_object) {
-            validate_container_security(&format!("{path}.containers[{i}].securityContext"), context, errors);
+            let context_path = format!("{path}.containers[{i}].securityContext");
+            validate_container_security(&context_path, context, features, errors);
         }
     }
     if let Some(init_containers) = spec.init_containers.as_ref().and_then(Value::as_array) {
         for (i, container) in init_containers.iter().enumerate() {
             let container_path = format!("{path}.initContainers[{i}]");
             if let Some(context) = container.get("securityContext").and_then(Value::as_object) {
-                validate_container_security(&format!("{container_path}.securityContext"), context, errors);
+                let context_path = format!("{container_path}.securityContext");
+                validate_container_security(&context_path, context, features, errors);
             }
             let ports = container.get("ports").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
             for (j, port) in ports.iter().enumerate() {
@@ -111,7 +176,7 @@ pub(crate) fn validate_pod_isolation(path: &str, spec: &RevisionSpec, errors: &m
     }
 }
 
-fn validate_volume(path: &str, volume: &Value, errors: &mut Vec<FieldError>) {
+fn validate_volume(path: &str, volume: &Value, features: &ServingFeatures, errors: &mut Vec<FieldError>) {
     let Some(volume) = volume.as_object() else {
         errors.push(FieldError { path: path.into(), message: "expected a mapping".into() });
         return;
@@ -127,7 +192,9 @@ fn validate_volume(path: &str, volume: &Value, errors: &mut Vec<FieldError>) {
         [source] => {
             let source_path = format!("{path}.{source}");
             if let Some(flag) = volume_flag(source) {
-                errors.push(refused(source_path, flag));
+                if !features.is_enabled(flag) {
+                    errors.push(refused(source_path, flag));
+                }
             } else if !VOLUME_SOURCES.contains(&source.as_str()) {
                 errors.push(not_allowed(source_path, &VOLUME_SOURCES));
             } else if source.as_str() == "projected" {
@@ -150,7 +217,12 @@ fn validate_volume(path: &str, volume: &Value, errors: &mut Vec<FieldError>) {
     }
 }
 
-fn validate_container_security(path: &str, context: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+fn validate_container_security(
+    path: &str,
+    context: &Map<String, Value>,
+    features: &ServingFeatures,
+    errors: &mut Vec<FieldError>,
+) {
     for field in context.keys().filter(|f| !CONTAINER_SECURITY_FIELDS.contains(&f.as_str())) {
         errors.push(not_allowed(format!("{path}.{field}"), &CONTAINER_SECURITY_FIELDS));
     }
@@ -161,13 +233,15 @@ fn validate_container_security(path: &str, context: &Map<String, Value>, errors:
         });
     }
     let added = context.get("capabilities").and_then(|c| c.get("add")).and_then(Value::as_array);
+    let any_capability = features.is_enabled("kubernetes.containerspec-addcapabilities");
     for (i, capability) in added.map(Vec::as_slice).unwrap_or_default().iter().enumerate() {
-        if !capability.as_str().is_some_and(|c| ADDABLE_CAPABILITIES.contains(&c)) {
+        if !any_capability && !capability.as_str().is_some_and(|c| ADDABLE_CAPABILITIES.contains(&c)) {
             errors.push(FieldError {
                 path: format!("{path}.capabilities.add[{i}]"),
                 message: format!(
                     "invalid value {capability}: only {} without Knative's feature flag \
-                     kubernetes.containerspec-addcapabilities, which Sluice keeps disabled",
+                     kubernetes.containerspec-addcapabilities, which this cluster keeps disabled \
+                     (a node's --serving-feature kubernetes.containerspec-addcapabilities=enabled)",
                     ADDABLE_CAPABILITIES.join(", ")
                 ),
             });
@@ -193,9 +267,13 @@ mod tests {
     use super::*;
 
     fn errors_of(spec: Value) -> Vec<String> {
+        errors_with(spec, &ServingFeatures::default())
+    }
+
+    fn errors_with(spec: Value, features: &ServingFeatures) -> Vec<String> {
         let spec: RevisionSpec = serde_json::from_value(spec).expect("a revision spec");
         let mut errors = Vec::new();
-        validate_pod_isolation("spec", &spec, &mut errors);
+        validate_pod_isolation("spec", &spec, features, &mut errors);
         errors.iter().map(ToString::to_string).collect()
     }
 
@@ -236,7 +314,8 @@ mod tests {
     fn what_would_reach_past_the_pod_is_refused_with_its_path_and_rule() {
         let flag = |path: &str, flag: &str| {
             format!(
-                "{path}: must not set the field(s): it needs Knative's feature flag {flag}, which Sluice keeps disabled"
+                "{path}: must not set the field(s): it needs Knative's feature flag {flag}, which this cluster keeps \
+                 disabled (a node's --serving-feature {flag}=enabled)"
             )
         };
         let cases: Vec<(&str, Value, String)> = vec![
@@ -306,7 +385,7 @@ mod tests {
                 ),
                 "spec.containers[0].securityContext.capabilities.add[1]: invalid value \"SYS_ADMIN\": only \
                  NET_BIND_SERVICE without Knative's feature flag kubernetes.containerspec-addcapabilities, which \
-                 Sluice keeps disabled"
+                 this cluster keeps disabled (a node's --serving-feature kubernetes.containerspec-addcapabilities=enabled)"
                     .into(),
             ),
             (
@@ -353,6 +432,75 @@ mod tests {
         for (name, spec, expected) in cases {
             let errors = errors_of(spec);
             assert_eq!(errors, vec![expected], "{name}");
+        }
+    }
+
+    #[test]
+    fn an_enabled_flag_lets_its_fields_through_and_no_other() {
+        let cases: Vec<(&str, Value)> = vec![
+            ("kubernetes.podspec-hostnetwork", with(json!({"hostNetwork": true}))),
+            ("kubernetes.podspec-hostpid", with(json!({"hostPID": true}))),
+            ("kubernetes.podspec-hostipc", with(json!({"hostIPC": true}))),
+            ("kubernetes.podspec-shareprocessnamespace", with(json!({"shareProcessNamespace": true}))),
+            (
+                "kubernetes.podspec-volumes-hostpath",
+                with(json!({"volumes": [{"name": "r", "hostPath": {"path": "/"}}]})),
+            ),
+            (
+                "kubernetes.podspec-persistent-volume-claim",
+                with(json!({"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "x"}}]})),
+            ),
+            ("kubernetes.podspec-volumes-csi", with(json!({"volumes": [{"name": "c", "csi": {"driver": "x"}}]}))),
+            ("kubernetes.podspec-volumes-ephemeral", with(json!({"volumes": [{"name": "e", "ephemeral": {}}]}))),
+            (
+                "kubernetes.podspec-volumes-image",
+                with(json!({"volumes": [{"name": "i", "image": {"reference": "x"}}]})),
+            ),
+            (
+                "kubernetes.containerspec-addcapabilities",
+                with(
+                    json!({"containers": [{"image": "app", "securityContext": {"capabilities": {"add": ["SYS_TIME"]}}}]}),
+                ),
+            ),
+            ("kubernetes.podspec-securitycontext", with(json!({"securityContext": {"sysctls": []}}))),
+        ];
+        assert_eq!(cases.len(), FEATURE_FLAGS.len(), "a case for every flag");
+        for (flag, spec) in cases {
+            assert_eq!(errors_of(spec.clone()).len(), 1, "{flag}: refused by default");
+            let features = ServingFeatures::parse(&[format!("{flag}=enabled")]).expect("a known flag");
+            assert_eq!(errors_with(spec.clone(), &features), Vec::<String>::new(), "{flag}");
+            let others: Vec<String> =
+                FEATURE_FLAGS.iter().filter(|f| **f != flag).map(|f| format!("{f}=enabled")).collect();
+            let others = ServingFeatures::parse(&others).expect("known flags");
+            assert_eq!(errors_with(spec, &others).len(), 1, "{flag}: only its own flag lets it through");
+        }
+        // What no flag allows.
+        let every = ServingFeatures::parse(&FEATURE_FLAGS.map(|f| format!("{f}=enabled"))).expect("known flags");
+        for spec in [
+            with(json!({"containers": [{"image": "app", "securityContext": {"privileged": true}}]})),
+            with(json!({"securityContext": {"seccompProfile": {"type": "Unconfined"}}})),
+            with(json!({"volumes": [{"name": "n", "nfs": {"server": "s", "path": "/"}}]})),
+        ] {
+            assert_eq!(errors_with(spec.clone(), &every).len(), 1, "{spec}");
+        }
+    }
+
+    #[test]
+    fn feature_settings_are_knatives_keys_and_values() {
+        let features = ServingFeatures::parse(&[
+            "kubernetes.podspec-hostpid=enabled",
+            "kubernetes.podspec-hostipc=enabled",
+            "kubernetes.podspec-hostipc=disabled",
+        ])
+        .expect("parses");
+        assert_eq!(features.settings(), vec!["kubernetes.podspec-hostpid=enabled".to_string()], "the last one wins");
+        for (setting, wanted) in [
+            ("kubernetes.podspec-hostpath=enabled", "not one of"),
+            ("kubernetes.podspec-hostpid", "is not enabled or disabled"),
+            ("kubernetes.podspec-hostpid=allowed", "\"allowed\" is not enabled or disabled"),
+        ] {
+            let error = ServingFeatures::parse(&[setting]).expect_err(setting);
+            assert!(error.contains(wanted), "{setting}: {error}");
         }
     }
 }

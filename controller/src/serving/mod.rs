@@ -49,3 +49,4 @@ pub const RESERVED_ENV: [&str; 4] = ["PORT", "K_SERVICE", "K_CONFIGURATION", "K_
 /// Ports Knative's queue-proxy and activator take.
 pub const RESERVED_PORTS: [i64; 5] = [8012, 8013, 8022, 9090, 9091];
 pub use crate::world::{DEFAULT_DOMAIN, ServingRuntime};
+pub use isolation::{FEATURE_FLAGS, ServingFeatures};

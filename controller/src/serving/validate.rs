@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
+use super::isolation::ServingFeatures;
 use super::model::{Container, Probe, Revision, RevisionTemplateSpec, Route, Service, TrafficTarget};
 use super::{AUTOSCALING_PREFIX, MAX_CONTAINER_CONCURRENCY, MAX_TIMEOUT_SECONDS, RESERVED_ENV, RESERVED_PORTS};
 use crate::fields::{FieldError, is_dns_1035_label};
@@ -21,10 +22,15 @@ fn bounds(path: String, low: i64, value: i64, high: i64, errors: &mut Vec<FieldE
     }
 }
 
-pub(crate) fn validate_service(service: &Service, existing: Option<&Value>, errors: &mut Vec<FieldError>) {
+pub(crate) fn validate_service(
+    service: &Service,
+    existing: Option<&Value>,
+    features: &ServingFeatures,
+    errors: &mut Vec<FieldError>,
+) {
     let name = &service.metadata.name;
     no_autoscaling_on_parent(&service.metadata.annotations, errors);
-    validate_template("spec.template", name, &service.spec.template, existing, errors);
+    validate_template("spec.template", name, &service.spec.template, existing, features, errors);
     if let Some(traffic) = &service.spec.traffic {
         validate_traffic(traffic, TrafficOf::Service, errors);
     }
@@ -33,14 +39,21 @@ pub(crate) fn validate_service(service: &Service, existing: Option<&Value>, erro
 pub(crate) fn validate_configuration(
     configuration: &super::model::Configuration,
     existing: Option<&Value>,
+    features: &ServingFeatures,
     errors: &mut Vec<FieldError>,
 ) {
     no_autoscaling_on_parent(&configuration.metadata.annotations, errors);
-    validate_template("spec.template", &configuration.metadata.name, &configuration.spec.template, existing, errors);
+    let template = &configuration.spec.template;
+    validate_template("spec.template", &configuration.metadata.name, template, existing, features, errors);
 }
 
-pub(crate) fn validate_revision(revision: &Revision, existing: Option<&Value>, errors: &mut Vec<FieldError>) {
-    validate_revision_spec("spec", &revision.spec, errors);
+pub(crate) fn validate_revision(
+    revision: &Revision,
+    existing: Option<&Value>,
+    features: &ServingFeatures,
+    errors: &mut Vec<FieldError>,
+) {
+    validate_revision_spec("spec", &revision.spec, features, errors);
     validate_scale_annotations("metadata.annotations", &revision.metadata.annotations, errors);
     if let Some(existing) = existing
         && let Ok(stored) = serde_json::from_value::<Revision>(existing.clone())
@@ -73,6 +86,7 @@ fn validate_template(
     parent: &str,
     template: &RevisionTemplateSpec,
     existing: Option<&Value>,
+    features: &ServingFeatures,
     errors: &mut Vec<FieldError>,
 ) {
     let name = &template.metadata.name;
@@ -102,7 +116,7 @@ fn validate_template(
         }
     }
     validate_scale_annotations(&format!("{path}.metadata.annotations"), &template.metadata.annotations, errors);
-    validate_revision_spec(&format!("{path}.spec"), &template.spec, errors);
+    validate_revision_spec(&format!("{path}.spec"), &template.spec, features, errors);
 }
 
 fn validate_scale_annotations(path: &str, annotations: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
@@ -114,7 +128,12 @@ fn validate_scale_annotations(path: &str, annotations: &BTreeMap<String, String>
     }
 }
 
-fn validate_revision_spec(path: &str, spec: &super::model::RevisionSpec, errors: &mut Vec<FieldError>) {
+fn validate_revision_spec(
+    path: &str,
+    spec: &super::model::RevisionSpec,
+    features: &ServingFeatures,
+    errors: &mut Vec<FieldError>,
+) {
     if spec.containers.is_empty() {
         errors.push(err(format!("{path}.containers"), "missing field(s)"));
     }
@@ -129,7 +148,7 @@ fn validate_revision_spec(path: &str, spec: &super::model::RevisionSpec, errors:
     for (i, container) in spec.containers.iter().enumerate() {
         validate_container(&format!("{path}.containers[{i}]"), container, errors);
     }
-    super::isolation::validate_pod_isolation(path, spec, errors);
+    super::isolation::validate_pod_isolation(path, spec, features, errors);
     if let Some(cc) = spec.container_concurrency {
         bounds(format!("{path}.containerConcurrency"), 0, cc, MAX_CONTAINER_CONCURRENCY, errors);
     }

@@ -17,6 +17,7 @@ use crate::model::{
 mod strict;
 
 pub use crate::fields::{FieldError, is_dns_1035_label, is_dns_label, parse_duration, parse_size};
+use crate::serving::ServingFeatures;
 use crate::serving::model as serving;
 use crate::serving::validate as serving_rules;
 
@@ -64,6 +65,16 @@ fn typed<T: DeserializeOwned>(object: &Value, errors: &mut Vec<FieldError>) -> O
 /// Validates `object`; `existing` is the stored object it would replace
 /// (for the immutable fields).
 pub fn validate_object(object: &Value, existing: Option<&Value>) -> Result<(), Vec<FieldError>> {
+    validate_object_with(object, existing, &ServingFeatures::default())
+}
+
+/// [`validate_object`] on a cluster where the serving feature flags `features` are enabled (a node's
+/// `--serving-feature`).
+pub fn validate_object_with(
+    object: &Value,
+    existing: Option<&Value>,
+    features: &ServingFeatures,
+) -> Result<(), Vec<FieldError>> {
     let mut errors = Vec::new();
     let Some(map) = object.as_object() else {
         return Err(vec![err("", "an object must be a mapping")]);
@@ -96,11 +107,11 @@ pub fn validate_object(object: &Value, existing: Option<&Value>) -> Result<(), V
             typed::<Subscription>(object, &mut errors).map(|s| validate_subscription(&s, existing, &mut rules))
         }
         "Service" => typed::<serving::Service>(object, &mut errors)
-            .map(|s| serving_rules::validate_service(&s, existing, &mut rules)),
+            .map(|s| serving_rules::validate_service(&s, existing, features, &mut rules)),
         "Configuration" => typed::<serving::Configuration>(object, &mut errors)
-            .map(|c| serving_rules::validate_configuration(&c, existing, &mut rules)),
+            .map(|c| serving_rules::validate_configuration(&c, existing, features, &mut rules)),
         "Revision" => typed::<serving::Revision>(object, &mut errors)
-            .map(|r| serving_rules::validate_revision(&r, existing, &mut rules)),
+            .map(|r| serving_rules::validate_revision(&r, existing, features, &mut rules)),
         "Route" => typed::<serving::Route>(object, &mut errors).map(|r| serving_rules::validate_route(&r, &mut rules)),
         "EventPolicy" => typed::<EventPolicy>(object, &mut errors).map(|p| validate_event_policy(&p, &mut rules)),
         other => {

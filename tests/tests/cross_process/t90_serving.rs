@@ -308,6 +308,33 @@ fn service_without_command(name: &str) -> Value {
         "spec": {"template": {"spec": {"containers": [{"image": "ghcr.io/knative/helloworld-go"}]}}}})
 }
 
+/// Knative's `config-features` as node flags: a cluster that enables a flag takes what it lets through, and
+/// still refuses what the flags it keeps disabled guard.
+#[tokio::test]
+async fn a_node_with_a_feature_flag_enabled_accepts_what_it_lets_through() -> Result<()> {
+    let flag = "kubernetes.podspec-persistent-volume-claim";
+    let (_dir, node) = start_single_node(1, &["--serving-feature", &format!("{flag}=enabled")]).await?;
+    let mut client = ResourcesClient::connect(format!("http://{}", node.admin)).await?;
+    let with_volume = |name: &str, volume: Value| {
+        let volumes = json!({"volumes": [volume]});
+        sluice_proto::admin::ApplyResourceRequest {
+            object_json: service(name, json!([]), json!({}), volumes).to_string(),
+            dry_run: false,
+        }
+    };
+    let claim = json!({"name": "data", "persistentVolumeClaim": {"claimName": "data"}});
+    let reply = client.apply(with_volume("claims", claim)).await?.into_inner();
+    assert_eq!(reply.outcome, "created");
+    let host = json!({"name": "root", "hostPath": {"path": "/"}});
+    let refused = client.apply(with_volume("host", host)).await.expect_err("hostPath is not enabled");
+    assert!(
+        refused.message().contains("kubernetes.podspec-volumes-hostpath=enabled"),
+        "names the flag that would allow it: {}",
+        refused.message()
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn invalid_serving_objects_are_refused_with_their_paths_and_nothing_is_stored() -> Result<()> {
     let (_dir, node) = start_single_node(1, &[]).await?;
