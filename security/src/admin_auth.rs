@@ -11,7 +11,9 @@
 //!
 //! A token is checked when a call starts and again whenever the tokens file changes while its response
 //! streams: a stream opened with a token since revoked (or demoted below the method's role) ends with
-//! UNAUTHENTICATED ([`RevocableBody`]), so `watch`, `tail` and `logs --follow` do not outlive the token.
+//! UNAUTHENTICATED ([`RevocableBody`]), so `watch`, `tail` and `logs --follow` do not outlive the token. A
+//! client certificate is checked when the connection is made (TLS) and its expiry at every call; a stream it
+//! let in ends when it expires.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -20,6 +22,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
 
 use crate::tls::accept::{ConnInfo, NODE_ORGANISATION, certificate_organisations};
 
@@ -54,6 +57,17 @@ const READ_METHODS: &[&str] = &[
     "/sluice.admin.v1.Events/Read",
     "/sluice.admin.v1.Events/Tail",
     "/sluice.admin.v1.Events/Find",
+    "/sluice.admin.v1.Serving/Logs",
+    "/sluice.admin.v1.Serving/Decisions",
+];
+
+/// The methods whose responses stream until the client ends them: what a revoked token or an expired
+/// certificate cuts short. A unary call runs to its end (a write committed while the token was revoked is
+/// answered as committed, never as refused).
+const STREAMING_METHODS: &[&str] = &[
+    "/sluice.admin.v1.Resources/Watch",
+    "/sluice.admin.v1.Events/Tail",
+    "/sluice.admin.v1.DeadLetters/Redrive",
     "/sluice.admin.v1.Serving/Logs",
     "/sluice.admin.v1.Serving/Decisions",
 ];
@@ -255,30 +269,50 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let certificate_role = request
+        let leaf = request
             .extensions()
             .get::<ConnInfo>()
             .and_then(|info| info.client_certificates.as_ref())
             .and_then(|chain| chain.first())
+            .cloned();
+        // Verified when the connection was made; a connection lives on past its certificate's end.
+        let certificate_left = leaf.as_ref().and_then(|leaf| certificate_time_left(leaf, SystemTime::now()));
+        let certificate_role = leaf
+            .as_ref()
+            .filter(|_| certificate_left.is_some_and(|left| !left.is_zero()))
             .and_then(|leaf| certificate_role(leaf.as_ref()));
         let authorization = request.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or_default());
         let path = request.uri().path().to_string();
         // Subscribed before the decision, so that a reload right after it still reaches the response.
         let mut tokens = self.tokens.tokens.subscribe();
         let current = tokens.borrow_and_update().clone();
-        match authorize_call(&current, &path, authorization, certificate_role) {
+        let decision = match (leaf.is_some(), certificate_left, authorization) {
+            (true, Some(left), None) if left.is_zero() => Err(AdminRefusal::Unauthenticated(
+                "the client certificate has expired: connect again with a valid one".into(),
+            )),
+            _ => authorize_call(&current, &path, authorization, certificate_role),
+        };
+        match decision {
             Ok((caller, role)) => {
                 tracing::debug!(%caller, ?role, %path, "admin call");
                 let token = authorization.and_then(|value| crate::jwt::bearer_token(Some(value)).ok());
-                let Some(token) = token.map(str::to_string) else { return Box::pin(self.inner.call(request)) };
-                let changes = tokio_stream::wrappers::WatchStream::from_changes(tokens);
-                let needed = required_role(&path);
+                if !STREAMING_METHODS.contains(&path.as_str()) {
+                    return Box::pin(self.inner.call(request));
+                }
+                let grant = match (token, certificate_left) {
+                    (Some(token), _) => Grant::Token {
+                        token: token.to_string(),
+                        needed: required_role(&path),
+                        changes: tokio_stream::wrappers::WatchStream::from_changes(tokens),
+                    },
+                    (None, Some(left)) => Grant::certificate(left),
+                    (None, None) => return Box::pin(self.inner.call(request)),
+                };
                 let response = self.inner.call(request);
                 Box::pin(async move {
                     let response = response.await?;
-                    Ok(response.map(|inner| {
-                        tonic::body::Body::new(RevocableBody { inner, token, needed, caller, changes, ended: false })
-                    }))
+                    Ok(response
+                        .map(|inner| tonic::body::Body::new(RevocableBody { inner, grant, caller, ended: false })))
                 })
             }
             Err(refusal) => {
@@ -305,14 +339,71 @@ impl AdminTokens {
     }
 }
 
-/// A response body of a call let in by a token, ended with UNAUTHENTICATED in its trailers as soon as the
-/// tokens file no longer lets that token call the method (the rest of the response is not sent).
+/// How long `certificate` (DER) is valid for from `now` (zero once it has expired); `None` when it cannot be
+/// read.
+pub fn certificate_time_left(certificate: &[u8], now: SystemTime) -> Option<Duration> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    let not_after = u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0);
+    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(not_after);
+    Some(not_after.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The longest one wait of a certificate's deadline (tokio's timer holds about two years at most).
+const CERTIFICATE_WAIT_STEP: Duration = Duration::from_secs(24 * 3600);
+
+/// What let a streaming call in, and so what ends it.
+enum Grant {
+    /// A bearer token of the tokens file: ends when a reload no longer lets it call the method.
+    Token { token: String, needed: Role, changes: tokio_stream::wrappers::WatchStream<Arc<AdminTokens>> },
+    /// A client certificate: ends when it expires (`left` after the wait now armed, waited `step` at most at
+    /// a time).
+    Certificate { left: Duration, step: Duration, wait: Pin<Box<tokio::time::Sleep>> },
+}
+
+impl Grant {
+    fn certificate(valid_for: Duration) -> Grant {
+        Grant::certificate_in_steps(valid_for, CERTIFICATE_WAIT_STEP)
+    }
+
+    fn certificate_in_steps(valid_for: Duration, step: Duration) -> Grant {
+        let first = valid_for.min(step);
+        Grant::Certificate { left: valid_for - first, step, wait: Box::pin(tokio::time::sleep(first)) }
+    }
+
+    /// Why the call may no longer go on, once that is so; registers `cx` for the next change otherwise.
+    fn poll_revoked(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+        use tokio_stream::Stream;
+        match self {
+            Grant::Token { token, needed, changes } => {
+                while let Poll::Ready(Some(tokens)) = Pin::new(&mut *changes).poll_next(cx) {
+                    if !tokens.allows(token, *needed) {
+                        return Some("the token was revoked");
+                    }
+                }
+                None
+            }
+            Grant::Certificate { left, step, wait } => {
+                while wait.as_mut().poll(cx).is_ready() {
+                    if left.is_zero() {
+                        return Some("the client certificate has expired");
+                    }
+                    let next = (*left).min(*step);
+                    *left -= next;
+                    wait.as_mut().reset(tokio::time::Instant::now() + next);
+                }
+                None
+            }
+        }
+    }
+}
+
+/// A response body of a call let in by a token or a client certificate, ended with UNAUTHENTICATED in its
+/// trailers as soon as the tokens file no longer lets that token call the method, or the certificate expires
+/// (the rest of the response is not sent).
 pub struct RevocableBody {
     inner: tonic::body::Body,
-    token: String,
-    needed: Role,
+    grant: Grant,
     caller: String,
-    changes: tokio_stream::wrappers::WatchStream<Arc<AdminTokens>>,
     /// The inner body has ended (or sent its trailers), or the revocation was sent: nothing more.
     ended: bool,
 }
@@ -325,24 +416,21 @@ impl http_body::Body for RevocableBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
-        use tokio_stream::Stream;
         let this = &mut *self;
         if this.ended {
             return Poll::Ready(None);
         }
         // Registers for the next change, so an idle stream (a watch with nothing to say) ends too.
-        while let Poll::Ready(Some(tokens)) = Pin::new(&mut this.changes).poll_next(cx) {
-            if !tokens.allows(&this.token, this.needed) {
-                this.ended = true;
-                metrics::counter!("sluice_admin_streams_revoked_total").increment(1);
-                tracing::info!(caller = %this.caller, "an admin response ended: its token was revoked");
-                let mut trailers = http::HeaderMap::new();
-                let status = tonic::Status::unauthenticated("the token was revoked");
-                if status.add_header(&mut trailers).is_err() {
-                    return Poll::Ready(Some(Err(status)));
-                }
-                return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        if let Some(reason) = this.grant.poll_revoked(cx) {
+            this.ended = true;
+            metrics::counter!("sluice_admin_streams_revoked_total").increment(1);
+            tracing::info!(caller = %this.caller, reason, "an admin response ended");
+            let mut trailers = http::HeaderMap::new();
+            let status = tonic::Status::unauthenticated(reason);
+            if status.add_header(&mut trailers).is_err() {
+                return Poll::Ready(Some(Err(status)));
             }
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
         }
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(None) = &frame {
@@ -483,5 +571,87 @@ mod tests {
         assert_eq!(trailers["grpc-status"], "16", "UNAUTHENTICATED: {trailers:?}");
         assert!(matches!(poll(&mut reader), Poll::Ready(None)));
         assert!(poll(&mut operator).is_pending(), "another token's stream goes on");
+
+        // A unary call (here one that would still be running) is not cut: its write may have committed.
+        let pause = http::Request::builder()
+            .uri("/sluice.admin.v1.Consumers/Pause")
+            .header(http::header::AUTHORIZATION, "Bearer operate-token-0123456789")
+            .body(())
+            .expect("request");
+        let mut pausing = service.call(pause).await.expect("call").into_body();
+        layer.reload("rotated-token-0123456789,carol,operate\n").expect("parses");
+        assert!(poll(&mut pausing).is_pending(), "runs to its end");
+        assert!(matches!(poll(&mut operator), Poll::Ready(Some(Some(_)))), "the stream of the same token ends");
+    }
+
+    /// A certificate of `organisation`, valid until `not_after` (whole seconds), as DER.
+    fn certificate(organisation: &str, not_after: SystemTime) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, "ops");
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, organisation);
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = not_after.into();
+        params.self_signed(&key).expect("certificate").der().to_vec()
+    }
+
+    /// Regression: an admin connection let in by a client certificate kept working, for new calls and open
+    /// streams, after the certificate expired (TLS checks it once, when the connection is made).
+    #[tokio::test]
+    async fn a_client_certificate_that_expires_ends_its_calls_and_streams() {
+        use http_body_util::BodyExt;
+        use tower::{Layer, Service};
+        let layer = AdminAuthLayer::new(AdminTokens::parse(TOKENS).expect("parses"));
+        let streams_for_ever = tower::service_fn(|_request: http::Request<()>| async {
+            let body = http_body_util::StreamBody::new(tokio_stream::pending::<
+                Result<http_body::Frame<bytes::Bytes>, tonic::Status>,
+            >());
+            Ok::<_, Infallible>(http::Response::new(tonic::body::Body::new(body)))
+        });
+        let mut service = layer.layer(streams_for_ever);
+        let watch = |der: Vec<u8>| {
+            let mut request =
+                http::Request::builder().uri("/sluice.admin.v1.Resources/Watch").body(()).expect("request");
+            request.extensions_mut().insert(ConnInfo {
+                remote: None,
+                transport: crate::tls::accept::Transport::Tls,
+                client_certificates: Some(Arc::new(vec![rustls_pki_types::CertificateDer::from(der)])),
+            });
+            request
+        };
+        let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let expired = service.call(watch(certificate("sluice:read", an_hour_ago))).await.expect("call");
+        let status = tonic::Status::from_header_map(expired.headers()).expect("a gRPC status");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(status.message().contains("expired"), "{status:?}");
+
+        let valid = certificate("sluice:read", SystemTime::now() + Duration::from_secs(2));
+        let left = certificate_time_left(&valid, SystemTime::now()).expect("readable");
+        let started = tokio::time::Instant::now();
+        let response = service.call(watch(valid)).await.expect("call");
+        assert!(tonic::Status::from_header_map(response.headers()).is_none(), "let in while valid");
+        let mut body = response.into_body();
+        let frame = tokio::time::timeout(Duration::from_secs(30), body.frame())
+            .await
+            .expect("the stream ends once the certificate expires")
+            .expect("a frame")
+            .expect("not an error");
+        assert!(started.elapsed() + Duration::from_millis(20) >= left, "not before it expired: {left:?}");
+        let trailers = frame.into_trailers().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "16", "UNAUTHENTICATED: {trailers:?}");
+    }
+
+    #[tokio::test]
+    async fn a_certificate_deadline_longer_than_one_wait_is_waited_in_steps() {
+        let step = Duration::from_millis(40);
+        let mut grant = Grant::certificate_in_steps(Duration::from_millis(130), step);
+        let started = tokio::time::Instant::now();
+        let reason = std::future::poll_fn(|cx| match grant.poll_revoked(cx) {
+            Some(reason) => Poll::Ready(reason),
+            None => Poll::Pending,
+        })
+        .await;
+        assert_eq!(reason, "the client certificate has expired");
+        assert!(started.elapsed() >= Duration::from_millis(130), "{:?}", started.elapsed());
     }
 }
