@@ -43,12 +43,15 @@ const CONTAINER_SECURITY_FIELDS: [&str; 8] = [
 const ADDABLE_CAPABILITIES: [&str; 1] = ["NET_BIND_SERVICE"];
 
 /// Knative's feature flags (`config-features`) that lift a rule below; all disabled unless enabled.
-pub const FEATURE_FLAGS: [&str; 11] = [
+/// `kubernetes.podspec-securitycontext` is taken and changes nothing: the pod `securityContext` fields it
+/// lets through in Knative ([`POD_SECURITY_FIELDS`]) are accepted already, and it lets through no other.
+pub const FEATURE_FLAGS: [&str; 12] = [
     "kubernetes.containerspec-addcapabilities",
     "kubernetes.podspec-hostipc",
     "kubernetes.podspec-hostnetwork",
     "kubernetes.podspec-hostpid",
     "kubernetes.podspec-persistent-volume-claim",
+    "kubernetes.podspec-persistent-volume-write",
     "kubernetes.podspec-securitycontext",
     "kubernetes.podspec-shareprocessnamespace",
     "kubernetes.podspec-volumes-csi",
@@ -144,8 +147,7 @@ pub(crate) fn validate_pod_isolation(
         }
     }
     if let Some(context) = spec.security_context.as_ref().and_then(Value::as_object) {
-        let any_field = features.is_enabled("kubernetes.podspec-securitycontext");
-        for field in context.keys().filter(|f| !any_field && !POD_SECURITY_FIELDS.contains(&f.as_str())) {
+        for field in context.keys().filter(|f| !POD_SECURITY_FIELDS.contains(&f.as_str())) {
             errors.push(not_allowed(format!("{path}.securityContext.{field}"), &POD_SECURITY_FIELDS));
         }
         validate_seccomp(&format!("{path}.securityContext"), context, errors);
@@ -194,6 +196,17 @@ fn validate_volume(path: &str, volume: &Value, features: &ServingFeatures, error
             if let Some(flag) = volume_flag(source) {
                 if !features.is_enabled(flag) {
                     errors.push(refused(source_path, flag));
+                } else if source.as_str() == "persistentVolumeClaim"
+                    && volume[source.as_str()]["readOnly"] != Value::Bool(true)
+                    && !features.is_enabled("kubernetes.podspec-persistent-volume-write")
+                {
+                    errors.push(FieldError {
+                        path: format!("{source_path}.readOnly"),
+                        message: "must be true: writing to a claim needs Knative's feature flag \
+                                  kubernetes.podspec-persistent-volume-write, which this cluster keeps disabled \
+                                  (a node's --serving-feature kubernetes.podspec-persistent-volume-write=enabled)"
+                            .into(),
+                    });
                 }
             } else if !VOLUME_SOURCES.contains(&source.as_str()) {
                 errors.push(not_allowed(source_path, &VOLUME_SOURCES));
@@ -448,7 +461,9 @@ mod tests {
             ),
             (
                 "kubernetes.podspec-persistent-volume-claim",
-                with(json!({"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "x"}}]})),
+                with(
+                    json!({"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "x", "readOnly": true}}]}),
+                ),
             ),
             ("kubernetes.podspec-volumes-csi", with(json!({"volumes": [{"name": "c", "csi": {"driver": "x"}}]}))),
             ("kubernetes.podspec-volumes-ephemeral", with(json!({"volumes": [{"name": "e", "ephemeral": {}}]}))),
@@ -462,9 +477,10 @@ mod tests {
                     json!({"containers": [{"image": "app", "securityContext": {"capabilities": {"add": ["SYS_TIME"]}}}]}),
                 ),
             ),
-            ("kubernetes.podspec-securitycontext", with(json!({"securityContext": {"sysctls": []}}))),
         ];
-        assert_eq!(cases.len(), FEATURE_FLAGS.len(), "a case for every flag");
+        // Every flag but `kubernetes.podspec-securitycontext`, whose fields are accepted without it, and the
+        // claim-write one (below).
+        assert_eq!(cases.len() + 2, FEATURE_FLAGS.len(), "a case for every flag");
         for (flag, spec) in cases {
             assert_eq!(errors_of(spec.clone()).len(), 1, "{flag}: refused by default");
             let features = ServingFeatures::parse(&[format!("{flag}=enabled")]).expect("a known flag");
@@ -480,9 +496,34 @@ mod tests {
             with(json!({"containers": [{"image": "app", "securityContext": {"privileged": true}}]})),
             with(json!({"securityContext": {"seccompProfile": {"type": "Unconfined"}}})),
             with(json!({"volumes": [{"name": "n", "nfs": {"server": "s", "path": "/"}}]})),
+            // Knative drops these even with kubernetes.podspec-securitycontext.
+            with(json!({"securityContext": {"sysctls": [{"name": "kernel.shm_rmid_forced", "value": "0"}]}})),
+            with(json!({"securityContext": {"seLinuxOptions": {"type": "spc_t"}}})),
+            with(json!({"securityContext": {"windowsOptions": {"hostProcess": true}}})),
         ] {
             assert_eq!(errors_with(spec.clone(), &every).len(), 1, "{spec}");
         }
+    }
+
+    #[test]
+    fn a_claim_is_mounted_read_only_unless_writing_is_enabled() {
+        let claim = |read_only: Value| {
+            with(
+                json!({"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "x", "readOnly": read_only}}]}),
+            )
+        };
+        let claims = ServingFeatures::parse(&["kubernetes.podspec-persistent-volume-claim=enabled"]).expect("flag");
+        let writes = ServingFeatures::parse(&[
+            "kubernetes.podspec-persistent-volume-claim=enabled",
+            "kubernetes.podspec-persistent-volume-write=enabled",
+        ])
+        .expect("flags");
+        assert_eq!(errors_with(claim(json!(true)), &claims), Vec::<String>::new());
+        let refused = errors_with(claim(json!(false)), &claims);
+        assert_eq!(refused.len(), 1);
+        assert!(refused[0].starts_with("spec.volumes[0].persistentVolumeClaim.readOnly: must be true"), "{refused:?}");
+        assert_eq!(errors_with(claim(Value::Null), &claims).len(), 1, "read-write unless said otherwise");
+        assert_eq!(errors_with(claim(json!(false)), &writes), Vec::<String>::new());
     }
 
     #[test]

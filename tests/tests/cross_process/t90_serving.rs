@@ -322,7 +322,7 @@ async fn a_node_with_a_feature_flag_enabled_accepts_what_it_lets_through() -> Re
             dry_run: false,
         }
     };
-    let claim = json!({"name": "data", "persistentVolumeClaim": {"claimName": "data"}});
+    let claim = json!({"name": "data", "persistentVolumeClaim": {"claimName": "data", "readOnly": true}});
     let reply = client.apply(with_volume("claims", claim)).await?.into_inner();
     assert_eq!(reply.outcome, "created");
     let host = json!({"name": "root", "hostPath": {"path": "/"}});
