@@ -202,10 +202,13 @@ fn carry_owned_annotations(stored: &Value, incoming: Value) -> Value {
         .and_then(Value::as_object)
         .map(|annotations| annotations.keys().cloned().collect())
         .unwrap_or_default();
-    owned.retain(|annotation| !named.contains(annotation));
+    let stored_value = |annotation: &str| {
+        stored.pointer("/metadata/annotations").and_then(|a| a.get(annotation)).and_then(Value::as_str)
+    };
+    // Named by the apply: taken over. Gone from the object (an older `SetAnnotation` removed it): not owned.
+    owned.retain(|annotation| !named.contains(annotation) && stored_value(annotation).is_some());
     for annotation in &owned {
-        let value = stored.pointer("/metadata/annotations").and_then(|a| a.get(annotation)).and_then(Value::as_str);
-        if let Some(value) = value {
+        if let Some(value) = stored_value(annotation) {
             carried = with_annotation(&carried, annotation, Some(value));
         }
     }
@@ -359,6 +362,13 @@ mod tests {
         assert_eq!(resumed["metadata"]["annotations"], json!({"team": "a"}));
         assert!(resumed["metadata"].get("managedFields").is_none(), "{resumed}");
         assert_eq!(set_admin_annotation(&resumed, PAUSED, None, 4).1, ApplyOutcome::Unchanged);
+
+        // Owned, but removed by an earlier version's `SetAnnotation`: the ownership goes with the next apply.
+        let (mut stale, _) = set_admin_annotation(&resumed, PAUSED, Some("true"), 5);
+        stale = with_annotation(&stale, PAUSED, None);
+        let (applied, _) = merge_for_apply_keeping_owned(Some(&stale), trigger(json!({"team": "a"})), "u", "t0", 6);
+        assert!(admin_owned(&applied).is_empty(), "{applied}");
+        assert!(applied.pointer("/metadata/annotations/sluice.dev~1paused").is_none(), "{applied}");
 
         // An applied object's own managedFields (as `kubectl get -o yaml` prints them) give it no ownership.
         let mut forged = trigger(json!({PAUSED: "true"}));

@@ -329,6 +329,36 @@ async fn a_resync_keeps_a_pause_set_through_the_admin_api() {
     assert_eq!(stored["metadata"]["annotations"]["sluice.dev/paused"], "true", "{stored}");
 }
 
+/// A not-Ready object whose Sluice copy differs from Kubernetes' only by a pause set through the admin API is
+/// read at its resync, not applied again (an apply is a Raft write; not-Ready objects resync every few seconds).
+#[tokio::test]
+async fn a_resync_of_a_paused_not_ready_trigger_writes_nothing() {
+    let sluice = Arc::new(FakeSluice { not_ready: true, ..Default::default() });
+    let (ctx, mut handle) = context(sluice.clone());
+    let object = trigger(json!({"uri": "http://sink.example"}));
+    let echo = serde_json::to_value(&object).expect("json");
+    let the_broker = serde_json::to_value(broker("Sluice")).expect("json");
+    let scenario = async move {
+        for _ in 0..2 {
+            let (method, _, _, send) = next_request(&mut handle).await;
+            assert_eq!(method, Method::GET);
+            respond(send, &the_broker);
+            let (method, _, _, send) = next_request(&mut handle).await;
+            assert_eq!(method, Method::PATCH);
+            respond(send, &echo);
+        }
+    };
+    let server = tokio::spawn(scenario);
+    reconcile(Arc::new(object.clone()), ctx.clone()).await.expect("reconcile");
+    let key = "Trigger/default/t";
+    let stored = sluice.object(key).expect("pushed");
+    let (paused, _) = sluice_controller::meta::set_admin_annotation(&stored, "sluice.dev/paused", Some("true"), 2);
+    sluice.objects.lock().expect("objects").insert(key.into(), paused);
+    reconcile(Arc::new(object), ctx.clone()).await.expect("reconcile");
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("the scenario finished").expect("scenario");
+    assert_eq!(*sluice.journal.lock().expect("journal"), vec![format!("apply {key}")], "one apply, then a read");
+}
+
 #[tokio::test]
 async fn a_trigger_whose_core_service_is_missing_says_so_and_is_not_pushed() {
     let sluice = Arc::new(FakeSluice::default());
