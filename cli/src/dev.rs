@@ -231,6 +231,7 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
             std::process::id().to_string(),
         ];
         node_args.extend(args.serving.to_args());
+        node_args.extend(args.ingress.to_args());
         node_args.extend(tls_args.to_args());
         node_args.extend(oidc.to_args());
         // The children's admin APIs then ask for credentials: this command calls them with its own

@@ -252,6 +252,28 @@ pub(crate) struct IngressArgs {
 }
 
 impl IngressArgs {
+    /// The flags a child node is started with, to take requests as this one would.
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        let flags: [(&str, String); 15] = [
+            ("--max-event-bytes", self.max_event_bytes.to_string()),
+            ("--max-batch-events", self.max_batch_events.to_string()),
+            ("--max-batch-bytes", self.max_batch_bytes.to_string()),
+            ("--max-headers", self.max_headers.to_string()),
+            ("--max-header-bytes", self.max_header_bytes.to_string()),
+            ("--max-connections", self.max_connections.to_string()),
+            ("--header-read-timeout-ms", self.header_read_timeout_ms.to_string()),
+            ("--body-read-timeout-ms", self.body_read_timeout_ms.to_string()),
+            ("--idle-connection-timeout-ms", self.idle_connection_timeout_ms.to_string()),
+            ("--max-inflight-body-bytes", self.max_inflight_body_bytes.to_string()),
+            ("--max-inflight-body-bytes-per-connection", self.max_inflight_body_bytes_per_connection.to_string()),
+            ("--queue-depth", self.queue_depth.to_string()),
+            ("--append-inflight-entries", self.append_inflight_entries.to_string()),
+            ("--append-pipeline-min-records", self.append_pipeline_min_records.to_string()),
+            ("--forward-pipeline-min-records", self.forward_pipeline_min_records.to_string()),
+        ];
+        flags.into_iter().flat_map(|(flag, value)| [flag.to_string(), value]).collect()
+    }
+
     pub(crate) fn limits(&self) -> IngressLimits {
         IngressLimits {
             max_event_bytes: self.max_event_bytes,
@@ -472,4 +494,37 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     serving.stop().await;
     running.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::IngressArgs;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        ingress: IngressArgs,
+    }
+
+    /// Regression: `sluice dev --nodes N` started its nodes without the ingress flags it was given.
+    #[test]
+    fn ingress_flags_reach_a_child_node_as_given() {
+        let given = Flags::parse_from([
+            "sluice",
+            "--max-event-bytes",
+            "4096",
+            "--max-inflight-body-bytes-per-connection",
+            "9999999",
+            "--queue-depth",
+            "7",
+            "--idle-connection-timeout-ms",
+            "5",
+        ]);
+        let child = Flags::parse_from(std::iter::once("sluice".to_string()).chain(given.ingress.to_args()));
+        assert_eq!(format!("{:?}", child.ingress), format!("{:?}", given.ingress));
+        let defaults = Flags::parse_from(["sluice"]);
+        assert_ne!(format!("{:?}", defaults.ingress), format!("{:?}", given.ingress), "the flags were read");
+    }
 }

@@ -193,7 +193,7 @@ async fn request_bodies_held_at_once_are_bounded_over_every_connection() -> anyh
     .await?;
     assert_eq!(refused.headers().get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
     let body: serde_json::Value = refused.json().await?;
-    assert!(body["rule"].as_str().unwrap_or_default().contains("--max-inflight-body-bytes"), "{body}");
+    assert!(body["rule"].as_str().unwrap_or_default().contains("--max-inflight-body-bytes)"), "{body}");
 
     drop(slow);
     sluice_tests::wait_until(Duration::from_secs(20), || async {
