@@ -4,6 +4,7 @@
 mod handover;
 pub use handover::{Handover, TransferOver};
 pub(crate) mod leader_balance;
+pub(crate) mod log_format;
 pub(crate) mod membership;
 pub(crate) mod publish;
 mod reads;

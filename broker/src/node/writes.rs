@@ -81,7 +81,22 @@ impl Node {
     /// Creates or replaces a resource object in the metadata group; answers
     /// `created`, `configured` or `unchanged`.
     pub async fn put_resource(&self, record: ResourceRecord) -> Result<String, BrokerError> {
-        match self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::ApplyResource(record))).await? {
+        self.put_resource_in_format(record, self.cluster_log_format()).await
+    }
+
+    /// [`Node::put_resource`] as an entry of metadata `format` (`node/log_format.rs`): with the first, an
+    /// apply replaces the annotations whole, as versions before it did.
+    pub(crate) async fn put_resource_in_format(
+        &self,
+        record: ResourceRecord,
+        format: u64,
+    ) -> Result<String, BrokerError> {
+        let command = if format >= super::log_format::FORMAT_APPLY_RESOURCE {
+            LogCommand::ApplyResource(record)
+        } else {
+            LogCommand::PutResource(record)
+        };
+        match self.write(METADATA_GROUP, ForwardedWrite::Command(command)).await? {
             ForwardedReply::Response(LogResponse::Applied { outcome }) => Ok(outcome),
             other => Err(BrokerError::Bug { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),
         }
@@ -97,11 +112,13 @@ impl Node {
         annotation: &str,
         value: Option<&str>,
     ) -> Result<String, BrokerError> {
-        let command = LogCommand::SetAdminAnnotation {
-            key,
-            uid: uid.to_string(),
-            annotation: annotation.to_string(),
-            value: value.map(str::to_string),
+        let (uid, annotation, value) = (uid.to_string(), annotation.to_string(), value.map(str::to_string));
+        // Until every member reads it, the entry that replaces nothing else (a pause is then undone by an
+        // apply that does not name it, as before).
+        let command = if self.cluster_log_format() >= super::log_format::FORMAT_APPLY_RESOURCE {
+            LogCommand::SetAdminAnnotation { key, uid, annotation, value }
+        } else {
+            LogCommand::SetAnnotation { key, uid, annotation, value }
         };
         match self.write(METADATA_GROUP, ForwardedWrite::Command(command)).await? {
             ForwardedReply::Response(LogResponse::Applied { outcome }) => Ok(outcome),

@@ -131,6 +131,7 @@ pub async fn start(
     }
     tokio::spawn(node.clone().report_store_gauges(std::time::Duration::from_secs(5)));
     tokio::spawn(crate::node::signing_keys::run(node.clone()));
+    tokio::spawn(crate::node::log_format::run(node.clone()));
     tokio::spawn(crate::node::signing_keys::trust_own_issuer(node.clone()));
     let (shutdown, _) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -12,7 +12,7 @@ use sluice_proto::admin::dead_letters_client::DeadLettersClient;
 use sluice_proto::admin::resources_client::ResourcesClient;
 use sluice_proto::admin::{
     ApplyResourceRequest, ConsumerRef, DeadLetterPosition, ListDeadLettersRequest, PurgeRequest, RedriveProgress,
-    RedriveRequest, ReplayRequest, replay_request,
+    RedriveRequest, ReplayRequest, ResourceRef, replay_request,
 };
 use sluice_tests::subscriber::{Delivery, Reply, Subscriber};
 use sluice_tests::{TestCluster, apply_resource, broker_object, send_event_accepted, trigger_object, wait_until};
@@ -49,11 +49,28 @@ async fn pause_resume_replay_by_time_and_status() -> anyhow::Result<()> {
         async move { Ok(consumers.status(trigger("t")).await.ok().map(|_| ())) }
     })
     .await?;
+    // A pause survives applies once every member has said it reads the entries that keep it
+    // (`node/log_format.rs`): the node taking the pause sees the three nodes' publications.
+    let mut resources = ResourcesClient::connect(format!("http://{admin}")).await?;
+    wait_until(Duration::from_secs(20), || {
+        let mut resources = resources.clone();
+        async move {
+            for node in 1..=3 {
+                let name = format!("node-{node}");
+                let node_info = ResourceRef { kind: "SluiceNode".into(), namespace: "sluice-system".into(), name };
+                if resources.get(node_info).await.is_err() {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        }
+    })
+    .await?;
     // Paused: the backlog grows and nothing is delivered; resumed: it drains.
     let paused = consumers.pause(trigger("t")).await?.into_inner();
     assert!(paused.paused);
     // Applied again without the annotation (as the Kubernetes controller's resync does): still paused.
-    let mut resources = ResourcesClient::connect(format!("http://{}", cluster.nodes[0].admin)).await?;
+    resources = ResourcesClient::connect(format!("http://{}", cluster.nodes[0].admin)).await?;
     let again = trigger_object("default", "t", "b", &subscriber.url(), json!({}), json!({}));
     let reply = resources.apply(ApplyResourceRequest { object_json: again.to_string(), dry_run: false }).await?;
     assert_eq!(reply.into_inner().outcome, "unchanged", "the pause is kept (a removed one would be `configured`)");
