@@ -537,6 +537,16 @@ mod tests {
         assert_eq!(certificate_role(&der(&workload)), None, "a certificate of the CA with no Sluice role has none");
     }
 
+    /// A service whose every response streams for ever (as a watch with nothing to say does).
+    fn streams_for_ever(
+        _request: http::Request<()>,
+    ) -> std::future::Ready<Result<http::Response<tonic::body::Body>, Infallible>> {
+        let body = http_body_util::StreamBody::new(tokio_stream::pending::<
+            Result<http_body::Frame<bytes::Bytes>, tonic::Status>,
+        >());
+        std::future::ready(Ok(http::Response::new(tonic::body::Body::new(body))))
+    }
+
     /// Regression: a stream opened with a token (`watch`, `tail`, `logs --follow`) went on after the token was
     /// revoked; only new calls were refused.
     #[tokio::test]
@@ -544,13 +554,7 @@ mod tests {
         use http_body::Body as _;
         use tower::{Layer, Service};
         let layer = AdminAuthLayer::new(AdminTokens::parse(TOKENS).expect("parses"));
-        let streams_for_ever = tower::service_fn(|_request: http::Request<()>| async {
-            let body = http_body_util::StreamBody::new(tokio_stream::pending::<
-                Result<http_body::Frame<bytes::Bytes>, tonic::Status>,
-            >());
-            Ok::<_, Infallible>(http::Response::new(tonic::body::Body::new(body)))
-        });
-        let mut service = layer.layer(streams_for_ever);
+        let mut service = layer.layer(tower::service_fn(streams_for_ever));
         let watch = |token: &str| {
             http::Request::builder()
                 .uri("/sluice.admin.v1.Resources/Watch")
@@ -602,13 +606,7 @@ mod tests {
         use http_body_util::BodyExt;
         use tower::{Layer, Service};
         let layer = AdminAuthLayer::new(AdminTokens::parse(TOKENS).expect("parses"));
-        let streams_for_ever = tower::service_fn(|_request: http::Request<()>| async {
-            let body = http_body_util::StreamBody::new(tokio_stream::pending::<
-                Result<http_body::Frame<bytes::Bytes>, tonic::Status>,
-            >());
-            Ok::<_, Infallible>(http::Response::new(tonic::body::Body::new(body)))
-        });
-        let mut service = layer.layer(streams_for_ever);
+        let mut service = layer.layer(tower::service_fn(streams_for_ever));
         let watch = |der: Vec<u8>| {
             let mut request =
                 http::Request::builder().uri("/sluice.admin.v1.Resources/Watch").body(()).expect("request");

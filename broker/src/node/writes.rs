@@ -113,8 +113,8 @@ impl Node {
         value: Option<&str>,
     ) -> Result<String, BrokerError> {
         let (uid, annotation, value) = (uid.to_string(), annotation.to_string(), value.map(str::to_string));
-        // Until every member reads it, the entry that replaces nothing else (a pause is then undone by an
-        // apply that does not name it, as before).
+        // Until every member reads `SetAdminAnnotation`, the older entry: the annotation is then not the admin
+        // API's, and an apply that does not name it removes it, as before (`node/log_format.rs`).
         let command = if self.cluster_log_format() >= super::log_format::FORMAT_APPLY_RESOURCE {
             LogCommand::SetAdminAnnotation { key, uid, annotation, value }
         } else {

@@ -293,11 +293,9 @@ async fn a_trigger_on_a_sluice_broker_reaches_sluice_with_its_core_service_resol
     assert_eq!(pushed["spec"]["subscriber"], json!({"uri": "http://sink.default.svc.cluster.local:8080"}));
 }
 
-/// Regression: a Trigger paused through the admin API (`sluice trigger pause`) was resumed by the next resync,
-/// which applied the Kubernetes object, without the annotation, over it.
-#[tokio::test]
-async fn a_resync_keeps_a_pause_set_through_the_admin_api() {
-    let sluice = Arc::new(FakeSluice::default());
+/// A Trigger reconciled, paused through the admin API (in Sluice's copy), and reconciled again (a resync): the
+/// journal of what Sluice was asked, and Sluice's copy after.
+async fn resync_after_an_admin_pause(sluice: Arc<FakeSluice>) -> (Vec<String>, Value) {
     let (ctx, mut handle) = context(sluice.clone());
     let object = trigger(json!({"uri": "http://sink.example"}));
     let echo = serde_json::to_value(&object).expect("json");
@@ -321,11 +319,20 @@ async fn a_resync_keeps_a_pause_set_through_the_admin_api() {
     let stored = sluice.object(key).expect("pushed");
     let (paused, _) = sluice_controller::meta::set_admin_annotation(&stored, "sluice.dev/paused", Some("true"), 2);
     sluice.objects.lock().expect("objects").insert(key.into(), paused);
-    // The resync of a Ready object applies it again.
     reconcile(Arc::new(object), ctx.clone()).await.expect("reconcile");
     tokio::time::timeout(Duration::from_secs(5), server).await.expect("the scenario finished").expect("scenario");
-    assert_eq!(*sluice.journal.lock().expect("journal"), vec![format!("apply {key}"), format!("apply {key}")]);
-    let stored = sluice.object(key).expect("stored");
+    let journal = sluice.journal.lock().expect("journal").clone();
+    (journal, sluice.object(key).expect("stored"))
+}
+
+/// Regression: a Trigger paused through the admin API (`sluice trigger pause`) was resumed by the next resync,
+/// which applied the Kubernetes object, without the annotation, over it. A Ready object is applied at its
+/// resync; the pause stays.
+#[tokio::test]
+async fn a_resync_keeps_a_pause_set_through_the_admin_api() {
+    let (journal, stored) = resync_after_an_admin_pause(Arc::new(FakeSluice::default())).await;
+    let apply = "apply Trigger/default/t".to_string();
+    assert_eq!(journal, vec![apply.clone(), apply]);
     assert_eq!(stored["metadata"]["annotations"]["sluice.dev/paused"], "true", "{stored}");
 }
 
@@ -334,29 +341,9 @@ async fn a_resync_keeps_a_pause_set_through_the_admin_api() {
 #[tokio::test]
 async fn a_resync_of_a_paused_not_ready_trigger_writes_nothing() {
     let sluice = Arc::new(FakeSluice { not_ready: true, ..Default::default() });
-    let (ctx, mut handle) = context(sluice.clone());
-    let object = trigger(json!({"uri": "http://sink.example"}));
-    let echo = serde_json::to_value(&object).expect("json");
-    let the_broker = serde_json::to_value(broker("Sluice")).expect("json");
-    let scenario = async move {
-        for _ in 0..2 {
-            let (method, _, _, send) = next_request(&mut handle).await;
-            assert_eq!(method, Method::GET);
-            respond(send, &the_broker);
-            let (method, _, _, send) = next_request(&mut handle).await;
-            assert_eq!(method, Method::PATCH);
-            respond(send, &echo);
-        }
-    };
-    let server = tokio::spawn(scenario);
-    reconcile(Arc::new(object.clone()), ctx.clone()).await.expect("reconcile");
-    let key = "Trigger/default/t";
-    let stored = sluice.object(key).expect("pushed");
-    let (paused, _) = sluice_controller::meta::set_admin_annotation(&stored, "sluice.dev/paused", Some("true"), 2);
-    sluice.objects.lock().expect("objects").insert(key.into(), paused);
-    reconcile(Arc::new(object), ctx.clone()).await.expect("reconcile");
-    tokio::time::timeout(Duration::from_secs(5), server).await.expect("the scenario finished").expect("scenario");
-    assert_eq!(*sluice.journal.lock().expect("journal"), vec![format!("apply {key}")], "one apply, then a read");
+    let (journal, stored) = resync_after_an_admin_pause(sluice).await;
+    assert_eq!(journal, vec!["apply Trigger/default/t".to_string()], "one apply, then a read");
+    assert_eq!(stored["metadata"]["annotations"]["sluice.dev/paused"], "true", "{stored}");
 }
 
 #[tokio::test]

@@ -129,25 +129,34 @@ async fn an_idle_h2c_connection_is_closed() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A node taking events and batches of at most 64 KiB, whose bodies may take a minute to arrive, with `budget`'s
+/// flags.
+async fn start_with_body_budget(budget: &[&str]) -> anyhow::Result<(tempfile::TempDir, sluice_tests::NodeProc)> {
+    let mut args = vec!["--max-event-bytes", "65536", "--max-batch-bytes", "65536", "--body-read-timeout-ms", "60000"];
+    args.extend_from_slice(budget);
+    sluice_tests::start_single_node(1, &args).await
+}
+
+/// Waits until the node at `http` holds at least `bytes` of request bodies (its gauge).
+async fn held_body_bytes_reach(http: &str, bytes: f64) -> anyhow::Result<()> {
+    let metrics = format!("http://{http}/metrics");
+    sluice_tests::wait_until(Duration::from_secs(20), || async {
+        let text = reqwest::get(&metrics).await?.text().await?;
+        let held = text
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_ingress_body_budget_held_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        Ok(held.is_some_and(|held| held >= bytes).then_some(()))
+    })
+    .await
+}
+
 /// Request bodies held at once are bounded over every connection (`--max-inflight-body-bytes`): two slow
 /// senders that sent 64 KiB of their bodies each fill a 128 KiB budget, the next request gets 429 with
 /// `Retry-After` and a body naming the limit, and once the slow senders go the budget is free again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_held_at_once_are_bounded_over_every_connection() -> anyhow::Result<()> {
-    let (_root, node) = sluice_tests::start_single_node(
-        1,
-        &[
-            "--max-event-bytes",
-            "65536",
-            "--max-batch-bytes",
-            "65536",
-            "--max-inflight-body-bytes",
-            "131072",
-            "--body-read-timeout-ms",
-            "60000",
-        ],
-    )
-    .await?;
+    let (_root, node) = start_with_body_budget(&["--max-inflight-body-bytes", "131072"]).await?;
     apply_resource(&node.admin, broker_object("default", "default", serde_json::json!({}))).await?;
     wait_for_broker(&node.http, "/default/default").await?;
     let head = |id: &str, length: usize| {
@@ -176,16 +185,7 @@ async fn request_bodies_held_at_once_are_bounded_over_every_connection() -> anyh
     };
     // The slow senders' requests hold what they sent (64 KiB each, counted in whole KiB) once it is read; the
     // probes wait for that, or one of them could hold the last KiB a slow sender needs and have it refused.
-    let metrics = format!("http://{}/metrics", node.http);
-    sluice_tests::wait_until(Duration::from_secs(20), || async {
-        let text = reqwest::get(&metrics).await?.text().await?;
-        let held = text
-            .lines()
-            .find_map(|l| l.strip_prefix("sluice_ingress_body_budget_held_bytes "))
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        Ok(held.is_some_and(|bytes| bytes >= 131_072.0).then_some(()))
-    })
-    .await?;
+    held_body_bytes_reach(&node.http, 131_072.0).await?;
     let refused = sluice_tests::wait_until(Duration::from_secs(20), || async {
         let response = post("while-full").await?;
         Ok((response.status() == StatusCode::TOO_MANY_REQUESTS).then_some(response))
@@ -207,21 +207,12 @@ async fn request_bodies_held_at_once_are_bounded_over_every_connection() -> anyh
 /// 429. A connection holds at most its share; another connection is still let in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_holds_no_more_than_its_share_of_the_body_budget() -> anyhow::Result<()> {
-    let (_root, node) = sluice_tests::start_single_node(
-        1,
-        &[
-            "--max-event-bytes",
-            "65536",
-            "--max-batch-bytes",
-            "65536",
-            "--max-inflight-body-bytes",
-            "1048576",
-            "--max-inflight-body-bytes-per-connection",
-            "131072",
-            "--body-read-timeout-ms",
-            "60000",
-        ],
-    )
+    let (_root, node) = start_with_body_budget(&[
+        "--max-inflight-body-bytes",
+        "1048576",
+        "--max-inflight-body-bytes-per-connection",
+        "131072",
+    ])
     .await?;
     apply_resource(&node.admin, broker_object("default", "default", serde_json::json!({}))).await?;
     wait_for_broker(&node.http, "/default/default").await?;
@@ -244,16 +235,7 @@ async fn one_connection_holds_no_more_than_its_share_of_the_body_budget() -> any
         reqwest::Body::wrap_stream(futures::stream::iter([first]).chain(futures::stream::pending()))
     };
     let slow: Vec<_> = ["slow-1", "slow-2"].iter().map(|id| tokio::spawn(post(&greedy, id, stalled(())))).collect();
-    let metrics = format!("http://{}/metrics", node.http);
-    sluice_tests::wait_until(Duration::from_secs(20), || async {
-        let text = reqwest::get(&metrics).await?.text().await?;
-        let held = text
-            .lines()
-            .find_map(|l| l.strip_prefix("sluice_ingress_body_budget_held_bytes "))
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        Ok(held.is_some_and(|bytes| bytes >= 2.0 * 63.0 * 1024.0).then_some(()))
-    })
-    .await?;
+    held_body_bytes_reach(&node.http, 2.0 * 63.0 * 1024.0).await?;
     // 126 KiB of the connection's 128 held: a third stream of 4 KiB is refused, on this connection only.
     let refused = post(&greedy, "greedy", vec![b'y'; 4000].into()).await?;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
