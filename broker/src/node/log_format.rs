@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::Node;
 use super::signing_keys::SYSTEM_NAMESPACE;
-use crate::command::{NodeId, ResourceKey, ResourceRecord};
+use crate::command::{NodeId, ResourceKey};
 
 /// The kind of the objects in which nodes publish what they are.
 pub(crate) const NODE_INFO_KIND: &str = "SluiceNode";
@@ -76,14 +76,8 @@ impl Node {
 pub(crate) async fn run(node: Node) {
     loop {
         if node.cluster_config().is_some() && node.published_log_format() != Some(LOG_FORMAT) {
-            let record = ResourceRecord {
-                key: node_info_key(node.id()),
-                json: node_info(node.id()).to_string(),
-                uid: format!("{:032x}", rand::random::<u128>()),
-                applied_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            };
             // The first format's entry, which a node of any version reads.
-            match node.put_resource_in_format(record, FORMAT_PUT_RESOURCE).await {
+            match node.put_internal_object_in_format(&node_info(node.id()), FORMAT_PUT_RESOURCE).await {
                 Ok(_) => tracing::info!(log_format = LOG_FORMAT, "published this node's metadata entry format"),
                 Err(e) => tracing::debug!(error = %e, "this node's format is not published yet"),
             }

@@ -129,12 +129,21 @@ impl Node {
     /// Stores an object the node derives itself (the serving runtime's facts about a revision), as it is,
     /// without the validation user objects go through: its kind is not one users apply.
     pub async fn put_internal_object(&self, object: &serde_json::Value) -> Result<String, BrokerError> {
+        self.put_internal_object_in_format(object, self.cluster_log_format()).await
+    }
+
+    /// [`Node::put_internal_object`] as an entry of metadata `format` (`node/log_format.rs`).
+    pub(crate) async fn put_internal_object_in_format(
+        &self,
+        object: &serde_json::Value,
+        format: u64,
+    ) -> Result<String, BrokerError> {
         let text = |pointer: &str| object.pointer(pointer).and_then(|v| v.as_str()).unwrap_or_default().to_string();
         let key =
             ResourceKey { kind: text("/kind"), namespace: text("/metadata/namespace"), name: text("/metadata/name") };
         let uid = format!("{:032x}", rand::random::<u128>());
         let applied_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        self.put_resource(ResourceRecord { key, json: object.to_string(), uid, applied_at }).await
+        self.put_resource_in_format(ResourceRecord { key, json: object.to_string(), uid, applied_at }, format).await
     }
 
     /// Deletes a resource object; `false` when there was none (nothing changed).

@@ -325,9 +325,10 @@ async fn resync_after_an_admin_pause(sluice: Arc<FakeSluice>) -> (Vec<String>, V
     (journal, sluice.object(key).expect("stored"))
 }
 
-/// Regression: a Trigger paused through the admin API (`sluice trigger pause`) was resumed by the next resync,
-/// which applied the Kubernetes object, without the annotation, over it. A Ready object is applied at its
-/// resync; the pause stays.
+/// A Trigger paused through the admin API (`sluice trigger pause`) was resumed by the next resync, which applied
+/// the Kubernetes object, without the annotation, over it. A Ready object is applied at its resync, and the
+/// pause stays: the whole loop with the node's merge (the merge itself is tested in `controller::meta` and the
+/// state machine; `t72` checks it on real nodes).
 #[tokio::test]
 async fn a_resync_keeps_a_pause_set_through_the_admin_api() {
     let (journal, stored) = resync_after_an_admin_pause(Arc::new(FakeSluice::default())).await;
