@@ -216,6 +216,15 @@ pub(crate) struct IngressArgs {
     /// Most concurrent HTTP connections.
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
+    /// Of `--max-connections`, what one client address (an IPv6 /64) may hold at once; more from it are
+    /// closed at accept. Behind a proxy every connection comes from the proxy's address.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections_per_address: usize,
+    /// Count loopback clients against `--max-connections-per-address` too. Off by default: the node's own
+    /// dispatcher reaches the revisions it serves over loopback, and a sidecar proxy forwards every client
+    /// from loopback.
+    #[arg(long)]
+    pub limit_loopback_connections: bool,
     /// A request's headers must arrive within this time.
     #[arg(long, default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
@@ -254,13 +263,14 @@ pub(crate) struct IngressArgs {
 impl IngressArgs {
     /// The flags a child node is started with, to take requests as this one would.
     pub(crate) fn to_args(&self) -> Vec<String> {
-        let flags: [(&str, String); 15] = [
+        let flags: [(&str, String); 16] = [
             ("--max-event-bytes", self.max_event_bytes.to_string()),
             ("--max-batch-events", self.max_batch_events.to_string()),
             ("--max-batch-bytes", self.max_batch_bytes.to_string()),
             ("--max-headers", self.max_headers.to_string()),
             ("--max-header-bytes", self.max_header_bytes.to_string()),
             ("--max-connections", self.max_connections.to_string()),
+            ("--max-connections-per-address", self.max_connections_per_address.to_string()),
             ("--header-read-timeout-ms", self.header_read_timeout_ms.to_string()),
             ("--body-read-timeout-ms", self.body_read_timeout_ms.to_string()),
             ("--idle-connection-timeout-ms", self.idle_connection_timeout_ms.to_string()),
@@ -271,7 +281,11 @@ impl IngressArgs {
             ("--append-pipeline-min-records", self.append_pipeline_min_records.to_string()),
             ("--forward-pipeline-min-records", self.forward_pipeline_min_records.to_string()),
         ];
-        flags.into_iter().flat_map(|(flag, value)| [flag.to_string(), value]).collect()
+        let mut args: Vec<String> = flags.into_iter().flat_map(|(flag, value)| [flag.to_string(), value]).collect();
+        if self.limit_loopback_connections {
+            args.push("--limit-loopback-connections".to_string());
+        }
+        args
     }
 
     pub(crate) fn limits(&self) -> IngressLimits {
@@ -282,6 +296,8 @@ impl IngressArgs {
             max_headers: self.max_headers,
             max_header_bytes: self.max_header_bytes,
             max_connections: self.max_connections.max(1),
+            max_connections_per_address: self.max_connections_per_address.max(1),
+            limit_loopback_connections: self.limit_loopback_connections,
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
             body_read_timeout: Duration::from_millis(self.body_read_timeout_ms.max(1)),
             idle_connection_timeout: Duration::from_millis(self.idle_connection_timeout_ms.max(1)),
@@ -521,6 +537,9 @@ mod tests {
             "7",
             "--idle-connection-timeout-ms",
             "5",
+            "--max-connections-per-address",
+            "3",
+            "--limit-loopback-connections",
         ]);
         let child = Flags::parse_from(std::iter::once("sluice".to_string()).chain(given.ingress.to_args()));
         assert_eq!(format!("{:?}", child.ingress), format!("{:?}", given.ingress));

@@ -116,7 +116,8 @@ async fn jwks(State(state): State<HttpState>) -> Response {
 }
 
 /// Serves `app` on `listener` until `shutdown`: HTTP/1.1 (keep-alive) and
-/// h2c, at most `max_connections` at once (more are closed at accept),
+/// h2c, at most `max_connections` at once and `max_connections_per_address` from one client address (more are
+/// closed at accept),
 /// headers must arrive within `header_read_timeout`, and a connection idle for
 /// `idle_connection_timeout` is shut down gracefully.
 pub(crate) async fn serve(
@@ -129,6 +130,8 @@ pub(crate) async fn serve(
 ) {
     let strict = tls.as_ref().is_some_and(|tls| !tls.mode().accepts_plaintext());
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let address_slots =
+        super::connections::AddressSlots::new(limits.max_connections_per_address, limits.limit_loopback_connections);
     let largest_body = limits.max_batch_bytes.max(limits.max_event_bytes);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -144,12 +147,13 @@ pub(crate) async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size((limits.max_header_bytes * 2) as u32)
         .max_concurrent_streams(256);
-    let refused = metrics::counter!("sluice_http_connections_refused_total");
+    let refused_total = metrics::counter!("sluice_http_connections_refused_total", "limit" => "total");
+    let refused_per_address = metrics::counter!("sluice_http_connections_refused_total", "limit" => "per_address");
     let idle_closed = metrics::counter!("sluice_http_connections_idle_closed_total");
     let open = metrics::gauge!("sluice_http_connections");
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -159,8 +163,13 @@ pub(crate) async fn serve(
                 }
             },
         };
+        let Some(address_slot) = address_slots.try_take(peer.ip()) else {
+            refused_per_address.increment(1);
+            drop(stream);
+            continue;
+        };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            refused.increment(1);
+            refused_total.increment(1);
             drop(stream);
             continue;
         };
@@ -237,7 +246,7 @@ pub(crate) async fn serve(
                 }
             }
             open.decrement(1.0);
-            drop(permit);
+            drop((permit, address_slot));
         });
     }
 }

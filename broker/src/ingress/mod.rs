@@ -6,6 +6,7 @@
 
 pub(crate) mod authorize;
 mod body;
+mod connections;
 pub(crate) mod http;
 
 use std::collections::HashMap;
@@ -36,6 +37,11 @@ pub struct IngressLimits {
     pub max_headers: usize,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// Of `max_connections`, what one client address (an IPv6 /64) may hold at once.
+    pub max_connections_per_address: usize,
+    /// Whether loopback clients count against `max_connections_per_address` (the node's own dispatcher and a
+    /// sidecar connect from loopback).
+    pub limit_loopback_connections: bool,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     /// A connection with no byte moving either way for this long is shut down gracefully.
@@ -57,6 +63,8 @@ impl Default for IngressLimits {
             max_headers: 100,
             max_header_bytes: 16 << 10,
             max_connections: 4096,
+            max_connections_per_address: 1024,
+            limit_loopback_connections: false,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             idle_connection_timeout: Duration::from_secs(60),

@@ -287,3 +287,66 @@ async fn an_idle_h2c_client_that_answers_nothing_is_dropped() -> anyhow::Result<
     assert!(answered, "the request was answered before the connection went");
     Ok(())
 }
+
+/// An HTTP/1.1 connection to `addr` from the loopback address `source`.
+async fn http1_from(
+    source: &str,
+    addr: &str,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse()?)?;
+    let stream = socket.connect(addr.parse()?).await?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// `GET path` on a kept-alive connection: the body, or an error when the server closed the connection.
+async fn get_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    addr: &str,
+    path: &str,
+) -> anyhow::Result<String> {
+    sender.ready().await?;
+    let request = hyper::Request::get(format!("http://{addr}{path}")).body(http_body_util::Empty::new())?;
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request)).await??;
+    let body = http_body_util::BodyExt::collect(response.into_body()).await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One client address holds at most `--max-connections-per-address` of the node's connections: the next one
+/// from it is closed at accept and counted, another address is served meanwhile, and a slot given back is
+/// taken again. Loopback is counted here because the test asks for it (`--limit-loopback-connections`); the
+/// addresses are 127.0.0.3 and .4, which no helper's client uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_no_more_than_its_share_of_the_connections() -> anyhow::Result<()> {
+    let (_root, node) =
+        sluice_tests::start_single_node(1, &["--max-connections-per-address", "2", "--limit-loopback-connections"])
+            .await?;
+    let addr = node.http.as_str();
+    let mut first = http1_from("127.0.0.3", addr).await?;
+    let mut second = http1_from("127.0.0.3", addr).await?;
+    assert_eq!(get_on(&mut first, addr, "/healthz").await?, "ok\n");
+    assert_eq!(get_on(&mut second, addr, "/healthz").await?, "ok\n");
+
+    let mut third = http1_from("127.0.0.3", addr).await?;
+    let refused = get_on(&mut third, addr, "/healthz").await;
+    assert!(refused.is_err(), "a third connection from 127.0.0.3 is closed unanswered: {refused:?}");
+
+    let mut other = http1_from("127.0.0.4", addr).await?;
+    assert_eq!(get_on(&mut other, addr, "/healthz").await?, "ok\n", "another address is served");
+    let metrics = get_on(&mut other, addr, "/metrics").await?;
+    assert!(
+        metrics.lines().any(|l| l == "sluice_http_connections_refused_total{limit=\"per_address\"} 1"),
+        "the refusal is counted by its limit"
+    );
+    assert_eq!(get_on(&mut second, addr, "/healthz").await?, "ok\n", "the held connections still work");
+
+    drop(first);
+    sluice_tests::wait_until(Duration::from_secs(20), || async {
+        let mut again = http1_from("127.0.0.3", addr).await?;
+        Ok(get_on(&mut again, addr, "/healthz").await.ok().filter(|body| body == "ok\n"))
+    })
+    .await?;
+    Ok(())
+}
