@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use sluice_broker::Node;
+use sluice_broker::{Node, ResourceKey};
 use sluice_controller::serving::{CONFIGURATION_LABEL, SERVICE_LABEL};
 use sluice_proto::admin::serving_server::{Serving, ServingServer};
 use sluice_proto::admin::{AutoscalerDecision, DecisionsRequest, LogLine, LogsRequest};
@@ -32,7 +32,8 @@ pub fn with_admin_routes(
 }
 
 /// Sends `kept` (oldest first), then what each revision's follower receives as it comes, merged, until the
-/// client goes away. `message` makes an item of the stream from a revision's name and what its follower
+/// client goes away (noticed at once, not at the next item: a follow of an idle revision would otherwise keep its
+/// tasks for ever). `message` makes an item of the stream from a revision's name and what its follower
 /// received (or how many items it missed by lagging), or skips it.
 fn send_kept_then_followed<T, M>(
     tx: mpsc::Sender<Result<M, Status>>,
@@ -50,9 +51,11 @@ fn send_kept_then_followed<T, M>(
             }
         }
         let (merged_tx, mut merged) = mpsc::channel::<M>(256);
+        // Dropped (and so aborted) with this task.
+        let mut following = tokio::task::JoinSet::new();
         for (revision, mut follower) in followers {
             let merged_tx = merged_tx.clone();
-            tokio::spawn(async move {
+            following.spawn(async move {
                 loop {
                     let received = match follower.recv().await {
                         Ok(item) => Ok(item),
@@ -68,7 +71,12 @@ fn send_kept_then_followed<T, M>(
             });
         }
         drop(merged_tx);
-        while let Some(item) = merged.recv().await {
+        loop {
+            let item = tokio::select! {
+                item = merged.recv() => item,
+                _ = tx.closed() => return,
+            };
+            let Some(item) = item else { return };
             if tx.send(Ok(item)).await.is_err() {
                 return;
             }
@@ -97,12 +105,44 @@ fn decision_message(revision: &str, d: &Decision) -> AutoscalerDecision {
     }
 }
 
-/// The revisions whose output a request asks for, oldest first.
-fn revisions(node: &Node, kind: &str, namespace: &str, name: &str) -> Vec<String> {
-    let label = match kind {
-        "" | "Service" => SERVICE_LABEL,
-        "Configuration" => CONFIGURATION_LABEL,
-        _ => return vec![name.to_string()],
+/// What a Logs or Decisions request names: the revisions of a Service or a Configuration (by their label), or
+/// one Revision.
+#[derive(Debug, PartialEq, Eq)]
+enum Named {
+    Labelled(&'static str),
+    Revision,
+}
+
+/// Checks what a request names. The namespace and name must be DNS-1123 labels, as every Service's,
+/// Configuration's and Revision's are: they also name files under the node's log directory, so nothing else may
+/// reach a path.
+fn named(kind: &str, namespace: &str, name: &str) -> Result<Named, Status> {
+    for (field, value) in [("namespace", namespace), ("name", name)] {
+        if !sluice_controller::validate::is_dns_label(value) {
+            return Err(Status::invalid_argument(format!(
+                "{field}: {value:?} is not a DNS-1123 label (lowercase letters, digits and '-', at most 63)"
+            )));
+        }
+    }
+    match kind {
+        "" | "Service" => Ok(Named::Labelled(SERVICE_LABEL)),
+        "Configuration" => Ok(Named::Labelled(CONFIGURATION_LABEL)),
+        "Revision" => Ok(Named::Revision),
+        other => {
+            Err(Status::invalid_argument(format!("kind: {other:?} is not one of Service, Configuration, Revision")))
+        }
+    }
+}
+
+/// The revisions whose output a request asks for, oldest first (a Revision only if it exists), or why the
+/// request is refused.
+fn revisions(node: &Node, kind: &str, namespace: &str, name: &str) -> Result<Vec<String>, Status> {
+    let label = match named(kind, namespace, name)? {
+        Named::Labelled(label) => label,
+        Named::Revision => {
+            let key = ResourceKey { kind: "Revision".into(), namespace: namespace.into(), name: name.into() };
+            return Ok(node.resource(&key).map(|_| vec![name.to_string()]).unwrap_or_default());
+        }
     };
     let mut found: Vec<(i64, String)> = node
         .resources("Revision")
@@ -122,7 +162,7 @@ fn revisions(node: &Node, kind: &str, namespace: &str, name: &str) -> Vec<String
         })
         .collect();
     found.sort();
-    found.into_iter().map(|(_, name)| name).collect()
+    Ok(found.into_iter().map(|(_, name)| name).collect())
 }
 
 #[tonic::async_trait]
@@ -133,7 +173,7 @@ impl Serving for LogsService {
     async fn decisions(&self, request: Request<DecisionsRequest>) -> Result<Response<Self::DecisionsStream>, Status> {
         let request = request.into_inner();
         let namespace = if request.namespace.is_empty() { "default".to_string() } else { request.namespace };
-        let names = revisions(&self.node, &request.kind, &namespace, &request.name);
+        let names = revisions(&self.node, &request.kind, &namespace, &request.name)?;
         let handles: Vec<(String, Arc<crate::revision::RevisionHandle>)> = {
             let running = self.state.shared.revisions.read().map_err(|_| Status::internal("revisions poisoned"))?;
             names
@@ -165,7 +205,7 @@ impl Serving for LogsService {
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let request = request.into_inner();
         let namespace = if request.namespace.is_empty() { "default".to_string() } else { request.namespace };
-        let revisions = revisions(&self.node, &request.kind, &namespace, &request.name);
+        let revisions = revisions(&self.node, &request.kind, &namespace, &request.name)?;
         if revisions.is_empty() {
             return Err(Status::not_found(format!(
                 "{} {namespace}/{} has no revisions",
@@ -194,5 +234,60 @@ impl Serving for LogsService {
             Some(LogLine { revision: revision.to_string(), line })
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_names_a_service_configuration_or_revision_by_dns_labels() {
+        let cases = [
+            ("", "default", "hello", Some(Named::Labelled(SERVICE_LABEL))),
+            ("Service", "default", "hello", Some(Named::Labelled(SERVICE_LABEL))),
+            ("Configuration", "team-a", "hello", Some(Named::Labelled(CONFIGURATION_LABEL))),
+            ("Revision", "default", "hello-00001", Some(Named::Revision)),
+            ("Revision", "../../../../var/log", "dpkg", None),
+            ("Revision", "default", "../../etc/passwd", None),
+            ("Revision", "default", "a/b", None),
+            ("Service", "", "hello", None),
+            ("Service", "default", "", None),
+            ("Service", "Default", "hello", None),
+            ("Pod", "default", "hello", None),
+        ];
+        for (kind, namespace, name, expected) in cases {
+            let got = named(kind, namespace, name);
+            match expected {
+                Some(expected) => assert_eq!(got.ok(), Some(expected), "{kind} {namespace}/{name}"),
+                None => assert_eq!(
+                    got.map_err(|status| status.code()).err(),
+                    Some(tonic::Code::InvalidArgument),
+                    "{kind} {namespace}/{name}"
+                ),
+            }
+        }
+    }
+
+    /// Regression: a follow of an idle revision kept its tasks (and its subscription) after the client went
+    /// away, until a line was next logged, which for a deleted revision is never.
+    #[tokio::test]
+    async fn a_follow_ends_when_its_client_goes_away_though_nothing_is_logged() {
+        let (live, _) = broadcast::channel::<String>(4);
+        let (tx, mut rx) = mpsc::channel(4);
+        let kept = vec![LogLine { revision: "hello-00001".into(), line: "started".into() }];
+        send_kept_then_followed(tx, kept, vec![("hello-00001".into(), live.subscribe())], |revision, line| {
+            line.ok().map(|line| LogLine { revision: revision.to_string(), line })
+        });
+        assert_eq!(rx.recv().await.map(|line| line.map(|l| l.line).ok()), Some(Some("started".to_string())));
+        assert_eq!(live.receiver_count(), 1, "followed");
+        drop(rx);
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while live.receiver_count() > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the follower ends once the client is gone");
     }
 }
