@@ -237,14 +237,18 @@ enum Mode {
     Batch,
 }
 
+/// The HTTP binding (§3) tells the modes apart by `Content-Type` first: `application/cloudevents+json` is
+/// structured (and `-batch+json` batched) whatever `ce-` headers come with it; any other type is binary mode's
+/// `datacontenttype`.
 fn mode_of(headers: &HeaderMap) -> Result<Mode, EventError> {
-    if headers.contains_key("ce-specversion") {
-        return Ok(Mode::Binary);
-    }
+    let binary_headers = headers.contains_key("ce-specversion");
     let Some(content_type) = headers.get(header::CONTENT_TYPE) else { return Ok(Mode::Binary) };
-    let content_type = content_type
-        .to_str()
-        .map_err(|_| EventError::bad("invalid Content-Type").attribute("content-type").rule("must be ASCII"))?;
+    let Ok(content_type) = content_type.to_str() else {
+        if binary_headers {
+            return Ok(Mode::Binary);
+        }
+        return Err(EventError::bad("invalid Content-Type").attribute("content-type").rule("must be ASCII"));
+    };
     let (essence, charset) = cloudevent::media_essence(content_type);
     let unsupported = |rule: &str| {
         EventError::bad("unsupported media type").attribute("content-type").rule(rule.to_string()).status(415)
@@ -252,6 +256,7 @@ fn mode_of(headers: &HeaderMap) -> Result<Mode, EventError> {
     let mode = match essence.as_str() {
         "application/cloudevents+json" => Mode::Structured,
         "application/cloudevents-batch+json" => Mode::Batch,
+        _ if binary_headers => return Ok(Mode::Binary),
         other if other.starts_with("application/cloudevents") => {
             return Err(unsupported(
                 "structured events must be application/cloudevents+json, batches application/cloudevents-batch+json",
@@ -586,6 +591,51 @@ mod tests {
         let events = cloudevent::from_batch(batch, 10).expect("valid");
         assert_eq!(count_types(&events), vec![("b".to_string(), 2), ("a".to_string(), 1)]);
         assert_eq!(count_types(&[]), Vec::<(String, u64)>::new());
+    }
+
+    /// Regression: a `ce-specversion` header made any request binary, so a structured event carrying a stray one
+    /// was refused for a missing `ce-id`, or stored with its whole JSON envelope as data.
+    #[test]
+    fn the_content_type_decides_the_mode_before_the_ce_headers() {
+        let mode = |content_type: Option<&str>, ce_specversion: bool| {
+            let mut headers = HeaderMap::new();
+            if let Some(content_type) = content_type {
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).expect("header"));
+            }
+            if ce_specversion {
+                headers.insert("ce-specversion", HeaderValue::from_static("1.0"));
+            }
+            match mode_of(&headers) {
+                Ok(Mode::Binary) => "binary",
+                Ok(Mode::Structured) => "structured",
+                Ok(Mode::Batch) => "batch",
+                Err(e) => {
+                    if e.status == 415 {
+                        "415"
+                    } else {
+                        "400"
+                    }
+                }
+            }
+        };
+        let cases = [
+            (Some("application/cloudevents+json"), true, "structured"),
+            (Some("application/cloudevents+json; charset=utf-8"), false, "structured"),
+            (Some("application/cloudevents-batch+json"), true, "batch"),
+            (Some("application/json"), true, "binary"),
+            (Some("application/json"), false, "binary"),
+            (None, true, "binary"),
+            (None, false, "binary"),
+            (Some("application/cloudevents+xml"), false, "415"),
+            (Some("application/cloudevents+xml"), true, "binary"),
+        ];
+        for (content_type, ce_specversion, expected) in cases {
+            assert_eq!(
+                mode(content_type, ce_specversion),
+                expected,
+                "{content_type:?} with ce-specversion: {ce_specversion}"
+            );
+        }
     }
 
     #[test]

@@ -48,6 +48,25 @@ pub(crate) struct AttemptResult {
     pub reply: Option<Result<CloudEvent, String>>,
     /// Why there was no response, or why the body could not be read.
     pub error: Option<String>,
+    /// A reply announced by a 200's headers whose body did not arrive whole (a read error, the timeout): why.
+    /// The attempt counts as one without a response, and is retried; a cut-off reply is never stored.
+    pub reply_cut: Option<String>,
+}
+
+/// Why a response body was not read whole.
+#[derive(Debug)]
+enum BodyProblem {
+    TooLarge { limit: usize },
+    Cut(String),
+}
+
+impl std::fmt::Display for BodyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyProblem::TooLarge { limit } => write!(f, "response body larger than {limit} bytes"),
+            BodyProblem::Cut(reason) => f.write_str(reason),
+        }
+    }
 }
 
 /// Resolves every `*.localhost` name to loopback, as RFC 6761 asks and as browsers and curl do (the system
@@ -338,11 +357,19 @@ impl Sender {
                 tokio::time::timeout_at(deadline, read_limited(body, MAX_RESPONSE_BYTES)).await
             }
         };
-        let (body, error) = read.unwrap_or_else(|_elapsed| {
-            (Bytes::new(), Some(format!("response body not complete within {timeout_ms} ms")))
+        let (body, problem) = read.unwrap_or_else(|_elapsed| {
+            (Bytes::new(), Some(BodyProblem::Cut(format!("response body not complete within {timeout_ms} ms"))))
         });
         let reply = if status == 200 { parse_reply(&parts.headers, body.clone()) } else { None };
-        AttemptResult { status: Some(status), retry_after, body, reply, error }
+        let (reply, reply_cut) = match (reply, &problem) {
+            (Some(_), Some(BodyProblem::Cut(reason))) => (None, Some(reason.clone())),
+            (Some(_), Some(too_large @ BodyProblem::TooLarge { .. })) => {
+                (Some(Err(format!("the reply's {too_large}"))), None)
+            }
+            (reply, _) => (reply, None),
+        };
+        let error = problem.map(|problem| problem.to_string());
+        AttemptResult { status: Some(status), retry_after, body, reply, error, reply_cut }
     }
 }
 
@@ -430,7 +457,7 @@ fn ce_header_name(attribute: &str) -> Option<http::header::HeaderName> {
     Some(http::header::HeaderName::from_static(known))
 }
 
-async fn read_limited<B>(mut body: B, limit: usize) -> (Bytes, Option<String>)
+async fn read_limited<B>(mut body: B, limit: usize) -> (Bytes, Option<BodyProblem>)
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -442,12 +469,14 @@ where
             Some(Ok(frame)) => {
                 let Some(chunk) = frame.data_ref() else { continue };
                 if collected.len() + chunk.len() > limit {
-                    return (collected.freeze(), Some(format!("response body larger than {limit} bytes")));
+                    return (collected.freeze(), Some(BodyProblem::TooLarge { limit }));
                 }
                 collected.extend_from_slice(chunk);
             }
             None => return (collected.freeze(), None),
-            Some(Err(e)) => return (collected.freeze(), Some(format!("reading the response body: {e}"))),
+            Some(Err(e)) => {
+                return (collected.freeze(), Some(BodyProblem::Cut(format!("reading the response body: {e}"))));
+            }
         }
     }
 }
@@ -491,18 +520,22 @@ fn died_before_response(error: &SendError) -> bool {
 
 /// A 200's body as a reply event: binary mode (`ce-specversion` present) or structured mode; `None` when the
 /// response carries no event.
+/// The HTTP binding (§3) tells the modes apart by `Content-Type` first: `application/cloudevents+json` is a
+/// structured reply whatever `ce-` headers come with it; otherwise `ce-specversion` makes a binary one.
 fn parse_reply(headers: &http::HeaderMap, body: Bytes) -> Option<Result<CloudEvent, String>> {
     let content_type = headers.get("content-type").map(|v| v.as_bytes());
-    if headers.contains_key("ce-specversion") {
-        let ce_headers =
-            headers.iter().filter(|(k, _)| k.as_str().starts_with("ce-")).map(|(k, v)| (k.as_str(), v.as_bytes()));
-        return Some(cloudevent::from_binary(ce_headers, content_type, body).map_err(|e| e.to_json().to_string()));
-    }
     let structured = content_type
         .and_then(|c| std::str::from_utf8(c).ok())
         .map(|c| cloudevent::media_essence(c).0 == "application/cloudevents+json")
         .unwrap_or(false);
-    structured.then(|| cloudevent::from_structured(&body).map_err(|e| e.to_json().to_string()))
+    if structured {
+        return Some(cloudevent::from_structured(&body).map_err(|e| e.to_json().to_string()));
+    }
+    headers.contains_key("ce-specversion").then(|| {
+        let ce_headers =
+            headers.iter().filter(|(k, _)| k.as_str().starts_with("ce-")).map(|(k, v)| (k.as_str(), v.as_bytes()));
+        cloudevent::from_binary(ce_headers, content_type, body).map_err(|e| e.to_json().to_string())
+    })
 }
 
 /// `Retry-After`: delay-seconds, or an HTTP-date converted to an instant on the wall clock (`now_ms`'s clock).
@@ -693,6 +726,77 @@ mod tests {
         let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 200, 0).await;
         assert_eq!(result.status, None, "{result:?}");
         assert_eq!(result.error.as_deref(), Some("no response within 200 ms"));
+    }
+
+    /// A subscriber that answers every request with `head` then `body`, and closes the connection.
+    async fn raw_subscriber(head: &'static str, body: Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/", listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // The request's head, then the body's bytes that came with it; the answer does not wait for more.
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(&body).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        url
+    }
+
+    /// Regression: a reply whose body was cut off (the connection closed before `Content-Length` bytes) was
+    /// parsed from what had arrived, and a binary reply was stored with its data cut short.
+    #[tokio::test]
+    async fn a_reply_cut_off_is_not_parsed_and_the_attempt_is_retried() {
+        let head = "HTTP/1.1 200 OK\r\nce-specversion: 1.0\r\nce-id: r1\r\nce-source: /reply\r\nce-type: t\r\n\
+                    content-type: application/octet-stream\r\ncontent-length: 5000\r\n\r\n";
+        let url = raw_subscriber(head, vec![b'x'; 2000]).await;
+        let sender = Sender::new(None).expect("client");
+        let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+        assert_eq!(result.status, Some(200), "{result:?}");
+        assert!(result.reply.is_none(), "no reply is taken from a cut-off body: {result:?}");
+        assert!(result.reply_cut.is_some(), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn a_reply_read_whole_is_parsed() {
+        let head = "HTTP/1.1 200 OK\r\nce-specversion: 1.0\r\nce-id: r1\r\nce-source: /reply\r\nce-type: t\r\n\
+                    content-type: application/octet-stream\r\ncontent-length: 2000\r\n\r\n";
+        let url = raw_subscriber(head, vec![b'x'; 2000]).await;
+        let sender = Sender::new(None).expect("client");
+        let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+        let reply = result.reply.expect("a reply").expect("a valid reply");
+        assert!(matches!(&reply.data, Some(cloudevent::EventData::Bytes(data)) if data.len() == 2000), "{reply:?}");
+        assert!(result.reply_cut.is_none());
+    }
+
+    /// The HTTP binding tells the modes apart by `Content-Type` first: a structured reply that also carries a
+    /// stray `ce-specversion` header is structured.
+    #[test]
+    fn a_structured_reply_with_a_stray_ce_header_is_structured() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("content-type", http::HeaderValue::from_static("application/cloudevents+json"));
+        headers.insert("ce-specversion", http::HeaderValue::from_static("1.0"));
+        let body = Bytes::from_static(br#"{"specversion":"1.0","id":"r","source":"/s","type":"t","data":{"n":2}}"#);
+        let reply = parse_reply(&headers, body).expect("a reply").expect("valid");
+        assert_eq!(reply.get_str("id"), Some("r"));
+        headers.insert("content-type", http::HeaderValue::from_static("application/json"));
+        for (name, value) in [("ce-id", "b"), ("ce-source", "/s"), ("ce-type", "t")] {
+            headers.insert(name, http::HeaderValue::from_static(value));
+        }
+        let binary = parse_reply(&headers, Bytes::from_static(b"{}")).expect("a reply").expect("valid");
+        assert_eq!(binary.get_str("id"), Some("b"));
     }
 
     #[tokio::test]

@@ -150,6 +150,9 @@ impl Judge for SubscriberJudge<'_> {
                 ([self.spec.cursor.as_str()], result.status.unwrap_or(0), elapsed.as_secs_f64() * 1000.0);
             DISPATCH_EVENT_METRICS
                 .record(&scope, event_type, code, 1, ms, || labels(self.spec, event_type, result.status));
+            if let Some(reason) = &result.reply_cut {
+                return (Outcome::Retryable { status: None }, Some(format!("the reply was cut off: {reason}")));
+            }
             let outcome = classify(result.status);
             match (&outcome, &result.reply) {
                 (Outcome::Success, Some(reply)) => match handle_reply(self.ctx, self.spec, self.event, reply).await {
@@ -338,9 +341,12 @@ async fn handle_reply(
                 Err(PublishError::Invalid(e)) => {
                     Err(ReplyError::Invalid(format!("the reply was refused: {}", e.to_json())))
                 }
-                Err(PublishError::Broker(e)) => {
+                Err(PublishError::Broker(e)) if e.is_retryable() => {
                     Err(ReplyError::NotCommitted(format!("the reply was not committed: {e}")))
                 }
+                // A bug or a fatal error is not retried: sending the event again would repeat its effects at the
+                // subscriber for a reply that cannot be stored.
+                Err(PublishError::Broker(e)) => Err(ReplyError::Invalid(format!("the reply could not be stored: {e}"))),
             }
         }
         ReplyTarget::Uri(uri) => {
@@ -435,14 +441,21 @@ async fn dead_letter_event(
             return DeadLettered::Dropped;
         }
     };
-    // The dead letter must be stored before the event settles: retry until it is (or the delivery is aborted,
-    // when the event is redelivered from the committed offset).
+    // The dead letter must be stored before the event settles: retry while that may still work (or until the
+    // delivery is aborted, when the event is redelivered from the committed offset). An append that can never
+    // work (larger than an entry may be, a bug) would hold the consumer's window for ever: the dead letter is
+    // dropped, loudly; the event itself stays in its stream for a replay.
     let mut wait_ms = 100u64;
     loop {
         match ctx.node.append(&spec.dead_letter_stream, ctx.partition, vec![payload.clone()], now_ms(), None).await {
             Ok(_) => {
                 metrics::counter!("sluice_dispatch_dead_lettered_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone(), "to" => "stream").increment(1);
                 return DeadLettered::Stream;
+            }
+            Err(e) if !e.is_retryable() => {
+                metrics::counter!("sluice_dispatch_dead_letters_lost_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone()).increment(1);
+                tracing::error!(consumer = %spec.name, namespace = %spec.namespace, ?offset, error = %e, "the dead letter cannot be stored; dropping it");
+                return DeadLettered::Dropped;
             }
             Err(e) => {
                 tracing::warn!(consumer = %spec.name, error = %e, wait_ms, "dead-letter stream append failed; retrying");
