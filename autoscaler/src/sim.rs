@@ -368,17 +368,25 @@ mod tests {
         assert!(fast < slow, "coupled {coupled:?} vs concurrency-only {kpa:?}");
     }
 
+    /// (Its name promised an end at zero that it never checked, with traffic running to the trace's end; the
+    /// last trace now goes quiet for 20 s, past the stable window and the grace period.)
     #[test]
-    fn steady_traffic_is_served_and_ends_at_zero() {
-        for trace in [
-            Trace::Step { before: 0.0, after: 200.0, at_ms: 1_000, duration_ms: 20_000 },
-            Trace::Spike { base: 20.0, peak: 400.0, from_ms: 5_000, to_ms: 8_000, duration_ms: 20_000 },
-            Trace::Sine { mean: 100.0, amplitude: 90.0, period_ms: 10_000, duration_ms: 20_000 },
+    fn steady_traffic_is_served_and_a_revision_left_quiet_ends_at_zero() {
+        for (trace, quiet_at_the_end) in [
+            (Trace::Step { before: 0.0, after: 200.0, at_ms: 1_000, duration_ms: 20_000 }, false),
+            (Trace::Spike { base: 20.0, peak: 400.0, from_ms: 5_000, to_ms: 8_000, duration_ms: 20_000 }, false),
+            (Trace::Sine { mean: 100.0, amplitude: 90.0, period_ms: 10_000, duration_ms: 20_000 }, false),
+            (Trace::Step { before: 200.0, after: 0.0, at_ms: 10_000, duration_ms: 30_000 }, true),
         ] {
             let score = simulate(&knobs(), &Model::default(), &trace, Mode::Coupled, 3);
             assert_eq!(score.errors_5xx, 0, "{}: {score:?}", trace.name());
             assert!(score.delivered > 0, "{}: {score:?}", trace.name());
             assert!(score.max_event_age_ms < 5_000, "{}: {score:?}", trace.name());
+            if quiet_at_the_end {
+                assert_eq!(score.final_instances, 0, "{}: {score:?}", trace.name());
+            } else {
+                assert!(score.final_instances > 0, "still serving as the trace ends: {}: {score:?}", trace.name());
+            }
         }
     }
 }

@@ -91,6 +91,10 @@ pub(crate) struct ServingArgs {
     /// in-cluster service account, or KUBECONFIG).
     #[arg(long, value_enum, default_value_t = RuntimeArg::Local)]
     pub serving_runtime: RuntimeArg,
+    /// The most instances the local runtime runs at once on this node, over every revision (kubelet's default
+    /// max-pods); past it an instance waits to start, and requests wait for it as at a cold start.
+    #[arg(long, default_value_t = 110, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_local_instances: u64,
     /// Enables (or disables) one of Knative's feature flags (config-features) that let a revision's pod ask
     /// for more of the node and the cluster, as FLAG=enabled (repeatable): kubernetes.podspec-hostpath,
     /// kubernetes.podspec-persistent-volume-claim, ... All are disabled by default (docs/serving.md).
@@ -162,6 +166,7 @@ impl ServingArgs {
                 autoscaler,
                 termination_grace: Duration::from_millis(self.termination_grace_ms),
                 progress_deadline: Duration::from_millis(self.progress_deadline_ms),
+                max_local_instances: usize::try_from(self.max_local_instances).unwrap_or(usize::MAX),
                 runtime,
             },
         ))
@@ -176,6 +181,8 @@ impl ServingArgs {
             self.termination_grace_ms.to_string(),
             "--progress-deadline-ms".into(),
             self.progress_deadline_ms.to_string(),
+            "--max-local-instances".into(),
+            self.max_local_instances.to_string(),
         ];
         if self.serving_runtime == RuntimeArg::Kubernetes {
             args.extend(["--serving-runtime".to_string(), "kubernetes".into()]);

@@ -2,6 +2,9 @@
 //!
 //! Pure: the caller passes `now_ms` and, when the bucket is empty, sleeps until [`TokenBucket::next_token_ms`].
 
+/// The longest [`TokenBucket::next_token_ms`] waits before it is asked again.
+const MAX_WAIT_MS: u64 = 24 * 3600 * 1000;
+
 #[derive(Debug, Clone)]
 pub(crate) struct TokenBucket {
     per_second: f64,
@@ -41,7 +44,10 @@ impl TokenBucket {
             return now_ms;
         }
         let missing = 1.0 - self.tokens;
-        now_ms + (missing * 1000.0 / self.per_second).ceil() as u64
+        // A tiny rate (or one split among many partitions) must not overflow the instant: the wait is capped, and
+        // the bucket is asked again then.
+        let wait_ms = (missing * 1000.0 / self.per_second).ceil().min(MAX_WAIT_MS as f64) as u64;
+        now_ms.saturating_add(wait_ms)
     }
 }
 
@@ -66,6 +72,20 @@ mod tests {
             }
         }
         assert!((99..=102).contains(&taken), "{taken}");
+    }
+
+    /// Regression: `sluice.dev/rate-limit: "1e-20"` made the next token's instant overflow (a panic in debug
+    /// builds; in release a wrapped instant, and a dispatcher waking every millisecond).
+    #[test]
+    fn a_tiny_rate_waits_at_most_a_day_and_never_overflows() {
+        for rate in [1e-20, f64::MIN_POSITIVE, 0.0] {
+            let mut bucket = TokenBucket::new(rate, 1.0, u64::MAX - 10);
+            assert!(bucket.try_take(u64::MAX - 10));
+            assert_eq!(bucket.next_token_ms(u64::MAX - 10), u64::MAX, "{rate}");
+            let mut bucket = TokenBucket::new(rate, 1.0, 0);
+            assert!(bucket.try_take(0));
+            assert_eq!(bucket.next_token_ms(0), MAX_WAIT_MS, "{rate}");
+        }
     }
 
     #[test]

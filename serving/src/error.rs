@@ -18,6 +18,14 @@ pub enum ServingError {
     RevisionFailed { revision: String, reason: String },
     #[error("revision {revision}: {reason}")]
     Upstream { revision: String, reason: String },
+    /// A Route names the revision, and this node does not run it (yet: its start follows the route; or no more:
+    /// the node is stopping): a 503 to try again, not a 502 as if the app had failed.
+    #[error("revision {revision} is not running on this node")]
+    NotRunning { revision: String },
+    /// The runtime has no room for another instance now (the node's instance limit, a fixed port held by an
+    /// instance still draining): the start is tried again at the revision's next turn, and is no failure.
+    #[error("revision {revision}: an instance waits to start: {reason}")]
+    NoRoom { revision: String, reason: String },
     /// The revision stopped (taken off traffic, its Service changed or deleted) before the request got a slot:
     /// the request, not sent yet, goes to the revision the route picks now.
     #[error("revision {revision} stopped before the request was sent")]
@@ -34,7 +42,9 @@ impl ServingError {
             ServingError::RevisionFailed { .. }
             | ServingError::Spawn { .. }
             | ServingError::NoPort(_)
-            | ServingError::RevisionStopped { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ServingError::RevisionStopped { .. }
+            | ServingError::NotRunning { .. }
+            | ServingError::NoRoom { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ServingError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }

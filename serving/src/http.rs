@@ -90,10 +90,7 @@ impl HostRouter {
         let metrics = Some(traffic.metrics.clone());
         let Some(key) = traffic.balancer.pick() else { return (metrics, Err(no_route())) };
         let revision = self.shared.revisions.read().ok().and_then(|r| r.get(key).cloned());
-        let revision = revision.ok_or_else(|| ServingError::Upstream {
-            revision: key.to_string(),
-            reason: "the revision is not running on this node yet".into(),
-        });
+        let revision = revision.ok_or_else(|| ServingError::NotRunning { revision: key.to_string() });
         (metrics, revision)
     }
 

@@ -79,6 +79,8 @@ pub struct ServingSettings {
     pub termination_grace: Duration,
     /// How long an instance may take to become ready before it is stopped as failed to start.
     pub progress_deadline: Duration,
+    /// The most instances the local runtime runs at once on this node (over every revision).
+    pub max_local_instances: usize,
     /// What runs instances: `None` for child processes on this node ([`runtime`] has the interface a
     /// Kubernetes runtime implements).
     pub runtime: Option<Arc<dyn Runtime>>,
@@ -107,7 +109,8 @@ impl Serving {
             progress_deadline: settings.progress_deadline,
         };
         let runtime = settings.runtime.clone().unwrap_or_else(|| {
-            Arc::new(runtime::local::LocalRuntime::new(settings.data_dir.join("instances"))) as Arc<dyn Runtime>
+            let instances_dir = settings.data_dir.join("instances");
+            Arc::new(runtime::local::LocalRuntime::new(instances_dir, settings.max_local_instances)) as Arc<dyn Runtime>
         });
         let task = tokio::spawn(supervisor::run(node, supervisor_settings, runtime, shared, stopped));
         Serving { stop: Some(stop), task }

@@ -579,11 +579,9 @@ fn scale(
     let wanted = instances.desired as usize;
     let mut active = instances.running.len() - instances.stopping.len();
     while active < wanted {
-        // A fixed `containerPort` (the app may listen on it, whatever `PORT` says) fits one instance on this
-        // machine: the next starts only once the previous has exited.
-        let port_free =
-            revision.run.port.is_none() || instances.running.is_empty() || env.runtime.kind() != ServingRuntime::Local;
-        if !port_free || now < instances.last_failure_ms + restart_delay_ms(instances.consecutive_failures) {
+        // (A fixed `containerPort` fits one local instance on this machine at once, of any revision: the runtime
+        // says so with `NoRoom`, and the start is tried again at the next turn.)
+        if now < instances.last_failure_ms + restart_delay_ms(instances.consecutive_failures) {
             return;
         }
         if !start_instance(revision, env, events, instances) {
@@ -652,6 +650,7 @@ fn start_instance(
             env: run.env.clone(),
             working_dir: run.working_dir.clone(),
             port,
+            fixed_port: run.port.is_some(),
             readiness,
             progress_deadline: env.progress_deadline,
             log: env.logs.revision(&run.namespace, &run.name),
@@ -666,6 +665,11 @@ fn start_instance(
             }
             instances.running.insert(id, instance);
             true
+        }
+        Err(e @ ServingError::NoRoom { .. }) => {
+            metrics::counter!("sluice_serving_instance_starts_deferred_total").increment(1);
+            tracing::debug!(revision = %revision.key(), error = %e, "instance start deferred");
+            false
         }
         Err(e) => {
             tracing::warn!(revision = %revision.key(), error = %e, "instance not started");

@@ -46,6 +46,9 @@ pub const SLUICE_ANNOTATIONS: [&str; 12] = [
 pub const KAFKA_DELIVERY_ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
 /// Most concurrent deliveries `sluice.dev/max-inflight` may ask for, per Trigger and partition.
 pub const MAX_INFLIGHT_LIMIT: u32 = 10_000;
+/// The bounds of `sluice.dev/rate-limit`, events per second: one event in about 17 minutes, a billion a second.
+pub const MIN_RATE_LIMIT: f64 = 0.001;
+pub const MAX_RATE_LIMIT: f64 = 1e9;
 
 /// Knative's filter attribute names: `^[a-z][a-z0-9]*$`.
 pub fn is_attribute_name(s: &str) -> bool {
@@ -194,8 +197,14 @@ fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<
                 }
             }
             "sluice.dev/rate-limit" => {
-                if !value.trim().parse::<f64>().is_ok_and(|r| r.is_finite() && r > 0.0) {
-                    errors.push(err(path, "must be a positive number of events per second, e.g. 100 or 0.5"));
+                if !value.trim().parse::<f64>().is_ok_and(|r| (MIN_RATE_LIMIT..=MAX_RATE_LIMIT).contains(&r)) {
+                    errors.push(err(
+                        path,
+                        format!(
+                            "must be a number of events per second from {MIN_RATE_LIMIT} to {MAX_RATE_LIMIT:e}, \
+                             e.g. 100 or 0.5"
+                        ),
+                    ));
                 }
             }
             "sluice.dev/backoff-max" => {

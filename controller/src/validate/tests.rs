@@ -130,6 +130,11 @@ fn invalid_objects_name_their_field() {
             "metadata.annotations[sluice.dev/rate-limit]",
         ),
         (
+            "rate limit tiny",
+            set(trigger(), "/metadata/annotations", json!({"sluice.dev/rate-limit": "1e-20"})),
+            "metadata.annotations[sluice.dev/rate-limit]",
+        ),
+        (
             "backoff max",
             set(trigger(), "/metadata/annotations", json!({"sluice.dev/backoff-max": "later"})),
             "metadata.annotations[sluice.dev/backoff-max]",

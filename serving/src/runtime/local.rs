@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 
@@ -36,11 +37,66 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// so that a node killed with `kill -9` (whose children outlive it) stops them when it starts again.
 pub(crate) struct LocalRuntime {
     instances_dir: PathBuf,
+    slots: Arc<Mutex<LocalSlots>>,
+}
+
+/// What this node's instances hold: their count (at most `max`, `--max-local-instances`) and the fixed
+/// `containerPort`s they listen on. Instances share the machine's ports, where pods have their own: an instance
+/// on a port another one (of any revision) still holds would not listen, and its readiness probe would reach the
+/// other one.
+#[derive(Debug, Default)]
+struct LocalSlots {
+    max: usize,
+    running: usize,
+    fixed_ports: std::collections::HashSet<u16>,
+}
+
+/// One instance's share of [`LocalSlots`], given back when its process has exited (or when it did not start).
+struct LocalSlot {
+    slots: Arc<Mutex<LocalSlots>>,
+    fixed_port: Option<u16>,
+}
+
+impl LocalSlots {
+    /// Takes a slot for an instance (on `fixed_port`, if it has one), or says why it must wait.
+    fn take(slots: &Arc<Mutex<LocalSlots>>, fixed_port: Option<u16>) -> Result<LocalSlot, String> {
+        let mut held = slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if held.running >= held.max {
+            return Err(format!("this node runs {} local instances already (--max-local-instances)", held.running));
+        }
+        if let Some(port) = fixed_port
+            && held.fixed_ports.contains(&port)
+        {
+            return Err(format!("port {port} is held by another instance on this node until it exits"));
+        }
+        held.running += 1;
+        held.fixed_ports.extend(fixed_port);
+        metrics::gauge!("sluice_serving_local_instances").set(held.running as f64);
+        Ok(LocalSlot { slots: slots.clone(), fixed_port })
+    }
+}
+
+impl Drop for LocalSlot {
+    fn drop(&mut self) {
+        let mut held = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        held.running = held.running.saturating_sub(1);
+        if let Some(port) = self.fixed_port {
+            held.fixed_ports.remove(&port);
+        }
+        metrics::gauge!("sluice_serving_local_instances").set(held.running as f64);
+    }
+}
+
+/// Whether a program Sluice did not start listens on `port` (binding it fails): an instance started there would
+/// not listen, and its readiness probe would reach that program.
+fn port_taken_by_another_program(port: u16) -> bool {
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err()
 }
 
 impl LocalRuntime {
-    /// Stops what a previous run of this node left running, then starts fresh.
-    pub(crate) fn new(instances_dir: PathBuf) -> Self {
+    /// Stops what a previous run of this node left running, then starts fresh; runs at most `max_instances` at
+    /// once (at least 1).
+    pub(crate) fn new(instances_dir: PathBuf, max_instances: usize) -> Self {
         if let Ok(entries) = std::fs::read_dir(&instances_dir) {
             for entry in entries.flatten() {
                 let path = entry.path();
@@ -50,13 +106,14 @@ impl LocalRuntime {
                     && process_start_time(pid).is_some_and(|started| started == recorded.trim())
                 {
                     tracing::warn!(pid, "stopping an instance left by a previous run of this node");
-                    signal_group(pid, "-KILL");
+                    signal_group(pid, Signal::SIGKILL);
                 }
                 let _ = std::fs::remove_file(&path);
             }
         }
         let _ = std::fs::create_dir_all(&instances_dir);
-        LocalRuntime { instances_dir }
+        let slots = LocalSlots { max: max_instances.max(1), ..LocalSlots::default() };
+        LocalRuntime { instances_dir, slots: Arc::new(Mutex::new(slots)) }
     }
 }
 
@@ -97,6 +154,20 @@ impl Runtime for LocalRuntime {
             command: String::new(),
             reason: "no command".into(),
         })?;
+        let fixed_port = spec.fixed_port.then_some(spec.port);
+        let slot = LocalSlots::take(&self.slots, fixed_port)
+            .map_err(|reason| ServingError::NoRoom { revision: spec.revision.clone(), reason })?;
+        if let Some(port) = fixed_port
+            && port_taken_by_another_program(port)
+        {
+            return Err(ServingError::Spawn {
+                revision: spec.revision.clone(),
+                command: program.clone(),
+                reason: format!(
+                    "port {port} (its containerPort) is in use on this node by a program Sluice did not start"
+                ),
+            });
+        }
         let mut command = Command::new(program);
         command
             .args(&argv[1..])
@@ -151,6 +222,7 @@ impl Runtime for LocalRuntime {
             if let Some(record) = record {
                 let _ = std::fs::remove_file(record);
             }
+            drop(slot);
         });
         Ok(Box::new(LocalInstance { pid, exited }))
     }
@@ -259,7 +331,7 @@ async fn wait_for_exit(
     // a new group led by a process given that very id in the meantime would be hit: a window of microseconds,
     // which waiting without reaping (waitid with WNOWAIT) would close, at the price of unsafe code here.
     if let Some(pid) = pid {
-        signal_group(pid, "-KILL");
+        signal_group(pid, Signal::SIGKILL);
     }
     let _ = exited.send(true);
     probe.abort();
@@ -321,7 +393,7 @@ async fn probe_until_ready(
                 *gave_up = Some("ProgressDeadlineExceeded".into());
             }
             if let Some(group) = deadline.group {
-                signal_group(group, "-KILL");
+                signal_group(group, Signal::SIGKILL);
             }
             return;
         }
@@ -382,9 +454,14 @@ impl Instance for LocalInstance {
         let mut exited = self.exited.clone();
         Box::pin(async move {
             let Some(pid) = pid else { return };
-            signal_group(pid, "-TERM");
+            // An instance that has exited was reaped, and its group killed then (`wait_for_exit`): its pid may
+            // lead a new instance's group by now, which a signal here would hit.
+            if *exited.borrow() {
+                return;
+            }
+            signal_group(pid, Signal::SIGTERM);
             if tokio::time::timeout(grace, exited.wait_for(|gone| *gone)).await.is_err() {
-                signal_group(pid, "-KILL");
+                signal_group(pid, Signal::SIGKILL);
                 if tokio::time::timeout(KILL_WAIT, exited.wait_for(|gone| *gone)).await.is_err() {
                     tracing::error!(pid, "instance did not exit after SIGKILL");
                 }
@@ -393,16 +470,12 @@ impl Instance for LocalInstance {
     }
 }
 
-/// Sends `signal` to the instance's process group (its pid: it leads the group). Quiet: a group already gone
-/// is the usual case after its leader exited.
-fn signal_group(pid: u32, signal: &str) {
-    let _ = std::process::Command::new("kill")
-        .arg(signal)
-        .arg("--")
-        .arg(format!("-{pid}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
+/// Sends `signal` to the instance's process group (its pid: it leads the group): one system call, where
+/// spawning `kill` blocked a Tokio worker for a fork and exec per instance. Quiet: a group already gone is the
+/// usual case after its leader exited.
+fn signal_group(pid: u32, signal: Signal) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal);
 }
 
 /// A free loopback port for an instance without a `containerPort`.
@@ -435,7 +508,7 @@ mod tests {
     #[tokio::test]
     async fn an_instance_not_ready_by_the_progress_deadline_is_stopped_saying_why() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let runtime = LocalRuntime::new(dir.path().join("instances"));
+        let runtime = LocalRuntime::new(dir.path().join("instances"), 8);
         let logs = crate::logs::LogHub::new(dir.path().join("logs"));
         let port = free_port().expect("port");
         let spec = InstanceSpec {
@@ -446,6 +519,7 @@ mod tests {
             env: Vec::new(),
             working_dir: None,
             port,
+            fixed_port: false,
             readiness: Readiness::TcpConnect { port },
             progress_deadline: Duration::from_millis(300),
             log: logs.revision("default", "never-00001"),
@@ -485,7 +559,7 @@ mod tests {
     #[tokio::test]
     async fn what_an_instance_started_goes_with_it_even_when_it_ignored_sigterm() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let runtime = LocalRuntime::new(dir.path().join("instances"));
+        let runtime = LocalRuntime::new(dir.path().join("instances"), 8);
         let logs = crate::logs::LogHub::new(dir.path().join("logs"));
         let orphan_file = dir.path().join("orphan.pid");
         let script =
@@ -499,6 +573,7 @@ mod tests {
             env: Vec::new(),
             working_dir: None,
             port,
+            fixed_port: false,
             readiness: Readiness::TcpConnect { port },
             progress_deadline: Duration::from_secs(600),
             log: logs.revision("default", "hello-00001"),
@@ -511,6 +586,57 @@ mod tests {
         assert!(!gone(orphan), "the child runs");
         instance.stop(Duration::from_secs(10)).await;
         wait_for("the child that ignored SIGTERM is killed with its instance", || gone(orphan)).await;
+    }
+
+    /// At most `--max-local-instances` run at once, and a fixed `containerPort` is held from an instance's start
+    /// until its exit, whichever revision asks next (before, only the same revision's instances were looked at,
+    /// and a new revision's probe could pass on the old one's process); a port another program listens on is
+    /// refused.
+    #[tokio::test]
+    async fn instances_share_the_nodes_slots_and_fixed_ports() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = LocalRuntime::new(dir.path().join("instances"), 2);
+        let logs = crate::logs::LogHub::new(dir.path().join("logs"));
+        let sleeper = |id: u64, revision: &str, port: u16, fixed_port: bool| InstanceSpec {
+            id,
+            revision: format!("default/{revision}"),
+            object: Arc::new(serde_json::Value::Null),
+            argv: vec!["sleep".into(), "300".into()],
+            env: Vec::new(),
+            working_dir: None,
+            port,
+            fixed_port,
+            readiness: Readiness::TcpConnect { port },
+            progress_deadline: Duration::from_secs(600),
+            log: logs.revision("default", revision),
+        };
+        let running = || runtime.slots.lock().map(|slots| slots.running).unwrap_or(usize::MAX);
+        let port = free_port().expect("port");
+        let (events, _events) = mpsc::channel(16);
+        let first = runtime.start(sleeper(1, "a-00001", port, true), events.clone()).expect("start");
+        let waits = runtime.start(sleeper(2, "b-00001", port, true), events.clone()).err();
+        assert!(matches!(waits, Some(ServingError::NoRoom { .. })), "the fixed port is held: {waits:?}");
+        let second = runtime.start(sleeper(3, "b-00001", free_port().expect("port"), false), events.clone());
+        let second = second.expect("a port of its own");
+        let full = runtime.start(sleeper(4, "c-00001", free_port().expect("port"), false), events.clone()).err();
+        assert!(matches!(full, Some(ServingError::NoRoom { .. })), "two at most: {full:?}");
+
+        first.stop(Duration::from_secs(10)).await;
+        wait_for("the first instance's slot is given back", || running() == 1).await;
+        let third = runtime.start(sleeper(5, "b-00001", port, true), events.clone()).expect("the port is free again");
+        second.stop(Duration::from_secs(10)).await;
+        wait_for("the second instance's slot is given back", || running() == 1).await;
+
+        let foreign = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let foreign_port = foreign.local_addr().expect("address").port();
+        let refused = runtime.start(sleeper(6, "d-00001", foreign_port, true), events.clone()).err();
+        assert!(
+            matches!(&refused, Some(ServingError::Spawn { reason, .. }) if reason.contains("in use")),
+            "{refused:?}"
+        );
+        assert_eq!(running(), 1, "a refused start holds no slot");
+        third.stop(Duration::from_secs(10)).await;
+        wait_for("every slot is given back", || running() == 0).await;
     }
 
     fn split(chunks: &[&[u8]]) -> Vec<String> {

@@ -44,6 +44,9 @@ pub struct InstanceSpec {
     pub env: Vec<(String, String)>,
     pub working_dir: Option<PathBuf>,
     pub port: u16,
+    /// `port` is the container's own `containerPort` (the app may listen on it whatever `PORT` says), not one
+    /// picked for this instance.
+    pub fixed_port: bool,
     pub readiness: Readiness,
     /// Not ready by then: it is stopped, as failed to start (`ProgressDeadlineExceeded`).
     pub progress_deadline: Duration,
