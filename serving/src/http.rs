@@ -3,10 +3,11 @@
 //! starts), and the request is proxied to it, bodies streamed both ways, HTTP/1.1 or h2c. The slot is given back
 //! when the response body ends (or is dropped), so in-flight counts are exact.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -132,12 +133,19 @@ impl HostRouter {
         request: Request,
         deadline: Instant,
     ) -> Result<Response<Body>, ServingError> {
-        let timeout_ms = revision.run.timeout_ms;
-        let client = if revision.run.h2c { &self.h2c } else { &self.http1 };
+        let run = &revision.run;
+        let client = if run.h2c { &self.h2c } else { &self.http1 };
         let upstream = upstream_request(request, &permit)?;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let response = match tokio::time::timeout(remaining, client.request(upstream)).await {
-            Err(_) => return Err(ServingError::Timeout { revision: revision.key(), after_ms: timeout_ms }),
+        // The response must start within `responseStartTimeoutSeconds` of the delivery, and within what is left of
+        // `timeoutSeconds`, whichever comes first.
+        let (start_by, after_ms) = match run.response_start_timeout_ms {
+            Some(start_ms) if Instant::now() + Duration::from_millis(start_ms) < deadline => {
+                (Instant::now() + Duration::from_millis(start_ms), start_ms)
+            }
+            _ => (deadline, run.timeout_ms),
+        };
+        let response = match tokio::time::timeout_at(start_by.into(), client.request(upstream)).await {
+            Err(_) => return Err(ServingError::Timeout { revision: revision.key(), after_ms }),
             Ok(Err(e)) => return Err(ServingError::Upstream { revision: revision.key(), reason: e.to_string() }),
             Ok(Ok(response)) => response,
         };
@@ -145,7 +153,76 @@ impl HostRouter {
         for name in &HOP_BY_HOP {
             parts.headers.remove(name);
         }
+        let body = TimedBody::new(body, deadline, run.idle_timeout_ms.map(Duration::from_millis));
         Ok(Response::from_parts(parts, Body::new(GuardedBody { inner: body, _permit: permit })))
+    }
+}
+
+/// A response body cut off when the request's `timeoutSeconds` runs out, or when it stays silent for
+/// `idleTimeoutSeconds`, as Knative's queue-proxy aborts it: a stalled app would otherwise hold its slot (and keep
+/// its revision from scaling in) for ever.
+struct TimedBody<B> {
+    inner: B,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl<B> TimedBody<B> {
+    fn new(inner: B, deadline: Instant, idle: Option<Duration>) -> Self {
+        TimedBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+            idle: idle.map(|idle| (idle, Box::pin(tokio::time::sleep(idle)))),
+        }
+    }
+}
+
+/// Why a response body was cut off.
+#[derive(Debug, thiserror::Error)]
+enum BodyCut {
+    #[error("the response did not end within the revision's timeoutSeconds")]
+    Timeout,
+    #[error("the response body was silent for the revision's idleTimeoutSeconds")]
+    Idle,
+}
+
+impl<B> hyper::body::Body for TimedBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            if let Some((idle, timer)) = &mut this.idle {
+                timer.as_mut().reset(tokio::time::Instant::now() + *idle);
+            }
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let cut = if this.deadline.as_mut().poll(cx).is_ready() {
+            BodyCut::Timeout
+        } else if this.idle.as_mut().is_some_and(|(_, timer)| timer.as_mut().poll(cx).is_ready()) {
+            BodyCut::Idle
+        } else {
+            return Poll::Pending;
+        };
+        metrics::counter!("sluice_serving_responses_cut_total", "why" => match cut {
+            BodyCut::Timeout => "timeout",
+            BodyCut::Idle => "idle",
+        })
+        .increment(1);
+        Poll::Ready(Some(Err(cut.into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -176,15 +253,15 @@ struct OriginalHost(HeaderValue);
 
 /// A response body that holds its request's slot until it ends or is dropped.
 struct GuardedBody {
-    inner: Incoming,
+    inner: TimedBody<Incoming>,
     _permit: Permit,
 }
 
 impl hyper::body::Body for GuardedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = axum::BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -239,5 +316,78 @@ impl HostRoutes for HostRouter {
             }
             response
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    type Frames = http_body_util::StreamBody<
+        tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, std::convert::Infallible>>,
+    >;
+
+    fn body() -> (mpsc::Sender<Result<Frame<Bytes>, std::convert::Infallible>>, Frames) {
+        let (tx, rx) = mpsc::channel(8);
+        (tx, http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    fn chunk() -> Result<Frame<Bytes>, std::convert::Infallible> {
+        Ok(Frame::data(Bytes::from_static(b"chunk")))
+    }
+
+    fn cut_by(error: axum::BoxError) -> String {
+        error.to_string()
+    }
+
+    #[tokio::test]
+    async fn a_body_that_ends_in_time_is_passed_through_whole() {
+        let (tx, inner) = body();
+        let timed = TimedBody::new(inner, Instant::now() + Duration::from_secs(30), Some(Duration::from_secs(30)));
+        tx.send(chunk()).await.expect("send");
+        tx.send(chunk()).await.expect("send");
+        drop(tx);
+        let collected = timed.collect().await.map(|c| c.to_bytes()).map_err(cut_by);
+        assert_eq!(collected.ok(), Some(Bytes::from_static(b"chunkchunk")));
+    }
+
+    /// Regression: `idleTimeoutSeconds` was validated and never applied, so an app that sent its headers and then
+    /// stalled held its slot for ever.
+    #[tokio::test]
+    async fn a_body_silent_for_the_idle_timeout_is_cut_off() {
+        let (tx, inner) = body();
+        let mut timed =
+            TimedBody::new(inner, Instant::now() + Duration::from_secs(30), Some(Duration::from_millis(100)));
+        tx.send(chunk()).await.expect("send");
+        assert!(timed.frame().await.is_some_and(|frame| frame.is_ok()), "the first chunk passes");
+        let cut = timed.frame().await.expect("a frame").err().map(cut_by);
+        assert_eq!(cut.as_deref(), Some("the response body was silent for the revision's idleTimeoutSeconds"));
+        drop(tx);
+    }
+
+    /// A body that keeps sending is cut off when the request's `timeoutSeconds` runs out (Knative's queue-proxy
+    /// aborts the response then); without an idle timeout.
+    #[tokio::test]
+    async fn a_body_still_streaming_at_the_deadline_is_cut_off() {
+        let (tx, inner) = body();
+        let mut timed = TimedBody::new(inner, Instant::now() + Duration::from_millis(200), None);
+        let sender = tokio::spawn(async move {
+            while tx.send(chunk()).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let cut = loop {
+            match timed.frame().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break Some(cut_by(e)),
+                None => break None,
+            }
+        };
+        assert_eq!(cut.as_deref(), Some("the response did not end within the revision's timeoutSeconds"));
+        drop(timed);
+        sender.await.expect("the sender ends once the body is dropped");
     }
 }

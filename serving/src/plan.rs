@@ -24,6 +24,11 @@ fn label<'a>(object: &'a Value, name: &str) -> Option<&'a str> {
     object.pointer("/metadata/labels").and_then(|l| l.get(name)).and_then(Value::as_str)
 }
 
+/// A timeout of the Revision's spec in milliseconds; none when absent or 0 (validated at apply).
+fn seconds_ms(revision: &Value, pointer: &str) -> Option<u64> {
+    revision.pointer(pointer).and_then(Value::as_u64).filter(|s| *s > 0).map(|s| s.saturating_mul(1000))
+}
+
 /// What running a Revision takes, or why `runtime` cannot run it: `(reason, message)`.
 pub(crate) fn revision_run(
     revision: &Value,
@@ -95,6 +100,8 @@ pub(crate) fn revision_run(
         h2c,
         container_concurrency,
         timeout_ms: (timeout_seconds.max(1) as u64) * 1000,
+        response_start_timeout_ms: seconds_ms(revision, "/spec/responseStartTimeoutSeconds"),
+        idle_timeout_ms: seconds_ms(revision, "/spec/idleTimeoutSeconds"),
         autoscaling,
     })
 }
@@ -220,6 +227,13 @@ mod tests {
         assert_eq!((run.port, run.h2c), (Some(9000), true));
         assert_eq!(run.readiness, Readiness::HttpGet { port: 0, path: "/healthz".into() });
         assert_eq!((run.container_concurrency, run.timeout_ms), (1, 30_000));
+        assert_eq!((run.response_start_timeout_ms, run.idle_timeout_ms), (None, None));
+        let mut timed = revision("hello-00002", 2, json!({"command": ["/bin/hello"]}), json!({}));
+        timed["spec"]["responseStartTimeoutSeconds"] = json!(5);
+        timed["spec"]["idleTimeoutSeconds"] = json!(0);
+        let timed = revision_run(&timed, &AutoscalerDefaults::default(), ServingRuntime::Local).expect("runnable");
+        let timeouts = (timed.response_start_timeout_ms, timed.idle_timeout_ms);
+        assert_eq!(timeouts, (Some(5_000), None), "0 is no idle timeout");
         let knobs = &run.autoscaling;
         assert_eq!((knobs.min_scale, knobs.max_scale, knobs.initial_scale, knobs.stable_window_ms), (1, 3, 1, 10_000));
         assert_eq!(knobs.total, 1.0, "containerConcurrency 1 is the target's total");

@@ -57,7 +57,12 @@ pub(crate) struct RevisionRun {
     pub(crate) readiness: Readiness,
     pub(crate) h2c: bool,
     pub(crate) container_concurrency: u32,
+    /// `timeoutSeconds`: the whole request, from its arrival (waiting included) to its response's last byte.
     pub(crate) timeout_ms: u64,
+    /// `responseStartTimeoutSeconds`: from the request's delivery to the instance until its response starts.
+    pub(crate) response_start_timeout_ms: Option<u64>,
+    /// `idleTimeoutSeconds`: the longest silence of the response body (none when unset or 0).
+    pub(crate) idle_timeout_ms: Option<u64>,
     pub(crate) autoscaling: Autoscaling,
 }
 
