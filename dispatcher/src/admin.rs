@@ -42,6 +42,8 @@ pub(crate) const MAX_LIST: usize = 1000;
 pub(crate) const MAX_LIST_BYTES: usize = 3 << 20;
 /// Most dead letters one `Redrive` call handles per partition (run it again for more).
 pub(crate) const MAX_REDRIVE_PER_PARTITION: usize = 10_000;
+/// Bytes of dead letters a redrive reads (and holds) at once; at least one letter is read whatever its size.
+const REDRIVE_BATCH_BYTES: usize = 8 << 20;
 /// How long `Pause` and `Resume` wait for the dispatchers to take them into account.
 pub(crate) const PAUSE_WAIT: Duration = Duration::from_secs(10);
 /// How long `Replay` with `wait` waits for the dispatchers.
@@ -245,7 +247,7 @@ impl ConsumersAdmin {
             .into_iter()
             .filter_map(|(offset, letter)| match letter {
                 Letter::Event { arrival_ms, event } => Some((offset, arrival_ms, event)),
-                Letter::Undecodable(_) => None,
+                Letter::Undecodable { .. } => None,
             })
             .collect())
     }
@@ -261,14 +263,7 @@ impl ConsumersAdmin {
                 .map_err(sluice_broker::status_of)?;
             let Some(last) = batch.records.last().map(|r| r.offset) else { break };
             for record in batch.records {
-                let letter = match CloudEvent::decode(&record.payload) {
-                    Ok(event) => Letter::Event { arrival_ms: record.arrival_ms, event },
-                    Err(e) => {
-                        tracing::warn!(%stream, offset = record.offset, error = %e, "undecodable dead letter");
-                        Letter::Undecodable(record.payload)
-                    }
-                };
-                out.push((record.offset, letter));
+                out.push((record.offset, Letter::decode(stream, record.offset, record.arrival_ms, record.payload)));
             }
             from = last + 1;
         }
@@ -411,45 +406,72 @@ impl DeadLetters for ConsumersAdmin {
         let Some(sender) = self.sender.clone() else {
             return Err(error_status(ErrorCode::Internal, "no HTTP client on this node"));
         };
+        if request.to_broker && !matches!(spec.reply, ReplyTarget::Broker { .. }) {
+            return Err(error_status(
+                ErrorCode::InvalidArgument,
+                "to_broker: only a Trigger's dead letters can go back to its Broker; a Subscription's are \
+                 redelivered to its subscriber",
+            ));
+        }
         let selected: HashSet<(u32, u64)> = request.selected.iter().map(|p| (p.partition, p.offset)).collect();
         // Claimed before the letters are read: a redrive that ends meanwhile must not leave this one a stale list.
         let stream = dead_letter_stream(found.kind, &found.key.namespace, &found.key.name);
-        let Some(running) = RedriveGuard::take(&self.redrives, &stream) else {
-            return Err(error_status(
+        let running = RedriveGuard::take(&self.redrives, &stream, "redrive").map_err(|running| {
+            error_status(
                 ErrorCode::RedriveRunning,
                 format!(
-                    "a redrive of {} {}/{} is already running on this node",
+                    "a {running} of {} {}/{} is running on this node; try again once it has ended",
                     found.kind.as_str(),
                     found.key.namespace,
                     found.key.name
                 ),
-            ));
-        };
-        let mut work = Vec::new();
+            )
+        })?;
+        // What each partition's redrive covers: its letters up to MAX_REDRIVE_PER_PARTITION, as the partition's
+        // leader has them. This node may lag it, and a trim by a redrive that just ended (here or elsewhere) must
+        // be seen, or its letters would be redriven again.
+        let mut extents = Vec::new();
         for partition in 0..self.node.partitions() {
-            work.push((partition, self.stored_letters(&stream, partition, MAX_REDRIVE_PER_PARTITION)?));
+            self.node.catch_up(partition).await.map_err(sluice_broker::status_of)?;
+            let extent = self.node.read(&stream, partition, 0, 1, 0).map_err(sluice_broker::status_of)?;
+            let end = extent.end_offset.min(extent.start_offset.saturating_add(MAX_REDRIVE_PER_PARTITION as u64));
+            extents.push((partition, extent.start_offset, end));
         }
-        let total = work
-            .iter()
-            .flat_map(|(p, letters)| letters.iter().map(move |(o, _)| (*p, *o)))
-            .filter(|key| selected.is_empty() || selected.contains(key))
-            .count() as u64;
+        let total = if selected.is_empty() {
+            extents.iter().map(|(_, start, end)| end - start).sum()
+        } else {
+            selected
+                .iter()
+                .filter(|(p, o)| extents.iter().any(|(q, start, end)| q == p && (start..end).contains(&o)))
+                .count() as u64
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let redrive = Redrive { node: self.node.clone(), sender, spec, stream, to_broker: request.to_broker, selected };
         tokio::spawn(async move {
             let _running = running;
             let mut progress = RedriveProgress { total, ..Default::default() };
-            for (partition, letters) in work {
-                if let Err(status) = redrive.partition(partition, letters, &mut progress, &tx).await {
-                    // `None`: the client went away; what was handled so far is trimmed, the rest stays.
-                    if let Some(status) = status {
-                        let _ = tx.send(Err(status)).await;
-                    }
-                    return;
+            let work = async {
+                for (partition, start, end) in extents {
+                    redrive.partition(partition, start, end, &mut progress, &tx).await?;
                 }
+                Ok::<(), Option<Status>>(())
+            };
+            // A client that goes away ends the redrive at once (not at the next letter it would be told of):
+            // what was handled so far is trimmed, the rest stays for the next redrive.
+            let ended = tokio::select! {
+                ended = work => ended,
+                _ = tx.closed() => Err(None),
+            };
+            match ended {
+                Ok(()) => {
+                    progress.done = true;
+                    let _ = tx.send(Ok(progress)).await;
+                }
+                Err(Some(status)) => {
+                    let _ = tx.send(Err(status)).await;
+                }
+                Err(None) => tracing::info!(stream = %redrive.stream, "redrive ended: its client went away"),
             }
-            progress.done = true;
-            let _ = tx.send(Ok(progress)).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -459,12 +481,12 @@ impl DeadLetters for ConsumersAdmin {
         let found = self.find(request.consumer.as_ref())?;
         let stream = dead_letter_stream(found.kind, &found.key.namespace, &found.key.name);
         // Not while this node redrives them: the letters it keeps would be copied back after the purge.
-        let Some(_purging) = RedriveGuard::take(&self.redrives, &stream) else {
-            return Err(error_status(
+        let _purging = RedriveGuard::take(&self.redrives, &stream, "purge").map_err(|running| {
+            error_status(
                 ErrorCode::RedriveRunning,
-                "a redrive of this consumer is running on this node; purge once it has ended",
-            ));
-        };
+                format!("a {running} of this consumer is running on this node; purge once it has ended"),
+            )
+        })?;
         let mut purged = 0;
         for partition in 0..self.node.partitions() {
             let extent = self.node.read(&stream, partition, 0, 1, 0).map_err(sluice_broker::status_of)?;
@@ -479,18 +501,23 @@ impl DeadLetters for ConsumersAdmin {
 
 /// The dead-letter streams being redriven by this node: a second redrive of the same consumer would deliver
 /// the same letters again (and copy the kept ones twice).
-type Redrives = Arc<std::sync::Mutex<HashSet<String>>>;
+type Redrives = Arc<std::sync::Mutex<std::collections::HashMap<String, &'static str>>>;
 
-/// A redrive's claim on its dead-letter stream, given back when it ends.
+/// A redrive's (or a purge's) claim on its dead-letter stream, given back when it ends.
 struct RedriveGuard {
     redrives: Redrives,
     stream: String,
 }
 
 impl RedriveGuard {
-    fn take(redrives: &Redrives, stream: &str) -> Option<RedriveGuard> {
+    /// The claim for `operation`, or the operation that holds it.
+    fn take(redrives: &Redrives, stream: &str, operation: &'static str) -> Result<RedriveGuard, &'static str> {
         let mut running = redrives.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        running.insert(stream.to_string()).then(|| RedriveGuard { redrives: redrives.clone(), stream: stream.into() })
+        if let Some(holder) = running.get(stream) {
+            return Err(*holder);
+        }
+        running.insert(stream.to_string(), operation);
+        Ok(RedriveGuard { redrives: redrives.clone(), stream: stream.into() })
     }
 }
 
@@ -513,7 +540,8 @@ struct Redrive {
 }
 
 impl Redrive {
-    /// Redrives one partition's letters in offset order. Each letter is handled before the stream's start moves
+    /// Redrives one partition's letters from `start` to `end` (exclusive) in offset order, reading them a batch
+    /// at a time (at most [`REDRIVE_BATCH_BYTES`] held). Each letter is handled before the stream's start moves
     /// past it: delivered, dead-lettered again (by the delivery, as any failed event), or, when it is not
     /// selected or could not be redriven, copied to the stream's end first. So no letter is lost, and a redrive
     /// that stops halfway (the client gone, an error) leaves exactly the letters it did not handle. Letters
@@ -521,40 +549,71 @@ impl Redrive {
     async fn partition(
         &self,
         partition: u32,
-        letters: Vec<(u64, Letter)>,
+        start: u64,
+        end: u64,
         progress: &mut RedriveProgress,
         tx: &tokio::sync::mpsc::Sender<Result<RedriveProgress, Status>>,
     ) -> Result<(), Option<Status>> {
         let is_selected = |offset: u64| self.selected.is_empty() || self.selected.contains(&(partition, offset));
-        let Some(last_selected) = letters.iter().rev().find(|(offset, _)| is_selected(*offset)).map(|l| l.0) else {
-            return Ok(());
+        let last_selected = if self.selected.is_empty() {
+            end.checked_sub(1)
+        } else {
+            self.selected.iter().filter(|(p, o)| *p == partition && (start..end).contains(o)).map(|(_, o)| *o).max()
         };
+        let Some(last_selected) = last_selected.filter(|last| *last >= start) else { return Ok(()) };
         let ctx = DeliveryContext { node: self.node.clone(), sender: self.sender.clone(), partition, limits: None };
-        for (offset, letter) in letters.into_iter().take_while(|(offset, _)| *offset <= last_selected) {
-            match (&letter, is_selected(offset)) {
-                (Letter::Event { event, .. }, true) => {
-                    let redriven = self.redrive_one(&ctx, offset, event).await;
-                    progress.processed += 1;
-                    match redriven {
-                        Redriven::Delivered => progress.delivered += 1,
-                        Redriven::DeadLetteredAgain => progress.failed += 1,
-                        Redriven::NotSent => {
-                            progress.failed += 1;
-                            self.keep(partition, &letter).await?;
-                        }
+        let mut from = start;
+        while from <= last_selected {
+            let letters = self
+                .node
+                .read(&self.stream, partition, from, (last_selected + 1 - from) as usize, REDRIVE_BATCH_BYTES)
+                .map_err(|e| Some(sluice_broker::status_of(e)))?;
+            let Some(last_read) = letters.records.last().map(|r| r.offset) else { break };
+            from = last_read + 1;
+            for record in letters.records {
+                let offset = record.offset;
+                let letter = Letter::decode(&self.stream, offset, record.arrival_ms, record.payload);
+                self.handle(&ctx, partition, offset, letter, is_selected(offset), progress, tx).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One letter of [`Redrive::partition`].
+    #[allow(clippy::too_many_arguments)]
+    async fn handle(
+        &self,
+        ctx: &DeliveryContext,
+        partition: u32,
+        offset: u64,
+        letter: Letter,
+        selected: bool,
+        progress: &mut RedriveProgress,
+        tx: &tokio::sync::mpsc::Sender<Result<RedriveProgress, Status>>,
+    ) -> Result<(), Option<Status>> {
+        match (&letter, selected) {
+            (Letter::Event { event, .. }, true) => {
+                let redriven = self.redrive_one(ctx, offset, event).await;
+                progress.processed += 1;
+                match redriven {
+                    Redriven::Delivered => progress.delivered += 1,
+                    Redriven::DeadLetteredAgain => progress.failed += 1,
+                    Redriven::NotSent => {
+                        progress.failed += 1;
+                        self.keep(partition, &letter).await?;
                     }
                 }
-                (Letter::Undecodable(_), true) => {
-                    progress.processed += 1;
-                    progress.failed += 1;
-                    self.keep(partition, &letter).await?;
-                }
-                (_, false) => self.keep(partition, &letter).await?,
             }
-            self.node.trim(partition, &self.stream, offset + 1).await.map_err(|e| Some(sluice_broker::status_of(e)))?;
-            if is_selected(offset) && tx.send(Ok(*progress)).await.is_err() {
-                return Err(None);
+            (Letter::Undecodable { .. }, true) => {
+                progress.processed += 1;
+                progress.failed += 1;
+                self.keep(partition, &letter).await?;
             }
+            (_, false) => self.keep(partition, &letter).await?,
+        }
+        self.node.trim(partition, &self.stream, offset + 1).await.map_err(|e| Some(sluice_broker::status_of(e)))?;
+        if selected && tx.send(Ok(*progress)).await.is_err() {
+            return Err(None);
         }
         Ok(())
     }
@@ -587,16 +646,19 @@ impl Redrive {
         }
     }
 
-    /// Copies a letter to the end of the stream, so that trimming past it loses nothing.
+    /// Copies a letter to the end of the stream, with its arrival time, so that trimming past it loses nothing.
     async fn keep(&self, partition: u32, letter: &Letter) -> Result<(), Option<Status>> {
-        let payload = match letter {
-            Letter::Event { event, .. } => event.encode().map(bytes::Bytes::from).map_err(|e| {
-                Some(error_status(ErrorCode::Internal, format!("a dead letter cannot be encoded again: {e}")))
-            })?,
-            Letter::Undecodable(raw) => raw.clone(),
+        let (payload, arrival_ms) = match letter {
+            Letter::Event { event, arrival_ms } => (
+                event.encode().map(bytes::Bytes::from).map_err(|e| {
+                    Some(error_status(ErrorCode::Internal, format!("a dead letter cannot be encoded again: {e}")))
+                })?,
+                *arrival_ms,
+            ),
+            Letter::Undecodable { raw, arrival_ms } => (raw.clone(), *arrival_ms),
         };
         self.node
-            .append(&self.stream, partition, vec![payload], now_ms(), None)
+            .append(&self.stream, partition, vec![payload], arrival_ms, None)
             .await
             .map(|_| ())
             .map_err(|e| Some(sluice_broker::status_of(e)))
@@ -610,7 +672,23 @@ enum Letter {
         event: CloudEvent,
     },
     /// Not a CloudEvent Sluice can read (written by another version, damaged): never redriven, never lost.
-    Undecodable(bytes::Bytes),
+    Undecodable {
+        raw: bytes::Bytes,
+        arrival_ms: u64,
+    },
+}
+
+impl Letter {
+    /// The record at `offset` of the dead-letter stream `stream`.
+    fn decode(stream: &str, offset: u64, arrival_ms: u64, payload: bytes::Bytes) -> Letter {
+        match CloudEvent::decode(&payload) {
+            Ok(event) => Letter::Event { arrival_ms, event },
+            Err(e) => {
+                tracing::warn!(%stream, offset, error = %e, "undecodable dead letter");
+                Letter::Undecodable { raw: payload, arrival_ms }
+            }
+        }
+    }
 }
 
 /// What became of one redriven letter.

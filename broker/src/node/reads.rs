@@ -1,6 +1,7 @@
 //! Reads: what this node has applied, served locally (any node, leader or not) from the group's
 //! read view: stream records, offsets by time, committed consumer offsets, resource objects.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use tokio::sync::watch;
 
 use super::Node;
@@ -66,6 +67,30 @@ impl Node {
     pub fn offset_for_time(&self, stream: &str, partition: u32, time_ms: u64) -> Result<u64, BrokerError> {
         let group = self.group(self.partition_group_id(partition)?)?;
         group.view.offset_for_time(stream, time_ms).map_err(|e| BrokerError::io("reading the time index", e))
+    }
+
+    /// Waits until this node has applied what `partition`'s leader last reported as committed: a follower
+    /// lags its leader by a heartbeat or more, and a write acknowledged by the leader (a trim) may not be in
+    /// this node's reads yet. Reads after it see every write the leader had reported committed when it was
+    /// called (on the leader itself: everything it committed). At most four election timeouts; then
+    /// `Interrupted`, which is worth retrying.
+    pub async fn catch_up(&self, partition: u32) -> Result<(), BrokerError> {
+        let group_id = self.partition_group_id(partition)?;
+        let group = self.group(group_id)?;
+        let target = group.raft.metrics().borrow_watched().cluster_committed.as_ref().map_or(0, |id| id.index);
+        let mut applied = group.view.watch_applied();
+        let wait = std::time::Duration::from_millis(self.inner.settings.tuning.election_timeout_max_ms * 4);
+        match tokio::time::timeout(wait, applied.wait_for(|index| *index >= target)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(BrokerError::ShuttingDown),
+            Err(_) => Err(BrokerError::Interrupted {
+                group: group_id,
+                reason: format!(
+                    "this node has not applied partition {partition}'s committed entries (to index {target}) within {} ms",
+                    wait.as_millis()
+                ),
+            }),
+        }
     }
 
     /// A partition's applied index, which changes whenever entries are applied
