@@ -48,7 +48,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         if days.is_empty() && time.is_none_or(str::is_empty) {
             return Err(iso_error(text));
         }
-        return Ok(Duration::from_secs_f64(seconds));
+        return Duration::try_from_secs_f64(seconds).map_err(|_| iso_error(text));
     }
     parse_units(text, &[("ms", 0.001), ("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)])
         .ok_or_else(|| format!("{text:?} is not a duration like 500ms, 30s, 2m or PT2M"))
@@ -71,7 +71,8 @@ fn parse_units(mut text: &str, units: &[(&str, f64)]) -> Option<Duration> {
         seconds += number * factor;
         text = &rest[unit.len()..];
     }
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+    // `try_`: a duration past what `Duration` holds (PT99999999999999999999S) is refused, not a panic.
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 /// Sizes like `10GiB`, `500MB`, `1024` (bytes).

@@ -427,6 +427,8 @@ impl DeadLetters for ConsumersAdmin {
                 ),
             )
         })?;
+        // The cluster-wide claim: a redrive of this consumer through another node refuses this one.
+        let lease = take_lease(&self.node, &found, "redrive").await?;
         // What each partition's redrive covers: its letters up to MAX_REDRIVE_PER_PARTITION, as the partition's
         // leader has them. This node may lag it, and a trim by a redrive that just ended (here or elsewhere) must
         // be seen, or its letters would be redriven again.
@@ -449,6 +451,7 @@ impl DeadLetters for ConsumersAdmin {
         let redrive = Redrive { node: self.node.clone(), sender, spec, stream, to_broker: request.to_broker, selected };
         tokio::spawn(async move {
             let _running = running;
+            let mut lease = lease;
             let mut progress = RedriveProgress { total, ..Default::default() };
             let work = async {
                 for (partition, start, end) in extents {
@@ -461,7 +464,15 @@ impl DeadLetters for ConsumersAdmin {
             let ended = tokio::select! {
                 ended = work => ended,
                 _ = tx.closed() => Err(None),
+                _ = lost(&mut lease) => Err(Some(error_status(
+                    ErrorCode::RedriveRunning,
+                    "the redrive's claim on these dead letters was lost (not renewed in time, or taken over by \
+                     another node); what was handled so far is trimmed, the rest stays",
+                ))),
             };
+            if let Some(lease) = lease {
+                lease.release().await;
+            }
             match ended {
                 Ok(()) => {
                     progress.done = true;
@@ -487,6 +498,7 @@ impl DeadLetters for ConsumersAdmin {
                 format!("a {running} of this consumer is running on this node; purge once it has ended"),
             )
         })?;
+        let lease = take_lease(&self.node, &found, "purge").await?;
         let mut purged = 0;
         for partition in 0..self.node.partitions() {
             let extent = self.node.read(&stream, partition, 0, 1, 0).map_err(sluice_broker::status_of)?;
@@ -495,7 +507,35 @@ impl DeadLetters for ConsumersAdmin {
                 purged += extent.end_offset - extent.start_offset;
             }
         }
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
         Ok(Response::new(PurgeReply { purged }))
+    }
+}
+
+/// The cluster-wide claim on `found`'s dead letters for `operation` (`redrive_lease`), or why another node's
+/// redrive or purge refuses it. `None` while some member does not read the claim's entry yet (an upgrade).
+async fn take_lease(
+    node: &Node,
+    found: &Found,
+    operation: &'static str,
+) -> Result<Option<crate::redrive_lease::HeldLease>, Status> {
+    let consumer = format!("{}.{}.{}", found.kind.as_str(), found.key.namespace, found.key.name);
+    crate::redrive_lease::take(node, &consumer, operation).await.map_err(|refused| {
+        let code = match refused {
+            crate::redrive_lease::LeaseRefused::NotWritten(_) => ErrorCode::Unavailable,
+            _ => ErrorCode::RedriveRunning,
+        };
+        error_status(code, format!("{} {}/{}: {refused}", found.kind.as_str(), found.key.namespace, found.key.name))
+    })
+}
+
+/// Resolves when a held lease is lost; never without one.
+async fn lost(lease: &mut Option<crate::redrive_lease::HeldLease>) {
+    match lease {
+        Some(lease) => lease.lost().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -29,6 +29,7 @@ mod holds;
 use sluice_cloudevent::filter;
 mod partition;
 mod rate;
+mod redrive_lease;
 mod stats;
 mod supervisor;
 mod window;

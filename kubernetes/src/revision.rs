@@ -103,6 +103,27 @@ pub fn revision_service(revision: &Value, node_id: u64) -> Result<Service, Strin
     serde_json::from_value(service).map_err(|e| format!("the revision does not make a valid Service: {e}"))
 }
 
+/// A probe of the user container with its port filled in, as Knative fills it: a Revision's probes may leave
+/// out the port (or name the container's port), and Kubernetes refuses a Deployment whose `httpGet`,
+/// `tcpSocket` or `grpc` probe has none.
+fn with_probe_port(mut probe: Value, port: i64) -> Value {
+    for handler in ["httpGet", "tcpSocket", "grpc"] {
+        if let Some(handler) = probe.get_mut(handler).and_then(Value::as_object_mut) {
+            let set = match handler.get("port") {
+                None | Some(Value::Null) => true,
+                Some(Value::Number(n)) => n.as_u64() == Some(0),
+                // A named port: the user container has one port, named `user-port` or `h2c` here.
+                Some(Value::String(_)) => true,
+                Some(_) => false,
+            };
+            if set {
+                handler.insert("port".into(), json!(port));
+            }
+        }
+    }
+    probe
+}
+
 /// The Deployment that runs node `node_id`'s pods of `revision`, `replicas` of them. Fields Kubernetes acts on
 /// and Sluice keeps as JSON (`resources`, `volumes`, `affinity`, ...) are passed through as the user wrote
 /// them; containers after the first run as sidecars, as written.
@@ -136,8 +157,6 @@ pub fn revision_deployment(revision: &Value, node_id: u64, replicas: i32) -> Res
         "envFrom",
         "resources",
         "volumeMounts",
-        "livenessProbe",
-        "startupProbe",
         "securityContext",
         "imagePullPolicy",
         "terminationMessagePath",
@@ -145,6 +164,11 @@ pub fn revision_deployment(revision: &Value, node_id: u64, replicas: i32) -> Res
     ] {
         if let Some(value) = user.get(field).filter(|v| !v.is_null()) {
             container.insert(field.into(), value.clone());
+        }
+    }
+    for probe in ["livenessProbe", "startupProbe"] {
+        if let Some(value) = user.get(probe).filter(|v| !v.is_null()) {
+            container.insert(probe.into(), with_probe_port(value.clone(), port));
         }
     }
     container.insert("env".into(), Value::Array(env));
@@ -159,7 +183,7 @@ pub fn revision_deployment(revision: &Value, node_id: u64, replicas: i32) -> Res
         probe.insert("tcpSocket".into(), json!({"port": port}));
         Value::Object(probe)
     };
-    container.insert("readinessProbe".into(), readiness);
+    container.insert("readinessProbe".into(), with_probe_port(readiness, port));
 
     let mut pod_spec = Map::new();
     let mut all_containers = vec![Value::Object(container)];
@@ -271,6 +295,22 @@ mod tests {
     }
 
     #[test]
+    fn probes_get_the_containers_port_where_they_name_none_or_name_it() {
+        let cases = [
+            (json!({"httpGet": {"path": "/"}}), json!({"httpGet": {"path": "/", "port": 8080}})),
+            (json!({"tcpSocket": {}}), json!({"tcpSocket": {"port": 8080}})),
+            (json!({"httpGet": {"port": 0}}), json!({"httpGet": {"port": 8080}})),
+            (json!({"httpGet": {"port": "user-port"}}), json!({"httpGet": {"port": 8080}})),
+            (json!({"grpc": {}}), json!({"grpc": {"port": 8080}})),
+            (json!({"httpGet": {"port": 8080, "path": "/x"}}), json!({"httpGet": {"port": 8080, "path": "/x"}})),
+            (json!({"exec": {"command": ["true"]}}), json!({"exec": {"command": ["true"]}})),
+        ];
+        for (probe, expected) in cases {
+            assert_eq!(with_probe_port(probe.clone(), 8080), expected, "{probe}");
+        }
+    }
+
+    #[test]
     fn a_revision_becomes_a_deployment_shaped_as_knatives() {
         let deployment = revision_deployment(&revision(), 2, 3).expect("deployment");
         let value = serde_json::to_value(&deployment).expect("json");
@@ -294,6 +334,8 @@ mod tests {
         assert_eq!(container["ports"], json!([{"name": "user-port", "containerPort": 9000, "protocol": "TCP"}]));
         assert_eq!(container["resources"]["limits"]["memory"], "128Mi");
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
+        // Regression: a probe without a port went into the Deployment as port 0, which Kubernetes refuses.
+        assert_eq!(container["readinessProbe"]["httpGet"]["port"], 9000, "the container's port filled in");
         let env: Vec<(String, Value)> = container["env"]
             .as_array()
             .expect("env")

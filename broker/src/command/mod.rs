@@ -115,6 +115,11 @@ pub(crate) enum LogCommand {
     /// `SetAnnotation`, recording the annotation as the admin API's (`metadata.managedFields`), so that an
     /// apply that does not name it keeps it (`trigger pause`/`resume`).
     SetAdminAnnotation { key: ResourceKey, uid: String, annotation: String, value: Option<String> },
+    /// `ApplyResource` of an object the node derives itself (a lease), only when the stored object's
+    /// `spec.token` is `token` (`None`: only when there is no object): a compare-and-set, so that of two nodes
+    /// taking or renewing the same lease at once one wins. Answers [`LogResponse::Applied`], `conflict` when
+    /// the condition does not hold (nothing is written).
+    ApplyResourceIfToken { record: ResourceRecord, token: Option<String> },
 }
 
 /// One consumer cursor's position: the next offset it will read.
@@ -157,6 +162,7 @@ impl fmt::Display for LogCommand {
             LogCommand::SetAdminAnnotation { key, annotation, value, .. } => {
                 write!(f, "SetAdminAnnotation({key:?} {annotation}={value:?})")
             }
+            LogCommand::ApplyResourceIfToken { record, .. } => write!(f, "ApplyResourceIfToken({:?})", record.key),
         }
     }
 }

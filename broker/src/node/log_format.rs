@@ -17,12 +17,14 @@ use crate::command::{NodeId, ResourceKey};
 /// The kind of the objects in which nodes publish what they are.
 pub(crate) const NODE_INFO_KIND: &str = "SluiceNode";
 
-/// The metadata entry formats: before session 36 (`PutResource`, `SetAnnotation`), and with the applies that
-/// keep what the admin API set (`ApplyResource`, `SetAdminAnnotation`).
+/// The metadata entry formats: before session 36 (`PutResource`, `SetAnnotation`), with the applies that keep
+/// what the admin API set (`ApplyResource`, `SetAdminAnnotation`), and with the conditional apply.
 pub(crate) const FORMAT_PUT_RESOURCE: u64 = 1;
 pub(crate) const FORMAT_APPLY_RESOURCE: u64 = 2;
+/// With the conditional apply (`ApplyResourceIfToken`) that cluster-wide leases take (session 37).
+pub(crate) const FORMAT_APPLY_IF_TOKEN: u64 = 3;
 /// The newest format this version reads and writes.
-pub(crate) const LOG_FORMAT: u64 = FORMAT_APPLY_RESOURCE;
+pub(crate) const LOG_FORMAT: u64 = FORMAT_APPLY_IF_TOKEN;
 
 /// How often a node tries to publish its format until it is stored.
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);
@@ -94,7 +96,8 @@ mod tests {
     fn the_cluster_writes_what_its_oldest_member_reads() {
         type Case = (&'static str, Vec<NodeId>, Vec<(NodeId, u64)>, u64);
         let cases: Vec<Case> = vec![
-            ("every member published the new format", vec![1, 2, 3], vec![(1, 2), (2, 2), (3, 2)], 2),
+            ("every member published the newest format", vec![1, 2, 3], vec![(1, 3), (2, 3), (3, 3)], 3),
+            ("every member published the second format", vec![1, 2, 3], vec![(1, 2), (2, 3), (3, 2)], 2),
             ("one member has not published (an older version)", vec![1, 2, 3], vec![(1, 2), (3, 2)], 1),
             ("one member published the first", vec![1, 2, 3], vec![(1, 2), (2, 1), (3, 2)], 1),
             ("a removed node's publication does not count", vec![1, 2], vec![(1, 2), (2, 2), (3, 1)], 2),

@@ -146,6 +146,31 @@ impl Node {
         self.put_resource_in_format(ResourceRecord { key, json: object.to_string(), uid, applied_at }, format).await
     }
 
+    /// Stores an internal object (as [`Node::put_internal_object`]) only when the stored one's `spec.token` is
+    /// `token` (`None`: only when there is none): `Ok(true)` once stored, `Ok(false)` when the condition did not
+    /// hold (another writer won). `Ok(None)` when some member of the cluster does not read the conditional
+    /// entry yet (a rolling upgrade): nothing is written, and the caller does without.
+    pub async fn put_internal_object_if_token(
+        &self,
+        object: &serde_json::Value,
+        token: Option<&str>,
+    ) -> Result<Option<bool>, BrokerError> {
+        if self.cluster_log_format() < super::log_format::FORMAT_APPLY_IF_TOKEN {
+            return Ok(None);
+        }
+        let text = |pointer: &str| object.pointer(pointer).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let key =
+            ResourceKey { kind: text("/kind"), namespace: text("/metadata/namespace"), name: text("/metadata/name") };
+        let uid = format!("{:032x}", rand::random::<u128>());
+        let applied_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let record = ResourceRecord { key, json: object.to_string(), uid, applied_at };
+        let command = LogCommand::ApplyResourceIfToken { record, token: token.map(str::to_string) };
+        match self.write(METADATA_GROUP, ForwardedWrite::Command(command)).await? {
+            ForwardedReply::Response(LogResponse::Applied { outcome }) => Ok(Some(outcome != "conflict")),
+            other => Err(BrokerError::Bug { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),
+        }
+    }
+
     /// Deletes a resource object; `false` when there was none (nothing changed).
     pub async fn delete_resource(&self, key: ResourceKey) -> Result<bool, BrokerError> {
         match self.write(METADATA_GROUP, ForwardedWrite::Command(LogCommand::DeleteResource(key))).await? {
@@ -229,8 +254,9 @@ impl Node {
                 }
                 result.map(ForwardedReply::Membership)
             }
-            // Metadata commands are idempotent (applying one twice changes
-            // nothing more), so a lost leadership is simply retried.
+            // A lost leadership is definite (nothing was proposed here) and `write` retries it; anything else
+            // after the proposal is indeterminate. Most metadata commands are idempotent, so their callers may
+            // simply retry; a conditional apply's caller reads back what was stored.
             ForwardedWrite::Command(command) => {
                 match tokio::time::timeout(
                     crate::raft::append_batcher::COMMIT_TIMEOUT,
@@ -246,9 +272,15 @@ impl Node {
                         ),
                     }),
                     Ok(Ok(response)) => Ok(ForwardedReply::Response(response.response().clone())),
-                    Ok(Err(e)) => match e.forward_to_leader() {
-                        Some(forward) => Err(WriteFailure::NotLeader { group: group_id, leader: forward.leader_id }),
-                        None => Err(WriteFailure::Indeterminate { group: group_id, reason: e.to_string() }),
+                    // Only a proposal refused before its entry was appended is definite. A discarded entry
+                    // (`LogEntryDiscarded`, which `forward_to_leader()` also names) may have committed through
+                    // another leader: proposed again, a replay's offset reset or a conditional write would
+                    // apply twice.
+                    Ok(Err(e)) => match e.api_error() {
+                        Some(openraft::error::ClientWriteError::ForwardToLeader(forward)) => {
+                            Err(WriteFailure::NotLeader { group: group_id, leader: forward.leader_id })
+                        }
+                        _ => Err(WriteFailure::Indeterminate { group: group_id, reason: e.to_string() }),
                     },
                 }
             }

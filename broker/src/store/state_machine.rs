@@ -478,6 +478,10 @@ impl GroupStateMachine {
                 let outcome = self.stage_set_annotation(staged, change, index, ResourceRules::KeepingOwned)?;
                 LogResponse::Applied { outcome: outcome.to_string() }
             }
+            LogCommand::ApplyResourceIfToken { record, token } => {
+                let outcome = self.stage_put_resource_if_token(staged, record, token.as_deref(), index)?;
+                LogResponse::Applied { outcome: outcome.to_string() }
+            }
             LogCommand::DeleteResource(key) => {
                 let existed = self.staged_resource(staged, key).is_some();
                 if existed {

@@ -934,3 +934,49 @@ async fn a_pause_set_through_the_admin_api_survives_an_apply_without_it_and_old_
     assert_eq!(paused("new").as_deref(), Some("true"), "kept by the apply that did not name it");
     assert_eq!(paused("old"), None, "an earlier log's entries: the apply replaced the annotations, as it did");
 }
+
+/// The conditional apply a cluster-wide lease takes: written only when the stored object's `spec.token` is the
+/// one named (none: only when there is no object), against the object as staged in the same apply too, so that
+/// of two writes naming the same token in one entry batch only the first holds.
+#[tokio::test]
+async fn a_conditional_apply_holds_only_over_the_token_it_names() {
+    use crate::command::{ResourceKey, ResourceRecord};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, mut sm) = open(dir.path(), 0);
+    let key =
+        ResourceKey { kind: "RedriveLease".into(), namespace: "sluice-system".into(), name: "trigger.d.t".into() };
+    let write = |token: &str, over: Option<&str>| LogCommand::ApplyResourceIfToken {
+        record: ResourceRecord {
+            key: key.clone(),
+            json: serde_json::json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "RedriveLease",
+                "metadata": {"name": "trigger.d.t", "namespace": "sluice-system"},
+                "spec": {"holder": 1, "token": token, "expiresAtMs": 1}})
+            .to_string(),
+            uid: "uid".into(),
+            applied_at: "2026-12-02T00:00:00Z".into(),
+        },
+        token: over.map(str::to_string),
+    };
+    let stored_token = |sm: &GroupStateMachine| -> Option<String> {
+        let object: serde_json::Value = serde_json::from_str(&sm.view().resource(&key)?).ok()?;
+        object.pointer("/spec/token").and_then(|t| t.as_str()).map(str::to_string)
+    };
+    let steps: [(&str, Vec<LogCommand>, &str); 4] = [
+        ("created where there was none", vec![write("a", None)], "a"),
+        ("not over an object that exists, nor over another token", vec![write("b", None), write("c", Some("x"))], "a"),
+        ("over the stored token", vec![write("d", Some("a"))], "d"),
+        ("of two over the same token in one batch, the first", vec![write("e", Some("d")), write("f", Some("d"))], "e"),
+    ];
+    let mut index = 0;
+    for (case, commands, expected) in steps {
+        let entries = commands
+            .into_iter()
+            .map(|command| {
+                index += 1;
+                entry(index, command)
+            })
+            .collect();
+        apply(&mut sm, entries).await;
+        assert_eq!(stored_token(&sm).as_deref(), Some(expected), "{case}");
+    }
+}

@@ -224,6 +224,12 @@ fn knatives_own_hello_world_and_a_traffic_split_validate() {
     let route = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route", "metadata": {"name": "r"},
         "spec": {"traffic": [{"configurationName": "c", "percent": 90}, {"revisionName": "c-00001", "percent": 10, "tag": "v1"}]}});
     assert_eq!(validate_object(&route, None), Ok(()));
+    for spec in [json!({}), json!({"traffic": []})] {
+        let empty =
+            json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route", "metadata": {"name": "r"}, "spec": spec});
+        let errors = validate_object(&empty, None).expect_err("a Route with no traffic");
+        assert!(errors.iter().any(|e| e.path == "spec.traffic" && e.message.contains("sum to 0")), "{errors:?}");
+    }
 }
 
 #[test]

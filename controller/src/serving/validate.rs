@@ -64,8 +64,10 @@ pub(crate) fn validate_revision(
 }
 
 pub(crate) fn validate_route(route: &Route, errors: &mut Vec<FieldError>) {
-    if let Some(traffic) = &route.spec.traffic {
-        validate_traffic(traffic, TrafficOf::Route, errors);
+    match route.spec.traffic.as_deref() {
+        // A Route is its traffic: with none it would route nothing (a Service's may be left out: it defaults).
+        None | Some([]) => errors.push(err("spec.traffic", "Traffic targets sum to 0, want 100")),
+        Some(traffic) => validate_traffic(traffic, TrafficOf::Route, errors),
     }
 }
 

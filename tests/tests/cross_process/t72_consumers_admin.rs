@@ -377,3 +377,97 @@ async fn a_redrive_loses_no_letter_it_could_not_send_or_did_not_select() -> anyh
     assert_eq!(dlq.purge(PurgeRequest { consumer: Some(subscription("s")) }).await?.into_inner().purged, 3);
     Ok(())
 }
+
+/// Waits until the node at `admin` has every one of the three nodes' publication of metadata entry format 3 (the
+/// conditional write a redrive's cluster-wide claim takes, `node/log_format.rs`).
+async fn reads_format_3(admin: &str) -> anyhow::Result<()> {
+    let resources = ResourcesClient::connect(format!("http://{admin}")).await?;
+    wait_until(Duration::from_secs(30), || {
+        let mut resources = resources.clone();
+        async move {
+            for node in 1..=3 {
+                let name = format!("node-{node}");
+                let node_info = ResourceRef { kind: "SluiceNode".into(), namespace: "sluice-system".into(), name };
+                let Ok(object) = resources.get(node_info).await else { return Ok(None) };
+                let object: serde_json::Value = serde_json::from_str(&object.into_inner().object_json)?;
+                if object.pointer("/spec/logFormat").and_then(serde_json::Value::as_u64) < Some(3) {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        }
+    })
+    .await
+}
+
+/// Regression: the guard that keeps two redrives of one consumer apart was per node, so redrives started
+/// through two nodes at once delivered the same letters twice. The claim is now the cluster's (a lease in the
+/// metadata group): while a redrive runs through one node, a redrive or a purge through another is refused,
+/// and once it has ended another node may go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_through_one_node_refuses_a_redrive_or_purge_through_another() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, 1, &[]).await?;
+    let (first, second) = (cluster.nodes[0].admin.clone(), cluster.nodes[1].admin.clone());
+    let http = cluster.nodes[2].http.clone();
+    let fixed = Arc::new(AtomicBool::new(false));
+    let flag = fixed.clone();
+    let subscriber = Subscriber::start(Arc::new(move |_: &Delivery, _| {
+        if flag.load(Ordering::SeqCst) {
+            Reply::status(202).after(Duration::from_millis(700))
+        } else {
+            Reply::status(400).with_body("not yet")
+        }
+    }))
+    .await?;
+    apply_resource(&first, broker_object("default", "b", json!({}))).await?;
+    apply_resource(&first, trigger_object("default", "l", "b", &subscriber.url(), json!({}), json!({}))).await?;
+    reads_format_3(&first).await?;
+    reads_format_3(&second).await?;
+    let client = reqwest::Client::new();
+    for i in 0..3 {
+        send_event_accepted(&client, &http, "/default/b", &format!("l{i}"), "t", &[], "{}").await?;
+    }
+    let mut through_first = DeadLettersClient::connect(format!("http://{first}")).await?;
+    let mut through_second = DeadLettersClient::connect(format!("http://{second}")).await?;
+    letters(&through_first, trigger("l"), 3).await?;
+    letters(&through_second, trigger("l"), 3).await?;
+
+    fixed.store(true, Ordering::SeqCst);
+    let before = subscriber.deliveries().len();
+    let all = || RedriveRequest { consumer: Some(trigger("l")), ..Default::default() };
+    let mut running = through_first.redrive(all()).await?.into_inner();
+    let refused = through_second.redrive(all()).await.err().ok_or_else(|| anyhow::anyhow!("a second redrive ran"))?;
+    assert_eq!(refused.code(), tonic::Code::Aborted, "{refused:?}");
+    assert!(refused.message().contains("redrive of it is running on node"), "{refused:?}");
+    let purge = through_second.purge(PurgeRequest { consumer: Some(trigger("l")) }).await;
+    assert_eq!(purge.err().map(|e| e.code()), Some(tonic::Code::Aborted), "no purge meanwhile");
+    let mut last = None;
+    while let Some(update) = running.message().await? {
+        last = Some(update);
+    }
+    assert_eq!(last.map(|l| (l.done, l.delivered)), Some((true, 3)));
+    assert_eq!(ids(&subscriber.deliveries()[before..]), ["l0", "l1", "l2"], "each letter redriven once");
+
+    // Ended and given back: a redrive through the other node is let in (once that node has seen the claim go).
+    let after = wait_until(Duration::from_secs(20), || {
+        let mut through_second = through_second.clone();
+        async move {
+            match through_second.redrive(all()).await {
+                Ok(progress) => {
+                    let mut progress = progress.into_inner();
+                    let mut last = None;
+                    while let Some(update) = progress.message().await? {
+                        last = Some(update);
+                    }
+                    Ok(last)
+                }
+                Err(status) if status.code() == tonic::Code::Aborted => Ok(None),
+                Err(status) => Err(status.into()),
+            }
+        }
+    })
+    .await?;
+    assert!(after.done);
+    assert_eq!(after.total, 0, "nothing left to redrive: {after:?}");
+    Ok(())
+}

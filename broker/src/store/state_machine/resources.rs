@@ -1,5 +1,6 @@
-//! The metadata group's resource objects as entries apply: an apply (`PutResource`, `ApplyResource`) or one
-//! annotation (`SetAnnotation`, `SetAdminAnnotation`) in, the merged object staged in the apply's batch out.
+//! The metadata group's resource objects as entries apply: an apply (`PutResource`, `ApplyResource`, the
+//! conditional `ApplyResourceIfToken`) or one annotation (`SetAnnotation`, `SetAdminAnnotation`) in, the merged
+//! object staged in the apply's batch out.
 //! Which merge rules an entry gets is decided by its variant: the rules are part of the log format, so a
 //! node replaying an old log stores what the nodes that applied it first stored.
 
@@ -62,6 +63,30 @@ impl GroupStateMachine {
             self.stage_resource(staged, &record.key, Some(&merged.to_string()))?;
         }
         Ok(outcome)
+    }
+
+    /// [`Self::stage_put_resource`] (keeping owned annotations) only when the stored object's `spec.token` is
+    /// `token` (`None`: only when there is no object): `created`, `configured`, `unchanged`, or `conflict`
+    /// (nothing staged).
+    pub(super) fn stage_put_resource_if_token(
+        &self,
+        staged: &mut Staged,
+        record: &ResourceRecord,
+        token: Option<&str>,
+        log_index: u64,
+    ) -> io::Result<&'static str> {
+        let existing: Option<serde_json::Value> =
+            self.staged_resource(staged, &record.key).map(|j| serde_json::from_str(&j)).transpose().map_err(io_err)?;
+        let stored_token = existing.as_ref().map(|object| object.pointer("/spec/token").and_then(|t| t.as_str()));
+        let holds = match (stored_token, token) {
+            (None, None) => true,
+            (Some(stored), Some(token)) => stored == Some(token),
+            _ => false,
+        };
+        if !holds {
+            return Ok("conflict");
+        }
+        Ok(self.stage_put_resource(staged, record, log_index, ResourceRules::KeepingOwned)?.as_str())
     }
 
     /// One annotation set or removed on the object as it is now (staged included): `configured`, `unchanged`,
