@@ -91,7 +91,7 @@ pub(crate) fn columns(info: &KindInfo, layout: Layout) -> Vec<Column> {
     if layout.wide {
         if info.kind == "Subscription" {
             columns.push(field("CHANNEL", "/spec/channel/name"));
-            columns.push(field("SUBSCRIBER_URI", "/status/subscriberUri"));
+            columns.push(field("SUBSCRIBER_URI", "/status/physicalSubscription/subscriberUri"));
         }
         columns.push(field("GENERATION", "/metadata/generation"));
     }

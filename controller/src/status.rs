@@ -144,6 +144,29 @@ fn resolve_reference(
     }
 }
 
+/// Whether the object a Trigger or Subscription hangs on (its Broker, its Channel) is Ready, as Knative
+/// propagates it: not Ready is `reason` with the referent's own message.
+fn referent_ready(referent: &Value, reason: &str, world: &World, env: &Environment) -> Result<(), (String, String)> {
+    let status = reconcile(referent, world, env);
+    let ready = status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .and_then(|conditions| conditions.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready")));
+    match ready {
+        Some(ready) if ready.get("status").and_then(Value::as_str) == Some("True") => Ok(()),
+        Some(ready) => Err((
+            reason.to_string(),
+            format!(
+                "{} {}: {}",
+                str_at(referent, "/kind"),
+                str_at(referent, "/metadata/name"),
+                ready.get("message").and_then(Value::as_str).unwrap_or("not ready")
+            ),
+        )),
+        None => Err((reason.to_string(), format!("{} has no Ready condition", str_at(referent, "/kind")))),
+    }
+}
+
 fn destination_at(object: &Value, pointer: &str) -> Option<Destination> {
     object.pointer(pointer).and_then(|v| serde_json::from_value(v.clone()).ok())
 }
@@ -206,7 +229,7 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
         "Trigger" => {
             let broker = str_at(object, "/spec/broker");
             let broker_ok = match world.find("Broker", namespace, broker) {
-                Some(_) => Ok(()),
+                Some(found) => referent_ready(found, "BrokerNotReady", world, env),
                 None => Err(("BrokerDoesNotExist".into(), format!("Broker {namespace}/{broker} does not exist"))),
             };
             conditions.push(condition("BrokerReady", broker_ok));
@@ -229,23 +252,45 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
         "Subscription" => {
             let channel: Option<KReference> =
                 object.pointer("/spec/channel").and_then(|v| serde_json::from_value(v.clone()).ok());
+            let is_channel = |c: &KReference| {
+                c.api_version.as_deref().is_some_and(|v| v.starts_with("messaging.knative.dev/"))
+                    && matches!(c.kind.as_str(), "Channel" | "InMemoryChannel")
+            };
             let channel_ok = match &channel {
-                Some(c) if world.find(&c.kind, namespace, &c.name).is_some() => Ok(()),
-                Some(c) => Err(("ChannelNotFound".into(), format!("{} {namespace}/{} does not exist", c.kind, c.name))),
+                Some(c) if !is_channel(c) => Err((
+                    "ChannelNotFound".into(),
+                    format!(
+                        "{} {} is not a channel (messaging.knative.dev Channel or InMemoryChannel)",
+                        c.kind, c.name
+                    ),
+                )),
+                Some(c) => match world.find(&c.kind, namespace, &c.name) {
+                    Some(found) => referent_ready(found, "ChannelNotReady", world, env),
+                    None => {
+                        Err(("ChannelNotFound".into(), format!("{} {namespace}/{} does not exist", c.kind, c.name)))
+                    }
+                },
                 None => Err(("ChannelMissing".into(), "spec.channel is required".into())),
             };
             conditions.push(condition("ChannelReady", channel_ok));
+            // Knative's layout: what the Subscription resolves to is its `physicalSubscription` (a Subscription's
+            // CRD prunes the Trigger-style fields at the top of its status).
+            let mut physical = serde_json::Map::new();
             let mut resolved = Ok(());
             for (field, pointer) in [("subscriberUri", "/spec/subscriber"), ("replyUri", "/spec/reply")] {
                 if let Some(destination) = destination_at(object, pointer) {
                     match resolve(&destination, namespace, world, env) {
                         Ok(uri) => {
-                            status.insert(field.into(), uri.into());
+                            physical.insert(field.into(), uri.into());
                         }
                         Err(e) => resolved = resolved.and(Err(e)),
                     }
                 }
             }
+            if let Some(uri) = status.remove("deadLetterSinkUri") {
+                physical.insert("deadLetterSinkUri".into(), uri);
+            }
+            status.insert("physicalSubscription".into(), Value::Object(physical));
             conditions.push(condition("Resolved", resolved));
             conditions.push(condition("DeadLetterSinkResolved", dead_letter_ok));
         }
@@ -379,6 +424,48 @@ mod tests {
         let status = reconcile(&t, &World { objects: &both }, &env());
         assert_eq!(condition_of(&status, "Ready")["status"], "True");
         assert_eq!(status["subscriberUri"], "http://svc/x");
+        // Regression: a Broker that is not Ready (its dead-letter sink does not resolve) left its Triggers
+        // Ready; Knative's conformance says a Trigger is not Ready then.
+        let dead_letter =
+            json!({"ref": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "no"}});
+        let not_ready = [t.clone(), broker("default", Some(dead_letter))];
+        let status = reconcile(&t, &World { objects: &not_ready }, &env());
+        assert_eq!(condition_of(&status, "BrokerReady")["status"], "False");
+        assert_eq!(condition_of(&status, "Ready")["reason"], "BrokerNotReady");
+    }
+
+    /// Knative's layout and rules for a Subscription: what it resolves to under `physicalSubscription`, and its
+    /// channel must be a Ready channel.
+    #[test]
+    fn a_subscription_resolves_under_physical_subscription_and_waits_for_a_ready_channel() {
+        let subscription = |channel: Value| {
+            json!({"apiVersion": "messaging.knative.dev/v1", "kind": "Subscription",
+                "metadata": {"name": "s", "namespace": "default", "generation": 1},
+                "spec": {"channel": channel, "subscriber": {"uri": "http://svc/x"},
+                    "delivery": {"deadLetterSink": {"uri": "http://dlq/"}}}})
+        };
+        let channel = json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
+            "metadata": {"name": "c", "namespace": "default"}});
+        let s = subscription(json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "c"}));
+        let objects = [s.clone(), channel.clone()];
+        let status = reconcile(&s, &World { objects: &objects }, &env());
+        assert_eq!(condition_of(&status, "Ready")["status"], "True");
+        assert_eq!(status["physicalSubscription"]["subscriberUri"], "http://svc/x");
+        assert_eq!(status["physicalSubscription"]["deadLetterSinkUri"], "http://dlq/");
+        assert!(status.get("subscriberUri").is_none() && status.get("deadLetterSinkUri").is_none(), "{status}");
+
+        let on_a_broker =
+            subscription(json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "default"}));
+        let objects = [on_a_broker.clone(), broker("default", None)];
+        let status = reconcile(&on_a_broker, &World { objects: &objects }, &env());
+        assert_eq!(condition_of(&status, "ChannelReady")["status"], "False", "a Broker is no channel");
+
+        let mut not_ready = channel.clone();
+        not_ready["spec"] = json!({"delivery": {"deadLetterSink": {"ref":
+            {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "missing"}}}});
+        let objects = [s.clone(), not_ready];
+        let status = reconcile(&s, &World { objects: &objects }, &env());
+        assert_eq!(condition_of(&status, "Ready")["reason"], "ChannelNotReady");
     }
 
     #[test]

@@ -240,9 +240,17 @@ impl ConsumersAdmin {
         }
     }
 
-    fn dead_letters(&self, found: &Found, partition: u32, limit: usize) -> Result<Vec<(u64, u64, CloudEvent)>, Status> {
+    /// At most `limit` of a partition's dead letters, and no more once their stored bytes reach `max_bytes` (at
+    /// least one is read).
+    fn dead_letters(
+        &self,
+        found: &Found,
+        partition: u32,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, u64, CloudEvent)>, Status> {
         let stream = dead_letter_stream(found.kind, &found.key.namespace, &found.key.name);
-        let letters = self.stored_letters(&stream, partition, limit)?;
+        let letters = self.stored_letters(&stream, partition, limit, max_bytes)?;
         Ok(letters
             .into_iter()
             .filter_map(|(offset, letter)| match letter {
@@ -252,16 +260,25 @@ impl ConsumersAdmin {
             .collect())
     }
 
-    /// The first `limit` records of a dead-letter stream's partition, decoded where they can be.
-    fn stored_letters(&self, stream: &str, partition: u32, limit: usize) -> Result<Vec<(u64, Letter)>, Status> {
+    /// The first `limit` records of a dead-letter stream's partition, decoded where they can be, stopping once
+    /// `max_bytes` of them are read (at least one is).
+    fn stored_letters(
+        &self,
+        stream: &str,
+        partition: u32,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Letter)>, Status> {
         let mut out = Vec::new();
         let mut from = 0;
-        while out.len() < limit {
+        let mut bytes = 0;
+        while out.len() < limit && (out.is_empty() || bytes < max_bytes) {
             let batch = self
                 .node
-                .read(stream, partition, from, (limit - out.len()).min(1000), 0)
+                .read(stream, partition, from, (limit - out.len()).min(1000), max_bytes.saturating_sub(bytes).max(1))
                 .map_err(sluice_broker::status_of)?;
             let Some(last) = batch.records.last().map(|r| r.offset) else { break };
+            bytes += batch.records.iter().map(|r| r.payload.len()).sum::<usize>();
             for record in batch.records {
                 out.push((record.offset, Letter::decode(stream, record.offset, record.arrival_ms, record.payload)));
             }
@@ -380,7 +397,12 @@ impl DeadLetters for ConsumersAdmin {
         for partition in 0..self.node.partitions() {
             let extent = self.node.read(&stream, partition, 0, 1, 0).map_err(sluice_broker::status_of)?;
             total += extent.end_offset.saturating_sub(extent.start_offset);
-            for (offset, arrival_ms, event) in self.dead_letters(&found, partition, limit.saturating_sub(list.len()))? {
+            if bytes > MAX_LIST_BYTES || list.len() >= limit {
+                // Full: the other partitions count in the total only (their letters are not read).
+                continue;
+            }
+            let letters = self.dead_letters(&found, partition, limit - list.len(), MAX_LIST_BYTES - bytes)?;
+            for (offset, arrival_ms, event) in letters {
                 let letter = dead_letter_message(partition, offset, arrival_ms, &event);
                 bytes += prost::Message::encoded_len(&letter);
                 if bytes > MAX_LIST_BYTES && !list.is_empty() {

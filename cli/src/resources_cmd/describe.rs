@@ -48,6 +48,10 @@ async fn describe_object(admin: &str, info: &KindInfo, object: &Value) -> Result
         ("Subscriber", "/status/subscriberUri"),
         ("Reply", "/status/replyUri"),
         ("Dead letters", "/status/deadLetterSinkUri"),
+        // A Subscription's, as Knative lays them out.
+        ("Subscriber", "/status/physicalSubscription/subscriberUri"),
+        ("Reply", "/status/physicalSubscription/replyUri"),
+        ("Dead letters", "/status/physicalSubscription/deadLetterSinkUri"),
     ] {
         if object.pointer(pointer).is_some() {
             outln!("{:<14}{}", format!("{label}:"), s(pointer))?;

@@ -101,9 +101,15 @@ pub fn validate_object_with(
     let well_typed = match kind {
         "Broker" => typed::<Broker>(object, &mut errors).map(|b| validate_broker(&b, existing, &mut rules)),
         "Trigger" => typed::<Trigger>(object, &mut errors).map(|t| validate_trigger(&t, existing, &mut rules)),
-        "Channel" => {
-            typed::<Channel>(object, &mut errors).map(|c| validate_channel(c.spec.delivery.as_ref(), &mut rules))
-        }
+        "Channel" => typed::<Channel>(object, &mut errors).map(|c| {
+            validate_channel(c.spec.delivery.as_ref(), &mut rules);
+            // Knative: "spec.channelTemplate ... MUST be immutable" (the backing channel is made from it once).
+            if let Some(existing) = existing
+                && existing.pointer("/spec/channelTemplate") != object.pointer("/spec/channelTemplate")
+            {
+                rules.push(err("spec.channelTemplate", "field is immutable"));
+            }
+        }),
         "InMemoryChannel" => typed::<InMemoryChannel>(object, &mut errors)
             .map(|c| validate_channel(c.spec.delivery.as_ref(), &mut rules)),
         "Subscription" => {
@@ -407,7 +413,18 @@ fn validate_subscription(subscription: &Subscription, existing: Option<&Value>, 
     let spec = &subscription.spec;
     match &spec.channel {
         None => errors.push(err("spec.channel", "required")),
-        Some(channel) => validate_reference("spec.channel", channel, true, errors),
+        Some(channel) => {
+            validate_reference("spec.channel", channel, true, errors);
+            // Knative: the channel is in the Subscription's namespace, so its `namespace` is unset, empty, or
+            // (as Knative's reference check lets through) that same namespace.
+            let own = subscription.metadata.namespace.as_str();
+            if channel.namespace.as_deref().is_some_and(|namespace| !namespace.is_empty() && namespace != own) {
+                errors.push(err(
+                    "spec.channel.namespace",
+                    "must be unset: the channel is in the Subscription's own namespace",
+                ));
+            }
+        }
     }
     if let Some(existing) = existing
         && existing.pointer("/spec/channel")

@@ -73,6 +73,11 @@ fn set(mut object: Value, pointer: &str, value: Value) -> Value {
 fn invalid_objects_name_their_field() {
     let cases: Vec<(&str, Value, &str)> = vec![
         ("unknown kind", set(broker(), "/kind", json!("Brokers")), "kind"),
+        (
+            "subscription channel in another namespace",
+            set(subscription(), "/spec/channel/namespace", json!("elsewhere")),
+            "spec.channel.namespace",
+        ),
         ("wrong api version", set(broker(), "/apiVersion", json!("eventing.knative.dev/v1beta1")), "apiVersion"),
         ("missing name", set(broker(), "/metadata/name", Value::Null), "metadata.name"),
         ("upper-case name", set(broker(), "/metadata/name", json!("Default")), "metadata.name"),
@@ -722,4 +727,22 @@ fn knative_fixtures_still_validate() {
         count += 1;
     }
     assert!(count >= 5, "{count} fixtures");
+}
+
+/// Knative: a Channel's `spec.channelTemplate` MUST be immutable (its backing channel is made from it once).
+#[test]
+fn a_channels_template_is_immutable() {
+    let with_template = |kind: &str| {
+        set(
+            json!({"apiVersion": "messaging.knative.dev/v1", "kind": "Channel",
+                "metadata": {"name": "c", "namespace": "default"}}),
+            "/spec",
+            json!({"channelTemplate": {"apiVersion": "messaging.knative.dev/v1", "kind": kind}}),
+        )
+    };
+    let stored = with_template("InMemoryChannel");
+    assert_eq!(validate_object(&stored, Some(&stored)), Ok(()), "unchanged");
+    let errors = validate_object(&with_template("KafkaChannel"), Some(&stored)).expect_err("changed");
+    assert!(errors.iter().any(|e| e.path == "spec.channelTemplate"), "{errors:?}");
+    assert_eq!(validate_object(&with_template("KafkaChannel"), None), Ok(()), "a new Channel chooses its template");
 }
