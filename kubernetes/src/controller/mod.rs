@@ -27,7 +27,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::crd::{
-    Broker, Channel, Configuration, EventPolicy, KnativeService, KnativeStatus, Route, Subscription, Trigger,
+    Broker, Channel, Configuration, EventPolicy, InMemoryChannel, KnativeService, KnativeStatus, Route, Subscription,
+    Trigger,
 };
 use crate::error::Error;
 use crate::reconcile::{
@@ -108,6 +109,7 @@ pub trait Pushed:
 impl Pushed for Broker {}
 impl Pushed for Trigger {}
 impl Pushed for Channel {}
+impl Pushed for InMemoryChannel {}
 impl Pushed for Subscription {}
 impl Pushed for EventPolicy {}
 impl Pushed for KnativeService {}
@@ -403,12 +405,16 @@ async fn control_triggers(ctx: Arc<Context>) {
 
 /// Runs the controllers for every pushed kind until a shutdown signal.
 pub async fn run(ctx: Arc<Context>) {
-    let eventing = futures::future::join5(
-        control::<Broker>(ctx.clone()),
-        control_triggers(ctx.clone()),
-        control::<Channel>(ctx.clone()),
-        control::<Subscription>(ctx.clone()),
-        control::<EventPolicy>(ctx.clone()),
+    let eventing = futures::future::join(
+        futures::future::join5(
+            control::<Broker>(ctx.clone()),
+            control_triggers(ctx.clone()),
+            control::<Channel>(ctx.clone()),
+            control::<Subscription>(ctx.clone()),
+            control::<EventPolicy>(ctx.clone()),
+        ),
+        // Knative's InMemoryChannel (its CRD is shipped): Sluice serves it, durably.
+        control::<InMemoryChannel>(ctx.clone()),
     );
     if ctx.settings.serve_knative_serving {
         let serving = futures::future::join3(

@@ -219,6 +219,35 @@ async fn a_sluice_class_broker_gets_a_finalizer_first() {
     assert!(sluice.journal.lock().expect("journal").is_empty(), "nothing reaches Sluice before the finalizer");
 }
 
+/// Regression: Knative's InMemoryChannel CRD was installed but no controller watched it, so an IMC never
+/// reached Sluice and its Subscriptions stayed `ChannelNotFound`.
+#[tokio::test]
+async fn an_in_memory_channel_is_pushed_and_gets_its_address() {
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, mut handle) = context(sluice.clone());
+    let mut channel: crate::crd::InMemoryChannel = serde_json::from_value(json!({
+        "apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
+        "metadata": {"name": "c", "namespace": "default", "generation": 1, "finalizers": [FINALIZER]},
+        "spec": {}
+    }))
+    .expect("channel");
+    channel.meta_mut().namespace = Some("default".into());
+    let echo = serde_json::to_value(&channel).expect("json");
+    play(channel, ctx, async move {
+        let (method, path, body, send) = next_request(&mut handle).await;
+        assert_eq!(method, Method::PATCH);
+        assert_eq!(path, "/apis/messaging.knative.dev/v1/namespaces/default/inmemorychannels/c/status?");
+        assert_eq!(
+            body["status"]["address"]["url"],
+            "http://sluice-ingress.sluice-system.svc.cluster.local/channels/default/c"
+        );
+        respond(send, &echo);
+    })
+    .await
+    .expect("reconcile");
+    assert_eq!(*sluice.journal.lock().expect("journal"), vec!["apply InMemoryChannel/default/c".to_string()]);
+}
+
 #[tokio::test]
 async fn a_sluice_class_broker_gets_its_status_and_address() {
     let sluice = Arc::new(FakeSluice::default());
