@@ -127,5 +127,8 @@ mod tests {
         assert!(BrokerError::Indeterminate { group, reason: reason.clone() }.is_retryable());
         assert!(BrokerError::Interrupted { group, reason }.is_retryable());
         assert!(BrokerError::NoLeader { group }.is_retryable());
+        // An answer of the wrong shape to an append was reported as `Indeterminate`, so producers retried a bug.
+        let wrong_shape = crate::command::forward::WriteFailure::Bug { group, reason: "unexpected response".into() };
+        assert!(!BrokerError::from(wrong_shape).is_retryable());
     }
 }

@@ -62,6 +62,10 @@ pub enum WriteFailure {
     TooLarge { bytes: usize, limit_bytes: usize },
     #[error("the write may or may not have been committed: {reason}")]
     Indeterminate { group: GroupId, reason: String },
+    /// Something that cannot happen did (an answer of the wrong shape): a bug, never retried. Last, so that the
+    /// variants before it keep their wire numbers.
+    #[error("bug in group {group}: {reason}")]
+    Bug { group: GroupId, reason: String },
 }
 
 impl From<WriteFailure> for BrokerError {
@@ -71,6 +75,7 @@ impl From<WriteFailure> for BrokerError {
             WriteFailure::QueueFull { group, capacity } => BrokerError::QueueFull { group, capacity },
             WriteFailure::TooLarge { bytes, limit_bytes } => BrokerError::AppendTooLarge { bytes, limit_bytes },
             WriteFailure::Indeterminate { group, reason } => BrokerError::Indeterminate { group, reason },
+            WriteFailure::Bug { group, reason } => BrokerError::Bug { group, reason },
         }
     }
 }

@@ -391,7 +391,7 @@ async fn commit(group: GroupId, raft: &Raft, batch: Vec<PendingAppend>, records:
                 let reason = format!("unexpected response to an append: {other:?}");
                 tracing::error!(group, %reason);
                 for reply in replies {
-                    let _ = reply.send(Err(WriteFailure::Indeterminate { group, reason: reason.clone() }));
+                    let _ = reply.send(Err(WriteFailure::Bug { group, reason: reason.clone() }));
                 }
             }
         },

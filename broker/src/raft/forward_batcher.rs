@@ -83,7 +83,7 @@ async fn send(group: GroupId, peers: &PeerClients, leader_addr: &str, batch: Vec
             let reason = format!("unexpected reply to a forwarded batch: {other:?}");
             tracing::error!(group, %reason);
             for reply in replies {
-                let _ = reply.send(Err(WriteFailure::Indeterminate { group, reason: reason.clone() }));
+                let _ = reply.send(Err(WriteFailure::Bug { group, reason: reason.clone() }));
             }
         }
         Err(failure) => {
