@@ -19,6 +19,9 @@ use crate::error::BrokerError;
 /// Longest stream name (bytes).
 pub(crate) const MAX_STREAM_NAME_BYTES: usize = 512;
 
+/// The most records one `Trim` entry drops (see [`Node::trim`]).
+const MAX_TRIM_RECORDS_PER_ENTRY: u64 = 16_384;
+
 impl Node {
     /// Appends `payloads` to `stream` in `partition`; answers where they went
     /// once committed (the stored ones have dense offsets from `first_offset`;
@@ -47,9 +50,20 @@ impl Node {
 
     /// Drops the records of `stream` in `partition` below `before_offset` (retention).
     pub async fn trim(&self, partition: u32, stream: &str, before_offset: u64) -> Result<(), BrokerError> {
-        let group = self.partition_group_id(partition)?;
-        let command = LogCommand::Trim { stream: stream.to_string(), before_offset };
-        self.write(group, ForwardedWrite::Command(command)).await.map(|_| ())
+        let group_id = self.partition_group_id(partition)?;
+        // One entry drops at most MAX_TRIM_RECORDS_PER_ENTRY records: applying a trim reads every record it drops
+        // (to count the bytes it frees) on every replica, and one trim of millions (a retention shortened on a
+        // large stream, a purge) would hold the group's apply, and every append behind it, past their timeouts.
+        let mut start = self.group(group_id)?.view.extent(stream).start_offset;
+        loop {
+            let next = before_offset.min(start.saturating_add(MAX_TRIM_RECORDS_PER_ENTRY));
+            let command = LogCommand::Trim { stream: stream.to_string(), before_offset: next };
+            self.write(group_id, ForwardedWrite::Command(command)).await?;
+            if next >= before_offset {
+                return Ok(());
+            }
+            start = next;
+        }
     }
 
     /// Commits consumer offsets in `partition`'s group: each cursor moves to
