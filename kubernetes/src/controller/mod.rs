@@ -79,12 +79,33 @@ pub struct Context {
     recorder: Recorder,
     /// Consecutive failures per object, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Consecutive reconciles per object that found it not Ready, for [`not_ready_requeue`].
+    not_ready: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
     pub fn new(client: Client, sluice: Arc<dyn SluiceApi>, settings: Settings, reporter: Reporter) -> Arc<Context> {
         let recorder = Recorder::new(client.clone(), reporter);
-        Arc::new(Context { client, sluice, settings, recorder, failures: Mutex::default() })
+        Arc::new(Context {
+            client,
+            sluice,
+            settings,
+            recorder,
+            failures: Mutex::default(),
+            not_ready: Mutex::default(),
+        })
+    }
+
+    /// The requeue of an object found Ready (or not) now, counting its not-Ready reconciles in a row.
+    fn requeue_after(&self, key: String, ready: bool) -> Action {
+        let Ok(mut not_ready) = self.not_ready.lock() else { return Action::requeue(self.settings.resync_not_ready) };
+        if ready {
+            not_ready.remove(&key);
+            return Action::requeue(self.settings.resync_ready);
+        }
+        let times = not_ready.entry(key).or_insert(0);
+        *times = times.saturating_add(1);
+        Action::requeue(not_ready_requeue(self.settings.resync_not_ready, *times))
     }
 }
 
@@ -92,6 +113,14 @@ impl Context {
 pub fn backoff(failures: u32) -> Duration {
     let seconds = 1u64.checked_shl(failures.saturating_sub(1)).unwrap_or(u64::MAX).min(300);
     Duration::from_secs(seconds)
+}
+
+/// When an object not Ready for `times` reconciles in a row is read again: `first` (2 s), doubling to a minute.
+/// What it waits for may have no watch here (a subscriber's Service, a sink in another system), so it is polled,
+/// but not every 2 s for ever; what has a watch (a Trigger's Broker) wakes it at once anyway.
+pub fn not_ready_requeue(first: Duration, times: u32) -> Duration {
+    let factor = 1u32.checked_shl(times.saturating_sub(1)).unwrap_or(u32::MAX);
+    first.saturating_mul(factor).min(Duration::from_secs(60)).max(first)
 }
 
 /// The kinds the controller pushes into Sluice.
@@ -192,6 +221,10 @@ async fn reconcile_inner<K: Pushed>(object: Arc<K>, ctx: &Context) -> Result<Act
             Finalized::Apply(object) => push(&api, &*object, ctx).await,
             Finalized::Cleanup(object) => {
                 ctx.sluice.delete(&kind, &namespace, &object.name_any()).await?;
+                // Gone: nothing is counted for it any more (the maps hold live objects only).
+                if let Ok(mut not_ready) = ctx.not_ready.lock() {
+                    not_ready.remove(&object_key(&*object));
+                }
                 tracing::info!(object = %object_key(&*object), "removed from Sluice");
                 Ok(Action::await_change())
             }
@@ -236,7 +269,7 @@ async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Acti
     if let Err(message) = resolve_core_services(&mut desired, &namespace, ctx).await? {
         let refused = refused_status(generation, "DestinationNotResolved", &message);
         patch_status(api, &name, &value["status"], &refused).await?;
-        return Ok(Action::requeue(ctx.settings.resync_not_ready));
+        return Ok(ctx.requeue_after(object_key(object), false));
     }
     // A resync of an object not yet ready that Sluice already has as it is reads it only: an apply is a Raft
     // write, even when it changes nothing, and such objects are resynced every few seconds. A Ready one is
@@ -265,7 +298,7 @@ async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Acti
     let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
     patch_status(api, &name, &value["status"], &status).await?;
     tracing::debug!(object = %format!("{kind}/{namespace}/{name}"), ready, "pushed to Sluice");
-    Ok(Action::requeue(if ready { ctx.settings.resync_ready } else { ctx.settings.resync_not_ready }))
+    Ok(ctx.requeue_after(object_key(object), ready))
 }
 
 /// Whether a stored object's `status.conditions` hold `kind` as `True`.

@@ -554,6 +554,15 @@ async fn members_a_scaled_down_statefulset_left_behind_are_removed_once_their_po
 }
 
 #[test]
+fn a_not_ready_object_is_read_again_less_and_less_often_up_to_a_minute() {
+    let first = Duration::from_secs(2);
+    let waits: Vec<u64> =
+        [1, 2, 3, 4, 5, 6, 7, 40].iter().map(|&n| super::not_ready_requeue(first, n).as_secs()).collect();
+    assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60, 60]);
+    assert_eq!(super::not_ready_requeue(first, 0), first);
+}
+
+#[test]
 fn backoff_doubles_to_five_minutes() {
     let waits: Vec<u64> = [1, 2, 3, 4, 9, 10, 64, u32::MAX].iter().map(|f| backoff(*f).as_secs()).collect();
     assert_eq!(waits, vec![1, 2, 4, 8, 256, 300, 300, 300]);
