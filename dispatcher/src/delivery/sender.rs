@@ -729,13 +729,13 @@ mod tests {
     }
 
     /// A subscriber that answers every request with `head` then `body`, and closes the connection.
-    async fn raw_subscriber(head: &'static str, body: Vec<u8>) -> String {
+    async fn raw_subscriber(head: String, body: Vec<u8>) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}/", listener.local_addr().expect("address"));
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let body = body.clone();
+                let (head, body) = (head.clone(), body.clone());
                 tokio::spawn(async move {
                     let mut request = Vec::new();
                     let mut buf = [0u8; 4096];
@@ -755,15 +755,23 @@ mod tests {
         url
     }
 
+    /// One attempt at a subscriber that answers 200 with a binary reply declaring `content_length` bytes of data
+    /// and sending 2,000 of them.
+    async fn attempt_with_a_binary_reply(content_length: usize) -> AttemptResult {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nce-specversion: 1.0\r\nce-id: r1\r\nce-source: /reply\r\nce-type: t\r\n\
+             content-type: application/octet-stream\r\ncontent-length: {content_length}\r\n\r\n"
+        );
+        let url = raw_subscriber(head, vec![b'x'; 2000]).await;
+        let sender = Sender::new(None).expect("client");
+        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await
+    }
+
     /// Regression: a reply whose body was cut off (the connection closed before `Content-Length` bytes) was
     /// parsed from what had arrived, and a binary reply was stored with its data cut short.
     #[tokio::test]
     async fn a_reply_cut_off_is_not_parsed_and_the_attempt_is_retried() {
-        let head = "HTTP/1.1 200 OK\r\nce-specversion: 1.0\r\nce-id: r1\r\nce-source: /reply\r\nce-type: t\r\n\
-                    content-type: application/octet-stream\r\ncontent-length: 5000\r\n\r\n";
-        let url = raw_subscriber(head, vec![b'x'; 2000]).await;
-        let sender = Sender::new(None).expect("client");
-        let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+        let result = attempt_with_a_binary_reply(5000).await;
         assert_eq!(result.status, Some(200), "{result:?}");
         assert!(result.reply.is_none(), "no reply is taken from a cut-off body: {result:?}");
         assert!(result.reply_cut.is_some(), "{result:?}");
@@ -771,11 +779,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reply_read_whole_is_parsed() {
-        let head = "HTTP/1.1 200 OK\r\nce-specversion: 1.0\r\nce-id: r1\r\nce-source: /reply\r\nce-type: t\r\n\
-                    content-type: application/octet-stream\r\ncontent-length: 2000\r\n\r\n";
-        let url = raw_subscriber(head, vec![b'x'; 2000]).await;
-        let sender = Sender::new(None).expect("client");
-        let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+        let result = attempt_with_a_binary_reply(2000).await;
         let reply = result.reply.expect("a reply").expect("a valid reply");
         assert!(matches!(&reply.data, Some(cloudevent::EventData::Bytes(data)) if data.len() == 2000), "{reply:?}");
         assert!(result.reply_cut.is_none());

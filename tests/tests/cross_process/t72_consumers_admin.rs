@@ -51,26 +51,12 @@ async fn pause_resume_replay_by_time_and_status() -> anyhow::Result<()> {
     .await?;
     // A pause survives applies once every member has said it reads the entries that keep it
     // (`node/log_format.rs`): the node taking the pause sees the three nodes' publications.
-    let mut resources = ResourcesClient::connect(format!("http://{admin}")).await?;
-    wait_until(Duration::from_secs(20), || {
-        let mut resources = resources.clone();
-        async move {
-            for node in 1..=3 {
-                let name = format!("node-{node}");
-                let node_info = ResourceRef { kind: "SluiceNode".into(), namespace: "sluice-system".into(), name };
-                if resources.get(node_info).await.is_err() {
-                    return Ok(None);
-                }
-            }
-            Ok(Some(()))
-        }
-    })
-    .await?;
+    reads_format_3(&admin).await?;
     // Paused: the backlog grows and nothing is delivered; resumed: it drains.
     let paused = consumers.pause(trigger("t")).await?.into_inner();
     assert!(paused.paused);
     // Applied again without the annotation (as the Kubernetes controller's resync does): still paused.
-    resources = ResourcesClient::connect(format!("http://{}", cluster.nodes[0].admin)).await?;
+    let mut resources = ResourcesClient::connect(format!("http://{}", cluster.nodes[0].admin)).await?;
     let again = trigger_object("default", "t", "b", &subscriber.url(), json!({}), json!({}));
     let reply = resources.apply(ApplyResourceRequest { object_json: again.to_string(), dry_run: false }).await?;
     assert_eq!(reply.into_inner().outcome, "unchanged", "the pause is kept (a removed one would be `configured`)");
@@ -378,8 +364,9 @@ async fn a_redrive_loses_no_letter_it_could_not_send_or_did_not_select() -> anyh
     Ok(())
 }
 
-/// Waits until the node at `admin` has every one of the three nodes' publication of metadata entry format 3 (the
-/// conditional write a redrive's cluster-wide claim takes, `node/log_format.rs`).
+/// Waits until the node at `admin` has every one of the three nodes' publication of metadata entry format 3
+/// (`node/log_format.rs`: the entries that keep a pause, 2, and the conditional write a redrive's cluster-wide
+/// claim takes, 3).
 async fn reads_format_3(admin: &str) -> anyhow::Result<()> {
     let resources = ResourcesClient::connect(format!("http://{admin}")).await?;
     wait_until(Duration::from_secs(30), || {
