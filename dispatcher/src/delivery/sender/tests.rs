@@ -1,0 +1,248 @@
+use super::*;
+
+#[test]
+fn retry_after_in_seconds_or_as_a_date() {
+    assert_eq!(parse_retry_after("3", 0), Some(RetryAfter::Seconds(3)));
+    assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 0), Some(RetryAfter::AtMs(1_445_412_480_000)));
+    assert_eq!(parse_retry_after("soon", 0), None);
+}
+
+#[test]
+fn ce_header_names_are_the_attribute_names_prefixed() {
+    for attribute in [
+        "id",
+        "source",
+        "type",
+        "specversion",
+        "time",
+        "subject",
+        "dataschema",
+        "knativearrivaltime",
+        "traceparent",
+        "tracestate",
+        "partitionkey",
+        "myextension",
+        "a1",
+    ] {
+        let name = ce_header_name(attribute).expect("a valid header name");
+        assert_eq!(name.as_str(), format!("ce-{attribute}"));
+    }
+}
+
+#[test]
+fn traceparent_is_kept_or_derived_stably() {
+    let mut event = cloudevent::from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#)
+        .expect("valid event");
+    let derived = traceparent(&event);
+    assert!(is_traceparent(&derived), "{derived}");
+    assert_eq!(derived, traceparent(&event));
+    let own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    event.attributes.insert("traceparent".into(), AttrValue::String(own.into()));
+    assert_eq!(traceparent(&event), own);
+}
+
+/// A subscriber that answers the first request on each connection and, keeping it alive, closes it when the
+/// next request arrives without answering (what a server closing an idle connection does as it is reused).
+/// `answer_first: false`: it closes every connection without answering.
+async fn closing_subscriber(answer_first: bool) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("address"));
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut answered = !answer_first;
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One whole request: its head, then the body its content-length names.
+                    let Some(head_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buffer.len() < head_end + 4 + length {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    }
+                    buffer.drain(..head_end + 4 + length);
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if answered {
+                        return; // closes the connection: the request is lost with it
+                    }
+                    answered = true;
+                    if stream.write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, requests)
+}
+
+fn event() -> CloudEvent {
+    cloudevent::from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"n":1}}"#)
+        .expect("valid event")
+}
+
+#[tokio::test]
+async fn regression_idle_connection_closed_as_it_is_reused_loses_no_event() {
+    let (url, requests) = closing_subscriber(true).await;
+    let sender = Sender::new(None).expect("client");
+    let first = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+    assert_eq!(first.status, Some(202), "{first:?}");
+    // Goes out on the kept-alive connection, which the subscriber closes: sent again on a new one.
+    let second = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+    assert_eq!(second.status, Some(202), "{second:?}");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[test]
+fn urls_a_uri_cannot_take_as_they_are_are_normalised_first() {
+    assert_eq!(parse_uri("http://a.example:8080/x?y=1").expect("valid").to_string(), "http://a.example:8080/x?y=1");
+    assert_eq!(parse_uri("http://a.example/with space").expect("valid").path(), "/with%20space");
+    assert_eq!(parse_uri("http://bücher.example/").expect("valid").host(), Some("xn--bcher-kva.example"));
+    for invalid in ["", "not a url", "/relative/only", "http://"] {
+        assert!(parse_uri(invalid).is_err(), "{invalid:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_localhost_name_reaches_loopback_over_plain_http() {
+    let (url, requests) = closing_subscriber(true).await;
+    let port = url.trim_end_matches('/').rsplit(':').next().expect("a port").to_string();
+    let sender = Sender::new(None).expect("client");
+    let url = format!("http://hello.default.localhost:{port}/");
+    let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+    assert_eq!(result.status, Some(202), "{result:?}");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_answers_times_out_with_no_status() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("address"));
+    // Accepts, reads and holds the connection without answering.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let sender = Sender::new(None).expect("client");
+    let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 200, 0).await;
+    assert_eq!(result.status, None, "{result:?}");
+    assert_eq!(result.error.as_deref(), Some("no response within 200 ms"));
+}
+
+/// A subscriber that answers every request with `head` then `body`, and closes the connection.
+async fn raw_subscriber(head: String, body: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (head, body) = (head.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The request's head, then the body's bytes that came with it; the answer does not wait for more.
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&body).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+/// One attempt at a subscriber that answers 200 with a binary reply declaring `content_length` bytes of data
+/// and sending 2,000 of them.
+async fn attempt_with_a_binary_reply(content_length: usize) -> AttemptResult {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nce-specversion: 1.0\r\nce-id: r1\r\nce-source: /reply\r\nce-type: t\r\n\
+         content-type: application/octet-stream\r\ncontent-length: {content_length}\r\n\r\n"
+    );
+    let url = raw_subscriber(head, vec![b'x'; 2000]).await;
+    let sender = Sender::new(None).expect("client");
+    sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await
+}
+
+/// Regression: a reply whose body was cut off (the connection closed before `Content-Length` bytes) was
+/// parsed from what had arrived, and a binary reply was stored with its data cut short.
+#[tokio::test]
+async fn a_reply_cut_off_is_not_parsed_and_the_attempt_is_retried() {
+    let result = attempt_with_a_binary_reply(5000).await;
+    assert_eq!(result.status, Some(200), "{result:?}");
+    assert!(result.reply.is_none(), "no reply is taken from a cut-off body: {result:?}");
+    assert!(result.reply_cut.is_some(), "{result:?}");
+}
+
+#[tokio::test]
+async fn a_reply_read_whole_is_parsed() {
+    let result = attempt_with_a_binary_reply(2000).await;
+    let reply = result.reply.expect("a reply").expect("a valid reply");
+    assert!(matches!(&reply.data, Some(cloudevent::EventData::Bytes(data)) if data.len() == 2000), "{reply:?}");
+    assert!(result.reply_cut.is_none());
+}
+
+/// The HTTP binding tells the modes apart by `Content-Type` first: a structured reply that also carries a
+/// stray `ce-specversion` header is structured.
+#[test]
+fn a_structured_reply_with_a_stray_ce_header_is_structured() {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("content-type", http::HeaderValue::from_static("application/cloudevents+json"));
+    headers.insert("ce-specversion", http::HeaderValue::from_static("1.0"));
+    let body = Bytes::from_static(br#"{"specversion":"1.0","id":"r","source":"/s","type":"t","data":{"n":2}}"#);
+    let reply = parse_reply(&headers, body).expect("a reply").expect("valid");
+    assert_eq!(reply.get_str("id"), Some("r"));
+    headers.insert("content-type", http::HeaderValue::from_static("application/json"));
+    for (name, value) in [("ce-id", "b"), ("ce-source", "/s"), ("ce-type", "t")] {
+        headers.insert(name, http::HeaderValue::from_static(value));
+    }
+    let binary = parse_reply(&headers, Bytes::from_static(b"{}")).expect("a reply").expect("valid");
+    assert_eq!(binary.get_str("id"), Some("b"));
+}
+
+#[tokio::test]
+async fn a_closed_port_is_a_connection_failure_and_not_resent() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("address"));
+    drop(listener);
+    let sender = Sender::new(None).expect("client");
+    let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+    assert_eq!(result.status, None, "{result:?}");
+    let error = result.error.expect("an error");
+    assert!(error.starts_with("connection failed"), "{error}");
+}
+
+#[tokio::test]
+async fn a_subscriber_that_always_drops_the_connection_is_sent_to_once_more_only() {
+    let (url, requests) = closing_subscriber(false).await;
+    let sender = Sender::new(None).expect("client");
+    let result = sender.send(&url, None, Protocol::Http1, Format::Structured, &event(), None, 5_000, 0).await;
+    assert_eq!(result.status, None, "{result:?}");
+    assert!(result.error.is_some());
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1 + MAX_RESENDS as usize);
+}
