@@ -475,22 +475,37 @@ impl DeadLetters for ConsumersAdmin {
             let _running = running;
             let mut lease = lease;
             let mut progress = RedriveProgress { total, ..Default::default() };
-            let work = async {
-                for (partition, start, end) in extents {
-                    redrive.partition(partition, start, end, &mut progress, &tx).await?;
+            // Why the redrive stops early, looked at between letters only: a letter is handled whole (delivered
+            // or kept, then trimmed), or a copy kept at the stream's end would stay beside the original.
+            let (stop_tx, stop) = tokio::sync::watch::channel(None::<Option<Status>>);
+            let ended = {
+                let work = async {
+                    for (partition, start, end) in extents {
+                        redrive.partition(partition, start, end, &mut progress, &tx, &stop).await?;
+                    }
+                    Ok::<(), Option<Status>>(())
+                };
+                tokio::pin!(work);
+                let mut stopping = false;
+                loop {
+                    tokio::select! {
+                        ended = &mut work => break ended,
+                        // A client that goes away ends the redrive after the letter in hand (not at the next one it
+                        // would be told of): what was handled so far is trimmed, the rest stays for the next redrive.
+                        _ = tx.closed(), if !stopping => {
+                            stopping = true;
+                            let _ = stop_tx.send(Some(None));
+                        }
+                        _ = lost(&mut lease), if !stopping => {
+                            stopping = true;
+                            let _ = stop_tx.send(Some(Some(error_status(
+                                ErrorCode::RedriveRunning,
+                                "the redrive's claim on these dead letters was lost (not renewed in time, or taken over \
+                                 by another node); what was handled so far is trimmed, the rest stays",
+                            ))));
+                        }
+                    }
                 }
-                Ok::<(), Option<Status>>(())
-            };
-            // A client that goes away ends the redrive at once (not at the next letter it would be told of):
-            // what was handled so far is trimmed, the rest stays for the next redrive.
-            let ended = tokio::select! {
-                ended = work => ended,
-                _ = tx.closed() => Err(None),
-                _ = lost(&mut lease) => Err(Some(error_status(
-                    ErrorCode::RedriveRunning,
-                    "the redrive's claim on these dead letters was lost (not renewed in time, or taken over by \
-                     another node); what was handled so far is trimmed, the rest stays",
-                ))),
             };
             if let Some(lease) = lease {
                 lease.release().await;
@@ -615,6 +630,7 @@ impl Redrive {
         end: u64,
         progress: &mut RedriveProgress,
         tx: &tokio::sync::mpsc::Sender<Result<RedriveProgress, Status>>,
+        stop: &tokio::sync::watch::Receiver<Option<Option<Status>>>,
     ) -> Result<(), Option<Status>> {
         let is_selected = |offset: u64| self.selected.is_empty() || self.selected.contains(&(partition, offset));
         let last_selected = if self.selected.is_empty() {
@@ -633,6 +649,9 @@ impl Redrive {
             let Some(last_read) = letters.records.last().map(|r| r.offset) else { break };
             from = last_read + 1;
             for record in letters.records {
+                if let Some(why) = stop.borrow().clone() {
+                    return Err(why);
+                }
                 let offset = record.offset;
                 let letter = Letter::decode(&self.stream, offset, record.arrival_ms, record.payload);
                 self.handle(&ctx, partition, offset, letter, is_selected(offset), progress, tx).await?;

@@ -11,6 +11,7 @@
 //! agree within a few seconds, as Kubernetes' Leases assume; a node whose clock runs far ahead could take over
 //! a live claim early.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -93,7 +94,9 @@ pub(crate) struct HeldLease {
     node: Node,
     key: ResourceKey,
     operation: &'static str,
-    token: String,
+    /// The token stored now: every renewal writes a new one, so that a node deciding from an older copy of the
+    /// lease (one that shows it run out) cannot write over a renewed claim.
+    token: Arc<Mutex<String>>,
     /// Turns true when the claim is lost (taken over, or not renewed in time).
     lost: watch::Receiver<bool>,
     renewing: tokio::task::JoinHandle<()>,
@@ -111,6 +114,10 @@ fn lease_object(key: &ResourceKey, holder: u64, token: &str, expires_at_ms: u64,
     })
 }
 
+fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 /// Takes the lease on `consumer`'s dead letters (`<kind>.<namespace>.<name>`, lowercase) for `operation`.
 /// `Ok(None)`: some member of the cluster does not read conditional writes yet (a rolling upgrade); the
 /// caller goes on with its node's own guard only, as before.
@@ -120,14 +127,19 @@ pub(crate) async fn take(
     operation: &'static str,
 ) -> Result<Option<HeldLease>, LeaseRefused> {
     let key = lease_key(consumer);
+    // What the metadata group's leader last reported: a restarted or lagging node would otherwise decide from
+    // an old copy (the conditional write still refuses a stale decision; this makes it rare).
+    node.catch_up_metadata().await?;
     let stored = node.resource(&key).and_then(|json| serde_json::from_str::<Value>(&json).ok());
     let stored = stored.as_ref().and_then(LeaseView::parse);
     let over = match decide(stored.as_ref(), node.id(), now_ms()) {
         LeaseStep::Take { over } => over,
         LeaseStep::HeldBy { holder, operation, .. } => return Err(LeaseRefused::HeldBy { holder, operation }),
     };
-    let token = format!("{:032x}", rand::random::<u128>());
-    let object = lease_object(&key, node.id(), &token, now_ms() + LEASE_DURATION_MS, operation);
+    let token = new_token();
+    // Computed before the write: the claim lasts from here as stored, however long the write takes.
+    let expires_at_ms = now_ms() + LEASE_DURATION_MS;
+    let object = lease_object(&key, node.id(), &token, expires_at_ms, operation);
     match node.put_internal_object_if_token(&object, over.as_deref()).await? {
         None => return Ok(None),
         Some(false) => return Err(LeaseRefused::Lost),
@@ -135,34 +147,55 @@ pub(crate) async fn take(
     }
     metrics::counter!("sluice_redrive_leases_taken_total").increment(1);
     let (lost_tx, lost) = watch::channel(false);
-    let renewing =
-        tokio::spawn(renew(node.clone(), key.clone(), token.clone(), operation, now_ms() + LEASE_DURATION_MS, lost_tx));
+    let token = Arc::new(Mutex::new(token));
+    let renewing = tokio::spawn(renew(node.clone(), key.clone(), token.clone(), operation, expires_at_ms, lost_tx));
     Ok(Some(HeldLease { node: node.clone(), key, operation, token, lost, renewing }))
 }
 
-/// Renews the claim every [`RENEW_EVERY_MS`] until it is lost: taken over (the conditional write fails), or
-/// not renewed until [`GIVE_UP_BEFORE_MS`] before it runs out.
+/// Renews the claim every [`RENEW_EVERY_MS`] with a new token, until it is lost: taken over (the conditional write
+/// fails), or not renewed by [`GIVE_UP_BEFORE_MS`] before it runs out as stored (each write is bounded by that).
 async fn renew(
     node: Node,
     key: ResourceKey,
-    token: String,
+    token: Arc<Mutex<String>>,
     operation: &str,
     mut expires_at_ms: u64,
     lost: watch::Sender<bool>,
 ) {
+    let give_up_in = |expires_at_ms: u64| {
+        Duration::from_millis(expires_at_ms.saturating_sub(GIVE_UP_BEFORE_MS).saturating_sub(now_ms()))
+    };
+    let mut next_attempt = tokio::time::Instant::now() + Duration::from_millis(RENEW_EVERY_MS);
     loop {
-        tokio::time::sleep(Duration::from_millis(RENEW_EVERY_MS)).await;
-        let next = now_ms() + LEASE_DURATION_MS;
-        let object = lease_object(&key, node.id(), &token, next, operation);
-        match node.put_internal_object_if_token(&object, Some(&token)).await {
-            Ok(Some(true)) => expires_at_ms = next,
-            Ok(Some(false)) => {
+        let give_up_at = tokio::time::Instant::now() + give_up_in(expires_at_ms);
+        tokio::time::sleep_until(next_attempt.min(give_up_at)).await;
+        if tokio::time::Instant::now() >= give_up_at {
+            tracing::warn!(lease = %key.name, "the redrive's claim could not be renewed in time");
+            let _ = lost.send(true);
+            return;
+        }
+        let current = token.lock().map(|t| t.clone()).unwrap_or_default();
+        let (renewed, next_expiry) = (new_token(), now_ms() + LEASE_DURATION_MS);
+        let object = lease_object(&key, node.id(), &renewed, next_expiry, operation);
+        let write = node.put_internal_object_if_token(&object, Some(&current));
+        match tokio::time::timeout_at(give_up_at, write).await {
+            Ok(Ok(Some(true))) => {
+                if let Ok(mut token) = token.lock() {
+                    *token = renewed;
+                }
+                expires_at_ms = next_expiry;
+                next_attempt = tokio::time::Instant::now() + Duration::from_millis(RENEW_EVERY_MS);
+            }
+            Ok(Ok(Some(false))) => {
+                // Taken over, or an earlier renewal whose answer was lost did land: either way this node no
+                // longer knows the token, and stops.
                 tracing::warn!(lease = %key.name, "the redrive's claim was taken over");
                 let _ = lost.send(true);
                 return;
             }
-            Ok(None) | Err(_) if now_ms() + GIVE_UP_BEFORE_MS < expires_at_ms => {}
-            Ok(None) | Err(_) => {
+            // Not written (no leader, a rolling upgrade started meanwhile): tried again soon, until it is too late.
+            Ok(Ok(None) | Err(_)) => next_attempt = tokio::time::Instant::now() + Duration::from_secs(1),
+            Err(_elapsed) => {
                 tracing::warn!(lease = %key.name, "the redrive's claim could not be renewed in time");
                 let _ = lost.send(true);
                 return;
@@ -183,8 +216,9 @@ impl HeldLease {
     /// Gives the claim back (it runs out by itself if this fails).
     pub(crate) async fn release(self) {
         self.renewing.abort();
-        let object = lease_object(&self.key, self.node.id(), &self.token, 0, self.operation);
-        if let Err(e) = self.node.put_internal_object_if_token(&object, Some(&self.token)).await {
+        let current = self.token.lock().map(|t| t.clone()).unwrap_or_default();
+        let object = lease_object(&self.key, self.node.id(), &current, 0, self.operation);
+        if let Err(e) = self.node.put_internal_object_if_token(&object, Some(&current)).await {
             tracing::debug!(lease = %self.key.name, error = %e, "the claim was not given back; it runs out by itself");
         }
     }

@@ -186,6 +186,16 @@ enum BodyCut {
     Idle,
 }
 
+/// The frame that ends a body cut off, counted by why.
+fn cut(why: BodyCut) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
+    let label = match why {
+        BodyCut::Timeout => "timeout",
+        BodyCut::Idle => "idle",
+    };
+    metrics::counter!("sluice_serving_responses_cut_total", "why" => label).increment(1);
+    Poll::Ready(Some(Err(why.into())))
+}
+
 impl<B> hyper::body::Body for TimedBody<B>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
@@ -196,25 +206,21 @@ where
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        // The deadline first: a body with data always ready (a fast app, a client that reads as fast) would
+        // otherwise never be cut.
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return cut(BodyCut::Timeout);
+        }
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             if let Some((idle, timer)) = &mut this.idle {
                 timer.as_mut().reset(tokio::time::Instant::now() + *idle);
             }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
-        let cut = if this.deadline.as_mut().poll(cx).is_ready() {
-            BodyCut::Timeout
-        } else if this.idle.as_mut().is_some_and(|(_, timer)| timer.as_mut().poll(cx).is_ready()) {
-            BodyCut::Idle
-        } else {
-            return Poll::Pending;
-        };
-        metrics::counter!("sluice_serving_responses_cut_total", "why" => match cut {
-            BodyCut::Timeout => "timeout",
-            BodyCut::Idle => "idle",
-        })
-        .increment(1);
-        Poll::Ready(Some(Err(cut.into())))
+        if this.idle.as_mut().is_some_and(|(_, timer)| timer.as_mut().poll(cx).is_ready()) {
+            return cut(BodyCut::Idle);
+        }
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
@@ -366,6 +372,24 @@ mod tests {
         let cut = timed.frame().await.expect("a frame").err().map(cut_by);
         assert_eq!(cut.as_deref(), Some("the response body was silent for the revision's idleTimeoutSeconds"));
         drop(tx);
+    }
+
+    /// Regression (review): the deadline was looked at only when the app had nothing to send, so a body with data
+    /// always ready was never cut.
+    #[tokio::test]
+    async fn a_body_with_data_always_ready_is_cut_at_the_deadline() {
+        let endless = http_body_util::StreamBody::new(futures::stream::repeat_with(chunk));
+        let mut timed = TimedBody::new(endless, Instant::now() + Duration::from_millis(100), None);
+        let started = Instant::now();
+        let cut = loop {
+            match timed.frame().await {
+                Some(Ok(_)) if started.elapsed() < Duration::from_secs(20) => tokio::task::yield_now().await,
+                Some(Ok(_)) => break None,
+                Some(Err(e)) => break Some(cut_by(e)),
+                None => break None,
+            }
+        };
+        assert_eq!(cut.as_deref(), Some("the response did not end within the revision's timeoutSeconds"));
     }
 
     /// A body that keeps sending is cut off when the request's `timeoutSeconds` runs out (Knative's queue-proxy

@@ -75,7 +75,15 @@ impl Node {
     /// called (on the leader itself: everything it committed). At most four election timeouts; then
     /// `Interrupted`, which is worth retrying.
     pub async fn catch_up(&self, partition: u32) -> Result<(), BrokerError> {
-        let group_id = self.partition_group_id(partition)?;
+        self.catch_up_group(self.partition_group_id(partition)?).await
+    }
+
+    /// [`Node::catch_up`] for the metadata group (resources, leases).
+    pub async fn catch_up_metadata(&self) -> Result<(), BrokerError> {
+        self.catch_up_group(METADATA_GROUP).await
+    }
+
+    async fn catch_up_group(&self, group_id: crate::command::GroupId) -> Result<(), BrokerError> {
         let group = self.group(group_id)?;
         let target = group.raft.metrics().borrow_watched().cluster_committed.as_ref().map_or(0, |id| id.index);
         let mut applied = group.view.watch_applied();
@@ -86,7 +94,7 @@ impl Node {
             Err(_) => Err(BrokerError::Interrupted {
                 group: group_id,
                 reason: format!(
-                    "this node has not applied partition {partition}'s committed entries (to index {target}) within {} ms",
+                    "this node has not applied group {group_id}'s committed entries (to index {target}) within {} ms",
                     wait.as_millis()
                 ),
             }),

@@ -48,7 +48,8 @@ pub(crate) struct LocalRuntime {
 struct LocalSlots {
     max: usize,
     running: usize,
-    fixed_ports: std::collections::HashSet<u16>,
+    /// The fixed ports held, and the revision (`namespace/name`) of the instance holding each.
+    fixed_ports: std::collections::HashMap<u16, String>,
 }
 
 /// One instance's share of [`LocalSlots`], given back when its process has exited (or when it did not start).
@@ -58,21 +59,34 @@ struct LocalSlot {
 }
 
 impl LocalSlots {
-    /// Takes a slot for an instance (on `fixed_port`, if it has one), or says why it must wait.
-    fn take(slots: &Arc<Mutex<LocalSlots>>, fixed_port: Option<u16>) -> Result<LocalSlot, String> {
+    /// Takes a slot for an instance of `revision` (on `fixed_port`, if it has one), or says why it must wait. A
+    /// fixed port held by an instance of the same revision makes it wait (one instance per fixed port, as before);
+    /// one held by another revision's instance (a rollout: the old revision serves until the new one is Ready)
+    /// gives it a port of its own instead, which `PORT` tells it (Knative's runtime contract: an app listens on
+    /// `PORT`), so that its readiness probe reaches it and not the old process. `Ok((slot, true))`: moved.
+    fn take(
+        slots: &Arc<Mutex<LocalSlots>>,
+        revision: &str,
+        fixed_port: Option<u16>,
+    ) -> Result<(LocalSlot, bool), String> {
         let mut held = slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if held.running >= held.max {
             return Err(format!("this node runs {} local instances already (--max-local-instances)", held.running));
         }
-        if let Some(port) = fixed_port
-            && held.fixed_ports.contains(&port)
-        {
-            return Err(format!("port {port} is held by another instance on this node until it exits"));
-        }
+        let (fixed_port, moved) = match fixed_port.map(|port| (port, held.fixed_ports.get(&port))) {
+            Some((port, Some(holder))) if holder == revision => {
+                return Err(format!("port {port} is held by another instance of {revision} until it exits"));
+            }
+            Some((_, Some(_))) => (None, true),
+            Some((port, None)) => (Some(port), false),
+            None => (None, false),
+        };
         held.running += 1;
-        held.fixed_ports.extend(fixed_port);
+        if let Some(port) = fixed_port {
+            held.fixed_ports.insert(port, revision.to_string());
+        }
         metrics::gauge!("sluice_serving_local_instances").set(held.running as f64);
-        Ok(LocalSlot { slots: slots.clone(), fixed_port })
+        Ok((LocalSlot { slots: slots.clone(), fixed_port }, moved))
     }
 }
 
@@ -139,9 +153,23 @@ impl Runtime for LocalRuntime {
 
     fn start(
         &self,
-        spec: InstanceSpec,
+        mut spec: InstanceSpec,
         events: mpsc::Sender<InstanceEvent>,
     ) -> Result<Box<dyn Instance>, ServingError> {
+        let fixed_port = spec.fixed_port.then_some(spec.port);
+        let (slot, moved) = LocalSlots::take(&self.slots, &spec.revision, fixed_port)
+            .map_err(|reason| ServingError::NoRoom { revision: spec.revision.clone(), reason })?;
+        let fixed_port = slot.fixed_port;
+        if moved {
+            let port = free_port()?;
+            tracing::info!(revision = %spec.revision, instance = spec.id, port, "its containerPort is held by another revision's instance on this node: a port of its own");
+            spec.port = port;
+            spec.readiness = match spec.readiness {
+                Readiness::TcpConnect { .. } => Readiness::TcpConnect { port },
+                Readiness::HttpGet { path, .. } => Readiness::HttpGet { port, path },
+                exec @ Readiness::Exec { .. } => exec,
+            };
+        }
         // `$(VAR)` in env values refers to variables defined before it; in command and args, to all of them.
         let mut vars: Vec<(String, String)> = vec![("PORT".into(), spec.port.to_string())];
         for (name, value) in &spec.env {
@@ -154,9 +182,6 @@ impl Runtime for LocalRuntime {
             command: String::new(),
             reason: "no command".into(),
         })?;
-        let fixed_port = spec.fixed_port.then_some(spec.port);
-        let slot = LocalSlots::take(&self.slots, fixed_port)
-            .map_err(|reason| ServingError::NoRoom { revision: spec.revision.clone(), reason })?;
         if let Some(port) = fixed_port
             && port_taken_by_another_program(port)
         {
@@ -588,20 +613,23 @@ mod tests {
         wait_for("the child that ignored SIGTERM is killed with its instance", || gone(orphan)).await;
     }
 
-    /// At most `--max-local-instances` run at once, and a fixed `containerPort` is held from an instance's start
-    /// until its exit, whichever revision asks next (before, only the same revision's instances were looked at,
-    /// and a new revision's probe could pass on the old one's process); a port another program listens on is
+    /// At most `--max-local-instances` run at once. A fixed `containerPort` is held from an instance's start until
+    /// its exit: another instance of the same revision waits for it, and another revision's instance (a rollout)
+    /// gets a port of its own in `PORT`, so that its readiness probe cannot pass on the old revision's process (it
+    /// did, when only the same revision's instances were looked at). A port another program listens on is
     /// refused.
     #[tokio::test]
     async fn instances_share_the_nodes_slots_and_fixed_ports() {
+        const LISTEN: &str = "import os, socket, time\ns = socket.socket()\n\
+                              s.bind(('127.0.0.1', int(os.environ['PORT'])))\ns.listen()\ntime.sleep(300)";
         let dir = tempfile::tempdir().expect("tempdir");
         let runtime = LocalRuntime::new(dir.path().join("instances"), 2);
         let logs = crate::logs::LogHub::new(dir.path().join("logs"));
-        let sleeper = |id: u64, revision: &str, port: u16, fixed_port: bool| InstanceSpec {
+        let app = |id: u64, revision: &str, port: u16, fixed_port: bool| InstanceSpec {
             id,
             revision: format!("default/{revision}"),
             object: Arc::new(serde_json::Value::Null),
-            argv: vec!["sleep".into(), "300".into()],
+            argv: vec!["python3".into(), "-c".into(), LISTEN.into()],
             env: Vec::new(),
             working_dir: None,
             port,
@@ -611,25 +639,38 @@ mod tests {
             log: logs.revision("default", revision),
         };
         let running = || runtime.slots.lock().map(|slots| slots.running).unwrap_or(usize::MAX);
+        let (events, mut received) = mpsc::channel(16);
+        let mut ready_at = async |id: u64| -> SocketAddr {
+            let ready = async {
+                loop {
+                    match received.recv().await {
+                        Some(InstanceEvent::Ready { id: got, addr }) if got == id => return addr,
+                        Some(_) => {}
+                        None => panic!("the events ended"),
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(20), ready).await.expect("ready within 20 s")
+        };
         let port = free_port().expect("port");
-        let (events, _events) = mpsc::channel(16);
-        let first = runtime.start(sleeper(1, "a-00001", port, true), events.clone()).expect("start");
-        let waits = runtime.start(sleeper(2, "b-00001", port, true), events.clone()).err();
-        assert!(matches!(waits, Some(ServingError::NoRoom { .. })), "the fixed port is held: {waits:?}");
-        let second = runtime.start(sleeper(3, "b-00001", free_port().expect("port"), false), events.clone());
-        let second = second.expect("a port of its own");
-        let full = runtime.start(sleeper(4, "c-00001", free_port().expect("port"), false), events.clone()).err();
+        let first = runtime.start(app(1, "a-00001", port, true), events.clone()).expect("start");
+        assert_eq!(ready_at(1).await.port(), port, "on its containerPort");
+        let waits = runtime.start(app(2, "a-00001", port, true), events.clone()).err();
+        assert!(matches!(waits, Some(ServingError::NoRoom { .. })), "the same revision waits: {waits:?}");
+        let second = runtime.start(app(3, "b-00001", port, true), events.clone()).expect("another revision starts");
+        assert_ne!(ready_at(3).await.port(), port, "a port of its own, not the first one's process");
+        let full = runtime.start(app(4, "c-00001", free_port().expect("port"), false), events.clone()).err();
         assert!(matches!(full, Some(ServingError::NoRoom { .. })), "two at most: {full:?}");
 
         first.stop(Duration::from_secs(10)).await;
         wait_for("the first instance's slot is given back", || running() == 1).await;
-        let third = runtime.start(sleeper(5, "b-00001", port, true), events.clone()).expect("the port is free again");
+        let third = runtime.start(app(5, "a-00001", port, true), events.clone()).expect("the port is free again");
         second.stop(Duration::from_secs(10)).await;
         wait_for("the second instance's slot is given back", || running() == 1).await;
 
         let foreign = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
         let foreign_port = foreign.local_addr().expect("address").port();
-        let refused = runtime.start(sleeper(6, "d-00001", foreign_port, true), events.clone()).err();
+        let refused = runtime.start(app(6, "d-00001", foreign_port, true), events.clone()).err();
         assert!(
             matches!(&refused, Some(ServingError::Spawn { reason, .. }) if reason.contains("in use")),
             "{refused:?}"
