@@ -642,11 +642,7 @@ fn start_instance(
         (None, ServingRuntime::Kubernetes) => Ok(DEFAULT_CONTAINER_PORT),
     };
     let started = port.and_then(|port| {
-        let readiness = match &run.readiness {
-            Readiness::TcpConnect { .. } => Readiness::TcpConnect { port },
-            Readiness::HttpGet { path, .. } => Readiness::HttpGet { port, path: path.clone() },
-            exec @ Readiness::Exec { .. } => exec.clone(),
-        };
+        let readiness = run.readiness.on_port(port);
         let spec = InstanceSpec {
             id,
             revision: revision.key(),

@@ -19,6 +19,16 @@ use crate::error::BrokerError;
 /// Longest stream name (bytes).
 pub(crate) const MAX_STREAM_NAME_BYTES: usize = 512;
 
+/// The record of an object the node derives itself: its key from its kind and metadata, a new uid and this
+/// moment as its creation time (used only if the object is new).
+fn internal_record(object: &serde_json::Value) -> ResourceRecord {
+    let text = |pointer: &str| object.pointer(pointer).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let key = ResourceKey { kind: text("/kind"), namespace: text("/metadata/namespace"), name: text("/metadata/name") };
+    let uid = format!("{:032x}", rand::random::<u128>());
+    let applied_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    ResourceRecord { key, json: object.to_string(), uid, applied_at }
+}
+
 /// The most records one `Trim` entry drops (see [`Node::trim`]).
 const MAX_TRIM_RECORDS_PER_ENTRY: u64 = 16_384;
 
@@ -152,12 +162,7 @@ impl Node {
         object: &serde_json::Value,
         format: u64,
     ) -> Result<String, BrokerError> {
-        let text = |pointer: &str| object.pointer(pointer).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        let key =
-            ResourceKey { kind: text("/kind"), namespace: text("/metadata/namespace"), name: text("/metadata/name") };
-        let uid = format!("{:032x}", rand::random::<u128>());
-        let applied_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        self.put_resource_in_format(ResourceRecord { key, json: object.to_string(), uid, applied_at }, format).await
+        self.put_resource_in_format(internal_record(object), format).await
     }
 
     /// Stores an internal object (as [`Node::put_internal_object`]) only when the stored one's `spec.token` is
@@ -172,13 +177,8 @@ impl Node {
         if self.cluster_log_format() < super::log_format::FORMAT_APPLY_IF_TOKEN {
             return Ok(None);
         }
-        let text = |pointer: &str| object.pointer(pointer).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        let key =
-            ResourceKey { kind: text("/kind"), namespace: text("/metadata/namespace"), name: text("/metadata/name") };
-        let uid = format!("{:032x}", rand::random::<u128>());
-        let applied_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let record = ResourceRecord { key, json: object.to_string(), uid, applied_at };
-        let command = LogCommand::ApplyResourceIfToken { record, token: token.map(str::to_string) };
+        let command =
+            LogCommand::ApplyResourceIfToken { record: internal_record(object), token: token.map(str::to_string) };
         match self.write(METADATA_GROUP, ForwardedWrite::Command(command)).await? {
             ForwardedReply::Response(LogResponse::Applied { outcome }) => Ok(Some(outcome != "conflict")),
             other => Err(BrokerError::Bug { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),

@@ -164,11 +164,7 @@ impl Runtime for LocalRuntime {
             let port = free_port()?;
             tracing::info!(revision = %spec.revision, instance = spec.id, port, "its containerPort is held by another revision's instance on this node: a port of its own");
             spec.port = port;
-            spec.readiness = match spec.readiness {
-                Readiness::TcpConnect { .. } => Readiness::TcpConnect { port },
-                Readiness::HttpGet { path, .. } => Readiness::HttpGet { port, path },
-                exec @ Readiness::Exec { .. } => exec,
-            };
+            spec.readiness = spec.readiness.on_port(port);
         }
         // `$(VAR)` in env values refers to variables defined before it; in command and args, to all of them.
         let mut vars: Vec<(String, String)> = vec![("PORT".into(), spec.port.to_string())];

@@ -31,6 +31,17 @@ pub enum Readiness {
     Exec { argv: Vec<String> },
 }
 
+impl Readiness {
+    /// The same check, of an instance listening on `port` (an exec probe has no port).
+    pub(crate) fn on_port(&self, port: u16) -> Readiness {
+        match self {
+            Readiness::TcpConnect { .. } => Readiness::TcpConnect { port },
+            Readiness::HttpGet { path, .. } => Readiness::HttpGet { port, path: path.clone() },
+            exec @ Readiness::Exec { .. } => exec.clone(),
+        }
+    }
+}
+
 /// One instance to start.
 #[derive(Clone)]
 pub struct InstanceSpec {
