@@ -3,6 +3,11 @@
 //! `deploy/crds/` holds) cannot drift from what `sluice apply` accepts. Groups, versions, kinds, plurals,
 //! short names, categories and printer columns are Knative's, so a cluster with Knative's own CRDs installed
 //! needs none of these, and Knative's YAML applies to either.
+//!
+//! Knative's CRDs never require `spec` (`kind: Broker` with a name only is Knative's own example), so every
+//! root type reads a missing `spec` as the default one: `attr = "cfg_attr(all(), serde(default))"` puts
+//! serde's container `default` on the generated root (kube's `attr` refuses a bare `serde(...)`), and
+//! `crds()` drops the default that schemars then writes into the schema.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -26,7 +31,9 @@ use sluice_controller::serving::model as serving;
     kind = "Broker",
     doc = "A Knative Broker: an event ingress with a durable log, served by Sluice when its class is Sluice.",
     namespaced,
-    status = "KnativeStatus"
+    status = "KnativeStatus",
+    derive = "Default",
+    attr = "cfg_attr(all(), serde(default))"
 )]
 #[kube(category = "all", category = "knative", category = "eventing")]
 #[kube(label("knative.dev/crd-install", "true"), label("duck.knative.dev/addressable", "true"))]
@@ -42,7 +49,9 @@ pub struct BrokerSpec(pub model::BrokerSpec);
     kind = "Trigger",
     doc = "A Knative Trigger: a filter on a Broker and the subscriber its events are pushed to.",
     namespaced,
-    status = "KnativeStatus"
+    status = "KnativeStatus",
+    derive = "Default",
+    attr = "cfg_attr(all(), serde(default))"
 )]
 #[kube(category = "all", category = "knative", category = "eventing")]
 #[kube(label("knative.dev/crd-install", "true"))]
@@ -58,7 +67,9 @@ pub struct TriggerSpec(pub model::TriggerSpec);
     kind = "Channel",
     doc = "A Knative Channel: an ordered stream of events fanned out to its Subscriptions.",
     namespaced,
-    status = "KnativeStatus"
+    status = "KnativeStatus",
+    derive = "Default",
+    attr = "cfg_attr(all(), serde(default))"
 )]
 #[kube(category = "all", category = "knative", category = "messaging", category = "channel", shortname = "ch")]
 #[kube(label("knative.dev/crd-install", "true"), label("messaging.knative.dev/subscribable", "true"))]
@@ -75,7 +86,9 @@ pub struct ChannelSpec(pub model::ChannelSpec);
     kind = "InMemoryChannel",
     doc = "A Knative InMemoryChannel (durable in Sluice).",
     namespaced,
-    status = "KnativeStatus"
+    status = "KnativeStatus",
+    derive = "Default",
+    attr = "cfg_attr(all(), serde(default))"
 )]
 #[kube(category = "all", category = "knative", category = "messaging", category = "channel", shortname = "imc")]
 #[kube(label("knative.dev/crd-install", "true"), label("messaging.knative.dev/subscribable", "true"))]
@@ -92,7 +105,9 @@ pub struct InMemoryChannelSpec(pub model::InMemoryChannelSpec);
     kind = "Subscription",
     doc = "A Knative Subscription: a Channel to a subscriber, with an optional reply.",
     namespaced,
-    status = "KnativeStatus"
+    status = "KnativeStatus",
+    derive = "Default",
+    attr = "cfg_attr(all(), serde(default))"
 )]
 #[kube(category = "all", category = "knative", category = "messaging", shortname = "sub")]
 #[kube(label("knative.dev/crd-install", "true"))]
@@ -109,7 +124,9 @@ pub struct SubscriptionSpec(pub model::SubscriptionSpec);
     plural = "eventpolicies",
     doc = "A Knative EventPolicy: who may send which events to which Brokers and Channels (with sender identity on).",
     namespaced,
-    status = "KnativeStatus"
+    status = "KnativeStatus",
+    derive = "Default",
+    attr = "cfg_attr(all(), serde(default))"
 )]
 #[kube(category = "all", category = "knative", category = "eventing")]
 #[kube(label("knative.dev/crd-install", "true"))]
@@ -126,7 +143,9 @@ pub struct EventPolicySpec(pub model::EventPolicySpec);
     doc = "A Knative Service: a Configuration and a Route managed together.",
     root = "KnativeService",
     namespaced,
-    status = "KnativeStatus"
+    status = "KnativeStatus",
+    derive = "Default",
+    attr = "cfg_attr(all(), serde(default))"
 )]
 #[kube(category = "all", category = "knative", category = "serving", shortname = "kservice", shortname = "ksvc")]
 #[kube(label("knative.dev/crd-install", "true"), label("duck.knative.dev/addressable", "true"))]
@@ -142,7 +161,9 @@ pub struct ServiceSpec(pub serving::ServiceSpec);
     kind = "Configuration",
     doc = "A Knative Configuration: the template each new Revision is made from.",
     namespaced,
-    status = "KnativeStatus"
+    status = "KnativeStatus",
+    derive = "Default",
+    attr = "cfg_attr(all(), serde(default))"
 )]
 #[kube(category = "all", category = "knative", category = "serving", shortname = "config", shortname = "cfg")]
 #[kube(label("knative.dev/crd-install", "true"))]
@@ -158,7 +179,9 @@ pub struct ConfigurationSpec(pub serving::ConfigurationSpec);
     kind = "Revision",
     doc = "A Knative Revision: an immutable snapshot of code and configuration, run and scaled by Sluice.",
     namespaced,
-    status = "KnativeStatus"
+    status = "KnativeStatus",
+    derive = "Default",
+    attr = "cfg_attr(all(), serde(default))"
 )]
 #[kube(category = "all", category = "knative", category = "serving", shortname = "rev")]
 #[kube(label("knative.dev/crd-install", "true"))]
@@ -174,7 +197,9 @@ pub struct RevisionSpec(pub serving::RevisionSpec);
     kind = "Route",
     doc = "A Knative Route: a host whose requests are split across Revisions.",
     namespaced,
-    status = "KnativeStatus"
+    status = "KnativeStatus",
+    derive = "Default",
+    attr = "cfg_attr(all(), serde(default))"
 )]
 #[kube(category = "all", category = "knative", category = "serving", shortname = "rt")]
 #[kube(label("knative.dev/crd-install", "true"), label("duck.knative.dev/addressable", "true"))]
@@ -291,6 +316,12 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         let columns = printer_columns(&crd.spec.names.kind);
         for version in &mut crd.spec.versions {
             version.additional_printer_columns = Some(columns.clone());
+            // The root's `serde(default)` (a spec-less object reads as the default spec) makes schemars write
+            // that default into the schema; Knative's CRDs declare none, and the API server would store it.
+            let spec_schema = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut());
+            if let Some(spec) = spec_schema.and_then(|s| s.properties.as_mut()).and_then(|p| p.get_mut("spec")) {
+                spec.default = None;
+            }
         }
     }
     crds
@@ -492,6 +523,37 @@ mod tests {
                 crd_file_name(&crd)
             );
         }
+    }
+
+    #[test]
+    fn no_kind_requires_a_spec_or_declares_a_default() {
+        for crd in crds() {
+            let schema = schema_of(&crd);
+            let required = schema.get("required").and_then(Value::as_array).cloned().unwrap_or_default();
+            assert!(!required.contains(&Value::from("spec")), "{} requires spec", crd.spec.names.kind);
+            assert!(schema["properties"]["spec"].get("default").is_none(), "{} defaults spec", crd.spec.names.kind);
+        }
+    }
+
+    #[test]
+    fn a_knative_object_without_a_spec_reads_into_its_type() {
+        fn read<K: serde::de::DeserializeOwned>(kind: &str, api_version: &str) -> K {
+            let yaml = format!("apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: x, namespace: default}}\n");
+            serde_yaml_ng::from_str(&yaml).unwrap_or_else(|e| panic!("{kind} without a spec: {e}"))
+        }
+        let broker: Broker = read("Broker", "eventing.knative.dev/v1");
+        assert_eq!(broker.spec, BrokerSpec::default());
+        assert_eq!(broker.metadata.name.as_deref(), Some("x"));
+        let channel: InMemoryChannel = read("InMemoryChannel", "messaging.knative.dev/v1");
+        assert_eq!(channel.spec, InMemoryChannelSpec::default());
+        let _: Channel = read("Channel", "messaging.knative.dev/v1");
+        let _: Trigger = read("Trigger", "eventing.knative.dev/v1");
+        let _: Subscription = read("Subscription", "messaging.knative.dev/v1");
+        let _: EventPolicy = read("EventPolicy", "eventing.knative.dev/v1alpha1");
+        let _: KnativeService = read("Service", "serving.knative.dev/v1");
+        let _: Configuration = read("Configuration", "serving.knative.dev/v1");
+        let _: Revision = read("Revision", "serving.knative.dev/v1");
+        let _: Route = read("Route", "serving.knative.dev/v1");
     }
 
     #[test]

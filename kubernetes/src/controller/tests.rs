@@ -221,14 +221,14 @@ async fn a_sluice_class_broker_gets_a_finalizer_first() {
 
 /// Regression: Knative's InMemoryChannel CRD was installed but no controller watched it, so an IMC never
 /// reached Sluice and its Subscriptions stayed `ChannelNotFound`.
+/// Written as Knative's examples write it: no `spec` (the CRDs required one, and the watch could not read it).
 #[tokio::test]
-async fn an_in_memory_channel_is_pushed_and_gets_its_address() {
+async fn an_in_memory_channel_without_a_spec_is_pushed_and_gets_its_address() {
     let sluice = Arc::new(FakeSluice::default());
     let (ctx, mut handle) = context(sluice.clone());
     let mut channel: crate::crd::InMemoryChannel = serde_json::from_value(json!({
         "apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
-        "metadata": {"name": "c", "namespace": "default", "generation": 1, "finalizers": [FINALIZER]},
-        "spec": {}
+        "metadata": {"name": "c", "namespace": "default", "generation": 1, "finalizers": [FINALIZER]}
     }))
     .expect("channel");
     channel.meta_mut().namespace = Some("default".into());
