@@ -67,7 +67,7 @@ pub(crate) async fn apply(args: ApplyArgs) -> Result<()> {
     let mut client = connect(&args.admin).await?;
     let mut rejected = 0;
     let mut exit_code = None;
-    for (file, index, object) in documents {
+    for (place, object) in documents {
         let name = display_name(&object);
         let outcome = match args.dry_run {
             DryRun::Client => client_dry_run(&mut client, &object).await,
@@ -82,11 +82,7 @@ pub(crate) async fn apply(args: ApplyArgs) -> Result<()> {
         match outcome {
             Ok(outcome) => outln!("{name} {outcome}{}", args.dry_run.suffix())?,
             Err(status) => {
-                eprintln!(
-                    "error: {file}: document {index} ({name}): {}{}",
-                    status.message(),
-                    error_code_suffix(&status)
-                );
+                eprintln!("error: {place} ({name}): {}{}", status.message(), error_code_suffix(&status));
                 rejected += 1;
                 exit_code.get_or_insert(exit_code_for(status.code()));
             }

@@ -19,7 +19,7 @@ pub(crate) async fn delete(args: DeleteArgs) -> Result<()> {
         if !args.targets.is_empty() || args.all {
             bail!("give either -f FILE or KIND NAME..., not both");
         }
-        for (_, _, object) in read_documents(&args.files)? {
+        for (_, object) in read_documents(&args.files)? {
             let namespace = Some(str_at(&object, "/metadata/namespace")).filter(|n| !n.is_empty());
             doomed.push((
                 resolve_kind(str_at(&object, "/kind"))?,

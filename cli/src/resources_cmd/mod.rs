@@ -189,8 +189,10 @@ fn not_found(info: &KindInfo, name: &str, status: &Status) -> ServerError {
     }
 }
 
-/// Every document of every file, as (file, index, object).
-fn read_documents(files: &[PathBuf]) -> Result<Vec<(String, usize, Value)>> {
+/// Every object of every file, as (where it is, object): `FILE: document N`, or `FILE: document N, item M`
+/// for the items of a `kind: List` (what `kubectl get -o yaml` and `sluice get -o yaml` print), which kubectl
+/// applies item by item.
+fn read_documents(files: &[PathBuf]) -> Result<Vec<(String, Value)>> {
     let mut paths = Vec::new();
     for file in files {
         if file.is_dir() {
@@ -217,15 +219,35 @@ fn read_documents(files: &[PathBuf]) -> Result<Vec<(String, usize, Value)>> {
                 std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
             )
         };
-        for (index, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
-            let value: Value = serde::Deserialize::deserialize(document)
-                .map_err(|e| anyhow::anyhow!("{name}: document {index}: not valid YAML: {e}"))?;
-            if !value.is_null() {
-                documents.push((name.clone(), index, value));
+        documents.extend(objects_of(&name, &text)?);
+    }
+    Ok(documents)
+}
+
+/// The objects of one file's text, Lists expanded (nested ones too, as kubectl does).
+fn objects_of(name: &str, text: &str) -> Result<Vec<(String, Value)>> {
+    fn expand(place: String, value: Value, objects: &mut Vec<(String, Value)>) {
+        let is_list = value.get("kind").and_then(Value::as_str).is_some_and(|kind| kind.ends_with("List"))
+            && value.get("items").is_some_and(Value::is_array);
+        if !is_list {
+            objects.push((place, value));
+            return;
+        }
+        if let Some(Value::Array(items)) = value.get("items").cloned() {
+            for (item, object) in items.into_iter().enumerate() {
+                expand(format!("{place}, item {item}"), object, objects);
             }
         }
     }
-    Ok(documents)
+    let mut objects = Vec::new();
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value: Value = serde::Deserialize::deserialize(document)
+            .map_err(|e| anyhow::anyhow!("{name}: document {index}: not valid YAML: {e}"))?;
+        if !value.is_null() {
+            expand(format!("{name}: document {index}"), value, &mut objects);
+        }
+    }
+    Ok(objects)
 }
 
 fn resolve_kind(kind: &str) -> Result<&'static KindInfo> {
@@ -420,6 +442,29 @@ mod tests {
         assert!(single_object_implied(&parse_targets(&strings(&["trigger/a"]))?));
         assert!(!single_object_implied(&parse_targets(&strings(&["trigger", "a", "b"]))?));
         assert!(!single_object_implied(&parse_targets(&strings(&["triggers"]))?));
+        Ok(())
+    }
+
+    #[test]
+    fn a_list_is_applied_item_by_item() -> Result<()> {
+        let text = "apiVersion: v1\nkind: List\nmetadata: {}\nitems:\n\
+                    - {apiVersion: eventing.knative.dev/v1, kind: Broker, metadata: {name: a}}\n\
+                    - {apiVersion: v1, kind: List, items: [{apiVersion: eventing.knative.dev/v1, kind: Broker, metadata: {name: b}}]}\n\
+                    ---\n\
+                    {apiVersion: eventing.knative.dev/v1, kind: Trigger, metadata: {name: t}}\n\
+                    ---\n\
+                    {apiVersion: v1, kind: List, items: []}\n";
+        let objects = objects_of("f.yaml", text)?;
+        let seen: Vec<(&str, &str)> =
+            objects.iter().map(|(place, object)| (place.as_str(), str_at(object, "/metadata/name"))).collect();
+        assert_eq!(
+            seen,
+            [
+                ("f.yaml: document 0, item 0", "a"),
+                ("f.yaml: document 0, item 1, item 0", "b"),
+                ("f.yaml: document 1", "t")
+            ]
+        );
         Ok(())
     }
 

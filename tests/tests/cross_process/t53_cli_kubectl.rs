@@ -409,6 +409,28 @@ async fn delete_all() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Regression: `get -o yaml` of several objects prints a `kind: List`, which apply refused as an unknown kind
+/// (kubectl applies its items).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_get_prints_as_a_list_applies_back_and_deletes() -> anyhow::Result<()> {
+    let (root, node) = node_with_default_broker().await?;
+    for name in ["a", "b"] {
+        apply_resource(&node.admin, labelled_trigger(name, json!({"team": name}))).await?;
+    }
+    let admin = node.admin.as_str();
+    let saved = sluice_ok(&["get", "triggers", "-o", "yaml", "--admin", admin]).await?;
+    assert!(saved.contains("kind: List"), "{saved}");
+    let file = write_file(root.path(), "saved.yaml", &saved)?;
+    sluice_ok(&["delete", "-f", &file, "--admin", admin]).await?;
+    let (_, _, stderr) = sluice(&["get", "triggers", "--admin", admin]).await?;
+    assert!(stderr.contains("No resources found"), "the List's items were deleted: {stderr}");
+    let applied = sluice_ok(&["apply", "-f", &file, "--admin", admin]).await?;
+    assert_eq!(lines(&applied).len(), 2, "{applied}");
+    let back = sluice_ok(&["get", "triggers", "-l", "team=b", "-o", "name", "--admin", admin]).await?;
+    assert_eq!(back, "trigger.eventing.knative.dev/b\n", "applied back with its labels");
+    Ok(())
+}
+
 const DRY_TRIGGER: &str = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: dry\nspec:\n  broker: default\n  subscriber:\n    uri: http://127.0.0.1:1/\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
