@@ -35,8 +35,8 @@ pub enum FilterError {
     DialectCount { path: String, found: usize },
     #[error("{path}: unsupported filter dialect {dialect:?}")]
     UnknownDialect { path: String, dialect: String },
-    #[error("{path}: must hold exactly one attribute, got {found}")]
-    AttributeCount { path: String, found: usize },
+    #[error("{path}: must hold at least one attribute")]
+    NoAttribute { path: String },
     #[error("{path}: must hold at least one filter")]
     EmptyList { path: String },
     #[error("{path}: attribute names match ^[a-z][a-z0-9]*$")]
@@ -54,7 +54,7 @@ impl FilterError {
             FilterError::WrongType { path, .. }
             | FilterError::DialectCount { path, .. }
             | FilterError::UnknownDialect { path, .. }
-            | FilterError::AttributeCount { path, .. }
+            | FilterError::NoAttribute { path }
             | FilterError::EmptyList { path }
             | FilterError::InvalidAttributeName { path }
             | FilterError::EmptyValue { path }
@@ -237,18 +237,9 @@ fn compile_filter(filter: &Json, path: &str) -> Result<Node, FilterError> {
     };
     let path = format!("{path}.{dialect}");
     match dialect.as_str() {
-        "exact" => {
-            let (attribute, value) = single_attribute(body, &path, true)?;
-            Ok(Node::Exact { attribute, value })
-        }
-        "prefix" => {
-            let (attribute, value) = single_attribute(body, &path, false)?;
-            Ok(Node::Prefix { attribute, value })
-        }
-        "suffix" => {
-            let (attribute, value) = single_attribute(body, &path, false)?;
-            Ok(Node::Suffix { attribute, value })
-        }
+        "exact" => Ok(every(attributes(body, &path, true)?, |attribute, value| Node::Exact { attribute, value })),
+        "prefix" => Ok(every(attributes(body, &path, false)?, |attribute, value| Node::Prefix { attribute, value })),
+        "suffix" => Ok(every(attributes(body, &path, false)?, |attribute, value| Node::Suffix { attribute, value })),
         "all" => Ok(Node::All(filter_list(body, &path)?)),
         "any" => Ok(Node::Any(filter_list(body, &path)?)),
         "not" => Ok(Node::Not(Box::new(compile_filter(body, &path)?))),
@@ -265,30 +256,37 @@ fn compile_filter(filter: &Json, path: &str) -> Result<Node, FilterError> {
     }
 }
 
-/// The body of `exact`, `prefix` or `suffix`: one attribute name and its string value. Knative (and the
-/// controller) allow exactly one attribute per filter; several conditions are written with `all`. An empty
-/// value is meaningful only for `exact` (the attribute is present and empty), which the controller accepts; an
-/// empty prefix or suffix would match every present value and is rejected like the controller does.
-fn single_attribute(body: &Json, path: &str, allow_empty: bool) -> Result<(String, String), FilterError> {
+/// The body of `exact`, `prefix` or `suffix`: attribute names and their string values, every one of which must
+/// match (the Subscriptions API's `{"exact": {"type": …, "subject": …}}`; Knative lifted its one-attribute
+/// limit). An empty value is meaningful only for `exact` (the attribute is present and empty), which the
+/// controller accepts; an empty prefix or suffix would match every present value and is rejected like the
+/// controller does.
+fn attributes(body: &Json, path: &str, allow_empty: bool) -> Result<Vec<(String, String)>, FilterError> {
     let Json::Object(map) = body else {
-        return Err(FilterError::WrongType {
-            path: path.into(),
-            expected: "an object mapping one attribute to a value",
-        });
+        return Err(FilterError::WrongType { path: path.into(), expected: "an object mapping attributes to values" });
     };
-    let mut entries = map.iter();
-    let (Some((attribute, value)), None) = (entries.next(), entries.next()) else {
-        return Err(FilterError::AttributeCount { path: path.into(), found: map.len() });
-    };
-    let attribute_path = || format!("{path}[{attribute}]");
-    check_attribute_name(attribute, attribute_path)?;
-    let Json::String(value) = value else {
-        return Err(FilterError::WrongType { path: attribute_path(), expected: "a string" });
-    };
-    if value.is_empty() && !allow_empty {
-        return Err(FilterError::EmptyValue { path: attribute_path() });
+    if map.is_empty() {
+        return Err(FilterError::NoAttribute { path: path.into() });
     }
-    Ok((attribute.clone(), value.clone()))
+    map.iter()
+        .map(|(attribute, value)| {
+            let attribute_path = || format!("{path}[{attribute}]");
+            check_attribute_name(attribute, attribute_path)?;
+            let Json::String(value) = value else {
+                return Err(FilterError::WrongType { path: attribute_path(), expected: "a string" });
+            };
+            if value.is_empty() && !allow_empty {
+                return Err(FilterError::EmptyValue { path: attribute_path() });
+            }
+            Ok((attribute.clone(), value.clone()))
+        })
+        .collect()
+}
+
+/// One attribute's node, or `all` of them for several.
+fn every(pairs: Vec<(String, String)>, node: impl Fn(String, String) -> Node) -> Node {
+    let mut nodes: Vec<Node> = pairs.into_iter().map(|(attribute, value)| node(attribute, value)).collect();
+    if nodes.len() == 1 { nodes.remove(0) } else { Node::All(nodes) }
 }
 
 /// The body of `all` or `any`: a non-empty array of filters (the Subscriptions API requires at least one).

@@ -143,6 +143,24 @@ fn suffix_dialect() {
     assert!(!matches_push(json!({"suffix": {"missing": "a"}})));
 }
 
+/// The Subscriptions API's own examples (§3.2.4.1.1): several attributes in one dialect must all match.
+#[test]
+fn several_attributes_in_one_dialect_must_all_match() {
+    assert!(matches_push(json!({"exact": {"type": "com.github.push", "subject": "README.md"}})));
+    assert!(!matches_push(json!({"exact": {"type": "com.github.push", "subject": "LICENSE"}})));
+    assert!(!matches_push(json!({"exact": {"type": "com.github.push", "missing": "x"}})));
+    assert!(matches_push(json!({"prefix": {"type": "com.github.", "source": "https://github.com/cloudevents"}})));
+    assert!(!matches_push(json!({"prefix": {"type": "com.github.", "source": "http://"}})));
+    assert!(matches_push(json!({"suffix": {"type": ".push", "subject": ".md"}})));
+    assert!(!matches_push(json!({"suffix": {"type": ".push", "subject": ".txt"}})));
+    let two = filters(json!([{"exact": {"source": "https://github.com/cloudevents/spec", "type": "com.github.push"}}]));
+    assert_eq!(
+        two.index_key().map(|(a, v)| (a.to_owned(), v.to_owned())),
+        Some(("type".to_owned(), "com.github.push".to_owned())),
+        "filed under one of its exact pairs"
+    );
+}
+
 #[test]
 fn all_any_not_dialects() {
     let yes = json!({"exact": {"type": "com.github.push"}});
@@ -252,16 +270,16 @@ fn invalid_filters_are_rejected_with_their_path() {
             json!([{"exact": {"type": "a"}, "futureDialect": {}}]),
             FilterError::UnknownDialect { path: "filters[0]".into(), dialect: "futureDialect".into() },
         ),
-        (json!([{"exact": {}}]), FilterError::AttributeCount { path: "filters[0].exact".into(), found: 0 }),
+        (json!([{"exact": {}}]), FilterError::NoAttribute { path: "filters[0].exact".into() }),
         (
-            json!([{"exact": {"type": "a", "source": "b"}}]),
-            FilterError::AttributeCount { path: "filters[0].exact".into(), found: 2 },
+            json!([{"prefix": {"type": "a", "source": ""}}]),
+            FilterError::EmptyValue { path: "filters[0].prefix[source]".into() },
         ),
         (
             json!([{"exact": "type"}]),
             FilterError::WrongType {
                 path: "filters[0].exact".into(),
-                expected: "an object mapping one attribute to a value",
+                expected: "an object mapping attributes to values",
             },
         ),
         (

@@ -318,8 +318,8 @@ fn validate_filter(path: &str, filter: &SubscriptionsApiFilter, errors: &mut Vec
     }
     for (dialect, map) in [("exact", &filter.exact), ("prefix", &filter.prefix), ("suffix", &filter.suffix)] {
         if let Some(map) = map {
-            if map.len() != 1 {
-                errors.push(err(format!("{path}.{dialect}"), "must hold exactly one attribute"));
+            if map.is_empty() {
+                errors.push(err(format!("{path}.{dialect}"), "must hold at least one attribute"));
             }
             for (name, value) in map {
                 if !is_attribute_name(name) {

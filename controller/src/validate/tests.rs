@@ -230,8 +230,8 @@ fn invalid_objects_name_their_field() {
             "spec.filters[0].sql",
         ),
         (
-            "exact two attributes",
-            set(trigger(), "/spec/filters", json!([{"exact": {"type": "a", "source": "b"}}])),
+            "exact without an attribute",
+            set(trigger(), "/spec/filters", json!([{"exact": {}}])),
             "spec.filters[0].exact",
         ),
         (
