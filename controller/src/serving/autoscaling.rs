@@ -33,6 +33,19 @@ pub const SCALE_DOWN_DELAY_ANNOTATION: &str = "autoscaling.knative.dev/scale-dow
 pub const POD_RETENTION_ANNOTATION: &str = "autoscaling.knative.dev/scale-to-zero-pod-retention-period";
 pub const TARGET_BURST_CAPACITY_ANNOTATION: &str = "autoscaling.knative.dev/target-burst-capacity";
 pub const AGGREGATION_ANNOTATION: &str = "autoscaling.knative.dev/metric-aggregation-algorithm";
+/// Knative's earlier camelCase spellings, which Knative still reads (its `KeyPriority`s): an alias is read as
+/// its key, and both spellings on one object are refused as ambiguous.
+const ALIASES: [(&str, &str); 9] = [
+    ("autoscaling.knative.dev/minScale", MIN_SCALE_ANNOTATION),
+    ("autoscaling.knative.dev/maxScale", MAX_SCALE_ANNOTATION),
+    ("autoscaling.knative.dev/initialScale", INITIAL_SCALE_ANNOTATION),
+    ("autoscaling.knative.dev/scaleDownDelay", SCALE_DOWN_DELAY_ANNOTATION),
+    ("autoscaling.knative.dev/targetUtilizationPercentage", TARGET_UTILIZATION_ANNOTATION),
+    ("autoscaling.knative.dev/targetBurstCapacity", TARGET_BURST_CAPACITY_ANNOTATION),
+    ("autoscaling.knative.dev/panicWindowPercentage", PANIC_WINDOW_ANNOTATION),
+    ("autoscaling.knative.dev/panicThresholdPercentage", PANIC_THRESHOLD_ANNOTATION),
+    ("autoscaling.knative.dev/metricAggregationAlgorithm", AGGREGATION_ANNOTATION),
+];
 pub const BACKLOG_TARGET_ANNOTATION: &str = "autoscaling.sluice.dev/backlog-target";
 pub const ACTIVATION_BACKLOG_ANNOTATION: &str = "autoscaling.sluice.dev/activation-backlog";
 
@@ -303,8 +316,26 @@ pub fn resolve(
     defaults: &AutoscalerDefaults,
 ) -> Result<Autoscaling, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let mut fail = |key: &str, message: String| errors.push(FieldError { path: format!("[{key}]"), message });
-    let get = |key: &str| annotations.get(key).map(String::as_str);
+    // Each key as the object spells it, so that an error names what the user wrote.
+    let mut spelled: BTreeMap<&str, &str> = BTreeMap::new();
+    for (alias, key) in ALIASES {
+        if annotations.contains_key(alias) {
+            if annotations.contains_key(key) {
+                errors.push(FieldError {
+                    path: format!("[{alias}]"),
+                    message: format!("expected exactly one, got both: {key} and its earlier spelling {alias}"),
+                });
+            } else {
+                spelled.insert(key, alias);
+            }
+        }
+    }
+    let written = |key: &str| -> String { spelled.get(key).copied().unwrap_or(key).to_string() };
+    let mut fail =
+        |key: &str, message: String| errors.push(FieldError { path: format!("[{}]", written(key)), message });
+    let get = |key: &str| {
+        annotations.get(key).or_else(|| spelled.get(key).and_then(|alias| annotations.get(*alias))).map(String::as_str)
+    };
     let num = |key: &str, low: f64, high: f64, default: f64, fail: &mut dyn FnMut(&str, String)| -> f64 {
         let Some(text) = get(key) else { return default };
         match text.trim().parse::<f64>() {
@@ -520,6 +551,37 @@ mod tests {
         .expect("resolves");
         assert_eq!((tuned.stable_window_ms, tuned.panic_window_ms, tuned.target), (20_000, 5_000, 5.0));
         assert_eq!((tuned.backlog_target, tuned.activation_backlog), (40.0, 5));
+    }
+
+    #[test]
+    fn knatives_earlier_camel_case_spellings_are_read_and_named_as_written() {
+        let defaults = AutoscalerDefaults::default();
+        let old = resolve(
+            &annotations(&[
+                ("autoscaling.knative.dev/minScale", "1"),
+                ("autoscaling.knative.dev/maxScale", "5"),
+                ("autoscaling.knative.dev/initialScale", "2"),
+                ("autoscaling.knative.dev/scaleDownDelay", "15s"),
+                ("autoscaling.knative.dev/targetUtilizationPercentage", "50"),
+            ]),
+            0,
+            &defaults,
+        )
+        .expect("resolves");
+        assert_eq!((old.min_scale, old.max_scale, old.initial_scale), (1, 5, 2));
+        assert_eq!((old.scale_down_delay_ms, old.target), (15_000, 50.0));
+
+        let broken =
+            resolve(&annotations(&[("autoscaling.knative.dev/maxScale", "-1")]), 0, &defaults).expect_err("refused");
+        assert_eq!(broken[0].path, "[autoscaling.knative.dev/maxScale]", "{broken:?}");
+        let both = resolve(
+            &annotations(&[("autoscaling.knative.dev/minScale", "1"), (MIN_SCALE_ANNOTATION, "2")]),
+            0,
+            &defaults,
+        )
+        .expect_err("refused");
+        assert_eq!(both[0].path, "[autoscaling.knative.dev/minScale]");
+        assert!(both[0].message.contains("expected exactly one"), "{both:?}");
     }
 
     #[test]
