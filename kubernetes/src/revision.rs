@@ -75,11 +75,41 @@ pub fn pod_selector(revision: &str, node_id: u64) -> String {
     format!("{REVISION_LABEL}={revision},{NODE_LABEL}=n{node_id}")
 }
 
+/// The index of the container that serves: the one with `ports`, else the first (Knative's `GetContainer`).
+fn serving_index(containers: &[Value]) -> usize {
+    containers.iter().position(|c| c["ports"].as_array().is_some_and(|p| !p.is_empty())).unwrap_or(0)
+}
+
 fn user_port(revision: &Value) -> i64 {
-    revision["spec"]["containers"][0]["ports"][0]["containerPort"]
-        .as_i64()
+    let containers = revision["spec"]["containers"].as_array().map(Vec::as_slice).unwrap_or_default();
+    containers
+        .get(serving_index(containers))
+        .and_then(|c| c["ports"][0]["containerPort"].as_i64())
         .filter(|p| *p > 0)
         .unwrap_or(DEFAULT_USER_PORT)
+}
+
+/// Containers as written, the unnamed ones named as Knative names them (`user-container-0`, … or
+/// `init-container-0`, …, skipping names in use): Kubernetes refuses a container without a name.
+fn named(containers: Vec<Value>, base: &str, taken: &mut std::collections::BTreeSet<String>) -> Vec<Value> {
+    let mut next = 0;
+    containers
+        .into_iter()
+        .map(|mut container| {
+            if container["name"].as_str().is_none_or(str::is_empty) {
+                let name = loop {
+                    let name = format!("{base}-{next}");
+                    next += 1;
+                    if !taken.contains(&name) {
+                        break name;
+                    }
+                };
+                taken.insert(name.clone());
+                container["name"] = json!(name);
+            }
+            container
+        })
+        .collect()
 }
 
 /// The headless Service over a node's pods of `revision`: its EndpointSlices are where the serving proxy
@@ -126,7 +156,7 @@ fn with_probe_port(mut probe: Value, port: i64) -> Value {
 
 /// The Deployment that runs node `node_id`'s pods of `revision`, `replicas` of them. Fields Kubernetes acts on
 /// and Sluice keeps as JSON (`resources`, `volumes`, `affinity`, ...) are passed through as the user wrote
-/// them; containers after the first run as sidecars, as written.
+/// them; the containers other than the serving one (the one with `ports`) run as sidecars, as written.
 pub fn revision_deployment(revision: &Value, node_id: u64, replicas: i32) -> Result<Deployment, String> {
     let name = revision["metadata"]["name"].as_str().filter(|n| !n.is_empty()).ok_or("the revision has no name")?;
     let namespace = revision["metadata"]["namespace"].as_str().unwrap_or("default");
@@ -134,9 +164,10 @@ pub fn revision_deployment(revision: &Value, node_id: u64, replicas: i32) -> Res
     let label = |key: &str| labels.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
     let spec = &revision["spec"];
     let containers = spec["containers"].as_array().cloned().unwrap_or_default();
-    let user = containers.first().cloned().ok_or("the revision has no container")?;
+    let serving = serving_index(&containers);
+    let user = containers.get(serving).cloned().ok_or("the revision has no container")?;
     if user["image"].as_str().is_none_or(str::is_empty) {
-        return Err("spec.containers[0].image: a container on Kubernetes needs an image".into());
+        return Err(format!("spec.containers[{serving}].image: a container on Kubernetes needs an image"));
     }
     let port = user_port(revision);
 
@@ -186,9 +217,21 @@ pub fn revision_deployment(revision: &Value, node_id: u64, replicas: i32) -> Res
     container.insert("readinessProbe".into(), with_probe_port(readiness, port));
 
     let mut pod_spec = Map::new();
+    let sidecars: Vec<Value> =
+        containers.iter().enumerate().filter(|(i, _)| *i != serving).map(|(_, c)| c.clone()).collect();
+    let init_containers = spec["initContainers"].as_array().cloned().unwrap_or_default();
+    let mut taken: std::collections::BTreeSet<String> = sidecars
+        .iter()
+        .chain(&init_containers)
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .chain(["user-container".to_string()])
+        .collect();
     let mut all_containers = vec![Value::Object(container)];
-    all_containers.extend(containers.iter().skip(1).cloned());
+    all_containers.extend(named(sidecars, "user-container", &mut taken));
     pod_spec.insert("containers".into(), Value::Array(all_containers));
+    if !init_containers.is_empty() {
+        pod_spec.insert("initContainers".into(), Value::Array(named(init_containers, "init-container", &mut taken)));
+    }
     for field in [
         "serviceAccountName",
         "automountServiceAccountToken",
@@ -197,7 +240,6 @@ pub fn revision_deployment(revision: &Value, node_id: u64, replicas: i32) -> Res
         "dnsConfig",
         "hostAliases",
         "imagePullSecrets",
-        "initContainers",
         "nodeSelector",
         "affinity",
         "tolerations",
@@ -380,6 +422,33 @@ mod tests {
             assert_eq!(pod[field], true, "{field}: {pod}");
         }
         assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "data");
+    }
+
+    /// Knative's serving container is the one with `ports`, wherever it is; the others run beside it, and an
+    /// unnamed sidecar or init container gets Knative's default name (Kubernetes refuses a nameless one).
+    #[test]
+    fn the_container_with_ports_serves_and_unnamed_containers_are_named() {
+        let mut asking = revision();
+        let serving = asking["spec"]["containers"][0].clone();
+        asking["spec"]["containers"] =
+            json!([{"image": "example/proxy"}, serving, {"name": "user-container-0", "image": "example/log"}]);
+        asking["spec"]["initContainers"] = json!([{"image": "example/migrate"}]);
+        let value = serde_json::to_value(revision_deployment(&asking, 1, 1).expect("deployment")).expect("json");
+        let pod = &value["spec"]["template"]["spec"];
+        let containers = pod["containers"].as_array().expect("containers");
+        assert_eq!(containers.len(), 3);
+        assert_eq!(containers[0]["name"], "user-container");
+        assert_eq!(containers[0]["image"], serving["image"], "the container with ports serves: {pod}");
+        assert!(containers[0]["env"].as_array().expect("env").iter().any(|e| e["name"] == "PORT"));
+        assert_eq!(
+            (containers[1]["name"].as_str(), containers[1]["image"].as_str()),
+            (Some("user-container-1"), Some("example/proxy")),
+            "named past the one in use"
+        );
+        assert_eq!(containers[2]["name"], "user-container-0");
+        assert!(containers[1].get("env").is_none(), "a sidecar is passed as written");
+        assert_eq!(pod["initContainers"][0]["name"], "init-container-0");
+        assert_eq!(value["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], user_port(&asking));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 use sluice_controller::serving::ServingRuntime;
 use sluice_controller::serving::autoscaling::{AutoscalerDefaults, resolve};
-use sluice_controller::serving::model::{Container, Probe};
+use sluice_controller::serving::model::{Container, Probe, serving_container_index};
 use sluice_controller::serving::routing::{RouteTable, latest_revisions};
 use sluice_controller::serving::status::runnable;
 use sluice_controller::serving::{CONFIGURATION_LABEL, DEFAULT_TIMEOUT_SECONDS, SERVICE_LABEL};
@@ -38,8 +38,14 @@ pub(crate) fn revision_run(
     let containers: Vec<Container> =
         revision.pointer("/spec/containers").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
     runnable(&containers, runtime)?;
-    let container = containers.first().cloned().unwrap_or_default();
+    let container = containers.get(serving_container_index(&containers)).cloned().unwrap_or_default();
     let name = str_at(revision, "/metadata/name").to_string();
+    if container.env_from.as_ref().is_some_and(|from| !from.is_null()) && runtime != ServingRuntime::Kubernetes {
+        return Err((
+            "CreateContainerConfigError".into(),
+            "envFrom reads ConfigMaps and Secrets, which only the Kubernetes runtime resolves".into(),
+        ));
+    }
     let mut env = Vec::new();
     for var in &container.env {
         match (&var.value, &var.value_from) {
@@ -255,6 +261,17 @@ mod tests {
         assert_eq!(
             revision_run(&secret, &AutoscalerDefaults::default(), ServingRuntime::Local).expect_err("valueFrom").0,
             "CreateContainerConfigError"
+        );
+        let config_map = revision(
+            "b",
+            1,
+            json!({"image": "x", "command": ["/bin/true"], "envFrom": [{"configMapRef": {"name": "settings"}}]}),
+            json!({}),
+        );
+        assert_eq!(
+            revision_run(&config_map, &AutoscalerDefaults::default(), ServingRuntime::Local).expect_err("envFrom").0,
+            "CreateContainerConfigError",
+            "envFrom was ignored: the app ran without the variables it asked for"
         );
         let tcp = revision("c", 1, json!({"image": "x", "command": ["/bin/true"]}), json!({}));
         let defaults = AutoscalerDefaults::from_pairs(["stable-window=5s"]).expect("valid");

@@ -121,6 +121,12 @@ pub struct Probe {
     pub failure_threshold: Option<i64>,
 }
 
+/// The index of the container that serves: the one with `ports` (Knative's `GetContainer`; validation allows
+/// exactly one when there are several), else the first. The others are sidecars.
+pub fn serving_container_index(containers: &[Container]) -> usize {
+    containers.iter().position(|c| !c.ports.is_empty()).unwrap_or(0)
+}
+
 /// `corev1.Container`, the fields Knative allows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -46,7 +46,7 @@ pub fn url_for(host: &str, env: &Environment) -> String {
 /// Whether `runtime` can run a revision with these containers, or why not `(reason, message)`: the local
 /// runtime runs one container's `command` + `args`, not images; the Kubernetes runtime runs images.
 pub fn runnable(containers: &[Container], runtime: ServingRuntime) -> Result<(), (String, String)> {
-    let Some(container) = containers.first() else {
+    let Some(container) = containers.get(super::model::serving_container_index(containers)) else {
         return Err(("ContainerMissing".into(), "the Revision has no container".into()));
     };
     let name = container.name.as_deref().unwrap_or("user-container");
@@ -108,8 +108,9 @@ fn revision_status(object: &Value, world: &World, env: &Environment, status: &mu
         Err(("NoTraffic".into(), "The target is not receiving traffic.".into()))
     };
     status.insert("actualReplicas".into(), facts.instances.into());
-    if let Some(image) = containers.first().and_then(|c| c.image.clone()) {
-        let name = containers.first().and_then(|c| c.name.clone()).unwrap_or_else(|| "user-container".into());
+    let serving = containers.get(super::model::serving_container_index(&containers));
+    if let Some(image) = serving.and_then(|c| c.image.clone()) {
+        let name = serving.and_then(|c| c.name.clone()).unwrap_or_else(|| "user-container".into());
         status.insert("containerStatuses".into(), json!([{"name": name, "imageDigest": image}]));
     }
     let ready = ready_of(&[&healthy, &resources]);
