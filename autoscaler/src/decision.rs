@@ -2,10 +2,15 @@
 //! and the backlog, then what the KPA leaves to its reconciler (activation from zero, `initial-scale`,
 //! `min-scale`/`max-scale`, scale to zero after the idle window and the grace period), as one state machine.
 //!
-//! What flows in: a [`Sample`] for each closed bucket (time-weighted concurrency, requests completed), and at
+//! What flows in: a [`Sample`] for each closed bucket (time-weighted concurrency, requests arrived), and at
 //! each tick (or at once when a revision at zero is asked for) an [`Observation`]: the time, ready and
 //! running instances, requests held at the gate, the dispatcher's [`Backlog`]. What flows out: a [`Decision`],
 //! the instance count wanted with every input and term that led to it and which one won. Pure: time is data.
+//!
+//! Time is a monotonic clock's milliseconds (any origin: serving counts from its process's start): the windows,
+//! the panic clock, `scale-down-delay`, the idle timer and the progress deadline all measure durations, which a
+//! wall clock stepped back (frozen averages) or forward (protections wiped) would get wrong. The wall clock
+//! only stamps a decision for people ([`Observation::wall_ms`]).
 
 use sluice_controller::serving::autoscaling::{Autoscaling, Metric, Signals};
 
@@ -17,7 +22,9 @@ use crate::window::{WindowAverage, round6};
 pub struct Sample {
     /// Requests in flight or held, averaged over the bucket's time.
     pub concurrency: f64,
-    /// Requests that ended in the bucket.
+    /// Requests that arrived in the bucket (given a slot, held, or turned away as the queue was full), as
+    /// Knative counts them: `metric: rps` must see the requests held at a revision at zero, which have not
+    /// ended (and may never).
     pub requests: u64,
 }
 
@@ -48,7 +55,12 @@ impl Backlog {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Observation {
+    /// The autoscaler's clock: monotonic milliseconds, the same clock as [`Autoscaler::new`]'s and
+    /// [`Autoscaler::record`]'s. Every duration is measured on it.
     pub now_ms: u64,
+    /// The wall clock (milliseconds since the Unix epoch), only to stamp the decision for people
+    /// ([`Decision::at_ms`]); nothing is timed on it.
+    pub wall_ms: u64,
     pub ready: u32,
     /// Running (starting or ready, not draining).
     pub instances: u32,
@@ -97,6 +109,7 @@ impl Reason {
 /// A decision and everything that explains it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
+    /// When, on the wall clock (milliseconds since the Unix epoch): the observation's `wall_ms`.
     pub at_ms: u64,
     pub desired: u32,
     pub reason: Reason,
@@ -126,9 +139,18 @@ pub struct Autoscaler {
     /// When a request, a held request or backlog was last seen (the revision's start counts as activity).
     last_activity_ms: u64,
     inactive_since_ms: Option<u64>,
-    /// `initial-scale` has been reached once (or the revision was ready before, elsewhere).
+    /// `initial-scale` has been reached once, its progress deadline passed, or the revision was ready before.
     reached_initial: bool,
+    /// When the autoscaler (the revision's task) started: the progress deadline counts from here.
+    started_ms: u64,
+    /// How long `initial-scale` may keep the revision up without being reached.
+    progress_deadline_ms: u64,
 }
+
+/// Knative's `progress-deadline` (600 s): how long a new revision may take to reach `initial-scale`. Past it,
+/// `initial-scale` no longer holds instances up: a runtime that cannot run that many (one instance per node on
+/// a fixed `containerPort`, `--max-local-instances`) would otherwise pin the revision above zero for good.
+pub const DEFAULT_PROGRESS_DEADLINE_MS: u64 = 600_000;
 
 /// Instances the backlog asks for: `ceil(events / backlog-target)`, no more than ordered delivery can use.
 pub fn backlog_instances(knobs: &Autoscaling, backlog: Backlog) -> u32 {
@@ -167,7 +189,15 @@ impl Autoscaler {
             last_activity_ms: now_ms,
             inactive_since_ms: None,
             reached_initial,
+            started_ms: now_ms,
+            progress_deadline_ms: DEFAULT_PROGRESS_DEADLINE_MS,
         }
+    }
+
+    /// The same autoscaler with another progress deadline (serving passes its `--progress-deadline-ms`, the
+    /// one its instances must become ready within).
+    pub fn with_progress_deadline_ms(self, progress_deadline_ms: u64) -> Self {
+        Autoscaler { progress_deadline_ms, ..self }
     }
 
     /// Records a closed bucket that ended at `now_ms`.
@@ -226,10 +256,18 @@ impl Autoscaler {
             reason = Reason::Activation;
         }
         if !self.reached_initial {
-            if observed.ready >= knobs.initial_scale {
+            // Never more than `max-scale`: asked for above it, `initial-scale` could never be reached.
+            let initial_scale = match knobs.max_scale {
+                0 => knobs.initial_scale,
+                max_scale => knobs.initial_scale.min(max_scale),
+            };
+            // Reached, or given up on: past the progress deadline the runtime has shown it cannot run that many
+            // here, and the revision follows its traffic (down to zero) like any other.
+            let deadline_passed = now.saturating_sub(self.started_ms) >= self.progress_deadline_ms;
+            if observed.ready >= initial_scale || deadline_passed {
                 self.reached_initial = true;
-            } else if desired < knobs.initial_scale {
-                desired = knobs.initial_scale;
+            } else if desired < initial_scale {
+                desired = initial_scale;
                 reason = Reason::InitialScale;
             }
         }
@@ -263,7 +301,7 @@ impl Autoscaler {
             self.inactive_since_ms = None;
         }
         Decision {
-            at_ms: now,
+            at_ms: observed.wall_ms,
             desired,
             reason,
             panicking: kpa.panicking,
@@ -295,7 +333,8 @@ mod tests {
     }
 
     fn observe(now_ms: u64, ready: u32, held: u32, events: u64) -> Observation {
-        Observation { now_ms, ready, instances: ready, held, backlog: Backlog { events, ordered_keys: None } }
+        let backlog = Backlog { events, ordered_keys: None };
+        Observation { now_ms, wall_ms: now_ms, ready, instances: ready, held, backlog }
     }
 
     /// Records `concurrency` each second from `from_s` to `to_s`.
@@ -399,6 +438,70 @@ mod tests {
         assert_eq!((min.desired, min.reason), (2, Reason::MinScale));
         let mut kept = Autoscaler::new(Autoscaling { enable_scale_to_zero: false, ..knobs() }, 1, 0, true);
         assert_eq!(kept.decide(&observe(600_000, 1, 0, 0)).reason, Reason::ScaleToZeroDisabled);
+    }
+
+    #[test]
+    fn initial_scale_gives_way_to_max_scale_and_to_the_progress_deadline() {
+        // (initial-scale, max-scale, ready, at, wanted, reason, why): one decision of a new revision.
+        let cases = [
+            (3, 0, 0, 0, 3, Reason::InitialScale, "a new revision starts initial-scale"),
+            (3, 0, 1, 599_999, 3, Reason::InitialScale, "not reached, deadline not passed"),
+            (3, 0, 1, 600_000, 1, Reason::IdleGrace, "deadline passed: initial-scale no longer holds it up"),
+            (3, 0, 3, 1_000, 1, Reason::Metric, "reached"),
+            (5, 2, 0, 0, 2, Reason::InitialScale, "never more than max-scale"),
+            (5, 2, 2, 1_000, 1, Reason::Metric, "max-scale ready: reached"),
+        ];
+        for (initial_scale, max_scale, ready, at, wanted, reason, why) in cases {
+            let knobs = Autoscaling { initial_scale, max_scale, ..knobs() };
+            let d = Autoscaler::new(knobs, 0, 0, false).decide(&observe(at, ready, 0, 0));
+            assert_eq!((d.desired, d.reason), (wanted, reason), "{why}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn a_revision_that_cannot_run_its_initial_scale_goes_to_zero_after_the_progress_deadline() {
+        // The runtime runs one instance (a fixed containerPort, one per node) where initial-scale asks for 3.
+        let knobs = Autoscaling { initial_scale: 3, scale_to_zero_grace_ms: 0, ..knobs() };
+        let mut scaler = Autoscaler::new(knobs, 0, 0, false).with_progress_deadline_ms(60_000);
+        let mut zero_at = None;
+        for t in (0..=120_000).step_by(2_000) {
+            let d = scaler.decide(&observe(t, 1, 0, 0));
+            if t < 60_000 {
+                assert_eq!((d.desired, d.reason), (3, Reason::InitialScale), "at {t}");
+            }
+            if d.desired == 0 {
+                zero_at = Some(t);
+                break;
+            }
+        }
+        assert_eq!(zero_at, Some(60_000), "idle all along: to zero as the deadline passes");
+    }
+
+    #[test]
+    fn decisions_are_timed_on_the_monotonic_clock_and_stamped_with_the_wall_clock() {
+        // The same trace twice, the second with a wall clock stepped back an hour, then forward a day: the
+        // same decisions (windows, idle timer, grace), each stamped with the wall time it was taken at.
+        let wall_at = |now: u64| -> u64 {
+            let epoch = 1_700_000_000_000 + now;
+            if now < 20_000 {
+                epoch
+            } else if now < 40_000 {
+                epoch - 3_600_000
+            } else {
+                epoch + 86_400_000
+            }
+        };
+        let knobs = Autoscaling { scale_to_zero_grace_ms: 10_000, ..knobs() };
+        let mut steady = Autoscaler::new(knobs.clone(), 1, 0, true);
+        let mut stepped = Autoscaler::new(knobs, 1, 0, true);
+        load(&mut steady, 0, 10, 8.0);
+        load(&mut stepped, 0, 10, 8.0);
+        for now in (10_000..80_000).step_by(2_000) {
+            let expected = steady.decide(&observe(now, 1, 0, 0));
+            let stamped = stepped.decide(&Observation { wall_ms: wall_at(now), ..observe(now, 1, 0, 0) });
+            assert_eq!(stamped.at_ms, wall_at(now));
+            assert_eq!(Decision { at_ms: expected.at_ms, ..stamped }, expected, "at {now}");
+        }
     }
 
     #[test]

@@ -221,7 +221,6 @@ pub fn simulate(knobs: &Autoscaling, model: &Model, trace: &Trace, mode: Mode, s
                 }
                 ages.push(now - arrival);
                 score.delivered += 1;
-                bucket_requests += 1;
                 last_delivery = now;
                 false
             });
@@ -260,6 +259,8 @@ pub fn simulate(knobs: &Autoscaling, model: &Model, trace: &Trace, mode: Mode, s
         while pushing < window {
             let Some(arrival) = log.pop_front() else { break };
             pushing += 1;
+            // Each push reaches the gate, served, held or turned away: a request arrives (what `rps` counts).
+            bucket_requests += 1;
             if !serve(arrival, &mut instances, &mut rng) {
                 if held.len() >= model.queue_limit {
                     score.errors_5xx += 1;
@@ -298,6 +299,7 @@ pub fn simulate(knobs: &Autoscaling, model: &Model, trace: &Trace, mode: Mode, s
         }
         let observation = Observation {
             now_ms: now,
+            wall_ms: now,
             ready: instances.iter().filter(|i| !i.draining && i.ready_at_ms <= now).count() as u32,
             instances: running,
             held: held.len() as u32,

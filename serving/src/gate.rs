@@ -153,8 +153,9 @@ impl Gate {
     }
 }
 
-/// The gate's level (requests in flight or held) integrated over time, and the requests that ended: what the
-/// autoscaler's samples are made of, exact rather than scraped.
+/// The gate's level (requests in flight or held) integrated over time, and the requests that arrived: what
+/// the autoscaler's samples are made of, exact rather than scraped. Times are the monotonic clock's
+/// (`crate::clock`).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Meter {
     level: u32,
@@ -162,7 +163,9 @@ pub(crate) struct Meter {
     opened_ms: u64,
     /// Level × milliseconds since the bucket opened.
     integral: f64,
-    completed: u64,
+    /// Requests that arrived since the bucket opened. Counted as they arrive, as Knative does, not as they end:
+    /// requests held at a revision at zero have not ended, and `metric: rps` must see them.
+    arrivals: u64,
 }
 
 impl Meter {
@@ -178,19 +181,20 @@ impl Meter {
         self.level = level;
     }
 
-    pub(crate) fn completed(&mut self) {
-        self.completed += 1;
+    /// A request arrived (given a slot, held, or turned away as the queue was full).
+    pub(crate) fn arrived(&mut self) {
+        self.arrivals += 1;
     }
 
-    /// Closes the bucket: the average level since it opened, and the requests that ended in it.
+    /// Closes the bucket: the average level since it opened, and the requests that arrived in it.
     pub(crate) fn close(&mut self, now_ms: u64) -> (f64, u64) {
         self.set(now_ms, self.level);
         let elapsed = now_ms.saturating_sub(self.opened_ms);
         let average = if elapsed == 0 { f64::from(self.level) } else { self.integral / elapsed as f64 };
-        let completed = std::mem::take(&mut self.completed);
+        let arrivals = std::mem::take(&mut self.arrivals);
         self.integral = 0.0;
         self.opened_ms = now_ms.max(self.opened_ms);
-        (average, completed)
+        (average, arrivals)
     }
 }
 
@@ -201,7 +205,7 @@ mod tests {
         let mut meter = Meter::new(0);
         meter.set(0, 2);
         meter.set(250, 4);
-        meter.completed();
+        meter.arrived();
         meter.set(750, 0);
         assert_eq!(meter.close(1_000), (2.0 * 0.25 + 4.0 * 0.5, 1));
         assert_eq!(meter.close(2_000), (0.0, 0), "a new bucket starts empty");

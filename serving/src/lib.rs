@@ -22,6 +22,7 @@
 
 mod admin;
 mod balance;
+mod clock;
 mod error;
 mod gate;
 mod http;

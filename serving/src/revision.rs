@@ -22,6 +22,7 @@ use sluice_controller::serving::ServingRuntime;
 use sluice_controller::serving::autoscaling::Autoscaling;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
+use crate::clock::monotonic_ms;
 use crate::error::ServingError;
 use crate::gate::{Admit, Gate, InstanceId, Meter, WaiterId};
 use crate::logs::LogHub;
@@ -94,7 +95,17 @@ impl GateState {
     /// Records the gate's level after a change.
     fn measure(&mut self) {
         let load = self.gate.load();
-        self.meter.set(now_ms(), load.in_flight + load.waiting as u32);
+        self.meter.set(monotonic_ms(), load.in_flight + load.waiting as u32);
+    }
+
+    /// A request asks for a slot: it gets one, waits, or finds the queue full. Whichever, it arrived, and
+    /// counts for `metric: rps` now (as Knative counts arrivals), not when its response ends: requests held
+    /// at a revision at zero must be able to scale it up.
+    fn admit(&mut self, waiter: WaiterId) -> Admit {
+        let admitted = self.gate.admit(waiter);
+        self.meter.arrived();
+        self.measure();
+        admitted
     }
 
     fn hand_out(&mut self, woken: Vec<(WaiterId, InstanceId)>) {
@@ -143,7 +154,6 @@ pub(crate) struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Ok(mut state) = self.revision.state.lock() {
-            state.meter.completed();
             let woken = state.gate.release(self.instance);
             state.hand_out(woken);
             state.measure();
@@ -190,9 +200,7 @@ impl RevisionHandle {
             }
             state.next_waiter += 1;
             let waiter = state.next_waiter;
-            let admitted = state.gate.admit(waiter);
-            state.measure();
-            match admitted {
+            match state.admit(waiter) {
                 Admit::Go(id) => {
                     let Some(authority) = state.addrs.get(&id).cloned() else {
                         let woken = state.gate.release(id);
@@ -304,7 +312,7 @@ impl RunningRevision {
                 stopped: false,
                 addrs: HashMap::new(),
                 next_waiter: 0,
-                meter: Meter::new(now_ms()),
+                meter: Meter::new(monotonic_ms()),
                 failed: None,
             }),
             ready_capacity: AtomicUsize::new(if run.container_concurrency == 0 { UNLIMITED } else { 0 }),
@@ -358,7 +366,10 @@ async fn run_revision(
     let (events_tx, mut events) = mpsc::channel::<InstanceEvent>(64);
     let (drained_tx, mut drained) = mpsc::unbounded_channel::<InstanceId>();
     let knobs = revision.run.autoscaling.clone();
-    let mut autoscaler = Autoscaler::new(knobs.clone(), 0, now_ms(), ready_before);
+    // The progress deadline its instances must become ready within also bounds how long `initial-scale` holds.
+    let progress_deadline_ms = u64::try_from(env.progress_deadline.as_millis()).unwrap_or(u64::MAX);
+    let mut autoscaler =
+        Autoscaler::new(knobs.clone(), 0, monotonic_ms(), ready_before).with_progress_deadline_ms(progress_deadline_ms);
     let mut instances = Instances {
         running: BTreeMap::new(),
         stopping: BTreeSet::new(),
@@ -369,7 +380,7 @@ async fn run_revision(
         desired: 0,
     };
     let key = revision.key();
-    let labels = [("revision", key.clone())];
+    let gauges = AutoscalerGauges::new(&key);
     let mut reported = instances.facts.clone();
     let mut buckets = tokio::time::interval(Duration::from_millis(knobs.bucket_ms));
     buckets.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -381,15 +392,7 @@ async fn run_revision(
         if decide_now {
             decide_now = false;
             let decision = decide(&revision, &env, &mut autoscaler, &instances);
-            metrics::gauge!("sluice_autoscaler_desired_instances", &labels).set(f64::from(decision.desired));
-            metrics::gauge!("sluice_autoscaler_ready_instances", &labels).set(f64::from(decision.ready));
-            metrics::gauge!("sluice_autoscaler_actual_instances", &labels).set(instances.running.len() as f64);
-            metrics::gauge!("sluice_autoscaler_panic", &labels).set(if decision.panicking { 1.0 } else { 0.0 });
-            metrics::gauge!("sluice_autoscaler_excess_burst_capacity", &labels)
-                .set(decision.excess_burst_capacity as f64);
-            metrics::gauge!("sluice_autoscaler_backlog_events", &labels).set(decision.backlog.events as f64);
-            metrics::gauge!("sluice_autoscaler_stable_metric", &labels).set(decision.stable_metric);
-            metrics::gauge!("sluice_autoscaler_panic_metric", &labels).set(decision.panic_metric);
+            gauges.show(&decision, instances.running.len());
             if decision.desired != instances.desired {
                 tracing::info!(revision = %key, desired = decision.desired, reason = decision.reason.as_str(),
                     ready = decision.ready, backlog = decision.backlog.events, stable = decision.stable_metric,
@@ -416,7 +419,7 @@ async fn run_revision(
                 }
             }
             _ = buckets.tick() => {
-                let now = now_ms();
+                let now = monotonic_ms();
                 if let Ok(mut state) = revision.state.lock() {
                     let (concurrency, requests) = state.meter.close(now);
                     autoscaler.record(now, Sample { concurrency, requests });
@@ -480,6 +483,8 @@ async fn run_revision(
             },
         }
     }
+    // No more decisions: the gauges go to zero now rather than show the last one while the instances drain.
+    drop(gauges);
     // Stopping: no request waits any more; those waiting go to the revision their route picks now.
     if let Ok(mut state) = revision.state.lock() {
         state.stopped = true;
@@ -529,12 +534,72 @@ fn decide(
 ) -> Decision {
     let load = revision.state.lock().map(|state| state.gate.load()).unwrap_or_default();
     autoscaler.decide(&Observation {
-        now_ms: now_ms(),
+        now_ms: monotonic_ms(),
+        wall_ms: now_ms(),
         ready: load.ready as u32,
         instances: (instances.running.len() - instances.stopping.len()) as u32,
         held: load.waiting as u32,
         backlog: backlog(revision, env),
     })
+}
+
+/// A revision's `sluice_autoscaler_*{revision}` gauges, registered once for its task. Dropped when the task
+/// stops deciding, they go to zero: the `metrics` facade cannot remove a series, and a revision that no longer
+/// runs here must not go on showing its last decision (instances wanted, panicking) as if it did.
+struct AutoscalerGauges {
+    desired: metrics::Gauge,
+    ready: metrics::Gauge,
+    actual: metrics::Gauge,
+    panic: metrics::Gauge,
+    excess_burst_capacity: metrics::Gauge,
+    backlog_events: metrics::Gauge,
+    stable_metric: metrics::Gauge,
+    panic_metric: metrics::Gauge,
+}
+
+impl AutoscalerGauges {
+    fn new(revision: &str) -> Self {
+        let labels = [("revision", revision.to_string())];
+        AutoscalerGauges {
+            desired: metrics::gauge!("sluice_autoscaler_desired_instances", &labels),
+            ready: metrics::gauge!("sluice_autoscaler_ready_instances", &labels),
+            actual: metrics::gauge!("sluice_autoscaler_actual_instances", &labels),
+            panic: metrics::gauge!("sluice_autoscaler_panic", &labels),
+            excess_burst_capacity: metrics::gauge!("sluice_autoscaler_excess_burst_capacity", &labels),
+            backlog_events: metrics::gauge!("sluice_autoscaler_backlog_events", &labels),
+            stable_metric: metrics::gauge!("sluice_autoscaler_stable_metric", &labels),
+            panic_metric: metrics::gauge!("sluice_autoscaler_panic_metric", &labels),
+        }
+    }
+
+    /// `actual_instances`: instance processes, draining ones included.
+    fn show(&self, decision: &Decision, actual_instances: usize) {
+        self.desired.set(f64::from(decision.desired));
+        self.ready.set(f64::from(decision.ready));
+        self.actual.set(actual_instances as f64);
+        self.panic.set(if decision.panicking { 1.0 } else { 0.0 });
+        self.excess_burst_capacity.set(decision.excess_burst_capacity as f64);
+        self.backlog_events.set(decision.backlog.events as f64);
+        self.stable_metric.set(decision.stable_metric);
+        self.panic_metric.set(decision.panic_metric);
+    }
+}
+
+impl Drop for AutoscalerGauges {
+    fn drop(&mut self) {
+        for gauge in [
+            &self.desired,
+            &self.ready,
+            &self.actual,
+            &self.panic,
+            &self.excess_burst_capacity,
+            &self.backlog_events,
+            &self.stable_metric,
+            &self.panic_metric,
+        ] {
+            gauge.set(0.0);
+        }
+    }
 }
 
 /// Ready instances × `containerConcurrency`, for the dispatcher; tells it when that grew.
@@ -553,7 +618,7 @@ fn publish_capacity(revision: &RevisionHandle, env: &RevisionEnv) {
 
 fn fail(revision: &RevisionHandle, instances: &mut Instances, reason: String, message: String) {
     instances.consecutive_failures += 1;
-    instances.last_failure_ms = now_ms();
+    instances.last_failure_ms = monotonic_ms();
     if !instances.facts.ready
         && instances.consecutive_failures >= FAILED_STARTS_BEFORE_GIVING_UP
         && let Ok(mut state) = revision.state.lock()
@@ -580,7 +645,7 @@ fn scale(
     drained: &mpsc::UnboundedSender<InstanceId>,
     instances: &mut Instances,
 ) {
-    let now = now_ms();
+    let now = monotonic_ms();
     let wanted = instances.desired as usize;
     let mut active = instances.running.len() - instances.stopping.len();
     while active < wanted {
@@ -681,12 +746,4 @@ fn start_instance(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restarts_back_off_to_a_cap() {
-        let delays: Vec<u64> = (0..10).map(restart_delay_ms).collect();
-        assert_eq!(delays, [0, 100, 200, 400, 800, 1_600, 3_200, 6_400, 10_000, 10_000]);
-    }
-}
+mod tests;

@@ -11,14 +11,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
 use sluice_autoscaler::Backlog;
-use sluice_cloudevent::clock::now_ms;
 use sluice_controller::serving::autoscaling::Signals as DecidingSignals;
 use sluice_controller::serving::routing::RouteTable;
 use tokio::sync::watch;
 
 use crate::balance::Balancer;
+use crate::clock::monotonic_ms;
 use crate::revision::{RevisionHandle, RevisionSignals, UNLIMITED};
-use crate::signals::Signals;
+use crate::signals::{Signals, routed_revisions};
 
 /// What the HTTP router, the supervisor, the admin API and the dispatcher read.
 #[derive(Default)]
@@ -93,7 +93,7 @@ fn requests_counter(host: &str, code: u16) -> metrics::Counter {
 impl RevisionSignals for Shared {
     fn backlog(&self, namespace: &str, name: &str) -> Backlog {
         let table = self.table.read().map(|t| t.clone()).unwrap_or_default();
-        self.signals.backlog_for(&table, namespace, name, now_ms())
+        self.signals.backlog_for(&table, namespace, name, monotonic_ms())
     }
 
     fn capacity_grew(&self) {
@@ -125,23 +125,15 @@ impl SubscriberSignals {
         let table = self.shared.table.read().ok()?.clone();
         let route = table.get(&host)?;
         let revisions = self.shared.revisions.read().ok()?;
-        let mut limit = 0usize;
-        for (name, percent) in &route.targets {
-            if *percent == 0 {
-                continue;
-            }
+        host_limit(&route.targets, |name| {
             let revision = revisions.get(&format!("{}/{name}", route.namespace));
             // Deciding on concurrency alone (Knative's way), the dispatcher pushes its own window, unlimited.
             if revision.is_some_and(|r| r.run.autoscaling.signals == DecidingSignals::Concurrency) {
                 return None;
             }
             let capacity = revision.map_or(0, |revision| revision.ready_capacity.load(Ordering::Relaxed));
-            if capacity == UNLIMITED {
-                return None;
-            }
-            limit = limit.saturating_add(capacity);
-        }
-        Some(limit)
+            (capacity != UNLIMITED).then_some(capacity)
+        })
     }
 
     /// Replaces `reporter`'s last report: `events` waiting for `host` (`ordered_keys` of them ordered). A
@@ -149,7 +141,7 @@ impl SubscriberSignals {
     pub fn report_backlog(&self, reporter: &str, host: &str, events: u64, ordered_keys: Option<u64>) {
         let host = host_name(host);
         let backlog = Backlog { events, ordered_keys };
-        if !self.shared.signals.report(reporter, &host, backlog, now_ms()) || events == 0 {
+        if !self.shared.signals.report(reporter, &host, backlog, monotonic_ms()) || events == 0 {
             return;
         }
         // Wake the revisions this host routes to, so that one at zero starts without waiting for its tick.
@@ -167,5 +159,42 @@ impl SubscriberSignals {
     /// Moves whenever a revision's ready capacity grew.
     pub fn capacity_grown(&self) -> watch::Receiver<u64> {
         self.shared.signals.subscribe()
+    }
+}
+
+/// A host's in-flight limit: the ready capacity of each revision its route sends traffic to, counted once
+/// however many entries of the route name it (`latestRevision: true` and the same revision by name: its
+/// instances take its capacity once). `capacity`: a revision's ready capacity, or `None` where serving sets
+/// no limit, which lifts the host's.
+fn host_limit(targets: &[(String, u32)], capacity: impl Fn(&str) -> Option<usize>) -> Option<usize> {
+    let mut limit = 0usize;
+    for (revision, _) in routed_revisions(targets) {
+        limit = limit.saturating_add(capacity(revision)?);
+    }
+    Some(limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revision_listed_twice_adds_its_capacity_once() {
+        let capacities = HashMap::from([("a", Some(4)), ("b", Some(3)), ("unlimited", None)]);
+        let capacity = |revision: &str| capacities.get(revision).copied().unwrap_or(Some(0));
+        // (targets, limit, why)
+        type Entries<'a> = &'a [(&'a str, u32)];
+        let cases: [(Entries, Option<usize>, &str); 6] = [
+            (&[("a", 100)], Some(4), "one revision"),
+            (&[("a", 50), ("a", 50)], Some(4), "latestRevision and by name: one revision"),
+            (&[("a", 25), ("b", 50), ("a", 25)], Some(7), "each revision once"),
+            (&[("a", 100), ("b", 0)], Some(4), "no traffic, no capacity"),
+            (&[("a", 50), ("unlimited", 50)], None, "a revision without a limit lifts it"),
+            (&[("elsewhere", 100)], Some(0), "not running here: no room yet"),
+        ];
+        for (entries, limit, why) in cases {
+            let targets: Vec<(String, u32)> = entries.iter().map(|(r, p)| (r.to_string(), *p)).collect();
+            assert_eq!(host_limit(&targets, capacity), limit, "{why}: {entries:?}");
+        }
     }
 }

@@ -1,0 +1,121 @@
+use std::sync::atomic::AtomicU64;
+
+use sluice_autoscaler::Reason;
+
+use super::*;
+
+#[test]
+fn restarts_back_off_to_a_cap() {
+    let delays: Vec<u64> = (0..10).map(restart_delay_ms).collect();
+    assert_eq!(delays, [0, 100, 200, 400, 800, 1_600, 3_200, 6_400, 10_000, 10_000]);
+}
+
+fn gate_state(container_concurrency: u32, queue_limit: usize) -> GateState {
+    GateState {
+        gate: Gate::new(container_concurrency, queue_limit),
+        waiters: HashMap::new(),
+        addrs: HashMap::new(),
+        next_waiter: 0,
+        meter: Meter::new(monotonic_ms()),
+        failed: None,
+        stopped: false,
+    }
+}
+
+#[test]
+fn requests_held_at_zero_count_as_arrivals_for_rps() {
+    // No instance yet: every request is held. `metric: rps` counted responses that ended, so 1,000 held
+    // requests read as 0 rps.
+    let mut state = gate_state(1, QUEUE_LIMIT);
+    for waiter in 1..=1_000 {
+        assert_eq!(state.admit(waiter), Admit::Wait, "held");
+    }
+    let (_, requests) = state.meter.close(monotonic_ms());
+    assert_eq!(requests, 1_000, "held requests arrived");
+    // Given a slot or turned away (the queue full), a request arrived all the same.
+    let mut small = gate_state(1, 1);
+    small.gate.add(1);
+    small.gate.set_ready(1, true);
+    let admitted: Vec<Admit> = (1..=3).map(|waiter| small.admit(waiter)).collect();
+    assert_eq!(admitted, [Admit::Go(1), Admit::Wait, Admit::Full]);
+    assert_eq!(small.meter.close(monotonic_ms()).1, 3);
+    // A response that ends is not an arrival.
+    let woken = small.gate.release(1);
+    small.hand_out(woken);
+    assert_eq!(small.meter.close(monotonic_ms()).1, 0);
+}
+
+/// Hands out one gauge per name (one revision per test: labels are not told apart), to read back.
+#[derive(Default)]
+struct GaugeRecorder {
+    gauges: Mutex<HashMap<String, Arc<AtomicU64>>>,
+}
+
+impl GaugeRecorder {
+    fn value(&self, name: &str) -> Option<f64> {
+        let gauges = self.gauges.lock().ok()?;
+        gauges.get(name).map(|gauge| f64::from_bits(gauge.load(Ordering::Relaxed)))
+    }
+}
+
+impl metrics::Recorder for GaugeRecorder {
+    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        let gauge = Arc::new(AtomicU64::new(0));
+        if let Ok(mut gauges) = self.gauges.lock() {
+            gauges.insert(key.name().to_string(), gauge.clone());
+        }
+        metrics::Gauge::from_arc(gauge)
+    }
+
+    fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+#[test]
+fn a_revision_task_that_ends_leaves_its_autoscaler_gauges_at_zero() {
+    let recorder = GaugeRecorder::default();
+    let gauges = metrics::with_local_recorder(&recorder, || AutoscalerGauges::new("default/hello-00001"));
+    let decision = Decision {
+        at_ms: 0,
+        desired: 3,
+        reason: Reason::Panic,
+        panicking: true,
+        ready: 2,
+        instances: 3,
+        held: 1,
+        stable_metric: 7.5,
+        panic_metric: 9.0,
+        backlog: Backlog { events: 40, ordered_keys: None },
+        metric_wanted: 3,
+        panic_wanted: 4,
+        backlog_wanted: 1,
+        excess_burst_capacity: -5,
+    };
+    gauges.show(&decision, 4);
+    let names = [
+        ("sluice_autoscaler_desired_instances", 3.0),
+        ("sluice_autoscaler_ready_instances", 2.0),
+        ("sluice_autoscaler_actual_instances", 4.0),
+        ("sluice_autoscaler_panic", 1.0),
+        ("sluice_autoscaler_excess_burst_capacity", -5.0),
+        ("sluice_autoscaler_backlog_events", 40.0),
+        ("sluice_autoscaler_stable_metric", 7.5),
+        ("sluice_autoscaler_panic_metric", 9.0),
+    ];
+    for (name, shown) in names {
+        assert_eq!(recorder.value(name), Some(shown), "{name} while the task decides");
+    }
+    drop(gauges);
+    for (name, _) in names {
+        assert_eq!(recorder.value(name), Some(0.0), "{name} once the task ended");
+    }
+}
