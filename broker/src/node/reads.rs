@@ -4,10 +4,14 @@
 use openraft::async_runtime::watch::WatchReceiver;
 use tokio::sync::watch;
 
+use std::time::Duration;
+
 use super::Node;
-use crate::command::{METADATA_GROUP, ResourceKey};
+use crate::command::forward::WriteFailure;
+use crate::command::{GroupId, METADATA_GROUP, ResourceKey};
 use crate::error::BrokerError;
 use crate::store::ReadBatch;
+use crate::transport::client::ReadIndexFailure;
 
 impl Node {
     /// A cursor's committed offset in `partition`, as applied on this node.
@@ -69,11 +73,11 @@ impl Node {
         group.view.offset_for_time(stream, time_ms).map_err(|e| BrokerError::io("reading the time index", e))
     }
 
-    /// Waits until this node has applied what `partition`'s leader last reported as committed: a follower
-    /// lags its leader by a heartbeat or more, and a write acknowledged by the leader (a trim) may not be in
-    /// this node's reads yet. Reads after it see every write the leader had reported committed when it was
-    /// called (on the leader itself: everything it committed). At most four election timeouts; then
-    /// `Interrupted`, which is worth retrying.
+    /// Waits until this node has applied everything `partition`'s group had committed when this was called, as
+    /// the group's leader confirms it (Raft's read index, asked of the leader with the `ReadIndex` call): reads
+    /// after it are linearizable, and see every write (a trim) acknowledged before it. A follower lags its
+    /// leader by a heartbeat or more, which is why a redrive or purge through it must wait. At most four
+    /// election timeouts; then `Interrupted`, which is worth retrying.
     pub async fn catch_up(&self, partition: u32) -> Result<(), BrokerError> {
         self.catch_up_group(self.partition_group_id(partition)?).await
     }
@@ -83,21 +87,80 @@ impl Node {
         self.catch_up_group(METADATA_GROUP).await
     }
 
-    async fn catch_up_group(&self, group_id: crate::command::GroupId) -> Result<(), BrokerError> {
+    async fn catch_up_group(&self, group_id: GroupId) -> Result<(), BrokerError> {
         let group = self.group(group_id)?;
-        let target = group.raft.metrics().borrow_watched().cluster_committed.as_ref().map_or(0, |id| id.index);
+        let wait = Duration::from_millis(self.inner.settings.tuning.election_timeout_max_ms * 4);
+        let deadline = tokio::time::Instant::now() + wait;
+        let interrupted = |reason: String| BrokerError::Interrupted { group: group_id, reason };
+        let target = loop {
+            let asked = match group.leader() {
+                Some(leader) if leader == self.id() => {
+                    self.read_index_local(group_id).await.map_err(ReadIndexFailure::Refused)
+                }
+                Some(leader) => match group.node_addr(leader) {
+                    Some(addr) => self.inner.peers.read_index(&addr, group_id).await,
+                    None => Err(ReadIndexFailure::Refused(WriteFailure::NotLeader { group: group_id, leader: None })),
+                },
+                None => Err(ReadIndexFailure::Refused(WriteFailure::NotLeader { group: group_id, leader: None })),
+            };
+            let counted = |outcome: &'static str| {
+                metrics::counter!("sluice_raft_read_index_total", "outcome" => outcome).increment(1);
+            };
+            match asked {
+                Ok(index) => {
+                    counted("confirmed");
+                    break index;
+                }
+                // A leader of an earlier build: what it last reported committed (not linearizable, as before).
+                Err(ReadIndexFailure::Unsupported) => {
+                    counted("unsupported");
+                    break group.raft.metrics().borrow_watched().cluster_committed.as_ref().map_or(0, |id| id.index);
+                }
+                Err(ReadIndexFailure::Refused(WriteFailure::Bug { reason, .. })) => {
+                    return Err(BrokerError::Bug { group: group_id, reason });
+                }
+                Err(failure) if tokio::time::Instant::now() >= deadline => {
+                    counted("failed");
+                    return Err(interrupted(format!(
+                        "group {group_id}'s leader did not confirm a read index within {} ms: {failure}",
+                        wait.as_millis()
+                    )));
+                }
+                // No leader yet, or one that no longer leads: wait for the next change of leadership.
+                Err(_) => {
+                    let mut metrics = group.raft.metrics();
+                    let heartbeat = Duration::from_millis(self.inner.settings.tuning.heartbeat_ms * 2);
+                    let _ = tokio::time::timeout(heartbeat, metrics.changed()).await;
+                }
+            }
+        };
         let mut applied = group.view.watch_applied();
-        let wait = std::time::Duration::from_millis(self.inner.settings.tuning.election_timeout_max_ms * 4);
-        match tokio::time::timeout(wait, applied.wait_for(|index| *index >= target)).await {
+        match tokio::time::timeout_at(deadline, applied.wait_for(|index| *index >= target)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(BrokerError::ShuttingDown),
-            Err(_) => Err(BrokerError::Interrupted {
-                group: group_id,
-                reason: format!(
-                    "this node has not applied group {group_id}'s committed entries (to index {target}) within {} ms",
-                    wait.as_millis()
-                ),
-            }),
+            Err(_) => Err(interrupted(format!(
+                "this node has not applied group {group_id}'s committed entries (to index {target}) within {} ms",
+                wait.as_millis()
+            ))),
+        }
+    }
+
+    /// Raft's read index on this node, which must lead `group_id`: it confirms with a quorum's heartbeat that it
+    /// still leads, then answers the index a read must have applied to see every write committed before (the
+    /// `ReadIndex` call lands here). Not leading, or not confirmed by a quorum: `NotLeader`, retried by the
+    /// asker until its deadline.
+    pub(crate) async fn read_index_local(&self, group_id: GroupId) -> Result<u64, WriteFailure> {
+        let not_leader = |leader| WriteFailure::NotLeader { group: group_id, leader };
+        let group = self.group(group_id).map_err(|_| not_leader(None))?;
+        match group.raft.get_read_linearizer(openraft::ReadPolicy::ReadIndex).await {
+            Ok(linearizer) => Ok(linearizer.read_log_id().index()),
+            Err(e) => match e.api_error() {
+                Some(openraft::error::LinearizableReadError::ForwardToLeader(forward)) => {
+                    Err(not_leader(forward.leader_id))
+                }
+                // No quorum answered the heartbeat, or Raft stopped: leadership is not confirmed.
+                _ => Err(not_leader(None)),
+            },
         }
     }
 

@@ -32,6 +32,17 @@ fn internal_record(object: &serde_json::Value) -> ResourceRecord {
 /// The most records one `Trim` entry drops (see [`Node::trim`]).
 const MAX_TRIM_RECORDS_PER_ENTRY: u64 = 16_384;
 
+/// The `before_offset` of each `Trim` entry that drops a stream's records from `start` to `before_offset`, at
+/// most `max_per_entry` records each, in order. Always at least one (the last is `before_offset` itself): this
+/// node's copy may lag the leader's, whose start decides what a trim drops.
+fn trim_steps(start: u64, before_offset: u64, max_per_entry: u64) -> impl Iterator<Item = u64> {
+    let step = max_per_entry.max(1);
+    let first = before_offset.min(start.saturating_add(step));
+    std::iter::successors(Some(first), move |&done| {
+        (done < before_offset).then(|| before_offset.min(done.saturating_add(step)))
+    })
+}
+
 impl Node {
     /// Appends `payloads` to `stream` in `partition`; answers where they went
     /// once committed (the stored ones have dense offsets from `first_offset`;
@@ -64,16 +75,12 @@ impl Node {
         // One entry drops at most MAX_TRIM_RECORDS_PER_ENTRY records: applying a trim reads every record it drops
         // (to count the bytes it frees) on every replica, and one trim of millions (a retention shortened on a
         // large stream, a purge) would hold the group's apply, and every append behind it, past their timeouts.
-        let mut start = self.group(group_id)?.view.extent(stream).start_offset;
-        loop {
-            let next = before_offset.min(start.saturating_add(MAX_TRIM_RECORDS_PER_ENTRY));
-            let command = LogCommand::Trim { stream: stream.to_string(), before_offset: next };
+        let start = self.group(group_id)?.view.extent(stream).start_offset;
+        for step in trim_steps(start, before_offset, MAX_TRIM_RECORDS_PER_ENTRY) {
+            let command = LogCommand::Trim { stream: stream.to_string(), before_offset: step };
             self.write(group_id, ForwardedWrite::Command(command)).await?;
-            if next >= before_offset {
-                return Ok(());
-            }
-            start = next;
         }
+        Ok(())
     }
 
     /// Commits consumer offsets in `partition`'s group: each cursor moves to
@@ -321,4 +328,32 @@ pub(crate) fn validate_cursor_name(cursor: &str) -> Result<(), BrokerError> {
         BrokerError::InvalidStream { stream, rule } => BrokerError::InvalidCursor { cursor: stream, rule },
         other => other,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trim_goes_in_entries_of_at_most_the_limit_and_ends_at_its_offset() {
+        // (start, before_offset, per entry, the entries' before_offsets)
+        let cases: [(u64, u64, u64, &[u64]); 7] = [
+            (0, 10, 4, &[4, 8, 10]),
+            (0, 8, 4, &[4, 8]),
+            (5, 6, 4, &[6]),
+            (0, 3, 16_384, &[3]),
+            (10, 10, 4, &[10]),
+            (12, 10, 4, &[10]),
+            (u64::MAX - 2, u64::MAX, 4, &[u64::MAX]),
+        ];
+        for (start, before, per_entry, want) in cases {
+            let steps: Vec<u64> = trim_steps(start, before, per_entry).collect();
+            assert_eq!(steps, want, "from {start} to {before}, {per_entry} per entry");
+        }
+        // Ten million records: 611 entries, none over the limit, the last at the offset asked.
+        let steps: Vec<u64> = trim_steps(0, 10_000_000, MAX_TRIM_RECORDS_PER_ENTRY).collect();
+        assert_eq!(steps.len(), 611);
+        assert!(steps.windows(2).all(|w| w[1] > w[0] && w[1] - w[0] <= MAX_TRIM_RECORDS_PER_ENTRY));
+        assert_eq!(steps.last(), Some(&10_000_000));
+    }
 }

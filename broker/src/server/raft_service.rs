@@ -133,6 +133,11 @@ impl RaftTransport for TransportService {
         reply(&raft.handle_transfer_leader(rpc).await.map_err(fatal)?)
     }
 
+    async fn read_index(&self, request: Request<GroupMessage>) -> Result<Response<GroupReply>, Status> {
+        let group = request.into_inner().group_id;
+        reply(&self.node.read_index_local(group).await)
+    }
+
     async fn install_snapshot(
         &self,
         request: Request<Streaming<SnapshotChunk>>,

@@ -29,6 +29,8 @@ use crate::transport::status::status_error;
 /// Largest gRPC message between nodes (an AppendEntries of up to 16 entries of ~4 MiB).
 pub(crate) const MAX_PEER_MESSAGE_BYTES: usize = 96 << 20;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A read index is one heartbeat round on the leader; past this the asking node tries again.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Default)]
 pub(crate) struct PeerClients {
@@ -100,6 +102,40 @@ impl PeerClients {
             // Refused before it reached the leader: nothing was written.
             Err(Lost::NotSent(_)) => Err(WriteFailure::NotLeader { group, leader: None }),
             Err(Lost::Broken(reason)) => Err(indeterminate(reason)),
+        }
+    }
+}
+
+/// Why a peer did not answer a read index.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadIndexFailure {
+    /// The peer answered: it is not the leader, or could not confirm it still leads.
+    #[error("refused: {0}")]
+    Refused(WriteFailure),
+    /// The peer runs a build without the call (a rolling upgrade): the asking node falls back to what its
+    /// leader last reported committed.
+    #[error("the leader's build has no read index")]
+    Unsupported,
+    /// The call did not complete (unreachable, timed out, undecodable).
+    #[error("the call failed: {0}")]
+    Failed(String),
+}
+
+impl PeerClients {
+    /// Asks `addr`, the leader of `group`, for its read index ([`crate::node::Node::read_index_local`]).
+    pub(crate) async fn read_index(&self, addr: &str, group: GroupId) -> Result<u64, ReadIndexFailure> {
+        let mut client = self.client(addr).map_err(ReadIndexFailure::Failed)?;
+        let request = GroupMessage { group_id: group, payload: Default::default() };
+        let call = tokio::time::timeout(READ_INDEX_TIMEOUT, client.read_index(request));
+        match call.await {
+            Err(_) => Err(ReadIndexFailure::Failed(format!("no answer within {} ms", READ_INDEX_TIMEOUT.as_millis()))),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Err(ReadIndexFailure::Unsupported),
+            Ok(Err(status)) => Err(ReadIndexFailure::Failed(status.message().to_string())),
+            Ok(Ok(reply)) => match decode::<Result<u64, WriteFailure>>(&reply.get_ref().payload) {
+                Ok(Ok(index)) => Ok(index),
+                Ok(Err(refused)) => Err(ReadIndexFailure::Refused(refused)),
+                Err(e) => Err(ReadIndexFailure::Failed(e.to_string())),
+            },
         }
     }
 }

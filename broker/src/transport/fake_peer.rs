@@ -113,6 +113,9 @@ impl RaftTransport for Peer {
     async fn forward(&self, _: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
         unimplemented()
     }
+    async fn read_index(&self, _: Request<GroupMessage>) -> Result<Response<GroupReply>, Status> {
+        unimplemented()
+    }
 }
 
 /// Serves `peer` on a loopback port; returns its address.
