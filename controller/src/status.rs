@@ -185,11 +185,14 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
     status.insert("observedGeneration".into(), generation);
 
     let dead_letter = destination_at(object, "/spec/delivery/deadLetterSink");
+    // Knative's conformance: a destination that cannot be resolved reports its URI as the empty string.
     let dead_letter_ok = match &dead_letter {
         None => Ok(()),
-        Some(sink) => resolve(sink, namespace, world, env).map(|uri| {
-            status.insert("deadLetterSinkUri".into(), uri.into());
-        }),
+        Some(sink) => {
+            let resolved = resolve(sink, namespace, world, env);
+            status.insert("deadLetterSinkUri".into(), resolved.as_deref().unwrap_or_default().into());
+            resolved.map(|_| ())
+        }
     };
 
     match kind {
@@ -237,9 +240,11 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
             let subscriber = destination_at(object, "/spec/subscriber");
             let subscriber_ok = match &subscriber {
                 None => Err(("SubscriberMissing".into(), "spec.subscriber is required".into())),
-                Some(destination) => resolve(destination, namespace, world, env).map(|uri| {
-                    status.insert("subscriberUri".into(), uri.into());
-                }),
+                Some(destination) => {
+                    let resolved = resolve(destination, namespace, world, env);
+                    status.insert("subscriberUri".into(), resolved.as_deref().unwrap_or_default().into());
+                    resolved.map(|_| ())
+                }
             };
             conditions.push(condition("SubscriberResolved", subscriber_ok));
             conditions.push(condition("DeadLetterSinkResolved", dead_letter_ok));
@@ -279,11 +284,10 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
             let mut resolved = Ok(());
             for (field, pointer) in [("subscriberUri", "/spec/subscriber"), ("replyUri", "/spec/reply")] {
                 if let Some(destination) = destination_at(object, pointer) {
-                    match resolve(&destination, namespace, world, env) {
-                        Ok(uri) => {
-                            physical.insert(field.into(), uri.into());
-                        }
-                        Err(e) => resolved = resolved.and(Err(e)),
+                    let uri = resolve(&destination, namespace, world, env);
+                    physical.insert(field.into(), uri.as_deref().unwrap_or_default().into());
+                    if let Err(e) = uri {
+                        resolved = resolved.and(Err(e));
                     }
                 }
             }
@@ -432,6 +436,15 @@ mod tests {
         let status = reconcile(&t, &World { objects: &not_ready }, &env());
         assert_eq!(condition_of(&status, "BrokerReady")["status"], "False");
         assert_eq!(condition_of(&status, "Ready")["reason"], "BrokerNotReady");
+
+        // Knative's conformance: a subscriber or dead-letter sink that cannot be resolved reports "".
+        let mut unresolved =
+            trigger(json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "gone"}}));
+        unresolved["spec"]["delivery"] = json!({"deadLetterSink": {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "gone"}}});
+        let objects = [unresolved.clone(), broker("default", None)];
+        let status = reconcile(&unresolved, &World { objects: &objects }, &env());
+        assert_eq!(condition_of(&status, "SubscriberResolved")["status"], "False");
+        assert_eq!((&status["subscriberUri"], &status["deadLetterSinkUri"]), (&json!(""), &json!("")), "{status}");
     }
 
     /// Knative's layout and rules for a Subscription: what it resolves to under `physicalSubscription`, and its
