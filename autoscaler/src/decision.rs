@@ -127,6 +127,9 @@ pub struct Decision {
     pub panic_wanted: u32,
     pub backlog_wanted: u32,
     pub excess_burst_capacity: i64,
+    /// A route sent the revision traffic when this was decided (else `min-scale` and `initial-scale` did not
+    /// apply: [`Autoscaler::set_reachable`]).
+    pub reachable: bool,
 }
 
 /// One revision's autoscaler.
@@ -145,6 +148,8 @@ pub struct Autoscaler {
     started_ms: u64,
     /// How long `initial-scale` may keep the revision up without being reached.
     progress_deadline_ms: u64,
+    /// Some route sends the revision traffic (Knative's PodAutoscaler `Reachability`).
+    reachable: bool,
 }
 
 /// Knative's `progress-deadline` (600 s): how long a new revision may take to reach `initial-scale`. Past it,
@@ -191,6 +196,7 @@ impl Autoscaler {
             reached_initial,
             started_ms: now_ms,
             progress_deadline_ms: DEFAULT_PROGRESS_DEADLINE_MS,
+            reachable: true,
         }
     }
 
@@ -198,6 +204,16 @@ impl Autoscaler {
     /// one its instances must become ready within).
     pub fn with_progress_deadline_ms(self, progress_deadline_ms: u64) -> Self {
         Autoscaler { progress_deadline_ms, ..self }
+    }
+
+    /// Whether any route sends the revision traffic now (a new autoscaler assumes one does). Knative's
+    /// `Reachability`: an unreachable revision (a Configuration's latest while its Route pins traffic
+    /// elsewhere, a tag-less old one) is not kept up by `min-scale`, starts one instance rather than
+    /// `initial-scale` (so that it becomes Ready once), and may drop straight to zero (no scale-down rate, no
+    /// `scale-down-delay`). Routes change while the revision runs, so this is set again at each change.
+    pub fn set_reachable(&mut self, reachable: bool) {
+        self.reachable = reachable;
+        self.kpa.set_reachable(reachable);
     }
 
     /// Records a closed bucket that ended at `now_ms`.
@@ -261,6 +277,9 @@ impl Autoscaler {
                 0 => knobs.initial_scale,
                 max_scale => knobs.initial_scale.min(max_scale),
             };
+            // Unreachable, one instance, only so that the revision becomes Ready (and can take traffic at once
+            // when a route moves to it): Knative ignores `initial-scale` there, yet creates the revision's pods.
+            let initial_scale = if self.reachable { initial_scale } else { initial_scale.min(1) };
             // Reached, or given up on: past the progress deadline the runtime has shown it cannot run that many
             // here, and the revision follows its traffic (down to zero) like any other.
             let deadline_passed = now.saturating_sub(self.started_ms) >= self.progress_deadline_ms;
@@ -271,7 +290,8 @@ impl Autoscaler {
                 reason = Reason::InitialScale;
             }
         }
-        if desired < knobs.min_scale {
+        // Knative ignores `min-scale` on a revision no route sends traffic to: nothing keeps it warm.
+        if self.reachable && desired < knobs.min_scale {
             desired = knobs.min_scale;
             reason = Reason::MinScale;
         }
@@ -315,6 +335,7 @@ impl Autoscaler {
             panic_wanted: kpa.panic_wanted,
             backlog_wanted,
             excess_burst_capacity: kpa.excess_burst_capacity,
+            reachable: self.reachable,
         }
     }
 }
@@ -438,6 +459,44 @@ mod tests {
         assert_eq!((min.desired, min.reason), (2, Reason::MinScale));
         let mut kept = Autoscaler::new(Autoscaling { enable_scale_to_zero: false, ..knobs() }, 1, 0, true);
         assert_eq!(kept.decide(&observe(600_000, 1, 0, 0)).reason, Reason::ScaleToZeroDisabled);
+    }
+
+    #[test]
+    fn an_unreachable_revision_ignores_min_scale_and_initial_scale_once_ready() {
+        // (reachable, min-scale, initial-scale, was ready before, ready now, wanted, reason, why): the first
+        // decision of a revision whose traffic has been idle (6 s window passed, grace 0).
+        let cases = [
+            (true, 3, 1, true, 3, 3, Reason::MinScale, "routed: min-scale keeps it warm"),
+            (false, 3, 1, true, 3, 0, Reason::Metric, "unrouted: min-scale ignored, straight to zero once idle"),
+            (true, 0, 3, false, 0, 3, Reason::InitialScale, "routed and new: initial-scale"),
+            (false, 0, 3, false, 0, 1, Reason::InitialScale, "unrouted and new: one instance, to become Ready"),
+            (false, 3, 3, false, 0, 1, Reason::InitialScale, "unrouted and new, min-scale 3: still one"),
+            (false, 3, 3, false, 1, 0, Reason::Metric, "unrouted, Ready now: let go"),
+            (false, 0, 0, false, 0, 0, Reason::Metric, "initial-scale 0 stays 0"),
+            (false, 2, 1, true, 0, 0, Reason::Metric, "ready before (another node): not started here"),
+        ];
+        for (reachable, min_scale, initial_scale, ready_before, ready, wanted, reason, why) in cases {
+            let knobs = Autoscaling { min_scale, initial_scale, scale_to_zero_grace_ms: 0, ..knobs() };
+            let mut scaler = Autoscaler::new(knobs, ready, 0, ready_before);
+            scaler.set_reachable(reachable);
+            load(&mut scaler, 0, 10, 0.0);
+            let d = scaler.decide(&observe(10_000, ready, 0, 0));
+            assert_eq!((d.desired, d.reason, d.reachable), (wanted, reason, reachable), "{why}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn a_route_moving_away_lets_a_min_scale_revision_go_and_moving_back_brings_it_up() {
+        let knobs = Autoscaling { min_scale: 2, scale_to_zero_grace_ms: 0, ..knobs() };
+        let mut scaler = Autoscaler::new(knobs, 2, 0, true);
+        load(&mut scaler, 0, 10, 0.0);
+        assert_eq!(scaler.decide(&observe(10_000, 2, 0, 0)).desired, 2, "routed");
+        scaler.set_reachable(false);
+        let d = scaler.decide(&observe(12_000, 2, 0, 0));
+        assert_eq!((d.desired, d.reason), (0, Reason::Metric), "unrouted and idle: no scale-down rate holds it");
+        scaler.set_reachable(true);
+        let d = scaler.decide(&observe(14_000, 0, 0, 0));
+        assert_eq!((d.desired, d.reason), (2, Reason::MinScale), "routed again");
     }
 
     #[test]

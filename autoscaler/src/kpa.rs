@@ -51,6 +51,11 @@ impl Kpa {
         Kpa { spec, panic_since_ms: (ready > 1).then_some(now_ms), max_panic: ready, delay }
     }
 
+    /// Whether a route sends the revision traffic now (it changes as routes do, without a new decider).
+    pub(crate) fn set_reachable(&mut self, reachable: bool) {
+        self.spec.reachable = reachable;
+    }
+
     #[cfg(test)]
     pub(crate) fn panicking(&self) -> bool {
         self.panic_since_ms.is_some()

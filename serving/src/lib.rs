@@ -24,6 +24,7 @@ mod admin;
 mod balance;
 mod clock;
 mod error;
+mod facts;
 mod gate;
 mod http;
 mod logs;

@@ -2,14 +2,14 @@
 //! readiness, concurrency, timeout, scale bounds), and the set of revisions this node should be ready to run
 //! is compared with what runs ([`plan`]). Pure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde_json::Value;
 use sluice_controller::serving::ServingRuntime;
 use sluice_controller::serving::autoscaling::{AutoscalerDefaults, resolve};
 use sluice_controller::serving::model::{Container, Probe, serving_container_index};
-use sluice_controller::serving::routing::{RouteTable, latest_revisions};
+use sluice_controller::serving::routing::{RouteTable, latest_revisions, spec_traffic};
 use sluice_controller::serving::status::runnable;
 use sluice_controller::serving::{CONFIGURATION_LABEL, DEFAULT_TIMEOUT_SECONDS, SERVICE_LABEL};
 
@@ -97,6 +97,7 @@ pub(crate) fn revision_run(
     Ok(RevisionRun {
         namespace: str_at(revision, "/metadata/namespace").to_string(),
         name,
+        uid: str_at(revision, "/metadata/uid").to_string(),
         object: std::sync::Arc::new(object),
         argv: container.command.iter().chain(&container.args).cloned().collect(),
         env,
@@ -126,40 +127,88 @@ fn readiness_of(probe: Option<&Probe>) -> Readiness {
     }
 }
 
+/// The revisions this node should be ready to run, and which of them are reachable.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Wanted {
+    /// By `namespace/name`, with what running each takes.
+    pub(crate) runs: BTreeMap<String, RevisionRun>,
+    /// Those a Route (or a Configuration, or a tag) sends traffic to, and the latest created revision of a
+    /// Configuration some route follows (it gets the traffic once Ready: Knative's `pending`, which starts
+    /// `initial-scale`). The others are each Configuration's latest created revision while traffic is pinned
+    /// elsewhere: they run only to become Ready once (Knative's unreachable revision: no `min-scale`, no
+    /// `initial-scale`), then stay at zero.
+    pub(crate) reachable: BTreeSet<String>,
+    /// `(namespace/name, why it cannot run here)`.
+    pub(crate) problems: Vec<(String, String)>,
+}
+
 /// The revisions this node should be ready to run: those a Route (or a Configuration) sends traffic to, and
 /// each Configuration's latest created one (so that it starts once and becomes Ready); with what running them
-/// takes. The others are left out, with the reason for those that cannot
-/// run here.
+/// takes, and the reason for those that cannot run here. Old revisions nothing routes to are left out:
+/// Knative ignores `min-scale` on them, and nothing else would start them.
 pub(crate) fn wanted_revisions(
     objects: &[Value],
     table: &RouteTable,
     defaults: &AutoscalerDefaults,
     runtime: ServingRuntime,
-) -> (BTreeMap<String, RevisionRun>, Vec<(String, String)>) {
-    let routed: std::collections::BTreeSet<(&str, &str)> = table
+) -> Wanted {
+    let routed: BTreeSet<(&str, &str)> = table
         .values()
         .flat_map(|host| host.targets.iter().map(move |(revision, _)| (host.namespace.as_str(), revision.as_str())))
         .collect();
-    let mut wanted = BTreeMap::new();
-    let mut problems = Vec::new();
+    let followed = followed_configurations(objects);
+    let mut wanted = Wanted::default();
     for revision in objects.iter().filter(|o| str_at(o, "/kind") == "Revision") {
         let namespace = str_at(revision, "/metadata/namespace");
         let name = str_at(revision, "/metadata/name");
         let configuration = label(revision, CONFIGURATION_LABEL).unwrap_or_default();
         let latest = latest_revisions(objects, namespace, configuration).0.as_deref() == Some(name);
-        // Knative ignores `min-scale` on a revision nothing routes to: an old one is not kept warm.
-        if !(routed.contains(&(namespace, name)) || latest) {
+        let reachable = routed.contains(&(namespace, name))
+            || (latest && followed.contains(&(namespace.to_string(), configuration.to_string())));
+        if !(reachable || latest) {
             continue;
         }
         let key = format!("{namespace}/{name}");
         match revision_run(revision, defaults, runtime) {
             Ok(run) => {
-                wanted.insert(key, run);
+                if reachable {
+                    wanted.reachable.insert(key.clone());
+                }
+                wanted.runs.insert(key, run);
             }
-            Err((reason, message)) => problems.push((key, format!("{reason}: {message}"))),
+            Err((reason, message)) => wanted.problems.push((key, format!("{reason}: {message}"))),
         }
     }
-    (wanted, problems)
+    wanted
+}
+
+/// `(namespace, configuration)` of the Configurations whose latest ready revision some route serves: a Route's
+/// target that names the Configuration (with a percent, or a tag), or the Configuration's own host when no
+/// Route has its name. Their latest created revision gets traffic as soon as it is Ready.
+fn followed_configurations(objects: &[Value]) -> BTreeSet<(String, String)> {
+    let mut followed = BTreeSet::new();
+    for route in objects.iter().filter(|o| str_at(o, "/kind") == "Route") {
+        let namespace = str_at(route, "/metadata/namespace");
+        for target in spec_traffic(route, str_at(route, "/metadata/name")) {
+            let sends = target.percent.unwrap_or(0) > 0 || target.tag.is_some();
+            if let (None, Some(configuration), true) = (&target.revision_name, &target.configuration_name, sends) {
+                followed.insert((namespace.to_string(), configuration.clone()));
+            }
+        }
+    }
+    for configuration in objects.iter().filter(|o| str_at(o, "/kind") == "Configuration") {
+        let namespace = str_at(configuration, "/metadata/namespace");
+        let name = str_at(configuration, "/metadata/name");
+        let has_route = objects.iter().any(|o| {
+            str_at(o, "/kind") == "Route"
+                && str_at(o, "/metadata/namespace") == namespace
+                && str_at(o, "/metadata/name") == name
+        });
+        if !has_route {
+            followed.insert((namespace.to_string(), name.to_string()));
+        }
+    }
+    followed
 }
 
 /// What to start and stop so that what runs is what is wanted (a revision whose run changed restarts).
@@ -302,6 +351,52 @@ mod tests {
     }
 
     #[test]
+    fn a_latest_revision_is_reachable_only_when_a_route_follows_its_configuration() {
+        let app = json!({"image": "x", "command": ["/bin/app"]});
+        let configuration = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Configuration",
+            "metadata": {"name": "hello", "namespace": "default", "uid": "c1", "generation": 2}, "spec": {}});
+        let ready = json!({"apiVersion": "serving.knative.dev/v1", "kind": "RevisionState",
+            "metadata": {"name": "hello-00001", "namespace": "default"}, "spec": {"ready": true}});
+        let base = vec![
+            configuration,
+            revision("hello-00001", 1, app.clone(), json!({})),
+            revision("hello-00002", 2, app, json!({"autoscaling.knative.dev/min-scale": "3"})),
+            ready,
+        ];
+        let latest = json!({"configurationName": "hello", "latestRevision": true, "percent": 100});
+        let pinned = json!({"revisionName": "hello-00001", "percent": 100});
+        // (the Route's traffic (None: no Route), reachable, why)
+        let cases = [
+            (Some(json!([latest])), vec!["default/hello-00001", "default/hello-00002"], "follows the latest"),
+            (Some(json!([pinned])), vec!["default/hello-00001"], "pinned: the new min-scale 3 revision is not"),
+            (
+                Some(
+                    json!([pinned, {"configurationName": "hello", "latestRevision": true, "percent": 0, "tag": "next"}]),
+                ),
+                vec!["default/hello-00001", "default/hello-00002"],
+                "a tag follows the latest",
+            ),
+            (
+                Some(json!([pinned, {"configurationName": "hello", "latestRevision": true, "percent": 0}])),
+                vec!["default/hello-00001"],
+                "0 % and no tag: nothing is sent",
+            ),
+            (None, vec!["default/hello-00001", "default/hello-00002"], "the Configuration's own host follows it"),
+        ];
+        for (traffic, reachable, why) in cases {
+            let mut objects = base.clone();
+            if let Some(traffic) = traffic {
+                objects.push(json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
+                    "metadata": {"name": "hello", "namespace": "default"}, "spec": {"traffic": traffic}}));
+            }
+            let table = route_table(&objects, "localhost");
+            let wanted = wanted_revisions(&objects, &table, &AutoscalerDefaults::default(), ServingRuntime::Local);
+            assert_eq!(wanted.runs.len(), 2, "{why}: the latest runs either way (to become Ready)");
+            assert_eq!(wanted.reachable.iter().collect::<Vec<_>>(), reachable, "{why}");
+        }
+    }
+
+    #[test]
     fn routed_latest_and_min_scale_revisions_are_wanted_and_changes_restart() {
         let app = json!({"image": "x", "command": ["/bin/app"]});
         let configuration = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Configuration",
@@ -315,13 +410,18 @@ mod tests {
             "spec": {"traffic": [{"revisionName": "hello-00002", "percent": 100}]}});
         let objects = [configuration, old, pinned, latest, warm_but_old, route];
         let table = route_table(&objects, "localhost");
-        let (wanted, problems) =
+        let Wanted { runs: wanted, reachable, problems } =
             wanted_revisions(&objects, &table, &AutoscalerDefaults::default(), ServingRuntime::Local);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
             wanted.keys().collect::<Vec<_>>(),
             ["default/hello-00002", "default/hello-00003"],
             "routed and latest created; not the old ones, min-scale or not"
+        );
+        assert_eq!(
+            reachable.iter().collect::<Vec<_>>(),
+            ["default/hello-00002"],
+            "the latest runs to become Ready, unreachable while traffic is pinned to 00002"
         );
         let mut running = wanted.clone();
         assert_eq!(plan(&wanted, &running), Plan::default());

@@ -9,9 +9,12 @@
 //! capacity grew), restarts crashed ones with backoff, and takes surplus ones out: drained first, so in-flight
 //! requests finish, then SIGTERM.
 
+mod gauges;
+mod starts;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,29 +27,35 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
 use crate::clock::monotonic_ms;
 use crate::error::ServingError;
+use crate::facts::{Facts, FactsOutbox, FactsUpdate, RunId};
 use crate::gate::{Admit, Gate, InstanceId, Meter, WaiterId};
 use crate::logs::LogHub;
 use crate::runtime::local::free_port;
 use crate::runtime::{Instance, InstanceEvent, InstanceSpec, Readiness, Runtime};
+use gauges::AutoscalerGauges;
 use sluice_autoscaler::{Autoscaler, Backlog, Decision, Observation, Sample};
+use starts::{Failed, FailedStarts, StartVerdict, marks_failed, start_verdict, turned_away};
 
 /// Requests waiting for a slot of one revision on one node, at most.
 pub(crate) const QUEUE_LIMIT: usize = 10_000;
-/// After this many failed starts in a row without ever being ready, waiting requests are answered 503 with the
-/// reason instead of being held until their timeout.
-const FAILED_STARTS_BEFORE_GIVING_UP: u32 = 3;
 /// The port a container listens on when it names none, where instances do not share a host (Knative's).
 const DEFAULT_CONTAINER_PORT: u16 = 8080;
 /// The ready capacity of a revision without `containerConcurrency`.
 pub(crate) const UNLIMITED: usize = usize::MAX;
 /// Decisions kept per revision (for `sluice describe revision` and the admin API).
 const DECISIONS_KEPT: usize = 30;
+/// How long a stopped run tries to post its last facts while the outbox is full.
+const LAST_FACTS_TRIES: u32 = 50;
+/// Runs of revisions started on this node so far: each run's generation ([`RunId`]).
+static RUNS_STARTED: AtomicU64 = AtomicU64::new(0);
 
 /// What it takes to run a revision, from its object.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct RevisionRun {
     pub(crate) namespace: String,
     pub(crate) name: String,
+    /// The Revision's `metadata.uid`: a Revision deleted and made again under its name is another run.
+    pub(crate) uid: String,
     /// The Revision's metadata (name, namespace, labels) and spec: what a runtime that runs images needs.
     pub(crate) object: Arc<Value>,
     pub(crate) argv: Vec<String>,
@@ -67,14 +76,6 @@ pub(crate) struct RevisionRun {
     pub(crate) autoscaling: Autoscaling,
 }
 
-/// What the runtime learnt about a revision (recorded for its status).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Facts {
-    pub(crate) ready: bool,
-    pub(crate) failure: Option<(String, String)>,
-    pub(crate) instances: u32,
-}
-
 /// What a waiting request is given: a slot on an instance at an address, or why it gets none.
 type Grant = Result<(InstanceId, Authority), ServingError>;
 
@@ -85,8 +86,9 @@ struct GateState {
     addrs: HashMap<InstanceId, Authority>,
     next_waiter: WaiterId,
     meter: Meter,
-    /// Set while the revision cannot start (waiters are answered with it).
-    failed: Option<String>,
+    /// Set while the revision cannot start: waiters are answered with it, and so are requests that arrive
+    /// before its restart backoff has passed (later ones are held, and wake a start).
+    failed: Option<Failed>,
     /// Set once the revision stops: no request waits for it any more.
     stopped: bool,
 }
@@ -131,6 +133,10 @@ impl GateState {
 /// A revision as requests see it.
 pub(crate) struct RevisionHandle {
     pub(crate) run: RevisionRun,
+    /// Which run of the revision on this node this is.
+    pub(crate) run_id: RunId,
+    /// A route sends the revision traffic (the supervisor sets it as routes change; the autoscaler reads it).
+    reachable: AtomicBool,
     state: Mutex<GateState>,
     /// Wakes the revision's task (a request waits, a slot was given back).
     poke: Notify,
@@ -173,6 +179,13 @@ impl RevisionHandle {
         self.poke.notify_one();
     }
 
+    /// Whether a route sends the revision traffic now; the task decides again when that changed.
+    pub(crate) fn set_reachable(&self, reachable: bool) {
+        if self.reachable.swap(reachable, Ordering::Relaxed) != reachable {
+            self.poke.notify_one();
+        }
+    }
+
     /// The last decisions, oldest first.
     pub(crate) fn decisions(&self) -> Vec<Decision> {
         self.decisions.lock().map(|d| d.iter().cloned().collect()).unwrap_or_default()
@@ -192,8 +205,8 @@ impl RevisionHandle {
     pub(crate) async fn acquire(self: &Arc<Self>, timeout_ms: u64) -> Result<Permit, ServingError> {
         let rx = {
             let mut state = self.state.lock().map_err(|_| self.upstream("gate poisoned"))?;
-            if let Some(reason) = &state.failed {
-                return Err(ServingError::RevisionFailed { revision: self.key(), reason: reason.clone() });
+            if let Some(reason) = turned_away(state.failed.as_ref(), monotonic_ms()) {
+                return Err(ServingError::RevisionFailed { revision: self.key(), reason: reason.to_string() });
             }
             if state.stopped {
                 return Err(ServingError::RevisionStopped { revision: self.key() });
@@ -297,15 +310,20 @@ pub(crate) struct RevisionEnv {
     pub(crate) logs: Arc<LogHub>,
     pub(crate) grace: Duration,
     pub(crate) progress_deadline: Duration,
-    pub(crate) facts: mpsc::UnboundedSender<(String, String, Facts)>,
+    /// Where the revision's facts go to be recorded (latest only, per revision).
+    pub(crate) facts: Arc<FactsOutbox>,
     /// The dispatcher's side: backlog in, capacity out.
     pub(crate) signals: Arc<dyn RevisionSignals>,
 }
 
 impl RunningRevision {
-    /// `ready_before`: it has been ready before (on any node), so it need not start an instance to prove it.
-    pub(crate) fn start(run: RevisionRun, ready_before: bool, env: RevisionEnv) -> Self {
+    /// `ready_before`: it has been ready before (on any node), so it need not start an instance to prove it;
+    /// `reachable`: a route sends it traffic.
+    pub(crate) fn start(run: RevisionRun, ready_before: bool, reachable: bool, env: RevisionEnv) -> Self {
+        let run_id = RunId { uid: run.uid.clone(), generation: RUNS_STARTED.fetch_add(1, Ordering::Relaxed) + 1 };
         let handle = Arc::new(RevisionHandle {
+            run_id,
+            reachable: AtomicBool::new(reachable),
             state: Mutex::new(GateState {
                 gate: Gate::new(run.container_concurrency, QUEUE_LIMIT),
                 waiters: HashMap::new(),
@@ -340,21 +358,29 @@ struct Instances {
     running: BTreeMap<InstanceId, Box<dyn Instance>>,
     stopping: BTreeSet<InstanceId>,
     next_id: InstanceId,
-    consecutive_failures: u32,
-    last_failure_ms: u64,
+    failed_starts: FailedStarts,
+    /// Restarts stopped at the progress deadline (logged once).
+    given_up: bool,
     facts: Facts,
     /// The autoscaler's last word.
     desired: u32,
 }
 
-/// How long to wait before starting an instance again after `consecutive_failures` failed starts: 100 ms
-/// doubling to 10 s (a crash loop costs little, a transient failure recovers fast). This is also how a
-/// revision that cannot become ready backs off its activations: its backlog asks again, the delay answers.
-pub(crate) fn restart_delay_ms(consecutive_failures: u32) -> u64 {
-    if consecutive_failures == 0 {
-        return 0;
+impl Instances {
+    /// Running and not draining.
+    fn active(&self) -> usize {
+        self.running.len() - self.stopping.len()
     }
-    100u64.saturating_mul(1 << consecutive_failures.saturating_sub(1).min(7)).min(10_000)
+}
+
+/// The run's facts, to post.
+fn facts_update(revision: &RevisionHandle, facts: &Facts) -> FactsUpdate {
+    FactsUpdate {
+        namespace: revision.run.namespace.clone(),
+        name: revision.run.name.clone(),
+        run: revision.run_id.clone(),
+        facts: facts.clone(),
+    }
 }
 
 async fn run_revision(
@@ -370,18 +396,22 @@ async fn run_revision(
     let progress_deadline_ms = u64::try_from(env.progress_deadline.as_millis()).unwrap_or(u64::MAX);
     let mut autoscaler =
         Autoscaler::new(knobs.clone(), 0, monotonic_ms(), ready_before).with_progress_deadline_ms(progress_deadline_ms);
+    let mut reachable = revision.reachable.load(Ordering::Relaxed);
+    autoscaler.set_reachable(reachable);
     let mut instances = Instances {
         running: BTreeMap::new(),
         stopping: BTreeSet::new(),
         next_id: 0,
-        consecutive_failures: 0,
-        last_failure_ms: 0,
+        failed_starts: FailedStarts::default(),
+        given_up: false,
         facts: Facts { ready: ready_before, ..Facts::default() },
         desired: 0,
     };
     let key = revision.key();
     let gauges = AutoscalerGauges::new(&key);
-    let mut reported = instances.facts.clone();
+    // Nothing reported yet: a run's first facts are always posted, so that what this node recorded before it
+    // restarted (its instances then) does not stand.
+    let mut reported: Option<Facts> = None;
     let mut buckets = tokio::time::interval(Duration::from_millis(knobs.bucket_ms));
     buckets.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Decisions are taken as a bucket closes (every `tick_ms / bucket_ms` buckets), so that they see it.
@@ -389,6 +419,12 @@ async fn run_revision(
     let mut buckets_since_decision = 0;
     let mut decide_now = true;
     loop {
+        let now_reachable = revision.reachable.load(Ordering::Relaxed);
+        if now_reachable != reachable {
+            reachable = now_reachable;
+            autoscaler.set_reachable(reachable);
+            decide_now = true;
+        }
         if decide_now {
             decide_now = false;
             let decision = decide(&revision, &env, &mut autoscaler, &instances);
@@ -401,18 +437,22 @@ async fn run_revision(
             instances.desired = decision.desired;
             revision.record_decision(&decision);
         }
-        scale(&revision, &env, &events_tx, &drained_tx, &mut instances);
-        instances.facts.instances = (instances.running.len() - instances.stopping.len()) as u32;
-        if instances.facts != reported {
-            reported = instances.facts.clone();
-            let _ = env.facts.send((revision.run.namespace.clone(), revision.run.name.clone(), reported.clone()));
+        // A revision that keeps failing starts again when a held request or the backlog asks for it.
+        let asked = instances.failed_starts.in_a_row > 0 && {
+            let held = revision.state.lock().map_or(0, |s| s.gate.load().waiting as u32);
+            autoscaler.wakes(held, backlog(&revision, &env))
+        };
+        scale(&revision, &env, &events_tx, &drained_tx, &mut instances, asked);
+        instances.facts.instances = instances.active() as u32;
+        // Not taken (the outbox full): posted again at the next turn.
+        if reported.as_ref() != Some(&instances.facts) && env.facts.post(facts_update(&revision, &instances.facts)) {
+            reported = Some(instances.facts.clone());
         }
         tokio::select! {
             _ = &mut stopped => break,
             _ = revision.poke.notified() => {
                 // Asked for at zero (a request held, a backlog reported): decide now, not at the next tick.
-                let active = instances.running.len() - instances.stopping.len();
-                if active == 0 && instances.desired == 0 {
+                if instances.active() == 0 && instances.desired == 0 {
                     let held = revision.state.lock().map_or(0, |s| s.gate.load().waiting as u32);
                     let backlog = backlog(&revision, &env);
                     decide_now = autoscaler.wakes(held, backlog);
@@ -439,7 +479,8 @@ async fn run_revision(
             Some(event) = events.recv() => match event {
                 InstanceEvent::Ready { id, addr } => {
                     tracing::info!(revision = %key, instance = id, %addr, "instance ready");
-                    instances.consecutive_failures = 0;
+                    instances.failed_starts.ready();
+                    instances.given_up = false;
                     if let Ok(mut state) = revision.state.lock() {
                         state.failed = None;
                         // A socket address is always a valid authority; were it not, the instance would get no
@@ -513,10 +554,17 @@ async fn run_revision(
     }
     let stops: Vec<_> = instances.running.values().map(|i| i.stop(env.grace)).collect();
     futures::future::join_all(stops).await;
-    env.runtime.retire(&key).await;
+    // This run's: a run of the revision started since (a replacement under its name) keeps what it uses.
+    env.runtime.retire(&key, revision.run_id.generation).await;
     instances.facts.instances = 0;
-    if instances.facts != reported {
-        let _ = env.facts.send((revision.run.namespace.clone(), revision.run.name.clone(), instances.facts.clone()));
+    if reported.as_ref() != Some(&instances.facts) {
+        // The outbox is bounded: full, the run waits a little for room rather than leave its instances shown.
+        for _ in 0..LAST_FACTS_TRIES {
+            if env.facts.post(facts_update(&revision, &instances.facts)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     tracing::info!(revision = %key, "revision stopped");
 }
@@ -537,69 +585,10 @@ fn decide(
         now_ms: monotonic_ms(),
         wall_ms: now_ms(),
         ready: load.ready as u32,
-        instances: (instances.running.len() - instances.stopping.len()) as u32,
+        instances: instances.active() as u32,
         held: load.waiting as u32,
         backlog: backlog(revision, env),
     })
-}
-
-/// A revision's `sluice_autoscaler_*{revision}` gauges, registered once for its task. Dropped when the task
-/// stops deciding, they go to zero: the `metrics` facade cannot remove a series, and a revision that no longer
-/// runs here must not go on showing its last decision (instances wanted, panicking) as if it did.
-struct AutoscalerGauges {
-    desired: metrics::Gauge,
-    ready: metrics::Gauge,
-    actual: metrics::Gauge,
-    panic: metrics::Gauge,
-    excess_burst_capacity: metrics::Gauge,
-    backlog_events: metrics::Gauge,
-    stable_metric: metrics::Gauge,
-    panic_metric: metrics::Gauge,
-}
-
-impl AutoscalerGauges {
-    fn new(revision: &str) -> Self {
-        let labels = [("revision", revision.to_string())];
-        AutoscalerGauges {
-            desired: metrics::gauge!("sluice_autoscaler_desired_instances", &labels),
-            ready: metrics::gauge!("sluice_autoscaler_ready_instances", &labels),
-            actual: metrics::gauge!("sluice_autoscaler_actual_instances", &labels),
-            panic: metrics::gauge!("sluice_autoscaler_panic", &labels),
-            excess_burst_capacity: metrics::gauge!("sluice_autoscaler_excess_burst_capacity", &labels),
-            backlog_events: metrics::gauge!("sluice_autoscaler_backlog_events", &labels),
-            stable_metric: metrics::gauge!("sluice_autoscaler_stable_metric", &labels),
-            panic_metric: metrics::gauge!("sluice_autoscaler_panic_metric", &labels),
-        }
-    }
-
-    /// `actual_instances`: instance processes, draining ones included.
-    fn show(&self, decision: &Decision, actual_instances: usize) {
-        self.desired.set(f64::from(decision.desired));
-        self.ready.set(f64::from(decision.ready));
-        self.actual.set(actual_instances as f64);
-        self.panic.set(if decision.panicking { 1.0 } else { 0.0 });
-        self.excess_burst_capacity.set(decision.excess_burst_capacity as f64);
-        self.backlog_events.set(decision.backlog.events as f64);
-        self.stable_metric.set(decision.stable_metric);
-        self.panic_metric.set(decision.panic_metric);
-    }
-}
-
-impl Drop for AutoscalerGauges {
-    fn drop(&mut self) {
-        for gauge in [
-            &self.desired,
-            &self.ready,
-            &self.actual,
-            &self.panic,
-            &self.excess_burst_capacity,
-            &self.backlog_events,
-            &self.stable_metric,
-            &self.panic_metric,
-        ] {
-            gauge.set(0.0);
-        }
-    }
 }
 
 /// Ready instances × `containerConcurrency`, for the dispatcher; tells it when that grew.
@@ -617,13 +606,11 @@ fn publish_capacity(revision: &RevisionHandle, env: &RevisionEnv) {
 }
 
 fn fail(revision: &RevisionHandle, instances: &mut Instances, reason: String, message: String) {
-    instances.consecutive_failures += 1;
-    instances.last_failure_ms = monotonic_ms();
-    if !instances.facts.ready
-        && instances.consecutive_failures >= FAILED_STARTS_BEFORE_GIVING_UP
+    instances.failed_starts.record(monotonic_ms());
+    if marks_failed(&instances.failed_starts, instances.facts.ready)
         && let Ok(mut state) = revision.state.lock()
     {
-        state.failed = Some(message.clone());
+        state.failed = Some(Failed { reason: message.clone(), retry_at_ms: instances.failed_starts.retry_at_ms() });
         let waiting: Vec<WaiterId> = state.waiters.keys().copied().collect();
         for waiter in waiting {
             state.gate.cancel(waiter);
@@ -637,22 +624,34 @@ fn fail(revision: &RevisionHandle, instances: &mut Instances, reason: String, me
     instances.facts.failure = Some((reason, message));
 }
 
-/// Starts or takes out instances towards the autoscaler's count.
+/// Starts or takes out instances towards the autoscaler's count. `asked`: a held request or the backlog asks
+/// for the revision (a failing one that gave up its restarts tries again).
 fn scale(
     revision: &Arc<RevisionHandle>,
     env: &RevisionEnv,
     events: &mpsc::Sender<InstanceEvent>,
     drained: &mpsc::UnboundedSender<InstanceId>,
     instances: &mut Instances,
+    asked: bool,
 ) {
     let now = monotonic_ms();
+    let progress_deadline_ms = u64::try_from(env.progress_deadline.as_millis()).unwrap_or(u64::MAX);
     let wanted = instances.desired as usize;
-    let mut active = instances.running.len() - instances.stopping.len();
+    let mut active = instances.active();
     while active < wanted {
         // (A fixed `containerPort` fits one local instance on this machine at once, of any revision: the runtime
         // says so with `NoRoom`, and the start is tried again at the next turn.)
-        if now < instances.last_failure_ms + restart_delay_ms(instances.consecutive_failures) {
-            return;
+        match start_verdict(&instances.failed_starts, now, progress_deadline_ms, asked) {
+            StartVerdict::Start => instances.given_up = false,
+            StartVerdict::Backoff => return,
+            StartVerdict::GivenUp => {
+                if !instances.given_up {
+                    instances.given_up = true;
+                    tracing::warn!(revision = %revision.key(), failed_starts = instances.failed_starts.in_a_row,
+                        "no instance became ready within the progress deadline: no more restarts until a request or the backlog asks");
+                }
+                return;
+            }
         }
         if !start_instance(revision, env, events, instances) {
             return;
@@ -711,6 +710,7 @@ fn start_instance(
         let spec = InstanceSpec {
             id,
             revision: revision.key(),
+            run: revision.run_id.generation,
             object: run.object.clone(),
             argv: run.argv.clone(),
             env: run.env.clone(),

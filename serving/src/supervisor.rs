@@ -2,26 +2,28 @@
 //! objects, records what the runtime learns about each revision, and (on the metadata group's leader) writes
 //! the children Services and Configurations own.
 //!
-//! What flows in: resource changes (the node's resource watch) and revision facts from the revision tasks.
+//! What flows in: resource changes (the node's resource watch) and revision facts from the revision tasks
+//! (through the [`FactsOutbox`], which keeps only each revision's latest).
 //! What flows out: the [`RouteTable`] the HTTP router serves, revision tasks started and stopped ([`plan`]),
 //! `RevisionState` objects, and child objects ([`children::plan`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use sluice_broker::{Node, ResourceKey};
 use sluice_cloudevent::clock::now_ms;
 use sluice_controller::serving::autoscaling::AutoscalerDefaults;
 use sluice_controller::serving::gc::{self, GcSettings};
 use sluice_controller::serving::routing::{revision_facts, route_table};
-use sluice_controller::serving::{REVISION_STATE_KIND, SERVING_API_VERSION, children};
-use tokio::sync::{mpsc, oneshot};
+use sluice_controller::serving::{REVISION_STATE_KIND, children};
+use tokio::sync::oneshot;
 
+use crate::facts::{self, Change, FactsOutbox, FactsUpdate};
 use crate::logs::LogHub;
-use crate::plan::{plan, wanted_revisions};
-use crate::revision::{Facts, RevisionEnv, RevisionRun, RunningRevision};
+use crate::plan::{Wanted, plan, wanted_revisions};
+use crate::revision::{RevisionEnv, RevisionRun, RunningRevision};
 use crate::runtime::Runtime;
 use crate::shared::Shared;
 
@@ -35,6 +37,8 @@ pub(crate) struct SupervisorSettings {
 
 /// Resource changes closer together than this are handled together.
 const SETTLE: Duration = Duration::from_millis(20);
+/// How long a stopping node tries to record its revisions' last facts.
+const LAST_FACTS_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(
     node: Node,
@@ -43,13 +47,13 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let (facts_tx, mut facts_rx) = mpsc::unbounded_channel::<(String, String, Facts)>();
+    let outbox = Arc::new(FactsOutbox::default());
     let env = RevisionEnv {
         runtime,
         logs: settings.logs.clone(),
         grace: settings.grace,
         progress_deadline: settings.progress_deadline,
-        facts: facts_tx,
+        facts: outbox.clone(),
         signals: shared.clone(),
     };
     let Some(mut changes) = node.watch_resources() else {
@@ -61,10 +65,20 @@ pub(crate) async fn run(
     // Revisions taken off traffic, draining then stopping (up to their timeout plus the grace period each).
     let mut stopping = tokio::task::JoinSet::new();
     let mut reported: HashMap<String, String> = HashMap::new();
+    // Facts recorded alone do not need the objects looked at again (their write, a resource change, does).
+    let mut needs_reconcile = true;
+    let mut swept = false;
     loop {
-        changes.borrow_and_update();
-        leadership.borrow_and_update();
-        reconcile(&node, &settings, &shared, &env, &mut running, &mut stopping, &mut reported).await;
+        if needs_reconcile {
+            changes.borrow_and_update();
+            leadership.borrow_and_update();
+            reconcile(&node, &settings, &shared, &env, &mut running, &mut stopping, &mut reported).await;
+            if !swept {
+                swept = true;
+                forget_revisions_not_run(&node, &running).await;
+            }
+        }
+        needs_reconcile = true;
         tokio::select! {
             _ = &mut stop => break,
             Some(_) = stopping.join_next(), if !stopping.is_empty() => {}
@@ -76,8 +90,11 @@ pub(crate) async fn run(
             }
             // A node that becomes the metadata leader writes the children nobody wrote yet.
             _ = leadership.changed() => {}
-            Some((namespace, name, facts)) = facts_rx.recv() => {
-                record_facts(&node, &namespace, &name, &facts).await;
+            _ = outbox.wait() => {
+                needs_reconcile = false;
+                for update in outbox.take() {
+                    record_facts(&node, &running, &update).await;
+                }
             }
         }
     }
@@ -88,6 +105,17 @@ pub(crate) async fn run(
     futures::future::join_all(stops).await;
     // And those already stopping: their instances drain and get their SIGTERM too, not a SIGKILL at exit.
     while stopping.join_next().await.is_some() {}
+    // Their last facts take this node's entries out, unless the metadata group is gone too (then the next start
+    // forgets them).
+    let none_running = BTreeMap::new();
+    let last_facts = async {
+        for update in outbox.take() {
+            record_facts(&node, &none_running, &update).await;
+        }
+    };
+    if tokio::time::timeout(LAST_FACTS_TIMEOUT, last_facts).await.is_err() {
+        tracing::warn!("serving: the revisions' last facts were not all recorded before the node stopped");
+    }
 }
 
 fn objects(node: &Node) -> Vec<Value> {
@@ -112,7 +140,8 @@ async fn reconcile(
         objects = self::objects(node);
     }
     let table = route_table(&objects, &settings.domain);
-    let (wanted, problems) = wanted_revisions(&objects, &table, &settings.autoscaler, env.runtime.kind());
+    let Wanted { runs: wanted, reachable, problems } =
+        wanted_revisions(&objects, &table, &settings.autoscaler, env.runtime.kind());
     for (key, problem) in problems {
         if reported.get(&key) != Some(&problem) {
             tracing::warn!(revision = %key, %problem, "revision cannot run here");
@@ -135,11 +164,15 @@ async fn reconcile(
         tracing::info!(revision = %key, "revision starts");
         let (namespace, name) = key.split_once('/').unwrap_or_default();
         let ready_before = revision_facts(&objects, namespace, name).ready;
-        let revision = RunningRevision::start(run.clone(), ready_before, env.clone());
+        let revision = RunningRevision::start(run.clone(), ready_before, reachable.contains(key), env.clone());
         if let Ok(mut revisions) = shared.revisions.write() {
             revisions.insert(key.clone(), revision.handle.clone());
         }
         running.insert(key.clone(), revision);
+    }
+    // Routes change without the revisions changing: each running one learns whether it is reachable now.
+    for (key, revision) in running.iter() {
+        revision.handle.set_reachable(reachable.contains(key));
     }
     if let Ok(mut current) = shared.table.write() {
         *current = Arc::new(table);
@@ -193,19 +226,33 @@ async fn write_children(node: &Node, objects: &[Value]) -> bool {
     wrote
 }
 
-/// Records a revision's facts as its `RevisionState` (read by its status and by the Configuration's).
-async fn record_facts(node: &Node, namespace: &str, name: &str, facts: &Facts) {
-    let (reason, message) = facts.failure.clone().unwrap_or_default();
-    // Ready once, ready for good (Knative's Revision stays Ready at zero and across restarts of its runner).
-    let key = ResourceKey { kind: REVISION_STATE_KIND.into(), namespace: namespace.into(), name: name.into() };
-    let stored: Option<Value> = node.resource(&key).and_then(|json| serde_json::from_str(&json).ok());
-    let was_ready = stored.as_ref().and_then(|s| s.pointer("/spec/ready")).and_then(Value::as_bool).unwrap_or(false);
-    let object = json!({
-        "apiVersion": SERVING_API_VERSION, "kind": REVISION_STATE_KIND,
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"ready": facts.ready || was_ready, "failureReason": reason, "failureMessage": message, "instances": facts.instances},
-    });
-    if let Err(e) = node.put_internal_object(&object).await {
-        tracing::warn!(revision = %name, error = %e, "revision facts not recorded");
+/// Records a run's facts in its revision's `RevisionState` (read by its status and by the Configuration's),
+/// unless they are not the revision's any more: another run of it has started on this node since (it records
+/// its own), or the Revision is gone or was made again under its name (another uid).
+async fn record_facts(node: &Node, running: &BTreeMap<String, RunningRevision>, update: &FactsUpdate) {
+    let key = ResourceKey { kind: "Revision".into(), namespace: update.namespace.clone(), name: update.name.clone() };
+    let revision: Option<Value> = node.resource(&key).and_then(|json| serde_json::from_str(&json).ok());
+    let revision_uid =
+        revision.as_ref().map(|r| r.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default());
+    let current = running.get(&update.key()).map(|current| &current.handle.run_id);
+    if !facts::still_applies(current, revision_uid, &update.run) {
+        return;
+    }
+    let change = Change::Run { uid: &update.run.uid, facts: &update.facts };
+    facts::record(node, &update.namespace, &update.name, change).await;
+}
+
+/// Once, at start: this node's entries in the states of revisions it does not run are what it ran before it
+/// restarted. They go, so no revision shows instances that stopped with the node.
+async fn forget_revisions_not_run(node: &Node, running: &BTreeMap<String, RunningRevision>) {
+    let stale: BTreeSet<(String, String)> = node
+        .resources(REVISION_STATE_KIND)
+        .into_iter()
+        .filter(|(key, _)| !running.contains_key(&format!("{}/{}", key.namespace, key.name)))
+        .filter(|(_, json)| serde_json::from_str::<Value>(json).is_ok_and(|state| facts::has_entry(&state, node.id())))
+        .map(|(key, _)| (key.namespace, key.name))
+        .collect();
+    for (namespace, name) in stale {
+        facts::record(node, &namespace, &name, Change::Forget).await;
     }
 }

@@ -31,13 +31,20 @@ pub struct RevisionFacts {
     pub ready: bool,
     /// Why the last instance failed, when it did: `(reason, message)`.
     pub failure: Option<(String, String)>,
-    /// Instances running now, as last recorded.
+    /// Instances running now over every node, as each node last recorded its own
+    /// ([`instances_over_nodes`]).
     pub instances: u32,
 }
 
-/// The facts recorded for a Revision (none yet: nothing known).
+/// The facts recorded for a Revision (none yet: nothing known). Facts recorded for another Revision of the
+/// same name (deleted and made again, its state not collected yet: `spec.revisionUid` differs) are not its.
 pub fn revision_facts(objects: &[Value], namespace: &str, revision: &str) -> RevisionFacts {
     let Some(state) = find(objects, REVISION_STATE_KIND, namespace, revision) else { return RevisionFacts::default() };
+    let recorded_for = str_at(state, "/spec/revisionUid");
+    let uid = find(objects, "Revision", namespace, revision).map(|r| str_at(r, "/metadata/uid")).unwrap_or_default();
+    if !recorded_for.is_empty() && !uid.is_empty() && recorded_for != uid {
+        return RevisionFacts::default();
+    }
     let failure = match state.pointer("/spec/failureReason").and_then(Value::as_str) {
         Some(reason) if !reason.is_empty() => {
             Some((reason.to_string(), str_at(state, "/spec/failureMessage").to_string()))
@@ -47,7 +54,22 @@ pub fn revision_facts(objects: &[Value], namespace: &str, revision: &str) -> Rev
     RevisionFacts {
         ready: state.pointer("/spec/ready").and_then(Value::as_bool).unwrap_or(false),
         failure,
-        instances: state.pointer("/spec/instances").and_then(Value::as_u64).unwrap_or(0) as u32,
+        instances: state.get("spec").map_or(0, instances_over_nodes),
+    }
+}
+
+/// The field of a `RevisionState`'s spec where each node records its own instances of the revision (node id →
+/// count; a node at zero has no entry). Each node writes only its own entry, so a node at zero never hides
+/// another's instances, as one shared count did (last writer wins).
+pub const INSTANCES_BY_NODE_FIELD: &str = "instancesByNode";
+
+/// A revision's instances over every node: the sum of `spec.instancesByNode`; a state written before there was
+/// one (by an older version) has its single `spec.instances`.
+pub fn instances_over_nodes(spec: &Value) -> u32 {
+    let count = |value: &Value| value.as_u64().map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
+    match spec.get(INSTANCES_BY_NODE_FIELD).and_then(Value::as_object) {
+        Some(by_node) => by_node.values().fold(0u32, |sum, n| sum.saturating_add(count(n))),
+        None => spec.get("instances").map_or(0, count),
     }
 }
 

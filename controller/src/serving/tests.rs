@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use super::children::{self, revision_name};
-use super::routing::{HostTargets, route_table};
+use super::routing::{HostTargets, instances_over_nodes, route_table};
 use crate::meta::merge_for_apply_keeping_owned;
 use crate::status::{Environment, World, reconcile};
 use crate::validate_object;
@@ -265,4 +265,58 @@ fn regression_host_pid_and_ipc_are_read_by_their_kubernetes_names() {
         assert_eq!(errors[0].path, format!("spec.{field}"));
         assert!(errors[0].message.contains(flag), "{errors:?}");
     }
+}
+
+#[test]
+fn a_revisions_instances_are_the_sum_over_the_nodes_that_recorded_theirs() {
+    // (spec of the RevisionState, instances over the nodes)
+    let cases = [
+        (json!({"instancesByNode": {"1": 10, "2": 0}}), 10, "an idle node does not hide another's instances"),
+        (json!({"instancesByNode": {"1": 10, "2": 3}}), 13, "summed"),
+        (json!({"instancesByNode": {}}), 0, "no node runs it"),
+        (json!({"instancesByNode": {"1": 4}, "instances": 9}), 4, "the per-node record wins"),
+        (json!({"instances": 2}), 2, "a state an older version wrote"),
+        (json!({}), 0, "nothing recorded"),
+        (json!({"instancesByNode": {"1": "x", "2": -1, "3": 2}}), 2, "what is not a count counts 0"),
+        (json!({"instancesByNode": {"1": u64::MAX, "2": 5}}), u32::MAX, "saturates"),
+    ];
+    for (spec, instances, why) in cases {
+        assert_eq!(instances_over_nodes(&spec), instances, "{why}: {spec}");
+    }
+}
+
+#[test]
+fn revision_status_counts_every_nodes_instances_and_ignores_a_namesakes_facts() {
+    let mut objects = Vec::new();
+    store(&mut objects, hello_service("one"));
+    settle(&mut objects);
+    let state = |spec: Value| {
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "RevisionState",
+            "metadata": {"name": "hello-00001", "namespace": "default"}, "spec": spec})
+    };
+    // Node 1 runs 10; node 2, idle, wrote last. Each node has its own entry: still 10, still Active.
+    store(
+        &mut objects,
+        state(json!({"ready": true, "revisionUid": "uid-Revision-hello-00001", "instancesByNode": {"1": 10}})),
+    );
+    let revision = status_of(&objects, "Revision", "hello-00001");
+    assert_eq!(revision["actualReplicas"], 10, "{revision}");
+    assert_eq!(condition(&revision, "Active").0, "True");
+    assert_eq!(condition(&revision, "Ready").0, "True");
+    // Every node at zero: Ready stays (Knative's Revision is Ready at zero), Active goes.
+    store(
+        &mut objects,
+        state(json!({"ready": true, "revisionUid": "uid-Revision-hello-00001", "instancesByNode": {}})),
+    );
+    let revision = status_of(&objects, "Revision", "hello-00001");
+    assert_eq!(
+        (revision["actualReplicas"].clone(), condition(&revision, "Active")),
+        (json!(0), ("False".into(), "NoTraffic".into()))
+    );
+    assert_eq!(condition(&revision, "Ready").0, "True");
+    // Facts recorded for an earlier Revision of that name (deleted and made again) are not this one's.
+    store(&mut objects, state(json!({"ready": true, "revisionUid": "an-earlier-uid", "instancesByNode": {"1": 2}})));
+    let revision = status_of(&objects, "Revision", "hello-00001");
+    assert_eq!(revision["actualReplicas"], 0, "{revision}");
+    assert_eq!(condition(&revision, "Ready"), ("Unknown".into(), "Deploying".into()));
 }

@@ -10,9 +10,12 @@
 //!
 //! A node's run owns what it made: when a revision stops running on the node, its Deployment and Service are
 //! deleted; when the node starts, what a previous run of it left (labelled with its id) is deleted first.
+//! Runs of one revision may overlap (one drains while its replacement starts, [`runs`]): the Deployment
+//! follows the latest run that started an instance, and an earlier run's retirement leaves it alone.
 
 mod claims;
 mod observe;
+mod runs;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::revision::{NODE_LABEL, apply, apply_service, pod_selector, revision_deployment, revision_service, scale};
 use claims::{Claims, Command, Input};
+use runs::{RunStart, Runs};
 
 /// How often a revision's task looks again after a failed call (an apply, a scale patch).
 const RESYNC: Duration = Duration::from_secs(2);
@@ -48,10 +52,30 @@ const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 /// number their instances from 1 each, and share the revision's task).
 type ClaimId = u64;
 
+/// A revision's Deployment and headless Service for this node, as a run of it builds them.
+struct PodSet {
+    deployment: Deployment,
+    service: Service,
+}
+
 enum Request {
-    Start { claim: ClaimId, instance: InstanceId, events: mpsc::Sender<InstanceEvent> },
-    Stop { claim: ClaimId, done: oneshot::Sender<()> },
-    Retire { done: oneshot::Sender<()> },
+    Start {
+        claim: ClaimId,
+        instance: InstanceId,
+        events: mpsc::Sender<InstanceEvent>,
+        /// The revision's run that starts it, and what that run's pods are.
+        run: u64,
+        pod_set: Box<PodSet>,
+    },
+    Stop {
+        claim: ClaimId,
+        done: oneshot::Sender<()>,
+    },
+    /// Run `run` has stopped.
+    Retire {
+        run: u64,
+        done: oneshot::Sender<()>,
+    },
 }
 
 type Tasks = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Request>>>>;
@@ -118,7 +142,8 @@ impl Runtime for KubernetesRuntime {
         let service = revision_service(&spec.object, self.node_id).map_err(refuse)?;
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         let claim = self.next_claim.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let request = Request::Start { claim, instance: spec.id, events };
+        let pod_set = Box::new(PodSet { deployment: deployment.clone(), service: service.clone() });
+        let request = Request::Start { claim, instance: spec.id, events, run: spec.run, pod_set };
         let sender = match tasks.get(&spec.revision) {
             Some(sender) if !sender.is_closed() => sender.clone(),
             _ => {
@@ -134,6 +159,7 @@ impl Runtime for KubernetesRuntime {
                     ),
                     tasks: self.tasks.clone(),
                     progress_deadline: spec.progress_deadline,
+                    runs: Runs::default(),
                 };
                 tokio::spawn(task.run(requests, sender.clone()));
                 tasks.insert(spec.revision.clone(), sender.clone());
@@ -144,12 +170,12 @@ impl Runtime for KubernetesRuntime {
         Ok(Box::new(PodInstance { claim, requests: sender }))
     }
 
-    fn retire(&self, revision: &str) -> BoxFuture<'static, ()> {
+    fn retire(&self, revision: &str, run: u64) -> BoxFuture<'static, ()> {
         let sender = self.tasks.lock().unwrap_or_else(PoisonError::into_inner).get(revision).cloned();
         Box::pin(async move {
             let Some(sender) = sender else { return };
             let (done, retired) = oneshot::channel();
-            if sender.send(Request::Retire { done }).is_ok()
+            if sender.send(Request::Retire { run, done }).is_ok()
                 && tokio::time::timeout(RETIRE_TIMEOUT, retired).await.is_err()
             {
                 tracing::warn!("a revision's Deployment was not deleted in time; it goes when the node restarts");
@@ -188,6 +214,8 @@ struct PodSetTask {
     tasks: Tasks,
     /// An instance with no ready pod by then fails (`ProgressDeadlineExceeded`).
     progress_deadline: Duration,
+    /// The runs of the revision that started instances here.
+    runs: Runs,
 }
 
 /// What the task keeps besides the claims.
@@ -210,7 +238,7 @@ fn deliver(events: &mpsc::Sender<InstanceEvent>, event: InstanceEvent) {
 }
 
 impl PodSetTask {
-    async fn run(self, mut requests: mpsc::UnboundedReceiver<Request>, me: mpsc::UnboundedSender<Request>) {
+    async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Request>, me: mpsc::UnboundedSender<Request>) {
         let namespace = self.deployment.namespace().unwrap_or_default();
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &namespace);
         let services: Api<Service> = Api::namespaced(self.client.clone(), &namespace);
@@ -235,7 +263,18 @@ impl PodSetTask {
         loop {
             let input = tokio::select! {
                 request = requests.recv() => match request {
-                    Some(Request::Start { claim, instance, events }) => {
+                    Some(Request::Start { claim, instance, events, run, pod_set }) => {
+                        // A later run may be a namesake made again (another image): its pods from now on. The
+                        // pods of an earlier run still draining are replaced as the Deployment rolls, each given
+                        // its termination grace period, as at any rollout.
+                        if self.runs.start(run) == RunStart::Later
+                            && (pod_set.deployment != self.deployment || pod_set.service != self.service)
+                        {
+                            let PodSet { deployment, service } = *pod_set;
+                            self.deployment = deployment;
+                            self.service = service;
+                            applied = self.ensure(&deployments, &services).await;
+                        }
                         waiting.events.insert(claim, (instance, events));
                         Input::Start(claim)
                     }
@@ -243,8 +282,9 @@ impl PodSetTask {
                         waiting.stops.entry(claim).or_default().push(done);
                         Input::Stop(claim)
                     }
-                    Some(Request::Retire { done }) => {
-                        if !claims.only_stopping() || !requests.is_empty() {
+                    Some(Request::Retire { run, done }) => {
+                        // An earlier run's: the Deployment is its replacement's now.
+                        if !self.runs.may_retire(run) || !claims.only_stopping() || !requests.is_empty() {
                             let _ = done.send(());
                             continue;
                         }

@@ -4,12 +4,6 @@ use sluice_autoscaler::Reason;
 
 use super::*;
 
-#[test]
-fn restarts_back_off_to_a_cap() {
-    let delays: Vec<u64> = (0..10).map(restart_delay_ms).collect();
-    assert_eq!(delays, [0, 100, 200, 400, 800, 1_600, 3_200, 6_400, 10_000, 10_000]);
-}
-
 fn gate_state(container_concurrency: u32, queue_limit: usize) -> GateState {
     GateState {
         gate: Gate::new(container_concurrency, queue_limit),
@@ -99,6 +93,7 @@ fn a_revision_task_that_ends_leaves_its_autoscaler_gauges_at_zero() {
         panic_wanted: 4,
         backlog_wanted: 1,
         excess_burst_capacity: -5,
+        reachable: true,
     };
     gauges.show(&decision, 4);
     let names = [

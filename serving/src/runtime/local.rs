@@ -535,6 +535,7 @@ mod tests {
         let spec = InstanceSpec {
             id: 7,
             revision: "default/never-00001".into(),
+            run: 1,
             object: Arc::new(serde_json::Value::Null),
             argv: vec!["sleep".into(), "300".into()],
             env: Vec::new(),
@@ -589,6 +590,7 @@ mod tests {
         let spec = InstanceSpec {
             id: 1,
             revision: "default/hello-00001".into(),
+            run: 1,
             object: Arc::new(serde_json::Value::Null),
             argv: vec!["sh".into(), "-c".into(), script],
             env: Vec::new(),
@@ -624,6 +626,7 @@ mod tests {
         let app = |id: u64, revision: &str, port: u16, fixed_port: bool| InstanceSpec {
             id,
             revision: format!("default/{revision}"),
+            run: 1,
             object: Arc::new(serde_json::Value::Null),
             argv: vec!["python3".into(), "-c".into(), LISTEN.into()],
             env: Vec::new(),

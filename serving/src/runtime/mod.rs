@@ -48,6 +48,10 @@ pub struct InstanceSpec {
     pub id: InstanceId,
     /// `namespace/revision`, for logs and messages.
     pub revision: String,
+    /// Which run of the revision on this node starts it: a later run (a replacement under the same name, or
+    /// a run restarted because what it takes changed) has a higher number. Runs of one revision overlap while
+    /// the earlier drains.
+    pub run: u64,
     /// The Revision as stored (its metadata's name, namespace, labels, and its spec): what a runtime that runs
     /// images builds from.
     pub object: Arc<Value>,
@@ -84,10 +88,11 @@ pub trait Runtime: Send + Sync + 'static {
     fn start(&self, spec: InstanceSpec, events: mpsc::Sender<InstanceEvent>)
     -> Result<Box<dyn Instance>, ServingError>;
 
-    /// The revision (`namespace/name`) no longer runs on this node and none of its instances runs: what the
-    /// runtime keeps for it may go.
-    fn retire(&self, revision: &str) -> BoxFuture<'static, ()> {
-        let _ = revision;
+    /// Run `run` of the revision (`namespace/name`) has stopped on this node and none of its instances runs:
+    /// what the runtime keeps for it may go, unless a later run of the revision (a replacement started while
+    /// this one drained) uses it.
+    fn retire(&self, revision: &str, run: u64) -> BoxFuture<'static, ()> {
+        let _ = (revision, run);
         Box::pin(async {})
     }
 }

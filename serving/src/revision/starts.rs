@@ -1,0 +1,165 @@
+//! When a revision whose instances keep failing may start another, and whether a request to it is held or
+//! answered at once. Pure, on the monotonic clock.
+//!
+//! Failed starts in a row back off (100 ms doubling to 10 s). After the third without the revision ever
+//! having been ready, it is marked failed: requests waiting are answered 503 with the failure, and so is a
+//! request that arrives before the backoff has passed; one that arrives after it is held, as at zero, and
+//! wakes one more start (answered 503 only if that start fails too), so a transient cause heals on the next
+//! request rather than at the node's restart. Restarts nobody asks for (`min-scale`, `initial-scale`, the
+//! autoscaler's last count) stop once the revision has been failing for the progress deadline, as Knative
+//! gives up on a revision that does not progress; a held request or the backlog asks again, and so does a
+//! change (a new run starts with a clean slate).
+
+/// Failed starts in a row without the revision ever being ready, before waiting requests are answered 503 with
+/// the reason instead of being held until their timeout.
+pub(crate) const FAILED_STARTS_BEFORE_GIVING_UP: u32 = 3;
+
+/// How long to wait before starting an instance again after `consecutive_failures` failed starts: 100 ms
+/// doubling to 10 s (a crash loop costs little, a transient failure recovers fast). This is also how a
+/// revision that cannot become ready backs off its activations: its backlog asks again, the delay answers.
+pub(crate) fn restart_delay_ms(consecutive_failures: u32) -> u64 {
+    if consecutive_failures == 0 {
+        return 0;
+    }
+    100u64.saturating_mul(1 << consecutive_failures.saturating_sub(1).min(7)).min(10_000)
+}
+
+/// A revision's failed starts since an instance of it was last ready.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FailedStarts {
+    pub(crate) in_a_row: u32,
+    /// When the last one failed.
+    pub(crate) last_ms: u64,
+    /// When the first one failed: the progress deadline counts from here.
+    pub(crate) since_ms: u64,
+}
+
+impl FailedStarts {
+    pub(crate) fn record(&mut self, now_ms: u64) {
+        if self.in_a_row == 0 {
+            self.since_ms = now_ms;
+        }
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        self.last_ms = now_ms;
+    }
+
+    /// An instance became ready: the slate is clean.
+    pub(crate) fn ready(&mut self) {
+        *self = FailedStarts::default();
+    }
+
+    /// When the next start may be tried.
+    pub(crate) fn retry_at_ms(&self) -> u64 {
+        self.last_ms.saturating_add(restart_delay_ms(self.in_a_row))
+    }
+}
+
+/// Whether an instance may start now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StartVerdict {
+    Start,
+    /// Not before the restart backoff has passed.
+    Backoff,
+    /// Failing for the progress deadline and nobody asks: no restart until a request or the backlog does.
+    GivenUp,
+}
+
+/// Whether the revision's task may start an instance now. `asked`: a request is held or the backlog would wake
+/// the revision (what a failed revision needs to try again once it has given up).
+pub(crate) fn start_verdict(
+    failed: &FailedStarts,
+    now_ms: u64,
+    progress_deadline_ms: u64,
+    asked: bool,
+) -> StartVerdict {
+    if failed.in_a_row == 0 {
+        return StartVerdict::Start;
+    }
+    if now_ms < failed.retry_at_ms() {
+        return StartVerdict::Backoff;
+    }
+    if now_ms.saturating_sub(failed.since_ms) >= progress_deadline_ms && !asked {
+        return StartVerdict::GivenUp;
+    }
+    StartVerdict::Start
+}
+
+/// Whether the revision is marked failed after this many failed starts in a row (`ever_ready`: an instance of
+/// it was ready once, on this node or another; a failure then is a crash, and requests wait for the restart).
+pub(crate) fn marks_failed(failed: &FailedStarts, ever_ready: bool) -> bool {
+    !ever_ready && failed.in_a_row >= FAILED_STARTS_BEFORE_GIVING_UP
+}
+
+/// A revision marked failed: why, and when a request may wake another start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Failed {
+    pub(crate) reason: String,
+    pub(crate) retry_at_ms: u64,
+}
+
+/// Why a request arriving now is answered 503 at once, if it is: only while the revision is marked failed and
+/// its backoff has not passed. After it, the request is held and wakes a start.
+pub(crate) fn turned_away(failed: Option<&Failed>, now_ms: u64) -> Option<&str> {
+    failed.filter(|failed| now_ms < failed.retry_at_ms).map(|failed| failed.reason.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_to_a_cap() {
+        let delays: Vec<u64> = (0..10).map(restart_delay_ms).collect();
+        assert_eq!(delays, [0, 100, 200, 400, 800, 1_600, 3_200, 6_400, 10_000, 10_000]);
+    }
+
+    /// Failed starts at 1 s, then every `gap_ms`, `count` in all.
+    fn failing(count: u32, gap_ms: u64) -> FailedStarts {
+        let mut failed = FailedStarts::default();
+        for i in 0..count {
+            failed.record(1_000 + u64::from(i) * gap_ms);
+        }
+        failed
+    }
+
+    #[test]
+    fn a_failing_revision_backs_off_gives_up_at_the_deadline_and_starts_again_when_asked() {
+        const DEADLINE: u64 = 600_000;
+        // (failed starts, every, now, asked, verdict, why)
+        let cases = [
+            (0, 0, 0, false, StartVerdict::Start, "nothing failed"),
+            (1, 0, 1_050, false, StartVerdict::Backoff, "100 ms after the first failure"),
+            (1, 0, 1_100, false, StartVerdict::Start, "backoff passed"),
+            (3, 1_000, 3_300, true, StartVerdict::Backoff, "asked, but within the backoff (400 ms)"),
+            (3, 1_000, 3_400, false, StartVerdict::Start, "crash loop within the deadline: restarts"),
+            (60, 10_000, 601_000, false, StartVerdict::GivenUp, "failing for the progress deadline: stops"),
+            (60, 10_000, 601_000, true, StartVerdict::Start, "a held request or the backlog asks again"),
+            (60, 10_000, 595_000, true, StartVerdict::Backoff, "asked within the backoff: waits for it"),
+            (60, 10_000, 700_000, false, StartVerdict::GivenUp, "still nobody asks"),
+        ];
+        for (count, gap, now, asked, verdict, why) in cases {
+            let failed = failing(count, gap);
+            assert_eq!(start_verdict(&failed, now, DEADLINE, asked), verdict, "{why}: {failed:?} at {now}");
+        }
+        let mut healed = failing(60, 10_000);
+        healed.ready();
+        assert_eq!(start_verdict(&healed, 700_000, DEADLINE, false), StartVerdict::Start, "ready again: clean slate");
+    }
+
+    #[test]
+    fn a_failed_revision_turns_requests_away_only_until_its_backoff_has_passed() {
+        // (failed starts, ever ready, now, marked failed, turned away, why)
+        let cases = [
+            (2, false, 1_250, false, false, "two failures: requests are held"),
+            (3, false, 1_250, true, true, "three: marked; within the backoff, 503 at once"),
+            (3, false, 1_600, true, false, "backoff (400 ms) passed: held, and wakes one more start"),
+            (3, true, 1_250, false, false, "ready before: a crash, requests wait for the restart"),
+        ];
+        for (count, ever_ready, now, marked, away, why) in cases {
+            let failed_starts = failing(count, 100);
+            assert_eq!(marks_failed(&failed_starts, ever_ready), marked, "{why}");
+            let failed = marked.then(|| Failed { reason: "boom".into(), retry_at_ms: failed_starts.retry_at_ms() });
+            assert_eq!(turned_away(failed.as_ref(), now).is_some(), away, "{why}: {failed_starts:?}");
+        }
+    }
+}
