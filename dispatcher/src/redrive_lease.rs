@@ -127,8 +127,8 @@ pub(crate) async fn take(
     operation: &'static str,
 ) -> Result<Option<HeldLease>, LeaseRefused> {
     let key = lease_key(consumer);
-    // What the metadata group's leader last reported: a restarted or lagging node would otherwise decide from
-    // an old copy (the conditional write still refuses a stale decision; this makes it rare).
+    // Up to the metadata group's read index: a restarted or lagging node would otherwise decide from an old copy
+    // and miss a claim committed before it asked (the conditional write would still refuse its stale decision).
     node.catch_up_metadata().await?;
     let stored = node.resource(&key).and_then(|json| serde_json::from_str::<Value>(&json).ok());
     let stored = stored.as_ref().and_then(LeaseView::parse);

@@ -59,6 +59,8 @@ impl Node {
             {
                 // Wait for the group to change (new leader, new membership, progress) before asking again.
                 let mut metrics = group.raft.metrics();
+                // Marked seen first: a clone keeps its source's mark, and `changed()` would return at once.
+                let _ = metrics.borrow_and_update();
                 let wait = Duration::from_millis(self.inner.settings.tuning.election_timeout_max_ms);
                 let _ = tokio::time::timeout(wait, metrics.changed()).await;
             }

@@ -98,7 +98,7 @@ impl Node {
                     self.read_index_local(group_id).await.map_err(ReadIndexFailure::Refused)
                 }
                 Some(leader) => match group.node_addr(leader) {
-                    Some(addr) => self.inner.peers.read_index(&addr, group_id).await,
+                    Some(addr) => self.inner.peers.read_index(&addr, group_id, deadline).await,
                     None => Err(ReadIndexFailure::Refused(WriteFailure::NotLeader { group: group_id, leader: None })),
                 },
                 None => Err(ReadIndexFailure::Refused(WriteFailure::NotLeader { group: group_id, leader: None })),
@@ -128,9 +128,8 @@ impl Node {
                 }
                 // No leader yet, or one that no longer leads: wait for the next change of leadership.
                 Err(_) => {
-                    let mut metrics = group.raft.metrics();
                     let heartbeat = Duration::from_millis(self.inner.settings.tuning.heartbeat_ms * 2);
-                    let _ = tokio::time::timeout(heartbeat, metrics.changed()).await;
+                    group.leadership_changed_within(heartbeat.min(deadline - tokio::time::Instant::now())).await;
                 }
             }
         };
@@ -158,7 +157,8 @@ impl Node {
                 Some(openraft::error::LinearizableReadError::ForwardToLeader(forward)) => {
                     Err(not_leader(forward.leader_id))
                 }
-                // No quorum answered the heartbeat, or Raft stopped: leadership is not confirmed.
+                // No quorum answered the heartbeat, or this node's Raft stopped (a fatal error: it leads no
+                // more, and the asker asks the next leader): leadership is not confirmed.
                 _ => Err(not_leader(None)),
             },
         }

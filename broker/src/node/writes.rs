@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use openraft::async_runtime::watch::WatchReceiver;
 
 use super::Node;
 use super::membership::run_membership;
@@ -234,9 +233,8 @@ impl Node {
             };
             match attempt {
                 Err(WriteFailure::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
-                    let mut metrics = group.raft.metrics();
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(tuning.heartbeat_ms * 2), metrics.changed()).await;
+                    let wait = Duration::from_millis(tuning.heartbeat_ms * 2);
+                    group.leadership_changed_within(wait.min(deadline - tokio::time::Instant::now())).await;
                 }
                 other => return other.map_err(BrokerError::from),
             }

@@ -101,6 +101,16 @@ impl Group {
         Ok(Arc::new(Group { id: group, raft, view, batcher, forwarder }))
     }
 
+    /// Waits until this group's leader, vote or membership changes, or `wait` passes: what a write or read
+    /// refused for want of a leader waits for before it asks again.
+    pub(crate) async fn leadership_changed_within(&self, wait: std::time::Duration) {
+        let mut server = self.raft.server_metrics();
+        // A clone keeps its source's mark of what was seen, which openraft never moves: unmarked, `changed()`
+        // returned at once every time, and the retry loops around this spun for their whole deadline.
+        let _ = server.borrow_and_update();
+        let _ = tokio::time::timeout(wait, server.changed()).await;
+    }
+
     pub(crate) fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow_watched().current_leader
     }

@@ -116,25 +116,35 @@ pub(crate) enum ReadIndexFailure {
     /// leader last reported committed.
     #[error("the leader's build has no read index")]
     Unsupported,
-    /// The call did not complete (unreachable, timed out, undecodable).
+    /// The call did not complete (unreachable, timed out).
     #[error("the call failed: {0}")]
     Failed(String),
 }
 
 impl PeerClients {
     /// Asks `addr`, the leader of `group`, for its read index ([`crate::node::Node::read_index_local`]).
-    pub(crate) async fn read_index(&self, addr: &str, group: GroupId) -> Result<u64, ReadIndexFailure> {
+    /// Waits no later than `deadline`, nor longer than [`READ_INDEX_TIMEOUT`].
+    pub(crate) async fn read_index(
+        &self,
+        addr: &str,
+        group: GroupId,
+        deadline: tokio::time::Instant,
+    ) -> Result<u64, ReadIndexFailure> {
         let mut client = self.client(addr).map_err(ReadIndexFailure::Failed)?;
         let request = GroupMessage { group_id: group, payload: Default::default() };
-        let call = tokio::time::timeout(READ_INDEX_TIMEOUT, client.read_index(request));
-        match call.await {
-            Err(_) => Err(ReadIndexFailure::Failed(format!("no answer within {} ms", READ_INDEX_TIMEOUT.as_millis()))),
+        let until = deadline.min(tokio::time::Instant::now() + READ_INDEX_TIMEOUT);
+        match tokio::time::timeout_at(until, client.read_index(request)).await {
+            Err(_) => Err(ReadIndexFailure::Failed("no answer in time".into())),
             Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Err(ReadIndexFailure::Unsupported),
             Ok(Err(status)) => Err(ReadIndexFailure::Failed(status.message().to_string())),
             Ok(Ok(reply)) => match decode::<Result<u64, WriteFailure>>(&reply.get_ref().payload) {
                 Ok(Ok(index)) => Ok(index),
                 Ok(Err(refused)) => Err(ReadIndexFailure::Refused(refused)),
-                Err(e) => Err(ReadIndexFailure::Failed(e.to_string())),
+                // An answer of the wrong shape: every node of a cluster runs one build, so a bug.
+                Err(e) => Err(ReadIndexFailure::Refused(WriteFailure::Bug {
+                    group,
+                    reason: format!("undecodable read index answer: {e}"),
+                })),
             },
         }
     }
