@@ -76,7 +76,7 @@ pub fn pod_selector(revision: &str, node_id: u64) -> String {
 }
 
 /// The index of the container that serves: the one with `ports`, else the first (Knative's `GetContainer`).
-fn serving_index(containers: &[Value]) -> usize {
+pub(crate) fn serving_index(containers: &[Value]) -> usize {
     containers.iter().position(|c| c["ports"].as_array().is_some_and(|p| !p.is_empty())).unwrap_or(0)
 }
 
@@ -220,12 +220,15 @@ pub fn revision_deployment(revision: &Value, node_id: u64, replicas: i32) -> Res
     let sidecars: Vec<Value> =
         containers.iter().enumerate().filter(|(i, _)| *i != serving).map(|(_, c)| c.clone()).collect();
     let init_containers = spec["initContainers"].as_array().cloned().unwrap_or_default();
-    let mut taken: std::collections::BTreeSet<String> = sidecars
-        .iter()
-        .chain(&init_containers)
-        .filter_map(|c| c["name"].as_str().map(str::to_string))
-        .chain(["user-container".to_string()])
-        .collect();
+    let mut taken: std::collections::BTreeSet<String> =
+        sidecars.iter().chain(&init_containers).filter_map(|c| c["name"].as_str().map(str::to_string)).collect();
+    // The serving container is `user-container` unless a sidecar the user named so has that name: then it is
+    // named as an unnamed one would be (two containers of one name are refused).
+    if taken.contains("user-container") {
+        let renamed = named(vec![json!({})], "user-container", &mut taken);
+        container.insert("name".into(), renamed[0]["name"].clone());
+    }
+    taken.insert(container["name"].as_str().unwrap_or("user-container").to_string());
     let mut all_containers = vec![Value::Object(container)];
     all_containers.extend(named(sidecars, "user-container", &mut taken));
     pod_spec.insert("containers".into(), Value::Array(all_containers));
@@ -449,6 +452,19 @@ mod tests {
         assert!(containers[1].get("env").is_none(), "a sidecar is passed as written");
         assert_eq!(pod["initContainers"][0]["name"], "init-container-0");
         assert_eq!(value["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], user_port(&asking));
+
+        // A sidecar the user named `user-container`: the serving container takes another name.
+        let mut clash = revision();
+        let serving = clash["spec"]["containers"][0].clone();
+        clash["spec"]["containers"] = json!([serving, {"name": "user-container", "image": "example/log"}]);
+        let value = serde_json::to_value(revision_deployment(&clash, 1, 1).expect("deployment")).expect("json");
+        let names: Vec<&str> = value["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .expect("containers")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, ["user-container-0", "user-container"]);
     }
 
     #[test]

@@ -132,11 +132,14 @@ impl Runtime for KubernetesRuntime {
         spec: InstanceSpec,
         events: mpsc::Sender<InstanceEvent>,
     ) -> Result<Box<dyn Instance>, ServingError> {
-        let refuse = |reason: String| ServingError::Spawn {
-            revision: spec.revision.clone(),
-            command: spec.object["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_string(),
-            reason,
-        };
+        let containers = spec.object["spec"]["containers"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let image = containers
+            .get(crate::revision::serving_index(containers))
+            .and_then(|c| c["image"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let refuse =
+            |reason: String| ServingError::Spawn { revision: spec.revision.clone(), command: image.clone(), reason };
         // What cannot become a Deployment fails here, as a command that cannot start does locally.
         let deployment = revision_deployment(&spec.object, self.node_id, 0).map_err(refuse)?;
         let service = revision_service(&spec.object, self.node_id).map_err(refuse)?;
