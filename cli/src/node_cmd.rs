@@ -100,6 +100,11 @@ pub(crate) struct ServingArgs {
     /// kubernetes.podspec-persistent-volume-claim, ... All are disabled by default (docs/serving.md).
     #[arg(long = "serving-feature", value_name = "FLAG=enabled", value_parser = parse_serving_feature)]
     pub serving_features: Vec<String>,
+    /// The longest `timeoutSeconds` (and response-start and idle timeouts) a revision may ask for (Knative's
+    /// config-defaults max-revision-timeout-seconds). Give every node the same value: the node an object is
+    /// applied through validates it.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub max_revision_timeout_seconds: u32,
 }
 
 fn parse_serving_feature(setting: &str) -> std::result::Result<String, String> {
@@ -123,9 +128,13 @@ impl RuntimeArg {
 }
 
 impl ServingArgs {
-    /// The feature flags enabled (`--serving-feature`).
+    /// The feature flags enabled (`--serving-feature`) and the longest timeout (`--max-revision-timeout-seconds`).
     pub(crate) fn features(&self) -> Result<sluice_controller::serving::ServingFeatures> {
-        sluice_controller::serving::ServingFeatures::parse(&self.serving_features).map_err(|e| anyhow::anyhow!(e))
+        sluice_controller::serving::ServingFeatures::parse(&self.serving_features)
+            .and_then(|features| {
+                features.with_max_revision_timeout_seconds(i64::from(self.max_revision_timeout_seconds))
+            })
+            .map_err(|e| anyhow::anyhow!(e))
     }
 
     /// Where a node's instances' output goes.
@@ -183,6 +192,8 @@ impl ServingArgs {
             self.progress_deadline_ms.to_string(),
             "--max-local-instances".into(),
             self.max_local_instances.to_string(),
+            "--max-revision-timeout-seconds".into(),
+            self.max_revision_timeout_seconds.to_string(),
         ];
         if self.serving_runtime == RuntimeArg::Kubernetes {
             args.extend(["--serving-runtime".to_string(), "kubernetes".into()]);

@@ -7,11 +7,14 @@
 //! are dropped.
 //!
 //! Bounded: the outbox keeps only the latest facts of each revision, so a slow metadata group makes a
-//! revision's changes coalesce, never a queue. A run's facts apply only while it is its revision's run: a run
-//! is identified by its Revision's uid and a generation that later runs on this node exceed ([`RunId`]); facts
-//! of an earlier run (draining while a replacement starts) do not overwrite the replacement's, nor facts of a
-//! Revision deleted and made again under its name. Writes are conditional on the stored object's token, so two
-//! nodes writing their entries at once never lose one.
+//! revision's changes coalesce, never a queue. Facts whose record failed (no metadata leader, other nodes
+//! kept writing first) go back into the outbox, behind a backoff (1 s doubling to 30 s), unless newer facts of
+//! the revision came in meanwhile: a fact lost to a leader election is recorded once the group is back, not
+//! never. A run's facts apply only while it is its revision's run: a run is identified by its Revision's uid
+//! and a generation that later runs on this node exceed ([`RunId`]); facts of an earlier run (draining while a
+//! replacement starts) do not overwrite the replacement's, nor facts of a Revision deleted and made again
+//! under its name (checked again at every attempt, as a conflict makes the node catch up). Writes are
+//! conditional on the stored object's token, so two nodes writing their entries at once never lose one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -28,11 +31,19 @@ use tokio::sync::Notify;
 pub(crate) const PENDING_FACTS_LIMIT: usize = 10_000;
 /// Conditional writes of one revision's facts before giving up (each lost to another node's write).
 const WRITE_ATTEMPTS: usize = 5;
+/// The wait before facts whose record failed are tried again, doubling with each failure in a row...
+const RETRY_FIRST_MS: u64 = 1_000;
+/// ...up to this: a metadata group down for long is tried twice a minute per revision, not in a loop.
+const RETRY_MAX_MS: u64 = 30_000;
 
 /// What the runtime learnt about a revision on this node (recorded for its status).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Facts {
+    /// Ready once, on any node (a run starts with what the state said).
     pub(crate) ready: bool,
+    /// An instance of this run became ready. Only such a run clears a failure: `ready` may be inherited, and a
+    /// run just started on another node knows nothing of the failure it would clear.
+    pub(crate) saw_ready: bool,
     pub(crate) failure: Option<(String, String)>,
     /// Running on this node (starting or ready, not draining).
     pub(crate) instances: u32,
@@ -73,20 +84,98 @@ pub(crate) enum Posted {
     Full,
 }
 
-/// Adds `update` to the facts waiting, keyed by revision: the latest facts of the latest run win. Pure.
-pub(crate) fn coalesce(pending: &mut BTreeMap<String, FactsUpdate>, update: FactsUpdate, limit: usize) -> Posted {
-    let key = update.key();
-    match pending.get(&key) {
-        Some(waiting) if waiting.run.generation > update.run.generation => Posted::Superseded,
-        Some(_) => {
-            pending.insert(key, update);
-            Posted::Waiting
+/// How long facts whose record failed `failures` times in a row wait before the next try: 1 s doubling to
+/// 30 s. Pure.
+pub(crate) fn retry_delay_ms(failures: u32) -> u64 {
+    if failures == 0 {
+        return 0;
+    }
+    RETRY_FIRST_MS.saturating_mul(1 << failures.saturating_sub(1).min(5)).min(RETRY_MAX_MS)
+}
+
+/// A revision's facts in the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Waiting {
+    pub(crate) update: FactsUpdate,
+    /// Failed records in a row of the revision's facts (0: not tried yet).
+    pub(crate) failures: u32,
+    /// Not taken before this (monotonic ms): the backoff after a failure.
+    pub(crate) not_before_ms: u64,
+    /// Its place in line: the revision waiting longest goes first, so one that keeps changing (or failing)
+    /// never keeps the others waiting.
+    place: u64,
+}
+
+/// The facts waiting, one entry per revision. Pure (the caller passes the clock).
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    waiting: BTreeMap<String, Waiting>,
+    next_place: u64,
+}
+
+impl Pending {
+    fn insert(&mut self, key: String, update: FactsUpdate, failures: u32, not_before_ms: u64) {
+        self.next_place += 1;
+        self.waiting.insert(key, Waiting { update, failures, not_before_ms, place: self.next_place });
+    }
+
+    /// Adds `update`, keyed by revision: the latest facts of the latest run win. Facts that replace waiting
+    /// ones keep their place and their backoff (a revision whose records fail is not tried faster for changing).
+    pub(crate) fn post(&mut self, update: FactsUpdate, limit: usize) -> Posted {
+        let key = update.key();
+        let full = self.waiting.len() >= limit;
+        match self.waiting.get_mut(&key) {
+            Some(waiting) if waiting.update.run.generation > update.run.generation => Posted::Superseded,
+            Some(waiting) => {
+                waiting.update = update;
+                Posted::Waiting
+            }
+            None if full => Posted::Full,
+            None => {
+                self.insert(key, update, 0, 0);
+                Posted::Waiting
+            }
         }
-        None if pending.len() >= limit => Posted::Full,
-        None => {
-            pending.insert(key, update);
-            Posted::Waiting
+    }
+
+    /// The facts that have waited longest of those due at `now_ms`, taken out.
+    pub(crate) fn take_due(&mut self, now_ms: u64) -> Option<Waiting> {
+        let key = self
+            .waiting
+            .iter()
+            .filter(|(_, waiting)| waiting.not_before_ms <= now_ms)
+            .min_by_key(|(_, waiting)| waiting.place)
+            .map(|(key, _)| key.clone())?;
+        self.waiting.remove(&key)
+    }
+
+    /// Facts taken whose record failed, back in line behind their backoff. Facts of the revision posted while
+    /// they were written are newer and stay (unless they are an earlier run's), under the same backoff. Bounded:
+    /// the one entry taken comes back, so the outbox holds at most its limit plus the facts being written.
+    pub(crate) fn put_back(&mut self, failed: Waiting, now_ms: u64) {
+        let failures = failed.failures.saturating_add(1);
+        let not_before_ms = now_ms.saturating_add(retry_delay_ms(failures));
+        let key = failed.update.key();
+        match self.waiting.get_mut(&key) {
+            Some(newer) => {
+                if newer.update.run.generation < failed.update.run.generation {
+                    newer.update = failed.update;
+                }
+                newer.failures = failures;
+                newer.not_before_ms = not_before_ms;
+            }
+            None => self.insert(key, failed.update, failures, not_before_ms),
         }
+    }
+
+    /// When the next facts are due (monotonic ms), if any wait.
+    pub(crate) fn next_due_ms(&self) -> Option<u64> {
+        self.waiting.values().map(|waiting| waiting.not_before_ms).min()
+    }
+
+    /// Everything waiting, due or not, taken out (a stopping node's last try).
+    pub(crate) fn take_all(&mut self) -> Vec<FactsUpdate> {
+        std::mem::take(&mut self.waiting).into_values().map(|waiting| waiting.update).collect()
     }
 }
 
@@ -101,10 +190,25 @@ pub(crate) fn still_applies(current: Option<&RunId>, revision_uid: Option<&str>,
     revision_uid.is_some_and(|uid| uid.is_empty() || run.uid.is_empty() || uid == run.uid)
 }
 
+/// Whether a run of the Revision with `run_uid` may write its revision's state, stored for `stored_uid` (empty:
+/// none, or written without one), while the Revision stored now has `revision_uid` (`None`: gone). Asked at
+/// every attempt, on what the node reads then. Pure. Rules:
+/// - the Revision gone, or made again under its name (another uid): the run's facts are no longer anyone's;
+/// - a state stored for another uid is replaced only when the Revision stored now is the run's: a lagging
+///   node's old run, whose view still shows its Revision, must not overwrite the new Revision's state.
+pub(crate) fn run_may_write(stored_uid: &str, revision_uid: Option<&str>, run_uid: &str) -> bool {
+    let Some(revision_uid) = revision_uid else { return false };
+    let differs = |uid: &str| !uid.is_empty() && !run_uid.is_empty() && uid != run_uid;
+    if differs(revision_uid) {
+        return false;
+    }
+    !differs(stored_uid) || revision_uid == run_uid
+}
+
 /// The facts waiting to be recorded, and the supervisor's wake-up.
 #[derive(Default)]
 pub(crate) struct FactsOutbox {
-    pending: Mutex<BTreeMap<String, FactsUpdate>>,
+    pending: Mutex<Pending>,
     posted: Notify,
 }
 
@@ -112,7 +216,7 @@ impl FactsOutbox {
     /// Posts a run's latest facts; false when they were not taken (the outbox is full: post them again).
     pub(crate) fn post(&self, update: FactsUpdate) -> bool {
         let posted = match self.pending.lock() {
-            Ok(mut pending) => coalesce(&mut pending, update, PENDING_FACTS_LIMIT),
+            Ok(mut pending) => pending.post(update, PENDING_FACTS_LIMIT),
             Err(_) => Posted::Full,
         };
         match posted {
@@ -125,9 +229,26 @@ impl FactsOutbox {
         }
     }
 
+    /// The facts that have waited longest of those due at `now_ms` (monotonic), taken out.
+    pub(crate) fn take_due(&self, now_ms: u64) -> Option<Waiting> {
+        self.pending.lock().ok().and_then(|mut pending| pending.take_due(now_ms))
+    }
+
+    /// Facts whose record failed, back in line behind their backoff.
+    pub(crate) fn put_back(&self, failed: Waiting, now_ms: u64) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.put_back(failed, now_ms);
+        }
+    }
+
+    /// When the next facts are due (monotonic ms), if any wait.
+    pub(crate) fn next_due_ms(&self) -> Option<u64> {
+        self.pending.lock().ok().and_then(|pending| pending.next_due_ms())
+    }
+
     /// Everything waiting, taken out.
-    pub(crate) fn take(&self) -> Vec<FactsUpdate> {
-        self.pending.lock().map(|mut pending| std::mem::take(&mut *pending).into_values().collect()).unwrap_or_default()
+    pub(crate) fn take_all(&self) -> Vec<FactsUpdate> {
+        self.pending.lock().map(|mut pending| pending.take_all()).unwrap_or_default()
     }
 
     /// Resolves once facts were posted since the last wake-up.
@@ -150,17 +271,20 @@ fn node_entry(node: NodeId) -> String {
 }
 
 /// The `RevisionState` spec after this node's change, or `None` when the change changes nothing (no write).
-/// Pure. Rules:
+/// `revision_uid`: the uid of the Revision stored now (`None`: gone), for a run's change ([`run_may_write`];
+/// a forget ignores it). Pure. Rules:
 /// - this node's entry in `instancesByNode` is its instance count, and goes at zero or on [`Change::Forget`];
 /// - entries of nodes that are not `members` go (`None`: membership unknown, none goes);
 /// - ready once, ready for good, for the same Revision: facts stored for another uid (a namesake deleted
 ///   and made again) are not carried over;
-/// - the failure is the writer's when it saw one, or saw an instance ready (which clears it); else it stays.
+/// - the failure is the writer's when it saw one, or when its run saw an instance ready (which clears it);
+///   else it stays.
 pub(crate) fn next_spec(
     stored: Option<&Value>,
     me: NodeId,
     members: Option<&BTreeSet<NodeId>>,
     change: Change<'_>,
+    revision_uid: Option<&str>,
 ) -> Option<Value> {
     if stored.is_none() && matches!(change, Change::Run { facts, .. } if *facts == Facts::default()) {
         // Nothing known yet, and nothing to say (a run's first facts, at zero).
@@ -169,7 +293,12 @@ pub(crate) fn next_spec(
     let stored_spec = stored.and_then(|s| s.get("spec")).and_then(Value::as_object);
     let stored_uid = stored_spec.and_then(|s| s.get("revisionUid")).and_then(Value::as_str).unwrap_or_default();
     let same_revision = match change {
-        Change::Run { uid, .. } => stored_uid.is_empty() || uid.is_empty() || stored_uid == uid,
+        Change::Run { uid, .. } => {
+            if !run_may_write(stored_uid, revision_uid, uid) {
+                return None;
+            }
+            stored_uid.is_empty() || uid.is_empty() || stored_uid == uid
+        }
         Change::Forget => true,
     };
     let mut spec = match (stored_spec, same_revision) {
@@ -189,9 +318,9 @@ pub(crate) fn next_spec(
             };
             let was_ready = spec.get("ready").and_then(Value::as_bool).unwrap_or(false);
             spec.insert("ready".into(), json!(facts.ready || was_ready));
-            // A failure is cleared by an instance becoming ready; a run that saw neither (one just started)
-            // leaves another node's failure as it is.
-            let failure = match (&facts.failure, facts.ready) {
+            // A failure is cleared by an instance of this run becoming ready; a run that saw neither (one just
+            // started, ready only because the revision was once) leaves another node's failure as it is.
+            let failure = match (&facts.failure, facts.saw_ready) {
                 (Some(failure), _) => Some(failure.clone()),
                 (None, true) => Some((String::new(), String::new())),
                 (None, false) => None,
@@ -240,14 +369,36 @@ fn new_token(me: NodeId) -> String {
     format!("n{me}-{}-{}", now_ms(), WRITES.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The `metadata.uid` of the Revision `namespace/name` as this node reads it now (`None`: there is none).
+pub(crate) fn revision_uid(node: &Node, namespace: &str, name: &str) -> Option<String> {
+    let key = ResourceKey { kind: "Revision".into(), namespace: namespace.into(), name: name.into() };
+    let revision: Value = node.resource(&key).and_then(|json| serde_json::from_str(&json).ok())?;
+    Some(revision.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string())
+}
+
+/// How recording a change went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// Written, or nothing to write (nothing changed, or the facts are no longer their revision's).
+    Done,
+    /// Not written: a write or a catch-up failed, or other nodes kept writing first. Worth another try later.
+    Failed,
+}
+
 /// Records this node's change to a revision's `RevisionState`, conditionally on the token of the object read
-/// (another node's write in between: read again, change again).
-pub(crate) async fn record(node: &Node, namespace: &str, name: &str, change: Change<'_>) {
+/// (another node's write in between: read again, change again). The Revision is read again at each attempt:
+/// what the node caught up with after a conflict may be a Revision made again under its name.
+pub(crate) async fn record(node: &Node, namespace: &str, name: &str, change: Change<'_>) -> Recorded {
     let key = ResourceKey { kind: REVISION_STATE_KIND.into(), namespace: namespace.into(), name: name.into() };
     let members: Option<BTreeSet<NodeId>> = node.cluster_config().map(|c| c.members.keys().copied().collect());
     for _ in 0..WRITE_ATTEMPTS {
         let stored: Option<Value> = node.resource(&key).and_then(|json| serde_json::from_str(&json).ok());
-        let Some(mut spec) = next_spec(stored.as_ref(), node.id(), members.as_ref(), change) else { return };
+        let revision = match change {
+            Change::Run { .. } => revision_uid(node, namespace, name),
+            Change::Forget => None,
+        };
+        let next = next_spec(stored.as_ref(), node.id(), members.as_ref(), change, revision.as_deref());
+        let Some(mut spec) = next else { return Recorded::Done };
         spec["token"] = json!(new_token(node.id()));
         let object = json!({
             "apiVersion": SERVING_API_VERSION, "kind": REVISION_STATE_KIND,
@@ -261,28 +412,32 @@ pub(crate) async fn record(node: &Node, namespace: &str, name: &str, change: Cha
             (_, token) => node.put_internal_object_if_token(&object, token).await,
         };
         match written {
-            Ok(Some(true)) => return,
+            Ok(Some(true)) => return Recorded::Done,
             // Some member does not read conditional writes yet (a rolling upgrade): written as before.
             Ok(None) => {
-                if let Err(e) = node.put_internal_object(&object).await {
-                    tracing::warn!(revision = %name, error = %e, "revision facts not recorded");
-                }
-                return;
+                return match node.put_internal_object(&object).await {
+                    Ok(_) => Recorded::Done,
+                    Err(e) => {
+                        tracing::warn!(revision = %name, error = %e, "revision facts not recorded yet");
+                        Recorded::Failed
+                    }
+                };
             }
             // Another node wrote first: read what it wrote (caught up with the leader), and merge again.
             Ok(Some(false)) => {
                 if let Err(e) = node.catch_up_metadata().await {
-                    tracing::warn!(revision = %name, error = %e, "revision facts not recorded");
-                    return;
+                    tracing::warn!(revision = %name, error = %e, "revision facts not recorded yet");
+                    return Recorded::Failed;
                 }
             }
             Err(e) => {
-                tracing::warn!(revision = %name, error = %e, "revision facts not recorded");
-                return;
+                tracing::warn!(revision = %name, error = %e, "revision facts not recorded yet");
+                return Recorded::Failed;
             }
         }
     }
-    tracing::warn!(revision = %name, attempts = WRITE_ATTEMPTS, "revision facts not recorded: other nodes kept writing first");
+    tracing::warn!(revision = %name, attempts = WRITE_ATTEMPTS, "revision facts not recorded yet: others wrote first");
+    Recorded::Failed
 }
 
 #[cfg(test)]

@@ -68,6 +68,17 @@ pub(crate) fn revision_run(
     let port =
         container.ports.first().and_then(|p| p.container_port).and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0);
     let h2c = container.ports.first().and_then(|p| p.name.as_deref()) == Some("h2c");
+    if runtime == ServingRuntime::Local
+        && let Some(probed) = probe_port_beside(container.readiness_probe.as_ref(), port)
+    {
+        return Err((
+            "ProbePortNotSupported".into(),
+            format!(
+                "the readiness probe names port {probed}, not the container's: the local runtime runs instances side by \
+                 side on one address, so a second port would be shared between them; it runs on the Kubernetes runtime"
+            ),
+        ));
+    }
     let readiness = readiness_of(container.readiness_probe.as_ref());
     let container_concurrency = revision
         .pointer("/spec/containerConcurrency")
@@ -113,8 +124,22 @@ pub(crate) fn revision_run(
     })
 }
 
+/// The port a readiness probe names by number when it is not the container's (`containerPort`, else Knative's
+/// default 8080), if it does.
+fn probe_port_beside(probe: Option<&Probe>, container_port: Option<u16>) -> Option<i64> {
+    let probe = probe?;
+    let named = probe
+        .http_get
+        .as_ref()
+        .and_then(|h| h.port.as_ref())
+        .or(probe.tcp_socket.as_ref().and_then(|t| t.port.as_ref()));
+    let number = named?.as_i64()?;
+    let serving = i64::from(container_port.unwrap_or(8080));
+    (number != 0 && number != serving).then_some(number)
+}
+
 /// The readiness check: the probe's handler, else a TCP connect to the port (the port is filled in per
-/// instance; the probe may only probe the container's port).
+/// instance: a probe runs against the container's port, and one naming another is refused to run here).
 fn readiness_of(probe: Option<&Probe>) -> Readiness {
     match probe {
         Some(Probe { http_get: Some(get), .. }) => {
@@ -322,6 +347,28 @@ mod tests {
             "CreateContainerConfigError",
             "envFrom was ignored: the app ran without the variables it asked for"
         );
+        // A health port beside the serving one: Knative allows it; instances here share one address.
+        let health_port = |port: Value| {
+            revision(
+                "h",
+                1,
+                json!({"image": "x", "command": ["/bin/true"], "ports": [{"containerPort": 9000}],
+                    "readinessProbe": {"httpGet": {"path": "/actuator/health", "port": port}}}),
+                json!({}),
+            )
+        };
+        let beside = health_port(json!(8081));
+        assert_eq!(
+            revision_run(&beside, &AutoscalerDefaults::default(), ServingRuntime::Local).expect_err("8081").0,
+            "ProbePortNotSupported"
+        );
+        assert!(revision_run(&beside, &AutoscalerDefaults::default(), ServingRuntime::Kubernetes).is_ok());
+        for same in [json!(9000), json!(0)] {
+            assert!(
+                revision_run(&health_port(same.clone()), &AutoscalerDefaults::default(), ServingRuntime::Local).is_ok(),
+                "{same}: the container's own port"
+            );
+        }
         let tcp = revision("c", 1, json!({"image": "x", "command": ["/bin/true"]}), json!({}));
         let defaults = AutoscalerDefaults::from_pairs(["stable-window=5s"]).expect("valid");
         let run = revision_run(&tcp, &defaults, ServingRuntime::Local).expect("runnable");

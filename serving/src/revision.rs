@@ -34,7 +34,7 @@ use crate::runtime::local::free_port;
 use crate::runtime::{Instance, InstanceEvent, InstanceSpec, Readiness, Runtime};
 use gauges::AutoscalerGauges;
 use sluice_autoscaler::{Autoscaler, Backlog, Decision, Observation, Sample};
-use starts::{Failed, FailedStarts, StartVerdict, marks_failed, start_verdict, turned_away};
+use starts::{Failed, FailedStarts, StartVerdict, backoff_left_ms, marks_failed, start_verdict, turned_away};
 
 /// Requests waiting for a slot of one revision on one node, at most.
 pub(crate) const QUEUE_LIMIT: usize = 10_000;
@@ -408,7 +408,7 @@ async fn run_revision(
         desired: 0,
     };
     let key = revision.key();
-    let gauges = AutoscalerGauges::new(&key);
+    let gauges = AutoscalerGauges::new(&key, revision.run_id.generation);
     // Nothing reported yet: a run's first facts are always posted, so that what this node recorded before it
     // restarted (its instances then) does not stand.
     let mut reported: Option<Facts> = None;
@@ -448,8 +448,12 @@ async fn run_revision(
         if reported.as_ref() != Some(&instances.facts) && env.facts.post(facts_update(&revision, &instances.facts)) {
             reported = Some(instances.facts.clone());
         }
+        // A start the backoff held back is tried when the backoff ends, not at the next bucket (a second later).
+        let backoff_left =
+            backoff_left_ms(&instances.failed_starts, instances.active(), instances.desired, monotonic_ms());
         tokio::select! {
             _ = &mut stopped => break,
+            _ = tokio::time::sleep(Duration::from_millis(backoff_left.unwrap_or(0))), if backoff_left.is_some() => {}
             _ = revision.poke.notified() => {
                 // Asked for at zero (a request held, a backlog reported): decide now, not at the next tick.
                 if instances.active() == 0 && instances.desired == 0 {
@@ -497,6 +501,7 @@ async fn run_revision(
                     }
                     publish_capacity(&revision, &env);
                     instances.facts.ready = true;
+                    instances.facts.saw_ready = true;
                     instances.facts.failure = None;
                 }
                 InstanceEvent::Exited { id, code, signal, reason, last_output } => {
@@ -524,7 +529,8 @@ async fn run_revision(
             },
         }
     }
-    // No more decisions: the gauges go to zero now rather than show the last one while the instances drain.
+    // No more decisions: the gauges go to zero now rather than show the last one while the instances drain
+    // (unless a later run of the revision shows its own already).
     drop(gauges);
     // Stopping: no request waits any more; those waiting go to the revision their route picks now.
     if let Ok(mut state) = revision.state.lock() {

@@ -3,7 +3,9 @@
 //! the children Services and Configurations own.
 //!
 //! What flows in: resource changes (the node's resource watch) and revision facts from the revision tasks
-//! (through the [`FactsOutbox`], which keeps only each revision's latest).
+//! (through the [`FactsOutbox`], which keeps only each revision's latest). Facts are written one revision at a
+//! time by a spawned task, so the loop never waits on the metadata group: with no leader, stop, route changes
+//! and new revisions are still seen at once; facts that fail go back into the outbox behind a backoff.
 //! What flows out: the [`RouteTable`] the HTTP router serves, revision tasks started and stopped ([`plan`]),
 //! `RevisionState` objects, and child objects ([`children::plan`]).
 
@@ -19,8 +21,10 @@ use sluice_controller::serving::gc::{self, GcSettings};
 use sluice_controller::serving::routing::{revision_facts, route_table};
 use sluice_controller::serving::{REVISION_STATE_KIND, children};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
-use crate::facts::{self, Change, FactsOutbox, FactsUpdate};
+use crate::clock::monotonic_ms;
+use crate::facts::{self, Change, FactsOutbox, FactsUpdate, Recorded, RunId, Waiting};
 use crate::logs::LogHub;
 use crate::plan::{Wanted, plan, wanted_revisions};
 use crate::revision::{RevisionEnv, RevisionRun, RunningRevision};
@@ -39,6 +43,80 @@ pub(crate) struct SupervisorSettings {
 const SETTLE: Duration = Duration::from_millis(20);
 /// How long a stopping node tries to record its revisions' last facts.
 const LAST_FACTS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How soon a start-up sweep that did not go through (not caught up, a write failed) is tried again.
+const SWEEP_RETRY_MS: u64 = 5_000;
+
+/// The start-up sweep: this node's entries in the states of revisions it no longer runs are what it ran before
+/// it restarted, and go, so no revision shows instances that stopped with the node. Done only once the node
+/// has caught up with the metadata group (else a state it cannot see yet keeps its entry) and every forget
+/// went through; until then it starts again every [`SWEEP_RETRY_MS`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Sweep {
+    /// To start (catch up first) at this monotonic ms.
+    At(u64),
+    /// Caught up: the revisions (namespace, name) whose state to take this node's entry out of, one at a time.
+    Forgetting(Vec<(String, String)>),
+    Done,
+}
+
+/// A write of the sweep's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum SweepJob {
+    CatchUp,
+    Forget(String, String),
+}
+
+/// The sweep's next write now, if one is due; `runs`: whether this node runs a revision now (one started since
+/// the sweep read the states writes its own entry). Pure.
+fn sweep_step(sweep: &mut Sweep, now_ms: u64, runs: impl Fn(&str) -> bool) -> Option<SweepJob> {
+    match sweep {
+        Sweep::At(at) if *at <= now_ms => Some(SweepJob::CatchUp),
+        Sweep::At(_) | Sweep::Done => None,
+        Sweep::Forgetting(stale) => {
+            while let Some((namespace, name)) = stale.pop() {
+                if !runs(&format!("{namespace}/{name}")) {
+                    return Some(SweepJob::Forget(namespace, name));
+                }
+            }
+            *sweep = Sweep::Done;
+            None
+        }
+    }
+}
+
+/// When the sweep wants the supervisor awake (monotonic ms): when its next try is due.
+fn sweep_due_ms(sweep: &Sweep) -> Option<u64> {
+    match sweep {
+        Sweep::At(at) => Some(*at),
+        Sweep::Forgetting(_) => Some(0),
+        Sweep::Done => None,
+    }
+}
+
+/// What the supervisor's one write in flight is.
+enum Job {
+    /// A revision's facts: put back in the outbox if they were not recorded.
+    Facts(Waiting),
+    Sweep(SweepJob),
+}
+
+/// The supervisor's one write in flight (a spawned task: the supervisor loop never waits on Raft). One at a
+/// time, so a revision's facts land in the order they were posted, and a node without a metadata leader
+/// holds one write, not one per revision.
+struct Writing {
+    job: Job,
+    /// Whether it went through.
+    task: JoinHandle<bool>,
+}
+
+/// Resolves when the write in flight ends (never while there is none): whether it went through. A write that
+/// panicked did not.
+async fn written(writing: &mut Option<Writing>) -> bool {
+    match writing {
+        Some(writing) => (&mut writing.task).await.unwrap_or(false),
+        None => std::future::pending().await,
+    }
+}
 
 pub(crate) async fn run(
     node: Node,
@@ -67,18 +145,27 @@ pub(crate) async fn run(
     let mut reported: HashMap<String, String> = HashMap::new();
     // Facts recorded alone do not need the objects looked at again (their write, a resource change, does).
     let mut needs_reconcile = true;
-    let mut swept = false;
+    // After the first reconcile, so that the revisions this node runs are known.
+    let mut sweep = Sweep::At(0);
+    let mut writing: Option<Writing> = None;
     loop {
         if needs_reconcile {
             changes.borrow_and_update();
             leadership.borrow_and_update();
             reconcile(&node, &settings, &shared, &env, &mut running, &mut stopping, &mut reported).await;
-            if !swept {
-                swept = true;
-                forget_revisions_not_run(&node, &running).await;
-            }
         }
         needs_reconcile = true;
+        let now = monotonic_ms();
+        if writing.is_none() {
+            writing = next_write(&node, &running, &outbox, &mut sweep, now);
+        }
+        // Nothing in flight, something waits for its time (a backoff, the sweep's retry): wake then.
+        let wake_in = match writing {
+            Some(_) => None,
+            None => [outbox.next_due_ms(), sweep_due_ms(&sweep)].into_iter().flatten().min(),
+        }
+        .map(|at| Duration::from_millis(at.saturating_sub(now)));
+        let mut went_through = None;
         tokio::select! {
             _ = &mut stop => break,
             Some(_) = stopping.join_next(), if !stopping.is_empty() => {}
@@ -90,11 +177,23 @@ pub(crate) async fn run(
             }
             // A node that becomes the metadata leader writes the children nobody wrote yet.
             _ = leadership.changed() => {}
-            _ = outbox.wait() => {
+            _ = outbox.wait() => needs_reconcile = false,
+            ok = written(&mut writing), if writing.is_some() => {
                 needs_reconcile = false;
-                for update in outbox.take() {
-                    record_facts(&node, &running, &update).await;
-                }
+                went_through = Some(ok);
+            }
+            _ = tokio::time::sleep(wake_in.unwrap_or_default()), if wake_in.is_some() => needs_reconcile = false,
+        }
+        if let Some(ok) = went_through
+            && let Some(done) = writing.take()
+        {
+            let now = monotonic_ms();
+            match done.job {
+                Job::Facts(waiting) if !ok => outbox.put_back(waiting, now),
+                Job::Facts(_) => {}
+                Job::Sweep(SweepJob::CatchUp) if ok => sweep = Sweep::Forgetting(stale_states(&node, &running)),
+                Job::Sweep(_) if !ok => sweep = Sweep::At(now.saturating_add(SWEEP_RETRY_MS)),
+                Job::Sweep(_) => {}
             }
         }
     }
@@ -106,16 +205,56 @@ pub(crate) async fn run(
     // And those already stopping: their instances drain and get their SIGTERM too, not a SIGKILL at exit.
     while stopping.join_next().await.is_some() {}
     // Their last facts take this node's entries out, unless the metadata group is gone too (then the next start
-    // forgets them).
-    let none_running = BTreeMap::new();
+    // forgets them). The write in flight ends first: a revision's earlier facts must not land after its last.
     let last_facts = async {
-        for update in outbox.take() {
-            record_facts(&node, &none_running, &update).await;
+        if let Some(writing) = writing.as_mut() {
+            let _ = (&mut writing.task).await;
+        }
+        for update in outbox.take_all() {
+            record_facts(&node, None, &update).await;
         }
     };
     if tokio::time::timeout(LAST_FACTS_TIMEOUT, last_facts).await.is_err() {
         tracing::warn!("serving: the revisions' last facts were not all recorded before the node stopped");
     }
+    if let Some(writing) = writing {
+        writing.task.abort();
+    }
+}
+
+/// The next write to start, if one is due: the sweep's first (it was due at start), then the facts that have
+/// waited longest (dropped by their write if they are no longer their revision's).
+fn next_write(
+    node: &Node,
+    running: &BTreeMap<String, RunningRevision>,
+    outbox: &FactsOutbox,
+    sweep: &mut Sweep,
+    now_ms: u64,
+) -> Option<Writing> {
+    if let Some(job) = sweep_step(sweep, now_ms, |key| running.contains_key(key)) {
+        let node = node.clone();
+        let task = match job.clone() {
+            SweepJob::CatchUp => tokio::spawn(async move {
+                match node.catch_up_metadata().await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "serving: not caught up with the metadata group: the sweep waits");
+                        false
+                    }
+                }
+            }),
+            SweepJob::Forget(namespace, name) => tokio::spawn(async move {
+                let forgotten = facts::record(&node, &namespace, &name, Change::Forget).await;
+                forgotten == Recorded::Done
+            }),
+        };
+        return Some(Writing { job: Job::Sweep(job), task });
+    }
+    let waiting = outbox.take_due(now_ms)?;
+    let current = running.get(&waiting.update.key()).map(|current| current.handle.run_id.clone());
+    let (node, update) = (node.clone(), waiting.update.clone());
+    let task = tokio::spawn(async move { record_facts(&node, current.as_ref(), &update).await == Recorded::Done });
+    Some(Writing { job: Job::Facts(waiting), task })
 }
 
 fn objects(node: &Node) -> Vec<Value> {
@@ -227,32 +366,30 @@ async fn write_children(node: &Node, objects: &[Value]) -> bool {
 }
 
 /// Records a run's facts in its revision's `RevisionState` (read by its status and by the Configuration's),
-/// unless they are not the revision's any more: another run of it has started on this node since (it records
-/// its own), or the Revision is gone or was made again under its name (another uid).
-async fn record_facts(node: &Node, running: &BTreeMap<String, RunningRevision>, update: &FactsUpdate) {
-    let key = ResourceKey { kind: "Revision".into(), namespace: update.namespace.clone(), name: update.name.clone() };
-    let revision: Option<Value> = node.resource(&key).and_then(|json| serde_json::from_str(&json).ok());
-    let revision_uid =
-        revision.as_ref().map(|r| r.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default());
-    let current = running.get(&update.key()).map(|current| &current.handle.run_id);
-    if !facts::still_applies(current, revision_uid, &update.run) {
-        return;
+/// unless they are not the revision's any more: another run of it has started on this node since (`current`:
+/// the revision's run on this node when the write started; it records its own), or the Revision is gone or was
+/// made again under its name (another uid; [`facts::record`] asks again at every attempt).
+async fn record_facts(node: &Node, current: Option<&RunId>, update: &FactsUpdate) -> Recorded {
+    let revision_uid = facts::revision_uid(node, &update.namespace, &update.name);
+    if !facts::still_applies(current, revision_uid.as_deref(), &update.run) {
+        return Recorded::Done;
     }
     let change = Change::Run { uid: &update.run.uid, facts: &update.facts };
-    facts::record(node, &update.namespace, &update.name, change).await;
+    facts::record(node, &update.namespace, &update.name, change).await
 }
 
-/// Once, at start: this node's entries in the states of revisions it does not run are what it ran before it
-/// restarted. They go, so no revision shows instances that stopped with the node.
-async fn forget_revisions_not_run(node: &Node, running: &BTreeMap<String, RunningRevision>) {
-    let stale: BTreeSet<(String, String)> = node
-        .resources(REVISION_STATE_KIND)
+/// The revisions (namespace, name) whose state holds an entry of this node's though it does not run them:
+/// what the start-up sweep forgets.
+fn stale_states(node: &Node, running: &BTreeMap<String, RunningRevision>) -> Vec<(String, String)> {
+    node.resources(REVISION_STATE_KIND)
         .into_iter()
         .filter(|(key, _)| !running.contains_key(&format!("{}/{}", key.namespace, key.name)))
         .filter(|(_, json)| serde_json::from_str::<Value>(json).is_ok_and(|state| facts::has_entry(&state, node.id())))
         .map(|(key, _)| (key.namespace, key.name))
-        .collect();
-    for (namespace, name) in stale {
-        facts::record(node, &namespace, &name, Change::Forget).await;
-    }
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
+
+#[cfg(test)]
+mod tests;

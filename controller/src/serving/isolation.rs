@@ -60,10 +60,19 @@ pub const FEATURE_FLAGS: [&str; 12] = [
     "kubernetes.podspec-volumes-image",
 ];
 
-/// The feature flags a cluster has enabled (a node's `--serving-feature`); the default enables none.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What a cluster lets a revision ask for: the feature flags it has enabled (a node's `--serving-feature`;
+/// the default enables none) and the longest request timeout (`--max-revision-timeout-seconds`, Knative's
+/// `config-defaults` key; 600 s by default).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServingFeatures {
     enabled: BTreeSet<&'static str>,
+    max_revision_timeout_seconds: i64,
+}
+
+impl Default for ServingFeatures {
+    fn default() -> Self {
+        ServingFeatures { enabled: BTreeSet::new(), max_revision_timeout_seconds: super::MAX_TIMEOUT_SECONDS }
+    }
 }
 
 impl ServingFeatures {
@@ -84,7 +93,20 @@ impl ServingFeatures {
                 other => return Err(format!("--serving-feature {setting:?}: {other:?} is not enabled or disabled")),
             };
         }
-        Ok(ServingFeatures { enabled })
+        Ok(ServingFeatures { enabled, ..ServingFeatures::default() })
+    }
+
+    /// The same, with another longest `timeoutSeconds` (and response-start and idle timeouts) a revision may
+    /// ask for: at least 1 s.
+    pub fn with_max_revision_timeout_seconds(self, seconds: i64) -> Result<ServingFeatures, String> {
+        if seconds < 1 {
+            return Err(format!("--max-revision-timeout-seconds {seconds}: must be at least 1"));
+        }
+        Ok(ServingFeatures { max_revision_timeout_seconds: seconds, ..self })
+    }
+
+    pub fn max_revision_timeout_seconds(&self) -> i64 {
+        self.max_revision_timeout_seconds
     }
 
     pub fn is_enabled(&self, flag: &str) -> bool {

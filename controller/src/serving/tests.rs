@@ -232,6 +232,24 @@ fn knatives_own_hello_world_and_a_traffic_split_validate() {
     }
 }
 
+/// Knative's `max-revision-timeout-seconds`: 600 s unless the cluster raises it (a long job's `timeoutSeconds:
+/// 1800` was refused with nothing that could allow it).
+#[test]
+fn the_longest_timeout_is_the_clusters_setting() {
+    let mut long = hello_service("x");
+    long["spec"]["template"]["spec"]["timeoutSeconds"] = json!(1800);
+    long["spec"]["template"]["spec"]["idleTimeoutSeconds"] = json!(1800);
+    let refused = validate_object(&long, None).expect_err("over 600 s");
+    assert!(refused.iter().any(|e| e.path == "spec.template.spec.timeoutSeconds"), "{refused:?}");
+    let raised = super::ServingFeatures::default().with_max_revision_timeout_seconds(3600).expect("valid");
+    assert_eq!(crate::validate_object_with(&long, None, &raised).err(), None);
+    let lower = super::ServingFeatures::default().with_max_revision_timeout_seconds(60).expect("valid");
+    let mut short = hello_service("x");
+    short["spec"]["template"]["spec"]["timeoutSeconds"] = json!(120);
+    assert!(crate::validate_object_with(&short, None, &lower).is_err(), "a lowered limit holds too");
+    assert!(super::ServingFeatures::default().with_max_revision_timeout_seconds(0).is_err());
+}
+
 #[test]
 fn revisions_and_named_templates_are_immutable() {
     let revision = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Revision", "metadata": {"name": "r"},

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::isolation::ServingFeatures;
 use super::model::{Container, Probe, Revision, RevisionTemplateSpec, Route, Service, TrafficTarget};
-use super::{AUTOSCALING_PREFIX, MAX_CONTAINER_CONCURRENCY, MAX_TIMEOUT_SECONDS, RESERVED_ENV, RESERVED_PORTS};
+use super::{AUTOSCALING_PREFIX, MAX_CONTAINER_CONCURRENCY, RESERVED_ENV, RESERVED_PORTS};
 use crate::fields::{FieldError, is_dns_1035_label};
 
 fn err(path: impl Into<String>, message: impl Into<String>) -> FieldError {
@@ -154,15 +154,16 @@ fn validate_revision_spec(
     if let Some(cc) = spec.container_concurrency {
         bounds(format!("{path}.containerConcurrency"), 0, cc, MAX_CONTAINER_CONCURRENCY, errors);
     }
+    let max_timeout = features.max_revision_timeout_seconds();
     if let Some(timeout) = spec.timeout_seconds {
-        bounds(format!("{path}.timeoutSeconds"), 0, timeout, MAX_TIMEOUT_SECONDS, errors);
+        bounds(format!("{path}.timeoutSeconds"), 0, timeout, max_timeout, errors);
     }
     if let Some(start) = spec.response_start_timeout_seconds {
-        let high = spec.timeout_seconds.unwrap_or(MAX_TIMEOUT_SECONDS);
+        let high = spec.timeout_seconds.unwrap_or(max_timeout);
         bounds(format!("{path}.responseStartTimeoutSeconds"), 0, start, high, errors);
     }
     if let Some(idle) = spec.idle_timeout_seconds {
-        bounds(format!("{path}.idleTimeoutSeconds"), 0, idle, MAX_TIMEOUT_SECONDS, errors);
+        bounds(format!("{path}.idleTimeoutSeconds"), 0, idle, max_timeout, errors);
     }
 }
 
@@ -190,7 +191,6 @@ fn validate_container(path: &str, container: &Container, errors: &mut Vec<FieldE
     if container.ports.len() > 1 {
         errors.push(err(format!("{path}.ports"), "more than one container port is set"));
     }
-    let mut container_port = None;
     if let Some(port) = container.ports.first() {
         let port_path = format!("{path}.ports");
         if let Some(name) = port.name.as_deref()
@@ -212,21 +212,24 @@ fn validate_container(path: &str, container: &Container, errors: &mut Vec<FieldE
             } else {
                 bounds(format!("{port_path}.containerPort"), 0, number, 65535, errors);
             }
-            container_port = Some(number);
         }
     }
+    let port_name = container.ports.first().and_then(|p| p.name.as_deref()).filter(|n| !n.is_empty());
     if let Some(probe) = &container.readiness_probe {
-        validate_probe(&format!("{path}.readinessProbe"), probe, container_port, errors);
+        validate_probe(&format!("{path}.readinessProbe"), probe, port_name, errors);
     }
     if let Some(probe) = &container.liveness_probe {
-        validate_probe(&format!("{path}.livenessProbe"), probe, container_port, errors);
+        validate_probe(&format!("{path}.livenessProbe"), probe, port_name, errors);
     }
     if let Some(probe) = &container.startup_probe {
-        validate_probe(&format!("{path}.startupProbe"), probe, container_port, errors);
+        validate_probe(&format!("{path}.startupProbe"), probe, port_name, errors);
     }
 }
 
-fn validate_probe(path: &str, probe: &Probe, container_port: Option<i64>, errors: &mut Vec<FieldError>) {
+/// Knative's probe rules. A probe may name another port by number (a health port beside the serving one; the
+/// local runtime refuses to run that, the Kubernetes runtime runs it); a port named must be the container
+/// port's name (Knative's "Probe port must match container port").
+fn validate_probe(path: &str, probe: &Probe, port_name: Option<&str>, errors: &mut Vec<FieldError>) {
     let handlers = [probe.http_get.is_some(), probe.tcp_socket.is_some(), probe.exec.is_some(), probe.grpc.is_some()];
     match handlers.iter().filter(|set| **set).count() {
         0 => errors.push(err(path, "expected exactly one, got neither: httpGet, tcpSocket, exec, grpc")),
@@ -264,18 +267,15 @@ fn validate_probe(path: &str, probe: &Probe, container_port: Option<i64>, errors
         .map(|p| ("httpGet", p))
         .or_else(|| probe.tcp_socket.as_ref().and_then(|t| t.port.as_ref()).map(|p| ("tcpSocket", p)));
     if let Some((handler, port)) = port {
-        let matches = match port {
-            Value::Number(n) => {
-                n.as_i64().is_some_and(|n| container_port.is_none_or(|c| c == n) && n > 0 && n <= 65535)
-            }
-            Value::String(_) => false,
-            _ => false,
+        let problem = match port {
+            Value::Number(n) if n.as_i64().is_some_and(|n| (0..=65535).contains(&n)) => None,
+            Value::Number(_) => Some("expected 0 <= port <= 65535"),
+            Value::String(name) if Some(name.as_str()) == port_name => None,
+            Value::String(_) => Some("Probe port must match container port"),
+            _ => Some("expected a port number or the container port's name"),
         };
-        if !matches {
-            errors.push(err(
-                format!("{path}.{handler}.port"),
-                format!("invalid value: {port}: a probe may only probe the containerPort"),
-            ));
+        if let Some(problem) = problem {
+            errors.push(err(format!("{path}.{handler}.port"), format!("invalid value: {port}: {problem}")));
         }
     }
 }

@@ -5,7 +5,7 @@ fn update(name: &str, generation: u64, instances: u32) -> FactsUpdate {
         namespace: "default".into(),
         name: name.into(),
         run: RunId { uid: "u1".into(), generation },
-        facts: Facts { ready: true, failure: None, instances },
+        facts: Facts { ready: true, saw_ready: true, failure: None, instances },
     }
 }
 
@@ -21,15 +21,15 @@ fn a_revisions_latest_facts_of_its_latest_run_wait_and_nothing_else_does() {
         (vec![("a", 1, 1)], update("a", 1, 2), 1, Posted::Waiting, Some((1, 2)), "full, but its own entry"),
     ];
     for (waiting, posted, limit, outcome, after, why) in cases {
-        let mut pending: BTreeMap<String, FactsUpdate> = waiting
-            .into_iter()
-            .map(|(name, generation, instances)| (format!("default/{name}"), update(name, generation, instances)))
-            .collect();
-        let before = pending.len();
-        assert_eq!(coalesce(&mut pending, posted, limit), outcome, "{why}");
-        let left = pending.get("default/a").map(|u| (u.run.generation, u.facts.instances));
+        let mut pending = Pending::default();
+        for (name, generation, instances) in waiting {
+            pending.post(update(name, generation, instances), usize::MAX);
+        }
+        let before = pending.waiting.len();
+        assert_eq!(pending.post(posted, limit), outcome, "{why}");
+        let left = pending.waiting.get("default/a").map(|w| (w.update.run.generation, w.update.facts.instances));
         assert_eq!(left, after, "{why}");
-        assert!(pending.len() <= limit.max(before), "{why}: bounded");
+        assert!(pending.waiting.len() <= limit.max(before), "{why}: bounded");
     }
 }
 
@@ -39,18 +39,80 @@ fn many_changes_of_one_revision_never_grow_the_outbox() {
     for instances in 0..10_000 {
         assert!(outbox.post(update("a", 1, instances)));
     }
-    let taken = outbox.take();
-    assert_eq!(taken.len(), 1);
-    assert_eq!(taken[0].facts.instances, 9_999, "the latest");
-    assert!(outbox.take().is_empty());
+    let taken = outbox.take_due(0);
+    assert_eq!(taken.map(|t| t.update.facts.instances), Some(9_999), "the latest, alone");
+    assert!(outbox.take_due(u64::MAX).is_none());
+    assert!(outbox.take_all().is_empty());
+}
+
+#[test]
+fn a_failed_record_is_retried_after_a_backoff_that_doubles_to_a_cap() {
+    let delays: Vec<u64> = (0..9).map(retry_delay_ms).collect();
+    assert_eq!(delays, [0, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]);
+}
+
+/// Facts of "a" taken out, that failed `failures` times before.
+fn taken(generation: u64, instances: u32, failures: u32) -> Waiting {
+    Waiting { update: update("a", generation, instances), failures, not_before_ms: 0, place: 0 }
+}
+
+#[test]
+fn facts_that_fail_to_record_go_back_behind_their_backoff_and_newer_facts_win() {
+    const NOW: u64 = 10_000;
+    // (waiting for "a" meanwhile: (generation, instances), failed, after: (generation, instances, failures,
+    // due at), why)
+    let cases = [
+        (None, taken(1, 3, 0), (1, 3, 1, NOW + 1_000), "back in line, 1 s later"),
+        (None, taken(1, 3, 1), (1, 3, 2, NOW + 2_000), "failed again: 2 s"),
+        (None, taken(1, 3, 9), (1, 3, 10, NOW + 30_000), "never more than 30 s"),
+        (Some((1, 5)), taken(1, 3, 0), (1, 5, 1, NOW + 1_000), "the run posted since: its newer facts, same backoff"),
+        (Some((2, 0)), taken(1, 3, 0), (2, 0, 1, NOW + 1_000), "a later run's facts wait: they stay"),
+        (Some((1, 0)), taken(2, 4, 0), (2, 4, 1, NOW + 1_000), "an earlier run's last word does not replace"),
+    ];
+    for (meanwhile, failed, after, why) in cases {
+        let mut pending = Pending::default();
+        if let Some((generation, instances)) = meanwhile {
+            pending.post(update("a", generation, instances), PENDING_FACTS_LIMIT);
+        }
+        pending.put_back(failed, NOW);
+        let left = pending
+            .waiting
+            .get("default/a")
+            .map(|w| (w.update.run.generation, w.update.facts.instances, w.failures, w.not_before_ms));
+        assert_eq!(left, Some(after), "{why}");
+        assert_eq!(pending.waiting.len(), 1, "{why}: one entry per revision");
+    }
+}
+
+#[test]
+fn a_revision_in_backoff_is_not_taken_before_its_time_and_keeps_no_other_waiting() {
+    let mut pending = Pending::default();
+    pending.post(update("a", 1, 1), PENDING_FACTS_LIMIT);
+    pending.post(update("b", 1, 1), PENDING_FACTS_LIMIT);
+    let first = pending.take_due(0);
+    assert_eq!(first.as_ref().map(|w| w.update.name.as_str()), Some("a"), "the longest waiting first");
+    if let Some(first) = first {
+        pending.put_back(first, 5_000);
+    }
+    assert_eq!(pending.next_due_ms(), Some(0), "b is due");
+    assert_eq!(pending.take_due(5_000).map(|w| w.update.name), Some("b".to_string()), "a waits its backoff");
+    assert_eq!(pending.next_due_ms(), Some(6_000), "the wake-up: a's backoff ends");
+    assert!(pending.take_due(5_999).is_none(), "not before its time: no spinning");
+    // A change of "a" meanwhile does not jump its backoff.
+    pending.post(update("a", 1, 7), PENDING_FACTS_LIMIT);
+    assert!(pending.take_due(5_999).is_none(), "a change does not retry sooner");
+    let retried = pending.take_due(6_000);
+    assert_eq!(retried.map(|w| (w.update.facts.instances, w.failures)), Some((7, 1)), "the latest, on time");
+    assert!(pending.take_all().is_empty());
 }
 
 fn state(spec: Value) -> Value {
     json!({"kind": "RevisionState", "metadata": {"name": "a", "namespace": "default"}, "spec": spec})
 }
 
+/// Facts of a run that saw an instance ready when `ready`.
 fn facts(ready: bool, instances: u32) -> Facts {
-    Facts { ready, failure: None, instances }
+    Facts { ready, saw_ready: ready, failure: None, instances }
 }
 
 #[test]
@@ -58,7 +120,8 @@ fn each_node_records_its_own_instances_and_drops_those_of_nodes_gone() {
     let members: BTreeSet<NodeId> = [1, 2].into();
     let idle = facts(true, 0);
     let busy = facts(true, 10);
-    let failing = Facts { ready: false, failure: Some(("ExitCode1".into(), "boom".into())), instances: 0 };
+    let failing =
+        Facts { ready: false, saw_ready: false, failure: Some(("ExitCode1".into(), "boom".into())), instances: 0 };
     let nothing = Facts::default();
     // (stored spec, node, members, change, instancesByNode after (None: no write), ready after, why)
     type Case<'a> = (Option<Value>, NodeId, Option<&'a BTreeSet<NodeId>>, Change<'a>, Option<Value>, bool, &'a str);
@@ -161,7 +224,7 @@ fn each_node_records_its_own_instances_and_drops_those_of_nodes_gone() {
     ];
     for (stored, me, members, change, by_node, ready, why) in cases {
         let stored = stored.map(state);
-        let next = next_spec(stored.as_ref(), me, members, change);
+        let next = next_spec(stored.as_ref(), me, members, change, Some("u1"));
         assert_eq!(next.as_ref().map(|s| s[INSTANCES_BY_NODE_FIELD].clone()), by_node, "{why}: {next:?}");
         if let Some(next) = next {
             assert_eq!(next["ready"], json!(ready), "{why}");
@@ -179,8 +242,9 @@ fn the_status_reads_what_the_nodes_wrote_as_the_sum() {
     let members: BTreeSet<NodeId> = [1, 2].into();
     let busy = facts(true, 10);
     let idle = facts(true, 0);
-    let after_one = next_spec(None, 1, Some(&members), Change::Run { uid: "u1", facts: &busy }).map(state);
-    let after_two = match next_spec(after_one.as_ref(), 2, Some(&members), Change::Run { uid: "u1", facts: &idle }) {
+    let after_one = next_spec(None, 1, Some(&members), Change::Run { uid: "u1", facts: &busy }, Some("u1")).map(state);
+    let idle_two = Change::Run { uid: "u1", facts: &idle };
+    let after_two = match next_spec(after_one.as_ref(), 2, Some(&members), idle_two, Some("u1")) {
         Some(spec) => state(spec),
         None => after_one.clone().unwrap_or_default(),
     };
@@ -203,5 +267,55 @@ fn only_the_current_run_of_the_stored_revision_records_facts() {
     ];
     for (current, revision_uid, posting, applies, why) in cases {
         assert_eq!(still_applies(current.as_ref(), revision_uid, &posting), applies, "{why}");
+    }
+}
+
+#[test]
+fn a_run_replaces_another_revisions_state_only_when_the_revision_stored_now_is_its_own() {
+    // (state stored for, Revision stored now (None: gone), the run's uid, may write, why)
+    let cases = [
+        ("u1", Some("u1"), "u1", true, "its own state"),
+        ("", Some("u1"), "u1", true, "nothing stored yet"),
+        ("u0", Some("u1"), "u1", true, "a namesake's state, deleted since: replaced"),
+        ("u2", Some("u2"), "u1", false, "a lagging node's old run, caught up: the new Revision's state stands"),
+        ("u1", Some("u2"), "u1", false, "made again, no state yet: the old run's facts are nobody's"),
+        ("u2", Some(""), "u1", false, "a Revision without a uid does not vouch for another uid's state"),
+        ("", Some(""), "u1", true, "a Revision without a uid, nothing stored"),
+        ("u1", None, "u1", false, "the Revision is gone"),
+        ("u2", Some("u2"), "", true, "a run without a uid (an older version's Revision)"),
+    ];
+    for (stored, revision, run, may, why) in cases {
+        assert_eq!(run_may_write(stored, revision, run), may, "{why}");
+    }
+    // The lagging node's first attempt read the old Revision; after the conflict it caught up: no write.
+    let members: BTreeSet<NodeId> = [1, 2].into();
+    let busy = facts(true, 2);
+    let new_state = state(json!({"ready": true, "revisionUid": "u2", "instancesByNode": {"2": 3}, "token": "t"}));
+    let old_run = Change::Run { uid: "u1", facts: &busy };
+    assert!(next_spec(Some(&new_state), 1, Some(&members), old_run, Some("u1")).is_some(), "before catching up");
+    assert_eq!(next_spec(Some(&new_state), 1, Some(&members), old_run, Some("u2")), None, "after catching up");
+}
+
+#[test]
+fn a_failure_is_cleared_only_by_a_run_that_saw_its_own_instance_ready() {
+    let members: BTreeSet<NodeId> = [1, 2].into();
+    let stored = state(json!({"ready": true, "revisionUid": "u1", "instancesByNode": {"1": 1}, "instances": 1,
+        "failureReason": "ExitCode1", "failureMessage": "boom", "token": "t"}));
+    let oom = Some(("OOMKilled".to_string(), "killed".to_string()));
+    // (node 2's run's facts, failureReason after, why)
+    let cases = [
+        (
+            Facts { ready: true, saw_ready: false, failure: None, instances: 1 },
+            "ExitCode1",
+            "a run restarted on node 2, ready only as the revision was once: node 1's crash loop stands",
+        ),
+        (Facts { ready: true, saw_ready: true, failure: None, instances: 1 }, "", "its instance became ready: cleared"),
+        (Facts { ready: true, saw_ready: true, failure: oom, instances: 0 }, "OOMKilled", "its own failure since"),
+        (Facts { ready: false, saw_ready: false, failure: None, instances: 0 }, "ExitCode1", "saw nothing"),
+    ];
+    for (facts, reason, why) in cases {
+        let next = next_spec(Some(&stored), 2, Some(&members), Change::Run { uid: "u1", facts: &facts }, Some("u1"));
+        let after = next.as_ref().unwrap_or(&stored["spec"]);
+        assert_eq!(after["failureReason"], json!(reason), "{why}");
     }
 }

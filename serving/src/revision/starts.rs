@@ -84,6 +84,14 @@ pub(crate) fn start_verdict(
     StartVerdict::Start
 }
 
+/// How long until a start the restart backoff holds back may be tried (`None`: none is held back: nothing failed,
+/// no instance is missing, or the backoff has passed). The revision's task sleeps that long, so a crashed
+/// instance restarts after 100 ms, not at the task's next bucket. Pure.
+pub(crate) fn backoff_left_ms(failed: &FailedStarts, active: usize, desired: u32, now_ms: u64) -> Option<u64> {
+    let retry_at_ms = failed.retry_at_ms();
+    (failed.in_a_row > 0 && active < desired as usize && now_ms < retry_at_ms).then(|| retry_at_ms - now_ms)
+}
+
 /// Whether the revision is marked failed after this many failed starts in a row (`ever_ready`: an instance of
 /// it was ready once, on this node or another; a failure then is a crash, and requests wait for the restart).
 pub(crate) fn marks_failed(failed: &FailedStarts, ever_ready: bool) -> bool {
@@ -144,6 +152,24 @@ mod tests {
         let mut healed = failing(60, 10_000);
         healed.ready();
         assert_eq!(start_verdict(&healed, 700_000, DEADLINE, false), StartVerdict::Start, "ready again: clean slate");
+    }
+
+    #[test]
+    fn a_task_whose_start_waits_for_the_backoff_wakes_when_it_ends() {
+        // (failed starts (a second apart from 1 s), active, desired, now, wake in, why)
+        let cases = [
+            (0, 0, 1, 1_000, None, "nothing failed: nothing held back"),
+            (1, 0, 1, 1_000, Some(100), "crashed at 1 s: restarts at 1.1 s, not at the next bucket"),
+            (1, 0, 1, 1_060, Some(40), "the rest of it"),
+            (1, 0, 1, 1_100, None, "passed: the start is tried at once, no sleep (no spinning)"),
+            (1, 1, 1, 1_000, None, "no instance missing: nothing to wake for"),
+            (1, 0, 0, 1_000, None, "none wanted (at zero): a request pokes the task"),
+            (4, 1, 3, 4_500, Some(300), "the fourth failure at 4 s: 800 ms"),
+        ];
+        for (count, active, desired, now, wake, why) in cases {
+            let failed = failing(count, 1_000);
+            assert_eq!(backoff_left_ms(&failed, active, desired, now), wake, "{why}: {failed:?}");
+        }
     }
 
     #[test]

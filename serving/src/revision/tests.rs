@@ -62,10 +62,11 @@ impl metrics::Recorder for GaugeRecorder {
     }
 
     fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        let gauge = Arc::new(AtomicU64::new(0));
-        if let Ok(mut gauges) = self.gauges.lock() {
-            gauges.insert(key.name().to_string(), gauge.clone());
-        }
+        // One series per name, as a real recorder has one per key: every run of the revision sets the same one.
+        let gauge = match self.gauges.lock() {
+            Ok(mut gauges) => gauges.entry(key.name().to_string()).or_default().clone(),
+            Err(_) => Arc::new(AtomicU64::new(0)),
+        };
         metrics::Gauge::from_arc(gauge)
     }
 
@@ -77,24 +78,8 @@ impl metrics::Recorder for GaugeRecorder {
 #[test]
 fn a_revision_task_that_ends_leaves_its_autoscaler_gauges_at_zero() {
     let recorder = GaugeRecorder::default();
-    let gauges = metrics::with_local_recorder(&recorder, || AutoscalerGauges::new("default/hello-00001"));
-    let decision = Decision {
-        at_ms: 0,
-        desired: 3,
-        reason: Reason::Panic,
-        panicking: true,
-        ready: 2,
-        instances: 3,
-        held: 1,
-        stable_metric: 7.5,
-        panic_metric: 9.0,
-        backlog: Backlog { events: 40, ordered_keys: None },
-        metric_wanted: 3,
-        panic_wanted: 4,
-        backlog_wanted: 1,
-        excess_burst_capacity: -5,
-        reachable: true,
-    };
+    let gauges = metrics::with_local_recorder(&recorder, || AutoscalerGauges::new("default/gauges-at-zero-00001", 1));
+    let decision = some_decision();
     gauges.show(&decision, 4);
     let names = [
         ("sluice_autoscaler_desired_instances", 3.0),
@@ -112,5 +97,42 @@ fn a_revision_task_that_ends_leaves_its_autoscaler_gauges_at_zero() {
     drop(gauges);
     for (name, _) in names {
         assert_eq!(recorder.value(name), Some(0.0), "{name} once the task ended");
+    }
+}
+
+#[test]
+fn a_replaced_run_leaves_its_successors_gauges_alone() {
+    // Both runs set the revision's one series.
+    let recorder = GaugeRecorder::default();
+    let revision = "default/replaced-00001";
+    let (replaced, successor) = metrics::with_local_recorder(&recorder, || {
+        (AutoscalerGauges::new(revision, 1), AutoscalerGauges::new(revision, 2))
+    });
+    successor.show(&some_decision(), 4);
+    replaced.show(&Decision { desired: 9, ..some_decision() }, 9);
+    assert_eq!(recorder.value("sluice_autoscaler_desired_instances"), Some(3.0), "the successor's decision");
+    drop(replaced);
+    assert_eq!(recorder.value("sluice_autoscaler_desired_instances"), Some(3.0), "not zeroed by the replaced run");
+    drop(successor);
+    assert_eq!(recorder.value("sluice_autoscaler_desired_instances"), Some(0.0), "the last run gone: zero");
+}
+
+fn some_decision() -> Decision {
+    Decision {
+        at_ms: 0,
+        desired: 3,
+        reason: Reason::Panic,
+        panicking: true,
+        ready: 2,
+        instances: 3,
+        held: 1,
+        stable_metric: 7.5,
+        panic_metric: 9.0,
+        backlog: Backlog { events: 40, ordered_keys: None },
+        metric_wanted: 3,
+        panic_wanted: 4,
+        backlog_wanted: 1,
+        excess_burst_capacity: -5,
+        reachable: true,
     }
 }
