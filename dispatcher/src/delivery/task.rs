@@ -350,15 +350,38 @@ async fn handle_reply(
             }
         }
         ReplyTarget::Uri(uri) => {
-            // A Subscription's reply goes on to spec.reply with the same policy; if that fails, the reply (not
-            // the original, which was delivered) is dead-lettered.
-            if let Sent::GaveUp { result, reason, .. } =
-                send_with_retries(ctx, spec, uri, Format::Binary, &reply, &mut ByStatus).await
-            {
-                let failure = failure_from(uri, &result, describe(reason));
-                dead_letter_event(ctx, spec, None, &reply, failure).await;
+            // A Subscription's reply goes on to spec.reply, once per attempt of the delivery. Knative's
+            // conformance: if that fails with a retryable error, the entire delivery is retried (the event sent
+            // to the subscriber again, its new reply forwarded), up to `retry` times; when they run out the
+            // event is dead-lettered. A reply the reply destination refuses for good is dead-lettered itself,
+            // and the event counts as delivered.
+            let ca_certs = spec.ca_certs.get(uri.as_str());
+            let token = sender_token(ctx, spec, uri);
+            let result = ctx
+                .sender
+                .send(
+                    uri,
+                    ca_certs,
+                    spec.protocol,
+                    Format::Binary,
+                    &reply,
+                    token.as_deref(),
+                    spec.policy.timeout_ms,
+                    now_ms(),
+                )
+                .await;
+            match classify(result.status) {
+                Outcome::Success => Ok(()),
+                Outcome::Retryable { status } => Err(ReplyError::NotCommitted(format!(
+                    "the reply was not delivered to {uri}: {}",
+                    status.map_or_else(|| result.error.clone().unwrap_or_default(), |code| format!("status {code}"))
+                ))),
+                Outcome::Permanent { .. } => {
+                    let failure = failure_from(uri, &result, "the reply destination refused the reply".into());
+                    dead_letter_event(ctx, spec, None, &reply, failure).await;
+                    Ok(())
+                }
             }
-            Ok(())
         }
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice_tests::subscriber::{Delivery, Reply, Subscriber};
-use sluice_tests::{TestCluster, apply_resource, broker_object, send_event_accepted, trigger_object};
+use sluice_tests::{
+    TestCluster, apply_resource, broker_object, send_event_accepted, start_single_node, trigger_object,
+};
 
 fn binary_reply(id: String, event_type: &str) -> Reply {
     Reply::status(200)
@@ -128,5 +130,50 @@ async fn subscriptions_deliver_a_channel_and_forward_replies_to_spec_reply() -> 
         answers.iter().filter_map(|d| d.event().ok()).map(|e| e.get("id").unwrap_or_default().to_string()).collect();
     ids.sort();
     assert_eq!(ids, ["answer-m0", "answer-m1", "answer-m2", "answer-m3"]);
+    Ok(())
+}
+
+/// Regression: a Subscription's reply that its reply destination refused with a retryable error was retried on
+/// its own, and the event counted as delivered; Knative's conformance retries the entire delivery (the event
+/// sent to the subscriber again) up to `retry` times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_the_reply_destination_refuses_for_now_retries_the_whole_delivery() -> anyhow::Result<()> {
+    let (_root, node) = start_single_node(1, &[]).await?;
+    let replier = Subscriber::start(Arc::new(|delivery: &Delivery, _| match delivery.event() {
+        Ok(event) => binary_reply(format!("answer-{}", event.get("id").unwrap_or_default()), "answer"),
+        Err(_) => Reply::status(400),
+    }))
+    .await?;
+    let refusals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = refusals.clone();
+    let reply_sink = Subscriber::start(Arc::new(move |_: &Delivery, _| {
+        if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+            Reply::status(503)
+        } else {
+            Reply::status(202)
+        }
+    }))
+    .await?;
+    apply_resource(
+        &node.admin,
+        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
+            "metadata": {"name": "c", "namespace": "default"}}),
+    )
+    .await?;
+    apply_resource(
+        &node.admin,
+        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "Subscription",
+            "metadata": {"name": "s", "namespace": "default"},
+            "spec": {"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "c"},
+                "subscriber": {"uri": replier.url()}, "reply": {"uri": reply_sink.url()},
+                "delivery": {"retry": 5, "backoffPolicy": "linear", "backoffDelay": "PT0.05S"}}}),
+    )
+    .await?;
+    send_event_accepted(&reqwest::Client::new(), &node.http, "/channels/default/c", "m0", "message", &[], "{}").await?;
+    let answers = reply_sink.wait_for(3, Duration::from_secs(60)).await?;
+    assert_eq!(answers.len(), 3, "two refusals, then the reply taken");
+    let sent = replier.deliveries();
+    assert_eq!(sent.len(), 3, "the event went to the subscriber again with each retry of the reply");
+    assert!(sent.iter().all(|d| d.event().is_ok_and(|e| e.get("id") == Some("m0"))));
     Ok(())
 }
