@@ -105,9 +105,6 @@ pub fn from_batch(body: &[u8], max_events: usize) -> Result<Vec<CloudEvent>, Eve
                     .rule("application/cloudevents-batch+json is an array of events")
             }
         })?;
-    if items.is_empty() {
-        return Err(EventError::bad("empty batch").rule("a batch holds at least one event"));
-    }
     items.iter().enumerate().map(|(i, raw)| from_json_object(raw).map_err(|e| e.at_index(i))).collect()
 }
 

@@ -525,6 +525,10 @@ async fn accept(
 
     let types = count_types(&events);
     let count = events.len() as u64;
+    if events.is_empty() {
+        // An empty batch (valid in a request, JSON Event Format §4): nothing to store.
+        return Ok(types);
+    }
     #[cfg(feature = "planted-bugs")]
     if crate::planted_bug("ack-before-commit") {
         // PLANTED BUG (test-only): acknowledge now and append 300 ms later, like a write-behind buffer; a crash in
