@@ -148,6 +148,7 @@ pub(crate) async fn run(
     // After the first reconcile, so that the revisions this node runs are known.
     let mut sweep = Sweep::At(0);
     let mut writing: Option<Writing> = None;
+    let mut facts_turn = false;
     loop {
         if needs_reconcile {
             changes.borrow_and_update();
@@ -157,7 +158,7 @@ pub(crate) async fn run(
         needs_reconcile = true;
         let now = monotonic_ms();
         if writing.is_none() {
-            writing = next_write(&node, &running, &outbox, &mut sweep, now);
+            writing = next_write(&node, &running, &outbox, &mut sweep, &mut facts_turn, now);
         }
         // Nothing in flight, something waits for its time (a backoff, the sweep's retry): wake then.
         let wake_in = match writing {
@@ -206,9 +207,19 @@ pub(crate) async fn run(
     while stopping.join_next().await.is_some() {}
     // Their last facts take this node's entries out, unless the metadata group is gone too (then the next start
     // forgets them). The write in flight ends first: a revision's earlier facts must not land after its last.
+    let (in_flight, mut task) = match writing.take() {
+        Some(Writing { job, task }) => (Some(job), Some(task)),
+        None => (None, None),
+    };
     let last_facts = async {
-        if let Some(writing) = writing.as_mut() {
-            let _ = (&mut writing.task).await;
+        if let (Some(job), Some(task)) = (in_flight, task.as_mut()) {
+            let went_through = task.await.unwrap_or(false);
+            // Facts that did not go through are written again below, with the rest (or newer ones in their place).
+            if let Job::Facts(waiting) = job
+                && !went_through
+            {
+                outbox.put_back(waiting, monotonic_ms());
+            }
         }
         for update in outbox.take_all() {
             record_facts(&node, None, &update).await;
@@ -217,20 +228,26 @@ pub(crate) async fn run(
     if tokio::time::timeout(LAST_FACTS_TIMEOUT, last_facts).await.is_err() {
         tracing::warn!("serving: the revisions' last facts were not all recorded before the node stopped");
     }
-    if let Some(writing) = writing {
-        writing.task.abort();
+    if let Some(task) = task {
+        task.abort();
     }
 }
 
-/// The next write to start, if one is due: the sweep's first (it was due at start), then the facts that have
-/// waited longest (dropped by their write if they are no longer their revision's).
+/// The next write to start, if one is due: the facts that have waited longest and the sweep's writes, in turn.
 fn next_write(
     node: &Node,
     running: &BTreeMap<String, RunningRevision>,
     outbox: &FactsOutbox,
     sweep: &mut Sweep,
+    facts_turn: &mut bool,
     now_ms: u64,
 ) -> Option<Writing> {
+    // Facts and the sweep's forgets take turns: a node restarted after running many revisions must not hold its
+    // new runs' first facts (a revision's first Ready) behind one forget per revision it ran before.
+    *facts_turn = !*facts_turn;
+    if *facts_turn && let Some(waiting) = outbox.take_due(now_ms) {
+        return Some(facts_write(node, running, waiting));
+    }
     if let Some(job) = sweep_step(sweep, now_ms, |key| running.contains_key(key)) {
         let node = node.clone();
         let task = match job.clone() {
@@ -251,10 +268,15 @@ fn next_write(
         return Some(Writing { job: Job::Sweep(job), task });
     }
     let waiting = outbox.take_due(now_ms)?;
+    Some(facts_write(node, running, waiting))
+}
+
+/// Writes one revision's facts (dropped by their write if they are no longer their revision's).
+fn facts_write(node: &Node, running: &BTreeMap<String, RunningRevision>, waiting: Waiting) -> Writing {
     let current = running.get(&waiting.update.key()).map(|current| current.handle.run_id.clone());
     let (node, update) = (node.clone(), waiting.update.clone());
     let task = tokio::spawn(async move { record_facts(&node, current.as_ref(), &update).await == Recorded::Done });
-    Some(Writing { job: Job::Facts(waiting), task })
+    Writing { job: Job::Facts(waiting), task }
 }
 
 fn objects(node: &Node) -> Vec<Value> {
