@@ -101,9 +101,9 @@ pub(crate) struct ServingArgs {
     #[arg(long = "serving-feature", value_name = "FLAG=enabled", value_parser = parse_serving_feature)]
     pub serving_features: Vec<String>,
     /// The longest `timeoutSeconds` (and response-start and idle timeouts) a revision may ask for (Knative's
-    /// config-defaults max-revision-timeout-seconds). Give every node the same value: the node an object is
-    /// applied through validates it.
-    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    /// config-defaults max-revision-timeout-seconds), at least the 300 s of a revision that sets none. Give every
+    /// node the same value: the node an object is applied through validates it.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(300..=86_400))]
     pub max_revision_timeout_seconds: u32,
 }
 

@@ -536,21 +536,26 @@ impl DeadLetters for ConsumersAdmin {
             )
         })?;
         let lease = take_lease(&self.node, &found, "purge").await?;
-        let mut purged = 0;
-        for partition in 0..self.node.partitions() {
-            // As the partition's leader has them (a redrive through another node may just have kept copies at
-            // the stream's end, which this node's copy may not show yet).
-            self.node.catch_up(partition).await.map_err(sluice_broker::status_of)?;
-            let extent = self.node.read(&stream, partition, 0, 1, 0).map_err(sluice_broker::status_of)?;
-            if extent.end_offset > extent.start_offset {
-                self.node.trim(partition, &stream, extent.end_offset).await.map_err(sluice_broker::status_of)?;
-                purged += extent.end_offset - extent.start_offset;
+        let purging = async {
+            let mut purged = 0;
+            for partition in 0..self.node.partitions() {
+                // As the partition's leader has them (a redrive through another node may just have kept copies
+                // at the stream's end, which this node's copy may not show yet).
+                self.node.catch_up(partition).await.map_err(sluice_broker::status_of)?;
+                let extent = self.node.read(&stream, partition, 0, 1, 0).map_err(sluice_broker::status_of)?;
+                if extent.end_offset > extent.start_offset {
+                    self.node.trim(partition, &stream, extent.end_offset).await.map_err(sluice_broker::status_of)?;
+                    purged += extent.end_offset - extent.start_offset;
+                }
             }
-        }
+            Ok::<u64, Status>(purged)
+        };
+        let purged = purging.await;
+        // Given back however the purge ended: a purge that failed partway holds nobody else off for 30 s.
         if let Some(lease) = lease {
             lease.release().await;
         }
-        Ok(Response::new(PurgeReply { purged }))
+        Ok(Response::new(PurgeReply { purged: purged? }))
     }
 }
 

@@ -116,7 +116,7 @@ pub(crate) enum ReadIndexFailure {
     /// leader last reported committed.
     #[error("the leader's build has no read index")]
     Unsupported,
-    /// The call did not complete (unreachable, timed out).
+    /// The call did not complete (unreachable, timed out, an answer this build cannot read).
     #[error("the call failed: {0}")]
     Failed(String),
 }
@@ -140,11 +140,9 @@ impl PeerClients {
             Ok(Ok(reply)) => match decode::<Result<u64, WriteFailure>>(&reply.get_ref().payload) {
                 Ok(Ok(index)) => Ok(index),
                 Ok(Err(refused)) => Err(ReadIndexFailure::Refused(refused)),
-                // An answer of the wrong shape: every node of a cluster runs one build, so a bug.
-                Err(e) => Err(ReadIndexFailure::Refused(WriteFailure::Bug {
-                    group,
-                    reason: format!("undecodable read index answer: {e}"),
-                })),
+                // An answer this build cannot read: during a rolling upgrade, a newer leader's refusal of a kind
+                // added since; asked again (until the caller's deadline), as for a call that failed.
+                Err(e) => Err(ReadIndexFailure::Failed(format!("undecodable read index answer: {e}"))),
             },
         }
     }

@@ -97,10 +97,14 @@ impl ServingFeatures {
     }
 
     /// The same, with another longest `timeoutSeconds` (and response-start and idle timeouts) a revision may
-    /// ask for: at least 1 s.
+    /// ask for: at least the timeout of a revision that sets none (300 s, Knative's `revision-timeout-seconds`,
+    /// which Knative too refuses above the maximum).
     pub fn with_max_revision_timeout_seconds(self, seconds: i64) -> Result<ServingFeatures, String> {
-        if seconds < 1 {
-            return Err(format!("--max-revision-timeout-seconds {seconds}: must be at least 1"));
+        if seconds < super::DEFAULT_TIMEOUT_SECONDS {
+            return Err(format!(
+                "--max-revision-timeout-seconds {seconds}: must be at least {} (the timeout of a revision that sets none)",
+                super::DEFAULT_TIMEOUT_SECONDS
+            ));
         }
         Ok(ServingFeatures { max_revision_timeout_seconds: seconds, ..self })
     }

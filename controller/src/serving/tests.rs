@@ -243,11 +243,12 @@ fn the_longest_timeout_is_the_clusters_setting() {
     assert!(refused.iter().any(|e| e.path == "spec.template.spec.timeoutSeconds"), "{refused:?}");
     let raised = super::ServingFeatures::default().with_max_revision_timeout_seconds(3600).expect("valid");
     assert_eq!(crate::validate_object_with(&long, None, &raised).err(), None);
-    let lower = super::ServingFeatures::default().with_max_revision_timeout_seconds(60).expect("valid");
-    let mut short = hello_service("x");
-    short["spec"]["template"]["spec"]["timeoutSeconds"] = json!(120);
-    assert!(crate::validate_object_with(&short, None, &lower).is_err(), "a lowered limit holds too");
-    assert!(super::ServingFeatures::default().with_max_revision_timeout_seconds(0).is_err());
+    let lower = super::ServingFeatures::default().with_max_revision_timeout_seconds(400).expect("valid");
+    let mut over = hello_service("x");
+    over["spec"]["template"]["spec"]["timeoutSeconds"] = json!(500);
+    assert!(crate::validate_object_with(&over, None, &lower).is_err(), "a lowered limit holds too");
+    let below_default = super::ServingFeatures::default().with_max_revision_timeout_seconds(60);
+    assert!(below_default.is_err(), "below the 300 s a revision that sets none gets");
 }
 
 #[test]

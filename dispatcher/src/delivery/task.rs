@@ -140,6 +140,9 @@ struct SubscriberJudge<'c> {
     spec: &'c ConsumerSpec,
     event: &'c CloudEvent,
     offset: u64,
+    /// The last attempt's reply leg, when that is what failed (a Subscription's `spec.reply` refused the reply
+    /// for now): where it went and what came back, for the dead letter if the retries run out.
+    reply_failed: Option<(String, AttemptResult)>,
 }
 
 impl Judge for SubscriberJudge<'_> {
@@ -150,6 +153,7 @@ impl Judge for SubscriberJudge<'_> {
                 ([self.spec.cursor.as_str()], result.status.unwrap_or(0), elapsed.as_secs_f64() * 1000.0);
             DISPATCH_EVENT_METRICS
                 .record(&scope, event_type, code, 1, ms, || labels(self.spec, event_type, result.status));
+            self.reply_failed = None;
             if let Some(reason) = &result.reply_cut {
                 return (Outcome::Retryable { status: None }, Some(format!("the reply was cut off: {reason}")));
             }
@@ -161,6 +165,18 @@ impl Judge for SubscriberJudge<'_> {
                         (Outcome::Permanent { status: result.status.unwrap_or(200) }, Some(reason))
                     }
                     Err(ReplyError::NotCommitted(reason)) => (Outcome::Retryable { status: None }, Some(reason)),
+                    Err(ReplyError::NotDelivered { uri, result }) => {
+                        let reason = format!(
+                            "the reply was not delivered to {uri}: {}",
+                            result.status.map_or_else(
+                                || result.error.clone().unwrap_or_default(),
+                                |code| format!("status {code}")
+                            )
+                        );
+                        let status = result.status;
+                        self.reply_failed = Some((uri, result));
+                        (Outcome::Retryable { status }, Some(reason))
+                    }
                 },
                 _ => (outcome, None),
             }
@@ -236,11 +252,16 @@ pub(crate) async fn deliver(ctx: &DeliveryContext, spec: &ConsumerSpec, offset: 
     if sluice_broker::planted_bug("panic-in-delivery") && event.get_str("type") == Some(PLANTED_PANIC_TYPE) {
         panic!("a planted bug in the delivery of offset {offset}");
     }
-    let mut judge = SubscriberJudge { ctx, spec, event, offset };
+    let mut judge = SubscriberJudge { ctx, spec, event, offset, reply_failed: None };
     match send_with_retries(ctx, spec, &spec.subscriber_uri, spec.format, event, &mut judge).await {
         Sent::Done { attempts } => Settlement::Delivered { attempts },
         Sent::GaveUp { attempts, result, reason, note } => {
-            let failure = failure_from(&spec.subscriber_uri, &result, note.unwrap_or_else(|| describe(reason)));
+            let reason = note.unwrap_or_else(|| describe(reason));
+            // The error attributes name what failed last: the subscriber, or the reply destination after it.
+            let failure = match judge.reply_failed.take() {
+                Some((reply_uri, reply_result)) => failure_from(&reply_uri, &reply_result, reason),
+                None => failure_from(&spec.subscriber_uri, &result, reason),
+            };
             // Boxed: the rare path's state (another send with retries, an append) would otherwise be part of
             // every delivery's future, allocated (and initialised) for each event.
             Box::pin(dead_letter(ctx, spec, offset, event, failure, attempts)).await
@@ -280,6 +301,8 @@ enum ReplyError {
     Invalid(String),
     /// The reply could not be committed (no quorum, queue full): the delivery is retried.
     NotCommitted(String),
+    /// A Subscription's `spec.reply` refused the reply for now: the delivery is retried.
+    NotDelivered { uri: String, result: AttemptResult },
 }
 
 /// Commits (Trigger) or forwards (Subscription) a subscriber's reply. `Ok` once it is committed or forwarded.
@@ -371,11 +394,11 @@ async fn handle_reply(
                 )
                 .await;
             match classify(result.status) {
-                Outcome::Success => Ok(()),
-                Outcome::Retryable { status } => Err(ReplyError::NotCommitted(format!(
-                    "the reply was not delivered to {uri}: {}",
-                    status.map_or_else(|| result.error.clone().unwrap_or_default(), |code| format!("status {code}"))
-                ))),
+                Outcome::Success => {
+                    metrics::counter!("sluice_dispatch_replies_total", "consumer" => spec.name.clone()).increment(1);
+                    Ok(())
+                }
+                Outcome::Retryable { .. } => Err(ReplyError::NotDelivered { uri: uri.clone(), result }),
                 Outcome::Permanent { .. } => {
                     let failure = failure_from(uri, &result, "the reply destination refused the reply".into());
                     dead_letter_event(ctx, spec, None, &reply, failure).await;

@@ -177,3 +177,41 @@ async fn a_reply_the_reply_destination_refuses_for_now_retries_the_whole_deliver
     assert!(sent.iter().all(|d| d.event().is_ok_and(|e| e.get("id") == Some("m0"))));
     Ok(())
 }
+
+/// When a Subscription's reply keeps being refused, the event is dead-lettered once its retries run out, with
+/// the reply destination's answer in its error attributes (not the subscriber's 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_refused_every_time_dead_letters_the_event_naming_the_reply_destination() -> anyhow::Result<()> {
+    let (_root, node) = start_single_node(1, &[]).await?;
+    let replier = Subscriber::start(Arc::new(|delivery: &Delivery, _| match delivery.event() {
+        Ok(event) => binary_reply(format!("answer-{}", event.get("id").unwrap_or_default()), "answer"),
+        Err(_) => Reply::status(400),
+    }))
+    .await?;
+    let reply_sink = Subscriber::start(Arc::new(|_: &Delivery, _| Reply::status(503))).await?;
+    let dead_letters = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(
+        &node.admin,
+        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
+            "metadata": {"name": "c", "namespace": "default"}}),
+    )
+    .await?;
+    apply_resource(
+        &node.admin,
+        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "Subscription",
+            "metadata": {"name": "s", "namespace": "default"},
+            "spec": {"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "c"},
+                "subscriber": {"uri": replier.url()}, "reply": {"uri": reply_sink.url()},
+                "delivery": {"retry": 2, "backoffPolicy": "linear", "backoffDelay": "PT0.05S",
+                    "deadLetterSink": {"uri": dead_letters.url()}}}}),
+    )
+    .await?;
+    send_event_accepted(&reqwest::Client::new(), &node.http, "/channels/default/c", "m0", "message", &[], "{}").await?;
+    let letters = dead_letters.wait_for(1, Duration::from_secs(60)).await?;
+    let letter = letters[0].event()?;
+    assert_eq!(letter.get("id"), Some("m0"), "the event itself is dead-lettered");
+    assert_eq!(letter.get("knativeerrordest"), Some(reply_sink.url().as_str()));
+    assert_eq!(letter.get("knativeerrorcode"), Some("503"));
+    assert_eq!(replier.deliveries().len(), 3, "the first attempt and two retries");
+    Ok(())
+}
