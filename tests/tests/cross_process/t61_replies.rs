@@ -133,25 +133,16 @@ async fn subscriptions_deliver_a_channel_and_forward_replies_to_spec_reply() -> 
     Ok(())
 }
 
-/// Regression: a Subscription's reply that its reply destination refused with a retryable error was retried on
-/// its own, and the event counted as delivered; Knative's conformance retries the entire delivery (the event
-/// sent to the subscriber again) up to `retry` times.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reply_the_reply_destination_refuses_for_now_retries_the_whole_delivery() -> anyhow::Result<()> {
-    let (_root, node) = start_single_node(1, &[]).await?;
+/// A subscriber that answers each event with a reply, on InMemoryChannel `c` through Subscription `s`, whose
+/// replies go to `reply_uri`, with `delivery`.
+async fn replying_subscription(
+    node: &sluice_tests::NodeProc,
+    reply_uri: String,
+    delivery: serde_json::Value,
+) -> anyhow::Result<Subscriber> {
     let replier = Subscriber::start(Arc::new(|delivery: &Delivery, _| match delivery.event() {
         Ok(event) => binary_reply(format!("answer-{}", event.get("id").unwrap_or_default()), "answer"),
         Err(_) => Reply::status(400),
-    }))
-    .await?;
-    let refusals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = refusals.clone();
-    let reply_sink = Subscriber::start(Arc::new(move |_: &Delivery, _| {
-        if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
-            Reply::status(503)
-        } else {
-            Reply::status(202)
-        }
     }))
     .await?;
     apply_resource(
@@ -165,10 +156,30 @@ async fn a_reply_the_reply_destination_refuses_for_now_retries_the_whole_deliver
         json!({"apiVersion": "messaging.knative.dev/v1", "kind": "Subscription",
             "metadata": {"name": "s", "namespace": "default"},
             "spec": {"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "c"},
-                "subscriber": {"uri": replier.url()}, "reply": {"uri": reply_sink.url()},
-                "delivery": {"retry": 5, "backoffPolicy": "linear", "backoffDelay": "PT0.05S"}}}),
+                "subscriber": {"uri": replier.url()}, "reply": {"uri": reply_uri}, "delivery": delivery}}),
     )
     .await?;
+    Ok(replier)
+}
+
+/// Regression: a Subscription's reply that its reply destination refused with a retryable error was retried on
+/// its own, and the event counted as delivered; Knative's conformance retries the entire delivery (the event
+/// sent to the subscriber again) up to `retry` times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_the_reply_destination_refuses_for_now_retries_the_whole_delivery() -> anyhow::Result<()> {
+    let (_root, node) = start_single_node(1, &[]).await?;
+    let refusals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = refusals.clone();
+    let reply_sink = Subscriber::start(Arc::new(move |_: &Delivery, _| {
+        if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+            Reply::status(503)
+        } else {
+            Reply::status(202)
+        }
+    }))
+    .await?;
+    let delivery = json!({"retry": 5, "backoffPolicy": "linear", "backoffDelay": "PT0.05S"});
+    let replier = replying_subscription(&node, reply_sink.url(), delivery).await?;
     send_event_accepted(&reqwest::Client::new(), &node.http, "/channels/default/c", "m0", "message", &[], "{}").await?;
     let answers = reply_sink.wait_for(3, Duration::from_secs(60)).await?;
     assert_eq!(answers.len(), 3, "two refusals, then the reply taken");
@@ -183,29 +194,11 @@ async fn a_reply_the_reply_destination_refuses_for_now_retries_the_whole_deliver
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_refused_every_time_dead_letters_the_event_naming_the_reply_destination() -> anyhow::Result<()> {
     let (_root, node) = start_single_node(1, &[]).await?;
-    let replier = Subscriber::start(Arc::new(|delivery: &Delivery, _| match delivery.event() {
-        Ok(event) => binary_reply(format!("answer-{}", event.get("id").unwrap_or_default()), "answer"),
-        Err(_) => Reply::status(400),
-    }))
-    .await?;
     let reply_sink = Subscriber::start(Arc::new(|_: &Delivery, _| Reply::status(503))).await?;
     let dead_letters = Subscriber::start(Subscriber::ok()).await?;
-    apply_resource(
-        &node.admin,
-        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
-            "metadata": {"name": "c", "namespace": "default"}}),
-    )
-    .await?;
-    apply_resource(
-        &node.admin,
-        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "Subscription",
-            "metadata": {"name": "s", "namespace": "default"},
-            "spec": {"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "c"},
-                "subscriber": {"uri": replier.url()}, "reply": {"uri": reply_sink.url()},
-                "delivery": {"retry": 2, "backoffPolicy": "linear", "backoffDelay": "PT0.05S",
-                    "deadLetterSink": {"uri": dead_letters.url()}}}}),
-    )
-    .await?;
+    let delivery = json!({"retry": 2, "backoffPolicy": "linear", "backoffDelay": "PT0.05S",
+        "deadLetterSink": {"uri": dead_letters.url()}});
+    let replier = replying_subscription(&node, reply_sink.url(), delivery).await?;
     send_event_accepted(&reqwest::Client::new(), &node.http, "/channels/default/c", "m0", "message", &[], "{}").await?;
     let letters = dead_letters.wait_for(1, Duration::from_secs(60)).await?;
     let letter = letters[0].event()?;
