@@ -31,6 +31,7 @@ use crate::consumer::{
 };
 use crate::delivery::sender::Sender;
 use crate::delivery::task::{DeliveryContext, Settlement, deliver, now_ms};
+use crate::redrive_lease::{RedriveGuard, Redrives};
 use crate::stats::{self, CursorStats};
 use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
@@ -581,34 +582,6 @@ async fn lost(lease: &mut Option<crate::redrive_lease::HeldLease>) {
     match lease {
         Some(lease) => lease.lost().await,
         None => std::future::pending().await,
-    }
-}
-
-/// The dead-letter streams being redriven by this node: a second redrive of the same consumer would deliver
-/// the same letters again (and copy the kept ones twice).
-type Redrives = Arc<std::sync::Mutex<std::collections::HashMap<String, &'static str>>>;
-
-/// A redrive's (or a purge's) claim on its dead-letter stream, given back when it ends.
-struct RedriveGuard {
-    redrives: Redrives,
-    stream: String,
-}
-
-impl RedriveGuard {
-    /// The claim for `operation`, or the operation that holds it.
-    fn take(redrives: &Redrives, stream: &str, operation: &'static str) -> Result<RedriveGuard, &'static str> {
-        let mut running = redrives.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(holder) = running.get(stream) {
-            return Err(*holder);
-        }
-        running.insert(stream.to_string(), operation);
-        Ok(RedriveGuard { redrives: redrives.clone(), stream: stream.into() })
-    }
-}
-
-impl Drop for RedriveGuard {
-    fn drop(&mut self) {
-        self.redrives.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.stream);
     }
 }
 

@@ -10,6 +10,9 @@
 //! claim runs out, or finds it taken: the lease then belongs to another node. Wall clocks are assumed to
 //! agree within a few seconds, as Kubernetes' Leases assume; a node whose clock runs far ahead could take over
 //! a live claim early.
+//!
+//! Within one node the claim is [`RedriveGuard`], taken first: a second redrive or purge through the same node
+//! is refused before it writes anything.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -227,6 +230,38 @@ impl HeldLease {
 impl Drop for HeldLease {
     fn drop(&mut self) {
         self.renewing.abort();
+    }
+}
+
+/// The dead-letter streams being redriven by this node: a second redrive of the same consumer would deliver
+/// the same letters again (and copy the kept ones twice).
+pub(crate) type Redrives = Arc<std::sync::Mutex<std::collections::HashMap<String, &'static str>>>;
+
+/// A redrive's (or a purge's) claim on its dead-letter stream, given back when it ends.
+pub(crate) struct RedriveGuard {
+    redrives: Redrives,
+    stream: String,
+}
+
+impl RedriveGuard {
+    /// The claim for `operation`, or the operation that holds it.
+    pub(crate) fn take(
+        redrives: &Redrives,
+        stream: &str,
+        operation: &'static str,
+    ) -> Result<RedriveGuard, &'static str> {
+        let mut running = redrives.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(holder) = running.get(stream) {
+            return Err(*holder);
+        }
+        running.insert(stream.to_string(), operation);
+        Ok(RedriveGuard { redrives: redrives.clone(), stream: stream.into() })
+    }
+}
+
+impl Drop for RedriveGuard {
+    fn drop(&mut self) {
+        self.redrives.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.stream);
     }
 }
 
