@@ -484,6 +484,41 @@ pub fn trigger_object(
     object
 }
 
+/// An InMemoryChannel `namespace/name`.
+pub fn in_memory_channel_object(namespace: &str, name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "messaging.knative.dev/v1",
+        "kind": "InMemoryChannel",
+        "metadata": { "name": name, "namespace": namespace },
+    })
+}
+
+/// A Subscription `namespace/name` of InMemoryChannel `channel` to `subscriber_uri`, with `spec`'s fields (reply,
+/// delivery) added.
+pub fn subscription_object(
+    namespace: &str,
+    name: &str,
+    channel: &str,
+    subscriber_uri: &str,
+    spec: serde_json::Value,
+) -> serde_json::Value {
+    let mut object = serde_json::json!({
+        "apiVersion": "messaging.knative.dev/v1",
+        "kind": "Subscription",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": {
+            "channel": { "apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": channel },
+            "subscriber": { "uri": subscriber_uri },
+        },
+    });
+    if let (Some(target), serde_json::Value::Object(extra)) =
+        (object.pointer_mut("/spec").and_then(|s| s.as_object_mut()), spec)
+    {
+        target.extend(extra);
+    }
+    object
+}
+
 /// POSTs one binary-mode event to the ingress at `http` (`path` is `/{namespace}/{broker}`); answers the status.
 pub async fn send_event(
     client: &reqwest::Client,

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::json;
 use sluice_tests::subscriber::{Delivery, Reply, Subscriber};
 use sluice_tests::{
-    TestCluster, apply_resource, broker_object, send_event_accepted, start_single_node, trigger_object,
+    TestCluster, apply_resource, broker_object, in_memory_channel_object, send_event_accepted, start_single_node,
+    subscription_object, trigger_object,
 };
 
 fn binary_reply(id: String, event_type: &str) -> Reply {
@@ -102,20 +103,10 @@ async fn subscriptions_deliver_a_channel_and_forward_replies_to_spec_reply() -> 
     .await?;
     let reply_sink = Subscriber::start(Subscriber::ok()).await?;
     let plain = Subscriber::start(Subscriber::ok()).await?;
-    apply_resource(
-        &admin,
-        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
-            "metadata": {"name": "c", "namespace": "default"}}),
-    )
-    .await?;
+    apply_resource(&admin, in_memory_channel_object("default", "c")).await?;
     let subscription = |name: &str, subscriber: String, reply: Option<String>| {
-        let mut spec = json!({"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "c"},
-            "subscriber": {"uri": subscriber}});
-        if let Some(reply) = reply {
-            spec["reply"] = json!({"uri": reply});
-        }
-        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "Subscription",
-            "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+        let spec = reply.map_or_else(|| json!({}), |reply| json!({"reply": {"uri": reply}}));
+        subscription_object("default", name, "c", &subscriber, spec)
     };
     apply_resource(&admin, subscription("answering", replier.url(), Some(reply_sink.url()))).await?;
     apply_resource(&admin, subscription("plain", plain.url(), None)).await?;
@@ -145,20 +136,9 @@ async fn replying_subscription(
         Err(_) => Reply::status(400),
     }))
     .await?;
-    apply_resource(
-        &node.admin,
-        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
-            "metadata": {"name": "c", "namespace": "default"}}),
-    )
-    .await?;
-    apply_resource(
-        &node.admin,
-        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "Subscription",
-            "metadata": {"name": "s", "namespace": "default"},
-            "spec": {"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "c"},
-                "subscriber": {"uri": replier.url()}, "reply": {"uri": reply_uri}, "delivery": delivery}}),
-    )
-    .await?;
+    apply_resource(&node.admin, in_memory_channel_object("default", "c")).await?;
+    let spec = json!({"reply": {"uri": reply_uri}, "delivery": delivery});
+    apply_resource(&node.admin, subscription_object("default", "s", "c", &replier.url(), spec)).await?;
     Ok(replier)
 }
 

@@ -302,20 +302,9 @@ async fn a_redrive_loses_no_letter_it_could_not_send_or_did_not_select() -> anyh
         if flag.load(Ordering::SeqCst) { refused.after(Duration::from_millis(700)) } else { refused }
     }))
     .await?;
-    apply_resource(
-        &node.admin,
-        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
-            "metadata": {"name": "c", "namespace": "default"}}),
-    )
-    .await?;
-    apply_resource(
-        &node.admin,
-        json!({"apiVersion": "messaging.knative.dev/v1", "kind": "Subscription",
-            "metadata": {"name": "s", "namespace": "default"},
-            "spec": {"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "c"},
-                "subscriber": {"uri": subscriber.url()}}}),
-    )
-    .await?;
+    apply_resource(&node.admin, sluice_tests::in_memory_channel_object("default", "c")).await?;
+    let object = sluice_tests::subscription_object("default", "s", "c", &subscriber.url(), json!({}));
+    apply_resource(&node.admin, object).await?;
     let client = reqwest::Client::new();
     for i in 0..3 {
         send_event_accepted(&client, &node.http, "/channels/default/c", &format!("m{i}"), "t", &[], "{}").await?;
