@@ -12,7 +12,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::RaftSnapshotBuilder;
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
@@ -255,12 +255,38 @@ fn file_name(last_log_id: Option<&LogId>) -> String {
     format!("{:020}.snap", last_log_id.map(|id| id.index() + 1).unwrap_or(0))
 }
 
+/// Keeps a group's snapshot build and its installs apart. openraft builds a snapshot on a task of its own,
+/// while the state machine goes on with its commands, an install among them. A build that read the applied
+/// state in the middle of an install would record a meta for a half-installed state (or for none), and its
+/// `record_meta` would remove the received `.snap` that a crash mid-install needs on restart to install
+/// again. The functions that write either take the guard, so neither can run without it.
+#[derive(Clone, Default)]
+pub(crate) struct SnapshotLock(Arc<Mutex<()>>);
+
+/// Held while a group's snapshot meta is built or a snapshot is installed.
+pub(crate) struct SnapshotGuard<'a> {
+    _held: MutexGuard<'a, ()>,
+}
+
+impl SnapshotLock {
+    /// Blocks until no build or install of the group runs (call it on a blocking thread).
+    pub(crate) fn hold(&self) -> SnapshotGuard<'_> {
+        // The guarded data is `()`: a panic while it was held leaves nothing half-changed in it.
+        SnapshotGuard { _held: self.0.lock().unwrap_or_else(PoisonError::into_inner) }
+    }
+}
+
 /// Records the meta of a snapshot as of now without writing its data: cheap, whatever the state's size.
 /// Applied state is written without the WAL (state_machine.rs), so the state machine's memtables are
 /// flushed first (atomically, and waited for): the applied state the meta names is on disk before the meta
 /// is, and before openraft purges the log entries it came from (after a crash the state is never behind
 /// its meta, and openraft never needs to install anything at start).
-pub(crate) fn write_snapshot_meta(db: &DB, group: GroupId, dir: &Path) -> io::Result<(SnapshotMeta, PathBuf)> {
+pub(crate) fn write_snapshot_meta(
+    _held: &SnapshotGuard<'_>,
+    db: &DB,
+    group: GroupId,
+    dir: &Path,
+) -> io::Result<(SnapshotMeta, PathBuf)> {
     crate::durable_fs::create_dir_all(dir)?;
     let snapshot = db.snapshot();
     let meta = applied_meta(db, &snapshot, group)?;
@@ -320,18 +346,21 @@ pub(crate) fn newest_snapshot_or_meta(dir: &Path) -> io::Result<Option<(Snapshot
     Ok(Some((decode(&header).map_err(io_err)?, path)))
 }
 
-/// Replaces the group's state machine with the snapshot in `path`.
+/// Replaces the group's state machine with the snapshot in `path`, whose membership is `membership` (the one
+/// openraft hands over with it).
 ///
 /// The file is first moved into place as the current snapshot, and the
-/// applied log id is written last: a crash midway leaves a state machine
+/// applied log id is written last, with the membership, in one batch: a crash midway leaves a state machine
 /// without an applied id and a current snapshot newer than it, which
 /// openraft installs again on restart. Once the state is durable, the file
 /// is replaced by its meta.
 pub(crate) fn install_snapshot(
+    _held: &SnapshotGuard<'_>,
     db: &DB,
     group: GroupId,
     path: &Path,
     dir: &Path,
+    membership: &StoredMembership,
 ) -> io::Result<(SnapshotMeta, PathBuf)> {
     crate::durable_fs::create_dir_all(dir)?;
     let mut input = BufReader::with_capacity(1 << 20, File::open(path)?);
@@ -358,8 +387,10 @@ pub(crate) fn install_snapshot(
             db.write(std::mem::take(&mut batch)).map_err(io_err)?;
         }
     }
+    let sm_state = cf(db, CF_SM_STATE)?;
+    batch.put_cf(sm_state, tag_key(group, SM_MEMBERSHIP), encode(membership).map_err(io_err)?);
     if let Some(last_log_id) = &meta.last_log_id {
-        batch.put_cf(cf(db, CF_SM_STATE)?, applied_key, encode(&Some(*last_log_id)).map_err(io_err)?);
+        batch.put_cf(sm_state, applied_key, encode(&Some(*last_log_id)).map_err(io_err)?);
     }
     db.write(batch).map_err(io_err)?;
     db.flush_wal(true).map_err(io_err)?;
@@ -447,11 +478,12 @@ pub(crate) struct GroupSnapshotBuilder {
     db: Arc<DB>,
     group: GroupId,
     snapshot_dir: PathBuf,
+    lock: SnapshotLock,
 }
 
 impl GroupSnapshotBuilder {
-    pub(crate) fn new(db: Arc<DB>, group: GroupId, snapshot_dir: PathBuf) -> Self {
-        GroupSnapshotBuilder { db, group, snapshot_dir }
+    pub(crate) fn new(db: Arc<DB>, group: GroupId, snapshot_dir: PathBuf, lock: SnapshotLock) -> Self {
+        GroupSnapshotBuilder { db, group, snapshot_dir, lock }
     }
 }
 
@@ -462,8 +494,9 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
         let db = self.db.clone();
         let group = self.group;
         let dir = self.snapshot_dir.clone();
+        let lock = self.lock.clone();
         let started = std::time::Instant::now();
-        let written = tokio::task::spawn_blocking(move || write_snapshot_meta(&db, group, &dir))
+        let written = tokio::task::spawn_blocking(move || write_snapshot_meta(&lock.hold(), &db, group, &dir))
             .await
             .map_err(io_err)
             .and_then(|written| written);

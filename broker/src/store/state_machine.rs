@@ -63,6 +63,8 @@ pub(crate) struct GroupStateMachine {
     db: Arc<DB>,
     group: GroupId,
     snapshot_dir: PathBuf,
+    /// Shared with the group's snapshot builders (snapshot.rs, `SnapshotLock`).
+    snapshot_lock: snapshot::SnapshotLock,
     view: Arc<AppliedView>,
     next_stream_id: u32,
     /// Set once openraft runs the group: from then on a request for the current snapshot comes from a
@@ -99,6 +101,7 @@ impl GroupStateMachine {
             db,
             group,
             snapshot_dir,
+            snapshot_lock: snapshot::SnapshotLock::default(),
             view,
             next_stream_id: 0,
             raft_started,
@@ -107,6 +110,12 @@ impl GroupStateMachine {
         };
         machine.reload()?;
         Ok(machine)
+    }
+
+    /// What keeps this group's snapshot builds and installs apart (tests take it to stand for an install).
+    #[cfg(test)]
+    pub(crate) fn snapshot_lock(&self) -> snapshot::SnapshotLock {
+        self.snapshot_lock.clone()
     }
 
     /// Marks the group as run by openraft (see `raft_started`).
@@ -679,7 +688,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        GroupSnapshotBuilder::new(self.db.clone(), self.group, self.snapshot_dir.clone())
+        GroupSnapshotBuilder::new(self.db.clone(), self.group, self.snapshot_dir.clone(), self.snapshot_lock.clone())
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
@@ -697,17 +706,17 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 path
             }
         };
-        let (installed, _) = tokio::task::spawn_blocking(move || snapshot::install_snapshot(&db, group, &path, &dir))
-            .await
-            .map_err(io_err)??;
+        let lock = self.snapshot_lock.clone();
+        // The membership comes from the meta openraft hands us, written with the applied id.
+        let membership = meta.last_membership.clone();
+        let (installed, _) = tokio::task::spawn_blocking(move || {
+            snapshot::install_snapshot(&lock.hold(), &db, group, &path, &dir, &membership)
+        })
+        .await
+        .map_err(io_err)??;
         if installed.last_log_id != meta.last_log_id {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot file does not match its meta"));
         }
-        // The membership comes from the meta openraft hands us.
-        let sm = cf(&self.db, CF_SM_STATE)?;
-        self.db
-            .put_cf(sm, tag_key(self.group, SM_MEMBERSHIP), encode(&meta.last_membership).map_err(io_err)?)
-            .map_err(io_err)?;
         tracing::info!(group, last_log_id = ?meta.last_log_id, "installed snapshot");
         metrics::counter!("sluice_snapshots_installed_total", "group" => crate::ids::group_name(group)).increment(1);
         self.reload()

@@ -143,6 +143,51 @@ async fn arrival_times_never_go_back_and_index_offsets() {
     assert_eq!(arrivals, vec![1_000, 1_000, 2_000, 2_000, 3_000]);
 }
 
+/// Regression: openraft builds a snapshot on a task of its own while the state machine installs one. A build
+/// that ran in the middle of the install recorded a meta for the state being replaced and removed the received
+/// file that a crash mid-install needs on restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_built_during_an_install_waits_and_records_the_installed_state() {
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let (_source_store, mut source) = open(source_dir.path(), 2);
+    apply(
+        &mut source,
+        vec![
+            entry(1, LogCommand::Append(vec![append("a", 10, &["a0"])])),
+            entry(2, LogCommand::Append(vec![append("a", 20, &["a1"])])),
+            entry(3, LogCommand::Append(vec![append("b", 30, &["b0"])])),
+        ],
+    )
+    .await;
+    // A snapshot is sent once one was built (the log was purged up to it).
+    source.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    source.raft_started().store(true, std::sync::atomic::Ordering::Release);
+    let snapshot = source.get_current_snapshot().await.expect("current").expect("a snapshot");
+
+    let target_dir = tempfile::tempdir().expect("tempdir");
+    let (target_store, mut target) = open(target_dir.path(), 2);
+    apply(&mut target, vec![entry(1, LogCommand::Append(vec![append("stale", 5, &["old0"])]))]).await;
+    let copy = target_dir.path().join("incoming.snap.incoming");
+    receive(snapshot.snapshot, &copy).await;
+
+    // The install runs (here under the test's own hold of the lock, as the state machine's install takes it);
+    // meanwhile openraft starts a build.
+    let lock = target.snapshot_lock();
+    let held = lock.hold();
+    let mut builder = target.get_snapshot_builder().await;
+    let build = tokio::spawn(async move { builder.build_snapshot().await });
+    let dir = target_store.snapshot_dir().join("group-2");
+    let (installed, _) =
+        snapshot::install_snapshot(&held, target_store.db(), 2, &copy, &dir, &snapshot.meta.last_membership)
+            .expect("install");
+    drop(held);
+    let built = build.await.expect("build task").expect("build");
+
+    assert_eq!(installed.last_log_id.map(|id| id.index), Some(3));
+    assert_eq!(built.meta, installed, "the build waited for the install and names the installed state");
+    assert_eq!(snapshot_files(target_dir.path()), vec!["00000000000000000004.meta"]);
+}
+
 #[tokio::test]
 async fn a_snapshot_installs_the_same_streams_elsewhere() {
     let source_dir = tempfile::tempdir().expect("tempdir");
