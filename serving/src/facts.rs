@@ -1,20 +1,22 @@
 //! A revision's facts on their way to its `RevisionState`: the revision tasks post them, the supervisor
 //! records them through Raft.
 //!
-//! What flows in: each run's latest [`Facts`] (ready once, the last failure, its instances on this node). What
-//! flows out: writes of the `RevisionState` object, where this node's instances are its own entry in
-//! `spec.instancesByNode` (the status sums them over the nodes), and entries of nodes that left the cluster
-//! are dropped.
+//! What flows in: each run's latest [`Facts`] (ready once, whether an instance became ready since the run's
+//! last post, the last failure, its instances on this node). What flows out: writes of the `RevisionState`
+//! object, where this node's instances are its own entry in `spec.instancesByNode` (the status sums them over
+//! the nodes), and entries of nodes that left the cluster are dropped.
 //!
 //! Bounded: the outbox keeps only the latest facts of each revision, so a slow metadata group makes a
-//! revision's changes coalesce, never a queue. Facts whose record failed (no metadata leader, other nodes
-//! kept writing first) go back into the outbox, behind a backoff (1 s doubling to 30 s), unless newer facts of
-//! the revision came in meanwhile: a fact lost to a leader election is recorded once the group is back, not
-//! never. A run's facts apply only while it is its revision's run: a run is identified by its Revision's uid
-//! and a generation that later runs on this node exceed ([`RunId`]); facts of an earlier run (draining while a
-//! replacement starts) do not overwrite the replacement's, nor facts of a Revision deleted and made again
-//! under its name (checked again at every attempt, as a conflict makes the node catch up). Writes are
-//! conditional on the stored object's token, so two nodes writing their entries at once never lose one.
+//! revision's changes coalesce, never a queue; facts that replace a run's earlier ones keep the ready edge those
+//! carried (the run clears it once posted), so a failure it clears is cleared when they are recorded. Facts whose
+//! record failed (no metadata leader, other nodes kept writing first) go back into the outbox, behind a backoff
+//! (1 s doubling to 30 s), unless newer facts of the revision came in meanwhile: a fact lost to a leader
+//! election is recorded once the group is back, not never. A run's facts apply only while it is its revision's
+//! run: a run is identified by its Revision's uid and a generation that later runs on this node exceed
+//! ([`RunId`]); facts of an earlier run (draining while a replacement starts) do not overwrite the
+//! replacement's, nor facts of a Revision deleted and made again under its name (checked again at every
+//! attempt, as a conflict makes the node catch up). Writes are conditional on the stored object's token, so two
+//! nodes writing their entries at once never lose one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -41,8 +43,11 @@ const RETRY_MAX_MS: u64 = 30_000;
 pub(crate) struct Facts {
     /// Ready once, on any node (a run starts with what the state said).
     pub(crate) ready: bool,
-    /// An instance of this run became ready. Only such a run clears a failure: `ready` may be inherited, and a
-    /// run just started on another node knows nothing of the failure it would clear.
+    /// An instance of this run on this node became ready since the run last posted its facts: an edge, not a
+    /// level. Only facts carrying it clear a failure: `ready` may be inherited, a run just started on another
+    /// node knows nothing of the failure it would clear, and a run whose instance was ready long ago, posting
+    /// again as it scales, must not clear another node's newer failure. The run clears it once the outbox took
+    /// it; the outbox keeps it until it is recorded (newer facts of the run that take its place carry it on).
     pub(crate) saw_ready: bool,
     pub(crate) failure: Option<(String, String)>,
     /// Running on this node (starting or ready, not draining).
@@ -70,6 +75,15 @@ pub(crate) struct FactsUpdate {
 impl FactsUpdate {
     pub(crate) fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Keeps the ready edge of `other`, facts of the same run whose place these take in the outbox: the run
+    /// cleared the edge once `other` was posted, so dropping it here would lose it, and the failure it clears
+    /// would stand. Another run's edge is not this run's (it may run what changed since, or a namesake).
+    fn keep_ready_edge_of(&mut self, other: &FactsUpdate) {
+        if self.run == other.run {
+            self.facts.saw_ready |= other.facts.saw_ready;
+        }
     }
 }
 
@@ -119,15 +133,17 @@ impl Pending {
         self.waiting.insert(key, Waiting { update, failures, not_before_ms, place: self.next_place });
     }
 
-    /// Adds `update`, keyed by revision: the latest facts of the latest run win. Facts that replace waiting
-    /// ones keep their place and their backoff (a revision whose records fail is not tried faster for changing).
+    /// Adds `update`, keyed by revision: the latest facts of the latest run win, with the ready edge of the
+    /// run's facts they replace. Facts that replace waiting ones keep their place and their backoff (a revision
+    /// whose records fail is not tried faster for changing).
     pub(crate) fn post(&mut self, update: FactsUpdate, limit: usize) -> Posted {
         let key = update.key();
         let full = self.waiting.len() >= limit;
         match self.waiting.get_mut(&key) {
             Some(waiting) if waiting.update.run.generation > update.run.generation => Posted::Superseded,
             Some(waiting) => {
-                waiting.update = update;
+                let replaced = std::mem::replace(&mut waiting.update, update);
+                waiting.update.keep_ready_edge_of(&replaced);
                 Posted::Waiting
             }
             None if full => Posted::Full,
@@ -149,8 +165,9 @@ impl Pending {
         self.waiting.remove(&key)
     }
 
-    /// Facts taken whose record failed, back in line behind their backoff. Facts of the revision posted while
-    /// they were written are newer and stay (unless they are an earlier run's), under the same backoff. Bounded:
+    /// Facts taken whose record failed, back in line behind their backoff, with their ready edge. Facts of the
+    /// revision posted while they were written are newer and stay (unless they are an earlier run's), under the
+    /// same backoff, and take the failed facts' ready edge when they are the same run's. Bounded:
     /// the one entry taken comes back, so the outbox holds at most its limit plus the facts being written.
     pub(crate) fn put_back(&mut self, failed: Waiting, now_ms: u64) {
         let failures = failed.failures.saturating_add(1);
@@ -160,6 +177,8 @@ impl Pending {
             Some(newer) => {
                 if newer.update.run.generation < failed.update.run.generation {
                     newer.update = failed.update;
+                } else {
+                    newer.update.keep_ready_edge_of(&failed.update);
                 }
                 newer.failures = failures;
                 newer.not_before_ms = not_before_ms;
@@ -277,8 +296,8 @@ fn node_entry(node: NodeId) -> String {
 /// - entries of nodes that are not `members` go (`None`: membership unknown, none goes);
 /// - ready once, ready for good, for the same Revision: facts stored for another uid (a namesake deleted
 ///   and made again) are not carried over;
-/// - the failure is the writer's when it saw one, or when its run saw an instance ready (which clears it);
-///   else it stays.
+/// - the failure is the writer's when it saw one, or when an instance of its run became ready since it last
+///   posted (which clears it: [`Facts::saw_ready`]); else it stays.
 pub(crate) fn next_spec(
     stored: Option<&Value>,
     me: NodeId,
@@ -318,8 +337,9 @@ pub(crate) fn next_spec(
             };
             let was_ready = spec.get("ready").and_then(Value::as_bool).unwrap_or(false);
             spec.insert("ready".into(), json!(facts.ready || was_ready));
-            // A failure is cleared by an instance of this run becoming ready; a run that saw neither (one just
-            // started, ready only because the revision was once) leaves another node's failure as it is.
+            // A failure is cleared by an instance of this run becoming ready since its last facts; a run that saw
+            // neither (one just started, ready only because the revision was once, or one that only scaled since)
+            // leaves another node's failure as it is.
             let failure = match (&facts.failure, facts.saw_ready) {
                 (Some(failure), _) => Some(failure.clone()),
                 (None, true) => Some((String::new(), String::new())),

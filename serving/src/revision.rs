@@ -46,6 +46,10 @@ pub(crate) const UNLIMITED: usize = usize::MAX;
 const DECISIONS_KEPT: usize = 30;
 /// How long a stopped run tries to post its last facts while the outbox is full.
 const LAST_FACTS_TRIES: u32 = 50;
+/// Instances of one run drained and waiting for the run's task to stop them, at most: each instance drained
+/// sends one. No cap on instances is known here (a node's local limit is the runtime's, a pod's has none), so a
+/// fixed one: a drain that finds it full waits for room in its own task, never the run's, and loses nothing.
+const DRAINED_QUEUED: usize = 1_024;
 /// Runs of revisions started on this node so far: each run's generation ([`RunId`]).
 static RUNS_STARTED: AtomicU64 = AtomicU64::new(0);
 
@@ -373,6 +377,18 @@ impl Instances {
     }
 }
 
+/// Posts the run's facts through `post` (false: not taken, the outbox full) when they changed since the last
+/// post taken (`reported`). Once taken, the ready edge is cleared: the outbox carries it until it is recorded,
+/// and the run's later facts, posted as it scales, clear no other node's newer failure unless an instance became
+/// ready again. `reported` is what the run has after clearing, so facts that did not change since are not posted
+/// again.
+fn post_if_changed(facts: &mut Facts, reported: &mut Option<Facts>, post: impl FnOnce(&Facts) -> bool) {
+    if reported.as_ref() != Some(&*facts) && post(facts) {
+        facts.saw_ready = false;
+        *reported = Some(facts.clone());
+    }
+}
+
 /// The run's facts, to post.
 fn facts_update(revision: &RevisionHandle, facts: &Facts) -> FactsUpdate {
     FactsUpdate {
@@ -390,7 +406,7 @@ async fn run_revision(
     mut stopped: oneshot::Receiver<()>,
 ) {
     let (events_tx, mut events) = mpsc::channel::<InstanceEvent>(64);
-    let (drained_tx, mut drained) = mpsc::unbounded_channel::<InstanceId>();
+    let (drained_tx, mut drained) = mpsc::channel::<InstanceId>(DRAINED_QUEUED);
     let knobs = revision.run.autoscaling.clone();
     // The progress deadline its instances must become ready within also bounds how long `initial-scale` holds.
     let progress_deadline_ms = u64::try_from(env.progress_deadline.as_millis()).unwrap_or(u64::MAX);
@@ -445,9 +461,7 @@ async fn run_revision(
         scale(&revision, &env, &events_tx, &drained_tx, &mut instances, asked);
         instances.facts.instances = instances.active() as u32;
         // Not taken (the outbox full): posted again at the next turn.
-        if reported.as_ref() != Some(&instances.facts) && env.facts.post(facts_update(&revision, &instances.facts)) {
-            reported = Some(instances.facts.clone());
-        }
+        post_if_changed(&mut instances.facts, &mut reported, |facts| env.facts.post(facts_update(&revision, facts)));
         // A start the backoff held back is tried when the backoff ends, not at the next bucket (a second later).
         let backoff_left =
             backoff_left_ms(&instances.failed_starts, instances.active(), instances.desired, monotonic_ms());
@@ -501,6 +515,7 @@ async fn run_revision(
                     }
                     publish_capacity(&revision, &env);
                     instances.facts.ready = true;
+                    // The edge that clears a failure (another node's too), until the facts carrying it are posted.
                     instances.facts.saw_ready = true;
                     instances.facts.failure = None;
                 }
@@ -532,6 +547,9 @@ async fn run_revision(
     // No more decisions: the gauges go to zero now rather than show the last one while the instances drain
     // (unless a later run of the revision shows its own already).
     drop(gauges);
+    // Nobody stops drained instances one by one any more (all of them stop below): a drain waiting for room is
+    // done at once rather than hold the revision until the run ends.
+    drop(drained);
     // Stopping: no request waits any more; those waiting go to the revision their route picks now.
     if let Ok(mut state) = revision.state.lock() {
         state.stopped = true;
@@ -636,7 +654,7 @@ fn scale(
     revision: &Arc<RevisionHandle>,
     env: &RevisionEnv,
     events: &mpsc::Sender<InstanceEvent>,
-    drained: &mpsc::UnboundedSender<InstanceId>,
+    drained: &mpsc::Sender<InstanceId>,
     instances: &mut Instances,
     asked: bool,
 ) {
@@ -690,7 +708,8 @@ fn scale(
                     break;
                 }
             }
-            let _ = drained.send(id);
+            // Full: waits for room (the run's task empties it at every turn); closed: the run stops them all.
+            let _ = drained.send(id).await;
         });
     }
 }

@@ -279,6 +279,17 @@ fn facts_write(node: &Node, running: &BTreeMap<String, RunningRevision>, waiting
     Writing { job: Job::Facts(waiting), task }
 }
 
+/// The problems of revisions (`(namespace/name, why it cannot run here)`, as found now) to log: those not
+/// logged yet, or changed since. `logged` becomes what was found now: a problem that went away is forgotten, so
+/// it is logged again if it comes back, and the map holds no more than the revisions that have a problem now.
+/// Pure.
+fn problems_to_log(logged: &mut HashMap<String, String>, problems: Vec<(String, String)>) -> Vec<(String, String)> {
+    let new: Vec<(String, String)> =
+        problems.iter().filter(|(key, problem)| logged.get(key) != Some(problem)).cloned().collect();
+    *logged = problems.into_iter().collect();
+    new
+}
+
 fn objects(node: &Node) -> Vec<Value> {
     sluice_controller::model::world_kinds()
         .flat_map(|kind| node.resources(kind))
@@ -303,11 +314,8 @@ async fn reconcile(
     let table = route_table(&objects, &settings.domain);
     let Wanted { runs: wanted, reachable, problems } =
         wanted_revisions(&objects, &table, &settings.autoscaler, env.runtime.kind());
-    for (key, problem) in problems {
-        if reported.get(&key) != Some(&problem) {
-            tracing::warn!(revision = %key, %problem, "revision cannot run here");
-            reported.insert(key, problem);
-        }
+    for (key, problem) in problems_to_log(reported, problems) {
+        tracing::warn!(revision = %key, %problem, "revision cannot run here");
     }
     let current: BTreeMap<String, RevisionRun> =
         running.iter().map(|(key, r)| (key.clone(), r.handle.run.clone())).collect();

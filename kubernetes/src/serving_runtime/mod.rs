@@ -47,6 +47,10 @@ const RETIRE_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_SLACK: Duration = Duration::from_secs(10);
 /// The annotation that makes a pod the ReplicaSet's first to delete when the count goes down.
 const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+/// Requests (starts, stops, retirements) waiting for one revision's pod task, at most. The task takes them as
+/// fast as its API calls go; full, a start is deferred (tried again at the revision's next turn) and a stop or a
+/// retirement waits for room.
+const POD_TASK_REQUESTS: usize = 1_024;
 
 /// A claim's id: unique in the runtime (two runs of one revision, an old one draining while a new one starts,
 /// number their instances from 1 each, and share the revision's task).
@@ -78,7 +82,7 @@ enum Request {
     },
 }
 
-type Tasks = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Request>>>>;
+type Tasks = Arc<Mutex<HashMap<String, mpsc::Sender<Request>>>>;
 
 /// Runs revisions as Deployments on the cluster the node runs in.
 pub struct KubernetesRuntime {
@@ -150,7 +154,7 @@ impl Runtime for KubernetesRuntime {
         let sender = match tasks.get(&spec.revision) {
             Some(sender) if !sender.is_closed() => sender.clone(),
             _ => {
-                let (sender, requests) = mpsc::unbounded_channel();
+                let (sender, requests) = mpsc::channel(POD_TASK_REQUESTS);
                 let task = PodSetTask {
                     client: self.client.clone(),
                     key: spec.revision.clone(),
@@ -169,7 +173,15 @@ impl Runtime for KubernetesRuntime {
                 sender
             }
         };
-        sender.send(request).map_err(|_| refuse("the revision's pod task has stopped".into()))?;
+        // Sent under the map's lock, so that a retiring task sees it (`PodSetTask::leave`); `start` cannot wait.
+        sender.try_send(request).map_err(|e| match e {
+            // No failure of the revision's: the start is tried again at its next turn, as when a node has no room.
+            mpsc::error::TrySendError::Full(_) => ServingError::NoRoom {
+                revision: spec.revision.clone(),
+                reason: format!("the revision's pod task is behind ({POD_TASK_REQUESTS} requests wait)"),
+            },
+            mpsc::error::TrySendError::Closed(_) => refuse("the revision's pod task has stopped".into()),
+        })?;
         Ok(Box::new(PodInstance { claim, requests: sender }))
     }
 
@@ -178,7 +190,7 @@ impl Runtime for KubernetesRuntime {
         Box::pin(async move {
             let Some(sender) = sender else { return };
             let (done, retired) = oneshot::channel();
-            if sender.send(Request::Retire { run, done }).is_ok()
+            if sender.send(Request::Retire { run, done }).await.is_ok()
                 && tokio::time::timeout(RETIRE_TIMEOUT, retired).await.is_err()
             {
                 tracing::warn!("a revision's Deployment was not deleted in time; it goes when the node restarts");
@@ -190,16 +202,28 @@ impl Runtime for KubernetesRuntime {
 /// An instance: a claim on one pod of the revision's Deployment.
 struct PodInstance {
     claim: ClaimId,
-    requests: mpsc::UnboundedSender<Request>,
+    requests: mpsc::Sender<Request>,
 }
 
 impl Instance for PodInstance {
     fn stop(&self, grace: Duration) -> BoxFuture<'static, ()> {
         let (done, stopped) = oneshot::channel();
-        let sent = self.requests.send(Request::Stop { claim: self.claim, done }).is_ok();
+        // Queued at once when there is room, as before the revision's next request (its retirement, which must
+        // find the stop ahead of it); full, the stop waits for room.
+        let waits_for_room = match self.requests.try_send(Request::Stop { claim: self.claim, done }) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(request)) => Some((self.requests.clone(), request)),
+            // The task is gone, and the pod with it.
+            Err(mpsc::error::TrySendError::Closed(_)) => return Box::pin(async {}),
+        };
         let claim = self.claim;
         Box::pin(async move {
-            if sent && tokio::time::timeout(grace + STOP_SLACK, stopped).await.is_err() {
+            if let Some((requests, request)) = waits_for_room
+                && requests.send(request).await.is_err()
+            {
+                return;
+            }
+            if tokio::time::timeout(grace + STOP_SLACK, stopped).await.is_err() {
                 tracing::warn!(claim, "the pod of a stopped instance is still serving after the grace period");
             }
         })
@@ -241,7 +265,7 @@ fn deliver(events: &mpsc::Sender<InstanceEvent>, event: InstanceEvent) {
 }
 
 impl PodSetTask {
-    async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Request>, me: mpsc::UnboundedSender<Request>) {
+    async fn run(mut self, mut requests: mpsc::Receiver<Request>, me: mpsc::Sender<Request>) {
         let namespace = self.deployment.namespace().unwrap_or_default();
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &namespace);
         let services: Api<Service> = Api::namespaced(self.client.clone(), &namespace);
@@ -474,7 +498,7 @@ impl PodSetTask {
     /// Takes this task out of the runtime's map, unless a request reached it meanwhile (a start of the same
     /// revision: it then goes on). Starts take the map's lock to send, so none can come after; a stop or a
     /// retirement sent after finds the channel closed and is done at once.
-    fn leave(&self, me: &mpsc::UnboundedSender<Request>, requests: &mpsc::UnboundedReceiver<Request>) -> bool {
+    fn leave(&self, me: &mpsc::Sender<Request>, requests: &mpsc::Receiver<Request>) -> bool {
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         if !requests.is_empty() {
             return false;

@@ -319,3 +319,93 @@ fn a_failure_is_cleared_only_by_a_run_that_saw_its_own_instance_ready() {
         assert_eq!(after["failureReason"], json!(reason), "{why}");
     }
 }
+
+/// Facts of "a", of run `generation`, with a ready edge when `saw_ready`.
+fn edge(generation: u64, saw_ready: bool) -> FactsUpdate {
+    let mut update = update("a", generation, 1);
+    update.facts.saw_ready = saw_ready;
+    update
+}
+
+#[test]
+fn a_ready_edge_waiting_is_not_lost_to_newer_facts_of_its_run() {
+    // (waiting: (generation, saw_ready), posted: (generation, saw_ready), saw_ready waiting after, why)
+    let cases = [
+        ((1, true), (1, false), true, "the run cleared its edge once posted: its newer facts carry it on"),
+        ((1, false), (1, true), true, "a new edge"),
+        ((1, true), (1, true), true, "an edge either way"),
+        ((1, false), (1, false), false, "no edge"),
+        ((1, true), (2, false), false, "a later run's facts: the earlier run's edge is not theirs"),
+        ((2, true), (1, false), true, "an earlier run's last word is dropped: the later run's edge stays"),
+    ];
+    for ((waiting, waiting_edge), (posted, posted_edge), after, why) in cases {
+        let mut pending = Pending::default();
+        pending.post(edge(waiting, waiting_edge), PENDING_FACTS_LIMIT);
+        pending.post(edge(posted, posted_edge), PENDING_FACTS_LIMIT);
+        let left = pending.waiting.get("default/a").map(|w| w.update.facts.saw_ready);
+        assert_eq!(left, Some(after), "{why}");
+        assert_eq!(pending.waiting.len(), 1, "{why}: one entry per revision");
+    }
+}
+
+#[test]
+fn a_ready_edge_whose_record_failed_is_kept_for_the_retry() {
+    const NOW: u64 = 10_000;
+    // (waiting meanwhile: (generation, saw_ready), failed: (generation, saw_ready), saw_ready waiting after, why)
+    let cases = [
+        (None, (1, true), true, "back in line with its edge"),
+        (Some((1, false)), (1, true), true, "the run's newer facts, without an edge of their own, take the failed one"),
+        (Some((1, true)), (1, false), true, "the run's newer facts keep their own edge"),
+        (Some((1, false)), (1, false), false, "no edge either way"),
+        (Some((2, false)), (1, true), false, "a later run's facts stay, without the earlier run's edge"),
+        (Some((1, true)), (2, false), false, "the failed facts are a later run's: they replace, without the edge"),
+    ];
+    for (meanwhile, (generation, saw_ready), after, why) in cases {
+        let mut pending = Pending::default();
+        if let Some((newer, newer_edge)) = meanwhile {
+            pending.post(edge(newer, newer_edge), PENDING_FACTS_LIMIT);
+        }
+        let failed = Waiting { update: edge(generation, saw_ready), failures: 0, not_before_ms: 0, place: 0 };
+        pending.put_back(failed, NOW);
+        let left = pending.waiting.get("default/a").map(|w| w.update.facts.saw_ready);
+        assert_eq!(left, Some(after), "{why}");
+    }
+}
+
+#[test]
+fn another_nodes_later_failure_is_cleared_only_by_facts_with_a_new_ready_edge() {
+    let members: BTreeSet<NodeId> = [1, 2].into();
+    // Node 1's instance became ready and was recorded: the revision is ready, without a failure.
+    let mut stored = state(json!({"ready": true, "revisionUid": "u1", "instancesByNode": {"1": 1}, "instances": 1,
+        "failureReason": "", "failureMessage": "", "token": "t"}));
+    let crashed = Some(("ExitCode1".to_string(), "boom".to_string()));
+    // (node, its facts, failureReason after, why): each write on the state the one before left.
+    let writes = [
+        (2, Facts { ready: true, saw_ready: false, failure: crashed, instances: 0 }, "ExitCode1", "node 2 fails"),
+        (
+            1,
+            Facts { ready: true, saw_ready: false, failure: None, instances: 2 },
+            "ExitCode1",
+            "node 1 only scaled out since its instance was ready: node 2's failure stands",
+        ),
+        (
+            1,
+            Facts { ready: true, saw_ready: false, failure: None, instances: 1 },
+            "ExitCode1",
+            "node 1 scaled in: still nothing became ready",
+        ),
+        (
+            1,
+            Facts { ready: true, saw_ready: true, failure: None, instances: 1 },
+            "",
+            "an instance of node 1 became ready again since its last facts: cleared",
+        ),
+    ];
+    for (me, facts, reason, why) in writes {
+        let change = Change::Run { uid: "u1", facts: &facts };
+        if let Some(spec) = next_spec(Some(&stored), me, Some(&members), change, Some("u1")) {
+            stored = state(spec);
+        }
+        assert_eq!(stored["spec"]["failureReason"], json!(reason), "{why}");
+    }
+}

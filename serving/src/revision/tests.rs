@@ -136,3 +136,56 @@ fn some_decision() -> Decision {
         reachable: true,
     }
 }
+
+/// The run's facts of revision "default/a", as posted.
+fn posted(facts: &Facts) -> FactsUpdate {
+    FactsUpdate {
+        namespace: "default".into(),
+        name: "a".into(),
+        run: RunId { uid: "u1".into(), generation: 1 },
+        facts: facts.clone(),
+    }
+}
+
+#[test]
+fn a_ready_edge_is_posted_until_taken_and_unchanged_facts_are_not_posted_again() {
+    // (instances, an instance became ready, the outbox takes the post, the edge posted (None: no post), why)
+    let turns = [
+        (0, false, true, Some(false), "the run's first facts are always posted"),
+        (0, false, true, None, "nothing changed: nothing posted"),
+        (1, true, true, Some(true), "an instance became ready: posted with the edge"),
+        (1, false, true, None, "the edge was taken and cleared: no post at every turn from now on"),
+        (2, false, true, Some(false), "scaled out: posted without an edge"),
+        (2, true, false, Some(true), "ready again, the outbox full: not taken"),
+        (2, false, true, Some(true), "posted again at the next turn, still with the edge"),
+        (2, false, true, None, "taken: nothing more"),
+    ];
+    let mut facts = Facts::default();
+    let mut reported = None;
+    for (instances, became_ready, taken, edge, why) in turns {
+        facts.instances = instances;
+        if became_ready {
+            facts.ready = true;
+            facts.saw_ready = true;
+        }
+        let mut posted_edge = None;
+        post_if_changed(&mut facts, &mut reported, |facts| {
+            posted_edge = Some(facts.saw_ready);
+            taken
+        });
+        assert_eq!(posted_edge, edge, "{why}");
+    }
+}
+
+#[test]
+fn a_ready_edge_still_waiting_in_the_outbox_survives_the_runs_next_facts() {
+    let outbox = FactsOutbox::default();
+    let mut facts = Facts { ready: true, saw_ready: true, failure: None, instances: 1 };
+    let mut reported = None;
+    post_if_changed(&mut facts, &mut reported, |facts| outbox.post(posted(facts)));
+    assert!(!facts.saw_ready, "cleared on the run's side once posted");
+    facts.instances = 2;
+    post_if_changed(&mut facts, &mut reported, |facts| outbox.post(posted(facts)));
+    let waiting = outbox.take_due(0).map(|w| (w.update.facts.instances, w.update.facts.saw_ready));
+    assert_eq!(waiting, Some((2, true)), "the latest facts, with the edge of those they replaced");
+}

@@ -39,3 +39,26 @@ fn the_start_up_sweep_catches_up_first_forgets_one_at_a_time_and_skips_what_runs
         assert_eq!(wakes, sweep != Sweep::Done, "{why}: the supervisor wakes for it until it is done");
     }
 }
+
+fn problems(found: &[(&str, &str)]) -> Vec<(String, String)> {
+    found.iter().map(|(key, problem)| (key.to_string(), problem.to_string())).collect()
+}
+
+#[test]
+fn a_revisions_problem_is_logged_once_while_it_lasts_and_again_when_it_comes_back() {
+    let mut logged = HashMap::new();
+    // (problems found at a reconcile, those logged, why): each turn on what the one before left.
+    let turns = [
+        (problems(&[("default/a", "no image")]), problems(&[("default/a", "no image")]), "new: logged"),
+        (problems(&[("default/a", "no image")]), problems(&[]), "the same: logged already"),
+        (problems(&[("default/a", "bad port")]), problems(&[("default/a", "bad port")]), "changed: logged"),
+        (problems(&[("default/b", "no image")]), problems(&[("default/b", "no image")]), "a fixed, b new"),
+        (problems(&[]), problems(&[]), "every problem gone"),
+        (problems(&[("default/b", "no image")]), problems(&[("default/b", "no image")]), "b back: logged again"),
+    ];
+    for (found, to_log, why) in turns {
+        let found_now = found.len();
+        assert_eq!(problems_to_log(&mut logged, found), to_log, "{why}");
+        assert_eq!(logged.len(), found_now, "{why}: only the revisions with a problem now are kept");
+    }
+}
