@@ -103,7 +103,12 @@ pub(crate) async fn connect(admin: &str) -> anyhow::Result<AdminChannel> {
         }
     }
     .map_err(|e| {
-        anyhow::anyhow!("{e}: {}", std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default())
+        let cause = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default();
+        // Not reached (nothing listening, refused, timed out): worth retrying, whatever the command.
+        anyhow::Error::new(crate::admin_cli::AdminError {
+            exit_code: crate::admin_cli::EXIT_UNAVAILABLE,
+            message: format!("cannot reach the admin API at {admin} (--admin): {e}: {cause}"),
+        })
     })?;
     Ok(InterceptedService::new(channel, AddToken(token)))
 }

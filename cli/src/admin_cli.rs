@@ -46,8 +46,18 @@ pub(crate) const EXIT_REFUSED: u8 = 4;
 pub(crate) const EXIT_UNAVAILABLE: u8 = 5;
 pub(crate) const EXIT_UNAUTHENTICATED: u8 = 6;
 
-/// The exit code for a gRPC status.
-pub(crate) fn exit_code_for(code: Code) -> u8 {
+/// The exit code for a gRPC status: by its gRPC code, except that `NO_LEADER` (FAILED_PRECONDITION, as gRPC
+/// sees it) is worth retrying: an election ends within seconds.
+pub(crate) fn exit_code_for(status: &Status) -> u8 {
+    let no_leader = sluice_proto::errors::error_detail(status)
+        .is_some_and(|detail| detail.code == sluice_proto::errors::ErrorCode::NoLeader as u32);
+    if no_leader {
+        return EXIT_UNAVAILABLE;
+    }
+    exit_code_for_code(status.code())
+}
+
+fn exit_code_for_code(code: Code) -> u8 {
     match code {
         Code::NotFound => EXIT_NOT_FOUND,
         Code::InvalidArgument
@@ -72,7 +82,7 @@ pub(crate) fn error_code_suffix(status: &Status) -> String {
 /// Wraps a gRPC error with its Sluice error code in the message.
 pub(crate) fn from_status(status: Status) -> anyhow::Error {
     let message = format!("{}{}", status.message(), error_code_suffix(&status));
-    anyhow::Error::new(AdminError { exit_code: exit_code_for(status.code()), message })
+    anyhow::Error::new(AdminError { exit_code: exit_code_for(&status), message })
 }
 
 /// `2026-11-21 23:05:01` (UTC) from milliseconds since the epoch.
@@ -132,8 +142,23 @@ mod tests {
         assert_eq!(human_age(1500), "1.5s");
         assert_eq!(human_age(180_000), "3m");
         assert_eq!(human_time(0), "1970-01-01 00:00:00");
-        assert_eq!(exit_code_for(Code::NotFound), 3);
-        assert_eq!(exit_code_for(Code::Unavailable), 5);
+        assert_eq!(exit_code_for(&Status::not_found("x")), 3);
+        assert_eq!(exit_code_for(&Status::unavailable("x")), 5);
+    }
+
+    #[test]
+    fn no_leader_is_retried_where_other_refusals_are_not() {
+        use sluice_proto::errors::{ErrorCode, error_status};
+        let cases = [
+            (ErrorCode::NoLeader, EXIT_UNAVAILABLE, "an election ends: retry"),
+            (ErrorCode::NotInitialized, EXIT_REFUSED, "the same FAILED_PRECONDITION, not worth retrying as it is"),
+            (ErrorCode::MembershipRefused, EXIT_REFUSED, "refused"),
+            (ErrorCode::QueueFull, EXIT_UNAVAILABLE, "retry later"),
+            (ErrorCode::ResourceNotFound, EXIT_NOT_FOUND, "not found"),
+        ];
+        for (code, exit, why) in cases {
+            assert_eq!(exit_code_for(&error_status(code, "x")), exit, "{code:?}: {why}");
+        }
         assert!(parse_time_ms("2026-01-01T00:00:00Z").is_ok_and(|t| t == 1_767_225_600_000));
         assert!(parse_time_ms("10m").is_ok());
         assert!(parse_time_ms("yesterday").is_err());

@@ -9,7 +9,7 @@ use sluice_proto::admin::{
     AddNodeRequest, InitRequest, Member, RemoveNodeRequest, StatusReply, StatusRequest, TransferLeaderRequest,
 };
 
-use crate::admin_cli::{AdminError, EXIT_UNAVAILABLE, from_status, human_age};
+use crate::admin_cli::{from_status, human_age};
 
 #[derive(Subcommand)]
 pub(crate) enum ClusterCommand {
@@ -72,12 +72,7 @@ pub(crate) enum ClusterCommand {
 }
 
 pub(crate) async fn connect(admin: &str) -> Result<ClusterClient<crate::admin_channel::AdminChannel>> {
-    crate::admin_channel::connect(admin).await.map(ClusterClient::new).map_err(|e| {
-        anyhow::Error::new(AdminError {
-            exit_code: EXIT_UNAVAILABLE,
-            message: format!("cannot reach the admin API at {admin} (--admin): {e}"),
-        })
-    })
+    crate::admin_channel::connect(admin).await.map(ClusterClient::new)
 }
 
 pub(crate) async fn init(admin: &str, members: &str, partitions: u32) -> Result<()> {

@@ -200,7 +200,6 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
         let http = with_port_offset("--http", &args.http, offset)?;
         let admin = with_port_offset("--admin", &args.admin, offset)?;
         let data = args.data.join(format!("node-{id}"));
-        let t = &args.tuning;
         let mut node_args = vec![
             "node".into(),
             "--id".into(),
@@ -213,23 +212,10 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
             http.clone(),
             "--admin".into(),
             admin.clone(),
-            "--heartbeat-ms".into(),
-            t.heartbeat_ms.to_string(),
-            "--election-timeout-ms".into(),
-            t.election_timeout_ms.to_string(),
-            "--snapshot-every-entries".into(),
-            t.snapshot_every_entries.to_string(),
-            "--keep-entries-after-snapshot".into(),
-            t.keep_entries_after_snapshot.to_string(),
-            "--learner-catch-up-entries".into(),
-            t.learner_catch_up_entries.to_string(),
-            "--retention-check-ms".into(),
-            t.retention_check_ms.to_string(),
-            "--dispatch-commit-interval-ms".into(),
-            t.dispatch_commit_interval_ms.to_string(),
             "--stop-with-parent".into(),
             std::process::id().to_string(),
         ];
+        node_args.extend(args.tuning.to_args());
         node_args.extend(args.serving.to_args());
         node_args.extend(args.ingress.to_args());
         node_args.extend(tls_args.to_args());

@@ -39,10 +39,7 @@ pub(crate) enum Command {
 }
 
 async fn connect(admin: &str) -> Result<DeadLettersClient<crate::admin_channel::AdminChannel>> {
-    crate::admin_channel::connect(admin)
-        .await
-        .map(DeadLettersClient::new)
-        .with_context(|| format!("cannot reach the admin API at {admin} (--admin)"))
+    crate::admin_channel::connect(admin).await.map(DeadLettersClient::new)
 }
 
 fn parse_position(text: &str) -> Result<DeadLetterPosition> {

@@ -149,7 +149,7 @@ impl Failure {
     }
 
     fn status(status: tonic::Status) -> Self {
-        let code = i32::from(crate::admin_cli::exit_code_for(status.code()));
+        let code = i32::from(crate::admin_cli::exit_code_for(&status));
         Self::exit(code, format!("{}{}", status.message(), crate::admin_cli::error_code_suffix(&status)))
     }
 }
@@ -182,9 +182,10 @@ pub(crate) async fn run(command: Command) -> Result<()> {
 }
 
 async fn connect(admin: &str) -> Result<EventsClient<crate::admin_channel::AdminChannel>, Failure> {
-    let channel = crate::admin_channel::connect(admin)
-        .await
-        .map_err(|e| Failure::exit(5, format!("cannot reach the admin API at {admin} (--admin): {e}")))?;
+    let channel = crate::admin_channel::connect(admin).await.map_err(|e| {
+        let code = e.downcast_ref::<crate::admin_cli::AdminError>().map_or(1, |admin| admin.exit_code);
+        Failure::exit(i32::from(code), format!("{e}"))
+    })?;
     Ok(EventsClient::new(channel).max_decoding_message_size(64 << 20))
 }
 

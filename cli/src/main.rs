@@ -153,7 +153,7 @@ fn main() -> ExitCode {
                 (None, Some(server)) => ExitCode::from(server.exit_code),
                 // A call refused as it stood (unauthenticated, not this role's, ...): its gRPC code says which.
                 (None, None) => match e.downcast_ref::<tonic::Status>() {
-                    Some(status) => ExitCode::from(admin_cli::exit_code_for(status.code())),
+                    Some(status) => ExitCode::from(admin_cli::exit_code_for(status)),
                     None => ExitCode::FAILURE,
                 },
             }

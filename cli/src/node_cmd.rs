@@ -355,6 +355,34 @@ pub(crate) struct TuningArgs {
     pub dispatch_commit_interval_ms: u64,
 }
 
+impl TuningArgs {
+    /// The same flags for a child `sluice node` (`sluice dev --nodes N`). Every field is named, so a flag added
+    /// here without being passed on does not compile.
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        let TuningArgs {
+            heartbeat_ms,
+            election_timeout_ms,
+            snapshot_every_entries,
+            keep_entries_after_snapshot,
+            learner_catch_up_entries,
+            retention_check_ms,
+            leader_balance_ms,
+            dispatch_commit_interval_ms,
+        } = self;
+        let flags = [
+            ("--heartbeat-ms", heartbeat_ms),
+            ("--election-timeout-ms", election_timeout_ms),
+            ("--snapshot-every-entries", snapshot_every_entries),
+            ("--keep-entries-after-snapshot", keep_entries_after_snapshot),
+            ("--learner-catch-up-entries", learner_catch_up_entries),
+            ("--retention-check-ms", retention_check_ms),
+            ("--leader-balance-ms", leader_balance_ms),
+            ("--dispatch-commit-interval-ms", dispatch_commit_interval_ms),
+        ];
+        flags.into_iter().flat_map(|(flag, value)| [flag.to_string(), value.to_string()]).collect()
+    }
+}
+
 /// The dispatcher's admin services (Consumers, DeadLetters) and serving's (Serving: logs), served on the node's
 /// admin port.
 pub(crate) fn extra_admin(logs: Arc<LogHub>, state: ServingState) -> ExtraAdminRoutes {
@@ -534,12 +562,42 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
 mod tests {
     use clap::Parser;
 
-    use super::IngressArgs;
+    use super::{IngressArgs, TuningArgs};
 
     #[derive(Parser)]
     struct Flags {
         #[command(flatten)]
         ingress: IngressArgs,
+        #[command(flatten)]
+        tuning: TuningArgs,
+    }
+
+    /// Regression: `sluice dev --nodes N` started its nodes without `--leader-balance-ms`.
+    #[test]
+    fn tuning_flags_reach_a_child_node_as_given() {
+        let given = Flags::parse_from([
+            "sluice",
+            "--heartbeat-ms",
+            "70",
+            "--election-timeout-ms",
+            "300",
+            "--snapshot-every-entries",
+            "123",
+            "--keep-entries-after-snapshot",
+            "45",
+            "--learner-catch-up-entries",
+            "67",
+            "--retention-check-ms",
+            "89",
+            "--leader-balance-ms",
+            "0",
+            "--dispatch-commit-interval-ms",
+            "250",
+        ]);
+        let child = Flags::parse_from(std::iter::once("sluice".to_string()).chain(given.tuning.to_args()));
+        assert_eq!(format!("{:?}", child.tuning), format!("{:?}", given.tuning));
+        let defaults = Flags::parse_from(["sluice"]);
+        assert_ne!(format!("{:?}", defaults.tuning), format!("{:?}", given.tuning), "the flags were read");
     }
 
     /// Regression: `sluice dev --nodes N` started its nodes without the ingress flags it was given.

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use sluice_proto::admin::consumers_client::ConsumersClient;
 use sluice_proto::admin::{ConsumerRef, ConsumerStatus, ReplayRequest, replay_request};
@@ -72,10 +72,7 @@ pub(crate) enum Command {
 }
 
 async fn connect(admin: &str) -> Result<ConsumersClient<crate::admin_channel::AdminChannel>> {
-    crate::admin_channel::connect(admin)
-        .await
-        .map(ConsumersClient::new)
-        .with_context(|| format!("cannot reach the admin API at {admin} (--admin)"))
+    crate::admin_channel::connect(admin).await.map(ConsumersClient::new)
 }
 
 pub(crate) fn status_json(status: &ConsumerStatus) -> serde_json::Value {

@@ -84,7 +84,7 @@ pub(crate) async fn apply(args: ApplyArgs) -> Result<()> {
             Err(status) => {
                 eprintln!("error: {place} ({name}): {}{}", status.message(), error_code_suffix(&status));
                 rejected += 1;
-                exit_code.get_or_insert(exit_code_for(status.code()));
+                exit_code.get_or_insert(exit_code_for(&status));
             }
         }
     }

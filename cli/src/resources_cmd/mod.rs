@@ -21,7 +21,7 @@ use sluice_proto::admin::resources_client::ResourcesClient;
 use sluice_proto::admin::{ListResourcesRequest, ResourceRef};
 use tonic::{Code, Status};
 
-use crate::admin_cli::{AdminError, EXIT_NOT_FOUND, ServerError, error_code_suffix, from_status};
+use crate::admin_cli::{EXIT_NOT_FOUND, ServerError, error_code_suffix, from_status};
 use crate::jsonpath::Template;
 use crate::resources_print::{group, str_at};
 use crate::selector::Selector;
@@ -172,12 +172,7 @@ pub(crate) struct DescribeArgs {
 }
 
 async fn connect(admin: &str) -> Result<ResourcesClient<AdminChannel>> {
-    crate::admin_channel::connect(admin).await.map(ResourcesClient::new).map_err(|e| {
-        anyhow::Error::new(AdminError {
-            exit_code: crate::admin_cli::EXIT_UNAVAILABLE,
-            message: format!("cannot reach the admin API at {admin} (--admin): {e}"),
-        })
-    })
+    crate::admin_channel::connect(admin).await.map(ResourcesClient::new)
 }
 
 /// kubectl's `Error from server (NotFound): triggers.eventing.knative.dev "nope" not found`.
