@@ -38,6 +38,21 @@ fn user_part(object: &Value) -> UserPart<'_> {
     (spec, labels, annotations, extra)
 }
 
+/// Removes every mapping entry whose value is `null`, at any depth (inside lists too), as the Kubernetes API
+/// server prunes nulls from fields that are not `nullable` (none of Knative's are): YAML's `from:` with nothing
+/// after it means the field is absent, and that is how everything that reads the object must see it. Done before
+/// an object is validated and stored, never by the log's apply rules below (which must not change).
+pub fn prune_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(prune_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(prune_nulls),
+        _ => {}
+    }
+}
+
 /// The field manager of annotations set through the admin API (`sluice trigger pause`), recorded in
 /// `metadata.managedFields` as Kubernetes records who set a field.
 pub const ADMIN_FIELD_MANAGER: &str = "sluice-admin";
@@ -249,6 +264,26 @@ pub fn with_annotation(object: &Value, annotation: &str, value: Option<&str>) ->
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nulls_are_pruned_at_every_depth_as_the_api_server_prunes_them() {
+        let mut object = serde_json::json!({
+            "kind": "EventPolicy",
+            "metadata": {"name": "p", "labels": null},
+            "spec": {"from": null, "to": [{"ref": {"apiVersion": null, "kind": "Broker", "name": "b"}}, null]},
+            "status": null,
+        });
+        super::prune_nulls(&mut object);
+        assert_eq!(
+            object,
+            serde_json::json!({
+                "kind": "EventPolicy",
+                "metadata": {"name": "p"},
+                "spec": {"to": [{"ref": {"kind": "Broker", "name": "b"}}, null]},
+            }),
+            "a null list item is not an absent field: it stays, for validation to refuse"
+        );
+    }
+
     use serde_json::json;
 
     use super::*;

@@ -12,46 +12,7 @@ use crate::world::World;
 
 pub const EVENT_POLICY_API_VERSION: &str = "eventing.knative.dev/v1alpha1";
 
-/// Knative's `default-authorization-mode`: what a Broker or Channel with no EventPolicy lets in (when sender
-/// identity is on; without it nothing is authorized or refused).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DefaultAuthorization {
-    /// Senders whose subject is a service account of the target's namespace
-    /// (`system:serviceaccount:NS:...`).
-    #[default]
-    AllowSameNamespace,
-    AllowAll,
-    DenyAll,
-}
-
-impl DefaultAuthorization {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DefaultAuthorization::AllowSameNamespace => "allow-same-namespace",
-            DefaultAuthorization::AllowAll => "allow-all",
-            DefaultAuthorization::DenyAll => "deny-all",
-        }
-    }
-}
-
-impl std::fmt::Display for DefaultAuthorization {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for DefaultAuthorization {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "allow-same-namespace" => Ok(DefaultAuthorization::AllowSameNamespace),
-            "allow-all" => Ok(DefaultAuthorization::AllowAll),
-            "deny-all" => Ok(DefaultAuthorization::DenyAll),
-            other => Err(format!("{other:?} is not one of allow-same-namespace, allow-all, deny-all")),
-        }
-    }
-}
+pub use crate::world::DefaultAuthorization;
 
 /// An EventPolicy that applies to a target, ready to decide with.
 #[derive(Clone, Debug, PartialEq)]
@@ -99,8 +60,12 @@ fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
     object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
 }
 
+/// The policy's spec, its nulls read as absent fields (objects stored before apply pruned them). `None`: it does
+/// not parse, and the policy fails closed (it applies to every target of its namespace and lets nobody in).
 fn spec_of(policy: &Value) -> Option<EventPolicySpec> {
-    serde_json::from_value(policy.get("spec").cloned().unwrap_or(Value::Null)).ok()
+    let mut spec = policy.get("spec").cloned().unwrap_or_else(|| Value::Object(Default::default()));
+    crate::meta::prune_nulls(&mut spec);
+    serde_json::from_value(spec).ok()
 }
 
 /// Channel and InMemoryChannel are one kind of target here (both are served as channels).
@@ -114,7 +79,8 @@ pub fn applies_to(policy: &Value, target: &Value) -> bool {
     if str_at(policy, "/metadata/namespace") != str_at(target, "/metadata/namespace") {
         return false;
     }
-    let Some(spec) = spec_of(policy) else { return false };
+    // One that cannot be read stands in the way of everyone rather than of no one.
+    let Some(spec) = spec_of(policy) else { return true };
     if spec.to.is_empty() {
         return true;
     }
@@ -207,14 +173,22 @@ pub fn event_policy_status(policy: &Value, world: &World) -> (Value, Result<(), 
     (json!(subjects), resolved)
 }
 
-/// A Broker's or Channel's `status.policies` (Knative's applied-policies list).
-pub fn policies_status(target: &Value, world: &World) -> Value {
-    Value::Array(
-        applied_policies(target, world)
-            .iter()
-            .map(|p| json!({"apiVersion": EVENT_POLICY_API_VERSION, "name": p.name}))
-            .collect(),
-    )
+/// A Broker's or Channel's `status.policies` (Knative's applied-policies list: the ready ones only), and the
+/// names of the policies that apply but are not ready (a `from` reference unresolved). Those still take part in
+/// every decision (their resolved subjects only), as they do in Knative.
+pub fn policies_status(target: &Value, world: &World) -> (Value, Vec<String>) {
+    let (mut ready, mut not_ready) = (Vec::new(), Vec::new());
+    for policy in world.objects.iter().filter(|o| str_at(o, "/kind") == "EventPolicy" && applies_to(o, target)) {
+        let name = str_at(policy, "/metadata/name").to_string();
+        if subjects_of(policy, world).1.is_empty() {
+            ready.push(json!({"apiVersion": EVENT_POLICY_API_VERSION, "name": name}));
+        } else {
+            not_ready.push(name);
+        }
+    }
+    ready.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    not_ready.sort();
+    (Value::Array(ready), not_ready)
 }
 
 #[cfg(test)]
@@ -307,6 +281,33 @@ mod tests {
             unresolved[0].contains("no OIDC identity") && unresolved[1].contains("does not exist"),
             "{unresolved:?}"
         );
+    }
+
+    /// Regression: YAML's `from:` (or `spec:`) with nothing after it is a null, which the typed read refused, so
+    /// the policy applied to nothing and the default authorization mode let senders in.
+    #[test]
+    fn a_policy_with_empty_fields_or_a_spec_that_does_not_read_lets_nobody_in() {
+        let gold = broker("gold", json!({}));
+        let no_spec = json!({"apiVersion": EVENT_POLICY_API_VERSION, "kind": "EventPolicy",
+                             "metadata": {"name": "p", "namespace": "team"}});
+        let cases = [
+            ("spec: (null)", policy("p", Value::Null)),
+            ("no spec", no_spec),
+            ("from: (null)", policy("p", json!({"from": null}))),
+            ("to: and from: (null)", policy("p", json!({"to": null, "from": null}))),
+            (
+                "a ref's apiVersion (null)",
+                policy("p", json!({"to": [{"ref": {"apiVersion": null, "kind": "Broker", "name": "gold"}}]})),
+            ),
+            ("a spec that does not read", policy("p", json!({"to": "gold", "from": 7}))),
+        ];
+        for (what, p) in cases {
+            assert!(applies_to(&p, &gold), "{what}: applies");
+            let objects = [gold.clone(), p.clone()];
+            let applied = applied_policies(&gold, &World { objects: &objects });
+            assert_eq!(applied.len(), 1, "{what}");
+            assert!(applied[0].subjects.is_empty(), "{what}: lets nobody in");
+        }
     }
 
     #[test]

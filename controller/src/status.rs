@@ -200,17 +200,7 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
             let (address, all) = addresses(env, kind, namespace, name);
             status.insert("address".into(), address);
             status.insert("addresses".into(), all);
-            if env.audiences {
-                // EventPolicies are enforced only with sender identity on, as in Knative.
-                let policies = crate::policy::policies_status(object, world);
-                let reason = if policies.as_array().is_some_and(Vec::is_empty) {
-                    "the default authorization mode applies (no EventPolicy)"
-                } else {
-                    "the EventPolicies in status.policies apply"
-                };
-                status.insert("policies".into(), policies);
-                conditions.push(json!({"type": "EventPoliciesReady", "status": "True", "message": reason}));
-            }
+            conditions.push(event_policies_ready(object, world, env, &mut status));
             conditions.push(condition("Addressable", Ok(())));
             if kind == "Broker" {
                 conditions.push(condition("IngressReady", Ok(())));
@@ -253,6 +243,16 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
             let (subjects, resolved) = crate::policy::event_policy_status(object, world);
             status.insert("from".into(), subjects);
             conditions.push(condition("SubjectsResolved", resolved));
+            // Without sender identity nothing enforces the policy: it is not Ready, so that nobody takes it for a
+            // guard (Knative's condition).
+            let enabled = match env.audiences {
+                true => Ok(()),
+                false => Err((
+                    "OIDCAuthenticationDisabled".into(),
+                    "Feature \"authentication-oidc\" must be enabled to enforce EventPolicies".into(),
+                )),
+            };
+            conditions.push(condition("AuthenticationEnabled", enabled));
         }
         "Subscription" => {
             let channel: Option<KReference> =
@@ -318,6 +318,37 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
     Value::Object(status)
 }
 
+/// A Broker's or Channel's `EventPoliciesReady`, as Knative's reconcilers set it, and its `status.policies`.
+/// EventPolicies are enforced only with sender identity on; a policy that applies and is not ready (a `from`
+/// reference unresolved) makes the target not Ready, and is left out of `status.policies`.
+fn event_policies_ready(
+    target: &Value,
+    world: &World,
+    env: &Environment,
+    status: &mut serde_json::Map<String, Value>,
+) -> Value {
+    const TYPE: &str = "EventPoliciesReady";
+    if !env.audiences {
+        return json!({"type": TYPE, "status": "True", "reason": "OIDCDisabled",
+            "message": "Feature \"authentication-oidc\" must be enabled to support Authorization"});
+    }
+    let (policies, not_ready) = crate::policy::policies_status(target, world);
+    let none = policies.as_array().is_some_and(Vec::is_empty);
+    status.insert("policies".into(), policies);
+    if !not_ready.is_empty() {
+        return condition(
+            TYPE,
+            Err(("EventPoliciesNotReady".into(), format!("event policies {} are not ready", not_ready.join(", ")))),
+        );
+    }
+    if none {
+        let mode = env.default_authorization;
+        return json!({"type": TYPE, "status": "True", "reason": "DefaultAuthorizationMode",
+            "message": format!("Default authz mode is \"{mode}\"")});
+    }
+    condition(TYPE, Ok(()))
+}
+
 /// The object with its status filled in.
 pub fn with_status(mut object: Value, world: &World, env: &Environment) -> Value {
     let status = reconcile(&object, world, env);
@@ -352,6 +383,65 @@ mod tests {
 
     fn condition_of<'a>(status: &'a Value, kind: &str) -> &'a Value {
         status["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == kind)).expect("condition present")
+    }
+
+    #[test]
+    fn event_policies_ready_says_what_decides_who_gets_in() {
+        use crate::policy::DefaultAuthorization;
+        let b = broker("default", None);
+        let policy = |name: &str, from: Value| {
+            json!({"apiVersion": "eventing.knative.dev/v1alpha1", "kind": "EventPolicy",
+                   "metadata": {"name": name, "namespace": "default"}, "spec": {"from": from}})
+        };
+        let ready = policy("ready", json!([{"sub": "system:serviceaccount:default:a"}]));
+        let unresolved =
+            policy("unresolved", json!([{"ref": {"apiVersion": "v1", "kind": "Trigger", "name": "missing"}}]));
+        let on = env().with_audiences(true);
+        // What applies, where, and the condition's status and reason, and the policies listed.
+        type Case = (&'static str, Vec<Value>, Environment, &'static str, &'static str, Value);
+        let cases: [Case; 5] = [
+            ("sender identity off", vec![ready.clone()], env(), "True", "OIDCDisabled", Value::Null),
+            ("no policy", vec![], on.clone(), "True", "DefaultAuthorizationMode", json!([])),
+            (
+                "no policy, deny-all",
+                vec![],
+                on.clone().with_default_authorization(DefaultAuthorization::DenyAll),
+                "True",
+                "DefaultAuthorizationMode",
+                json!([]),
+            ),
+            (
+                "a ready policy",
+                vec![ready.clone()],
+                on.clone(),
+                "True",
+                "",
+                json!([{"apiVersion": "eventing.knative.dev/v1alpha1", "name": "ready"}]),
+            ),
+            (
+                "one not ready",
+                vec![ready, unresolved],
+                on,
+                "False",
+                "EventPoliciesNotReady",
+                json!([{"apiVersion": "eventing.knative.dev/v1alpha1", "name": "ready"}]),
+            ),
+        ];
+        for (what, policies, environment, expected, reason, listed) in cases {
+            let mut objects = vec![b.clone()];
+            objects.extend(policies);
+            let status = reconcile(&b, &World { objects: &objects }, &environment);
+            let condition = condition_of(&status, "EventPoliciesReady");
+            assert_eq!(condition["status"], expected, "{what}: {condition}");
+            assert_eq!(condition["reason"].as_str().unwrap_or_default(), reason, "{what}: {condition}");
+            assert_eq!(status["policies"], listed, "{what}");
+            assert_eq!(condition_of(&status, "Ready")["status"], expected, "{what}: Ready follows");
+        }
+        let deny_all = env().with_audiences(true).with_default_authorization(DefaultAuthorization::DenyAll);
+        let status = reconcile(&b, &World { objects: std::slice::from_ref(&b) }, &deny_all);
+        assert!(
+            condition_of(&status, "EventPoliciesReady")["message"].as_str().is_some_and(|m| m.contains("deny-all"))
+        );
     }
 
     #[test]

@@ -7,6 +7,47 @@ use serde_json::Value;
 /// resolve every `*.localhost` name to loopback (RFC 6761), so a newcomer can type the URL.
 pub const DEFAULT_DOMAIN: &str = "localhost";
 
+/// Knative's `default-authorization-mode`: what a Broker or Channel with no EventPolicy lets in (when sender
+/// identity is on; without it nothing is authorized or refused).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DefaultAuthorization {
+    /// Senders whose subject is a service account of the target's namespace
+    /// (`system:serviceaccount:NS:...`).
+    #[default]
+    AllowSameNamespace,
+    AllowAll,
+    DenyAll,
+}
+
+impl DefaultAuthorization {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefaultAuthorization::AllowSameNamespace => "allow-same-namespace",
+            DefaultAuthorization::AllowAll => "allow-all",
+            DefaultAuthorization::DenyAll => "deny-all",
+        }
+    }
+}
+
+impl std::fmt::Display for DefaultAuthorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DefaultAuthorization {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "allow-same-namespace" => Ok(DefaultAuthorization::AllowSameNamespace),
+            "allow-all" => Ok(DefaultAuthorization::AllowAll),
+            "deny-all" => Ok(DefaultAuthorization::DenyAll),
+            other => Err(format!("{other:?} is not one of allow-same-namespace, allow-all, deny-all")),
+        }
+    }
+}
+
 /// What reconciling needs to know besides the objects.
 #[derive(Clone, Debug)]
 pub struct Environment {
@@ -20,6 +61,8 @@ pub struct Environment {
     pub ingress_https: Option<HttpsIngress>,
     /// Sender identity is on: addresses carry the audience a token must be minted for.
     pub audiences: bool,
+    /// What a Broker or Channel with no EventPolicy lets in (shown in its `EventPoliciesReady` condition).
+    pub default_authorization: DefaultAuthorization,
 }
 
 /// The node's ingress over TLS (transport-encryption `permissive` or `strict`): what Addressables advertise.
@@ -53,6 +96,7 @@ impl Environment {
             serving_runtime: ServingRuntime::Local,
             ingress_https: None,
             audiences: false,
+            default_authorization: DefaultAuthorization::default(),
         }
     }
 
@@ -64,6 +108,7 @@ impl Environment {
             serving_runtime: ServingRuntime::Local,
             ingress_https: None,
             audiences: false,
+            default_authorization: DefaultAuthorization::default(),
         }
     }
 
@@ -76,6 +121,12 @@ impl Environment {
     /// The same, with (or without) audiences in addresses.
     pub fn with_audiences(mut self, audiences: bool) -> Self {
         self.audiences = audiences;
+        self
+    }
+
+    /// The same, with `mode` for Brokers and Channels no EventPolicy applies to.
+    pub fn with_default_authorization(mut self, mode: DefaultAuthorization) -> Self {
+        self.default_authorization = mode;
         self
     }
 

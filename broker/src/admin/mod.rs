@@ -284,6 +284,8 @@ impl Log for AdminService {
 pub fn resource_record(object_json: &str, node: &Node) -> Result<ResourceRecord, Status> {
     let mut object: serde_json::Value = serde_json::from_str(object_json)
         .map_err(|e| error_status(ErrorCode::InvalidResource, format!("object: not JSON: {e}")))?;
+    // `field:` with nothing after it is an absent field, for the validator and for every reader after it.
+    sluice_controller::meta::prune_nulls(&mut object);
     if let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
         metadata.entry("namespace").or_insert_with(|| "default".into());
     }

@@ -207,6 +207,7 @@ impl Node {
             .with_runtime(settings.serving_runtime)
             .with_https(https)
             .with_audiences(settings.authenticator.is_some())
+            .with_default_authorization(settings.default_authorization)
     }
 
     pub fn settings(&self) -> &NodeSettings {

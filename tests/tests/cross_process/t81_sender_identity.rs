@@ -261,19 +261,34 @@ async fn event_policies_decide_who_sends_what() -> Result<()> {
     };
     assert_eq!(stored, accepted, "only the accepted requests stored events");
 
-    // Status: the policy names what it resolved and what it could not; the Brokers list the policies applied.
+    // Status: the policy names what it resolved and what it could not; the Brokers list the ready policies
+    // applied, and one that applies and is not ready makes its Broker not Ready (Knative's reconcilers).
+    let condition = |object: &Value, kind: &str| {
+        object["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == kind).cloned())
+            .unwrap_or_default()
+    };
     let policy_object = get_object(&admin, "EventPolicy", "team", "orders-only").await?;
     assert_eq!(policy_object["status"]["from"], json!([orders, trigger_identity]), "{policy_object}");
-    let resolved = policy_object["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "SubjectsResolved").cloned())
-        .unwrap_or_default();
-    assert_eq!(resolved["status"], "False", "{policy_object}");
+    assert_eq!(condition(&policy_object, "SubjectsResolved")["status"], "False", "{policy_object}");
+    assert_eq!(condition(&policy_object, "AuthenticationEnabled")["status"], "True", "{policy_object}");
     let guarded = get_object(&admin, "Broker", "team", "guarded").await?;
+    assert_eq!(guarded["status"]["policies"], json!([]), "{guarded}");
+    let not_ready = condition(&guarded, "EventPoliciesReady");
+    assert_eq!((&not_ready["status"], &not_ready["reason"]), (&json!("False"), &json!("EventPoliciesNotReady")));
+    assert!(not_ready["message"].as_str().is_some_and(|m| m.contains("orders-only")), "{guarded}");
+    assert_eq!(condition(&guarded, "Ready")["status"], "False", "{guarded}");
+    let gold = get_object(&admin, "Broker", "team", "gold").await?;
     assert_eq!(
-        guarded["status"]["policies"],
-        json!([{"apiVersion": "eventing.knative.dev/v1alpha1", "name": "orders-only"}])
+        gold["status"]["policies"],
+        json!([{"apiVersion": "eventing.knative.dev/v1alpha1", "name": "ops-to-gold"}])
     );
+    assert_eq!(condition(&gold, "EventPoliciesReady")["status"], "True", "{gold}");
+    let open = get_object(&admin, "Broker", "team", "open").await?;
+    let default_mode = condition(&open, "EventPoliciesReady");
+    assert_eq!(default_mode["reason"], "DefaultAuthorizationMode", "{open}");
+    assert!(default_mode["message"].as_str().is_some_and(|m| m.contains("allow-same-namespace")), "{open}");
     let fwd = get_object(&admin, "Trigger", "team", "fwd").await?;
     assert_eq!(fwd["status"]["auth"]["serviceAccountName"], "sluice-trigger-fwd", "{fwd}");
     Ok(())

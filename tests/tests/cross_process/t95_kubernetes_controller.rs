@@ -116,14 +116,23 @@ async fn the_controller_serves_sluice_brokers_and_their_triggers_end_to_end() ->
                         "from": [{"sub": "system:serviceaccount:default:orders"},
                                  {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "name": "t"}}]}}),
     )?;
-    let policy = wait_until(Duration::from_secs(60), || async { Ok(kube.get(POLICIES, "default", "p").filter(ready)) })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", controller_log()))?;
+    let condition = |object: &Value, kind: &str| {
+        object["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == kind).cloned())
+    };
+    let resolved = |object: &Value| condition(object, "SubjectsResolved").is_some_and(|c| c["status"] == "True");
+    let policy =
+        wait_until(Duration::from_secs(60), || async { Ok(kube.get(POLICIES, "default", "p").filter(resolved)) })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", controller_log()))?;
     assert_eq!(
         policy["status"]["from"],
         json!(["system:serviceaccount:default:orders", "system:serviceaccount:default:sluice-trigger-t"]),
         "{policy}"
     );
+    // This node runs without sender identity, so nothing enforces the policy: it says so, and is not Ready.
+    let enabled = condition(&policy, "AuthenticationEnabled").unwrap_or_default();
+    assert_eq!((&enabled["status"], &enabled["reason"]), (&json!("False"), &json!("OIDCAuthenticationDisabled")));
+    assert!(!ready(&policy), "{policy}");
     assert!(in_sluice(&node.admin, "EventPolicy", "p").await?.is_some());
 
     // Deleting the Broker: Sluice forgets it, then the finalizer goes and Kubernetes removes it.
