@@ -71,8 +71,15 @@ impl KeyTiming {
         }
         // A key stays published for up to two leads + token lifetime + skew after its successor is made: the keys that
         // overlap then must fit in MAX_OWN_KEYS, or the oldest would go while its tokens are valid.
-        let overlap = self.publish_lead * 2 + self.token_ttl + self.skew;
-        let room = self.rotation * (MAX_OWN_KEYS as u32 - 2);
+        let too_large =
+            || "the publish lead, token lifetime, clock skew or key rotation period is too large".to_string();
+        let overlap = self
+            .publish_lead
+            .checked_mul(2)
+            .and_then(|lead| lead.checked_add(self.token_ttl))
+            .and_then(|sum| sum.checked_add(self.skew))
+            .ok_or_else(too_large)?;
+        let room = self.rotation.checked_mul(MAX_OWN_KEYS as u32 - 2).ok_or_else(too_large)?;
         if overlap > room {
             return Err(format!(
                 "the publish lead, token lifetime and clock skew ({} s together) must not exceed {} key rotation \
@@ -372,6 +379,15 @@ mod tests {
         assert!(tight.check().is_err(), "600 s tokens with a key a minute");
         let lead_too_long = KeyTiming { publish_lead: Duration::from_secs(3600), ..timing() };
         assert!(lead_too_long.check().is_err());
+        // Regression: flags near u64::MAX seconds overflowed the arithmetic, a panic at start-up.
+        let huge = Duration::from_secs(u64::MAX / 2);
+        for timing in [
+            KeyTiming { rotation: huge, ..timing() },
+            KeyTiming { skew: huge, ..timing() },
+            KeyTiming { token_ttl: huge, rotation: huge, ..timing() },
+        ] {
+            assert!(timing.check().is_err(), "{timing:?}");
+        }
     }
 
     proptest::proptest! {

@@ -3,7 +3,7 @@
 //! An issuer is given as `ISSUER=JWKS_FILE` (the file re-read every refresh, so a rotated key set is picked up
 //! without a restart) or as `ISSUER` alone (OpenID discovery: `ISSUER/.well-known/openid-configuration` names
 //! the `jwks_uri`, fetched at start and every refresh). A source that fails to refresh keeps its last good
-//! keys; one that never loaded trusts no key, so its tokens are refused as from an unknown key.
+//! keys; one that never loaded is not trusted yet, so its tokens are refused as from an unknown issuer.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -135,18 +135,23 @@ impl Authenticator {
     }
 
     fn replace(&self, loaded: Vec<TrustedIssuer>) {
+        // The trusted list is held from the update to the rebuild: a refresh and a key rotation at once would
+        // otherwise each publish a list with the other's previous half.
+        let mut trusted = self.trusted.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         *self.loaded.write().unwrap_or_else(std::sync::PoisonError::into_inner) = loaded;
-        self.combine();
+        *trusted = Arc::new(self.combined());
     }
 
     /// Trusts Sluice's own issuer with these keys (replacing the previous ones): the tokens Sluice mints for
     /// its Triggers' deliveries to Brokers verify without a flag. Merged into a source of the same issuer.
     pub fn trust_own_issuer(&self, own: TrustedIssuer) {
+        let mut trusted = self.trusted.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         *self.own.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(own);
-        self.combine();
+        *trusted = Arc::new(self.combined());
     }
 
-    fn combine(&self) {
+    /// The sources' keys with Sluice's own. Callers hold the trusted list's lock (taken before either half's).
+    fn combined(&self) -> Vec<TrustedIssuer> {
         let mut trusted = self.loaded.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         if let Some(own) = self.own.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
             match trusted.iter_mut().find(|t| t.issuer == own.issuer) {
@@ -154,7 +159,7 @@ impl Authenticator {
                 None => trusted.push(own),
             }
         }
-        *self.trusted.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(trusted);
+        trusted
     }
 
     fn current(&self) -> Arc<Vec<TrustedIssuer>> {
