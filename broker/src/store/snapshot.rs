@@ -12,7 +12,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::RaftSnapshotBuilder;
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
@@ -259,20 +259,44 @@ fn file_name(last_log_id: Option<&LogId>) -> String {
 /// while the state machine goes on with its commands, an install among them. A build that read the applied
 /// state in the middle of an install would record a meta for a half-installed state (or for none), and its
 /// `record_meta` would remove the received `.snap` that a crash mid-install needs on restart to install
-/// again. The functions that write either take the guard, so neither can run without it.
+/// again. The functions that write either take the guard, so neither can run without it. The lock also
+/// remembers an install that began and did not finish (it failed, or panicked): until one finishes, no build
+/// records a meta, since the state is half-replaced and the received file is what a restart installs again.
 #[derive(Clone, Default)]
-pub(crate) struct SnapshotLock(Arc<Mutex<()>>);
+pub(crate) struct SnapshotLock(Arc<Mutex<bool>>);
 
 /// Held while a group's snapshot meta is built or a snapshot is installed.
 pub(crate) struct SnapshotGuard<'a> {
-    _held: MutexGuard<'a, ()>,
+    lock: &'a Mutex<bool>,
+    install_incomplete: MutexGuard<'a, bool>,
 }
 
 impl SnapshotLock {
     /// Blocks until no build or install of the group runs (call it on a blocking thread).
     pub(crate) fn hold(&self) -> SnapshotGuard<'_> {
-        // The guarded data is `()`: a panic while it was held leaves nothing half-changed in it.
-        SnapshotGuard { _held: self.0.lock().unwrap_or_else(PoisonError::into_inner) }
+        let install_incomplete = self.0.lock().unwrap_or_else(|poisoned| {
+            // A panic while it was held: in an install or not, the state is not trusted until one finishes.
+            let mut held = poisoned.into_inner();
+            *held = true;
+            held
+        });
+        SnapshotGuard { lock: &self.0, install_incomplete }
+    }
+}
+
+impl SnapshotGuard<'_> {
+    pub(super) fn begin_install(&mut self) {
+        *self.install_incomplete = true;
+    }
+
+    fn install_done(&mut self) {
+        *self.install_incomplete = false;
+        self.lock.clear_poison();
+    }
+
+    /// An install began and did not finish.
+    pub(crate) fn install_incomplete(&self) -> bool {
+        *self.install_incomplete
     }
 }
 
@@ -282,11 +306,16 @@ impl SnapshotLock {
 /// is, and before openraft purges the log entries it came from (after a crash the state is never behind
 /// its meta, and openraft never needs to install anything at start).
 pub(crate) fn write_snapshot_meta(
-    _held: &SnapshotGuard<'_>,
+    held: &SnapshotGuard<'_>,
     db: &DB,
     group: GroupId,
     dir: &Path,
 ) -> io::Result<(SnapshotMeta, PathBuf)> {
+    if held.install_incomplete() {
+        return Err(io::Error::other(
+            "a snapshot install did not finish: no snapshot is built until one does (a restart installs it again)",
+        ));
+    }
     crate::durable_fs::create_dir_all(dir)?;
     let snapshot = db.snapshot();
     let meta = applied_meta(db, &snapshot, group)?;
@@ -346,8 +375,9 @@ pub(crate) fn newest_snapshot_or_meta(dir: &Path) -> io::Result<Option<(Snapshot
     Ok(Some((decode(&header).map_err(io_err)?, path)))
 }
 
-/// Replaces the group's state machine with the snapshot in `path`, whose membership is `membership` (the one
-/// openraft hands over with it).
+/// Replaces the group's state machine with the snapshot in `path`, which must be the one `expected` describes
+/// (openraft's meta; its membership is written with the applied id). A file whose meta differs is refused
+/// before anything changes.
 ///
 /// The file is first moved into place as the current snapshot, and the
 /// applied log id is written last, with the membership, in one batch: a crash midway leaves a state machine
@@ -355,16 +385,20 @@ pub(crate) fn newest_snapshot_or_meta(dir: &Path) -> io::Result<Option<(Snapshot
 /// openraft installs again on restart. Once the state is durable, the file
 /// is replaced by its meta.
 pub(crate) fn install_snapshot(
-    _held: &SnapshotGuard<'_>,
+    held: &mut SnapshotGuard<'_>,
     db: &DB,
     group: GroupId,
     path: &Path,
     dir: &Path,
-    membership: &StoredMembership,
+    expected: &SnapshotMeta,
 ) -> io::Result<(SnapshotMeta, PathBuf)> {
     crate::durable_fs::create_dir_all(dir)?;
     let mut input = BufReader::with_capacity(1 << 20, File::open(path)?);
     let meta = read_meta(&mut input)?;
+    if meta.last_log_id != expected.last_log_id {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot file does not match its meta"));
+    }
+    held.begin_install();
     let final_path = dir.join(file_name(meta.last_log_id.as_ref()));
     if path != final_path {
         fs::rename(path, &final_path)?;
@@ -388,7 +422,7 @@ pub(crate) fn install_snapshot(
         }
     }
     let sm_state = cf(db, CF_SM_STATE)?;
-    batch.put_cf(sm_state, tag_key(group, SM_MEMBERSHIP), encode(membership).map_err(io_err)?);
+    batch.put_cf(sm_state, tag_key(group, SM_MEMBERSHIP), encode(&expected.last_membership).map_err(io_err)?);
     if let Some(last_log_id) = &meta.last_log_id {
         batch.put_cf(sm_state, applied_key, encode(&Some(*last_log_id)).map_err(io_err)?);
     }
@@ -397,6 +431,7 @@ pub(crate) fn install_snapshot(
     // The installed state is durable in the WAL: its meta is all that needs to stay (the received copy
     // would otherwise hold the state's size on disk a second time).
     let meta_path = record_meta(dir, &meta)?;
+    held.install_done();
     Ok((meta, meta_path))
 }
 

@@ -173,19 +173,38 @@ async fn a_snapshot_built_during_an_install_waits_and_records_the_installed_stat
     // The install runs (here under the test's own hold of the lock, as the state machine's install takes it);
     // meanwhile openraft starts a build.
     let lock = target.snapshot_lock();
-    let held = lock.hold();
     let mut builder = target.get_snapshot_builder().await;
+    let mut held = lock.hold();
     let build = tokio::spawn(async move { builder.build_snapshot().await });
     let dir = target_store.snapshot_dir().join("group-2");
     let (installed, _) =
-        snapshot::install_snapshot(&held, target_store.db(), 2, &copy, &dir, &snapshot.meta.last_membership)
-            .expect("install");
+        snapshot::install_snapshot(&mut held, target_store.db(), 2, &copy, &dir, &snapshot.meta).expect("install");
     drop(held);
     let built = build.await.expect("build task").expect("build");
 
     assert_eq!(installed.last_log_id.map(|id| id.index), Some(3));
     assert_eq!(built.meta, installed, "the build waited for the install and names the installed state");
     assert_eq!(snapshot_files(target_dir.path()), vec!["00000000000000000004.meta"]);
+}
+
+/// An install that failed midway leaves a half-replaced state and the received file that a restart installs
+/// again: a build after it must record nothing, and in particular must not remove that file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_snapshot_is_built_after_an_install_that_did_not_finish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, mut sm) = open(dir.path(), 2);
+    apply(&mut sm, vec![entry(1, LogCommand::Append(vec![append("a", 10, &["a0"])]))]).await;
+    let received = store.snapshot_dir().join("group-2").join("00000000000000000009.snap");
+    std::fs::write(&received, b"what a restart installs again").expect("write");
+    let lock = sm.snapshot_lock();
+    {
+        // Stands for an install that began and then failed (an I/O error or a panic before it finished).
+        let mut held = lock.hold();
+        held.begin_install();
+    }
+    assert!(sm.get_snapshot_builder().await.build_snapshot().await.is_err(), "no meta over a half-installed state");
+    assert!(received.exists(), "the received snapshot stays for the restart");
+    assert_eq!(snapshot_files(dir.path()), vec!["00000000000000000009.snap"]);
 }
 
 #[tokio::test]
