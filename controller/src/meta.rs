@@ -41,7 +41,10 @@ fn user_part(object: &Value) -> UserPart<'_> {
 /// Removes every mapping entry whose value is `null`, at any depth (inside lists too), as the Kubernetes API
 /// server prunes nulls from fields that are not `nullable` (none of Knative's are): YAML's `from:` with nothing
 /// after it means the field is absent, and that is how everything that reads the object must see it. Done before
-/// an object is validated and stored, never by the log's apply rules below (which must not change).
+/// an object is validated and stored, and on both sides of the comparisons made before a write, never by the
+/// log's apply rules below (which must not change). An object stored with nulls by an earlier version is
+/// rewritten without them at its next apply (a Service or Configuration whose spec held one gets a new
+/// generation, and a new Revision, once).
 pub fn prune_nulls(value: &mut Value) {
     match value {
         Value::Object(map) => {
@@ -61,7 +64,10 @@ pub const ADMIN_FIELD_MANAGER: &str = "sluice-admin";
 /// nothing: the same spec, labels, annotations (those the admin API owns carried over) and other user fields,
 /// and the same ownership; what Sluice maintains is not compared.
 pub fn apply_changes_nothing(stored: &Value, incoming: &Value) -> bool {
-    let carried = carry_owned_annotations(stored, incoming.clone());
+    // Apply prunes the nulls of what it stores: an object that differs only by them changes nothing.
+    let mut incoming = incoming.clone();
+    prune_nulls(&mut incoming);
+    let carried = carry_owned_annotations(stored, incoming);
     user_part(stored) == user_part(&carried) && admin_owned(stored) == admin_owned(&carried)
 }
 
@@ -264,26 +270,6 @@ pub fn with_annotation(object: &Value, annotation: &str, value: Option<&str>) ->
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn nulls_are_pruned_at_every_depth_as_the_api_server_prunes_them() {
-        let mut object = serde_json::json!({
-            "kind": "EventPolicy",
-            "metadata": {"name": "p", "labels": null},
-            "spec": {"from": null, "to": [{"ref": {"apiVersion": null, "kind": "Broker", "name": "b"}}, null]},
-            "status": null,
-        });
-        super::prune_nulls(&mut object);
-        assert_eq!(
-            object,
-            serde_json::json!({
-                "kind": "EventPolicy",
-                "metadata": {"name": "p"},
-                "spec": {"to": [{"ref": {"kind": "Broker", "name": "b"}}, null]},
-            }),
-            "a null list item is not an absent field: it stays, for validation to refuse"
-        );
-    }
-
     use serde_json::json;
 
     use super::*;
@@ -423,5 +409,27 @@ mod tests {
         let (merged, outcome) = merge_for_apply(Some(&paused()), trigger(json!({"team": "a"})), "u", "t", 3);
         assert_eq!(outcome, ApplyOutcome::Configured);
         assert_eq!(merged["metadata"]["annotations"], json!({"team": "a"}));
+    }
+
+    #[test]
+    fn nulls_are_pruned_at_every_depth_as_the_api_server_prunes_them() {
+        let mut object = serde_json::json!({
+            "kind": "EventPolicy",
+            "metadata": {"name": "p", "labels": null},
+            "spec": {"from": null, "to": [{"ref": {"apiVersion": null, "kind": "Broker", "name": "b"}}, null]},
+            "status": null,
+        });
+        let as_written = object.clone();
+        super::prune_nulls(&mut object);
+        assert!(super::apply_changes_nothing(&object, &as_written), "the same object, stored without its nulls");
+        assert_eq!(
+            object,
+            serde_json::json!({
+                "kind": "EventPolicy",
+                "metadata": {"name": "p"},
+                "spec": {"to": [{"ref": {"kind": "Broker", "name": "b"}}, null]},
+            }),
+            "a null list item is not an absent field: it stays, for validation to refuse"
+        );
     }
 }

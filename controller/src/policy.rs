@@ -174,21 +174,23 @@ pub fn event_policy_status(policy: &Value, world: &World) -> (Value, Result<(), 
 }
 
 /// A Broker's or Channel's `status.policies` (Knative's applied-policies list: the ready ones only), and the
-/// names of the policies that apply but are not ready (a `from` reference unresolved). Those still take part in
-/// every decision (their resolved subjects only), as they do in Knative.
-pub fn policies_status(target: &Value, world: &World) -> (Value, Vec<String>) {
+/// names of the policies that apply but are not ready: a `from` reference unresolved, or sender identity off
+/// (`audiences`), as Knative's EventPolicy reconciler has it.
+///
+/// Deliberately unlike Knative's data plane, which decides with the ready policies only (and falls back to the
+/// default authorization mode when none is): a policy that is not ready still takes part in every decision
+/// here, with the subjects it resolved, so a reference that stops resolving narrows who gets in rather than
+/// opening the target to the default mode.
+pub fn policies_status(target: &Value, world: &World, audiences: bool) -> (Value, Vec<String>) {
     let (mut ready, mut not_ready) = (Vec::new(), Vec::new());
     for policy in world.objects.iter().filter(|o| str_at(o, "/kind") == "EventPolicy" && applies_to(o, target)) {
         let name = str_at(policy, "/metadata/name").to_string();
-        if subjects_of(policy, world).1.is_empty() {
-            ready.push(json!({"apiVersion": EVENT_POLICY_API_VERSION, "name": name}));
-        } else {
-            not_ready.push(name);
-        }
+        if audiences && subjects_of(policy, world).1.is_empty() { ready.push(name) } else { not_ready.push(name) }
     }
-    ready.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    ready.sort();
     not_ready.sort();
-    (Value::Array(ready), not_ready)
+    let listed = ready.iter().map(|name| json!({"apiVersion": EVENT_POLICY_API_VERSION, "name": name})).collect();
+    (Value::Array(listed), not_ready)
 }
 
 #[cfg(test)]

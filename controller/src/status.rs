@@ -240,19 +240,23 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
             conditions.push(condition("DeadLetterSinkResolved", dead_letter_ok));
         }
         "EventPolicy" => {
-            let (subjects, resolved) = crate::policy::event_policy_status(object, world);
-            status.insert("from".into(), subjects);
-            conditions.push(condition("SubjectsResolved", resolved));
             // Without sender identity nothing enforces the policy: it is not Ready, so that nobody takes it for a
-            // guard (Knative's condition).
-            let enabled = match env.audiences {
-                true => Ok(()),
-                false => Err((
-                    "OIDCAuthenticationDisabled".into(),
-                    "Feature \"authentication-oidc\" must be enabled to enforce EventPolicies".into(),
-                )),
-            };
-            conditions.push(condition("AuthenticationEnabled", enabled));
+            // guard, and its subjects are not resolved (Knative's EventPolicy reconciler stops there too).
+            if env.audiences {
+                conditions.push(condition("AuthenticationEnabled", Ok(())));
+                let (subjects, resolved) = crate::policy::event_policy_status(object, world);
+                status.insert("from".into(), subjects);
+                conditions.push(condition("SubjectsResolved", resolved));
+            } else {
+                conditions.push(condition(
+                    "AuthenticationEnabled",
+                    Err((
+                        "AuthOIDCFeatureNotEnabled".into(),
+                        "Feature \"authentication-oidc\" must be enabled to enforce EventPolicies".into(),
+                    )),
+                ));
+                conditions.push(json!({"type": "SubjectsResolved", "status": "Unknown"}));
+            }
         }
         "Subscription" => {
             let channel: Option<KReference> =
@@ -318,9 +322,10 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
     Value::Object(status)
 }
 
-/// A Broker's or Channel's `EventPoliciesReady`, as Knative's reconcilers set it, and its `status.policies`.
-/// EventPolicies are enforced only with sender identity on; a policy that applies and is not ready (a `from`
-/// reference unresolved) makes the target not Ready, and is left out of `status.policies`.
+/// A Broker's or Channel's `EventPoliciesReady` and its `status.policies`, as Knative's reconcilers set them: a
+/// policy that applies and is not ready (a `from` reference unresolved, or sender identity off, which enforces
+/// nothing) makes the target not Ready and is left out of `status.policies`; with none applying the condition
+/// names the default authorization mode, or that sender identity is off.
 fn event_policies_ready(
     target: &Value,
     world: &World,
@@ -328,12 +333,8 @@ fn event_policies_ready(
     status: &mut serde_json::Map<String, Value>,
 ) -> Value {
     const TYPE: &str = "EventPoliciesReady";
-    if !env.audiences {
-        return json!({"type": TYPE, "status": "True", "reason": "OIDCDisabled",
-            "message": "Feature \"authentication-oidc\" must be enabled to support Authorization"});
-    }
-    let (policies, not_ready) = crate::policy::policies_status(target, world);
-    let none = policies.as_array().is_some_and(Vec::is_empty);
+    let (policies, not_ready) = crate::policy::policies_status(target, world, env.audiences);
+    let none_ready = policies.as_array().is_some_and(Vec::is_empty);
     status.insert("policies".into(), policies);
     if !not_ready.is_empty() {
         return condition(
@@ -341,12 +342,13 @@ fn event_policies_ready(
             Err(("EventPoliciesNotReady".into(), format!("event policies {} are not ready", not_ready.join(", ")))),
         );
     }
-    if none {
-        let mode = env.default_authorization;
-        return json!({"type": TYPE, "status": "True", "reason": "DefaultAuthorizationMode",
-            "message": format!("Default authz mode is \"{mode}\"")});
+    match (none_ready, env.audiences) {
+        (false, _) => condition(TYPE, Ok(())),
+        (true, true) => json!({"type": TYPE, "status": "True", "reason": "DefaultAuthorizationMode",
+            "message": format!("Default authz mode is \"{}\"", env.default_authorization)}),
+        (true, false) => json!({"type": TYPE, "status": "True", "reason": "OIDCDisabled",
+            "message": "Feature \"authentication-oidc\" must be enabled to support Authorization"}),
     }
-    condition(TYPE, Ok(()))
 }
 
 /// The object with its status filled in.
@@ -399,8 +401,16 @@ mod tests {
         let on = env().with_audiences(true);
         // What applies, where, and the condition's status and reason, and the policies listed.
         type Case = (&'static str, Vec<Value>, Environment, &'static str, &'static str, Value);
-        let cases: [Case; 5] = [
-            ("sender identity off", vec![ready.clone()], env(), "True", "OIDCDisabled", Value::Null),
+        let cases: [Case; 6] = [
+            ("sender identity off, no policy", vec![], env(), "True", "OIDCDisabled", json!([])),
+            (
+                "sender identity off: no policy is ready",
+                vec![ready.clone()],
+                env(),
+                "False",
+                "EventPoliciesNotReady",
+                json!([]),
+            ),
             ("no policy", vec![], on.clone(), "True", "DefaultAuthorizationMode", json!([])),
             (
                 "no policy, deny-all",

@@ -140,9 +140,13 @@ fn up_to_date(stored: &Value, desired: &Value) -> bool {
 pub fn plan(objects: &[Value]) -> ChildPlan {
     let find = |key: &ObjectKey| objects.iter().find(|o| key_of(o) == *key);
     let mut plan = ChildPlan::default();
-    let desire = |desired: Value, plan: &mut ChildPlan| match find(&key_of(&desired)) {
-        Some(stored) if up_to_date(stored, &desired) => {}
-        _ => plan.put.push(desired),
+    // A child is stored without nulls (as apply prunes them), whatever its parent held when it was stored.
+    let desire = |mut desired: Value, plan: &mut ChildPlan| {
+        crate::meta::prune_nulls(&mut desired);
+        match find(&key_of(&desired)) {
+            Some(stored) if up_to_date(stored, &desired) => {}
+            _ => plan.put.push(desired),
+        }
     };
 
     for service in
