@@ -49,7 +49,7 @@ const STOP_SLACK: Duration = Duration::from_secs(10);
 const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 /// Requests (starts, stops, retirements) waiting for one revision's pod task, at most. The task takes them as
 /// fast as its API calls go; full, a start is deferred (tried again at the revision's next turn) and a stop or a
-/// retirement waits for room.
+/// retirement waits for room, within its own time limit.
 const POD_TASK_REQUESTS: usize = 1_024;
 
 /// A claim's id: unique in the runtime (two runs of one revision, an old one draining while a new one starts,
@@ -190,9 +190,14 @@ impl Runtime for KubernetesRuntime {
         Box::pin(async move {
             let Some(sender) = sender else { return };
             let (done, retired) = oneshot::channel();
-            if sender.send(Request::Retire { run, done }).await.is_ok()
-                && tokio::time::timeout(RETIRE_TIMEOUT, retired).await.is_err()
-            {
+            // Room in the queue and the deletion itself share the one limit: a stalled API never holds the
+            // revision's stop (and the node's shutdown) for longer.
+            let retire = async {
+                if sender.send(Request::Retire { run, done }).await.is_ok() {
+                    let _ = retired.await;
+                }
+            };
+            if tokio::time::timeout(RETIRE_TIMEOUT, retire).await.is_err() {
                 tracing::warn!("a revision's Deployment was not deleted in time; it goes when the node restarts");
             }
         })
@@ -218,12 +223,16 @@ impl Instance for PodInstance {
         };
         let claim = self.claim;
         Box::pin(async move {
-            if let Some((requests, request)) = waits_for_room
-                && requests.send(request).await.is_err()
-            {
-                return;
-            }
-            if tokio::time::timeout(grace + STOP_SLACK, stopped).await.is_err() {
+            // Room in the queue counts against the same limit as the stop itself.
+            let stop = async {
+                if let Some((requests, request)) = waits_for_room
+                    && requests.send(request).await.is_err()
+                {
+                    return;
+                }
+                let _ = stopped.await;
+            };
+            if tokio::time::timeout(grace + STOP_SLACK, stop).await.is_err() {
                 tracing::warn!(claim, "the pod of a stopped instance is still serving after the grace period");
             }
         })
