@@ -80,6 +80,21 @@ fn client_tls(credentials: &AdminCredentialArgs, ca: &PathBuf) -> anyhow::Result
     }
 }
 
+/// Whether a connection failed in its TLS handshake or its server name (rustls' errors come as `InvalidData`,
+/// a bad name as `InvalidInput`), not for want of a listener.
+fn tls_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput)
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
 /// A channel to the admin API at `admin` (`IP:PORT` or `HOST:PORT`) with the global credentials.
 pub(crate) async fn connect(admin: &str) -> anyhow::Result<AdminChannel> {
     let credentials = credentials();
@@ -104,11 +119,46 @@ pub(crate) async fn connect(admin: &str) -> anyhow::Result<AdminChannel> {
     }
     .map_err(|e| {
         let cause = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default();
-        // Not reached (nothing listening, refused, timed out): worth retrying, whatever the command.
+        // Not reached (nothing listening, refused, timed out) is worth retrying, whatever the command; a TLS
+        // handshake refused (an unknown CA, a certificate for another name) is not, until the flags change.
+        let exit_code = if tls_refused(&e) { 1 } else { crate::admin_cli::EXIT_UNAVAILABLE };
         anyhow::Error::new(crate::admin_cli::AdminError {
-            exit_code: crate::admin_cli::EXIT_UNAVAILABLE,
+            exit_code,
             message: format!("cannot reach the admin API at {admin} (--admin): {e}: {cause}"),
         })
     })?;
     Ok(InterceptedService::new(channel, AddToken(token)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    /// A transport error wrapping the connector's, as tonic's does.
+    #[derive(Debug)]
+    struct Transport(Error);
+
+    impl std::fmt::Display for Transport {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("transport error")
+        }
+    }
+
+    impl std::error::Error for Transport {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_refused_handshake_is_not_worth_retrying_where_no_listener_is() {
+        for (kind, refused) in [
+            (ErrorKind::InvalidData, true),
+            (ErrorKind::InvalidInput, true),
+            (ErrorKind::ConnectionRefused, false),
+            (ErrorKind::TimedOut, false),
+        ] {
+            assert_eq!(super::tls_refused(&Transport(Error::new(kind, "x"))), refused, "{kind:?}");
+        }
+    }
 }
