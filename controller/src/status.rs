@@ -251,7 +251,7 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
                 conditions.push(condition(
                     "AuthenticationEnabled",
                     Err((
-                        "AuthOIDCFeatureNotEnabled".into(),
+                        "OIDCAuthenticationDisabled".into(),
                         "Feature \"authentication-oidc\" must be enabled to enforce EventPolicies".into(),
                     )),
                 ));
@@ -335,7 +335,10 @@ fn event_policies_ready(
     const TYPE: &str = "EventPoliciesReady";
     let (policies, not_ready) = crate::policy::policies_status(target, world, env.audiences);
     let none_ready = policies.as_array().is_some_and(Vec::is_empty);
-    status.insert("policies".into(), policies);
+    // Knative's field is `omitempty`.
+    if !none_ready {
+        status.insert("policies".into(), policies);
+    }
     if !not_ready.is_empty() {
         return condition(
             TYPE,
@@ -402,23 +405,23 @@ mod tests {
         // What applies, where, and the condition's status and reason, and the policies listed.
         type Case = (&'static str, Vec<Value>, Environment, &'static str, &'static str, Value);
         let cases: [Case; 6] = [
-            ("sender identity off, no policy", vec![], env(), "True", "OIDCDisabled", json!([])),
+            ("sender identity off, no policy", vec![], env(), "True", "OIDCDisabled", Value::Null),
             (
                 "sender identity off: no policy is ready",
                 vec![ready.clone()],
                 env(),
                 "False",
                 "EventPoliciesNotReady",
-                json!([]),
+                Value::Null,
             ),
-            ("no policy", vec![], on.clone(), "True", "DefaultAuthorizationMode", json!([])),
+            ("no policy", vec![], on.clone(), "True", "DefaultAuthorizationMode", Value::Null),
             (
                 "no policy, deny-all",
                 vec![],
                 on.clone().with_default_authorization(DefaultAuthorization::DenyAll),
                 "True",
                 "DefaultAuthorizationMode",
-                json!([]),
+                Value::Null,
             ),
             (
                 "a ready policy",

@@ -267,20 +267,19 @@ pub(crate) struct SnapshotLock(Arc<Mutex<bool>>);
 
 /// Held while a group's snapshot meta is built or a snapshot is installed.
 pub(crate) struct SnapshotGuard<'a> {
-    lock: &'a Mutex<bool>,
     install_incomplete: MutexGuard<'a, bool>,
 }
 
 impl SnapshotLock {
     /// Blocks until no build or install of the group runs (call it on a blocking thread).
     pub(crate) fn hold(&self) -> SnapshotGuard<'_> {
+        // A panic while it was held changed nothing the flag does not say: an install sets it before its first
+        // change.
         let install_incomplete = self.0.lock().unwrap_or_else(|poisoned| {
-            // A panic while it was held: in an install or not, the state is not trusted until one finishes.
-            let mut held = poisoned.into_inner();
-            *held = true;
-            held
+            self.0.clear_poison();
+            poisoned.into_inner()
         });
-        SnapshotGuard { lock: &self.0, install_incomplete }
+        SnapshotGuard { install_incomplete }
     }
 }
 
@@ -291,7 +290,6 @@ impl SnapshotGuard<'_> {
 
     fn install_done(&mut self) {
         *self.install_incomplete = false;
-        self.lock.clear_poison();
     }
 
     /// An install began and did not finish.
@@ -395,7 +393,7 @@ pub(crate) fn install_snapshot(
     crate::durable_fs::create_dir_all(dir)?;
     let mut input = BufReader::with_capacity(1 << 20, File::open(path)?);
     let meta = read_meta(&mut input)?;
-    if meta.last_log_id != expected.last_log_id {
+    if meta != *expected {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot file does not match its meta"));
     }
     held.begin_install();

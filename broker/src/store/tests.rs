@@ -69,6 +69,13 @@ async fn receive(snapshot: SnapshotData, path: &std::path::Path) {
     snapshot.save_to(path).await.expect("receive snapshot");
 }
 
+/// What a running group sends a follower: a snapshot is sent once one was built (the log was purged up to it).
+async fn snapshot_to_send(source: &mut GroupStateMachine) -> Snapshot {
+    source.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    source.raft_started().store(true, std::sync::atomic::Ordering::Release);
+    source.get_current_snapshot().await.expect("current").expect("a snapshot")
+}
+
 /// The snapshot and meta files anywhere under `dir`, by name.
 fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
     let mut found = Vec::new();
@@ -159,10 +166,7 @@ async fn a_snapshot_built_during_an_install_waits_and_records_the_installed_stat
         ],
     )
     .await;
-    // A snapshot is sent once one was built (the log was purged up to it).
-    source.get_snapshot_builder().await.build_snapshot().await.expect("build");
-    source.raft_started().store(true, std::sync::atomic::Ordering::Release);
-    let snapshot = source.get_current_snapshot().await.expect("current").expect("a snapshot");
+    let snapshot = snapshot_to_send(&mut source).await;
 
     let target_dir = tempfile::tempdir().expect("tempdir");
     let (target_store, mut target) = open(target_dir.path(), 2);
@@ -185,6 +189,28 @@ async fn a_snapshot_built_during_an_install_waits_and_records_the_installed_stat
     assert_eq!(installed.last_log_id.map(|id| id.index), Some(3));
     assert_eq!(built.meta, installed, "the build waited for the install and names the installed state");
     assert_eq!(snapshot_files(target_dir.path()), vec!["00000000000000000004.meta"]);
+}
+
+/// A received file that is not the snapshot openraft describes is refused before anything changes: the old
+/// state stays whole, and builds go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_file_that_is_not_the_one_described_is_refused_before_any_change() {
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let (_source_store, mut source) = open(source_dir.path(), 2);
+    apply(&mut source, vec![entry(1, LogCommand::Append(vec![append("a", 10, &["a0"])]))]).await;
+    let snapshot = snapshot_to_send(&mut source).await;
+    let target_dir = tempfile::tempdir().expect("tempdir");
+    let (_target_store, mut target) = open(target_dir.path(), 2);
+    apply(&mut target, vec![entry(1, LogCommand::Append(vec![append("stale", 5, &["old0"])]))]).await;
+    let copy = target_dir.path().join("incoming.snap.incoming");
+    receive(snapshot.snapshot, &copy).await;
+    let mut described = snapshot.meta.clone();
+    described.last_log_id =
+        Some(openraft::LogId::new(openraft::impls::leader_id_adv::LeaderId::new(1, 1).to_committed(), 9));
+    assert!(target.install_snapshot(&described, SnapshotData::File { path: copy }).await.is_err());
+    assert_eq!(target.view().end_offset("stale"), 1, "nothing was replaced");
+    let built = target.get_snapshot_builder().await.build_snapshot().await.expect("a build after the refusal");
+    assert_eq!(built.meta.last_log_id.map(|id| id.index), Some(1));
 }
 
 /// An install that failed midway leaves a half-replaced state and the received file that a restart installs
@@ -320,9 +346,7 @@ async fn a_reader_that_keeps_up_is_answered_from_memory_with_what_rocksdb_holds(
 async fn source_with_snapshot(dir: &std::path::Path) -> (Store, GroupStateMachine, Snapshot) {
     let (store, mut source) = open(dir, 2);
     apply(&mut source, vec![entry(1, LogCommand::Append(vec![append("a", 10, &["a0", "a1"])]))]).await;
-    source.get_snapshot_builder().await.build_snapshot().await.expect("build");
-    source.raft_started().store(true, std::sync::atomic::Ordering::Release);
-    let snapshot = source.get_current_snapshot().await.expect("current").expect("a snapshot");
+    let snapshot = snapshot_to_send(&mut source).await;
     (store, source, snapshot)
 }
 
@@ -555,9 +579,7 @@ async fn committed_offsets_travel_with_snapshots() {
         ],
     )
     .await;
-    source.get_snapshot_builder().await.build_snapshot().await.expect("build");
-    source.raft_started().store(true, std::sync::atomic::Ordering::Release);
-    let snapshot = source.get_current_snapshot().await.expect("current").expect("a snapshot");
+    let snapshot = snapshot_to_send(&mut source).await;
     let target_dir = tempfile::tempdir().expect("tempdir");
     let (_target_store, mut target) = open(target_dir.path(), 2);
     apply(&mut target, vec![entry(1, LogCommand::CommitOffsets(vec![commit("stale", 5, false)]))]).await;
@@ -753,9 +775,7 @@ async fn a_snapshot_carries_the_dedupe_window() {
     let source_dir = tempfile::tempdir().expect("tempdir");
     let (_source_store, mut source) = open(source_dir.path(), 2);
     apply(&mut source, vec![entry(1, LogCommand::Append(vec![dedupe_append(1_000, &["a", "b"])]))]).await;
-    source.raft_started().store(true, std::sync::atomic::Ordering::Release);
-    source.get_snapshot_builder().await.build_snapshot().await.expect("build");
-    let snapshot = source.get_current_snapshot().await.expect("current").expect("a snapshot");
+    let snapshot = snapshot_to_send(&mut source).await;
     let target_dir = tempfile::tempdir().expect("tempdir");
     let (_target_store, mut target) = open(target_dir.path(), 2);
     let copy = target_dir.path().join("incoming.snap.incoming");

@@ -190,14 +190,13 @@ impl Runtime for KubernetesRuntime {
         Box::pin(async move {
             let Some(sender) = sender else { return };
             let (done, retired) = oneshot::channel();
-            // Room in the queue and the deletion itself share the one limit: a stalled API never holds the
-            // revision's stop (and the node's shutdown) for longer.
-            let retire = async {
-                if sender.send(Request::Retire { run, done }).await.is_ok() {
-                    let _ = retired.await;
-                }
-            };
-            if tokio::time::timeout(RETIRE_TIMEOUT, retire).await.is_err() {
+            // The request waits for room in a task of its own, so that it is never dropped; the caller waits for
+            // room and the deletion within one limit, and a stalled API never holds the revision's stop (and the
+            // node's shutdown) for longer. Waiters get room in turn, so it stays behind the run's stops.
+            tokio::spawn(async move {
+                let _ = sender.send(Request::Retire { run, done }).await;
+            });
+            if tokio::time::timeout(RETIRE_TIMEOUT, retired).await.is_err() {
                 tracing::warn!("a revision's Deployment was not deleted in time; it goes when the node restarts");
             }
         })
@@ -223,17 +222,15 @@ impl Instance for PodInstance {
         };
         let claim = self.claim;
         Box::pin(async move {
-            // Room in the queue counts against the same limit as the stop itself.
-            let stop = async {
-                if let Some((requests, request)) = waits_for_room
-                    && requests.send(request).await.is_err()
-                {
-                    return;
-                }
-                let _ = stopped.await;
-            };
-            if tokio::time::timeout(grace + STOP_SLACK, stop).await.is_err() {
-                tracing::warn!(claim, "the pod of a stopped instance is still serving after the grace period");
+            // Full: the stop waits for room in a task of its own, never dropped (the pod would outlive its claim);
+            // the caller's wait for it to be done keeps its one limit.
+            if let Some((requests, request)) = waits_for_room {
+                tokio::spawn(async move {
+                    let _ = requests.send(request).await;
+                });
+            }
+            if tokio::time::timeout(grace + STOP_SLACK, stopped).await.is_err() {
+                tracing::warn!(claim, "the pod of a stopped instance is not gone after the grace period");
             }
         })
     }

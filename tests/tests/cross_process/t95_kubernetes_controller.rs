@@ -2,7 +2,7 @@
 //! client, `Controller`, finalizers, Lease) against the in-test API server (`sluice_tests::fake_kube`), and a
 //! real Sluice node behind it. A Sluice-class Broker is pushed into Sluice and gets Knative's status and its
 //! address on the ingress Service; an MT-class Broker gets nothing; a Trigger on the Sluice Broker reaches
-//! Sluice and reports Ready; an EventPolicy is pushed and reports its resolved subjects; deleting the Broker removes it from Sluice before Kubernetes forgets it; a Broker
+//! Sluice and reports Ready; an EventPolicy is pushed and, this node running without sender identity, reports that nothing enforces it (not Ready, its Broker not Ready,); deleting the Broker removes it from Sluice before Kubernetes forgets it; a Broker
 //! whose class changes away from Sluice takes its Trigger out of Sluice with it.
 
 use std::process::{Command, Stdio};
@@ -107,7 +107,7 @@ async fn the_controller_serves_sluice_brokers_and_their_triggers_end_to_end() ->
     assert_eq!(trigger["status"]["subscriberUri"], "http://sink.default.svc.cluster.local/");
     assert!(in_sluice(&node.admin, "Trigger", "t").await?.is_some());
 
-    // An EventPolicy applied as the CRD: pushed, its subjects resolved in its status.
+    // An EventPolicy applied as the CRD: pushed, and judged as Knative judges it without sender identity.
     kube.create(
         POLICIES,
         json!({"apiVersion": "eventing.knative.dev/v1alpha1", "kind": "EventPolicy",
@@ -127,7 +127,7 @@ async fn the_controller_serves_sluice_brokers_and_their_triggers_end_to_end() ->
             .await
             .map_err(|e| anyhow::anyhow!("{e}\n{}", controller_log()))?;
     let enabled = condition(&policy, "AuthenticationEnabled").unwrap_or_default();
-    assert_eq!((&enabled["status"], &enabled["reason"]), (&json!("False"), &json!("AuthOIDCFeatureNotEnabled")));
+    assert_eq!((&enabled["status"], &enabled["reason"]), (&json!("False"), &json!("OIDCAuthenticationDisabled")));
     assert_eq!(condition(&policy, "SubjectsResolved").unwrap_or_default()["status"], "Unknown", "{policy}");
     assert!(!ready(&policy), "{policy}");
     let policies_not_ready = |object: &Value| {
