@@ -2,7 +2,8 @@
 //! tests measure. Listens on `$PORT`.
 //!
 //! - `GET /` → `Hello $TARGET!` (default `World`), with `x-revision: $K_REVISION`; `?sleep_ms=N` answers
-//!   after N ms.
+//!   after N ms; `?hold_until=PATH` answers once the file PATH exists (a test releases it when it has seen
+//!   what it waits for, rather than guessing a sleep long enough).
 //! - `GET /env` → the runtime contract as the app sees it (`PORT`, `K_SERVICE`, `K_CONFIGURATION`,
 //!   `K_REVISION`, and `ADDRESS` for the tests of `$(VAR)` expansion) as JSON.
 //! - `GET /stats` → `{"max_concurrent": N, "requests": N}`: the most requests it ever had at once.
@@ -70,6 +71,13 @@ async fn answer(request: Request<Incoming>, stats: &Stats) -> Response<Full<Byte
         .unwrap_or(0);
     if sleep_ms > 0 {
         tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    }
+    let hold_until = request.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("hold_until=")));
+    if let Some(path) = hold_until {
+        // Polled: the file is made by another process, and the request is dropped if the client goes away.
+        while !std::path::Path::new(path).exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let revision = env("K_REVISION");
     let text = |status: StatusCode, body: String| {

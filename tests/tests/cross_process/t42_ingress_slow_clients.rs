@@ -234,6 +234,9 @@ async fn one_connection_holds_no_more_than_its_share_of_the_body_budget() -> any
         let first: Result<bytes::Bytes, std::io::Error> = Ok(bytes::Bytes::from(vec![b'x'; 64_000]));
         reqwest::Body::wrap_stream(futures::stream::iter([first]).chain(futures::stream::pending()))
     };
+    // One request first, so the connection is in the client's pool: two first requests at once may each open
+    // a connection of their own, and then no connection holds more than 63 KiB.
+    assert_eq!(post(&greedy, "first", vec![b'y'; 10].into()).await?.status(), StatusCode::ACCEPTED);
     let slow: Vec<_> = ["slow-1", "slow-2"].iter().map(|id| tokio::spawn(post(&greedy, id, stalled(())))).collect();
     held_body_bytes_reach(&node.http, 2.0 * 63.0 * 1024.0).await?;
     // 126 KiB of the connection's 128 held: a third stream of 4 KiB is refused, on this connection only.

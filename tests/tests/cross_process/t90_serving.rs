@@ -578,9 +578,12 @@ async fn a_request_waiting_at_a_revision_taken_off_traffic_goes_to_the_new_one()
     apply_resource(&admin, one_at_a_time("One")).await?;
     wait_ready(&admin, "Service", "queued").await?;
     let client = client(&http, &["queued.default.localhost"])?;
+    // Both requests are held by the app until the test makes this file: the one in flight cannot finish (and
+    // let the waiting one in at the old revision) before the test has seen the waiting one move.
+    let release = tempfile::tempdir()?;
+    let release_file = release.path().join("release");
     let send = |client: reqwest::Client| {
-        // Long enough for the rollout below on a loaded machine; the two overlap once the waiting one moves.
-        let url = url("queued.default.localhost", &http, "/?sleep_ms=15000");
+        let url = url("queued.default.localhost", &http, &format!("/?hold_until={}", release_file.display()));
         tokio::spawn(async move {
             let response = client.get(url).send().await?;
             let revision = response.headers().get("x-revision").and_then(|v| v.to_str().ok()).map(String::from);
@@ -591,13 +594,20 @@ async fn a_request_waiting_at_a_revision_taken_off_traffic_goes_to_the_new_one()
     let second = send(client.clone());
     // One of them holds the instance; the other waits at the first revision's gate.
     let metrics_url = format!("http://{http}/metrics");
-    wait_until(READY_WITHIN, || async {
-        let text = reqwest::get(&metrics_url).await?.text().await?;
-        let waiting = text.lines().any(|l| l == r#"sluice_serving_waiting{revision="default/queued-00001"} 1"#);
-        Ok(waiting.then_some(()))
-    })
-    .await?;
+    let waiting_at_first_revision = |count: u32| {
+        let metrics_url = metrics_url.clone();
+        async move {
+            let text = reqwest::get(&metrics_url).await?.text().await?;
+            let line = format!(r#"sluice_serving_waiting{{revision="default/queued-00001"}} {count}"#);
+            Ok(text.lines().any(|l| l == line).then_some(()))
+        }
+    };
+    wait_until(READY_WITHIN, || waiting_at_first_revision(1)).await?;
     apply_resource(&admin, one_at_a_time("Two")).await?;
+    // The one in flight is still held, so the gate's count drops only if the waiting one left for the new
+    // revision.
+    wait_until(READY_WITHIN, || waiting_at_first_revision(0)).await?;
+    std::fs::write(&release_file, b"")?;
     let mut answers = vec![first.await??, second.await??];
     answers.sort();
     assert_eq!(
