@@ -106,9 +106,10 @@ pub fn status_for_kubernetes(
     let mut status: KnativeStatus = serde_json::from_value(sluice_status.clone()).unwrap_or_default();
     status.observed_generation = generation;
     if let Some(url) = addressing.address(kind, namespace, name) {
-        let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-        // Knative publishes an address only when the object can take events at it.
-        status.address = ready.then(|| Addressable { url: Some(url), ..Default::default() });
+        // Knative publishes an address while the object can take events at it (`Addressable`), not only while
+        // it is Ready: a Broker made not Ready by an EventPolicy still takes its authorized senders' events.
+        let addressable = status.conditions.iter().any(|c| c.type_ == "Addressable" && c.status == "True");
+        status.address = addressable.then(|| Addressable { url: Some(url), ..Default::default() });
         status.details.remove("addresses");
     }
     status
@@ -259,7 +260,7 @@ mod tests {
     fn status_carries_generation_conditions_and_the_cluster_address() {
         let addressing = ClusterAddressing { ingress_host: "sluice-ingress.sluice-system.svc.cluster.local".into() };
         let sluice = json!({
-            "conditions": [{"type": "Ready", "status": "True"}, {"type": "IngressReady", "status": "True"}],
+            "conditions": [{"type": "Ready", "status": "True"}, {"type": "Addressable", "status": "True"}],
             "address": {"url": "http://127.0.0.1:8080/ns/b"},
             "addresses": [{"url": "http://127.0.0.1:8080/ns/b"}],
         });
@@ -272,8 +273,18 @@ mod tests {
         );
         assert!(!status.details.contains_key("addresses"));
 
-        let not_ready = json!({"conditions": [{"type": "Ready", "status": "False", "reason": "NotInitialised"}]});
-        assert_eq!(status_for_kubernetes(&not_ready, "Broker", "ns", "b", Some(1), &addressing).address, None);
+        let not_addressable = json!({"conditions": [{"type": "Ready", "status": "False", "reason": "NotInitialised"}]});
+        assert_eq!(status_for_kubernetes(&not_addressable, "Broker", "ns", "b", Some(1), &addressing).address, None);
+        // Not Ready for another reason (an EventPolicy not ready): it still takes events, and keeps its address.
+        let not_ready = json!({"conditions": [
+            {"type": "Ready", "status": "False", "reason": "EventPoliciesNotReady"},
+            {"type": "Addressable", "status": "True"},
+            {"type": "EventPoliciesReady", "status": "False", "reason": "EventPoliciesNotReady"}]});
+        let status = status_for_kubernetes(&not_ready, "Broker", "ns", "b", Some(1), &addressing);
+        assert_eq!(
+            status.address.and_then(|a| a.url).as_deref(),
+            Some("http://sluice-ingress.sluice-system.svc.cluster.local/ns/b")
+        );
 
         let trigger = json!({"conditions": [{"type": "Ready", "status": "True"}], "subscriberUri": "http://s/"});
         let status = status_for_kubernetes(&trigger, "Trigger", "ns", "t", Some(2), &addressing);

@@ -11,7 +11,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -19,12 +19,13 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalized, finalizer};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio::sync::broadcast;
 
 use crate::crd::{
     Broker, Channel, Configuration, EventPolicy, InMemoryChannel, KnativeService, KnativeStatus, Route, Subscription,
@@ -81,6 +82,9 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Consecutive reconciles per object that found it not Ready, for [`not_ready_requeue`].
     not_ready: Mutex<HashMap<String, u32>>,
+    /// The namespaces whose EventPolicies just changed in Sluice: the Brokers and Channels there are reconciled
+    /// at once, since their status (`EventPoliciesReady`, `status.policies`) follows from the policies.
+    policy_changes: broadcast::Sender<String>,
 }
 
 impl Context {
@@ -93,6 +97,7 @@ impl Context {
             recorder,
             failures: Mutex::default(),
             not_ready: Mutex::default(),
+            policy_changes: broadcast::channel(POLICY_CHANGES_QUEUED).0,
         })
     }
 
@@ -108,6 +113,10 @@ impl Context {
         Action::requeue(not_ready_requeue(self.settings.resync_not_ready, *times))
     }
 }
+
+/// Policy changes a target kind's controller may fall behind by; one that falls further behind reconciles all its
+/// objects once instead.
+const POLICY_CHANGES_QUEUED: usize = 256;
 
 /// The wait before the next attempt after `failures` failures in a row: 1 s doubling to 5 min.
 pub fn backoff(failures: u32) -> Duration {
@@ -221,6 +230,7 @@ async fn reconcile_inner<K: Pushed>(object: Arc<K>, ctx: &Context) -> Result<Act
             Finalized::Apply(object) => push(&api, &*object, ctx).await,
             Finalized::Cleanup(object) => {
                 ctx.sluice.delete(&kind, &namespace, &object.name_any()).await?;
+                policy_changed(ctx, &kind, &namespace);
                 // Gone: nothing is counted for it any more (the maps hold live objects only).
                 if let Ok(mut not_ready) = ctx.not_ready.lock() {
                     not_ready.remove(&object_key(&*object));
@@ -283,12 +293,17 @@ async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Acti
         {
             stored
         }
-        _ => {
+        stored => {
+            let changed =
+                !stored.is_some_and(|stored| sluice_controller::meta::apply_changes_nothing(&stored, &desired));
             if let Err(refusal) = ctx.sluice.apply(&desired).await? {
                 let refused = refused_status(generation, "SluiceRefused", &refusal.message);
                 patch_status(api, &name, &value["status"], &refused).await?;
                 // Refused until the object changes: a new generation is a new watch event.
                 return Ok(Action::await_change());
+            }
+            if changed {
+                policy_changed(ctx, &kind, &namespace);
             }
             ctx.sluice.get(&kind, &namespace, &name).await?.unwrap_or(Value::Null)
         }
@@ -299,6 +314,47 @@ async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Acti
     patch_status(api, &name, &value["status"], &status).await?;
     tracing::debug!(object = %format!("{kind}/{namespace}/{name}"), ready, "pushed to Sluice");
     Ok(ctx.requeue_after(object_key(object), ready))
+}
+
+/// After an EventPolicy changed in Sluice (pushed with a difference, or deleted): the Brokers and Channels of its
+/// namespace are reconciled, after the change, so that their status on Kubernetes shows it now rather than at
+/// their next resync (up to 5 min). All of the namespace's: the targets the policy had before the change count as
+/// much as those it has now, and only Sluice knows both.
+fn policy_changed(ctx: &Context, kind: &str, namespace: &str) {
+    if kind == "EventPolicy" {
+        // No receiver (no target controller running, as in the scenario tests) is not a failure.
+        let _ = ctx.policy_changes.send(namespace.to_string());
+        metrics::counter!("sluice_kube_policy_changes_total").increment(1);
+    }
+}
+
+/// The objects of `store` to reconcile for each namespace `changes` names; every object when changes were missed
+/// (the receiver fell more than [`POLICY_CHANGES_QUEUED`] behind). Ends when the sender is gone.
+pub(crate) fn policy_targets<K: Pushed>(
+    changes: broadcast::Receiver<String>,
+    store: Store<K>,
+) -> impl Stream<Item = ObjectRef<K>> + Send + 'static {
+    futures::stream::unfold(changes, move |mut changes| {
+        let store = store.clone();
+        async move {
+            let namespace = match changes.recv().await {
+                Ok(namespace) => Some(namespace),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, kind = %K::kind(&()), "policy changes missed: reconciling every object");
+                    None
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            let targets: Vec<ObjectRef<K>> = store
+                .state()
+                .iter()
+                .filter(|object| namespace.is_none() || object.namespace() == namespace)
+                .map(|object| ObjectRef::from_obj(&**object))
+                .collect();
+            Some((futures::stream::iter(targets), changes))
+        }
+    })
+    .flatten()
 }
 
 /// Whether a stored object's `status.conditions` hold `kind` as `True`.
@@ -414,6 +470,20 @@ async fn control<K: Pushed>(ctx: Arc<Context>) {
         .await;
 }
 
+/// The controller of a kind EventPolicies apply to (Brokers, Channels): it also reconciles the objects of a
+/// namespace whose policies changed.
+async fn control_policy_target<K: Pushed>(ctx: Arc<Context>) {
+    let changes = ctx.policy_changes.subscribe();
+    let controller = Controller::new(Api::<K>::all(ctx.client.clone()), watcher::Config::default());
+    let targets = policy_targets(changes, controller.store());
+    controller
+        .reconcile_on(targets)
+        .shutdown_on_signal()
+        .run(reconcile::<K>, error_policy::<K>, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
 /// The Triggers' controller, which also reconciles a Broker's Triggers when the Broker changes (created
 /// after them, its class changed, deleted), rather than at their next resync.
 async fn control_triggers(ctx: Arc<Context>) {
@@ -440,14 +510,14 @@ async fn control_triggers(ctx: Arc<Context>) {
 pub async fn run(ctx: Arc<Context>) {
     let eventing = futures::future::join(
         futures::future::join5(
-            control::<Broker>(ctx.clone()),
+            control_policy_target::<Broker>(ctx.clone()),
             control_triggers(ctx.clone()),
-            control::<Channel>(ctx.clone()),
+            control_policy_target::<Channel>(ctx.clone()),
             control::<Subscription>(ctx.clone()),
             control::<EventPolicy>(ctx.clone()),
         ),
         // Knative's InMemoryChannel (its CRD is shipped): Sluice serves it, durably.
-        control::<InMemoryChannel>(ctx.clone()),
+        control_policy_target::<InMemoryChannel>(ctx.clone()),
     );
     if ctx.settings.serve_knative_serving {
         let serving = futures::future::join3(

@@ -7,12 +7,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use http::Method;
 use kube::Resource;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
+use kube::runtime::reflector::ObjectRef;
 use serde_json::{Value, json};
+use tokio::sync::broadcast;
 
 use super::{Context, Settings, backoff, error_policy, reconcile};
 use crate::crd::{Broker, BrokerSpec, Trigger};
@@ -80,7 +83,12 @@ impl SluiceApi for FakeSluice {
             let (mut stored, _) =
                 sluice_controller::meta::merge_for_apply_keeping_owned(existing.as_ref(), object.clone(), "u", "t", 1);
             let ready = if self.not_ready { "False" } else { "True" };
-            stored["status"] = json!({"conditions": [{"type": "Ready", "status": ready}], "subscriberUri": object["spec"]["subscriber"]["uri"]});
+            let mut conditions = vec![json!({"type": "Ready", "status": ready})];
+            // As the node's status: a Broker or Channel takes events at its address whether or not it is Ready.
+            if matches!(object["kind"].as_str(), Some("Broker" | "Channel" | "InMemoryChannel")) {
+                conditions.push(json!({"type": "Addressable", "status": "True"}));
+            }
+            stored["status"] = json!({"conditions": conditions, "subscriberUri": object["spec"]["subscriber"]["uri"]});
             if let Ok(mut objects) = self.objects.lock() {
                 objects.insert(key, stored);
             }
@@ -271,6 +279,30 @@ async fn a_sluice_class_broker_gets_its_status_and_address() {
     let pushed = sluice.object("Broker/default/b").expect("pushed");
     assert_eq!(pushed["metadata"]["annotations"][BROKER_CLASS_ANNOTATION], "Sluice");
     assert!(pushed["metadata"].get("finalizers").is_none(), "{pushed}");
+}
+
+/// Regression: the address was published only while the Broker was Ready, so a Broker made not Ready by an
+/// EventPolicy (which any policy is while sender identity is off) lost its address, and the sources resolving
+/// it stopped sending, although it still took its authorized senders' events. Knative keeps the address while
+/// the Broker is `Addressable`.
+#[tokio::test]
+async fn a_broker_that_is_not_ready_but_takes_events_keeps_its_address() {
+    let sluice = Arc::new(FakeSluice { not_ready: true, ..Default::default() });
+    let (ctx, mut handle) = context(sluice.clone());
+    let object = finalized(broker("Sluice"));
+    let echo = serde_json::to_value(&object).expect("json");
+    play(object, ctx, async move {
+        let (method, path, body, send) = next_request(&mut handle).await;
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::PATCH, "/apis/eventing.knative.dev/v1/namespaces/default/brokers/b/status?")
+        );
+        assert_eq!(body["status"]["conditions"][0], json!({"type": "Ready", "status": "False"}));
+        assert_eq!(body["status"]["address"]["url"], "http://sluice-ingress.sluice-system.svc.cluster.local/default/b");
+        respond(send, &echo);
+    })
+    .await
+    .expect("reconcile");
 }
 
 #[tokio::test]
@@ -567,4 +599,79 @@ fn backoff_doubles_to_five_minutes() {
     let waits: Vec<u64> = [1, 2, 3, 4, 9, 10, 64, u32::MAX].iter().map(|f| backoff(*f).as_secs()).collect();
     assert_eq!(waits, vec![1, 2, 4, 8, 256, 300, 300, 300]);
     assert_eq!(backoff(0).as_secs(), 1);
+}
+
+fn event_policy(namespace: &str) -> crate::crd::EventPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "eventing.knative.dev/v1alpha1", "kind": "EventPolicy",
+        "metadata": {"name": "p", "namespace": namespace, "generation": 1, "finalizers": [FINALIZER]},
+        "spec": {"to": [{"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "b"}}]}
+    }))
+    .expect("policy")
+}
+
+/// Regression: a change to an EventPolicy left its Brokers' status on Kubernetes as it was until their next
+/// resync (up to 5 min), although `EventPoliciesReady` follows from the policies. A policy that changes in
+/// Sluice now names its namespace to the target kinds' controllers; one whose push changes nothing does not.
+#[tokio::test]
+async fn a_policy_that_changes_in_sluice_wakes_its_namespace_and_an_unchanged_one_does_not() {
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, mut handle) = context(sluice.clone());
+    let mut changes = ctx.policy_changes.subscribe();
+    let policy = event_policy("team-a");
+    let echo = serde_json::to_value(&policy).expect("json");
+    let scenario = async move {
+        for _ in 0..2 {
+            let (method, path, _, send) = next_request(&mut handle).await;
+            assert_eq!(
+                (method, path.as_str()),
+                (Method::PATCH, "/apis/eventing.knative.dev/v1alpha1/namespaces/team-a/eventpolicies/p/status?")
+            );
+            respond(send, &echo);
+        }
+    };
+    let server = tokio::spawn(scenario);
+    reconcile(Arc::new(policy.clone()), ctx.clone()).await.expect("first push");
+    assert_eq!(changes.try_recv().ok().as_deref(), Some("team-a"));
+    // A resync: applied again (Ready), but nothing differs in Sluice.
+    reconcile(Arc::new(policy), ctx.clone()).await.expect("resync");
+    assert!(changes.try_recv().is_err(), "an unchanged policy wakes nobody");
+    assert_eq!(sluice.journal.lock().expect("journal").len(), 2);
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("the scenario finished").expect("scenario");
+}
+
+/// A policy change reconciles every Broker of its namespace, and only those; a controller that fell behind by
+/// more than the queue holds reconciles every Broker once rather than miss one.
+#[tokio::test]
+async fn a_policy_change_names_the_objects_of_its_namespace_and_every_object_after_missed_changes() {
+    let (store, mut writer) = kube::runtime::reflector::store::<Broker>();
+    for (namespace, name) in [("team-a", "b1"), ("team-a", "b2"), ("team-b", "b3")] {
+        let mut broker = Broker::new(name, BrokerSpec::default());
+        broker.meta_mut().namespace = Some(namespace.into());
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(broker));
+    }
+    let names = |refs: Vec<ObjectRef<Broker>>| {
+        let mut names: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+        names.sort();
+        names
+    };
+    let (sender, receiver) = broadcast::channel(super::POLICY_CHANGES_QUEUED);
+    let mut targets = Box::pin(super::policy_targets(receiver, store.clone()));
+    sender.send("team-a".into()).expect("send");
+    let first: Vec<_> = (&mut targets).take(2).collect().await;
+    assert_eq!(names(first), ["b1", "b2"]);
+    sender.send("team-b".into()).expect("send");
+    assert_eq!(targets.next().await.map(|r| r.name).as_deref(), Some("b3"));
+
+    let (sender, receiver) = broadcast::channel(2);
+    let mut targets = Box::pin(super::policy_targets(receiver, store));
+    for _ in 0..3 {
+        sender.send("team-b".into()).expect("send");
+    }
+    drop(sender);
+    // The first change was missed: every Broker, then the two changes still queued, then the end.
+    let all: Vec<_> = (&mut targets).take(3).collect().await;
+    assert_eq!(names(all), ["b1", "b2", "b3"]);
+    let rest: Vec<_> = targets.collect().await;
+    assert_eq!(names(rest), ["b3", "b3"]);
 }
