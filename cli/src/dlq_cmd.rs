@@ -1,7 +1,7 @@
 //! `sluice dlq list | redrive | purge`: a Trigger's (or Subscription's) dead-letter stream, through the
 //! admin API's `DeadLetters` service.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
 use sluice_proto::admin::dead_letters_client::DeadLettersClient;
 use sluice_proto::admin::{DeadLetter, DeadLetterPosition, ListDeadLettersRequest, PurgeRequest, RedriveRequest};
@@ -25,8 +25,8 @@ pub(crate) enum Command {
         #[command(flatten)]
         target: Target,
         /// Only these: PARTITION:OFFSET,... (as `dlq list` shows them).
-        #[arg(long, value_delimiter = ',')]
-        select: Vec<String>,
+        #[arg(long, value_delimiter = ',', value_parser = parse_position)]
+        select: Vec<DeadLetterPosition>,
         /// Into the broker (every matching Trigger) instead of to this Trigger's subscriber.
         #[arg(long)]
         to_broker: bool,
@@ -42,12 +42,12 @@ async fn connect(admin: &str) -> Result<DeadLettersClient<crate::admin_channel::
     crate::admin_channel::connect(admin).await.map(DeadLettersClient::new)
 }
 
-fn parse_position(text: &str) -> Result<DeadLetterPosition> {
-    let (partition, offset) =
-        text.split_once(':').with_context(|| format!("--select {text:?}: expected PARTITION:OFFSET"))?;
+/// `--select`'s PARTITION:OFFSET, parsed by clap so that a bad one is a usage error (exit 2) naming the value.
+fn parse_position(text: &str) -> Result<DeadLetterPosition, String> {
+    let (partition, offset) = text.split_once(':').ok_or("expected PARTITION:OFFSET")?;
     Ok(DeadLetterPosition {
-        partition: partition.trim().parse().with_context(|| format!("--select {text:?}: bad partition"))?,
-        offset: offset.trim().parse().with_context(|| format!("--select {text:?}: bad offset"))?,
+        partition: partition.trim().parse().map_err(|e| format!("bad partition {partition:?} ({e})"))?,
+        offset: offset.trim().parse().map_err(|e| format!("bad offset {offset:?} ({e})"))?,
     })
 }
 
@@ -123,9 +123,8 @@ pub(crate) async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Redrive { target, select, to_broker } => {
-            let selected = select.iter().map(|s| parse_position(s)).collect::<Result<Vec<_>>>()?;
             let mut client = connect(&target.admin).await?;
-            let request = RedriveRequest { consumer: Some(target.reference()), selected, to_broker };
+            let request = RedriveRequest { consumer: Some(target.reference()), selected: select, to_broker };
             let mut stream = client.redrive(request).await.map_err(from_status)?.into_inner();
             let mut last = None;
             while let Some(update) = stream.message().await.map_err(from_status)? {
@@ -164,6 +163,33 @@ pub(crate) async fn run(command: Command) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Dlq {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    /// Regression: a bad `--select` was found after parsing and exited 1 (a runtime failure), where every other
+    /// malformed argument is a usage error, exit 2.
+    #[test]
+    fn a_bad_select_is_a_usage_error_naming_the_value() {
+        use clap::Parser;
+        let parse = |select: &str| Dlq::try_parse_from(["dlq", "redrive", "t", "--select", select]);
+        match parse("0:7,2:9").map(|dlq| dlq.command) {
+            Ok(Command::Redrive { select, .. }) => assert_eq!(
+                select,
+                [DeadLetterPosition { partition: 0, offset: 7 }, DeadLetterPosition { partition: 2, offset: 9 }]
+            ),
+            _ => panic!("a good --select parses"),
+        }
+        for (bad, named) in [("7", "expected PARTITION:OFFSET"), ("x:1", "bad partition \"x\""), ("1:-2", "bad offset")]
+        {
+            let Err(error) = parse(bad) else { panic!("{bad} is refused") };
+            assert_eq!(error.exit_code(), 2, "{bad}");
+            assert!(error.to_string().contains(named), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn attributes_keep_the_types_of_event_json() {

@@ -129,6 +129,12 @@ pub fn verify(
     if !matches!(algorithm, "RS256" | "ES256" | "EdDSA") {
         return Err(AuthError::Algorithm(algorithm.to_string()));
     }
+    // RFC 7515 §4.1.11: a token whose `crit` names extensions the recipient does not understand is invalid, and
+    // this verifier understands none (an empty `crit` is not allowed either). Such a token may mean its signature
+    // covers something else than the header and payload as read here (RFC 7797's `b64: false`).
+    if header.get("crit").is_some() {
+        return Err(AuthError::Malformed("header has crit extensions this verifier does not understand"));
+    }
     let payload: Value = serde_json::from_slice(&decode_part(payload_b64, "payload is not base64url")?)
         .map_err(|_| AuthError::Malformed("payload is not JSON"))?;
     let Value::Object(all) = payload else { return Err(AuthError::Malformed("payload is not a JSON object")) };

@@ -45,6 +45,17 @@ fn the_authentication_matrix() {
         ("header not base64", "!!.e30.AA".into(), Err(AuthError::Malformed("header is not base64url"))),
         ("alg none", unsigned(json!({"alg": "none"}), &claims()), Err(AuthError::Algorithm("none".into()))),
         ("alg HS256", unsigned(json!({"alg": "HS256"}), &claims()), Err(AuthError::Algorithm("HS256".into()))),
+        (
+            "crit extension (RFC 7797 b64=false): the signature would not be over what is read here",
+            key.sign_with_header(&json!({"alg": "ES256", "kid": "k1", "b64": false, "crit": ["b64"]}), &claims())
+                .expect("sign"),
+            Err(AuthError::Malformed("header has crit extensions this verifier does not understand")),
+        ),
+        (
+            "empty crit",
+            key.sign_with_header(&json!({"alg": "ES256", "kid": "k1", "crit": []}), &claims()).expect("sign"),
+            Err(AuthError::Malformed("header has crit extensions this verifier does not understand")),
+        ),
         ("bad signature", other.sign(&claims()).expect("sign"), Err(AuthError::BadSignature)),
         ("tampered payload", tampered, Err(AuthError::BadSignature)),
         ("expired", key.sign(&with(claims(), "exp", json!(NOW - 61))).expect("sign"), Err(AuthError::Expired)),
