@@ -20,6 +20,7 @@ use sluice_cloudevent::{self as cloudevent, AttrValue, CloudEvent, EventData};
 
 use crate::consumer::{Format, Protocol};
 use crate::delivery::policy::RetryAfter;
+use crate::delivery::task::MAX_ERROR_DATA_BYTES;
 
 /// The most of a response body that is read: a reply event must fit, and `knativeerrordata` is cut from it.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 4 << 20;
@@ -42,7 +43,7 @@ pub(crate) struct AttemptResult {
     /// `None`: no response (connection error or timeout).
     pub status: Option<u16>,
     pub retry_after: Option<RetryAfter>,
-    /// The response body (at most [`MAX_RESPONSE_BYTES`]).
+    /// The response body: at most [`MAX_RESPONSE_BYTES`] of a 200, [`MAX_ERROR_DATA_BYTES`] of any other.
     pub body: Bytes,
     /// A reply event in a 200 response: parsed and validated, or why it is not a valid event.
     pub reply: Option<Result<CloudEvent, String>>,
@@ -349,13 +350,12 @@ impl Sender {
         let status = parts.status.as_u16();
         let retry_after =
             parts.headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, now_ms));
+        // Only a 200 can carry a reply; of any other body nothing but `knativeerrordata`'s first KiB is kept, and
+        // a delivery may hold its result through a retry's backoff (up to an hour), so no more is read.
+        let limit = if status == 200 { MAX_RESPONSE_BYTES } else { MAX_ERROR_DATA_BYTES };
         let read = match body {
-            ResponseBody::Plain(body) => {
-                tokio::time::timeout_at(deadline, read_limited(body, MAX_RESPONSE_BYTES)).await
-            }
-            ResponseBody::Reqwest(body) => {
-                tokio::time::timeout_at(deadline, read_limited(body, MAX_RESPONSE_BYTES)).await
-            }
+            ResponseBody::Plain(body) => tokio::time::timeout_at(deadline, read_limited(body, limit)).await,
+            ResponseBody::Reqwest(body) => tokio::time::timeout_at(deadline, read_limited(body, limit)).await,
         };
         let (body, problem) = read.unwrap_or_else(|_elapsed| {
             (Bytes::new(), Some(BodyProblem::Cut(format!("response body not complete within {timeout_ms} ms"))))
@@ -368,7 +368,11 @@ impl Sender {
             }
             (reply, _) => (reply, None),
         };
-        let error = problem.map(|problem| problem.to_string());
+        let error = match problem {
+            // The rest of an error page was not wanted.
+            Some(BodyProblem::TooLarge { .. }) if status != 200 => None,
+            problem => problem.map(|problem| problem.to_string()),
+        };
         AttemptResult { status: Some(status), retry_after, body, reply, error, reply_cut }
     }
 }
@@ -469,6 +473,8 @@ where
             Some(Ok(frame)) => {
                 let Some(chunk) = frame.data_ref() else { continue };
                 if collected.len() + chunk.len() > limit {
+                    // What fits is kept: the start of an error page is still `knativeerrordata`.
+                    collected.extend_from_slice(&chunk[..limit - collected.len()]);
                     return (collected.freeze(), Some(BodyProblem::TooLarge { limit }));
                 }
                 collected.extend_from_slice(chunk);

@@ -123,6 +123,8 @@ async fn send_with_retries(
             Step::Done => return Sent::Done { attempts: attempt },
             Step::RetryAt(at_ms) => {
                 judge.on_retry(attempt, &result, at_ms);
+                // Not held through the backoff: a reply (up to 4 MiB) per delivery waiting, times the window.
+                drop(result);
                 sleep_until_ms(at_ms).await;
                 attempt += 1;
             }
@@ -154,6 +156,11 @@ impl Judge for SubscriberJudge<'_> {
             DISPATCH_EVENT_METRICS
                 .record(&scope, event_type, code, 1, ms, || labels(self.spec, event_type, result.status));
             self.reply_failed = None;
+            // Without a reply destination (a Subscription without `spec.reply`) the reply is dropped unread, as
+            // Knative says: a 200 is a delivery, whatever its body, and never a dead letter or a retry.
+            if matches!(self.spec.reply, ReplyTarget::Discard) {
+                return (classify(result.status), None);
+            }
             if let Some(reason) = &result.reply_cut {
                 return (Outcome::Retryable { status: None }, Some(format!("the reply was cut off: {reason}")));
             }

@@ -188,3 +188,40 @@ async fn a_reply_refused_every_time_dead_letters_the_event_naming_the_reply_dest
     assert_eq!(replier.deliveries().len(), 3, "the first attempt and two retries");
     Ok(())
 }
+
+/// Regression: a Subscription without `spec.reply` that got a 200 whose body looked like an event but was not
+/// one (structured content type, broken JSON) dead-lettered the delivered event with `knativeerrorcode` 200;
+/// Knative drops a reply that has nowhere to go, and a 200 is a delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_without_a_reply_destination_ignores_a_broken_reply_and_counts_the_delivery()
+-> anyhow::Result<()> {
+    let (_root, node) = start_single_node(1, &[]).await?;
+    let answering = Subscriber::start(Arc::new(|_: &Delivery, _| {
+        Reply::status(200).with_header("content-type", "application/cloudevents+json").with_body("{not an event")
+    }))
+    .await?;
+    let dead_letters = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&node.admin, in_memory_channel_object("default", "c")).await?;
+    let spec = json!({"delivery": {"deadLetterSink": {"uri": dead_letters.url()}}});
+    apply_resource(&node.admin, subscription_object("default", "quiet", "c", &answering.url(), spec)).await?;
+    let client = reqwest::Client::new();
+    for id in ["m0", "m1"] {
+        send_event_accepted(&client, &node.http, "/channels/default/c", id, "message", &[], "{}").await?;
+    }
+    answering.wait_for(2, Duration::from_secs(60)).await?;
+    // Both settled (a dead letter is sent before its event settles), and both as delivered.
+    let settled = sluice_tests::wait_until(Duration::from_secs(60), || async {
+        let text = reqwest::get(format!("http://{}/metrics", node.http)).await?.text().await?;
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("sluice_dispatch_settled_total{") && l.contains(r#"consumer="quiet""#))
+            .map(String::from)
+            .collect();
+        let total: f64 = lines.iter().filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+        Ok((total >= 2.0).then_some(lines))
+    })
+    .await?;
+    assert!(settled.iter().all(|l| l.contains(r#"outcome="delivered""#)), "{settled:?}");
+    assert!(dead_letters.deliveries().is_empty(), "nothing is dead-lettered");
+    Ok(())
+}

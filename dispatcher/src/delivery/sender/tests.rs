@@ -246,3 +246,18 @@ async fn a_subscriber_that_always_drops_the_connection_is_sent_to_once_more_only
     assert!(result.error.is_some());
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1 + MAX_RESENDS as usize);
 }
+
+/// Regression: every response body was read up to 4 MiB and held through the retry's backoff, so subscribers
+/// answering 5xx with large pages pinned up to 4 MiB per delivery waiting. Of a body that is not a 200's only
+/// `knativeerrordata`'s first KiB is read, and that is no error.
+#[tokio::test]
+async fn of_an_error_page_only_the_first_kib_is_read() {
+    let page = vec![b'e'; 64 * 1024];
+    let head = format!("HTTP/1.1 503 Service Unavailable\r\ncontent-length: {}\r\n\r\n", page.len());
+    let url = raw_subscriber(head, page).await;
+    let sender = Sender::new(None).expect("client");
+    let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+    assert_eq!(result.status, Some(503));
+    assert_eq!(result.body.len(), crate::delivery::task::MAX_ERROR_DATA_BYTES);
+    assert_eq!(result.error, None, "{result:?}");
+}
