@@ -12,7 +12,7 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use sluice_broker::Node;
-use sluice_broker::{PublishError, publish};
+use sluice_broker::{IngressSettings, PublishError, publish};
 use sluice_cloudevent::{AttrValue, CloudEvent};
 
 use crate::capacity::DestinationLimits;
@@ -363,6 +363,19 @@ async fn handle_reply(
                     return Err(ReplyError::Invalid(format!("the reply is not authorized ({subject}): {rule}")));
                 }
             }
+            // A reply that kept the identity of the event it answers (a transformer that changed only its type or
+            // data) would be taken by the dedupe window for that event and dropped while acknowledged: it is
+            // stored without the window. Replies with identities of their own keep it (a delivery retried after
+            // its reply was stored gives the same reply again).
+            let keeps_the_identity =
+                reply.get_str("id") == original.get_str("id") && reply.get_str("source") == original.get_str("source");
+            let without_dedupe;
+            let settings = if keeps_the_identity {
+                without_dedupe = IngressSettings { dedupe_window: None, ..settings.clone() };
+                &without_dedupe
+            } else {
+                settings
+            };
             match publish(&ctx.node, stream, settings, vec![reply], MAX_REPLY_EVENT_BYTES).await {
                 Ok(_) => {
                     metrics::counter!("sluice_dispatch_replies_total", "consumer" => spec.name.clone()).increment(1);

@@ -225,3 +225,38 @@ async fn a_subscription_without_a_reply_destination_ignores_a_broken_reply_and_c
     assert!(dead_letters.deliveries().is_empty(), "nothing is dead-lettered");
     Ok(())
 }
+
+/// Regression: a Trigger's reply that kept the `source` and `id` of the event it answers (a transformer that
+/// changed only its type) was taken by the Broker's dedupe window for that event and dropped, acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_keeps_the_identity_of_its_event_reaches_the_next_trigger() -> anyhow::Result<()> {
+    let (_root, node) = start_single_node(1, &[]).await?;
+    let transformer = Subscriber::start(Arc::new(|delivery: &Delivery, _| match delivery.event() {
+        Ok(event) if event.get("type") == Some("raw") => Reply::status(200)
+            .with_header("ce-specversion", "1.0")
+            .with_header("ce-id", event.get("id").unwrap_or_default())
+            .with_header("ce-source", event.get("source").unwrap_or_default())
+            .with_header("ce-type", "transformed")
+            .with_header("content-type", "text/plain")
+            .with_body("transformed"),
+        _ => Reply::status(202),
+    }))
+    .await?;
+    let next = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&node.admin, broker_object("default", "b", json!({}))).await?;
+    let raw = json!({"filter": {"attributes": {"type": "raw"}}});
+    apply_resource(&node.admin, trigger_object("default", "transform", "b", &transformer.url(), raw, json!({})))
+        .await?;
+    let transformed = json!({"filter": {"attributes": {"type": "transformed"}}});
+    apply_resource(&node.admin, trigger_object("default", "next", "b", &next.url(), transformed, json!({}))).await?;
+    let client = reqwest::Client::new();
+    for id in ["k0", "k1"] {
+        send_event_accepted(&client, &node.http, "/default/b", id, "raw", &[], "{}").await?;
+    }
+    let got = next.wait_for(2, Duration::from_secs(60)).await?;
+    let mut ids: Vec<String> =
+        got.iter().filter_map(|d| d.event().ok()).map(|e| e.get("id").unwrap_or_default().to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, ["k0", "k1"]);
+    Ok(())
+}
