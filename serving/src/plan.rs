@@ -40,25 +40,10 @@ pub(crate) fn revision_run(
     runnable(&containers, runtime)?;
     let container = containers.get(serving_container_index(&containers)).cloned().unwrap_or_default();
     let name = str_at(revision, "/metadata/name").to_string();
-    if container.env_from.as_ref().is_some_and(|from| !from.is_null()) && runtime != ServingRuntime::Kubernetes {
-        return Err((
-            "CreateContainerConfigError".into(),
-            "envFrom reads ConfigMaps and Secrets, which only the Kubernetes runtime resolves".into(),
-        ));
-    }
+    // `runnable` refused `valueFrom` and `envFrom` on the local runtime; Kubernetes resolves them in the pod.
     let mut env = Vec::new();
-    for var in &container.env {
-        match (&var.value, &var.value_from) {
-            // Kubernetes resolves it in the pod; the local runtime cannot.
-            (_, Some(_)) if runtime == ServingRuntime::Kubernetes => {}
-            (_, Some(_)) => {
-                return Err((
-                    "CreateContainerConfigError".into(),
-                    format!("env {:?} uses valueFrom, which only the Kubernetes runtime resolves", var.name),
-                ));
-            }
-            (value, None) => env.push((var.name.clone(), value.clone().unwrap_or_default())),
-        }
+    for var in container.env.iter().filter(|var| var.value_from.is_none()) {
+        env.push((var.name.clone(), var.value.clone().unwrap_or_default()));
     }
     if let Some(service) = label(revision, SERVICE_LABEL) {
         env.push(("K_SERVICE".into(), service.into()));
@@ -68,17 +53,6 @@ pub(crate) fn revision_run(
     let port =
         container.ports.first().and_then(|p| p.container_port).and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0);
     let h2c = container.ports.first().and_then(|p| p.name.as_deref()) == Some("h2c");
-    if runtime == ServingRuntime::Local
-        && let Some(probed) = probe_port_beside(container.readiness_probe.as_ref(), port)
-    {
-        return Err((
-            "ProbePortNotSupported".into(),
-            format!(
-                "the readiness probe names port {probed}, not the container's: the local runtime runs instances side by \
-                 side on one address, so a second port would be shared between them; it runs on the Kubernetes runtime"
-            ),
-        ));
-    }
     let readiness = readiness_of(container.readiness_probe.as_ref());
     let container_concurrency = revision
         .pointer("/spec/containerConcurrency")
@@ -122,20 +96,6 @@ pub(crate) fn revision_run(
         idle_timeout_ms: seconds_ms(revision, "/spec/idleTimeoutSeconds"),
         autoscaling,
     })
-}
-
-/// The port a readiness probe names by number when it is not the container's (`containerPort`, else Knative's
-/// default 8080), if it does.
-fn probe_port_beside(probe: Option<&Probe>, container_port: Option<u16>) -> Option<i64> {
-    let probe = probe?;
-    let named = probe
-        .http_get
-        .as_ref()
-        .and_then(|h| h.port.as_ref())
-        .or(probe.tcp_socket.as_ref().and_then(|t| t.port.as_ref()));
-    let number = named?.as_i64()?;
-    let serving = i64::from(container_port.unwrap_or(8080));
-    (number != 0 && number != serving).then_some(number)
 }
 
 /// The readiness check: the probe's handler, else a TCP connect to the port (the port is filled in per

@@ -78,9 +78,53 @@ pub fn runnable(containers: &[Container], runtime: ServingRuntime) -> Result<(),
                 ),
             ));
         }
-        ServingRuntime::Local => {}
+        ServingRuntime::Local => {
+            // Checked here, where the Revision's status reads them, and not only when a node plans the run: a
+            // Revision refused there only was logged, and stayed "Deploying" for ever.
+            if container.env_from.as_ref().is_some_and(|from| !from.is_null()) {
+                return Err((
+                    "CreateContainerConfigError".into(),
+                    "envFrom reads ConfigMaps and Secrets, which only the Kubernetes runtime resolves".into(),
+                ));
+            }
+            if let Some(var) = container.env.iter().find(|var| var.value_from.is_some()) {
+                return Err((
+                    "CreateContainerConfigError".into(),
+                    format!("env {:?} uses valueFrom, which only the Kubernetes runtime resolves", var.name),
+                ));
+            }
+            let port = container
+                .ports
+                .first()
+                .and_then(|p| p.container_port)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0);
+            if let Some(probed) = probe_port_beside(container.readiness_probe.as_ref(), port) {
+                return Err((
+                    "ProbePortNotSupported".into(),
+                    format!(
+                        "the readiness probe names port {probed}, not the container's: the local runtime runs instances \
+                         side by side on one address, so a second port would be shared between them; it runs on the \
+                         Kubernetes runtime"
+                    ),
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// The port a readiness probe names when it is not the container's own (`container_port`, 8080 by default).
+fn probe_port_beside(probe: Option<&super::model::Probe>, container_port: Option<u16>) -> Option<i64> {
+    let probe = probe?;
+    let named = probe
+        .http_get
+        .as_ref()
+        .and_then(|h| h.port.as_ref())
+        .or(probe.tcp_socket.as_ref().and_then(|t| t.port.as_ref()));
+    let number = named?.as_i64()?;
+    let serving = i64::from(container_port.unwrap_or(8080));
+    (number != 0 && number != serving).then_some(number)
 }
 
 fn revision_status(object: &Value, world: &World, env: &Environment, status: &mut Map<String, Value>) -> Vec<Value> {
@@ -314,6 +358,37 @@ mod runnable_tests {
             (sidecar.clone(), ServingRuntime::Local, Some("SidecarsNotSupported")),
             (sidecar, ServingRuntime::Kubernetes, None),
             (sidecar_without_image, ServingRuntime::Kubernetes, Some("ImageMissing")),
+            // Regression: these were refused only where a node planned the run, so the Revision stayed Deploying.
+            (
+                json!([{"command": ["/bin/app"], "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]),
+                ServingRuntime::Local,
+                Some("CreateContainerConfigError"),
+            ),
+            (
+                json!([{"image": "x", "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]),
+                ServingRuntime::Kubernetes,
+                None,
+            ),
+            (
+                json!([{"command": ["/bin/app"], "envFrom": [{"configMapRef": {"name": "c"}}]}]),
+                ServingRuntime::Local,
+                Some("CreateContainerConfigError"),
+            ),
+            (
+                json!([{"command": ["/bin/app"], "readinessProbe": {"httpGet": {"port": 9090}}}]),
+                ServingRuntime::Local,
+                Some("ProbePortNotSupported"),
+            ),
+            (
+                json!([{"command": ["/bin/app"], "ports": [{"containerPort": 9090}], "readinessProbe": {"httpGet": {"port": 9090}}}]),
+                ServingRuntime::Local,
+                None,
+            ),
+            (
+                json!([{"image": "x", "readinessProbe": {"tcpSocket": {"port": 9090}}}]),
+                ServingRuntime::Kubernetes,
+                None,
+            ),
         ];
         for (value, runtime, refused) in cases {
             let outcome = runnable(&containers(value.clone()), runtime);
