@@ -14,7 +14,7 @@ use sluice_controller::serving::status::runnable;
 use sluice_controller::serving::{CONFIGURATION_LABEL, DEFAULT_TIMEOUT_SECONDS, SERVICE_LABEL};
 
 use crate::revision::RevisionRun;
-use crate::runtime::Readiness;
+use crate::runtime::{ProbeRhythm, Readiness};
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
     object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
@@ -54,6 +54,7 @@ pub(crate) fn revision_run(
         container.ports.first().and_then(|p| p.container_port).and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0);
     let h2c = container.ports.first().and_then(|p| p.name.as_deref()) == Some("h2c");
     let readiness = readiness_of(container.readiness_probe.as_ref());
+    let readiness_rhythm = rhythm_of(container.readiness_probe.as_ref());
     let container_concurrency = revision
         .pointer("/spec/containerConcurrency")
         .and_then(Value::as_u64)
@@ -89,6 +90,7 @@ pub(crate) fn revision_run(
         working_dir: container.working_dir.map(PathBuf::from),
         port,
         readiness,
+        readiness_rhythm,
         h2c,
         container_concurrency,
         timeout_ms: (timeout_seconds.max(1) as u64) * 1000,
@@ -96,6 +98,20 @@ pub(crate) fn revision_run(
         idle_timeout_ms: seconds_ms(revision, "/spec/idleTimeoutSeconds"),
         autoscaling,
     })
+}
+
+/// How the readiness probe goes on after an instance is ready: `periodSeconds`, `failureThreshold` and
+/// `successThreshold`, Kubernetes' defaults (10 s, 3, 1) for those unset or not positive.
+fn rhythm_of(probe: Option<&Probe>) -> ProbeRhythm {
+    let default = ProbeRhythm::default();
+    let positive = |value: Option<i64>| value.filter(|v| *v > 0).map(|v| v.min(i64::from(u32::MAX)) as u32);
+    let Some(probe) = probe else { return default };
+    ProbeRhythm {
+        period: positive(probe.period_seconds)
+            .map_or(default.period, |seconds| std::time::Duration::from_secs(u64::from(seconds))),
+        failure_threshold: positive(probe.failure_threshold).unwrap_or(default.failure_threshold),
+        success_threshold: positive(probe.success_threshold).unwrap_or(default.success_threshold),
+    }
 }
 
 /// The readiness check: the probe's handler, else a TCP connect to the port (the port is filled in per

@@ -31,7 +31,7 @@ use crate::facts::{Facts, FactsOutbox, FactsUpdate, RunId};
 use crate::gate::{Admit, Gate, InstanceId, Meter, WaiterId};
 use crate::logs::LogHub;
 use crate::runtime::local::free_port;
-use crate::runtime::{Instance, InstanceEvent, InstanceSpec, Readiness, Runtime};
+use crate::runtime::{Instance, InstanceEvent, InstanceSpec, ProbeRhythm, Readiness, Runtime};
 use gauges::AutoscalerGauges;
 use sluice_autoscaler::{Autoscaler, Backlog, Decision, Observation, Sample};
 use starts::{Failed, FailedStarts, StartVerdict, backoff_left_ms, marks_failed, start_verdict, turned_away};
@@ -69,6 +69,8 @@ pub(crate) struct RevisionRun {
     pub(crate) port: Option<u16>,
     /// The probe, with `0` standing for the instance's port.
     pub(crate) readiness: Readiness,
+    /// How it goes on once an instance is ready.
+    pub(crate) readiness_rhythm: ProbeRhythm,
     pub(crate) h2c: bool,
     pub(crate) container_concurrency: u32,
     /// `timeoutSeconds`: the whole request, from its arrival (waiting included) to its response's last byte.
@@ -519,6 +521,16 @@ async fn run_revision(
                     instances.facts.saw_ready = true;
                     instances.facts.failure = None;
                 }
+                InstanceEvent::NotReady { id } => {
+                    tracing::warn!(revision = %key, instance = id, "instance no longer ready: out of rotation");
+                    metrics::counter!("sluice_serving_instance_unready_total", "revision" => key.clone()).increment(1);
+                    if let Ok(mut state) = revision.state.lock() {
+                        let woken = state.gate.set_ready(id, false);
+                        state.hand_out(woken);
+                        state.measure();
+                    }
+                    publish_capacity(&revision, &env);
+                }
                 InstanceEvent::Exited { id, code, signal, reason, last_output } => {
                     instances.running.remove(&id);
                     let expected = instances.stopping.remove(&id);
@@ -743,6 +755,7 @@ fn start_instance(
             port,
             fixed_port: run.port.is_some(),
             readiness,
+            readiness_rhythm: run.readiness_rhythm,
             progress_deadline: env.progress_deadline,
             log: env.logs.revision(&run.namespace, &run.name),
         };

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use sluice_controller::serving::ServingRuntime;
 
-use super::{Instance, InstanceEvent, InstanceSpec, Readiness, Runtime};
+use super::{Instance, InstanceEvent, InstanceSpec, ProbeRhythm, Readiness, ReadinessTracker, Runtime};
 use crate::error::ServingError;
 use crate::logs::RevisionLog;
 
@@ -225,7 +225,7 @@ impl Runtime for LocalRuntime {
         let (exited_tx, exited) = watch::channel(false);
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, spec.port));
         // An exec probe runs as it would in the container: with its environment and working directory.
-        let probe_env = ProbeEnv { vars, working_dir: spec.working_dir.clone() };
+        let probe_env = ProbeEnv { vars, working_dir: spec.working_dir.clone(), rhythm: spec.readiness_rhythm };
         // Why the runtime stopped the instance itself, if it did (its exit then says so).
         let gave_up: Arc<Mutex<Option<String>>> = Arc::default();
         let probe = tokio::spawn(probe_until_ready(
@@ -373,10 +373,12 @@ async fn wait_for_exit(
     let _ = events.send(InstanceEvent::Exited { id, code, signal, reason, last_output }).await;
 }
 
-/// Where an exec probe runs: the instance's variables (`PORT`, the container's `env`) and working directory.
+/// Where an exec probe runs: the instance's variables (`PORT`, the container's `env`) and working directory;
+/// and how often any probe runs once the instance is ready.
 struct ProbeEnv {
     vars: Vec<(String, String)>,
     working_dir: Option<PathBuf>,
+    rhythm: ProbeRhythm,
 }
 
 /// An instance that is not ready `after` it started is stopped (its process group killed), saying why.
@@ -386,6 +388,10 @@ struct Deadline {
     group: Option<u32>,
 }
 
+/// Probes until the instance is ready, then goes on probing at the probe's rhythm: an instance whose probe
+/// fails `failureThreshold` times in a row is taken out of rotation (`NotReady`) and put back once it passes
+/// again. Before session 40 the probe stopped at the first success, and an instance that stopped answering
+/// its probe kept its share of the requests until it exited.
 async fn probe_until_ready(
     readiness: Readiness,
     env: ProbeEnv,
@@ -401,7 +407,9 @@ async fn probe_until_ready(
             return;
         }
         if probe_once(&readiness, &env).await {
-            let _ = events.send(InstanceEvent::Ready { id, addr }).await;
+            if events.send(InstanceEvent::Ready { id, addr }).await.is_ok() {
+                keep_probing(&readiness, &env, id, addr, &events, exited).await;
+            }
             return;
         }
         if started.elapsed() >= deadline.after {
@@ -421,6 +429,33 @@ async fn probe_until_ready(
         let period =
             if started.elapsed().as_millis() < u128::from(FAST_PROBE_FOR_MS) { FAST_PROBE_MS } else { SLOW_PROBE_MS };
         tokio::time::sleep(Duration::from_millis(period)).await;
+    }
+}
+
+/// A ready instance's probe, every `rhythm.period`, until it exits (or nobody listens for its events).
+async fn keep_probing(
+    readiness: &Readiness,
+    env: &ProbeEnv,
+    id: u64,
+    addr: SocketAddr,
+    events: &mpsc::Sender<InstanceEvent>,
+    mut exited: watch::Receiver<bool>,
+) {
+    let mut tracker = ReadinessTracker::ready(env.rhythm);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(env.rhythm.period) => {}
+            _ = exited.wait_for(|exited| *exited) => return,
+        }
+        let passed = probe_once(readiness, env).await;
+        let event = match tracker.observe(passed) {
+            Some(true) => InstanceEvent::Ready { id, addr },
+            Some(false) => InstanceEvent::NotReady { id },
+            None => continue,
+        };
+        if *exited.borrow() || events.send(event).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -508,7 +543,7 @@ pub(crate) fn free_port() -> Result<u16, ServingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{InstanceSpec, Readiness, Runtime};
+    use crate::runtime::{InstanceSpec, ProbeRhythm, Readiness, Runtime};
 
     /// Whether the process is gone (or a zombie nobody has reaped yet: it runs no more).
     fn gone(pid: u32) -> bool {
@@ -543,6 +578,7 @@ mod tests {
             port,
             fixed_port: false,
             readiness: Readiness::TcpConnect { port },
+            readiness_rhythm: ProbeRhythm::default(),
             progress_deadline: Duration::from_millis(300),
             log: logs.revision("default", "never-00001"),
         };
@@ -559,6 +595,48 @@ mod tests {
         }
     }
 
+    /// Regression: the probe stopped at the first success, so an instance that stopped passing it kept its share
+    /// of the requests until it exited. It goes on at the probe's period: out of rotation after
+    /// `failureThreshold` failures in a row, back after `successThreshold` successes.
+    #[tokio::test]
+    async fn a_ready_instance_whose_probe_fails_leaves_rotation_and_comes_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = LocalRuntime::new(dir.path().join("instances"), 8);
+        let logs = crate::logs::LogHub::new(dir.path().join("logs"));
+        let healthy = dir.path().join("healthy");
+        std::fs::write(&healthy, b"").expect("write");
+        let port = free_port().expect("port");
+        let spec = InstanceSpec {
+            id: 3,
+            revision: "default/flaky-00001".into(),
+            run: 1,
+            object: Arc::new(serde_json::Value::Null),
+            argv: vec!["sleep".into(), "300".into()],
+            env: Vec::new(),
+            working_dir: None,
+            port,
+            fixed_port: false,
+            readiness: Readiness::Exec { argv: vec!["test".into(), "-f".into(), healthy.display().to_string()] },
+            readiness_rhythm: ProbeRhythm {
+                period: Duration::from_millis(20),
+                failure_threshold: 2,
+                success_threshold: 1,
+            },
+            progress_deadline: Duration::from_secs(600),
+            log: logs.revision("default", "flaky-00001"),
+        };
+        let (events, mut received) = mpsc::channel(8);
+        let instance = runtime.start(spec, events).expect("start");
+        let mut next = async || tokio::time::timeout(Duration::from_secs(20), received.recv()).await.expect("an event");
+        assert!(matches!(next().await, Some(InstanceEvent::Ready { id: 3, .. })));
+        std::fs::remove_file(&healthy).expect("remove");
+        assert_eq!(next().await, Some(InstanceEvent::NotReady { id: 3 }));
+        std::fs::write(&healthy, b"").expect("write");
+        assert!(matches!(next().await, Some(InstanceEvent::Ready { id: 3, .. })));
+        instance.stop(Duration::from_secs(10)).await;
+        assert!(matches!(next().await, Some(InstanceEvent::Exited { id: 3, .. })), "then its exit");
+    }
+
     /// Regression: an exec probe ran with the node's environment and directory, so a probe such as
     /// `curl localhost:$PORT/healthz` never passed.
     #[tokio::test]
@@ -569,6 +647,7 @@ mod tests {
         let env = ProbeEnv {
             vars: vec![("PORT".into(), "4321".into()), ("TARGET".into(), "x".into())],
             working_dir: Some(workdir.clone()),
+            rhythm: ProbeRhythm::default(),
         };
         let script =
             format!("test \"$PORT\" = 4321 && test \"$TARGET\" = x && test \"$(pwd -P)\" = '{}'", workdir.display());
@@ -598,6 +677,7 @@ mod tests {
             port,
             fixed_port: false,
             readiness: Readiness::TcpConnect { port },
+            readiness_rhythm: ProbeRhythm::default(),
             progress_deadline: Duration::from_secs(600),
             log: logs.revision("default", "hello-00001"),
         };
@@ -634,6 +714,7 @@ mod tests {
             port,
             fixed_port,
             readiness: Readiness::TcpConnect { port },
+            readiness_rhythm: ProbeRhythm::default(),
             progress_deadline: Duration::from_secs(600),
             log: logs.revision("default", revision),
         };

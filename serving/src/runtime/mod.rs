@@ -42,6 +42,54 @@ impl Readiness {
     }
 }
 
+/// How a ready instance's readiness is checked again, as the kubelet checks a readiness probe: every `period`,
+/// out of rotation after `failure_threshold` failures in a row, back after `success_threshold` successes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeRhythm {
+    pub period: Duration,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+}
+
+impl Default for ProbeRhythm {
+    /// Kubernetes' defaults: every 10 s, 3 failures, 1 success.
+    fn default() -> Self {
+        ProbeRhythm { period: Duration::from_secs(10), failure_threshold: 3, success_threshold: 1 }
+    }
+}
+
+/// A ready instance's readiness from its probes' results: results in, a change (ready or not) out.
+#[derive(Clone, Debug)]
+pub(crate) struct ReadinessTracker {
+    rhythm: ProbeRhythm,
+    ready: bool,
+    /// Results in a row that disagree with `ready`.
+    against: u32,
+}
+
+impl ReadinessTracker {
+    /// Of an instance that just became ready.
+    pub(crate) fn ready(rhythm: ProbeRhythm) -> Self {
+        ReadinessTracker { rhythm, ready: true, against: 0 }
+    }
+
+    /// One probe's result; `Some(ready)` when the instance's readiness changes with it.
+    pub(crate) fn observe(&mut self, passed: bool) -> Option<bool> {
+        if passed == self.ready {
+            self.against = 0;
+            return None;
+        }
+        self.against = self.against.saturating_add(1);
+        let needed = if self.ready { self.rhythm.failure_threshold } else { self.rhythm.success_threshold };
+        if self.against < needed.max(1) {
+            return None;
+        }
+        self.ready = passed;
+        self.against = 0;
+        Some(passed)
+    }
+}
+
 /// One instance to start.
 #[derive(Clone)]
 pub struct InstanceSpec {
@@ -63,6 +111,8 @@ pub struct InstanceSpec {
     /// picked for this instance.
     pub fixed_port: bool,
     pub readiness: Readiness,
+    /// How the probe goes on once the instance is ready.
+    pub readiness_rhythm: ProbeRhythm,
     /// Not ready by then: it is stopped, as failed to start (`ProgressDeadlineExceeded`).
     pub progress_deadline: Duration,
     /// Where its output goes.
@@ -72,8 +122,11 @@ pub struct InstanceSpec {
 /// What an instance reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InstanceEvent {
-    /// It is ready, and takes requests at `addr`.
+    /// It is ready, and takes requests at `addr` (again, after `NotReady`).
     Ready { id: InstanceId, addr: SocketAddr },
+    /// It was ready and its readiness probe now fails: no new requests until it is `Ready` again (those it has
+    /// finish).
+    NotReady { id: InstanceId },
     /// It exited (or could not be started, or is gone): the exit code or signal, the runtime's reason when it
     /// knows one (`ImagePullBackOff`), and its last lines of output (or the runtime's message).
     Exited { id: InstanceId, code: Option<i32>, signal: Option<i32>, reason: Option<String>, last_output: String },
@@ -158,5 +211,27 @@ mod tests {
         for (text, expanded) in cases {
             assert_eq!(expand_references(text, &vars), expanded, "{text}");
         }
+    }
+
+    /// The kubelet's rule for a readiness probe after start: out after `failure_threshold` failures in a row,
+    /// back after `success_threshold` successes in a row; a result that agrees resets the count.
+    #[test]
+    fn a_ready_instance_leaves_and_rejoins_rotation_by_its_thresholds() {
+        let rhythm = ProbeRhythm { period: Duration::from_secs(1), failure_threshold: 3, success_threshold: 2 };
+        let cases: [(&[bool], &[Option<bool>]); 5] = [
+            (&[true, true], &[None, None]),
+            (&[false, false, false], &[None, None, Some(false)]),
+            (&[false, false, true, false, false], &[None, None, None, None, None]),
+            (&[false, false, false, true, false, true, true], &[None, None, Some(false), None, None, None, Some(true)]),
+            (&[false, false, false, true, true, false], &[None, None, Some(false), None, Some(true), None]),
+        ];
+        for (results, expected) in cases {
+            let mut tracker = ReadinessTracker::ready(rhythm);
+            let got: Vec<Option<bool>> = results.iter().map(|passed| tracker.observe(*passed)).collect();
+            assert_eq!(got, expected, "{results:?}");
+        }
+        let mut zero = ReadinessTracker::ready(ProbeRhythm { failure_threshold: 0, success_threshold: 0, ..rhythm });
+        assert_eq!(zero.observe(false), Some(false), "a threshold of 0 counts as 1");
+        assert_eq!(zero.observe(true), Some(true));
     }
 }
