@@ -1,5 +1,7 @@
 //! What the validation rules share, with no dependency of its own: the error that names a field, and the
-//! syntaxes of names, durations and sizes that eventing and serving objects both use.
+//! syntaxes of names, durations and sizes that eventing and serving objects both use. The DeliverySpec's
+//! durations and `sluice.dev/backoff-max` are parsed here for the dispatcher as well (it depends on this crate),
+//! so that the validation and the consumer build cannot disagree on them.
 
 use std::time::Duration;
 
@@ -27,7 +29,10 @@ pub fn is_dns_1035_label(s: &str) -> bool {
 }
 
 /// Durations as people write them: `500ms`, `30s`, `2m`, `1h`, `1h30m`, or
-/// ISO 8601 (`PT2M`, `PT0.5S`, `P1DT2H`).
+/// ISO 8601 (`PT2M`, `PT0.5S`, `P1DT2H`). Lenient (`PT1.5M` passes), for the
+/// annotations and flags the broker and the CLI read with it; never for the
+/// DeliverySpec or `sluice.dev/backoff-max`, which the dispatcher reads with
+/// the stricter [`DeliveryDuration::parse_ms`] and [`parse_backoff_max_ms`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Some(iso) = text.strip_prefix('P') {
@@ -75,6 +80,172 @@ fn parse_units(mut text: &str, units: &[(&str, f64)]) -> Option<Duration> {
     Duration::try_from_secs_f64(seconds).ok()
 }
 
+/// A duration of a DeliverySpec (`backoffDelay`, `timeout`, `retryAfterMax`) or of the `sluice.dev/backoff-max`
+/// annotation that Sluice refuses. The controller's validation and the dispatcher's consumer build parse these
+/// with the same functions ([`DeliveryDuration::parse_ms`], [`parse_backoff_max_ms`]), so that an object the
+/// controller stores as valid is one the dispatcher can deliver for: a value refused at consumer build only
+/// would leave a Trigger Ready that never delivers. Each message states the rule after the value; the caller
+/// puts the field path in front.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error(
+        "{0:?} is not an ISO-8601 duration like PT30S, PT0.5S, PT1M or P1DT2H (PnWnDTnHnMnS: upper-case \
+         designators, each after a whole number; the seconds may have a fraction)"
+    )]
+    Syntax(String),
+    #[error("{0:?}: each unit may appear once, in the order W, D, then after T: H, M, S")]
+    Order(String),
+    #[error("{0:?}: years and months have no fixed length; use days (nD) or a time part (TnHnMnS)")]
+    CalendarUnit(String),
+    #[error("{0:?}: only the seconds may have a fraction (PT90S, not PT1.5M)")]
+    Fraction(String),
+    #[error("{0:?} is too long")]
+    Overflow(String),
+    #[error("{0:?}: a timeout must be greater than zero (at least PT0.001S)")]
+    ZeroTimeout(String),
+    #[error("{0:?} is not a duration: one whole number and one unit (250ms, 30s, 5m, 1h, 1d), or ISO 8601 (PT1M)")]
+    ShortSyntax(String),
+}
+
+/// The duration fields of Knative's DeliverySpec, each an ISO-8601 duration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryDuration {
+    BackoffDelay,
+    Timeout,
+    RetryAfterMax,
+}
+
+impl DeliveryDuration {
+    pub const ALL: [DeliveryDuration; 3] =
+        [DeliveryDuration::BackoffDelay, DeliveryDuration::Timeout, DeliveryDuration::RetryAfterMax];
+
+    /// The field's JSON name in the DeliverySpec.
+    pub fn field(self) -> &'static str {
+        match self {
+            DeliveryDuration::BackoffDelay => "backoffDelay",
+            DeliveryDuration::Timeout => "timeout",
+            DeliveryDuration::RetryAfterMax => "retryAfterMax",
+        }
+    }
+
+    /// The field's value in milliseconds: [`parse_iso_duration_ms`], and for `timeout` more than zero (a zero
+    /// timeout would fail every attempt before it is sent). `backoffDelay` and `retryAfterMax` may be zero.
+    pub fn parse_ms(self, text: &str) -> Result<u64, DurationError> {
+        let ms = parse_iso_duration_ms(text)?;
+        if self == DeliveryDuration::Timeout && ms == 0 {
+            return Err(DurationError::ZeroTimeout(text.into()));
+        }
+        Ok(ms)
+    }
+}
+
+const HOUR_MS: u64 = 3_600_000;
+
+/// An ISO-8601 designator and the milliseconds one of it stands for.
+type Designator = (char, u64);
+
+/// Parses an ISO-8601 duration `PnDTnHnMnS` (also `nW`) into milliseconds, the grammar of the DeliverySpec's
+/// durations. Any component may be omitted but at least one must be present, each at most once and in that
+/// order, and `T` must be followed by a time component. Only the seconds may carry a fraction (`.` or `,`, with
+/// digits on both sides: `PT0.5S`, not `PT.5S`), truncated to the millisecond; Knative accepts fractional
+/// seconds too. Years and months are refused: their length depends on the calendar, and a delivery delay that
+/// does is surely a mistake. No surrounding whitespace, no sign, upper-case designators only.
+pub fn parse_iso_duration_ms(text: &str) -> Result<u64, DurationError> {
+    let syntax = || DurationError::Syntax(text.into());
+    let overflow = || DurationError::Overflow(text.into());
+    let rest = text.strip_prefix('P').ok_or_else(syntax)?;
+    let (date, time) = match rest.split_once('T') {
+        Some((_, "")) => return Err(syntax()),
+        Some((date, time)) => (date, Some(time)),
+        None => (rest, None),
+    };
+    if date.is_empty() && time.is_none() {
+        return Err(syntax());
+    }
+
+    let mut total_ms: u64 = 0;
+    // Each part lists its designators in the only order ISO-8601 allows them, with their length in ms.
+    let parts: [(&str, bool, &[Designator]); 2] = [
+        (date, false, &[('W', 7 * 24 * HOUR_MS), ('D', 24 * HOUR_MS)]),
+        (time.unwrap_or(""), true, &[('H', HOUR_MS), ('M', 60_000), ('S', 1_000)]),
+    ];
+    for (part, is_time, units) in parts {
+        let mut remaining = part;
+        let mut next_unit = 0;
+        while !remaining.is_empty() {
+            let end = remaining.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ',')).ok_or_else(syntax)?;
+            let (number, after) = remaining.split_at(end);
+            let mut chars = after.chars();
+            let designator = chars.next().ok_or_else(syntax)?;
+            remaining = chars.as_str();
+            if !is_time && (designator == 'Y' || designator == 'M') {
+                return Err(DurationError::CalendarUnit(text.into()));
+            }
+            let Some(position) = units[next_unit..].iter().position(|(d, _)| *d == designator) else {
+                // A designator of this part that came already, or one that belongs before the last one.
+                let seen = units[..next_unit].iter().any(|(d, _)| *d == designator);
+                return Err(if seen { DurationError::Order(text.into()) } else { syntax() });
+            };
+            let unit_ms = units[next_unit + position].1;
+            next_unit += position + 1;
+
+            let (whole, fraction) = match number.split_once(['.', ',']) {
+                Some((whole, fraction)) => (whole, Some(fraction)),
+                None => (number, None),
+            };
+            if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(syntax());
+            }
+            let whole: u64 = whole.parse().map_err(|_| overflow())?;
+            let mut ms = whole.checked_mul(unit_ms).ok_or_else(overflow)?;
+            if let Some(fraction) = fraction {
+                if fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(syntax());
+                }
+                if !(is_time && designator == 'S') {
+                    return Err(DurationError::Fraction(text.into()));
+                }
+                // Milliseconds: the first three digits of the fraction, the rest truncated.
+                let millis = fraction
+                    .bytes()
+                    .chain(std::iter::repeat(b'0'))
+                    .take(3)
+                    .fold(0u64, |acc, b| acc * 10 + u64::from(b - b'0'));
+                ms = ms.checked_add(millis).ok_or_else(overflow)?;
+            }
+            total_ms = total_ms.checked_add(ms).ok_or_else(overflow)?;
+        }
+    }
+    Ok(total_ms)
+}
+
+/// `sluice.dev/backoff-max` in milliseconds: an ISO-8601 duration ([`parse_iso_duration_ms`]) when it starts
+/// with `P`, else one whole number and one unit, `250ms`, `30s`, `5m`, `1h` or `1d` (not `1h30m`, not `0.5s`).
+/// Surrounding whitespace is ignored. Zero is allowed (every backoff wait is then zero).
+pub fn parse_backoff_max_ms(text: &str) -> Result<u64, DurationError> {
+    let text = text.trim();
+    if text.starts_with('P') {
+        return parse_iso_duration_ms(text);
+    }
+    let short = || DurationError::ShortSyntax(text.into());
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(short)?;
+    let (number, unit) = text.split_at(split);
+    let factor: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => HOUR_MS,
+        "d" => 24 * HOUR_MS,
+        _ => return Err(short()),
+    };
+    // `number` is digits only (possibly none, which does not parse): a parse error here is an overflow.
+    if number.is_empty() {
+        return Err(short());
+    }
+    let number: u64 = number.parse().map_err(|_| DurationError::Overflow(text.into()))?;
+    number.checked_mul(factor).ok_or_else(|| DurationError::Overflow(text.into()))
+}
+
 /// Sizes like `10GiB`, `500MB`, `1024` (bytes).
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
@@ -93,4 +264,131 @@ pub fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     number.checked_mul(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_durations_parse_to_milliseconds() {
+        let cases = [
+            ("PT0.2S", 200),
+            ("PT0,2S", 200),
+            ("PT1S", 1_000),
+            ("PT1.5S", 1_500),
+            ("PT0.123456S", 123),
+            ("PT0.0001S", 0),
+            ("PT10.05S", 10_050),
+            ("PT1M", 60_000),
+            ("PT1H", 3_600_000),
+            ("PT1H30M", 5_400_000),
+            ("PT1H2M3.5S", 3_723_500),
+            ("PT90S", 90_000),
+            ("P1D", 86_400_000),
+            ("P1DT2H", 93_600_000),
+            ("P1DT2H3M4S", 93_784_000),
+            ("P1W", 604_800_000),
+            ("P1W1D", 691_200_000),
+            ("P0D", 0),
+            ("PT0S", 0),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(parse_iso_duration_ms(text), Ok(ms), "{text}");
+        }
+    }
+
+    #[test]
+    fn invalid_iso_durations_are_refused_with_their_rule() {
+        let syntax = [
+            "", "P", "PT", "T1S", "0.2S", "1S", "pt1s", "PT1s", "P1DT", "PT1", "P1", "PTS", "PT.5S", "PT1.S",
+            "PT1..5S", "PT-1S", "PT+1S", "P-1D", "PT1D", "P1H", "P1S", "PT1W", " PT1S", "PT1S ", "PT1X", "P1DT1H T",
+            "PT1HT1M", "PT1.5.5S", "30s", "1h30m",
+        ];
+        for text in syntax {
+            assert_eq!(parse_iso_duration_ms(text), Err(DurationError::Syntax(text.into())), "{text:?}");
+        }
+        for text in ["PT1H1H", "PT1S1M", "PT30S1M", "PT1M1H", "P1D1W", "P1D1D"] {
+            assert_eq!(parse_iso_duration_ms(text), Err(DurationError::Order(text.into())), "{text:?}");
+        }
+        for text in ["P1Y", "P1M", "P1Y2M3D", "P1MT1S"] {
+            assert_eq!(parse_iso_duration_ms(text), Err(DurationError::CalendarUnit(text.into())), "{text:?}");
+        }
+        for text in ["PT1.5M", "PT0.5H", "P1.5D", "P0,5W"] {
+            assert_eq!(parse_iso_duration_ms(text), Err(DurationError::Fraction(text.into())), "{text:?}");
+        }
+        for text in ["PT99999999999999999999S", "P999999999999999D", "PT18446744073709551615H"] {
+            assert_eq!(parse_iso_duration_ms(text), Err(DurationError::Overflow(text.into())), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_timeout_must_be_greater_than_zero() {
+        let cases = [
+            (DeliveryDuration::Timeout, "PT0S", Err(DurationError::ZeroTimeout("PT0S".into()))),
+            (DeliveryDuration::Timeout, "PT0.0001S", Err(DurationError::ZeroTimeout("PT0.0001S".into()))),
+            (DeliveryDuration::Timeout, "P0D", Err(DurationError::ZeroTimeout("P0D".into()))),
+            (DeliveryDuration::Timeout, "PT0.001S", Ok(1)),
+            (DeliveryDuration::BackoffDelay, "PT0S", Ok(0)),
+            (DeliveryDuration::RetryAfterMax, "PT0S", Ok(0)),
+            (DeliveryDuration::BackoffDelay, "PT1.5M", Err(DurationError::Fraction("PT1.5M".into()))),
+        ];
+        for (kind, text, expected) in cases {
+            assert_eq!(kind.parse_ms(text), expected, "{} {text:?}", kind.field());
+        }
+    }
+
+    #[test]
+    fn backoff_max_takes_iso_or_one_number_and_one_unit() {
+        let good = [
+            ("250ms", 250),
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("1d", 86_400_000),
+            ("0s", 0),
+            (" 30s ", 30_000),
+            ("PT1M", 60_000),
+            ("PT0.5S", 500),
+            (" PT1M", 60_000),
+        ];
+        for (text, ms) in good {
+            assert_eq!(parse_backoff_max_ms(text), Ok(ms), "{text:?}");
+        }
+        for text in ["", "30", "s", "1h30m", "0.5s", "-5s", "+5s", "5 s", "5S", "5sec", "soon"] {
+            assert_eq!(parse_backoff_max_ms(text), Err(DurationError::ShortSyntax(text.trim().into())), "{text:?}");
+        }
+        assert_eq!(parse_backoff_max_ms("PT1.5M"), Err(DurationError::Fraction("PT1.5M".into())));
+        assert_eq!(parse_backoff_max_ms("PT30S1M"), Err(DurationError::Order("PT30S1M".into())));
+        assert_eq!(
+            parse_backoff_max_ms("99999999999999999999s"),
+            Err(DurationError::Overflow("99999999999999999999s".into()))
+        );
+        assert_eq!(
+            parse_backoff_max_ms("999999999999999999d"),
+            Err(DurationError::Overflow("999999999999999999d".into()))
+        );
+    }
+
+    #[test]
+    fn duration_errors_state_the_value_and_the_rule() {
+        let cases = [
+            (
+                DurationError::Fraction("PT1.5M".into()),
+                "\"PT1.5M\": only the seconds may have a fraction (PT90S, not PT1.5M)",
+            ),
+            (
+                DurationError::Order("PT30S1M".into()),
+                "\"PT30S1M\": each unit may appear once, in the order W, D, then after T: H, M, S",
+            ),
+            (
+                DurationError::ZeroTimeout("PT0S".into()),
+                "\"PT0S\": a timeout must be greater than zero (at least PT0.001S)",
+            ),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message);
+        }
+        assert!(DurationError::Syntax("PT.5S".into()).to_string().starts_with("\"PT.5S\" is not an ISO-8601 duration"));
+    }
 }

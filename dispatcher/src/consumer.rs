@@ -293,7 +293,8 @@ fn consumer(
         Some(delivery) => (object, Some(delivery)),
         None => (source, source.pointer("/spec/delivery").filter(|d| !d.is_null())),
     };
-    let mut policy = DeliveryPolicy::from_spec(delivery).map_err(|e| format!("spec.{}: {e}", e.path()))?;
+    // The error names its field (`delivery.timeout: ...`).
+    let mut policy = DeliveryPolicy::from_spec(delivery).map_err(|e| format!("spec.{e}"))?;
     policy
         .apply_annotations(object.pointer("/metadata/annotations").and_then(Value::as_object))
         .map_err(|e| e.to_string())?;

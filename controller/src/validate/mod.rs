@@ -16,7 +16,10 @@ use crate::model::{
 
 mod strict;
 
-pub use crate::fields::{FieldError, is_dns_1035_label, is_dns_label, parse_duration, parse_size};
+pub use crate::fields::{
+    DeliveryDuration, DurationError, FieldError, is_dns_1035_label, is_dns_label, parse_backoff_max_ms, parse_duration,
+    parse_iso_duration_ms, parse_size,
+};
 use crate::serving::ServingFeatures;
 use crate::serving::model as serving;
 use crate::serving::validate as serving_rules;
@@ -214,8 +217,9 @@ fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<
                 }
             }
             "sluice.dev/backoff-max" => {
-                if parse_duration(value).is_err() {
-                    errors.push(err(path, "must be a duration, e.g. 30s, 5m or PT30S"));
+                // The dispatcher's parser: what passes here is what the consumer build accepts.
+                if let Err(e) = parse_backoff_max_ms(value) {
+                    errors.push(err(path, e.to_string()));
                 }
             }
             "sluice.dev/backoff-jitter" => {
@@ -325,8 +329,13 @@ fn validate_filter(path: &str, filter: &SubscriptionsApiFilter, errors: &mut Vec
                 if !is_attribute_name(name) {
                     errors.push(err(format!("{path}.{dialect}[{name}]"), "attribute names match ^[a-z][a-z0-9]*$"));
                 }
-                if dialect != "exact" && value.is_empty() {
-                    errors.push(err(format!("{path}.{dialect}[{name}]"), "must not be empty"));
+                // Subscriptions API 3.2.4.1.1 and Knative's Trigger CRD: the value MUST NOT be empty (unlike the
+                // legacy `filter.attributes`, where an empty value means any value).
+                if value.is_empty() {
+                    errors.push(err(
+                        format!("{path}.{dialect}[{name}]"),
+                        "must not be empty (the value of an exact, prefix or suffix filter MUST NOT be empty)",
+                    ));
                 }
             }
         }
@@ -497,15 +506,17 @@ fn validate_delivery(path: &str, delivery: &DeliverySpec, errors: &mut Vec<Field
     {
         errors.push(err(format!("{path}.backoffPolicy"), "must be linear or exponential"));
     }
-    for (field, value) in [
-        ("backoffDelay", &delivery.backoff_delay),
-        ("timeout", &delivery.timeout),
-        ("retryAfterMax", &delivery.retry_after_max),
+    // The dispatcher parses these with the same function when it builds the consumer, so every rule it applies
+    // (the ISO-8601 grammar, a timeout greater than zero) is refused here, before the object is stored.
+    for (kind, value) in [
+        (DeliveryDuration::BackoffDelay, &delivery.backoff_delay),
+        (DeliveryDuration::Timeout, &delivery.timeout),
+        (DeliveryDuration::RetryAfterMax, &delivery.retry_after_max),
     ] {
         if let Some(value) = value
-            && (!value.starts_with('P') || parse_duration(value).is_err())
+            && let Err(e) = kind.parse_ms(value)
         {
-            errors.push(err(format!("{path}.{field}"), format!("{value:?} is not an ISO 8601 duration like PT0.5S")));
+            errors.push(err(format!("{path}.{}", kind.field()), e.to_string()));
         }
     }
     if let Some(format) = &delivery.format

@@ -240,6 +240,16 @@ fn invalid_objects_name_their_field() {
             "spec.filters[0].prefix[type]",
         ),
         (
+            "exact empty value",
+            set(trigger(), "/spec/filters", json!([{"exact": {"type": "a", "subject": ""}}])),
+            "spec.filters[0].exact[subject]",
+        ),
+        (
+            "suffix empty value",
+            set(trigger(), "/spec/filters", json!([{"suffix": {"subject": ""}}])),
+            "spec.filters[0].suffix[subject]",
+        ),
+        (
             "nested bad name",
             set(trigger(), "/spec/filters", json!([{"all": [{"exact": {"Bad": "a"}}]}])),
             "spec.filters[0].all[0].exact[Bad]",
@@ -334,6 +344,102 @@ fn durations_and_sizes_parse() {
     assert_eq!(parse_size("10GiB"), Some(10 << 30));
     assert_eq!(parse_size("500MB"), Some(500_000_000));
     assert_eq!(parse_size("12parsecs"), None);
+}
+
+/// The values the dispatcher refused when it built the consumer while this validation let them through (the
+/// Trigger showed Ready and never delivered): each is refused here now, naming its field and its rule.
+#[test]
+fn delivery_durations_the_dispatcher_refuses_are_refused_naming_field_and_rule() {
+    let only_seconds = "only the seconds may have a fraction";
+    let not_iso = "is not an ISO-8601 duration";
+    let order = "each unit may appear once, in the order";
+    let zero = "a timeout must be greater than zero";
+    let short = "one whole number and one unit";
+    let backoff_max = "metadata.annotations[sluice.dev/backoff-max]";
+    let delivery = |field: &str, value: &str| set(trigger(), &format!("/spec/delivery/{field}"), json!(value));
+    let annotation = |value: &str| set(trigger(), "/metadata/annotations", json!({"sluice.dev/backoff-max": value}));
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (delivery("backoffDelay", "PT1.5M"), "spec.delivery.backoffDelay", only_seconds),
+        (delivery("timeout", "PT1.5M"), "spec.delivery.timeout", only_seconds),
+        (delivery("retryAfterMax", "PT1.5M"), "spec.delivery.retryAfterMax", only_seconds),
+        (delivery("backoffDelay", "P1.5D"), "spec.delivery.backoffDelay", only_seconds),
+        (delivery("retryAfterMax", "PT0.5H"), "spec.delivery.retryAfterMax", only_seconds),
+        (delivery("backoffDelay", "PT.5S"), "spec.delivery.backoffDelay", not_iso),
+        (delivery("timeout", "PT.5S"), "spec.delivery.timeout", not_iso),
+        (delivery("backoffDelay", "PT30S1M"), "spec.delivery.backoffDelay", order),
+        (delivery("retryAfterMax", "PT30S1M"), "spec.delivery.retryAfterMax", order),
+        (delivery("timeout", "PT1H1H"), "spec.delivery.timeout", order),
+        (delivery("timeout", "PT0S"), "spec.delivery.timeout", zero),
+        (delivery("timeout", "P0D"), "spec.delivery.timeout", zero),
+        (delivery("timeout", "PT0.0001S"), "spec.delivery.timeout", zero),
+        (delivery("backoffDelay", " PT1S"), "spec.delivery.backoffDelay", not_iso),
+        (delivery("backoffDelay", "P1M"), "spec.delivery.backoffDelay", "years and months"),
+        (delivery("timeout", "PT99999999999999999999S"), "spec.delivery.timeout", "is too long"),
+        (annotation("1h30m"), backoff_max, short),
+        (annotation("0.5s"), backoff_max, short),
+        (annotation("30"), backoff_max, short),
+        (annotation("PT1.5M"), backoff_max, only_seconds),
+        (annotation("P1.5D"), backoff_max, only_seconds),
+        (annotation("PT.5S"), backoff_max, not_iso),
+        (annotation("PT30S1M"), backoff_max, order),
+    ];
+    for (object, path, rule) in cases {
+        let errors = validate_object(&object, None).expect_err(path);
+        assert!(
+            errors.iter().any(|e| e.path == path && e.message.contains(rule)),
+            "expected {path}: ...{rule}..., got {errors:?}"
+        );
+    }
+    // The same refusals on the other kinds that carry a DeliverySpec.
+    for object in [broker(), channel(), subscription()] {
+        let object = set(object, "/spec/delivery", json!({"timeout": "PT0S", "backoffDelay": "PT1.5M"}));
+        let errors = validate_object(&object, None).expect_err("zero timeout, fractional minutes");
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["spec.delivery.backoffDelay", "spec.delivery.timeout"], "{errors:?}");
+    }
+}
+
+#[test]
+fn delivery_durations_the_dispatcher_accepts_are_accepted() {
+    for (field, value) in [
+        ("backoffDelay", "PT0.2S"),
+        ("backoffDelay", "PT0,2S"),
+        ("backoffDelay", "PT0S"),
+        ("backoffDelay", "PT1H2M3.5S"),
+        ("timeout", "PT0.001S"),
+        ("timeout", "PT30S"),
+        ("timeout", "PT90S"),
+        ("timeout", "P1DT2H"),
+        ("retryAfterMax", "PT0S"),
+        ("retryAfterMax", "PT2M"),
+        ("retryAfterMax", "P1W1D"),
+    ] {
+        let object = set(trigger(), &format!("/spec/delivery/{field}"), json!(value));
+        assert_eq!(validate_object(&object, None), Ok(()), "{field}: {value}");
+    }
+    for value in ["250ms", "30s", "5m", "1h", "1d", "0s", " 30s", "PT1M", "PT0.5S", "P1D"] {
+        let object = set(trigger(), "/metadata/annotations", json!({"sluice.dev/backoff-max": value}));
+        assert_eq!(validate_object(&object, None), Ok(()), "backoff-max: {value:?}");
+    }
+}
+
+#[test]
+fn empty_filter_values_are_refused_except_in_the_legacy_attributes() {
+    for dialect in ["exact", "prefix", "suffix"] {
+        let object = set(trigger(), "/spec/filters", json!([{"not": {dialect: {"type": ""}}}]));
+        let path = format!("spec.filters[0].not.{dialect}[type]");
+        assert_eq!(
+            validate_object(&object, None),
+            Err(vec![FieldError {
+                path,
+                message: "must not be empty (the value of an exact, prefix or suffix filter MUST NOT be empty)".into(),
+            }]),
+            "{dialect}"
+        );
+    }
+    // Knative's `filter.attributes`: an empty value means "any value".
+    let legacy = set(trigger(), "/spec/filter/attributes", json!({"type": "", "source": ""}));
+    assert_eq!(validate_object(&legacy, None), Ok(()));
 }
 
 const DELIVERY_FIELDS: &str = "backoffDelay, backoffPolicy, deadLetterSink, format, retry, retryAfterMax, timeout";

@@ -15,6 +15,9 @@
 //! are documented on the item concerned.
 
 use serde_json::Value as Json;
+// The controller's parsers, not a copy: a DeliverySpec or annotation the controller's validation accepts is one
+// this consumer build accepts (docs/resources.md, "Durations").
+use sluice_controller::validate::{DeliveryDuration, DurationError, parse_backoff_max_ms};
 
 /// The most any single wait between two attempts can last, whatever the backoff schedule or a `Retry-After`
 /// header ask for: an exponential schedule overflows quickly, and an event parked for days behind a
@@ -35,42 +38,29 @@ pub(crate) const DEFAULT_BACKOFF_DELAY_MS: u64 = 200;
 pub(crate) const DEFAULT_TIMEOUT_MS: u64 = 30 * 1000;
 
 /// A DeliverySpec that cannot be used. `path` names the offending field (`delivery.backoffDelay`), the way the
-/// controller names fields, so that an operator can find it in the object.
+/// controller names fields, so that an operator can find it in the object. The controller's validation refuses
+/// all of these before the object is stored; here they guard objects stored by an older controller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum DeliveryError {
     #[error("{path}: expected {expected}")]
     WrongType { path: String, expected: &'static str },
     #[error("{path}: unsupported backoff policy {policy:?}, expected \"linear\" or \"exponential\"")]
     UnknownBackoffPolicy { path: String, policy: String },
+    /// A duration the controller's parser refuses, a zero `timeout` among them.
     #[error("{path}: {source}")]
     Duration { path: String, source: DurationError },
-    #[error("{path}: must be greater than zero")]
-    Zero { path: String },
 }
 
 impl DeliveryError {
-    /// The offending field, relative to the object's spec.
+    /// The offending field, relative to the object's spec (the error's text starts with it).
+    #[cfg(test)]
     pub(crate) fn path(&self) -> &str {
         match self {
             DeliveryError::WrongType { path, .. }
             | DeliveryError::UnknownBackoffPolicy { path, .. }
-            | DeliveryError::Duration { path, .. }
-            | DeliveryError::Zero { path } => path,
+            | DeliveryError::Duration { path, .. } => path,
         }
     }
-}
-
-/// An ISO-8601 duration this parser does not accept.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum DurationError {
-    #[error("{0:?} is not an ISO-8601 duration (PnDTnHnMnS)")]
-    Syntax(String),
-    #[error("{0:?}: years and months have no fixed length; use days (nD) or a time part (TnHnMnS)")]
-    CalendarUnit(String),
-    #[error("{0:?}: only the seconds may have a fraction")]
-    Fraction(String),
-    #[error("{0:?} is too long")]
-    Overflow(String),
 }
 
 /// How the delay grows from one retry to the next.
@@ -159,18 +149,15 @@ impl DeliveryPolicy {
                 None => return Err(wrong_type("delivery.backoffPolicy", "a string")),
             };
         }
-        if let Some(delay) = field("backoffDelay") {
-            policy.backoff_delay_ms = duration_field(delay, "delivery.backoffDelay")?;
+        // The ISO-8601 grammar and a `timeout` greater than zero: [`DeliveryDuration::parse_ms`].
+        if let Some(delay) = field(DeliveryDuration::BackoffDelay.field()) {
+            policy.backoff_delay_ms = duration_field(delay, DeliveryDuration::BackoffDelay)?;
         }
-        if let Some(timeout) = field("timeout") {
-            policy.timeout_ms = duration_field(timeout, "delivery.timeout")?;
-            // A zero timeout would fail every attempt before it is sent.
-            if policy.timeout_ms == 0 {
-                return Err(DeliveryError::Zero { path: "delivery.timeout".into() });
-            }
+        if let Some(timeout) = field(DeliveryDuration::Timeout.field()) {
+            policy.timeout_ms = duration_field(timeout, DeliveryDuration::Timeout)?;
         }
-        if let Some(max) = field("retryAfterMax") {
-            policy.retry_after_max_ms = Some(duration_field(max, "delivery.retryAfterMax")?);
+        if let Some(max) = field(DeliveryDuration::RetryAfterMax.field()) {
+            policy.retry_after_max_ms = Some(duration_field(max, DeliveryDuration::RetryAfterMax)?);
         }
         if let Some(sink) = field("deadLetterSink") {
             // The controller resolves the Destination into `status.deadLetterSinkUri`; here only its presence
@@ -193,11 +180,8 @@ impl DeliveryPolicy {
         let path = |name: &str| format!("metadata.annotations[{name}]");
         if let Some(max) = annotations.get(ANNOTATION_BACKOFF_MAX) {
             let text = max.as_str().ok_or_else(|| wrong_type(&path(ANNOTATION_BACKOFF_MAX), "a duration string"))?;
-            let ms = match text.trim().strip_prefix('P') {
-                Some(_) => parse_duration_ms(text.trim()),
-                None => parse_short_duration_ms(text.trim()).ok_or_else(|| DurationError::Syntax(text.into())),
-            }
-            .map_err(|source| DeliveryError::Duration { path: path(ANNOTATION_BACKOFF_MAX), source })?;
+            let ms = parse_backoff_max_ms(text)
+                .map_err(|source| DeliveryError::Duration { path: path(ANNOTATION_BACKOFF_MAX), source })?;
             self.backoff_max_ms = Some(ms);
         }
         if let Some(jitter) = annotations.get(ANNOTATION_BACKOFF_JITTER) {
@@ -238,79 +222,12 @@ fn wrong_type(path: &str, expected: &'static str) -> DeliveryError {
     DeliveryError::WrongType { path: path.into(), expected }
 }
 
-fn duration_field(value: &Json, path: &str) -> Result<u64, DeliveryError> {
-    let text = value.as_str().ok_or_else(|| wrong_type(path, "an ISO-8601 duration string"))?;
-    parse_duration_ms(text).map_err(|source| DeliveryError::Duration { path: path.into(), source })
-}
-
-/// Parses an ISO-8601 duration `PnDTnHnMnS` (also `nW`) into milliseconds; any component may be omitted but at
-/// least one must be present, and `T` must be followed by a time component. Only the seconds may carry a
-/// fraction (`.` or `,`), truncated to the millisecond. Years and months are refused: their length depends on
-/// the calendar, and a delivery delay that does is surely a mistake.
-pub(crate) fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
-    let syntax = || DurationError::Syntax(text.into());
-    let overflow = || DurationError::Overflow(text.into());
-    let rest = text.strip_prefix('P').ok_or_else(syntax)?;
-    let (date, time) = match rest.split_once('T') {
-        Some((_, "")) => return Err(syntax()),
-        Some((date, time)) => (date, Some(time)),
-        None => (rest, None),
+fn duration_field(value: &Json, kind: DeliveryDuration) -> Result<u64, DeliveryError> {
+    let path = format!("delivery.{}", kind.field());
+    let Some(text) = value.as_str() else {
+        return Err(DeliveryError::WrongType { path, expected: "an ISO-8601 duration string" });
     };
-    if date.is_empty() && time.is_none() {
-        return Err(syntax());
-    }
-
-    let mut total_ms: u64 = 0;
-    // Each part lists its designators in the only order ISO-8601 allows them, with their length in ms.
-    let parts: [(&str, &[(char, u64)]); 2] = [
-        (date, &[('W', 7 * 24 * 3_600_000), ('D', 24 * 3_600_000)]),
-        (time.unwrap_or(""), &[('H', 3_600_000), ('M', 60_000), ('S', 1_000)]),
-    ];
-    for (index, (part, units)) in parts.into_iter().enumerate() {
-        let is_time = index == 1;
-        let mut remaining = part;
-        let mut next_unit = 0;
-        while !remaining.is_empty() {
-            let end = remaining.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ',')).ok_or_else(syntax)?;
-            let (number, after) = remaining.split_at(end);
-            let mut chars = after.chars();
-            let designator = chars.next().ok_or_else(syntax)?;
-            remaining = chars.as_str();
-            if !is_time && (designator == 'Y' || designator == 'M') {
-                return Err(DurationError::CalendarUnit(text.into()));
-            }
-            let position = units[next_unit..].iter().position(|(d, _)| *d == designator).ok_or_else(syntax)?;
-            let unit_ms = units[next_unit + position].1;
-            next_unit += position + 1;
-
-            let (whole, fraction) = match number.split_once(['.', ',']) {
-                Some((whole, fraction)) => (whole, Some(fraction)),
-                None => (number, None),
-            };
-            if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(syntax());
-            }
-            let whole: u64 = whole.parse().map_err(|_| overflow())?;
-            let mut ms = whole.checked_mul(unit_ms).ok_or_else(overflow)?;
-            if let Some(fraction) = fraction {
-                if fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(syntax());
-                }
-                if !(is_time && designator == 'S') {
-                    return Err(DurationError::Fraction(text.into()));
-                }
-                // Milliseconds: the first three digits of the fraction, the rest truncated.
-                let millis = fraction
-                    .bytes()
-                    .chain(std::iter::repeat(b'0'))
-                    .take(3)
-                    .fold(0, |acc, b| acc * 10 + u64::from(b - b'0'));
-                ms = ms.checked_add(millis).ok_or_else(overflow)?;
-            }
-            total_ms = total_ms.checked_add(ms).ok_or_else(overflow)?;
-        }
-    }
-    Ok(total_ms)
+    kind.parse_ms(text).map_err(|source| DeliveryError::Duration { path, source })
 }
 
 /// What an attempt's response means for the delivery.
@@ -344,22 +261,6 @@ pub(crate) fn classify(status: Option<u16>) -> Outcome {
         100..=199 | 300..=499 => Outcome::Permanent { status: code },
         _ => Outcome::Retryable { status },
     }
-}
-
-/// `30s`, `5m`, `1h`, `250ms`, `1d` (the form Sluice's annotations use).
-fn parse_short_duration_ms(text: &str) -> Option<u64> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let factor = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    number.checked_mul(factor)
 }
 
 /// A response's `Retry-After` header, converted by the caller (which owns the clock and the date parsing).
