@@ -9,7 +9,7 @@ use serde_json::Value;
 use sluice_controller::serving::ServingRuntime;
 use sluice_controller::serving::autoscaling::{AutoscalerDefaults, resolve};
 use sluice_controller::serving::model::{Container, Probe, serving_container_index};
-use sluice_controller::serving::routing::{RouteTable, latest_revisions, spec_traffic};
+use sluice_controller::serving::routing::{RouteTable, latest_revisions, revision_facts, spec_traffic};
 use sluice_controller::serving::status::runnable;
 use sluice_controller::serving::{CONFIGURATION_LABEL, DEFAULT_TIMEOUT_SECONDS, SERVICE_LABEL};
 
@@ -133,20 +133,22 @@ fn readiness_of(probe: Option<&Probe>) -> Readiness {
 pub(crate) struct Wanted {
     /// By `namespace/name`, with what running each takes.
     pub(crate) runs: BTreeMap<String, RevisionRun>,
-    /// Those a Route (or a Configuration, or a tag) sends traffic to, and the latest created revision of a
-    /// Configuration some route follows (it gets the traffic once Ready: Knative's `pending`, which starts
-    /// `initial-scale`). The others are each Configuration's latest created revision while traffic is pinned
-    /// elsewhere: they run only to become Ready once (Knative's unreachable revision: no `min-scale`, no
-    /// `initial-scale`), then stay at zero.
+    /// Those a Route (or a Configuration, or a tag) sends traffic to, the latest created revision of a
+    /// Configuration some route follows and a revision a Route's traffic pins (with a percent or a tag) that is
+    /// not ready yet (each gets the traffic once Ready: Knative's `pending`, which starts `initial-scale`). The
+    /// others are each Configuration's latest created revision while traffic is pinned elsewhere, and a
+    /// revision pinned at 0 % without a tag that is not ready yet: they run only to become Ready once
+    /// (Knative's unreachable revision: no `min-scale`, no `initial-scale`), then stay at zero.
     pub(crate) reachable: BTreeSet<String>,
     /// `(namespace/name, why it cannot run here)`.
     pub(crate) problems: Vec<(String, String)>,
 }
 
-/// The revisions this node should be ready to run: those a Route (or a Configuration) sends traffic to, and
-/// each Configuration's latest created one (so that it starts once and becomes Ready); with what running them
-/// takes, and the reason for those that cannot run here. Old revisions nothing routes to are left out:
-/// Knative ignores `min-scale` on them, and nothing else would start them.
+/// The revisions this node should be ready to run: those a Route (or a Configuration) sends traffic to, each
+/// Configuration's latest created one, and those a Route's traffic pins that are not ready yet (so that each
+/// starts once and becomes Ready); with what running them takes, and the reason for those that cannot run
+/// here. Old revisions nothing routes to are left out: Knative ignores `min-scale` on them, and nothing else
+/// would start them.
 pub(crate) fn wanted_revisions(
     objects: &[Value],
     table: &RouteTable,
@@ -158,15 +160,24 @@ pub(crate) fn wanted_revisions(
         .flat_map(|host| host.targets.iter().map(move |(revision, _)| (host.namespace.as_str(), revision.as_str())))
         .collect();
     let followed = followed_configurations(objects);
+    let pinned = pinned_revisions(objects);
     let mut wanted = Wanted::default();
     for revision in objects.iter().filter(|o| str_at(o, "/kind") == "Revision") {
         let namespace = str_at(revision, "/metadata/namespace");
         let name = str_at(revision, "/metadata/name");
         let configuration = label(revision, CONFIGURATION_LABEL).unwrap_or_default();
         let latest = latest_revisions(objects, namespace, configuration).0.as_deref() == Some(name);
+        // A Route routes to a pinned Revision only once it is ready, so nothing routed would ever start one that
+        // is not (one made outside a Configuration, or not its latest): it starts for being pinned. Some(whether
+        // the Route sends it anything once it resolves).
+        let pending = pinned
+            .get(&(namespace.to_string(), name.to_string()))
+            .copied()
+            .filter(|_| !revision_facts(objects, namespace, name).ready);
         let reachable = routed.contains(&(namespace, name))
+            || pending == Some(true)
             || (latest && followed.contains(&(namespace.to_string(), configuration.to_string())));
-        if !(reachable || latest) {
+        if !(reachable || latest || pending.is_some()) {
             continue;
         }
         let key = format!("{namespace}/{name}");
@@ -210,6 +221,22 @@ fn followed_configurations(objects: &[Value]) -> BTreeSet<(String, String)> {
         }
     }
     followed
+}
+
+/// `(namespace, revision)` of the Revisions a Route's traffic names, each with whether the Route sends it
+/// anything (a percent, or a tag) once it resolves.
+fn pinned_revisions(objects: &[Value]) -> BTreeMap<(String, String), bool> {
+    let mut pinned: BTreeMap<(String, String), bool> = BTreeMap::new();
+    for route in objects.iter().filter(|o| str_at(o, "/kind") == "Route") {
+        let namespace = str_at(route, "/metadata/namespace");
+        for target in spec_traffic(route, str_at(route, "/metadata/name")) {
+            let sends = target.percent.unwrap_or(0) > 0 || target.tag.is_some();
+            if let Some(revision) = target.revision_name {
+                *pinned.entry((namespace.to_string(), revision)).or_default() |= sends;
+            }
+        }
+    }
+    pinned
 }
 
 /// What to start and stop so that what runs is what is wanted (a revision whose run changed restarts).
@@ -412,10 +439,77 @@ mod tests {
                 objects.push(json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
                     "metadata": {"name": "hello", "namespace": "default"}, "spec": {"traffic": traffic}}));
             }
-            let table = route_table(&objects, "localhost");
+            let table = route_table(&objects, "localhost", &RouteTable::new());
             let wanted = wanted_revisions(&objects, &table, &AutoscalerDefaults::default(), ServingRuntime::Local);
             assert_eq!(wanted.runs.len(), 2, "{why}: the latest runs either way (to become Ready)");
             assert_eq!(wanted.reachable.iter().collect::<Vec<_>>(), reachable, "{why}");
+        }
+    }
+
+    /// Regression: a Route routes to a pinned revision only once it is ready, and only routed revisions and
+    /// each Configuration's latest ran, so a pinned revision not ready yet that is not its Configuration's
+    /// latest (or made outside any Configuration) never started, and its Route never resolved.
+    #[test]
+    fn a_pinned_revision_not_ready_yet_runs_to_become_ready() {
+        let app = json!({"image": "x", "command": ["/bin/app"]});
+        let configuration = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Configuration",
+            "metadata": {"name": "hello", "namespace": "default", "uid": "c1", "generation": 2}, "spec": {}});
+        let mut standalone = revision("solo", 0, app.clone(), json!({}));
+        standalone["metadata"]["labels"] = json!({});
+        let base = vec![
+            configuration,
+            revision("hello-00001", 1, app.clone(), json!({})),
+            revision("hello-00002", 2, app, json!({})),
+            standalone,
+        ];
+        let ready = |name: &str| {
+            json!({"apiVersion": "serving.knative.dev/v1", "kind": "RevisionState",
+                "metadata": {"name": name, "namespace": "default"}, "spec": {"ready": true}})
+        };
+        let old = json!([{"revisionName": "hello-00001", "percent": 100}]);
+        let both =
+            json!([{"revisionName": "hello-00002", "percent": 100}, {"revisionName": "hello-00001", "percent": 0}]);
+        // (the Route's traffic, the revisions ready, wanted, reachable, why)
+        let cases = [
+            (
+                old.clone(),
+                vec![],
+                vec!["default/hello-00001", "default/hello-00002"],
+                vec!["default/hello-00001"],
+                "pinned, not ready: it starts, reachable (it gets the traffic once ready)",
+            ),
+            (
+                old,
+                vec!["hello-00001"],
+                vec!["default/hello-00001", "default/hello-00002"],
+                vec!["default/hello-00001"],
+                "pinned and ready: routed",
+            ),
+            (
+                both,
+                vec!["hello-00002"],
+                vec!["default/hello-00001", "default/hello-00002"],
+                vec![],
+                "0 % without a tag, not ready: it starts, unreachable; the Route waits for it",
+            ),
+            (
+                json!([{"revisionName": "solo", "percent": 100}]),
+                vec![],
+                vec!["default/hello-00002", "default/solo"],
+                vec!["default/solo"],
+                "a Revision no Configuration made, pinned",
+            ),
+        ];
+        for (traffic, ready_ones, wanted, reachable, why) in cases {
+            let mut objects = base.clone();
+            objects.extend(ready_ones.into_iter().map(ready));
+            objects.push(json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
+                "metadata": {"name": "hello", "namespace": "default"}, "spec": {"traffic": traffic}}));
+            let table = route_table(&objects, "localhost", &RouteTable::new());
+            let found = wanted_revisions(&objects, &table, &AutoscalerDefaults::default(), ServingRuntime::Local);
+            assert!(found.problems.is_empty(), "{why}: {:?}", found.problems);
+            assert_eq!(found.runs.keys().collect::<Vec<_>>(), wanted, "{why}");
+            assert_eq!(found.reachable.iter().collect::<Vec<_>>(), reachable, "{why}");
         }
     }
 
@@ -431,8 +525,11 @@ mod tests {
         let route = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
             "metadata": {"name": "hello", "namespace": "default"},
             "spec": {"traffic": [{"revisionName": "hello-00002", "percent": 100}]}});
-        let objects = [configuration, old, pinned, latest, warm_but_old, route];
-        let table = route_table(&objects, "localhost");
+        // Ready: a Route routes to a pinned revision once it is.
+        let pinned_ready = json!({"apiVersion": "serving.knative.dev/v1", "kind": "RevisionState",
+            "metadata": {"name": "hello-00002", "namespace": "default"}, "spec": {"ready": true}});
+        let objects = [configuration, old, pinned, latest, warm_but_old, route, pinned_ready];
+        let table = route_table(&objects, "localhost", &RouteTable::new());
         let Wanted { runs: wanted, reachable, problems } =
             wanted_revisions(&objects, &table, &AutoscalerDefaults::default(), ServingRuntime::Local);
         assert!(problems.is_empty(), "{problems:?}");

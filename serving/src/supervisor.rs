@@ -18,7 +18,7 @@ use sluice_broker::{Node, ResourceKey};
 use sluice_cloudevent::clock::now_ms;
 use sluice_controller::serving::autoscaling::AutoscalerDefaults;
 use sluice_controller::serving::gc::{self, GcSettings};
-use sluice_controller::serving::routing::{revision_facts, route_table};
+use sluice_controller::serving::routing::{RouteTable, revision_facts, route_table};
 use sluice_controller::serving::{REVISION_STATE_KIND, children};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -307,11 +307,13 @@ async fn reconcile(
     reported: &mut HashMap<String, String>,
 ) {
     let mut objects = objects(node);
-    if node.leads_metadata() && write_children(node, &objects).await {
+    // The table served until now: a Route whose traffic does not resolve now keeps serving its routing from it.
+    let previous = shared.table.read().map(|table| table.clone()).unwrap_or_default();
+    if node.leads_metadata() && write_children(node, &objects, &settings.domain, &previous).await {
         // Serve what was just written (Routes, Revisions) without waiting for the next change.
         objects = self::objects(node);
     }
-    let table = route_table(&objects, &settings.domain);
+    let table = route_table(&objects, &settings.domain, &previous);
     let Wanted { runs: wanted, reachable, problems } =
         wanted_revisions(&objects, &table, &settings.autoscaler, env.runtime.kind());
     for (key, problem) in problems_to_log(reported, problems) {
@@ -361,11 +363,12 @@ async fn reconcile(
 
 /// Writes what Services and Configurations own, and deletes what lost its owner. Only the metadata leader
 /// does, so two nodes never race to create the same Revision; a failed write is made again on the next change.
-/// Answers whether it wrote anything.
-async fn write_children(node: &Node, objects: &[Value]) -> bool {
+/// `previous`: the table this node serves now (under `domain`). Answers whether it wrote anything.
+async fn write_children(node: &Node, objects: &[Value], domain: &str, previous: &RouteTable) -> bool {
     let mut plan = children::plan(objects);
-    // Old revisions nothing routes to, by Knative's garbage-collection defaults.
-    let table = route_table(objects, sluice_controller::serving::DEFAULT_DOMAIN);
+    // Old revisions nothing routes to, by Knative's garbage-collection defaults: a Route that does not resolve
+    // now still routes to what it routed to before, and those are kept.
+    let table = route_table(objects, domain, previous);
     for (namespace, name) in gc::collect(objects, &table, now_ms(), &GcSettings::default()) {
         tracing::info!(%namespace, revision = %name, "old revision collected");
         plan.delete.push(("Revision".into(), namespace, name));

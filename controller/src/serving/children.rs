@@ -96,6 +96,50 @@ pub fn template_name_collision(object: &Value, revision: Option<&Value>) -> Opti
     })
 }
 
+/// Whether `revision` is the one `configuration`'s template makes now: owned by the Configuration (by uid)
+/// and with the template's spec (a Revision is never rewritten, so the spec it was made with). A template that
+/// names a Revision made from it before (a rollback to an earlier template name) makes nothing new: that
+/// Revision is the Configuration's latest created ([`super::routing::latest_revisions`]).
+pub fn made_from_template(revision: &Value, configuration: &Value) -> bool {
+    let spec = configuration.pointer("/spec/template").map_or_else(|| json!({}), revision_spec);
+    owned_by(revision, configuration) && revision.get("spec") == Some(&spec)
+}
+
+/// The spec of the Revision a template makes, as it is stored (without nulls).
+fn revision_spec(template: &Value) -> Value {
+    let mut spec = template.get("spec").cloned().unwrap_or_else(|| json!({}));
+    crate::meta::prune_nulls(&mut spec);
+    spec
+}
+
+/// The spec of the Configuration a Service owns, as it is stored (without nulls): the Service's template.
+pub fn configuration_spec(service: &Value) -> Value {
+    let template = service.pointer("/spec/template").cloned().unwrap_or_else(|| json!({}));
+    let mut spec = json!({"template": template});
+    crate::meta::prune_nulls(&mut spec);
+    spec
+}
+
+/// The spec of the Route a Service owns, as it is stored (without nulls): the Service's traffic (by default
+/// 100 % to its latest revision), each target that names no Revision naming the Service's Configuration.
+pub fn route_spec(service: &Value) -> Value {
+    let name = str_at(service, "/metadata/name");
+    let traffic: Vec<Value> = super::routing::spec_traffic(service, name)
+        .into_iter()
+        .map(|target| {
+            let target = if target.revision_name.is_none() {
+                TrafficTarget { configuration_name: Some(name.to_string()), ..target }
+            } else {
+                target
+            };
+            serde_json::to_value(target).unwrap_or(Value::Null)
+        })
+        .collect();
+    let mut spec = json!({"traffic": traffic});
+    crate::meta::prune_nulls(&mut spec);
+    spec
+}
+
 /// Whether `owner` is one of `object`'s owners (by uid).
 pub fn owned_by(object: &Value, owner: &Value) -> bool {
     let uid = str_at(owner, "/metadata/uid");
@@ -157,31 +201,9 @@ pub fn plan(objects: &[Value]) -> ChildPlan {
         labels.insert(SERVICE_LABEL.into(), name.into());
         labels.insert(SERVICE_UID_LABEL.into(), str_at(service, "/metadata/uid").into());
         let annotations = Map::new();
-        let template = service.pointer("/spec/template").cloned().unwrap_or_else(|| json!({}));
-        desire(
-            child(
-                "Configuration",
-                namespace,
-                name,
-                labels.clone(),
-                annotations.clone(),
-                service,
-                json!({"template": template}),
-            ),
-            &mut plan,
-        );
-        let traffic: Vec<Value> = super::routing::spec_traffic(service, name)
-            .into_iter()
-            .map(|target| {
-                let target = if target.revision_name.is_none() {
-                    TrafficTarget { configuration_name: Some(name.to_string()), ..target }
-                } else {
-                    target
-                };
-                serde_json::to_value(target).unwrap_or(Value::Null)
-            })
-            .collect();
-        desire(child("Route", namespace, name, labels, annotations, service, json!({"traffic": traffic})), &mut plan);
+        let spec = configuration_spec(service);
+        desire(child("Configuration", namespace, name, labels.clone(), annotations.clone(), service, spec), &mut plan);
+        desire(child("Route", namespace, name, labels, annotations, service, route_spec(service)), &mut plan);
     }
 
     for configuration in objects.iter().filter(|o| str_at(o, "/kind") == "Configuration") {
@@ -191,7 +213,9 @@ pub fn plan(objects: &[Value]) -> ChildPlan {
         let revision = revision_name(name, str_at(&template, "/metadata/name"), generation);
         let existing = find(&("Revision".to_string(), namespace.to_string(), revision.clone()));
         if existing.is_some() {
-            // Made already (or a name collision, which the Configuration's status reports): never rewritten.
+            // Made already (this generation's, or an earlier one's that the template names again: a rollback,
+            // whose Revision is then the latest created, `made_from_template`), or a name collision, which the
+            // Configuration's status reports: never rewritten.
             continue;
         }
         let mut labels = template.pointer("/metadata/labels").and_then(Value::as_object).cloned().unwrap_or_default();
@@ -206,7 +230,7 @@ pub fn plan(objects: &[Value]) -> ChildPlan {
         }
         let annotations =
             template.pointer("/metadata/annotations").and_then(Value::as_object).cloned().unwrap_or_default();
-        let spec = template.get("spec").cloned().unwrap_or_else(|| json!({}));
+        let spec = revision_spec(&template);
         desire(child("Revision", namespace, &revision, labels, annotations, configuration, spec), &mut plan);
     }
 

@@ -95,13 +95,49 @@ pub fn revisions_of<'a>(objects: &'a [Value], namespace: &str, configuration: &s
     revisions
 }
 
-/// `(latestCreatedRevisionName, latestReadyRevisionName)` of a Configuration.
+/// `(latestCreatedRevisionName, latestReadyRevisionName)` of a Configuration: the Revision of its newest
+/// generation, or the one its template names when this Configuration made it from this template already (a
+/// rollback to an earlier template name makes nothing new); the latest ready is the latest created when it is
+/// ready, else the newest ready one.
 pub fn latest_revisions(objects: &[Value], namespace: &str, configuration: &str) -> (Option<String>, Option<String>) {
     let revisions = revisions_of(objects, namespace, configuration);
     let name = |r: &&Value| str_at(r, "/metadata/name").to_string();
-    let created = revisions.last().map(name);
-    let ready = revisions.iter().rev().find(|r| revision_facts(objects, namespace, &name(r)).ready).map(name);
-    (created, ready)
+    let newest_ready = revisions.iter().rev().find(|r| revision_facts(objects, namespace, &name(r)).ready).map(name);
+    // Knative's `latestCreatedRevision` looks the template's name up before the generation label: after
+    // `svc-v1`, `svc-v2` and `svc-v1` again, `svc-v1` (not made again: Revisions are immutable) is the latest,
+    // though its generation label is older; by the label, `svc-v1` stayed "being created" for ever and the
+    // traffic stayed on `svc-v2`.
+    match named_by_template(objects, namespace, configuration, &revisions) {
+        Some(named) => {
+            let named = name(&named);
+            let named_ready = revision_facts(objects, namespace, &named).ready;
+            let ready = if named_ready { Some(named.clone()) } else { newest_ready };
+            (Some(named), ready)
+        }
+        None => (revisions.last().map(name), newest_ready),
+    }
+}
+
+/// The Revision the Configuration's template names, when the Configuration made it from this very template
+/// (owned by it, the same spec). A Revision of that name made otherwise is a name collision, which the
+/// Configuration's status reports; it is not the latest.
+fn named_by_template<'a>(
+    objects: &[Value],
+    namespace: &str,
+    configuration: &str,
+    revisions: &[&'a Value],
+) -> Option<&'a Value> {
+    let owner = find(objects, "Configuration", namespace, configuration)?;
+    let template = owner.pointer("/spec/template")?;
+    let named = str_at(template, "/metadata/name");
+    if named.is_empty() {
+        return None;
+    }
+    revisions
+        .iter()
+        .copied()
+        .find(|revision| str_at(revision, "/metadata/name") == named)
+        .filter(|revision| super::children::made_from_template(revision, owner))
 }
 
 /// One resolved traffic target.
@@ -119,7 +155,8 @@ pub struct ResolvedTarget {
 pub struct TrafficError {
     pub reason: String,
     pub message: String,
-    /// A Configuration it names has no ready Revision yet (Knative reports Unknown, not False).
+    /// It may still resolve by itself: a Configuration it names has no ready Revision yet, or a Revision it
+    /// pins is not ready yet and has not failed (Knative reports Unknown, not False).
     pub waiting: bool,
 }
 
@@ -127,54 +164,84 @@ fn missing(reason: &str, message: String) -> TrafficError {
     TrafficError { reason: reason.into(), message, waiting: false }
 }
 
-/// The Route's targets with revision names filled in, or why it cannot route.
+/// The Route's targets with revision names filled in, or why it cannot route: as Knative's traffic builder,
+/// the first target that does not resolve, unless a later one failed where it only waits (a failure does not
+/// go away by waiting, so the Route says False).
 pub fn resolve_traffic(
     objects: &[Value],
     namespace: &str,
     traffic: &[TrafficTarget],
 ) -> Result<Vec<ResolvedTarget>, TrafficError> {
     let mut resolved = Vec::with_capacity(traffic.len());
+    let mut refused: Option<TrafficError> = None;
     for target in traffic {
-        let percent = target.percent.unwrap_or(0).clamp(0, 100) as u32;
-        let (revision, latest) = match (&target.revision_name, &target.configuration_name) {
-            (Some(revision), _) => {
-                if find(objects, "Revision", namespace, revision).is_none() {
-                    return Err(missing(
-                        "RevisionMissing",
-                        format!("Revision {revision:?} referenced in traffic not found."),
-                    ));
-                }
-                (revision.clone(), false)
-            }
-            (None, Some(configuration)) => {
-                if find(objects, "Configuration", namespace, configuration).is_none() {
-                    return Err(missing(
-                        "ConfigurationMissing",
-                        format!("Configuration {configuration:?} referenced in traffic not found."),
-                    ));
-                }
-                match latest_revisions(objects, namespace, configuration).1 {
-                    Some(ready) => (ready, true),
-                    None => {
-                        return Err(TrafficError {
-                            reason: "RevisionMissing".into(),
-                            message: format!("Configuration {configuration:?} does not have any ready Revision."),
-                            waiting: true,
-                        });
-                    }
+        match resolve_target(objects, namespace, target) {
+            Ok(target) => resolved.push(target),
+            Err(error) => {
+                if refused.as_ref().is_none_or(|first| first.waiting && !error.waiting) {
+                    refused = Some(error);
                 }
             }
-            (None, None) => return Err(missing("TrafficInvalid", "a traffic target names no revision".into())),
-        };
-        resolved.push(ResolvedTarget {
-            tag: target.tag.clone(),
-            revision,
-            configuration: target.configuration_name.clone(),
-            latest_revision: latest,
-            percent,
-        });
+        }
     }
-    Ok(resolved)
+    match refused {
+        Some(error) => Err(error),
+        None => Ok(resolved),
+    }
+}
+
+fn resolve_target(objects: &[Value], namespace: &str, target: &TrafficTarget) -> Result<ResolvedTarget, TrafficError> {
+    let percent = target.percent.unwrap_or(0).clamp(0, 100) as u32;
+    let (revision, latest) = match (&target.revision_name, &target.configuration_name) {
+        (Some(revision), _) => {
+            if find(objects, "Revision", namespace, revision).is_none() {
+                return Err(missing(
+                    "RevisionMissing",
+                    format!("Revision {revision:?} referenced in traffic not found."),
+                ));
+            }
+            // Knative's `errUnreadyRevision`: a pinned Revision gets its share once it is ready, not before (its
+            // requests would wait for a start, or get 503 for good from one that failed). Unknown while it may
+            // still become ready, False once it failed.
+            let facts = revision_facts(objects, namespace, revision);
+            if !facts.ready {
+                let failed = facts.failure.is_some();
+                let message = if failed {
+                    format!("Revision {revision:?} failed to become ready.")
+                } else {
+                    format!("Revision {revision:?} is not yet ready.")
+                };
+                return Err(TrafficError { reason: "RevisionMissing".into(), message, waiting: !failed });
+            }
+            (revision.clone(), false)
+        }
+        (None, Some(configuration)) => {
+            if find(objects, "Configuration", namespace, configuration).is_none() {
+                return Err(missing(
+                    "ConfigurationMissing",
+                    format!("Configuration {configuration:?} referenced in traffic not found."),
+                ));
+            }
+            match latest_revisions(objects, namespace, configuration).1 {
+                Some(ready) => (ready, true),
+                None => {
+                    return Err(TrafficError {
+                        reason: "RevisionMissing".into(),
+                        message: format!("Configuration {configuration:?} does not have any ready Revision."),
+                        waiting: true,
+                    });
+                }
+            }
+        }
+        (None, None) => return Err(missing("TrafficInvalid", "a traffic target names no revision".into())),
+    };
+    Ok(ResolvedTarget {
+        tag: target.tag.clone(),
+        revision,
+        configuration: target.configuration_name.clone(),
+        latest_revision: latest,
+        percent,
+    })
 }
 
 /// The Route's (or Service's) traffic as written, with Knative's default: 100 % to the latest revision of the
@@ -213,15 +280,25 @@ pub struct HostTargets {
     pub targets: Vec<(String, u32)>,
 }
 
-/// Every host served, from the Routes that resolve and from Configurations without a Route of their name.
+/// Every host served, from the Routes that resolve (and the last good routing of those that do not resolve now)
+/// and from Configurations without a Route of their name.
 pub type RouteTable = BTreeMap<String, HostTargets>;
 
-pub fn route_table(objects: &[Value], domain: &str) -> RouteTable {
+/// The hosts served now. `previous`: the table served until now (empty when there is none, as for status,
+/// computed on read): a Route whose traffic does not resolve now (a misspelt `revisionName`, a Revision not
+/// made or not ready yet, a Configuration with no ready Revision) keeps the hosts it had there, main and tags,
+/// as they were: Knative's Route reconciler leaves the ingress as it is until every target resolves, so the
+/// last good routing keeps serving (dropping its hosts answered every request 404).
+pub fn route_table(objects: &[Value], domain: &str, previous: &RouteTable) -> RouteTable {
     let mut table = RouteTable::new();
+    let mut kept: Vec<(&String, &HostTargets)> = Vec::new();
     for route in objects.iter().filter(|o| str_at(o, "/kind") == "Route") {
         let namespace = str_at(route, "/metadata/namespace");
         let name = str_at(route, "/metadata/name");
-        let Ok(targets) = resolve_traffic(objects, namespace, &spec_traffic(route, name)) else { continue };
+        let Ok(targets) = resolve_traffic(objects, namespace, &spec_traffic(route, name)) else {
+            kept.extend(previous.iter().filter(|(_, served)| served.namespace == namespace && served.name == name));
+            continue;
+        };
         let weighted: Vec<(String, u32)> =
             targets.iter().filter(|t| t.percent > 0).map(|t| (t.revision.clone(), t.percent)).collect();
         table.insert(
@@ -240,6 +317,10 @@ pub fn route_table(objects: &[Value], domain: &str) -> RouteTable {
                 );
             }
         }
+    }
+    // After every Route that resolves: a host one of them serves now is its.
+    for (served_host, served) in kept {
+        table.entry(served_host.clone()).or_insert_with(|| served.clone());
     }
     for configuration in objects.iter().filter(|o| str_at(o, "/kind") == "Configuration") {
         let namespace = str_at(configuration, "/metadata/namespace");

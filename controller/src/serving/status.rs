@@ -4,10 +4,11 @@
 
 use serde_json::{Map, Value, json};
 
-use super::children::{owned_by, revision_name};
+use super::children::{configuration_spec, owned_by, revision_name, route_spec};
 use super::model::Container;
 use super::routing::{
-    ResolvedTarget, find, host, latest_revisions, resolve_traffic, revision_facts, spec_traffic, tag_host,
+    ResolvedTarget, RouteTable, find, host, latest_revisions, resolve_traffic, revision_facts, route_table,
+    spec_traffic, tag_host,
 };
 use crate::world::{Environment, ServingRuntime, World};
 
@@ -250,6 +251,11 @@ fn route_ready(object: &Value, world: &World, env: &Environment, status: &mut Ma
     }
 }
 
+/// Knative's reason and message for a Service's child that does not reflect the Service's spec yet.
+fn out_of_date(kind: &str) -> (String, String) {
+    ("OutOfDate".into(), format!("The {kind} is still working to reflect the latest desired specification."))
+}
+
 /// Status of a serving object (`None` for other kinds).
 pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Option<Value> {
     let kind = str_at(object, "/kind");
@@ -279,9 +285,20 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Option<Val
         }
         "Service" => {
             let owned = |kind: &str| find(world.objects, kind, namespace, name).filter(|o| owned_by(o, object));
+            // A Configuration or Route that does not say yet what the Service says (the children loop has not
+            // written it since the Service changed) speaks of the Service's previous generation: Unknown until it
+            // catches up, as Knative's `OutOfDate`: else the Service is Ready for its new generation at once, from
+            // its children's old one, and `kubectl wait` right after an apply returns early.
             let mut configuration_status = Map::new();
             let configurations: Condition = match owned("Configuration") {
-                Some(configuration) => configuration_ready(configuration, world, env, &mut configuration_status),
+                Some(configuration) => {
+                    let ready = configuration_ready(configuration, world, env, &mut configuration_status);
+                    if configuration.get("spec") == Some(&configuration_spec(object)) {
+                        ready
+                    } else {
+                        Ok(Some(out_of_date("Configuration")))
+                    }
+                }
                 None => Ok(Some(("Deploying".into(), format!("Configuration {name:?} is being created")))),
             };
             for field in ["latestCreatedRevisionName", "latestReadyRevisionName"] {
@@ -291,7 +308,10 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Option<Val
             }
             let mut route_status = Map::new();
             let routes: Condition = match owned("Route") {
-                Some(route) => route_ready(route, world, env, &mut route_status),
+                Some(route) => {
+                    let ready = route_ready(route, world, env, &mut route_status);
+                    if route.get("spec") == Some(&route_spec(object)) { ready } else { Ok(Some(out_of_date("Route"))) }
+                }
                 None => Ok(Some(("Deploying".into(), format!("Route {name:?} is being created")))),
             };
             for field in ["url", "address", "traffic"] {
@@ -323,7 +343,8 @@ pub fn address(
     if find(world.objects, kind, namespace, name).is_none() {
         return Err(("DestinationNotFound".into(), format!("{kind} {namespace}/{name} does not exist")));
     }
-    let served = super::routing::route_table(world.objects, &env.serving_domain);
+    // Computed on read: there is no table served before to keep a Route's last good routing from.
+    let served = route_table(world.objects, &env.serving_domain, &RouteTable::new());
     let host = host(name, namespace, &env.serving_domain);
     match served.get(&host) {
         Some(targets) if !targets.targets.is_empty() => Ok(url_for(&host, env)),

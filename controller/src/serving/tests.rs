@@ -3,7 +3,8 @@
 use serde_json::{Value, json};
 
 use super::children::{self, revision_name};
-use super::routing::{HostTargets, instances_over_nodes, route_table};
+use super::model::TrafficTarget;
+use super::routing::{HostTargets, RouteTable, instances_over_nodes, resolve_traffic, route_table};
 use crate::meta::merge_for_apply_keeping_owned;
 use crate::status::{Environment, World, reconcile};
 use crate::validate_object;
@@ -185,7 +186,7 @@ fn routes_split_and_tag_by_revision_and_unresolvable_traffic_says_why() {
         json!([{"revisionName": "hello-00001", "percent": 50, "tag": "old"}, {"latestRevision": true, "percent": 50}]);
     store(&mut objects, split);
     settle(&mut objects);
-    let table = route_table(&objects, "localhost");
+    let table = route_table(&objects, "localhost", &RouteTable::new());
     let target = |host: &str| table.get(host).cloned().unwrap_or_default();
     assert_eq!(
         target("hello.default.localhost"),
@@ -205,6 +206,236 @@ fn routes_split_and_tag_by_revision_and_unresolvable_traffic_says_why() {
     let route = status_of(&objects, "Route", "r");
     assert_eq!(condition(&route, "AllTrafficAssigned"), ("False".into(), "RevisionMissing".into()));
     assert!(!table.contains_key("r.default.localhost"));
+}
+
+/// `hello` served 50/50 by two ready revisions, `hello-00001` also under the tag `old`.
+fn hello_split_between_two_ready_revisions() -> Vec<Value> {
+    let mut objects = Vec::new();
+    store(&mut objects, hello_service("one"));
+    settle(&mut objects);
+    ready_fact(&mut objects, "hello-00001");
+    store(&mut objects, hello_service("two"));
+    settle(&mut objects);
+    ready_fact(&mut objects, "hello-00002");
+    let mut split = hello_service("two");
+    split["spec"]["traffic"] = json!([
+        {"revisionName": "hello-00001", "percent": 50, "tag": "old"},
+        {"revisionName": "hello-00002", "percent": 50},
+    ]);
+    store(&mut objects, split);
+    settle(&mut objects);
+    objects
+}
+
+fn failed_fact(objects: &mut Vec<Value>, revision: &str) {
+    store(
+        objects,
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "RevisionState",
+        "metadata": {"name": revision, "namespace": "default"},
+        "spec": {"ready": false, "failureReason": "ExitCode3", "failureMessage": "boom"}}),
+    );
+}
+
+/// Regression: a Route whose traffic stopped resolving (a misspelt `revisionName`; a Revision not made or not
+/// ready yet, as in a blue/green apply that names the new template and pins the traffic to it at once) lost
+/// its hosts, main and tags, and every request got 404. Knative leaves the ingress as it was until the traffic
+/// resolves: the last good routing keeps serving.
+#[test]
+fn regression_a_route_that_stops_resolving_keeps_serving_its_previous_hosts() {
+    let objects = hello_split_between_two_ready_revisions();
+    let before = route_table(&objects, "localhost", &RouteTable::new());
+    assert_eq!(before.keys().collect::<Vec<_>>(), ["hello.default.localhost", "old-hello.default.localhost"]);
+    let pinned_to = |target: &str, revision: &str| {
+        let mut service = hello_service(target);
+        service["spec"]["traffic"] = json!([{"revisionName": revision, "percent": 100}]);
+        service
+    };
+    let not_found = ("False".to_string(), "RevisionMissing".to_string());
+    let waiting = ("Unknown".to_string(), "RevisionMissing".to_string());
+    // (the Service applied, hello-00003 failed, the Route's AllTrafficAssigned, why)
+    let cases = [
+        (pinned_to("two", "hello-00009"), false, not_found.clone(), "a misspelt revisionName"),
+        (pinned_to("three", "hello-00003"), false, waiting, "a new template pinned at once, not ready yet"),
+        (pinned_to("three", "hello-00003"), true, not_found, "a new template pinned at once, failed"),
+    ];
+    for (service, failed, assigned, why) in cases {
+        let mut objects = objects.clone();
+        store(&mut objects, service);
+        settle(&mut objects);
+        if failed {
+            failed_fact(&mut objects, "hello-00003");
+        }
+        assert_eq!(condition(&status_of(&objects, "Route", "hello"), "AllTrafficAssigned"), assigned, "{why}");
+        assert_eq!(route_table(&objects, "localhost", &before), before, "{why}: the hosts and weights served before");
+        assert!(
+            route_table(&objects, "localhost", &RouteTable::new()).is_empty(),
+            "{why}: nothing to keep without a table served before"
+        );
+    }
+
+    // Once it resolves, the Route serves its new traffic, and the tag it no longer has goes.
+    let mut resolved = objects.clone();
+    store(&mut resolved, pinned_to("three", "hello-00003"));
+    settle(&mut resolved);
+    ready_fact(&mut resolved, "hello-00003");
+    let after = route_table(&resolved, "localhost", &before);
+    let served: Vec<_> = after.iter().map(|(host, served)| (host.as_str(), served.targets.clone())).collect();
+    assert_eq!(served, [("hello.default.localhost", vec![("hello-00003".to_string(), 100)])]);
+
+    // A Route that never resolved has no host, and another Route's previous hosts are not its.
+    let mut objects = objects;
+    store(
+        &mut objects,
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
+            "metadata": {"name": "r", "namespace": "default"},
+            "spec": {"traffic": [{"revisionName": "nope-00001", "percent": 100}]}}),
+    );
+    let table = route_table(&objects, "localhost", &before);
+    assert!(!table.contains_key("r.default.localhost"), "{table:?}");
+    assert!(table.values().all(|served| served.name == "hello"), "{table:?}");
+}
+
+#[test]
+fn a_pinned_revision_resolves_once_it_is_ready_and_a_failed_one_says_so() {
+    let revision = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+        "metadata": {"name": "r1", "namespace": "default", "uid": "u1"}, "spec": {}});
+    let state = |spec: Value| {
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "RevisionState",
+            "metadata": {"name": "r1", "namespace": "default"}, "spec": spec})
+    };
+    let failed = json!({"ready": false, "failureReason": "ExitCode1", "failureMessage": "boom"});
+    let pinned = json!([{"revisionName": "r1", "percent": 100}]);
+    // The revisions resolved, or (waiting, message).
+    type Resolved = Result<Vec<String>, (bool, String)>;
+    let not_ready: Resolved = Err((true, r#"Revision "r1" is not yet ready."#.to_string()));
+    let failed_to_start: Resolved = Err((false, r#"Revision "r1" failed to become ready."#.to_string()));
+    let not_found: Resolved = Err((false, r#"Revision "r9" referenced in traffic not found."#.to_string()));
+    // (the traffic, the facts of r1, resolved revisions or (waiting, message), why)
+    let cases = [
+        (pinned.clone(), None, not_ready.clone(), "no facts yet"),
+        (pinned.clone(), Some(json!({"ready": false, "instancesByNode": {"1": 1}})), not_ready, "starting"),
+        (pinned.clone(), Some(failed.clone()), failed_to_start, "failed: False, not waiting"),
+        (pinned.clone(), Some(json!({"ready": true})), Ok(vec!["r1".to_string()]), "ready"),
+        (
+            pinned,
+            Some(json!({"ready": true, "failureReason": "ExitCode1", "failureMessage": "boom"})),
+            Ok(vec!["r1".to_string()]),
+            "ready once is ready for good, as the Revision's own status",
+        ),
+        (
+            json!([{"revisionName": "r1", "percent": 50}, {"revisionName": "r9", "percent": 50}]),
+            None,
+            not_found.clone(),
+            "a target that failed outweighs an earlier one that waits",
+        ),
+        (
+            json!([{"revisionName": "r9", "percent": 50}, {"revisionName": "r1", "percent": 50}]),
+            Some(failed),
+            not_found,
+            "else the first",
+        ),
+    ];
+    for (traffic, facts, expected, why) in cases {
+        let mut objects = vec![revision.clone()];
+        objects.extend(facts.map(state));
+        let traffic: Vec<TrafficTarget> = serde_json::from_value(traffic).expect("valid traffic");
+        let resolved = resolve_traffic(&objects, "default", &traffic)
+            .map(|targets| targets.into_iter().map(|t| t.revision).collect::<Vec<_>>())
+            .map_err(|e| (e.waiting, e.message));
+        assert_eq!(resolved, expected, "{why}");
+    }
+}
+
+/// Regression: rolling back to an earlier template name (`hello-v1`, `hello-v2`, then `hello-v1` again with
+/// its spec) makes no Revision (it exists), and the latest created was the newest generation label's
+/// (`hello-v2`): the Configuration stayed "being created" for ever and the traffic stayed on `hello-v2`.
+/// Knative takes the Revision the template names, made by this Configuration from this spec, as the latest.
+#[test]
+fn regression_a_rollback_to_an_earlier_template_name_makes_its_revision_the_latest_again() {
+    let named = |name: &str, target: &str| {
+        let mut service = hello_service(target);
+        service["spec"]["template"]["metadata"] = json!({"name": name});
+        service
+    };
+    // (hello-v1's facts, the rolled-back template's TARGET, latest created, latest ready (served), the
+    // Configuration's Ready, why)
+    let cases = [
+        (Some(true), "one", "hello-v1", "hello-v1", "True", "ready: it is the latest ready again, and served"),
+        (None, "one", "hello-v1", "hello-v2", "Unknown", "never ready yet: the latest ready stays"),
+        (Some(false), "one", "hello-v1", "hello-v2", "False", "failed: the latest ready stays, and it says why"),
+        (
+            Some(true),
+            "changed",
+            "hello-v2",
+            "hello-v2",
+            "Unknown",
+            "another spec under the name: a collision (refused at apply), as before not taken for the latest",
+        ),
+    ];
+    for (v1_ready, target, created, ready, configurations, why) in cases {
+        let mut objects = Vec::new();
+        store(&mut objects, named("hello-v1", "one"));
+        settle(&mut objects);
+        match v1_ready {
+            Some(true) => ready_fact(&mut objects, "hello-v1"),
+            Some(false) => failed_fact(&mut objects, "hello-v1"),
+            None => {}
+        }
+        store(&mut objects, named("hello-v2", "two"));
+        settle(&mut objects);
+        ready_fact(&mut objects, "hello-v2");
+        store(&mut objects, named("hello-v1", target));
+        assert_eq!(settle(&mut objects), ["Configuration/hello"], "{why}: no Revision made again");
+        let service = status_of(&objects, "Service", "hello");
+        assert_eq!(service["latestCreatedRevisionName"], created, "{why}: {service}");
+        assert_eq!(service["latestReadyRevisionName"], ready, "{why}");
+        assert_eq!(condition(&service, "ConfigurationsReady").0, configurations, "{why}: {service}");
+        assert_eq!(service["traffic"][0]["revisionName"], ready, "{why}");
+        let table = route_table(&objects, "localhost", &RouteTable::new());
+        let served = table.get("hello.default.localhost").map(|served| served.targets.clone()).unwrap_or_default();
+        assert_eq!(served, [(ready.to_string(), 100)], "{why}");
+    }
+}
+
+/// Regression: a Service's status is computed on read, so right after a template change it was Ready for the
+/// new generation from its Configuration's old template, before the children loop wrote the new one, and
+/// `kubectl wait` or `kn --wait` right after an apply returned early. Knative says `OutOfDate` until the
+/// child caught up.
+#[test]
+fn regression_a_service_is_not_ready_before_its_children_say_what_it_says() {
+    let mut objects = Vec::new();
+    store(&mut objects, hello_service("one"));
+    settle(&mut objects);
+    ready_fact(&mut objects, "hello-00001");
+    assert_eq!(condition(&status_of(&objects, "Service", "hello"), "Ready").0, "True");
+    let mut pinned = hello_service("one");
+    pinned["spec"]["traffic"] = json!([{"revisionName": "hello-00001", "percent": 100}]);
+    let mut without_nulls = hello_service("one");
+    without_nulls["spec"]["template"]["spec"]["containers"][0]["workingDir"] = Value::Null;
+    let ready = ("True".to_string(), String::new());
+    let out_of_date = ("Unknown".to_string(), "OutOfDate".to_string());
+    // (the Service applied, before the children loop ran: ConfigurationsReady, RoutesReady, why)
+    let cases = [
+        (hello_service("two"), out_of_date.clone(), ready.clone(), "a new template"),
+        (pinned, ready.clone(), out_of_date, "new traffic"),
+        (hello_service("one"), ready.clone(), ready.clone(), "the same spec again: nothing to catch up"),
+        (without_nulls, ready.clone(), ready, "a null is an absent field, as the child is stored"),
+    ];
+    for (service, configurations, routes, why) in cases {
+        let mut objects = objects.clone();
+        store(&mut objects, service);
+        let status = status_of(&objects, "Service", "hello");
+        assert_eq!(condition(&status, "ConfigurationsReady"), configurations, "{why}: {status}");
+        assert_eq!(condition(&status, "RoutesReady"), routes, "{why}: {status}");
+        let ready_ones = ["ConfigurationsReady", "RoutesReady"].map(|kind| condition(&status, kind).0);
+        let expected = if ready_ones.iter().all(|state| state == "True") { "True" } else { "Unknown" };
+        assert_eq!(condition(&status, "Ready").0, expected, "{why}");
+        settle(&mut objects);
+        let status = status_of(&objects, "Service", "hello");
+        for kind in ["ConfigurationsReady", "RoutesReady"] {
+            assert_ne!(condition(&status, kind).1, "OutOfDate", "{why}: {kind} once the children loop ran");
+        }
+    }
 }
 
 #[test]
