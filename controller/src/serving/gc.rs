@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::CONFIGURATION_LABEL;
-use super::routing::{RouteTable, latest_revisions};
+use super::routing::{RouteTable, latest_revisions, spec_traffic};
 
 /// Knative's `config-gc`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,10 +60,23 @@ fn chrono_free_rfc3339_ms(text: &str) -> Option<u64> {
 
 /// The Revisions to delete now: `(namespace, name)`.
 pub fn collect(objects: &[Value], table: &RouteTable, now_ms: u64, settings: &GcSettings) -> Vec<(String, String)> {
-    let routed: BTreeSet<(&str, &str)> = table
+    let mut routed: BTreeSet<(&str, &str)> = table
         .values()
         .flat_map(|host| host.targets.iter().map(move |(revision, _)| (host.namespace.as_str(), revision.as_str())))
         .collect();
+    // Every Revision a Route's (or Service's) traffic names is active, as Knative has it, also at 0 % without a
+    // tag and while the Route does not resolve: deleting one would make its Route fail to resolve for good.
+    let named: Vec<(&str, String)> = objects
+        .iter()
+        .filter(|o| matches!(str_at(o, "/kind"), "Route" | "Service"))
+        .flat_map(|o| {
+            let namespace = str_at(o, "/metadata/namespace");
+            spec_traffic(o, str_at(o, "/metadata/name"))
+                .into_iter()
+                .filter_map(move |t| Some((namespace, t.revision_name?)))
+        })
+        .collect();
+    routed.extend(named.iter().map(|(namespace, revision)| (*namespace, revision.as_str())));
     let mut by_configuration: std::collections::BTreeMap<(String, String), Vec<&Value>> = Default::default();
     for revision in objects.iter().filter(|o| str_at(o, "/kind") == "Revision") {
         let namespace = str_at(revision, "/metadata/namespace").to_string();
@@ -155,5 +168,22 @@ mod tests {
             "beyond the maximum"
         );
         assert!(collect(&objects, &table, now, &GcSettings::default()).is_empty(), "Knative's defaults keep 20");
+    }
+
+    /// Regression: a Revision pinned at 0 % without a tag was not in the serving table, so it looked unrouted and
+    /// was collected, and its Route then failed to resolve.
+    #[test]
+    fn a_revision_a_route_names_is_kept_even_at_zero_percent() {
+        let now = chrono_free_rfc3339_ms("2026-11-28T10:00:00Z").unwrap_or(0);
+        let mut objects: Vec<Value> =
+            (1..=3).map(|g| revision(&format!("c-0000{g}"), g, &format!("2026-11-2{g}T00:00:00Z"))).collect();
+        objects.push(json!({"kind": "Route", "metadata": {"name": "c", "namespace": "default"},
+            "spec": {"traffic": [{"revisionName": "c-00003", "percent": 100}, {"revisionName": "c-00001", "percent": 0}]}}));
+        let settings = GcSettings { min_non_active: 0, ..GcSettings::default() };
+        // Nothing in the table (the Route did not resolve, or 0 % is left out of it): only c-00002 is non-active.
+        assert_eq!(
+            collect(&objects, &RouteTable::new(), now, &settings),
+            [("default".to_string(), "c-00002".to_string())]
+        );
     }
 }
