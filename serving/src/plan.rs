@@ -489,8 +489,8 @@ mod tests {
                 both,
                 vec!["hello-00002"],
                 vec!["default/hello-00001", "default/hello-00002"],
-                vec![],
-                "0 % without a tag, not ready: it starts, unreachable; the Route waits for it",
+                vec!["default/hello-00002"],
+                "0 % without a tag, not ready: it starts, unreachable; the target with the share is served",
             ),
             (
                 json!([{"revisionName": "solo", "percent": 100}]),

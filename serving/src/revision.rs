@@ -363,6 +363,9 @@ impl RunningRevision {
 struct Instances {
     running: BTreeMap<InstanceId, Box<dyn Instance>>,
     stopping: BTreeSet<InstanceId>,
+    /// Those that became ready once: a later `Ready` (after `NotReady`) puts one back in rotation and is not a
+    /// start that succeeded (it resets no crash-loop backoff and clears no failure).
+    ready_once: BTreeSet<InstanceId>,
     next_id: InstanceId,
     failed_starts: FailedStarts,
     /// Restarts stopped at the progress deadline (logged once).
@@ -419,6 +422,7 @@ async fn run_revision(
     let mut instances = Instances {
         running: BTreeMap::new(),
         stopping: BTreeSet::new(),
+        ready_once: BTreeSet::new(),
         next_id: 0,
         failed_starts: FailedStarts::default(),
         given_up: false,
@@ -497,8 +501,18 @@ async fn run_revision(
                 }
             }
             Some(event) = events.recv() => match event {
+                InstanceEvent::Ready { id, .. } if instances.ready_once.contains(&id) => {
+                    tracing::info!(revision = %key, instance = id, "instance ready again: back in rotation");
+                    if let Ok(mut state) = revision.state.lock() {
+                        let woken = state.gate.set_ready(id, true);
+                        state.hand_out(woken);
+                        state.measure();
+                    }
+                    publish_capacity(&revision, &env);
+                }
                 InstanceEvent::Ready { id, addr } => {
                     tracing::info!(revision = %key, instance = id, %addr, "instance ready");
+                    instances.ready_once.insert(id);
                     instances.failed_starts.ready();
                     instances.given_up = false;
                     if let Ok(mut state) = revision.state.lock() {
@@ -533,6 +547,7 @@ async fn run_revision(
                 }
                 InstanceEvent::Exited { id, code, signal, reason, last_output } => {
                     instances.running.remove(&id);
+                    instances.ready_once.remove(&id);
                     let expected = instances.stopping.remove(&id);
                     if let Ok(mut state) = revision.state.lock() {
                         state.gate.remove(id);

@@ -13,10 +13,8 @@
 //!   every event.
 //! - `filters`: every filter of the list must match. When `filters` is present and non-empty it replaces
 //!   `filter.attributes` (Knative's rule); when both are absent every event matches.
-//! - `exact`, `prefix` and `suffix` values must not be empty (Subscriptions API 3.2.4.1.1, Knative's Trigger
-//!   CRD): [`compile`] refuses one, as the controller's validation does, unlike an empty `filter.attributes`
-//!   value. A missing attribute never matches `exact`, `prefix` or `suffix`; a CESQL expression matches only
-//!   when it evaluates to `TRUE` without any error.
+//! - A missing attribute never matches `exact`, `prefix` or `suffix`; a CESQL expression matches only when it
+//!   evaluates to `TRUE` without any error.
 //!
 //! Everything here is pure and synchronous: no I/O, no clock, no randomness.
 
@@ -239,9 +237,9 @@ fn compile_filter(filter: &Json, path: &str) -> Result<Node, FilterError> {
     };
     let path = format!("{path}.{dialect}");
     match dialect.as_str() {
-        "exact" => Ok(every(attributes(body, &path)?, |attribute, value| Node::Exact { attribute, value })),
-        "prefix" => Ok(every(attributes(body, &path)?, |attribute, value| Node::Prefix { attribute, value })),
-        "suffix" => Ok(every(attributes(body, &path)?, |attribute, value| Node::Suffix { attribute, value })),
+        "exact" => Ok(every(attributes(body, &path, true)?, |attribute, value| Node::Exact { attribute, value })),
+        "prefix" => Ok(every(attributes(body, &path, false)?, |attribute, value| Node::Prefix { attribute, value })),
+        "suffix" => Ok(every(attributes(body, &path, false)?, |attribute, value| Node::Suffix { attribute, value })),
         "all" => Ok(Node::All(filter_list(body, &path)?)),
         "any" => Ok(Node::Any(filter_list(body, &path)?)),
         "not" => Ok(Node::Not(Box::new(compile_filter(body, &path)?))),
@@ -260,11 +258,10 @@ fn compile_filter(filter: &Json, path: &str) -> Result<Node, FilterError> {
 
 /// The body of `exact`, `prefix` or `suffix`: attribute names and their string values, every one of which must
 /// match (the Subscriptions API's `{"exact": {"type": …, "subject": …}}`; Knative lifted its one-attribute
-/// limit). No value may be empty: the Subscriptions API says "The attribute name and value specified in the
-/// filter expression MUST NOT be empty strings" for each of the three, and Knative's Trigger CRD requires a
-/// non-empty value. Such a filter is refused at compile time, as the controller refuses it at validation, rather
-/// than compiled into a filter that silently never (or, for `prefix`/`suffix`, always) matches.
-fn attributes(body: &Json, path: &str) -> Result<Vec<(String, String)>, FilterError> {
+/// limit). An empty value is meaningful only for `exact` (the attribute is present and empty), which the
+/// controller accepts; an empty prefix or suffix would match every present value and is rejected like the
+/// controller does.
+fn attributes(body: &Json, path: &str, allow_empty: bool) -> Result<Vec<(String, String)>, FilterError> {
     let Json::Object(map) = body else {
         return Err(FilterError::WrongType { path: path.into(), expected: "an object mapping attributes to values" });
     };
@@ -278,7 +275,7 @@ fn attributes(body: &Json, path: &str) -> Result<Vec<(String, String)>, FilterEr
             let Json::String(value) = value else {
                 return Err(FilterError::WrongType { path: attribute_path(), expected: "a string" });
             };
-            if value.is_empty() {
+            if value.is_empty() && !allow_empty {
                 return Err(FilterError::EmptyValue { path: attribute_path() });
             }
             Ok((attribute.clone(), value.clone()))

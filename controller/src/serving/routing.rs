@@ -158,10 +158,13 @@ pub struct TrafficError {
     /// It may still resolve by itself: a Configuration it names has no ready Revision yet, or a Revision it
     /// pins is not ready yet and has not failed (Knative reports Unknown, not False).
     pub waiting: bool,
+    /// A Revision it pins exists and is not ready (yet, or it failed): the Route's URL stays the Service's, and
+    /// its data plane goes on with its last good routing meanwhile.
+    pub pinned_unready: bool,
 }
 
 fn missing(reason: &str, message: String) -> TrafficError {
-    TrafficError { reason: reason.into(), message, waiting: false }
+    TrafficError { reason: reason.into(), message, waiting: false, pinned_unready: false }
 }
 
 /// The Route's targets with revision names filled in, or why it cannot route: as Knative's traffic builder,
@@ -190,6 +193,22 @@ pub fn resolve_traffic(
     }
 }
 
+/// The targets a Route whose traffic does not resolve can still serve: those that resolve, when every target
+/// that does not carries no traffic (0 %, with or without a tag). A canary pinned at 0 % that failed, or one
+/// not ready yet, then takes nothing from the others (its tag's host is not served); a target with a share that
+/// does not resolve leaves the Route to its last good routing.
+pub fn servable_targets(objects: &[Value], namespace: &str, traffic: &[TrafficTarget]) -> Option<Vec<ResolvedTarget>> {
+    let mut servable = Vec::with_capacity(traffic.len());
+    for target in traffic {
+        match resolve_target(objects, namespace, target) {
+            Ok(resolved) => servable.push(resolved),
+            Err(_) if target.percent.unwrap_or(0) <= 0 => {}
+            Err(_) => return None,
+        }
+    }
+    Some(servable)
+}
+
 fn resolve_target(objects: &[Value], namespace: &str, target: &TrafficTarget) -> Result<ResolvedTarget, TrafficError> {
     let percent = target.percent.unwrap_or(0).clamp(0, 100) as u32;
     let (revision, latest) = match (&target.revision_name, &target.configuration_name) {
@@ -211,7 +230,12 @@ fn resolve_target(objects: &[Value], namespace: &str, target: &TrafficTarget) ->
                 } else {
                     format!("Revision {revision:?} is not yet ready.")
                 };
-                return Err(TrafficError { reason: "RevisionMissing".into(), message, waiting: !failed });
+                return Err(TrafficError {
+                    reason: "RevisionMissing".into(),
+                    message,
+                    waiting: !failed,
+                    pinned_unready: true,
+                });
             }
             (revision.clone(), false)
         }
@@ -229,6 +253,7 @@ fn resolve_target(objects: &[Value], namespace: &str, target: &TrafficTarget) ->
                         reason: "RevisionMissing".into(),
                         message: format!("Configuration {configuration:?} does not have any ready Revision."),
                         waiting: true,
+                        pinned_unready: false,
                     });
                 }
             }
@@ -295,9 +320,18 @@ pub fn route_table(objects: &[Value], domain: &str, previous: &RouteTable) -> Ro
     for route in objects.iter().filter(|o| str_at(o, "/kind") == "Route") {
         let namespace = str_at(route, "/metadata/namespace");
         let name = str_at(route, "/metadata/name");
-        let Ok(targets) = resolve_traffic(objects, namespace, &spec_traffic(route, name)) else {
-            kept.extend(previous.iter().filter(|(_, served)| served.namespace == namespace && served.name == name));
-            continue;
+        let traffic = spec_traffic(route, name);
+        let targets = match resolve_traffic(objects, namespace, &traffic) {
+            Ok(targets) => targets,
+            Err(_) => match servable_targets(objects, namespace, &traffic) {
+                Some(targets) => targets,
+                None => {
+                    kept.extend(
+                        previous.iter().filter(|(_, served)| served.namespace == namespace && served.name == name),
+                    );
+                    continue;
+                }
+            },
         };
         let weighted: Vec<(String, u32)> =
             targets.iter().filter(|t| t.percent > 0).map(|t| (t.revision.clone(), t.percent)).collect();

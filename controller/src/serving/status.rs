@@ -346,10 +346,18 @@ pub fn address(
     // Computed on read: there is no table served before to keep a Route's last good routing from.
     let served = route_table(world.objects, &env.serving_domain, &RouteTable::new());
     let host = host(name, namespace, &env.serving_domain);
-    match served.get(&host) {
-        Some(targets) if !targets.targets.is_empty() => Ok(url_for(&host, env)),
-        _ => Err(("RouteNotReady".into(), format!("{kind} {namespace}/{name} has no ready revision to route to yet"))),
+    if served.get(&host).is_some_and(|targets| !targets.targets.is_empty()) {
+        return Ok(url_for(&host, env));
     }
+    // A Route waiting for a Revision it pins (a blue/green rollout to a named revision) keeps its URL, as Knative's
+    // Route keeps its address: its data plane serves its last good routing meanwhile.
+    let rolling_out = find(world.objects, "Route", namespace, name).is_some_and(|route| {
+        resolve_traffic(world.objects, namespace, &spec_traffic(route, name)).is_err_and(|e| e.pinned_unready)
+    });
+    if rolling_out {
+        return Ok(url_for(&host, env));
+    }
+    Err(("RouteNotReady".into(), format!("{kind} {namespace}/{name} has no ready revision to route to yet")))
 }
 
 #[cfg(test)]

@@ -174,18 +174,7 @@ fn status_follows_the_revisions_facts() {
 
 #[test]
 fn routes_split_and_tag_by_revision_and_unresolvable_traffic_says_why() {
-    let mut objects = Vec::new();
-    store(&mut objects, hello_service("one"));
-    settle(&mut objects);
-    ready_fact(&mut objects, "hello-00001");
-    store(&mut objects, hello_service("two"));
-    settle(&mut objects);
-    ready_fact(&mut objects, "hello-00002");
-    let mut split = hello_service("two");
-    split["spec"]["traffic"] =
-        json!([{"revisionName": "hello-00001", "percent": 50, "tag": "old"}, {"latestRevision": true, "percent": 50}]);
-    store(&mut objects, split);
-    settle(&mut objects);
+    let mut objects = hello_split_between_two_ready_revisions(json!({"latestRevision": true, "percent": 50}));
     let table = route_table(&objects, "localhost", &RouteTable::new());
     let target = |host: &str| table.get(host).cloned().unwrap_or_default();
     assert_eq!(
@@ -208,8 +197,9 @@ fn routes_split_and_tag_by_revision_and_unresolvable_traffic_says_why() {
     assert!(!table.contains_key("r.default.localhost"));
 }
 
-/// `hello` served 50/50 by two ready revisions, `hello-00001` also under the tag `old`.
-fn hello_split_between_two_ready_revisions() -> Vec<Value> {
+/// `hello` served 50/50 by two ready revisions, `hello-00001` also under the tag `old`, `hello-00002` by
+/// `second` (a traffic target of 50 %).
+fn hello_split_between_two_ready_revisions(second: Value) -> Vec<Value> {
     let mut objects = Vec::new();
     store(&mut objects, hello_service("one"));
     settle(&mut objects);
@@ -220,7 +210,7 @@ fn hello_split_between_two_ready_revisions() -> Vec<Value> {
     let mut split = hello_service("two");
     split["spec"]["traffic"] = json!([
         {"revisionName": "hello-00001", "percent": 50, "tag": "old"},
-        {"revisionName": "hello-00002", "percent": 50},
+        second,
     ]);
     store(&mut objects, split);
     settle(&mut objects);
@@ -242,7 +232,7 @@ fn failed_fact(objects: &mut Vec<Value>, revision: &str) {
 /// resolves: the last good routing keeps serving.
 #[test]
 fn regression_a_route_that_stops_resolving_keeps_serving_its_previous_hosts() {
-    let objects = hello_split_between_two_ready_revisions();
+    let objects = hello_split_between_two_ready_revisions(json!({"revisionName": "hello-00002", "percent": 50}));
     let before = route_table(&objects, "localhost", &RouteTable::new());
     assert_eq!(before.keys().collect::<Vec<_>>(), ["hello.default.localhost", "old-hello.default.localhost"]);
     let pinned_to = |target: &str, revision: &str| {
@@ -293,6 +283,39 @@ fn regression_a_route_that_stops_resolving_keeps_serving_its_previous_hosts() {
     let table = route_table(&objects, "localhost", &before);
     assert!(!table.contains_key("r.default.localhost"), "{table:?}");
     assert!(table.values().all(|served| served.name == "hello"), "{table:?}");
+}
+
+/// Regression (review of session 40): a canary pinned at 0 % under a tag that failed took its whole Route down
+/// on a node with no table served before (one restarted), for good: the targets with a share still serve, the
+/// canary's host does not. And a Service rolled out to a pinned revision not ready yet keeps its URL for the
+/// Triggers that deliver to it, as Knative's Route keeps its address.
+#[test]
+fn a_canary_at_zero_percent_that_failed_takes_nothing_from_the_others() {
+    let mut objects = hello_split_between_two_ready_revisions(json!({"revisionName": "hello-00002", "percent": 50}));
+    let mut canary = hello_service("three");
+    canary["spec"]["traffic"] = json!([{"revisionName": "hello-00002", "percent": 100},
+        {"revisionName": "hello-00003", "percent": 0, "tag": "canary"}]);
+    store(&mut objects, canary);
+    settle(&mut objects);
+    failed_fact(&mut objects, "hello-00003");
+    let table = route_table(&objects, "localhost", &RouteTable::new());
+    let served: Vec<_> = table.iter().map(|(host, served)| (host.as_str(), served.targets.clone())).collect();
+    assert_eq!(served, [("hello.default.localhost", vec![("hello-00002".to_string(), 100)])]);
+    let address =
+        |objects: &[Value]| crate::serving::status::address("Service", "default", "hello", &World { objects }, &env());
+    assert!(address(&objects).is_ok());
+
+    let mut blue_green = hello_service("four");
+    blue_green["spec"]["traffic"] = json!([{"revisionName": "hello-00004", "percent": 100}]);
+    store(&mut objects, blue_green);
+    settle(&mut objects);
+    assert!(route_table(&objects, "localhost", &RouteTable::new()).is_empty(), "nothing to serve it from here");
+    assert_eq!(address(&objects), Ok("http://hello.default.localhost:8080".to_string()), "its URL stays");
+    let mut misspelt = hello_service("four");
+    misspelt["spec"]["traffic"] = json!([{"revisionName": "hello-00009", "percent": 100}]);
+    store(&mut objects, misspelt);
+    settle(&mut objects);
+    assert!(address(&objects).is_err(), "a Revision that does not exist is no rollout");
 }
 
 #[test]

@@ -43,7 +43,7 @@ pub(crate) struct AttemptResult {
     /// `None`: no response (connection error or timeout).
     pub status: Option<u16>,
     pub retry_after: Option<RetryAfter>,
-    /// The response body: at most [`MAX_RESPONSE_BYTES`] of a 200, [`MAX_ERROR_DATA_BYTES`] of any other.
+    /// The response body: at most [`MAX_RESPONSE_BYTES`] of a 2xx, [`MAX_ERROR_DATA_BYTES`] of any other.
     pub body: Bytes,
     /// A reply event in a 200 response: parsed and validated, or why it is not a valid event.
     pub reply: Option<Result<CloudEvent, String>>,
@@ -350,9 +350,10 @@ impl Sender {
         let status = parts.status.as_u16();
         let retry_after =
             parts.headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, now_ms));
-        // Only a 200 can carry a reply; of any other body nothing but `knativeerrordata`'s first KiB is kept, and
-        // a delivery may hold its result through a retry's backoff (up to an hour), so no more is read.
-        let limit = if status == 200 { MAX_RESPONSE_BYTES } else { MAX_ERROR_DATA_BYTES };
+        // Of a failure's body nothing but `knativeerrordata`'s first KiB is kept, and a delivery may hold its result
+        // through a retry's backoff (up to an hour), so no more is read (the connection is then not reused). A
+        // success's body is read whole, within the limit, so that its kept-alive connection goes back to the pool.
+        let limit = if (200..300).contains(&status) { MAX_RESPONSE_BYTES } else { MAX_ERROR_DATA_BYTES };
         let read = match body {
             ResponseBody::Plain(body) => tokio::time::timeout_at(deadline, read_limited(body, limit)).await,
             ResponseBody::Reqwest(body) => tokio::time::timeout_at(deadline, read_limited(body, limit)).await,
@@ -369,7 +370,7 @@ impl Sender {
             (reply, _) => (reply, None),
         };
         let error = match problem {
-            // The rest of an error page was not wanted.
+            // The rest of an error page was not wanted; a success's body over the limit is no failure either.
             Some(BodyProblem::TooLarge { .. }) if status != 200 => None,
             problem => problem.map(|problem| problem.to_string()),
         };

@@ -559,6 +559,36 @@ mod tests {
         }
     }
 
+    /// An instance of `default/REVISION` running `argv` on the port `readiness` names (a free one for an exec
+    /// probe), with the default rhythm and a progress deadline long enough never to matter.
+    fn instance(
+        id: u64,
+        revision: &str,
+        argv: &[&str],
+        readiness: Readiness,
+        logs: &crate::logs::LogHub,
+    ) -> InstanceSpec {
+        let port = match &readiness {
+            Readiness::TcpConnect { port } | Readiness::HttpGet { port, .. } => *port,
+            Readiness::Exec { .. } => free_port().expect("port"),
+        };
+        InstanceSpec {
+            id,
+            revision: format!("default/{revision}"),
+            run: 1,
+            object: Arc::new(serde_json::Value::Null),
+            argv: argv.iter().map(|arg| arg.to_string()).collect(),
+            env: Vec::new(),
+            working_dir: None,
+            port,
+            fixed_port: false,
+            readiness,
+            readiness_rhythm: ProbeRhythm::default(),
+            progress_deadline: Duration::from_secs(600),
+            log: logs.revision("default", revision),
+        }
+    }
+
     /// An instance that never becomes ready is stopped at the progress deadline, and its exit says why (the
     /// revision then counts a failed start and shows the reason).
     #[tokio::test]
@@ -568,19 +598,8 @@ mod tests {
         let logs = crate::logs::LogHub::new(dir.path().join("logs"));
         let port = free_port().expect("port");
         let spec = InstanceSpec {
-            id: 7,
-            revision: "default/never-00001".into(),
-            run: 1,
-            object: Arc::new(serde_json::Value::Null),
-            argv: vec!["sleep".into(), "300".into()],
-            env: Vec::new(),
-            working_dir: None,
-            port,
-            fixed_port: false,
-            readiness: Readiness::TcpConnect { port },
-            readiness_rhythm: ProbeRhythm::default(),
             progress_deadline: Duration::from_millis(300),
-            log: logs.revision("default", "never-00001"),
+            ..instance(7, "never-00001", &["sleep", "300"], Readiness::TcpConnect { port }, &logs)
         };
         let (events, mut received) = mpsc::channel(8);
         let _instance = runtime.start(spec, events).expect("start");
@@ -605,25 +624,14 @@ mod tests {
         let logs = crate::logs::LogHub::new(dir.path().join("logs"));
         let healthy = dir.path().join("healthy");
         std::fs::write(&healthy, b"").expect("write");
-        let port = free_port().expect("port");
+        let probe = Readiness::Exec { argv: vec!["test".into(), "-f".into(), healthy.display().to_string()] };
         let spec = InstanceSpec {
-            id: 3,
-            revision: "default/flaky-00001".into(),
-            run: 1,
-            object: Arc::new(serde_json::Value::Null),
-            argv: vec!["sleep".into(), "300".into()],
-            env: Vec::new(),
-            working_dir: None,
-            port,
-            fixed_port: false,
-            readiness: Readiness::Exec { argv: vec!["test".into(), "-f".into(), healthy.display().to_string()] },
             readiness_rhythm: ProbeRhythm {
                 period: Duration::from_millis(20),
                 failure_threshold: 2,
                 success_threshold: 1,
             },
-            progress_deadline: Duration::from_secs(600),
-            log: logs.revision("default", "flaky-00001"),
+            ..instance(3, "flaky-00001", &["sleep", "300"], probe, &logs)
         };
         let (events, mut received) = mpsc::channel(8);
         let instance = runtime.start(spec, events).expect("start");
@@ -666,21 +674,7 @@ mod tests {
         let script =
             format!("trap '' TERM; sleep 300 & echo $! > {}; trap - TERM; exec sleep 299", orphan_file.display());
         let port = free_port().expect("port");
-        let spec = InstanceSpec {
-            id: 1,
-            revision: "default/hello-00001".into(),
-            run: 1,
-            object: Arc::new(serde_json::Value::Null),
-            argv: vec!["sh".into(), "-c".into(), script],
-            env: Vec::new(),
-            working_dir: None,
-            port,
-            fixed_port: false,
-            readiness: Readiness::TcpConnect { port },
-            readiness_rhythm: ProbeRhythm::default(),
-            progress_deadline: Duration::from_secs(600),
-            log: logs.revision("default", "hello-00001"),
-        };
+        let spec = instance(1, "hello-00001", &["sh", "-c", &script], Readiness::TcpConnect { port }, &logs);
         let (events, _events) = mpsc::channel(8);
         let instance = runtime.start(spec, events).expect("start");
         let orphan_pid = || std::fs::read_to_string(&orphan_file).ok().and_then(|pid| pid.trim().parse::<u32>().ok());
@@ -704,19 +698,8 @@ mod tests {
         let runtime = LocalRuntime::new(dir.path().join("instances"), 2);
         let logs = crate::logs::LogHub::new(dir.path().join("logs"));
         let app = |id: u64, revision: &str, port: u16, fixed_port: bool| InstanceSpec {
-            id,
-            revision: format!("default/{revision}"),
-            run: 1,
-            object: Arc::new(serde_json::Value::Null),
-            argv: vec!["python3".into(), "-c".into(), LISTEN.into()],
-            env: Vec::new(),
-            working_dir: None,
-            port,
             fixed_port,
-            readiness: Readiness::TcpConnect { port },
-            readiness_rhythm: ProbeRhythm::default(),
-            progress_deadline: Duration::from_secs(600),
-            log: logs.revision("default", revision),
+            ..instance(id, revision, &["python3", "-c", LISTEN], Readiness::TcpConnect { port }, &logs)
         };
         let running = || runtime.slots.lock().map(|slots| slots.running).unwrap_or(usize::MAX);
         let (events, mut received) = mpsc::channel(16);
