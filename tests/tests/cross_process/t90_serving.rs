@@ -578,6 +578,11 @@ async fn a_request_waiting_at_a_revision_taken_off_traffic_goes_to_the_new_one()
     apply_resource(&admin, one_at_a_time("One")).await?;
     wait_ready(&admin, "Service", "queued").await?;
     let client = client(&http, &["queued.default.localhost"])?;
+    // The status is read from the metadata, the node's route table follows it: served once a request is
+    // answered (before, under load, both requests could get 404 and none ever waited).
+    let plain = url("queued.default.localhost", &http, "/");
+    wait_until(READY_WITHIN, || async { Ok(client.get(&plain).send().await?.status().is_success().then_some(())) })
+        .await?;
     // Both requests are held by the app until the test makes this file: the one in flight cannot finish (and
     // let the waiting one in at the old revision) before the test has seen the waiting one move.
     let release = tempfile::tempdir()?;
