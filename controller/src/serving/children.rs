@@ -124,7 +124,7 @@ pub fn configuration_spec(service: &Value) -> Value {
 /// 100 % to its latest revision), each target that names no Revision naming the Service's Configuration.
 pub fn route_spec(service: &Value) -> Value {
     let name = str_at(service, "/metadata/name");
-    let traffic: Vec<Value> = super::routing::spec_traffic(service, name)
+    let traffic: Vec<Value> = super::model::spec_traffic(service, name)
         .into_iter()
         .map(|target| {
             let target = if target.revision_name.is_none() {

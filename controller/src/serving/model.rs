@@ -297,3 +297,20 @@ pub type Service = Object<ServiceSpec>;
 pub type Configuration = Object<ConfigurationSpec>;
 pub type Revision = Object<RevisionSpec>;
 pub type Route = Object<RouteSpec>;
+
+/// The Route's (or Service's) traffic as written, with Knative's default: 100 % to the latest revision of the
+/// Configuration of the same name.
+pub fn spec_traffic(object: &Value, configuration: &str) -> Vec<TrafficTarget> {
+    let traffic: Option<Vec<TrafficTarget>> =
+        object.pointer("/spec/traffic").and_then(|t| serde_json::from_value(t.clone()).ok());
+    match traffic {
+        Some(traffic) if !traffic.is_empty() => traffic,
+        _ if object.get("kind").and_then(Value::as_str) == Some("Route") => Vec::new(),
+        _ => vec![TrafficTarget {
+            configuration_name: Some(configuration.to_string()),
+            latest_revision: Some(true),
+            percent: Some(100),
+            ..TrafficTarget::default()
+        }],
+    }
+}

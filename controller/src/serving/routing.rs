@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::model::TrafficTarget;
+pub use super::model::spec_traffic;
 use super::{CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, REVISION_STATE_KIND};
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
@@ -267,23 +268,6 @@ fn resolve_target(objects: &[Value], namespace: &str, target: &TrafficTarget) ->
         latest_revision: latest,
         percent,
     })
-}
-
-/// The Route's (or Service's) traffic as written, with Knative's default: 100 % to the latest revision of the
-/// Configuration of the same name.
-pub fn spec_traffic(object: &Value, configuration: &str) -> Vec<TrafficTarget> {
-    let traffic: Option<Vec<TrafficTarget>> =
-        object.pointer("/spec/traffic").and_then(|t| serde_json::from_value(t.clone()).ok());
-    match traffic {
-        Some(traffic) if !traffic.is_empty() => traffic,
-        _ if str_at(object, "/kind") == "Route" => Vec::new(),
-        _ => vec![TrafficTarget {
-            configuration_name: Some(configuration.to_string()),
-            latest_revision: Some(true),
-            percent: Some(100),
-            ..TrafficTarget::default()
-        }],
-    }
 }
 
 /// `NAME.NAMESPACE.DOMAIN`.

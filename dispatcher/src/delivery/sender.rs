@@ -20,10 +20,11 @@ use sluice_cloudevent::{self as cloudevent, AttrValue, CloudEvent, EventData};
 
 use crate::consumer::{Format, Protocol};
 use crate::delivery::policy::RetryAfter;
-use crate::delivery::task::MAX_ERROR_DATA_BYTES;
 
-/// The most of a response body that is read: a reply event must fit, and `knativeerrordata` is cut from it.
+/// The most of a success's body that is read: a reply event must fit.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 4 << 20;
+/// The most of a subscriber's failure body read and carried in `knativeerrordata` (before base64).
+pub(crate) const MAX_ERROR_DATA_BYTES: usize = 1024;
 /// Idle pooled connections kept per host: at least what a node has in flight to one subscriber (a Trigger's
 /// window, 100 by default, on each of the node's partitions), or every completion beyond the pool closes a
 /// connection that the next delivery opens again. At 64, half the deliveries of a backlog drain opened a

@@ -18,10 +18,7 @@ use sluice_cloudevent::{AttrValue, CloudEvent};
 use crate::capacity::DestinationLimits;
 use crate::consumer::{ConsumerSpec, DeadLetterMode, Format, ReplyTarget};
 use crate::delivery::policy::{FailureReason, Outcome, Step, classify, next_step_jittered};
-use crate::delivery::sender::{AttemptResult, Sender};
-
-/// The most of a subscriber's response body carried in `knativeerrordata` (before base64).
-pub(crate) const MAX_ERROR_DATA_BYTES: usize = 1024;
+use crate::delivery::sender::{AttemptResult, MAX_ERROR_DATA_BYTES, Sender};
 /// Largest reply event accepted from a subscriber (encoded).
 pub(crate) const MAX_REPLY_EVENT_BYTES: usize = 1 << 20;
 

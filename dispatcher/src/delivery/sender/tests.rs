@@ -258,6 +258,6 @@ async fn of_an_error_page_only_the_first_kib_is_read() {
     let sender = Sender::new(None).expect("client");
     let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
     assert_eq!(result.status, Some(503));
-    assert_eq!(result.body.len(), crate::delivery::task::MAX_ERROR_DATA_BYTES);
+    assert_eq!(result.body.len(), MAX_ERROR_DATA_BYTES);
     assert_eq!(result.error, None, "{result:?}");
 }
