@@ -10,6 +10,7 @@
 //! requests finish, then SIGTERM.
 
 mod gauges;
+mod instance_events;
 mod starts;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -33,6 +34,7 @@ use crate::logs::LogHub;
 use crate::runtime::local::free_port;
 use crate::runtime::{Instance, InstanceEvent, InstanceSpec, ProbeRhythm, Readiness, Runtime};
 use gauges::AutoscalerGauges;
+use instance_events::on_instance_event;
 use sluice_autoscaler::{Autoscaler, Backlog, Decision, Observation, Sample};
 use starts::{Failed, FailedStarts, StartVerdict, backoff_left_ms, marks_failed, start_verdict, turned_away};
 
@@ -500,75 +502,7 @@ async fn run_revision(
                     tokio::spawn(instance.stop(env.grace));
                 }
             }
-            Some(event) = events.recv() => match event {
-                InstanceEvent::Ready { id, .. } if instances.ready_once.contains(&id) => {
-                    tracing::info!(revision = %key, instance = id, "instance ready again: back in rotation");
-                    if let Ok(mut state) = revision.state.lock() {
-                        let woken = state.gate.set_ready(id, true);
-                        state.hand_out(woken);
-                        state.measure();
-                    }
-                    publish_capacity(&revision, &env);
-                }
-                InstanceEvent::Ready { id, addr } => {
-                    tracing::info!(revision = %key, instance = id, %addr, "instance ready");
-                    instances.ready_once.insert(id);
-                    instances.failed_starts.ready();
-                    instances.given_up = false;
-                    if let Ok(mut state) = revision.state.lock() {
-                        state.failed = None;
-                        // A socket address is always a valid authority; were it not, the instance would get no
-                        // requests rather than requests without an address.
-                        match Authority::try_from(addr.to_string()) {
-                            Ok(authority) => {
-                                state.addrs.insert(id, authority);
-                                let woken = state.gate.set_ready(id, true);
-                                state.hand_out(woken);
-                            }
-                            Err(e) => tracing::error!(revision = %key, instance = id, %addr, error = %e, "no URI authority for the instance"),
-                        }
-                        state.measure();
-                    }
-                    publish_capacity(&revision, &env);
-                    instances.facts.ready = true;
-                    // The edge that clears a failure (another node's too), until the facts carrying it are posted.
-                    instances.facts.saw_ready = true;
-                    instances.facts.failure = None;
-                }
-                InstanceEvent::NotReady { id } => {
-                    tracing::warn!(revision = %key, instance = id, "instance no longer ready: out of rotation");
-                    metrics::counter!("sluice_serving_instance_unready_total", "revision" => key.clone()).increment(1);
-                    if let Ok(mut state) = revision.state.lock() {
-                        let woken = state.gate.set_ready(id, false);
-                        state.hand_out(woken);
-                        state.measure();
-                    }
-                    publish_capacity(&revision, &env);
-                }
-                InstanceEvent::Exited { id, code, signal, reason, last_output } => {
-                    instances.running.remove(&id);
-                    instances.ready_once.remove(&id);
-                    let expected = instances.stopping.remove(&id);
-                    if let Ok(mut state) = revision.state.lock() {
-                        state.gate.remove(id);
-                        state.addrs.remove(&id);
-                        state.measure();
-                    }
-                    publish_capacity(&revision, &env);
-                    if !expected {
-                        let reason = match (reason, code, signal) {
-                            (Some(reason), _, _) => reason,
-                            (None, Some(code), _) => format!("ExitCode{code}"),
-                            (None, None, Some(signal)) => format!("Signal{signal}"),
-                            (None, None, None) => "ContainerExited".to_string(),
-                        };
-                        let message = format!("container exited ({reason}): {}", last_output.trim());
-                        tracing::warn!(revision = %key, instance = id, %reason, output = %last_output, "instance exited unexpectedly");
-                        metrics::counter!("sluice_serving_instance_failures_total", "revision" => key.clone()).increment(1);
-                        fail(&revision, &mut instances, reason, message);
-                    }
-                }
-            },
+            Some(event) = events.recv() => on_instance_event(event, &revision, &env, &mut instances),
         }
     }
     // No more decisions: the gauges go to zero now rather than show the last one while the instances drain
