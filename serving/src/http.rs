@@ -1,7 +1,8 @@
 //! Requests to Knative Routes on the node's HTTP port: the host names the Route (or a tag of it), the traffic
 //! split picks a revision, the revision's gate gives a slot on a ready instance (holding the request while one
 //! starts), and the request is proxied to it, bodies streamed both ways, HTTP/1.1 or h2c. The slot is given back
-//! when the response body ends (or is dropped), so in-flight counts are exact.
+//! when the response body ends (or is dropped), so in-flight counts are exact. A request that upgrades its
+//! connection (a WebSocket) holds its slot for as long as the upgraded connection lives (`upgrade`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,9 +22,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sluice_broker::HostRoutes;
 
+mod upgrade;
+
 use crate::balance::Balancer;
 use crate::error::ServingError;
-use crate::revision::{Permit, RevisionHandle};
+use crate::revision::{Permit, RevisionHandle, RevisionRun};
 use crate::shared::{HostMetrics, HostTraffic, Shared};
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
@@ -134,8 +137,6 @@ impl HostRouter {
         deadline: Instant,
     ) -> Result<Response<Body>, ServingError> {
         let run = &revision.run;
-        let client = if run.h2c { &self.h2c } else { &self.http1 };
-        let upstream = upstream_request(request, &permit)?;
         // The response must start within `responseStartTimeoutSeconds` of the delivery, and within what is left of
         // `timeoutSeconds`, whichever comes first.
         let (start_by, after_ms) = match run.response_start_timeout_ms {
@@ -144,18 +145,41 @@ impl HostRouter {
             }
             _ => (deadline, run.timeout_ms),
         };
+        let timed_out = || ServingError::Timeout { revision: revision.key(), after_ms };
+        // An h2c app speaks no HTTP/1.1, so it is never asked to switch protocols (the request goes as a plain one).
+        if !run.h2c && upgrade::wants_upgrade(request.headers()) {
+            let response = upgrade::UpgradeRequest::new(request, &permit)?;
+            let answer = tokio::time::timeout_at(start_by.into(), response.send(&permit.authority)).await;
+            return match answer {
+                Err(_) => Err(timed_out()),
+                Ok(Err(reason)) => Err(ServingError::Upstream { revision: revision.key(), reason }),
+                Ok(Ok(upgrade::Answer::Switched { response, tunnel })) => {
+                    tokio::spawn(tunnel.run(permit, run.idle_timeout_ms.map(Duration::from_millis), revision.key()));
+                    Ok(response)
+                }
+                Ok(Ok(upgrade::Answer::Declined(response))) => Ok(respond(response, permit, run, deadline)),
+            };
+        }
+        let client = if run.h2c { &self.h2c } else { &self.http1 };
+        let upstream = upstream_request(request, &permit)?;
         let response = match tokio::time::timeout_at(start_by.into(), client.request(upstream)).await {
-            Err(_) => return Err(ServingError::Timeout { revision: revision.key(), after_ms }),
+            Err(_) => return Err(timed_out()),
             Ok(Err(e)) => return Err(ServingError::Upstream { revision: revision.key(), reason: e.to_string() }),
             Ok(Ok(response)) => response,
         };
-        let (mut parts, body) = response.into_parts();
-        for name in &HOP_BY_HOP {
-            parts.headers.remove(name);
-        }
-        let body = TimedBody::new(body, deadline, run.idle_timeout_ms.map(Duration::from_millis));
-        Ok(Response::from_parts(parts, Body::new(GuardedBody { inner: body, _permit: permit })))
+        Ok(respond(response, permit, run, deadline))
     }
+}
+
+/// The app's response as the client gets it: without its hop-by-hop headers, its body cut off at the revision's
+/// timeouts, holding the request's slot until it ends.
+fn respond(response: Response<Incoming>, permit: Permit, run: &RevisionRun, deadline: Instant) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    for name in &HOP_BY_HOP {
+        parts.headers.remove(name);
+    }
+    let body = TimedBody::new(body, deadline, run.idle_timeout_ms.map(Duration::from_millis));
+    Response::from_parts(parts, Body::new(GuardedBody { inner: body, _permit: permit }))
 }
 
 /// A response body cut off when the request's `timeoutSeconds` runs out, or when it stays silent for
@@ -232,7 +256,7 @@ where
     }
 }
 
-fn upstream_request(request: Request, permit: &Permit) -> Result<hyper::Request<Body>, ServingError> {
+pub(crate) fn upstream_request(request: Request, permit: &Permit) -> Result<hyper::Request<Body>, ServingError> {
     let (mut parts, body) = request.into_parts();
     let mut uri = parts.uri.into_parts();
     uri.scheme = Some(Scheme::HTTP);

@@ -31,6 +31,19 @@ pub(crate) struct Shared {
     pub(crate) signals: Signals,
 }
 
+impl Shared {
+    /// Serves `table` from now on. A host no Route serves any more leaves with its balancer and metric handles:
+    /// hosts come and go with Services, and kept they would pile up for the node's life.
+    pub(crate) fn install_table(&self, table: RouteTable) {
+        if let Ok(mut hosts) = self.hosts.lock() {
+            hosts.retain(|host, _| table.contains_key(host));
+        }
+        if let Ok(mut current) = self.table.write() {
+            *current = Arc::new(table);
+        }
+    }
+}
+
 /// One Route host as the HTTP router keeps it between requests.
 pub(crate) struct HostTraffic {
     pub(crate) balancer: Balancer,
@@ -176,7 +189,39 @@ fn host_limit(targets: &[(String, u32)], capacity: impl Fn(&str) -> Option<usize
 
 #[cfg(test)]
 mod tests {
+    use sluice_controller::serving::routing::HostTargets;
+
     use super::*;
+
+    fn routed(hosts: &[&str]) -> RouteTable {
+        let targets = |host: &str| HostTargets {
+            namespace: "default".into(),
+            name: host.split('.').next().unwrap_or_default().into(),
+            targets: vec![("rev-00001".into(), 100)],
+        };
+        hosts.iter().map(|host| (host.to_string(), targets(host))).collect()
+    }
+
+    fn traffic(shared: &Shared, host: &str) {
+        let targets = vec![("rev-00001".to_string(), 100)];
+        if let Ok(mut hosts) = shared.hosts.lock() {
+            hosts.insert(host.into(), HostTraffic::new(host, "default", &targets));
+        }
+    }
+
+    /// Regression: a host kept its balancer and metric handles after its Route was gone, for the node's life.
+    #[test]
+    fn a_host_no_route_serves_any_more_is_forgotten_when_the_table_changes() {
+        let shared = Shared::default();
+        shared.install_table(routed(&["a.default.localhost", "b.default.localhost"]));
+        traffic(&shared, "a.default.localhost");
+        traffic(&shared, "b.default.localhost");
+        shared.install_table(routed(&["a.default.localhost", "c.default.localhost"]));
+        let kept: Vec<String> = shared.hosts.lock().map(|h| h.keys().cloned().collect()).unwrap_or_default();
+        assert_eq!(kept, ["a.default.localhost"], "b left with its Route; c has had no request yet");
+        let served: Vec<String> = shared.table.read().map(|t| t.keys().cloned().collect()).unwrap_or_default();
+        assert_eq!(served, ["a.default.localhost", "c.default.localhost"]);
+    }
 
     #[test]
     fn a_revision_listed_twice_adds_its_capacity_once() {

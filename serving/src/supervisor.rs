@@ -345,9 +345,7 @@ async fn reconcile(
     for (key, revision) in running.iter() {
         revision.handle.set_reachable(reachable.contains(key));
     }
-    if let Ok(mut current) = shared.table.write() {
-        *current = Arc::new(table);
-    }
+    shared.install_table(table);
     for (key, revision) in stopping {
         if let Ok(mut revisions) = shared.revisions.write()
             && !running.contains_key(&key)

@@ -42,6 +42,28 @@ pub trait HostRoutes: Send + Sync + 'static {
     fn handle(&self, host: String, request: Request) -> BoxFuture<'static, Response>;
 }
 
+/// A connection's place among the node's bounded connections (`--max-connections`, and per client address), in
+/// every request's extensions. A request that upgrades its connection (a WebSocket to a Knative Route) keeps a
+/// clone for as long as the upgraded connection lives: hyper hands the connection over and its task ends, and
+/// the place must not be given back while the bytes still flow.
+#[derive(Clone)]
+pub struct ConnectionPlace {
+    _held: Arc<HeldPlace>,
+}
+
+/// The places a connection holds until it ends, and the open-connections gauge going down with them.
+struct HeldPlace {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _address_slot: super::connections::AddressSlot,
+    open: metrics::Gauge,
+}
+
+impl Drop for HeldPlace {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
+}
+
 /// Where the serving module plugs its [`HostRoutes`] in once it runs (it needs the node, which starts first).
 pub type HostRouteSlot = Arc<OnceLock<Arc<dyn HostRoutes>>>;
 
@@ -181,6 +203,8 @@ pub(crate) async fn serve(
         let body_share_bytes = limits.max_inflight_body_bytes_per_connection.max(largest_body);
         tokio::spawn(async move {
             open.increment(1.0);
+            let place =
+                ConnectionPlace { _held: Arc::new(HeldPlace { _permit: permit, _address_slot: address_slot, open }) };
             // Plaintext is let through even in strict mode, so a client is told why (426) and probes work.
             match sluice_security::accept(
                 stream,
@@ -199,9 +223,11 @@ pub(crate) async fn serve(
                     let handling = Arc::new(AtomicUsize::new(0));
                     let handling_here = handling.clone();
                     let share = super::ConnectionBodyShare::new(body_share_bytes);
+                    let place_here = place.clone();
                     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                         request_seen.store(true, std::sync::atomic::Ordering::Relaxed);
                         request.extensions_mut().insert(share.clone());
+                        request.extensions_mut().insert(place_here.clone());
                         let front = front.clone();
                         let handled = Handling::start(&handling_here);
                         async move {
@@ -216,7 +242,9 @@ pub(crate) async fn serve(
                     // first request's head must be in within the header-read timeout.
                     let moved = Arc::new(AtomicU64::new(0));
                     let conn = WatchedIo::new(conn, first_byte_timeout, first_request, moved.clone());
-                    let connection = builder.serve_connection(TokioIo::new(conn), service);
+                    // With upgrades: a Knative Route's app may take the connection over (WebSockets); anything
+                    // else never answers 101, and its connections stay HTTP.
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(conn), service);
                     tokio::pin!(connection);
                     // See `IdleWatch`: an idle connection is shut down gracefully, never cut.
                     let mut idle = IdleWatch::new(moved.load(Ordering::Relaxed));
@@ -245,8 +273,8 @@ pub(crate) async fn serve(
                     tracing::debug!(error = %e, "http connection refused");
                 }
             }
-            open.decrement(1.0);
-            drop((permit, address_slot));
+            // The places go back now, or when the last upgraded connection holding them ends.
+            drop(place);
         });
     }
 }

@@ -7,6 +7,8 @@
 //! - `GET /env` → the runtime contract as the app sees it (`PORT`, `K_SERVICE`, `K_CONFIGURATION`,
 //!   `K_REVISION`, and `ADDRESS` for the tests of `$(VAR)` expansion) as JSON.
 //! - `GET /stats` → `{"max_concurrent": N, "requests": N}`: the most requests it ever had at once.
+//! - `GET /ws` with a WebSocket upgrade: echoes every text message as `$K_REVISION: MESSAGE`; counted as a
+//!   request in flight (in `/stats`) until the WebSocket closes.
 //! - `POST` (a CloudEvent) → 202; the event's `ce-id` is appended to `$HELLO_RECORD` when set.
 //! - `HELLO_STARTUP_MS`: waits that long before listening; `HELLO_CRASH=N`: writes a line to stderr and exits
 //!   with code N at start.
@@ -56,10 +58,56 @@ impl Drop for InFlight {
 
 async fn handle(request: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Full<Bytes>>, Infallible> {
     let now = stats.current.fetch_add(1, Ordering::SeqCst) + 1;
-    let _in_flight = InFlight(stats.clone());
+    let in_flight = InFlight(stats.clone());
     stats.max.fetch_max(now, Ordering::SeqCst);
     stats.requests.fetch_add(1, Ordering::SeqCst);
+    if request.uri().path() == "/ws" {
+        return Ok(websocket(request, in_flight));
+    }
     Ok(answer(request, &stats).await)
+}
+
+/// Switches to a WebSocket that echoes text messages with the revision's name; the request stays in flight
+/// until the WebSocket ends.
+fn websocket(mut request: Request<Incoming>, in_flight: InFlight) -> Response<Full<Bytes>> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let key = request.headers().get("sec-websocket-key").map(|key| derive_accept_key(key.as_bytes()));
+    let asks = request.headers().get("upgrade").is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let (Some(accept), true) = (key, asks) else {
+        return Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .body(Full::new(Bytes::from_static(b"a WebSocket upgrade is expected\n")))
+            .unwrap_or_default();
+    };
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut socket =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let revision = env("K_REVISION");
+        while let Some(Ok(message)) = socket.next().await {
+            let echo = match message {
+                Message::Text(text) => Message::text(format!("{revision}: {}", text.as_str())),
+                Message::Close(_) => return,
+                _ => continue,
+            };
+            if socket.send(echo).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_default()
 }
 
 async fn answer(request: Request<Incoming>, stats: &Stats) -> Response<Full<Bytes>> {
@@ -181,7 +229,9 @@ async fn main() {
                 let stats = stats.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| handle(request, stats.clone()));
-                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         }

@@ -31,5 +31,6 @@ mod t83_hostile_input;
 mod t84_sluice_as_issuer;
 mod t90_serving;
 mod t91_autoscaling;
+mod t92_serving_websockets;
 mod t95_kubernetes_controller;
 mod t96_revisions_on_kubernetes;
