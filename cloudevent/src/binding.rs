@@ -8,6 +8,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::limits::{AttributeLimits, attribute_header_bytes};
 use crate::model::{AttrValue, CloudEvent, EventData, EventError};
 
 // ---------------------------------------------------------------- binary mode
@@ -80,14 +81,32 @@ pub fn from_binary<'a>(
 
 /// Structured mode: one JSON object.
 pub fn from_structured(body: &[u8]) -> Result<CloudEvent, EventError> {
+    from_structured_within(body, &AttributeLimits::UNLIMITED)
+}
+
+/// Structured mode, the event's attributes held to `limits` as the object is read: an object of 100,000 tiny
+/// members is refused at the first one past the limit, not once all are parsed. (The count and bytes of
+/// what is sent; [`AttributeLimits::check`] counts what the broker adds on top.)
+pub fn from_structured_within(body: &[u8], limits: &AttributeLimits) -> Result<CloudEvent, EventError> {
     let text = std::str::from_utf8(body).map_err(|e| EventError::bad("body is not valid UTF-8").rule(e.to_string()))?;
     let raw: Box<RawValue> =
         serde_json::from_str(text).map_err(|e| EventError::bad("malformed JSON").rule(e.to_string()))?;
-    from_json_object(&raw)
+    from_json_object(&raw, limits)
 }
 
 /// Batched mode: a JSON array of events; all valid or the whole batch is refused.
 pub fn from_batch(body: &[u8], max_events: usize) -> Result<Vec<CloudEvent>, EventError> {
+    from_batch_within(body, max_events, &AttributeLimits::UNLIMITED)
+}
+
+/// Batched mode, each event's attributes held to `limits` as it is read (see [`from_structured_within`]). Every
+/// event must have the first one's `specversion` (HTTP binding §3.3: "All batched CloudEvents MUST have the
+/// same specversion attribute"); an error names the `index` of its event.
+pub fn from_batch_within(
+    body: &[u8],
+    max_events: usize,
+    limits: &AttributeLimits,
+) -> Result<Vec<CloudEvent>, EventError> {
     let text = std::str::from_utf8(body).map_err(|e| EventError::bad("body is not valid UTF-8").rule(e.to_string()))?;
     let too_many = || {
         EventError::bad("batch has too many events").rule(format!("at most {max_events} events per batch")).status(413)
@@ -105,7 +124,24 @@ pub fn from_batch(body: &[u8], max_events: usize) -> Result<Vec<CloudEvent>, Eve
                     .rule("application/cloudevents-batch+json is an array of events")
             }
         })?;
-    items.iter().enumerate().map(|(i, raw)| from_json_object(raw).map_err(|e| e.at_index(i))).collect()
+    let mut events: Vec<CloudEvent> = Vec::with_capacity(items.len());
+    for (i, raw) in items.iter().enumerate() {
+        let event = from_json_object(raw, limits).map_err(|e| e.at_index(i))?;
+        if let Some(first) = events.first()
+            && event.spec_version() != first.spec_version()
+        {
+            return Err(EventError::bad("a batch mixes spec versions")
+                .attribute("specversion")
+                .rule(format!(
+                    "every event of a batch has the same specversion (the first has {:?}, this one {:?})",
+                    first.spec_version(),
+                    event.spec_version()
+                ))
+                .at_index(i));
+        }
+        events.push(event);
+    }
+    Ok(events)
 }
 
 /// The start of the error that stops reading a batch past its limit.
@@ -136,57 +172,105 @@ impl<'de> serde::de::Visitor<'de> for Items {
     }
 }
 
+/// The starts of the errors that stop reading an event past its [`AttributeLimits`].
+const TOO_MANY_ATTRIBUTES: &str = "more attributes than the limit";
+const ATTRIBUTES_TOO_LARGE: &str = "more bytes of attributes than the limit";
+
 /// An object's members as written, refusing a member named twice: JSON leaves its meaning open and parsers keep
 /// the first or the last, so two readers of one event (Sluice's dedupe, a subscriber) could see two ids.
 struct Members<'a>(Vec<(String, &'a RawValue)>);
 
-impl<'de: 'a, 'a> serde::Deserialize<'de> for Members<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
-            type Value = Members<'a>;
+/// Reads an event's object into [`Members`], counting its attributes (members other than `data`,
+/// `data_base64` and `null` ones) as they come and stopping at the first past `limits`.
+struct MembersVisitor<'a, 'l> {
+    limits: &'l AttributeLimits,
+    _members: std::marker::PhantomData<&'a ()>,
+}
 
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for MembersVisitor<'a, '_> {
+    type Value = Members<'a>;
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members<'a>, A::Error> {
-                let mut members: Vec<(String, &'a RawValue)> = Vec::new();
-                while let Some(name) = map.next_key::<String>()? {
-                    members.push((name, map.next_value()?));
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members<'a>, A::Error> {
+        let mut members: Vec<(String, &'a RawValue)> = Vec::new();
+        let (mut attributes, mut bytes) = (0usize, 0usize);
+        while let Some(name) = map.next_key::<String>()? {
+            let value: &'a RawValue = map.next_value()?;
+            if !matches!(name.as_str(), "data" | "data_base64") && value.get().trim() != "null" {
+                // Never more than the later check counts (AttributeLimits::check), so that both refuse alike:
+                // `knativearrivaltime` is replaced on arrival by a value of ARRIVAL_TIME_LEN bytes.
+                let mut value_len = canonical_len(value);
+                if name == "knativearrivaltime" {
+                    value_len = value_len.min(crate::knative::ARRIVAL_TIME_LEN);
                 }
-                // Checked once all are read, borrowing the names: nothing allocated per member on the ingress
-                // path; a set past a few members, as a 1 MiB event can hold 100,000.
-                let repeated = if members.len() <= 32 {
-                    members
-                        .iter()
-                        .enumerate()
-                        .find(|(i, (name, _))| members[..*i].iter().any(|(seen, _)| seen == name))
-                        .map(|(_, (name, _))| name)
-                } else {
-                    let mut seen = std::collections::HashSet::with_capacity(members.len());
-                    members.iter().map(|(name, _)| name).find(|name| !seen.insert(name.as_str()))
-                };
-                if let Some(name) = repeated {
-                    return Err(serde::de::Error::custom(format!(
-                        "member {name:?} appears twice (each member of an event once)"
-                    )));
+                attributes += 1;
+                bytes = bytes.saturating_add(attribute_header_bytes(&name, value_len));
+                if attributes > self.limits.max_attributes {
+                    return Err(serde::de::Error::custom(TOO_MANY_ATTRIBUTES));
                 }
-                Ok(Members(members))
+                if bytes > self.limits.max_bytes {
+                    return Err(serde::de::Error::custom(ATTRIBUTES_TOO_LARGE));
+                }
             }
+            members.push((name, value));
         }
-        deserializer.deserialize_map(Visit(std::marker::PhantomData))
+        // Checked once all are read, borrowing the names: nothing allocated per member on the ingress
+        // path; a set past a few members, as a 1 MiB event can hold 100,000.
+        let repeated = if members.len() <= 32 {
+            members
+                .iter()
+                .enumerate()
+                .find(|(i, (name, _))| members[..*i].iter().any(|(seen, _)| seen == name))
+                .map(|(_, (name, _))| name)
+        } else {
+            let mut seen = std::collections::HashSet::with_capacity(members.len());
+            members.iter().map(|(name, _)| name).find(|name| !seen.insert(name.as_str()))
+        };
+        if let Some(name) = repeated {
+            return Err(serde::de::Error::custom(format!(
+                "member {name:?} appears twice (each member of an event once)"
+            )));
+        }
+        Ok(Members(members))
     }
 }
 
-fn from_json_object(raw: &RawValue) -> Result<CloudEvent, EventError> {
+/// The length of an attribute value's canonical string form ([`AttrValue::canonical`]) from its JSON text,
+/// never more: exact for the values an attribute may have (strings, 32-bit integers, booleans), 0 for the
+/// others (refused later for their type). Only a string with escapes is decoded.
+pub(crate) fn canonical_len(value: &RawValue) -> usize {
+    let text = value.get().trim();
+    match text.as_bytes().first() {
+        Some(b'"') if !text.contains('\\') => text.len().saturating_sub(2),
+        Some(b'"') => serde_json::from_str::<String>(text).map_or(0, |s| s.len()),
+        Some(b't' | b'f') => text.len(),
+        _ => serde_json::from_str::<i64>(text).map_or(0, |i| i.to_string().len()),
+    }
+}
+
+fn from_json_object(raw: &RawValue, limits: &AttributeLimits) -> Result<CloudEvent, EventError> {
     // `raw` is valid JSON already (the body parsed): one pass splits the object into its members, whose values
     // stay unparsed text borrowed from the body until each is read below (the data is never parsed).
     if !raw.get().trim_start().starts_with('{') {
         return Err(EventError::bad("an event must be a JSON object").rule("structured mode carries one JSON object"));
     }
-    let Members(members) =
-        serde_json::from_str(raw.get()).map_err(|e| EventError::bad("malformed JSON").rule(e.to_string()))?;
+    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
+    let visitor = MembersVisitor { limits, _members: std::marker::PhantomData };
+    let Members(members) = serde::Deserializer::deserialize_map(&mut deserializer, visitor)
+        .and_then(|members| deserializer.end().map(|()| members))
+        .map_err(|e| {
+            let message = e.to_string();
+            if message.starts_with(TOO_MANY_ATTRIBUTES) {
+                limits.too_many()
+            } else if message.starts_with(ATTRIBUTES_TOO_LARGE) {
+                limits.too_large()
+            } else {
+                EventError::bad("malformed JSON").rule(message)
+            }
+        })?;
     let mut attributes = BTreeMap::new();
     let mut data = None;
     let mut data_base64 = None;

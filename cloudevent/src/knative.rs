@@ -6,6 +6,15 @@ use crate::model::{AttrValue, CloudEvent, EventError};
 /// Knative's default for `knativebrokerttl`.
 pub const DEFAULT_BROKER_TTL: i64 = 255;
 
+/// `knativearrivaltime`'s value for `now`: RFC 3339, UTC, microseconds, always [`ARRIVAL_TIME_LEN`] bytes
+/// (what the attribute limits count for it, [`crate::AttributeLimits::check`]).
+pub fn arrival_time(now: chrono::DateTime<chrono::Utc>) -> String {
+    now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// The length of every [`arrival_time`] (years 0 to 9999).
+pub const ARRIVAL_TIME_LEN: usize = "2026-01-01T00:00:00.000000Z".len();
+
 /// Knative's attributes: `knativearrivaltime` set to `arrival`, `knativebrokerttl` kept if positive, else
 /// `default_ttl` (the broker's) when absent.
 pub fn apply_knative_attributes(event: &mut CloudEvent, default_ttl: i64, arrival: &str) -> Result<(), EventError> {

@@ -3,7 +3,8 @@
 //!
 //! What flows through it: HTTP requests' headers and bodies come in ([`from_binary`], [`from_structured`],
 //! [`from_batch`]) and become a validated [`CloudEvent`] (attributes typed, data exactly as it arrived), or an
-//! [`EventError`] that names the attribute and the rule. The broker adds Knative's attributes
+//! [`EventError`] that names the attribute and the rule; [`AttributeLimits`] holds an event's attributes to what
+//! its binary-mode delivery may carry. The broker adds Knative's attributes
 //! ([`apply_knative_attributes`]), picks the partition ([`partition_of`]) and stores [`CloudEvent::encode`]'s
 //! bytes; readers get the event back with [`CloudEvent::decode`], filter it through [`EventView`], and send it
 //! on as `ce-` headers ([`encode_header_value`], [`CloudEvent::binary_body`]) or in the JSON format
@@ -14,14 +15,19 @@ mod binding;
 pub mod clock;
 pub mod filter;
 mod knative;
+mod limits;
 mod media;
 mod model;
 mod partition;
 mod validate;
 mod view;
 
-pub use binding::{decode_header_value, encode_header_value, from_batch, from_binary, from_structured};
-pub use knative::{DEFAULT_BROKER_TTL, apply_knative_attributes, event_type_label};
+pub use binding::{
+    decode_header_value, encode_header_value, from_batch, from_batch_within, from_binary, from_structured,
+    from_structured_within,
+};
+pub use knative::{ARRIVAL_TIME_LEN, DEFAULT_BROKER_TTL, apply_knative_attributes, arrival_time, event_type_label};
+pub use limits::{AttributeLimits, DELIVERY_HEADER_BYTES, DELIVERY_HEADERS};
 pub use media::{is_json_media_type, is_media_type, is_text_media_type, media_essence};
 pub use model::{AttrValue, CloudEvent, EventData, EventError, StructuredData};
 pub use partition::{ordering_key, partition_of, stable_hash};

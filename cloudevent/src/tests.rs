@@ -220,7 +220,7 @@ fn structured_mode_refuses_bad_events() {
 
 #[test]
 fn batches_are_all_or_nothing_and_name_the_bad_index() {
-    let ok = br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"0.3","id":"2","source":"/s","type":"t"}]"#;
+    let ok = br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","id":"2","source":"/s","type":"t"}]"#;
     assert_eq!(from_batch(ok, 10).expect("valid").len(), 2);
     let bad =
         br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","id":"2","source":"/s"}]"#;
@@ -249,6 +249,7 @@ fn uri_and_media_type_rules() {
         assert!(!is_uri_reference(bad), "{bad}");
     }
     assert!(is_absolute_uri("https://x/y") && !is_absolute_uri("/y") && !is_absolute_uri("y"));
+    assert!(is_absolute_uri("urn:x:y?q=1") && !is_absolute_uri("https://x/y#z") && !is_absolute_uri("urn:x#"));
     for ok in ["application/json", "text/plain; charset=utf-8", "application/cloudevents+json"] {
         assert!(is_media_type(ok), "{ok}");
     }
@@ -327,4 +328,155 @@ fn a_member_named_twice_is_refused_among_many() {
     assert!(refused.to_string().contains("x7"), "{refused}");
     let fine = format!(r#"{{"specversion":"1.0","id":"a","source":"/s","type":"t",{}}}"#, extensions.join(","));
     assert!(from_structured(fine.as_bytes()).is_ok());
+}
+
+/// Regression: a batch mixing spec versions was accepted, though "All batched CloudEvents MUST have the same
+/// specversion attribute" (HTTP binding §3.3).
+#[test]
+fn a_batch_must_not_mix_spec_versions() {
+    let event = |version: &str| format!(r#"{{"specversion":"{version}","id":"1","source":"/s","type":"t"}}"#);
+    // (the events' versions, the index refused and why: None when accepted)
+    type Case<'a> = (&'a [&'a str], Option<(usize, &'a str)>);
+    let cases: [Case; 6] = [
+        (&["1.0", "1.0"], None),
+        (&["0.3", "0.3", "0.3"], None),
+        (&["1.0", "0.3"], Some((1, "a batch mixes spec versions"))),
+        (&["0.3", "0.3", "1.0", "0.3"], Some((2, "a batch mixes spec versions"))),
+        (&["1.0", "9"], Some((1, "unsupported specversion"))),
+        (&["9", "1.0"], Some((0, "unsupported specversion"))),
+    ];
+    for (versions, refused) in cases {
+        let body = format!("[{}]", versions.iter().map(|&v| event(v)).collect::<Vec<_>>().join(","));
+        let result = from_batch(body.as_bytes(), 10);
+        match refused {
+            None => assert_eq!(result.map(|events| events.len()), Ok(versions.len()), "{versions:?}"),
+            Some((index, error)) => {
+                let e = result.expect_err(&body);
+                assert_eq!((e.status, e.index, e.error.as_str()), (400, Some(index), error), "{versions:?}");
+                assert_eq!(e.attribute.as_deref(), Some("specversion"));
+            }
+        }
+    }
+}
+
+/// Regression: attribute limits were checked only once the whole body was parsed into events, so a 4 MiB batch
+/// of events with hundreds of tiny extensions each built ~450,000 attributes before its 413. The JSON formats
+/// stop at the first attribute past the limit, with the refusal [`AttributeLimits::check`] gives.
+#[test]
+fn attribute_limits_are_held_while_the_object_is_read() {
+    let limits = AttributeLimits { max_attributes: 10, max_bytes: 400 };
+    let event = |extensions: &str| format!(r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t"{extensions}}}"#);
+    let many = |n: usize| (0..n).map(|i| format!(r#","x{i}":"v""#)).collect::<String>();
+    // (members besides the required four; refused while read, refused by the later check)
+    let cases = [
+        (many(4), None, None),
+        // Read: 10 attributes; checked: with knativearrivaltime and knativebrokerttl, 12.
+        (many(6), None, Some("too many attributes")),
+        (many(7), Some("too many attributes"), Some("too many attributes")),
+        // A repeated member past the limit: reading stopped before it was seen.
+        (format!("{},\"x0\":\"again\"", many(20)), Some("too many attributes"), Some("malformed JSON")),
+        // Nulls, data and data_base64 are not attributes.
+        (format!(r#"{},"n1":null,"n2":null,"data":1"#, many(4)), None, None),
+        // Read: 58 bytes of required attributes and 308 of `x`; checked: 78 more of the two the node adds.
+        (format!(r#","x":"{}""#, "v".repeat(300)), None, Some("attributes too large")),
+        (format!(r#","x":"{}""#, "v".repeat(350)), Some("attributes too large"), Some("attributes too large")),
+        // Escapes count as the characters they stand for: 60 × `\u00e9` (360 bytes of JSON) is 120 bytes.
+        (format!(r#","x":"{}""#, "\\u00e9".repeat(60)), None, None),
+        (format!(r#","x":"{}""#, "\\u00e9".repeat(175)), Some("attributes too large"), Some("attributes too large")),
+    ];
+    for (extensions, while_read, checked) in cases {
+        let body = event(&extensions);
+        let read = from_structured_within(body.as_bytes(), &limits);
+        assert_eq!(read.as_ref().err().map(|e| e.error.as_str()), while_read, "{body}");
+        if let Err(e) = &read {
+            assert_eq!(e.status, 413);
+            let expected = if e.error == "too many attributes" { limits.too_many() } else { limits.too_large() };
+            assert_eq!(e, &expected, "the later check's refusal");
+        }
+        // Read without limits, then checked as stored: never accepted where reading refused.
+        let parsed = from_structured(body.as_bytes());
+        let later = parsed.as_ref().map_err(EventError::clone).and_then(|event| limits.check(event, 255));
+        assert_eq!(later.as_ref().err().map(|e| e.error.as_str()), checked, "{body}");
+        let batch = format!("[{},{}]", event_with_id("0"), body);
+        let in_batch = from_batch_within(batch.as_bytes(), 10, &limits);
+        assert_eq!(in_batch.as_ref().err().map(|e| (e.error.as_str(), e.index)), while_read.map(|e| (e, Some(1))));
+    }
+}
+
+fn event_with_id(id: &str) -> String {
+    format!(r#"{{"specversion":"1.0","id":"{id}","source":"/s","type":"t"}}"#)
+}
+
+/// What the attribute limits count for a JSON value while it is read: never more than the value's canonical
+/// string (what [`AttributeLimits::check`] counts), so that reading never refuses what the check accepts.
+#[test]
+fn an_attribute_values_length_is_read_from_its_json_text() {
+    for (json, len) in [
+        (r#""abc""#, 3),
+        (r#""""#, 0),
+        (r#""a\"b""#, 3),
+        (r#""é""#, 2),
+        (r#""\u00e9""#, 2),
+        (r#""\ud83d\ude00""#, 4),
+        ("true", 4),
+        ("false", 5),
+        ("7", 1),
+        ("-2147483648", 11),
+        ("1.5", 0),
+        ("{}", 0),
+        ("[1]", 0),
+    ] {
+        let raw: &serde_json::value::RawValue = serde_json::from_str(json).expect("JSON");
+        assert_eq!(binding::canonical_len(raw), len, "{json}");
+    }
+}
+
+/// The headroom: attributes and their bytes less what a binary-mode delivery adds, never below zero.
+#[test]
+fn attribute_limits_leave_room_for_the_delivery_headers() {
+    for (max_headers, max_header_bytes, expected) in
+        [(100, 16 << 10, (94, (16 << 10) - 3072)), (50, 8192, (44, 8192 - 3072)), (4, 1000, (0, 0))]
+    {
+        let limits = AttributeLimits::within_headers(max_headers, max_header_bytes);
+        assert_eq!((limits.max_attributes, limits.max_bytes), expected, "{max_headers} / {max_header_bytes}");
+    }
+    assert_eq!((DELIVERY_HEADERS, DELIVERY_HEADER_BYTES), (6, 3072));
+}
+
+/// Every arrival time is as long as the attribute limits count it.
+#[test]
+fn arrival_times_have_one_length() {
+    use chrono::TimeZone;
+    for (seconds, nanos) in [(0, 0), (1_767_225_600, 0), (1_767_225_600, 999_999_999), (253_402_300_799, 1_000)] {
+        let at = chrono::Utc.timestamp_opt(seconds, nanos).single().expect("a time");
+        assert_eq!(arrival_time(at).len(), ARRIVAL_TIME_LEN, "{at}");
+    }
+}
+
+/// Regression: `schemaurl` was checked as a URI-reference in 1.0 events, where it is an extension (any string),
+/// and `dataschema` in 0.3 ones; and the 1.0 `dataschema` (CloudEvents `URI`, RFC 3986 absolute-URI) took a
+/// fragment.
+#[test]
+fn schema_attributes_are_checked_in_their_own_version_only() {
+    let event = |version: &str, attribute: &str, value: &str| {
+        let body = format!(
+            r#"{{"specversion":"{version}","id":"1","source":"/s#frag","type":"t","{attribute}":{}}}"#,
+            serde_json::to_string(value).expect("string")
+        );
+        from_structured(body.as_bytes()).map(|_| ()).map_err(|e| e.attribute)
+    };
+    let refused = |attribute: &str| -> Result<(), Option<String>> { Err(Some(attribute.to_string())) };
+    for (version, attribute, value, expected) in [
+        ("1.0", "schemaurl", "not a URI at all", Ok(())),
+        ("1.0", "schemaurl", "", Ok(())),
+        ("0.3", "schemaurl", "not a URI", refused("schemaurl")),
+        ("0.3", "schemaurl", "", refused("schemaurl")),
+        ("0.3", "schemaurl", "rel/path#frag", Ok(())),
+        ("0.3", "dataschema", "not a URI", Ok(())),
+        ("1.0", "dataschema", "https://example.com/schema?v=1", Ok(())),
+        ("1.0", "dataschema", "https://example.com/schema#v1", refused("dataschema")),
+        ("1.0", "dataschema", "rel/path", refused("dataschema")),
+    ] {
+        assert_eq!(event(version, attribute, value), expected, "{version} {attribute}={value:?}");
+    }
 }

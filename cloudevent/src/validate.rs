@@ -69,16 +69,20 @@ pub(crate) fn validate_attribute(version: &str, name: &str, value: &AttrValue) -
                     .rule("RFC 2046 media type, e.g. application/json"));
             }
         }
-        "dataschema" | "schemaurl" => {
+        // Each is a context attribute in one version only (1.0 renamed 0.3's `schemaurl` to `dataschema`), and in
+        // the other an extension, whose value is any string.
+        "dataschema" if version == "1.0" => {
             let s = string_only("must be a URI")?;
-            let ok = if name == "dataschema" && version == "1.0" {
-                is_absolute_uri(s)
-            } else {
-                is_uri_reference(s) && !s.is_empty()
-            };
-            if !ok {
-                let rule = if name == "dataschema" { "RFC 3986 absolute URI" } else { "RFC 3986 URI-reference" };
-                return Err(EventError::bad("attribute is not a URI").attribute(name).rule(rule));
+            if !is_absolute_uri(s) {
+                return Err(EventError::bad("attribute is not a URI")
+                    .attribute(name)
+                    .rule("RFC 3986 absolute-URI (a scheme, no fragment)"));
+            }
+        }
+        "schemaurl" if version == "0.3" => {
+            let s = string_only("must be a URI-reference")?;
+            if s.is_empty() || !is_uri_reference(s) {
+                return Err(EventError::bad("attribute is not a URI").attribute(name).rule("RFC 3986 URI-reference"));
             }
         }
         "time" => {
@@ -137,9 +141,12 @@ fn is_scheme(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
+/// The CloudEvents `URI` type: an RFC 3986 §4.3 absolute-URI, `scheme ":" hier-part [ "?" query ]`; unlike a
+/// URI-reference it has a scheme and no fragment (`#`).
 pub fn is_absolute_uri(s: &str) -> bool {
     let first_delim = s.find(['/', '?', '#']).unwrap_or(s.len());
-    is_uri_reference(s)
+    !s.contains('#')
+        && is_uri_reference(s)
         && s[..first_delim].contains(':')
         && s.split_once(':').is_some_and(|(scheme, _)| is_scheme(scheme))
 }

@@ -215,19 +215,28 @@ impl Collected {
 /// The most a refused request's body is read (and dropped) before answering.
 pub(super) const DISCARD_MAX_BYTES: usize = 16 << 20;
 
-pub(super) async fn discard_body(body: Body, max_bytes: usize, timeout: Duration) {
+/// Reads `body` and drops it, at most `max_bytes` of it within `timeout`; says whether it was read to its end
+/// (then the connection may stay open).
+pub(super) async fn discard_body(body: Body, max_bytes: usize, timeout: Duration) -> bool {
     use http_body_util::BodyExt;
     let mut body = body;
     let mut seen = 0usize;
-    let _ = tokio::time::timeout(timeout, async {
-        while let Some(Ok(frame)) = body.frame().await {
-            seen += frame.data_ref().map(|d| d.len()).unwrap_or(0);
-            if seen > max_bytes {
-                break;
+    let read = tokio::time::timeout(timeout, async {
+        loop {
+            match body.frame().await {
+                None => return true,
+                Some(Err(_)) => return false,
+                Some(Ok(frame)) => {
+                    seen += frame.data_ref().map(|d| d.len()).unwrap_or(0);
+                    if seen > max_bytes {
+                        return false;
+                    }
+                }
             }
         }
     })
     .await;
+    read.unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -20,10 +20,11 @@ use axum::response::{IntoResponse, Response};
 
 use sluice_controller::validate::is_dns_label;
 
-use crate::cloudevent::{self, EventError};
+use crate::cloudevent::{self, AttributeLimits, EventError};
 use crate::command::ResourceKey;
 use crate::error::BrokerError;
 use crate::node::Node;
+use crate::node::publish::{PublishError, publish_events};
 use crate::resources::IngressSettings;
 pub(crate) use body::ConnectionBodyShare;
 use body::{BodyBudget, BodyPermit, DISCARD_MAX_BYTES, discard_body, read_body};
@@ -285,30 +286,77 @@ fn check_headers(headers: &HeaderMap, limits: &IngressLimits) -> Result<(), Even
     Ok(())
 }
 
-/// An event sent in a JSON format must fit the headers it will be delivered with (binary mode, every attribute
-/// a `ce-` header): the header limits of a binary request, which Sluice's own ingress and most servers apply.
-/// Accepted, an event of 150,000 extensions or one 900 KB attribute would be stored and then refused by every
-/// subscriber (431) until it was dead-lettered.
-fn check_attributes(events: &[cloudevent::CloudEvent], limits: &IngressLimits) -> Result<(), EventError> {
-    for (index, event) in events.iter().enumerate() {
-        let at = |error: EventError| if events.len() > 1 { error.at_index(index) } else { error };
-        if event.attributes.len() > limits.max_headers {
-            return Err(at(EventError::bad("too many attributes")
-                .rule(format!("at most {} attributes, as a binary event has headers", limits.max_headers))
-                .status(413)));
-        }
-        let bytes: usize =
-            event.attributes.iter().map(|(name, value)| "ce-".len() + name.len() + value.canonical().len() + 4).sum();
-        if bytes > limits.max_header_bytes {
-            return Err(at(EventError::bad("attributes too large")
-                .rule(format!(
-                    "at most {} bytes of attributes, as a binary event has of headers",
-                    limits.max_header_bytes
-                ))
-                .status(413)));
+/// A request with a `Content-Encoding` other than `identity` is refused (415): the node does not decode content
+/// codings, and a gzipped body would be stored as the event's data under its `datacontenttype`.
+fn check_content_encoding(headers: &HeaderMap) -> Result<(), EventError> {
+    let refused = || {
+        EventError::bad("unsupported content coding")
+            .attribute("content-encoding")
+            .rule("the node does not decode content codings: send the body uncoded (no Content-Encoding, or identity)")
+            .status(415)
+    };
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let codings = value.to_str().map_err(|_| refused())?;
+        let coded = |coding: &str| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity");
+        if codings.split(',').map(str::trim).any(coded) {
+            return Err(refused());
         }
     }
     Ok(())
+}
+
+/// What is refused from the request's head alone, before its body is read: the header limits (431), a content
+/// coding (415, with `Accept-Encoding: identity`, as RFC 9110 §15.5.16 suggests), and what the content type does
+/// not allow (400, 415).
+fn check_head(headers: &HeaderMap, limits: &IngressLimits) -> Result<Mode, Box<Response>> {
+    check_headers(headers, limits).map_err(|e| Box::new(error_response(&e)))?;
+    if let Err(e) = check_content_encoding(headers) {
+        let mut response = error_response(&e);
+        response.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        return Err(Box::new(response));
+    }
+    mode_of(headers).map_err(|e| Box::new(error_response(&e)))
+}
+
+/// The bounds on an event's attributes: the header limits, less what a binary-mode delivery adds to the event's
+/// `ce-` headers (docs/ingress.md, "Attribute limits"), so that an event accepted at the limit is delivered
+/// within the same header limits, to another Sluice Broker or Channel too. The count includes the attributes
+/// the node adds on arrival ([`AttributeLimits::check`]).
+fn attribute_limits(limits: &IngressLimits) -> AttributeLimits {
+    AttributeLimits::within_headers(limits.max_headers, limits.max_header_bytes)
+}
+
+/// Every event must fit the headers it will be delivered with (binary mode, every attribute a `ce-` header, the
+/// node's own attributes added). Accepted, an event of 150,000 extensions or one 900 KB attribute would be
+/// stored and then refused by every subscriber (431) until it was dead-lettered. A batch's refusal names the
+/// `index` of its event, a batch of one included.
+fn check_attributes(
+    events: &[cloudevent::CloudEvent],
+    limits: &AttributeLimits,
+    default_ttl: i64,
+    batch: bool,
+) -> Result<(), EventError> {
+    for (index, event) in events.iter().enumerate() {
+        limits.check(event, default_ttl).map_err(|e| if batch { e.at_index(index) } else { e })?;
+    }
+    Ok(())
+}
+
+/// A refusal sent before the body is read: the body is read and dropped first, at most [`DISCARD_MAX_BYTES`] of
+/// it within `--body-read-timeout-ms`, since an HTTP/1.1 connection closed on unread data is reset and its client
+/// may never see the answer. A client awaiting `100 Continue` has sent no body and is not asked for it. The
+/// connection is closed unless the whole body was read.
+async fn refuse_unread(mut response: Response, body: Body, headers: &HeaderMap, limits: &IngressLimits) -> Response {
+    let read_whole = !awaits_continue(headers) && discard_body(body, DISCARD_MAX_BYTES, limits.body_read_timeout).await;
+    if !read_whole {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// Whether the client waits for `100 Continue` before it sends the body.
+fn awaits_continue(headers: &HeaderMap) -> bool {
+    headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 pub(crate) use sluice_cloudevent::event_type_label;
@@ -363,9 +411,10 @@ fn count_types(events: &[cloudevent::CloudEvent]) -> Vec<(String, u64)> {
 pub(crate) async fn handle(State(ingress): State<Ingress>, request: axum::extract::Request) -> Response {
     let started = Instant::now();
     let (axum::http::request::Parts { method, uri, headers, extensions, .. }, body) = request.into_parts();
+    let limits = ingress.limits();
     let target = match parse_target(uri.path()) {
         Ok(target) => target,
-        Err(e) => return error_response(&e),
+        Err(e) => return refuse_unread(error_response(&e), body, &headers, limits).await,
     };
     if method == Method::OPTIONS {
         let origin = headers.get("webhook-request-origin").cloned().unwrap_or(HeaderValue::from_static("*"));
@@ -383,28 +432,29 @@ pub(crate) async fn handle(State(ingress): State<Ingress>, request: axum::extrac
             serde_json::json!({ "error": "method not allowed", "rule": "events are sent with POST" }),
         );
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOW));
-        return response;
+        return refuse_unread(response, body, &headers, limits).await;
     }
     // Before the target is looked up: an unauthenticated sender learns nothing of what exists.
     let subject = match authenticate(&ingress, &target, &headers) {
         Ok(subject) => subject,
-        Err(refused) => return *refused,
+        Err(refused) => return refuse_unread(*refused, body, &headers, limits).await,
     };
     let Some(state) = ingress.target(&target) else {
         let (namespace, name) = target.namespace_and_name();
         let kind = if matches!(target, Target::Broker { .. }) { "broker" } else { "channel" };
         // Unknown here may only mean "not replicated here yet": retryable, not a definite 404.
-        if let Err(reason) = ingress.node.metadata_caught_up() {
-            return retry_later(
+        let response = match ingress.node.metadata_caught_up() {
+            Err(reason) => retry_later(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("unknown {kind} {namespace}/{name} on this node yet; retry"),
                 reason,
-            );
-        }
-        return json_response(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({ "error": format!("unknown {kind}"), "namespace": namespace, "name": name }),
-        );
+            ),
+            Ok(()) => json_response(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({ "error": format!("unknown {kind}"), "namespace": namespace, "name": name }),
+            ),
+        };
+        return refuse_unread(response, body, &headers, limits).await;
     };
     let sender = subject.as_deref().map(|subject| (subject, state.policies.as_slice()));
     let held = BodyPermit::on_connection(extensions.get::<ConnectionBodyShare>().cloned());
@@ -452,8 +502,10 @@ async fn accept(
     (body, mut held): (Body, BodyPermit),
 ) -> Result<Vec<(String, u64)>, Response> {
     let limits = ingress.limits();
-    check_headers(headers, limits).map_err(|e| error_response(&e))?;
-    let mode = mode_of(headers).map_err(|e| error_response(&e))?;
+    let mode = match check_head(headers, limits) {
+        Ok(mode) => mode,
+        Err(response) => return Err(refuse_unread(*response, body, headers, limits).await),
+    };
     let limit = match mode {
         Mode::Batch => limits.max_batch_bytes,
         _ => limits.max_event_bytes,
@@ -462,16 +514,10 @@ async fn accept(
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     // A client that waits for `100 Continue` before it sends the body is refused without it: reading the body
     // would make hyper send it, and the whole upload would come only to be dropped.
-    let awaits_continue =
-        headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let waits_for_continue = awaits_continue(headers);
     if declared.is_some_and(|len| len > limit as u64) {
         let e = EventError::bad("request body too large").rule(format!("at most {limit} bytes")).status(413);
-        // Read (and drop) a bounded amount first: closing on unread data resets the
-        // connection, and the client would never see the 413.
-        if !awaits_continue {
-            discard_body(body, DISCARD_MAX_BYTES, limits.body_read_timeout).await;
-        }
-        let mut response = error_response(&e);
+        let mut response = refuse_unread(error_response(&e), body, headers, limits).await;
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Err(response);
     }
@@ -488,7 +534,7 @@ async fn accept(
     // Bytes are held as they arrive, not as declared: declared lengths alone (a 4 MiB Content-Length and no
     // body, on 64 streams) would fill the budget for nothing. A client that waits for `100 Continue` has its
     // declared length held first, so that it is refused before it uploads.
-    if awaits_continue
+    if waits_for_continue
         && let Some(declared) = declared
         && let Err(e) = ingress.body_budget.hold(&mut held, declared as usize)
     {
@@ -498,6 +544,9 @@ async fn accept(
     let (body, _held) =
         read_body(body, limit, limits.body_read_timeout, &ingress.body_budget, held).await.map_err(|e| refused(&e))?;
     REQUEST_BYTES.record(body.len() as f64);
+    // The JSON formats' attributes are held to their limits as each object is read, then (every mode) with what
+    // the node adds counted.
+    let attribute_limits = attribute_limits(limits);
     let events = match mode {
         Mode::Binary => {
             let ce_headers =
@@ -505,12 +554,17 @@ async fn accept(
             let content_type = headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes);
             vec![cloudevent::from_binary(ce_headers, content_type, body).map_err(|e| error_response(&e))?]
         }
-        Mode::Structured => vec![cloudevent::from_structured(&body).map_err(|e| error_response(&e))?],
-        Mode::Batch => cloudevent::from_batch(&body, limits.max_batch_events).map_err(|e| error_response(&e))?,
+        Mode::Structured => {
+            vec![cloudevent::from_structured_within(&body, &attribute_limits).map_err(|e| error_response(&e))?]
+        }
+        Mode::Batch => cloudevent::from_batch_within(&body, limits.max_batch_events, &attribute_limits)
+            .map_err(|e| error_response(&e))?,
     };
-    if !matches!(mode, Mode::Binary) {
-        check_attributes(&events, limits).map_err(|e| error_response(&e))?;
-    }
+    let batch = matches!(mode, Mode::Batch);
+    check_attributes(&events, &attribute_limits, settings.ttl, batch).map_err(|e| {
+        // A binary event's attributes are its headers.
+        error_response(&if matches!(mode, Mode::Binary) { e.status(431) } else { e })
+    })?;
     BATCH_EVENTS.record(events.len() as f64);
     if let Some((subject, policies)) = sender {
         let mode = ingress.node.settings().default_authorization;
@@ -537,7 +591,7 @@ async fn accept(
         let max = limits.max_event_bytes;
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let _ = publish(&node, &stream, &settings, events, max).await;
+            let _ = publish_events(&node, &stream, &settings, events, max, batch).await;
         });
         return Ok(types);
     }
@@ -548,11 +602,12 @@ async fn accept(
         Mode::Binary => limits.max_event_bytes + limits.max_header_bytes,
         _ => limits.max_event_bytes,
     };
-    let appended =
-        publish(&ingress.node, &target.stream(), settings, events, max_stored).await.map_err(|e| match e {
+    let appended = publish_events(&ingress.node, &target.stream(), settings, events, max_stored, batch).await.map_err(
+        |e| match e {
             PublishError::Invalid(e) => error_response(&e),
             PublishError::Broker(e) => broker_error_response(e),
-        })?;
+        },
+    )?;
     let duplicates = count - u64::from(appended.stored);
     if duplicates > 0 {
         metrics::counter!("sluice_ingress_duplicates_total").increment(duplicates);
@@ -560,31 +615,128 @@ async fn accept(
     Ok(types)
 }
 
-pub(crate) use crate::node::publish::{PublishError, publish};
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cloudevent::AttrValue;
 
+    fn event_with(extensions: usize, value_len: usize) -> cloudevent::CloudEvent {
+        let mut body = serde_json::json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
+        for i in 0..extensions {
+            body[format!("x{i}")] = "v".repeat(value_len).into();
+        }
+        cloudevent::from_structured(body.to_string().as_bytes()).expect("valid")
+    }
+
     /// Regression: a structured or batched event could carry any number of attributes (150,000 extensions in
     /// 1 MiB), stored and then refused by every subscriber it was delivered to in binary mode.
     #[test]
     fn json_format_events_must_fit_the_headers_they_will_be_delivered_with() {
-        let limits = IngressLimits::default();
-        let event = |extensions: usize, value_len: usize| {
-            let mut body = serde_json::json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
-            for i in 0..extensions {
-                body[format!("x{i}")] = "v".repeat(value_len).into();
-            }
-            cloudevent::from_structured(body.to_string().as_bytes()).expect("valid")
-        };
-        assert!(check_attributes(&[event(90, 10)], &limits).is_ok());
-        let many = check_attributes(&[event(200, 1)], &limits).expect_err("200 attributes");
+        let limits = attribute_limits(&IngressLimits::default());
+        assert!(check_attributes(&[event_with(80, 10)], &limits, 255, false).is_ok());
+        let many = check_attributes(&[event_with(200, 1)], &limits, 255, false).expect_err("200 attributes");
         assert_eq!((many.status, many.index), (413, None));
-        assert!(many.rule.as_deref().is_some_and(|r| r.contains("at most 100 attributes")), "{many:?}");
-        let large = check_attributes(&[event(1, 10), event(1, 20_000)], &limits).expect_err("20 KB");
+        assert!(many.rule.as_deref().is_some_and(|r| r.contains("at most 94 attributes")), "{many:?}");
+        let large =
+            check_attributes(&[event_with(1, 10), event_with(1, 20_000)], &limits, 255, true).expect_err("20 KB");
         assert_eq!((large.status, large.index), (413, Some(1)), "the batch's event is named");
+    }
+
+    /// Regression: attributes were counted as sent, so an event accepted at the limit (100 attributes) was
+    /// stored with `knativearrivaltime` and `knativebrokerttl` on top and delivered with six more headers, and
+    /// another Sluice Broker or Channel (the same limits) refused it with 431.
+    #[test]
+    fn an_event_at_the_limit_is_delivered_within_the_header_limits() {
+        let ingress = IngressLimits::default();
+        let limits = attribute_limits(&ingress);
+        assert_eq!(
+            (limits.max_attributes, limits.max_bytes),
+            (ingress.max_headers - cloudevent::DELIVERY_HEADERS, ingress.max_header_bytes - 3072)
+        );
+        // (extensions besides the 4 required attributes, accepted): the node adds 2 attributes.
+        for (extensions, accepted) in [(88, true), (89, false), (90, false)] {
+            let event = event_with(extensions, 1);
+            let checked = check_attributes(std::slice::from_ref(&event), &limits, 255, false);
+            assert_eq!(checked.is_ok(), accepted, "{extensions} extensions: {checked:?}");
+            if accepted {
+                // Stored, then delivered: the event's attributes and what a delivery adds fit the header limit.
+                let mut stored = event;
+                cloudevent::apply_knative_attributes(&mut stored, 255, &"0".repeat(cloudevent::ARRIVAL_TIME_LEN))
+                    .expect("ttl");
+                assert!(stored.attributes.len() + cloudevent::DELIVERY_HEADERS <= ingress.max_headers);
+            }
+        }
+        // An event that already carries knativebrokerttl and knativearrivaltime (from another broker) has them
+        // counted once.
+        let mut forwarded = event_with(88, 1);
+        forwarded.attributes.insert("knativebrokerttl".into(), AttrValue::Integer(254));
+        assert!(check_attributes(std::slice::from_ref(&forwarded), &limits, 255, false).is_ok(), "93 + arrival time");
+        forwarded.attributes.insert("knativearrivaltime".into(), AttrValue::String("2026-01-01T00:00:00Z".into()));
+        assert!(check_attributes(&[forwarded], &limits, 255, false).is_ok(), "94: the node adds none");
+    }
+
+    /// Regression: errors of check_attributes named the `index` only in a batch of two or more events.
+    #[test]
+    fn a_batch_of_one_names_the_index() {
+        let limits = attribute_limits(&IngressLimits::default());
+        for (batch, index) in [(true, Some(0)), (false, None)] {
+            let refused = check_attributes(&[event_with(200, 1)], &limits, 255, batch).expect_err("200");
+            assert_eq!(refused.index, index, "batch: {batch}");
+        }
+    }
+
+    /// Regression: `Content-Encoding` was ignored, and a gzipped body was stored as the event's data.
+    #[test]
+    fn a_content_coding_is_refused_with_415_naming_the_header() {
+        let cases: [(&[&str], bool); 9] = [
+            (&[], true),
+            (&["identity"], true),
+            (&["Identity"], true),
+            (&[""], true),
+            (&["gzip"], false),
+            (&["br"], false),
+            (&["identity, gzip"], false),
+            (&["identity", "deflate"], false),
+            (&["x-gzip"], false),
+        ];
+        for (codings, accepted) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/cloudevents+json"));
+            for coding in codings {
+                headers.append(header::CONTENT_ENCODING, HeaderValue::from_str(coding).expect("header"));
+            }
+            match check_head(&headers, &IngressLimits::default()) {
+                Ok(_) => assert!(accepted, "{codings:?} accepted"),
+                Err(response) => {
+                    assert!(!accepted, "{codings:?} refused");
+                    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+                    let offered = response.headers().get(header::ACCEPT_ENCODING);
+                    assert_eq!(offered, Some(&HeaderValue::from_static("identity")), "RFC 9110 §15.5.16");
+                    let e = check_content_encoding(&headers).expect_err("refused");
+                    assert_eq!(e.attribute.as_deref(), Some("content-encoding"));
+                    assert!(e.rule.as_deref().is_some_and(|r| r.contains("does not decode")), "{e:?}");
+                }
+            }
+        }
+    }
+
+    /// Regression: a request refused before its body was read (401, 404, 503, 431, 415) left the body unread, and
+    /// closing an HTTP/1.1 connection on unread data resets it: the client could lose the answer.
+    #[tokio::test]
+    async fn a_refusal_before_the_body_reads_it_first() {
+        let limits = IngressLimits { body_read_timeout: Duration::from_millis(200), ..IngressLimits::default() };
+        let refusal = || error_response(&EventError::bad("refused").status(404));
+        let closes = |response: &Response| response.headers().get(header::CONNECTION).is_some();
+        let small = Body::from(vec![b'x'; 64 << 10]);
+        assert!(!closes(&refuse_unread(refusal(), small, &HeaderMap::new(), &limits).await), "read whole: kept open");
+        let endless = Body::from_stream(futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>());
+        assert!(closes(&refuse_unread(refusal(), endless, &HeaderMap::new(), &limits).await), "cut by the timeout");
+        let mut continuing = HeaderMap::new();
+        continuing.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        let waiting = Body::from_stream(futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>());
+        let started = Instant::now();
+        assert!(closes(&refuse_unread(refusal(), waiting, &continuing, &limits).await), "no body asked for");
+        assert!(started.elapsed() < Duration::from_millis(200), "answered without waiting for a body");
     }
 
     #[test]
