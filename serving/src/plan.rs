@@ -40,7 +40,10 @@ pub(crate) fn revision_run(
     runnable(&containers, runtime)?;
     let container = containers.get(serving_container_index(&containers)).cloned().unwrap_or_default();
     let name = str_at(revision, "/metadata/name").to_string();
-    // `runnable` refused `valueFrom` and `envFrom` on the local runtime; Kubernetes resolves them in the pod.
+    // `runnable` refused `valueFrom` and `envFrom` on the local runtime; Kubernetes resolves them in the pod. A
+    // name may come twice (Kubernetes and Knative accept it): every definition is kept in order, so the last one
+    // wins where the runtime sets the variables (the local runtime's `Command::envs`) and a `$(VAR)` reference
+    // sees the definitions before it, as Kubernetes expands them.
     let mut env = Vec::new();
     for var in container.env.iter().filter(|var| var.value_from.is_none()) {
         env.push((var.name.clone(), var.value.clone().unwrap_or_default()));
@@ -70,8 +73,12 @@ pub(crate) fn revision_run(
             errors.iter().map(|e| format!("metadata.annotations{}: {}", e.path, e.message)).collect::<Vec<_>>();
         ("InvalidAutoscaling".to_string(), message.join("; "))
     })?;
-    let timeout_seconds =
-        revision.pointer("/spec/timeoutSeconds").and_then(Value::as_i64).unwrap_or(DEFAULT_TIMEOUT_SECONDS);
+    // Knative's defaulting: `timeoutSeconds` unset or 0 is the default (validation refuses a negative one).
+    let timeout_seconds = revision
+        .pointer("/spec/timeoutSeconds")
+        .and_then(Value::as_i64)
+        .filter(|seconds| *seconds > 0)
+        .unwrap_or(DEFAULT_TIMEOUT_SECONDS);
     let object = serde_json::json!({
         "metadata": {
             "name": name,
@@ -93,7 +100,7 @@ pub(crate) fn revision_run(
         readiness_rhythm,
         h2c,
         container_concurrency,
-        timeout_ms: (timeout_seconds.max(1) as u64) * 1000,
+        timeout_ms: u64::try_from(timeout_seconds).unwrap_or(0).saturating_mul(1000),
         response_start_timeout_ms: seconds_ms(revision, "/spec/responseStartTimeoutSeconds"),
         idle_timeout_ms: seconds_ms(revision, "/spec/idleTimeoutSeconds"),
         autoscaling,
@@ -320,6 +327,45 @@ mod tests {
         let knobs = &run.autoscaling;
         assert_eq!((knobs.min_scale, knobs.max_scale, knobs.initial_scale, knobs.stable_window_ms), (1, 3, 1, 10_000));
         assert_eq!(knobs.total, 1.0, "containerConcurrency 1 is the target's total");
+    }
+
+    /// Regression: `timeoutSeconds: 0` (Knative's "the default") gave requests a 1-second timeout.
+    #[test]
+    fn a_timeout_of_zero_is_the_default_timeout() {
+        // (timeoutSeconds, the request timeout in ms)
+        let cases = [(None, 300_000), (Some(json!(0)), 300_000), (Some(json!(45)), 45_000), (Some(json!(-3)), 300_000)];
+        for (timeout, ms) in cases {
+            let mut object = revision("hello-00001", 1, json!({"command": ["/bin/hello"]}), json!({}));
+            match &timeout {
+                Some(seconds) => object["spec"]["timeoutSeconds"] = seconds.clone(),
+                None => {
+                    if let Some(spec) = object["spec"].as_object_mut() {
+                        spec.remove("timeoutSeconds");
+                    }
+                }
+            }
+            let run = revision_run(&object, &AutoscalerDefaults::default(), ServingRuntime::Local).expect("runnable");
+            assert_eq!(run.timeout_ms, ms, "{timeout:?}");
+        }
+    }
+
+    /// Regression (with the validation that refused them): an env var defined twice is Kubernetes' "the last one
+    /// wins"; both definitions reach the runtime in order, and the process gets the last.
+    #[test]
+    fn an_env_var_defined_twice_takes_its_last_value() {
+        let container = json!({"command": ["/bin/hello"],
+            "env": [{"name": "TARGET", "value": "first"}, {"name": "OTHER", "value": "x"},
+                {"name": "TARGET", "value": "second"}]});
+        let object = revision("hello-00001", 1, container, json!({}));
+        let run = revision_run(&object, &AutoscalerDefaults::default(), ServingRuntime::Local).expect("runnable");
+        let targets: Vec<&str> =
+            run.env.iter().filter(|(name, _)| name == "TARGET").map(|(_, value)| value.as_str()).collect();
+        assert_eq!(targets, ["first", "second"], "in order");
+        // What the local runtime does with them (`Command::envs`): a later value replaces an earlier one.
+        let mut command = std::process::Command::new("true");
+        command.envs(run.env.iter().map(|(name, value)| (name.as_str(), value.as_str())));
+        let set: Vec<_> = command.get_envs().filter(|(name, _)| *name == "TARGET").collect();
+        assert_eq!(set, [(std::ffi::OsStr::new("TARGET"), Some(std::ffi::OsStr::new("second")))]);
     }
 
     #[test]

@@ -149,8 +149,92 @@ fn count(key: &str, value: &str) -> Result<u32, String> {
     }
 }
 
+/// Go's `time.ParseDuration`, which Knative reads its duration annotations and keys with: an optional sign,
+/// then `0`, or numbers (with a fraction or not) each followed by a unit, `ns`, `us` (`µs`), `ms`, `s`, `m` or
+/// `h` (`0`, `1h30m`, `1.5s`, `300ms`). In nanoseconds; None when it does not parse or is past Go's `int64`.
+fn go_duration_ns(text: &str) -> Option<i128> {
+    let (negative, mut rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if rest == "0" {
+        return Some(0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: i128 = 0;
+    while !rest.is_empty() {
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let (number, after) = rest.split_at(number_end);
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if (whole.is_empty() && fraction.is_empty()) || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let (unit, tail) = after.split_at(unit_end);
+        let scale: i128 = match unit {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return None,
+        };
+        let whole: i128 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+        let mut value = whole.checked_mul(scale)?;
+        let mut place = scale;
+        for digit in fraction.bytes() {
+            place /= 10;
+            value = value.checked_add(i128::from(digit - b'0') * place)?;
+        }
+        total = total.checked_add(value)?;
+        rest = tail;
+    }
+    (total <= i128::from(i64::MAX)).then_some(if negative { -total } else { total })
+}
+
+/// A duration of an annotation or a `config-autoscaler` key in nanoseconds: Go's syntax, as Knative reads it
+/// ([`go_duration_ns`]), or Sluice's lenient one besides (ISO 8601 `PT30S`, days: `parse_duration`).
+fn duration_ns(text: &str) -> Result<i128, String> {
+    if let Some(ns) = go_duration_ns(text.trim()) {
+        return Ok(ns);
+    }
+    parse_duration(text).map(|d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
+}
+
 fn millis(key: &str, value: &str) -> Result<u64, String> {
-    parse_duration(value).map(|d| d.as_millis() as u64).map_err(|e| format!("{key}: {e}"))
+    match duration_ns(value) {
+        Ok(ns) if ns >= 0 => Ok(u64::try_from(ns / 1_000_000).unwrap_or(u64::MAX)),
+        Ok(_) => Err(format!("{key}: {:?} is negative", value.trim())),
+        Err(e) => Err(format!("{key}: {e}")),
+    }
+}
+
+/// Knative's rule for a duration annotation (`annotation_validation.go`): its bounds in milliseconds, and whether
+/// it must be whole seconds ("must be specified with at most second precision").
+#[derive(Clone, Copy)]
+struct DurationRule {
+    low_ms: u64,
+    high_ms: u64,
+    whole_seconds: bool,
+}
+
+/// `window`: 6 s to 1 h, whole seconds.
+const WINDOW_RULE: DurationRule = DurationRule { low_ms: 6_000, high_ms: 3_600_000, whole_seconds: true };
+/// `scale-down-delay`: 0 to 1 h, whole seconds.
+const SCALE_DOWN_DELAY_RULE: DurationRule = DurationRule { low_ms: 0, high_ms: 3_600_000, whole_seconds: true };
+/// `scale-to-zero-pod-retention-period`: 0 to 1 h.
+const RETENTION_RULE: DurationRule = DurationRule { low_ms: 0, high_ms: 3_600_000, whole_seconds: false };
+
+/// Knative's `target-burst-capacity`: -1 (unlimited) or at least 0.
+fn burst_capacity(key: &str, value: f64) -> Result<f64, String> {
+    if value < -1.0 || (value > -1.0 && value < 0.0) {
+        Err(format!("{key}: {value} must be -1 (unlimited) or at least 0"))
+    } else {
+        Ok(value)
+    }
 }
 
 fn within(key: &str, low: f64, value: f64, high: f64) -> Result<f64, String> {
@@ -171,7 +255,7 @@ impl AutoscalerDefaults {
             "requests-per-second-target-default" => {
                 self.requests_per_second_target_default = within(key, 0.01, number(key, v)?, f64::MAX)?
             }
-            "target-burst-capacity" => self.target_burst_capacity = within(key, -1.0, number(key, v)?, f64::MAX)?,
+            "target-burst-capacity" => self.target_burst_capacity = burst_capacity(key, number(key, v)?)?,
             // Sluice's nodes accept windows below Knative's 6 s for tests and demos; annotations keep the bounds.
             "stable-window" => {
                 self.stable_window_ms = within(key, 100.0, millis(key, v)? as f64, 3_600_000.0)? as u64;
@@ -364,14 +448,19 @@ pub fn resolve(
             }
         }
     };
-    let duration = |key: &str, low_ms: u64, high_ms: u64, default: u64, fail: &mut dyn FnMut(&str, String)| -> u64 {
+    let duration = |key: &str, rule: DurationRule, default: u64, fail: &mut dyn FnMut(&str, String)| -> u64 {
         let Some(text) = get(key) else { return default };
-        match parse_duration(text) {
-            Ok(d) if (low_ms..=high_ms).contains(&(d.as_millis() as u64)) => d.as_millis() as u64,
-            Ok(_) => {
+        let (low_ms, high_ms) = (rule.low_ms, rule.high_ms);
+        match duration_ns(text) {
+            Ok(ns) if !(i128::from(low_ms) * 1_000_000..=i128::from(high_ms) * 1_000_000).contains(&ns) => {
                 fail(key, format!("expected {} <= {text} <= {}", show_ms(low_ms), show_ms(high_ms)));
                 default
             }
+            Ok(ns) if rule.whole_seconds && ns % 1_000_000_000 != 0 => {
+                fail(key, "must be specified with at most second precision".into());
+                default
+            }
+            Ok(ns) => u64::try_from(ns / 1_000_000).unwrap_or(default),
             Err(e) => {
                 fail(key, format!("invalid value: {e}"));
                 default
@@ -413,7 +502,7 @@ pub fn resolve(
     }
     let utilization = num(TARGET_UTILIZATION_ANNOTATION, 1.0, 100.0, default_utilization, &mut fail) / 100.0;
     // Knative's annotation bounds (6 s to 1 h) apply to annotations; a node's default may be shorter.
-    let stable_window_ms = duration(WINDOW_ANNOTATION, 6_000, 3_600_000, defaults.stable_window_ms, &mut fail);
+    let stable_window_ms = duration(WINDOW_ANNOTATION, WINDOW_RULE, defaults.stable_window_ms, &mut fail);
     let panic_percentage = num(PANIC_WINDOW_ANNOTATION, 1.0, 100.0, defaults.panic_window_percentage, &mut fail);
     let panic_threshold =
         num(PANIC_THRESHOLD_ANNOTATION, 110.0, 1000.0, defaults.panic_threshold_percentage, &mut fail) / 100.0;
@@ -448,19 +537,40 @@ pub fn resolve(
             format!("invalid value: 0: {INITIAL_SCALE_ANNOTATION}=0 not allowed by cluster"),
         );
     }
-    let activation_scale = int(ACTIVATION_SCALE_ANNOTATION, 1, 1, &mut fail);
-    if max_scale != 0 && activation_scale > max_scale {
-        fail(
-            ACTIVATION_SCALE_ANNOTATION,
-            format!("activation-scale={activation_scale} is more than max-scale={max_scale}"),
-        );
+    let activation_scale = int(ACTIVATION_SCALE_ANNOTATION, 0, 1, &mut fail);
+    // Knative's rules, on the annotations as written (a node's default `min-scale` does not count): min-scale <=
+    // activation-scale <= max-scale, and above 1 (a revision at zero wakes to 1 without it).
+    let written_count =
+        |key: &str| get(key).and_then(|text| text.trim().parse::<i32>().ok()).and_then(|n| u32::try_from(n).ok());
+    if let Some(activation) = written_count(ACTIVATION_SCALE_ANNOTATION) {
+        let min = written_count(MIN_SCALE_ANNOTATION).unwrap_or(0);
+        let max = written_count(MAX_SCALE_ANNOTATION).unwrap_or(0);
+        let broken = if min > activation {
+            Some(format!("min-scale={min} is greater than activation-scale={activation}"))
+        } else if max != 0 && activation > max {
+            Some(format!("max-scale={max} is less than activation-scale={activation}"))
+        } else if activation < 2 {
+            Some(format!("activation-scale={activation} must be greater than 1"))
+        } else {
+            None
+        };
+        if let Some(message) = broken {
+            fail(ACTIVATION_SCALE_ANNOTATION, message);
+        }
     }
     let scale_down_delay_ms =
-        duration(SCALE_DOWN_DELAY_ANNOTATION, 0, 3_600_000, defaults.scale_down_delay_ms, &mut fail);
+        duration(SCALE_DOWN_DELAY_ANNOTATION, SCALE_DOWN_DELAY_RULE, defaults.scale_down_delay_ms, &mut fail);
     let pod_retention_ms =
-        duration(POD_RETENTION_ANNOTATION, 0, 3_600_000, defaults.scale_to_zero_pod_retention_period_ms, &mut fail);
+        duration(POD_RETENTION_ANNOTATION, RETENTION_RULE, defaults.scale_to_zero_pod_retention_period_ms, &mut fail);
     let target_burst_capacity =
         num(TARGET_BURST_CAPACITY_ANNOTATION, -1.0, f64::MAX, defaults.target_burst_capacity, &mut fail);
+    // Knative: -1 (unlimited) or at least 0; below -1 is out of bounds above.
+    if target_burst_capacity > -1.0 && target_burst_capacity < 0.0 {
+        fail(
+            TARGET_BURST_CAPACITY_ANNOTATION,
+            format!("invalid value: {target_burst_capacity}: -1 (unlimited) or at least 0"),
+        );
+    }
     let backlog_target = num(BACKLOG_TARGET_ANNOTATION, 1.0, f64::MAX, defaults.backlog_target, &mut fail);
     let activation_backlog = u64::from(int(
         ACTIVATION_BACKLOG_ANNOTATION,
@@ -514,141 +624,4 @@ fn show_ms(ms: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
-
-    #[test]
-    fn knatives_defaults_resolve_to_knatives_targets() {
-        let defaults = AutoscalerDefaults::default();
-        let none = resolve(&BTreeMap::new(), 0, &defaults).expect("defaults resolve");
-        assert_eq!((none.metric, none.total, none.target), (Metric::Concurrency, 100.0, 70.0));
-        assert_eq!((none.stable_window_ms, none.panic_window_ms, none.panic_threshold), (60_000, 6_000, 2.0));
-        assert_eq!((none.max_scale_up_rate, none.max_scale_down_rate), (1000.0, 2.0));
-        assert_eq!((none.min_scale, none.max_scale, none.initial_scale, none.activation_scale), (0, 0, 1, 1));
-        assert_eq!((none.target_burst_capacity, none.scale_to_zero_grace_ms, none.tick_ms), (211.0, 30_000, 2_000));
-        let cc4 = resolve(&BTreeMap::new(), 4, &defaults).expect("resolves");
-        assert_eq!((cc4.total, cc4.target), (4.0, 4.0 * 0.7), "containerConcurrency is the total without a target");
-        let capped = resolve(&annotations(&[(TARGET_ANNOTATION, "10")]), 4, &defaults).expect("resolves");
-        assert_eq!(capped.total, 4.0, "containerConcurrency caps the target");
-        let rps = resolve(&annotations(&[(METRIC_ANNOTATION, "rps")]), 4, &defaults).expect("resolves");
-        assert_eq!((rps.metric, rps.total), (Metric::Rps, 200.0), "rps targets are not capped by containerConcurrency");
-        let tuned = resolve(
-            &annotations(&[
-                (WINDOW_ANNOTATION, "20s"),
-                (PANIC_WINDOW_ANNOTATION, "25"),
-                (TARGET_UTILIZATION_ANNOTATION, "50"),
-                (TARGET_ANNOTATION, "10"),
-                (BACKLOG_TARGET_ANNOTATION, "40"),
-                (ACTIVATION_BACKLOG_ANNOTATION, "5"),
-            ]),
-            0,
-            &defaults,
-        )
-        .expect("resolves");
-        assert_eq!((tuned.stable_window_ms, tuned.panic_window_ms, tuned.target), (20_000, 5_000, 5.0));
-        assert_eq!((tuned.backlog_target, tuned.activation_backlog), (40.0, 5));
-    }
-
-    #[test]
-    fn knatives_earlier_camel_case_spellings_are_read_and_named_as_written() {
-        let defaults = AutoscalerDefaults::default();
-        let old = resolve(
-            &annotations(&[
-                ("autoscaling.knative.dev/minScale", "1"),
-                ("autoscaling.knative.dev/maxScale", "5"),
-                ("autoscaling.knative.dev/initialScale", "2"),
-                ("autoscaling.knative.dev/scaleDownDelay", "15s"),
-                ("autoscaling.knative.dev/targetUtilizationPercentage", "50"),
-            ]),
-            0,
-            &defaults,
-        )
-        .expect("resolves");
-        assert_eq!((old.min_scale, old.max_scale, old.initial_scale), (1, 5, 2));
-        assert_eq!((old.scale_down_delay_ms, old.target), (15_000, 50.0));
-
-        let broken =
-            resolve(&annotations(&[("autoscaling.knative.dev/maxScale", "-1")]), 0, &defaults).expect_err("refused");
-        assert_eq!(broken[0].path, "[autoscaling.knative.dev/maxScale]", "{broken:?}");
-        let both = resolve(
-            &annotations(&[("autoscaling.knative.dev/minScale", "1"), (MIN_SCALE_ANNOTATION, "2")]),
-            0,
-            &defaults,
-        )
-        .expect_err("refused");
-        assert_eq!(both[0].path, "[autoscaling.knative.dev/minScale]");
-        assert!(both[0].message.contains("expected exactly one"), "{both:?}");
-    }
-
-    #[test]
-    fn every_broken_rule_is_named_by_its_annotation() {
-        let cases: &[(&str, &str, &str)] = &[
-            (WINDOW_ANNOTATION, "5s", "expected 6s <= 5s <= 1h"),
-            (WINDOW_ANNOTATION, "soon", "invalid value"),
-            (PANIC_WINDOW_ANNOTATION, "0", "expected 1 <= 0 <= 100"),
-            (PANIC_THRESHOLD_ANNOTATION, "100", "expected 110 <= 100 <= 1000"),
-            (TARGET_ANNOTATION, "0", "expected 0.01 <= 0"),
-            (TARGET_UTILIZATION_ANNOTATION, "101", "expected 1 <= 101 <= 100"),
-            (MIN_SCALE_ANNOTATION, "-1", "expected 0 <= -1"),
-            (ACTIVATION_SCALE_ANNOTATION, "0", "expected 1 <= 0"),
-            (INITIAL_SCALE_ANNOTATION, "0", "not allowed by cluster"),
-            (TARGET_BURST_CAPACITY_ANNOTATION, "-2", "expected -1 <= -2"),
-            (SCALE_DOWN_DELAY_ANNOTATION, "2h", "expected 0s <= 2h <= 1h0m0s"),
-            (MAX_SCALE_UP_RATE_ANNOTATION, "1", "must be greater than 1"),
-            (METRIC_ANNOTATION, "cpu", "supports concurrency and rps"),
-            (CLASS_ANNOTATION, "hpa.autoscaling.knative.dev", "is not supported"),
-            (AGGREGATION_ANNOTATION, "weighted-exponential", "linearly"),
-            (BACKLOG_TARGET_ANNOTATION, "0", "expected 1 <= 0"),
-        ];
-        for (key, value, message) in cases {
-            let errors = resolve(&annotations(&[(key, value)]), 0, &AutoscalerDefaults::default())
-                .expect_err(&format!("{key}={value} is refused"));
-            assert_eq!(errors[0].path, format!("[{key}]"));
-            assert!(errors[0].message.contains(message), "{key}={value}: {}", errors[0].message);
-        }
-        let errors = resolve(
-            &annotations(&[
-                (MIN_SCALE_ANNOTATION, "3"),
-                (MAX_SCALE_ANNOTATION, "2"),
-                (ACTIVATION_SCALE_ANNOTATION, "5"),
-            ]),
-            0,
-            &AutoscalerDefaults::default(),
-        )
-        .expect_err("refused");
-        assert_eq!(errors.len(), 2, "{errors:?}");
-    }
-
-    #[test]
-    fn cluster_defaults_take_config_autoscaler_keys() {
-        let defaults = AutoscalerDefaults::from_pairs([
-            "stable-window=600ms",
-            "scale-to-zero-grace-period=0s",
-            "tick-interval=100ms",
-            "max-scale-down-rate=4",
-            "backlog-target=20",
-        ])
-        .expect("valid");
-        let resolved = Autoscaling::from_defaults(&defaults, 0);
-        assert_eq!((resolved.stable_window_ms, resolved.panic_window_ms, resolved.bucket_ms), (600, 100, 100));
-        assert_eq!(
-            (resolved.scale_to_zero_grace_ms, resolved.max_scale_down_rate, resolved.backlog_target),
-            (0, 4.0, 20.0)
-        );
-        for bad in [
-            "stable-window=2h",
-            "max-scale-down-rate=1",
-            "nope=1",
-            "initial-scale=0",
-            "min-scale",
-            "enable-scale-to-zero=yes",
-        ] {
-            assert!(AutoscalerDefaults::from_pairs([bad]).is_err(), "{bad} is refused");
-        }
-        assert!(AutoscalerDefaults::from_pairs(["allow-zero-initial-scale=true", "initial-scale=0"]).is_ok());
-    }
-}
+mod tests;

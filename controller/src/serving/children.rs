@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
-use super::model::TrafficTarget;
+use super::model::{TrafficTarget, same_revision_spec};
 use super::{
     CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, CONFIGURATION_UID_LABEL, REVISION_STATE_KIND, SERVICE_LABEL,
     SERVICE_UID_LABEL, SERVING_API_VERSION,
@@ -76,7 +76,8 @@ fn owner_reference(owner: &Value) -> Value {
 
 /// A Service's or Configuration's template with its own name names one Revision. Refused at apply (Knative's
 /// webhook does the same) when a Revision of that name exists that was not made from this template by this
-/// Configuration: `revision` is the stored Revision of the template's name, if any.
+/// Configuration (its spec compared after Knative's defaults, [`same_revision_spec`]): `revision` is the stored
+/// Revision of the template's name, if any.
 pub fn template_name_collision(object: &Value, revision: Option<&Value>) -> Option<crate::fields::FieldError> {
     let kind = str_at(object, "/kind");
     let template_name = str_at(object, "/spec/template/metadata/name");
@@ -84,10 +85,14 @@ pub fn template_name_collision(object: &Value, revision: Option<&Value>) -> Opti
         return None;
     }
     let revision = revision?;
+    let same_spec = match (revision.get("spec"), object.pointer("/spec/template/spec")) {
+        (Some(made), Some(template)) => same_revision_spec(made, template),
+        (made, template) => made == template,
+    };
     let made_by_us =
         revision.pointer("/metadata/labels").and_then(|l| l.get(CONFIGURATION_LABEL)).and_then(Value::as_str)
             == Some(str_at(object, "/metadata/name"))
-            && revision.get("spec") == object.pointer("/spec/template/spec");
+            && same_spec;
     (!made_by_us).then(|| crate::fields::FieldError {
         path: "spec.template.metadata.name".into(),
         message: format!(
@@ -97,12 +102,14 @@ pub fn template_name_collision(object: &Value, revision: Option<&Value>) -> Opti
 }
 
 /// Whether `revision` is the one `configuration`'s template makes now: owned by the Configuration (by uid)
-/// and with the template's spec (a Revision is never rewritten, so the spec it was made with). A template that
-/// names a Revision made from it before (a rollback to an earlier template name) makes nothing new: that
-/// Revision is the Configuration's latest created ([`super::routing::latest_revisions`]).
+/// and with the template's spec, compared after Knative's defaults ([`same_revision_spec`]: a template that
+/// only writes out a default, `timeoutSeconds: 300`, is the same template, as the apply-time check takes it).
+/// A Revision is never rewritten, so it keeps the spec it was made with. A template that names a Revision
+/// made from it before (a rollback to an earlier template name) makes nothing new: that Revision is the
+/// Configuration's latest created ([`super::routing::latest_revisions`]).
 pub fn made_from_template(revision: &Value, configuration: &Value) -> bool {
     let spec = configuration.pointer("/spec/template").map_or_else(|| json!({}), revision_spec);
-    owned_by(revision, configuration) && revision.get("spec") == Some(&spec)
+    owned_by(revision, configuration) && revision.get("spec").is_some_and(|made| same_revision_spec(made, &spec))
 }
 
 /// The spec of the Revision a template makes, as it is stored (without nulls).

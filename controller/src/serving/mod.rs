@@ -44,9 +44,11 @@ pub const DEFAULT_TIMEOUT_SECONDS: i64 = 300;
 pub const MAX_TIMEOUT_SECONDS: i64 = 600;
 /// Knative's `container-concurrency-max-limit`.
 pub const MAX_CONTAINER_CONCURRENCY: i64 = 1000;
-/// Set by the runtime for every instance; a container may not set them.
+/// Set by the runtime for every instance; a container may not set them, except `PORT` in a sidecar (Knative's
+/// `reservedSidecarEnvVars`: the runtime sets `PORT` in the serving container only).
 pub const RESERVED_ENV: [&str; 4] = ["PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"];
-/// Ports Knative's queue-proxy and activator take.
-pub const RESERVED_PORTS: [i64; 5] = [8012, 8013, 8022, 9090, 9091];
+/// Ports Knative's queue-proxy and activator take (8012, 8013, 8022, 9090, 9091), and 8008, its profiling
+/// port (Knative's `reservedPorts`).
+pub const RESERVED_PORTS: [i64; 6] = [8008, 8012, 8013, 8022, 9090, 9091];
 pub use crate::world::{DEFAULT_DOMAIN, ServingRuntime};
 pub use isolation::{FEATURE_FLAGS, ServingFeatures};

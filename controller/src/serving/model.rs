@@ -7,7 +7,7 @@
 //! `securityContext`, `resources`, ...) are kept as JSON, as the CRD keeps them
 //! (`x-kubernetes-preserve-unknown-fields`), and shown back unchanged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -297,6 +297,104 @@ pub type Service = Object<ServiceSpec>;
 pub type Configuration = Object<ConfigurationSpec>;
 pub type Revision = Object<RevisionSpec>;
 pub type Route = Object<RouteSpec>;
+
+/// Knative's name for a container that has none (`config-defaults`' `container-name-template`).
+const DEFAULT_CONTAINER_NAME: &str = "user-container";
+
+/// `spec` as Knative's defaulting webhook leaves it with the stock `config-defaults` (`RevisionSpec.SetDefaults`
+/// in `pkg/apis/serving/v1/revision_defaults.go`), so that two specs compare as Knative compares them, after
+/// defaulting both: `timeoutSeconds` unset or 0 is 300, `containerConcurrency` unset is 0,
+/// `enableServiceLinks` unset is false, an unnamed container is `user-container` (`user-container-N` among
+/// several, skipping names taken), the serving container's readiness probe defaults to a `tcpSocket` one,
+/// a readiness probe's `successThreshold` unset is 1 (and with `periodSeconds` set, `failureThreshold` 3 and
+/// `timeoutSeconds` 1), a `grpc` probe's `service` unset is "". A probe's numbers unset and 0 are the same
+/// (Kubernetes' `int32`s, not pointers). Not defaulted: volume mounts' `readOnly`, the `securityContext`
+/// defaults of `secure-pod-defaults`, resources (none by default).
+pub fn with_knative_defaults(spec: &RevisionSpec) -> RevisionSpec {
+    let mut spec = spec.clone();
+    if spec.timeout_seconds.is_none_or(|seconds| seconds == 0) {
+        spec.timeout_seconds = Some(super::DEFAULT_TIMEOUT_SECONDS);
+    }
+    spec.container_concurrency = spec.container_concurrency.or(Some(0));
+    spec.enable_service_links = spec.enable_service_links.or(Some(false));
+    let init_names = spec.init_containers.as_ref().and_then(Value::as_array).into_iter().flatten();
+    let taken: BTreeSet<String> = spec
+        .containers
+        .iter()
+        .filter_map(|c| c.name.clone())
+        .chain(init_names.filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string)))
+        .filter(|name| !name.is_empty())
+        .collect();
+    let single = spec.containers.len() == 1;
+    let mut suffix = 0;
+    for container in &mut spec.containers {
+        if container.name.as_deref().is_none_or(str::is_empty) {
+            let mut name = DEFAULT_CONTAINER_NAME.to_string();
+            if !single || taken.contains(&name) {
+                loop {
+                    name = format!("{DEFAULT_CONTAINER_NAME}-{suffix}");
+                    suffix += 1;
+                    if !taken.contains(&name) {
+                        break;
+                    }
+                }
+            }
+            container.name = Some(name);
+        }
+        if single || !container.ports.is_empty() {
+            let probe = container.readiness_probe.get_or_insert_with(Probe::default);
+            if probe.http_get.is_none() && probe.tcp_socket.is_none() && probe.exec.is_none() && probe.grpc.is_none() {
+                probe.tcp_socket = Some(TcpSocketAction::default());
+            }
+        }
+        if let Some(probe) = &mut container.readiness_probe {
+            let unset = |value: Option<i64>| value.is_none_or(|v| v == 0);
+            if unset(probe.success_threshold) {
+                probe.success_threshold = Some(1);
+            }
+            if !unset(probe.period_seconds) {
+                if unset(probe.failure_threshold) {
+                    probe.failure_threshold = Some(3);
+                }
+                if unset(probe.timeout_seconds) {
+                    probe.timeout_seconds = Some(1);
+                }
+            }
+        }
+        for probe in [&mut container.readiness_probe, &mut container.liveness_probe, &mut container.startup_probe]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(grpc) = &mut probe.grpc
+                && grpc.service.is_none()
+            {
+                grpc.service = Some(String::new());
+            }
+            for number in [
+                &mut probe.initial_delay_seconds,
+                &mut probe.timeout_seconds,
+                &mut probe.period_seconds,
+                &mut probe.success_threshold,
+                &mut probe.failure_threshold,
+            ] {
+                if *number == Some(0) {
+                    *number = None;
+                }
+            }
+        }
+    }
+    spec
+}
+
+/// Whether two Revision specs (as stored JSON) are the same once Knative's defaults are applied to both
+/// ([`with_knative_defaults`]); specs that do not read as a `RevisionSpec` are compared as written.
+pub fn same_revision_spec(a: &Value, b: &Value) -> bool {
+    let read = |spec: &Value| serde_json::from_value::<RevisionSpec>(spec.clone()).ok();
+    match (read(a), read(b)) {
+        (Some(a), Some(b)) => with_knative_defaults(&a) == with_knative_defaults(&b),
+        _ => a == b,
+    }
+}
 
 /// The Route's (or Service's) traffic as written, with Knative's default: 100 % to the latest revision of the
 /// Configuration of the same name.

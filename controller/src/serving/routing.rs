@@ -156,16 +156,39 @@ pub struct ResolvedTarget {
 pub struct TrafficError {
     pub reason: String,
     pub message: String,
-    /// It may still resolve by itself: a Configuration it names has no ready Revision yet, or a Revision it
-    /// pins is not ready yet and has not failed (Knative reports Unknown, not False).
+    /// It may still resolve by itself: a Configuration it names has no ready Revision yet and its latest
+    /// created one has not failed, or a Revision it pins is not ready yet and has not failed (Knative reports
+    /// Unknown, not False).
     pub waiting: bool,
     /// A Revision it pins exists and is not ready (yet, or it failed): the Route's URL stays the Service's, and
     /// its data plane goes on with its last good routing meanwhile.
     pub pinned_unready: bool,
+    /// The Configuration it names that has no ready Revision, when that is why: its status may know more about
+    /// why (a latest created Revision the runtime cannot run makes its Ready False: Knative's Route is then
+    /// False too, `Configuration "X" does not have any ready Revision.`).
+    pub unready_configuration: Option<String>,
 }
 
 fn missing(reason: &str, message: String) -> TrafficError {
-    TrafficError { reason: reason.into(), message, waiting: false, pinned_unready: false }
+    TrafficError { reason: reason.into(), message, waiting: false, pinned_unready: false, unready_configuration: None }
+}
+
+/// Knative's `AllTrafficAssigned` for a Route to a Configuration with no ready Revision (`MarkConfigurationFailed`
+/// and `MarkConfigurationNotReady`): False once the Configuration's Ready is False (its latest created Revision
+/// failed), else Unknown while it waits for one to become ready.
+pub fn unready_configuration(configuration: &str, failed: bool) -> TrafficError {
+    let message = if failed {
+        format!("Configuration {configuration:?} does not have any ready Revision.")
+    } else {
+        format!("Configuration {configuration:?} is waiting for a Revision to become ready.")
+    };
+    TrafficError {
+        reason: "RevisionMissing".into(),
+        message,
+        waiting: !failed,
+        pinned_unready: false,
+        unready_configuration: Some(configuration.to_string()),
+    }
 }
 
 /// The Route's targets with revision names filled in, or why it cannot route: as Knative's traffic builder,
@@ -236,6 +259,7 @@ fn resolve_target(objects: &[Value], namespace: &str, target: &TrafficTarget) ->
                     message,
                     waiting: !failed,
                     pinned_unready: true,
+                    unready_configuration: None,
                 });
             }
             (revision.clone(), false)
@@ -247,15 +271,14 @@ fn resolve_target(objects: &[Value], namespace: &str, target: &TrafficTarget) ->
                     format!("Configuration {configuration:?} referenced in traffic not found."),
                 ));
             }
-            match latest_revisions(objects, namespace, configuration).1 {
-                Some(ready) => (ready, true),
-                None => {
-                    return Err(TrafficError {
-                        reason: "RevisionMissing".into(),
-                        message: format!("Configuration {configuration:?} does not have any ready Revision."),
-                        waiting: true,
-                        pinned_unready: false,
-                    });
+            match latest_revisions(objects, namespace, configuration) {
+                (_, Some(ready)) => (ready, true),
+                // No ready Revision: the Configuration's Ready is False when its latest created one failed
+                // (`routing` sees the runtime's facts; the Route's status also asks the Configuration's, which
+                // knows what the node's runtime cannot run).
+                (created, None) => {
+                    let failed = |revision: String| revision_facts(objects, namespace, &revision).failure.is_some();
+                    return Err(unready_configuration(configuration, created.is_some_and(failed)));
                 }
             }
         }

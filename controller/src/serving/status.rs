@@ -8,7 +8,7 @@ use super::children::{configuration_spec, owned_by, revision_name, route_spec};
 use super::model::Container;
 use super::routing::{
     ResolvedTarget, RouteTable, find, host, latest_revisions, resolve_traffic, revision_facts, route_table,
-    spec_traffic, tag_host,
+    spec_traffic, tag_host, unready_configuration,
 };
 use crate::world::{Environment, ServingRuntime, World};
 
@@ -241,14 +241,22 @@ fn route_ready(object: &Value, world: &World, env: &Environment, status: &mut Ma
     let url = url_for(&host(name, namespace, &env.serving_domain), env);
     status.insert("url".into(), url.clone().into());
     status.insert("address".into(), json!({"url": url}));
-    match resolve_traffic(world.objects, namespace, &spec_traffic(object, name)) {
+    let mut error = match resolve_traffic(world.objects, namespace, &spec_traffic(object, name)) {
         Ok(targets) => {
             status.insert("traffic".into(), traffic_status(&targets, name, namespace, env));
-            Ok(None)
+            return Ok(None);
         }
-        Err(e) if e.waiting => Ok(Some((e.reason, e.message))),
-        Err(e) => Err((e.reason, e.message)),
+        Err(error) => error,
+    };
+    // A Configuration with no ready Revision: False when its own Ready is False (Knative's
+    // `errUnreadyConfiguration`), which its status decides with what the node's runtime can run.
+    let named = error.unready_configuration.as_deref();
+    let unready = named.and_then(|c| find(world.objects, "Configuration", namespace, c));
+    if let Some(configuration) = unready {
+        let failed = configuration_ready(configuration, world, env, &mut Map::new()).is_err();
+        error = unready_configuration(str_at(configuration, "/metadata/name"), failed);
     }
+    if error.waiting { Ok(Some((error.reason, error.message))) } else { Err((error.reason, error.message)) }
 }
 
 /// Knative's reason and message for a Service's child that does not reflect the Service's spec yet.

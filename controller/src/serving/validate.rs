@@ -8,9 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::isolation::ServingFeatures;
-use super::model::{Container, Probe, Revision, RevisionTemplateSpec, Route, Service, TrafficTarget};
+use super::model::{
+    Container, Probe, Revision, RevisionTemplateSpec, Route, Service, TrafficTarget, with_knative_defaults,
+};
 use super::{AUTOSCALING_PREFIX, MAX_CONTAINER_CONCURRENCY, RESERVED_ENV, RESERVED_PORTS};
-use crate::fields::{FieldError, is_dns_1035_label};
+use crate::fields::{FieldError, is_dns_1035_label, is_dns_label};
 
 fn err(path: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError { path: path.into(), message: message.into() }
@@ -22,6 +24,18 @@ fn bounds(path: String, low: i64, value: i64, high: i64, errors: &mut Vec<FieldE
     }
 }
 
+/// A serving object's `metadata.name` is a DNS-1035 label (knative.dev/pkg's `ValidateObjectMetadata`): it
+/// starts with a letter. A name that is not even a DNS-1123 label is refused by the metadata rules of every
+/// kind (`crate::validate`), so only the letter is checked here.
+fn serving_name(name: &str, errors: &mut Vec<FieldError>) {
+    if is_dns_label(name) && !is_dns_1035_label(name) {
+        errors.push(err(
+            "metadata.name",
+            format!("not a DNS 1035 label: {name:?} must start with a letter (lower-case letters, digits and '-')"),
+        ));
+    }
+}
+
 pub(crate) fn validate_service(
     service: &Service,
     existing: Option<&Value>,
@@ -29,6 +43,7 @@ pub(crate) fn validate_service(
     errors: &mut Vec<FieldError>,
 ) {
     let name = &service.metadata.name;
+    serving_name(name, errors);
     no_autoscaling_on_parent(&service.metadata.annotations, errors);
     validate_template("spec.template", name, &service.spec.template, existing, features, errors);
     if let Some(traffic) = &service.spec.traffic {
@@ -42,6 +57,7 @@ pub(crate) fn validate_configuration(
     features: &ServingFeatures,
     errors: &mut Vec<FieldError>,
 ) {
+    serving_name(&configuration.metadata.name, errors);
     no_autoscaling_on_parent(&configuration.metadata.annotations, errors);
     let template = &configuration.spec.template;
     validate_template("spec.template", &configuration.metadata.name, template, existing, features, errors);
@@ -53,17 +69,21 @@ pub(crate) fn validate_revision(
     features: &ServingFeatures,
     errors: &mut Vec<FieldError>,
 ) {
+    serving_name(&revision.metadata.name, errors);
     validate_revision_spec("spec", &revision.spec, features, errors);
     validate_scale_annotations("metadata.annotations", &revision.metadata.annotations, errors);
+    // Compared as Knative compares them, after its defaults (Knative stores a Revision defaulted at creation;
+    // Sluice stores it as applied).
     if let Some(existing) = existing
         && let Ok(stored) = serde_json::from_value::<Revision>(existing.clone())
-        && stored.spec != revision.spec
+        && with_knative_defaults(&stored.spec) != with_knative_defaults(&revision.spec)
     {
         errors.push(err("spec", "Immutable fields changed (-old +new): a Revision's spec never changes"));
     }
 }
 
 pub(crate) fn validate_route(route: &Route, errors: &mut Vec<FieldError>) {
+    serving_name(&route.metadata.name, errors);
     match route.spec.traffic.as_deref() {
         // A Route is its traffic: with none it would route nothing (a Service's may be left out: it defaults).
         None | Some([]) => errors.push(err("spec.traffic", "Traffic targets sum to 0, want 100")),
@@ -105,11 +125,14 @@ fn validate_template(
                 format!("invalid value: {name:?} is not a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, at most 63)"),
             ));
         }
-        // A template with its own name names one Revision: changing the template means a new name.
+        // A template with its own name names one Revision: changing the template means a new name. Both sides
+        // are compared after Knative's defaults, as Knative's webhook compares a template it stored defaulted
+        // (Sluice stores it as applied): writing out a default (`timeoutSeconds: 300`) changes nothing.
         if let Some(stored) = existing.and_then(|e| e.pointer("/spec/template"))
             && let Ok(stored) = serde_json::from_value::<RevisionTemplateSpec>(stored.clone())
             && stored.metadata.name == *name
-            && (stored.spec != template.spec || stored.metadata.annotations != template.metadata.annotations)
+            && (with_knative_defaults(&stored.spec) != with_knative_defaults(&template.spec)
+                || stored.metadata.annotations != template.metadata.annotations)
         {
             errors.push(err(
                 format!("{path}.metadata.name"),
@@ -147,42 +170,75 @@ fn validate_revision_spec(
                 + &with_ports.to_string(),
         ));
     }
+    // Kubernetes: `spec.containers[i].name: Duplicate value`; Knative: "duplicate container name". Unnamed
+    // containers get distinct names from Knative's defaults; an init container may not take a container's name.
+    let mut names = BTreeSet::new();
     for (i, container) in spec.containers.iter().enumerate() {
-        validate_container(&format!("{path}.containers[{i}]"), container, errors);
+        let container_path = format!("{path}.containers[{i}]");
+        if let Some(name) = container.name.as_deref().filter(|n| !n.is_empty())
+            && !names.insert(name)
+        {
+            errors.push(err(format!("{container_path}.name"), format!("duplicate container name {name:?}")));
+        }
+        // Knative's user container: the only one, or the one with the port; the others are sidecars.
+        let role =
+            if spec.containers.len() == 1 || !container.ports.is_empty() { Role::Serving } else { Role::Sidecar };
+        validate_container(&container_path, container, role, errors);
+    }
+    let init_containers = spec.init_containers.as_ref().and_then(Value::as_array).into_iter().flatten();
+    for (i, init) in init_containers.enumerate() {
+        if let Some(name) = init.get("name").and_then(Value::as_str).filter(|n| !n.is_empty())
+            && !names.insert(name)
+        {
+            errors.push(err(format!("{path}.initContainers[{i}].name"), format!("duplicate container name {name:?}")));
+        }
     }
     super::isolation::validate_pod_isolation(path, spec, features, errors);
     if let Some(cc) = spec.container_concurrency {
         bounds(format!("{path}.containerConcurrency"), 0, cc, MAX_CONTAINER_CONCURRENCY, errors);
     }
-    let max_timeout = features.max_revision_timeout_seconds();
+    // Knative's webhook bounds `timeoutSeconds` only (0 is the default, 300 s). The response-start and idle
+    // timeouts are typed int64 by its schema and not bounded: Sluice refuses a negative one (its own rule; a
+    // negative wait means nothing), and the data plane takes the earlier of the response start's and the
+    // request's deadline, so a response-start timeout above `timeoutSeconds` is simply never reached.
     if let Some(timeout) = spec.timeout_seconds {
-        bounds(format!("{path}.timeoutSeconds"), 0, timeout, max_timeout, errors);
+        bounds(format!("{path}.timeoutSeconds"), 0, timeout, features.max_revision_timeout_seconds(), errors);
     }
-    if let Some(start) = spec.response_start_timeout_seconds {
-        let high = spec.timeout_seconds.unwrap_or(max_timeout);
-        bounds(format!("{path}.responseStartTimeoutSeconds"), 0, start, high, errors);
-    }
-    if let Some(idle) = spec.idle_timeout_seconds {
-        bounds(format!("{path}.idleTimeoutSeconds"), 0, idle, max_timeout, errors);
+    for (field, value) in [
+        ("responseStartTimeoutSeconds", spec.response_start_timeout_seconds),
+        ("idleTimeoutSeconds", spec.idle_timeout_seconds),
+    ] {
+        if let Some(value) = value.filter(|v| *v < 0) {
+            errors.push(err(format!("{path}.{field}"), format!("invalid value: {value}: must not be negative")));
+        }
     }
 }
 
-fn validate_container(path: &str, container: &Container, errors: &mut Vec<FieldError>) {
+/// What a container is to Knative's rules: the one that serves (the only container, or the one with the port),
+/// or a sidecar.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Serving,
+    Sidecar,
+}
+
+fn validate_container(path: &str, container: &Container, role: Role, errors: &mut Vec<FieldError>) {
     if container.image.as_deref().is_none_or(str::is_empty) {
         errors.push(err(format!("{path}.image"), "missing field(s)"));
     }
     if container.name.as_deref() == Some("queue-proxy") {
         errors.push(err(format!("{path}.name"), "\"queue-proxy\" is a reserved container name"));
     }
-    let mut env_names = BTreeSet::new();
+    // A name may come twice: Kubernetes and Knative accept it, and the last definition wins. A sidecar may set
+    // `PORT` (Knative's `reservedSidecarEnvVars`): the runtime sets it in the serving container only.
     for (i, env) in container.env.iter().enumerate() {
         let env_path = format!("{path}.env[{i}]");
+        let sidecar_port = role == Role::Sidecar && env.name == "PORT";
+        let reserved = RESERVED_ENV.contains(&env.name.as_str()) && !sidecar_port;
         if env.name.is_empty() {
             errors.push(err(format!("{env_path}.name"), "missing field(s)"));
-        } else if RESERVED_ENV.contains(&env.name.as_str()) {
+        } else if reserved {
             errors.push(err(format!("{env_path}.name"), format!("{:?} is a reserved environment variable", env.name)));
-        } else if !env_names.insert(env.name.as_str()) {
-            errors.push(err(format!("{env_path}.name"), format!("duplicate environment variable {:?}", env.name)));
         }
         if env.value.is_some() && env.value_from.is_some() {
             errors.push(err(env_path, "expected exactly one, got both: value, valueFrom"));
@@ -214,22 +270,32 @@ fn validate_container(path: &str, container: &Container, errors: &mut Vec<FieldE
             }
         }
     }
-    let port_name = container.ports.first().and_then(|p| p.name.as_deref()).filter(|n| !n.is_empty());
-    if let Some(probe) = &container.readiness_probe {
-        validate_probe(&format!("{path}.readinessProbe"), probe, port_name, errors);
-    }
-    if let Some(probe) = &container.liveness_probe {
-        validate_probe(&format!("{path}.livenessProbe"), probe, port_name, errors);
-    }
-    if let Some(probe) = &container.startup_probe {
-        validate_probe(&format!("{path}.startupProbe"), probe, port_name, errors);
+    // The serving port's name, `http` when it has none (Knative's `validateContainersPorts`): the only name a
+    // probe of the serving container may give its port. A sidecar has no port a probe could name.
+    let named = container.ports.first().and_then(|p| p.name.as_deref()).filter(|n| !n.is_empty());
+    let port_name = (role == Role::Serving).then(|| named.unwrap_or("http"));
+    for (field, probe, kind) in [
+        ("readinessProbe", &container.readiness_probe, ProbeKind::Readiness),
+        ("livenessProbe", &container.liveness_probe, ProbeKind::Other),
+        ("startupProbe", &container.startup_probe, ProbeKind::Other),
+    ] {
+        if let Some(probe) = probe {
+            validate_probe(&format!("{path}.{field}"), probe, port_name, kind, errors);
+        }
     }
 }
 
+/// Knative's readiness probe has rules of its own (`periodSeconds: 0`, its aggressive probing).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProbeKind {
+    Readiness,
+    Other,
+}
+
 /// Knative's probe rules. A probe may name another port by number (a health port beside the serving one; the
-/// local runtime refuses to run that, the Kubernetes runtime runs it); a port named must be the container
-/// port's name (Knative's "Probe port must match container port").
-fn validate_probe(path: &str, probe: &Probe, port_name: Option<&str>, errors: &mut Vec<FieldError>) {
+/// local runtime refuses to run that, the Kubernetes runtime runs it); a port named must be the serving port's
+/// name, `http` when it has none (Knative's "Probe port must match container port").
+fn validate_probe(path: &str, probe: &Probe, port_name: Option<&str>, kind: ProbeKind, errors: &mut Vec<FieldError>) {
     let handlers = [probe.http_get.is_some(), probe.tcp_socket.is_some(), probe.exec.is_some(), probe.grpc.is_some()];
     match handlers.iter().filter(|set| **set).count() {
         0 => errors.push(err(path, "expected exactly one, got neither: httpGet, tcpSocket, exec, grpc")),
@@ -248,14 +314,17 @@ fn validate_probe(path: &str, probe: &Probe, port_name: Option<&str>, errors: &m
             bounds(format!("{path}.{field}"), 0, value, max, errors);
         }
     }
-    if probe.period_seconds == Some(0) {
-        if probe.failure_threshold.is_some() {
+    // Knative's aggressive readiness probing (`periodSeconds: 0`) takes no failure threshold or timeout (0, as
+    // unset, is allowed: Kubernetes' `int32`s). Liveness and startup probes have no such rule.
+    let set = |value: Option<i64>| value.is_some_and(|v| v != 0);
+    if kind == ProbeKind::Readiness && probe.period_seconds == Some(0) {
+        if set(probe.failure_threshold) {
             errors.push(err(
                 format!("{path}.failureThreshold"),
                 "failureThreshold is disallowed when periodSeconds is zero",
             ));
         }
-        if probe.timeout_seconds.is_some() {
+        if set(probe.timeout_seconds) {
             errors
                 .push(err(format!("{path}.timeoutSeconds"), "timeoutSeconds is disallowed when periodSeconds is zero"));
         }
@@ -293,7 +362,8 @@ fn validate_traffic(traffic: &[TrafficTarget], of: TrafficOf, errors: &mut Vec<F
         let path = format!("spec.traffic[{i}]");
         if let Some(percent) = target.percent {
             bounds(format!("{path}.percent"), 0, percent, 100, errors);
-            sum += percent;
+            // Saturating: percents out of bounds are refused above, and their sum must not overflow meanwhile.
+            sum = sum.saturating_add(percent);
         }
         if let Some(tag) = target.tag.as_deref() {
             if !is_dns_1035_label(tag) {

@@ -9,6 +9,8 @@ use crate::meta::merge_for_apply_keeping_owned;
 use crate::status::{Environment, World, reconcile};
 use crate::validate_object;
 
+mod validation;
+
 fn env() -> Environment {
     Environment::new("http://127.0.0.1:8080")
 }
@@ -592,4 +594,42 @@ fn revision_status_counts_every_nodes_instances_and_ignores_a_namesakes_facts() 
     let revision = status_of(&objects, "Revision", "hello-00001");
     assert_eq!(revision["actualReplicas"], 0, "{revision}");
     assert_eq!(condition(&revision, "Ready"), ("Unknown".into(), "Deploying".into()));
+}
+
+/// The hello Service with `spec` as its template's spec.
+/// Regression: a Route to a Configuration whose only Revision failed stayed Unknown for ever. Knative's
+/// `AllTrafficAssigned` is False once the Configuration's Ready is False, Unknown while it waits, with its
+/// texts.
+#[test]
+fn regression_a_route_to_a_configuration_whose_revision_failed_is_false() {
+    let assigned = |objects: &[Value]| {
+        let route = status_of(objects, "Route", "hello");
+        let found = route["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "AllTrafficAssigned"))
+            .cloned()
+            .unwrap_or_default();
+        [&found["status"], &found["reason"], &found["message"]].map(|v| v.as_str().unwrap_or_default().to_string())
+    };
+    let waiting = ["Unknown", "RevisionMissing", "Configuration \"hello\" is waiting for a Revision to become ready."];
+    let failed = ["False", "RevisionMissing", "Configuration \"hello\" does not have any ready Revision."];
+    let mut objects = Vec::new();
+    store(&mut objects, hello_service("one"));
+    settle(&mut objects);
+    assert_eq!(assigned(&objects), waiting, "no facts yet");
+    failed_fact(&mut objects, "hello-00001");
+    assert_eq!(assigned(&objects), failed, "its only revision failed");
+    let traffic: Vec<TrafficTarget> =
+        serde_json::from_value(json!([{"configurationName": "hello", "percent": 100}])).expect("valid traffic");
+    let error = resolve_traffic(&objects, "default", &traffic).expect_err("no ready revision");
+    assert!(!error.waiting, "a failure does not go away by waiting");
+
+    // A latest created revision this node's runtime cannot run (an image, no command, on the local runtime):
+    // the Configuration says False, and so does the Route.
+    let mut objects = Vec::new();
+    let mut image_only = hello_service("one");
+    image_only["spec"]["template"]["spec"]["containers"] = json!([{"image": "ghcr.io/knative/helloworld-go"}]);
+    store(&mut objects, image_only);
+    settle(&mut objects);
+    assert_eq!(assigned(&objects), failed, "not runnable here");
 }
