@@ -297,7 +297,11 @@ enum ProbeKind {
 /// name, `http` when it has none (Knative's "Probe port must match container port").
 fn validate_probe(path: &str, probe: &Probe, port_name: Option<&str>, kind: ProbeKind, errors: &mut Vec<FieldError>) {
     let handlers = [probe.http_get.is_some(), probe.tcp_socket.is_some(), probe.exec.is_some(), probe.grpc.is_some()];
+    // The serving container's readiness probe without a handler is a `tcpSocket` one: Knative's defaulting
+    // (`applyProbes`) gives it one before validation. Other probes get no handler by default.
+    let defaulted_to_tcp = kind == ProbeKind::Readiness && port_name.is_some();
     match handlers.iter().filter(|set| **set).count() {
+        0 if defaulted_to_tcp => {}
         0 => errors.push(err(path, "expected exactly one, got neither: httpGet, tcpSocket, exec, grpc")),
         1 => {}
         _ => errors.push(err(path, "expected exactly one, got both: httpGet, tcpSocket, exec, grpc")),

@@ -24,6 +24,21 @@ fn template_specs_are_refused_as_knatives_webhook_refuses_them() {
     };
     let cases = [
         (
+            json!({"containers": [with(&app, "readinessProbe", json!({"periodSeconds": 1}))]}),
+            Ok(()),
+            "the serving container's readiness probe without a handler is Knative's default tcpSocket one",
+        ),
+        (
+            json!({"containers": [with(&app, "livenessProbe", json!({"periodSeconds": 1}))]}),
+            refused("containers[0].livenessProbe", "expected exactly one, got neither"),
+            "a liveness probe gets no default handler",
+        ),
+        (
+            json!({"containers": [serving, with(&app, "readinessProbe", json!({"periodSeconds": 1}))]}),
+            refused("containers[1].readinessProbe", "expected exactly one, got neither"),
+            "nor does a sidecar's readiness probe",
+        ),
+        (
             json!({"timeoutSeconds": 0, "responseStartTimeoutSeconds": 30, "containers": [app]}),
             Ok(()),
             "timeoutSeconds 0 is the default (300 s), and bounds nothing",
