@@ -462,10 +462,16 @@ fn parse_peer_route(route: &str) -> std::result::Result<(String, String), String
 
 pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &IngressArgs) -> Result<NodeSettings> {
     let limits = ingress.limits();
-    // An append entry must hold the largest batch (events grow a little when stored).
-    // A binary event may be stored with its attributes on top of its body (up to the header limit).
+    // An append entry must hold the largest batch, and events grow when stored: the attributes the broker adds
+    // (`knativearrivaltime`, `knativebrokerttl`) and each record's framing, about 55 bytes; counted as
+    // `STORED_GROWTH_PER_EVENT_BYTES` per event of the largest batch, so that a raised `--max-batch-events` does
+    // not turn a batch within every documented limit into "append too large" (a review found it did above about
+    // 1,200 events in a 4 MiB batch). A binary event may be stored with its attributes on top of its body (up to
+    // the header limit).
+    const STORED_GROWTH_PER_EVENT_BYTES: usize = 256;
     let largest_request = limits.max_batch_bytes.max(limits.max_event_bytes + limits.max_header_bytes);
-    let max_bytes_per_entry = (largest_request + (64 << 10)).max(1 << 20);
+    let growth = ingress.max_batch_events.max(1).saturating_mul(STORED_GROWTH_PER_EVENT_BYTES);
+    let max_bytes_per_entry = largest_request.saturating_add(growth).saturating_add(64 << 10).max(1 << 20);
     Ok(NodeSettings {
         node_id: id,
         data_dir: data,
@@ -621,5 +627,22 @@ mod tests {
         assert_eq!(format!("{:?}", child.ingress), format!("{:?}", given.ingress));
         let defaults = Flags::parse_from(["sluice"]);
         assert_ne!(format!("{:?}", defaults.ingress), format!("{:?}", given.ingress), "the flags were read");
+    }
+
+    /// Regression (review): an entry held the largest batch's bytes plus 64 KiB, while each stored event grows by
+    /// about 55 bytes, so with `--max-batch-events` raised above about 1,200 a 4 MiB batch within every limit got
+    /// "append too large".
+    #[test]
+    fn an_entry_holds_the_largest_batch_as_stored_however_many_events_it_may_have() {
+        for events in ["1000", "5000", "50000"] {
+            let flags = Flags::parse_from(["sluice", "--max-batch-events", events, "--max-batch-bytes", "4194304"]);
+            let settings = super::settings(1, "/tmp/x".into(), &flags.tuning, &flags.ingress).expect("settings");
+            let stored_growth_bytes = flags.ingress.max_batch_events * 55;
+            assert!(
+                settings.append_limits.max_bytes_per_entry >= 4_194_304 + stored_growth_bytes,
+                "{events} events: {} bytes per entry",
+                settings.append_limits.max_bytes_per_entry
+            );
+        }
     }
 }

@@ -121,8 +121,18 @@ pub(crate) fn parse_target(path: &str) -> Result<Target, EventError> {
 pub(crate) struct Ingress {
     node: Node,
     limits: Arc<IngressLimits>,
-    targets: Arc<RwLock<Arc<HashMap<Target, TargetState>>>>,
+    targets: Arc<RwLock<Arc<Targets>>>,
+    /// The metadata group's resource version: a request that finds the targets built from an older one rebuilds
+    /// them first, so that a Broker just created is found (not 404) and one just deleted is not (not 202).
+    resources_version: Option<tokio::sync::watch::Receiver<u64>>,
     body_budget: BodyBudget,
+}
+
+/// The Brokers and Channels, as of one resource version.
+#[derive(Default)]
+struct Targets {
+    version: u64,
+    by_target: HashMap<Target, TargetState>,
 }
 
 /// What a request to one Broker or Channel is checked against.
@@ -137,8 +147,15 @@ impl Ingress {
     pub(crate) fn new(node: Node, limits: IngressLimits) -> Self {
         let body_budget =
             BodyBudget::new(limits.max_inflight_body_bytes.max(limits.max_batch_bytes).max(limits.max_event_bytes));
-        let ingress = Self { node: node.clone(), limits: Arc::new(limits), targets: Arc::default(), body_budget };
-        if let Some(mut changes) = node.watch_resources() {
+        let resources_version = node.watch_resources();
+        let ingress = Self {
+            node: node.clone(),
+            limits: Arc::new(limits),
+            targets: Arc::default(),
+            resources_version: resources_version.clone(),
+            body_budget,
+        };
+        if let Some(mut changes) = resources_version {
             let ingress = ingress.clone();
             tokio::spawn(async move {
                 loop {
@@ -157,6 +174,9 @@ impl Ingress {
     }
 
     fn refresh_targets(&self) {
+        // Read before the resources: they are at least as new as it (the version moves after they are written),
+        // so targets never claim a version newer than what they were built from.
+        let version = self.current_version();
         // EventPolicies are enforced only with sender identity on (Knative's rule); their `from` may name any
         // kind, so every object is read then.
         let objects: Vec<serde_json::Value> = if self.node.settings().authenticator.is_some() {
@@ -184,13 +204,25 @@ impl Ingress {
                 targets.insert(target, state);
             }
         }
-        if let Ok(mut guard) = self.targets.write() {
-            *guard = Arc::new(targets);
+        if let Ok(mut guard) = self.targets.write()
+            && guard.version <= version
+        {
+            *guard = Arc::new(Targets { version, by_target: targets });
         }
     }
 
+    fn current_version(&self) -> u64 {
+        self.resources_version.as_ref().map_or(0, |version| *version.borrow())
+    }
+
+    /// The target's state as of the node's latest resources: the targets are rebuilt here first when a change
+    /// has not reached them yet (the task that follows the changes may not have run).
     fn target(&self, target: &Target) -> Option<TargetState> {
-        self.targets.read().ok().and_then(|t| t.get(target).cloned())
+        let built_from = self.targets.read().map(|t| t.version).unwrap_or(0);
+        if built_from < self.current_version() {
+            self.refresh_targets();
+        }
+        self.targets.read().ok().and_then(|t| t.by_target.get(target).cloned())
     }
 }
 
