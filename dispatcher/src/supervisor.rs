@@ -153,33 +153,47 @@ async fn supervise(node: Node, settings: DispatcherSettings, sender: Sender, mut
     let mut holds = Holds::new(HANDOVER_HOLD);
     let mut transfers: FuturesUnordered<BoxFuture<'static, HoldId>> = FuturesUnordered::new();
     let limits = settings.subscriber_capacity.clone().map(DestinationLimits::new);
-    loop {
+    'supervise: loop {
         for (partition, end) in holds.expire(tokio::time::Instant::now(), |partition| node.leads_partition(partition)) {
             hold_ended(partition, end);
         }
         reconcile(&node, &settings, &sender, &limits, &holds, &mut running, &mut reported).await;
         let hold_ends = holds.next_expiry();
-        tokio::select! {
-            changed = resources.changed() => if changed.is_err() { break },
-            // Leadership changes are reconciled at once (the new leader's dispatch waits for nothing else).
-            changed = leadership.changed() => if changed.is_err() { break } else { continue },
-            Some(handover) = handovers.recv() => {
-                let hold = holds.start(handover.partition, tokio::time::Instant::now());
-                let transfer_over = hand_over(&mut running, handover).await;
-                transfers.push(Box::pin(async move {
-                    transfer_over.await;
-                    hold
-                }));
-                continue;
-            }
-            Some(hold) = transfers.next(), if !transfers.is_empty() => {
-                if holds.transfer_over(hold) {
-                    hold_ended(hold.partition, HoldEnd::TransferOver);
+        loop {
+            tokio::select! {
+                changed = resources.changed() => if changed.is_err() { break 'supervise } else { break },
+                // Leadership changes are reconciled at once (the new leader's dispatch waits for nothing else).
+                changed = leadership.changed() => if changed.is_err() { break 'supervise } else { continue 'supervise },
+                Some(handover) = handovers.recv() => {
+                    let hold = holds.start(handover.partition, tokio::time::Instant::now());
+                    let transfer_over = hand_over(&mut running, handover).await;
+                    transfers.push(Box::pin(async move {
+                        transfer_over.await;
+                        hold
+                    }));
+                    continue 'supervise;
                 }
-                continue;
+                Some(hold) = transfers.next(), if !transfers.is_empty() => {
+                    if holds.transfer_over(hold) {
+                        hold_ended(hold.partition, HoldEnd::TransferOver);
+                    }
+                    continue 'supervise;
+                }
+                _ = tokio::time::sleep_until(hold_ends.unwrap_or_else(tokio::time::Instant::now)),
+                    if hold_ends.is_some() => continue 'supervise,
+                _ = stopped.changed() => break 'supervise,
+                // A partition dispatcher that ended on its own (it lost its view of the applied log, or panicked
+                // outside a delivery) is started again by the next reconcile; without this look it waited for an
+                // unrelated change, and every consumer of its partition with it.
+                _ = tokio::time::sleep(ENDED_DISPATCHERS_LOOK) => {
+                    let ended = running.values().filter(|r| r.task.is_finished()).count();
+                    if ended > 0 {
+                        metrics::counter!("sluice_dispatch_partition_dispatchers_ended_total").increment(ended as u64);
+                        tracing::warn!(ended, "partition dispatchers ended on their own; starting them again");
+                        continue 'supervise;
+                    }
+                }
             }
-            _ = tokio::time::sleep_until(hold_ends.unwrap_or_else(tokio::time::Instant::now)), if hold_ends.is_some() => continue,
-            _ = stopped.changed() => break,
         }
         // Applying many objects (a YAML file of 1,000 Triggers) changes the resources many times in a row:
         // reconcile once the burst settles (no change for SETTLE), but at least every SETTLE_MAX.
@@ -228,6 +242,9 @@ async fn hand_over(
 /// of the transfer attempt never be reported: longer than the broker waits for the transfer (four maximum
 /// election timeouts, 1.6 s by default).
 const HANDOVER_HOLD: Duration = Duration::from_secs(5);
+
+/// How often the supervisor looks for partition dispatchers that ended on their own (see `supervise`).
+const ENDED_DISPATCHERS_LOOK: Duration = Duration::from_secs(1);
 
 /// Quiet time after a resource change before reconciling (see `supervise`).
 const SETTLE: Duration = Duration::from_millis(50);
