@@ -141,12 +141,13 @@ fn is_scheme(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
-/// The CloudEvents `URI` type: an RFC 3986 §4.3 absolute-URI, `scheme ":" hier-part [ "?" query ]`; unlike a
-/// URI-reference it has a scheme and no fragment (`#`).
+/// The CloudEvents `URI` type: a URI with a scheme. A fragment is accepted, as the Go SDK (Knative's broker:
+/// `URL.IsAbs`) and the spec's own JSON schema (`format: uri`) accept it: `dataschema:
+/// https://x/schema.json#/definitions/A` is a common JSON Schema pointer (refusing it, as RFC 3986 §4.3's
+/// absolute-URI would, broke such producers for a few hours in session 41).
 pub fn is_absolute_uri(s: &str) -> bool {
     let first_delim = s.find(['/', '?', '#']).unwrap_or(s.len());
-    !s.contains('#')
-        && is_uri_reference(s)
+    is_uri_reference(s)
         && s[..first_delim].contains(':')
         && s.split_once(':').is_some_and(|(scheme, _)| is_scheme(scheme))
 }

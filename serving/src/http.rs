@@ -146,8 +146,9 @@ impl HostRouter {
             _ => (deadline, run.timeout_ms),
         };
         let timed_out = || ServingError::Timeout { revision: revision.key(), after_ms };
-        // An h2c app speaks no HTTP/1.1, so it is never asked to switch protocols (the request goes as a plain one).
-        if !run.h2c && upgrade::wants_upgrade(request.headers()) {
+        // An h2c app speaks no HTTP/1.1, so it is never asked to switch protocols (the request goes as a plain one);
+        // nor is anything asked over HTTP/1.0, which cannot upgrade.
+        if !run.h2c && request.version() == axum::http::Version::HTTP_11 && upgrade::wants_upgrade(request.headers()) {
             let response = upgrade::UpgradeRequest::new(request, &permit)?;
             let answer = tokio::time::timeout_at(start_by.into(), response.send(&permit.authority)).await;
             return match answer {

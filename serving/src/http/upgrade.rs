@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::uri::Authority;
-use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use axum::http::uri::{Authority, PathAndQuery};
+use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, Uri, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -35,7 +35,16 @@ use crate::revision::Permit;
 /// Whether the request asks to switch protocols: an `Upgrade` header, and `upgrade` among its `Connection`
 /// header's tokens (RFC 9110 §7.8: an `Upgrade` not named by `Connection` is to be ignored).
 pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
+    // `h2c` is not tunnelled: an HTTP/1.1 client offering HTTP/2 (curl --http2, Java's HttpClient) gets its
+    // answer over HTTP/1.1 as a plain request, and the connection stays the node's (its gate, its split).
+    let only_h2c = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .all(|protocol| protocol.trim().eq_ignore_ascii_case("h2c"));
     headers.contains_key(header::UPGRADE)
+        && !only_h2c
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -66,6 +75,12 @@ impl UpgradeRequest {
         let protocol = request.headers().get(header::UPGRADE).cloned();
         // The hop-by-hop headers go as for any request; the two that ask this hop to switch are put back.
         let mut upstream = super::upstream_request(request, permit)?;
+        // Origin-form (`GET /ws HTTP/1.1`): this connection is written as given, where the pooled client makes
+        // the absolute URI `upstream_request` gives into origin-form itself. An app reads its path and its
+        // `Host` (the client's, kept) from there: Go takes the host from an absolute request line, and
+        // gorilla/websocket's origin check then failed; Node's `ws` compared the absolute URI with its path.
+        let origin_form = upstream.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *upstream.uri_mut() = Uri::from(origin_form);
         upstream.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         if let Some(protocol) = protocol {
             upstream.headers_mut().insert(header::UPGRADE, protocol);
@@ -268,13 +283,16 @@ mod tests {
         let table: &[(&[(&str, &str)], bool)] = &[
             (&[("connection", "Upgrade"), ("upgrade", "websocket")], true),
             (&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")], true),
-            (&[("connection", "keep-alive"), ("connection", "upgrade"), ("upgrade", "h2c")], true),
+            (&[("connection", "keep-alive"), ("connection", "upgrade"), ("upgrade", "websocket")], true),
             (&[("connection", " UPGRADE "), ("upgrade", "websocket")], true),
             // `Upgrade` not named by `Connection` is ignored (RFC 9110 §7.8).
             (&[("upgrade", "websocket")], false),
             (&[("connection", "keep-alive"), ("upgrade", "websocket")], false),
             (&[("connection", "upgrade")], false),
             (&[("connection", "upgraded"), ("upgrade", "websocket")], false),
+            // An HTTP/1.1 client offering HTTP/2 goes on as a plain request.
+            (&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c")], false),
+            (&[("connection", "upgrade"), ("upgrade", "h2c, websocket")], true),
             (&[], false),
         ];
         for (pairs, expected) in table {

@@ -7,8 +7,8 @@
 //! - `GET /env` → the runtime contract as the app sees it (`PORT`, `K_SERVICE`, `K_CONFIGURATION`,
 //!   `K_REVISION`, and `ADDRESS` for the tests of `$(VAR)` expansion) as JSON.
 //! - `GET /stats` → `{"max_concurrent": N, "requests": N}`: the most requests it ever had at once.
-//! - `GET /ws` with a WebSocket upgrade: echoes every text message as `$K_REVISION: MESSAGE`; counted as a
-//!   request in flight (in `/stats`) until the WebSocket closes.
+//! - `GET /ws` with a WebSocket upgrade (in origin-form, as Node's `ws` wants it): echoes every text message as
+//!   `$K_REVISION: MESSAGE`; counted as a request in flight (in `/stats`) until the WebSocket closes.
 //! - `POST` (a CloudEvent) → 202; the event's `ce-id` is appended to `$HELLO_RECORD` when set.
 //! - `HELLO_STARTUP_MS`: waits that long before listening; `HELLO_CRASH=N`: writes a line to stderr and exits
 //!   with code N at start.
@@ -77,10 +77,12 @@ fn websocket(mut request: Request<Incoming>, in_flight: InFlight) -> Response<Fu
 
     let key = request.headers().get("sec-websocket-key").map(|key| derive_accept_key(key.as_bytes()));
     let asks = request.headers().get("upgrade").is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    let (Some(accept), true) = (key, asks) else {
+    // As Node's `ws` and Go's servers read it: an absolute-form request line (`GET http://host/ws`) is refused.
+    let origin_form = request.uri().authority().is_none();
+    let (Some(accept), true, true) = (key, asks, origin_form) else {
         return Response::builder()
             .status(StatusCode::BAD_REQUEST)
-            .body(Full::new(Bytes::from_static(b"a WebSocket upgrade is expected\n")))
+            .body(Full::new(Bytes::from_static(b"a WebSocket upgrade in origin-form is expected\n")))
             .unwrap_or_default();
     };
     let upgrade = hyper::upgrade::on(&mut request);
