@@ -1,6 +1,9 @@
 //! What status and resolution are computed from: the objects that exist ([`World`]) and where the node
 //! serves them ([`Environment`]). A leaf: eventing's and serving's status both read it.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use serde_json::Value;
 
 /// The domain Routes are served under when none is configured: `NAME.NAMESPACE.localhost`. Browsers and curl
@@ -63,7 +66,23 @@ pub struct Environment {
     pub audiences: bool,
     /// What a Broker or Channel with no EventPolicy lets in (shown in its `EventPoliciesReady` condition).
     pub default_authorization: DefaultAuthorization,
+    /// The hosts this node's data plane serves now, as its serving supervisor last installed them: a Route is
+    /// `IngressReady` once they route as its traffic says. `None` where no data plane runs here (not judged).
+    pub served_routes: Option<Arc<RouteTable>>,
 }
+
+/// Where one host's requests go: revisions and their weights (percent; zero-weight targets are left out).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostTargets {
+    pub namespace: String,
+    /// The Route (or Configuration) served.
+    pub name: String,
+    pub targets: Vec<(String, u32)>,
+}
+
+/// Every host served, from the Routes that resolve (and the last good routing of those that do not resolve now)
+/// and from Configurations without a Route of their name.
+pub type RouteTable = BTreeMap<String, HostTargets>;
 
 /// The node's ingress over TLS (transport-encryption `permissive` or `strict`): what Addressables advertise.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +116,7 @@ impl Environment {
             ingress_https: None,
             audiences: false,
             default_authorization: DefaultAuthorization::default(),
+            served_routes: None,
         }
     }
 
@@ -109,6 +129,7 @@ impl Environment {
             ingress_https: None,
             audiences: false,
             default_authorization: DefaultAuthorization::default(),
+            served_routes: None,
         }
     }
 
@@ -127,6 +148,12 @@ impl Environment {
     /// The same, with `mode` for Brokers and Channels no EventPolicy applies to.
     pub fn with_default_authorization(mut self, mode: DefaultAuthorization) -> Self {
         self.default_authorization = mode;
+        self
+    }
+
+    /// The same, judging Routes' `IngressReady` against `table`, the hosts the node's data plane serves now.
+    pub fn with_served_routes(mut self, table: Option<Arc<RouteTable>>) -> Self {
+        self.served_routes = table;
         self
     }
 

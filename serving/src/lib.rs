@@ -98,6 +98,8 @@ impl Serving {
     /// Starts serving Routes on the node's HTTP port (through `host_routes`).
     pub fn start(node: Node, host_routes: &HostRouteSlot, state: &ServingState, settings: ServingSettings) -> Serving {
         let shared = state.shared.clone();
+        // Hosts are matched lowercased: the table's keys must be too.
+        let settings = ServingSettings { domain: settings.domain.to_ascii_lowercase(), ..settings };
         let router: Arc<dyn HostRoutes> = Arc::new(http::HostRouter::new(shared.clone(), &settings.domain));
         if host_routes.set(router).is_err() {
             tracing::warn!("serving: the node's HTTP port already serves another router");

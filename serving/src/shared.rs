@@ -34,13 +34,16 @@ pub(crate) struct Shared {
 impl Shared {
     /// Serves `table` from now on. A host no Route serves any more leaves with its balancer and metric handles:
     /// hosts come and go with Services, and kept they would pile up for the node's life.
-    pub(crate) fn install_table(&self, table: RouteTable) {
+    /// Answers the table now served.
+    pub(crate) fn install_table(&self, table: RouteTable) -> Arc<RouteTable> {
         if let Ok(mut hosts) = self.hosts.lock() {
             hosts.retain(|host, _| table.contains_key(host));
         }
+        let table = Arc::new(table);
         if let Ok(mut current) = self.table.write() {
-            *current = Arc::new(table);
+            *current = table.clone();
         }
+        table
     }
 }
 

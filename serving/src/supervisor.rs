@@ -345,7 +345,8 @@ async fn reconcile(
     for (key, revision) in running.iter() {
         revision.handle.set_reachable(reachable.contains(key));
     }
-    shared.install_table(table);
+    // Status says a Route is IngressReady only from here on: requests follow it now.
+    node.serve_routes(shared.install_table(table));
     for (key, revision) in stopping {
         if let Ok(mut revisions) = shared.revisions.write()
             && !running.contains_key(&key)

@@ -27,6 +27,7 @@ use std::time::Duration;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ChangeMembershipError, ClientWriteError};
 use openraft::{BasicNode, ChangeMembers};
+use sluice_controller::serving::routing::RouteTable;
 use tokio::sync::watch;
 
 use crate::command::cluster_config::ClusterConfig;
@@ -130,6 +131,9 @@ struct NodeInner {
     handovers_from: std::sync::Mutex<BTreeMap<NodeId, std::time::Instant>>,
     /// Where planned transfers of a partition's leadership are announced (`handover`): the dispatcher.
     handover: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<handover::Handover>>>,
+    /// The hosts this node's serving data plane serves now (`None` until serving installs its first table):
+    /// Routes' `IngressReady` is judged against it.
+    served_routes: RwLock<Option<Arc<RouteTable>>>,
 }
 
 impl Node {
@@ -153,6 +157,7 @@ impl Node {
                 removed: std::sync::atomic::AtomicBool::new(false),
                 handovers_from: Default::default(),
                 handover: Default::default(),
+                served_routes: RwLock::new(None),
                 leadership: Arc::new(watch::Sender::new(0)),
             }),
         };
@@ -208,6 +213,15 @@ impl Node {
             .with_https(https)
             .with_audiences(settings.authenticator.is_some())
             .with_default_authorization(settings.default_authorization)
+            .with_served_routes(self.inner.served_routes.read().ok().and_then(|table| table.clone()))
+    }
+
+    /// Tells status which hosts the node's serving data plane serves from now on (its supervisor calls this
+    /// right after installing `table`, so a Route is never `IngressReady` before requests follow it).
+    pub fn serve_routes(&self, table: Arc<RouteTable>) {
+        if let Ok(mut served) = self.inner.served_routes.write() {
+            *served = Some(table);
+        }
     }
 
     pub fn settings(&self) -> &NodeSettings {

@@ -4,8 +4,6 @@
 //! resolved targets ([`ResolvedTarget`]: revision, percent, tag), or the reason it cannot route yet (Knative's
 //! `AllTrafficAssigned` reasons); and the [`RouteTable`] the data plane serves: host → weighted revisions.
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 
 use super::model::TrafficTarget;
@@ -303,18 +301,26 @@ pub fn tag_host(tag: &str, name: &str, namespace: &str, domain: &str) -> String 
     format!("{tag}-{name}.{namespace}.{domain}")
 }
 
-/// Where one host's requests go: revisions and their weights (percent; zero-weight targets are left out).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HostTargets {
-    pub namespace: String,
-    /// The Route (or Configuration) served.
-    pub name: String,
-    pub targets: Vec<(String, u32)>,
-}
+pub use crate::world::{HostTargets, RouteTable};
 
-/// Every host served, from the Routes that resolve (and the last good routing of those that do not resolve now)
-/// and from Configurations without a Route of their name.
-pub type RouteTable = BTreeMap<String, HostTargets>;
+/// The hosts a Route whose traffic resolved to `targets` serves, each with where its requests go: its own host
+/// with the weighted split (zero-weight targets left out), and one host per tag with all of that tag's requests.
+pub fn route_hosts(
+    namespace: &str,
+    name: &str,
+    domain: &str,
+    targets: &[ResolvedTarget],
+) -> Vec<(String, HostTargets)> {
+    let served = |targets| HostTargets { namespace: namespace.into(), name: name.into(), targets };
+    let weighted = targets.iter().filter(|t| t.percent > 0).map(|t| (t.revision.clone(), t.percent)).collect();
+    let mut hosts = vec![(host(name, namespace, domain), served(weighted))];
+    for target in targets {
+        if let Some(tag) = &target.tag {
+            hosts.push((tag_host(tag, name, namespace, domain), served(vec![(target.revision.clone(), 100)])));
+        }
+    }
+    hosts
+}
 
 /// The hosts served now. `previous`: the table served until now (empty when there is none, as for status,
 /// computed on read): a Route whose traffic does not resolve now (a misspelt `revisionName`, a Revision not
@@ -340,24 +346,7 @@ pub fn route_table(objects: &[Value], domain: &str, previous: &RouteTable) -> Ro
                 }
             },
         };
-        let weighted: Vec<(String, u32)> =
-            targets.iter().filter(|t| t.percent > 0).map(|t| (t.revision.clone(), t.percent)).collect();
-        table.insert(
-            host(name, namespace, domain),
-            HostTargets { namespace: namespace.into(), name: name.into(), targets: weighted },
-        );
-        for target in &targets {
-            if let Some(tag) = &target.tag {
-                table.insert(
-                    tag_host(tag, name, namespace, domain),
-                    HostTargets {
-                        namespace: namespace.into(),
-                        name: name.into(),
-                        targets: vec![(target.revision.clone(), 100)],
-                    },
-                );
-            }
-        }
+        table.extend(route_hosts(namespace, name, domain, &targets));
     }
     // After every Route that resolves: a host one of them serves now is its.
     for (served_host, served) in kept {

@@ -1,14 +1,15 @@
 //! Status of the serving kinds, derived from the objects and the runtime's facts, with Knative's conditions
 //! and reasons: Revision `ContainerHealthy`, `ResourcesAvailable`, `Active`; Configuration latest created and
-//! ready revisions; Route `AllTrafficAssigned`, `traffic`, `url`; Service `ConfigurationsReady`, `RoutesReady`.
+//! ready revisions; Route `AllTrafficAssigned`, `IngressReady` (judged against the hosts the node's data plane
+//! serves, `Environment::served_routes`), `traffic`, `url`; Service `ConfigurationsReady`, `RoutesReady`.
 
 use serde_json::{Map, Value, json};
 
 use super::children::{configuration_spec, owned_by, revision_name, route_spec};
 use super::model::Container;
 use super::routing::{
-    ResolvedTarget, RouteTable, find, host, latest_revisions, resolve_traffic, revision_facts, route_table,
-    spec_traffic, tag_host, unready_configuration,
+    ResolvedTarget, RouteTable, TrafficError, find, host, latest_revisions, resolve_traffic, revision_facts,
+    route_hosts, route_table, spec_traffic, tag_host, unready_configuration,
 };
 use crate::world::{Environment, ServingRuntime, World};
 
@@ -235,19 +236,49 @@ fn traffic_status(targets: &[ResolvedTarget], name: &str, namespace: &str, env: 
     )
 }
 
-fn route_ready(object: &Value, world: &World, env: &Environment, status: &mut Map<String, Value>) -> Condition {
+/// A Route's `AllTrafficAssigned` and `IngressReady`.
+fn route_conditions(
+    object: &Value,
+    world: &World,
+    env: &Environment,
+    status: &mut Map<String, Value>,
+) -> (Condition, Condition) {
     let namespace = str_at(object, "/metadata/namespace");
     let name = str_at(object, "/metadata/name");
     let url = url_for(&host(name, namespace, &env.serving_domain), env);
     status.insert("url".into(), url.clone().into());
     status.insert("address".into(), json!({"url": url}));
-    let mut error = match resolve_traffic(world.objects, namespace, &spec_traffic(object, name)) {
+    let assigned = match resolve_traffic(world.objects, namespace, &spec_traffic(object, name)) {
         Ok(targets) => {
             status.insert("traffic".into(), traffic_status(&targets, name, namespace, env));
-            return Ok(None);
+            return (Ok(None), ingress_ready(namespace, name, Some(&targets), env));
         }
-        Err(error) => error,
+        Err(error) => unassigned(error, namespace, world, env),
     };
+    (assigned, ingress_ready(namespace, name, None, env))
+}
+
+/// Knative's `IngressReady`, judged against the hosts this node's data plane serves now: the Route's traffic
+/// is served as it says (`targets`), or, while it does not resolve, its last good routing is still served.
+/// Before, a Service was Ready with its new traffic while the data plane still sent requests to the old one.
+fn ingress_ready(namespace: &str, name: &str, targets: Option<&[ResolvedTarget]>, env: &Environment) -> Condition {
+    let Some(served) = env.served_routes.as_deref() else { return Ok(None) };
+    let domain = &env.serving_domain;
+    let serving = match targets {
+        Some(targets) => {
+            route_hosts(namespace, name, domain, targets).iter().all(|(host, wanted)| served.get(host) == Some(wanted))
+        }
+        None => served.get(&host(name, namespace, domain)).is_some_and(|s| s.namespace == namespace && s.name == name),
+    };
+    if serving {
+        Ok(None)
+    } else {
+        Ok(Some(("IngressNotConfigured".into(), "The data plane does not serve this traffic yet.".into())))
+    }
+}
+
+/// `AllTrafficAssigned` for a Route whose traffic does not resolve.
+fn unassigned(mut error: TrafficError, namespace: &str, world: &World, env: &Environment) -> Condition {
     // A Configuration with no ready Revision: False when its own Ready is False (Knative's
     // `errUnreadyConfiguration`), which its status decides with what the node's runtime can run.
     let named = error.unready_configuration.as_deref();
@@ -278,8 +309,7 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Option<Val
             vec![condition("Ready", &ready)]
         }
         "Route" => {
-            let assigned = route_ready(object, world, env, &mut status);
-            let ingress: Condition = Ok(None);
+            let (assigned, ingress) = route_conditions(object, world, env, &mut status);
             let certificate: Condition = Ok(None);
             let ready = ready_of(&[&assigned, &ingress]);
             let mut certificate_condition = condition("CertificateProvisioned", &certificate);
@@ -317,7 +347,8 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Option<Val
             let mut route_status = Map::new();
             let routes: Condition = match owned("Route") {
                 Some(route) => {
-                    let ready = route_ready(route, world, env, &mut route_status);
+                    let (assigned, ingress) = route_conditions(route, world, env, &mut route_status);
+                    let ready = ready_of(&[&assigned, &ingress]);
                     if route.get("spec") == Some(&route_spec(object)) { ready } else { Ok(Some(out_of_date("Route"))) }
                 }
                 None => Ok(Some(("Deploying".into(), format!("Route {name:?} is being created")))),

@@ -633,3 +633,72 @@ fn regression_a_route_to_a_configuration_whose_revision_failed_is_false() {
     settle(&mut objects);
     assert_eq!(assigned(&objects), failed, "not runnable here");
 }
+
+/// CI caught a Service Ready with its second revision's traffic while the node's data plane still sent requests
+/// to the first: `IngressReady` was always True. It is judged against the table the data plane serves now.
+#[test]
+fn regression_a_route_is_ingress_ready_only_once_the_data_plane_serves_its_traffic() {
+    let domain = crate::serving::DEFAULT_DOMAIN;
+    let mut objects = Vec::new();
+    store(&mut objects, hello_service("one"));
+    settle(&mut objects);
+    ready_fact(&mut objects, "hello-00001");
+    let first = std::sync::Arc::new(route_table(&objects, domain, &RouteTable::new()));
+    store(&mut objects, hello_service("two"));
+    settle(&mut objects);
+    ready_fact(&mut objects, "hello-00002");
+    let second = std::sync::Arc::new(route_table(&objects, domain, &RouteTable::new()));
+    let split = hello_split_between_two_ready_revisions(json!({"latestRevision": true, "percent": 50}));
+    let split_table = std::sync::Arc::new(route_table(&split, domain, &RouteTable::new()));
+    let without_tag = {
+        let mut table = (*split_table).clone();
+        table.retain(|host, _| !host.starts_with("old-"));
+        std::sync::Arc::new(table)
+    };
+    let ready = ("True".to_string(), String::new());
+    let waiting = ("Unknown".to_string(), "IngressNotConfigured".to_string());
+    // (the objects, what the data plane serves, IngressReady, why)
+    let cases = [
+        (&objects, None, ready.clone(), "no data plane on the node: not judged"),
+        (&objects, Some(std::sync::Arc::new(RouteTable::new())), waiting.clone(), "nothing installed yet"),
+        (&objects, Some(first.clone()), waiting.clone(), "the first revision still served"),
+        (&objects, Some(second.clone()), ready.clone(), "the second revision served"),
+        (&split, Some(second), waiting.clone(), "the split not served yet"),
+        (&split, Some(without_tag), waiting, "the split served without its tag's host"),
+        (&split, Some(split_table), ready, "the split and its tag served"),
+    ];
+    for (objects, served, ingress, why) in cases {
+        let env = env().with_served_routes(served);
+        let world = World { objects };
+        let find = |kind: &str| objects.iter().find(|o| o["kind"] == kind).cloned().unwrap_or_default();
+        let route = reconcile(&find("Route"), &world, &env);
+        assert_eq!(condition(&route, "IngressReady"), ingress, "{why}: {route}");
+        assert_eq!(condition(&route, "AllTrafficAssigned").0, "True", "{why}: {route}");
+        assert_eq!(condition(&route, "Ready"), ingress, "{why}: {route}");
+        let service = reconcile(&find("Service"), &world, &env);
+        assert_eq!(condition(&service, "RoutesReady"), ingress, "{why}: {service}");
+        assert_eq!(condition(&service, "Ready").0, ingress.0, "{why}: {service}");
+    }
+}
+
+/// A Route whose traffic stops resolving keeps its last good routing served: its ingress stays ready while the
+/// data plane serves its host, and is not while nothing serves it.
+#[test]
+fn a_route_that_does_not_resolve_is_ingress_ready_while_its_last_routing_is_served() {
+    let domain = crate::serving::DEFAULT_DOMAIN;
+    let mut objects = Vec::new();
+    store(&mut objects, hello_service("one"));
+    settle(&mut objects);
+    ready_fact(&mut objects, "hello-00001");
+    let served = std::sync::Arc::new(route_table(&objects, domain, &RouteTable::new()));
+    let mut pinned = hello_service("one");
+    pinned["spec"]["traffic"] = json!([{"revisionName": "hello-00009", "percent": 100}]);
+    store(&mut objects, pinned);
+    settle(&mut objects);
+    for (table, ingress) in [(served, "True"), (std::sync::Arc::new(RouteTable::new()), "Unknown")] {
+        let route = objects.iter().find(|o| o["kind"] == "Route").cloned().unwrap_or_default();
+        let status = reconcile(&route, &World { objects: &objects }, &env().with_served_routes(Some(table)));
+        assert_eq!(condition(&status, "AllTrafficAssigned").0, "False", "{status}");
+        assert_eq!(condition(&status, "IngressReady").0, ingress, "{status}");
+    }
+}
