@@ -17,7 +17,7 @@ use sluice_cloudevent::{AttrValue, CloudEvent};
 
 use crate::capacity::DestinationLimits;
 use crate::consumer::{ConsumerSpec, DeadLetterMode, Format, ReplyTarget};
-use crate::delivery::policy::{FailureReason, Outcome, Step, classify, next_step_jittered};
+use crate::delivery::policy::{FailureReason, Outcome, RetryAfter, Step, classify, next_step_jittered};
 use crate::delivery::sender::{AttemptResult, MAX_ERROR_DATA_BYTES, Sender};
 /// Largest reply event accepted from a subscriber (encoded).
 pub(crate) const MAX_REPLY_EVENT_BYTES: usize = 1 << 20;
@@ -73,6 +73,12 @@ trait Judge: Send {
     fn judge<'a>(&'a mut self, result: &'a AttemptResult, elapsed: Duration) -> JudgeFuture<'a>;
 
     fn on_retry(&mut self, _attempt: u32, _result: &AttemptResult, _at_ms: u64) {}
+
+    /// The `Retry-After` the next retry honours: the response's, unless the judge knows a leg that failed after
+    /// it.
+    fn retry_after(&self, result: &AttemptResult) -> Option<RetryAfter> {
+        result.retry_after
+    }
 }
 
 /// The status alone decides (replies forwarded to a URI, dead-letter sinks).
@@ -116,7 +122,8 @@ async fn send_with_retries(
             .send(url, ca_certs, spec.protocol, format, event, token.as_deref(), spec.policy.timeout_ms, now_ms())
             .await;
         let (outcome, note) = judge.judge(&result, started.elapsed()).await;
-        match next_step_jittered(&spec.policy, attempt, outcome, result.retry_after, now_ms(), rand::random::<f64>()) {
+        let retry_after = judge.retry_after(&result);
+        match next_step_jittered(&spec.policy, attempt, outcome, retry_after, now_ms(), rand::random::<f64>()) {
             Step::Done => return Sent::Done { attempts: attempt },
             Step::RetryAt(at_ms) => {
                 judge.on_retry(attempt, &result, at_ms);
@@ -185,6 +192,15 @@ impl Judge for SubscriberJudge<'_> {
                 _ => (outcome, None),
             }
         })
+    }
+
+    /// When the reply leg failed (a Subscription's `spec.reply` answered 429 or 503), its `Retry-After`: the
+    /// subscriber's 200 has none, and the reply destination's was ignored.
+    fn retry_after(&self, result: &AttemptResult) -> Option<RetryAfter> {
+        match &self.reply_failed {
+            Some((_, reply)) => reply.retry_after,
+            None => result.retry_after,
+        }
     }
 
     fn on_retry(&mut self, attempt: u32, result: &AttemptResult, at_ms: u64) {
@@ -500,6 +516,9 @@ async fn dead_letter_event(
     let payload = match dead.encode() {
         Ok(payload) => Bytes::from(payload),
         Err(e) => {
+            // A bug (the event was decoded from the log): counted with the other lost dead letters, where alerts
+            // look; the event itself stays in its stream for a replay.
+            metrics::counter!("sluice_dispatch_dead_letters_lost_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone()).increment(1);
             tracing::error!(consumer = %spec.name, error = %e, "cannot encode a dead letter; dropping it");
             return DeadLettered::Dropped;
         }

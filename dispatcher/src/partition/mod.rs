@@ -40,6 +40,19 @@ use reading::{Consumer, ConsumerStart, ReadEvent, ReadLog, Reading, Start};
 /// A window sized by its subscriber's capacity holds at most this many events (memory).
 const MAX_WINDOW_FOR_CAPACITY: usize = 1_000;
 
+/// Under the test-only fault `first-consumer-start-fails` (feature `planted-bugs`): whether this is the first
+/// start of `cursor` in this process, which then fails as if its offset could not be read.
+#[cfg(feature = "planted-bugs")]
+fn first_start_of(cursor: &str) -> bool {
+    static STARTED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    STARTED.lock().is_ok_and(|mut started| started.insert(cursor.to_string()))
+}
+
+/// Batches the shared reader reads per pump (yielding between them); what is left is read in the next pump,
+/// after the control messages, the commit tick and the deliveries had their turn.
+const SHARED_READS_PER_PUMP: usize = 64;
+
 /// How long a handover waits for the running deliveries (the broker gives the whole handover 1 s).
 const HANDOVER_DRAIN: Duration = Duration::from_millis(500);
 
@@ -96,6 +109,8 @@ pub(crate) struct PartitionDispatcher {
     /// at every pump asked every consumer's limit per batch of events, a quarter of a node's CPU with 1,000
     /// Triggers (docs/benchmarks.md, session 11).
     windows_stale: bool,
+    /// Consumers whose start failed (their offset could not be read), tried again at every commit tick.
+    unstarted: BTreeMap<String, Arc<ConsumerSpec>>,
 }
 
 impl PartitionDispatcher {
@@ -117,6 +132,7 @@ impl PartitionDispatcher {
             last_backlog_report_ms: 0,
             lookahead: HashMap::new(),
             windows_stale: true,
+            unstarted: BTreeMap::new(),
         };
         (tx, tokio::spawn(dispatcher.run(rx)))
     }
@@ -140,7 +156,7 @@ impl PartitionDispatcher {
         // Room at a full subscriber (capacity grew, a slot was given back) wakes this dispatcher.
         let mut room = self.ctx.limits.as_ref().map(|limits| limits.wake());
         loop {
-            self.pump().await;
+            let more_to_read = self.pump().await;
             // The deliveries are polled in every turn, whichever branch the select below takes: the ones `pump`
             // just started send their requests, the ones that ended settle and give back their slots, aborted
             // ones go. What this settles may free room, so the select then does not wait (its last branch).
@@ -168,6 +184,7 @@ impl PartitionDispatcher {
                 },
                 _ = commit_tick.tick() => {
                     self.windows_stale = true;
+                    self.start_unstarted();
                     self.commit(false).await;
                     self.publish_gauges();
                     self.report_backlog();
@@ -189,7 +206,8 @@ impl PartitionDispatcher {
                     }
                 }
                 _ = sleep_until_ms(wake_at), if wake_at.is_some() => {}
-                () = std::future::ready(()), if settled_before_select > 0 => {}
+                // Settled deliveries may free room, and a reader at its budget goes on: neither waits for news.
+                () = std::future::ready(()), if settled_before_select > 0 || more_to_read => {}
             }
         }
         self.deliveries.clear();
@@ -208,6 +226,7 @@ impl PartitionDispatcher {
             self.reading.consumers.keys().filter(|cursor| !wanted.contains_key(cursor.as_str())).cloned().collect();
         // The final offsets of the consumers that stop, committed together once the update is made.
         let mut final_commits = Vec::new();
+        self.unstarted.retain(|cursor, _| wanted.contains_key(cursor.as_str()));
         for cursor in removed {
             self.settled_counters.remove(&cursor);
             if let Some(consumer) = self.reading.remove(&cursor) {
@@ -228,15 +247,10 @@ impl PartitionDispatcher {
                     final_commits.extend(self.stop_consumer(existing));
                     start
                 }
-                None => match self.starting_offset(&spec) {
-                    Some((offset, committed)) => ConsumerStart {
-                        offset,
-                        committed,
-                        counters: CursorStats::from_committed(&spec.cursor, &stored),
-                        committed_stats: CursorStats::from_committed(&spec.cursor, &stored),
-                    },
-                    None => continue,
-                },
+                None => {
+                    self.start_new(spec, &stored);
+                    continue;
+                }
             };
             tracing::info!(consumer = %spec.cursor, partition = self.partition(), offset = start.offset, "consumer starts");
             self.reading.add(spec, start, now_ms());
@@ -253,12 +267,48 @@ impl PartitionDispatcher {
         self.collect_garbage(live_uids).await;
     }
 
+    /// Starts a consumer new to this dispatcher from its committed (or initial) offset; one whose offset cannot
+    /// be read now waits in `unstarted` and is tried again at every commit tick. It was left out until its
+    /// consumers changed again, which for a Trigger applied once is never: its events waited in the log.
+    fn start_new(&mut self, spec: Arc<ConsumerSpec>, stored: &BTreeMap<String, u64>) {
+        let Some((offset, committed)) = self.starting_offset(&spec) else {
+            metrics::counter!("sluice_dispatch_consumer_start_failures_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone()).increment(1);
+            self.unstarted.insert(spec.cursor.clone(), spec);
+            return;
+        };
+        self.unstarted.remove(&spec.cursor);
+        let counters = CursorStats::from_committed(&spec.cursor, stored);
+        let start = ConsumerStart { offset, committed, committed_stats: counters, counters };
+        tracing::info!(consumer = %spec.cursor, partition = self.partition(), offset, "consumer starts");
+        self.reading.add(spec, start, now_ms());
+    }
+
+    /// Tries again to start the consumers whose start failed (`start_new`).
+    fn start_unstarted(&mut self) {
+        if self.unstarted.is_empty() {
+            return;
+        }
+        let stored: BTreeMap<String, u64> =
+            self.ctx.node.committed_offsets(self.partition()).unwrap_or_default().into_iter().collect();
+        self.reading.sync_attached();
+        for spec in self.unstarted.values().cloned().collect::<Vec<_>>() {
+            self.start_new(spec, &stored);
+        }
+        self.reading.finish_update();
+        self.windows_stale = true;
+    }
+
     /// The committed offset, or else the initial one. The initial offset is derived from the consumer's
     /// `creationTimestamp` (or is the stream's start), so every leader derives the same one; it is committed
     /// with the next periodic commit.
     fn starting_offset(&self, spec: &ConsumerSpec) -> Option<(u64, Option<u64>)> {
         let node = &self.ctx.node;
         let partition = self.partition();
+        #[cfg(feature = "planted-bugs")]
+        if sluice_broker::planted_bug("first-consumer-start-fails") && first_start_of(&spec.cursor) {
+            tracing::warn!(consumer = %spec.cursor, partition, "cannot read the committed offset (planted fault)");
+            return None;
+        }
         match node.committed_offset(partition, &spec.cursor) {
             Ok(Some(offset)) => return Some((offset, Some(offset))),
             Ok(None) => {}
@@ -323,9 +373,10 @@ impl PartitionDispatcher {
         }
     }
 
-    /// Reads what can be read, admits matching events into the windows, and starts what may start.
-    async fn pump(&mut self) {
-        let Ok(end) = self.ctx.node.end_offset(&self.stream, self.partition()) else { return };
+    /// Reads what can be read (up to a budget), admits matching events into the windows, and starts what may
+    /// start; answers whether a reader stopped at its budget with more to read.
+    async fn pump(&mut self) -> bool {
+        let Ok(end) = self.ctx.node.end_offset(&self.stream, self.partition()) else { return false };
         // A subscriber that can take more than the consumer's `max-inflight` (a Knative Service scaled out)
         // gets a window as large as its capacity, so that new instances take load at once.
         if let Some(limits) = &self.ctx.limits
@@ -337,14 +388,16 @@ impl PartitionDispatcher {
             });
         }
         let log = NodeLog { node: &self.ctx.node, stream: &self.stream, partition: self.partition() };
-        for _ in 0..64 {
+        let mut more_to_read = true;
+        for _ in 0..SHARED_READS_PER_PUMP {
             if !self.reading.read_shared(end, &log) {
+                more_to_read = false;
                 break;
             }
             tokio::task::yield_now().await;
         }
         let log = NodeLog { node: &self.ctx.node, stream: &self.stream, partition: self.partition() };
-        self.reading.read_detached(end, &log);
+        more_to_read |= self.reading.read_detached(end, &log);
         let limits = self.ctx.limits.clone();
         let starts = self.reading.take_startable(now_ms(), |spec| match &limits {
             Some(limits) => limits.try_start(host_of(&spec.subscriber_uri)),
@@ -384,6 +437,7 @@ impl PartitionDispatcher {
         if self.reading.any_full() && now_ms() >= self.last_backlog_report_ms + BACKLOG_REPORT_MIN_MS {
             self.report_backlog();
         }
+        more_to_read
     }
 
     /// Reports, for each consumer whose subscriber limits its in-flight deliveries, the events waiting in the

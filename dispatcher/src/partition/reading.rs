@@ -27,6 +27,10 @@ use crate::rate::TokenBucket;
 use crate::stats::{self, CursorStats};
 use crate::window::Window;
 
+/// Read batches a detached consumer reads per [`Reading::read_detached`] call (the shared reader's budget is
+/// the shell's, per pump).
+pub(crate) const PRIVATE_READS_PER_CALL: usize = 64;
+
 /// (offset, arrival_ms, event) of one decoded record.
 pub(crate) type ReadEvent = (u64, u64, Arc<CloudEvent>);
 
@@ -247,22 +251,29 @@ impl Reading {
         next > shared
     }
 
-    /// Every detached consumer reads on its own (see [`Reading::read_private`]).
-    pub(crate) fn read_detached(&mut self, end: u64, log: &impl ReadLog) {
+    /// Every detached consumer reads on its own (see [`Reading::read_private`]); answers whether one stopped at
+    /// its read budget with more to read (the caller calls again soon, after letting other work run).
+    pub(crate) fn read_detached(&mut self, end: u64, log: &impl ReadLog) -> bool {
         let detached: Vec<String> = self.detached.iter().cloned().collect();
+        let mut more = false;
         for cursor in detached {
-            self.read_private(&cursor, end, log);
+            more |= self.read_private(&cursor, end, log);
         }
+        more
     }
 
     /// A detached consumer reads on its own until its window is full, it reaches the shared reader (and
-    /// attaches), or the end of the stream.
-    fn read_private(&mut self, cursor: &str, end: u64, log: &impl ReadLog) {
+    /// attaches), the end of the stream, or [`PRIVATE_READS_PER_CALL`] batches; answers whether it stopped at
+    /// that budget with more to read. Unbounded, a replay of millions of events with a filter matching few of
+    /// them read the whole range in one call, and the partition's deliveries, commits and control waited.
+    fn read_private(&mut self, cursor: &str, end: u64, log: &impl ReadLog) -> bool {
         if self.consumers.get(cursor).is_none_or(|c| c.spec.paused) {
-            return;
+            return false;
         }
+        let mut budget = PRIVATE_READS_PER_CALL;
+        let mut more = false;
         loop {
-            let Some(consumer) = self.consumers.get(cursor) else { return };
+            let Some(consumer) = self.consumers.get(cursor) else { return false };
             let from = consumer.private_next;
             let target = match self.shared_next {
                 Some(shared) if shared > from => shared,
@@ -271,15 +282,20 @@ impl Reading {
             if from >= target || !consumer.window.has_room() {
                 break;
             }
+            if budget == 0 {
+                more = true;
+                break;
+            }
+            budget -= 1;
             let (mut events, next) = if consumer.lookahead_next > from {
-                let Some(consumer) = self.consumers.get_mut(cursor) else { return };
+                let Some(consumer) = self.consumers.get_mut(cursor) else { return false };
                 (std::mem::take(&mut consumer.lookahead), std::mem::take(&mut consumer.lookahead_next))
             } else {
                 let want = ((target - from) as usize).min(self.read_batch);
-                let Some((events, next)) = log.read(from, want) else { return };
+                let Some((events, next)) = log.read(from, want) else { return false };
                 (VecDeque::from(events), next)
             };
-            let Some(consumer) = self.consumers.get_mut(cursor) else { return };
+            let Some(consumer) = self.consumers.get_mut(cursor) else { return false };
             let mut stopped_at = None;
             while let Some((offset, arrival_ms, event)) = events.pop_front() {
                 if offset < from {
@@ -341,6 +357,7 @@ impl Reading {
                 _ => {}
             }
         }
+        more
     }
 
     /// The deliveries that may start now, for the consumers whose window changed (or that wait for tokens);

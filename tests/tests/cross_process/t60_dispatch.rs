@@ -321,3 +321,35 @@ async fn a_delivery_that_panics_dead_letters_its_event_and_the_consumer_goes_on(
     assert!(metrics.lines().any(|l| l == "sluice_dispatch_panics_total 1"), "the panic is counted");
     Ok(())
 }
+
+/// Regression: a consumer whose start failed (its committed offset could not be read) was left out until the
+/// stream's consumers changed again, which for a Trigger applied once is never: its events waited in the log.
+/// It is now tried again at every commit tick. The failure is planted (`first-consumer-start-fails`: the first
+/// start of every consumer in the process fails; a test-only feature of the build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_consumer_whose_start_failed_starts_at_the_next_tick() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let mut node = sluice_tests::NodeProc::new(1, root.path(), &[]);
+    node.env.push(("SLUICE_PLANTED_BUG".into(), "first-consumer-start-fails".into()));
+    sluice_tests::start_as_single_node(&mut node, 1).await?;
+    let subscriber = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&node.admin, broker_object("default", "b", json!({}))).await?;
+    apply_resource(&node.admin, trigger_object("default", "late", "b", &subscriber.url(), json!({}), json!({})))
+        .await?;
+    let client = reqwest::Client::new();
+    for id in ["e1", "e2", "e3"] {
+        send_event_accepted(&client, &node.http, "/default/b", id, "t", &[], "{}").await?;
+    }
+    let delivered = subscriber.wait_for(3, Duration::from_secs(30)).await.with_context(|| node.log_tail())?;
+    let mut ids: Vec<&str> = delivered.iter().map(|d| d.header("ce-id").unwrap_or_default()).collect();
+    ids.sort();
+    assert_eq!(ids, ["e1", "e2", "e3"]);
+    let metrics = reqwest::get(format!("http://{}/metrics", node.http)).await?.text().await?;
+    let failures: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_dispatch_consumer_start_failures_total{") && l.contains("consumer=\"late\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(failures >= 1.0, "the failed starts are counted:\n{metrics}");
+    Ok(())
+}

@@ -169,6 +169,28 @@ async fn a_reply_the_reply_destination_refuses_for_now_retries_the_whole_deliver
     Ok(())
 }
 
+/// Regression: when the reply destination answered 503 with `Retry-After`, the retry of the whole delivery came
+/// after the 50 ms backoff: the header read was the subscriber's 200's, which has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_reply_destinations_retry_after_paces_the_retry() -> anyhow::Result<()> {
+    let (_root, node) = start_single_node(1, &[]).await?;
+    let reply_sink = Subscriber::start(Arc::new(|_: &Delivery, attempt| match attempt {
+        1 => Reply::status(503).with_header("retry-after", "2"),
+        _ => Reply::status(202),
+    }))
+    .await?;
+    let delivery = json!({"retry": 3, "backoffPolicy": "linear", "backoffDelay": "PT0.05S"});
+    let replier = replying_subscription(&node, reply_sink.url(), delivery).await?;
+    send_event_accepted(&reqwest::Client::new(), &node.http, "/channels/default/c", "m0", "message", &[], "{}").await?;
+    reply_sink.wait_for(2, Duration::from_secs(60)).await?;
+    let sent = replier.deliveries();
+    assert_eq!(sent.len(), 2, "one retry of the whole delivery");
+    let gap_ms = sent[1].at.duration_since(sent[0].at).as_millis();
+    // Never earlier than Retry-After (less the clock's granularity), whatever the load.
+    assert!(gap_ms >= 1_980, "the retry came {gap_ms} ms after the first attempt, not after Retry-After: 2");
+    Ok(())
+}
+
 /// When a Subscription's reply keeps being refused, the event is dead-lettered once its retries run out, with
 /// the reply destination's answer in its error attributes (not the subscriber's 200).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

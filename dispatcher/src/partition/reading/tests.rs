@@ -83,7 +83,7 @@ fn reading_with(specs: &[Arc<ConsumerSpec>], starts: &[u64], read_batch: usize) 
 /// What the shell's pump does, without the yields: read until nothing moves, then start what may start.
 fn pump(reading: &mut Reading, log: &MemLog) -> Vec<Start> {
     while reading.read_shared(log.end(), log) {}
-    reading.read_detached(log.end(), log);
+    while reading.read_detached(log.end(), log) {}
     reading.take_startable(0, |_| Some(())).into_iter().map(|(start, ())| start).collect()
 }
 
@@ -108,6 +108,31 @@ fn attached(reading: &Reading) -> Vec<&str> {
 }
 
 #[test]
+fn regression_a_detached_reader_stops_at_its_budget_and_goes_on_where_it_stopped() {
+    // A replay with a filter that matches one event in 1,000: the private reader read the whole range in one
+    // call, and the partition's deliveries, commits and control messages waited behind it.
+    let mut log = MemLog::default();
+    for offset in 0..1_000 {
+        log.append(if offset == 900 { "b" } else { "a" });
+    }
+    let read_batch = 4;
+    let mut reading = reading_with(&specs(&[("t1", "b", 10)]), &[0], read_batch);
+    let mut calls = 0;
+    while reading.read_detached(log.end(), &log) {
+        calls += 1;
+        let read_to = log.reads.borrow().keys().next_back().map_or(0, |last| last + 1);
+        assert_eq!(read_to, (calls * PRIVATE_READS_PER_CALL * read_batch) as u64, "one budget per call");
+        assert!(calls < 100, "the reader does not move");
+    }
+    assert_eq!(calls, 1_000 / (PRIVATE_READS_PER_CALL * read_batch), "whole budgets, then the rest");
+    assert!(log.reads.borrow().values().all(|&reads| reads == 1), "each offset read once, across the calls");
+    let starts = reading.take_startable(0, |_| Some(()));
+    assert_eq!(starts.iter().map(|s| s.0.offset).collect::<Vec<_>>(), [900], "the one match, found");
+    assert_eq!(attached(&reading), ["t1"], "at the end, it attaches");
+    assert!(!reading.read_detached(log.end(), &log), "nothing more to read");
+}
+
+#[test]
 fn events_wait_in_the_window_while_the_subscriber_has_no_room() {
     let mut log = MemLog::default();
     for _ in 0..10 {
@@ -115,7 +140,7 @@ fn events_wait_in_the_window_while_the_subscriber_has_no_room() {
     }
     let mut reading = reading_with(&specs(&[("t1", "", 100)]), &[0], 4);
     while reading.read_shared(log.end(), &log) {}
-    reading.read_detached(log.end(), &log);
+    while reading.read_detached(log.end(), &log) {}
     let mut room = 0usize;
     let starts = reading.take_startable(0, |_| (room < 3).then(|| room += 1));
     assert_eq!(starts.iter().map(|(s, _)| s.offset).collect::<Vec<_>>(), [0, 1, 2], "three slots, three starts");
