@@ -35,7 +35,7 @@ pub const TARGET_BURST_CAPACITY_ANNOTATION: &str = "autoscaling.knative.dev/targ
 pub const AGGREGATION_ANNOTATION: &str = "autoscaling.knative.dev/metric-aggregation-algorithm";
 /// Knative's earlier camelCase spellings, which Knative still reads (its `KeyPriority`s): an alias is read as
 /// its key, and both spellings on one object are refused as ambiguous.
-const ALIASES: [(&str, &str); 9] = [
+const ALIASES: [(&str, &str); 10] = [
     ("autoscaling.knative.dev/minScale", MIN_SCALE_ANNOTATION),
     ("autoscaling.knative.dev/maxScale", MAX_SCALE_ANNOTATION),
     ("autoscaling.knative.dev/initialScale", INITIAL_SCALE_ANNOTATION),
@@ -45,6 +45,8 @@ const ALIASES: [(&str, &str); 9] = [
     ("autoscaling.knative.dev/panicWindowPercentage", PANIC_WINDOW_ANNOTATION),
     ("autoscaling.knative.dev/panicThresholdPercentage", PANIC_THRESHOLD_ANNOTATION),
     ("autoscaling.knative.dev/metricAggregationAlgorithm", AGGREGATION_ANNOTATION),
+    // KServe and older Knative releases write it so.
+    ("autoscaling.knative.dev/scaleToZeroPodRetentionPeriod", POD_RETENTION_ANNOTATION),
 ];
 pub const BACKLOG_TARGET_ANNOTATION: &str = "autoscaling.sluice.dev/backlog-target";
 pub const ACTIVATION_BACKLOG_ANNOTATION: &str = "autoscaling.sluice.dev/activation-backlog";

@@ -45,7 +45,7 @@ const ADDABLE_CAPABILITIES: [&str; 1] = ["NET_BIND_SERVICE"];
 /// Knative's feature flags (`config-features`) that lift a rule below; all disabled unless enabled.
 /// `kubernetes.podspec-securitycontext` is taken and changes nothing: the pod `securityContext` fields it
 /// lets through in Knative ([`POD_SECURITY_FIELDS`]) are accepted already, and it lets through no other.
-pub const FEATURE_FLAGS: [&str; 12] = [
+pub const FEATURE_FLAGS: [&str; 13] = [
     "kubernetes.containerspec-addcapabilities",
     "kubernetes.podspec-hostipc",
     "kubernetes.podspec-hostnetwork",
@@ -58,7 +58,11 @@ pub const FEATURE_FLAGS: [&str; 12] = [
     "kubernetes.podspec-volumes-ephemeral",
     "kubernetes.podspec-volumes-hostpath",
     "kubernetes.podspec-volumes-image",
+    MULTI_CONTAINER_PROBING,
 ];
+
+/// Knative's flag that lets a sidecar have readiness and liveness probes (refused without it).
+pub(crate) const MULTI_CONTAINER_PROBING: &str = "multi-container-probing";
 
 /// What a cluster lets a revision ask for: the feature flags it has enabled (a node's `--serving-feature`;
 /// the default enables none) and the longest request timeout (`--max-revision-timeout-seconds`, Knative's
@@ -504,9 +508,9 @@ mod tests {
                 ),
             ),
         ];
-        // Every flag but `kubernetes.podspec-securitycontext`, whose fields are accepted without it, and the
-        // claim-write one (below).
-        assert_eq!(cases.len() + 2, FEATURE_FLAGS.len(), "a case for every flag");
+        // Every flag but `kubernetes.podspec-securitycontext`, whose fields are accepted without it, the
+        // claim-write one (below) and `multi-container-probing`, a probe rule (`tests/validation.rs`).
+        assert_eq!(cases.len() + 3, FEATURE_FLAGS.len(), "a case for every flag");
         for (flag, spec) in cases {
             assert_eq!(errors_of(spec.clone()).len(), 1, "{flag}: refused by default");
             let features = ServingFeatures::parse(&[format!("{flag}=enabled")]).expect("a known flag");

@@ -194,11 +194,14 @@ fn configuration_ready(object: &Value, world: &World, env: &Environment, status:
         (Some(created), _) if *created != expected => {
             Ok(Some(("Deploying".into(), format!("Revision {expected:?} is being created"))))
         }
-        (Some(created), Some(ready)) if created == ready => Ok(None),
-        (Some(created), _) => match revision_facts(world.objects, namespace, created).failure {
+        // A failure first, even of a Revision that was ready (its instances crash since): Knative marks the
+        // latest created Revision failed whenever its Ready is False, and keeps `latestReadyRevisionName`.
+        // Checked after readiness, a crash loop after the first start left the Configuration and Service Ready.
+        (Some(created), ready) => match revision_facts(world.objects, namespace, created).failure {
             Some((_, message)) => {
                 Err(("RevisionFailed".into(), format!("Revision {created:?} failed with message: {message}.")))
             }
+            None if ready.as_ref() == Some(created) => Ok(None),
             None => {
                 let containers: Vec<Container> = find(world.objects, "Revision", namespace, created)
                     .and_then(|r| r.pointer("/spec/containers"))

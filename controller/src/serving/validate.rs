@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::isolation::ServingFeatures;
+use super::isolation::{MULTI_CONTAINER_PROBING, ServingFeatures};
 use super::model::{
     Container, Probe, Revision, RevisionTemplateSpec, Route, Service, TrafficTarget, with_knative_defaults,
 };
@@ -183,7 +183,7 @@ fn validate_revision_spec(
         // Knative's user container: the only one, or the one with the port; the others are sidecars.
         let role =
             if spec.containers.len() == 1 || !container.ports.is_empty() { Role::Serving } else { Role::Sidecar };
-        validate_container(&container_path, container, role, errors);
+        validate_container(&container_path, container, role, features, errors);
     }
     let init_containers = spec.init_containers.as_ref().and_then(Value::as_array).into_iter().flatten();
     for (i, init) in init_containers.enumerate() {
@@ -222,7 +222,13 @@ enum Role {
     Sidecar,
 }
 
-fn validate_container(path: &str, container: &Container, role: Role, errors: &mut Vec<FieldError>) {
+fn validate_container(
+    path: &str,
+    container: &Container,
+    role: Role,
+    features: &ServingFeatures,
+    errors: &mut Vec<FieldError>,
+) {
     if container.image.as_deref().is_none_or(str::is_empty) {
         errors.push(err(format!("{path}.image"), "missing field(s)"));
     }
@@ -274,14 +280,42 @@ fn validate_container(path: &str, container: &Container, role: Role, errors: &mu
     // probe of the serving container may give its port. A sidecar has no port a probe could name.
     let named = container.ports.first().and_then(|p| p.name.as_deref()).filter(|n| !n.is_empty());
     let port_name = (role == Role::Serving).then(|| named.unwrap_or("http"));
+    let multi_container_probing = features.is_enabled(MULTI_CONTAINER_PROBING);
     for (field, probe, kind) in [
         ("readinessProbe", &container.readiness_probe, ProbeKind::Readiness),
         ("livenessProbe", &container.liveness_probe, ProbeKind::Other),
         ("startupProbe", &container.startup_probe, ProbeKind::Other),
     ] {
-        if let Some(probe) = probe {
+        let Some(probe) = probe else { continue };
+        if role == Role::Sidecar && kind_needs_multi_container_probing(field) && !multi_container_probing {
+            refuse_sidecar_probe(&format!("{path}.{field}"), probe, errors);
+        } else {
             validate_probe(&format!("{path}.{field}"), probe, port_name, kind, errors);
         }
+    }
+}
+
+/// A sidecar's readiness and liveness probes: Knative refuses every field of them unless the cluster enables
+/// `multi-container-probing` (its `validateSidecarContainer`); a startup probe has no such rule.
+fn kind_needs_multi_container_probing(field: &str) -> bool {
+    matches!(field, "readinessProbe" | "livenessProbe")
+}
+
+/// Knative's "must not set the field(s)", one error per field the probe sets, naming the flag.
+fn refuse_sidecar_probe(path: &str, probe: &Probe, errors: &mut Vec<FieldError>) {
+    let fields = match serde_json::to_value(probe) {
+        Ok(Value::Object(fields)) if !fields.is_empty() => fields.keys().cloned().collect(),
+        _ => vec![String::new()],
+    };
+    for field in fields {
+        let field_path = if field.is_empty() { path.to_string() } else { format!("{path}.{field}") };
+        errors.push(err(
+            field_path,
+            format!(
+                "must not set the field(s): a sidecar's probes need Knative's feature flag {MULTI_CONTAINER_PROBING}, \
+                 which this cluster keeps disabled (a node's --serving-feature {MULTI_CONTAINER_PROBING}=enabled)"
+            ),
+        ));
     }
 }
 

@@ -46,6 +46,7 @@ fn knatives_earlier_camel_case_spellings_are_read_and_named_as_written() {
             ("autoscaling.knative.dev/initialScale", "2"),
             ("autoscaling.knative.dev/scaleDownDelay", "15s"),
             ("autoscaling.knative.dev/targetUtilizationPercentage", "50"),
+            ("autoscaling.knative.dev/scaleToZeroPodRetentionPeriod", "30s"),
         ]),
         0,
         &defaults,
@@ -53,6 +54,7 @@ fn knatives_earlier_camel_case_spellings_are_read_and_named_as_written() {
     .expect("resolves");
     assert_eq!((old.min_scale, old.max_scale, old.initial_scale), (1, 5, 2));
     assert_eq!((old.scale_down_delay_ms, old.target), (15_000, 50.0));
+    assert_eq!(old.pod_retention_ms, 30_000, "KServe's spelling");
 
     let broken =
         resolve(&annotations(&[("autoscaling.knative.dev/maxScale", "-1")]), 0, &defaults).expect_err("refused");

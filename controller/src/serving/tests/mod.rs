@@ -597,6 +597,35 @@ fn revision_status_counts_every_nodes_instances_and_ignores_a_namesakes_facts() 
 }
 
 /// The hello Service with `spec` as its template's spec.
+/// Regression: a Revision whose instances crash after it was ready (its failure recorded, `ready` kept) left its
+/// Configuration and Service Ready. Knative marks the latest created Revision failed whenever its Ready is
+/// False, keeping `latestReadyRevisionName`; the traffic stays where it was.
+#[test]
+fn regression_a_revision_that_crashes_after_it_was_ready_fails_its_configuration_until_it_recovers() {
+    let mut objects = Vec::new();
+    store(&mut objects, hello_service("one"));
+    settle(&mut objects);
+    ready_fact(&mut objects, "hello-00001");
+    assert_eq!(condition(&status_of(&objects, "Service", "hello"), "Ready").0, "True");
+    let crashed = |failure: &str| {
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "RevisionState",
+        "metadata": {"name": "hello-00001", "namespace": "default"},
+        "spec": {"ready": true, "failureReason": failure, "failureMessage": "exit status 1", "instances": 1}})
+    };
+    store(&mut objects, crashed("ExitCode1"));
+    let configuration = status_of(&objects, "Configuration", "hello");
+    assert_eq!(condition(&configuration, "Ready"), ("False".into(), "RevisionFailed".into()), "{configuration}");
+    assert_eq!(configuration["latestReadyRevisionName"], "hello-00001", "kept");
+    let service = status_of(&objects, "Service", "hello");
+    assert_eq!(condition(&service, "ConfigurationsReady"), ("False".into(), "RevisionFailed".into()));
+    assert_eq!(condition(&service, "Ready").0, "False", "{service}");
+    assert_eq!(service["traffic"][0]["revisionName"], "hello-00001", "the traffic stays");
+    assert_eq!(condition(&status_of(&objects, "Revision", "hello-00001"), "ContainerHealthy").1, "ExitCode1");
+
+    store(&mut objects, crashed(""));
+    assert_eq!(condition(&status_of(&objects, "Service", "hello"), "Ready").0, "True", "an instance ready again");
+}
+
 /// Regression: a Route to a Configuration whose only Revision failed stayed Unknown for ever. Knative's
 /// `AllTrafficAssigned` is False once the Configuration's Ready is False, Unknown while it waits, with its
 /// texts.

@@ -35,8 +35,13 @@ fn template_specs_are_refused_as_knatives_webhook_refuses_them() {
         ),
         (
             json!({"containers": [serving, with(&app, "readinessProbe", json!({"periodSeconds": 1}))]}),
-            refused("containers[1].readinessProbe", "expected exactly one, got neither"),
-            "nor does a sidecar's readiness probe",
+            refused("containers[1].readinessProbe.periodSeconds", "must not set the field(s)"),
+            "a sidecar's probes need multi-container-probing",
+        ),
+        (
+            json!({"containers": [serving, with(&app, "livenessProbe", json!({"httpGet": {"path": "/"}}))]}),
+            refused("containers[1].livenessProbe.httpGet", "multi-container-probing"),
+            "its liveness probe too, however complete",
         ),
         (
             json!({"timeoutSeconds": 0, "responseStartTimeoutSeconds": 30, "containers": [app]}),
@@ -152,6 +157,38 @@ fn template_specs_are_refused_as_knatives_webhook_refuses_them() {
                 );
             }
         }
+    }
+}
+
+/// Regression: a sidecar's readiness and liveness probes were accepted where Knative refuses them unless the
+/// cluster enables `multi-container-probing`; with the flag, they follow the probe rules.
+#[test]
+fn a_sidecars_probes_are_judged_only_where_multi_container_probing_is_enabled() {
+    let serving = json!({"image": "x", "command": ["/bin/app"], "ports": [{"containerPort": 8080}]});
+    let sidecar = |probe: Value| json!({"image": "y", "readinessProbe": probe});
+    let probing = crate::serving::ServingFeatures::parse(&["multi-container-probing=enabled"]).expect("a flag");
+    let validate = |probe: Value, features: &crate::serving::ServingFeatures| {
+        let service = service_with_spec(json!({"containers": [serving.clone(), sidecar(probe)]}));
+        crate::validate_object_with(&service, None, features).map_err(|errors| {
+            errors.into_iter().map(|e| (e.path, e.message.split(':').next().unwrap_or_default().to_string())).collect()
+        })
+    };
+    let path = "spec.template.spec.containers[1].readinessProbe";
+    let neither = "expected exactly one, got neither".to_string();
+    let must_not = "must not set the field(s)".to_string();
+    type Outcome = Result<(), Vec<(String, String)>>;
+    let cases: [(Value, &crate::serving::ServingFeatures, Outcome); 4] = [
+        (json!({"httpGet": {"port": 9090}}), &probing, Ok(())),
+        (json!({"periodSeconds": 5}), &probing, Err(vec![(path.to_string(), neither)])),
+        (
+            json!({"httpGet": {"port": 9090}, "periodSeconds": 5}),
+            &Default::default(),
+            Err(vec![(format!("{path}.httpGet"), must_not.clone()), (format!("{path}.periodSeconds"), must_not)]),
+        ),
+        (json!(null), &Default::default(), Ok(())),
+    ];
+    for (probe, features, expected) in cases {
+        assert_eq!(validate(probe.clone(), features), expected, "{probe}");
     }
 }
 
