@@ -113,7 +113,7 @@ async fn run_single(args: DevArgs) -> Result<()> {
     let running = start_node(
         settings,
         listen,
-        args.ingress.limits(),
+        args.ingress.limits()?,
         Some(crate::node_cmd::extra_admin(logs.clone(), serving_state.clone())),
     )
     .await?;

@@ -306,8 +306,11 @@ impl IngressArgs {
         args
     }
 
-    pub(crate) fn limits(&self) -> IngressLimits {
-        IngressLimits {
+    /// The limits, refused when they leave events no room (`check_header_limits`).
+    pub(crate) fn limits(&self) -> anyhow::Result<IngressLimits> {
+        sluice_broker::cloudevent::check_header_limits(self.max_headers, self.max_header_bytes)
+            .map_err(anyhow::Error::msg)?;
+        Ok(IngressLimits {
             max_event_bytes: self.max_event_bytes,
             max_batch_events: self.max_batch_events,
             max_batch_bytes: self.max_batch_bytes,
@@ -321,7 +324,7 @@ impl IngressArgs {
             idle_connection_timeout: Duration::from_millis(self.idle_connection_timeout_ms.max(1)),
             max_inflight_body_bytes: self.max_inflight_body_bytes,
             max_inflight_body_bytes_per_connection: self.max_inflight_body_bytes_per_connection,
-        }
+        })
     }
 }
 
@@ -461,7 +464,7 @@ fn parse_peer_route(route: &str) -> std::result::Result<(String, String), String
 }
 
 pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &IngressArgs) -> Result<NodeSettings> {
-    let limits = ingress.limits();
+    let limits = ingress.limits()?;
     // An append entry must hold the largest batch, and events grow when stored: the attributes the broker adds
     // (`knativearrivaltime`, `knativebrokerttl`) and each record's framing, about 55 bytes; counted as
     // `STORED_GROWTH_PER_EVENT_BYTES` per event of the largest batch, so that a raised `--max-batch-events` does
@@ -529,7 +532,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     let logs = ServingArgs::logs(&args.data);
     let serving_state = ServingState::default();
     let running =
-        start_node(settings, listen, args.ingress.limits(), Some(extra_admin(logs.clone(), serving_state.clone())))
+        start_node(settings, listen, args.ingress.limits()?, Some(extra_admin(logs.clone(), serving_state.clone())))
             .await?;
     tracing::info!(
         node = id,
@@ -627,6 +630,19 @@ mod tests {
         assert_eq!(format!("{:?}", child.ingress), format!("{:?}", given.ingress));
         let defaults = Flags::parse_from(["sluice"]);
         assert_ne!(format!("{:?}", defaults.ingress), format!("{:?}", given.ingress), "the flags were read");
+    }
+
+    /// Regression: `--max-headers 10` started a node that refused every event (413, too many attributes).
+    #[test]
+    fn header_limits_that_leave_events_no_room_stop_the_node_at_start() {
+        let refused = |flags: &[&str]| {
+            let flags = Flags::parse_from(std::iter::once("sluice").chain(flags.iter().copied()));
+            flags.ingress.limits().err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        assert!(refused(&["--max-headers", "10"]).starts_with("--max-headers 10 leaves 4 attributes"));
+        assert!(refused(&["--max-header-bytes", "3072"]).starts_with("--max-header-bytes 3072 leaves 0 bytes"));
+        assert_eq!(refused(&["--max-headers", "16", "--max-header-bytes", "4096"]), "", "the smallest allowed");
+        assert_eq!(refused(&[]), "", "the defaults");
     }
 
     /// Regression (review): an entry held the largest batch's bytes plus 64 KiB, while each stored event grows by

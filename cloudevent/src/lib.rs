@@ -27,7 +27,7 @@ pub use binding::{
     from_structured_within,
 };
 pub use knative::{ARRIVAL_TIME_LEN, DEFAULT_BROKER_TTL, apply_knative_attributes, arrival_time, event_type_label};
-pub use limits::{AttributeLimits, DELIVERY_HEADER_BYTES, DELIVERY_HEADERS};
+pub use limits::{AttributeLimits, DELIVERY_HEADER_BYTES, DELIVERY_HEADERS, check_header_limits};
 pub use media::{is_json_media_type, is_media_type, is_text_media_type, media_essence};
 pub use model::{AttrValue, CloudEvent, EventData, EventError, StructuredData};
 pub use partition::{ordering_key, partition_of, stable_hash};

@@ -90,3 +90,72 @@ impl AttributeLimits {
         Ok(())
     }
 }
+
+/// The fewest attributes header limits must leave an event: the four required ones, the two the broker adds
+/// and four optional ones (`time`, `datacontenttype`, `subject`, an extension).
+pub(crate) const MIN_EVENT_ATTRIBUTES: usize = 10;
+
+/// The fewest bytes of attributes header limits must leave an event (a UUID `id`, a URL `source`, a reverse-DNS
+/// `type`, a `time`, the broker's two take about 300).
+pub(crate) const MIN_EVENT_ATTRIBUTE_BYTES: usize = 1 << 10;
+
+/// Refuses header limits that leave events no room: below [`MIN_EVENT_ATTRIBUTES`] or
+/// [`MIN_EVENT_ATTRIBUTE_BYTES`] after a delivery's own headers are kept back, nearly every event would be
+/// refused (413) by a node that started as if nothing were wrong. Answers the flag and why, for the node's
+/// start-up.
+pub fn check_header_limits(max_headers: usize, max_header_bytes: usize) -> Result<(), String> {
+    let room = AttributeLimits::within_headers(max_headers, max_header_bytes);
+    if room.max_attributes < MIN_EVENT_ATTRIBUTES {
+        return Err(format!(
+            "--max-headers {max_headers} leaves {} attributes per event once a delivery's own {DELIVERY_HEADERS} \
+             headers are kept back: at least {} (an event's required four, the broker's two and a few optional ones)",
+            room.max_attributes,
+            MIN_EVENT_ATTRIBUTES + DELIVERY_HEADERS
+        ));
+    }
+    if room.max_bytes < MIN_EVENT_ATTRIBUTE_BYTES {
+        return Err(format!(
+            "--max-header-bytes {max_header_bytes} leaves {} bytes of attributes per event once a delivery's own \
+             {DELIVERY_HEADER_BYTES} bytes of headers are kept back: at least {}",
+            room.max_bytes,
+            MIN_EVENT_ATTRIBUTE_BYTES + DELIVERY_HEADER_BYTES
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_limits_that_leave_events_no_room_are_refused_naming_the_flag() {
+        let cases: [(usize, usize, Option<&str>); 6] = [
+            (100, 16 << 10, None),
+            (16, 4 << 10, None),
+            (15, 4 << 10, Some("--max-headers 15 leaves 9 attributes")),
+            (0, 4 << 10, Some("--max-headers 0 leaves 0 attributes")),
+            (16, (4 << 10) - 1, Some("--max-header-bytes 4095 leaves 1023 bytes")),
+            (16, 0, Some("--max-header-bytes 0 leaves 0 bytes")),
+        ];
+        for (max_headers, max_header_bytes, refused) in cases {
+            match (check_header_limits(max_headers, max_header_bytes), refused) {
+                (Ok(()), None) => {}
+                (Err(message), Some(start)) => assert!(message.starts_with(start), "{message}"),
+                (outcome, _) => panic!("{max_headers}, {max_header_bytes}: {outcome:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_smallest_limits_allowed_take_an_ordinary_event() {
+        let event = crate::from_structured(
+            br#"{"specversion":"1.0","id":"4f8c1c53-5b0e-4e5e-9a3a-1a0d2f6b3c7e","type":"dev.knative.samples.helloworld",
+               "source":"https://github.com/knative/docs/code-samples/serving/cloudevents","time":"2026-12-03T06:00:00Z",
+               "datacontenttype":"application/json","subject":"order-1234","partitionkey":"customer-42","data":{}}"#,
+        )
+        .expect("an event");
+        let limits = AttributeLimits::within_headers(MIN_EVENT_ATTRIBUTES + DELIVERY_HEADERS, 4 << 10);
+        assert!(limits.check(&event, 255).is_ok(), "an ordinary event fits the smallest limits allowed");
+    }
+}
