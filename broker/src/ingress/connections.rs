@@ -9,6 +9,27 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// TCP keepalive on every accepted connection: probes after this long without a byte either way...
+pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// ...this far apart...
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ...and this many unanswered before the kernel fails the connection: a peer that vanished (powered off, its
+/// NAT entry dropped) is found within about a minute.
+pub(crate) const KEEPALIVE_RETRIES: u32 = 3;
+
+/// Turns TCP keepalive on for an accepted connection. HTTP connections have the idle watch, but a connection
+/// taken over by an app (a WebSocket to a Knative Service) is only bytes: without keepalive, one whose client
+/// vanished held its slot at the revision, its place among `--max-connections` and the instance's scale-in
+/// for ever, unless the revision set `idleTimeoutSeconds`.
+pub(crate) fn keep_alive(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
 
 /// What one client's connections count against: an IPv4 address, or an IPv6 /64 prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,6 +114,21 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().expect("test address")
+    }
+
+    #[tokio::test]
+    async fn an_accepted_connection_gets_tcp_keepalive() -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let _client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+        let (accepted, _) = listener.accept().await?;
+        let socket = socket2::SockRef::from(&accepted);
+        assert!(!socket.keepalive()?, "off until asked");
+        keep_alive(&accepted)?;
+        assert!(socket.keepalive()?);
+        assert_eq!(socket.tcp_keepalive_time()?, KEEPALIVE_IDLE);
+        assert_eq!(socket.tcp_keepalive_interval()?, KEEPALIVE_INTERVAL);
+        assert_eq!(socket.tcp_keepalive_retries()?, KEEPALIVE_RETRIES);
+        Ok(())
     }
 
     #[test]

@@ -185,6 +185,9 @@ pub(crate) async fn serve(
                 }
             },
         };
+        if let Err(e) = super::connections::keep_alive(&stream) {
+            tracing::debug!(error = %e, %peer, "cannot turn TCP keepalive on");
+        }
         let Some(address_slot) = address_slots.try_take(peer.ip()) else {
             refused_per_address.increment(1);
             drop(stream);

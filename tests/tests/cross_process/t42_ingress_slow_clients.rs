@@ -353,3 +353,33 @@ async fn one_address_holds_no_more_than_its_share_of_the_connections() -> anyhow
     .await?;
     Ok(())
 }
+
+/// The node's side of a connection as the kernel's table (`/proc/net/tcp`) shows it: its timer field (`tr`,
+/// `02` while a keepalive timer runs), for the connection from `client_port` to `server_port`.
+fn server_side_timer(server_port: u16, client_port: u16) -> anyhow::Result<Option<String>> {
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    let port_of = |address: &str| address.rsplit(':').next().and_then(|hex| u16::from_str_radix(hex, 16).ok());
+    Ok(table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, timer) = (fields.get(1)?, fields.get(2)?, fields.get(5)?);
+        (port_of(local)? == server_port && port_of(remote)? == client_port)
+            .then(|| timer.split(':').next().unwrap_or_default().to_string())
+    }))
+}
+
+/// Regression: accepted connections had no TCP keepalive, so one taken over by an app (a WebSocket to a
+/// Knative Service) whose client vanished held its slot and the instance's scale-in for ever. The node's side of
+/// an idle connection now runs the kernel's keepalive timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_connection_runs_tcp_keepalive() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    let stream = TcpStream::connect(&node.http).await?;
+    let (server_port, client_port) = (stream.peer_addr()?.port(), stream.local_addr()?.port());
+    let timer = sluice_tests::wait_until(Duration::from_secs(10), || async {
+        Ok(server_side_timer(server_port, client_port)?.filter(|timer| timer != "00"))
+    })
+    .await?;
+    assert_eq!(timer, "02", "the keepalive timer");
+    drop(stream);
+    Ok(())
+}
