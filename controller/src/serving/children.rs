@@ -208,9 +208,23 @@ pub fn plan(objects: &[Value]) -> ChildPlan {
         labels.insert(SERVICE_LABEL.into(), name.into());
         labels.insert(SERVICE_UID_LABEL.into(), str_at(service, "/metadata/uid").into());
         let annotations = Map::new();
-        let spec = configuration_spec(service);
-        desire(child("Configuration", namespace, name, labels.clone(), annotations.clone(), service, spec), &mut plan);
-        desire(child("Route", namespace, name, labels, annotations, service, route_spec(service)), &mut plan);
+        // A Configuration or Route of the Service's name that the Service does not own (applied on its own) is
+        // left as it is, and the Service's status says so (Knative's `NotOwned`): taken over, it was rewritten
+        // and then deleted with the Service.
+        let ours = |kind: &str| {
+            find(&(kind.to_string(), namespace.to_string(), name.to_string()))
+                .is_none_or(|stored| owned_by(stored, service))
+        };
+        if ours("Configuration") {
+            let spec = configuration_spec(service);
+            desire(
+                child("Configuration", namespace, name, labels.clone(), annotations.clone(), service, spec),
+                &mut plan,
+            );
+        }
+        if ours("Route") {
+            desire(child("Route", namespace, name, labels, annotations, service, route_spec(service)), &mut plan);
+        }
     }
 
     for configuration in objects.iter().filter(|o| str_at(o, "/kind") == "Configuration") {

@@ -326,6 +326,13 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Option<Val
         }
         "Service" => {
             let owned = |kind: &str| find(world.objects, kind, namespace, name).filter(|o| owned_by(o, object));
+            // Not there yet, or there and someone else's (Knative's `NotOwned`: the Service leaves it alone).
+            let missing = |kind: &str| match find(world.objects, kind, namespace, name) {
+                Some(_) => {
+                    Err(("NotOwned".into(), format!("There is an existing {kind} {name:?} that we do not own.")))
+                }
+                None => Ok(Some(("Deploying".into(), format!("{kind} {name:?} is being created")))),
+            };
             // A Configuration or Route that does not say yet what the Service says (the children loop has not
             // written it since the Service changed) speaks of the Service's previous generation: Unknown until it
             // catches up, as Knative's `OutOfDate`: else the Service is Ready for its new generation at once, from
@@ -340,7 +347,7 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Option<Val
                         Ok(Some(out_of_date("Configuration")))
                     }
                 }
-                None => Ok(Some(("Deploying".into(), format!("Configuration {name:?} is being created")))),
+                None => missing("Configuration"),
             };
             for field in ["latestCreatedRevisionName", "latestReadyRevisionName"] {
                 if let Some(value) = configuration_status.remove(field) {
@@ -354,7 +361,7 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Option<Val
                     let ready = ready_of(&[&assigned, &ingress]);
                     if route.get("spec") == Some(&route_spec(object)) { ready } else { Ok(Some(out_of_date("Route"))) }
                 }
-                None => Ok(Some(("Deploying".into(), format!("Route {name:?} is being created")))),
+                None => missing("Route"),
             };
             for field in ["url", "address", "traffic"] {
                 if let Some(value) = route_status.remove(field) {

@@ -626,6 +626,35 @@ fn regression_a_revision_that_crashes_after_it_was_ready_fails_its_configuration
     assert_eq!(condition(&status_of(&objects, "Service", "hello"), "Ready").0, "True", "an instance ready again");
 }
 
+/// Regression: a Service named like a Configuration applied on its own took it over (rewrote its spec, made
+/// itself its owner) and deleted it with itself. Knative leaves it alone and says `NotOwned`.
+#[test]
+fn regression_a_service_leaves_a_configuration_it_does_not_own_alone() {
+    let mut objects = Vec::new();
+    let mine = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Configuration",
+        "metadata": {"name": "hello", "namespace": "default"},
+        "spec": {"template": {"spec": {"containers": [{"image": "x", "command": ["/bin/mine"]}]}}}});
+    store(&mut objects, mine);
+    settle(&mut objects);
+    let before = objects.iter().find(|o| o["kind"] == "Configuration").cloned().unwrap_or_default();
+    store(&mut objects, hello_service("one"));
+    let written = settle(&mut objects);
+    assert!(!written.contains(&"Configuration/hello".to_string()), "{written:?}");
+    let after = objects.iter().find(|o| o["kind"] == "Configuration").cloned().unwrap_or_default();
+    assert_eq!(after, before, "the Configuration is as it was applied");
+    let service = status_of(&objects, "Service", "hello");
+    assert_eq!(condition(&service, "ConfigurationsReady"), ("False".into(), "NotOwned".into()), "{service}");
+    let message = service["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready")).cloned();
+    assert_eq!(
+        message.and_then(|m| m["message"].as_str().map(str::to_string)).as_deref(),
+        Some("There is an existing Configuration \"hello\" that we do not own.")
+    );
+    // The Service goes; the Configuration stays (it was never the Service's).
+    objects.retain(|o| o["kind"] != "Service");
+    settle(&mut objects);
+    assert!(objects.iter().any(|o| o["kind"] == "Configuration" && o["metadata"]["name"] == "hello"));
+}
+
 /// Regression: a Route to a Configuration whose only Revision failed stayed Unknown for ever. Knative's
 /// `AllTrafficAssigned` is False once the Configuration's Ready is False, Unknown while it waits, with its
 /// texts.
