@@ -4,7 +4,8 @@
 //! [`REVISION_STATE_KIND`]). What flows out, all pure:
 //! - [`model`]: the typed objects (the allow-list of fields);
 //! - [`validate`](mod@validate): Knative's webhook rules, run by `crate::validate::validate_object`, with
-//!   [`isolation`]'s: what a revision's pod may ask of the node and cluster it runs on;
+//!   [`isolation`]'s: what a revision's pod may ask of the node and cluster it runs on, and [`volumes`]': how
+//!   its containers mount its volumes;
 //! - [`children`]: what a Service and a Configuration own (a Configuration and a Route; one Revision per
 //!   template generation) and what no longer has an owner, for the children reconcile loop to write;
 //! - [`autoscaling`]: the autoscaling knobs of a Revision, from its annotations over the cluster's defaults;
@@ -20,6 +21,7 @@ pub mod model;
 pub mod routing;
 pub mod status;
 pub(crate) mod validate;
+pub(crate) mod volumes;
 
 #[cfg(test)]
 mod tests;

@@ -194,6 +194,7 @@ fn validate_revision_spec(
         }
     }
     super::isolation::validate_pod_isolation(path, spec, features, errors);
+    super::volumes::validate_volumes(path, spec, errors);
     if let Some(cc) = spec.container_concurrency {
         bounds(format!("{path}.containerConcurrency"), 0, cc, MAX_CONTAINER_CONCURRENCY, errors);
     }

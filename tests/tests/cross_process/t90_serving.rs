@@ -316,11 +316,10 @@ async fn a_node_with_a_feature_flag_enabled_accepts_what_it_lets_through() -> Re
     let (_dir, node) = start_single_node(1, &["--serving-feature", &format!("{flag}=enabled")]).await?;
     let mut client = ResourcesClient::connect(format!("http://{}", node.admin)).await?;
     let with_volume = |name: &str, volume: Value| {
-        let volumes = json!({"volumes": [volume]});
-        sluice_proto::admin::ApplyResourceRequest {
-            object_json: service(name, json!([]), json!({}), volumes).to_string(),
-            dry_run: false,
-        }
+        let mount = json!([{"name": volume["name"], "mountPath": "/data", "readOnly": true}]);
+        let mut object = service(name, json!([]), json!({}), json!({"volumes": [volume]}));
+        object["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] = mount;
+        sluice_proto::admin::ApplyResourceRequest { object_json: object.to_string(), dry_run: false }
     };
     let claim = json!({"name": "data", "persistentVolumeClaim": {"claimName": "data", "readOnly": true}});
     let reply = client.apply(with_volume("claims", claim)).await?.into_inner();
