@@ -49,6 +49,17 @@ fn first_start_of(cursor: &str) -> bool {
     STARTED.lock().is_ok_and(|mut started| started.insert(cursor.to_string()))
 }
 
+/// The event type that, under the planted bug `dispatcher-panic` (feature `planted-bugs`), makes the partition
+/// dispatcher that is about to start its delivery panic, outside any delivery: once per process.
+#[cfg(feature = "planted-bugs")]
+pub(crate) const PLANTED_DISPATCHER_PANIC_TYPE: &str = "sluice.test.dispatcher-panic";
+
+#[cfg(feature = "planted-bugs")]
+fn first_dispatcher_panic() -> bool {
+    static PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    sluice_broker::planted_bug("dispatcher-panic") && !PANICKED.swap(true, std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Batches the shared reader reads per pump (yielding between them); what is left is read in the next pump,
 /// after the control messages, the commit tick and the deliveries had their turn.
 const SHARED_READS_PER_PUMP: usize = 64;
@@ -404,6 +415,10 @@ impl PartitionDispatcher {
             None => Some(None),
         });
         for (start, slot) in starts {
+            #[cfg(feature = "planted-bugs")]
+            if start.event.get_str("type") == Some(PLANTED_DISPATCHER_PANIC_TYPE) && first_dispatcher_panic() {
+                panic!("a planted bug in the dispatch of partition {}", self.partition());
+            }
             let Some(spec) = self.reading.consumers.get(&start.cursor).map(|c| c.spec.clone()) else { continue };
             let ctx = self.ctx.clone();
             let Start { cursor, generation, offset, event } = start;

@@ -353,3 +353,34 @@ async fn regression_a_consumer_whose_start_failed_starts_at_the_next_tick() -> a
     assert!(failures >= 1.0, "the failed starts are counted:\n{metrics}");
     Ok(())
 }
+
+/// A partition dispatcher that ends on its own (here it panics outside any delivery, planted: `dispatcher-panic`,
+/// the first event of type `sluice.test.dispatcher-panic` in the process) is started again by the supervisor's
+/// look every second, from the committed offset; before, it waited for an unrelated resource or leadership
+/// change, and every consumer of its partition with it. Nothing is lost: the event it died on is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_dispatcher_that_ended_on_its_own_is_started_again() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let mut node = sluice_tests::NodeProc::new(1, root.path(), &[]);
+    node.env.push(("SLUICE_PLANTED_BUG".into(), "dispatcher-panic".into()));
+    sluice_tests::start_as_single_node(&mut node, 1).await?;
+    let subscriber = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&node.admin, broker_object("default", "b", json!({}))).await?;
+    apply_resource(&node.admin, trigger_object("default", "t", "b", &subscriber.url(), json!({}), json!({}))).await?;
+    let client = reqwest::Client::new();
+    send_event_accepted(&client, &node.http, "/default/b", "before", "t", &[], "{}").await?;
+    subscriber.wait_for(1, Duration::from_secs(30)).await.with_context(|| node.log_tail())?;
+    send_event_accepted(&client, &node.http, "/default/b", "dies", "sluice.test.dispatcher-panic", &[], "{}").await?;
+    send_event_accepted(&client, &node.http, "/default/b", "after", "t", &[], "{}").await?;
+    let delivered = subscriber.wait_for(3, Duration::from_secs(30)).await.with_context(|| node.log_tail())?;
+    let mut ids: Vec<&str> = delivered.iter().map(|d| d.header("ce-id").unwrap_or_default()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids, ["after", "before", "dies"], "every event, the one it died on included");
+    let metrics = reqwest::get(format!("http://{}/metrics", node.http)).await?.text().await?;
+    assert!(
+        metrics.lines().any(|l| l == "sluice_dispatch_partition_dispatchers_ended_total 1"),
+        "the restart is counted"
+    );
+    Ok(())
+}
