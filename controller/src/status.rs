@@ -167,8 +167,12 @@ fn referent_ready(referent: &Value, reason: &str, world: &World, env: &Environme
     }
 }
 
+/// The destination at `pointer`; `{}` is none (Knative's `isDestinationNilOrEmpty`: `reply: {}` is no reply).
 fn destination_at(object: &Value, pointer: &str) -> Option<Destination> {
-    object.pointer(pointer).and_then(|v| serde_json::from_value(v.clone()).ok())
+    object
+        .pointer(pointer)
+        .filter(|v| v.as_object().is_none_or(|fields| !fields.is_empty()))
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
 }
 
 /// `status` for `object`, computed from the objects around it.

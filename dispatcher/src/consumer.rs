@@ -204,7 +204,9 @@ fn resolve_at(
     env: &Environment,
     trust: &mut DestinationTrust,
 ) -> Result<Option<String>, String> {
-    let Some(value) = object.pointer(pointer).filter(|v| !v.is_null()) else { return Ok(None) };
+    // `{}` is no destination (Knative's `isDestinationNilOrEmpty`: an empty `reply: {}` is no reply).
+    let present = |v: &&Value| !v.is_null() && v.as_object().is_none_or(|fields| !fields.is_empty());
+    let Some(value) = object.pointer(pointer).filter(present) else { return Ok(None) };
     let destination: Destination = serde_json::from_value(value.clone())
         .map_err(|e| format!("{}: not a Destination: {e}", pointer_path(pointer)))?;
     let address = resolve_address(&destination, namespace, world, env)

@@ -273,7 +273,61 @@ fn validate_broker(broker: &Broker, existing: Option<&Value>, errors: &mut Vec<F
     }
 }
 
+/// Knative's `knative.dev/dependency` annotation on a Trigger: a JSON object reference (kind, name and
+/// apiVersion; a namespace, if any, the Trigger's own) to what the Trigger waits for.
+const DEPENDENCY_ANNOTATION: &str = "knative.dev/dependency";
+/// Knative's `eventing.knative.dev/injection`: `enabled` or `disabled`, and only on a Trigger of Broker `default`.
+const INJECTION_ANNOTATION: &str = "eventing.knative.dev/injection";
+
+fn validate_trigger_annotations(trigger: &Trigger, errors: &mut Vec<FieldError>) {
+    let annotations = &trigger.metadata.annotations;
+    if let Some(dependency) = annotations.get(DEPENDENCY_ANNOTATION) {
+        let path = format!("metadata.annotations[{DEPENDENCY_ANNOTATION}]");
+        match serde_json::from_str::<serde_json::Map<String, Value>>(dependency) {
+            Err(e) => errors.push(err(
+                &path,
+                format!("The provided annotation was not a corev1.ObjectReference: {dependency:?}: {e}"),
+            )),
+            Ok(reference) => {
+                let field = |name: &str| reference.get(name).and_then(Value::as_str).unwrap_or_default();
+                let own = trigger.metadata.namespace.as_str();
+                if !field("namespace").is_empty() && field("namespace") != own {
+                    errors.push(err(
+                        format!("{path}.namespace"),
+                        format!("Namespace must be empty or equal to the trigger namespace {own:?}"),
+                    ));
+                }
+                for required in ["kind", "name", "apiVersion"] {
+                    if field(required).is_empty() {
+                        errors.push(err(format!("{path}.{required}"), "missing field(s)"));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(injection) = annotations.get(INJECTION_ANNOTATION) {
+        let path = format!("metadata.annotations[{INJECTION_ANNOTATION}]");
+        if injection != "enabled" && injection != "disabled" {
+            errors.push(err(
+                path,
+                format!(
+                    "The provided injection annotation value can only be \"enabled\" or \"disabled\", not {injection:?}"
+                ),
+            ));
+        } else if trigger.spec.broker != "default" {
+            errors.push(err(
+                path,
+                format!(
+                    "The provided injection annotation is only used for default broker, but non-default broker specified here: {:?}",
+                    trigger.spec.broker
+                ),
+            ));
+        }
+    }
+}
+
 fn validate_trigger(trigger: &Trigger, existing: Option<&Value>, errors: &mut Vec<FieldError>) {
+    validate_trigger_annotations(trigger, errors);
     let spec = &trigger.spec;
     if spec.broker.is_empty() {
         errors.push(err("spec.broker", "required"));
@@ -441,13 +495,12 @@ fn validate_subscription(subscription: &Subscription, existing: Option<&Value>, 
     {
         errors.push(err("spec.channel", "field is immutable"));
     }
-    if spec.subscriber.is_none() && spec.reply.is_none() {
-        errors.push(err("spec.subscriber", "one of subscriber and reply is required"));
+    // Knative v1: a subscriber is required (an empty one is none); an empty `reply: {}` is no reply.
+    match spec.subscriber.as_ref().filter(|d| !is_empty_destination(d)) {
+        None => errors.push(err("spec.subscriber", "missing field(s): the Subscription must reference a subscriber")),
+        Some(subscriber) => validate_destination("spec.subscriber", subscriber, errors),
     }
-    if let Some(subscriber) = &spec.subscriber {
-        validate_destination("spec.subscriber", subscriber, errors);
-    }
-    if let Some(reply) = &spec.reply {
+    if let Some(reply) = spec.reply.as_ref().filter(|d| !is_empty_destination(d)) {
         validate_destination("spec.reply", reply, errors);
     }
     if let Some(delivery) = &spec.delivery {
@@ -467,6 +520,24 @@ fn validate_reference(path: &str, reference: &KReference, needs_api_version: boo
     }
 }
 
+/// Knative's `isDestinationNilOrEmpty`: a destination with nothing in it.
+fn is_empty_destination(destination: &Destination) -> bool {
+    destination.reference.is_none()
+        && destination.uri.as_deref().is_none_or(str::is_empty)
+        && destination.ca_certs.is_none()
+        && destination.audience.is_none()
+}
+
+/// The host of an absolute `scheme://[userinfo@]host[:port]/...` URL, empty when it has none.
+fn uri_host(rest_after_scheme: &str) -> &str {
+    let authority = rest_after_scheme.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    match host_port.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    }
+}
+
 fn validate_destination(path: &str, destination: &Destination, errors: &mut Vec<FieldError>) {
     match (&destination.reference, &destination.uri) {
         (None, None) => errors.push(err(path, "expected exactly one, got neither: ref, uri")),
@@ -482,8 +553,9 @@ fn validate_destination(path: &str, destination: &Destination, errors: &mut Vec<
             }
         }
         (None, Some(uri)) => {
+            // Knative: an absolute URI with a host (`http:///x` has none).
             let scheme_ok = uri.split_once("://").is_some_and(|(scheme, rest)| {
-                matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains(char::is_whitespace)
+                matches!(scheme, "http" | "https") && !uri_host(rest).is_empty() && !rest.contains(char::is_whitespace)
             });
             if !scheme_ok {
                 errors.push(err(format!("{path}.uri"), format!("{uri:?} must be an absolute http(s) URL")));

@@ -278,6 +278,51 @@ fn invalid_objects_name_their_field() {
             "spec.subscriber",
         ),
         ("subscription bad reply", set(subscription(), "/spec/reply", json!({"uri": "ftp://x"})), "spec.reply.uri"),
+        (
+            "subscription with a reply but no subscriber (Knative v1 requires one)",
+            set(subscription(), "/spec/subscriber", Value::Null),
+            "spec.subscriber",
+        ),
+        (
+            "subscription with an empty subscriber",
+            set(subscription(), "/spec/subscriber", json!({})),
+            "spec.subscriber",
+        ),
+        ("uri without a host", set(trigger(), "/spec/subscriber", json!({"uri": "http:///x"})), "spec.subscriber.uri"),
+        (
+            "uri with only userinfo and a port",
+            set(trigger(), "/spec/subscriber", json!({"uri": "http://user@:8080/x"})),
+            "spec.subscriber.uri",
+        ),
+        (
+            "dependency annotation not an object reference",
+            set(trigger(), "/metadata/annotations", json!({"knative.dev/dependency": "pingsource"})),
+            "metadata.annotations[knative.dev/dependency]",
+        ),
+        (
+            "dependency annotation without apiVersion",
+            set(
+                trigger(),
+                "/metadata/annotations",
+                json!({"knative.dev/dependency": "{\"kind\":\"PingSource\",\"name\":\"p\"}"}),
+            ),
+            "metadata.annotations[knative.dev/dependency].apiVersion",
+        ),
+        (
+            "dependency annotation in another namespace",
+            set(
+                trigger(),
+                "/metadata/annotations",
+                json!({"knative.dev/dependency":
+                    "{\"kind\":\"PingSource\",\"name\":\"p\",\"apiVersion\":\"sources.knative.dev/v1\",\"namespace\":\"other\"}"}),
+            ),
+            "metadata.annotations[knative.dev/dependency].namespace",
+        ),
+        (
+            "injection annotation neither enabled nor disabled",
+            set(trigger(), "/metadata/annotations", json!({"eventing.knative.dev/injection": "true"})),
+            "metadata.annotations[eventing.knative.dev/injection]",
+        ),
         ("channel negative retry", set(channel(), "/spec/delivery/retry", json!(-2)), "spec.delivery.retry"),
         ("retry not a number", set(broker(), "/spec/delivery/retry", json!("five")), "spec.delivery.retry"),
     ];
@@ -287,6 +332,37 @@ fn invalid_objects_name_their_field() {
         let errors = validate_object(&object, None).expect_err(name);
         assert!(errors.iter().any(|e| e.path == path), "{name}: expected {path}, got {errors:?}");
     }
+}
+
+/// Knative YAML its webhook accepts: an empty `reply: {}` is no reply, a dependency annotation naming what the
+/// Trigger waits for, the injection annotation on a Trigger of Broker `default`, a URI with a host and a port.
+#[test]
+fn knatives_optional_forms_are_accepted() {
+    let trigger_of_default = set(trigger(), "/spec/broker", json!("default"));
+    let accepted = [
+        ("an empty reply", set(subscription(), "/spec/reply", json!({}))),
+        (
+            "a dependency",
+            set(
+                trigger(),
+                "/metadata/annotations",
+                json!({"knative.dev/dependency":
+                    "{\"kind\":\"PingSource\",\"name\":\"p\",\"apiVersion\":\"sources.knative.dev/v1\"}"}),
+            ),
+        ),
+        (
+            "injection",
+            set(trigger_of_default, "/metadata/annotations", json!({"eventing.knative.dev/injection": "enabled"})),
+        ),
+        ("a host and a port", set(trigger(), "/spec/subscriber", json!({"uri": "http://user@[::1]:8080/x"}))),
+    ];
+    for (name, object) in accepted {
+        assert_eq!(validate_object(&object, None), Ok(()), "{name}");
+    }
+    let other_broker = set(trigger(), "/spec/broker", json!("other"));
+    let elsewhere = set(other_broker, "/metadata/annotations", json!({"eventing.knative.dev/injection": "enabled"}));
+    let errors = validate_object(&elsewhere, None).expect_err("injection names Broker default only");
+    assert!(errors.iter().any(|e| e.message.contains("only used for default broker")), "{errors:?}");
 }
 
 #[test]
