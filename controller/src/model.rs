@@ -190,7 +190,8 @@ pub struct SubscriptionsApiFilter {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TriggerSpec {
-    #[serde(default)]
+    /// Empty when the Trigger names its Broker with `brokerRef` instead.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub broker: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_ref: Option<KReference>,
@@ -315,6 +316,16 @@ pub struct Object<S> {
 
 pub type Broker = Object<BrokerSpec>;
 pub type Trigger = Object<TriggerSpec>;
+
+/// The Broker a stored Trigger names: `spec.broker`, or else `spec.brokerRef.name` (Knative's other spelling,
+/// in the Trigger's own namespace: validation refuses a `brokerRef` to another one).
+pub fn trigger_broker(trigger: &serde_json::Value) -> &str {
+    let at = |pointer: &str| trigger.pointer(pointer).and_then(serde_json::Value::as_str).unwrap_or_default();
+    match at("/spec/broker") {
+        "" => at("/spec/brokerRef/name"),
+        broker => broker,
+    }
+}
 pub type Channel = Object<ChannelSpec>;
 pub type InMemoryChannel = Object<InMemoryChannelSpec>;
 pub type Subscription = Object<SubscriptionSpec>;

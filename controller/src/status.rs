@@ -224,7 +224,7 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
             conditions.push(condition("DeadLetterSinkResolved", dead_letter_ok));
         }
         "Trigger" => {
-            let broker = str_at(object, "/spec/broker");
+            let broker = crate::model::trigger_broker(object);
             let broker_ok = match world.find("Broker", namespace, broker) {
                 Some(found) => referent_ready(found, "BrokerNotReady", world, env),
                 None => Err(("BrokerDoesNotExist".into(), format!("Broker {namespace}/{broker} does not exist"))),

@@ -176,7 +176,7 @@ pub(crate) fn cursor_name(stream: &str, kind: ConsumerKind, name: &str, uid: &st
 pub(crate) fn stream_of(kind: ConsumerKind, object: &Value) -> String {
     let namespace = str_at(object, "/metadata/namespace");
     match kind {
-        ConsumerKind::Trigger => stream_name("Broker", namespace, str_at(object, "/spec/broker")),
+        ConsumerKind::Trigger => stream_name("Broker", namespace, sluice_controller::model::trigger_broker(object)),
         ConsumerKind::Subscription => stream_name("Channel", namespace, str_at(object, "/spec/channel/name")),
     }
 }
@@ -275,7 +275,7 @@ fn consumer(
     // The object whose delivery applies: the consumer's own, or else its Broker's/Channel's (wholesale).
     let (source_kind, source_name, source) = match kind {
         ConsumerKind::Trigger => {
-            let broker = str_at(object, "/spec/broker");
+            let broker = sluice_controller::model::trigger_broker(object);
             let source = find(sources, &["Broker"], &namespace, broker)
                 .ok_or_else(|| format!("spec.broker: Broker {namespace}/{broker} does not exist"))?;
             ("Broker", broker.to_string(), source)
@@ -431,6 +431,19 @@ mod tests {
             o.extend(extra);
         }
         object
+    }
+
+    /// Regression: a Trigger naming its Broker with Knative's `brokerRef` read the stream of a Broker named "".
+    #[test]
+    fn a_trigger_with_a_broker_ref_reads_its_brokers_stream() {
+        let broker = meta("Broker", "b", json!({}));
+        let reference = json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "b"});
+        let trigger =
+            meta("Trigger", "t", json!({"spec": {"brokerRef": reference, "subscriber": {"uri": "http://s/"}}}));
+        let (specs, problems) = consumers(&[broker, trigger], &env(), Default::default());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(specs[0].cursor, "broker/default/b#trigger/t/uid-t");
+        assert!(matches!(&specs[0].reply, ReplyTarget::Broker { stream, .. } if stream == "broker/default/b"));
     }
 
     #[test]

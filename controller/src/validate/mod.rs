@@ -260,7 +260,8 @@ fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<
 
 fn validate_broker(broker: &Broker, existing: Option<&Value>, errors: &mut Vec<FieldError>) {
     if let Some(config) = &broker.spec.config {
-        validate_reference("spec.config", config, false, errors);
+        // Knative's `KReference.Validate`: kind, name and apiVersion (`v1` for a ConfigMap).
+        validate_reference("spec.config", config, true, errors);
     }
     if let Some(existing) = existing
         && existing.pointer("/spec/config")
@@ -329,15 +330,41 @@ fn validate_trigger_annotations(trigger: &Trigger, errors: &mut Vec<FieldError>)
 fn validate_trigger(trigger: &Trigger, existing: Option<&Value>, errors: &mut Vec<FieldError>) {
     validate_trigger_annotations(trigger, errors);
     let spec = &trigger.spec;
-    if spec.broker.is_empty() {
-        errors.push(err("spec.broker", "required"));
-    } else if !is_dns_label(&spec.broker) {
-        errors.push(err("spec.broker", format!("{:?} must be a DNS-1123 label", spec.broker)));
+    // Knative: `broker` or `brokerRef`, exactly one. A `brokerRef` names a Broker of the Trigger's namespace (a
+    // namespace of its own needs Knative's cross-namespace event links, which Sluice does not have).
+    let (broker_path, broker) = match (&spec.broker, &spec.broker_ref) {
+        (broker, None) => ("spec.broker", broker.as_str()),
+        (broker, Some(reference)) if broker.is_empty() => {
+            validate_reference("spec.brokerRef", reference, true, errors);
+            if reference.kind != "Broker" && !reference.kind.is_empty() {
+                errors.push(err("spec.brokerRef.kind", format!("invalid value: {}: must be Broker", reference.kind)));
+            }
+            let own = trigger.metadata.namespace.as_str();
+            if reference.namespace.as_deref().is_some_and(|namespace| !namespace.is_empty() && namespace != own) {
+                errors.push(err(
+                    "spec.brokerRef.namespace",
+                    "must not set the field(s): cross-namespace event links are not supported; the Broker is in the \
+                     Trigger's namespace",
+                ));
+            }
+            ("spec.brokerRef.name", reference.name.as_str())
+        }
+        (_, Some(_)) => {
+            errors.push(err("spec", "expected exactly one, got both: spec.broker, spec.brokerRef"));
+            ("spec.broker", spec.broker.as_str())
+        }
+    };
+    if broker.is_empty() {
+        if spec.broker_ref.is_none() {
+            errors.push(err("spec.broker", "required"));
+        }
+    } else if !is_dns_label(broker) {
+        errors.push(err(broker_path, format!("{broker:?} must be a DNS-1123 label")));
     }
     if let Some(existing) = existing {
-        let before = existing.pointer("/spec/broker").and_then(Value::as_str).unwrap_or_default();
-        if before != spec.broker {
-            errors.push(err("spec.broker", format!("field is immutable (was {before:?})")));
+        let before = crate::model::trigger_broker(existing);
+        if before != broker {
+            errors.push(err(broker_path, format!("field is immutable (was {before:?})")));
         }
     }
     match &spec.subscriber {

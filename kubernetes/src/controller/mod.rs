@@ -252,7 +252,7 @@ async fn ownership<K: Pushed>(object: &K, ctx: &Context) -> Result<Ownership, Er
         }
         "Trigger" => {
             let value = serde_json::to_value(object).map_err(|e| bad_object(object, e))?;
-            let broker_name = value["spec"]["broker"].as_str().unwrap_or_default();
+            let broker_name = sluice_controller::model::trigger_broker(&value);
             let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
             let broker = brokers.get_opt(broker_name).await?;
             Ok(match plan_trigger(broker.as_ref().map(|b| b.annotations()), default_class) {
