@@ -315,14 +315,19 @@ fn validate_trigger_annotations(trigger: &Trigger, errors: &mut Vec<FieldError>)
                     "The provided injection annotation value can only be \"enabled\" or \"disabled\", not {injection:?}"
                 ),
             ));
-        } else if trigger.spec.broker != "default" {
-            errors.push(err(
-                path,
-                format!(
-                    "The provided injection annotation is only used for default broker, but non-default broker specified here: {:?}",
-                    trigger.spec.broker
-                ),
-            ));
+        } else {
+            let broker = match (&trigger.spec.broker, &trigger.spec.broker_ref) {
+                (broker, Some(reference)) if broker.is_empty() => reference.name.as_str(),
+                (broker, _) => broker.as_str(),
+            };
+            if broker != "default" {
+                errors.push(err(
+                    path,
+                    format!(
+                        "The provided injection annotation is only used for default broker, but non-default broker specified here: {broker:?}"
+                    ),
+                ));
+            }
         }
     }
 }

@@ -385,6 +385,8 @@ fn a_trigger_names_its_broker_by_broker_or_broker_ref() {
     };
     let by_ref = set(set(trigger(), "/spec/broker", Value::Null), "/spec/brokerRef", reference(json!({})));
     assert_eq!(validate_object(&by_ref, None), Ok(()));
+    let injected = set(by_ref.clone(), "/metadata/annotations", json!({"eventing.knative.dev/injection": "enabled"}));
+    assert_eq!(validate_object(&injected, None), Ok(()), "Broker default, by brokerRef");
     let own_namespace = set(by_ref.clone(), "/spec/brokerRef", reference(json!({"namespace": "default"})));
     assert_eq!(validate_object(&own_namespace, None), Ok(()));
     let refused = |object: &Value| -> Vec<String> {
