@@ -317,6 +317,16 @@ pub struct Object<S> {
 pub type Broker = Object<BrokerSpec>;
 pub type Trigger = Object<TriggerSpec>;
 
+impl TriggerSpec {
+    /// The Broker this spec names: `broker`, or else `brokerRef.name` (see [`trigger_broker`]).
+    pub fn broker_name(&self) -> &str {
+        match (&self.broker, &self.broker_ref) {
+            (broker, Some(reference)) if broker.is_empty() => &reference.name,
+            (broker, _) => broker,
+        }
+    }
+}
+
 /// The Broker a stored Trigger names: `spec.broker`, or else `spec.brokerRef.name` (Knative's other spelling,
 /// in the Trigger's own namespace: validation refuses a `brokerRef` to another one).
 pub fn trigger_broker(trigger: &serde_json::Value) -> &str {

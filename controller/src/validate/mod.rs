@@ -316,10 +316,7 @@ fn validate_trigger_annotations(trigger: &Trigger, errors: &mut Vec<FieldError>)
                 ),
             ));
         } else {
-            let broker = match (&trigger.spec.broker, &trigger.spec.broker_ref) {
-                (broker, Some(reference)) if broker.is_empty() => reference.name.as_str(),
-                (broker, _) => broker.as_str(),
-            };
+            let broker = trigger.spec.broker_name();
             if broker != "default" {
                 errors.push(err(
                     path,
