@@ -4,8 +4,8 @@
 //! [`REVISION_STATE_KIND`]). What flows out, all pure:
 //! - [`model`]: the typed objects (the allow-list of fields);
 //! - [`validate`](mod@validate): Knative's webhook rules, run by `crate::validate::validate_object`, with
-//!   [`isolation`]'s: what a revision's pod may ask of the node and cluster it runs on, and [`volumes`]': how
-//!   its containers mount its volumes;
+//!   [`isolation`]'s: what a revision's pod may ask of the node and cluster it runs on, [`volumes`]': how
+//!   its containers mount its volumes, and [`image`]'s: what an image reference is;
 //! - [`children`]: what a Service and a Configuration own (a Configuration and a Route; one Revision per
 //!   template generation) and what no longer has an owner, for the children reconcile loop to write;
 //! - [`autoscaling`]: the autoscaling knobs of a Revision, from its annotations over the cluster's defaults;
@@ -16,6 +16,7 @@
 pub mod autoscaling;
 pub mod children;
 pub mod gc;
+mod image;
 pub(crate) mod isolation;
 pub mod model;
 pub mod routing;

@@ -192,6 +192,7 @@ fn validate_revision_spec(
         {
             errors.push(err(format!("{path}.initContainers[{i}].name"), format!("duplicate container name {name:?}")));
         }
+        validate_image(&format!("{path}.initContainers[{i}]"), init.get("image").and_then(Value::as_str), errors);
     }
     super::isolation::validate_pod_isolation(path, spec, features, errors);
     super::volumes::validate_volumes(path, spec, errors);
@@ -223,6 +224,18 @@ enum Role {
     Sidecar,
 }
 
+/// Every container, init containers too, names an image reference (Knative parses it whatever runs it).
+fn validate_image(path: &str, image: Option<&str>, errors: &mut Vec<FieldError>) {
+    match image.filter(|image| !image.is_empty()) {
+        None => errors.push(err(format!("{path}.image"), "missing field(s)")),
+        Some(image) => {
+            if let Some(reason) = super::image::reference_error(image) {
+                errors.push(err(format!("{path}.image"), format!("Failed to parse image reference: {reason}")));
+            }
+        }
+    }
+}
+
 fn validate_container(
     path: &str,
     container: &Container,
@@ -230,9 +243,7 @@ fn validate_container(
     features: &ServingFeatures,
     errors: &mut Vec<FieldError>,
 ) {
-    if container.image.as_deref().is_none_or(str::is_empty) {
-        errors.push(err(format!("{path}.image"), "missing field(s)"));
-    }
+    validate_image(path, container.image.as_deref(), errors);
     if container.name.as_deref() == Some("queue-proxy") {
         errors.push(err(format!("{path}.name"), "\"queue-proxy\" is a reserved container name"));
     }

@@ -191,7 +191,7 @@ async fn a_service_becomes_ready_answers_at_its_url_and_splits_traffic_by_revisi
     // applied by hand).
     let bare = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Revision",
         "metadata": {"name": "taken-v1", "namespace": "default"},
-        "spec": {"containers": [{"image": "x", "command": [hello_bin().display().to_string()]}]}});
+        "spec": {"containers": [{"image": "app", "command": [hello_bin().display().to_string()]}]}});
     apply_resource(&admin, bare).await?;
     let mut taken = service("taken", json!([]), json!({}), json!({}));
     taken["spec"]["template"]["metadata"]["name"] = json!("taken-v1");

@@ -510,7 +510,7 @@ fn the_longest_timeout_is_the_clusters_setting() {
 #[test]
 fn revisions_and_named_templates_are_immutable() {
     let revision = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Revision", "metadata": {"name": "r"},
-        "spec": {"containers": [{"image": "x", "command": ["/bin/a"]}]}});
+        "spec": {"containers": [{"image": "app", "command": ["/bin/a"]}]}});
     let mut changed = revision.clone();
     changed["spec"]["containers"][0]["command"] = json!(["/bin/b"]);
     let errors = validate_object(&changed, Some(&revision)).expect_err("immutable");
@@ -531,7 +531,7 @@ fn revisions_and_named_templates_are_immutable() {
 fn regression_host_pid_and_ipc_are_read_by_their_kubernetes_names() {
     for (field, flag) in [("hostPID", "kubernetes.podspec-hostpid"), ("hostIPC", "kubernetes.podspec-hostipc")] {
         let mut revision = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Revision",
-            "metadata": {"name": "r"}, "spec": {"containers": [{"image": "x", "command": ["/bin/a"]}]}});
+            "metadata": {"name": "r"}, "spec": {"containers": [{"image": "app", "command": ["/bin/a"]}]}});
         revision["spec"][field] = json!(false);
         assert_eq!(validate_object(&revision, None), Ok(()), "{field}: false");
         revision["spec"][field] = json!(true);
@@ -633,7 +633,7 @@ fn regression_a_service_leaves_a_configuration_it_does_not_own_alone() {
     let mut objects = Vec::new();
     let mine = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Configuration",
         "metadata": {"name": "hello", "namespace": "default"},
-        "spec": {"template": {"spec": {"containers": [{"image": "x", "command": ["/bin/mine"]}]}}}});
+        "spec": {"template": {"spec": {"containers": [{"image": "app", "command": ["/bin/mine"]}]}}}});
     store(&mut objects, mine);
     settle(&mut objects);
     let before = objects.iter().find(|o| o["kind"] == "Configuration").cloned().unwrap_or_default();

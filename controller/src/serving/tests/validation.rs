@@ -12,8 +12,8 @@ fn service_with_spec(spec: Value) -> Value {
 /// part of its message), why.
 #[test]
 fn template_specs_are_refused_as_knatives_webhook_refuses_them() {
-    let app = json!({"image": "x", "command": ["/bin/app"]});
-    let serving = json!({"image": "x", "command": ["/bin/app"], "ports": [{"containerPort": 8080}]});
+    let app = json!({"image": "app", "command": ["/bin/app"]});
+    let serving = json!({"image": "app", "command": ["/bin/app"], "ports": [{"containerPort": 8080}]});
     let with = |container: &Value, field: &str, value: Value| {
         let mut container = container.clone();
         container[field] = value;
@@ -139,7 +139,7 @@ fn template_specs_are_refused_as_knatives_webhook_refuses_them() {
         ),
         (
             json!({"containers": [with(&serving, "name", json!("app"))],
-                "initContainers": [{"name": "app", "image": "y"}]}),
+                "initContainers": [{"name": "app", "image": "sidecar"}]}),
             refused("initContainers[0].name", "duplicate container name \"app\""),
             "nor may an init container take a container's name",
         ),
@@ -164,8 +164,8 @@ fn template_specs_are_refused_as_knatives_webhook_refuses_them() {
 /// cluster enables `multi-container-probing`; with the flag, they follow the probe rules.
 #[test]
 fn a_sidecars_probes_are_judged_only_where_multi_container_probing_is_enabled() {
-    let serving = json!({"image": "x", "command": ["/bin/app"], "ports": [{"containerPort": 8080}]});
-    let sidecar = |probe: Value| json!({"image": "y", "readinessProbe": probe});
+    let serving = json!({"image": "app", "command": ["/bin/app"], "ports": [{"containerPort": 8080}]});
+    let sidecar = |probe: Value| json!({"image": "sidecar", "readinessProbe": probe});
     let probing = crate::serving::ServingFeatures::parse(&["multi-container-probing=enabled"]).expect("a flag");
     let validate = |probe: Value, features: &crate::serving::ServingFeatures| {
         let service = service_with_spec(json!({"containers": [serving.clone(), sidecar(probe)]}));
@@ -207,7 +207,7 @@ fn traffic_percents_that_overflow_are_refused_not_a_panic() {
 /// start with a letter). Eventing objects keep their rule.
 #[test]
 fn serving_names_start_with_a_letter() {
-    let app = json!({"containers": [{"image": "x", "command": ["/bin/app"]}]});
+    let app = json!({"containers": [{"image": "app", "command": ["/bin/app"]}]});
     let objects = [
         json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "1hello"},
             "spec": {"template": {"spec": app}}}),
@@ -277,39 +277,39 @@ fn regression_a_named_template_with_its_defaults_written_out_is_the_same_templat
 /// once defaulted, why).
 #[test]
 fn specs_compare_after_knatives_defaults() {
-    let app = json!({"image": "x"});
+    let app = json!({"image": "app"});
     let cases = [
         (json!({"containers": [app]}), json!({"containers": [app], "timeoutSeconds": 0}), true, "0 is 300"),
         (json!({"containers": [app]}), json!({"containers": [app], "timeoutSeconds": 301}), false, "301 is not"),
         (
-            json!({"containers": [app, {"image": "y"}]}),
-            json!({"containers": [{"image": "x", "name": "user-container-0"},
-                {"image": "y", "name": "user-container-1"}]}),
+            json!({"containers": [app, {"image": "sidecar"}]}),
+            json!({"containers": [{"image": "app", "name": "user-container-0"},
+                {"image": "sidecar", "name": "user-container-1"}]}),
             true,
             "unnamed containers among several",
         ),
         (
-            json!({"containers": [{"image": "x", "name": "user-container-0"}, {"image": "y"}]}),
-            json!({"containers": [{"image": "x", "name": "user-container-0"},
-                {"image": "y", "name": "user-container-1"}]}),
+            json!({"containers": [{"image": "app", "name": "user-container-0"}, {"image": "sidecar"}]}),
+            json!({"containers": [{"image": "app", "name": "user-container-0"},
+                {"image": "sidecar", "name": "user-container-1"}]}),
             true,
             "a default name skips one taken",
         ),
         (
-            json!({"containers": [{"image": "x", "readinessProbe": {"httpGet": {}, "periodSeconds": 5}}]}),
-            json!({"containers": [{"image": "x", "readinessProbe": {"httpGet": {}, "periodSeconds": 5,
+            json!({"containers": [{"image": "app", "readinessProbe": {"httpGet": {}, "periodSeconds": 5}}]}),
+            json!({"containers": [{"image": "app", "readinessProbe": {"httpGet": {}, "periodSeconds": 5,
                 "failureThreshold": 3, "timeoutSeconds": 1, "successThreshold": 1, "initialDelaySeconds": 0}}]}),
             true,
             "a readiness probe's Kubernetes defaults once it has a period",
         ),
         (
-            json!({"containers": [{"image": "x", "livenessProbe": {"grpc": {"port": 9000}}}]}),
-            json!({"containers": [{"image": "x", "livenessProbe": {"grpc": {"port": 9000, "service": ""}}}]}),
+            json!({"containers": [{"image": "app", "livenessProbe": {"grpc": {"port": 9000}}}]}),
+            json!({"containers": [{"image": "app", "livenessProbe": {"grpc": {"port": 9000, "service": ""}}}]}),
             true,
             "a grpc probe's service",
         ),
         (
-            json!({"containers": [{"image": "x", "readinessProbe": {"httpGet": {"path": "/"}}}]}),
+            json!({"containers": [{"image": "app", "readinessProbe": {"httpGet": {"path": "/"}}}]}),
             json!({"containers": [app]}),
             false,
             "a probe of its own is not the default one",
