@@ -18,12 +18,14 @@ use crate::driver::System;
 use crate::openloop::{self, RunConfig};
 use crate::systems::SluiceHttp;
 
+mod node_metrics;
+mod plot;
+
+use node_metrics::{MemoryState, SLOW_FSYNC_MS, StoreState, memory_state_in, slow_fsyncs_in, store_state_in};
+use plot::svg_plot;
+
 /// An event slower than this, publish → subscriber, is a stall.
 pub(crate) const STALL_MS: f64 = 50.0;
-
-/// A WAL fsync slower than this (an upper bound of `sluice_wal_fsync_seconds`' buckets, 0.032 s) is a slow one:
-/// a second with a stall and a slow fsync on some node is a stall the disk shares in.
-const SLOW_FSYNC_MS: u32 = 32;
 
 pub(crate) struct SteadyBench {
     pub nodes: u64,
@@ -49,6 +51,8 @@ pub(crate) struct Second {
     pub slow_fsyncs: u64,
     /// CPU time the nodes spent in this second (user + system, from `/proc`), summed over the nodes.
     pub node_cpu_ms: f64,
+    /// What the RSS holds, as the nodes last published it (every 5 s), summed over the nodes.
+    pub memory: MemoryState,
 }
 
 /// Latencies bucketed by the second (since the run's start) in which the event was received.
@@ -143,13 +147,16 @@ impl SteadyBench {
                 // whole history again in the next second.
                 let mut slow_per_node = vec![0u64; metrics_urls.len()];
                 let mut store_per_node = vec![StoreState::default(); metrics_urls.len()];
+                let mut memory_per_node = vec![MemoryState::default(); metrics_urls.len()];
                 let mut ticker = tokio::time::interval(Duration::from_secs(1));
                 while sampling.load(Ordering::Acquire) {
                     ticker.tick().await;
                     let bytes: u64 = pids.iter().filter_map(|pid| crate::cpu::rss_bytes(*pid)).sum();
                     let node_cpu_us_total = crate::cpu::total_cpu_us(&pids);
                     let thread_cpu_us = crate::cpu::thread_cpu_us_by_name(&pids);
-                    for ((url, last), store) in metrics_urls.iter().zip(&mut slow_per_node).zip(&mut store_per_node) {
+                    for (((url, last), store), memory) in
+                        metrics_urls.iter().zip(&mut slow_per_node).zip(&mut store_per_node).zip(&mut memory_per_node)
+                    {
                         let text = match client.get(url).timeout(Duration::from_millis(500)).send().await {
                             Ok(response) => response.text().await.unwrap_or_default(),
                             Err(_) => String::new(),
@@ -160,6 +167,9 @@ impl SteadyBench {
                         if let Some(state) = store_state_in(&text) {
                             *store = state;
                         }
+                        if let Some(state) = memory_state_in(&text) {
+                            *memory = state;
+                        }
                     }
                     let sample = Sample {
                         rss_mib: bytes as f64 / (1 << 20) as f64,
@@ -168,6 +178,7 @@ impl SteadyBench {
                         thread_cpu_us,
                         compaction_pending_bytes: store_per_node.iter().map(|s| s.compaction_pending_bytes).sum(),
                         nodes_holding_writes: store_per_node.iter().filter(|s| s.writes_held).count() as u64,
+                        memory: memory_per_node.iter().fold(MemoryState::default(), |sum, node| sum.plus(node)),
                     };
                     samples.lock().unwrap_or_else(PoisonError::into_inner).push(sample);
                 }
@@ -222,6 +233,19 @@ impl SteadyBench {
             summary.seconds,
             summary.rss_first_min,
             summary.rss_last_min
+        );
+        let (first, last) = (&summary.memory_first_min, &summary.memory_last_min);
+        println!(
+            "  memory (all nodes, first minute → last minute, MiB): allocated {:.0} → {:.0}, of it RocksDB {:.0} → \
+             {:.0}; held by the allocator, not allocated {:.0} → {:.0}; dedupe keys {:.0} → {:.0}",
+            first.allocated_mib,
+            last.allocated_mib,
+            first.rocksdb_mib,
+            last.rocksdb_mib,
+            first.allocator_resident_mib - first.allocated_mib,
+            last.allocator_resident_mib - last.allocated_mib,
+            first.dedupe_keys,
+            last.dedupe_keys
         );
         println!(
             "  WAL fsyncs over {SLOW_FSYNC_MS} ms (all nodes): {} in {} seconds; seconds with a stall and a slow \
@@ -295,27 +319,8 @@ pub(crate) struct Sample {
     pub compaction_pending_bytes: u64,
     /// Nodes whose RocksDB delays or stops writes until compaction catches up.
     pub nodes_holding_writes: u64,
-}
-
-/// One node's RocksDB gauges (`sluice_store_compaction_pending_bytes`, `sluice_store_write_delayed_rate_bytes_per_second`,
-/// `sluice_store_writes_stopped`), published every 5 s.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub(crate) struct StoreState {
-    pub compaction_pending_bytes: u64,
-    pub writes_held: bool,
-}
-
-/// The value of the series `name` (labels included, as the text writes them) in a `/metrics` text.
-fn gauge_in(metrics: &str, name: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
-}
-
-/// A node's [`StoreState`] from its `/metrics` text; `None` before it first published the gauges.
-pub(crate) fn store_state_in(metrics: &str) -> Option<StoreState> {
-    let pending = gauge_in(metrics, "sluice_store_compaction_pending_bytes")?;
-    let delayed = gauge_in(metrics, "sluice_store_write_delayed_rate_bytes_per_second").unwrap_or(0.0);
-    let stopped = gauge_in(metrics, "sluice_store_writes_stopped").unwrap_or(0.0);
-    Some(StoreState { compaction_pending_bytes: pending as u64, writes_held: delayed > 0.0 || stopped > 0.0 })
+    /// What the nodes' memory holds, summed over the nodes (as each last published it).
+    pub memory: MemoryState,
 }
 
 /// The RocksDB side of a run: the most compaction had pending, and the samples in which a node held writes.
@@ -331,15 +336,6 @@ pub(crate) fn store_summary(samples: &[Sample]) -> StoreSummary {
             / (1 << 20) as f64,
         seconds_holding_writes: samples.iter().filter(|s| s.nodes_holding_writes > 0).count(),
     }
-}
-
-/// WAL fsyncs slower than [`SLOW_FSYNC_MS`] since the node started, from its `/metrics` text: the
-/// histogram's count less its bucket at that bound. `None` when the text has neither.
-pub(crate) fn slow_fsyncs_in(metrics: &str) -> Option<u64> {
-    let bound_s = f64::from(SLOW_FSYNC_MS) / 1000.0;
-    let bucket = format!("sluice_wal_fsync_seconds_bucket{{le=\"{bound_s}\"}}");
-    let (count, fast) = (gauge_in(metrics, "sluice_wal_fsync_seconds_count")?, gauge_in(metrics, &bucket)?);
-    Some((count as u64).saturating_sub(fast as u64))
 }
 
 /// The rows of the run: one per second that received events, with the RSS sampled nearest to it, and the
@@ -369,6 +365,7 @@ pub(crate) fn rows(buckets: &[(Histogram<u64>, u64)], samples: &[Sample]) -> Vec
                 rss_mib: sample(t).map_or(0.0, |s| s.rss_mib),
                 slow_fsyncs,
                 node_cpu_ms: node_cpu_us as f64 / 1000.0,
+                memory: sample(t).map_or(MemoryState::default(), |s| s.memory),
             }
         })
         .collect()
@@ -381,6 +378,8 @@ pub(crate) struct Summary {
     pub seconds_with_stall: usize,
     pub rss_first_min: f64,
     pub rss_last_min: f64,
+    pub memory_first_min: MemoryState,
+    pub memory_last_min: MemoryState,
     pub slow_fsyncs: u64,
     pub seconds_with_slow_fsync: usize,
     /// Seconds with a stall and a slow fsync in that second or the one before (a stalled event waited up to
@@ -392,12 +391,17 @@ pub(crate) struct Summary {
 pub(crate) fn summarize(rows: &[Second]) -> Summary {
     let mean = |rows: &[Second]| rows.iter().map(|r| r.rss_mib).sum::<f64>() / rows.len().max(1) as f64;
     let minute = rows.len().min(60);
+    let mean_memory = |rows: &[Second]| {
+        rows.iter().fold(MemoryState::default(), |sum, r| sum.plus(&r.memory)).scaled(1.0 / rows.len().max(1) as f64)
+    };
     Summary {
         seconds: rows.len(),
         over_stall: rows.iter().map(|r| r.over_stall).sum(),
         seconds_with_stall: rows.iter().filter(|r| r.over_stall > 0).count(),
         rss_first_min: mean(&rows[..minute]),
         rss_last_min: mean(&rows[rows.len() - minute..]),
+        memory_first_min: mean_memory(&rows[..minute]),
+        memory_last_min: mean_memory(&rows[rows.len() - minute..]),
         slow_fsyncs: rows.iter().map(|r| r.slow_fsyncs).sum(),
         seconds_with_slow_fsync: rows.iter().filter(|r| r.slow_fsyncs > 0).count(),
         stalls_with_slow_fsync: rows
@@ -463,98 +467,30 @@ pub(crate) fn cpu_per_event(rows: &[Second]) -> Option<CpuPerEvent> {
 }
 
 pub(crate) fn to_csv(rows: &[Second]) -> String {
-    let mut csv = String::from("t_s,delivered,p50_ms,p99_ms,max_ms,over_stall,rss_mib,slow_fsyncs,node_cpu_ms\n");
+    let mut csv = String::from(
+        "t_s,delivered,p50_ms,p99_ms,max_ms,over_stall,rss_mib,slow_fsyncs,node_cpu_ms,allocated_mib,\
+         allocator_resident_mib,rocksdb_mib,dedupe_keys\n",
+    );
     for r in rows {
+        let m = &r.memory;
         csv.push_str(&format!(
-            "{},{},{:.3},{:.3},{:.3},{},{:.1},{},{:.0}\n",
-            r.t, r.delivered, r.p50_ms, r.p99_ms, r.max_ms, r.over_stall, r.rss_mib, r.slow_fsyncs, r.node_cpu_ms
+            "{},{},{:.3},{:.3},{:.3},{},{:.1},{},{:.0},{:.1},{:.1},{:.1},{:.0}\n",
+            r.t,
+            r.delivered,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.over_stall,
+            r.rss_mib,
+            r.slow_fsyncs,
+            r.node_cpu_ms,
+            m.allocated_mib,
+            m.allocator_resident_mib,
+            m.rocksdb_mib,
+            m.dedupe_keys
         ));
     }
     csv
-}
-
-/// Latency (p99 and max per second, left axis, ms) and RSS (right axis, MiB) over time, with the stall bound
-/// drawn across: a plain SVG, readable in a browser and on GitHub.
-pub(crate) fn svg_plot(rows: &[Second], title: &str) -> String {
-    let (width, height, left, right, top, bottom) = (900.0, 360.0, 60.0, 70.0, 40.0, 40.0);
-    let plot_w = width - left - right;
-    let plot_h = height - top - bottom;
-    let t_max = rows.last().map_or(1.0, |r| r.t.max(1) as f64);
-    let ms_max = rows.iter().map(|r| r.max_ms).fold(STALL_MS * 1.2, f64::max);
-    let rss_max = rows.iter().map(|r| r.rss_mib).fold(1.0, f64::max) * 1.2;
-    let x = |t: f64| left + t / t_max * plot_w;
-    let y_ms = |ms: f64| top + plot_h - ms / ms_max * plot_h;
-    let y_rss = |mib: f64| top + plot_h - mib / rss_max * plot_h;
-    let line = |points: Vec<(f64, f64)>, color: &str| {
-        let path: Vec<String> = points.iter().map(|(px, py)| format!("{px:.1},{py:.1}")).collect();
-        format!(r#"<polyline fill="none" stroke="{color}" stroke-width="1.2" points="{}"/>"#, path.join(" "))
-    };
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
-    );
-    svg.push_str(&format!(r#"<rect width="{width}" height="{height}" fill="white"/>"#));
-    svg.push_str(&format!(r#"<text x="{left}" y="20" font-size="13">{}</text>"#, escape(title)));
-    svg.push_str(&format!(
-        r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>"##
-    ));
-    for k in 0..=4 {
-        let fraction = k as f64 / 4.0;
-        let (ms, mib, t) = (ms_max * fraction, rss_max * fraction, t_max * fraction);
-        svg.push_str(&format!(
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{ms:.0} ms</text>"#,
-            left - 6.0,
-            y_ms(ms) + 4.0
-        ));
-        svg.push_str(&format!(
-            r#"<text x="{:.1}" y="{:.1}">{mib:.0} MiB</text>"#,
-            width - right + 6.0,
-            y_rss(mib) + 4.0
-        ));
-        svg.push_str(&format!(
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{t:.0} s</text>"#,
-            x(t),
-            height - bottom + 16.0
-        ));
-    }
-    svg.push_str(&format!(
-        r##"<line x1="{left}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="#c00" stroke-dasharray="4 3"/>"##,
-        left + plot_w,
-        y = y_ms(STALL_MS)
-    ));
-    svg.push_str(&line(rows.iter().map(|r| (x(r.t as f64), y_ms(r.max_ms))).collect(), "#f0a040"));
-    svg.push_str(&line(rows.iter().map(|r| (x(r.t as f64), y_ms(r.p99_ms))).collect(), "#2060c0"));
-    svg.push_str(&line(rows.iter().map(|r| (x(r.t as f64), y_rss(r.rss_mib))).collect(), "#30a050"));
-    // A tick along the time axis for each second in which some node's WAL fsync took over 32 ms.
-    for r in rows.iter().filter(|r| r.slow_fsyncs > 0) {
-        svg.push_str(&format!(
-            r##"<line x1="{px:.1}" x2="{px:.1}" y1="{:.1}" y2="{:.1}" stroke="#804000" stroke-width="2"/>"##,
-            top + plot_h - 8.0,
-            top + plot_h,
-            px = x(r.t as f64)
-        ));
-    }
-    let legend = [
-        ("#2060c0", "p99 per second"),
-        ("#f0a040", "max per second"),
-        ("#30a050", "RSS of the nodes"),
-        ("#c00", "50 ms"),
-        ("#804000", "an fsync over 32 ms"),
-    ];
-    for (i, (color, label)) in legend.iter().enumerate() {
-        let lx = left + 10.0 + i as f64 * 150.0;
-        svg.push_str(&format!(
-            r#"<rect x="{lx}" y="{:.1}" width="12" height="3" fill="{color}"/><text x="{:.1}" y="{:.1}">{label}</text>"#,
-            top + 10.0,
-            lx + 16.0,
-            top + 14.0
-        ));
-    }
-    svg.push_str("</svg>\n");
-    svg
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -583,6 +519,7 @@ mod tests {
             rss_mib,
             slow_fsyncs: 0,
             node_cpu_ms: 0.0,
+            memory: MemoryState::default(),
         }
     }
 
@@ -671,20 +608,6 @@ mod tests {
     }
 
     #[test]
-    fn slow_fsyncs_are_the_count_less_the_bucket_at_32_ms() {
-        let metrics = "# TYPE sluice_wal_fsync_seconds histogram\n\
-            sluice_wal_fsync_seconds_bucket{le=\"0.016\"} 7349\n\
-            sluice_wal_fsync_seconds_bucket{le=\"0.032\"} 7350\n\
-            sluice_wal_fsync_seconds_bucket{le=\"0.064\"} 7351\n\
-            sluice_wal_fsync_seconds_bucket{le=\"+Inf\"} 7352\n\
-            sluice_wal_fsync_seconds_sum 1.46\n\
-            sluice_wal_fsync_seconds_count 7352\n";
-        assert_eq!(slow_fsyncs_in(metrics), Some(2));
-        assert_eq!(slow_fsyncs_in("sluice_wal_fsync_seconds_count 3\n"), None, "no bucket: unknown, not zero");
-        assert_eq!(slow_fsyncs_in(""), None);
-    }
-
-    #[test]
     fn a_stall_counts_as_the_disks_when_a_slow_fsync_came_in_its_second_or_the_one_before() {
         let mut histograms = Vec::new();
         for max_us in [2_000, 2_000, 90_000, 2_000, 80_000, 70_000] {
@@ -744,7 +667,7 @@ mod tests {
         let rows = vec![second(0, 3.0, 0, 90.0), second(1, 60.0, 2, 91.0)];
         let csv = to_csv(&rows);
         assert_eq!(csv.lines().count(), 3);
-        assert!(csv.lines().nth(2).is_some_and(|l| l == "1,10,1.000,2.000,60.000,2,91.0,0,0"));
+        assert!(csv.lines().nth(2).is_some_and(|l| l == "1,10,1.000,2.000,60.000,2,91.0,0,0,0.0,0.0,0.0,0"));
         let svg = svg_plot(&rows, "a <title> & more");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 3);

@@ -1,0 +1,143 @@
+//! What the steady bench reads from a node's `/metrics` text once a second: slow WAL fsyncs, RocksDB's
+//! compaction state, and what the node's memory holds. In: the text; out: plain figures (pure functions).
+
+/// A WAL fsync slower than this (an upper bound of `sluice_wal_fsync_seconds`' buckets, 0.032 s) is a slow one:
+/// a second with a stall and a slow fsync on some node is a stall the disk shares in.
+pub(crate) const SLOW_FSYNC_MS: u32 = 32;
+
+/// One node's RocksDB gauges (`sluice_store_compaction_pending_bytes`, `sluice_store_write_delayed_rate_bytes_per_second`,
+/// `sluice_store_writes_stopped`), published every 5 s.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct StoreState {
+    pub compaction_pending_bytes: u64,
+    pub writes_held: bool,
+}
+
+/// A node's memory as it publishes it (`sluice_allocator_bytes`, `sluice_store_*_bytes`, `sluice_dedupe_keys`):
+/// what a growing RSS is made of. Mean of a minute, or summed over nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct MemoryState {
+    /// What the process holds through the allocator (Rust and RocksDB alike: jemalloc serves both).
+    pub allocated_mib: f64,
+    /// The pages the allocator keeps resident: `allocated` plus what it keeps for reuse.
+    pub allocator_resident_mib: f64,
+    /// RocksDB's memtables, table readers and block cache.
+    pub rocksdb_mib: f64,
+    /// The dedupe keys held in memory, over the node's groups.
+    pub dedupe_keys: f64,
+}
+
+impl MemoryState {
+    pub(crate) fn plus(&self, other: &MemoryState) -> MemoryState {
+        MemoryState {
+            allocated_mib: self.allocated_mib + other.allocated_mib,
+            allocator_resident_mib: self.allocator_resident_mib + other.allocator_resident_mib,
+            rocksdb_mib: self.rocksdb_mib + other.rocksdb_mib,
+            dedupe_keys: self.dedupe_keys + other.dedupe_keys,
+        }
+    }
+
+    pub(crate) fn scaled(&self, factor: f64) -> MemoryState {
+        MemoryState {
+            allocated_mib: self.allocated_mib * factor,
+            allocator_resident_mib: self.allocator_resident_mib * factor,
+            rocksdb_mib: self.rocksdb_mib * factor,
+            dedupe_keys: self.dedupe_keys * factor,
+        }
+    }
+}
+
+/// A node's [`MemoryState`] from its `/metrics` text; `None` before it first published its allocator's figures.
+pub(crate) fn memory_state_in(metrics: &str) -> Option<MemoryState> {
+    let mib = |bytes: f64| bytes / (1 << 20) as f64;
+    let allocated = gauge_in(metrics, "sluice_allocator_bytes{kind=\"allocated\"}")?;
+    let resident = gauge_in(metrics, "sluice_allocator_bytes{kind=\"resident\"}").unwrap_or(allocated);
+    let rocksdb: f64 =
+        ["sluice_store_memtable_bytes", "sluice_store_table_readers_bytes", "sluice_store_block_cache_bytes"]
+            .iter()
+            .filter_map(|name| gauge_in(metrics, name))
+            .sum();
+    Some(MemoryState {
+        allocated_mib: mib(allocated),
+        allocator_resident_mib: mib(resident),
+        rocksdb_mib: mib(rocksdb),
+        dedupe_keys: series_sum_in(metrics, "sluice_dedupe_keys"),
+    })
+}
+
+/// The sum of every series of `name`, whatever its labels (0 when there is none).
+fn series_sum_in(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            value.trim().parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// The value of the series `name` (labels included, as the text writes them) in a `/metrics` text.
+fn gauge_in(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+}
+
+/// A node's [`StoreState`] from its `/metrics` text; `None` before it first published the gauges.
+pub(crate) fn store_state_in(metrics: &str) -> Option<StoreState> {
+    let pending = gauge_in(metrics, "sluice_store_compaction_pending_bytes")?;
+    let delayed = gauge_in(metrics, "sluice_store_write_delayed_rate_bytes_per_second").unwrap_or(0.0);
+    let stopped = gauge_in(metrics, "sluice_store_writes_stopped").unwrap_or(0.0);
+    Some(StoreState { compaction_pending_bytes: pending as u64, writes_held: delayed > 0.0 || stopped > 0.0 })
+}
+
+/// WAL fsyncs slower than [`SLOW_FSYNC_MS`] since the node started, from its `/metrics` text: the
+/// histogram's count less its bucket at that bound. `None` when the text has neither.
+pub(crate) fn slow_fsyncs_in(metrics: &str) -> Option<u64> {
+    let bound_s = f64::from(SLOW_FSYNC_MS) / 1000.0;
+    let bucket = format!("sluice_wal_fsync_seconds_bucket{{le=\"{bound_s}\"}}");
+    let (count, fast) = (gauge_in(metrics, "sluice_wal_fsync_seconds_count")?, gauge_in(metrics, &bucket)?);
+    Some((count as u64).saturating_sub(fast as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_comes_from_the_allocator_and_store_gauges_and_sums_the_groups_dedupe_keys() {
+        let metrics = "sluice_allocator_bytes{kind=\"allocated\"} 104857600\n\
+            sluice_allocator_bytes{kind=\"active\"} 110100480\n\
+            sluice_allocator_bytes{kind=\"resident\"} 125829120\n\
+            sluice_store_memtable_bytes 8388608\n\
+            sluice_store_table_readers_bytes 1048576\n\
+            sluice_store_block_cache_bytes 2097152\n\
+            sluice_store_block_cache_pinned_bytes 1048576\n\
+            sluice_dedupe_keys{group=\"p0\"} 1000\n\
+            sluice_dedupe_keys{group=\"p1\"} 500\n\
+            sluice_dedupe_keys_total 9\n";
+        let memory = memory_state_in(metrics).expect("published");
+        assert_eq!(
+            memory,
+            MemoryState { allocated_mib: 100.0, allocator_resident_mib: 120.0, rocksdb_mib: 11.0, dedupe_keys: 1500.0 }
+        );
+        assert_eq!(memory_state_in("sluice_store_memtable_bytes 1\n"), None, "the allocator's figures not published");
+        assert_eq!(memory.plus(&memory).scaled(0.5), memory);
+    }
+
+    #[test]
+    fn slow_fsyncs_are_the_count_less_the_bucket_at_32_ms() {
+        let metrics = "# TYPE sluice_wal_fsync_seconds histogram\n\
+            sluice_wal_fsync_seconds_bucket{le=\"0.016\"} 7349\n\
+            sluice_wal_fsync_seconds_bucket{le=\"0.032\"} 7350\n\
+            sluice_wal_fsync_seconds_bucket{le=\"0.064\"} 7351\n\
+            sluice_wal_fsync_seconds_bucket{le=\"+Inf\"} 7352\n\
+            sluice_wal_fsync_seconds_sum 1.46\n\
+            sluice_wal_fsync_seconds_count 7352\n";
+        assert_eq!(slow_fsyncs_in(metrics), Some(2));
+        assert_eq!(slow_fsyncs_in("sluice_wal_fsync_seconds_count 3\n"), None, "no bucket: unknown, not zero");
+        assert_eq!(slow_fsyncs_in(""), None);
+    }
+}
