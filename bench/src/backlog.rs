@@ -232,7 +232,7 @@ impl BacklogBench {
                 "ratio"
             );
             println!(
-                "{:>10} {:>10.0} {:>7.0}Mi {:>9.0}Mi {:>8.0}Mi {:>8.0}Mi {:>11.0} {:>10.0} {:>10.0} {:>7.2}",
+                "{:>10} {:>10.0} {:>7.1}Mi {:>9.1}Mi {:>8.1}Mi {:>8.1}Mi {:>11.0} {:>10.0} {:>10.0} {:>7.2}",
                 published,
                 published as f64 / ingest_s,
                 mib(rss_idle),
