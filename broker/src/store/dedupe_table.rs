@@ -1,6 +1,6 @@
 //! The dedupe window's index: ring positions, found by the hash of the fingerprint stored there. In: a
 //! hash and a position to insert, a hash and a test to find one, a slot to remove. Out: where a position
-//! is. The window's ring keeps 48 bits of each hash (the full fingerprints are in the `time_index`); this
+//! is. The window's ring keeps 32 bits of each hash (the full fingerprints are in the `time_index`); this
 //! table holds 4 bytes per slot.
 //!
 //! Why not `hashbrown`: its bucket counts are powers of two at a load of at most 7/8, so a table's load
@@ -68,6 +68,16 @@ impl PositionTable {
         PositionTable { slots: vec![EMPTY; slots], len: 0 }
     }
 
+    /// An empty table for `len` entries, rebuilt to [`REBUILT_LOAD`] unless that is more than `most`
+    /// entries need at [`MAX_LOAD`]: a table that will never hold more than `most` is sized for them, and
+    /// never rebuilt again (at the window's cap, a load of 3/4 rather than 3/5: 5.2 bytes per key, not 6.6).
+    pub(crate) fn for_entries_within(len: usize, most: usize) -> Self {
+        let tight = (most * MAX_LOAD.1).div_ceil(MAX_LOAD.0);
+        let rebuilt = (len * REBUILT_LOAD.1).div_ceil(REBUILT_LOAD.0);
+        let slots = if most > len { rebuilt.min(tight) } else { rebuilt }.max(MIN_SLOTS);
+        PositionTable { slots: vec![EMPTY; slots], len: 0 }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -85,10 +95,10 @@ impl PositionTable {
         ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
     }
 
-    /// Bits 16-19 of the hash: below the bits that pick a home slot in any table this size, and within
-    /// the top 48 the window keeps (so its hashes may end in zeros).
+    /// Bits 32-35 of the hash: below the bits that pick a home slot in any table the window makes (at
+    /// most 2²² slots: the top 22 bits), and within the top 32 it keeps (so its hashes may end in zeros).
     fn tag(hash: u64) -> u32 {
-        ((hash >> 16) & 0xf) as u32
+        ((hash >> 32) & 0xf) as u32
     }
 
     fn distance(slot: u32) -> u32 {
@@ -254,6 +264,23 @@ mod tests {
             assert!(table.find(7, |p| p == position).is_some());
         }
         assert!(table.find(7, |p| p == 999).is_none());
+    }
+
+    #[test]
+    fn a_table_within_a_known_most_is_sized_for_it_and_holds_it_all() {
+        let most = 10_000;
+        // Far below the most: the usual rebuilt load.
+        assert_eq!(PositionTable::for_entries_within(600, most).slot_count(), 1000);
+        // Near it: sized for the most at the largest load, not for 3/5 of what is there now.
+        let near = PositionTable::for_entries_within(9_000, most);
+        assert_eq!(near.slot_count(), 12_500);
+        let mut table = near;
+        for position in 0..most as u32 {
+            assert_eq!(table.insert(slot_hash(u64::from(position)), position), Ok(()), "entry {position}");
+        }
+        assert!(!table.has_room(), "full at exactly the most");
+        // Past the most (an append bigger than expected): the usual rebuilt load again.
+        assert_eq!(PositionTable::for_entries_within(12_000, most).slot_count(), 20_000);
     }
 
     #[test]

@@ -18,16 +18,18 @@
 //! family instead; their appends have an empty index value, and until the range passes them a lookup
 //! that misses here asks that column family (`LegacyAppends`).
 //!
-//! Memory: of each fingerprint the window keeps only 48 bits of its (per-process keyed) table hash, 6
+//! Memory: of each fingerprint the window keeps only 32 bits of its (per-process keyed) table hash, 4
 //! bytes, in a queue of fixed blocks in offset order; the table holds its position there (4 bytes per
-//! slot, at a load between 3/5 and 4/5: `dedupe_table.rs`); and 24 bytes per append. About 11-13 bytes
-//! per key, at most [`MAX_KEYS_PER_STREAM`] keys per stream. Those 48 bits only nominate: a key whose
-//! bits match a live one's (a duplicate, or one new key in about 2⁴⁸ ÷ live keys) is compared in full
-//! with the fingerprint in that append's `time_index` entry, or, for an append not written yet (this
-//! apply batch), with the copy kept until [`DedupeWindow::written`]. So decisions stay exact on the
-//! 96-bit fingerprint, the same on every replica, whatever its process key. (Earlier versions kept the
-//! full 12 bytes in the ring: 17-19 bytes per key. The first kept a `HashSet` of fingerprints beside a
-//! `VecDeque` of them; both doubled at once, and a 10 M event backlog with 4 M keys reached 287 MiB RSS.)
+//! slot, at a load between 3/5 and 4/5: `dedupe_table.rs`); and 24 bytes per append. About 9-11 bytes
+//! per key, at most [`MAX_KEYS_PER_STREAM`] keys per stream. Those 32 bits only nominate: a key whose
+//! bits match a live one's (a duplicate, or, with a full window, one new key in about 1,300: the table's
+//! home slot and tag already agree on 26 of the 32 bits) is compared in full with the fingerprint in that
+//! append's `time_index` entry, or, for an append not written yet (this apply batch), with the copy kept
+//! until [`DedupeWindow::written`]. So decisions stay exact on the 96-bit fingerprint, the same on every
+//! replica, whatever its process key. (Earlier versions kept 48 bits, 6 bytes: 11-13 bytes per key, and
+//! 10 M events of backlog on 4 partitions peaked 16 MiB higher; before them the full 12 bytes: 17-19
+//! bytes per key. The first kept a `HashSet` of fingerprints beside a `VecDeque` of them; both doubled at
+//! once, and a 10 M event backlog with 4 M keys reached 287 MiB RSS.)
 
 use std::collections::VecDeque;
 
@@ -41,6 +43,10 @@ pub(crate) const FINGERPRINT_BYTES: usize = 12;
 /// (about 26 MiB per stream with its table). Part of the replicated semantics: every replica must use the
 /// same value.
 pub(crate) const MAX_KEYS_PER_STREAM: u64 = 1 << 21;
+
+/// The most keys a window's table is sized for up front: the cap and 5 % more for the append being admitted
+/// (an append with more keys than that rebuilds it bigger).
+const MOST_LIVE_KEYS: usize = (MAX_KEYS_PER_STREAM + MAX_KEYS_PER_STREAM / 20) as usize;
 
 // The ring holds the live keys (at most the cap, plus one append's) and the table resolves their positions
 // from POSITION_BITS; twice the cap leaves room for any append.
@@ -63,31 +69,28 @@ impl Fingerprint {
     }
 }
 
-/// What the ring keeps of a fingerprint: the top 48 bits of its table hash (first eight bytes, mixed with
-/// this process's key), enough to place it in a table of any size and to nominate it as a match.
+/// What the ring keeps of a fingerprint: the top 32 bits of its table hash (first eight bytes, mixed with
+/// this process's key), enough to place it in a table of any size the window makes and to nominate it as
+/// a match.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct ShortHash([u8; 6]);
+struct ShortHash(u32);
 
 impl ShortHash {
     fn of(fingerprint: &Fingerprint, mask: u64) -> Self {
         let mut first = [0u8; 8];
         first.copy_from_slice(&fingerprint.0[..8]);
         let hash = slot_hash(u64::from_le_bytes(first)) & mask;
-        let mut kept = [0u8; 6];
-        kept.copy_from_slice(&hash.to_be_bytes()[..6]);
-        ShortHash(kept)
+        ShortHash((hash >> 32) as u32)
     }
 
-    /// The table's hash: these 48 bits on top, zeros below.
+    /// The table's hash: these 32 bits on top, zeros below.
     fn table_hash(self) -> u64 {
-        let mut bytes = [0u8; 8];
-        bytes[..6].copy_from_slice(&self.0);
-        u64::from_be_bytes(bytes)
+        u64::from(self.0) << 32
     }
 }
 
 /// Every bit a [`ShortHash`] keeps.
-const FULL_MASK: u64 = !0xffff;
+const FULL_MASK: u64 = !0xffff_ffff;
 
 /// Short hashes in insertion order, numbered by a sequence that never goes back; stored in blocks of
 /// [`RING_BLOCK`], so that growing never copies (or doubles) what is there, and a block is freed once its
@@ -393,15 +396,16 @@ impl DedupeWindow {
     /// SHA-256 prefixes, unheard-of) case of a run too long for a slot's distance.
     fn rebuild_table(&mut self) {
         let mut entries = self.order.len() as usize;
+        let mut table = PositionTable::for_entries_within(entries, MOST_LIVE_KEYS);
         loop {
-            let mut table = PositionTable::for_entries(entries);
             if self.order.iter().all(|(seq, short)| table.insert(short.table_hash(), seq as u32).is_ok()) {
                 self.live = table;
                 return;
             }
             entries += entries / 2 + 1;
-            // Only more than 62 keys sharing their short hash could get here: 48-bit collisions of keyed
-            // hashes, many times over.
+            table = PositionTable::for_entries(entries);
+            // Only more than 62 keys sharing their short hash could get here: 63 live keys on one 32-bit
+            // keyed hash (2 M keys hold about 500 pairs, and a triple is rare).
             assert!(entries <= 64 * (1 << POSITION_BITS), "dedupe table: no table size parts these keys");
         }
     }

@@ -30,6 +30,10 @@ impl KeyLookup for StreamKeys<'_> {
     }
 
     fn stored_fingerprint(&mut self, key: StoredKey) -> io::Result<Fingerprint> {
+        // A duplicate, or a new key whose 32 kept bits match a live one's: how often the second happens is
+        // what the window's short hashes cost in reads.
+        metrics::counter!("sluice_dedupe_fingerprint_reads_total", "group" => crate::ids::group_name(self.group))
+            .increment(1);
         let index_key = time_index_key(self.group, self.stream_id, key.arrival_ms, key.append_offset);
         let value = self.db.get_pinned_cf(cf(self.db, CF_TIME_INDEX)?, index_key).map_err(io_err)?;
         // A live key's entry is kept until the key is forgotten (`stage_trim`): missing, it is a bug.

@@ -218,12 +218,12 @@ fn the_ring_crosses_blocks_and_its_positions_wrap() {
 }
 
 #[test]
-fn a_short_hash_keeps_the_top_48_bits_of_the_table_hash() {
+fn a_short_hash_keeps_the_top_32_bits_of_the_table_hash() {
     let fingerprint = fp("abc");
     let mut first = [0u8; 8];
     first.copy_from_slice(&fingerprint.as_bytes()[..8]);
     let short = ShortHash::of(&fingerprint, FULL_MASK);
-    assert_eq!(short.table_hash(), slot_hash(u64::from_le_bytes(first)) & !0xffff);
+    assert_eq!(short.table_hash(), slot_hash(u64::from_le_bytes(first)) & !0xffff_ffff);
     assert_eq!(ShortHash::of(&fingerprint, 1 << 63).table_hash() & !(1 << 63), 0);
 }
 
