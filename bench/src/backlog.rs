@@ -5,7 +5,8 @@
 //!
 //! In: node count, partitions, events, payload size, producers. Out: a table (and JSON with `--json`): ingest
 //! rate, RSS idle / peak while the backlog grows / at its end / peak while draining, disk bytes per event,
-//! drain rate, steady-state dispatch rate and their ratio.
+//! drain rate, steady-state dispatch rate and their ratio; at the end of the ingest, what the nodes say their
+//! memory holds (allocated, RocksDB's, dedupe keys).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use sluice_tests::{apply_resource, broker_object, trigger_object};
 
+use crate::steady::node_metrics::{MemoryState, memory_state_in};
 use crate::systems::{BATCH, HttpServer, batch_body, start_cluster};
 
 pub(crate) struct BacklogBench {
@@ -26,6 +28,8 @@ pub(crate) struct BacklogBench {
     pub producers: usize,
     pub batch: usize,
     pub steady_seconds: u64,
+    /// The Broker's `sluice.dev/dedupe-window`; its default if `None`.
+    pub dedupe_window: Option<String>,
     pub json: bool,
 }
 
@@ -62,6 +66,23 @@ impl Drop for RssSampler {
 
 fn nodes_rss(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|pid| crate::cpu::rss_bytes(*pid)).sum()
+}
+
+/// The nodes' memory as they publish it (summed; a node that does not answer counts nothing).
+async fn nodes_memory(cluster: &sluice_tests::TestCluster) -> MemoryState {
+    let client = reqwest::Client::new();
+    let mut sum = MemoryState::default();
+    for node in &cluster.nodes {
+        let url = format!("http://{}/metrics", node.http);
+        let text = match client.get(&url).timeout(Duration::from_secs(2)).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if let Some(state) = memory_state_in(&text) {
+            sum = sum.plus(&state);
+        }
+    }
+    sum
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -142,7 +163,11 @@ impl BacklogBench {
         let admin = cluster.nodes[0].admin.clone();
         let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
         let urls: Vec<String> = cluster.nodes.iter().map(|n| format!("http://{}/bench/bench", n.http)).collect();
-        apply_resource(&admin, broker_object("bench", "bench", json!({}))).await?;
+        let annotations = match &self.dedupe_window {
+            Some(window) => json!({ "sluice.dev/dedupe-window": window }),
+            None => json!({}),
+        };
+        apply_resource(&admin, broker_object("bench", "bench", annotations)).await?;
         for node in &cluster.nodes {
             sluice_tests::wait_for_broker(&node.http, "/bench/bench").await?;
         }
@@ -171,7 +196,15 @@ impl BacklogBench {
         if early > 0 {
             bail!("the paused Trigger delivered {early} events while the backlog grew");
         }
-        println!("  {published} events in {ingest_s:.1} s; RSS {:.0} MiB; draining", mib(rss_backlog_end));
+        let memory_end = nodes_memory(&cluster).await;
+        println!(
+            "  {published} events in {ingest_s:.1} s; RSS {:.1} MiB, of it allocated {:.1} MiB, RocksDB {:.1} MiB, \
+             {:.0} dedupe keys; draining",
+            mib(rss_backlog_end),
+            memory_end.allocated_mib,
+            memory_end.rocksdb_mib,
+            memory_end.dedupe_keys
+        );
 
         apply_resource(&admin, trigger(json!({}))).await?;
         let resumed = Instant::now();
@@ -211,6 +244,8 @@ impl BacklogBench {
             "rss_idle_mib": mib(rss_idle), "rss_backlog_peak_mib": mib(rss_backlog_peak),
             "rss_backlog_end_mib": mib(rss_backlog_end), "rss_drain_peak_mib": mib(rss_drain_peak),
             "rss_steady_peak_mib": mib(rss_steady_peak),
+            "backlog_end_allocated_mib": memory_end.allocated_mib, "backlog_end_rocksdb_mib": memory_end.rocksdb_mib,
+            "backlog_end_dedupe_keys": memory_end.dedupe_keys,
             "disk_bytes_per_event": disk_bytes as f64 / published.max(1) as f64,
             "drain_events_per_s": drain_rate, "steady_dispatch_events_per_s": steady_rate,
             "drain_vs_steady": drain_rate / steady_rate.max(1e-9),

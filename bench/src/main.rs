@@ -73,6 +73,10 @@ struct Args {
     /// `autoscaling --real`: events in the burst. `backlog`: events held back (e.g. 10000000).
     #[arg(long, default_value_t = 10_000)]
     events: usize,
+    /// `backlog`: the Broker's `sluice.dev/dedupe-window` (e.g. `10m`, so that every partition's window reaches
+    /// its cap of keys whatever the ingest rate); the Broker's default (2 minutes) if empty.
+    #[arg(long, default_value = "")]
+    dedupe_window: String,
     /// `dispatch`: comma-separated publish rates (events/s) for the latency runs.
     #[arg(long, default_value = "100,500")]
     rates: String,
@@ -178,6 +182,7 @@ async fn main() -> Result<()> {
             // The largest of `--records-per-append`: producers that fill a backlog batch.
             batch: sizes.iter().copied().max().unwrap_or(64).max(1),
             steady_seconds: args.seconds,
+            dedupe_window: (!args.dedupe_window.is_empty()).then(|| args.dedupe_window.clone()),
             json: args.json.is_some(),
         };
         return bench.run().await;

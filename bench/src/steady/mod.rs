@@ -19,7 +19,7 @@ use crate::driver::System;
 use crate::openloop::{self, RunConfig};
 use crate::systems::SluiceHttp;
 
-mod node_metrics;
+pub(crate) mod node_metrics;
 mod plot;
 mod trend;
 
