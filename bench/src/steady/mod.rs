@@ -25,7 +25,7 @@ mod trend;
 
 use node_metrics::{MemoryState, SLOW_FSYNC_MS, StoreState, memory_state_in, slow_fsyncs_in, store_state_in};
 use plot::svg_plot;
-use trend::{outside_rocksdb, rss_trend};
+use trend::{memory_trend, outside_rocksdb};
 
 /// An event slower than this, publish → subscriber, is a stall.
 pub(crate) const STALL_MS: f64 = 50.0;
@@ -241,7 +241,10 @@ impl SteadyBench {
             summary.rss_first_min,
             summary.rss_last_min
         );
-        match (rss_trend(&rows, DEDUPE_WINDOW_S, |r| r.rss_mib), rss_trend(&rows, DEDUPE_WINDOW_S, outside_rocksdb)) {
+        match (
+            memory_trend(&rows, DEDUPE_WINDOW_S, |r| r.rss_mib),
+            memory_trend(&rows, DEDUPE_WINDOW_S, outside_rocksdb),
+        ) {
             (Some(rss), Some(outside)) => println!(
                 "  after the dedupe window filled (seconds {}-{}): RSS mean {:.1} MiB, slope {:+.1} MiB per 10 min; \
                  allocated outside RocksDB mean {:.1} MiB, slope {:+.1} MiB per 10 min",

@@ -19,7 +19,7 @@ pub(crate) fn outside_rocksdb(row: &Second) -> f64 {
 
 /// The [`Trend`] of `figure` over the rows from second `from_s`; `None` under a minute of them (a slope over
 /// less says nothing about a creep).
-pub(crate) fn rss_trend(rows: &[Second], from_s: u64, figure: impl Fn(&Second) -> f64) -> Option<Trend> {
+pub(crate) fn memory_trend(rows: &[Second], from_s: u64, figure: impl Fn(&Second) -> f64) -> Option<Trend> {
     let after: Vec<(f64, f64)> = rows.iter().filter(|r| r.t >= from_s).map(|r| (r.t as f64, figure(r))).collect();
     let (first, last) = (after.first()?.0, after.last()?.0);
     if last - first < 60.0 {
@@ -72,18 +72,18 @@ mod tests {
                 second(t, rss)
             })
             .collect();
-        let flat = rss_trend(&rows, DEDUPE_WINDOW_S, |r| r.rss_mib).expect("280 s after the warm-up");
+        let flat = memory_trend(&rows, DEDUPE_WINDOW_S, |r| r.rss_mib).expect("280 s after the warm-up");
         assert_eq!((flat.from_s, flat.to_s), (120, 399));
         assert!((flat.mean_mib - 300.0).abs() < 1e-9, "{flat:?}");
         assert!(flat.slope_mib_per_10_min.abs() < 0.1, "{flat:?}");
-        let whole = rss_trend(&rows, 0, |r| r.rss_mib).expect("400 s");
+        let whole = memory_trend(&rows, 0, |r| r.rss_mib).expect("400 s");
         assert!(whole.slope_mib_per_10_min > 100.0, "the warm-up counted: {whole:?}");
         let creeping: Vec<Second> = (0..300).map(|t| second(t, 200.0 + t as f64 / 60.0)).collect();
-        let creep = rss_trend(&creeping, DEDUPE_WINDOW_S, |r| r.rss_mib).expect("180 s");
+        let creep = memory_trend(&creeping, DEDUPE_WINDOW_S, |r| r.rss_mib).expect("180 s");
         assert!((creep.slope_mib_per_10_min - 10.0).abs() < 1e-6, "1 MiB a minute: {creep:?}");
-        assert_eq!(rss_trend(&rows[..150], DEDUPE_WINDOW_S, |r| r.rss_mib), None, "30 s after the warm-up");
-        assert_eq!(rss_trend(&[], 0, |r| r.rss_mib), None);
-        let outside = rss_trend(&rows, DEDUPE_WINDOW_S, outside_rocksdb).expect("the same seconds");
+        assert_eq!(memory_trend(&rows[..150], DEDUPE_WINDOW_S, |r| r.rss_mib), None, "30 s after the warm-up");
+        assert_eq!(memory_trend(&[], 0, |r| r.rss_mib), None);
+        let outside = memory_trend(&rows, DEDUPE_WINDOW_S, outside_rocksdb).expect("the same seconds");
         assert!((outside.mean_mib - 250.0).abs() < 1e-9, "RSS less 20 MiB held, less 30 of RocksDB: {outside:?}");
     }
 }

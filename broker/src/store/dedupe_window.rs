@@ -22,12 +22,13 @@
 //! bytes, in a queue of fixed blocks in offset order; the table holds its position there (4 bytes per
 //! slot, at a load between 3/5 and 4/5: `dedupe_table.rs`); and 24 bytes per append. About 9-11 bytes
 //! per key, at most [`MAX_KEYS_PER_STREAM`] keys per stream. Those 32 bits only nominate: a key whose
-//! bits match a live one's (a duplicate, or, with a full window, one new key in about 1,300: the table's
-//! home slot and tag already agree on 26 of the 32 bits) is compared in full with the fingerprint in that
-//! append's `time_index` entry, or, for an append not written yet (this apply batch), with the copy kept
+//! bits match a live one's (a duplicate, or one new key in about 2³² ÷ live keys: 2,000 with a full
+//! window; `sluice_dedupe_fingerprint_reads_total` counts them) is compared in full with the fingerprint
+//! in that append's `time_index` entry, or, for an append not written yet (this apply batch), with the copy kept
 //! until [`DedupeWindow::written`]. So decisions stay exact on the 96-bit fingerprint, the same on every
-//! replica, whatever its process key. (Earlier versions kept 48 bits, 6 bytes: 11-13 bytes per key, and
-//! 10 M events of backlog on 4 partitions peaked 16 MiB higher; before them the full 12 bytes: 17-19
+//! replica, whatever its process key. (Earlier versions kept 48 bits, 6 bytes, and grew their table past
+//! the cap: 11-13 bytes per key, and 10 M events of backlog on 4 partitions at the cap peaked 22-25 MiB
+//! higher, docs/benchmarks.md "Session 45"; before them the full 12 bytes: 17-19
 //! bytes per key. The first kept a `HashSet` of fingerprints beside a `VecDeque` of them; both doubled at
 //! once, and a 10 M event backlog with 4 M keys reached 287 MiB RSS.)
 
