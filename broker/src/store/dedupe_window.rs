@@ -41,7 +41,7 @@ use super::dedupe_table::{POSITION_BITS, PositionTable, slot_hash};
 pub(crate) const FINGERPRINT_BYTES: usize = 12;
 
 /// The most keys one stream remembers: the window ends at the last this many events, whatever its length
-/// (about 26 MiB per stream with its table). Part of the replicated semantics: every replica must use the
+/// (about 18.5 MiB per stream with its table). Part of the replicated semantics: every replica must use the
 /// same value.
 pub(crate) const MAX_KEYS_PER_STREAM: u64 = 1 << 21;
 
@@ -192,12 +192,44 @@ pub(crate) struct StoredKey {
 /// One append's keyed events, all arrived at `arrival_ms`, whose `time_index` entry is keyed by
 /// `append_offset`. Its keys are in the ring from the sequence number `first_seq` would have plus the
 /// ones forgotten (a window rebuilt mid-append starts past them) up to the next span's `first_seq`.
+///
+/// Or a run of appends of one stored key each, all arrived at `arrival_ms` (one Raft entry's requests from
+/// producers that send one event per request), at consecutive offsets from `append_offset`: key `k` of the
+/// run has its own `time_index` entry, keyed by `append_offset + k`. One span for the run rather than one
+/// per key: 24 bytes per key saved, where they were most of what such a key cost.
 #[derive(Clone, Copy, Debug)]
 struct Span {
     append_offset: u64,
     arrival_ms: u64,
-    /// The sequence number the append's first key has, or would have had.
-    first_seq: u64,
+    /// The sequence number the append's first key has, or would have had; [`RUN_BIT`] set for a run.
+    first_seq_and_run: u64,
+}
+
+/// Set in [`Span::first_seq_and_run`] for a run of one-key appends (sequence numbers stay far below it).
+const RUN_BIT: u64 = 1 << 63;
+
+impl Span {
+    fn new(append_offset: u64, arrival_ms: u64, first_seq: u64) -> Self {
+        Span { append_offset, arrival_ms, first_seq_and_run: first_seq }
+    }
+
+    fn first_seq(&self) -> u64 {
+        self.first_seq_and_run & !RUN_BIT
+    }
+
+    fn is_run(&self) -> bool {
+        self.first_seq_and_run & RUN_BIT != 0
+    }
+
+    /// Where the full fingerprint of this span's key at `seq` is.
+    fn stored_key(&self, seq: u64) -> StoredKey {
+        let nth = seq - self.first_seq();
+        if self.is_run() {
+            StoredKey { arrival_ms: self.arrival_ms, append_offset: self.append_offset + nth, index: 0 }
+        } else {
+            StoredKey { arrival_ms: self.arrival_ms, append_offset: self.append_offset, index: nth as usize }
+        }
+    }
 }
 
 /// One stream's live keys.
@@ -327,7 +359,8 @@ impl DedupeWindow {
         // Even when a lookup failed half way: every key in the ring belongs to a span (the state machine
         // stops the group on the error, and a window is rebuilt when it opens again).
         if self.order.end_seq > first_seq {
-            self.spans.push_back(Span { append_offset: first_offset, arrival_ms, first_seq });
+            let one_key = self.order.end_seq - first_seq == 1;
+            self.push_span(Span::new(first_offset, arrival_ms, first_seq), one_key);
         }
         decided.map(|()| admitted)
     }
@@ -376,12 +409,26 @@ impl DedupeWindow {
         if seq >= self.recent_from_seq {
             return Ok(self.recent[(seq - self.recent_from_seq) as usize]);
         }
-        let span = self.spans[self.spans.partition_point(|span| span.first_seq <= seq) - 1];
-        lookup.stored_fingerprint(StoredKey {
-            arrival_ms: span.arrival_ms,
-            append_offset: span.append_offset,
-            index: (seq - span.first_seq) as usize,
-        })
+        let span = self.spans[self.spans.partition_point(|span| span.first_seq() <= seq) - 1];
+        lookup.stored_fingerprint(span.stored_key(seq))
+    }
+
+    /// Adds the span of the newest append; an append of one key (`one_key`: its `time_index` entry lists
+    /// just that key) joins the newest span instead when both make a run: one arrival, and offsets that
+    /// follow on (no append without dedupe between them).
+    fn push_span(&mut self, span: Span, one_key: bool) {
+        if let Some(last) = self.spans.back_mut().filter(|_| one_key) {
+            let last_keys = span.first_seq() - last.first_seq();
+            let one_key_appends = last.is_run() || last_keys == 1;
+            if one_key_appends
+                && last.arrival_ms == span.arrival_ms
+                && last.append_offset + last_keys == span.append_offset
+            {
+                last.first_seq_and_run |= RUN_BIT;
+                return;
+            }
+        }
+        self.spans.push_back(span);
     }
 
     fn insert(&mut self, fingerprint: Fingerprint, short: ShortHash) {
@@ -418,7 +465,8 @@ impl DedupeWindow {
         if fingerprints.is_empty() {
             return;
         }
-        self.spans.push_back(Span { append_offset, arrival_ms, first_seq: self.order.end_seq - skip });
+        let one_key = skip == 0 && fingerprints.len() == 1;
+        self.push_span(Span::new(append_offset, arrival_ms, self.order.end_seq - skip), one_key);
         for fingerprint in fingerprints {
             self.order.push(ShortHash::of(fingerprint, self.hash_mask));
         }
@@ -428,10 +476,11 @@ impl DedupeWindow {
     /// `from_offset`, and the front of one that straddles `from_offset`.
     fn forget_before(&mut self, range: LiveRange) {
         while let Some(&span) = self.spans.front() {
-            let end_seq = self.spans.get(1).map_or(self.order.end_seq, |next| next.first_seq);
-            // The front span's live keys start at the ring's front.
+            let end_seq = self.spans.get(1).map_or(self.order.end_seq, |next| next.first_seq());
+            // The front span's live keys start at the ring's front (a run's, like an append's, at
+            // consecutive offsets).
             let live_len = end_seq - self.order.front_seq;
-            let live_first_offset = span.append_offset + (self.order.front_seq - span.first_seq);
+            let live_first_offset = span.append_offset + (self.order.front_seq - span.first_seq());
             let forget = if span.arrival_ms < range.horizon_ms {
                 live_len
             } else {

@@ -450,3 +450,41 @@ fn a_window_at_its_cap_sizes_its_table_once_for_it() {
     let admitted = window.admit(range, next_offset, 0, &[newest, forgotten], &mut OffsetKeys).expect("derived");
     assert_eq!(admitted, [false, true]);
 }
+
+/// Producers that send one event per request: one entry's appends of one key each share a span, and every
+/// key is still found in its own append's `time_index` entry (short hashes of one bit: every lookup reads it).
+#[test]
+fn one_key_appends_of_one_arrival_share_a_span() {
+    let mut window = DedupeWindow { hash_mask: 1 << 63, ..DedupeWindow::default() };
+    let mut index = Index::default();
+    let range = LiveRange { from_offset: 0, horizon_ms: 0 };
+    for offset in 0..50u64 {
+        assert_eq!(index.append(&mut window, range, offset, 100, &[fp(&offset.to_string())]), [true]);
+    }
+    assert_eq!(window.spans.len(), 1, "one run");
+    // A new arrival starts another run; an append of two keys and one after a gap in offsets (an append
+    // without dedupe between them) end one.
+    for offset in 50..60u64 {
+        assert_eq!(index.append(&mut window, range, offset, 200, &[fp(&offset.to_string())]), [true]);
+    }
+    assert_eq!(index.append(&mut window, range, 60, 200, &[fp("60"), fp("61")]), [true, true]);
+    assert_eq!(index.append(&mut window, range, 62, 200, &[fp("62")]), [true]);
+    assert_eq!(index.append(&mut window, range, 70, 200, &[fp("70")]), [true]);
+    assert_eq!(window.spans.len(), 5);
+    // A duplicate of each: found, through its own append's entry.
+    for key in (0..63u64).chain([70]) {
+        assert_eq!(index.append(&mut window, range, 71, 300, &[fp(&key.to_string())]), [false], "key {key}");
+    }
+    // Trimmed into the middle of the first run: its front is forgotten, the rest still found.
+    index.trim(20);
+    let trimmed = LiveRange { from_offset: 20, horizon_ms: 0 };
+    assert_eq!(index.append(&mut window, trimmed, 71, 300, &[fp("19")]), [true], "forgotten with its event");
+    assert_eq!(index.append(&mut window, trimmed, 72, 300, &[fp("20")]), [false]);
+    // Rebuilt from the index: the same runs, the same answers.
+    let mut rebuilt = DedupeWindow::rebuilt_with_mask(index.recorded(), trimmed, 1 << 63);
+    assert_eq!(rebuilt.spans.len(), window.spans.len());
+    for key in (20..63u64).chain([70]) {
+        assert!(live_contains(&rebuilt, &mut index, &fp(&key.to_string())), "key {key} after a rebuild");
+    }
+    assert_eq!(index.append(&mut rebuilt, trimmed, 72, 300, &[fp("5")]), [true]);
+}
