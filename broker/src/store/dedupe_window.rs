@@ -20,8 +20,9 @@
 //!
 //! Memory: of each fingerprint the window keeps only 32 bits of its (per-process keyed) table hash, 4
 //! bytes, in a queue of fixed blocks in offset order; the table holds its position there (4 bytes per
-//! slot, at a load between 3/5 and 4/5: `dedupe_table.rs`); and 24 bytes per append. About 9-11 bytes
-//! per key, at most [`MAX_KEYS_PER_STREAM`] keys per stream. Those 32 bits only nominate: a key whose
+//! slot, at a load between 3/5 and 4/5: `dedupe_table.rs`); and 24 bytes per append (one-key appends of
+//! one arrival share them: [`Span`]). About 9-11 bytes per key, at most [`MAX_KEYS_PER_STREAM`] keys per
+//! stream. Those 32 bits only nominate: a key whose
 //! bits match a live one's (a duplicate, or one new key in about 2³² ÷ live keys: 2,000 with a full
 //! window; `sluice_dedupe_fingerprint_reads_total` counts them) is compared in full with the fingerprint
 //! in that append's `time_index` entry, or, for an append not written yet (this apply batch), with the copy kept
