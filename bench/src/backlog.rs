@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use sluice_tests::{apply_resource, broker_object, trigger_object};
 
-use crate::steady::node_metrics::{MemoryState, memory_state_in};
+use crate::steady::node_metrics::{MemoryState, memory_state_in, metrics_text};
 use crate::systems::{BATCH, HttpServer, batch_body, start_cluster};
 
 pub(crate) struct BacklogBench {
@@ -73,11 +73,7 @@ async fn nodes_memory(cluster: &sluice_tests::TestCluster) -> MemoryState {
     let client = reqwest::Client::new();
     let mut sum = MemoryState::default();
     for node in &cluster.nodes {
-        let url = format!("http://{}/metrics", node.http);
-        let text = match client.get(&url).timeout(Duration::from_secs(2)).send().await {
-            Ok(response) => response.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
+        let text = metrics_text(&client, &format!("http://{}/metrics", node.http), Duration::from_secs(2)).await;
         if let Some(state) = memory_state_in(&text) {
             sum = sum.plus(&state);
         }

@@ -23,7 +23,9 @@ pub(crate) mod node_metrics;
 mod plot;
 mod trend;
 
-use node_metrics::{MemoryState, SLOW_FSYNC_MS, StoreState, memory_state_in, slow_fsyncs_in, store_state_in};
+use node_metrics::{
+    MemoryState, SLOW_FSYNC_MS, StoreState, memory_state_in, metrics_text, slow_fsyncs_in, store_state_in,
+};
 use plot::svg_plot;
 use trend::{memory_trend, outside_rocksdb};
 
@@ -164,10 +166,7 @@ impl SteadyBench {
                     for (((url, last), store), memory) in
                         metrics_urls.iter().zip(&mut slow_per_node).zip(&mut store_per_node).zip(&mut memory_per_node)
                     {
-                        let text = match client.get(url).timeout(Duration::from_millis(500)).send().await {
-                            Ok(response) => response.text().await.unwrap_or_default(),
-                            Err(_) => String::new(),
-                        };
+                        let text = metrics_text(&client, url, Duration::from_millis(500)).await;
                         if let Some(slow) = slow_fsyncs_in(&text) {
                             *last = slow;
                         }

@@ -1,5 +1,17 @@
-//! What the steady bench reads from a node's `/metrics` text once a second: slow WAL fsyncs, RocksDB's
-//! compaction state, and what the node's memory holds. In: the text; out: plain figures (pure functions).
+//! What the steady and backlog benches read from a node's `/metrics` text: slow WAL fsyncs, RocksDB's
+//! compaction state, and what the node's memory holds. In: the text (fetched by [`metrics_text`]); out: plain
+//! figures (pure functions).
+
+use std::time::Duration;
+
+/// A node's `/metrics` text, or an empty one if it does not answer within `timeout` (every reader below then
+/// answers `None`, and the caller keeps what it read last).
+pub(crate) async fn metrics_text(client: &reqwest::Client, url: &str, timeout: Duration) -> String {
+    match client.get(url).timeout(timeout).send().await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
 
 /// A WAL fsync slower than this (an upper bound of `sluice_wal_fsync_seconds`' buckets, 0.032 s) is a slow one:
 /// a second with a stall and a slow fsync on some node is a stall the disk shares in.
