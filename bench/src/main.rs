@@ -86,7 +86,7 @@ struct Args {
     /// Comma-separated list; one run per value.
     #[arg(long, default_value = "64")]
     concurrency: String,
-    /// Comma-separated list; one run per value.
+    /// Comma-separated list; one run per value. `steady`: the first value is the events per request.
     #[arg(long, default_value = "1,16,64")]
     records_per_append: String,
     #[arg(long, default_value_t = 1024)]
@@ -167,6 +167,8 @@ async fn main() -> Result<()> {
             rate,
             seconds: args.seconds,
             payload_bytes: args.payload_bytes,
+            // The first of `--records-per-append` (its default starts with 1: one event per request).
+            events_per_request: sizes.first().copied().unwrap_or(1),
             csv: args.csv.clone(),
             plot: args.plot.clone(),
         };

@@ -42,6 +42,8 @@ pub(crate) struct SteadyBench {
     pub rate: f64,
     pub seconds: u64,
     pub payload_bytes: usize,
+    /// Events per request: 1 in binary mode, more as `application/cloudevents-batch+json`.
+    pub events_per_request: usize,
     pub csv: Option<PathBuf>,
     pub plot: Option<PathBuf>,
 }
@@ -190,7 +192,10 @@ impl SteadyBench {
                 }
             })
         };
-        println!("steady: {} nodes, {:.0} events/s for {} s", self.nodes, self.rate, self.seconds);
+        println!(
+            "steady: {} nodes, {:.0} events/s for {} s, {} per request",
+            self.nodes, self.rate, self.seconds, self.events_per_request
+        );
         let started = Instant::now();
         let config = RunConfig {
             rate: self.rate,
@@ -198,7 +203,7 @@ impl SteadyBench {
             payload_bytes: self.payload_bytes,
             max_outstanding: 512,
             grace: Duration::from_secs(5),
-            batch: 1,
+            batch: self.events_per_request.max(1),
         };
         let result = openloop::run(sluice.clone(), &config, None).await?;
         sampling.store(false, Ordering::Release);
