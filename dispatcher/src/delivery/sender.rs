@@ -25,6 +25,11 @@ use crate::delivery::policy::RetryAfter;
 pub(crate) const MAX_RESPONSE_BYTES: usize = 4 << 20;
 /// The most of a subscriber's failure body read and carried in `knativeerrordata` (before base64).
 pub(crate) const MAX_ERROR_DATA_BYTES: usize = 1024;
+/// The most of a success's body read when no reply is wanted (a Subscription without `spec.reply`, a
+/// dead-letter sink, a reply destination): enough for the short bodies servers send with a 2xx, so that the
+/// kept-alive connection goes back to the pool; a longer body is left unread and its connection closed. Reading
+/// up to [`MAX_RESPONSE_BYTES`] for a body that is thrown away let one consumer's window hold 4 MiB per delivery.
+pub(crate) const MAX_DISCARDED_BODY_BYTES: usize = 64 << 10;
 /// Idle pooled connections kept per host: at least what a node has in flight to one subscriber (a Trigger's
 /// window, 100 by default, on each of the node's partitions), or every completion beyond the pool closes a
 /// connection that the next delivery opens again. At 64, half the deliveries of a backlog drain opened a
@@ -38,13 +43,24 @@ pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// [`died_before_response`]). Not a DeliverySpec retry: it is not counted, and a Trigger without retries gets it.
 pub(crate) const MAX_RESENDS: u32 = 1;
 
+/// Whether a 200's body can be a reply event that someone takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplyUse {
+    /// A Trigger's (to its Broker) or a Subscription's with `spec.reply`: read within [`MAX_RESPONSE_BYTES`]
+    /// and parsed.
+    Wanted,
+    /// Nobody takes it: read within [`MAX_DISCARDED_BODY_BYTES`], never parsed.
+    Discarded,
+}
+
 /// What one attempt produced.
 #[derive(Debug, Default)]
 pub(crate) struct AttemptResult {
     /// `None`: no response (connection error or timeout).
     pub status: Option<u16>,
     pub retry_after: Option<RetryAfter>,
-    /// The response body: at most [`MAX_RESPONSE_BYTES`] of a 2xx, [`MAX_ERROR_DATA_BYTES`] of any other.
+    /// The response body: at most [`MAX_RESPONSE_BYTES`] of a 2xx whose reply is wanted,
+    /// [`MAX_DISCARDED_BODY_BYTES`] of another 2xx, [`MAX_ERROR_DATA_BYTES`] of any other status.
     pub body: Bytes,
     /// A reply event in a 200 response: parsed and validated, or why it is not a valid event.
     pub reply: Option<Result<CloudEvent, String>>,
@@ -314,6 +330,7 @@ impl Sender {
         authorization: Option<&str>,
         timeout_ms: u64,
         now_ms: u64,
+        reply_use: ReplyUse,
     ) -> AttemptResult {
         let no_response = |error: String| AttemptResult { error: Some(error), ..Default::default() };
         let uri = match parse_uri(url) {
@@ -354,7 +371,11 @@ impl Sender {
         // Of a failure's body nothing but `knativeerrordata`'s first KiB is kept, and a delivery may hold its result
         // through a retry's backoff (up to an hour), so no more is read (the connection is then not reused). A
         // success's body is read whole, within the limit, so that its kept-alive connection goes back to the pool.
-        let limit = if (200..300).contains(&status) { MAX_RESPONSE_BYTES } else { MAX_ERROR_DATA_BYTES };
+        let limit = match (reply_use, (200..300).contains(&status)) {
+            (ReplyUse::Wanted, true) => MAX_RESPONSE_BYTES,
+            (ReplyUse::Discarded, true) => MAX_DISCARDED_BODY_BYTES,
+            (_, false) => MAX_ERROR_DATA_BYTES,
+        };
         let read = match body {
             ResponseBody::Plain(body) => tokio::time::timeout_at(deadline, read_limited(body, limit)).await,
             ResponseBody::Reqwest(body) => tokio::time::timeout_at(deadline, read_limited(body, limit)).await,
@@ -362,7 +383,10 @@ impl Sender {
         let (body, problem) = read.unwrap_or_else(|_elapsed| {
             (Bytes::new(), Some(BodyProblem::Cut(format!("response body not complete within {timeout_ms} ms"))))
         });
-        let reply = if status == 200 { parse_reply(&parts.headers, body.clone()) } else { None };
+        let reply = match reply_use {
+            ReplyUse::Wanted if status == 200 => parse_reply(&parts.headers, body.clone()),
+            _ => None,
+        };
         let (reply, reply_cut) = match (reply, &problem) {
             (Some(_), Some(BodyProblem::Cut(reason))) => (None, Some(reason.clone())),
             (Some(_), Some(too_large @ BodyProblem::TooLarge { .. })) => {
@@ -371,8 +395,9 @@ impl Sender {
             (reply, _) => (reply, None),
         };
         let error = match problem {
-            // The rest of an error page was not wanted; a success's body over the limit is no failure either.
-            Some(BodyProblem::TooLarge { .. }) if status != 200 => None,
+            // The rest of an error page was not wanted, nor a discarded body's; a success's body over the limit is
+            // no failure either.
+            Some(BodyProblem::TooLarge { .. }) if status != 200 || reply_use == ReplyUse::Discarded => None,
             problem => problem.map(|problem| problem.to_string()),
         };
         AttemptResult { status: Some(status), retry_after, body, reply, error, reply_cut }
@@ -549,11 +574,13 @@ fn parse_reply(headers: &http::HeaderMap, body: Bytes) -> Option<Result<CloudEve
 /// `Retry-After`: delay-seconds, or an HTTP-date converted to an instant on the wall clock (`now_ms`'s clock).
 pub(crate) fn parse_retry_after(value: &str, now_ms: u64) -> Option<RetryAfter> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(RetryAfter::Seconds(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More seconds than a u64 holds is still a delay, longer than any cap (`retryAfterMax`, the hour).
+        return Some(RetryAfter::Seconds(value.parse::<u64>().unwrap_or(u64::MAX)));
     }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let at_ms = at.timestamp_millis().max(0) as u64;
+    // IMF-fixdate, and the obsolete RFC 850 and asctime forms that RFC 9110 says recipients must accept.
+    let at = httpdate::parse_http_date(value).ok()?;
+    let at_ms = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64);
     Some(RetryAfter::AtMs(at_ms.max(now_ms)))
 }
 

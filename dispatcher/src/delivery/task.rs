@@ -18,7 +18,7 @@ use sluice_cloudevent::{AttrValue, CloudEvent};
 use crate::capacity::DestinationLimits;
 use crate::consumer::{ConsumerSpec, DeadLetterMode, Format, ReplyTarget};
 use crate::delivery::policy::{FailureReason, Outcome, RetryAfter, Step, classify, next_step_jittered};
-use crate::delivery::sender::{AttemptResult, MAX_ERROR_DATA_BYTES, Sender};
+use crate::delivery::sender::{AttemptResult, MAX_ERROR_DATA_BYTES, ReplyUse, Sender};
 /// Largest reply event accepted from a subscriber (encoded).
 pub(crate) const MAX_REPLY_EVENT_BYTES: usize = 1 << 20;
 
@@ -110,6 +110,7 @@ async fn send_with_retries(
     url: &str,
     format: Format,
     event: &CloudEvent,
+    reply_use: ReplyUse,
     judge: &mut dyn Judge,
 ) -> Sent {
     let mut attempt = 1u32;
@@ -119,7 +120,17 @@ async fn send_with_retries(
         let token = sender_token(ctx, spec, url);
         let result = ctx
             .sender
-            .send(url, ca_certs, spec.protocol, format, event, token.as_deref(), spec.policy.timeout_ms, now_ms())
+            .send(
+                url,
+                ca_certs,
+                spec.protocol,
+                format,
+                event,
+                token.as_deref(),
+                spec.policy.timeout_ms,
+                now_ms(),
+                reply_use,
+            )
             .await;
         let (outcome, note) = judge.judge(&result, started.elapsed()).await;
         let retry_after = judge.retry_after(&result);
@@ -273,7 +284,11 @@ pub(crate) async fn deliver(ctx: &DeliveryContext, spec: &ConsumerSpec, offset: 
         panic!("a planted bug in the delivery of offset {offset}");
     }
     let mut judge = SubscriberJudge { ctx, spec, event, offset, reply_failed: None };
-    match send_with_retries(ctx, spec, &spec.subscriber_uri, spec.format, event, &mut judge).await {
+    let reply_use = match spec.reply {
+        ReplyTarget::Discard => ReplyUse::Discarded,
+        ReplyTarget::Broker { .. } | ReplyTarget::Uri(_) => ReplyUse::Wanted,
+    };
+    match send_with_retries(ctx, spec, &spec.subscriber_uri, spec.format, event, reply_use, &mut judge).await {
         Sent::Done { attempts } => Settlement::Delivered { attempts },
         Sent::GaveUp { attempts, result, reason, note } => {
             let reason = note.unwrap_or_else(|| describe(reason));
@@ -424,6 +439,7 @@ async fn handle_reply(
                     token.as_deref(),
                     spec.policy.timeout_ms,
                     now_ms(),
+                    ReplyUse::Discarded,
                 )
                 .await;
             match classify(result.status) {
@@ -495,7 +511,7 @@ async fn dead_letter_event(
 ) -> DeadLettered {
     let mut dead = with_error_attributes(event, &failure, offset);
     if let Some(sink) = &spec.dead_letter_uri {
-        match send_with_retries(ctx, spec, sink, spec.format, &dead, &mut ByStatus).await {
+        match send_with_retries(ctx, spec, sink, spec.format, &dead, ReplyUse::Discarded, &mut ByStatus).await {
             Sent::Done { .. } => {
                 metrics::counter!("sluice_dispatch_dead_lettered_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone(), "to" => "sink").increment(1);
                 return DeadLettered::Sink;

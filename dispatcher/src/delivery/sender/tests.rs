@@ -7,6 +7,19 @@ fn retry_after_in_seconds_or_as_a_date() {
     assert_eq!(parse_retry_after("soon", 0), None);
 }
 
+/// Regression: a delay in seconds past `u64` was ignored (the retry came after the backoff alone, not at the
+/// cap), and the RFC 850 and asctime date forms, which RFC 9110 makes recipients accept, were refused.
+#[test]
+fn retry_after_past_u64_is_the_longest_delay_and_every_http_date_form_is_read() {
+    assert_eq!(parse_retry_after("99999999999999999999", 0), Some(RetryAfter::Seconds(u64::MAX)));
+    let at = Some(RetryAfter::AtMs(784_111_777_000));
+    assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 0), at);
+    assert_eq!(parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", 0), at);
+    assert_eq!(parse_retry_after("Sun Nov  6 08:49:37 1994", 0), at);
+    assert_eq!(parse_retry_after("-3", 0), None);
+    assert_eq!(parse_retry_after("", 0), None);
+}
+
 #[test]
 fn ce_header_names_are_the_attribute_names_prefixed() {
     for attribute in [
@@ -104,10 +117,12 @@ fn event() -> CloudEvent {
 async fn regression_idle_connection_closed_as_it_is_reused_loses_no_event() {
     let (url, requests) = closing_subscriber(true).await;
     let sender = Sender::new(None).expect("client");
-    let first = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+    let first =
+        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
     assert_eq!(first.status, Some(202), "{first:?}");
     // Goes out on the kept-alive connection, which the subscriber closes: sent again on a new one.
-    let second = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+    let second =
+        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
     assert_eq!(second.status, Some(202), "{second:?}");
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
@@ -128,7 +143,8 @@ async fn a_localhost_name_reaches_loopback_over_plain_http() {
     let port = url.trim_end_matches('/').rsplit(':').next().expect("a port").to_string();
     let sender = Sender::new(None).expect("client");
     let url = format!("http://hello.default.localhost:{port}/");
-    let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+    let result =
+        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
     assert_eq!(result.status, Some(202), "{result:?}");
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
@@ -145,7 +161,8 @@ async fn a_subscriber_that_never_answers_times_out_with_no_status() {
         }
     });
     let sender = Sender::new(None).expect("client");
-    let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 200, 0).await;
+    let result =
+        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 200, 0, ReplyUse::Wanted).await;
     assert_eq!(result.status, None, "{result:?}");
     assert_eq!(result.error.as_deref(), Some("no response within 200 ms"));
 }
@@ -186,7 +203,7 @@ async fn attempt_with_a_binary_reply(content_length: usize) -> AttemptResult {
     );
     let url = raw_subscriber(head, vec![b'x'; 2000]).await;
     let sender = Sender::new(None).expect("client");
-    sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await
+    sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await
 }
 
 /// Regression: a reply whose body was cut off (the connection closed before `Content-Length` bytes) was
@@ -205,6 +222,37 @@ async fn a_reply_read_whole_is_parsed() {
     let reply = result.reply.expect("a reply").expect("a valid reply");
     assert!(matches!(&reply.data, Some(cloudevent::EventData::Bytes(data)) if data.len() == 2000), "{reply:?}");
     assert!(result.reply_cut.is_none());
+}
+
+/// Regression: a 200's body was read up to 4 MiB and parsed as a reply even when nobody took the reply (a
+/// Subscription without `spec.reply`, a dead-letter sink), so a subscriber answering with large bodies held up
+/// to 4 MiB per delivery of a consumer's window.
+#[tokio::test]
+async fn a_discarded_reply_is_read_within_its_small_limit_and_never_parsed() {
+    let data_bytes = 1 << 20;
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nce-specversion: 1.0\r\nce-id: r1\r\nce-source: /reply\r\nce-type: t\r\n\
+         content-type: application/octet-stream\r\ncontent-length: {data_bytes}\r\n\r\n"
+    );
+    let url = raw_subscriber(head, vec![b'x'; data_bytes]).await;
+    let sender = Sender::new(None).expect("client");
+
+    let wanted =
+        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
+    let reply = wanted.reply.expect("a reply").expect("a valid reply");
+    assert!(matches!(&reply.data, Some(cloudevent::EventData::Bytes(data)) if data.len() == data_bytes), "{reply:?}");
+
+    let discarded =
+        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Discarded).await;
+    assert_eq!(discarded.status, Some(200));
+    assert!(discarded.reply.is_none(), "a discarded reply is not parsed: {:?}", discarded.reply);
+    assert!(
+        discarded.reply_cut.is_none() && discarded.error.is_none(),
+        "{:?} {:?}",
+        discarded.reply_cut,
+        discarded.error
+    );
+    assert_eq!(discarded.body.len(), MAX_DISCARDED_BODY_BYTES, "read no further than its limit");
 }
 
 /// The HTTP binding tells the modes apart by `Content-Type` first: a structured reply that also carries a
@@ -231,7 +279,8 @@ async fn a_closed_port_is_a_connection_failure_and_not_resent() {
     let url = format!("http://{}/", listener.local_addr().expect("address"));
     drop(listener);
     let sender = Sender::new(None).expect("client");
-    let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+    let result =
+        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
     assert_eq!(result.status, None, "{result:?}");
     let error = result.error.expect("an error");
     assert!(error.starts_with("connection failed"), "{error}");
@@ -241,7 +290,8 @@ async fn a_closed_port_is_a_connection_failure_and_not_resent() {
 async fn a_subscriber_that_always_drops_the_connection_is_sent_to_once_more_only() {
     let (url, requests) = closing_subscriber(false).await;
     let sender = Sender::new(None).expect("client");
-    let result = sender.send(&url, None, Protocol::Http1, Format::Structured, &event(), None, 5_000, 0).await;
+    let result =
+        sender.send(&url, None, Protocol::Http1, Format::Structured, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
     assert_eq!(result.status, None, "{result:?}");
     assert!(result.error.is_some());
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1 + MAX_RESENDS as usize);
@@ -256,7 +306,8 @@ async fn of_an_error_page_only_the_first_kib_is_read() {
     let head = format!("HTTP/1.1 503 Service Unavailable\r\ncontent-length: {}\r\n\r\n", page.len());
     let url = raw_subscriber(head, page).await;
     let sender = Sender::new(None).expect("client");
-    let result = sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0).await;
+    let result =
+        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
     assert_eq!(result.status, Some(503));
     assert_eq!(result.body.len(), MAX_ERROR_DATA_BYTES);
     assert_eq!(result.error, None, "{result:?}");
