@@ -174,6 +174,8 @@ impl<'de> serde::de::Visitor<'de> for Items {
 
 /// The starts of the errors that stop reading an event past its [`AttributeLimits`].
 const TOO_MANY_ATTRIBUTES: &str = "more attributes than the limit";
+/// Starts the message of a member given twice, which goes on with the member's name.
+const REPEATED_MEMBER: &str = "member given twice: ";
 const ATTRIBUTES_TOO_LARGE: &str = "more bytes of attributes than the limit";
 
 /// An object's members as written, refusing a member named twice: JSON leaves its meaning open and parsers keep
@@ -230,9 +232,7 @@ impl<'de: 'a, 'a> serde::de::Visitor<'de> for MembersVisitor<'a, '_> {
             members.iter().map(|(name, _)| name).find(|name| !seen.insert(name.as_str()))
         };
         if let Some(name) = repeated {
-            return Err(serde::de::Error::custom(format!(
-                "member {name:?} appears twice (each member of an event once)"
-            )));
+            return Err(serde::de::Error::custom(format!("{REPEATED_MEMBER}{name}")));
         }
         Ok(Members(members))
     }
@@ -267,6 +267,12 @@ fn from_json_object(raw: &RawValue, limits: &AttributeLimits) -> Result<CloudEve
                 limits.too_many()
             } else if message.starts_with(ATTRIBUTES_TOO_LARGE) {
                 limits.too_large()
+            } else if let Some(name) = message.strip_prefix(REPEATED_MEMBER) {
+                // serde_json adds " at line L column C" after the name.
+                let name = name.rsplit_once(" at line ").map_or(name, |(name, _)| name);
+                EventError::bad("member given twice")
+                    .attribute(name)
+                    .rule("each member of an event once (parsers differ on which one they keep)")
             } else {
                 EventError::bad("malformed JSON").rule(message)
             }
