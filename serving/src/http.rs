@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::uri::{PathAndQuery, Scheme};
-use axum::http::{HeaderName, HeaderValue, Response, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Uri, header};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use sluice_broker::HostRoutes;
+use sluice_broker::{ClientConnection, HostRoutes};
 
 mod upgrade;
 
@@ -29,17 +29,62 @@ use crate::error::ServingError;
 use crate::revision::{Permit, RevisionHandle, RevisionRun};
 use crate::shared::{HostMetrics, HostTraffic, Shared};
 
-/// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1), besides those `Connection`
+/// names. `Trailer` is not one (it announces the message's own trailers, which HTTP/1.1 clients get only when it
+/// is there), and `TE: trailers` is kept on requests ([`remove_hop_by_hop`]).
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::UPGRADE,
 ];
+
+/// Removes a message's hop-by-hop headers: [`HOP_BY_HOP`] and every header its `Connection` names (except
+/// `Host`). A request's `TE: trailers` stays, as Knative's queue-proxy (Go's reverse proxy) keeps it: gRPC
+/// servers refuse a call without it.
+fn remove_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| name != header::HOST)
+        .collect();
+    let te_trailers = keep_te_trailers
+        && headers.get_all(header::TE).iter().any(|value| {
+            value.to_str().is_ok_and(|value| value.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+        });
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Tells the app who asked, as Knative's ingress and activator do: the client's address appended to
+/// `X-Forwarded-For` (after any a proxy in front of the node put there), and `X-Forwarded-Proto` as the node
+/// received the request unless a proxy in front already said it.
+fn add_forwarded(headers: &mut HeaderMap, client: Option<&ClientConnection>) {
+    let Some(client) = client else { return };
+    let forwarded_for = HeaderName::from_static("x-forwarded-for");
+    let ip = client.peer.ip().to_string();
+    let value = match headers.get(&forwarded_for).and_then(|v| v.to_str().ok()) {
+        Some(before) if !before.trim().is_empty() => format!("{before}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(value) = HeaderValue::try_from(value) {
+        headers.insert(forwarded_for, value);
+    }
+    let proto = HeaderName::from_static("x-forwarded-proto");
+    if !headers.contains_key(&proto) {
+        headers.insert(proto, HeaderValue::from_static(if client.tls { "https" } else { "http" }));
+    }
+}
 
 /// How long an idle connection to an instance is kept: under the idle timeouts apps commonly close kept-alive
 /// connections at (Node.js: 5 s), so that a request never goes out on a connection the app is closing; such a
@@ -176,9 +221,7 @@ impl HostRouter {
 /// timeouts, holding the request's slot until it ends.
 fn respond(response: Response<Incoming>, permit: Permit, run: &RevisionRun, deadline: Instant) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
-    for name in &HOP_BY_HOP {
-        parts.headers.remove(name);
-    }
+    remove_hop_by_hop(&mut parts.headers, false);
     let body = TimedBody::new(body, deadline, run.idle_timeout_ms.map(Duration::from_millis));
     Response::from_parts(parts, Body::new(GuardedBody { inner: body, _permit: permit }))
 }
@@ -265,14 +308,13 @@ pub(crate) fn upstream_request(request: Request, permit: &Permit) -> Result<hype
     uri.path_and_query = Some(uri.path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
     parts.uri = Uri::from_parts(uri)
         .map_err(|e| ServingError::Upstream { revision: permit.authority.to_string(), reason: e.to_string() })?;
+    remove_hop_by_hop(&mut parts.headers, true);
+    add_forwarded(&mut parts.headers, parts.extensions.get::<ClientConnection>());
     // h2c requests carry their host in the authority; HTTP/1.1 upstreams need a Host header.
     if !parts.headers.contains_key(header::HOST)
         && let Some(host) = parts.extensions.get::<OriginalHost>().map(|h| h.0.clone())
     {
         parts.headers.insert(header::HOST, host);
-    }
-    for name in &HOP_BY_HOP {
-        parts.headers.remove(name);
     }
     parts.version = axum::http::Version::HTTP_11;
     Ok(hyper::Request::from_parts(parts, body))
@@ -372,6 +414,61 @@ mod tests {
 
     fn cut_by(error: axum::BoxError) -> String {
         error.to_string()
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    /// Regression: `TE: trailers` and `Trailer` were removed with the hop-by-hop headers, so a gRPC call to a
+    /// revision on an `h2c` port was refused ("missing te header"), and headers that `Connection` names went on.
+    #[test]
+    fn hop_by_hop_headers_go_but_te_trailers_and_trailer_stay() {
+        let mut request = headers(&[
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("te", "trailers"),
+            ("trailer", "grpc-status"),
+            ("content-type", "application/grpc"),
+            ("host", "hello.default.localhost"),
+        ]);
+        remove_hop_by_hop(&mut request, true);
+        let mut names: Vec<&str> = request.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "host", "te", "trailer"]);
+        assert_eq!(request["te"], "trailers");
+
+        let mut gzip = headers(&[("te", "gzip"), ("connection", "host")]);
+        remove_hop_by_hop(&mut gzip, true);
+        assert!(gzip.is_empty(), "{gzip:?}");
+
+        let mut response = headers(&[("te", "trailers"), ("trailer", "grpc-status"), ("upgrade", "h2c")]);
+        remove_hop_by_hop(&mut response, false);
+        assert_eq!(response.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["trailer"]);
+    }
+
+    #[test]
+    fn the_client_is_appended_to_x_forwarded_for_and_the_scheme_said_once() {
+        let client = ClientConnection { peer: "10.0.0.7:51000".parse().expect("address"), tls: false };
+        let mut direct = HeaderMap::new();
+        add_forwarded(&mut direct, Some(&client));
+        assert_eq!(direct["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(direct["x-forwarded-proto"], "http");
+
+        let behind_a_proxy = ClientConnection { tls: true, ..client };
+        let mut proxied = headers(&[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https")]);
+        add_forwarded(&mut proxied, Some(&behind_a_proxy));
+        assert_eq!(proxied["x-forwarded-for"], "203.0.113.9, 10.0.0.7");
+        assert_eq!(proxied["x-forwarded-proto"], "https");
+
+        let mut unknown = HeaderMap::new();
+        add_forwarded(&mut unknown, None);
+        assert!(unknown.is_empty());
     }
 
     #[tokio::test]

@@ -64,6 +64,14 @@ impl Drop for HeldPlace {
     }
 }
 
+/// Who is at the other end of a request's connection, in every request's extensions: a proxy in front of an
+/// app (a Knative Route) passes it on as `X-Forwarded-For` and `X-Forwarded-Proto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientConnection {
+    pub peer: std::net::SocketAddr,
+    pub tls: bool,
+}
+
 /// Where the serving module plugs its [`HostRoutes`] in once it runs (it needs the node, which starts first).
 pub type HostRouteSlot = Arc<OnceLock<Arc<dyn HostRoutes>>>;
 
@@ -220,6 +228,7 @@ pub(crate) async fn serve(
             {
                 Ok(conn) => {
                     let refuse_plaintext = strict && conn.info().transport == Transport::Plain;
+                    let client = ClientConnection { peer, tls: conn.info().transport != Transport::Plain };
                     let front = Front { app, hosts, refuse_plaintext };
                     let first_request = Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let request_seen = first_request.clone();
@@ -231,6 +240,7 @@ pub(crate) async fn serve(
                         request_seen.store(true, std::sync::atomic::Ordering::Relaxed);
                         request.extensions_mut().insert(share.clone());
                         request.extensions_mut().insert(place_here.clone());
+                        request.extensions_mut().insert(client);
                         let front = front.clone();
                         let handled = Handling::start(&handling_here);
                         async move {

@@ -145,6 +145,15 @@ async fn answer(request: Request<Incoming>, stats: &Stats) -> Response<Full<Byte
             });
             text(StatusCode::OK, body.to_string())
         }
+        ("GET", "/headers") => {
+            // The request's headers as the app got them (the last value of a repeated one).
+            let headers: serde_json::Map<String, serde_json::Value> = request
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into()))
+                .collect();
+            text(StatusCode::OK, serde_json::Value::Object(headers).to_string())
+        }
         ("GET", "/env") => {
             let body = serde_json::json!({
                 "PORT": env("PORT"), "K_SERVICE": env("K_SERVICE"),

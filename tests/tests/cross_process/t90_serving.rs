@@ -116,6 +116,20 @@ async fn a_service_becomes_ready_answers_at_its_url_and_splits_traffic_by_revisi
     assert_eq!(contract["K_REVISION"], "hello-00001");
     assert!(contract["PORT"].as_str().is_some_and(|p| p.parse::<u16>().is_ok()), "{contract}");
     assert_eq!(contract["ADDRESS"], format!("127.0.0.1:{}", contract["PORT"].as_str().unwrap_or_default()));
+    // Headers as Knative's queue-proxy passes them: `TE: trailers` kept (gRPC servers require it), the headers
+    // `Connection` names removed, the client's address appended to `X-Forwarded-For`.
+    let seen: Value = client
+        .get(url("hello.default.localhost", &http, "/headers"))
+        .header("te", "trailers")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "1")
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(seen["te"], "trailers", "{seen}");
+    assert!(seen.get("x-hop").is_none() && seen.get("connection").is_none(), "{seen}");
+    assert_eq!((&seen["x-forwarded-for"], &seen["x-forwarded-proto"]), (&json!("127.0.0.1"), &json!("http")), "{seen}");
     let unknown =
         client.get(url("hello.default.localhost", &http, "/")).header("host", "nope.default.localhost").send().await?;
     assert_eq!(unknown.status(), 404, "an unknown host under the domain");
@@ -176,11 +190,11 @@ async fn a_service_becomes_ready_answers_at_its_url_and_splits_traffic_by_revisi
     assert_eq!((response.version(), response.status().as_u16()), (reqwest::Version::HTTP_2, 200));
     assert_eq!(response.headers()["x-revision"], "hello-00002");
 
-    // Every request is counted under its host and status code: 1,024 answered 200 for the Service's host
+    // Every request is counted under its host and status code: 1,025 answered 200 for the Service's host
     // (across three revisions and both protocols), 20 for the tag's, and the unknown host's 404.
     let metrics = reqwest::get(format!("http://{http}/metrics")).await?.text().await?;
     for (series, count) in [
-        (r#"sluice_serving_requests_total{host="hello.default.localhost",code="200"}"#, 1024),
+        (r#"sluice_serving_requests_total{host="hello.default.localhost",code="200"}"#, 1025),
         (r#"sluice_serving_requests_total{host="old-hello.default.localhost",code="200"}"#, 20),
         (r#"sluice_serving_requests_total{host="_unrouted",code="404"}"#, 1),
     ] {
