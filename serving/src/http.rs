@@ -145,7 +145,8 @@ impl HostRouter {
 
     /// Picks a revision for the request and serves it there. A revision that stops while the request waits for
     /// a slot (taken off traffic by a rollout) has not had the request: it is picked again, a few times at most,
-    /// within the first revision's timeout, rather than answered 5xx.
+    /// rather than answered 5xx. The request's time, counted from the first pick, is bounded by the timeout of
+    /// the revision that serves it.
     async fn pick_and_serve(
         &self,
         host: &str,
