@@ -134,6 +134,11 @@ impl Gate {
         self.waiting.retain(|w| *w != waiter);
     }
 
+    /// Every waiter is answered elsewhere at once (the revision stops): none is handed a slot afterwards.
+    pub(crate) fn cancel_all(&mut self) {
+        self.waiting.clear();
+    }
+
     /// The least loaded instance to take out (not draining already), for scale-in.
     pub(crate) fn least_loaded(&self) -> Option<InstanceId> {
         self.instances
@@ -255,6 +260,20 @@ mod tests {
         assert_eq!(gate.admit(3), Admit::Wait);
         gate.add(1);
         assert_eq!(gate.set_ready(1, true), vec![(2, 1)], "the cancelled waiter is skipped");
+    }
+
+    /// Regression: a stopping revision answered its waiters but left them in the gate, so a slot released
+    /// before its instances were drained was handed to a waiter already gone (and on to the next, one by one).
+    #[test]
+    fn a_stopping_revision_hands_no_slot_to_the_waiters_it_answered() {
+        let mut gate = Gate::new(1, 10);
+        gate.add(1);
+        gate.set_ready(1, true);
+        assert_eq!(gate.admit(1), Admit::Go(1));
+        assert_eq!((gate.admit(2), gate.admit(3)), (Admit::Wait, Admit::Wait));
+        gate.cancel_all();
+        assert_eq!(gate.release(1), vec![]);
+        assert_eq!(gate.load().waiting, 0);
     }
 
     #[test]

@@ -511,21 +511,21 @@ async fn run_revision(
     // Nobody stops drained instances one by one any more (all of them stop below): a drain waiting for room is
     // done at once rather than hold the revision until the run ends.
     drop(drained);
-    // Stopping: no request waits any more; those waiting go to the revision their route picks now.
+    // Stopping: no request waits any more; those waiting go to the revision their route picks now. In one
+    // critical section with the drain below, so that no slot released meanwhile is handed to a waiter gone.
+    let ids: Vec<InstanceId> = instances.running.keys().copied().collect();
     if let Ok(mut state) = revision.state.lock() {
         state.stopped = true;
         for (_, tx) in state.waiters.drain() {
             let _ = tx.send(Err(ServingError::RevisionStopped { revision: key.clone() }));
         }
-    }
-    revision.ready_capacity.store(0, Ordering::Relaxed);
-    // In-flight requests finish first (bounded by the revision's timeout), then the instances stop.
-    let ids: Vec<InstanceId> = instances.running.keys().copied().collect();
-    if let Ok(mut state) = revision.state.lock() {
+        state.gate.cancel_all();
+        // In-flight requests finish first (bounded by the revision's timeout), then the instances stop.
         for id in &ids {
             state.gate.drain(*id);
         }
     }
+    revision.ready_capacity.store(0, Ordering::Relaxed);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(revision.run.timeout_ms);
     loop {
         let released = revision.released.notified();
