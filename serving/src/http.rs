@@ -20,7 +20,7 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use sluice_broker::{ClientConnection, HostRoutes};
+use sluice_broker::{ClientConnection, ConnectionPlace, HostRoutes};
 
 mod upgrade;
 
@@ -69,7 +69,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
 /// Tells the app who asked, as Knative's ingress and activator do: the client's address appended to
 /// `X-Forwarded-For` (after any a proxy in front of the node put there), and `X-Forwarded-Proto` as the node
 /// received the request unless a proxy in front already said it.
-fn add_forwarded(headers: &mut HeaderMap, client: Option<&ClientConnection>) {
+fn add_forwarded(headers: &mut HeaderMap, client: Option<ClientConnection>) {
     let Some(client) = client else { return };
     let forwarded_for = HeaderName::from_static("x-forwarded-for");
     let ip = client.peer.ip().to_string();
@@ -310,7 +310,7 @@ pub(crate) fn upstream_request(request: Request, permit: &Permit) -> Result<hype
     parts.uri = Uri::from_parts(uri)
         .map_err(|e| ServingError::Upstream { revision: permit.authority.to_string(), reason: e.to_string() })?;
     remove_hop_by_hop(&mut parts.headers, true);
-    add_forwarded(&mut parts.headers, parts.extensions.get::<ClientConnection>());
+    add_forwarded(&mut parts.headers, parts.extensions.get::<ConnectionPlace>().map(ConnectionPlace::client));
     // h2c requests carry their host in the authority; HTTP/1.1 upstreams need a Host header.
     if !parts.headers.contains_key(header::HOST)
         && let Some(host) = parts.extensions.get::<OriginalHost>().map(|h| h.0.clone())
@@ -457,13 +457,13 @@ mod tests {
     fn the_client_is_appended_to_x_forwarded_for_and_the_scheme_said_once() {
         let client = ClientConnection { peer: "10.0.0.7:51000".parse().expect("address"), tls: false };
         let mut direct = HeaderMap::new();
-        add_forwarded(&mut direct, Some(&client));
+        add_forwarded(&mut direct, Some(client));
         assert_eq!(direct["x-forwarded-for"], "10.0.0.7");
         assert_eq!(direct["x-forwarded-proto"], "http");
 
         let behind_a_proxy = ClientConnection { tls: true, ..client };
         let mut proxied = headers(&[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https")]);
-        add_forwarded(&mut proxied, Some(&behind_a_proxy));
+        add_forwarded(&mut proxied, Some(behind_a_proxy));
         assert_eq!(proxied["x-forwarded-for"], "203.0.113.9, 10.0.0.7");
         assert_eq!(proxied["x-forwarded-proto"], "https");
 

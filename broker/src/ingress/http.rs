@@ -49,6 +49,14 @@ pub trait HostRoutes: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct ConnectionPlace {
     _held: Arc<HeldPlace>,
+    client: ClientConnection,
+}
+
+impl ConnectionPlace {
+    /// Who is at the other end of the connection.
+    pub fn client(&self) -> ClientConnection {
+        self.client
+    }
 }
 
 /// The places a connection holds until it ends, and the open-connections gauge going down with them.
@@ -64,8 +72,8 @@ impl Drop for HeldPlace {
     }
 }
 
-/// Who is at the other end of a request's connection, in every request's extensions: a proxy in front of an
-/// app (a Knative Route) passes it on as `X-Forwarded-For` and `X-Forwarded-Proto`.
+/// Who is at the other end of a request's connection ([`ConnectionPlace::client`]): a proxy in front of an app
+/// (a Knative Route) passes it on as `X-Forwarded-For` and `X-Forwarded-Proto`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientConnection {
     pub peer: std::net::SocketAddr,
@@ -214,8 +222,7 @@ pub(crate) async fn serve(
         let body_share_bytes = limits.max_inflight_body_bytes_per_connection.max(largest_body);
         tokio::spawn(async move {
             open.increment(1.0);
-            let place =
-                ConnectionPlace { _held: Arc::new(HeldPlace { _permit: permit, _address_slot: address_slot, open }) };
+            let held = Arc::new(HeldPlace { _permit: permit, _address_slot: address_slot, open });
             // Plaintext is let through even in strict mode, so a client is told why (426) and probes work.
             match sluice_security::accept(
                 stream,
@@ -229,18 +236,17 @@ pub(crate) async fn serve(
                 Ok(conn) => {
                     let refuse_plaintext = strict && conn.info().transport == Transport::Plain;
                     let client = ClientConnection { peer, tls: conn.info().transport != Transport::Plain };
+                    let place_here = ConnectionPlace { _held: held.clone(), client };
                     let front = Front { app, hosts, refuse_plaintext };
                     let first_request = Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let request_seen = first_request.clone();
                     let handling = Arc::new(AtomicUsize::new(0));
                     let handling_here = handling.clone();
                     let share = super::ConnectionBodyShare::new(body_share_bytes);
-                    let place_here = place.clone();
                     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                         request_seen.store(true, std::sync::atomic::Ordering::Relaxed);
                         request.extensions_mut().insert(share.clone());
                         request.extensions_mut().insert(place_here.clone());
-                        request.extensions_mut().insert(client);
                         let front = front.clone();
                         let handled = Handling::start(&handling_here);
                         async move {
@@ -287,7 +293,7 @@ pub(crate) async fn serve(
                 }
             }
             // The places go back now, or when the last upgraded connection holding them ends.
-            drop(place);
+            drop(held);
         });
     }
 }
