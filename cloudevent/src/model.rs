@@ -187,6 +187,23 @@ impl CloudEvent {
         out
     }
 
+    /// About how many bytes [`CloudEvent::to_json_string`] writes (base64 data and escapes estimated), without
+    /// writing it: to fill a batch up to a size before encoding it.
+    pub fn json_len_hint(&self) -> usize {
+        let attributes: usize = self
+            .attributes
+            .iter()
+            .map(|(name, value)| {
+                let value_len = match value {
+                    AttrValue::String(s) => s.len(),
+                    AttrValue::Integer(_) | AttrValue::Boolean(_) => 20,
+                };
+                name.len() + value_len + 6
+            })
+            .sum();
+        2 + attributes + 16 + self.data_len()
+    }
+
     fn data_len(&self) -> usize {
         match &self.data {
             Some(EventData::Bytes(bytes)) => bytes.len() * 4 / 3 + 4,

@@ -28,6 +28,9 @@ pub(crate) const ANNOTATION_MAX_INFLIGHT: &str = "sluice.dev/max-inflight";
 pub(crate) const ANNOTATION_RATE_LIMIT: &str = "sluice.dev/rate-limit";
 pub(crate) const ANNOTATION_DEAD_LETTER: &str = "sluice.dev/dead-letter";
 pub(crate) const ANNOTATION_SUBSCRIBER_PROTOCOL: &str = "sluice.dev/subscriber-protocol";
+/// `sluice.dev/delivery-batch-max-events: "N"`: the subscriber takes `application/cloudevents-batch+json`, up to N
+/// events per request (docs/dispatch.md "Batched delivery").
+pub(crate) const ANNOTATION_DELIVERY_BATCH_MAX_EVENTS: &str = "sluice.dev/delivery-batch-max-events";
 /// `sluice.dev/paused: "true"`: the consumer keeps its offset but nothing is delivered (`sluice trigger pause`).
 pub(crate) const ANNOTATION_PAUSED: &str = "sluice.dev/paused";
 
@@ -133,6 +136,9 @@ pub(crate) struct ConsumerSpec {
     pub protocol: Protocol,
     pub ordering: Ordering,
     pub max_inflight: usize,
+    /// `Some(n)`: events go to the subscriber in CloudEvents' batched content mode, up to `n` per request (and
+    /// [`crate::delivery::MAX_DELIVERY_BATCH_BYTES`]); `None`: one event per request, Knative's contract.
+    pub delivery_batch: Option<usize>,
     /// Events per second for the whole consumer (shared evenly by the partitions).
     pub rate_limit: Option<f64>,
     pub initial: InitialOffset,
@@ -344,6 +350,9 @@ fn consumer(
         .filter(|n| *n >= 1)
         .unwrap_or(DEFAULT_MAX_INFLIGHT)
         .min(sluice_controller::validate::MAX_INFLIGHT_LIMIT as usize);
+    let delivery_batch = annotation(object, ANNOTATION_DELIVERY_BATCH_MAX_EVENTS)
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map(|n| n.clamp(1, sluice_controller::validate::MAX_DELIVERY_BATCH_EVENTS as usize));
     let rate_limit = annotation(object, ANNOTATION_RATE_LIMIT)
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|r| r.is_finite() && *r > 0.0);
@@ -404,6 +413,7 @@ fn consumer(
         protocol,
         ordering,
         max_inflight,
+        delivery_batch,
         rate_limit,
         initial,
         filter,
@@ -457,7 +467,8 @@ mod tests {
             json!({"spec": {"broker": "b", "subscriber": {"uri": "http://s2/"}, "delivery": {"backoffDelay": "PT1S"}},
                 "metadata": {"name": "t2", "namespace": "default", "uid": "u2", "creationTimestamp": "2026-01-02T03:04:05Z",
                     "annotations": {"sluice.dev/delivery-order": "ordered", "sluice.dev/max-inflight": "7",
-                        "sluice.dev/dead-letter": "drop", "sluice.dev/initial-offset": "earliest"}}}),
+                        "sluice.dev/dead-letter": "drop", "sluice.dev/initial-offset": "earliest",
+                        "sluice.dev/delivery-batch-max-events": "64"}}}),
         );
         let (specs, problems) = consumers(&[broker, inherits, own], &env(), Default::default());
         assert!(problems.is_empty(), "{problems:?}");
@@ -467,6 +478,7 @@ mod tests {
         assert_eq!(t1.dead_letter_uri.as_deref(), Some("http://dls/"));
         assert_eq!(t1.ordering, Ordering::Unordered);
         assert_eq!(t1.max_inflight, DEFAULT_MAX_INFLIGHT);
+        assert_eq!(t1.delivery_batch, None, "one event per request unless the subscriber opts in");
         assert_eq!(t1.dead_letter_mode, DeadLetterMode::Keep);
         assert_eq!(t1.initial, InitialOffset::FromCreation { created_ms: 1_767_323_045_000 });
         assert!(matches!(&t1.reply, ReplyTarget::Broker { stream, .. } if stream == "broker/default/b"));
@@ -476,6 +488,7 @@ mod tests {
         assert_eq!(t2.dead_letter_uri, None);
         assert_eq!(t2.ordering, Ordering::Ordered);
         assert_eq!(t2.max_inflight, 7);
+        assert_eq!(t2.delivery_batch, Some(64));
         assert_eq!(t2.dead_letter_mode, DeadLetterMode::Drop);
         assert_eq!(t2.initial, InitialOffset::Earliest);
         assert_eq!(t2.dead_letter_stream, "deadletter/trigger/default/t2");

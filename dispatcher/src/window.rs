@@ -141,8 +141,34 @@ impl Window {
         true
     }
 
+    /// Ordered windows, for a batch: the event after in-flight `offset` in its key's queue, if there is one and it
+    /// waits. Starting it ([`Window::start_successor`]) lets one request carry a key's run in log order (its events
+    /// settle together). Unordered windows have no successors: every admitted event is ready.
+    pub(crate) fn successor(&self, offset: u64) -> Option<u64> {
+        if self.ordering == Ordering::Unordered {
+            return None;
+        }
+        let (key, state) = self.pending.get(&offset)?;
+        if *state != State::InFlight {
+            return None;
+        }
+        let queue = self.by_key.get(key)?;
+        let position = queue.iter().position(|o| *o == offset)?;
+        let next = *queue.get(position + 1)?;
+        self.pending.get(&next).is_some_and(|(_, state)| *state == State::Queued).then_some(next)
+    }
+
+    /// Starts [`Window::successor`]`(offset)`, answering it.
+    pub(crate) fn start_successor(&mut self, offset: u64) -> Option<u64> {
+        let next = self.successor(offset)?;
+        if let Some((_, state)) = self.pending.get_mut(&next) {
+            *state = State::InFlight;
+        }
+        Some(next)
+    }
+
     /// Settles an event (delivered, dead-lettered or dropped); in ordered mode the next event of its key becomes
-    /// ready.
+    /// ready, unless it is already in flight (started with this one in a batch).
     pub(crate) fn settle(&mut self, offset: u64) -> bool {
         let Some((key, _)) = self.pending.remove(&offset) else { return false };
         self.startable.remove(&offset);
@@ -152,7 +178,9 @@ impl Window {
             queue.retain(|o| *o != offset);
             match queue.front() {
                 Some(next) => {
-                    self.startable.insert(*next);
+                    if self.pending.get(next).is_some_and(|(_, state)| *state == State::Queued) {
+                        self.startable.insert(*next);
+                    }
                 }
                 None => {
                     self.by_key.remove(&key);
@@ -222,6 +250,35 @@ mod tests {
         assert!(window.start(5));
         assert!(window.settle(5));
         assert_eq!(ready(&window), vec![2, 4, 6], "keyless events are ordered among themselves");
+    }
+
+    #[test]
+    fn a_batch_carries_a_keys_run_and_its_settlement_readies_what_follows() {
+        let mut window = Window::new(Ordering::Ordered, 10, 0);
+        for (offset, key) in [(0, "a"), (1, "b"), (2, "a"), (3, "a"), (4, "b")] {
+            assert!(window.admit(offset, Some(key.into())));
+        }
+        assert_eq!(window.start_successor(0), None, "0 is not in flight");
+        assert!(window.start(0));
+        assert_eq!(window.start_successor(0), Some(2));
+        assert_eq!(window.start_successor(2), Some(3));
+        assert_eq!(window.start_successor(3), None, "a's run ends");
+        assert_eq!(window.start_successor(2), None, "3 is in flight already");
+        assert_eq!(window.in_flight(), 3);
+        assert_eq!(ready(&window), vec![1], "b's front only");
+        // The batch settles in log order: nothing of a becomes ready while its run is in flight.
+        assert!(window.settle(0));
+        assert_eq!(ready(&window), vec![1]);
+        assert!(window.settle(2));
+        assert!(window.settle(3));
+        assert_eq!(ready(&window), vec![1]);
+        assert!(window.admit(5, Some("a".into())));
+        assert_eq!(ready(&window), vec![1, 5], "a's next event, admitted after its run settled");
+        assert_eq!(window.watermark(), 1);
+        let mut unordered = Window::new(Ordering::Unordered, 10, 0);
+        assert!(unordered.admit(0, None) && unordered.admit(1, None));
+        assert!(unordered.start(0));
+        assert_eq!(unordered.start_successor(0), None, "every admitted event is ready in an unordered window");
     }
 
     #[test]
@@ -307,8 +364,12 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Admit { gap: u64, key: Option<u8> },
-        StartFirstReady,
+        Admit {
+            gap: u64,
+            key: Option<u8>,
+        },
+        /// Starts the first ready event and up to this many successors of its key (a batch).
+        StartFirstReady(usize),
         SettleInFlight(usize),
         Skip(u64),
     }
@@ -317,7 +378,7 @@ mod tests {
         use proptest::prelude::*;
         prop_oneof![
             (0u64..3, proptest::option::of(0u8..3)).prop_map(|(gap, key)| Op::Admit { gap, key }),
-            Just(Op::StartFirstReady),
+            (0usize..3).prop_map(Op::StartFirstReady),
             (0usize..8).prop_map(Op::SettleInFlight),
             (0u64..4).prop_map(Op::Skip),
         ]
@@ -325,14 +386,15 @@ mod tests {
 
     proptest::proptest! {
         /// Whatever happens: the watermark never goes back and never passes an unsettled event; the window never
-        /// holds more than its room; in ordered mode one event per key is in flight, and a key's events start in
-        /// log order.
+        /// holds more than its room; in ordered mode a key's events are in flight in one batch at most, and start
+        /// in log order.
         #[test]
         fn window_invariants(ordered in proptest::bool::ANY, room in 1usize..6, ops in proptest::collection::vec(op(), 1..80)) {
             let ordering = if ordered { Ordering::Ordered } else { Ordering::Unordered };
             let mut window = Window::new(ordering, room, 10);
             let mut keys: BTreeMap<u64, Option<String>> = BTreeMap::new();
-            let mut in_flight: Vec<u64> = Vec::new();
+            // The batches in flight, each in log order.
+            let mut in_flight: Vec<Vec<u64>> = Vec::new();
             let mut started_per_key: HashMap<Option<String>, u64> = HashMap::new();
             let mut watermark = window.watermark();
             for op in ops {
@@ -344,33 +406,49 @@ mod tests {
                             keys.insert(offset, key);
                         }
                     }
-                    Op::StartFirstReady => {
+                    Op::StartFirstReady(successors) => {
                         let first_ready = window.ready().next();
-                        if let Some(offset) = first_ready {
-                            proptest::prop_assert!(window.start(offset));
-                            in_flight.push(offset);
-                            let key = keys[&offset].clone();
-                            if ordered {
-                                let earlier_pending = keys.range(..offset).any(|(_, k)| *k == key);
-                                proptest::prop_assert!(!earlier_pending, "a key's events start in log order");
-                                let busy = in_flight.iter().filter(|o| keys.get(o) == Some(&key)).count();
-                                proptest::prop_assert_eq!(busy, 1, "one event per key in flight");
+                        if let Some(first) = first_ready {
+                            proptest::prop_assert!(window.start(first));
+                            let mut batch = vec![first];
+                            for _ in 0..successors {
+                                let Some(last) = batch.last().copied() else { break };
+                                match window.start_successor(last) {
+                                    Some(next) => batch.push(next),
+                                    None => break,
+                                }
                             }
-                            let last = started_per_key.insert(key, offset);
-                            proptest::prop_assert!(!ordered || last.is_none_or(|l| l < offset));
+                            proptest::prop_assert!(ordered || batch.len() == 1);
+                            for &offset in &batch {
+                                let key = keys[&offset].clone();
+                                if ordered {
+                                    let earlier_pending_elsewhere = keys
+                                        .range(..offset)
+                                        .any(|(o, k)| *k == key && !batch.contains(o));
+                                    proptest::prop_assert!(!earlier_pending_elsewhere, "a key's events start in log order");
+                                    let busy_elsewhere = in_flight.iter().flatten().any(|o| keys.get(o) == Some(&key));
+                                    proptest::prop_assert!(!busy_elsewhere, "a key is in flight in one batch at most");
+                                }
+                                let last = started_per_key.insert(key, offset);
+                                proptest::prop_assert!(!ordered || last.is_none_or(|l| l < offset));
+                            }
+                            in_flight.push(batch);
                         }
                     }
                     Op::SettleInFlight(i) => {
                         if !in_flight.is_empty() {
-                            let offset = in_flight.remove(i % in_flight.len());
-                            proptest::prop_assert!(window.settle(offset));
-                            keys.remove(&offset);
+                            for offset in in_flight.remove(i % in_flight.len()) {
+                                proptest::prop_assert!(window.settle(offset));
+                                keys.remove(&offset);
+                            }
                         }
                     }
                     Op::Skip(n) => window.skip_to(window.scanned_to() + n),
                 }
                 proptest::prop_assert!(window.pending() <= room);
                 proptest::prop_assert_eq!(window.pending(), keys.len());
+                let ready_in_flight = window.ready().any(|r| in_flight.iter().flatten().any(|o| *o == r));
+                proptest::prop_assert!(!ready_in_flight, "an event in flight is never ready again");
                 let now = window.watermark();
                 proptest::prop_assert!(now >= watermark, "the watermark never goes back");
                 if let Some(lowest) = keys.keys().next() {

@@ -31,7 +31,7 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> FieldError {
 pub const BROKER_CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";
 pub const SLUICE_ANNOTATION_PREFIX: &str = "sluice.dev/";
 /// The `sluice.dev/` annotations Sluice knows; others under that prefix are refused.
-pub const SLUICE_ANNOTATIONS: [&str; 12] = [
+pub const SLUICE_ANNOTATIONS: [&str; 13] = [
     "sluice.dev/ttl",
     "sluice.dev/dedupe-window",
     "sluice.dev/retention",
@@ -44,11 +44,14 @@ pub const SLUICE_ANNOTATIONS: [&str; 12] = [
     "sluice.dev/dead-letter",
     "sluice.dev/subscriber-protocol",
     "sluice.dev/paused",
+    "sluice.dev/delivery-batch-max-events",
 ];
 /// Knative's Kafka broker names the ordering annotation this way; Sluice accepts it too.
 pub const KAFKA_DELIVERY_ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
 /// Most concurrent deliveries `sluice.dev/max-inflight` may ask for, per Trigger and partition.
 pub const MAX_INFLIGHT_LIMIT: u32 = 10_000;
+/// Most events `sluice.dev/delivery-batch-max-events` may put in one request to the subscriber.
+pub const MAX_DELIVERY_BATCH_EVENTS: u32 = 1_000;
 /// The bounds of `sluice.dev/rate-limit`, events per second: one event in about 17 minutes, a billion a second.
 pub const MIN_RATE_LIMIT: f64 = 0.001;
 pub const MAX_RATE_LIMIT: f64 = 1e9;
@@ -235,6 +238,17 @@ fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<
             "sluice.dev/paused" => {
                 if !matches!(value, "true" | "false") {
                     errors.push(err(path, "must be true or false"));
+                }
+            }
+            "sluice.dev/delivery-batch-max-events" => {
+                if !value.trim().parse::<u32>().is_ok_and(|n| (1..=MAX_DELIVERY_BATCH_EVENTS).contains(&n)) {
+                    errors.push(err(
+                        path,
+                        format!(
+                            "must be an integer from 1 to {MAX_DELIVERY_BATCH_EVENTS}: the most events one \
+                             application/cloudevents-batch+json request to the subscriber carries"
+                        ),
+                    ));
                 }
             }
             "sluice.dev/subscriber-protocol" => {

@@ -1,8 +1,9 @@
-//! HTTP push: one attempt to POST one CloudEvent to one URL, and what came back.
+//! HTTP push: one attempt to POST one CloudEvent (or a batch of them) to one URL, and what came back.
 //!
 //! Binary mode by default (attributes as `ce-` headers encoded by `cloudevent::encode_header_value`,
 //! `datacontenttype` as `Content-Type`, data as the body, byte for byte); structured mode (`application/cloudevents+json`) when the DeliverySpec
-//! says `format: json`. Every request carries `Prefer: reply` and a W3C `traceparent`. Connections are pooled
+//! says `format: json`; batched mode (`application/cloudevents-batch+json`, a JSON array) for subscribers that
+//! opted in. Every single-event request carries `Prefer: reply`; every request a W3C `traceparent`. Connections are pooled
 //! and kept alive per host by the HTTP clients: plaintext HTTP/1.1 (Knative's usual in-cluster subscriber) goes
 //! through hyper's pooled client directly, with the URL parsed once per attempt into the request's `Uri`;
 //! https (which may need the destination's own CAs) and h2c with prior knowledge go through reqwest. A
@@ -332,6 +333,43 @@ impl Sender {
         now_ms: u64,
         reply_use: ReplyUse,
     ) -> AttemptResult {
+        let build = |uri: &http::Uri| build_request(uri, format, event, authorization);
+        self.send_built(url, ca_certs, protocol, build, timeout_ms, now_ms, reply_use).await
+    }
+
+    /// One attempt of a batch: POSTs `events` as one `application/cloudevents-batch+json` request (in the order
+    /// given). The response settles all of them; its body is no reply (read within
+    /// [`MAX_DISCARDED_BODY_BYTES`], never parsed).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn send_batch(
+        &self,
+        url: &str,
+        ca_certs: Option<&Arc<str>>,
+        protocol: Protocol,
+        events: &[(u64, Arc<CloudEvent>)],
+        authorization: Option<&str>,
+        timeout_ms: u64,
+        now_ms: u64,
+    ) -> AttemptResult {
+        // Encoded once for the attempt; a resend clones the `Bytes`.
+        let body = batch_body(events.iter().map(|(_, event)| event.as_ref()));
+        let first = events.first().map(|(_, event)| event.as_ref());
+        let build = |uri: &http::Uri| build_batch_request(uri, body.clone(), first, authorization);
+        self.send_built(url, ca_certs, protocol, build, timeout_ms, now_ms, ReplyUse::Discarded).await
+    }
+
+    /// One attempt with the request `build` makes (again for a resend).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_built(
+        &self,
+        url: &str,
+        ca_certs: Option<&Arc<str>>,
+        protocol: Protocol,
+        build: impl Fn(&http::Uri) -> http::Request<Bytes>,
+        timeout_ms: u64,
+        now_ms: u64,
+        reply_use: ReplyUse,
+    ) -> AttemptResult {
         let no_response = |error: String| AttemptResult { error: Some(error), ..Default::default() };
         let uri = match parse_uri(url) {
             Ok(uri) => uri,
@@ -352,7 +390,7 @@ impl Sender {
         let mut resends = 0;
         let (parts, body) = loop {
             // Built again for a resend (rare) rather than cloned for every delivery.
-            let request = build_request(&uri, format, event, authorization);
+            let request = build(&uri);
             match tokio::time::timeout_at(deadline, client.send(request)).await {
                 Err(_elapsed) => return no_response(format!("no response within {timeout_ms} ms")),
                 Ok(Ok(response)) => break response,
@@ -465,6 +503,45 @@ fn build_request(uri: &http::Uri, format: Format, event: &CloudEvent, token: Opt
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = uri.clone();
     *request.headers_mut() = headers;
+    request
+}
+
+/// CloudEvents' batched content mode: a JSON array of the events in the JSON format.
+pub(crate) fn batch_body<'a>(events: impl Iterator<Item = &'a CloudEvent>) -> Bytes {
+    let mut body = String::from("[");
+    for (i, event) in events.enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&event.to_json_string());
+    }
+    body.push(']');
+    Bytes::from(body)
+}
+
+/// The POST of one batch: `application/cloudevents-batch+json`, the first event's `traceparent` (each event keeps
+/// its own in the body), no `Prefer: reply`.
+fn build_batch_request(
+    uri: &http::Uri,
+    body: Bytes,
+    first: Option<&CloudEvent>,
+    token: Option<&str>,
+) -> http::Request<Bytes> {
+    use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+    let mut request = http::Request::new(body);
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri.clone();
+    let headers = request.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/cloudevents-batch+json"));
+    if let Some(traceparent) = first.and_then(|event| HeaderValue::try_from(traceparent(event)).ok()) {
+        headers.insert(HeaderName::from_static("traceparent"), traceparent);
+    }
+    if let Some(token) = token
+        && let Ok(mut bearer) = HeaderValue::try_from(format!("Bearer {token}"))
+    {
+        bearer.set_sensitive(true);
+        headers.insert(http::header::AUTHORIZATION, bearer);
+    }
     request
 }
 

@@ -102,14 +102,24 @@ fn sender_token(ctx: &DeliveryContext, spec: &ConsumerSpec, url: &str) -> Option
     token
 }
 
-/// The one send loop: POSTs `event` to `url` until the consumer's policy (`policy::next_step_jittered`) says it
+/// What one delivery sends.
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    Event {
+        format: Format,
+        event: &'a CloudEvent,
+    },
+    /// In batched mode, in this order.
+    Batch(&'a [(u64, Arc<CloudEvent>)]),
+}
+
+/// The one send loop: POSTs `payload` to `url` until the consumer's policy (`policy::next_step_jittered`) says it
 /// is done or gives up, sleeping until each retry instant.
 async fn send_with_retries(
     ctx: &DeliveryContext,
     spec: &ConsumerSpec,
     url: &str,
-    format: Format,
-    event: &CloudEvent,
+    payload: Payload<'_>,
     reply_use: ReplyUse,
     judge: &mut dyn Judge,
 ) -> Sent {
@@ -118,20 +128,17 @@ async fn send_with_retries(
         let started = std::time::Instant::now();
         let ca_certs = spec.ca_certs.get(url);
         let token = sender_token(ctx, spec, url);
-        let result = ctx
-            .sender
-            .send(
-                url,
-                ca_certs,
-                spec.protocol,
-                format,
-                event,
-                token.as_deref(),
-                spec.policy.timeout_ms,
-                now_ms(),
-                reply_use,
-            )
-            .await;
+        let (token, timeout_ms) = (token.as_deref(), spec.policy.timeout_ms);
+        let result = match payload {
+            Payload::Event { format, event } => {
+                ctx.sender
+                    .send(url, ca_certs, spec.protocol, format, event, token, timeout_ms, now_ms(), reply_use)
+                    .await
+            }
+            Payload::Batch(events) => {
+                ctx.sender.send_batch(url, ca_certs, spec.protocol, events, token, timeout_ms, now_ms()).await
+            }
+        };
         let (outcome, note) = judge.judge(&result, started.elapsed()).await;
         let retry_after = judge.retry_after(&result);
         match next_step_jittered(&spec.policy, attempt, outcome, retry_after, now_ms(), rand::random::<f64>()) {
@@ -288,7 +295,8 @@ pub(crate) async fn deliver(ctx: &DeliveryContext, spec: &ConsumerSpec, offset: 
         ReplyTarget::Discard => ReplyUse::Discarded,
         ReplyTarget::Broker { .. } | ReplyTarget::Uri(_) => ReplyUse::Wanted,
     };
-    match send_with_retries(ctx, spec, &spec.subscriber_uri, spec.format, event, reply_use, &mut judge).await {
+    let payload = Payload::Event { format: spec.format, event };
+    match send_with_retries(ctx, spec, &spec.subscriber_uri, payload, reply_use, &mut judge).await {
         Sent::Done { attempts } => Settlement::Delivered { attempts },
         Sent::GaveUp { attempts, result, reason, note } => {
             let reason = note.unwrap_or_else(|| describe(reason));
@@ -300,6 +308,72 @@ pub(crate) async fn deliver(ctx: &DeliveryContext, spec: &ConsumerSpec, offset: 
             // Boxed: the rare path's state (another send with retries, an append) would otherwise be part of
             // every delivery's future, allocated (and initialised) for each event.
             Box::pin(dead_letter(ctx, spec, offset, event, failure, attempts)).await
+        }
+    }
+}
+
+/// A batch's attempts: metrics for each of its events, the status alone decides (a batch's response carries no
+/// reply).
+struct BatchJudge<'c> {
+    spec: &'c ConsumerSpec,
+    events: &'c [(u64, Arc<CloudEvent>)],
+}
+
+impl Judge for BatchJudge<'_> {
+    fn judge<'a>(&'a mut self, result: &'a AttemptResult, elapsed: Duration) -> JudgeFuture<'a> {
+        let (scope, code, ms) =
+            ([self.spec.cursor.as_str()], result.status.unwrap_or(0), elapsed.as_secs_f64() * 1000.0);
+        // One record per run of events of one type (a batch is usually of one type or a few).
+        let types = self.events.iter().map(|(_, event)| event.get_str("type").unwrap_or_default());
+        let mut runs: Vec<(&str, u64)> = Vec::new();
+        for event_type in types {
+            match runs.last_mut() {
+                Some((last, count)) if *last == event_type => *count += 1,
+                _ => runs.push((event_type, 1)),
+            }
+        }
+        for (event_type, count) in runs {
+            DISPATCH_EVENT_METRICS
+                .record(&scope, event_type, code, count, ms, || labels(self.spec, event_type, result.status));
+        }
+        Box::pin(std::future::ready((classify(result.status), None)))
+    }
+
+    fn on_retry(&mut self, attempt: u32, result: &AttemptResult, at_ms: u64) {
+        let spec = self.spec;
+        metrics::counter!("sluice_dispatch_retries_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone())
+            .increment(self.events.len() as u64);
+        let first_offset = self.events.first().map(|(offset, _)| *offset);
+        tracing::debug!(consumer = %spec.name, ?first_offset, events = self.events.len(), attempt, status = ?result.status,
+            wait_ms = at_ms.saturating_sub(now_ms()), "retrying a batch");
+    }
+}
+
+/// Delivers `events` to `spec`'s subscriber in one `application/cloudevents-batch+json` request per attempt until
+/// they settle together: a 2xx delivers every one; when the policy gives up, each is dead-lettered on its own,
+/// with the batch's failure.
+pub(crate) async fn deliver_batch(
+    ctx: &DeliveryContext,
+    spec: &ConsumerSpec,
+    events: &[(u64, Arc<CloudEvent>)],
+) -> Vec<(u64, Settlement)> {
+    let first_offset = events.first().map(|(offset, _)| *offset);
+    let span = tracing::debug_span!("deliver_batch", consumer = %spec.cursor, partition = ctx.partition, ?first_offset, events = events.len());
+    let _ = &span;
+    let mut judge = BatchJudge { spec, events };
+    let payload = Payload::Batch(events);
+    match send_with_retries(ctx, spec, &spec.subscriber_uri, payload, ReplyUse::Discarded, &mut judge).await {
+        Sent::Done { attempts } => {
+            events.iter().map(|(offset, _)| (*offset, Settlement::Delivered { attempts })).collect()
+        }
+        Sent::GaveUp { attempts, result, reason, note } => {
+            let reason = note.unwrap_or_else(|| describe(reason));
+            let mut settled = Vec::with_capacity(events.len());
+            for (offset, event) in events {
+                let failure = failure_from(&spec.subscriber_uri, &result, reason.clone());
+                settled.push((*offset, Box::pin(dead_letter(ctx, spec, *offset, event, failure, attempts)).await));
+            }
+            settled
         }
     }
 }
@@ -511,7 +585,8 @@ async fn dead_letter_event(
 ) -> DeadLettered {
     let mut dead = with_error_attributes(event, &failure, offset);
     if let Some(sink) = &spec.dead_letter_uri {
-        match send_with_retries(ctx, spec, sink, spec.format, &dead, ReplyUse::Discarded, &mut ByStatus).await {
+        let payload = Payload::Event { format: spec.format, event: &dead };
+        match send_with_retries(ctx, spec, sink, payload, ReplyUse::Discarded, &mut ByStatus).await {
             Sent::Done { .. } => {
                 metrics::counter!("sluice_dispatch_dead_lettered_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone(), "to" => "sink").increment(1);
                 return DeadLettered::Sink;

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 
 use crate::capacity::host_of;
 use crate::consumer::{ConsumerSpec, InitialOffset, cursor_prefix};
-use crate::delivery::task::{DeliveryContext, Settlement, dead_letter_after_panic, deliver, now_ms};
+use crate::delivery::task::{DeliveryContext, Settlement, dead_letter_after_panic, deliver, deliver_batch, now_ms};
 use crate::stats::{self, CursorStats};
 use reading::{Consumer, ConsumerStart, ReadEvent, ReadLog, Reading, Start};
 
@@ -70,8 +70,8 @@ const HANDOVER_DRAIN: Duration = Duration::from_millis(500);
 /// Backlog reports towards a full subscriber, at most this often (besides one every commit tick).
 const BACKLOG_REPORT_MIN_MS: u64 = 50;
 
-/// What a delivery answers: (cursor, generation, offset, settlement).
-type DeliveryResult = (String, u64, u64, Settlement);
+/// What a delivery answers: (cursor, generation, each event's offset and settlement).
+type DeliveryResult = (String, u64, Vec<(u64, Settlement)>);
 
 /// A running delivery; an aborted one answers `Aborted` (and is dropped, with its slot at the subscriber), one
 /// that panicked answers `None`.
@@ -416,37 +416,45 @@ impl PartitionDispatcher {
         });
         for (start, slot) in starts {
             #[cfg(feature = "planted-bugs")]
-            if start.event.get_str("type") == Some(PLANTED_DISPATCHER_PANIC_TYPE) && first_dispatcher_panic() {
+            if start.events.iter().any(|(_, event)| event.get_str("type") == Some(PLANTED_DISPATCHER_PANIC_TYPE))
+                && first_dispatcher_panic()
+            {
                 panic!("a planted bug in the dispatch of partition {}", self.partition());
             }
             let Some(spec) = self.reading.consumers.get(&start.cursor).map(|c| c.spec.clone()) else { continue };
             let ctx = self.ctx.clone();
-            let Start { cursor, generation, offset, event } = start;
+            let first_offset = start.offset();
+            let Start { cursor, generation, events } = start;
             let running = self.running.entry(cursor.clone()).or_default();
             // Boxed: the delivery's state machine is large; the set moves a pointer.
             let (abort, registration) = AbortHandle::new_pair();
             let delivery: BoxFuture<'static, Option<DeliveryResult>> = Box::pin(async move {
                 // The slot at the subscriber is held until the delivery ends (or is aborted).
                 let _slot = slot;
-                let settlement = match AssertUnwindSafe(deliver(&ctx, &spec, offset, &event)).catch_unwind().await {
-                    Ok(settlement) => settlement,
+                let settled = match AssertUnwindSafe(deliver_start(&ctx, &spec, &events)).catch_unwind().await {
+                    Ok(settled) => settled,
                     Err(_) => {
-                        // A bug: the event is dead-lettered, saying so, and this partition's other deliveries
+                        // A bug: the events are dead-lettered, saying so, and this partition's other deliveries
                         // go on.
-                        tracing::error!(consumer = %cursor, offset, "a delivery panicked; dead-lettering its event");
+                        tracing::error!(consumer = %cursor, first_offset, events = events.len(), "a delivery panicked; dead-lettering its events");
                         metrics::counter!("sluice_dispatch_panics_total").increment(1);
-                        let dead_letter = dead_letter_after_panic(&ctx, &spec, offset, &event);
-                        match AssertUnwindSafe(dead_letter).catch_unwind().await {
-                            Ok(settlement) => settlement,
-                            // Left in flight (unsettled) until the consumer restarts.
-                            Err(_) => return None,
+                        let mut settled = Vec::with_capacity(events.len());
+                        for (offset, event) in &events {
+                            let dead_letter = dead_letter_after_panic(&ctx, &spec, *offset, event);
+                            match AssertUnwindSafe(dead_letter).catch_unwind().await {
+                                Ok(settlement) => settled.push((*offset, settlement)),
+                                // Left in flight (unsettled) until the consumer restarts.
+                                Err(_) => return None,
+                            }
                         }
+                        settled
                     }
                 };
-                Some((cursor, generation, offset, settlement))
+                Some((cursor, generation, settled))
             });
             self.deliveries.push(Abortable::new(delivery, registration));
-            running.insert(offset, abort);
+            // A batch is aborted through its first offset (an abort always takes the consumer's whole set).
+            running.insert(first_offset, abort);
         }
         // A subscriber without room: tell it (its autoscaler) what waits, now rather than at the next tick.
         if self.reading.any_full() && now_ms() >= self.last_backlog_report_ms + BACKLOG_REPORT_MIN_MS {
@@ -522,8 +530,10 @@ impl PartitionDispatcher {
     }
 
     fn settle_ended(&mut self, ended: Ended) {
-        if let Ok(Some((cursor, generation, offset, settlement))) = ended {
-            self.settle(&cursor, generation, offset, settlement);
+        if let Ok(Some((cursor, generation, settled))) = ended {
+            for (offset, settlement) in settled {
+                self.settle(&cursor, generation, offset, settlement);
+            }
         }
     }
 
@@ -610,6 +620,18 @@ impl PartitionDispatcher {
                 .unwrap_or(0.0);
             metrics::gauge!("sluice_dispatch_oldest_undelivered_age_seconds", &labels).set(oldest);
         }
+    }
+}
+
+/// One event to a consumer without `delivery_batch` (Knative's one event per request), or a batch.
+async fn deliver_start(
+    ctx: &DeliveryContext,
+    spec: &ConsumerSpec,
+    events: &[(u64, Arc<CloudEvent>)],
+) -> Vec<(u64, Settlement)> {
+    match events {
+        [(offset, event)] if spec.delivery_batch.is_none() => vec![(*offset, deliver(ctx, spec, *offset, event).await)],
+        _ => deliver_batch(ctx, spec, events).await,
     }
 }
 

@@ -21,7 +21,7 @@ use sluice_broker::OffsetCommit;
 use sluice_cloudevent::{CloudEvent, EventView, ordering_key};
 
 use crate::consumer::ConsumerSpec;
-use crate::delivery::Settlement;
+use crate::delivery::{MAX_DELIVERY_BATCH_BYTES, Settlement};
 use crate::filter::FilterIndex;
 use crate::rate::TokenBucket;
 use crate::stats::{self, CursorStats};
@@ -93,12 +93,24 @@ pub(crate) struct ConsumerStart {
     pub(crate) committed_stats: CursorStats,
 }
 
-/// A delivery to spawn.
+/// A delivery to spawn: one event, or a batch for a consumer with `delivery_batch`.
 pub(crate) struct Start {
     pub(crate) cursor: String,
     pub(crate) generation: u64,
-    pub(crate) offset: u64,
-    pub(crate) event: Arc<CloudEvent>,
+    /// At least one, in log order.
+    pub(crate) events: Vec<(u64, Arc<CloudEvent>)>,
+}
+
+impl Start {
+    /// The first event's offset.
+    pub(crate) fn offset(&self) -> u64 {
+        self.events.first().map_or(0, |(offset, _)| *offset)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn offsets(&self) -> impl Iterator<Item = u64> + '_ {
+        self.events.iter().map(|(offset, _)| *offset)
+    }
 }
 
 /// What to commit through the partition's Raft group, and what is stored once it is.
@@ -376,27 +388,54 @@ impl Reading {
         touched.append(&mut std::mem::take(&mut self.full));
         for cursor in touched {
             let Some(consumer) = self.consumers.get_mut(&cursor) else { continue };
-            let ready: Vec<u64> = consumer.window.ready().collect();
-            for offset in ready {
+            let max_events = consumer.spec.delivery_batch.unwrap_or(1);
+            let mut ready = consumer.window.ready().collect::<Vec<u64>>().into_iter().peekable();
+            while ready.peek().is_some() {
                 let Some(slot) = admit(&consumer.spec) else {
                     self.full.insert(cursor.clone());
                     break;
                 };
-                if let Some(bucket) = &mut consumer.bucket
-                    && !bucket.try_take(now_ms)
-                {
+                let mut batch = BatchFill::new(max_events, consumer.spec.delivery_batch.is_some());
+                let mut throttled = false;
+                while let Some(&offset) = ready.peek() {
+                    match batch.add(consumer, offset, now_ms) {
+                        Fill::Added => {
+                            ready.next();
+                            // An ordered window's key run goes in the same request, in log order.
+                            let mut last = offset;
+                            while let Some(next) = consumer.window.successor(last) {
+                                match batch.add(consumer, next, now_ms) {
+                                    Fill::Added => last = next,
+                                    Fill::Full | Fill::Missing => break,
+                                    Fill::Throttled => {
+                                        throttled = true;
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        Fill::Full => break,
+                        Fill::Missing => {
+                            ready.next();
+                        }
+                        Fill::Throttled => throttled = true,
+                    }
+                    if throttled {
+                        break;
+                    }
+                }
+                if throttled {
                     self.throttled.insert(cursor.clone());
+                }
+                if batch.events.is_empty() {
                     break;
                 }
-                let Some(pending) = consumer.pending.get(&offset) else { continue };
-                consumer.window.start(offset);
-                let start = Start {
-                    cursor: cursor.clone(),
-                    generation: consumer.generation,
-                    offset,
-                    event: pending.event.clone(),
-                };
-                starts.push((start, slot));
+                let mut events = batch.events;
+                events.sort_unstable_by_key(|(offset, _)| *offset);
+                starts.push((Start { cursor: cursor.clone(), generation: consumer.generation, events }, slot));
+                if throttled {
+                    break;
+                }
             }
         }
         starts
@@ -559,6 +598,59 @@ impl Reading {
                 consumer.committed_stats = stats;
             }
         }
+    }
+}
+
+/// One delivery's events being gathered: up to `max_events`, and for a batch up to
+/// [`MAX_DELIVERY_BATCH_BYTES`] (an event larger than that goes alone), each with a token of the consumer's rate
+/// limit.
+struct BatchFill {
+    max_events: usize,
+    batched: bool,
+    bytes: usize,
+    events: Vec<(u64, Arc<CloudEvent>)>,
+}
+
+enum Fill {
+    Added,
+    Full,
+    Throttled,
+    /// Not an event this consumer holds (cannot happen: admitted events are kept until settled).
+    Missing,
+}
+
+impl BatchFill {
+    fn new(max_events: usize, batched: bool) -> Self {
+        BatchFill { max_events, batched, bytes: 0, events: Vec::with_capacity(max_events.min(64)) }
+    }
+
+    /// Starts `offset` (ready, or the successor of the last event added) into this delivery if it fits.
+    fn add(&mut self, consumer: &mut Consumer, offset: u64, now_ms: u64) -> Fill {
+        if self.events.len() >= self.max_events {
+            return Fill::Full;
+        }
+        let Some(pending) = consumer.pending.get(&offset) else { return Fill::Missing };
+        let bytes = if self.batched { pending.event.json_len_hint() } else { 0 };
+        if !self.events.is_empty() && self.bytes + bytes > MAX_DELIVERY_BATCH_BYTES {
+            return Fill::Full;
+        }
+        if let Some(bucket) = &mut consumer.bucket
+            && !bucket.try_take(now_ms)
+        {
+            return Fill::Throttled;
+        }
+        let started = match self.events.last() {
+            Some((last, _)) if consumer.window.successor(*last) == Some(offset) => {
+                consumer.window.start_successor(*last).is_some()
+            }
+            _ => consumer.window.start(offset),
+        };
+        if !started {
+            return Fill::Full;
+        }
+        self.bytes += bytes;
+        self.events.push((offset, pending.event.clone()));
+        Fill::Added
     }
 }
 

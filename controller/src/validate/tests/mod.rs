@@ -157,6 +157,16 @@ fn invalid_objects_name_their_field() {
             "metadata.annotations[sluice.dev/dead-letter]",
         ),
         (
+            "delivery batch zero",
+            set(trigger(), "/metadata/annotations", json!({"sluice.dev/delivery-batch-max-events": "0"})),
+            "metadata.annotations[sluice.dev/delivery-batch-max-events]",
+        ),
+        (
+            "delivery batch past the limit",
+            set(trigger(), "/metadata/annotations", json!({"sluice.dev/delivery-batch-max-events": "1001"})),
+            "metadata.annotations[sluice.dev/delivery-batch-max-events]",
+        ),
+        (
             "subscriber protocol",
             set(trigger(), "/metadata/annotations", json!({"sluice.dev/subscriber-protocol": "h3"})),
             "metadata.annotations[sluice.dev/subscriber-protocol]",

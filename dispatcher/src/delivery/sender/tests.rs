@@ -312,3 +312,63 @@ async fn of_an_error_page_only_the_first_kib_is_read() {
     assert_eq!(result.body.len(), MAX_ERROR_DATA_BYTES);
     assert_eq!(result.error, None, "{result:?}");
 }
+
+/// A subscriber that answers one request with `response` and hands over that request (head and body).
+async fn capturing_subscriber(response: &'static [u8]) -> (String, tokio::sync::oneshot::Receiver<(String, Vec<u8>)>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("address"));
+    let (captured, receiver) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else { return };
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(head_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buffer.len() >= head_end + 4 + length {
+                    let body = buffer[head_end + 4..head_end + 4 + length].to_vec();
+                    let _ = stream.write_all(response).await;
+                    let _ = captured.send((head, body));
+                    return;
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    (url, receiver)
+}
+
+#[tokio::test]
+async fn a_batch_goes_as_one_json_array_and_its_response_is_no_reply() {
+    // A 200 that looks like a binary reply: a batch's response settles the batch and nothing else.
+    let (url, captured) = capturing_subscriber(
+        b"HTTP/1.1 200 OK\r\nce-specversion: 1.0\r\nce-id: r\r\nce-source: /r\r\nce-type: t\r\ncontent-length: 2\r\n\r\n{}",
+    )
+    .await;
+    let headers: [(&str, &[u8]); 4] =
+        [("ce-specversion", b"1.0"), ("ce-id", b"2"), ("ce-source", b"/s"), ("ce-type", b"u")];
+    let binary = cloudevent::from_binary(headers, Some(b"text/plain"), Bytes::from_static(b"plain text"));
+    let events: Vec<(u64, Arc<CloudEvent>)> = vec![(7, Arc::new(event())), (9, Arc::new(binary.expect("valid event")))];
+    let sender = Sender::new(None).expect("client");
+    let result = sender.send_batch(&url, None, Protocol::Http1, &events, None, 5_000, 0).await;
+    assert_eq!(result.status, Some(200), "{result:?}");
+    assert!(result.reply.is_none() && result.reply_cut.is_none() && result.error.is_none(), "{result:?}");
+    let (head, body) = captured.await.expect("the request");
+    assert!(head.contains("content-type: application/cloudevents-batch+json"), "{head}");
+    assert!(!head.contains("prefer:"), "a batch asks for no reply: {head}");
+    assert!(head.contains("traceparent: 00-"), "{head}");
+    let received = cloudevent::from_batch(&body, 10).expect("a valid batch");
+    // Text data comes back as a JSON string: the same attributes and the same bytes for a binary-mode reader.
+    let seen = |e: &CloudEvent| (e.attributes.clone(), e.binary_body());
+    let sent: Vec<_> = events.iter().map(|(_, event)| seen(event)).collect();
+    assert_eq!(received.iter().map(seen).collect::<Vec<_>>(), sent, "every event, in order, attributes and data");
+}

@@ -89,10 +89,28 @@ fn pump(reading: &mut Reading, log: &MemLog) -> Vec<Start> {
 
 fn settle_all(reading: &mut Reading, starts: &[Start]) {
     for start in starts {
-        let settled =
-            reading.settle(&start.cursor, start.generation, start.offset, Settlement::Delivered { attempts: 1 });
-        assert_eq!(settled, Some("delivered"));
+        for offset in start.offsets() {
+            let settled =
+                reading.settle(&start.cursor, start.generation, offset, Settlement::Delivered { attempts: 1 });
+            assert_eq!(settled, Some("delivered"));
+        }
     }
+}
+
+/// `specs` with `delivery_batch` and ordering set per consumer.
+fn with_batches(specs: Vec<Arc<ConsumerSpec>>, batches: &[Option<usize>], ordered: bool) -> Vec<Arc<ConsumerSpec>> {
+    specs
+        .into_iter()
+        .zip(batches)
+        .map(|(spec, batch)| {
+            let mut spec = (*spec).clone();
+            spec.delivery_batch = *batch;
+            if ordered {
+                spec.ordering = crate::window::Ordering::Ordered;
+            }
+            Arc::new(spec)
+        })
+        .collect()
 }
 
 fn name_of(cursor: &str) -> &str {
@@ -127,7 +145,7 @@ fn regression_a_detached_reader_stops_at_its_budget_and_goes_on_where_it_stopped
     assert_eq!(calls, 1_000 / (PRIVATE_READS_PER_CALL * read_batch), "whole budgets, then the rest");
     assert!(log.reads.borrow().values().all(|&reads| reads == 1), "each offset read once, across the calls");
     let starts = reading.take_startable(0, |_| Some(()));
-    assert_eq!(starts.iter().map(|s| s.0.offset).collect::<Vec<_>>(), [900], "the one match, found");
+    assert_eq!(starts.iter().map(|s| s.0.offset()).collect::<Vec<_>>(), [900], "the one match, found");
     assert_eq!(attached(&reading), ["t1"], "at the end, it attaches");
     assert!(!reading.read_detached(log.end(), &log), "nothing more to read");
 }
@@ -143,7 +161,7 @@ fn events_wait_in_the_window_while_the_subscriber_has_no_room() {
     while reading.read_detached(log.end(), &log) {}
     let mut room = 0usize;
     let starts = reading.take_startable(0, |_| (room < 3).then(|| room += 1));
-    assert_eq!(starts.iter().map(|(s, _)| s.offset).collect::<Vec<_>>(), [0, 1, 2], "three slots, three starts");
+    assert_eq!(starts.iter().map(|(s, _)| s.offset()).collect::<Vec<_>>(), [0, 1, 2], "three slots, three starts");
     assert!(reading.any_full());
     let window = &reading.consumers.values().next().expect("consumer").window;
     assert_eq!((window.in_flight(), window.queued()), (3, 7), "the rest wait, admitted but not started");
@@ -152,6 +170,58 @@ fn events_wait_in_the_window_while_the_subscriber_has_no_room() {
     let later = reading.take_startable(0, |_| Some(()));
     assert_eq!(later.len(), 7, "room again: the waiting ones start, in order");
     assert!(!reading.any_full());
+}
+
+#[test]
+fn a_batched_consumer_takes_one_slot_per_request_of_up_to_its_batch() {
+    let mut log = MemLog::default();
+    for _ in 0..10 {
+        log.append("a");
+    }
+    let all = with_batches(specs(&[("t1", "", 100)]), &[Some(4)], false);
+    let mut reading = reading_with(&all, &[0], 3);
+    while reading.read_shared(log.end(), &log) {}
+    while reading.read_detached(log.end(), &log) {}
+    let mut slots = 0usize;
+    let starts = reading.take_startable(0, |_| (slots < 2).then(|| slots += 1));
+    let batches: Vec<Vec<u64>> = starts.iter().map(|(s, _)| s.offsets().collect()).collect();
+    assert_eq!(batches, [vec![0, 1, 2, 3], vec![4, 5, 6, 7]], "two slots, two requests of four");
+    assert!(reading.any_full());
+    let rest: Vec<Vec<u64>> =
+        reading.take_startable(0, |_| Some(())).iter().map(|(s, _)| s.offsets().collect()).collect();
+    assert_eq!(rest, [vec![8, 9]], "what is ready, without waiting for a full batch");
+}
+
+#[test]
+fn an_ordered_batch_carries_its_keys_run_and_a_rate_limit_counts_events() {
+    let mut log = MemLog::default();
+    for _ in 0..6 {
+        log.append("a");
+    }
+    // Keyless events share one key: an ordered consumer without batches starts one at a time.
+    let all = with_batches(specs(&[("t1", "", 100)]), &[Some(4)], true);
+    let mut reading = reading_with(&all, &[0], 8);
+    let first: Vec<Vec<u64>> = pump(&mut reading, &log).iter().map(|s| s.offsets().collect()).collect();
+    assert_eq!(first, [vec![0, 1, 2, 3]], "the key's run, in log order, in one request");
+    assert!(pump(&mut reading, &log).is_empty(), "the key is busy until the batch settles");
+    let started = pump_and_settle(&mut reading, &log, first);
+    assert_eq!(started, [vec![4, 5]]);
+
+    let mut limited = (*with_batches(specs(&[("t2", "", 100)]), &[Some(4)], false)[0]).clone();
+    limited.rate_limit = Some(3.0);
+    let mut reading = reading_with(&[Arc::new(limited)], &[0], 8);
+    let offsets: Vec<Vec<u64>> = pump(&mut reading, &log).iter().map(|s| s.offsets().collect()).collect();
+    assert_eq!(offsets, [vec![0, 1, 2]], "three tokens in the bucket: three events, in one request");
+}
+
+/// Settles `batches` (as offsets) as delivered, then pumps: what started next.
+fn pump_and_settle(reading: &mut Reading, log: &MemLog, batches: Vec<Vec<u64>>) -> Vec<Vec<u64>> {
+    let cursor = reading.consumers.keys().next().cloned().unwrap_or_default();
+    let generation = reading.consumers.values().next().map_or(0, |c| c.generation);
+    for offset in batches.into_iter().flatten() {
+        reading.settle(&cursor, generation, offset, Settlement::Delivered { attempts: 1 });
+    }
+    pump(reading, log).iter().map(|s| s.offsets().collect()).collect()
 }
 
 #[test]
@@ -210,7 +280,7 @@ fn a_full_window_detaches_its_consumer_and_the_others_go_on() {
     let mut slow: Vec<Start> = starts.into_iter().filter(|s| name_of(&s.cursor) == "slow").collect();
     let mut delivered = Vec::new();
     while !slow.is_empty() {
-        delivered.extend(slow.iter().map(|s| s.offset));
+        delivered.extend(slow.iter().map(|s| s.offset()));
         settle_all(&mut reading, &slow);
         slow = pump(&mut reading, &log);
     }
@@ -237,9 +307,9 @@ fn a_consumer_that_starts_ahead_holds_the_shared_reader_until_it_attaches() {
     assert!(reading.read_shared(log.end(), &log));
     assert_eq!(reading.shared_next, Some(15), "the shared reader stops where `late` waits");
     let starts = pump(&mut reading, &log);
-    let late: Vec<u64> = starts.iter().filter(|s| name_of(&s.cursor) == "late").map(|s| s.offset).collect();
+    let late: Vec<u64> = starts.iter().filter(|s| name_of(&s.cursor) == "late").map(|s| s.offset()).collect();
     assert_eq!(late, (15..30).collect::<Vec<_>>(), "nothing before its start, everything after");
-    let early: Vec<u64> = starts.iter().filter(|s| name_of(&s.cursor) == "early").map(|s| s.offset).collect();
+    let early: Vec<u64> = starts.iter().filter(|s| name_of(&s.cursor) == "early").map(|s| s.offset()).collect();
     assert_eq!(early, (10..30).collect::<Vec<_>>());
     assert_eq!(attached(&reading), ["early", "late"]);
     assert_eq!(reading.shared_next, Some(30));
@@ -268,11 +338,11 @@ fn a_replay_restarts_the_consumer_at_its_target_and_ignores_the_old_deliveries()
     );
     let first = &old[0];
     assert_eq!(
-        reading.settle(&first.cursor, first.generation, first.offset, Settlement::Delivered { attempts: 1 }),
+        reading.settle(&first.cursor, first.generation, first.offset(), Settlement::Delivered { attempts: 1 }),
         None,
         "a delivery of the old incarnation changes nothing"
     );
-    let again: Vec<u64> = pump(&mut reading, &log).iter().map(|s| s.offset).collect();
+    let again: Vec<u64> = pump(&mut reading, &log).iter().map(|s| s.offset()).collect();
     assert_eq!(again, [2, 3, 4]);
     let committed = reading.commits(&replayed.into_iter().collect(), commits, false);
     assert!(
@@ -319,7 +389,7 @@ fn the_watermark_is_committed_only_when_it_moves() {
     let all = specs(&[("t", "a", 100)]);
     let mut reading = reading_with(&all, &[0], 100);
     let starts = pump(&mut reading, &log);
-    assert_eq!(starts.iter().map(|s| s.offset).collect::<Vec<_>>(), [0, 2], "the filter keeps type a");
+    assert_eq!(starts.iter().map(|s| s.offset()).collect::<Vec<_>>(), [0, 2], "the filter keeps type a");
     let offset_commits =
         |c: &Commits| c.commits.iter().filter(|c| !c.cursor.contains('!')).map(|c| c.offset).collect::<Vec<_>>();
     let first = reading.commits(&HashSet::new(), Vec::new(), false);
@@ -390,15 +460,21 @@ proptest! {
         ops in prop::collection::vec(op(), 1..40),
         windows in prop::collection::vec(1usize..6, 3),
         read_batch in 1usize..7,
+        batches in prop::collection::vec(prop::option::of(1usize..5), 3),
+        ordered in any::<bool>(),
     ) {
         let all = specs(&[("any", "", windows[0]), ("only-a", "a", windows[1]), ("only-b", "b", windows[2])]);
+        let all = with_batches(all, &batches, ordered);
         let mut reading = reading_with(&all, &[0, 0, 0], read_batch);
         let mut log = MemLog::default();
         let mut running: VecDeque<Start> = VecDeque::new();
         let mut started: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         let mut run = |reading: &mut Reading, log: &MemLog, running: &mut VecDeque<Start>| {
             for start in pump(reading, log) {
-                started.entry(name_of(&start.cursor).to_string()).or_default().push(start.offset);
+                let batch = batches[["any", "only-a", "only-b"].iter().position(|n| *n == name_of(&start.cursor)).unwrap_or(0)];
+                assert!(start.events.len() <= batch.unwrap_or(1), "a delivery carries at most its batch");
+                assert!(start.offsets().zip(start.offsets().skip(1)).all(|(a, b)| a < b), "a batch is in log order");
+                started.entry(name_of(&start.cursor).to_string()).or_default().extend(start.offsets());
                 running.push_back(start);
             }
         };
