@@ -109,3 +109,93 @@ async fn dead_letter_drop_restores_knatives_drop() -> anyhow::Result<()> {
     assert!(read_events(&node.admin, "deadletter/trigger/default/dropping", 1).await?.is_empty());
     Ok(())
 }
+
+/// The events of a batched request (`application/cloudevents-batch+json`), as Sluice's ingress reads them.
+fn batch_of(delivery: &Delivery) -> anyhow::Result<Vec<sluice_cloudevent::CloudEvent>> {
+    anyhow::ensure!(
+        delivery.header("content-type") == Some("application/cloudevents-batch+json"),
+        "not a batch: {:?}",
+        delivery.header("content-type")
+    );
+    Ok(sluice_cloudevent::from_batch(&delivery.body, 1_000)?)
+}
+
+async fn send_batch_accepted(
+    client: &reqwest::Client,
+    http: &str,
+    ids: &[String],
+    event_type: &str,
+) -> anyhow::Result<()> {
+    let events: Vec<_> = ids
+        .iter()
+        .map(|id| json!({"specversion": "1.0", "id": id, "source": "/t65", "type": event_type, "data": {"id": id}}))
+        .collect();
+    let response = client
+        .post(format!("http://{http}/default/b"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(serde_json::to_vec(&events)?)
+        .send()
+        .await?;
+    anyhow::ensure!(response.status() == 202, "ingress answered {}", response.status());
+    Ok(())
+}
+
+/// `sluice.dev/delivery-batch-max-events`: a subscriber that opts in receives the events in CloudEvents' batched
+/// mode, at most N per request, each once; a batch that fails is dead-lettered event by event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opted_in_subscriber_takes_batches_and_a_failed_batch_is_dead_lettered_event_by_event() -> anyhow::Result<()>
+{
+    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    apply_resource(&node.admin, broker_object("default", "b", json!({}))).await?;
+    let client = reqwest::Client::new();
+    // A backlog is there before the Trigger: its first reads find many events ready at once.
+    let ids: Vec<String> = (0..25).map(|i| format!("e{i:02}")).collect();
+    send_batch_accepted(&client, &node.http, &ids, "x").await?;
+    let batched = Subscriber::start(Subscriber::ok()).await?;
+    let only = |t: &str| json!({"filter": {"attributes": {"type": t}}});
+    let annotations = json!({"sluice.dev/initial-offset": "earliest", "sluice.dev/delivery-batch-max-events": "10"});
+    apply_resource(&node.admin, trigger_object("default", "batched", "b", &batched.url(), only("x"), annotations))
+        .await?;
+    let mut received: Vec<String> = Vec::new();
+    let deliveries = batched
+        .wait_until(Duration::from_secs(60), |deliveries| {
+            let events: usize = deliveries.iter().map(|d| batch_of(d).map_or(0, |b| b.len())).sum();
+            events >= ids.len()
+        })
+        .await?;
+    let mut largest = 0;
+    for delivery in &deliveries {
+        let batch = batch_of(delivery)?;
+        assert!(!batch.is_empty() && batch.len() <= 10, "1 to 10 events per request: {}", batch.len());
+        assert_eq!(delivery.header("prefer"), None, "a batch asks for no reply");
+        largest = largest.max(batch.len());
+        let batch_ids: Vec<&str> = batch.iter().filter_map(|e| e.get_str("id")).collect();
+        assert!(batch_ids.is_sorted(), "a batch is in log order: {batch_ids:?}");
+        received.extend(batch.iter().filter_map(|e| e.get_str("id").map(str::to_string)));
+    }
+    assert!(largest > 1, "a backlog goes in batches, not one by one");
+    // Batches of an unordered Trigger run side by side; each is in log order.
+    received.sort();
+    assert_eq!(received, ids, "every event exactly once");
+
+    // A subscriber that refuses the batch (422, not retryable): every event is dead-lettered on its own.
+    let refusing = Subscriber::start(Arc::new(|_: &Delivery, _| Reply::status(422))).await?;
+    let annotations = json!({"sluice.dev/initial-offset": "earliest", "sluice.dev/delivery-batch-max-events": "10"});
+    apply_resource(&node.admin, trigger_object("default", "refused", "b", &refusing.url(), only("y"), annotations))
+        .await?;
+    let refused_ids: Vec<String> = (0..3).map(|i| format!("r{i}")).collect();
+    send_batch_accepted(&client, &node.http, &refused_ids, "y").await?;
+    let dead = sluice_tests::wait_until(Duration::from_secs(60), || async {
+        let events = read_events(&node.admin, "deadletter/trigger/default/refused", 1).await?;
+        Ok((events.len() >= refused_ids.len()).then_some(events))
+    })
+    .await?;
+    let mut dead_ids: Vec<&str> = dead.iter().filter_map(|e| e.get_str("id")).collect();
+    dead_ids.sort_unstable();
+    assert_eq!(dead_ids, ["r0", "r1", "r2"], "each event of the batch, once");
+    assert!(dead.iter().all(|e| e.get("knativeerrorcode") == Some(&sluice_cloudevent::AttrValue::Integer(422))));
+    let offsets: std::collections::BTreeSet<&str> =
+        dead.iter().filter_map(|e| e.get_str("sluicesourceoffset")).collect();
+    assert_eq!(offsets.len(), 3, "each dead letter names its own offset: {offsets:?}");
+    Ok(())
+}
