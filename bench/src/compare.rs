@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use crate::calibrate;
 use crate::driver::System;
 use crate::openloop::{self, ProbeConfig, RunConfig, Sink};
-use crate::systems::{HttpCeiling, SluiceHttp};
+use crate::systems::{DELIVERY_BATCH, HttpCeiling, SluiceHttp};
 
 pub(crate) struct CompareConfig {
     pub smoke: bool,
@@ -124,6 +124,8 @@ type Started = (Arc<dyn System>, Option<Arc<SluiceHttp>>);
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Candidate {
     Sluice(u64),
+    /// Sluice whose subscriber takes batched delivery (`sluice.dev/delivery-batch-max-events`).
+    SluiceBatchedDelivery(u64),
     Ceiling,
     Nats,
     Rabbit,
@@ -133,6 +135,7 @@ impl Candidate {
     fn label(self) -> String {
         match self {
             Candidate::Sluice(n) => format!("sluice-{n}"),
+            Candidate::SluiceBatchedDelivery(n) => format!("sluice-{n}-batched-delivery"),
             Candidate::Ceiling => "http-ceiling".into(),
             Candidate::Nats => "nats-jetstream-3".into(),
             Candidate::Rabbit => "rabbitmq-quorum-3".into(),
@@ -377,10 +380,13 @@ impl Bench<'_> {
         }
         let budget = self.plan.per_system_budget;
         let started: Result<Started> = match candidate {
-            Candidate::Sluice(n) => SluiceHttp::start(n, self.plan.partitions).await.map(|s| {
-                let s = Arc::new(s);
-                (s.clone() as Arc<dyn System>, Some(s))
-            }),
+            Candidate::Sluice(n) | Candidate::SluiceBatchedDelivery(n) => {
+                let delivery_batch = matches!(candidate, Candidate::SluiceBatchedDelivery(_)).then_some(DELIVERY_BATCH);
+                SluiceHttp::start(n, self.plan.partitions, delivery_batch).await.map(|s| {
+                    let s = Arc::new(s);
+                    (s.clone() as Arc<dyn System>, Some(s))
+                })
+            }
             Candidate::Ceiling => HttpCeiling::start().await.map(|s| (Arc::new(s) as Arc<dyn System>, None)),
             peer => start_peer(peer).await.map(|s| (Arc::from(s), None)),
         };
@@ -515,7 +521,15 @@ pub(crate) async fn run(config: CompareConfig) -> Result<()> {
     let candidates: Vec<Candidate> = if config.smoke {
         vec![Candidate::Sluice(1)]
     } else {
-        vec![Candidate::Sluice(1), Candidate::Sluice(3), Candidate::Ceiling, Candidate::Nats, Candidate::Rabbit]
+        vec![
+            Candidate::Sluice(1),
+            Candidate::Sluice(3),
+            Candidate::SluiceBatchedDelivery(1),
+            Candidate::SluiceBatchedDelivery(3),
+            Candidate::Ceiling,
+            Candidate::Nats,
+            Candidate::Rabbit,
+        ]
     };
     for candidate in candidates.into_iter().filter(|c| config.only.is_empty() || config.only.contains(&c.label())) {
         bench.run_candidate(candidate).await;

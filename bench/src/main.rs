@@ -122,6 +122,10 @@ struct Args {
     /// rabbitmq-quorum-3); all by default.
     #[arg(long, default_value = "")]
     systems: String,
+    /// `steady`: the subscriber takes batched delivery, up to this many events per request
+    /// (`sluice.dev/delivery-batch-max-events`); one event per request without it.
+    #[arg(long)]
+    delivery_batch: Option<usize>,
 }
 
 #[tokio::main]
@@ -169,6 +173,7 @@ async fn main() -> Result<()> {
             payload_bytes: args.payload_bytes,
             // The first of `--records-per-append` (its default starts with 1: one event per request).
             events_per_request: sizes.first().copied().unwrap_or(1),
+            delivery_batch: args.delivery_batch,
             csv: args.csv.clone(),
             plot: args.plot.clone(),
         };

@@ -171,7 +171,13 @@ pub(crate) struct SluiceHttp {
     next: AtomicUsize,
     ids: AtomicU64,
     subscriber: Option<HttpServer>,
+    /// `Some(n)`: the subscriber's Trigger opts in to batched delivery, up to `n` events per request.
+    delivery_batch: Option<usize>,
 }
+
+/// The events per request the harness's batched-delivery rows let Sluice push (`--delivery-batch` elsewhere):
+/// as many as its batching producers send.
+pub(crate) const DELIVERY_BATCH: usize = 64;
 
 /// Extra `sluice node` flags for every Sluice the benchmark starts, from `SLUICE_BENCH_NODE_ARGS`
 /// (space-separated), for trying tuning flags without a rebuild.
@@ -189,7 +195,8 @@ pub(crate) async fn start_cluster(nodes: u64, partitions: u32) -> Result<TestClu
 }
 
 impl SluiceHttp {
-    pub(crate) async fn start(nodes: u64, partitions: u32) -> Result<SluiceHttp> {
+    /// `delivery_batch`: see [`SluiceHttp::delivery_batch`].
+    pub(crate) async fn start(nodes: u64, partitions: u32, delivery_batch: Option<usize>) -> Result<SluiceHttp> {
         let cluster = start_cluster(nodes, partitions).await?;
         let admin = cluster.nodes[0].admin.clone();
         let https: Vec<String> = cluster.nodes.iter().map(|n| n.http.clone()).collect();
@@ -209,6 +216,7 @@ impl SluiceHttp {
             next: AtomicUsize::new(0),
             ids: AtomicU64::new(0),
             subscriber: Some(HttpServer::start().await?),
+            delivery_batch,
         })
     }
 
@@ -226,7 +234,10 @@ impl SluiceHttp {
 
 impl System for SluiceHttp {
     fn name(&self) -> String {
-        format!("sluice-{}", self.nodes)
+        match self.delivery_batch {
+            None => format!("sluice-{}", self.nodes),
+            Some(_) => format!("sluice-{}-batched-delivery", self.nodes),
+        }
     }
 
     fn durability(&self) -> String {
@@ -263,7 +274,12 @@ impl System for SluiceHttp {
                 on_message(body);
             }));
             let filter = json!({"filter": {"attributes": {"type": "bench.event"}}});
-            apply_resource(&self.admin, trigger_object("bench", "match", "bench", &server.url(), filter, json!({})))
+            // The server splits a batched request into its events' data.
+            let annotations = match self.delivery_batch {
+                Some(n) => json!({"sluice.dev/delivery-batch-max-events": n.to_string()}),
+                None => json!({}),
+            };
+            apply_resource(&self.admin, trigger_object("bench", "match", "bench", &server.url(), filter, annotations))
                 .await?;
             // Publish warm-up events (not of any run) until one arrives: the Trigger is then dispatching.
             sluice_tests::wait_until(Duration::from_secs(60), || {

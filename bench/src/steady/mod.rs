@@ -44,6 +44,8 @@ pub(crate) struct SteadyBench {
     pub payload_bytes: usize,
     /// Events per request: 1 in binary mode, more as `application/cloudevents-batch+json`.
     pub events_per_request: usize,
+    /// The subscriber takes batched delivery, up to this many events per request.
+    pub delivery_batch: Option<usize>,
     pub csv: Option<PathBuf>,
     pub plot: Option<PathBuf>,
 }
@@ -135,7 +137,7 @@ fn unix_ns() -> u64 {
 
 impl SteadyBench {
     pub(crate) async fn run(&self) -> Result<()> {
-        let sluice = Arc::new(SluiceHttp::start(self.nodes, self.partitions).await?);
+        let sluice = Arc::new(SluiceHttp::start(self.nodes, self.partitions, self.delivery_batch).await?);
         let seconds = Arc::new(Seconds {
             start_unix_ns: AtomicU64::new(u64::MAX),
             buckets: Mutex::new(Vec::new()),
