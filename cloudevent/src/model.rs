@@ -187,21 +187,31 @@ impl CloudEvent {
         out
     }
 
-    /// About how many bytes [`CloudEvent::to_json_string`] writes (base64 data and escapes estimated), without
-    /// writing it: to fill a batch up to a size before encoding it.
-    pub fn json_len_hint(&self) -> usize {
+    /// At least as many bytes as [`CloudEvent::to_json_string`] writes (each character JSON escapes counted at
+    /// its longest, `\u00XX`), without writing it: to fill a batch up to a size before encoding it.
+    pub fn json_len_bound(&self) -> usize {
+        let escaped_bytes =
+            |s: &[u8]| s.len() + 2 + 5 * s.iter().filter(|b| **b < 0x20 || **b == b'"' || **b == b'\\').count();
+        let escaped = |s: &str| escaped_bytes(s.as_bytes());
         let attributes: usize = self
             .attributes
             .iter()
             .map(|(name, value)| {
                 let value_len = match value {
-                    AttrValue::String(s) => s.len(),
+                    AttrValue::String(s) => escaped(s),
                     AttrValue::Integer(_) | AttrValue::Boolean(_) => 20,
                 };
-                name.len() + value_len + 6
+                escaped(name) + 2 + value_len
             })
             .sum();
-        2 + attributes + 16 + self.data_len()
+        // Bytes go as JSON, text or base64 by their content type and content (`structured_data`); the longest of
+        // the three, without parsing them.
+        let data = match &self.data {
+            None => 0,
+            Some(EventData::Json(raw)) => raw.len(),
+            Some(EventData::Bytes(bytes)) => escaped_bytes(bytes).max(bytes.len().div_ceil(3) * 4 + 2),
+        };
+        2 + attributes + 16 + data
     }
 
     fn data_len(&self) -> usize {

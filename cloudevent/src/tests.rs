@@ -492,3 +492,41 @@ fn schema_attributes_are_checked_in_their_own_version_only() {
         assert_eq!(event(version, attribute, value), expected, "{version} {attribute}={value:?}");
     }
 }
+
+/// `json_len_bound` fills a batch up to a size before encoding: it must never be below the encoding.
+#[test]
+fn the_json_length_bound_is_never_below_the_encoding() {
+    let text_with_escapes = "line\n\"quoted\" \\ back\u{1}slash é";
+    let cases: Vec<CloudEvent> = vec![
+        binary(&[]).expect("valid"),
+        from_binary(headers(&[("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-source", "/s"), ("ce-type", "t")]),
+            Some(b"text/plain; charset=utf-8"), bytes::Bytes::from(text_with_escapes)).expect("valid"),
+        from_binary(headers(&[("ce-specversion", "1.0"), ("ce-id", "\"q\""), ("ce-source", "/s"), ("ce-type", "t")]),
+            Some(b"application/octet-stream"), bytes::Bytes::from(vec![0u8, 1, 2, 255, 34, 92])).expect("valid"),
+        from_binary(headers(&[("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-source", "/s"), ("ce-type", "t")]),
+            Some(b"application/json"), bytes::Bytes::from_static(br#"{"a": "\n\"", "b": [1e2]}"#)).expect("valid"),
+        from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","n":-2147483648,"ok":true,"data":{"x":"\u0001"}}"#)
+            .expect("valid"),
+        from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"a \"text\"\n"}"#).expect("valid"),
+    ];
+    for event in cases {
+        let encoded = event.to_json_string();
+        assert!(event.json_len_bound() >= encoded.len(), "{} < {}: {encoded}", event.json_len_bound(), encoded.len());
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn the_json_length_bound_holds_for_any_text_and_bytes(
+        subject in "\\PC*",
+        data in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+        content_type in proptest::sample::select(vec!["text/plain", "application/json", "application/octet-stream"]),
+    ) {
+        let mut event = binary(&[]).expect("valid");
+        event.attributes.insert("subject".into(), AttrValue::String(subject));
+        event.attributes.insert("datacontenttype".into(), AttrValue::String(content_type.into()));
+        event.data = Some(EventData::Bytes(Bytes::from(data)));
+        let encoded = event.to_json_string();
+        proptest::prop_assert!(event.json_len_bound() >= encoded.len());
+    }
+}

@@ -130,6 +130,11 @@ impl Window {
         self.startable.iter().copied()
     }
 
+    /// Whether an admitted event may start now.
+    pub(crate) fn is_ready(&self, offset: u64) -> bool {
+        self.startable.contains(&offset)
+    }
+
     /// Marks an event as being delivered (it must be ready).
     pub(crate) fn start(&mut self, offset: u64) -> bool {
         if !self.startable.remove(&offset) {
@@ -153,7 +158,8 @@ impl Window {
             return None;
         }
         let queue = self.by_key.get(key)?;
-        let position = queue.iter().position(|o| *o == offset)?;
+        // A key's queue is in log order (admitted in increasing offsets).
+        let position = queue.binary_search(&offset).ok()?;
         let next = *queue.get(position + 1)?;
         self.pending.get(&next).is_some_and(|(_, state)| *state == State::Queued).then_some(next)
     }

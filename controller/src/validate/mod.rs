@@ -249,6 +249,14 @@ fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<
                              application/cloudevents-batch+json request to the subscriber carries"
                         ),
                     ));
+                } else if object.get("kind").and_then(Value::as_str) == Some("Subscription")
+                    && object.pointer("/spec/reply").is_some_and(|reply| !reply.is_null())
+                {
+                    // A batch's response is no reply: the Subscription's replies would be lost without a word.
+                    errors.push(err(
+                        path,
+                        "a batched subscriber's responses are not replies: remove spec.reply or this annotation",
+                    ));
                 }
             }
             "sluice.dev/subscriber-protocol" => {

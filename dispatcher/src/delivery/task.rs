@@ -41,6 +41,12 @@ pub(crate) enum Settlement {
     },
 }
 
+/// Each event's offset and settlement, for one delivery (one event inline, a batch on the heap).
+pub(crate) type Settled = smallvec::SmallVec<[(u64, Settlement); 1]>;
+
+/// Dead letters of a failed batch written at once (each may retry against a sink, or append through Raft).
+const BATCH_DEAD_LETTERS_AT_ONCE: usize = 16;
+
 pub(crate) use sluice_cloudevent::clock::now_ms;
 
 async fn sleep_until_ms(at_ms: u64) {
@@ -351,12 +357,12 @@ impl Judge for BatchJudge<'_> {
 
 /// Delivers `events` to `spec`'s subscriber in one `application/cloudevents-batch+json` request per attempt until
 /// they settle together: a 2xx delivers every one; when the policy gives up, each is dead-lettered on its own,
-/// with the batch's failure.
+/// with the batch's failure ([`BATCH_DEAD_LETTERS_AT_ONCE`] at a time).
 pub(crate) async fn deliver_batch(
     ctx: &DeliveryContext,
     spec: &ConsumerSpec,
     events: &[(u64, Arc<CloudEvent>)],
-) -> Vec<(u64, Settlement)> {
+) -> Settled {
     let first_offset = events.first().map(|(offset, _)| *offset);
     let span = tracing::debug_span!("deliver_batch", consumer = %spec.cursor, partition = ctx.partition, ?first_offset, events = events.len());
     let _ = &span;
@@ -367,13 +373,19 @@ pub(crate) async fn deliver_batch(
             events.iter().map(|(offset, _)| (*offset, Settlement::Delivered { attempts })).collect()
         }
         Sent::GaveUp { attempts, result, reason, note } => {
+            use futures::stream::StreamExt;
             let reason = note.unwrap_or_else(|| describe(reason));
-            let mut settled = Vec::with_capacity(events.len());
-            for (offset, event) in events {
-                let failure = failure_from(&spec.subscriber_uri, &result, reason.clone());
-                settled.push((*offset, Box::pin(dead_letter(ctx, spec, *offset, event, failure, attempts)).await));
-            }
-            settled
+            // Made up front (they start when polled): a stream's `map` closure held in this future trips the
+            // compiler's `Send` proof of the delivery future.
+            let dead_letters: Vec<_> = events
+                .iter()
+                .map(|(offset, event)| {
+                    let failure = failure_from(&spec.subscriber_uri, &result, reason.clone());
+                    let offset = *offset;
+                    async move { (offset, Box::pin(dead_letter(ctx, spec, offset, event, failure, attempts)).await) }
+                })
+                .collect();
+            futures::stream::iter(dead_letters).buffered(BATCH_DEAD_LETTERS_AT_ONCE).collect::<Settled>().await
         }
     }
 }

@@ -33,7 +33,9 @@ use tokio::sync::mpsc;
 
 use crate::capacity::host_of;
 use crate::consumer::{ConsumerSpec, InitialOffset, cursor_prefix};
-use crate::delivery::task::{DeliveryContext, Settlement, dead_letter_after_panic, deliver, deliver_batch, now_ms};
+use crate::delivery::task::{
+    DeliveryContext, Settled, Settlement, dead_letter_after_panic, deliver, deliver_batch, now_ms,
+};
 use crate::stats::{self, CursorStats};
 use reading::{Consumer, ConsumerStart, ReadEvent, ReadLog, Reading, Start};
 
@@ -71,7 +73,7 @@ const HANDOVER_DRAIN: Duration = Duration::from_millis(500);
 const BACKLOG_REPORT_MIN_MS: u64 = 50;
 
 /// What a delivery answers: (cursor, generation, each event's offset and settlement).
-type DeliveryResult = (String, u64, Vec<(u64, Settlement)>);
+type DeliveryResult = (String, u64, Settled);
 
 /// A running delivery; an aborted one answers `Aborted` (and is dropped, with its slot at the subscriber), one
 /// that panicked answers `None`.
@@ -438,7 +440,7 @@ impl PartitionDispatcher {
                         // go on.
                         tracing::error!(consumer = %cursor, first_offset, events = events.len(), "a delivery panicked; dead-lettering its events");
                         metrics::counter!("sluice_dispatch_panics_total").increment(1);
-                        let mut settled = Vec::with_capacity(events.len());
+                        let mut settled = Settled::with_capacity(events.len());
                         for (offset, event) in &events {
                             let dead_letter = dead_letter_after_panic(&ctx, &spec, *offset, event);
                             match AssertUnwindSafe(dead_letter).catch_unwind().await {
@@ -465,7 +467,7 @@ impl PartitionDispatcher {
 
     /// Reports, for each consumer whose subscriber limits its in-flight deliveries, the events waiting in the
     /// log for it: admitted and not started, plus those not read yet (counted as matching until read: an upper
-    /// bound for filtered Triggers).
+    /// bound for filtered Triggers); for a batched consumer, the requests they make (a batch per slot).
     fn report_backlog(&mut self) {
         let Some(limits) = self.ctx.limits.clone() else { return };
         self.last_backlog_report_ms = now_ms();
@@ -487,6 +489,8 @@ impl PartitionDispatcher {
                 ahead.scan(window.scanned_to(), end, &log, |event| spec.filter.matches(&EventView(event)))
             };
             let events = if spec.paused { 0 } else { window.queued() as u64 + matched + unscanned };
+            // The subscriber's concurrency counts requests: a batched consumer needs one per batch.
+            let events = events.div_ceil(spec.delivery_batch.unwrap_or(1) as u64);
             let ordered_keys = (spec.ordering == crate::window::Ordering::Ordered)
                 .then(|| window.keys_pending() as u64 + u64::from(matched + unscanned > 0));
             let reporter = format!("{}#{partition}", spec.cursor);
@@ -624,13 +628,11 @@ impl PartitionDispatcher {
 }
 
 /// One event to a consumer without `delivery_batch` (Knative's one event per request), or a batch.
-async fn deliver_start(
-    ctx: &DeliveryContext,
-    spec: &ConsumerSpec,
-    events: &[(u64, Arc<CloudEvent>)],
-) -> Vec<(u64, Settlement)> {
+async fn deliver_start(ctx: &DeliveryContext, spec: &ConsumerSpec, events: &[(u64, Arc<CloudEvent>)]) -> Settled {
     match events {
-        [(offset, event)] if spec.delivery_batch.is_none() => vec![(*offset, deliver(ctx, spec, *offset, event).await)],
+        [(offset, event)] if spec.delivery_batch.is_none() => {
+            smallvec::smallvec![(*offset, deliver(ctx, spec, *offset, event).await)]
+        }
         _ => deliver_batch(ctx, spec, events).await,
     }
 }

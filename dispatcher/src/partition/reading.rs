@@ -93,12 +93,15 @@ pub(crate) struct ConsumerStart {
     pub(crate) committed_stats: CursorStats,
 }
 
+/// One delivery's events: one inline (Knative's one event per request), a batch on the heap.
+pub(crate) type DeliveryEvents = smallvec::SmallVec<[(u64, Arc<CloudEvent>); 1]>;
+
 /// A delivery to spawn: one event, or a batch for a consumer with `delivery_batch`.
 pub(crate) struct Start {
     pub(crate) cursor: String,
     pub(crate) generation: u64,
     /// At least one, in log order.
-    pub(crate) events: Vec<(u64, Arc<CloudEvent>)>,
+    pub(crate) events: DeliveryEvents,
 }
 
 impl Start {
@@ -403,7 +406,9 @@ impl Reading {
                             ready.next();
                             // An ordered window's key run goes in the same request, in log order.
                             let mut last = offset;
-                            while let Some(next) = consumer.window.successor(last) {
+                            while max_events > 1
+                                && let Some(next) = consumer.window.successor(last)
+                            {
                                 match batch.add(consumer, next, now_ms) {
                                     Fill::Added => last = next,
                                     Fill::Full | Fill::Missing => break,
@@ -608,7 +613,7 @@ struct BatchFill {
     max_events: usize,
     batched: bool,
     bytes: usize,
-    events: Vec<(u64, Arc<CloudEvent>)>,
+    events: DeliveryEvents,
 }
 
 enum Fill {
@@ -621,7 +626,7 @@ enum Fill {
 
 impl BatchFill {
     fn new(max_events: usize, batched: bool) -> Self {
-        BatchFill { max_events, batched, bytes: 0, events: Vec::with_capacity(max_events.min(64)) }
+        BatchFill { max_events, batched, bytes: 0, events: DeliveryEvents::new() }
     }
 
     /// Starts `offset` (ready, or the successor of the last event added) into this delivery if it fits.
@@ -630,8 +635,14 @@ impl BatchFill {
             return Fill::Full;
         }
         let Some(pending) = consumer.pending.get(&offset) else { return Fill::Missing };
-        let bytes = if self.batched { pending.event.json_len_hint() } else { 0 };
+        let bytes = if self.batched { pending.event.json_len_bound() } else { 0 };
         if !self.events.is_empty() && self.bytes + bytes > MAX_DELIVERY_BATCH_BYTES {
+            return Fill::Full;
+        }
+        // A ready event, or the next of the key run this batch carries.
+        let behind =
+            self.events.last().map(|(last, _)| *last).filter(|last| consumer.window.successor(*last) == Some(offset));
+        if behind.is_none() && !consumer.window.is_ready(offset) {
             return Fill::Full;
         }
         if let Some(bucket) = &mut consumer.bucket
@@ -639,15 +650,10 @@ impl BatchFill {
         {
             return Fill::Throttled;
         }
-        let started = match self.events.last() {
-            Some((last, _)) if consumer.window.successor(*last) == Some(offset) => {
-                consumer.window.start_successor(*last).is_some()
-            }
-            _ => consumer.window.start(offset),
+        match behind {
+            Some(last) => consumer.window.start_successor(last).is_some(),
+            None => consumer.window.start(offset),
         };
-        if !started {
-            return Fill::Full;
-        }
         self.bytes += bytes;
         self.events.push((offset, pending.event.clone()));
         Fill::Added

@@ -55,6 +55,12 @@ fn knative_shaped_objects_are_valid() {
     for object in [broker(), trigger(), channel(), subscription()] {
         assert_eq!(validate_object(&object, None), Ok(()), "{object}");
     }
+    let batched = json!({"sluice.dev/delivery-batch-max-events": "1000"});
+    let batched_trigger = set(trigger(), "/metadata/annotations", batched.clone());
+    let batched_subscription = set(set(subscription(), "/spec/reply", Value::Null), "/metadata/annotations", batched);
+    for object in [batched_trigger, batched_subscription] {
+        assert_eq!(validate_object(&object, None), Ok(()), "{object}");
+    }
 }
 
 fn set(mut object: Value, pointer: &str, value: Value) -> Value {
@@ -164,6 +170,11 @@ fn invalid_objects_name_their_field() {
         (
             "delivery batch past the limit",
             set(trigger(), "/metadata/annotations", json!({"sluice.dev/delivery-batch-max-events": "1001"})),
+            "metadata.annotations[sluice.dev/delivery-batch-max-events]",
+        ),
+        (
+            "batched delivery with a reply destination",
+            set(subscription(), "/metadata/annotations", json!({"sluice.dev/delivery-batch-max-events": "10"})),
             "metadata.annotations[sluice.dev/delivery-batch-max-events]",
         ),
         (
