@@ -8,6 +8,9 @@
 //! NATS async publishes, RabbitMQ confirms awaited after the whole batch); (c) for Sluice, the probe and the
 //! common-rate run again with 1,000 Triggers of which one matches. Each probe step also records the CPU time
 //! the system's processes used (publish, acknowledgement and delivery to the subscriber) per acked event.
+//! Sluice runs twice per cluster size: `sluice-N` pushes one event per request to its subscriber (Knative's
+//! contract), `sluice-N-batched-delivery` lets the subscriber take up to 64 per request, as the peers' consumers
+//! take many messages per read.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -118,7 +118,8 @@ struct Args {
     /// `compare`: Sluice on one node only, tiny rates, about 5 s (the CI smoke test).
     #[arg(long)]
     smoke: bool,
-    /// `compare`: comma-separated systems to run (sluice-1, sluice-3, http-ceiling, nats-jetstream-3,
+    /// `compare`: comma-separated systems to run (sluice-1, sluice-3, sluice-1-batched-delivery,
+    /// sluice-3-batched-delivery, http-ceiling, nats-jetstream-3,
     /// rabbitmq-quorum-3); all by default.
     #[arg(long, default_value = "")]
     systems: String,
