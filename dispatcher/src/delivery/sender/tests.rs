@@ -58,7 +58,7 @@ fn traceparent_is_kept_or_derived_stably() {
 /// next request arrives without answering (what a server closing an idle connection does as it is reused).
 /// `answer_first: false`: it closes every connection without answering.
 async fn closing_subscriber(answer_first: bool) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/", listener.local_addr().expect("address"));
     let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -69,30 +69,10 @@ async fn closing_subscriber(answer_first: bool) -> (String, Arc<std::sync::atomi
             tokio::spawn(async move {
                 let mut answered = !answer_first;
                 let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
                 loop {
-                    // One whole request: its head, then the body its content-length names.
-                    let Some(head_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if buffer.len() < head_end + 4 + length {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
+                    if read_request(&mut stream, &mut buffer).await.is_none() {
+                        return;
                     }
-                    buffer.drain(..head_end + 4 + length);
                     counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     if answered {
                         return; // closes the connection: the request is lost with it
@@ -315,36 +295,44 @@ async fn of_an_error_page_only_the_first_kib_is_read() {
 
 /// A subscriber that answers one request with `response` and hands over that request (head and body).
 async fn capturing_subscriber(response: &'static [u8]) -> (String, tokio::sync::oneshot::Receiver<(String, Vec<u8>)>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/", listener.local_addr().expect("address"));
     let (captured, receiver) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let Ok((mut stream, _)) = listener.accept().await else { return };
-        let mut buffer = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(head_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if buffer.len() >= head_end + 4 + length {
-                    let body = buffer[head_end + 4..head_end + 4 + length].to_vec();
-                    let _ = stream.write_all(response).await;
-                    let _ = captured.send((head, body));
-                    return;
-                }
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-            }
+        if let Some(request) = read_request(&mut stream, &mut Vec::new()).await {
+            let _ = stream.write_all(response).await;
+            let _ = captured.send(request);
         }
     });
     (url, receiver)
+}
+
+/// Reads one whole request (its head, then the body its content-length names) from `stream` into `buffer`, and
+/// takes it out: (the head lower-cased, the body). `None` when the connection ends first.
+async fn read_request(stream: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(head_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buffer.len() >= head_end + 4 + length {
+                let body = buffer[head_end + 4..head_end + 4 + length].to_vec();
+                buffer.drain(..head_end + 4 + length);
+                return Some((head, body));
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
 
 #[tokio::test]
