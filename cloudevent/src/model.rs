@@ -20,6 +20,15 @@ pub enum AttrValue {
 }
 
 impl AttrValue {
+    /// Bytes of the value in the stored form beyond its tag and length (an integer's varint is counted by
+    /// [`CloudEvent::stored_len_bound`]'s slack).
+    fn stored_len(&self) -> usize {
+        match self {
+            AttrValue::String(s) => s.len(),
+            AttrValue::Integer(_) | AttrValue::Boolean(_) => 0,
+        }
+    }
+
     pub fn as_str(&self) -> Option<&str> {
         match self {
             AttrValue::String(s) => Some(s),
@@ -131,9 +140,25 @@ impl CloudEvent {
 
     /// The stored form: a format byte, then postcard.
     pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
-        let mut out = vec![STORED_FORMAT_V1];
-        out.extend(postcard::to_allocvec(self)?);
-        Ok(out)
+        let mut out = Vec::with_capacity(self.stored_len_bound());
+        out.push(STORED_FORMAT_V1);
+        postcard::to_extend(self, out)
+    }
+
+    /// At least as many bytes as [`CloudEvent::encode`] writes, so that it allocates once: an event grown
+    /// from an empty buffer was reallocated and copied several times, then copied once more behind the
+    /// format byte.
+    pub(crate) fn stored_len_bound(&self) -> usize {
+        // A varint length or tag takes at most 10 bytes; an integer attribute at most 10 more.
+        const VARINT: usize = 10;
+        let attributes: usize =
+            self.attributes.iter().map(|(name, value)| 3 * VARINT + name.len() + value.stored_len()).sum();
+        let data = match &self.data {
+            None => 0,
+            Some(EventData::Json(raw)) => raw.len(),
+            Some(EventData::Bytes(bytes)) => bytes.len(),
+        };
+        1 + 4 * VARINT + attributes + data
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {

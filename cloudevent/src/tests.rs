@@ -493,9 +493,10 @@ fn schema_attributes_are_checked_in_their_own_version_only() {
     }
 }
 
-/// `json_len_bound` fills a batch up to a size before encoding: it must never be below the encoding.
+/// `json_len_bound` fills a batch up to a size before encoding, and `stored_len_bound` sizes the stored
+/// form's buffer: neither may be below its encoding.
 #[test]
-fn the_json_length_bound_is_never_below_the_encoding() {
+fn the_length_bounds_are_never_below_the_encodings() {
     let text_with_escapes = "line\n\"quoted\" \\ back\u{1}slash é";
     let cases: Vec<CloudEvent> = vec![
         binary(&[]).expect("valid"),
@@ -512,6 +513,9 @@ fn the_json_length_bound_is_never_below_the_encoding() {
     for event in cases {
         let encoded = event.to_json_string();
         assert!(event.json_len_bound() >= encoded.len(), "{} < {}: {encoded}", event.json_len_bound(), encoded.len());
+        let stored = event.encode().expect("encodes");
+        assert!(event.stored_len_bound() >= stored.len(), "{} < {}", event.stored_len_bound(), stored.len());
+        assert_eq!(CloudEvent::decode(&stored).expect("decodes"), event);
     }
 }
 
@@ -521,12 +525,17 @@ proptest::proptest! {
         subject in "\\PC*",
         data in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
         content_type in proptest::sample::select(vec!["text/plain", "application/json", "application/octet-stream"]),
+        number in proptest::num::i64::ANY,
     ) {
         let mut event = binary(&[]).expect("valid");
         event.attributes.insert("subject".into(), AttrValue::String(subject));
         event.attributes.insert("datacontenttype".into(), AttrValue::String(content_type.into()));
+        event.attributes.insert("sequence".into(), AttrValue::Integer(number));
+        event.attributes.insert("flag".into(), AttrValue::Boolean(number % 2 == 0));
         event.data = Some(EventData::Bytes(Bytes::from(data)));
         let encoded = event.to_json_string();
         proptest::prop_assert!(event.json_len_bound() >= encoded.len());
+        let stored = event.encode().expect("encodes");
+        proptest::prop_assert!(event.stored_len_bound() >= stored.len());
     }
 }

@@ -108,7 +108,8 @@ pub(crate) fn router(node: Node, metrics: PrometheusHandle, ingress: Ingress) ->
         .route(sluice_security::jwt::issuer::DISCOVERY_PATH, get(openid_configuration))
         .route(sluice_security::jwt::issuer::JWKS_PATH, get(jwks))
         .with_state(HttpState { node, metrics });
-    probes.merge(Router::new().fallback(crate::ingress::handle).with_state(ingress))
+    // Shared, not cloned per request: a clone of `Ingress` took and dropped a reference of each of its parts.
+    probes.merge(Router::new().fallback(crate::ingress::handle).with_state(Arc::new(ingress)))
 }
 
 /// What every request of one connection passes before the router: the plaintext refusal of strict transport

@@ -440,7 +440,7 @@ fn count_types(events: &[cloudevent::CloudEvent]) -> Vec<(String, u64)> {
 
 /// The handler behind every path that is not `/healthz`, `/readyz` or `/metrics`.
 /// Takes the request whole: Axum's `Method`, `Uri` and `HeaderMap` extractors each clone their part.
-pub(crate) async fn handle(State(ingress): State<Ingress>, request: axum::extract::Request) -> Response {
+pub(crate) async fn handle(State(ingress): State<Arc<Ingress>>, request: axum::extract::Request) -> Response {
     let started = Instant::now();
     let (axum::http::request::Parts { method, uri, headers, extensions, .. }, body) = request.into_parts();
     let limits = ingress.limits();
