@@ -515,6 +515,7 @@ fn the_length_bounds_are_never_below_the_encodings() {
         assert!(event.json_len_bound() >= encoded.len(), "{} < {}: {encoded}", event.json_len_bound(), encoded.len());
         let stored = event.encode().expect("encodes");
         assert!(event.stored_len_bound() >= stored.len(), "{} < {}", event.stored_len_bound(), stored.len());
+        assert_eq!(stored.capacity(), event.stored_len_bound(), "the buffer was allocated once, never grown");
         assert_eq!(CloudEvent::decode(&stored).expect("decodes"), event);
     }
 }
@@ -537,5 +538,6 @@ proptest::proptest! {
         proptest::prop_assert!(event.json_len_bound() >= encoded.len());
         let stored = event.encode().expect("encodes");
         proptest::prop_assert!(event.stored_len_bound() >= stored.len());
+        proptest::prop_assert_eq!(stored.capacity(), event.stored_len_bound());
     }
 }
