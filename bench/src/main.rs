@@ -25,6 +25,7 @@
 //! the answer, and sends the next, for `--seconds`. The node coalesces
 //! concurrent appends into Raft entries, so concurrency is what batching feeds on.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -42,6 +43,7 @@ mod dispatch;
 mod driver;
 mod openloop;
 mod peers;
+mod post_client;
 mod serving;
 mod steady;
 mod systems;
@@ -265,49 +267,35 @@ async fn run_http(
     events_per_request: usize,
 ) -> Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let targets: Vec<Arc<post_client::PostTarget>> = https
+        .iter()
+        .map(|h| post_client::PostTarget::new(&format!("http://{h}/bench/bench")).map(Arc::new))
+        .collect::<Result<_>>()?;
     let mut clients = Vec::new();
     let events_per_request = events_per_request.max(1);
     for worker in 0..concurrency {
-        let url = format!("http://{}/bench/bench", https[worker % https.len()]);
-        let client = client.clone();
-        let payload_bytes = args.payload_bytes;
-        let data = "x".repeat(payload_bytes);
+        let target = targets[worker % targets.len()].clone();
+        let payload = bytes::Bytes::from(vec![b'x'; args.payload_bytes]);
+        // Ids unique across workers, so that Sluice's dedupe never drops one.
+        let mut next_id = (worker as u64) << 40;
         clients.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let (mut events, mut errors) = (0u64, 0u64);
-            let mut i = 0u64;
             while Instant::now() < deadline {
-                i += 1;
-                let request = if events_per_request == 1 {
-                    client
-                        .post(&url)
-                        .header("ce-specversion", "1.0")
-                        .header("ce-id", format!("{worker}-{i}"))
-                        .header("ce-source", "/bench")
-                        .header("ce-type", "bench.event")
-                        .header("content-type", "application/octet-stream")
-                        .body(vec![b'x'; payload_bytes])
-                } else {
-                    let batch: Vec<serde_json::Value> = (0..events_per_request)
-                        .map(|e| {
-                            serde_json::json!({"specversion": "1.0", "id": format!("{worker}-{i}-{e}"),
-                                "source": "/bench", "type": "bench.event", "datacontenttype": "text/plain",
-                                "data": data})
-                        })
-                        .collect();
-                    client
-                        .post(&url)
-                        .header("content-type", "application/cloudevents-batch+json")
-                        .body(serde_json::to_vec(&batch)?)
-                };
                 let started = Instant::now();
-                match request.send().await {
-                    Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
+                let first_id = next_id;
+                next_id += events_per_request as u64;
+                let sent = if events_per_request == 1 {
+                    systems::post_event(&target, first_id, payload.clone()).await
+                } else {
+                    systems::post_batch(&target, first_id, vec![payload.clone(); events_per_request]).await
+                };
+                match sent {
+                    Ok(()) => {
                         histogram.record(started.elapsed().as_micros().max(1) as u64)?;
                         events += events_per_request as u64;
                     }
-                    _ => errors += 1,
+                    Err(_) => errors += 1,
                 }
             }
             anyhow::Ok((histogram, events, errors))

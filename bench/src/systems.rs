@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -20,8 +21,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::driver::{BoxFuture, OnMessage, System};
-
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::post_client::PostTarget;
 
 /// A minimal in-process HTTP/1.1 + h2c server on 127.0.0.1 answering 202 to everything, after handing the
 /// body to the current callback (if any). Nothing is recorded, so memory stays flat however long it runs.
@@ -94,18 +94,16 @@ async fn serve(listener: TcpListener, callback: Arc<RwLock<Option<OnMessage>>>) 
     }
 }
 
-fn http_client() -> Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().pool_max_idle_per_host(1024).tcp_nodelay(true).timeout(PUBLISH_TIMEOUT).build()?)
-}
-
 pub(crate) const BATCH: &str = "application/cloudevents-batch+json";
 
 /// POSTs `payloads` as one `application/cloudevents-batch+json` request; `Ok` on 202.
-async fn post_batch(client: &reqwest::Client, url: &str, first_id: u64, payloads: Vec<Bytes>) -> Result<()> {
+pub(crate) async fn post_batch(target: &PostTarget, first_id: u64, payloads: Vec<Bytes>) -> Result<()> {
     let body = batch_body(first_id, &payloads)?;
-    let response = client.post(url).header("content-type", BATCH).body(body).send().await?;
-    if response.status() != reqwest::StatusCode::ACCEPTED {
-        bail!("status {}", response.status());
+    let mut headers = HeaderMap::with_capacity(2);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(BATCH));
+    let status = target.post(headers, body.into()).await?;
+    if status != hyper::StatusCode::ACCEPTED {
+        bail!("status {status}");
     }
     Ok(())
 }
@@ -140,19 +138,16 @@ fn batch_data(body: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// POSTs `payload` as a binary-mode CloudEvent; `Ok` on 202.
-async fn post_event(client: &reqwest::Client, url: &str, id: u64, payload: Bytes) -> Result<()> {
-    let response = client
-        .post(url)
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id.to_string())
-        .header("ce-source", "/bench")
-        .header("ce-type", "bench.event")
-        .header("content-type", "application/octet-stream")
-        .body(payload)
-        .send()
-        .await?;
-    if response.status() != reqwest::StatusCode::ACCEPTED {
-        bail!("status {}", response.status());
+pub(crate) async fn post_event(target: &PostTarget, id: u64, payload: Bytes) -> Result<()> {
+    let mut headers = HeaderMap::with_capacity(6);
+    headers.insert(HeaderName::from_static("ce-specversion"), HeaderValue::from_static("1.0"));
+    headers.insert(HeaderName::from_static("ce-id"), HeaderValue::from(id));
+    headers.insert(HeaderName::from_static("ce-source"), HeaderValue::from_static("/bench"));
+    headers.insert(HeaderName::from_static("ce-type"), HeaderValue::from_static("bench.event"));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    let status = target.post(headers, payload).await?;
+    if status != hyper::StatusCode::ACCEPTED {
+        bail!("status {status}");
     }
     Ok(())
 }
@@ -166,8 +161,8 @@ pub(crate) struct SluiceHttp {
     pub partitions: u32,
     pub admin: String,
     pub https: Vec<String>,
-    urls: Vec<String>,
-    client: reqwest::Client,
+    /// One per node's ingress, taken in turn.
+    targets: Vec<PostTarget>,
     next: AtomicUsize,
     ids: AtomicU64,
     subscriber: Option<HttpServer>,
@@ -204,15 +199,15 @@ impl SluiceHttp {
         for http in &https {
             sluice_tests::wait_for_broker(http, "/bench/bench").await?;
         }
-        let urls = https.iter().map(|h| format!("http://{h}/bench/bench")).collect();
+        let targets =
+            https.iter().map(|h| PostTarget::new(&format!("http://{h}/bench/bench"))).collect::<Result<_>>()?;
         Ok(SluiceHttp {
             cluster: Some(cluster),
             nodes,
             partitions,
             admin,
             https,
-            urls,
-            client: http_client()?,
+            targets,
             next: AtomicUsize::new(0),
             ids: AtomicU64::new(0),
             subscriber: Some(HttpServer::start().await?),
@@ -248,15 +243,15 @@ impl System for SluiceHttp {
     }
 
     fn publish(&self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
-        let url = &self.urls[self.next.fetch_add(1, Ordering::Relaxed) % self.urls.len()];
+        let target = &self.targets[self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len()];
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        Box::pin(post_event(&self.client, url, id, payload))
+        Box::pin(post_event(target, id, payload))
     }
 
     fn publish_batch(&self, payloads: Vec<Bytes>) -> BoxFuture<'_, Result<()>> {
-        let url = &self.urls[self.next.fetch_add(1, Ordering::Relaxed) % self.urls.len()];
+        let target = &self.targets[self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len()];
         let first_id = self.ids.fetch_add(payloads.len() as u64, Ordering::Relaxed);
-        Box::pin(post_batch(&self.client, url, first_id, payloads))
+        Box::pin(post_batch(target, first_id, payloads))
     }
 
     fn cpu_us(&self) -> Option<u64> {
@@ -308,16 +303,15 @@ impl System for SluiceHttp {
 /// nothing else. The subscriber callback is called by the server on each POST (no broker in between).
 pub(crate) struct HttpCeiling {
     server: Option<HttpServer>,
-    url: String,
-    client: reqwest::Client,
+    target: PostTarget,
     ids: AtomicU64,
 }
 
 impl HttpCeiling {
     pub(crate) async fn start() -> Result<HttpCeiling> {
         let server = HttpServer::start().await?;
-        let url = server.url();
-        Ok(HttpCeiling { server: Some(server), url, client: http_client()?, ids: AtomicU64::new(0) })
+        let target = PostTarget::new(&server.url())?;
+        Ok(HttpCeiling { server: Some(server), target, ids: AtomicU64::new(0) })
     }
 }
 
@@ -332,12 +326,12 @@ impl System for HttpCeiling {
 
     fn publish(&self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        Box::pin(post_event(&self.client, &self.url, id, payload))
+        Box::pin(post_event(&self.target, id, payload))
     }
 
     fn publish_batch(&self, payloads: Vec<Bytes>) -> BoxFuture<'_, Result<()>> {
         let first_id = self.ids.fetch_add(payloads.len() as u64, Ordering::Relaxed);
-        Box::pin(post_batch(&self.client, &self.url, first_id, payloads))
+        Box::pin(post_batch(&self.target, first_id, payloads))
     }
 
     fn cpu_us(&self) -> Option<u64> {
