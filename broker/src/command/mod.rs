@@ -12,6 +12,7 @@ pub use cluster_config::{ClusterConfig, parse_members};
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -73,8 +74,10 @@ impl StreamAppend {
 /// What a Raft entry carries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum LogCommand {
-    /// Several appends coalesced into one entry (partition groups).
-    Append(Vec<StreamAppend>),
+    /// Several appends coalesced into one entry (partition groups). Shared, so that the readers of a recent
+    /// entry (the apply, one replication stream per follower) take a reference to its appends, not a copy of
+    /// every stream name, payload list and dedupe key list; stored and sent as the list itself.
+    Append(Arc<Vec<StreamAppend>>),
     /// The cluster's fixed shape, written once by `cluster init` (metadata group).
     InitCluster(ClusterConfig),
     /// Retention: drops the records of `stream` below `before_offset`
@@ -142,6 +145,13 @@ pub struct ResourceRecord {
     pub applied_at: String,
 }
 
+impl LogCommand {
+    /// An entry of coalesced appends.
+    pub(crate) fn append(appends: Vec<StreamAppend>) -> LogCommand {
+        LogCommand::Append(Arc::new(appends))
+    }
+}
+
 impl fmt::Display for LogCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -191,4 +201,34 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error
 
 pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
     postcard::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Append` as logs written before its appends were shared hold it.
+    #[derive(Serialize)]
+    enum LogCommandBeforeSharing {
+        Append(Vec<StreamAppend>),
+    }
+
+    #[test]
+    fn a_shared_append_is_stored_as_the_list_itself() {
+        let appends = vec![StreamAppend {
+            stream: "broker/default/b".into(),
+            arrival_ms: 7,
+            payloads: vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")],
+            dedupe: Some(Dedupe { window_ms: 1_000, keys: vec![Bytes::from_static(b"k1"), Bytes::from_static(b"k2")] }),
+        }];
+        let before = encode(&LogCommandBeforeSharing::Append(appends.clone())).expect("encode");
+        let shared = LogCommand::append(appends);
+        assert_eq!(encode(&shared).expect("encode"), before);
+        assert_eq!(decode::<LogCommand>(&before).expect("decode"), shared);
+        let copy = shared.clone();
+        match (&shared, &copy) {
+            (LogCommand::Append(a), LogCommand::Append(b)) => assert!(Arc::ptr_eq(a, b), "a clone shares the appends"),
+            _ => unreachable!("both are appends"),
+        }
+    }
 }

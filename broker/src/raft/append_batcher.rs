@@ -371,7 +371,7 @@ async fn commit(group: GroupId, raft: &Raft, batch: Vec<PendingAppend>, records:
     let (appends, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|p| (StreamAppend { arrival_ms, ..p.append }, p.reply)).unzip();
     let started = Instant::now();
-    let result = tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(LogCommand::Append(appends))).await;
+    let result = tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(LogCommand::append(appends))).await;
     metrics::histogram!("sluice_raft_commit_seconds", "group" => label).record(started.elapsed().as_secs_f64());
     let Ok(result) = result else {
         let reason = format!("not committed within {COMMIT_TIMEOUT:?} (no quorum?)");

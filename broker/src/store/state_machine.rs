@@ -460,7 +460,7 @@ impl GroupStateMachine {
         Ok(match command {
             LogCommand::Append(appends) => {
                 let mut appended = Vec::with_capacity(appends.len());
-                for append in appends {
+                for append in appends.iter() {
                     appended.push(self.stage_append(staged, append)?);
                 }
                 LogResponse::Appended { appended }

@@ -102,8 +102,8 @@ async fn offsets_are_dense_per_stream_and_survive_reopen() {
         apply(
             &mut sm,
             vec![
-                entry(1, LogCommand::Append(vec![append("a", 100, &["a0", "a1"]), append("b", 100, &["b0"])])),
-                entry(2, LogCommand::Append(vec![append("a", 200, &["a2"])])),
+                entry(1, LogCommand::append(vec![append("a", 100, &["a0", "a1"]), append("b", 100, &["b0"])])),
+                entry(2, LogCommand::append(vec![append("a", 200, &["a2"])])),
             ],
         )
         .await;
@@ -130,11 +130,11 @@ async fn arrival_times_never_go_back_and_index_offsets() {
     apply(
         &mut sm,
         vec![
-            entry(1, LogCommand::Append(vec![append("s", 1_000, &["x0", "x1"])])),
+            entry(1, LogCommand::append(vec![append("s", 1_000, &["x0", "x1"])])),
             // A leader whose clock lags: applied as 2_000, not 1_500.
-            entry(2, LogCommand::Append(vec![append("s", 2_000, &["x2"])])),
-            entry(3, LogCommand::Append(vec![append("s", 1_500, &["x3"])])),
-            entry(4, LogCommand::Append(vec![append("s", 3_000, &["x4"])])),
+            entry(2, LogCommand::append(vec![append("s", 2_000, &["x2"])])),
+            entry(3, LogCommand::append(vec![append("s", 1_500, &["x3"])])),
+            entry(4, LogCommand::append(vec![append("s", 3_000, &["x4"])])),
         ],
     )
     .await;
@@ -160,9 +160,9 @@ async fn a_snapshot_built_during_an_install_waits_and_records_the_installed_stat
     apply(
         &mut source,
         vec![
-            entry(1, LogCommand::Append(vec![append("a", 10, &["a0"])])),
-            entry(2, LogCommand::Append(vec![append("a", 20, &["a1"])])),
-            entry(3, LogCommand::Append(vec![append("b", 30, &["b0"])])),
+            entry(1, LogCommand::append(vec![append("a", 10, &["a0"])])),
+            entry(2, LogCommand::append(vec![append("a", 20, &["a1"])])),
+            entry(3, LogCommand::append(vec![append("b", 30, &["b0"])])),
         ],
     )
     .await;
@@ -170,7 +170,7 @@ async fn a_snapshot_built_during_an_install_waits_and_records_the_installed_stat
 
     let target_dir = tempfile::tempdir().expect("tempdir");
     let (target_store, mut target) = open(target_dir.path(), 2);
-    apply(&mut target, vec![entry(1, LogCommand::Append(vec![append("stale", 5, &["old0"])]))]).await;
+    apply(&mut target, vec![entry(1, LogCommand::append(vec![append("stale", 5, &["old0"])]))]).await;
     let copy = target_dir.path().join("incoming.snap.incoming");
     receive(snapshot.snapshot, &copy).await;
 
@@ -197,11 +197,11 @@ async fn a_snapshot_built_during_an_install_waits_and_records_the_installed_stat
 async fn a_snapshot_file_that_is_not_the_one_described_is_refused_before_any_change() {
     let source_dir = tempfile::tempdir().expect("tempdir");
     let (_source_store, mut source) = open(source_dir.path(), 2);
-    apply(&mut source, vec![entry(1, LogCommand::Append(vec![append("a", 10, &["a0"])]))]).await;
+    apply(&mut source, vec![entry(1, LogCommand::append(vec![append("a", 10, &["a0"])]))]).await;
     let snapshot = snapshot_to_send(&mut source).await;
     let target_dir = tempfile::tempdir().expect("tempdir");
     let (_target_store, mut target) = open(target_dir.path(), 2);
-    apply(&mut target, vec![entry(1, LogCommand::Append(vec![append("stale", 5, &["old0"])]))]).await;
+    apply(&mut target, vec![entry(1, LogCommand::append(vec![append("stale", 5, &["old0"])]))]).await;
     let copy = target_dir.path().join("incoming.snap.incoming");
     receive(snapshot.snapshot, &copy).await;
     let mut described = snapshot.meta.clone();
@@ -219,7 +219,7 @@ async fn a_snapshot_file_that_is_not_the_one_described_is_refused_before_any_cha
 async fn no_snapshot_is_built_after_an_install_that_did_not_finish() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, mut sm) = open(dir.path(), 2);
-    apply(&mut sm, vec![entry(1, LogCommand::Append(vec![append("a", 10, &["a0"])]))]).await;
+    apply(&mut sm, vec![entry(1, LogCommand::append(vec![append("a", 10, &["a0"])]))]).await;
     let received = store.snapshot_dir().join("group-2").join("00000000000000000009.snap");
     std::fs::write(&received, b"what a restart installs again").expect("write");
     let lock = sm.snapshot_lock();
@@ -240,8 +240,8 @@ async fn a_snapshot_installs_the_same_streams_elsewhere() {
     apply(
         &mut source,
         vec![
-            entry(1, LogCommand::Append(vec![append("a", 10, &["a0", "a1"])])),
-            entry(2, LogCommand::Append(vec![append("b", 20, &["b0"])])),
+            entry(1, LogCommand::append(vec![append("a", 10, &["a0", "a1"])])),
+            entry(2, LogCommand::append(vec![append("b", 20, &["b0"])])),
         ],
     )
     .await;
@@ -263,7 +263,7 @@ async fn a_snapshot_installs_the_same_streams_elsewhere() {
     let (_target_store, mut target) = open(target_dir.path(), 2);
     // Data the snapshot must replace: a stream with the id that `a` has in the snapshot, and as many records,
     // in the readers' tail too.
-    apply(&mut target, vec![entry(1, LogCommand::Append(vec![append("stale", 5, &["old0", "old1"])]))]).await;
+    apply(&mut target, vec![entry(1, LogCommand::append(vec![append("stale", 5, &["old0", "old1"])]))]).await;
     let copy = target_dir.path().join("incoming.snap.incoming");
     receive(snapshot.snapshot, &copy).await;
     let meta_only = target_dir.path().join("meta-only.snap.incoming");
@@ -294,7 +294,7 @@ async fn a_snapshot_installs_the_same_streams_elsewhere() {
     assert_eq!(current.meta, snapshot.meta);
 
     // New appends continue the installed streams.
-    apply(&mut target, vec![entry(3, LogCommand::Append(vec![append("a", 30, &["a2"])]))]).await;
+    apply(&mut target, vec![entry(3, LogCommand::append(vec![append("a", 30, &["a2"])]))]).await;
     assert_eq!(target.view().end_offset("a"), 3);
 }
 
@@ -303,12 +303,12 @@ async fn a_reader_that_keeps_up_is_answered_from_memory_with_what_rocksdb_holds(
     let dir = tempfile::tempdir().expect("tempdir");
     let s3 = Bytes::from("s3");
     let entries = vec![
-        entry(1, LogCommand::Append(vec![append("s", 10, &["s0", "s1"]), append("t", 10, &["t0"])])),
-        entry(2, LogCommand::Append(vec![append("s", 20, &["s2"])])),
+        entry(1, LogCommand::append(vec![append("s", 10, &["s0", "s1"]), append("t", 10, &["t0"])])),
+        entry(2, LogCommand::append(vec![append("s", 20, &["s2"])])),
         entry(3, LogCommand::Trim { stream: "s".into(), before_offset: 1 }),
         entry(
             4,
-            LogCommand::Append(vec![StreamAppend {
+            LogCommand::append(vec![StreamAppend {
                 payloads: vec![s3.clone(), Bytes::from("s4")],
                 ..append("s", 30, &[])
             }]),
@@ -345,7 +345,7 @@ async fn a_reader_that_keeps_up_is_answered_from_memory_with_what_rocksdb_holds(
 /// would be sent.
 async fn source_with_snapshot(dir: &std::path::Path) -> (Store, GroupStateMachine, Snapshot) {
     let (store, mut source) = open(dir, 2);
-    apply(&mut source, vec![entry(1, LogCommand::Append(vec![append("a", 10, &["a0", "a1"])]))]).await;
+    apply(&mut source, vec![entry(1, LogCommand::append(vec![append("a", 10, &["a0", "a1"])]))]).await;
     let snapshot = snapshot_to_send(&mut source).await;
     (store, source, snapshot)
 }
@@ -375,7 +375,7 @@ async fn a_snapshot_sent_is_the_state_as_of_when_it_was_opened() {
     let (source_store, mut source, snapshot) = source_with_snapshot(source_dir.path()).await;
     assert_eq!(snapshot.meta.last_log_id.as_ref().map(|id| id.index), Some(1));
     // Applied while the snapshot waits to be sent: not part of it, or meta and data would disagree.
-    apply(&mut source, vec![entry(2, LogCommand::Append(vec![append("a", 20, &["a2"]), append("b", 20, &["b0"])]))])
+    apply(&mut source, vec![entry(2, LogCommand::append(vec![append("a", 20, &["a2"]), append("b", 20, &["b0"])]))])
         .await;
 
     let target_dir = tempfile::tempdir().expect("tempdir");
@@ -411,7 +411,7 @@ async fn a_snapshot_sent_is_the_state_as_of_when_it_was_opened() {
 #[test]
 fn raft_messages_round_trip_through_postcard() {
     use crate::command::{decode, encode};
-    let e = entry(7, LogCommand::Append(vec![append("s", 1, &["payload"])]));
+    let e = entry(7, LogCommand::append(vec![append("s", 1, &["payload"])]));
     let back: crate::command::Entry = decode(&encode(&e).expect("encode")).expect("decode");
     assert_eq!(back, e);
     let vote = openraft::impls::Vote::new(3, 2);
@@ -427,8 +427,8 @@ async fn trimming_moves_the_start_and_keeps_offsets() {
     apply(
         &mut sm,
         vec![
-            entry(1, LogCommand::Append(vec![append("s", 1_000, &["aa", "bb"])])),
-            entry(2, LogCommand::Append(vec![append("s", 2_000, &["ccc"])])),
+            entry(1, LogCommand::append(vec![append("s", 1_000, &["aa", "bb"])])),
+            entry(2, LogCommand::append(vec![append("s", 2_000, &["ccc"])])),
             entry(3, LogCommand::Trim { stream: "s".into(), before_offset: 2 }),
             // Idempotent, and never beyond the end.
             entry(4, LogCommand::Trim { stream: "s".into(), before_offset: 1 }),
@@ -440,7 +440,7 @@ async fn trimming_moves_the_start_and_keeps_offsets() {
     let records = view.read("s", 0, 10, 1 << 20).expect("read").records;
     assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![2], "reads start at the new start");
     assert_eq!(view.offset_for_time("s", 0).expect("time"), 2, "times before the start answer the start");
-    apply(&mut sm, vec![entry(5, LogCommand::Append(vec![append("s", 3_000, &["d"])]))]).await;
+    apply(&mut sm, vec![entry(5, LogCommand::append(vec![append("s", 3_000, &["d"])]))]).await;
     assert_eq!(view.extent("s"), StreamExtent { start_offset: 2, end_offset: 4, retained_bytes: 4 });
     apply(&mut sm, vec![entry(6, LogCommand::Trim { stream: "s".into(), before_offset: 99 })]).await;
     assert_eq!(view.extent("s"), StreamExtent { start_offset: 4, end_offset: 4, retained_bytes: 0 });
@@ -458,7 +458,7 @@ async fn event_bytes_live_in_blob_files_that_go_once_their_events_are_trimmed() 
     let (store, mut sm) = open(dir.path(), 1);
     let large: Vec<String> = (0..200).map(|i| format!("{i:04}{}", "e".repeat(1020))).collect();
     let large: Vec<&str> = large.iter().map(String::as_str).collect();
-    apply(&mut sm, vec![entry(1, LogCommand::Append(vec![append("s", 1_000, &large), append("t", 1_000, &["tiny"])]))])
+    apply(&mut sm, vec![entry(1, LogCommand::append(vec![append("s", 1_000, &large), append("t", 1_000, &["tiny"])]))])
         .await;
     let events = cf(store.db(), CF_EVENTS).expect("cf");
     store.db().flush_cf(events).expect("flush");
@@ -574,7 +574,7 @@ async fn committed_offsets_travel_with_snapshots() {
     apply(
         &mut source,
         vec![
-            entry(1, LogCommand::Append(vec![append("a", 10, &["a0"])])),
+            entry(1, LogCommand::append(vec![append("a", 10, &["a0"])])),
             entry(2, LogCommand::CommitOffsets(vec![commit("t", 1, false)])),
         ],
     )
@@ -621,16 +621,16 @@ async fn a_key_is_a_duplicate_within_the_window_and_new_past_it_with_no_write_pe
     for round in 0..50u64 {
         let keys: Vec<String> = (0..10).map(|k| format!("r{round}k{k}")).collect();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        apply(&mut sm, vec![entry(index, LogCommand::Append(vec![dedupe_append(1_000 + round * 50, &keys)]))]).await;
+        apply(&mut sm, vec![entry(index, LogCommand::append(vec![dedupe_append(1_000 + round * 50, &keys)]))]).await;
         index += 1;
     }
     assert_eq!(sm.view().end_offset("d"), 500);
     // Within the window: a duplicate is not stored.
-    apply(&mut sm, vec![entry(index, LogCommand::Append(vec![dedupe_append(3_460, &["r49k0"])]))]).await;
+    apply(&mut sm, vec![entry(index, LogCommand::append(vec![dedupe_append(3_460, &["r49k0"])]))]).await;
     index += 1;
     assert_eq!(sm.view().end_offset("d"), 500, "r49k0 was seen 10 ms ago");
     // Past the window: the key was forgotten, so the same id is stored again.
-    apply(&mut sm, vec![entry(index, LogCommand::Append(vec![dedupe_append(3_000, &["r0k0"])]))]).await;
+    apply(&mut sm, vec![entry(index, LogCommand::append(vec![dedupe_append(3_000, &["r0k0"])]))]).await;
     assert_eq!(sm.view().end_offset("d"), 501, "r0k0 expired long ago");
     // Only what the window holds is in memory: rounds 48 (3_400 ms) and 49 (3_450 ms), and r0k0 again.
     assert_eq!(sm.dedupe_keys(), 21);
@@ -646,12 +646,12 @@ async fn after_a_reopen_the_dedupe_window_is_rebuilt() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let (_store, mut sm) = open(dir.path(), 2);
-        apply(&mut sm, vec![entry(1, LogCommand::Append(vec![dedupe_append(1_000, &["a", "b"])]))]).await;
-        apply(&mut sm, vec![entry(2, LogCommand::Append(vec![dedupe_append(1_150, &["c"])]))]).await;
+        apply(&mut sm, vec![entry(1, LogCommand::append(vec![dedupe_append(1_000, &["a", "b"])]))]).await;
+        apply(&mut sm, vec![entry(2, LogCommand::append(vec![dedupe_append(1_150, &["c"])]))]).await;
     }
     let (_store, mut sm) = open(dir.path(), 2);
     assert_eq!(sm.dedupe_keys(), 1, "a and b were behind 1_050");
-    apply(&mut sm, vec![entry(3, LogCommand::Append(vec![dedupe_append(1_160, &["c", "a"])]))]).await;
+    apply(&mut sm, vec![entry(3, LogCommand::append(vec![dedupe_append(1_160, &["c", "a"])]))]).await;
     assert_eq!(sm.view().end_offset("d"), 4, "c is a duplicate, a is not");
 }
 
@@ -662,8 +662,8 @@ async fn after_a_reopen_the_dedupe_window_is_rebuilt() {
 async fn a_longer_window_does_not_bring_back_keys_whether_or_not_the_window_was_rebuilt() {
     let entries = || {
         vec![
-            entry(1, LogCommand::Append(vec![dedupe_append(1_000, &["x"])])),
-            entry(2, LogCommand::Append(vec![dedupe_append(1_300, &["y"])])),
+            entry(1, LogCommand::append(vec![dedupe_append(1_000, &["x"])])),
+            entry(2, LogCommand::append(vec![dedupe_append(1_300, &["y"])])),
         ]
     };
     let longer = with_window(dedupe_append(1_310, &["x"]), 1_000);
@@ -678,7 +678,7 @@ async fn a_longer_window_does_not_bring_back_keys_whether_or_not_the_window_was_
         } else {
             (store, sm)
         };
-        apply(&mut sm, vec![entry(3, LogCommand::Append(vec![longer.clone()]))]).await;
+        apply(&mut sm, vec![entry(3, LogCommand::append(vec![longer.clone()]))]).await;
         ends.push(sm.view().end_offset("d"));
     }
     assert_eq!(ends, vec![3, 3], "x is stored again on both, rebuilt or not");
@@ -694,9 +694,9 @@ async fn a_trimmed_events_key_is_new_again() {
     apply(
         &mut sm,
         vec![
-            entry(1, LogCommand::Append(vec![window(dedupe_append(1_000, &["a", "b"]))])),
+            entry(1, LogCommand::append(vec![window(dedupe_append(1_000, &["a", "b"]))])),
             entry(2, LogCommand::Trim { stream: "d".into(), before_offset: 1 }),
-            entry(3, LogCommand::Append(vec![window(dedupe_append(1_010, &["a", "b"]))])),
+            entry(3, LogCommand::append(vec![window(dedupe_append(1_010, &["a", "b"]))])),
         ],
     )
     .await;
@@ -714,7 +714,7 @@ async fn a_trim_mid_append_keeps_the_later_keys_whether_or_not_the_window_was_re
     for reopen in [false, true] {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, mut sm) = open(dir.path(), 2);
-        apply(&mut sm, vec![entry(1, LogCommand::Append(vec![window(dedupe_append(1_000, &["a", "b", "c"]))]))]).await;
+        apply(&mut sm, vec![entry(1, LogCommand::append(vec![window(dedupe_append(1_000, &["a", "b", "c"]))]))]).await;
         apply(&mut sm, vec![entry(2, LogCommand::Trim { stream: "d".into(), before_offset: 1 })]).await;
         let (_store, mut sm) = if reopen {
             drop((store, sm));
@@ -722,7 +722,7 @@ async fn a_trim_mid_append_keeps_the_later_keys_whether_or_not_the_window_was_re
         } else {
             (store, sm)
         };
-        apply(&mut sm, vec![entry(3, LogCommand::Append(vec![window(dedupe_append(1_010, &["c", "a"]))]))]).await;
+        apply(&mut sm, vec![entry(3, LogCommand::append(vec![window(dedupe_append(1_010, &["c", "a"]))]))]).await;
         ends.push(sm.view().end_offset("d"));
         assert_eq!(sm.dedupe_keys(), 3, "b and c, and a again; reopened: {reopen}");
     }
@@ -737,8 +737,8 @@ async fn a_duplicate_in_a_later_batch_is_confirmed_from_the_time_index() {
     let (_store, mut sm) = open(dir.path(), 2);
     let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    apply(&mut sm, vec![entry(1, LogCommand::Append(vec![dedupe_append(1_000, &keys)]))]).await;
-    apply(&mut sm, vec![entry(2, LogCommand::Append(vec![dedupe_append(1_010, &["k7", "k199", "new"])]))]).await;
+    apply(&mut sm, vec![entry(1, LogCommand::append(vec![dedupe_append(1_000, &keys)]))]).await;
+    apply(&mut sm, vec![entry(2, LogCommand::append(vec![dedupe_append(1_010, &["k7", "k199", "new"])]))]).await;
     assert_eq!(sm.view().end_offset("d"), 201, "k7 and k199 were seen, new was not");
 }
 
@@ -749,7 +749,7 @@ async fn keys_an_earlier_version_kept_on_disk_still_catch_duplicates() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let (store, mut sm) = open(dir.path(), 2);
-        apply(&mut sm, vec![entry(1, LogCommand::Append(vec![dedupe_append(1_000, &["old"])]))]).await;
+        apply(&mut sm, vec![entry(1, LogCommand::append(vec![dedupe_append(1_000, &["old"])]))]).await;
         // Turn the data dir into one written the old way: the key in `dedupe`, the index value empty.
         let db = store.db();
         let index = cf(db, crate::store::keys::CF_TIME_INDEX).expect("cf");
@@ -761,11 +761,11 @@ async fn keys_an_earlier_version_kept_on_disk_still_catch_duplicates() {
     }
     let (_store, mut sm) = open(dir.path(), 2);
     assert_eq!(sm.dedupe_keys(), 0, "nothing to rebuild from");
-    apply(&mut sm, vec![entry(2, LogCommand::Append(vec![dedupe_append(1_050, &["old", "new"])]))]).await;
+    apply(&mut sm, vec![entry(2, LogCommand::append(vec![dedupe_append(1_050, &["old", "new"])]))]).await;
     assert_eq!(sm.view().end_offset("d"), 2, "old was found on disk, new was stored");
-    apply(&mut sm, vec![entry(3, LogCommand::Append(vec![dedupe_append(1_060, &["new"])]))]).await;
+    apply(&mut sm, vec![entry(3, LogCommand::append(vec![dedupe_append(1_060, &["new"])]))]).await;
     assert_eq!(sm.view().end_offset("d"), 2, "new is in memory");
-    apply(&mut sm, vec![entry(4, LogCommand::Append(vec![dedupe_append(1_120, &["old"])]))]).await;
+    apply(&mut sm, vec![entry(4, LogCommand::append(vec![dedupe_append(1_120, &["old"])]))]).await;
     assert_eq!(sm.view().end_offset("d"), 3, "past the window, the old key no longer counts");
 }
 
@@ -774,14 +774,14 @@ async fn keys_an_earlier_version_kept_on_disk_still_catch_duplicates() {
 async fn a_snapshot_carries_the_dedupe_window() {
     let source_dir = tempfile::tempdir().expect("tempdir");
     let (_source_store, mut source) = open(source_dir.path(), 2);
-    apply(&mut source, vec![entry(1, LogCommand::Append(vec![dedupe_append(1_000, &["a", "b"])]))]).await;
+    apply(&mut source, vec![entry(1, LogCommand::append(vec![dedupe_append(1_000, &["a", "b"])]))]).await;
     let snapshot = snapshot_to_send(&mut source).await;
     let target_dir = tempfile::tempdir().expect("tempdir");
     let (_target_store, mut target) = open(target_dir.path(), 2);
     let copy = target_dir.path().join("incoming.snap.incoming");
     receive(snapshot.snapshot, &copy).await;
     target.install_snapshot(&snapshot.meta, SnapshotData::File { path: copy }).await.expect("install");
-    let next = || vec![entry(2, LogCommand::Append(vec![dedupe_append(1_010, &["b", "c"])]))];
+    let next = || vec![entry(2, LogCommand::append(vec![dedupe_append(1_010, &["b", "c"])]))];
     apply(&mut source, next()).await;
     apply(&mut target, next()).await;
     assert_eq!(source.view().end_offset("d"), 3);
