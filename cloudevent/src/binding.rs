@@ -251,6 +251,14 @@ pub(crate) fn canonical_len(value: &RawValue) -> usize {
     }
 }
 
+/// The text of a JSON string value that has no escapes, borrowed from the body (nothing to decode: the body
+/// parsed, so it holds no raw control characters); `None` for any other value, which is parsed instead.
+fn plain_json_string(value: &RawValue) -> Option<&str> {
+    let text = value.get().trim();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
+}
+
 fn from_json_object(raw: &RawValue, limits: &AttributeLimits) -> Result<CloudEvent, EventError> {
     // `raw` is valid JSON already (the body parsed): one pass splits the object into its members, whose values
     // stay unparsed text borrowed from the body until each is read below (the data is never parsed).
@@ -285,6 +293,10 @@ fn from_json_object(raw: &RawValue, limits: &AttributeLimits) -> Result<CloudEve
             "data" => data = Some(value),
             "data_base64" => data_base64 = Some(value),
             _ => {
+                if let Some(text) = plain_json_string(value) {
+                    attributes.insert(name, AttrValue::String(text.to_string()));
+                    continue;
+                }
                 let parsed: serde_json::Value = serde_json::from_str(value.get())
                     .map_err(|e| EventError::bad("malformed JSON").rule(e.to_string()))?;
                 let attribute = match parsed {
@@ -317,9 +329,14 @@ fn from_json_object(raw: &RawValue, limits: &AttributeLimits) -> Result<CloudEve
         }
         (Some(raw), None) => Some(EventData::Json(raw.get().to_string())),
         (None, Some(raw)) => {
-            let encoded: Option<String> = serde_json::from_str(raw.get()).map_err(|_| {
-                EventError::bad("data_base64 must be a string").attribute("data_base64").rule("a base64 string")
-            })?;
+            let encoded: Option<std::borrow::Cow<'_, str>> = match plain_json_string(raw) {
+                Some(text) => Some(std::borrow::Cow::Borrowed(text)),
+                None => serde_json::from_str::<Option<String>>(raw.get())
+                    .map_err(|_| {
+                        EventError::bad("data_base64 must be a string").attribute("data_base64").rule("a base64 string")
+                    })?
+                    .map(std::borrow::Cow::Owned),
+            };
             match encoded {
                 None => None,
                 Some(encoded) => Some(EventData::Bytes(Bytes::from(

@@ -172,48 +172,56 @@ impl CloudEvent {
     /// exactly as it arrived (see [`CloudEvent::structured_data`]): JSON data is copied byte for byte, never
     /// re-parsed (so big numbers, `1e2` and the order of object keys survive).
     pub fn to_json_string(&self) -> String {
-        let mut out = String::with_capacity(128 + self.data_len());
+        let mut out = String::with_capacity(self.json_len_bound());
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends [`CloudEvent::to_json_string`]'s text to `out`: a batch is written into one buffer.
+    pub fn write_json(&self, out: &mut String) {
         out.push('{');
-        for (i, (name, value)) in self.attributes.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            push_json_string(&mut out, name);
-            out.push(':');
-            match value {
-                AttrValue::String(s) => push_json_string(&mut out, s),
-                AttrValue::Integer(i) => out.push_str(&i.to_string()),
-                AttrValue::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
-            }
-        }
-        let member = |out: &mut String, name: &str| {
-            if out.len() > 1 {
+        let mut first_member = true;
+        let mut member = |out: &mut String, name: &str| {
+            if !std::mem::take(&mut first_member) {
                 out.push(',');
             }
             push_json_string(out, name);
             out.push(':');
         };
+        for (name, value) in &self.attributes {
+            member(out, name);
+            match value {
+                AttrValue::String(s) => push_json_string(out, s),
+                // Writing into a String cannot fail.
+                AttrValue::Integer(i) => {
+                    let _ = std::fmt::Write::write_fmt(out, format_args!("{i}"));
+                }
+                AttrValue::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
+            }
+        }
         match self.structured_data() {
             Some(StructuredData::Json(raw)) => {
-                member(&mut out, "data");
+                member(out, "data");
                 out.push_str(raw);
             }
             Some(StructuredData::Text(text)) => {
-                member(&mut out, "data");
-                push_json_string(&mut out, text);
+                member(out, "data");
+                push_json_string(out, text);
             }
             Some(StructuredData::Base64(bytes)) => {
-                member(&mut out, "data_base64");
-                push_json_string(&mut out, &base64::engine::general_purpose::STANDARD.encode(bytes));
+                member(out, "data_base64");
+                // Base64's alphabet needs no escaping in a JSON string.
+                out.push('"');
+                base64::engine::general_purpose::STANDARD.encode_string(bytes, out);
+                out.push('"');
             }
             None => {}
         }
         out.push('}');
-        out
     }
 
     /// At least as many bytes as [`CloudEvent::to_json_string`] writes (each character JSON escapes counted at
-    /// its longest, `\u00XX`), without writing it: to fill a batch up to a size before encoding it.
+    /// its longest). Bytes are scanned only when their content type may send them as text.
     pub fn json_len_bound(&self) -> usize {
         let escaped_bytes =
             |s: &[u8]| s.len() + 2 + 5 * s.iter().filter(|b| **b < 0x20 || **b == b'"' || **b == b'\\').count();
@@ -230,21 +238,23 @@ impl CloudEvent {
             })
             .sum();
         // Bytes go as JSON, text or base64 by their content type and content (`structured_data`); the longest of
-        // the three, without parsing them.
+        // those their content type allows, without parsing them.
         let data = match &self.data {
             None => 0,
             Some(EventData::Json(raw)) => raw.len(),
-            Some(EventData::Bytes(bytes)) => escaped_bytes(bytes).max(bytes.len().div_ceil(3) * 4 + 2),
+            Some(EventData::Bytes(bytes)) => {
+                let content_type = self.get_str("datacontenttype");
+                let mut longest = bytes.len().div_ceil(3) * 4 + 2;
+                if content_type.is_some_and(is_json_media_type) {
+                    longest = longest.max(bytes.len());
+                }
+                if content_type.is_some_and(is_text_media_type) {
+                    longest = longest.max(escaped_bytes(bytes));
+                }
+                longest
+            }
         };
         2 + attributes + 16 + data
-    }
-
-    fn data_len(&self) -> usize {
-        match &self.data {
-            Some(EventData::Bytes(bytes)) => bytes.len() * 4 / 3 + 4,
-            Some(EventData::Json(text)) => text.len(),
-            None => 0,
-        }
     }
 
     /// How the data goes into the JSON format (JSON format spec §3.1, as the SDKs read it back):
@@ -306,9 +316,37 @@ pub enum StructuredData<'a> {
     Base64(&'a [u8]),
 }
 
-fn push_json_string(out: &mut String, value: &str) {
-    // Serialising a str into JSON cannot fail.
-    out.push_str(&serde_json::to_string(value).unwrap_or_default());
+/// Appends `value` as a JSON string, escaped as serde_json escapes it (`"`, `\\`, the control characters; the
+/// rest as is), without an intermediate string.
+pub(crate) fn push_json_string(out: &mut String, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    let mut unescaped_from = 0;
+    for (i, byte) in value.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        // An ASCII byte is always a character boundary.
+        out.push_str(&value[unescaped_from..i]);
+        if escape.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        } else {
+            out.push_str(escape);
+        }
+        unescaped_from = i + 1;
+    }
+    out.push_str(&value[unescaped_from..]);
+    out.push('"');
 }
 
 const STORED_FORMAT_V1: u8 = 1;

@@ -521,11 +521,25 @@ fn the_length_bounds_are_never_below_the_encodings() {
 }
 
 proptest::proptest! {
+    /// Strings are escaped in place, as serde_json escapes them (the JSON format's text stays what it was).
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them(
+        chars in proptest::collection::vec(proptest::prop_oneof![proptest::char::range('\0', '\x7f'), proptest::char::any()], 0..64),
+    ) {
+        let value: String = chars.into_iter().collect();
+        let mut out = String::from("x");
+        model::push_json_string(&mut out, &value);
+        proptest::prop_assert_eq!(&out[1..], serde_json::to_string(&value).expect("a str serialises"));
+    }
+
     #[test]
     fn the_json_length_bound_holds_for_any_text_and_bytes(
         subject in "\\PC*",
         data in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
-        content_type in proptest::sample::select(vec!["text/plain", "application/json", "application/octet-stream"]),
+        content_type in proptest::sample::select(vec![
+            "text/plain", "application/json", "application/octet-stream", "application/json; charset=utf-8",
+            "text/json", "application/cloudevents+json",
+        ]),
         number in proptest::num::i64::ANY,
     ) {
         let mut event = binary(&[]).expect("valid");
@@ -540,4 +554,27 @@ proptest::proptest! {
         proptest::prop_assert!(event.stored_len_bound() >= stored.len());
         proptest::prop_assert_eq!(stored.capacity(), event.stored_len_bound());
     }
+}
+
+/// Strings without escapes are taken from the body as they are; with escapes they are decoded: both read alike.
+#[test]
+fn attribute_and_base64_strings_read_alike_with_and_without_escapes() {
+    let plain =
+        from_structured(br#"{"specversion":"1.0","id":"a/b","source":"/s","type":"t","data_base64":"AAEC/w=="}"#)
+            .expect("valid");
+    let escaped = from_structured(
+        br#"{"specversion":"1.0","id":"a\/b","source":"\u002fs","type":"t","data_base64":"AAEC\/w=="}"#,
+    )
+    .expect("valid");
+    assert_eq!(plain, escaped);
+    assert_eq!(plain.get_str("id"), Some("a/b"));
+    assert_eq!(plain.data, Some(EventData::Bytes(Bytes::from_static(&[0, 1, 2, 255]))));
+    let spaced = from_structured(b"{ \"specversion\" : \"1.0\" , \"id\" : \"a/b\" , \"source\" : \"/s\" , \"type\" : \"t\" , \"data_base64\" : \"AAEC/w==\" }")
+        .expect("valid");
+    assert_eq!(plain, spaced);
+    let null_data = from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":null}"#)
+        .expect("valid");
+    assert_eq!(null_data.data, None);
+    let not_a_string = from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":7}"#);
+    assert!(not_a_string.is_err());
 }

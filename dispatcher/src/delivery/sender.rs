@@ -506,14 +506,17 @@ fn build_request(uri: &http::Uri, format: Format, event: &CloudEvent, token: Opt
     request
 }
 
-/// CloudEvents' batched content mode: a JSON array of the events in the JSON format.
-pub(crate) fn batch_body<'a>(events: impl Iterator<Item = &'a CloudEvent>) -> Bytes {
-    let mut body = String::from("[");
+/// CloudEvents' batched content mode: a JSON array of the events in the JSON format, written into one buffer
+/// sized by the events' bounds (never grown and copied while the batch is written).
+pub(crate) fn batch_body<'a>(events: impl Iterator<Item = &'a CloudEvent> + Clone) -> Bytes {
+    let capacity = 2 + events.clone().map(|event| event.json_len_bound() + 1).sum::<usize>();
+    let mut body = String::with_capacity(capacity);
+    body.push('[');
     for (i, event) in events.enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&event.to_json_string());
+        event.write_json(&mut body);
     }
     body.push(']');
     Bytes::from(body)

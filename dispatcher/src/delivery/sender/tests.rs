@@ -360,3 +360,23 @@ async fn a_batch_goes_as_one_json_array_and_its_response_is_no_reply() {
     let sent: Vec<_> = events.iter().map(|(_, event)| seen(event)).collect();
     assert_eq!(received.iter().map(seen).collect::<Vec<_>>(), sent, "every event, in order, attributes and data");
 }
+
+/// The batch is written into one buffer, event after event: the same text as each event's JSON format joined.
+#[test]
+fn a_batch_body_is_each_events_json_in_one_array() {
+    let text = cloudevent::from_structured(
+        br#"{"specversion":"1.0","id":"q\"1","source":"/s","type":"t","n":7,"datacontenttype":"text/plain","data":"a\n\u0001"}"#,
+    )
+    .expect("valid event");
+    let mut bytes = cloudevent::from_structured(
+        br#"{"specversion":"1.0","id":"2","source":"/s","type":"t","data_base64":"AAEC/w=="}"#,
+    )
+    .expect("valid event");
+    bytes.attributes.insert("ok".into(), cloudevent::AttrValue::Boolean(true));
+    let events = [event(), text, bytes];
+    let body = batch_body(events.iter());
+    let joined: Vec<String> = events.iter().map(CloudEvent::to_json_string).collect();
+    assert_eq!(std::str::from_utf8(&body).expect("UTF-8"), format!("[{}]", joined.join(",")));
+    assert_eq!(cloudevent::from_batch(&body, 10).expect("a valid batch"), events);
+    assert_eq!(&*batch_body(std::iter::empty()), b"[]");
+}
