@@ -111,64 +111,91 @@ pub fn from_batch_within(
     let too_many = || {
         EventError::bad("batch has too many events").rule(format!("at most {max_events} events per batch")).status(413)
     };
+    // One pass: each item is split into its members and made an event as the array is read; an event's refusal
+    // is kept aside (with its index) while serde unwinds.
+    let mut refused = None;
+    let visitor = BatchVisitor { max: max_events, limits, refused: &mut refused };
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let items = serde::Deserializer::deserialize_seq(&mut deserializer, Items { max: max_events })
-        .and_then(|items| deserializer.end().map(|()| items))
-        .map_err(|e| {
-            if e.to_string().starts_with(TOO_MANY_ITEMS) {
-                too_many()
-            } else if text.trim_start().starts_with('[') {
-                EventError::bad("malformed JSON").rule(e.to_string())
-            } else {
-                EventError::bad("a batch must be a JSON array")
-                    .rule("application/cloudevents-batch+json is an array of events")
-            }
-        })?;
-    let mut events: Vec<CloudEvent> = Vec::with_capacity(items.len());
-    for (i, raw) in items.iter().enumerate() {
-        let event = from_json_object(raw, limits).map_err(|e| e.at_index(i))?;
-        if let Some(first) = events.first()
-            && event.spec_version() != first.spec_version()
-        {
-            return Err(EventError::bad("a batch mixes spec versions")
-                .attribute("specversion")
-                .rule(format!(
-                    "every event of a batch has the same specversion (the first has {:?}, this one {:?})",
-                    first.spec_version(),
-                    event.spec_version()
-                ))
-                .at_index(i));
+    let events = serde::Deserializer::deserialize_seq(&mut deserializer, visitor)
+        .and_then(|events| deserializer.end().map(|()| events));
+    match (events, refused) {
+        (Ok(events), _) => Ok(events),
+        (Err(_), Some(refusal)) => Err(refusal),
+        (Err(e), None) if e.to_string().starts_with(TOO_MANY_ITEMS) => Err(too_many()),
+        (Err(e), None) if text.trim_start().starts_with('[') => {
+            Err(EventError::bad("malformed JSON").rule(e.to_string()))
         }
-        events.push(event);
+        (Err(_), None) => Err(EventError::bad("a batch must be a JSON array")
+            .rule("application/cloudevents-batch+json is an array of events")),
     }
-    Ok(events)
 }
 
 /// The start of the error that stops reading a batch past its limit.
 const TOO_MANY_ITEMS: &str = "more items than the limit";
+/// The error that stops reading a batch at an event refused (the refusal itself is in [`BatchVisitor::refused`]).
+const EVENT_REFUSED: &str = "an event of the batch was refused";
 
-/// A batch's items, unparsed, read no further than `max` + 1: a 4 MiB body of `[0,0,0,…]` would otherwise be two
-/// million allocations before its count is checked.
-struct Items {
+/// A batch's events, read no further than `max` + 1 items (a 4 MiB body of `[0,0,0,…]` would otherwise be two
+/// million allocations before its count is checked) and no further than the first event refused.
+struct BatchVisitor<'r, 'l> {
     max: usize,
+    limits: &'l AttributeLimits,
+    refused: &'r mut Option<EventError>,
 }
 
-impl<'de> serde::de::Visitor<'de> for Items {
-    type Value = Vec<&'de RawValue>;
+impl BatchVisitor<'_, '_> {
+    fn refuse<E: serde::de::Error>(&mut self, refusal: EventError, index: usize) -> E {
+        *self.refused = Some(refusal.at_index(index));
+        E::custom(EVENT_REFUSED)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BatchVisitor<'_, '_> {
+    type Value = Vec<CloudEvent>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON array of events")
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<&'de RawValue>()? {
-            if items.len() == self.max {
-                return Err(serde::de::Error::custom(TOO_MANY_ITEMS));
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut events: Vec<CloudEvent> = Vec::new();
+        loop {
+            let index = events.len();
+            if index == self.max {
+                return match seq.next_element::<serde::de::IgnoredAny>()? {
+                    Some(_) => Err(serde::de::Error::custom(TOO_MANY_ITEMS)),
+                    None => Ok(events),
+                };
             }
-            items.push(item);
+            let seed = MembersVisitor { limits: self.limits, _members: std::marker::PhantomData };
+            let members = match seq.next_element_seed(seed) {
+                Ok(Some(members)) => members,
+                Ok(None) => return Ok(events),
+                Err(e) => {
+                    let message = e.to_string();
+                    return Err(match members_refusal(&message, self.limits) {
+                        Some(refusal) => self.refuse(refusal, index),
+                        None if message.starts_with("invalid type") => self.refuse(not_an_object(), index),
+                        None => e,
+                    });
+                }
+            };
+            let event = match event_from_members(members) {
+                Ok(event) => event,
+                Err(refusal) => return Err(self.refuse(refusal, index)),
+            };
+            if let Some(first) = events.first()
+                && event.spec_version() != first.spec_version()
+            {
+                let refusal = EventError::bad("a batch mixes spec versions").attribute("specversion").rule(format!(
+                    "every event of a batch has the same specversion (the first has {:?}, this one {:?})",
+                    first.spec_version(),
+                    event.spec_version()
+                ));
+                return Err(self.refuse(refusal, index));
+            }
+            events.push(event);
         }
-        Ok(items)
     }
 }
 
@@ -187,6 +214,15 @@ struct Members<'a>(Vec<(String, &'a RawValue)>);
 struct MembersVisitor<'a, 'l> {
     limits: &'l AttributeLimits,
     _members: std::marker::PhantomData<&'a ()>,
+}
+
+/// As a seed, it reads an array's item in place (a batch's events in the pass that reads the array).
+impl<'de: 'a, 'a> serde::de::DeserializeSeed<'de> for MembersVisitor<'a, '_> {
+    type Value = Members<'a>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Members<'a>, D::Error> {
+        deserializer.deserialize_map(self)
+    }
 }
 
 impl<'de: 'a, 'a> serde::de::Visitor<'de> for MembersVisitor<'a, '_> {
@@ -263,28 +299,46 @@ fn from_json_object(raw: &RawValue, limits: &AttributeLimits) -> Result<CloudEve
     // `raw` is valid JSON already (the body parsed): one pass splits the object into its members, whose values
     // stay unparsed text borrowed from the body until each is read below (the data is never parsed).
     if !raw.get().trim_start().starts_with('{') {
-        return Err(EventError::bad("an event must be a JSON object").rule("structured mode carries one JSON object"));
+        return Err(not_an_object());
     }
     let mut deserializer = serde_json::Deserializer::from_str(raw.get());
     let visitor = MembersVisitor { limits, _members: std::marker::PhantomData };
-    let Members(members) = serde::Deserializer::deserialize_map(&mut deserializer, visitor)
+    let members = serde::Deserializer::deserialize_map(&mut deserializer, visitor)
         .and_then(|members| deserializer.end().map(|()| members))
         .map_err(|e| {
             let message = e.to_string();
-            if message.starts_with(TOO_MANY_ATTRIBUTES) {
-                limits.too_many()
-            } else if message.starts_with(ATTRIBUTES_TOO_LARGE) {
-                limits.too_large()
-            } else if let Some(name) = message.strip_prefix(REPEATED_MEMBER) {
-                // serde_json adds " at line L column C" after the name.
-                let name = name.rsplit_once(" at line ").map_or(name, |(name, _)| name);
-                EventError::bad("member given twice")
-                    .attribute(name)
-                    .rule("each member of an event once (parsers differ on which one they keep)")
-            } else {
-                EventError::bad("malformed JSON").rule(message)
-            }
+            members_refusal(&message, limits).unwrap_or_else(|| EventError::bad("malformed JSON").rule(message))
         })?;
+    event_from_members(members)
+}
+
+fn not_an_object() -> EventError {
+    EventError::bad("an event must be a JSON object").rule("structured mode carries one JSON object")
+}
+
+/// The refusal [`MembersVisitor`] stopped reading an object for, from its error's message (`None`: not one of
+/// its own, the JSON itself is at fault).
+fn members_refusal(message: &str, limits: &AttributeLimits) -> Option<EventError> {
+    if message.starts_with(TOO_MANY_ATTRIBUTES) {
+        Some(limits.too_many())
+    } else if message.starts_with(ATTRIBUTES_TOO_LARGE) {
+        Some(limits.too_large())
+    } else if let Some(name) = message.strip_prefix(REPEATED_MEMBER) {
+        // serde_json adds " at line L column C" after the name.
+        let name = name.rsplit_once(" at line ").map_or(name, |(name, _)| name);
+        Some(
+            EventError::bad("member given twice")
+                .attribute(name)
+                .rule("each member of an event once (parsers differ on which one they keep)"),
+        )
+    } else {
+        None
+    }
+}
+
+/// The event an object's members make: attributes typed, the data kept as it was written (JSON) or decoded
+/// (`data_base64`), then validated.
+fn event_from_members(Members(members): Members<'_>) -> Result<CloudEvent, EventError> {
     let mut attributes = BTreeMap::new();
     let mut data = None;
     let mut data_base64 = None;

@@ -316,7 +316,7 @@ fn a_member_named_twice_is_refused() {
     assert_eq!(refused.index, Some(1));
 }
 
-/// A batch is read no further than its limit: `[0,0,0,…]` past it is refused without parsing the rest.
+/// A batch is read no further than its limit, nor past the first item that is not an event.
 #[test]
 fn a_batch_is_read_no_further_than_its_limit() {
     let event = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#;
@@ -325,10 +325,23 @@ fn a_batch_is_read_no_further_than_its_limit() {
     let over = from_batch(batch(4).as_bytes(), 3).expect_err("4 of 3");
     assert_eq!(over.status, 413);
     assert_eq!(over.rule.as_deref(), Some("at most 3 events per batch"));
+    let many = batch(100_000);
+    assert_eq!(from_batch(many.as_bytes(), 1000).map_err(|e| e.status), Err(413), "refused at the 1,001st");
+    // Each item is made an event as the array is read: the first that is not one stops the reading.
     let zeros = format!("[{}]", vec!["0"; 100_000].join(","));
-    assert_eq!(from_batch(zeros.as_bytes(), 1000).map_err(|e| e.status), Err(413), "refused at the 1,001st");
+    let refused = from_batch(zeros.as_bytes(), 1000).expect_err("not events");
+    assert_eq!(
+        (refused.status, refused.index, refused.error.as_str()),
+        (400, Some(0), "an event must be a JSON object")
+    );
+    let second = format!("[{event},[{event}]]");
+    assert_eq!(from_batch(second.as_bytes(), 3).map_err(|e| e.index), Err(Some(1)));
     assert_eq!(from_batch(br#"{"a":1}"#, 3).map_err(|e| e.error), Err("a batch must be a JSON array".to_string()));
-    assert_eq!(from_batch(b"[1,", 3).map_err(|e| e.error), Err("malformed JSON".to_string()));
+    assert_eq!(from_batch(b"[1,", 3).map_err(|e| e.error), Err("an event must be a JSON object".to_string()));
+    let cut_short = format!("[{event},");
+    assert_eq!(from_batch(cut_short.as_bytes(), 3).map_err(|e| e.error), Err("malformed JSON".to_string()));
+    let cut_inside = format!("[{event},{{\"id\":");
+    assert_eq!(from_batch(cut_inside.as_bytes(), 3).map_err(|e| e.error), Err("malformed JSON".to_string()));
 }
 
 /// Past 32 members the repeat is found through a set: the same answer.
