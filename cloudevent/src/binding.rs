@@ -135,8 +135,8 @@ const TOO_MANY_ITEMS: &str = "more items than the limit";
 /// The error that stops reading a batch at an event refused (the refusal itself is in [`BatchVisitor::refused`]).
 const EVENT_REFUSED: &str = "an event of the batch was refused";
 
-/// A batch's events, read no further than `max` + 1 items (a 4 MiB body of `[0,0,0,…]` would otherwise be two
-/// million allocations before its count is checked) and no further than the first event refused.
+/// A batch's events, read no further than `max` + 1 items (a 4 MiB body of tiny events is refused at the first
+/// past the limit, not once tens of thousands are made) and no further than the first item refused.
 struct BatchVisitor<'r, 'l> {
     max: usize,
     limits: &'l AttributeLimits,
