@@ -221,7 +221,8 @@ impl CloudEvent {
     }
 
     /// At least as many bytes as [`CloudEvent::to_json_string`] writes (each character JSON escapes counted at
-    /// its longest). Bytes are scanned only when their content type may send them as text.
+    /// its longest, `\u00XX`), without writing it: to fill a batch up to a size before encoding it. Bytes are
+    /// scanned only when their content type may send them as text.
     pub fn json_len_bound(&self) -> usize {
         let escaped_bytes =
             |s: &[u8]| s.len() + 2 + 5 * s.iter().filter(|b| **b < 0x20 || **b == b'"' || **b == b'\\').count();
