@@ -116,12 +116,13 @@ pub(crate) fn time_index_offset_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(16..24)?.try_into().ok()?))
 }
 
-/// An event's stored value: arrival time, then the payload as sent.
-pub(crate) fn event_value(arrival_ms: u64, payload: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(8 + payload.len());
+/// An event's stored value: arrival time, then the payload as sent; written over what `value` held (the
+/// apply reuses one buffer for every event).
+pub(crate) fn write_event_value(value: &mut Vec<u8>, arrival_ms: u64, payload: &[u8]) {
+    value.clear();
+    value.reserve(8 + payload.len());
     value.extend_from_slice(&arrival_ms.to_be_bytes());
     value.extend_from_slice(payload);
-    value
 }
 
 pub(crate) fn split_event_value(value: &[u8]) -> Option<(u64, &[u8])> {
@@ -218,7 +219,8 @@ mod tests {
         assert_eq!(log_index_of(&log_key(7, 42)), Some(42));
         assert_eq!(event_offset_of(&event_key(7, 3, 99)), Some(99));
         assert_eq!(time_index_offset_of(&time_index_key(7, 3, 5, 77)), Some(77));
-        let value = event_value(1234, b"hello");
+        let mut value = b"what the buffer held before".to_vec();
+        write_event_value(&mut value, 1234, b"hello");
         assert_eq!(split_event_value(&value), Some((1234, &b"hello"[..])));
         assert_eq!(split_event_value(b"short"), None);
     }

@@ -43,8 +43,8 @@ use crate::store::dedupe_window::{
 };
 use crate::store::keys::{
     CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBER_REMOVALS, SM_MEMBERSHIP,
-    SM_RESOURCE, SM_STREAM, event_key, event_value, offset_key, split_resource_key, stream_state_key, tag_key,
-    time_index_arrival_of, time_index_key, time_index_offset_of,
+    SM_RESOURCE, SM_STREAM, event_key, offset_key, split_resource_key, stream_state_key, tag_key,
+    time_index_arrival_of, time_index_key, time_index_offset_of, write_event_value,
 };
 use crate::store::snapshot::Snapshot;
 use crate::store::stream_keys::StreamKeys;
@@ -304,7 +304,8 @@ impl GroupStateMachine {
                 }
                 kept.push(fingerprints[i]);
             }
-            staged.batch.put_cf(events, event_key(self.group, state.id, next_offset), event_value(arrival_ms, payload));
+            write_event_value(&mut staged.value_scratch, arrival_ms, payload);
+            staged.batch.put_cf(events, event_key(self.group, state.id, next_offset), &staged.value_scratch);
             staged.event_bytes.insert((state.id, next_offset), payload.len() as u64);
             staged.tail_records.push((state.id, next_offset, arrival_ms, payload.clone()));
             next_offset += 1;
@@ -328,12 +329,7 @@ impl GroupStateMachine {
             dedupe_horizon_ms,
             ..state
         };
-        staged.batch.put_cf(
-            cf(&self.db, CF_SM_STATE)?,
-            stream_state_key(self.group, &append.stream),
-            encode(&next).map_err(io_err)?,
-        );
-        staged.streams.insert(append.stream.clone(), next);
+        staged.set_stream(&append.stream, next);
         Ok(Appended { first_offset, stored: stored as u32 })
     }
 
@@ -400,12 +396,7 @@ impl GroupStateMachine {
             retained_bytes: state.retained_bytes.saturating_sub(freed),
             ..state
         };
-        staged.batch.put_cf(
-            cf(&self.db, CF_SM_STATE)?,
-            stream_state_key(self.group, stream),
-            encode(&next).map_err(io_err)?,
-        );
-        staged.streams.insert(stream.to_string(), next);
+        staged.set_stream(stream, next);
         Ok(())
     }
 
@@ -540,6 +531,10 @@ impl GroupStateMachine {
     /// Writes the staged batch with the applied log id, then publishes the changes to readers.
     fn commit_staged(&mut self, mut staged: Staged, last_applied: LogId) -> io::Result<()> {
         let sm = cf(&self.db, CF_SM_STATE)?;
+        // Each stream touched, once, as the last of its appends and trims in this apply left it.
+        for (stream, state) in &staged.streams {
+            staged.batch.put_cf(sm, stream_state_key(self.group, stream), encode(state).map_err(io_err)?);
+        }
         staged.batch.put_cf(sm, tag_key(self.group, SM_APPLIED), encode(&Some(last_applied)).map_err(io_err)?);
         let Staged {
             batch,
@@ -638,7 +633,10 @@ struct Staged {
     /// The cluster config as changed by the entries staged so far (metadata group).
     new_config: Option<AppliedConfig>,
     batch: WriteBatch,
+    /// The streams as the entries staged so far left them; written to the batch once each, at the end.
     streams: HashMap<String, StreamState>,
+    /// One event's stored value at a time, on its way into `batch` (which copies it).
+    value_scratch: Vec<u8>,
     /// (stream id, dedupe horizon) of each append with dedupe, published once the batch is written.
     dedupe_horizons: Vec<(u32, u64)>,
     resources: BTreeMap<ResourceKey, Option<String>>,
@@ -653,6 +651,18 @@ struct Staged {
     offsets: HashMap<String, Option<u64>>,
     /// Offset commits applied (for the metric).
     offset_commits: u64,
+}
+
+impl Staged {
+    /// Records what an append or trim left `stream` as (written once per apply, by `commit_staged`).
+    fn set_stream(&mut self, stream: &str, state: StreamState) {
+        match self.streams.get_mut(stream) {
+            Some(staged) => *staged = state,
+            None => {
+                self.streams.insert(stream.to_string(), state);
+            }
+        }
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for GroupStateMachine {

@@ -446,6 +446,35 @@ async fn trimming_moves_the_start_and_keeps_offsets() {
     assert_eq!(view.extent("s"), StreamExtent { start_offset: 4, end_offset: 4, retained_bytes: 0 });
 }
 
+#[tokio::test]
+async fn a_streams_state_after_several_appends_and_a_trim_in_one_apply_survives_reopen() {
+    // The apply writes each stream's state once, as its last command left it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let expected = StreamExtent { start_offset: 2, end_offset: 5, retained_bytes: 4 };
+    {
+        let (_store, mut sm) = open(dir.path(), 1);
+        apply(
+            &mut sm,
+            vec![
+                entry(1, LogCommand::append(vec![append("s", 1_000, &["aa", "bb"]), append("t", 1_000, &["t0"])])),
+                entry(2, LogCommand::append(vec![append("s", 2_000, &["c"]), append("s", 2_000, &["d"])])),
+                entry(3, LogCommand::Trim { stream: "s".into(), before_offset: 2 }),
+                entry(4, LogCommand::append(vec![append("s", 3_000, &["ee"])])),
+            ],
+        )
+        .await;
+        assert_eq!(sm.view().extent("s"), expected);
+    }
+    let (_store, mut sm) = open(dir.path(), 1);
+    assert_eq!(sm.view().extent("s"), expected);
+    assert_eq!(sm.view().extent("t"), StreamExtent { start_offset: 0, end_offset: 1, retained_bytes: 2 });
+    // Offsets go on from the end written, not from an earlier append's.
+    apply(&mut sm, vec![entry(5, LogCommand::append(vec![append("s", 4_000, &["f"])]))]).await;
+    let offsets: Vec<u64> =
+        sm.view().read("s", 0, 10, 1 << 20).expect("read").records.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, vec![2, 3, 4, 5]);
+}
+
 /// A column family's blob files (those of the current version: obsolete ones are not counted).
 fn blob_files(store: &Store, name: &str) -> u64 {
     let handle = cf(store.db(), name).expect("cf");
