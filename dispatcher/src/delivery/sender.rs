@@ -677,16 +677,34 @@ pub(crate) fn traceparent(event: &CloudEvent) -> String {
     let high = cloudevent::stable_hash(&[source.as_bytes(), b"\0", id.as_bytes()]);
     let low = cloudevent::stable_hash(&[id.as_bytes(), b"\0", source.as_bytes()]);
     let span = cloudevent::stable_hash(&[b"span", source.as_bytes(), id.as_bytes()]);
-    format!("00-{high:016x}{low:016x}-{:016x}-01", span.max(1))
+    // `00-{high:016x}{low:016x}-{span:016x}-01`, written without the formatting machinery (once per delivery).
+    let mut value = String::with_capacity(TRACEPARENT_LEN);
+    value.push_str("00-");
+    push_hex_u64(&mut value, high);
+    push_hex_u64(&mut value, low);
+    value.push('-');
+    push_hex_u64(&mut value, span.max(1));
+    value.push_str("-01");
+    value
+}
+
+/// A W3C `traceparent`: version, trace id, parent id and flags, 2, 32, 16 and 2 hex digits apart by dashes.
+const TRACEPARENT_LEN: usize = 55;
+const TRACEPARENT_DASHES: [usize; 3] = [2, 35, 52];
+
+fn push_hex_u64(out: &mut String, value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        out.push(char::from(DIGITS[((value >> (shift * 4)) & 0xf) as usize]));
+    }
 }
 
 fn is_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    parts.len() == 4
-        && [2, 32, 16, 2]
-            .iter()
-            .zip(&parts)
-            .all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit()))
+    value.len() == TRACEPARENT_LEN
+        && value
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| if TRACEPARENT_DASHES.contains(&i) { b == b'-' } else { b.is_ascii_hexdigit() })
 }
 
 #[cfg(test)]

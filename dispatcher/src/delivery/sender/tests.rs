@@ -48,10 +48,39 @@ fn traceparent_is_kept_or_derived_stably() {
         .expect("valid event");
     let derived = traceparent(&event);
     assert!(is_traceparent(&derived), "{derived}");
+    let (source, id) = (b"/s".as_slice(), b"1".as_slice());
+    let high = cloudevent::stable_hash(&[source, b"\0", id]);
+    let low = cloudevent::stable_hash(&[id, b"\0", source]);
+    let span = cloudevent::stable_hash(&[b"span", source, id]);
+    assert_eq!(derived, format!("00-{high:016x}{low:016x}-{span:016x}-01"), "derived from source and id");
     assert_eq!(derived, traceparent(&event));
     let own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     event.attributes.insert("traceparent".into(), AttrValue::String(own.into()));
     assert_eq!(traceparent(&event), own);
+}
+
+#[test]
+fn only_a_whole_w3c_traceparent_is_kept() {
+    let valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    assert!(is_traceparent(valid));
+    for (invalid, why) in [
+        ("", "empty"),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0", "flags one digit short"),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-011", "a digit too many"),
+        ("00-0af7651916cd43dd8448eb211c80319c0b7ad6b7169203331-01", "a dash missing"),
+        ("00-0af7651916cd43dd8448eb211c8031-9cb7ad6b7169203331-01", "a dash out of place"),
+        ("00-0af7651916cd43dd8448eb211c80319g-b7ad6b7169203331-01", "not hex"),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-", "a fifth part"),
+        ("0-00af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "version one digit"),
+    ] {
+        assert!(!is_traceparent(invalid), "{why}: {invalid}");
+    }
+    let mut hex = String::new();
+    for value in [0, 1, 0xf, 0x10, 0xdead_beef, u64::MAX] {
+        hex.clear();
+        push_hex_u64(&mut hex, value);
+        assert_eq!(hex, format!("{value:016x}"));
+    }
 }
 
 /// A subscriber that answers the first request on each connection and, keeping it alive, closes it when the
