@@ -2,6 +2,7 @@
 //! starts), opens the node, and serves the Raft transport, admin gRPC and HTTP
 //! until shutdown.
 
+mod incoming_snapshot;
 pub(crate) mod raft_service;
 
 use std::net::SocketAddr;

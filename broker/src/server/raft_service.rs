@@ -5,13 +5,13 @@ use std::path::PathBuf;
 
 use sluice_proto::raft::raft_transport_server::RaftTransport;
 use sluice_proto::raft::{ForwardReply, ForwardRequest, GroupMessage, GroupReply, SnapshotChunk};
-use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::command::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
 use crate::command::{GroupId, SnapshotMeta, TypeConfig, Vote, decode, encode};
 use crate::node::Node;
+use crate::server::incoming_snapshot::{CHUNK_IDLE_TIMEOUT, receive_snapshot};
 use crate::store::Snapshot;
 use crate::store::{SnapshotData, check_snapshot_file};
 use crate::transport::append_stream::GROUP_METADATA_KEY;
@@ -148,20 +148,13 @@ impl RaftTransport for TransportService {
         let raft = self.raft(group)?;
         let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header).map_err(bad_request)?;
         let dir = self.snapshot_root.join(format!("group-{group}"));
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| Status::internal(e.to_string()))?;
-        let path = dir.join(format!("{}-{}.incoming", std::process::id(), rand_suffix()));
-        let result = async {
-            let mut file = tokio::fs::File::create(&path).await.map_err(|e| Status::internal(e.to_string()))?;
-            file.write_all(&first.data).await.map_err(|e| Status::internal(e.to_string()))?;
-            while let Some(chunk) = chunks.next().await {
-                let chunk = chunk?;
-                file.write_all(&chunk.data).await.map_err(|e| Status::internal(e.to_string()))?;
-            }
-            file.sync_all().await.map_err(|e| Status::internal(e.to_string()))?;
-            drop(file);
+        // On a task of its own: a leader that cancels the call (it timed out, or its replication restarted)
+        // drops this handler, and the transfer still ends with its file removed, or its install finished.
+        let receiving = tokio::spawn(async move {
+            let incoming = receive_snapshot(first, chunks, &dir, CHUNK_IDLE_TIMEOUT).await?;
             // Only a whole snapshot of this group, matching its meta, reaches openraft (its install may not
             // fail halfway); anything else is refused here and the leader sends again.
-            let checking = path.clone();
+            let checking = incoming.path().to_path_buf();
             let checked = tokio::task::spawn_blocking(move || check_snapshot_file(&checking, group))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
@@ -170,14 +163,14 @@ impl RaftTransport for TransportService {
                 Ok(_) => return Err(Status::invalid_argument("the snapshot's data does not match its meta")),
                 Err(e) => return Err(Status::data_loss(format!("snapshot for group {group} refused: {e}"))),
             }
-            let snapshot = Snapshot { meta, snapshot: SnapshotData::File { path: path.clone() } };
+            let snapshot = Snapshot { meta, snapshot: SnapshotData::File { path: incoming.path().to_path_buf() } };
             let response = raft.install_full_snapshot(vote, snapshot).await.map_err(fatal)?;
+            // An installed snapshot was moved into place; one openraft did not need (it is behind what this
+            // node applied) is removed with `incoming`.
+            drop(incoming);
             reply(&response)
-        }
-        .await;
-        // Installed snapshots were moved into place; anything left is a reject or a failure.
-        let _ = tokio::fs::remove_file(&path).await;
-        result
+        });
+        receiving.await.map_err(|e| Status::internal(format!("receiving a snapshot for group {group}: {e}")))?
     }
 
     type ForwardStreamStream = tokio_stream::wrappers::ReceiverStream<Result<ForwardReply, Status>>;
@@ -232,9 +225,4 @@ impl RaftTransport for TransportService {
         let bytes = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ForwardReply { result: bytes.into(), id: 0 }))
     }
-}
-
-fn rand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
