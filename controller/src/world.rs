@@ -69,6 +69,16 @@ pub struct Environment {
     /// The hosts this node's data plane serves now, as its serving supervisor last installed them: a Route is
     /// `IngressReady` once they route as its traffic says. `None` where no data plane runs here (not judged).
     pub served_routes: Option<Arc<RouteTable>>,
+    /// Now, wall clock (ms): where a Route's rollout stands (`serving::rollout`). Stamped when the environment
+    /// is made; tests set it.
+    pub now_ms: u64,
+}
+
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Where one host's requests go: revisions and their weights (percent; zero-weight targets are left out).
@@ -117,6 +127,7 @@ impl Environment {
             audiences: false,
             default_authorization: DefaultAuthorization::default(),
             served_routes: None,
+            now_ms: wall_clock_ms(),
         }
     }
 
@@ -130,6 +141,7 @@ impl Environment {
             audiences: false,
             default_authorization: DefaultAuthorization::default(),
             served_routes: None,
+            now_ms: wall_clock_ms(),
         }
     }
 

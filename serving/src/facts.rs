@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{Map, Value, json};
 use sluice_broker::{Node, NodeId, ResourceKey};
 use sluice_cloudevent::clock::now_ms;
-use sluice_controller::serving::routing::INSTANCES_BY_NODE_FIELD;
+use sluice_controller::serving::routing::{INSTANCES_BY_NODE_FIELD, READY_AT_FIELD};
 use sluice_controller::serving::{REVISION_STATE_KIND, SERVING_API_VERSION};
 use tokio::sync::Notify;
 
@@ -377,6 +377,17 @@ pub(crate) fn next_spec(
     (!unchanged).then_some(Value::Object(spec))
 }
 
+/// Stamps `spec` with the wall-clock time its Revision first became ready ([`READY_AT_FIELD`]: a rollout to it
+/// starts there) when it says ready and the stored state did not. Only on that edge: a Revision found ready in a
+/// state written without the field (before this was recorded) is taken as ready long ago, since stamping it now
+/// would start a rollout back to it from the Revisions before. Pure.
+pub(crate) fn stamp_ready_at(stored: Option<&Value>, spec: &mut Value, now_ms: u64) {
+    let ready = |spec: Option<&Value>| spec.and_then(|s| s.get("ready")).and_then(Value::as_bool).unwrap_or(false);
+    if ready(Some(spec)) && !ready(stored.and_then(|s| s.get("spec"))) && spec.get(READY_AT_FIELD).is_none() {
+        spec[READY_AT_FIELD] = json!(now_ms);
+    }
+}
+
 /// Whether this node's entry is in a stored `RevisionState` (a start-up sweep forgets it where the node no
 /// longer runs the revision).
 pub(crate) fn has_entry(state: &Value, me: NodeId) -> bool {
@@ -419,6 +430,7 @@ pub(crate) async fn record(node: &Node, namespace: &str, name: &str, change: Cha
         };
         let next = next_spec(stored.as_ref(), node.id(), members.as_ref(), change, revision.as_deref());
         let Some(mut spec) = next else { return Recorded::Done };
+        stamp_ready_at(stored.as_ref(), &mut spec, now_ms());
         spec["token"] = json!(new_token(node.id()));
         let object = json!({
             "apiVersion": SERVING_API_VERSION, "kind": REVISION_STATE_KIND,

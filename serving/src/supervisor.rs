@@ -18,7 +18,7 @@ use sluice_broker::{Node, ResourceKey};
 use sluice_cloudevent::clock::now_ms;
 use sluice_controller::serving::autoscaling::AutoscalerDefaults;
 use sluice_controller::serving::gc::{self, GcSettings};
-use sluice_controller::serving::routing::{RouteTable, revision_facts, route_table};
+use sluice_controller::serving::routing::{RouteTable, revision_facts, rollouts_under_way, route_table};
 use sluice_controller::serving::{REVISION_STATE_KIND, children};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -149,11 +149,14 @@ pub(crate) async fn run(
     let mut sweep = Sweep::At(0);
     let mut writing: Option<Writing> = None;
     let mut facts_turn = false;
+    // The next step of a Route's rollout (wall clock, ms): the table is computed again then.
+    let mut rollout_step_at_ms: Option<u64> = None;
     loop {
         if needs_reconcile {
             changes.borrow_and_update();
             leadership.borrow_and_update();
-            reconcile(&node, &settings, &shared, &env, &mut running, &mut stopping, &mut reported).await;
+            rollout_step_at_ms =
+                reconcile(&node, &settings, &shared, &env, &mut running, &mut stopping, &mut reported).await;
         }
         needs_reconcile = true;
         let now = monotonic_ms();
@@ -184,6 +187,9 @@ pub(crate) async fn run(
                 went_through = Some(ok);
             }
             _ = tokio::time::sleep(wake_in.unwrap_or_default()), if wake_in.is_some() => needs_reconcile = false,
+            // A rollout's next step: the objects did not change, the time did.
+            _ = tokio::time::sleep(Duration::from_millis(rollout_step_at_ms.unwrap_or(0).saturating_sub(now_ms()))),
+                if rollout_step_at_ms.is_some() => {}
         }
         if let Some(ok) = went_through
             && let Some(done) = writing.take()
@@ -305,7 +311,7 @@ async fn reconcile(
     running: &mut BTreeMap<String, RunningRevision>,
     stops: &mut tokio::task::JoinSet<()>,
     reported: &mut HashMap<String, String>,
-) {
+) -> Option<u64> {
     let mut objects = objects(node);
     // The table served until now: a Route whose traffic does not resolve now keeps serving its routing from it.
     let previous = shared.table.read().map(|table| table.clone()).unwrap_or_default();
@@ -313,7 +319,8 @@ async fn reconcile(
         // Serve what was just written (Routes, Revisions) without waiting for the next change.
         objects = self::objects(node);
     }
-    let table = route_table(&objects, &settings.domain, &previous);
+    let now = now_ms();
+    let table = route_table(&objects, &settings.domain, &previous, now);
     let Wanted { runs: wanted, reachable, problems } =
         wanted_revisions(&objects, &table, &settings.autoscaler, env.runtime.kind());
     for (key, problem) in problems_to_log(reported, problems) {
@@ -358,6 +365,12 @@ async fn reconcile(
         stops.spawn(revision.stop());
     }
     metrics::gauge!("sluice_serving_revisions").set(running.len() as f64);
+    let rollouts = rollouts_under_way(&objects, now);
+    metrics::gauge!("sluice_serving_rollouts").set(rollouts.len() as f64);
+    for (route, next_step_at_ms) in &rollouts {
+        tracing::debug!(%route, next_step_in_ms = next_step_at_ms.saturating_sub(now), "route rolling out");
+    }
+    rollouts.into_iter().map(|(_, at)| at).min()
 }
 
 /// Writes what Services and Configurations own, and deletes what lost its owner. Only the metadata leader
@@ -367,8 +380,9 @@ async fn write_children(node: &Node, objects: &[Value], domain: &str, previous: 
     let mut plan = children::plan(objects);
     // Old revisions nothing routes to, by Knative's garbage-collection defaults: a Route that does not resolve
     // now still routes to what it routed to before, and those are kept.
-    let table = route_table(objects, domain, previous);
-    for (namespace, name) in gc::collect(objects, &table, now_ms(), &GcSettings::default()) {
+    let now = now_ms();
+    let table = route_table(objects, domain, previous, now);
+    for (namespace, name) in gc::collect(objects, &table, now, &GcSettings::default()) {
         tracing::info!(%namespace, revision = %name, "old revision collected");
         plan.delete.push(("Revision".into(), namespace, name));
     }

@@ -206,7 +206,7 @@ fn duration_ns(text: &str) -> Result<i128, String> {
     parse_duration(text).map(|d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
 }
 
-fn millis(key: &str, value: &str) -> Result<u64, String> {
+pub(crate) fn millis(key: &str, value: &str) -> Result<u64, String> {
     match duration_ns(value) {
         Ok(ns) if ns >= 0 => Ok(u64::try_from(ns / 1_000_000).unwrap_or(u64::MAX)),
         Ok(_) => Err(format!("{key}: {:?} is negative", value.trim())),

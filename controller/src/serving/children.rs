@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value, json};
 
 use super::model::{TrafficTarget, same_revision_spec};
+use super::rollout::ROLLOUT_DURATION_ANNOTATION;
 use super::{
     CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, CONFIGURATION_UID_LABEL, REVISION_STATE_KIND, SERVICE_LABEL,
     SERVICE_UID_LABEL, SERVING_API_VERSION,
@@ -223,6 +224,13 @@ pub fn plan(objects: &[Value]) -> ChildPlan {
             );
         }
         if ours("Route") {
+            // The Service's rollout duration is its Route's (Knative's Route reconciler reads it there).
+            let mut annotations = annotations;
+            if let Some(duration) =
+                service.pointer("/metadata/annotations").and_then(|a| a.get(ROLLOUT_DURATION_ANNOTATION))
+            {
+                annotations.insert(ROLLOUT_DURATION_ANNOTATION.into(), duration.clone());
+            }
             desire(child("Route", namespace, name, labels, annotations, service, route_spec(service)), &mut plan);
         }
     }

@@ -9,6 +9,7 @@
 //! - [`children`]: what a Service and a Configuration own (a Configuration and a Route; one Revision per
 //!   template generation) and what no longer has an owner, for the children reconcile loop to write;
 //! - [`autoscaling`]: the autoscaling knobs of a Revision, from its annotations over the cluster's defaults;
+//! - [`rollout`]: how a Route's traffic moves to a Configuration's new Revision over its rollout duration;
 //! - [`routing`]: which revisions each Route (and tag) sends its traffic to, by weight, and under which host;
 //!   one source for the Route's status and for the data plane;
 //! - [`status`]: Knative's conditions, `url`, `traffic`, `latestReadyRevisionName`, ...
@@ -19,6 +20,7 @@ pub mod gc;
 mod image;
 pub(crate) mod isolation;
 pub mod model;
+pub mod rollout;
 pub mod routing;
 pub mod status;
 pub(crate) mod validate;

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::model::TrafficTarget;
 pub use super::model::spec_traffic;
+use super::rollout::ReadyRevision;
 use super::{CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, REVISION_STATE_KIND};
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
@@ -33,7 +34,14 @@ pub struct RevisionFacts {
     /// Instances running now over every node, as each node last recorded its own
     /// ([`instances_over_nodes`]).
     pub instances: u32,
+    /// When it first became ready (wall clock, ms; [`READY_AT_FIELD`]); `None` when that was not recorded
+    /// (ready before a version that records it).
+    pub ready_at_ms: Option<u64>,
 }
+
+/// The field of a `RevisionState`'s spec with the wall-clock time (ms) the Revision first became ready: where
+/// its rollout starts ([`super::rollout`]).
+pub const READY_AT_FIELD: &str = "readyAtMs";
 
 /// The facts recorded for a Revision (none yet: nothing known). Facts recorded for another Revision of the
 /// same name (deleted and made again, its state not collected yet: `spec.revisionUid` differs) are not its.
@@ -54,6 +62,7 @@ pub fn revision_facts(objects: &[Value], namespace: &str, revision: &str) -> Rev
         ready: state.pointer("/spec/ready").and_then(Value::as_bool).unwrap_or(false),
         failure,
         instances: state.get("spec").map_or(0, instances_over_nodes),
+        ready_at_ms: state.pointer("/spec").and_then(|spec| spec.get(READY_AT_FIELD)).and_then(Value::as_u64),
     }
 }
 
@@ -314,10 +323,20 @@ pub fn route_hosts(
     let served = |targets| HostTargets { namespace: namespace.into(), name: name.into(), targets };
     let weighted = targets.iter().filter(|t| t.percent > 0).map(|t| (t.revision.clone(), t.percent)).collect();
     let mut hosts = vec![(host(name, namespace, domain), served(weighted))];
-    for target in targets {
-        if let Some(tag) = &target.tag {
-            hosts.push((tag_host(tag, name, namespace, domain), served(vec![(target.revision.clone(), 100)])));
+    let mut tags: Vec<&str> = Vec::new();
+    for tag in targets.iter().filter_map(|t| t.tag.as_deref()) {
+        if !tags.contains(&tag) {
+            tags.push(tag);
         }
+    }
+    for tag in tags {
+        let tagged: Vec<&ResolvedTarget> = targets.iter().filter(|t| t.tag.as_deref() == Some(tag)).collect();
+        // One target: all of the tag's requests. A tagged target split by its rollout: the split.
+        let split = match tagged.as_slice() {
+            [one] => vec![(one.revision.clone(), 100)],
+            several => several.iter().map(|t| (t.revision.clone(), t.percent)).collect(),
+        };
+        hosts.push((tag_host(tag, name, namespace, domain), served(split)));
     }
     hosts
 }
@@ -327,7 +346,8 @@ pub fn route_hosts(
 /// made or not ready yet, a Configuration with no ready Revision) keeps the hosts it had there, main and tags,
 /// as they were: Knative's Route reconciler leaves the ingress as it is until every target resolves, so the
 /// last good routing keeps serving (dropping its hosts answered every request 404).
-pub fn route_table(objects: &[Value], domain: &str, previous: &RouteTable) -> RouteTable {
+/// Targets to a Configuration's latest Revision are split by its rollout as of `now_ms` ([`rolled_out`]).
+pub fn route_table(objects: &[Value], domain: &str, previous: &RouteTable, now_ms: u64) -> RouteTable {
     let mut table = RouteTable::new();
     let mut kept: Vec<(&String, &HostTargets)> = Vec::new();
     for route in objects.iter().filter(|o| str_at(o, "/kind") == "Route") {
@@ -346,6 +366,7 @@ pub fn route_table(objects: &[Value], domain: &str, previous: &RouteTable) -> Ro
                 }
             },
         };
+        let targets = rolled_out(objects, route, targets, now_ms).targets;
         table.extend(route_hosts(namespace, name, domain, &targets));
     }
     // After every Route that resolves: a host one of them serves now is its.
@@ -367,4 +388,73 @@ pub fn route_table(objects: &[Value], domain: &str, previous: &RouteTable) -> Ro
         }
     }
     table
+}
+
+/// A Route's resolved targets with each one to a Configuration's latest ready Revision split by that
+/// Configuration's rollout as of `now_ms` (the Route's `serving.knative.dev/rollout-duration`; none, or 0: not
+/// split), newest first, each part keeping the target's tag; and when the split next changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RolledOut {
+    pub targets: Vec<ResolvedTarget>,
+    /// Wall clock, ms; `None`: no rollout is under way.
+    pub next_change_at_ms: Option<u64>,
+}
+
+/// See [`RolledOut`]. A Revision whose ready time was not recorded counts as ready long ago.
+pub fn rolled_out(objects: &[Value], route: &Value, targets: Vec<ResolvedTarget>, now_ms: u64) -> RolledOut {
+    let duration_ms = super::rollout::duration_ms(route);
+    if duration_ms == 0 {
+        return RolledOut { targets, next_change_at_ms: None };
+    }
+    let namespace = str_at(route, "/metadata/namespace");
+    let mut rolled = RolledOut::default();
+    for target in targets {
+        let Some(configuration) = target.configuration.clone().filter(|_| target.latest_revision && target.percent > 1)
+        else {
+            rolled.targets.push(target);
+            continue;
+        };
+        let ready: Vec<ReadyRevision> = revisions_of(objects, namespace, &configuration)
+            .into_iter()
+            .map(|r| str_at(r, "/metadata/name"))
+            .filter_map(|name| {
+                let facts = revision_facts(objects, namespace, name);
+                facts
+                    .ready
+                    .then(|| ReadyRevision { name: name.to_string(), ready_at_ms: facts.ready_at_ms.unwrap_or(0) })
+            })
+            .collect();
+        let Some(latest) = ready.iter().find(|r| r.name == target.revision).cloned() else {
+            rolled.targets.push(target);
+            continue;
+        };
+        let split = super::rollout::split(target.percent, &latest, &ready, duration_ms, now_ms);
+        if let Some(at) = split.next_change_at_ms {
+            rolled.next_change_at_ms = Some(rolled.next_change_at_ms.map_or(at, |next| next.min(at)));
+        }
+        rolled.targets.extend(split.shares.into_iter().map(|(revision, percent)| ResolvedTarget {
+            revision,
+            percent,
+            ..target.clone()
+        }));
+    }
+    rolled
+}
+
+/// The Routes whose rollout is under way now (`namespace/name`), each with when its split next changes (wall
+/// clock, ms): the data plane's table is due again at the earliest of them.
+pub fn rollouts_under_way(objects: &[Value], now_ms: u64) -> Vec<(String, u64)> {
+    objects
+        .iter()
+        .filter(|o| str_at(o, "/kind") == "Route")
+        .filter_map(|route| {
+            let (namespace, name) = (str_at(route, "/metadata/namespace"), str_at(route, "/metadata/name"));
+            let traffic = spec_traffic(route, name);
+            let targets = resolve_traffic(objects, namespace, &traffic)
+                .ok()
+                .or_else(|| servable_targets(objects, namespace, &traffic))?;
+            let next = rolled_out(objects, route, targets, now_ms).next_change_at_ms?;
+            Some((format!("{namespace}/{name}"), next))
+        })
+        .collect()
 }

@@ -3,13 +3,15 @@
 //! ready revisions; Route `AllTrafficAssigned`, `IngressReady` (judged against the hosts the node's data plane
 //! serves, `Environment::served_routes`), `traffic`, `url`; Service `ConfigurationsReady`, `RoutesReady`.
 
+use std::collections::BTreeSet;
+
 use serde_json::{Map, Value, json};
 
 use super::children::{configuration_spec, owned_by, revision_name, route_spec};
 use super::model::Container;
 use super::routing::{
-    ResolvedTarget, RouteTable, TrafficError, find, host, latest_revisions, resolve_traffic, revision_facts,
-    route_hosts, route_table, spec_traffic, tag_host, unready_configuration,
+    HostTargets, ResolvedTarget, RouteTable, TrafficError, find, host, latest_revisions, resolve_traffic,
+    revision_facts, rolled_out, route_hosts, route_table, spec_traffic, tag_host, unready_configuration,
 };
 use crate::world::{Environment, ServingRuntime, World};
 
@@ -253,8 +255,11 @@ fn route_conditions(
     status.insert("address".into(), json!({"url": url}));
     let assigned = match resolve_traffic(world.objects, namespace, &spec_traffic(object, name)) {
         Ok(targets) => {
-            status.insert("traffic".into(), traffic_status(&targets, name, namespace, env));
-            return (Ok(None), ingress_ready(namespace, name, Some(&targets), env));
+            // As the data plane serves it: a rollout's split, as of now.
+            let rolled = rolled_out(world.objects, object, targets, env.now_ms);
+            let rolling = rolled.next_change_at_ms.is_some();
+            status.insert("traffic".into(), traffic_status(&rolled.targets, name, namespace, env));
+            return (Ok(None), ingress_ready(namespace, name, Some((&rolled.targets, rolling)), env));
         }
         Err(error) => unassigned(error, namespace, world, env),
     };
@@ -264,13 +269,20 @@ fn route_conditions(
 /// Knative's `IngressReady`, judged against the hosts this node's data plane serves now: the Route's traffic
 /// is served as it says (`targets`), or, while it does not resolve, its last good routing is still served.
 /// Before, a Service was Ready with its new traffic while the data plane still sent requests to the old one.
-fn ingress_ready(namespace: &str, name: &str, targets: Option<&[ResolvedTarget]>, env: &Environment) -> Condition {
+fn ingress_ready(
+    namespace: &str,
+    name: &str,
+    targets: Option<(&[ResolvedTarget], bool)>,
+    env: &Environment,
+) -> Condition {
     let Some(served) = env.served_routes.as_deref() else { return Ok(None) };
     let domain = &env.serving_domain;
     let serving = match targets {
-        Some(targets) => {
-            route_hosts(namespace, name, domain, targets).iter().all(|(host, wanted)| served.get(host) == Some(wanted))
-        }
+        // While a rollout is under way the data plane and this status may stand a step apart (each takes its
+        // own now): the same revisions served is enough.
+        Some((targets, rolling)) => route_hosts(namespace, name, domain, targets).iter().all(|(host, wanted)| {
+            served.get(host).is_some_and(|s| s == wanted || (rolling && same_revisions(s, wanted)))
+        }),
         None => served.get(&host(name, namespace, domain)).is_some_and(|s| s.namespace == namespace && s.name == name),
     };
     if serving {
@@ -278,6 +290,12 @@ fn ingress_ready(namespace: &str, name: &str, targets: Option<&[ResolvedTarget]>
     } else {
         Ok(Some(("IngressNotConfigured".into(), "The data plane does not serve this traffic yet.".into())))
     }
+}
+
+/// The same Route's host, to the same revisions (whatever their weights).
+fn same_revisions(served: &HostTargets, wanted: &HostTargets) -> bool {
+    let revisions = |h: &HostTargets| h.targets.iter().map(|(r, _)| r.clone()).collect::<BTreeSet<String>>();
+    served.namespace == wanted.namespace && served.name == wanted.name && revisions(served) == revisions(wanted)
 }
 
 /// `AllTrafficAssigned` for a Route whose traffic does not resolve.
@@ -393,7 +411,7 @@ pub fn address(
         return Err(("DestinationNotFound".into(), format!("{kind} {namespace}/{name} does not exist")));
     }
     // Computed on read: there is no table served before to keep a Route's last good routing from.
-    let served = route_table(world.objects, &env.serving_domain, &RouteTable::new());
+    let served = route_table(world.objects, &env.serving_domain, &RouteTable::new(), env.now_ms);
     let host = host(name, namespace, &env.serving_domain);
     if served.get(&host).is_some_and(|targets| !targets.targets.is_empty()) {
         return Ok(url_for(&host, env));

@@ -11,6 +11,7 @@ use super::isolation::{MULTI_CONTAINER_PROBING, ServingFeatures};
 use super::model::{
     Container, Probe, Revision, RevisionTemplateSpec, Route, Service, TrafficTarget, with_knative_defaults,
 };
+use super::rollout::ROLLOUT_DURATION_ANNOTATION;
 use super::{AUTOSCALING_PREFIX, MAX_CONTAINER_CONCURRENCY, RESERVED_ENV, RESERVED_PORTS};
 use crate::fields::{FieldError, is_dns_1035_label, is_dns_label};
 
@@ -45,6 +46,7 @@ pub(crate) fn validate_service(
     let name = &service.metadata.name;
     serving_name(name, errors);
     no_autoscaling_on_parent(&service.metadata.annotations, errors);
+    validate_rollout_duration(&service.metadata.annotations, errors);
     validate_template("spec.template", name, &service.spec.template, existing, features, errors);
     if let Some(traffic) = &service.spec.traffic {
         validate_traffic(traffic, TrafficOf::Service, errors);
@@ -84,10 +86,25 @@ pub(crate) fn validate_revision(
 
 pub(crate) fn validate_route(route: &Route, errors: &mut Vec<FieldError>) {
     serving_name(&route.metadata.name, errors);
+    validate_rollout_duration(&route.metadata.annotations, errors);
     match route.spec.traffic.as_deref() {
         // A Route is its traffic: with none it would route nothing (a Service's may be left out: it defaults).
         None | Some([]) => errors.push(err("spec.traffic", "Traffic targets sum to 0, want 100")),
         Some(traffic) => validate_traffic(traffic, TrafficOf::Route, errors),
+    }
+}
+
+/// Knative's `ValidateRolloutDurationAnnotation`: Go's duration syntax, and not negative.
+fn validate_rollout_duration(annotations: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
+    let Some(value) = annotations.get(ROLLOUT_DURATION_ANNOTATION) else { return };
+    let path = format!("metadata.annotations[{ROLLOUT_DURATION_ANNOTATION}]");
+    if super::rollout::parse_duration_ms(value).is_err() {
+        let message = if value.trim().starts_with('-') {
+            format!("rollout-duration={value} must be positive")
+        } else {
+            format!("invalid value: {value:?}: not a duration (Go's syntax: 380s, 10m, 1h30m)")
+        };
+        errors.push(err(path, message));
     }
 }
 

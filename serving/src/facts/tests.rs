@@ -409,3 +409,21 @@ fn another_nodes_later_failure_is_cleared_only_by_facts_with_a_new_ready_edge() 
         assert_eq!(stored["spec"]["failureReason"], json!(reason), "{why}");
     }
 }
+
+#[test]
+fn the_ready_time_is_stamped_on_the_edge_to_ready_and_kept() {
+    let not_ready = state(json!({"ready": false, "revisionUid": "u1"}));
+    let ready_old_style = state(json!({"ready": true, "revisionUid": "u1"}));
+    let table: [(&str, Option<&Value>, Value, Option<u64>); 5] = [
+        ("first ready, nothing stored", None, json!({"ready": true}), Some(7)),
+        ("first ready, stored not ready", Some(&not_ready), json!({"ready": true}), Some(7)),
+        ("not ready yet", Some(&not_ready), json!({"ready": false}), None),
+        // Stamping it now would start a rollout back to it from the Revisions before.
+        ("ready in a state written before the field", Some(&ready_old_style), json!({"ready": true}), None),
+        ("ready, stamped before", Some(&ready_old_style), json!({"ready": true, "readyAtMs": 3}), Some(3)),
+    ];
+    for (why, stored, mut spec, expected) in table {
+        stamp_ready_at(stored, &mut spec, 7);
+        assert_eq!(spec.get(READY_AT_FIELD).and_then(Value::as_u64), expected, "{why}");
+    }
+}

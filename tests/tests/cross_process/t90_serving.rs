@@ -635,3 +635,54 @@ async fn a_request_waiting_at_a_revision_taken_off_traffic_goes_to_the_new_one()
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_service_with_a_rollout_duration_moves_its_traffic_to_a_new_revision_in_steps() -> Result<()> {
+    let (_dir, node) = start_single_node(1, &[]).await?;
+    let (admin, http) = (node.admin.clone(), node.http.clone());
+    let rolled = |target: &str| {
+        let mut service = service("roll", json!([{"name": "TARGET", "value": target}]), json!({}), json!({}));
+        service["metadata"]["annotations"] = json!({"serving.knative.dev/rollout-duration": "20s"});
+        service
+    };
+    apply_resource(&admin, rolled("One")).await?;
+    wait_ready(&admin, "Service", "roll").await?;
+    apply_resource(&admin, rolled("Two")).await?;
+    wait_for(&admin, "Service", "roll", "/status/latestReadyRevisionName", json!("roll-00002")).await?;
+
+    // Right after the new revision is ready, the Route splits between the two (1 % at first, then steps of 6 %
+    // a second), both parts the Configuration's latest.
+    let route = get(&admin, "Route", "roll").await?;
+    let traffic = route.pointer("/status/traffic").and_then(Value::as_array).cloned().unwrap_or_default();
+    let share = |traffic: &[Value], revision: &str| {
+        traffic.iter().find(|t| t["revisionName"] == revision).and_then(|t| t["percent"].as_u64()).unwrap_or(0)
+    };
+    assert!(share(&traffic, "roll-00002") < 100, "still rolling out: {traffic:?}");
+    assert_eq!(share(&traffic, "roll-00001") + share(&traffic, "roll-00002"), 100, "{traffic:?}");
+    assert!(traffic.iter().all(|t| t["latestRevision"] == true), "{traffic:?}");
+
+    // Requests meanwhile reach both: the old one has most of them during the first seconds.
+    let client = client(&http, &["roll.default.localhost"])?;
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    while seen.len() < 2 && seen.values().sum::<u32>() < 5_000 {
+        let response = client.get(url("roll.default.localhost", &http, "/")).send().await?;
+        assert_eq!(response.status(), 200);
+        *seen.entry(response.headers()["x-revision"].to_str()?.to_string()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 2, "both revisions answered during the rollout: {seen:?}");
+
+    // By its end (20 s after the new revision became ready) all of it goes to the new one.
+    wait_until(Duration::from_secs(40), || async {
+        let route = get(&admin, "Route", "roll").await?;
+        let traffic = route.pointer("/status/traffic").and_then(Value::as_array).cloned().unwrap_or_default();
+        Ok((traffic.len() == 1 && share(&traffic, "roll-00002") == 100).then_some(()))
+    })
+    .await
+    .context("the rollout never finished")?;
+    wait_ready(&admin, "Service", "roll").await?;
+    for _ in 0..50 {
+        let response = client.get(url("roll.default.localhost", &http, "/")).send().await?;
+        assert_eq!(response.headers()["x-revision"], "roll-00002");
+    }
+    Ok(())
+}

@@ -177,7 +177,7 @@ fn status_follows_the_revisions_facts() {
 #[test]
 fn routes_split_and_tag_by_revision_and_unresolvable_traffic_says_why() {
     let mut objects = hello_split_between_two_ready_revisions(json!({"latestRevision": true, "percent": 50}));
-    let table = route_table(&objects, "localhost", &RouteTable::new());
+    let table = route_table(&objects, "localhost", &RouteTable::new(), 0);
     let target = |host: &str| table.get(host).cloned().unwrap_or_default();
     assert_eq!(
         target("hello.default.localhost"),
@@ -235,7 +235,7 @@ fn failed_fact(objects: &mut Vec<Value>, revision: &str) {
 #[test]
 fn regression_a_route_that_stops_resolving_keeps_serving_its_previous_hosts() {
     let objects = hello_split_between_two_ready_revisions(json!({"revisionName": "hello-00002", "percent": 50}));
-    let before = route_table(&objects, "localhost", &RouteTable::new());
+    let before = route_table(&objects, "localhost", &RouteTable::new(), 0);
     assert_eq!(before.keys().collect::<Vec<_>>(), ["hello.default.localhost", "old-hello.default.localhost"]);
     let pinned_to = |target: &str, revision: &str| {
         let mut service = hello_service(target);
@@ -258,9 +258,13 @@ fn regression_a_route_that_stops_resolving_keeps_serving_its_previous_hosts() {
             failed_fact(&mut objects, "hello-00003");
         }
         assert_eq!(condition(&status_of(&objects, "Route", "hello"), "AllTrafficAssigned"), assigned, "{why}");
-        assert_eq!(route_table(&objects, "localhost", &before), before, "{why}: the hosts and weights served before");
+        assert_eq!(
+            route_table(&objects, "localhost", &before, 0),
+            before,
+            "{why}: the hosts and weights served before"
+        );
         assert!(
-            route_table(&objects, "localhost", &RouteTable::new()).is_empty(),
+            route_table(&objects, "localhost", &RouteTable::new(), 0).is_empty(),
             "{why}: nothing to keep without a table served before"
         );
     }
@@ -270,7 +274,7 @@ fn regression_a_route_that_stops_resolving_keeps_serving_its_previous_hosts() {
     store(&mut resolved, pinned_to("three", "hello-00003"));
     settle(&mut resolved);
     ready_fact(&mut resolved, "hello-00003");
-    let after = route_table(&resolved, "localhost", &before);
+    let after = route_table(&resolved, "localhost", &before, 0);
     let served: Vec<_> = after.iter().map(|(host, served)| (host.as_str(), served.targets.clone())).collect();
     assert_eq!(served, [("hello.default.localhost", vec![("hello-00003".to_string(), 100)])]);
 
@@ -282,7 +286,7 @@ fn regression_a_route_that_stops_resolving_keeps_serving_its_previous_hosts() {
             "metadata": {"name": "r", "namespace": "default"},
             "spec": {"traffic": [{"revisionName": "nope-00001", "percent": 100}]}}),
     );
-    let table = route_table(&objects, "localhost", &before);
+    let table = route_table(&objects, "localhost", &before, 0);
     assert!(!table.contains_key("r.default.localhost"), "{table:?}");
     assert!(table.values().all(|served| served.name == "hello"), "{table:?}");
 }
@@ -300,7 +304,7 @@ fn a_canary_at_zero_percent_that_failed_takes_nothing_from_the_others() {
     store(&mut objects, canary);
     settle(&mut objects);
     failed_fact(&mut objects, "hello-00003");
-    let table = route_table(&objects, "localhost", &RouteTable::new());
+    let table = route_table(&objects, "localhost", &RouteTable::new(), 0);
     let served: Vec<_> = table.iter().map(|(host, served)| (host.as_str(), served.targets.clone())).collect();
     assert_eq!(served, [("hello.default.localhost", vec![("hello-00002".to_string(), 100)])]);
     let address =
@@ -311,7 +315,7 @@ fn a_canary_at_zero_percent_that_failed_takes_nothing_from_the_others() {
     blue_green["spec"]["traffic"] = json!([{"revisionName": "hello-00004", "percent": 100}]);
     store(&mut objects, blue_green);
     settle(&mut objects);
-    assert!(route_table(&objects, "localhost", &RouteTable::new()).is_empty(), "nothing to serve it from here");
+    assert!(route_table(&objects, "localhost", &RouteTable::new(), 0).is_empty(), "nothing to serve it from here");
     assert_eq!(address(&objects), Ok("http://hello.default.localhost:8080".to_string()), "its URL stays");
     let mut misspelt = hello_service("four");
     misspelt["spec"]["traffic"] = json!([{"revisionName": "hello-00009", "percent": 100}]);
@@ -416,7 +420,7 @@ fn regression_a_rollback_to_an_earlier_template_name_makes_its_revision_the_late
         assert_eq!(service["latestReadyRevisionName"], ready, "{why}");
         assert_eq!(condition(&service, "ConfigurationsReady").0, configurations, "{why}: {service}");
         assert_eq!(service["traffic"][0]["revisionName"], ready, "{why}");
-        let table = route_table(&objects, "localhost", &RouteTable::new());
+        let table = route_table(&objects, "localhost", &RouteTable::new(), 0);
         let served = table.get("hello.default.localhost").map(|served| served.targets.clone()).unwrap_or_default();
         assert_eq!(served, [(ready.to_string(), 100)], "{why}");
     }
@@ -701,13 +705,13 @@ fn regression_a_route_is_ingress_ready_only_once_the_data_plane_serves_its_traff
     store(&mut objects, hello_service("one"));
     settle(&mut objects);
     ready_fact(&mut objects, "hello-00001");
-    let first = std::sync::Arc::new(route_table(&objects, domain, &RouteTable::new()));
+    let first = std::sync::Arc::new(route_table(&objects, domain, &RouteTable::new(), 0));
     store(&mut objects, hello_service("two"));
     settle(&mut objects);
     ready_fact(&mut objects, "hello-00002");
-    let second = std::sync::Arc::new(route_table(&objects, domain, &RouteTable::new()));
+    let second = std::sync::Arc::new(route_table(&objects, domain, &RouteTable::new(), 0));
     let split = hello_split_between_two_ready_revisions(json!({"latestRevision": true, "percent": 50}));
-    let split_table = std::sync::Arc::new(route_table(&split, domain, &RouteTable::new()));
+    let split_table = std::sync::Arc::new(route_table(&split, domain, &RouteTable::new(), 0));
     let without_tag = {
         let mut table = (*split_table).clone();
         table.retain(|host, _| !host.starts_with("old-"));
@@ -748,7 +752,7 @@ fn a_route_that_does_not_resolve_is_ingress_ready_while_its_last_routing_is_serv
     store(&mut objects, hello_service("one"));
     settle(&mut objects);
     ready_fact(&mut objects, "hello-00001");
-    let served = std::sync::Arc::new(route_table(&objects, domain, &RouteTable::new()));
+    let served = std::sync::Arc::new(route_table(&objects, domain, &RouteTable::new(), 0));
     let mut pinned = hello_service("one");
     pinned["spec"]["traffic"] = json!([{"revisionName": "hello-00009", "percent": 100}]);
     store(&mut objects, pinned);
@@ -759,4 +763,85 @@ fn a_route_that_does_not_resolve_is_ingress_ready_while_its_last_routing_is_serv
         assert_eq!(condition(&status, "AllTrafficAssigned").0, "False", "{status}");
         assert_eq!(condition(&status, "IngressReady").0, ingress, "{status}");
     }
+}
+
+/// `name`'s RevisionState: ready since `ready_at_ms`.
+fn ready_since(objects: &mut Vec<Value>, name: &str, ready_at_ms: u64) {
+    store(
+        objects,
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "RevisionState",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"ready": true, "instances": 1, "readyAtMs": ready_at_ms}}),
+    );
+}
+
+#[test]
+fn a_service_with_a_rollout_duration_moves_its_traffic_in_steps() {
+    let mut service = hello_service("one");
+    service["metadata"]["annotations"] = json!({"serving.knative.dev/rollout-duration": "60s"});
+    let mut objects = Vec::new();
+    store(&mut objects, service.clone());
+    settle(&mut objects);
+    ready_since(&mut objects, "hello-00001", 1_000);
+    let route = objects.iter().find(|o| o["kind"] == "Route").cloned().unwrap_or_default();
+    assert_eq!(route["metadata"]["annotations"]["serving.knative.dev/rollout-duration"], "60s", "handed to the Route");
+    // The first Revision has nothing to roll from.
+    let main = |objects: &[Value], now_ms| {
+        route_table(objects, "localhost", &RouteTable::new(), now_ms)
+            .get("hello.default.localhost")
+            .cloned()
+            .unwrap_or_default()
+            .targets
+    };
+    assert_eq!(main(&objects, 2_000), vec![("hello-00001".to_string(), 100)]);
+
+    service["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = json!("two");
+    store(&mut objects, service);
+    settle(&mut objects);
+    ready_since(&mut objects, "hello-00002", 100_000);
+    let split = |revisions: &[(&str, u32)]| revisions.iter().map(|(r, p)| (r.to_string(), *p)).collect::<Vec<_>>();
+    assert_eq!(main(&objects, 100_000), split(&[("hello-00002", 1), ("hello-00001", 99)]));
+    assert_eq!(main(&objects, 130_000), split(&[("hello-00002", 59), ("hello-00001", 41)]));
+    assert_eq!(main(&objects, 160_000), split(&[("hello-00002", 100)]));
+    assert_eq!(super::routing::rollouts_under_way(&objects, 130_500), vec![("default/hello".to_string(), 131_000)]);
+    assert_eq!(super::routing::rollouts_under_way(&objects, 160_000), vec![]);
+
+    // The Route's status says the split as of its environment's now, both parts the Configuration's latest.
+    let mut env = env();
+    env.now_ms = 130_000;
+    let route = objects.iter().find(|o| o["kind"] == "Route").cloned().unwrap_or_default();
+    let status = reconcile(&route, &World { objects: &objects }, &env);
+    let traffic: Vec<(String, u64, bool)> = status["traffic"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|t| {
+                    let revision = t["revisionName"].as_str().unwrap_or_default().to_string();
+                    (revision, t["percent"].as_u64().unwrap_or(0), t["latestRevision"] == true)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(traffic, vec![("hello-00002".into(), 59, true), ("hello-00001".into(), 41, true)]);
+    // A data plane a step behind still serves this rollout: the Route is ready.
+    env.served_routes = Some(std::sync::Arc::new(route_table(&objects, "localhost", &RouteTable::new(), 129_000)));
+    let status = reconcile(&route, &World { objects: &objects }, &env);
+    assert_eq!(condition(&status, "IngressReady").0, "True", "{status}");
+}
+
+#[test]
+fn a_rollout_duration_that_is_not_a_duration_is_refused() {
+    for (value, rule) in [("soon", "not a duration"), ("-5s", "must be positive")] {
+        let mut service = hello_service("one");
+        service["metadata"]["annotations"] = json!({"serving.knative.dev/rollout-duration": value});
+        let errors = validate_object(&service, None).expect_err("refused");
+        let text = format!("{errors:?}");
+        assert!(
+            text.contains("metadata.annotations[serving.knative.dev/rollout-duration]") && text.contains(rule),
+            "{value}: {text}"
+        );
+    }
+    let mut service = hello_service("one");
+    service["metadata"]["annotations"] = json!({"serving.knative.dev/rollout-duration": "1h30m"});
+    assert_eq!(validate_object(&service, None), Ok(()));
 }
