@@ -14,7 +14,7 @@ use sluice_controller::serving::status::runnable;
 use sluice_controller::serving::{CONFIGURATION_LABEL, DEFAULT_TIMEOUT_SECONDS, SERVICE_LABEL};
 
 use crate::revision::RevisionRun;
-use crate::runtime::{ProbeRhythm, Readiness};
+use crate::runtime::{KillingProbe, ProbeRhythm, Readiness};
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
     object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
@@ -58,6 +58,8 @@ pub(crate) fn revision_run(
     let h2c = container.ports.first().and_then(|p| p.name.as_deref()) == Some("h2c");
     let readiness = readiness_of(container.readiness_probe.as_ref());
     let readiness_rhythm = rhythm_of(container.readiness_probe.as_ref());
+    let startup = killing_probe_of(container.startup_probe.as_ref());
+    let liveness = killing_probe_of(container.liveness_probe.as_ref());
     let container_concurrency = revision
         .pointer("/spec/containerConcurrency")
         .and_then(Value::as_u64)
@@ -98,6 +100,8 @@ pub(crate) fn revision_run(
         port,
         readiness,
         readiness_rhythm,
+        startup,
+        liveness,
         h2c,
         container_concurrency,
         timeout_ms: u64::try_from(timeout_seconds).unwrap_or(0).saturating_mul(1000),
@@ -119,6 +123,23 @@ fn rhythm_of(probe: Option<&Probe>) -> ProbeRhythm {
         failure_threshold: positive(probe.failure_threshold).unwrap_or(default.failure_threshold),
         success_threshold: positive(probe.success_threshold).unwrap_or(default.success_threshold),
     }
+}
+
+/// A startup or liveness probe as the kubelet runs it: its handler (a gRPC one as a TCP connect: no gRPC
+/// health client runs here), `initialDelaySeconds` (0), `periodSeconds` (10), `timeoutSeconds` (1) and
+/// `failureThreshold` (3), Kubernetes' defaults for those unset or not positive (a delay of 0 stays 0).
+fn killing_probe_of(probe: Option<&Probe>) -> Option<KillingProbe> {
+    let probe = probe?;
+    let seconds = |value: Option<i64>, default: u64| {
+        std::time::Duration::from_secs(value.filter(|v| *v > 0).map_or(default, |v| v.unsigned_abs()))
+    };
+    Some(KillingProbe {
+        check: readiness_of(Some(probe)),
+        initial_delay: seconds(probe.initial_delay_seconds, 0),
+        period: seconds(probe.period_seconds, 10),
+        timeout: seconds(probe.timeout_seconds, 1),
+        failure_threshold: probe.failure_threshold.filter(|v| *v > 0).map_or(3, |v| v.min(i64::from(u32::MAX)) as u32),
+    })
 }
 
 /// The readiness check: the probe's handler, else a TCP connect to the port (the port is filled in per
@@ -327,6 +348,42 @@ mod tests {
         let knobs = &run.autoscaling;
         assert_eq!((knobs.min_scale, knobs.max_scale, knobs.initial_scale, knobs.stable_window_ms), (1, 3, 1, 10_000));
         assert_eq!(knobs.total, 1.0, "containerConcurrency 1 is the target's total");
+    }
+
+    /// Startup and liveness probes keep their handler and timing, Kubernetes' defaults where unset; none
+    /// without one.
+    #[test]
+    fn startup_and_liveness_probes_are_run_with_kubernetes_defaults() {
+        let container = json!({"command": ["/bin/hello"],
+            "startupProbe": {"exec": {"command": ["test", "-f", "/tmp/up"]}, "periodSeconds": 1, "failureThreshold": 30},
+            "livenessProbe": {"httpGet": {"path": "/alive"}, "initialDelaySeconds": 5, "timeoutSeconds": 0}});
+        let run = revision_run(
+            &revision("hello-00001", 1, container, json!({})),
+            &AutoscalerDefaults::default(),
+            ServingRuntime::Local,
+        )
+        .expect("runnable");
+        let seconds = std::time::Duration::from_secs;
+        let startup = run.startup.expect("a startup probe");
+        assert_eq!(startup.check, Readiness::Exec { argv: vec!["test".into(), "-f".into(), "/tmp/up".into()] });
+        assert_eq!(
+            (startup.initial_delay, startup.period, startup.timeout, startup.failure_threshold),
+            (seconds(0), seconds(1), seconds(1), 30)
+        );
+        let liveness = run.liveness.expect("a liveness probe");
+        assert_eq!(liveness.check, Readiness::HttpGet { port: 0, path: "/alive".into() });
+        assert_eq!(
+            (liveness.initial_delay, liveness.period, liveness.timeout, liveness.failure_threshold),
+            (seconds(5), seconds(10), seconds(1), 3)
+        );
+        assert_eq!(liveness.on_port(8080).check, Readiness::HttpGet { port: 8080, path: "/alive".into() });
+        let bare = revision_run(
+            &revision("hello-00002", 2, json!({"command": ["/bin/hello"]}), json!({})),
+            &AutoscalerDefaults::default(),
+            ServingRuntime::Local,
+        )
+        .expect("runnable");
+        assert_eq!((bare.startup, bare.liveness), (None, None));
     }
 
     /// Regression: `timeoutSeconds: 0` (Knative's "the default") gave requests a 1-second timeout.

@@ -32,7 +32,7 @@ use crate::facts::{Facts, FactsOutbox, FactsUpdate, RunId};
 use crate::gate::{Admit, Gate, InstanceId, Meter, WaiterId};
 use crate::logs::LogHub;
 use crate::runtime::local::free_port;
-use crate::runtime::{Instance, InstanceEvent, InstanceSpec, ProbeRhythm, Readiness, Runtime};
+use crate::runtime::{Instance, InstanceEvent, InstanceSpec, KillingProbe, ProbeRhythm, Readiness, Runtime};
 use gauges::AutoscalerGauges;
 use instance_events::on_instance_event;
 use sluice_autoscaler::{Autoscaler, Backlog, Decision, Observation, Sample};
@@ -73,6 +73,9 @@ pub(crate) struct RevisionRun {
     pub(crate) readiness: Readiness,
     /// How it goes on once an instance is ready.
     pub(crate) readiness_rhythm: ProbeRhythm,
+    /// `startupProbe` and `livenessProbe`, with `0` standing for the instance's port.
+    pub(crate) startup: Option<KillingProbe>,
+    pub(crate) liveness: Option<KillingProbe>,
     pub(crate) h2c: bool,
     pub(crate) container_concurrency: u32,
     /// `timeoutSeconds`: the whole request, from its arrival (waiting included) to its response's last byte.
@@ -705,6 +708,8 @@ fn start_instance(
             fixed_port: run.port.is_some(),
             readiness,
             readiness_rhythm: run.readiness_rhythm,
+            startup: run.startup.as_ref().map(|probe| probe.on_port(port)),
+            liveness: run.liveness.as_ref().map(|probe| probe.on_port(port)),
             progress_deadline: env.progress_deadline,
             log: env.logs.revision(&run.namespace, &run.name),
         };

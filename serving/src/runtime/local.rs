@@ -17,19 +17,18 @@ use tokio::sync::{mpsc, watch};
 
 use sluice_controller::serving::ServingRuntime;
 
-use super::{Instance, InstanceEvent, InstanceSpec, ProbeRhythm, Readiness, ReadinessTracker, Runtime};
+use super::liveness::LivenessTracker;
+use super::{Instance, InstanceEvent, InstanceSpec, Runtime};
 use crate::error::ServingError;
 use crate::logs::RevisionLog;
+use probes::{Deadline, ProbeEnv, Stopper, probe_until_ready, watch_liveness};
+
+mod probes;
 
 /// Lines of output kept for a failure message.
 const TAIL_LINES: usize = 10;
 /// A line longer than this is cut.
 const MAX_LINE_BYTES: usize = 16 * 1024;
-/// Readiness probing: every 5 ms for the first 2 s (cold starts are short), then every 50 ms.
-const FAST_PROBE_MS: u64 = 5;
-const FAST_PROBE_FOR_MS: u64 = 2_000;
-const SLOW_PROBE_MS: u64 = 50;
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a stop waits for the process to be gone after SIGKILL (it never hangs the node's shutdown).
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -228,18 +227,32 @@ impl Runtime for LocalRuntime {
         let probe_env = ProbeEnv { vars, working_dir: spec.working_dir.clone(), rhythm: spec.readiness_rhythm };
         // Why the runtime stopped the instance itself, if it did (its exit then says so).
         let gave_up: Arc<Mutex<Option<String>>> = Arc::default();
-        let probe = tokio::spawn(probe_until_ready(
+        // Readiness is probed once the startup probe passed, as the kubelet does.
+        let (started_tx, started) = watch::channel(spec.startup.is_none());
+        let mut probes = Vec::with_capacity(2);
+        let tracker = LivenessTracker::new(spec.startup.clone(), spec.liveness.clone());
+        if tracker.next_probe_at().is_some() {
+            probes.push(tokio::spawn(watch_liveness(
+                tracker,
+                probe_env.clone(),
+                Stopper { gave_up: gave_up.clone(), group: pid, exited: exited.clone() },
+                started_tx,
+                spec.revision.clone(),
+                spec.id,
+            )));
+        }
+        probes.push(tokio::spawn(probe_until_ready(
             spec.readiness.clone(),
             probe_env,
             Deadline { after: spec.progress_deadline, gave_up: gave_up.clone(), group: pid },
             spec.id,
             addr,
             events.clone(),
-            exited.clone(),
-        ));
+            (started, exited.clone()),
+        )));
         let (id, revision) = (spec.id, spec.revision.clone());
         tokio::spawn(async move {
-            wait_for_exit(child, pid, id, revision, events, tail, readers, probe, exited_tx, gave_up).await;
+            wait_for_exit(child, pid, id, revision, events, tail, readers, probes, exited_tx, gave_up).await;
             if let Some(record) = record {
                 let _ = std::fs::remove_file(record);
             }
@@ -340,7 +353,7 @@ async fn wait_for_exit(
     events: mpsc::Sender<InstanceEvent>,
     tail: Arc<Mutex<VecDeque<String>>>,
     readers: Vec<tokio::task::JoinHandle<()>>,
-    probe: tokio::task::JoinHandle<()>,
+    probes: Vec<tokio::task::JoinHandle<()>>,
     exited: watch::Sender<bool>,
     gave_up: Arc<Mutex<Option<String>>>,
 ) {
@@ -355,7 +368,9 @@ async fn wait_for_exit(
         signal_group(pid, Signal::SIGKILL);
     }
     let _ = exited.send(true);
-    probe.abort();
+    for probe in probes {
+        probe.abort();
+    }
     // The pipes close when the process (group) is gone; wait briefly for the last lines.
     for reader in readers {
         let _ = tokio::time::timeout(Duration::from_millis(200), reader).await;
@@ -371,137 +386,6 @@ async fn wait_for_exit(
     tracing::info!(%revision, instance = id, ?code, ?signal, "instance exited");
     let reason = gave_up.lock().ok().and_then(|mut reason| reason.take());
     let _ = events.send(InstanceEvent::Exited { id, code, signal, reason, last_output }).await;
-}
-
-/// Where an exec probe runs: the instance's variables (`PORT`, the container's `env`) and working directory;
-/// and how often any probe runs once the instance is ready.
-struct ProbeEnv {
-    vars: Vec<(String, String)>,
-    working_dir: Option<PathBuf>,
-    rhythm: ProbeRhythm,
-}
-
-/// An instance that is not ready `after` it started is stopped (its process group killed), saying why.
-struct Deadline {
-    after: Duration,
-    gave_up: Arc<Mutex<Option<String>>>,
-    group: Option<u32>,
-}
-
-/// Probes until the instance is ready, then goes on probing at the probe's rhythm: an instance whose probe
-/// fails `failureThreshold` times in a row is taken out of rotation (`NotReady`) and put back once it passes
-/// again. Before session 40 the probe stopped at the first success, and an instance that stopped answering
-/// its probe kept its share of the requests until it exited.
-async fn probe_until_ready(
-    readiness: Readiness,
-    env: ProbeEnv,
-    deadline: Deadline,
-    id: u64,
-    addr: SocketAddr,
-    events: mpsc::Sender<InstanceEvent>,
-    exited: watch::Receiver<bool>,
-) {
-    let started = tokio::time::Instant::now();
-    loop {
-        if *exited.borrow() {
-            return;
-        }
-        if probe_once(&readiness, &env).await {
-            if events.send(InstanceEvent::Ready { id, addr }).await.is_ok() {
-                keep_probing(&readiness, &env, id, addr, &events, exited).await;
-            }
-            return;
-        }
-        if started.elapsed() >= deadline.after {
-            tracing::warn!(
-                instance = id,
-                after_ms = deadline.after.as_millis() as u64,
-                "not ready within the progress deadline; stopping it"
-            );
-            if let Ok(mut gave_up) = deadline.gave_up.lock() {
-                *gave_up = Some("ProgressDeadlineExceeded".into());
-            }
-            if let Some(group) = deadline.group {
-                signal_group(group, Signal::SIGKILL);
-            }
-            return;
-        }
-        let period =
-            if started.elapsed().as_millis() < u128::from(FAST_PROBE_FOR_MS) { FAST_PROBE_MS } else { SLOW_PROBE_MS };
-        tokio::time::sleep(Duration::from_millis(period)).await;
-    }
-}
-
-/// A ready instance's probe, every `rhythm.period`, until it exits (or nobody listens for its events).
-async fn keep_probing(
-    readiness: &Readiness,
-    env: &ProbeEnv,
-    id: u64,
-    addr: SocketAddr,
-    events: &mpsc::Sender<InstanceEvent>,
-    mut exited: watch::Receiver<bool>,
-) {
-    let mut tracker = ReadinessTracker::ready(env.rhythm);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(env.rhythm.period) => {}
-            _ = exited.wait_for(|exited| *exited) => return,
-        }
-        let passed = probe_once(readiness, env).await;
-        let event = match tracker.observe(passed) {
-            Some(true) => InstanceEvent::Ready { id, addr },
-            Some(false) => InstanceEvent::NotReady { id },
-            None => continue,
-        };
-        if *exited.borrow() || events.send(event).await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn probe_once(readiness: &Readiness, env: &ProbeEnv) -> bool {
-    let attempt = async {
-        match readiness {
-            Readiness::TcpConnect { port } => {
-                tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, *port)).await.is_ok()
-            }
-            Readiness::HttpGet { port, path } => http_get_ok(*port, path).await,
-            Readiness::Exec { argv } => match argv.split_first() {
-                Some((program, args)) => Command::new(program)
-                    .args(args)
-                    .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                    .current_dir(env.working_dir.as_deref().unwrap_or_else(|| std::path::Path::new(".")))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .kill_on_drop(true)
-                    .status()
-                    .await
-                    .is_ok_and(|s| s.success()),
-                None => false,
-            },
-        }
-    };
-    tokio::time::timeout(PROBE_TIMEOUT, attempt).await.unwrap_or(false)
-}
-
-/// A bare HTTP/1.1 GET: 2xx or 3xx is ready.
-async fn http_get_ok(port: u16, path: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await else { return false };
-    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: sluice-probe\r\nConnection: close\r\n\r\n"
-    );
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    if stream.read_exact(&mut head).await.is_err() {
-        return false;
-    }
-    // "HTTP/1.1 200"
-    matches!(head.get(9), Some(b'2' | b'3'))
 }
 
 impl Instance for LocalInstance {
@@ -542,8 +426,9 @@ pub(crate) fn free_port() -> Result<u16, ServingError> {
 
 #[cfg(test)]
 mod tests {
+    use super::probes::{PROBE_TIMEOUT, probe_once};
     use super::*;
-    use crate::runtime::{InstanceSpec, ProbeRhythm, Readiness, Runtime};
+    use crate::runtime::{InstanceSpec, KillingProbe, ProbeRhythm, Readiness, Runtime};
 
     /// Whether the process is gone (or a zombie nobody has reaped yet: it runs no more).
     fn gone(pid: u32) -> bool {
@@ -584,6 +469,8 @@ mod tests {
             fixed_port: false,
             readiness,
             readiness_rhythm: ProbeRhythm::default(),
+            startup: None,
+            liveness: None,
             progress_deadline: Duration::from_secs(600),
             log: logs.revision("default", revision),
         }
@@ -645,6 +532,88 @@ mod tests {
         assert!(matches!(next().await, Some(InstanceEvent::Exited { id: 3, .. })), "then its exit");
     }
 
+    /// A liveness probe that fails `failureThreshold` times in a row stops a ready instance (SIGTERM, as the
+    /// kubelet restarts a container), its exit saying why; the revision then replaces it.
+    #[tokio::test]
+    async fn an_instance_whose_liveness_probe_fails_is_stopped_saying_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = LocalRuntime::new(dir.path().join("instances"), 8);
+        let logs = crate::logs::LogHub::new(dir.path().join("logs"));
+        let alive = dir.path().join("alive");
+        std::fs::write(&alive, b"").expect("write");
+        let liveness = KillingProbe {
+            check: Readiness::Exec { argv: vec!["test".into(), "-f".into(), alive.display().to_string()] },
+            initial_delay: Duration::ZERO,
+            period: Duration::from_millis(20),
+            timeout: PROBE_TIMEOUT,
+            failure_threshold: 2,
+        };
+        let ready = Readiness::Exec { argv: vec!["true".into()] };
+        let spec =
+            InstanceSpec { liveness: Some(liveness), ..instance(4, "sick-00001", &["sleep", "300"], ready, &logs) };
+        let (events, mut received) = mpsc::channel(8);
+        let _instance = runtime.start(spec, events).expect("start");
+        let mut next = async || tokio::time::timeout(Duration::from_secs(20), received.recv()).await.expect("an event");
+        assert!(matches!(next().await, Some(InstanceEvent::Ready { id: 4, .. })));
+        std::fs::remove_file(&alive).expect("remove");
+        match next().await {
+            Some(InstanceEvent::Exited { id: 4, reason, signal, .. }) => {
+                assert_eq!(reason.as_deref(), Some(super::super::liveness::LIVENESS_PROBE_FAILED));
+                assert_eq!(signal, Some(15), "asked to stop (SIGTERM) first");
+            }
+            other => panic!("expected the instance to be stopped: {other:?}"),
+        }
+    }
+
+    /// Readiness is not probed before the startup probe passes, and a startup probe that fails
+    /// `failureThreshold` times in a row stops the instance, saying why.
+    #[tokio::test]
+    async fn readiness_waits_for_the_startup_probe_which_stops_an_instance_that_never_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = LocalRuntime::new(dir.path().join("instances"), 8);
+        let logs = crate::logs::LogHub::new(dir.path().join("logs"));
+        let (started, runs) = (dir.path().join("started"), dir.path().join("runs"));
+        let startup = |failure_threshold| KillingProbe {
+            check: Readiness::Exec {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!("echo run >> '{}'; test -f '{}'", runs.display(), started.display()),
+                ],
+            },
+            initial_delay: Duration::ZERO,
+            period: Duration::from_millis(20),
+            timeout: PROBE_TIMEOUT,
+            failure_threshold,
+        };
+        let ready = || Readiness::Exec { argv: vec!["true".into()] };
+        let spec = InstanceSpec {
+            startup: Some(startup(1_000)),
+            ..instance(5, "slow-00001", &["sleep", "300"], ready(), &logs)
+        };
+        let (events, mut received) = mpsc::channel(8);
+        let _instance = runtime.start(spec, events).expect("start");
+        let run_count = || std::fs::read_to_string(&runs).map(|r| r.lines().count()).unwrap_or(0);
+        wait_for("the startup probe ran three times", || run_count() >= 3).await;
+        assert!(received.try_recv().is_err(), "not ready while the startup probe fails (its readiness passes)");
+        std::fs::write(&started, b"").expect("write");
+        let event = tokio::time::timeout(Duration::from_secs(20), received.recv()).await.expect("an event");
+        assert!(matches!(event, Some(InstanceEvent::Ready { id: 5, .. })), "{event:?}");
+
+        std::fs::remove_file(&started).expect("remove");
+        let spec =
+            InstanceSpec { startup: Some(startup(2)), ..instance(6, "never-00001", &["sleep", "300"], ready(), &logs) };
+        let (events, mut received) = mpsc::channel(8);
+        let _instance = runtime.start(spec, events).expect("start");
+        let event = tokio::time::timeout(Duration::from_secs(20), received.recv()).await.expect("an event");
+        match event {
+            Some(InstanceEvent::Exited { id: 6, reason, .. }) => {
+                assert_eq!(reason.as_deref(), Some(super::super::liveness::STARTUP_PROBE_FAILED));
+            }
+            other => panic!("expected the instance to be stopped, never ready: {other:?}"),
+        }
+    }
+
     /// Regression: an exec probe ran with the node's environment and directory, so a probe such as
     /// `curl localhost:$PORT/healthz` never passed.
     #[tokio::test]
@@ -659,8 +628,8 @@ mod tests {
         };
         let script =
             format!("test \"$PORT\" = 4321 && test \"$TARGET\" = x && test \"$(pwd -P)\" = '{}'", workdir.display());
-        assert!(probe_once(&probe(&script), &env).await, "{script}");
-        assert!(!probe_once(&probe("test \"$PORT\" = 1"), &env).await, "a failing probe fails");
+        assert!(probe_once(&probe(&script), &env, PROBE_TIMEOUT).await, "{script}");
+        assert!(!probe_once(&probe("test \"$PORT\" = 1"), &env, PROBE_TIMEOUT).await, "a failing probe fails");
     }
 
     /// Regression: when an instance's first process exited, what it had started lived on (a child that ignored

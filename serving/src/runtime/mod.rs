@@ -4,6 +4,7 @@
 //! `command` as a child process; the Kubernetes runtime (in `sluice-kubernetes`) claims pods of a Deployment
 //! it scales.
 
+pub(crate) mod liveness;
 pub(crate) mod local;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 use crate::error::ServingError;
 pub use crate::gate::InstanceId;
 pub use crate::logs::RevisionLog;
+pub use liveness::KillingProbe;
 
 /// How an instance's readiness is checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +115,10 @@ pub struct InstanceSpec {
     pub readiness: Readiness,
     /// How the probe goes on once the instance is ready.
     pub readiness_rhythm: ProbeRhythm,
+    /// `startupProbe` and `livenessProbe`, the instance's port filled in ([`liveness`]; the kubelet runs them
+    /// where a runtime makes pods).
+    pub startup: Option<KillingProbe>,
+    pub liveness: Option<KillingProbe>,
     /// Not ready by then: it is stopped, as failed to start (`ProgressDeadlineExceeded`).
     pub progress_deadline: Duration,
     /// Where its output goes.

@@ -686,3 +686,40 @@ async fn a_service_with_a_rollout_duration_moves_its_traffic_to_a_new_revision_i
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_instance_that_fails_its_liveness_probe_is_replaced() -> Result<()> {
+    let (dir, node) = start_single_node(1, &[]).await?;
+    let (admin, http) = (node.admin.clone(), node.http.clone());
+    let alive = dir.path().join("alive");
+    std::fs::write(&alive, b"")?;
+    let mut service = service("alive", json!([]), json!({"autoscaling.knative.dev/min-scale": "1"}), json!({}));
+    service["spec"]["template"]["spec"]["containers"][0]["livenessProbe"] = json!({
+        "exec": {"command": ["test", "-f", alive.display().to_string()]}, "periodSeconds": 1, "failureThreshold": 1});
+    apply_resource(&admin, service).await?;
+    wait_ready(&admin, "Service", "alive").await?;
+
+    // The probe fails: the instance is stopped, saying why, and replaced.
+    std::fs::remove_file(&alive)?;
+    let stops = || async {
+        let metrics = reqwest::get(format!("http://{http}/metrics")).await?.text().await?;
+        let stopped = metrics
+            .lines()
+            .filter(|l| l.starts_with("sluice_serving_probe_stops_total{") && l.contains("LivenessProbeFailed"))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, n)| n.parse::<f64>().ok()))
+            .sum::<f64>();
+        anyhow::Ok(stopped)
+    };
+    wait_until(READY_WITHIN, || async { Ok((stops().await? >= 1.0).then_some(())) })
+        .await
+        .context("the instance was never stopped by its liveness probe")?;
+
+    // Healthy again: a new instance serves.
+    std::fs::write(&alive, b"")?;
+    let client = client(&http, &["alive.default.localhost"])?;
+    let response = client.get(url("alive.default.localhost", &http, "/")).send().await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await?, "Hello World!\n");
+    wait_ready(&admin, "Service", "alive").await?;
+    Ok(())
+}
