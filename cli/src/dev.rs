@@ -102,6 +102,7 @@ async fn run_single(args: DevArgs) -> Result<()> {
     settings.admin_tokens = args.admin_auth.load(settings.tls.as_ref())?;
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
     settings.serving_domain = args.serving.serving_domain.clone();
+    settings.serving_rollout_default_ms = args.serving.rollout_default_ms();
     settings.serving_runtime = args.serving.serving_runtime.kind();
     settings.serving_features = args.serving.features()?;
     let listen = Listen { peer: args.peer_listen.clone(), http: args.http.clone(), admin: args.admin.clone() };

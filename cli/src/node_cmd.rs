@@ -105,6 +105,16 @@ pub(crate) struct ServingArgs {
     /// node the same value: the node an object is applied through validates it.
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(300..=86_400))]
     pub max_revision_timeout_seconds: u32,
+    /// How long a Route's traffic takes to move to a new latest Revision when it has no
+    /// serving.knative.dev/rollout-duration annotation (Knative's config-network rollout-duration; Go's
+    /// syntax: 380s, 10m). 0, the default, moves it at once. Give every node the same value.
+    #[arg(long, default_value = "0", value_parser = parse_rollout_duration)]
+    pub serving_rollout_duration: String,
+}
+
+fn parse_rollout_duration(value: &str) -> std::result::Result<String, String> {
+    sluice_controller::serving::rollout::parse_duration_ms(value)?;
+    Ok(value.to_string())
 }
 
 fn parse_serving_feature(setting: &str) -> std::result::Result<String, String> {
@@ -176,9 +186,15 @@ impl ServingArgs {
                 termination_grace: Duration::from_millis(self.termination_grace_ms),
                 progress_deadline: Duration::from_millis(self.progress_deadline_ms),
                 max_local_instances: usize::try_from(self.max_local_instances).unwrap_or(usize::MAX),
+                rollout_default_ms: self.rollout_default_ms(),
                 runtime,
             },
         ))
+    }
+
+    /// `--serving-rollout-duration` in ms (checked when parsed).
+    pub(crate) fn rollout_default_ms(&self) -> u64 {
+        sluice_controller::serving::rollout::parse_duration_ms(&self.serving_rollout_duration).unwrap_or(0)
     }
 
     /// The flags a child node is started with, to serve as this one does.
@@ -194,6 +210,8 @@ impl ServingArgs {
             self.max_local_instances.to_string(),
             "--max-revision-timeout-seconds".into(),
             self.max_revision_timeout_seconds.to_string(),
+            "--serving-rollout-duration".into(),
+            self.serving_rollout_duration.clone(),
         ];
         if self.serving_runtime == RuntimeArg::Kubernetes {
             args.extend(["--serving-runtime".to_string(), "kubernetes".into()]);
@@ -494,6 +512,7 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
             .then(|| Duration::from_millis(tuning.leader_balance_ms)),
         peer_routes: Default::default(),
         serving_domain: sluice_controller::serving::DEFAULT_DOMAIN.into(),
+        serving_rollout_default_ms: 0,
         serving_runtime: Default::default(),
         serving_features: Default::default(),
         tls: None,
@@ -526,6 +545,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     settings.admin_tokens = args.admin_auth.load(settings.tls.as_ref())?;
     settings.peer_routes = args.peer_routes.iter().cloned().collect();
     settings.serving_domain = args.serving.serving_domain.clone();
+    settings.serving_rollout_default_ms = args.serving.rollout_default_ms();
     settings.serving_runtime = args.serving.serving_runtime.kind();
     settings.serving_features = args.serving.features()?;
     let listen = Listen { peer: Some(args.peer_listen.clone()), http: args.http.clone(), admin: args.admin.clone() };

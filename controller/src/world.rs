@@ -72,6 +72,8 @@ pub struct Environment {
     /// Now, wall clock (ms): where a Route's rollout stands (`serving::rollout`). Stamped when the environment
     /// is made; tests set it.
     pub now_ms: u64,
+    /// The rollout duration of a Route without the annotation (`--serving-rollout-duration`; 0: at once).
+    pub rollout_default_ms: u64,
 }
 
 fn wall_clock_ms() -> u64 {
@@ -128,6 +130,7 @@ impl Environment {
             default_authorization: DefaultAuthorization::default(),
             served_routes: None,
             now_ms: wall_clock_ms(),
+            rollout_default_ms: 0,
         }
     }
 
@@ -142,7 +145,19 @@ impl Environment {
             default_authorization: DefaultAuthorization::default(),
             served_routes: None,
             now_ms: wall_clock_ms(),
+            rollout_default_ms: 0,
         }
+    }
+
+    /// The same, with Routes without a rollout annotation rolled out over `duration_ms`.
+    pub fn with_rollout_default_ms(mut self, duration_ms: u64) -> Self {
+        self.rollout_default_ms = duration_ms;
+        self
+    }
+
+    /// Where rollouts stand for status computed in this environment.
+    pub fn rollout_clock(&self) -> crate::serving::rollout::RolloutClock {
+        crate::serving::rollout::RolloutClock { now_ms: self.now_ms, default_duration_ms: self.rollout_default_ms }
     }
 
     /// The same, with the ingress also (or only) served over TLS.

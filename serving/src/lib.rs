@@ -83,6 +83,9 @@ pub struct ServingSettings {
     pub progress_deadline: Duration,
     /// The most instances the local runtime runs at once on this node (over every revision).
     pub max_local_instances: usize,
+    /// The rollout duration of a Route without `serving.knative.dev/rollout-duration` (Knative's
+    /// `config-network` `rollout-duration`; 0: at once).
+    pub rollout_default_ms: u64,
     /// What runs instances: `None` for child processes on this node ([`runtime`] has the interface a
     /// Kubernetes runtime implements).
     pub runtime: Option<Arc<dyn Runtime>>,
@@ -111,6 +114,7 @@ impl Serving {
             autoscaler: settings.autoscaler.clone(),
             grace: settings.termination_grace,
             progress_deadline: settings.progress_deadline,
+            rollout_default_ms: settings.rollout_default_ms,
         };
         let runtime = settings.runtime.clone().unwrap_or_else(|| {
             let instances_dir = settings.data_dir.join("instances");

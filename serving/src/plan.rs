@@ -292,6 +292,7 @@ pub(crate) fn plan(wanted: &BTreeMap<String, RevisionRun>, running: &BTreeMap<St
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+    use sluice_controller::serving::rollout::RolloutClock;
     use sluice_controller::serving::routing::route_table;
 
     use super::*;
@@ -542,7 +543,7 @@ mod tests {
                 objects.push(json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
                     "metadata": {"name": "hello", "namespace": "default"}, "spec": {"traffic": traffic}}));
             }
-            let table = route_table(&objects, "localhost", &RouteTable::new(), 0);
+            let table = route_table(&objects, "localhost", &RouteTable::new(), RolloutClock::default());
             let wanted = wanted_revisions(&objects, &table, &AutoscalerDefaults::default(), ServingRuntime::Local);
             assert_eq!(wanted.runs.len(), 2, "{why}: the latest runs either way (to become Ready)");
             assert_eq!(wanted.reachable.iter().collect::<Vec<_>>(), reachable, "{why}");
@@ -608,7 +609,7 @@ mod tests {
             objects.extend(ready_ones.into_iter().map(ready));
             objects.push(json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
                 "metadata": {"name": "hello", "namespace": "default"}, "spec": {"traffic": traffic}}));
-            let table = route_table(&objects, "localhost", &RouteTable::new(), 0);
+            let table = route_table(&objects, "localhost", &RouteTable::new(), RolloutClock::default());
             let found = wanted_revisions(&objects, &table, &AutoscalerDefaults::default(), ServingRuntime::Local);
             assert!(found.problems.is_empty(), "{why}: {:?}", found.problems);
             assert_eq!(found.runs.keys().collect::<Vec<_>>(), wanted, "{why}");
@@ -632,7 +633,7 @@ mod tests {
         let pinned_ready = json!({"apiVersion": "serving.knative.dev/v1", "kind": "RevisionState",
             "metadata": {"name": "hello-00002", "namespace": "default"}, "spec": {"ready": true}});
         let objects = [configuration, old, pinned, latest, warm_but_old, route, pinned_ready];
-        let table = route_table(&objects, "localhost", &RouteTable::new(), 0);
+        let table = route_table(&objects, "localhost", &RouteTable::new(), RolloutClock::default());
         let Wanted { runs: wanted, reachable, problems } =
             wanted_revisions(&objects, &table, &AutoscalerDefaults::default(), ServingRuntime::Local);
         assert!(problems.is_empty(), "{problems:?}");

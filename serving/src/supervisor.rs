@@ -18,6 +18,7 @@ use sluice_broker::{Node, ResourceKey};
 use sluice_cloudevent::clock::now_ms;
 use sluice_controller::serving::autoscaling::AutoscalerDefaults;
 use sluice_controller::serving::gc::{self, GcSettings};
+use sluice_controller::serving::rollout::RolloutClock;
 use sluice_controller::serving::routing::{RouteTable, revision_facts, rollouts_under_way, route_table};
 use sluice_controller::serving::{REVISION_STATE_KIND, children};
 use tokio::sync::oneshot;
@@ -37,6 +38,8 @@ pub(crate) struct SupervisorSettings {
     pub(crate) autoscaler: AutoscalerDefaults,
     pub(crate) grace: Duration,
     pub(crate) progress_deadline: Duration,
+    /// The rollout duration of a Route without the annotation (`--serving-rollout-duration`; 0: at once).
+    pub(crate) rollout_default_ms: u64,
 }
 
 /// Resource changes closer together than this are handled together.
@@ -315,12 +318,12 @@ async fn reconcile(
     let mut objects = objects(node);
     // The table served until now: a Route whose traffic does not resolve now keeps serving its routing from it.
     let previous = shared.table.read().map(|table| table.clone()).unwrap_or_default();
-    if node.leads_metadata() && write_children(node, &objects, &settings.domain, &previous).await {
+    if node.leads_metadata() && write_children(node, &objects, settings, &previous).await {
         // Serve what was just written (Routes, Revisions) without waiting for the next change.
         objects = self::objects(node);
     }
-    let now = now_ms();
-    let table = route_table(&objects, &settings.domain, &previous, now);
+    let clock = RolloutClock { now_ms: now_ms(), default_duration_ms: settings.rollout_default_ms };
+    let table = route_table(&objects, &settings.domain, &previous, clock);
     let Wanted { runs: wanted, reachable, problems } =
         wanted_revisions(&objects, &table, &settings.autoscaler, env.runtime.kind());
     for (key, problem) in problems_to_log(reported, problems) {
@@ -365,10 +368,10 @@ async fn reconcile(
         stops.spawn(revision.stop());
     }
     metrics::gauge!("sluice_serving_revisions").set(running.len() as f64);
-    let rollouts = rollouts_under_way(&objects, now);
+    let rollouts = rollouts_under_way(&objects, clock);
     metrics::gauge!("sluice_serving_rollouts").set(rollouts.len() as f64);
     for (route, next_step_at_ms) in &rollouts {
-        tracing::debug!(%route, next_step_in_ms = next_step_at_ms.saturating_sub(now), "route rolling out");
+        tracing::debug!(%route, next_step_in_ms = next_step_at_ms.saturating_sub(clock.now_ms), "route rolling out");
     }
     rollouts.into_iter().map(|(_, at)| at).min()
 }
@@ -376,13 +379,13 @@ async fn reconcile(
 /// Writes what Services and Configurations own, and deletes what lost its owner. Only the metadata leader
 /// does, so two nodes never race to create the same Revision; a failed write is made again on the next change.
 /// `previous`: the table this node serves now (under `domain`). Answers whether it wrote anything.
-async fn write_children(node: &Node, objects: &[Value], domain: &str, previous: &RouteTable) -> bool {
+async fn write_children(node: &Node, objects: &[Value], settings: &SupervisorSettings, previous: &RouteTable) -> bool {
     let mut plan = children::plan(objects);
     // Old revisions nothing routes to, by Knative's garbage-collection defaults: a Route that does not resolve
     // now still routes to what it routed to before, and those are kept.
-    let now = now_ms();
-    let table = route_table(objects, domain, previous, now);
-    for (namespace, name) in gc::collect(objects, &table, now, &GcSettings::default()) {
+    let clock = RolloutClock { now_ms: now_ms(), default_duration_ms: settings.rollout_default_ms };
+    let table = route_table(objects, &settings.domain, previous, clock);
+    for (namespace, name) in gc::collect(objects, &table, clock.now_ms, &GcSettings::default()) {
         tracing::info!(%namespace, revision = %name, "old revision collected");
         plan.delete.push(("Revision".into(), namespace, name));
     }

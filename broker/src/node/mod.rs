@@ -68,6 +68,9 @@ pub struct NodeSettings {
     /// `--peer-route`: dial a peer advertised as the key at the value instead.
     pub peer_routes: BTreeMap<String, String>,
     /// Knative Routes are served (and their URLs given) as `NAME.NAMESPACE.DOMAIN` on the HTTP port.
+    /// The rollout duration of a Route without `serving.knative.dev/rollout-duration` (status shows the split the
+    /// data plane serves).
+    pub serving_rollout_default_ms: u64,
     pub serving_domain: String,
     /// What runs revisions (what a Revision needs to be runnable, for its status).
     pub serving_runtime: sluice_controller::serving::ServingRuntime,
@@ -209,6 +212,7 @@ impl Node {
             plaintext_too: tls.mode().accepts_plaintext(),
         });
         sluice_controller::status::Environment::with_domain(ingress_base, &settings.serving_domain)
+            .with_rollout_default_ms(settings.serving_rollout_default_ms)
             .with_runtime(settings.serving_runtime)
             .with_https(https)
             .with_audiences(settings.authenticator.is_some())

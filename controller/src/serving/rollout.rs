@@ -18,20 +18,32 @@ use serde_json::Value;
 /// The annotation on a Route (or on the Service, which hands it to its Route), in Go's duration syntax.
 pub const ROLLOUT_DURATION_ANNOTATION: &str = "serving.knative.dev/rollout-duration";
 
-/// The rollout duration `object`'s annotation asks for, in ms: 0 (Knative's default: at once) without one.
-/// Validation refuses a value that does not parse ([`parse_duration_ms`]); one stored anyway counts as 0.
-pub(crate) fn duration_ms(object: &Value) -> u64 {
+/// Where rollouts stand: now (wall clock, ms), and the duration of a Route's rollout when it has no
+/// annotation (Knative's `config-network` `rollout-duration`: the nodes' `--serving-rollout-duration`; 0, the
+/// default, switches at once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RolloutClock {
+    pub now_ms: u64,
+    pub default_duration_ms: u64,
+}
+
+/// The rollout duration of `object` (a Route) in ms: its annotation's, else `default_ms`. Validation refuses an
+/// annotation that does not parse ([`parse_duration_ms`]); one stored anyway counts as absent.
+pub(crate) fn duration_ms(object: &Value, default_ms: u64) -> u64 {
     object
         .pointer("/metadata/annotations")
         .and_then(|annotations| annotations.get(ROLLOUT_DURATION_ANNOTATION))
         .and_then(Value::as_str)
         .and_then(|value| parse_duration_ms(value).ok())
-        .unwrap_or(0)
+        .unwrap_or(default_ms)
 }
 
-/// Knative's rule for the annotation: Go's duration syntax (`380s`, `10m`, `1h30m`), not negative.
-pub(crate) fn parse_duration_ms(value: &str) -> Result<u64, String> {
-    super::autoscaling::millis(ROLLOUT_DURATION_ANNOTATION, value)
+/// Knative's rule for the annotation (and `config-network`'s key): Go's duration syntax (`380s`, `10m`,
+/// `1h30m`), not negative.
+pub fn parse_duration_ms(value: &str) -> Result<u64, String> {
+    super::autoscaling::millis(ROLLOUT_DURATION_ANNOTATION, value).map_err(|why| {
+        why.strip_prefix(ROLLOUT_DURATION_ANNOTATION).and_then(|w| w.strip_prefix(": ")).unwrap_or(&why).to_string()
+    })
 }
 
 /// The first step's length, and the shortest step.

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::model::TrafficTarget;
 pub use super::model::spec_traffic;
-use super::rollout::ReadyRevision;
+use super::rollout::{ReadyRevision, RolloutClock};
 use super::{CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, REVISION_STATE_KIND};
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
@@ -346,8 +346,8 @@ pub fn route_hosts(
 /// made or not ready yet, a Configuration with no ready Revision) keeps the hosts it had there, main and tags,
 /// as they were: Knative's Route reconciler leaves the ingress as it is until every target resolves, so the
 /// last good routing keeps serving (dropping its hosts answered every request 404).
-/// Targets to a Configuration's latest Revision are split by its rollout as of `now_ms` ([`rolled_out`]).
-pub fn route_table(objects: &[Value], domain: &str, previous: &RouteTable, now_ms: u64) -> RouteTable {
+/// Targets to a Configuration's latest Revision are split by its rollout as `clock` says ([`rolled_out`]).
+pub fn route_table(objects: &[Value], domain: &str, previous: &RouteTable, clock: RolloutClock) -> RouteTable {
     let mut table = RouteTable::new();
     let mut kept: Vec<(&String, &HostTargets)> = Vec::new();
     for route in objects.iter().filter(|o| str_at(o, "/kind") == "Route") {
@@ -366,7 +366,7 @@ pub fn route_table(objects: &[Value], domain: &str, previous: &RouteTable, now_m
                 }
             },
         };
-        let targets = rolled_out(objects, route, targets, now_ms).targets;
+        let targets = rolled_out(objects, route, targets, clock).targets;
         table.extend(route_hosts(namespace, name, domain, &targets));
     }
     // After every Route that resolves: a host one of them serves now is its.
@@ -391,8 +391,9 @@ pub fn route_table(objects: &[Value], domain: &str, previous: &RouteTable, now_m
 }
 
 /// A Route's resolved targets with each one to a Configuration's latest ready Revision split by that
-/// Configuration's rollout as of `now_ms` (the Route's `serving.knative.dev/rollout-duration`; none, or 0: not
-/// split), newest first, each part keeping the target's tag; and when the split next changes.
+/// Configuration's rollout as `clock` says (over the Route's `serving.knative.dev/rollout-duration`, else the
+/// clock's default; 0: not split), newest first, each part keeping the target's tag; and when the split next
+/// changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RolledOut {
     pub targets: Vec<ResolvedTarget>,
@@ -401,8 +402,8 @@ pub struct RolledOut {
 }
 
 /// See [`RolledOut`]. A Revision whose ready time was not recorded counts as ready long ago.
-pub fn rolled_out(objects: &[Value], route: &Value, targets: Vec<ResolvedTarget>, now_ms: u64) -> RolledOut {
-    let duration_ms = super::rollout::duration_ms(route);
+pub fn rolled_out(objects: &[Value], route: &Value, targets: Vec<ResolvedTarget>, clock: RolloutClock) -> RolledOut {
+    let duration_ms = super::rollout::duration_ms(route, clock.default_duration_ms);
     if duration_ms == 0 {
         return RolledOut { targets, next_change_at_ms: None };
     }
@@ -428,7 +429,7 @@ pub fn rolled_out(objects: &[Value], route: &Value, targets: Vec<ResolvedTarget>
             rolled.targets.push(target);
             continue;
         };
-        let split = super::rollout::split(target.percent, &latest, &ready, duration_ms, now_ms);
+        let split = super::rollout::split(target.percent, &latest, &ready, duration_ms, clock.now_ms);
         if let Some(at) = split.next_change_at_ms {
             rolled.next_change_at_ms = Some(rolled.next_change_at_ms.map_or(at, |next| next.min(at)));
         }
@@ -443,7 +444,7 @@ pub fn rolled_out(objects: &[Value], route: &Value, targets: Vec<ResolvedTarget>
 
 /// The Routes whose rollout is under way now (`namespace/name`), each with when its split next changes (wall
 /// clock, ms): the data plane's table is due again at the earliest of them.
-pub fn rollouts_under_way(objects: &[Value], now_ms: u64) -> Vec<(String, u64)> {
+pub fn rollouts_under_way(objects: &[Value], clock: RolloutClock) -> Vec<(String, u64)> {
     objects
         .iter()
         .filter(|o| str_at(o, "/kind") == "Route")
@@ -453,7 +454,7 @@ pub fn rollouts_under_way(objects: &[Value], now_ms: u64) -> Vec<(String, u64)> 
             let targets = resolve_traffic(objects, namespace, &traffic)
                 .ok()
                 .or_else(|| servable_targets(objects, namespace, &traffic))?;
-            let next = rolled_out(objects, route, targets, now_ms).next_change_at_ms?;
+            let next = rolled_out(objects, route, targets, clock).next_change_at_ms?;
             Some((format!("{namespace}/{name}"), next))
         })
         .collect()

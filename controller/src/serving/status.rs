@@ -256,7 +256,7 @@ fn route_conditions(
     let assigned = match resolve_traffic(world.objects, namespace, &spec_traffic(object, name)) {
         Ok(targets) => {
             // As the data plane serves it: a rollout's split, as of now.
-            let rolled = rolled_out(world.objects, object, targets, env.now_ms);
+            let rolled = rolled_out(world.objects, object, targets, env.rollout_clock());
             let rolling = rolled.next_change_at_ms.is_some();
             status.insert("traffic".into(), traffic_status(&rolled.targets, name, namespace, env));
             return (Ok(None), ingress_ready(namespace, name, Some((&rolled.targets, rolling)), env));
@@ -411,7 +411,7 @@ pub fn address(
         return Err(("DestinationNotFound".into(), format!("{kind} {namespace}/{name} does not exist")));
     }
     // Computed on read: there is no table served before to keep a Route's last good routing from.
-    let served = route_table(world.objects, &env.serving_domain, &RouteTable::new(), env.now_ms);
+    let served = route_table(world.objects, &env.serving_domain, &RouteTable::new(), env.rollout_clock());
     let host = host(name, namespace, &env.serving_domain);
     if served.get(&host).is_some_and(|targets| !targets.targets.is_empty()) {
         return Ok(url_for(&host, env));

@@ -106,6 +106,17 @@ fn malformed_peer_route_is_rejected() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn a_rollout_duration_that_is_not_a_duration_is_rejected() -> anyhow::Result<()> {
+    for (value, rule) in [("soon", "is not a duration"), ("-5s", "is negative")] {
+        let flag = format!("--serving-rollout-duration={value}");
+        let (code, stderr) = run_sluice(&["node", "--id", "1", "--data", "/tmp/x", &flag], TIMEOUT)?;
+        assert_ne!(code, 0, "{value}");
+        assert!(stderr.contains("--serving-rollout-duration") && stderr.contains(rule), "{value}: {stderr}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_id_not_in_the_stored_cluster_is_rejected() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;

@@ -4,6 +4,7 @@ use serde_json::{Value, json};
 
 use super::children::{self, revision_name};
 use super::model::TrafficTarget;
+use super::rollout::RolloutClock;
 use super::routing::{HostTargets, RouteTable, instances_over_nodes, resolve_traffic, route_table};
 use crate::meta::merge_for_apply_keeping_owned;
 use crate::status::{Environment, World, reconcile};
@@ -178,7 +179,7 @@ fn status_follows_the_revisions_facts() {
 #[test]
 fn routes_split_and_tag_by_revision_and_unresolvable_traffic_says_why() {
     let mut objects = hello_split_between_two_ready_revisions(json!({"latestRevision": true, "percent": 50}));
-    let table = route_table(&objects, "localhost", &RouteTable::new(), 0);
+    let table = route_table(&objects, "localhost", &RouteTable::new(), RolloutClock::default());
     let target = |host: &str| table.get(host).cloned().unwrap_or_default();
     assert_eq!(
         target("hello.default.localhost"),
@@ -236,7 +237,7 @@ fn failed_fact(objects: &mut Vec<Value>, revision: &str) {
 #[test]
 fn regression_a_route_that_stops_resolving_keeps_serving_its_previous_hosts() {
     let objects = hello_split_between_two_ready_revisions(json!({"revisionName": "hello-00002", "percent": 50}));
-    let before = route_table(&objects, "localhost", &RouteTable::new(), 0);
+    let before = route_table(&objects, "localhost", &RouteTable::new(), RolloutClock::default());
     assert_eq!(before.keys().collect::<Vec<_>>(), ["hello.default.localhost", "old-hello.default.localhost"]);
     let pinned_to = |target: &str, revision: &str| {
         let mut service = hello_service(target);
@@ -260,12 +261,12 @@ fn regression_a_route_that_stops_resolving_keeps_serving_its_previous_hosts() {
         }
         assert_eq!(condition(&status_of(&objects, "Route", "hello"), "AllTrafficAssigned"), assigned, "{why}");
         assert_eq!(
-            route_table(&objects, "localhost", &before, 0),
+            route_table(&objects, "localhost", &before, RolloutClock::default()),
             before,
             "{why}: the hosts and weights served before"
         );
         assert!(
-            route_table(&objects, "localhost", &RouteTable::new(), 0).is_empty(),
+            route_table(&objects, "localhost", &RouteTable::new(), RolloutClock::default()).is_empty(),
             "{why}: nothing to keep without a table served before"
         );
     }
@@ -275,7 +276,7 @@ fn regression_a_route_that_stops_resolving_keeps_serving_its_previous_hosts() {
     store(&mut resolved, pinned_to("three", "hello-00003"));
     settle(&mut resolved);
     ready_fact(&mut resolved, "hello-00003");
-    let after = route_table(&resolved, "localhost", &before, 0);
+    let after = route_table(&resolved, "localhost", &before, RolloutClock::default());
     let served: Vec<_> = after.iter().map(|(host, served)| (host.as_str(), served.targets.clone())).collect();
     assert_eq!(served, [("hello.default.localhost", vec![("hello-00003".to_string(), 100)])]);
 
@@ -287,7 +288,7 @@ fn regression_a_route_that_stops_resolving_keeps_serving_its_previous_hosts() {
             "metadata": {"name": "r", "namespace": "default"},
             "spec": {"traffic": [{"revisionName": "nope-00001", "percent": 100}]}}),
     );
-    let table = route_table(&objects, "localhost", &before, 0);
+    let table = route_table(&objects, "localhost", &before, RolloutClock::default());
     assert!(!table.contains_key("r.default.localhost"), "{table:?}");
     assert!(table.values().all(|served| served.name == "hello"), "{table:?}");
 }
@@ -305,7 +306,7 @@ fn a_canary_at_zero_percent_that_failed_takes_nothing_from_the_others() {
     store(&mut objects, canary);
     settle(&mut objects);
     failed_fact(&mut objects, "hello-00003");
-    let table = route_table(&objects, "localhost", &RouteTable::new(), 0);
+    let table = route_table(&objects, "localhost", &RouteTable::new(), RolloutClock::default());
     let served: Vec<_> = table.iter().map(|(host, served)| (host.as_str(), served.targets.clone())).collect();
     assert_eq!(served, [("hello.default.localhost", vec![("hello-00002".to_string(), 100)])]);
     let address =
@@ -316,7 +317,10 @@ fn a_canary_at_zero_percent_that_failed_takes_nothing_from_the_others() {
     blue_green["spec"]["traffic"] = json!([{"revisionName": "hello-00004", "percent": 100}]);
     store(&mut objects, blue_green);
     settle(&mut objects);
-    assert!(route_table(&objects, "localhost", &RouteTable::new(), 0).is_empty(), "nothing to serve it from here");
+    assert!(
+        route_table(&objects, "localhost", &RouteTable::new(), RolloutClock::default()).is_empty(),
+        "nothing to serve it from here"
+    );
     assert_eq!(address(&objects), Ok("http://hello.default.localhost:8080".to_string()), "its URL stays");
     let mut misspelt = hello_service("four");
     misspelt["spec"]["traffic"] = json!([{"revisionName": "hello-00009", "percent": 100}]);
@@ -421,7 +425,7 @@ fn regression_a_rollback_to_an_earlier_template_name_makes_its_revision_the_late
         assert_eq!(service["latestReadyRevisionName"], ready, "{why}");
         assert_eq!(condition(&service, "ConfigurationsReady").0, configurations, "{why}: {service}");
         assert_eq!(service["traffic"][0]["revisionName"], ready, "{why}");
-        let table = route_table(&objects, "localhost", &RouteTable::new(), 0);
+        let table = route_table(&objects, "localhost", &RouteTable::new(), RolloutClock::default());
         let served = table.get("hello.default.localhost").map(|served| served.targets.clone()).unwrap_or_default();
         assert_eq!(served, [(ready.to_string(), 100)], "{why}");
     }
@@ -706,13 +710,13 @@ fn regression_a_route_is_ingress_ready_only_once_the_data_plane_serves_its_traff
     store(&mut objects, hello_service("one"));
     settle(&mut objects);
     ready_fact(&mut objects, "hello-00001");
-    let first = std::sync::Arc::new(route_table(&objects, domain, &RouteTable::new(), 0));
+    let first = std::sync::Arc::new(route_table(&objects, domain, &RouteTable::new(), RolloutClock::default()));
     store(&mut objects, hello_service("two"));
     settle(&mut objects);
     ready_fact(&mut objects, "hello-00002");
-    let second = std::sync::Arc::new(route_table(&objects, domain, &RouteTable::new(), 0));
+    let second = std::sync::Arc::new(route_table(&objects, domain, &RouteTable::new(), RolloutClock::default()));
     let split = hello_split_between_two_ready_revisions(json!({"latestRevision": true, "percent": 50}));
-    let split_table = std::sync::Arc::new(route_table(&split, domain, &RouteTable::new(), 0));
+    let split_table = std::sync::Arc::new(route_table(&split, domain, &RouteTable::new(), RolloutClock::default()));
     let without_tag = {
         let mut table = (*split_table).clone();
         table.retain(|host, _| !host.starts_with("old-"));
@@ -753,7 +757,7 @@ fn a_route_that_does_not_resolve_is_ingress_ready_while_its_last_routing_is_serv
     store(&mut objects, hello_service("one"));
     settle(&mut objects);
     ready_fact(&mut objects, "hello-00001");
-    let served = std::sync::Arc::new(route_table(&objects, domain, &RouteTable::new(), 0));
+    let served = std::sync::Arc::new(route_table(&objects, domain, &RouteTable::new(), RolloutClock::default()));
     let mut pinned = hello_service("one");
     pinned["spec"]["traffic"] = json!([{"revisionName": "hello-00009", "percent": 100}]);
     store(&mut objects, pinned);
