@@ -62,6 +62,8 @@ pub(super) async fn probe_until_ready(
         _ = exit.wait_for(|exited| *exited) => return,
         _ = tokio::time::sleep(deadline.after) => return deadline.give_up(id),
     }
+    // Probed fast for the first moments of its probing, a startup probe's time not counted.
+    let probing_since = tokio::time::Instant::now();
     loop {
         if *exited.borrow() {
             return;
@@ -75,8 +77,8 @@ pub(super) async fn probe_until_ready(
         if started.elapsed() >= deadline.after {
             return deadline.give_up(id);
         }
-        let period =
-            if started.elapsed().as_millis() < u128::from(FAST_PROBE_FOR_MS) { FAST_PROBE_MS } else { SLOW_PROBE_MS };
+        let fast = probing_since.elapsed().as_millis() < u128::from(FAST_PROBE_FOR_MS);
+        let period = if fast { FAST_PROBE_MS } else { SLOW_PROBE_MS };
         tokio::time::sleep(Duration::from_millis(period)).await;
     }
 }
