@@ -235,7 +235,7 @@ impl Runtime for LocalRuntime {
             probes.push(tokio::spawn(watch_liveness(
                 tracker,
                 probe_env.clone(),
-                Stopper { gave_up: gave_up.clone(), group: pid, exited: exited.clone() },
+                Stopper { gave_up: gave_up.clone(), group: pid, exited: exited.clone(), events: events.clone() },
                 started_tx,
                 spec.revision.clone(),
                 spec.id,
@@ -533,7 +533,8 @@ mod tests {
     }
 
     /// A liveness probe that fails `failureThreshold` times in a row stops a ready instance (SIGTERM, as the
-    /// kubelet restarts a container), its exit saying why; the revision then replaces it.
+    /// kubelet restarts a container), its exit saying why; the revision then replaces it. Regression: the
+    /// instance stayed in rotation until it exited, and a request sent to it meanwhile got a 502 (t90 in CI).
     #[tokio::test]
     async fn an_instance_whose_liveness_probe_fails_is_stopped_saying_why() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -556,6 +557,7 @@ mod tests {
         let mut next = async || tokio::time::timeout(Duration::from_secs(20), received.recv()).await.expect("an event");
         assert!(matches!(next().await, Some(InstanceEvent::Ready { id: 4, .. })));
         std::fs::remove_file(&alive).expect("remove");
+        assert_eq!(next().await, Some(InstanceEvent::NotReady { id: 4 }), "out of rotation first");
         match next().await {
             Some(InstanceEvent::Exited { id: 4, reason, signal, .. }) => {
                 assert_eq!(reason.as_deref(), Some(super::super::liveness::LIVENESS_PROBE_FAILED));

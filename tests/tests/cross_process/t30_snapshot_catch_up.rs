@@ -1,16 +1,77 @@
 //! A node that was down while the leader snapshotted and purged its log
 //! catches up through a snapshot, and ends with the same stream; neither node
 //! keeps a full copy of the state on disk for it.
+//!
+//! The appends go to the first leader's admin port, which forwards them while
+//! an election on a loaded machine moves the leadership: a refused append is
+//! sent again, and one whose outcome is unknown is remembered as maybe-stored,
+//! never sent again (so the stream can be checked for duplicates).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use sluice_tests::{
     AppendOutcome, TestCluster, append, check_stream, end_offset, read_all, status, wait_ready, wait_until,
 };
 
 const STREAM: &str = "channel/default/audit";
 const GROUP: u32 = 1;
+
+/// What the test sent: the acknowledged payloads by offset, and those whose append ended indeterminate.
+#[derive(Default)]
+struct Sent {
+    acked: BTreeMap<u64, Vec<u8>>,
+    maybe: BTreeSet<Vec<u8>>,
+    next: usize,
+}
+
+impl Sent {
+    /// Sends new payloads one at a time until `count` of them are acknowledged in all.
+    async fn until_acked(&mut self, admin: &str, count: usize) -> anyhow::Result<()> {
+        while self.acked.len() < count {
+            anyhow::ensure!(self.maybe.len() < 20, "{} appends ended indeterminate", self.maybe.len());
+            let payload = format!("event-{}", self.next).into_bytes();
+            self.next += 1;
+            let acked = wait_until(Duration::from_secs(30), || {
+                let payload = payload.clone();
+                async move {
+                    match append(admin, STREAM, 0, vec![payload]).await {
+                        AppendOutcome::Acked(offsets) => Ok(Some(Some(offsets[0]))),
+                        AppendOutcome::Indeterminate(_) => Ok(Some(None)),
+                        AppendOutcome::Refused(reason) => Err(anyhow::anyhow!("refused: {reason}")),
+                    }
+                }
+            })
+            .await
+            .with_context(|| format!("append {}", self.next - 1))?;
+            match acked {
+                Some(offset) => {
+                    self.acked.insert(offset, payload);
+                }
+                None => {
+                    self.maybe.insert(payload);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A node's copy of the stream, checked: every acknowledged payload at its offset, nothing twice
+    /// (`check_stream`), and nothing that was never sent.
+    async fn copy_on(&self, admin: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+        let payloads = check_stream(&read_all(admin, STREAM, 0).await?, &self.acked)?;
+        let acked: BTreeSet<&Vec<u8>> = self.acked.values().collect();
+        for payload in &payloads {
+            anyhow::ensure!(
+                acked.contains(payload) || self.maybe.contains(payload),
+                "{:?} was never sent",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        Ok(payloads)
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_node_catches_up_through_a_snapshot() -> anyhow::Result<()> {
@@ -19,44 +80,35 @@ async fn lagging_node_catches_up_through_a_snapshot() -> anyhow::Result<()> {
     let leader = cluster.leader_of(GROUP).await?;
     let lagging = cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).expect("a follower");
     let leader_admin = cluster.node(leader).admin.clone();
-    let mut acked = BTreeMap::new();
-    let send = |i: usize| {
-        let admin = leader_admin.clone();
-        async move {
-            let payload = format!("event-{i}").into_bytes();
-            match append(&admin, STREAM, 0, vec![payload.clone()]).await {
-                AppendOutcome::Acked(offsets) => Ok((offsets[0], payload)),
-                other => Err(anyhow::anyhow!("append {i}: {other:?}")),
-            }
-        }
-    };
-    for i in 0..20 {
-        let (offset, payload) = send(i).await?;
-        acked.insert(offset, payload);
-    }
+    let mut sent = Sent::default();
+    sent.until_acked(&leader_admin, 20).await?;
     cluster.node(lagging).kill9();
 
     // Sequential appends: one Raft entry each, enough for several snapshots.
-    for i in 20..300 {
-        let (offset, payload) = send(i).await?;
-        acked.insert(offset, payload);
-    }
+    sent.until_acked(&leader_admin, 300).await?;
     // The leader has purged past everything the lagging node has.
     wait_until(Duration::from_secs(30), || async {
         let s = status(&leader_admin).await?;
         let g = s.groups.iter().find(|g| g.group_id == GROUP).cloned();
         Ok(g.and_then(|g| g.purged_index).filter(|purged| *purged > 100).map(|_| ()))
     })
-    .await?;
+    .await
+    .context("the leader purges its log")?;
 
     cluster.node(lagging).start()?;
     let lagging_admin = cluster.node(lagging).admin.clone();
     let lagging_http = cluster.node(lagging).http.clone();
-    wait_ready(&lagging_http).await?;
-    wait_until(Duration::from_secs(60), || async {
-        Ok((end_offset(&lagging_admin, STREAM, 0).await? >= 300).then_some(()))
+    wait_ready(&lagging_http).await.context("the lagging node restarts")?;
+    // Both copies agree once the lagging node has caught up (an indeterminate append may still commit meanwhile).
+    let (sent_ref, leader_ref, lagging_ref) = (&sent, &leader_admin, &lagging_admin);
+    let leader_copy = wait_until(Duration::from_secs(60), || async move {
+        let leader_copy = sent_ref.copy_on(leader_ref).await?;
+        let lagging_copy = sent_ref.copy_on(lagging_ref).await?;
+        Ok((leader_copy == lagging_copy).then_some(leader_copy))
     })
-    .await?;
+    .await
+    .context("the lagging node catches up")?;
+    assert!(leader_copy.len() >= 300, "{} records, 300 acknowledged", leader_copy.len());
 
     let lagging_status = status(&lagging_admin).await?;
     let group = lagging_status.groups.iter().find(|g| g.group_id == GROUP).expect("group status");
@@ -99,17 +151,17 @@ async fn lagging_node_catches_up_through_a_snapshot() -> anyhow::Result<()> {
         .await?;
     }
 
-    let leader_copy = check_stream(&read_all(&leader_admin, STREAM, 0).await?, &acked)?;
-    let lagging_copy = check_stream(&read_all(&lagging_admin, STREAM, 0).await?, &acked)?;
-    assert_eq!(leader_copy.len(), 300);
-    assert_eq!(leader_copy, lagging_copy);
-
     // The caught-up node keeps replicating after the snapshot.
-    let (offset, payload) = send(300).await?;
-    acked.insert(offset, payload);
+    let before = sent.acked.len();
+    sent.until_acked(&leader_admin, before + 1).await?;
+    let last_acked = *sent.acked.keys().next_back().expect("acknowledged appends");
     wait_until(Duration::from_secs(30), || async {
-        Ok((end_offset(&lagging_admin, STREAM, 0).await? == 301).then_some(()))
+        Ok((end_offset(&lagging_admin, STREAM, 0).await? > last_acked).then_some(()))
     })
-    .await?;
+    .await
+    .context("the caught-up node replicates a new append")?;
+    let leader_copy = sent.copy_on(&leader_admin).await?;
+    let lagging_copy = sent.copy_on(&lagging_admin).await?;
+    assert_eq!(leader_copy[..=last_acked as usize], lagging_copy[..=last_acked as usize]);
     Ok(())
 }

@@ -699,22 +699,30 @@ async fn an_instance_that_fails_its_liveness_probe_is_replaced() -> Result<()> {
     apply_resource(&admin, service).await?;
     wait_ready(&admin, "Service", "alive").await?;
 
-    // The probe fails: the instance is stopped, saying why, and replaced.
+    // The probe fails: the instance leaves rotation, is stopped, saying why, and replaced.
     std::fs::remove_file(&alive)?;
-    let stops = || async {
-        let metrics = reqwest::get(format!("http://{http}/metrics")).await?.text().await?;
-        let stopped = metrics
-            .lines()
-            .filter(|l| l.starts_with("sluice_serving_probe_stops_total{") && l.contains("LivenessProbeFailed"))
-            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, n)| n.parse::<f64>().ok()))
-            .sum::<f64>();
-        anyhow::Ok(stopped)
+    let counted = |name: &'static str, label: &'static str| {
+        let http = http.clone();
+        async move {
+            let metrics = reqwest::get(format!("http://{http}/metrics")).await?.text().await?;
+            let total = metrics
+                .lines()
+                .filter(|l| l.starts_with(name) && l.contains(label))
+                .filter_map(|l| l.rsplit_once(' ').and_then(|(_, n)| n.parse::<f64>().ok()))
+                .sum::<f64>();
+            anyhow::Ok(total)
+        }
     };
-    wait_until(READY_WITHIN, || async { Ok((stops().await? >= 1.0).then_some(())) })
-        .await
-        .context("the instance was never stopped by its liveness probe")?;
+    wait_until(READY_WITHIN, || async {
+        let stopped = counted("sluice_serving_probe_stops_total{", "LivenessProbeFailed").await?;
+        let unready = counted("sluice_serving_instance_unready_total{", "alive-00001").await?;
+        Ok((stopped >= 1.0 && unready >= 1.0).then_some(()))
+    })
+    .await
+    .context("the instance was never taken out of rotation and stopped by its liveness probe")?;
 
-    // Healthy again: a new instance serves.
+    // Healthy again: a new instance serves; a request meanwhile waits for it (regression: it went to the
+    // instance being stopped and got a 502).
     std::fs::write(&alive, b"")?;
     let client = client(&http, &["alive.default.localhost"])?;
     let response = client.get(url("alive.default.localhost", &http, "/")).send().await?;

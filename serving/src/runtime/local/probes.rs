@@ -70,7 +70,7 @@ pub(super) async fn probe_until_ready(
         }
         if probe_once(&readiness, &env, PROBE_TIMEOUT).await {
             if events.send(InstanceEvent::Ready { id, addr }).await.is_ok() {
-                keep_probing(&readiness, &env, id, addr, &events, exited).await;
+                keep_probing(&readiness, &env, (id, addr), &events, exited, &deadline.gave_up).await;
             }
             return;
         }
@@ -100,14 +100,16 @@ impl Deadline {
     }
 }
 
-/// A ready instance's probe, every `rhythm.period`, until it exits (or nobody listens for its events).
+/// A ready instance's probe, every `rhythm.period`, until it exits (or nobody listens for its events). An
+/// instance being stopped (`stopping` says why) never comes back into rotation, though it may still pass its
+/// probe while it drains.
 async fn keep_probing(
     readiness: &Readiness,
     env: &ProbeEnv,
-    id: u64,
-    addr: SocketAddr,
+    (id, addr): (u64, SocketAddr),
     events: &mpsc::Sender<InstanceEvent>,
     mut exited: watch::Receiver<bool>,
+    stopping: &Mutex<Option<String>>,
 ) {
     let mut tracker = ReadinessTracker::ready(env.rhythm);
     loop {
@@ -117,6 +119,7 @@ async fn keep_probing(
         }
         let passed = probe_once(readiness, env, PROBE_TIMEOUT).await;
         let event = match tracker.observe(passed) {
+            Some(true) if stopping.lock().map_or(true, |why| why.is_some()) => continue,
             Some(true) => InstanceEvent::Ready { id, addr },
             Some(false) => InstanceEvent::NotReady { id },
             None => continue,
@@ -153,17 +156,20 @@ pub(super) async fn probe_once(readiness: &Readiness, env: &ProbeEnv, timeout: D
     tokio::time::timeout(timeout, attempt).await.unwrap_or(false)
 }
 
-/// What stops an instance from outside its revision: why (its exit says it), its process group, its exit.
+/// What stops an instance from outside its revision: why (its exit says it), its process group, its exit, and
+/// the revision's events (the instance leaves rotation before it is asked to stop).
 pub(super) struct Stopper {
     pub(super) gave_up: Arc<Mutex<Option<String>>>,
     pub(super) group: Option<u32>,
     pub(super) exited: watch::Receiver<bool>,
+    pub(super) events: mpsc::Sender<InstanceEvent>,
 }
 
 /// Runs an instance's startup and liveness probes as [`LivenessTracker`] says when; tells readiness once the
 /// startup probe passed; stops the instance when either fails too often (SIGTERM, then SIGKILL after
-/// [`PROBE_KILL_GRACE`], as the kubelet restarts a container), its exit saying which. The revision replaces it
-/// as it replaces an instance that crashed.
+/// [`PROBE_KILL_GRACE`], as the kubelet restarts a container), its exit saying which. It leaves rotation first
+/// (as a terminating pod leaves its Endpoints), so that requests wait for another instance rather than go to
+/// one being stopped. The revision replaces it as it replaces an instance that crashed.
 pub(super) async fn watch_liveness(
     mut tracker: LivenessTracker,
     env: ProbeEnv,
@@ -186,10 +192,15 @@ pub(super) async fn watch_liveness(
         }
         let Some(reason) = verdict else { continue };
         tracing::warn!(%revision, instance = id, %reason, failures = probe.failure_threshold, "stopping the instance");
-        metrics::counter!("sluice_serving_probe_stops_total", "revision" => revision, "reason" => reason).increment(1);
         if let Ok(mut gave_up) = stopper.gave_up.lock() {
             *gave_up = Some(reason.to_string());
         }
+        // Out of rotation before the signal (an instance whose startup probe failed was never in it). A closed
+        // channel means nobody routes to it any more.
+        if tracker.started() {
+            let _ = stopper.events.send(InstanceEvent::NotReady { id }).await;
+        }
+        metrics::counter!("sluice_serving_probe_stops_total", "revision" => revision, "reason" => reason).increment(1);
         let Some(group) = stopper.group else { return };
         signal_group(group, Signal::SIGTERM);
         if tokio::time::timeout(PROBE_KILL_GRACE, stopper.exited.wait_for(|exited| *exited)).await.is_err() {
