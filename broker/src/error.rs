@@ -87,6 +87,10 @@ pub enum BrokerError {
     #[error("group {group} does not exist (0 is the metadata group, 1..={partitions} the partitions)")]
     NoSuchGroup { group: GroupId, partitions: u32 },
 
+    /// A peer's address cannot be dialled (a malformed advertised address).
+    #[error("peer {addr}: {reason}")]
+    PeerAddress { addr: String, reason: String },
+
     /// A membership change that is not allowed (removing the last voter, a catch-up that did not finish...).
     #[error("membership change refused: {0}")]
     MembershipRefused(String),

@@ -39,7 +39,7 @@ pub use node::signing_keys::SenderIdentity;
 pub use node::{Handover, Node, NodeSettings, ReadLimits, TransferOver};
 pub use raft::{AppendLimits, RaftTuning};
 pub use resources::{DEFAULT_BROKER_TTL, IngressSettings, stream_name};
-pub use server::{ExtraAdminRoutes, Listen, RunningNode, start as start_node};
+pub use server::{ExtraAdminRoutes, ExtraRoutes, Listen, RunningNode, start as start_node};
 /// The CloudEvent model lives in its own crate (no storage); re-exported so `sluice_broker::cloudevent` paths
 /// keep working.
 pub use sluice_cloudevent as cloudevent;

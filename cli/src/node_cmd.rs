@@ -8,7 +8,7 @@ use clap::Args;
 use sluice_broker::AppendLimits;
 use sluice_broker::IngressLimits;
 use sluice_broker::RaftTuning;
-use sluice_broker::{ExtraAdminRoutes, Listen, RunningNode, start_node};
+use sluice_broker::{ExtraAdminRoutes, ExtraRoutes, Listen, RunningNode, start_node};
 use sluice_broker::{NodeSettings, ReadLimits};
 use std::sync::Arc;
 
@@ -405,15 +405,16 @@ impl TuningArgs {
 }
 
 /// The dispatcher's admin services (Consumers, DeadLetters) and serving's (Serving: logs), served on the node's
-/// admin port.
+/// admin port; serving's node-local answers on its peer listener, for the node that gathers them.
 pub(crate) fn extra_admin(logs: Arc<LogHub>, state: ServingState) -> ExtraAdminRoutes {
-    Box::new(move |node, ingress_base| {
-        sluice_serving::with_admin_routes(
+    Box::new(move |node, ingress_base| ExtraRoutes {
+        peer: sluice_serving::peer_routes(node.clone(), logs.clone(), state.clone()),
+        admin: sluice_serving::with_admin_routes(
             sluice_dispatcher::admin_routes(node.clone(), ingress_base),
             node,
             logs,
             state,
-        )
+        ),
     })
 }
 

@@ -1,11 +1,15 @@
-//! The `sluice.admin.v1.Serving` admin service: `Logs`, the output of a Service's instances on this node, and
-//! `Decisions`, what the autoscaler decided for its revisions here and why.
+//! The `sluice.admin.v1.Serving` admin service: `Logs`, the output of a Service's instances (this node's, and
+//! by default every other node's, asked on its peer listener and relayed), and `Decisions`, what the autoscaler
+//! decided for its revisions here and why.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
-use sluice_broker::{Node, ResourceKey};
+
+use sluice_broker::{Node, NodeId, ResourceKey};
 use sluice_controller::serving::{CONFIGURATION_LABEL, SERVICE_LABEL};
+use sluice_proto::admin::serving_client::ServingClient;
 use sluice_proto::admin::serving_server::{Serving, ServingServer};
 use sluice_proto::admin::{AutoscalerDecision, DecisionsRequest, LogLine, LogsRequest};
 use tokio::sync::{broadcast, mpsc};
@@ -15,10 +19,16 @@ use crate::ServingState;
 use crate::logs::LogHub;
 use sluice_autoscaler::Decision;
 
+/// How long a node waits for another to start answering a `Logs` it relays.
+const PEER_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
 struct LogsService {
     node: Node,
     logs: Arc<LogHub>,
     state: ServingState,
+    /// Whether `Logs` gathers every node's lines (the admin port) or answers with this node's alone (the peer
+    /// listener, asked by the node that gathers).
+    gathers: bool,
 }
 
 /// `routes` with the admin services serving provides, for the node's admin port.
@@ -28,22 +38,29 @@ pub fn with_admin_routes(
     logs: Arc<LogHub>,
     state: ServingState,
 ) -> tonic::service::Routes {
-    routes.add_service(ServingServer::new(LogsService { node, logs, state }))
+    routes.add_service(ServingServer::new(LogsService { node, logs, state, gathers: true }))
+}
+
+/// The services other nodes ask of this one on its peer listener: `Logs` (and `Decisions`) of this node alone.
+pub fn peer_routes(node: Node, logs: Arc<LogHub>, state: ServingState) -> tonic::service::Routes {
+    tonic::service::Routes::default().add_service(ServingServer::new(LogsService { node, logs, state, gathers: false }))
 }
 
 /// Sends `kept` (oldest first), then what each revision's follower receives as it comes, merged, until the
 /// client goes away (noticed at once, not at the next item: a follow of an idle revision would otherwise keep its
 /// tasks for ever). `message` makes an item of the stream from a revision's name and what its follower
 /// received (or how many items it missed by lagging), or skips it.
-fn send_kept_then_followed<T, M>(
+fn send_kept_then_followed<T, M, F>(
     tx: mpsc::Sender<Result<M, Status>>,
     kept: Vec<M>,
     followers: Vec<(String, broadcast::Receiver<T>)>,
-    message: fn(&str, Result<T, u64>) -> Option<M>,
+    message: F,
 ) where
     T: Clone + Send + 'static,
     M: Send + 'static,
+    F: Fn(&str, Result<T, u64>) -> Option<M> + Send + Sync + 'static,
 {
+    let message = Arc::new(message);
     tokio::spawn(async move {
         for item in kept {
             if tx.send(Ok(item)).await.is_err() {
@@ -55,6 +72,7 @@ fn send_kept_then_followed<T, M>(
         let mut following = tokio::task::JoinSet::new();
         for (revision, mut follower) in followers {
             let merged_tx = merged_tx.clone();
+            let message = message.clone();
             following.spawn(async move {
                 loop {
                     let received = match follower.recv().await {
@@ -220,20 +238,111 @@ impl Serving for LogsService {
         } else {
             Vec::new()
         };
+        let node_id = self.node.id();
         let backlog: Vec<LogLine> = revisions
             .iter()
             .flat_map(|revision| {
-                self.logs
-                    .tail(&namespace, revision, request.tail_lines as usize)
-                    .into_iter()
-                    .map(|line| LogLine { revision: revision.clone(), line })
+                self.logs.tail(&namespace, revision, request.tail_lines as usize).into_iter().map(|line| LogLine {
+                    revision: revision.clone(),
+                    line,
+                    node_id,
+                    error: String::new(),
+                })
             })
             .collect();
-        send_kept_then_followed(tx, backlog, followers, |revision, line| {
+        send_kept_then_followed(tx, backlog, followers, move |revision, line| {
             let line = line.unwrap_or_else(|missed| format!("[{missed} lines missed]"));
-            Some(LogLine { revision: revision.to_string(), line })
+            Some(LogLine { revision: revision.to_string(), line, node_id, error: String::new() })
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        if request.this_node_only || !self.gathers {
+            return Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)));
+        }
+        let peers: Vec<(NodeId, String)> = self
+            .node
+            .cluster_config()
+            .map(|config| config.members.into_iter().filter(|(id, _)| *id != node_id).collect())
+            .unwrap_or_default();
+        let (gathered_tx, gathered) = mpsc::channel(256);
+        let asked = LogsRequest { namespace, this_node_only: true, ..request };
+        tokio::spawn(gather(self.node.clone(), rx, peers, asked, gathered_tx));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(gathered)))
+    }
+}
+
+/// Relays this node's lines and then each peer's in turn, or, following, all of them at once as they come;
+/// until the client goes away.
+async fn gather(
+    node: Node,
+    mut own: mpsc::Receiver<Result<LogLine, Status>>,
+    peers: Vec<(NodeId, String)>,
+    asked: LogsRequest,
+    tx: mpsc::Sender<Result<LogLine, Status>>,
+) {
+    let relay_own = async {
+        loop {
+            let item = tokio::select! {
+                item = own.recv() => item,
+                _ = tx.closed() => return false,
+            };
+            let Some(item) = item else { return true };
+            if tx.send(item).await.is_err() {
+                return false;
+            }
+        }
+    };
+    if asked.follow {
+        let relays = peers.iter().map(|(peer, addr)| relay_peer(&node, *peer, addr, asked.clone(), &tx));
+        futures::future::join(relay_own, futures::future::join_all(relays)).await;
+        return;
+    }
+    if !relay_own.await {
+        return;
+    }
+    for (peer, addr) in &peers {
+        if !relay_peer(&node, *peer, addr, asked.clone(), &tx).await {
+            return;
+        }
+    }
+}
+
+/// Relays the lines `peer` answers `asked` with; a peer that cannot be asked is named in a line saying why. A
+/// peer that does not know the revisions yet (its copy of the resources behind) has none to give. Says whether
+/// the client is still there.
+async fn relay_peer(
+    node: &Node,
+    peer: NodeId,
+    addr: &str,
+    asked: LogsRequest,
+    tx: &mpsc::Sender<Result<LogLine, Status>>,
+) -> bool {
+    let failed = |error: String| {
+        tracing::warn!(peer, %addr, %error, "logs: a node could not be asked for its lines");
+        Ok(LogLine { revision: String::new(), line: String::new(), node_id: peer, error })
+    };
+    let channel = match node.peer_channel(addr) {
+        Ok(channel) => channel,
+        Err(e) => return tx.send(failed(e.to_string())).await.is_ok(),
+    };
+    let mut client = ServingClient::new(channel);
+    let mut lines = match tokio::time::timeout(PEER_ANSWER_TIMEOUT, client.logs(asked)).await {
+        Ok(Ok(answer)) => answer.into_inner(),
+        Ok(Err(status)) if status.code() == tonic::Code::NotFound => return true,
+        Ok(Err(status)) => return tx.send(failed(format!("{:?}: {}", status.code(), status.message()))).await.is_ok(),
+        Err(_) => return tx.send(failed(format!("no answer within {PEER_ANSWER_TIMEOUT:?}"))).await.is_ok(),
+    };
+    loop {
+        let next = tokio::select! {
+            next = lines.message() => next,
+            _ = tx.closed() => return false,
+        };
+        let item = match next {
+            Ok(Some(line)) => Ok(line),
+            Ok(None) => return true,
+            Err(status) => failed(format!("{:?}: {}", status.code(), status.message())),
+        };
+        if tx.send(item).await.is_err() {
+            return false;
+        }
     }
 }
 
@@ -275,9 +384,9 @@ mod tests {
     async fn a_follow_ends_when_its_client_goes_away_though_nothing_is_logged() {
         let (live, _) = broadcast::channel::<String>(4);
         let (tx, mut rx) = mpsc::channel(4);
-        let kept = vec![LogLine { revision: "hello-00001".into(), line: "started".into() }];
+        let kept = vec![LogLine { revision: "hello-00001".into(), line: "started".into(), ..LogLine::default() }];
         send_kept_then_followed(tx, kept, vec![("hello-00001".into(), live.subscribe())], |revision, line| {
-            line.ok().map(|line| LogLine { revision: revision.to_string(), line })
+            line.ok().map(|line| LogLine { revision: revision.to_string(), line, ..LogLine::default() })
         });
         assert_eq!(rx.recv().await.map(|line| line.map(|l| l.line).ok()), Some(Some("started".to_string())));
         assert_eq!(live.receiver_count(), 1, "followed");

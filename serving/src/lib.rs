@@ -43,7 +43,7 @@ use sluice_broker::{HostRouteSlot, HostRoutes, Node};
 use sluice_controller::serving::autoscaling::AutoscalerDefaults;
 use tokio::sync::oneshot;
 
-pub use admin::with_admin_routes;
+pub use admin::{peer_routes, with_admin_routes};
 pub use error::ServingError;
 pub use logs::LogHub;
 pub use runtime::Runtime;

@@ -85,7 +85,15 @@ fn incoming(
 
 /// Admin gRPC services that live outside this crate (the dispatcher's), built once the node is open; given
 /// the node and its ingress base URL.
-pub type ExtraAdminRoutes = Box<dyn FnOnce(Node, String) -> tonic::service::Routes + Send>;
+pub type ExtraAdminRoutes = Box<dyn FnOnce(Node, String) -> ExtraRoutes + Send>;
+
+/// The services of [`ExtraAdminRoutes`]: those of the admin port, and those other nodes may ask of this one on
+/// its peer listener (serving's node-local `Logs`, gathered by the node a client asked).
+#[derive(Default)]
+pub struct ExtraRoutes {
+    pub admin: tonic::service::Routes,
+    pub peer: tonic::service::Routes,
+}
 
 pub async fn start(
     mut settings: NodeSettings,
@@ -143,12 +151,16 @@ pub async fn start(
     let transport = RaftTransportServer::new(TransportService::new(node.clone(), snapshot_root, shutdown.subscribe()))
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+    let ingress_base = format!("http://{http_addr}");
+    let ExtraRoutes { admin: extra_routes, peer: peer_routes } =
+        extra_admin.map(|build| build(node.clone(), ingress_base.clone())).unwrap_or_default();
     if let Some(peer) = peer {
         let rx = shutdown.subscribe();
         let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
+                .add_routes(peer_routes)
                 .add_service(transport)
                 .serve_with_incoming_shutdown(incoming(peer, tls.as_ref(), "peer"), stopped(rx))
                 .await;
@@ -160,8 +172,6 @@ pub async fn start(
 
     let rx = shutdown.subscribe();
     let admin_node = node.clone();
-    let ingress_base = format!("http://{http_addr}");
-    let extra_routes = extra_admin.map(|build| build(node.clone(), ingress_base.clone()));
     // gRPC server reflection (v1 and v1alpha) over the admin API, so `grpcurl` works without .proto files.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -178,11 +188,8 @@ pub async fn start(
         let tls = admin_tls;
         let mut builder =
             tonic::transport::Server::builder().tcp_nodelay(true).layer(tower::util::option_layer(admin_auth));
-        let router = match extra_routes {
-            Some(routes) => builder.add_routes(routes),
-            None => builder.add_routes(tonic::service::Routes::default()),
-        };
-        let result = router
+        let result = builder
+            .add_routes(extra_routes)
             .add_service(ClusterServer::new(AdminService::new(admin_node.clone(), ingress_base.clone())))
             .add_service(
                 LogServer::new(AdminService::new(admin_node.clone(), ingress_base.clone()))

@@ -56,6 +56,13 @@ impl PeerClients {
     }
 
     pub(crate) fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
+        Ok(RaftTransportClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+    }
+
+    /// The connection to the peer advertised as `addr` (made on first use, then shared by every call to it).
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock().map_err(|_| "peer client table poisoned".to_string())?;
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
@@ -79,9 +86,7 @@ impl PeerClients {
                 channel
             }
         };
-        Ok(RaftTransportClient::new(channel)
-            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+        Ok(channel)
     }
 
     /// Sends a write to `addr`, the leader of `group`, on the stream of writes to that peer
