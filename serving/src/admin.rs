@@ -1,7 +1,8 @@
-//! The `sluice.admin.v1.Serving` admin service: `Logs`, the output of a Service's instances (this node's, and
-//! by default every other node's, asked on its peer listener and relayed), and `Decisions`, what the autoscaler
-//! decided for its revisions here and why.
+//! The `sluice.admin.v1.Serving` admin service: `Logs`, the output of a Service's instances, and `Decisions`,
+//! what the autoscaler decided for its revisions and why: this node's, and by default every other node's, asked
+//! on its peer listener and relayed (`gather`).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use sluice_proto::admin::serving_client::ServingClient;
 use sluice_proto::admin::serving_server::{Serving, ServingServer};
 use sluice_proto::admin::{AutoscalerDecision, DecisionsRequest, LogLine, LogsRequest};
 use tokio::sync::{broadcast, mpsc};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::ServingState;
@@ -102,8 +104,10 @@ fn send_kept_then_followed<T, M, F>(
     });
 }
 
-fn decision_message(revision: &str, d: &Decision) -> AutoscalerDecision {
+fn decision_message(node_id: NodeId, revision: &str, d: &Decision) -> AutoscalerDecision {
     AutoscalerDecision {
+        node_id,
+        error: String::new(),
         revision: revision.to_string(),
         at_ms: d.at_ms,
         desired: d.desired,
@@ -203,6 +207,7 @@ impl Serving for LogsService {
             return Err(Status::not_found(format!("{namespace}/{} has no revisions", request.name)));
         }
         let (tx, rx) = mpsc::channel(256);
+        let node_id = self.node.id();
         // Followers subscribe before the kept decisions are read: one may show twice, none is lost.
         let followers: Vec<(String, broadcast::Receiver<Decision>)> = if request.follow {
             handles.iter().map(|(name, handle)| (name.clone(), handle.decision_feed.subscribe())).collect()
@@ -211,13 +216,22 @@ impl Serving for LogsService {
         };
         let kept: Vec<AutoscalerDecision> = handles
             .iter()
-            .flat_map(|(name, handle)| handle.decisions().into_iter().map(move |d| decision_message(name, &d)))
+            .flat_map(|(name, handle)| handle.decisions().into_iter().map(move |d| decision_message(node_id, name, &d)))
             .collect();
         // A lagging follower skips the decisions it missed: the next one says where the revision is.
-        send_kept_then_followed(tx, kept, followers, |name, decision| {
-            decision.ok().map(|decision| decision_message(name, &decision))
+        send_kept_then_followed(tx, kept, followers, move |name, decision| {
+            decision.ok().map(|decision| decision_message(node_id, name, &decision))
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        if request.this_node_only || !self.gathers {
+            return Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)));
+        }
+        let asked = DecisionsRequest { namespace, this_node_only: true, ..request };
+        let follow = asked.follow;
+        let ask = move |mut client: ServingClient<Channel>| {
+            let asked = asked.clone();
+            async move { client.decisions(asked).await }
+        };
+        Ok(Response::new(self.gather(rx, ask, follow)))
     }
 
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
@@ -257,27 +271,70 @@ impl Serving for LogsService {
         if request.this_node_only || !self.gathers {
             return Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)));
         }
-        let peers: Vec<(NodeId, String)> = self
-            .node
-            .cluster_config()
-            .map(|config| config.members.into_iter().filter(|(id, _)| *id != node_id).collect())
-            .unwrap_or_default();
-        let (gathered_tx, gathered) = mpsc::channel(256);
         let asked = LogsRequest { namespace, this_node_only: true, ..request };
-        tokio::spawn(gather(self.node.clone(), rx, peers, asked, gathered_tx));
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(gathered)))
+        let follow = asked.follow;
+        let ask = move |mut client: ServingClient<Channel>| {
+            let asked = asked.clone();
+            async move { client.logs(asked).await }
+        };
+        Ok(Response::new(self.gather(rx, ask, follow)))
     }
 }
 
-/// Relays this node's lines and then each peer's in turn, or, following, all of them at once as they come;
+impl LogsService {
+    /// This node's items, then every other member's (asked on its peer listener with `ask`), relayed to the
+    /// client as [`gather`] says.
+    fn gather<M, F, Fut>(&self, own: mpsc::Receiver<Result<M, Status>>, ask: F, follow: bool) -> ReceiverStream<M>
+    where
+        M: Gathered,
+        F: Fn(ServingClient<Channel>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response<tonic::Streaming<M>>, Status>> + Send + 'static,
+    {
+        let own_id = self.node.id();
+        let peers: Vec<(NodeId, String)> = self
+            .node
+            .cluster_config()
+            .map(|config| config.members.into_iter().filter(|(id, _)| *id != own_id).collect())
+            .unwrap_or_default();
+        let (tx, gathered) = mpsc::channel(256);
+        tokio::spawn(gather(self.node.clone(), own, peers, ask, follow, tx));
+        tokio_stream::wrappers::ReceiverStream::new(gathered)
+    }
+}
+
+/// An item of a stream gathered from every node: it names its node, or says why a node could not be asked.
+trait Gathered: Send + 'static {
+    fn not_asked(node_id: NodeId, error: String) -> Self;
+}
+
+impl Gathered for LogLine {
+    fn not_asked(node_id: NodeId, error: String) -> Self {
+        LogLine { node_id, error, ..LogLine::default() }
+    }
+}
+
+impl Gathered for AutoscalerDecision {
+    fn not_asked(node_id: NodeId, error: String) -> Self {
+        AutoscalerDecision { node_id, error, ..AutoscalerDecision::default() }
+    }
+}
+
+type ReceiverStream<M> = tokio_stream::wrappers::ReceiverStream<Result<M, Status>>;
+
+/// Relays this node's items and then each peer's in turn, or, following, all of them at once as they come;
 /// until the client goes away.
-async fn gather(
+async fn gather<M, F, Fut>(
     node: Node,
-    mut own: mpsc::Receiver<Result<LogLine, Status>>,
+    mut own: mpsc::Receiver<Result<M, Status>>,
     peers: Vec<(NodeId, String)>,
-    asked: LogsRequest,
-    tx: mpsc::Sender<Result<LogLine, Status>>,
-) {
+    ask: F,
+    follow: bool,
+    tx: mpsc::Sender<Result<M, Status>>,
+) where
+    M: Gathered,
+    F: Fn(ServingClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<Response<tonic::Streaming<M>>, Status>>,
+{
     let relay_own = async {
         loop {
             let item = tokio::select! {
@@ -290,8 +347,8 @@ async fn gather(
             }
         }
     };
-    if asked.follow {
-        let relays = peers.iter().map(|(peer, addr)| relay_peer(&node, *peer, addr, asked.clone(), &tx));
+    if follow {
+        let relays = peers.iter().map(|(peer, addr)| relay_peer(&node, *peer, addr, &ask, &tx));
         futures::future::join(relay_own, futures::future::join_all(relays)).await;
         return;
     }
@@ -299,46 +356,52 @@ async fn gather(
         return;
     }
     for (peer, addr) in &peers {
-        if !relay_peer(&node, *peer, addr, asked.clone(), &tx).await {
+        if !relay_peer(&node, *peer, addr, &ask, &tx).await {
             return;
         }
     }
 }
 
-/// Relays the lines `peer` answers `asked` with; a peer that cannot be asked is named in a line saying why. A
-/// peer that does not know the revisions yet (its copy of the resources behind) has none to give. Says whether
-/// the client is still there.
-async fn relay_peer(
+/// Relays what `peer` answers `ask` with; a peer that cannot be asked is named in an item saying why. A peer
+/// that does not know the revisions yet (its copy of the resources behind) has none to give. Says whether the
+/// client is still there.
+async fn relay_peer<M, F, Fut>(
     node: &Node,
     peer: NodeId,
     addr: &str,
-    asked: LogsRequest,
-    tx: &mpsc::Sender<Result<LogLine, Status>>,
-) -> bool {
-    let failed = |error: String| {
-        tracing::warn!(peer, %addr, %error, "logs: a node could not be asked for its lines");
-        Ok(LogLine { revision: String::new(), line: String::new(), node_id: peer, error })
+    ask: &F,
+    tx: &mpsc::Sender<Result<M, Status>>,
+) -> bool
+where
+    M: Gathered,
+    F: Fn(ServingClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<Response<tonic::Streaming<M>>, Status>>,
+{
+    let not_asked = |error: String| {
+        tracing::warn!(peer, %addr, %error, "serving: a node could not be asked for its part");
+        Ok(M::not_asked(peer, error))
     };
     let channel = match node.peer_channel(addr) {
         Ok(channel) => channel,
-        Err(e) => return tx.send(failed(e.to_string())).await.is_ok(),
+        Err(e) => return tx.send(not_asked(e.to_string())).await.is_ok(),
     };
-    let mut client = ServingClient::new(channel);
-    let mut lines = match tokio::time::timeout(PEER_ANSWER_TIMEOUT, client.logs(asked)).await {
+    let mut items = match tokio::time::timeout(PEER_ANSWER_TIMEOUT, ask(ServingClient::new(channel))).await {
         Ok(Ok(answer)) => answer.into_inner(),
         Ok(Err(status)) if status.code() == tonic::Code::NotFound => return true,
-        Ok(Err(status)) => return tx.send(failed(format!("{:?}: {}", status.code(), status.message()))).await.is_ok(),
-        Err(_) => return tx.send(failed(format!("no answer within {PEER_ANSWER_TIMEOUT:?}"))).await.is_ok(),
+        Ok(Err(status)) => {
+            return tx.send(not_asked(format!("{:?}: {}", status.code(), status.message()))).await.is_ok();
+        }
+        Err(_) => return tx.send(not_asked(format!("no answer within {PEER_ANSWER_TIMEOUT:?}"))).await.is_ok(),
     };
     loop {
         let next = tokio::select! {
-            next = lines.message() => next,
+            next = items.message() => next,
             _ = tx.closed() => return false,
         };
         let item = match next {
-            Ok(Some(line)) => Ok(line),
+            Ok(Some(item)) => Ok(item),
             Ok(None) => return true,
-            Err(status) => failed(format!("{:?}: {}", status.code(), status.message())),
+            Err(status) => not_asked(format!("{:?}: {}", status.code(), status.message())),
         };
         if tx.send(item).await.is_err() {
             return false;

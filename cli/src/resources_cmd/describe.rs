@@ -107,8 +107,8 @@ async fn describe_object(admin: &str, info: &KindInfo, object: &Value) -> Result
     Ok(())
 }
 
-/// The autoscaler's last decisions for the object's revisions on the node asked (instances run on the node
-/// that serves the request, so each node decides for its own).
+/// The autoscaler's last decisions for the object's revisions, over every node (instances run on the node that
+/// serves the request, so each node decides for its own), newest last; a node that could not be asked is named.
 async fn describe_decisions(admin: &str, kind: &str, namespace: &str, name: &str) -> Result<()> {
     const SHOWN: usize = 10;
     let request = sluice_proto::admin::DecisionsRequest {
@@ -116,6 +116,7 @@ async fn describe_decisions(admin: &str, kind: &str, namespace: &str, name: &str
         namespace: namespace.into(),
         name: name.into(),
         follow: false,
+        this_node_only: false,
     };
     let decisions = async {
         let mut client =
@@ -129,20 +130,37 @@ async fn describe_decisions(admin: &str, kind: &str, namespace: &str, name: &str
     }
     .await
     .unwrap_or_default();
+    let (not_asked, mut decisions): (Vec<_>, Vec<_>) = decisions.into_iter().partition(|d| !d.error.is_empty());
+    for d in &not_asked {
+        outln!("Autoscaler:   node {} not asked: {}", d.node_id, d.error)?;
+    }
     if decisions.is_empty() {
-        outln!("Autoscaler:   no decisions on this node (its revisions do not run here)")?;
+        outln!("Autoscaler:   no decisions (its revisions run on no node asked)")?;
         return Ok(());
     }
-    outln!("Autoscaler (the last {SHOWN} decisions on this node):")?;
+    decisions.sort_by_key(|d| d.at_ms);
+    outln!("Autoscaler (the last {SHOWN} decisions, every node):")?;
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let mut rows = vec![
-        ["REVISION", "AGE", "DESIRED", "READY", "REASON", "PANIC", "METRIC STABLE/PANIC", "BACKLOG", "WANTED M/P/B"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "REVISION",
+            "NODE",
+            "AGE",
+            "DESIRED",
+            "READY",
+            "REASON",
+            "PANIC",
+            "METRIC STABLE/PANIC",
+            "BACKLOG",
+            "WANTED M/P/B",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for d in decisions.iter().rev().take(SHOWN).rev() {
         rows.push(vec![
             d.revision.clone(),
+            d.node_id.to_string(),
             format!("{:.1}s", now_ms.saturating_sub(d.at_ms) as f64 / 1000.0),
             d.desired.to_string(),
             d.ready.to_string(),

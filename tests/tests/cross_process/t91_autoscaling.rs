@@ -111,7 +111,7 @@ async fn a_burst_of_events_scales_a_service_out_from_zero_and_back_to_zero() -> 
         .output()
         .await?;
     let described = String::from_utf8_lossy(&described.stdout);
-    assert!(described.contains("Autoscaler (the last 10 decisions on this node)"), "{described}");
+    assert!(described.contains("Autoscaler (the last 10 decisions, every node)"), "{described}");
     assert!(described.lines().any(|l| l.contains("sink-00001") && l.contains(" 0 ")), "{described}");
     drop(node);
     let seen = followed.await??;

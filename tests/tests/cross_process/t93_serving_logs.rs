@@ -1,6 +1,6 @@
-//! `sluice logs` on a cluster: each node runs the instances its own requests need, and the node asked gathers
-//! every node's lines (from the others' peer listeners), names a node it cannot ask, and gives its own alone
-//! with `--this-node-only`.
+//! `sluice logs` and the autoscaler's decisions on a cluster: each node runs the instances its own requests
+//! need, and the node asked gathers every node's part (from the others' peer listeners), names a node it
+//! cannot ask, and gives its own alone with `--this-node-only`.
 
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ fn started_on(output: &str, node: u64) -> bool {
 }
 
 #[tokio::test]
-async fn logs_are_gathered_from_every_node_and_a_node_that_cannot_be_asked_is_named() -> Result<()> {
+async fn logs_and_decisions_are_gathered_from_every_node_and_a_node_that_cannot_be_asked_is_named() -> Result<()> {
     let mut cluster = TestCluster::start(3, 1, &[]).await?;
     let (a, b, c) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
     let (a_id, b_id, c_id) = (a.id, b.id, c.id);
@@ -59,11 +59,42 @@ async fn logs_are_gathered_from_every_node_and_a_node_that_cannot_be_asked_is_na
     assert!(started_on(&own, a_id), "{own}");
     assert!(!own.contains(&format!(" node {b_id}] ")), "A's lines alone: {own}");
 
-    // A node that cannot be asked is named on stderr; the others' lines still come.
+    // The autoscaler's decisions, too: each node decides for its own instances, and `describe` shows them all.
+    let decided = wait_until(READY_WITHIN, || async {
+        let described = describe(&admin).await?;
+        Ok((decided_on(&described, a_id) && decided_on(&described, b_id)).then_some(described))
+    })
+    .await
+    .context("the decisions of A's and B's autoscalers, asked of A")?;
+    assert!(decided.contains("Autoscaler (the last 10 decisions, every node)"), "{decided}");
+
+    // A node that cannot be asked is named (on stderr, in describe's section); the others' lines still come.
     cluster.node(c_id).kill9();
     let (ok, out, err) = logs(&admin, "echo", &[]).await?;
     assert!(ok, "{err}");
     assert!(started_on(&out, a_id) && started_on(&out, b_id), "{out}");
     assert!(err.contains(&format!("node {c_id}: not asked")), "{err}");
+    let described = describe(&admin).await?;
+    assert!(described.contains(&format!("node {c_id} not asked")), "{described}");
+    assert!(decided_on(&described, a_id) || decided_on(&described, b_id), "{described}");
     Ok(())
+}
+
+/// `sluice describe ksvc echo --admin ADMIN`'s output.
+async fn describe(admin: &str) -> Result<String> {
+    let run = tokio::process::Command::new(sluice_tests::sluice_bin())
+        .args(["describe", "ksvc", "echo", "--admin", admin])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), run).await??;
+    anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Whether `described` shows a decision of `node`'s autoscaler (a row: REVISION NODE AGE …).
+fn decided_on(described: &str, node: u64) -> bool {
+    described.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        fields.next() == Some("echo-00001") && fields.next() == Some(node.to_string().as_str())
+    })
 }
