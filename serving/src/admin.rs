@@ -222,16 +222,13 @@ impl Serving for LogsService {
         send_kept_then_followed(tx, kept, followers, move |name, decision| {
             decision.ok().map(|decision| decision_message(node_id, name, &decision))
         });
-        if request.this_node_only || !self.gathers {
-            return Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)));
-        }
+        let only_here = request.this_node_only;
         let asked = DecisionsRequest { namespace, this_node_only: true, ..request };
         let follow = asked.follow;
-        let ask = move |mut client: ServingClient<Channel>| {
+        Ok(Response::new(self.answer(rx, only_here, follow, move |mut client| {
             let asked = asked.clone();
             async move { client.decisions(asked).await }
-        };
-        Ok(Response::new(self.gather(rx, ask, follow)))
+        })))
     }
 
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
@@ -268,28 +265,34 @@ impl Serving for LogsService {
             let line = line.unwrap_or_else(|missed| format!("[{missed} lines missed]"));
             Some(LogLine { revision: revision.to_string(), line, node_id, error: String::new() })
         });
-        if request.this_node_only || !self.gathers {
-            return Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)));
-        }
+        let only_here = request.this_node_only;
         let asked = LogsRequest { namespace, this_node_only: true, ..request };
         let follow = asked.follow;
-        let ask = move |mut client: ServingClient<Channel>| {
+        Ok(Response::new(self.answer(rx, only_here, follow, move |mut client| {
             let asked = asked.clone();
             async move { client.logs(asked).await }
-        };
-        Ok(Response::new(self.gather(rx, ask, follow)))
+        })))
     }
 }
 
 impl LogsService {
-    /// This node's items, then every other member's (asked on its peer listener with `ask`), relayed to the
-    /// client as [`gather`] says.
-    fn gather<M, F, Fut>(&self, own: mpsc::Receiver<Result<M, Status>>, ask: F, follow: bool) -> ReceiverStream<M>
+    /// This node's items alone (asked so, or asked on the peer listener), or with every other member's (asked
+    /// on its peer listener with `ask`), relayed to the client as [`gather`] says.
+    fn answer<M, F, Fut>(
+        &self,
+        own: mpsc::Receiver<Result<M, Status>>,
+        only_here: bool,
+        follow: bool,
+        ask: F,
+    ) -> ReceiverStream<M>
     where
         M: Gathered,
         F: Fn(ServingClient<Channel>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Response<tonic::Streaming<M>>, Status>> + Send + 'static,
     {
+        if only_here || !self.gathers {
+            return tokio_stream::wrappers::ReceiverStream::new(own);
+        }
         let own_id = self.node.id();
         let peers: Vec<(NodeId, String)> = self
             .node
