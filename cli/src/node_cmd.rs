@@ -404,7 +404,7 @@ impl TuningArgs {
     }
 }
 
-/// The dispatcher's admin services (Consumers, DeadLetters) and serving's (Serving: logs), served on the node's
+/// The dispatcher's admin services (Consumers, DeadLetters) and serving's (Serving: logs, decisions), served on the node's
 /// admin port; serving's node-local answers on its peer listener, for the node that gathers them.
 pub(crate) fn extra_admin(logs: Arc<LogHub>, state: ServingState) -> ExtraAdminRoutes {
     Box::new(move |node, ingress_base| ExtraRoutes {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-
 use sluice_broker::{Node, NodeId, ResourceKey};
 use sluice_controller::serving::{CONFIGURATION_LABEL, SERVICE_LABEL};
 use sluice_proto::admin::serving_client::ServingClient;
@@ -21,15 +20,15 @@ use crate::ServingState;
 use crate::logs::LogHub;
 use sluice_autoscaler::Decision;
 
-/// How long a node waits for another to start answering a `Logs` it relays.
+/// How long a node waits for another to start answering a `Logs` or `Decisions` it relays.
 const PEER_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct LogsService {
     node: Node,
     logs: Arc<LogHub>,
     state: ServingState,
-    /// Whether `Logs` gathers every node's lines (the admin port) or answers with this node's alone (the peer
-    /// listener, asked by the node that gathers).
+    /// Whether `Logs` and `Decisions` gather every node's part (the admin port) or answer with this node's alone
+    /// (the peer listener, asked by the node that gathers).
     gathers: bool,
 }
 

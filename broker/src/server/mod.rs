@@ -88,7 +88,7 @@ fn incoming(
 pub type ExtraAdminRoutes = Box<dyn FnOnce(Node, String) -> ExtraRoutes + Send>;
 
 /// The services of [`ExtraAdminRoutes`]: those of the admin port, and those other nodes may ask of this one on
-/// its peer listener (serving's node-local `Logs`, gathered by the node a client asked).
+/// its peer listener (serving's node-local `Logs` and `Decisions`, gathered by the node a client asked).
 #[derive(Default)]
 pub struct ExtraRoutes {
     pub admin: tonic::service::Routes,
