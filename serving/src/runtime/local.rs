@@ -21,7 +21,7 @@ use super::liveness::LivenessTracker;
 use super::{Instance, InstanceEvent, InstanceSpec, Runtime};
 use crate::error::ServingError;
 use crate::logs::RevisionLog;
-use probes::{Deadline, ProbeEnv, Stopper, probe_until_ready, watch_liveness};
+use probes::{Deadline, ProbeEnv, Rotation, Stopper, probe_until_ready, watch_liveness};
 
 mod probes;
 
@@ -225,8 +225,8 @@ impl Runtime for LocalRuntime {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, spec.port));
         // An exec probe runs as it would in the container: with its environment and working directory.
         let probe_env = ProbeEnv { vars, working_dir: spec.working_dir.clone(), rhythm: spec.readiness_rhythm };
-        // Why the runtime stopped the instance itself, if it did (its exit then says so).
-        let gave_up: Arc<Mutex<Option<String>>> = Arc::default();
+        // In and out of rotation, and why the runtime stopped the instance itself, if it did (its exit says so).
+        let rotation = Rotation::new(events.clone());
         // Readiness is probed once the startup probe passed, as the kubelet does.
         let (started_tx, started) = watch::channel(spec.startup.is_none());
         let mut probes = Vec::with_capacity(2);
@@ -235,7 +235,7 @@ impl Runtime for LocalRuntime {
             probes.push(tokio::spawn(watch_liveness(
                 tracker,
                 probe_env.clone(),
-                Stopper { gave_up: gave_up.clone(), group: pid, exited: exited.clone(), events: events.clone() },
+                Stopper { rotation: rotation.clone(), group: pid, exited: exited.clone() },
                 started_tx,
                 spec.revision.clone(),
                 spec.id,
@@ -244,15 +244,15 @@ impl Runtime for LocalRuntime {
         probes.push(tokio::spawn(probe_until_ready(
             spec.readiness.clone(),
             probe_env,
-            Deadline { after: spec.progress_deadline, gave_up: gave_up.clone(), group: pid },
+            Deadline { after: spec.progress_deadline, group: pid },
             spec.id,
             addr,
-            events.clone(),
+            rotation.clone(),
             (started, exited.clone()),
         )));
         let (id, revision) = (spec.id, spec.revision.clone());
         tokio::spawn(async move {
-            wait_for_exit(child, pid, id, revision, events, tail, readers, probes, exited_tx, gave_up).await;
+            wait_for_exit(child, pid, id, revision, events, tail, readers, probes, exited_tx, rotation).await;
             if let Some(record) = record {
                 let _ = std::fs::remove_file(record);
             }
@@ -355,7 +355,7 @@ async fn wait_for_exit(
     readers: Vec<tokio::task::JoinHandle<()>>,
     probes: Vec<tokio::task::JoinHandle<()>>,
     exited: watch::Sender<bool>,
-    gave_up: Arc<Mutex<Option<String>>>,
+    rotation: Rotation,
 ) {
     let status = child.wait().await;
     // The instance is its first process, as a container is: when it exits, whatever it started goes too (a
@@ -384,7 +384,7 @@ async fn wait_for_exit(
         Err(_) => (None, None),
     };
     tracing::info!(%revision, instance = id, ?code, ?signal, "instance exited");
-    let reason = gave_up.lock().ok().and_then(|mut reason| reason.take());
+    let reason = rotation.take_stop_reason().await;
     let _ = events.send(InstanceEvent::Exited { id, code, signal, reason, last_output }).await;
 }
 

@@ -5,12 +5,12 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::process::Command;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Mutex, mpsc, watch};
 
 use super::signal_group;
 use crate::runtime::liveness::LivenessTracker;
@@ -34,10 +34,51 @@ pub(super) struct ProbeEnv {
     pub(super) rhythm: ProbeRhythm,
 }
 
+/// Why the runtime stops an instance itself, if it does, and the one way its rotation changes: a stop and a
+/// readiness probe's `Ready` are each decided and sent under one lock, so that no `Ready` a probe decided on
+/// before a stop can reach the revision after the stop's `NotReady` and put an instance being stopped back in
+/// rotation (two tasks probe one instance: readiness here, startup and liveness in [`watch_liveness`]).
+#[derive(Clone)]
+pub(super) struct Rotation {
+    stop_reason: Arc<Mutex<Option<String>>>,
+    events: mpsc::Sender<InstanceEvent>,
+}
+
+impl Rotation {
+    pub(super) fn new(events: mpsc::Sender<InstanceEvent>) -> Rotation {
+        Rotation { stop_reason: Arc::default(), events }
+    }
+
+    /// Puts the instance (back) in rotation, unless it is being stopped. False once nobody listens.
+    async fn ready(&self, id: u64, addr: SocketAddr) -> bool {
+        let stop_reason = self.stop_reason.lock().await;
+        stop_reason.is_some() || self.events.send(InstanceEvent::Ready { id, addr }).await.is_ok()
+    }
+
+    /// Takes the instance out of rotation (its readiness probe fails). False once nobody listens.
+    async fn not_ready(&self, id: u64) -> bool {
+        self.events.send(InstanceEvent::NotReady { id }).await.is_ok()
+    }
+
+    /// Records why the instance is being stopped and, when it may be in rotation, takes it out, in one step.
+    async fn stopping(&self, id: u64, reason: &str, in_rotation: bool) {
+        let mut stop_reason = self.stop_reason.lock().await;
+        *stop_reason = Some(reason.to_string());
+        // A closed channel means nobody routes to it any more.
+        if in_rotation {
+            let _ = self.events.send(InstanceEvent::NotReady { id }).await;
+        }
+    }
+
+    /// Why the runtime stopped the instance, for its exit (once).
+    pub(super) async fn take_stop_reason(&self) -> Option<String> {
+        self.stop_reason.lock().await.take()
+    }
+}
+
 /// An instance that is not ready `after` it started is stopped (its process group killed), saying why.
 pub(super) struct Deadline {
     pub(super) after: Duration,
-    pub(super) gave_up: Arc<Mutex<Option<String>>>,
     pub(super) group: Option<u32>,
 }
 
@@ -51,16 +92,19 @@ pub(super) async fn probe_until_ready(
     deadline: Deadline,
     id: u64,
     addr: SocketAddr,
-    events: mpsc::Sender<InstanceEvent>,
+    rotation: Rotation,
     (mut started_up, exited): (watch::Receiver<bool>, watch::Receiver<bool>),
 ) {
     let started = tokio::time::Instant::now();
     let mut exit = exited.clone();
     // The progress deadline counts from the start, a startup probe's time included.
-    tokio::select! {
-        passed = started_up.wait_for(|passed| *passed) => if passed.is_err() { return },
+    let out_of_time = tokio::select! {
+        passed = started_up.wait_for(|passed| *passed) => if passed.is_err() { return } else { false },
         _ = exit.wait_for(|exited| *exited) => return,
-        _ = tokio::time::sleep(deadline.after) => return deadline.give_up(id),
+        _ = tokio::time::sleep(deadline.after) => true,
+    };
+    if out_of_time {
+        return deadline.give_up(id, &rotation).await;
     }
     // Probed fast for the first moments of its probing, a startup probe's time not counted.
     let probing_since = tokio::time::Instant::now();
@@ -69,13 +113,13 @@ pub(super) async fn probe_until_ready(
             return;
         }
         if probe_once(&readiness, &env, PROBE_TIMEOUT).await {
-            if events.send(InstanceEvent::Ready { id, addr }).await.is_ok() {
-                keep_probing(&readiness, &env, (id, addr), &events, exited, &deadline.gave_up).await;
+            if rotation.ready(id, addr).await {
+                keep_probing(&readiness, &env, (id, addr), &rotation, exited).await;
             }
             return;
         }
         if started.elapsed() >= deadline.after {
-            return deadline.give_up(id);
+            return deadline.give_up(id, &rotation).await;
         }
         let fast = probing_since.elapsed().as_millis() < u128::from(FAST_PROBE_FOR_MS);
         let period = if fast { FAST_PROBE_MS } else { SLOW_PROBE_MS };
@@ -84,16 +128,14 @@ pub(super) async fn probe_until_ready(
 }
 
 impl Deadline {
-    /// Kills an instance not ready by the deadline, saying why.
-    fn give_up(&self, id: u64) {
+    /// Kills an instance not ready by the deadline, saying why (it was never in rotation).
+    async fn give_up(&self, id: u64, rotation: &Rotation) {
         tracing::warn!(
             instance = id,
             after_ms = self.after.as_millis() as u64,
             "not ready within the progress deadline; stopping it"
         );
-        if let Ok(mut gave_up) = self.gave_up.lock() {
-            *gave_up = Some("ProgressDeadlineExceeded".into());
-        }
+        rotation.stopping(id, "ProgressDeadlineExceeded", false).await;
         if let Some(group) = self.group {
             signal_group(group, Signal::SIGKILL);
         }
@@ -101,15 +143,14 @@ impl Deadline {
 }
 
 /// A ready instance's probe, every `rhythm.period`, until it exits (or nobody listens for its events). An
-/// instance being stopped (`stopping` says why) never comes back into rotation, though it may still pass its
+/// instance being stopped never comes back into rotation ([`Rotation::ready`]), though it may still pass its
 /// probe while it drains.
 async fn keep_probing(
     readiness: &Readiness,
     env: &ProbeEnv,
     (id, addr): (u64, SocketAddr),
-    events: &mpsc::Sender<InstanceEvent>,
+    rotation: &Rotation,
     mut exited: watch::Receiver<bool>,
-    stopping: &Mutex<Option<String>>,
 ) {
     let mut tracker = ReadinessTracker::ready(env.rhythm);
     loop {
@@ -118,13 +159,12 @@ async fn keep_probing(
             _ = exited.wait_for(|exited| *exited) => return,
         }
         let passed = probe_once(readiness, env, PROBE_TIMEOUT).await;
-        let event = match tracker.observe(passed) {
-            Some(true) if stopping.lock().map_or(true, |why| why.is_some()) => continue,
-            Some(true) => InstanceEvent::Ready { id, addr },
-            Some(false) => InstanceEvent::NotReady { id },
-            None => continue,
-        };
-        if *exited.borrow() || events.send(event).await.is_err() {
+        let Some(ready) = tracker.observe(passed) else { continue };
+        if *exited.borrow() {
+            return;
+        }
+        let listened = if ready { rotation.ready(id, addr).await } else { rotation.not_ready(id).await };
+        if !listened {
             return;
         }
     }
@@ -156,13 +196,12 @@ pub(super) async fn probe_once(readiness: &Readiness, env: &ProbeEnv, timeout: D
     tokio::time::timeout(timeout, attempt).await.unwrap_or(false)
 }
 
-/// What stops an instance from outside its revision: why (its exit says it), its process group, its exit, and
-/// the revision's events (the instance leaves rotation before it is asked to stop).
+/// What stops an instance from outside its revision: its rotation (it leaves rotation before it is asked to
+/// stop, and its exit says why), its process group, and its exit.
 pub(super) struct Stopper {
-    pub(super) gave_up: Arc<Mutex<Option<String>>>,
+    pub(super) rotation: Rotation,
     pub(super) group: Option<u32>,
     pub(super) exited: watch::Receiver<bool>,
-    pub(super) events: mpsc::Sender<InstanceEvent>,
 }
 
 /// Runs an instance's startup and liveness probes as [`LivenessTracker`] says when; tells readiness once the
@@ -192,14 +231,8 @@ pub(super) async fn watch_liveness(
         }
         let Some(reason) = verdict else { continue };
         tracing::warn!(%revision, instance = id, %reason, failures = probe.failure_threshold, "stopping the instance");
-        if let Ok(mut gave_up) = stopper.gave_up.lock() {
-            *gave_up = Some(reason.to_string());
-        }
-        // Out of rotation before the signal (an instance whose startup probe failed was never in it). A closed
-        // channel means nobody routes to it any more.
-        if tracker.started() {
-            let _ = stopper.events.send(InstanceEvent::NotReady { id }).await;
-        }
+        // Out of rotation before the signal (an instance whose startup probe failed was never in it).
+        stopper.rotation.stopping(id, reason, tracker.started()).await;
         metrics::counter!("sluice_serving_probe_stops_total", "revision" => revision, "reason" => reason).increment(1);
         let Some(group) = stopper.group else { return };
         signal_group(group, Signal::SIGTERM);
@@ -227,4 +260,71 @@ async fn http_get_ok(port: u16, path: &str) -> bool {
     }
     // "HTTP/1.1 200"
     matches!(head.get(9), Some(b'2' | b'3'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 8080))
+    }
+
+    /// Regression: a readiness probe checked that no stop was under way, then sent `Ready`; a liveness stop
+    /// landing between the two sent its `NotReady` first, and the `Ready` after it put the instance being
+    /// stopped back in rotation. Here the `Ready` is decided first and held up (the revision's queue is full):
+    /// the stop waits for it, so its `NotReady` is the last word, and a later `Ready` sends nothing.
+    #[tokio::test]
+    async fn no_ready_reaches_the_revision_after_a_stops_not_ready() {
+        let (events, mut revision) = mpsc::channel(1);
+        let rotation = Rotation::new(events.clone());
+        events.send(InstanceEvent::NotReady { id: 0 }).await.expect("the queue has room");
+        let probing = tokio::spawn({
+            let rotation = rotation.clone();
+            async move { rotation.ready(1, addr()).await }
+        });
+        // The probe decided under the lock, and holds it while it waits for room in the queue.
+        let held = async {
+            while rotation.stop_reason.try_lock().is_ok() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), held)
+            .await
+            .expect("a probe's Ready is sent under the lock the stop takes");
+        let stopping = tokio::spawn({
+            let rotation = rotation.clone();
+            async move { rotation.stopping(1, "LivenessProbeFailed", true).await }
+        });
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(revision.recv().await.expect("three events come"));
+        }
+        assert!(probing.await.expect("the probe task ends"));
+        stopping.await.expect("the stop task ends");
+        assert_eq!(
+            seen,
+            [
+                InstanceEvent::NotReady { id: 0 },
+                InstanceEvent::Ready { id: 1, addr: addr() },
+                InstanceEvent::NotReady { id: 1 }
+            ]
+        );
+        assert!(rotation.ready(1, addr()).await, "a stopped instance's probe still counts as heard");
+        assert!(revision.try_recv().is_err(), "an instance being stopped stays out of rotation");
+        assert_eq!(rotation.take_stop_reason().await.as_deref(), Some("LivenessProbeFailed"));
+        assert_eq!(rotation.take_stop_reason().await, None, "its exit takes the reason once");
+    }
+
+    /// A stop by the progress deadline (never in rotation) sends nothing, and no `Ready` follows it.
+    #[tokio::test]
+    async fn an_instance_never_in_rotation_is_stopped_without_an_event() {
+        let (events, mut revision) = mpsc::channel(4);
+        let rotation = Rotation::new(events);
+        rotation.stopping(2, "ProgressDeadlineExceeded", false).await;
+        assert!(rotation.ready(2, addr()).await);
+        assert!(revision.try_recv().is_err());
+        assert!(rotation.not_ready(2).await, "a readiness failure is still told");
+        assert_eq!(revision.try_recv().ok(), Some(InstanceEvent::NotReady { id: 2 }));
+    }
 }
