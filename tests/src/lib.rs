@@ -1,7 +1,7 @@
 //! Helpers for the cross-process tests: real `sluice node` processes on
 //! loopback, each with its own data dir and log file, and admin-API clients.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -395,6 +395,87 @@ pub fn check_stream(records: &[Record], acked: &BTreeMap<u64, Vec<u8>>) -> Resul
         }
     }
     Ok(records.iter().map(|r| r.payload.to_vec()).collect())
+}
+
+/// Appends a test sends one at a time to one stream partition, as a client that retries safely does: one
+/// refused before anything was written is sent again (on a loaded machine an election may move the leadership
+/// under the test), and one whose outcome is unknown is remembered as maybe stored and never sent again, so
+/// that a node's copy can still be checked for duplicates and for payloads never sent ([`Appends::copy_on`]).
+pub struct Appends {
+    stream: String,
+    partition: u32,
+    /// The acknowledged payloads, by offset.
+    pub acked: BTreeMap<u64, Vec<u8>>,
+    /// The payloads whose append ended indeterminate.
+    pub maybe: BTreeSet<Vec<u8>>,
+    next: usize,
+}
+
+impl Appends {
+    /// At most this many appends may end indeterminate before the test fails: more means the cluster is
+    /// unavailable, not busy.
+    const MAX_INDETERMINATE: usize = 20;
+
+    pub fn new(stream: &str, partition: u32) -> Appends {
+        Appends { stream: stream.to_string(), partition, acked: BTreeMap::new(), maybe: BTreeSet::new(), next: 0 }
+    }
+
+    /// Appends `payload` through the node at `admin`, sending it again while it is refused (30 s at most).
+    pub async fn send(&mut self, admin: &str, payload: Vec<u8>) -> Result<()> {
+        anyhow::ensure!(self.maybe.len() < Self::MAX_INDETERMINATE, "{} appends ended indeterminate", self.maybe.len());
+        let (stream, partition) = (self.stream.as_str(), self.partition);
+        let offset = wait_until(Duration::from_secs(30), || {
+            let payload = payload.clone();
+            async move {
+                match append(admin, stream, partition, vec![payload]).await {
+                    AppendOutcome::Acked(offsets) => Ok(Some(offsets.first().copied())),
+                    AppendOutcome::Indeterminate(_) => Ok(Some(None)),
+                    AppendOutcome::Refused(reason) => Err(anyhow::anyhow!("refused: {reason}")),
+                }
+            }
+        })
+        .await
+        .with_context(|| format!("append {:?}", String::from_utf8_lossy(&payload)))?;
+        match offset {
+            Some(offset) => {
+                self.acked.insert(offset, payload);
+            }
+            None => {
+                self.maybe.insert(payload);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends new payloads (`event-N`) until `count` of all sent are acknowledged.
+    pub async fn until_acked(&mut self, admin: &str, count: usize) -> Result<()> {
+        while self.acked.len() < count {
+            let payload = format!("event-{}", self.next).into_bytes();
+            self.next += 1;
+            self.send(admin, payload).await?;
+        }
+        Ok(())
+    }
+
+    /// The offset of the last acknowledged append.
+    pub fn last_acked(&self) -> Option<u64> {
+        self.acked.keys().next_back().copied()
+    }
+
+    /// A node's copy of the stream partition, checked: every acknowledged payload at its offset, nothing twice
+    /// ([`check_stream`]), and nothing that was never sent.
+    pub async fn copy_on(&self, admin: &str) -> Result<Vec<Vec<u8>>> {
+        let payloads = check_stream(&read_all(admin, &self.stream, self.partition).await?, &self.acked)?;
+        let acked: BTreeSet<&Vec<u8>> = self.acked.values().collect();
+        for payload in &payloads {
+            anyhow::ensure!(
+                acked.contains(payload) || self.maybe.contains(payload),
+                "{:?} was never sent",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        Ok(payloads)
+    }
 }
 
 /// Runs `sluice` with `args` to completion; returns (exit code, stderr).

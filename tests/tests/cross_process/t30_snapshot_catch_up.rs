@@ -7,71 +7,13 @@
 //! sent again, and one whose outcome is unknown is remembered as maybe-stored,
 //! never sent again (so the stream can be checked for duplicates).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sluice_tests::{
-    AppendOutcome, TestCluster, append, check_stream, end_offset, read_all, status, wait_ready, wait_until,
-};
+use sluice_tests::{Appends, TestCluster, end_offset, status, wait_ready, wait_until};
 
 const STREAM: &str = "channel/default/audit";
 const GROUP: u32 = 1;
-
-/// What the test sent: the acknowledged payloads by offset, and those whose append ended indeterminate.
-#[derive(Default)]
-struct Sent {
-    acked: BTreeMap<u64, Vec<u8>>,
-    maybe: BTreeSet<Vec<u8>>,
-    next: usize,
-}
-
-impl Sent {
-    /// Sends new payloads one at a time until `count` of them are acknowledged in all.
-    async fn until_acked(&mut self, admin: &str, count: usize) -> anyhow::Result<()> {
-        while self.acked.len() < count {
-            anyhow::ensure!(self.maybe.len() < 20, "{} appends ended indeterminate", self.maybe.len());
-            let payload = format!("event-{}", self.next).into_bytes();
-            self.next += 1;
-            let acked = wait_until(Duration::from_secs(30), || {
-                let payload = payload.clone();
-                async move {
-                    match append(admin, STREAM, 0, vec![payload]).await {
-                        AppendOutcome::Acked(offsets) => Ok(Some(Some(offsets[0]))),
-                        AppendOutcome::Indeterminate(_) => Ok(Some(None)),
-                        AppendOutcome::Refused(reason) => Err(anyhow::anyhow!("refused: {reason}")),
-                    }
-                }
-            })
-            .await
-            .with_context(|| format!("append {}", self.next - 1))?;
-            match acked {
-                Some(offset) => {
-                    self.acked.insert(offset, payload);
-                }
-                None => {
-                    self.maybe.insert(payload);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A node's copy of the stream, checked: every acknowledged payload at its offset, nothing twice
-    /// (`check_stream`), and nothing that was never sent.
-    async fn copy_on(&self, admin: &str) -> anyhow::Result<Vec<Vec<u8>>> {
-        let payloads = check_stream(&read_all(admin, STREAM, 0).await?, &self.acked)?;
-        let acked: BTreeSet<&Vec<u8>> = self.acked.values().collect();
-        for payload in &payloads {
-            anyhow::ensure!(
-                acked.contains(payload) || self.maybe.contains(payload),
-                "{:?} was never sent",
-                String::from_utf8_lossy(payload)
-            );
-        }
-        Ok(payloads)
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_node_catches_up_through_a_snapshot() -> anyhow::Result<()> {
@@ -80,7 +22,7 @@ async fn lagging_node_catches_up_through_a_snapshot() -> anyhow::Result<()> {
     let leader = cluster.leader_of(GROUP).await?;
     let lagging = cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).expect("a follower");
     let leader_admin = cluster.node(leader).admin.clone();
-    let mut sent = Sent::default();
+    let mut sent = Appends::new(STREAM, 0);
     sent.until_acked(&leader_admin, 20).await?;
     cluster.node(lagging).kill9();
 
@@ -154,7 +96,7 @@ async fn lagging_node_catches_up_through_a_snapshot() -> anyhow::Result<()> {
     // The caught-up node keeps replicating after the snapshot.
     let before = sent.acked.len();
     sent.until_acked(&leader_admin, before + 1).await?;
-    let last_acked = *sent.acked.keys().next_back().expect("acknowledged appends");
+    let last_acked = sent.last_acked().expect("acknowledged appends");
     wait_until(Duration::from_secs(30), || async {
         Ok((end_offset(&lagging_admin, STREAM, 0).await? > last_acked).then_some(()))
     })
