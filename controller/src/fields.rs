@@ -15,9 +15,18 @@ pub struct FieldError {
 
 /// Kubernetes DNS-1123 label.
 pub fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
+    s.len() <= 63 && is_dns_label_chars(s.as_bytes())
+}
+
+/// Kubernetes DNS-1123 subdomain (the API server's rule for most objects' names, Knative's eventing objects
+/// among them): labels of lower-case letters, digits and '-' joined by '.', at most 253 characters in all.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(|label| is_dns_label_chars(label.as_bytes()))
+}
+
+/// A label's characters, whatever its length: alphanumeric at both ends, '-' allowed between.
+fn is_dns_label_chars(b: &[u8]) -> bool {
     !b.is_empty()
-        && b.len() <= 63
         && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
@@ -269,6 +278,36 @@ pub fn parse_size(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_names_follow_the_api_servers_rules() {
+        let subdomain_253 = format!("{}.{}", "a".repeat(100), "b".repeat(152));
+        let label_63 = "a".repeat(63);
+        // (name, DNS-1123 label, DNS-1123 subdomain, DNS-1035 label)
+        let cases: [(&str, bool, bool, bool); 16] = [
+            ("default", true, true, true),
+            ("my-broker", true, true, true),
+            ("1events", true, true, false),
+            (&label_63, true, true, true),
+            (&"a".repeat(64), false, true, false),
+            ("team-a.events", false, true, false),
+            ("a.b.c", false, true, false),
+            (&subdomain_253, false, true, false),
+            (&format!("{subdomain_253}b"), false, false, false),
+            ("", false, false, false),
+            ("Default", false, false, false),
+            ("my_broker", false, false, false),
+            ("-a", false, false, false),
+            ("a-", false, false, false),
+            ("a..b", false, false, false),
+            ("a.-b", false, false, false),
+        ];
+        for (name, label, subdomain, label_1035) in cases {
+            assert_eq!(is_dns_label(name), label, "label {name:?}");
+            assert_eq!(is_dns_subdomain(name), subdomain, "subdomain {name:?}");
+            assert_eq!(is_dns_1035_label(name), label_1035, "1035 label {name:?}");
+        }
+    }
 
     #[test]
     fn iso_durations_parse_to_milliseconds() {

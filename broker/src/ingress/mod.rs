@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use sluice_controller::validate::is_dns_label;
+use sluice_controller::validate::{is_dns_label, is_dns_subdomain};
 
 use crate::cloudevent::{self, AttributeLimits, EventError};
 use crate::command::ResourceKey;
@@ -99,8 +99,10 @@ impl Target {
 
 pub(crate) fn parse_target(path: &str) -> Result<Target, EventError> {
     let malformed = || {
-        EventError::bad("malformed path")
-            .rule("POST /{namespace}/{broker} or /channels/{namespace}/{channel}, names are DNS-1123 labels")
+        EventError::bad("malformed path").rule(
+            "POST /{namespace}/{broker} or /channels/{namespace}/{channel}: the namespace a DNS-1123 label, the \
+                 name a DNS-1123 subdomain",
+        )
     };
     let segments: Vec<&str> = path.trim_start_matches('/').trim_end_matches('/').split('/').collect();
     let (namespace, name, channel) = match segments.as_slice() {
@@ -108,7 +110,7 @@ pub(crate) fn parse_target(path: &str) -> Result<Target, EventError> {
         ["channels", namespace, name] => (*namespace, *name, true),
         _ => return Err(malformed()),
     };
-    if !is_dns_label(namespace) || !is_dns_label(name) {
+    if !is_dns_label(namespace) || !is_dns_subdomain(name) {
         return Err(malformed());
     }
     let (namespace, name) = (namespace.to_string(), name.to_string());

@@ -181,9 +181,27 @@ fn paths_map_to_targets() {
         Ok(Target::Broker { namespace: "default".into(), name: "my-broker".into() })
     );
     assert_eq!(parse_target("/channels/ns/c1/"), Ok(Target::Channel { namespace: "ns".into(), name: "c1".into() }));
-    for bad in
-        ["/", "/only", "/a/b/c", "/Default/b", "/-a/b", "/a/b_c", "/channels/x/y/z", &format!("/a/{}", "x".repeat(64))]
-    {
+    // Names are DNS-1123 subdomains, as the API server stores them; namespaces are labels.
+    assert_eq!(
+        parse_target("/default/team-a.events"),
+        Ok(Target::Broker { namespace: "default".into(), name: "team-a.events".into() })
+    );
+    let long_name = "x".repeat(253);
+    assert!(parse_target(&format!("/a/{long_name}")).is_ok());
+    for bad in [
+        "/",
+        "/only",
+        "/a/b/c",
+        "/Default/b",
+        "/-a/b",
+        "/a/b_c",
+        "/a/b..c",
+        "/a/.b",
+        "/a.b/c",
+        "/channels/x/y/z",
+        &format!("/a/{long_name}x"),
+        &format!("/{}/b", "x".repeat(64)),
+    ] {
         assert_eq!(parse_target(bad).expect_err(bad).error, "malformed path", "{bad}");
     }
 }

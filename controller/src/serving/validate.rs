@@ -13,7 +13,7 @@ use super::model::{
 };
 use super::rollout::ROLLOUT_DURATION_ANNOTATION;
 use super::{AUTOSCALING_PREFIX, MAX_CONTAINER_CONCURRENCY, RESERVED_ENV, RESERVED_PORTS};
-use crate::fields::{FieldError, is_dns_1035_label, is_dns_label};
+use crate::fields::{FieldError, is_dns_1035_label, is_dns_subdomain};
 
 fn err(path: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError { path: path.into(), message: message.into() }
@@ -25,14 +25,17 @@ fn bounds(path: String, low: i64, value: i64, high: i64, errors: &mut Vec<FieldE
     }
 }
 
-/// A serving object's `metadata.name` is a DNS-1035 label (knative.dev/pkg's `ValidateObjectMetadata`): it
-/// starts with a letter. A name that is not even a DNS-1123 label is refused by the metadata rules of every
-/// kind (`crate::validate`), so only the letter is checked here.
+/// A serving object's `metadata.name` is a DNS-1035 label (knative.dev/serving's `ValidateObjectMetadata`): it
+/// starts with a letter, has no '.' and at most 63 characters. A name that is not even a DNS-1123 subdomain is
+/// refused by the metadata rules of every kind (`crate::validate`), so it is not named twice here.
 fn serving_name(name: &str, errors: &mut Vec<FieldError>) {
-    if is_dns_label(name) && !is_dns_1035_label(name) {
+    if is_dns_subdomain(name) && !is_dns_1035_label(name) {
         errors.push(err(
             "metadata.name",
-            format!("not a DNS 1035 label: {name:?} must start with a letter (lower-case letters, digits and '-')"),
+            format!(
+                "not a DNS 1035 label: {name:?} must start with a letter, hold lower-case letters, digits and '-', \
+                 at most 63"
+            ),
         ));
     }
 }

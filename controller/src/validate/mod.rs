@@ -17,8 +17,8 @@ use crate::model::{
 mod strict;
 
 pub use crate::fields::{
-    DeliveryDuration, DurationError, FieldError, is_dns_1035_label, is_dns_label, parse_backoff_max_ms, parse_duration,
-    parse_iso_duration_ms, parse_size,
+    DeliveryDuration, DurationError, FieldError, is_dns_1035_label, is_dns_label, is_dns_subdomain,
+    parse_backoff_max_ms, parse_duration, parse_iso_duration_ms, parse_size,
 };
 use crate::serving::ServingFeatures;
 use crate::serving::model as serving;
@@ -153,10 +153,13 @@ fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<
     let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
     if name.is_empty() {
         errors.push(err("metadata.name", "required"));
-    } else if !is_dns_label(name) {
+    } else if !is_dns_subdomain(name) {
         errors.push(err(
             "metadata.name",
-            format!("{name:?} must be a DNS-1123 label: lower-case letters, digits and '-', at most 63"),
+            format!(
+                "{name:?} must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', each part starting \
+                 and ending with a letter or digit, at most 253"
+            ),
         ));
     }
     if let Some(namespace) = object.pointer("/metadata/namespace").and_then(Value::as_str)
@@ -382,8 +385,8 @@ fn validate_trigger(trigger: &Trigger, existing: Option<&Value>, errors: &mut Ve
         if spec.broker_ref.is_none() {
             errors.push(err("spec.broker", "required"));
         }
-    } else if !is_dns_label(broker) {
-        errors.push(err(broker_path, format!("{broker:?} must be a DNS-1123 label")));
+    } else if !is_dns_subdomain(broker) {
+        errors.push(err(broker_path, format!("{broker:?} must be a DNS-1123 subdomain (a Broker's name)")));
     }
     if let Some(existing) = existing {
         let before = crate::model::trigger_broker(existing);

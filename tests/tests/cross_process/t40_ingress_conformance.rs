@@ -415,13 +415,13 @@ fn cases() -> Vec<Case> {
     push("one segment", "POST", "/default", 400, "malformed path");
     push("root path", "POST", "/", 400, "malformed path");
     push("leading dash", "POST", "/-ns/b", 400, "malformed path");
-    push(
-        "name too long",
-        "POST",
-        "/default/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-        400,
-        "malformed path",
-    );
+    // Names are DNS-1123 subdomains (at most 253), namespaces labels (at most 63).
+    let name_too_long: &'static str = format!("/default/{}", "a".repeat(254)).leak();
+    push("name too long", "POST", name_too_long, 400, "malformed path");
+    push("empty part of a name", "POST", "/default/team..events", 400, "malformed path");
+    let namespace_too_long: &'static str = format!("/{}/default", "a".repeat(64)).leak();
+    push("namespace too long", "POST", namespace_too_long, 400, "malformed path");
+    push("namespace with a dot", "POST", "/team.a/default", 400, "malformed path");
     push("GET", "GET", "/default/default", 405, "method not allowed");
     push("PUT", "PUT", "/default/default", 405, "method not allowed");
     push("DELETE", "DELETE", "/default/default", 405, "method not allowed");

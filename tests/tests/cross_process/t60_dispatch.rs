@@ -390,3 +390,27 @@ async fn a_partition_dispatcher_that_ended_on_its_own_is_started_again() -> anyh
     );
     Ok(())
 }
+
+/// Regression: Broker and Trigger names were checked as DNS-1123 labels, so objects the Kubernetes API server
+/// stores (names are DNS-1123 subdomains, with '.') were refused by `sluice apply` and their path by ingress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_broker_and_trigger_named_with_dots_carry_events() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    let subscriber = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&node.admin, broker_object("default", "team-a.events", json!({}))).await?;
+    let to_display = trigger_object(
+        "default",
+        "to.display",
+        "team-a.events",
+        &format!("{}display", subscriber.url()),
+        json!({}),
+        json!({}),
+    );
+    apply_resource(&node.admin, to_display).await?;
+    let client = reqwest::Client::new();
+    send_event_accepted(&client, &node.http, "/default/team-a.events", "dotted-1", "order.created", &[], "{}").await?;
+    let deliveries = subscriber.wait_for(1, Duration::from_secs(30)).await?;
+    assert_eq!(deliveries[0].path, "/display");
+    assert_eq!(deliveries[0].event()?.get("id"), Some("dotted-1"));
+    Ok(())
+}

@@ -219,17 +219,23 @@ fn serving_names_start_with_a_letter() {
             "spec": {"traffic": [{"revisionName": "hello-00001", "percent": 100}]}}),
     ];
     for object in objects {
-        let errors = validate_object(&object, None).expect_err("a name starting with a digit");
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(errors[0].path, "metadata.name");
-        assert!(errors[0].message.contains("not a DNS 1035 label"), "{errors:?}");
+        // A digit first, a '.', or more than 63: each a DNS-1123 subdomain (the metadata rule of every kind) that
+        // is no DNS-1035 label, named once.
+        for name in ["1hello", "hello.world", &"h".repeat(64)] {
+            let mut misnamed = object.clone();
+            misnamed["metadata"]["name"] = json!(name);
+            let errors = validate_object(&misnamed, None).expect_err(name);
+            assert_eq!(errors.len(), 1, "{name}: {errors:?}");
+            assert_eq!(errors[0].path, "metadata.name");
+            assert!(errors[0].message.contains("not a DNS 1035 label"), "{errors:?}");
+        }
         let mut named = object.clone();
         named["metadata"]["name"] = json!("hello");
         assert_eq!(validate_object(&named, None), Ok(()), "{}", object["kind"]);
     }
     let broker = json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
-        "metadata": {"name": "1default", "namespace": "default"}, "spec": {}});
-    assert_eq!(validate_object(&broker, None), Ok(()), "an eventing name keeps the DNS-1123 rule");
+        "metadata": {"name": "1default.team-a", "namespace": "default"}, "spec": {}});
+    assert_eq!(validate_object(&broker, None), Ok(()), "an eventing name keeps the DNS-1123 subdomain rule");
 }
 
 /// Regression: re-applying a named template with Knative's defaults written out (`timeoutSeconds: 300`,

@@ -77,6 +77,20 @@ fn set(mut object: Value, pointer: &str, value: Value) -> Value {
     object
 }
 
+/// Regression: eventing objects' names were checked as DNS-1123 labels (at most 63, no '.'), so a Broker or
+/// Trigger the Kubernetes API server stores (a DNS-1123 subdomain, as for most kinds; Knative's eventing
+/// webhooks add no rule) was refused by `sluice apply`, and a Trigger could not name such a Broker.
+#[test]
+fn regression_eventing_names_are_dns_1123_subdomains() {
+    let long = format!("{}.{}", "a".repeat(100), "b".repeat(152));
+    assert_eq!(long.len(), 253);
+    for name in ["team-a.events", "1events", long.as_str()] {
+        assert_eq!(validate_object(&set(broker(), "/metadata/name", json!(name)), None), Ok(()), "Broker {name}");
+        let trigger = set(set(trigger(), "/metadata/name", json!(name)), "/spec/broker", json!(name));
+        assert_eq!(validate_object(&trigger, None), Ok(()), "Trigger {name}");
+    }
+}
+
 #[test]
 fn invalid_objects_name_their_field() {
     let cases: Vec<(&str, Value, &str)> = vec![
@@ -90,7 +104,12 @@ fn invalid_objects_name_their_field() {
         ("missing name", set(broker(), "/metadata/name", Value::Null), "metadata.name"),
         ("upper-case name", set(broker(), "/metadata/name", json!("Default")), "metadata.name"),
         ("underscore name", set(broker(), "/metadata/name", json!("my_broker")), "metadata.name"),
-        ("long name", set(broker(), "/metadata/name", json!("a".repeat(64))), "metadata.name"),
+        ("long name", set(broker(), "/metadata/name", json!("a".repeat(254))), "metadata.name"),
+        ("empty part of a name", set(broker(), "/metadata/name", json!("team..events")), "metadata.name"),
+        ("part of a name ending in '-'", set(broker(), "/metadata/name", json!("team-.events")), "metadata.name"),
+        ("trailing dot", set(broker(), "/metadata/name", json!("events.")), "metadata.name"),
+        ("namespace with a dot", set(broker(), "/metadata/namespace", json!("team.a")), "metadata.namespace"),
+        ("trigger's broker", set(trigger(), "/spec/broker", json!("Events")), "spec.broker"),
         ("bad namespace", set(broker(), "/metadata/namespace", json!("-ns")), "metadata.namespace"),
         (
             "ttl zero",
