@@ -433,6 +433,15 @@ mod tests {
         assert!(validate_stream_name(&"x".repeat(513)).is_err());
         assert!(validate_cursor_name("trigger/default/t1").is_ok());
         assert!(matches!(validate_cursor_name(""), Err(BrokerError::InvalidCursor { .. })));
+        assert!(matches!(validate_cursor_name("a\nb"), Err(BrokerError::InvalidCursor { .. })));
+        assert!(matches!(validate_cursor_name(&"x".repeat(1025)), Err(BrokerError::InvalidCursor { .. })));
+        // Regression: cursors shared the stream's 512 bytes, and a Trigger of a Broker with names at their longest
+        // (a 63-byte namespace, 253-byte names) could not commit its offsets.
+        let (namespace, name) = ("n".repeat(63), "b".repeat(253));
+        let stream = format!("broker/{namespace}/{name}");
+        assert!(validate_stream_name(&stream).is_ok());
+        let cursor = format!("{stream}#trigger/{name}/{}!delivered", "u".repeat(36));
+        assert!(validate_cursor_name(&cursor).is_ok(), "{} bytes", cursor.len());
     }
 
     fn stored(index: u64, voters: &[&[NodeId]], learners: &[NodeId]) -> crate::command::StoredMembership {

@@ -15,8 +15,12 @@ use crate::command::{
 };
 use crate::error::BrokerError;
 
-/// Longest stream name (bytes).
+/// Longest stream name (bytes). A Broker's stream is at most 324: `broker/`, a 63-byte namespace (a DNS-1123
+/// label) and a 253-byte name (a DNS-1123 subdomain).
 pub(crate) const MAX_STREAM_NAME_BYTES: usize = 512;
+/// Longest consumer cursor name (bytes): its stream's name, the consumer's kind, name (up to 253 bytes) and uid,
+/// and a statistic's suffix; about 640 at the longest names.
+pub(crate) const MAX_CURSOR_NAME_BYTES: usize = 1024;
 
 /// The record of an object the node derives itself: its key from its kind and metadata, a new uid and this
 /// moment as its creation time (used only if the object is new).
@@ -308,24 +312,27 @@ impl Node {
 }
 
 pub(crate) fn validate_stream_name(stream: &str) -> Result<(), BrokerError> {
-    let rule = if stream.is_empty() {
-        "must not be empty"
-    } else if stream.len() > MAX_STREAM_NAME_BYTES {
-        "must be at most 512 bytes"
-    } else if stream.chars().any(char::is_control) {
-        "must not contain control characters"
-    } else {
-        return Ok(());
-    };
-    Err(BrokerError::InvalidStream { stream: stream.chars().take(64).collect(), rule })
+    name_rule(stream, MAX_STREAM_NAME_BYTES, "must be at most 512 bytes")
+        .map_or(Ok(()), |rule| Err(BrokerError::InvalidStream { stream: stream.chars().take(64).collect(), rule }))
 }
 
-/// Consumer cursor names follow the stream name rules.
+/// Consumer cursor names follow the stream name rules, with room for the stream's name inside them.
 pub(crate) fn validate_cursor_name(cursor: &str) -> Result<(), BrokerError> {
-    validate_stream_name(cursor).map_err(|e| match e {
-        BrokerError::InvalidStream { stream, rule } => BrokerError::InvalidCursor { cursor: stream, rule },
-        other => other,
-    })
+    name_rule(cursor, MAX_CURSOR_NAME_BYTES, "must be at most 1024 bytes")
+        .map_or(Ok(()), |rule| Err(BrokerError::InvalidCursor { cursor: cursor.chars().take(64).collect(), rule }))
+}
+
+/// The rule a stream or cursor name breaks, if any.
+fn name_rule(name: &str, max_bytes: usize, too_long: &'static str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("must not be empty")
+    } else if name.len() > max_bytes {
+        Some(too_long)
+    } else if name.chars().any(char::is_control) {
+        Some("must not contain control characters")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -392,25 +392,31 @@ async fn a_partition_dispatcher_that_ended_on_its_own_is_started_again() -> anyh
 }
 
 /// Regression: Broker and Trigger names were checked as DNS-1123 labels, so objects the Kubernetes API server
-/// stores (names are DNS-1123 subdomains, with '.') were refused by `sluice apply` and their path by ingress.
+/// stores (names are DNS-1123 subdomains, with '.', up to 253 characters) were refused by `sluice apply` and
+/// their path by ingress. Names at their longest: the Trigger's cursor holds both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_a_broker_and_trigger_named_with_dots_carry_events() -> anyhow::Result<()> {
     let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
     let subscriber = Subscriber::start(Subscriber::ok()).await?;
-    apply_resource(&node.admin, broker_object("default", "team-a.events", json!({}))).await?;
-    let to_display = trigger_object(
-        "default",
-        "to.display",
-        "team-a.events",
-        &format!("{}display", subscriber.url()),
-        json!({}),
-        json!({}),
-    );
-    apply_resource(&node.admin, to_display).await?;
+    let broker = format!("team-a.{}", "b".repeat(246));
+    let trigger = format!("to.{}", "t".repeat(250));
+    assert_eq!((broker.len(), trigger.len()), (253, 253));
+    apply_resource(&node.admin, broker_object("default", &broker, json!({}))).await?;
+    let subscriber_uri = format!("{}display", subscriber.url());
+    apply_resource(&node.admin, trigger_object("default", &trigger, &broker, &subscriber_uri, json!({}), json!({})))
+        .await?;
     let client = reqwest::Client::new();
-    send_event_accepted(&client, &node.http, "/default/team-a.events", "dotted-1", "order.created", &[], "{}").await?;
-    let deliveries = subscriber.wait_for(1, Duration::from_secs(30)).await?;
+    let path = format!("/default/{broker}");
+    for id in ["dotted-1", "dotted-2"] {
+        send_event_accepted(&client, &node.http, &path, id, "order.created", &[], "{}").await?;
+    }
+    let deliveries = subscriber.wait_for(2, Duration::from_secs(30)).await?;
     assert_eq!(deliveries[0].path, "/display");
-    assert_eq!(deliveries[0].event()?.get("id"), Some("dotted-1"));
+    // Delivered and committed: nothing left to deliver, nothing in flight.
+    wait_until_idle(&node.admin, &[trigger.as_str()]).await?;
+    let ids: std::collections::BTreeSet<String> =
+        subscriber.deliveries().iter().map(|d| d.header("ce-id").unwrap_or_default().to_string()).collect();
+    assert_eq!(ids.into_iter().collect::<Vec<_>>(), ["dotted-1", "dotted-2"]);
+    assert_eq!(subscriber.deliveries().len(), 2, "each once");
     Ok(())
 }
