@@ -20,7 +20,8 @@ use crate::ServingState;
 use crate::logs::LogHub;
 use sluice_autoscaler::Decision;
 
-/// How long a node waits for another to start answering a `Logs` or `Decisions` it relays.
+/// How long a node waits for another to start answering a `Logs` or `Decisions` it relays, and, not following,
+/// for each next item of the answer.
 const PEER_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct LogsService {
@@ -350,7 +351,7 @@ async fn gather<M, F, Fut>(
         }
     };
     if follow {
-        let relays = peers.iter().map(|(peer, addr)| relay_peer(&node, *peer, addr, &ask, &tx));
+        let relays = peers.iter().map(|(peer, addr)| relay_peer(&node, *peer, addr, &ask, Until::ClientLeaves, &tx));
         futures::future::join(relay_own, futures::future::join_all(relays)).await;
         return;
     }
@@ -358,10 +359,21 @@ async fn gather<M, F, Fut>(
         return;
     }
     for (peer, addr) in &peers {
-        if !relay_peer(&node, *peer, addr, &ask, &tx).await {
+        if !relay_peer(&node, *peer, addr, &ask, Until::PeerEndsOrFallsSilentFor(PEER_ANSWER_TIMEOUT), &tx).await {
             return;
         }
     }
+}
+
+/// How long a peer's relay may last.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Until {
+    /// Following: as long as the client reads, however long the peer has nothing to say.
+    ClientLeaves,
+    /// Not following, the peers relayed one after another: a peer silent this long before its answer ends
+    /// (alive, so keepalive does not end it, but stuck) is named and left, so that it holds up neither the
+    /// client nor the peers after it ([`PEER_ANSWER_TIMEOUT`]).
+    PeerEndsOrFallsSilentFor(Duration),
 }
 
 /// Relays what `peer` answers `ask` with; a peer that cannot be asked is named in an item saying why. A peer
@@ -372,6 +384,7 @@ async fn relay_peer<M, F, Fut>(
     peer: NodeId,
     addr: &str,
     ask: &F,
+    until: Until,
     tx: &mpsc::Sender<Result<M, Status>>,
 ) -> bool
 where
@@ -387,7 +400,7 @@ where
         Ok(channel) => channel,
         Err(e) => return tx.send(not_asked(e.to_string())).await.is_ok(),
     };
-    let mut items = match tokio::time::timeout(PEER_ANSWER_TIMEOUT, ask(ServingClient::new(channel))).await {
+    let items = match tokio::time::timeout(PEER_ANSWER_TIMEOUT, ask(ServingClient::new(channel))).await {
         Ok(Ok(answer)) => answer.into_inner(),
         Ok(Err(status)) if status.code() == tonic::Code::NotFound => return true,
         Ok(Err(status)) => {
@@ -395,15 +408,52 @@ where
         }
         Err(_) => return tx.send(not_asked(format!("no answer within {PEER_ANSWER_TIMEOUT:?}"))).await.is_ok(),
     };
+    relay_answer(peer, addr, items, until, tx).await
+}
+
+/// Relays a peer's answer, item by item, until it ends (or, not following, falls silent) or the client goes
+/// away; an error ends it, named in an item. Says whether the client is still there.
+async fn relay_answer<M>(
+    peer: NodeId,
+    addr: &str,
+    mut items: impl futures::Stream<Item = Result<M, Status>> + Unpin,
+    until: Until,
+    tx: &mpsc::Sender<Result<M, Status>>,
+) -> bool
+where
+    M: Gathered,
+{
+    use futures::StreamExt;
+    let not_asked = |error: String| {
+        tracing::warn!(peer, %addr, %error, "serving: a node's part ended early");
+        Ok(M::not_asked(peer, error))
+    };
     loop {
+        let next = async {
+            match until {
+                Until::ClientLeaves => Some(items.next().await),
+                Until::PeerEndsOrFallsSilentFor(silence) => tokio::time::timeout(silence, items.next()).await.ok(),
+            }
+        };
         let next = tokio::select! {
-            next = items.message() => next,
+            next = next => next,
             _ = tx.closed() => return false,
         };
         let item = match next {
-            Ok(Some(item)) => Ok(item),
-            Ok(None) => return true,
-            Err(status) => not_asked(format!("{:?}: {}", status.code(), status.message())),
+            Some(Some(Ok(item))) => Ok(item),
+            Some(None) => return true,
+            // The answer ends with its error.
+            Some(Some(Err(status))) => {
+                return tx.send(not_asked(format!("{:?}: {}", status.code(), status.message()))).await.is_ok();
+            }
+            None => {
+                let silence = match until {
+                    Until::PeerEndsOrFallsSilentFor(silence) => silence,
+                    Until::ClientLeaves => Duration::ZERO,
+                };
+                let silent = not_asked(format!("silent for {silence:?} before its answer ended"));
+                return tx.send(silent).await.is_ok();
+            }
         };
         if tx.send(item).await.is_err() {
             return false;
@@ -413,6 +463,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use futures::StreamExt;
+
     use super::*;
 
     #[test]
@@ -463,5 +515,59 @@ mod tests {
         })
         .await
         .expect("the follower ends once the client is gone");
+    }
+
+    fn line(text: &str) -> Result<LogLine, Status> {
+        Ok(LogLine { node_id: 2, line: text.into(), ..LogLine::default() })
+    }
+
+    /// What the client received: each line, or the error its item names.
+    fn received(rx: &mut mpsc::Receiver<Result<LogLine, Status>>) -> Vec<String> {
+        let mut got = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            let item = item.expect("relayed items are Ok");
+            got.push(if item.error.is_empty() { item.line } else { format!("error: {}", item.error) });
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_peers_answer_is_relayed_in_order_to_its_end_or_its_error() {
+        for until in [Until::ClientLeaves, Until::PeerEndsOrFallsSilentFor(PEER_ANSWER_TIMEOUT)] {
+            let (tx, mut rx) = mpsc::channel(8);
+            let answer = futures::stream::iter([line("a"), line("b")]);
+            assert!(relay_answer(2, "peer:1", answer, until, &tx).await, "the client is still there");
+            assert_eq!(received(&mut rx), ["a", "b"]);
+
+            let broken = futures::stream::iter([line("a"), Err(Status::unavailable("gone")), line("never")]);
+            assert!(relay_answer(2, "peer:1", broken, until, &tx).await);
+            assert_eq!(received(&mut rx), ["a", "error: Unavailable: gone"], "{until:?}: nothing after the error");
+        }
+    }
+
+    /// Regression: not following, a peer that answered and then fell silent (alive, so keepalive did not end
+    /// it) held `sluice logs` and `describe` forever, and the peers after it.
+    #[tokio::test]
+    async fn not_following_a_peer_silent_before_its_answer_ends_is_named_and_left() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let stuck = futures::stream::iter([line("a")]).chain(futures::stream::pending());
+        let until = Until::PeerEndsOrFallsSilentFor(Duration::from_millis(50));
+        let relayed = tokio::time::timeout(Duration::from_secs(10), relay_answer(2, "peer:1", stuck, until, &tx))
+            .await
+            .expect("a silent peer is left");
+        assert!(relayed, "the client is still there, so the next peer is asked");
+        assert_eq!(received(&mut rx), ["a", "error: silent for 50ms before its answer ended"]);
+    }
+
+    #[tokio::test]
+    async fn following_a_silent_peer_ends_when_the_client_goes_away() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let quiet = futures::stream::iter([line("a")]).chain(futures::stream::pending());
+        let relay = tokio::spawn(async move { relay_answer(2, "peer:1", quiet, Until::ClientLeaves, &tx).await });
+        let first = rx.recv().await.map(|item| item.map(|l| l.line).ok());
+        assert_eq!(first, Some(Some("a".to_string())));
+        drop(rx);
+        let ended = tokio::time::timeout(Duration::from_secs(10), relay).await.expect("the relay ends");
+        assert!(!ended.expect("the relay task"), "it says the client went away");
     }
 }

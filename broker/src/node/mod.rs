@@ -375,9 +375,13 @@ impl Node {
 
     /// The connection to the member advertised as `addr`, on its peer listener (mutual TLS when the cluster's
     /// transport is encrypted, `--peer-route` applied): for the services a node asks of another beside Raft
-    /// (serving's `Logs` and `Decisions`, gathered from every node).
+    /// (serving's `Logs` and `Decisions`, gathered from every node). Not the connection Raft uses: a slow
+    /// reader of what these calls relay must not hold up replication.
     pub fn peer_channel(&self, addr: &str) -> Result<tonic::transport::Channel, BrokerError> {
-        self.inner.peers.channel(addr).map_err(|reason| BrokerError::PeerAddress { addr: addr.to_string(), reason })
+        self.inner
+            .peers
+            .service_channel(addr)
+            .map_err(|reason| BrokerError::PeerAddress { addr: addr.to_string(), reason })
     }
 
     /// Whether this node was removed from the cluster (its partition groups are stopped).

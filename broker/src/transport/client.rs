@@ -34,7 +34,13 @@ const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Default)]
 pub(crate) struct PeerClients {
+    /// Raft and forwarded writes: one connection per peer.
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Every other call to a peer (serving's `Logs` and `Decisions`, relayed to an admin client): a connection
+    /// of their own, because HTTP/2's flow control is per connection as well as per stream, and a relay held
+    /// up by a slow reader (`sluice logs -f | less`) stops reading its stream; on the Raft connection a few of
+    /// those would use up its window and stall the replies to AppendEntries, votes and forwarded writes.
+    service_channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// `--peer-route`: a peer's advertised address → the address this node
     /// dials instead (a proxy, a NAT address). Peers are still named by
     /// their advertised address everywhere else.
@@ -47,7 +53,13 @@ pub(crate) struct PeerClients {
 
 impl PeerClients {
     pub(crate) fn new(routes: BTreeMap<String, String>, tls: Option<sluice_security::Tls>) -> Self {
-        PeerClients { channels: Arc::default(), routes: Arc::new(routes), tls, forwards: ForwardStreams::default() }
+        PeerClients {
+            channels: Arc::default(),
+            service_channels: Arc::default(),
+            routes: Arc::new(routes),
+            tls,
+            forwards: ForwardStreams::default(),
+        }
     }
 
     /// The address this node dials to reach the peer advertised as `addr`.
@@ -61,9 +73,20 @@ impl PeerClients {
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
     }
 
-    /// The connection to the peer advertised as `addr` (made on first use, then shared by every call to it).
+    /// The Raft connection to the peer advertised as `addr` (made on first use, then shared by Raft's calls
+    /// and forwarded writes to it).
     pub(crate) fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let mut channels = self.channels.lock().map_err(|_| "peer client table poisoned".to_string())?;
+        self.channel_in(&self.channels, addr)
+    }
+
+    /// The connection for the other services of the peer advertised as `addr` (made on first use, then
+    /// shared by those calls), apart from the Raft connection: see `service_channels`.
+    pub(crate) fn service_channel(&self, addr: &str) -> Result<Channel, String> {
+        self.channel_in(&self.service_channels, addr)
+    }
+
+    fn channel_in(&self, channels: &Mutex<HashMap<String, Channel>>, addr: &str) -> Result<Channel, String> {
+        let mut channels = channels.lock().map_err(|_| "peer client table poisoned".to_string())?;
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
