@@ -35,44 +35,68 @@ pub(super) struct ProbeEnv {
 }
 
 /// Why the runtime stops an instance itself, if it does, and the one way its rotation changes: a stop and a
-/// readiness probe's `Ready` are each decided and sent under one lock, so that no `Ready` a probe decided on
+/// probe's `Ready` or `NotReady` are each decided and sent under one lock, so that no `Ready` a probe decided on
 /// before a stop can reach the revision after the stop's `NotReady` and put an instance being stopped back in
 /// rotation (two tasks probe one instance: readiness here, startup and liveness in [`watch_liveness`]).
 #[derive(Clone)]
 pub(super) struct Rotation {
-    stop_reason: Arc<Mutex<Option<String>>>,
+    state: Arc<Mutex<RotationState>>,
     events: mpsc::Sender<InstanceEvent>,
+}
+
+#[derive(Default)]
+struct RotationState {
+    /// A `Ready` was the last word the revision heard of the instance.
+    in_rotation: bool,
+    /// The runtime is stopping the instance: it never comes back into rotation. Stays set after the exit took
+    /// the reason (a probe not yet cancelled may still decide).
+    stopping: bool,
+    /// Why, until the exit takes it.
+    stop_reason: Option<String>,
 }
 
 impl Rotation {
     pub(super) fn new(events: mpsc::Sender<InstanceEvent>) -> Rotation {
-        Rotation { stop_reason: Arc::default(), events }
+        Rotation { state: Arc::default(), events }
     }
 
     /// Puts the instance (back) in rotation, unless it is being stopped. False once nobody listens.
     async fn ready(&self, id: u64, addr: SocketAddr) -> bool {
-        let stop_reason = self.stop_reason.lock().await;
-        stop_reason.is_some() || self.events.send(InstanceEvent::Ready { id, addr }).await.is_ok()
+        let mut state = self.state.lock().await;
+        if state.stopping {
+            return true;
+        }
+        let heard = self.events.send(InstanceEvent::Ready { id, addr }).await.is_ok();
+        state.in_rotation = heard;
+        heard
     }
 
-    /// Takes the instance out of rotation (its readiness probe fails). False once nobody listens.
+    /// Takes the instance out of rotation (its readiness probe fails), if it is in it. False once nobody
+    /// listens.
     async fn not_ready(&self, id: u64) -> bool {
+        let mut state = self.state.lock().await;
+        if !std::mem::take(&mut state.in_rotation) {
+            return !self.events.is_closed();
+        }
         self.events.send(InstanceEvent::NotReady { id }).await.is_ok()
     }
 
-    /// Records why the instance is being stopped and, when it may be in rotation, takes it out, in one step.
-    async fn stopping(&self, id: u64, reason: &str, in_rotation: bool) {
-        let mut stop_reason = self.stop_reason.lock().await;
-        *stop_reason = Some(reason.to_string());
+    /// Records why the instance is being stopped and, if it is in rotation, takes it out, in one step. An
+    /// instance whose readiness never passed (a startup probe or the progress deadline stops it) was never in
+    /// it, and the revision hears nothing until its exit.
+    async fn stopping(&self, id: u64, reason: &str) {
+        let mut state = self.state.lock().await;
+        state.stopping = true;
+        state.stop_reason = Some(reason.to_string());
         // A closed channel means nobody routes to it any more.
-        if in_rotation {
+        if std::mem::take(&mut state.in_rotation) {
             let _ = self.events.send(InstanceEvent::NotReady { id }).await;
         }
     }
 
     /// Why the runtime stopped the instance, for its exit (once).
     pub(super) async fn take_stop_reason(&self) -> Option<String> {
-        self.stop_reason.lock().await.take()
+        self.state.lock().await.stop_reason.take()
     }
 }
 
@@ -135,7 +159,7 @@ impl Deadline {
             after_ms = self.after.as_millis() as u64,
             "not ready within the progress deadline; stopping it"
         );
-        rotation.stopping(id, "ProgressDeadlineExceeded", false).await;
+        rotation.stopping(id, "ProgressDeadlineExceeded").await;
         if let Some(group) = self.group {
             signal_group(group, Signal::SIGKILL);
         }
@@ -231,8 +255,8 @@ pub(super) async fn watch_liveness(
         }
         let Some(reason) = verdict else { continue };
         tracing::warn!(%revision, instance = id, %reason, failures = probe.failure_threshold, "stopping the instance");
-        // Out of rotation before the signal (an instance whose startup probe failed was never in it).
-        stopper.rotation.stopping(id, reason, tracker.started()).await;
+        // Out of rotation before the signal.
+        stopper.rotation.stopping(id, reason).await;
         metrics::counter!("sluice_serving_probe_stops_total", "revision" => revision, "reason" => reason).increment(1);
         let Some(group) = stopper.group else { return };
         signal_group(group, Signal::SIGTERM);
@@ -285,7 +309,7 @@ mod tests {
         });
         // The probe decided under the lock, and holds it while it waits for room in the queue.
         let held = async {
-            while rotation.stop_reason.try_lock().is_ok() {
+            while rotation.state.try_lock().is_ok() {
                 tokio::task::yield_now().await;
             }
         };
@@ -294,7 +318,7 @@ mod tests {
             .expect("a probe's Ready is sent under the lock the stop takes");
         let stopping = tokio::spawn({
             let rotation = rotation.clone();
-            async move { rotation.stopping(1, "LivenessProbeFailed", true).await }
+            async move { rotation.stopping(1, "LivenessProbeFailed").await }
         });
         let mut seen = Vec::new();
         for _ in 0..3 {
@@ -314,17 +338,48 @@ mod tests {
         assert!(revision.try_recv().is_err(), "an instance being stopped stays out of rotation");
         assert_eq!(rotation.take_stop_reason().await.as_deref(), Some("LivenessProbeFailed"));
         assert_eq!(rotation.take_stop_reason().await, None, "its exit takes the reason once");
+        assert!(rotation.ready(1, addr()).await, "a probe not yet cancelled when the exit took the reason");
+        assert!(revision.try_recv().is_err(), "still puts nothing back in rotation");
     }
 
-    /// A stop by the progress deadline (never in rotation) sends nothing, and no `Ready` follows it.
+    /// A stop of an instance never put in rotation (the progress deadline, a failed startup probe, or a
+    /// liveness failure before readiness ever passed) sends nothing, and no `Ready` follows it.
     #[tokio::test]
     async fn an_instance_never_in_rotation_is_stopped_without_an_event() {
         let (events, mut revision) = mpsc::channel(4);
         let rotation = Rotation::new(events);
-        rotation.stopping(2, "ProgressDeadlineExceeded", false).await;
+        rotation.stopping(2, "ProgressDeadlineExceeded").await;
         assert!(rotation.ready(2, addr()).await);
         assert!(revision.try_recv().is_err());
-        assert!(rotation.not_ready(2).await, "a readiness failure is still told");
-        assert_eq!(revision.try_recv().ok(), Some(InstanceEvent::NotReady { id: 2 }));
+        assert!(rotation.not_ready(2).await, "nothing to take out of rotation, and the revision still listens");
+        assert!(revision.try_recv().is_err());
+    }
+
+    /// Readiness moves an instance in and out of rotation, each change told once.
+    #[tokio::test]
+    async fn readiness_changes_are_told_once_each() {
+        let (events, mut revision) = mpsc::channel(8);
+        let rotation = Rotation::new(events);
+        assert!(rotation.not_ready(3).await, "not in rotation yet: nothing to tell");
+        assert!(rotation.ready(3, addr()).await);
+        assert!(rotation.not_ready(3).await);
+        assert!(rotation.not_ready(3).await, "already out");
+        assert!(rotation.ready(3, addr()).await);
+        rotation.stopping(3, "LivenessProbeFailed").await;
+        let mut seen = Vec::new();
+        while let Ok(event) = revision.try_recv() {
+            seen.push(event);
+        }
+        assert_eq!(
+            seen,
+            [
+                InstanceEvent::Ready { id: 3, addr: addr() },
+                InstanceEvent::NotReady { id: 3 },
+                InstanceEvent::Ready { id: 3, addr: addr() },
+                InstanceEvent::NotReady { id: 3 },
+            ]
+        );
+        drop(revision);
+        assert!(!rotation.not_ready(3).await, "nobody listens any more");
     }
 }
