@@ -97,11 +97,41 @@ pub fn applies_to(policy: &Value, target: &Value) -> bool {
 /// The OIDC service account Sluice sends as for a Trigger's or Subscription's deliveries (its
 /// `status.auth.serviceAccountName`; the subject is `system:serviceaccount:NS:ACCOUNT`).
 pub fn sender_account(kind: &str, name: &str) -> Option<String> {
-    match kind {
-        "Trigger" => Some(format!("sluice-trigger-{name}")),
-        "Subscription" => Some(format!("sluice-subscription-{name}")),
-        _ => None,
+    let prefix = match kind {
+        "Trigger" => "sluice-trigger-",
+        "Subscription" => "sluice-subscription-",
+        _ => return None,
+    };
+    Some(account_name(prefix, name))
+}
+
+/// The longest ServiceAccount name (a DNS-1123 subdomain).
+const MAX_ACCOUNT_NAME_BYTES: usize = 253;
+/// Hex digits of the SHA-256 that end a shortened account name (128 bits, as Knative's `kmeta.ChildName`
+/// keeps with MD5).
+const ACCOUNT_DIGEST_HEX: usize = 32;
+
+/// `prefix` and `name`, or, when that is longer than a ServiceAccount name may be (a name near its own 253),
+/// its first bytes and a digest of all of it, as Knative's `kmeta.ChildName` shortens a child's name: still a
+/// DNS-1123 subdomain, and two names stay two accounts (a shared one would let an EventPolicy that admits one
+/// Trigger admit the other). A cryptographic digest, because a Trigger's name is its author's to choose.
+fn account_name(prefix: &str, name: &str) -> String {
+    let full = format!("{prefix}{name}");
+    if full.len() <= MAX_ACCOUNT_NAME_BYTES {
+        return full;
     }
+    let digest = ring::digest::digest(&ring::digest::SHA256, full.as_bytes());
+    let mut cut = MAX_ACCOUNT_NAME_BYTES - ACCOUNT_DIGEST_HEX;
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut account = String::with_capacity(MAX_ACCOUNT_NAME_BYTES);
+    account.push_str(&full[..cut]);
+    for byte in &digest.as_ref()[..ACCOUNT_DIGEST_HEX / 2] {
+        account.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
+        account.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
+    }
+    account
 }
 
 /// The OIDC subject of a Trigger's or Subscription's deliveries: what the tokens Sluice mints for them say.
@@ -196,6 +226,34 @@ pub fn policies_status(target: &Value, world: &World, audiences: bool) -> (Value
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: with a Trigger name near its longest (253), `sluice-trigger-NAME` was 268 bytes, no valid
+    /// ServiceAccount name, yet shown in the Trigger's status and minted into its tokens' subject.
+    #[test]
+    fn regression_a_long_triggers_account_is_a_valid_distinct_service_account_name() {
+        assert_eq!(sender_account("Trigger", "orders").as_deref(), Some("sluice-trigger-orders"));
+        assert_eq!(sender_account("Broker", "orders"), None);
+        let at_the_limit = "a".repeat(MAX_ACCOUNT_NAME_BYTES - "sluice-trigger-".len());
+        assert_eq!(sender_account("Trigger", &at_the_limit), Some(format!("sluice-trigger-{at_the_limit}")));
+        let mut accounts = std::collections::BTreeSet::new();
+        let kept = MAX_ACCOUNT_NAME_BYTES - ACCOUNT_DIGEST_HEX;
+        for (kind, prefix) in [("Trigger", "sluice-trigger-"), ("Subscription", "sluice-subscription-")] {
+            // Long names alike in the bytes a shortened account keeps: the cut leaves a letter, a '-' or a '.'
+            // last, and the names differ only past it.
+            let before_cut = kept - prefix.len() - 1;
+            for (at_cut, tail) in [('a', "x"), ('a', "y"), ('-', "b.z"), ('.', "b-z"), ('.', "bz")] {
+                let name = format!("{}{at_cut}{}{tail}", "a".repeat(before_cut), "b".repeat(40));
+                assert!(crate::fields::is_dns_subdomain(&name), "{name}");
+                let account = sender_account(kind, &name).expect("an account");
+                assert!(account.starts_with(&format!("{prefix}{}{at_cut}", "a".repeat(before_cut))), "{account}");
+                assert_eq!(account.len(), MAX_ACCOUNT_NAME_BYTES, "{account}");
+                assert!(crate::fields::is_dns_subdomain(&account), "{account}");
+                assert_eq!(sender_account(kind, &name).as_ref(), Some(&account), "the same name, the same account");
+                accounts.insert(account);
+            }
+        }
+        assert_eq!(accounts.len(), 10, "distinct names, distinct accounts");
+    }
 
     fn broker(name: &str, labels: Value) -> Value {
         json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",

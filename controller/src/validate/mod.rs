@@ -532,6 +532,15 @@ fn validate_subscription(subscription: &Subscription, existing: Option<&Value>, 
         None => errors.push(err("spec.channel", "required")),
         Some(channel) => {
             validate_reference("spec.channel", channel, true, errors);
+            // Stricter than Knative, which only wants it non-empty: the name goes into the channel's stream and
+            // the Subscription's cursor, and no channel can have another (a '/' or '#' would reach into another
+            // channel's keys).
+            if !channel.name.is_empty() && !is_dns_subdomain(&channel.name) {
+                errors.push(err(
+                    "spec.channel.name",
+                    format!("{:?} must be a DNS-1123 subdomain (a channel's name)", channel.name),
+                ));
+            }
             // Knative: the channel is in the Subscription's namespace, so its `namespace` is unset, empty, or
             // (as Knative's reference check lets through) that same namespace.
             let own = subscription.metadata.namespace.as_str();

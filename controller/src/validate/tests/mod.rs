@@ -88,6 +88,8 @@ fn regression_eventing_names_are_dns_1123_subdomains() {
         assert_eq!(validate_object(&set(broker(), "/metadata/name", json!(name)), None), Ok(()), "Broker {name}");
         let trigger = set(set(trigger(), "/metadata/name", json!(name)), "/spec/broker", json!(name));
         assert_eq!(validate_object(&trigger, None), Ok(()), "Trigger {name}");
+        let subscription = set(set(subscription(), "/metadata/name", json!(name)), "/spec/channel/name", json!(name));
+        assert_eq!(validate_object(&subscription, None), Ok(()), "Subscription {name}");
     }
 }
 
@@ -110,6 +112,16 @@ fn invalid_objects_name_their_field() {
         ("trailing dot", set(broker(), "/metadata/name", json!("events.")), "metadata.name"),
         ("namespace with a dot", set(broker(), "/metadata/namespace", json!("team.a")), "metadata.namespace"),
         ("trigger's broker", set(trigger(), "/spec/broker", json!("Events")), "spec.broker"),
+        (
+            "subscription's channel named with a '/'",
+            set(subscription(), "/spec/channel/name", json!("other/channel")),
+            "spec.channel.name",
+        ),
+        (
+            "subscription's channel named with a '#'",
+            set(subscription(), "/spec/channel/name", json!("my-channel#sub")),
+            "spec.channel.name",
+        ),
         ("bad namespace", set(broker(), "/metadata/namespace", json!("-ns")), "metadata.namespace"),
         (
             "ttl zero",
