@@ -5,7 +5,9 @@
 //! keep up) for each payload size; (a)+(b) open-loop runs at fixed rates — a common rate every system runs,
 //! and 25 % / 50 % of the system's own probed max at 1 KiB — recording intended → ack and intended → delivery
 //! latency; (a') the probe again with producers that batch (Sluice's `application/cloudevents-batch+json`,
-//! NATS async publishes, RabbitMQ confirms awaited after the whole batch); (c) for Sluice, the probe and the
+//! NATS async publishes, RabbitMQ confirms awaited after the whole batch) and, open loop, at 50 % of that max in
+//! the same batches (each event's latency from its own intended send time, so waiting for its batch to fill
+//! counts); (c) for Sluice, the probe and the
 //! common-rate run again with 1,000 Triggers of which one matches. Each probe step also records the CPU time
 //! the system's processes used (publish, acknowledgement and delivery to the subscriber) per acked event.
 //! Sluice runs twice per cluster size: `sluice-N` pushes one event per request to its subscriber (Knative's
@@ -39,6 +41,8 @@ struct Plan {
     fixed_seconds: f64,
     common_rate: f64,
     own_fractions: Vec<f64>,
+    /// Fractions of the batching producers' own max at which they run again at a fixed rate, in batches.
+    own_batched_fractions: Vec<f64>,
     fanout_triggers: usize,
     per_system_budget: Duration,
     fsync_seconds: f64,
@@ -70,6 +74,7 @@ impl Plan {
                 fixed_seconds: 1.0,
                 common_rate: 20.0,
                 own_fractions: vec![],
+                own_batched_fractions: vec![],
                 fanout_triggers: 0,
                 per_system_budget: Duration::from_secs(60),
                 fsync_seconds: 0.2,
@@ -97,6 +102,7 @@ impl Plan {
             fixed_seconds: 10.0,
             common_rate: 500.0,
             own_fractions: vec![0.25, 0.5],
+            own_batched_fractions: vec![0.5],
             fanout_triggers: 1000,
             per_system_budget: Duration::from_secs(15 * 60),
             fsync_seconds: 3.0,
@@ -287,14 +293,24 @@ impl Bench<'_> {
         Ok(result.max_rate)
     }
 
-    async fn fixed_rows(&mut self, system: &Arc<dyn System>, sink: &Arc<Sink>, label: &str, rate: f64) -> Result<()> {
+    /// Publish→ack and publish→subscriber latency at a fixed `rate`, in requests of `batch` events (each
+    /// event's latency counted from its own intended send time, so a batch's filling is part of it).
+    async fn fixed_rows(
+        &mut self,
+        system: &Arc<dyn System>,
+        sink: &Arc<Sink>,
+        label: &str,
+        rate: f64,
+        batch: usize,
+    ) -> Result<()> {
+        let max_outstanding = if batch > 1 { self.plan.batch_outstanding } else { self.plan.probe.max_outstanding };
         let config = RunConfig {
             rate,
             duration: Duration::from_secs_f64(self.plan.fixed_seconds),
             payload_bytes: 1024,
-            max_outstanding: self.plan.probe.max_outstanding,
+            max_outstanding,
             grace: Duration::from_secs(5).min(self.plan.probe.grace * 5),
-            batch: 1,
+            batch,
         };
         let drained = self.drain(sink).await;
         let result = openloop::run(system.clone(), &config, Some(sink)).await?;
@@ -341,14 +357,22 @@ impl Bench<'_> {
             }
         }
         let batch = self.plan.batch;
-        self.probe_row(&system, &sink, format!("max publish→ack, 1 KiB, batches of {batch}"), 1024, batch).await?;
+        let batched_max =
+            self.probe_row(&system, &sink, format!("max publish→ack, 1 KiB, batches of {batch}"), 1024, batch).await?;
         let common = self.plan.common_rate;
-        self.fixed_rows(&system, &sink, &format!("{common:.0}/s"), common).await?;
+        self.fixed_rows(&system, &sink, &format!("{common:.0}/s"), common, 1).await?;
         if let Some(max) = max_1k {
             for fraction in self.plan.own_fractions.clone() {
                 let rate = (max * fraction).max(1.0);
-                self.fixed_rows(&system, &sink, &format!("{:.0}% of own max ({rate:.0}/s)", fraction * 100.0), rate)
-                    .await?;
+                let label = format!("{:.0}% of own max ({rate:.0}/s)", fraction * 100.0);
+                self.fixed_rows(&system, &sink, &label, rate, 1).await?;
+            }
+        }
+        if let Some(max) = batched_max {
+            for fraction in self.plan.own_batched_fractions.clone() {
+                let rate = (max * fraction).max(1.0);
+                let label = format!("{:.0}% of own max, batches of {batch} ({rate:.0}/s)", fraction * 100.0);
+                self.fixed_rows(&system, &sink, &label, rate, batch).await?;
             }
         }
         if let (Some(sluice), triggers) = (sluice, self.plan.fanout_triggers)
@@ -357,7 +381,7 @@ impl Bench<'_> {
             sluice.add_idle_triggers(triggers - 1).await.context("adding the idle Triggers")?;
             let scenario = format!("max publish→ack, 1 KiB, {triggers} Triggers (1 matches)");
             self.probe_row(&system, &sink, scenario, 1024, 1).await?;
-            self.fixed_rows(&system, &sink, &format!("{common:.0}/s, {triggers} Triggers"), common).await?;
+            self.fixed_rows(&system, &sink, &format!("{common:.0}/s, {triggers} Triggers"), common, 1).await?;
         }
         Ok(())
     }

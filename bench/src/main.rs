@@ -108,7 +108,9 @@ struct Args {
     /// `steady`: events per second.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
-    /// `steady`: instead of `--rate`, half of `sluice-N`'s 1 KiB max in this `--mode compare` JSON report.
+    /// `steady`: instead of `--rate`, half of `sluice-N`'s 1 KiB max in this `--mode compare` JSON report, for
+    /// producers sending the first `--records-per-append` events per request (1: the one-event probe; 64: the
+    /// probe in batches of 64).
     #[arg(long)]
     rate_from: Option<std::path::PathBuf>,
     /// `steady`: the seconds as CSV.
@@ -159,12 +161,15 @@ async fn main() -> Result<()> {
     let sizes: Vec<usize> = args.records_per_append.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
     let concurrencies: Vec<usize> = args.concurrency.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
     if args.mode == "steady" {
+        // The first of `--records-per-append` (its default starts with 1: one event per request).
+        let events_per_request = sizes.first().copied().unwrap_or(1).max(1);
         let rate = match &args.rate_from {
             Some(path) => {
                 let report: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
                 let system = format!("sluice-{}", args.nodes);
-                steady::half_max_from_report(&report, &system)
-                    .ok_or_else(|| anyhow::anyhow!("{}: no 1 KiB max of {system}", path.display()))?
+                steady::half_max_from_report(&report, &system, events_per_request).ok_or_else(|| {
+                    anyhow::anyhow!("{}: no 1 KiB max of {system} at {events_per_request} per request", path.display())
+                })?
             }
             None => args.rate,
         };
@@ -174,8 +179,7 @@ async fn main() -> Result<()> {
             rate,
             seconds: args.seconds,
             payload_bytes: args.payload_bytes,
-            // The first of `--records-per-append` (its default starts with 1: one event per request).
-            events_per_request: sizes.first().copied().unwrap_or(1),
+            events_per_request,
             delivery_batch: args.delivery_batch,
             csv: args.csv.clone(),
             plot: args.plot.clone(),

@@ -313,8 +313,12 @@ impl SteadyBench {
             std::fs::write(csv, to_csv(&rows)).with_context(|| format!("writing {}", csv.display()))?;
         }
         if let Some(plot) = &self.plot {
+            let producers = match self.events_per_request {
+                0 | 1 => "one per request".to_string(),
+                n => format!("batches of {n}"),
+            };
             let title = format!(
-                "sluice-{}: {:.0} events/s, 1 KiB, publish → subscriber (p99 {:.1} ms, max {:.1} ms)",
+                "sluice-{}: {:.0} events/s, 1 KiB, {producers}, publish → subscriber (p99 {:.1} ms, max {:.1} ms)",
                 self.nodes,
                 self.rate,
                 ms(0.99),
@@ -326,13 +330,18 @@ impl SteadyBench {
     }
 }
 
-/// Half of `system`'s max publish→ack rate at 1 KiB (one event per request) in a `--mode compare` report:
-/// the rate the latency target is set at.
-pub(crate) fn half_max_from_report(report: &serde_json::Value, system: &str) -> Option<f64> {
+/// Half of `system`'s max publish→ack rate at 1 KiB in a `--mode compare` report, for producers that send
+/// `events_per_request` events per request (the one-event row for 1, the "batches of N" row otherwise): the
+/// rate the latency target is set at.
+pub(crate) fn half_max_from_report(report: &serde_json::Value, system: &str, events_per_request: usize) -> Option<f64> {
+    let scenario = match events_per_request {
+        0 | 1 => "max publish→ack, 1 KiB".to_string(),
+        n => format!("max publish→ack, 1 KiB, batches of {n}"),
+    };
     let rows = report.get("rows")?.as_array()?;
     let row = rows.iter().find(|row| {
         row.get("system").and_then(|s| s.as_str()) == Some(system)
-            && row.get("scenario").and_then(|s| s.as_str()) == Some("max publish→ack, 1 KiB")
+            && row.get("scenario").and_then(|s| s.as_str()) == Some(scenario.as_str())
     })?;
     Some(row.get("value")?.as_f64()? / 2.0)
 }
@@ -658,15 +667,18 @@ mod tests {
     }
 
     #[test]
-    fn half_the_max_comes_from_the_one_event_row_of_the_system() {
+    fn half_the_max_comes_from_the_row_of_the_system_and_its_events_per_request() {
         let report = serde_json::json!({"rows": [
             {"system": "sluice-3", "scenario": "max publish→ack, 1 KiB, batches of 64", "value": 30000.0},
             {"system": "sluice-1", "scenario": "max publish→ack, 1 KiB", "value": 9000.0},
             {"system": "sluice-3", "scenario": "max publish→ack, 1 KiB", "value": 4271.0},
         ]});
-        assert_eq!(half_max_from_report(&report, "sluice-3"), Some(2135.5));
-        assert_eq!(half_max_from_report(&report, "sluice-5"), None);
-        assert_eq!(half_max_from_report(&serde_json::json!({}), "sluice-3"), None);
+        assert_eq!(half_max_from_report(&report, "sluice-3", 1), Some(2135.5));
+        assert_eq!(half_max_from_report(&report, "sluice-3", 64), Some(15000.0));
+        assert_eq!(half_max_from_report(&report, "sluice-3", 16), None, "no probe in batches of 16");
+        assert_eq!(half_max_from_report(&report, "sluice-1", 64), None);
+        assert_eq!(half_max_from_report(&report, "sluice-5", 1), None);
+        assert_eq!(half_max_from_report(&serde_json::json!({}), "sluice-3", 1), None);
     }
 
     #[test]
