@@ -336,6 +336,10 @@ fn arithmetic(op: BinaryOp, x: i32, y: i32) -> (i32, Option<EvalError>) {
     }
 }
 
+/// The longest string a function may build (an event's attributes are far shorter; the limit keeps a hostile
+/// expression from growing one without bound).
+pub(crate) const MAX_STRING_RESULT_BYTES: usize = 64 << 10;
+
 fn builtin(function: Function, args: &[Value]) -> (Value, Option<EvalError>) {
     let s = str_arg(args, 0);
     let string = |v: String| (Value::String(v), None);
@@ -348,8 +352,22 @@ fn builtin(function: Function, args: &[Value]) -> (Value, Option<EvalError>) {
             }
         }
         Function::Length => (Value::Integer(i32::try_from(s.chars().count()).unwrap_or(i32::MAX)), None),
-        Function::Concat => string(args.iter().map(as_str).collect()),
-        Function::ConcatWs => string(args.get(1..).unwrap_or_default().iter().map(as_str).collect::<Vec<_>>().join(s)),
+        Function::Concat | Function::ConcatWs => {
+            let (separator, parts) = match function {
+                Function::ConcatWs => (s, args.get(1..).unwrap_or_default()),
+                _ => ("", args),
+            };
+            let parts: Vec<&str> = parts.iter().map(as_str).collect();
+            let total = parts.iter().map(|p| p.len()).sum::<usize>()
+                + separator.len().saturating_mul(parts.len().saturating_sub(1));
+            if total > MAX_STRING_RESULT_BYTES {
+                // A CONCAT_WS whose separator is another one doubles per level: 40 levels fit an expression's
+                // limits and would ask for a terabyte, in every node, for every event a filter sees.
+                let msg = format!("{function:?}: a result of {total} bytes, over {MAX_STRING_RESULT_BYTES}");
+                return (Value::String(String::new()), Some(EvalError::FunctionEvaluation(msg)));
+            }
+            string(parts.join(separator))
+        }
         Function::Lower => string(s.to_lowercase()),
         Function::Upper => string(s.to_uppercase()),
         Function::Trim => string(s.trim().to_owned()),

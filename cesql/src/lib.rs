@@ -173,6 +173,22 @@ mod tests {
         }
     }
 
+    /// Regression: a CONCAT_WS whose separator is another CONCAT_WS doubles its result per level; forty levels
+    /// pass the parser's limits and asked for 2^40 bytes, aborting the node for any event a Trigger saw.
+    #[test]
+    fn regression_nested_concat_ws_is_refused_not_grown_without_bound() {
+        let mut expression = "'x'".to_string();
+        for _ in 0..40 {
+            expression = format!("CONCAT_WS({expression},'','','')");
+        }
+        let expression = parse(&expression).expect("within the parser's limits");
+        let (value, error) = expression.evaluate(&event());
+        assert_eq!(value, Value::String(String::new()));
+        assert!(matches!(error, Some(EvalError::FunctionEvaluation(ref m)) if m.contains("over 65536")), "{error:?}");
+        let short = parse("CONCAT_WS('-', 'a', 'b')").expect("parses").evaluate(&event());
+        assert_eq!(short, (Value::String("a-b".into()), None));
+    }
+
     #[test]
     fn the_largest_accepted_tree_evaluates_and_drops_on_a_small_stack() {
         // A left-deep chain at the token limit, the deepest tree the limits allow, on a 256 KiB stack (tokio's

@@ -503,7 +503,8 @@ fn slice(items: &[Value], start: Option<i64>, end: Option<i64>, step: i64) -> Ve
         let (mut i, end) = (start.map_or(0, |s| clamp(s, 0, len)), end.map_or(len, |e| clamp(e, 0, len)));
         while i < end {
             picked.push(&items[i as usize]);
-            i += step;
+            let Some(next) = i.checked_add(step) else { break };
+            i = next;
         }
     } else {
         let (mut i, end) =
@@ -604,6 +605,12 @@ mod tests {
 
     fn render(template: &str, value: &Value) -> String {
         Template::parse(template).unwrap_or_else(|e| panic!("{template}: {e}")).render(value)
+    }
+
+    /// Regression: a slice step near i64::MAX overflowed the index (a panic in either build).
+    #[test]
+    fn regression_a_huge_slice_step_takes_the_first_item_only() {
+        assert_eq!(render("{.items[0::9223372036854775807].metadata.name}", &list()), "a");
     }
 
     #[test]
