@@ -32,7 +32,7 @@ fn format_document(output: &Output, document: &Value, names: &[String]) -> Resul
     Ok(match output {
         Output::Json => format!("{}\n", serde_json::to_string_pretty(document)?),
         Output::Yaml => serde_yaml_ng::to_string(document)?,
-        Output::JsonPath(template) => template.render(document),
+        Output::JsonPath(template) => template.render(document).map_err(|e| anyhow::anyhow!("jsonpath: {e}"))?,
         Output::Name => names.iter().map(|name| format!("{name}\n")).collect(),
         Output::Table | Output::Wide => String::new(),
     })
@@ -165,7 +165,7 @@ fn print_tables(found: &Found, layout: Layout, scope: &ScopeArgs) -> Result<()> 
 fn print_watched(output: &Output, info: &KindInfo, object: &Value) -> Result<()> {
     let text = match output {
         Output::Yaml => format!("---\n{}", serde_yaml_ng::to_string(object)?),
-        Output::JsonPath(template) => template.render(object),
+        Output::JsonPath(template) => template.render(object).map_err(|e| anyhow::anyhow!("jsonpath: {e}"))?,
         output => format_document(output, object, &[object_name(info, object)])?,
     };
     out!("{text}")?;
