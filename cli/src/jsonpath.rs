@@ -157,23 +157,14 @@ impl Template {
 /// The deepest nesting of `[` and `(` outside quotes.
 fn nesting_depth(template: &str) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    for c in template.chars() {
-        match quote {
-            Some(_) if escaped => escaped = false,
-            Some(_) if c == '\\' => escaped = true,
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None => match c {
-                '"' | '\'' => quote = Some(c),
-                '[' | '(' => {
-                    depth += 1;
-                    deepest = deepest.max(depth);
-                }
-                ']' | ')' => depth = depth.saturating_sub(1),
-                _ => {}
-            },
+    for (_, c) in unquoted_chars(template) {
+        match c {
+            '[' | '(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ']' | ')' => depth = depth.saturating_sub(1),
+            _ => {}
         }
     }
     deepest
@@ -198,22 +189,37 @@ fn build_nodes(actions: &mut impl Iterator<Item = Result<Action, String>>, range
     if ranges > 0 { Err("{range} without {end}".into()) } else { Ok(nodes) }
 }
 
-/// The byte offset of the first `wanted` outside single or double quotes.
-fn find_unquoted(text: &str, wanted: char) -> Option<usize> {
+/// The characters of `text` outside single or double quotes (a quote's own characters and `\\`-escapes inside
+/// it skipped), with their byte offsets.
+fn unquoted_chars(text: &str) -> impl Iterator<Item = (usize, char)> + '_ {
     let mut quote: Option<char> = None;
     let mut escaped = false;
-    for (i, c) in text.char_indices() {
-        match quote {
-            Some(_) if escaped => escaped = false,
-            Some(_) if c == '\\' => escaped = true,
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if c == '"' || c == '\'' => quote = Some(c),
-            None if c == wanted => return Some(i),
-            None => {}
+    text.char_indices().filter(move |&(_, c)| match quote {
+        Some(_) if escaped => {
+            escaped = false;
+            false
         }
-    }
-    None
+        Some(_) if c == '\\' => {
+            escaped = true;
+            false
+        }
+        Some(q) => {
+            if c == q {
+                quote = None;
+            }
+            false
+        }
+        None if c == '"' || c == '\'' => {
+            quote = Some(c);
+            false
+        }
+        None => true,
+    })
+}
+
+/// The byte offset of the first `wanted` outside single or double quotes.
+fn find_unquoted(text: &str, wanted: char) -> Option<usize> {
+    unquoted_chars(text).find(|&(_, c)| c == wanted).map(|(i, _)| i)
 }
 
 fn parse_action(inside: &str) -> Result<Action, String> {
@@ -346,22 +352,13 @@ fn field_name(text: &str) -> (String, &str) {
 /// parentheses skipped).
 fn find_bracket_end(text: &str) -> Option<usize> {
     let mut depth = 0i32;
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    for (i, c) in text.char_indices() {
-        match quote {
-            Some(_) if escaped => escaped = false,
-            Some(_) if c == '\\' => escaped = true,
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None => match c {
-                '"' | '\'' => quote = Some(c),
-                '[' | '(' => depth += 1,
-                ')' => depth -= 1,
-                ']' if depth == 0 => return Some(i),
-                ']' => depth -= 1,
-                _ => {}
-            },
+    for (i, c) in unquoted_chars(text) {
+        match c {
+            '[' | '(' => depth += 1,
+            ')' => depth -= 1,
+            ']' if depth == 0 => return Some(i),
+            ']' => depth -= 1,
+            _ => {}
         }
     }
     None
