@@ -624,8 +624,9 @@ mod tests {
         assert!(status.message().contains("expired"), "{status:?}");
 
         let valid = certificate("sluice:read", SystemTime::now() + Duration::from_secs(2));
-        let left = certificate_time_left(&valid, SystemTime::now()).expect("readable");
+        // Started before the time left is read, so a pause between the two cannot make the wait look short.
         let started = tokio::time::Instant::now();
+        let left = certificate_time_left(&valid, SystemTime::now()).expect("readable");
         let response = service.call(watch(valid)).await.expect("call");
         assert!(tonic::Status::from_header_map(response.headers()).is_none(), "let in while valid");
         let mut body = response.into_body();

@@ -150,11 +150,34 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// Answer only after this long (other requests are served meanwhile).
     pub delay: Option<Duration>,
+    /// Answer only once this gate is open (after the delay, if any).
+    pub gate: Option<Gate>,
+}
+
+/// Holds replies until the test opens it: for checks made "while a delivery is in flight" that must not depend
+/// on how long a reply is delayed against how fast the machine is.
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<tokio::sync::Semaphore>);
+
+impl Gate {
+    pub fn closed() -> Self {
+        Gate(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+
+    /// Lets every held reply go, and every later one at once.
+    pub fn open(&self) {
+        self.0.close();
+    }
+
+    async fn passed(&self) {
+        // No permit is ever added: `acquire` ends only with the semaphore closed, which is the gate opening.
+        let _opened = self.0.acquire().await;
+    }
 }
 
 impl Reply {
     pub fn status(status: u16) -> Self {
-        Self { status, headers: Vec::new(), body: Vec::new(), delay: None }
+        Self { status, headers: Vec::new(), body: Vec::new(), delay: None, gate: None }
     }
 
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
@@ -169,6 +192,12 @@ impl Reply {
 
     pub fn after(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
+        self
+    }
+
+    /// Answer once `gate` is open.
+    pub fn held_by(mut self, gate: &Gate) -> Self {
+        self.gate = Some(gate.clone());
         self
     }
 }
@@ -324,6 +353,9 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     shared.deliveries.send_modify(|deliveries| deliveries.push(delivery));
     if let Some(delay) = reply.delay {
         tokio::time::sleep(delay).await;
+    }
+    if let Some(gate) = &reply.gate {
+        gate.passed().await;
     }
     let mut response = Response::builder().status(reply.status);
     for (name, value) in &reply.headers {
@@ -542,6 +574,27 @@ mod tests {
         assert_eq!(status, 202);
         assert!(slow_done - started >= Duration::from_secs(2));
         assert!(slow_done > fast_done);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_held_reply_goes_when_its_gate_opens_and_later_ones_at_once() -> Result<()> {
+        let gate = Gate::closed();
+        let held = gate.clone();
+        let subscriber = Subscriber::start(Arc::new(move |_, _| Reply::status(202).held_by(&held))).await?;
+        let client = reqwest::Client::new();
+        let first = tokio::spawn({
+            let (client, url) = (client.clone(), subscriber.url());
+            async move { post_binary(&client, &url, "held").await.map(|r| r.status().as_u16()) }
+        });
+        subscriber.wait_for(1, WAIT).await?;
+        // Received and not answered: a client that gives up first sees no reply.
+        let impatient = reqwest::Client::builder().timeout(Duration::from_millis(300)).build()?;
+        assert!(post_binary(&impatient, &subscriber.url(), "also-held").await.is_err(), "answered while closed");
+        assert!(!first.is_finished(), "answered while closed");
+        gate.open();
+        assert_eq!(first.await??, 202);
+        assert_eq!(post_binary(&client, &subscriber.url(), "after").await?.status().as_u16(), 202);
         Ok(())
     }
 

@@ -114,9 +114,11 @@ async fn a_refusal_before_the_body_reads_it_first() {
     let mut continuing = HeaderMap::new();
     continuing.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
     let waiting = Body::from_stream(futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>());
+    // A read timeout far above any pause of a loaded machine: had it waited for the body, it would take 60 s.
+    let patient = IngressLimits { body_read_timeout: Duration::from_secs(60), ..IngressLimits::default() };
     let started = Instant::now();
-    assert!(closes(&refuse_unread(refusal(), waiting, &continuing, &limits).await), "no body asked for");
-    assert!(started.elapsed() < Duration::from_millis(200), "answered without waiting for a body");
+    assert!(closes(&refuse_unread(refusal(), waiting, &continuing, &patient).await), "no body asked for");
+    assert!(started.elapsed() < Duration::from_secs(30), "answered without waiting for a body");
 }
 
 #[test]

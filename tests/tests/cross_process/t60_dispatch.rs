@@ -20,7 +20,7 @@ use sluice_tests::{
 
 const PARTITIONS: u32 = 2;
 const EARLY_MS: i64 = 20;
-const LATE_MS: i64 = 1_500;
+const LATE_MS: i64 = 3_000;
 /// How much later than its send a timed-out first attempt may reach the subscriber than its retry does.
 const FIRST_TRANSIT_ALLOWANCE_MS: i64 = 100;
 
@@ -279,9 +279,10 @@ async fn a_slow_subscriber_holds_up_no_one_and_rate_limits_pace_deliveries() -> 
     assert!(slow.deliveries().len() <= 3, "at most max-inflight deliveries to the slow subscriber");
     slow.wait_for(3, Duration::from_secs(30)).await?;
     let paced = limited.wait_for(40, Duration::from_secs(60)).await?;
-    // 10 events/s with a burst of 10: 40 events take at least 3 s.
+    // 10 events/s with a burst of 10: the 40th is taken 3 s after the first. Arrivals can be closer by the first
+    // burst's extra transit (new connections on a loaded machine); unpaced, the 40 arrive within a second.
     let span = paced[39].at.duration_since(paced[0].at);
-    assert!(span >= Duration::from_millis(2_900), "40 events at 10/s arrived within {span:?}");
+    assert!(span >= Duration::from_millis(2_500), "40 events at 10/s arrived within {span:?}");
     assert_eq!(slow.deliveries().len(), 3, "still only max-inflight in flight");
     Ok(())
 }

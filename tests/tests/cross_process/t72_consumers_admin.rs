@@ -14,7 +14,7 @@ use sluice_proto::admin::{
     ApplyResourceRequest, ConsumerRef, DeadLetterPosition, ListDeadLettersRequest, PurgeRequest, RedriveProgress,
     RedriveRequest, ReplayRequest, ResourceRef, replay_request,
 };
-use sluice_tests::subscriber::{Delivery, Reply, Subscriber};
+use sluice_tests::subscriber::{Delivery, Gate, Reply, Subscriber};
 use sluice_tests::{TestCluster, apply_resource, broker_object, send_event_accepted, trigger_object, wait_until};
 
 fn trigger(name: &str) -> ConsumerRef {
@@ -297,9 +297,11 @@ async fn a_redrive_loses_no_letter_it_could_not_send_or_did_not_select() -> anyh
     let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
     let slow = Arc::new(AtomicBool::new(false));
     let flag = slow.clone();
+    let gate = Gate::closed();
+    let held = gate.clone();
     let subscriber = Subscriber::start(Arc::new(move |_: &Delivery, _| {
         let refused = Reply::status(400).with_body("never");
-        if flag.load(Ordering::SeqCst) { refused.after(Duration::from_millis(700)) } else { refused }
+        if flag.load(Ordering::SeqCst) { refused.held_by(&held) } else { refused }
     }))
     .await?;
     apply_resource(&node.admin, sluice_tests::in_memory_channel_object("default", "c")).await?;
@@ -343,6 +345,7 @@ async fn a_redrive_loses_no_letter_it_could_not_send_or_did_not_select() -> anyh
     assert_eq!(refused.code(), tonic::Code::Aborted, "{refused:?}");
     let purge = dlq.purge(PurgeRequest { consumer: Some(subscription("s")) }).await;
     assert_eq!(purge.err().map(|e| e.code()), Some(tonic::Code::Aborted));
+    gate.open();
     let mut running = running.into_inner();
     let mut last = None;
     while let Some(update) = running.message().await? {
@@ -387,9 +390,11 @@ async fn a_redrive_through_one_node_refuses_a_redrive_or_purge_through_another()
     let http = cluster.nodes[2].http.clone();
     let fixed = Arc::new(AtomicBool::new(false));
     let flag = fixed.clone();
+    let gate = Gate::closed();
+    let held = gate.clone();
     let subscriber = Subscriber::start(Arc::new(move |_: &Delivery, _| {
         if flag.load(Ordering::SeqCst) {
-            Reply::status(202).after(Duration::from_millis(700))
+            Reply::status(202).held_by(&held)
         } else {
             Reply::status(400).with_body("not yet")
         }
@@ -420,6 +425,7 @@ async fn a_redrive_through_one_node_refuses_a_redrive_or_purge_through_another()
     assert!(refused.message().contains("redrive of it is running on node"), "{refused:?}");
     let purge = through_second.purge(PurgeRequest { consumer: Some(trigger("l")) }).await;
     assert_eq!(purge.err().map(|e| e.code()), Some(tonic::Code::Aborted), "no purge meanwhile");
+    gate.open();
     let mut last = None;
     while let Some(update) = running.message().await? {
         last = Some(update);

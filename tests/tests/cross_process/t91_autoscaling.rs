@@ -158,13 +158,21 @@ async fn http_load_scales_it_on_concurrency_and_load_with_backlog_is_one_decisio
             })
             .collect::<Vec<_>>()
     };
+    // Rounds of 3 s until a decision counts 3 ready instances (one round on a quiet machine; starting
+    // processes on a loaded one can take longer), at most ten.
     let mut statuses = Vec::new();
-    for task in load(3) {
-        statuses.extend(task.await?);
+    let mut most = 0;
+    for _round in 0..10 {
+        for task in load(3) {
+            statuses.extend(task.await?);
+        }
+        let by_concurrency = decisions(&admin).await?;
+        most = by_concurrency.iter().filter(|d| d.backlog_events == 0).map(|d| d.ready).max().unwrap_or(0);
+        if most >= 3 {
+            break;
+        }
     }
     assert!(statuses.iter().all(|s| *s == 200), "every request answered 200");
-    let by_concurrency = decisions(&admin).await?;
-    let most = by_concurrency.iter().filter(|d| d.backlog_events == 0).map(|d| d.ready).max().unwrap_or(0);
     assert!(most >= 3, "concurrency alone scaled it out: at most {most} ready");
 
     // Both at once: HTTP load and a backlog of events.
