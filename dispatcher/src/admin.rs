@@ -694,7 +694,8 @@ impl Redrive {
             };
         }
         // Delivered with the consumer's policy; what fails again is dead-lettered again (a new letter).
-        match AssertUnwindSafe(deliver(ctx, &self.spec, source_offset, &event)).catch_unwind().await {
+        // A redrive's deliveries take no place in the subscriber's limit, as before.
+        match AssertUnwindSafe(deliver(ctx, &self.spec, source_offset, &event, &mut None)).catch_unwind().await {
             Ok(Settlement::Delivered { .. }) => Redriven::Delivered,
             Ok(Settlement::DeadLetterSink { .. } | Settlement::DeadLetterStream { .. }) => Redriven::DeadLetteredAgain,
             // Failed again under `sluice.dev/dead-letter: drop` (or not encodable again): the letter it came from

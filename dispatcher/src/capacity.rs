@@ -33,10 +33,24 @@ pub(crate) struct DestinationLimits {
     wake: watch::Sender<u64>,
 }
 
-/// A delivery's place in its host's limit, given back when dropped (the delivery ended or was aborted).
+/// A delivery's place in its host's limit, given back when dropped (the delivery ended or was aborted, or it
+/// waits out a retry's backoff: [`DeliverySlot::give_back_until`]).
 pub(crate) struct DeliverySlot {
     limits: Arc<DestinationLimits>,
     host: String,
+}
+
+impl DeliverySlot {
+    /// Gives `slot` back while `pause` runs (a retry's backoff: a delivery waiting is not in flight, and a
+    /// subscriber limited to a few slots would sit idle through the whole wait, with events behind it), then
+    /// takes a slot again, waiting for room as a new delivery would. No slot (an unlimited host): just `pause`.
+    pub(crate) async fn give_back_until(slot: &mut Option<DeliverySlot>, pause: impl Future<Output = ()>) {
+        let Some(held) = slot.take() else { return pause.await };
+        let (limits, host) = (held.limits.clone(), held.host.clone());
+        drop(held);
+        pause.await;
+        *slot = limits.wait_for_slot(&host).await;
+    }
 }
 
 impl Drop for DeliverySlot {
@@ -105,6 +119,21 @@ impl DestinationLimits {
         Some(Some(DeliverySlot { limits: self.clone(), host: host.to_string() }))
     }
 
+    /// A slot towards `host` once it has room (`None` at once when it has no limit any more).
+    pub(crate) async fn wait_for_slot(self: &Arc<Self>, host: &str) -> Option<DeliverySlot> {
+        // Subscribed before trying, so a slot given back in between wakes this wait.
+        let mut wake = self.wake();
+        loop {
+            if let Some(slot) = self.try_start(host) {
+                return slot;
+            }
+            if wake.changed().await.is_err() {
+                // The limits are gone with the dispatcher: nothing to hold a place in.
+                return None;
+            }
+        }
+    }
+
     pub(crate) fn report_backlog(&self, reporter: &str, host: &str, events: u64, ordered_keys: Option<u64>) {
         self.capacity.report_backlog(reporter, host, events, ordered_keys);
     }
@@ -162,5 +191,53 @@ mod tests {
         assert_eq!(fixed.reports.lock().expect("lock").as_slice(), [("t/0".into(), "ksvc:80".into(), 7)]);
         assert_eq!(host_of("http://hello.default.localhost:8080/path?q"), "hello.default.localhost:8080");
         assert_eq!(host_of("hello.default.localhost"), "hello.default.localhost");
+    }
+
+    /// Regression: a delivery kept its slot through a retry's backoff, so a subscriber of one slot whose one
+    /// failing event waited out (up to an hour with `Retry-After`) delivered nothing else meanwhile.
+    #[tokio::test]
+    async fn a_retry_waiting_out_its_backoff_gives_its_slot_back_and_waits_for_room_after() {
+        let fixed = Arc::new(Fixed {
+            limits: Mutex::new(HashMap::from([("ksvc:80".to_string(), 1)])),
+            reports: Mutex::new(Vec::new()),
+            grown: watch::channel(0).0,
+        });
+        let limits = DestinationLimits::new(fixed.clone());
+        let mut failing = limits.try_start("ksvc:80").expect("room");
+        assert!(failing.is_some(), "the one slot");
+        let (backoff_over, backoff) = tokio::sync::oneshot::channel::<()>();
+        let retry = tokio::spawn({
+            async move {
+                DeliverySlot::give_back_until(&mut failing, async {
+                    let _ = backoff.await;
+                })
+                .await;
+                failing
+            }
+        });
+        // During the backoff another delivery takes the slot.
+        let given_back = async {
+            loop {
+                if let Some(Some(slot)) = limits.try_start("ksvc:80") {
+                    break slot;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        let other = tokio::time::timeout(std::time::Duration::from_secs(10), given_back)
+            .await
+            .expect("the slot was given back for the backoff");
+        backoff_over.send(()).expect("the retry waits");
+        // The backoff is over, the slot is taken: the retry waits for room, then has it.
+        tokio::task::yield_now().await;
+        assert!(!retry.is_finished(), "no room: the retry waits");
+        drop(other);
+        let slot = retry.await.expect("the retry");
+        assert!(slot.is_some(), "the retry holds the slot again");
+        assert!(limits.try_start("ksvc:80").is_none(), "and only it");
+        // An unlimited host: the pause alone.
+        let mut none: Option<DeliverySlot> = None;
+        DeliverySlot::give_back_until(&mut none, async {}).await;
+        assert!(none.is_none());
     }
 }

@@ -134,20 +134,23 @@ fn host_name(host: &str) -> String {
 
 impl SubscriberSignals {
     /// Deliveries to `host` that may be in flight from this node now: the ready capacity of the revisions its
-    /// Route sends traffic to. `None`: not a Route served here, or a revision without `containerConcurrency`
-    /// (no limit from serving).
+    /// Route sends traffic to. `None`: not a Route served here, a revision without `containerConcurrency` (no
+    /// limit from serving), or a routed revision this node does not run (one its own settings refuse, such as a
+    /// `max-scale` above its `--max-scale-limit`): its deliveries go and fail as any request to it does, and are
+    /// retried and dead-lettered, rather than wait for room that never comes (they used to, holding the
+    /// consumer's watermark for good).
     pub fn limit(&self, host: &str) -> Option<usize> {
         let host = host_name(host);
         let table = self.shared.table.read().ok()?.clone();
         let route = table.get(&host)?;
         let revisions = self.shared.revisions.read().ok()?;
         host_limit(&route.targets, |name| {
-            let revision = revisions.get(&format!("{}/{name}", route.namespace));
+            let revision = revisions.get(&format!("{}/{name}", route.namespace))?;
             // Deciding on concurrency alone (Knative's way), the dispatcher pushes its own window, unlimited.
-            if revision.is_some_and(|r| r.run.autoscaling.signals == DecidingSignals::Concurrency) {
+            if revision.run.autoscaling.signals == DecidingSignals::Concurrency {
                 return None;
             }
-            let capacity = revision.map_or(0, |revision| revision.ready_capacity.load(Ordering::Relaxed));
+            let capacity = revision.ready_capacity.load(Ordering::Relaxed);
             (capacity != UNLIMITED).then_some(capacity)
         })
     }
@@ -228,17 +231,19 @@ mod tests {
 
     #[test]
     fn a_revision_listed_twice_adds_its_capacity_once() {
-        let capacities = HashMap::from([("a", Some(4)), ("b", Some(3)), ("unlimited", None)]);
-        let capacity = |revision: &str| capacities.get(revision).copied().unwrap_or(Some(0));
+        // As `SubscriberSignals::limit` answers: a revision not run here has no limit.
+        let capacities = HashMap::from([("a", Some(4)), ("b", Some(3)), ("unlimited", None), ("cold", Some(0))]);
+        let capacity = |revision: &str| capacities.get(revision).copied().unwrap_or(None);
         // (targets, limit, why)
         type Entries<'a> = &'a [(&'a str, u32)];
-        let cases: [(Entries, Option<usize>, &str); 6] = [
+        let cases: [(Entries, Option<usize>, &str); 7] = [
             (&[("a", 100)], Some(4), "one revision"),
             (&[("a", 50), ("a", 50)], Some(4), "latestRevision and by name: one revision"),
             (&[("a", 25), ("b", 50), ("a", 25)], Some(7), "each revision once"),
             (&[("a", 100), ("b", 0)], Some(4), "no traffic, no capacity"),
             (&[("a", 50), ("unlimited", 50)], None, "a revision without a limit lifts it"),
-            (&[("elsewhere", 100)], Some(0), "not running here: no room yet"),
+            (&[("cold", 100)], Some(0), "run here, none ready: no room yet"),
+            (&[("elsewhere", 100)], None, "regression: not run here, no limit (it held deliveries for good)"),
         ];
         for (entries, limit, why) in cases {
             let targets: Vec<(String, u32)> = entries.iter().map(|(r, p)| (r.to_string(), *p)).collect();

@@ -15,7 +15,7 @@ use sluice_broker::Node;
 use sluice_broker::{IngressSettings, PublishError, publish};
 use sluice_cloudevent::{AttrValue, CloudEvent};
 
-use crate::capacity::DestinationLimits;
+use crate::capacity::{DeliverySlot, DestinationLimits};
 use crate::consumer::{ConsumerSpec, DeadLetterMode, Format, ReplyTarget};
 use crate::delivery::policy::{FailureReason, Outcome, RetryAfter, Step, classify, next_step_jittered};
 use crate::delivery::sender::{AttemptResult, MAX_ERROR_DATA_BYTES, ReplyUse, Sender};
@@ -120,7 +120,8 @@ enum Payload<'a> {
 }
 
 /// The one send loop: POSTs `payload` to `url` until the consumer's policy (`policy::next_step_jittered`) says it
-/// is done or gives up, sleeping until each retry instant.
+/// is done or gives up, sleeping until each retry instant, with `slot` (its place in `url`'s in-flight limit)
+/// given back meanwhile.
 async fn send_with_retries(
     ctx: &DeliveryContext,
     spec: &ConsumerSpec,
@@ -128,6 +129,7 @@ async fn send_with_retries(
     payload: Payload<'_>,
     reply_use: ReplyUse,
     judge: &mut dyn Judge,
+    slot: &mut Option<DeliverySlot>,
 ) -> Sent {
     let mut attempt = 1u32;
     loop {
@@ -153,7 +155,7 @@ async fn send_with_retries(
                 judge.on_retry(attempt, &result, at_ms);
                 // Not held through the backoff: a reply (up to 4 MiB) per delivery waiting, times the window.
                 drop(result);
-                sleep_until_ms(at_ms).await;
+                DeliverySlot::give_back_until(slot, sleep_until_ms(at_ms)).await;
                 attempt += 1;
             }
             Step::DeadLetter { reason } | Step::Drop { reason } => {
@@ -288,8 +290,15 @@ fn labels(spec: &ConsumerSpec, event_type: &str, status: Option<u16>) -> Vec<(&'
     ]
 }
 
-/// Delivers `event` (at `offset`) to `spec`'s subscriber until it settles.
-pub(crate) async fn deliver(ctx: &DeliveryContext, spec: &ConsumerSpec, offset: u64, event: &CloudEvent) -> Settlement {
+/// Delivers `event` (at `offset`) to `spec`'s subscriber until it settles, holding `slot` (its place in the
+/// subscriber's in-flight limit, if it has one) while it is in flight.
+pub(crate) async fn deliver(
+    ctx: &DeliveryContext,
+    spec: &ConsumerSpec,
+    offset: u64,
+    event: &CloudEvent,
+    slot: &mut Option<DeliverySlot>,
+) -> Settlement {
     let span = tracing::debug_span!("deliver", consumer = %spec.cursor, partition = ctx.partition, offset);
     let _ = &span;
     #[cfg(feature = "planted-bugs")]
@@ -302,9 +311,11 @@ pub(crate) async fn deliver(ctx: &DeliveryContext, spec: &ConsumerSpec, offset: 
         ReplyTarget::Broker { .. } | ReplyTarget::Uri(_) => ReplyUse::Wanted,
     };
     let payload = Payload::Event { format: spec.format, event };
-    match send_with_retries(ctx, spec, &spec.subscriber_uri, payload, reply_use, &mut judge).await {
+    match send_with_retries(ctx, spec, &spec.subscriber_uri, payload, reply_use, &mut judge, slot).await {
         Sent::Done { attempts } => Settlement::Delivered { attempts },
         Sent::GaveUp { attempts, result, reason, note } => {
+            // Done with the subscriber: dead-lettering goes elsewhere.
+            drop(slot.take());
             let reason = note.unwrap_or_else(|| describe(reason));
             // The error attributes name what failed last: the subscriber, or the reply destination after it.
             let failure = match judge.reply_failed.take() {
@@ -362,17 +373,19 @@ pub(crate) async fn deliver_batch(
     ctx: &DeliveryContext,
     spec: &ConsumerSpec,
     events: &[(u64, Arc<CloudEvent>)],
+    slot: &mut Option<DeliverySlot>,
 ) -> Settled {
     let first_offset = events.first().map(|(offset, _)| *offset);
     let span = tracing::debug_span!("deliver_batch", consumer = %spec.cursor, partition = ctx.partition, ?first_offset, events = events.len());
     let _ = &span;
     let mut judge = BatchJudge { spec, events };
     let payload = Payload::Batch(events);
-    match send_with_retries(ctx, spec, &spec.subscriber_uri, payload, ReplyUse::Discarded, &mut judge).await {
+    match send_with_retries(ctx, spec, &spec.subscriber_uri, payload, ReplyUse::Discarded, &mut judge, slot).await {
         Sent::Done { attempts } => {
             events.iter().map(|(offset, _)| (*offset, Settlement::Delivered { attempts })).collect()
         }
         Sent::GaveUp { attempts, result, reason, note } => {
+            drop(slot.take());
             use futures::stream::StreamExt;
             let reason = note.unwrap_or_else(|| describe(reason));
             // Made up front (they start when polled): a stream's `map` closure held in this future trips the
@@ -598,7 +611,8 @@ async fn dead_letter_event(
     let mut dead = with_error_attributes(event, &failure, offset);
     if let Some(sink) = &spec.dead_letter_uri {
         let payload = Payload::Event { format: spec.format, event: &dead };
-        match send_with_retries(ctx, spec, sink, payload, ReplyUse::Discarded, &mut ByStatus).await {
+        // The sink is not the subscriber: no place in the subscriber's limit.
+        match send_with_retries(ctx, spec, sink, payload, ReplyUse::Discarded, &mut ByStatus, &mut None).await {
             Sent::Done { .. } => {
                 metrics::counter!("sluice_dispatch_dead_lettered_total", "consumer" => spec.name.clone(), "namespace" => spec.namespace.clone(), "to" => "sink").increment(1);
                 return DeadLettered::Sink;

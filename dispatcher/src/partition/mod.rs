@@ -31,7 +31,7 @@ use sluice_broker::OffsetCommit;
 use sluice_cloudevent::{CloudEvent, EventView};
 use tokio::sync::mpsc;
 
-use crate::capacity::host_of;
+use crate::capacity::{DeliverySlot, host_of};
 use crate::consumer::{ConsumerSpec, InitialOffset, cursor_prefix};
 use crate::delivery::task::{
     DeliveryContext, Settled, Settlement, dead_letter_after_panic, deliver, deliver_batch, now_ms,
@@ -431,9 +431,13 @@ impl PartitionDispatcher {
             // Boxed: the delivery's state machine is large; the set moves a pointer.
             let (abort, registration) = AbortHandle::new_pair();
             let delivery: BoxFuture<'static, Option<DeliveryResult>> = Box::pin(async move {
-                // The slot at the subscriber is held until the delivery ends (or is aborted).
-                let _slot = slot;
-                let settled = match AssertUnwindSafe(deliver_start(&ctx, &spec, &events)).catch_unwind().await {
+                // The slot at the subscriber is held while the delivery is in flight (given back through a retry's
+                // backoff), until it ends or is aborted.
+                let mut slot = slot;
+                let settled = match AssertUnwindSafe(deliver_start(&ctx, &spec, &events, &mut slot))
+                    .catch_unwind()
+                    .await
+                {
                     Ok(settled) => settled,
                     Err(_) => {
                         // A bug: the events are dead-lettered, saying so, and this partition's other deliveries
@@ -628,12 +632,17 @@ impl PartitionDispatcher {
 }
 
 /// One event to a consumer without `delivery_batch` (Knative's one event per request), or a batch.
-async fn deliver_start(ctx: &DeliveryContext, spec: &ConsumerSpec, events: &[(u64, Arc<CloudEvent>)]) -> Settled {
+async fn deliver_start(
+    ctx: &DeliveryContext,
+    spec: &ConsumerSpec,
+    events: &[(u64, Arc<CloudEvent>)],
+    slot: &mut Option<DeliverySlot>,
+) -> Settled {
     match events {
         [(offset, event)] if spec.delivery_batch.is_none() => {
-            smallvec::smallvec![(*offset, deliver(ctx, spec, *offset, event).await)]
+            smallvec::smallvec![(*offset, deliver(ctx, spec, *offset, event, slot).await)]
         }
-        _ => deliver_batch(ctx, spec, events).await,
+        _ => deliver_batch(ctx, spec, events, slot).await,
     }
 }
 
