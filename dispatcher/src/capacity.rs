@@ -37,7 +37,10 @@ pub(crate) struct DestinationLimits {
 /// waits out a retry's backoff: [`DeliverySlot::give_back_until`]).
 pub(crate) struct DeliverySlot {
     limits: Arc<DestinationLimits>,
+    /// As the delivery named it (what a slot is asked for again with).
     host: String,
+    /// What it is counted under: [`limited_host`].
+    counted_as: String,
 }
 
 impl DeliverySlot {
@@ -56,11 +59,11 @@ impl DeliverySlot {
 impl Drop for DeliverySlot {
     fn drop(&mut self) {
         if let Ok(mut in_flight) = self.limits.in_flight.lock()
-            && let Some(count) = in_flight.get_mut(&self.host)
+            && let Some(count) = in_flight.get_mut(&self.counted_as)
         {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                in_flight.remove(&self.host);
+                in_flight.remove(&self.counted_as);
             }
         }
         if self.limits.turned_away.swap(false, Ordering::AcqRel) {
@@ -73,6 +76,17 @@ impl Drop for DeliverySlot {
 pub(crate) fn host_of(uri: &str) -> &str {
     let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
     rest.split(['/', '?', '#']).next().unwrap_or_default()
+}
+
+/// The host a limit is counted under: serving's limits are per Route host, without the port and in lower case,
+/// so `HELLO.default.localhost` and `hello.default.localhost:8080` share one count. (Counted per authority as
+/// written, two Triggers naming one Service differently each had its whole capacity.)
+fn limited_host(host: &str) -> String {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    name.to_ascii_lowercase()
 }
 
 impl DestinationLimits {
@@ -110,13 +124,14 @@ impl DestinationLimits {
     pub(crate) fn try_start(self: &Arc<Self>, host: &str) -> Option<Option<DeliverySlot>> {
         let Some(limit) = self.capacity.limit(host) else { return Some(None) };
         let Ok(mut in_flight) = self.in_flight.lock() else { return Some(None) };
-        let count = in_flight.entry(host.to_string()).or_insert(0);
-        if *count >= limit {
+        let counted_as = limited_host(host);
+        // Looked up before it is counted, so a host turned away leaves no entry behind.
+        if in_flight.get(&counted_as).copied().unwrap_or(0) >= limit {
             self.turned_away.store(true, Ordering::Release);
             return None;
         }
-        *count += 1;
-        Some(Some(DeliverySlot { limits: self.clone(), host: host.to_string() }))
+        *in_flight.entry(counted_as.clone()).or_insert(0) += 1;
+        Some(Some(DeliverySlot { limits: self.clone(), host: host.to_string(), counted_as }))
     }
 
     /// A slot towards `host` once it has room (`None` at once when it has no limit any more).
@@ -191,6 +206,26 @@ mod tests {
         assert_eq!(fixed.reports.lock().expect("lock").as_slice(), [("t/0".into(), "ksvc:80".into(), 7)]);
         assert_eq!(host_of("http://hello.default.localhost:8080/path?q"), "hello.default.localhost:8080");
         assert_eq!(host_of("hello.default.localhost"), "hello.default.localhost");
+    }
+
+    /// Regression: in-flight deliveries were counted per authority as written, while the limit is per host.
+    #[test]
+    fn one_host_written_two_ways_shares_one_count() {
+        let fixed = Arc::new(Fixed {
+            limits: Mutex::new(HashMap::from([
+                ("hello.default.localhost:8080".to_string(), 1),
+                ("HELLO.default.localhost".to_string(), 1),
+            ])),
+            reports: Mutex::new(Vec::new()),
+            grown: watch::channel(0).0,
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let _entered = runtime.enter();
+        let limits = DestinationLimits::new(fixed);
+        let _held = limits.try_start("hello.default.localhost:8080").expect("room");
+        assert!(limits.try_start("HELLO.default.localhost").is_none(), "the same host: full");
+        assert_eq!(limited_host("[::1]:80"), "[::1]");
+        assert_eq!(limited_host("Hello.Example"), "hello.example");
     }
 
     /// Regression: a delivery kept its slot through a retry's backoff, so a subscriber of one slot whose one
