@@ -23,7 +23,7 @@ pub(super) fn on_instance_event(
         InstanceEvent::Ready { id, addr } => {
             tracing::info!(revision = %key, instance = id, %addr, "instance ready");
             instances.ready_once.insert(id);
-            instances.failed_starts.ready();
+            instances.failed_starts.ready(crate::clock::monotonic_ms());
             instances.given_up = false;
             if let Ok(mut state) = revision.state.lock() {
                 state.failed = None;

@@ -10,6 +10,11 @@
 //! gives up on a revision that does not progress; a held request or the backlog asks again, and so does a
 //! change (a new run starts with a clean slate).
 
+/// How long an instance must stay ready for its revision's crash-loop backoff to start again from 100 ms. An
+/// instance that crashes sooner after becoming ready goes on backing off where the last failures left it (the
+/// kubelet resets its CrashLoopBackOff after 10 minutes of running).
+pub(crate) const STABLE_READY_MS: u64 = 60_000;
+
 /// Failed starts in a row without the revision ever being ready, before waiting requests are answered 503 with
 /// the reason instead of being held until their timeout.
 pub(crate) const FAILED_STARTS_BEFORE_GIVING_UP: u32 = 3;
@@ -32,20 +37,36 @@ pub(crate) struct FailedStarts {
     pub(crate) last_ms: u64,
     /// When the first one failed: the progress deadline counts from here.
     pub(crate) since_ms: u64,
+    /// When an instance last became ready, and how many failures in a row came before it.
+    pub(crate) ready: Option<(u64, u32)>,
 }
 
 impl FailedStarts {
     pub(crate) fn record(&mut self, now_ms: u64) {
         if self.in_a_row == 0 {
             self.since_ms = now_ms;
+            // A crash soon after a ready spell goes on from the failures before it: an app that passes its
+            // readiness and dies a second later backs off as one that never gets ready (it restarted every
+            // 100 ms for good when readiness cleaned the slate).
+            if let Some((ready_ms, before)) = self.ready
+                && now_ms.saturating_sub(ready_ms) < STABLE_READY_MS
+            {
+                self.in_a_row = before;
+            }
         }
         self.in_a_row = self.in_a_row.saturating_add(1);
         self.last_ms = now_ms;
     }
 
-    /// An instance became ready: the slate is clean.
-    pub(crate) fn ready(&mut self) {
-        *self = FailedStarts::default();
+    /// An instance became ready: the slate is clean (nothing failed since), though a crash within
+    /// [`STABLE_READY_MS`] picks the backoff up where it was.
+    pub(crate) fn ready(&mut self, now_ms: u64) {
+        let before = match self.ready {
+            // Ready again before the last spell was stable: the failures before that spell still count.
+            Some((_, earlier)) if self.in_a_row == 0 => earlier,
+            _ => self.in_a_row,
+        };
+        *self = FailedStarts { ready: Some((now_ms, before)), ..FailedStarts::default() };
     }
 
     /// When the next start may be tried.
@@ -121,6 +142,37 @@ mod tests {
         assert_eq!(delays, [0, 100, 200, 400, 800, 1_600, 3_200, 6_400, 10_000, 10_000]);
     }
 
+    /// Regression: readiness cleaned the slate, so an app that became ready and crashed a second later was
+    /// restarted every 100 ms for good. Crashes soon after readiness go on backing off; after a stable spell the
+    /// backoff starts again from 100 ms.
+    #[test]
+    fn a_crash_soon_after_readiness_goes_on_backing_off() {
+        let mut failed = FailedStarts::default();
+        let mut now = 1_000;
+        let mut delays = Vec::new();
+        for _ in 0..10 {
+            failed.ready(now);
+            assert_eq!(failed.in_a_row, 0, "ready: nothing failed since");
+            assert_eq!(start_verdict(&failed, now, 600_000, false), StartVerdict::Start);
+            now += 1_000;
+            failed.record(now);
+            delays.push(restart_delay_ms(failed.in_a_row));
+            now = failed.retry_at_ms() + 500;
+        }
+        assert_eq!(delays, [100, 200, 400, 800, 1_600, 3_200, 6_400, 10_000, 10_000, 10_000]);
+        // Ready for a whole stable spell, then a crash: from 100 ms again.
+        failed.ready(now);
+        failed.record(now + STABLE_READY_MS);
+        assert_eq!((failed.in_a_row, restart_delay_ms(failed.in_a_row)), (1, 100));
+        // Ready again after a quick crash, then ready once more with nothing failed between: the count before
+        // the first spell is kept, not lost to the second.
+        let mut failed = failing(4, 100);
+        failed.ready(2_000);
+        failed.ready(3_000);
+        failed.record(3_500);
+        assert_eq!(failed.in_a_row, 5);
+    }
+
     /// Failed starts at 1 s, then every `gap_ms`, `count` in all.
     fn failing(count: u32, gap_ms: u64) -> FailedStarts {
         let mut failed = FailedStarts::default();
@@ -150,7 +202,7 @@ mod tests {
             assert_eq!(start_verdict(&failed, now, DEADLINE, asked), verdict, "{why}: {failed:?} at {now}");
         }
         let mut healed = failing(60, 10_000);
-        healed.ready();
+        healed.ready(650_000);
         assert_eq!(start_verdict(&healed, 700_000, DEADLINE, false), StartVerdict::Start, "ready again: clean slate");
     }
 
