@@ -4,7 +4,10 @@
 //! counts a gap as zero, divides by the buckets since the first write while the window is not full yet (a
 //! partial window), shrinks the denominator over trailing silence, and is zero once nothing was written for a
 //! whole window. A write older than the newest bucket is added to its bucket if still in the window, else
-//! dropped, as in Knative.
+//! dropped, as in Knative. Buckets are counted from the newest write, rounding to the nearest bucket, not on a
+//! fixed grid: the samples come from a tick of the bucket's length whose phase is arbitrary, and on a grid two
+//! ticks a few milliseconds either side of a boundary filed two samples in one bucket (its value doubled, a
+//! false panic in a one-bucket panic window) and none in the next.
 //!
 //! [`MaxWindow`]: the largest value recorded over the last `n` buckets, for `scale-down-delay`.
 
@@ -23,17 +26,33 @@ pub(crate) struct WindowAverage {
     values: VecDeque<(u64, f64)>,
     first_write: Option<u64>,
     last_write: Option<u64>,
+    /// The newest write: (time, bucket index). Other times find their bucket from it.
+    anchor: Option<(u64, u64)>,
 }
 
 impl WindowAverage {
     pub(crate) fn new(window_ms: u64, bucket_ms: u64) -> Self {
         let bucket_ms = bucket_ms.max(1);
         let buckets = window_ms.div_ceil(bucket_ms).max(1) as usize;
-        WindowAverage { bucket_ms, buckets, values: VecDeque::new(), first_write: None, last_write: None }
+        WindowAverage { bucket_ms, buckets, values: VecDeque::new(), first_write: None, last_write: None, anchor: None }
+    }
+
+    /// The bucket of `now_ms`: whole buckets from the newest write's, to the nearest (the grid's own before any).
+    fn index_at(&self, now_ms: u64) -> u64 {
+        let Some((at_ms, at_index)) = self.anchor else { return now_ms / self.bucket_ms };
+        let half = self.bucket_ms / 2;
+        if now_ms >= at_ms {
+            at_index.saturating_add((now_ms - at_ms + half) / self.bucket_ms)
+        } else {
+            at_index.saturating_sub((at_ms - now_ms + half) / self.bucket_ms)
+        }
     }
 
     pub(crate) fn record(&mut self, now_ms: u64, value: f64) {
-        let index = now_ms / self.bucket_ms;
+        let index = self.index_at(now_ms);
+        if self.anchor.is_none_or(|(_, newest)| index >= newest) {
+            self.anchor = Some((now_ms, index));
+        }
         let window = self.buckets as u64;
         match self.last_write {
             Some(last) if index + window <= last => return,
@@ -70,13 +89,13 @@ impl WindowAverage {
     pub(crate) fn is_empty(&self, now_ms: u64) -> bool {
         match self.last_write {
             None => true,
-            Some(last) => now_ms / self.bucket_ms > last + self.buckets as u64,
+            Some(last) => self.index_at(now_ms) > last + self.buckets as u64,
         }
     }
 
     pub(crate) fn average(&self, now_ms: u64) -> f64 {
         let (Some(first), Some(last)) = (self.first_write, self.last_write) else { return 0.0 };
-        let now = now_ms / self.bucket_ms;
+        let now = self.index_at(now_ms);
         let window = self.buckets as u64;
         let since = now.saturating_sub(last);
         if since >= window {
@@ -157,6 +176,24 @@ mod tests {
         assert_eq!(reset.average(67_000), 400.6, "writes older than the window are dropped");
         reset.record(72_000, 10.0);
         assert_eq!(reset.average(72_000), 10.0);
+    }
+
+    /// Regression: buckets on a fixed grid filed a tick just before a boundary and the next just after it in
+    /// the same bucket (2999 and 2001 both in bucket 2): a one-bucket panic window saw twice the load, and the
+    /// bucket after it none.
+    #[test]
+    fn ticks_either_side_of_a_boundary_fill_one_bucket_each() {
+        let mut w = WindowAverage::new(1_000, 1_000);
+        for t in [999, 2_001, 2_999, 4_001, 4_999, 6_003, 6_998] {
+            w.record(t, 2.0);
+            assert_eq!(w.average(t), 2.0, "at {t}");
+            assert_eq!(w.average(t + 5), 2.0, "just after {t}");
+        }
+        let mut stable = WindowAverage::new(6_000, 1_000);
+        for t in [999, 2_001, 2_999, 4_001, 4_999, 6_003, 6_998] {
+            stable.record(t, 3.0);
+        }
+        assert_eq!(stable.average(6_998), 3.0, "no bucket doubled, none empty");
     }
 
     #[test]
