@@ -84,7 +84,7 @@ impl Trace {
         match self {
             Trace::Step { before, after, .. } => format!("step {before}→{after}/s"),
             Trace::Spike { base, peak, from_ms, to_ms, .. } => {
-                format!("spike {base}→{peak}/s for {} s", (to_ms - from_ms) / 1000)
+                format!("spike {base}→{peak}/s for {} s", to_ms.saturating_sub(*from_ms) / 1000)
             }
             Trace::Sine { mean, amplitude, period_ms, .. } => {
                 format!("sine {mean}±{amplitude}/s, {} s period", period_ms / 1000)

@@ -67,11 +67,13 @@ impl WindowAverage {
         if self.first_write.is_none_or(|first| first > index) {
             self.first_write = Some(index);
         }
-        match self.values.iter_mut().find(|(i, _)| *i == index) {
-            Some((_, sum)) => *sum += value,
-            None => {
-                let at = self.values.iter().position(|(i, _)| *i > index).unwrap_or(self.values.len());
-                self.values.insert(at, (index, value));
+        // From the newest end: nearly every write is to the newest bucket or a new one after it, and a window
+        // may hold many buckets (an hour of 10 ms ones).
+        match self.values.iter_mut().rev().find(|(i, _)| *i <= index) {
+            Some((i, sum)) if *i == index => *sum += value,
+            _ => {
+                let after = self.values.iter().rev().take_while(|(i, _)| *i > index).count();
+                self.values.insert(self.values.len() - after, (index, value));
             }
         }
         self.last_write = Some(self.last_write.map_or(index, |last| last.max(index)));
