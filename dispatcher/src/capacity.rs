@@ -183,13 +183,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_full_host_turns_deliveries_away_until_a_slot_is_given_back() {
-        let fixed = Arc::new(Fixed {
-            limits: Mutex::new(HashMap::from([("ksvc:80".to_string(), 2)])),
+    /// A capacity of fixed limits per host.
+    fn fixed(limits: &[(&str, usize)]) -> Arc<Fixed> {
+        Arc::new(Fixed {
+            limits: Mutex::new(limits.iter().map(|(host, limit)| (host.to_string(), *limit)).collect()),
             reports: Mutex::new(Vec::new()),
             grown: watch::channel(0).0,
-        });
+        })
+    }
+
+    #[tokio::test]
+    async fn a_full_host_turns_deliveries_away_until_a_slot_is_given_back() {
+        let fixed = fixed(&[("ksvc:80", 2)]);
         let limits = DestinationLimits::new(fixed.clone());
         let mut wake = limits.wake();
         assert!(matches!(limits.try_start("other:80"), Some(None)), "no limit");
@@ -211,14 +216,7 @@ mod tests {
     /// Regression: in-flight deliveries were counted per authority as written, while the limit is per host.
     #[test]
     fn one_host_written_two_ways_shares_one_count() {
-        let fixed = Arc::new(Fixed {
-            limits: Mutex::new(HashMap::from([
-                ("hello.default.localhost:8080".to_string(), 1),
-                ("HELLO.default.localhost".to_string(), 1),
-            ])),
-            reports: Mutex::new(Vec::new()),
-            grown: watch::channel(0).0,
-        });
+        let fixed = fixed(&[("hello.default.localhost:8080", 1), ("HELLO.default.localhost", 1)]);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let _entered = runtime.enter();
         let limits = DestinationLimits::new(fixed);
@@ -232,11 +230,7 @@ mod tests {
     /// failing event waited out (up to an hour with `Retry-After`) delivered nothing else meanwhile.
     #[tokio::test]
     async fn a_retry_waiting_out_its_backoff_gives_its_slot_back_and_waits_for_room_after() {
-        let fixed = Arc::new(Fixed {
-            limits: Mutex::new(HashMap::from([("ksvc:80".to_string(), 1)])),
-            reports: Mutex::new(Vec::new()),
-            grown: watch::channel(0).0,
-        });
+        let fixed = fixed(&[("ksvc:80", 1)]);
         let limits = DestinationLimits::new(fixed.clone());
         let mut failing = limits.try_start("ksvc:80").expect("room");
         assert!(failing.is_some(), "the one slot");
