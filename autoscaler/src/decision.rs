@@ -26,6 +26,9 @@ pub struct Sample {
     /// Knative counts them: `metric: rps` must see the requests held at a revision at zero, which have not
     /// ended (and may never).
     pub requests: u64,
+    /// How long the bucket lasted: a tick that came late (a busy runtime) makes it longer than the configured
+    /// length, and `metric: rps` divides by this. 0 stands for the configured length.
+    pub elapsed_ms: u64,
 }
 
 /// Events waiting in the log for the revision: matched to a Trigger or Subscription whose subscriber resolves
@@ -222,7 +225,12 @@ impl Autoscaler {
         let sample = if self.knobs.signals == Signals::Backlog { Sample::default() } else { sample };
         let value = match self.knobs.metric {
             Metric::Concurrency => sample.concurrency,
-            Metric::Rps => sample.requests as f64 * 1000.0 / self.knobs.bucket_ms as f64,
+            // Per second of the bucket as it lasted: a bucket stretched by a late tick holds more arrivals, not a
+            // higher rate (divided by the nominal length it read as one, a false panic).
+            Metric::Rps => {
+                let lasted_ms = if sample.elapsed_ms == 0 { self.knobs.bucket_ms } else { sample.elapsed_ms };
+                sample.requests as f64 * 1000.0 / lasted_ms as f64
+            }
         };
         // Stamped with the time it closed, as Knative stamps a scrape: a decision taken then includes it.
         self.stable.record(now_ms, value);
@@ -361,8 +369,21 @@ mod tests {
     /// Records `concurrency` each second from `from_s` to `to_s`.
     fn load(scaler: &mut Autoscaler, from_s: u64, to_s: u64, concurrency: f64) {
         for s in from_s..to_s {
-            scaler.record((s + 1) * 1000, Sample { concurrency, requests: concurrency as u64 });
+            scaler.record((s + 1) * 1000, Sample { concurrency, requests: concurrency as u64, elapsed_ms: 0 });
         }
+    }
+
+    /// Regression: `metric: rps` divided a bucket's arrivals by the configured length, so a bucket a late tick
+    /// stretched to 3 s read as three times the rate (a false panic in a one-bucket panic window).
+    #[test]
+    fn regression_a_late_ticks_bucket_is_read_per_second_it_lasted() {
+        let rps = || Autoscaling { metric: Metric::Rps, ..knobs() };
+        let mut late = Autoscaler::new(rps(), 0, 0, true);
+        late.record(3_000, Sample { concurrency: 1.0, requests: 30, elapsed_ms: 3_000 });
+        assert_eq!(late.decide(&observe(3_000, 1, 0, 0)).panic_metric, 10.0, "30 requests over 3 s");
+        let mut nominal = Autoscaler::new(rps(), 0, 0, true);
+        nominal.record(3_000, Sample { concurrency: 1.0, requests: 30, elapsed_ms: 0 });
+        assert_eq!(nominal.decide(&observe(3_000, 1, 0, 0)).panic_metric, 30.0, "0: the configured 1 s");
     }
 
     #[test]
@@ -607,8 +628,8 @@ mod tests {
             let mut previous: Option<Decision> = None;
             for (i, (concurrency, held, events)) in steps.iter().enumerate() {
                 let now = (i as u64 + 1) * 2_000;
-                scaler.record(now - 1_000, Sample { concurrency: *concurrency, requests: 0 });
-                scaler.record(now, Sample { concurrency: *concurrency, requests: 0 });
+                scaler.record(now - 1_000, Sample { concurrency: *concurrency, requests: 0, elapsed_ms: 0 });
+                scaler.record(now, Sample { concurrency: *concurrency, requests: 0, elapsed_ms: 0 });
                 let d = scaler.decide(&observe(now, ready, *held, *events));
                 prop_assert!(d.desired >= min, "{d:?}");
                 if max > 0 {

@@ -282,7 +282,7 @@ pub fn simulate(knobs: &Autoscaling, model: &Model, trace: &Trace, mode: Mode, s
                 Mode::BacklogOnly => (0.0, 0),
                 _ => (bucket_concurrency / knobs.bucket_ms as f64, bucket_requests),
             };
-            scaler.record(now, Sample { concurrency, requests });
+            scaler.record(now, Sample { concurrency, requests, elapsed_ms: 0 });
             bucket_concurrency = 0.0;
             bucket_requests = 0;
         }

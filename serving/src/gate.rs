@@ -10,6 +10,7 @@
 //! ends, so an instance never has more than `containerConcurrency` requests at once (0: no limit). The least
 //! loaded ready instance that is not draining takes the request; waiters are served first come, first served.
 
+use sluice_autoscaler::Sample;
 use std::collections::{BTreeMap, VecDeque};
 
 pub type InstanceId = u64;
@@ -191,15 +192,16 @@ impl Meter {
         self.arrivals += 1;
     }
 
-    /// Closes the bucket: the average level since it opened, and the requests that arrived in it.
-    pub(crate) fn close(&mut self, now_ms: u64) -> (f64, u64) {
+    /// Closes the bucket: the average level since it opened, the requests that arrived in it, and how long it
+    /// lasted.
+    pub(crate) fn close(&mut self, now_ms: u64) -> Sample {
         self.set(now_ms, self.level);
         let elapsed = now_ms.saturating_sub(self.opened_ms);
         let average = if elapsed == 0 { f64::from(self.level) } else { self.integral / elapsed as f64 };
         let arrivals = std::mem::take(&mut self.arrivals);
         self.integral = 0.0;
         self.opened_ms = now_ms.max(self.opened_ms);
-        (average, arrivals)
+        Sample { concurrency: average, requests: arrivals, elapsed_ms: elapsed }
     }
 }
 
@@ -212,10 +214,11 @@ mod tests {
         meter.set(250, 4);
         meter.arrived();
         meter.set(750, 0);
-        assert_eq!(meter.close(1_000), (2.0 * 0.25 + 4.0 * 0.5, 1));
-        assert_eq!(meter.close(2_000), (0.0, 0), "a new bucket starts empty");
+        let closed = |concurrency, requests, elapsed_ms| Sample { concurrency, requests, elapsed_ms };
+        assert_eq!(meter.close(1_000), closed(2.0 * 0.25 + 4.0 * 0.5, 1, 1_000));
+        assert_eq!(meter.close(2_000), closed(0.0, 0, 1_000), "a new bucket starts empty");
         meter.set(2_000, 3);
-        assert_eq!(meter.close(2_500), (3.0, 0));
+        assert_eq!(meter.close(2_500), closed(3.0, 0, 500), "a bucket closed early lasted less");
     }
 
     use proptest::prelude::*;

@@ -35,7 +35,7 @@ use crate::runtime::local::free_port;
 use crate::runtime::{Instance, InstanceEvent, InstanceSpec, KillingProbe, ProbeRhythm, Readiness, Runtime};
 use gauges::AutoscalerGauges;
 use instance_events::on_instance_event;
-use sluice_autoscaler::{Autoscaler, Backlog, Decision, Observation, Sample};
+use sluice_autoscaler::{Autoscaler, Backlog, Decision, Observation};
 use starts::{Failed, FailedStarts, StartVerdict, backoff_left_ms, marks_failed, start_verdict, turned_away};
 
 /// Requests waiting for a slot of one revision on one node, at most.
@@ -490,8 +490,7 @@ async fn run_revision(
             _ = buckets.tick() => {
                 let now = monotonic_ms();
                 if let Ok(mut state) = revision.state.lock() {
-                    let (concurrency, requests) = state.meter.close(now);
-                    autoscaler.record(now, Sample { concurrency, requests });
+                    autoscaler.record(now, state.meter.close(now));
                 }
                 buckets_since_decision += 1;
                 if buckets_since_decision >= buckets_per_tick {

@@ -24,7 +24,7 @@ fn requests_held_at_zero_count_as_arrivals_for_rps() {
     for waiter in 1..=1_000 {
         assert_eq!(state.admit(waiter), Admit::Wait, "held");
     }
-    let (_, requests) = state.meter.close(monotonic_ms());
+    let requests = state.meter.close(monotonic_ms()).requests;
     assert_eq!(requests, 1_000, "held requests arrived");
     // Given a slot or turned away (the queue full), a request arrived all the same.
     let mut small = gate_state(1, 1);
@@ -32,11 +32,11 @@ fn requests_held_at_zero_count_as_arrivals_for_rps() {
     small.gate.set_ready(1, true);
     let admitted: Vec<Admit> = (1..=3).map(|waiter| small.admit(waiter)).collect();
     assert_eq!(admitted, [Admit::Go(1), Admit::Wait, Admit::Full]);
-    assert_eq!(small.meter.close(monotonic_ms()).1, 3);
+    assert_eq!(small.meter.close(monotonic_ms()).requests, 3);
     // A response that ends is not an arrival.
     let woken = small.gate.release(1);
     small.hand_out(woken);
-    assert_eq!(small.meter.close(monotonic_ms()).1, 0);
+    assert_eq!(small.meter.close(monotonic_ms()).requests, 0);
 }
 
 /// Hands out one gauge per name (one revision per test: labels are not told apart), to read back.
