@@ -145,13 +145,8 @@ impl SubscriberSignals {
         let route = table.get(&host)?;
         let revisions = self.shared.revisions.read().ok()?;
         host_limit(&route.targets, |name| {
-            let revision = revisions.get(&format!("{}/{name}", route.namespace))?;
-            // Deciding on concurrency alone (Knative's way), the dispatcher pushes its own window, unlimited.
-            if revision.run.autoscaling.signals == DecidingSignals::Concurrency {
-                return None;
-            }
-            let capacity = revision.ready_capacity.load(Ordering::Relaxed);
-            (capacity != UNLIMITED).then_some(capacity)
+            let revision = revisions.get(&format!("{}/{name}", route.namespace));
+            revision_limit(revision.map(|r| (r.run.autoscaling.signals, r.ready_capacity.load(Ordering::Relaxed))))
         })
     }
 
@@ -185,6 +180,14 @@ impl SubscriberSignals {
 /// however many entries of the route name it (`latestRevision: true` and the same revision by name: its
 /// instances take its capacity once). `capacity`: a revision's ready capacity, or `None` where serving sets
 /// no limit, which lifts the host's.
+/// What one routed revision allows in flight from this node, given how it decides and its ready capacity when
+/// this node runs it: `None` (no limit) when it does not run here, decides on concurrency alone (Knative's
+/// way: the dispatcher pushes its own window) or has no `containerConcurrency`.
+fn revision_limit(run_here: Option<(DecidingSignals, usize)>) -> Option<usize> {
+    let (signals, capacity) = run_here?;
+    (signals != DecidingSignals::Concurrency && capacity != UNLIMITED).then_some(capacity)
+}
+
 fn host_limit(targets: &[(String, u32)], capacity: impl Fn(&str) -> Option<usize>) -> Option<usize> {
     let mut limit = 0usize;
     for (revision, _) in routed_revisions(targets) {
@@ -229,9 +232,25 @@ mod tests {
         assert_eq!(served, ["a.default.localhost", "c.default.localhost"]);
     }
 
+    /// Regression: a routed revision this node does not run counted as no room (0), so its deliveries waited
+    /// for good; it sets no limit now.
+    #[test]
+    fn a_revision_sets_a_limit_only_when_run_here_on_both_signals_with_a_concurrency() {
+        let cases = [
+            (None, None, "not run here"),
+            (Some((DecidingSignals::Both, 0)), Some(0), "run here, none ready: no room yet"),
+            (Some((DecidingSignals::Both, 8)), Some(8), "ready capacity"),
+            (Some((DecidingSignals::Backlog, 8)), Some(8), "deciding on the backlog alone"),
+            (Some((DecidingSignals::Concurrency, 8)), None, "Knative's way: the dispatcher's own window"),
+            (Some((DecidingSignals::Both, UNLIMITED)), None, "no containerConcurrency"),
+        ];
+        for (run_here, limit, why) in cases {
+            assert_eq!(revision_limit(run_here), limit, "{why}");
+        }
+    }
+
     #[test]
     fn a_revision_listed_twice_adds_its_capacity_once() {
-        // As `SubscriberSignals::limit` answers: a revision not run here has no limit.
         let capacities = HashMap::from([("a", Some(4)), ("b", Some(3)), ("unlimited", None), ("cold", Some(0))]);
         let capacity = |revision: &str| capacities.get(revision).copied().unwrap_or(None);
         // (targets, limit, why)
@@ -243,7 +262,7 @@ mod tests {
             (&[("a", 100), ("b", 0)], Some(4), "no traffic, no capacity"),
             (&[("a", 50), ("unlimited", 50)], None, "a revision without a limit lifts it"),
             (&[("cold", 100)], Some(0), "run here, none ready: no room yet"),
-            (&[("elsewhere", 100)], None, "regression: not run here, no limit (it held deliveries for good)"),
+            (&[("elsewhere", 100)], None, "a revision without a limit here"),
         ];
         for (entries, limit, why) in cases {
             let targets: Vec<(String, u32)> = entries.iter().map(|(r, p)| (r.to_string(), *p)).collect();

@@ -61,11 +61,15 @@ impl FailedStarts {
     /// An instance became ready: the slate is clean (nothing failed since), though a crash within
     /// [`STABLE_READY_MS`] picks the backoff up where it was.
     pub(crate) fn ready(&mut self, now_ms: u64) {
-        let before = match self.ready {
-            // Ready again before the last spell was stable: the failures before that spell still count.
-            Some((_, earlier)) if self.in_a_row == 0 => earlier,
-            _ => self.in_a_row,
-        };
+        let before =
+            match self.ready {
+                // Ready again (another instance) with nothing failed since: the failures before the last spell
+                // still count while it is not stable, and no more once it is.
+                Some((ready_ms, earlier)) if self.in_a_row == 0 => {
+                    if now_ms.saturating_sub(ready_ms) < STABLE_READY_MS { earlier } else { 0 }
+                }
+                _ => self.in_a_row,
+            };
         *self = FailedStarts { ready: Some((now_ms, before)), ..FailedStarts::default() };
     }
 
@@ -171,6 +175,12 @@ mod tests {
         failed.ready(3_000);
         failed.record(3_500);
         assert_eq!(failed.in_a_row, 5);
+        // Another instance ready after a stable spell: the failures before it count no more.
+        let mut failed = failing(4, 100);
+        failed.ready(2_000);
+        failed.ready(2_000 + STABLE_READY_MS);
+        failed.record(2_500 + STABLE_READY_MS);
+        assert_eq!(failed.in_a_row, 1);
     }
 
     /// Failed starts at 1 s, then every `gap_ms`, `count` in all.
