@@ -214,11 +214,9 @@ mod tests {
     }
 
     /// Regression: in-flight deliveries were counted per authority as written, while the limit is per host.
-    #[test]
-    fn one_host_written_two_ways_shares_one_count() {
+    #[tokio::test]
+    async fn one_host_written_two_ways_shares_one_count() {
         let fixed = fixed(&[("hello.default.localhost:8080", 1), ("HELLO.default.localhost", 1)]);
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let _entered = runtime.enter();
         let limits = DestinationLimits::new(fixed);
         let _held = limits.try_start("hello.default.localhost:8080").expect("room");
         assert!(limits.try_start("HELLO.default.localhost").is_none(), "the same host: full");
