@@ -137,6 +137,11 @@ pub(crate) struct RunResult {
     pub unsent: u64,
     /// Intended send time → ack, µs.
     pub ack_latency: Histogram<u64>,
+    /// Per request, µs: its send time (its last message's intended send time) → the load generator starting
+    /// it, the generator's own lag (a timer fired late, a core busy elsewhere in this process).
+    pub send_lag: Histogram<u64>,
+    /// Per request, µs: started → its response read (the client, the network and the system under test).
+    pub request_latency: Histogram<u64>,
     /// Delivered to the subscriber within the run plus the grace (if a sink was given).
     pub delivered: Option<u64>,
     /// Intended send time → received by the subscriber, µs.
@@ -154,6 +159,7 @@ pub(crate) async fn run(system: Arc<dyn System>, config: &RunConfig, sink: Optio
     }
     let total = messages_in(config.rate, config.duration);
     let ack_latency = Arc::new(Mutex::new(new_histogram()));
+    let request_split = Arc::new(Mutex::new((new_histogram(), new_histogram())));
     let acked = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let slots = Arc::new(Semaphore::new(config.max_outstanding.max(1)));
@@ -182,7 +188,9 @@ pub(crate) async fn run(system: Arc<dyn System>, config: &RunConfig, sink: Optio
             .collect();
         let dues: Vec<Instant> = offsets.iter().map(|offset| start + *offset).collect();
         let (system, ack_latency, acked, errors) = (system.clone(), ack_latency.clone(), acked.clone(), errors.clone());
+        let request_split = request_split.clone();
         tasks.spawn(async move {
+            let started = Instant::now();
             let outcome = match payloads.len() {
                 1 => system.publish(payloads.remove(0)).await,
                 _ => system.publish_batch(payloads).await,
@@ -190,6 +198,13 @@ pub(crate) async fn run(system: Arc<dyn System>, config: &RunConfig, sink: Optio
             drop(permit);
             match outcome {
                 Ok(()) if Instant::now() <= deadline => {
+                    {
+                        let mut split = request_split.lock().unwrap_or_else(PoisonError::into_inner);
+                        split
+                            .0
+                            .saturating_record((started.saturating_duration_since(sent_at).as_micros() as u64).max(1));
+                        split.1.saturating_record((started.elapsed().as_micros() as u64).max(1));
+                    }
                     let mut histogram = ack_latency.lock().unwrap_or_else(PoisonError::into_inner);
                     for due in &dues {
                         histogram.saturating_record((due.elapsed().as_micros() as u64).max(1));
@@ -217,12 +232,15 @@ pub(crate) async fn run(system: Arc<dyn System>, config: &RunConfig, sink: Optio
         }
     }
     let ack_latency = ack_latency.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let (send_lag, request_latency) = request_split.lock().unwrap_or_else(PoisonError::into_inner).clone();
     Ok(RunResult {
         offered: total,
         acked: acked.load(Ordering::Acquire),
         errors: errors.load(Ordering::Acquire),
         unsent: total - sent,
         ack_latency,
+        send_lag,
+        request_latency,
         delivered: sink.map(|s| s.delivered()),
         e2e_latency: sink.map(|s| s.latency()),
     })

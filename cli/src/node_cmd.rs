@@ -423,8 +423,11 @@ pub(crate) fn extra_admin(logs: Arc<LogHub>, state: ServingState) -> ExtraAdminR
 struct ServingCapacity(SubscriberSignals);
 
 impl sluice_dispatcher::SubscriberCapacity for ServingCapacity {
-    fn limit(&self, host: &str) -> Option<usize> {
-        self.0.limit(host)
+    fn limit(&self, host: &str) -> Option<sluice_dispatcher::DeliveryLimit> {
+        self.0.limit(host).map(|limit| sluice_dispatcher::DeliveryLimit {
+            max_in_flight: limit.max_in_flight,
+            counted_as: limit.counted_as,
+        })
     }
     fn report_backlog(&self, reporter: &str, host: &str, events: u64, ordered_keys: Option<u64>) {
         self.0.report_backlog(reporter, host, events, ordered_keys);

@@ -15,13 +15,23 @@ use tokio::sync::watch;
 
 /// What the node's serving tells the dispatcher about the subscribers it runs.
 pub trait SubscriberCapacity: Send + Sync + 'static {
-    /// Deliveries to `host` that may be in flight from this node now; `None`: no limit.
-    fn limit(&self, host: &str) -> Option<usize>;
+    /// Deliveries to `host` (an authority as a subscriber URI writes it) that may be in flight from this node
+    /// now; `None`: no limit.
+    fn limit(&self, host: &str) -> Option<DeliveryLimit>;
     /// Replaces `reporter`'s last report: `events` waiting in the log for `host` (`ordered_keys`: how many
     /// ordering keys they have, for ordered delivery).
     fn report_backlog(&self, reporter: &str, host: &str, events: u64, ordered_keys: Option<u64>);
     /// Moves whenever some limit grew.
     fn capacity_grown(&self) -> watch::Receiver<u64>;
+}
+
+/// A limited host's room, and what its deliveries are counted under: serving names what takes them (the
+/// revisions behind the host), so hosts that reach the same instances share one count, however they are
+/// written (a port, capitals, a Route's host and a tag's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryLimit {
+    pub max_in_flight: usize,
+    pub counted_as: String,
 }
 
 /// Deliveries in flight per limited host, across every partition this node dispatches.
@@ -39,7 +49,7 @@ pub(crate) struct DeliverySlot {
     limits: Arc<DestinationLimits>,
     /// As the delivery named it (what a slot is asked for again with).
     host: String,
-    /// What it is counted under: [`limited_host`].
+    /// What it is counted under: [`DeliveryLimit::counted_as`].
     counted_as: String,
 }
 
@@ -78,17 +88,6 @@ pub(crate) fn host_of(uri: &str) -> &str {
     rest.split(['/', '?', '#']).next().unwrap_or_default()
 }
 
-/// The host a limit is counted under: serving's limits are per Route host, without the port and in lower case,
-/// so `HELLO.default.localhost` and `hello.default.localhost:8080` share one count. (Counted per authority as
-/// written, two Triggers naming one Service differently each had its whole capacity.)
-fn limited_host(host: &str) -> String {
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
-    name.to_ascii_lowercase()
-}
-
 impl DestinationLimits {
     /// Limits over `capacity`; a task forwards its growth to [`DestinationLimits::wake`].
     pub(crate) fn new(capacity: Arc<dyn SubscriberCapacity>) -> Arc<Self> {
@@ -116,17 +115,16 @@ impl DestinationLimits {
 
     /// What may be in flight towards `host` from this node now (`None`: no limit).
     pub(crate) fn limit(&self, host: &str) -> Option<usize> {
-        self.capacity.limit(host)
+        self.capacity.limit(host).map(|limit| limit.max_in_flight)
     }
 
     /// A slot towards `host`: `Some(None)` when it has no limit, `Some(Some(slot))` when it has room, `None`
     /// when it is full (the event waits; the dispatcher wakes when room appears).
     pub(crate) fn try_start(self: &Arc<Self>, host: &str) -> Option<Option<DeliverySlot>> {
-        let Some(limit) = self.capacity.limit(host) else { return Some(None) };
+        let Some(DeliveryLimit { max_in_flight, counted_as }) = self.capacity.limit(host) else { return Some(None) };
         let Ok(mut in_flight) = self.in_flight.lock() else { return Some(None) };
-        let counted_as = limited_host(host);
         // Looked up before it is counted, so a host turned away leaves no entry behind.
-        if in_flight.get(&counted_as).copied().unwrap_or(0) >= limit {
+        if in_flight.get(&counted_as).copied().unwrap_or(0) >= max_in_flight {
             self.turned_away.store(true, Ordering::Release);
             return None;
         }
@@ -164,14 +162,16 @@ mod tests {
     use super::*;
 
     struct Fixed {
-        limits: Mutex<HashMap<String, usize>>,
+        /// Per host: its limit and the key it is counted under (the host itself unless given).
+        limits: Mutex<HashMap<String, (usize, String)>>,
         reports: Mutex<Vec<(String, String, u64)>>,
         grown: watch::Sender<u64>,
     }
 
     impl SubscriberCapacity for Fixed {
-        fn limit(&self, host: &str) -> Option<usize> {
-            self.limits.lock().ok()?.get(host).copied()
+        fn limit(&self, host: &str) -> Option<DeliveryLimit> {
+            let (max_in_flight, counted_as) = self.limits.lock().ok()?.get(host).cloned()?;
+            Some(DeliveryLimit { max_in_flight, counted_as })
         }
         fn report_backlog(&self, reporter: &str, host: &str, events: u64, _ordered_keys: Option<u64>) {
             if let Ok(mut reports) = self.reports.lock() {
@@ -185,8 +185,15 @@ mod tests {
 
     /// A capacity of fixed limits per host.
     fn fixed(limits: &[(&str, usize)]) -> Arc<Fixed> {
+        counted(&limits.iter().map(|(host, limit)| (*host, *limit, *host)).collect::<Vec<_>>())
+    }
+
+    /// A capacity of fixed limits per host, each counted under the key given.
+    fn counted(limits: &[(&str, usize, &str)]) -> Arc<Fixed> {
         Arc::new(Fixed {
-            limits: Mutex::new(limits.iter().map(|(host, limit)| (host.to_string(), *limit)).collect()),
+            limits: Mutex::new(
+                limits.iter().map(|(host, limit, key)| (host.to_string(), (*limit, key.to_string()))).collect(),
+            ),
             reports: Mutex::new(Vec::new()),
             grown: watch::channel(0).0,
         })
@@ -204,7 +211,7 @@ mod tests {
         drop(first);
         wake.changed().await.expect("woken: a slot was freed after a refusal");
         assert!(limits.try_start("ksvc:80").is_some());
-        fixed.limits.lock().expect("lock").insert("ksvc:80".into(), 5);
+        fixed.limits.lock().expect("lock").insert("ksvc:80".into(), (5, "ksvc:80".into()));
         fixed.grown.send_modify(|n| *n += 1);
         wake.changed().await.expect("woken: capacity grew");
         limits.report_backlog("t/0", "ksvc:80", 7, None);
@@ -213,15 +220,23 @@ mod tests {
         assert_eq!(host_of("hello.default.localhost"), "hello.default.localhost");
     }
 
-    /// Regression: in-flight deliveries were counted per authority as written, while the limit is per host.
+    /// Regression: in-flight deliveries were counted per authority as written (then per host name), while
+    /// what takes them is the revisions behind the host: two hosts serving counts as one share one count.
     #[tokio::test]
-    async fn one_host_written_two_ways_shares_one_count() {
-        let fixed = fixed(&[("hello.default.localhost:8080", 1), ("HELLO.default.localhost", 1)]);
+    async fn hosts_counted_as_one_share_one_count() {
+        let fixed = counted(&[
+            ("hello.default.localhost:8080", 2, "default/hello-00001"),
+            ("latest-hello.default.localhost", 2, "default/hello-00001"),
+            ("other.default.localhost", 2, "default/other-00001"),
+        ]);
         let limits = DestinationLimits::new(fixed);
-        let _held = limits.try_start("hello.default.localhost:8080").expect("room");
-        assert!(limits.try_start("HELLO.default.localhost").is_none(), "the same host: full");
-        assert_eq!(limited_host("[::1]:80"), "[::1]");
-        assert_eq!(limited_host("Hello.Example"), "hello.example");
+        let held = limits.try_start("hello.default.localhost:8080").expect("room");
+        let _tagged = limits.try_start("latest-hello.default.localhost").expect("room");
+        assert!(limits.try_start("hello.default.localhost:8080").is_none(), "the same revision: full");
+        assert!(limits.try_start("latest-hello.default.localhost").is_none(), "the same revision: full");
+        assert!(matches!(limits.try_start("other.default.localhost"), Some(Some(_))), "counted apart");
+        drop(held);
+        assert!(matches!(limits.try_start("latest-hello.default.localhost"), Some(Some(_))), "room again");
     }
 
     /// Regression: a delivery kept its slot through a retry's backoff, so a subscriber of one slot whose one

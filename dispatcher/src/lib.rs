@@ -35,5 +35,5 @@ mod supervisor;
 mod window;
 
 pub use admin::routes as admin_routes;
-pub use capacity::SubscriberCapacity;
+pub use capacity::{DeliveryLimit, SubscriberCapacity};
 pub use supervisor::{DispatchError, Dispatcher, DispatcherSettings};

@@ -47,7 +47,7 @@ pub use admin::{peer_routes, with_admin_routes};
 pub use error::ServingError;
 pub use logs::LogHub;
 pub use runtime::Runtime;
-pub use shared::SubscriberSignals;
+pub use shared::{HostLimit, SubscriberSignals};
 pub use sluice_autoscaler::{Backlog, Decision, Reason};
 
 /// What a node's serving shares with its admin API and its dispatcher: the route table, the running

@@ -117,6 +117,23 @@ impl RevisionSignals for Shared {
     }
 }
 
+/// What may be in flight towards a host from this node, and what those deliveries are counted under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostLimit {
+    pub max_in_flight: usize,
+    /// The revisions the host's Route sends traffic to ([`counted_as`]): hosts that reach the same revisions
+    /// (a Route's own and a tag's naming its one revision, or the host written with a port or in capitals)
+    /// share one count, since the same instances take their deliveries.
+    pub counted_as: String,
+}
+
+/// The key of a host's count: its namespace and the revisions with a share of its traffic, sorted.
+fn counted_as(namespace: &str, targets: &[(String, u32)]) -> String {
+    let mut names: Vec<&str> = routed_revisions(targets).into_iter().map(|(name, _)| name).collect();
+    names.sort_unstable();
+    format!("{namespace}/{}", names.join(","))
+}
+
 /// The node's serving, as the dispatcher sees it.
 #[derive(Clone)]
 pub struct SubscriberSignals {
@@ -139,15 +156,16 @@ impl SubscriberSignals {
     /// `max-scale` above its `--max-scale-limit`): its deliveries go and fail as any request to it does, and are
     /// retried and dead-lettered, rather than wait for room that never comes (they used to, holding the
     /// consumer's watermark for good).
-    pub fn limit(&self, host: &str) -> Option<usize> {
+    pub fn limit(&self, host: &str) -> Option<HostLimit> {
         let host = host_name(host);
         let table = self.shared.table.read().ok()?.clone();
         let route = table.get(&host)?;
         let revisions = self.shared.revisions.read().ok()?;
-        host_limit(&route.targets, |name| {
+        let max_in_flight = host_limit(&route.targets, |name| {
             let revision = revisions.get(&format!("{}/{name}", route.namespace));
             revision_limit(revision.map(|r| (r.run.autoscaling.signals, r.ready_capacity.load(Ordering::Relaxed))))
-        })
+        })?;
+        Some(HostLimit { max_in_flight, counted_as: counted_as(&route.namespace, &route.targets) })
     }
 
     /// Replaces `reporter`'s last report: `events` waiting for `host` (`ordered_keys` of them ordered). A
@@ -176,10 +194,6 @@ impl SubscriberSignals {
     }
 }
 
-/// A host's in-flight limit: the ready capacity of each revision its route sends traffic to, counted once
-/// however many entries of the route name it (`latestRevision: true` and the same revision by name: its
-/// instances take its capacity once). `capacity`: a revision's ready capacity, or `None` where serving sets
-/// no limit, which lifts the host's.
 /// What one routed revision allows in flight from this node, given how it decides and its ready capacity when
 /// this node runs it: `None` (no limit) when it does not run here, decides on concurrency alone (Knative's
 /// way: the dispatcher pushes its own window) or has no `containerConcurrency`.
@@ -188,6 +202,10 @@ fn revision_limit(run_here: Option<(DecidingSignals, usize)>) -> Option<usize> {
     (signals != DecidingSignals::Concurrency && capacity != UNLIMITED).then_some(capacity)
 }
 
+/// A host's in-flight limit: the ready capacity of each revision its route sends traffic to, counted once
+/// however many entries of the route name it (`latestRevision: true` and the same revision by name: its
+/// instances take its capacity once). `capacity`: a revision's ready capacity, or `None` where serving sets
+/// no limit, which lifts the host's.
 fn host_limit(targets: &[(String, u32)], capacity: impl Fn(&str) -> Option<usize>) -> Option<usize> {
     let mut limit = 0usize;
     for (revision, _) in routed_revisions(targets) {
@@ -247,6 +265,28 @@ mod tests {
         for (run_here, limit, why) in cases {
             assert_eq!(revision_limit(run_here), limit, "{why}");
         }
+    }
+
+    /// Regression: a Route's host and a tag's host sending to one revision were counted apart, so the
+    /// dispatcher could keep twice the revision's capacity in flight towards it.
+    #[test]
+    fn hosts_reaching_the_same_revisions_share_one_count() {
+        let targets = |entries: &[(&str, u32)]| -> Vec<(String, u32)> {
+            entries.iter().map(|(r, p)| (r.to_string(), *p)).collect()
+        };
+        let key = |entries: &[(&str, u32)]| counted_as("default", &targets(entries));
+        assert_eq!(key(&[("hello-00002", 100)]), key(&[("hello-00002", 50), ("hello-00002", 50)]), "route and tag");
+        assert_eq!(key(&[("a", 50), ("b", 50)]), key(&[("b", 10), ("a", 90)]), "the same revisions, any split");
+        assert_eq!(key(&[("a", 100), ("b", 0)]), key(&[("a", 100)]), "no traffic, not counted with");
+        assert_ne!(key(&[("a", 100)]), key(&[("a", 50), ("b", 50)]), "a split is counted apart from one side");
+        assert_ne!(counted_as("default", &targets(&[("a", 100)])), counted_as("other", &targets(&[("a", 100)])));
+    }
+
+    #[test]
+    fn a_host_is_named_without_its_port_and_in_lower_case() {
+        assert_eq!(host_name("Hello.Default.localhost:8080"), "hello.default.localhost");
+        assert_eq!(host_name("[::1]:80"), "[::1]");
+        assert_eq!(host_name("hello"), "hello");
     }
 
     #[test]

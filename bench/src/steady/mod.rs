@@ -239,6 +239,19 @@ impl SteadyBench {
             ack_ms(0.999),
             acks.max() as f64 / 1000.0
         );
+        let per_request = |h: &Histogram<u64>| {
+            format!(
+                "p50 {:.2} p99 {:.2} max {:.2} ms",
+                h.value_at_quantile(0.5) as f64 / 1000.0,
+                h.value_at_quantile(0.99) as f64 / 1000.0,
+                h.max() as f64 / 1000.0
+            )
+        };
+        println!(
+            "  per request: the load generator's lag (send time → started) {}; the request (started → response) {}",
+            per_request(&result.send_lag),
+            per_request(&result.request_latency)
+        );
         println!(
             "  events over {STALL_MS} ms: {} in {} of {} seconds; RSS first minute {:.0} MiB, last minute {:.0} MiB",
             summary.over_stall,
