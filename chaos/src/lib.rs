@@ -1,7 +1,8 @@
 //! Sluice's Jepsen-style fault-injection suite (`docs/reliability.md`).
 //!
 //! A pure core — the [`history`] format, the seeded fault schedule ([`faults`]) and the [`checker`] — and an
-//! async shell that runs real `sluice node` processes in per-node network namespaces ([`netns`]), drives the
+//! async shell that runs real `sluice node` processes in per-node network namespaces ([`netns`]) or on
+//! loopback with a cuttable TCP proxy per peer link, optionally over the power-loss filesystem, drives the
 //! [`workload`] (producers over HTTP, recording subscribers behind Triggers), injects faults on the node
 //! processes (`cluster`), heals, reads every node's log back and checks the history ([`run`], set up by
 //! [`config`]).

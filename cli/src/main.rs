@@ -1,6 +1,9 @@
 //! The `sluice` binary: `sluice dev` (everything in one process, or a local
-//! 3-node cluster), `sluice node` (a cluster member) and `sluice cluster`
-//! (init and status through a node's admin API).
+//! 3-node cluster), `sluice node` (a cluster member), and the operators' and
+//! platform teams' commands over a node's admin API: `sluice cluster`
+//! (init, status, membership, leadership, pre-stop), `apply`/`get`/`describe`/
+//! `delete` (Knative YAML), `events`, `trigger`, `dlq`, `logs`; plus `crds` and
+//! `kube-controller` for Kubernetes.
 
 /// jemalloc, not glibc's malloc, for Rust and for RocksDB's C++ alike (it replaces `malloc` for the whole
 /// process): in the node's profile glibc's allocator took about a quarter of the CPU (chunk coalescing under

@@ -96,7 +96,7 @@ pub(crate) struct ServingArgs {
     #[arg(long, default_value_t = 110, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_local_instances: u64,
     /// Enables (or disables) one of Knative's feature flags (config-features) that let a revision's pod ask
-    /// for more of the node and the cluster, as FLAG=enabled (repeatable): kubernetes.podspec-hostpath,
+    /// for more of the node and the cluster, as FLAG=enabled (repeatable): kubernetes.podspec-volumes-hostpath,
     /// kubernetes.podspec-persistent-volume-claim, ... All are disabled by default (docs/serving.md).
     #[arg(long = "serving-feature", value_name = "FLAG=enabled", value_parser = parse_serving_feature)]
     pub serving_features: Vec<String>,

@@ -1,7 +1,8 @@
 //! Sluice on Kubernetes.
 //!
 //! What flows in: Knative objects from the Kubernetes API (Brokers of class `Sluice`, their Triggers,
-//! Channels and Subscriptions), and a StatefulSet pod's identity (its name, the headless Service). What flows
+//! Channels, InMemoryChannels, Subscriptions and EventPolicies; with `--serving`, Knative Services,
+//! Configurations and Routes), the controller's Lease, and a StatefulSet pod's identity (its name, the headless Service). What flows
 //! out: the objects pushed into the Sluice cluster's metadata group (the data plane's source of truth) through
 //! its admin API ([`sluice_api`]), their status written back to Kubernetes ([`controller`], deciding with
 //! [`reconcile`]), the bootstrap steps of a StatefulSet's pods ([`bootstrap`]), and the CRDs of

@@ -2,8 +2,9 @@
 //!
 //! - [`raft`]: node ↔ node. Raft messages of every group (metadata and
 //!   partitions) and forwarded appends, over one connection per peer pair.
-//! - [`admin`]: operator ↔ node. Cluster initialisation and status, and the
-//!   log's append/read calls.
+//! - [`admin`]: operator ↔ node. Cluster initialisation, status and
+//!   membership, the log's append/read calls, resources (apply/get/delete),
+//!   events, consumers, dead letters and serving.
 //! - [`errors`]: the admin API's stable error codes, carried in every error
 //!   status (servers build them, clients read them).
 

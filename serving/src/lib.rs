@@ -3,8 +3,9 @@
 //!
 //! What flows in: the resource objects (Services, Configurations, Revisions, Routes, as stored in the
 //! metadata group) and HTTP requests to `NAME.NAMESPACE.DOMAIN` on the node's HTTP port (the dispatcher's
-//! deliveries to a Knative Service come the same way). What flows out: child processes running the
-//! revisions' commands ([`runtime`]), proxied responses, the Revisions and Routes that Services own
+//! deliveries to a Knative Service come the same way). What flows out: instances running the revisions
+//! ([`runtime`]: child processes here; the interface is public and `sluice-kubernetes` implements it with
+//! pods), proxied responses, the Revisions and Routes that Services own
 //! (`children`, written on the metadata leader), and what the runtime learns about each revision (ready,
 //! failed and why, instances), recorded for their status.
 //!

@@ -24,7 +24,8 @@ mod plot;
 mod trend;
 
 use node_metrics::{
-    MemoryState, SLOW_FSYNC_MS, StoreState, memory_state_in, metrics_text, slow_fsyncs_in, store_state_in,
+    MemoryState, SLOW_FSYNC_MS, StoreState, add_buckets, buckets_in, memory_state_in, metrics_text, shares_between,
+    slow_fsyncs_in, store_state_in,
 };
 use plot::svg_plot;
 use trend::{memory_trend, outside_rocksdb};
@@ -161,14 +162,19 @@ impl SteadyBench {
                 let mut slow_per_node = vec![0u64; metrics_urls.len()];
                 let mut store_per_node = vec![StoreState::default(); metrics_urls.len()];
                 let mut memory_per_node = vec![MemoryState::default(); metrics_urls.len()];
+                let mut latency_per_node = vec![NodeLatency::default(); metrics_urls.len()];
                 let mut ticker = tokio::time::interval(Duration::from_secs(1));
                 while sampling.load(Ordering::Acquire) {
                     ticker.tick().await;
                     let bytes: u64 = pids.iter().filter_map(|pid| crate::cpu::rss_bytes(*pid)).sum();
                     let node_cpu_us_total = crate::cpu::total_cpu_us(&pids);
                     let thread_cpu_us = crate::cpu::thread_cpu_us_by_name(&pids);
-                    for (((url, last), store), memory) in
-                        metrics_urls.iter().zip(&mut slow_per_node).zip(&mut store_per_node).zip(&mut memory_per_node)
+                    for ((((url, last), store), memory), latency) in metrics_urls
+                        .iter()
+                        .zip(&mut slow_per_node)
+                        .zip(&mut store_per_node)
+                        .zip(&mut memory_per_node)
+                        .zip(&mut latency_per_node)
                     {
                         let text = metrics_text(&client, url, Duration::from_millis(500)).await;
                         if let Some(slow) = slow_fsyncs_in(&text) {
@@ -180,6 +186,9 @@ impl SteadyBench {
                         if let Some(state) = memory_state_in(&text) {
                             *memory = state;
                         }
+                        if let Some(read) = NodeLatency::read(&text) {
+                            *latency = read;
+                        }
                     }
                     let sample = Sample {
                         rss_mib: bytes as f64 / (1 << 20) as f64,
@@ -189,6 +198,7 @@ impl SteadyBench {
                         compaction_pending_bytes: store_per_node.iter().map(|s| s.compaction_pending_bytes).sum(),
                         nodes_holding_writes: store_per_node.iter().filter(|s| s.writes_held).count() as u64,
                         memory: memory_per_node.iter().fold(MemoryState::default(), |sum, node| sum.plus(node)),
+                        latency: latency_per_node.iter().fold(NodeLatency::default(), |sum, node| sum.plus(node)),
                     };
                     samples.lock().unwrap_or_else(PoisonError::into_inner).push(sample);
                 }
@@ -319,6 +329,9 @@ impl SteadyBench {
                     .map(|(name, cores)| format!("{name} {cores:.2}"))
                     .collect();
                 println!("  by thread (cores): {}", shares.join(", "));
+                if let Some(line) = node_latency_line(&samples, cpu.from_s, cpu.to_s) {
+                    println!("{line}");
+                }
             }
             None => println!("  node CPU per delivered event: too few seconds with deliveries to tell"),
         }
@@ -375,6 +388,69 @@ pub(crate) struct Sample {
     pub nodes_holding_writes: u64,
     /// What the nodes' memory holds, summed over the nodes (as each last published it).
     pub memory: MemoryState,
+    /// The nodes' own latency histograms, summed over the nodes (as each last published them).
+    pub latency: NodeLatency,
+}
+
+/// The node's side of a request's time, as its `/metrics` publishes it (cumulative bucket counts): the ingress
+/// handler per request (Knative's `event_dispatch_latencies` of the Broker, in ms: body read, forward to the
+/// leader, commit and answer; the dispatcher's series of the same name carry a `trigger_name` and are left
+/// out) and Raft's commit per entry (`sluice_raft_commit_seconds`, in s).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct NodeLatency {
+    pub ingress_ms: Vec<(f64, u64)>,
+    pub commit_s: Vec<(f64, u64)>,
+}
+
+impl NodeLatency {
+    /// `None` before the node published either histogram.
+    fn read(metrics: &str) -> Option<NodeLatency> {
+        let read = NodeLatency {
+            ingress_ms: buckets_in(metrics, "event_dispatch_latencies", |labels| {
+                labels.contains("broker_name=") && !labels.contains("trigger_name=")
+            }),
+            commit_s: buckets_in(metrics, "sluice_raft_commit_seconds", |_| true),
+        };
+        (!read.ingress_ms.is_empty() || !read.commit_s.is_empty()).then_some(read)
+    }
+
+    fn plus(&self, other: &NodeLatency) -> NodeLatency {
+        let mut sum = self.clone();
+        add_buckets(&mut sum.ingress_ms, &other.ingress_ms);
+        add_buckets(&mut sum.commit_s, &other.commit_s);
+        sum
+    }
+}
+
+/// The share of the node-side samples under each bound, from the sample before second `from_s` to that of
+/// `to_s`: up to the first bound that holds them all.
+fn node_latency_line(samples: &[Sample], from_s: u64, to_s: u64) -> Option<String> {
+    let before = samples.get(from_s.checked_sub(1)? as usize)?;
+    let after = samples.get(to_s as usize)?;
+    let told = |before: &[(f64, u64)], after: &[(f64, u64)], scale: f64, unit: &str| -> Option<String> {
+        let (count, shares) = shares_between(before, after)?;
+        let mut parts = Vec::new();
+        for (bound, share) in shares {
+            if share > 0.0 {
+                // Rounded so that 0.008 s reads 8 ms, not 8.000000000000002.
+                parts.push(format!("{:.1} % under {} {unit}", share * 100.0, (bound * scale * 1e3).round() / 1e3));
+            }
+            if share >= 1.0 {
+                break;
+            }
+        }
+        Some(format!("{count}: {}", parts.join(", ")))
+    };
+    let ingress = told(&before.latency.ingress_ms, &after.latency.ingress_ms, 1.0, "ms");
+    let commit = told(&before.latency.commit_s, &after.latency.commit_s, 1000.0, "ms");
+    if ingress.is_none() && commit.is_none() {
+        return None;
+    }
+    Some(format!(
+        "  node side, same seconds: ingress handler per request {}; Raft commit per entry {}",
+        ingress.unwrap_or_else(|| "none recorded".into()),
+        commit.unwrap_or_else(|| "none recorded".into())
+    ))
 }
 
 /// The RocksDB side of a run: the most compaction had pending, and the samples in which a node held writes.
@@ -579,6 +655,27 @@ mod tests {
 
     fn sample(rss_mib: f64, slow_fsyncs_total: u64) -> Sample {
         Sample { rss_mib, slow_fsyncs_total, ..Sample::default() }
+    }
+
+    #[test]
+    fn the_node_side_line_tells_the_shares_between_the_window_s_samples_up_to_the_bound_holding_all() {
+        let at = |ingress: [u64; 4], commit: [u64; 3]| Sample {
+            latency: NodeLatency {
+                ingress_ms: [2.0, 5.0, 10.0, f64::INFINITY].into_iter().zip(ingress).collect(),
+                commit_s: [0.002, 0.004, f64::INFINITY].into_iter().zip(commit).collect(),
+            },
+            ..Sample::default()
+        };
+        // Seconds 1-2: the sample before second 1 is samples[0], that of second 2 is samples[2].
+        let samples = [at([1, 2, 3, 3], [5, 5, 5]), at([0; 4], [0; 3]), at([1, 32, 42, 43], [25, 45, 45])];
+        let line = node_latency_line(&samples, 1, 2).expect("a line");
+        assert_eq!(
+            line,
+            "  node side, same seconds: ingress handler per request 40: 75.0 % under 5 ms, 97.5 % under 10 ms; \
+             Raft commit per entry 40: 50.0 % under 2 ms, 100.0 % under 4 ms"
+        );
+        assert_eq!(node_latency_line(&samples, 0, 2), None, "no sample before the window");
+        assert_eq!(node_latency_line(&vec![at([1, 1, 1, 1], [1; 3]); 3], 1, 2), None, "nothing recorded");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! What the steady and backlog benches read from a node's `/metrics` text: slow WAL fsyncs, RocksDB's
-//! compaction state, and what the node's memory holds. In: the text (fetched by [`metrics_text`]); out: plain
+//! compaction state, what the node's memory holds, and the node's own latency histograms. In: the text (fetched by [`metrics_text`]); out: plain
 //! figures (pure functions).
 
 use std::time::Duration;
@@ -114,9 +114,95 @@ pub(crate) fn slow_fsyncs_in(metrics: &str) -> Option<u64> {
     Some((count as u64).saturating_sub(fast as u64))
 }
 
+/// A histogram's cumulative bucket counts, summed over the series of `name` whose labels `keep` accepts:
+/// (upper bound, count), bounds ascending, `+Inf` last. Empty when the text has none.
+pub(crate) fn buckets_in(metrics: &str, name: &str, keep: impl Fn(&str) -> bool) -> Vec<(f64, u64)> {
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets: Vec<(f64, u64)> = Vec::new();
+    for line in metrics.lines() {
+        let Some((labels, value)) = line.strip_prefix(prefix.as_str()).and_then(|rest| rest.split_once("} ")) else {
+            continue;
+        };
+        if !keep(labels) {
+            continue;
+        }
+        let Some(bound) = labels.split("le=\"").nth(1).and_then(|rest| rest.split('"').next()) else { continue };
+        let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse::<f64>().unwrap_or(f64::NAN) };
+        let Ok(count) = value.trim().parse::<f64>() else { continue };
+        if bound.is_nan() {
+            continue;
+        }
+        match buckets.iter_mut().find(|(b, _)| *b == bound) {
+            Some((_, sum)) => *sum += count as u64,
+            None => buckets.push((bound, count as u64)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// Bucket counts of several nodes added bound by bound (the nodes share their bounds).
+pub(crate) fn add_buckets(sum: &mut Vec<(f64, u64)>, node: &[(f64, u64)]) {
+    for (bound, count) in node {
+        match sum.iter_mut().find(|(b, _)| b == bound) {
+            Some((_, total)) => *total += count,
+            None => sum.push((*bound, *count)),
+        }
+    }
+    sum.sort_by(|a, b| a.0.total_cmp(&b.0));
+}
+
+/// What was recorded between two reads of a cumulative histogram: how many samples, and the share (0..=1) of
+/// them under each finite bound. `None` when nothing was recorded in between.
+pub(crate) fn shares_between(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<(u64, Vec<(f64, f64)>)> {
+    let count_at =
+        |buckets: &[(f64, u64)], bound: f64| buckets.iter().find(|(b, _)| *b == bound).map_or(0, |(_, c)| *c);
+    let total = count_at(after, f64::INFINITY).saturating_sub(count_at(before, f64::INFINITY));
+    if total == 0 {
+        return None;
+    }
+    let shares = after
+        .iter()
+        .filter(|(bound, _)| bound.is_finite())
+        .map(|(bound, count)| (*bound, count.saturating_sub(count_at(before, *bound)) as f64 / total as f64))
+        .collect();
+    Some((total, shares))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_are_summed_over_the_kept_series_and_differenced_between_reads() {
+        let read = |fast: u64, slow: u64, dispatched: u64| {
+            format!(
+                "# TYPE event_dispatch_latencies histogram\n\
+                 event_dispatch_latencies_bucket{{broker_name=\"b\",event_type=\"x\",le=\"5\"}} {fast}\n\
+                 event_dispatch_latencies_bucket{{broker_name=\"b\",event_type=\"x\",le=\"+Inf\"}} {}\n\
+                 event_dispatch_latencies_bucket{{broker_name=\"b\",event_type=\"y\",le=\"5\"}} 0\n\
+                 event_dispatch_latencies_bucket{{broker_name=\"b\",event_type=\"y\",le=\"+Inf\"}} {slow}\n\
+                 event_dispatch_latencies_bucket{{broker_name=\"b\",trigger_name=\"t\",le=\"5\"}} {dispatched}\n\
+                 event_dispatch_latencies_bucket{{broker_name=\"b\",trigger_name=\"t\",le=\"+Inf\"}} {dispatched}\n\
+                 event_dispatch_latencies_count{{broker_name=\"b\",event_type=\"x\"}} {}\n",
+                fast + 1,
+                fast + 1
+            )
+        };
+        let ingress =
+            |text: &str| buckets_in(text, "event_dispatch_latencies", |labels| !labels.contains("trigger_name="));
+        let before = ingress(&read(10, 2, 500));
+        assert_eq!(before, [(5.0, 10), (f64::INFINITY, 13)], "the dispatcher's series left out");
+        let after = ingress(&read(40, 12, 900));
+        let (count, shares) = shares_between(&before, &after).expect("recorded");
+        assert_eq!(count, 40, "30 fast, 10 slow in between");
+        assert_eq!(shares, [(5.0, 0.75)]);
+        assert_eq!(shares_between(&after, &after), None, "nothing in between");
+        let mut sum = before.clone();
+        add_buckets(&mut sum, &after);
+        assert_eq!(sum, [(5.0, 50), (f64::INFINITY, 66)]);
+        assert!(buckets_in("sluice_wal_fsync_seconds_count 3\n", "event_dispatch_latencies", |_| true).is_empty());
+    }
 
     #[test]
     fn memory_comes_from_the_allocator_and_store_gauges_and_sums_the_groups_dedupe_keys() {
