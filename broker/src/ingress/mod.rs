@@ -642,7 +642,7 @@ async fn accept(
             PublishError::Broker(e) => broker_error_response(e),
         },
     )?;
-    let duplicates = count - u64::from(appended.stored);
+    let duplicates = count.saturating_sub(appended.stored);
     if duplicates > 0 {
         metrics::counter!("sluice_ingress_duplicates_total").increment(duplicates);
     }

@@ -1,11 +1,13 @@
-//! Publishing: events in (from HTTP ingress, or from inside the node: replies and redriven dead letters), a
-//! validated, Knative-attributed, encoded and deduplicated append out, to the partition the first event hashes
-//! to. The node's one way to add events to a broker's or channel's stream.
+//! Publishing: events in (from HTTP ingress, or from inside the node: replies and redriven dead letters),
+//! validated, Knative-attributed, encoded and deduplicated appends out, one per partition the events hash to
+//! (each event to its own: [`partition_groups`]). The node's one way to add events to a broker's or channel's
+//! stream.
 
 use bytes::Bytes;
+use futures::future::join_all;
 
 use crate::cloudevent::{self, CloudEvent, EventError};
-use crate::command::{Appended, Dedupe};
+use crate::command::Dedupe;
 use crate::error::BrokerError;
 use crate::node::Node;
 use crate::resources::IngressSettings;
@@ -22,20 +24,30 @@ pub enum PublishError {
     Broker(#[from] BrokerError),
 }
 
+/// What a publication stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Events stored; the rest were duplicates within the dedupe window.
+    pub stored: u64,
+}
+
 /// Appends events to `stream` as HTTP ingress does: HTTP ingress, and producers inside the node (the
-/// dispatcher's replies and redriven dead letters): Knative attributes
-/// (arrival now), the stored encoding, dedupe keys (`source` NUL `id`) when
-/// the target dedupes, and one partition for the whole batch (its first
-/// event's), so that a batch stays atomic. Events whose encoding exceeds
-/// `max_event_bytes` (plus room for the added attributes) are refused with 413. More than one event are a
-/// batch (see [`publish_events`]).
+/// dispatcher's replies and redriven dead letters): Knative attributes (arrival now), the stored encoding,
+/// dedupe keys (`source` NUL `id`) when the target dedupes, and each event to its own partition
+/// (`partitionkey`, else `source` and `id`), so that a retried event meets its dedupe window and a key's
+/// events keep their order whichever batch carries them. A batch's events of one partition are one append
+/// (atomic); a batch spanning partitions is one append per partition, all at once, and is acknowledged when
+/// all are: if one fails, the error says so (a retryable one asks for a retry, which dedupe makes safe for
+/// the parts already stored). Events whose encoding exceeds `max_event_bytes` (plus room for the added
+/// attributes) are refused with 413, before anything is appended. More than one event are a batch (see
+/// [`publish_events`]).
 pub async fn publish(
     node: &Node,
     stream: &str,
     settings: &IngressSettings,
     events: Vec<CloudEvent>,
     max_event_bytes: usize,
-) -> Result<Appended, PublishError> {
+) -> Result<Published, PublishError> {
     let batch = events.len() > 1;
     publish_events(node, stream, settings, events, max_event_bytes, batch).await
 }
@@ -49,7 +61,7 @@ pub(crate) async fn publish_events(
     mut events: Vec<CloudEvent>,
     max_event_bytes: usize,
     batch: bool,
-) -> Result<Appended, PublishError> {
+) -> Result<Published, PublishError> {
     if events.is_empty() {
         return Err(PublishError::Invalid(EventError::bad("no events").rule("publish at least one event")));
     }
@@ -57,11 +69,62 @@ pub(crate) async fn publish_events(
     let arrival = cloudevent::arrival_time(now);
     let Prepared { payloads, keys } =
         prepare(&mut events, settings, &arrival, max_event_bytes, batch).map_err(PublishError::Invalid)?;
-    // A batch is atomic, so it goes to one partition: its first event's.
-    let partition = events.first().map(|e| cloudevent::partition_of(e, node.partitions())).unwrap_or(0);
-    let dedupe = settings.dedupe_window.map(|window| Dedupe { window_ms: window.as_millis() as u64, keys });
+    let partitions = node.partitions();
+    let partition_of: Vec<u32> = events.iter().map(|e| cloudevent::partition_of(e, partitions)).collect();
+    let window_ms = settings.dedupe_window.map(|window| window.as_millis() as u64);
     let arrival_ms = now.timestamp_millis().max(0) as u64;
-    Ok(node.append(stream, partition, payloads, arrival_ms, dedupe).await?)
+    let groups = partition_groups(&partition_of);
+    if let [(partition, _)] = groups.as_slice() {
+        // The common case, and every single event: one append, as it came.
+        let dedupe = window_ms.map(|window_ms| Dedupe { window_ms, keys });
+        let appended = node.append(stream, *partition, payloads, arrival_ms, dedupe).await?;
+        return Ok(Published { stored: u64::from(appended.stored) });
+    }
+    let appends = groups.into_iter().map(|(partition, indices)| {
+        let group_payloads = indices.iter().map(|&i| payloads[i].clone()).collect();
+        let dedupe = window_ms.map(|window_ms| Dedupe {
+            window_ms,
+            keys: indices.iter().filter_map(|&i| keys.get(i).cloned()).collect(),
+        });
+        node.append(stream, partition, group_payloads, arrival_ms, dedupe)
+    });
+    let outcomes: Vec<Result<u64, BrokerError>> =
+        join_all(appends).await.into_iter().map(|outcome| outcome.map(|a| u64::from(a.stored))).collect();
+    Ok(Published { stored: combined(outcomes)? })
+}
+
+/// The events of each partition, by index, in the order they came; partitions in the order their first event
+/// came.
+pub(crate) fn partition_groups(partition_of: &[u32]) -> Vec<(u32, Vec<usize>)> {
+    let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
+    for (index, partition) in partition_of.iter().enumerate() {
+        match groups.iter_mut().find(|(p, _)| p == partition) {
+            Some((_, indices)) => indices.push(index),
+            None => groups.push((*partition, vec![index])),
+        }
+    }
+    groups
+}
+
+/// One answer for a batch's appends: the events stored when every append succeeded; else an error that is
+/// never retryable when one of them is not (a bug is not reported as something a retry fixes), else the
+/// first retryable one.
+pub(crate) fn combined(outcomes: Vec<Result<u64, BrokerError>>) -> Result<u64, BrokerError> {
+    let mut stored = 0u64;
+    let mut retryable = None;
+    for outcome in outcomes {
+        match outcome {
+            Ok(count) => stored += count,
+            Err(e) if !e.is_retryable() => return Err(e),
+            Err(e) => {
+                retryable.get_or_insert(e);
+            }
+        }
+    }
+    match retryable {
+        Some(e) => Err(e),
+        None => Ok(stored),
+    }
 }
 
 /// What a publication appends: each event's stored encoding, and its dedupe key when the target dedupes.
@@ -110,6 +173,49 @@ fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a batch went whole to its first event's partition, so an event retried inside a batch led by
+    /// another missed the dedupe window of the partition it was first stored in (stored twice, both answered
+    /// 202), and a `partitionkey`'s events carried by such a batch left their partition's order.
+    #[test]
+    fn each_event_goes_to_its_own_partition_in_the_order_it_came() {
+        // (each event's partition, the groups)
+        type Groups = &'static [(u32, &'static [usize])];
+        let cases: [(&[u32], Groups); 5] = [
+            (&[], &[]),
+            (&[3], &[(3, &[0])]),
+            (&[1, 1, 1], &[(1, &[0, 1, 2])]),
+            (&[1, 0, 1, 2, 0], &[(1, &[0, 2]), (0, &[1, 4]), (2, &[3])]),
+            (&[0, 1], &[(0, &[0]), (1, &[1])]),
+        ];
+        for (partition_of, expected) in cases {
+            let expected: Vec<(u32, Vec<usize>)> = expected.iter().map(|(p, i)| (*p, i.to_vec())).collect();
+            assert_eq!(partition_groups(partition_of), expected, "{partition_of:?}");
+        }
+        // The same event hashes to the same partition alone and inside any batch.
+        let event = |id: &str| {
+            cloudevent::from_structured(
+                format!(r#"{{"specversion":"1.0","id":"{id}","source":"/s","type":"t"}}"#).as_bytes(),
+            )
+            .expect("valid")
+        };
+        let alone = cloudevent::partition_of(&event("e"), 8);
+        let batch: Vec<CloudEvent> = ["a", "b", "e", "c"].iter().map(|id| event(id)).collect();
+        let partition_of: Vec<u32> = batch.iter().map(|e| cloudevent::partition_of(e, 8)).collect();
+        let groups = partition_groups(&partition_of);
+        assert!(groups.iter().any(|(p, indices)| *p == alone && indices.contains(&2)), "{groups:?}");
+    }
+
+    #[test]
+    fn a_batch_across_partitions_answers_its_worst_outcome() {
+        let group = 1;
+        let retryable = || Err(BrokerError::NoLeader { group });
+        let bug = || Err(BrokerError::Bug { group, reason: "x".into() });
+        assert_eq!(combined(vec![Ok(2), Ok(3)]).ok(), Some(5));
+        assert!(matches!(combined(vec![Ok(2), retryable()]), Err(BrokerError::NoLeader { .. })), "a retry");
+        assert!(matches!(combined(vec![retryable(), bug(), Ok(1)]), Err(BrokerError::Bug { .. })), "never retried");
+        assert_eq!(combined(Vec::new()).ok(), Some(0));
+    }
 
     /// Regression: a batch of one event lost its `index` in publish's refusals (only batches of two or more named
     /// it), though docs/ingress.md says a batch's error names the bad event's index.

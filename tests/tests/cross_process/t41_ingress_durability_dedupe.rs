@@ -267,3 +267,72 @@ async fn a_node_whose_clock_runs_ahead_does_not_cut_the_dedupe_window_short() ->
     }
     Ok(())
 }
+
+/// The structured event `id` from `/producer`, with a `partitionkey` if given.
+fn structured(id: &str, key: Option<&str>) -> serde_json::Value {
+    let mut event = serde_json::json!({"specversion": "1.0", "id": id, "source": "/producer", "type": "order.created"});
+    if let Some(key) = key {
+        event["partitionkey"] = key.into();
+    }
+    event
+}
+
+/// An id from `/producer` whose event hashes to `partition` (of [`PARTITIONS`]), or not to it.
+fn id_in(partition: u32, wanted: bool, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|id| {
+            let event = sluice_cloudevent::from_structured(structured(id, None).to_string().as_bytes()).expect("valid");
+            (sluice_cloudevent::partition_of(&event, PARTITIONS) == partition) == wanted
+        })
+        .expect("an id")
+}
+
+/// Regression: a batch went whole to its first event's partition, so an event retried inside a batch led by an
+/// event of another partition missed its dedupe window and was stored twice (both answered 202), and a
+/// `partitionkey`'s events in such a batch left their key's partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_retried_inside_a_batch_led_by_another_partition_is_stored_once() -> anyhow::Result<()> {
+    let cluster = cluster(1).await?;
+    let client = reqwest::Client::new();
+    let (http, admin) = (&cluster.nodes[0].http, &cluster.nodes[0].admin);
+    let retried = id_in(0, true, "retried");
+    let leader = id_in(0, false, "leader");
+    let batch = |events: Vec<serde_json::Value>| {
+        client
+            .post(format!("http://{http}/default/orders"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(serde_json::Value::from(events).to_string())
+            .send()
+    };
+    let single = batch(vec![structured(&retried, None)]).await?;
+    assert_eq!(single.status(), StatusCode::ACCEPTED);
+    let again = batch(vec![structured(&leader, None), structured(&retried, None)]).await?;
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    // Events keyed "k" behind an event of the other partition stay in "k"'s partition, in their order.
+    let keyed_event =
+        |id: &str| sluice_cloudevent::from_structured(structured(id, Some("k")).to_string().as_bytes()).expect("valid");
+    let key_partition = sluice_cloudevent::partition_of(&keyed_event("k-1"), PARTITIONS);
+    let other = id_in(key_partition, false, "other");
+    let keyed =
+        batch(vec![structured(&other, None), structured("k-1", Some("k")), structured("k-2", Some("k"))]).await?;
+    assert_eq!(keyed.status(), StatusCode::ACCEPTED);
+
+    let ids = |events: Vec<sluice_cloudevent::CloudEvent>| -> Vec<String> {
+        events.iter().filter_map(|e| e.get_str("id").map(str::to_string)).collect()
+    };
+    let mut all = ids(read_events(admin, STREAM, PARTITIONS).await?);
+    all.sort();
+    let mut expected = vec![retried.clone(), leader.clone(), other.clone(), "k-1".to_string(), "k-2".to_string()];
+    expected.sort();
+    assert_eq!(all, expected, "the retried event once, every other event once");
+    let in_key_partition: Vec<String> = sluice_tests::read_all(admin, STREAM, key_partition)
+        .await?
+        .iter()
+        .filter_map(|r| sluice_cloudevent::CloudEvent::decode(&r.payload).ok())
+        .filter_map(|e| e.get_str("id").map(str::to_string))
+        .filter(|id| id.starts_with("k-"))
+        .collect();
+    assert_eq!(in_key_partition, ["k-1", "k-2"], "the key's events in its partition, in order");
+    Ok(())
+}
