@@ -72,6 +72,10 @@ pub(crate) struct ControllerArgs {
     /// installed: it would serve them too).
     #[arg(long)]
     pub serving: bool,
+    /// Knative Eventing runs in this cluster too: leave its Channels, InMemoryChannels and their Subscriptions
+    /// to it, and take only the EventPolicies that may apply to a Sluice Broker (docs/kubernetes.md).
+    #[arg(long)]
+    pub beside_knative_eventing: bool,
 }
 
 pub(crate) async fn kube_controller(args: ControllerArgs) -> anyhow::Result<()> {
@@ -139,6 +143,7 @@ pub(crate) async fn kube_controller(args: ControllerArgs) -> anyhow::Result<()> 
         addressing: ClusterAddressing { ingress_host: args.ingress_host.clone() },
         cluster_domain: args.cluster_domain.clone(),
         serve_knative_serving: args.serving,
+        beside_knative_eventing: args.beside_knative_eventing,
         ..Settings::default()
     };
     let reporter = Reporter { controller: "sluice-controller".into(), instance: Some(identity.clone()) };

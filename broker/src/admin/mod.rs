@@ -73,8 +73,20 @@ pub fn status_of(error: BrokerError) -> Status {
         | BrokerError::Bug { .. }
         | BrokerError::InvalidRaftConfig { .. }
         | BrokerError::Storage(_)
-        | BrokerError::Codec(_) => ErrorCode::Internal,
-        _ => ErrorCode::Unavailable,
+        | BrokerError::Codec(_)
+        // A disk that fails a read or a write, or a node that cannot start its parts, is not fixed by a retry
+        // (every unlisted error used to be UNAVAILABLE, so a storage fault read as "try again"; HTTP ingress
+        // answers the same errors 500).
+        | BrokerError::Io { .. }
+        | BrokerError::DataDir { .. }
+        | BrokerError::Listen { .. }
+        | BrokerError::PeerAddress { .. } => ErrorCode::Internal,
+        // What passes: a leader lost mid-write, a forward that failed, a node stopping or not a member yet.
+        BrokerError::ForwardFailed { .. }
+        | BrokerError::Indeterminate { .. }
+        | BrokerError::Interrupted { .. }
+        | BrokerError::ShuttingDown
+        | BrokerError::NotAMember(_) => ErrorCode::Unavailable,
     };
     error_status(code, message)
 }
@@ -460,5 +472,24 @@ impl Resources for AdminService {
             ));
         }
         Ok(Response::new(DeleteResourceReply {}))
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+    use sluice_proto::errors::error_detail;
+
+    /// Regression: every error the mapping did not list was UNAVAILABLE, so a disk failing a read told the
+    /// operator's tool to try again.
+    #[test]
+    fn a_storage_fault_is_internal_and_what_passes_is_unavailable() {
+        let code = |error: BrokerError| error_detail(&status_of(error)).map(|d| d.code);
+        let io = BrokerError::Io { context: "reading a record".into(), source: std::io::Error::other("EIO") };
+        assert_eq!(code(io), Some(ErrorCode::Internal as u32));
+        assert_eq!(code(BrokerError::ShuttingDown), Some(ErrorCode::Unavailable as u32));
+        let group = 1;
+        assert_eq!(code(BrokerError::Indeterminate { group, reason: "x".into() }), Some(ErrorCode::Unavailable as u32));
+        assert_eq!(code(BrokerError::NoLeader { group }), Some(ErrorCode::NoLeader as u32));
     }
 }

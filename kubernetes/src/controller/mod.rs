@@ -57,6 +57,9 @@ pub struct Settings {
     /// Also push Knative Serving's Services, Configurations and Routes (where Knative Serving is not installed
     /// to serve them itself).
     pub serve_knative_serving: bool,
+    /// Knative Eventing runs in the cluster too: its Channels, InMemoryChannels and their Subscriptions are
+    /// left to it, and an EventPolicy is Sluice's only if it may apply to a Sluice Broker ([`policy_is_ours`]).
+    pub beside_knative_eventing: bool,
 }
 
 impl Default for Settings {
@@ -68,6 +71,7 @@ impl Default for Settings {
             resync_ready: Duration::from_secs(300),
             resync_not_ready: Duration::from_secs(2),
             serve_knative_serving: false,
+            beside_knative_eventing: false,
         }
     }
 }
@@ -253,14 +257,75 @@ async fn ownership<K: Pushed>(object: &K, ctx: &Context) -> Result<Ownership, Er
         "Trigger" => {
             let value = serde_json::to_value(object).map_err(|e| bad_object(object, e))?;
             let broker_name = sluice_controller::model::trigger_broker(&value);
-            let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+            if broker_name.is_empty() {
+                // Not a Trigger any class could serve: Sluice refuses it, naming the field, and its status says
+                // so. (Looking an empty name up fails in the client before any request, and that failure was
+                // retried with backoff for good, the Trigger never told why.)
+                return Ok(Ownership::Ours);
+            }
+            let broker_namespace = trigger_broker_namespace(&value, object);
+            let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), &broker_namespace);
             let broker = brokers.get_opt(broker_name).await?;
             Ok(match plan_trigger(broker.as_ref().map(|b| b.annotations()), default_class) {
                 TriggerPlan::Push | TriggerPlan::BrokerMissing => Ownership::Ours,
                 TriggerPlan::NotOurs => Ownership::NotOurs,
             })
         }
+        "Channel" | "InMemoryChannel" | "Subscription" if ctx.settings.beside_knative_eventing => {
+            Ok(Ownership::NotOurs)
+        }
+        "EventPolicy" if ctx.settings.beside_knative_eventing => {
+            let value = serde_json::to_value(object).map_err(|e| bad_object(object, e))?;
+            let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+            let named = match policy_brokers(&value) {
+                PolicyTargets::Any => return Ok(Ownership::Ours),
+                PolicyTargets::Brokers(named) => named,
+            };
+            for name in named {
+                if brokers.get_opt(&name).await?.is_some_and(|b| is_sluice_broker(b.annotations(), default_class)) {
+                    return Ok(Ownership::Ours);
+                }
+            }
+            Ok(Ownership::NotOurs)
+        }
         _ => Ok(Ownership::Ours),
+    }
+}
+
+/// What an EventPolicy may apply to, as far as its ownership beside Knative Eventing goes.
+#[derive(Debug, PartialEq)]
+enum PolicyTargets {
+    /// Maybe a Sluice Broker, whatever the classes: no `to` (every target of its namespace) or a selector.
+    Any,
+    /// The Brokers it names by `ref`; their classes decide (naming only Channels, none).
+    Brokers(Vec<String>),
+}
+
+/// A policy that may apply to a Sluice Broker is Sluice's (it must be enforced there, and a namespace-wide one
+/// is then Knative's too: both write its status, docs/kubernetes.md); one naming only Channels or other
+/// classes' Brokers is Knative's.
+fn policy_brokers(policy: &Value) -> PolicyTargets {
+    let targets = policy.pointer("/spec/to").and_then(Value::as_array).cloned().unwrap_or_default();
+    if targets.is_empty() || targets.iter().any(|to| to.get("selector").is_some_and(|s| !s.is_null())) {
+        return PolicyTargets::Any;
+    }
+    PolicyTargets::Brokers(
+        targets
+            .iter()
+            .filter(|to| to.pointer("/ref/kind").and_then(Value::as_str) == Some("Broker"))
+            .filter_map(|to| to.pointer("/ref/name").and_then(Value::as_str).filter(|n| !n.is_empty()))
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// The namespace of a Trigger's Broker: `brokerRef.namespace` when set (Sluice refuses one other than the
+/// Trigger's own, but whether the Trigger is Sluice's at all is the class of the Broker it names), else the
+/// Trigger's.
+fn trigger_broker_namespace<K: Pushed>(value: &Value, object: &K) -> String {
+    match value.pointer("/spec/brokerRef/namespace").and_then(Value::as_str) {
+        Some(namespace) if !namespace.is_empty() => namespace.to_string(),
+        _ => object.namespace().unwrap_or_default(),
     }
 }
 
@@ -378,6 +443,10 @@ async fn resolve_core_services(
         let service_namespace = destination["ref"]["namespace"].as_str().unwrap_or(namespace).to_string();
         let services: Api<Service> = Api::namespaced(ctx.client.clone(), &service_namespace);
         let name = destination["ref"]["name"].as_str().unwrap_or_default();
+        if name.is_empty() {
+            // Refused, as Sluice would refuse it; looked up, it failed in the client and was retried for good.
+            return Ok(Err(format!("{pointer}.ref.name: a Service's name is required")));
+        }
         let Some(service) = services.get_opt(name).await? else {
             return Ok(Err(format!("{pointer}: Service {service_namespace}/{name} does not exist")));
         };
@@ -496,7 +565,14 @@ async fn control_triggers(ctx: Arc<Context>) {
             triggers
                 .state()
                 .into_iter()
-                .filter(|trigger| trigger.namespace() == namespace && trigger.spec.0.broker == name)
+                .filter(|trigger| {
+                    let broker_namespace = match trigger.spec.0.broker_ref.as_ref().and_then(|r| r.namespace.as_deref())
+                    {
+                        Some(namespace) if !namespace.is_empty() => Some(namespace.to_string()),
+                        _ => trigger.namespace(),
+                    };
+                    broker_namespace == namespace && trigger.spec.0.broker_name() == name
+                })
                 .map(|trigger| ObjectRef::from_obj(&*trigger))
                 .collect::<Vec<_>>()
         })

@@ -434,6 +434,76 @@ async fn a_trigger_whose_core_service_is_missing_says_so_and_is_not_pushed() {
     assert!(sluice.journal.lock().expect("journal").is_empty());
 }
 
+/// Regression: an empty name in a reference was looked up; the client refused it before any request, and that
+/// failure was retried with backoff for good, the object never told why.
+#[tokio::test]
+async fn a_reference_without_a_name_is_refused_in_the_status_not_retried() {
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, mut handle) = context(sluice.clone());
+    let object = trigger(json!({"ref": {"apiVersion": "v1", "kind": "Service", "name": ""}}));
+    let echo = serde_json::to_value(&object).expect("json");
+    let the_broker = serde_json::to_value(broker("Sluice")).expect("json");
+    let action = play(object, ctx, async move {
+        let (_, _, _, send) = next_request(&mut handle).await;
+        respond(send, &the_broker);
+        let (method, path, body, send) = next_request(&mut handle).await;
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::PATCH, "/apis/eventing.knative.dev/v1/namespaces/default/triggers/t/status?"),
+            "no lookup of a Service without a name"
+        );
+        assert_eq!(body["status"]["conditions"][0]["reason"], "DestinationNotResolved");
+        let message = body["status"]["conditions"][0]["message"].as_str().unwrap_or_default().to_string();
+        assert!(message.contains("/spec/subscriber.ref.name"), "{message}");
+        respond(send, &echo);
+    })
+    .await;
+    assert!(action.is_ok(), "a refusal, not an error to retry: {action:?}");
+    assert!(sluice.journal.lock().expect("journal").is_empty());
+
+    // A Trigger naming no Broker at all: no lookup of an empty name; Sluice has the last word on it.
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, mut handle) = context(sluice.clone());
+    let mut object = trigger(json!({"uri": "http://example.com/"}));
+    object.spec.0.broker = String::new();
+    let echo = serde_json::to_value(&object).expect("json");
+    let action = play(object, ctx, async move {
+        let (method, path, _, send) = next_request(&mut handle).await;
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::PATCH, "/apis/eventing.knative.dev/v1/namespaces/default/triggers/t/status?")
+        );
+        respond(send, &echo);
+    })
+    .await;
+    assert!(action.is_ok(), "{action:?}");
+    assert_eq!(sluice.journal.lock().expect("journal").as_slice(), ["apply Trigger/default/t"]);
+}
+
+/// A `brokerRef` to another namespace is judged by the class of the Broker there (Sluice refuses such a
+/// Trigger, but whether it is Sluice's to refuse is that Broker's class).
+#[tokio::test]
+async fn a_trigger_s_broker_ref_is_looked_up_in_its_namespace() {
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, mut handle) = context(sluice.clone());
+    let mut object = trigger(json!({"uri": "http://example.com/"}));
+    object.meta_mut().finalizers = None;
+    object.spec.0.broker = String::new();
+    object.spec.0.broker_ref =
+        Some(serde_json::from_value(json!({"kind": "Broker", "name": "b", "namespace": "other"})).expect("reference"));
+    let mt_broker = serde_json::to_value(broker("MTChannelBasedBroker")).expect("json");
+    let action = play(object, ctx, async move {
+        let (method, path, _, send) = next_request(&mut handle).await;
+        assert_eq!((method, path.as_str()), (Method::GET, "/apis/eventing.knative.dev/v1/namespaces/other/brokers/b"));
+        respond(send, &mt_broker);
+        assert_no_request(&mut handle).await;
+    })
+    .await
+    .expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    assert!(sluice.journal.lock().expect("journal").is_empty());
+}
+
 #[tokio::test]
 async fn a_trigger_on_an_mt_class_broker_is_left_alone() {
     let sluice = Arc::new(FakeSluice::default());
@@ -674,4 +744,99 @@ async fn a_policy_change_names_the_objects_of_its_namespace_and_every_object_aft
     assert_eq!(names(all), ["b1", "b2", "b3"]);
     let rest: Vec<_> = targets.collect().await;
     assert_eq!(names(rest), ["b3", "b3"]);
+}
+
+fn context_beside_knative_eventing(sluice: Arc<FakeSluice>) -> (Arc<Context>, Handle) {
+    let (client, handle) = mock_client();
+    let reporter = Reporter { controller: "sluice-controller".into(), instance: Some("test".into()) };
+    let settings = Settings { beside_knative_eventing: true, ..Settings::default() };
+    (Context::new(client, sluice, settings, reporter), handle)
+}
+
+/// Regression: Channels, InMemoryChannels, Subscriptions and EventPolicies were all claimed, those of Knative
+/// Eventing's own brokers included (an MT Broker's InMemoryChannel and its Subscriptions got Sluice's
+/// finalizer and status, and the two controllers overwrote each other's). Beside Knative Eventing they are
+/// left to it, and a policy is taken only when it may apply to a Sluice Broker.
+#[tokio::test]
+async fn beside_knative_eventing_its_channels_subscriptions_and_policies_are_left_alone() {
+    let sluice = Arc::new(FakeSluice::default());
+    let unfinalized = |value: Value| {
+        let mut value = value;
+        value["metadata"]["finalizers"] = json!([]);
+        value
+    };
+    let channel: crate::crd::InMemoryChannel = serde_json::from_value(unfinalized(json!({
+        "apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
+        "metadata": {"name": "b-kne-trigger", "namespace": "default", "generation": 1}
+    })))
+    .expect("channel");
+    let subscription: crate::crd::Subscription = serde_json::from_value(unfinalized(json!({
+        "apiVersion": "messaging.knative.dev/v1", "kind": "Subscription",
+        "metadata": {"name": "s", "namespace": "default", "generation": 1},
+        "spec": {"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "b-kne-trigger"},
+                 "subscriber": {"uri": "http://example.com/"}}
+    })))
+    .expect("subscription");
+    let (ctx, mut handle) = context_beside_knative_eventing(sluice.clone());
+    assert_eq!(reconcile(Arc::new(channel), ctx.clone()).await.expect("reconcile"), Action::await_change());
+    assert_eq!(reconcile(Arc::new(subscription), ctx).await.expect("reconcile"), Action::await_change());
+    assert_no_request(&mut handle).await;
+
+    // A policy naming an MT Broker: its class is looked up, and it is Knative's.
+    let mut policy = event_policy("default");
+    policy.meta_mut().finalizers = None;
+    let (ctx, mut handle) = context_beside_knative_eventing(sluice.clone());
+    let mt_broker = serde_json::to_value(broker("MTChannelBasedBroker")).expect("json");
+    let action = play(policy, ctx, async move {
+        let (method, path, _, send) = next_request(&mut handle).await;
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::GET, "/apis/eventing.knative.dev/v1/namespaces/default/brokers/b")
+        );
+        respond(send, &mt_broker);
+        assert_no_request(&mut handle).await;
+    })
+    .await
+    .expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    assert!(sluice.journal.lock().expect("journal").is_empty(), "Sluice is told nothing");
+
+    // Naming a Sluice Broker, it is Sluice's: enforced there (the finalizer first, as for any object).
+    let mut policy = event_policy("default");
+    policy.meta_mut().finalizers = None;
+    let (ctx, mut handle) = context_beside_knative_eventing(sluice.clone());
+    let sluice_broker = serde_json::to_value(broker("Sluice")).expect("json");
+    let echo = serde_json::to_value(&policy).expect("json");
+    play(policy, ctx, async move {
+        let (_, _, _, send) = next_request(&mut handle).await;
+        respond(send, &sluice_broker);
+        let (method, path, body, send) = next_request(&mut handle).await;
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::PATCH, "/apis/eventing.knative.dev/v1alpha1/namespaces/default/eventpolicies/p?")
+        );
+        assert_eq!(body[1], json!({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}));
+        respond(send, &echo);
+    })
+    .await
+    .expect("reconcile");
+}
+
+#[test]
+fn a_policy_may_apply_to_a_sluice_broker_unless_it_names_only_other_targets() {
+    use super::{PolicyTargets, policy_brokers};
+    let policy = |to: Value| json!({"spec": {"to": to}});
+    let broker_ref =
+        |name: &str| json!({"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": name}});
+    let channel_ref =
+        json!({"ref": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "c"}});
+    let selector =
+        json!({"selector": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "matchLabels": {"a": "b"}}});
+    assert_eq!(policy_brokers(&json!({"spec": {}})), PolicyTargets::Any, "namespace-wide");
+    assert_eq!(policy_brokers(&policy(json!([selector, channel_ref]))), PolicyTargets::Any, "a selector");
+    assert_eq!(policy_brokers(&policy(json!([channel_ref]))), PolicyTargets::Brokers(vec![]), "channels only");
+    assert_eq!(
+        policy_brokers(&policy(json!([broker_ref("a"), channel_ref, broker_ref("b")]))),
+        PolicyTargets::Brokers(vec!["a".into(), "b".into()])
+    );
 }
