@@ -497,19 +497,21 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
     let largest_request = limits.max_batch_bytes.max(limits.max_event_bytes + limits.max_header_bytes);
     let growth = ingress.max_batch_events.max(1).saturating_mul(STORED_GROWTH_PER_EVENT_BYTES);
     let max_bytes_per_entry = largest_request.saturating_add(growth).saturating_add(64 << 10).max(1 << 20);
+    let append_limits = AppendLimits {
+        queue_capacity: ingress.queue_depth.max(1),
+        max_bytes_per_entry,
+        max_records_per_entry: ingress.max_batch_events.max(4096),
+        max_in_flight_entries: ingress.append_inflight_entries.max(1),
+        pipeline_min_records: ingress.append_pipeline_min_records.max(1),
+        pipeline_min_bytes: AppendLimits::default().pipeline_min_bytes,
+        forward_pipeline_min_records: ingress.forward_pipeline_min_records.max(1),
+    };
+    append_limits.validate().map_err(anyhow::Error::msg)?;
     Ok(NodeSettings {
         node_id: id,
         data_dir: data,
         tuning: tuning.to_tuning()?,
-        append_limits: AppendLimits {
-            queue_capacity: ingress.queue_depth.max(1),
-            max_bytes_per_entry,
-            max_records_per_entry: ingress.max_batch_events.max(4096),
-            max_in_flight_entries: ingress.append_inflight_entries.max(1),
-            pipeline_min_records: ingress.append_pipeline_min_records.max(1),
-            pipeline_min_bytes: AppendLimits::default().pipeline_min_bytes,
-            forward_pipeline_min_records: ingress.forward_pipeline_min_records.max(1),
-        },
+        append_limits,
         read_limits: ReadLimits::default(),
         retention_check_interval: Duration::from_millis(tuning.retention_check_ms),
         leader_balance_interval: (tuning.leader_balance_ms > 0)
@@ -684,5 +686,18 @@ mod tests {
                 settings.append_limits.max_bytes_per_entry
             );
         }
+    }
+
+    /// Regression (review): limits whose largest entry no message between nodes can carry started, and
+    /// replication failed at every try once such an entry came.
+    #[test]
+    fn limits_whose_entry_no_peer_message_carries_are_refused_at_start() {
+        let settings = |bytes: &str| {
+            let flags = Flags::parse_from(["sluice", "--max-batch-bytes", bytes]);
+            super::settings(1, "/tmp/x".into(), &flags.tuning, &flags.ingress).map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert_eq!(settings("8388608"), Ok(()), "8 MiB: fewer entries per message");
+        let refused = settings("209715200").expect_err("200 MiB");
+        assert!(refused.contains("--max-batch-bytes"), "{refused}");
     }
 }

@@ -55,6 +55,14 @@ pub struct AppendLimits {
 /// still commit later), but no caller waits on it without bound.
 pub(crate) const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+impl AppendLimits {
+    /// Whether an entry of `max_bytes_per_entry` fits one message between nodes (else replication could never
+    /// carry it); the error names the flags that size it.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::raft::group::payload_entries_for(self.max_bytes_per_entry).map(|_| ())
+    }
+}
+
 impl Default for AppendLimits {
     fn default() -> Self {
         Self {

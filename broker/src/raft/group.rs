@@ -13,7 +13,7 @@ use crate::raft::append_batcher::{AppendBatcher, AppendLimits};
 use crate::raft::forward_batcher::ForwardBatcher;
 use crate::store::Raft;
 use crate::store::{GroupLogStore, GroupStateMachine, Store, StreamView};
-use crate::transport::client::{NetworkFactory, PeerClients};
+use crate::transport::client::{MAX_PEER_MESSAGE_BYTES, NetworkFactory, PeerClients};
 
 /// Timing and log-compaction settings shared by all groups of a node.
 #[derive(Clone, Debug)]
@@ -44,7 +44,9 @@ impl Default for RaftTuning {
 }
 
 impl RaftTuning {
-    fn openraft_config(&self, group: GroupId) -> Result<Config, BrokerError> {
+    fn openraft_config(&self, group: GroupId, limits: &AppendLimits) -> Result<Config, BrokerError> {
+        let max_payload_entries = payload_entries_for(limits.max_bytes_per_entry)
+            .map_err(|reason| BrokerError::InvalidRaftConfig { group, reason })?;
         let config = Config {
             cluster_name: format!("sluice-{}", group_name(group)),
             heartbeat_interval: self.heartbeat_ms,
@@ -55,13 +57,33 @@ impl RaftTuning {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
             max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
             replication_lag_threshold: self.learner_catch_up_entries,
-            // Entries are up to ~4 MiB (AppendLimits): 16 of them bound one AppendEntries message.
-            max_payload_entries: 16,
+            max_payload_entries,
             install_snapshot_timeout: 10_000,
             enable_pre_vote: Some(true),
             ..Default::default()
         };
         config.validate().map_err(|e| BrokerError::InvalidRaftConfig { group, reason: e.to_string() })
+    }
+}
+
+/// The most entries one AppendEntries carries: 16, fewer when 16 of the largest entry (the ingress limits
+/// decide it, about 4.3 MiB by default) would not fit one peer message ([`MAX_PEER_MESSAGE_BYTES`]), which
+/// the receiver refuses: replication would then fail at every try, under load, for good. An entry that does
+/// not fit one message alone is refused at start, naming the limits.
+pub(crate) fn payload_entries_for(max_bytes_per_entry: usize) -> Result<u64, String> {
+    const MOST_ENTRIES: usize = 16;
+    // An entry's records are framed (lengths, the stream, the dedupe keys) and the message has its own.
+    const ENTRY_OVERHEAD_BYTES: usize = 64 << 10;
+    const MESSAGE_OVERHEAD_BYTES: usize = 1 << 20;
+    let room = MAX_PEER_MESSAGE_BYTES - MESSAGE_OVERHEAD_BYTES;
+    let entry = max_bytes_per_entry.saturating_add(ENTRY_OVERHEAD_BYTES);
+    match room / entry {
+        0 => Err(format!(
+            "a Raft entry may hold {max_bytes_per_entry} bytes (from --max-batch-bytes, --max-event-bytes and \
+             --max-batch-events), more than one message between nodes carries ({MAX_PEER_MESSAGE_BYTES} bytes): \
+             lower them"
+        )),
+        fits => Ok(fits.min(MOST_ENTRIES) as u64),
     }
 }
 
@@ -89,7 +111,7 @@ impl Group {
                 .map_err(|e| BrokerError::io(format!("state machine of {}", group_name(group)), e))?;
         let view = state_machine.view();
         let raft_started = state_machine.raft_started();
-        let config = Arc::new(tuning.openraft_config(group)?);
+        let config = Arc::new(tuning.openraft_config(group, &limits)?);
         let forwarder = ForwardBatcher::start(group, peers.clone(), limits.clone());
         let network = NetworkFactory::new(group, peers);
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
@@ -178,5 +200,25 @@ async fn publish_metrics(group: GroupId, raft: Raft) {
             }
             _ = index_tick.tick() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: 16 entries per AppendEntries whatever their size, so raising `--max-batch-bytes` past about
+    /// 5.7 MiB made full messages larger than a peer accepts, and replication failed at every try.
+    #[test]
+    fn an_append_entries_carries_as_many_of_the_largest_entry_as_a_peer_message_holds() {
+        let cases = [(1 << 20, 16), (4_600_000, 16), (8 << 20, 11), (40 << 20, 2), (94 << 20, 1)];
+        for (max_bytes_per_entry, entries) in cases {
+            let fits = payload_entries_for(max_bytes_per_entry).expect("fits");
+            assert_eq!(fits, entries, "{max_bytes_per_entry}");
+            let message = fits as usize * (max_bytes_per_entry + (64 << 10));
+            assert!(message < MAX_PEER_MESSAGE_BYTES, "{max_bytes_per_entry}: {message}");
+        }
+        let refused = payload_entries_for(96 << 20).expect_err("an entry larger than a message");
+        assert!(refused.contains("--max-batch-bytes"), "{refused}");
     }
 }
