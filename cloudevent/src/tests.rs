@@ -591,3 +591,19 @@ fn attribute_and_base64_strings_read_alike_with_and_without_escapes() {
     let not_a_string = from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":7}"#);
     assert!(not_a_string.is_err());
 }
+
+/// Regression (review): an attribute holding an array or object was parsed whole before its type was refused
+/// (a batch of `[[],[],…]` built a value per bracket), and a number serde cannot hold (1e400) was refused as
+/// "malformed JSON" without naming the attribute.
+#[test]
+fn an_attribute_of_the_wrong_type_is_refused_naming_it_before_it_is_parsed() {
+    let event = |value: &str| format!(r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t","x":{value}}}"#);
+    for value in ["[[],[],[[]]]", " {\"a\":[1]}", "1e400", "2147483648", "1.5"] {
+        let refused = from_structured(event(value).as_bytes()).expect_err(value);
+        assert_eq!((refused.status, refused.error.as_str()), (400, "attribute has the wrong type"), "{value}");
+        assert_eq!(refused.attribute.as_deref(), Some("x"), "{value}");
+        assert!(refused.rule.is_some(), "{value}");
+    }
+    assert!(from_structured(event("-7").as_bytes()).is_ok());
+    assert!(from_structured(event("null").as_bytes()).is_ok(), "null is absent");
+}

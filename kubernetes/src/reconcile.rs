@@ -130,6 +130,44 @@ pub fn refused_status(generation: Option<i64>, reason: &str, message: &str) -> K
     }
 }
 
+/// The status of an object one of whose destinations (`pointer`: `/spec/subscriber`, `/spec/reply`,
+/// `/spec/delivery/deadLetterSink`) does not resolve: [`refused_status`], and as Knative's control plane
+/// requires, the URI that destination resolves to set to the empty string (a Trigger's `subscriberUri` or
+/// `deadLetterSinkUri`, a Subscription's `physicalSubscription`'s) with a condition that names it (a
+/// Trigger's `SubscriberResolved`, `DeadLetterSinkResolved`; a Subscription's `AddedToChannel` stays the
+/// node's to tell).
+pub fn unresolved_status(kind: &str, generation: Option<i64>, pointer: &str, message: &str) -> KnativeStatus {
+    let mut status = refused_status(generation, "DestinationNotResolved", message);
+    let field = match pointer {
+        "/spec/subscriber" => "subscriberUri",
+        "/spec/reply" => "replyUri",
+        "/spec/delivery/deadLetterSink" => "deadLetterSinkUri",
+        _ => return status,
+    };
+    let unresolved = |type_: &str| Condition {
+        type_: type_.into(),
+        status: "False".into(),
+        reason: Some("DestinationNotResolved".into()),
+        message: Some(message.into()),
+        ..Default::default()
+    };
+    match (kind, field) {
+        ("Trigger", "subscriberUri") => {
+            status.details.insert(field.into(), json!(""));
+            status.conditions.push(unresolved("SubscriberResolved"));
+        }
+        ("Trigger", "deadLetterSinkUri") => {
+            status.details.insert(field.into(), json!(""));
+            status.conditions.push(unresolved("DeadLetterSinkResolved"));
+        }
+        ("Subscription", field) => {
+            status.details.insert("physicalSubscription".into(), json!({ field: "" }));
+        }
+        _ => {}
+    }
+    status
+}
+
 /// The JSON merge patch that makes an object's status `desired`: what `desired` has, and `null` for every field
 /// of the `current` status it no longer has (a merge patch keeps what it does not name, so a Broker no longer
 /// ready would go on showing its old `address.url` to the sources that resolve it).
@@ -168,6 +206,27 @@ pub fn plan_trigger(broker_annotations: Option<&BTreeMap<String, String>>, defau
 
 #[cfg(test)]
 mod tests {
+    /// Regression (review): an unresolved destination left the URI out of the status (so the patch removed
+    /// it) where Knative's control plane requires it set to the empty string, with a condition naming it.
+    #[test]
+    fn an_unresolved_destination_empties_its_uri_and_names_it() {
+        use super::unresolved_status;
+        let status = |kind: &str, pointer: &str| {
+            serde_json::to_value(unresolved_status(kind, Some(3), pointer, "gone")).expect("json")
+        };
+        let trigger = status("Trigger", "/spec/subscriber");
+        assert_eq!(trigger["subscriberUri"], "");
+        assert_eq!(trigger["observedGeneration"], 3);
+        let types: Vec<&str> =
+            trigger["conditions"].as_array().expect("conditions").iter().filter_map(|c| c["type"].as_str()).collect();
+        assert_eq!(types, ["Ready", "SubscriberResolved"]);
+        let dead_letter = status("Trigger", "/spec/delivery/deadLetterSink");
+        assert_eq!((dead_letter["deadLetterSinkUri"].as_str(), dead_letter.get("subscriberUri")), (Some(""), None));
+        assert_eq!(status("Subscription", "/spec/reply")["physicalSubscription"], serde_json::json!({"replyUri": ""}));
+        let broker = status("Broker", "/spec/delivery/deadLetterSink");
+        assert_eq!(broker["conditions"].as_array().map(Vec::len), Some(1), "the Ready condition alone");
+    }
+
     use super::*;
 
     /// Regression: a Broker refused (or no longer ready) kept its `address` and `url`, since the status was

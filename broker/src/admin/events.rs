@@ -528,10 +528,14 @@ impl Events for EventsService {
             };
             partitions.push((partition, next, applied));
         }
+        let permit = super::admin_stream_permit()?;
         let (events, events_rx) = mpsc::channel(TAIL_BUFFER);
         let (fail, fail_rx) = oneshot::channel();
         let tailer = Tailer { node: node.clone(), stream, partitions, filter, events, fail: Some(fail) };
-        tokio::spawn(tailer.run());
+        tokio::spawn(async move {
+            let _permit = permit;
+            tailer.run().await;
+        });
         Ok(Response::new(tail_stream(events_rx, fail_rx)))
     }
 

@@ -93,6 +93,31 @@ pub fn status_of(error: BrokerError) -> Status {
 
 use sluice_cloudevent::clock::now_ms;
 
+/// Tail and Watch streams open at once on a node: each holds a task and a buffer (up to 256 events, or 1,024
+/// resource changes and a copy of the resources); past this a new one is refused until one ends.
+pub(crate) const MAX_ADMIN_STREAMS: usize = 256;
+
+static ADMIN_STREAMS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_STREAMS)));
+
+/// A place among this node's admin streams, held for the stream's life.
+pub(crate) fn admin_stream_permit() -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+    stream_permit(&ADMIN_STREAMS)
+}
+
+fn stream_permit(
+    streams: &std::sync::Arc<tokio::sync::Semaphore>,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+    streams.clone().try_acquire_owned().map_err(|_| {
+        error_status(
+            ErrorCode::QueueFull,
+            format!(
+                "at most {MAX_ADMIN_STREAMS} Tail and Watch streams at once on a node: end one, or ask another node"
+            ),
+        )
+    })
+}
+
 #[tonic::async_trait]
 impl Cluster for AdminService {
     async fn init(&self, request: Request<InitRequest>) -> Result<Response<InitReply>, Status> {
@@ -435,8 +460,10 @@ impl Resources for AdminService {
         let kind = request.into_inner().kind;
         let node = self.node.clone();
         let mut changes = node.watch_resources().ok_or_else(|| Status::unavailable("the node is shutting down"))?;
+        let permit = admin_stream_permit()?;
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         tokio::spawn(async move {
+            let _permit = permit;
             let snapshot = |node: &Node| -> std::collections::BTreeMap<ResourceKey, String> {
                 KINDS
                     .iter()
@@ -479,6 +506,19 @@ impl Resources for AdminService {
 mod status_tests {
     use super::*;
     use sluice_proto::errors::error_detail;
+
+    /// Regression (review): Tail and Watch streams had no bound; each holds a task and a buffer.
+    #[test]
+    fn streams_past_the_bound_are_refused_until_one_ends() {
+        let streams = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
+        let first = stream_permit(&streams).expect("room");
+        let _second = stream_permit(&streams).expect("room");
+        let refused = stream_permit(&streams).expect_err("full");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("Tail and Watch"), "{}", refused.message());
+        drop(first);
+        assert!(stream_permit(&streams).is_ok(), "room again");
+    }
 
     /// Regression: every error the mapping did not list was UNAVAILABLE, so a disk failing a read told the
     /// operator's tool to try again.

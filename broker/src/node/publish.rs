@@ -148,8 +148,10 @@ fn prepare(
     for (i, event) in events.iter_mut().enumerate() {
         let indexed = |e: EventError| if batch { e.at_index(i) } else { e };
         sluice_cloudevent::apply_knative_attributes(event, settings.ttl, arrival).map_err(indexed)?;
-        let encoded =
-            event.encode().map_err(|e| indexed(EventError::bad("event cannot be stored").rule(e.to_string())))?;
+        // An event that validated and cannot be encoded is the node's fault (a bug), not the client's: 500.
+        let encoded = event
+            .encode()
+            .map_err(|e| indexed(EventError::bad("event cannot be stored").rule(e.to_string()).status(500)))?;
         if encoded.len() > max_event_bytes + 1024 {
             return Err(indexed(
                 EventError::bad("event too large")

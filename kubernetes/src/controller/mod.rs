@@ -34,7 +34,7 @@ use crate::crd::{
 use crate::error::Error;
 use crate::reconcile::{
     ClusterAddressing, FINALIZER, TriggerPlan, desired_sluice_object, is_core_service_ref, is_sluice_broker,
-    plan_trigger, refused_status, resolve_core_service, status_for_kubernetes, status_patch,
+    plan_trigger, refused_status, resolve_core_service, status_for_kubernetes, status_patch, unresolved_status,
 };
 use crate::sluice_api::SluiceApi;
 
@@ -341,8 +341,8 @@ async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Acti
     let generation = object.meta().generation;
     let value = serde_json::to_value(object).map_err(|e| bad_object(object, e))?;
     let mut desired = desired_sluice_object(&value);
-    if let Err(message) = resolve_core_services(&mut desired, &namespace, ctx).await? {
-        let refused = refused_status(generation, "DestinationNotResolved", &message);
+    if let Err((pointer, message)) = resolve_core_services(&mut desired, &namespace, ctx).await? {
+        let refused = unresolved_status(&kind, generation, pointer, &message);
         patch_status(api, &name, &value["status"], &refused).await?;
         return Ok(ctx.requeue_after(object_key(object), false));
     }
@@ -430,12 +430,12 @@ fn condition_true(object: &Value, kind: &str) -> bool {
 }
 
 /// Replaces every Destination that refers to a core `v1` Service by its URL (Sluice sees no core Services).
-/// `Ok(Err(message))`: one does not resolve.
+/// `Ok(Err((pointer, message)))`: the destination at `pointer` does not resolve.
 async fn resolve_core_services(
     desired: &mut Value,
     namespace: &str,
     ctx: &Context,
-) -> Result<Result<(), String>, Error> {
+) -> Result<Result<(), (&'static str, String)>, Error> {
     for pointer in ["/spec/subscriber", "/spec/reply", "/spec/delivery/deadLetterSink"] {
         let Some(destination) = desired.pointer(pointer).filter(|d| is_core_service_ref(d)).cloned() else {
             continue;
@@ -445,10 +445,10 @@ async fn resolve_core_services(
         let name = destination["ref"]["name"].as_str().unwrap_or_default();
         if name.is_empty() {
             // Refused, as Sluice would refuse it; looked up, it failed in the client and was retried for good.
-            return Ok(Err(format!("{pointer}.ref.name: a Service's name is required")));
+            return Ok(Err((pointer, format!("{pointer}.ref.name: a Service's name is required"))));
         }
         let Some(service) = services.get_opt(name).await? else {
-            return Ok(Err(format!("{pointer}: Service {service_namespace}/{name} does not exist")));
+            return Ok(Err((pointer, format!("{pointer}: Service {service_namespace}/{name} does not exist"))));
         };
         let ports: Vec<i32> = service.spec.and_then(|s| s.ports).unwrap_or_default().iter().map(|p| p.port).collect();
         match resolve_core_service(&destination, namespace, &ports, &ctx.settings.cluster_domain) {
@@ -457,7 +457,7 @@ async fn resolve_core_services(
                     *slot = resolved;
                 }
             }
-            Err(message) => return Ok(Err(format!("{pointer}: {message}"))),
+            Err(message) => return Ok(Err((pointer, format!("{pointer}: {message}")))),
         }
     }
     Ok(Ok(()))
