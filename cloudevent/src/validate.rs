@@ -160,7 +160,11 @@ impl CloudEvent {
     pub fn validate(&self) -> Result<(), EventError> {
         for name in REQUIRED {
             match self.attributes.get(name) {
-                None => return Err(EventError::bad("missing required attribute").attribute(name)),
+                None => {
+                    return Err(EventError::bad("missing required attribute")
+                        .attribute(name)
+                        .rule("specversion, id, source and type are required"));
+                }
                 Some(AttrValue::String(s)) if s.is_empty() => {
                     return Err(EventError::bad("required attribute is empty")
                         .attribute(name)

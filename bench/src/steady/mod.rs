@@ -24,7 +24,7 @@ mod plot;
 mod trend;
 
 use node_metrics::{
-    MemoryState, SLOW_FSYNC_MS, StoreState, add_buckets, buckets_in, memory_state_in, metrics_text, shares_between,
+    MemoryState, NodeLatency, SLOW_FSYNC_MS, StoreState, memory_state_in, metrics_text, node_latency_line,
     slow_fsyncs_in, store_state_in,
 };
 use plot::svg_plot;
@@ -392,67 +392,6 @@ pub(crate) struct Sample {
     pub latency: NodeLatency,
 }
 
-/// The node's side of a request's time, as its `/metrics` publishes it (cumulative bucket counts): the ingress
-/// handler per request (Knative's `event_dispatch_latencies` of the Broker, in ms: body read, forward to the
-/// leader, commit and answer; the dispatcher's series of the same name carry a `trigger_name` and are left
-/// out) and Raft's commit per entry (`sluice_raft_commit_seconds`, in s).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct NodeLatency {
-    pub ingress_ms: Vec<(f64, u64)>,
-    pub commit_s: Vec<(f64, u64)>,
-}
-
-impl NodeLatency {
-    /// `None` before the node published either histogram.
-    fn read(metrics: &str) -> Option<NodeLatency> {
-        let read = NodeLatency {
-            ingress_ms: buckets_in(metrics, "event_dispatch_latencies", |labels| {
-                labels.contains("broker_name=") && !labels.contains("trigger_name=")
-            }),
-            commit_s: buckets_in(metrics, "sluice_raft_commit_seconds", |_| true),
-        };
-        (!read.ingress_ms.is_empty() || !read.commit_s.is_empty()).then_some(read)
-    }
-
-    fn plus(&self, other: &NodeLatency) -> NodeLatency {
-        let mut sum = self.clone();
-        add_buckets(&mut sum.ingress_ms, &other.ingress_ms);
-        add_buckets(&mut sum.commit_s, &other.commit_s);
-        sum
-    }
-}
-
-/// The share of the node-side samples under each bound, from the sample before second `from_s` to that of
-/// `to_s`: up to the first bound that holds them all.
-fn node_latency_line(samples: &[Sample], from_s: u64, to_s: u64) -> Option<String> {
-    let before = samples.get(from_s.checked_sub(1)? as usize)?;
-    let after = samples.get(to_s as usize)?;
-    let told = |before: &[(f64, u64)], after: &[(f64, u64)], scale: f64, unit: &str| -> Option<String> {
-        let (count, shares) = shares_between(before, after)?;
-        let mut parts = Vec::new();
-        for (bound, share) in shares {
-            if share > 0.0 {
-                // Rounded so that 0.008 s reads 8 ms, not 8.000000000000002.
-                parts.push(format!("{:.1} % under {} {unit}", share * 100.0, (bound * scale * 1e3).round() / 1e3));
-            }
-            if share >= 1.0 {
-                break;
-            }
-        }
-        Some(format!("{count}: {}", parts.join(", ")))
-    };
-    let ingress = told(&before.latency.ingress_ms, &after.latency.ingress_ms, 1.0, "ms");
-    let commit = told(&before.latency.commit_s, &after.latency.commit_s, 1000.0, "ms");
-    if ingress.is_none() && commit.is_none() {
-        return None;
-    }
-    Some(format!(
-        "  node side, same seconds: ingress handler per request {}; Raft commit per entry {}",
-        ingress.unwrap_or_else(|| "none recorded".into()),
-        commit.unwrap_or_else(|| "none recorded".into())
-    ))
-}
-
 /// The RocksDB side of a run: the most compaction had pending, and the samples in which a node held writes.
 #[derive(Debug, PartialEq)]
 pub(crate) struct StoreSummary {
@@ -655,27 +594,6 @@ mod tests {
 
     fn sample(rss_mib: f64, slow_fsyncs_total: u64) -> Sample {
         Sample { rss_mib, slow_fsyncs_total, ..Sample::default() }
-    }
-
-    #[test]
-    fn the_node_side_line_tells_the_shares_between_the_window_s_samples_up_to_the_bound_holding_all() {
-        let at = |ingress: [u64; 4], commit: [u64; 3]| Sample {
-            latency: NodeLatency {
-                ingress_ms: [2.0, 5.0, 10.0, f64::INFINITY].into_iter().zip(ingress).collect(),
-                commit_s: [0.002, 0.004, f64::INFINITY].into_iter().zip(commit).collect(),
-            },
-            ..Sample::default()
-        };
-        // Seconds 1-2: the sample before second 1 is samples[0], that of second 2 is samples[2].
-        let samples = [at([1, 2, 3, 3], [5, 5, 5]), at([0; 4], [0; 3]), at([1, 32, 42, 43], [25, 45, 45])];
-        let line = node_latency_line(&samples, 1, 2).expect("a line");
-        assert_eq!(
-            line,
-            "  node side, same seconds: ingress handler per request 40: 75.0 % under 5 ms, 97.5 % under 10 ms; \
-             Raft commit per entry 40: 50.0 % under 2 ms, 100.0 % under 4 ms"
-        );
-        assert_eq!(node_latency_line(&samples, 0, 2), None, "no sample before the window");
-        assert_eq!(node_latency_line(&vec![at([1, 1, 1, 1], [1; 3]); 3], 1, 2), None, "nothing recorded");
     }
 
     #[test]

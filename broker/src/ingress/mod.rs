@@ -260,7 +260,13 @@ fn broker_error_response(error: BrokerError) -> Response {
         | BrokerError::Interrupted { .. } => {
             retry_later(StatusCode::SERVICE_UNAVAILABLE, "not accepted; retry", error.to_string())
         }
-        _ => json_response(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "error": error.to_string() })),
+        _ => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({
+                "error": error.to_string(),
+                "rule": "the node failed, not the request: not stored; its log has the details",
+            }),
+        ),
     }
 }
 
@@ -485,7 +491,12 @@ pub(crate) async fn handle(State(ingress): State<Arc<Ingress>>, request: axum::e
             ),
             Ok(()) => json_response(
                 StatusCode::NOT_FOUND,
-                serde_json::json!({ "error": format!("unknown {kind}"), "namespace": namespace, "name": name }),
+                serde_json::json!({
+                    "error": format!("unknown {kind}"),
+                    "namespace": namespace,
+                    "name": name,
+                    "rule": format!("events go to a {kind} that exists: apply it first"),
+                }),
             ),
         };
         return refuse_unread(response, body, &headers, limits).await;

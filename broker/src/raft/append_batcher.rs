@@ -59,7 +59,29 @@ impl AppendLimits {
     /// Whether an entry of `max_bytes_per_entry` fits one message between nodes (else replication could never
     /// carry it); the error names the flags that size it.
     pub fn validate(&self) -> Result<(), String> {
-        crate::raft::group::payload_entries_for(self.max_bytes_per_entry).map(|_| ())
+        payload_entries_for(self.max_bytes_per_entry).map(|_| ())
+    }
+}
+
+/// The most entries one AppendEntries carries: 16, fewer when 16 of the largest entry (the ingress limits
+/// decide it, about 4.3 MiB by default) would not fit one peer message (`MAX_PEER_MESSAGE_BYTES`), which
+/// the receiver refuses: replication would then fail at every try, under load, for good. An entry that does
+/// not fit one message alone is refused at start, naming the limits.
+pub(crate) fn payload_entries_for(max_bytes_per_entry: usize) -> Result<u64, String> {
+    const MOST_ENTRIES: usize = 16;
+    // An entry's records are framed (lengths, the stream, the dedupe keys) and the message has its own.
+    const ENTRY_OVERHEAD_BYTES: usize = 64 << 10;
+    const MESSAGE_OVERHEAD_BYTES: usize = 1 << 20;
+    let room = crate::transport::client::MAX_PEER_MESSAGE_BYTES - MESSAGE_OVERHEAD_BYTES;
+    let entry = max_bytes_per_entry.saturating_add(ENTRY_OVERHEAD_BYTES);
+    match room / entry {
+        0 => Err(format!(
+            "a Raft entry may hold {max_bytes_per_entry} bytes (from --max-batch-bytes, --max-event-bytes and \
+             --max-batch-events), more than one message between nodes carries ({} bytes): \
+             lower them",
+            crate::transport::client::MAX_PEER_MESSAGE_BYTES
+        )),
+        fits => Ok(fits.min(MOST_ENTRIES) as u64),
     }
 }
 

@@ -9,11 +9,11 @@ use openraft::{Config, ServerState, SnapshotPolicy};
 
 use crate::command::{GroupId, NodeId, group_name};
 use crate::error::BrokerError;
-use crate::raft::append_batcher::{AppendBatcher, AppendLimits};
+use crate::raft::append_batcher::{AppendBatcher, AppendLimits, payload_entries_for};
 use crate::raft::forward_batcher::ForwardBatcher;
 use crate::store::Raft;
 use crate::store::{GroupLogStore, GroupStateMachine, Store, StreamView};
-use crate::transport::client::{MAX_PEER_MESSAGE_BYTES, NetworkFactory, PeerClients};
+use crate::transport::client::{NetworkFactory, PeerClients};
 
 /// Timing and log-compaction settings shared by all groups of a node.
 #[derive(Clone, Debug)]
@@ -63,27 +63,6 @@ impl RaftTuning {
             ..Default::default()
         };
         config.validate().map_err(|e| BrokerError::InvalidRaftConfig { group, reason: e.to_string() })
-    }
-}
-
-/// The most entries one AppendEntries carries: 16, fewer when 16 of the largest entry (the ingress limits
-/// decide it, about 4.3 MiB by default) would not fit one peer message ([`MAX_PEER_MESSAGE_BYTES`]), which
-/// the receiver refuses: replication would then fail at every try, under load, for good. An entry that does
-/// not fit one message alone is refused at start, naming the limits.
-pub(crate) fn payload_entries_for(max_bytes_per_entry: usize) -> Result<u64, String> {
-    const MOST_ENTRIES: usize = 16;
-    // An entry's records are framed (lengths, the stream, the dedupe keys) and the message has its own.
-    const ENTRY_OVERHEAD_BYTES: usize = 64 << 10;
-    const MESSAGE_OVERHEAD_BYTES: usize = 1 << 20;
-    let room = MAX_PEER_MESSAGE_BYTES - MESSAGE_OVERHEAD_BYTES;
-    let entry = max_bytes_per_entry.saturating_add(ENTRY_OVERHEAD_BYTES);
-    match room / entry {
-        0 => Err(format!(
-            "a Raft entry may hold {max_bytes_per_entry} bytes (from --max-batch-bytes, --max-event-bytes and \
-             --max-batch-events), more than one message between nodes carries ({MAX_PEER_MESSAGE_BYTES} bytes): \
-             lower them"
-        )),
-        fits => Ok(fits.min(MOST_ENTRIES) as u64),
     }
 }
 
@@ -206,6 +185,7 @@ async fn publish_metrics(group: GroupId, raft: Raft) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::client::MAX_PEER_MESSAGE_BYTES;
 
     /// Regression: 16 entries per AppendEntries whatever their size, so raising `--max-batch-bytes` past about
     /// 5.7 MiB made full messages larger than a peer accepts, and replication failed at every try.

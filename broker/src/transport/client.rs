@@ -26,7 +26,7 @@ use crate::transport::append_stream;
 use crate::transport::forward_stream::{ForwardStreams, Lost};
 use crate::transport::status::status_error;
 
-/// Largest gRPC message between nodes (an AppendEntries of up to 16 entries of ~4 MiB: `payload_entries_for`).
+/// Largest gRPC message between nodes (an AppendEntries of up to 16 entries of ~4 MiB: `raft::append_batcher::payload_entries_for`).
 pub(crate) const MAX_PEER_MESSAGE_BYTES: usize = 96 << 20;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// A read index is one heartbeat round on the leader; past this the asking node tries again.

@@ -485,37 +485,30 @@ async fn a_reference_without_a_name_is_refused_in_the_status_not_retried() {
 #[tokio::test]
 async fn a_trigger_s_broker_ref_is_looked_up_in_its_namespace() {
     let sluice = Arc::new(FakeSluice::default());
-    let (ctx, mut handle) = context(sluice.clone());
+    let (ctx, handle) = context(sluice.clone());
     let mut object = trigger(json!({"uri": "http://example.com/"}));
     object.meta_mut().finalizers = None;
     object.spec.0.broker = String::new();
     object.spec.0.broker_ref =
         Some(serde_json::from_value(json!({"kind": "Broker", "name": "b", "namespace": "other"})).expect("reference"));
-    let mt_broker = serde_json::to_value(broker("MTChannelBasedBroker")).expect("json");
-    let action = play(object, ctx, async move {
-        let (method, path, _, send) = next_request(&mut handle).await;
-        assert_eq!((method, path.as_str()), (Method::GET, "/apis/eventing.knative.dev/v1/namespaces/other/brokers/b"));
-        respond(send, &mt_broker);
-        assert_no_request(&mut handle).await;
-    })
-    .await
-    .expect("reconcile");
-    assert_eq!(action, Action::await_change());
-    assert!(sluice.journal.lock().expect("journal").is_empty());
+    left_alone_after_an_mt_broker_lookup(object, ctx, handle, "other", &sluice).await;
 }
 
-#[tokio::test]
-async fn a_trigger_on_an_mt_class_broker_is_left_alone() {
-    let sluice = Arc::new(FakeSluice::default());
-    let (ctx, mut handle) = context(sluice.clone());
-    let mut object = trigger(json!({"uri": "http://example.com/"}));
-    object.meta_mut().finalizers = None;
+/// Plays an API server that answers the lookup of Broker `b` in `namespace` with an MT-class Broker, then
+/// expects no request at all: the object is left alone, and Sluice is told nothing.
+async fn left_alone_after_an_mt_broker_lookup<K: super::Pushed>(
+    object: K,
+    ctx: Arc<Context>,
+    mut handle: Handle,
+    namespace: &'static str,
+    sluice: &FakeSluice,
+) {
     let mt_broker = serde_json::to_value(broker("MTChannelBasedBroker")).expect("json");
     let action = play(object, ctx, async move {
         let (method, path, _, send) = next_request(&mut handle).await;
         assert_eq!(
-            (method, path.as_str()),
-            (Method::GET, "/apis/eventing.knative.dev/v1/namespaces/default/brokers/b")
+            (method, path),
+            (Method::GET, format!("/apis/eventing.knative.dev/v1/namespaces/{namespace}/brokers/b"))
         );
         respond(send, &mt_broker);
         assert_no_request(&mut handle).await;
@@ -523,7 +516,16 @@ async fn a_trigger_on_an_mt_class_broker_is_left_alone() {
     .await
     .expect("reconcile");
     assert_eq!(action, Action::await_change());
-    assert!(sluice.journal.lock().expect("journal").is_empty());
+    assert!(sluice.journal.lock().expect("journal").is_empty(), "Sluice is told nothing");
+}
+
+#[tokio::test]
+async fn a_trigger_on_an_mt_class_broker_is_left_alone() {
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, handle) = context(sluice.clone());
+    let mut object = trigger(json!({"uri": "http://example.com/"}));
+    object.meta_mut().finalizers = None;
+    left_alone_after_an_mt_broker_lookup(object, ctx, handle, "default", &sluice).await;
 }
 
 #[tokio::test]
@@ -785,21 +787,8 @@ async fn beside_knative_eventing_its_channels_subscriptions_and_policies_are_lef
     // A policy naming an MT Broker: its class is looked up, and it is Knative's.
     let mut policy = event_policy("default");
     policy.meta_mut().finalizers = None;
-    let (ctx, mut handle) = context_beside_knative_eventing(sluice.clone());
-    let mt_broker = serde_json::to_value(broker("MTChannelBasedBroker")).expect("json");
-    let action = play(policy, ctx, async move {
-        let (method, path, _, send) = next_request(&mut handle).await;
-        assert_eq!(
-            (method, path.as_str()),
-            (Method::GET, "/apis/eventing.knative.dev/v1/namespaces/default/brokers/b")
-        );
-        respond(send, &mt_broker);
-        assert_no_request(&mut handle).await;
-    })
-    .await
-    .expect("reconcile");
-    assert_eq!(action, Action::await_change());
-    assert!(sluice.journal.lock().expect("journal").is_empty(), "Sluice is told nothing");
+    let (ctx, handle) = context_beside_knative_eventing(sluice.clone());
+    left_alone_after_an_mt_broker_lookup(policy, ctx, handle, "default", &sluice).await;
 
     // Naming a Sluice Broker, it is Sluice's: enforced there (the finalizer first, as for any object).
     let mut policy = event_policy("default");
