@@ -145,7 +145,8 @@ async fn run_single(args: DevArgs) -> Result<()> {
     );
     println!("Ctrl-C stops it; restarting on the same --data keeps everything.");
     let allocator_gauges = crate::allocator::publish_every(std::time::Duration::from_secs(5));
-    let serving = args.serving.start(&running, &args.data, logs, &serving_state).await?;
+    // Not a StatefulSet's pod: the install is --serving-install's, or the default.
+    let serving = args.serving.start(&running, &args.data, logs, &serving_state, None).await?;
     let dispatcher = crate::node_cmd::start_dispatcher(&running, &args.tuning, &serving_state)?;
     crate::shutdown_signal().await;
     allocator_gauges.abort();

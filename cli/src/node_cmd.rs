@@ -13,6 +13,7 @@ use sluice_broker::{NodeSettings, ReadLimits};
 use std::sync::Arc;
 
 use sluice_controller::serving::autoscaling::AutoscalerDefaults;
+use sluice_kubernetes::revision::{DEFAULT_INSTALL, Install};
 use sluice_serving::{LogHub, Serving, ServingSettings, ServingState, SubscriberSignals};
 
 #[derive(Args, Clone, Debug)]
@@ -91,6 +92,13 @@ pub(crate) struct ServingArgs {
     /// in-cluster service account, or KUBECONFIG).
     #[arg(long, value_enum, default_value_t = RuntimeArg::Local)]
     pub serving_runtime: RuntimeArg,
+    /// With --serving-runtime kubernetes: the Sluice install this node belongs to, in the
+    /// serving.sluice.dev/install label of the Deployments and Services it makes. A node starting deletes what
+    /// its id left in its install only, so each install on one cluster needs its own (node ids repeat across
+    /// installs). Default: with --statefulset, NAMESPACE.STATEFULSET (from $POD_NAMESPACE and the pod's name),
+    /// which no other install shares; else `sluice`.
+    #[arg(long, value_name = "NAME", value_parser = parse_serving_install)]
+    pub serving_install: Option<String>,
     /// The most instances the local runtime runs at once on this node, over every revision (kubelet's default
     /// max-pods); past it an instance waits to start, and requests wait for it as at a cold start.
     #[arg(long, default_value_t = 110, value_parser = clap::value_parser!(u64).range(1..))]
@@ -115,6 +123,12 @@ pub(crate) struct ServingArgs {
 fn parse_rollout_duration(value: &str) -> std::result::Result<String, String> {
     sluice_controller::serving::rollout::parse_duration_ms(value)?;
     Ok(value.to_string())
+}
+
+/// A label value, as the install is (it goes into a label selector).
+fn parse_serving_install(name: &str) -> std::result::Result<String, String> {
+    Install::new(name)?;
+    Ok(name.to_string())
 }
 
 fn parse_serving_feature(setting: &str) -> std::result::Result<String, String> {
@@ -147,6 +161,18 @@ impl ServingArgs {
             .map_err(|e| anyhow::anyhow!(e))
     }
 
+    /// The install the Kubernetes runtime labels what it makes with: `--serving-install`, else the StatefulSet's
+    /// (`statefulset`, this pod's place in it), else `sluice`.
+    fn install(&self, statefulset: Option<&crate::statefulset::Placement>) -> Result<Install> {
+        match (&self.serving_install, statefulset) {
+            (Some(name), _) => Install::new(name).map_err(|e| anyhow::anyhow!("--serving-install: {e}")),
+            (None, Some(placement)) => placement
+                .install()
+                .map_err(|e| anyhow::anyhow!("the StatefulSet makes no install name ({e}): give --serving-install")),
+            (None, None) => Install::new(DEFAULT_INSTALL).map_err(anyhow::Error::msg),
+        }
+    }
+
     /// Where a node's instances' output goes.
     pub(crate) fn logs(data: &std::path::Path) -> Arc<LogHub> {
         LogHub::new(data.join("serving").join("logs"))
@@ -158,17 +184,20 @@ impl ServingArgs {
         data: &std::path::Path,
         logs: Arc<LogHub>,
         state: &ServingState,
+        statefulset: Option<&crate::statefulset::Placement>,
     ) -> Result<Serving> {
         let autoscaler = AutoscalerDefaults::from_pairs(self.autoscaler.iter().map(String::as_str))
             .map_err(|e| anyhow::anyhow!("--autoscaler: {e}"))?;
         let runtime: Option<Arc<dyn sluice_serving::Runtime>> = match self.serving_runtime {
             RuntimeArg::Local => None,
             RuntimeArg::Kubernetes => {
+                let install = self.install(statefulset)?;
                 let client = kube::Client::try_default()
                     .await
                     .map_err(|e| anyhow::anyhow!("--serving-runtime kubernetes: no Kubernetes API to talk to: {e}"))?;
                 let node_id = running.node.settings().node_id;
-                let runtime = sluice_kubernetes::KubernetesRuntime::start(client, node_id)
+                tracing::info!(node = node_id, install = install.as_str(), "revisions run as Deployments");
+                let runtime = sluice_kubernetes::KubernetesRuntime::start(client, node_id, install)
                     .await
                     .map_err(|e| anyhow::anyhow!("--serving-runtime kubernetes: {e}"))?;
                 Some(Arc::new(runtime))
@@ -215,6 +244,9 @@ impl ServingArgs {
         ];
         if self.serving_runtime == RuntimeArg::Kubernetes {
             args.extend(["--serving-runtime".to_string(), "kubernetes".into()]);
+        }
+        if let Some(install) = &self.serving_install {
+            args.extend(["--serving-install".to_string(), install.clone()]);
         }
         for pair in &self.autoscaler {
             args.extend(["--autoscaler".to_string(), pair.clone()]);
@@ -569,7 +601,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         "sluice node listening"
     );
     let allocator_gauges = crate::allocator::publish_every(std::time::Duration::from_secs(5));
-    let serving = args.serving.start(&running, &args.data, logs, &serving_state).await?;
+    let serving = args.serving.start(&running, &args.data, logs, &serving_state, placement.as_ref()).await?;
     let dispatcher = start_dispatcher(&running, &args.tuning, &serving_state)?;
     let bootstrap =
         placement.map(|placement| tokio::spawn(crate::statefulset::bootstrap(running.node.clone(), placement)));
@@ -597,7 +629,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
 mod tests {
     use clap::Parser;
 
-    use super::{IngressArgs, TuningArgs};
+    use super::{IngressArgs, ServingArgs, TuningArgs};
 
     #[derive(Parser)]
     struct Flags {
@@ -605,6 +637,29 @@ mod tests {
         ingress: IngressArgs,
         #[command(flatten)]
         tuning: TuningArgs,
+    }
+
+    #[derive(Parser)]
+    struct ServingFlags {
+        #[command(flatten)]
+        serving: ServingArgs,
+    }
+
+    /// The install the Kubernetes runtime labels what it makes with (node ids repeat across installs): the one
+    /// given, else `sluice` off a StatefulSet; a child node of `sluice dev` gets it too. A name that is no label
+    /// value is refused when parsed: it goes into the label selector of the node's cleanup.
+    #[test]
+    fn the_serving_install_is_the_one_given_else_the_default_and_always_a_label_value() {
+        let install = |flags: &[&str]| {
+            let flags = ServingFlags::parse_from(std::iter::once("sluice").chain(flags.iter().copied()));
+            flags.serving.install(None).map(|install| install.as_str().to_string()).map_err(|e| e.to_string())
+        };
+        assert_eq!(install(&[]), Ok("sluice".to_string()));
+        assert_eq!(install(&["--serving-install", "team-a.sluice"]), Ok("team-a.sluice".to_string()));
+        assert!(ServingFlags::try_parse_from(["sluice", "--serving-install", "a,b"]).is_err());
+        let given = ServingFlags::parse_from(["sluice", "--serving-install", "team-a.sluice"]);
+        let child = ServingFlags::parse_from(std::iter::once("sluice".to_string()).chain(given.serving.to_args()));
+        assert_eq!(child.serving.serving_install.as_deref(), Some("team-a.sluice"));
     }
 
     /// Regression: `sluice dev --nodes N` started its nodes without `--leader-balance-ms`.

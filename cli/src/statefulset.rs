@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use sluice_broker::{ClusterConfig, Node};
 use sluice_kubernetes::bootstrap::{Observed, PeerNaming, PodIdentity, Step, next_step};
+use sluice_kubernetes::revision::Install;
 use sluice_proto::admin::cluster_client::ClusterClient;
 use sluice_proto::admin::{AddNodeRequest, StatusRequest};
 
@@ -84,6 +85,12 @@ impl Placement {
             initial_members: args.initial_members,
             initial_partitions: args.initial_partitions,
         })
+    }
+
+    /// The Sluice install this pod's node belongs to: its StatefulSet, by namespace and name (node ids repeat
+    /// across StatefulSets; the pair does not).
+    pub(crate) fn install(&self) -> Result<Install, String> {
+        Install::of_statefulset(&self.naming.namespace, &self.naming.set)
     }
 
     fn admin_address(&self, ordinal: u32) -> String {

@@ -6,13 +6,14 @@
 //!
 //! Each Sluice node scales the revisions its own requests and deliveries need (as with the local runtime), so
 //! a revision has one Deployment per node that runs it: `REVISION-nID-deployment`, its pods labelled with the
-//! node ([`NODE_LABEL`]). Knative's shape is kept otherwise: labelled with
+//! node ([`NODE_LABEL`]) and with the Sluice install the node belongs to ([`INSTALL_LABEL`], [`Install`]): node
+//! ids repeat across installs on one cluster. Knative's shape is kept otherwise: labelled with
 //! `serving.knative.dev/{revision,configuration,service}`, the user container named `user-container` with
 //! `PORT`, `K_SERVICE`, `K_CONFIGURATION`, `K_REVISION`; the termination grace period is the Revision's
 //! `timeoutSeconds` (in-flight requests may finish). No owner reference: Sluice's Revisions live in Sluice's
 //! metadata group, not in the API server (an owner the API server does not know would have the garbage
 //! collector delete the Deployment); the node deletes what it made when the revision stops running there, and
-//! what a previous run of the node left when it starts.
+//! what a previous run of the node (of its install) left when it starts ([`owned_selector`]).
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
@@ -24,6 +25,10 @@ use sluice_controller::serving::{CONFIGURATION_LABEL, SERVICE_LABEL};
 pub const REVISION_LABEL: &str = "serving.knative.dev/revision";
 /// The label naming the Sluice node that scales a Deployment (and its pods).
 pub const NODE_LABEL: &str = "serving.sluice.dev/node";
+/// The label naming the Sluice install whose node made a Deployment or Service ([`Install`]).
+pub const INSTALL_LABEL: &str = "serving.sluice.dev/install";
+/// The install of a node that is neither a StatefulSet's pod nor told its install (`--serving-install`).
+pub const DEFAULT_INSTALL: &str = "sluice";
 /// The port a container listens on when it names none (Knative's default).
 pub const DEFAULT_USER_PORT: i64 = 8080;
 /// The name of the revision Service's port, in its EndpointSlices.
@@ -32,6 +37,65 @@ pub const SERVICE_PORT_NAME: &str = "http";
 pub const FIELD_MANAGER: &str = "sluice";
 /// Longest name of a Service (a DNS-1035 label).
 const MAX_SERVICE_NAME: usize = 63;
+/// Longest label value.
+const MAX_LABEL_VALUE: usize = 63;
+
+/// FNV-1a: stable across runs and builds (a name made with it must not change when the node restarts).
+fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Which Sluice install a node belongs to: the value of [`INSTALL_LABEL`] on every Deployment and Service its
+/// Kubernetes runtime makes. Node ids repeat across installs (each StatefulSet's pods are nodes 1, 2, 3, ...),
+/// so what a node owns is what carries its id and its install; without the install, a node starting would
+/// delete another install's revisions. Checked to be a label value when made, so it goes into a label
+/// selector as it is (a `,` in it would add a term).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Install(String);
+
+impl Install {
+    /// The install named `name`: a label value (at most 63 letters, digits, `-`, `_` and `.`, beginning and
+    /// ending with a letter or digit), as the API server requires of it.
+    pub fn new(name: &str) -> Result<Install, String> {
+        let alphanumeric = |c: char| c.is_ascii_alphanumeric();
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if name.len() > MAX_LABEL_VALUE
+            || !name.starts_with(alphanumeric)
+            || !name.ends_with(alphanumeric)
+            || !name.chars().all(allowed)
+        {
+            return Err(format!(
+                "{name:?} is not a label value (at most {MAX_LABEL_VALUE} letters, digits, '-', '_' or '.', \
+                 beginning and ending with a letter or digit)"
+            ));
+        }
+        Ok(Install(name.to_string()))
+    }
+
+    /// The install a StatefulSet's pods make up: `NAMESPACE.STATEFULSET`, which no other StatefulSet shares (and
+    /// a release installed again under the same names takes over what the previous one left). Past 63
+    /// characters, cut short with a hash of the whole, so that two long names still differ.
+    pub fn of_statefulset(namespace: &str, statefulset: &str) -> Result<Install, String> {
+        let full = format!("{namespace}.{statefulset}");
+        if full.len() <= MAX_LABEL_VALUE {
+            return Install::new(&full);
+        }
+        let tail = format!("-{:08x}", stable_hash(&full) as u32);
+        let kept: String = full.chars().take(MAX_LABEL_VALUE - tail.len()).collect();
+        Install::new(&format!("{}{tail}", kept.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())))
+    }
+
+    /// The label value.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What node `node_id` of `install` made, as a label selector: what the node deletes when it starts. Both
+/// labels: another install's node of the same id is not this one.
+pub fn owned_selector(node_id: u64, install: &Install) -> String {
+    format!("{NODE_LABEL}=n{node_id},{INSTALL_LABEL}={}", install.as_str())
+}
 
 /// What one node's pods of a revision are called: `REVISION-nID`.
 pub fn pod_set_name(revision: &str, node_id: u64) -> String {
@@ -50,18 +114,18 @@ pub fn service_name(revision: &str, node_id: u64) -> String {
     if full.len() <= MAX_SERVICE_NAME {
         return full;
     }
-    // FNV-1a: stable across runs and builds (the name must not change when the node restarts).
-    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    let tail = format!("-{:08x}-n{node_id}-private", hash as u32);
+    let tail = format!("-{:08x}-n{node_id}-private", stable_hash(&full) as u32);
     let keep = MAX_SERVICE_NAME - tail.len();
     format!("{}{tail}", revision[..keep.min(revision.len())].trim_end_matches('-'))
 }
 
-fn pod_labels(revision: &Value, node_id: u64) -> Result<Map<String, Value>, String> {
+/// The labels of a revision's Deployment, its pods and its Service.
+fn pod_labels(revision: &Value, node_id: u64, install: &Install) -> Result<Map<String, Value>, String> {
     let name = revision["metadata"]["name"].as_str().filter(|n| !n.is_empty()).ok_or("the revision has no name")?;
     let mut labels = Map::new();
     labels.insert(REVISION_LABEL.into(), json!(name));
     labels.insert(NODE_LABEL.into(), json!(format!("n{node_id}")));
+    labels.insert(INSTALL_LABEL.into(), json!(install.as_str()));
     for key in [CONFIGURATION_LABEL, SERVICE_LABEL] {
         if let Some(value) = revision["metadata"]["labels"][key].as_str().filter(|v| !v.is_empty()) {
             labels.insert(key.into(), json!(value));
@@ -70,7 +134,7 @@ fn pod_labels(revision: &Value, node_id: u64) -> Result<Map<String, Value>, Stri
     Ok(labels)
 }
 
-/// The pods' selector: the revision and the node.
+/// The pods' selector: the revision and the node (not the install: see [`revision_deployment`]).
 pub fn pod_selector(revision: &str, node_id: u64) -> String {
     format!("{REVISION_LABEL}={revision},{NODE_LABEL}=n{node_id}")
 }
@@ -112,12 +176,12 @@ fn named(containers: Vec<Value>, base: &str, taken: &mut std::collections::BTree
         .collect()
 }
 
-/// The headless Service over a node's pods of `revision`: its EndpointSlices are where the serving proxy
-/// finds the ready pods.
-pub fn revision_service(revision: &Value, node_id: u64) -> Result<Service, String> {
+/// The headless Service over node `node_id`'s pods of `revision`: its EndpointSlices are where the serving
+/// proxy finds the ready pods. Labelled with the node's `install`; it selects the pods as their Deployment does.
+pub fn revision_service(revision: &Value, node_id: u64, install: &Install) -> Result<Service, String> {
     let name = revision["metadata"]["name"].as_str().filter(|n| !n.is_empty()).ok_or("the revision has no name")?;
     let namespace = revision["metadata"]["namespace"].as_str().unwrap_or("default");
-    let labels = pod_labels(revision, node_id)?;
+    let labels = pod_labels(revision, node_id, install)?;
     let selector = json!({REVISION_LABEL: name, NODE_LABEL: format!("n{node_id}")});
     let service = json!({
         "apiVersion": "v1",
@@ -154,10 +218,16 @@ fn with_probe_port(mut probe: Value, port: i64) -> Value {
     probe
 }
 
-/// The Deployment that runs node `node_id`'s pods of `revision`, `replicas` of them. Fields Kubernetes acts on
-/// and Sluice keeps as JSON (`resources`, `volumes`, `affinity`, ...) are passed through as the user wrote
-/// them; the containers other than the serving one (the one with `ports`) run as sidecars, as written.
-pub fn revision_deployment(revision: &Value, node_id: u64, replicas: i32) -> Result<Deployment, String> {
+/// The Deployment that runs node `node_id`'s pods of `revision`, `replicas` of them, labelled (and its pods)
+/// with the node's `install`. Fields Kubernetes acts on and Sluice keeps as JSON (`resources`, `volumes`,
+/// `affinity`, ...) are passed through as the user wrote them; the containers other than the serving one (the
+/// one with `ports`) run as sidecars, as written.
+pub fn revision_deployment(
+    revision: &Value,
+    node_id: u64,
+    install: &Install,
+    replicas: i32,
+) -> Result<Deployment, String> {
     let name = revision["metadata"]["name"].as_str().filter(|n| !n.is_empty()).ok_or("the revision has no name")?;
     let namespace = revision["metadata"]["namespace"].as_str().unwrap_or("default");
     let labels = revision["metadata"]["labels"].as_object().cloned().unwrap_or_default();
@@ -265,7 +335,10 @@ pub fn revision_deployment(revision: &Value, node_id: u64, replicas: i32) -> Res
     let timeout_seconds = spec["timeoutSeconds"].as_i64().unwrap_or(300);
     pod_spec.insert("terminationGracePeriodSeconds".into(), json!(timeout_seconds));
 
-    let pod_labels = pod_labels(revision, node_id)?;
+    let pod_labels = pod_labels(revision, node_id, install)?;
+    // The selector stays the revision and the node, without the install: a Deployment's selector cannot change,
+    // and an apply over one a node made before the install label existed would be refused. The install is in
+    // the Deployment's and its pods' labels only (a superset of the selector, as the API server requires).
     let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -290,14 +363,28 @@ pub fn scale_change(current_replicas: Option<i32>, desired: u32) -> Option<i32> 
     (current_replicas != Some(desired)).then_some(desired)
 }
 
-/// Creates or updates a revision's Deployment (server-side apply, Sluice the field manager). Replicas are
-/// left out once the Deployment exists, so the apply never fights the autoscaler's scale patches.
-pub async fn apply(api: &Api<Deployment>, deployment: &Deployment, exists: bool) -> Result<Deployment, kube::Error> {
+/// Creates or updates a revision's Deployment (server-side apply, Sluice the field manager). `existing` is the
+/// Deployment as the API server has it now, none when there is none: then it is created with `deployment`'s
+/// count. A re-apply never changes the count, which only the scale patches set ([`scale`]): it applies the
+/// count the Deployment has, which keeps it as it is. Leaving `spec.replicas` out would not do: the apply that
+/// created the Deployment set them, so Sluice's field manager owns them unless a scale patch took them over
+/// since (none did while the count stays where the apply put it: an unchanged count is not patched), and an
+/// apply that leaves out a field its manager owns removes it: the API server would reset the count to its
+/// default, 1, and a revision at zero would start a pod.
+pub async fn apply(
+    api: &Api<Deployment>,
+    deployment: &Deployment,
+    existing: Option<&Deployment>,
+) -> Result<Deployment, kube::Error> {
     let name = deployment.metadata.name.clone().unwrap_or_default();
-    let mut body = serde_json::to_value(deployment).map_err(kube::Error::SerdeError)?;
-    if exists && let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut) {
-        spec.remove("replicas");
+    let mut desired = deployment.clone();
+    if let Some(existing) = existing
+        && let Some(spec) = desired.spec.as_mut()
+    {
+        // The API server defaults the count, so a Deployment read from it has one.
+        spec.replicas = existing.spec.as_ref().and_then(|existing_spec| existing_spec.replicas);
     }
+    let body = serde_json::to_value(&desired).map_err(kube::Error::SerdeError)?;
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await
 }
 
@@ -339,6 +426,10 @@ mod tests {
         })
     }
 
+    fn install() -> Install {
+        Install::new("sluice-system.sluice").expect("a label value")
+    }
+
     #[test]
     fn probes_get_the_containers_port_where_they_name_none_or_name_it() {
         let cases = [
@@ -357,7 +448,7 @@ mod tests {
 
     #[test]
     fn a_revision_becomes_a_deployment_shaped_as_knatives() {
-        let deployment = revision_deployment(&revision(), 2, 3).expect("deployment");
+        let deployment = revision_deployment(&revision(), 2, &install(), 3).expect("deployment");
         let value = serde_json::to_value(&deployment).expect("json");
         assert_eq!(value["metadata"]["name"], "hello-00002-n2-deployment");
         assert_eq!(value["metadata"]["namespace"], "apps");
@@ -366,8 +457,11 @@ mod tests {
         assert!(value["metadata"].get("ownerReferences").is_none(), "{value}");
         let spec = &value["spec"];
         assert_eq!(spec["replicas"], 3);
+        // The install is no part of the selector, which cannot change on a Deployment made before it was.
         assert_eq!(spec["selector"]["matchLabels"], json!({REVISION_LABEL: "hello-00002", NODE_LABEL: "n2"}));
         assert_eq!(spec["template"]["metadata"]["labels"][NODE_LABEL], "n2");
+        assert_eq!(value["metadata"]["labels"][INSTALL_LABEL], "sluice-system.sluice");
+        assert_eq!(spec["template"]["metadata"]["labels"][INSTALL_LABEL], "sluice-system.sluice");
         assert_eq!(spec["template"]["metadata"]["labels"][SERVICE_LABEL], "hello");
         let pod = &spec["template"]["spec"];
         assert_eq!(pod["serviceAccountName"], "runner");
@@ -419,7 +513,8 @@ mod tests {
         ] {
             asking["spec"][field] = value;
         }
-        let value = serde_json::to_value(revision_deployment(&asking, 1, 1).expect("deployment")).expect("json");
+        let value =
+            serde_json::to_value(revision_deployment(&asking, 1, &install(), 1).expect("deployment")).expect("json");
         let pod = &value["spec"]["template"]["spec"];
         for field in ["hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace"] {
             assert_eq!(pod[field], true, "{field}: {pod}");
@@ -436,7 +531,8 @@ mod tests {
         asking["spec"]["containers"] =
             json!([{"image": "example/proxy"}, serving, {"name": "user-container-0", "image": "example/log"}]);
         asking["spec"]["initContainers"] = json!([{"image": "example/migrate"}]);
-        let value = serde_json::to_value(revision_deployment(&asking, 1, 1).expect("deployment")).expect("json");
+        let value =
+            serde_json::to_value(revision_deployment(&asking, 1, &install(), 1).expect("deployment")).expect("json");
         let pod = &value["spec"]["template"]["spec"];
         let containers = pod["containers"].as_array().expect("containers");
         assert_eq!(containers.len(), 3);
@@ -457,7 +553,8 @@ mod tests {
         let mut clash = revision();
         let serving = clash["spec"]["containers"][0].clone();
         clash["spec"]["containers"] = json!([serving, {"name": "user-container", "image": "example/log"}]);
-        let value = serde_json::to_value(revision_deployment(&clash, 1, 1).expect("deployment")).expect("json");
+        let value =
+            serde_json::to_value(revision_deployment(&clash, 1, &install(), 1).expect("deployment")).expect("json");
         let names: Vec<&str> = value["spec"]["template"]["spec"]["containers"]
             .as_array()
             .expect("containers")
@@ -471,7 +568,8 @@ mod tests {
     fn defaults_port_and_probe_and_refuses_what_cannot_run() {
         let mut bare = revision();
         bare["spec"]["containers"][0] = json!({"image": "example/app"});
-        let value = serde_json::to_value(revision_deployment(&bare, 1, 1).expect("deployment")).expect("json");
+        let value =
+            serde_json::to_value(revision_deployment(&bare, 1, &install(), 1).expect("deployment")).expect("json");
         let container = &value["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["ports"][0]["containerPort"], DEFAULT_USER_PORT);
         assert_eq!(container["readinessProbe"]["tcpSocket"]["port"], DEFAULT_USER_PORT);
@@ -479,11 +577,11 @@ mod tests {
 
         let mut no_image = revision();
         no_image["spec"]["containers"][0] = json!({"command": ["./app"]});
-        assert!(revision_deployment(&no_image, 1, 1).expect_err("no image").contains("image"));
+        assert!(revision_deployment(&no_image, 1, &install(), 1).expect_err("no image").contains("image"));
         let mut no_container = revision();
         no_container["spec"]["containers"] = json!([]);
-        assert!(revision_deployment(&no_container, 1, 1).is_err());
-        assert!(revision_deployment(&json!({"spec": {}}), 1, 1).is_err());
+        assert!(revision_deployment(&no_container, 1, &install(), 1).is_err());
+        assert!(revision_deployment(&json!({"spec": {}}), 1, &install(), 1).is_err());
     }
 
     #[test]
@@ -492,7 +590,8 @@ mod tests {
         if let Some(containers) = with_sidecar["spec"]["containers"].as_array_mut() {
             containers.push(json!({"name": "proxy", "image": "envoy:1"}));
         }
-        let value = serde_json::to_value(revision_deployment(&with_sidecar, 1, 1).expect("deployment")).expect("json");
+        let value = serde_json::to_value(revision_deployment(&with_sidecar, 1, &install(), 1).expect("deployment"))
+            .expect("json");
         let containers = &value["spec"]["template"]["spec"]["containers"];
         assert_eq!(containers[0]["name"], "user-container");
         assert_eq!(containers[1], json!({"name": "proxy", "image": "envoy:1"}));
@@ -500,9 +599,11 @@ mod tests {
 
     #[test]
     fn the_private_service_selects_the_nodes_pods_and_its_name_fits_a_dns_label() {
-        let value = serde_json::to_value(revision_service(&revision(), 3).expect("service")).expect("json");
+        let value = serde_json::to_value(revision_service(&revision(), 3, &install()).expect("service")).expect("json");
         assert_eq!(value["metadata"]["name"], "hello-00002-n3-private");
         assert_eq!(value["metadata"]["namespace"], "apps");
+        assert_eq!(value["metadata"]["labels"][INSTALL_LABEL], "sluice-system.sluice");
+        assert_eq!(value["metadata"]["labels"][NODE_LABEL], "n3");
         assert_eq!(value["spec"]["clusterIP"], "None");
         assert_eq!(value["spec"]["selector"], json!({REVISION_LABEL: "hello-00002", NODE_LABEL: "n3"}));
         assert_eq!(value["spec"]["ports"][0]["name"], SERVICE_PORT_NAME);
@@ -520,6 +621,33 @@ mod tests {
         assert!(name.starts_with("aaaa") && !name.contains("--"), "{name}");
     }
 
+    /// Node ids repeat across installs: what a node owns carries its install too, a label value however long
+    /// the StatefulSet's namespace and name are.
+    #[test]
+    fn an_install_is_a_label_value_and_a_statefulsets_is_its_namespace_and_name() {
+        let longest = "x".repeat(63);
+        for fine in ["sluice", "sluice-system.sluice", "a", "A_1.b-2", longest.as_str()] {
+            assert_eq!(Install::new(fine).expect("a label value").as_str(), fine);
+        }
+        let too_long = "x".repeat(64);
+        for refused in ["", "-sluice", "sluice.", "a,b", "a=b", "a b", "ü", too_long.as_str()] {
+            assert!(Install::new(refused).is_err(), "{refused:?}");
+        }
+
+        let install = Install::of_statefulset("sluice-system", "sluice").expect("install");
+        assert_eq!(install.as_str(), "sluice-system.sluice");
+        assert_eq!(
+            owned_selector(2, &install),
+            "serving.sluice.dev/node=n2,serving.sluice.dev/install=sluice-system.sluice"
+        );
+        let long_namespace = "n".repeat(63);
+        let long = Install::of_statefulset(&long_namespace, "sluice").expect("cut short");
+        assert!(long.as_str().len() <= 63 && long.as_str().starts_with("nnnn"), "{long:?}");
+        assert_eq!(long, Install::of_statefulset(&long_namespace, "sluice").expect("again"), "stable");
+        assert_ne!(long, Install::of_statefulset(&long_namespace, "sluice-b").expect("another"));
+        assert!(Install::of_statefulset("default", "a,b").is_err(), "never a selector's separator");
+    }
+
     #[test]
     fn only_a_changed_count_is_patched() {
         assert_eq!(scale_change(Some(2), 2), None);
@@ -532,7 +660,7 @@ mod tests {
     async fn a_revision_is_applied_as_its_deployment_and_a_decision_becomes_a_scale_patch() {
         let (client, mut handle) = mock_client();
         let api: Api<Deployment> = Api::namespaced(client, "apps");
-        let deployment = revision_deployment(&revision(), 1, 1).expect("deployment");
+        let deployment = revision_deployment(&revision(), 1, &install(), 1).expect("deployment");
         let echo = serde_json::to_value(&deployment).expect("json");
         let server = tokio::spawn(async move {
             let (method, path, body, send) = next_request(&mut handle).await;
@@ -542,8 +670,9 @@ mod tests {
                 "/apis/apps/v1/namespaces/apps/deployments/hello-00002-n1-deployment?&force=true&fieldManager=sluice"
             );
             assert_eq!(body["spec"]["template"]["spec"]["containers"][0]["image"], "ghcr.io/example/hello:1");
-            // The Deployment exists: replicas are the autoscaler's, not the apply's.
-            assert!(body["spec"].get("replicas").is_none(), "{body}");
+            assert_eq!(body["metadata"]["labels"][INSTALL_LABEL], "sluice-system.sluice");
+            // The Deployment exists: the count is the one it has (the scale patches'), not the apply's.
+            assert_eq!(body["spec"]["replicas"], 4, "{body}");
             respond(send, &echo);
             let (method, path, body, send) = next_request(&mut handle).await;
             assert_eq!(method, Method::PATCH);
@@ -555,7 +684,8 @@ mod tests {
                                   "metadata": {"name": "hello-00002-n1-deployment"}, "spec": {"replicas": 7}}),
             );
         });
-        apply(&api, &deployment, true).await.expect("apply");
+        let existing = revision_deployment(&revision(), 1, &install(), 4).expect("deployment");
+        apply(&api, &deployment, Some(&existing)).await.expect("apply");
         if let Some(replicas) = scale_change(Some(1), 7) {
             scale(&api, "hello-00002-n1-deployment", replicas).await.expect("scale");
         }
@@ -563,5 +693,37 @@ mod tests {
             .await
             .expect("scenario finished")
             .expect("scenario");
+    }
+
+    /// Regression: a re-apply left `spec.replicas` out. The apply that created the Deployment had set them, so
+    /// its field manager owned them, and under server-side apply a field left out by its owner is removed: the
+    /// count went back to the API server's default, 1, and a revision at zero started a pod.
+    #[tokio::test]
+    async fn an_apply_creates_at_the_initial_count_and_a_re_apply_keeps_the_count_the_deployment_has() {
+        let (client, mut handle) = mock_client();
+        let api: Api<Deployment> = Api::namespaced(client, "apps");
+        let at = |replicas| revision_deployment(&revision(), 1, &install(), replicas).expect("deployment");
+        // Built at a count of its own, unlike the existing one's, so that the body shows which was applied.
+        let desired = at(2);
+        let echo = serde_json::to_value(&desired).expect("json");
+        let server = tokio::spawn(async move {
+            let mut applied = Vec::new();
+            for _ in 0..3 {
+                let (method, path, body, send) = next_request(&mut handle).await;
+                assert_eq!(method, Method::PATCH);
+                assert!(path.contains("fieldManager=sluice"), "{path}");
+                applied.push(body["spec"]["replicas"].clone());
+                respond(send, &echo);
+            }
+            applied
+        });
+        apply(&api, &desired, None).await.expect("create");
+        apply(&api, &desired, Some(&at(0))).await.expect("re-apply at zero");
+        apply(&api, &desired, Some(&at(3))).await.expect("re-apply at three");
+        let applied = tokio::time::timeout(std::time::Duration::from_secs(5), server)
+            .await
+            .expect("scenario finished")
+            .expect("scenario");
+        assert_eq!(applied, [json!(2), json!(0), json!(3)], "created at its count, then kept at the Deployment's");
     }
 }

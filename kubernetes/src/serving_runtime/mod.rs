@@ -9,7 +9,8 @@
 //! carries it out. Requests wait at zero in the serving module's gate, as with the local runtime.
 //!
 //! A node's run owns what it made: when a revision stops running on the node, its Deployment and Service are
-//! deleted; when the node starts, what a previous run of it left (labelled with its id) is deleted first.
+//! deleted; when the node starts, what a previous run of it left (labelled with its id and its install: node
+//! ids repeat across the Sluice installs on one cluster) is deleted first.
 //! Runs of one revision may overlap (one drains while its replacement starts, [`runs`]): the Deployment
 //! follows the latest run that started an instance, and an earlier run's retirement leaves it alone.
 
@@ -35,7 +36,9 @@ use sluice_serving::runtime::{Instance, InstanceEvent, InstanceId, InstanceSpec}
 use sluice_serving::{Runtime, ServingError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::revision::{NODE_LABEL, apply, apply_service, pod_selector, revision_deployment, revision_service, scale};
+use crate::revision::{
+    Install, apply, apply_service, owned_selector, pod_selector, revision_deployment, revision_service, scale,
+};
 use claims::{Claims, Command, Input};
 use runs::{RunStart, Runs};
 
@@ -88,15 +91,18 @@ type Tasks = Arc<Mutex<HashMap<String, mpsc::Sender<Request>>>>;
 pub struct KubernetesRuntime {
     client: Client,
     node_id: u64,
+    /// The install the node belongs to, on everything the runtime makes.
+    install: Install,
     tasks: Tasks,
     next_claim: std::sync::atomic::AtomicU64,
 }
 
 impl KubernetesRuntime {
-    /// A runtime for node `node_id`; first deletes the Deployments and Services a previous run of this node left
-    /// (nothing of them is an instance of this run).
-    pub async fn start(client: Client, node_id: u64) -> Result<KubernetesRuntime, kube::Error> {
-        let selector = format!("{NODE_LABEL}=n{node_id}");
+    /// A runtime for node `node_id` of `install`; first deletes the Deployments and Services a previous run of
+    /// this node left (nothing of them is an instance of this run). Only those of its install: another install's
+    /// node of the same id is another node, whose revisions are running.
+    pub async fn start(client: Client, node_id: u64, install: Install) -> Result<KubernetesRuntime, kube::Error> {
+        let selector = owned_selector(node_id, &install);
         let params = ListParams::default().labels(&selector);
         let left: Vec<Deployment> = Api::<Deployment>::all(client.clone()).list(&params).await?.items;
         for deployment in left {
@@ -111,7 +117,7 @@ impl KubernetesRuntime {
             delete_ignoring_absent(&Api::<Service>::namespaced(client.clone(), &namespace), &service.name_any())
                 .await?;
         }
-        Ok(KubernetesRuntime { client, node_id, tasks: Arc::default(), next_claim: Default::default() })
+        Ok(KubernetesRuntime { client, node_id, install, tasks: Arc::default(), next_claim: Default::default() })
     }
 }
 
@@ -145,8 +151,8 @@ impl Runtime for KubernetesRuntime {
         let refuse =
             |reason: String| ServingError::Spawn { revision: spec.revision.clone(), command: image.clone(), reason };
         // What cannot become a Deployment fails here, as a command that cannot start does locally.
-        let deployment = revision_deployment(&spec.object, self.node_id, 0).map_err(refuse)?;
-        let service = revision_service(&spec.object, self.node_id).map_err(refuse)?;
+        let deployment = revision_deployment(&spec.object, self.node_id, &self.install, 0).map_err(refuse)?;
+        let service = revision_service(&spec.object, self.node_id, &self.install).map_err(refuse)?;
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         let claim = self.next_claim.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let pod_set = Box::new(PodSet { deployment: deployment.clone(), service: service.clone() });
@@ -392,12 +398,14 @@ impl PodSetTask {
         }
     }
 
-    /// Applies the Service and the Deployment (at zero pods when it is new: the claims set the count).
+    /// Applies the Service and the Deployment: at zero pods when it is new (the claims set the count), at the
+    /// count it has when it exists (an apply must not change it, [`apply`]). The count read here is the one
+    /// applied: only this task patches it, and not while it applies.
     async fn ensure(&self, deployments: &Api<Deployment>, services: &Api<Service>) -> bool {
         let outcome = async {
             apply_service(services, &self.service).await?;
-            let exists = deployments.get_opt(&self.deployment.name_any()).await?.is_some();
-            apply(deployments, &self.deployment, exists).await
+            let existing = deployments.get_opt(&self.deployment.name_any()).await?;
+            apply(deployments, &self.deployment, existing.as_ref()).await
         }
         .await;
         match outcome {
@@ -513,5 +521,118 @@ impl PodSetTask {
             tasks.remove(&self.key);
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+
+    use super::*;
+    use crate::mock_api::{mock_client, next_request, respond, respond_not_found};
+    use crate::revision::{INSTALL_LABEL, NODE_LABEL};
+
+    fn install() -> Install {
+        Install::new("sluice-system.sluice").expect("a label value")
+    }
+
+    /// Regression: a node starting deleted every Deployment and Service labelled with its id, cluster-wide, so
+    /// another install's node of the same id (every StatefulSet's pods are nodes 1, 2, 3, ...) lost its
+    /// revisions' pods. The API server selects by labels: the selector names the install as well as the node.
+    #[tokio::test]
+    async fn a_node_starting_deletes_only_what_its_own_install_left_under_its_id() {
+        let (client, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            let selector = "serving.sluice.dev%2Fnode%3Dn2%2Cserving.sluice.dev%2Finstall%3Dsluice-system.sluice";
+            let labels = json!({NODE_LABEL: "n2", INSTALL_LABEL: "sluice-system.sluice"});
+            let (method, path, _, send) = next_request(&mut handle).await;
+            assert_eq!((method, path), (Method::GET, format!("/apis/apps/v1/deployments?&labelSelector={selector}")));
+            let left = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
+                "name": "hello-00001-n2-deployment", "namespace": "apps", "labels": labels}});
+            respond(send, &json!({"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {}, "items": [left]}));
+            let (method, path, _, send) = next_request(&mut handle).await;
+            assert_eq!(
+                (method, path.as_str()),
+                (Method::DELETE, "/apis/apps/v1/namespaces/apps/deployments/hello-00001-n2-deployment?")
+            );
+            respond(send, &left);
+            let (method, path, _, send) = next_request(&mut handle).await;
+            assert_eq!((method, path), (Method::GET, format!("/api/v1/services?&labelSelector={selector}")));
+            let left = json!({"apiVersion": "v1", "kind": "Service", "metadata": {
+                "name": "hello-00001-n2-private", "namespace": "apps", "labels": labels}});
+            respond(send, &json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {}, "items": [left]}));
+            let (method, path, _, send) = next_request(&mut handle).await;
+            assert_eq!(
+                (method, path.as_str()),
+                (Method::DELETE, "/api/v1/namespaces/apps/services/hello-00001-n2-private?")
+            );
+            // Gone meanwhile: nothing left to delete.
+            respond_not_found(send);
+        });
+        let runtime = KubernetesRuntime::start(client, 2, install()).await.expect("started");
+        assert_eq!(runtime.install, install(), "what it makes is labelled with the install it cleaned up for");
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("scenario finished").expect("scenario");
+    }
+
+    fn pod_set_task(client: Client) -> PodSetTask {
+        let revision = json!({"metadata": {"name": "hello-00001", "namespace": "apps"},
+                              "spec": {"containers": [{"image": "example/hello"}]}});
+        PodSetTask {
+            client,
+            key: "apps/hello-00001".into(),
+            deployment: revision_deployment(&revision, 2, &install(), 0).expect("deployment"),
+            service: revision_service(&revision, 2, &install()).expect("service"),
+            pod_selector: pod_selector("hello-00001", 2),
+            tasks: Tasks::default(),
+            progress_deadline: Duration::from_secs(600),
+            runs: Runs::default(),
+        }
+    }
+
+    /// The task reads the Deployment before it applies it: a new one is created at zero (the claims set the
+    /// count), an existing one is applied at the count it has, so that a revision at zero stays there (leaving
+    /// the count out of the apply had the API server reset it to 1).
+    #[tokio::test]
+    async fn the_pod_task_creates_its_deployment_at_zero_and_applies_an_existing_one_at_its_count() {
+        let (client, mut handle) = mock_client();
+        let task = pod_set_task(client.clone());
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), "apps");
+        let services: Api<Service> = Api::namespaced(client, "apps");
+        let deployment = serde_json::to_value(&task.deployment).expect("json");
+        let service = serde_json::to_value(&task.service).expect("json");
+        let server = tokio::spawn(async move {
+            let deployment_path = "/apis/apps/v1/namespaces/apps/deployments/hello-00001-n2-deployment";
+            let as_sluice = "?&force=true&fieldManager=sluice";
+            let mut applied = Vec::new();
+            for existing in [None, Some(0), Some(3)] {
+                let (method, path, _, send) = next_request(&mut handle).await;
+                assert_eq!(
+                    (method, path),
+                    (Method::PATCH, format!("/api/v1/namespaces/apps/services/hello-00001-n2-private{as_sluice}"))
+                );
+                respond(send, &service);
+                let (method, path, _, send) = next_request(&mut handle).await;
+                assert_eq!((method, path.as_str()), (Method::GET, deployment_path));
+                match existing {
+                    None => respond_not_found(send),
+                    Some(replicas) => {
+                        let mut found = deployment.clone();
+                        found["spec"]["replicas"] = json!(replicas);
+                        respond(send, &found);
+                    }
+                }
+                let (method, path, body, send) = next_request(&mut handle).await;
+                assert_eq!((method, path), (Method::PATCH, format!("{deployment_path}{as_sluice}")));
+                applied.push(body["spec"]["replicas"].clone());
+                respond(send, &deployment);
+            }
+            applied
+        });
+        for _ in 0..3 {
+            assert!(task.ensure(&deployments, &services).await, "applied");
+        }
+        let applied =
+            tokio::time::timeout(Duration::from_secs(5), server).await.expect("scenario finished").expect("scenario");
+        assert_eq!(applied, [json!(0), json!(0), json!(3)], "created at zero, then applied at the count it had");
     }
 }

@@ -5,7 +5,7 @@
 //! the revision proves itself ready with one pod, goes to zero through the scale subresource, and a request at
 //! zero is held while the Deployment scales to one and answered by that pod. An image the kubelet cannot pull
 //! makes the Revision fail with `ImagePullBackOff`. Deleting the Service deletes what the node made, and what
-//! a previous run of the node left is deleted when it starts.
+//! a previous run of the node left is deleted when it starts (not what another install's node 1 made).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,12 +56,18 @@ async fn revisions_run_as_deployments_scaled_from_sluice_and_routed_to_their_pod
     let kube = Arc::new(FakeKube::start().await?);
     let kubeconfig = kube.write_kubeconfig(root.path())?;
     let _kubelet = FakeKubelet::start(kube.clone(), BTreeMap::from([(HELLO_IMAGE.to_string(), hello_bin())]));
-    // What a previous run of node 1 left, and what another node made (left alone).
-    for (name, node) in [("old-00001-n1-deployment", "n1"), ("other-00001-n2-deployment", "n2")] {
+    // What a previous run of node 1 left, and what another node made and another install's node 1 made (left
+    // alone). The node is no StatefulSet's pod and is given no --serving-install: its install is `sluice`.
+    for (name, node, install) in [
+        ("old-00001-n1-deployment", "n1", "sluice"),
+        ("other-00001-n2-deployment", "n2", "sluice"),
+        ("elsewhere-00001-n1-deployment", "n1", "team-b.sluice"),
+    ] {
+        let labels = json!({"serving.sluice.dev/node": node, "serving.sluice.dev/install": install});
         kube.create(
             DEPLOYMENTS,
             json!({"apiVersion": "apps/v1", "kind": "Deployment",
-                   "metadata": {"name": name, "namespace": "default", "labels": {"serving.sluice.dev/node": node}},
+                   "metadata": {"name": name, "namespace": "default", "labels": labels},
                    "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
                             "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": []}}}}),
         )?;
@@ -87,6 +93,10 @@ async fn revisions_run_as_deployments_scaled_from_sluice_and_routed_to_their_pod
     .context("a previous run's Deployment is deleted")
     .with_context(|| node.log_tail())?;
     assert!(kube.get(DEPLOYMENTS, "default", "other-00001-n2-deployment").is_some(), "another node's stays");
+    assert!(
+        kube.get(DEPLOYMENTS, "default", "elsewhere-00001-n1-deployment").is_some(),
+        "another install's node 1's stays"
+    );
 
     // The Service's first revision runs as a Deployment of this node, and proves itself ready with a pod.
     apply_resource(&admin, knative_service("hello", HELLO_IMAGE)).await?;
@@ -105,6 +115,7 @@ async fn revisions_run_as_deployments_scaled_from_sluice_and_routed_to_their_pod
     assert_eq!(env["K_SERVICE"], "hello");
     assert_eq!(env["TARGET"], "Kubernetes");
     assert_eq!(deployment["spec"]["selector"]["matchLabels"]["serving.sluice.dev/node"], "n1");
+    assert_eq!(deployment["metadata"]["labels"]["serving.sluice.dev/install"], "sluice");
     let service = kube.get(SERVICES, "default", "hello-00001-n1-private").context("the private Service")?;
     assert_eq!(service["spec"]["clusterIP"], "None");
 
