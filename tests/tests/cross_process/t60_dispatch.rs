@@ -31,13 +31,18 @@ fn gaps_ms(deliveries: &[Delivery]) -> Vec<i64> {
 /// Waits until every named Trigger has nothing left to deliver (no backlog, nothing in flight, as its status
 /// says), so that a delivery, retry or dead letter that should not happen has had its chance to happen.
 async fn wait_until_idle(admin: &str, triggers: &[&str]) -> anyhow::Result<()> {
+    wait_until_consumers_idle(admin, "trigger", triggers).await
+}
+
+/// [`wait_until_idle`] for consumers of `kind` (`trigger` or `subscription`) in namespace `default`.
+pub(super) async fn wait_until_consumers_idle(admin: &str, kind: &str, names: &[&str]) -> anyhow::Result<()> {
     let consumers = ConsumersClient::connect(format!("http://{admin}")).await?;
-    for name in triggers {
-        let trigger = ConsumerRef { kind: "trigger".into(), namespace: "default".into(), name: name.to_string() };
+    for name in names {
+        let consumer = ConsumerRef { kind: kind.into(), namespace: "default".into(), name: name.to_string() };
         wait_until(Duration::from_secs(30), || {
-            let (mut consumers, trigger) = (consumers.clone(), trigger.clone());
+            let (mut consumers, consumer) = (consumers.clone(), consumer.clone());
             async move {
-                let status = consumers.status(trigger).await?.into_inner();
+                let status = consumers.status(consumer).await?.into_inner();
                 let idle = status.backlog == 0 && status.partitions.iter().all(|p| p.in_flight == 0);
                 Ok(idle.then_some(()))
             }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice_tests::subscriber::{Delivery, Reply, Subscriber};
+
+use super::t60_dispatch::wait_until_consumers_idle;
 use sluice_tests::{
     TestCluster, apply_resource, broker_object, in_memory_channel_object, send_event_accepted, start_single_node,
     subscription_object, trigger_object,
@@ -161,8 +163,10 @@ async fn a_reply_the_reply_destination_refuses_for_now_retries_the_whole_deliver
     let delivery = json!({"retry": 5, "backoffPolicy": "linear", "backoffDelay": "PT0.05S"});
     let replier = replying_subscription(&node, reply_sink.url(), delivery).await?;
     send_event_accepted(&reqwest::Client::new(), &node.http, "/channels/default/c", "m0", "message", &[], "{}").await?;
-    let answers = reply_sink.wait_for(3, Duration::from_secs(60)).await?;
-    assert_eq!(answers.len(), 3, "two refusals, then the reply taken");
+    reply_sink.wait_for(3, Duration::from_secs(60)).await?;
+    // Settled and committed: a forward or a delivery too many would have been made by now, and counted.
+    wait_until_consumers_idle(&node.admin, "subscription", &["s"]).await?;
+    assert_eq!(reply_sink.deliveries().len(), 3, "two refusals, then the reply taken, and nothing more");
     let sent = replier.deliveries();
     assert_eq!(sent.len(), 3, "the event went to the subscriber again with each retry of the reply");
     assert!(sent.iter().all(|d| d.event().is_ok_and(|e| e.get("id") == Some("m0"))));
@@ -183,6 +187,8 @@ async fn regression_a_reply_destinations_retry_after_paces_the_retry() -> anyhow
     let replier = replying_subscription(&node, reply_sink.url(), delivery).await?;
     send_event_accepted(&reqwest::Client::new(), &node.http, "/channels/default/c", "m0", "message", &[], "{}").await?;
     reply_sink.wait_for(2, Duration::from_secs(60)).await?;
+    wait_until_consumers_idle(&node.admin, "subscription", &["s"]).await?;
+    assert_eq!(reply_sink.deliveries().len(), 2, "one refusal, then the reply taken");
     let sent = replier.deliveries();
     assert_eq!(sent.len(), 2, "one retry of the whole delivery");
     let gap_ms = sent[1].at.duration_since(sent[0].at).as_millis();
