@@ -16,7 +16,7 @@ use sluice_broker::{IngressSettings, PublishError, publish};
 use sluice_cloudevent::{AttrValue, CloudEvent};
 
 use crate::capacity::{DeliverySlot, DestinationLimits};
-use crate::consumer::{ConsumerSpec, DeadLetterMode, Format, ReplyTarget};
+use crate::consumer::{ConsumerSpec, DeadLetterMode, Format, Protocol, ReplyTarget};
 use crate::delivery::policy::{FailureReason, Outcome, RetryAfter, Step, classify, next_step_jittered};
 use crate::delivery::sender::{AttemptResult, MAX_ERROR_DATA_BYTES, ReplyUse, Sender};
 /// Largest reply event accepted from a subscriber (encoded).
@@ -46,6 +46,14 @@ pub(crate) type Settled = smallvec::SmallVec<[(u64, Settlement); 1]>;
 
 /// Dead letters of a failed batch written at once (each may retry against a sink, or append through Raft).
 const BATCH_DEAD_LETTERS_AT_ONCE: usize = 16;
+
+/// The protocol a request to `url` goes out with: the subscriber's (`sluice.dev/subscriber-protocol`) to the
+/// subscriber's URL, HTTP/1.1 to any other (the dead-letter sink, a Subscription's reply address). The protocol
+/// is a property of the destination, looked up by URL as its CA certificates and audience are; before, h2c went
+/// to every URL a delivery sent to, and a sink or reply address speaking only HTTP/1.1 failed every time.
+fn protocol_towards(url: &str, subscriber_uri: &str, subscriber_protocol: Protocol) -> Protocol {
+    if url == subscriber_uri { subscriber_protocol } else { Protocol::Http1 }
+}
 
 pub(crate) use sluice_cloudevent::clock::now_ms;
 
@@ -137,14 +145,13 @@ async fn send_with_retries(
         let ca_certs = spec.ca_certs.get(url);
         let token = sender_token(ctx, spec, url);
         let (token, timeout_ms) = (token.as_deref(), spec.policy.timeout_ms);
+        let protocol = protocol_towards(url, &spec.subscriber_uri, spec.protocol);
         let result = match payload {
             Payload::Event { format, event } => {
-                ctx.sender
-                    .send(url, ca_certs, spec.protocol, format, event, token, timeout_ms, now_ms(), reply_use)
-                    .await
+                ctx.sender.send(url, ca_certs, protocol, format, event, token, timeout_ms, now_ms(), reply_use).await
             }
             Payload::Batch(events) => {
-                ctx.sender.send_batch(url, ca_certs, spec.protocol, events, token, timeout_ms, now_ms()).await
+                ctx.sender.send_batch(url, ca_certs, protocol, events, token, timeout_ms, now_ms()).await
             }
         };
         let (outcome, note) = judge.judge(&result, started.elapsed()).await;
@@ -532,7 +539,7 @@ async fn handle_reply(
                 .send(
                     uri,
                     ca_certs,
-                    spec.protocol,
+                    protocol_towards(uri, &spec.subscriber_uri, spec.protocol),
                     Format::Binary,
                     &reply,
                     token.as_deref(),
@@ -664,3 +671,6 @@ async fn dead_letter_event(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

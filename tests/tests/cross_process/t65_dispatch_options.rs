@@ -1,13 +1,17 @@
 //! Consumer options end to end: where a new Trigger starts (`creationTimestamp`, or
-//! `sluice.dev/initial-offset: earliest`), h2c subscribers, `sluice.dev/dead-letter: drop`, and the
-//! dispatch metrics with Knative's labels.
+//! `sluice.dev/initial-offset: earliest`), h2c subscribers (and only subscribers), `sluice.dev/dead-letter: drop`,
+//! and the dispatch metrics with Knative's labels.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use serde_json::json;
 use sluice_tests::subscriber::{Delivery, Reply, Subscriber};
-use sluice_tests::{apply_resource, broker_object, read_events, send_event_accepted, trigger_object};
+use sluice_tests::{
+    apply_resource, broker_object, in_memory_channel_object, read_events, send_event_accepted, subscription_object,
+    trigger_object,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_triggers_start_at_creation_unless_earliest() -> anyhow::Result<()> {
@@ -197,5 +201,56 @@ async fn an_opted_in_subscriber_takes_batches_and_a_failed_batch_is_dead_lettere
     let offsets: std::collections::BTreeSet<&str> =
         dead.iter().filter_map(|e| e.get_str("sluicesourceoffset")).collect();
     assert_eq!(offsets.len(), 3, "each dead letter names its own offset: {offsets:?}");
+    Ok(())
+}
+
+/// Regression: `sluice.dev/subscriber-protocol: h2c` was used for every URL a delivery sent to, so a dead-letter
+/// sink or a Subscription's reply address that speaks only HTTP/1.1 failed every time (and with
+/// `sluice.dev/dead-letter: drop` the events were lost). The subscriber alone is sent h2c; the test servers speak
+/// both and record which one came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_subscriber_is_sent_h2c_not_the_dead_letter_sink_or_the_reply_address() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    let h2c = json!({"sluice.dev/subscriber-protocol": "h2c"});
+    let client = reqwest::Client::new();
+
+    let failing = Subscriber::start(Arc::new(|_: &Delivery, _| Reply::status(500))).await?;
+    let sink = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&node.admin, broker_object("default", "b", json!({}))).await?;
+    let spec = json!({"delivery": {"deadLetterSink": {"uri": sink.url()}}});
+    apply_resource(&node.admin, trigger_object("default", "failing", "b", &failing.url(), spec, h2c.clone())).await?;
+    send_event_accepted(&client, &node.http, "/default/b", "x1", "x", &[], "{}").await?;
+    let letters = sink.wait_for(1, Duration::from_secs(60)).await?;
+    let attempts = failing.deliveries();
+    assert!(!attempts.is_empty() && attempts.iter().all(|d| d.http_version == "HTTP/2.0"), "the subscriber: h2c");
+    assert_eq!(letters[0].http_version, "HTTP/1.1", "the dead-letter sink is not the subscriber");
+    assert_eq!(letters[0].event()?.get("knativeerrorcode"), Some("500"));
+
+    let replier = Subscriber::start(Arc::new(|_: &Delivery, _| {
+        Reply::status(200)
+            .with_header("ce-specversion", "1.0")
+            .with_header("ce-id", "answer")
+            .with_header("ce-source", "/replier")
+            .with_header("ce-type", "answer")
+            .with_header("content-type", "text/plain")
+            .with_body("reply body")
+    }))
+    .await?;
+    let reply_address = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&node.admin, in_memory_channel_object("default", "c")).await?;
+    let mut subscription =
+        subscription_object("default", "s", "c", &replier.url(), json!({"reply": {"uri": reply_address.url()}}));
+    subscription
+        .pointer_mut("/metadata")
+        .and_then(serde_json::Value::as_object_mut)
+        .context("a Subscription object has metadata")?
+        .insert("annotations".into(), h2c);
+    apply_resource(&node.admin, subscription).await?;
+    send_event_accepted(&client, &node.http, "/channels/default/c", "m1", "message", &[], "{}").await?;
+    let replies = reply_address.wait_for(1, Duration::from_secs(60)).await?;
+    let sent = replier.deliveries();
+    assert!(!sent.is_empty() && sent.iter().all(|d| d.http_version == "HTTP/2.0"), "the subscriber: h2c");
+    assert_eq!(replies[0].http_version, "HTTP/1.1", "the reply address is not the subscriber");
+    assert_eq!(replies[0].event()?.get("id"), Some("answer"));
     Ok(())
 }
