@@ -7,7 +7,9 @@
 //! and kept alive per host by the HTTP clients: plaintext HTTP/1.1 (Knative's usual in-cluster subscriber) goes
 //! through hyper's pooled client directly, with the URL parsed once per attempt into the request's `Uri`;
 //! https (which may need the destination's own CAs) and h2c with prior knowledge go through reqwest. A
-//! destination with an OIDC audience is sent `Authorization: Bearer` with the token Sluice minted for it.
+//! destination with an OIDC audience is sent `Authorization: Bearer` with the token Sluice minted for it. One
+//! deadline covers the response and a body that may be a reply; any other body, which the status settles, gets
+//! [`UNWANTED_BODY_GRACE`] after the headers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +42,12 @@ pub(crate) const MAX_IDLE_PER_HOST: usize = 512;
 /// connections at (Node.js 5 s, Sluice's own HTTP port 10 s through its header-read timeout): a connection the
 /// server is closing at the moment it is reused loses the request, and a shorter pool avoids that race.
 pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long the body of a response whose status settles the attempt by itself (a 2xx whose body nobody takes,
+/// an error page, of which `knativeerrordata` keeps 1 KiB) may go on arriving after its headers, within the
+/// attempt's deadline. A server that sends its status and never finishes the body held the delivery (and its
+/// place in the window) for the whole attempt `timeout`, 30 s by default; past this the body is dropped with
+/// what came of it, and its connection closed rather than reused.
+pub(crate) const UNWANTED_BODY_GRACE: Duration = Duration::from_secs(1);
 /// Times one attempt is sent again when its kept-alive connection died before any response byte (see
 /// [`died_before_response`]). Not a DeliverySpec retry: it is not counted, and a Trigger without retries gets it.
 pub(crate) const MAX_RESENDS: u32 = 1;
@@ -61,7 +69,8 @@ pub(crate) struct AttemptResult {
     pub status: Option<u16>,
     pub retry_after: Option<RetryAfter>,
     /// The response body: at most [`MAX_RESPONSE_BYTES`] of a 2xx whose reply is wanted,
-    /// [`MAX_DISCARDED_BODY_BYTES`] of another 2xx, [`MAX_ERROR_DATA_BYTES`] of any other status.
+    /// [`MAX_DISCARDED_BODY_BYTES`] of another 2xx, [`MAX_ERROR_DATA_BYTES`] of any other status; of a body that
+    /// did not finish in time (the deadline, or [`UNWANTED_BODY_GRACE`]), what had come.
     pub body: Bytes,
     /// A reply event in a 200 response: parsed and validated, or why it is not a valid event.
     pub reply: Option<Result<CloudEvent, String>>,
@@ -75,8 +84,14 @@ pub(crate) struct AttemptResult {
 /// Why a response body was not read whole.
 #[derive(Debug)]
 enum BodyProblem {
-    TooLarge { limit: usize },
+    TooLarge {
+        limit: usize,
+    },
     Cut(String),
+    /// Still arriving when the time it was given (`allowed`, from its headers) ran out; what came is kept.
+    Late {
+        allowed: Duration,
+    },
 }
 
 impl std::fmt::Display for BodyProblem {
@@ -84,8 +99,24 @@ impl std::fmt::Display for BodyProblem {
         match self {
             BodyProblem::TooLarge { limit } => write!(f, "response body larger than {limit} bytes"),
             BodyProblem::Cut(reason) => f.write_str(reason),
+            BodyProblem::Late { allowed } => {
+                write!(f, "response body not complete within {} ms of the response's headers", allowed.as_millis())
+            }
         }
     }
+}
+
+/// Whether a response's body may be a reply event someone takes: a 200's, when the reply is wanted. Only such a
+/// body is parsed, and read until the attempt's deadline.
+fn reply_wanted(reply_use: ReplyUse, status: u16) -> bool {
+    reply_use == ReplyUse::Wanted && status == 200
+}
+
+/// How long a response's body is read once its headers came, with `remaining` left of the attempt's deadline:
+/// all of it for a body that may be a reply; at most [`UNWANTED_BODY_GRACE`] for any other, whose status alone
+/// settles the attempt.
+fn body_read_time(reply_use: ReplyUse, status: u16, remaining: Duration) -> Duration {
+    if reply_wanted(reply_use, status) { remaining } else { remaining.min(UNWANTED_BODY_GRACE) }
 }
 
 /// Resolves every `*.localhost` name to loopback, as RFC 6761 asks and as browsers and curl do (the system
@@ -414,17 +445,22 @@ impl Sender {
             (ReplyUse::Discarded, true) => MAX_DISCARDED_BODY_BYTES,
             (_, false) => MAX_ERROR_DATA_BYTES,
         };
-        let read = match body {
-            ResponseBody::Plain(body) => tokio::time::timeout_at(deadline, read_limited(body, limit)).await,
-            ResponseBody::Reqwest(body) => tokio::time::timeout_at(deadline, read_limited(body, limit)).await,
+        // A body that may be a reply is read until the deadline; any other, whose status settled the attempt,
+        // for a short grace, then dropped (with its connection) keeping what came.
+        let read_for =
+            body_read_time(reply_use, status, deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let (body, problem) = match body {
+            ResponseBody::Plain(body) => read_limited(body, limit, read_for).await,
+            ResponseBody::Reqwest(body) => read_limited(body, limit, read_for).await,
         };
-        let (body, problem) = read.unwrap_or_else(|_elapsed| {
-            (Bytes::new(), Some(BodyProblem::Cut(format!("response body not complete within {timeout_ms} ms"))))
+        let problem = problem.map(|problem| match problem {
+            // The attempt's own deadline, as a response that never came is told.
+            BodyProblem::Late { .. } if reply_wanted(reply_use, status) => {
+                BodyProblem::Cut(format!("response body not complete within {timeout_ms} ms"))
+            }
+            problem => problem,
         });
-        let reply = match reply_use {
-            ReplyUse::Wanted if status == 200 => parse_reply(&parts.headers, body.clone()),
-            _ => None,
-        };
+        let reply = if reply_wanted(reply_use, status) { parse_reply(&parts.headers, body.clone()) } else { None };
         let (reply, reply_cut) = match (reply, &problem) {
             (Some(_), Some(BodyProblem::Cut(reason))) => (None, Some(reason.clone())),
             (Some(_), Some(too_large @ BodyProblem::TooLarge { .. })) => {
@@ -568,15 +604,25 @@ fn ce_header_name(attribute: &str) -> Option<http::header::HeaderName> {
     Some(http::header::HeaderName::from_static(known))
 }
 
-async fn read_limited<B>(mut body: B, limit: usize) -> (Bytes, Option<BodyProblem>)
+/// Reads `body` within `limit` bytes for at most `allowed`. Whatever stops it (the limit, an error, the time),
+/// what came is kept: the start of an error page is still `knativeerrordata`. Dropped on return, a body not read
+/// to its end closes its HTTP/1.1 connection.
+async fn read_limited<B>(mut body: B, limit: usize, allowed: Duration) -> (Bytes, Option<BodyProblem>)
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     use http_body_util::BodyExt;
+    // One timer for the whole body, not one per frame.
+    let mut late = std::pin::pin!(tokio::time::sleep(allowed));
     let mut collected = bytes::BytesMut::new();
     loop {
-        match body.frame().await {
+        let frame = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            () = &mut late => return (collected.freeze(), Some(BodyProblem::Late { allowed })),
+        };
+        match frame {
             Some(Ok(frame)) => {
                 let Some(chunk) = frame.data_ref() else { continue };
                 if collected.len() + chunk.len() > limit {

@@ -409,3 +409,97 @@ fn a_batch_body_is_each_events_json_in_one_array() {
     assert_eq!(cloudevent::from_batch(&body, 10).expect("a valid batch"), events);
     assert_eq!(&*batch_body(std::iter::empty()), b"[]");
 }
+
+#[test]
+fn only_a_body_that_may_be_a_reply_is_read_until_the_deadline() {
+    let (ms, grace) = (Duration::from_millis, UNWANTED_BODY_GRACE);
+    assert_eq!(grace, Duration::from_secs(1), "docs/dispatch.md states it");
+    for (reply_use, status, remaining, expected, why) in [
+        (ReplyUse::Wanted, 200, ms(20_000), ms(20_000), "a reply: the whole attempt's time"),
+        (ReplyUse::Wanted, 200, ms(300), ms(300), "a reply, late in the attempt"),
+        (ReplyUse::Wanted, 202, ms(20_000), grace, "a 202 carries no reply"),
+        (ReplyUse::Discarded, 200, ms(20_000), grace, "nobody takes the reply"),
+        (ReplyUse::Wanted, 503, ms(20_000), grace, "an error page"),
+        (ReplyUse::Discarded, 500, ms(300), ms(300), "never past the attempt's deadline"),
+        (ReplyUse::Wanted, 404, Duration::ZERO, Duration::ZERO, "no time left"),
+    ] {
+        assert_eq!(body_read_time(reply_use, status, remaining), expected, "{why}");
+    }
+}
+
+/// A subscriber that answers every request with `head` (a chunked response) and one chunk, `chunk`, and then
+/// neither ends the body nor closes the connection.
+async fn unfinished_body_subscriber(head: &'static str, chunk: &'static [u8]) -> String {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_request(&mut stream, &mut Vec::new()).await.is_none() {
+                    return;
+                }
+                let mut response = head.as_bytes().to_vec();
+                response.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                response.extend_from_slice(chunk);
+                response.extend_from_slice(b"\r\n");
+                if stream.write_all(&response).await.is_err() {
+                    return;
+                }
+                // Holds the connection open, the body unfinished, until the test's runtime ends.
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    url
+}
+
+/// Well under the 20 s attempt timeout the tests below set, well over the grace.
+const SETTLED_WITHIN: Duration = Duration::from_secs(5);
+
+/// Regression: an error page whose body never finished held the attempt for its whole timeout (30 s by
+/// default) though its status had settled it, and the bytes that had come were dropped from `knativeerrordata`.
+#[tokio::test]
+async fn an_unfinished_error_page_settles_the_attempt_after_the_grace_with_what_came() {
+    let head = "HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n";
+    let url = unfinished_body_subscriber(head, b"partial page").await;
+    let (sender, event) = (Sender::new(None).expect("client"), event());
+    let attempt = sender.send(&url, None, Protocol::Http1, Format::Binary, &event, None, 20_000, 0, ReplyUse::Wanted);
+    let result = tokio::time::timeout(SETTLED_WITHIN, attempt).await.expect("settled long before the 20 s timeout");
+    assert_eq!(result.status, Some(503), "{result:?}");
+    assert_eq!(result.body.as_ref(), b"partial page", "what came is kept for knativeerrordata");
+    let error = result.error.expect("why the body is short");
+    assert!(error.contains("not complete within 1000 ms"), "{error}");
+}
+
+/// The same for a 2xx whose body nobody takes: the delivery is done once its grace is over.
+#[tokio::test]
+async fn an_unfinished_discarded_body_settles_the_attempt_after_the_grace() {
+    let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+    let url = unfinished_body_subscriber(head, b"never ends").await;
+    let (sender, event) = (Sender::new(None).expect("client"), event());
+    let attempt =
+        sender.send(&url, None, Protocol::Http1, Format::Binary, &event, None, 20_000, 0, ReplyUse::Discarded);
+    let result = tokio::time::timeout(SETTLED_WITHIN, attempt).await.expect("settled long before the 20 s timeout");
+    assert_eq!(result.status, Some(200), "{result:?}");
+    assert_eq!(result.body.as_ref(), b"never ends");
+    assert!(result.reply.is_none() && result.reply_cut.is_none(), "{result:?}");
+}
+
+/// A body that may be a reply gets the attempt's whole time, not the grace; cut off at the deadline, it is not
+/// parsed, and what came is kept.
+#[tokio::test]
+async fn an_unfinished_reply_is_read_until_the_deadline_and_counts_as_cut_off() {
+    let head = "HTTP/1.1 200 OK\r\nce-specversion: 1.0\r\nce-id: r1\r\nce-source: /reply\r\nce-type: t\r\n\
+                content-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+    let url = unfinished_body_subscriber(head, b"partial").await;
+    let sender = Sender::new(None).expect("client");
+    let started = tokio::time::Instant::now();
+    let result =
+        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 1_500, 0, ReplyUse::Wanted).await;
+    assert!(started.elapsed() >= Duration::from_millis(1_450), "read past the grace: {:?}", started.elapsed());
+    assert_eq!(result.status, Some(200), "{result:?}");
+    assert!(result.reply.is_none(), "a cut-off reply is never parsed: {result:?}");
+    assert_eq!(result.reply_cut.as_deref(), Some("response body not complete within 1500 ms"));
+    assert_eq!(result.body.as_ref(), b"partial");
+}
