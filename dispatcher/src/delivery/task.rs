@@ -182,6 +182,11 @@ struct SubscriberJudge<'c> {
     /// The last attempt's reply leg, when that is what failed (a Subscription's `spec.reply` refused the reply
     /// for now): where it went and what came back, for the dead letter if the retries run out.
     reply_failed: Option<(String, AttemptResult)>,
+    /// A reply that cannot go on (its TTL ran out, the reply destination refused it for good), to be
+    /// dead-lettered itself once the attempt is done with and its response dropped (the event counts as
+    /// delivered). Not done while judging: the response (up to 4 MiB) would be held through the dead letter's
+    /// own retries.
+    reply_dead_letter: Option<(CloudEvent, Failure)>,
 }
 
 impl Judge for SubscriberJudge<'_> {
@@ -193,6 +198,7 @@ impl Judge for SubscriberJudge<'_> {
             DISPATCH_EVENT_METRICS
                 .record(&scope, event_type, code, 1, ms, || labels(self.spec, event_type, result.status));
             self.reply_failed = None;
+            self.reply_dead_letter = None;
             // Without a reply destination (a Subscription without `spec.reply`) the reply is dropped unread, as
             // Knative says: a 200 is a delivery, whatever its body, and never a dead letter or a retry.
             if matches!(self.spec.reply, ReplyTarget::Discard) {
@@ -204,7 +210,11 @@ impl Judge for SubscriberJudge<'_> {
             let outcome = classify(result.status);
             match (&outcome, &result.reply) {
                 (Outcome::Success, Some(reply)) => match handle_reply(self.ctx, self.spec, self.event, reply).await {
-                    Ok(()) => (outcome, None),
+                    Ok(ReplyDone::Passed) => (outcome, None),
+                    Ok(ReplyDone::DeadLetter { reply, failure }) => {
+                        self.reply_dead_letter = Some((reply, failure));
+                        (outcome, None)
+                    }
                     Err(ReplyError::Invalid(reason)) => {
                         (Outcome::Permanent { status: result.status.unwrap_or(200) }, Some(reason))
                     }
@@ -254,19 +264,23 @@ pub(crate) struct DeliveryContext {
 }
 
 /// Why a delivery failed, for the dead letter's error attributes.
+#[derive(Debug, Clone)]
 struct Failure {
     destination: String,
     status: Option<u16>,
-    /// The response body, or a description when there was none.
+    /// At most [`MAX_ERROR_DATA_BYTES`] of the response body, or a description when there was none.
     data: Bytes,
     reason: String,
 }
 
+/// The failure `result` (from `destination`) stands for. Of its body only what `knativeerrordata` keeps is taken,
+/// and copied: a slice would share the body's allocation (up to 4 MiB), held as long as the dead letter waits on
+/// its sink's retries.
 fn failure_from(destination: &str, result: &AttemptResult, reason: String) -> Failure {
     let data = if result.body.is_empty() {
         Bytes::from(result.error.clone().unwrap_or_else(|| reason.clone()))
     } else {
-        result.body.clone()
+        Bytes::copy_from_slice(&result.body[..result.body.len().min(MAX_ERROR_DATA_BYTES)])
     };
     Failure { destination: destination.to_string(), status: result.status, data, reason }
 }
@@ -312,14 +326,22 @@ pub(crate) async fn deliver(
     if sluice_broker::planted_bug("panic-in-delivery") && event.get_str("type") == Some(PLANTED_PANIC_TYPE) {
         panic!("a planted bug in the delivery of offset {offset}");
     }
-    let mut judge = SubscriberJudge { ctx, spec, event, offset, reply_failed: None };
+    let mut judge = SubscriberJudge { ctx, spec, event, offset, reply_failed: None, reply_dead_letter: None };
     let reply_use = match spec.reply {
         ReplyTarget::Discard => ReplyUse::Discarded,
         ReplyTarget::Broker { .. } | ReplyTarget::Uri(_) => ReplyUse::Wanted,
     };
     let payload = Payload::Event { format: spec.format, event };
     match send_with_retries(ctx, spec, &spec.subscriber_uri, payload, reply_use, &mut judge, slot).await {
-        Sent::Done { attempts } => Settlement::Delivered { attempts },
+        Sent::Done { attempts } => {
+            // The response is gone by now; a reply that could not go on is dead-lettered before the event
+            // settles, as delivered.
+            if let Some((reply, failure)) = judge.reply_dead_letter.take() {
+                drop(slot.take());
+                Box::pin(dead_letter_event(ctx, spec, None, &reply, failure)).await;
+            }
+            Settlement::Delivered { attempts }
+        }
         Sent::GaveUp { attempts, result, reason, note } => {
             // Done with the subscriber: dead-lettering goes elsewhere.
             drop(slot.take());
@@ -329,6 +351,8 @@ pub(crate) async fn deliver(
                 Some((reply_uri, reply_result)) => failure_from(&reply_uri, &reply_result, reason),
                 None => failure_from(&spec.subscriber_uri, &result, reason),
             };
+            // Not held while the dead letter waits on the sink's retries: the failure keeps a copy of what it needs.
+            drop(result);
             // Boxed: the rare path's state (another send with retries, an append) would otherwise be part of
             // every delivery's future, allocated (and initialised) for each event.
             Box::pin(dead_letter(ctx, spec, offset, event, failure, attempts)).await
@@ -395,12 +419,15 @@ pub(crate) async fn deliver_batch(
             drop(slot.take());
             use futures::stream::StreamExt;
             let reason = note.unwrap_or_else(|| describe(reason));
+            let failure = failure_from(&spec.subscriber_uri, &result, reason);
+            // Not held while the dead letters wait on the sink's retries.
+            drop(result);
             // Made up front (they start when polled): a stream's `map` closure held in this future trips the
             // compiler's `Send` proof of the delivery future.
             let dead_letters: Vec<_> = events
                 .iter()
                 .map(|(offset, event)| {
-                    let failure = failure_from(&spec.subscriber_uri, &result, reason.clone());
+                    let failure = failure.clone();
                     let offset = *offset;
                     async move { (offset, Box::pin(dead_letter(ctx, spec, offset, event, failure, attempts)).await) }
                 })
@@ -446,15 +473,33 @@ enum ReplyError {
     NotDelivered { uri: String, result: AttemptResult },
 }
 
-/// Commits (Trigger) or forwards (Subscription) a subscriber's reply. `Ok` once it is committed or forwarded.
+/// What became of a reply that needs nothing more of the subscriber.
+enum ReplyDone {
+    /// Committed to the Broker, taken by the reply destination, or dropped for want of one.
+    Passed,
+    /// It cannot go on (its TTL ran out, the reply destination refused it for good): it is dead-lettered itself,
+    /// and the event counts as delivered.
+    DeadLetter { reply: CloudEvent, failure: Failure },
+}
+
+/// The subscriber's reply as it goes on: without the arrival time of the event it may have copied (its own is
+/// set when it is stored).
+fn outgoing_reply(received: &CloudEvent) -> CloudEvent {
+    let mut reply = received.clone();
+    reply.attributes.remove("knativearrivaltime");
+    reply
+}
+
+/// Commits (Trigger) or forwards (Subscription) a subscriber's reply: `Ok` once it is committed or forwarded, or
+/// when it is to be dead-lettered itself.
 async fn handle_reply(
     ctx: &DeliveryContext,
     spec: &ConsumerSpec,
     original: &CloudEvent,
     reply: &Result<CloudEvent, String>,
-) -> Result<(), ReplyError> {
-    let mut reply = match reply {
-        Ok(reply) => reply.clone(),
+) -> Result<ReplyDone, ReplyError> {
+    let received = match reply {
+        Ok(received) => received,
         Err(reason) => return Err(ReplyError::Invalid(format!("the reply is not a valid CloudEvent: {reason}"))),
     };
     // The reply is one hop further than the event it answers.
@@ -463,9 +508,8 @@ async fn handle_reply(
         .and_then(|v| v.to_canonical_string().trim().parse::<i64>().ok())
         .unwrap_or(sluice_cloudevent::DEFAULT_BROKER_TTL)
         - 1;
-    reply.attributes.remove("knativearrivaltime");
     match &spec.reply {
-        ReplyTarget::Discard => Ok(()),
+        ReplyTarget::Discard => Ok(ReplyDone::Passed),
         ReplyTarget::Broker { stream, settings } => {
             if ttl <= 0 {
                 metrics::counter!("sluice_dispatch_reply_ttl_exhausted_total", "consumer" => spec.name.clone())
@@ -477,9 +521,9 @@ async fn handle_reply(
                     reason: "knativebrokerttl exhausted".into(),
                 };
                 // The original delivery succeeded; the reply that cannot go on is the dead letter.
-                dead_letter_event(ctx, spec, None, &reply, failure).await;
-                return Ok(());
+                return Ok(ReplyDone::DeadLetter { reply: outgoing_reply(received), failure });
             }
+            let mut reply = outgoing_reply(received);
             reply.attributes.insert("knativebrokerttl".into(), AttrValue::Integer(ttl));
             if let Some(authorization) = &spec.reply_authorization {
                 let namespace = &spec.namespace;
@@ -513,7 +557,7 @@ async fn handle_reply(
             match publish(&ctx.node, stream, settings, vec![reply], MAX_REPLY_EVENT_BYTES).await {
                 Ok(_) => {
                     metrics::counter!("sluice_dispatch_replies_total", "consumer" => spec.name.clone()).increment(1);
-                    Ok(())
+                    Ok(ReplyDone::Passed)
                 }
                 Err(PublishError::Invalid(e)) => {
                     Err(ReplyError::Invalid(format!("the reply was refused: {}", e.to_json())))
@@ -532,6 +576,7 @@ async fn handle_reply(
             // to the subscriber again, its new reply forwarded), up to `retry` times; when they run out the
             // event is dead-lettered. A reply the reply destination refuses for good is dead-lettered itself,
             // and the event counts as delivered.
+            let reply = outgoing_reply(received);
             let ca_certs = spec.ca_certs.get(uri.as_str());
             let token = sender_token(ctx, spec, uri);
             let result = ctx
@@ -551,13 +596,12 @@ async fn handle_reply(
             match classify(result.status) {
                 Outcome::Success => {
                     metrics::counter!("sluice_dispatch_replies_total", "consumer" => spec.name.clone()).increment(1);
-                    Ok(())
+                    Ok(ReplyDone::Passed)
                 }
                 Outcome::Retryable { .. } => Err(ReplyError::NotDelivered { uri: uri.clone(), result }),
                 Outcome::Permanent { .. } => {
                     let failure = failure_from(uri, &result, "the reply destination refused the reply".into());
-                    dead_letter_event(ctx, spec, None, &reply, failure).await;
-                    Ok(())
+                    Ok(ReplyDone::DeadLetter { reply, failure })
                 }
             }
         }
