@@ -47,6 +47,32 @@ pub(crate) type Settled = smallvec::SmallVec<[(u64, Settlement); 1]>;
 /// Dead letters of a failed batch written at once (each may retry against a sink, or append through Raft).
 const BATCH_DEAD_LETTERS_AT_ONCE: usize = 16;
 
+/// The wait before the first retry of an append that failed for a reason that may pass (no leader, a full queue);
+/// each later wait doubles, up to [`APPEND_RETRY_MAX_WAIT_MS`].
+const APPEND_RETRY_FIRST_WAIT_MS: u64 = 100;
+/// The longest wait between two tries of such an append.
+const APPEND_RETRY_MAX_WAIT_MS: u64 = 5_000;
+/// How long the append of a Trigger's reply is tried again (with [`append_retry_wait_ms`]) while it fails for a
+/// reason that may pass, before the attempt fails. A leader election or a full queue lasts well under this
+/// (failover p99 806 ms, docs/reliability.md); without it, such a failure failed the attempt at once, and under
+/// the default `retry: 0` dead-lettered an event the subscriber had already taken. Bounded, because the
+/// delivery holds its place in the consumer's window (and the subscriber's in-flight limit) meanwhile.
+pub(crate) const REPLY_APPEND_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// The wait before try `retry + 1` of an append that failed for a reason that may pass (`retry` 0: before the
+/// first retry): 100 ms, doubling, at most 5 s.
+fn append_retry_wait_ms(retry: u32) -> u64 {
+    let factor = 2u64.checked_pow(retry).unwrap_or(u64::MAX);
+    APPEND_RETRY_FIRST_WAIT_MS.saturating_mul(factor).min(APPEND_RETRY_MAX_WAIT_MS)
+}
+
+/// The wait before retry `retry` (from 0) of a reply's append first tried `elapsed` ago: the append schedule,
+/// cut to what is left of [`REPLY_APPEND_RETRY_FOR`]; `None` once that is spent (the attempt fails).
+fn reply_append_wait(retry: u32, elapsed: Duration) -> Option<Duration> {
+    let left = REPLY_APPEND_RETRY_FOR.checked_sub(elapsed).filter(|left| !left.is_zero())?;
+    Some(Duration::from_millis(append_retry_wait_ms(retry)).min(left))
+}
+
 /// The protocol a request to `url` goes out with: the subscriber's (`sluice.dev/subscriber-protocol`) to the
 /// subscriber's URL, HTTP/1.1 to any other (the dead-letter sink, a Subscription's reply address). The protocol
 /// is a property of the destination, looked up by URL as its CA certificates and audience are; before, h2c went
@@ -179,14 +205,21 @@ struct SubscriberJudge<'c> {
     spec: &'c ConsumerSpec,
     event: &'c CloudEvent,
     offset: u64,
-    /// The last attempt's reply leg, when that is what failed (a Subscription's `spec.reply` refused the reply
-    /// for now): where it went and what came back, for the dead letter if the retries run out.
-    reply_failed: Option<(String, AttemptResult)>,
+    /// The last attempt's reply leg, when that is what failed, for the dead letter if the retries run out.
+    reply_failed: Option<ReplyLegFailure>,
     /// A reply that cannot go on (its TTL ran out, the reply destination refused it for good), to be
     /// dead-lettered itself once the attempt is done with and its response dropped (the event counts as
     /// delivered). Not done while judging: the response (up to 4 MiB) would be held through the dead letter's
     /// own retries.
     reply_dead_letter: Option<(CloudEvent, Failure)>,
+}
+
+/// What failed in an attempt's reply leg, after the subscriber's 200.
+enum ReplyLegFailure {
+    /// A Subscription's `spec.reply` refused the reply for now: where it went and what came back.
+    NotDelivered { uri: String, result: AttemptResult },
+    /// A Trigger's reply could not be stored in its Broker's stream: which stream, and why.
+    NotStored { stream: String, reason: String },
 }
 
 impl Judge for SubscriberJudge<'_> {
@@ -218,7 +251,17 @@ impl Judge for SubscriberJudge<'_> {
                     Err(ReplyError::Invalid(reason)) => {
                         (Outcome::Permanent { status: result.status.unwrap_or(200) }, Some(reason))
                     }
-                    Err(ReplyError::NotCommitted(reason)) => (Outcome::Retryable { status: None }, Some(reason)),
+                    Err(ReplyError::NotStored { stream, reason, may_pass }) => {
+                        // Retried by the policy when it may pass; either way the dead letter names the Broker's
+                        // stream, not the subscriber, whose 200 was no failure.
+                        let failed = if may_pass {
+                            Outcome::Retryable { status: None }
+                        } else {
+                            Outcome::Permanent { status: result.status.unwrap_or(200) }
+                        };
+                        self.reply_failed = Some(ReplyLegFailure::NotStored { stream, reason: reason.clone() });
+                        (failed, Some(reason))
+                    }
                     Err(ReplyError::NotDelivered { uri, result }) => {
                         let reason = format!(
                             "the reply was not delivered to {uri}: {}",
@@ -228,7 +271,7 @@ impl Judge for SubscriberJudge<'_> {
                             )
                         );
                         let status = result.status;
-                        self.reply_failed = Some((uri, result));
+                        self.reply_failed = Some(ReplyLegFailure::NotDelivered { uri, result });
                         (Outcome::Retryable { status }, Some(reason))
                     }
                 },
@@ -238,10 +281,12 @@ impl Judge for SubscriberJudge<'_> {
     }
 
     /// When the reply leg failed (a Subscription's `spec.reply` answered 429 or 503), its `Retry-After`: the
-    /// subscriber's 200 has none, and the reply destination's was ignored.
+    /// subscriber's 200 has none, and the reply destination's was ignored. A reply Sluice could not store has
+    /// none.
     fn retry_after(&self, result: &AttemptResult) -> Option<RetryAfter> {
         match &self.reply_failed {
-            Some((_, reply)) => reply.retry_after,
+            Some(ReplyLegFailure::NotDelivered { result: reply, .. }) => reply.retry_after,
+            Some(ReplyLegFailure::NotStored { .. }) => None,
             None => result.retry_after,
         }
     }
@@ -283,6 +328,24 @@ fn failure_from(destination: &str, result: &AttemptResult, reason: String) -> Fa
         Bytes::copy_from_slice(&result.body[..result.body.len().min(MAX_ERROR_DATA_BYTES)])
     };
     Failure { destination: destination.to_string(), status: result.status, data, reason }
+}
+
+/// What the dead letter of a delivery that gave up names as failed: the reply leg when that is what failed last
+/// (the reply destination and its answer; or the Broker's stream that could not store the reply, with no status,
+/// as the subscriber's 200 was no failure), else the subscriber and its last answer.
+fn final_failure(
+    subscriber_uri: &str,
+    last: &AttemptResult,
+    reply_failed: Option<ReplyLegFailure>,
+    reason: String,
+) -> Failure {
+    match reply_failed {
+        Some(ReplyLegFailure::NotDelivered { uri, result }) => failure_from(&uri, &result, reason),
+        Some(ReplyLegFailure::NotStored { stream, reason: why }) => {
+            Failure { destination: stream, status: None, data: Bytes::from(why), reason }
+        }
+        None => failure_from(subscriber_uri, last, reason),
+    }
 }
 
 /// Knative's `event_count` and `event_dispatch_latencies` of deliveries, by consumer, event type and response
@@ -346,11 +409,8 @@ pub(crate) async fn deliver(
             // Done with the subscriber: dead-lettering goes elsewhere.
             drop(slot.take());
             let reason = note.unwrap_or_else(|| describe(reason));
-            // The error attributes name what failed last: the subscriber, or the reply destination after it.
-            let failure = match judge.reply_failed.take() {
-                Some((reply_uri, reply_result)) => failure_from(&reply_uri, &reply_result, reason),
-                None => failure_from(&spec.subscriber_uri, &result, reason),
-            };
+            // The error attributes name what failed last: the subscriber, or the reply leg after it.
+            let failure = final_failure(&spec.subscriber_uri, &result, judge.reply_failed.take(), reason);
             // Not held while the dead letter waits on the sink's retries: the failure keeps a copy of what it needs.
             drop(result);
             // Boxed: the rare path's state (another send with retries, an append) would otherwise be part of
@@ -467,8 +527,11 @@ fn describe(reason: FailureReason) -> String {
 enum ReplyError {
     /// The subscriber's reply is not a valid event: retrying will not fix it.
     Invalid(String),
-    /// The reply could not be committed (no quorum, queue full): the delivery is retried.
-    NotCommitted(String),
+    /// A Trigger's reply could not be stored in its Broker's `stream`. `may_pass`: for a reason that may pass (no
+    /// leader, a full queue) that lasted through [`REPLY_APPEND_RETRY_FOR`] of retries, and the delivery is
+    /// retried by its policy; otherwise a bug or a fatal Raft error, and it is not (sending the event again
+    /// would repeat its effects at the subscriber for a reply that cannot be stored).
+    NotStored { stream: String, reason: String, may_pass: bool },
     /// A Subscription's `spec.reply` refused the reply for now: the delivery is retried.
     NotDelivered { uri: String, result: AttemptResult },
 }
@@ -523,8 +586,14 @@ async fn handle_reply(
                 // The original delivery succeeded; the reply that cannot go on is the dead letter.
                 return Ok(ReplyDone::DeadLetter { reply: outgoing_reply(received), failure });
             }
-            let mut reply = outgoing_reply(received);
-            reply.attributes.insert("knativebrokerttl".into(), AttrValue::Integer(ttl));
+            // Made again from what the subscriber sent for each retry of the append (which takes its event): no
+            // copy is kept for the common case, an append that succeeds at once.
+            let to_store = || {
+                let mut reply = outgoing_reply(received);
+                reply.attributes.insert("knativebrokerttl".into(), AttrValue::Integer(ttl));
+                reply
+            };
+            let reply = to_store();
             if let Some(authorization) = &spec.reply_authorization {
                 let namespace = &spec.namespace;
                 let subject = &spec.sender_subject;
@@ -554,20 +623,38 @@ async fn handle_reply(
             } else {
                 settings
             };
-            match publish(&ctx.node, stream, settings, vec![reply], MAX_REPLY_EVENT_BYTES).await {
-                Ok(_) => {
-                    metrics::counter!("sluice_dispatch_replies_total", "consumer" => spec.name.clone()).increment(1);
-                    Ok(ReplyDone::Passed)
+            let first_try = std::time::Instant::now();
+            let mut next = Some(reply);
+            let mut retry = 0u32;
+            loop {
+                let reply = next.take().unwrap_or_else(to_store);
+                let error = match publish(&ctx.node, stream, settings, vec![reply], MAX_REPLY_EVENT_BYTES).await {
+                    Ok(_) => {
+                        metrics::counter!("sluice_dispatch_replies_total", "consumer" => spec.name.clone())
+                            .increment(1);
+                        return Ok(ReplyDone::Passed);
+                    }
+                    Err(PublishError::Invalid(e)) => {
+                        return Err(ReplyError::Invalid(format!("the reply was refused: {}", e.to_json())));
+                    }
+                    Err(PublishError::Broker(e)) => e,
+                };
+                if !error.is_retryable() {
+                    let reason = format!("the reply could not be stored in {stream}: {error}");
+                    return Err(ReplyError::NotStored { stream: stream.clone(), reason, may_pass: false });
                 }
-                Err(PublishError::Invalid(e)) => {
-                    Err(ReplyError::Invalid(format!("the reply was refused: {}", e.to_json())))
-                }
-                Err(PublishError::Broker(e)) if e.is_retryable() => {
-                    Err(ReplyError::NotCommitted(format!("the reply was not committed: {e}")))
-                }
-                // A bug or a fatal error is not retried: sending the event again would repeat its effects at the
-                // subscriber for a reply that cannot be stored.
-                Err(PublishError::Broker(e)) => Err(ReplyError::Invalid(format!("the reply could not be stored: {e}"))),
+                // A leader election or a full queue passes: tried again here rather than failing the attempt, which
+                // (with the default `retry: 0`) would dead-letter an event the subscriber already took.
+                let Some(wait) = reply_append_wait(retry, first_try.elapsed()) else {
+                    let reason = format!(
+                        "the reply could not be stored in {stream} (tried for {} s): {error}",
+                        REPLY_APPEND_RETRY_FOR.as_secs()
+                    );
+                    return Err(ReplyError::NotStored { stream: stream.clone(), reason, may_pass: true });
+                };
+                tracing::debug!(consumer = %spec.name, %stream, error = %error, wait_ms = wait.as_millis() as u64, "reply append failed; retrying");
+                tokio::time::sleep(wait).await;
+                retry = retry.saturating_add(1);
             }
         }
         ReplyTarget::Uri(uri) => {
@@ -695,7 +782,7 @@ async fn dead_letter_event(
     // delivery is aborted, when the event is redelivered from the committed offset). An append that can never
     // work (larger than an entry may be, a bug) would hold the consumer's window for ever: the dead letter is
     // dropped, loudly; the event itself stays in its stream for a replay.
-    let mut wait_ms = 100u64;
+    let mut retry = 0u32;
     loop {
         match ctx.node.append(&spec.dead_letter_stream, ctx.partition, vec![payload.clone()], now_ms(), None).await {
             Ok(_) => {
@@ -708,9 +795,10 @@ async fn dead_letter_event(
                 return DeadLettered::Dropped;
             }
             Err(e) => {
+                let wait_ms = append_retry_wait_ms(retry);
                 tracing::warn!(consumer = %spec.name, error = %e, wait_ms, "dead-letter stream append failed; retrying");
                 tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-                wait_ms = (wait_ms * 2).min(5_000);
+                retry = retry.saturating_add(1);
             }
         }
     }

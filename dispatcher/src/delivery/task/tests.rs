@@ -1,5 +1,5 @@
-//! Tests of the delivery shell's pure decisions: which protocol a destination is sent with, and what a dead
-//! letter keeps of the last answer.
+//! Tests of the delivery shell's pure decisions: which protocol a destination is sent with, how long a failed
+//! append waits before its next try, and what a dead letter says failed and keeps of the last answer.
 
 use super::*;
 
@@ -16,6 +16,50 @@ fn the_subscriber_protocol_applies_to_the_subscriber_url_only() {
     ] {
         assert_eq!(protocol_towards(url, subscriber, subscriber_protocol), expected, "{why}: {url}");
     }
+}
+
+#[test]
+fn a_failed_append_waits_100_ms_doubling_up_to_5_s() {
+    for (retry, expected_ms) in [
+        (0, 100),
+        (1, 200),
+        (2, 400),
+        (3, 800),
+        (4, 1_600),
+        (5, 3_200),
+        (6, 5_000),
+        (7, 5_000),
+        (63, 5_000),
+        (64, 5_000),
+        (u32::MAX, 5_000),
+    ] {
+        assert_eq!(append_retry_wait_ms(retry), expected_ms, "retry {retry}");
+    }
+}
+
+#[test]
+fn a_replys_append_is_retried_within_its_bound_only() {
+    let ms = Duration::from_millis;
+    assert_eq!(REPLY_APPEND_RETRY_FOR, Duration::from_secs(10), "docs/dispatch.md states it");
+    for (retry, elapsed, expected, why) in [
+        (0, ms(0), Some(ms(100)), "the first retry"),
+        (3, ms(1_500), Some(ms(800)), "doubling"),
+        (6, ms(6_300), Some(ms(3_700)), "cut to what is left"),
+        (9, ms(9_999), Some(ms(1)), "the last millisecond"),
+        (9, ms(10_000), None, "spent exactly"),
+        (0, ms(10_001), None, "an append that took longer than the bound"),
+        (0, Duration::MAX, None, "whatever the clock says"),
+    ] {
+        assert_eq!(reply_append_wait(retry, elapsed), expected, "{why}");
+    }
+    // Whatever the schedule, the waits never add up past the bound.
+    let (mut elapsed, mut retry) = (Duration::ZERO, 0);
+    while let Some(wait) = reply_append_wait(retry, elapsed) {
+        elapsed += wait;
+        retry += 1;
+    }
+    assert_eq!(elapsed, REPLY_APPEND_RETRY_FOR);
+    assert_eq!(retry, 7, "100 ms to 3.2 s, then the 3.7 s left");
 }
 
 fn event() -> CloudEvent {
@@ -56,4 +100,34 @@ fn a_failure_without_a_body_carries_the_error_or_the_reason() {
     assert_eq!((failure.status, failure.data.as_ref()), (None, b"no response within 500 ms".as_slice()));
     let nothing = failure_from("d", &answered(Some(400), Bytes::new()), "non-retryable response 400".into());
     assert_eq!(nothing.data.as_ref(), b"non-retryable response 400");
+}
+
+/// Regression: a Trigger's reply that Sluice could not store (no leader, a full queue) dead-lettered the event
+/// as if the subscriber had failed it, with `knativeerrorcode: 200`.
+#[test]
+fn a_dead_letter_names_what_failed_last() {
+    let subscriber = "http://subscriber/";
+    let last = answered(Some(200), Bytes::new());
+    let not_stored = ReplyLegFailure::NotStored {
+        stream: "broker/default/b".into(),
+        reason: "the reply could not be stored in broker/default/b (tried for 10 s): no leader".into(),
+    };
+    let failure = final_failure(subscriber, &last, Some(not_stored), "reason".into());
+    assert_eq!((failure.destination.as_str(), failure.status), ("broker/default/b", None));
+    assert!(failure.data.starts_with(b"the reply could not be stored"), "{:?}", failure.data);
+    let dead = with_error_attributes(&event(), &failure, None);
+    assert_eq!(dead.get("knativeerrorcode"), None, "no status: the subscriber's 200 was no failure");
+
+    let refused = ReplyLegFailure::NotDelivered {
+        uri: "http://reply/".into(),
+        result: answered(Some(503), Bytes::from_static(b"busy")),
+    };
+    let failure = final_failure(subscriber, &last, Some(refused), "reason".into());
+    assert_eq!((failure.destination.as_str(), failure.status), ("http://reply/", Some(503)));
+    assert_eq!(failure.data.as_ref(), b"busy");
+
+    let failed = answered(Some(500), Bytes::from_static(b"down"));
+    let failure = final_failure(subscriber, &failed, None, "reason".into());
+    assert_eq!((failure.destination.as_str(), failure.status), (subscriber, Some(500)));
+    assert_eq!(failure.data.as_ref(), b"down");
 }
