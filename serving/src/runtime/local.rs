@@ -25,7 +25,7 @@ use probes::{Deadline, ProbeEnv, Rotation, Stopper, probe_until_ready, watch_liv
 
 mod probes;
 
-/// Lines of output kept for a failure message.
+/// Lines of output kept for a failure message (which keeps their last 4 KiB: `revision/instance_events.rs`).
 const TAIL_LINES: usize = 10;
 /// A line longer than this is cut.
 const MAX_LINE_BYTES: usize = 16 * 1024;
