@@ -174,6 +174,9 @@ fn status_follows_the_revisions_facts() {
     assert_eq!(service["traffic"][0]["revisionName"], "hello-00001");
     let revision = status_of(&objects, "Revision", "hello-00002");
     assert_eq!(condition(&revision, "ContainerHealthy"), ("False".into(), "ExitCode3".into()));
+    // Its resources are not known to be short: only a missed progress deadline says so (Knative's rule).
+    assert_eq!(condition(&revision, "ResourcesAvailable"), ("Unknown".into(), "Deploying".into()));
+    assert_eq!(condition(&revision, "Ready"), ("False".into(), "ExitCode3".into()));
 }
 
 #[test]
