@@ -71,7 +71,7 @@ pub(crate) struct RevisionRun {
     pub(crate) port: Option<u16>,
     /// The probe, with `0` standing for the instance's port.
     pub(crate) readiness: Readiness,
-    /// How it goes on once an instance is ready.
+    /// When it runs, until an instance is ready and after, and how long each attempt has.
     pub(crate) readiness_rhythm: ProbeRhythm,
     /// `startupProbe` and `livenessProbe`, with `0` standing for the instance's port.
     pub(crate) startup: Option<KillingProbe>,
