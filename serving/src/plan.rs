@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sluice_controller::serving::ServingRuntime;
-use sluice_controller::serving::autoscaling::{AutoscalerDefaults, resolve};
+use sluice_controller::serving::autoscaling::{AutoscalerDefaults, revision_autoscaling};
 use sluice_controller::serving::model::{Container, Probe, serving_container_index};
 use sluice_controller::serving::routing::{RouteTable, latest_revisions, revision_facts, spec_traffic};
 use sluice_controller::serving::status::runnable;
@@ -65,17 +65,9 @@ pub(crate) fn revision_run(
         .pointer("/spec/containerConcurrency")
         .and_then(Value::as_u64)
         .map_or(0, |c| c.min(u64::from(u32::MAX)) as u32);
-    let annotations: BTreeMap<String, String> = revision
-        .pointer("/metadata/annotations")
-        .and_then(Value::as_object)
-        .map(|a| a.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
-        .unwrap_or_default();
-    // Validated at apply; a node whose defaults make them invalid (a lower `max-scale-limit`) says why.
-    let autoscaling = resolve(&annotations, container_concurrency, defaults).map_err(|errors| {
-        let message =
-            errors.iter().map(|e| format!("metadata.annotations{}: {}", e.path, e.message)).collect::<Vec<_>>();
-        ("InvalidAutoscaling".to_string(), message.join("; "))
-    })?;
+    // Validated at apply against the defaults of the node applied through; a node whose defaults make them invalid
+    // (a lower `max-scale-limit`) says why, and so does the Revision's status.
+    let autoscaling = revision_autoscaling(revision, defaults)?;
     // Knative's defaulting: `timeoutSeconds` unset or 0 is the default (validation refuses a negative one).
     let timeout_seconds = revision
         .pointer("/spec/timeoutSeconds")
@@ -535,6 +527,13 @@ mod tests {
         let run = revision_run(&tcp, &defaults, ServingRuntime::Local).expect("runnable");
         assert_eq!((run.readiness, run.port), (Readiness::TcpConnect { port: 0 }, None));
         assert_eq!(run.autoscaling.stable_window_ms, 5_000, "the cluster's default window");
+        // Annotations the node's defaults make invalid: the reason and message its Revision's status shows too.
+        let limited = AutoscalerDefaults::from_pairs(["max-scale-limit=5"]).expect("valid");
+        let ten =
+            revision("d", 1, json!({"command": ["/bin/true"]}), json!({"autoscaling.knative.dev/max-scale": "10"}));
+        let (reason, message) = revision_run(&ten, &limited, ServingRuntime::Local).expect_err("above the limit");
+        assert_eq!(reason, "InvalidAutoscaling");
+        assert!(message.starts_with("metadata.annotations[autoscaling.knative.dev/max-scale]: "), "{message}");
     }
 
     #[test]

@@ -118,6 +118,15 @@ pub fn runnable(containers: &[Container], runtime: ServingRuntime) -> Result<(),
     Ok(())
 }
 
+/// Whether this node can run the Revision `revision` (its serving `containers` parsed): its runtime can run the
+/// containers ([`runnable`]) and its autoscaling annotations hold under the node's defaults (`--autoscaler`: a
+/// `max-scale` above `max-scale-limit` is `InvalidAutoscaling`). Before session 58 the second was only logged by
+/// the node that would run it, and the Revision stayed Deploying.
+fn runs_here(revision: &Value, containers: &[Container], env: &Environment) -> Result<(), (String, String)> {
+    runnable(containers, env.serving_runtime)?;
+    super::autoscaling::revision_autoscaling(revision, &env.serving_autoscaler).map(|_| ())
+}
+
 /// The port a readiness probe names when it is not the container's own (`container_port`, 8080 by default).
 fn probe_port_beside(probe: Option<&super::model::Probe>, container_port: Option<u16>) -> Option<i64> {
     let probe = probe?;
@@ -135,11 +144,11 @@ fn probe_port_beside(probe: Option<&super::model::Probe>, container_port: Option
 /// for a Revision whose resources did not become available by then.
 const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 
-/// A Revision's `ContainerHealthy` and `ResourcesAvailable`, from whether the node's runtime can run it
-/// (`can_run`: [`runnable`]), the last failure its instances recorded and whether one was ever ready. As Knative's revision
+/// A Revision's `ContainerHealthy` and `ResourcesAvailable`, from whether the node can run it (`can_run`:
+/// [`runs_here`]), the last failure its instances recorded and whether one was ever ready. As Knative's revision
 /// reconciler decides them: a container that cannot run or exits makes `ContainerHealthy` False with its reason
-/// (`ExitCodeN`, `LocalRuntimeNeedsCommand`, ...), and `ResourcesAvailable` stays Unknown (`Deploying`), or True
-/// once an instance was ready; only an instance not ready within the progress deadline makes
+/// (`ExitCodeN`, `LocalRuntimeNeedsCommand`, `InvalidAutoscaling`, ...), and `ResourcesAvailable` stays Unknown
+/// (`Deploying`), or True once an instance was ready; only an instance not ready within the progress deadline makes
 /// `ResourcesAvailable` False with `ProgressDeadlineExceeded` (its container did not fail: `ContainerHealthy`
 /// stays as it was). Before session 58 any failure made `ResourcesAvailable` False, `ProgressDeadlineExceeded`,
 /// seconds after a deploy whose command exited. Pure.
@@ -175,7 +184,7 @@ fn revision_status(object: &Value, world: &World, env: &Environment, status: &mu
         object.pointer("/spec/containers").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
     let facts = revision_facts(world.objects, namespace, name);
     let (healthy, resources) =
-        revision_health(runnable(&containers, env.serving_runtime), facts.failure.as_ref(), facts.ready);
+        revision_health(runs_here(object, &containers, env), facts.failure.as_ref(), facts.ready);
     let active: Condition = if facts.instances > 0 {
         Ok(None)
     } else {
@@ -231,11 +240,16 @@ fn configuration_ready(object: &Value, world: &World, env: &Environment, status:
             }
             None if ready.as_ref() == Some(created) => Ok(None),
             None => {
-                let containers: Vec<Container> = find(world.objects, "Revision", namespace, created)
+                let revision = find(world.objects, "Revision", namespace, created);
+                let containers: Vec<Container> = revision
                     .and_then(|r| r.pointer("/spec/containers"))
                     .and_then(|c| serde_json::from_value(c.clone()).ok())
                     .unwrap_or_default();
-                match runnable(&containers, env.serving_runtime) {
+                let can_run = match revision {
+                    Some(revision) => runs_here(revision, &containers, env),
+                    None => runnable(&containers, env.serving_runtime),
+                };
+                match can_run {
                     Err((_, message)) => {
                         Err(("RevisionFailed".into(), format!("Revision {created:?} failed with message: {message}.")))
                     }
