@@ -77,7 +77,9 @@ pub(crate) struct ServingArgs {
     /// The cluster's autoscaling defaults as Knative's config-autoscaler keys (KEY=VALUE, repeatable):
     /// stable-window=60s, scale-to-zero-grace-period=30s, container-concurrency-target-default=100,
     /// max-scale-up-rate=1000, ... and Sluice's backlog-target=100, activation-backlog=0, tick-interval=2s.
-    /// A revision's autoscaling.knative.dev/* annotations override them (docs/autoscaling.md).
+    /// A revision's autoscaling.knative.dev/* annotations override them (docs/autoscaling.md), and are validated
+    /// over them when applied through this node (max-scale-limit, allow-zero-initial-scale): give every node the
+    /// same settings.
     #[arg(long = "autoscaler", value_name = "KEY=VALUE", value_parser = parse_autoscaler_key)]
     pub autoscaler: Vec<String>,
     /// Between SIGTERM and SIGKILL when an instance stops.
@@ -152,12 +154,16 @@ impl RuntimeArg {
 }
 
 impl ServingArgs {
-    /// The feature flags enabled (`--serving-feature`) and the longest timeout (`--max-revision-timeout-seconds`).
+    /// The feature flags enabled (`--serving-feature`), the longest timeout (`--max-revision-timeout-seconds`)
+    /// and the autoscaling defaults (`--autoscaler`): what an object applied through this node is validated with.
     pub(crate) fn features(&self) -> Result<sluice_controller::serving::ServingFeatures> {
+        let autoscaler = AutoscalerDefaults::from_pairs(self.autoscaler.iter().map(String::as_str))
+            .map_err(|e| anyhow::anyhow!("--autoscaler: {e}"))?;
         sluice_controller::serving::ServingFeatures::parse(&self.serving_features)
             .and_then(|features| {
                 features.with_max_revision_timeout_seconds(i64::from(self.max_revision_timeout_seconds))
             })
+            .map(|features| features.with_autoscaler_defaults(autoscaler))
             .map_err(|e| anyhow::anyhow!(e))
     }
 

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::serving::autoscaling::AutoscalerDefaults;
+
 /// The domain Routes are served under when none is configured: `NAME.NAMESPACE.localhost`. Browsers and curl
 /// resolve every `*.localhost` name to loopback (RFC 6761), so a newcomer can type the URL.
 pub const DEFAULT_DOMAIN: &str = "localhost";
@@ -74,6 +76,9 @@ pub struct Environment {
     pub now_ms: u64,
     /// The rollout duration of a Route without the annotation (`--serving-rollout-duration`; 0: at once).
     pub rollout_default_ms: u64,
+    /// The node's autoscaling defaults (`--autoscaler`): a Revision whose annotations they make invalid (a
+    /// `max-scale` above `max-scale-limit`) cannot run, and its status says why.
+    pub serving_autoscaler: AutoscalerDefaults,
 }
 
 fn wall_clock_ms() -> u64 {
@@ -131,6 +136,7 @@ impl Environment {
             served_routes: None,
             now_ms: wall_clock_ms(),
             rollout_default_ms: 0,
+            serving_autoscaler: AutoscalerDefaults::default(),
         }
     }
 
@@ -146,6 +152,7 @@ impl Environment {
             served_routes: None,
             now_ms: wall_clock_ms(),
             rollout_default_ms: 0,
+            serving_autoscaler: AutoscalerDefaults::default(),
         }
     }
 
@@ -187,6 +194,12 @@ impl Environment {
     /// The same, with revisions run by `runtime`.
     pub fn with_runtime(mut self, runtime: ServingRuntime) -> Self {
         self.serving_runtime = runtime;
+        self
+    }
+
+    /// The same, with revisions' autoscaling annotations resolved over `defaults` (the node's `--autoscaler`).
+    pub fn with_autoscaler_defaults(mut self, defaults: AutoscalerDefaults) -> Self {
+        self.serving_autoscaler = defaults;
         self
     }
 }

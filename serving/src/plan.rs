@@ -4,10 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::Value;
 use sluice_controller::serving::ServingRuntime;
-use sluice_controller::serving::autoscaling::{AutoscalerDefaults, resolve};
+use sluice_controller::serving::autoscaling::{AutoscalerDefaults, revision_autoscaling};
 use sluice_controller::serving::model::{Container, Probe, serving_container_index};
 use sluice_controller::serving::routing::{RouteTable, latest_revisions, revision_facts, spec_traffic};
 use sluice_controller::serving::status::runnable;
@@ -64,17 +65,9 @@ pub(crate) fn revision_run(
         .pointer("/spec/containerConcurrency")
         .and_then(Value::as_u64)
         .map_or(0, |c| c.min(u64::from(u32::MAX)) as u32);
-    let annotations: BTreeMap<String, String> = revision
-        .pointer("/metadata/annotations")
-        .and_then(Value::as_object)
-        .map(|a| a.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
-        .unwrap_or_default();
-    // Validated at apply; a node whose defaults make them invalid (a lower `max-scale-limit`) says why.
-    let autoscaling = resolve(&annotations, container_concurrency, defaults).map_err(|errors| {
-        let message =
-            errors.iter().map(|e| format!("metadata.annotations{}: {}", e.path, e.message)).collect::<Vec<_>>();
-        ("InvalidAutoscaling".to_string(), message.join("; "))
-    })?;
+    // Validated at apply against the defaults of the node applied through; a node whose defaults make them invalid
+    // (a lower `max-scale-limit`) says why, and so does the Revision's status.
+    let autoscaling = revision_autoscaling(revision, defaults)?;
     // Knative's defaulting: `timeoutSeconds` unset or 0 is the default (validation refuses a negative one).
     let timeout_seconds = revision
         .pointer("/spec/timeoutSeconds")
@@ -111,17 +104,20 @@ pub(crate) fn revision_run(
     })
 }
 
-/// How the readiness probe goes on after an instance is ready: `periodSeconds`, `failureThreshold` and
-/// `successThreshold`, Kubernetes' defaults (10 s, 3, 1) for those unset or not positive.
+/// When the readiness probe runs and how long each attempt has: `periodSeconds` (none when unset or 0, Knative's
+/// aggressive probing), `failureThreshold`, `successThreshold` and `timeoutSeconds`, Kubernetes' defaults (3, 1,
+/// 1 s) for those unset or not positive, and `initialDelaySeconds` (0).
 fn rhythm_of(probe: Option<&Probe>) -> ProbeRhythm {
     let default = ProbeRhythm::default();
     let positive = |value: Option<i64>| value.filter(|v| *v > 0).map(|v| v.min(i64::from(u32::MAX)) as u32);
+    let seconds = |value: Option<i64>| positive(value).map(|seconds| Duration::from_secs(u64::from(seconds)));
     let Some(probe) = probe else { return default };
     ProbeRhythm {
-        period: positive(probe.period_seconds)
-            .map_or(default.period, |seconds| std::time::Duration::from_secs(u64::from(seconds))),
+        period: seconds(probe.period_seconds),
         failure_threshold: positive(probe.failure_threshold).unwrap_or(default.failure_threshold),
         success_threshold: positive(probe.success_threshold).unwrap_or(default.success_threshold),
+        timeout: seconds(probe.timeout_seconds).unwrap_or(default.timeout),
+        initial_delay: seconds(probe.initial_delay_seconds).unwrap_or(default.initial_delay),
     }
 }
 
@@ -131,7 +127,7 @@ fn rhythm_of(probe: Option<&Probe>) -> ProbeRhythm {
 fn killing_probe_of(probe: Option<&Probe>) -> Option<KillingProbe> {
     let probe = probe?;
     let seconds = |value: Option<i64>, default: u64| {
-        std::time::Duration::from_secs(value.filter(|v| *v > 0).map_or(default, |v| v.unsigned_abs()))
+        Duration::from_secs(value.filter(|v| *v > 0).map_or(default, |v| v.unsigned_abs()))
     };
     Some(KillingProbe {
         check: readiness_of(Some(probe)),
@@ -387,6 +383,56 @@ mod tests {
         assert_eq!((bare.startup, bare.liveness), (None, None));
     }
 
+    /// The readiness probe keeps its handler and timing: Kubernetes' defaults where unset or not positive, and no
+    /// period for `periodSeconds` unset or 0 (Knative's aggressive probing). Regression: `timeoutSeconds` and
+    /// `initialDelaySeconds` were dropped: every attempt had 1 s, and the first ran at the instance's start.
+    #[test]
+    fn the_readiness_probe_keeps_its_handler_and_timing() {
+        let seconds = Duration::from_secs;
+        let rhythm = |period: Option<u64>, failure_threshold, success_threshold, timeout, initial_delay| ProbeRhythm {
+            period: period.map(seconds),
+            failure_threshold,
+            success_threshold,
+            timeout: seconds(timeout),
+            initial_delay: seconds(initial_delay),
+        };
+        let defaults = rhythm(None, 3, 1, 1, 0);
+        let exec = |command: &[&str]| Readiness::Exec { argv: command.iter().map(|arg| arg.to_string()).collect() };
+        let http = |path: &str| Readiness::HttpGet { port: 0, path: path.into() };
+        // (readinessProbe (None: none), the check, its rhythm)
+        let cases = [
+            (None, Readiness::TcpConnect { port: 0 }, defaults),
+            (Some(json!({"tcpSocket": {}})), Readiness::TcpConnect { port: 0 }, defaults),
+            (
+                Some(json!({"httpGet": {"path": "/ready"}, "periodSeconds": 0, "timeoutSeconds": 0})),
+                http("/ready"),
+                defaults,
+            ),
+            (
+                Some(json!({"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 5, "timeoutSeconds": 3,
+                    "initialDelaySeconds": 2, "failureThreshold": 4, "successThreshold": 2})),
+                exec(&["cat", "/tmp/ready"]),
+                rhythm(Some(5), 4, 2, 3, 2),
+            ),
+            (Some(json!({"exec": {"command": ["true"]}})), exec(&["true"]), defaults),
+            (Some(json!({"httpGet": {}, "initialDelaySeconds": 30})), http("/"), rhythm(None, 3, 1, 1, 30)),
+            (
+                Some(json!({"httpGet": {}, "periodSeconds": -1, "timeoutSeconds": -2, "initialDelaySeconds": -3})),
+                http("/"),
+                defaults,
+            ),
+        ];
+        for (probe, check, expected) in cases {
+            let mut container = json!({"command": ["/bin/hello"]});
+            if let Some(probe) = &probe {
+                container["readinessProbe"] = probe.clone();
+            }
+            let object = revision("hello-00001", 1, container, json!({}));
+            let run = revision_run(&object, &AutoscalerDefaults::default(), ServingRuntime::Local).expect("runnable");
+            assert_eq!((run.readiness, run.readiness_rhythm), (check, expected), "{probe:?}");
+        }
+    }
+
     /// Regression: `timeoutSeconds: 0` (Knative's "the default") gave requests a 1-second timeout.
     #[test]
     fn a_timeout_of_zero_is_the_default_timeout() {
@@ -481,6 +527,13 @@ mod tests {
         let run = revision_run(&tcp, &defaults, ServingRuntime::Local).expect("runnable");
         assert_eq!((run.readiness, run.port), (Readiness::TcpConnect { port: 0 }, None));
         assert_eq!(run.autoscaling.stable_window_ms, 5_000, "the cluster's default window");
+        // Annotations the node's defaults make invalid: the reason and message its Revision's status shows too.
+        let limited = AutoscalerDefaults::from_pairs(["max-scale-limit=5"]).expect("valid");
+        let ten =
+            revision("d", 1, json!({"command": ["/bin/true"]}), json!({"autoscaling.knative.dev/max-scale": "10"}));
+        let (reason, message) = revision_run(&ten, &limited, ServingRuntime::Local).expect_err("above the limit");
+        assert_eq!(reason, "InvalidAutoscaling");
+        assert!(message.starts_with("metadata.annotations[autoscaling.knative.dev/max-scale]: "), "{message}");
     }
 
     #[test]

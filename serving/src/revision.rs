@@ -71,7 +71,7 @@ pub(crate) struct RevisionRun {
     pub(crate) port: Option<u16>,
     /// The probe, with `0` standing for the instance's port.
     pub(crate) readiness: Readiness,
-    /// How it goes on once an instance is ready.
+    /// When it runs, until an instance is ready and after, and how long each attempt has.
     pub(crate) readiness_rhythm: ProbeRhythm,
     /// `startupProbe` and `livenessProbe`, with `0` standing for the instance's port.
     pub(crate) startup: Option<KillingProbe>,
@@ -417,6 +417,8 @@ async fn run_revision(
 ) {
     let (events_tx, mut events) = mpsc::channel::<InstanceEvent>(64);
     let (drained_tx, mut drained) = mpsc::channel::<InstanceId>(DRAINED_QUEUED);
+    // The revision's log is held (its file open once written to) while this run is on the node.
+    let log_run = env.logs.run(&revision.run.namespace, &revision.run.name);
     let knobs = revision.run.autoscaling.clone();
     // The progress deadline its instances must become ready within also bounds how long `initial-scale` holds.
     let progress_deadline_ms = u64::try_from(env.progress_deadline.as_millis()).unwrap_or(u64::MAX);
@@ -543,6 +545,9 @@ async fn run_revision(
     futures::future::join_all(stops).await;
     // This run's: a run of the revision started since (a replacement under its name) keeps what it uses.
     env.runtime.retire(&key, revision.run_id.generation).await;
+    // Its instances are gone: with the revision's last run on the node its log closes (a reader still flushing an
+    // instance's last line opens it again for that line).
+    drop(log_run);
     instances.facts.instances = 0;
     if reported.as_ref() != Some(&instances.facts) {
         // The outbox is bounded: full, the run waits a little for room rather than leave its instances shown.

@@ -154,12 +154,22 @@ pub(crate) async fn run(
     let mut facts_turn = false;
     // The next step of a Route's rollout (wall clock, ms): the table is computed again then.
     let mut rollout_step_at_ms: Option<u64> = None;
+    // The Revisions (namespace, name) the last reconcile saw: one gone since was deleted, and its logs go.
+    let mut revisions_seen: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
         if needs_reconcile {
             changes.borrow_and_update();
             leadership.borrow_and_update();
-            rollout_step_at_ms =
+            let reconciled =
                 reconcile(&node, &settings, &shared, &env, &mut running, &mut stopping, &mut reported).await;
+            rollout_step_at_ms = reconciled.rollout_step_at_ms;
+            if let Some(revisions) = reconciled.revisions {
+                for (namespace, name) in revisions_seen.difference(&revisions) {
+                    tracing::info!(%namespace, revision = %name, "revision deleted: its logs go");
+                    settings.logs.delete(namespace, name);
+                }
+                revisions_seen = revisions;
+            }
         }
         needs_reconcile = true;
         let now = monotonic_ms();
@@ -201,7 +211,14 @@ pub(crate) async fn run(
             match done.job {
                 Job::Facts(waiting) if !ok => outbox.put_back(waiting, now),
                 Job::Facts(_) => {}
-                Job::Sweep(SweepJob::CatchUp) if ok => sweep = Sweep::Forgetting(stale_states(&node, &running)),
+                Job::Sweep(SweepJob::CatchUp) if ok => {
+                    sweep = Sweep::Forgetting(stale_states(&node, &running));
+                    // Caught up: every Revision that exists is known, and the logs of those deleted while the node
+                    // was down go (the ones deleted since it started went as it saw them go).
+                    if node.watch_resources().is_some() {
+                        settings.logs.delete_all_but(&revision_keys(&node));
+                    }
+                }
                 Job::Sweep(_) if !ok => sweep = Sweep::At(now.saturating_add(SWEEP_RETRY_MS)),
                 Job::Sweep(_) => {}
             }
@@ -306,6 +323,20 @@ fn objects(node: &Node) -> Vec<Value> {
         .collect()
 }
 
+/// The Revisions (namespace, name) in the node's copy of the resources.
+fn revision_keys(node: &Node) -> BTreeSet<(String, String)> {
+    node.resources("Revision").into_iter().map(|(key, _)| (key.namespace, key.name)).collect()
+}
+
+/// What a reconcile found that the supervisor keeps.
+struct Reconciled {
+    /// When a Route's rollout takes its next step (wall clock, ms).
+    rollout_step_at_ms: Option<u64>,
+    /// The Revisions (namespace, name) that exist; `None` when the node's copy of the resources could not be read
+    /// (the node shutting down: none would seem to exist).
+    revisions: Option<BTreeSet<(String, String)>>,
+}
+
 async fn reconcile(
     node: &Node,
     settings: &SupervisorSettings,
@@ -314,7 +345,7 @@ async fn reconcile(
     running: &mut BTreeMap<String, RunningRevision>,
     stops: &mut tokio::task::JoinSet<()>,
     reported: &mut HashMap<String, String>,
-) -> Option<u64> {
+) -> Reconciled {
     let mut objects = objects(node);
     // The table served until now: a Route whose traffic does not resolve now keeps serving its routing from it.
     let previous = shared.table.read().map(|table| table.clone()).unwrap_or_default();
@@ -373,7 +404,22 @@ async fn reconcile(
     for (route, next_step_at_ms) in &rollouts {
         tracing::debug!(%route, next_step_in_ms = next_step_at_ms.saturating_sub(clock.now_ms), "route rolling out");
     }
-    rollouts.into_iter().map(|(_, at)| at).min()
+    let revisions: BTreeSet<(String, String)> = objects
+        .iter()
+        .filter(|object| object.get("kind").and_then(Value::as_str) == Some("Revision"))
+        .filter_map(|revision| {
+            let namespace = revision.pointer("/metadata/namespace").and_then(Value::as_str)?;
+            let name = revision.pointer("/metadata/name").and_then(Value::as_str)?;
+            Some((namespace.to_string(), name.to_string()))
+        })
+        .collect();
+    // Read after the objects: the metadata group was there when the supervisor started, and one gone now was gone
+    // when they were read too.
+    let readable = node.watch_resources().is_some();
+    Reconciled {
+        rollout_step_at_ms: rollouts.into_iter().map(|(_, at)| at).min(),
+        revisions: readable.then_some(revisions),
+    }
 }
 
 /// Writes what Services and Configurations own, and deletes what lost its owner. Only the metadata leader

@@ -74,7 +74,8 @@ pub struct NodeSettings {
     pub serving_domain: String,
     /// What runs revisions (what a Revision needs to be runnable, for its status).
     pub serving_runtime: sluice_controller::serving::ServingRuntime,
-    /// Knative's feature flags enabled on this cluster (`--serving-feature`): what a revision's pod may ask for.
+    /// What a revision may ask for on this cluster: Knative's feature flags enabled (`--serving-feature`), the
+    /// longest timeout, and the autoscaling defaults its annotations are validated over (`--autoscaler`).
     pub serving_features: sluice_controller::serving::ServingFeatures,
     /// Transport encryption: the node's certificate, key and CA, when the mode is not `disabled`. The Raft
     /// transport then dials and accepts mutual TLS only.
@@ -214,6 +215,7 @@ impl Node {
         sluice_controller::status::Environment::with_domain(ingress_base, &settings.serving_domain)
             .with_rollout_default_ms(settings.serving_rollout_default_ms)
             .with_runtime(settings.serving_runtime)
+            .with_autoscaler_defaults(settings.serving_features.autoscaler_defaults().clone())
             .with_https(https)
             .with_audiences(settings.authenticator.is_some())
             .with_default_authorization(settings.default_authorization)

@@ -14,6 +14,8 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::Value;
+
 use crate::fields::{FieldError, parse_duration};
 
 pub const CLASS_ANNOTATION: &str = "autoscaling.knative.dev/class";
@@ -392,6 +394,30 @@ fn unreachable_defaults(defaults: &AutoscalerDefaults, container_concurrency: u3
         bucket_ms: 1_000,
         signals: defaults.signals,
     }
+}
+
+/// The reason a Revision cannot run with the autoscaling its annotations ask for under a node's defaults (a
+/// `max-scale` above its `max-scale-limit`, an `initial-scale` of 0 it does not allow).
+pub const INVALID_AUTOSCALING: &str = "InvalidAutoscaling";
+
+/// A stored Revision's knobs: its annotations and `containerConcurrency` over the node's `defaults`, or why it
+/// cannot run with them, `(INVALID_AUTOSCALING, every annotation that breaks a rule)`: what the node that would
+/// run it refuses, and what its status shows.
+pub fn revision_autoscaling(revision: &Value, defaults: &AutoscalerDefaults) -> Result<Autoscaling, (String, String)> {
+    let annotations: BTreeMap<String, String> = revision
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .map(|a| a.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default();
+    let container_concurrency = revision
+        .pointer("/spec/containerConcurrency")
+        .and_then(Value::as_u64)
+        .map_or(0, |c| u32::try_from(c).unwrap_or(u32::MAX));
+    resolve(&annotations, container_concurrency, defaults).map_err(|errors| {
+        let broken: Vec<String> =
+            errors.iter().map(|e| format!("metadata.annotations{}: {}", e.path, e.message)).collect();
+        (INVALID_AUTOSCALING.to_string(), broken.join("; "))
+    })
 }
 
 /// A revision's knobs from its annotations over the cluster's defaults, or every annotation that breaks a

@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
+use super::autoscaling::AutoscalerDefaults;
 use super::model::RevisionSpec;
 use crate::fields::FieldError;
 
@@ -65,17 +66,23 @@ pub const FEATURE_FLAGS: [&str; 13] = [
 pub(crate) const MULTI_CONTAINER_PROBING: &str = "multi-container-probing";
 
 /// What a cluster lets a revision ask for: the feature flags it has enabled (a node's `--serving-feature`;
-/// the default enables none) and the longest request timeout (`--max-revision-timeout-seconds`, Knative's
-/// `config-defaults` key; 600 s by default).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// the default enables none), the longest request timeout (`--max-revision-timeout-seconds`, Knative's
+/// `config-defaults` key; 600 s by default) and the autoscaling defaults its annotations are resolved over
+/// (`--autoscaler`, Knative's `config-autoscaler` keys: `max-scale-limit`, `allow-zero-initial-scale`, ...).
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServingFeatures {
     enabled: BTreeSet<&'static str>,
     max_revision_timeout_seconds: i64,
+    autoscaler: AutoscalerDefaults,
 }
 
 impl Default for ServingFeatures {
     fn default() -> Self {
-        ServingFeatures { enabled: BTreeSet::new(), max_revision_timeout_seconds: super::MAX_TIMEOUT_SECONDS }
+        ServingFeatures {
+            enabled: BTreeSet::new(),
+            max_revision_timeout_seconds: super::MAX_TIMEOUT_SECONDS,
+            autoscaler: AutoscalerDefaults::default(),
+        }
     }
 }
 
@@ -115,6 +122,16 @@ impl ServingFeatures {
 
     pub fn max_revision_timeout_seconds(&self) -> i64 {
         self.max_revision_timeout_seconds
+    }
+
+    /// The same, with the node's autoscaling defaults: a revision's `autoscaling.knative.dev/*` annotations are
+    /// validated over them (Knative's webhook reads `config-autoscaler`), not over Knative's stock ones.
+    pub fn with_autoscaler_defaults(self, autoscaler: AutoscalerDefaults) -> ServingFeatures {
+        ServingFeatures { autoscaler, ..self }
+    }
+
+    pub fn autoscaler_defaults(&self) -> &AutoscalerDefaults {
+        &self.autoscaler
     }
 
     pub fn is_enabled(&self, flag: &str) -> bool {

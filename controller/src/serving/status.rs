@@ -118,6 +118,15 @@ pub fn runnable(containers: &[Container], runtime: ServingRuntime) -> Result<(),
     Ok(())
 }
 
+/// Whether this node can run the Revision `revision` (its serving `containers` parsed): its runtime can run the
+/// containers ([`runnable`]) and its autoscaling annotations hold under the node's defaults (`--autoscaler`: a
+/// `max-scale` above `max-scale-limit` is `InvalidAutoscaling`). Before session 58 the second was only logged by
+/// the node that would run it, and the Revision stayed Deploying.
+fn runs_here(revision: &Value, containers: &[Container], env: &Environment) -> Result<(), (String, String)> {
+    runnable(containers, env.serving_runtime)?;
+    super::autoscaling::revision_autoscaling(revision, &env.serving_autoscaler).map(|_| ())
+}
+
 /// The port a readiness probe names when it is not the container's own (`container_port`, 8080 by default).
 fn probe_port_beside(probe: Option<&super::model::Probe>, container_port: Option<u16>) -> Option<i64> {
     let probe = probe?;
@@ -131,13 +140,28 @@ fn probe_port_beside(probe: Option<&super::model::Probe>, container_port: Option
     (number != 0 && number != serving).then_some(number)
 }
 
-fn revision_status(object: &Value, world: &World, env: &Environment, status: &mut Map<String, Value>) -> Vec<Value> {
-    let namespace = str_at(object, "/metadata/namespace");
-    let name = str_at(object, "/metadata/name");
-    let containers: Vec<Container> =
-        object.pointer("/spec/containers").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
-    let facts = revision_facts(world.objects, namespace, name);
-    let healthy: Condition = match (runnable(&containers, env.serving_runtime), &facts.failure, facts.ready) {
+/// The reason of an instance not ready within the progress deadline (its exit's, on either runtime), and Knative's
+/// for a Revision whose resources did not become available by then.
+const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+
+/// A Revision's `ContainerHealthy` and `ResourcesAvailable`, from whether the node can run it (`can_run`:
+/// [`runs_here`]), the last failure its instances recorded and whether one was ever ready. As Knative's revision
+/// reconciler decides them: a container that cannot run or exits makes `ContainerHealthy` False with its reason
+/// (`ExitCodeN`, `LocalRuntimeNeedsCommand`, `InvalidAutoscaling`, ...), and `ResourcesAvailable` stays Unknown
+/// (`Deploying`), or True once an instance was ready; only an instance not ready within the progress deadline makes
+/// `ResourcesAvailable` False with `ProgressDeadlineExceeded` (its container did not fail: `ContainerHealthy`
+/// stays as it was). Before session 58 any failure made `ResourcesAvailable` False, `ProgressDeadlineExceeded`,
+/// seconds after a deploy whose command exited. Pure.
+fn revision_health(
+    can_run: Result<(), (String, String)>,
+    failure: Option<&(String, String)>,
+    ready: bool,
+) -> (Condition, Condition) {
+    let (deadline_missed, container_failed) = match failure {
+        Some(failure) if failure.0 == PROGRESS_DEADLINE_EXCEEDED => (Some(failure), None),
+        failure => (None, failure),
+    };
+    let healthy: Condition = match (can_run, container_failed, ready) {
         (Err(e), _, _) => Err(e),
         (Ok(()), Some(failure), _) => Err(failure.clone()),
         (Ok(()), None, true) => Ok(None),
@@ -145,11 +169,22 @@ fn revision_status(object: &Value, world: &World, env: &Environment, status: &mu
             Ok(Some(("Deploying".into(), "waiting for the first instance to become ready".into())))
         }
     };
-    let resources: Condition = match &healthy {
-        Err(_) if !facts.ready => Err(("ProgressDeadlineExceeded".into(), "no instance became ready".into())),
-        _ if facts.ready => Ok(None),
-        _ => Ok(Some(("Deploying".into(), String::new()))),
+    let resources: Condition = match (deadline_missed, ready) {
+        (Some(missed), _) => Err(missed.clone()),
+        (None, true) => Ok(None),
+        (None, false) => Ok(Some(("Deploying".into(), String::new()))),
     };
+    (healthy, resources)
+}
+
+fn revision_status(object: &Value, world: &World, env: &Environment, status: &mut Map<String, Value>) -> Vec<Value> {
+    let namespace = str_at(object, "/metadata/namespace");
+    let name = str_at(object, "/metadata/name");
+    let containers: Vec<Container> =
+        object.pointer("/spec/containers").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
+    let facts = revision_facts(world.objects, namespace, name);
+    let (healthy, resources) =
+        revision_health(runs_here(object, &containers, env), facts.failure.as_ref(), facts.ready);
     let active: Condition = if facts.instances > 0 {
         Ok(None)
     } else {
@@ -205,11 +240,16 @@ fn configuration_ready(object: &Value, world: &World, env: &Environment, status:
             }
             None if ready.as_ref() == Some(created) => Ok(None),
             None => {
-                let containers: Vec<Container> = find(world.objects, "Revision", namespace, created)
+                let revision = find(world.objects, "Revision", namespace, created);
+                let containers: Vec<Container> = revision
                     .and_then(|r| r.pointer("/spec/containers"))
                     .and_then(|c| serde_json::from_value(c.clone()).ok())
                     .unwrap_or_default();
-                match runnable(&containers, env.serving_runtime) {
+                let can_run = match revision {
+                    Some(revision) => runs_here(revision, &containers, env),
+                    None => runnable(&containers, env.serving_runtime),
+                };
+                match can_run {
                     Err((_, message)) => {
                         Err(("RevisionFailed".into(), format!("Revision {created:?} failed with message: {message}.")))
                     }
@@ -425,6 +465,53 @@ pub fn address(
         return Ok(url_for(&host, env));
     }
     Err(("RouteNotReady".into(), format!("{kind} {namespace}/{name} has no ready revision to route to yet")))
+}
+
+#[cfg(test)]
+mod revision_health_tests {
+    use super::*;
+
+    /// A condition as `(status, reason)`.
+    fn shown(condition: &Condition) -> (&str, &str) {
+        match condition {
+            Ok(None) => ("True", ""),
+            Ok(Some((reason, _))) => ("Unknown", reason.as_str()),
+            Err((reason, _)) => ("False", reason.as_str()),
+        }
+    }
+
+    /// Regression: any failure (an exit code, a command the local runtime cannot run) made `ResourcesAvailable`
+    /// False with `ProgressDeadlineExceeded`, "no instance became ready", seconds after the deploy. Knative says
+    /// that only when the progress deadline passed; a container that fails is `ContainerHealthy` False.
+    #[test]
+    fn only_a_missed_progress_deadline_makes_resources_unavailable() {
+        let failure = |reason: &str| (reason.to_string(), format!("{reason}: the app's last words"));
+        let no_command: Result<(), (String, String)> = Err(failure("LocalRuntimeNeedsCommand"));
+        let (exit, deadline) = (failure("ExitCode1"), failure(PROGRESS_DEADLINE_EXCEEDED));
+        let deploying = ("Unknown", "Deploying");
+        // (runnable, the last failure, ready once, ContainerHealthy, ResourcesAvailable)
+        let cases = [
+            (Ok(()), None, false, deploying, deploying),
+            (Ok(()), None, true, ("True", ""), ("True", "")),
+            (Ok(()), Some(&exit), false, ("False", "ExitCode1"), deploying),
+            (Ok(()), Some(&exit), true, ("False", "ExitCode1"), ("True", "")),
+            (no_command.clone(), None, false, ("False", "LocalRuntimeNeedsCommand"), deploying),
+            (no_command, Some(&exit), false, ("False", "LocalRuntimeNeedsCommand"), deploying),
+            (Ok(()), Some(&deadline), false, deploying, ("False", PROGRESS_DEADLINE_EXCEEDED)),
+            (Ok(()), Some(&deadline), true, ("True", ""), ("False", PROGRESS_DEADLINE_EXCEEDED)),
+        ];
+        for (can_run, failure, ready, healthy, resources) in cases {
+            let case = format!("{can_run:?} {failure:?} ready={ready}");
+            let refused = can_run.is_err();
+            let (got_healthy, got_resources) = revision_health(can_run, failure, ready);
+            assert_eq!((shown(&got_healthy), shown(&got_resources)), (healthy, resources), "{case}");
+            // Whichever condition fails, the Revision is not Ready.
+            let ready_condition = ready_of(&[&got_healthy, &got_resources]);
+            assert_eq!(ready_condition.is_err(), refused || failure.is_some(), "{case}");
+        }
+        let (_, missed) = revision_health(Ok(()), Some(&deadline), false);
+        assert_eq!(missed, Err(deadline.clone()), "the deadline's message is shown");
+    }
 }
 
 #[cfg(test)]

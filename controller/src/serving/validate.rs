@@ -76,7 +76,7 @@ pub(crate) fn validate_revision(
 ) {
     serving_name(&revision.metadata.name, errors);
     validate_revision_spec("spec", &revision.spec, features, errors);
-    validate_scale_annotations("metadata.annotations", &revision.metadata.annotations, errors);
+    validate_scale_annotations("metadata.annotations", &revision.metadata.annotations, features, errors);
     // Compared as Knative compares them, after its defaults (Knative stores a Revision defaulted at creation;
     // Sluice stores it as applied).
     if let Some(existing) = existing
@@ -160,15 +160,23 @@ fn validate_template(
             ));
         }
     }
-    validate_scale_annotations(&format!("{path}.metadata.annotations"), &template.metadata.annotations, errors);
+    let annotations = &template.metadata.annotations;
+    validate_scale_annotations(&format!("{path}.metadata.annotations"), annotations, features, errors);
     validate_revision_spec(&format!("{path}.spec"), &template.spec, features, errors);
 }
 
-fn validate_scale_annotations(path: &str, annotations: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
-    // The cluster's defaults as a stock node has them: bounds that depend on them (`max-scale-limit`,
-    // `allow-zero-initial-scale`) are Knative's defaults at apply time.
-    if let Err(broken) = super::autoscaling::resolve(annotations, 0, &super::autoscaling::AutoscalerDefaults::default())
-    {
+/// The annotations over the autoscaling defaults of the node the object is applied through (`--autoscaler`):
+/// bounds that depend on them (`max-scale-limit`, `allow-zero-initial-scale`) are the cluster's, as Knative's
+/// webhook reads them from `config-autoscaler`. Before session 58 they were Knative's stock defaults, so an
+/// `initial-scale` of 0 was refused on a cluster that allows it, and a `max-scale` above the node's
+/// `max-scale-limit` was taken and never ran.
+fn validate_scale_annotations(
+    path: &str,
+    annotations: &BTreeMap<String, String>,
+    features: &ServingFeatures,
+    errors: &mut Vec<FieldError>,
+) {
+    if let Err(broken) = super::autoscaling::resolve(annotations, 0, features.autoscaler_defaults()) {
         errors.extend(broken.into_iter().map(|e| err(format!("{path}{}", e.path), e.message)));
     }
 }

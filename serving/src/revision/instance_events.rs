@@ -69,13 +69,56 @@ pub(super) fn on_instance_event(
                     (None, None, Some(signal)) => format!("Signal{signal}"),
                     (None, None, None) => "ContainerExited".to_string(),
                 };
-                let message = format!("container exited ({reason}): {}", last_output.trim());
+                let message = exit_message(&reason, &last_output);
                 tracing::warn!(revision = %key, instance = id, %reason, output = %last_output, "instance exited unexpectedly");
                 metrics::counter!("sluice_serving_instance_failures_total", "revision" => key).increment(1);
                 fail(revision, instances, reason, message);
             }
         }
     }
+}
+
+/// The most bytes of a failure message, as Kubernetes caps a container's termination message (4 KiB). The message
+/// is replicated through Raft into the revision's state and shown in its Revision's, Configuration's and
+/// Service's status: an instance's last lines (10 of up to 16 KiB each) went there whole.
+const MAX_FAILURE_MESSAGE_BYTES: usize = 4 * 1024;
+/// What stands where the start of an instance's output was cut from its failure message.
+const OUTPUT_CUT_MARK: &str = "[earlier output cut]…";
+
+/// The failure message of an instance that exited unexpectedly: its reason and the end of its output, at most
+/// [`MAX_FAILURE_MESSAGE_BYTES`] in all. Pure.
+fn exit_message(reason: &str, last_output: &str) -> String {
+    let head = format!("container exited ({reason}): ");
+    let room = MAX_FAILURE_MESSAGE_BYTES.saturating_sub(head.len());
+    let mut message = head;
+    message.push_str(&end_within(last_output.trim(), room));
+    // A runtime's reason is a word; were it a long one, the message is bounded all the same.
+    if message.len() > MAX_FAILURE_MESSAGE_BYTES {
+        let mut end = MAX_FAILURE_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    message
+}
+
+/// The end of `text` in at most `max` bytes: the text itself when it fits, else [`OUTPUT_CUT_MARK`] and the last
+/// bytes that fit, cut on a char boundary (a crash's cause is usually in the last lines an app wrote). Too little
+/// room for the mark and a byte: nothing. Pure.
+fn end_within(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let Some(room) = max.checked_sub(OUTPUT_CUT_MARK.len()).filter(|room| *room > 0) else {
+        return String::new();
+    };
+    // The first char boundary from which the rest fits (the end of the text is one).
+    let mut start = text.len() - room;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("{OUTPUT_CUT_MARK}{}", &text[start..])
 }
 
 /// An instance that was ready once goes in or out of rotation: waiters may get its slots, and the dispatcher
@@ -87,4 +130,57 @@ fn set_in_rotation(revision: &RevisionHandle, env: &RevisionEnv, id: InstanceId,
         state.measure();
     }
     publish_capacity(revision, env);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The end of an instance's output is kept within the room, the cut marked, never splitting a char.
+    #[test]
+    fn a_long_output_keeps_its_end_within_the_room() {
+        let marked = |kept: &str| format!("{OUTPUT_CUT_MARK}{kept}");
+        let room = OUTPUT_CUT_MARK.len() + 10;
+        let long = "x".repeat(64);
+        let cut_line = format!("{}\nend", "x".repeat(40));
+        let wide = format!("{}a", "é".repeat(20));
+        // (text, room, what is kept, why)
+        let cases = [
+            ("short", room, "short".to_string(), "fits: as it is"),
+            ("exactly10!", 10, "exactly10!".to_string(), "fits exactly"),
+            ("first line of the output\nsecond\nlast line", room, marked("\nlast line"), "the last lines"),
+            (cut_line.as_str(), room, marked("xxxxxx\nend"), "a line cut keeps its end"),
+            (wide.as_str(), room, marked("ééééa"), "on a char boundary (é is 2 bytes)"),
+            (long.as_str(), OUTPUT_CUT_MARK.len(), String::new(), "no room but for the mark"),
+            (long.as_str(), 3, String::new(), "no room at all"),
+        ];
+        for (text, room, kept, why) in cases {
+            let got = end_within(text, room);
+            assert_eq!(got, kept, "{why}");
+            assert!(got.len() <= room, "{why}: {} bytes in {room}", got.len());
+        }
+    }
+
+    /// Regression: an instance's last 10 lines of up to 16 KiB each went whole into its failure message, which is
+    /// replicated through Raft and shown in the status of its Revision, Configuration and Service.
+    #[test]
+    fn a_failure_message_is_bounded_as_a_termination_message_and_ends_with_the_output() {
+        let line = "y".repeat(16 * 1024);
+        let output = format!("{}\npanic: the cause", [line.as_str(); 10].join("\n"));
+        let cut = format!("container exited (ExitCode2): {OUTPUT_CUT_MARK}yyy");
+        // (reason, output, the message starts with, ends with)
+        let cases = [
+            ("ExitCode1", "boom\n", "container exited (ExitCode1): boom", "boom"),
+            ("ExitCode2", output.as_str(), cut.as_str(), "y\npanic: the cause"),
+            ("Signal9", "", "container exited (Signal9): ", ": "),
+        ];
+        for (reason, output, starts, ends) in cases {
+            let message = exit_message(reason, output);
+            assert!(message.len() <= MAX_FAILURE_MESSAGE_BYTES, "{reason}: {} bytes", message.len());
+            assert!(message.starts_with(starts), "{reason}: {message:.80}");
+            assert!(message.ends_with(ends), "{reason}");
+        }
+        let long_reason = "R".repeat(MAX_FAILURE_MESSAGE_BYTES * 2);
+        assert_eq!(exit_message(&long_reason, "out").len(), MAX_FAILURE_MESSAGE_BYTES, "a long reason too");
+    }
 }

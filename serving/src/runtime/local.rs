@@ -25,7 +25,7 @@ use probes::{Deadline, ProbeEnv, Rotation, Stopper, probe_until_ready, watch_liv
 
 mod probes;
 
-/// Lines of output kept for a failure message.
+/// Lines of output kept for a failure message (which keeps their last 4 KiB: `revision/instance_events.rs`).
 const TAIL_LINES: usize = 10;
 /// A line longer than this is cut.
 const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -426,9 +426,9 @@ pub(crate) fn free_port() -> Result<u16, ServingError> {
 
 #[cfg(test)]
 mod tests {
-    use super::probes::{PROBE_TIMEOUT, probe_once};
+    use super::probes::probe_once;
     use super::*;
-    use crate::runtime::{InstanceSpec, KillingProbe, ProbeRhythm, Readiness, Runtime};
+    use crate::runtime::{DEFAULT_PROBE_TIMEOUT, InstanceSpec, KillingProbe, ProbeRhythm, Readiness, Runtime};
 
     /// Whether the process is gone (or a zombie nobody has reaped yet: it runs no more).
     fn gone(pid: u32) -> bool {
@@ -514,9 +514,10 @@ mod tests {
         let probe = Readiness::Exec { argv: vec!["test".into(), "-f".into(), healthy.display().to_string()] };
         let spec = InstanceSpec {
             readiness_rhythm: ProbeRhythm {
-                period: Duration::from_millis(20),
+                period: Some(Duration::from_millis(20)),
                 failure_threshold: 2,
                 success_threshold: 1,
+                ..ProbeRhythm::default()
             },
             ..instance(3, "flaky-00001", &["sleep", "300"], probe, &logs)
         };
@@ -546,7 +547,7 @@ mod tests {
             check: Readiness::Exec { argv: vec!["test".into(), "-f".into(), alive.display().to_string()] },
             initial_delay: Duration::ZERO,
             period: Duration::from_millis(20),
-            timeout: PROBE_TIMEOUT,
+            timeout: DEFAULT_PROBE_TIMEOUT,
             failure_threshold: 2,
         };
         let ready = Readiness::Exec { argv: vec!["true".into()] };
@@ -585,7 +586,7 @@ mod tests {
             },
             initial_delay: Duration::ZERO,
             period: Duration::from_millis(20),
-            timeout: PROBE_TIMEOUT,
+            timeout: DEFAULT_PROBE_TIMEOUT,
             failure_threshold,
         };
         let ready = || Readiness::Exec { argv: vec!["true".into()] };
@@ -630,8 +631,8 @@ mod tests {
         };
         let script =
             format!("test \"$PORT\" = 4321 && test \"$TARGET\" = x && test \"$(pwd -P)\" = '{}'", workdir.display());
-        assert!(probe_once(&probe(&script), &env, PROBE_TIMEOUT).await, "{script}");
-        assert!(!probe_once(&probe("test \"$PORT\" = 1"), &env, PROBE_TIMEOUT).await, "a failing probe fails");
+        assert!(probe_once(&probe(&script), &env, DEFAULT_PROBE_TIMEOUT).await, "{script}");
+        assert!(!probe_once(&probe("test \"$PORT\" = 1"), &env, DEFAULT_PROBE_TIMEOUT).await, "a failing probe fails");
     }
 
     /// Regression: when an instance's first process exited, what it had started lived on (a child that ignored

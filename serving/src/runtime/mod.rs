@@ -44,19 +44,45 @@ impl Readiness {
     }
 }
 
-/// How a ready instance's readiness is checked again, as the kubelet checks a readiness probe: every `period`,
-/// out of rotation after `failure_threshold` failures in a row, back after `success_threshold` successes.
+/// Kubernetes' `periodSeconds` default.
+pub(crate) const DEFAULT_PROBE_PERIOD: Duration = Duration::from_secs(10);
+/// Kubernetes' `timeoutSeconds` default.
+pub(crate) const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// When a readiness probe runs and how long each attempt has. Until the instance is first ready: from
+/// `initial_delay` after its start, every `period` when one was given (an `exec` probe every 10 s without one,
+/// as the kubelet runs it; a TCP or HTTP one without one as Knative's queue-proxy does, in quick succession).
+/// Once it is ready, as the kubelet checks a readiness probe: every `period` (10 s unset), out of rotation after
+/// `failure_threshold` failures in a row, back after `success_threshold` successes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeRhythm {
-    pub period: Duration,
+    /// `periodSeconds`, when given (and not 0, Knative's "probe aggressively").
+    pub period: Option<Duration>,
     pub failure_threshold: u32,
     pub success_threshold: u32,
+    /// `timeoutSeconds`: an attempt that takes longer failed.
+    pub timeout: Duration,
+    /// `initialDelaySeconds`: from the instance's start to the first attempt.
+    pub initial_delay: Duration,
+}
+
+impl ProbeRhythm {
+    /// How often the probe runs once the instance is ready: `periodSeconds`, else Kubernetes' 10 s.
+    pub(crate) fn period_once_ready(&self) -> Duration {
+        self.period.unwrap_or(DEFAULT_PROBE_PERIOD)
+    }
 }
 
 impl Default for ProbeRhythm {
-    /// Kubernetes' defaults: every 10 s, 3 failures, 1 success.
+    /// Kubernetes' defaults: no period given (10 s once ready), 3 failures, 1 success, 1 s to answer, no delay.
     fn default() -> Self {
-        ProbeRhythm { period: Duration::from_secs(10), failure_threshold: 3, success_threshold: 1 }
+        ProbeRhythm {
+            period: None,
+            failure_threshold: 3,
+            success_threshold: 1,
+            timeout: DEFAULT_PROBE_TIMEOUT,
+            initial_delay: Duration::ZERO,
+        }
     }
 }
 
@@ -113,7 +139,7 @@ pub struct InstanceSpec {
     /// picked for this instance.
     pub fixed_port: bool,
     pub readiness: Readiness,
-    /// How the probe goes on once the instance is ready.
+    /// When the probe runs (until the instance is ready, and after) and how long each attempt has.
     pub readiness_rhythm: ProbeRhythm,
     /// `startupProbe` and `livenessProbe`, the instance's port filled in ([`liveness`]; the kubelet runs them
     /// where a runtime makes pods).
@@ -223,7 +249,12 @@ mod tests {
     /// back after `success_threshold` successes in a row; a result that agrees resets the count.
     #[test]
     fn a_ready_instance_leaves_and_rejoins_rotation_by_its_thresholds() {
-        let rhythm = ProbeRhythm { period: Duration::from_secs(1), failure_threshold: 3, success_threshold: 2 };
+        let rhythm = ProbeRhythm {
+            period: Some(Duration::from_secs(1)),
+            failure_threshold: 3,
+            success_threshold: 2,
+            ..ProbeRhythm::default()
+        };
         let cases: [(&[bool], &[Option<bool>]); 5] = [
             (&[true, true], &[None, None]),
             (&[false, false, false], &[None, None, Some(false)]),

@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use super::autoscaling::AutoscalerDefaults;
 use super::children::{self, revision_name};
 use super::model::TrafficTarget;
 use super::rollout::RolloutClock;
@@ -174,6 +175,9 @@ fn status_follows_the_revisions_facts() {
     assert_eq!(service["traffic"][0]["revisionName"], "hello-00001");
     let revision = status_of(&objects, "Revision", "hello-00002");
     assert_eq!(condition(&revision, "ContainerHealthy"), ("False".into(), "ExitCode3".into()));
+    // Its resources are not known to be short: only a missed progress deadline says so (Knative's rule).
+    assert_eq!(condition(&revision, "ResourcesAvailable"), ("Unknown".into(), "Deploying".into()));
+    assert_eq!(condition(&revision, "Ready"), ("False".into(), "ExitCode3".into()));
 }
 
 #[test]
@@ -514,6 +518,69 @@ fn the_longest_timeout_is_the_clusters_setting() {
     assert!(crate::validate_object_with(&over, None, &lower).is_err(), "a lowered limit holds too");
     let below_default = super::ServingFeatures::default().with_max_revision_timeout_seconds(60);
     assert!(below_default.is_err(), "below the 300 s a revision that sets none gets");
+}
+
+/// Regression: autoscaling annotations were validated over Knative's stock defaults, not the node's
+/// `--autoscaler` ones: `initial-scale: "0"` was refused on a node that allows it, and a `max-scale` above the
+/// node's `max-scale-limit` was taken, and its revision never ran. Each row: the node's `--autoscaler` settings,
+/// the template's annotations, the annotation refused (None: taken), why.
+#[test]
+fn autoscaling_annotations_are_validated_over_the_nodes_defaults() {
+    let node = |pairs: &[&str]| {
+        let defaults = AutoscalerDefaults::from_pairs(pairs.iter().copied()).expect("valid settings");
+        super::ServingFeatures::default().with_autoscaler_defaults(defaults)
+    };
+    let initial_zero = json!({"autoscaling.knative.dev/initial-scale": "0"});
+    let ten = json!({"autoscaling.knative.dev/max-scale": "10"});
+    let cases = [
+        (node(&[]), initial_zero.clone(), Some("initial-scale"), "Knative's default: not allowed"),
+        (node(&["allow-zero-initial-scale=true"]), initial_zero, None, "allowed on this node"),
+        (node(&[]), ten.clone(), None, "no limit"),
+        (node(&["max-scale-limit=5"]), ten, Some("max-scale"), "above this node's limit"),
+    ];
+    for (features, annotations, refused, why) in cases {
+        let mut service = hello_service("x");
+        service["spec"]["template"]["metadata"] = json!({"annotations": annotations});
+        let errors = crate::validate_object_with(&service, None, &features).err().unwrap_or_default();
+        let paths: Vec<String> = errors.into_iter().map(|e| e.path).collect();
+        let expected: Vec<String> = refused
+            .map(|key| format!("spec.template.metadata.annotations[autoscaling.knative.dev/{key}]"))
+            .into_iter()
+            .collect();
+        assert_eq!(paths, expected, "{why}");
+    }
+}
+
+/// Regression: a Revision whose annotations the node's autoscaling defaults make invalid (a `max-scale` above a
+/// `max-scale-limit` set after it was applied) never ran, only the node's log said why, and its status stayed
+/// Deploying. It is `Ready=False`, `InvalidAutoscaling`, naming the annotation, and its Configuration failed.
+#[test]
+fn a_revision_the_nodes_autoscaling_defaults_refuse_says_why_in_its_status() {
+    let mut objects = Vec::new();
+    let mut service = hello_service("one");
+    service["spec"]["template"]["metadata"] = json!({"annotations": {"autoscaling.knative.dev/max-scale": "10"}});
+    store(&mut objects, service);
+    settle(&mut objects);
+    let limited = AutoscalerDefaults::from_pairs(["max-scale-limit=5"]).expect("valid settings");
+    let status = |kind: &str, name: &str, env: &Environment| {
+        let object =
+            objects.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name).cloned().unwrap_or_default();
+        reconcile(&object, &World { objects: &objects }, env)
+    };
+    let revision = status("Revision", "hello-00001", &env().with_autoscaler_defaults(limited.clone()));
+    assert_eq!(condition(&revision, "ContainerHealthy"), ("False".into(), "InvalidAutoscaling".into()), "{revision}");
+    assert_eq!(condition(&revision, "Ready"), ("False".into(), "InvalidAutoscaling".into()));
+    let healthy = revision["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "ContainerHealthy"));
+    let message = healthy.and_then(|c| c["message"].as_str()).unwrap_or_default();
+    assert!(message.contains("autoscaling.knative.dev/max-scale") && message.contains("max-scale-limit"), "{message}");
+    let configuration = status("Configuration", "hello", &env().with_autoscaler_defaults(limited));
+    assert_eq!(condition(&configuration, "Ready"), ("False".into(), "RevisionFailed".into()), "{configuration}");
+    let unlimited = status("Revision", "hello-00001", &env());
+    assert_eq!(
+        condition(&unlimited, "ContainerHealthy"),
+        ("Unknown".into(), "Deploying".into()),
+        "no limit: it deploys"
+    );
 }
 
 #[test]

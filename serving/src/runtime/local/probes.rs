@@ -14,19 +14,19 @@ use tokio::sync::{Mutex, mpsc, watch};
 
 use super::signal_group;
 use crate::runtime::liveness::LivenessTracker;
-use crate::runtime::{InstanceEvent, ProbeRhythm, Readiness, ReadinessTracker};
+use crate::runtime::{DEFAULT_PROBE_PERIOD, InstanceEvent, ProbeRhythm, Readiness, ReadinessTracker};
 
-/// Readiness probing: every 5 ms for the first 2 s (cold starts are short), then every 50 ms.
-pub(super) const FAST_PROBE_MS: u64 = 5;
-pub(super) const FAST_PROBE_FOR_MS: u64 = 2_000;
-pub(super) const SLOW_PROBE_MS: u64 = 50;
-pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A TCP or HTTP readiness probe without `periodSeconds`, until the instance is ready: every 5 ms for the first
+/// 2 s of its probing (cold starts are short), then every 50 ms, as Knative's queue-proxy probes aggressively.
+const FAST_PROBE_EVERY: Duration = Duration::from_millis(5);
+const FAST_PROBE_FOR: Duration = Duration::from_secs(2);
+const SLOW_PROBE_EVERY: Duration = Duration::from_millis(50);
 /// How long an instance a startup or liveness probe stops has between SIGTERM and SIGKILL: Kubernetes'
 /// `terminationGracePeriodSeconds` default.
 pub(super) const PROBE_KILL_GRACE: Duration = Duration::from_secs(30);
 
 /// Where an exec probe runs: the instance's variables (`PORT`, the container's `env`) and working directory;
-/// and how often any probe runs once the instance is ready.
+/// and when the readiness probe runs, before the instance is ready and after, and how long each attempt has.
 #[derive(Clone)]
 pub(super) struct ProbeEnv {
     pub(super) vars: Vec<(String, String)>,
@@ -106,10 +106,28 @@ pub(super) struct Deadline {
     pub(super) group: Option<u32>,
 }
 
-/// Probes until the instance is ready, then goes on probing at the probe's rhythm: an instance whose probe
-/// fails `failureThreshold` times in a row is taken out of rotation (`NotReady`) and put back once it passes
-/// again. Before session 40 the probe stopped at the first success, and an instance that stopped answering
-/// its probe kept its share of the requests until it exited.
+/// How long the readiness probe of an instance not ready yet waits after an attempt that failed, `probing_for`
+/// after its first attempt. An `exec` probe starts a process at each attempt: it runs every `periodSeconds` (10 s
+/// unset), as the kubelet runs it (Knative leaves an `exec` readiness probe to the kubelet). A TCP or HTTP probe
+/// runs every `periodSeconds` when one is given, else as Knative's queue-proxy probes, in quick succession, so
+/// that an instance takes requests as soon as it listens. Before session 58 every probe ran every 5 ms, then
+/// 50 ms, until the progress deadline: an `exec` probe started 20 to 200 processes a second. Pure.
+fn wait_after_failed_attempt(check: &Readiness, rhythm: &ProbeRhythm, probing_for: Duration) -> Duration {
+    match (check, rhythm.period) {
+        (_, Some(period)) => period,
+        (Readiness::Exec { .. }, None) => DEFAULT_PROBE_PERIOD,
+        (Readiness::TcpConnect { .. } | Readiness::HttpGet { .. }, None) if probing_for < FAST_PROBE_FOR => {
+            FAST_PROBE_EVERY
+        }
+        (Readiness::TcpConnect { .. } | Readiness::HttpGet { .. }, None) => SLOW_PROBE_EVERY,
+    }
+}
+
+/// Probes until the instance is ready (its first attempt `initialDelaySeconds` after the instance's start, each
+/// within `timeoutSeconds`, [`wait_after_failed_attempt`] apart), then goes on probing at the probe's rhythm: an
+/// instance whose probe fails `failureThreshold` times in a row is taken out of rotation (`NotReady`) and put
+/// back once it passes again. Before session 40 the probe stopped at the first success, and an instance that
+/// stopped answering its probe kept its share of the requests until it exited.
 pub(super) async fn probe_until_ready(
     readiness: Readiness,
     env: ProbeEnv,
@@ -130,24 +148,33 @@ pub(super) async fn probe_until_ready(
     if out_of_time {
         return deadline.give_up(id, &rotation).await;
     }
-    // Probed fast for the first moments of its probing, a startup probe's time not counted.
-    let probing_since = tokio::time::Instant::now();
+    let deadline_at = started + deadline.after;
+    // `initialDelaySeconds` counts from the instance's start, as the kubelet counts it (a startup probe's time
+    // included); the attempts before a passing one count from the first.
+    let mut attempt_at = started + env.rhythm.initial_delay;
+    let mut probing_since = None;
     loop {
+        // The last attempt is at the deadline at the latest.
+        tokio::select! {
+            _ = tokio::time::sleep_until(attempt_at.min(deadline_at)) => {}
+            _ = exit.wait_for(|exited| *exited) => return,
+        }
+        // Both may have been due: an instance gone is not probed (its port may be another's by now).
         if *exited.borrow() {
             return;
         }
-        if probe_once(&readiness, &env, PROBE_TIMEOUT).await {
+        let now = tokio::time::Instant::now();
+        let first_attempt = *probing_since.get_or_insert(now);
+        if probe_once(&readiness, &env, env.rhythm.timeout).await {
             if rotation.ready(id, addr).await {
                 keep_probing(&readiness, &env, (id, addr), &rotation, exited).await;
             }
             return;
         }
-        if started.elapsed() >= deadline.after {
+        if tokio::time::Instant::now() >= deadline_at {
             return deadline.give_up(id, &rotation).await;
         }
-        let fast = probing_since.elapsed().as_millis() < u128::from(FAST_PROBE_FOR_MS);
-        let period = if fast { FAST_PROBE_MS } else { SLOW_PROBE_MS };
-        tokio::time::sleep(Duration::from_millis(period)).await;
+        attempt_at = now + wait_after_failed_attempt(&readiness, &env.rhythm, now.duration_since(first_attempt));
     }
 }
 
@@ -166,9 +193,9 @@ impl Deadline {
     }
 }
 
-/// A ready instance's probe, every `rhythm.period`, until it exits (or nobody listens for its events). An
-/// instance being stopped never comes back into rotation ([`Rotation::ready`]), though it may still pass its
-/// probe while it drains.
+/// A ready instance's probe, every `periodSeconds` (10 s unset), each attempt within `timeoutSeconds`, until it
+/// exits (or nobody listens for its events). An instance being stopped never comes back into rotation
+/// ([`Rotation::ready`]), though it may still pass its probe while it drains.
 async fn keep_probing(
     readiness: &Readiness,
     env: &ProbeEnv,
@@ -179,10 +206,10 @@ async fn keep_probing(
     let mut tracker = ReadinessTracker::ready(env.rhythm);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(env.rhythm.period) => {}
+            _ = tokio::time::sleep(env.rhythm.period_once_ready()) => {}
             _ = exited.wait_for(|exited| *exited) => return,
         }
-        let passed = probe_once(readiness, env, PROBE_TIMEOUT).await;
+        let passed = probe_once(readiness, env, env.rhythm.timeout).await;
         let Some(ready) = tracker.observe(passed) else { continue };
         if *exited.borrow() {
             return;
@@ -381,5 +408,83 @@ mod tests {
         );
         drop(revision);
         assert!(!rotation.not_ready(3).await, "nobody listens any more");
+    }
+
+    /// Until an instance is first ready: an `exec` probe at its period (10 s unset), never in quick succession; a
+    /// TCP or HTTP one at its period when given, else every 5 ms for 2 s, then every 50 ms. Regression: every probe
+    /// ran every 5 ms, then 50 ms, until the progress deadline: an `exec` one started 20 to 200 processes a second.
+    #[test]
+    fn a_probe_not_passed_yet_runs_again_by_its_handler_and_period() {
+        let exec = Readiness::Exec { argv: vec!["true".into()] };
+        let tcp = Readiness::TcpConnect { port: 8080 };
+        let http = Readiness::HttpGet { port: 8080, path: "/".into() };
+        let unset = ProbeRhythm::default();
+        let every_3s = ProbeRhythm { period: Some(Duration::from_secs(3)), ..unset };
+        let (ms, s) = (Duration::from_millis, Duration::from_secs);
+        // (check, rhythm, probing for, the wait before the next attempt)
+        let cases = [
+            (&exec, unset, ms(0), s(10)),
+            (&exec, unset, s(60), s(10)),
+            (&exec, every_3s, ms(0), s(3)),
+            (&tcp, unset, ms(0), ms(5)),
+            (&tcp, unset, ms(1_999), ms(5)),
+            (&tcp, unset, s(2), ms(50)),
+            (&http, unset, ms(10), ms(5)),
+            (&http, unset, s(30), ms(50)),
+            (&tcp, every_3s, ms(0), s(3)),
+            (&http, every_3s, s(30), s(3)),
+        ];
+        for (check, rhythm, probing_for, wait) in cases {
+            let case = format!("{check:?} every {:?}, after {probing_for:?}", rhythm.period);
+            assert_eq!(wait_after_failed_attempt(check, &rhythm, probing_for), wait, "{case}");
+        }
+    }
+
+    /// Probes `check` as an instance started now whose startup passed, until its first event (or 10 s).
+    async fn first_event(check: Readiness, rhythm: ProbeRhythm) -> Option<InstanceEvent> {
+        let (events, mut revision) = mpsc::channel(4);
+        let (_started_tx, started_up) = watch::channel(true);
+        let (_exited_tx, exited) = watch::channel(false);
+        let env = ProbeEnv { vars: Vec::new(), working_dir: None, rhythm };
+        let deadline = Deadline { after: Duration::from_secs(60), group: None };
+        let probing = tokio::spawn(probe_until_ready(
+            check,
+            env,
+            deadline,
+            1,
+            addr(),
+            Rotation::new(events),
+            (started_up, exited),
+        ));
+        let event = tokio::time::timeout(Duration::from_secs(10), revision.recv()).await.ok().flatten();
+        probing.abort();
+        event
+    }
+
+    /// Regression: `initialDelaySeconds` was dropped: the first attempt ran at the instance's start.
+    #[tokio::test]
+    async fn the_first_attempt_waits_for_the_initial_delay() {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = listener.local_addr().expect("its address").port();
+        let delay = Duration::from_millis(300);
+        let begun = tokio::time::Instant::now();
+        let event =
+            first_event(Readiness::TcpConnect { port }, ProbeRhythm { initial_delay: delay, ..Default::default() });
+        assert!(matches!(event.await, Some(InstanceEvent::Ready { id: 1, .. })), "ready");
+        assert!(begun.elapsed() >= delay, "not before its delay: {:?}", begun.elapsed());
+    }
+
+    /// Regression: every attempt had 1 s whatever `timeoutSeconds` said, so a check that takes longer (a slow
+    /// health script) never passed.
+    #[tokio::test]
+    async fn an_attempt_has_the_probes_timeout() {
+        let slow = || Readiness::Exec { argv: vec!["sleep".into(), "1.5".into()] };
+        let patient = ProbeRhythm { timeout: Duration::from_secs(5), ..Default::default() };
+        assert!(
+            matches!(first_event(slow(), patient).await, Some(InstanceEvent::Ready { id: 1, .. })),
+            "5 s to answer"
+        );
+        let env = ProbeEnv { vars: Vec::new(), working_dir: None, rhythm: ProbeRhythm::default() };
+        assert!(!probe_once(&slow(), &env, ProbeRhythm::default().timeout).await, "1 s, the default, is too short");
     }
 }
