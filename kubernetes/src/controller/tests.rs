@@ -309,7 +309,11 @@ async fn a_broker_that_is_not_ready_but_takes_events_keeps_its_address() {
 async fn an_mt_class_broker_is_left_alone() {
     let sluice = Arc::new(FakeSluice::default());
     let (ctx, mut handle) = context(sluice.clone());
-    let action = reconcile(Arc::new(broker("MTChannelBasedBroker")), ctx).await.expect("reconcile");
+    // Bounded: a reconcile that asked the API server anything would wait for an answer that never comes.
+    let action = tokio::time::timeout(Duration::from_secs(5), reconcile(Arc::new(broker("MTChannelBasedBroker")), ctx))
+        .await
+        .expect("the reconcile finished without asking the API server")
+        .expect("reconcile");
     assert_eq!(action, Action::await_change());
     // Radio silence: no request at all (no finalizer, no status), and Sluice is not told.
     assert_no_request(&mut handle).await;
