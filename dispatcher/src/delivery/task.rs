@@ -6,6 +6,8 @@
 //! delivery, not a task) and drops it at an await point when it stops or aborts it; the event is then
 //! redelivered from the committed offset.
 
+mod append_retry;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use crate::capacity::{DeliverySlot, DestinationLimits};
 use crate::consumer::{ConsumerSpec, DeadLetterMode, Format, Protocol, ReplyTarget};
 use crate::delivery::policy::{FailureReason, Outcome, RetryAfter, Step, classify, next_step_jittered};
 use crate::delivery::sender::{AttemptResult, MAX_ERROR_DATA_BYTES, ReplyUse, Sender};
+use append_retry::{REPLY_APPEND_RETRY_FOR, append_retry_wait_ms, reply_append_wait};
 /// Largest reply event accepted from a subscriber (encoded).
 pub(crate) const MAX_REPLY_EVENT_BYTES: usize = 1 << 20;
 
@@ -46,32 +49,6 @@ pub(crate) type Settled = smallvec::SmallVec<[(u64, Settlement); 1]>;
 
 /// Dead letters of a failed batch written at once (each may retry against a sink, or append through Raft).
 const BATCH_DEAD_LETTERS_AT_ONCE: usize = 16;
-
-/// The wait before the first retry of an append that failed for a reason that may pass (no leader, a full queue);
-/// each later wait doubles, up to [`APPEND_RETRY_MAX_WAIT_MS`].
-const APPEND_RETRY_FIRST_WAIT_MS: u64 = 100;
-/// The longest wait between two tries of such an append.
-const APPEND_RETRY_MAX_WAIT_MS: u64 = 5_000;
-/// How long the append of a Trigger's reply is tried again (with [`append_retry_wait_ms`]) while it fails for a
-/// reason that may pass, before the attempt fails. A leader election or a full queue lasts well under this
-/// (failover p99 806 ms, docs/reliability.md); without it, such a failure failed the attempt at once, and under
-/// the default `retry: 0` dead-lettered an event the subscriber had already taken. Bounded, because the
-/// delivery holds its place in the consumer's window (and the subscriber's in-flight limit) meanwhile.
-pub(crate) const REPLY_APPEND_RETRY_FOR: Duration = Duration::from_secs(10);
-
-/// The wait before try `retry + 1` of an append that failed for a reason that may pass (`retry` 0: before the
-/// first retry): 100 ms, doubling, at most 5 s.
-fn append_retry_wait_ms(retry: u32) -> u64 {
-    let factor = 2u64.checked_pow(retry).unwrap_or(u64::MAX);
-    APPEND_RETRY_FIRST_WAIT_MS.saturating_mul(factor).min(APPEND_RETRY_MAX_WAIT_MS)
-}
-
-/// The wait before retry `retry` (from 0) of a reply's append first tried `elapsed` ago: the append schedule,
-/// cut to what is left of [`REPLY_APPEND_RETRY_FOR`]; `None` once that is spent (the attempt fails).
-fn reply_append_wait(retry: u32, elapsed: Duration) -> Option<Duration> {
-    let left = REPLY_APPEND_RETRY_FOR.checked_sub(elapsed).filter(|left| !left.is_zero())?;
-    Some(Duration::from_millis(append_retry_wait_ms(retry)).min(left))
-}
 
 /// The protocol a request to `url` goes out with: the subscriber's (`sluice.dev/subscriber-protocol`) to the
 /// subscriber's URL, HTTP/1.1 to any other (the dead-letter sink, a Subscription's reply address). The protocol
