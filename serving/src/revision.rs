@@ -583,18 +583,27 @@ fn decide(
     })
 }
 
-/// Ready instances × `containerConcurrency`, for the dispatcher; tells it when that grew.
+/// The dispatcher's in-flight limit for the revision, [`dispatcher_capacity`]; tells it when that grew.
 fn publish_capacity(revision: &RevisionHandle, env: &RevisionEnv) {
     let cc = revision.run.container_concurrency as usize;
     if cc == 0 {
         return;
     }
-    let ready = revision.state.lock().map_or(0, |s| s.gate.load().ready);
-    let capacity = ready.saturating_mul(cc);
+    let (ready, failed) = revision.state.lock().map_or((0, false), |s| (s.gate.load().ready, s.failed.is_some()));
+    let capacity = dispatcher_capacity(cc, ready, failed);
     let before = revision.ready_capacity.swap(capacity, Ordering::Relaxed);
     if capacity > before {
         env.signals.capacity_grew();
     }
+}
+
+/// What the dispatcher may have in flight to a revision with `containerConcurrency` `cc`: its ready instances ×
+/// `cc` ([`UNLIMITED`] without `cc`), so that no delivery is pushed at a revision starting up. A revision marked
+/// failed (its instances keep failing to become ready) has no limit: its deliveries go, fail as a request to it
+/// does (503) and follow their DeliverySpec to retries and a dead letter. With a limit of 0 they waited for room
+/// that does not come while it failed, neither retried nor dead-lettered, holding the consumer's watermark. Pure.
+pub(crate) fn dispatcher_capacity(cc: usize, ready: usize, failed: bool) -> usize {
+    if cc == 0 || failed { UNLIMITED } else { ready.saturating_mul(cc) }
 }
 
 fn fail(revision: &RevisionHandle, instances: &mut Instances, reason: String, message: String) {
@@ -736,6 +745,7 @@ fn start_instance(
         Err(e) => {
             tracing::warn!(revision = %revision.key(), error = %e, "instance not started");
             fail(revision, instances, "RunContainerError".into(), e.to_string());
+            publish_capacity(revision, env);
             false
         }
     }

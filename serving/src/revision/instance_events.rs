@@ -73,6 +73,8 @@ pub(super) fn on_instance_event(
                 tracing::warn!(revision = %key, instance = id, %reason, output = %last_output, "instance exited unexpectedly");
                 metrics::counter!("sluice_serving_instance_failures_total", "revision" => key).increment(1);
                 fail(revision, instances, reason, message);
+                // Marked failed, the revision lifts the dispatcher's limit (`dispatcher_capacity`).
+                publish_capacity(revision, env);
             }
         }
     }

@@ -189,3 +189,22 @@ fn a_ready_edge_still_waiting_in_the_outbox_survives_the_runs_next_facts() {
     let waiting = outbox.take_due(0).map(|w| (w.update.facts.instances, w.update.facts.saw_ready));
     assert_eq!(waiting, Some((2, true)), "the latest facts, with the edge of those they replaced");
 }
+
+/// The dispatcher's limit: ready instances × `containerConcurrency`, none without it, and none once the revision
+/// is marked failed. Regression: a failed revision reported 0, so deliveries to a Service whose instances never
+/// became ready waited for good, neither retried nor dead-lettered.
+#[test]
+fn a_failed_revision_lifts_the_dispatchers_limit() {
+    // (containerConcurrency, ready instances, marked failed, limit)
+    let cases = [
+        (4, 0, false, 0, "starting: nothing is pushed at it"),
+        (4, 3, false, 12, "ready instances × containerConcurrency"),
+        (0, 0, false, UNLIMITED, "no containerConcurrency: no limit"),
+        (4, 0, true, UNLIMITED, "failed: deliveries go and fail as requests do"),
+        (4, 2, true, UNLIMITED, "failed with instances left: the same"),
+        (usize::MAX, 2, false, usize::MAX, "saturates"),
+    ];
+    for (cc, ready, failed, limit, why) in cases {
+        assert_eq!(dispatcher_capacity(cc, ready, failed), limit, "{why}");
+    }
+}
