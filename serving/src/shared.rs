@@ -153,9 +153,9 @@ impl SubscriberSignals {
     /// Deliveries to `host` that may be in flight from this node now: the ready capacity of the revisions its
     /// Route sends traffic to. `None`: not a Route served here, a revision without `containerConcurrency` (no
     /// limit from serving), or a routed revision this node does not run (one its own settings refuse, such as a
-    /// `max-scale` above its `--max-scale-limit`), or one marked failed (`dispatcher_capacity`): its deliveries
-    /// go and fail as any request to it does, and are retried and dead-lettered, rather than wait for room that
-    /// never comes (they used to, holding the consumer's watermark for good).
+    /// `max-scale` above its `--autoscaler max-scale-limit=N`) or has marked failed (`dispatcher_capacity`): its
+    /// deliveries go and fail as any request to it does, and are retried and dead-lettered, rather than wait for
+    /// room that never comes (they used to, holding the consumer's watermark for good).
     pub fn limit(&self, host: &str) -> Option<HostLimit> {
         let host = host_name(host);
         let table = self.shared.table.read().ok()?.clone();
