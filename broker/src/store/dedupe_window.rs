@@ -21,7 +21,8 @@
 //! Memory: of each fingerprint the window keeps only 32 bits of its (per-process keyed) table hash, 4
 //! bytes, in a queue of fixed blocks in offset order; the table holds its position there (4 bytes per
 //! slot, at a load between 3/5 and 4/5: `dedupe_table.rs`); and 24 bytes per append (one-key appends of
-//! one arrival share them: [`Span`]). About 9-11 bytes per key, at most [`MAX_KEYS_PER_STREAM`] keys per
+//! one arrival share them: [`Span`]), also in fixed blocks: a `VecDeque` of spans doubled, and held up to
+//! twice what it needed (`block_deque.rs`). About 9-11 bytes per key, at most [`MAX_KEYS_PER_STREAM`] keys per
 //! stream. Those 32 bits only nominate: a key whose
 //! bits match a live one's (a duplicate, or one new key in about 2³² ÷ live keys: 2,000 with a full
 //! window; `sluice_dedupe_fingerprint_reads_total` counts them) is compared in full with the fingerprint
@@ -33,9 +34,10 @@
 //! bytes per key. The first kept a `HashSet` of fingerprints beside a `VecDeque` of them; both doubled at
 //! once, and a 10 M event backlog with 4 M keys reached 287 MiB RSS.)
 
-use std::collections::VecDeque;
-
 use super::dedupe_table::{POSITION_BITS, PositionTable, slot_hash};
+use block_deque::BlockDeque;
+
+mod block_deque;
 
 /// Bytes of SHA-256 kept per key. Two distinct keys share a fingerprint with probability 2⁻⁹⁶ per pair,
 /// the same on every replica (the function is fixed), so even that would not make replicas diverge.
@@ -94,13 +96,9 @@ impl ShortHash {
 /// Every bit a [`ShortHash`] keeps.
 const FULL_MASK: u64 = !0xffff_ffff;
 
-/// Short hashes in insertion order, numbered by a sequence that never goes back; stored in blocks of
-/// [`RING_BLOCK`], so that growing never copies (or doubles) what is there, and a block is freed once its
-/// last entry is popped.
+/// Short hashes in insertion order, numbered by a sequence that never goes back.
 struct Ring {
-    blocks: VecDeque<Box<[ShortHash]>>,
-    /// Sequence number of `blocks[0][0]`.
-    first_seq: u64,
+    hashes: BlockDeque<ShortHash, RING_BLOCK>,
     /// The oldest entry held, and the one after the newest.
     front_seq: u64,
     end_seq: u64,
@@ -108,13 +106,16 @@ struct Ring {
 
 const RING_BLOCK: usize = 4096;
 
+/// Spans per block: a few in tests, so that their proptests cross blocks.
+const SPAN_BLOCK: usize = if cfg!(test) { 3 } else { 512 };
+
 /// The first sequence number: high enough that a span's first key, counted back to the start of its
 /// append (see [`Span::first_seq`]), is never below zero.
 const FIRST_SEQ: u64 = 1 << 32;
 
 impl Default for Ring {
     fn default() -> Self {
-        Ring { blocks: VecDeque::new(), first_seq: FIRST_SEQ, front_seq: FIRST_SEQ, end_seq: FIRST_SEQ }
+        Ring { hashes: BlockDeque::default(), front_seq: FIRST_SEQ, end_seq: FIRST_SEQ }
     }
 }
 
@@ -124,32 +125,19 @@ impl Ring {
     }
 
     fn get(&self, seq: u64) -> ShortHash {
-        let i = (seq - self.first_seq) as usize;
-        self.blocks[i / RING_BLOCK][i % RING_BLOCK]
+        self.hashes.get((seq - self.front_seq) as usize)
     }
 
     fn push(&mut self, hash: ShortHash) -> u64 {
-        let i = (self.end_seq - self.first_seq) as usize;
-        if i / RING_BLOCK == self.blocks.len() {
-            self.blocks.push_back(vec![ShortHash::default(); RING_BLOCK].into_boxed_slice());
-        }
-        self.blocks[i / RING_BLOCK][i % RING_BLOCK] = hash;
+        self.hashes.push_back(hash);
         self.end_seq += 1;
         self.end_seq - 1
     }
 
     fn pop_front(&mut self) -> Option<(u64, ShortHash)> {
-        if self.front_seq == self.end_seq {
-            return None;
-        }
-        let seq = self.front_seq;
-        let hash = self.get(seq);
+        let hash = self.hashes.pop_front()?;
         self.front_seq += 1;
-        if self.front_seq - self.first_seq == RING_BLOCK as u64 {
-            self.blocks.pop_front();
-            self.first_seq += RING_BLOCK as u64;
-        }
-        Some((seq, hash))
+        Some((self.front_seq - 1, hash))
     }
 
     /// The full sequence number of a position kept as its low [`POSITION_BITS`] (the ring never holds
@@ -198,7 +186,7 @@ pub(crate) struct StoredKey {
 /// producers that send one event per request), at consecutive offsets from `append_offset`: key `k` of the
 /// run has its own `time_index` entry, keyed by `append_offset + k`. One span for the run rather than one
 /// per key: 24 bytes per key saved, where they were most of what such a key cost.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Span {
     append_offset: u64,
     arrival_ms: u64,
@@ -239,7 +227,7 @@ pub(crate) struct DedupeWindow {
     order: Ring,
     /// Positions in `order` (low [`POSITION_BITS`] of the sequence), found by short hash.
     live: PositionTable,
-    spans: VecDeque<Span>,
+    spans: BlockDeque<Span, SPAN_BLOCK>,
     /// Full fingerprints of the keys from `recent_from_seq` on: admitted since the last
     /// [`DedupeWindow::written`], so not in the `time_index` yet.
     recent: Vec<Fingerprint>,
@@ -257,7 +245,7 @@ impl Default for DedupeWindow {
         DedupeWindow {
             order: Ring::default(),
             live: PositionTable::default(),
-            spans: VecDeque::new(),
+            spans: BlockDeque::default(),
             recent: Vec::new(),
             recent_from_seq: FIRST_SEQ,
             hash_mask: FULL_MASK,
@@ -410,7 +398,7 @@ impl DedupeWindow {
         if seq >= self.recent_from_seq {
             return Ok(self.recent[(seq - self.recent_from_seq) as usize]);
         }
-        let span = self.spans[self.spans.partition_point(|span| span.first_seq() <= seq) - 1];
+        let span = self.spans.get(self.spans.partition_point(|span| span.first_seq() <= seq) - 1);
         lookup.stored_fingerprint(span.stored_key(seq))
     }
 
@@ -476,8 +464,8 @@ impl DedupeWindow {
     /// Forgets every key outside `range`: whole appends that arrived before the horizon or end before
     /// `from_offset`, and the front of one that straddles `from_offset`.
     fn forget_before(&mut self, range: LiveRange) {
-        while let Some(&span) = self.spans.front() {
-            let end_seq = self.spans.get(1).map_or(self.order.end_seq, |next| next.first_seq());
+        while let Some(span) = self.spans.front() {
+            let end_seq = if self.spans.len() > 1 { self.spans.get(1).first_seq() } else { self.order.end_seq };
             // The front span's live keys start at the ring's front (a run's, like an append's, at
             // consecutive offsets).
             let live_len = end_seq - self.order.front_seq;
@@ -503,10 +491,9 @@ impl DedupeWindow {
             self.spans.pop_front();
         }
         // After a burst, give the table's memory back (with slack, so that a steady window does not
-        // reallocate); the ring frees its blocks as it goes.
+        // reallocate); the ring and the spans free their blocks as they go.
         if self.live.slot_count() > 1024 && self.live.len() < self.live.slot_count() / 4 {
             self.rebuild_table();
-            self.spans.shrink_to(self.spans.len() * 2);
         }
     }
 }

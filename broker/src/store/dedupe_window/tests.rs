@@ -201,18 +201,18 @@ impl KeyLookup for FailThird<'_> {
 #[test]
 fn the_ring_crosses_blocks_and_its_positions_wrap() {
     let start = u64::from(u32::MAX) - 5;
-    let mut ring = Ring { blocks: VecDeque::new(), first_seq: start, front_seq: start, end_seq: start };
+    let mut ring = Ring { hashes: BlockDeque::default(), front_seq: start, end_seq: start };
     let keys: Vec<ShortHash> = (0..3 * RING_BLOCK + 7).map(|i| ShortHash::of(&fp(&i.to_string()), FULL_MASK)).collect();
     for (i, key) in keys.iter().enumerate() {
         let seq = ring.push(*key);
         assert_eq!(seq, start + i as u64);
         assert_eq!(ring.resolve(seq as u32), seq, "past 2^32 too");
     }
-    assert_eq!(ring.blocks.len(), 4);
+    assert_eq!(ring.hashes.block_count(), 4);
     for key in &keys[..2 * RING_BLOCK] {
         assert_eq!(ring.pop_front().map(|(_, f)| f), Some(*key));
     }
-    assert_eq!(ring.blocks.len(), 2, "emptied blocks are freed");
+    assert_eq!(ring.hashes.block_count(), 2, "emptied blocks are freed");
     assert_eq!(ring.len(), (RING_BLOCK + 7) as u64);
     assert_eq!(ring.get(ring.front_seq), keys[2 * RING_BLOCK]);
 }
@@ -248,7 +248,7 @@ fn a_sliding_window_over_many_blocks_holds_exactly_the_live_keys() {
     window.forget_before(LiveRange { from_offset: end, horizon_ms: 0 });
     assert_eq!(window.len(), 0);
     assert!(window.live.slot_count() < 1024, "the table gave its memory back");
-    assert!(window.order.blocks.len() <= 1, "and the ring its blocks, but the one being filled");
+    assert!(window.order.hashes.block_count() <= 1, "and the ring its blocks, but the one being filled");
 }
 
 #[test]
