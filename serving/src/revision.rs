@@ -36,7 +36,9 @@ use crate::runtime::{Instance, InstanceEvent, InstanceSpec, KillingProbe, ProbeR
 use gauges::AutoscalerGauges;
 use instance_events::on_instance_event;
 use sluice_autoscaler::{Autoscaler, Backlog, Decision, Observation};
-use starts::{Failed, FailedStarts, StartVerdict, backoff_left_ms, marks_failed, start_verdict, turned_away};
+use starts::{
+    Failed, FailedStarts, StartVerdict, backoff_left_ms, crash_looping, marks_failed, start_verdict, turned_away,
+};
 
 /// Requests waiting for a slot of one revision on one node, at most.
 pub(crate) const QUEUE_LIMIT: usize = 10_000;
@@ -100,6 +102,9 @@ struct GateState {
     /// Set while the revision cannot start: waiters are answered with it, and so are requests that arrive
     /// before its restart backoff has passed (later ones are held, and wake a start).
     failed: Option<Failed>,
+    /// Set while instances of a revision that was ready once keep failing (`starts::crash_looping`), until one
+    /// is ready again: requests still wait for a restart, the dispatcher's limit is lifted.
+    crash_looping: bool,
     /// Set once the revision stops: no request waits for it any more.
     stopped: bool,
 }
@@ -343,6 +348,7 @@ impl RunningRevision {
                 next_waiter: 0,
                 meter: Meter::new(monotonic_ms()),
                 failed: None,
+                crash_looping: false,
             }),
             ready_capacity: AtomicUsize::new(if run.container_concurrency == 0 { UNLIMITED } else { 0 }),
             run,
@@ -589,8 +595,9 @@ fn publish_capacity(revision: &RevisionHandle, env: &RevisionEnv) {
     if cc == 0 {
         return;
     }
-    let (ready, failed) = revision.state.lock().map_or((0, false), |s| (s.gate.load().ready, s.failed.is_some()));
-    let capacity = dispatcher_capacity(cc, ready, failed);
+    let (ready, failing) =
+        revision.state.lock().map_or((0, false), |s| (s.gate.load().ready, s.failed.is_some() || s.crash_looping));
+    let capacity = dispatcher_capacity(cc, ready, failing);
     let before = revision.ready_capacity.swap(capacity, Ordering::Relaxed);
     if capacity > before {
         env.signals.capacity_grew();
@@ -598,29 +605,31 @@ fn publish_capacity(revision: &RevisionHandle, env: &RevisionEnv) {
 }
 
 /// What the dispatcher may have in flight to a revision with `containerConcurrency` `cc`: its ready instances ×
-/// `cc` ([`UNLIMITED`] without `cc`), so that no delivery is pushed at a revision starting up. A revision marked
-/// failed (its instances keep failing to become ready) has no limit: its deliveries go, fail as a request to it
-/// does (503) and follow their DeliverySpec to retries and a dead letter. With a limit of 0 they waited for room
-/// that does not come while it failed, neither retried nor dead-lettered, holding the consumer's watermark. Pure.
-pub(crate) fn dispatcher_capacity(cc: usize, ready: usize, failed: bool) -> usize {
-    if cc == 0 || failed { UNLIMITED } else { ready.saturating_mul(cc) }
+/// `cc` ([`UNLIMITED`] without `cc`), so that no delivery is pushed at a revision starting up. A failing revision
+/// (marked failed, or ready once and crash-looping since: `starts::crash_looping`) has no limit: its deliveries
+/// go, are held or answered 503 as a request to it is, and follow their DeliverySpec (its `timeout`, retries, a
+/// dead letter). With a limit of 0 they waited for room that does not come while it failed, neither retried nor
+/// dead-lettered, holding the consumer's watermark. Pure.
+pub(crate) fn dispatcher_capacity(cc: usize, ready: usize, failing: bool) -> usize {
+    if cc == 0 || failing { UNLIMITED } else { ready.saturating_mul(cc) }
 }
 
 fn fail(revision: &RevisionHandle, instances: &mut Instances, reason: String, message: String) {
     instances.failed_starts.record(monotonic_ms());
-    if marks_failed(&instances.failed_starts, instances.facts.ready)
-        && let Ok(mut state) = revision.state.lock()
-    {
-        state.failed = Some(Failed { reason: message.clone(), retry_at_ms: instances.failed_starts.retry_at_ms() });
-        let waiting: Vec<WaiterId> = state.waiters.keys().copied().collect();
-        for waiter in waiting {
-            state.gate.cancel(waiter);
-            if let Some(tx) = state.waiters.remove(&waiter) {
-                let _ =
-                    tx.send(Err(ServingError::RevisionFailed { revision: revision.key(), reason: message.clone() }));
+    if let Ok(mut state) = revision.state.lock() {
+        state.crash_looping = crash_looping(&instances.failed_starts);
+        if marks_failed(&instances.failed_starts, instances.facts.ready) {
+            state.failed = Some(Failed { reason: message.clone(), retry_at_ms: instances.failed_starts.retry_at_ms() });
+            let waiting: Vec<WaiterId> = state.waiters.keys().copied().collect();
+            for waiter in waiting {
+                state.gate.cancel(waiter);
+                if let Some(tx) = state.waiters.remove(&waiter) {
+                    let _ = tx
+                        .send(Err(ServingError::RevisionFailed { revision: revision.key(), reason: message.clone() }));
+                }
             }
+            state.measure();
         }
-        state.measure();
     }
     instances.facts.failure = Some((reason, message));
 }

@@ -27,6 +27,7 @@ pub(super) fn on_instance_event(
             instances.given_up = false;
             if let Ok(mut state) = revision.state.lock() {
                 state.failed = None;
+                state.crash_looping = false;
                 // A socket address is always a valid authority; were it not, the instance would get no
                 // requests rather than requests without an address.
                 match Authority::try_from(addr.to_string()) {
@@ -73,7 +74,7 @@ pub(super) fn on_instance_event(
                 tracing::warn!(revision = %key, instance = id, %reason, output = %last_output, "instance exited unexpectedly");
                 metrics::counter!("sluice_serving_instance_failures_total", "revision" => key).increment(1);
                 fail(revision, instances, reason, message);
-                // Marked failed, the revision lifts the dispatcher's limit (`dispatcher_capacity`).
+                // Failing, the revision lifts the dispatcher's limit (`dispatcher_capacity`).
                 publish_capacity(revision, env);
             }
         }

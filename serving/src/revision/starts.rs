@@ -120,7 +120,14 @@ pub(crate) fn backoff_left_ms(failed: &FailedStarts, active: usize, desired: u32
 /// Whether the revision is marked failed after this many failed starts in a row (`ever_ready`: an instance of
 /// it was ready once, on this node or another; a failure then is a crash, and requests wait for the restart).
 pub(crate) fn marks_failed(failed: &FailedStarts, ever_ready: bool) -> bool {
-    !ever_ready && failed.in_a_row >= FAILED_STARTS_BEFORE_GIVING_UP
+    !ever_ready && crash_looping(failed)
+}
+
+/// Whether the revision's instances keep failing: [`FAILED_STARTS_BEFORE_GIVING_UP`] in a row, ready once or
+/// not. One that was ready once is not marked failed (requests wait for its restart, as Knative's activator
+/// holds them), but the dispatcher no longer waits for room on it (`dispatcher_capacity`).
+pub(crate) fn crash_looping(failed: &FailedStarts) -> bool {
+    failed.in_a_row >= FAILED_STARTS_BEFORE_GIVING_UP
 }
 
 /// A revision marked failed: why, and when a request may wake another start.
@@ -236,16 +243,18 @@ mod tests {
 
     #[test]
     fn a_failed_revision_turns_requests_away_only_until_its_backoff_has_passed() {
-        // (failed starts, ever ready, now, marked failed, turned away, why)
+        // (failed starts, ever ready, now, marked failed, turned away, crash-looping, why)
         let cases = [
-            (2, false, 1_250, false, false, "two failures: requests are held"),
-            (3, false, 1_250, true, true, "three: marked; within the backoff, 503 at once"),
-            (3, false, 1_600, true, false, "backoff (400 ms) passed: held, and wakes one more start"),
-            (3, true, 1_250, false, false, "ready before: a crash, requests wait for the restart"),
+            (2, false, 1_250, false, false, false, "two failures: requests are held"),
+            (3, false, 1_250, true, true, true, "three: marked; within the backoff, 503 at once"),
+            (3, false, 1_600, true, false, true, "backoff (400 ms) passed: held, and wakes one more start"),
+            (2, true, 1_250, false, false, false, "ready before, two crashes: requests wait for the restart"),
+            (3, true, 1_250, false, false, true, "ready before, three: still held, but a crash loop"),
         ];
-        for (count, ever_ready, now, marked, away, why) in cases {
+        for (count, ever_ready, now, marked, away, looping, why) in cases {
             let failed_starts = failing(count, 100);
             assert_eq!(marks_failed(&failed_starts, ever_ready), marked, "{why}");
+            assert_eq!(crash_looping(&failed_starts), looping, "{why}");
             let failed = marked.then(|| Failed { reason: "boom".into(), retry_at_ms: failed_starts.retry_at_ms() });
             assert_eq!(turned_away(failed.as_ref(), now).is_some(), away, "{why}: {failed_starts:?}");
         }

@@ -12,6 +12,7 @@ fn gate_state(container_concurrency: u32, queue_limit: usize) -> GateState {
         next_waiter: 0,
         meter: Meter::new(monotonic_ms()),
         failed: None,
+        crash_looping: false,
         stopped: false,
     }
 }
@@ -195,13 +196,14 @@ fn a_ready_edge_still_waiting_in_the_outbox_survives_the_runs_next_facts() {
 /// became ready waited for good, neither retried nor dead-lettered.
 #[test]
 fn a_failed_revision_lifts_the_dispatchers_limit() {
-    // (containerConcurrency, ready instances, marked failed, limit)
+    // (containerConcurrency, ready instances, failing (marked failed, or crash-looping), limit)
     let cases = [
         (4, 0, false, 0, "starting: nothing is pushed at it"),
         (4, 3, false, 12, "ready instances × containerConcurrency"),
         (0, 0, false, UNLIMITED, "no containerConcurrency: no limit"),
         (4, 0, true, UNLIMITED, "failed: deliveries go and fail as requests do"),
         (4, 2, true, UNLIMITED, "failed with instances left: the same"),
+        (1, 0, true, UNLIMITED, "ready once, crash-looping since: the same"),
         (usize::MAX, 2, false, usize::MAX, "saturates"),
     ];
     for (cc, ready, failed, limit, why) in cases {

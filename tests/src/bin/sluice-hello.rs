@@ -11,7 +11,8 @@
 //!   `$K_REVISION: MESSAGE`; counted as a request in flight (in `/stats`) until the WebSocket closes.
 //! - `POST` (a CloudEvent) → 202; the event's `ce-id` is appended to `$HELLO_RECORD` when set.
 //! - `HELLO_STARTUP_MS`: waits that long before listening; `HELLO_CRASH=N`: writes a line to stderr and exits
-//!   with code N at start.
+//!   with code N at start; `HELLO_CRASH_WHEN=PATH`: exits with code 1 once the file PATH exists, at start or
+//!   while running (a revision that was ready and then crash-loops).
 //! - Exits when the process that started it (the node) is gone, unless `HELLO_OUTLIVE_PARENT` is set (to
 //!   test that a restarted node stops what its killed predecessor left running).
 //! - SIGTERM: stops accepting, lets in-flight requests finish, exits 0; with `HELLO_ABRUPT_TERM` set it exits
@@ -191,6 +192,21 @@ async fn main() {
         eprintln!("hello: crashing at start as asked (HELLO_CRASH={code})");
         std::process::exit(code);
     }
+    let crash_when = env("HELLO_CRASH_WHEN");
+    let crash_now = move || {
+        if !crash_when.is_empty() && std::path::Path::new(&crash_when).exists() {
+            eprintln!("hello: crashing as asked ({crash_when} exists)");
+            std::process::exit(1);
+        }
+    };
+    crash_now();
+    tokio::spawn(async move {
+        // Polled: the file is made by a test, in another process.
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            crash_now();
+        }
+    });
     if let Ok(ms) = env("HELLO_STARTUP_MS").parse::<u64>() {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }

@@ -33,5 +33,6 @@ mod t90_serving;
 mod t91_autoscaling;
 mod t92_serving_websockets;
 mod t93_serving_logs;
+mod t94_failing_revisions;
 mod t95_kubernetes_controller;
 mod t96_revisions_on_kubernetes;

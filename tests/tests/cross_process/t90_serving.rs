@@ -51,7 +51,7 @@ pub(super) async fn get(admin: &str, kind: &str, name: &str) -> Result<Value> {
     Ok(serde_json::from_str(&reply.object_json)?)
 }
 
-fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
+pub(super) fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
     object.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == kind)
 }
 
