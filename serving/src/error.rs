@@ -12,8 +12,15 @@ pub enum ServingError {
     NoRoute { host: String },
     #[error("revision {revision} has {limit} requests waiting already")]
     QueueFull { revision: String, limit: usize },
+    /// The app did not start its response in time (`timeoutSeconds`, `responseStartTimeoutSeconds`): a 504, as
+    /// Knative's queue-proxy answers; the request reached the app, which may have acted on it.
     #[error("revision {revision} did not answer within {after_ms} ms")]
     Timeout { revision: String, after_ms: u64 },
+    /// No instance had room for the request before its `timeoutSeconds` ran out while it waited in the gate: a
+    /// 503 with `Retry-After`, as Knative's activator answers a request whose deadline passes in its queue. The
+    /// request was never sent, so sending it again cannot repeat anything.
+    #[error("revision {revision} had no instance with room for the request within {waited_ms} ms; it was not sent")]
+    NoCapacity { revision: String, waited_ms: u64 },
     #[error("revision {revision} cannot start: {reason}")]
     RevisionFailed { revision: String, reason: String },
     #[error("revision {revision}: {reason}")]
@@ -37,7 +44,7 @@ impl ServingError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             ServingError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ServingError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ServingError::QueueFull { .. } | ServingError::NoCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ServingError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ServingError::RevisionFailed { .. }
             | ServingError::Spawn { .. }

@@ -186,6 +186,30 @@ impl Drop for Permit {
 }
 
 impl RevisionHandle {
+    /// A run's handle before any instance: its gate empty, no request waiting.
+    fn new(run: RevisionRun, run_id: RunId, reachable: bool) -> Self {
+        RevisionHandle {
+            run_id,
+            reachable: AtomicBool::new(reachable),
+            state: Mutex::new(GateState {
+                gate: Gate::new(run.container_concurrency, QUEUE_LIMIT),
+                waiters: HashMap::new(),
+                stopped: false,
+                addrs: HashMap::new(),
+                next_waiter: 0,
+                meter: Meter::new(monotonic_ms()),
+                failed: None,
+                crash_looping: false,
+            }),
+            ready_capacity: AtomicUsize::new(if run.container_concurrency == 0 { UNLIMITED } else { 0 }),
+            run,
+            poke: Notify::new(),
+            released: Notify::new(),
+            decisions: Mutex::new(VecDeque::new()),
+            decision_feed: broadcast::channel(64).0,
+        }
+    }
+
     pub(crate) fn key(&self) -> String {
         format!("{}/{}", self.run.namespace, self.run.name)
     }
@@ -264,8 +288,9 @@ impl RevisionHandle {
                 guard.settled = true;
                 Err(self.upstream("the revision stopped"))
             }
-            // The guard leaves the queue (and gives back a slot handed out at the last moment).
-            Err(_) => Err(ServingError::Timeout { revision: self.key(), after_ms: timeout_ms }),
+            // The guard leaves the queue (and gives back a slot handed out at the last moment). The request was
+            // never sent: no capacity (503), not an app that did not answer (504).
+            Err(_) => Err(ServingError::NoCapacity { revision: self.key(), waited_ms: timeout_ms }),
         }
     }
 
@@ -337,26 +362,7 @@ impl RunningRevision {
     /// `reachable`: a route sends it traffic.
     pub(crate) fn start(run: RevisionRun, ready_before: bool, reachable: bool, env: RevisionEnv) -> Self {
         let run_id = RunId { uid: run.uid.clone(), generation: RUNS_STARTED.fetch_add(1, Ordering::Relaxed) + 1 };
-        let handle = Arc::new(RevisionHandle {
-            run_id,
-            reachable: AtomicBool::new(reachable),
-            state: Mutex::new(GateState {
-                gate: Gate::new(run.container_concurrency, QUEUE_LIMIT),
-                waiters: HashMap::new(),
-                stopped: false,
-                addrs: HashMap::new(),
-                next_waiter: 0,
-                meter: Meter::new(monotonic_ms()),
-                failed: None,
-                crash_looping: false,
-            }),
-            ready_capacity: AtomicUsize::new(if run.container_concurrency == 0 { UNLIMITED } else { 0 }),
-            run,
-            poke: Notify::new(),
-            released: Notify::new(),
-            decisions: Mutex::new(VecDeque::new()),
-            decision_feed: broadcast::channel(64).0,
-        });
+        let handle = Arc::new(RevisionHandle::new(run, run_id, reachable));
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(run_revision(handle.clone(), ready_before, env, stopped));
         RunningRevision { handle, stop: Some(stop), task }

@@ -210,3 +210,34 @@ fn a_failed_revision_lifts_the_dispatchers_limit() {
         assert_eq!(dispatcher_capacity(cc, ready, failed), limit, "{why}");
     }
 }
+
+/// A request that waits in the gate until its `timeoutSeconds` runs out was never sent to an instance: a 503 (with
+/// `Retry-After`, safe to send again), as Knative's activator answers a request whose deadline passes in its
+/// queue; a 504 stays for an app that got the request and did not answer in time. Regression: the wait's timeout
+/// was a 504 too, telling a client that the app might have acted on a request it never saw.
+#[tokio::test]
+async fn a_request_whose_wait_for_a_slot_times_out_is_a_503_and_was_not_sent() {
+    let revision = serde_json::json!({
+        "metadata": {"name": "waits-00001", "namespace": "default", "uid": "waits-uid"},
+        "spec": {"containers": [{"image": "ghcr.io/knative/helloworld-go", "command": ["/bin/hello"]}],
+                 "containerConcurrency": 1, "timeoutSeconds": 1}});
+    let run = crate::plan::revision_run(
+        &revision,
+        &sluice_controller::serving::autoscaling::AutoscalerDefaults::default(),
+        ServingRuntime::Local,
+    )
+    .expect("runnable");
+    let handle = Arc::new(RevisionHandle::new(run, RunId { uid: "waits-uid".into(), generation: 1 }, true));
+    // No instance yet: the request waits, and its time runs out.
+    let waited = handle.acquire(20).await.err().expect("no slot without an instance");
+    assert!(
+        matches!(&waited, ServingError::NoCapacity { revision, waited_ms: 20 } if revision == "default/waits-00001"),
+        "{waited:?}"
+    );
+    assert_eq!(waited.status_code(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(waited.to_string().contains("not sent"), "{waited}");
+    // It left the queue: the next request is not behind it.
+    assert_eq!(handle.state.lock().expect("gate").gate.load().waiting, 0);
+    let app_too_slow = ServingError::Timeout { revision: handle.key(), after_ms: 1000 };
+    assert_eq!(app_too_slow.status_code(), axum::http::StatusCode::GATEWAY_TIMEOUT);
+}
