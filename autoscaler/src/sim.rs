@@ -46,7 +46,7 @@ pub struct Model {
     pub container_concurrency: u32,
     /// The fixed in-flight window of [`Mode::ConcurrencyOnly`] (Sluice's default `max-inflight`).
     pub dispatcher_inflight: usize,
-    /// A held request is answered 504 (and retried from the log) after this long.
+    /// A held request is answered 503, never sent (and retried from the log), after this long.
     pub request_timeout_ms: u64,
     /// The activator's queue; beyond it requests are answered 503 (and retried).
     pub queue_limit: usize,
