@@ -105,6 +105,11 @@ pub(crate) struct ServingArgs {
     /// max-pods); past it an instance waits to start, and requests wait for it as at a cold start.
     #[arg(long, default_value_t = 110, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_local_instances: u64,
+    /// A variable of this node's environment that local instances get too (repeatable). An instance otherwise
+    /// gets only PATH, HOME, USER, LOGNAME, LANG, LC_ALL, LC_CTYPE, TZ and TMPDIR of it, as a container gets its
+    /// image's environment and not the node's, then its container's env and Knative's variables (docs/serving.md).
+    #[arg(long = "instance-env", value_name = "NAME", value_parser = parse_instance_env_name)]
+    pub instance_env: Vec<String>,
     /// Enables (or disables) one of Knative's feature flags (config-features) that let a revision's pod ask
     /// for more of the node and the cluster, as FLAG=enabled (repeatable): kubernetes.podspec-volumes-hostpath,
     /// kubernetes.podspec-persistent-volume-claim, ... All are disabled by default (docs/serving.md).
@@ -120,6 +125,11 @@ pub(crate) struct ServingArgs {
     /// syntax: 380s, 10m). 0, the default, moves it at once. Give every node the same value.
     #[arg(long, default_value = "0", value_parser = parse_rollout_duration)]
     pub serving_rollout_duration: String,
+}
+
+fn parse_instance_env_name(name: &str) -> std::result::Result<String, String> {
+    sluice_serving::valid_instance_env_name(name)?;
+    Ok(name.to_string())
 }
 
 fn parse_rollout_duration(value: &str) -> std::result::Result<String, String> {
@@ -221,6 +231,7 @@ impl ServingArgs {
                 termination_grace: Duration::from_millis(self.termination_grace_ms),
                 progress_deadline: Duration::from_millis(self.progress_deadline_ms),
                 max_local_instances: usize::try_from(self.max_local_instances).unwrap_or(usize::MAX),
+                instance_env: self.instance_env.clone(),
                 rollout_default_ms: self.rollout_default_ms(),
                 runtime,
             },
@@ -256,6 +267,9 @@ impl ServingArgs {
         }
         for pair in &self.autoscaler {
             args.extend(["--autoscaler".to_string(), pair.clone()]);
+        }
+        for name in &self.instance_env {
+            args.extend(["--instance-env".to_string(), name.clone()]);
         }
         for setting in &self.serving_features {
             args.extend(["--serving-feature".to_string(), setting.clone()]);

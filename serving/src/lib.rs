@@ -48,6 +48,7 @@ pub use admin::{peer_routes, with_admin_routes};
 pub use error::ServingError;
 pub use logs::LogHub;
 pub use runtime::Runtime;
+pub use runtime::local::environment::valid_name as valid_instance_env_name;
 pub use shared::{HostLimit, SubscriberSignals};
 pub use sluice_autoscaler::{Backlog, Decision, Reason};
 
@@ -84,6 +85,9 @@ pub struct ServingSettings {
     pub progress_deadline: Duration,
     /// The most instances the local runtime runs at once on this node (over every revision).
     pub max_local_instances: usize,
+    /// Variables of the node's environment that local instances get besides the few a base image sets
+    /// (`--instance-env`; docs/serving.md).
+    pub instance_env: Vec<String>,
     /// The rollout duration of a Route without `serving.knative.dev/rollout-duration` (Knative's
     /// `config-network` `rollout-duration`; 0: at once).
     pub rollout_default_ms: u64,
@@ -119,7 +123,9 @@ impl Serving {
         };
         let runtime = settings.runtime.clone().unwrap_or_else(|| {
             let instances_dir = settings.data_dir.join("instances");
-            Arc::new(runtime::local::LocalRuntime::new(instances_dir, settings.max_local_instances)) as Arc<dyn Runtime>
+            let inherited = runtime::local::environment::inherited(std::env::vars_os(), &settings.instance_env);
+            Arc::new(runtime::local::LocalRuntime::new(instances_dir, settings.max_local_instances, inherited))
+                as Arc<dyn Runtime>
         });
         let task = tokio::spawn(supervisor::run(node, supervisor_settings, runtime, shared, stopped));
         Serving { stop: Some(stop), task }

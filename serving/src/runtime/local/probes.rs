@@ -29,6 +29,7 @@ pub(super) const PROBE_KILL_GRACE: Duration = Duration::from_secs(30);
 /// and when the readiness probe runs, before the instance is ready and after, and how long each attempt has.
 #[derive(Clone)]
 pub(super) struct ProbeEnv {
+    /// The instance's whole environment: what it inherits of the node's, then its own variables.
     pub(super) vars: Vec<(String, String)>,
     pub(super) working_dir: Option<PathBuf>,
     pub(super) rhythm: ProbeRhythm,
@@ -231,6 +232,7 @@ pub(super) async fn probe_once(readiness: &Readiness, env: &ProbeEnv, timeout: D
             Readiness::Exec { argv } => match argv.split_first() {
                 Some((program, args)) => Command::new(program)
                     .args(args)
+                    .env_clear()
                     .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                     .current_dir(env.working_dir.as_deref().unwrap_or_else(|| std::path::Path::new(".")))
                     .stdin(Stdio::null())
