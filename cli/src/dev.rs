@@ -150,9 +150,18 @@ async fn run_single(args: DevArgs) -> Result<()> {
     let dispatcher = crate::node_cmd::start_dispatcher(&running, &args.tuning, &serving_state)?;
     crate::shutdown_signal().await;
     allocator_gauges.abort();
-    dispatcher.shutdown().await;
-    serving.stop().await;
-    running.stop().await;
+    let serving_dir = args.data.join("serving");
+    crate::stop_gracefully_unless_signalled_again(
+        async {
+            dispatcher.shutdown().await;
+            serving.stop().await;
+            running.stop().await;
+        },
+        || {
+            sluice_serving::kill_local_instances(&serving_dir);
+        },
+    )
+    .await;
     Ok(())
 }
 
@@ -169,6 +178,8 @@ impl DevNode {
         let child = Command::new(exe)
             .args(&self.args)
             .stdin(Stdio::null())
+            // A terminal's Ctrl-C reaches this command only, which stops the nodes (`stop_children`).
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting node {}", self.id))?;
@@ -233,9 +244,7 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
         node.spawn()?;
     }
     let result = supervise(&args, &mut nodes, &members.join(",")).await;
-    for node in &mut nodes {
-        stop_child(node).await;
-    }
+    stop_children(&mut nodes).await;
     result
 }
 
@@ -300,14 +309,54 @@ async fn wait_for_admins(nodes: &mut [DevNode]) -> Result<()> {
 }
 
 /// SIGTERM, then SIGKILL if the node has not stopped within 10 s.
-async fn stop_child(node: &mut DevNode) {
-    let Some(mut child) = node.child.take() else {
-        return;
+/// How long the nodes have for their graceful stop before they are told to stop at once, and then before they
+/// are killed.
+const CHILD_GRACEFUL_STOP: Duration = Duration::from_secs(10);
+const CHILD_FORCED_STOP: Duration = Duration::from_secs(5);
+
+/// Stops the nodes together: SIGTERM to each (its graceful stop). A second Ctrl-C or SIGTERM to this command, or
+/// [`CHILD_GRACEFUL_STOP`] passing, sends each a second SIGTERM (it stops at once and kills its instances); one
+/// still running [`CHILD_FORCED_STOP`] later is killed. The nodes run in a process group of their own, so that a
+/// terminal's Ctrl-C reaches them through this command only, and once.
+async fn stop_children(nodes: &mut [DevNode]) {
+    let pids: Vec<u32> = nodes.iter().filter_map(|node| node.child.as_ref().and_then(Child::id)).collect();
+    let terminate = |pids: &[u32]| {
+        for pid in pids {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
     };
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let again = crate::next_signal();
+    terminate(&pids);
+    let stopped = {
+        let wait_all = async {
+            for node in nodes.iter_mut() {
+                if let Some(child) = node.child.as_mut() {
+                    let _ = child.wait().await;
+                }
+            }
+        };
+        tokio::pin!(wait_all, again);
+        let graceful = tokio::time::sleep(CHILD_GRACEFUL_STOP);
+        tokio::pin!(graceful);
+        let forced = tokio::time::timeout(CHILD_GRACEFUL_STOP + CHILD_FORCED_STOP, async {
+            tokio::select! {
+                () = &mut wait_all => return,
+                _ = &mut again => eprintln!("sluice dev: a second signal: the nodes stop at once"),
+                () = &mut graceful => eprintln!("sluice dev: the nodes did not stop within {CHILD_GRACEFUL_STOP:?}: they stop at once"),
+            }
+            terminate(&pids);
+            (&mut wait_all).await;
+        });
+        forced.await.is_ok()
+    };
+    if !stopped {
+        for node in nodes.iter_mut() {
+            if let Some(child) = node.child.as_mut() {
+                let _ = child.kill().await;
+            }
+        }
     }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-        let _ = child.kill().await;
+    for node in nodes.iter_mut() {
+        node.child = None;
     }
 }

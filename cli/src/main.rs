@@ -172,6 +172,45 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
+/// Registers for the next Ctrl-C or SIGTERM now, and answers a future that resolves when one arrives, with the
+/// exit code a process stopped by it reports (130, 143). Registered before a graceful stop begins, so that a
+/// signal sent once it has begun is not missed.
+pub(crate) fn next_signal() -> impl std::future::Future<Output = i32> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, terminate) {
+            (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
+                _ = interrupt.recv() => 130,
+                _ = terminate.recv() => 143,
+            },
+            _ => std::future::pending().await,
+        }
+    }
+}
+
+/// Runs a node's graceful stop, which a first Ctrl-C or SIGTERM began (requests in flight finish, instances get
+/// their termination grace). A second one stops the process at once: `force` kills what must not outlive it (its
+/// local instances), then it exits with 130 (143 for SIGTERM). Stopping at once is as safe as `kill -9`: what
+/// was acknowledged is on disk, and deliveries not yet acknowledged are sent again.
+pub(crate) async fn stop_gracefully_unless_signalled_again(
+    graceful: impl std::future::Future<Output = ()>,
+    force: impl FnOnce(),
+) {
+    let again = next_signal();
+    tracing::info!("shutting down; a second Ctrl-C or SIGTERM stops at once");
+    tokio::select! {
+        biased;
+        code = again => {
+            tracing::warn!("a second signal: stopping at once, without waiting for the graceful stop");
+            force();
+            std::process::exit(code);
+        }
+        () = graceful => {}
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub(crate) async fn shutdown_signal() {
     let terminate = async {

@@ -637,11 +637,19 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     if let Some(bootstrap) = bootstrap {
         bootstrap.abort();
     }
-    tracing::info!("shutting down");
     allocator_gauges.abort();
-    dispatcher.shutdown().await;
-    serving.stop().await;
-    running.stop().await;
+    let serving_dir = args.data.join("serving");
+    crate::stop_gracefully_unless_signalled_again(
+        async {
+            dispatcher.shutdown().await;
+            serving.stop().await;
+            running.stop().await;
+        },
+        || {
+            sluice_serving::kill_local_instances(&serving_dir);
+        },
+    )
+    .await;
     Ok(())
 }
 

@@ -96,6 +96,12 @@ pub struct ServingSettings {
     pub runtime: Option<Arc<dyn Runtime>>,
 }
 
+/// Kills at once (SIGKILL) the local instances a node with this `data_dir` ([`ServingSettings::data_dir`])
+/// runs, for a node that stops without its graceful [`Serving::stop`] (a second Ctrl-C); answers how many.
+pub fn kill_local_instances(data_dir: &std::path::Path) -> usize {
+    runtime::local::kill_recorded_instances(&data_dir.join("instances"))
+}
+
 /// Serving on one node; stops (every instance drained and terminated) with [`Serving::stop`].
 pub struct Serving {
     stop: Option<oneshot::Sender<()>>,

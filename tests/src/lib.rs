@@ -163,6 +163,11 @@ impl NodeProc {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// The node process's exit code, once it has exited (`None` while it runs, or when a signal ended it).
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()).and_then(|status| status.code())
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -114,24 +114,36 @@ impl LocalRuntime {
     /// Stops what a previous run of this node left running, then starts fresh; runs at most `max_instances` at
     /// once (at least 1), each with `inherited_env` beneath its own variables.
     pub(crate) fn new(instances_dir: PathBuf, max_instances: usize, inherited_env: Vec<(String, String)>) -> Self {
-        if let Ok(entries) = std::fs::read_dir(&instances_dir) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let recorded = std::fs::read_to_string(&path).unwrap_or_default();
-                let pid = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok());
-                if let Some(pid) = pid
-                    && process_start_time(pid).is_some_and(|started| started == recorded.trim())
-                {
-                    tracing::warn!(pid, "stopping an instance left by a previous run of this node");
-                    signal_group(pid, Signal::SIGKILL);
-                }
-                let _ = std::fs::remove_file(&path);
-            }
+        let stopped = kill_recorded_instances(&instances_dir);
+        if stopped > 0 {
+            tracing::warn!(stopped, "stopped the instances a previous run of this node left running");
         }
         let _ = std::fs::create_dir_all(&instances_dir);
         let slots = LocalSlots { max: max_instances.max(1), ..LocalSlots::default() };
         LocalRuntime { instances_dir, slots: Arc::new(Mutex::new(slots)), inherited_env }
     }
+}
+
+/// Kills (SIGKILL, each process group) the instances recorded under `instances_dir` that still run, and forgets
+/// every record; answers how many it killed. A record names a pid and its start time, so a later process that
+/// reuses the pid is never touched.
+pub(crate) fn kill_recorded_instances(instances_dir: &std::path::Path) -> usize {
+    let mut killed = 0;
+    let Ok(entries) = std::fs::read_dir(instances_dir) else { return 0 };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let recorded = std::fs::read_to_string(&path).unwrap_or_default();
+        let pid = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && process_start_time(pid).is_some_and(|started| started == recorded.trim())
+        {
+            tracing::warn!(pid, "killing a local instance and its process group");
+            signal_group(pid, Signal::SIGKILL);
+            killed += 1;
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    killed
 }
 
 /// A process's start time (field 22 of `/proc/PID/stat`): with the pid, it names one process, never a later

@@ -731,3 +731,74 @@ async fn an_instance_that_fails_its_liveness_probe_is_replaced() -> Result<()> {
     wait_ready(&admin, "Service", "alive").await?;
     Ok(())
 }
+
+/// Regression: a second Ctrl-C or SIGTERM during a node's graceful stop was ignored, so an instance that does not
+/// stop on SIGTERM held the node for its whole termination grace. The first signal begins the graceful stop; a
+/// second one stops the node at once, and the node kills its instances as it goes.
+#[tokio::test]
+async fn a_second_signal_stops_the_node_at_once_with_its_instances() -> Result<()> {
+    const IGNORES_SIGTERM: &str = "import os, signal, socket, time\n\
+                                   signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+                                   s = socket.socket()\ns.bind(('127.0.0.1', int(os.environ['PORT'])))\n\
+                                   s.listen()\ntime.sleep(3600)";
+    // The graceful stop would wait ten minutes for the instance.
+    let (_dir, mut node) = start_single_node(1, &["--termination-grace-ms", "600000"]).await?;
+    let admin = node.admin.clone();
+    let stubborn = json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": "stubborn", "namespace": "default"},
+        "spec": {"template": {"spec": {"containers": [{
+            "image": "python", "command": ["python3", "-c", IGNORES_SIGTERM],
+        }]}}},
+    });
+    apply_resource(&admin, stubborn).await?;
+    wait_ready(&admin, "Service", "stubborn").await?;
+    let instances_dir = node.data.join("serving").join("instances");
+    let pids: Vec<u32> = std::fs::read_dir(&instances_dir)?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|name| name.parse().ok()))
+        .collect();
+    assert!(!pids.is_empty(), "the instance runs");
+    // Should the test fail, the instance (which ignores SIGTERM) does not outlive it.
+    struct KillOnDrop(Vec<u32>);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            for pid in &self.0 {
+                let _ = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            }
+        }
+    }
+    let mut cleanup = KillOnDrop(pids.clone());
+    // A process that has exited, or a zombie nobody reaped yet: it runs no more.
+    let gone = |pid: u32| {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+        stat.rfind(')').and_then(|at| stat[at + 1..].split_whitespace().next()).is_some_and(|state| state == "Z")
+    };
+
+    node.signal("TERM")?;
+    let log = node.log.clone();
+    wait_until(READY_WITHIN, || async {
+        let text = std::fs::read_to_string(&log)?;
+        Ok(text.contains("a second Ctrl-C or SIGTERM stops at once").then_some(()))
+    })
+    .await
+    .context("the graceful stop began")?;
+    assert!(node.is_running(), "the first signal begins a graceful stop: the node waits for its instance");
+    assert!(pids.iter().all(|pid| !gone(*pid)), "the instance runs on through its grace");
+
+    node.signal("TERM")?;
+    wait_until(READY_WITHIN, || {
+        let running = node.is_running();
+        async move { Ok((!running).then_some(())) }
+    })
+    .await
+    .with_context(|| format!("the second signal stops the node at once\n{}", node.log_tail()))?;
+    assert_eq!(node.exit_code(), Some(143), "it says it was stopped by SIGTERM");
+    wait_until(Duration::from_secs(10), || async { Ok(pids.iter().all(|pid| gone(*pid)).then_some(())) })
+        .await
+        .context("its instance went with it")?;
+    // Gone: their pids may name other processes by now.
+    cleanup.0.clear();
+    Ok(())
+}
