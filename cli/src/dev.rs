@@ -150,18 +150,7 @@ async fn run_single(args: DevArgs) -> Result<()> {
     let dispatcher = crate::node_cmd::start_dispatcher(&running, &args.tuning, &serving_state)?;
     crate::shutdown_signal().await;
     allocator_gauges.abort();
-    let serving_dir = args.data.join("serving");
-    crate::stop_gracefully_unless_signalled_again(
-        async {
-            dispatcher.shutdown().await;
-            serving.stop().await;
-            running.stop().await;
-        },
-        || {
-            sluice_serving::kill_local_instances(&serving_dir);
-        },
-    )
-    .await;
+    crate::node_cmd::stop(dispatcher, serving, running, &args.data).await;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! `sluice node`: one cluster member in this process.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -491,6 +491,28 @@ impl sluice_dispatcher::SubscriberCapacity for ServingCapacity {
 
 /// Starts the dispatcher of a running node (its ingress address resolves references to Brokers); deliveries
 /// to the Knative Services this node serves follow their ready capacity.
+/// A node's stop after a first Ctrl-C or SIGTERM: gracefully (deliveries, then Knative Services' instances, then
+/// the Raft groups), unless a second signal stops it at once, killing its local instances.
+pub(crate) async fn stop(
+    dispatcher: sluice_dispatcher::Dispatcher,
+    serving: Serving,
+    running: RunningNode,
+    data: &Path,
+) {
+    let serving_dir = data.join("serving");
+    crate::stop_gracefully_unless_signalled_again(
+        async {
+            dispatcher.shutdown().await;
+            serving.stop().await;
+            running.stop().await;
+        },
+        || {
+            sluice_serving::kill_local_instances(&serving_dir);
+        },
+    )
+    .await;
+}
+
 pub(crate) fn start_dispatcher(
     running: &RunningNode,
     tuning: &TuningArgs,
@@ -638,18 +660,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         bootstrap.abort();
     }
     allocator_gauges.abort();
-    let serving_dir = args.data.join("serving");
-    crate::stop_gracefully_unless_signalled_again(
-        async {
-            dispatcher.shutdown().await;
-            serving.stop().await;
-            running.stop().await;
-        },
-        || {
-            sluice_serving::kill_local_instances(&serving_dir);
-        },
-    )
-    .await;
+    stop(dispatcher, serving, running, &args.data).await;
     Ok(())
 }
 
