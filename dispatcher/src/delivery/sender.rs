@@ -435,6 +435,9 @@ impl Sender {
             }
         };
         let status = parts.status.as_u16();
+        // A 2xx that carries no event (no `ce-specversion`, not structured) is no reply, whoever would take one:
+        // its body is read as a discarded one's, not up to the reply limit.
+        let reply_use = if carries_an_event(&parts.headers) { reply_use } else { ReplyUse::Discarded };
         let retry_after =
             parts.headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, now_ms));
         // Of a failure's body nothing but `knativeerrordata`'s first KiB is kept, and a delivery may hold its result
@@ -681,13 +684,22 @@ fn died_before_response(error: &SendError) -> bool {
 /// response carries no event.
 /// The HTTP binding (§3) tells the modes apart by `Content-Type` first: `application/cloudevents+json` is a
 /// structured reply whatever `ce-` headers come with it; otherwise `ce-specversion` makes a binary one.
+/// Whether a response's body is a CloudEvent by its headers, in structured mode (its `Content-Type`) or in
+/// binary mode (`ce-specversion`), as the HTTP binding tells them apart.
+fn is_structured(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("content-type")
+        .and_then(|c| c.to_str().ok())
+        .is_some_and(|c| cloudevent::media_essence(c).0 == "application/cloudevents+json")
+}
+
+fn carries_an_event(headers: &http::HeaderMap) -> bool {
+    is_structured(headers) || headers.contains_key("ce-specversion")
+}
+
 fn parse_reply(headers: &http::HeaderMap, body: Bytes) -> Option<Result<CloudEvent, String>> {
     let content_type = headers.get("content-type").map(|v| v.as_bytes());
-    let structured = content_type
-        .and_then(|c| std::str::from_utf8(c).ok())
-        .map(|c| cloudevent::media_essence(c).0 == "application/cloudevents+json")
-        .unwrap_or(false);
-    if structured {
+    if is_structured(headers) {
         return Some(cloudevent::from_structured(&body).map_err(|e| e.to_json().to_string()));
     }
     headers.contains_key("ce-specversion").then(|| {

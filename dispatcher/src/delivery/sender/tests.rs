@@ -264,6 +264,22 @@ async fn a_discarded_reply_is_read_within_its_small_limit_and_never_parsed() {
     assert_eq!(discarded.body.len(), MAX_DISCARDED_BODY_BYTES, "read no further than its limit");
 }
 
+/// Regression: a 200 without an event (no `ce-specversion`, not structured: an HTML page, a JSON status) to a
+/// Trigger, whose reply is wanted, was read up to the reply limit (4 MiB) before it was found to be no event, so a
+/// subscriber answering with large pages held 4 MiB per delivery of the window. It is read as a discarded body.
+#[tokio::test]
+async fn a_2xx_without_an_event_is_read_within_the_small_limit_though_a_reply_is_wanted() {
+    let body_bytes = 1 << 20;
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {body_bytes}\r\n\r\n");
+    let url = raw_subscriber(head, vec![b'x'; body_bytes]).await;
+    let sender = Sender::new(None).expect("client");
+    let result =
+        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
+    assert_eq!(result.status, Some(200));
+    assert!(result.reply.is_none() && result.reply_cut.is_none() && result.error.is_none(), "{result:?}");
+    assert_eq!(result.body.len(), MAX_DISCARDED_BODY_BYTES, "read no further than a discarded body's limit");
+}
+
 /// The HTTP binding tells the modes apart by `Content-Type` first: a structured reply that also carries a
 /// stray `ce-specversion` header is structured.
 #[test]
