@@ -297,10 +297,9 @@ async fn wait_for_admins(nodes: &mut [DevNode]) -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM, then SIGKILL if the node has not stopped within 10 s.
-/// How long the nodes have for their graceful stop before they are told to stop at once, and then before they
-/// are killed.
+/// How long the nodes have for their graceful stop before they are told to stop at once.
 const CHILD_GRACEFUL_STOP: Duration = Duration::from_secs(10);
+/// How long they then have before they are killed.
 const CHILD_FORCED_STOP: Duration = Duration::from_secs(5);
 
 /// Stops the nodes together: SIGTERM to each (its graceful stop). A second Ctrl-C or SIGTERM to this command, or

@@ -489,8 +489,6 @@ impl sluice_dispatcher::SubscriberCapacity for ServingCapacity {
     }
 }
 
-/// Starts the dispatcher of a running node (its ingress address resolves references to Brokers); deliveries
-/// to the Knative Services this node serves follow their ready capacity.
 /// A node's stop after a first Ctrl-C or SIGTERM: gracefully (deliveries, then Knative Services' instances, then
 /// the Raft groups), unless a second signal stops it at once, killing its local instances.
 pub(crate) async fn stop(
@@ -513,6 +511,8 @@ pub(crate) async fn stop(
     .await;
 }
 
+/// Starts the dispatcher of a running node (its ingress address resolves references to Brokers); deliveries
+/// to the Knative Services this node serves follow their ready capacity.
 pub(crate) fn start_dispatcher(
     running: &RunningNode,
     tuning: &TuningArgs,

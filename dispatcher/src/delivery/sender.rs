@@ -680,12 +680,7 @@ fn died_before_response(error: &SendError) -> bool {
     false
 }
 
-/// A 200's body as a reply event: binary mode (`ce-specversion` present) or structured mode; `None` when the
-/// response carries no event.
-/// The HTTP binding (§3) tells the modes apart by `Content-Type` first: `application/cloudevents+json` is a
-/// structured reply whatever `ce-` headers come with it; otherwise `ce-specversion` makes a binary one.
-/// Whether a response's body is a CloudEvent by its headers, in structured mode (its `Content-Type`) or in
-/// binary mode (`ce-specversion`), as the HTTP binding tells them apart.
+/// Whether a response is a CloudEvent in structured mode, by its `Content-Type`.
 fn is_structured(headers: &http::HeaderMap) -> bool {
     headers
         .get("content-type")
@@ -693,10 +688,16 @@ fn is_structured(headers: &http::HeaderMap) -> bool {
         .is_some_and(|c| cloudevent::media_essence(c).0 == "application/cloudevents+json")
 }
 
+/// Whether a response's body is a CloudEvent by its headers, in structured mode or in binary mode
+/// (`ce-specversion`), as the HTTP binding tells them apart.
 fn carries_an_event(headers: &http::HeaderMap) -> bool {
     is_structured(headers) || headers.contains_key("ce-specversion")
 }
 
+/// A 200's body as a reply event: binary mode (`ce-specversion` present) or structured mode; `None` when the
+/// response carries no event.
+/// The HTTP binding (§3) tells the modes apart by `Content-Type` first: `application/cloudevents+json` is a
+/// structured reply whatever `ce-` headers come with it; otherwise `ce-specversion` makes a binary one.
 fn parse_reply(headers: &http::HeaderMap, body: Bytes) -> Option<Result<CloudEvent, String>> {
     let content_type = headers.get("content-type").map(|v| v.as_bytes());
     if is_structured(headers) {
