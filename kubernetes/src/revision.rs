@@ -97,6 +97,51 @@ pub fn owned_selector(node_id: u64, install: &Install) -> String {
     format!("{NODE_LABEL}=n{node_id},{INSTALL_LABEL}={}", install.as_str())
 }
 
+/// Whose a Deployment or Service of a revision's name is, by its labels, to the node of `install` that would
+/// apply it (`None`: there is none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// There is none: the node makes it.
+    Absent,
+    /// Labelled with the node's install: the node's (its name has the node's id in it).
+    Ours,
+    /// A Sluice node's made before the install label (session 58): taken over, as an upgrade needs.
+    MadeBeforeInstalls,
+    /// Another install's, or not a Sluice node's at all: the node leaves it alone and the revision fails to
+    /// start with `NotOwned`, as Knative's revision reconciler does when a Deployment of its name is not its own.
+    NotOurs(String),
+}
+
+impl Ownership {
+    /// The node may apply (or delete) it.
+    pub fn is_ours(&self) -> bool {
+        !matches!(self, Ownership::NotOurs(_))
+    }
+}
+
+/// Whose the `kind` named `name` with these `labels` is ([`Ownership`]). Pure.
+pub fn ownership(
+    kind: &str,
+    name: &str,
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+    install: &Install,
+) -> Ownership {
+    let Some(labels) = labels else { return Ownership::Absent };
+    match (labels.get(INSTALL_LABEL), labels.contains_key(NODE_LABEL)) {
+        (Some(theirs), true) if theirs == install.as_str() => Ownership::Ours,
+        (None, true) => Ownership::MadeBeforeInstalls,
+        (Some(theirs), true) => Ownership::NotOurs(format!(
+            "There is an existing {kind} {name:?} that we do not own: Sluice install {theirs:?} made it \
+             (this node's is {:?}); run the installs' revisions in different namespaces or under different names",
+            install.as_str()
+        )),
+        (_, false) => Ownership::NotOurs(format!(
+            "There is an existing {kind} {name:?} that we do not own: no Sluice node made it (it has no {NODE_LABEL} \
+             label); delete it or give the revision another name"
+        )),
+    }
+}
+
 /// What one node's pods of a revision are called: `REVISION-nID`.
 pub fn pod_set_name(revision: &str, node_id: u64) -> String {
     format!("{revision}-n{node_id}")
@@ -646,6 +691,35 @@ mod tests {
         assert_eq!(long, Install::of_statefulset(&long_namespace, "sluice").expect("again"), "stable");
         assert_ne!(long, Install::of_statefulset(&long_namespace, "sluice-b").expect("another"));
         assert!(Install::of_statefulset("default", "a,b").is_err(), "never a selector's separator");
+    }
+
+    /// Two installs (or a user's Deployment) may hold a revision's name in one namespace: a node applies and
+    /// deletes only what its install made, or what a node made before installs were labelled.
+    #[test]
+    fn only_what_this_install_made_or_a_node_made_before_installs_is_ours() {
+        let install = install();
+        let labels = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let ours = labels(&[(NODE_LABEL, "n2"), (INSTALL_LABEL, install.as_str())]);
+        let before_installs = labels(&[(NODE_LABEL, "n2")]);
+        let another_install = labels(&[(NODE_LABEL, "n2"), (INSTALL_LABEL, "other.sluice")]);
+        let install_label_alone = labels(&[(INSTALL_LABEL, install.as_str())]);
+        let a_users = labels(&[("app", "hello")]);
+        let unlabelled = labels(&[]);
+        let own = |l: Option<&std::collections::BTreeMap<String, String>>| ownership("Deployment", "d", l, &install);
+        assert_eq!(own(None), Ownership::Absent);
+        assert_eq!(own(Some(&ours)), Ownership::Ours);
+        assert_eq!(own(Some(&before_installs)), Ownership::MadeBeforeInstalls);
+        for theirs in [&another_install, &install_label_alone, &a_users, &unlabelled] {
+            let owner = own(Some(theirs));
+            assert!(!owner.is_ours(), "{theirs:?}");
+            let Ownership::NotOurs(message) = owner else { unreachable!() };
+            assert!(message.starts_with("There is an existing Deployment \"d\" that we do not own"), "{message}");
+        }
+        let Ownership::NotOurs(message) = own(Some(&another_install)) else { unreachable!() };
+        assert!(message.contains("\"other.sluice\""), "names the install that made it: {message}");
+        assert!([Ownership::Absent, Ownership::Ours, Ownership::MadeBeforeInstalls].iter().all(Ownership::is_ours));
     }
 
     #[test]

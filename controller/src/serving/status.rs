@@ -143,14 +143,22 @@ fn probe_port_beside(probe: Option<&super::model::Probe>, container_port: Option
 /// The reason of an instance not ready within the progress deadline (its exit's, on either runtime), and Knative's
 /// for a Revision whose resources did not become available by then.
 const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+/// The reason of an instance whose Deployment (or Service) name is held by another (the Kubernetes runtime), and
+/// Knative's for a Revision whose Deployment exists and is not its own.
+const NOT_OWNED: &str = "NotOwned";
+
+/// Failures of the resources around the container, not of the container: they make `ResourcesAvailable` False.
+fn resources_failed(reason: &str) -> bool {
+    reason == PROGRESS_DEADLINE_EXCEEDED || reason == NOT_OWNED
+}
 
 /// A Revision's `ContainerHealthy` and `ResourcesAvailable`, from whether the node can run it (`can_run`:
 /// [`runs_here`]), the last failure its instances recorded and whether one was ever ready. As Knative's revision
 /// reconciler decides them: a container that cannot run or exits makes `ContainerHealthy` False with its reason
 /// (`ExitCodeN`, `LocalRuntimeNeedsCommand`, `InvalidAutoscaling`, ...), and `ResourcesAvailable` stays Unknown
-/// (`Deploying`), or True once an instance was ready; only an instance not ready within the progress deadline makes
-/// `ResourcesAvailable` False with `ProgressDeadlineExceeded` (its container did not fail: `ContainerHealthy`
-/// stays as it was). Before session 58 any failure made `ResourcesAvailable` False, `ProgressDeadlineExceeded`,
+/// (`Deploying`), or True once an instance was ready; only an instance not ready within the progress deadline, or
+/// a Deployment of its name not its own, makes `ResourcesAvailable` False with `ProgressDeadlineExceeded` or
+/// `NotOwned` (its container did not fail: `ContainerHealthy` stays as it was). Before session 58 any failure made `ResourcesAvailable` False, `ProgressDeadlineExceeded`,
 /// seconds after a deploy whose command exited. Pure.
 fn revision_health(
     can_run: Result<(), (String, String)>,
@@ -158,7 +166,7 @@ fn revision_health(
     ready: bool,
 ) -> (Condition, Condition) {
     let (deadline_missed, container_failed) = match failure {
-        Some(failure) if failure.0 == PROGRESS_DEADLINE_EXCEEDED => (Some(failure), None),
+        Some(failure) if resources_failed(&failure.0) => (Some(failure), None),
         failure => (None, failure),
     };
     let healthy: Condition = match (can_run, container_failed, ready) {
@@ -488,6 +496,7 @@ mod revision_health_tests {
         let failure = |reason: &str| (reason.to_string(), format!("{reason}: the app's last words"));
         let no_command: Result<(), (String, String)> = Err(failure("LocalRuntimeNeedsCommand"));
         let (exit, deadline) = (failure("ExitCode1"), failure(PROGRESS_DEADLINE_EXCEEDED));
+        let not_owned = failure(NOT_OWNED);
         let deploying = ("Unknown", "Deploying");
         // (runnable, the last failure, ready once, ContainerHealthy, ResourcesAvailable)
         let cases = [
@@ -499,6 +508,7 @@ mod revision_health_tests {
             (no_command, Some(&exit), false, ("False", "LocalRuntimeNeedsCommand"), deploying),
             (Ok(()), Some(&deadline), false, deploying, ("False", PROGRESS_DEADLINE_EXCEEDED)),
             (Ok(()), Some(&deadline), true, ("True", ""), ("False", PROGRESS_DEADLINE_EXCEEDED)),
+            (Ok(()), Some(&not_owned), false, deploying, ("False", NOT_OWNED)),
         ];
         for (can_run, failure, ready, healthy, resources) in cases {
             let case = format!("{can_run:?} {failure:?} ready={ready}");

@@ -47,6 +47,9 @@ pub(crate) enum Input {
     Problems(Vec<PodProblem>),
     /// The last scale patch failed: ask again at the next step.
     ScaleFailed,
+    /// Whether the Deployment or Service of the revision's name is another's (`Some`: why): while it is, the node
+    /// leaves it alone, and no claim can have a pod.
+    NotOwned(Option<String>),
     /// Look again (after a failed patch).
     Resync,
     /// The time, on the shell's monotonic clock: a claim still waiting past its progress deadline fails.
@@ -101,6 +104,8 @@ pub(crate) struct Claims {
     claims: BTreeMap<InstanceId, Claim>,
     endpoints: BTreeMap<String, Endpoint>,
     problems: Vec<PodProblem>,
+    /// Why the Deployment or Service of the revision's name is not the node's to apply ([`Input::NotOwned`]).
+    not_owned: Option<String>,
     /// What was last asked of the Deployment (`None`: not yet, or the ask failed).
     replicas: Option<i32>,
     /// How long a claim may wait for a ready pod (Knative's progress deadline; `None`: for ever).
@@ -182,6 +187,7 @@ impl Claims {
                 });
             }
             Input::Problems(problems) => self.problems = problems,
+            Input::NotOwned(why) => self.not_owned = why,
             // Not asked again in this step: at the next step (the shell's 2 s resync tick, or the next event).
             Input::ScaleFailed => {
                 self.replicas = None;
@@ -193,6 +199,7 @@ impl Claims {
         self.bind(&mut out);
         self.expire(&mut out);
         self.charge_problems(&mut out);
+        self.refuse_while_not_owned(&mut out);
         self.rescale(&mut out);
         out
     }
@@ -286,8 +293,24 @@ impl Claims {
         }
     }
 
-    /// The Deployment runs a pod for each claim not being stopped.
+    /// While the revision's Deployment or Service is another's, every waiting claim fails at once with
+    /// `NotOwned` (the Revision says so, as Knative's does), rather than at its progress deadline: its pod cannot
+    /// come. The revision task backs off and asks again, and a claim then waits as usual once the name is free.
+    fn refuse_while_not_owned(&mut self, out: &mut Vec<Command>) {
+        let Some(why) = &self.not_owned else { return };
+        for id in self.waiting() {
+            self.claims.remove(&id);
+            out.push(Command::Exited { id, reason: "NotOwned".into(), message: why.clone() });
+        }
+    }
+
+    /// The Deployment runs a pod for each claim not being stopped; nothing is asked of a Deployment that is not
+    /// the node's (asked again once it is).
     fn rescale(&mut self, out: &mut Vec<Command>) {
+        if self.not_owned.is_some() {
+            self.replicas = None;
+            return;
+        }
         let wanted = self.claims.values().filter(|c| !matches!(c, Claim::Stopping { .. })).count();
         let wanted = i32::try_from(wanted).unwrap_or(i32::MAX);
         if self.replicas != Some(wanted) {
@@ -475,6 +498,24 @@ mod tests {
     }
 
     #[test]
+    fn while_the_deployment_is_another_s_claims_fail_at_once_and_nothing_is_scaled() {
+        let mut claims = Claims::with_progress_deadline(600_000);
+        let why = "There is an existing Deployment \"hello-00001-n1-deployment\" that we do not own".to_string();
+        assert_eq!(claims.step(Input::NotOwned(Some(why.clone()))), []);
+        assert_eq!(
+            claims.step(Input::Start(1)),
+            [Command::Exited { id: 1, reason: "NotOwned".into(), message: why.clone() }],
+            "fails at once, not at its progress deadline, and no scale is asked"
+        );
+        assert!(claims.is_empty());
+        assert_eq!(claims.step(Input::Tick { now_ms: 2_000 }), []);
+        // The name is free again (the other's was deleted): the next start waits for its pod as usual.
+        assert_eq!(claims.step(Input::NotOwned(None)), [Command::Scale(0)]);
+        assert_eq!(claims.step(Input::Start(2)), [Command::Scale(1)]);
+        assert_eq!(claims.step(Input::Endpoints(vec![ready("p", 7)])), [Command::Ready { id: 2, addr: addr(7) }]);
+    }
+
+    #[test]
     fn a_failed_scale_is_asked_again() {
         let mut claims = Claims::default();
         assert_eq!(claims.step(Input::Start(1)), [Command::Scale(1)]);
@@ -505,6 +546,8 @@ mod tests {
             Just(Input::Problems(vec![])),
             Just(Input::ScaleFailed),
             Just(Input::Resync),
+            Just(Input::NotOwned(Some("another's".into()))),
+            Just(Input::NotOwned(None)),
             (0u64..2_000_000).prop_map(|now_ms| Input::Tick { now_ms }),
         ]
     }
@@ -535,6 +578,10 @@ mod tests {
                 }
                 if let Input::Stop(id) = input {
                     live.remove(&id);
+                }
+                if claims.not_owned.is_some() {
+                    prop_assert!(!out.iter().any(|c| matches!(c, Command::Scale(_))), "scaled another's Deployment");
+                    prop_assert!(claims.waiting().is_empty(), "a claim waits for a pod that cannot come");
                 }
                 let bound: Vec<&String> = claims.claims.values().filter_map(|c| match c {
                     Claim::Bound { pod } | Claim::Stopping { pod, .. } => Some(pod),

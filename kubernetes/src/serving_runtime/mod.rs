@@ -27,7 +27,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -37,7 +37,8 @@ use sluice_serving::{Runtime, ServingError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::revision::{
-    Install, apply, apply_service, owned_selector, pod_selector, revision_deployment, revision_service, scale,
+    Install, Ownership, apply, apply_service, owned_selector, ownership, pod_selector, revision_deployment,
+    revision_service, scale,
 };
 use claims::{Claims, Command, Input};
 use runs::{RunStart, Runs};
@@ -132,6 +133,29 @@ where
     }
 }
 
+/// Deletes `name` when it is this install's ([`ownership`]), and only the object read (a uid precondition): what
+/// another install, or anyone else, made under the revision's name stays.
+async fn delete_if_ours<K>(api: &Api<K>, kind: &str, name: &str, install: &Install) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(existing) = api.get_opt(name).await? else { return Ok(()) };
+    if let Ownership::NotOurs(why) = ownership(kind, name, Some(existing.labels()), install) {
+        tracing::info!(%why, "not deleted");
+        return Ok(());
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions { uid: existing.uid(), resource_version: None }),
+        ..DeleteParams::background()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        // Gone meanwhile, or replaced by another object of the name (the precondition): not ours to delete.
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl Runtime for KubernetesRuntime {
     fn kind(&self) -> ServingRuntime {
         ServingRuntime::Kubernetes
@@ -171,6 +195,7 @@ impl Runtime for KubernetesRuntime {
                         self.node_id,
                     ),
                     tasks: self.tasks.clone(),
+                    install: self.install.clone(),
                     progress_deadline: spec.progress_deadline,
                     runs: Runs::default(),
                 };
@@ -251,10 +276,33 @@ struct PodSetTask {
     service: Service,
     pod_selector: String,
     tasks: Tasks,
+    /// The node's install: what carries another's label is left alone ([`ownership`]).
+    install: Install,
     /// An instance with no ready pod by then fails (`ProgressDeadlineExceeded`).
     progress_deadline: Duration,
     /// The runs of the revision that started instances here.
     runs: Runs,
+}
+
+/// What applying a revision's Service and Deployment came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Ensured {
+    Applied,
+    /// A call failed: tried again at the next resync.
+    Failed,
+    /// One of them is another's ([`Ownership::NotOurs`]): left alone, looked at again at the next resync.
+    NotOwned(String),
+}
+
+impl Ensured {
+    /// Whether the Deployment is applied, and what the claims learn of its owner (nothing when a call failed).
+    fn split(self) -> (bool, Option<Input>) {
+        match self {
+            Ensured::Applied => (true, Some(Input::NotOwned(None))),
+            Ensured::Failed => (false, None),
+            Ensured::NotOwned(why) => (false, Some(Input::NotOwned(Some(why)))),
+        }
+    }
 }
 
 /// What the task keeps besides the claims.
@@ -297,7 +345,7 @@ impl PodSetTask {
         let mut claims =
             Claims::with_progress_deadline(u64::try_from(self.progress_deadline.as_millis()).unwrap_or(u64::MAX));
         let mut waiting = Waiting::default();
-        let mut applied = self.ensure(&deployments, &services).await;
+        let (mut applied, mut owner_news) = self.ensure(&deployments, &services).await.split();
         let mut resync = tokio::time::interval(RESYNC);
         loop {
             let input = tokio::select! {
@@ -312,7 +360,7 @@ impl PodSetTask {
                             let PodSet { deployment, service } = *pod_set;
                             self.deployment = deployment;
                             self.service = service;
-                            applied = self.ensure(&deployments, &services).await;
+                            (applied, owner_news) = self.ensure(&deployments, &services).await.split();
                         }
                         waiting.events.insert(claim, (instance, events));
                         Input::Start(claim)
@@ -330,8 +378,8 @@ impl PodSetTask {
                         // Deleting the Deployment takes its pods, those still stopping too. Deleted first, then
                         // the task leaves the map: a start that comes meanwhile finds it and has it apply again.
                         for outcome in [
-                            delete_ignoring_absent(&deployments, &deployment_name).await,
-                            delete_ignoring_absent(&services, &service_name).await,
+                            delete_if_ours(&deployments, "Deployment", &deployment_name, &self.install).await,
+                            delete_if_ours(&services, "Service", &service_name, &self.install).await,
                         ] {
                             if let Err(e) = outcome {
                                 tracing::warn!(revision = %self.key, error = %e, "deleting the revision's Deployment or Service failed; it goes when the node restarts");
@@ -346,7 +394,7 @@ impl PodSetTask {
                             let _ = done.send(());
                             return;
                         }
-                        applied = self.ensure(&deployments, &services).await;
+                        (applied, owner_news) = self.ensure(&deployments, &services).await.split();
                         claims.step(Input::ScaleFailed);
                         let _ = done.send(());
                         Input::Resync
@@ -377,12 +425,13 @@ impl PodSetTask {
                 },
                 _ = resync.tick() => {
                     if !applied {
-                        applied = self.ensure(&deployments, &services).await;
+                        (applied, owner_news) = self.ensure(&deployments, &services).await.split();
                     }
                     Input::Tick { now_ms: now_ms() }
                 }
             };
-            let mut commands = claims.step(input);
+            let mut commands = owner_news.take().map(|news| claims.step(news)).unwrap_or_default();
+            commands.extend(claims.step(input));
             while !commands.is_empty() {
                 let mut follow_ups = Vec::new();
                 for command in commands {
@@ -400,20 +449,38 @@ impl PodSetTask {
 
     /// Applies the Service and the Deployment: at zero pods when it is new (the claims set the count), at the
     /// count it has when it exists (an apply must not change it, [`apply`]). The count read here is the one
-    /// applied: only this task patches it, and not while it applies.
-    async fn ensure(&self, deployments: &Api<Deployment>, services: &Api<Service>) -> bool {
+    /// applied: only this task patches it, and not while it applies. Neither is applied when either of their
+    /// names is another's (another install's, or no Sluice node's): a forced apply would take it over.
+    async fn ensure(&self, deployments: &Api<Deployment>, services: &Api<Service>) -> Ensured {
         let outcome = async {
+            let service_name = self.service.name_any();
+            let deployment_name = self.deployment.name_any();
+            let existing_service = services.get_opt(&service_name).await?;
+            let existing = deployments.get_opt(&deployment_name).await?;
+            for owner in [
+                ownership("Service", &service_name, existing_service.as_ref().map(ResourceExt::labels), &self.install),
+                ownership("Deployment", &deployment_name, existing.as_ref().map(ResourceExt::labels), &self.install),
+            ] {
+                if let Ownership::NotOurs(why) = owner {
+                    return Ok(Some(why));
+                }
+            }
             apply_service(services, &self.service).await?;
-            let existing = deployments.get_opt(&self.deployment.name_any()).await?;
-            apply(deployments, &self.deployment, existing.as_ref()).await
+            apply(deployments, &self.deployment, existing.as_ref()).await?;
+            Ok::<_, kube::Error>(None)
         }
         .await;
         match outcome {
-            Ok(_) => true,
+            Ok(None) => Ensured::Applied,
+            Ok(Some(why)) => {
+                tracing::warn!(revision = %self.key, %why, "the revision's Deployment or Service is not this node's; left alone");
+                metrics::counter!("sluice_kubernetes_runtime_errors_total", "call" => "not_owned").increment(1);
+                Ensured::NotOwned(why)
+            }
             Err(e) => {
                 tracing::warn!(revision = %self.key, error = %e, "applying the revision's Deployment failed");
                 metrics::counter!("sluice_kubernetes_runtime_errors_total", "call" => "apply").increment(1);
-                false
+                Ensured::Failed
             }
         }
     }
@@ -529,7 +596,7 @@ mod tests {
     use http::Method;
 
     use super::*;
-    use crate::mock_api::{mock_client, next_request, respond, respond_not_found};
+    use crate::mock_api::{assert_no_request, mock_client, next_request, respond, respond_not_found};
     use crate::revision::{INSTALL_LABEL, NODE_LABEL};
 
     fn install() -> Install {
@@ -584,6 +651,7 @@ mod tests {
             service: revision_service(&revision, 2, &install()).expect("service"),
             pod_selector: pod_selector("hello-00001", 2),
             tasks: Tasks::default(),
+            install: install(),
             progress_deadline: Duration::from_secs(600),
             runs: Runs::default(),
         }
@@ -602,15 +670,16 @@ mod tests {
         let service = serde_json::to_value(&task.service).expect("json");
         let server = tokio::spawn(async move {
             let deployment_path = "/apis/apps/v1/namespaces/apps/deployments/hello-00001-n2-deployment";
+            let service_path = "/api/v1/namespaces/apps/services/hello-00001-n2-private";
             let as_sluice = "?&force=true&fieldManager=sluice";
             let mut applied = Vec::new();
             for existing in [None, Some(0), Some(3)] {
                 let (method, path, _, send) = next_request(&mut handle).await;
-                assert_eq!(
-                    (method, path),
-                    (Method::PATCH, format!("/api/v1/namespaces/apps/services/hello-00001-n2-private{as_sluice}"))
-                );
-                respond(send, &service);
+                assert_eq!((method, path.as_str()), (Method::GET, service_path));
+                match existing {
+                    None => respond_not_found(send),
+                    Some(_) => respond(send, &service),
+                }
                 let (method, path, _, send) = next_request(&mut handle).await;
                 assert_eq!((method, path.as_str()), (Method::GET, deployment_path));
                 match existing {
@@ -621,6 +690,9 @@ mod tests {
                         respond(send, &found);
                     }
                 }
+                let (method, path, _, send) = next_request(&mut handle).await;
+                assert_eq!((method, path), (Method::PATCH, format!("{service_path}{as_sluice}")));
+                respond(send, &service);
                 let (method, path, body, send) = next_request(&mut handle).await;
                 assert_eq!((method, path), (Method::PATCH, format!("{deployment_path}{as_sluice}")));
                 applied.push(body["spec"]["replicas"].clone());
@@ -629,10 +701,59 @@ mod tests {
             applied
         });
         for _ in 0..3 {
-            assert!(task.ensure(&deployments, &services).await, "applied");
+            assert_eq!(task.ensure(&deployments, &services).await, Ensured::Applied);
         }
         let applied =
             tokio::time::timeout(Duration::from_secs(5), server).await.expect("scenario finished").expect("scenario");
         assert_eq!(applied, [json!(0), json!(0), json!(3)], "created at zero, then applied at the count it had");
+    }
+
+    /// Two installs on one cluster ran a revision of one name in one namespace: the second's node applied
+    /// (forced) over the first's Deployment, and retiring the revision deleted it. Now another's Deployment or
+    /// Service is neither applied nor deleted: the claims learn why (`NotOwned`).
+    #[tokio::test]
+    async fn regression_another_installs_deployment_of_the_name_is_neither_applied_nor_deleted() {
+        let (client, mut handle) = mock_client();
+        let task = pod_set_task(client.clone());
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), "apps");
+        let services: Api<Service> = Api::namespaced(client, "apps");
+        let mut theirs = serde_json::to_value(&task.deployment).expect("json");
+        theirs["metadata"]["labels"][INSTALL_LABEL] = json!("other.sluice");
+        theirs["metadata"]["uid"] = json!("their-uid");
+        let mut service = serde_json::to_value(&task.service).expect("json");
+        service["metadata"]["uid"] = json!("our-uid");
+        let deployment_path = "/apis/apps/v1/namespaces/apps/deployments/hello-00001-n2-deployment";
+        let service_path = "/api/v1/namespaces/apps/services/hello-00001-n2-private";
+        let server = tokio::spawn(async move {
+            let (method, path, _, send) = next_request(&mut handle).await;
+            assert_eq!((method, path.as_str()), (Method::GET, service_path));
+            respond(send, &service);
+            let (method, path, _, send) = next_request(&mut handle).await;
+            assert_eq!((method, path.as_str()), (Method::GET, deployment_path));
+            respond(send, &theirs);
+            // Retiring reads each and deletes only its own, the object it read.
+            let (method, path, _, send) = next_request(&mut handle).await;
+            assert_eq!((method, path.as_str()), (Method::GET, deployment_path));
+            respond(send, &theirs);
+            let (method, path, _, send) = next_request(&mut handle).await;
+            assert_eq!((method, path.as_str()), (Method::GET, service_path));
+            respond(send, &service);
+            let (method, path, body, send) = next_request(&mut handle).await;
+            assert_eq!((method, path.as_str()), (Method::DELETE, format!("{service_path}?").as_str()));
+            assert_eq!(body["preconditions"]["uid"], json!("our-uid"), "{body}");
+            respond(send, &service);
+            assert_no_request(&mut handle).await;
+        });
+        let Ensured::NotOwned(why) = task.ensure(&deployments, &services).await else {
+            panic!("another install's Deployment was applied over");
+        };
+        assert!(why.contains("\"hello-00001-n2-deployment\"") && why.contains("\"other.sluice\""), "{why}");
+        for (api_kind, outcome) in [
+            ("Deployment", delete_if_ours(&deployments, "Deployment", &task.deployment.name_any(), &task.install).await),
+            ("Service", delete_if_ours(&services, "Service", &task.service.name_any(), &task.install).await),
+        ] {
+            outcome.unwrap_or_else(|e| panic!("{api_kind}: {e}"));
+        }
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("scenario finished").expect("scenario");
     }
 }
