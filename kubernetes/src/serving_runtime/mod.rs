@@ -749,7 +749,10 @@ mod tests {
         };
         assert!(why.contains("\"hello-00001-n2-deployment\"") && why.contains("\"other.sluice\""), "{why}");
         for (api_kind, outcome) in [
-            ("Deployment", delete_if_ours(&deployments, "Deployment", &task.deployment.name_any(), &task.install).await),
+            (
+                "Deployment",
+                delete_if_ours(&deployments, "Deployment", &task.deployment.name_any(), &task.install).await,
+            ),
             ("Service", delete_if_ours(&services, "Service", &task.service.name_any(), &task.install).await),
         ] {
             outcome.unwrap_or_else(|e| panic!("{api_kind}: {e}"));
