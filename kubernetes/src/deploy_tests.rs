@@ -216,13 +216,15 @@ fn only_sluices_own_pods_reach_the_admin_and_peer_ports() {
 }
 
 /// What the Kubernetes serving runtime calls (`serving_runtime`, `revision`): (API group, resource, verb).
-const SERVING_RUNTIME_CALLS: [(&str, &str, &str); 13] = [
+const SERVING_RUNTIME_CALLS: [(&str, &str, &str); 14] = [
     ("apps", "deployments", "list"),
     ("apps", "deployments", "get"),
     ("apps", "deployments", "patch"),
     ("apps", "deployments", "delete"),
     ("apps", "deployments/scale", "patch"),
     ("", "services", "list"),
+    // Read before an apply or a deletion: another install's is left alone.
+    ("", "services", "get"),
     ("", "services", "patch"),
     ("", "services", "delete"),
     ("", "pods", "list"),
