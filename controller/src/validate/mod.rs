@@ -591,17 +591,48 @@ fn is_empty_destination(destination: &Destination) -> bool {
         && destination.audience.is_none()
 }
 
-/// The host of an absolute `scheme://[userinfo@]host[:port]/...` URL, empty when it has none.
-fn uri_host(rest_after_scheme: &str) -> &str {
+/// The host of an absolute `scheme://[userinfo@]host[:port]/...` URL (empty when it has none), and its port's
+/// text (`None` without a `:`).
+fn uri_host_port(rest_after_scheme: &str) -> (&str, Option<&str>) {
     let authority = rest_after_scheme.split(['/', '?', '#']).next().unwrap_or_default();
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
     match host_port.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => host_port.split(':').next().unwrap_or_default(),
+        Some(bracketed) => {
+            let (host, after) = bracketed.split_once(']').unwrap_or((bracketed, ""));
+            (host, after.strip_prefix(':'))
+        }
+        None => host_port.split_once(':').map_or((host_port, None), |(host, port)| (host, Some(port))),
     }
 }
 
+/// A URL's port as Knative's `url.Parse` and a connection need it: digits (or none, the scheme's default) that
+/// name a port, 0 to 65535. A port that is not one must be refused here: the HTTP client would read no port
+/// and send the events to the scheme's default port, another server.
+fn port_ok(port: &str) -> bool {
+    port.is_empty() || (port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok())
+}
+
+/// Knative's check of a Destination's `CACerts`: PEM, of certificates (not a key or a request), each one that
+/// parses as X.509, as the dispatcher's TLS client will need them. `None` when they are fine.
+fn ca_certs_problem(pem: &str) -> Option<&'static str> {
+    let mut certificates = 0;
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+        let Ok(block) = block else { return Some("CA Cert provided is invalid (not PEM)") };
+        if block.label != "CERTIFICATE" {
+            return Some("CA Cert provided is not a certificate");
+        }
+        if block.parse_x509().is_err() {
+            return Some("CA Cert provided is invalid (not an X.509 certificate)");
+        }
+        certificates += 1;
+    }
+    (certificates == 0).then_some("CA Cert provided is invalid (no PEM certificate in it)")
+}
+
 fn validate_destination(path: &str, destination: &Destination, errors: &mut Vec<FieldError>) {
+    if let Some(problem) = destination.ca_certs.as_deref().and_then(ca_certs_problem) {
+        errors.push(err(format!("{path}.CACerts"), problem));
+    }
     match (&destination.reference, &destination.uri) {
         (None, None) => errors.push(err(path, "expected exactly one, got neither: ref, uri")),
         (Some(reference), uri) => {
@@ -617,11 +648,15 @@ fn validate_destination(path: &str, destination: &Destination, errors: &mut Vec<
         }
         (None, Some(uri)) => {
             // Knative: an absolute URI with a host (`http:///x` has none).
-            let scheme_ok = uri.split_once("://").is_some_and(|(scheme, rest)| {
-                matches!(scheme, "http" | "https") && !uri_host(rest).is_empty() && !rest.contains(char::is_whitespace)
-            });
-            if !scheme_ok {
+            let Some((scheme, rest)) = uri.split_once("://") else {
                 errors.push(err(format!("{path}.uri"), format!("{uri:?} must be an absolute http(s) URL")));
+                return;
+            };
+            let (host, port) = uri_host_port(rest);
+            if !matches!(scheme, "http" | "https") || host.is_empty() || rest.contains(char::is_whitespace) {
+                errors.push(err(format!("{path}.uri"), format!("{uri:?} must be an absolute http(s) URL")));
+            } else if let Some(port) = port.filter(|port| !port_ok(port)) {
+                errors.push(err(format!("{path}.uri"), format!("{uri:?}: port {port:?} must be a number, 0 to 65535")));
             }
         }
     }

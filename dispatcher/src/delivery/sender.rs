@@ -482,16 +482,29 @@ impl Sender {
 }
 
 /// The destination's URL as a request `Uri`. One a `Uri` cannot take as it is (a space, a non-ASCII host) is
-/// normalised as a browser would first (percent-encoding, IDNA).
+/// normalised as a browser would first (percent-encoding, IDNA). A port that is not one (`svc:8o80`,
+/// `svc:99999`) is refused: a `Uri` takes it and reads no port, and the request would go to the scheme's
+/// default port, another server.
 fn parse_uri(url: &str) -> Result<http::Uri, String> {
     if let Ok(uri) = http::Uri::try_from(url)
         && uri.scheme().is_some()
         && uri.host().is_some()
+        && uri
+            .authority()
+            .and_then(|a| port_text(a.as_str()))
+            .is_none_or(|port| port.is_empty() || uri.port_u16().is_some())
     {
         return Ok(uri);
     }
     let normalised = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     http::Uri::try_from(normalised.as_str()).map_err(|e| format!("invalid URL {url:?}: {e}"))
+}
+
+/// The text after an authority's host, its port (`None`: no `:`); an IPv6 host's colons are not it.
+fn port_text(authority: &str) -> Option<&str> {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let after_host = host_port.rfind(']').map_or(host_port, |end| &host_port[end + 1..]);
+    after_host.split_once(':').map(|(_, port)| port)
 }
 
 /// The POST of one attempt: binary or structured, with `Prefer: reply` and the event's `traceparent`.

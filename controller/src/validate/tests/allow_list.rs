@@ -312,8 +312,13 @@ fn full_reference() -> Value {
            "group": "messaging.knative.dev", "address": "http"})
 }
 
+/// A CA certificate in PEM, as `CACerts` must be.
+static CA_CERTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    rcgen::generate_simple_self_signed(vec!["c.default.svc".into()]).expect("certificate").cert.pem()
+});
+
 fn full_destination() -> Value {
-    json!({"ref": full_reference(), "uri": "/path", "CACerts": "-----BEGIN CERTIFICATE-----", "audience": "aud"})
+    json!({"ref": full_reference(), "uri": "/path", "CACerts": *CA_CERTS, "audience": "aud"})
 }
 
 fn full_delivery() -> Value {

@@ -353,6 +353,28 @@ fn invalid_objects_name_their_field() {
             set(trigger(), "/spec/subscriber", json!({"uri": "http://user@:8080/x"})),
             "spec.subscriber.uri",
         ),
+        // Regression: a port that is not one was accepted, and the HTTP client, reading no port, sent the events
+        // to the scheme's default port (80), another server.
+        (
+            "uri with a port that is not a number",
+            set(trigger(), "/spec/subscriber", json!({"uri": "http://svc:8o80/x"})),
+            "spec.subscriber.uri",
+        ),
+        (
+            "uri with a port past 65535",
+            set(trigger(), "/spec/subscriber", json!({"uri": "http://svc:99999/x"})),
+            "spec.subscriber.uri",
+        ),
+        (
+            "dead letter sink uri with a signed port",
+            set(broker(), "/spec/delivery/deadLetterSink", json!({"uri": "https://[::1]:+443/"})),
+            "spec.delivery.deadLetterSink.uri",
+        ),
+        (
+            "subscriber CACerts that are not PEM",
+            set(trigger(), "/spec/subscriber", json!({"uri": "https://svc/x", "CACerts": "not a pem"})),
+            "spec.subscriber.CACerts",
+        ),
         (
             "dependency annotation not an object reference",
             set(trigger(), "/metadata/annotations", json!({"knative.dev/dependency": "pingsource"})),
@@ -630,4 +652,71 @@ fn a_channels_template_is_immutable() {
     let errors = validate_object(&with_template("KafkaChannel"), Some(&stored)).expect_err("changed");
     assert!(errors.iter().any(|e| e.path == "spec.channelTemplate"), "{errors:?}");
     assert_eq!(validate_object(&with_template("KafkaChannel"), None), Ok(()), "a new Channel chooses its template");
+}
+
+/// A URL's port: none, empty (the scheme's default) or 0 to 65535, in digits; an IPv6 host's colons are no port.
+#[test]
+fn a_destination_uri_names_a_port_or_none() {
+    for fine in [
+        "http://svc/x",
+        "http://svc:/x",
+        "http://svc:0/",
+        "https://svc:65535/",
+        "http://[::1]:8080/",
+        "http://[::1]/",
+        "http://user:pass@svc:8080/x?a=b:c",
+        "http://svc?q=1:2",
+    ] {
+        let trigger = set(trigger(), "/spec/subscriber", json!({"uri": fine}));
+        assert_eq!(validate_object(&trigger, None), Ok(()), "{fine}");
+    }
+    for refused in ["http://svc:8o80/", "http://svc:65536/", "http://svc:-1/", "http://[::1]:x/", "http://svc:80:80/"] {
+        let trigger = set(trigger(), "/spec/subscriber", json!({"uri": refused}));
+        let errors = validate_object(&trigger, None).expect_err(refused);
+        assert!(
+            errors.iter().any(|e| e.path == "spec.subscriber.uri" && e.message.contains("port")),
+            "{refused}: {errors:?}"
+        );
+    }
+}
+
+/// Knative refuses `CACerts` that are not PEM certificates at admission (`CA Cert provided is invalid`, `... is
+/// not a certificate`); before, Sluice stored them and every delivery failed as a network error, retried.
+#[test]
+fn destination_ca_certs_are_pem_certificates() {
+    let signed = rcgen::generate_simple_self_signed(vec!["sink.example".into()]).expect("certificate");
+    let certificate = signed.cert.pem();
+    let request = rcgen::CertificateParams::new(vec!["sink.example".into()])
+        .expect("params")
+        .serialize_request(&signed.signing_key)
+        .expect("request")
+        .pem()
+        .expect("pem");
+    let key = signed.signing_key.serialize_pem();
+    let with = |ca_certs: &str| {
+        set(trigger(), "/spec/subscriber", json!({"uri": "https://sink.example/", "CACerts": ca_certs}))
+    };
+    assert_eq!(validate_object(&with(&certificate), None), Ok(()));
+    assert_eq!(validate_object(&with(&format!("{certificate}{certificate}")), None), Ok(()), "a bundle");
+    // The first half of the certificate's DER, as PEM: a certificate cut short.
+    let body = certificate.lines().filter(|l| !l.starts_with("-----")).collect::<String>();
+    let half = &body[..body.len() / 8 * 4];
+    let corrupt = format!("-----BEGIN CERTIFICATE-----\n{half}\n-----END CERTIFICATE-----\n");
+    for (bad, says) in [
+        ("", "no PEM certificate"),
+        ("not a pem", "invalid"),
+        ("-----BEGIN CERTIFICATE-----", "not PEM"),
+        (request.as_str(), "not a certificate"),
+        (key.as_str(), "not a certificate"),
+        (corrupt.as_str(), "not an X.509 certificate"),
+    ] {
+        let errors = validate_object(&with(bad), None).expect_err(bad);
+        assert!(
+            errors.iter().any(|e| e.path == "spec.subscriber.CACerts" && e.message.contains(says)),
+            "{bad:?}: {errors:?}"
+        );
+    }
+    let broker = set(broker(), "/spec/delivery/deadLetterSink", json!({"uri": "https://dlq/", "CACerts": "x"}));
+    let errors = validate_object(&broker, None).expect_err("the dead letter sink's too");
+    assert!(errors.iter().any(|e| e.path == "spec.delivery.deadLetterSink.CACerts"), "{errors:?}");
 }

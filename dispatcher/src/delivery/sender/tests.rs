@@ -146,6 +146,26 @@ fn urls_a_uri_cannot_take_as_they_are_are_normalised_first() {
     }
 }
 
+/// Regression: `http://svc:8o80/` became a `Uri` with no port, and the events went to port 80, another server.
+#[test]
+fn a_port_that_is_not_one_is_refused_never_read_as_the_default() {
+    for (url, port) in [
+        ("http://svc:8080/x", Some(8080)),
+        ("http://svc/x", None),
+        ("http://svc:/x", None),
+        ("http://[::1]:9090/", Some(9090)),
+        ("http://[::1]/", None),
+        ("http://u:p@svc:81/", Some(81)),
+    ] {
+        assert_eq!(parse_uri(url).expect(url).port_u16(), port, "{url}");
+    }
+    for invalid in
+        ["http://svc:8o80/", "http://svc:99999/", "http://svc:65536/x", "https://[::1]:x/", "http://u:p@svc:8o/"]
+    {
+        assert!(parse_uri(invalid).is_err(), "{invalid:?}: {:?}", parse_uri(invalid));
+    }
+}
+
 #[tokio::test]
 async fn a_localhost_name_reaches_loopback_over_plain_http() {
     let (url, requests) = closing_subscriber(true).await;
