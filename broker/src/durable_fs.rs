@@ -3,7 +3,7 @@
 //! were not): RocksDB fsyncs its own directory, but not the directories Sluice creates for it.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 /// Fsyncs a directory: the entries created, renamed or removed in it are durable.
@@ -28,7 +28,8 @@ pub(crate) fn create_dir_all(dir: &Path) -> io::Result<()> {
     sync_dir(dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
 }
 
-/// Writes a whole file durably: to `PATH.tmp`, fsynced, renamed over `path`, the directory fsynced.
+/// Writes a whole file durably: to `PATH.tmp`, fsynced, renamed over `path`, the directory fsynced
+/// ([`sluice_security::write_file_durably`]).
 pub(crate) fn write_file(path: &Path, contents: &[u8]) -> io::Result<()> {
     write_file_with_mode(path, contents, 0o644)
 }
@@ -39,13 +40,7 @@ pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()>
 }
 
 fn write_file_with_mode(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+    sluice_security::write_file_durably(path, contents, mode)
 }
 
 #[cfg(test)]

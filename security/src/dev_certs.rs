@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
+use crate::durable_file::write_file_durably;
 use crate::error::TlsError;
 use crate::tls::TlsFiles;
 
@@ -73,24 +74,26 @@ pub fn issue_certificate_for(
 
 /// `dir`'s CA and node certificate, generated on first use and kept (so a browser or `curl --cacert` that
 /// trusts the CA keeps trusting it across restarts). The node certificate names `localhost`, `*.localhost`
-/// (serving's Route hosts), 127.0.0.1 and ::1.
+/// (serving's Route hosts), 127.0.0.1 and ::1. Each file is written whole ([`write_file_durably`]), the node
+/// certificate last; files that are there but do not load (a run stopped as it wrote them, before session 62's
+/// whole writes; a file edited by hand) are made again, with a new CA, rather than refused at every start.
 pub fn ensure_dev_certificates(dir: &Path) -> Result<TlsFiles, TlsError> {
     let files = TlsFiles { cert: dir.join("node.pem"), key: dir.join("node.key"), ca: dir.join("ca.pem") };
     if files.cert.exists() && files.key.exists() && files.ca.exists() {
-        return Ok(files);
+        match crate::tls::check_loads(&files) {
+            Ok(_) => return Ok(files),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "the dev certificates do not load; making new ones")
+            }
+        }
     }
     let write = |path: &PathBuf, text: &str| {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         // Keys are readable by their owner only; certificates too, which costs nothing here.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .and_then(|mut file| file.write_all(text.as_bytes()))
-            .map_err(|source| TlsError::Read { flag: "--tls", path: path.clone(), source })
+        write_file_durably(path, text.as_bytes(), 0o600).map_err(|source| TlsError::Read {
+            flag: "--tls",
+            path: path.clone(),
+            source,
+        })
     };
     std::fs::create_dir_all(dir).map_err(|source| TlsError::Read { flag: "--tls", path: dir.to_path_buf(), source })?;
     let ca = DevCertificates::new_ca("Sluice dev CA")?;
@@ -101,4 +104,40 @@ pub fn ensure_dev_certificates(dir: &Path) -> Result<TlsFiles, TlsError> {
     write(&files.key, &key)?;
     write(&files.cert, &cert)?;
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{Tls, TransportEncryption};
+
+    #[test]
+    fn dev_certificates_are_made_once_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = ensure_dev_certificates(dir.path()).expect("made");
+        let ca = std::fs::read_to_string(&files.ca).expect("ca");
+        assert!(Tls::load(TransportEncryption::Strict, Some(files.clone())).expect("loads").is_some());
+        let again = ensure_dev_certificates(dir.path()).expect("kept");
+        assert_eq!(std::fs::read_to_string(&again.ca).expect("ca"), ca, "the same CA across restarts");
+    }
+
+    /// Regression: the files were written in place, so a run stopped as it wrote them (or a full disk) left a
+    /// node certificate cut short beside the others, and every later start failed to load it until the
+    /// directory was deleted by hand.
+    #[test]
+    fn regression_a_node_certificate_cut_short_is_made_again_not_refused_at_every_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = ensure_dev_certificates(dir.path()).expect("made");
+        let first_ca = std::fs::read_to_string(&files.ca).expect("ca");
+        std::fs::write(&files.cert, "").expect("cut short");
+        let files = ensure_dev_certificates(dir.path()).expect("made again");
+        assert!(Tls::load(TransportEncryption::Strict, Some(files.clone())).expect("loads").is_some());
+        assert_ne!(std::fs::read_to_string(&files.ca).expect("ca"), first_ca, "a new CA signs the new certificate");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
 }

@@ -8,16 +8,20 @@
 //! - `admin_auth`: an admin gRPC call's method and credentials (token or client certificate) in → allowed or
 //!   UNAUTHENTICATED / PERMISSION_DENIED out, by two roles (read, operate).
 //! - `dev_certs`: a directory in → a local CA and a node certificate signed by it out (`sluice dev --tls`).
+//! - `durable_file`: bytes in → a file written whole or not at all, kept across a power cut (keys,
+//!   certificates, the broker's small files).
 //!
 //! Nothing here knows about Brokers or Raft: the broker, dispatcher and CLI call in.
 
 pub mod admin_auth;
 mod dev_certs;
+mod durable_file;
 mod error;
 pub mod jwt;
 pub mod tls;
 
 pub use dev_certs::{DevCertificates, ensure_dev_certificates, issue_certificate, issue_certificate_for};
+pub use durable_file::write_file_durably;
 pub use error::TlsError;
 pub use jwt::issuer::{KeyPlan, KeyTiming, OwnKey, SenderTokens, plan_keys};
 pub use jwt::issuers::{Authenticator, IssuerSource, JwksSource};
