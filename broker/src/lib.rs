@@ -26,7 +26,7 @@ mod store;
 mod telemetry;
 mod transport;
 
-pub use admin::{resource_record, status_of};
+pub use admin::{admin_stream_permit, resource_record, status_of};
 pub use command::{ClusterConfig, OffsetCommit, parse_members};
 pub use error::BrokerError;
 pub use ids::{NodeId, ResourceKey};

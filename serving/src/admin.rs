@@ -12,7 +12,7 @@ use sluice_controller::serving::{CONFIGURATION_LABEL, SERVICE_LABEL};
 use sluice_proto::admin::serving_client::ServingClient;
 use sluice_proto::admin::serving_server::{Serving, ServingServer};
 use sluice_proto::admin::{AutoscalerDecision, DecisionsRequest, LogLine, LogsRequest};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -48,11 +48,13 @@ pub fn peer_routes(node: Node, logs: Arc<LogHub>, state: ServingState) -> tonic:
     tonic::service::Routes::default().add_service(ServingServer::new(LogsService { node, logs, state, gathers: false }))
 }
 
-/// Sends `kept` (oldest first), then what each revision's follower receives as it comes, merged, until the
+/// Sends `kept` (oldest first), then what each revision's follower receives as it comes, merged, holding `permit`
+/// (a place among the node's admin streams, [`sluice_broker::admin_stream_permit`]) until the
 /// client goes away (noticed at once, not at the next item: a follow of an idle revision would otherwise keep its
 /// tasks for ever). `message` makes an item of the stream from a revision's name and what its follower
 /// received (or how many items it missed by lagging), or skips it.
 fn send_kept_then_followed<T, M, F>(
+    permit: OwnedSemaphorePermit,
     tx: mpsc::Sender<Result<M, Status>>,
     kept: Vec<M>,
     followers: Vec<(String, broadcast::Receiver<T>)>,
@@ -64,6 +66,9 @@ fn send_kept_then_followed<T, M, F>(
 {
     let message = Arc::new(message);
     tokio::spawn(async move {
+        // The stream's place among the node's admin streams, until its client goes (or, not following, its items
+        // are sent).
+        let _permit = permit;
         for item in kept {
             if tx.send(Ok(item)).await.is_err() {
                 return;
@@ -206,6 +211,7 @@ impl Serving for LogsService {
         if names.is_empty() {
             return Err(Status::not_found(format!("{namespace}/{} has no revisions", request.name)));
         }
+        let permit = sluice_broker::admin_stream_permit()?;
         let (tx, rx) = mpsc::channel(256);
         let node_id = self.node.id();
         // Followers subscribe before the kept decisions are read: one may show twice, none is lost.
@@ -219,7 +225,7 @@ impl Serving for LogsService {
             .flat_map(|(name, handle)| handle.decisions().into_iter().map(move |d| decision_message(node_id, name, &d)))
             .collect();
         // A lagging follower skips the decisions it missed: the next one says where the revision is.
-        send_kept_then_followed(tx, kept, followers, move |name, decision| {
+        send_kept_then_followed(permit, tx, kept, followers, move |name, decision| {
             decision.ok().map(|decision| decision_message(node_id, name, &decision))
         });
         let only_here = request.this_node_only;
@@ -242,6 +248,7 @@ impl Serving for LogsService {
                 request.name
             )));
         }
+        let permit = sluice_broker::admin_stream_permit()?;
         let (tx, rx) = mpsc::channel(256);
         // Followers subscribe before the files are read: a line is then shown twice at worst, never lost.
         let followers: Vec<(String, broadcast::Receiver<String>)> = if request.follow {
@@ -250,18 +257,25 @@ impl Serving for LogsService {
             Vec::new()
         };
         let node_id = self.node.id();
-        let backlog: Vec<LogLine> = revisions
-            .iter()
-            .flat_map(|revision| {
-                self.logs.tail(&namespace, revision, request.tail_lines as usize).into_iter().map(|line| LogLine {
-                    revision: revision.clone(),
-                    line,
-                    node_id,
-                    error: String::new(),
+        // Up to two files of 10 MiB a revision: read on a blocking thread, not on the runtime's workers.
+        let (logs, read_namespace, read_revisions) = (self.logs.clone(), namespace.clone(), revisions.clone());
+        let tail_lines = request.tail_lines as usize;
+        let backlog: Vec<LogLine> = tokio::task::spawn_blocking(move || {
+            read_revisions
+                .iter()
+                .flat_map(|revision| {
+                    logs.tail(&read_namespace, revision, tail_lines).into_iter().map(|line| LogLine {
+                        revision: revision.clone(),
+                        line,
+                        node_id,
+                        error: String::new(),
+                    })
                 })
-            })
-            .collect();
-        send_kept_then_followed(tx, backlog, followers, move |revision, line| {
+                .collect()
+        })
+        .await
+        .map_err(|e| Status::internal(format!("reading the revisions' logs: {e}")))?;
+        send_kept_then_followed(permit, tx, backlog, followers, move |revision, line| {
             let line = line.unwrap_or_else(|missed| format!("[{missed} lines missed]"));
             Some(LogLine { revision: revision.to_string(), line, node_id, error: String::new() })
         });
@@ -502,19 +516,22 @@ mod tests {
         let (live, _) = broadcast::channel::<String>(4);
         let (tx, mut rx) = mpsc::channel(4);
         let kept = vec![LogLine { revision: "hello-00001".into(), line: "started".into(), ..LogLine::default() }];
-        send_kept_then_followed(tx, kept, vec![("hello-00001".into(), live.subscribe())], |revision, line| {
+        let streams = Arc::new(tokio::sync::Semaphore::new(1));
+        let permit = streams.clone().try_acquire_owned().expect("room");
+        send_kept_then_followed(permit, tx, kept, vec![("hello-00001".into(), live.subscribe())], |revision, line| {
             line.ok().map(|line| LogLine { revision: revision.to_string(), line, ..LogLine::default() })
         });
         assert_eq!(rx.recv().await.map(|line| line.map(|l| l.line).ok()), Some(Some("started".to_string())));
         assert_eq!(live.receiver_count(), 1, "followed");
+        assert_eq!(streams.available_permits(), 0, "the follow holds its place among the admin streams");
         drop(rx);
         tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            while live.receiver_count() > 0 {
+            while live.receiver_count() > 0 || streams.available_permits() == 0 {
                 tokio::task::yield_now().await;
             }
         })
         .await
-        .expect("the follower ends once the client is gone");
+        .expect("the follower ends once the client is gone, and gives its place back");
     }
 
     fn line(text: &str) -> Result<LogLine, Status> {

@@ -93,15 +93,17 @@ pub fn status_of(error: BrokerError) -> Status {
 
 use sluice_cloudevent::clock::now_ms;
 
-/// Tail and Watch streams open at once on a node: each holds a task and a buffer (up to 256 events, or 1,024
-/// resource changes and a copy of the resources); past this a new one is refused until one ends.
+/// Admin streams open at once on a node (Tail and Watch here, serving's Logs and Decisions): each holds a task and
+/// a buffer (up to 256 events, or 1,024 resource changes and a copy of the resources, or 256 lines or
+/// decisions); past this a new one is refused until one ends.
 pub(crate) const MAX_ADMIN_STREAMS: usize = 256;
 
 static ADMIN_STREAMS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
     std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_STREAMS)));
 
-/// A place among this node's admin streams, held for the stream's life.
-pub(crate) fn admin_stream_permit() -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+/// A place among this node's admin streams, held for the stream's life; `RESOURCE_EXHAUSTED` when they are all
+/// taken ([`MAX_ADMIN_STREAMS`]).
+pub fn admin_stream_permit() -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
     stream_permit(&ADMIN_STREAMS)
 }
 
@@ -112,7 +114,7 @@ fn stream_permit(
         error_status(
             ErrorCode::QueueFull,
             format!(
-                "at most {MAX_ADMIN_STREAMS} Tail and Watch streams at once on a node: end one, or ask another node"
+                "at most {MAX_ADMIN_STREAMS} admin streams (Tail, Watch, Logs, Decisions) at once on a node: end one, or ask another node"
             ),
         )
     })
@@ -515,7 +517,7 @@ mod status_tests {
         let _second = stream_permit(&streams).expect("room");
         let refused = stream_permit(&streams).expect_err("full");
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert!(refused.message().contains("Tail and Watch"), "{}", refused.message());
+        assert!(refused.message().contains("Tail, Watch, Logs, Decisions"), "{}", refused.message());
         drop(first);
         assert!(stream_permit(&streams).is_ok(), "room again");
     }
