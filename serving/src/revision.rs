@@ -620,18 +620,25 @@ pub(crate) fn dispatcher_capacity(cc: usize, ready: usize, failing: bool) -> usi
     if cc == 0 || failing { UNLIMITED } else { ready.saturating_mul(cc) }
 }
 
-fn fail(revision: &RevisionHandle, instances: &mut Instances, reason: String, message: String) {
+/// Records a failed start: `reason` and `message` (the app's last output, for an exit) go to the revision's status,
+/// which its owners read; requests turned away meanwhile are told `told_clients` alone. Serving routes answer
+/// anyone who reaches the HTTP port, and an app's output may hold what it must not show them (a connection
+/// string, a token it printed).
+fn fail(revision: &RevisionHandle, instances: &mut Instances, reason: String, message: String, told_clients: String) {
     instances.failed_starts.record(monotonic_ms());
     if let Ok(mut state) = revision.state.lock() {
         state.crash_looping = crash_looping(&instances.failed_starts);
         if marks_failed(&instances.failed_starts, instances.facts.ready) {
-            state.failed = Some(Failed { reason: message.clone(), retry_at_ms: instances.failed_starts.retry_at_ms() });
+            state.failed =
+                Some(Failed { reason: told_clients.clone(), retry_at_ms: instances.failed_starts.retry_at_ms() });
             let waiting: Vec<WaiterId> = state.waiters.keys().copied().collect();
             for waiter in waiting {
                 state.gate.cancel(waiter);
                 if let Some(tx) = state.waiters.remove(&waiter) {
-                    let _ = tx
-                        .send(Err(ServingError::RevisionFailed { revision: revision.key(), reason: message.clone() }));
+                    let _ = tx.send(Err(ServingError::RevisionFailed {
+                        revision: revision.key(),
+                        reason: told_clients.clone(),
+                    }));
                 }
             }
             state.measure();
@@ -759,7 +766,8 @@ fn start_instance(
         }
         Err(e) => {
             tracing::warn!(revision = %revision.key(), error = %e, "instance not started");
-            fail(revision, instances, "RunContainerError".into(), e.to_string());
+            // What the runtime says of a start it could not make (no output of the app's in it).
+            fail(revision, instances, "RunContainerError".into(), e.to_string(), e.to_string());
             publish_capacity(revision, env);
             false
         }

@@ -73,12 +73,19 @@ pub(super) fn on_instance_event(
                 let message = exit_message(&reason, &last_output);
                 tracing::warn!(revision = %key, instance = id, %reason, output = %last_output, "instance exited unexpectedly");
                 metrics::counter!("sluice_serving_instance_failures_total", "revision" => key).increment(1);
-                fail(revision, instances, reason, message);
+                let told_clients = told_clients(&reason);
+                fail(revision, instances, reason, message, told_clients);
                 // Failing, the revision lifts the dispatcher's limit (`dispatcher_capacity`).
                 publish_capacity(revision, env);
             }
         }
     }
+}
+
+/// What a request turned away by a revision whose instances keep exiting is told: the reason, not the app's
+/// output (which the Revision's status and `sluice logs` show its owners).
+pub(super) fn told_clients(reason: &str) -> String {
+    format!("its container exited ({reason}); the Revision's status says more")
 }
 
 /// The most bytes of a failure message, as Kubernetes caps a container's termination message (4 KiB). The message
@@ -90,7 +97,7 @@ const OUTPUT_CUT_MARK: &str = "[earlier output cut]…";
 
 /// The failure message of an instance that exited unexpectedly: its reason and the end of its output, at most
 /// [`MAX_FAILURE_MESSAGE_BYTES`] in all. Pure.
-fn exit_message(reason: &str, last_output: &str) -> String {
+pub(super) fn exit_message(reason: &str, last_output: &str) -> String {
     let head = format!("container exited ({reason}): ");
     let room = MAX_FAILURE_MESSAGE_BYTES.saturating_sub(head.len());
     let mut message = head;

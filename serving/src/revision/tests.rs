@@ -241,3 +241,43 @@ async fn a_request_whose_wait_for_a_slot_times_out_is_a_503_and_was_not_sent() {
     let app_too_slow = ServingError::Timeout { revision: handle.key(), after_ms: 1000 };
     assert_eq!(app_too_slow.status_code(), axum::http::StatusCode::GATEWAY_TIMEOUT);
 }
+
+/// Regression: a revision whose instances kept exiting before they were ever ready (in this run: a node restarted
+/// while a dependency was down) answered its routed requests 503 with the app's last 4 KiB of output, to anyone
+/// who reaches the HTTP port. They are told the reason; the output stays in the status.
+#[tokio::test]
+async fn a_failed_revision_tells_requests_its_reason_and_keeps_the_apps_output_for_its_status() {
+    let revision = serde_json::json!({
+        "metadata": {"name": "leaky-00001", "namespace": "default", "uid": "leaky-uid"},
+        "spec": {"containers": [{"image": "ghcr.io/knative/helloworld-go", "command": ["/bin/hello"]}]}});
+    let run = crate::plan::revision_run(
+        &revision,
+        &sluice_controller::serving::autoscaling::AutoscalerDefaults::default(),
+        ServingRuntime::Local,
+    )
+    .expect("runnable");
+    let handle = Arc::new(RevisionHandle::new(run, RunId { uid: "leaky-uid".into(), generation: 1 }, true));
+    let mut instances = Instances {
+        running: BTreeMap::new(),
+        stopping: BTreeSet::new(),
+        ready_once: BTreeSet::new(),
+        next_id: 0,
+        failed_starts: FailedStarts::default(),
+        given_up: false,
+        facts: Facts::default(),
+        desired: 0,
+    };
+    let output = "connecting to postgres://app:hunter2@db/app failed";
+    for _ in 0..starts::FAILED_STARTS_BEFORE_GIVING_UP {
+        let reason = "ExitCode1".to_string();
+        let (message, told) = (instance_events::exit_message(&reason, output), instance_events::told_clients(&reason));
+        fail(&handle, &mut instances, reason, message, told);
+    }
+    let turned_away = handle.acquire(1_000).await.err().expect("marked failed: turned away");
+    let ServingError::RevisionFailed { reason, .. } = &turned_away else { panic!("{turned_away:?}") };
+    assert!(reason.contains("ExitCode1") && !reason.contains("hunter2"), "{reason}");
+    assert_eq!(turned_away.status_code(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    let (status_reason, status_message) = instances.facts.failure.clone().expect("recorded for the status");
+    assert_eq!(status_reason, "ExitCode1");
+    assert!(status_message.contains("hunter2"), "the owners still see the output: {status_message}");
+}
