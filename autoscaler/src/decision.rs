@@ -480,6 +480,9 @@ mod tests {
         assert_eq!((min.desired, min.reason), (2, Reason::MinScale));
         let mut kept = Autoscaler::new(Autoscaling { enable_scale_to_zero: false, ..knobs() }, 1, 0, true);
         assert_eq!(kept.decide(&observe(600_000, 1, 0, 0)).reason, Reason::ScaleToZeroDisabled);
+        // A min-scale annotation above a node's default max-scale (or the reverse): the max wins, as in Knative.
+        let crossed = Autoscaling { min_scale: 20, max_scale: 10, ..knobs() };
+        assert_eq!(Autoscaler::new(crossed, 0, 0, true).decide(&observe(0, 0, 0, 0)).desired, 10);
     }
 
     #[test]

@@ -546,8 +546,15 @@ pub fn resolve(
     }
     let min_scale = int(MIN_SCALE_ANNOTATION, 0, defaults.min_scale, &mut fail);
     let max_scale = int(MAX_SCALE_ANNOTATION, 0, defaults.max_scale, &mut fail);
-    if max_scale != 0 && max_scale < min_scale {
-        fail(MAX_SCALE_ANNOTATION, format!("max-scale={max_scale} is less than min-scale={min_scale}"));
+    // Knative's rules, on the annotations as written (`validateMinMaxScale`): a node's default on the other side
+    // neither refuses an apply nor stops a stored revision when the nodes restart with it; where they cross, the
+    // max wins, as Knative's scaler bounds the count (`decide` applies the max last).
+    let written_count =
+        |key: &str| get(key).and_then(|text| text.trim().parse::<i32>().ok()).and_then(|n| u32::try_from(n).ok());
+    let (written_min, written_max) =
+        (written_count(MIN_SCALE_ANNOTATION).unwrap_or(0), written_count(MAX_SCALE_ANNOTATION).unwrap_or(0));
+    if written_max != 0 && written_max < written_min {
+        fail(MAX_SCALE_ANNOTATION, format!("max-scale={written_max} is less than min-scale={written_min}"));
     }
     if defaults.max_scale_limit > 0
         && (max_scale == 0 || max_scale > defaults.max_scale_limit)
@@ -568,11 +575,8 @@ pub fn resolve(
     let activation_scale = int(ACTIVATION_SCALE_ANNOTATION, 0, 1, &mut fail);
     // Knative's rules, on the annotations as written (a node's default `min-scale` does not count): min-scale <=
     // activation-scale <= max-scale, and above 1 (a revision at zero wakes to 1 without it).
-    let written_count =
-        |key: &str| get(key).and_then(|text| text.trim().parse::<i32>().ok()).and_then(|n| u32::try_from(n).ok());
     if let Some(activation) = written_count(ACTIVATION_SCALE_ANNOTATION) {
-        let min = written_count(MIN_SCALE_ANNOTATION).unwrap_or(0);
-        let max = written_count(MAX_SCALE_ANNOTATION).unwrap_or(0);
+        let (min, max) = (written_min, written_max);
         let broken = if min > activation {
             Some(format!("min-scale={min} is greater than activation-scale={activation}"))
         } else if max != 0 && activation > max {

@@ -175,6 +175,20 @@ fn knatives_go_durations_and_scale_rules_are_followed() {
     // A node's own default min-scale is not the annotation Knative compares activation-scale with.
     let warm = AutoscalerDefaults::from_pairs(["min-scale=3"]).expect("valid");
     assert!(resolve(&annotations(&[(ACTIVATION_SCALE_ANNOTATION, "2")]), 0, &warm).is_ok());
+    // Regression: nor do its min-scale and max-scale meet the other side's annotation. `--autoscaler max-scale=10`
+    // refused a template's min-scale of 20 (naming a max-scale annotation nobody wrote), and a revision stored
+    // before the flag stopped serving when the nodes restarted with it. Where they cross, the max bounds the count.
+    let capped = AutoscalerDefaults::from_pairs(["max-scale=10"]).expect("valid");
+    let resolved =
+        resolve(&annotations(&[(MIN_SCALE_ANNOTATION, "20")]), 0, &capped).expect("a default is no annotation");
+    assert_eq!((resolved.min_scale, resolved.max_scale), (20, 10));
+    let floored = AutoscalerDefaults::from_pairs(["min-scale=2"]).expect("valid");
+    let resolved =
+        resolve(&annotations(&[(MAX_SCALE_ANNOTATION, "1")]), 0, &floored).expect("a default is no annotation");
+    assert_eq!((resolved.min_scale, resolved.max_scale), (2, 1));
+    let crossed = resolve(&annotations(&[(MIN_SCALE_ANNOTATION, "3"), (MAX_SCALE_ANNOTATION, "2")]), 0, &defaults);
+    let message = crossed.err().map(|errors| errors[0].message.clone()).unwrap_or_default();
+    assert_eq!(message, "max-scale=2 is less than min-scale=3", "both written: refused, as Knative does");
     for (pair, ok) in
         [("scale-down-delay=0", true), ("target-burst-capacity=-0.5", false), ("target-burst-capacity=-1", true)]
     {
