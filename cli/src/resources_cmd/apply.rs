@@ -35,6 +35,18 @@ fn display_name(object: &Value) -> String {
     if group.is_empty() { format!("{kind}/{name}") } else { format!("{kind}.{group}/{name}") }
 }
 
+/// An object as the node takes it before it validates it (`resource_record`): a field set to null is absent, and
+/// the namespace `default` when none is given. Regression: the client dry run kept the nulls (`kn`'s and
+/// `kubectl get -o yaml`'s `creationTimestamp: null`), and said `configured` where apply says `unchanged`.
+fn as_the_node_takes_it(object: &Value) -> Value {
+    let mut object = object.clone();
+    sluice_controller::meta::prune_nulls(&mut object);
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.entry("namespace").or_insert_with(|| "default".into());
+    }
+    object
+}
+
 /// `--dry-run=client`: validated here as the node would (immutable fields against the stored object, read
 /// with Get), and the outcome Apply would report. Nothing is sent to be stored.
 async fn client_dry_run(client: &mut ResourcesClient<AdminChannel>, object: &Value) -> Result<String, Status> {
@@ -42,10 +54,7 @@ async fn client_dry_run(client: &mut ResourcesClient<AdminChannel>, object: &Val
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         error_status(ErrorCode::InvalidResource, text.join("; "))
     };
-    let mut object = object.clone();
-    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.entry("namespace").or_insert_with(|| "default".into());
-    }
+    let object = as_the_node_takes_it(object);
     sluice_controller::validate::validate_object(&object, None).map_err(invalid)?;
     let reference = ResourceRef {
         kind: str_at(&object, "/kind").to_string(),
@@ -102,6 +111,19 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_client_dry_run_reads_an_object_as_the_node_does() {
+        let written = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+            "metadata": {"name": "hello", "annotations": null},
+            "spec": {"template": {"metadata": {"creationTimestamp": null}, "spec": {"containers": [{"image": "x"}]}}}});
+        assert_eq!(
+            as_the_node_takes_it(&written),
+            json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+                "metadata": {"name": "hello", "namespace": "default"},
+                "spec": {"template": {"metadata": {}, "spec": {"containers": [{"image": "x"}]}}}})
+        );
+    }
 
     #[test]
     fn display_names_of_mixed_manifests() {

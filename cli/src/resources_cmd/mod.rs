@@ -236,8 +236,12 @@ fn objects_of(name: &str, text: &str) -> Result<Vec<(String, Value)>> {
     }
     let mut objects = Vec::new();
     for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value: Value = serde::Deserialize::deserialize(document)
-            .map_err(|e| anyhow::anyhow!("{name}: document {index}: not valid YAML: {e}"))?;
+        let not_yaml = |e: serde_yaml_ng::Error| anyhow::anyhow!("{name}: document {index}: not valid YAML: {e}");
+        // Merge keys (`<<: *defaults`) expanded first, as kubectl's YAML reader does; read straight into JSON,
+        // a `<<` key would be kept as a field (and refused as an unknown one).
+        let mut yaml: serde_yaml_ng::Value = serde::Deserialize::deserialize(document).map_err(not_yaml)?;
+        yaml.apply_merge().map_err(not_yaml)?;
+        let value: Value = serde::Deserialize::deserialize(yaml).map_err(not_yaml)?;
         if !value.is_null() {
             expand(format!("{name}: document {index}"), value, &mut objects);
         }
@@ -460,6 +464,21 @@ mod tests {
                 ("f.yaml: document 1", "t")
             ]
         );
+        Ok(())
+    }
+
+    /// Regression: a merge key (`<<: *anchor`) was kept as a field named `<<` and refused as unknown; kubectl's
+    /// YAML reader expands it, the keys written beside it winning.
+    #[test]
+    fn yaml_merge_keys_are_expanded_as_kubectl_expands_them() -> Result<()> {
+        let text = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\n\
+                    metadata:\n  name: t\n  labels: &common {app: shop, tier: web}\n\
+                    \x20 annotations:\n    <<: *common\n    tier: events\n\
+                    spec:\n  broker: default\n  subscriber: {uri: http://x/}\n";
+        let objects = objects_of("f.yaml", text)?;
+        let annotations = objects[0].1.pointer("/metadata/annotations").cloned().unwrap_or_default();
+        assert_eq!(annotations, serde_json::json!({"app": "shop", "tier": "events"}));
+        assert!(objects_of("f.yaml", "a:\n  <<: 3\n").is_err(), "a merge of no mapping is refused");
         Ok(())
     }
 
