@@ -8,7 +8,8 @@
 //! ([`apply_knative_attributes`]), picks the partition ([`partition_of`]) and stores [`CloudEvent::encode`]'s
 //! bytes; readers get the event back with [`CloudEvent::decode`], filter it through [`EventView`], and send it
 //! on as `ce-` headers ([`encode_header_value`], [`CloudEvent::binary_body`]) or in the JSON format
-//! ([`CloudEvent::to_json_string`]). Every function here is pure; [`clock`] is the one wall clock the shells
+//! ([`CloudEvent::to_json_string`]). An event without a trace of its own takes its request's W3C Trace
+//! Context ([`adopt_trace_context`]). Every function here is pure; [`clock`] is the one wall clock the shells
 //! read. [`filter`] compiles Subscriptions API filters (Triggers, EventPolicies) and matches events against them.
 
 mod binding;
@@ -19,6 +20,7 @@ mod limits;
 mod media;
 mod model;
 mod partition;
+mod trace;
 mod validate;
 mod view;
 
@@ -31,6 +33,7 @@ pub use limits::{AttributeLimits, DELIVERY_HEADER_BYTES, DELIVERY_HEADERS, check
 pub use media::{is_json_media_type, is_media_type, is_text_media_type, media_essence};
 pub use model::{AttrValue, CloudEvent, EventData, EventError, StructuredData};
 pub use partition::{ordering_key, partition_of, stable_hash};
+pub use trace::{MAX_TRACESTATE_BYTES, adopt_trace_context, forget_trace_context, is_traceparent};
 pub use validate::{SPEC_VERSIONS, is_absolute_uri, is_uri_reference};
 pub use view::EventView;
 

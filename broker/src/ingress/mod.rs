@@ -370,6 +370,28 @@ fn attribute_limits(limits: &IngressLimits) -> AttributeLimits {
 /// node's own attributes added). Accepted, an event of 150,000 extensions or one 900 KB attribute would be
 /// stored and then refused by every subscriber (431) until it was dead-lettered. A batch's refusal names the
 /// `index` of its event, a batch of one included.
+/// The request's W3C Trace Context (`traceparent`, `tracestate` headers) on each event that has no trace of its own
+/// ([`cloudevent::adopt_trace_context`]), so that the producer's trace goes on to the subscribers; taken back off
+/// an event that no longer fits its attribute limits with it (the producer did not send it as the event's: it
+/// must not get the event refused). Before session 62 the headers were dropped and every delivery began a trace
+/// of its own.
+fn adopt_trace_context(
+    events: &mut [cloudevent::CloudEvent],
+    traceparent: &HeaderValue,
+    tracestate: Option<&HeaderValue>,
+    limits: &AttributeLimits,
+    default_ttl: i64,
+) {
+    let tracestate = tracestate.map(HeaderValue::as_bytes);
+    for event in events {
+        if cloudevent::adopt_trace_context(event, traceparent.as_bytes(), tracestate)
+            && limits.check(event, default_ttl).is_err()
+        {
+            cloudevent::forget_trace_context(event);
+        }
+    }
+}
+
 fn check_attributes(
     events: &[cloudevent::CloudEvent],
     limits: &AttributeLimits,
@@ -605,6 +627,10 @@ async fn accept(
         Mode::Batch => cloudevent::from_batch_within(&body, limits.max_batch_events, &attribute_limits)
             .map_err(|e| error_response(&e))?,
     };
+    let mut events = events;
+    if let Some(traceparent) = headers.get("traceparent") {
+        adopt_trace_context(&mut events, traceparent, headers.get("tracestate"), &attribute_limits, settings.ttl);
+    }
     let batch = matches!(mode, Mode::Batch);
     check_attributes(&events, &attribute_limits, settings.ttl, batch).map_err(|e| {
         // A binary event's attributes are its headers.

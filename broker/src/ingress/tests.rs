@@ -222,3 +222,18 @@ fn knative_attributes_are_set_and_checked() {
         assert_eq!(sluice_cloudevent::apply_knative_attributes(&mut event, settings.ttl, "t").is_ok(), ok, "{ttl}");
     }
 }
+
+/// The request's trace context goes on an event without one, unless it would take the event past its limits
+/// (the producer did not send it as the event's, and it must not get the event refused).
+#[test]
+fn a_requests_trace_context_is_adopted_when_it_fits() {
+    let limits = attribute_limits(&IngressLimits::default());
+    let parent = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    let state = HeaderValue::from_static("rojo=00f067aa0ba902b7");
+    let mut events = vec![event_with(2, 1), event_with(88, 1)];
+    adopt_trace_context(&mut events, &parent, Some(&state), &limits, 255);
+    assert_eq!(events[0].get_str("traceparent"), parent.to_str().ok());
+    assert_eq!(events[0].get_str("tracestate"), Some("rojo=00f067aa0ba902b7"));
+    assert_eq!(events[1], event_with(88, 1), "at the limit already: left as sent");
+    assert!(check_attributes(&events, &limits, 255, true).is_ok());
+}

@@ -740,7 +740,7 @@ pub(crate) fn parse_retry_after(value: &str, now_ms: u64) -> Option<RetryAfter> 
 /// so that every attempt of one event shares a trace.
 pub(crate) fn traceparent(event: &CloudEvent) -> String {
     if let Some(AttrValue::String(existing)) = event.get("traceparent")
-        && is_traceparent(existing)
+        && cloudevent::is_traceparent(existing)
     {
         return existing.clone();
     }
@@ -762,21 +762,12 @@ pub(crate) fn traceparent(event: &CloudEvent) -> String {
 
 /// A W3C `traceparent`: version, trace id, parent id and flags, 2, 32, 16 and 2 hex digits apart by dashes.
 const TRACEPARENT_LEN: usize = 55;
-const TRACEPARENT_DASHES: [usize; 3] = [2, 35, 52];
 
 fn push_hex_u64(out: &mut String, value: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for shift in (0..16).rev() {
         out.push(char::from(DIGITS[((value >> (shift * 4)) & 0xf) as usize]));
     }
-}
-
-fn is_traceparent(value: &str) -> bool {
-    value.len() == TRACEPARENT_LEN
-        && value
-            .bytes()
-            .enumerate()
-            .all(|(i, b)| if TRACEPARENT_DASHES.contains(&i) { b == b'-' } else { b.is_ascii_hexdigit() })
 }
 
 #[cfg(test)]

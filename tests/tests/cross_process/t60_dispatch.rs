@@ -426,3 +426,34 @@ async fn regression_a_broker_and_trigger_named_with_dots_carry_events() -> anyho
     assert_eq!(subscriber.deliveries().len(), 2, "each once");
     Ok(())
 }
+
+/// Regression: the producer's W3C Trace Context (the HTTP `traceparent` and `tracestate` headers of an event
+/// without a `traceparent` of its own) was dropped at ingress, and each delivery began a trace of its own; the
+/// extension's spec lets middleware add it from the request. An event's own trace still wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_the_producers_trace_context_reaches_the_subscriber() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    let subscriber = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&node.admin, broker_object("default", "traced", json!({}))).await?;
+    apply_resource(&node.admin, trigger_object("default", "all", "traced", &subscriber.url(), json!({}), json!({})))
+        .await?;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("traceparent", reqwest::header::HeaderValue::from_static(parent));
+    headers.insert("tracestate", reqwest::header::HeaderValue::from_static("rojo=00f067aa0ba902b7"));
+    let traced = reqwest::Client::builder().default_headers(headers).build()?;
+    send_event_accepted(&traced, &node.http, "/default/traced", "from-request", "t", &[], "{}").await?;
+    let own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    send_event_accepted(&traced, &node.http, "/default/traced", "own", "t", &[("traceparent", own)], "{}").await?;
+    subscriber.wait_for(2, Duration::from_secs(30)).await?;
+    let delivery_of =
+        |id: &str| subscriber.deliveries().into_iter().find(|d| d.header("ce-id") == Some(id)).context("delivered");
+    let from_request = delivery_of("from-request")?;
+    assert_eq!(from_request.header("traceparent"), Some(parent), "{:?}", from_request.headers);
+    assert_eq!(from_request.header("ce-traceparent"), Some(parent));
+    assert_eq!(from_request.header("ce-tracestate"), Some("rojo=00f067aa0ba902b7"));
+    let kept = delivery_of("own")?;
+    assert_eq!(kept.header("traceparent"), Some(own), "the event's own trace wins: {:?}", kept.headers);
+    assert_eq!(kept.header("ce-tracestate"), None, "no half of the request's");
+    Ok(())
+}
