@@ -345,6 +345,9 @@ fn event_from_members(Members(members): Members<'_>) -> Result<CloudEvent, Event
     for (name, value) in members {
         match name.as_str() {
             "data" => data = Some(value),
+            // `null` is unset (JSON Event Format: "When decoding ... a null value is encountered, it MUST be
+            // treated as the equivalent of unset or omitted"), beside `data` too; `data: null` stays data (§3.1.1).
+            "data_base64" if value.get().trim() == "null" => {}
             "data_base64" => data_base64 = Some(value),
             _ => {
                 if let Some(text) = plain_json_string(value) {

@@ -263,12 +263,35 @@ fn uri_and_media_type_rules() {
     }
     assert!(is_absolute_uri("https://x/y") && !is_absolute_uri("/y") && !is_absolute_uri("y"));
     assert!(is_absolute_uri("urn:x:y?q=1") && is_absolute_uri("https://x/y.json#/definitions/A"));
-    for ok in ["application/json", "text/plain; charset=utf-8", "application/cloudevents+json"] {
+    for ok in [
+        "application/json",
+        "text/plain; charset=utf-8",
+        "application/cloudevents+json",
+        // Regression: a quoted value holding `;` (RFC 2045) was split at it and refused.
+        "multipart/mixed; boundary=\"a;b\"",
+        "text/plain; name=\"r\u{e9}sum\u{e9}.txt\"; charset=utf-8",
+        "application/ld+json; profile=http://www.w3.org/ns/activitystreams",
+        "text/plain;",
+        "text/plain; a=\"q\\\"uote\"",
+    ] {
         assert!(is_media_type(ok), "{ok}");
     }
-    for bad in ["json", "a/", "/b", "a b/c"] {
+    for bad in [
+        "json",
+        "a/",
+        "/b",
+        "a b/c",
+        "text/plain; name",
+        "text/plain; =x",
+        "text/plain; a=\"open",
+        "text/plain; a=\u{1}",
+    ] {
         assert!(!is_media_type(bad), "{bad}");
     }
+    assert_eq!(
+        media_essence("multipart/mixed; boundary=\"x;charset=latin1\"; Charset=\"UTF-8\"").1,
+        Some("utf-8".into())
+    );
     assert_eq!(
         media_essence("Application/CloudEvents+JSON; charset=UTF-8"),
         ("application/cloudevents+json".into(), Some("utf-8".into()))
@@ -588,6 +611,15 @@ fn attribute_and_base64_strings_read_alike_with_and_without_escapes() {
     let null_data = from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":null}"#)
         .expect("valid");
     assert_eq!(null_data.data, None);
+    // Regression: a null `data_base64` beside `data` (a producer writing every optional field, null when unset)
+    // was refused as both present.
+    let beside_data = from_structured(
+        br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"a":1},"data_base64":null}"#,
+    )
+    .expect("null is unset");
+    assert_eq!(beside_data.data, Some(EventData::Json(r#"{"a":1}"#.into())));
+    let both = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":null,"data_base64":"AA=="}"#;
+    assert!(from_structured(both).is_err(), "data: null is data, and with data_base64 it is both");
     let not_a_string = from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":7}"#);
     assert!(not_a_string.is_err());
 }

@@ -537,7 +537,15 @@ fn build_request(uri: &http::Uri, format: Format, event: &CloudEvent, token: Opt
                 }
             }
             let content_type = match (event.get_str("datacontenttype"), &event.data) {
-                (Some(content_type), _) => HeaderValue::from_str(content_type).ok(),
+                // As the `ce-` headers are written: bytes past ASCII (a quoted parameter's `obs-text`) go as they
+                // are. Regression: `HeaderValue::from_str` refused them and the header was left out, silently.
+                (Some(content_type), _) => match HeaderValue::from_bytes(content_type.as_bytes()) {
+                    Ok(header) => Some(header),
+                    Err(_) => {
+                        tracing::warn!(%content_type, "datacontenttype cannot be a header; not sent");
+                        None
+                    }
+                },
                 (None, Some(EventData::Json(_))) => Some(HeaderValue::from_static("application/json")),
                 (None, _) => None,
             };

@@ -426,6 +426,21 @@ async fn a_batch_goes_as_one_json_array_and_its_response_is_no_reply() {
     assert_eq!(received.iter().map(seen).collect::<Vec<_>>(), sent, "every event, in order, attributes and data");
 }
 
+/// Regression: a `datacontenttype` with bytes past ASCII in a quoted parameter (valid as HTTP's `obs-text`) was
+/// refused by `HeaderValue::from_str`, and binary-mode deliveries went out without a `Content-Type`.
+#[test]
+fn a_content_type_with_bytes_past_ascii_is_sent_as_they_are() {
+    let event = cloudevent::from_structured(
+        r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"text/plain; name=\"résumé.txt\"","data":"x"}"#
+            .as_bytes(),
+    )
+    .expect("a valid event");
+    let uri: http::Uri = "http://s.example/".parse().expect("uri");
+    let request = build_request(&uri, Format::Binary, &event, None);
+    let content_type = request.headers().get(http::header::CONTENT_TYPE).expect("a Content-Type");
+    assert_eq!(content_type.as_bytes(), "text/plain; name=\"résumé.txt\"".as_bytes());
+}
+
 /// The batch is written into one buffer, event after event: the same text as each event's JSON format joined.
 #[test]
 fn a_batch_body_is_each_events_json_in_one_array() {
