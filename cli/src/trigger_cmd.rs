@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use sluice_proto::admin::consumers_client::ConsumersClient;
 use sluice_proto::admin::{ConsumerRef, ConsumerStatus, ReplayRequest, replay_request};
 
-use crate::admin_cli::{from_status, human_age, parse_time_ms};
+use crate::admin_cli::{AdminError, EXIT_UNAVAILABLE, from_status, human_age, parse_time_ms};
 
 #[derive(Args, Clone, Debug)]
 pub(crate) struct Target {
@@ -149,6 +149,33 @@ fn print_status(status: &ConsumerStatus, output: &str) -> Result<()> {
     Ok(())
 }
 
+/// The partitions whose dispatcher does not hold the consumer `paused` (as asked) yet: the node answers a pause or
+/// a resume once every partition's does, or after 10 s with what it knows. Pure.
+fn partitions_not_yet(status: &ConsumerStatus, paused: bool) -> Vec<u32> {
+    if !status.dispatchable {
+        // No dispatcher runs it: nothing is delivered, and the annotation holds when one does.
+        return Vec::new();
+    }
+    status.partitions.iter().filter(|p| p.paused_applied != paused).map(|p| p.partition).collect()
+}
+
+/// A pause or resume not in effect on every partition yet is no success to a script: exit 5, naming them.
+/// Regression: "paused" and exit 0 while a partition's dispatcher still delivered.
+fn not_yet_in_effect(status: &ConsumerStatus, paused: bool) -> Result<()> {
+    let waiting = partitions_not_yet(status, paused);
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = waiting.iter().map(u32::to_string).collect();
+    Err(anyhow::Error::new(AdminError {
+        exit_code: EXIT_UNAVAILABLE,
+        message: format!(
+            "asked and kept, not yet in effect on partition(s) {}: their dispatchers take it at their next commit",
+            list.join(", ")
+        ),
+    }))
+}
+
 /// A one-line progress bar on stderr: `[#####.....] 50/100 label`.
 pub(crate) fn progress(done: u64, total: u64, label: &str) {
     let width = 30usize;
@@ -168,13 +195,13 @@ pub(crate) async fn run(command: Command) -> Result<()> {
             let mut client = connect(&target.admin).await?;
             let status = client.pause(target.reference()).await.map_err(from_status)?.into_inner();
             outln!("paused {}/{}; backlog {}", target.namespace, target.name, status.backlog)?;
-            Ok(())
+            not_yet_in_effect(&status, true)
         }
         Command::Resume { target } => {
             let mut client = connect(&target.admin).await?;
             let status = client.resume(target.reference()).await.map_err(from_status)?.into_inner();
             outln!("resumed {}/{}; backlog {}", target.namespace, target.name, status.backlog)?;
-            Ok(())
+            not_yet_in_effect(&status, false)
         }
         Command::Replay { target, to_offset, to_time, partition, follow } => {
             let to = match (to_offset, to_time) {
@@ -189,7 +216,14 @@ pub(crate) async fn run(command: Command) -> Result<()> {
                 outln!("partition {}: {} -> {}", t.partition, t.from_offset, t.to_offset)?;
             }
             if !reply.applied {
-                outln!("requested; the dispatchers apply it within one commit interval")?;
+                // Asked and kept: the partitions' dispatchers take it when they next commit. Not confirmed, so
+                // not a success to a script (exit 5: look again with `trigger status`).
+                return Err(anyhow::Error::new(AdminError {
+                    exit_code: EXIT_UNAVAILABLE,
+                    message: "requested, not yet applied: the partitions' dispatchers take it at their next commit \
+                              (`sluice trigger status` shows `replay_pending_to` until they do)"
+                        .into(),
+                }));
             }
             if follow {
                 // Per replayed partition: once its committed offset has been seen back at the replay's target (the
@@ -221,10 +255,47 @@ pub(crate) async fn run(command: Command) -> Result<()> {
                         outln!("the consumer is paused: it redelivers once resumed")?;
                         break;
                     }
+                    if !status.dispatchable {
+                        eprintln!();
+                        outln!("the consumer cannot be dispatched now ({}): it redelivers once it can", status.reason)?;
+                        break;
+                    }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_proto::admin::PartitionStatus;
+
+    use super::*;
+
+    #[test]
+    fn a_pause_is_in_effect_once_every_partitions_dispatcher_holds_it() {
+        let status = |dispatchable: bool, applied: &[bool]| ConsumerStatus {
+            dispatchable,
+            partitions: applied
+                .iter()
+                .enumerate()
+                .map(|(p, applied)| PartitionStatus {
+                    partition: p as u32,
+                    paused_applied: *applied,
+                    ..PartitionStatus::default()
+                })
+                .collect(),
+            ..ConsumerStatus::default()
+        };
+        assert_eq!(partitions_not_yet(&status(true, &[true, true]), true), Vec::<u32>::new());
+        assert_eq!(partitions_not_yet(&status(true, &[true, false, false]), true), [1, 2]);
+        assert_eq!(partitions_not_yet(&status(true, &[true, false]), false), [0], "a resume alike");
+        assert_eq!(partitions_not_yet(&status(false, &[false]), true), Vec::<u32>::new(), "nothing delivers");
+        let error = not_yet_in_effect(&status(true, &[false]), true).expect_err("not in effect");
+        let admin = error.downcast_ref::<AdminError>().expect("an exit code");
+        assert_eq!(admin.exit_code, EXIT_UNAVAILABLE);
+        assert!(admin.message.contains("partition(s) 0"), "{}", admin.message);
     }
 }

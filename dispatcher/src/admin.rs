@@ -307,6 +307,15 @@ impl Consumers for ConsumersAdmin {
     async fn replay(&self, request: Request<ReplayRequest>) -> Result<Response<ReplayReply>, Status> {
         let request = request.into_inner();
         let found = self.find(request.consumer.as_ref())?;
+        // No dispatcher runs it to take the request, which would stand until one did (hours later, a mass
+        // redelivery nobody expects), as a redrive is refused. Regression: it was accepted, and a follow waited for
+        // ever.
+        if found.spec.is_none() {
+            return Err(error_status(
+                ErrorCode::ConsumerNotDispatchable,
+                format!("the consumer cannot be dispatched now, so nothing would replay: {}", found.reason),
+            ));
+        }
         let partitions: Vec<u32> = match request.partition {
             Some(p) if p < self.node.partitions() => vec![p],
             Some(p) => return Err(error_status(ErrorCode::NoSuchPartition, format!("partition {p} does not exist"))),
@@ -462,13 +471,31 @@ impl DeadLetters for ConsumersAdmin {
             let end = extent.end_offset.min(extent.start_offset.saturating_add(MAX_REDRIVE_PER_PARTITION as u64));
             extents.push((partition, extent.start_offset, end));
         }
+        let missing = missing_letters(&selected, &extents);
+        if !missing.is_empty() {
+            if let Some(lease) = lease {
+                lease.release().await;
+            }
+            let shown: Vec<String> = missing.iter().take(10).map(|(p, o)| format!("{p}:{o}")).collect();
+            return Err(error_status(
+                ErrorCode::EventNotFound,
+                format!(
+                    "no dead letter at {}{} (a redrive covers the first {MAX_REDRIVE_PER_PARTITION} letters of each \
+                     partition; a letter redriven before left the stream, and one dead-lettered again is at its \
+                     end: list them again); nothing was redriven",
+                    shown.join(", "),
+                    if missing.len() > shown.len() {
+                        format!(" and {} more", missing.len() - shown.len())
+                    } else {
+                        String::new()
+                    }
+                ),
+            ));
+        }
         let total = if selected.is_empty() {
             extents.iter().map(|(_, start, end)| end - start).sum()
         } else {
-            selected
-                .iter()
-                .filter(|(p, o)| extents.iter().any(|(q, start, end)| q == p && (start..end).contains(&o)))
-                .count() as u64
+            selected.len() as u64
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let redrive = Redrive { node: self.node.clone(), sender, spec, stream, to_broker: request.to_broker, selected };
@@ -562,6 +589,18 @@ impl DeadLetters for ConsumersAdmin {
 
 /// The cluster-wide claim on `found`'s dead letters for `operation` (`redrive_lease`), or why another node's
 /// redrive or purge refuses it. `None` while some member does not read the claim's entry yet (an upgrade).
+/// The selected positions (partition, offset) no redrive of these extents (partition, first, end) covers, in
+/// order. Regression: they were skipped, and the redrive of none reported success.
+fn missing_letters(selected: &HashSet<(u32, u64)>, extents: &[(u32, u64, u64)]) -> Vec<(u32, u64)> {
+    let mut missing: Vec<(u32, u64)> = selected
+        .iter()
+        .filter(|(p, o)| !extents.iter().any(|(q, start, end)| q == p && (start..end).contains(&o)))
+        .copied()
+        .collect();
+    missing.sort_unstable();
+    missing
+}
+
 async fn take_lease(
     node: &Node,
     found: &Found,
@@ -775,4 +814,20 @@ async fn redrive_to_broker(node: &Node, spec: &ConsumerSpec, event: CloudEvent) 
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selected_letters_a_redrive_does_not_cover_are_named() {
+        // Partition 0 holds letters 3..5 (0..3 redriven before), partition 1 none.
+        let extents = [(0, 3, 5), (1, 0, 0)];
+        let selected: HashSet<(u32, u64)> = [(0, 3), (0, 4)].into_iter().collect();
+        assert_eq!(missing_letters(&selected, &extents), []);
+        let selected: HashSet<(u32, u64)> = [(0, 7), (0, 3), (1, 0), (9, 1), (0, 1)].into_iter().collect();
+        assert_eq!(missing_letters(&selected, &extents), [(0, 1), (0, 7), (1, 0), (9, 1)]);
+        assert_eq!(missing_letters(&HashSet::new(), &extents), [], "none selected: all of them");
+    }
 }

@@ -443,8 +443,9 @@ impl Tailer {
                                 ErrorCode::TailTooSlow,
                                 format!(
                                     "the client took no event for {} s with {TAIL_BUFFER} waiting; tail again from \
-                                     partition {partition} offset {}",
+                                     partition {partition} offset {} (--partition {partition} --from-offset {})",
                                     TAIL_STALL.as_secs(),
+                                    record.offset,
                                     record.offset
                                 ),
                             ));
@@ -522,7 +523,14 @@ impl Events for EventsService {
         for partition in partitions_of(node, request.partition)? {
             let applied = node.watch_applied(partition).map_err(status_of)?;
             let next = match (request.from_offset, request.from_time_ms) {
-                (Some(offset), _) => offset,
+                (Some(offset), _) => {
+                    // Past the end, a tail would wait for the events up to it and show none of them.
+                    let end = node.end_offset(&stream, partition).map_err(status_of)?;
+                    if let Some(problem) = offset_past_end(partition, offset, end) {
+                        return Err(error_status(ErrorCode::InvalidArgument, problem));
+                    }
+                    offset
+                }
                 (None, Some(time)) => node.offset_for_time(&stream, partition, time).map_err(status_of)?,
                 (None, None) => node.end_offset(&stream, partition).map_err(status_of)?,
             };
@@ -549,9 +557,29 @@ impl Events for EventsService {
     }
 }
 
+/// Why a tail cannot start at `offset` in `partition`, whose next offset is `end`: past it, the tail would show
+/// none of the events up to it (a tail of every partition from one offset meets partitions of other lengths).
+/// Regression: it was taken as given, and the tail waited, silently skipping the live events before it.
+fn offset_past_end(partition: u32, offset: u64, end: u64) -> Option<String> {
+    (offset > end).then(|| {
+        format!(
+            "from_offset {offset} is past partition {partition}'s end ({end}): give an offset at most that, or the \
+             partition the offset is of (--partition)"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tail_from_past_a_partitions_end_is_refused_naming_it() {
+        assert_eq!(offset_past_end(0, 3, 3), None, "the end itself: the next event");
+        assert_eq!(offset_past_end(0, 0, 3), None);
+        let refused = offset_past_end(1, 5_000, 3_000).expect("past the end");
+        assert!(refused.contains("partition 1's end (3000)"), "{refused}");
+    }
 
     #[test]
     fn page_tokens_round_trip() {

@@ -456,3 +456,32 @@ async fn a_redrive_through_one_node_refuses_a_redrive_or_purge_through_another()
     assert_eq!(after.total, 0, "nothing left to redrive: {after:?}");
     Ok(())
 }
+
+/// Regressions: a replay of a Trigger no dispatcher runs (its subscriber does not resolve) was accepted, kept,
+/// and applied hours later when it could run, the CLI saying it would be applied within a commit interval; and a
+/// redrive of dead letters that are not there (a position from an older listing, a typo) redrove nothing and
+/// exited 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_replay_and_redrive_refuse_what_they_cannot_do() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    let admin = node.admin.clone();
+    let subscriber = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&admin, broker_object("default", "b", json!({}))).await?;
+    let mut unresolved = trigger_object("default", "nowhere", "b", "", json!({}), json!({}));
+    unresolved["spec"]["subscriber"] =
+        json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "missing"}});
+    apply_resource(&admin, unresolved).await?;
+    apply_resource(&admin, trigger_object("default", "t", "b", &subscriber.url(), json!({}), json!({}))).await?;
+
+    let (code, _, stderr) = sluice(&["trigger", "replay", "nowhere", "--to-offset", "0", "--admin", &admin]).await?;
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("CONSUMER_NOT_DISPATCHABLE"), "{stderr}");
+    let mut consumers = ConsumersClient::connect(format!("http://{admin}")).await?;
+    let status = consumers.status(trigger("nowhere")).await?.into_inner();
+    assert!(status.partitions.iter().all(|p| p.replay_pending_to.is_none()), "nothing kept: {status:?}");
+
+    let (code, _, stderr) = sluice(&["dlq", "redrive", "t", "--select", "0:7", "--admin", &admin]).await?;
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("no dead letter at 0:7"), "{stderr}");
+    Ok(())
+}
