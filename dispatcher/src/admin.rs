@@ -27,7 +27,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::consumer::{
-    ANNOTATION_PAUSED, ConsumerKind, ConsumerSpec, ReplyTarget, consumers, cursor_name, dead_letter_stream, stream_of,
+    ANNOTATION_PAUSED, CONSUMER_UID_ATTRIBUTE, ConsumerKind, ConsumerSpec, ReplyTarget, consumers, cursor_name,
+    dead_letter_stream, stream_of,
 };
 use crate::delivery::sender::Sender;
 use crate::delivery::task::{DeliveryContext, Settlement, deliver, now_ms};
@@ -106,12 +107,30 @@ fn unavailable(e: impl std::fmt::Display) -> Status {
 
 fn strip_error_attributes(event: &CloudEvent) -> CloudEvent {
     let mut event = event.clone();
-    for name in ["knativeerrordest", "knativeerrorcode", "knativeerrordata", "sluiceerrorreason", "sluicesourceoffset"]
-    {
+    for name in [
+        "knativeerrordest",
+        "knativeerrorcode",
+        "knativeerrordata",
+        "sluiceerrorreason",
+        "sluicesourceoffset",
+        CONSUMER_UID_ATTRIBUTE,
+    ] {
         event.attributes.remove(name);
     }
     event
 }
+
+/// Whether a letter of the dead-letter stream of a consumer's name is the consumer's own (object `uid`): not when
+/// an earlier consumer of that name, deleted since, dead-lettered it. A letter kept before the uid was written
+/// (session 62) cannot tell, and counts as the consumer's, as it did. Regression: a Trigger deleted and made again
+/// under its name (on another Broker, to another subscriber) listed the old one's letters as its own, and a
+/// redrive sent them to its subscriber, or into its Broker.
+fn letter_is_ours(event: &CloudEvent, uid: &str) -> bool {
+    event.get_str(CONSUMER_UID_ATTRIBUTE).is_none_or(|kept_by| kept_by == uid)
+}
+
+/// What `dlq list` says of a letter another consumer of the name kept: before its own reason.
+const NOT_OURS: &str = "[dead-lettered by an earlier consumer of this name: never redriven; `dlq purge` removes it]";
 
 impl ConsumersAdmin {
     fn objects(&self) -> Vec<Value> {
@@ -412,8 +431,12 @@ impl DeadLetters for ConsumersAdmin {
                 continue;
             }
             let letters = self.dead_letters(&found, partition, limit - list.len(), MAX_LIST_BYTES - bytes)?;
+            let uid = found.object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
             for (offset, arrival_ms, event) in letters {
-                let letter = dead_letter_message(partition, offset, arrival_ms, &event);
+                let mut letter = dead_letter_message(partition, offset, arrival_ms, &event);
+                if !letter_is_ours(&event, uid) {
+                    letter.reason = format!("{NOT_OURS} {}", letter.reason);
+                }
                 bytes += prost::Message::encoded_len(&letter);
                 if bytes > MAX_LIST_BYTES && !list.is_empty() {
                     break;
@@ -674,7 +697,12 @@ impl Redrive {
                 }
                 let offset = record.offset;
                 let letter = Letter::decode(&self.stream, offset, record.arrival_ms, record.payload);
-                self.handle(&ctx, partition, offset, letter, is_selected(offset), progress, tx).await?;
+                // Another consumer's letter is kept as one not selected: never sent to this one's subscriber.
+                let ours = match &letter {
+                    Letter::Event { event, .. } => letter_is_ours(event, &self.spec.uid),
+                    Letter::Undecodable { .. } => true,
+                };
+                self.handle(&ctx, partition, offset, letter, is_selected(offset) && ours, progress, tx).await?;
             }
         }
         Ok(())
@@ -819,6 +847,21 @@ async fn redrive_to_broker(node: &Node, spec: &ConsumerSpec, event: CloudEvent) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_letter_is_the_consumers_own_unless_another_uid_kept_it() {
+        let mut event =
+            sluice_cloudevent::from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#)
+                .expect("valid");
+        assert!(letter_is_ours(&event, "u2"), "kept before uids were written: cannot tell");
+        event.attributes.insert(CONSUMER_UID_ATTRIBUTE.into(), AttrValue::String("u1".into()));
+        assert!(letter_is_ours(&event, "u1"));
+        assert!(!letter_is_ours(&event, "u2"), "an earlier consumer of the name");
+        assert!(
+            !strip_error_attributes(&event).attributes.contains_key(CONSUMER_UID_ATTRIBUTE),
+            "not redriven with it"
+        );
+    }
 
     #[test]
     fn selected_letters_a_redrive_does_not_cover_are_named() {

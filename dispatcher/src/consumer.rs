@@ -114,6 +114,8 @@ pub(crate) struct ConsumerSpec {
     pub stream: String,
     /// Its offsets' name in each partition group: `{stream}#{kind}/{name}/{uid}`.
     pub cursor: String,
+    /// The object's uid: a consumer deleted and made again under its name is another one.
+    pub uid: String,
     pub subscriber_uri: String,
     pub reply: ReplyTarget,
     pub dead_letter_uri: Option<String>,
@@ -162,6 +164,11 @@ struct DestinationTrust {
     ca_certs: BTreeMap<String, Arc<str>>,
     audiences: BTreeMap<String, Arc<str>>,
 }
+
+/// The attribute a letter kept in a dead-letter stream carries: the uid of the consumer that dead-lettered it. The
+/// stream is named by the consumer's name, which a consumer deleted and made again shares: its letters are not
+/// the new one's to redrive (they may come from another Broker, to a subscriber that never asked for them).
+pub(crate) const CONSUMER_UID_ATTRIBUTE: &str = "sluiceconsumeruid";
 
 /// The dead-letter stream of a consumer.
 pub(crate) fn dead_letter_stream(kind: ConsumerKind, namespace: &str, name: &str) -> String {
@@ -395,6 +402,7 @@ fn consumer(
     Ok(ConsumerSpec {
         kind,
         cursor: cursor_name(&stream, kind, &name, &uid),
+        uid: uid.clone(),
         dead_letter_stream: dead_letter_stream(kind, &namespace, &name),
         namespace,
         name,

@@ -18,7 +18,7 @@ use sluice_broker::{IngressSettings, PublishError, publish};
 use sluice_cloudevent::{AttrValue, CloudEvent};
 
 use crate::capacity::{DeliverySlot, DestinationLimits};
-use crate::consumer::{ConsumerSpec, DeadLetterMode, Format, Protocol, ReplyTarget};
+use crate::consumer::{CONSUMER_UID_ATTRIBUTE, ConsumerSpec, DeadLetterMode, Format, Protocol, ReplyTarget};
 use crate::delivery::policy::{FailureReason, Outcome, RetryAfter, Step, classify, next_step_jittered};
 use crate::delivery::sender::{AttemptResult, MAX_ERROR_DATA_BYTES, ReplyUse, Sender};
 use append_retry::{REPLY_APPEND_RETRY_FOR, append_retry_wait_ms, reply_append_wait};
@@ -745,6 +745,8 @@ async fn dead_letter_event(
         tracing::warn!(consumer = %spec.name, reason = %failure.reason, "dropping an undeliverable event (sluice.dev/dead-letter: drop)");
         return DeadLettered::Dropped;
     }
+    // Kept in the stream of the consumer's name: whose it is (see `CONSUMER_UID_ATTRIBUTE`).
+    dead.attributes.insert(CONSUMER_UID_ATTRIBUTE.into(), AttrValue::String(spec.uid.clone()));
     let payload = match dead.encode() {
         Ok(payload) => Bytes::from(payload),
         Err(e) => {

@@ -485,3 +485,50 @@ async fn regression_replay_and_redrive_refuse_what_they_cannot_do() -> anyhow::R
     assert!(stderr.contains("no dead letter at 0:7"), "{stderr}");
     Ok(())
 }
+
+/// Regression: a consumer's dead letters are kept in a stream of its name, which a Trigger deleted and made again
+/// under it shares: the new one (on another Broker, to another subscriber) listed the old one's letters as its
+/// own, and a redrive sent them to its subscriber. They are shown as the earlier consumer's, and never redriven.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_trigger_made_again_under_its_name_never_redrives_the_old_ones_letters() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    let (admin, http) = (node.admin.clone(), node.http.clone());
+    let refusing = Subscriber::start(Arc::new(|_: &Delivery, _| Reply::status(400))).await?;
+    let taking = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&admin, broker_object("default", "a", json!({}))).await?;
+    apply_resource(&admin, broker_object("default", "other", json!({}))).await?;
+    apply_resource(&admin, trigger_object("default", "t", "a", &refusing.url(), json!({}), json!({}))).await?;
+    send_event_accepted(&reqwest::Client::new(), &http, "/default/a", "old-0", "t", &[], "{}").await?;
+    let mut dlq = DeadLettersClient::connect(format!("http://{admin}")).await?;
+    let listed = |dlq: &DeadLettersClient<tonic::transport::Channel>| {
+        let mut dlq = dlq.clone();
+        async move {
+            let list = dlq.list(ListDeadLettersRequest { consumer: Some(trigger("t")), limit: 0 }).await?.into_inner();
+            Ok::<_, anyhow::Error>(list)
+        }
+    };
+    wait_until(Duration::from_secs(30), || async { Ok((listed(&dlq).await?.total == 1).then_some(())) }).await?;
+
+    let mut resources = ResourcesClient::connect(format!("http://{admin}")).await?;
+    resources.delete(ResourceRef { kind: "Trigger".into(), namespace: "default".into(), name: "t".into() }).await?;
+    apply_resource(&admin, trigger_object("default", "t", "other", &taking.url(), json!({}), json!({}))).await?;
+    let list = listed(&dlq).await?;
+    assert_eq!(list.total, 1);
+    assert!(
+        list.dead_letters[0].reason.starts_with("[dead-lettered by an earlier consumer"),
+        "{:?}",
+        list.dead_letters
+    );
+    let mut progress =
+        dlq.redrive(RedriveRequest { consumer: Some(trigger("t")), ..Default::default() }).await?.into_inner();
+    let mut last = None;
+    while let Some(update) = progress.message().await? {
+        last = Some(update);
+    }
+    assert_eq!(last.map(|l| (l.done, l.delivered, l.failed)), Some((true, 0, 0)));
+    assert!(taking.deliveries().is_empty(), "nothing of Broker a reached the new subscriber");
+    wait_until(Duration::from_secs(10), || async { Ok((listed(&dlq).await?.total == 1).then_some(())) }).await?;
+    let purged = dlq.purge(PurgeRequest { consumer: Some(trigger("t")) }).await?.into_inner();
+    assert_eq!(purged.purged, 1, "purge removes it");
+    Ok(())
+}
