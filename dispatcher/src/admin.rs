@@ -341,6 +341,21 @@ impl Consumers for ConsumersAdmin {
             None => (0..self.node.partitions()).collect(),
         };
         let to = request.to.ok_or_else(|| error_status(ErrorCode::InvalidArgument, "to: an offset or a time"))?;
+        // One replay at a time per partition: a second one asked before the first is applied would overwrite it,
+        // and both would be told theirs was applied. Regression: the last writer won.
+        for &partition in &partitions {
+            let key = stats::stat_key(&found.cursor, stats::REPLAY);
+            let pending = self.node.committed_offset(partition, &key).map_err(sluice_broker::status_of)?.unwrap_or(0);
+            if let Some(target) = pending.checked_sub(1) {
+                return Err(error_status(
+                    ErrorCode::ReplayPending,
+                    format!(
+                        "a replay of partition {partition} to offset {target} is asked and not applied yet; \
+                         wait for it (`replay_pending_to` in the status) and ask again"
+                    ),
+                ));
+            }
+        }
         let mut targets = Vec::new();
         for partition in partitions {
             let end = self.node.end_offset(&found.stream, partition).map_err(sluice_broker::status_of)?;

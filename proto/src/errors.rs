@@ -53,6 +53,9 @@ pub enum ErrorCode {
     ConsumerNotDispatchable = 1017,
     /// A redrive of the same Trigger or Subscription is already running on this node: wait for it to end.
     RedriveRunning = 1018,
+    /// A replay of the same Trigger or Subscription is asked and not applied yet: wait for it (`replay_pending_to`
+    /// in its status) rather than overwrite it.
+    ReplayPending = 1019,
 }
 
 impl ErrorCode {
@@ -77,6 +80,7 @@ impl ErrorCode {
             ErrorCode::TailTooSlow => "TAIL_TOO_SLOW",
             ErrorCode::ConsumerNotDispatchable => "CONSUMER_NOT_DISPATCHABLE",
             ErrorCode::RedriveRunning => "REDRIVE_RUNNING",
+            ErrorCode::ReplayPending => "REPLAY_PENDING",
         }
     }
 
@@ -90,7 +94,7 @@ impl ErrorCode {
             | ErrorCode::NoLeader
             | ErrorCode::ConsumerNotDispatchable => Code::FailedPrecondition,
             ErrorCode::AlreadyInitialized => Code::AlreadyExists,
-            ErrorCode::RedriveRunning => Code::Aborted,
+            ErrorCode::RedriveRunning | ErrorCode::ReplayPending => Code::Aborted,
             ErrorCode::Unavailable => Code::Unavailable,
             ErrorCode::QueueFull | ErrorCode::TailTooSlow => Code::ResourceExhausted,
             ErrorCode::TooLarge => Code::OutOfRange,

@@ -463,7 +463,8 @@ async fn a_redrive_through_one_node_refuses_a_redrive_or_purge_through_another()
 /// exited 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_replay_and_redrive_refuse_what_they_cannot_do() -> anyhow::Result<()> {
-    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    // Commits 5 s apart: a replay stays asked and not applied long enough to ask another.
+    let (_root, node) = sluice_tests::start_single_node(1, &["--dispatch-commit-interval-ms", "5000"]).await?;
     let admin = node.admin.clone();
     let subscriber = Subscriber::start(Subscriber::ok()).await?;
     apply_resource(&admin, broker_object("default", "b", json!({}))).await?;
@@ -483,6 +484,19 @@ async fn regression_replay_and_redrive_refuse_what_they_cannot_do() -> anyhow::R
     let (code, _, stderr) = sluice(&["dlq", "redrive", "t", "--select", "0:7", "--admin", &admin]).await?;
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("no dead letter at 0:7"), "{stderr}");
+
+    // A second replay while the first waits for its dispatcher would overwrite it (the last writer won, and both
+    // were told theirs was applied): refused until the first is applied.
+    let replay = |to: u64| ReplayRequest {
+        consumer: Some(trigger("t")),
+        to: Some(replay_request::To::Offset(to)),
+        partition: None,
+        wait: false,
+    };
+    consumers.replay(replay(0)).await?;
+    let refused = consumers.replay(replay(0)).await.expect_err("the first is pending");
+    assert_eq!(refused.code(), tonic::Code::Aborted, "{refused:?}");
+    assert!(refused.message().contains("is asked and not applied yet"), "{}", refused.message());
     Ok(())
 }
 
