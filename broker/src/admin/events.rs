@@ -160,25 +160,58 @@ fn logged_event(partition: u32, record: &StoredRecord, event: Option<&CloudEvent
     }
 }
 
-/// Page token: `v1:` then `partition.next.end` per partition, comma-separated (opaque to clients).
-fn encode_token(positions: &[PartitionPosition]) -> String {
-    let parts: Vec<String> =
-        positions.iter().map(|p| format!("{}.{}.{}", p.partition, p.next_offset, p.end_offset)).collect();
-    format!("v1:{}", parts.join(","))
+/// What a page token is bound to: the stream it reads (a hash of its name).
+fn stream_tag(stream: &str) -> String {
+    format!("{:016x}", sluice_cloudevent::stable_hash(&[stream.as_bytes()]))
 }
 
-fn decode_token(token: &str, partitions: u32) -> Result<Vec<PartitionPosition>, Status> {
+/// Page token: `v2:`, the stream's tag, `:`, then `partition.next.end` per partition, comma-separated (opaque to
+/// clients).
+fn encode_token(stream: &str, positions: &[PartitionPosition]) -> String {
+    let parts: Vec<String> =
+        positions.iter().map(|p| format!("{}.{}.{}", p.partition, p.next_offset, p.end_offset)).collect();
+    format!("v2:{}:{}", stream_tag(stream), parts.join(","))
+}
+
+/// The positions of a page token given for a read of `stream` (of `partitions`, or only `partition`). Refused: a
+/// token of another stream or partition (it would read this one's events at the other's offsets), a partition
+/// twice (its events twice), and what is malformed. A `v1:` token (from a node before session 62, during an
+/// upgrade) names no stream and is taken as it was. Regression: the positions alone were read, whatever the
+/// request named.
+fn decode_token(
+    token: &str,
+    stream: &str,
+    partitions: u32,
+    partition: Option<u32>,
+) -> Result<Vec<PartitionPosition>, Status> {
     let malformed = || invalid("page_token: malformed (pass next_page_token as it was given)");
-    let body = token.strip_prefix("v1:").ok_or_else(malformed)?;
-    let mut positions = Vec::new();
+    let body = match (token.strip_prefix("v2:"), token.strip_prefix("v1:")) {
+        (Some(v2), _) => {
+            let (tag, body) = v2.split_once(':').ok_or_else(malformed)?;
+            if tag != stream_tag(stream) {
+                return Err(invalid("page_token: from a read of another broker or channel (pass it with its own)"));
+            }
+            body
+        }
+        (None, Some(v1)) => v1,
+        (None, None) => return Err(malformed()),
+    };
+    let mut positions: Vec<PartitionPosition> = Vec::new();
     for part in body.split(',').filter(|p| !p.is_empty()) {
         let mut fields = part.split('.');
         let mut field = || fields.next().and_then(|f| f.parse::<u64>().ok()).ok_or_else(malformed);
-        let (partition, next_offset, end_offset) = (field()?, field()?, field()?);
-        let partition = u32::try_from(partition).ok().filter(|p| *p < partitions).ok_or_else(malformed)?;
-        positions.push(PartitionPosition { partition, next_offset, end_offset });
+        let (position_partition, next_offset, end_offset) = (field()?, field()?, field()?);
+        let position_partition =
+            u32::try_from(position_partition).ok().filter(|p| *p < partitions).ok_or_else(malformed)?;
+        if positions.iter().any(|p| p.partition == position_partition) {
+            return Err(malformed());
+        }
+        if partition.is_some_and(|asked| asked != position_partition) {
+            return Err(invalid("page_token: from a read of another partition (pass it with its own)"));
+        }
+        positions.push(PartitionPosition { partition: position_partition, next_offset, end_offset });
     }
-    if positions.is_empty() || positions.len() > partitions as usize {
+    if positions.is_empty() {
         return Err(malformed());
     }
     Ok(positions)
@@ -223,7 +256,7 @@ impl EventsService {
             if partitions == 0 {
                 return Err(status_of(BrokerError::NotInitialized));
             }
-            decode_token(&request.page_token, partitions)?
+            decode_token(&request.page_token, &stream, partitions, request.partition)?
         };
 
         let mut events = Vec::new();
@@ -276,7 +309,7 @@ impl EventsService {
             }
         }
         let done = positions.iter().all(|p| p.next_offset >= p.end_offset);
-        let next_page_token = if done { String::new() } else { encode_token(&positions) };
+        let next_page_token = if done { String::new() } else { encode_token(&stream, &positions) };
         Ok(ReadEventsReply { events, next_page_token, next: positions, scanned })
     }
 
@@ -587,12 +620,23 @@ mod tests {
             PartitionPosition { partition: 0, next_offset: 5, end_offset: 9 },
             PartitionPosition { partition: 1, next_offset: 0, end_offset: 3 },
         ];
-        let token = encode_token(&positions);
-        assert_eq!(decode_token(&token, 2).ok(), Some(positions));
-        assert!(decode_token(&token, 1).is_err());
-        assert!(decode_token("v1:", 2).is_err());
-        assert!(decode_token("garbage", 2).is_err());
-        assert!(decode_token("v1:0.x.3", 2).is_err());
+        let stream = "broker/default/a";
+        let token = encode_token(stream, &positions);
+        assert_eq!(decode_token(&token, stream, 2, None).ok(), Some(positions.clone()));
+        assert!(decode_token(&token, stream, 1, None).is_err());
+        assert!(decode_token("v1:", stream, 2, None).is_err());
+        assert!(decode_token("garbage", stream, 2, None).is_err());
+        assert!(decode_token("v1:0.x.3", stream, 2, None).is_err());
+        // An upgrade's token of the older form still reads.
+        assert_eq!(decode_token("v1:0.5.9,1.0.3", stream, 2, None).ok(), Some(positions.clone()));
+        // Regressions: a token read whatever the request named, and a partition twice read its events twice.
+        let other = decode_token(&token, "broker/default/b", 2, None).expect_err("another stream");
+        assert!(other.message().contains("another broker or channel"), "{}", other.message());
+        assert!(decode_token(&token, stream, 2, Some(1)).is_err(), "partition 1 asked, 0 and 1 in the token");
+        let one = encode_token(stream, &positions[1..]);
+        assert_eq!(decode_token(&one, stream, 2, Some(1)).ok(), Some(positions[1..].to_vec()));
+        let twice = format!("v2:{}:0.0.100,0.0.100", stream_tag(stream));
+        assert!(decode_token(&twice, stream, 2, None).is_err(), "a partition twice");
     }
 
     #[test]
