@@ -393,6 +393,20 @@ struct Instances {
 }
 
 impl Instances {
+    /// None yet; `ready_before`: the revision was ready before (on any node).
+    fn new(ready_before: bool) -> Self {
+        Instances {
+            running: BTreeMap::new(),
+            stopping: BTreeSet::new(),
+            ready_once: BTreeSet::new(),
+            next_id: 0,
+            failed_starts: FailedStarts::default(),
+            given_up: false,
+            facts: Facts { ready: ready_before, ..Facts::default() },
+            desired: 0,
+        }
+    }
+
     /// Running and not draining.
     fn active(&self) -> usize {
         self.running.len() - self.stopping.len()
@@ -438,16 +452,7 @@ async fn run_revision(
         Autoscaler::new(knobs.clone(), 0, monotonic_ms(), ready_before).with_progress_deadline_ms(progress_deadline_ms);
     let mut reachable = revision.reachable.load(Ordering::Relaxed);
     autoscaler.set_reachable(reachable);
-    let mut instances = Instances {
-        running: BTreeMap::new(),
-        stopping: BTreeSet::new(),
-        ready_once: BTreeSet::new(),
-        next_id: 0,
-        failed_starts: FailedStarts::default(),
-        given_up: false,
-        facts: Facts { ready: ready_before, ..Facts::default() },
-        desired: 0,
-    };
+    let mut instances = Instances::new(ready_before);
     let key = revision.key();
     let gauges = AutoscalerGauges::new(&key, revision.run_id.generation);
     // Nothing reported yet: a run's first facts are always posted, so that what this node recorded before it

@@ -257,16 +257,7 @@ async fn a_failed_revision_tells_requests_its_reason_and_keeps_the_apps_output_f
     )
     .expect("runnable");
     let handle = Arc::new(RevisionHandle::new(run, RunId { uid: "leaky-uid".into(), generation: 1 }, true));
-    let mut instances = Instances {
-        running: BTreeMap::new(),
-        stopping: BTreeSet::new(),
-        ready_once: BTreeSet::new(),
-        next_id: 0,
-        failed_starts: FailedStarts::default(),
-        given_up: false,
-        facts: Facts::default(),
-        desired: 0,
-    };
+    let mut instances = Instances::new(false);
     let output = "connecting to postgres://app:hunter2@db/app failed";
     for _ in 0..starts::FAILED_STARTS_BEFORE_GIVING_UP {
         let reason = "ExitCode1".to_string();
