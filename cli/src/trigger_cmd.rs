@@ -85,6 +85,7 @@ pub(crate) fn status_json(status: &ConsumerStatus) -> serde_json::Value {
                 "backlog": p.backlog, "oldestUndeliveredAgeMs": p.oldest_undelivered_age_ms, "inFlight": p.in_flight,
                 "delivered": p.delivered, "retried": p.retried, "deadLettered": p.dead_lettered,
                 "deadLetterCount": p.dead_letter_count, "replayPendingTo": p.replay_pending_to,
+                "pausedApplied": p.paused_applied,
             })
         })
         .collect();
