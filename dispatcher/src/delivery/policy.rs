@@ -281,6 +281,9 @@ pub(crate) enum FailureReason {
     /// Every allowed attempt failed; `last_status` is the last attempt's status (`None`: network error).
     #[error("{attempts} attempt(s) failed, the last with {}", describe_failure(*.last_status))]
     RetriesExhausted { attempts: u32, last_status: Option<u16> },
+    /// The request could not be made (the destination's URL or CA certificates are invalid): not retried.
+    #[error("the request could not be made (an invalid URL or CA certificates)")]
+    Unsendable,
 }
 
 fn describe_failure(status: Option<u16>) -> String {

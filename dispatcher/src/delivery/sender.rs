@@ -79,6 +79,9 @@ pub(crate) struct AttemptResult {
     /// A reply announced by a 200's headers whose body did not arrive whole (a read error, the timeout): why.
     /// The attempt counts as one without a response, and is retried; a cut-off reply is never stored.
     pub reply_cut: Option<String>,
+    /// The request could not be made at all: the destination's URL or its CA certificates are invalid (`error`
+    /// says why). Not a network error: another attempt cannot do better, so the delivery is not retried.
+    pub unsendable: bool,
 }
 
 /// Why a response body was not read whole.
@@ -402,9 +405,10 @@ impl Sender {
         reply_use: ReplyUse,
     ) -> AttemptResult {
         let no_response = |error: String| AttemptResult { error: Some(error), ..Default::default() };
+        let unsendable = |error: String| AttemptResult { error: Some(error), unsendable: true, ..Default::default() };
         let uri = match parse_uri(url) {
             Ok(uri) => uri,
-            Err(e) => return no_response(e),
+            Err(e) => return unsendable(e),
         };
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let client = match (protocol, ca_certs) {
@@ -414,7 +418,7 @@ impl Sender {
             (_, None) => Client::Reqwest(self.clients().http1.clone()),
             (_, Some(ca_certs)) => match self.client_with_ca(&self.clients(), ca_certs, url) {
                 Ok(client) => Client::Reqwest(client),
-                Err(e) => return no_response(e),
+                Err(e) => return unsendable(e),
             },
         };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
@@ -477,7 +481,7 @@ impl Sender {
             Some(BodyProblem::TooLarge { .. }) if status != 200 || reply_use == ReplyUse::Discarded => None,
             problem => problem.map(|problem| problem.to_string()),
         };
-        AttemptResult { status: Some(status), retry_after, body, reply, error, reply_cut }
+        AttemptResult { status: Some(status), retry_after, body, reply, error, reply_cut, unsendable: false }
     }
 }
 

@@ -158,6 +158,12 @@ async fn send_with_retries(
             }
         };
         let (outcome, note) = judge.judge(&result, started.elapsed()).await;
+        // Before session 62 such an attempt was retried as a network error, `retry` times, then dead-lettered
+        // as one: objects stored before their URL and CA certificates were validated at apply can still hold one.
+        if result.unsendable {
+            let note = format!("not sent, not retried: {}", result.error.as_deref().unwrap_or("invalid destination"));
+            return Sent::GaveUp { attempts: attempt, result, reason: FailureReason::Unsendable, note: Some(note) };
+        }
         let retry_after = judge.retry_after(&result);
         match next_step_jittered(&spec.policy, attempt, outcome, retry_after, now_ms(), rand::random::<f64>()) {
             Step::Done => return Sent::Done { attempts: attempt },

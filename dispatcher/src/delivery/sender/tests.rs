@@ -146,6 +146,23 @@ fn urls_a_uri_cannot_take_as_they_are_are_normalised_first() {
     }
 }
 
+/// A destination that cannot be sent to (its URL or CA certificates invalid) is no network error: the attempt
+/// says so, and the delivery is not retried (`send_with_retries`).
+#[tokio::test]
+async fn an_invalid_url_or_ca_is_unsendable_not_a_network_error() {
+    let sender = Sender::new(None).expect("client");
+    let bad_ca: Arc<str> = Arc::from("not a pem");
+    for (url, ca) in [("http://svc:8o80/", None), ("https://127.0.0.1:9/", Some(&bad_ca))] {
+        let result =
+            sender.send(url, ca, Protocol::Http1, Format::Binary, &event(), None, 1_000, 0, ReplyUse::Wanted).await;
+        assert!(result.unsendable && result.status.is_none() && result.error.is_some(), "{url}: {result:?}");
+    }
+    let refused = sender
+        .send("http://127.0.0.1:9/", None, Protocol::Http1, Format::Binary, &event(), None, 1_000, 0, ReplyUse::Wanted)
+        .await;
+    assert!(!refused.unsendable && refused.error.is_some(), "a connection refused may pass: {refused:?}");
+}
+
 /// Regression: `http://svc:8o80/` became a `Uri` with no port, and the events went to port 80, another server.
 #[test]
 fn a_port_that_is_not_one_is_refused_never_read_as_the_default() {
