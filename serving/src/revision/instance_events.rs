@@ -85,7 +85,7 @@ pub(super) fn on_instance_event(
 /// What a request turned away by a revision whose instances keep exiting is told: the reason, not the app's
 /// output (which the Revision's status and `sluice logs` show its owners).
 pub(super) fn told_clients(reason: &str) -> String {
-    format!("its container exited ({reason}); the Revision's status says more")
+    format!("its instances keep failing ({reason}); the Revision's status says more")
 }
 
 /// The most bytes of a failure message, as Kubernetes caps a container's termination message (4 KiB). The message
