@@ -37,6 +37,9 @@ use crate::stats::{self, CursorStats};
 use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
 
+mod redrive;
+use redrive::Redrive;
+
 /// Most dead letters one `List` returns.
 pub(crate) const MAX_LIST: usize = 1000;
 /// Most bytes of dead letters one `List` returns (each carries its data twice, raw and in its JSON), under the
@@ -662,154 +665,6 @@ async fn lost(lease: &mut Option<crate::redrive_lease::HeldLease>) {
     }
 }
 
-/// One redrive of a consumer's dead letters.
-struct Redrive {
-    node: Node,
-    sender: Sender,
-    spec: Arc<ConsumerSpec>,
-    /// The consumer's dead-letter stream.
-    stream: String,
-    to_broker: bool,
-    /// (partition, offset) of the letters to redrive; empty: all of them.
-    selected: HashSet<(u32, u64)>,
-}
-
-impl Redrive {
-    /// Redrives one partition's letters from `start` to `end` (exclusive) in offset order, reading them a batch
-    /// at a time (at most [`REDRIVE_BATCH_BYTES`] held). Each letter is handled before the stream's start moves
-    /// past it: delivered, dead-lettered again (by the delivery, as any failed event), or, when it is not
-    /// selected or could not be redriven, copied to the stream's end first. So no letter is lost, and a redrive
-    /// that stops halfway (the client gone, an error) leaves exactly the letters it did not handle. Letters
-    /// after the last selected one are not touched. `Err(None)`: the client went away.
-    async fn partition(
-        &self,
-        partition: u32,
-        start: u64,
-        end: u64,
-        progress: &mut RedriveProgress,
-        tx: &tokio::sync::mpsc::Sender<Result<RedriveProgress, Status>>,
-        stop: &tokio::sync::watch::Receiver<Option<Option<Status>>>,
-    ) -> Result<(), Option<Status>> {
-        let is_selected = |offset: u64| self.selected.is_empty() || self.selected.contains(&(partition, offset));
-        let last_selected = if self.selected.is_empty() {
-            end.checked_sub(1)
-        } else {
-            self.selected.iter().filter(|(p, o)| *p == partition && (start..end).contains(o)).map(|(_, o)| *o).max()
-        };
-        let Some(last_selected) = last_selected.filter(|last| *last >= start) else { return Ok(()) };
-        let ctx = DeliveryContext { node: self.node.clone(), sender: self.sender.clone(), partition, limits: None };
-        let mut from = start;
-        while from <= last_selected {
-            let letters = self
-                .node
-                .read(&self.stream, partition, from, (last_selected + 1 - from) as usize, REDRIVE_BATCH_BYTES)
-                .map_err(|e| Some(sluice_broker::status_of(e)))?;
-            let Some(last_read) = letters.records.last().map(|r| r.offset) else { break };
-            from = last_read + 1;
-            for record in letters.records {
-                if let Some(why) = stop.borrow().clone() {
-                    return Err(why);
-                }
-                let offset = record.offset;
-                let letter = Letter::decode(&self.stream, offset, record.arrival_ms, record.payload);
-                // Another consumer's letter is kept as one not selected: never sent to this one's subscriber.
-                let ours = match &letter {
-                    Letter::Event { event, .. } => letter_is_ours(event, &self.spec.uid),
-                    Letter::Undecodable { .. } => true,
-                };
-                self.handle(&ctx, partition, offset, letter, is_selected(offset) && ours, progress, tx).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// One letter of [`Redrive::partition`].
-    #[allow(clippy::too_many_arguments)]
-    async fn handle(
-        &self,
-        ctx: &DeliveryContext,
-        partition: u32,
-        offset: u64,
-        letter: Letter,
-        selected: bool,
-        progress: &mut RedriveProgress,
-        tx: &tokio::sync::mpsc::Sender<Result<RedriveProgress, Status>>,
-    ) -> Result<(), Option<Status>> {
-        match (&letter, selected) {
-            (Letter::Event { event, .. }, true) => {
-                let redriven = self.redrive_one(ctx, offset, event).await;
-                progress.processed += 1;
-                match redriven {
-                    Redriven::Delivered => progress.delivered += 1,
-                    Redriven::DeadLetteredAgain => progress.failed += 1,
-                    Redriven::NotSent => {
-                        progress.failed += 1;
-                        self.keep(partition, &letter).await?;
-                    }
-                }
-            }
-            (Letter::Undecodable { .. }, true) => {
-                progress.processed += 1;
-                progress.failed += 1;
-                self.keep(partition, &letter).await?;
-            }
-            (_, false) => self.keep(partition, &letter).await?,
-        }
-        self.node.trim(partition, &self.stream, offset + 1).await.map_err(|e| Some(sluice_broker::status_of(e)))?;
-        if selected && tx.send(Ok(*progress)).await.is_err() {
-            return Err(None);
-        }
-        Ok(())
-    }
-
-    async fn redrive_one(&self, ctx: &DeliveryContext, offset: u64, dead: &CloudEvent) -> Redriven {
-        let source_offset =
-            dead.get("sluicesourceoffset").and_then(|v| v.to_canonical_string().parse::<u64>().ok()).unwrap_or(offset);
-        let event = strip_error_attributes(dead);
-        if self.to_broker {
-            return match redrive_to_broker(&self.node, &self.spec, event).await {
-                Ok(()) => Redriven::Delivered,
-                Err(e) => {
-                    tracing::warn!(consumer = %self.spec.cursor, offset, error = %e, "redrive to the Broker failed; the letter stays");
-                    Redriven::NotSent
-                }
-            };
-        }
-        // Delivered with the consumer's policy; what fails again is dead-lettered again (a new letter).
-        // A redrive's deliveries take no place in the subscriber's limit, as before.
-        match AssertUnwindSafe(deliver(ctx, &self.spec, source_offset, &event, &mut None)).catch_unwind().await {
-            Ok(Settlement::Delivered { .. }) => Redriven::Delivered,
-            Ok(Settlement::DeadLetterSink { .. } | Settlement::DeadLetterStream { .. }) => Redriven::DeadLetteredAgain,
-            // Failed again under `sluice.dev/dead-letter: drop` (or not encodable again): the letter it came from
-            // stays; a redrive is not a way to lose it.
-            Ok(Settlement::Dropped { .. }) => Redriven::NotSent,
-            Err(_) => {
-                tracing::error!(consumer = %self.spec.cursor, offset, "a redriven delivery panicked; the letter stays");
-                metrics::counter!("sluice_dispatch_panics_total").increment(1);
-                Redriven::NotSent
-            }
-        }
-    }
-
-    /// Copies a letter to the end of the stream, with its arrival time, so that trimming past it loses nothing.
-    async fn keep(&self, partition: u32, letter: &Letter) -> Result<(), Option<Status>> {
-        let (payload, arrival_ms) = match letter {
-            Letter::Event { event, arrival_ms } => (
-                event.encode().map(bytes::Bytes::from).map_err(|e| {
-                    Some(error_status(ErrorCode::Internal, format!("a dead letter cannot be encoded again: {e}")))
-                })?,
-                *arrival_ms,
-            ),
-            Letter::Undecodable { raw, arrival_ms } => (raw.clone(), *arrival_ms),
-        };
-        self.node
-            .append(&self.stream, partition, vec![payload], arrival_ms, None)
-            .await
-            .map(|_| ())
-            .map_err(|e| Some(sluice_broker::status_of(e)))
-    }
-}
-
 /// A record of a dead-letter stream.
 enum Letter {
     Event {
@@ -834,29 +689,6 @@ impl Letter {
             }
         }
     }
-}
-
-/// What became of one redriven letter.
-enum Redriven {
-    Delivered,
-    /// Failed again and dead-lettered again by the delivery (a new letter, at the sink or the stream's end).
-    DeadLetteredAgain,
-    /// Not sent (the Broker refused it, a Subscription has no Broker, a bug): the letter must stay.
-    NotSent,
-}
-
-async fn redrive_to_broker(node: &Node, spec: &ConsumerSpec, event: CloudEvent) -> Result<(), String> {
-    let ReplyTarget::Broker { stream, settings } = &spec.reply else {
-        return Err("only a Trigger's letters can go back to its Broker".into());
-    };
-    // Not deduplicated: the same (source, id) was accepted before, and redriving it is the point.
-    let settings = IngressSettings { dedupe_window: None, ..settings.clone() };
-    let mut event = event;
-    event.attributes.remove("knativearrivaltime");
-    sluice_broker::publish(node, stream, &settings, vec![event], crate::delivery::task::MAX_REPLY_EVENT_BYTES)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
