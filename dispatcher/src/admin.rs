@@ -370,10 +370,18 @@ impl Consumers for ConsumersAdmin {
             };
             let from_offset =
                 self.node.committed_offset(partition, &found.cursor).map_err(sluice_broker::status_of)?.unwrap_or(0);
-            self.node
-                .commit_offsets(partition, vec![stats::request_replay(&found.cursor, to_offset)])
-                .await
-                .map_err(sluice_broker::status_of)?;
+            // Conditional on no replay pending (the check above reads it, but two replays asked at once through
+            // two nodes both pass that check): of the two, one is written. Regression: the later overwrote the
+            // earlier, and both were told theirs was asked.
+            let ask = stats::request_replay(&found.cursor, to_offset);
+            let none_pending = vec![(stats::stat_key(&found.cursor, stats::REPLAY), 0)];
+            match self.node.commit_offsets_if(partition, none_pending, vec![ask.clone()]).await {
+                Ok(Some(true)) => {}
+                Ok(Some(false)) => return Err(replay_asked_meanwhile(partition, &targets)),
+                // A member of an older version does not read the conditional commit (a rolling upgrade).
+                Ok(None) => self.node.commit_offsets(partition, vec![ask]).await.map_err(sluice_broker::status_of)?,
+                Err(error) => return Err(sluice_broker::status_of(error)),
+            }
             targets.push(ReplayTarget { partition, from_offset, to_offset });
         }
         let mut applied = false;
@@ -404,6 +412,23 @@ impl Consumers for ConsumersAdmin {
         }
         Ok(Response::new(ReplayReply { targets, applied }))
     }
+}
+
+/// A replay of `partition` was asked through another node between this one's check and its write; the
+/// partitions in `asked` were asked already (each replays; a replay of one partition stands on its own).
+fn replay_asked_meanwhile(partition: u32, asked: &[ReplayTarget]) -> Status {
+    let asked: Vec<String> = asked.iter().map(|t| format!("{} to offset {}", t.partition, t.to_offset)).collect();
+    let asked = match asked.is_empty() {
+        true => String::new(),
+        false => format!(" (partitions {} were asked already and replay)", asked.join(", ")),
+    };
+    error_status(
+        ErrorCode::ReplayPending,
+        format!(
+            "another replay of partition {partition} was asked at the same moment and is pending; wait for it \
+             (`replay_pending_to` in the status) and ask again{asked}"
+        ),
+    )
 }
 
 fn dead_letter_message(partition: u32, offset: u64, arrival_ms: u64, event: &CloudEvent) -> DeadLetter {

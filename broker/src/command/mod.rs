@@ -123,6 +123,11 @@ pub(crate) enum LogCommand {
     /// taking or renewing the same lease at once one wins. Answers [`LogResponse::Applied`], `conflict` when
     /// the condition does not hold (nothing is written).
     ApplyResourceIfToken { record: ResourceRecord, token: Option<String> },
+    /// `CommitOffsets` only when every cursor of `expected` (cursor, offset) is stored at its offset (an absent
+    /// cursor reads as 0): a compare-and-set, so that of two operators asking a partition's replay at once through two nodes
+    /// one wins. Answers [`LogResponse::Applied`], `committed`, or `conflict` when the condition does not hold
+    /// (nothing is written).
+    CommitOffsetsIf { expected: Vec<(String, u64)>, commits: Vec<OffsetCommit> },
 }
 
 /// One consumer cursor's position: the next offset it will read.
@@ -173,6 +178,9 @@ impl fmt::Display for LogCommand {
                 write!(f, "SetAdminAnnotation({key:?} {annotation}={value:?})")
             }
             LogCommand::ApplyResourceIfToken { record, .. } => write!(f, "ApplyResourceIfToken({:?})", record.key),
+            LogCommand::CommitOffsetsIf { expected, commits } => {
+                write!(f, "CommitOffsetsIf({} cursors if {} are as expected)", commits.len(), expected.len())
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Which metadata entries a node may propose while nodes of older versions may still be members: each node
+//! Which entries (of the metadata group and, since format 4, the partitions') a node may propose while nodes of older versions may still be members: each node
 //! publishes the newest metadata entry format it reads (`SluiceNode` objects in the metadata group, written
 //! with an entry every version reads), and the nodes propose an entry kind only once every current member
 //! has published a format that has it. In: the cluster's members and what each published. Out: the format
@@ -23,8 +23,10 @@ pub(crate) const FORMAT_PUT_RESOURCE: u64 = 1;
 pub(crate) const FORMAT_APPLY_RESOURCE: u64 = 2;
 /// With the conditional apply (`ApplyResourceIfToken`) that cluster-wide leases take (session 37).
 pub(crate) const FORMAT_APPLY_IF_TOKEN: u64 = 3;
+/// With the conditional offset commit (`CommitOffsetsIf`) that a replay's request takes (session 63).
+pub(crate) const FORMAT_COMMIT_OFFSETS_IF: u64 = 4;
 /// The newest format this version reads and writes.
-pub(crate) const LOG_FORMAT: u64 = FORMAT_APPLY_IF_TOKEN;
+pub(crate) const LOG_FORMAT: u64 = FORMAT_COMMIT_OFFSETS_IF;
 
 /// How often a node tries to publish its format until it is stored.
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);

@@ -100,6 +100,31 @@ impl Node {
         self.write(group, ForwardedWrite::Command(LogCommand::CommitOffsets(commits))).await.map(|_| ())
     }
 
+    /// [`Node::commit_offsets`] only when every cursor of `expected` (cursor, offset) is stored at its offset
+    /// (absent: 0):
+    /// `Ok(Some(true))` once committed, `Ok(Some(false))` when the condition did not hold (another writer
+    /// won; nothing is written). `Ok(None)` when some member of the cluster does not read the conditional entry
+    /// yet (a rolling upgrade): nothing is written, and the caller does without.
+    pub async fn commit_offsets_if(
+        &self,
+        partition: u32,
+        expected: Vec<(String, u64)>,
+        commits: Vec<OffsetCommit>,
+    ) -> Result<Option<bool>, BrokerError> {
+        for cursor in expected.iter().map(|(cursor, _)| cursor).chain(commits.iter().map(|c| &c.cursor)) {
+            validate_cursor_name(cursor)?;
+        }
+        let group = self.partition_group_id(partition)?;
+        if self.cluster_log_format() < super::log_format::FORMAT_COMMIT_OFFSETS_IF {
+            return Ok(None);
+        }
+        let command = LogCommand::CommitOffsetsIf { expected, commits };
+        match self.write(group, ForwardedWrite::Command(command)).await? {
+            ForwardedReply::Response(LogResponse::Applied { outcome }) => Ok(Some(outcome == "committed")),
+            other => Err(BrokerError::Bug { group, reason: format!("unexpected reply {other:?}") }),
+        }
+    }
+
     /// Forgets consumer cursors in `partition`'s group (absent ones are fine).
     pub async fn delete_offsets(&self, partition: u32, cursors: Vec<String>) -> Result<(), BrokerError> {
         for cursor in &cursors {

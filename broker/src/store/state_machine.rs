@@ -497,6 +497,16 @@ impl GroupStateMachine {
                 self.stage_delete_offsets(staged, cursors)?;
                 LogResponse::None
             }
+            LogCommand::CommitOffsetsIf { expected, commits } => {
+                let mut holds = true;
+                for (cursor, offset) in expected {
+                    holds &= self.staged_offset(staged, cursor)?.unwrap_or(0) == *offset;
+                }
+                if holds {
+                    self.stage_commit_offsets(staged, commits)?;
+                }
+                LogResponse::Applied { outcome: if holds { "committed" } else { "conflict" }.to_string() }
+            }
             LogCommand::InitCluster(config) => match self.staged_cluster_config(staged) {
                 Some(existing) => LogResponse::AlreadyInitialized(existing.config),
                 None => {

@@ -1093,3 +1093,39 @@ async fn a_conditional_apply_holds_only_over_the_token_it_names() {
         assert_eq!(stored_token(&sm).as_deref(), Some(expected), "{case}");
     }
 }
+
+/// The conditional offset commit a replay's request takes: written only when every expected cursor is stored at
+/// its offset (absent: 0), against the cursors as staged in the same apply too, so that of two replays asked at
+/// once in one entry batch only the first holds.
+#[tokio::test]
+async fn a_conditional_commit_holds_only_over_the_offsets_it_expects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, mut sm) = open(dir.path(), 1);
+    let ask = |target: u64, pending: u64| LogCommand::CommitOffsetsIf {
+        expected: vec![("t#replay".to_string(), pending)],
+        commits: vec![commit("t#replay", target, true)],
+    };
+    let steps: [(&str, Vec<LogCommand>, Option<u64>); 5] = [
+        ("an absent cursor reads as 0", vec![ask(5, 0)], Some(5)),
+        ("not over another value", vec![ask(7, 0), ask(8, 4)], Some(5)),
+        ("over the value it expects", vec![ask(9, 5)], Some(9)),
+        ("of two over the same value in one batch, the first", vec![ask(1, 9), ask(2, 9)], Some(1)),
+        (
+            "a reset to 0 (taken) lets the next in",
+            vec![LogCommand::CommitOffsets(vec![commit("t#replay", 0, true)]), ask(3, 0)],
+            Some(3),
+        ),
+    ];
+    let mut index = 0;
+    for (case, commands, expected) in steps {
+        let entries = commands
+            .into_iter()
+            .map(|command| {
+                index += 1;
+                entry(index, command)
+            })
+            .collect();
+        apply(&mut sm, entries).await;
+        assert_eq!(sm.view().committed_offset("t#replay").expect("read"), expected, "{case}");
+    }
+}
