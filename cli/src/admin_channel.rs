@@ -52,7 +52,7 @@ pub(crate) fn use_node_identity_unless_given(files: &sluice_security::TlsFiles) 
 
 /// Adds the bearer token to every call.
 #[derive(Clone)]
-pub(crate) struct AddToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+pub(crate) struct AddToken(Option<Authorization>);
 
 impl tonic::service::Interceptor for AddToken {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -65,18 +65,15 @@ impl tonic::service::Interceptor for AddToken {
 
 pub(crate) type AdminChannel = InterceptedService<Channel, AddToken>;
 
-fn client_tls(credentials: &AdminCredentialArgs, ca: &PathBuf) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+fn client_tls(credentials: &AdminCredentialArgs, ca: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     match (&credentials.client_cert, &credentials.client_key) {
         (Some(cert), Some(key)) => {
-            let files = sluice_security::TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() };
+            let files = sluice_security::TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.to_path_buf() };
             let tls = sluice_security::Tls::load(sluice_security::TransportEncryption::Strict, Some(files))?
                 .ok_or_else(|| anyhow::anyhow!("TLS is on"))?;
             Ok(tls.client_config())
         }
-        _ => {
-            let pem = std::fs::read_to_string(ca).map_err(|e| anyhow::anyhow!("--ca-cert {}: {e}", ca.display()))?;
-            Ok(Arc::new(sluice_security::https_client_config(&[&pem], "--ca-cert")?))
-        }
+        _ => Ok(sluice_security::admin_client_config(ca)?),
     }
 }
 
@@ -95,17 +92,46 @@ fn tls_refused(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A channel to the admin API at `admin` (`IP:PORT` or `HOST:PORT`) with the global credentials.
-pub(crate) async fn connect(admin: &str) -> anyhow::Result<AdminChannel> {
-    let credentials = credentials();
-    let token = match &credentials.token {
-        Some(token) => Some(
+/// The `authorization` value the global `--token` asks for.
+fn authorization(credentials: &AdminCredentialArgs) -> anyhow::Result<Option<Authorization>> {
+    match &credentials.token {
+        Some(token) => Ok(Some(
             format!("Bearer {token}")
                 .parse()
                 .map_err(|_| anyhow::anyhow!("--token: not a valid header value (printable ASCII only)"))?,
-        ),
-        None => None,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// An `authorization` metadata value.
+pub(crate) type Authorization = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// For a process that runs for long (the Kubernetes controller): a channel to the admin API at `admin` with the
+/// global credentials, connected on first use and again after a failure, each call bounded by `timeout`; and
+/// the `authorization` value to send with each call. Regression: the controller dialed plaintext with no
+/// token, so it could not work against nodes that ask for either.
+pub(crate) fn connect_lazy(admin: &str, timeout: Duration) -> anyhow::Result<(Channel, Option<Authorization>)> {
+    let credentials = credentials();
+    let endpoint = Endpoint::from_shared(format!("http://{admin}"))
+        .map_err(|e| anyhow::anyhow!("--admin {admin}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout);
+    let channel = match &credentials.ca_cert {
+        None => endpoint.connect_lazy(),
+        Some(ca) => {
+            let config = client_tls(&credentials, ca)?;
+            let dialer = sluice_security::TlsDialer::with_config(config, admin, sluice_security::host_of(admin));
+            endpoint.connect_with_connector_lazy(dialer)
+        }
     };
+    Ok((channel, authorization(&credentials)?))
+}
+
+/// A channel to the admin API at `admin` (`IP:PORT` or `HOST:PORT`) with the global credentials.
+pub(crate) async fn connect(admin: &str) -> anyhow::Result<AdminChannel> {
+    let credentials = credentials();
+    let token = authorization(&credentials)?;
     let endpoint = Endpoint::from_shared(format!("http://{admin}"))
         .map_err(|e| anyhow::anyhow!("--admin {admin}: {e}"))?
         .connect_timeout(Duration::from_secs(5));

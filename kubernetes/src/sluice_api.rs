@@ -7,7 +7,8 @@ use sluice_proto::admin::cluster_client::ClusterClient;
 use sluice_proto::admin::resources_client::ResourcesClient;
 use sluice_proto::admin::{ApplyResourceRequest, RemoveNodeRequest, ResourceRef, StatusRequest};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
 
 use crate::error::Error;
 
@@ -36,24 +37,32 @@ pub trait SluiceApi: Send + Sync + 'static {
     fn remove_member(&self, node_id: u64) -> BoxFuture<'_, Result<(), Error>>;
 }
 
-/// The admin API of a Sluice cluster (the `sluice-admin` Service), connected on first use.
+/// The admin API of a Sluice cluster (the `sluice-admin` Service): a channel (plaintext or TLS, connected on
+/// first use) and the bearer token sent with each call, when the nodes ask for one.
 pub struct AdminApi {
     admin: String,
     channel: Channel,
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 impl AdminApi {
-    pub fn new(admin: &str) -> Result<AdminApi, Error> {
-        let unavailable = |reason: String| Error::SluiceUnavailable { admin: admin.to_string(), reason };
-        let endpoint = Endpoint::from_shared(format!("http://{admin}"))
-            .map_err(|e| unavailable(format!("not an address: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(30));
-        Ok(AdminApi { admin: admin.to_string(), channel: endpoint.connect_lazy() })
+    /// Over `channel` (the caller chose plaintext or TLS), sending `authorization` (`Bearer TOKEN`) with each
+    /// call when given.
+    pub fn new(admin: &str, channel: Channel, authorization: Option<MetadataValue<Ascii>>) -> AdminApi {
+        AdminApi { admin: admin.to_string(), channel, authorization }
     }
 
     fn client(&self) -> ResourcesClient<Channel> {
         ResourcesClient::new(self.channel.clone())
+    }
+
+    /// `message` as a call, with the token.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(value) = &self.authorization {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        request
     }
 
     fn unavailable(&self, status: &tonic::Status) -> Error {
@@ -72,7 +81,7 @@ impl SluiceApi for AdminApi {
     fn apply<'a>(&'a self, object: &'a Value) -> BoxFuture<'a, Result<Result<(), Refusal>, Error>> {
         Box::pin(async move {
             let request = ApplyResourceRequest { object_json: object.to_string(), dry_run: false };
-            match self.client().apply(request).await {
+            match self.client().apply(self.request(request)).await {
                 Ok(_) => Ok(Ok(())),
                 Err(status) if is_refusal(&status) => Ok(Err(Refusal { message: status.message().to_string() })),
                 Err(status) => Err(self.unavailable(&status)),
@@ -87,7 +96,7 @@ impl SluiceApi for AdminApi {
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<Value>, Error>> {
         Box::pin(async move {
-            match self.client().get(reference(kind, namespace, name)).await {
+            match self.client().get(self.request(reference(kind, namespace, name))).await {
                 Ok(reply) => {
                     serde_json::from_str(&reply.into_inner().object_json).map(Some).map_err(|e| Error::SluiceBadReply {
                         admin: self.admin.clone(),
@@ -102,7 +111,7 @@ impl SluiceApi for AdminApi {
 
     fn delete<'a>(&'a self, kind: &'a str, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            match self.client().delete(reference(kind, namespace, name)).await {
+            match self.client().delete(self.request(reference(kind, namespace, name))).await {
                 Ok(_) => Ok(()),
                 Err(status) if status.code() == Code::NotFound => Ok(()),
                 Err(status) => Err(self.unavailable(&status)),
@@ -113,7 +122,7 @@ impl SluiceApi for AdminApi {
     fn members(&self) -> BoxFuture<'_, Result<Vec<u64>, Error>> {
         Box::pin(async move {
             let status = ClusterClient::new(self.channel.clone())
-                .status(StatusRequest {})
+                .status(self.request(StatusRequest {}))
                 .await
                 .map_err(|status| self.unavailable(&status))?
                 .into_inner();
@@ -123,7 +132,10 @@ impl SluiceApi for AdminApi {
 
     fn remove_member(&self, node_id: u64) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
-            match ClusterClient::new(self.channel.clone()).remove_node(RemoveNodeRequest { node_id }).await {
+            match ClusterClient::new(self.channel.clone())
+                .remove_node(self.request(RemoveNodeRequest { node_id }))
+                .await
+            {
                 Ok(_) => Ok(()),
                 Err(status) if status.code() == Code::NotFound => Ok(()),
                 Err(status) => Err(self.unavailable(&status)),

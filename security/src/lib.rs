@@ -32,4 +32,4 @@ pub use tls::dial::{TlsDialer, dial, dial_with_config, host_of};
 /// A TLS stream this node dialed.
 pub type ClientTlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 pub use tls::roots::https_client_config;
-pub use tls::{Reload, Tls, TlsFiles, TransportEncryption};
+pub use tls::{Reload, Tls, TlsFiles, TransportEncryption, admin_client_config};

@@ -193,6 +193,35 @@ fn build(files: &TlsFiles, pem: PemBytes) -> Result<Configs, TlsError> {
     Ok(Configs { server: server(true)?, mutual: server(false)?, client: Arc::new(client), ca_pem, pem })
 }
 
+/// What a client of a node's admin API without a certificate of its own (the CLI with `--ca-cert` and a
+/// token) trusts: the CA in `ca_path` alone (not the system's) and, as a node checks the nodes it dials, only
+/// a server whose certificate carries the organisation `sluice:node`. Regression: it trusted the system's CAs
+/// too and any certificate of the given CA, so a bearer token could go to a server that is not a node.
+pub fn admin_client_config(ca_path: &std::path::Path) -> Result<Arc<ClientConfig>, TlsError> {
+    let bytes = std::fs::read(ca_path).map_err(|e| TlsError::BadPem {
+        flag: "--ca-cert",
+        path: ca_path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut roots = RootCertStore::empty();
+    for cert in certificates("--ca-cert", ca_path, &bytes)? {
+        roots.add(cert).map_err(|e| TlsError::BadCa { path: ca_path.to_path_buf(), reason: e.to_string() })?;
+    }
+    let node_verifier = NodeServerVerifier {
+        inner: rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsError::BadCa { path: ca_path.to_path_buf(), reason: e.to_string() })?,
+    };
+    let mut client = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(node_verifier))
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(client))
+}
+
 /// How a node checks the node it dials (peer port, or the admin port as a node): the cluster's CA and the
 /// name, as any TLS client does, and the certificate's organisation `sluice:node`, as the peer port demands of
 /// its clients. Without the last check, with a CA shared with other workloads, a certificate issued for a

@@ -223,15 +223,24 @@ async fn a_node_dials_only_servers_whose_certificate_is_a_nodes() {
     };
     let node_dir = tempfile::tempdir().expect("tempdir");
     let node = client_config(node_dir.path(), &ca);
+    // The CLI with `--ca-cert` and a token, no certificate of its own: the same check (regression: it trusted
+    // any certificate of the CA, and the system's CAs too, and sent its token there).
+    let ca_path = node_dir.path().join("given-ca.pem");
+    std::fs::write(&ca_path, &ca.ca_cert_pem).expect("write");
+    let operator = crate::admin_client_config(&ca_path).expect("loads");
 
-    let (addr, server) = serve_once(workload, PlaintextPolicy::Refuse, ClientCertificate::Optional).await;
-    let refused = echo_over_tls(&addr, node.clone()).await.expect_err("not a node's certificate");
-    assert!(refused.contains("not a Sluice node's"), "{refused}");
-    let _ = server.await;
+    for client in [node.clone(), operator.clone()] {
+        let (addr, server) = serve_once(workload.clone(), PlaintextPolicy::Refuse, ClientCertificate::Optional).await;
+        let refused = echo_over_tls(&addr, client).await.expect_err("not a node's certificate");
+        assert!(refused.contains("not a Sluice node's"), "{refused}");
+        let _ = server.await;
+    }
 
     let member_dir = tempfile::tempdir().expect("tempdir");
     let member = load(&write_files(member_dir.path(), &ca)).expect("loads");
-    let (addr, server) = serve_once(member, PlaintextPolicy::Refuse, ClientCertificate::Optional).await;
-    echo_over_tls(&addr, node).await.expect("a node's certificate is taken");
-    server.await.expect("join").expect("served");
+    for client in [node, operator] {
+        let (addr, server) = serve_once(member.clone(), PlaintextPolicy::Refuse, ClientCertificate::Optional).await;
+        echo_over_tls(&addr, client).await.expect("a node's certificate is taken");
+        server.await.expect("join").expect("served");
+    }
 }

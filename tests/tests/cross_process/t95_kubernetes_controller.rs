@@ -175,3 +175,57 @@ async fn the_controller_serves_sluice_brokers_and_their_triggers_end_to_end() ->
     let _ = controller.wait();
     Ok(())
 }
+
+/// Regression: the controller dialed the admin API in plaintext with no token, whatever it was given, so
+/// against nodes started with `--admin-tokens` (docs/security.md) every apply was refused as unauthenticated
+/// and retried for ever. It now sends the global `--token`/`SLUICE_TOKEN` as every command does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn regression_the_controller_sends_its_token_to_nodes_that_ask_for_one() -> anyhow::Result<()> {
+    use sluice_proto::admin::cluster_client::ClusterClient;
+    use sluice_proto::admin::{InitRequest, Member};
+    const OPERATE_TOKEN: &str = "controller-token-0123456789";
+    let root = tempfile::tempdir()?;
+    let tokens = root.path().join("tokens.csv");
+    std::fs::write(&tokens, format!("# token,name,role\n{OPERATE_TOKEN},controller,operate\n"))?;
+    let mut node = sluice_tests::NodeProc::new(1, root.path(), &["--admin-tokens", &tokens.to_string_lossy()]);
+    node.start()?;
+    let admin = node.admin.clone();
+    let token: tonic::metadata::MetadataValue<_> = format!("Bearer {OPERATE_TOKEN}").parse()?;
+    let mut cluster = wait_until(Duration::from_secs(30), || async {
+        let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))?.connect().await else {
+            return Ok(None);
+        };
+        let token = token.clone();
+        Ok(Some(ClusterClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", token.clone());
+            Ok(r)
+        })))
+    })
+    .await?;
+    cluster
+        .init(InitRequest { members: vec![Member { node_id: 1, peer_addr: node.peer.clone() }], partitions: 1 })
+        .await?;
+
+    let kube = FakeKube::start().await?;
+    let kubeconfig = kube.write_kubeconfig(root.path())?;
+    let log_path = root.path().join("controller.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut controller = Command::new(sluice_bin())
+        .args(["kube-controller", "--admin", &node.admin, "--ingress-host", "sluice-ingress.test.svc"])
+        .args(["--metrics", &free_addr(), "--identity", "controller-a", "--lease-namespace", "sluice-system"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("SLUICE_TOKEN", OPERATE_TOKEN)
+        .env("RUST_LOG", "info,kube=warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    kube.create(BROKERS, broker("b", "Sluice"))?;
+    let served = wait_until(Duration::from_secs(60), || async { Ok(kube.get(BROKERS, "default", "b").filter(ready)) })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", std::fs::read_to_string(&log_path).unwrap_or_default()));
+    let _ = controller.kill();
+    let _ = controller.wait();
+    assert_eq!(served?["status"]["address"]["url"], "http://sluice-ingress.test.svc/default/b");
+    Ok(())
+}
