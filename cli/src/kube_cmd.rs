@@ -147,7 +147,11 @@ pub(crate) async fn kube_controller(args: ControllerArgs) -> anyhow::Result<()> 
         ..Settings::default()
     };
     let reporter = Reporter { controller: "sluice-controller".into(), instance: Some(identity.clone()) };
-    let ctx = ControllerContext::new(client, Arc::new(AdminApi::new(&args.admin)?), settings, reporter);
+    // With the global credentials (`--token`, `--ca-cert`, `--client-cert`; or SLUICE_TOKEN, SLUICE_CA_CERT…), as
+    // every other command reaches the admin API.
+    let (channel, authorization) = crate::admin_channel::connect_lazy(&args.admin, Duration::from_secs(30))?;
+    let admin_api = AdminApi::new(&args.admin, channel, authorization);
+    let ctx = ControllerContext::new(client, Arc::new(admin_api), settings, reporter);
     let tidy = async {
         if args.statefulset.is_empty() {
             return std::future::pending().await;

@@ -421,10 +421,12 @@ pub(super) async fn watch_cluster_config(
     let mut membership_rx = metadata.raft.server_metrics();
     loop {
         let config = config_rx.borrow_and_update().clone();
-        let membership = membership_rx.borrow_and_update().membership_config.clone();
+        let (membership, leader) = {
+            let metrics = membership_rx.borrow_and_update();
+            (metrics.membership_config.clone(), metrics.current_leader)
+        };
         let last_membership = *membership.log_id();
         if let Some(applied) = config {
-            let config = &applied.config;
             if belongs(&applied, &membership, node.id()) {
                 if node.is_removed() {
                     tracing::info!("this node belongs to the cluster again: starting its partition groups");
@@ -434,11 +436,12 @@ pub(super) async fn watch_cluster_config(
             } else if was_member && !node.is_removed() {
                 node.stop_partitions().await;
             }
-            if let Err(e) = node.ensure_partitions(config).await {
+            if let Err(e) = node.ensure_partitions(&applied).await {
                 tracing::error!(error = %e, "starting partition groups");
             }
         }
-        // Wake on a new config or a new metadata membership.
+        // Wake on a new config, a new metadata membership, or this node taking the metadata group's lead (it
+        // may then found partition groups: `founds_partition_groups`).
         loop {
             tokio::select! {
                 changed = config_rx.changed() => {
@@ -451,8 +454,11 @@ pub(super) async fn watch_cluster_config(
                     if changed.is_err() {
                         return;
                     }
-                    let now = *membership_rx.borrow_watched().membership_config.log_id();
-                    if last_membership != now {
+                    let (now, now_leader) = {
+                        let metrics = membership_rx.borrow_watched();
+                        (*metrics.membership_config.log_id(), metrics.current_leader)
+                    };
+                    if last_membership != now || (now_leader != leader && now_leader == Some(node.id())) {
                         break;
                     }
                 }

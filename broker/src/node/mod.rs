@@ -193,7 +193,7 @@ impl Node {
                     config.member_ids()
                 )));
             }
-            node.ensure_partitions(config).await?;
+            node.ensure_partitions(&applied).await?;
         }
         tokio::spawn(watch_cluster_config(node.clone(), metadata.view.watch_cluster_config(), was_member));
         Ok(node)
@@ -300,19 +300,21 @@ impl Node {
         Ok(started)
     }
 
-    /// Starts every partition group of `config`. The members given to
-    /// `cluster init` also initialise each group whose Raft is not
-    /// initialised; a node added later never does (it would found a
-    /// conflicting one-member group): it waits for the leader's replication.
-    async fn ensure_partitions(&self, config: &ClusterConfig) -> Result<(), BrokerError> {
+    /// Starts every partition group of `applied`'s config, and founds (Raft-initialises with the members given
+    /// to `cluster init`) those not initialised when [`founds_partition_groups`] says this node does; otherwise
+    /// a group waits for its leader's replication.
+    async fn ensure_partitions(&self, applied: &AppliedConfig) -> Result<(), BrokerError> {
         if self.is_removed() {
             return Ok(());
         }
+        let config = &applied.config;
         let members = raft_members(config);
-        let initial = config.is_initial_member(self.id());
+        let leads_metadata =
+            self.group(METADATA_GROUP)?.raft.metrics().borrow_watched().current_leader == Some(self.id());
+        let founds = founds_partition_groups(applied, self.id(), leads_metadata);
         for partition in 0..config.partitions {
             let group = self.start_group(partition_group(partition)).await?;
-            if initial
+            if founds
                 && !group
                     .raft
                     .is_initialized()
@@ -358,7 +360,7 @@ impl Node {
         {
             return Err(already_initialized(&existing));
         }
-        self.ensure_partitions(&config).await
+        self.ensure_partitions(&AppliedConfig { config, removed_at: BTreeMap::new() }).await
     }
 
     /// Stops every group's Raft (in-flight writes fail as indeterminate).
@@ -393,6 +395,20 @@ impl Node {
 }
 
 /// The membership every group is initialised with: the members given to `cluster init`.
+/// Whether `node` founds the partition groups it finds not initialised: a member given to `cluster init`, while
+/// it leads the metadata group, and only while the cluster has kept its initial members (none added, none ever
+/// removed). Any other node waits for a group's leader to replicate it. Regression: every initial member founded
+/// them, so a founder removed, wiped and added again (docs/operations.md) founded a group of the initial
+/// members again as its config replayed: with one initial member it elected itself, answered 202s on its own
+/// and lost them when the real leader's log replaced its own. Only the metadata leader, because a replaying
+/// node is a learner of the metadata group, and its config passes through the initial one on the way.
+pub(super) fn founds_partition_groups(applied: &AppliedConfig, node: NodeId, leads_metadata: bool) -> bool {
+    applied.config.is_initial_member(node)
+        && leads_metadata
+        && applied.removed_at.is_empty()
+        && applied.config.members == applied.config.initial_members
+}
+
 fn raft_members(config: &ClusterConfig) -> BTreeMap<NodeId, BasicNode> {
     config.initial_members.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect()
 }
@@ -489,6 +505,37 @@ mod tests {
         // A new id, never removed: not in the initial membership, then a learner.
         assert!(!belongs(&applied(&[1, 2, 3], &[]), &stored(1, &[&[1, 2, 3]], &[]), 4));
         assert!(belongs(&applied(&[1, 2, 3], &[]), &stored(30, &[&[1, 2, 3]], &[4]), 4));
+    }
+
+    /// Only a member given to `cluster init`, leading the metadata group, in a cluster that has kept its initial
+    /// members, founds partition groups. Regression: a founder removed, wiped and added again founded them anew.
+    #[test]
+    fn only_the_metadata_leader_of_an_untouched_cluster_founds_partition_groups() {
+        let members = |ids: &[NodeId]| ids.iter().map(|id| (*id, format!("n{id}:1"))).collect();
+        let applied = |initial: &[NodeId], now: &[NodeId], removed: &[(NodeId, u64)]| {
+            let mut config = ClusterConfig::new(2, members(initial)).expect("config");
+            config.members = members(now);
+            AppliedConfig { config, removed_at: removed.iter().copied().collect() }
+        };
+        let cases: [(&str, AppliedConfig, NodeId, bool, bool); 8] = [
+            (
+                "a founder leading the metadata group of a new cluster",
+                applied(&[1, 2, 3], &[1, 2, 3], &[]),
+                1,
+                true,
+                true,
+            ),
+            ("a founder following it waits for replication", applied(&[1, 2, 3], &[1, 2, 3], &[]), 2, false, false),
+            ("the one founder of a one-node cluster", applied(&[1], &[1], &[]), 1, true, true),
+            ("a node added later, even leading", applied(&[1], &[1, 4], &[]), 4, true, false),
+            ("a founder once members were added", applied(&[1], &[1, 4], &[]), 1, true, false),
+            ("a founder removed and added again (replaying its config)", applied(&[1], &[1], &[]), 1, false, false),
+            ("a founder added again, its removal in the config", applied(&[1], &[1, 2, 3], &[(1, 9)]), 1, true, false),
+            ("a founder once another was removed", applied(&[1, 2, 3], &[1, 2], &[(3, 9)]), 1, true, false),
+        ];
+        for (case, applied, node, leads_metadata, founds) in cases {
+            assert_eq!(founds_partition_groups(&applied, node, leads_metadata), founds, "{case}");
+        }
     }
 
     #[test]
