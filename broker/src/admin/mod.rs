@@ -483,7 +483,13 @@ impl Resources for AdminService {
                     }
                 }
                 known = current;
-                if changes.changed().await.is_err() {
+                // The client leaving ends it too, not only a failed send: a kind that does not change sends
+                // nothing, and the stream held its place among the admin streams for ever.
+                let changed = tokio::select! {
+                    changed = changes.changed() => changed,
+                    () = tx.closed() => return,
+                };
+                if changed.is_err() {
                     return;
                 }
             }

@@ -28,6 +28,17 @@ use crate::transport::client::MAX_PEER_MESSAGE_BYTES;
 
 /// How often the TLS files are re-read (a rotated certificate is served within this).
 const TLS_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// HTTP/2 streams one admin connection may have open at once (tonic sets no limit unless asked: each stream
+/// may hold a request body of up to 32 MiB, or a read on a blocking thread).
+const MAX_ADMIN_STREAMS_PER_CONNECTION: u32 = 256;
+/// HTTP/2 streams one peer connection may have open at once: a replication stream per group and follower, a
+/// forward stream, a snapshot, and the votes and reads of an election (the limit is well above what a node of
+/// a few hundred partitions opens to another).
+const MAX_PEER_STREAMS_PER_CONNECTION: u32 = 2048;
+/// HTTP/2 pings on admin and peer connections, so that a client that vanished (a laptop asleep, a node
+/// powered off) is found and its streams end within a minute rather than holding their places for ever.
+const GRPC_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const GRPC_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[derive(Clone, Debug)]
 pub struct Listen {
@@ -160,6 +171,9 @@ pub async fn start(
         tasks.push(tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
+                .max_concurrent_streams(Some(MAX_PEER_STREAMS_PER_CONNECTION))
+                .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
                 .add_routes(peer_routes)
                 .add_service(transport)
                 .serve_with_incoming_shutdown(incoming(peer, tls.as_ref(), "peer"), stopped(rx))
@@ -186,8 +200,12 @@ pub async fn start(
     let admin_tls = tls.clone();
     tasks.push(tokio::spawn(async move {
         let tls = admin_tls;
-        let mut builder =
-            tonic::transport::Server::builder().tcp_nodelay(true).layer(tower::util::option_layer(admin_auth));
+        let mut builder = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .max_concurrent_streams(Some(MAX_ADMIN_STREAMS_PER_CONNECTION))
+            .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
+            .layer(tower::util::option_layer(admin_auth));
         let result = builder
             .add_routes(extra_routes)
             .add_service(ClusterServer::new(AdminService::new(admin_node.clone(), ingress_base.clone())))

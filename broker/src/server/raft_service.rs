@@ -200,11 +200,10 @@ impl RaftTransport for TransportService {
                     let group = request.group_id;
                     let result: Result<ForwardedReply, WriteFailure> = match decode::<ForwardedWrite>(&request.write) {
                         Ok(write) => node.write_local(group, write).await,
-                        // Nothing was written, but a peer that sends what this build cannot read is a bug.
-                        Err(e) => Err(WriteFailure::Indeterminate {
-                            group,
-                            reason: format!("undecodable forwarded write: {e}"),
-                        }),
+                        // Nothing was written: a definite failure, and a peer that sends what this build cannot
+                        // read is a bug (never retried). Regression: it answered `Indeterminate` ("may have been
+                        // committed"), and the producer retried for ever.
+                        Err(e) => Err(WriteFailure::Bug { group, reason: format!("undecodable forwarded write: {e}") }),
                     };
                     let answer = encode(&result)
                         .map(|bytes| ForwardReply { result: bytes.into(), id: request.id })

@@ -31,6 +31,15 @@ pub(crate) const MAX_PEER_MESSAGE_BYTES: usize = 96 << 20;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// A read index is one heartbeat round on the leader; past this the asking node tries again.
 const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a follower may take no chunk of a snapshot being sent before the transfer fails.
+const SNAPSHOT_SEND_STALL: Duration = Duration::from_secs(30);
+
+/// How long the follower may take to answer once the last chunk of a `bytes`-byte snapshot is sent: it reads
+/// the whole file back to check it, then installs it (its state swapped in), so a minute plus the time to read
+/// it at 16 MiB/s, a slow disk's pace.
+pub(crate) fn snapshot_answer_deadline(bytes: u64) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(bytes / (16 << 20) * 1000)
+}
 
 #[derive(Clone, Default)]
 pub(crate) struct PeerClients {
@@ -294,7 +303,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         vote: Vote,
         snapshot: Snapshot,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let to_streaming = |e: RPCError<TypeConfig>| match e {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
@@ -307,41 +316,66 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             .into_chunks()
             .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("read snapshot: {e}"))))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(2);
-        let (read_failed, read_failure) = tokio::sync::oneshot::channel::<String>();
+        let (failed, failure) = tokio::sync::oneshot::channel::<String>();
+        let (all_sent, sent_bytes) = tokio::sync::oneshot::channel::<u64>();
         let group = self.group;
-        // Moves the encoded chunks into the request stream; the stream ends after the last. A read error
-        // keeps the stream open and fails the call, which cancels it: the follower never takes a cut-short
-        // snapshot for a whole one.
+        // Moves the encoded chunks into the request stream; the stream ends after the last. A read error, or a
+        // follower that takes no chunk for SNAPSHOT_SEND_STALL, keeps the stream open and fails the call, which
+        // cancels it: the follower never takes a cut-short snapshot for a whole one.
         tokio::spawn(async move {
             let mut header = Some(header);
+            let mut bytes = 0u64;
             while let Some(chunk) = data.recv().await {
                 let chunk = match chunk {
                     Ok(chunk) => chunk,
                     Err(e) => {
-                        let _ = read_failed.send(e.to_string());
+                        let _ = failed.send(format!("read snapshot: {e}"));
                         tx.closed().await;
                         return;
                     }
                 };
+                bytes += chunk.len() as u64;
                 let message = SnapshotChunk {
                     group_id: group,
                     header: header.take().map(Into::into).unwrap_or_default(),
                     data: chunk.into(),
                 };
-                if tx.send(message).await.is_err() {
-                    return;
+                match tokio::time::timeout(SNAPSHOT_SEND_STALL, tx.send(message)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        let _ = failed.send(format!("the follower took no chunk for {SNAPSHOT_SEND_STALL:?}"));
+                        tx.closed().await;
+                        return;
+                    }
                 }
             }
+            let _ = all_sent.send(bytes);
         });
         let mut client = self.client().map_err(to_streaming)?;
-        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        request.set_timeout(option.hard_ttl().max(Duration::from_secs(60)));
+        // No deadline on the whole call: a snapshot of a large partition streams for as long as its size takes
+        // (regression: a 60 s deadline cut every transfer of more than about a minute's worth, and the follower
+        // never caught up). Stalls are bounded instead: the follower's wait for each chunk (its idle timeout),
+        // this side's wait for the follower to take each one, and the wait for its answer once all are sent.
+        let request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         let send = client.install_snapshot(request);
+        let answer_deadline = async {
+            match sent_bytes.await {
+                Ok(bytes) => tokio::time::sleep(snapshot_answer_deadline(bytes)).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            Ok(reason) = read_failure => {
-                tracing::warn!(group, target = self.target, error = %reason, "reading snapshot to send");
-                Err(StreamingError::Network(NetworkError::from_string(format!("read snapshot: {reason}"))))
+            Ok(reason) = failure => {
+                tracing::warn!(group, target = self.target, error = %reason, "sending a snapshot");
+                Err(StreamingError::Network(NetworkError::from_string(reason)))
+            }
+            () = answer_deadline => {
+                tracing::warn!(group, target = self.target, "the follower did not answer the snapshot in time");
+                Err(StreamingError::Network(NetworkError::from_string(
+                    "the follower did not answer after the snapshot's last chunk in time".to_string(),
+                )))
             }
             reply = send => {
                 let reply = reply.map_err(|s| to_streaming(status_error(s)))?;
@@ -355,6 +389,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     use super::PeerClients;
     use crate::command::encode;
@@ -393,5 +428,15 @@ mod tests {
         let peers = PeerClients::new(BTreeMap::new(), None);
         let outcome = peers.forward(&addr, 3, &write_for(1)).await;
         assert_eq!(outcome.err(), Some(WriteFailure::NotLeader { group: 3, leader: None }));
+    }
+
+    /// The wait for a follower's answer after a snapshot's last chunk grows with the snapshot (it reads the
+    /// whole file back before it installs it), from a minute; the transfer itself has no overall deadline.
+    #[test]
+    fn the_wait_for_a_snapshots_answer_grows_with_its_size() {
+        let cases: [(u64, u64); 4] = [(0, 60), (16 << 20, 61), (1 << 30, 124), (16 << 30, 1084)];
+        for (bytes, seconds) in cases {
+            assert_eq!(super::snapshot_answer_deadline(bytes), Duration::from_secs(seconds), "{bytes} bytes");
+        }
     }
 }

@@ -265,3 +265,26 @@ async fn watch_streams_every_change() -> anyhow::Result<()> {
     assert_eq!(next(&mut stream).await?, (Type::Deleted, "first".to_string()));
     Ok(())
 }
+
+/// Regression: a Watch learned that its client had gone only when it had a change to send, so a Watch of a
+/// kind that did not change kept its place among the node's 256 admin streams after its client left (a
+/// `sluice get brokers -w` stopped with Ctrl-C), and past 256 of them every Tail, Watch and Logs was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_watch_whose_client_left_gives_back_its_place() -> anyhow::Result<()> {
+    let (_root, node) = sluice_tests::start_single_node(1, &[]).await?;
+    let client =
+        sluice_proto::admin::resources_client::ResourcesClient::connect(format!("http://{}", node.admin)).await?;
+    for opened in 0..300 {
+        let stream = wait_until(Duration::from_secs(10), || {
+            let mut client = client.clone();
+            async move {
+                let request = sluice_proto::admin::WatchResourcesRequest { kind: "Broker".into() };
+                Ok(client.watch(request).await.ok().map(tonic::Response::into_inner))
+            }
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("watch {opened} was never let in: {e}"))?;
+        drop(stream);
+    }
+    Ok(())
+}
