@@ -133,6 +133,10 @@ pub struct Decision {
     /// A route sent the revision traffic when this was decided (else `min-scale` and `initial-scale` did not
     /// apply: [`Autoscaler::set_reachable`]).
     pub reachable: bool,
+    /// `initial-scale` is 0 and was reached: the revision counts as ready with no instance, and its first
+    /// request (or backlog) starts one, as Knative's `allow-zero-initial-scale` has it. Regression: nothing
+    /// started and nothing marked it ready, so no route ever followed it.
+    pub ready_at_zero: bool,
 }
 
 /// One revision's autoscaler.
@@ -344,6 +348,7 @@ impl Autoscaler {
             backlog_wanted,
             excess_burst_capacity: kpa.excess_burst_capacity,
             reachable: self.reachable,
+            ready_at_zero: self.reached_initial && knobs.initial_scale == 0,
         }
     }
 }
@@ -584,6 +589,20 @@ mod tests {
             let stamped = stepped.decide(&Observation { wall_ms: wall_at(now), ..observe(now, 1, 0, 0) });
             assert_eq!(stamped.at_ms, wall_at(now));
             assert_eq!(Decision { at_ms: expected.at_ms, ..stamped }, expected, "at {now}");
+        }
+    }
+
+    /// `initial-scale: 0` is reached at once with no instance, and says so (the revision is then ready at zero);
+    /// any other initial scale is not ready at zero, reached or not.
+    #[test]
+    fn a_zero_initial_scale_is_ready_at_zero_and_no_other_is() {
+        for (initial_scale, reachable, desired, ready_at_zero) in
+            [(0, false, 0, true), (0, true, 0, true), (1, false, 1, false), (2, true, 2, false)]
+        {
+            let mut scaler = Autoscaler::new(Autoscaling { initial_scale, ..knobs() }, 0, 0, false);
+            scaler.set_reachable(reachable);
+            let decision = scaler.decide(&observe(0, 0, 0, 0));
+            assert_eq!((decision.desired, decision.ready_at_zero), (desired, ready_at_zero), "{initial_scale}");
         }
     }
 

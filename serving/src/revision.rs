@@ -481,6 +481,10 @@ async fn run_revision(
                     panic = decision.panic_metric, panicking = decision.panicking, "autoscaler decision");
             }
             instances.desired = decision.desired;
+            if decision.ready_at_zero && !instances.facts.ready && instances.facts.failure.is_none() {
+                // `initial-scale: 0` (Knative): ready with no instance; its first request or backlog starts one.
+                instances.facts.ready = true;
+            }
             revision.record_decision(&decision);
         }
         // A revision that keeps failing starts again when a held request or the backlog asks for it.

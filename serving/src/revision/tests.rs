@@ -135,6 +135,7 @@ fn some_decision() -> Decision {
         backlog_wanted: 1,
         excess_burst_capacity: -5,
         reachable: true,
+        ready_at_zero: false,
     }
 }
 

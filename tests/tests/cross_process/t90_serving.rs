@@ -802,3 +802,23 @@ async fn a_second_signal_stops_the_node_at_once_with_its_instances() -> Result<(
     cleanup.0.clear();
     Ok(())
 }
+
+/// Regression: with `initial-scale: "0"` (allowed by `allow-zero-initial-scale`), no instance started and
+/// nothing marked the revision ready, so its Route never followed it and its host was never served. As in
+/// Knative, the revision is Ready with no instance, and its first request starts one.
+#[tokio::test]
+async fn a_revision_of_initial_scale_zero_is_ready_without_instances_and_starts_on_its_first_request() -> Result<()> {
+    let mut args = QUICK_ZERO.to_vec();
+    args.extend(["--autoscaler", "allow-zero-initial-scale=true"]);
+    let (_dir, node) = start_single_node(1, &args).await?;
+    let (admin, http) = (node.admin.clone(), node.http.clone());
+    let zero = json!({"autoscaling.knative.dev/initial-scale": "0"});
+    apply_resource(&admin, service("lazy", json!([]), zero, json!({}))).await?;
+    wait_ready(&admin, "Service", "lazy").await?;
+    let revision = get(&admin, "Revision", "lazy-00001").await?;
+    assert_eq!(revision["status"]["actualReplicas"], json!(0), "ready with no instance: {revision}");
+    let client = client(&http, &["lazy.default.localhost"])?;
+    let response = client.get(url("lazy.default.localhost", &http, "/")).send().await?;
+    assert_eq!(response.status().as_u16(), 200, "the first request starts an instance and is answered");
+    Ok(())
+}
