@@ -93,6 +93,16 @@ impl LocalSlots {
     }
 }
 
+impl LocalSlot {
+    /// Stops holding the fixed port (the instance listens elsewhere).
+    fn give_back_fixed_port(&mut self) {
+        if let Some(port) = self.fixed_port.take() {
+            let mut held = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            held.fixed_ports.remove(&port);
+        }
+    }
+}
+
 impl Drop for LocalSlot {
     fn drop(&mut self) {
         let mut held = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -172,12 +182,24 @@ impl Runtime for LocalRuntime {
         events: mpsc::Sender<InstanceEvent>,
     ) -> Result<Box<dyn Instance>, ServingError> {
         let fixed_port = spec.fixed_port.then_some(spec.port);
-        let (slot, moved) = LocalSlots::take(&self.slots, &spec.revision, fixed_port)
+        let (mut slot, mut moved) = LocalSlots::take(&self.slots, &spec.revision, fixed_port)
             .map_err(|reason| ServingError::NoRoom { revision: spec.revision.clone(), reason })?;
-        let fixed_port = slot.fixed_port;
+        if moved {
+            tracing::info!(revision = %spec.revision, instance = spec.id, "its containerPort is held by another revision's instance on this node: a port of its own");
+        }
+        // A port that no instance of Sluice's holds but something listens on (another program, or this node's own
+        // listener: `containerPort: 8080`, in many Knative samples, is the node's default HTTP port) is not the
+        // instance's either: a port of its own in `PORT`, as in a rollout. Regression: the start failed, saying
+        // a program Sluice did not start held the port, for the node's own listener too.
+        if let Some(port) = slot.fixed_port
+            && port_taken_by_another_program(port)
+        {
+            tracing::warn!(revision = %spec.revision, instance = spec.id, port, "its containerPort is in use on this node by something Sluice did not start (this node's own listener, or another program): a port of its own, in PORT");
+            slot.give_back_fixed_port();
+            moved = true;
+        }
         if moved {
             let port = free_port()?;
-            tracing::info!(revision = %spec.revision, instance = spec.id, port, "its containerPort is held by another revision's instance on this node: a port of its own");
             spec.port = port;
             spec.readiness = spec.readiness.on_port(port);
         }
@@ -193,17 +215,6 @@ impl Runtime for LocalRuntime {
             command: String::new(),
             reason: "no command".into(),
         })?;
-        if let Some(port) = fixed_port
-            && port_taken_by_another_program(port)
-        {
-            return Err(ServingError::Spawn {
-                revision: spec.revision.clone(),
-                command: program.clone(),
-                reason: format!(
-                    "port {port} (its containerPort) is in use on this node by a program Sluice did not start"
-                ),
-            });
-        }
         // The container's own variables win over the node's, as a container's `env` over its image's.
         let vars: Vec<(String, String)> = self.inherited_env.iter().cloned().chain(vars).collect();
         let mut command = Command::new(program);

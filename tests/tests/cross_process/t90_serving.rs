@@ -822,3 +822,21 @@ async fn a_revision_of_initial_scale_zero_is_ready_without_instances_and_starts_
     assert_eq!(response.status().as_u16(), 200, "the first request starts an instance and is answered");
     Ok(())
 }
+
+/// Regression: a `containerPort` something else listens on (here the node's own HTTP port, as `containerPort:
+/// 8080` in Knative's samples is on a node of the default settings) failed every start, saying a program Sluice
+/// did not start held it. The instance now gets a port of its own in `PORT`, as in a rollout.
+#[tokio::test]
+async fn a_container_port_the_node_listens_on_gives_the_instance_a_port_of_its_own() -> Result<()> {
+    let (_dir, node) = start_single_node(1, QUICK_ZERO).await?;
+    let (admin, http) = (node.admin.clone(), node.http.clone());
+    let node_port: u16 = http.rsplit_once(':').map(|(_, p)| p).unwrap_or_default().parse()?;
+    let mut object = service("clash", json!([]), json!({}), json!({}));
+    object["spec"]["template"]["spec"]["containers"][0]["ports"] = json!([{"containerPort": node_port}]);
+    apply_resource(&admin, object).await?;
+    wait_ready(&admin, "Service", "clash").await?;
+    let client = client(&http, &["clash.default.localhost"])?;
+    let response = client.get(url("clash.default.localhost", &http, "/")).send().await?;
+    assert_eq!(response.status().as_u16(), 200, "served by the instance on its own port");
+    Ok(())
+}
