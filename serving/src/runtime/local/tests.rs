@@ -272,9 +272,17 @@ async fn instances_share_the_nodes_slots_and_fixed_ports() {
 
     let foreign = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
     let foreign_port = foreign.local_addr().expect("address").port();
-    let refused = runtime.start(app(6, "d-00001", foreign_port, true), events.clone()).err();
-    assert!(matches!(&refused, Some(ServingError::Spawn { reason, .. }) if reason.contains("in use")), "{refused:?}");
-    assert_eq!(running(), 1, "a refused start holds no slot");
+    // A port something Sluice did not start listens on (here as the node's own listener would): a port of its
+    // own, which it holds no claim on (regression: the start failed).
+    let moved = runtime.start(app(6, "d-00001", foreign_port, true), events.clone()).expect("a port of its own");
+    assert_ne!(ready_at(6).await.port(), foreign_port, "not on the port another program listens on");
+    assert_eq!(running(), 2);
+    moved.stop(Duration::from_secs(10)).await;
+    wait_for("the moved instance's slot is given back", || running() == 1).await;
+    let again = runtime.start(app(7, "d-00001", foreign_port, true), events.clone()).expect("again");
+    assert_ne!(ready_at(7).await.port(), foreign_port, "still its own: the port was never held for it");
+    drop(foreign);
+    again.stop(Duration::from_secs(10)).await;
     third.stop(Duration::from_secs(10)).await;
     wait_for("every slot is given back", || running() == 0).await;
 }
