@@ -155,22 +155,49 @@ mod tests {
 
     #[test]
     fn hostile_nesting_and_length_are_refused_not_followed() {
-        for (what, expression) in [
-            ("parentheses", format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000))),
-            ("NOT", format!("{}TRUE", "NOT ".repeat(1_000))),
-            ("minus", format!("{}1", "- ".repeat(1_000))),
-            ("calls", format!("{}1{}", "ABS(".repeat(1_000), ")".repeat(1_000))),
-            ("IN sets", format!("{}1{}", "1 IN (".repeat(1_000), ")".repeat(1_000))),
-            ("a long chain", vec!["1"; 5_000].join(" + ")),
+        // (what, the expression, the rule that refuses it)
+        for (what, expression, rule) in [
+            ("a long text", format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000)), "longer than"),
+            ("parentheses", format!("{}1{}", "(".repeat(100), ")".repeat(100)), "nested deeper"),
+            ("NOT", format!("{}TRUE", "NOT ".repeat(1_000)), "nested deeper"),
+            ("minus", format!("{}1", "- ".repeat(100)), "nested deeper"),
+            ("calls", format!("{}1{}", "ABS(".repeat(1_000), ")".repeat(1_000)), "nested deeper"),
+            // Regression: IN sets skipped the nesting guard (refused by the token count alone).
+            ("IN sets", format!("{}1{}", "1 IN (".repeat(100), ")".repeat(100)), "nested deeper"),
+            ("a long chain", vec!["1"; 5_000].join(" + "), "operators"),
+            ("many tokens", format!("1 IN ({})", vec!["1"; 9_000].join(",")), "tokens"),
         ] {
             let error = parse(&expression).expect_err(what);
-            assert!(
-                error.message.contains("nested deeper")
-                    || error.message.contains("longer than")
-                    || error.message.contains("tokens"),
-                "{what}: {error:?}"
-            );
+            assert!(error.message.contains(rule), "{what}: {error:?}");
         }
+    }
+
+    /// Regression: an IN set of a few hundred event types (common in a Trigger; Knative sets no limit) was
+    /// refused by the length and token limits, which were there to bound depth, not a flat set.
+    #[test]
+    fn a_long_in_set_of_types_parses_and_matches() {
+        let types: Vec<String> = (0..1_000).map(|i| format!("'com.example.orders.v1.event{i}'")).collect();
+        let expression = parse(&format!("id IN ({})", types.join(", "))).expect("a flat set of 1,000 parses");
+        assert_eq!(expression.evaluate(&event()), (Value::Boolean(false), None));
+        let expression = parse(&format!("id IN ({}, '1')", types.join(", "))).expect("parses");
+        assert_eq!(expression.evaluate(&event()), (Value::Boolean(true), None));
+    }
+
+    /// Regression: LIKE backtracks to its last `%`, and a 64 KiB value (CONCAT_WS) against a pattern of thousands
+    /// of items took about 10⁸ steps for every event the Trigger saw. It gives up past a step budget: false, with
+    /// an error, as any evaluation error; ordinary patterns over long values stay far within it.
+    #[test]
+    fn regression_a_like_past_its_step_budget_gives_up_with_an_error() {
+        let mut value = "'aaaaaaaa'".to_string();
+        for _ in 0..13 {
+            value = format!("CONCAT_WS({value},'','','')");
+        }
+        let pattern = format!("%{}b", "a".repeat(3_000));
+        let (matched, error) = parse(&format!("{value} LIKE '{pattern}'")).expect("parses").evaluate(&event());
+        assert_eq!(matched, Value::Boolean(false));
+        assert!(matches!(&error, Some(EvalError::FunctionEvaluation(m)) if m.contains("gave up")), "{error:?}");
+        let ordinary = format!("{value} LIKE '%a%aaaa_a%'");
+        assert_eq!(parse(&ordinary).expect("parses").evaluate(&event()), (Value::Boolean(true), None));
     }
 
     /// Regression: a CONCAT_WS whose separator is another CONCAT_WS doubles its result per level; forty levels
@@ -191,9 +218,9 @@ mod tests {
 
     #[test]
     fn the_largest_accepted_tree_evaluates_and_drops_on_a_small_stack() {
-        // A left-deep chain at the token limit, the deepest tree the limits allow, on a 256 KiB stack (tokio's
+        // A left-deep chain at the operator limit, the deepest tree the limits allow, on a 1 MiB stack (tokio's
         // workers have 2 MiB).
-        let chain = vec!["1"; parser::MAX_TOKENS / 2].join(" + ");
+        let chain = vec!["1"; parser::MAX_OPERATORS + 1].join(" + ");
         let nested = format!("{}1{}", "(".repeat(parser::MAX_NESTING / 2 - 1), ")".repeat(parser::MAX_NESTING / 2 - 1));
         let worker = std::thread::Builder::new().stack_size(1 << 20).spawn(move || {
             let expression = parse(&chain).expect("at the limit parses");
@@ -203,7 +230,7 @@ mod tests {
             (value, error, nested.evaluate(&event()).0)
         });
         let (value, error, nested) = worker.expect("thread").join().expect("no stack overflow");
-        assert_eq!((value, error, nested), (Value::Integer(256), None, Value::Integer(1)));
+        assert_eq!((value, error, nested), (Value::Integer(parser::MAX_OPERATORS as i32 + 1), None, Value::Integer(1)));
     }
 
     fn event() -> serde_json::Map<String, serde_json::Value> {

@@ -109,11 +109,15 @@ pub(crate) enum Node {
     },
 }
 
-/// Longest expression accepted, in characters: a filter is a few clauses, and every input has a bound.
-pub(crate) const MAX_EXPRESSION_CHARS: usize = 4096;
-/// Most tokens: bounds the tree's size and so its depth (a chain `1+1+...` nests one node per operator), which
-/// evaluation and drop walk recursively on a thread's stack.
-pub(crate) const MAX_TOKENS: usize = 512;
+/// Longest expression accepted, in characters (every input has a bound; Knative's webhook has none, and a
+/// Trigger's `type IN (...)` of a few hundred event types is common: 4,096 refused them until session 63).
+pub(crate) const MAX_EXPRESSION_CHARS: usize = 65_536;
+/// Most tokens: bounds the tree's size.
+pub(crate) const MAX_TOKENS: usize = 16_384;
+/// Most operators (arithmetic, comparison, AND, OR, XOR, LIKE, IN): bounds the tree's depth (a chain `1+1+...`
+/// nests one node per operator), which evaluation and drop walk recursively on a thread's stack. A flat IN set
+/// of any length adds one. Until session 63 the token count bounded it (512), refusing long IN sets.
+pub(crate) const MAX_OPERATORS: usize = 256;
 /// Deepest nesting of parentheses, function calls, NOT and unary minus.
 pub(crate) const MAX_NESTING: usize = 64;
 
@@ -125,6 +129,9 @@ pub(crate) fn parse(input: &str) -> Result<Node, ParseError> {
     let tokens = tokenize(input)?;
     if let Some(extra) = tokens.get(MAX_TOKENS) {
         return Err(ParseError::new(extra.pos, format!("more than {MAX_TOKENS} tokens")));
+    }
+    if let Some(extra) = tokens.iter().filter(|t| is_operator(&t.token)).nth(MAX_OPERATORS) {
+        return Err(ParseError::new(extra.pos, format!("more than {MAX_OPERATORS} operators")));
     }
     let mut parser = Parser { tokens, index: 0, end: chars, nesting: 0 };
     let node = parser.logic()?;
@@ -274,11 +281,16 @@ impl Parser {
             } else if self.peek_keyword("IN") {
                 self.index += 1;
                 self.expect(&Token::LParen, "'(' opening the IN set")?;
-                let mut set = vec![self.logic()?];
-                while self.peek() == Some(&Token::Comma) {
-                    self.index += 1;
-                    set.push(self.logic()?);
-                }
+                // A level of nesting like parentheses (regression: `1 IN (1 IN (1 IN (...)))` recursed past
+                // MAX_NESTING, bounded only by the tokens).
+                let set = self.nested(|parser| {
+                    let mut set = vec![parser.logic()?];
+                    while parser.peek() == Some(&Token::Comma) {
+                        parser.index += 1;
+                        set.push(parser.logic()?);
+                    }
+                    Ok(set)
+                })?;
                 self.expect(&Token::RParen, "')' closing the IN set")?;
                 operand = Node::In { operand: Box::new(operand), set, negated };
             } else {
@@ -417,6 +429,26 @@ fn is_function_name(word: &str) -> bool {
 
 /// Compiles a `LIKE` pattern: `%` and `_` are wildcards; `\%`, `\_` and `\\` escape them; any other backslash is
 /// a literal character.
+/// Whether a token is an operator that makes a node of two operands (a unary minus counts too: it nests as
+/// deep).
+fn is_operator(token: &Token) -> bool {
+    match token {
+        Token::Plus
+        | Token::Minus
+        | Token::Star
+        | Token::Slash
+        | Token::Percent
+        | Token::Eq
+        | Token::NotEq
+        | Token::Lt
+        | Token::Le
+        | Token::Gt
+        | Token::Ge => true,
+        Token::Word(word) => ["AND", "OR", "XOR", "LIKE", "IN"].iter().any(|k| word.eq_ignore_ascii_case(k)),
+        Token::Integer(_) | Token::String(_) | Token::LParen | Token::RParen | Token::Comma => false,
+    }
+}
+
 fn compile_pattern(pattern: &str) -> Vec<PatternItem> {
     let mut items = Vec::new();
     let mut chars = pattern.chars().peekable();
