@@ -295,3 +295,22 @@ fn the_nodes_may_make_every_call_of_the_kubernetes_runtime_and_the_controller_no
         assert!(role_allows(call), "the controller may not {call:?} in its namespace");
     }
 }
+
+/// Both pods meet the "restricted" Pod Security Standard: non-root, no privilege escalation, every capability
+/// dropped, and the runtime's default seccomp profile (regression: neither set it, and both failed that level's
+/// admission).
+#[test]
+fn every_pod_meets_the_restricted_pod_security_standard() {
+    let dir = deploy_dir();
+    for file in ["statefulset.yaml", "controller.yaml"] {
+        let document = documents(&dir.join(file)).into_iter().find(|d| d["kind"] != "ServiceAccount").expect(file);
+        let pod = &document["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{file}");
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault", "{file}");
+        for container in pod["containers"].as_array().expect("containers") {
+            let context = &container["securityContext"];
+            assert_eq!(context["allowPrivilegeEscalation"], false, "{file}");
+            assert_eq!(context["capabilities"]["drop"], serde_json::json!(["ALL"]), "{file}");
+        }
+    }
+}

@@ -621,12 +621,14 @@ fn publish_capacity(revision: &RevisionHandle, env: &RevisionEnv) {
 
 /// What the dispatcher may have in flight to a revision with `containerConcurrency` `cc`: its ready instances ×
 /// `cc` ([`UNLIMITED`] without `cc`), so that no delivery is pushed at a revision starting up. A failing revision
-/// (marked failed, or ready once and crash-looping since: `starts::crash_looping`) has no limit: its deliveries
-/// go, are held or answered 503 as a request to it is, and follow their DeliverySpec (its `timeout`, retries, a
-/// dead letter). With a limit of 0 they waited for room that does not come while it failed, neither retried nor
-/// dead-lettered, holding the consumer's watermark. Pure.
+/// (marked failed, or ready once and crash-looping since: `starts::crash_looping`) with no instance ready has no
+/// limit: its deliveries go, are held or answered 503 as a request to it is, and follow their DeliverySpec (its
+/// `timeout`, retries, a dead letter). With a limit of 0 they waited for room that does not come while it failed,
+/// neither retried nor dead-lettered, holding the consumer's watermark. With instances still ready, they bound it
+/// as they do for a healthy revision (a few crashes among many instances must not push the whole window at the
+/// rest). Pure.
 pub(crate) fn dispatcher_capacity(cc: usize, ready: usize, failing: bool) -> usize {
-    if cc == 0 || failing { UNLIMITED } else { ready.saturating_mul(cc) }
+    if cc == 0 || (failing && ready == 0) { UNLIMITED } else { ready.saturating_mul(cc) }
 }
 
 /// Records a failed start: `reason` and `message` (the app's last output, for an exit) go to the revision's status,

@@ -193,7 +193,7 @@ fn a_ready_edge_still_waiting_in_the_outbox_survives_the_runs_next_facts() {
 }
 
 /// The dispatcher's limit: ready instances × `containerConcurrency`, none without it, and none once the revision
-/// is marked failed. Regression: a failed revision reported 0, so deliveries to a Service whose instances never
+/// is marked failed (or crash-looping) with no instance ready. Regression: a failed revision reported 0, so deliveries to a Service whose instances never
 /// became ready waited for good, neither retried nor dead-lettered.
 #[test]
 fn a_failed_revision_lifts_the_dispatchers_limit() {
@@ -203,7 +203,9 @@ fn a_failed_revision_lifts_the_dispatchers_limit() {
         (4, 3, false, 12, "ready instances × containerConcurrency"),
         (0, 0, false, UNLIMITED, "no containerConcurrency: no limit"),
         (4, 0, true, UNLIMITED, "failed: deliveries go and fail as requests do"),
-        (4, 2, true, UNLIMITED, "failed with instances left: the same"),
+        // Regression: three exits among ten ready instances (crash-looping) lifted the limit, and the whole
+        // window queued behind the seven left, past the deliveries' timeouts.
+        (4, 2, true, 8, "failing with ready instances left: they bound it as before"),
         (1, 0, true, UNLIMITED, "ready once, crash-looping since: the same"),
         (usize::MAX, 2, false, usize::MAX, "saturates"),
     ];
