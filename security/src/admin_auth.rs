@@ -77,10 +77,26 @@ pub fn required_role(path: &str) -> Role {
     if READ_METHODS.contains(&path) || path.starts_with("/grpc.reflection.") { Role::Read } else { Role::Operate }
 }
 
+/// A token's SHA-256.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    fn of(token: &str) -> TokenDigest {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        TokenDigest(bytes)
+    }
+}
+
 /// The tokens file: `TOKEN,NAME,ROLE` per line, `#` comments and blank lines ignored.
 #[derive(Clone, Debug, Default)]
 pub struct AdminTokens {
-    by_token: HashMap<String, (String, Role)>,
+    /// By the SHA-256 of each token, never the token itself: a lookup compares digests, so how long it takes
+    /// tells nothing about the tokens' bytes (a plain map compared the presented token with stored ones byte
+    /// by byte).
+    by_token: HashMap<TokenDigest, (String, Role)>,
     /// The file they were read from and its text then (read again by [`AdminAuthLayer::watch_file`]).
     path: Option<std::path::PathBuf>,
     loaded_text: Option<String>,
@@ -101,7 +117,7 @@ impl AdminTokens {
                 return Err(format!("line {number}: a token must be at least 16 characters"));
             }
             let role: Role = role.parse().map_err(|e| format!("line {number}: {e}"))?;
-            if by_token.insert(token.to_string(), (name.to_string(), role)).is_some() {
+            if by_token.insert(TokenDigest::of(token), (name.to_string(), role)).is_some() {
                 return Err(format!("line {number}: the same token twice"));
             }
         }
@@ -156,7 +172,7 @@ pub fn authorize_call(
                 .map_err(|_| AdminRefusal::Unauthenticated("authorization metadata is not `Bearer TOKEN`".into()))?;
             tokens
                 .by_token
-                .get(token)
+                .get(&TokenDigest::of(token))
                 .cloned()
                 .ok_or_else(|| AdminRefusal::Unauthenticated("the token is not known".into()))?
         }
@@ -335,7 +351,7 @@ where
 impl AdminTokens {
     /// Whether `token` is known with at least the role `needed`.
     fn allows(&self, token: &str, needed: Role) -> bool {
-        self.by_token.get(token).is_some_and(|(_, role)| *role >= needed)
+        self.by_token.get(&TokenDigest::of(token)).is_some_and(|(_, role)| *role >= needed)
     }
 }
 

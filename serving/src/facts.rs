@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{Map, Value, json};
 use sluice_broker::{Node, NodeId, ResourceKey};
 use sluice_cloudevent::clock::now_ms;
-use sluice_controller::serving::routing::{INSTANCES_BY_NODE_FIELD, READY_AT_FIELD};
+use sluice_controller::serving::routing::{INSTANCES_BY_NODE_FIELD, READY_AT_FIELD, READY_INSTANCES_BY_NODE_FIELD};
 use sluice_controller::serving::{REVISION_STATE_KIND, SERVING_API_VERSION};
 use tokio::sync::Notify;
 
@@ -52,6 +52,8 @@ pub(crate) struct Facts {
     pub(crate) failure: Option<(String, String)>,
     /// Running on this node (starting or ready, not draining).
     pub(crate) instances: u32,
+    /// Of them, ready (in rotation): what `actualReplicas` counts, as Knative counts ready pods.
+    pub(crate) ready_instances: u32,
 }
 
 /// One run of a revision on this node: its Revision's uid, and a generation unique on the node that a later
@@ -293,6 +295,7 @@ fn node_entry(node: NodeId) -> String {
 /// `revision_uid`: the uid of the Revision stored now (`None`: gone), for a run's change ([`run_may_write`];
 /// a forget ignores it). Pure. Rules:
 /// - this node's entry in `instancesByNode` is its instance count, and goes at zero or on [`Change::Forget`];
+///   so is its entry in `readyInstancesByNode`, its ready ones (the field goes when no node has one);
 /// - entries of nodes that are not `members` go (`None`: membership unknown, none goes);
 /// - ready once, ready for good, for the same Revision: facts stored for another uid (a namesake deleted
 ///   and made again) are not carried over;
@@ -326,14 +329,21 @@ pub(crate) fn next_spec(
     };
     spec.remove("token");
     let mut by_node = spec.get(INSTANCES_BY_NODE_FIELD).and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut ready_by_node =
+        spec.get(READY_INSTANCES_BY_NODE_FIELD).and_then(Value::as_object).cloned().unwrap_or_default();
     if let Some(members) = members {
         by_node.retain(|id, _| id.parse::<NodeId>().is_ok_and(|id| members.contains(&id)));
+        ready_by_node.retain(|id, _| id.parse::<NodeId>().is_ok_and(|id| members.contains(&id)));
     }
     match change {
         Change::Run { uid, facts } => {
             match facts.instances {
                 0 => by_node.remove(&node_entry(me)),
                 instances => by_node.insert(node_entry(me), json!(instances)),
+            };
+            match facts.ready_instances {
+                0 => ready_by_node.remove(&node_entry(me)),
+                ready => ready_by_node.insert(node_entry(me), json!(ready)),
             };
             let was_ready = spec.get("ready").and_then(Value::as_bool).unwrap_or(false);
             spec.insert("ready".into(), json!(facts.ready || was_ready));
@@ -363,8 +373,14 @@ pub(crate) fn next_spec(
             // Nothing stored: nothing to forget.
             stored?;
             by_node.remove(&node_entry(me));
+            ready_by_node.remove(&node_entry(me));
         }
     }
+    // Written only while some node has a ready instance (a state without it reads as none ready).
+    match ready_by_node.is_empty() {
+        true => spec.remove(READY_INSTANCES_BY_NODE_FIELD),
+        false => spec.insert(READY_INSTANCES_BY_NODE_FIELD.into(), Value::Object(ready_by_node)),
+    };
     // The total as well, for a node of an older version that reads only it (a rolling upgrade).
     let total = by_node.values().filter_map(Value::as_u64).fold(0u64, u64::saturating_add);
     spec.insert("instances".into(), json!(total));

@@ -494,6 +494,7 @@ async fn run_revision(
         };
         scale(&revision, &env, &events_tx, &drained_tx, &mut instances, asked);
         instances.facts.instances = instances.active() as u32;
+        instances.facts.ready_instances = revision.state.lock().map_or(0, |s| s.gate.load().ready as u32);
         // Not taken (the outbox full): posted again at the next turn.
         post_if_changed(&mut instances.facts, &mut reported, |facts| env.facts.post(facts_update(&revision, facts)));
         // A start the backoff held back is tried when the backoff ends, not at the next bucket (a second later).
@@ -570,6 +571,7 @@ async fn run_revision(
     // instance's last line opens it again for that line).
     drop(log_run);
     instances.facts.instances = 0;
+    instances.facts.ready_instances = 0;
     if reported.as_ref() != Some(&instances.facts) {
         // The outbox is bounded: full, the run waits a little for room rather than leave its instances shown.
         for _ in 0..LAST_FACTS_TRIES {

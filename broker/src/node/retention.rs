@@ -130,7 +130,7 @@ async fn enforce_once(node: &Node) -> Result<(), crate::error::BrokerError> {
             let sizes = match policy.max_bytes {
                 Some(max) if extent.retained_bytes > max => group
                     .view
-                    .record_sizes(stream)
+                    .record_sizes_to_drop(stream, extent.retained_bytes - max)
                     .map_err(|e| crate::error::BrokerError::io("reading record sizes", e))?,
                 _ => Vec::new(),
             };

@@ -129,13 +129,19 @@ impl StreamView {
             .unwrap_or_default()
     }
 
-    /// `(offset, payload bytes)` of the retained records from the start, in order.
-    pub(crate) fn record_sizes(&self, stream: &str) -> io::Result<Vec<(u64, u64)>> {
+    /// `(offset, payload bytes)` of the retained records from the start, in order, as far as a size limit drops:
+    /// until those before the last one read add up to `bytes` (the last is the first record kept). Regression:
+    /// every retained record was read, and its size kept, at every retention pass of a stream over its size
+    /// limit (one at its limit under steady ingest is over it at nearly every pass), filling the block cache.
+    pub(crate) fn record_sizes_to_drop(&self, stream: &str, bytes: u64) -> io::Result<Vec<(u64, u64)>> {
         let Some(state) = self.stream_state(stream) else { return Ok(Vec::new()) };
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(event_key(self.group, state.id, state.next_offset).to_vec());
+        // A scan read once: through, not into, the block cache (docs/memory.md).
+        read_options.fill_cache(false);
         let start = event_key(self.group, state.id, state.start_offset);
         let mut sizes = Vec::new();
+        let mut dropped = 0u64;
         for item in self.db.iterator_cf_opt(
             cf(&self.db, CF_EVENTS)?,
             read_options,
@@ -143,7 +149,12 @@ impl StreamView {
         ) {
             let (key, value) = item.map_err(io_err)?;
             let offset = event_offset_of(&key).ok_or_else(|| io_err("malformed event key"))?;
-            sizes.push((offset, value.len().saturating_sub(8) as u64));
+            let size = value.len().saturating_sub(8) as u64;
+            sizes.push((offset, size));
+            if dropped >= bytes {
+                break;
+            }
+            dropped += size;
         }
         Ok(sizes)
     }

@@ -1129,3 +1129,25 @@ async fn a_conditional_commit_holds_only_over_the_offsets_it_expects() {
         assert_eq!(sm.view().committed_offset("t#replay").expect("read"), expected, "{case}");
     }
 }
+
+/// A size limit's pass reads the retained records only as far as it drops: the records whose sizes add up to
+/// what is over the limit, and the first one kept (regression: every retained record, at every pass).
+#[tokio::test]
+async fn a_size_limits_pass_reads_only_what_it_drops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, mut sm) = open(dir.path(), 1);
+    let payloads: Vec<String> = (0..10).map(|i| format!("{i}").repeat(100)).collect();
+    let payloads: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    apply(&mut sm, vec![entry(1, LogCommand::append(vec![append("s", 1_000, &payloads)]))]).await;
+    let view = sm.view();
+    assert_eq!(view.extent("s").retained_bytes, 1_000);
+    // (bytes over the limit, the records read)
+    for (over, read) in [(250, 4), (300, 4), (301, 5), (1, 2), (1_000, 10)] {
+        let sizes = view.record_sizes_to_drop("s", over).expect("read");
+        assert_eq!(sizes.len(), read, "{over} bytes over");
+        let policy = crate::node::retention::RetentionPolicy { max_age: None, max_bytes: Some(1_000 - over) };
+        let point = crate::node::retention::trim_point(&policy, view.extent("s"), 0, &sizes);
+        let kept: u64 = (point.unwrap_or(0)..10).map(|_| 100).sum();
+        assert!(kept <= 1_000 - over && kept + 100 > 1_000 - over, "{over}: trims before {point:?}");
+    }
+}

@@ -34,6 +34,8 @@ pub struct RevisionFacts {
     /// Instances running now over every node, as each node last recorded its own
     /// ([`instances_over_nodes`]).
     pub instances: u32,
+    /// Of them, ready (in rotation), over every node ([`READY_INSTANCES_BY_NODE_FIELD`]).
+    pub ready_instances: u32,
     /// When it first became ready (wall clock, ms; [`READY_AT_FIELD`]); `None` when that was not recorded
     /// (ready before a version that records it).
     pub ready_at_ms: Option<u64>,
@@ -62,6 +64,7 @@ pub fn revision_facts(objects: &[Value], namespace: &str, revision: &str) -> Rev
         ready: state.pointer("/spec/ready").and_then(Value::as_bool).unwrap_or(false),
         failure,
         instances: state.get("spec").map_or(0, instances_over_nodes),
+        ready_instances: state.get("spec").map_or(0, ready_instances_over_nodes),
         ready_at_ms: state.pointer("/spec").and_then(|spec| spec.get(READY_AT_FIELD)).and_then(Value::as_u64),
     }
 }
@@ -70,6 +73,18 @@ pub fn revision_facts(objects: &[Value], namespace: &str, revision: &str) -> Rev
 /// count; a node at zero has no entry). Each node writes only its own entry, so a node at zero never hides
 /// another's instances, as one shared count did (last writer wins).
 pub const INSTANCES_BY_NODE_FIELD: &str = "instancesByNode";
+
+/// The field of a `RevisionState`'s spec where each node records its ready instances of the revision (node id →
+/// count; absent while no node has one, and in states written before session 63).
+pub const READY_INSTANCES_BY_NODE_FIELD: &str = "readyInstancesByNode";
+
+/// A revision's ready instances over every node: the sum of `spec.readyInstancesByNode`.
+pub fn ready_instances_over_nodes(spec: &Value) -> u32 {
+    let count = |value: &Value| value.as_u64().map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
+    spec.get(READY_INSTANCES_BY_NODE_FIELD)
+        .and_then(Value::as_object)
+        .map_or(0, |by_node| by_node.values().fold(0u32, |sum, n| sum.saturating_add(count(n))))
+}
 
 /// A revision's instances over every node: the sum of `spec.instancesByNode`; a state written before there was
 /// one (by an older version) has its single `spec.instances`.

@@ -193,12 +193,15 @@ fn revision_status(object: &Value, world: &World, env: &Environment, status: &mu
     let facts = revision_facts(world.objects, namespace, name);
     let (healthy, resources) =
         revision_health(runs_here(object, &containers, env), facts.failure.as_ref(), facts.ready);
-    let active: Condition = if facts.instances > 0 {
-        Ok(None)
-    } else {
-        Err(("NoTraffic".into(), "The target is not receiving traffic.".into()))
+    // Knative's: Active once a pod is ready, "Activating" (Unknown) while instances start and none is ready yet;
+    // `actualReplicas` counts the ready ones. Regression: both counted instances still starting, so a cold
+    // start showed one replica and Active for as long as its requests were held.
+    let active: Condition = match (facts.ready_instances, facts.instances) {
+        (0, 0) => Err(("NoTraffic".into(), "The target is not receiving traffic.".into())),
+        (0, _) => Ok(Some(("Activating".into(), "The revision is activating.".into()))),
+        _ => Ok(None),
     };
-    status.insert("actualReplicas".into(), facts.instances.into());
+    status.insert("actualReplicas".into(), facts.ready_instances.into());
     let serving = containers.get(super::model::serving_container_index(&containers));
     if let Some(image) = serving.and_then(|c| c.image.clone()) {
         let name = serving.and_then(|c| c.name.clone()).unwrap_or_else(|| "user-container".into());

@@ -5,7 +5,7 @@ fn update(name: &str, generation: u64, instances: u32) -> FactsUpdate {
         namespace: "default".into(),
         name: name.into(),
         run: RunId { uid: "u1".into(), generation },
-        facts: Facts { ready: true, saw_ready: true, failure: None, instances },
+        facts: Facts { ready: true, saw_ready: true, failure: None, instances, ready_instances: instances },
     }
 }
 
@@ -112,7 +112,7 @@ fn state(spec: Value) -> Value {
 
 /// Facts of a run that saw an instance ready when `ready`.
 fn facts(ready: bool, instances: u32) -> Facts {
-    Facts { ready, saw_ready: ready, failure: None, instances }
+    Facts { ready, saw_ready: ready, failure: None, instances, ready_instances: instances }
 }
 
 #[test]
@@ -120,8 +120,13 @@ fn each_node_records_its_own_instances_and_drops_those_of_nodes_gone() {
     let members: BTreeSet<NodeId> = [1, 2].into();
     let idle = facts(true, 0);
     let busy = facts(true, 10);
-    let failing =
-        Facts { ready: false, saw_ready: false, failure: Some(("ExitCode1".into(), "boom".into())), instances: 0 };
+    let failing = Facts {
+        ready: false,
+        saw_ready: false,
+        failure: Some(("ExitCode1".into(), "boom".into())),
+        instances: 0,
+        ready_instances: 0,
+    };
     let nothing = Facts::default();
     // (stored spec, node, members, change, instancesByNode after (None: no write), ready after, why)
     type Case<'a> = (Option<Value>, NodeId, Option<&'a BTreeSet<NodeId>>, Change<'a>, Option<Value>, bool, &'a str);
@@ -305,13 +310,25 @@ fn a_failure_is_cleared_only_by_a_run_that_saw_its_own_instance_ready() {
     // (node 2's run's facts, failureReason after, why)
     let cases = [
         (
-            Facts { ready: true, saw_ready: false, failure: None, instances: 1 },
+            Facts { ready: true, saw_ready: false, failure: None, instances: 1, ready_instances: 1 },
             "ExitCode1",
             "a run restarted on node 2, ready only as the revision was once: node 1's crash loop stands",
         ),
-        (Facts { ready: true, saw_ready: true, failure: None, instances: 1 }, "", "its instance became ready: cleared"),
-        (Facts { ready: true, saw_ready: true, failure: oom, instances: 0 }, "OOMKilled", "its own failure since"),
-        (Facts { ready: false, saw_ready: false, failure: None, instances: 0 }, "ExitCode1", "saw nothing"),
+        (
+            Facts { ready: true, saw_ready: true, failure: None, instances: 1, ready_instances: 1 },
+            "",
+            "its instance became ready: cleared",
+        ),
+        (
+            Facts { ready: true, saw_ready: true, failure: oom, instances: 0, ready_instances: 0 },
+            "OOMKilled",
+            "its own failure since",
+        ),
+        (
+            Facts { ready: false, saw_ready: false, failure: None, instances: 0, ready_instances: 0 },
+            "ExitCode1",
+            "saw nothing",
+        ),
     ];
     for (facts, reason, why) in cases {
         let next = next_spec(Some(&stored), 2, Some(&members), Change::Run { uid: "u1", facts: &facts }, Some("u1"));
@@ -381,22 +398,27 @@ fn another_nodes_later_failure_is_cleared_only_by_facts_with_a_new_ready_edge() 
     let crashed = Some(("ExitCode1".to_string(), "boom".to_string()));
     // (node, its facts, failureReason after, why): each write on the state the one before left.
     let writes = [
-        (2, Facts { ready: true, saw_ready: false, failure: crashed, instances: 0 }, "ExitCode1", "node 2 fails"),
+        (
+            2,
+            Facts { ready: true, saw_ready: false, failure: crashed, instances: 0, ready_instances: 0 },
+            "ExitCode1",
+            "node 2 fails",
+        ),
         (
             1,
-            Facts { ready: true, saw_ready: false, failure: None, instances: 2 },
+            Facts { ready: true, saw_ready: false, failure: None, instances: 2, ready_instances: 2 },
             "ExitCode1",
             "node 1 only scaled out since its instance was ready: node 2's failure stands",
         ),
         (
             1,
-            Facts { ready: true, saw_ready: false, failure: None, instances: 1 },
+            Facts { ready: true, saw_ready: false, failure: None, instances: 1, ready_instances: 1 },
             "ExitCode1",
             "node 1 scaled in: still nothing became ready",
         ),
         (
             1,
-            Facts { ready: true, saw_ready: true, failure: None, instances: 1 },
+            Facts { ready: true, saw_ready: true, failure: None, instances: 1, ready_instances: 1 },
             "",
             "an instance of node 1 became ready again since its last facts: cleared",
         ),
@@ -426,4 +448,25 @@ fn the_ready_time_is_stamped_on_the_edge_to_ready_and_kept() {
         stamp_ready_at(stored, &mut spec, 7);
         assert_eq!(spec.get(READY_AT_FIELD).and_then(Value::as_u64), expected, "{why}");
     }
+}
+
+/// Each node's ready instances are its own entry of `readyInstancesByNode`, gone at zero, and the field is gone
+/// while no node has one (a state without it reads as none ready, as states written before it).
+#[test]
+fn each_nodes_ready_instances_are_its_own_entry() {
+    let members: BTreeSet<NodeId> = [1, 2].into();
+    let starting = Facts { ready: true, saw_ready: false, failure: None, instances: 2, ready_instances: 0 };
+    let serving = Facts { ready: true, saw_ready: false, failure: None, instances: 2, ready_instances: 2 };
+    let stored = state(json!({"ready": true, "revisionUid": "u1", "instancesByNode": {"2": 1},
+        "readyInstancesByNode": {"2": 1}}));
+    let next = next_spec(Some(&stored), 1, Some(&members), Change::Run { uid: "u1", facts: &serving }, Some("u1"))
+        .expect("a write");
+    assert_eq!(next[READY_INSTANCES_BY_NODE_FIELD], json!({"1": 2, "2": 1}));
+    let next =
+        next_spec(Some(&state(next)), 2, Some(&members), Change::Run { uid: "u1", facts: &starting }, Some("u1"))
+            .expect("a write");
+    assert_eq!(next[READY_INSTANCES_BY_NODE_FIELD], json!({"1": 2}), "node 2's instances start again: none ready");
+    let next = next_spec(Some(&state(next)), 1, Some(&members), Change::Forget, Some("u1")).expect("a write");
+    assert!(next.get(READY_INSTANCES_BY_NODE_FIELD).is_none(), "none ready anywhere: {next}");
+    assert_eq!(next[INSTANCES_BY_NODE_FIELD], json!({"2": 2}));
 }

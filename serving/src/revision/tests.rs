@@ -182,7 +182,7 @@ fn a_ready_edge_is_posted_until_taken_and_unchanged_facts_are_not_posted_again()
 #[test]
 fn a_ready_edge_still_waiting_in_the_outbox_survives_the_runs_next_facts() {
     let outbox = FactsOutbox::default();
-    let mut facts = Facts { ready: true, saw_ready: true, failure: None, instances: 1 };
+    let mut facts = Facts { ready: true, saw_ready: true, failure: None, instances: 1, ready_instances: 1 };
     let mut reported = None;
     post_if_changed(&mut facts, &mut reported, |facts| outbox.post(posted(facts)));
     assert!(!facts.saw_ready, "cleared on the run's side once posted");

@@ -144,12 +144,18 @@ pub(crate) fn kill_recorded_instances(instances_dir: &std::path::Path) -> usize 
         let path = entry.path();
         let recorded = std::fs::read_to_string(&path).unwrap_or_default();
         let pid = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok());
-        if let Some(pid) = pid
-            && process_start_time(pid).is_some_and(|started| started == recorded.trim())
-        {
-            tracing::warn!(pid, "killing a local instance and its process group");
-            signal_group(pid, Signal::SIGKILL);
-            killed += 1;
+        if let Some(pid) = pid {
+            let leader_started = process_start_time(pid);
+            let leader_lives = leader_started.as_deref().is_some_and(|started| started == recorded.trim());
+            // The leader may have died while the node was down (its output pipe closed with the node) and left
+            // the rest of its group running, holding the port (a server's workers). Regression: only a living
+            // leader's group was killed, and the record of the others was forgotten.
+            let group_left = leader_started.is_none() && orphans_of_group(pid, recorded.trim());
+            if leader_lives || group_left {
+                tracing::warn!(pid, leader_lives, "killing a local instance's process group");
+                signal_group(pid, Signal::SIGKILL);
+                killed += 1;
+            }
         }
         let _ = std::fs::remove_file(&path);
     }
@@ -160,9 +166,27 @@ pub(crate) fn kill_recorded_instances(instances_dir: &std::path::Path) -> usize 
 /// one that reuses the pid.
 fn process_start_time(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_group_and_start(&stat).map(|(_, start)| start.to_string())
+}
+
+/// The process group (field 5) and start time (field 22) of a `/proc/PID/stat` line. Pure.
+fn stat_group_and_start(stat: &str) -> Option<(u32, u64)> {
     // The command name (field 2) may hold spaces: count from the closing parenthesis.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19).map(str::to_string)
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let group = fields.nth(2)?.parse().ok()?;
+    let start = fields.nth(16)?.parse().ok()?;
+    Some((group, start))
+}
+
+/// Whether processes of the group `leader` led remain, started no earlier than the leader was (`leader_start`,
+/// as recorded): the group of an instance whose leader died, not a later group that reuses the number.
+fn orphans_of_group(leader: u32, leader_start: &str) -> bool {
+    let Ok(leader_start) = leader_start.parse::<u64>() else { return false };
+    let Ok(processes) = std::fs::read_dir("/proc") else { return false };
+    processes.flatten().any(|process| {
+        let stat = std::fs::read_to_string(process.path().join("stat")).unwrap_or_default();
+        stat_group_and_start(&stat).is_some_and(|(group, start)| group == leader && start >= leader_start)
+    })
 }
 
 struct LocalInstance {

@@ -648,12 +648,24 @@ fn revision_status_counts_every_nodes_instances_and_ignores_a_namesakes_facts() 
     // Node 1 runs 10; node 2, idle, wrote last. Each node has its own entry: still 10, still Active.
     store(
         &mut objects,
-        state(json!({"ready": true, "revisionUid": "uid-Revision-hello-00001", "instancesByNode": {"1": 10}})),
+        state(json!({"ready": true, "revisionUid": "uid-Revision-hello-00001", "instancesByNode": {"1": 10},
+            "readyInstancesByNode": {"1": 10}})),
     );
     let revision = status_of(&objects, "Revision", "hello-00001");
     assert_eq!(revision["actualReplicas"], 10, "{revision}");
     assert_eq!(condition(&revision, "Active").0, "True");
     assert_eq!(condition(&revision, "Ready").0, "True");
+    // A cold start: an instance starting, none ready yet. Knative counts ready pods and says "Activating".
+    // Regression: one replica and Active while every request was held.
+    store(
+        &mut objects,
+        state(json!({"ready": true, "revisionUid": "uid-Revision-hello-00001", "instancesByNode": {"1": 1}})),
+    );
+    let revision = status_of(&objects, "Revision", "hello-00001");
+    assert_eq!(
+        (revision["actualReplicas"].clone(), condition(&revision, "Active")),
+        (json!(0), ("Unknown".into(), "Activating".into()))
+    );
     // Every node at zero: Ready stays (Knative's Revision is Ready at zero), Active goes.
     store(
         &mut objects,

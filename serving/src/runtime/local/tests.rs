@@ -224,6 +224,46 @@ async fn what_an_instance_started_goes_with_it_even_when_it_ignored_sigterm() {
     wait_for("the child that ignored SIGTERM is killed with its instance", || gone(orphan)).await;
 }
 
+/// Regression: a node restarted after a crash killed a recorded instance's process group only while its leader
+/// lived; a leader that had died meanwhile (its output pipe closed with the node) left its workers running,
+/// holding the port, and their record was forgotten. The group's remaining processes are killed too.
+#[tokio::test]
+async fn a_recorded_group_whose_leader_died_is_killed_at_the_next_start() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let instances = dir.path().join("instances");
+    std::fs::create_dir_all(&instances).expect("dir");
+    let worker_file = dir.path().join("worker.pid");
+    let script = format!("sleep 300 & echo $! > {}; read line", worker_file.display());
+    let mut leader = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("spawn");
+    let leader_pid = leader.id();
+    // Recorded as the runtime records an instance: its pid, and its start time.
+    let started = process_start_time(leader_pid).expect("the leader runs");
+    std::fs::write(instances.join(leader_pid.to_string()), &started).expect("record");
+    let worker = || std::fs::read_to_string(&worker_file).ok().and_then(|pid| pid.trim().parse::<u32>().ok());
+    wait_for("the worker started", || worker().is_some()).await;
+    let worker = worker().expect("pid");
+    drop(leader.stdin.take());
+    leader.wait().expect("the leader exits");
+    assert!(!gone(worker), "the worker outlives its leader");
+    assert_eq!(kill_recorded_instances(&instances), 1, "the group is killed");
+    wait_for("the worker is killed with its group", || gone(worker)).await;
+    assert_eq!(std::fs::read_dir(&instances).expect("dir").count(), 0, "the record is forgotten");
+}
+
+/// The process group and start time are read past a command name holding spaces and parentheses.
+#[test]
+fn a_stat_line_gives_its_group_and_start_time() {
+    let stat = "4242 (a (weird) name) S 1 4240 4240 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 12345 67";
+    assert_eq!(stat_group_and_start(stat), Some((4240, 987_654)));
+    assert_eq!(stat_group_and_start("garbage"), None);
+}
+
 /// At most `--max-local-instances` run at once. A fixed `containerPort` is held from an instance's start until
 /// its exit: another instance of the same revision waits for it, and another revision's instance (a rollout)
 /// gets a port of its own in `PORT`, so that its readiness probe cannot pass on the old revision's process (it
