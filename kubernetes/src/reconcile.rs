@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use crate::crd::{Addressable, Condition, KnativeStatus};
+use crate::crd::{Condition, KnativeStatus};
 
 /// The annotation that names a Broker's implementation.
 pub const BROKER_CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";
@@ -109,8 +109,47 @@ pub fn status_for_kubernetes(
         // Knative publishes an address while the object can take events at it (`Addressable`), not only while
         // it is Ready: a Broker made not Ready by an EventPolicy still takes its authorized senders' events.
         let addressable = status.conditions.iter().any(|c| c.type_ == "Addressable" && c.status == "True");
-        status.address = addressable.then(|| Addressable { url: Some(url), ..Default::default() });
-        status.details.remove("addresses");
+        if addressable {
+            // Sluice's own address (its scheme, path, audience and CA certificates) on the ingress Service's
+            // host. Regression: a bare `http://` URL replaced it, so with OIDC sources found no audience (and
+            // sent no token), and with TLS they were sent to plaintext.
+            let mut address = status.address.take().unwrap_or_default();
+            let own = address.url.as_deref().and_then(|own| on_host(own, &addressing.ingress_host));
+            address.url = Some(own.unwrap_or(url));
+            status.address = Some(address);
+            if let Some(Value::Array(addresses)) = status.details.get_mut("addresses") {
+                for entry in addresses.iter_mut() {
+                    let moved =
+                        entry.get("url").and_then(Value::as_str).and_then(|u| on_host(u, &addressing.ingress_host));
+                    if let (Some(moved), Some(entry)) = (moved, entry.as_object_mut()) {
+                        entry.insert("url".into(), Value::String(moved));
+                    }
+                }
+            }
+        } else {
+            status.address = None;
+            status.details.remove("addresses");
+        }
+    }
+    status
+}
+
+/// `url` with its host (and port) replaced by `host`: `https://127.0.0.1:8443/ns/b` on `sluice-ingress` is
+/// `https://sluice-ingress/ns/b`. `None` for what is not `scheme://authority[/path]`. Pure.
+fn on_host(url: &str, host: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let path = rest.find('/').map_or("", |at| &rest[at..]);
+    Some(format!("{scheme}://{host}{path}"))
+}
+
+/// `status` with the address `current` (the status Kubernetes shows) has: a change that cannot be pushed (a
+/// dead-letter sink that no longer resolves, an edit Sluice refuses) leaves the object Sluice already serves,
+/// taking events at its address, as Knative's reconcilers leave `status.address` then. Regression: the address
+/// was nulled, and sources and SinkBindings lost their sink while the Broker still took events. Pure.
+pub fn keeping_address(mut status: KnativeStatus, current: &Value) -> KnativeStatus {
+    status.address = current.get("address").and_then(|a| serde_json::from_value(a.clone()).ok());
+    if let Some(addresses) = current.get("addresses").filter(|a| !a.is_null()) {
+        status.details.insert("addresses".into(), addresses.clone());
     }
     status
 }
@@ -315,6 +354,20 @@ mod tests {
         assert!(!is_core_service_ref(&ksvc));
     }
 
+    /// A change that cannot be pushed keeps the address the object shows (Sluice still serves it); one never
+    /// pushed has none to keep.
+    #[test]
+    fn a_refused_change_keeps_the_address_the_object_shows() {
+        let shown = json!({"address": {"url": "http://sluice-ingress/ns/b"}, "addresses": [{"url": "http://sluice-ingress/ns/b"}],
+            "conditions": [{"type": "Ready", "status": "True"}]});
+        let status = keeping_address(refused_status(Some(3), "SluiceRefused", "no"), &shown);
+        assert_eq!(status.address.and_then(|a| a.url).as_deref(), Some("http://sluice-ingress/ns/b"));
+        assert_eq!(status.details["addresses"], shown["addresses"]);
+        assert_eq!(status.conditions[0].status, "False", "the refusal is what Ready says");
+        let never_pushed = keeping_address(refused_status(Some(1), "SluiceRefused", "no"), &Value::Null);
+        assert_eq!((never_pushed.address, never_pushed.details.get("addresses")), (None, None));
+    }
+
     #[test]
     fn status_carries_generation_conditions_and_the_cluster_address() {
         let addressing = ClusterAddressing { ingress_host: "sluice-ingress.sluice-system.svc.cluster.local".into() };
@@ -330,7 +383,29 @@ mod tests {
             status.address.and_then(|a| a.url).as_deref(),
             Some("http://sluice-ingress.sluice-system.svc.cluster.local/ns/b")
         );
-        assert!(!status.details.contains_key("addresses"));
+        assert_eq!(
+            status.details["addresses"],
+            json!([{"url": "http://sluice-ingress.sluice-system.svc.cluster.local/ns/b"}])
+        );
+        // With TLS and sender identity on: https, the audience and the CA certificates are kept, on the host.
+        let secured = json!({
+            "conditions": [{"type": "Ready", "status": "True"}, {"type": "Addressable", "status": "True"}],
+            "address": {"name": "https", "url": "https://127.0.0.1:8080/ns/b", "CACerts": "PEM",
+                "audience": "eventing.knative.dev/broker/ns/b"},
+            "addresses": [{"name": "https", "url": "https://127.0.0.1:8080/ns/b", "CACerts": "PEM"}],
+        });
+        let status = status_for_kubernetes(&secured, "Broker", "ns", "b", Some(4), &addressing);
+        let address = status.address.expect("address");
+        assert_eq!(address.url.as_deref(), Some("https://sluice-ingress.sluice-system.svc.cluster.local/ns/b"));
+        assert_eq!(
+            (address.audience.as_deref(), address.ca_certs.as_deref()),
+            (Some("eventing.knative.dev/broker/ns/b"), Some("PEM"))
+        );
+        assert_eq!(
+            status.details["addresses"][0]["url"],
+            "https://sluice-ingress.sluice-system.svc.cluster.local/ns/b"
+        );
+        assert_eq!(status.details["addresses"][0]["CACerts"], "PEM");
 
         let not_addressable = json!({"conditions": [{"type": "Ready", "status": "False", "reason": "NotInitialised"}]});
         assert_eq!(status_for_kubernetes(&not_addressable, "Broker", "ns", "b", Some(1), &addressing).address, None);

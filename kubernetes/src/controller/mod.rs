@@ -34,7 +34,8 @@ use crate::crd::{
 use crate::error::Error;
 use crate::reconcile::{
     ClusterAddressing, FINALIZER, TriggerPlan, desired_sluice_object, is_core_service_ref, is_sluice_broker,
-    plan_trigger, refused_status, resolve_core_service, status_for_kubernetes, status_patch, unresolved_status,
+    keeping_address, plan_trigger, refused_status, resolve_core_service, status_for_kubernetes, status_patch,
+    unresolved_status,
 };
 use crate::sluice_api::SluiceApi;
 
@@ -342,7 +343,7 @@ async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Acti
     let value = serde_json::to_value(object).map_err(|e| bad_object(object, e))?;
     let mut desired = desired_sluice_object(&value);
     if let Err((pointer, message)) = resolve_core_services(&mut desired, &namespace, ctx).await? {
-        let refused = unresolved_status(&kind, generation, pointer, &message);
+        let refused = keeping_address(unresolved_status(&kind, generation, pointer, &message), &value["status"]);
         patch_status(api, &name, &value["status"], &refused).await?;
         return Ok(ctx.requeue_after(object_key(object), false));
     }
@@ -362,7 +363,8 @@ async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Acti
             let changed =
                 !stored.is_some_and(|stored| sluice_controller::meta::apply_changes_nothing(&stored, &desired));
             if let Err(refusal) = ctx.sluice.apply(&desired).await? {
-                let refused = refused_status(generation, "SluiceRefused", &refusal.message);
+                let refused =
+                    keeping_address(refused_status(generation, "SluiceRefused", &refusal.message), &value["status"]);
                 patch_status(api, &name, &value["status"], &refused).await?;
                 // Refused until the object changes: a new generation is a new watch event.
                 return Ok(Action::await_change());
