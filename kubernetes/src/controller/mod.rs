@@ -226,6 +226,7 @@ async fn reconcile_inner<K: Pushed>(object: Arc<K>, ctx: &Context) -> Result<Act
         if object.finalizers().iter().any(|f| f == FINALIZER) {
             // It was ours (its Broker's class changed): Sluice forgets it, then our finalizer goes.
             ctx.sluice.delete(&kind, &namespace, &object.name_any()).await?;
+            policy_changed(ctx, &kind, &namespace);
             remove_finalizer(&api, &*object).await?;
         }
         return Ok(Action::await_change());
@@ -584,6 +585,42 @@ async fn control_triggers(ctx: Arc<Context>) {
         .await;
 }
 
+/// The EventPolicies' controller. Beside Knative Eventing a policy is Sluice's only when it may apply to a
+/// Sluice-class Broker, so it also reconciles a namespace's policies that may apply to a Broker when that Broker
+/// changes (created after them, its class changed, deleted and made again). Regression: a policy applied before
+/// its Broker was judged not Sluice's and never looked at again, and the Broker took events from every sender
+/// of the namespace.
+async fn control_policies(ctx: Arc<Context>) {
+    let controller = Controller::new(Api::<EventPolicy>::all(ctx.client.clone()), watcher::Config::default());
+    let policies = controller.store();
+    let beside_knative_eventing = ctx.settings.beside_knative_eventing;
+    controller
+        .watches(Api::<Broker>::all(ctx.client.clone()), watcher::Config::default(), move |broker: Broker| {
+            if !beside_knative_eventing {
+                // Every policy is Sluice's: a Broker's change does not change that.
+                return Vec::new();
+            }
+            let namespace = broker.namespace();
+            let name = broker.name_any();
+            policies
+                .state()
+                .into_iter()
+                .filter(|policy| policy.namespace() == namespace)
+                .filter(|policy| {
+                    serde_json::to_value(&**policy).is_ok_and(|value| match policy_brokers(&value) {
+                        PolicyTargets::Any => true,
+                        PolicyTargets::Brokers(named) => named.contains(&name),
+                    })
+                })
+                .map(|policy| ObjectRef::from_obj(&*policy))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(reconcile::<EventPolicy>, error_policy::<EventPolicy>, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
 /// Runs the controllers for every pushed kind until a shutdown signal.
 pub async fn run(ctx: Arc<Context>) {
     let eventing = futures::future::join(
@@ -592,7 +629,7 @@ pub async fn run(ctx: Arc<Context>) {
             control_triggers(ctx.clone()),
             control_policy_target::<Channel>(ctx.clone()),
             control::<Subscription>(ctx.clone()),
-            control::<EventPolicy>(ctx.clone()),
+            control_policies(ctx.clone()),
         ),
         // Knative's InMemoryChannel (its CRD is shipped): Sluice serves it, durably.
         control_policy_target::<InMemoryChannel>(ctx.clone()),

@@ -229,3 +229,54 @@ async fn regression_the_controller_sends_its_token_to_nodes_that_ask_for_one() -
     assert_eq!(served?["status"]["address"]["url"], "http://sluice-ingress.test.svc/default/b");
     Ok(())
 }
+
+/// Regression: beside Knative Eventing, an EventPolicy is Sluice's only when it may apply to a Sluice-class
+/// Broker, and one applied before its Broker was judged not Sluice's and never looked at again: the Broker took
+/// events from every sender of its namespace. The Broker's creation now reconciles the policies naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn regression_a_policy_applied_before_its_broker_reaches_sluice_beside_knative_eventing() -> anyhow::Result<()> {
+    let (root, node) = start_single_node(1, &[]).await?;
+    let kube = FakeKube::start().await?;
+    let kubeconfig = kube.write_kubeconfig(root.path())?;
+    let log_path = root.path().join("controller.log");
+    let log = std::fs::File::create(&log_path)?;
+    let metrics_addr = free_addr();
+    let mut controller = Command::new(sluice_bin())
+        .args(["kube-controller", "--admin", &node.admin, "--ingress-host", "sluice-ingress.test.svc"])
+        .args(["--metrics", &metrics_addr, "--identity", "controller-a", "--lease-namespace", "sluice-system"])
+        .arg("--beside-knative-eventing")
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info,kube=warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    kube.create(
+        POLICIES,
+        json!({"apiVersion": "eventing.knative.dev/v1alpha1", "kind": "EventPolicy",
+               "metadata": {"name": "p", "namespace": "default"},
+               "spec": {"to": [{"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "later"}}],
+                        "from": [{"sub": "system:serviceaccount:default:orders"}]}}),
+    )?;
+    // The policy is reconciled (no such Broker: not Sluice's) before the Broker exists.
+    let metrics_url = format!("http://{metrics_addr}/metrics");
+    wait_until(Duration::from_secs(60), || async {
+        let Ok(response) = reqwest::get(&metrics_url).await else { return Ok(None) };
+        let text = response.text().await?;
+        let reconciled = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("sluice_kube_reconciles_total{kind=\"EventPolicy\"} "))
+            .any(|count| count.trim().parse::<f64>().is_ok_and(|count| count >= 1.0));
+        Ok(reconciled.then_some(()))
+    })
+    .await?;
+    assert!(in_sluice(&node.admin, "EventPolicy", "p").await?.is_none(), "not Sluice's while no Broker is");
+    kube.create(BROKERS, broker("later", "Sluice"))?;
+    let pushed = wait_until(Duration::from_secs(60), || async { in_sluice(&node.admin, "EventPolicy", "p").await })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", std::fs::read_to_string(&log_path).unwrap_or_default()));
+    let _ = controller.kill();
+    let _ = controller.wait();
+    assert_eq!(pushed?["spec"]["from"][0]["sub"], "system:serviceaccount:default:orders");
+    Ok(())
+}
