@@ -335,6 +335,9 @@ fn bad_object<K: Pushed>(object: &K, error: serde_json::Error) -> Error {
     Error::SluiceBadReply { admin: "-".into(), reason: format!("{} does not serialise: {error}", object_key(object)) }
 }
 
+/// How soon an object is read again when the node read after its push had not applied it yet.
+const STALE_READ_AGAIN: Duration = Duration::from_secs(1);
+
 /// Pushes the object into Sluice and writes the status Sluice derives for it back to Kubernetes.
 async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Action, Error> {
     let kind = K::kind(&()).to_string();
@@ -373,7 +376,15 @@ async fn push<K: Pushed>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Acti
             if changed {
                 policy_changed(ctx, &kind, &namespace);
             }
-            ctx.sluice.get(&kind, &namespace, &name).await?.unwrap_or(Value::Null)
+            let read = ctx.sluice.get(&kind, &namespace, &name).await?.unwrap_or(Value::Null);
+            if !sluice_controller::meta::apply_changes_nothing(&read, &desired) {
+                // The node read has not applied the write yet (a write forwarded to the leader returns once the
+                // leader applied it): its status is the earlier spec's. Written now, it would carry this
+                // generation with conditions of the one before (`kubectl wait` passing on a stale Ready). Read
+                // again shortly, keeping the status as it is. Regression: it was written.
+                return Ok(Action::requeue(STALE_READ_AGAIN));
+            }
+            read
         }
     };
     let status =

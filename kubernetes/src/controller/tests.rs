@@ -33,6 +33,11 @@ struct FakeSluice {
     unavailable: bool,
     /// What it derives for what it stores: Ready, unless this is set.
     not_ready: bool,
+    /// The read after the next apply answers the object as it was before it (a node that has not applied the
+    /// write yet).
+    lags_after_next_apply: std::sync::atomic::AtomicBool,
+    lags_once: std::sync::atomic::AtomicBool,
+    before_last_apply: Mutex<Option<Value>>,
 }
 
 impl FakeSluice {
@@ -80,6 +85,12 @@ impl SluiceApi for FakeSluice {
             self.note(format!("apply {key}"));
             // Merged as the node merges an `ApplyResource` entry.
             let existing = self.object(&key);
+            if let Ok(mut before) = self.before_last_apply.lock() {
+                *before = existing.clone();
+            }
+            if self.lags_after_next_apply.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                self.lags_once.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             let (mut stored, _) =
                 sluice_controller::meta::merge_for_apply_keeping_owned(existing.as_ref(), object.clone(), "u", "t", 1);
             let ready = if self.not_ready { "False" } else { "True" };
@@ -105,6 +116,9 @@ impl SluiceApi for FakeSluice {
         Box::pin(async move {
             if self.unavailable {
                 return Err(unavailable());
+            }
+            if self.lags_once.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return Ok(self.before_last_apply.lock().ok().and_then(|before| before.clone()));
             }
             Ok(self.object(&format!("{kind}/{namespace}/{name}")))
         })
@@ -279,6 +293,31 @@ async fn a_sluice_class_broker_gets_its_status_and_address() {
     let pushed = sluice.object("Broker/default/b").expect("pushed");
     assert_eq!(pushed["metadata"]["annotations"][BROKER_CLASS_ANNOTATION], "Sluice");
     assert!(pushed["metadata"].get("finalizers").is_none(), "{pushed}");
+}
+
+/// Regression: the status read back from a node that had not yet applied the push (a write forwarded to the
+/// leader returns once the leader applied it) was written with the new generation and the old spec's conditions.
+/// It is left as it is, and the object read again shortly.
+#[tokio::test]
+async fn a_status_read_before_the_node_applied_the_push_is_not_written() {
+    let sluice = Arc::new(FakeSluice::default());
+    let (ctx, _handle) = context(sluice.clone());
+    // Sluice has the Broker's earlier spec; the new generation changes it.
+    let earlier = finalized(broker("Sluice"));
+    sluice
+        .apply(&super::desired_sluice_object(&serde_json::to_value(&earlier).expect("json")))
+        .await
+        .expect("up")
+        .expect("taken");
+    let mut changed = finalized(broker("Sluice"));
+    changed.meta_mut().generation = Some(4);
+    changed.spec.0.delivery = serde_json::from_value(json!({"retry": 3})).expect("delivery");
+    sluice.lags_after_next_apply.store(true, std::sync::atomic::Ordering::SeqCst);
+    // No request reaches the API server: the status is not patched (the mock answers none, and the reconcile
+    // would wait past `play`'s 5 s).
+    let action = play(changed, ctx, async {}).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(super::STALE_READ_AGAIN));
+    assert_eq!(sluice.object("Broker/default/b").expect("pushed")["spec"]["delivery"]["retry"], 3);
 }
 
 /// Regression: the address was published only while the Broker was Ready, so a Broker made not Ready by an
