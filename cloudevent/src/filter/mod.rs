@@ -31,14 +31,10 @@ use sluice_cesql::{self as cesql, EventAttributes, Expression, Value};
 pub enum FilterError {
     #[error("{path}: expected {expected}")]
     WrongType { path: String, expected: &'static str },
-    #[error("{path}: a filter holds exactly one of exact, prefix, suffix, all, any, not, cesql; got {found}")]
+    #[error("{path}: a filter holds at most one of exact, prefix, suffix, all, any, not, cesql; got {found}")]
     DialectCount { path: String, found: usize },
     #[error("{path}: unsupported filter dialect {dialect:?}")]
     UnknownDialect { path: String, dialect: String },
-    #[error("{path}: must hold at least one attribute")]
-    NoAttribute { path: String },
-    #[error("{path}: must hold at least one filter")]
-    EmptyList { path: String },
     #[error("{path}: attribute names match ^[a-z][a-z0-9]*$")]
     InvalidAttributeName { path: String },
     #[error("{path}: must not be empty")]
@@ -54,8 +50,6 @@ impl FilterError {
             FilterError::WrongType { path, .. }
             | FilterError::DialectCount { path, .. }
             | FilterError::UnknownDialect { path, .. }
-            | FilterError::NoAttribute { path }
-            | FilterError::EmptyList { path }
             | FilterError::InvalidAttributeName { path }
             | FilterError::EmptyValue { path }
             | FilterError::Cesql { path, .. } => path,
@@ -181,19 +175,15 @@ pub fn compile(
     let filters = match filters {
         // `null` is how an absent field may be serialized; the controller reads it as absent too.
         None | Some(Json::Null) => None,
-        Some(Json::Array(items)) => Some(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| compile_filter(item, &format!("filters[{i}]")))
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
+        // A non-empty list is the filter even when each of its filters is empty (Knative: `len(filters) > 0`).
+        Some(Json::Array(items)) if !items.is_empty() => Some(filter_list(items, "filters")?),
+        Some(Json::Array(_)) => None,
         Some(_) => return Err(FilterError::WrongType { path: "filters".into(), expected: "an array of filters" }),
     };
     let root = match (filters, legacy) {
-        (Some(filters), _) if !filters.is_empty() => Node::All(filters),
-        (_, Some(legacy)) => legacy,
-        _ => Node::All(Vec::new()),
+        (Some(filters), _) => Node::All(filters),
+        (None, Some(legacy)) => legacy,
+        (None, None) => Node::All(Vec::new()),
     };
     Ok(CompiledFilter { root })
 }
@@ -220,7 +210,24 @@ fn compile_attributes(attributes: &BTreeMap<String, String>) -> Result<Node, Fil
     Ok(Node::All(nodes))
 }
 
-fn compile_filter(filter: &Json, path: &str) -> Result<Node, FilterError> {
+/// Whether a dialect's body is empty: set, but with nothing in it (`{"exact": {}}`, `{"all": []}`,
+/// `{"not": {}}`, `{"cesql": ""}`, or `null`). Knative's webhook counts only the non-empty ones, and its
+/// `MaterializeSubscriptionsAPIFilter` makes no filter of an empty one: the filter is skipped where it stands.
+fn is_empty_dialect(dialect: &str, body: &Json) -> bool {
+    match (dialect, body) {
+        (_, Json::Null) => true,
+        ("exact" | "prefix" | "suffix" | "not", Json::Object(map)) => map.is_empty(),
+        ("all" | "any", Json::Array(items)) => items.is_empty(),
+        ("cesql", Json::String(expression)) => expression.is_empty(),
+        _ => false,
+    }
+}
+
+/// One filter object; `Ok(None)` for one that sets no dialect, or only empty ones ([`is_empty_dialect`]): no
+/// condition, skipped where it stands, as in Knative (an `all` or `any` of nothing but such filters, and a
+/// `not` of one, are skipped too). Regression: `filters: [{}]`, `{"exact": {}}` and `{"cesql": ""}`, which
+/// Knative's webhook accepts, were refused, so Knative YAML holding them did not apply.
+fn compile_filter(filter: &Json, path: &str) -> Result<Option<Node>, FilterError> {
     let Json::Object(fields) = filter else {
         return Err(FilterError::WrongType { path: path.into(), expected: "a filter object" });
     };
@@ -230,30 +237,47 @@ fn compile_filter(filter: &Json, path: &str) -> Result<Node, FilterError> {
     if let Some((dialect, _)) = fields.iter().find(|(d, b)| !b.is_null() && !DIALECTS.contains(&d.as_str())) {
         return Err(FilterError::UnknownDialect { path: path.into(), dialect: dialect.clone() });
     }
-    let mut present = fields.iter().filter(|(_, body)| !body.is_null());
-    let (Some((dialect, body)), None) = (present.next(), present.next()) else {
-        let found = fields.values().filter(|body| !body.is_null()).count();
-        return Err(FilterError::DialectCount { path: path.into(), found });
+    let set: Vec<(&String, &Json)> = fields.iter().filter(|(dialect, body)| !is_empty_dialect(dialect, body)).collect();
+    let (dialect, body) = match set.as_slice() {
+        [] => return Ok(None),
+        [one] => *one,
+        _ => return Err(FilterError::DialectCount { path: path.into(), found: set.len() }),
     };
     let path = format!("{path}.{dialect}");
-    match dialect.as_str() {
-        "exact" => Ok(every(attributes(body, &path, true)?, |attribute, value| Node::Exact { attribute, value })),
-        "prefix" => Ok(every(attributes(body, &path, false)?, |attribute, value| Node::Prefix { attribute, value })),
-        "suffix" => Ok(every(attributes(body, &path, false)?, |attribute, value| Node::Suffix { attribute, value })),
-        "all" => Ok(Node::All(filter_list(body, &path)?)),
-        "any" => Ok(Node::Any(filter_list(body, &path)?)),
-        "not" => Ok(Node::Not(Box::new(compile_filter(body, &path)?))),
+    let list = |body: &Json| -> Result<Vec<Node>, FilterError> {
+        let Json::Array(items) = body else {
+            return Err(FilterError::WrongType { path: path.clone(), expected: "an array of filters" });
+        };
+        filter_list(items, &path)
+    };
+    let node = match dialect.as_str() {
+        "exact" => every(attributes(body, &path, true)?, |attribute, value| Node::Exact { attribute, value }),
+        "prefix" => every(attributes(body, &path, false)?, |attribute, value| Node::Prefix { attribute, value }),
+        "suffix" => every(attributes(body, &path, false)?, |attribute, value| Node::Suffix { attribute, value }),
+        "all" => match list(body)? {
+            nodes if nodes.is_empty() => return Ok(None),
+            nodes => Node::All(nodes),
+        },
+        "any" => match list(body)? {
+            nodes if nodes.is_empty() => return Ok(None),
+            nodes => Node::Any(nodes),
+        },
+        "not" => match compile_filter(body, &path)? {
+            Some(node) => Node::Not(Box::new(node)),
+            None => return Ok(None),
+        },
         "cesql" => {
             let Json::String(expression) = body else {
                 return Err(FilterError::WrongType { path, expected: "a CESQL expression (string)" });
             };
             match cesql::parse(expression) {
-                Ok(expression) => Ok(Node::Cesql(Box::new(expression))),
-                Err(source) => Err(FilterError::Cesql { path, source }),
+                Ok(expression) => Node::Cesql(Box::new(expression)),
+                Err(source) => return Err(FilterError::Cesql { path, source }),
             }
         }
-        other => Err(FilterError::UnknownDialect { path, dialect: other.into() }),
-    }
+        other => return Err(FilterError::UnknownDialect { path, dialect: other.into() }),
+    };
+    Ok(Some(node))
 }
 
 /// The body of `exact`, `prefix` or `suffix`: attribute names and their string values, every one of which must
@@ -265,9 +289,6 @@ fn attributes(body: &Json, path: &str, allow_empty: bool) -> Result<Vec<(String,
     let Json::Object(map) = body else {
         return Err(FilterError::WrongType { path: path.into(), expected: "an object mapping attributes to values" });
     };
-    if map.is_empty() {
-        return Err(FilterError::NoAttribute { path: path.into() });
-    }
     map.iter()
         .map(|(attribute, value)| {
             let attribute_path = || format!("{path}[{attribute}]");
@@ -289,15 +310,10 @@ fn every(pairs: Vec<(String, String)>, node: impl Fn(String, String) -> Node) ->
     if nodes.len() == 1 { nodes.remove(0) } else { Node::All(nodes) }
 }
 
-/// The body of `all` or `any`: a non-empty array of filters (the Subscriptions API requires at least one).
-fn filter_list(body: &Json, path: &str) -> Result<Vec<Node>, FilterError> {
-    let Json::Array(items) = body else {
-        return Err(FilterError::WrongType { path: path.into(), expected: "an array of filters" });
-    };
-    if items.is_empty() {
-        return Err(FilterError::EmptyList { path: path.into() });
-    }
-    items.iter().enumerate().map(|(i, item)| compile_filter(item, &format!("{path}[{i}]"))).collect()
+/// The filters of a list (`filters`, or the body of `all` or `any`), those without a condition left out.
+fn filter_list(items: &[Json], path: &str) -> Result<Vec<Node>, FilterError> {
+    let compiled = items.iter().enumerate().map(|(i, item)| compile_filter(item, &format!("{path}[{i}]")));
+    compiled.filter_map(Result::transpose).collect()
 }
 
 /// The filters of many Triggers (of one Broker, say), arranged so that matching an event costs in proportion to

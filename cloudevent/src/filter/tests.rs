@@ -251,6 +251,37 @@ fn null_dialect_fields_are_absent() {
 
 // --- validation errors ---
 
+/// Knative's webhook counts only the dialects set with something in them, and makes no filter of an empty one:
+/// `{}`, `{"exact": {}}`, `{"all": []}`, `{"not": {}}`, `{"cesql": ""}` are no condition, skipped where they
+/// stand (an `all` or `any` of nothing else, and a `not` of one, too). A non-empty `filters` is the filter even
+/// when all of its filters are empty. Regression: they were refused, and Knative YAML holding them did not apply.
+#[test]
+fn empty_dialects_are_no_condition_as_in_knative() {
+    let other = event(json!({"specversion": "1.0", "id": "2", "type": "other", "source": "s"}));
+    // (filters, matches the push event, matches the other event)
+    let cases = [
+        (json!([{}]), true, true),
+        (json!([{"exact": null}]), true, true),
+        (json!([{"exact": {}}]), true, true),
+        (json!([{"cesql": ""}]), true, true),
+        (json!([{"all": []}]), true, true),
+        (json!([{"any": [{}]}]), true, true),
+        (json!([{"not": {}}]), true, true),
+        (json!([{"not": {"exact": {}}}]), true, true),
+        (json!([{"exact": {}, "prefix": {"type": "com.github"}}]), true, false),
+        (json!([{}, {"exact": {"type": "other"}}]), false, true),
+        (json!([{"all": [{}, {"exact": {"type": "other"}}]}]), false, true),
+        (json!([{"any": [{"cesql": ""}, {"exact": {"type": "other"}}]}]), false, true),
+    ];
+    for (list, push, second) in cases {
+        let filter = filters(list.clone());
+        assert_eq!((filter.matches(&push_event()), filter.matches(&other)), (push, second), "{list}");
+    }
+    // `filters` of empty filters wins over `filter.attributes`, as a non-empty list does in Knative.
+    let both = compile(Some(&attributes(&[("type", "nothing")])), Some(&json!([{}]))).expect("valid");
+    assert!(both.matches(&push_event()));
+}
+
 #[test]
 fn invalid_filters_are_rejected_with_their_path() {
     let cases = [
@@ -259,8 +290,6 @@ fn invalid_filters_are_rejected_with_their_path() {
             FilterError::WrongType { path: "filters".into(), expected: "an array of filters" },
         ),
         (json!(["exact"]), FilterError::WrongType { path: "filters[0]".into(), expected: "a filter object" }),
-        (json!([{}]), FilterError::DialectCount { path: "filters[0]".into(), found: 0 }),
-        (json!([{"exact": null}]), FilterError::DialectCount { path: "filters[0]".into(), found: 0 }),
         (
             json!([{"exact": {"type": "a"}}, {"exact": {"type": "a"}, "prefix": {"type": "b"}}]),
             FilterError::DialectCount { path: "filters[1]".into(), found: 2 },
@@ -270,7 +299,6 @@ fn invalid_filters_are_rejected_with_their_path() {
             json!([{"exact": {"type": "a"}, "futureDialect": {}}]),
             FilterError::UnknownDialect { path: "filters[0]".into(), dialect: "futureDialect".into() },
         ),
-        (json!([{"exact": {}}]), FilterError::NoAttribute { path: "filters[0].exact".into() }),
         (
             json!([{"prefix": {"type": "a", "source": ""}}]),
             FilterError::EmptyValue { path: "filters[0].prefix[source]".into() },
@@ -296,8 +324,6 @@ fn invalid_filters_are_rejected_with_their_path() {
             json!([{"all": [{"exact": {"Bad": "a"}}]}]),
             FilterError::InvalidAttributeName { path: "filters[0].all[0].exact[Bad]".into() },
         ),
-        (json!([{"any": []}]), FilterError::EmptyList { path: "filters[0].any".into() }),
-        (json!([{"all": []}]), FilterError::EmptyList { path: "filters[0].all".into() }),
         (
             json!([{"all": {"exact": {"type": "a"}}}]),
             FilterError::WrongType { path: "filters[0].all".into(), expected: "an array of filters" },
@@ -337,7 +363,10 @@ fn invalid_cesql_is_rejected_at_compile_time() {
 
 #[test]
 fn error_messages_name_the_path_and_reason() {
-    assert_eq!(filters_err(json!([{"any": []}])).to_string(), "filters[0].any: must hold at least one filter");
+    assert_eq!(
+        filters_err(json!([{"exact": {"type": "a"}, "prefix": {"type": "b"}}])).to_string(),
+        "filters[0]: a filter holds at most one of exact, prefix, suffix, all, any, not, cesql; got 2"
+    );
     assert_eq!(filters_err(json!([{"foo": 1}])).to_string(), "filters[0]: unsupported filter dialect \"foo\"");
 }
 

@@ -413,26 +413,38 @@ fn validate_trigger(trigger: &Trigger, existing: Option<&Value>, errors: &mut Ve
     }
 }
 
+/// Whether a filter sets no dialect (`{}`).
+fn sets_no_dialect(filter: &SubscriptionsApiFilter) -> bool {
+    filter.exact.is_none()
+        && filter.prefix.is_none()
+        && filter.suffix.is_none()
+        && filter.all.is_none()
+        && filter.any.is_none()
+        && filter.not.is_none()
+        && filter.cesql.is_none()
+}
+
+/// As Knative's webhook (`hasMultipleDialects`): at most one dialect set with something in it; an empty one
+/// (`{"exact": {}}`, `{"all": []}`, `{"not": {}}`, `{"cesql": ""}`) and a filter of none (`{}`) are no condition,
+/// skipped where they stand (`sluice_cloudevent::filter`, as Knative's `MaterializeSubscriptionsAPIFilter`).
+/// Regression: they were refused, and Knative YAML holding them did not apply.
 fn validate_filter(path: &str, filter: &SubscriptionsApiFilter, errors: &mut Vec<FieldError>) {
     let dialects = [
-        filter.exact.is_some(),
-        filter.prefix.is_some(),
-        filter.suffix.is_some(),
-        filter.all.is_some(),
-        filter.any.is_some(),
-        filter.not.is_some(),
-        filter.cesql.is_some(),
+        filter.exact.as_ref().is_some_and(|m| !m.is_empty()),
+        filter.prefix.as_ref().is_some_and(|m| !m.is_empty()),
+        filter.suffix.as_ref().is_some_and(|m| !m.is_empty()),
+        filter.all.as_ref().is_some_and(|l| !l.is_empty()),
+        filter.any.as_ref().is_some_and(|l| !l.is_empty()),
+        filter.not.as_ref().is_some_and(|n| !sets_no_dialect(n)),
+        filter.cesql.as_ref().is_some_and(|e| !e.is_empty()),
     ];
     let count = dialects.iter().filter(|d| **d).count();
-    if count != 1 {
-        errors.push(err(path, format!("exactly one of exact, prefix, suffix, all, any, not, cesql; got {count}")));
+    if count > 1 {
+        errors.push(err(path, format!("at most one of exact, prefix, suffix, all, any, not, cesql; got {count}")));
         return;
     }
     for (dialect, map) in [("exact", &filter.exact), ("prefix", &filter.prefix), ("suffix", &filter.suffix)] {
         if let Some(map) = map {
-            if map.is_empty() {
-                errors.push(err(format!("{path}.{dialect}"), "must hold at least one attribute"));
-            }
             for (name, value) in map {
                 if !is_attribute_name(name) {
                     errors.push(err(format!("{path}.{dialect}[{name}]"), "attribute names match ^[a-z][a-z0-9]*$"));
@@ -450,9 +462,6 @@ fn validate_filter(path: &str, filter: &SubscriptionsApiFilter, errors: &mut Vec
     }
     for (dialect, list) in [("all", &filter.all), ("any", &filter.any)] {
         if let Some(list) = list {
-            if list.is_empty() {
-                errors.push(err(format!("{path}.{dialect}"), "must hold at least one filter"));
-            }
             for (i, nested) in list.iter().enumerate() {
                 validate_filter(&format!("{path}.{dialect}[{i}]"), nested, errors);
             }
@@ -461,12 +470,10 @@ fn validate_filter(path: &str, filter: &SubscriptionsApiFilter, errors: &mut Vec
     if let Some(nested) = &filter.not {
         validate_filter(&format!("{path}.not"), nested, errors);
     }
-    if let Some(expression) = &filter.cesql {
-        if expression.trim().is_empty() {
-            errors.push(err(format!("{path}.cesql"), "must not be empty"));
-        } else if let Err(e) = sluice_cesql::parse(expression) {
-            errors.push(err(format!("{path}.cesql"), format!("does not parse: {e}")));
-        }
+    if let Some(expression) = filter.cesql.as_ref().filter(|e| !e.is_empty())
+        && let Err(e) = sluice_cesql::parse(expression)
+    {
+        errors.push(err(format!("{path}.cesql"), format!("does not parse: {e}")));
     }
 }
 
