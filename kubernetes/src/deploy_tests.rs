@@ -271,6 +271,28 @@ fn the_nodes_may_make_every_call_of_the_kubernetes_runtime_and_the_controller_no
     let controller_roles = bound_roles("sluice-controller");
     assert!(!controller_roles.is_empty());
     assert!(!allows(&controller_roles, ("apps", "deployments/scale", "patch")), "least privilege");
+    // Least privilege (regression: it was granted `update` on every Knative kind, their status and finalizers,
+    // Revisions it never reads, and lists and watches it never makes): it patches, and reads what it resolves.
+    for call in [
+        ("eventing.knative.dev", "brokers", "update"),
+        ("eventing.knative.dev", "brokers/status", "update"),
+        ("messaging.knative.dev", "subscriptions/finalizers", "update"),
+        ("serving.knative.dev", "revisions", "get"),
+        ("serving.knative.dev", "services", "update"),
+        ("", "services", "list"),
+    ] {
+        assert!(!allows(&controller_roles, call), "the controller need not {call:?}");
+    }
+    for call in [
+        ("eventing.knative.dev", "brokers", "watch"),
+        ("eventing.knative.dev", "brokers/status", "patch"),
+        ("eventing.knative.dev", "triggers/finalizers", "patch"),
+        ("serving.knative.dev", "routes/status", "patch"),
+        ("", "services", "get"),
+        ("events.k8s.io", "events", "create"),
+    ] {
+        assert!(allows(&controller_roles, call), "the controller needs {call:?}");
+    }
     // In its own namespace: the Lease, and what `tidy_members` reads (the StatefulSet, its pods).
     let role: Role = documents
         .iter()
@@ -285,6 +307,9 @@ fn the_nodes_may_make_every_call_of_the_kubernetes_runtime_and_the_controller_no
                 && rule.verbs.iter().any(|v| v == verb)
         })
     };
+    assert!(
+        !role_allows(("apps", "statefulsets", "watch")) && !role_allows(("coordination.k8s.io", "leases", "patch"))
+    );
     for call in [
         ("coordination.k8s.io", "leases", "get"),
         ("coordination.k8s.io", "leases", "create"),
