@@ -22,6 +22,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value as Json;
 
+/// A CESQL evaluation error, as a filter's evaluation reports it ([`CompiledFilter::matches_noting_errors`]).
+pub use sluice_cesql::EvalError;
 use sluice_cesql::{self as cesql, EventAttributes, Expression, Value};
 
 /// A Trigger filter that cannot be compiled. `path` names the offending field relative to the Trigger's spec
@@ -94,7 +96,24 @@ enum Node {
 
 impl Node {
     fn matches(&self, event: &dyn EventAttributes) -> bool {
+        self.matches_noting(event, &mut None)
+    }
+
+    /// [`Node::matches`], noting in `error` the first CESQL evaluation error met (an error means no match for
+    /// its expression; the filter's owner should be told why nothing matches).
+    fn matches_noting(&self, event: &dyn EventAttributes, error: &mut Option<cesql::EvalError>) -> bool {
         match self {
+            Node::All(nodes) => nodes.iter().all(|n| n.matches_noting(event, error)),
+            Node::Any(nodes) => nodes.iter().any(|n| n.matches_noting(event, error)),
+            Node::Not(node) => !node.matches_noting(event, error),
+            Node::Cesql(expression) => match expression.evaluate(event) {
+                (Value::Boolean(true), None) => true,
+                (_, None) => false,
+                (_, Some(failed)) => {
+                    error.get_or_insert(failed);
+                    false
+                }
+            },
             Node::Exact { attribute, value } => attribute_string(event, attribute).is_some_and(|v| v == *value),
             Node::Prefix { attribute, value } => {
                 attribute_string(event, attribute).is_some_and(|v| v.starts_with(value.as_str()))
@@ -103,10 +122,6 @@ impl Node {
                 attribute_string(event, attribute).is_some_and(|v| v.ends_with(value.as_str()))
             }
             Node::Present { attribute } => event.attribute(attribute).is_some(),
-            Node::All(nodes) => nodes.iter().all(|n| n.matches(event)),
-            Node::Any(nodes) => nodes.iter().any(|n| n.matches(event)),
-            Node::Not(node) => !node.matches(event),
-            Node::Cesql(expression) => expression.matches(event),
         }
     }
 
@@ -150,6 +165,14 @@ impl CompiledFilter {
     /// Whether the event is selected by the Trigger.
     pub fn matches(&self, event: &dyn EventAttributes) -> bool {
         self.root.matches(event)
+    }
+
+    /// [`CompiledFilter::matches`], with the first CESQL evaluation error met on the way (a missing attribute,
+    /// a cast that fails): the event did not match, and the filter's owner may want to know why.
+    pub fn matches_noting_errors(&self, event: &dyn EventAttributes) -> (bool, Option<cesql::EvalError>) {
+        let mut error = None;
+        let matched = self.root.matches_noting(event, &mut error);
+        (matched, error)
     }
 
     /// The `(attribute, value)` pair a [`FilterIndex`] files this filter under: one exact value every matching

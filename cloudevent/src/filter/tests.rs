@@ -546,3 +546,20 @@ proptest::proptest! {
         }
     }
 }
+
+/// An evaluation error means no match, and is reported with the outcome (the dispatcher counts it per consumer:
+/// a Trigger whose expression fails on every event matches nothing, and its owner is told why).
+#[test]
+fn an_evaluation_error_is_no_match_and_is_reported() {
+    let failing = filters(json!([{"cesql": "INT(subject) > 10"}]));
+    let (matched, error) = failing.matches_noting_errors(&push_event());
+    assert!(!matched);
+    assert!(matches!(error, Some(EvalError::Cast(_))), "{error:?}");
+    let missing = filters(json!([{"not": {"cesql": "nosuch = 'x'"}}]));
+    let (matched, error) = missing.matches_noting_errors(&push_event());
+    assert!(matched, "NOT of a failed expression: the expression is false, its negation true");
+    assert!(matches!(error, Some(EvalError::MissingAttribute(_))), "{error:?}");
+    let fine = filters(json!([{"cesql": "seq > 10"}]));
+    assert!(fine.matches_noting_errors(&push_event()).0);
+    assert!(fine.matches_noting_errors(&push_event()).1.is_none());
+}

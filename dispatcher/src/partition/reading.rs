@@ -323,7 +323,13 @@ impl Reading {
                     stopped_at = Some(target);
                     break;
                 }
-                if !consumer.spec.filter.matches(&EventView(&event)) {
+                let (matched, error) = consumer.spec.filter.matches_noting_errors(&EventView(&event));
+                if let Some(error) = error {
+                    // An evaluation error is no match (the Subscriptions API), and says why nothing matches: a
+                    // Trigger's `INT(seq) > 10` over events whose `seq` is not a number (Knative logs these).
+                    note_filter_error(&consumer.spec, offset, &error);
+                }
+                if !matched {
                     continue;
                 }
                 consumer.window.skip_to(offset);
@@ -662,3 +668,19 @@ impl BatchFill {
 
 #[cfg(test)]
 mod tests;
+
+/// Counts a filter's CESQL evaluation error for its consumer, and says it at debug level.
+fn note_filter_error(spec: &ConsumerSpec, offset: u64, error: &sluice_cloudevent::filter::EvalError) {
+    let kind = match error {
+        sluice_cloudevent::filter::EvalError::Math(_) => "math",
+        sluice_cloudevent::filter::EvalError::Cast(_) => "cast",
+        sluice_cloudevent::filter::EvalError::MissingFunction(_) => "missing_function",
+        sluice_cloudevent::filter::EvalError::FunctionEvaluation(_) => "function_evaluation",
+        sluice_cloudevent::filter::EvalError::MissingAttribute(_) => "missing_attribute",
+        sluice_cloudevent::filter::EvalError::Generic(_) => "generic",
+    };
+    metrics::counter!("sluice_filter_evaluation_errors_total", "consumer" => spec.name.clone(),
+        "namespace" => spec.namespace.clone(), "kind" => kind)
+    .increment(1);
+    tracing::debug!(consumer = %spec.cursor, offset, %error, "the filter's CESQL expression failed on an event: no match");
+}
