@@ -259,6 +259,27 @@ pub async fn start_as_single_node(node: &mut NodeProc, partitions: u32) -> Resul
     Ok(())
 }
 
+/// Initialises `node` (started, with `--admin-tokens`) as a one-member cluster of `partitions`, calling as the
+/// operator whose bearer token is `token`, once its admin port answers.
+pub async fn init_with_token(node: &NodeProc, token: &str, partitions: u32) -> Result<()> {
+    let admin = node.admin.clone();
+    let token: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+    let mut cluster = wait_until(Duration::from_secs(30), || async {
+        let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))?.connect().await else {
+            return Ok(None);
+        };
+        let token = token.clone();
+        Ok(Some(ClusterClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", token.clone());
+            Ok(r)
+        })))
+    })
+    .await?;
+    let members = vec![Member { node_id: node.id, peer_addr: node.peer.clone() }];
+    cluster.init(InitRequest { members, partitions }).await?;
+    Ok(())
+}
+
 /// Polls `check` until it yields a value (state observed through the API,
 /// not a fixed sleep), failing after `timeout`.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, mut check: F) -> Result<T>

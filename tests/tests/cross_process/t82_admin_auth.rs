@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sluice_proto::admin::cluster_client::ClusterClient;
+use sluice_proto::admin::WatchResourcesRequest;
 use sluice_proto::admin::resources_client::ResourcesClient;
-use sluice_proto::admin::{InitRequest, Member, WatchResourcesRequest};
-use sluice_tests::{NodeProc, run_sluice, wait_until};
+use sluice_tests::{NodeProc, run_sluice};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
@@ -74,20 +73,7 @@ async fn every_rpc_asks_who_you_are() -> Result<()> {
     node.start()?;
     let admin = node.admin.clone();
     // The operator initialises the cluster (nothing else can).
-    let mut cluster = wait_until(TIMEOUT, || async {
-        let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))?.connect().await else {
-            return Ok(None);
-        };
-        let token: MetadataValue<_> = format!("Bearer {OPERATE_TOKEN}").parse()?;
-        Ok(Some(ClusterClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert("authorization", token.clone());
-            Ok(r)
-        })))
-    })
-    .await?;
-    cluster
-        .init(InitRequest { members: vec![Member { node_id: 1, peer_addr: node.peer.clone() }], partitions: 1 })
-        .await?;
+    sluice_tests::init_with_token(&node, OPERATE_TOKEN, 1).await?;
 
     for (method, changes_state) in METHODS {
         assert_eq!(call(&admin, method, None).await?, Code::Unauthenticated, "{method} without credentials");

@@ -49,39 +49,79 @@ async fn in_sluice(admin: &str, kind: &str, name: &str) -> anyhow::Result<Option
     }
 }
 
+/// A test's `sluice kube-controller` process, against the in-test API server and the node at `admin`, its output
+/// in a file; killed when dropped.
+struct ControllerProc {
+    child: std::process::Child,
+    log_path: std::path::PathBuf,
+    metrics_addr: String,
+}
+
+impl ControllerProc {
+    fn start(
+        root: &std::path::Path,
+        kube: &FakeKube,
+        admin: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ControllerProc> {
+        let kubeconfig = kube.write_kubeconfig(root)?;
+        let metrics_addr = free_addr();
+        let log_path = root.join("controller.log");
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(sluice_bin())
+            .args(["kube-controller", "--admin", admin, "--ingress-host", "sluice-ingress.test.svc"])
+            .args(["--metrics", &metrics_addr, "--identity", "controller-a", "--lease-namespace", "sluice-system"])
+            .args(extra_args)
+            .envs(env.iter().copied())
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        Ok(ControllerProc { child, log_path, metrics_addr })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the controller has reconciled an object of `kind` at least once (its metric).
+    async fn wait_reconciled(&self, kind: &str) -> anyhow::Result<()> {
+        let metrics_url = format!("http://{}/metrics", self.metrics_addr);
+        let line = format!("sluice_kube_reconciles_total{{kind=\"{kind}\"}} ");
+        wait_until(Duration::from_secs(60), || async {
+            let Ok(response) = reqwest::get(&metrics_url).await else { return Ok(None) };
+            let text = response.text().await?;
+            let reconciled = text
+                .lines()
+                .filter_map(|l| l.strip_prefix(line.as_str()))
+                .any(|count| count.trim().parse::<f64>().is_ok_and(|count| count >= 1.0));
+            Ok(reconciled.then_some(()))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("no {kind} was reconciled: {e}\n{}", self.log()))
+    }
+}
+
+impl Drop for ControllerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_controller_serves_sluice_brokers_and_their_triggers_end_to_end() -> anyhow::Result<()> {
     let (root, node) = start_single_node(2, &[]).await?;
     let kube = FakeKube::start().await?;
-    let kubeconfig = kube.write_kubeconfig(root.path())?;
-    let metrics_addr = free_addr();
-    let log_path = root.path().join("controller.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut controller = Command::new(sluice_bin())
-        .args(["kube-controller", "--admin", &node.admin, "--ingress-host", "sluice-ingress.test.svc"])
-        .args(["--metrics", &metrics_addr, "--identity", "controller-a", "--lease-namespace", "sluice-system"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info,kube=warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    let controller_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let controller = ControllerProc::start(root.path(), &kube, &node.admin, &[], &[])?;
+    let controller_log = || controller.log();
 
     // An MT-class Broker first, reconciled (left alone) before a Sluice one is created.
     kube.create(BROKERS, broker("mt", "MTChannelBasedBroker"))?;
-    let metrics_url = format!("http://{metrics_addr}/metrics");
-    wait_until(Duration::from_secs(60), || async {
-        let Ok(response) = reqwest::get(&metrics_url).await else { return Ok(None) };
-        let text = response.text().await?;
-        let reconciled = text
-            .lines()
-            .filter_map(|line| line.strip_prefix("sluice_kube_reconciles_total{kind=\"Broker\"} "))
-            .any(|count| count.trim().parse::<f64>().is_ok_and(|count| count >= 1.0));
-        Ok(reconciled.then_some(()))
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("the MT-class Broker was never reconciled: {e}\n{}", controller_log()))?;
+    controller.wait_reconciled("Broker").await?;
     kube.create(BROKERS, broker("b", "Sluice"))?;
     let served = wait_until(Duration::from_secs(60), || async { Ok(kube.get(BROKERS, "default", "b").filter(ready)) })
         .await
@@ -171,8 +211,7 @@ async fn the_controller_serves_sluice_brokers_and_their_triggers_end_to_end() ->
     assert!(in_sluice(&node.admin, "Trigger", "u").await?.is_none());
     assert!(in_sluice(&node.admin, "Broker", "c").await?.is_none());
 
-    let _ = controller.kill();
-    let _ = controller.wait();
+    drop(controller);
     Ok(())
 }
 
@@ -181,51 +220,20 @@ async fn the_controller_serves_sluice_brokers_and_their_triggers_end_to_end() ->
 /// and retried for ever. It now sends the global `--token`/`SLUICE_TOKEN` as every command does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn regression_the_controller_sends_its_token_to_nodes_that_ask_for_one() -> anyhow::Result<()> {
-    use sluice_proto::admin::cluster_client::ClusterClient;
-    use sluice_proto::admin::{InitRequest, Member};
     const OPERATE_TOKEN: &str = "controller-token-0123456789";
     let root = tempfile::tempdir()?;
     let tokens = root.path().join("tokens.csv");
     std::fs::write(&tokens, format!("# token,name,role\n{OPERATE_TOKEN},controller,operate\n"))?;
     let mut node = sluice_tests::NodeProc::new(1, root.path(), &["--admin-tokens", &tokens.to_string_lossy()]);
     node.start()?;
-    let admin = node.admin.clone();
-    let token: tonic::metadata::MetadataValue<_> = format!("Bearer {OPERATE_TOKEN}").parse()?;
-    let mut cluster = wait_until(Duration::from_secs(30), || async {
-        let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))?.connect().await else {
-            return Ok(None);
-        };
-        let token = token.clone();
-        Ok(Some(ClusterClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert("authorization", token.clone());
-            Ok(r)
-        })))
-    })
-    .await?;
-    cluster
-        .init(InitRequest { members: vec![Member { node_id: 1, peer_addr: node.peer.clone() }], partitions: 1 })
-        .await?;
+    sluice_tests::init_with_token(&node, OPERATE_TOKEN, 1).await?;
 
     let kube = FakeKube::start().await?;
-    let kubeconfig = kube.write_kubeconfig(root.path())?;
-    let log_path = root.path().join("controller.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut controller = Command::new(sluice_bin())
-        .args(["kube-controller", "--admin", &node.admin, "--ingress-host", "sluice-ingress.test.svc"])
-        .args(["--metrics", &free_addr(), "--identity", "controller-a", "--lease-namespace", "sluice-system"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("SLUICE_TOKEN", OPERATE_TOKEN)
-        .env("RUST_LOG", "info,kube=warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
+    let controller = ControllerProc::start(root.path(), &kube, &node.admin, &[], &[("SLUICE_TOKEN", OPERATE_TOKEN)])?;
     kube.create(BROKERS, broker("b", "Sluice"))?;
     let served = wait_until(Duration::from_secs(60), || async { Ok(kube.get(BROKERS, "default", "b").filter(ready)) })
         .await
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", std::fs::read_to_string(&log_path).unwrap_or_default()));
-    let _ = controller.kill();
-    let _ = controller.wait();
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", controller.log()));
     assert_eq!(served?["status"]["address"]["url"], "http://sluice-ingress.test.svc/default/b");
     Ok(())
 }
@@ -237,20 +245,7 @@ async fn regression_the_controller_sends_its_token_to_nodes_that_ask_for_one() -
 async fn regression_a_policy_applied_before_its_broker_reaches_sluice_beside_knative_eventing() -> anyhow::Result<()> {
     let (root, node) = start_single_node(1, &[]).await?;
     let kube = FakeKube::start().await?;
-    let kubeconfig = kube.write_kubeconfig(root.path())?;
-    let log_path = root.path().join("controller.log");
-    let log = std::fs::File::create(&log_path)?;
-    let metrics_addr = free_addr();
-    let mut controller = Command::new(sluice_bin())
-        .args(["kube-controller", "--admin", &node.admin, "--ingress-host", "sluice-ingress.test.svc"])
-        .args(["--metrics", &metrics_addr, "--identity", "controller-a", "--lease-namespace", "sluice-system"])
-        .arg("--beside-knative-eventing")
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info,kube=warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
+    let controller = ControllerProc::start(root.path(), &kube, &node.admin, &["--beside-knative-eventing"], &[])?;
     kube.create(
         POLICIES,
         json!({"apiVersion": "eventing.knative.dev/v1alpha1", "kind": "EventPolicy",
@@ -259,24 +254,12 @@ async fn regression_a_policy_applied_before_its_broker_reaches_sluice_beside_kna
                         "from": [{"sub": "system:serviceaccount:default:orders"}]}}),
     )?;
     // The policy is reconciled (no such Broker: not Sluice's) before the Broker exists.
-    let metrics_url = format!("http://{metrics_addr}/metrics");
-    wait_until(Duration::from_secs(60), || async {
-        let Ok(response) = reqwest::get(&metrics_url).await else { return Ok(None) };
-        let text = response.text().await?;
-        let reconciled = text
-            .lines()
-            .filter_map(|line| line.strip_prefix("sluice_kube_reconciles_total{kind=\"EventPolicy\"} "))
-            .any(|count| count.trim().parse::<f64>().is_ok_and(|count| count >= 1.0));
-        Ok(reconciled.then_some(()))
-    })
-    .await?;
+    controller.wait_reconciled("EventPolicy").await?;
     assert!(in_sluice(&node.admin, "EventPolicy", "p").await?.is_none(), "not Sluice's while no Broker is");
     kube.create(BROKERS, broker("later", "Sluice"))?;
     let pushed = wait_until(Duration::from_secs(60), || async { in_sluice(&node.admin, "EventPolicy", "p").await })
         .await
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", std::fs::read_to_string(&log_path).unwrap_or_default()));
-    let _ = controller.kill();
-    let _ = controller.wait();
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", controller.log()));
     assert_eq!(pushed?["spec"]["from"][0]["sub"], "system:serviceaccount:default:orders");
     Ok(())
 }
