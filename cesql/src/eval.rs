@@ -429,7 +429,6 @@ fn substring(s: &str, pos: i32, len: Option<i32>) -> (Value, Option<EvalError>) 
     (Value::String(chars[start..end].iter().collect()), None)
 }
 
-/// Wildcard matching with single-star backtracking: linear in practice, no recursion.
 /// The most steps one LIKE takes before it gives up with an error (false, as any evaluation error): the
 /// matcher backtracks to its last `%`, so a long value against a long pattern costs their lengths' product
 /// (64 KiB of `CONCAT_WS` against a 4,000-item pattern, 2.6×10⁸ steps per event), and a Trigger's filter runs
@@ -437,7 +436,8 @@ fn substring(s: &str, pos: i32, len: Option<i32>) -> (Value, Option<EvalError>) 
 /// against a pattern of a few `%` needs (about the value's length per `%` backtracked over).
 pub(crate) const LIKE_MAX_STEPS: u64 = 1_000_000;
 
-/// Whether `text` matches `pattern`; `None` past `max_steps`.
+/// Whether `text` matches `pattern`; `None` past `max_steps`. Wildcard matching with single-star backtracking:
+/// linear in practice, no recursion.
 fn like(text: &[char], pattern: &[PatternItem], max_steps: u64) -> Option<bool> {
     let (mut t, mut p) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;

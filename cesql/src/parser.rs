@@ -427,8 +427,6 @@ fn is_function_name(word: &str) -> bool {
     chars.next().is_some_and(|c| c.is_ascii_alphabetic()) && chars.all(|c| c.is_ascii_alphabetic() || c == '_')
 }
 
-/// Compiles a `LIKE` pattern: `%` and `_` are wildcards; `\%`, `\_` and `\\` escape them; any other backslash is
-/// a literal character.
 /// Whether a token is an operator that makes a node of two operands (a unary minus counts too: it nests as
 /// deep).
 fn is_operator(token: &Token) -> bool {
@@ -449,6 +447,8 @@ fn is_operator(token: &Token) -> bool {
     }
 }
 
+/// Compiles a `LIKE` pattern: `%` and `_` are wildcards; `\%`, `\_` and `\\` escape them; any other backslash is
+/// a literal character.
 fn compile_pattern(pattern: &str) -> Vec<PatternItem> {
     let mut items = Vec::new();
     let mut chars = pattern.chars().peekable();

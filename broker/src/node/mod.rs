@@ -67,10 +67,10 @@ pub struct NodeSettings {
     pub leader_balance_interval: Option<Duration>,
     /// `--peer-route`: dial a peer advertised as the key at the value instead.
     pub peer_routes: BTreeMap<String, String>,
-    /// Knative Routes are served (and their URLs given) as `NAME.NAMESPACE.DOMAIN` on the HTTP port.
     /// The rollout duration of a Route without `serving.knative.dev/rollout-duration` (status shows the split the
     /// data plane serves).
     pub serving_rollout_default_ms: u64,
+    /// Knative Routes are served (and their URLs given) as `NAME.NAMESPACE.DOMAIN` on the HTTP port.
     pub serving_domain: String,
     /// What runs revisions (what a Revision needs to be runnable, for its status).
     pub serving_runtime: sluice_controller::serving::ServingRuntime,
@@ -394,7 +394,6 @@ impl Node {
     }
 }
 
-/// The membership every group is initialised with: the members given to `cluster init`.
 /// Whether `node` founds the partition groups it finds not initialised: a member given to `cluster init`, while
 /// it leads the metadata group, and only while the cluster has kept its initial members (none added, none ever
 /// removed). Any other node waits for a group's leader to replicate it. Regression: every initial member founded
@@ -409,6 +408,7 @@ pub(super) fn founds_partition_groups(applied: &AppliedConfig, node: NodeId, lea
         && applied.config.members == applied.config.initial_members
 }
 
+/// The membership every group is initialised with: the members given to `cluster init`.
 fn raft_members(config: &ClusterConfig) -> BTreeMap<NodeId, BasicNode> {
     config.initial_members.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect()
 }

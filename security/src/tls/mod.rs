@@ -136,13 +136,13 @@ fn certificates(
     Ok(certs)
 }
 
-/// Builds every config from the files' bytes: pure, so a reload can try it and keep the old configs if it
-/// fails.
 /// Whether `files` load as a node's TLS configuration would (read and built, then dropped).
 pub(crate) fn check_loads(files: &TlsFiles) -> Result<(), TlsError> {
     build(files, files.read()?).map(drop)
 }
 
+/// Builds every config from the files' bytes: pure, so a reload can try it and keep the old configs if it
+/// fails.
 fn build(files: &TlsFiles, pem: PemBytes) -> Result<Configs, TlsError> {
     let chain = certificates("--tls-cert", &files.cert, &pem.cert)?;
     let key = PrivateKeyDer::from_pem_slice(&pem.key).map_err(|e| match e {
