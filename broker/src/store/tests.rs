@@ -52,6 +52,17 @@ fn entry(index: u64, command: LogCommand) -> crate::command::Entry {
     openraft::Entry { log_id, payload: openraft::EntryPayload::Normal(command) }
 }
 
+/// `commands` as the entries after `index`, which moves past them.
+fn numbered(index: &mut u64, commands: Vec<LogCommand>) -> Vec<crate::command::Entry> {
+    commands
+        .into_iter()
+        .map(|command| {
+            *index += 1;
+            entry(*index, command)
+        })
+        .collect()
+}
+
 async fn apply(sm: &mut GroupStateMachine, entries: Vec<crate::command::Entry>) {
     let items = entries.into_iter().map(|e| Ok((e, None)));
     sm.apply(stream::iter(items)).await.expect("apply");
@@ -1082,14 +1093,7 @@ async fn a_conditional_apply_holds_only_over_the_token_it_names() {
     ];
     let mut index = 0;
     for (case, commands, expected) in steps {
-        let entries = commands
-            .into_iter()
-            .map(|command| {
-                index += 1;
-                entry(index, command)
-            })
-            .collect();
-        apply(&mut sm, entries).await;
+        apply(&mut sm, numbered(&mut index, commands)).await;
         assert_eq!(stored_token(&sm).as_deref(), Some(expected), "{case}");
     }
 }
@@ -1118,14 +1122,7 @@ async fn a_conditional_commit_holds_only_over_the_offsets_it_expects() {
     ];
     let mut index = 0;
     for (case, commands, expected) in steps {
-        let entries = commands
-            .into_iter()
-            .map(|command| {
-                index += 1;
-                entry(index, command)
-            })
-            .collect();
-        apply(&mut sm, entries).await;
+        apply(&mut sm, numbered(&mut index, commands)).await;
         assert_eq!(sm.view().committed_offset("t#replay").expect("read"), expected, "{case}");
     }
 }
