@@ -605,7 +605,10 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
 
 pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     let placement = if args.statefulset.statefulset {
-        Some(crate::statefulset::Placement::from_args(&args.statefulset, &args.peer_listen, &args.admin)?)
+        let mut placement =
+            crate::statefulset::Placement::from_args(&args.statefulset, &args.peer_listen, &args.admin)?;
+        crate::statefulset::prepare_data_dir(&mut placement, &args.data).await?;
+        Some(placement)
     } else {
         None
     };

@@ -8,15 +8,22 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use sluice_broker::{ClusterConfig, Node};
-use sluice_kubernetes::bootstrap::{Observed, PeerNaming, PodIdentity, Step, next_step};
+use sluice_kubernetes::bootstrap::{
+    ClusterAnswer, Observed, OpenStep, PeerNaming, PodIdentity, Step, before_open, next_step,
+};
 use sluice_kubernetes::revision::Install;
 use sluice_proto::admin::cluster_client::ClusterClient;
-use sluice_proto::admin::{AddNodeRequest, StatusRequest};
+use sluice_proto::admin::{AddNodeRequest, RemoveNodeRequest, StatusReply, StatusRequest};
 
 /// How often a node that is not a member yet looks again.
 const BOOTSTRAP_ROUND: Duration = Duration::from_secs(1);
 /// How long one remote call of a round may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How many ordinals past the founders a pod on an empty volume asks about its node (a scaled-up cluster's
+/// pods; a name that does not resolve fails at once).
+const ORDINALS_PAST_FOUNDERS: u32 = 8;
+/// How long removing this node (every group, one after another) may take.
+const REMOVE_SELF_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How a node finds its place in a StatefulSet (`deploy/statefulset.yaml`).
 #[derive(Args, Clone, Debug)]
@@ -60,6 +67,10 @@ pub(crate) struct Placement {
     admin_port: u16,
     initial_members: u32,
     initial_partitions: u32,
+    /// Pods whose nodes the cluster listed when this pod asked before opening its data dir: asked too.
+    known_ordinals: Vec<u32>,
+    /// Whether this pod's node was removed because its volume was lost (it is added again as new).
+    removed_for_lost_volume: bool,
 }
 
 impl Placement {
@@ -84,6 +95,8 @@ impl Placement {
             admin_port: port(admin, "--admin")?,
             initial_members: args.initial_members,
             initial_partitions: args.initial_partitions,
+            known_ordinals: Vec::new(),
+            removed_for_lost_volume: false,
         })
     }
 
@@ -96,6 +109,121 @@ impl Placement {
     fn admin_address(&self, ordinal: u32) -> String {
         format!("{}:{}", self.naming.host(ordinal), self.admin_port)
     }
+
+    /// The other pods a round asks: the founders, then the pods of members seen before opening.
+    fn others(&self) -> Vec<u32> {
+        let mut ordinals: Vec<u32> = (0..self.initial_members).chain(self.known_ordinals.iter().copied()).collect();
+        ordinals.sort_unstable();
+        ordinals.dedup();
+        ordinals.retain(|o| *o != self.me.ordinal);
+        ordinals
+    }
+}
+
+/// Before the node opens `data_dir`: when the dir is empty and the cluster lists this pod's node as a member
+/// that ran before, its volume was lost, and the node is removed from the cluster first (the bootstrap adds
+/// it again as a new node once it runs). Returns when the dir may be opened.
+pub(crate) async fn prepare_data_dir(placement: &mut Placement, data_dir: &std::path::Path) -> Result<()> {
+    let mut last_wait = String::new();
+    loop {
+        // `node-id` is the first thing a node writes in its data dir.
+        let empty = !data_dir.join("node-id").try_exists().context("reading the data dir")?;
+        let (answer, answered) = if empty { ask_cluster(placement).await } else { (ClusterAnswer::Nobody, vec![]) };
+        if let ClusterAnswer::Members { members, .. } = &answer {
+            placement.known_ordinals =
+                members.iter().filter_map(|id| sluice_kubernetes::bootstrap::ordinal_of(*id)).collect();
+        }
+        match before_open(&placement.me, empty, &answer) {
+            OpenStep::Open => return Ok(()),
+            OpenStep::Wait { reason } => {
+                if reason != last_wait {
+                    tracing::info!(%reason, "statefulset: waiting before opening the data dir");
+                    last_wait = reason;
+                }
+            }
+            OpenStep::RemoveSelf { id } => {
+                tracing::warn!(
+                    node = id,
+                    data = %data_dir.display(),
+                    "statefulset: this pod's volume is empty but its node ran before (its volume was lost); removing the node from the cluster, to add it again as a new one"
+                );
+                match remove_self(&answered, placement, id).await {
+                    Ok(()) => {
+                        placement.removed_for_lost_volume = true;
+                        tracing::info!(
+                            node = id,
+                            "statefulset: removed from the cluster; adding it again once it runs"
+                        );
+                    }
+                    Err(e) => tracing::warn!(error = %e, "statefulset: removing this node failed; trying again"),
+                }
+            }
+        }
+        tokio::time::sleep(BOOTSTRAP_ROUND).await;
+    }
+}
+
+/// What the other pods say of the cluster (every member list and publication they report, merged: a pod
+/// that lags may not list this node yet), and which of them answered.
+async fn ask_cluster(placement: &Placement) -> (ClusterAnswer, Vec<u32>) {
+    let founders_and_more = placement.initial_members.saturating_add(ORDINALS_PAST_FOUNDERS);
+    let asked: Vec<u32> = (0..founders_and_more.max(placement.me.ordinal))
+        .chain(placement.others())
+        .filter(|o| *o != placement.me.ordinal)
+        .collect::<std::collections::BTreeSet<u32>>()
+        .into_iter()
+        .collect();
+    let replies = futures::future::join_all(asked.iter().map(|o| remote_status(placement.admin_address(*o)))).await;
+    let mut answered = Vec::new();
+    let mut members = std::collections::BTreeSet::new();
+    let mut published = std::collections::BTreeSet::new();
+    let mut initialised = false;
+    for (ordinal, reply) in asked.iter().zip(replies) {
+        let Some(reply) = reply else { continue };
+        answered.push(*ordinal);
+        if reply.initialized {
+            initialised = true;
+            members.extend(reply.members.iter().map(|m| m.node_id));
+            published.extend(reply.members.iter().filter(|m| m.published).map(|m| m.node_id));
+        }
+    }
+    let answer = match (answered.is_empty(), initialised) {
+        (true, _) => ClusterAnswer::Nobody,
+        (false, false) => ClusterAnswer::NotInitialised,
+        (false, true) => ClusterAnswer::Members {
+            members: members.into_iter().collect(),
+            published: published.into_iter().collect(),
+        },
+    };
+    (answer, answered)
+}
+
+async fn remote_status(admin: String) -> Option<StatusReply> {
+    let call = async {
+        let mut client = ClusterClient::new(crate::admin_channel::connect(&admin).await.ok()?);
+        Some(client.status(StatusRequest {}).await.ok()?.into_inner())
+    };
+    tokio::time::timeout(CALL_TIMEOUT, call).await.ok().flatten()
+}
+
+async fn remove_self(answered: &[u32], placement: &Placement, id: u64) -> Result<()> {
+    let mut last_error = anyhow::anyhow!("no pod answered");
+    for ordinal in answered {
+        let admin = placement.admin_address(*ordinal);
+        let call = async {
+            let mut client = ClusterClient::new(crate::admin_channel::connect(&admin).await?);
+            client.remove_node(RemoveNodeRequest { node_id: id }).await?;
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(REMOVE_SELF_TIMEOUT, call).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => last_error = e.context(format!("remove-node through {admin}")),
+            Err(_) => {
+                last_error = anyhow::anyhow!("remove-node through {admin}: no answer within {REMOVE_SELF_TIMEOUT:?}")
+            }
+        }
+    }
+    Err(last_error)
 }
 
 /// Forms or joins the cluster, then returns. Runs beside the node until it is a member.
@@ -103,6 +231,9 @@ pub(crate) async fn bootstrap(node: Node, placement: Placement) {
     let mut last_wait = String::new();
     let joined = metrics::gauge!("sluice_statefulset_joined");
     joined.set(0.0);
+    if placement.removed_for_lost_volume {
+        metrics::counter!("sluice_statefulset_lost_volume_rejoins_total").increment(1);
+    }
     loop {
         let observed = observe(&node, &placement).await;
         let step = next_step(&placement.me, &placement.naming, placement.initial_members, &observed);
@@ -155,10 +286,7 @@ async fn observe(node: &Node, placement: &Placement) -> Observed {
         return Observed { members: Some(config.members.keys().copied().collect()), resolvable };
     }
     // Not initialised here: a founding member may know the cluster (this node is new to it).
-    for ordinal in 0..placement.initial_members {
-        if ordinal == placement.me.ordinal {
-            continue;
-        }
+    for ordinal in placement.others() {
         if let Some(members) = remote_members(&placement.admin_address(ordinal)).await {
             return Observed { members: Some(members), resolvable };
         }
@@ -177,7 +305,7 @@ async fn remote_members(admin: &str) -> Option<Vec<u64>> {
 
 async fn add_self(placement: &Placement, id: u64, peer: &str) -> Result<()> {
     let mut last_error = anyhow::anyhow!("no founding member answered");
-    for ordinal in 0..placement.initial_members {
+    for ordinal in placement.others() {
         let admin = placement.admin_address(ordinal);
         let call = async {
             let mut client = ClusterClient::new(crate::admin_channel::connect(&admin).await?);

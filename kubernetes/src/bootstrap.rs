@@ -10,6 +10,10 @@
 //!   already initialised with the same members answers as if it were new, so a restarted pod 0 is harmless.
 //! - Growing: a pod whose ordinal is at or past `initial_members` asks a member to add it (AddNode is
 //!   idempotent for a node that is already a member).
+//! - Coming back on an empty volume: a pod whose data dir is empty asks the cluster, before it opens the dir,
+//!   whether its node is a member that published itself (held the cluster's state once). If so its volume
+//!   was lost: a voter with no log could grant a vote it already gave, or complete a quorum and then forget
+//!   the entry, so it asks a member to remove it and is added again as a new node ([`before_open`]).
 //! - Shrinking: the StatefulSet deletes its highest ordinals first; a pod stopping with an ordinal at or past
 //!   the desired replicas removes itself from the cluster in its preStop ([`leave_on_stop`]), and the
 //!   controller removes any member left behind by a pod that died instead ([`members_to_remove`]).
@@ -122,6 +126,49 @@ pub fn next_step(me: &PodIdentity, naming: &PeerNaming, initial_members: u32, ob
                 Step::Wait { reason: format!("founding pods {missing:?} do not resolve yet") }
             }
         }
+    }
+}
+
+/// What the pods asked answered before this pod opened its data dir.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterAnswer {
+    /// No pod answered.
+    Nobody,
+    /// A pod answered and knows no initialised cluster.
+    NotInitialised,
+    /// A pod answered with the cluster's members, and those that published themselves.
+    Members { members: Vec<u64>, published: Vec<u64> },
+}
+
+/// What a pod does before it opens its data dir.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpenStep {
+    /// Open it (and go on with [`next_step`]).
+    Open,
+    /// This node lost its volume: ask a member to remove it, then ask again (it is added again as new).
+    RemoveSelf { id: u64 },
+    /// Ask again, for this reason.
+    Wait { reason: String },
+}
+
+/// The step of pod `me` before it opens its data dir. A dir with data is opened as it is. An empty one is
+/// opened when the cluster does not list this node as a member that published itself; when it does, the
+/// volume was lost and the node is removed first. When nobody answers, pod 0 opens (it may be founding the
+/// cluster, with every other pod waiting for it) and any other pod waits for an answer.
+pub fn before_open(me: &PodIdentity, data_dir_empty: bool, answer: &ClusterAnswer) -> OpenStep {
+    let id = me.node_id();
+    if !data_dir_empty {
+        return OpenStep::Open;
+    }
+    match answer {
+        ClusterAnswer::Members { members, published } if members.contains(&id) && published.contains(&id) => {
+            OpenStep::RemoveSelf { id }
+        }
+        ClusterAnswer::Members { .. } | ClusterAnswer::NotInitialised => OpenStep::Open,
+        ClusterAnswer::Nobody if me.ordinal == 0 => OpenStep::Open,
+        ClusterAnswer::Nobody => OpenStep::Wait {
+            reason: "this pod's volume is empty and no pod answers whether its node ran before".into(),
+        },
     }
 }
 
@@ -265,6 +312,35 @@ mod tests {
         assert!(matches!(next_step(&pod(3), &naming(), 3, &Observed::default()), Step::Wait { .. }));
         let grown = Observed { members: Some(vec![1, 2, 3, 4]), resolvable: vec![] };
         assert_eq!(next_step(&pod(3), &naming(), 3, &grown), Step::Joined);
+    }
+
+    #[test]
+    fn a_pod_on_an_empty_volume_whose_node_ran_before_is_removed_first() {
+        let members = |members: &[u64], published: &[u64]| ClusterAnswer::Members {
+            members: members.to_vec(),
+            published: published.to_vec(),
+        };
+        // (pod, data dir empty, answer, step)
+        let cases = [
+            // A volume with data is opened as it is, whatever the cluster says.
+            (1, false, members(&[1, 2, 3], &[1, 2, 3]), OpenStep::Open),
+            (1, false, ClusterAnswer::Nobody, OpenStep::Open),
+            // The volume was lost: listed and published.
+            (1, true, members(&[1, 2, 3], &[1, 2, 3]), OpenStep::RemoveSelf { id: 2 }),
+            (0, true, members(&[1, 2, 3, 4], &[1, 2, 3, 4]), OpenStep::RemoveSelf { id: 1 }),
+            // A founder starting for the first time: listed (pod 0 initialised the cluster), not published.
+            (1, true, members(&[1, 2, 3], &[1, 3]), OpenStep::Open),
+            // A new pod of a scale-up, or one already removed: not listed.
+            (3, true, members(&[1, 2, 3], &[1, 2, 3]), OpenStep::Open),
+            (1, true, members(&[1, 3], &[1, 2, 3]), OpenStep::Open),
+            (2, true, ClusterAnswer::NotInitialised, OpenStep::Open),
+            // Nobody answers: pod 0 founds (every other pod waits for it); the others wait.
+            (0, true, ClusterAnswer::Nobody, OpenStep::Open),
+        ];
+        for (ordinal, empty, answer, expected) in cases {
+            assert_eq!(before_open(&pod(ordinal), empty, &answer), expected, "pod {ordinal} empty {empty} {answer:?}");
+        }
+        assert!(matches!(before_open(&pod(2), true, &ClusterAnswer::Nobody), OpenStep::Wait { .. }));
     }
 
     #[test]

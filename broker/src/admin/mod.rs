@@ -154,6 +154,7 @@ impl Cluster for AdminService {
                     let age = heartbeat.get(&id).copied();
                     let initial = config.is_initial_member(id);
                     let own = id == self.node.id();
+                    let published = self.node.has_published(id);
                     async move {
                         let (reachable, checked_by) = if own {
                             (true, "self")
@@ -169,6 +170,7 @@ impl Cluster for AdminService {
                             checked_by: checked_by.to_string(),
                             heartbeat_age_ms: age,
                             initial,
+                            published,
                         }
                     }
                 });

@@ -69,6 +69,11 @@ impl Node {
         cluster_log_format(config.members.keys().copied(), &published)
     }
 
+    /// Whether `node` published its format: it held the cluster's config (and so its state) at least once.
+    pub(crate) fn has_published(&self, node: NodeId) -> bool {
+        self.resource(&node_info_key(node)).is_some()
+    }
+
     fn published_log_format(&self) -> Option<u64> {
         let object: Value = serde_json::from_str(&self.resource(&node_info_key(self.id()))?).ok()?;
         object.pointer("/spec/logFormat")?.as_u64()

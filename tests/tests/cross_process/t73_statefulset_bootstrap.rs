@@ -1,7 +1,9 @@
 //! Three nodes started as `deploy/statefulset.yaml` starts its pods (`sluice node --statefulset`, the pod's
 //! name in $POD_NAME, no `--id`, no `cluster init`) form the cluster by themselves; a fourth pod (a scale-up)
 //! joins it; pod 0's preStop (`sluice cluster pre-stop`) hands its leaderships away; pod 0, killed and
-//! restarted on its volume, is still a member and initialises nothing again.
+//! restarted on its volume, is still a member and initialises nothing again; pod 1, restarted on an empty
+//! volume (its PersistentVolumeClaim lost), is removed and added again as a new node rather than voting with
+//! no log.
 //! Each pod gets an address of its own (127.0.0.1N, as a pod has its IP) and the same ports, as on
 //! Kubernetes; the headless Service's DNS names are replaced by `--peer-host-template 127.0.0.1{ordinal}`.
 
@@ -179,5 +181,41 @@ async fn statefulset_pods_form_the_cluster_grow_it_and_restart_into_it() -> anyh
     assert!(!since_restart().contains("initialising the cluster"), "{}", since_restart());
     sluice_tests::wait_ready(&pods[0].http()).await?;
     assert_eq!(send_event(&client, &pods[0].http(), "/default/b", "e-2", "statefulset.test", &[], "{}").await?, 202);
+
+    // Pod 1 (node 2) comes back on an empty volume. Regression: it found itself in the member list and took its
+    // place as a voter with no log (it could vote twice in a term, or complete a quorum and forget the entry).
+    // Now it is removed first and added again as a new node, which a leader catches up before it votes.
+    wait_until(Duration::from_secs(30), || async {
+        let status = status(&admin0).await?;
+        Ok(status.members.iter().find(|m| m.node_id == 2).filter(|m| m.published).map(|_| ()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("node 2 never published itself: {e}"))?;
+    pods[1].kill9();
+    std::fs::remove_dir_all(&pods[1].data)?;
+    let before_wipe = pods[1].log_text().len();
+    pods[1].start()?;
+    let since_wipe = || pods[1].log_text().get(before_wipe..).unwrap_or_default().to_string();
+    let admin1 = pods[1].admin();
+    wait_until(Duration::from_secs(120), || async {
+        Ok(since_wipe().contains("statefulset: added to the cluster").then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("pod 1 was not added again: {e}\n{}", since_wipe()))?;
+    assert!(since_wipe().contains("its volume was lost"), "{}", since_wipe());
+    assert!(since_wipe().contains("removed from the cluster"), "{}", since_wipe());
+    wait_until(Duration::from_secs(60), || async { Ok(members(&admin1).await.filter(|m| *m == grown)) })
+        .await
+        .map_err(|e| anyhow::anyhow!("pod 1 does not see itself a member again: {e}\n{}", since_wipe()))?;
+    // Every group has node 2 as a voter again, caught up from the others' logs.
+    wait_until(Duration::from_secs(60), || async {
+        let status = status(&admin1).await?;
+        let voter_everywhere = status.groups.len() == 3 && status.groups.iter().all(|g| g.voters.contains(&2));
+        Ok(voter_everywhere.then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("node 2 is not a voter of every group again: {e}\n{}", since_wipe()))?;
+    sluice_tests::wait_ready(&pods[1].http()).await?;
+    assert_eq!(send_event(&client, &pods[1].http(), "/default/b", "e-3", "statefulset.test", &[], "{}").await?, 202);
     Ok(())
 }
