@@ -38,6 +38,9 @@ pub struct DeliveryLimit {
 pub(crate) struct DestinationLimits {
     capacity: Arc<dyn SubscriberCapacity>,
     in_flight: Mutex<HashMap<String, usize>>,
+    /// Retries past their backoff waiting for a slot, per host as they name it: backlog the partitions'
+    /// reports do not count (their windows hold such an event as in flight).
+    retries_waiting: Mutex<HashMap<String, u64>>,
     /// Someone was turned away since the last wake-up.
     turned_away: AtomicBool,
     wake: watch::Sender<u64>,
@@ -82,6 +85,34 @@ impl Drop for DeliverySlot {
     }
 }
 
+/// The reporter under which the retries waiting for a slot towards `host` are reported.
+pub(crate) fn retries_waiting_reporter(host: &str) -> String {
+    format!("retries-waiting-for-a-slot@{host}")
+}
+
+/// How often the retries waiting for a slot are reported again while they wait (serving forgets a report after
+/// `sluice_serving`'s five seconds).
+const RETRIES_WAITING_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One retry counted as waiting for a slot, until dropped.
+struct RetryWaiting {
+    limits: Arc<DestinationLimits>,
+    host: String,
+}
+
+impl RetryWaiting {
+    fn count(limits: &Arc<DestinationLimits>, host: &str) -> RetryWaiting {
+        limits.count_retries_waiting(host, 1);
+        RetryWaiting { limits: limits.clone(), host: host.to_string() }
+    }
+}
+
+impl Drop for RetryWaiting {
+    fn drop(&mut self) {
+        self.limits.count_retries_waiting(&self.host, -1);
+    }
+}
+
 /// The host of a subscriber URI (`http://hello.default.localhost:8080/x` → `hello.default.localhost:8080`).
 pub(crate) fn host_of(uri: &str) -> &str {
     let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
@@ -94,6 +125,7 @@ impl DestinationLimits {
         let limits = Arc::new(DestinationLimits {
             capacity,
             in_flight: Mutex::new(HashMap::new()),
+            retries_waiting: Mutex::new(HashMap::new()),
             turned_away: AtomicBool::new(false),
             wake: watch::channel(0).0,
         });
@@ -132,15 +164,28 @@ impl DestinationLimits {
         Some(Some(DeliverySlot { limits: self.clone(), host: host.to_string(), counted_as }))
     }
 
-    /// A slot towards `host` once it has room (`None` at once when it has no limit any more).
+    /// A slot towards `host` once it has room (`None` at once when it has no limit any more). While it waits
+    /// it counts as backlog of `host` ([`retries_waiting_reporter`]). Regression: a retry whose backoff outlived
+    /// the subscriber's scale to zero (no request, no backlog reported: the window holds it as in flight)
+    /// waited for a slot that nothing would ever make, neither retried nor dead-lettered.
     pub(crate) async fn wait_for_slot(self: &Arc<Self>, host: &str) -> Option<DeliverySlot> {
         // Subscribed before trying, so a slot given back in between wakes this wait.
         let mut wake = self.wake();
+        let mut counted: Option<RetryWaiting> = None;
         loop {
             if let Some(slot) = self.try_start(host) {
                 return slot;
             }
-            if wake.changed().await.is_err() {
+            match &counted {
+                None => counted = Some(RetryWaiting::count(self, host)),
+                // Reports expire (serving forgets a reporter silent for a few seconds): said again while waiting.
+                Some(_) => self.count_retries_waiting(host, 0),
+            }
+            let changed = tokio::select! {
+                changed = wake.changed() => changed,
+                _ = tokio::time::sleep(RETRIES_WAITING_REPORT_EVERY) => continue,
+            };
+            if changed.is_err() {
                 // The limits are gone with the dispatcher: nothing to hold a place in.
                 return None;
             }
@@ -149,6 +194,19 @@ impl DestinationLimits {
 
     pub(crate) fn report_backlog(&self, reporter: &str, host: &str, events: u64, ordered_keys: Option<u64>) {
         self.capacity.report_backlog(reporter, host, events, ordered_keys);
+    }
+
+    /// Adds `change` to the retries waiting for a slot towards `host`, and reports their number.
+    fn count_retries_waiting(&self, host: &str, change: i64) {
+        let Ok(mut waiting) = self.retries_waiting.lock() else { return };
+        let count = waiting.entry(host.to_string()).or_insert(0);
+        *count = count.saturating_add_signed(change);
+        let events = *count;
+        if events == 0 {
+            waiting.remove(host);
+        }
+        // Reported under the lock, so that reports of one host cannot overtake each other.
+        self.capacity.report_backlog(&retries_waiting_reporter(host), host, events, None);
     }
 
     /// Moves when capacity grew or a slot was freed after someone was turned away.
@@ -239,6 +297,33 @@ mod tests {
         assert!(matches!(limits.try_start("latest-hello.default.localhost"), Some(Some(_))), "room again");
     }
 
+    /// Regression: a retry waiting for a slot towards a subscriber scaled to zero (its limit 0) reported no
+    /// backlog, so nothing scaled the subscriber up and the retry waited for ever. It is backlog now: the
+    /// report scales the subscriber from zero, its capacity grows, and the retry has its slot.
+    #[tokio::test]
+    async fn a_retry_waiting_for_a_subscriber_at_zero_is_backlog_that_scales_it_up() {
+        let fixed = fixed(&[("ksvc:80", 0)]);
+        let limits = DestinationLimits::new(fixed.clone());
+        let mut retry = Box::pin(limits.wait_for_slot("ksvc:80"));
+        assert!(futures::poll!(&mut retry).is_pending(), "no room at zero");
+        assert_eq!(
+            fixed.reports.lock().expect("lock").as_slice(),
+            [(retries_waiting_reporter("ksvc:80"), "ksvc:80".into(), 1)],
+            "the waiting retry is reported as the host's backlog"
+        );
+        // Serving scales the revision up on that report: its capacity grows.
+        fixed.limits.lock().expect("lock").insert("ksvc:80".into(), (1, "ksvc:80".into()));
+        fixed.grown.send_modify(|n| *n += 1);
+        let slot = tokio::time::timeout(std::time::Duration::from_secs(10), retry).await.expect("woken");
+        assert!(slot.is_some(), "the retry has its slot");
+        let last = fixed.reports.lock().expect("lock").last().cloned();
+        assert_eq!(
+            last,
+            Some((retries_waiting_reporter("ksvc:80"), "ksvc:80".into(), 0)),
+            "and is no backlog any more"
+        );
+    }
+
     /// Regression: a delivery kept its slot through a retry's backoff, so a subscriber of one slot whose one
     /// failing event waited out (up to an hour with `Retry-After`) delivered nothing else meanwhile.
     #[tokio::test]
@@ -277,6 +362,16 @@ mod tests {
         let slot = retry.await.expect("the retry");
         assert!(slot.is_some(), "the retry holds the slot again");
         assert!(limits.try_start("ksvc:80").is_none(), "and only it");
+        // While it waited it was backlog of the host; no more once it has its slot.
+        let reports = fixed.reports.lock().expect("lock").clone();
+        let waiting: Vec<u64> = reports
+            .iter()
+            .filter(|(reporter, ..)| *reporter == retries_waiting_reporter("ksvc:80"))
+            .map(|r| r.2)
+            .collect();
+        // (said again every second while it waits)
+        assert_eq!((waiting.first(), waiting.last()), (Some(&1), Some(&0)), "{waiting:?}");
+        assert!(waiting.iter().all(|n| *n <= 1), "{waiting:?}");
         // An unlimited host: the pause alone.
         let mut none: Option<DeliverySlot> = None;
         DeliverySlot::give_back_until(&mut none, async {}).await;
