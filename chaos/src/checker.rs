@@ -13,6 +13,13 @@
 //!   beyond the first per event) are reported as a rate (at-least-once).
 //! - **committed offsets never go back**: per (node, incarnation, Trigger, partition) as observed in order,
 //!   and the final committed offsets are at least every offset observed during the run.
+//! - **refused but stored**: an event whose every attempt was definitely refused (a 4xx), found in the log.
+//!   Must be 0.
+//! - **out of order**: two events one producer had acknowledged one after the other, in the same partition at
+//!   offsets the other way round (the second was sent only after the first was acknowledged). Must be 0.
+//! - **phantom deliveries**: a delivery of an event in no node's final read (dispatched before it was
+//!   committed, or from a log that lost it). **misrouted deliveries**: a delivery to a Trigger whose filter the
+//!   event does not match. Both must be 0.
 //! - **unavailability after a leader kill**: from the kill to the first acknowledgement of a publish invoked
 //!   after it that landed in the killed leader's partition.
 
@@ -111,6 +118,16 @@ pub struct Report {
     pub unavailability: Vec<Unavailability>,
     /// Nodes that did not recover after healing (not ready, or unreadable): the cluster did not heal.
     pub unrecovered: Vec<String>,
+    /// Node processes that exited without a fault stopping them (a panic, an error at start).
+    pub crashed: Vec<String>,
+    /// Events whose every attempt was definitely refused (4xx), found in the log.
+    pub refused_stored: Vec<Key>,
+    /// A producer's acknowledged events stored the other way round in one partition.
+    pub out_of_order: Vec<String>,
+    /// Deliveries of events in no final read, by Trigger.
+    pub phantom_deliveries: Vec<String>,
+    /// Deliveries to a Trigger whose filter the event does not match.
+    pub misrouted_deliveries: Vec<String>,
     /// Problems with the history itself (no final read, no start line).
     pub incomplete_history: Vec<String>,
 }
@@ -157,6 +174,17 @@ impl Report {
         }
         out.extend(self.offset_regressions.iter().map(|r| format!("committed offset went back: {r}")));
         out.extend(self.unrecovered.iter().map(|u| format!("not recovered after healing: {u}")));
+        out.extend(self.crashed.iter().map(|c| format!("crashed: {c}")));
+        if !self.refused_stored.is_empty() {
+            out.push(format!(
+                "{} events refused (4xx) at every attempt yet stored (e.g. {})",
+                self.refused_stored.len(),
+                sample(&self.refused_stored)
+            ));
+        }
+        out.extend(self.out_of_order.iter().map(|o| format!("out of order: {o}")));
+        out.extend(self.phantom_deliveries.iter().map(|d| format!("phantom delivery: {d}")));
+        out.extend(self.misrouted_deliveries.iter().map(|d| format!("misrouted delivery: {d}")));
         out.extend(self.incomplete_history.iter().map(|h| format!("history: {h}")));
         out
     }
@@ -190,6 +218,13 @@ impl fmt::Display for Report {
             ),
             ("DISPATCH INCOMPLETE", self.dispatch_incomplete().to_string()),
             ("NOT RECOVERED nodes", self.unrecovered.len().to_string()),
+            ("CRASHED node processes", self.crashed.len().to_string()),
+            ("REFUSED yet stored", self.refused_stored.len().to_string()),
+            ("OUT OF ORDER (per producer)", self.out_of_order.len().to_string()),
+            (
+                "PHANTOM / MISROUTED deliveries",
+                format!("{} / {}", self.phantom_deliveries.len(), self.misrouted_deliveries.len()),
+            ),
             (
                 "COMMITTED OFFSET regressions",
                 format!("{} (of {} observations)", self.offset_regressions.len(), self.offset_observations),
@@ -272,6 +307,12 @@ pub fn check(history: &[Entry]) -> Report {
     let mut invoked: BTreeSet<Key> = BTreeSet::new();
     let mut acked: BTreeSet<Key> = BTreeSet::new();
     let mut refused: BTreeSet<Key> = BTreeSet::new();
+    // Events with an attempt whose outcome is unknown (it may have been written).
+    let mut uncertain: BTreeSet<Key> = BTreeSet::new();
+    // Each producer's acknowledged events, in the order of their acknowledgements.
+    let mut acked_by_process: BTreeMap<usize, Vec<Key>> = BTreeMap::new();
+    // Trigger → every event a delivery of it carried (whatever the answer).
+    let mut delivered_any: BTreeMap<String, BTreeSet<Key>> = BTreeMap::new();
     // (stream, partition) → node → events
     let mut reads: BTreeMap<(String, u32), BTreeMap<u64, Vec<LoggedEvent>>> = BTreeMap::new();
     let mut last_invoke: HashMap<usize, u64> = HashMap::new();
@@ -307,13 +348,20 @@ pub fn check(history: &[Entry]) -> Report {
             Op::Ok { process, source, id, .. } => {
                 let k = (source.clone(), id.clone());
                 acked.insert(k.clone());
+                acked_by_process.entry(*process).or_default().push(k.clone());
                 acks.push((last_invoke.get(process).copied().unwrap_or(entry.t), entry.t, k));
             }
             Op::Fail { source, id, .. } => {
                 refused.insert((source.clone(), id.clone()));
             }
-            Op::Info { .. } | Op::Phase { .. } | Op::NodeStart { .. } | Op::Note { .. } | Op::FaultEnd { .. } => {}
+            Op::Info { source, id, .. } => {
+                uncertain.insert((source.clone(), id.clone()));
+            }
+            Op::Phase { .. } | Op::NodeStart { .. } | Op::Note { .. } | Op::FaultEnd { .. } => {}
             Op::Unrecovered { node, reason } => report.unrecovered.push(format!("node {node}: {reason}")),
+            Op::Crashed { node, incarnation, exit } => {
+                report.crashed.push(format!("node {node} (start {incarnation}) exited by itself: {exit}"))
+            }
             Op::FaultStart { fault } => {
                 let name = fault.kind().name().to_string();
                 *report.faults.entry(name).or_default() += 1;
@@ -322,6 +370,7 @@ pub fn check(history: &[Entry]) -> Report {
                 }
             }
             Op::Deliver { trigger, source, id, status, .. } => {
+                delivered_any.entry(trigger.clone()).or_default().insert((source.clone(), id.clone()));
                 let counts = attempts.entry(trigger.clone()).or_default();
                 counts.0 += 1;
                 if is_2xx(*status) {
@@ -438,6 +487,57 @@ pub fn check(history: &[Entry]) -> Report {
         *counts.entry(key(e)).or_default() += 1;
     }
     report.log_duplicates = counts.into_iter().filter(|(_, n)| *n > 1).map(|(k, _)| k).collect();
+    report.refused_stored = refused
+        .iter()
+        .filter(|k| !acked.contains(*k) && !uncertain.contains(*k) && anywhere.contains(*k))
+        .cloned()
+        .collect();
+
+    // Per producer: an event acknowledged before the next was sent is stored before it in their partition.
+    let mut first_copy: HashMap<&Key, (u32, &LoggedEvent)> = HashMap::new();
+    for (partition, e) in &stored {
+        let k = (e.source.clone(), e.id.clone());
+        if let Some(key) = acked.get(&k) {
+            first_copy.entry(key).or_insert((*partition, e));
+        }
+    }
+    for (process, keys) in &acked_by_process {
+        let mut last_in_partition: BTreeMap<u32, &LoggedEvent> = BTreeMap::new();
+        for k in keys {
+            let Some((partition, e)) = first_copy.get(k) else { continue };
+            if let Some(before) = last_in_partition.get(partition)
+                && before.offset > e.offset
+            {
+                report.out_of_order.push(format!(
+                    "producer {process}, partition {partition}: {}/{} (acknowledged first) at offset {}, {}/{} at offset {}",
+                    before.source, before.id, before.offset, e.source, e.id, e.offset
+                ));
+            }
+            last_in_partition.insert(*partition, e);
+        }
+    }
+
+    // Deliveries: only of stored events, and only to Triggers they match.
+    let type_of: HashMap<Key, &str> = stored.iter().map(|(_, e)| (key(e), e.event_type.as_str())).collect();
+    for trigger in &triggers {
+        for k in delivered_any.get(&trigger.name).into_iter().flatten() {
+            match type_of.get(k) {
+                None if !anywhere.contains(k) => {
+                    report.phantom_deliveries.push(format!("trigger {}: {}/{}", trigger.name, k.0, k.1))
+                }
+                Some(event_type) if trigger.type_filter.as_deref().is_some_and(|t| t != *event_type) => {
+                    report.misrouted_deliveries.push(format!(
+                        "trigger {} (type {:?}): {}/{} of type {event_type}",
+                        trigger.name,
+                        trigger.type_filter.as_deref().unwrap_or_default(),
+                        k.0,
+                        k.1
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
 
     // Dispatch.
     for trigger in &triggers {

@@ -59,6 +59,21 @@ impl NodeProc {
         self.child.is_some()
     }
 
+    /// When the process exited by itself (no fault took it: a kill or a stop takes the child first), takes
+    /// it and answers how it exited. Regression: a node that panicked between faults was found dead only by
+    /// a later fault aimed at it, which killed or restarted it as if it had run, and the run passed.
+    pub(crate) fn take_if_exited(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        let exit = match child.try_wait() {
+            Ok(Some(status)) => status.to_string(),
+            Ok(None) => return None,
+            Err(e) => format!("its status could not be read: {e}"),
+        };
+        self.child = None;
+        self.paused = false;
+        Some(exit)
+    }
+
     /// SIGTERM, then waits for the exit; kill -9 after `timeout`. Answers whether it exited by itself.
     async fn stop_gracefully(&mut self, timeout: Duration) -> bool {
         if self.signal("-TERM").is_err() {
@@ -174,6 +189,16 @@ impl Cluster<'_> {
         Ok(())
     }
 
+    /// Records every node process that exited by itself since the last look ([`NodeProc::take_if_exited`]).
+    pub(crate) fn note_crashes(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(exit) = node.take_if_exited() {
+                let incarnation = node.incarnation.load(Ordering::SeqCst);
+                self.history.record(Op::Crashed { node: node.id, incarnation, exit });
+            }
+        }
+    }
+
     pub(crate) fn ids(&self) -> Vec<u64> {
         self.nodes.iter().map(|n| n.id).collect()
     }
@@ -253,6 +278,7 @@ impl Cluster<'_> {
 
     /// Resumes paused nodes, removes every partition and restarts dead nodes.
     pub(crate) fn heal(&mut self) -> Result<(), ChaosError> {
+        self.note_crashes();
         self.partitions.clear();
         self.net.set_blocked(&BTreeMap::new())?;
         for id in self.ids() {
@@ -297,6 +323,7 @@ impl Cluster<'_> {
         n: u64,
         busy: &BTreeSet<u64>,
     ) -> Result<Option<Fault>, ChaosError> {
+        self.note_crashes();
         let nodes = self.nodes.len() as u64;
         let target = match planned {
             Planned::Kill(t)
@@ -454,6 +481,7 @@ impl Cluster<'_> {
 
     /// Ends a fault.
     pub(crate) async fn revert(&mut self, fault: &Fault) -> Result<(), ChaosError> {
+        self.note_crashes();
         match fault {
             Fault::Membership { node, n, .. } => {
                 self.start(*node)?;
@@ -480,5 +508,44 @@ impl Cluster<'_> {
         }
         self.history.record(Op::FaultEnd { fault: fault.clone() });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_running(program: &str, args: &[&str]) -> NodeProc {
+        let child = std::process::Command::new(program).args(args).stdin(Stdio::null()).spawn().expect("spawn");
+        NodeProc {
+            id: 1,
+            addrs: NodeAddrs { ip: String::new(), peer: String::new(), http: String::new(), admin: String::new() },
+            data: PathBuf::new(),
+            disk: None,
+            log: PathBuf::new(),
+            child: Some(child),
+            paused: false,
+            incarnation: Arc::new(AtomicU32::new(1)),
+        }
+    }
+
+    #[test]
+    fn a_process_that_exited_by_itself_is_found_and_one_running_is_left_alone() {
+        let mut running = node_running("sleep", &["30"]);
+        assert_eq!(running.take_if_exited(), None);
+        assert!(running.running());
+        let mut crashed = node_running("sh", &["-c", "exit 101"]);
+        // Wait for the exit itself: a zombie until `take_if_exited` reaps it.
+        let pid = crashed.pid().expect("pid");
+        let zombie = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| stat.rsplit(") ").next().is_some_and(|state| state.starts_with('Z')))
+        };
+        while !zombie() {
+            std::thread::yield_now();
+        }
+        assert_eq!(crashed.take_if_exited().as_deref(), Some("exit status: 101"));
+        assert!(!crashed.running());
+        assert_eq!(crashed.take_if_exited(), None, "found once");
     }
 }

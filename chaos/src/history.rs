@@ -112,6 +112,13 @@ pub enum Op {
         partition: u32,
         events: Vec<LoggedEvent>,
     },
+    /// A node process that exited without a fault stopping it (a panic, an error at start): found before each
+    /// fault, at each revert and heal, and at the end of the run.
+    Crashed {
+        node: u64,
+        incarnation: u32,
+        exit: String,
+    },
     /// A node that was not ready (or could not be read) after healing: no final read of it.
     Unrecovered {
         node: u64,

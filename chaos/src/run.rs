@@ -498,6 +498,7 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
             history.record(read);
         }
     }
+    cluster.note_crashes();
     drop(subscribers);
     Ok(())
 }

@@ -27,7 +27,8 @@ struct Args {
     /// Length of the quiet phase before the faults.
     #[arg(long, default_value = "5s", value_parser = sluice_chaos::parse_duration)]
     quiet: std::time::Duration,
-    /// Faults: a comma-separated list of kill, pause, partition, membership; or none, all (all four).
+    /// Faults: a list (comma- or plus-separated) of kill, pause, partition, membership, restart, power,
+    /// power-all, and all (the first five); or none.
     #[arg(long, default_value = "kill,pause,partition", value_parser = parse_faults)]
     faults: FaultList,
     /// Seed of the fault schedule, the producers' node choices and the subscriber's failures (default: time).

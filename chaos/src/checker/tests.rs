@@ -288,6 +288,16 @@ fn a_node_that_did_not_recover_is_reported() {
 }
 
 #[test]
+fn a_node_process_that_exited_by_itself_is_reported() {
+    let mut h = H::clean();
+    h.push(Op::Crashed { node: 2, incarnation: 3, exit: "exit status: 101".into() });
+    let report = h.check();
+    assert_eq!(report.crashed, vec!["node 2 (start 3) exited by itself: exit status: 101".to_string()]);
+    assert!(report.violations().iter().any(|v| v.starts_with("crashed: node 2")));
+    assert!(H::clean().check().violations().is_empty());
+}
+
+#[test]
 fn a_history_without_final_reads_cannot_pass() {
     let mut h = H::new();
     h.publish(0, "1", "ok");
@@ -330,4 +340,46 @@ fn regression_a_delivered_event_still_being_retried_after_a_failover_is_not_drai
     // An event the filter does not match is not the Trigger's.
     let all = TriggerSpec { type_filter: None, ..spec.clone() };
     assert_eq!(undrained(&events, &all, |_: &Key| false, &dead, committed), 1, "4392 is t-all's");
+}
+
+#[test]
+fn an_event_refused_at_every_attempt_yet_stored_is_reported() {
+    let mut h = H::new();
+    // "1": refused once and never tried otherwise, yet stored. "2": an earlier attempt timed out (it may have
+    // been written), then refused: stored is allowed.
+    h.publish(0, "1", "fail").publish(1, "2", "info").publish(1, "2", "fail");
+    h.read(1, STREAM, vec![ev(0, "p0", "1", "a"), ev(1, "p1", "2", "a")]);
+    h.deliver("all", "p0", "1", 200).deliver("all", "p1", "2", 200);
+    let report = h.check();
+    assert_eq!(report.refused_stored, vec![("p0".to_string(), "1".to_string())]);
+    assert!(report.violations().iter().any(|v| v.contains("refused (4xx) at every attempt yet stored")));
+}
+
+#[test]
+fn a_producers_acknowledged_events_stored_the_other_way_round_are_out_of_order() {
+    let mut h = H::new();
+    h.publish(0, "1", "ok").publish(0, "2", "ok").publish(1, "1", "ok");
+    // p0/2 was sent after p0/1 was acknowledged, yet stored before it; p1's event may go anywhere.
+    let events = vec![ev(0, "p1", "1", "a"), ev(1, "p0", "2", "a"), ev(2, "p0", "1", "a")];
+    h.read(1, STREAM, events);
+    for (source, id) in [("p0", "1"), ("p0", "2"), ("p1", "1")] {
+        h.deliver("all", source, id, 200);
+    }
+    let report = h.check();
+    assert_eq!(report.out_of_order.len(), 1, "{:?}", report.out_of_order);
+    assert!(report.out_of_order[0].contains("p0/1 (acknowledged first) at offset 2, p0/2 at offset 1"));
+    // In order (and the clean history's two events): nothing.
+    assert!(H::clean().check().out_of_order.is_empty());
+}
+
+#[test]
+fn a_delivery_of_an_event_never_stored_or_of_another_type_is_reported() {
+    let mut h = H::clean();
+    h.deliver("all", "p0", "9", 200).deliver("b", "p0", "1", 500);
+    let report = h.check();
+    assert_eq!(report.phantom_deliveries, vec!["trigger all: p0/9".to_string()]);
+    assert_eq!(report.misrouted_deliveries, vec!["trigger b (type \"b\"): p0/1 of type a".to_string()]);
+    let violations = report.violations();
+    assert!(violations.iter().any(|v| v.starts_with("phantom delivery")), "{violations:?}");
+    assert!(violations.iter().any(|v| v.starts_with("misrouted delivery")), "{violations:?}");
 }
