@@ -23,7 +23,10 @@ impl TokenBucket {
     fn refill(&mut self, now_ms: u64) {
         let elapsed_ms = now_ms.saturating_sub(self.last_ms);
         self.tokens = (self.tokens + elapsed_ms as f64 * self.per_second / 1000.0).min(self.burst);
-        self.last_ms = self.last_ms.max(now_ms);
+        // A clock stepped back mints nothing and counts on from where it is now. Regression: the bucket kept the
+        // later instant, and minted nothing until the clock had caught up with it again (a wall clock stepped
+        // back ten minutes stopped every rate-limited consumer for ten minutes).
+        self.last_ms = now_ms;
     }
 
     /// Takes one token if there is one.
@@ -97,7 +100,10 @@ mod tests {
         // A long idle period refills only up to the burst.
         assert!(bucket.try_take(1_000_000));
         assert!(!bucket.try_take(1_000_000));
-        // A clock that goes back does not mint tokens.
+        // A clock that goes back does not mint tokens, and counts on from there.
         assert!(!bucket.try_take(10));
+        assert_eq!(bucket.next_token_ms(10), 2_010);
+        assert!(bucket.try_take(2_010));
+        assert!(!bucket.try_take(2_010));
     }
 }

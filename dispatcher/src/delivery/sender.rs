@@ -514,6 +514,14 @@ fn port_text(authority: &str) -> Option<&str> {
 /// The POST of one attempt: binary or structured, with `Prefer: reply` and the event's `traceparent`.
 fn build_request(uri: &http::Uri, format: Format, event: &CloudEvent, token: Option<&str>) -> http::Request<Bytes> {
     use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+    // An event whose data is itself in a CloudEvents format (`datacontenttype: application/cloudevents+json`, a
+    // batch) goes in structured mode: in binary mode that type becomes the `Content-Type`, which makes any
+    // receiver read the body as the event (HTTP binding §3). Regression: a subscriber got the inner event, or
+    // refused the delivery, and the outer one was lost.
+    let format = match format {
+        Format::Binary if data_is_an_event_format(event) => Format::Structured,
+        format => format,
+    };
     let mut headers = http::HeaderMap::with_capacity(event.attributes.len() + 4);
     headers.insert(HeaderName::from_static("prefer"), HeaderValue::from_static("reply"));
     if let Ok(traceparent) = HeaderValue::try_from(traceparent(event)) {
@@ -703,6 +711,16 @@ fn died_before_response(error: &SendError) -> bool {
         source = current.source();
     }
     false
+}
+
+/// Whether an event's `datacontenttype` is one of the CloudEvents formats' media types.
+fn data_is_an_event_format(event: &CloudEvent) -> bool {
+    event.get_str("datacontenttype").is_some_and(|content_type| {
+        let essence = cloudevent::media_essence(content_type).0;
+        essence == "application/cloudevents"
+            || essence.starts_with("application/cloudevents+")
+            || essence.starts_with("application/cloudevents-batch")
+    })
 }
 
 /// Whether a response is a CloudEvent in structured mode, by its `Content-Type`.

@@ -225,6 +225,9 @@ impl PartitionDispatcher {
         }
         self.deliveries.clear();
         self.commit(true).await;
+        for consumer in self.reading.consumers.values() {
+            clear_gauges(&consumer.spec, partition);
+        }
         tracing::info!(stream = %self.stream, partition, "dispatch stopped");
     }
 
@@ -350,6 +353,7 @@ impl PartitionDispatcher {
     fn stop_consumer(&mut self, consumer: Consumer) -> Vec<OffsetCommit> {
         let cursor = &consumer.spec.cursor;
         self.abort_running(cursor);
+        clear_gauges(&consumer.spec, self.partition());
         let watermark = consumer.window.watermark();
         let mut commits = consumer.stopped_stat_commits();
         if consumer.committed.is_none_or(|c| watermark > c) {
@@ -359,16 +363,30 @@ impl PartitionDispatcher {
     }
 
     /// Deletes the cursors of this stream whose Trigger or Subscription no longer exists, while the deliveries
-    /// go on.
+    /// go on. Only once this node's copy of the metadata is confirmed current (a read index of the metadata
+    /// group), and against that copy. Regression: a node back from an outage could lead a partition before its
+    /// metadata had caught up, and deleted the cursor of a Trigger made meanwhile, which then started again
+    /// from its creation time (every retained event since delivered again).
     async fn collect_garbage(&mut self, live_uids: &HashSet<String>) {
         let prefix = cursor_prefix(&self.stream);
         let Ok(committed) = self.ctx.node.committed_offsets(self.partition()) else { return };
-        let dead: Vec<String> = committed
-            .into_iter()
-            .map(|(cursor, _)| cursor)
-            .filter(|cursor| cursor.starts_with(&prefix))
-            .filter(|cursor| !live_uids.contains(stats::owner_uid(cursor)))
-            .collect();
+        let unknown_owner = |cursor: &String, live: &HashSet<String>| {
+            cursor.starts_with(&prefix) && !live.contains(stats::owner_uid(cursor))
+        };
+        let dead: Vec<String> =
+            committed.into_iter().map(|(cursor, _)| cursor).filter(|cursor| unknown_owner(cursor, live_uids)).collect();
+        if dead.is_empty() {
+            return;
+        }
+        let node = self.ctx.node.clone();
+        let (caught_up, ended) = self.while_delivering(node.catch_up_metadata()).await;
+        ended.into_iter().for_each(|ended| self.settle_ended(ended));
+        if let Err(e) = caught_up {
+            tracing::debug!(stream = %self.stream, error = %e, "offsets of deleted consumers kept: the metadata is not confirmed current");
+            return;
+        }
+        let live_now = crate::supervisor::live_consumer_uids(&node);
+        let dead: Vec<String> = dead.into_iter().filter(|cursor| unknown_owner(cursor, &live_now)).collect();
         if !dead.is_empty() {
             tracing::info!(stream = %self.stream, partition = self.partition(), cursors = ?dead, "deleting the offsets of deleted consumers");
             let node = self.ctx.node.clone();
@@ -611,13 +629,7 @@ impl PartitionDispatcher {
         let now = now_ms();
         let partition = self.partition().to_string();
         for consumer in self.reading.consumers.values() {
-            let spec = &consumer.spec;
-            let labels = [
-                ("consumer", spec.name.clone()),
-                ("namespace", spec.namespace.clone()),
-                ("kind", spec.kind.as_str().to_string()),
-                ("partition", partition.clone()),
-            ];
+            let labels = gauge_labels(&consumer.spec, &partition);
             let committed = consumer.committed.unwrap_or(0);
             metrics::gauge!("sluice_dispatch_backlog", &labels).set(end.saturating_sub(committed) as f64);
             metrics::gauge!("sluice_dispatch_inflight", &labels).set(consumer.window.in_flight() as f64);
@@ -628,6 +640,30 @@ impl PartitionDispatcher {
                 .unwrap_or(0.0);
             metrics::gauge!("sluice_dispatch_oldest_undelivered_age_seconds", &labels).set(oldest);
         }
+    }
+}
+
+fn gauge_labels(spec: &ConsumerSpec, partition: &str) -> [(&'static str, String); 4] {
+    [
+        ("consumer", spec.name.clone()),
+        ("namespace", spec.namespace.clone()),
+        ("kind", spec.kind.as_str().to_string()),
+        ("partition", partition.to_string()),
+    ]
+}
+
+/// Zeroes a consumer's gauges on this node when it stops dispatching it (the consumer was deleted or changed,
+/// or the partition's leadership went elsewhere). Regression: they kept their last values, so sums over the
+/// nodes counted a moved partition twice and an alert on the oldest undelivered age kept firing.
+fn clear_gauges(spec: &ConsumerSpec, partition: u32) {
+    let labels = gauge_labels(spec, &partition.to_string());
+    for gauge in [
+        "sluice_dispatch_backlog",
+        "sluice_dispatch_inflight",
+        "sluice_dispatch_pending",
+        "sluice_dispatch_oldest_undelivered_age_seconds",
+    ] {
+        metrics::gauge!(gauge, &labels).set(0.0);
     }
 }
 

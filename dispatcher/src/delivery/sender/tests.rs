@@ -458,6 +458,32 @@ fn a_content_type_with_bytes_past_ascii_is_sent_as_they_are() {
     assert_eq!(content_type.as_bytes(), "text/plain; name=\"résumé.txt\"".as_bytes());
 }
 
+/// Regression: an event whose `datacontenttype` is `application/cloudevents+json` went in binary mode with that
+/// `Content-Type`, so the receiver read its data as the event: the outer event was swapped for the inner one.
+#[test]
+fn an_event_whose_data_is_an_event_goes_in_structured_mode() {
+    let outer = cloudevent::from_structured(
+        br#"{"specversion":"1.0","id":"outer","source":"/s","type":"wrap","datacontenttype":"application/cloudevents+json","data":{"specversion":"1.0","id":"inner","source":"/i","type":"t"}}"#,
+    )
+    .expect("a valid event");
+    let uri: http::Uri = "http://s.example/".parse().expect("uri");
+    for content_type in ["application/cloudevents+json", "application/cloudevents-batch+json; charset=utf-8"] {
+        let mut event = outer.clone();
+        event.attributes.insert("datacontenttype".into(), cloudevent::AttrValue::String(content_type.into()));
+        let request = build_request(&uri, Format::Binary, &event, None);
+        let sent = request.headers().get(http::header::CONTENT_TYPE).and_then(|c| c.to_str().ok());
+        assert_eq!(sent.map(|c| cloudevent::media_essence(c).0), Some("application/cloudevents+json".into()));
+        assert!(!request.headers().contains_key("ce-id"), "structured: no ce- headers");
+        let received = cloudevent::from_structured(request.body()).expect("the event");
+        assert_eq!(received, event, "the outer event, whole");
+    }
+    // Any other data type stays binary.
+    let plain = cloudevent::from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{}}"#)
+        .expect("a valid event");
+    let request = build_request(&uri, Format::Binary, &plain, None);
+    assert_eq!(request.headers().get("ce-id").and_then(|v| v.to_str().ok()), Some("1"));
+}
+
 /// The batch is written into one buffer, event after event: the same text as each event's JSON format joined.
 #[test]
 fn a_batch_body_is_each_events_json_in_one_array() {
