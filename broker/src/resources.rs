@@ -11,8 +11,9 @@ pub(crate) const ANNOTATION_TTL: &str = "sluice.dev/ttl";
 pub(crate) const ANNOTATION_DEDUPE_WINDOW: &str = "sluice.dev/dedupe-window";
 /// Dedupe is on unless a broker says `sluice.dev/dedupe-window: "off"` (or `0s`).
 pub(crate) const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
-/// Longest dedupe window (bounds the memory a window holds).
-pub(crate) const MAX_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Longest dedupe window (bounds the memory a window holds); validation refuses longer ones, an object stored
+/// before it did is cut to it.
+pub(crate) const MAX_DEDUPE_WINDOW: Duration = sluice_controller::validate::MAX_DEDUPE_WINDOW;
 
 /// The stream of a Broker or Channel (one per partition).
 pub fn stream_name(kind: &str, namespace: &str, name: &str) -> String {
@@ -50,7 +51,8 @@ impl IngressSettings {
         };
         let mut settings = Self::default();
         if let Some(ttl) = annotation(ANNOTATION_TTL).and_then(|t| t.trim().parse::<i64>().ok()).filter(|t| *t > 0) {
-            settings.ttl = ttl;
+            // An object stored before validation bounded it: kept a CloudEvents Integer.
+            settings.ttl = ttl.min(i64::from(i32::MAX));
         }
         if annotation(ANNOTATION_DEDUPE_WINDOW).is_some_and(|w| w.trim() == "off") {
             settings.dedupe_window = None;

@@ -562,12 +562,14 @@ fn parse_peer_route(route: &str) -> std::result::Result<(String, String), String
 pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &IngressArgs) -> Result<NodeSettings> {
     let limits = ingress.limits()?;
     // An append entry must hold the largest batch, and events grow when stored: the attributes the broker adds
-    // (`knativearrivaltime`, `knativebrokerttl`) and each record's framing, about 55 bytes; counted as
-    // `STORED_GROWTH_PER_EVENT_BYTES` per event of the largest batch, so that a raised `--max-batch-events` does
-    // not turn a batch within every documented limit into "append too large" (a review found it did above about
-    // 1,200 events in a 4 MiB batch). A binary event may be stored with its attributes on top of its body (up to
-    // the header limit).
-    const STORED_GROWTH_PER_EVENT_BYTES: usize = 256;
+    // (`knativearrivaltime`, `knativebrokerttl`) and each record's framing, about 55 bytes, and the request's
+    // trace context adopted by each event without its own (`traceparent`, about 70 bytes stored, and a
+    // `tracestate` of up to 512); counted as `STORED_GROWTH_PER_EVENT_BYTES` per event of the largest batch, so
+    // that a raised `--max-batch-events`, or a batch sent with trace headers, does not turn a batch within every
+    // documented limit into "append too large" (reviews found both: above about 1,200 events in a 4 MiB batch,
+    // and 1,000 events of 4 KB with a 512-byte `tracestate`, when 256 bytes were counted). A binary event may be
+    // stored with its attributes on top of its body (up to the header limit).
+    const STORED_GROWTH_PER_EVENT_BYTES: usize = 1024;
     let largest_request = limits.max_batch_bytes.max(limits.max_event_bytes + limits.max_header_bytes);
     let growth = ingress.max_batch_events.max(1).saturating_mul(STORED_GROWTH_PER_EVENT_BYTES);
     let max_bytes_per_entry = largest_request.saturating_add(growth).saturating_add(64 << 10).max(1 << 20);
@@ -776,7 +778,8 @@ mod tests {
         for events in ["1000", "5000", "50000"] {
             let flags = Flags::parse_from(["sluice", "--max-batch-events", events, "--max-batch-bytes", "4194304"]);
             let settings = super::settings(1, "/tmp/x".into(), &flags.tuning, &flags.ingress).expect("settings");
-            let stored_growth_bytes = flags.ingress.max_batch_events * 55;
+            // Knative's attributes and framing (55), an adopted `traceparent` (70) and 512-byte `tracestate` (525).
+            let stored_growth_bytes = flags.ingress.max_batch_events * (55 + 70 + 525);
             assert!(
                 settings.append_limits.max_bytes_per_entry >= 4_194_304 + stored_growth_bytes,
                 "{events} events: {} bytes per entry",

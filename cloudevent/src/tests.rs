@@ -72,11 +72,24 @@ fn binary_mode_refuses_bad_values() {
 /// such a `time` was stored, and every delivery to a Go SDK subscriber (which refuses it) failed.
 #[test]
 fn a_time_outside_rfc_3339s_grammar_is_refused() {
-    for time in ["2018-04-05 17:31:00Z", "2018-04-05T17:31:00\u{2212}01:00", "2018-04-05", "17:31:00Z"] {
+    // And a second of 60 (a leap second at any minute to chrono, refused by Go's `time.Parse`).
+    for time in [
+        "2018-04-05 17:31:00Z",
+        "2018-04-05T17:31:00\u{2212}01:00",
+        "2018-04-05",
+        "17:31:00Z",
+        "2018-04-05T17:31:60Z",
+        "2016-12-31T23:59:60.5Z",
+    ] {
         let err = binary(&[("ce-time", time)]).expect_err(time);
         assert_eq!(err.attribute.as_deref(), Some("time"), "{time}: {err}");
     }
-    for time in ["2018-04-05T17:31:00Z", "2018-04-05t17:31:00.123456789z", "2018-04-05T17:31:00-01:00"] {
+    for time in [
+        "2018-04-05T17:31:00Z",
+        "2018-04-05t17:31:00.123456789z",
+        "2018-04-05T17:31:00-01:00",
+        "2018-04-05T17:31:59.999Z",
+    ] {
         assert!(binary(&[("ce-time", time)]).is_ok(), "{time}");
     }
 }

@@ -24,9 +24,19 @@ pub fn is_traceparent(value: &str) -> bool {
     shaped && &value[..2] != "ff" && !all_zeros(&value[3..35]) && !all_zeros(&value[36..52])
 }
 
-/// A `tracestate` header value kept as it came: visible ASCII, spaces and tabs, at most [`MAX_TRACESTATE_BYTES`].
-fn is_tracestate(value: &[u8]) -> bool {
-    value.len() <= MAX_TRACESTATE_BYTES && value.iter().all(|b| matches!(b, b'\t' | b' '..=b'~'))
+/// A `tracestate` as an attribute: its list members without the optional whitespace (spaces, tabs) around them
+/// and without empty ones, joined by commas; `None` when the header is not visible ASCII with spaces and tabs,
+/// is longer than [`MAX_TRACESTATE_BYTES`], or has a tab inside a member. Regression: a tab W3C allows around a
+/// comma was kept, and the event's own validation (no control characters) made every downstream Sluice refuse it.
+fn tracestate_attribute(value: &[u8]) -> Option<String> {
+    if value.len() > MAX_TRACESTATE_BYTES || !value.iter().all(|b| matches!(b, b'\t' | b' '..=b'~')) {
+        return None;
+    }
+    let text = std::str::from_utf8(value).ok()?;
+    let members: Vec<&str> =
+        text.split(',').map(|member| member.trim_matches([' ', '\t'])).filter(|member| !member.is_empty()).collect();
+    let joined = members.join(",");
+    (!joined.is_empty() && !joined.contains('\t')).then_some(joined)
 }
 
 /// Gives `event` the request's trace context (its `traceparent` and `tracestate` headers) as its `traceparent` and
@@ -42,8 +52,7 @@ pub fn adopt_trace_context(event: &mut CloudEvent, traceparent: &[u8], tracestat
         return false;
     };
     event.attributes.insert("traceparent".into(), AttrValue::String(traceparent.to_string()));
-    if let Some(tracestate) = tracestate.filter(|t| !t.is_empty() && is_tracestate(t)) {
-        let tracestate = String::from_utf8_lossy(tracestate).trim().to_string();
+    if let Some(tracestate) = tracestate.and_then(tracestate_attribute) {
         event.attributes.insert("tracestate".into(), AttrValue::String(tracestate));
     }
     true
@@ -110,10 +119,15 @@ mod tests {
         assert_eq!(untraced, event());
 
         let too_long = vec![b'a'; MAX_TRACESTATE_BYTES + 1];
-        for bad_state in [&too_long[..], b"a=\x01", b"\xff"] {
+        for bad_state in [&too_long[..], b"a=\x01", b"\xff", b"a=1\t2", b" , \t"] {
             let mut parent_only = event();
             assert!(adopt_trace_context(&mut parent_only, PARENT.as_bytes(), Some(bad_state)));
             assert_eq!((parent_only.get_str("traceparent"), parent_only.get("tracestate")), (Some(PARENT), None));
         }
+        // Whitespace around the members (W3C's OWS, tabs included) and empty members go; the members stay.
+        let mut spaced = event();
+        assert!(adopt_trace_context(&mut spaced, PARENT.as_bytes(), Some(b" a=1 ,\tb=2\t,, c=3")));
+        assert_eq!(spaced.get_str("tracestate"), Some("a=1,b=2,c=3"));
+        assert!(spaced.validate().is_ok(), "no control character left");
     }
 }

@@ -90,10 +90,18 @@ pub(crate) fn validate_attribute(version: &str, name: &str, value: &AttrValue) -
             // chrono also takes a space for the `T` and a Unicode minus in the offset, which RFC 3339's grammar
             // does not (nor the Go SDK subscribers of Knative use: such an event would fail every delivery).
             let rfc3339_shape = s.is_ascii() && matches!(s.as_bytes().get(10), Some(b'T' | b't'));
-            if !rfc3339_shape || chrono::DateTime::parse_from_rfc3339(s).is_err() {
+            let parsed = chrono::DateTime::parse_from_rfc3339(s);
+            if !rfc3339_shape || parsed.is_err() {
                 return Err(EventError::bad("attribute is not an RFC 3339 timestamp")
                     .attribute(name)
                     .rule("RFC 3339, e.g. 2018-04-05T17:31:00Z"));
+            }
+            // chrono takes a second of 60 at any minute as a leap second; Go's `time.Parse` refuses every one, so
+            // such an event would fail every delivery to a Go SDK subscriber (Knative's own).
+            if parsed.is_ok_and(|time| chrono::Timelike::nanosecond(&time) >= 1_000_000_000) {
+                return Err(EventError::bad("attribute is not an RFC 3339 timestamp")
+                    .attribute(name)
+                    .rule("seconds 00 to 59 (a leap second's 60 is refused, as Go's SDK refuses it)"));
             }
         }
         "datacontentencoding" if version == "0.3" => {

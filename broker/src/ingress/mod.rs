@@ -378,13 +378,16 @@ fn attribute_limits(limits: &IngressLimits) -> AttributeLimits {
 fn adopt_trace_context(
     events: &mut [cloudevent::CloudEvent],
     traceparent: &HeaderValue,
-    tracestate: Option<&HeaderValue>,
+    tracestate_lines: header::GetAll<'_, HeaderValue>,
     limits: &AttributeLimits,
     default_ttl: i64,
 ) {
-    let tracestate = tracestate.map(HeaderValue::as_bytes);
+    // W3C: a `tracestate` split over several header lines is one list, the lines joined by commas. Regression:
+    // only the first line was kept.
+    let lines: Vec<&[u8]> = tracestate_lines.iter().map(HeaderValue::as_bytes).collect();
+    let tracestate = (!lines.is_empty()).then(|| lines.join(&b","[..]));
     for event in events {
-        if cloudevent::adopt_trace_context(event, traceparent.as_bytes(), tracestate)
+        if cloudevent::adopt_trace_context(event, traceparent.as_bytes(), tracestate.as_deref())
             && limits.check(event, default_ttl).is_err()
         {
             cloudevent::forget_trace_context(event);
@@ -629,7 +632,7 @@ async fn accept(
     };
     let mut events = events;
     if let Some(traceparent) = headers.get("traceparent") {
-        adopt_trace_context(&mut events, traceparent, headers.get("tracestate"), &attribute_limits, settings.ttl);
+        adopt_trace_context(&mut events, traceparent, headers.get_all("tracestate"), &attribute_limits, settings.ttl);
     }
     let batch = matches!(mode, Mode::Batch);
     check_attributes(&events, &attribute_limits, settings.ttl, batch).map_err(|e| {

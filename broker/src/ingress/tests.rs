@@ -229,11 +229,14 @@ fn knative_attributes_are_set_and_checked() {
 fn a_requests_trace_context_is_adopted_when_it_fits() {
     let limits = attribute_limits(&IngressLimits::default());
     let parent = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-    let state = HeaderValue::from_static("rojo=00f067aa0ba902b7");
+    // Regression: only the first `tracestate` line was kept; W3C joins them with commas.
+    let mut headers = HeaderMap::new();
+    headers.append("tracestate", HeaderValue::from_static("rojo=00f067aa0ba902b7"));
+    headers.append("tracestate", HeaderValue::from_static("congo=t61rcWkgMzE"));
     let mut events = vec![event_with(2, 1), event_with(88, 1)];
-    adopt_trace_context(&mut events, &parent, Some(&state), &limits, 255);
+    adopt_trace_context(&mut events, &parent, headers.get_all("tracestate"), &limits, 255);
     assert_eq!(events[0].get_str("traceparent"), parent.to_str().ok());
-    assert_eq!(events[0].get_str("tracestate"), Some("rojo=00f067aa0ba902b7"));
+    assert_eq!(events[0].get_str("tracestate"), Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"));
     assert_eq!(events[1], event_with(88, 1), "at the limit already: left as sent");
     assert!(check_attributes(&events, &limits, 255, true).is_ok());
 }

@@ -16,6 +16,10 @@ use crate::model::{
 
 mod strict;
 
+/// The longest dedupe window a Broker may ask for (`sluice.dev/dedupe-window`): it bounds the memory a window
+/// holds.
+pub const MAX_DEDUPE_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 pub use crate::fields::{
     DeliveryDuration, DurationError, FieldError, is_dns_1035_label, is_dns_label, is_dns_subdomain,
     parse_backoff_max_ms, parse_duration, parse_iso_duration_ms, parse_size,
@@ -179,18 +183,22 @@ fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<
             continue;
         }
         match key.as_str() {
+            // `knativebrokerttl` is a CloudEvents Integer (32 bits): a larger TTL made every stored event one that
+            // a downstream Sluice or the Go SDK refuses.
             "sluice.dev/ttl" => {
-                if !value.trim().parse::<i64>().is_ok_and(|t| t > 0) {
-                    errors.push(err(path, "must be a positive integer"));
+                if !value.trim().parse::<i64>().is_ok_and(|t| t > 0 && t <= i64::from(i32::MAX)) {
+                    errors.push(err(path, "must be a positive integer of at most 2147483647 (a CloudEvents Integer)"));
                 }
             }
-            "sluice.dev/dedupe-window" => {
-                if value.trim() != "off"
-                    && let Err(e) = parse_duration(value)
-                {
-                    errors.push(err(path, format!("{e}, or off")));
+            // Refused past the most a window holds, rather than cut to it without a word.
+            "sluice.dev/dedupe-window" => match parse_duration(value) {
+                _ if value.trim() == "off" => {}
+                Err(e) => errors.push(err(path, format!("{e}, or off"))),
+                Ok(window) if window > MAX_DEDUPE_WINDOW => {
+                    errors.push(err(path, "must be at most 24h (the longest dedupe window), or off"))
                 }
-            }
+                Ok(_) => {}
+            },
             "sluice.dev/retention" => {
                 if value.split(',').any(|part| parse_duration(part).is_err() && parse_size(part).is_none()) {
                     errors.push(err(path, "a duration and/or a size, e.g. 7d, 24h, 10GiB or 24h,10GiB"));

@@ -129,8 +129,18 @@ fn invalid_objects_name_their_field() {
             "metadata.annotations[sluice.dev/ttl]",
         ),
         (
+            "ttl past a CloudEvents Integer",
+            set(broker(), "/metadata/annotations", json!({"sluice.dev/ttl": "2147483648"})),
+            "metadata.annotations[sluice.dev/ttl]",
+        ),
+        (
             "dedupe window text",
             set(broker(), "/metadata/annotations", json!({"sluice.dev/dedupe-window": "soon"})),
+            "metadata.annotations[sluice.dev/dedupe-window]",
+        ),
+        (
+            "dedupe window past 24h (it was cut to 24h without a word)",
+            set(broker(), "/metadata/annotations", json!({"sluice.dev/dedupe-window": "48h"})),
             "metadata.annotations[sluice.dev/dedupe-window]",
         ),
         (
@@ -439,6 +449,16 @@ fn knatives_optional_forms_are_accepted() {
             "an empty dialect beside one",
             set(trigger(), "/spec/filters", json!([{"exact": {}, "prefix": {"type": "a"}}])),
         ),
+        // Sluice's own annotations at their bounds.
+        (
+            "the longest ttl and dedupe window",
+            set(
+                broker(),
+                "/metadata/annotations",
+                json!({"sluice.dev/ttl": "2147483647", "sluice.dev/dedupe-window": "24h"}),
+            ),
+        ),
+        ("dedupe off", set(broker(), "/metadata/annotations", json!({"sluice.dev/dedupe-window": "off"}))),
     ];
     for (name, object) in accepted {
         assert_eq!(validate_object(&object, None), Ok(()), "{name}");
