@@ -361,11 +361,15 @@ fn event_from_members(Members(members): Members<'_>) -> Result<CloudEvent, Event
                         .attribute(name)
                         .rule("attributes are strings, integers or booleans"));
                 }
-                // The body is JSON already: what fails here is a value serde cannot hold (a number such as 1e400).
+                // The body is JSON already: what fails here is a value serde cannot hold (a number such as 1e400,
+                // a string with an unpaired surrogate escape).
                 let parsed: serde_json::Value = serde_json::from_str(value.get()).map_err(|e| {
-                    EventError::bad("attribute has the wrong type")
-                        .attribute(&name)
-                        .rule(format!("numbers are 32-bit integers ({e})"))
+                    let rule = if value.get().trim_start().starts_with('"') {
+                        format!("strings are Unicode: no unpaired surrogate (\\uD800-\\uDFFF) ({e})")
+                    } else {
+                        format!("numbers are 32-bit integers ({e})")
+                    };
+                    EventError::bad("attribute has the wrong type").attribute(&name).rule(rule)
                 })?;
                 let attribute = match parsed {
                     serde_json::Value::Null => continue,
@@ -416,7 +420,35 @@ fn event_from_members(Members(members): Members<'_>) -> Result<CloudEvent, Event
         }
         (None, None) => None,
     };
+    let data = base64_data_of_v03(&mut attributes, data)?;
     let event = CloudEvent { attributes, data };
     event.validate()?;
     Ok(event)
+}
+
+/// A 0.3 event's `data` under `datacontentencoding: base64` is its bytes as a base64 string (0.3's JSON format has
+/// no `data_base64`): decoded into the bytes, as every other event's binary data is kept, and the encoding, which
+/// said how the JSON format carried them, dropped with it (the JSON format writes it again beside such bytes).
+/// Regression: the string was kept as JSON text, and a binary-mode delivery sent the base64 text for the bytes.
+fn base64_data_of_v03(
+    attributes: &mut BTreeMap<String, AttrValue>,
+    data: Option<EventData>,
+) -> Result<Option<EventData>, EventError> {
+    let string_attribute = |name: &str| match attributes.get(name) {
+        Some(AttrValue::String(value)) => Some(value.as_str()),
+        _ => None,
+    };
+    let encoded = string_attribute("specversion") == Some("0.3")
+        && string_attribute("datacontentencoding").is_some_and(|e| e.eq_ignore_ascii_case("base64"));
+    let Some(EventData::Json(raw)) = data.as_ref().filter(|_| encoded) else { return Ok(data) };
+    let not_base64 = |reason: String| {
+        EventError::bad("data is not a base64 string")
+            .attribute("data")
+            .rule(format!("with datacontentencoding: base64 (0.3), data is a base64 string ({reason})"))
+    };
+    let text: String = serde_json::from_str(raw).map_err(|e| not_base64(e.to_string()))?;
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map_err(|e| not_base64(e.to_string()))?;
+    attributes.remove("datacontentencoding");
+    Ok(Some(EventData::Bytes(Bytes::from(bytes))))
 }

@@ -209,7 +209,15 @@ impl CloudEvent {
                 push_json_string(out, text);
             }
             Some(StructuredData::Base64(bytes)) => {
-                member(out, "data_base64");
+                // 0.3's JSON format has no `data_base64`: its bytes are a base64 string in `data`, said by
+                // `datacontentencoding: base64`. Regression: `data_base64` was written for 0.3 too, which sdk-go's
+                // 0.3 reader takes for an extension: the event arrived without data.
+                let v03 = self.get_str("specversion") == Some("0.3");
+                if v03 && !self.attributes.contains_key("datacontentencoding") {
+                    member(out, "datacontentencoding");
+                    out.push_str("\"base64\"");
+                }
+                member(out, if v03 { "data" } else { "data_base64" });
                 // Base64's alphabet needs no escaping in a JSON string.
                 out.push('"');
                 base64::engine::general_purpose::STANDARD.encode_string(bytes, out);
@@ -255,7 +263,9 @@ impl CloudEvent {
                 longest
             }
         };
-        2 + attributes + 16 + data
+        // `,"data_base64":` (or `,"data":`), and 0.3's `,"datacontentencoding":"base64"` beside its bytes.
+        let v03_encoding = if matches!(self.data, Some(EventData::Bytes(_))) { 32 } else { 0 };
+        2 + attributes + 16 + v03_encoding + data
     }
 
     /// How the data goes into the JSON format (JSON format spec §3.1, as the SDKs read it back):

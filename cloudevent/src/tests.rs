@@ -651,4 +651,37 @@ fn an_attribute_of_the_wrong_type_is_refused_naming_it_before_it_is_parsed() {
     }
     assert!(from_structured(event("-7").as_bytes()).is_ok());
     assert!(from_structured(event("null").as_bytes()).is_ok(), "null is absent");
+    // Regression: an unpaired surrogate in a string was refused under the rule of numbers.
+    let refused = from_structured(event(r#""\udead""#).as_bytes()).expect_err("a lone surrogate");
+    assert_eq!(refused.attribute.as_deref(), Some("x"));
+    assert!(refused.rule.as_deref().is_some_and(|r| r.starts_with("strings are Unicode")), "{:?}", refused.rule);
+}
+
+/// Regression (review): 0.3's JSON format carries bytes as a base64 string in `data` with `datacontentencoding:
+/// base64`; Sluice kept that string as JSON text (a binary-mode delivery sent the base64 text for the bytes) and
+/// wrote 0.3 bytes as `data_base64`, which 0.3 readers (sdk-go) take for an extension.
+#[test]
+fn a_v03_events_base64_data_is_its_bytes_and_goes_back_as_0_3_writes_them() {
+    let v03 = br#"{"specversion":"0.3","id":"1","source":"/s","type":"t","datacontenttype":"application/octet-stream","datacontentencoding":"base64","data":"AAEC/w=="}"#;
+    let event = from_structured(v03).expect("a valid 0.3 event");
+    assert_eq!(&event.binary_body()[..], [0u8, 1, 2, 255], "the bytes, decoded");
+    assert_eq!(event.get("datacontentencoding"), None, "how the JSON format carried them is not an attribute");
+    let json = event.to_json_string();
+    assert!(json.contains(r#""datacontentencoding":"base64""#) && json.contains(r#""data":"AAEC/w==""#), "{json}");
+    assert!(!json.contains("data_base64"), "{json}");
+    assert!(json.len() <= event.json_len_bound(), "{json}");
+    assert_eq!(from_structured(json.as_bytes()).expect("read back"), event);
+    // 0.3 bytes that came another way (`data_base64`) are written as 0.3 writes them too.
+    let lenient =
+        from_structured(br#"{"specversion":"0.3","id":"1","source":"/s","type":"t","data_base64":"AAEC/w=="}"#)
+            .expect("a valid 0.3 event");
+    assert!(lenient.to_json_string().contains(r#""data":"AAEC/w==""#));
+    // Not base64: refused, naming `data`.
+    let bad = br#"{"specversion":"0.3","id":"1","source":"/s","type":"t","datacontentencoding":"base64","data":"not base64!"}"#;
+    let refused = from_structured(bad).expect_err("not base64");
+    assert_eq!(refused.attribute.as_deref(), Some("data"));
+    // 1.0 keeps `data_base64`.
+    let v10 = from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"AAEC/w=="}"#)
+        .expect("a valid 1.0 event");
+    assert!(v10.to_json_string().contains(r#""data_base64":"AAEC/w==""#));
 }

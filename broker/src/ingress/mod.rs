@@ -305,6 +305,11 @@ fn mode_of(headers: &HeaderMap) -> Result<Mode, EventError> {
         }
         _ => return Ok(Mode::Binary),
     };
+    // Parameters that do not parse hide the charset: refused rather than read as UTF-8. Regression: `charset=utf-16;
+    // x` was taken for no charset, and the body refused as invalid UTF-8 instead of its media type.
+    if !cloudevent::is_media_type(content_type) {
+        return Err(unsupported("Content-Type parameters must be name=value (a token or a quoted string)"));
+    }
     if charset.as_deref().is_some_and(|c| c != "utf-8") {
         return Err(unsupported("the JSON event formats are UTF-8 (charset=utf-8 or none)"));
     }

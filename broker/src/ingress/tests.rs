@@ -166,6 +166,10 @@ fn the_content_type_decides_the_mode_before_the_ce_headers() {
         (None, false, "binary"),
         (Some("application/cloudevents+xml"), false, "415"),
         (Some("application/cloudevents+xml"), true, "binary"),
+        (Some("application/cloudevents+json; charset=utf-16"), false, "415"),
+        // Regression: a malformed parameter hid the charset, and the body was read as UTF-8.
+        (Some("application/cloudevents+json; charset=utf-16; x"), false, "415"),
+        (Some("application/cloudevents-batch+json; x"), false, "415"),
     ];
     for (content_type, ce_specversion, expected) in cases {
         assert_eq!(
