@@ -536,7 +536,9 @@ fn build_request(uri: &http::Uri, format: Format, event: &CloudEvent, token: Opt
     let body = match format {
         Format::Binary => {
             for (name, value) in &event.attributes {
-                if name == "datacontenttype" {
+                // The body is the data's bytes as they are: 0.3's `datacontentencoding` (base64 in the JSON
+                // format) does not apply to it, and a receiver that decoded the body by it would corrupt it.
+                if name == "datacontenttype" || name == "datacontentencoding" {
                     continue;
                 }
                 let value = value.canonical();

@@ -240,6 +240,16 @@ impl PartitionDispatcher {
         let wanted: HashMap<&str, &Arc<ConsumerSpec>> = specs.iter().map(|s| (s.cursor.as_str(), s)).collect();
         let removed: Vec<String> =
             self.reading.consumers.keys().filter(|cursor| !wanted.contains_key(cursor.as_str())).cloned().collect();
+        // A changed consumer restarts from its watermark: its deliveries running now end first (bounded, as a
+        // handover's), so that a slow one is not aborted and sent again beside its successor. Regression: any
+        // edit (an annotation, a pause) aborted them at once, and under ordered delivery the next event of a key
+        // could reach the subscriber while an attempt of the one before it was still being handled.
+        let changed: Vec<String> = specs
+            .iter()
+            .filter(|spec| self.reading.consumers.get(&spec.cursor).is_some_and(|c| c.spec.version != spec.version))
+            .map(|spec| spec.cursor.clone())
+            .collect();
+        self.settle_running_of(&changed, HANDOVER_DRAIN).await;
         // The final offsets of the consumers that stop, committed together once the update is made.
         let mut final_commits = Vec::new();
         self.unstarted.retain(|cursor, _| wanted.contains_key(cursor.as_str()));
@@ -527,6 +537,18 @@ impl PartitionDispatcher {
         let deadline = tokio::time::Instant::now() + within;
         while let Ok(Some(ended)) = tokio::time::timeout_at(deadline, self.deliveries.next()).await {
             self.settle_ended(ended);
+        }
+    }
+
+    /// Settles the deliveries that end, starting none, until none of `cursors` has one running, for at most
+    /// `within`.
+    async fn settle_running_of(&mut self, cursors: &[String], within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while cursors.iter().any(|cursor| self.running.get(cursor).is_some_and(|running| !running.is_empty())) {
+            match tokio::time::timeout_at(deadline, self.deliveries.next()).await {
+                Ok(Some(ended)) => self.settle_ended(ended),
+                _ => break,
+            }
         }
     }
 
