@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::driver::{self, OnMessage, System};
+use crate::steady::FirstArrivals;
 
 /// Sequence numbers carry the run id in their top bits, so late deliveries of an earlier run are not counted.
 pub(crate) const RUN_SHIFT: u32 = 40;
@@ -52,7 +53,8 @@ pub(crate) struct Sink {
     delivered: AtomicU64,
     /// Every delivery, of any run (a backlog of an earlier run shows here).
     seen: AtomicU64,
-    latency: Mutex<Histogram<u64>>,
+    /// The current run's first arrivals (with its latency, under one lock): a redelivery counts once.
+    latency: Mutex<(Histogram<u64>, FirstArrivals)>,
 }
 
 impl Sink {
@@ -61,7 +63,7 @@ impl Sink {
             run: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             seen: AtomicU64::new(0),
-            latency: Mutex::new(new_histogram()),
+            latency: Mutex::new((new_histogram(), FirstArrivals::default())),
         })
     }
 
@@ -78,7 +80,13 @@ impl Sink {
             return;
         }
         let micros = unix_ns().saturating_sub(intended) / 1000;
-        self.latency.lock().unwrap_or_else(PoisonError::into_inner).saturating_record(micros.max(1));
+        let mut current = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
+        // Regression: a redelivery counted as a delivery, and could make up for one missing in the probe's
+        // "the subscriber kept up" (≥ 99 % of acknowledged) and in "acked, not delivered".
+        if !current.1.first(seq & ((1 << RUN_SHIFT) - 1)) {
+            return;
+        }
+        current.0.saturating_record(micros.max(1));
         self.delivered.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -101,7 +109,7 @@ impl Sink {
     }
 
     fn begin(&self, run: u64) {
-        self.latency.lock().unwrap_or_else(PoisonError::into_inner).reset();
+        *self.latency.lock().unwrap_or_else(PoisonError::into_inner) = (new_histogram(), FirstArrivals::default());
         self.delivered.store(0, Ordering::Release);
         self.run.store(run, Ordering::Release);
     }
@@ -111,7 +119,7 @@ impl Sink {
     }
 
     fn latency(&self) -> Histogram<u64> {
-        self.latency.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.latency.lock().unwrap_or_else(PoisonError::into_inner).0.clone()
     }
 }
 
@@ -510,7 +518,11 @@ mod tests {
         on_message(&driver::payload((3 << RUN_SHIFT) | 7, unix_ns(), 64));
         on_message(&driver::payload((2 << RUN_SHIFT) | 7, unix_ns(), 64));
         on_message(b"short");
+        // A redelivery of the same message counts once.
+        on_message(&driver::payload((3 << RUN_SHIFT) | 7, unix_ns(), 64));
         assert_eq!(sink.delivered(), 1);
         assert_eq!(sink.latency().len(), 1);
+        on_message(&driver::payload((3 << RUN_SHIFT) | 8, unix_ns(), 64));
+        assert_eq!(sink.delivered(), 2);
     }
 }
