@@ -4,9 +4,14 @@ use serde_json::{Map, Value as Json};
 use serde_yaml_ng::Value as Yaml;
 use sluice_cesql::{self as cesql, EvalError, Value};
 
-/// `../shared/specs/cesql-tck` next to the repository, found from `CARGO_MANIFEST_DIR` at run time (cargo
-/// sets it for test processes; a binary reused from a shared target directory may come from another checkout).
+/// `$SLUICE_CESQL_TCK` when set, else `../shared/specs/cesql-tck` next to the repository (the CloudEvents spec's
+/// TCK as this workspace provides it; not vendored into the repository), found from `CARGO_MANIFEST_DIR` at run
+/// time (cargo sets it for test processes; a binary reused from a shared target directory may come from another
+/// checkout).
 fn tck_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("SLUICE_CESQL_TCK") {
+        return dir.into();
+    }
     let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
@@ -113,7 +118,12 @@ fn cesql_tck() {
     let dir_buf = tck_dir();
     let dir = dir_buf.as_path();
     let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("cannot read TCK directory {}: {e}", dir.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot read the CESQL TCK in {}: {e} (the CloudEvents spec's cesql/cesql_tck/*.yaml; set SLUICE_CESQL_TCK to their directory)",
+                dir.display()
+            )
+        })
         .map(|entry| entry.expect("directory entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
