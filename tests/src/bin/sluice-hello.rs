@@ -9,7 +9,8 @@
 //! - `GET /stats` → `{"max_concurrent": N, "requests": N}`: the most requests it ever had at once.
 //! - `GET /ws` with a WebSocket upgrade (in origin-form, as Node's `ws` wants it): echoes every text message as
 //!   `$K_REVISION: MESSAGE`; counted as a request in flight (in `/stats`) until the WebSocket closes.
-//! - `POST` (a CloudEvent) → 202; the event's `ce-id` is appended to `$HELLO_RECORD` when set.
+//! - `POST` (a CloudEvent) → 202; the event's `ce-id` is appended to `$HELLO_RECORD` when set; with
+//!   `?fail_until=PATH`, 503 while the file PATH does not exist (a subscriber failing until a test says).
 //! - `HELLO_STARTUP_MS`: waits that long before listening; `HELLO_CRASH=N`: writes a line to stderr and exits
 //!   with code N at start; `HELLO_CRASH_WHEN=PATH`: exits with code 1 once the file PATH exists, at start or
 //!   while running (a revision that was ready and then crash-loops).
@@ -163,6 +164,16 @@ async fn answer(request: Request<Incoming>, stats: &Stats) -> Response<Full<Byte
                 "cwd": std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
             });
             text(StatusCode::OK, body.to_string())
+        }
+        ("POST", _)
+            if request
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("fail_until=")))
+                .is_some_and(|path| !std::path::Path::new(path).exists()) =>
+        {
+            let _ = request.into_body().collect().await;
+            text(StatusCode::SERVICE_UNAVAILABLE, String::new())
         }
         ("POST", _) => {
             let id = request.headers().get("ce-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();

@@ -71,6 +71,49 @@ fn lines(record: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(record).unwrap_or_default().lines().map(str::to_string).collect()
 }
 
+/// Regression: a retry whose backoff outlived its subscriber's scale to zero waited for a slot that nothing would
+/// make (no request, no backlog reported: its window held it as in flight), neither retried nor dead-lettered.
+/// Waiting for a slot, it is backlog now: the revision comes back from zero and takes it.
+#[tokio::test]
+async fn a_retry_that_outlives_its_subscribers_scale_to_zero_brings_it_back() -> Result<()> {
+    let (dir, node) = start_single_node(1, QUICK).await?;
+    let (admin, http) = (node.admin.clone(), node.http.clone());
+    let record = dir.path().join("received.txt");
+    let healthy = dir.path().join("healthy");
+    apply_resource(&admin, sink(&record)).await?;
+    wait_ready(&admin, "Service", "sink").await?;
+    apply_resource(&admin, sluice_tests::broker_object("default", "default", json!({}))).await?;
+    let mut trigger = sluice_tests::trigger_object(
+        "default",
+        "to-ksvc",
+        "default",
+        "",
+        json!({"delivery": {"retry": 6, "backoffPolicy": "linear", "backoffDelay": "PT4S"}}),
+        json!({}),
+    );
+    trigger["spec"]["subscriber"] = json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "name": "sink"}, "uri": format!("/?fail_until={}", healthy.display())});
+    apply_resource(&admin, trigger).await?;
+    wait_ready(&admin, "Trigger", "to-ksvc").await?;
+    sluice_tests::wait_for_broker(&http, "/default/default").await?;
+
+    publish(&http, "b", 1, "t91-retry").await?;
+    // The first attempt is answered 503 (the revision started for it), and in the backoff (4 s, then 8 s, ...)
+    // the revision goes back to zero.
+    wait_for(&admin, "Revision", "sink-00001", "/status/actualReplicas", json!(1)).await?;
+    wait_for(&admin, "Revision", "sink-00001", "/status/actualReplicas", json!(0)).await?;
+    assert!(lines(&record).is_empty(), "nothing delivered yet");
+    std::fs::write(&healthy, b"")?;
+    let delivered = wait_until(Duration::from_secs(90), || async {
+        let lines = lines(&record);
+        Ok((!lines.is_empty()).then_some(lines))
+    })
+    .await
+    .context("the retry after the scale to zero was delivered")?;
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_burst_of_events_scales_a_service_out_from_zero_and_back_to_zero() -> Result<()> {
     let (dir, node) = start_single_node(1, QUICK).await?;
