@@ -511,6 +511,18 @@ impl DeadLetters for ConsumersAdmin {
                  redelivered to its subscriber",
             ));
         }
+        // No redrive covers more than MAX_REDRIVE_PER_PARTITION letters of each partition: a longer selection is
+        // refused before anything is built of it (a 4 MiB request named about 600,000 positions).
+        let most_selected = MAX_REDRIVE_PER_PARTITION.saturating_mul(self.node.partitions().max(1) as usize);
+        if request.selected.len() > most_selected {
+            return Err(error_status(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "selected: at most {most_selected} letters ({MAX_REDRIVE_PER_PARTITION} per partition); {} given",
+                    request.selected.len()
+                ),
+            ));
+        }
         let selected: HashSet<(u32, u64)> = request.selected.iter().map(|p| (p.partition, p.offset)).collect();
         // Claimed before the letters are read: a redrive that ends meanwhile must not leave this one a stale list.
         let stream = dead_letter_stream(found.kind, &found.key.namespace, &found.key.name);

@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::ServingState;
-use crate::logs::LogHub;
+use crate::logs::{LogHub, MAX_TAIL_LINES};
 use sluice_autoscaler::Decision;
 
 /// How long a node waits for another to start answering a `Logs` or `Decisions` it relays, and, not following,
@@ -47,6 +47,10 @@ pub fn with_admin_routes(
 pub fn peer_routes(node: Node, logs: Arc<LogHub>, state: ServingState) -> tonic::service::Routes {
     tonic::service::Routes::default().add_service(ServingServer::new(LogsService { node, logs, state, gathers: false }))
 }
+
+/// The most a `Logs` request gathers from the files of all its revisions before it sends them (lines: the
+/// logs' own `MAX_TAIL_LINES`).
+const MAX_LOG_BACKLOG_BYTES: usize = 8 << 20;
 
 /// Sends `kept` (oldest first), then what each revision's follower receives as it comes, merged, holding `permit`
 /// (a place among the node's admin streams, [`sluice_broker::admin_stream_permit`]) until the
@@ -261,17 +265,31 @@ impl Serving for LogsService {
         let (logs, read_namespace, read_revisions) = (self.logs.clone(), namespace.clone(), revisions.clone());
         let tail_lines = request.tail_lines as usize;
         let backlog: Vec<LogLine> = tokio::task::spawn_blocking(move || {
-            read_revisions
-                .iter()
-                .flat_map(|revision| {
-                    logs.tail(&read_namespace, revision, tail_lines).into_iter().map(|line| LogLine {
-                        revision: revision.clone(),
-                        line,
-                        node_id,
-                        error: String::new(),
-                    })
-                })
-                .collect()
+            // One request's lines, over all its revisions, within one budget of lines and bytes. Regression: each
+            // revision had its own (10,000 lines), so a Service of many revisions gathered hundreds of MiB per
+            // request, held until its client read them.
+            let (mut lines_left, mut bytes_left) = (MAX_TAIL_LINES, MAX_LOG_BACKLOG_BYTES);
+            let mut backlog = Vec::new();
+            for revision in &read_revisions {
+                if lines_left == 0 || bytes_left == 0 {
+                    break;
+                }
+                let asked = if tail_lines == 0 { lines_left } else { tail_lines.min(lines_left) };
+                let mut newest_first: Vec<String> = Vec::new();
+                for line in logs.tail(&read_namespace, revision, asked).into_iter().rev() {
+                    let Some(left) = bytes_left.checked_sub(line.len()) else { break };
+                    bytes_left = left;
+                    newest_first.push(line);
+                }
+                lines_left -= newest_first.len();
+                backlog.extend(newest_first.into_iter().rev().map(|line| LogLine {
+                    revision: revision.clone(),
+                    line,
+                    node_id,
+                    error: String::new(),
+                }));
+            }
+            backlog
         })
         .await
         .map_err(|e| Status::internal(format!("reading the revisions' logs: {e}")))?;

@@ -22,6 +22,8 @@ use sluice_autoscaler::Backlog;
 pub(crate) const REPORT_TTL_MS: u64 = 5_000;
 /// Reporters kept at most; beyond it the oldest report is dropped.
 const REPORTERS_LIMIT: usize = 100_000;
+/// From this many reports on, a new reporter first drops those past [`REPORT_TTL_MS`].
+const SWEEP_EXPIRED_AT: usize = 1_024;
 
 #[derive(Clone, Debug)]
 struct Report {
@@ -52,6 +54,12 @@ impl Signals {
         let Ok(mut reports) = self.reports.lock() else { return false };
         if backlog.events == 0 && !reports.contains_key(reporter) {
             return false;
+        }
+        // A new reporter sweeps out the reports that no longer count (of consumers deleted, or moved away with
+        // their partitions), once there are enough of them to matter: they were kept until the limit, and every
+        // revision's tick walked them.
+        if reports.len() >= SWEEP_EXPIRED_AT && !reports.contains_key(reporter) {
+            reports.retain(|_, r| now_ms.saturating_sub(r.at_ms) <= REPORT_TTL_MS);
         }
         if reports.len() >= REPORTERS_LIMIT && !reports.contains_key(reporter) {
             let oldest = reports.iter().min_by_key(|(_, r)| r.at_ms).map(|(k, _)| k.clone());
@@ -162,5 +170,20 @@ mod tests {
             let backlog = signals.backlog_for(&table, "default", revision, 1_000);
             assert_eq!(backlog, Backlog { events, ordered_keys }, "{revision} in {entries:?}");
         }
+    }
+
+    /// Regression: reports past their expiry (of deleted consumers) stayed until 100,000 reporters, and every
+    /// revision's tick walked them. A new reporter sweeps them out once there are enough to matter.
+    #[test]
+    fn expired_reports_are_swept_out_by_a_new_reporter() {
+        let signals = Signals::default();
+        let waiting = Backlog { events: 1, ordered_keys: None };
+        for i in 0..SWEEP_EXPIRED_AT {
+            assert!(signals.report(&format!("old-{i}"), HOST, waiting, 0));
+        }
+        let later = REPORT_TTL_MS + 1;
+        assert!(signals.report("fresh", HOST, waiting, later));
+        let kept: Vec<String> = signals.reports.lock().expect("lock").keys().cloned().collect();
+        assert_eq!(kept, ["fresh"], "only the report that still counts");
     }
 }

@@ -127,7 +127,13 @@ impl Node {
     /// Notes that `from` asked this node to take over a group's leadership (a transfer it started).
     pub(crate) fn note_handover_from(&self, from: NodeId) {
         if let Ok(mut handovers) = self.inner.handovers_from.lock() {
-            handovers.insert(from, Instant::now());
+            // Only the members' are kept (the sender's id is the peer's word; with leader balancing off nothing
+            // else trims the map).
+            let members = self.cluster_config().map(|config| config.members).unwrap_or_default();
+            handovers.retain(|node, _| members.contains_key(node));
+            if members.contains_key(&from) {
+                handovers.insert(from, Instant::now());
+            }
         }
     }
 

@@ -337,8 +337,13 @@ static DISPATCH_EVENT_METRICS: std::sync::LazyLock<sluice_broker::EventMetrics> 
     std::sync::LazyLock::new(Default::default);
 
 fn labels(spec: &ConsumerSpec, event_type: &str, status: Option<u16>) -> Vec<(&'static str, String)> {
-    let code = status.map(|s| s.to_string()).unwrap_or_else(|| "0".into());
-    let class = status.map(|s| format!("{}xx", s / 100)).unwrap_or_else(|| "none".into());
+    // A subscriber may answer any code of 100 to 999: past the registered classes (1xx to 5xx) they are one
+    // label value, so that what subscribers answer cannot grow the series without bound.
+    let (code, class) = match status {
+        None => ("0".to_string(), "none".to_string()),
+        Some(status @ 100..=599) => (status.to_string(), format!("{}xx", status / 100)),
+        Some(_) => ("other".to_string(), "other".to_string()),
+    };
     let source_label = match spec.kind {
         crate::consumer::ConsumerKind::Trigger => "broker_name",
         crate::consumer::ConsumerKind::Subscription => "channel_name",

@@ -113,6 +113,10 @@ impl Context {
             not_ready.remove(&key);
             return Action::requeue(self.settings.resync_ready);
         }
+        // As `failures` (in `error_policy`): a bound for the entries of objects gone without a last reconcile.
+        if not_ready.len() >= MAX_COUNTED_OBJECTS && !not_ready.contains_key(&key) {
+            not_ready.clear();
+        }
         let times = not_ready.entry(key).or_insert(0);
         *times = times.saturating_add(1);
         Action::requeue(not_ready_requeue(self.settings.resync_not_ready, *times))
@@ -122,6 +126,9 @@ impl Context {
 /// Policy changes a target kind's controller may fall behind by; one that falls further behind reconciles all its
 /// objects once instead.
 const POLICY_CHANGES_QUEUED: usize = 256;
+
+/// The most objects whose failures (or not-Ready reconciles) in a row are counted at once.
+const MAX_COUNTED_OBJECTS: usize = 100_000;
 
 /// The wait before the next attempt after `failures` failures in a row: 1 s doubling to 5 min.
 pub fn backoff(failures: u32) -> Duration {
@@ -208,6 +215,11 @@ pub fn error_policy<K: Pushed>(object: Arc<K>, error: &Error, ctx: Arc<Context>)
         .failures
         .lock()
         .map(|mut failures| {
+            // An object deleted while it failed, before it had our finalizer, is never reconciled again, and its
+            // count would stay: the map is emptied when it reaches its bound (the backoffs start again).
+            if failures.len() >= MAX_COUNTED_OBJECTS {
+                failures.clear();
+            }
             let count = failures.entry(object_key(&*object)).or_insert(0);
             *count = count.saturating_add(1);
             *count
@@ -223,6 +235,10 @@ async fn reconcile_inner<K: Pushed>(object: Arc<K>, ctx: &Context) -> Result<Act
     let namespace = object.namespace().ok_or_else(|| Error::IllegalObject { kind: kind.clone() })?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     if let Ownership::NotOurs = ownership(&*object, ctx).await? {
+        // Not counted any more: the maps hold the objects this controller pushes.
+        if let Ok(mut not_ready) = ctx.not_ready.lock() {
+            not_ready.remove(&object_key(&*object));
+        }
         if object.finalizers().iter().any(|f| f == FINALIZER) {
             // It was ours (its Broker's class changed): Sluice forgets it, then our finalizer goes.
             ctx.sluice.delete(&kind, &namespace, &object.name_any()).await?;
