@@ -126,7 +126,7 @@ pub(crate) fn parse_time_ms(text: &str) -> anyhow::Result<u64> {
     let ago = sluice_controller::validate::parse_duration(text)
         .map_err(|e| anyhow::anyhow!("{text:?} is neither an RFC 3339 time nor an age like 10m: {e}"))?;
     let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
-    Ok(now.saturating_sub(ago.as_millis() as u64))
+    Ok(now.saturating_sub(u64::try_from(ago.as_millis()).unwrap_or(u64::MAX)))
 }
 
 #[cfg(test)]

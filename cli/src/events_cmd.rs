@@ -196,7 +196,7 @@ fn now_ms() -> u64 {
 fn since_ms(flag: &str, text: &str) -> Result<u64, Failure> {
     let duration =
         sluice_controller::validate::parse_duration(text).map_err(|e| Failure::usage(format!("{flag}: {e}")))?;
-    Ok(now_ms().saturating_sub(duration.as_millis() as u64))
+    Ok(now_ms().saturating_sub(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)))
 }
 
 fn time_ms(flag: &str, text: &str) -> Result<u64, Failure> {

@@ -33,6 +33,13 @@ pub fn apply_knative_attributes(event: &mut CloudEvent, default_ttl: i64, arriva
                     .attribute("knativebrokerttl")
                     .rule("must be greater than 0: the event has passed through too many brokers"));
             }
+            // A CloudEvents Integer: a larger one (sent as a string) would be written into the replies as an
+            // Integer that every downstream reader refuses.
+            if ttl > i64::from(i32::MAX) {
+                return Err(EventError::bad("knativebrokerttl is too large")
+                    .attribute("knativebrokerttl")
+                    .rule("at most 2147483647 (a CloudEvents Integer)"));
+            }
         }
     }
     event.attributes.insert("knativearrivaltime".into(), AttrValue::String(arrival.to_string()));

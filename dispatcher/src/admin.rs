@@ -687,7 +687,10 @@ async fn take_lease(
     let consumer = format!("{}.{}.{}", found.kind.as_str(), found.key.namespace, found.key.name);
     crate::redrive_lease::take(node, &consumer, operation).await.map_err(|refused| {
         let code = match refused {
-            crate::redrive_lease::LeaseRefused::NotWritten(_) => ErrorCode::Unavailable,
+            // What may pass (no leader, a full queue) is retryable; a bug or a storage fault is not. Regression:
+            // every write failure was UNAVAILABLE, a bug included.
+            crate::redrive_lease::LeaseRefused::NotWritten(ref error) if error.is_retryable() => ErrorCode::Unavailable,
+            crate::redrive_lease::LeaseRefused::NotWritten(error) => return sluice_broker::status_of(error),
             _ => ErrorCode::RedriveRunning,
         };
         error_status(code, format!("{} {}/{}: {refused}", found.kind.as_str(), found.key.namespace, found.key.name))

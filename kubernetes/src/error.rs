@@ -1,11 +1,17 @@
 //! The crate's errors. Names show up in metrics and in Kubernetes Events ([`Error::metric_label`]).
 
-/// What a reconcile can fail with. `SluiceUnavailable` and `Kube` are retried with backoff; a refused object
-/// is not an error (its status says why), so nothing here is a bug reported as retryable.
+/// What a reconcile can fail with. Each is tried again with a backoff (a controller's way), under a name that
+/// says which it is: `SluiceUnavailable` may pass by itself; `SluiceDenied` (the controller's credentials) and
+/// `SluiceFailed` (a fault in Sluice: a bug, storage) need someone. A refused object is not an error (its status
+/// says why).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Sluice's admin API at {admin} is unavailable: {reason}")]
     SluiceUnavailable { admin: String, reason: String },
+    #[error("Sluice's admin API at {admin} denied the controller: {reason} (its token, or its role)")]
+    SluiceDenied { admin: String, reason: String },
+    #[error("Sluice's admin API at {admin} failed: {reason}")]
+    SluiceFailed { admin: String, reason: String },
     /// Sluice answered with something that is not what its API promises (a bug on one side; not retried
     /// sooner than any other failure).
     #[error("Sluice's admin API at {admin} answered with {reason}")]
@@ -24,6 +30,8 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::SluiceUnavailable { .. } => "SluiceUnavailable",
+            Error::SluiceDenied { .. } => "SluiceDenied",
+            Error::SluiceFailed { .. } => "SluiceFailed",
             Error::SluiceBadReply { .. } => "SluiceBadReply",
             Error::Kube(_) => "KubernetesApiError",
             Error::Finalizer(inner) => match inner.as_ref() {

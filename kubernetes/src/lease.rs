@@ -122,7 +122,9 @@ pub async fn hold(
         lease_duration_seconds: Some(duration.as_secs().try_into().unwrap_or(i32::MAX)),
         renew_time: Some(MicroTime(now)),
         acquire_time: if acquiring { Some(MicroTime(now)) } else { previous.acquire_time },
-        lease_transitions: Some(previous.lease_transitions.unwrap_or(0) + i32::from(acquiring && existing.is_some())),
+        lease_transitions: Some(
+            previous.lease_transitions.unwrap_or(0).saturating_add(i32::from(acquiring && existing.is_some())),
+        ),
         ..Default::default()
     };
     let result = match existing {

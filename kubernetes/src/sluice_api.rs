@@ -66,10 +66,20 @@ impl AdminApi {
     }
 
     fn unavailable(&self, status: &tonic::Status) -> Error {
-        Error::SluiceUnavailable {
-            admin: self.admin.clone(),
-            reason: format!("{}: {}", status.code(), status.message()),
+        failure_of(&self.admin, status)
+    }
+}
+
+/// What a failed call says, by its code. Regression: every failure was "unavailable", a bug in Sluice and a
+/// wrong token included.
+fn failure_of(admin: &str, status: &tonic::Status) -> Error {
+    let (admin, reason) = (admin.to_string(), format!("{}: {}", status.code(), status.message()));
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => Error::SluiceDenied { admin, reason },
+        Code::Internal | Code::DataLoss | Code::Unimplemented | Code::OutOfRange | Code::InvalidArgument => {
+            Error::SluiceFailed { admin, reason }
         }
+        _ => Error::SluiceUnavailable { admin, reason },
     }
 }
 
@@ -150,7 +160,8 @@ impl SluiceApi for AdminApi {
 fn is_refusal(status: &tonic::Status) -> bool {
     use sluice_proto::errors::{ErrorCode, error_detail};
     match status.code() {
-        Code::InvalidArgument | Code::AlreadyExists => true,
+        // OUT_OF_RANGE: the object is larger than Sluice takes.
+        Code::InvalidArgument | Code::AlreadyExists | Code::OutOfRange => true,
         Code::FailedPrecondition => {
             let passing = [ErrorCode::NoLeader as u32, ErrorCode::NotInitialized as u32];
             !error_detail(status).is_some_and(|detail| passing.contains(&detail.code))
@@ -173,6 +184,23 @@ mod refusal_tests {
         assert!(is_refusal(&error_status(ErrorCode::ConsumerNotDispatchable, "no broker")));
         assert!(!is_refusal(&error_status(ErrorCode::NoLeader, "election")));
         assert!(!is_refusal(&error_status(ErrorCode::NotInitialized, "starting")));
+        assert!(is_refusal(&tonic::Status::out_of_range("the object is larger than 4 MiB")));
+    }
+
+    #[test]
+    fn a_failure_is_named_by_what_it_needs() {
+        let cases = [
+            (tonic::Status::unavailable("connection refused"), "SluiceUnavailable"),
+            (tonic::Status::deadline_exceeded("slow"), "SluiceUnavailable"),
+            (error_status(ErrorCode::NoLeader, "election"), "SluiceUnavailable"),
+            (tonic::Status::unauthenticated("no token"), "SluiceDenied"),
+            (tonic::Status::permission_denied("read role"), "SluiceDenied"),
+            (tonic::Status::internal("a bug"), "SluiceFailed"),
+            (tonic::Status::data_loss("storage"), "SluiceFailed"),
+        ];
+        for (status, label) in cases {
+            assert_eq!(failure_of("sluice-admin:9090", &status).metric_label(), label, "{status:?}");
+        }
         assert!(!is_refusal(&error_status(ErrorCode::Unavailable, "shutting down")));
         assert!(!is_refusal(&tonic::Status::unavailable("connection refused")));
     }

@@ -220,7 +220,9 @@ fn knative_attributes_are_set_and_checked() {
     sluice_cloudevent::apply_knative_attributes(&mut event, settings.ttl, "2026-01-01T00:00:00Z").expect("accepted");
     assert_eq!(event.get("knativebrokerttl"), Some(&AttrValue::Integer(42)));
     assert_eq!(event.get_str("knativearrivaltime"), Some("2026-01-01T00:00:00Z"));
-    for (ttl, ok) in [("5", true), ("0", false), ("-3", false), ("x", false)] {
+    for (ttl, ok) in
+        [("5", true), ("0", false), ("-3", false), ("x", false), ("2147483647", true), ("2147483648", false)]
+    {
         let mut event = event.clone();
         event.attributes.insert("knativebrokerttl".into(), AttrValue::String(ttl.into()));
         assert_eq!(sluice_cloudevent::apply_knative_attributes(&mut event, settings.ttl, "t").is_ok(), ok, "{ttl}");

@@ -123,7 +123,9 @@ async fn enforce_once(node: &Node) -> Result<(), crate::error::BrokerError> {
             let first_young = match policy.max_age {
                 Some(age) => group
                     .view
-                    .offset_for_time(stream, now_ms.saturating_sub(age.as_millis() as u64))
+                    // Saturated, not truncated: a huge age (`18446744073709552s`) wrapped to 384 ms, and the pass
+                    // trimmed everything older than that.
+                    .offset_for_time(stream, now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)))
                     .map_err(|e| crate::error::BrokerError::io("reading the time index", e))?,
                 None => extent.start_offset,
             };

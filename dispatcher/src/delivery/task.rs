@@ -558,6 +558,7 @@ async fn handle_reply(
         .get("knativebrokerttl")
         .and_then(|v| v.to_canonical_string().trim().parse::<i64>().ok())
         .unwrap_or(sluice_cloudevent::DEFAULT_BROKER_TTL)
+        .clamp(0, i64::from(i32::MAX))
         - 1;
     match &spec.reply {
         ReplyTarget::Discard => Ok(ReplyDone::Passed),

@@ -229,11 +229,24 @@ impl Runtime for LocalRuntime {
         }
         // `$(VAR)` in env values refers to variables defined before it; in command and args, to all of them.
         let mut vars: Vec<(String, String)> = vec![("PORT".into(), spec.port.to_string())];
+        let too_long = |what: String| ServingError::Spawn {
+            revision: spec.revision.clone(),
+            command: spec.argv.first().cloned().unwrap_or_default(),
+            reason: format!(
+                "{what} is longer than {} bytes once its $(VAR) references are expanded (Linux's limit for one argument or variable)",
+                super::MAX_EXPANDED_BYTES
+            ),
+        };
         for (name, value) in &spec.env {
-            let value = super::expand_references(value, &vars);
+            let value = super::expand_references(value, &vars).map_err(|_| too_long(format!("env {name}")))?;
             vars.push((name.clone(), value));
         }
-        let argv: Vec<String> = spec.argv.iter().map(|arg| super::expand_references(arg, &vars)).collect();
+        let argv = spec
+            .argv
+            .iter()
+            .enumerate()
+            .map(|(i, arg)| super::expand_references(arg, &vars).map_err(|_| too_long(format!("argument {i}"))))
+            .collect::<Result<Vec<String>, ServingError>>()?;
         let program = argv.first().ok_or_else(|| ServingError::Spawn {
             revision: spec.revision.clone(),
             command: String::new(),

@@ -188,13 +188,26 @@ pub trait Instance: Send + Sync {
     fn stop(&self, grace: Duration) -> BoxFuture<'static, ()>;
 }
 
+/// The longest an argument or a variable may be once its references are expanded: Linux's own limit for one
+/// (`MAX_ARG_STRLEN`, 32 pages), past which the program could not be started anyway.
+pub(crate) const MAX_EXPANDED_BYTES: usize = 128 << 10;
+
+/// A reference's expansion would pass [`MAX_EXPANDED_BYTES`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ExpansionTooLong;
+
 /// Kubernetes' `$(VAR)` references in a container's `command`, `args` and `env` values: `$(NAME)` becomes the
 /// value of `NAME` in `vars` (the last definition wins), an undefined one stays as written, `$$` is a `$` (so
-/// `$$(NAME)` is the text `$(NAME)`), any other `$` stays.
-pub(crate) fn expand_references(text: &str, vars: &[(String, String)]) -> String {
-    let mut out = String::with_capacity(text.len());
+/// `$$(NAME)` is the text `$(NAME)`), any other `$` stays. At most [`MAX_EXPANDED_BYTES`]: each variable may
+/// refer to the one before twice, so forty of a few bytes doubled to terabytes, and the node died of it (a review
+/// found it), at every start of the revision.
+pub(crate) fn expand_references(text: &str, vars: &[(String, String)]) -> Result<String, ExpansionTooLong> {
+    let mut out = String::with_capacity(text.len().min(MAX_EXPANDED_BYTES));
     let mut rest = text;
     while let Some(at) = rest.find('$') {
+        if out.len() > MAX_EXPANDED_BYTES {
+            return Err(ExpansionTooLong);
+        }
         out.push_str(&rest[..at]);
         let after = &rest[at + 1..];
         if let Some(tail) = after.strip_prefix('$') {
@@ -202,6 +215,7 @@ pub(crate) fn expand_references(text: &str, vars: &[(String, String)]) -> String
             rest = tail;
         } else if let Some((name, tail)) = after.strip_prefix('(').and_then(|inner| inner.split_once(')')) {
             match vars.iter().rev().find(|(key, _)| key == name) {
+                Some((_, value)) if out.len() + value.len() > MAX_EXPANDED_BYTES => return Err(ExpansionTooLong),
                 Some((_, value)) => out.push_str(value),
                 None => {
                     out.push_str("$(");
@@ -216,7 +230,10 @@ pub(crate) fn expand_references(text: &str, vars: &[(String, String)]) -> String
         }
     }
     out.push_str(rest);
-    out
+    if out.len() > MAX_EXPANDED_BYTES {
+        return Err(ExpansionTooLong);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -241,8 +258,30 @@ mod tests {
             ("plain", "plain"),
         ];
         for (text, expanded) in cases {
-            assert_eq!(expand_references(text, &vars), expanded, "{text}");
+            assert_eq!(expand_references(text, &vars), Ok(expanded.to_string()), "{text}");
         }
+    }
+
+    /// Regression (review): each variable may refer to the one before it twice; forty of them doubled to
+    /// terabytes, and the node died at every start of the revision. Expansion stops at Linux's limit for one
+    /// argument or variable.
+    #[test]
+    fn references_that_double_at_each_variable_stop_at_the_limit() {
+        let mut vars: Vec<(String, String)> = vec![("A0".into(), "x".repeat(16))];
+        let mut refused_at = None;
+        for i in 1..=40 {
+            match expand_references(&format!("$(A{})$(A{})", i - 1, i - 1), &vars) {
+                Ok(value) => vars.push((format!("A{i}"), value)),
+                Err(ExpansionTooLong) => {
+                    refused_at = Some(i);
+                    break;
+                }
+            }
+        }
+        // 16 bytes doubled: 128 KiB at the 13th, past it at the 14th.
+        assert_eq!(refused_at, Some(14));
+        assert!(vars.iter().all(|(_, value)| value.len() <= MAX_EXPANDED_BYTES));
+        assert_eq!(expand_references(&"y".repeat(MAX_EXPANDED_BYTES + 1), &[]), Err(ExpansionTooLong));
     }
 
     /// The kubelet's rule for a readiness probe after start: out after `failure_threshold` failures in a row,
