@@ -23,7 +23,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::driver::{self, OnMessage, System};
-use crate::steady::FirstArrivals;
 
 /// Sequence numbers carry the run id in their top bits, so late deliveries of an earlier run are not counted.
 pub(crate) const RUN_SHIFT: u32 = 40;
@@ -45,6 +44,31 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
 
 fn unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Which sequence numbers of the run have arrived: one bit each.
+#[derive(Default)]
+pub(crate) struct FirstArrivals {
+    bits: Vec<u64>,
+}
+
+impl FirstArrivals {
+    /// Sequence numbers at or past this are not tracked (every arrival counts as a first): 128 MiB of bits.
+    pub(crate) const MAX_TRACKED: u64 = 1 << 30;
+
+    /// Whether `seq` arrives for the first time (and notes it).
+    pub(crate) fn first(&mut self, seq: u64) -> bool {
+        if seq >= Self::MAX_TRACKED {
+            return true;
+        }
+        let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        if self.bits.len() <= word {
+            self.bits.resize(word + 1, 0);
+        }
+        let first = self.bits[word] & bit == 0;
+        self.bits[word] |= bit;
+        first
+    }
 }
 
 /// Where the subscriber's deliveries go: counts and intended → receive latency of the current run.
@@ -508,6 +532,17 @@ mod tests {
         let result = run(recorder.clone(), &single, None).await.expect("run");
         assert_eq!(result.acked, 10);
         assert_eq!(*recorder.requests.lock().unwrap_or_else(PoisonError::into_inner), vec![1; 10]);
+    }
+
+    #[test]
+    fn only_an_events_first_arrival_counts() {
+        let mut arrivals = FirstArrivals::default();
+        let firsts: Vec<bool> = [0, 63, 64, 0, 1_000, 64, 1_000, 1].iter().map(|seq| arrivals.first(*seq)).collect();
+        assert_eq!(firsts, [true, true, true, false, true, false, false, true]);
+        // Past the tracked range every arrival counts (no unbounded bitmap).
+        assert!(arrivals.first(FirstArrivals::MAX_TRACKED));
+        assert!(arrivals.first(FirstArrivals::MAX_TRACKED));
+        assert_eq!(arrivals.bits.len(), 1_000 / 64 + 1);
     }
 
     #[test]

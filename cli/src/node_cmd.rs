@@ -561,14 +561,11 @@ fn parse_peer_route(route: &str) -> std::result::Result<(String, String), String
 
 pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &IngressArgs) -> Result<NodeSettings> {
     let limits = ingress.limits()?;
-    // An append entry must hold the largest batch, and events grow when stored: the attributes the broker adds
-    // (`knativearrivaltime`, `knativebrokerttl`) and each record's framing, about 55 bytes, and the request's
-    // trace context adopted by each event without its own (`traceparent`, about 70 bytes stored, and a
-    // `tracestate` of up to 512); counted as `STORED_GROWTH_PER_EVENT_BYTES` per event of the largest batch, so
-    // that a raised `--max-batch-events`, or a batch sent with trace headers, does not turn a batch within every
-    // documented limit into "append too large" (reviews found both: above about 1,200 events in a 4 MiB batch,
-    // and 1,000 events of 4 KB with a 512-byte `tracestate`, when 256 bytes were counted). A binary event may be
-    // stored with its attributes on top of its body (up to the header limit).
+    // An append entry must hold the largest batch as stored: each event grows by Knative's attributes and its
+    // framing (about 55 bytes) and an adopted trace context (`traceparent` about 70, `tracestate` up to 512),
+    // counted per event of the largest batch; reviews found 4 MiB batches refused as "append too large" with
+    // 55 counted (above about 1,200 events) and with 256 (1,000 events and a 512-byte `tracestate`). A binary
+    // event may be stored with its attributes on top of its body (up to the header limit).
     const STORED_GROWTH_PER_EVENT_BYTES: usize = 1024;
     let largest_request = limits.max_batch_bytes.max(limits.max_event_bytes + limits.max_header_bytes);
     let growth = ingress.max_batch_events.max(1).saturating_mul(STORED_GROWTH_PER_EVENT_BYTES);

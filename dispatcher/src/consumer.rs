@@ -171,6 +171,16 @@ struct DestinationTrust {
 pub(crate) const CONSUMER_UID_ATTRIBUTE: &str = "sluiceconsumeruid";
 
 /// The dead-letter stream of a consumer.
+/// The uids of every Trigger and Subscription in `node`'s copy of the metadata.
+pub(crate) fn live_consumer_uids(node: &sluice_broker::Node) -> std::collections::HashSet<String> {
+    ["Trigger", "Subscription"]
+        .into_iter()
+        .flat_map(|kind| node.resources(kind))
+        .filter_map(|(_, json)| serde_json::from_str::<Value>(&json).ok())
+        .filter_map(|o| o.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string))
+        .collect()
+}
+
 pub(crate) fn dead_letter_stream(kind: ConsumerKind, namespace: &str, name: &str) -> String {
     format!("deadletter/{}/{namespace}/{name}", kind.as_str())
 }

@@ -257,16 +257,6 @@ async fn stop_all(mut running: HashMap<(String, u32), Running>) {
     }
 }
 
-/// The uids of every Trigger and Subscription in `node`'s copy of the metadata.
-pub(crate) fn live_consumer_uids(node: &Node) -> HashSet<String> {
-    ["Trigger", "Subscription"]
-        .into_iter()
-        .flat_map(|kind| node.resources(kind))
-        .filter_map(|(_, json)| serde_json::from_str::<Value>(&json).ok())
-        .filter_map(|o| o.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string))
-        .collect()
-}
-
 async fn reconcile(
     node: &Node,
     settings: &DispatcherSettings,

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 
 use crate::driver::System;
-use crate::openloop::{self, RunConfig};
+use crate::openloop::{self, FirstArrivals, RunConfig};
 use crate::systems::SluiceHttp;
 
 pub(crate) mod node_metrics;
@@ -82,31 +82,6 @@ struct Seconds {
 
 /// How long after the run the acknowledged events still on their way are waited for.
 const STRAGGLERS_WAIT: Duration = Duration::from_secs(60);
-
-/// Which sequence numbers of the run have arrived: one bit each.
-#[derive(Default)]
-pub(crate) struct FirstArrivals {
-    bits: Vec<u64>,
-}
-
-impl FirstArrivals {
-    /// Sequence numbers at or past this are not tracked (every arrival counts as a first): 128 MiB of bits.
-    const MAX_TRACKED: u64 = 1 << 30;
-
-    /// Whether `seq` arrives for the first time (and notes it).
-    pub(crate) fn first(&mut self, seq: u64) -> bool {
-        if seq >= Self::MAX_TRACKED {
-            return true;
-        }
-        let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
-        if self.bits.len() <= word {
-            self.bits.resize(word + 1, 0);
-        }
-        let first = self.bits[word] & bit == 0;
-        self.bits[word] |= bit;
-        first
-    }
-}
 
 impl Seconds {
     fn record(&self, payload: &[u8]) {
@@ -586,17 +561,6 @@ pub(crate) fn to_csv(rows: &[Second]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_an_events_first_arrival_counts() {
-        let mut arrivals = FirstArrivals::default();
-        let firsts: Vec<bool> = [0, 63, 64, 0, 1_000, 64, 1_000, 1].iter().map(|seq| arrivals.first(*seq)).collect();
-        assert_eq!(firsts, [true, true, true, false, true, false, false, true]);
-        // Past the tracked range every arrival counts (no unbounded bitmap).
-        assert!(arrivals.first(FirstArrivals::MAX_TRACKED));
-        assert!(arrivals.first(FirstArrivals::MAX_TRACKED));
-        assert_eq!(arrivals.bits.len(), 1_000 / 64 + 1);
-    }
 
     fn second(t: u64, max_ms: f64, over_stall: u64, rss_mib: f64) -> Second {
         Second {

@@ -19,10 +19,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
-use sluice_cloudevent::{self as cloudevent, AttrValue, CloudEvent, EventData};
+use sluice_cloudevent::{self as cloudevent, CloudEvent, EventData};
 
 use crate::consumer::{Format, Protocol};
 use crate::delivery::policy::RetryAfter;
+
+mod traceparent;
+pub(crate) use traceparent::traceparent;
 
 /// The most of a success's body that is read: a reply event must fit.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 4 << 20;
@@ -766,40 +769,6 @@ pub(crate) fn parse_retry_after(value: &str, now_ms: u64) -> Option<RetryAfter> 
     let at = httpdate::parse_http_date(value).ok()?;
     let at_ms = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64);
     Some(RetryAfter::AtMs(at_ms.max(now_ms)))
-}
-
-/// The event's own `traceparent` (distributed tracing extension), or one derived from its `source` and `id`,
-/// so that every attempt of one event shares a trace.
-pub(crate) fn traceparent(event: &CloudEvent) -> String {
-    if let Some(AttrValue::String(existing)) = event.get("traceparent")
-        && cloudevent::is_traceparent(existing)
-    {
-        return existing.clone();
-    }
-    let source = event.get_str("source").unwrap_or_default();
-    let id = event.get_str("id").unwrap_or_default();
-    let high = cloudevent::stable_hash(&[source.as_bytes(), b"\0", id.as_bytes()]);
-    let low = cloudevent::stable_hash(&[id.as_bytes(), b"\0", source.as_bytes()]);
-    let span = cloudevent::stable_hash(&[b"span", source.as_bytes(), id.as_bytes()]);
-    // `00-{high:016x}{low:016x}-{span:016x}-01`, written without the formatting machinery (once per delivery).
-    let mut value = String::with_capacity(TRACEPARENT_LEN);
-    value.push_str("00-");
-    push_hex_u64(&mut value, high);
-    push_hex_u64(&mut value, low);
-    value.push('-');
-    push_hex_u64(&mut value, span.max(1));
-    value.push_str("-01");
-    value
-}
-
-/// A W3C `traceparent`: version, trace id, parent id and flags, 2, 32, 16 and 2 hex digits apart by dashes.
-const TRACEPARENT_LEN: usize = 55;
-
-fn push_hex_u64(out: &mut String, value: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..16).rev() {
-        out.push(char::from(DIGITS[((value >> (shift * 4)) & 0xf) as usize]));
-    }
 }
 
 #[cfg(test)]

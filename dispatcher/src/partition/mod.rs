@@ -17,6 +17,7 @@
 //! match) is committed through the partition's Raft group; also when the dispatcher stops. A crash redelivers
 //! at most what settled since the last commit, plus what was in flight.
 
+mod gauges;
 mod reading;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -226,7 +227,7 @@ impl PartitionDispatcher {
         self.deliveries.clear();
         self.commit(true).await;
         for consumer in self.reading.consumers.values() {
-            clear_gauges(&consumer.spec, partition);
+            gauges::clear(&consumer.spec, partition);
         }
         tracing::info!(stream = %self.stream, partition, "dispatch stopped");
     }
@@ -363,7 +364,7 @@ impl PartitionDispatcher {
     fn stop_consumer(&mut self, consumer: Consumer) -> Vec<OffsetCommit> {
         let cursor = &consumer.spec.cursor;
         self.abort_running(cursor);
-        clear_gauges(&consumer.spec, self.partition());
+        gauges::clear(&consumer.spec, self.partition());
         let watermark = consumer.window.watermark();
         let mut commits = consumer.stopped_stat_commits();
         if consumer.committed.is_none_or(|c| watermark > c) {
@@ -395,7 +396,7 @@ impl PartitionDispatcher {
             tracing::debug!(stream = %self.stream, error = %e, "offsets of deleted consumers kept: the metadata is not confirmed current");
             return;
         }
-        let live_now = crate::supervisor::live_consumer_uids(&node);
+        let live_now = crate::consumer::live_consumer_uids(&node);
         let dead: Vec<String> = dead.into_iter().filter(|cursor| unknown_owner(cursor, &live_now)).collect();
         if !dead.is_empty() {
             tracing::info!(stream = %self.stream, partition = self.partition(), cursors = ?dead, "deleting the offsets of deleted consumers");
@@ -648,44 +649,7 @@ impl PartitionDispatcher {
 
     fn publish_gauges(&self) {
         let end = self.ctx.node.end_offset(&self.stream, self.partition()).unwrap_or(0);
-        let now = now_ms();
-        let partition = self.partition().to_string();
-        for consumer in self.reading.consumers.values() {
-            let labels = gauge_labels(&consumer.spec, &partition);
-            let committed = consumer.committed.unwrap_or(0);
-            metrics::gauge!("sluice_dispatch_backlog", &labels).set(end.saturating_sub(committed) as f64);
-            metrics::gauge!("sluice_dispatch_inflight", &labels).set(consumer.window.in_flight() as f64);
-            metrics::gauge!("sluice_dispatch_pending", &labels).set(consumer.window.pending() as f64);
-            let oldest = consumer
-                .oldest_pending_arrival_ms()
-                .map(|arrival_ms| now.saturating_sub(arrival_ms) as f64 / 1000.0)
-                .unwrap_or(0.0);
-            metrics::gauge!("sluice_dispatch_oldest_undelivered_age_seconds", &labels).set(oldest);
-        }
-    }
-}
-
-fn gauge_labels(spec: &ConsumerSpec, partition: &str) -> [(&'static str, String); 4] {
-    [
-        ("consumer", spec.name.clone()),
-        ("namespace", spec.namespace.clone()),
-        ("kind", spec.kind.as_str().to_string()),
-        ("partition", partition.to_string()),
-    ]
-}
-
-/// Zeroes a consumer's gauges on this node when it stops dispatching it (the consumer was deleted or changed,
-/// or the partition's leadership went elsewhere). Regression: they kept their last values, so sums over the
-/// nodes counted a moved partition twice and an alert on the oldest undelivered age kept firing.
-fn clear_gauges(spec: &ConsumerSpec, partition: u32) {
-    let labels = gauge_labels(spec, &partition.to_string());
-    for gauge in [
-        "sluice_dispatch_backlog",
-        "sluice_dispatch_inflight",
-        "sluice_dispatch_pending",
-        "sluice_dispatch_oldest_undelivered_age_seconds",
-    ] {
-        metrics::gauge!(gauge, &labels).set(0.0);
+        gauges::publish(self.reading.consumers.values(), end, now_ms(), self.partition());
     }
 }
 
