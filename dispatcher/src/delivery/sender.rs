@@ -25,6 +25,8 @@ use crate::consumer::{Format, Protocol};
 use crate::delivery::policy::RetryAfter;
 
 mod traceparent;
+#[cfg(test)]
+use traceparent::push_hex_u64;
 pub(crate) use traceparent::traceparent;
 
 /// The most of a success's body that is read: a reply event must fit.

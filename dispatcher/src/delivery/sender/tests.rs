@@ -1,4 +1,5 @@
 use super::*;
+use sluice_cloudevent::AttrValue;
 
 #[test]
 fn retry_after_in_seconds_or_as_a_date() {

@@ -30,7 +30,7 @@ pub(crate) fn traceparent(event: &CloudEvent) -> String {
 /// A W3C `traceparent`: version, trace id, parent id and flags, 2, 32, 16 and 2 hex digits apart by dashes.
 const TRACEPARENT_LEN: usize = 55;
 
-fn push_hex_u64(out: &mut String, value: u64) {
+pub(super) fn push_hex_u64(out: &mut String, value: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for shift in (0..16).rev() {
         out.push(char::from(DIGITS[((value >> (shift * 4)) & 0xf) as usize]));
