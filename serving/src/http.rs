@@ -73,10 +73,16 @@ fn add_forwarded(headers: &mut HeaderMap, client: Option<ClientConnection>) {
     let Some(client) = client else { return };
     let forwarded_for = HeaderName::from_static("x-forwarded-for");
     let ip = client.peer.ip().to_string();
-    let value = match headers.get(&forwarded_for).and_then(|v| v.to_str().ok()) {
-        Some(before) if !before.trim().is_empty() => format!("{before}, {ip}"),
-        _ => ip,
-    };
+    // Every line a proxy in front put there, in order (one may add a line rather than extend the last: the
+    // entries after the first were dropped, the address the app should trust among them).
+    let before: Vec<&str> = headers
+        .get_all(&forwarded_for)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let value = if before.is_empty() { ip } else { format!("{}, {ip}", before.join(", ")) };
     if let Ok(value) = HeaderValue::try_from(value) {
         headers.insert(forwarded_for, value);
     }
@@ -317,8 +323,22 @@ pub(crate) fn upstream_request(request: Request, permit: &Permit) -> Result<hype
     {
         parts.headers.insert(header::HOST, host);
     }
+    join_cookies(&mut parts.headers);
     parts.version = axum::http::Version::HTTP_11;
     Ok(hyper::Request::from_parts(parts, body))
+}
+
+/// An HTTP/2 client may split its cookies over several `cookie` fields; before HTTP/1.1 they are one, joined by
+/// "; " (RFC 9113 §8.2.3). Regression: they went as several `Cookie` lines, which servers joining repeated
+/// headers with "," misread.
+fn join_cookies(headers: &mut HeaderMap) {
+    let pieces: Vec<&[u8]> = headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+    if pieces.len() < 2 {
+        return;
+    }
+    if let Ok(joined) = HeaderValue::from_bytes(&pieces.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, joined);
+    }
 }
 
 /// The client's Host, kept when the request reached us over h2 (authority instead of a Host header).
@@ -470,6 +490,27 @@ mod tests {
         let mut unknown = HeaderMap::new();
         add_forwarded(&mut unknown, None);
         assert!(unknown.is_empty());
+
+        // Regression (review): a proxy that adds a line of its own had every line but the first dropped.
+        let mut two_lines = HeaderMap::new();
+        two_lines.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        two_lines.append("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        add_forwarded(&mut two_lines, Some(client));
+        assert_eq!(two_lines.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(two_lines["x-forwarded-for"], "6.6.6.6, 203.0.113.9, 10.0.0.7");
+    }
+
+    /// Regression (review): an HTTP/2 client's cookie fields went to the HTTP/1.1 app as several `Cookie` lines.
+    #[test]
+    fn cookie_fields_are_one_header_for_the_app() {
+        let mut split = HeaderMap::new();
+        split.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        split.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut split);
+        assert_eq!(split.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+        let mut one = headers(&[("cookie", "a=1")]);
+        join_cookies(&mut one);
+        assert_eq!(one["cookie"], "a=1");
     }
 
     #[tokio::test]

@@ -140,13 +140,18 @@ pub struct SubscriberSignals {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// `Host` without the port, lower case.
+/// `Host` without the port and a trailing dot, lower case: as the data plane reads a request's host
+/// (`request_host`), so that a subscriber written `hello.default.localhost.:8080` is the route it reaches
+/// (it was not, and its deliveries ran without the revision's in-flight limit).
 fn host_name(host: &str) -> String {
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(host, |(address, _)| address),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
     };
-    name.to_ascii_lowercase()
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 impl SubscriberSignals {
@@ -285,8 +290,10 @@ mod tests {
     #[test]
     fn a_host_is_named_without_its_port_and_in_lower_case() {
         assert_eq!(host_name("Hello.Default.localhost:8080"), "hello.default.localhost");
-        assert_eq!(host_name("[::1]:80"), "[::1]");
+        assert_eq!(host_name("[::1]:80"), "::1");
         assert_eq!(host_name("hello"), "hello");
+        // Regression (review): a trailing dot, which the data plane drops, kept the host out of the route table.
+        assert_eq!(host_name("hello.default.localhost.:8080"), "hello.default.localhost");
     }
 
     #[test]
