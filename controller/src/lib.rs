@@ -4,7 +4,7 @@
 //! What flows through it: an object (YAML or JSON, as `kubectl apply` would
 //! take it) is parsed into its kind's typed form ([`model`]), validated the
 //! way Knative's webhook validates it, with errors that name the field path
-//! ([`validate`]), and given its Kubernetes metadata (uid, generation,
+//! ([`validate`]) after what Knative's defaulting webhook would add ([`admission`]), and given its Kubernetes metadata (uid, generation,
 //! resourceVersion, creationTimestamp) when it is stored ([`meta`]). Objects
 //! are stored as the JSON that was applied.
 //!
@@ -18,6 +18,7 @@
 //! supports it. `status` may hold anything (it is derived, never taken from
 //! the applied object). Reading stored objects stays lenient.
 
+pub mod admission;
 mod fields;
 pub mod meta;
 pub mod model;

@@ -64,9 +64,9 @@ pub const ADMIN_FIELD_MANAGER: &str = "sluice-admin";
 /// nothing: the same spec, labels, annotations (those the admin API owns carried over) and other user fields,
 /// and the same ownership; what Sluice maintains is not compared.
 pub fn apply_changes_nothing(stored: &Value, incoming: &Value) -> bool {
-    // Apply prunes the nulls of what it stores: an object that differs only by them changes nothing.
-    let mut incoming = incoming.clone();
-    prune_nulls(&mut incoming);
+    // Apply stores what admission makes of the object (nulls pruned, Knative's defaults, fields fixed at
+    // creation kept): an object that differs only by those changes nothing.
+    let incoming = crate::admission::admitted(incoming.clone(), Some(stored));
     let carried = carry_owned_annotations(stored, incoming);
     user_part(stored) == user_part(&carried) && admin_owned(stored) == admin_owned(&carried)
 }
@@ -314,9 +314,11 @@ mod tests {
         assert_eq!(merged["status"], json!({"observedGeneration": 1}));
     }
 
+    /// A Trigger as admission makes it (labelled with its Broker).
     fn trigger(annotations: Value) -> Value {
         json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
-               "metadata": {"name": "t", "namespace": "default", "annotations": annotations},
+               "metadata": {"name": "t", "namespace": "default", "annotations": annotations,
+                            "labels": {"eventing.knative.dev/broker": "default"}},
                "spec": {"broker": "default", "subscriber": {"uri": "http://sink"}}})
     }
 

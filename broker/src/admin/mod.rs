@@ -323,19 +323,19 @@ impl Log for AdminService {
 /// Validates an object as Knative's webhook would (against the stored one,
 /// for immutable fields) and defaults its namespace to `default`.
 pub fn resource_record(object_json: &str, node: &Node) -> Result<ResourceRecord, Status> {
-    let mut object: serde_json::Value = serde_json::from_str(object_json)
+    let object: serde_json::Value = serde_json::from_str(object_json)
         .map_err(|e| error_status(ErrorCode::InvalidResource, format!("object: not JSON: {e}")))?;
-    // `field:` with nothing after it is an absent field, for the validator and for every reader after it.
-    sluice_controller::meta::prune_nulls(&mut object);
-    if let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-        metadata.entry("namespace").or_insert_with(|| "default".into());
-    }
+    // `field:` with nothing after it is an absent field, for the validator and for every reader after it; the
+    // namespace is `default` when none is given (admission does both; the stored object is read once the key
+    // is known).
+    let object = sluice_controller::admission::admitted(object, None);
     let key = ResourceKey {
         kind: object.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string(),
         namespace: object.pointer("/metadata/namespace").and_then(|n| n.as_str()).unwrap_or_default().to_string(),
         name: object.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_string(),
     };
     let existing: Option<serde_json::Value> = node.resource(&key).and_then(|json| serde_json::from_str(&json).ok());
+    let object = sluice_controller::admission::admitted(object, existing.as_ref());
     if let Err(errors) = validate_object_with(&object, existing.as_ref(), &node.settings().serving_features) {
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         return Err(error_status(ErrorCode::InvalidResource, text.join("; ")));

@@ -35,16 +35,11 @@ fn display_name(object: &Value) -> String {
     if group.is_empty() { format!("{kind}/{name}") } else { format!("{kind}.{group}/{name}") }
 }
 
-/// An object as the node takes it before it validates it (`resource_record`): a field set to null is absent, and
-/// the namespace `default` when none is given. Regression: the client dry run kept the nulls (`kn`'s and
+/// An object as the node takes it before it reads the stored one (`resource_record`): a field set to null is
+/// absent, the namespace `default` when none is given, a Trigger labelled with its Broker. Regression: the client dry run kept the nulls (`kn`'s and
 /// `kubectl get -o yaml`'s `creationTimestamp: null`), and said `configured` where apply says `unchanged`.
 fn as_the_node_takes_it(object: &Value) -> Value {
-    let mut object = object.clone();
-    sluice_controller::meta::prune_nulls(&mut object);
-    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.entry("namespace").or_insert_with(|| "default".into());
-    }
-    object
+    sluice_controller::admission::admitted(object.clone(), None)
 }
 
 /// `--dry-run=client`: validated here as the node would (immutable fields against the stored object, read
@@ -66,6 +61,7 @@ async fn client_dry_run(client: &mut ResourcesClient<AdminChannel>, object: &Val
         Err(status) if status.code() == Code::NotFound => None,
         Err(status) => return Err(status),
     };
+    let object = sluice_controller::admission::admitted(object, existing.as_ref());
     sluice_controller::validate::validate_object(&object, existing.as_ref()).map_err(invalid)?;
     let (_, outcome) = sluice_controller::meta::merge_for_apply_keeping_owned(existing.as_ref(), object, "", "", 0);
     Ok(outcome.as_str().to_string())

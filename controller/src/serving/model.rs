@@ -307,9 +307,10 @@ const DEFAULT_CONTAINER_NAME: &str = "user-container";
 /// `enableServiceLinks` unset is false, an unnamed container is `user-container` (`user-container-N` among
 /// several, skipping names taken), the serving container's readiness probe defaults to a `tcpSocket` one,
 /// a readiness probe's `successThreshold` unset is 1 (and with `periodSeconds` set, `failureThreshold` 3 and
-/// `timeoutSeconds` 1), a `grpc` probe's `service` unset is "". A probe's numbers unset and 0 are the same
+/// `timeoutSeconds` 1), a `grpc` probe's `service` unset is "", a probe's `port` 0 is unset (the serving port, as
+/// Knative writes it). A probe's numbers unset and 0 are the same
 /// (Kubernetes' `int32`s, not pointers). Not defaulted: volume mounts' `readOnly`, the `securityContext`
-/// defaults of `secure-pod-defaults`, resources (none by default).
+/// defaults of `secure-pod-defaults`, resources (none by default; `resources: {}` is none).
 pub fn with_knative_defaults(spec: &RevisionSpec) -> RevisionSpec {
     let mut spec = spec.clone();
     if spec.timeout_seconds.is_none_or(|seconds| seconds == 0) {
@@ -341,6 +342,10 @@ pub fn with_knative_defaults(spec: &RevisionSpec) -> RevisionSpec {
             }
             container.name = Some(name);
         }
+        // `resources: {}` (as Knative prints a container without any) is none.
+        if container.resources.as_ref().and_then(Value::as_object).is_some_and(serde_json::Map::is_empty) {
+            container.resources = None;
+        }
         if single || !container.ports.is_empty() {
             let probe = container.readiness_probe.get_or_insert_with(Probe::default);
             if probe.http_get.is_none() && probe.tcp_socket.is_none() && probe.exec.is_none() && probe.grpc.is_none() {
@@ -365,6 +370,18 @@ pub fn with_knative_defaults(spec: &RevisionSpec) -> RevisionSpec {
             .into_iter()
             .flatten()
         {
+            // Knative writes the serving container's probe port as 0 (the port it serves on, filled in at run).
+            let port_zero = |port: &Option<Value>| port.as_ref().and_then(Value::as_i64) == Some(0);
+            if let Some(tcp) = &mut probe.tcp_socket
+                && port_zero(&tcp.port)
+            {
+                tcp.port = None;
+            }
+            if let Some(http) = &mut probe.http_get
+                && port_zero(&http.port)
+            {
+                http.port = None;
+            }
             if let Some(grpc) = &mut probe.grpc
                 && grpc.service.is_none()
             {

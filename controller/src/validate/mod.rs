@@ -114,8 +114,12 @@ pub fn validate_object_with(
         "Channel" => typed::<Channel>(object, &mut errors).map(|c| {
             validate_channel(c.spec.delivery.as_ref(), &mut rules);
             // Knative: "spec.channelTemplate ... MUST be immutable" (the backing channel is made from it once).
+            // Compared with Knative's default written out: a Channel made without one was made with it.
+            let template = |o: &Value| {
+                o.pointer("/spec/channelTemplate").cloned().unwrap_or_else(crate::admission::default_channel_template)
+            };
             if let Some(existing) = existing
-                && existing.pointer("/spec/channelTemplate") != object.pointer("/spec/channelTemplate")
+                && template(existing) != template(object)
             {
                 rules.push(err("spec.channelTemplate", "field is immutable"));
             }
@@ -296,9 +300,10 @@ fn validate_broker(broker: &Broker, existing: Option<&Value>, errors: &mut Vec<F
         // Knative's `KReference.Validate`: kind, name and apiVersion (`v1` for a ConfigMap).
         validate_reference("spec.config", config, true, errors);
     }
-    if let Some(existing) = existing
-        && existing.pointer("/spec/config")
-            != serde_json::to_value(&broker.spec.config).ok().filter(|v| !v.is_null()).as_ref()
+    // As the class: a Broker stored without one (Knative would have defaulted it from `config-br-defaults`,
+    // Sluice uses none) may get one once, then it is fixed.
+    if let Some(stored_config) = existing.and_then(|e| e.pointer("/spec/config"))
+        && Some(stored_config) != serde_json::to_value(&broker.spec.config).ok().filter(|v| !v.is_null()).as_ref()
     {
         errors.push(err("spec.config", "field is immutable"));
     }

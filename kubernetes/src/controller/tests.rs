@@ -83,8 +83,9 @@ impl SluiceApi for FakeSluice {
                 object["metadata"]["name"].as_str().unwrap_or_default()
             );
             self.note(format!("apply {key}"));
-            // Merged as the node merges an `ApplyResource` entry.
+            // Admitted and merged as the node admits and merges an `ApplyResource` entry.
             let existing = self.object(&key);
+            let object = sluice_controller::admission::admitted(object.clone(), existing.as_ref());
             if let Ok(mut before) = self.before_last_apply.lock() {
                 *before = existing.clone();
             }

@@ -48,6 +48,23 @@ async fn knative_yaml_applies_and_reads_back_across_nodes_and_restarts() -> anyh
     assert_eq!(again.lines().count(), 5, "{again}");
     assert!(again.lines().all(|l| l.ends_with(" unchanged")), "{again}");
 
+    // What `get -o yaml` prints, applied again, changes nothing (the Trigger's broker label admission adds,
+    // the namespace, the uid and status are Sluice's).
+    for (kind, name) in [("broker", "default"), ("trigger", "by-attributes"), ("subscription", "orders-to-display")] {
+        let (code, yaml, stderr) = sluice(args(&["get", kind, name, "-o", "yaml", "--admin", &admin1])).await?;
+        assert_eq!(code, 0, "{stderr}");
+        let exported = std::env::temp_dir().join(format!("sluice-t50-export-{}.yaml", std::process::id()));
+        std::fs::write(&exported, &yaml)?;
+        let (code, again, stderr) =
+            sluice(args(&["apply", "-f", exported.to_str().unwrap_or_default(), "--admin", &admin1])).await?;
+        let _ = std::fs::remove_file(&exported);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(again.trim_end().ends_with(" unchanged"), "{kind}/{name} as exported: {again}");
+        if kind == "trigger" {
+            assert!(yaml.contains("eventing.knative.dev/broker: default"), "the label Knative sets: {yaml}");
+        }
+    }
+
     // Read back from another node, as YAML with Knative's field names.
     let get_yaml = |admin: String| async move {
         wait_until(Duration::from_secs(10), || {
@@ -286,5 +303,64 @@ async fn regression_a_watch_whose_client_left_gives_back_its_place() -> anyhow::
         .map_err(|e| anyhow::anyhow!("watch {opened} was never let in: {e}"))?;
         drop(stream);
     }
+    Ok(())
+}
+
+/// Regression (a review of the apply path): a Service re-applied as Knative prints it (`kubectl get -o yaml`:
+/// its defaults written out, `creationTimestamp: null`) bumped the generation and made a new Revision that took
+/// the traffic. It is `unchanged`, and a real change still makes the next Revision.
+#[tokio::test]
+async fn regression_a_service_reapplied_with_knatives_defaults_written_out_makes_no_new_revision() -> anyhow::Result<()>
+{
+    use serde_json::json;
+    let (_dir, node) = sluice_tests::start_single_node(1, &[]).await?;
+    let admin = node.admin.clone();
+    let env = json!([{"name": "TARGET", "value": "One"}]);
+    sluice_tests::apply_resource(&admin, super::t90_serving::service("hello", env.clone(), json!({}), json!({})))
+        .await?;
+    super::t90_serving::wait_for(&admin, "Configuration", "hello", "/metadata/generation", json!(1)).await?;
+    super::t90_serving::wait_for(&admin, "Revision", "hello-00001", "/metadata/name", json!("hello-00001")).await?;
+
+    let mut exported = super::t90_serving::get(&admin, "Service", "hello").await?;
+    exported["metadata"]["creationTimestamp"] = serde_json::Value::Null;
+    exported["spec"]["template"]["metadata"] = json!({"creationTimestamp": null});
+    let template = &mut exported["spec"]["template"]["spec"];
+    template["containerConcurrency"] = json!(0);
+    template["timeoutSeconds"] = json!(300);
+    template["enableServiceLinks"] = json!(false);
+    template["containers"][0]["name"] = json!("user-container");
+    template["containers"][0]["readinessProbe"] = json!({"successThreshold": 1, "tcpSocket": {"port": 0}});
+    template["containers"][0]["resources"] = json!({});
+    exported["spec"]["traffic"] = json!([{"latestRevision": true, "percent": 100}]);
+    let file = std::env::temp_dir().join(format!("sluice-t50-service-{}.yaml", std::process::id()));
+    std::fs::write(&file, serde_json::to_string(&exported)?)?;
+    let (code, out, stderr) =
+        sluice(args(&["apply", "-f", file.to_str().unwrap_or_default(), "--admin", &admin])).await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(out.trim_end(), "service.serving.knative.dev/hello unchanged");
+    let service = super::t90_serving::get(&admin, "Service", "hello").await?;
+    assert_eq!(service["metadata"]["generation"], 1);
+    let configuration = super::t90_serving::get(&admin, "Configuration", "hello").await?;
+    assert_eq!(configuration["metadata"]["generation"], 1);
+
+    // The same export with another image is a change: generation 2, the second Revision.
+    exported["spec"]["template"]["spec"]["containers"][0]["env"] = json!([{"name": "TARGET", "value": "Two"}]);
+    std::fs::write(&file, serde_json::to_string(&exported)?)?;
+    let (code, out, stderr) =
+        sluice(args(&["apply", "-f", file.to_str().unwrap_or_default(), "--admin", &admin])).await?;
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(out.trim_end(), "service.serving.knative.dev/hello configured");
+    super::t90_serving::wait_for(&admin, "Revision", "hello-00002", "/metadata/name", json!("hello-00002")).await?;
+    let mut client = sluice_proto::admin::resources_client::ResourcesClient::connect(format!("http://{admin}")).await?;
+    let revisions =
+        client.list(sluice_proto::admin::ListResourcesRequest { kind: "Revision".into() }).await?.into_inner();
+    let names: Vec<String> = revisions
+        .objects_json
+        .iter()
+        .filter_map(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+        .filter_map(|r| r["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(names, ["hello-00001", "hello-00002"], "one Revision per real change");
     Ok(())
 }

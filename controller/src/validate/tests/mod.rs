@@ -517,9 +517,20 @@ fn immutable_fields_cannot_change() {
         Ok(()),
         "a class may be set once on a Broker that had none"
     );
-    let reconfigured = set(broker(), "/spec/config", json!({"kind": "ConfigMap", "name": "x"}));
+    let configured = set(broker(), "/spec/config", json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "x"}));
+    assert_eq!(
+        validate_object(&configured, Some(&broker())),
+        Ok(()),
+        "a config may be set once on a Broker that had none"
+    );
+    let reconfigured = set(configured.clone(), "/spec/config/name", json!("y"));
     assert!(
-        validate_object(&reconfigured, Some(&broker())).expect_err("config").iter().any(|e| e.path == "spec.config")
+        validate_object(&reconfigured, Some(&configured)).expect_err("config").iter().any(|e| e.path == "spec.config")
+    );
+    let unconfigured = set(broker(), "/spec", json!({}));
+    assert!(
+        validate_object(&unconfigured, Some(&configured)).expect_err("config").iter().any(|e| e.path == "spec.config"),
+        "removed is changed (an apply that omits it keeps it: admission)"
     );
     let rechanneled = set(subscription(), "/spec/channel/name", json!("other"));
     assert!(
