@@ -175,6 +175,9 @@ fn destination_at(object: &Value, pointer: &str) -> Option<Destination> {
         .and_then(|v| serde_json::from_value(v.clone()).ok())
 }
 
+/// A dead-letter sink not configured (no error to tell).
+const NOT_CONFIGURED: Option<(String, String)> = None;
+
 /// `status` for `object`, computed from the objects around it.
 pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
     if let Some(status) = crate::serving::status::reconcile(object, world, env) {
@@ -188,15 +191,39 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
     let mut status = serde_json::Map::new();
     status.insert("observedGeneration".into(), generation);
 
-    let dead_letter = destination_at(object, "/spec/delivery/deadLetterSink");
+    // A Trigger or Subscription without a `delivery` of its own is delivered with its Broker's or Channel's, whole
+    // (the spec: "If a Trigger specifies any delivery options, this field MUST be ignored"), as the dispatcher
+    // does: its dead-letter sink is that one.
+    let delivery_owner = match object.pointer("/spec/delivery").filter(|d| !d.is_null()) {
+        Some(_) => Some(object),
+        None => match kind {
+            "Trigger" => world.find("Broker", namespace, crate::model::trigger_broker(object)),
+            "Subscription" => {
+                let channel = object.pointer("/spec/channel");
+                let channel_kind = channel.and_then(|c| c.get("kind")).and_then(Value::as_str).unwrap_or_default();
+                let channel_name = channel.and_then(|c| c.get("name")).and_then(Value::as_str).unwrap_or_default();
+                world.find(channel_kind, namespace, channel_name)
+            }
+            _ => Some(object),
+        },
+    };
+    let dead_letter = delivery_owner.and_then(|owner| destination_at(owner, "/spec/delivery/deadLetterSink"));
     // Knative's conformance: a destination that cannot be resolved reports its URI as the empty string.
     let dead_letter_ok = match &dead_letter {
-        None => Ok(()),
+        None => Err(NOT_CONFIGURED),
         Some(sink) => {
             let resolved = resolve(sink, namespace, world, env);
             status.insert("deadLetterSinkUri".into(), resolved.as_deref().unwrap_or_default().into());
-            resolved.map(|_| ())
+            resolved.map(|_| ()).map_err(Some)
         }
+    };
+    let dead_letter_condition = match &dead_letter_ok {
+        Err(None) => {
+            json!({"type": "DeadLetterSinkResolved", "status": "True", "reason": "DeadLetterSinkNotConfigured",
+            "message": "No dead letter sink is configured."})
+        }
+        Ok(()) => condition("DeadLetterSinkResolved", Ok(())),
+        Err(Some(unresolved)) => condition("DeadLetterSinkResolved", Err(unresolved.clone())),
     };
 
     match kind {
@@ -206,6 +233,8 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
             status.insert("addresses".into(), all);
             conditions.push(event_policies_ready(object, world, env, &mut status));
             conditions.push(condition("Addressable", Ok(())));
+            // Each kind's conditions as Knative names them (the MT Broker's, the Channel's, the IMC's): Sluice's
+            // ingress, log and dispatcher are all of them, ready when the node answers.
             if kind == "Broker" {
                 conditions.push(condition("IngressReady", Ok(())));
                 conditions.push(condition("FilterReady", Ok(())));
@@ -217,11 +246,14 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
                         json!({"sluice.dev/class-note": format!("broker class {class} is served by Sluice here")}),
                     );
                 }
+            } else if kind == "Channel" {
+                conditions.push(condition("BackingChannelReady", Ok(())));
             } else {
-                conditions.push(condition("ChannelServiceReady", Ok(())));
-                conditions.push(condition("DispatcherReady", Ok(())));
+                for ready in ["ChannelServiceReady", "DispatcherReady", "ServiceReady", "EndpointsReady"] {
+                    conditions.push(condition(ready, Ok(())));
+                }
             }
-            conditions.push(condition("DeadLetterSinkResolved", dead_letter_ok));
+            conditions.push(dead_letter_condition);
         }
         "Trigger" => {
             let broker = crate::model::trigger_broker(object);
@@ -230,6 +262,8 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
                 None => Err(("BrokerDoesNotExist".into(), format!("Broker {namespace}/{broker} does not exist"))),
             };
             conditions.push(condition("BrokerReady", broker_ok));
+            // Knative's Trigger is subscribed to its Broker's channel; Sluice's consumer of the Broker's log is.
+            conditions.push(condition("SubscriptionReady", Ok(())));
             conditions.push(condition("DependencyReady", Ok(())));
             let subscriber = destination_at(object, "/spec/subscriber");
             let subscriber_ok = match &subscriber {
@@ -241,7 +275,7 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
                 }
             };
             conditions.push(condition("SubscriberResolved", subscriber_ok));
-            conditions.push(condition("DeadLetterSinkResolved", dead_letter_ok));
+            conditions.push(dead_letter_condition);
         }
         "EventPolicy" => {
             // Without sender identity nothing enforces the policy: it is not Ready, so that nobody takes it for a
@@ -285,7 +319,13 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
                 },
                 None => Err(("ChannelMissing".into(), "spec.channel is required".into())),
             };
+            // Knative's `AddedToChannel`: Sluice's consumer of the Channel's log exists once the Channel does.
+            let added = match &channel_ok {
+                Err((reason, message)) if reason != "ChannelNotReady" => Err((reason.clone(), message.clone())),
+                _ => Ok(()),
+            };
             conditions.push(condition("ChannelReady", channel_ok));
+            conditions.push(condition("AddedToChannel", added));
             // Knative's layout: what the Subscription resolves to is its `physicalSubscription` (a Subscription's
             // CRD prunes the Trigger-style fields at the top of its status).
             let mut physical = serde_json::Map::new();
@@ -303,8 +343,12 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
                 physical.insert("deadLetterSinkUri".into(), uri);
             }
             status.insert("physicalSubscription".into(), Value::Object(physical));
-            conditions.push(condition("Resolved", resolved));
-            conditions.push(condition("DeadLetterSinkResolved", dead_letter_ok));
+            // Knative's Subscription has no `DeadLetterSinkResolved`: its dead-letter sink is one of the references
+            // `ReferencesResolved` is about.
+            if let Err(Some(unresolved)) = dead_letter_ok {
+                resolved = resolved.and(Err(unresolved));
+            }
+            conditions.push(condition("ReferencesResolved", resolved));
         }
         _ => {}
     }
@@ -634,5 +678,117 @@ mod tests {
         let status = reconcile(&b, &World { objects: &with_dlq }, &env());
         assert_eq!(condition_of(&status, "Ready")["status"], "True");
         assert_eq!(status["deadLetterSinkUri"], "http://127.0.0.1:8080/channels/default/dlq");
+    }
+
+    /// Each kind's conditions are Knative's condition set for it (its reconcilers' `NewLivingConditionSet`, less
+    /// the OIDC identity Sluice does not make): a review found a Subscription with `Resolved` (Knative's
+    /// `ReferencesResolved`, `AddedToChannel`), a Trigger without `SubscriptionReady`, a Channel with the IMC's.
+    #[test]
+    fn each_kind_has_knatives_condition_types() {
+        let channel = |kind: &str| json!({"apiVersion": "messaging.knative.dev/v1", "kind": kind, "metadata": {"name": "c", "namespace": "default"}});
+        let subscription = json!({"apiVersion": "messaging.knative.dev/v1", "kind": "Subscription",
+            "metadata": {"name": "s", "namespace": "default"},
+            "spec": {"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "Channel", "name": "c"},
+                "subscriber": {"uri": "http://svc/"}}});
+        let objects =
+            [broker("default", None), channel("Channel"), subscription.clone(), trigger(json!({"uri": "http://svc/"}))];
+        let world = World { objects: &objects };
+        let cases: [(&Value, &[&str]); 5] = [
+            (
+                &objects[0],
+                &[
+                    "Ready",
+                    "EventPoliciesReady",
+                    "Addressable",
+                    "IngressReady",
+                    "FilterReady",
+                    "TriggerChannelReady",
+                    "DeadLetterSinkResolved",
+                ],
+            ),
+            (
+                &objects[1],
+                &["Ready", "EventPoliciesReady", "Addressable", "BackingChannelReady", "DeadLetterSinkResolved"],
+            ),
+            (
+                &channel("InMemoryChannel"),
+                &[
+                    "Ready",
+                    "EventPoliciesReady",
+                    "Addressable",
+                    "ChannelServiceReady",
+                    "DispatcherReady",
+                    "ServiceReady",
+                    "EndpointsReady",
+                    "DeadLetterSinkResolved",
+                ],
+            ),
+            (&objects[2], &["Ready", "ChannelReady", "AddedToChannel", "ReferencesResolved"]),
+            (
+                &objects[3],
+                &[
+                    "Ready",
+                    "BrokerReady",
+                    "SubscriptionReady",
+                    "DependencyReady",
+                    "SubscriberResolved",
+                    "DeadLetterSinkResolved",
+                ],
+            ),
+        ];
+        for (object, types) in cases {
+            let status = reconcile(object, &world, &env());
+            let got: Vec<&str> =
+                status["conditions"].as_array().into_iter().flatten().filter_map(|c| c["type"].as_str()).collect();
+            assert_eq!(got, types, "{}", object["kind"]);
+            assert_eq!(condition_of(&status, "Ready")["status"], "True", "{}: {status}", object["kind"]);
+        }
+        // Without a dead-letter sink: True, reason `DeadLetterSinkNotConfigured`, as Knative marks it.
+        let status = reconcile(&objects[0], &world, &env());
+        let not_configured = condition_of(&status, "DeadLetterSinkResolved");
+        assert_eq!(
+            (&not_configured["status"], &not_configured["reason"]),
+            (&json!("True"), &json!("DeadLetterSinkNotConfigured"))
+        );
+        // A Subscription's channel missing: neither ready nor added to it.
+        let alone = [subscription.clone()];
+        let status = reconcile(&subscription, &World { objects: &alone }, &env());
+        assert_eq!(condition_of(&status, "AddedToChannel")["reason"], "ChannelNotFound");
+    }
+
+    /// Regression (a review of the apply path): a Trigger without a `delivery` of its own is dead-lettered to its
+    /// Broker's sink (the dispatcher takes the Broker's delivery whole), and its status said none was configured.
+    #[test]
+    fn a_trigger_without_delivery_reports_its_brokers_dead_letter_sink() {
+        let sink = json!({"uri": "http://dlq.example/"});
+        let plain = trigger(json!({"uri": "http://svc/"}));
+        let mut own_delivery = plain.clone();
+        own_delivery["spec"]["delivery"] = json!({"retry": 2});
+        let objects = [broker("default", Some(sink)), plain.clone(), own_delivery.clone()];
+        let world = World { objects: &objects };
+        let status = reconcile(&plain, &world, &env());
+        assert_eq!(status["deadLetterSinkUri"], "http://dlq.example/");
+        assert!(condition_of(&status, "DeadLetterSinkResolved").get("reason").is_none(), "{status}");
+        // A delivery of its own, without a sink: the Broker's is ignored (the spec's "MUST be ignored").
+        let status = reconcile(&own_delivery, &world, &env());
+        assert!(status.get("deadLetterSinkUri").is_none(), "{status}");
+        assert_eq!(condition_of(&status, "DeadLetterSinkResolved")["reason"], "DeadLetterSinkNotConfigured");
+        // A Subscription takes its Channel's, the same way; one that does not resolve is a reference unresolved.
+        let mut channel = json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel",
+            "metadata": {"name": "c", "namespace": "default"}});
+        let subscription = json!({"apiVersion": "messaging.knative.dev/v1", "kind": "Subscription",
+            "metadata": {"name": "s", "namespace": "default"},
+            "spec": {"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel", "name": "c"},
+                "subscriber": {"uri": "http://svc/"}}});
+        channel["spec"] = json!({"delivery": {"deadLetterSink": {"uri": "http://channel-dlq/"}}});
+        let objects = [channel.clone(), subscription.clone()];
+        let status = reconcile(&subscription, &World { objects: &objects }, &env());
+        assert_eq!(status["physicalSubscription"]["deadLetterSinkUri"], "http://channel-dlq/");
+        let mut unresolved = subscription.clone();
+        unresolved["spec"]["delivery"] = json!({"deadLetterSink": {"ref": {"apiVersion": "messaging.knative.dev/v1", "kind": "Channel", "name": "gone"}}});
+        let objects = [channel, unresolved.clone()];
+        let status = reconcile(&unresolved, &World { objects: &objects }, &env());
+        assert_eq!(condition_of(&status, "ReferencesResolved")["status"], "False");
+        assert_eq!(status["physicalSubscription"]["deadLetterSinkUri"], "");
     }
 }

@@ -173,8 +173,8 @@ pub fn refused_status(generation: Option<i64>, reason: &str, message: &str) -> K
 /// `/spec/delivery/deadLetterSink`) does not resolve: [`refused_status`], and as Knative's control plane
 /// requires, the URI that destination resolves to set to the empty string (a Trigger's `subscriberUri` or
 /// `deadLetterSinkUri`, a Subscription's `physicalSubscription`'s) with a condition that names it (a
-/// Trigger's `SubscriberResolved`, `DeadLetterSinkResolved`; a Subscription's `AddedToChannel` stays the
-/// node's to tell).
+/// Trigger's `SubscriberResolved`, `DeadLetterSinkResolved`; a Subscription's `ReferencesResolved`, its
+/// `AddedToChannel` staying the node's to tell).
 pub fn unresolved_status(kind: &str, generation: Option<i64>, pointer: &str, message: &str) -> KnativeStatus {
     let mut status = refused_status(generation, "DestinationNotResolved", message);
     let field = match pointer {
@@ -201,6 +201,7 @@ pub fn unresolved_status(kind: &str, generation: Option<i64>, pointer: &str, mes
         }
         ("Subscription", field) => {
             status.details.insert("physicalSubscription".into(), json!({ field: "" }));
+            status.conditions.push(unresolved("ReferencesResolved"));
         }
         _ => {}
     }
@@ -261,7 +262,9 @@ mod tests {
         assert_eq!(types, ["Ready", "SubscriberResolved"]);
         let dead_letter = status("Trigger", "/spec/delivery/deadLetterSink");
         assert_eq!((dead_letter["deadLetterSinkUri"].as_str(), dead_letter.get("subscriberUri")), (Some(""), None));
-        assert_eq!(status("Subscription", "/spec/reply")["physicalSubscription"], serde_json::json!({"replyUri": ""}));
+        let subscription = status("Subscription", "/spec/reply");
+        assert_eq!(subscription["physicalSubscription"], serde_json::json!({"replyUri": ""}));
+        assert_eq!(subscription["conditions"][1]["type"], "ReferencesResolved");
         let broker = status("Broker", "/spec/delivery/deadLetterSink");
         assert_eq!(broker["conditions"].as_array().map(Vec::len), Some(1), "the Ready condition alone");
     }
