@@ -9,7 +9,8 @@ use sluice_proto::admin::{ApplyResourceRequest, ResourceRef};
 use sluice_proto::errors::{ErrorCode, error_status};
 use tonic::{Code, Status};
 
-use super::{ApplyArgs, DryRun, connect, read_documents};
+use super::manifests::{in_namespace, read_documents};
+use super::{ApplyArgs, DryRun, connect};
 use crate::admin_channel::AdminChannel;
 use crate::admin_cli::{AdminError, error_code_suffix, exit_code_for};
 use crate::resources_print::{group, str_at};
@@ -67,22 +68,31 @@ async fn client_dry_run(client: &mut ResourcesClient<AdminChannel>, object: &Val
     Ok(outcome.as_str().to_string())
 }
 
+/// Applies one object (or dry-runs it): the outcome apply reports, `created`, `configured` or `unchanged`.
+async fn apply_one(
+    client: &mut ResourcesClient<AdminChannel>,
+    object: &Value,
+    dry_run: DryRun,
+) -> Result<String, Status> {
+    match dry_run {
+        DryRun::Client => client_dry_run(client, object).await,
+        DryRun::None | DryRun::Server => client
+            .apply(ApplyResourceRequest { object_json: object.to_string(), dry_run: dry_run == DryRun::Server })
+            .await
+            .map(|reply| reply.into_inner().outcome),
+    }
+}
+
 pub(crate) async fn apply(args: ApplyArgs) -> Result<()> {
-    let documents = read_documents(&args.files)?;
+    let documents = read_documents(&args.files, args.recursive).await?;
     let mut client = connect(&args.admin).await?;
     let mut rejected = 0;
     let mut exit_code = None;
     for (place, object) in documents {
         let name = display_name(&object);
-        let outcome = match args.dry_run {
-            DryRun::Client => client_dry_run(&mut client, &object).await,
-            DryRun::None | DryRun::Server => client
-                .apply(ApplyResourceRequest {
-                    object_json: object.to_string(),
-                    dry_run: args.dry_run == DryRun::Server,
-                })
-                .await
-                .map(|reply| reply.into_inner().outcome),
+        let outcome = match in_namespace(object, args.namespace.as_deref()) {
+            Err(message) => Err(error_status(ErrorCode::InvalidResource, message)),
+            Ok(object) => apply_one(&mut client, &object, args.dry_run).await,
         };
         match outcome {
             Ok(outcome) => outln!("{name} {outcome}{}", args.dry_run.suffix())?,

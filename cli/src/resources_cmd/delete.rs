@@ -6,7 +6,8 @@ use sluice_controller::model::{KindInfo, kind_info};
 use sluice_proto::admin::ResourceRef;
 use tonic::Code;
 
-use super::{DeleteArgs, check_scope, connect, list_objects, not_found, parse_targets, read_documents, report_missing};
+use super::manifests::read_documents;
+use super::{DeleteArgs, check_scope, connect, list_objects, not_found, parse_targets, report_missing};
 use crate::admin_cli::from_status;
 use crate::resources_print::{resource, str_at, text_at};
 
@@ -46,7 +47,8 @@ pub(crate) async fn delete(args: DeleteArgs) -> Result<()> {
         if !args.targets.is_empty() || args.all {
             bail!("give either -f FILE or KIND NAME..., not both");
         }
-        (doomed, not_sluice) = manifest_targets(read_documents(&args.files)?, &args.scope.namespace);
+        (doomed, not_sluice) =
+            manifest_targets(read_documents(&args.files, args.recursive).await?, &args.scope.namespace);
     } else {
         let targets = parse_targets(&args.targets)?;
         check_scope(&targets, &args.scope)?;

@@ -10,7 +10,7 @@
 //! on stderr, with kubectl's exit codes). This module holds what the verbs share: the arguments, `--dry-run`,
 //! `-o`, the connection, the targets (`KIND NAME`, `KIND/NAME`) and fetching them; each verb is a submodule.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::admin_channel::AdminChannel;
 use anyhow::{Context, Result, bail};
@@ -30,6 +30,7 @@ mod apply;
 mod delete;
 mod describe;
 mod get;
+mod manifests;
 
 pub(crate) use apply::apply;
 pub(crate) use delete::delete;
@@ -61,9 +62,16 @@ impl DryRun {
 
 #[derive(Args, Debug)]
 pub(crate) struct ApplyArgs {
-    /// A YAML or JSON file (several documents allowed), a directory of them, or - for standard input.
+    /// A YAML or JSON file (several documents allowed), a directory of them, an http(s) URL, or - for standard
+    /// input.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
+    /// The directories -f names, with their subdirectories.
+    #[arg(short = 'R', long)]
+    recursive: bool,
+    /// The namespace of objects that name none; an object naming another is refused (kubectl's -n).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
     /// Only show what would happen: server (the node validates and merges, stores nothing) or client
     /// (validated here against the stored object).
     #[arg(long, value_enum, default_value = "none")]
@@ -154,9 +162,12 @@ pub(crate) struct DeleteArgs {
     /// A missing object is not an error.
     #[arg(long)]
     ignore_not_found: bool,
-    /// Delete the objects these files describe.
+    /// Delete the objects these files (directories, http(s) URLs, - for standard input) describe.
     #[arg(short = 'f', long = "filename")]
     files: Vec<PathBuf>,
+    /// The directories -f names, with their subdirectories.
+    #[arg(short = 'R', long)]
+    recursive: bool,
     #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9090")]
     admin: String,
 }
@@ -183,71 +194,6 @@ fn not_found(info: &KindInfo, name: &str, status: &Status) -> ServerError {
         reason: "NotFound",
         message: format!("{}.{} \"{name}\" not found{}", info.plural, group(info), error_code_suffix(status)),
     }
-}
-
-/// Every object of every file, as (where it is, object): `FILE: document N`, or `FILE: document N, item M`
-/// for the items of a `kind: List` (what `kubectl get -o yaml` and `sluice get -o yaml` print), which kubectl
-/// applies item by item.
-fn read_documents(files: &[PathBuf]) -> Result<Vec<(String, Value)>> {
-    let mut paths = Vec::new();
-    for file in files {
-        if file.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(file)
-                .with_context(|| format!("cannot read directory {}", file.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
-                .collect();
-            entries.sort();
-            paths.extend(entries);
-        } else {
-            paths.push(file.clone());
-        }
-    }
-    let mut documents = Vec::new();
-    for path in paths {
-        let (name, text) = if path == Path::new("-") {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading standard input")?;
-            ("-".to_string(), text)
-        } else {
-            (
-                path.display().to_string(),
-                std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
-            )
-        };
-        documents.extend(objects_of(&name, &text)?);
-    }
-    Ok(documents)
-}
-
-/// The objects of one file's text, Lists expanded (nested ones too, as kubectl does).
-fn objects_of(name: &str, text: &str) -> Result<Vec<(String, Value)>> {
-    fn expand(place: String, value: Value, objects: &mut Vec<(String, Value)>) {
-        let is_list = value.get("kind").and_then(Value::as_str).is_some_and(|kind| kind.ends_with("List"))
-            && value.get("items").is_some_and(Value::is_array);
-        if !is_list {
-            objects.push((place, value));
-            return;
-        }
-        if let Some(Value::Array(items)) = value.get("items").cloned() {
-            for (item, object) in items.into_iter().enumerate() {
-                expand(format!("{place}, item {item}"), object, objects);
-            }
-        }
-    }
-    let mut objects = Vec::new();
-    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let not_yaml = |e: serde_yaml_ng::Error| anyhow::anyhow!("{name}: document {index}: not valid YAML: {e}");
-        // Merge keys (`<<: *defaults`) expanded first, as kubectl's YAML reader does; read straight into JSON,
-        // a `<<` key would be kept as a field (and refused as an unknown one).
-        let mut yaml: serde_yaml_ng::Value = serde::Deserialize::deserialize(document).map_err(not_yaml)?;
-        yaml.apply_merge().map_err(not_yaml)?;
-        let value: Value = serde::Deserialize::deserialize(yaml).map_err(not_yaml)?;
-        if !value.is_null() {
-            expand(format!("{name}: document {index}"), value, &mut objects);
-        }
-    }
-    Ok(objects)
 }
 
 fn resolve_kind(kind: &str) -> Result<&'static KindInfo> {
@@ -442,44 +388,6 @@ mod tests {
         assert!(single_object_implied(&parse_targets(&strings(&["trigger/a"]))?));
         assert!(!single_object_implied(&parse_targets(&strings(&["trigger", "a", "b"]))?));
         assert!(!single_object_implied(&parse_targets(&strings(&["triggers"]))?));
-        Ok(())
-    }
-
-    #[test]
-    fn a_list_is_applied_item_by_item() -> Result<()> {
-        let text = "apiVersion: v1\nkind: List\nmetadata: {}\nitems:\n\
-                    - {apiVersion: eventing.knative.dev/v1, kind: Broker, metadata: {name: a}}\n\
-                    - {apiVersion: v1, kind: List, items: [{apiVersion: eventing.knative.dev/v1, kind: Broker, metadata: {name: b}}]}\n\
-                    ---\n\
-                    {apiVersion: eventing.knative.dev/v1, kind: Trigger, metadata: {name: t}}\n\
-                    ---\n\
-                    {apiVersion: v1, kind: List, items: []}\n";
-        let objects = objects_of("f.yaml", text)?;
-        let seen: Vec<(&str, &str)> =
-            objects.iter().map(|(place, object)| (place.as_str(), str_at(object, "/metadata/name"))).collect();
-        assert_eq!(
-            seen,
-            [
-                ("f.yaml: document 0, item 0", "a"),
-                ("f.yaml: document 0, item 1, item 0", "b"),
-                ("f.yaml: document 1", "t")
-            ]
-        );
-        Ok(())
-    }
-
-    /// Regression: a merge key (`<<: *anchor`) was kept as a field named `<<` and refused as unknown; kubectl's
-    /// YAML reader expands it, the keys written beside it winning.
-    #[test]
-    fn yaml_merge_keys_are_expanded_as_kubectl_expands_them() -> Result<()> {
-        let text = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\n\
-                    metadata:\n  name: t\n  labels: &common {app: shop, tier: web}\n\
-                    \x20 annotations:\n    <<: *common\n    tier: events\n\
-                    spec:\n  broker: default\n  subscriber: {uri: http://x/}\n";
-        let objects = objects_of("f.yaml", text)?;
-        let annotations = objects[0].1.pointer("/metadata/annotations").cloned().unwrap_or_default();
-        assert_eq!(annotations, serde_json::json!({"app": "shop", "tier": "events"}));
-        assert!(objects_of("f.yaml", "a:\n  <<: 3\n").is_err(), "a merge of no mapping is refused");
         Ok(())
     }
 

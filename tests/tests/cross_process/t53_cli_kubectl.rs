@@ -657,3 +657,76 @@ fn is_alive(pid: u32) -> bool {
         .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
         .is_some_and(|zombie| !zombie)
 }
+
+/// Serves `body` at every path (`/missing` answers 404) over real HTTP, as a web server would serve a manifest.
+async fn serve_manifest(body: &'static str) -> anyhow::Result<String> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| async move {
+                        let status = if request.uri().path() == "/missing" { 404 } else { 200 };
+                        hyper::Response::builder()
+                            .status(status)
+                            .body(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())))
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+/// kubectl's `apply -R` (a directory's subdirectories too), `-n` (the namespace of objects naming none, and a
+/// refusal for one naming another) and `-f URL` (a manifest fetched over HTTP; an HTTP error names the status).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_reads_directories_recursively_urls_and_takes_a_namespace() -> anyhow::Result<()> {
+    let (root, node) = start_single_node(1, &[]).await?;
+    let admin = node.admin.as_str();
+    let broker = |name: &str| format!("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\n");
+    let manifests = root.path().join("manifests");
+    std::fs::create_dir_all(manifests.join("nested"))?;
+    write_file(&manifests, "top.yaml", &broker("top"))?;
+    write_file(&manifests.join("nested"), "deep.yaml", &broker("deep"))?;
+    let dir = manifests.display().to_string();
+
+    let flat = sluice_ok(&["apply", "-f", &dir, "-n", "team", "--admin", admin]).await?;
+    assert_eq!(lines(&flat), ["broker.eventing.knative.dev/top created"]);
+    let recursive = sluice_ok(&["apply", "-R", "-f", &dir, "-n", "team", "--admin", admin]).await?;
+    assert_eq!(
+        lines(&recursive),
+        ["broker.eventing.knative.dev/deep created", "broker.eventing.knative.dev/top unchanged"]
+    );
+    let in_team = sluice_ok(&["get", "brokers", "-n", "team", "-o", "name", "--admin", admin]).await?;
+    assert_eq!(lines(&in_team), ["broker.eventing.knative.dev/deep", "broker.eventing.knative.dev/top"]);
+
+    let elsewhere = write_file(
+        root.path(),
+        "elsewhere.yaml",
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: x\n  namespace: other\n",
+    )?;
+    let (code, _, stderr) = sluice(&["apply", "-f", &elsewhere, "-n", "team", "--admin", admin]).await?;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("the namespace from the provided object \"other\" does not match the namespace \"team\""),
+        "{stderr}"
+    );
+
+    let base =
+        serve_manifest("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: fetched\n").await?;
+    let url = format!("{base}/brokers.yaml");
+    let fetched = sluice_ok(&["apply", "-f", &url, "--admin", admin]).await?;
+    assert_eq!(lines(&fetched), ["broker.eventing.knative.dev/fetched created"]);
+    sluice_ok(&["get", "broker", "fetched", "--admin", admin]).await?;
+    let (code, _, stderr) = sluice(&["apply", "-f", &format!("{base}/missing"), "--admin", admin]).await?;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("HTTP 404"), "{stderr}");
+    let deleted = sluice_ok(&["delete", "-R", "-f", &dir, "-n", "team", "--admin", admin]).await?;
+    assert_eq!(lines(&deleted).len(), 2, "{deleted}");
+    Ok(())
+}
