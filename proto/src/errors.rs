@@ -56,6 +56,9 @@ pub enum ErrorCode {
     /// A replay of the same Trigger or Subscription is asked and not applied yet: wait for it (`replay_pending_to`
     /// in its status) rather than overwrite it.
     ReplayPending = 1019,
+    /// The object changed while an apply was checked against it (another apply landed first, or the node's copy
+    /// was behind), again at every attempt: nothing was written; apply again.
+    ResourceConflict = 1020,
 }
 
 impl ErrorCode {
@@ -81,6 +84,7 @@ impl ErrorCode {
             ErrorCode::ConsumerNotDispatchable => "CONSUMER_NOT_DISPATCHABLE",
             ErrorCode::RedriveRunning => "REDRIVE_RUNNING",
             ErrorCode::ReplayPending => "REPLAY_PENDING",
+            ErrorCode::ResourceConflict => "RESOURCE_CONFLICT",
         }
     }
 
@@ -94,7 +98,7 @@ impl ErrorCode {
             | ErrorCode::NoLeader
             | ErrorCode::ConsumerNotDispatchable => Code::FailedPrecondition,
             ErrorCode::AlreadyInitialized => Code::AlreadyExists,
-            ErrorCode::RedriveRunning | ErrorCode::ReplayPending => Code::Aborted,
+            ErrorCode::RedriveRunning | ErrorCode::ReplayPending | ErrorCode::ResourceConflict => Code::Aborted,
             ErrorCode::Unavailable => Code::Unavailable,
             ErrorCode::QueueFull | ErrorCode::TailTooSlow => Code::ResourceExhausted,
             ErrorCode::TooLarge => Code::OutOfRange,

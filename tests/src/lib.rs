@@ -732,3 +732,30 @@ pub fn https_client(ca_pem: &str) -> Result<reqwest::Client> {
         .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes())?)
         .build()?)
 }
+
+/// Waits until the node at `admin` holds the publication of metadata entry format `format` or newer by each of
+/// nodes 1..=`nodes` (`broker/src/node/log_format.rs`): until then it proposes only the entries every member
+/// reads (the format 3 of a redrive's cluster-wide claim, the format 5 of an apply conditional on the version
+/// it was checked against).
+pub async fn wait_for_log_format(admin: &str, nodes: u64, format: u64) -> Result<()> {
+    use sluice_proto::admin::ResourceRef;
+    use sluice_proto::admin::resources_client::ResourcesClient;
+    let resources = ResourcesClient::connect(format!("http://{admin}")).await?;
+    wait_until(Duration::from_secs(30), || {
+        let mut resources = resources.clone();
+        async move {
+            for node in 1..=nodes {
+                let name = format!("node-{node}");
+                let node_info = ResourceRef { kind: "SluiceNode".into(), namespace: "sluice-system".into(), name };
+                let Ok(object) = resources.get(node_info).await else { return Ok(None) };
+                let object: serde_json::Value = serde_json::from_str(&object.into_inner().object_json)?;
+                if object.pointer("/spec/logFormat").and_then(serde_json::Value::as_u64) < Some(format) {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        }
+    })
+    .await
+    .with_context(|| format!("the node at {admin} never held format {format} from each of {nodes} nodes"))
+}

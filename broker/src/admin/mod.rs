@@ -323,6 +323,16 @@ impl Log for AdminService {
 /// Validates an object as Knative's webhook would (against the stored one,
 /// for immutable fields) and defaults its namespace to `default`.
 pub fn resource_record(object_json: &str, node: &Node) -> Result<ResourceRecord, Status> {
+    checked_record(object_json, node).map(|(record, _)| record)
+}
+
+/// How many times Apply checks and writes an object that keeps changing under it before it answers
+/// `RESOURCE_CONFLICT`.
+const APPLY_ATTEMPTS: usize = 3;
+
+/// [`resource_record`], with the `resourceVersion` of the stored object it was checked against (`None`: there
+/// was none), for a write conditional on it.
+fn checked_record(object_json: &str, node: &Node) -> Result<(ResourceRecord, Option<u64>), Status> {
     let object: serde_json::Value = serde_json::from_str(object_json)
         .map_err(|e| error_status(ErrorCode::InvalidResource, format!("object: not JSON: {e}")))?;
     // `field:` with nothing after it is an absent field, for the validator and for every reader after it; the
@@ -352,7 +362,11 @@ pub fn resource_record(object_json: &str, node: &Node) -> Result<ResourceRecord,
     let uid = format!("{:032x}", rand::random::<u128>());
     let uid = format!("{}-{}-{}-{}-{}", &uid[..8], &uid[8..12], &uid[12..16], &uid[16..20], &uid[20..]);
     let applied_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    Ok(ResourceRecord { key, json: object.to_string(), uid, applied_at })
+    let checked_version = existing.as_ref().map(|stored| {
+        // A stored object always has one; an unreadable one is matched by nothing, and the write conflicts.
+        stored.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).and_then(|v| v.parse().ok()).unwrap_or(0)
+    });
+    Ok((ResourceRecord { key, json: object.to_string(), uid, applied_at }, checked_version))
 }
 
 /// Changes a watcher may fall behind by before the server waits for it.
@@ -393,7 +407,7 @@ fn resource_key(reference: ResourceRef) -> ResourceKey {
 impl Resources for AdminService {
     async fn apply(&self, request: Request<ApplyResourceRequest>) -> Result<Response<ApplyResourceReply>, Status> {
         let request = request.into_inner();
-        let record = resource_record(&request.object_json, &self.node)?;
+        let (record, checked_version) = checked_record(&request.object_json, &self.node)?;
         let key = record.key.clone();
         if request.dry_run {
             // What Apply would store, from this node's copy of the object; nothing is proposed.
@@ -420,7 +434,34 @@ impl Resources for AdminService {
                 object_json: merged.to_string(),
             }));
         }
-        let outcome = self.node.put_resource(record).await.map_err(status_of)?;
+        // Written only over the object it was checked against: when another apply landed first, or this node's
+        // copy was behind, catch up with the metadata group and check again.
+        let mut attempt = (record, checked_version);
+        let mut attempts = 1;
+        let outcome = loop {
+            let (record, checked_version) = attempt;
+            if let Some(outcome) =
+                self.node.put_resource_if_version(record, checked_version).await.map_err(status_of)?
+            {
+                break outcome;
+            }
+            metrics::counter!("sluice_resource_apply_conflicts_total").increment(1);
+            tracing::info!(kind = %key.kind, namespace = %key.namespace, name = %key.name, attempts,
+                "the object changed while the apply was checked; checking again");
+            if attempts == APPLY_ATTEMPTS {
+                return Err(error_status(
+                    ErrorCode::ResourceConflict,
+                    format!(
+                        "{} {}/{} changed while this apply was checked, {APPLY_ATTEMPTS} times: nothing was written; \
+                         apply again",
+                        key.kind, key.namespace, key.name
+                    ),
+                ));
+            }
+            attempts += 1;
+            self.node.catch_up_metadata().await.map_err(status_of)?;
+            attempt = checked_record(&request.object_json, &self.node)?;
+        };
         let object_json = self.node.resource(&key).unwrap_or_default();
         Ok(Response::new(ApplyResourceReply {
             r#ref: Some(ResourceRef { kind: key.kind, namespace: key.namespace, name: key.name }),

@@ -128,6 +128,12 @@ pub(crate) enum LogCommand {
     /// one wins. Answers [`LogResponse::Applied`], `committed`, or `conflict` when the condition does not hold
     /// (nothing is written).
     CommitOffsetsIf { expected: Vec<(String, u64)>, commits: Vec<OffsetCommit> },
+    /// `ApplyResource` only when the stored object is the one the apply was validated against: its
+    /// `metadata.resourceVersion` is `expected_version` (`None`: only when there is no object). A compare-and-set,
+    /// so that an immutable field (a Trigger's Broker) checked against one node's copy cannot change when that
+    /// copy was behind or another apply landed in between. Answers [`LogResponse::Applied`], `conflict` when the
+    /// condition does not hold (nothing is written).
+    ApplyResourceIfVersion { record: ResourceRecord, expected_version: Option<u64> },
 }
 
 /// One consumer cursor's position: the next offset it will read.
@@ -178,6 +184,9 @@ impl fmt::Display for LogCommand {
                 write!(f, "SetAdminAnnotation({key:?} {annotation}={value:?})")
             }
             LogCommand::ApplyResourceIfToken { record, .. } => write!(f, "ApplyResourceIfToken({:?})", record.key),
+            LogCommand::ApplyResourceIfVersion { record, expected_version } => {
+                write!(f, "ApplyResourceIfVersion({:?} at {expected_version:?})", record.key)
+            }
             LogCommand::CommitOffsetsIf { expected, commits } => {
                 write!(f, "CommitOffsetsIf({} cursors if {} are as expected)", commits.len(), expected.len())
             }

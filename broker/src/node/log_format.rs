@@ -25,8 +25,11 @@ pub(crate) const FORMAT_APPLY_RESOURCE: u64 = 2;
 pub(crate) const FORMAT_APPLY_IF_TOKEN: u64 = 3;
 /// With the conditional offset commit (`CommitOffsetsIf`) that a replay's request takes (session 63).
 pub(crate) const FORMAT_COMMIT_OFFSETS_IF: u64 = 4;
+/// With the apply conditional on the stored object's version (`ApplyResourceIfVersion`) that the admin API's
+/// Apply takes (session 65).
+pub(crate) const FORMAT_APPLY_IF_VERSION: u64 = 5;
 /// The newest format this version reads and writes.
-pub(crate) const LOG_FORMAT: u64 = FORMAT_COMMIT_OFFSETS_IF;
+pub(crate) const LOG_FORMAT: u64 = FORMAT_APPLY_IF_VERSION;
 
 /// How often a node tries to publish its format until it is stored.
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);

@@ -161,6 +161,27 @@ impl Node {
         }
     }
 
+    /// [`Node::put_resource`] only when the stored object is still the one at `expected_version` (its
+    /// `resourceVersion`; `None`: only when there is none), what the caller validated the object against:
+    /// `Ok(Some(outcome))`, or `Ok(None)` when it changed meanwhile (nothing written; read again, validate again).
+    /// While some member does not read the conditional entry (a rolling upgrade), the plain apply.
+    pub async fn put_resource_if_version(
+        &self,
+        record: ResourceRecord,
+        expected_version: Option<u64>,
+    ) -> Result<Option<String>, BrokerError> {
+        let format = self.cluster_log_format();
+        if format < super::log_format::FORMAT_APPLY_IF_VERSION {
+            return self.put_resource_in_format(record, format).await.map(Some);
+        }
+        let command = LogCommand::ApplyResourceIfVersion { record, expected_version };
+        match self.write(METADATA_GROUP, ForwardedWrite::Command(command)).await? {
+            ForwardedReply::Response(LogResponse::Applied { outcome }) if outcome == "conflict" => Ok(None),
+            ForwardedReply::Response(LogResponse::Applied { outcome }) => Ok(Some(outcome)),
+            other => Err(BrokerError::Bug { group: METADATA_GROUP, reason: format!("unexpected reply {other:?}") }),
+        }
+    }
+
     /// Sets (or, with `None`, removes) one annotation of a stored resource, on the object as it is when the
     /// write applies: `configured`, `unchanged`, or `absent` when there is no such object (or, with a `uid`,
     /// when the object of that name is another one).

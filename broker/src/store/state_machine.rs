@@ -450,6 +450,10 @@ impl GroupStateMachine {
                 let outcome = self.stage_put_resource_if_token(staged, record, token.as_deref(), index)?;
                 LogResponse::Applied { outcome: outcome.to_string() }
             }
+            LogCommand::ApplyResourceIfVersion { record, expected_version } => {
+                let outcome = self.stage_put_resource_if_version(staged, record, *expected_version, index)?;
+                LogResponse::Applied { outcome: outcome.to_string() }
+            }
             LogCommand::DeleteResource(key) => {
                 let existed = self.staged_resource(staged, key).is_some();
                 if existed {

@@ -1098,6 +1098,42 @@ async fn a_conditional_apply_holds_only_over_the_token_it_names() {
     }
 }
 
+/// The apply the admin API's Apply takes: written only over the stored object's `resourceVersion` it was checked
+/// against (none: only where there is no object), against the object as staged in the same apply too, so that of
+/// two applies checked against the same version in one entry batch only the first holds.
+#[tokio::test]
+async fn an_apply_holds_only_over_the_version_it_was_checked_against() {
+    use crate::command::{ResourceKey, ResourceRecord};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, mut sm) = open(dir.path(), 0);
+    let key = ResourceKey { kind: "Trigger".into(), namespace: "default".into(), name: "t".into() };
+    let write = |broker: &str, over: Option<u64>| LogCommand::ApplyResourceIfVersion {
+        record: ResourceRecord {
+            key: key.clone(),
+            json: serde_json::json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+                "metadata": {"name": "t", "namespace": "default"},
+                "spec": {"broker": broker, "subscriber": {"uri": "http://x/"}}})
+            .to_string(),
+            uid: "uid".into(),
+            applied_at: "2026-12-06T00:00:00Z".into(),
+        },
+        expected_version: over,
+    };
+    let stored = |sm: &GroupStateMachine| -> Option<(String, u64)> {
+        let object: serde_json::Value = serde_json::from_str(&sm.view().resource(&key)?).ok()?;
+        let broker = object.pointer("/spec/broker")?.as_str()?.to_string();
+        Some((broker, object.pointer("/metadata/resourceVersion")?.as_str()?.parse().ok()?))
+    };
+    let mut index = 0;
+    apply(&mut sm, numbered(&mut index, vec![write("a", None), write("b", None)])).await;
+    let (broker, version) = stored(&sm).expect("created");
+    assert_eq!(broker, "a", "of two creates in one batch, the first");
+    apply(&mut sm, numbered(&mut index, vec![write("c", Some(version + 1)), write("d", None)])).await;
+    assert_eq!(stored(&sm).map(|(b, _)| b).as_deref(), Some("a"), "not over another version, nor over none");
+    apply(&mut sm, numbered(&mut index, vec![write("e", Some(version)), write("f", Some(version))])).await;
+    assert_eq!(stored(&sm).map(|(b, _)| b).as_deref(), Some("e"), "over its version, once");
+}
+
 /// The conditional offset commit a replay's request takes: written only when every expected cursor is stored at
 /// its offset (absent: 0), against the cursors as staged in the same apply too, so that of two replays asked at
 /// once in one entry batch only the first holds.

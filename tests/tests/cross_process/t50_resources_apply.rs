@@ -364,3 +364,52 @@ async fn regression_a_service_reapplied_with_knatives_defaults_written_out_makes
     assert_eq!(names, ["hello-00001", "hello-00002"], "one Revision per real change");
     Ok(())
 }
+
+/// Regression (a review of the apply path): an immutable field was checked against the answering node's copy,
+/// outside the log, so two applies creating the same Trigger at once through two nodes, each naming another
+/// Broker, both succeeded, and the Trigger moved to the second Broker. An apply is now written only over the
+/// object version it was checked against: of each pair, one is written and the other is checked again and
+/// refused as immutable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_two_racing_applies_cannot_change_an_immutable_field() -> anyhow::Result<()> {
+    use sluice_proto::admin::ApplyResourceRequest;
+    use sluice_proto::admin::resources_client::ResourcesClient;
+    let cluster = TestCluster::start(3, 1, &[]).await?;
+    for node in &cluster.nodes[..2] {
+        sluice_tests::wait_for_log_format(&node.admin, 3, 5).await?;
+    }
+    let mut first = ResourcesClient::connect(format!("http://{}", cluster.nodes[0].admin)).await?;
+    let mut second = ResourcesClient::connect(format!("http://{}", cluster.nodes[1].admin)).await?;
+    let trigger = |name: &str, broker: &str| {
+        serde_json::json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"broker": broker, "subscriber": {"uri": "http://127.0.0.1:1/"}}})
+        .to_string()
+    };
+    for round in 0..20 {
+        let name = format!("race-{round}");
+        let (a, b) = tokio::join!(
+            first.apply(ApplyResourceRequest { object_json: trigger(&name, "left"), dry_run: false }),
+            second.apply(ApplyResourceRequest { object_json: trigger(&name, "right"), dry_run: false }),
+        );
+        let written: Vec<&str> = [(a.is_ok(), "left"), (b.is_ok(), "right")]
+            .into_iter()
+            .filter_map(|(ok, broker)| ok.then_some(broker))
+            .collect();
+        assert_eq!(written.len(), 1, "round {round}: exactly one apply is written ({a:?}, {b:?})");
+        let refused = a.err().or(b.err()).map(|status| status.message().to_string()).unwrap_or_default();
+        assert!(refused.contains("immutable") || refused.contains("changed while"), "round {round}: {refused}");
+        let mut reader = first.clone();
+        let stored = reader
+            .get(sluice_proto::admin::ResourceRef {
+                kind: "Trigger".into(),
+                namespace: "default".into(),
+                name: name.clone(),
+            })
+            .await?
+            .into_inner();
+        let stored: serde_json::Value = serde_json::from_str(&stored.object_json)?;
+        assert_eq!(stored["spec"]["broker"], written[0], "round {round}: the Broker of the apply that was written");
+    }
+    Ok(())
+}

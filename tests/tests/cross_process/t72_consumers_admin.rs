@@ -51,7 +51,7 @@ async fn pause_resume_replay_by_time_and_status() -> anyhow::Result<()> {
     .await?;
     // A pause survives applies once every member has said it reads the entries that keep it
     // (`node/log_format.rs`): the node taking the pause sees the three nodes' publications.
-    reads_format_3(&admin).await?;
+    sluice_tests::wait_for_log_format(&admin, 3, 3).await?;
     // Paused: the backlog grows and nothing is delivered; resumed: it drains.
     let paused = consumers.pause(trigger("t")).await?.into_inner();
     assert!(paused.paused);
@@ -356,29 +356,6 @@ async fn a_redrive_loses_no_letter_it_could_not_send_or_did_not_select() -> anyh
     Ok(())
 }
 
-/// Waits until the node at `admin` has every one of the three nodes' publication of metadata entry format 3
-/// (`node/log_format.rs`: the entries that keep a pause, 2, and the conditional write a redrive's cluster-wide
-/// claim takes, 3).
-async fn reads_format_3(admin: &str) -> anyhow::Result<()> {
-    let resources = ResourcesClient::connect(format!("http://{admin}")).await?;
-    wait_until(Duration::from_secs(30), || {
-        let mut resources = resources.clone();
-        async move {
-            for node in 1..=3 {
-                let name = format!("node-{node}");
-                let node_info = ResourceRef { kind: "SluiceNode".into(), namespace: "sluice-system".into(), name };
-                let Ok(object) = resources.get(node_info).await else { return Ok(None) };
-                let object: serde_json::Value = serde_json::from_str(&object.into_inner().object_json)?;
-                if object.pointer("/spec/logFormat").and_then(serde_json::Value::as_u64) < Some(3) {
-                    return Ok(None);
-                }
-            }
-            Ok(Some(()))
-        }
-    })
-    .await
-}
-
 /// Regression: the guard that keeps two redrives of one consumer apart was per node, so redrives started
 /// through two nodes at once delivered the same letters twice. The claim is now the cluster's (a lease in the
 /// metadata group): while a redrive runs through one node, a redrive or a purge through another is refused,
@@ -402,8 +379,8 @@ async fn a_redrive_through_one_node_refuses_a_redrive_or_purge_through_another()
     .await?;
     apply_resource(&first, broker_object("default", "b", json!({}))).await?;
     apply_resource(&first, trigger_object("default", "l", "b", &subscriber.url(), json!({}), json!({}))).await?;
-    reads_format_3(&first).await?;
-    reads_format_3(&second).await?;
+    sluice_tests::wait_for_log_format(&first, 3, 3).await?;
+    sluice_tests::wait_for_log_format(&second, 3, 3).await?;
     let client = reqwest::Client::new();
     for i in 0..3 {
         send_event_accepted(&client, &http, "/default/b", &format!("l{i}"), "t", &[], "{}").await?;

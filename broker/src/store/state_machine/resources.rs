@@ -89,6 +89,31 @@ impl GroupStateMachine {
         Ok(self.stage_put_resource(staged, record, log_index, ResourceRules::KeepingOwned)?.as_str())
     }
 
+    /// `ApplyResourceIfVersion`: the apply, only when the object as it is now (staged included) has
+    /// `resourceVersion` `expected_version` (`None`: only when there is none); else `conflict`.
+    pub(super) fn stage_put_resource_if_version(
+        &self,
+        staged: &mut Staged,
+        record: &ResourceRecord,
+        expected_version: Option<u64>,
+        log_index: u64,
+    ) -> io::Result<&'static str> {
+        let existing: Option<serde_json::Value> =
+            self.staged_resource(staged, &record.key).map(|j| serde_json::from_str(&j)).transpose().map_err(io_err)?;
+        let stored_version = existing.as_ref().map(|object| {
+            object.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).and_then(|v| v.parse::<u64>().ok())
+        });
+        let holds = match (stored_version, expected_version) {
+            (None, None) => true,
+            (Some(stored), Some(expected)) => stored == Some(expected),
+            _ => false,
+        };
+        if !holds {
+            return Ok("conflict");
+        }
+        Ok(self.stage_put_resource(staged, record, log_index, ResourceRules::KeepingOwned)?.as_str())
+    }
+
     /// One annotation set or removed on the object as it is now (staged included): `configured`, `unchanged`,
     /// or `absent` (none, or another object than the one of `uid`, when set). The object's uid, generation
     /// and status stay; its resourceVersion becomes this entry's.
