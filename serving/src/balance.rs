@@ -1,36 +1,36 @@
 //! Traffic split: which revision the next request of a host goes to.
 //!
-//! Proportionally fair (Pfair) picks, earliest deadline first: with `T = sum(weights)`, a target of weight `w`
-//! owes its `k`-th pick of each period between pick `floor((k-1)·T/w)` (its release) and pick `ceil(k·T/w)` (its
-//! deadline); each pick goes to the released target with the earliest deadline, the first in order on a tie.
-//! Weights sum to the whole period, so every deadline is met, and after any number of picks `n` each target has
-//! had within one pick of `w·n/T` (strictly), exact over every period (a 50/50 split answers 500/500 over
-//! 1,000 requests), spread out rather than in runs, and per request, as Knative's routing is (not sticky).
-//! Smooth weighted round robin (nginx's) was used first; its error can pass one pick (weights 94/1/7/94 give the
-//! last 34 picks where 35.01 are due after 73).
+//! Proportionally fair (Pfair) picks, earliest deadline first, kept as each target's lag: with `T = sum(weights)`,
+//! every pick is due to a target of weight `w` by `w/T` (its credit, in units of `1/T`, grows by `w`), and the
+//! pick goes to a released target (credit above zero once this pick's due is added) whose credit reaches a whole
+//! pick soonest (`ceil((T - credit)/w)` picks from now, Pfair's deadline), the first in order on a tie; it then
+//! owes that pick (`- T`). With fixed weights these are Pfair's picks: every deadline is met, and after any
+//! number of picks `n` each target has had within one pick of `w·n/T` (strictly), exact over every `T` picks (a
+//! 50/50 split answers 500/500 over 1,000 requests), spread out rather than in runs, and per request, as
+//! Knative's routing is (not sticky). Smooth weighted round robin (nginx's) was used first; its error can pass one
+//! pick (weights 94/1/7/94 give the last 34 picks where 35.01 are due after 73).
+//!
+//! A change of weights (each step of a gradual rollout) carries every remaining target's lag into the new
+//! weights ([`Balancer::rebalanced`]), so each keeps the share due to it summed over the changes. Starting over at
+//! each change (before session 65) gave, at about one request per step, every request to the heavier target: the
+//! new revision of a rollout had none below 50 % and all of them above.
 
 /// One target of a host's split.
 #[derive(Clone, Debug)]
 struct Target {
     revision: String,
     /// Percent; never zero (zero weights are left out).
-    weight: u64,
-    /// Picks it had in the current period.
-    picks: u64,
+    weight: i64,
+    /// Picks owed to it, in units of `1/total` (negative: given ahead). The credits of a balancer sum to zero.
+    credit: i64,
     /// `namespace/revision`: the running revisions' key, made once.
     key: String,
 }
 
 impl Target {
-    /// Whether its next pick is released by pick `slot` (0-based within the period) of `total`:
-    /// `floor(picks·total/weight) <= slot`.
-    fn released(&self, slot: u64, total: u64) -> bool {
-        self.picks * total < (slot + 1) * self.weight
-    }
-
-    /// The pick by which its next one is due: `ceil((picks+1)·total/weight)`.
-    fn deadline(&self, total: u64) -> u64 {
-        ((self.picks + 1) * total).div_ceil(self.weight)
+    /// Picks until its credit reaches a whole pick (`total`) at `weight` per pick: its Pfair deadline.
+    fn picks_to_deadline(&self, total: i64) -> i64 {
+        ((total - self.credit).max(0) + self.weight - 1) / self.weight
     }
 }
 
@@ -38,10 +38,8 @@ impl Target {
 #[derive(Clone, Debug)]
 pub(crate) struct Balancer {
     targets: Vec<Target>,
-    /// The sum of the weights: one period.
-    total: u64,
-    /// Picks made in the current period.
-    slot: u64,
+    /// The sum of the weights: a whole pick, in credit units.
+    total: i64,
 }
 
 impl Balancer {
@@ -52,13 +50,13 @@ impl Balancer {
             .filter(|(_, w)| *w > 0)
             .map(|(r, w)| Target {
                 revision: r.clone(),
-                weight: u64::from(*w),
-                picks: 0,
+                weight: i64::from(*w),
+                credit: 0,
                 key: format!("{namespace}/{r}"),
             })
             .collect();
         let total = targets.iter().map(|t| t.weight).sum();
-        Balancer { targets, total, slot: 0 }
+        Balancer { targets, total }
     }
 
     /// The same targets and weights (a table rebuilt with the same route keeps its balancer's state). Called
@@ -66,27 +64,48 @@ impl Balancer {
     pub(crate) fn same_targets(&self, targets: &[(String, u32)]) -> bool {
         let wanted = targets.iter().filter(|(_, w)| *w > 0);
         wanted.clone().count() == self.targets.len()
-            && wanted.zip(&self.targets).all(|((r, w), ours)| *r == ours.revision && u64::from(*w) == ours.weight)
+            && wanted.zip(&self.targets).all(|((r, w), ours)| *r == ours.revision && i64::from(*w) == ours.weight)
+    }
+
+    /// The balancer for new weights `targets`, each remaining target keeping its lag from this one (in the new
+    /// units, rounded); a removed target's is shared out, so that the credits still sum to zero (what one is
+    /// owed, the others were given ahead).
+    pub(crate) fn rebalanced(&self, namespace: &str, targets: &[(String, u32)]) -> Self {
+        let mut next = Balancer::new(namespace, targets);
+        if self.total == 0 || next.targets.is_empty() {
+            return next;
+        }
+        for target in &mut next.targets {
+            if let Some(before) = self.targets.iter().find(|t| t.revision == target.revision) {
+                let scaled = i128::from(before.credit) * i128::from(next.total);
+                let rounded = (scaled + i128::from(self.total) / 2).div_euclid(i128::from(self.total));
+                target.credit = i64::try_from(rounded).unwrap_or(0);
+            }
+        }
+        let excess: i64 = next.targets.iter().map(|t| t.credit).sum();
+        let count = next.targets.len() as i64;
+        for (i, target) in next.targets.iter_mut().enumerate() {
+            // `excess` spread as evenly as integers allow, the remainder on the first ones.
+            target.credit -= excess.div_euclid(count) + i64::from((i as i64) < excess.rem_euclid(count));
+        }
+        next
     }
 
     /// The next revision, as its `namespace/revision` key.
     pub(crate) fn pick(&mut self) -> Option<&str> {
-        let (slot, total) = (self.slot, self.total);
-        // The first released target with the earliest deadline. One is always released: the weights fill the
-        // period, so EDF meets every deadline and never idles; were none, the earliest deadline still goes.
+        let total = self.total;
+        for target in &mut self.targets {
+            target.credit += target.weight;
+        }
+        // The first released target with the earliest deadline. One is always released: the credits sum to
+        // `total` once this pick is due; were none, the earliest deadline still goes.
         let best = self
             .targets
             .iter()
             .enumerate()
-            .min_by_key(|(i, t)| (!t.released(slot, total), t.deadline(total), *i))
+            .min_by_key(|(i, t)| (t.credit <= 0, t.picks_to_deadline(total), *i))
             .map(|(i, _)| i)?;
-        self.targets[best].picks += 1;
-        self.slot += 1;
-        if self.slot == total {
-            // The period is over and every target had exactly its weight: start the next one.
-            self.slot = 0;
-            self.targets.iter_mut().for_each(|t| t.picks = 0);
-        }
+        self.targets[best].credit -= total;
         Some(self.targets[best].key.as_str())
     }
 }
@@ -173,7 +192,61 @@ mod tests {
         }
     }
 
+    /// Regression (a review of the serving data plane): at about one request per step of a rollout, the balancer
+    /// started over at each step and the heavier target had every request, so the new revision had none below
+    /// 50 % and all of them above. Carried over, its picks follow the cumulative share due at every step.
+    #[test]
+    fn a_gradual_rollout_at_one_request_per_step_follows_its_share() {
+        let mut balancer = Balancer::new("ns", &[("old".into(), 100)]);
+        let (mut due, mut got) = (0.0f64, 0u32);
+        for step in 1..=100u32 {
+            let targets = [("old".to_string(), 100 - step), ("new".to_string(), step)];
+            if !balancer.same_targets(&targets) {
+                balancer = balancer.rebalanced("ns", &targets);
+            }
+            got += u32::from(balancer.pick() == Some("ns/new"));
+            due += f64::from(step) / 100.0;
+            assert!((f64::from(got) - due).abs() < 2.0, "step {step}: {got} picks of the new revision, {due} due");
+        }
+    }
+
     proptest! {
+        /// Whatever the weights and however often they change, every target stays within two picks of the share
+        /// due to it summed over the steps (its weight at each pick), and what is carried sums to zero.
+        #[test]
+        fn a_target_keeps_its_share_across_changes_of_weights(
+            steps in prop::collection::vec((prop::collection::vec(1u32..=100, 3), 1usize..12), 1..40),
+        ) {
+            let names = ["r0", "r1", "r2"];
+            let mut balancer: Option<Balancer> = None;
+            let (mut due, mut got) = ([0.0f64; 3], [0.0f64; 3]);
+            for (weights, picks) in steps {
+                let targets: Vec<(String, u32)> = names.iter().map(|n| n.to_string()).zip(weights.clone()).collect();
+                let next = match balancer.take() {
+                    Some(b) if b.same_targets(&targets) => b,
+                    Some(b) => b.rebalanced("ns", &targets),
+                    None => Balancer::new("ns", &targets),
+                };
+                let credits: i64 = next.targets.iter().map(|t| t.credit).sum();
+                prop_assert_eq!(credits, 0, "the credits sum to zero");
+                let mut b = next;
+                let total: u32 = weights.iter().sum();
+                for _ in 0..picks {
+                    let key = b.pick().unwrap_or_default().trim_start_matches("ns/").to_string();
+                    let index = names.iter().position(|n| *n == key).unwrap_or(usize::MAX);
+                    prop_assert!(index < 3);
+                    got[index] += 1.0;
+                    for (d, w) in due.iter_mut().zip(&weights) {
+                        *d += f64::from(*w) / f64::from(total);
+                    }
+                    for i in 0..3 {
+                        prop_assert!((got[i] - due[i]).abs() < 2.0, "{}: {} picks, {} due", names[i], got[i], due[i]);
+                    }
+                }
+                balancer = Some(b);
+            }
+        }
+
         /// Over any whole number of periods each target gets exactly its share, and after any pick it is less
         /// than one pick away from it.
         #[test]
@@ -184,7 +257,7 @@ mod tests {
             let mut balancer = Balancer::new("ns", &targets);
             let mut counts: BTreeMap<String, u64> = BTreeMap::new();
             for pick in 1..=(total as usize * periods) {
-                prop_assert!(balancer.targets.iter().any(|t| t.released(balancer.slot, balancer.total)), "none released");
+                prop_assert!(balancer.targets.iter().any(|t| t.credit + t.weight > 0), "none released");
                 *counts.entry(balancer.pick().unwrap_or_default().trim_start_matches("ns/").to_string()).or_default() += 1;
                 for (name, weight) in &targets {
                     // |got - weight·pick/total| < 1, in integers: |got·total - weight·pick| < total.

@@ -24,7 +24,6 @@ use sluice_broker::{ClientConnection, ConnectionPlace, HostRoutes};
 
 mod upgrade;
 
-use crate::balance::Balancer;
 use crate::error::ServingError;
 use crate::revision::{Permit, RevisionHandle, RevisionRun};
 use crate::shared::{HostMetrics, HostTraffic, Shared};
@@ -140,7 +139,7 @@ impl HostRouter {
                 .or_insert_with(|| HostTraffic::new(host, &targets.namespace, &targets.targets)),
         };
         if !traffic.balancer.same_targets(&targets.targets) {
-            traffic.balancer = Balancer::new(&targets.namespace, &targets.targets);
+            traffic.balancer = traffic.balancer.rebalanced(&targets.namespace, &targets.targets);
         }
         let metrics = Some(traffic.metrics.clone());
         let Some(key) = traffic.balancer.pick() else { return (metrics, Err(no_route())) };
