@@ -4,29 +4,27 @@
 //! when the response body ends (or is dropped), so in-flight counts are exact. A request that upgrades its
 //! connection (a WebSocket) holds its slot for as long as the upgraded connection lives (`upgrade`).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::uri::{PathAndQuery, Scheme};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Uri, header};
-use bytes::Bytes;
 use futures::future::BoxFuture;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sluice_broker::{ClientConnection, ConnectionPlace, HostRoutes};
 
+mod body;
 mod upgrade;
 
 use crate::error::ServingError;
 use crate::revision::{Permit, RevisionHandle, RevisionRun};
 use crate::shared::{HostMetrics, HostTraffic, Shared};
+use body::{GuardedBody, TimedBody};
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1), besides those `Connection`
 /// names. `Trailer` is not one (it announces the message's own trailers, which HTTP/1.1 clients get only when it
@@ -229,81 +227,7 @@ fn respond(response: Response<Incoming>, permit: Permit, run: &RevisionRun, dead
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers, false);
     let body = TimedBody::new(body, deadline, run.idle_timeout_ms.map(Duration::from_millis));
-    Response::from_parts(parts, Body::new(GuardedBody { inner: body, _permit: permit }))
-}
-
-/// A response body cut off when the request's `timeoutSeconds` runs out, or when it stays silent for
-/// `idleTimeoutSeconds`, as Knative's queue-proxy aborts it: a stalled app would otherwise hold its slot (and keep
-/// its revision from scaling in) for ever.
-struct TimedBody<B> {
-    inner: B,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-    idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
-}
-
-impl<B> TimedBody<B> {
-    fn new(inner: B, deadline: Instant, idle: Option<Duration>) -> Self {
-        TimedBody {
-            inner,
-            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
-            idle: idle.map(|idle| (idle, Box::pin(tokio::time::sleep(idle)))),
-        }
-    }
-}
-
-/// Why a response body was cut off.
-#[derive(Debug, thiserror::Error)]
-enum BodyCut {
-    #[error("the response did not end within the revision's timeoutSeconds")]
-    Timeout,
-    #[error("the response body was silent for the revision's idleTimeoutSeconds")]
-    Idle,
-}
-
-/// The frame that ends a body cut off, counted by why.
-fn cut(why: BodyCut) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
-    let label = match why {
-        BodyCut::Timeout => "timeout",
-        BodyCut::Idle => "idle",
-    };
-    metrics::counter!("sluice_serving_responses_cut_total", "why" => label).increment(1);
-    Poll::Ready(Some(Err(why.into())))
-}
-
-impl<B> hyper::body::Body for TimedBody<B>
-where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<axum::BoxError>,
-{
-    type Data = Bytes;
-    type Error = axum::BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        // The deadline first: a body with data always ready (a fast app, a client that reads as fast) would
-        // otherwise never be cut.
-        if this.deadline.as_mut().poll(cx).is_ready() {
-            return cut(BodyCut::Timeout);
-        }
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            if let Some((idle, timer)) = &mut this.idle {
-                timer.as_mut().reset(tokio::time::Instant::now() + *idle);
-            }
-            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
-        }
-        if this.idle.as_mut().is_some_and(|(_, timer)| timer.as_mut().poll(cx).is_ready()) {
-            return cut(BodyCut::Idle);
-        }
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
+    Response::from_parts(parts, Body::new(GuardedBody::new(body, permit, deadline)))
 }
 
 pub(crate) fn upstream_request(request: Request, permit: &Permit) -> Result<hyper::Request<Body>, ServingError> {
@@ -343,29 +267,6 @@ fn join_cookies(headers: &mut HeaderMap) {
 /// The client's Host, kept when the request reached us over h2 (authority instead of a Host header).
 #[derive(Clone)]
 struct OriginalHost(HeaderValue);
-
-/// A response body that holds its request's slot until it ends or is dropped.
-struct GuardedBody {
-    inner: TimedBody<Incoming>,
-    _permit: Permit,
-}
-
-impl hyper::body::Body for GuardedBody {
-    type Data = Bytes;
-    type Error = axum::BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
 
 fn error_response(error: &ServingError) -> Response<Body> {
     let status = error.status_code();
@@ -414,27 +315,7 @@ impl HostRoutes for HostRouter {
 
 #[cfg(test)]
 mod tests {
-    use http_body_util::BodyExt;
-    use tokio::sync::mpsc;
-
     use super::*;
-
-    type Frames = http_body_util::StreamBody<
-        tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, std::convert::Infallible>>,
-    >;
-
-    fn body() -> (mpsc::Sender<Result<Frame<Bytes>, std::convert::Infallible>>, Frames) {
-        let (tx, rx) = mpsc::channel(8);
-        (tx, http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
-    }
-
-    fn chunk() -> Result<Frame<Bytes>, std::convert::Infallible> {
-        Ok(Frame::data(Bytes::from_static(b"chunk")))
-    }
-
-    fn cut_by(error: axum::BoxError) -> String {
-        error.to_string()
-    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -510,71 +391,5 @@ mod tests {
         let mut one = headers(&[("cookie", "a=1")]);
         join_cookies(&mut one);
         assert_eq!(one["cookie"], "a=1");
-    }
-
-    #[tokio::test]
-    async fn a_body_that_ends_in_time_is_passed_through_whole() {
-        let (tx, inner) = body();
-        let timed = TimedBody::new(inner, Instant::now() + Duration::from_secs(30), Some(Duration::from_secs(30)));
-        tx.send(chunk()).await.expect("send");
-        tx.send(chunk()).await.expect("send");
-        drop(tx);
-        let collected = timed.collect().await.map(|c| c.to_bytes()).map_err(cut_by);
-        assert_eq!(collected.ok(), Some(Bytes::from_static(b"chunkchunk")));
-    }
-
-    /// Regression: `idleTimeoutSeconds` was validated and never applied, so an app that sent its headers and then
-    /// stalled held its slot for ever.
-    #[tokio::test]
-    async fn a_body_silent_for_the_idle_timeout_is_cut_off() {
-        let (tx, inner) = body();
-        let mut timed =
-            TimedBody::new(inner, Instant::now() + Duration::from_secs(30), Some(Duration::from_millis(100)));
-        tx.send(chunk()).await.expect("send");
-        assert!(timed.frame().await.is_some_and(|frame| frame.is_ok()), "the first chunk passes");
-        let cut = timed.frame().await.expect("a frame").err().map(cut_by);
-        assert_eq!(cut.as_deref(), Some("the response body was silent for the revision's idleTimeoutSeconds"));
-        drop(tx);
-    }
-
-    /// Regression (review): the deadline was looked at only when the app had nothing to send, so a body with data
-    /// always ready was never cut.
-    #[tokio::test]
-    async fn a_body_with_data_always_ready_is_cut_at_the_deadline() {
-        let endless = http_body_util::StreamBody::new(futures::stream::repeat_with(chunk));
-        let mut timed = TimedBody::new(endless, Instant::now() + Duration::from_millis(100), None);
-        let started = Instant::now();
-        let cut = loop {
-            match timed.frame().await {
-                Some(Ok(_)) if started.elapsed() < Duration::from_secs(20) => tokio::task::yield_now().await,
-                Some(Ok(_)) => break None,
-                Some(Err(e)) => break Some(cut_by(e)),
-                None => break None,
-            }
-        };
-        assert_eq!(cut.as_deref(), Some("the response did not end within the revision's timeoutSeconds"));
-    }
-
-    /// A body that keeps sending is cut off when the request's `timeoutSeconds` runs out (Knative's queue-proxy
-    /// aborts the response then); without an idle timeout.
-    #[tokio::test]
-    async fn a_body_still_streaming_at_the_deadline_is_cut_off() {
-        let (tx, inner) = body();
-        let mut timed = TimedBody::new(inner, Instant::now() + Duration::from_millis(200), None);
-        let sender = tokio::spawn(async move {
-            while tx.send(chunk()).await.is_ok() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        });
-        let cut = loop {
-            match timed.frame().await {
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => break Some(cut_by(e)),
-                None => break None,
-            }
-        };
-        assert_eq!(cut.as_deref(), Some("the response did not end within the revision's timeoutSeconds"));
-        drop(timed);
-        sender.await.expect("the sender ends once the body is dropped");
     }
 }
