@@ -336,6 +336,24 @@ pub fn trigger_broker(trigger: &serde_json::Value) -> &str {
         broker => broker,
     }
 }
+
+/// A Trigger's or Subscription's own `spec.delivery`: absent when null or `{}`, which specify no delivery option,
+/// so that the Broker's or Channel's applies (the spec: ignored only if the Trigger "specifies any delivery
+/// options"). The dispatcher and the derived status both read it here.
+pub fn own_delivery(object: &serde_json::Value) -> Option<&serde_json::Value> {
+    object.pointer("/spec/delivery").filter(|d| !d.is_null() && d.as_object().is_none_or(|fields| !fields.is_empty()))
+}
+
+/// The kinds a Subscription's channel is looked up as, in order: the kind its `spec.channel` names first, then the
+/// other channel kind (a Channel and an InMemoryChannel of one name share the address `/channels/NS/NAME`). The
+/// dispatcher and the derived status both read it here.
+pub fn subscription_channel_kinds(subscription: &serde_json::Value) -> [&'static str; 2] {
+    match subscription.pointer("/spec/channel/kind").and_then(serde_json::Value::as_str) {
+        Some("InMemoryChannel") => ["InMemoryChannel", "Channel"],
+        _ => ["Channel", "InMemoryChannel"],
+    }
+}
+
 pub type Channel = Object<ChannelSpec>;
 pub type InMemoryChannel = Object<InMemoryChannelSpec>;
 pub type Subscription = Object<SubscriptionSpec>;

@@ -194,15 +194,14 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Value {
     // A Trigger or Subscription without a `delivery` of its own is delivered with its Broker's or Channel's, whole
     // (the spec: "If a Trigger specifies any delivery options, this field MUST be ignored"), as the dispatcher
     // does: its dead-letter sink is that one.
-    let delivery_owner = match object.pointer("/spec/delivery").filter(|d| !d.is_null()) {
+    let delivery_owner = match crate::model::own_delivery(object) {
         Some(_) => Some(object),
         None => match kind {
             "Trigger" => world.find("Broker", namespace, crate::model::trigger_broker(object)),
             "Subscription" => {
-                let channel = object.pointer("/spec/channel");
-                let channel_kind = channel.and_then(|c| c.get("kind")).and_then(Value::as_str).unwrap_or_default();
-                let channel_name = channel.and_then(|c| c.get("name")).and_then(Value::as_str).unwrap_or_default();
-                world.find(channel_kind, namespace, channel_name)
+                let channel = str_at(object, "/spec/channel/name");
+                let kinds = crate::model::subscription_channel_kinds(object);
+                kinds.iter().find_map(|kind| world.find(kind, namespace, channel))
             }
             _ => Some(object),
         },

@@ -305,7 +305,8 @@ fn consumer(
         }
         ConsumerKind::Subscription => {
             let channel = str_at(object, "/spec/channel/name");
-            let source = find(sources, &["Channel", "InMemoryChannel"], &namespace, channel)
+            let kinds = sluice_controller::model::subscription_channel_kinds(object);
+            let source = find(sources, &kinds, &namespace, channel)
                 .ok_or_else(|| format!("spec.channel: channel {namespace}/{channel} does not exist"))?;
             ("Channel", channel.to_string(), source)
         }
@@ -314,7 +315,7 @@ fn consumer(
     let mut trust = DestinationTrust::default();
     let subscriber_uri = resolve_at(object, "/spec/subscriber", &namespace, world, env, &mut trust)?
         .ok_or_else(|| "spec.subscriber: missing".to_string())?;
-    let (delivery_owner, delivery) = match object.pointer("/spec/delivery").filter(|d| !d.is_null()) {
+    let (delivery_owner, delivery) = match sluice_controller::model::own_delivery(object) {
         Some(delivery) => (object, Some(delivery)),
         None => (source, source.pointer("/spec/delivery").filter(|d| !d.is_null())),
     };
@@ -488,8 +489,17 @@ mod tests {
                         "sluice.dev/dead-letter": "drop", "sluice.dev/initial-offset": "earliest",
                         "sluice.dev/delivery-batch-max-events": "64"}}}),
         );
-        let (specs, problems) = consumers(&[broker, inherits, own], &env(), Default::default());
+        // Regression (review): `delivery: {}` (a chart's empty default) specifies no option, and took the place of
+        // the Broker's: its retries and dead-letter sink were lost.
+        let empty = meta(
+            "Trigger",
+            "t3",
+            json!({"spec": {"broker": "b", "subscriber": {"uri": "http://s3/"}, "delivery": {}}}),
+        );
+        let (specs, problems) = consumers(&[broker, inherits, own, empty], &env(), Default::default());
         assert!(problems.is_empty(), "{problems:?}");
+        let t3 = specs.iter().find(|s| s.cursor.contains("trigger/t3")).expect("t3");
+        assert_eq!((t3.policy.retry, t3.dead_letter_uri.as_deref()), (3, Some("http://dls/")));
         let t1 = &specs[0];
         assert_eq!(t1.cursor, "broker/default/b#trigger/t1/uid-t1");
         assert_eq!(t1.policy.retry, 3);

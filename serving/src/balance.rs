@@ -211,8 +211,9 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the weights and however often they change, every target stays within two picks of the share
-        /// due to it summed over the steps (its weight at each pick), and what is carried sums to zero.
+        /// Whatever the weights and however often they change, every target present throughout stays within two
+        /// picks of the share due to it summed over the steps (its weight at each pick), and what is carried sums
+        /// to zero.
         #[test]
         fn a_target_keeps_its_share_across_changes_of_weights(
             steps in prop::collection::vec((prop::collection::vec(1u32..=100, 3), 1usize..12), 1..40),
@@ -257,7 +258,6 @@ mod tests {
             let mut balancer = Balancer::new("ns", &targets);
             let mut counts: BTreeMap<String, u64> = BTreeMap::new();
             for pick in 1..=(total as usize * periods) {
-                prop_assert!(balancer.targets.iter().any(|t| t.credit + t.weight > 0), "none released");
                 *counts.entry(balancer.pick().unwrap_or_default().trim_start_matches("ns/").to_string()).or_default() += 1;
                 for (name, weight) in &targets {
                     // |got - weight·pick/total| < 1, in integers: |got·total - weight·pick| < total.

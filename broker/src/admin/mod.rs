@@ -363,7 +363,7 @@ fn checked_record(object_json: &str, node: &Node) -> Result<(ResourceRecord, Opt
     let uid = format!("{}-{}-{}-{}-{}", &uid[..8], &uid[8..12], &uid[12..16], &uid[16..20], &uid[20..]);
     let applied_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let checked_version = existing.as_ref().map(|stored| {
-        // A stored object always has one; an unreadable one is matched by nothing, and the write conflicts.
+        // A stored object always has one; one without a readable version reads as 0, on both sides of the check.
         stored.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).and_then(|v| v.parse().ok()).unwrap_or(0)
     });
     Ok((ResourceRecord { key, json: object.to_string(), uid, applied_at }, checked_version))

@@ -33,13 +33,16 @@ fn is_manifest_file(path: &Path) -> bool {
 /// The manifests `-f` names, directories expanded (their subdirectories with `recursive`), in order.
 fn sources(files: &[PathBuf], recursive: bool) -> Result<Vec<Source>> {
     fn walk(dir: &Path, recursive: bool, found: &mut Vec<Source>) -> Result<()> {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        let mut entries: Vec<(PathBuf, bool)> = std::fs::read_dir(dir)
             .with_context(|| format!("cannot read directory {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|e| e.ok())
+            // The entry's own type: a link to a directory is not walked into (as kubectl's `-R`), so a link back
+            // up the tree cannot make the walk endless.
+            .map(|e| (e.path(), e.file_type().is_ok_and(|t| t.is_dir())))
             .collect();
         entries.sort();
-        for entry in entries {
-            if entry.is_dir() {
+        for (entry, is_dir) in entries {
+            if is_dir {
                 if recursive {
                     walk(&entry, recursive, found)?;
                 }
@@ -228,6 +231,9 @@ mod tests {
         assert_eq!(flat, ["a.json", "c.yaml"]);
         let all: Vec<String> = sources(&[dir.path().to_path_buf()], true)?.iter().map(name).collect();
         assert_eq!(all, ["a.json", "d.yml", "c.yaml"], "b-nested sorts between a.json and c.yaml");
+        std::os::unix::fs::symlink(dir.path(), nested.join("loop"))?;
+        let with_a_loop: Vec<String> = sources(&[dir.path().to_path_buf()], true)?.iter().map(name).collect();
+        assert_eq!(with_a_loop, ["a.json", "d.yml", "c.yaml"], "a link back up the tree is not followed");
         let mixed = sources(&[PathBuf::from("-"), PathBuf::from("https://example.com/x.yaml")], false)?;
         assert_eq!(mixed, [Source::Stdin, Source::Url("https://example.com/x.yaml".into())]);
         Ok(())
