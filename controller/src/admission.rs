@@ -23,15 +23,27 @@ pub const BROKER_LABEL: &str = "eventing.knative.dev/broker";
 /// The class annotation of a Broker, fixed at creation.
 const BROKER_CLASS_POINTER: &str = "/metadata/annotations/eventing.knative.dev~1broker.class";
 
-/// A Channel's `spec.channelTemplate` when none is written: Knative's default channel
-/// (`default-ch-webhook`'s cluster default), the in-memory channel.
-pub fn default_channel_template() -> Value {
-    json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel"})
+/// Removes every mapping entry whose value is `null`, at any depth (inside lists too), as the Kubernetes API
+/// server prunes nulls from fields that are not `nullable` (none of Knative's are): YAML's `from:` with nothing
+/// after it means the field is absent, and that is how everything that reads the object must see it. Done before
+/// an object is validated and stored, and on both sides of the comparisons made before a write, never by the
+/// log's apply rules (`crate::meta`, which must not change). An object stored with nulls by an earlier version is
+/// rewritten without them at its next apply (a Service or Configuration whose spec held one gets a new
+/// generation, and a new Revision, once).
+pub fn prune_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(prune_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(prune_nulls),
+        _ => {}
+    }
 }
 
 /// `object` as an apply over `stored` stores it (see the module's text).
 pub fn admitted(mut object: Value, stored: Option<&Value>) -> Value {
-    crate::meta::prune_nulls(&mut object);
+    prune_nulls(&mut object);
     if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         metadata.entry("namespace").or_insert_with(|| "default".into());
     }
@@ -146,7 +158,7 @@ pub fn defaulted_spec(object: &Value) -> Value {
         map.entry("filter").or_insert_with(|| json!({}));
     }
     if kind == "Channel" {
-        map.entry("channelTemplate").or_insert_with(default_channel_template);
+        map.entry("channelTemplate").or_insert_with(crate::model::default_channel_template);
     }
     for destination in ["/subscriber", "/reply", "/delivery/deadLetterSink"] {
         if let Some(reference) = spec.pointer_mut(&format!("{destination}/ref")).and_then(Value::as_object_mut) {
@@ -202,7 +214,8 @@ mod tests {
         }
         // Regression (review): a misspelt field is dropped when the defaults are read, so the spec compared equal
         // and the stored one replaced it: the apply said `unchanged` where it must be refused.
-        let misspelt = json!({"template": {"spec": {"containers": [{"image": "ghcr.io/x/app", "imagePullPolicyy": "Always"}]}}});
+        let misspelt =
+            json!({"template": {"spec": {"containers": [{"image": "ghcr.io/x/app", "imagePullPolicyy": "Always"}]}}});
         assert_eq!(admitted(service(misspelt.clone()), Some(&stored))["spec"], misspelt);
         assert!(crate::validate::validate_object(&service(misspelt), Some(&stored)).is_err());
     }
@@ -228,7 +241,10 @@ mod tests {
                 json!({"broker": "b", "filter": {},
                     "subscriber": {"ref": {"kind": "Service", "name": "s", "namespace": "team"}}}),
             ),
-            (json!({"kind": "Channel", "spec": {}}), json!({"channelTemplate": default_channel_template()})),
+            (
+                json!({"kind": "Channel", "spec": {}}),
+                json!({"channelTemplate": crate::model::default_channel_template()}),
+            ),
             (
                 json!({"kind": "Route", "spec": {"traffic": [{"revisionName": "r", "percent": 100},
                     {"configurationName": "c", "percent": 0}]}}),

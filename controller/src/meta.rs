@@ -38,24 +38,6 @@ fn user_part(object: &Value) -> UserPart<'_> {
     (spec, labels, annotations, extra)
 }
 
-/// Removes every mapping entry whose value is `null`, at any depth (inside lists too), as the Kubernetes API
-/// server prunes nulls from fields that are not `nullable` (none of Knative's are): YAML's `from:` with nothing
-/// after it means the field is absent, and that is how everything that reads the object must see it. Done before
-/// an object is validated and stored, and on both sides of the comparisons made before a write, never by the
-/// log's apply rules below (which must not change). An object stored with nulls by an earlier version is
-/// rewritten without them at its next apply (a Service or Configuration whose spec held one gets a new
-/// generation, and a new Revision, once).
-pub fn prune_nulls(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            map.retain(|_, v| !v.is_null());
-            map.values_mut().for_each(prune_nulls);
-        }
-        Value::Array(items) => items.iter_mut().for_each(prune_nulls),
-        _ => {}
-    }
-}
-
 /// The field manager of annotations set through the admin API (`sluice trigger pause`), recorded in
 /// `metadata.managedFields` as Kubernetes records who set a field.
 pub const ADMIN_FIELD_MANAGER: &str = "sluice-admin";
@@ -422,7 +404,7 @@ mod tests {
             "status": null,
         });
         let as_written = object.clone();
-        super::prune_nulls(&mut object);
+        crate::admission::prune_nulls(&mut object);
         assert!(super::apply_changes_nothing(&object, &as_written), "the same object, stored without its nulls");
         assert_eq!(
             object,

@@ -354,6 +354,12 @@ pub fn subscription_channel_kinds(subscription: &serde_json::Value) -> [&'static
     }
 }
 
+/// A Channel's `spec.channelTemplate` when none is written: Knative's default channel
+/// (`default-ch-webhook`'s cluster default), the in-memory channel.
+pub fn default_channel_template() -> serde_json::Value {
+    serde_json::json!({"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel"})
+}
+
 pub type Channel = Object<ChannelSpec>;
 pub type InMemoryChannel = Object<InMemoryChannelSpec>;
 pub type Subscription = Object<SubscriptionSpec>;

@@ -64,7 +64,7 @@ fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
 /// not parse, and the policy fails closed (it applies to every target of its namespace and lets nobody in).
 fn spec_of(policy: &Value) -> Option<EventPolicySpec> {
     let mut spec = policy.get("spec").cloned().unwrap_or_else(|| Value::Object(Default::default()));
-    crate::meta::prune_nulls(&mut spec);
+    crate::admission::prune_nulls(&mut spec);
     serde_json::from_value(spec).ok()
 }
 

@@ -116,7 +116,7 @@ pub fn made_from_template(revision: &Value, configuration: &Value) -> bool {
 /// The spec of the Revision a template makes, as it is stored (without nulls).
 fn revision_spec(template: &Value) -> Value {
     let mut spec = template.get("spec").cloned().unwrap_or_else(|| json!({}));
-    crate::meta::prune_nulls(&mut spec);
+    crate::admission::prune_nulls(&mut spec);
     spec
 }
 
@@ -124,7 +124,7 @@ fn revision_spec(template: &Value) -> Value {
 pub fn configuration_spec(service: &Value) -> Value {
     let template = service.pointer("/spec/template").cloned().unwrap_or_else(|| json!({}));
     let mut spec = json!({"template": template});
-    crate::meta::prune_nulls(&mut spec);
+    crate::admission::prune_nulls(&mut spec);
     spec
 }
 
@@ -144,7 +144,7 @@ pub fn route_spec(service: &Value) -> Value {
         })
         .collect();
     let mut spec = json!({"traffic": traffic});
-    crate::meta::prune_nulls(&mut spec);
+    crate::admission::prune_nulls(&mut spec);
     spec
 }
 
@@ -194,7 +194,7 @@ pub fn plan(objects: &[Value]) -> ChildPlan {
     let mut plan = ChildPlan::default();
     // A child is stored without nulls (as apply prunes them), whatever its parent held when it was stored.
     let desire = |mut desired: Value, plan: &mut ChildPlan| {
-        crate::meta::prune_nulls(&mut desired);
+        crate::admission::prune_nulls(&mut desired);
         match find(&key_of(&desired)) {
             Some(stored) if up_to_date(stored, &desired) => {}
             _ => plan.put.push(desired),

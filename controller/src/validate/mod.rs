@@ -116,7 +116,7 @@ pub fn validate_object_with(
             // Knative: "spec.channelTemplate ... MUST be immutable" (the backing channel is made from it once).
             // Compared with Knative's default written out: a Channel made without one was made with it.
             let template = |o: &Value| {
-                o.pointer("/spec/channelTemplate").cloned().unwrap_or_else(crate::admission::default_channel_template)
+                o.pointer("/spec/channelTemplate").cloned().unwrap_or_else(crate::model::default_channel_template)
             };
             if let Some(existing) = existing
                 && template(existing) != template(object)
