@@ -38,33 +38,39 @@ impl Target {
 #[derive(Clone, Debug)]
 pub(crate) struct Balancer {
     targets: Vec<Target>,
+    /// The targets as given (weight above zero), to tell a table of the same split from another.
+    given: Vec<(String, u32)>,
     /// The sum of the weights: a whole pick, in credit units.
     total: i64,
 }
 
 impl Balancer {
     /// `targets`: revision and weight (percent); zero weights are never picked.
+    /// A revision named by several targets (`latestRevision: true` and the same revision by name) is one
+    /// target of their weights summed.
     pub(crate) fn new(namespace: &str, targets: &[(String, u32)]) -> Self {
-        let targets: Vec<Target> = targets
-            .iter()
-            .filter(|(_, w)| *w > 0)
-            .map(|(r, w)| Target {
-                revision: r.clone(),
-                weight: i64::from(*w),
-                credit: 0,
-                key: format!("{namespace}/{r}"),
-            })
-            .collect();
-        let total = targets.iter().map(|t| t.weight).sum();
-        Balancer { targets, total }
+        let given: Vec<(String, u32)> = targets.iter().filter(|(_, w)| *w > 0).cloned().collect();
+        let mut merged: Vec<Target> = Vec::with_capacity(given.len());
+        for (revision, weight) in &given {
+            match merged.iter_mut().find(|t| t.revision == *revision) {
+                Some(target) => target.weight += i64::from(*weight),
+                None => merged.push(Target {
+                    revision: revision.clone(),
+                    weight: i64::from(*weight),
+                    credit: 0,
+                    key: format!("{namespace}/{revision}"),
+                }),
+            }
+        }
+        let total = merged.iter().map(|t| t.weight).sum();
+        Balancer { targets: merged, given, total }
     }
 
     /// The same targets and weights (a table rebuilt with the same route keeps its balancer's state). Called
     /// per request: compares in place, without allocating.
     pub(crate) fn same_targets(&self, targets: &[(String, u32)]) -> bool {
         let wanted = targets.iter().filter(|(_, w)| *w > 0);
-        wanted.clone().count() == self.targets.len()
-            && wanted.zip(&self.targets).all(|((r, w), ours)| *r == ours.revision && i64::from(*w) == ours.weight)
+        wanted.clone().count() == self.given.len() && wanted.zip(&self.given).all(|(wanted, given)| wanted == given)
     }
 
     /// The balancer for new weights `targets`, each remaining target keeping its lag from this one (in the new
@@ -190,6 +196,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A revision named twice in a split (the latest revision, and the same one by name) is one target: its lag is
+    /// carried whole across a change, not the first entry's twice.
+    #[test]
+    fn a_revision_named_twice_is_one_target_of_both_weights() {
+        let split = [("a".to_string(), 50), ("b".to_string(), 25), ("a".to_string(), 25)];
+        let mut balancer = Balancer::new("ns", &split);
+        assert!(balancer.same_targets(&split));
+        let picks: Vec<bool> = (0..100).map(|_| balancer.pick() == Some("ns/a")).collect();
+        assert_eq!(picks.iter().filter(|a| **a).count(), 75);
+        let next = balancer.rebalanced("ns", &[("a".to_string(), 60), ("b".to_string(), 40)]);
+        assert_eq!(next.targets.iter().map(|t| t.credit).sum::<i64>(), 0);
     }
 
     /// Regression (a review of the serving data plane): at about one request per step of a rollout, the balancer

@@ -6,8 +6,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -94,46 +94,67 @@ struct Guarded<B, G> {
     guard: Option<G>,
     /// The deadline took the body: the next poll answers the cut.
     cut_by_deadline: bool,
+    /// The task that last found the body not ready: woken when the watchdog takes the body, whose own wakers go
+    /// with it.
+    waiting: Option<Waker>,
 }
 
+/// How long after the request's deadline the watchdog takes a response nobody polls: a client that reads is cut
+/// at the deadline itself, by [`TimedBody`]; this is for the client that takes nothing.
+const UNREAD_GRACE: Duration = Duration::from_secs(1);
+
 /// A response body that holds its request's slot (`guard`, the permit) until it ends or is dropped, or until
-/// `deadline`, when a watchdog takes the slot and the app's body (closing the app's response) whether or not the
-/// client is reading: the body is polled only as the client takes what it sends.
+/// `deadline` (and [`UNREAD_GRACE`]), when a watchdog takes the slot and the app's body (closing the app's
+/// response) whether or not the client is reading: the body is polled only as the client takes what it sends.
 pub(super) struct GuardedBody<B, G> {
     guarded: Arc<Mutex<Guarded<B, G>>>,
     /// Dropped with the body: ends its watchdog.
-    _ended: oneshot::Sender<()>,
+    _ended: Option<oneshot::Sender<()>>,
 }
 
-impl<B: Send + 'static, G: Send + 'static> GuardedBody<B, G> {
+impl<B, G> GuardedBody<B, G>
+where
+    B: hyper::body::Body + Send + 'static,
+    G: Send + 'static,
+{
     pub(super) fn new(body: B, guard: G, deadline: Instant) -> Self {
-        let guarded = Arc::new(Mutex::new(Guarded { body: Some(body), guard: Some(guard), cut_by_deadline: false }));
-        let (ended, dropped) = oneshot::channel();
-        tokio::spawn(watch_deadline(Arc::downgrade(&guarded), deadline, dropped));
+        // A body already at its end (a 204, a 304, `Content-Length: 0`) needs no watchdog: its first poll ends it.
+        let watched = !body.is_end_stream();
+        let state = Guarded { body: Some(body), guard: Some(guard), cut_by_deadline: false, waiting: None };
+        let guarded = Arc::new(Mutex::new(state));
+        let ended = watched.then(|| {
+            let (ended, dropped) = oneshot::channel();
+            tokio::spawn(watch_deadline(Arc::downgrade(&guarded), deadline + UNREAD_GRACE, dropped));
+            ended
+        });
         GuardedBody { guarded, _ended: ended }
     }
 }
 
-/// At `deadline`, unless the body was dropped first: takes its slot and the app's body.
+/// At `deadline`, unless the body was dropped first: takes its slot and the app's body, and wakes the task that
+/// waits on it, which then answers the cut.
 async fn watch_deadline<B, G>(guarded: Weak<Mutex<Guarded<B, G>>>, deadline: Instant, dropped: oneshot::Receiver<()>) {
     tokio::select! {
         _ = tokio::time::sleep_until(deadline.into()) => {}
         _ = dropped => return,
     }
     let Some(guarded) = guarded.upgrade() else { return };
-    let taken = match guarded.lock() {
-        Ok(mut state) if state.guard.is_some() => {
-            state.cut_by_deadline = true;
-            Some((state.body.take(), state.guard.take()))
+    let taken = {
+        let mut state = guarded.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.guard.is_none() {
+            return;
         }
-        _ => None,
+        state.cut_by_deadline = true;
+        (state.body.take(), state.guard.take(), state.waiting.take())
     };
-    if taken.is_some() {
-        metrics::counter!("sluice_serving_responses_cut_total", "why" => "timeout_unread").increment(1);
-        tracing::debug!("a response was not taken by its client within timeoutSeconds: its slot is given back");
+    metrics::counter!("sluice_serving_responses_cut_total", "why" => "timeout_unread").increment(1);
+    tracing::debug!("a response was not taken by its client within timeoutSeconds: its slot is given back");
+    // Outside the lock: the permit and the app's body dropped, the waiting task woken.
+    let (body, guard, waiting) = taken;
+    drop((body, guard));
+    if let Some(waiting) = waiting {
+        waiting.wake();
     }
-    // The permit and the app's body are dropped here, outside the lock.
-    drop(taken);
 }
 
 impl<B, G> hyper::body::Body for GuardedBody<B, G>
@@ -144,7 +165,8 @@ where
     type Error = axum::BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let Ok(mut state) = self.guarded.lock() else { return Poll::Ready(None) };
+        // A panic while the lock was held cannot leave a half-made state: every change under it is one assignment.
+        let mut state = self.guarded.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(body) = state.body.as_mut() else {
             if std::mem::take(&mut state.cut_by_deadline) {
                 return Poll::Ready(Some(Err(BodyCut::Timeout.into())));
@@ -152,23 +174,31 @@ where
             return Poll::Ready(None);
         };
         let polled = Pin::new(body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            // Ended (or cut): the slot is free now, not when the client's connection lets the body go.
-            let taken = (state.body.take(), state.guard.take());
-            drop(state);
-            drop(taken);
+        match polled {
+            Poll::Pending => {
+                if !state.waiting.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    state.waiting = Some(cx.waker().clone());
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                // Ended (or cut): the slot is free now, not when the client's connection lets the body go.
+                let taken = (state.body.take(), state.guard.take());
+                drop(state);
+                drop(taken);
+            }
+            Poll::Ready(Some(Ok(_))) => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.guarded
-            .lock()
-            .map_or(true, |state| state.body.as_ref().is_none_or(|b| b.is_end_stream()) && !state.cut_by_deadline)
+        let state = self.guarded.lock().unwrap_or_else(PoisonError::into_inner);
+        state.body.as_ref().is_none_or(|b| b.is_end_stream()) && !state.cut_by_deadline
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.guarded.lock().ok().and_then(|state| state.body.as_ref().map(|b| b.size_hint())).unwrap_or_default()
+        let state = self.guarded.lock().unwrap_or_else(PoisonError::into_inner);
+        state.body.as_ref().map(|b| b.size_hint()).unwrap_or_default()
     }
 }
 
@@ -221,6 +251,29 @@ mod tests {
         let cut = guarded.frame().await.expect("a frame").err().map(cut_by);
         assert_eq!(cut.as_deref(), Some("the response did not end within the revision's timeoutSeconds"));
         assert!(guarded.frame().await.is_none(), "then the body ends");
+    }
+
+    /// Regression (review): the watchdog took the body and dropped the wakers it held, so a task already waiting
+    /// on it (hyper, between two frames of the app) was never woken to answer the cut.
+    #[tokio::test]
+    async fn a_task_waiting_on_the_body_is_woken_with_the_cut() {
+        let (tx, inner) = body();
+        let deadline = Instant::now() + Duration::from_millis(50);
+        // A plain body, without a timer of its own: only the watchdog can end it.
+        let inner = inner.map_err(|never| -> axum::BoxError { match never {} });
+        let mut guarded = GuardedBody::new(inner, Slot(None), deadline);
+        // Biased: once the long sleep ends, it is looked at first, so a body found cut only because the sleep's own
+        // wake polled it again does not pass for a woken one.
+        let cut = tokio::select! {
+            biased;
+            _ = tokio::time::sleep(Duration::from_secs(20)) => panic!("never woken with the cut"),
+            frame = guarded.frame() => frame,
+        };
+        assert_eq!(
+            cut.expect("a frame").err().map(cut_by).as_deref(),
+            Some("the response did not end within the revision's timeoutSeconds")
+        );
+        drop(tx);
     }
 
     /// A body read to its end gives back its slot at once, and its watchdog then has nothing to take.
