@@ -41,8 +41,15 @@ pub fn prune_nulls(value: &mut Value) {
     }
 }
 
-/// `object` as an apply over `stored` stores it (see the module's text).
-pub fn admitted(mut object: Value, stored: Option<&Value>) -> Value {
+/// `object` as an apply over `stored` stores it (see the module's text), validated (for keeping the stored spec)
+/// as on a node without serving feature flags.
+pub fn admitted(object: Value, stored: Option<&Value>) -> Value {
+    admitted_with(object, stored, &crate::serving::ServingFeatures::default())
+}
+
+/// [`admitted`] on a node with the serving feature flags `features` (`--serving-feature`): a template using a
+/// field they let through is valid there.
+pub fn admitted_with(mut object: Value, stored: Option<&Value>, features: &crate::serving::ServingFeatures) -> Value {
     prune_nulls(&mut object);
     if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         metadata.entry("namespace").or_insert_with(|| "default".into());
@@ -53,7 +60,7 @@ pub fn admitted(mut object: Value, stored: Option<&Value>) -> Value {
         // Only a valid object: the defaults are read leniently, so a misspelt field would compare equal and be
         // dropped with the applied spec instead of refused.
         if defaulted_spec(stored) == defaulted_spec(&object)
-            && crate::validate::validate_object(&object, Some(stored)).is_ok()
+            && crate::validate::validate_object_with(&object, Some(stored), features).is_ok()
             && let Some(map) = object.as_object_mut()
         {
             match stored.get("spec") {

@@ -345,8 +345,9 @@ fn checked_record(object_json: &str, node: &Node) -> Result<(ResourceRecord, Opt
         name: object.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_string(),
     };
     let existing: Option<serde_json::Value> = node.resource(&key).and_then(|json| serde_json::from_str(&json).ok());
-    let object = sluice_controller::admission::admitted(object, existing.as_ref());
-    if let Err(errors) = validate_object_with(&object, existing.as_ref(), &node.settings().serving_features) {
+    let features = &node.settings().serving_features;
+    let object = sluice_controller::admission::admitted_with(object, existing.as_ref(), features);
+    if let Err(errors) = validate_object_with(&object, existing.as_ref(), features) {
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         return Err(error_status(ErrorCode::InvalidResource, text.join("; ")));
     }
