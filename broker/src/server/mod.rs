@@ -211,7 +211,7 @@ pub async fn start(
             .add_service(ClusterServer::new(AdminService::new(admin_node.clone(), ingress_base.clone())))
             .add_service(
                 LogServer::new(AdminService::new(admin_node.clone(), ingress_base.clone()))
-                    .max_decoding_message_size(32 << 20),
+                    .max_decoding_message_size(log_message_limit(&admin_node.settings().append_limits)),
             )
             .add_service(ResourcesServer::new(AdminService::new(admin_node.clone(), ingress_base)))
             .add_service(EventsServer::new(EventsService::new(admin_node)))
@@ -257,4 +257,12 @@ impl RunningNode {
             }
         }
     }
+}
+
+/// The largest `Log` request decoded: an append larger than one entry holds is refused anyway, so it is never
+/// decoded whole. Its payloads' bytes, about 16 bytes of framing for each record an entry takes, and 64 KiB for
+/// the rest. Regression (review): the bound was 32 MiB, in which some 16 million empty payloads decoded to about
+/// half a gigabyte before their count was checked.
+pub(crate) fn log_message_limit(limits: &crate::raft::append_batcher::AppendLimits) -> usize {
+    limits.max_bytes_per_entry.saturating_add(limits.max_records_per_entry.saturating_mul(16)).saturating_add(64 << 10)
 }

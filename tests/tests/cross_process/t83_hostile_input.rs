@@ -214,3 +214,29 @@ async fn read_events_tls(admin: &str, files: &sluice_security::TlsFiles) -> Resu
     }
     Ok(ids)
 }
+
+/// Regression (a review of unbounded growth): `Log/Append` was decoded up to 32 MiB before its payloads were
+/// counted, so a request of four million empty payloads (8 MB on the wire, about 100 MB decoded; 16 million in
+/// 32 MiB) was built whole first. A request larger than one entry holds is now refused as it is read; one that fits is
+/// appended.
+#[tokio::test]
+async fn a_log_append_larger_than_an_entry_is_refused_before_it_is_decoded() -> Result<()> {
+    let (_dir, node) = sluice_tests::start_single_node(1, &[]).await?;
+    let mut log = sluice_tests::log_client(&node.admin).await?;
+    let many = sluice_proto::admin::AppendRequest {
+        stream: "hostile".into(),
+        partition: 0,
+        payloads: vec![Default::default(); 4_000_000],
+    };
+    let refused = log.append(many).await.expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    assert!(refused.message().contains("decoded message length too large"), "refused as it is read: {refused:?}");
+    let fits = sluice_proto::admin::AppendRequest {
+        stream: "hostile".into(),
+        partition: 0,
+        payloads: vec![vec![b'x'; 200].into(); 4096],
+    };
+    let appended = log.append(fits).await?.into_inner();
+    assert_eq!(appended.offsets.len(), 4096);
+    Ok(())
+}
