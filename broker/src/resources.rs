@@ -15,6 +15,13 @@ pub(crate) const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
 /// before it did is cut to it.
 pub(crate) const MAX_DEDUPE_WINDOW: Duration = sluice_controller::validate::MAX_DEDUPE_WINDOW;
 
+/// A stored object's `metadata.resourceVersion` (the log index of its last change); one without a readable version
+/// (none written by Sluice) reads as 0. The admin API's Apply checks an object at this version and the conditional
+/// entry compares with it, so both read it here.
+pub(crate) fn resource_version(object: &serde_json::Value) -> u64 {
+    object.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 /// The stream of a Broker or Channel (one per partition).
 pub fn stream_name(kind: &str, namespace: &str, name: &str) -> String {
     match kind {

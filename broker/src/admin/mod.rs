@@ -363,10 +363,7 @@ fn checked_record(object_json: &str, node: &Node) -> Result<(ResourceRecord, Opt
     let uid = format!("{:032x}", rand::random::<u128>());
     let uid = format!("{}-{}-{}-{}-{}", &uid[..8], &uid[8..12], &uid[12..16], &uid[16..20], &uid[20..]);
     let applied_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let checked_version = existing.as_ref().map(|stored| {
-        // A stored object always has one; one without a readable version reads as 0, on both sides of the check.
-        stored.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).and_then(|v| v.parse().ok()).unwrap_or(0)
-    });
+    let checked_version = existing.as_ref().map(crate::resources::resource_version);
     Ok((ResourceRecord { key, json: object.to_string(), uid, applied_at }, checked_version))
 }
 
@@ -416,12 +413,7 @@ impl Resources for AdminService {
                 self.node.resource(&key).and_then(|json| serde_json::from_str(&json).ok());
             let incoming: serde_json::Value = serde_json::from_str(&record.json)
                 .map_err(|e| error_status(ErrorCode::InvalidResource, format!("object: not JSON: {e}")))?;
-            let resource_version = existing
-                .as_ref()
-                .and_then(|e| e.pointer("/metadata/resourceVersion"))
-                .and_then(|v| v.as_str())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let resource_version = existing.as_ref().map_or(0, crate::resources::resource_version);
             let (merged, outcome) = sluice_controller::meta::merge_for_apply_keeping_owned(
                 existing.as_ref(),
                 incoming,

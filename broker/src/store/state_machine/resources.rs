@@ -100,17 +100,7 @@ impl GroupStateMachine {
     ) -> io::Result<&'static str> {
         let existing: Option<serde_json::Value> =
             self.staged_resource(staged, &record.key).map(|j| serde_json::from_str(&j)).transpose().map_err(io_err)?;
-        // An object stored without a readable version (none written by Sluice) reads as version 0, as the
-        // admin API reads it when it checks the apply (`checked_record`).
-        let stored_version = existing.as_ref().map(|object| {
-            object
-                .pointer("/metadata/resourceVersion")
-                .and_then(|v| v.as_str())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        });
-        let holds = stored_version == expected_version;
-        if !holds {
+        if existing.as_ref().map(crate::resources::resource_version) != expected_version {
             return Ok("conflict");
         }
         Ok(self.stage_put_resource(staged, record, log_index, ResourceRules::KeepingOwned)?.as_str())
