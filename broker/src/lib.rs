@@ -33,7 +33,7 @@ pub use ids::{NodeId, ResourceKey};
 pub use ingress::IngressLimits;
 /// EventPolicy decisions, for what reaches a Broker without its ingress (a Trigger's replies).
 pub use ingress::authorize::{CompiledPolicy, authorize as authorize_sender, compile_policies};
-pub use ingress::http::{ClientConnection, ConnectionPlace, HostRouteSlot, HostRoutes, request_host};
+pub use ingress::http::{ClientConnection, ConnectionPlace, HostRouteSlot, HostRoutes, NodeRoutes, request_host};
 pub use node::publish::{PublishError, Published, publish};
 pub use node::signing_keys::SenderIdentity;
 pub use node::{Handover, Node, NodeSettings, ReadLimits, TransferOver};

@@ -459,10 +459,10 @@ impl TuningArgs {
 /// The dispatcher's admin services (Consumers, DeadLetters) and serving's (Serving: logs, decisions), served on the node's
 /// admin port; serving's node-local answers on its peer listener, for the node that gathers them.
 pub(crate) fn extra_admin(logs: Arc<LogHub>, state: ServingState) -> ExtraAdminRoutes {
-    Box::new(move |node, ingress_base| ExtraRoutes {
+    Box::new(move |node, ingress_base, node_routes| ExtraRoutes {
         peer: sluice_serving::peer_routes(node.clone(), logs.clone(), state.clone()),
         admin: sluice_serving::with_admin_routes(
-            sluice_dispatcher::admin_routes(node.clone(), ingress_base),
+            sluice_dispatcher::admin_routes(node.clone(), ingress_base, node_routes),
             node,
             logs,
             state,
@@ -522,6 +522,7 @@ pub(crate) fn start_dispatcher(
         ingress_base: format!("http://{}", running.http_addr),
         commit_interval: Duration::from_millis(tuning.dispatch_commit_interval_ms),
         subscriber_capacity: Some(Arc::new(ServingCapacity(serving.signals()))),
+        node_routes: running.node_routes.clone(),
         ..Default::default()
     };
     Ok(sluice_dispatcher::Dispatcher::start(running.node.clone(), settings)?)

@@ -14,6 +14,7 @@ use base64::Engine;
 use serde_json::Value;
 use sluice_broker::IngressSettings;
 use sluice_broker::Node;
+use sluice_broker::NodeRoutes;
 use sluice_broker::ResourceKey;
 use sluice_cloudevent::{AttrValue, CloudEvent, EventData};
 use sluice_proto::admin::consumers_server::{Consumers, ConsumersServer};
@@ -55,8 +56,8 @@ pub(crate) const PAUSE_WAIT: Duration = Duration::from_secs(10);
 pub(crate) const REPLAY_WAIT: Duration = Duration::from_secs(30);
 
 /// The routes of the dispatcher's admin services for `node`.
-pub fn routes(node: Node, ingress_base: String) -> tonic::service::Routes {
-    let sender = match Sender::new(node.settings().tls.clone()) {
+pub fn routes(node: Node, ingress_base: String, node_routes: Option<NodeRoutes>) -> tonic::service::Routes {
+    let sender = match Sender::with_node_routes(node.settings().tls.clone(), node_routes) {
         Ok(sender) => Some(sender),
         Err(e) => {
             tracing::error!(error = %e, "no HTTP client: redrive to subscribers is unavailable");

@@ -34,6 +34,8 @@ pub struct DispatcherSettings {
     pub read_batch: usize,
     /// The node's serving: in-flight limits towards the Knative Services it runs, and their backlog.
     pub subscriber_capacity: Option<Arc<dyn SubscriberCapacity>>,
+    /// Where this node serves Knative Routes: deliveries to their cluster-local URLs go to its HTTP port.
+    pub node_routes: Option<sluice_broker::NodeRoutes>,
 }
 
 impl std::fmt::Debug for DispatcherSettings {
@@ -43,6 +45,7 @@ impl std::fmt::Debug for DispatcherSettings {
             .field("commit_interval", &self.commit_interval)
             .field("read_batch", &self.read_batch)
             .field("subscriber_capacity", &self.subscriber_capacity.is_some())
+            .field("node_routes", &self.node_routes.is_some())
             .finish()
     }
 }
@@ -54,6 +57,7 @@ impl Default for DispatcherSettings {
             commit_interval: Duration::from_secs(1),
             read_batch: 256,
             subscriber_capacity: None,
+            node_routes: None,
         }
     }
 }
@@ -72,7 +76,8 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn start(node: Node, settings: DispatcherSettings) -> Result<Dispatcher, DispatchError> {
-        let sender = Sender::new(node.settings().tls.clone()).map_err(DispatchError::HttpClient)?;
+        let sender = Sender::with_node_routes(node.settings().tls.clone(), settings.node_routes.clone())
+            .map_err(DispatchError::HttpClient)?;
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(supervise(node, settings, sender, stopped));
         Ok(Dispatcher { stop, task })

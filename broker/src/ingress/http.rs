@@ -83,6 +83,38 @@ pub struct ClientConnection {
 /// Where the serving module plugs its [`HostRoutes`] in once it runs (it needs the node, which starts first).
 pub type HostRouteSlot = Arc<OnceLock<Arc<dyn HostRoutes>>>;
 
+/// Where this node serves Knative Routes: its plaintext HTTP port, and the routes served there. A Route's
+/// cluster-local URL (`http://NAME.NAMESPACE.svc.cluster.local`, Knative's, on port 80) has no DNS name outside
+/// Kubernetes; the node's own HTTP clients (the dispatcher's) send it to this port, as the cluster's DNS would
+/// send it to Knative's cluster-local gateway.
+#[derive(Clone)]
+pub struct NodeRoutes {
+    routes: HostRouteSlot,
+    http_addr: std::net::SocketAddr,
+}
+
+impl NodeRoutes {
+    pub(crate) fn new(routes: HostRouteSlot, http_addr: std::net::SocketAddr) -> Self {
+        let http_addr = match http_addr.ip() {
+            // Listening on every address: reached on loopback.
+            ip if ip.is_unspecified() => {
+                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), http_addr.port())
+            }
+            _ => http_addr,
+        };
+        NodeRoutes { routes, http_addr }
+    }
+
+    /// The node's HTTP address for `host` (lower-case, no trailing dot) when the node serves a Route under that
+    /// cluster-local name; `None` for any other name.
+    pub fn address_of(&self, host: &str) -> Option<std::net::SocketAddr> {
+        let domain = sluice_controller::serving::routing::CLUSTER_LOCAL_DOMAIN;
+        let cluster_local = host.strip_suffix(domain).is_some_and(|head| head.ends_with('.'));
+        let served = cluster_local && self.routes.get().is_some_and(|routes| routes.claims(host));
+        served.then_some(self.http_addr)
+    }
+}
+
 /// The request's host, lower-case and without the port: the `Host` header, else the URI's authority (h2c).
 pub fn request_host(request: &Request) -> Option<String> {
     let host = match request.headers().get(header::HOST).and_then(|h| h.to_str().ok()) {
@@ -484,7 +516,35 @@ async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
-    use super::{IdleStep, IdleWatch};
+    use super::{HostRouteSlot, HostRoutes, IdleStep, IdleWatch, NodeRoutes, Request, Response};
+
+    /// Serves the hosts it was given.
+    struct Served(&'static [&'static str]);
+
+    impl HostRoutes for Served {
+        fn claims(&self, host: &str) -> bool {
+            self.0.contains(&host)
+        }
+        fn handle(&self, _: String, _: Request) -> futures::future::BoxFuture<'static, Response> {
+            unreachable!("only claims are asked")
+        }
+    }
+
+    #[test]
+    fn only_the_cluster_local_names_the_node_serves_go_to_its_own_port() {
+        let slot = HostRouteSlot::default();
+        let routes = NodeRoutes::new(slot.clone(), "0.0.0.0:8080".parse().expect("address"));
+        assert_eq!(routes.address_of("hello.default.svc.cluster.local"), None, "serving not plugged in yet");
+        let served: &[&str] = &["hello.default.svc.cluster.local", "hello.default.localhost", "svc.cluster.local"];
+        assert!(slot.set(std::sync::Arc::new(Served(served))).is_ok());
+        let on_loopback = Some("127.0.0.1:8080".parse().expect("address"));
+        assert_eq!(routes.address_of("hello.default.svc.cluster.local"), on_loopback, "every address: loopback");
+        assert_eq!(routes.address_of("other.default.svc.cluster.local"), None, "no Route under it");
+        assert_eq!(routes.address_of("hello.default.localhost"), None, "not a cluster-local name");
+        assert_eq!(routes.address_of("svc.cluster.local"), None, "the domain itself is no Route's name");
+        let bound = NodeRoutes::new(slot, "10.0.0.7:8080".parse().expect("address"));
+        assert_eq!(bound.address_of("hello.default.svc.cluster.local"), Some("10.0.0.7:8080".parse().expect("a")));
+    }
 
     #[test]
     fn a_silent_connection_is_shut_down_gracefully_then_dropped_if_it_stays_silent() {

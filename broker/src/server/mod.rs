@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::admin::AdminService;
 use crate::admin::events::EventsService;
 use crate::error::BrokerError;
-use crate::ingress::http::HostRouteSlot;
+use crate::ingress::http::{HostRouteSlot, NodeRoutes};
 use crate::ingress::{Ingress, IngressLimits};
 use crate::node::{Node, NodeSettings};
 use crate::server::raft_service::TransportService;
@@ -56,6 +56,8 @@ pub struct RunningNode {
     pub admin_addr: SocketAddr,
     /// Where the serving module plugs in the hosts it serves on the HTTP port.
     pub host_routes: HostRouteSlot,
+    /// Where a Route's cluster-local URL is sent ([`NodeRoutes`]); `None` when the HTTP port serves TLS.
+    pub node_routes: Option<NodeRoutes>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -96,7 +98,7 @@ fn incoming(
 
 /// Admin gRPC services that live outside this crate (the dispatcher's), built once the node is open; given
 /// the node and its ingress base URL.
-pub type ExtraAdminRoutes = Box<dyn FnOnce(Node, String) -> ExtraRoutes + Send>;
+pub type ExtraAdminRoutes = Box<dyn FnOnce(Node, String, Option<NodeRoutes>) -> ExtraRoutes + Send>;
 
 /// The services of [`ExtraAdminRoutes`]: those of the admin port, and those other nodes may ask of this one on
 /// its peer listener (serving's node-local `Logs` and `Decisions`, gathered by the node a client asked).
@@ -163,8 +165,11 @@ pub async fn start(
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
     let ingress_base = format!("http://{http_addr}");
+    let host_routes = HostRouteSlot::default();
+    // With TLS on the HTTP port, a plaintext URL cannot be sent there.
+    let node_routes = tls.is_none().then(|| NodeRoutes::new(host_routes.clone(), http_addr));
     let ExtraRoutes { admin: extra_routes, peer: peer_routes } =
-        extra_admin.map(|build| build(node.clone(), ingress_base.clone())).unwrap_or_default();
+        extra_admin.map(|build| build(node.clone(), ingress_base.clone(), node_routes.clone())).unwrap_or_default();
     if let Some(peer) = peer {
         let rx = shutdown.subscribe();
         let tls = tls.clone();
@@ -226,7 +231,6 @@ pub async fn start(
 
     let rx = shutdown.subscribe();
     let ingress = Ingress::new(node.clone(), ingress_limits.clone());
-    let host_routes = HostRouteSlot::default();
     let app = crate::ingress::http::router(node.clone(), metrics, ingress);
     tasks.push(tokio::spawn(crate::ingress::http::serve(
         http,
@@ -237,7 +241,7 @@ pub async fn start(
         stopped(rx),
     )));
 
-    Ok(RunningNode { node, peer_addr, http_addr, admin_addr, host_routes, shutdown, tasks })
+    Ok(RunningNode { node, peer_addr, http_addr, admin_addr, host_routes, node_routes, shutdown, tasks })
 }
 
 /// How long a stopping node waits for each server's open requests and streams to end.

@@ -325,19 +325,77 @@ pub fn tag_host(tag: &str, name: &str, namespace: &str, domain: &str) -> String 
     format!("{tag}-{name}.{namespace}.{domain}")
 }
 
+/// Knative's label for who may reach a Route (a Service's labels reach its Route).
+pub const VISIBILITY_LABEL: &str = "networking.knative.dev/visibility";
+/// The label's name before Knative moved it (still read by Knative's Route reconciler).
+const LEGACY_VISIBILITY_LABEL: &str = "serving.knative.dev/visibility";
+/// The domain of the cluster's own names: every Route is served under `NAME.NAMESPACE.svc.cluster.local` too,
+/// as Knative's cluster-local gateway serves it.
+pub const CLUSTER_LOCAL_DOMAIN: &str = "svc.cluster.local";
+
+/// Who may reach a Route: everyone under the serving domain, or only by the cluster's own names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visibility {
+    Public,
+    /// `networking.knative.dev/visibility: cluster-local`: served only under [`CLUSTER_LOCAL_DOMAIN`].
+    ClusterLocal,
+}
+
+/// The visibility a Route (or Service) asks for by its labels; any value but `cluster-local` is public, as in
+/// Knative.
+pub fn visibility(object: &Value) -> Visibility {
+    let labels = object.pointer("/metadata/labels");
+    let label = |name: &str| labels.and_then(|l| l.get(name)).and_then(Value::as_str);
+    match label(VISIBILITY_LABEL).or_else(|| label(LEGACY_VISIBILITY_LABEL)) {
+        Some("cluster-local") => Visibility::ClusterLocal,
+        _ => Visibility::Public,
+    }
+}
+
+/// The host a Route is known by (its `status.url`): under the serving domain, or the cluster's own when it is
+/// cluster-local.
+pub fn main_host(name: &str, namespace: &str, domain: &str, visibility: Visibility) -> String {
+    match visibility {
+        Visibility::Public => host(name, namespace, domain),
+        Visibility::ClusterLocal => host(name, namespace, CLUSTER_LOCAL_DOMAIN),
+    }
+}
+
+/// The host a Route's `tag` is known by, as [`main_host`].
+pub fn main_tag_host(tag: &str, name: &str, namespace: &str, domain: &str, visibility: Visibility) -> String {
+    match visibility {
+        Visibility::Public => tag_host(tag, name, namespace, domain),
+        Visibility::ClusterLocal => tag_host(tag, name, namespace, CLUSTER_LOCAL_DOMAIN),
+    }
+}
+
+/// The domains a Route of `visibility` is served under: the serving domain unless it is cluster-local, and the
+/// cluster's own always.
+fn served_domains(domain: &str, visibility: Visibility) -> Vec<&str> {
+    match visibility {
+        Visibility::Public if domain != CLUSTER_LOCAL_DOMAIN => vec![domain, CLUSTER_LOCAL_DOMAIN],
+        _ => vec![CLUSTER_LOCAL_DOMAIN],
+    }
+}
+
 pub use crate::world::{HostTargets, RouteTable};
 
 /// The hosts a Route whose traffic resolved to `targets` serves, each with where its requests go: its own host
-/// with the weighted split (zero-weight targets left out), and one host per tag with all of that tag's requests.
+/// with the weighted split (zero-weight targets left out), and one host per tag with all of that tag's requests;
+/// each under every domain its `visibility` is served under ([`served_domains`]), its main host first.
 pub fn route_hosts(
     namespace: &str,
     name: &str,
     domain: &str,
+    visibility: Visibility,
     targets: &[ResolvedTarget],
 ) -> Vec<(String, HostTargets)> {
     let served = |targets| HostTargets { namespace: namespace.into(), name: name.into(), targets };
-    let weighted = targets.iter().filter(|t| t.percent > 0).map(|t| (t.revision.clone(), t.percent)).collect();
-    let mut hosts = vec![(host(name, namespace, domain), served(weighted))];
+    let domains = served_domains(domain, visibility);
+    let weighted: Vec<(String, u32)> =
+        targets.iter().filter(|t| t.percent > 0).map(|t| (t.revision.clone(), t.percent)).collect();
+    let mut hosts: Vec<(String, HostTargets)> =
+        domains.iter().map(|domain| (host(name, namespace, domain), served(weighted.clone()))).collect();
     let mut tags: Vec<&str> = Vec::new();
     for tag in targets.iter().filter_map(|t| t.tag.as_deref()) {
         if !tags.contains(&tag) {
@@ -351,7 +409,7 @@ pub fn route_hosts(
             [one] => vec![(one.revision.clone(), 100)],
             several => several.iter().map(|t| (t.revision.clone(), t.percent)).collect(),
         };
-        hosts.push((tag_host(tag, name, namespace, domain), served(split)));
+        hosts.extend(domains.iter().map(|domain| (tag_host(tag, name, namespace, domain), served(split.clone()))));
     }
     hosts
 }
@@ -382,7 +440,7 @@ pub fn route_table(objects: &[Value], domain: &str, previous: &RouteTable, clock
             },
         };
         let targets = rolled_out(objects, route, targets, clock).targets;
-        table.extend(route_hosts(namespace, name, domain, &targets));
+        table.extend(route_hosts(namespace, name, domain, visibility(route), &targets));
     }
     // After every Route that resolves: a host one of them serves now is its.
     for (served_host, served) in kept {

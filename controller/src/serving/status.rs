@@ -10,8 +10,9 @@ use serde_json::{Map, Value, json};
 use super::children::{configuration_spec, owned_by, revision_name, route_spec};
 use super::model::Container;
 use super::routing::{
-    HostTargets, ResolvedTarget, RouteTable, TrafficError, find, host, latest_revisions, resolve_traffic,
-    revision_facts, rolled_out, route_hosts, route_table, spec_traffic, tag_host, unready_configuration,
+    CLUSTER_LOCAL_DOMAIN, HostTargets, ResolvedTarget, RouteTable, TrafficError, Visibility, find, latest_revisions,
+    main_host, main_tag_host, resolve_traffic, revision_facts, rolled_out, route_hosts, route_table, spec_traffic,
+    unready_configuration, visibility,
 };
 use crate::world::{Environment, ServingRuntime, World};
 
@@ -43,6 +44,11 @@ fn ready_of(parts: &[&Condition]) -> Condition {
 
 /// The URL a host is served at: the node's HTTP port on that host.
 pub fn url_for(host: &str, env: &Environment) -> String {
+    // The cluster's own names are Knative's, on the default port: the node's dispatcher takes them to its own
+    // port (docs/serving.md "Visibility").
+    if host.strip_suffix(CLUSTER_LOCAL_DOMAIN).is_some_and(|head| head.ends_with('.')) {
+        return format!("http://{host}");
+    }
     let port = env.ingress_base.rsplit_once(':').map(|(_, port)| port.trim_end_matches('/')).unwrap_or("80");
     if port == "80" { format!("http://{host}") } else { format!("http://{host}:{port}") }
 }
@@ -272,7 +278,13 @@ fn configuration_ready(object: &Value, world: &World, env: &Environment, status:
     }
 }
 
-fn traffic_status(targets: &[ResolvedTarget], name: &str, namespace: &str, env: &Environment) -> Value {
+fn traffic_status(
+    targets: &[ResolvedTarget],
+    name: &str,
+    namespace: &str,
+    visibility: Visibility,
+    env: &Environment,
+) -> Value {
     Value::Array(
         targets
             .iter()
@@ -284,7 +296,8 @@ fn traffic_status(targets: &[ResolvedTarget], name: &str, namespace: &str, env: 
                 }
                 if let Some(tag) = &t.tag {
                     entry["tag"] = tag.clone().into();
-                    entry["url"] = url_for(&tag_host(tag, name, namespace, &env.serving_domain), env).into();
+                    let tag_host = main_tag_host(tag, name, namespace, &env.serving_domain, visibility);
+                    entry["url"] = url_for(&tag_host, env).into();
                 }
                 entry
             })
@@ -301,7 +314,8 @@ fn route_conditions(
 ) -> (Condition, Condition) {
     let namespace = str_at(object, "/metadata/namespace");
     let name = str_at(object, "/metadata/name");
-    let url = url_for(&host(name, namespace, &env.serving_domain), env);
+    let visibility = visibility(object);
+    let url = url_for(&main_host(name, namespace, &env.serving_domain, visibility), env);
     status.insert("url".into(), url.clone().into());
     status.insert("address".into(), json!({"url": url}));
     let assigned = match resolve_traffic(world.objects, namespace, &spec_traffic(object, name)) {
@@ -309,12 +323,13 @@ fn route_conditions(
             // As the data plane serves it: a rollout's split, as of now.
             let rolled = rolled_out(world.objects, object, targets, env.rollout_clock());
             let rolling = rolled.next_change_at_ms.is_some();
-            status.insert("traffic".into(), traffic_status(&rolled.targets, name, namespace, env));
-            return (Ok(None), ingress_ready(namespace, name, Some((&rolled.targets, rolling)), env));
+            status.insert("traffic".into(), traffic_status(&rolled.targets, name, namespace, visibility, env));
+            let served = Some((rolled.targets.as_slice(), rolling));
+            return (Ok(None), ingress_ready(namespace, name, visibility, served, env));
         }
         Err(error) => unassigned(error, namespace, world, env),
     };
-    (assigned, ingress_ready(namespace, name, None, env))
+    (assigned, ingress_ready(namespace, name, visibility, None, env))
 }
 
 /// Knative's `IngressReady`, judged against the hosts this node's data plane serves now: the Route's traffic
@@ -323,6 +338,7 @@ fn route_conditions(
 fn ingress_ready(
     namespace: &str,
     name: &str,
+    visibility: Visibility,
     targets: Option<(&[ResolvedTarget], bool)>,
     env: &Environment,
 ) -> Condition {
@@ -331,10 +347,14 @@ fn ingress_ready(
     let serving = match targets {
         // While a rollout is under way the data plane and this status may stand a step apart (each takes its
         // own now): the same revisions served is enough.
-        Some((targets, rolling)) => route_hosts(namespace, name, domain, targets).iter().all(|(host, wanted)| {
-            served.get(host).is_some_and(|s| s == wanted || (rolling && same_revisions(s, wanted)))
-        }),
-        None => served.get(&host(name, namespace, domain)).is_some_and(|s| s.namespace == namespace && s.name == name),
+        Some((targets, rolling)) => {
+            route_hosts(namespace, name, domain, visibility, targets).iter().all(|(host, wanted)| {
+                served.get(host).is_some_and(|s| s == wanted || (rolling && same_revisions(s, wanted)))
+            })
+        }
+        None => served
+            .get(&main_host(name, namespace, domain, visibility))
+            .is_some_and(|s| s.namespace == namespace && s.name == name),
     };
     if serving {
         Ok(None)
@@ -458,12 +478,14 @@ pub fn address(
     world: &World,
     env: &Environment,
 ) -> Result<String, (String, String)> {
-    if find(world.objects, kind, namespace, name).is_none() {
+    let Some(object) = find(world.objects, kind, namespace, name) else {
         return Err(("DestinationNotFound".into(), format!("{kind} {namespace}/{name} does not exist")));
-    }
+    };
     // Computed on read: there is no table served before to keep a Route's last good routing from.
     let served = route_table(world.objects, &env.serving_domain, &RouteTable::new(), env.rollout_clock());
-    let host = host(name, namespace, &env.serving_domain);
+    // A Service's labels reach its Route; a Configuration addressed directly is public.
+    let visibility = if kind == "Configuration" { Visibility::Public } else { visibility(object) };
+    let host = main_host(name, namespace, &env.serving_domain, visibility);
     if served.get(&host).is_some_and(|targets| !targets.targets.is_empty()) {
         return Ok(url_for(&host, env));
     }

@@ -48,6 +48,7 @@ pub(crate) fn validate_service(
 ) {
     let name = &service.metadata.name;
     serving_name(name, errors);
+    validate_visibility(&service.metadata.labels, errors);
     no_autoscaling_on_parent(&service.metadata.annotations, errors);
     validate_rollout_duration(&service.metadata.annotations, errors);
     validate_template("spec.template", name, &service.spec.template, existing, features, errors);
@@ -89,11 +90,22 @@ pub(crate) fn validate_revision(
 
 pub(crate) fn validate_route(route: &Route, errors: &mut Vec<FieldError>) {
     serving_name(&route.metadata.name, errors);
+    validate_visibility(&route.metadata.labels, errors);
     validate_rollout_duration(&route.metadata.annotations, errors);
     match route.spec.traffic.as_deref() {
         // A Route is its traffic: with none it would route nothing (a Service's may be left out: it defaults).
         None | Some([]) => errors.push(err("spec.traffic", "Traffic targets sum to 0, want 100")),
         Some(traffic) => validate_traffic(traffic, TrafficOf::Route, errors),
+    }
+}
+
+/// Knative's `validateClusterVisibilityLabel`: the visibility label, when set, says `cluster-local` (anything else
+/// would be read as public, so a typo would publish what was meant to stay inside).
+fn validate_visibility(labels: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
+    let Some(value) = labels.get(super::routing::VISIBILITY_LABEL) else { return };
+    if value != "cluster-local" {
+        let path = format!("metadata.labels[{}]", super::routing::VISIBILITY_LABEL);
+        errors.push(err(path, format!("invalid value: {value:?}: the only visibility is \"cluster-local\"")));
     }
 }
 

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
+use sluice_broker::NodeRoutes;
 use sluice_cloudevent::{self as cloudevent, CloudEvent, EventData};
 
 use crate::consumer::{Format, Protocol};
@@ -156,8 +157,15 @@ impl reqwest::dns::Resolve for LoopbackNames {
     }
 }
 
-/// The same names for hyper's connector.
-impl tower::Service<Name> for LoopbackNames {
+/// hyper's connector's names: [`LoopbackNames`], and the cluster-local names of the Routes this node serves
+/// ([`NodeRoutes`]: its own HTTP port). An address with a port keeps it for a URL without one (hyper's connector replaces it only
+/// with a port the URL names).
+#[derive(Clone)]
+struct PlainNames {
+    node: Option<NodeRoutes>,
+}
+
+impl tower::Service<Name> for PlainNames {
     type Response = std::vec::IntoIter<std::net::SocketAddr>;
     type Error = std::io::Error;
     type Future = futures::future::BoxFuture<'static, std::io::Result<Self::Response>>;
@@ -167,16 +175,19 @@ impl tower::Service<Name> for LoopbackNames {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let host = Self::host_of(name.as_str());
-        Box::pin(async move { Ok(Self::lookup(host).await?.into_iter()) })
+        let host = LoopbackNames::host_of(name.as_str());
+        if let Some(address) = self.node.as_ref().and_then(|node| node.address_of(&host)) {
+            return Box::pin(std::future::ready(Ok(vec![address].into_iter())));
+        }
+        Box::pin(async move { Ok(LoopbackNames::lookup(host).await?.into_iter()) })
     }
 }
 
 /// Plaintext HTTP/1.1, pooled per host.
-type PlainClient = hyper_util::client::legacy::Client<HttpConnector<LoopbackNames>, Full<Bytes>>;
+type PlainClient = hyper_util::client::legacy::Client<HttpConnector<PlainNames>, Full<Bytes>>;
 
-fn plain_client() -> PlainClient {
-    let mut connector = HttpConnector::new_with_resolver(LoopbackNames);
+fn plain_client(node: Option<NodeRoutes>) -> PlainClient {
+    let mut connector = HttpConnector::new_with_resolver(PlainNames { node });
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -307,12 +318,22 @@ fn https_client(cas: &[&str], what: &str) -> Result<reqwest::Client, String> {
 
 impl Sender {
     /// `tls`: the node's, when transport encryption is on; its CA is trusted for every destination.
+    #[cfg(test)]
     pub(crate) fn new(tls: Option<sluice_security::Tls>) -> Result<Self, String> {
+        Self::with_node_routes(tls, None)
+    }
+
+    /// As [`Sender::new`], sending plaintext HTTP/1.1 to the cluster-local names of the Routes `node` serves to
+    /// its HTTP port.
+    pub(crate) fn with_node_routes(
+        tls: Option<sluice_security::Tls>,
+        node: Option<NodeRoutes>,
+    ) -> Result<Self, String> {
         let generation = tls.as_ref().map_or(0, sluice_security::Tls::generation);
         let clients = Clients::build(generation, tls.as_ref().map(|tls| tls.ca_pem().into()))?;
         let h2c =
             client_builder().http2_prior_knowledge().build().map_err(|e| format!("building the HTTP client: {e}"))?;
-        Ok(Sender { tls, clients: Arc::new(std::sync::RwLock::new(Arc::new(clients))), plain: plain_client(), h2c })
+        Ok(Sender { tls, clients: Arc::new(std::sync::RwLock::new(Arc::new(clients))), plain: plain_client(node), h2c })
     }
 
     /// The clients for the node's CA as it is now: rebuilt once after each rotation (a rotation whose clients

@@ -840,3 +840,73 @@ async fn a_container_port_the_node_listens_on_gives_the_instance_a_port_of_its_o
     assert_eq!(response.status().as_u16(), 200, "served by the instance on its own port");
     Ok(())
 }
+
+/// `networking.knative.dev/visibility: cluster-local` (session 66; before, it was ignored and the Service stayed
+/// public): the Service is served only under the cluster's own name, its URL is that name, and a Trigger to it
+/// gets its events there (the dispatcher sends that name to its node's port). A public Service answers under
+/// both; a name under `svc.cluster.local` that no Route is served under (the node's own) stays the ingress's.
+#[tokio::test]
+async fn a_cluster_local_service_is_served_only_under_the_clusters_name_and_its_trigger_delivers_there() -> Result<()> {
+    let (dir, node) = start_single_node(2, &[]).await?;
+    let (admin, http) = (node.admin.clone(), node.http.clone());
+    let record = dir.path().join("received.txt");
+    let env = json!([{"name": "HELLO_RECORD", "value": record.display().to_string()}]);
+    let mut inside = service("inside", env, json!({}), json!({}));
+    inside["metadata"]["labels"] = json!({"networking.knative.dev/visibility": "cluster-local"});
+    apply_resource(&admin, inside).await?;
+    apply_resource(&admin, service("outside", json!([]), json!({}), json!({}))).await?;
+    let inside = wait_ready(&admin, "Service", "inside").await?;
+    let outside = wait_ready(&admin, "Service", "outside").await?;
+    let port = http.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
+    assert_eq!(inside["status"]["url"], "http://inside.default.svc.cluster.local");
+    assert_eq!(inside["status"]["address"]["url"], "http://inside.default.svc.cluster.local");
+    assert_eq!(outside["status"]["url"], json!(format!("http://outside.default.localhost:{port}")));
+    assert_eq!(get(&admin, "Route", "inside").await?["status"]["url"], "http://inside.default.svc.cluster.local");
+
+    let hosts = [
+        "inside.default.localhost",
+        "inside.default.svc.cluster.local",
+        "outside.default.localhost",
+        "outside.default.svc.cluster.local",
+        "sluice-ingress.sluice-system.svc.cluster.local",
+    ];
+    let client = client(&http, &hosts)?;
+    let status_of = |host: &str| {
+        let request = client.get(url(host, &http, "/"));
+        async move { Ok::<_, anyhow::Error>(request.send().await?.status().as_u16()) }
+    };
+    assert_eq!(status_of("inside.default.localhost").await?, 404, "not under the public domain");
+    assert_eq!(status_of("inside.default.svc.cluster.local").await?, 200);
+    assert_eq!(status_of("outside.default.localhost").await?, 200);
+    assert_eq!(status_of("outside.default.svc.cluster.local").await?, 200, "a public Service, inside too");
+
+    apply_resource(&admin, sluice_tests::broker_object("default", "default", json!({}))).await?;
+    sluice_tests::wait_for_broker(&http, "/default/default").await?;
+    let published = client
+        .post(url("sluice-ingress.sluice-system.svc.cluster.local", &http, "/default/default"))
+        .header("content-type", "application/cloudevents+json")
+        .body(
+            json!({"specversion": "1.0", "id": "by-cluster-name", "source": "/t90", "type": "t90.nobody"}).to_string(),
+        )
+        .send()
+        .await?;
+    assert_eq!(published.status(), 202, "the node's own cluster name is its ingress's, not serving's");
+
+    let mut trigger = sluice_tests::trigger_object("default", "to-inside", "default", "", json!({}), json!({}));
+    trigger["spec"]["filter"] = json!({"attributes": {"type": "t90.inside"}});
+    trigger["spec"]["subscriber"] =
+        json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "inside"}});
+    apply_resource(&admin, trigger).await?;
+    wait_for(&admin, "Trigger", "to-inside", "/status/subscriberUri", json!("http://inside.default.svc.cluster.local"))
+        .await?;
+    publish(&http, "in", 50, "t90.inside").await?;
+    let lines = wait_until(Duration::from_secs(30), || async {
+        let text = std::fs::read_to_string(&record).unwrap_or_default();
+        let lines: std::collections::BTreeSet<String> = text.lines().map(str::to_string).collect();
+        Ok((lines.len() >= 50).then_some(lines))
+    })
+    .await
+    .context("the Trigger's 50 events at the cluster-local Service")?;
+    assert!(lines.iter().all(|id| id.starts_with("in")), "{lines:?}");
+    Ok(())
+}

@@ -180,6 +180,49 @@ fn status_follows_the_revisions_facts() {
     assert_eq!(condition(&revision, "Ready"), ("False".into(), "ExitCode3".into()));
 }
 
+/// `networking.knative.dev/visibility: cluster-local`: every host of the Route (its tags' too) is under the
+/// cluster's own domain and none under the serving domain; its URLs and its address are that name (on the
+/// default port). A public Route is served under both domains, its URLs the serving domain's.
+#[test]
+fn a_cluster_local_route_is_served_and_addressed_only_under_the_clusters_domain() {
+    let public = hello_split_between_two_ready_revisions(json!({"latestRevision": true, "percent": 50}));
+    let mut local = public.clone();
+    for object in local.iter_mut().filter(|o| o["kind"] == "Service" || o["kind"] == "Route") {
+        object["metadata"]["labels"]["networking.knative.dev/visibility"] = json!("cluster-local");
+    }
+    let hosts = |objects: &[Value]| {
+        route_table(objects, "localhost", &RouteTable::new(), RolloutClock::default()).into_keys().collect::<Vec<_>>()
+    };
+    assert_eq!(
+        hosts(&public),
+        [
+            "hello.default.localhost",
+            "hello.default.svc.cluster.local",
+            "old-hello.default.localhost",
+            "old-hello.default.svc.cluster.local"
+        ]
+    );
+    assert_eq!(hosts(&local), ["hello.default.svc.cluster.local", "old-hello.default.svc.cluster.local"]);
+
+    let address =
+        |objects: &[Value]| crate::serving::status::address("Service", "default", "hello", &World { objects }, &env());
+    assert_eq!(address(&public), Ok("http://hello.default.localhost:8080".to_string()));
+    assert_eq!(address(&local), Ok("http://hello.default.svc.cluster.local".to_string()));
+    for kind in ["Service", "Route"] {
+        let status = status_of(&local, kind, "hello");
+        assert_eq!(status["url"], "http://hello.default.svc.cluster.local", "{kind}: {status}");
+        assert_eq!(status["address"]["url"], "http://hello.default.svc.cluster.local", "{kind}: {status}");
+        assert_eq!(status["traffic"][0]["url"], "http://old-hello.default.svc.cluster.local", "{kind}: {status}");
+        assert_eq!(status_of(&public, kind, "hello")["url"], "http://hello.default.localhost:8080", "{kind}");
+    }
+    // Any other value is public in Knative's reader (and refused by its webhook: the validation tests).
+    let mut other = public.clone();
+    for object in other.iter_mut().filter(|o| o["kind"] == "Route") {
+        object["metadata"]["labels"]["networking.knative.dev/visibility"] = json!("public");
+    }
+    assert_eq!(hosts(&other), hosts(&public));
+}
+
 #[test]
 fn routes_split_and_tag_by_revision_and_unresolvable_traffic_says_why() {
     let mut objects = hello_split_between_two_ready_revisions(json!({"latestRevision": true, "percent": 50}));
@@ -242,7 +285,15 @@ fn failed_fact(objects: &mut Vec<Value>, revision: &str) {
 fn regression_a_route_that_stops_resolving_keeps_serving_its_previous_hosts() {
     let objects = hello_split_between_two_ready_revisions(json!({"revisionName": "hello-00002", "percent": 50}));
     let before = route_table(&objects, "localhost", &RouteTable::new(), RolloutClock::default());
-    assert_eq!(before.keys().collect::<Vec<_>>(), ["hello.default.localhost", "old-hello.default.localhost"]);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        [
+            "hello.default.localhost",
+            "hello.default.svc.cluster.local",
+            "old-hello.default.localhost",
+            "old-hello.default.svc.cluster.local"
+        ]
+    );
     let pinned_to = |target: &str, revision: &str| {
         let mut service = hello_service(target);
         service["spec"]["traffic"] = json!([{"revisionName": revision, "percent": 100}]);
@@ -282,7 +333,11 @@ fn regression_a_route_that_stops_resolving_keeps_serving_its_previous_hosts() {
     ready_fact(&mut resolved, "hello-00003");
     let after = route_table(&resolved, "localhost", &before, RolloutClock::default());
     let served: Vec<_> = after.iter().map(|(host, served)| (host.as_str(), served.targets.clone())).collect();
-    assert_eq!(served, [("hello.default.localhost", vec![("hello-00003".to_string(), 100)])]);
+    let only_the_third = vec![("hello-00003".to_string(), 100)];
+    assert_eq!(
+        served,
+        [("hello.default.localhost", only_the_third.clone()), ("hello.default.svc.cluster.local", only_the_third)]
+    );
 
     // A Route that never resolved has no host, and another Route's previous hosts are not its.
     let mut objects = objects;
@@ -312,7 +367,11 @@ fn a_canary_at_zero_percent_that_failed_takes_nothing_from_the_others() {
     failed_fact(&mut objects, "hello-00003");
     let table = route_table(&objects, "localhost", &RouteTable::new(), RolloutClock::default());
     let served: Vec<_> = table.iter().map(|(host, served)| (host.as_str(), served.targets.clone())).collect();
-    assert_eq!(served, [("hello.default.localhost", vec![("hello-00002".to_string(), 100)])]);
+    let only_the_second = vec![("hello-00002".to_string(), 100)];
+    assert_eq!(
+        served,
+        [("hello.default.localhost", only_the_second.clone()), ("hello.default.svc.cluster.local", only_the_second)]
+    );
     let address =
         |objects: &[Value]| crate::serving::status::address("Service", "default", "hello", &World { objects }, &env());
     assert!(address(&objects).is_ok());

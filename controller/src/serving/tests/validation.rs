@@ -238,6 +238,34 @@ fn serving_names_start_with_a_letter() {
     assert_eq!(validate_object(&broker, None), Ok(()), "an eventing name keeps the DNS-1123 subdomain rule");
 }
 
+/// Knative's `validateClusterVisibilityLabel` on Services and Routes: the label says `cluster-local` or is absent
+/// (a misspelt value would be read as public).
+#[test]
+fn the_visibility_label_of_a_service_or_route_says_cluster_local() {
+    let app = json!({"containers": [{"image": "app", "command": ["/bin/app"]}]});
+    let objects = [
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "hello"},
+            "spec": {"template": {"spec": app}}}),
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route", "metadata": {"name": "hello"},
+            "spec": {"traffic": [{"revisionName": "hello-00001", "percent": 100}]}}),
+    ];
+    for object in objects {
+        for (value, refused) in [("cluster-local", false), ("cluster-locale", true), ("public", true), ("", true)] {
+            let mut labelled = object.clone();
+            labelled["metadata"]["labels"] = json!({"networking.knative.dev/visibility": value});
+            match validate_object(&labelled, None) {
+                Ok(()) => assert!(!refused, "{value:?} accepted on a {}", object["kind"]),
+                Err(errors) => {
+                    assert!(refused, "{value:?} refused: {errors:?}");
+                    assert_eq!(errors.len(), 1, "{errors:?}");
+                    assert_eq!(errors[0].path, "metadata.labels[networking.knative.dev/visibility]");
+                    assert!(errors[0].message.contains("cluster-local"), "{errors:?}");
+                }
+            }
+        }
+    }
+}
+
 /// Regression: re-applying a named template with Knative's defaults written out (`timeoutSeconds: 300`,
 /// `containerConcurrency: 0`, ...) was refused as changed without a name change, though Knative compares both
 /// sides after its defaults; and the Revision made from it must stay its latest.
