@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sluice_broker::{ClientConnection, ConnectionPlace, HostRoutes};
-use sluice_controller::serving::routing::CLUSTER_LOCAL_DOMAIN;
+use sluice_controller::serving::routing::is_cluster_local;
 
 mod body;
 mod upgrade;
@@ -281,21 +281,15 @@ fn error_response(error: &ServingError) -> Response<Body> {
     response
 }
 
-/// A host under the cluster's own domain: claimed only when a Route is served under it, since the node's own
-/// names live there too (its Kubernetes Service, `sluice-ingress.NAMESPACE.svc.cluster.local`).
-fn is_cluster_local(host: &str) -> bool {
-    host.strip_suffix(CLUSTER_LOCAL_DOMAIN).is_some_and(|head| head.ends_with('.'))
-}
-
-impl HostRouter {
-    fn serves(&self, host: &str) -> bool {
-        self.shared.table.read().is_ok_and(|table| table.contains_key(host))
-    }
-}
-
 impl HostRoutes for HostRouter {
     fn claims(&self, host: &str) -> bool {
+        // A host under the cluster's own domain only when a Route is served under it: the node's own names live
+        // there too (its Kubernetes Service, `sluice-ingress.NAMESPACE.svc.cluster.local`).
         host.ends_with(&self.suffix) || (is_cluster_local(host) && self.serves(host))
+    }
+
+    fn serves(&self, host: &str) -> bool {
+        self.shared.table.read().is_ok_and(|table| table.contains_key(host))
     }
 
     fn handle(&self, host: String, mut request: Request) -> BoxFuture<'static, Response<Body>> {

@@ -38,6 +38,8 @@ struct HttpState {
 pub trait HostRoutes: Send + Sync + 'static {
     /// Whether `host` (lower-case, without the port) is one of ours.
     fn claims(&self, host: &str) -> bool;
+    /// Whether a Route is served under exactly `host` now (a claimed host may be served by none: 404).
+    fn serves(&self, host: &str) -> bool;
     /// Serves `request` for `host` (as [`request_host`] gives it, and claimed).
     fn handle(&self, host: String, request: Request) -> BoxFuture<'static, Response>;
 }
@@ -108,9 +110,8 @@ impl NodeRoutes {
     /// The node's HTTP address for `host` (lower-case, no trailing dot) when the node serves a Route under that
     /// cluster-local name; `None` for any other name.
     pub fn address_of(&self, host: &str) -> Option<std::net::SocketAddr> {
-        let domain = sluice_controller::serving::routing::CLUSTER_LOCAL_DOMAIN;
-        let cluster_local = host.strip_suffix(domain).is_some_and(|head| head.ends_with('.'));
-        let served = cluster_local && self.routes.get().is_some_and(|routes| routes.claims(host));
+        let cluster_local = sluice_controller::serving::routing::is_cluster_local(host);
+        let served = cluster_local && self.routes.get().is_some_and(|routes| routes.serves(host));
         served.then_some(self.http_addr)
     }
 }
@@ -523,6 +524,10 @@ mod tests {
 
     impl HostRoutes for Served {
         fn claims(&self, host: &str) -> bool {
+            // As with `--serving-domain svc.cluster.local`: every name under it is claimed.
+            host.ends_with("svc.cluster.local")
+        }
+        fn serves(&self, host: &str) -> bool {
             self.0.contains(&host)
         }
         fn handle(&self, _: String, _: Request) -> futures::future::BoxFuture<'static, Response> {

@@ -56,7 +56,7 @@ pub struct RunningNode {
     pub admin_addr: SocketAddr,
     /// Where the serving module plugs in the hosts it serves on the HTTP port.
     pub host_routes: HostRouteSlot,
-    /// Where a Route's cluster-local URL is sent ([`NodeRoutes`]); `None` when the HTTP port serves TLS.
+    /// Where a Route's cluster-local URL is sent ([`NodeRoutes`]); `None` when the HTTP port takes TLS only.
     pub node_routes: Option<NodeRoutes>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -166,8 +166,11 @@ pub async fn start(
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
     let ingress_base = format!("http://{http_addr}");
     let host_routes = HostRouteSlot::default();
-    // With TLS on the HTTP port, a plaintext URL cannot be sent there.
-    let node_routes = tls.is_none().then(|| NodeRoutes::new(host_routes.clone(), http_addr));
+    // A plaintext URL can be sent to the HTTP port unless it takes TLS only (strict mode).
+    let node_routes = tls
+        .as_ref()
+        .is_none_or(|tls| tls.mode().accepts_plaintext())
+        .then(|| NodeRoutes::new(host_routes.clone(), http_addr));
     let ExtraRoutes { admin: extra_routes, peer: peer_routes } =
         extra_admin.map(|build| build(node.clone(), ingress_base.clone(), node_routes.clone())).unwrap_or_default();
     if let Some(peer) = peer {

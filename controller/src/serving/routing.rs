@@ -328,10 +328,15 @@ pub fn tag_host(tag: &str, name: &str, namespace: &str, domain: &str) -> String 
 /// Knative's label for who may reach a Route (a Service's labels reach its Route).
 pub const VISIBILITY_LABEL: &str = "networking.knative.dev/visibility";
 /// The label's name before Knative moved it (still read by Knative's Route reconciler).
-const LEGACY_VISIBILITY_LABEL: &str = "serving.knative.dev/visibility";
+pub const LEGACY_VISIBILITY_LABEL: &str = "serving.knative.dev/visibility";
 /// The domain of the cluster's own names: every Route is served under `NAME.NAMESPACE.svc.cluster.local` too,
 /// as Knative's cluster-local gateway serves it.
 pub const CLUSTER_LOCAL_DOMAIN: &str = "svc.cluster.local";
+
+/// Whether `host` is a name under the cluster's own domain (`NAME.NAMESPACE.svc.cluster.local`), not the domain.
+pub fn is_cluster_local(host: &str) -> bool {
+    host.strip_suffix(CLUSTER_LOCAL_DOMAIN).is_some_and(|head| head.ends_with('.'))
+}
 
 /// Who may reach a Route: everyone under the serving domain, or only by the cluster's own names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

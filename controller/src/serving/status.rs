@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use super::children::{configuration_spec, owned_by, revision_name, route_spec};
 use super::model::Container;
 use super::routing::{
-    CLUSTER_LOCAL_DOMAIN, HostTargets, ResolvedTarget, RouteTable, TrafficError, Visibility, find, latest_revisions,
+    HostTargets, ResolvedTarget, RouteTable, TrafficError, Visibility, find, is_cluster_local, latest_revisions,
     main_host, main_tag_host, resolve_traffic, revision_facts, rolled_out, route_hosts, route_table, spec_traffic,
     unready_configuration, visibility,
 };
@@ -46,7 +46,7 @@ fn ready_of(parts: &[&Condition]) -> Condition {
 pub fn url_for(host: &str, env: &Environment) -> String {
     // The cluster's own names are Knative's, on the default port: the node's dispatcher takes them to its own
     // port (docs/serving.md "Visibility").
-    if host.strip_suffix(CLUSTER_LOCAL_DOMAIN).is_some_and(|head| head.ends_with('.')) {
+    if is_cluster_local(host) {
         return format!("http://{host}");
     }
     let port = env.ingress_base.rsplit_once(':').map(|(_, port)| port.trim_end_matches('/')).unwrap_or("80");
@@ -448,7 +448,10 @@ pub fn reconcile(object: &Value, world: &World, env: &Environment) -> Option<Val
                 Some(route) => {
                     let (assigned, ingress) = route_conditions(route, world, env, &mut route_status);
                     let ready = ready_of(&[&assigned, &ingress]);
-                    if route.get("spec") == Some(&route_spec(object)) { ready } else { Ok(Some(out_of_date("Route"))) }
+                    // Its visibility is the Service's once the Route carries the Service's labels.
+                    let current =
+                        route.get("spec") == Some(&route_spec(object)) && visibility(route) == visibility(object);
+                    if current { ready } else { Ok(Some(out_of_date("Route"))) }
                 }
                 None => missing("Route"),
             };
@@ -483,8 +486,11 @@ pub fn address(
     };
     // Computed on read: there is no table served before to keep a Route's last good routing from.
     let served = route_table(world.objects, &env.serving_domain, &RouteTable::new(), env.rollout_clock());
-    // A Service's labels reach its Route; a Configuration addressed directly is public.
-    let visibility = if kind == "Configuration" { Visibility::Public } else { visibility(object) };
+    // A Service's labels reach its Route; a Configuration is served under its Route's names, if it has one.
+    let visibility = match kind {
+        "Configuration" => find(world.objects, "Route", namespace, name).map_or(Visibility::Public, visibility),
+        _ => visibility(object),
+    };
     let host = main_host(name, namespace, &env.serving_domain, visibility);
     if served.get(&host).is_some_and(|targets| !targets.targets.is_empty()) {
         return Ok(url_for(&host, env));

@@ -102,10 +102,13 @@ pub(crate) fn validate_route(route: &Route, errors: &mut Vec<FieldError>) {
 /// Knative's `validateClusterVisibilityLabel`: the visibility label, when set, says `cluster-local` (anything else
 /// would be read as public, so a typo would publish what was meant to stay inside).
 fn validate_visibility(labels: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
-    let Some(value) = labels.get(super::routing::VISIBILITY_LABEL) else { return };
-    if value != "cluster-local" {
-        let path = format!("metadata.labels[{}]", super::routing::VISIBILITY_LABEL);
-        errors.push(err(path, format!("invalid value: {value:?}: the only visibility is \"cluster-local\"")));
+    for label in [super::routing::VISIBILITY_LABEL, super::routing::LEGACY_VISIBILITY_LABEL] {
+        if let Some(value) = labels.get(label)
+            && value != "cluster-local"
+        {
+            let message = format!("invalid value: {value:?}: the only visibility is \"cluster-local\"");
+            errors.push(err(format!("metadata.labels[{label}]"), message));
+        }
     }
 }
 

@@ -433,7 +433,7 @@ impl Sender {
         let no_response = |error: String| AttemptResult { error: Some(error), ..Default::default() };
         let unsendable = |error: String| AttemptResult { error: Some(error), unsendable: true, ..Default::default() };
         let uri = match parse_uri(url) {
-            Ok(uri) => uri,
+            Ok(uri) => without_default_port(uri),
             Err(e) => return unsendable(e),
         };
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
@@ -528,6 +528,21 @@ fn parse_uri(url: &str) -> Result<http::Uri, String> {
     }
     let normalised = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     http::Uri::try_from(normalised.as_str()).map_err(|e| format!("invalid URL {url:?}: {e}"))
+}
+
+/// `http://HOST:80/…` as `http://HOST/…`: the same destination (RFC 3986 §6.2.3), and a cluster-local name the
+/// node serves a Route under then goes to the node's port ([`PlainNames`]: hyper's connector keeps a resolved
+/// port only for a URL that names none). Regression (review): `http://NAME.NAMESPACE.svc.cluster.local:80` went to
+/// port 80 of the node's address.
+fn without_default_port(uri: http::Uri) -> http::Uri {
+    let default_port = uri.scheme() == Some(&http::uri::Scheme::HTTP) && uri.port_u16() == Some(80);
+    let Some(authority) = uri.authority().filter(|_| default_port).and_then(|a| a.as_str().strip_suffix(":80")) else {
+        return uri;
+    };
+    let Ok(authority) = http::uri::Authority::try_from(authority) else { return uri };
+    let mut parts = uri.clone().into_parts();
+    parts.authority = Some(authority);
+    http::Uri::from_parts(parts).unwrap_or(uri)
 }
 
 /// The text after an authority's host, its port (`None`: no `:`); an IPv6 host's colons are not it.

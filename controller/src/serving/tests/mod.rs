@@ -208,6 +208,12 @@ fn a_cluster_local_route_is_served_and_addressed_only_under_the_clusters_domain(
         |objects: &[Value]| crate::serving::status::address("Service", "default", "hello", &World { objects }, &env());
     assert_eq!(address(&public), Ok("http://hello.default.localhost:8080".to_string()));
     assert_eq!(address(&local), Ok("http://hello.default.svc.cluster.local".to_string()));
+    // A Configuration is served under its Route's names (review: it resolved to the public host, never served).
+    let configuration = |objects: &[Value]| {
+        crate::serving::status::address("Configuration", "default", "hello", &World { objects }, &env())
+    };
+    assert_eq!(configuration(&local), Ok("http://hello.default.svc.cluster.local".to_string()));
+    assert_eq!(configuration(&public), Ok("http://hello.default.localhost:8080".to_string()));
     for kind in ["Service", "Route"] {
         let status = status_of(&local, kind, "hello");
         assert_eq!(status["url"], "http://hello.default.svc.cluster.local", "{kind}: {status}");
@@ -215,6 +221,14 @@ fn a_cluster_local_route_is_served_and_addressed_only_under_the_clusters_domain(
         assert_eq!(status["traffic"][0]["url"], "http://old-hello.default.svc.cluster.local", "{kind}: {status}");
         assert_eq!(status_of(&public, kind, "hello")["url"], "http://hello.default.localhost:8080", "{kind}");
     }
+    // The label put on the Service only: until its Route carries it, the Route is out of date (review: the
+    // Service was Ready with its public URL meanwhile).
+    let mut labelled_service = public.clone();
+    for object in labelled_service.iter_mut().filter(|o| o["kind"] == "Service") {
+        object["metadata"]["labels"]["networking.knative.dev/visibility"] = json!("cluster-local");
+    }
+    let service = status_of(&labelled_service, "Service", "hello");
+    assert_eq!(condition(&service, "RoutesReady"), ("Unknown".into(), "OutOfDate".into()), "{service}");
     // Any other value is public in Knative's reader (and refused by its webhook: the validation tests).
     let mut other = public.clone();
     for object in other.iter_mut().filter(|o| o["kind"] == "Route") {

@@ -249,17 +249,21 @@ fn the_visibility_label_of_a_service_or_route_says_cluster_local() {
         json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route", "metadata": {"name": "hello"},
             "spec": {"traffic": [{"revisionName": "hello-00001", "percent": 100}]}}),
     ];
-    for object in objects {
-        for (value, refused) in [("cluster-local", false), ("cluster-locale", true), ("public", true), ("", true)] {
-            let mut labelled = object.clone();
-            labelled["metadata"]["labels"] = json!({"networking.knative.dev/visibility": value});
-            match validate_object(&labelled, None) {
-                Ok(()) => assert!(!refused, "{value:?} accepted on a {}", object["kind"]),
-                Err(errors) => {
-                    assert!(refused, "{value:?} refused: {errors:?}");
-                    assert_eq!(errors.len(), 1, "{errors:?}");
-                    assert_eq!(errors[0].path, "metadata.labels[networking.knative.dev/visibility]");
-                    assert!(errors[0].message.contains("cluster-local"), "{errors:?}");
+    let values = [("cluster-local", false), ("cluster-locale", true), ("public", true), ("", true)];
+    let labels = ["networking.knative.dev/visibility", "serving.knative.dev/visibility"];
+    for object in &objects {
+        for (value, refused) in values {
+            for label in labels {
+                let mut labelled = object.clone();
+                labelled["metadata"]["labels"] = json!({label: value});
+                match validate_object(&labelled, None) {
+                    Ok(()) => assert!(!refused, "{label}={value:?} accepted on a {}", object["kind"]),
+                    Err(errors) => {
+                        assert!(refused, "{label}={value:?} refused: {errors:?}");
+                        assert_eq!(errors.len(), 1, "{errors:?}");
+                        assert_eq!(errors[0].path, format!("metadata.labels[{label}]"));
+                        assert!(errors[0].message.contains("cluster-local"), "{errors:?}");
+                    }
                 }
             }
         }

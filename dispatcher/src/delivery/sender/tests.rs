@@ -147,6 +147,25 @@ fn urls_a_uri_cannot_take_as_they_are_are_normalised_first() {
     }
 }
 
+/// Regression (review): `http://NAME.NAMESPACE.svc.cluster.local:80` went to port 80 of the node's address,
+/// since hyper's connector keeps a resolved port only for a URL that names none.
+#[test]
+fn an_http_urls_default_port_is_dropped_and_any_other_port_kept() {
+    let cases = [
+        ("http://hello.default.svc.cluster.local:80/x?y=1", "http://hello.default.svc.cluster.local/x?y=1"),
+        ("http://[::1]:80/", "http://[::1]/"),
+        ("http://user@a.example:80/", "http://user@a.example/"),
+        ("http://a.example:8080/", "http://a.example:8080/"),
+        ("http://a.example:800/", "http://a.example:800/"),
+        ("http://a.example/", "http://a.example/"),
+        ("https://a.example:80/", "https://a.example:80/"),
+    ];
+    for (url, expected) in cases {
+        let uri = parse_uri(url).expect("valid");
+        assert_eq!(without_default_port(uri).to_string(), expected, "{url}");
+    }
+}
+
 /// A destination that cannot be sent to (its URL or CA certificates invalid) is no network error: the attempt
 /// says so, and the delivery is not retried (`send_with_retries`).
 #[tokio::test]
