@@ -25,6 +25,11 @@ pub enum ServingError {
     RevisionFailed { revision: String, reason: String },
     #[error("revision {revision}: {reason}")]
     Upstream { revision: String, reason: String },
+    /// The client's own request body broke on its way to the app (reset or half-closed mid-upload, shorter than
+    /// its `Content-Length`): a 400, the client's failure and not the app's (it was a 502, counted against the
+    /// revision). The app may have seen part of the body.
+    #[error("revision {revision}: the client's request body broke before it was sent whole: {reason}")]
+    ClientBody { revision: String, reason: String },
     /// A Route names the revision, and this node does not run it (yet: its start follows the route; or no more:
     /// the node is stopping): a 503 to try again, not a 502 as if the app had failed.
     #[error("revision {revision} is not running on this node")]
@@ -53,6 +58,7 @@ impl ServingError {
             | ServingError::NotRunning { .. }
             | ServingError::NoRoom { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ServingError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ServingError::ClientBody { .. } => StatusCode::BAD_REQUEST,
         }
     }
 }

@@ -25,7 +25,7 @@ mod upgrade;
 use crate::error::ServingError;
 use crate::revision::{Permit, RevisionHandle, RevisionRun};
 use crate::shared::{HostMetrics, HostTraffic, Shared};
-use body::{GuardedBody, TimedBody};
+use body::{GuardedBody, TimedBody, UploadBody};
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1), besides those `Connection`
 /// names. `Trailer` is not one (it announces the message's own trailers, which HTTP/1.1 clients get only when it
@@ -212,9 +212,21 @@ impl HostRouter {
             };
         }
         let client = if run.h2c { &self.h2c } else { &self.http1 };
-        let upstream = upstream_request(request, &permit)?;
+        let (parts, body) = request.into_parts();
+        // A body already at its end (most GETs) cannot break.
+        let (body, upload) = match hyper::body::Body::is_end_stream(&body) {
+            true => (body, None),
+            false => {
+                let (body, upload) = UploadBody::new(body);
+                (Body::new(body), Some(upload))
+            }
+        };
+        let upstream = upstream_request(Request::from_parts(parts, body), &permit)?;
         let response = match tokio::time::timeout_at(start_by.into(), client.request(upstream)).await {
             Err(_) => return Err(timed_out()),
+            Ok(Err(e)) if upload.is_some_and(|upload| upload.broke()) => {
+                return Err(ServingError::ClientBody { revision: revision.key(), reason: e.to_string() });
+            }
             Ok(Err(e)) => return Err(ServingError::Upstream { revision: revision.key(), reason: e.to_string() }),
             Ok(Ok(response)) => response,
         };

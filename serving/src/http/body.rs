@@ -3,6 +3,7 @@
 //! the deadline or after the idle time, and the slot given back when the body ends, is dropped, or the deadline
 //! passes, whichever comes first: a client that stops reading (an HTTP/2 client granting no window while it
 //! pings, an HTTP/1.1 one that never drains its socket) no longer holds the slot past `timeoutSeconds`.
+//! And a request's body on its way to the app ([`UploadBody`]): whether the client's own upload broke.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -77,6 +78,55 @@ where
             return cut(BodyCut::Idle);
         }
         Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request's body on its way to the app, noting in [`UploadBroke`] whether the client's side of it failed (the
+/// client reset or half-closed its connection mid-upload, or sent less than its `Content-Length`), so that a
+/// failed exchange is told apart from the app's failure.
+pub(super) struct UploadBody<B> {
+    inner: B,
+    broke: UploadBroke,
+}
+
+/// Set once an [`UploadBody`] yielded an error.
+#[derive(Clone, Default)]
+pub(super) struct UploadBroke(Arc<std::sync::atomic::AtomicBool>);
+
+impl UploadBroke {
+    pub(super) fn broke(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl<B> UploadBody<B> {
+    pub(super) fn new(inner: B) -> (Self, UploadBroke) {
+        let broke = UploadBroke::default();
+        (UploadBody { inner, broke: broke.clone() }, broke)
+    }
+}
+
+impl<B> hyper::body::Body for UploadBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &frame {
+            self.broke.0.store(true, std::sync::atomic::Ordering::Release);
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

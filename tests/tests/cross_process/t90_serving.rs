@@ -910,3 +910,38 @@ async fn a_cluster_local_service_is_served_only_under_the_clusters_name_and_its_
     assert!(lines.iter().all(|id| id.starts_with("in")), "{lines:?}");
     Ok(())
 }
+
+/// Regression (session 64's review): a client whose own upload broke (it half-closed its connection after 10
+/// of the 1,000 bytes its `Content-Length` promised) got a 502, counted against the revision as if the app had
+/// failed; it is the client's failure, a 400.
+#[tokio::test]
+async fn a_client_whose_upload_breaks_gets_a_400_not_a_bad_gateway() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_dir, node) = start_single_node(1, &[]).await?;
+    let (admin, http) = (node.admin.clone(), node.http.clone());
+    apply_resource(&admin, service("upload", json!([]), json!({}), json!({}))).await?;
+    wait_ready(&admin, "Service", "upload").await?;
+    let whole = client(&http, &["upload.default.localhost"])?
+        .post(url("upload.default.localhost", &http, "/"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "whole")
+        .header("ce-source", "/t90")
+        .header("ce-type", "t90.upload")
+        .body(vec![b'x'; 1000])
+        .send()
+        .await?;
+    assert_eq!(whole.status(), 202, "the same request sent whole");
+
+    let mut stream = tokio::net::TcpStream::connect(&http).await?;
+    let head = "POST / HTTP/1.1\r\nHost: upload.default.localhost\r\nContent-Length: 1000\r\nce-specversion: 1.0\r\n\
+                ce-id: broken\r\nce-source: /t90\r\nce-type: t90.upload\r\n\r\n";
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&[b'x'; 10]).await?;
+    stream.shutdown().await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(READY_WITHIN, stream.read_to_end(&mut answer)).await.context("an answer")??;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("request body broke"), "{answer}");
+    Ok(())
+}
