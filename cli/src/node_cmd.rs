@@ -470,8 +470,7 @@ pub(crate) fn extra_admin(logs: Arc<LogHub>, state: ServingState) -> ExtraAdminR
     })
 }
 
-/// Serving's signals as the dispatcher asks for them: the two crates do not know each other; this binary
-/// wires them.
+/// Serving's signals as the dispatcher asks for them: the two crates do not know each other; this binary wires them.
 struct ServingCapacity(SubscriberSignals);
 
 impl sluice_dispatcher::SubscriberCapacity for ServingCapacity {

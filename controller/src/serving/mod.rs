@@ -41,6 +41,10 @@ pub const CONFIGURATION_LABEL: &str = "serving.knative.dev/configuration";
 pub const CONFIGURATION_UID_LABEL: &str = "serving.knative.dev/configurationUID";
 pub const CONFIGURATION_GENERATION_LABEL: &str = "serving.knative.dev/configurationGeneration";
 pub const ROUTE_LABEL: &str = "serving.knative.dev/route";
+/// Knative's label for who may reach a Route (a Service's labels reach its Route; `routing::visibility`).
+pub const VISIBILITY_LABEL: &str = "networking.knative.dev/visibility";
+/// The label's name before Knative moved it (still read by Knative's Route reconciler).
+pub const LEGACY_VISIBILITY_LABEL: &str = "serving.knative.dev/visibility";
 
 pub const AUTOSCALING_PREFIX: &str = "autoscaling.knative.dev/";
 

@@ -9,7 +9,9 @@ use serde_json::Value;
 use super::model::TrafficTarget;
 pub use super::model::spec_traffic;
 use super::rollout::{ReadyRevision, RolloutClock};
-use super::{CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, REVISION_STATE_KIND};
+use super::{
+    CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, LEGACY_VISIBILITY_LABEL, REVISION_STATE_KIND, VISIBILITY_LABEL,
+};
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
     object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
@@ -325,10 +327,6 @@ pub fn tag_host(tag: &str, name: &str, namespace: &str, domain: &str) -> String 
     format!("{tag}-{name}.{namespace}.{domain}")
 }
 
-/// Knative's label for who may reach a Route (a Service's labels reach its Route).
-pub const VISIBILITY_LABEL: &str = "networking.knative.dev/visibility";
-/// The label's name before Knative moved it (still read by Knative's Route reconciler).
-pub const LEGACY_VISIBILITY_LABEL: &str = "serving.knative.dev/visibility";
 /// The domain of the cluster's own names: every Route is served under `NAME.NAMESPACE.svc.cluster.local` too,
 /// as Knative's cluster-local gateway serves it.
 pub const CLUSTER_LOCAL_DOMAIN: &str = "svc.cluster.local";

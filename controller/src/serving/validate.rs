@@ -102,7 +102,7 @@ pub(crate) fn validate_route(route: &Route, errors: &mut Vec<FieldError>) {
 /// Knative's `validateClusterVisibilityLabel`: the visibility label, when set, says `cluster-local` (anything else
 /// would be read as public, so a typo would publish what was meant to stay inside).
 fn validate_visibility(labels: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
-    for label in [super::routing::VISIBILITY_LABEL, super::routing::LEGACY_VISIBILITY_LABEL] {
+    for label in [super::VISIBILITY_LABEL, super::LEGACY_VISIBILITY_LABEL] {
         if let Some(value) = labels.get(label)
             && value != "cluster-local"
         {
