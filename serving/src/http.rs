@@ -225,13 +225,27 @@ impl HostRouter {
         let response = match tokio::time::timeout_at(start_by.into(), client.request(upstream)).await {
             Err(_) => return Err(timed_out()),
             Ok(Err(e)) if upload.is_some_and(|upload| upload.broke()) => {
-                return Err(ServingError::ClientBody { revision: revision.key(), reason: e.to_string() });
+                return Err(ServingError::ClientBody { revision: revision.key(), reason: with_causes(&e) });
             }
-            Ok(Err(e)) => return Err(ServingError::Upstream { revision: revision.key(), reason: e.to_string() }),
+            Ok(Err(e)) => return Err(ServingError::Upstream { revision: revision.key(), reason: with_causes(&e) }),
             Ok(Ok(response)) => response,
         };
         Ok(respond(response, permit, run, deadline))
     }
+}
+
+/// An error with its causes: the client's own message (`client error (SendRequest)`) leaves them out.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The app's response as the client gets it: without its hop-by-hop headers, its body cut off at the revision's

@@ -481,7 +481,9 @@ fn parse_uri(url: &str) -> Result<http::Uri, String> {
 /// port only for a URL that names none). Regression (review): `http://NAME.NAMESPACE.svc.cluster.local:80` went to
 /// port 80 of the node's address.
 fn without_default_port(uri: http::Uri) -> http::Uri {
-    let default_port = uri.scheme() == Some(&http::uri::Scheme::HTTP) && uri.port_u16() == Some(80);
+    // Written exactly `:80`: `:080` is port 80 too, and cutting its last three characters would leave `:0`.
+    let default_port = uri.scheme() == Some(&http::uri::Scheme::HTTP)
+        && uri.authority().and_then(|a| port_text(a.as_str())) == Some("80");
     let Some(authority) = uri.authority().filter(|_| default_port).and_then(|a| a.as_str().strip_suffix(":80")) else {
         return uri;
     };

@@ -943,5 +943,6 @@ async fn a_client_whose_upload_breaks_gets_a_400_not_a_bad_gateway() -> Result<(
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("request body broke"), "{answer}");
+    assert!(answer.contains("end of file before message length reached"), "the cause, not only hyper's: {answer}");
     Ok(())
 }

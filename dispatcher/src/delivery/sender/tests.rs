@@ -157,6 +157,7 @@ fn an_http_urls_default_port_is_dropped_and_any_other_port_kept() {
         ("http://user@a.example:80/", "http://user@a.example/"),
         ("http://a.example:8080/", "http://a.example:8080/"),
         ("http://a.example:800/", "http://a.example:800/"),
+        ("http://a.example:080/", "http://a.example:080/"),
         ("http://a.example/", "http://a.example/"),
         ("https://a.example:80/", "https://a.example:80/"),
     ];
