@@ -214,12 +214,11 @@ impl HostRouter {
         let client = if run.h2c { &self.h2c } else { &self.http1 };
         let (parts, body) = request.into_parts();
         // A body already at its end (most GETs) cannot break.
-        let (body, upload) = match hyper::body::Body::is_end_stream(&body) {
-            true => (body, None),
-            false => {
-                let (body, upload) = UploadBody::new(body);
-                (Body::new(body), Some(upload))
-            }
+        let (body, upload) = if hyper::body::Body::is_end_stream(&body) {
+            (body, None)
+        } else {
+            let (body, upload) = UploadBody::new(body);
+            (Body::new(body), Some(upload))
         };
         let upstream = upstream_request(Request::from_parts(parts, body), &permit)?;
         let response = match tokio::time::timeout_at(start_by.into(), client.request(upstream)).await {
