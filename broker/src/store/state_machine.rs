@@ -38,7 +38,7 @@ use crate::command::{
     StoredMembership, StreamAppend, TypeConfig, decode, encode,
 };
 use crate::store::dedupe_expiry::DedupeHorizons;
-use crate::store::dedupe_window::{DedupeWindow, Fingerprint, LiveRange, index_value};
+use crate::store::dedupe_window::{DedupeWindow, Fingerprint, LiveRange, index_value, worth_holding};
 use crate::store::keys::{
     CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBER_REMOVALS, SM_MEMBERSHIP,
     SM_RESOURCE, SM_STREAM, event_key, offset_key, split_resource_key, stream_state_key, tag_key, time_index_key,
@@ -72,8 +72,21 @@ pub(crate) struct GroupStateMachine {
     /// Where each stream's dedupe window starts, for the compaction that forgets the keys earlier versions
     /// kept in the `dedupe` column family.
     dedupe_horizons: Arc<DedupeHorizons>,
-    /// Each stream's live dedupe keys, by stream id (dedupe_window.rs), rebuilt by `reload`.
+    /// The live dedupe keys of the streams worth holding in memory, by stream id (dedupe_window.rs,
+    /// `dedupe_rebuild.rs`): rebuilt by `reload`, released when idle, rebuilt at a stream's next append.
     dedupe_windows: HashMap<u32, DedupeWindow>,
+    /// This node's clock (ms since the epoch), for which windows are worth holding; injected by tests.
+    wall_clock_ms: WallClock,
+    /// When an apply next looks for idle windows to release (`wall_clock_ms`).
+    next_idle_sweep_ms: u64,
+}
+
+/// A clock in milliseconds since the epoch.
+pub(crate) type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system's clock, as the partition leaders stamp arrivals.
+fn system_clock_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(0) as u64
 }
 
 impl GroupStateMachine {
@@ -83,6 +96,17 @@ impl GroupStateMachine {
         group: GroupId,
         snapshot_root: &std::path::Path,
         dedupe_horizons: Arc<DedupeHorizons>,
+    ) -> io::Result<Self> {
+        Self::open_with_clock(db, group, snapshot_root, dedupe_horizons, Arc::new(system_clock_ms))
+    }
+
+    /// [`GroupStateMachine::open`] with the clock that decides which dedupe windows are held.
+    pub(crate) fn open_with_clock(
+        db: Arc<DB>,
+        group: GroupId,
+        snapshot_root: &std::path::Path,
+        dedupe_horizons: Arc<DedupeHorizons>,
+        wall_clock_ms: WallClock,
     ) -> io::Result<Self> {
         let snapshot_dir = snapshot_root.join(format!("group-{group}"));
         crate::durable_fs::create_dir_all(&snapshot_dir)?;
@@ -106,6 +130,8 @@ impl GroupStateMachine {
             raft_started,
             dedupe_horizons,
             dedupe_windows: HashMap::new(),
+            wall_clock_ms,
+            next_idle_sweep_ms: 0,
         };
         machine.reload()?;
         Ok(machine)
@@ -164,15 +190,21 @@ impl GroupStateMachine {
         }
         let (applied, _) = self.read_applied_state()?;
         let started = std::time::Instant::now();
-        let mut dedupe_windows = HashMap::with_capacity(streams.len());
-        for state in streams.values() {
-            dedupe_windows.insert(state.id, self.rebuild_dedupe_window(state)?);
+        let now_ms = (self.wall_clock_ms)();
+        let mut dedupe_windows = HashMap::new();
+        // Only the windows worth holding now; another stream's is rebuilt at its next append with dedupe.
+        for state in streams.values().filter(|s| worth_holding(s.last_arrival_ms, s.dedupe_horizon_ms, now_ms)) {
+            let range = LiveRange::of(state.start_offset, state.next_offset, state.dedupe_horizon_ms);
+            dedupe_windows.insert(state.id, self.rebuild_dedupe_window(state, range)?);
         }
         self.dedupe_windows = dedupe_windows;
+        self.next_idle_sweep_ms = now_ms.saturating_add(dedupe_rebuild::IDLE_SWEEP_INTERVAL_MS);
         if self.dedupe_keys() > 0 {
             tracing::info!(
                 group = self.group,
                 keys = self.dedupe_keys(),
+                windows = self.dedupe_windows.len(),
+                streams = streams.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "rebuilt the dedupe windows from the time index"
             );
@@ -249,6 +281,7 @@ impl GroupStateMachine {
                 }
                 let fingerprints: Vec<Fingerprint> = dedupe.keys.iter().map(|key| Fingerprint::of_key(key)).collect();
                 let range = LiveRange::of(state.start_offset, state.next_offset, dedupe_horizon_ms);
+                self.hold_dedupe_window(&state, range)?;
                 let mut lookup = StreamKeys {
                     db: &self.db,
                     group: self.group,
@@ -256,7 +289,8 @@ impl GroupStateMachine {
                     keys: &dedupe.keys,
                     horizon_ms: dedupe_horizon_ms,
                 };
-                let window = self.dedupe_windows.entry(state.id).or_default();
+                let window =
+                    self.dedupe_windows.get_mut(&state.id).ok_or_else(|| io_err("a dedupe window held is missing"))?;
                 let admitted = window.admit(range, first_offset, arrival_ms, &fingerprints, &mut lookup)?;
                 Some((fingerprints, admitted))
             }
@@ -675,6 +709,12 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         self.commit_staged(staged, last_applied)?;
         for (responder, response) in responses {
             responder.send(response);
+        }
+        // After the write: a window released now has every append it admitted in the index.
+        let now_ms = (self.wall_clock_ms)();
+        if now_ms >= self.next_idle_sweep_ms {
+            self.next_idle_sweep_ms = now_ms.saturating_add(dedupe_rebuild::IDLE_SWEEP_INTERVAL_MS);
+            self.release_idle_dedupe_windows(now_ms);
         }
         Ok(())
     }

@@ -9,9 +9,12 @@ use openraft::type_config::TypeConfigExt;
 use openraft::vote::RaftLeaderId;
 use openraft::{RaftSnapshotBuilder, StorageError};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::*;
 use crate::command::{LogCommand, StreamAppend, TypeConfig};
 use crate::store::keys::CF_EVENTS;
+use crate::store::state_machine::WallClock;
 use crate::store::{StoredRecord, StreamExtent, StreamView};
 
 struct RocksBuilder;
@@ -68,10 +71,24 @@ async fn apply(sm: &mut GroupStateMachine, entries: Vec<crate::command::Entry>) 
     sm.apply(stream::iter(items)).await.expect("apply");
 }
 
+/// A state machine whose clock stands at the epoch: the tests' arrivals (a few seconds in) are all ahead of
+/// it, so every window with dedupe is worth holding and none is released (see `open_at`).
 fn open(dir: &std::path::Path, group: u32) -> (Store, GroupStateMachine) {
+    open_at(dir, group, Arc::new(AtomicU64::new(0)))
+}
+
+/// A state machine whose clock reads `now_ms`, which the test moves.
+fn open_at(dir: &std::path::Path, group: u32, now_ms: Arc<AtomicU64>) -> (Store, GroupStateMachine) {
     let store = Store::open(dir).expect("open store");
-    let sm = GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir(), store.dedupe_horizons().clone())
-        .expect("open state machine");
+    let clock: WallClock = Arc::new(move || now_ms.load(Ordering::Relaxed));
+    let sm = GroupStateMachine::open_with_clock(
+        store.db().clone(),
+        group,
+        store.snapshot_dir(),
+        store.dedupe_horizons().clone(),
+        clock,
+    )
+    .expect("open state machine");
     (store, sm)
 }
 
@@ -693,6 +710,68 @@ async fn after_a_reopen_the_dedupe_window_is_rebuilt() {
     assert_eq!(sm.dedupe_keys(), 1, "a and b were behind 1_050");
     apply(&mut sm, vec![entry(3, LogCommand::append(vec![dedupe_append(1_160, &["c", "a"])]))]).await;
     assert_eq!(sm.view().end_offset("d"), 4, "c is a duplicate, a is not");
+}
+
+fn dedupe_append_to(stream: &str, arrival_ms: u64, keys: &[&str]) -> StreamAppend {
+    StreamAppend { stream: stream.to_string(), ..with_window(dedupe_append(arrival_ms, keys), 60_000) }
+}
+
+/// A stream with no append for longer than its window (and a grace) leaves its window's keys to the index:
+/// a Broker deleted or gone quiet no longer holds memory until its next event. Released early (a leader
+/// whose clock is behind this node's stamps the next append within the window), the window is rebuilt
+/// from the index and still catches the duplicate.
+#[tokio::test]
+async fn an_idle_streams_window_leaves_memory_and_still_catches_a_duplicate_when_rebuilt() {
+    const T: u64 = 1_000_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now_ms = Arc::new(AtomicU64::new(T));
+    let (_store, mut sm) = open_at(dir.path(), 2, now_ms.clone());
+    let mut index = 0;
+    let appends = vec![dedupe_append_to("quiet", T, &["a", "b"]), dedupe_append_to("busy", T, &["x"])];
+    apply(&mut sm, numbered(&mut index, vec![LogCommand::append(appends)])).await;
+    assert_eq!(sm.dedupe_keys(), 3);
+    // Within the window and the grace: nothing is released.
+    now_ms.store(T + 60_000 + dedupe_window::IDLE_GRACE_MS, Ordering::Relaxed);
+    apply(&mut sm, numbered(&mut index, vec![LogCommand::append(vec![append("plain", T, &["p"])])])).await;
+    assert_eq!(sm.dedupe_keys(), 3);
+    // Past them for both, after the next sweep's time; busy appends again.
+    now_ms.store(T + 60_000 + dedupe_window::IDLE_GRACE_MS + 20_000, Ordering::Relaxed);
+    let busy = dedupe_append_to("busy", now_ms.load(Ordering::Relaxed), &["y"]);
+    apply(&mut sm, numbered(&mut index, vec![LogCommand::append(vec![busy])])).await;
+    assert_eq!(sm.dedupe_keys(), 1, "only busy's y is held: quiet's window and busy's x (behind its horizon) went");
+    // Within quiet's window by the leader's clock: a is a duplicate, read from the index, c is new.
+    let quiet = dedupe_append_to("quiet", T + 1_000, &["a", "c"]);
+    apply(&mut sm, numbered(&mut index, vec![LogCommand::append(vec![quiet])])).await;
+    assert_eq!(sm.view().end_offset("quiet"), 3, "a was seen, c was not");
+    assert_eq!(sm.dedupe_keys(), 4, "quiet's a, b and c again, and busy's y");
+}
+
+/// At open a node rebuilds only the windows worth holding by its clock; the others come back from the index
+/// at their stream's next append, and decide as before.
+#[tokio::test]
+async fn a_reopened_node_rebuilds_only_the_windows_worth_holding() {
+    const T: u64 = 1_000_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now_ms = Arc::new(AtomicU64::new(T));
+    {
+        let (_store, mut sm) = open_at(dir.path(), 2, now_ms.clone());
+        let appends = vec![
+            dedupe_append_to("old", T, &["a", "b"]),
+            // No dedupe: its horizon stays 0, and nothing of it is read at open.
+            append("plain", T, &["p"]),
+        ];
+        apply(&mut sm, vec![entry(1, LogCommand::append(appends))]).await;
+        let recent = dedupe_append_to("recent", T + 100_000, &["r"]);
+        apply(&mut sm, vec![entry(2, LogCommand::append(vec![recent]))]).await;
+    }
+    now_ms.store(T + 100_000, Ordering::Relaxed);
+    let (_store, mut sm) = open_at(dir.path(), 2, now_ms);
+    assert_eq!(sm.dedupe_keys(), 1, "recent's r; old's window is past its time");
+    let appends =
+        vec![dedupe_append_to("old", T + 50_000, &["b", "c"]), dedupe_append_to("recent", T + 100_001, &["r"])];
+    apply(&mut sm, vec![entry(3, LogCommand::append(appends))]).await;
+    assert_eq!(sm.view().end_offset("old"), 3, "b was seen (the window rebuilt), c was not");
+    assert_eq!(sm.view().end_offset("recent"), 1, "r was seen");
 }
 
 /// Regression (review of the compaction-filter expiry, kept for the in-memory window): what one replica

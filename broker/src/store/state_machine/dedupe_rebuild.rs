@@ -1,29 +1,85 @@
-//! A stream's dedupe window rebuilt from its appends' `time_index` entries (at start, and after a snapshot is
-//! installed): the entries since the stream's dedupe horizon in, one at a time; the window out, holding only
-//! the keys of its live range.
+//! Which dedupe windows a group holds in memory, and a stream's window rebuilt from its appends' `time_index`
+//! entries (at start and after a snapshot install for the streams worth holding, and at the next append with
+//! dedupe of a stream whose window was not held): the entries since the horizon in, one at a time; the window
+//! out, holding only the keys of its live range. Idle streams' windows leave memory
+//! ([`GroupStateMachine::release_idle_dedupe_windows`]); a rebuilt window decides as the one released would
+//! have, so which are held is a matter of memory and reads, never of what is stored.
 
 use std::io;
 
 use rocksdb::{Direction, IteratorMode, ReadOptions};
 
 use super::GroupStateMachine;
-use crate::store::dedupe_window::{DedupeWindow, IndexedKeys, LiveRange, RecordedAppend, decode_index_value};
+use crate::store::dedupe_window::{
+    DedupeWindow, IndexedKeys, LiveRange, RecordedAppend, decode_index_value, worth_holding,
+};
 use crate::store::keys::{CF_TIME_INDEX, time_index_arrival_of, time_index_key, time_index_offset_of};
 use crate::store::read_view::StreamState;
 use crate::store::{cf, io_err};
 
+/// How often, at most, an apply looks for windows to release (by the node's clock).
+pub(super) const IDLE_SWEEP_INTERVAL_MS: u64 = 10_000;
+
 impl GroupStateMachine {
+    /// Drops from memory the windows of streams not worth holding at `now_ms` (`worth_holding`): a Broker
+    /// deleted or gone quiet no longer keeps its last window's keys until its next event.
+    pub(super) fn release_idle_dedupe_windows(&mut self, now_ms: u64) {
+        let Ok(streams) = self.view.streams.read() else { return };
+        let idle: Vec<u32> = streams
+            .values()
+            .filter(|state| {
+                self.dedupe_windows.contains_key(&state.id)
+                    && !worth_holding(state.last_arrival_ms, state.dedupe_horizon_ms, now_ms)
+            })
+            .map(|state| state.id)
+            .collect();
+        drop(streams);
+        if idle.is_empty() {
+            return;
+        }
+        let keys_before = self.dedupe_keys();
+        for stream_id in &idle {
+            self.dedupe_windows.remove(stream_id);
+        }
+        tracing::debug!(
+            group = self.group,
+            windows = idle.len(),
+            keys = keys_before - self.dedupe_keys(),
+            "released the dedupe windows of idle streams"
+        );
+        metrics::counter!("sluice_dedupe_windows_released_total", "group" => crate::ids::group_name(self.group))
+            .increment(idle.len() as u64);
+        self.publish_dedupe_keys();
+    }
+
+    /// Makes sure the window of `state`'s stream is held, for an append with dedupe whose live range is
+    /// `range`: when none is (a stream new, idle, or not worth rebuilding at open), it is rebuilt from the
+    /// index for that range.
+    pub(super) fn hold_dedupe_window(&mut self, state: &StreamState, range: LiveRange) -> io::Result<()> {
+        if !self.dedupe_windows.contains_key(&state.id) {
+            let window = self.rebuild_dedupe_window(state, range)?;
+            if window.len() > 0 {
+                metrics::counter!("sluice_dedupe_windows_rebuilt_total", "group" => crate::ids::group_name(self.group))
+                    .increment(1);
+            }
+            self.dedupe_windows.insert(state.id, window);
+        }
+        Ok(())
+    }
+
     /// A stream's dedupe window as its appends left it: from their `time_index` entries since the horizon, read
     /// one at a time into the window, keeping none of the appends that end below the live range (regression:
     /// every append since the horizon was first collected with its keys, whatever the cap: a 24-hour window of
     /// single-event appends held gigabytes at every start and snapshot install).
-    pub(super) fn rebuild_dedupe_window(&self, state: &StreamState) -> io::Result<DedupeWindow> {
+    ///
+    /// `range` is the stream's live range: as its state leaves it (at open, after a snapshot install), or as an
+    /// append with dedupe will have it (a window not held in memory, rebuilt for that append).
+    pub(super) fn rebuild_dedupe_window(&self, state: &StreamState, range: LiveRange) -> io::Result<DedupeWindow> {
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(time_index_key(self.group, state.id, u64::MAX, u64::MAX).to_vec());
         // A read of up to the whole window: through, not into, the block cache (docs/memory.md).
         read_options.fill_cache(false);
-        let from = time_index_key(self.group, state.id, state.dedupe_horizon_ms, 0);
-        let range = LiveRange::of(state.start_offset, state.next_offset, state.dedupe_horizon_ms);
+        let from = time_index_key(self.group, state.id, range.horizon_ms, 0);
         let index = cf(&self.db, CF_TIME_INDEX)?;
         let mut entries = self.db.iterator_cf_opt(index, read_options, IteratorMode::From(&from, Direction::Forward));
         let mut failure: Option<io::Error> = None;
