@@ -426,6 +426,11 @@ pub(crate) struct TuningArgs {
     /// the last interval (and those in flight) are delivered again.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub dispatch_commit_interval_ms: u64,
+    /// How long past its dedupe window a Broker partition with no new event keeps the window in memory; its
+    /// next event rebuilds it from disk (docs/ingress.md, "Dedupe"). Memory against reads: never changes what
+    /// is stored.
+    #[arg(long, default_value_t = sluice_broker::DEFAULT_DEDUPE_IDLE_GRACE_MS)]
+    pub dedupe_idle_grace_ms: u64,
 }
 
 impl TuningArgs {
@@ -441,6 +446,7 @@ impl TuningArgs {
             retention_check_ms,
             leader_balance_ms,
             dispatch_commit_interval_ms,
+            dedupe_idle_grace_ms,
         } = self;
         let flags = [
             ("--heartbeat-ms", heartbeat_ms),
@@ -451,6 +457,7 @@ impl TuningArgs {
             ("--retention-check-ms", retention_check_ms),
             ("--leader-balance-ms", leader_balance_ms),
             ("--dispatch-commit-interval-ms", dispatch_commit_interval_ms),
+            ("--dedupe-idle-grace-ms", dedupe_idle_grace_ms),
         ];
         flags.into_iter().flat_map(|(flag, value)| [flag.to_string(), value.to_string()]).collect()
     }
@@ -587,6 +594,7 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
         append_limits,
         read_limits: ReadLimits::default(),
         retention_check_interval: Duration::from_millis(tuning.retention_check_ms),
+        dedupe_idle_grace: Duration::from_millis(tuning.dedupe_idle_grace_ms),
         leader_balance_interval: (tuning.leader_balance_ms > 0)
             .then(|| Duration::from_millis(tuning.leader_balance_ms)),
         peer_routes: Default::default(),

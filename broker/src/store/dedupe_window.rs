@@ -169,26 +169,27 @@ impl LiveRange {
     }
 }
 
-/// How long past its window a stream with no new append keeps its window in memory (a burst's pause, a
-/// producer's retry after a restart, rather than a rebuild for each).
-pub(crate) const IDLE_GRACE_MS: u64 = 30_000;
+/// How long past its window a stream with no new append keeps its window in memory, unless the node is
+/// told otherwise (`--dedupe-idle-grace-ms`): a burst's pause, a producer's retry after a restart, rather
+/// than a rebuild for each.
+pub const DEFAULT_IDLE_GRACE_MS: u64 = 30_000;
 
 /// Whether a stream's window is worth holding in memory at `now_ms` (this node's clock), from the stream's
 /// replicated state after its last append: its last arrival, and its dedupe horizon, which trails that
 /// arrival by the window (a window made longer since shows as the shorter one: released early, never late
 /// by more than the grace). Not if the stream never had an append with dedupe (horizon 0), nor once
-/// its window, and the grace, have passed since that arrival.
+/// its window, and `grace_ms`, have passed since that arrival.
 ///
 /// A cost decision, never a semantic one: a window not held is rebuilt from the `time_index` at the
 /// stream's next append with dedupe, with that append's range ([`DedupeWindow::rebuilt`]), and decides as
 /// the one held would have. So this node's clock, however wrong, changes only what it spends: memory for
 /// a window held, or a read of the index for one rebuilt.
-pub(crate) fn worth_holding(last_arrival_ms: u64, horizon_ms: u64, now_ms: u64) -> bool {
+pub(crate) fn worth_holding(last_arrival_ms: u64, horizon_ms: u64, now_ms: u64, grace_ms: u64) -> bool {
     if horizon_ms == 0 {
         return false;
     }
     let window_ms = last_arrival_ms.saturating_sub(horizon_ms);
-    now_ms.saturating_sub(last_arrival_ms) <= window_ms.saturating_add(IDLE_GRACE_MS)
+    now_ms.saturating_sub(last_arrival_ms) <= window_ms.saturating_add(grace_ms)
 }
 
 /// Where a live key's full fingerprint is stored: entry `index` of the `time_index` value of the append

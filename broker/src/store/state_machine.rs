@@ -75,38 +75,37 @@ pub(crate) struct GroupStateMachine {
     /// The live dedupe keys of the streams worth holding in memory, by stream id (dedupe_window.rs,
     /// `dedupe_rebuild.rs`): rebuilt by `reload`, released when idle, rebuilt at a stream's next append.
     dedupe_windows: HashMap<u32, DedupeWindow>,
-    /// This node's clock (ms since the epoch), for which windows are worth holding; injected by tests.
-    wall_clock_ms: WallClock,
-    /// When an apply next looks for idle windows to release (`wall_clock_ms`).
-    next_idle_sweep_ms: u64,
+    /// Which windows are worth holding: the clock and the grace.
+    dedupe_memory: DedupeMemory,
 }
 
 /// A clock in milliseconds since the epoch.
 pub(crate) type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
-/// The system's clock, as the partition leaders stamp arrivals.
-fn system_clock_ms() -> u64 {
-    chrono::Utc::now().timestamp_millis().max(0) as u64
+/// What decides which streams' dedupe windows a group holds in memory (`dedupe_window::worth_holding`).
+#[derive(Clone)]
+pub(crate) struct DedupeMemory {
+    /// This node's clock; injected by tests.
+    pub clock_ms: WallClock,
+    /// How long past its window an idle stream keeps its window.
+    pub idle_grace_ms: u64,
+}
+
+impl DedupeMemory {
+    /// The node's clock (as a partition leader stamps arrivals with it) and `idle_grace_ms`.
+    pub(crate) fn with_grace(idle_grace_ms: u64) -> Self {
+        DedupeMemory { clock_ms: Arc::new(|| crate::wall_clock().timestamp_millis().max(0) as u64), idle_grace_ms }
+    }
 }
 
 impl GroupStateMachine {
-    /// Loads the group's applied state from the store.
+    /// Loads the group's applied state from the store; `dedupe_memory` decides which dedupe windows are held.
     pub(crate) fn open(
         db: Arc<DB>,
         group: GroupId,
         snapshot_root: &std::path::Path,
         dedupe_horizons: Arc<DedupeHorizons>,
-    ) -> io::Result<Self> {
-        Self::open_with_clock(db, group, snapshot_root, dedupe_horizons, Arc::new(system_clock_ms))
-    }
-
-    /// [`GroupStateMachine::open`] with the clock that decides which dedupe windows are held.
-    pub(crate) fn open_with_clock(
-        db: Arc<DB>,
-        group: GroupId,
-        snapshot_root: &std::path::Path,
-        dedupe_horizons: Arc<DedupeHorizons>,
-        wall_clock_ms: WallClock,
+        dedupe_memory: DedupeMemory,
     ) -> io::Result<Self> {
         let snapshot_dir = snapshot_root.join(format!("group-{group}"));
         crate::durable_fs::create_dir_all(&snapshot_dir)?;
@@ -130,8 +129,7 @@ impl GroupStateMachine {
             raft_started,
             dedupe_horizons,
             dedupe_windows: HashMap::new(),
-            wall_clock_ms,
-            next_idle_sweep_ms: 0,
+            dedupe_memory,
         };
         machine.reload()?;
         Ok(machine)
@@ -190,15 +188,15 @@ impl GroupStateMachine {
         }
         let (applied, _) = self.read_applied_state()?;
         let started = std::time::Instant::now();
-        let now_ms = (self.wall_clock_ms)();
+        let (now_ms, grace_ms) = ((self.dedupe_memory.clock_ms)(), self.dedupe_memory.idle_grace_ms);
         let mut dedupe_windows = HashMap::new();
         // Only the windows worth holding now; another stream's is rebuilt at its next append with dedupe.
-        for state in streams.values().filter(|s| worth_holding(s.last_arrival_ms, s.dedupe_horizon_ms, now_ms)) {
+        let held = |s: &&StreamState| worth_holding(s.last_arrival_ms, s.dedupe_horizon_ms, now_ms, grace_ms);
+        for state in streams.values().filter(held) {
             let range = LiveRange::of(state.start_offset, state.next_offset, state.dedupe_horizon_ms);
             dedupe_windows.insert(state.id, self.rebuild_dedupe_window(state, range)?);
         }
         self.dedupe_windows = dedupe_windows;
-        self.next_idle_sweep_ms = now_ms.saturating_add(dedupe_rebuild::IDLE_SWEEP_INTERVAL_MS);
         if self.dedupe_keys() > 0 {
             tracing::info!(
                 group = self.group,
@@ -709,12 +707,6 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         self.commit_staged(staged, last_applied)?;
         for (responder, response) in responses {
             responder.send(response);
-        }
-        // After the write: a window released now has every append it admitted in the index.
-        let now_ms = (self.wall_clock_ms)();
-        if now_ms >= self.next_idle_sweep_ms {
-            self.next_idle_sweep_ms = now_ms.saturating_add(dedupe_rebuild::IDLE_SWEEP_INTERVAL_MS);
-            self.release_idle_dedupe_windows(now_ms);
         }
         Ok(())
     }

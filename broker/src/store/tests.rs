@@ -27,9 +27,14 @@ impl StoreBuilder<TypeConfig, GroupLogStore, GroupStateMachine, tempfile::TempDi
         // A non-zero group id, so that key prefixes are exercised.
         let group = 3;
         let log = GroupLogStore::new(store.db().clone(), store.wal().clone(), group);
-        let sm =
-            GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir(), store.dedupe_horizons().clone())
-                .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+        let sm = GroupStateMachine::open(
+            store.db().clone(),
+            group,
+            store.snapshot_dir(),
+            store.dedupe_horizons().clone(),
+            store.dedupe_memory(),
+        )
+        .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
         // As in a running group: the current snapshot is asked for to send it, so its data is written.
         sm.raft_started().store(true, std::sync::atomic::Ordering::Release);
         Ok((dir, log, sm))
@@ -80,13 +85,14 @@ fn open(dir: &std::path::Path, group: u32) -> (Store, GroupStateMachine) {
 /// A state machine whose clock reads `now_ms`, which the test moves.
 fn open_at(dir: &std::path::Path, group: u32, now_ms: Arc<AtomicU64>) -> (Store, GroupStateMachine) {
     let store = Store::open(dir).expect("open store");
-    let clock: WallClock = Arc::new(move || now_ms.load(Ordering::Relaxed));
-    let sm = GroupStateMachine::open_with_clock(
+    let clock_ms: WallClock = Arc::new(move || now_ms.load(Ordering::Relaxed));
+    let dedupe_memory = DedupeMemory { clock_ms, idle_grace_ms: DEFAULT_IDLE_GRACE_MS };
+    let sm = GroupStateMachine::open(
         store.db().clone(),
         group,
         store.snapshot_dir(),
         store.dedupe_horizons().clone(),
-        clock,
+        dedupe_memory,
     )
     .expect("open state machine");
     (store, sm)
@@ -612,15 +618,26 @@ async fn committed_offsets_survive_reopen_and_stay_in_their_group() {
     {
         let (store, mut sm) = open(dir.path(), 1);
         apply(&mut sm, vec![entry(1, LogCommand::CommitOffsets(vec![commit("t", 42, false)]))]).await;
-        let mut other =
-            GroupStateMachine::open(store.db().clone(), 2, store.snapshot_dir(), store.dedupe_horizons().clone())
-                .expect("open group 2");
+        let mut other = GroupStateMachine::open(
+            store.db().clone(),
+            2,
+            store.snapshot_dir(),
+            store.dedupe_horizons().clone(),
+            store.dedupe_memory(),
+        )
+        .expect("open group 2");
         apply(&mut other, vec![entry(1, LogCommand::CommitOffsets(vec![commit("t", 7, false)]))]).await;
     }
     let (store, sm) = open(dir.path(), 1);
     assert_eq!(sm.view().committed_offsets().expect("read"), vec![("t".to_string(), 42)]);
-    let other = GroupStateMachine::open(store.db().clone(), 2, store.snapshot_dir(), store.dedupe_horizons().clone())
-        .expect("open group 2");
+    let other = GroupStateMachine::open(
+        store.db().clone(),
+        2,
+        store.snapshot_dir(),
+        store.dedupe_horizons().clone(),
+        store.dedupe_memory(),
+    )
+    .expect("open group 2");
     assert_eq!(other.view().committed_offset("t").expect("read"), Some(7));
 }
 
@@ -731,13 +748,14 @@ async fn an_idle_streams_window_leaves_memory_and_still_catches_a_duplicate_when
     apply(&mut sm, numbered(&mut index, vec![LogCommand::append(appends)])).await;
     assert_eq!(sm.dedupe_keys(), 3);
     // Within the window and the grace: nothing is released.
-    now_ms.store(T + 60_000 + dedupe_window::IDLE_GRACE_MS, Ordering::Relaxed);
-    apply(&mut sm, numbered(&mut index, vec![LogCommand::append(vec![append("plain", T, &["p"])])])).await;
+    now_ms.store(T + 60_000 + DEFAULT_IDLE_GRACE_MS, Ordering::Relaxed);
+    sm.release_idle_dedupe_windows();
     assert_eq!(sm.dedupe_keys(), 3);
-    // Past them for both, after the next sweep's time; busy appends again.
-    now_ms.store(T + 60_000 + dedupe_window::IDLE_GRACE_MS + 20_000, Ordering::Relaxed);
+    // Past them for both; busy appends again, and then the idle windows are looked for.
+    now_ms.store(T + 60_000 + DEFAULT_IDLE_GRACE_MS + 1, Ordering::Relaxed);
     let busy = dedupe_append_to("busy", now_ms.load(Ordering::Relaxed), &["y"]);
     apply(&mut sm, numbered(&mut index, vec![LogCommand::append(vec![busy])])).await;
+    sm.release_idle_dedupe_windows();
     assert_eq!(sm.dedupe_keys(), 1, "only busy's y is held: quiet's window and busy's x (behind its horizon) went");
     // Within quiet's window by the leader's clock: a is a duplicate, read from the index, c is new.
     let quiet = dedupe_append_to("quiet", T + 1_000, &["a", "c"]);

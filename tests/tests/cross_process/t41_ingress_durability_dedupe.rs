@@ -268,6 +268,76 @@ async fn a_node_whose_clock_runs_ahead_does_not_cut_the_dedupe_window_short() ->
     Ok(())
 }
 
+/// The sum of a metric over its label sets on a node's `/metrics` page (0 when absent).
+async fn metric_sum(http: &str, name: &str) -> anyhow::Result<f64> {
+    let page = reqwest::get(format!("http://{http}/metrics")).await?.text().await?;
+    Ok(page
+        .lines()
+        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// A replica whose clock says a stream has been idle past its window gives the window up (docs/ingress.md,
+/// "Dedupe"), while the leader, whose clock stamps the events, still counts a retry as within it: the
+/// replica rebuilds the window from its time index and stores the retry no more than the leader does.
+/// Checked to fail with the window rebuilt empty instead (the replica stored `first` twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_gave_an_idle_window_up_still_stores_a_retry_once() -> anyhow::Result<()> {
+    let mut cluster =
+        TestCluster::start(3, PARTITIONS, &["--leader-balance-ms", "0", "--dedupe-idle-grace-ms", "0"]).await?;
+    let annotations = serde_json::json!({ "sluice.dev/dedupe-window": "10m" });
+    apply_resource(&cluster.nodes[0].admin, broker_object("default", "orders", annotations)).await?;
+    // The replica is a node that leads no partition (none moves: leader balance is off); its clock runs two
+    // hours ahead (`clock-ahead-2h`), so every stream looks idle to it from the first event on.
+    let mut leaders = Vec::new();
+    for group in 1..=PARTITIONS {
+        leaders.push(cluster.leader_of(group).await?);
+    }
+    let replica = cluster.nodes.iter().map(|n| n.id).find(|id| !leaders.contains(id)).expect("a node leading none");
+    cluster.node(replica).kill9();
+    cluster.node(replica).env = vec![("SLUICE_PLANTED_BUG".into(), "clock-ahead-2h".into())];
+    cluster.node(replica).start()?;
+    let replica_http = cluster.node(replica).http.clone();
+    wait_ready(&replica_http).await?;
+    for node in &cluster.nodes {
+        wait_for_broker(&node.http, "/default/orders").await?;
+    }
+    let leader_http = cluster.node(leaders[0]).http.clone();
+    let client = reqwest::Client::new();
+    let accepted = |id: &'static str| {
+        let (client, http) = (client.clone(), leader_http.clone());
+        async move {
+            wait_until(Duration::from_secs(20), || async {
+                Ok((post_keyed(&client, &http, id).await? == StatusCode::ACCEPTED).then_some(()))
+            })
+            .await
+        }
+    };
+    accepted("first").await?;
+    // The replica applies `first` and, at its next sweep (every 10 s), gives the window up.
+    wait_until(Duration::from_secs(40), || async {
+        Ok((metric_sum(&replica_http, "sluice_dedupe_windows_released_total").await? >= 1.0).then_some(()))
+    })
+    .await?;
+    accepted("first").await?;
+    accepted("last").await?;
+    for node in &cluster.nodes {
+        let admin = node.admin.clone();
+        wait_until(Duration::from_secs(30), || async {
+            let events = read_events(&admin, STREAM, PARTITIONS).await?;
+            Ok(events.iter().any(|e| e.get_str("id") == Some("last")).then_some(()))
+        })
+        .await?;
+        let events = read_events(&node.admin, STREAM, PARTITIONS).await?;
+        let ids: Vec<&str> = events.iter().filter_map(|e| e.get_str("id")).collect();
+        assert_eq!(ids, ["first", "last"], "node {}: first once (its retry stored nowhere), then last", node.id);
+    }
+    let rebuilt = metric_sum(&replica_http, "sluice_dedupe_windows_rebuilt_total").await?;
+    assert!(rebuilt >= 1.0, "the replica rebuilt the window with first in it: {rebuilt}");
+    Ok(())
+}
+
 /// The structured event `id` from `/producer`, with a `partitionkey` if given.
 fn structured(id: &str, key: Option<&str>) -> serde_json::Value {
     let mut event = serde_json::json!({"specversion": "1.0", "id": id, "source": "/producer", "type": "order.created"});

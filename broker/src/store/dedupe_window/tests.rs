@@ -512,14 +512,16 @@ fn a_window_is_held_while_its_stream_may_still_send_within_it() {
     // (last arrival, horizon, now, held)
     let table = [
         (10 * minute, 8 * minute, 10 * minute, true, "just appended"),
-        (10 * minute, 8 * minute, 12 * minute + IDLE_GRACE_MS, true, "window and grace not yet past"),
-        (10 * minute, 8 * minute, 12 * minute + IDLE_GRACE_MS + 1, false, "window and grace past"),
+        (10 * minute, 8 * minute, 12 * minute + DEFAULT_IDLE_GRACE_MS, true, "window and grace not yet past"),
+        (10 * minute, 8 * minute, 12 * minute + DEFAULT_IDLE_GRACE_MS + 1, false, "window and grace past"),
         (10 * minute, 8 * minute, 5 * minute, true, "a clock behind the leader's holds"),
         (10 * minute, 0, 10 * minute, false, "never an append with dedupe: nothing to hold"),
-        (10 * minute, 10 * minute, 10 * minute + IDLE_GRACE_MS + 1, false, "a zero window: the grace alone"),
+        (10 * minute, 10 * minute, 10 * minute + DEFAULT_IDLE_GRACE_MS + 1, false, "a zero window: the grace alone"),
         (u64::MAX, 1, u64::MAX, true, "no overflow"),
     ];
     for (last_arrival_ms, horizon_ms, now_ms, held, why) in table {
-        assert_eq!(worth_holding(last_arrival_ms, horizon_ms, now_ms), held, "{why}");
+        assert_eq!(worth_holding(last_arrival_ms, horizon_ms, now_ms, DEFAULT_IDLE_GRACE_MS), held, "{why}");
     }
+    assert!(!worth_holding(10 * minute, 8 * minute, 12 * minute + 1, 0), "no grace: the window alone");
+    assert!(worth_holding(10 * minute, 8 * minute, 12 * minute, 0));
 }

@@ -17,19 +17,19 @@ use crate::store::keys::{CF_TIME_INDEX, time_index_arrival_of, time_index_key, t
 use crate::store::read_view::StreamState;
 use crate::store::{cf, io_err};
 
-/// How often, at most, an apply looks for windows to release (by the node's clock).
-pub(super) const IDLE_SWEEP_INTERVAL_MS: u64 = 10_000;
-
 impl GroupStateMachine {
-    /// Drops from memory the windows of streams not worth holding at `now_ms` (`worth_holding`): a Broker
-    /// deleted or gone quiet no longer keeps its last window's keys until its next event.
-    pub(super) fn release_idle_dedupe_windows(&mut self, now_ms: u64) {
+    /// Drops from memory the windows of streams not worth holding now (`worth_holding`): a Broker deleted or
+    /// gone quiet no longer keeps its last window's keys until its next event. Run in the state machine's
+    /// worker between applies (`raft/group.rs`), so a window released has every append it admitted in the
+    /// index.
+    pub(crate) fn release_idle_dedupe_windows(&mut self) {
+        let (now_ms, grace_ms) = ((self.dedupe_memory.clock_ms)(), self.dedupe_memory.idle_grace_ms);
         let Ok(streams) = self.view.streams.read() else { return };
         let idle: Vec<u32> = streams
             .values()
             .filter(|state| {
                 self.dedupe_windows.contains_key(&state.id)
-                    && !worth_holding(state.last_arrival_ms, state.dedupe_horizon_ms, now_ms)
+                    && !worth_holding(state.last_arrival_ms, state.dedupe_horizon_ms, now_ms, grace_ms)
             })
             .map(|state| state.id)
             .collect();
