@@ -1,7 +1,8 @@
 //! `--mode backlog`: what a backlog costs. A Trigger paused from its creation holds `--events` events back
 //! while batching producers publish them; the node's resident memory is sampled every second throughout.
 //! Then the Trigger is resumed and the backlog drained, and last, with the Trigger live, producers publish for
-//! `--seconds` and the subscriber's rate is the steady-state dispatch rate the drain is compared with.
+//! `--seconds` and the subscriber's rate is the steady-state dispatch rate the drain is compared with. With
+//! `--quiet-seconds`, nothing is published for that long after it, and the nodes' memory is read at both ends.
 //!
 //! In: node count, partitions, events, payload size, producers. Out: a table (and JSON with `--json`): ingest
 //! rate, RSS idle / peak while the backlog grows / at its end / peak while draining, disk bytes per event,
@@ -30,6 +31,8 @@ pub(crate) struct BacklogBench {
     pub steady_seconds: u64,
     /// The Broker's `sluice.dev/dedupe-window`; its default if `None`.
     pub dedupe_window: Option<String>,
+    /// Seconds with nothing published after the steady-state run (0: none).
+    pub quiet_seconds: u64,
     pub json: bool,
 }
 
@@ -231,6 +234,7 @@ impl BacklogBench {
         load.await.context("steady-state producers")??;
         let rss_steady_peak = sampler.take_peak();
         drop(sampler);
+        let quiet = self.quiet(&cluster, &pids).await;
 
         let drain_rate = published as f64 / drain_s;
         let report = json!({
@@ -245,6 +249,7 @@ impl BacklogBench {
             "disk_bytes_per_event": disk_bytes as f64 / published.max(1) as f64,
             "drain_events_per_s": drain_rate, "steady_dispatch_events_per_s": steady_rate,
             "drain_vs_steady": drain_rate / steady_rate.max(1e-9),
+            "quiet": quiet,
         });
         if self.json {
             println!("{report}");
@@ -278,5 +283,35 @@ impl BacklogBench {
         }
         drop(cluster);
         Ok(())
+    }
+
+    /// `quiet_seconds` with nothing published: the nodes' RSS and memory at the start and the end (null when 0).
+    async fn quiet(&self, cluster: &sluice_tests::TestCluster, pids: &[u32]) -> serde_json::Value {
+        if self.quiet_seconds == 0 {
+            return serde_json::Value::Null;
+        }
+        let at = |rss: u64, memory: &MemoryState| {
+            json!({ "rss_mib": mib(rss), "allocated_mib": memory.allocated_mib, "allocator_resident_mib":
+                memory.allocator_resident_mib, "rocksdb_mib": memory.rocksdb_mib, "dedupe_keys": memory.dedupe_keys })
+        };
+        let (rss_start, memory_start) = (nodes_rss(pids), nodes_memory(cluster).await);
+        println!(
+            "quiet: {} s with nothing published; RSS {:.1} MiB, allocated {:.1} MiB, {:.0} dedupe keys at the start",
+            self.quiet_seconds,
+            mib(rss_start),
+            memory_start.allocated_mib,
+            memory_start.dedupe_keys
+        );
+        tokio::time::sleep(Duration::from_secs(self.quiet_seconds)).await;
+        let (rss_end, memory_end) = (nodes_rss(pids), nodes_memory(cluster).await);
+        println!(
+            "  at the end: RSS {:.1} MiB, allocated {:.1} MiB (allocator resident {:.1}, RocksDB {:.1}), {:.0} dedupe keys",
+            mib(rss_end),
+            memory_end.allocated_mib,
+            memory_end.allocator_resident_mib,
+            memory_end.rocksdb_mib,
+            memory_end.dedupe_keys
+        );
+        json!({ "seconds": self.quiet_seconds, "start": at(rss_start, &memory_start), "end": at(rss_end, &memory_end) })
     }
 }

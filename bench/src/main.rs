@@ -79,6 +79,11 @@ struct Args {
     /// its cap of keys whatever the ingest rate); the Broker's default (2 minutes) if empty.
     #[arg(long, default_value = "")]
     dedupe_window: String,
+    /// `backlog`: after the steady-state run, seconds with nothing published; the nodes' memory at their start
+    /// and end (what a quiet node gives back: an idle stream's dedupe window goes after the window and the
+    /// node's `--dedupe-idle-grace-ms`). 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    quiet_seconds: u64,
     /// `dispatch`: comma-separated publish rates (events/s) for the latency runs.
     #[arg(long, default_value = "100,500")]
     rates: String,
@@ -197,6 +202,7 @@ async fn main() -> Result<()> {
             batch: sizes.iter().copied().max().unwrap_or(64).max(1),
             steady_seconds: args.seconds,
             dedupe_window: (!args.dedupe_window.is_empty()).then(|| args.dedupe_window.clone()),
+            quiet_seconds: args.quiet_seconds,
             json: args.json.is_some(),
         };
         return bench.run().await;
