@@ -140,11 +140,6 @@ impl Group {
 /// How often the log-index gauges are read (openraft's full metrics are not followed: below).
 const INDEX_GAUGES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Per-group gauges and the leader-change counter, from openraft's metrics.
-///
-/// openraft sends its full metrics at every turn of its core loop, several times per entry; following them
-/// woke this task as often. It wakes when the server metrics change (role, leader, vote: the leader-change
-/// counter misses none) and reads the log indexes every [`INDEX_GAUGES_EVERY`].
 /// How often a group's idle dedupe windows are looked for.
 const DEDUPE_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -167,6 +162,11 @@ async fn release_idle_dedupe_windows(raft: Raft) {
     }
 }
 
+/// Per-group gauges and the leader-change counter, from openraft's metrics.
+///
+/// openraft sends its full metrics at every turn of its core loop, several times per entry; following them
+/// woke this task as often. It wakes when the server metrics change (role, leader, vote: the leader-change
+/// counter misses none) and reads the log indexes every [`INDEX_GAUGES_EVERY`].
 async fn publish_metrics(group: GroupId, raft: Raft) {
     let label = group_name(group);
     let committed = metrics::gauge!("sluice_raft_commit_index", "group" => label.clone());

@@ -38,7 +38,7 @@ use crate::command::{
     StoredMembership, StreamAppend, TypeConfig, decode, encode,
 };
 use crate::store::dedupe_expiry::DedupeHorizons;
-use crate::store::dedupe_window::{DedupeWindow, Fingerprint, LiveRange, index_value, worth_holding};
+use crate::store::dedupe_window::{Fingerprint, LiveRange, index_value};
 use crate::store::keys::{
     CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBER_REMOVALS, SM_MEMBERSHIP,
     SM_RESOURCE, SM_STREAM, event_key, offset_key, split_resource_key, stream_state_key, tag_key, time_index_key,
@@ -47,9 +47,10 @@ use crate::store::keys::{
 use crate::store::snapshot::Snapshot;
 use crate::store::stream_keys::StreamKeys;
 
-mod dedupe_rebuild;
+mod held_windows;
 mod resources;
 
+use held_windows::HeldWindow;
 use resources::{AnnotationChange, ResourceRules};
 
 pub(crate) use super::read_view::{AppliedConfig, ReadBatch, StoredRecord, StreamExtent, StreamView};
@@ -73,8 +74,8 @@ pub(crate) struct GroupStateMachine {
     /// kept in the `dedupe` column family.
     dedupe_horizons: Arc<DedupeHorizons>,
     /// The live dedupe keys of the streams worth holding in memory, by stream id (dedupe_window.rs,
-    /// `dedupe_rebuild.rs`): rebuilt by `reload`, released when idle, rebuilt at a stream's next append.
-    dedupe_windows: HashMap<u32, DedupeWindow>,
+    /// `held_windows.rs`): rebuilt by `reload`, released when idle, rebuilt at a stream's next append.
+    dedupe_windows: HashMap<u32, HeldWindow>,
     /// Which windows are worth holding: the clock and the grace.
     dedupe_memory: DedupeMemory,
 }
@@ -188,15 +189,7 @@ impl GroupStateMachine {
         }
         let (applied, _) = self.read_applied_state()?;
         let started = std::time::Instant::now();
-        let (now_ms, grace_ms) = ((self.dedupe_memory.clock_ms)(), self.dedupe_memory.idle_grace_ms);
-        let mut dedupe_windows = HashMap::new();
-        // Only the windows worth holding now; another stream's is rebuilt at its next append with dedupe.
-        let held = |s: &&StreamState| worth_holding(s.last_arrival_ms, s.dedupe_horizon_ms, now_ms, grace_ms);
-        for state in streams.values().filter(held) {
-            let range = LiveRange::of(state.start_offset, state.next_offset, state.dedupe_horizon_ms);
-            dedupe_windows.insert(state.id, self.rebuild_dedupe_window(state, range)?);
-        }
-        self.dedupe_windows = dedupe_windows;
+        self.dedupe_windows = self.windows_worth_holding(&streams)?;
         if self.dedupe_keys() > 0 {
             tracing::info!(
                 group = self.group,
@@ -225,7 +218,7 @@ impl GroupStateMachine {
 
     /// Dedupe keys held in memory for this group's streams.
     pub(super) fn dedupe_keys(&self) -> usize {
-        self.dedupe_windows.values().map(DedupeWindow::len).sum()
+        self.dedupe_windows.values().map(|held| held.window.len()).sum()
     }
 
     fn publish_dedupe_keys(&self) {
@@ -279,7 +272,7 @@ impl GroupStateMachine {
                 }
                 let fingerprints: Vec<Fingerprint> = dedupe.keys.iter().map(|key| Fingerprint::of_key(key)).collect();
                 let range = LiveRange::of(state.start_offset, state.next_offset, dedupe_horizon_ms);
-                self.hold_dedupe_window(&state, range)?;
+                self.hold_dedupe_window(&append.stream, &state, range, dedupe.window_ms)?;
                 let mut lookup = StreamKeys {
                     db: &self.db,
                     group: self.group,
@@ -287,9 +280,9 @@ impl GroupStateMachine {
                     keys: &dedupe.keys,
                     horizon_ms: dedupe_horizon_ms,
                 };
-                let window =
+                let held =
                     self.dedupe_windows.get_mut(&state.id).ok_or_else(|| io_err("a dedupe window held is missing"))?;
-                let admitted = window.admit(range, first_offset, arrival_ms, &fingerprints, &mut lookup)?;
+                let admitted = held.window.admit(range, first_offset, arrival_ms, &fingerprints, &mut lookup)?;
                 Some((fingerprints, admitted))
             }
             None => None,
@@ -576,8 +569,8 @@ impl GroupStateMachine {
             }
         }
         for (stream_id, _) in &dedupe_horizons {
-            if let Some(window) = self.dedupe_windows.get_mut(stream_id) {
-                window.written();
+            if let Some(held) = self.dedupe_windows.get_mut(stream_id) {
+                held.window.written();
             }
         }
         if !dedupe_horizons.is_empty() {

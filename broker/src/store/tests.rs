@@ -906,6 +906,35 @@ async fn keys_an_earlier_version_kept_on_disk_still_catch_duplicates() {
     assert_eq!(sm.view().end_offset("d"), 3, "past the window, the old key no longer counts");
 }
 
+/// Regression (review of session 67): a window rebuilt in the middle of an apply batch took the stream's end as
+/// staged, past an append without dedupe earlier in the batch, for where an earlier version's last append
+/// ends; that append's key, trimmed with its event, then counted again on the replica that rebuilt, and not on
+/// one that held its window.
+#[tokio::test]
+async fn a_window_rebuilt_mid_batch_ends_an_earlier_versions_append_where_the_index_does() {
+    const T: u64 = 1_000_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now_ms = Arc::new(AtomicU64::new(T));
+    {
+        let (store, mut sm) = open_at(dir.path(), 2, now_ms.clone());
+        apply(&mut sm, vec![entry(1, LogCommand::append(vec![dedupe_append_to("d", T, &["old"])]))]).await;
+        // Written the old way: the key in `dedupe`, the index value empty.
+        let db = store.db();
+        let index = cf(db, crate::store::keys::CF_TIME_INDEX).expect("cf");
+        let keys: Vec<_> = db.iterator_cf(index, rocksdb::IteratorMode::Start).map(|kv| kv.expect("kv").0).collect();
+        db.put_cf(index, &keys[0], []).expect("put");
+        let dedupe = cf(db, crate::store::keys::CF_DEDUPE).expect("cf");
+        db.put_cf(dedupe, crate::store::keys::dedupe_seen_key(2, 0, b"old"), T.to_be_bytes()).expect("put");
+        apply(&mut sm, vec![entry(2, LogCommand::Trim { stream: "d".into(), before_offset: 1 })]).await;
+    }
+    // Reopened by a clock past the window: no window held, the next append with dedupe rebuilds it.
+    now_ms.store(T + 10 * 60_000, Ordering::Relaxed);
+    let (_store, mut sm) = open_at(dir.path(), 2, now_ms);
+    let batch = vec![append("d", T + 1_000, &["plain"]), dedupe_append_to("d", T + 1_000, &["old"])];
+    apply(&mut sm, vec![entry(3, LogCommand::append(batch))]).await;
+    assert_eq!(sm.view().end_offset("d"), 3, "old's event was trimmed: old is new again, as with a window held");
+}
+
 /// A follower that installs a snapshot rebuilds the windows from it, and decides as the leader does.
 #[tokio::test]
 async fn a_snapshot_carries_the_dedupe_window() {

@@ -504,24 +504,27 @@ fn one_key_appends_of_one_arrival_share_a_span() {
     assert_eq!(index.append(&mut rebuilt, trimmed, 72, 300, &[fp("5")]), [true]);
 }
 
-/// Which windows a node keeps in memory: by the stream's last arrival and horizon (its window) and the
-/// node's clock. (Whatever it decides, the decisions stay exact: the proptests release windows at random.)
+/// Which windows a node keeps in memory: by the window, when the stream was last used and the node's clock.
+/// (Whatever it decides, the decisions stay exact: the proptests release windows at random.)
 #[test]
 fn a_window_is_held_while_its_stream_may_still_send_within_it() {
     let minute = 60_000;
-    // (last arrival, horizon, now, held)
+    let grace = DEFAULT_IDLE_GRACE_MS;
+    // (window, last used, now, held)
     let table = [
-        (10 * minute, 8 * minute, 10 * minute, true, "just appended"),
-        (10 * minute, 8 * minute, 12 * minute + DEFAULT_IDLE_GRACE_MS, true, "window and grace not yet past"),
-        (10 * minute, 8 * minute, 12 * minute + DEFAULT_IDLE_GRACE_MS + 1, false, "window and grace past"),
-        (10 * minute, 8 * minute, 5 * minute, true, "a clock behind the leader's holds"),
-        (10 * minute, 0, 10 * minute, false, "never an append with dedupe: nothing to hold"),
-        (10 * minute, 10 * minute, 10 * minute + DEFAULT_IDLE_GRACE_MS + 1, false, "a zero window: the grace alone"),
-        (u64::MAX, 1, u64::MAX, true, "no overflow"),
+        (Some(2 * minute), 10 * minute, 10 * minute, true, "just used"),
+        (Some(2 * minute), 10 * minute, 12 * minute + grace, true, "window and grace not yet past"),
+        (Some(2 * minute), 10 * minute, 12 * minute + grace + 1, false, "window and grace past"),
+        (Some(2 * minute), 10 * minute, 5 * minute, true, "a clock that went back holds"),
+        (None, 10 * minute, 10 * minute, false, "never an append with dedupe: nothing to hold"),
+        (Some(0), 10 * minute, 10 * minute + grace + 1, false, "a zero window: the grace alone"),
+        (Some(u64::MAX), u64::MAX, 0, true, "no overflow"),
     ];
-    for (last_arrival_ms, horizon_ms, now_ms, held, why) in table {
-        assert_eq!(worth_holding(last_arrival_ms, horizon_ms, now_ms, DEFAULT_IDLE_GRACE_MS), held, "{why}");
+    for (window_ms, last_used_ms, now_ms, held, why) in table {
+        assert_eq!(worth_holding(window_ms, last_used_ms, now_ms, grace), held, "{why}");
     }
-    assert!(!worth_holding(10 * minute, 8 * minute, 12 * minute + 1, 0), "no grace: the window alone");
-    assert!(worth_holding(10 * minute, 8 * minute, 12 * minute, 0));
+    assert!(!worth_holding(Some(2 * minute), 10 * minute, 12 * minute + 1, 0), "no grace: the window alone");
+    assert!(worth_holding(Some(2 * minute), 10 * minute, 12 * minute, 0));
+    assert_eq!(window_shown(10 * minute, 8 * minute), Some(2 * minute));
+    assert_eq!(window_shown(10 * minute, 0), None, "no horizon: no append with dedupe yet");
 }
