@@ -101,8 +101,9 @@ fn mib(bytes: u64) -> f64 {
 }
 
 /// Publishes batches of `batch` events from `producers` tasks until `total` were acknowledged (`total` = None:
-/// until `until`). Answers the events acknowledged.
+/// until `until`), their ids numbered from `first_id`. Answers the events acknowledged.
 async fn publish(
+    first_id: u64,
     urls: &[String],
     producers: usize,
     batch: usize,
@@ -130,7 +131,7 @@ async fn publish(
                 };
                 let payloads: Vec<bytes::Bytes> =
                     (first..first + count).map(|seq| crate::driver::payload(seq, 0, payload_bytes)).collect();
-                let body = batch_body(first, &payloads)?;
+                let body = batch_body(first_id + first, &payloads)?;
                 // A refused batch is sent again (same ids: the broker's dedupe keeps it once).
                 loop {
                     let response = client.post(&url).header("content-type", BATCH).body(body.clone()).send().await;
@@ -186,7 +187,8 @@ impl BacklogBench {
 
         println!("backlog: publishing {} events of {} B, {} per request", self.events, self.payload_bytes, self.batch);
         let started = Instant::now();
-        let published = publish(&urls, self.producers, self.batch, self.payload_bytes, Some(self.events), None).await?;
+        let published =
+            publish(0, &urls, self.producers, self.batch, self.payload_bytes, Some(self.events), None).await?;
         let ingest_s = started.elapsed().as_secs_f64();
         let rss_backlog_peak = sampler.take_peak().max(nodes_rss(&pids));
         let rss_backlog_end = nodes_rss(&pids);
@@ -226,7 +228,12 @@ impl BacklogBench {
         let window = Duration::from_secs(self.steady_seconds.max(3));
         let producing = Instant::now() + window + Duration::from_secs(1);
         let (urls, producers, batch, payload) = (urls.clone(), self.producers, self.batch, self.payload_bytes);
-        let load = tokio::spawn(async move { publish(&urls, producers, batch, payload, None, Some(producing)).await });
+        // Ids after the backlog's (regression: from 0 again, a backlog ingested within the Broker's dedupe window
+        // made every steady-state event a duplicate, and the steady rate read 0).
+        let load =
+            tokio::spawn(
+                async move { publish(published, &urls, producers, batch, payload, None, Some(producing)).await },
+            );
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (from, at) = (delivered.load(Ordering::Acquire), Instant::now());
         tokio::time::sleep(window).await;

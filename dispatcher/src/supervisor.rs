@@ -323,11 +323,14 @@ async fn reconcile(
         if running.remove(&(stream.clone(), partition)).is_some() {
             tracing::warn!(%stream, partition, "partition dispatcher ended; starting it again");
         }
+        // Lost since `led` was read: the next reconcile starts it where the partition is led.
+        let Some(leader_term) = node.partition_leader_term(partition) else { continue };
         let ctx = DeliveryContext { node: node.clone(), sender: sender.clone(), partition, limits: limits.clone() };
         let partition_settings = PartitionSettings {
             commit_interval: settings.commit_interval,
             read_batch: settings.read_batch,
             partitions,
+            leader_term,
         };
         let (control, task) = PartitionDispatcher::spawn(ctx, stream.clone(), partition_settings);
         running.insert((stream, partition), Running { control, task, fingerprint: Vec::new() });

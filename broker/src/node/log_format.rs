@@ -28,8 +28,10 @@ pub(crate) const FORMAT_COMMIT_OFFSETS_IF: u64 = 4;
 /// With the apply conditional on the stored object's version (`ApplyResourceIfVersion`) that the admin API's
 /// Apply takes (session 65).
 pub(crate) const FORMAT_APPLY_IF_VERSION: u64 = 5;
+/// With the offset commit fenced by its dispatcher's term (`CommitOffsetsInTerm`, session 67).
+pub(crate) const FORMAT_COMMIT_IN_TERM: u64 = 6;
 /// The newest format this version reads and writes.
-pub(crate) const LOG_FORMAT: u64 = FORMAT_APPLY_IF_VERSION;
+pub(crate) const LOG_FORMAT: u64 = FORMAT_COMMIT_IN_TERM;
 
 /// How often a node tries to publish its format until it is stored.
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);

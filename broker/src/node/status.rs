@@ -133,6 +133,17 @@ impl Node {
         self.group(partition_group(partition)).map(|g| leads_with_own_term_applied(&g.raft)).unwrap_or(false)
     }
 
+    /// The term in which this node leads `partition` with its own term applied (as
+    /// [`Node::leads_partition_applied`]), read at once; `None` when it does not. A partition dispatcher started
+    /// now fences its commits with it ([`Node::commit_offsets_in_term`]).
+    pub fn partition_leader_term(&self, partition: u32) -> Option<u64> {
+        let group = self.group(partition_group(partition)).ok()?;
+        let metrics = group.raft.metrics();
+        let m = metrics.borrow_watched();
+        let applied_term = m.last_applied.as_ref().map(|id| id.committed_leader_id().term);
+        Leadership::of(m.state, m.current_leader, m.current_term, applied_term).serving.then_some(m.current_term)
+    }
+
     /// A counter bumped whenever a group of this node starts or changes
     /// leader or server state; watchers re-check [`Node::leads_partition`].
     pub fn watch_leadership(&self) -> watch::Receiver<u64> {

@@ -125,6 +125,34 @@ impl Node {
         }
     }
 
+    /// A partition dispatcher's [`Node::commit_offsets`], fenced by `term`, the term in which this node led the
+    /// partition when the dispatcher started ([`Node::partition_leader_term`]): `Ok(true)` once committed,
+    /// `Ok(false)` when the entry was appended in another term (this node was deposed meanwhile: nothing is
+    /// written, and the dispatcher should stop). Until every member reads the fenced entry (a rolling
+    /// upgrade) the commit is written unfenced, as before.
+    pub async fn commit_offsets_in_term(
+        &self,
+        partition: u32,
+        term: u64,
+        commits: Vec<OffsetCommit>,
+    ) -> Result<bool, BrokerError> {
+        if self.cluster_log_format() < super::log_format::FORMAT_COMMIT_IN_TERM {
+            return self.commit_offsets(partition, commits).await.map(|()| true);
+        }
+        for commit in &commits {
+            validate_cursor_name(&commit.cursor)?;
+        }
+        let group = self.partition_group_id(partition)?;
+        if commits.is_empty() {
+            return Ok(true);
+        }
+        let command = LogCommand::CommitOffsetsInTerm { term, commits };
+        match self.write(group, ForwardedWrite::Command(command)).await? {
+            ForwardedReply::Response(LogResponse::Applied { outcome }) => Ok(outcome == "committed"),
+            other => Err(BrokerError::Bug { group, reason: format!("unexpected reply {other:?}") }),
+        }
+    }
+
     /// Forgets consumer cursors in `partition`'s group (absent ones are fine).
     pub async fn delete_offsets(&self, partition: u32, cursors: Vec<String>) -> Result<(), BrokerError> {
         for cursor in &cursors {

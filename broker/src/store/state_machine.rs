@@ -504,6 +504,13 @@ impl GroupStateMachine {
                 }
                 LogResponse::Applied { outcome: if holds { "committed" } else { "conflict" }.to_string() }
             }
+            LogCommand::CommitOffsetsInTerm { term, commits } => {
+                let in_term = entry.log_id().committed_leader_id().term == *term;
+                if in_term {
+                    self.stage_commit_offsets(staged, commits)?;
+                }
+                LogResponse::Applied { outcome: if in_term { "committed" } else { "stale" }.to_string() }
+            }
             LogCommand::InitCluster(config) => match self.staged_cluster_config(staged) {
                 Some(existing) => LogResponse::AlreadyInitialized(existing.config),
                 None => {

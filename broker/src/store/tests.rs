@@ -56,7 +56,12 @@ fn append(stream: &str, arrival_ms: u64, payloads: &[&str]) -> StreamAppend {
 }
 
 fn entry(index: u64, command: LogCommand) -> crate::command::Entry {
-    let log_id = openraft::LogId::new(openraft::impls::leader_id_adv::LeaderId::new(1, 1).to_committed(), index);
+    entry_in_term(1, index, command)
+}
+
+/// An entry appended by a leader of `term`.
+fn entry_in_term(term: u64, index: u64, command: LogCommand) -> crate::command::Entry {
+    let log_id = openraft::LogId::new(openraft::impls::leader_id_adv::LeaderId::new(term, 1).to_committed(), index);
     openraft::Entry { log_id, payload: openraft::EntryPayload::Normal(command) }
 }
 
@@ -610,6 +615,29 @@ async fn commits_in_one_apply_batch_see_each_other() {
     )
     .await;
     assert_eq!(view.committed_offset("c").expect("read"), Some(3), "a reset, then a commit above it");
+}
+
+/// Regression (review of session 67): a deposed leader's dispatcher could still send a forward-only commit
+/// (forwarded to the new leader) that was appended in the new leader's term after that leader's dispatcher had
+/// reset the cursor for an operator's replay; it moved the cursor forward again, and the replayed events were
+/// skipped after the next failover. Fenced by the term its dispatcher started in, it is not written.
+#[tokio::test]
+async fn a_commit_fenced_by_an_earlier_term_does_not_undo_a_reset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, mut sm) = open(dir.path(), 1);
+    let in_term = |term, offset| LogCommand::CommitOffsetsInTerm { term, commits: vec![commit("t", offset, false)] };
+    apply(&mut sm, vec![entry_in_term(1, 1, in_term(1, 100))]).await;
+    assert_eq!(sm.view().committed_offset("t").expect("read"), Some(100), "in its own term: written");
+    // The leader of term 2 replays from 50.
+    apply(&mut sm, vec![entry_in_term(2, 2, LogCommand::CommitOffsets(vec![commit("t", 50, true)]))]).await;
+    // Term 1's dispatcher's last commit lands now.
+    apply(&mut sm, vec![entry_in_term(2, 3, in_term(1, 150))]).await;
+    assert_eq!(sm.view().committed_offset("t").expect("read"), Some(50), "stale: the replay stands");
+    apply(&mut sm, vec![entry_in_term(2, 4, in_term(2, 60))]).await;
+    assert_eq!(sm.view().committed_offset("t").expect("read"), Some(60), "term 2's own commit goes on from it");
+    // Unfenced, as before (and as a cluster still being upgraded writes it), it would have undone the replay.
+    apply(&mut sm, vec![entry_in_term(2, 5, LogCommand::CommitOffsets(vec![commit("t", 150, false)]))]).await;
+    assert_eq!(sm.view().committed_offset("t").expect("read"), Some(150));
 }
 
 #[tokio::test]

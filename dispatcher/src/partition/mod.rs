@@ -102,6 +102,9 @@ pub(crate) struct PartitionSettings {
     /// Records per read.
     pub read_batch: usize,
     pub partitions: u32,
+    /// The term in which this node led the partition when the dispatcher started: every commit is fenced by
+    /// it (`Node::commit_offsets_in_term`), so that one sent after this node was deposed is not written.
+    pub leader_term: u64,
 }
 
 pub(crate) struct PartitionDispatcher {
@@ -125,6 +128,9 @@ pub(crate) struct PartitionDispatcher {
     windows_stale: bool,
     /// Consumers whose start failed (their offset could not be read), tried again at every commit tick.
     unstarted: BTreeMap<String, Arc<ConsumerSpec>>,
+    /// A commit came back stale: this node no longer leads the partition in the term the dispatcher started
+    /// in. The dispatcher stops (the supervisor starts another where the partition is led now).
+    deposed: bool,
 }
 
 impl PartitionDispatcher {
@@ -147,6 +153,7 @@ impl PartitionDispatcher {
             lookahead: HashMap::new(),
             windows_stale: true,
             unstarted: BTreeMap::new(),
+            deposed: false,
         };
         (tx, tokio::spawn(dispatcher.run(rx)))
     }
@@ -169,7 +176,7 @@ impl PartitionDispatcher {
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Room at a full subscriber (capacity grew, a slot was given back) wakes this dispatcher.
         let mut room = self.ctx.limits.as_ref().map(|limits| limits.wake());
-        loop {
+        while !self.deposed {
             let more_to_read = self.pump().await;
             // The deliveries are polled in every turn, whichever branch the select below takes: the ones `pump`
             // just started send their requests, the ones that ended settle and give back their slots, aborted
@@ -225,7 +232,9 @@ impl PartitionDispatcher {
             }
         }
         self.deliveries.clear();
-        self.commit(true).await;
+        if !self.deposed {
+            self.commit(true).await;
+        }
         for consumer in self.reading.consumers.values() {
             gauges::clear(&consumer.spec, partition);
         }
@@ -285,9 +294,15 @@ impl PartitionDispatcher {
         self.reading.finish_update();
         if !final_commits.is_empty() {
             let node = self.ctx.node.clone();
-            let (written, ended) = self.while_delivering(node.commit_offsets(self.partition(), final_commits)).await;
-            if let Err(e) = written {
-                tracing::warn!(stream = %self.stream, partition = self.partition(), error = %e, "final offset commit failed");
+            let term = self.settings.leader_term;
+            let (written, ended) =
+                self.while_delivering(node.commit_offsets_in_term(self.partition(), term, final_commits)).await;
+            match written {
+                Ok(true) => {}
+                Ok(false) => self.was_deposed(),
+                Err(e) => {
+                    tracing::warn!(stream = %self.stream, partition = self.partition(), error = %e, "final offset commit failed")
+                }
             }
             ended.into_iter().for_each(|ended| self.settle_ended(ended));
         }
@@ -634,10 +649,12 @@ impl PartitionDispatcher {
             return;
         }
         let node = self.ctx.node.clone();
+        let term = self.settings.leader_term;
         let (written, ended) =
-            self.while_delivering(node.commit_offsets(self.partition(), commits.commits.clone())).await;
+            self.while_delivering(node.commit_offsets_in_term(self.partition(), term, commits.commits.clone())).await;
         match written {
-            Ok(()) => self.reading.committed(commits),
+            Ok(true) => self.reading.committed(commits),
+            Ok(false) => self.was_deposed(),
             Err(e) => {
                 tracing::warn!(stream = %self.stream, partition = self.partition(), error = %e, "offset commit failed")
             }
@@ -645,6 +662,19 @@ impl PartitionDispatcher {
         for ended in ended {
             self.settle_ended(ended);
         }
+    }
+
+    /// A commit came back stale (appended in a later term than this dispatcher's): nothing of it was written, and
+    /// nothing more will be; the dispatcher stops at its next turn.
+    fn was_deposed(&mut self) {
+        tracing::info!(
+            stream = %self.stream,
+            partition = self.partition(),
+            term = self.settings.leader_term,
+            "this node no longer leads the partition in the term dispatch started in: its commit was not written"
+        );
+        metrics::counter!("sluice_dispatch_stale_commits_total").increment(1);
+        self.deposed = true;
     }
 
     fn publish_gauges(&self) {
