@@ -134,12 +134,12 @@ pub(crate) enum LogCommand {
     /// copy was behind or another apply landed in between. Answers [`LogResponse::Applied`], `conflict` when the
     /// condition does not hold (nothing is written).
     ApplyResourceIfVersion { record: ResourceRecord, expected_version: Option<u64> },
-    /// A partition dispatcher's `CommitOffsets`, only when the entry is appended in `term`, the term in which
-    /// the dispatcher's node led the partition when it started (partition groups). A dispatcher whose node was
-    /// deposed can still send a commit (forwarded to the new leader, or retried there); appended in a later
-    /// term, it could move a cursor the new leader's dispatcher had reset (an operator's replay) forward again.
-    /// Answers [`LogResponse::Applied`], `committed`, or `stale` (nothing is written).
-    CommitOffsetsInTerm { term: u64, commits: Vec<OffsetCommit> },
+    /// A partition dispatcher's `CommitOffsets`, only when the entry is appended by the leader the dispatcher
+    /// started under: `leader` in `term` (partition groups). A dispatcher whose node was deposed can still send
+    /// a commit (forwarded to the new leader, or retried there); appended by a later leader, it could move a
+    /// cursor that leader's dispatcher had reset (an operator's replay) forward again. Answers
+    /// [`LogResponse::Applied`], `committed`, or `stale` (nothing is written).
+    CommitOffsetsInTerm { term: u64, leader: NodeId, commits: Vec<OffsetCommit> },
 }
 
 /// One consumer cursor's position: the next offset it will read.
@@ -196,8 +196,8 @@ impl fmt::Display for LogCommand {
             LogCommand::CommitOffsetsIf { expected, commits } => {
                 write!(f, "CommitOffsetsIf({} cursors if {} are as expected)", commits.len(), expected.len())
             }
-            LogCommand::CommitOffsetsInTerm { term, commits } => {
-                write!(f, "CommitOffsetsInTerm({} cursors in term {term})", commits.len())
+            LogCommand::CommitOffsetsInTerm { term, leader, commits } => {
+                write!(f, "CommitOffsetsInTerm({} cursors, leader {leader} of term {term})", commits.len())
             }
         }
     }

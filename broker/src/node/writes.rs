@@ -127,8 +127,8 @@ impl Node {
 
     /// A partition dispatcher's [`Node::commit_offsets`], fenced by `term`, the term in which this node led the
     /// partition when the dispatcher started ([`Node::partition_leader_term`]): `Ok(true)` once committed,
-    /// `Ok(false)` when the entry was appended in another term (this node was deposed meanwhile: nothing is
-    /// written, and the dispatcher should stop). Until every member reads the fenced entry (a rolling
+    /// `Ok(false)` when the entry was appended by another leader (this node, or this node in `term`: it was
+    /// deposed meanwhile; nothing is written, and the dispatcher should stop). Until every member reads the fenced entry (a rolling
     /// upgrade) the commit is written unfenced, as before.
     pub async fn commit_offsets_in_term(
         &self,
@@ -146,7 +146,7 @@ impl Node {
         if commits.is_empty() {
             return Ok(true);
         }
-        let command = LogCommand::CommitOffsetsInTerm { term, commits };
+        let command = LogCommand::CommitOffsetsInTerm { term, leader: self.id(), commits };
         match self.write(group, ForwardedWrite::Command(command)).await? {
             ForwardedReply::Response(LogResponse::Applied { outcome }) => Ok(outcome == "committed"),
             other => Err(BrokerError::Bug { group, reason: format!("unexpected reply {other:?}") }),

@@ -504,8 +504,10 @@ impl GroupStateMachine {
                 }
                 LogResponse::Applied { outcome: if holds { "committed" } else { "conflict" }.to_string() }
             }
-            LogCommand::CommitOffsetsInTerm { term, commits } => {
-                let in_term = entry.log_id().committed_leader_id().term == *term;
+            LogCommand::CommitOffsetsInTerm { term, leader, commits } => {
+                let log_id = entry.log_id();
+                let appended_by = log_id.committed_leader_id();
+                let in_term = appended_by.term == *term && appended_by.node_id == *leader;
                 if in_term {
                     self.stage_commit_offsets(staged, commits)?;
                 }

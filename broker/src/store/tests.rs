@@ -625,7 +625,8 @@ async fn commits_in_one_apply_batch_see_each_other() {
 async fn a_commit_fenced_by_an_earlier_term_does_not_undo_a_reset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_store, mut sm) = open(dir.path(), 1);
-    let in_term = |term, offset| LogCommand::CommitOffsetsInTerm { term, commits: vec![commit("t", offset, false)] };
+    let in_term =
+        |term, offset| LogCommand::CommitOffsetsInTerm { term, leader: 1, commits: vec![commit("t", offset, false)] };
     apply(&mut sm, vec![entry_in_term(1, 1, in_term(1, 100))]).await;
     assert_eq!(sm.view().committed_offset("t").expect("read"), Some(100), "in its own term: written");
     // The leader of term 2 replays from 50.
@@ -635,8 +636,12 @@ async fn a_commit_fenced_by_an_earlier_term_does_not_undo_a_reset() {
     assert_eq!(sm.view().committed_offset("t").expect("read"), Some(50), "stale: the replay stands");
     apply(&mut sm, vec![entry_in_term(2, 4, in_term(2, 60))]).await;
     assert_eq!(sm.view().committed_offset("t").expect("read"), Some(60), "term 2's own commit goes on from it");
+    // Another node's dispatcher of the same term (openraft's leader ids allow one leader per node and term).
+    let other_leader = LogCommand::CommitOffsetsInTerm { term: 2, leader: 2, commits: vec![commit("t", 90, false)] };
+    apply(&mut sm, vec![entry_in_term(2, 5, other_leader)]).await;
+    assert_eq!(sm.view().committed_offset("t").expect("read"), Some(60), "appended by node 1, not node 2: stale");
     // Unfenced, as before (and as a cluster still being upgraded writes it), it would have undone the replay.
-    apply(&mut sm, vec![entry_in_term(2, 5, LogCommand::CommitOffsets(vec![commit("t", 150, false)]))]).await;
+    apply(&mut sm, vec![entry_in_term(2, 6, LogCommand::CommitOffsets(vec![commit("t", 150, false)]))]).await;
     assert_eq!(sm.view().committed_offset("t").expect("read"), Some(150));
 }
 
