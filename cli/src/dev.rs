@@ -14,7 +14,8 @@ use sluice_broker::{Listen, start_node};
 use tokio::process::{Child, Command};
 
 use crate::cluster_cmd;
-use crate::node_cmd::{IngressArgs, TuningArgs, settings};
+use crate::node_cmd::{IngressArgs, settings};
+use crate::tuning_args::TuningArgs;
 
 #[derive(Args, Debug)]
 pub(crate) struct DevArgs {

@@ -62,6 +62,7 @@ mod selector;
 mod statefulset;
 mod table;
 mod trigger_cmd;
+mod tuning_args;
 
 use std::process::ExitCode;
 

@@ -50,6 +50,7 @@ use crate::store::stream_keys::StreamKeys;
 mod held_windows;
 mod resources;
 
+pub(crate) use held_windows::DedupeMemory;
 use held_windows::HeldWindow;
 use resources::{AnnotationChange, ResourceRules};
 
@@ -78,25 +79,6 @@ pub(crate) struct GroupStateMachine {
     dedupe_windows: HashMap<u32, HeldWindow>,
     /// Which windows are worth holding: the clock and the grace.
     dedupe_memory: DedupeMemory,
-}
-
-/// A clock in milliseconds since the epoch.
-pub(crate) type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-/// What decides which streams' dedupe windows a group holds in memory (`dedupe_window::worth_holding`).
-#[derive(Clone)]
-pub(crate) struct DedupeMemory {
-    /// This node's clock; injected by tests.
-    pub clock_ms: WallClock,
-    /// How long past its window an idle stream keeps its window.
-    pub idle_grace_ms: u64,
-}
-
-impl DedupeMemory {
-    /// The node's clock (as a partition leader stamps arrivals with it) and `idle_grace_ms`.
-    pub(crate) fn with_grace(idle_grace_ms: u64) -> Self {
-        DedupeMemory { clock_ms: Arc::new(|| crate::wall_clock().timestamp_millis().max(0) as u64), idle_grace_ms }
-    }
 }
 
 impl GroupStateMachine {

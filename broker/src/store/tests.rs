@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::*;
 use crate::command::{LogCommand, StreamAppend, TypeConfig};
 use crate::store::keys::CF_EVENTS;
-use crate::store::state_machine::WallClock;
 use crate::store::{StoredRecord, StreamExtent, StreamView};
 
 struct RocksBuilder;
@@ -90,8 +89,10 @@ fn open(dir: &std::path::Path, group: u32) -> (Store, GroupStateMachine) {
 /// A state machine whose clock reads `now_ms`, which the test moves.
 fn open_at(dir: &std::path::Path, group: u32, now_ms: Arc<AtomicU64>) -> (Store, GroupStateMachine) {
     let store = Store::open(dir).expect("open store");
-    let clock_ms: WallClock = Arc::new(move || now_ms.load(Ordering::Relaxed));
-    let dedupe_memory = DedupeMemory { clock_ms, idle_grace_ms: DEFAULT_IDLE_GRACE_MS };
+    let dedupe_memory = DedupeMemory {
+        clock_ms: Arc::new(move || now_ms.load(Ordering::Relaxed)),
+        idle_grace_ms: DEFAULT_IDLE_GRACE_MS,
+    };
     let sm = GroupStateMachine::open(
         store.db().clone(),
         group,

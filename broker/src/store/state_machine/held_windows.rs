@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 
 use rocksdb::{Direction, IteratorMode, ReadOptions};
 
@@ -18,6 +19,25 @@ use crate::store::dedupe_window::{
 use crate::store::keys::{CF_TIME_INDEX, time_index_arrival_of, time_index_key, time_index_offset_of};
 use crate::store::read_view::StreamState;
 use crate::store::{cf, io_err};
+
+/// A clock in milliseconds since the epoch.
+pub(crate) type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// What decides which streams' dedupe windows a group holds in memory (`dedupe_window::worth_holding`).
+#[derive(Clone)]
+pub(crate) struct DedupeMemory {
+    /// This node's clock; injected by tests.
+    pub clock_ms: WallClock,
+    /// How long past its window an idle stream keeps its window.
+    pub idle_grace_ms: u64,
+}
+
+impl DedupeMemory {
+    /// The node's clock (as a partition leader stamps arrivals with it) and `idle_grace_ms`.
+    pub(crate) fn with_grace(idle_grace_ms: u64) -> Self {
+        DedupeMemory { clock_ms: Arc::new(|| crate::wall_clock().timestamp_millis().max(0) as u64), idle_grace_ms }
+    }
+}
 
 /// A stream's window in memory, and what the sweep weighs it by.
 pub(super) struct HeldWindow {
