@@ -127,9 +127,9 @@ impl Node {
 
     /// A partition dispatcher's [`Node::commit_offsets`], fenced by `term`, the term in which this node led the
     /// partition when the dispatcher started ([`Node::partition_leader_term`]): `Ok(true)` once committed,
-    /// `Ok(false)` when the entry was appended by another leader (this node, or this node in `term`: it was
-    /// deposed meanwhile; nothing is written, and the dispatcher should stop). Until every member reads the fenced entry (a rolling
-    /// upgrade) the commit is written unfenced, as before.
+    /// `Ok(false)` when the entry was appended by another leader than this node in `term` (it was deposed
+    /// meanwhile, or leads again in a later term): nothing is written, and the dispatcher should stop. Until
+    /// every member reads the fenced entry (a rolling upgrade) the commit is written unfenced, as before.
     pub async fn commit_offsets_in_term(
         &self,
         partition: u32,

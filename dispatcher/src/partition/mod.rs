@@ -666,8 +666,8 @@ impl PartitionDispatcher {
         }
     }
 
-    /// A commit came back stale (appended in a later term than this dispatcher's): nothing of it was written, and
-    /// nothing more will be; the dispatcher stops at its next turn.
+    /// A commit came back stale (appended by another leader than the one this dispatcher started under): nothing
+    /// of it was written, and nothing more will be; the dispatcher stops at its next turn.
     fn was_deposed(&mut self) {
         tracing::info!(
             stream = %self.stream,
