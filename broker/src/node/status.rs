@@ -130,7 +130,7 @@ impl Node {
     /// Until then the partition's state (committed offsets) may not yet read as the last leader left it, so the
     /// dispatcher starts only from here (`handover`).
     pub fn leads_partition_applied(&self, partition: u32) -> bool {
-        self.group(partition_group(partition)).map(|g| leads_with_own_term_applied(&g.raft)).unwrap_or(false)
+        self.partition_leader_term(partition).is_some()
     }
 
     /// The term in which this node leads `partition` with its own term applied (as
@@ -149,13 +149,6 @@ impl Node {
     pub fn watch_leadership(&self) -> watch::Receiver<u64> {
         self.inner.leadership.subscribe()
     }
-}
-
-fn leads_with_own_term_applied(raft: &Raft) -> bool {
-    let metrics = raft.metrics();
-    let m = metrics.borrow_watched();
-    let applied_term = m.last_applied.as_ref().map(|id| id.committed_leader_id().term);
-    Leadership::of(m.state, m.current_leader, m.current_term, applied_term).serving
 }
 
 /// What a group's leadership watchers react to.
