@@ -13,6 +13,8 @@
 //!   beyond the first per event) are reported as a rate (at-least-once).
 //! - **committed offsets never go back**: per (node, incarnation, Trigger, partition) as observed in order,
 //!   and the final committed offsets are at least every offset observed during the run.
+//! - **committed offsets apart**: a (Trigger, partition) whose final committed offset differs between nodes
+//!   after the drain (the offsets are replicated state: every node applies the same commits). Must be 0.
 //! - **refused but stored**: an event whose every attempt was definitely refused (a 4xx), found in the log.
 //!   Must be 0.
 //! - **out of order**: two events one producer had acknowledged one after the other, in the same partition at
@@ -115,6 +117,8 @@ pub struct Report {
     pub triggers: BTreeMap<String, TriggerFigures>,
     pub offset_observations: usize,
     pub offset_regressions: Vec<String>,
+    /// (Trigger, partition)s whose final committed offsets differ between nodes.
+    pub offsets_apart: Vec<String>,
     pub unavailability: Vec<Unavailability>,
     /// Nodes that did not recover after healing (not ready, or unreadable): the cluster did not heal.
     pub unrecovered: Vec<String>,
@@ -173,6 +177,7 @@ impl Report {
             }
         }
         out.extend(self.offset_regressions.iter().map(|r| format!("committed offset went back: {r}")));
+        out.extend(self.offsets_apart.iter().map(|a| format!("committed offsets differ between nodes: {a}")));
         out.extend(self.unrecovered.iter().map(|u| format!("not recovered after healing: {u}")));
         out.extend(self.crashed.iter().map(|c| format!("crashed: {c}")));
         if !self.refused_stored.is_empty() {
@@ -229,6 +234,7 @@ impl fmt::Display for Report {
                 "COMMITTED OFFSET regressions",
                 format!("{} (of {} observations)", self.offset_regressions.len(), self.offset_observations),
             ),
+            ("COMMITTED OFFSETS apart (nodes)", self.offsets_apart.len().to_string()),
         ];
         writeln!(f, "{:-<64}", "")?;
         for (name, value) in rows {
@@ -325,7 +331,8 @@ pub fn check(history: &[Entry]) -> Report {
     // (node, incarnation, trigger, partition) → last offset
     let mut observed: BTreeMap<(u64, u32, String, u32), u64> = BTreeMap::new();
     let mut observed_max: BTreeMap<(String, u32), u64> = BTreeMap::new();
-    let mut final_max: BTreeMap<(String, u32), u64> = BTreeMap::new();
+    // (trigger, partition) → node → its final committed offset
+    let mut finals: BTreeMap<(String, u32), BTreeMap<u64, u64>> = BTreeMap::new();
     let mut first_t = None;
     let mut last_t = 0;
 
@@ -399,8 +406,7 @@ pub fn check(history: &[Entry]) -> Report {
                     let max = observed_max.entry((trigger.clone(), partition)).or_default();
                     *max = (*max).max(offset);
                     if *is_final {
-                        let max = final_max.entry((trigger.clone(), partition)).or_default();
-                        *max = (*max).max(offset);
+                        finals.entry((trigger.clone(), partition)).or_default().insert(*node, offset);
                     }
                 }
             }
@@ -411,12 +417,19 @@ pub fn check(history: &[Entry]) -> Report {
     }
     report.duration_ns = last_t.saturating_sub(first_t.unwrap_or(0));
     for ((trigger, partition), &max) in &observed_max {
-        if let Some(&fin) = final_max.get(&(trigger.clone(), *partition))
-            && fin < max
+        if let Some(fin) = finals.get(&(trigger.clone(), *partition)).and_then(|by_node| by_node.values().max())
+            && *fin < max
         {
             report.offset_regressions.push(format!(
                 "trigger {trigger} partition {partition}: {max} observed during the run, {fin} at the end"
             ));
+        }
+    }
+    for ((trigger, partition), by_node) in &finals {
+        let distinct: BTreeSet<u64> = by_node.values().copied().collect();
+        if distinct.len() > 1 {
+            let each: Vec<String> = by_node.iter().map(|(node, offset)| format!("node {node} at {offset}")).collect();
+            report.offsets_apart.push(format!("trigger {trigger} partition {partition}: {}", each.join(", ")));
         }
     }
 

@@ -1,13 +1,14 @@
 //! The end of a chaos run, after the heal: what flows in is the nodes' admin addresses, the run's Triggers and
-//! what the subscribers received; what flows out is whether every node holds the same copies (`converge`) and
-//! what still keeps the Triggers from being drained (`drain_blockers`, empty when drained), so that a drain
-//! that times out says why.
+//! what the subscribers received; what flows out is whether every node holds the same copies and committed
+//! offsets (`converge`), every node's final committed offsets read in one pass (`final_offsets`), and what still
+//! keeps the Triggers from being drained (`drain_blockers`, empty when drained), so that a drain that times out
+//! says why.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::ChaosError;
-use crate::admin_calls::{dispatch_status, end_offset, read_partition, wait_until};
+use crate::admin_calls::{committed_offsets, dispatch_status, end_offset, read_partition, wait_until};
 use crate::checker::{self, DispatchProgress};
 use crate::history::TriggerSpec;
 use crate::workload::Subscribers;
@@ -80,10 +81,13 @@ pub(crate) async fn drain_blockers(
     waiting
 }
 
-/// Waits (at most `timeout`) until every node in `admins` has the same end offset in each partition of `streams`.
+/// Waits (at most `timeout`) until every node in `admins` has the same end offset in each partition of `streams`
+/// and the same committed offset for each of `triggers` in each partition (a dispatcher's last commit may still be
+/// on its way to a follower when the drain ends).
 pub(crate) async fn converge(
     admins: &[String],
     streams: &[String],
+    triggers: &[String],
     partitions: u32,
     timeout: Duration,
 ) -> Result<(), ChaosError> {
@@ -99,7 +103,42 @@ pub(crate) async fn converge(
                 }
             }
         }
+        for trigger in triggers {
+            let mut committed = BTreeSet::new();
+            for admin in admins {
+                committed.insert(committed_offsets(admin, trigger).await.ok()?);
+            }
+            if committed.len() > 1 {
+                return None;
+            }
+        }
         Some(())
     })
     .await
+}
+
+/// One node's committed offsets for each Trigger: per partition, or the admin call's error.
+pub(crate) type NodeOffsets = Vec<Result<Vec<(u32, u64)>, String>>;
+
+/// Each node's committed offsets (per partition) for each of `triggers`, read one node after another with nothing
+/// in between: `[node][trigger]`.
+pub(crate) async fn final_offsets(admins: &[String], triggers: &[String]) -> Vec<NodeOffsets> {
+    let mut nodes = Vec::with_capacity(admins.len());
+    for admin in admins {
+        let mut each = Vec::with_capacity(triggers.len());
+        for trigger in triggers {
+            each.push(committed_offsets(admin, trigger).await.map_err(|e| e.to_string()));
+        }
+        nodes.push(each);
+    }
+    nodes
+}
+
+/// Whether every node that answered reported the same committed offsets for each Trigger.
+pub(crate) fn offsets_agree(finals: &[NodeOffsets]) -> bool {
+    let triggers = finals.first().map_or(0, Vec::len);
+    (0..triggers).all(|t| {
+        let answers: BTreeSet<&Vec<(u32, u64)>> = finals.iter().filter_map(|node| node.get(t)?.as_ref().ok()).collect();
+        answers.len() <= 1
+    })
 }

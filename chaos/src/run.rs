@@ -20,7 +20,7 @@ use crate::admin_calls::{NAMESPACE, channel, committed_offsets, read_partition, 
 use crate::checker::{Report, check};
 use crate::cluster::{Cluster, NodeProc};
 pub use crate::config::{Config, default_sluice_bin};
-use crate::drain::{converge, drain_blockers};
+use crate::drain::{converge, drain_blockers, final_offsets, offsets_agree};
 use crate::faults::{self, Fault, FaultKind, Planned};
 use crate::history::{History, Op, TriggerSpec};
 use crate::netns::Network;
@@ -434,7 +434,7 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
     // The drain reads the events from one node: first every node must hold every acknowledged event (the
     // producers have stopped), or an event acknowledged just before the heal, not yet applied on the node
     // read, would be missed and the drain would end while it is still being delivered.
-    if let Err(e) = converge(&healthy, &streams[..1], config.partitions, config.recovery_timeout).await {
+    if let Err(e) = converge(&healthy, &streams[..1], &[], config.partitions, config.recovery_timeout).await {
         history.note(format!("drain: {e}"));
         say(&config, &format!("drain: {e}"));
     }
@@ -459,28 +459,48 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
         history.note(format!("drain: {e}"));
         say(&config, &format!("drain: {e}"));
     }
-    // Every node's copies converge (same end offsets everywhere).
-    let converged = converge(&healthy, &streams, config.partitions, config.recovery_timeout).await;
-    if let Err(e) = converged {
+    // Every node's copies converge (same end offsets everywhere), and so do the Triggers' committed offsets.
+    let trigger_names: Vec<String> = specs.iter().map(|spec| spec.name.clone()).collect();
+    let converged = converge(&healthy, &streams, &trigger_names, config.partitions, config.recovery_timeout).await;
+    if let Err(e) = &converged {
         history.note(format!("final: {e}"));
         say(&config, &format!("final: {e}"));
     }
     stop_observer.store(true, Ordering::Relaxed);
     let _ = observer.await;
     history.record(Op::Phase { name: "final-read".into() });
-    for (id, admin, incarnation) in observed_nodes.iter().filter(|(id, ..)| !unrecovered.contains(id)) {
-        for spec in &specs {
-            match committed_offsets(admin, &spec.name).await {
+    let final_nodes: Vec<_> = observed_nodes.iter().filter(|(id, ..)| !unrecovered.contains(id)).collect();
+    let final_admins: Vec<String> = final_nodes.iter().map(|(_, admin, _)| admin.clone()).collect();
+    // The committed offsets of every node in one pass, before the long reads of the copies. Nodes that agreed in
+    // `converge` may disagree here only if a commit landed between two of these reads (a drain that did not end):
+    // such a round is read again once they agree, at most twice; a difference that lasts is the checker's.
+    let mut finals = final_offsets(&final_admins, &trigger_names).await;
+    for _ in 0..2 {
+        if converged.is_err() || offsets_agree(&finals) {
+            break;
+        }
+        history.note("final offsets moved while they were read: read again");
+        let agreed = converge(&final_admins, &[], &trigger_names, config.partitions, config.recovery_timeout).await;
+        finals = final_offsets(&final_admins, &trigger_names).await;
+        if agreed.is_err() {
+            break;
+        }
+    }
+    for ((id, _, incarnation), offsets) in final_nodes.iter().zip(finals) {
+        for (trigger, committed) in trigger_names.iter().zip(offsets) {
+            match committed {
                 Ok(committed) => history.record(Op::Offsets {
                     node: *id,
                     incarnation: incarnation.load(Ordering::SeqCst),
-                    trigger: spec.name.clone(),
+                    trigger: trigger.clone(),
                     committed,
                     is_final: true,
                 }),
-                Err(e) => history.note(format!("final offsets of {} on node {id}: {e}", spec.name)),
+                Err(e) => history.note(format!("final offsets of {trigger} on node {id}: {e}")),
             }
         }
+    }
+    for (id, admin, _) in final_nodes {
         let mut reads = Vec::new();
         for s in &streams {
             for partition in 0..config.partitions {

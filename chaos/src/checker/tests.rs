@@ -224,6 +224,27 @@ fn committed_offsets_must_not_go_back() {
 }
 
 #[test]
+fn final_committed_offsets_that_differ_between_nodes_are_apart() {
+    // The clean history's final offsets are node 1's only: nothing to compare.
+    assert!(H::clean().check().offsets_apart.is_empty());
+    let mut h = H::clean();
+    h.offsets(2, 1, 2, true).offsets(3, 1, 2, true);
+    assert_eq!(h.check().violations(), Vec::<String>::new(), "every node at 2");
+    let mut h = H::clean();
+    // Offsets observed lower during the run on a node are not a difference; only the final ones count.
+    h.offsets(3, 1, 1, false).offsets(2, 1, 2, true).offsets(3, 1, 1, true);
+    let report = h.check();
+    assert_eq!(
+        report.offsets_apart,
+        vec!["trigger all partition 0: node 1 at 2, node 2 at 2, node 3 at 1".to_string()]
+    );
+    assert!(report.violations().iter().any(|v| v.starts_with("committed offsets differ between nodes")));
+    assert!(report.offset_regressions.is_empty(), "the highest final offset is the run's highest");
+    let row = report.to_string().lines().find(|l| l.starts_with("COMMITTED OFFSETS apart")).map(str::to_string);
+    assert_eq!(row.as_deref().map(|r| r.split_whitespace().last()), Some(Some("1")), "{report}");
+}
+
+#[test]
 fn the_window_after_a_leader_kill_ends_with_the_first_ack_in_its_partition() {
     let mut h = H::new();
     h.publish(0, "1", "ok");

@@ -12,6 +12,10 @@
 //!   flushed before the fsync covers them. A kill -9 cannot tell (the OS keeps its cache); a power cut of every
 //!   node at once (`power-all`, the nodes' data on the power-loss filesystem) loses what they acknowledged.
 //!
+//! - `offsets-apply-at-random`: each node's state machine drops about half of the offset commits, at
+//!   random, so its committed offsets are not a function of the log. No fault is needed: after the drain the
+//!   nodes' final committed offsets differ (offsets apart > 0).
+//!
 //! Needs the workspace built with `--features sluice/planted-bugs` (scripts/test.sh does).
 
 use std::time::Duration;
@@ -94,5 +98,27 @@ async fn the_checker_reports_planted_fsync_bugs_after_power_cuts() -> anyhow::Re
     assert!(control.faults.get("power-all").is_some_and(|&n| n >= 1), "cuts were made: {:?}", control.faults);
     assert!(control.violations().is_empty(), "no planted bug (seed {seed}): {:?}", control.violations());
     assert!(control.acknowledged > 0 && control.stored >= control.acknowledged, "{control}");
+    Ok(())
+}
+
+/// A state machine that is not a function of its log, found without any fault: the nodes' committed offsets
+/// differ at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_reports_committed_offsets_that_differ_between_nodes() -> anyhow::Result<()> {
+    let seed = sluice_chaos::history::wall_ms();
+    let mut config = config("offsets-apply-at-random", seed);
+    config.faults = Vec::new();
+    config.duration = Duration::from_secs(8);
+    // The drain waits on the first node's committed offsets, which the bug may leave short for good.
+    config.drain_timeout = Duration::from_secs(5);
+    config.recovery_timeout = Duration::from_secs(5);
+    let report = sluice_chaos::run(config).await?;
+    println!("{report}");
+    assert!(
+        !report.offsets_apart.is_empty(),
+        "offsets-apply-at-random (seed {seed}): no committed offsets apart; is `sluice` built with --features \
+         sluice/planted-bugs?"
+    );
+    assert!(report.lost.is_empty() && report.divergent.is_empty(), "the bug touches offsets only: {report}");
     Ok(())
 }

@@ -4,16 +4,24 @@
 //!
 //! A planned transfer of the leadership (leader balance, `cluster transfer-leader`) hands the dispatch over:
 //! the old leader commits its offsets first, so nothing already delivered is delivered again.
+//!
+//! A leader deposed without crashing (stopped, then running again) still holds its dispatcher's last commit:
+//! that commit is fenced by the term its dispatcher started in, so it cannot move the next leader's cursor.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
+use sluice_proto::admin::ConsumerRef;
 use sluice_proto::admin::TransferLeaderRequest;
 use sluice_proto::admin::cluster_client::ClusterClient;
-use sluice_tests::subscriber::{Delivery, Reply, Subscriber};
-use sluice_tests::{TestCluster, apply_resource, broker_object, send_event, send_event_accepted, trigger_object};
+use sluice_proto::admin::consumers_client::ConsumersClient;
+use sluice_tests::subscriber::{Delivery, Gate, Reply, Subscriber};
+use sluice_tests::{
+    TestCluster, apply_resource, broker_object, send_event, send_event_accepted, status, trigger_object, wait_until,
+};
 
 const EVENTS: usize = 60;
 
@@ -134,5 +142,117 @@ async fn a_planned_leadership_transfer_delivers_nothing_twice() -> anyhow::Resul
     let ids: Vec<String> = deliveries.iter().map(|d| d.header("ce-id").unwrap_or_default().to_string()).collect();
     let expected: Vec<String> = (0..BEFORE + AFTER).map(|i| format!("ev-{i:03}")).collect();
     assert_eq!(ids, expected, "each event once, in order, across the transfer from node {leader} to node {next}");
+    Ok(())
+}
+
+/// The sum of the samples of `name` whose labels contain each of `labels`, in a Prometheus text page.
+fn sample_sum(page: &str, name: &str, labels: &[&str]) -> f64 {
+    page.lines()
+        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn sample_sum_at(http: &str, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
+    let page = reqwest::get(format!("http://{http}/metrics")).await?.text().await?;
+    Ok(sample_sum(&page, name, labels))
+}
+
+/// Regression (the term fence on offset commits): a partition leader that was stopped (not killed) while its
+/// dispatcher held settled deliveries not yet committed sent them as its last commit once it ran again, after the
+/// next leader's dispatcher had started from the committed offset. Written, that commit moved the new leader's
+/// cursor past events the new leader had not delivered (and, the same way, undid a replay asked meanwhile): after
+/// the next failover they were skipped. The commit carries the term its dispatcher started in; appended under
+/// another leader's, it is not written ("stale"), and the deposed dispatcher stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_deposed_leaders_last_commit_does_not_move_the_next_leaders_cursor() -> anyhow::Result<()> {
+    const SETTLED: usize = 5;
+    // No periodic commit within the test (the first tick comes as the dispatcher starts, before any delivery
+    // settles) and no planned transfers: the old leader's settled deliveries are still uncommitted when it stops.
+    let args = ["--dispatch-commit-interval-ms", "600000", "--leader-balance-ms", "0"];
+    let mut cluster = TestCluster::start(3, 1, &args).await?;
+    let old = cluster.leader_of(1).await?;
+    let (old_admin, old_http) = (cluster.node(old).admin.clone(), cluster.node(old).http.clone());
+    let other = cluster.nodes.iter().find(|n| n.id != old).ok_or_else(|| anyhow::anyhow!("one node"))?;
+    let (admin, http) = (other.admin.clone(), other.http.clone());
+    // The fenced commit is proposed once every member reads it (a rolling upgrade writes it unfenced).
+    sluice_tests::wait_for_log_format(&old_admin, 3, 6).await?;
+
+    // Answered at once until `hold` is set; from then on held until the gate opens.
+    let hold = Arc::new(AtomicBool::new(false));
+    let gate = Gate::closed();
+    let behavior = {
+        let (hold, gate) = (hold.clone(), gate.clone());
+        Arc::new(
+            move |_: &Delivery, _| {
+                if hold.load(Ordering::SeqCst) { Reply::status(202).held_by(&gate) } else { Reply::status(202) }
+            },
+        )
+    };
+    let subscriber = Subscriber::start(behavior).await?;
+    apply_resource(&admin, broker_object("default", "b", json!({}))).await?;
+    apply_resource(&admin, trigger_object("default", "t", "b", &subscriber.url(), json!({}), json!({}))).await?;
+    let client = reqwest::Client::new();
+    for i in 0..SETTLED {
+        send_event_accepted(&client, &http, "/default/b", &format!("ev-{i}"), "deposed.test", &[], "{}").await?;
+    }
+    subscriber.wait_for(SETTLED, Duration::from_secs(30)).await?;
+    // Settled on the old leader (Knative's `event_count` of its 202s), and not committed anywhere.
+    let settled = ["trigger_name=\"t\"", "response_code=\"202\""];
+    wait_until(Duration::from_secs(10), || async {
+        let count = sample_sum_at(&old_http, "event_count", &settled).await?;
+        Ok((count >= SETTLED as f64).then_some(()))
+    })
+    .await?;
+    let trigger = || ConsumerRef { kind: "trigger".into(), namespace: "default".into(), name: "t".into() };
+    let committed = |admin: String| {
+        let trigger = trigger();
+        async move {
+            let status = ConsumersClient::connect(format!("http://{admin}")).await?.status(trigger).await?;
+            anyhow::Ok(status.into_inner().partitions.first().map(|p| p.committed_offset).unwrap_or(0))
+        }
+    };
+    assert_eq!(committed(old_admin.clone()).await?, 0, "nothing committed before the old leader stops");
+
+    // The old leader stops answering; another node is elected and its dispatcher starts from offset 0, its
+    // deliveries held.
+    hold.store(true, Ordering::SeqCst);
+    cluster.node(old).signal("STOP")?;
+    let new = wait_until(Duration::from_secs(30), || async {
+        let status = status(&admin).await?;
+        let leader = status.groups.iter().find(|g| g.group_id == 1).and_then(|g| g.leader_id);
+        Ok(leader.filter(|leader| *leader != old))
+    })
+    .await?;
+    let new_admin = cluster.node(new).admin.clone();
+    subscriber.wait_for(SETTLED + 1, Duration::from_secs(30)).await?;
+
+    // Running again, the old leader learns it was deposed and sends its last commit (offset 5), which the new
+    // leader's log takes under its own term: not written.
+    cluster.node(old).signal("CONT")?;
+    let (stale, committed_by_new) = wait_until(Duration::from_secs(30), || async {
+        let stale = sample_sum_at(&old_http, "sluice_dispatch_stale_commits_total", &[]).await?;
+        let committed_by_new = committed(new_admin.clone()).await?;
+        Ok((stale >= 1.0 || committed_by_new > 0).then_some((stale, committed_by_new)))
+    })
+    .await?;
+    assert_eq!(
+        committed_by_new, 0,
+        "the deposed node {old}'s commit moved node {new}'s cursor past events node {new} has not delivered"
+    );
+    assert!(stale >= 1.0, "node {old}'s last commit came back stale");
+
+    // The new leader delivers every event again (at least once) from where it started.
+    gate.open();
+    let deliveries = subscriber
+        .wait_until(Duration::from_secs(30), |deliveries| {
+            (0..SETTLED).all(|i| {
+                let id = format!("ev-{i}");
+                deliveries.iter().filter(|d| d.header("ce-id") == Some(id.as_str())).count() >= 2
+            })
+        })
+        .await?;
+    eprintln!("node {old} deposed by node {new}: {} deliveries of {SETTLED} events", deliveries.len());
     Ok(())
 }
