@@ -759,3 +759,19 @@ pub async fn wait_for_log_format(admin: &str, nodes: u64, format: u64) -> Result
     .await
     .with_context(|| format!("the node at {admin} never held format {format} from each of {nodes} nodes"))
 }
+
+/// The sum of the samples of `name` (over its label sets, and only its own name) whose labels contain each of
+/// `labels`, in a Prometheus text page.
+pub fn metric_sum(page: &str, name: &str, labels: &[&str]) -> f64 {
+    page.lines()
+        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// [`metric_sum`] of the node serving HTTP at `http` (its `/metrics`).
+pub async fn metric_sum_at(http: &str, name: &str, labels: &[&str]) -> Result<f64> {
+    let page = reqwest::get(format!("http://{http}/metrics")).await?.text().await?;
+    Ok(metric_sum(&page, name, labels))
+}

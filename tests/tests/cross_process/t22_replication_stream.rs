@@ -6,23 +6,18 @@
 
 use std::time::Duration;
 
-use sluice_tests::{Appends, TestCluster, wait_until};
+use sluice_tests::{Appends, TestCluster, metric_sum, wait_until};
 
 const STREAM: &str = "broker/default/paused";
 const PARTITION: u32 = 0;
 const GROUP: u32 = PARTITION + 1;
 
-/// The sum of a counter over its label sets in a Prometheus text page.
-fn counter(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn counters(metrics_url: &str) -> anyhow::Result<(f64, f64)> {
     let page = reqwest::get(metrics_url).await?.text().await?;
-    Ok((counter(&page, "sluice_raft_append_streams_total"), counter(&page, "sluice_raft_append_stream_failures_total")))
+    Ok((
+        metric_sum(&page, "sluice_raft_append_streams_total", &[]),
+        metric_sum(&page, "sluice_raft_append_stream_failures_total", &[]),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,6 +78,7 @@ async fn a_follower_that_stops_answering_gets_a_new_session_and_catches_up() -> 
 #[test]
 fn counters_are_summed_over_their_labels_and_only_their_own_name() {
     let page = "# TYPE x counter\nsluice_raft_append_streams_total{group=\"p0\"} 3\nsluice_raft_append_streams_total{group=\"meta\"} 2\nsluice_raft_append_streams_total_other 9\n";
-    assert_eq!(counter(page, "sluice_raft_append_streams_total"), 5.0);
-    assert_eq!(counter(page, "sluice_raft_append_stream_failures_total"), 0.0);
+    assert_eq!(metric_sum(page, "sluice_raft_append_streams_total", &[]), 5.0);
+    assert_eq!(metric_sum(page, "sluice_raft_append_streams_total", &["group=\"p0\""]), 3.0);
+    assert_eq!(metric_sum(page, "sluice_raft_append_stream_failures_total", &[]), 0.0);
 }

@@ -20,7 +20,8 @@ use sluice_proto::admin::cluster_client::ClusterClient;
 use sluice_proto::admin::consumers_client::ConsumersClient;
 use sluice_tests::subscriber::{Delivery, Gate, Reply, Subscriber};
 use sluice_tests::{
-    TestCluster, apply_resource, broker_object, send_event, send_event_accepted, status, trigger_object, wait_until,
+    TestCluster, apply_resource, broker_object, metric_sum_at, send_event, send_event_accepted, status, trigger_object,
+    wait_until,
 };
 
 const EVENTS: usize = 60;
@@ -145,20 +146,6 @@ async fn a_planned_leadership_transfer_delivers_nothing_twice() -> anyhow::Resul
     Ok(())
 }
 
-/// The sum of the samples of `name` whose labels contain each of `labels`, in a Prometheus text page.
-fn sample_sum(page: &str, name: &str, labels: &[&str]) -> f64 {
-    page.lines()
-        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
-        .filter(|line| labels.iter().all(|label| line.contains(label)))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn sample_sum_at(http: &str, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
-    let page = reqwest::get(format!("http://{http}/metrics")).await?.text().await?;
-    Ok(sample_sum(&page, name, labels))
-}
-
 /// Regression (the term fence on offset commits): a partition leader that was stopped (not killed) while its
 /// dispatcher held settled deliveries not yet committed sent them as its last commit once it ran again, after the
 /// next leader's dispatcher had started from the committed offset. Written, that commit moved the new leader's
@@ -201,7 +188,7 @@ async fn regression_a_deposed_leaders_last_commit_does_not_move_the_next_leaders
     // Settled on the old leader (Knative's `event_count` of its 202s), and not committed anywhere.
     let settled = ["trigger_name=\"t\"", "response_code=\"202\""];
     wait_until(Duration::from_secs(10), || async {
-        let count = sample_sum_at(&old_http, "event_count", &settled).await?;
+        let count = metric_sum_at(&old_http, "event_count", &settled).await?;
         Ok((count >= SETTLED as f64).then_some(()))
     })
     .await?;
@@ -232,7 +219,7 @@ async fn regression_a_deposed_leaders_last_commit_does_not_move_the_next_leaders
     // leader's log takes under its own term: not written.
     cluster.node(old).signal("CONT")?;
     let (stale, committed_by_new) = wait_until(Duration::from_secs(30), || async {
-        let stale = sample_sum_at(&old_http, "sluice_dispatch_stale_commits_total", &[]).await?;
+        let stale = metric_sum_at(&old_http, "sluice_dispatch_stale_commits_total", &[]).await?;
         let committed_by_new = committed(new_admin.clone()).await?;
         Ok((stale >= 1.0 || committed_by_new > 0).then_some((stale, committed_by_new)))
     })
