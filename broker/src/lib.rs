@@ -45,6 +45,7 @@ pub use server::{ExtraAdminRoutes, ExtraRoutes, Listen, RunningNode, start as st
 pub use sluice_cloudevent as cloudevent;
 /// The admin API's error codes live with the API (`sluice_proto::errors`); re-exported for the broker's callers.
 pub use sluice_proto::errors as admin_errors;
+pub use store::DEFAULT_IDLE_GRACE_MS as DEFAULT_DEDUPE_IDLE_GRACE_MS;
 /// Knative's `event_count` and `event_dispatch_latencies`, with their handles kept (ingress and dispatch).
 pub use telemetry::EventMetrics;
 /// The process's Prometheus recorder (installed on first use), for binaries that serve `/metrics` themselves.

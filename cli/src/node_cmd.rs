@@ -510,6 +510,7 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
         append_limits,
         read_limits: ReadLimits::default(),
         retention_check_interval: Duration::from_millis(tuning.retention_check_ms),
+        dedupe_idle_grace: Duration::from_millis(tuning.dedupe_idle_grace_ms),
         leader_balance_interval: (tuning.leader_balance_ms > 0)
             .then(|| Duration::from_millis(tuning.leader_balance_ms)),
         peer_routes: Default::default(),

@@ -33,6 +33,11 @@ pub(crate) struct TuningArgs {
     /// the last interval (and those in flight) are delivered again.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub dispatch_commit_interval_ms: u64,
+    /// How long past its dedupe window a Broker partition with no new event keeps the window in memory; its
+    /// next event rebuilds it from disk (docs/ingress.md, "Dedupe"). Memory against reads: never changes what
+    /// is stored.
+    #[arg(long, default_value_t = sluice_broker::DEFAULT_DEDUPE_IDLE_GRACE_MS)]
+    pub dedupe_idle_grace_ms: u64,
 }
 
 impl TuningArgs {
@@ -48,6 +53,7 @@ impl TuningArgs {
             retention_check_ms,
             leader_balance_ms,
             dispatch_commit_interval_ms,
+            dedupe_idle_grace_ms,
         } = self;
         let flags = [
             ("--heartbeat-ms", heartbeat_ms),
@@ -58,6 +64,7 @@ impl TuningArgs {
             ("--retention-check-ms", retention_check_ms),
             ("--leader-balance-ms", leader_balance_ms),
             ("--dispatch-commit-interval-ms", dispatch_commit_interval_ms),
+            ("--dedupe-idle-grace-ms", dedupe_idle_grace_ms),
         ];
         flags.into_iter().flat_map(|(flag, value)| [flag.to_string(), value.to_string()]).collect()
     }

@@ -62,6 +62,9 @@ pub struct NodeSettings {
     pub read_limits: ReadLimits,
     /// How often the leader of a partition applies retention.
     pub retention_check_interval: Duration,
+    /// How long past its dedupe window a stream with no new event keeps the window in memory (rebuilt from
+    /// disk at its next event; docs/ingress.md, "Dedupe").
+    pub dedupe_idle_grace: Duration,
     /// How often the node checks whether it leads more partitions than its share (`node/leader_balance.rs`);
     /// None: never moves leadership on its own.
     pub leader_balance_interval: Option<Duration>,
@@ -145,7 +148,7 @@ impl Node {
     /// is initialised, the partition groups.
     pub async fn open(settings: NodeSettings) -> Result<Node, BrokerError> {
         claim_data_dir(&settings.data_dir, settings.node_id)?;
-        let store = Store::open(&settings.data_dir)?;
+        let store = Store::open(&settings.data_dir)?.with_dedupe_idle_grace(settings.dedupe_idle_grace);
         let peers = PeerClients::new(settings.peer_routes.clone(), settings.tls.clone());
         let sender_tokens = signing_keys::tokens_for(&settings.sender_identity, "http://127.0.0.1");
         let node = Node {

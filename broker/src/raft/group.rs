@@ -91,9 +91,15 @@ impl Group {
         limits: AppendLimits,
     ) -> Result<Arc<Group>, BrokerError> {
         let log_store = GroupLogStore::new(store.db().clone(), store.wal().clone(), group);
-        let state_machine =
-            GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir(), store.dedupe_horizons().clone())
-                .map_err(|e| BrokerError::io(format!("state machine of {}", group_name(group)), e))?;
+        let db = store.db().clone();
+        let state_machine = GroupStateMachine::open(
+            db,
+            group,
+            store.snapshot_dir(),
+            store.dedupe_horizons().clone(),
+            store.dedupe_memory(),
+        )
+        .map_err(|e| BrokerError::io(format!("state machine of {}", group_name(group)), e))?;
         let view = state_machine.view();
         let raft_started = state_machine.raft_started();
         let config = Arc::new(tuning.openraft_config(group, &limits)?);
@@ -105,6 +111,7 @@ impl Group {
         raft_started.store(true, std::sync::atomic::Ordering::Release);
         let batcher = AppendBatcher::start(group, raft.clone(), limits);
         tokio::spawn(publish_metrics(group, raft.clone()));
+        tokio::spawn(release_idle_dedupe_windows(raft.clone()));
         Ok(Arc::new(Group { id: group, raft, view, batcher, forwarder }))
     }
 
@@ -138,6 +145,28 @@ impl Group {
 
 /// How often the log-index gauges are read (openraft's full metrics are not followed: below).
 const INDEX_GAUGES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often a group's idle dedupe windows are looked for.
+const DEDUPE_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Every [`DEDUPE_SWEEP_EVERY`], has the group's state machine release the dedupe windows of idle streams, in its
+/// worker between two applies (a window must not go while an apply's admitted keys are not in the index yet).
+/// Ends when the group stops.
+async fn release_idle_dedupe_windows(raft: Raft) {
+    let mut tick = tokio::time::interval(DEDUPE_SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        fn release(sm: &mut GroupStateMachine) -> futures::future::BoxFuture<'_, ()> {
+            sm.release_idle_dedupe_windows();
+            Box::pin(std::future::ready(()))
+        }
+        if raft.external_state_machine_request(release).await.is_err() {
+            return;
+        }
+    }
+}
 
 /// Per-group gauges and the leader-change counter, from openraft's metrics.
 ///

@@ -169,6 +169,38 @@ impl LiveRange {
     }
 }
 
+/// How long past its window a stream with no new append keeps its window in memory, unless the node is
+/// told otherwise (`--dedupe-idle-grace-ms`): a burst's pause, a producer's retry after a restart, rather
+/// than a rebuild for each.
+pub const DEFAULT_IDLE_GRACE_MS: u64 = 30_000;
+
+/// Whether a stream's window is worth holding in memory at `now_ms`: not if the stream never had an append
+/// with dedupe (`window_ms` None), nor once `window_ms` and `grace_ms` have passed since `last_used_ms`.
+/// Read two ways:
+/// - at open and after a snapshot install, with the stream's replicated state: its last arrival (stamped by
+///   the partition's leader) and the window its horizon trails that arrival by; `now_ms` is this node's
+///   clock, so a node whose clock is off may rebuild a window it need not have (or skip one), once;
+/// - between applies, with when this node last applied an append with dedupe to the stream, by its own
+///   clock, and that append's window: a clock compared only with itself, so a node whose clock is off keeps
+///   a busy stream's window as long as any other node (review of session 67: compared with the leader's
+///   arrivals, a clock two hours ahead released every window at every sweep and rebuilt each, up to the
+///   cap's 24 MiB of index, at the stream's next event).
+///
+/// A cost decision, never a semantic one: a window not held is rebuilt from the `time_index` at the
+/// stream's next append with dedupe, for that append's range ([`DedupeWindow::rebuilt`]), and decides as
+/// the one held would have. So a clock, however wrong, changes only what a node spends: memory for a
+/// window held, or a read of the index for one rebuilt.
+pub(crate) fn worth_holding(window_ms: Option<u64>, last_used_ms: u64, now_ms: u64, grace_ms: u64) -> bool {
+    window_ms.is_some_and(|window_ms| now_ms.saturating_sub(last_used_ms) <= window_ms.saturating_add(grace_ms))
+}
+
+/// The window a stream's replicated state shows: how far its horizon trails its last arrival (None: no
+/// append with dedupe yet). Appends without dedupe since move the arrival and not the horizon, so it may
+/// show longer than the window was.
+pub(crate) fn window_shown(last_arrival_ms: u64, horizon_ms: u64) -> Option<u64> {
+    (horizon_ms > 0).then(|| last_arrival_ms.saturating_sub(horizon_ms))
+}
+
 /// Where a live key's full fingerprint is stored: entry `index` of the `time_index` value of the append
 /// that started at `append_offset` and arrived at `arrival_ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

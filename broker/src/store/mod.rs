@@ -27,10 +27,11 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, DB, Options};
 
+pub use dedupe_window::DEFAULT_IDLE_GRACE_MS;
 pub(crate) use log_store::GroupLogStore;
 pub(crate) use snapshot::{Snapshot, SnapshotData, check_snapshot_file};
 pub(crate) use state_machine::{
-    AppliedConfig, GroupStateMachine, Raft, ReadBatch, StoredRecord, StreamExtent, StreamView,
+    AppliedConfig, DedupeMemory, GroupStateMachine, Raft, ReadBatch, StoredRecord, StreamExtent, StreamView,
 };
 pub(crate) use wal_sync::WalSyncer;
 
@@ -48,6 +49,8 @@ pub(crate) struct Store {
     wal: WalSyncer,
     snapshot_dir: PathBuf,
     dedupe_horizons: Arc<DedupeHorizons>,
+    /// How long past its window an idle stream's dedupe window stays in memory (`--dedupe-idle-grace-ms`).
+    dedupe_idle_grace_ms: u64,
 }
 
 impl Store {
@@ -113,7 +116,8 @@ impl Store {
         })?;
         let db = Arc::new(db);
         let wal = WalSyncer::start(db.clone());
-        Ok(Self { db, wal, snapshot_dir, dedupe_horizons })
+        let dedupe_idle_grace_ms = dedupe_window::DEFAULT_IDLE_GRACE_MS;
+        Ok(Self { db, wal, snapshot_dir, dedupe_horizons, dedupe_idle_grace_ms })
     }
 
     pub(crate) fn db(&self) -> &Arc<DB> {
@@ -126,6 +130,17 @@ impl Store {
 
     pub(crate) fn snapshot_dir(&self) -> &Path {
         &self.snapshot_dir
+    }
+
+    /// The store with idle streams' dedupe windows kept `grace` past their window (the groups opened after).
+    pub(crate) fn with_dedupe_idle_grace(mut self, grace: std::time::Duration) -> Self {
+        self.dedupe_idle_grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// What decides which dedupe windows a group opened on this store holds in memory.
+    pub(crate) fn dedupe_memory(&self) -> DedupeMemory {
+        DedupeMemory::with_grace(self.dedupe_idle_grace_ms)
     }
 
     pub(crate) fn dedupe_horizons(&self) -> &Arc<DedupeHorizons> {

@@ -38,7 +38,7 @@ use crate::command::{
     StoredMembership, StreamAppend, TypeConfig, decode, encode,
 };
 use crate::store::dedupe_expiry::DedupeHorizons;
-use crate::store::dedupe_window::{DedupeWindow, Fingerprint, LiveRange, index_value};
+use crate::store::dedupe_window::{Fingerprint, LiveRange, index_value};
 use crate::store::keys::{
     CF_EVENTS, CF_SM_STATE, CF_TIME_INDEX, SM_APPLIED, SM_CLUSTER_CONFIG, SM_MEMBER_REMOVALS, SM_MEMBERSHIP,
     SM_RESOURCE, SM_STREAM, event_key, offset_key, split_resource_key, stream_state_key, tag_key, time_index_key,
@@ -47,9 +47,11 @@ use crate::store::keys::{
 use crate::store::snapshot::Snapshot;
 use crate::store::stream_keys::StreamKeys;
 
-mod dedupe_rebuild;
+mod held_windows;
 mod resources;
 
+pub(crate) use held_windows::DedupeMemory;
+use held_windows::HeldWindow;
 use resources::{AnnotationChange, ResourceRules};
 
 pub(crate) use super::read_view::{AppliedConfig, ReadBatch, StoredRecord, StreamExtent, StreamView};
@@ -72,17 +74,21 @@ pub(crate) struct GroupStateMachine {
     /// Where each stream's dedupe window starts, for the compaction that forgets the keys earlier versions
     /// kept in the `dedupe` column family.
     dedupe_horizons: Arc<DedupeHorizons>,
-    /// Each stream's live dedupe keys, by stream id (dedupe_window.rs), rebuilt by `reload`.
-    dedupe_windows: HashMap<u32, DedupeWindow>,
+    /// The live dedupe keys of the streams worth holding in memory, by stream id (dedupe_window.rs,
+    /// `held_windows.rs`): rebuilt by `reload`, released when idle, rebuilt at a stream's next append.
+    dedupe_windows: HashMap<u32, HeldWindow>,
+    /// Which windows are worth holding: the clock and the grace.
+    dedupe_memory: DedupeMemory,
 }
 
 impl GroupStateMachine {
-    /// Loads the group's applied state from the store.
+    /// Loads the group's applied state from the store; `dedupe_memory` decides which dedupe windows are held.
     pub(crate) fn open(
         db: Arc<DB>,
         group: GroupId,
         snapshot_root: &std::path::Path,
         dedupe_horizons: Arc<DedupeHorizons>,
+        dedupe_memory: DedupeMemory,
     ) -> io::Result<Self> {
         let snapshot_dir = snapshot_root.join(format!("group-{group}"));
         crate::durable_fs::create_dir_all(&snapshot_dir)?;
@@ -106,6 +112,7 @@ impl GroupStateMachine {
             raft_started,
             dedupe_horizons,
             dedupe_windows: HashMap::new(),
+            dedupe_memory,
         };
         machine.reload()?;
         Ok(machine)
@@ -164,15 +171,13 @@ impl GroupStateMachine {
         }
         let (applied, _) = self.read_applied_state()?;
         let started = std::time::Instant::now();
-        let mut dedupe_windows = HashMap::with_capacity(streams.len());
-        for state in streams.values() {
-            dedupe_windows.insert(state.id, self.rebuild_dedupe_window(state)?);
-        }
-        self.dedupe_windows = dedupe_windows;
+        self.dedupe_windows = self.windows_worth_holding(&streams)?;
         if self.dedupe_keys() > 0 {
             tracing::info!(
                 group = self.group,
                 keys = self.dedupe_keys(),
+                windows = self.dedupe_windows.len(),
+                streams = streams.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "rebuilt the dedupe windows from the time index"
             );
@@ -195,7 +200,7 @@ impl GroupStateMachine {
 
     /// Dedupe keys held in memory for this group's streams.
     pub(super) fn dedupe_keys(&self) -> usize {
-        self.dedupe_windows.values().map(DedupeWindow::len).sum()
+        self.dedupe_windows.values().map(|held| held.window.len()).sum()
     }
 
     fn publish_dedupe_keys(&self) {
@@ -249,6 +254,7 @@ impl GroupStateMachine {
                 }
                 let fingerprints: Vec<Fingerprint> = dedupe.keys.iter().map(|key| Fingerprint::of_key(key)).collect();
                 let range = LiveRange::of(state.start_offset, state.next_offset, dedupe_horizon_ms);
+                self.hold_dedupe_window(&append.stream, &state, range, dedupe.window_ms)?;
                 let mut lookup = StreamKeys {
                     db: &self.db,
                     group: self.group,
@@ -256,8 +262,9 @@ impl GroupStateMachine {
                     keys: &dedupe.keys,
                     horizon_ms: dedupe_horizon_ms,
                 };
-                let window = self.dedupe_windows.entry(state.id).or_default();
-                let admitted = window.admit(range, first_offset, arrival_ms, &fingerprints, &mut lookup)?;
+                let held =
+                    self.dedupe_windows.get_mut(&state.id).ok_or_else(|| io_err("a dedupe window held is missing"))?;
+                let admitted = held.window.admit(range, first_offset, arrival_ms, &fingerprints, &mut lookup)?;
                 Some((fingerprints, admitted))
             }
             None => None,
@@ -559,8 +566,8 @@ impl GroupStateMachine {
             }
         }
         for (stream_id, _) in &dedupe_horizons {
-            if let Some(window) = self.dedupe_windows.get_mut(stream_id) {
-                window.written();
+            if let Some(held) = self.dedupe_windows.get_mut(stream_id) {
+                held.window.written();
             }
         }
         if !dedupe_horizons.is_empty() {

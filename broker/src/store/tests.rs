@@ -9,10 +9,14 @@ use openraft::type_config::TypeConfigExt;
 use openraft::vote::RaftLeaderId;
 use openraft::{RaftSnapshotBuilder, StorageError};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::*;
 use crate::command::{LogCommand, StreamAppend, TypeConfig};
 use crate::store::keys::CF_EVENTS;
 use crate::store::{StoredRecord, StreamExtent, StreamView};
+
+mod replicas;
 
 struct RocksBuilder;
 
@@ -24,9 +28,14 @@ impl StoreBuilder<TypeConfig, GroupLogStore, GroupStateMachine, tempfile::TempDi
         // A non-zero group id, so that key prefixes are exercised.
         let group = 3;
         let log = GroupLogStore::new(store.db().clone(), store.wal().clone(), group);
-        let sm =
-            GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir(), store.dedupe_horizons().clone())
-                .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+        let sm = GroupStateMachine::open(
+            store.db().clone(),
+            group,
+            store.snapshot_dir(),
+            store.dedupe_horizons().clone(),
+            store.dedupe_memory(),
+        )
+        .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
         // As in a running group: the current snapshot is asked for to send it, so its data is written.
         sm.raft_started().store(true, std::sync::atomic::Ordering::Release);
         Ok((dir, log, sm))
@@ -73,10 +82,27 @@ async fn apply(sm: &mut GroupStateMachine, entries: Vec<crate::command::Entry>) 
     sm.apply(stream::iter(items)).await.expect("apply");
 }
 
+/// A state machine whose clock stands at the epoch: the tests' arrivals (a few seconds in) are all ahead of
+/// it, so every window with dedupe is worth holding and none is released (see `open_at`).
 fn open(dir: &std::path::Path, group: u32) -> (Store, GroupStateMachine) {
+    open_at(dir, group, Arc::new(AtomicU64::new(0)))
+}
+
+/// A state machine whose clock reads `now_ms`, which the test moves.
+fn open_at(dir: &std::path::Path, group: u32, now_ms: Arc<AtomicU64>) -> (Store, GroupStateMachine) {
     let store = Store::open(dir).expect("open store");
-    let sm = GroupStateMachine::open(store.db().clone(), group, store.snapshot_dir(), store.dedupe_horizons().clone())
-        .expect("open state machine");
+    let dedupe_memory = DedupeMemory {
+        clock_ms: Arc::new(move || now_ms.load(Ordering::Relaxed)),
+        idle_grace_ms: DEFAULT_IDLE_GRACE_MS,
+    };
+    let sm = GroupStateMachine::open(
+        store.db().clone(),
+        group,
+        store.snapshot_dir(),
+        store.dedupe_horizons().clone(),
+        dedupe_memory,
+    )
+    .expect("open state machine");
     (store, sm)
 }
 
@@ -628,15 +654,26 @@ async fn committed_offsets_survive_reopen_and_stay_in_their_group() {
     {
         let (store, mut sm) = open(dir.path(), 1);
         apply(&mut sm, vec![entry(1, LogCommand::CommitOffsets(vec![commit("t", 42, false)]))]).await;
-        let mut other =
-            GroupStateMachine::open(store.db().clone(), 2, store.snapshot_dir(), store.dedupe_horizons().clone())
-                .expect("open group 2");
+        let mut other = GroupStateMachine::open(
+            store.db().clone(),
+            2,
+            store.snapshot_dir(),
+            store.dedupe_horizons().clone(),
+            store.dedupe_memory(),
+        )
+        .expect("open group 2");
         apply(&mut other, vec![entry(1, LogCommand::CommitOffsets(vec![commit("t", 7, false)]))]).await;
     }
     let (store, sm) = open(dir.path(), 1);
     assert_eq!(sm.view().committed_offsets().expect("read"), vec![("t".to_string(), 42)]);
-    let other = GroupStateMachine::open(store.db().clone(), 2, store.snapshot_dir(), store.dedupe_horizons().clone())
-        .expect("open group 2");
+    let other = GroupStateMachine::open(
+        store.db().clone(),
+        2,
+        store.snapshot_dir(),
+        store.dedupe_horizons().clone(),
+        store.dedupe_memory(),
+    )
+    .expect("open group 2");
     assert_eq!(other.view().committed_offset("t").expect("read"), Some(7));
 }
 
@@ -726,6 +763,69 @@ async fn after_a_reopen_the_dedupe_window_is_rebuilt() {
     assert_eq!(sm.dedupe_keys(), 1, "a and b were behind 1_050");
     apply(&mut sm, vec![entry(3, LogCommand::append(vec![dedupe_append(1_160, &["c", "a"])]))]).await;
     assert_eq!(sm.view().end_offset("d"), 4, "c is a duplicate, a is not");
+}
+
+fn dedupe_append_to(stream: &str, arrival_ms: u64, keys: &[&str]) -> StreamAppend {
+    StreamAppend { stream: stream.to_string(), ..with_window(dedupe_append(arrival_ms, keys), 60_000) }
+}
+
+/// A stream with no append for longer than its window (and a grace) leaves its window's keys to the index:
+/// a Broker deleted or gone quiet no longer holds memory until its next event. Released early (a leader
+/// whose clock is behind this node's stamps the next append within the window), the window is rebuilt
+/// from the index and still catches the duplicate.
+#[tokio::test]
+async fn an_idle_streams_window_leaves_memory_and_still_catches_a_duplicate_when_rebuilt() {
+    const T: u64 = 1_000_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now_ms = Arc::new(AtomicU64::new(T));
+    let (_store, mut sm) = open_at(dir.path(), 2, now_ms.clone());
+    let mut index = 0;
+    let appends = vec![dedupe_append_to("quiet", T, &["a", "b"]), dedupe_append_to("busy", T, &["x"])];
+    apply(&mut sm, numbered(&mut index, vec![LogCommand::append(appends)])).await;
+    assert_eq!(sm.dedupe_keys(), 3);
+    // Within the window and the grace: nothing is released.
+    now_ms.store(T + 60_000 + DEFAULT_IDLE_GRACE_MS, Ordering::Relaxed);
+    sm.release_idle_dedupe_windows();
+    assert_eq!(sm.dedupe_keys(), 3);
+    // Past them for both; busy appends again, and then the idle windows are looked for.
+    now_ms.store(T + 60_000 + DEFAULT_IDLE_GRACE_MS + 1, Ordering::Relaxed);
+    let busy = dedupe_append_to("busy", now_ms.load(Ordering::Relaxed), &["y"]);
+    apply(&mut sm, numbered(&mut index, vec![LogCommand::append(vec![busy])])).await;
+    sm.release_idle_dedupe_windows();
+    assert_eq!(sm.dedupe_keys(), 1, "only busy's y is held: quiet's window and busy's x (behind its horizon) went");
+    // Within quiet's window by the leader's clock: a is a duplicate, read from the index, c is new.
+    let quiet = dedupe_append_to("quiet", T + 1_000, &["a", "c"]);
+    apply(&mut sm, numbered(&mut index, vec![LogCommand::append(vec![quiet])])).await;
+    assert_eq!(sm.view().end_offset("quiet"), 3, "a was seen, c was not");
+    assert_eq!(sm.dedupe_keys(), 4, "quiet's a, b and c again, and busy's y");
+}
+
+/// At open a node rebuilds only the windows worth holding by its clock; the others come back from the index
+/// at their stream's next append, and decide as before.
+#[tokio::test]
+async fn a_reopened_node_rebuilds_only_the_windows_worth_holding() {
+    const T: u64 = 1_000_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now_ms = Arc::new(AtomicU64::new(T));
+    {
+        let (_store, mut sm) = open_at(dir.path(), 2, now_ms.clone());
+        let appends = vec![
+            dedupe_append_to("old", T, &["a", "b"]),
+            // No dedupe: its horizon stays 0, and nothing of it is read at open.
+            append("plain", T, &["p"]),
+        ];
+        apply(&mut sm, vec![entry(1, LogCommand::append(appends))]).await;
+        let recent = dedupe_append_to("recent", T + 100_000, &["r"]);
+        apply(&mut sm, vec![entry(2, LogCommand::append(vec![recent]))]).await;
+    }
+    now_ms.store(T + 100_000, Ordering::Relaxed);
+    let (_store, mut sm) = open_at(dir.path(), 2, now_ms);
+    assert_eq!(sm.dedupe_keys(), 1, "recent's r; old's window is past its time");
+    let appends =
+        vec![dedupe_append_to("old", T + 50_000, &["b", "c"]), dedupe_append_to("recent", T + 100_001, &["r"])];
+    apply(&mut sm, vec![entry(3, LogCommand::append(appends))]).await;
+    assert_eq!(sm.view().end_offset("old"), 3, "b was seen (the window rebuilt), c was not");
+    assert_eq!(sm.view().end_offset("recent"), 1, "r was seen");
 }
 
 /// Regression (review of the compaction-filter expiry, kept for the in-memory window): what one replica
@@ -840,6 +940,71 @@ async fn keys_an_earlier_version_kept_on_disk_still_catch_duplicates() {
     assert_eq!(sm.view().end_offset("d"), 2, "new is in memory");
     apply(&mut sm, vec![entry(4, LogCommand::append(vec![dedupe_append(1_120, &["old"])]))]).await;
     assert_eq!(sm.view().end_offset("d"), 3, "past the window, the old key no longer counts");
+}
+
+/// Regression (review of session 67): a window rebuilt in the middle of an apply batch took the stream's end as
+/// staged, past an append without dedupe earlier in the batch, for where an earlier version's last append
+/// ends; that append's key, trimmed with its event, then counted again on the replica that rebuilt, and not on
+/// one that held its window.
+#[tokio::test]
+async fn a_window_rebuilt_mid_batch_ends_an_earlier_versions_append_where_the_index_does() {
+    const T: u64 = 1_000_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now_ms = Arc::new(AtomicU64::new(T));
+    {
+        let (store, mut sm) = open_at(dir.path(), 2, now_ms.clone());
+        apply(&mut sm, vec![entry(1, LogCommand::append(vec![dedupe_append_to("d", T, &["old"])]))]).await;
+        // Written the old way: the key in `dedupe`, the index value empty.
+        let db = store.db();
+        let index = cf(db, crate::store::keys::CF_TIME_INDEX).expect("cf");
+        let keys: Vec<_> = db.iterator_cf(index, rocksdb::IteratorMode::Start).map(|kv| kv.expect("kv").0).collect();
+        db.put_cf(index, &keys[0], []).expect("put");
+        let dedupe = cf(db, crate::store::keys::CF_DEDUPE).expect("cf");
+        db.put_cf(dedupe, crate::store::keys::dedupe_seen_key(2, 0, b"old"), T.to_be_bytes()).expect("put");
+        apply(&mut sm, vec![entry(2, LogCommand::Trim { stream: "d".into(), before_offset: 1 })]).await;
+    }
+    // Reopened by a clock past the window: no window held, the next append with dedupe rebuilds it.
+    now_ms.store(T + 10 * 60_000, Ordering::Relaxed);
+    let (_store, mut sm) = open_at(dir.path(), 2, now_ms);
+    let batch = vec![append("d", T + 1_000, &["plain"]), dedupe_append_to("d", T + 1_000, &["old"])];
+    apply(&mut sm, vec![entry(3, LogCommand::append(batch))]).await;
+    assert_eq!(sm.view().end_offset("d"), 3, "old's event was trimmed: old is new again, as with a window held");
+}
+
+/// A rebuild reads only the index entries of appends below the stream's written end: an entry past it was
+/// never written by an apply (the index, the events and the stream's state go in one batch), so it is
+/// refused as corruption, whether the window is rebuilt at open or at the stream's next append, rather than
+/// counted as keys of events that are not stored.
+#[tokio::test]
+async fn an_index_entry_past_the_streams_end_is_refused_as_corruption_by_a_rebuild() {
+    const T: u64 = 1_000_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now_ms = Arc::new(AtomicU64::new(T));
+    {
+        let (store, mut sm) = open_at(dir.path(), 2, now_ms.clone());
+        apply(&mut sm, vec![entry(1, LogCommand::append(vec![dedupe_append_to("d", T, &["a", "b"])]))]).await;
+        let index = cf(store.db(), crate::store::keys::CF_TIME_INDEX).expect("cf");
+        let stray = [crate::store::dedupe_window::Fingerprint::of_key(b"c")];
+        let value = crate::store::dedupe_window::index_value(Some(&stray));
+        store.db().put_cf(index, crate::store::keys::time_index_key(2, 0, T + 1, 2), value).expect("put");
+    }
+    // At open (the window is worth holding by this clock).
+    let store = Store::open(dir.path()).expect("open store");
+    let clock = now_ms.clone();
+    let memory = DedupeMemory { clock_ms: Arc::new(move || clock.load(Ordering::Relaxed)), idle_grace_ms: 0 };
+    let opened =
+        GroupStateMachine::open(store.db().clone(), 2, store.snapshot_dir(), store.dedupe_horizons().clone(), memory);
+    let error = opened.err().expect("the rebuild at open refuses the stray entry").to_string();
+    assert!(error.contains("reaches past the stream's written end 2"), "{error}");
+    drop(store);
+    // At the next append, by a node that held no window (its clock past the window).
+    now_ms.store(T + 10 * 60_000, Ordering::Relaxed);
+    let (_store, mut sm) = open_at(dir.path(), 2, now_ms);
+    assert_eq!(sm.dedupe_keys(), 0);
+    let next = vec![(entry(2, LogCommand::append(vec![dedupe_append_to("d", T + 2, &["c"])])), None)];
+    let error = sm.apply(stream::iter(next.into_iter().map(Ok))).await.expect_err("the rebuild refuses it");
+    assert!(error.to_string().contains("the store is corrupt"), "{error}");
+    assert_eq!(sm.view().end_offset("d"), 2, "nothing of the append was written");
 }
 
 /// A follower that installs a snapshot rebuilds the windows from it, and decides as the leader does.

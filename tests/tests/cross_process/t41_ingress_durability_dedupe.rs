@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use reqwest::StatusCode;
 use sluice_tests::{TestCluster, apply_resource, broker_object, read_events, wait_for_broker, wait_ready, wait_until};
 
@@ -264,6 +266,140 @@ async fn a_node_whose_clock_runs_ahead_does_not_cut_the_dedupe_window_short() ->
         let arrival = ahead_event.and_then(|e| e.get_str("knativearrivaltime")).unwrap_or_default();
         let arrival = chrono::DateTime::parse_from_rfc3339(arrival)?;
         assert!(arrival > chrono::Utc::now() + chrono::Duration::minutes(90), "node 3 ran ahead: {arrival}");
+    }
+    Ok(())
+}
+
+/// The sum of a metric over its label sets on a node's `/metrics` page (0 when absent).
+async fn metric_sum(http: &str, name: &str) -> anyhow::Result<f64> {
+    let page = reqwest::get(format!("http://{http}/metrics")).await?.text().await?;
+    Ok(page
+        .lines()
+        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Each partition group's applied and snapshot indexes on a node.
+async fn group_indexes(admin: &str) -> anyhow::Result<std::collections::BTreeMap<u32, (u64, Option<u64>)>> {
+    let status = sluice_tests::status(admin).await?;
+    Ok(status
+        .groups
+        .iter()
+        .filter(|g| g.group_id >= 1)
+        .map(|g| (g.group_id, (g.applied_index.unwrap_or(0), g.snapshot_index)))
+        .collect())
+}
+
+/// A replica whose clock says, when it starts, that a stream has been idle past its window does not rebuild
+/// the window then (docs/ingress.md, "Dedupe"), while the leader, whose clock stamps the events, still counts
+/// a retry as within it: the replica rebuilds the window from its time index at that retry and stores it no
+/// more than the leader does. Checked to fail with the window rebuilt empty instead (the replica stored
+/// `first` twice). And every node gives up the window of a Broker idle past its window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_did_not_hold_an_idle_window_still_stores_a_retry_once() -> anyhow::Result<()> {
+    // Snapshots every few entries: the replica's applied state (a snapshot flushes it) holds `first` when it is
+    // killed, so it is not applied again from the Raft log at its start, which would hold its window anew.
+    let args = ["--leader-balance-ms", "0", "--dedupe-idle-grace-ms", "0", "--snapshot-every-entries", "3"];
+    let mut cluster = TestCluster::start(3, PARTITIONS, &args).await?;
+    let admin = cluster.nodes[0].admin.clone();
+    let annotations = serde_json::json!({ "sluice.dev/dedupe-window": "10m" });
+    apply_resource(&admin, broker_object("default", "orders", annotations)).await?;
+    let annotations = serde_json::json!({ "sluice.dev/dedupe-window": "1s" });
+    apply_resource(&admin, broker_object("default", "brief", annotations)).await?;
+    for node in &cluster.nodes {
+        wait_for_broker(&node.http, "/default/orders").await?;
+        wait_for_broker(&node.http, "/default/brief").await?;
+    }
+    // The replica is a node that leads no partition (none moves: leader balance is off).
+    let mut leaders = Vec::new();
+    for group in 1..=PARTITIONS {
+        leaders.push(cluster.leader_of(group).await?);
+    }
+    let replica = cluster.nodes.iter().map(|n| n.id).find(|id| !leaders.contains(id)).expect("a node leading none");
+    let leader_http = cluster.node(leaders[0]).http.clone();
+    let client = reqwest::Client::new();
+    let accepted = |id: &'static str| {
+        let (client, http) = (client.clone(), leader_http.clone());
+        async move {
+            wait_until(Duration::from_secs(20), || async {
+                Ok((post_keyed(&client, &http, id).await? == StatusCode::ACCEPTED).then_some(()))
+            })
+            .await
+        }
+    };
+    let replica_admin = cluster.node(replica).admin.clone();
+    let applied_before = group_indexes(&replica_admin).await?;
+    accepted("first").await?;
+    wait_until(Duration::from_secs(30), || async {
+        Ok((!read_events(&replica_admin, STREAM, PARTITIONS).await?.is_empty()).then_some(()))
+    })
+    .await?;
+    // The partition `first` went to, and the entry it is in, on the replica.
+    let applied_first = group_indexes(&replica_admin).await?;
+    let (group, first_index) = applied_first
+        .iter()
+        .find(|(group, (applied, _))| applied_before.get(group).is_none_or(|(before, _)| applied > before))
+        .map(|(group, (applied, _))| (*group, *applied))
+        .context("no partition applied first")?;
+    let fillers = ["filler-1", "filler-2", "filler-3", "filler-4"];
+    for filler in fillers {
+        accepted(filler).await?;
+    }
+    wait_until(Duration::from_secs(30), || async {
+        let snapshot = group_indexes(&replica_admin).await?.get(&group).and_then(|(_, snapshot)| *snapshot);
+        Ok(snapshot.is_some_and(|snapshot| snapshot >= first_index).then_some(()))
+    })
+    .await
+    .context("the replica's snapshot did not reach first")?;
+    // Restarted with its clock two hours ahead (`clock-ahead-2h`): `first` looks 2 hours old to it.
+    cluster.node(replica).kill9();
+    cluster.node(replica).env = vec![("SLUICE_PLANTED_BUG".into(), "clock-ahead-2h".into())];
+    cluster.node(replica).start()?;
+    let replica_http = cluster.node(replica).http.clone();
+    wait_ready(&replica_http).await?;
+    wait_for_broker(&replica_http, "/default/orders").await?;
+    accepted("first").await?;
+    accepted("last").await?;
+    for node in &cluster.nodes {
+        let admin = node.admin.clone();
+        wait_until(Duration::from_secs(30), || async {
+            let events = read_events(&admin, STREAM, PARTITIONS).await?;
+            Ok(events.iter().any(|e| e.get_str("id") == Some("last")).then_some(()))
+        })
+        .await?;
+        let events = read_events(&node.admin, STREAM, PARTITIONS).await?;
+        let ids: Vec<&str> = events.iter().filter_map(|e| e.get_str("id")).collect();
+        let expected = [&["first"][..], &fillers, &["last"]].concat();
+        assert_eq!(ids, expected, "node {}: first once (its retry stored nowhere), then the rest", node.id);
+    }
+    let rebuilt = metric_sum(&replica_http, "sluice_dedupe_windows_rebuilt_total").await?;
+    assert!(rebuilt >= 1.0, "the replica rebuilt the window with first in it at the retry: {rebuilt}");
+    let leaders_after: Vec<u64> = {
+        let mut now = Vec::new();
+        for group in 1..=PARTITIONS {
+            now.push(cluster.leader_of(group).await?);
+        }
+        now
+    };
+    assert_eq!(leaders_after, leaders, "the test assumes the replica never led (its clock would stamp events)");
+
+    // A Broker idle past its window (1 s, and no grace): every node gives the window up at its next sweep
+    // (every 10 s), whatever its clock.
+    let brief = client
+        .post(format!("http://{leader_http}/default/brief"))
+        .header("content-type", "application/cloudevents+json")
+        .body(structured("brief-1", None).to_string())
+        .send()
+        .await?;
+    assert_eq!(brief.status(), StatusCode::ACCEPTED);
+    for node in &cluster.nodes {
+        let http = node.http.clone();
+        wait_until(Duration::from_secs(40), || async {
+            Ok((metric_sum(&http, "sluice_dedupe_windows_released_total").await? >= 1.0).then_some(()))
+        })
+        .await
+        .with_context(|| format!("node {} released no window", node.id))?;
     }
     Ok(())
 }

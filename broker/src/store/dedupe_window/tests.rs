@@ -292,6 +292,9 @@ enum Step {
     Reopen,
     /// The apply batch ends: what it admitted is written to the index.
     Write,
+    /// The batch is written and the window leaves memory (the stream looked idle); the next append with
+    /// dedupe rebuilds it from the index with its own range.
+    Release,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -302,6 +305,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0u64..6).prop_map(|by| Step::Trim { by }),
         1 => Just(Step::Reopen),
         2 => Just(Step::Write),
+        1 => Just(Step::Release),
     ]
 }
 
@@ -310,7 +314,7 @@ fn step() -> impl Strategy<Value = Step> {
 /// Appends reach the index when their batch is written (a reopen writes first: it follows a write);
 /// reopens rebuild from the index entries, filtered by arrival as the scan from the horizon is.
 fn run_against_the_definition(steps: Vec<Step>, hash_mask: u64) -> Result<(), TestCaseError> {
-    let mut window = DedupeWindow { hash_mask, ..DedupeWindow::default() };
+    let mut held = Some(DedupeWindow { hash_mask, ..DedupeWindow::default() });
     let mut index = Index::default();
     let mut unwritten: Vec<((u64, u64), Vec<Fingerprint>)> = Vec::new();
     let mut stored: Vec<(Option<u8>, u64, u64)> = Vec::new();
@@ -322,6 +326,11 @@ fn run_against_the_definition(steps: Vec<Step>, hash_mask: u64) -> Result<(), Te
                 horizon_ms = horizon_ms.max(now_ms.saturating_sub(window_ms));
                 let range = LiveRange::of(start_offset, next_offset, horizon_ms);
                 let fingerprints: Vec<_> = keys.iter().map(|k| fp(&k.to_string())).collect();
+                // Released: rebuilt from the index as the state machine does, with this append's range.
+                let window = held.get_or_insert_with(|| {
+                    let recorded = index.recorded().into_iter().filter(|a| a.arrival_ms >= horizon_ms);
+                    DedupeWindow::rebuilt_with_mask(recorded, range, hash_mask)
+                });
                 let decided = window.admit(range, next_offset, now_ms, &fingerprints, &mut index);
                 let decided = decided.map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
                 let mut kept = Vec::new();
@@ -352,9 +361,15 @@ fn run_against_the_definition(steps: Vec<Step>, hash_mask: u64) -> Result<(), Te
                 start_offset = (start_offset + by).min(next_offset);
                 index.trim(start_offset);
             }
+            Step::Release => {
+                index.entries.extend(unwritten.drain(..));
+                index.trim(start_offset);
+                held = None;
+            }
             Step::Write | Step::Reopen => {
                 index.entries.extend(unwritten.drain(..));
                 index.trim(start_offset);
+                let Some(window) = held.as_mut() else { continue };
                 window.written();
                 if let Step::Reopen = step {
                     let range = LiveRange::of(start_offset, next_offset, horizon_ms);
@@ -369,7 +384,7 @@ fn run_against_the_definition(steps: Vec<Step>, hash_mask: u64) -> Result<(), Te
                         let after = rebuilt.contains(&fingerprint, ShortHash::of(&fingerprint, hash_mask), &mut index);
                         prop_assert_eq!(before, after, "key {}", key);
                     }
-                    window = rebuilt;
+                    *window = rebuilt;
                 }
             }
         }
@@ -487,4 +502,29 @@ fn one_key_appends_of_one_arrival_share_a_span() {
         assert!(live_contains(&rebuilt, &mut index, &fp(&key.to_string())), "key {key} after a rebuild");
     }
     assert_eq!(index.append(&mut rebuilt, trimmed, 72, 300, &[fp("5")]), [true]);
+}
+
+/// Which windows a node keeps in memory: by the window, when the stream was last used and the node's clock.
+/// (Whatever it decides, the decisions stay exact: the proptests release windows at random.)
+#[test]
+fn a_window_is_held_while_its_stream_may_still_send_within_it() {
+    let minute = 60_000;
+    let grace = DEFAULT_IDLE_GRACE_MS;
+    // (window, last used, now, held)
+    let table = [
+        (Some(2 * minute), 10 * minute, 10 * minute, true, "just used"),
+        (Some(2 * minute), 10 * minute, 12 * minute + grace, true, "window and grace not yet past"),
+        (Some(2 * minute), 10 * minute, 12 * minute + grace + 1, false, "window and grace past"),
+        (Some(2 * minute), 10 * minute, 5 * minute, true, "a clock that went back holds"),
+        (None, 10 * minute, 10 * minute, false, "never an append with dedupe: nothing to hold"),
+        (Some(0), 10 * minute, 10 * minute + grace + 1, false, "a zero window: the grace alone"),
+        (Some(u64::MAX), u64::MAX, 0, true, "no overflow"),
+    ];
+    for (window_ms, last_used_ms, now_ms, held, why) in table {
+        assert_eq!(worth_holding(window_ms, last_used_ms, now_ms, grace), held, "{why}");
+    }
+    assert!(!worth_holding(Some(2 * minute), 10 * minute, 12 * minute + 1, 0), "no grace: the window alone");
+    assert!(worth_holding(Some(2 * minute), 10 * minute, 12 * minute, 0));
+    assert_eq!(window_shown(10 * minute, 8 * minute), Some(2 * minute));
+    assert_eq!(window_shown(10 * minute, 0), None, "no horizon: no append with dedupe yet");
 }
