@@ -984,9 +984,10 @@ async fn an_index_entry_past_the_streams_end_is_refused_as_corruption_by_a_rebui
         let (store, mut sm) = open_at(dir.path(), 2, now_ms.clone());
         apply(&mut sm, vec![entry(1, LogCommand::append(vec![dedupe_append_to("d", T, &["a", "b"])]))]).await;
         let index = cf(store.db(), crate::store::keys::CF_TIME_INDEX).expect("cf");
-        let stray = [crate::store::dedupe_window::Fingerprint::of_key(b"c")];
+        // It straddles the end: from offset 1 (the second of the two events stored) to 3.
+        let stray = [b"b".as_slice(), b"c"].map(crate::store::dedupe_window::Fingerprint::of_key);
         let value = crate::store::dedupe_window::index_value(Some(&stray));
-        store.db().put_cf(index, crate::store::keys::time_index_key(2, 0, T + 1, 2), value).expect("put");
+        store.db().put_cf(index, crate::store::keys::time_index_key(2, 0, T + 1, 1), value).expect("put");
     }
     // At open (the window is worth holding by this clock).
     let store = Store::open(dir.path()).expect("open store");
@@ -995,7 +996,7 @@ async fn an_index_entry_past_the_streams_end_is_refused_as_corruption_by_a_rebui
     let opened =
         GroupStateMachine::open(store.db().clone(), 2, store.snapshot_dir(), store.dedupe_horizons().clone(), memory);
     let error = opened.err().expect("the rebuild at open refuses the stray entry").to_string();
-    assert!(error.contains("reaches past the stream's written end 2"), "{error}");
+    assert!(error.contains("at offsets 1..3 reaches past the stream's written end 2"), "{error}");
     drop(store);
     // At the next append, by a node that held no window (its clock past the window).
     now_ms.store(T + 10 * 60_000, Ordering::Relaxed);

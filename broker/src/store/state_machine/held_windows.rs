@@ -179,7 +179,7 @@ impl GroupStateMachine {
                         Some(RecordedAppend { first_offset, end_offset: written_end, arrival_ms, fingerprints: None })
                     }
                     IndexedKeys::Fingerprints(fingerprints) => {
-                        let end_offset = first_offset + fingerprints.len() as u64;
+                        let end_offset = first_offset.saturating_add(fingerprints.len() as u64);
                         // None of its keys is live (below the cap or trimmed): the window would remember none.
                         (end_offset > range.from_offset).then_some(RecordedAppend {
                             first_offset,
