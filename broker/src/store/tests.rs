@@ -915,6 +915,22 @@ async fn a_duplicate_in_a_later_batch_is_confirmed_from_the_time_index() {
     assert_eq!(sm.view().end_offset("d"), 201, "k7 and k199 were seen, new was not");
 }
 
+/// Turns the data dir into one an earlier version wrote: every time-index value empty, and each of `seen`
+/// (stream id, key, seen at) in the `dedupe` column family of `group`.
+fn as_written_by_an_earlier_version(store: &Store, group: u32, seen: &[(u32, &[u8], u64)]) {
+    let db = store.db();
+    let index = cf(db, crate::store::keys::CF_TIME_INDEX).expect("cf");
+    let keys: Vec<_> = db.iterator_cf(index, rocksdb::IteratorMode::Start).map(|kv| kv.expect("kv").0).collect();
+    for key in keys {
+        db.put_cf(index, key, []).expect("put");
+    }
+    let dedupe = cf(db, crate::store::keys::CF_DEDUPE).expect("cf");
+    for (stream_id, key, seen_ms) in seen {
+        db.put_cf(dedupe, crate::store::keys::dedupe_seen_key(group, *stream_id, key), seen_ms.to_be_bytes())
+            .expect("put");
+    }
+}
+
 /// Data dirs of earlier versions kept each key in the `dedupe` column family and wrote empty time-index
 /// values: until the window passes those appends, a key not in memory is looked up there.
 #[tokio::test]
@@ -923,14 +939,7 @@ async fn keys_an_earlier_version_kept_on_disk_still_catch_duplicates() {
     {
         let (store, mut sm) = open(dir.path(), 2);
         apply(&mut sm, vec![entry(1, LogCommand::append(vec![dedupe_append(1_000, &["old"])]))]).await;
-        // Turn the data dir into one written the old way: the key in `dedupe`, the index value empty.
-        let db = store.db();
-        let index = cf(db, crate::store::keys::CF_TIME_INDEX).expect("cf");
-        let keys: Vec<_> = db.iterator_cf(index, rocksdb::IteratorMode::Start).map(|kv| kv.expect("kv").0).collect();
-        assert_eq!(keys.len(), 1);
-        db.put_cf(index, &keys[0], []).expect("put");
-        let dedupe = cf(db, crate::store::keys::CF_DEDUPE).expect("cf");
-        db.put_cf(dedupe, crate::store::keys::dedupe_seen_key(2, 0, b"old"), 1_000u64.to_be_bytes()).expect("put");
+        as_written_by_an_earlier_version(&store, 2, &[(0, b"old", 1_000)]);
     }
     let (_store, mut sm) = open(dir.path(), 2);
     assert_eq!(sm.dedupe_keys(), 0, "nothing to rebuild from");
@@ -954,13 +963,7 @@ async fn a_window_rebuilt_mid_batch_ends_an_earlier_versions_append_where_the_in
     {
         let (store, mut sm) = open_at(dir.path(), 2, now_ms.clone());
         apply(&mut sm, vec![entry(1, LogCommand::append(vec![dedupe_append_to("d", T, &["old"])]))]).await;
-        // Written the old way: the key in `dedupe`, the index value empty.
-        let db = store.db();
-        let index = cf(db, crate::store::keys::CF_TIME_INDEX).expect("cf");
-        let keys: Vec<_> = db.iterator_cf(index, rocksdb::IteratorMode::Start).map(|kv| kv.expect("kv").0).collect();
-        db.put_cf(index, &keys[0], []).expect("put");
-        let dedupe = cf(db, crate::store::keys::CF_DEDUPE).expect("cf");
-        db.put_cf(dedupe, crate::store::keys::dedupe_seen_key(2, 0, b"old"), T.to_be_bytes()).expect("put");
+        as_written_by_an_earlier_version(&store, 2, &[(0, b"old", T)]);
         apply(&mut sm, vec![entry(2, LogCommand::Trim { stream: "d".into(), before_offset: 1 })]).await;
     }
     // Reopened by a clock past the window: no window held, the next append with dedupe rebuilds it.

@@ -18,13 +18,14 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 use super::*;
-use crate::store::keys::{CF_DEDUPE, CF_TIME_INDEX, dedupe_seen_key};
 
 const STREAMS: [&str; 3] = ["s0", "s1", "s2"];
 const KEYS: u8 = 10;
 /// The leader's first arrival stamp; an earlier version wrote the data dir's first appends before it.
 const T0_MS: u64 = 1_000_000;
 const PROBE_WINDOW_MS: u64 = 600;
+/// When the earlier version wrote its appends (the log's first entry).
+const LEGACY_MS: u64 = T0_MS - 200;
 
 /// One log entry's appends, or a trim.
 #[derive(Clone, Debug)]
@@ -175,20 +176,19 @@ fn probe(arrival_ms: u64) -> LogCommand {
 /// The log: the earlier version's appends (entry 1), then the case's commands, then a probe at the last
 /// stamp; and the leader's clock after each entry.
 fn log_entries(case: &Case) -> (Vec<crate::command::Entry>, Vec<u64>) {
-    let legacy_ms = T0_MS - 200;
     let legacy = LogCommand::append(
         STREAMS
             .iter()
             .zip(&case.legacy_keys)
             .map(|(stream, keys)| {
                 let keys: Vec<String> = keys.iter().map(|k| key(*k)).collect();
-                stream_append(stream, legacy_ms, &keys, Some(PROBE_WINDOW_MS))
+                stream_append(stream, LEGACY_MS, &keys, Some(PROBE_WINDOW_MS))
             })
             .collect(),
     );
     let mut clock_ms = T0_MS;
     let mut commands = vec![legacy];
-    let mut clocks = vec![legacy_ms];
+    let mut clocks = vec![LEGACY_MS];
     for command in &case.commands {
         commands.push(match command {
             Command::Trim { stream, before_offset } => {
@@ -212,24 +212,6 @@ fn log_entries(case: &Case) -> (Vec<crate::command::Entry>, Vec<u64>) {
     clocks.push(clock_ms);
     let mut index = 0;
     (numbered(&mut index, commands), clocks)
-}
-
-/// Turns the data dir into one an earlier version wrote: entry 1's keys in the `dedupe` column family, its
-/// index values empty (docs/ingress.md, "Data dirs of earlier versions").
-fn as_written_by_an_earlier_version(store: &Store, case: &Case) {
-    let db = store.db();
-    let index = cf(db, CF_TIME_INDEX).expect("cf");
-    let entries: Vec<_> = db.iterator_cf(index, rocksdb::IteratorMode::Start).map(|kv| kv.expect("kv").0).collect();
-    for key_bytes in entries {
-        db.put_cf(index, key_bytes, []).expect("put");
-    }
-    let dedupe = cf(db, CF_DEDUPE).expect("cf");
-    for (stream_id, keys) in case.legacy_keys.iter().enumerate() {
-        for k in keys {
-            let seen = dedupe_seen_key(2, stream_id as u32, key(*k).as_bytes());
-            db.put_cf(dedupe, seen, (T0_MS - 200).to_be_bytes()).expect("put");
-        }
-    }
 }
 
 /// Every stream as a replica holds it: start, end, and each record (offset, arrival, payload).
@@ -287,7 +269,11 @@ impl<'a> Replica<'a> {
     ) -> Replica<'a> {
         let mut replica = Replica::new(idle_grace_ms, exercised);
         apply(replica.sm(), vec![first.clone()]).await;
-        as_written_by_an_earlier_version(&replica.open.as_ref().expect("open").0, case);
+        let seen: Vec<(u32, Vec<u8>)> = (case.legacy_keys.iter().enumerate())
+            .flat_map(|(stream_id, keys)| keys.iter().map(move |k| (stream_id as u32, key(*k).into_bytes())))
+            .collect();
+        let seen: Vec<(u32, &[u8], u64)> = seen.iter().map(|(id, k)| (*id, k.as_slice(), LEGACY_MS)).collect();
+        as_written_by_an_earlier_version(&replica.open.as_ref().expect("open").0, 2, &seen);
         replica.reopen();
         replica
     }
