@@ -53,7 +53,7 @@ pub(crate) async fn status(admin: &str) -> Result<StatusReply, ChaosError> {
     Ok(ClusterClient::new(channel(admin).await?).status(StatusRequest {}).await?.into_inner())
 }
 
-/// Decodes stored records into (offset, source, id, type).
+/// Decodes stored records into (offset, source, id, type, arrival).
 fn logged(records: Vec<sluice_proto::admin::Record>) -> Vec<LoggedEvent> {
     records
         .into_iter()
@@ -63,12 +63,14 @@ fn logged(records: Vec<sluice_proto::admin::Record>) -> Vec<LoggedEvent> {
                 source: event.get_str("source").unwrap_or_default().to_string(),
                 id: event.get_str("id").unwrap_or_default().to_string(),
                 event_type: event.get_str("type").unwrap_or_default().to_string(),
+                arrival_ms: r.arrival_ms,
             },
             Err(e) => LoggedEvent {
                 offset: r.offset,
                 source: "(undecodable)".into(),
                 id: format!("{e}"),
                 event_type: String::new(),
+                arrival_ms: r.arrival_ms,
             },
         })
         .collect()

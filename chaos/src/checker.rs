@@ -113,7 +113,13 @@ pub struct Report {
     pub offset_conflicts: usize,
     pub gaps: Vec<String>,
     pub dedupe: bool,
+    /// The Broker's dedupe window when the run set one: copies of an event further apart than it are no
+    /// violation (the event came again as a new one).
+    pub dedupe_window_ms: Option<u64>,
+    /// Events stored more than once within the dedupe window (any two copies, without a window set).
     pub log_duplicates: Vec<Key>,
+    /// Events stored again further apart than the run's dedupe window: a retry past it, allowed.
+    pub stored_again_past_window: usize,
     pub triggers: BTreeMap<String, TriggerFigures>,
     pub offset_observations: usize,
     pub offset_regressions: Vec<String>,
@@ -219,7 +225,14 @@ impl fmt::Display for Report {
             ("GAPS", self.gaps.len().to_string()),
             (
                 if self.dedupe { "DUPLICATES in log" } else { "duplicates in log (no dedupe)" },
-                self.log_duplicates.len().to_string(),
+                match self.dedupe_window_ms {
+                    Some(window_ms) => format!(
+                        "{} (within the {window_ms} ms window; {} stored again past it)",
+                        self.log_duplicates.len(),
+                        self.stored_again_past_window
+                    ),
+                    None => self.log_duplicates.len().to_string(),
+                },
             ),
             ("DISPATCH INCOMPLETE", self.dispatch_incomplete().to_string()),
             ("NOT RECOVERED nodes", self.unrecovered.len().to_string()),
@@ -340,9 +353,10 @@ pub fn check(history: &[Entry]) -> Report {
         first_t.get_or_insert(entry.t);
         last_t = last_t.max(entry.t);
         match &entry.op {
-            Op::Start { seed, stream: s, dedupe, triggers: t, planted_bug, .. } => {
+            Op::Start { seed, stream: s, dedupe, dedupe_window_ms, triggers: t, planted_bug, .. } => {
                 report.seed = *seed;
                 report.dedupe = *dedupe;
+                report.dedupe_window_ms = *dedupe_window_ms;
                 report.planted_bug = planted_bug.clone();
                 stream = Some(s.clone());
                 triggers = t.clone();
@@ -495,11 +509,19 @@ pub fn check(history: &[Entry]) -> Report {
     report.failed = unacked.iter().filter(|k| refused.contains(**k)).count();
     report.indeterminate = unacked.len() - report.failed;
     report.indeterminate_stored = unacked.iter().filter(|k| !refused.contains(**k) && anywhere.contains(**k)).count();
-    let mut counts: BTreeMap<Key, usize> = BTreeMap::new();
+    let mut arrivals: BTreeMap<Key, Vec<u64>> = BTreeMap::new();
     for (_, e) in &stored {
-        *counts.entry(key(e)).or_default() += 1;
+        arrivals.entry(key(e)).or_default().push(e.arrival_ms);
     }
-    report.log_duplicates = counts.into_iter().filter(|(_, n)| *n > 1).map(|(k, _)| k).collect();
+    for (k, mut stamps) in arrivals.into_iter().filter(|(_, stamps)| stamps.len() > 1) {
+        stamps.sort_unstable();
+        match report.dedupe_window_ms {
+            Some(window_ms) if stamps.windows(2).all(|pair| pair[1] - pair[0] > window_ms) => {
+                report.stored_again_past_window += 1
+            }
+            _ => report.log_duplicates.push(k),
+        }
+    }
     report.refused_stored = refused
         .iter()
         .filter(|k| !acked.contains(*k) && !uncertain.contains(*k) && anywhere.contains(*k))

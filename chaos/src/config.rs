@@ -56,6 +56,10 @@ pub struct Config {
     pub tls: bool,
     /// Nodes snapshot every N entries and keep N/4 behind (`None`: the node's defaults).
     pub snapshot_every_entries: Option<u64>,
+    /// The Broker's dedupe window (`None`: its default, 2 minutes), and the nodes give an idle stream's window
+    /// up right after it (`--dedupe-idle-grace-ms 0`): short enough, a node held back by a fault releases
+    /// windows and rebuilds them as it catches up. The checker then allows an event stored again past it.
+    pub dedupe_window: Option<Duration>,
 }
 
 impl Config {
@@ -88,6 +92,7 @@ impl Config {
             verbose: true,
             tls: false,
             snapshot_every_entries: None,
+            dedupe_window: None,
         }
     }
 }

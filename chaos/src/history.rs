@@ -22,6 +22,9 @@ pub struct LoggedEvent {
     pub id: String,
     #[serde(rename = "type")]
     pub event_type: String,
+    /// The arrival stamp the partition's leader gave it (0 in histories written before it was recorded).
+    #[serde(default)]
+    pub arrival_ms: u64,
 }
 
 /// A Trigger of the run: its subscriber path, its filter (exact `type`, or all) and its dead-letter stream.
@@ -44,6 +47,10 @@ pub enum Op {
         network: String,
         stream: String,
         dedupe: bool,
+        /// The Broker's dedupe window when the run set one (`--dedupe-window`); None: the default (2 minutes),
+        /// longer than any retry of the run.
+        #[serde(default)]
+        dedupe_window_ms: Option<u64>,
         triggers: Vec<TriggerSpec>,
         planted_bug: Option<String>,
     },

@@ -146,6 +146,7 @@ pub async fn run(config: Config) -> Result<Report, ChaosError> {
         network: net.name().to_string(),
         stream: stream(),
         dedupe: true,
+        dedupe_window_ms: config.dedupe_window.map(|window| window.as_millis() as u64),
         triggers: trigger_specs(),
         planted_bug: config.planted_bug.clone(),
     });
@@ -192,6 +193,10 @@ pub async fn run(config: Config) -> Result<Report, ChaosError> {
     if let Some(every) = config.snapshot_every_entries {
         history.note(format!("snapshots every {every} entries, {} kept behind", every / 4));
         extra_node_args.extend(snapshot_node_args(every));
+    }
+    if let Some(window) = config.dedupe_window {
+        history.note(format!("dedupe window {window:?}, idle windows given up right after it"));
+        extra_node_args.extend(["--dedupe-idle-grace-ms".to_string(), "0".to_string()]);
     }
     let mut cluster = Cluster {
         net: &net,
@@ -340,11 +345,15 @@ async fn drive(cluster: &mut Cluster<'_>, kinds: &[FaultKind]) -> Result<(), Cha
             .await?;
     let admin = cluster.nodes[0].addrs.admin.clone();
     let mut resources = ResourcesClient::new(channel(&admin).await?);
-    let broker = serde_json::json!({
+    let mut broker = serde_json::json!({
         "apiVersion": "eventing.knative.dev/v1",
         "kind": "Broker",
         "metadata": { "name": BROKER, "namespace": NAMESPACE },
     });
+    if let Some(window) = config.dedupe_window {
+        let window = format!("{}ms", window.as_millis().max(1));
+        broker["metadata"]["annotations"] = serde_json::json!({ "sluice.dev/dedupe-window": window });
+    }
     resources.apply(ApplyResourceRequest { object_json: broker.to_string(), dry_run: false }).await?;
     for spec in trigger_specs() {
         let object = trigger_object(&spec, &subscribers, &config);

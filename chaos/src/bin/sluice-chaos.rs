@@ -82,6 +82,11 @@ struct Args {
     /// 1,000), so that a node back from a fault catches up through a snapshot, not only the log.
     #[arg(long, value_parser = clap::value_parser!(u64).range(4..))]
     snapshot_every_entries: Option<u64>,
+    /// The Broker's dedupe window (e.g. 3s; default: the Broker's own, 2 minutes), with nodes that give an
+    /// idle stream's window up right after it: a node held back by a fault releases its windows and rebuilds
+    /// them as it catches up. An event stored again further apart than the window is then no violation.
+    #[arg(long, value_parser = sluice_chaos::parse_duration)]
+    dedupe_window: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -150,6 +155,7 @@ fn main() -> ExitCode {
     config.keep_dir = args.keep.clone();
     config.tls = args.tls;
     config.snapshot_every_entries = args.snapshot_every_entries;
+    config.dedupe_window = args.dedupe_window;
     eprintln!("sluice-chaos: seed {seed}");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

@@ -10,7 +10,7 @@ struct H {
 }
 
 fn ev(offset: u64, source: &str, id: &str, event_type: &str) -> LoggedEvent {
-    LoggedEvent { offset, source: source.into(), id: id.into(), event_type: event_type.into() }
+    LoggedEvent { offset, source: source.into(), id: id.into(), event_type: event_type.into(), arrival_ms: 0 }
 }
 
 impl H {
@@ -24,6 +24,7 @@ impl H {
             network: "namespaces".into(),
             stream: STREAM.into(),
             dedupe: true,
+            dedupe_window_ms: None,
             triggers: vec![
                 TriggerSpec {
                     name: "all".into(),
@@ -180,6 +181,28 @@ fn duplicates_in_the_log_violate_only_with_dedupe() {
     let report = check(&no_dedupe);
     assert_eq!(report.log_duplicates.len(), 1, "still reported");
     assert_eq!(report.violations(), Vec::<String>::new());
+}
+
+/// With a dedupe window set (`--dedupe-window`), an event stored again further apart than the window came
+/// again as a new one (a producer's retry past it); within the window it is a violation, as without one.
+#[test]
+fn with_a_dedupe_window_only_copies_within_it_violate() {
+    let at = |offset, id: &str, arrival_ms| {
+        let event_type = if id == "2" { "b" } else { "a" };
+        LoggedEvent { arrival_ms, ..ev(offset, "p0", id, event_type) }
+    };
+    let mut h = H::clean();
+    for node in 1..=3 {
+        h.read(node, STREAM, vec![at(0, "1", 1_000), at(1, "2", 1_500), at(2, "1", 2_001), at(3, "2", 2_500)]);
+    }
+    if let Op::Start { dedupe_window_ms, .. } = &mut h.entries[0].op {
+        *dedupe_window_ms = Some(1_000);
+    }
+    let report = h.check();
+    assert_eq!(report.stored_again_past_window, 1, "1 came again 1,001 ms later");
+    assert_eq!(report.log_duplicates, vec![("p0".to_string(), "2".to_string())], "2 came again at the window's edge");
+    assert!(report.violations().iter().any(|v| v.contains("stored twice")));
+    assert!(report.to_string().contains("1 (within the 1000 ms window; 1 stored again past it)"), "{report}");
 }
 
 #[test]
@@ -341,12 +364,7 @@ fn regression_a_delivered_event_still_being_retried_after_a_failover_is_not_drai
     // seed 9001: `/chaos/p1` 4393 was delivered before a failover, then delivered again by the new leader,
     // failed five times and was dead-lettered 160 ms after the drain had ended and node 1 had been read.
     let spec = TriggerSpec { name: "t-b".into(), type_filter: Some("b".into()), dead_letter_stream: "dl".into() };
-    let event = |offset: u64, id: &str, event_type: &str| LoggedEvent {
-        offset,
-        source: "/chaos/p1".into(),
-        id: id.into(),
-        event_type: event_type.into(),
-    };
+    let event = |offset: u64, id: &str, event_type: &str| ev(offset, "/chaos/p1", id, event_type);
     let events = [event(0, "4392", "a"), event(1, "4393", "b")];
     let delivered = |k: &Key| k.1 == "4393";
     let none = BTreeSet::new();

@@ -1,7 +1,10 @@
 //! The second CI chaos run, covering what `t80` does not: the loopback network, whose partitions are cuts in
 //! the TCP proxy on each peer link (`proxy.rs`), membership changes (remove a node, wipe it, add it back with
-//! its old id), and faults that overlap (two held at once). 3 nodes, about 90 s of faults. Fails on any
-//! safety violation, like `t80`. `CHAOS_SEED` and `CHAOS_DURATION` override the seed and the fault phase.
+//! its old id), faults that overlap (two held at once), and a dedupe window short enough (3 s, the nodes
+//! giving an idle stream's window up right after it) that a node cut off or removed gives its windows up and
+//! rebuilds them from disk as it catches up (a producer's retry further apart than the window is stored
+//! again, and allowed). 3 nodes, about 90 s of faults. Fails on any safety violation, like `t80`.
+//! `CHAOS_SEED` and `CHAOS_DURATION` override the seed and the fault phase.
 
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ async fn loopback_partitions_membership_and_overlapping_faults() -> anyhow::Resu
     config.network = NetworkKind::Loopback;
     config.faults = vec![FaultKind::Kill, FaultKind::Partition, FaultKind::Membership];
     config.max_overlapping_faults = 2;
+    config.dedupe_window = Some(Duration::from_secs(3));
     let started = std::time::Instant::now();
     let report = sluice_chaos::run(config.clone()).await?;
     sluice_chaos::ci::verdict("t82", &config, &report, started.elapsed()).map_err(anyhow::Error::msg)

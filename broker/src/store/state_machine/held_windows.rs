@@ -83,7 +83,8 @@ impl GroupStateMachine {
         if released == 0 {
             return;
         }
-        tracing::debug!(
+        // Info: once per stream per idle spell.
+        tracing::info!(
             group = self.group,
             windows = released,
             keys = keys_before - self.dedupe_keys(),
@@ -121,6 +122,7 @@ impl GroupStateMachine {
         };
         let window = self.rebuild_dedupe_window(state.id, written_end, range)?;
         if window.len() > 0 {
+            tracing::info!(group = self.group, stream, keys = window.len(), "rebuilt an idle stream's dedupe window");
             metrics::counter!("sluice_dedupe_windows_rebuilt_total", "group" => crate::ids::group_name(self.group))
                 .increment(1);
         }
