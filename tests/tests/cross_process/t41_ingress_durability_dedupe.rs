@@ -270,16 +270,6 @@ async fn a_node_whose_clock_runs_ahead_does_not_cut_the_dedupe_window_short() ->
     Ok(())
 }
 
-/// The sum of a metric over its label sets on a node's `/metrics` page (0 when absent).
-async fn metric_sum(http: &str, name: &str) -> anyhow::Result<f64> {
-    let page = reqwest::get(format!("http://{http}/metrics")).await?.text().await?;
-    Ok(page
-        .lines()
-        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
-
 /// Each partition group's applied and snapshot indexes on a node.
 async fn group_indexes(admin: &str) -> anyhow::Result<std::collections::BTreeMap<u32, (u64, Option<u64>)>> {
     let status = sluice_tests::status(admin).await?;
@@ -373,7 +363,7 @@ async fn a_replica_that_did_not_hold_an_idle_window_still_stores_a_retry_once() 
         let expected = [&["first"][..], &fillers, &["last"]].concat();
         assert_eq!(ids, expected, "node {}: first once (its retry stored nowhere), then the rest", node.id);
     }
-    let rebuilt = metric_sum(&replica_http, "sluice_dedupe_windows_rebuilt_total").await?;
+    let rebuilt = sluice_tests::metric_sum_at(&replica_http, "sluice_dedupe_windows_rebuilt_total", &[]).await?;
     assert!(rebuilt >= 1.0, "the replica rebuilt the window with first in it at the retry: {rebuilt}");
     let leaders_after: Vec<u64> = {
         let mut now = Vec::new();
@@ -396,7 +386,8 @@ async fn a_replica_that_did_not_hold_an_idle_window_still_stores_a_retry_once() 
     for node in &cluster.nodes {
         let http = node.http.clone();
         wait_until(Duration::from_secs(40), || async {
-            Ok((metric_sum(&http, "sluice_dedupe_windows_released_total").await? >= 1.0).then_some(()))
+            Ok((sluice_tests::metric_sum_at(&http, "sluice_dedupe_windows_released_total", &[]).await? >= 1.0)
+                .then_some(()))
         })
         .await
         .with_context(|| format!("node {} released no window", node.id))?;
