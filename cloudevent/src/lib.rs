@@ -6,7 +6,8 @@
 //! [`EventError`] that names the attribute and the rule; [`AttributeLimits`] holds an event's attributes to what
 //! its binary-mode delivery may carry. The broker adds Knative's attributes
 //! ([`apply_knative_attributes`]), picks the partition ([`partition_of`]) and stores [`CloudEvent::encode`]'s
-//! bytes; readers get the event back with [`CloudEvent::decode`], filter it through [`EventView`], and send it
+//! bytes; readers get the event back with [`CloudEvent::decode`] (or [`CloudEvent::decode_shared`], its data a slice of
+//! the stored bytes: [`shared_bytes`]), filter it through [`EventView`], and send it
 //! on as `ce-` headers ([`encode_header_value`], [`CloudEvent::binary_body`]) or in the JSON format
 //! ([`CloudEvent::to_json_string`]). An event without a trace of its own takes its request's W3C Trace
 //! Context ([`adopt_trace_context`]). Every function here is pure; [`clock`] is the one wall clock the shells
@@ -20,6 +21,7 @@ mod limits;
 mod media;
 mod model;
 mod partition;
+pub mod shared_bytes;
 mod trace;
 mod validate;
 mod view;

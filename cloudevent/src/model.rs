@@ -55,7 +55,7 @@ impl AttrValue {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventData {
     /// Binary mode's body, or structured mode's decoded `data_base64`.
-    Bytes(Bytes),
+    Bytes(#[serde(deserialize_with = "crate::shared_bytes::deserialize")] Bytes),
     /// Structured mode's `data` member: its JSON text exactly as sent.
     Json(String),
 }
@@ -166,6 +166,11 @@ impl CloudEvent {
             Some((&STORED_FORMAT_V1, rest)) => postcard::from_bytes(rest),
             _ => Err(postcard::Error::DeserializeBadEncoding),
         }
+    }
+
+    /// [`CloudEvent::decode`], with binary data a slice of `stored` rather than a copy of it.
+    pub fn decode_shared(stored: &Bytes) -> Result<Self, postcard::Error> {
+        crate::shared_bytes::sharing(stored, Self::decode)
     }
 
     /// The event in the JSON format (structured mode), as text: attributes with their types, and the data

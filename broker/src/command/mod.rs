@@ -43,6 +43,9 @@ pub(crate) struct StreamAppend {
     /// Applied as `max(arrival_ms, last arrival of the stream)` so that a
     /// stream's arrival times never go back (a new leader's clock may lag).
     pub arrival_ms: u64,
+    /// Slices of the message they arrive in when decoded with [`decode_shared`] (a follower's entries, a
+    /// forwarded write, an entry read back from RocksDB), not copies.
+    #[serde(deserialize_with = "sluice_cloudevent::shared_bytes::deserialize_vec")]
     pub payloads: Vec<Bytes>,
     /// Drop records whose key was stored within the window (one key per payload).
     pub dedupe: Option<Dedupe>,
@@ -69,6 +72,31 @@ impl StreamAppend {
     pub(crate) fn payload_bytes(&self) -> usize {
         self.payloads.iter().map(Bytes::len).sum()
     }
+
+    /// About the bytes [`encode`] writes for this append (each length prefix at most 10 bytes): a buffer sized
+    /// by it takes the payloads without growing (each growth copied everything written so far).
+    fn encoded_len_hint(&self) -> usize {
+        const VARINT: usize = 10;
+        let keys = self.dedupe.as_ref().map_or(0, |d| d.keys.iter().map(|k| k.len() + VARINT).sum::<usize>());
+        3 * VARINT + self.stream.len() + self.payload_bytes() + self.payloads.len() * VARINT + keys + 2 * VARINT
+    }
+}
+
+/// About the bytes [`encode`] writes for `entry`: see [`StreamAppend::encoded_len_hint`]. Only a hint: an
+/// entry that takes more grows its buffer as before.
+pub(crate) fn entry_len_hint(entry: &Entry) -> usize {
+    const LOG_ID_AND_TAGS: usize = 64;
+    match &entry.payload {
+        openraft::EntryPayload::Normal(LogCommand::Append(appends)) => {
+            LOG_ID_AND_TAGS + appends.iter().map(StreamAppend::encoded_len_hint).sum::<usize>()
+        }
+        _ => 4 * LOG_ID_AND_TAGS,
+    }
+}
+
+/// [`encode`] into a buffer sized by [`entry_len_hint`].
+pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_extend(entry, Vec::with_capacity(entry_len_hint(entry)))
 }
 
 /// What a Raft entry carries.
@@ -229,6 +257,11 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postc
     postcard::from_bytes(bytes)
 }
 
+/// [`decode`], with the appends' payloads slices of `bytes` rather than copies of them.
+pub(crate) fn decode_shared<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, postcard::Error> {
+    sluice_cloudevent::shared_bytes::sharing(bytes, |input| postcard::from_bytes(input))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +289,68 @@ mod tests {
             (LogCommand::Append(a), LogCommand::Append(b)) => assert!(Arc::ptr_eq(a, b), "a clone shares the appends"),
             _ => unreachable!("both are appends"),
         }
+    }
+
+    fn big_append(stream: &str) -> StreamAppend {
+        StreamAppend {
+            stream: stream.into(),
+            arrival_ms: 9,
+            payloads: vec![Bytes::from(vec![5u8; 64 << 10]), Bytes::from_static(b"small")],
+            dedupe: Some(Dedupe { window_ms: 1_000, keys: vec![Bytes::from_static(b"k1"), Bytes::from_static(b"k2")] }),
+        }
+    }
+
+    fn slices_of(input: &Bytes, appends: &[StreamAppend]) -> bool {
+        let (start, end) = (input.as_ptr() as usize, input.as_ptr() as usize + input.len());
+        appends.iter().flat_map(|a| a.payloads.iter()).all(|p| {
+            let at = p.as_ptr() as usize;
+            at >= start && at + p.len() <= end
+        })
+    }
+
+    fn log_id(index: u64) -> LogId {
+        use openraft::vote::RaftLeaderId;
+        openraft::LogId::new(openraft::impls::leader_id_adv::LeaderId::new(3, 1).to_committed(), index)
+    }
+
+    /// What a follower receives (AppendEntries through openraft's own serde), what a leader is forwarded, and an
+    /// entry read back: the payloads are slices of the message, and the same values as a copying decode gives.
+    #[test]
+    fn shared_decodes_slice_the_payloads_out_of_the_message() {
+        let entry = Entry {
+            log_id: log_id(42),
+            payload: openraft::EntryPayload::Normal(LogCommand::append(vec![big_append("a"), big_append("b")])),
+        };
+        let request = openraft::raft::AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::impls::Vote::new_committed(3, 1),
+            prev_log_id: Some(log_id(41)),
+            entries: vec![entry.clone()],
+            leader_commit: None,
+        };
+        let message = Bytes::from(encode(&request).expect("encode"));
+        let received: openraft::raft::AppendEntriesRequest<TypeConfig> = decode_shared(&message).expect("decode");
+        let openraft::EntryPayload::Normal(LogCommand::Append(appends)) = &received.entries[0].payload else {
+            panic!("an append entry")
+        };
+        assert!(slices_of(&message, appends), "AppendEntries payloads are slices of the message");
+        let copied: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(&message).expect("decode");
+        assert_eq!(received.entries, copied.entries);
+        let openraft::EntryPayload::Normal(LogCommand::Append(appends)) = &copied.entries[0].payload else {
+            panic!("an append entry")
+        };
+        assert!(!slices_of(&message, appends), "a plain decode copies");
+
+        let forwarded = forward::ForwardedWrite::AppendBatch(vec![big_append("c")]);
+        let message = Bytes::from(encode(&forwarded).expect("encode"));
+        let forward::ForwardedWrite::AppendBatch(appends) = decode_shared(&message).expect("decode") else {
+            panic!("a batch")
+        };
+        assert!(slices_of(&message, &appends), "forwarded payloads are slices of the message");
+        assert_eq!(appends, vec![big_append("c")]);
+
+        let stored = Bytes::from(encode_entry(&entry).expect("encode"));
+        assert!(stored.len() <= entry_len_hint(&entry), "the hint covers the entry: {}", stored.len());
+        let read_back: Entry = decode_shared(&stored).expect("decode");
+        assert_eq!(read_back, entry);
     }
 }

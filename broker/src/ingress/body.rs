@@ -25,8 +25,11 @@ pub(super) async fn read_body(
     let too_large = || EventError::bad("request body too large").rule(format!("at most {limit} bytes")).status(413);
     let mut body = body;
     let collect = async {
-        // A body that arrives in one frame (most events) is kept as it came, not copied.
-        let mut collected = Collected::default();
+        // A body that arrives in one frame (most events) is kept as it came, not copied; one that arrives in
+        // several is copied once into a buffer of its declared length (grown frame by frame, each growth
+        // copied everything so far again).
+        let declared = hyper::body::Body::size_hint(&body).exact().and_then(|n| usize::try_from(n).ok());
+        let mut collected = Collected::expecting(declared.map_or(0, |n| n.min(limit)));
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| EventError::bad("request body could not be read").rule(e.to_string()))?;
             if let Ok(data) = frame.into_data() {
@@ -170,28 +173,43 @@ impl BodyBudget {
 }
 
 /// A body's frames as they arrive: the first kept as it is, copied into one buffer only when a second comes.
-#[derive(Default)]
 enum Collected {
-    #[default]
-    Empty,
-    One(Bytes),
+    /// Nothing yet; the body's declared length (0 if unknown), to size the buffer of a body in several frames.
+    Empty {
+        declared: usize,
+    },
+    One {
+        first: Bytes,
+        declared: usize,
+    },
     Many(bytes::BytesMut),
 }
 
+impl Default for Collected {
+    fn default() -> Self {
+        Collected::expecting(0)
+    }
+}
+
 impl Collected {
+    fn expecting(declared: usize) -> Self {
+        Collected::Empty { declared }
+    }
+
     fn len(&self) -> usize {
         match self {
-            Collected::Empty => 0,
-            Collected::One(bytes) => bytes.len(),
+            Collected::Empty { .. } => 0,
+            Collected::One { first, .. } => first.len(),
             Collected::Many(buffer) => buffer.len(),
         }
     }
 
     fn push(&mut self, data: Bytes) {
         *self = match std::mem::take(self) {
-            Collected::Empty => Collected::One(data),
-            Collected::One(first) => {
-                let mut buffer = bytes::BytesMut::with_capacity(first.len() + data.len());
+            Collected::Empty { declared } => Collected::One { first: data, declared },
+            Collected::One { first, declared } => {
+                // The caller refuses a body past its limit before pushing, and bounds `declared` by it.
+                let mut buffer = bytes::BytesMut::with_capacity(declared.max(first.len() + data.len()));
                 buffer.extend_from_slice(&first);
                 buffer.extend_from_slice(&data);
                 Collected::Many(buffer)
@@ -205,8 +223,8 @@ impl Collected {
 
     fn into_bytes(self) -> Bytes {
         match self {
-            Collected::Empty => Bytes::new(),
-            Collected::One(bytes) => bytes,
+            Collected::Empty { .. } => Bytes::new(),
+            Collected::One { first, .. } => first,
             Collected::Many(buffer) => buffer.freeze(),
         }
     }
@@ -290,11 +308,36 @@ mod tests {
         assert_eq!(collected.len(), 0);
         let first = Bytes::from_static(b"hello ");
         collected.push(first.clone());
-        assert!(matches!(&collected, Collected::One(b) if b.as_ptr() == first.as_ptr()), "kept without a copy");
+        assert!(
+            matches!(&collected, Collected::One { first: b, .. } if b.as_ptr() == first.as_ptr()),
+            "kept without a copy"
+        );
         collected.push(Bytes::from_static(b"world"));
         collected.push(Bytes::from_static(b"!"));
         assert_eq!(collected.len(), 12);
         assert_eq!(collected.into_bytes(), Bytes::from_static(b"hello world!"));
         assert_eq!(Collected::default().into_bytes(), Bytes::new());
+    }
+
+    #[test]
+    fn a_body_in_several_frames_goes_into_one_buffer_of_its_declared_length() {
+        let mut collected = Collected::expecting(64 << 10);
+        collected.push(Bytes::from(vec![1u8; 8 << 10]));
+        collected.push(Bytes::from(vec![2u8; 8 << 10]));
+        let Collected::Many(buffer) = &collected else { panic!("joined") };
+        let (start, capacity) = (buffer.as_ptr(), buffer.capacity());
+        assert!(capacity >= 64 << 10, "sized by the declared length: {capacity}");
+        for _ in 0..6 {
+            collected.push(Bytes::from(vec![3u8; 8 << 10]));
+        }
+        let Collected::Many(buffer) = &collected else { panic!("joined") };
+        assert_eq!(buffer.as_ptr(), start, "never moved while the declared length was arriving");
+        let joined = collected.into_bytes();
+        assert_eq!((joined.len(), joined[0], joined[(8 << 10) + 1], joined[(64 << 10) - 1]), (64 << 10, 1, 2, 3));
+        // A body longer than it declared still arrives whole (the limit is the caller's).
+        let mut short = Collected::expecting(4);
+        short.push(Bytes::from_static(b"abc"));
+        short.push(Bytes::from_static(b"defgh"));
+        assert_eq!(short.into_bytes(), Bytes::from_static(b"abcdefgh"));
     }
 }

@@ -9,7 +9,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::command::forward::{ForwardedReply, ForwardedWrite, WriteFailure};
-use crate::command::{GroupId, SnapshotMeta, TypeConfig, Vote, decode, encode};
+use crate::command::{GroupId, SnapshotMeta, TypeConfig, Vote, decode, decode_shared, encode};
 use crate::node::Node;
 use crate::server::incoming_snapshot::{CHUNK_IDLE_TIMEOUT, receive_snapshot};
 use crate::store::Snapshot;
@@ -66,7 +66,7 @@ impl RaftTransport for TransportService {
     async fn append_entries(&self, request: Request<GroupMessage>) -> Result<Response<GroupReply>, Status> {
         let message = request.into_inner();
         let raft = self.raft(message.group_id)?;
-        let rpc = decode(&message.payload).map_err(bad_request)?;
+        let rpc = decode_shared(&message.payload).map_err(bad_request)?;
         reply(&raft.append_entries(rpc).await.map_err(fatal)?)
     }
 
@@ -94,7 +94,7 @@ impl RaftTransport for TransportService {
                 tracing::warn!(group, sent = message.group_id, "an append stream's request names another group");
                 return None;
             }
-            decode::<AppendEntriesRequest<TypeConfig>>(&message.payload)
+            decode_shared::<AppendEntriesRequest<TypeConfig>>(&message.payload)
                 .map_err(|e| tracing::warn!(group, error = %e, "undecodable AppendEntries on an append stream"))
                 .ok()
         });
@@ -198,13 +198,16 @@ impl RaftTransport for TransportService {
                 let (node, answers) = (node.clone(), answers.clone());
                 tokio::spawn(async move {
                     let group = request.group_id;
-                    let result: Result<ForwardedReply, WriteFailure> = match decode::<ForwardedWrite>(&request.write) {
-                        Ok(write) => node.write_local(group, write).await,
-                        // Nothing was written: a definite failure, and a peer that sends what this build cannot
-                        // read is a bug (never retried). Regression: it answered `Indeterminate` ("may have been
-                        // committed"), and the producer retried for ever.
-                        Err(e) => Err(WriteFailure::Bug { group, reason: format!("undecodable forwarded write: {e}") }),
-                    };
+                    let result: Result<ForwardedReply, WriteFailure> =
+                        match decode_shared::<ForwardedWrite>(&request.write) {
+                            Ok(write) => node.write_local(group, write).await,
+                            // Nothing was written: a definite failure, and a peer that sends what this build cannot
+                            // read is a bug (never retried). Regression: it answered `Indeterminate` ("may have been
+                            // committed"), and the producer retried for ever.
+                            Err(e) => {
+                                Err(WriteFailure::Bug { group, reason: format!("undecodable forwarded write: {e}") })
+                            }
+                        };
                     let answer = encode(&result)
                         .map(|bytes| ForwardReply { result: bytes.into(), id: request.id })
                         .map_err(|e| Status::internal(e.to_string()));
@@ -219,7 +222,7 @@ impl RaftTransport for TransportService {
 
     async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
         let message = request.into_inner();
-        let write: ForwardedWrite = decode(&message.write).map_err(bad_request)?;
+        let write: ForwardedWrite = decode_shared(&message.write).map_err(bad_request)?;
         let result: Result<ForwardedReply, WriteFailure> = self.node.write_local(message.group_id, write).await;
         let bytes = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ForwardReply { result: bytes.into(), id: 0 }))

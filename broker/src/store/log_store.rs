@@ -22,7 +22,9 @@ use serde::de::DeserializeOwned;
 
 use super::log_tail::LogTail;
 use super::{WalSyncer, cf, io_err};
-use crate::command::{Entry, GroupId, LogId, METADATA_GROUP, TypeConfig, Vote, decode, encode};
+use crate::command::{
+    Entry, GroupId, LogId, METADATA_GROUP, TypeConfig, Vote, decode, decode_shared, encode, encode_entry,
+};
 use crate::store::keys::{
     CF_RAFT_LOG, CF_RAFT_STATE, RAFT_STATE_COMMITTED, RAFT_STATE_LAST_PURGED, RAFT_STATE_VOTE, group_end, log_index_of,
     log_key, tag_key,
@@ -143,7 +145,8 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
         let mut entries = Vec::new();
         for item in iter {
             let (key, value) = item.map_err(io_err)?;
-            let entry: Entry = decode(&value).map_err(io_err)?;
+            // The entry's payloads are slices of the value read, not copies of it.
+            let entry: Entry = decode_shared(&bytes::Bytes::from(value)).map_err(io_err)?;
             if log_index_of(&key) != Some(entry.index()) {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "log key and entry index disagree"));
             }
@@ -204,10 +207,19 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         I: IntoIterator<Item = Entry> + Send,
     {
         let log_cf = cf(&self.db, CF_RAFT_LOG)?;
-        let mut batch = WriteBatch::default();
-        let mut written = Vec::new();
+        let mut encoded = Vec::new();
         for entry in entries {
-            let value = encode(&entry).map_err(io_err)?;
+            let value = encode_entry(&entry).map_err(io_err)?;
+            encoded.push((entry, value));
+        }
+        // Sized once: a batch grown put by put copied everything staged so far at each growth.
+        const RECORD_OVERHEAD: usize = 32;
+        let key_bytes = log_key(self.group, 0).len();
+        let batch_bytes: usize =
+            encoded.iter().map(|(_, value)| value.len() + key_bytes + RECORD_OVERHEAD).sum::<usize>() + 256;
+        let mut batch = WriteBatch::with_capacity_bytes(batch_bytes);
+        let mut written = Vec::with_capacity(encoded.len());
+        for (entry, value) in encoded {
             batch.put_cf(log_cf, log_key(self.group, entry.index()), &value);
             written.push((entry, value.len()));
         }

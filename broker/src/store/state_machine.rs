@@ -20,12 +20,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
-use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteOptions};
 use tokio::sync::watch;
 
 use super::event_tail::EventTail;
@@ -34,8 +33,8 @@ use super::{cf, io_err};
 
 use crate::command::cluster_config::ClusterConfig;
 use crate::command::{
-    Appended, GroupId, LogCommand, LogId, LogResponse, NodeId, OffsetCommit, ResourceKey, SnapshotMeta,
-    StoredMembership, StreamAppend, TypeConfig, decode, encode,
+    Appended, GroupId, LogCommand, LogId, LogResponse, NodeId, OffsetCommit, SnapshotMeta, StoredMembership,
+    StreamAppend, TypeConfig, decode, encode,
 };
 use crate::store::dedupe_expiry::DedupeHorizons;
 use crate::store::dedupe_window::{Fingerprint, LiveRange, index_value};
@@ -49,10 +48,12 @@ use crate::store::stream_keys::StreamKeys;
 
 mod held_windows;
 mod resources;
+mod staged;
 
 pub(crate) use held_windows::DedupeMemory;
 use held_windows::HeldWindow;
 use resources::{AnnotationChange, ResourceRules};
+use staged::Staged;
 
 pub(crate) use super::read_view::{AppliedConfig, ReadBatch, StoredRecord, StreamExtent, StreamView};
 use super::read_view::{AppliedView, StreamState};
@@ -630,45 +631,6 @@ fn next_cluster_config(current: Option<AppliedConfig>, command: &LogCommand, ind
     Some(AppliedConfig { config, removed_at })
 }
 
-/// Writes of one `apply` call, staged in one `WriteBatch`, and the view
-/// changes to publish once it is written.
-#[derive(Default)]
-struct Staged {
-    /// The cluster config as changed by the entries staged so far (metadata group).
-    new_config: Option<AppliedConfig>,
-    batch: WriteBatch,
-    /// The streams as the entries staged so far left them; written to the batch once each, at the end.
-    streams: HashMap<String, StreamState>,
-    /// One event's stored value at a time, on its way into `batch` (which copies it).
-    value_scratch: Vec<u8>,
-    /// (stream id, dedupe horizon) of each append with dedupe, published once the batch is written.
-    dedupe_horizons: Vec<(u32, u64)>,
-    resources: BTreeMap<ResourceKey, Option<String>>,
-    /// Payload bytes of the records staged so far, by (stream id, offset).
-    event_bytes: BTreeMap<(u32, u64), u64>,
-    /// The records staged, (stream id, offset, arrival, payload), for the readers' tail once written.
-    tail_records: Vec<(u32, u64, u64, Bytes)>,
-    /// The trims staged, (stream id, new start).
-    tail_trims: Vec<(u32, u64)>,
-    /// Consumer offsets staged so far (`None`: deleted), so that later
-    /// commits of the same apply compare against them, not the older disk value.
-    offsets: HashMap<String, Option<u64>>,
-    /// Offset commits applied (for the metric).
-    offset_commits: u64,
-}
-
-impl Staged {
-    /// Records what an append or trim left `stream` as (written once per apply, by `commit_staged`).
-    fn set_stream(&mut self, stream: &str, state: StreamState) {
-        match self.streams.get_mut(stream) {
-            Some(staged) => *staged = state,
-            None => {
-                self.streams.insert(stream.to_string(), state);
-            }
-        }
-    }
-}
-
 impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = GroupSnapshotBuilder;
@@ -681,10 +643,16 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let mut staged = Staged::default();
+        // Taken whole first (openraft holds them in memory already) so that the batch is sized once: grown put
+        // by put, it copied everything staged so far at each growth.
+        let mut taken = Vec::new();
+        while let Some(entry_and_responder) = entries.try_next().await? {
+            taken.push(entry_and_responder);
+        }
+        let mut staged = Staged::sized_for(taken.iter().map(|(entry, _)| entry));
         let mut last_applied: Option<LogId> = None;
         let mut responses = Vec::new();
-        while let Some((entry, responder)) = entries.try_next().await? {
+        for (entry, responder) in taken {
             last_applied = Some(entry.log_id());
             let response = self.stage_entry(&mut staged, &entry)?;
             if let Some(responder) = responder {

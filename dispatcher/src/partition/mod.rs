@@ -727,6 +727,8 @@ impl ReadLog for NodeLog<'_> {
         let mut events = Vec::with_capacity(batch.records.len());
         for record in batch.records {
             next = record.offset + 1;
+            // Copied, not shared (`CloudEvent::decode_shared`): a slow consumer's window would keep alive the
+            // Raft messages its events arrived in, with every other stream's events in them.
             match CloudEvent::decode(&record.payload) {
                 Ok(event) => events.push((record.offset, record.arrival_ms, Arc::new(event))),
                 Err(e) => {
