@@ -257,8 +257,21 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postc
     postcard::from_bytes(bytes)
 }
 
-/// [`decode`], with the appends' payloads slices of `bytes` rather than copies of them.
+/// The largest message whose payloads [`decode_shared`] slices out of it rather than copies.
+///
+/// A slice keeps its whole message alive. The readers' tails hold the newest entries, contiguous, so of the
+/// messages they slice only the oldest can be partly evicted and kept alive for the rest of it: one message per
+/// tail beyond what the tail counts. Up to this size that is bounded and small; a larger message (a follower
+/// catching up takes up to 16 entries of up to 4.3 MiB at once) is copied as before, its entries then held one
+/// by one.
+pub(crate) const SHARED_DECODE_MAX_BYTES: usize = 4 << 20;
+
+/// [`decode`], with the appends' payloads slices of `bytes` rather than copies of them (up to
+/// [`SHARED_DECODE_MAX_BYTES`]).
 pub(crate) fn decode_shared<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, postcard::Error> {
+    if bytes.len() > SHARED_DECODE_MAX_BYTES {
+        return decode(bytes);
+    }
     sluice_cloudevent::shared_bytes::sharing(bytes, |input| postcard::from_bytes(input))
 }
 
@@ -347,6 +360,14 @@ mod tests {
         };
         assert!(slices_of(&message, &appends), "forwarded payloads are slices of the message");
         assert_eq!(appends, vec![big_append("c")]);
+
+        let big = forward::ForwardedWrite::AppendBatch(vec![big_append("d"); 80]);
+        let message = Bytes::from(encode(&big).expect("encode"));
+        assert!(message.len() > SHARED_DECODE_MAX_BYTES);
+        let forward::ForwardedWrite::AppendBatch(appends) = decode_shared(&message).expect("decode") else {
+            panic!("a batch")
+        };
+        assert!(!slices_of(&message, &appends[..1]), "a message past the bound is copied, not kept alive whole");
 
         let stored = Bytes::from(encode_entry(&entry).expect("encode"));
         assert!(stored.len() <= entry_len_hint(&entry), "the hint covers the entry: {}", stored.len());
