@@ -209,9 +209,14 @@ impl StreamView {
         for item in iter {
             let (key, value) = item.map_err(io_err)?;
             let offset = event_offset_of(&key).ok_or_else(|| io_err("malformed event key"))?;
-            let (arrival_ms, payload) = split_event_value(&value).ok_or_else(|| io_err("malformed event value"))?;
-            bytes += payload.len();
-            batch.records.push(StoredRecord { offset, arrival_ms, payload: Bytes::copy_from_slice(payload) });
+            let (arrival_ms, payload_len) = split_event_value(&value)
+                .map(|(arrival_ms, payload)| (arrival_ms, payload.len()))
+                .ok_or_else(|| io_err("malformed event value"))?;
+            bytes += payload_len;
+            // The payload is the value read past its arrival time: a slice of it, not another copy.
+            let value = Bytes::from(value);
+            let payload = value.slice(value.len() - payload_len..);
+            batch.records.push(StoredRecord { offset, arrival_ms, payload });
             if batch.records.len() >= max_records || bytes >= max_bytes {
                 break;
             }
