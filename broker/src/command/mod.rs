@@ -94,9 +94,9 @@ pub(crate) fn entry_len_hint(entry: &Entry) -> usize {
     }
 }
 
-/// [`encode`] into a buffer sized by [`entry_len_hint`].
-pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>, postcard::Error> {
-    postcard::to_extend(entry, Vec::with_capacity(entry_len_hint(entry)))
+/// [`encode`] appended to `buffer` (a buffer reused, or sized by [`entry_len_hint`]).
+pub(crate) fn encode_into<T: Serialize>(value: &T, buffer: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_extend(value, buffer)
 }
 
 /// What a Raft entry carries.
@@ -259,12 +259,14 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postc
 
 /// The largest message whose payloads [`decode_shared`] slices out of it rather than copies.
 ///
-/// A slice keeps its whole message alive. The readers' tails hold the newest entries, contiguous, so of the
-/// messages they slice only the oldest can be partly evicted and kept alive for the rest of it: one message per
-/// tail beyond what the tail counts. Up to this size that is bounded and small; a larger message (a follower
-/// catching up takes up to 16 entries of up to 4.3 MiB at once) is copied as before, its entries then held one
-/// by one.
-pub(crate) const SHARED_DECODE_MAX_BYTES: usize = 4 << 20;
+/// A slice keeps its whole message alive (and the message is itself a slice of the gRPC receive buffer it was
+/// read into, which may hold the messages after it on the same stream). The log's tail holds the newest
+/// entries, contiguous, so of the messages it slices only the oldest can be partly evicted and kept alive for
+/// the rest; the events' tail holds the records applied from them, so the apply copies the records of an append
+/// that dropped duplicates (their message would otherwise be kept for records the tail does not count). Up to
+/// this size what a tail keeps beyond what it counts stays about one message; a larger message (a follower
+/// catching up takes up to 16 entries of up to 4.3 MiB at once) is copied as before.
+pub(crate) const SHARED_DECODE_MAX_BYTES: usize = 1 << 20;
 
 /// [`decode`], with the appends' payloads slices of `bytes` rather than copies of them (up to
 /// [`SHARED_DECODE_MAX_BYTES`]).
@@ -361,7 +363,7 @@ mod tests {
         assert!(slices_of(&message, &appends), "forwarded payloads are slices of the message");
         assert_eq!(appends, vec![big_append("c")]);
 
-        let big = forward::ForwardedWrite::AppendBatch(vec![big_append("d"); 80]);
+        let big = forward::ForwardedWrite::AppendBatch(vec![big_append("d"); 20]);
         let message = Bytes::from(encode(&big).expect("encode"));
         assert!(message.len() > SHARED_DECODE_MAX_BYTES);
         let forward::ForwardedWrite::AppendBatch(appends) = decode_shared(&message).expect("decode") else {
@@ -369,7 +371,7 @@ mod tests {
         };
         assert!(!slices_of(&message, &appends[..1]), "a message past the bound is copied, not kept alive whole");
 
-        let stored = Bytes::from(encode_entry(&entry).expect("encode"));
+        let stored = Bytes::from(encode_into(&entry, Vec::new()).expect("encode"));
         assert!(stored.len() <= entry_len_hint(&entry), "the hint covers the entry: {}", stored.len());
         let read_back: Entry = decode_shared(&stored).expect("decode");
         assert_eq!(read_back, entry);

@@ -26,20 +26,27 @@ pub(super) async fn read_body(
     let mut body = body;
     let collect = async {
         // A body that arrives in one frame (most events) is kept as it came, not copied; one that arrives in
-        // several is copied once into a buffer of its declared length (grown frame by frame, each growth
-        // copied everything so far again).
+        // several is copied into one buffer, of its declared length when the budget holds that length at once
+        // (the buffer is memory whether or not the rest comes), else grown as the frames come (each growth
+        // copies everything so far again).
         let declared = hyper::body::Body::size_hint(&body).exact().and_then(|n| usize::try_from(n).ok());
-        let mut collected = Collected::expecting(declared.map_or(0, |n| n.min(limit)));
+        let declared = declared.map_or(0, |n| n.min(limit));
+        let mut collected = Collected::default();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| EventError::bad("request body could not be read").rule(e.to_string()))?;
             if let Ok(data) = frame.into_data() {
                 if collected.len() + data.len() > limit {
                     return Ok(Err(too_large()));
                 }
-                if let Err(busy) = budget.hold(&mut held, collected.len() + data.len()) {
+                let joined = collected.len() + data.len();
+                if let Err(busy) = budget.hold(&mut held, joined) {
                     return Ok(Err(busy));
                 }
-                collected.push(data);
+                let capacity = match collected {
+                    Collected::One(_) if declared > joined && budget.hold_if_room(&mut held, declared) => declared,
+                    _ => 0,
+                };
+                collected.push(data, capacity);
             }
         }
         Ok(Ok(collected.into_bytes()))
@@ -128,6 +135,13 @@ fn grow(held: &mut Option<OwnedSemaphorePermit>, kib: &Arc<Semaphore>, more: usi
     Ok(())
 }
 
+/// Which limit a body's bytes would pass.
+enum BudgetLimit {
+    /// The connection's share (its bytes).
+    Connection(usize),
+    Node,
+}
+
 impl BodyBudget {
     pub(super) fn new(bytes: usize) -> Self {
         BodyBudget { kib: Arc::new(Semaphore::new(bytes.div_ceil(1024).min(Semaphore::MAX_PERMITS))), bytes }
@@ -135,37 +149,49 @@ impl BodyBudget {
 
     /// Grows `held` to cover `bytes`, in its connection's share and in the node's budget, or says why not (429).
     pub(super) fn hold(&self, held: &mut BodyPermit, bytes: usize) -> Result<(), EventError> {
+        self.grow_to(held, bytes).map_err(|limit| {
+            let (rule, reason) = match limit {
+                BudgetLimit::Connection(share_bytes) => (
+                    format!(
+                        "at most {share_bytes} bytes of request bodies are held at once per connection \
+                         (--max-inflight-body-bytes-per-connection)"
+                    ),
+                    "connection",
+                ),
+                BudgetLimit::Node => (
+                    format!(
+                        "at most {} bytes of request bodies are held at once over every connection \
+                         (--max-inflight-body-bytes)",
+                        self.bytes
+                    ),
+                    "node",
+                ),
+            };
+            metrics::counter!("sluice_ingress_body_budget_refused_total", "limit" => reason).increment(1);
+            EventError::bad("the node holds as many request bodies as it may; retry").rule(rule).status(429)
+        })
+    }
+
+    /// [`BodyBudget::hold`] for memory the node may do without (a buffer sized ahead of the bytes): false, and
+    /// nothing counted as refused, when there is no room.
+    pub(super) fn hold_if_room(&self, held: &mut BodyPermit, bytes: usize) -> bool {
+        self.grow_to(held, bytes).is_ok()
+    }
+
+    fn grow_to(&self, held: &mut BodyPermit, bytes: usize) -> Result<(), BudgetLimit> {
         let needed = bytes.div_ceil(1024);
         let have = held.kib();
         if needed <= have {
             return Ok(());
         }
-        let refused = |rule: String, reason: &'static str| {
-            metrics::counter!("sluice_ingress_body_budget_refused_total", "limit" => reason).increment(1);
-            EventError::bad("the node holds as many request bodies as it may; retry").rule(rule).status(429)
-        };
         if let Some(share) = &held.share {
             let have_here = held.connection.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
             if grow(&mut held.connection, &share.kib, needed.saturating_sub(have_here)).is_err() {
-                return Err(refused(
-                    format!(
-                        "at most {} bytes of request bodies are held at once per connection \
-                         (--max-inflight-body-bytes-per-connection)",
-                        share.bytes
-                    ),
-                    "connection",
-                ));
+                return Err(BudgetLimit::Connection(share.bytes));
             }
         }
         if grow(&mut held.node, &self.kib, needed - have).is_err() {
-            return Err(refused(
-                format!(
-                    "at most {} bytes of request bodies are held at once over every connection \
-                     (--max-inflight-body-bytes)",
-                    self.bytes
-                ),
-                "node",
-            ));
+            return Err(BudgetLimit::Node);
         }
         HELD_BYTES.increment(((needed - have) * 1024) as f64);
         Ok(())
@@ -173,43 +199,30 @@ impl BodyBudget {
 }
 
 /// A body's frames as they arrive: the first kept as it is, copied into one buffer only when a second comes.
+#[derive(Default)]
 enum Collected {
-    /// Nothing yet; the body's declared length (0 if unknown), to size the buffer of a body in several frames.
-    Empty {
-        declared: usize,
-    },
-    One {
-        first: Bytes,
-        declared: usize,
-    },
+    #[default]
+    Empty,
+    One(Bytes),
     Many(bytes::BytesMut),
 }
 
-impl Default for Collected {
-    fn default() -> Self {
-        Collected::expecting(0)
-    }
-}
-
 impl Collected {
-    fn expecting(declared: usize) -> Self {
-        Collected::Empty { declared }
-    }
-
     fn len(&self) -> usize {
         match self {
-            Collected::Empty { .. } => 0,
-            Collected::One { first, .. } => first.len(),
+            Collected::Empty => 0,
+            Collected::One(first) => first.len(),
             Collected::Many(buffer) => buffer.len(),
         }
     }
 
-    fn push(&mut self, data: Bytes) {
+    /// Adds a frame; a second one makes the buffer, of `capacity` if that is more than the two (the caller
+    /// holds `capacity` in the body budget).
+    fn push(&mut self, data: Bytes, capacity: usize) {
         *self = match std::mem::take(self) {
-            Collected::Empty { declared } => Collected::One { first: data, declared },
-            Collected::One { first, declared } => {
-                // The caller refuses a body past its limit before pushing, and bounds `declared` by it.
-                let mut buffer = bytes::BytesMut::with_capacity(declared.max(first.len() + data.len()));
+            Collected::Empty => Collected::One(data),
+            Collected::One(first) => {
+                let mut buffer = bytes::BytesMut::with_capacity(capacity.max(first.len() + data.len()));
                 buffer.extend_from_slice(&first);
                 buffer.extend_from_slice(&data);
                 Collected::Many(buffer)
@@ -223,8 +236,8 @@ impl Collected {
 
     fn into_bytes(self) -> Bytes {
         match self {
-            Collected::Empty { .. } => Bytes::new(),
-            Collected::One { first, .. } => first,
+            Collected::Empty => Bytes::new(),
+            Collected::One(first) => first,
             Collected::Many(buffer) => buffer.freeze(),
         }
     }
@@ -302,42 +315,53 @@ mod tests {
         assert_eq!((second.kib(), greedy.kib.available_permits()), (3, 0));
     }
 
+    /// A buffer sized ahead of its bytes is held like bytes that arrived, or not made: never memory the
+    /// budget does not cover. Regression (review of session 70): a body declaring 4 MiB and sending two small
+    /// frames had a 4 MiB buffer against a budget of a few KiB.
+    #[test]
+    fn a_buffer_sized_ahead_is_held_in_the_budget_or_not_made() {
+        let budget = BodyBudget::new(8 << 10);
+        let mut permit = BodyPermit::on_connection(None);
+        budget.hold(&mut permit, 2 << 10).expect("two frames' bytes");
+        assert!(!budget.hold_if_room(&mut permit, 64 << 10), "more than the node holds");
+        assert_eq!(permit.kib(), 2, "a refused room changes nothing held");
+        assert!(budget.hold_if_room(&mut permit, 6 << 10), "room for it");
+        assert_eq!(permit.kib(), 6);
+    }
+
     #[test]
     fn a_body_in_one_frame_is_kept_and_in_several_joined() {
         let mut collected = Collected::default();
         assert_eq!(collected.len(), 0);
         let first = Bytes::from_static(b"hello ");
-        collected.push(first.clone());
-        assert!(
-            matches!(&collected, Collected::One { first: b, .. } if b.as_ptr() == first.as_ptr()),
-            "kept without a copy"
-        );
-        collected.push(Bytes::from_static(b"world"));
-        collected.push(Bytes::from_static(b"!"));
+        collected.push(first.clone(), 0);
+        assert!(matches!(&collected, Collected::One(b) if b.as_ptr() == first.as_ptr()), "kept without a copy");
+        collected.push(Bytes::from_static(b"world"), 0);
+        collected.push(Bytes::from_static(b"!"), 0);
         assert_eq!(collected.len(), 12);
         assert_eq!(collected.into_bytes(), Bytes::from_static(b"hello world!"));
         assert_eq!(Collected::default().into_bytes(), Bytes::new());
     }
 
     #[test]
-    fn a_body_in_several_frames_goes_into_one_buffer_of_its_declared_length() {
-        let mut collected = Collected::expecting(64 << 10);
-        collected.push(Bytes::from(vec![1u8; 8 << 10]));
-        collected.push(Bytes::from(vec![2u8; 8 << 10]));
+    fn a_body_in_several_frames_goes_into_one_buffer_of_the_capacity_held() {
+        let mut collected = Collected::default();
+        collected.push(Bytes::from(vec![1u8; 8 << 10]), 64 << 10);
+        collected.push(Bytes::from(vec![2u8; 8 << 10]), 64 << 10);
         let Collected::Many(buffer) = &collected else { panic!("joined") };
         let (start, capacity) = (buffer.as_ptr(), buffer.capacity());
-        assert!(capacity >= 64 << 10, "sized by the declared length: {capacity}");
+        assert!(capacity >= 64 << 10, "sized by the capacity held: {capacity}");
         for _ in 0..6 {
-            collected.push(Bytes::from(vec![3u8; 8 << 10]));
+            collected.push(Bytes::from(vec![3u8; 8 << 10]), 0);
         }
         let Collected::Many(buffer) = &collected else { panic!("joined") };
         assert_eq!(buffer.as_ptr(), start, "never moved while the declared length was arriving");
         let joined = collected.into_bytes();
         assert_eq!((joined.len(), joined[0], joined[(8 << 10) + 1], joined[(64 << 10) - 1]), (64 << 10, 1, 2, 3));
         // A body longer than it declared still arrives whole (the limit is the caller's).
-        let mut short = Collected::expecting(4);
-        short.push(Bytes::from_static(b"abc"));
-        short.push(Bytes::from_static(b"defgh"));
+        let mut short = Collected::default();
+        short.push(Bytes::from_static(b"abc"), 4);
+        short.push(Bytes::from_static(b"defgh"), 4);
         assert_eq!(short.into_bytes(), Bytes::from_static(b"abcdefgh"));
     }
 }

@@ -198,16 +198,13 @@ impl RaftTransport for TransportService {
                 let (node, answers) = (node.clone(), answers.clone());
                 tokio::spawn(async move {
                     let group = request.group_id;
-                    let result: Result<ForwardedReply, WriteFailure> =
-                        match decode_shared::<ForwardedWrite>(&request.write) {
-                            Ok(write) => node.write_local(group, write).await,
-                            // Nothing was written: a definite failure, and a peer that sends what this build cannot
-                            // read is a bug (never retried). Regression: it answered `Indeterminate` ("may have been
-                            // committed"), and the producer retried for ever.
-                            Err(e) => {
-                                Err(WriteFailure::Bug { group, reason: format!("undecodable forwarded write: {e}") })
-                            }
-                        };
+                    let result: Result<ForwardedReply, WriteFailure> = match decode::<ForwardedWrite>(&request.write) {
+                        Ok(write) => node.write_local(group, write).await,
+                        // Nothing was written: a definite failure, and a peer that sends what this build cannot
+                        // read is a bug (never retried). Regression: it answered `Indeterminate` ("may have been
+                        // committed"), and the producer retried for ever.
+                        Err(e) => Err(WriteFailure::Bug { group, reason: format!("undecodable forwarded write: {e}") }),
+                    };
                     let answer = encode(&result)
                         .map(|bytes| ForwardReply { result: bytes.into(), id: request.id })
                         .map_err(|e| Status::internal(e.to_string()));
@@ -222,7 +219,7 @@ impl RaftTransport for TransportService {
 
     async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
         let message = request.into_inner();
-        let write: ForwardedWrite = decode_shared(&message.write).map_err(bad_request)?;
+        let write: ForwardedWrite = decode(&message.write).map_err(bad_request)?;
         let result: Result<ForwardedReply, WriteFailure> = self.node.write_local(message.group_id, write).await;
         let bytes = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ForwardReply { result: bytes.into(), id: 0 }))

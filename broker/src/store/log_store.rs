@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use super::log_tail::LogTail;
 use super::{WalSyncer, cf, io_err};
 use crate::command::{
-    Entry, GroupId, LogId, METADATA_GROUP, TypeConfig, Vote, decode, decode_shared, encode, encode_entry,
+    Entry, GroupId, LogId, METADATA_GROUP, TypeConfig, Vote, decode, decode_shared, encode, encode_into, entry_len_hint,
 };
 use crate::store::keys::{
     CF_RAFT_LOG, CF_RAFT_STATE, RAFT_STATE_COMMITTED, RAFT_STATE_LAST_PURGED, RAFT_STATE_VOTE, group_end, log_index_of,
@@ -207,19 +207,19 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         I: IntoIterator<Item = Entry> + Send,
     {
         let log_cf = cf(&self.db, CF_RAFT_LOG)?;
-        let mut encoded = Vec::new();
-        for entry in entries {
-            let value = encode_entry(&entry).map_err(io_err)?;
-            encoded.push((entry, value));
-        }
-        // Sized once: a batch grown put by put copied everything staged so far at each growth.
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // The batch is sized once (grown put by put, it copied everything staged so far at each growth), and
+        // each entry is encoded into one reused buffer, which the batch copies.
         const RECORD_OVERHEAD: usize = 32;
         let key_bytes = log_key(self.group, 0).len();
         let batch_bytes: usize =
-            encoded.iter().map(|(_, value)| value.len() + key_bytes + RECORD_OVERHEAD).sum::<usize>() + 256;
+            entries.iter().map(|entry| entry_len_hint(entry) + key_bytes + RECORD_OVERHEAD).sum::<usize>() + 256;
         let mut batch = WriteBatch::with_capacity_bytes(batch_bytes);
-        let mut written = Vec::with_capacity(encoded.len());
-        for (entry, value) in encoded {
+        let mut value = Vec::with_capacity(entries.iter().map(entry_len_hint).max().unwrap_or(0));
+        let mut written = Vec::with_capacity(entries.len());
+        for entry in entries {
+            value.clear();
+            value = encode_into(&entry, value).map_err(io_err)?;
             batch.put_cf(log_cf, log_key(self.group, entry.index()), &value);
             written.push((entry, value.len()));
         }

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -272,6 +273,10 @@ impl GroupStateMachine {
         };
         let mut kept = Vec::new();
         let events = cf(&self.db, CF_EVENTS)?;
+        // The tail holds a record's payload as the entry has it, which may be a slice of the message the entry
+        // came in (`command::decode_shared`): of an append that dropped duplicates, it holds a copy, so that
+        // the records it keeps never keep alive bytes it does not count.
+        let dropped_any = decided.as_ref().is_some_and(|(_, admitted)| admitted.iter().any(|new| !new));
         let mut next_offset = first_offset;
         for (i, payload) in append.payloads.iter().enumerate() {
             if let Some((fingerprints, admitted)) = &decided {
@@ -283,7 +288,8 @@ impl GroupStateMachine {
             write_event_value(&mut staged.value_scratch, arrival_ms, payload);
             staged.batch.put_cf(events, event_key(self.group, state.id, next_offset), &staged.value_scratch);
             staged.event_bytes.insert((state.id, next_offset), payload.len() as u64);
-            staged.tail_records.push((state.id, next_offset, arrival_ms, payload.clone()));
+            let for_tail = if dropped_any { Bytes::copy_from_slice(payload) } else { payload.clone() };
+            staged.tail_records.push((state.id, next_offset, arrival_ms, for_tail));
             next_offset += 1;
             added_bytes += payload.len() as u64;
         }

@@ -749,6 +749,26 @@ async fn a_key_is_a_duplicate_within_the_window_and_new_past_it_with_no_write_pe
     assert_eq!(count(&store, crate::store::keys::CF_TIME_INDEX), 51);
 }
 
+/// The readers' tail holds an applied payload itself (it may be a slice of the message its entry came in),
+/// except for an append that dropped duplicates: its records' payloads are copies there, so that they never keep
+/// alive a message the tail does not count. Regression (review of session 70).
+#[tokio::test]
+async fn the_tail_copies_the_records_of_an_append_that_dropped_duplicates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, mut sm) = open(dir.path(), 2);
+    apply(&mut sm, vec![entry(1, LogCommand::append(vec![dedupe_append(1_000, &["a"])]))]).await;
+    let fresh = dedupe_append(1_010, &["b", "c"]);
+    let fresh_payload = fresh.payloads[0].clone();
+    apply(&mut sm, vec![entry(2, LogCommand::append(vec![fresh]))]).await;
+    let mixed = dedupe_append(1_020, &["a", "d"]);
+    let mixed_payload = mixed.payloads[1].clone();
+    apply(&mut sm, vec![entry(3, LogCommand::append(vec![mixed]))]).await;
+    let records = sm.view().read("d", 0, 100, 1 << 20).expect("read").records;
+    assert_eq!(records.iter().map(|r| r.payload.as_ref()).collect::<Vec<_>>(), [b"a", b"b", b"c", b"d"]);
+    assert_eq!(records[1].payload.as_ptr(), fresh_payload.as_ptr(), "no duplicate dropped: the payload itself");
+    assert_ne!(records[3].payload.as_ptr(), mixed_payload.as_ptr(), "a duplicate dropped: a copy");
+}
+
 /// The window is rebuilt at open from the time index: what was within it still catches a duplicate, what
 /// was behind the horizon stays forgotten.
 #[tokio::test]
