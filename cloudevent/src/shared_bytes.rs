@@ -3,15 +3,16 @@
 //! In: a postcard-encoded value held in a [`Bytes`] (a gRPC message's field, a stored event, a Raft entry read
 //! back). Out: the value, whose byte fields marked [`deserialize`] or [`deserialize_vec`] are slices of that
 //! input (`Bytes::slice_ref`: a reference count, no copy). serde's own `Bytes` copies every byte field it
-//! decodes, so an event's payload was copied once more at each decode: on the follower that receives an entry,
-//! on the leader that receives a forwarded write, in the dispatcher that reads an event back.
+//! decodes, so an event's payload was copied once more at each decode (on the follower that receives an entry,
+//! for an entry read back from RocksDB, for an event an admin read decodes).
 //!
 //! The input is handed to the fields through a thread-local set for the duration of one synchronous decode
 //! ([`sharing`]); a field decoded outside it, or from bytes that are not the input's, is copied as before. The
 //! encoding is serde's `serialize_bytes` either way, so what is on disk and on the wire does not change.
 //!
-//! A slice keeps its whole input alive: the fields that use this are payloads held by bounded readers (the
-//! logs' in-memory tails, dispatch windows), never long-lived small keys.
+//! A slice keeps its whole input alive, so the callers share only where what holds the slices is bounded (the
+//! broker's in-memory tails, an answer being built; `command::decode_shared` says how), never for long-lived
+//! small keys and not for events a dispatcher's window may hold for long.
 
 use std::cell::RefCell;
 use std::fmt;

@@ -217,8 +217,9 @@ fn decode_token(
     Ok(positions)
 }
 
+/// Its data a slice of the record (an admin read holds the event only while it answers).
 fn decode(record: &StoredRecord) -> Option<CloudEvent> {
-    CloudEvent::decode(&record.payload).ok()
+    CloudEvent::decode_shared(&record.payload).ok()
 }
 
 impl EventsService {

@@ -43,8 +43,8 @@ pub(crate) struct StreamAppend {
     /// Applied as `max(arrival_ms, last arrival of the stream)` so that a
     /// stream's arrival times never go back (a new leader's clock may lag).
     pub arrival_ms: u64,
-    /// Slices of the message they arrive in when decoded with [`decode_shared`] (a follower's entries, a
-    /// forwarded write, an entry read back from RocksDB), not copies.
+    /// Slices of the message they arrive in when decoded with [`decode_shared`] (a follower's entries, an entry
+    /// read back from RocksDB), not copies.
     #[serde(deserialize_with = "sluice_cloudevent::shared_bytes::deserialize_vec")]
     pub payloads: Vec<Bytes>,
     /// Drop records whose key was stored within the window (one key per payload).
