@@ -8,8 +8,7 @@ use openraft::EntryPayload;
 use rocksdb::WriteBatch;
 
 use crate::command::{Entry, LogCommand, ResourceKey};
-use crate::store::read_view::AppliedConfig;
-use crate::store::read_view::StreamState;
+use crate::store::read_view::{AppliedConfig, StreamState};
 
 /// Writes of one `apply` call, staged in one `WriteBatch`, and the view
 /// changes to publish once it is written.
