@@ -265,7 +265,7 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postc
 /// the rest; the events' tail holds the records applied from them, so the apply copies the records of an append
 /// that dropped duplicates (their message would otherwise be kept for records the tail does not count). Up to
 /// this size what a tail keeps beyond what it counts stays about one message; a larger message (a follower
-/// catching up takes up to 16 entries of up to 4.3 MiB at once) is copied as before.
+/// catching up takes up to 16 entries of up to 5.0 MiB at once) is copied as before.
 pub(crate) const SHARED_DECODE_MAX_BYTES: usize = 1 << 20;
 
 /// [`decode`], with the appends' payloads slices of `bytes` rather than copies of them (up to

@@ -64,7 +64,7 @@ impl AppendLimits {
 }
 
 /// The most entries one AppendEntries carries: 16, fewer when 16 of the largest entry (the ingress limits
-/// decide it, about 4.3 MiB by default) would not fit one peer message (`MAX_PEER_MESSAGE_BYTES`), which
+/// decide it, about 5.0 MiB by default) would not fit one peer message (`MAX_PEER_MESSAGE_BYTES`), which
 /// the receiver refuses: replication would then fail at every try, under load, for good. An entry that does
 /// not fit one message alone is refused at start, naming the limits.
 pub(crate) fn payload_entries_for(max_bytes_per_entry: usize) -> Result<u64, String> {
