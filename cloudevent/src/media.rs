@@ -84,13 +84,97 @@ pub fn media_essence(content_type: &str) -> (String, Option<String>) {
     (essence.to_ascii_lowercase(), charset)
 }
 
-/// `text/*`, or any type that declares a UTF-8 charset.
+/// `text/*`, or any type that declares a UTF-8 charset. Compared in place, as [`media_essence`] would read
+/// them: asked of every event's data when it is delivered as JSON, and a lower-cased copy per question was one
+/// allocation per event each.
 pub fn is_text_media_type(content_type: &str) -> bool {
-    let (essence, charset) = media_essence(content_type);
-    essence.starts_with("text/") || charset.as_deref().is_some_and(|c| c == "utf-8" || c == "us-ascii")
+    let (essence, rest) = split_essence(content_type);
+    if starts_with_ignore_case(essence, "text/") {
+        return true;
+    }
+    let Some(parameters) = parameters(rest) else { return false };
+    parameters.iter().find(|(name, _)| name.eq_ignore_ascii_case("charset")).is_some_and(|(_, value)| {
+        let value = value.trim();
+        value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("us-ascii")
+    })
 }
 
+/// `*/json` or `*/*+json`, in any case.
 pub fn is_json_media_type(content_type: &str) -> bool {
-    let (essence, _) = media_essence(content_type);
-    essence.split_once('/').is_some_and(|(_, sub)| sub == "json" || sub.ends_with("+json"))
+    let (essence, _) = split_essence(content_type);
+    essence
+        .split_once('/')
+        .is_some_and(|(_, sub)| sub.eq_ignore_ascii_case("json") || ends_with_ignore_case(sub, "+json"))
+}
+
+fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
+    text.as_bytes().get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+}
+
+fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() >= suffix.len() && bytes[bytes.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The classifiers as they were written before they compared in place: through [`media_essence`].
+    fn is_text_by_essence(content_type: &str) -> bool {
+        let (essence, charset) = media_essence(content_type);
+        essence.starts_with("text/") || charset.as_deref().is_some_and(|c| c == "utf-8" || c == "us-ascii")
+    }
+
+    fn is_json_by_essence(content_type: &str) -> bool {
+        let (essence, _) = media_essence(content_type);
+        essence.split_once('/').is_some_and(|(_, sub)| sub == "json" || sub.ends_with("+json"))
+    }
+
+    #[test]
+    fn the_classifiers_answer_as_the_essence_does() {
+        for content_type in [
+            "text/plain",
+            "TEXT/Plain",
+            " text/x ; charset=latin1",
+            "text",
+            "tex",
+            "application/json",
+            "Application/JSON",
+            "application/vnd.x+JSON; charset=UTF-8",
+            "application/json-seq",
+            "application/+json",
+            "/json",
+            "json",
+            "application/octet-stream",
+            "application/octet-stream; charset=\"US-ASCII\"",
+            "application/xml; Charset= utf-8 ",
+            "application/xml; charset=utf-8; charset=latin1",
+            "application/xml; charset=latin1; charset=utf-8",
+            "multipart/mixed; boundary=\"x;charset=utf-8\"",
+            "application/xml; charset=\"utf-8",
+            "application/xml; charset",
+            "application/xml;; charset=utf-8;",
+            "",
+            ";charset=utf-8",
+            "a/b+json;x=\"\u{1}\"",
+            "\u{e9}/json",
+        ] {
+            assert_eq!(is_text_media_type(content_type), is_text_by_essence(content_type), "text: {content_type:?}");
+            assert_eq!(is_json_media_type(content_type), is_json_by_essence(content_type), "json: {content_type:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_classifiers_answer_as_the_essence_does_on_any_string(
+            content_type in "(text|TeXt|application|[a-zé]{0,3})?/?([a-z+]{0,6}(json|JSON)?)?( ?;( ?(charset|ChArSeT|x)? ?=? ?(\"?(utf-8|UTF-8|us-ascii|latin1|;|\\\\)\"?)?)?){0,3}",
+            any in "\\PC{0,24}",
+        ) {
+            proptest::prop_assert_eq!(is_text_media_type(&content_type), is_text_by_essence(&content_type));
+            proptest::prop_assert_eq!(is_json_media_type(&content_type), is_json_by_essence(&content_type));
+            proptest::prop_assert_eq!(is_text_media_type(&any), is_text_by_essence(&any));
+            proptest::prop_assert_eq!(is_json_media_type(&any), is_json_by_essence(&any));
+        }
+    }
 }
