@@ -85,8 +85,9 @@ pub fn media_essence(content_type: &str) -> (String, Option<String>) {
 }
 
 /// `text/*`, or any type that declares a UTF-8 charset. Compared in place, as [`media_essence`] would read
-/// them: asked of every event's data when it is delivered as JSON, and a lower-cased copy per question was one
-/// allocation per event each.
+/// them: a delivery asks this and [`is_json_media_type`] of an event's data (the JSON format's `data`, a
+/// batch's length bound, a binary body made from structured data), and a lower-cased copy of the essence per
+/// question was an allocation per event each time.
 pub fn is_text_media_type(content_type: &str) -> bool {
     let (essence, rest) = split_essence(content_type);
     if starts_with_ignore_case(essence, "text/") {
