@@ -146,6 +146,7 @@ mod tests {
             "application/json-seq",
             "application/+json",
             "/json",
+            "/JSON",
             "json",
             "application/octet-stream",
             "application/octet-stream; charset=\"US-ASCII\"",
