@@ -57,6 +57,12 @@ impl Store {
     /// Opens (or creates) the store under `dir`: RocksDB in `dir/db`,
     /// snapshots in `dir/snapshots`.
     pub(crate) fn open(dir: &Path) -> Result<Self, BrokerError> {
+        Self::open_tuned(dir, |variable| std::env::var(variable).ok())
+    }
+
+    /// [`Store::open`] with the column families' tuning looked up in `lookup` rather than the environment
+    /// ([`cf_options_variable`]).
+    pub(crate) fn open_tuned(dir: &Path, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, BrokerError> {
         let data_dir_error = |reason: String| BrokerError::DataDir { path: dir.to_path_buf(), reason };
         // RocksDB fsyncs its own directory's entries; the directories above it are Sluice's to make durable.
         crate::durable_fs::create_dir_all(&dir.join("db")).map_err(|e| data_dir_error(e.to_string()))?;
@@ -79,8 +85,7 @@ impl Store {
         let dedupe_horizons = Arc::new(DedupeHorizons::default());
         let mut cfs = Vec::new();
         for name in ALL_CFS {
-            let mut cf_options =
-                tuned_cf_options(name, |variable| std::env::var(variable).ok()).map_err(data_dir_error)?;
+            let mut cf_options = tuned_cf_options(name, &lookup).map_err(data_dir_error)?;
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
             // Data dirs of earlier versions hold dedupe keys here, looked up (almost always missing) until
             // the windows pass them: bloom filters (memtable and, set by `apply_to_cf`, SST) answer a miss
@@ -178,24 +183,34 @@ pub(crate) fn cf_options_variable(cf: &str) -> String {
 /// log stays leveled: its keys are one per entry, cheap to rewrite, and its purged entries (and their blob
 /// files) go promptly.
 ///
-/// `events` merges once 8 sorted runs have piled up rather than RocksDB's 4: its keys (one per event, with a
-/// blob reference) were still rewritten about four times within 30 s of a batched benchmark, and at 8 the
-/// compactions of a node of three took half the CPU (1.78 → 0.89 s per 30 s; 16 saved no more). The price is
-/// up to 8 runs for a read behind the memtables to consult; the dispatcher reads the newest events, mostly
-/// from the memtables, and a drain of 10 M events of backlog is the measure that it holds.
+/// `time_index` compacts tiered too (docs/benchmarks.md, "Session 72"). Its keys are one per append, in arrival order per stream,
+/// so under leveled compaction each flush's file overlapped the whole of L1 as the events' did. With its
+/// values in blob files (batches: an append's fingerprints take 768 bytes for 64 events) that was cheap; an
+/// append of one event keeps its 13-byte value inline, and one node at 20,000 single-event requests/s
+/// rewrote each key about 12 times: 9.1 M records through its compactions and 3.3 s of CPU in 40 s, more
+/// than every other column family together (0.7 s with universal, 1.8 M records). Its reads are seeks
+/// (replay from a time, a dedupe window's rebuild) and the rare confirmation of a nominated duplicate,
+/// which may consult up to 8 sorted runs behind the memtables.
+///
+/// `events` and `time_index` merge once 8 sorted runs have piled up rather than RocksDB's 4: the events'
+/// keys (one per event, with a blob reference) were still rewritten about four times within 30 s of a
+/// batched benchmark, and at 8 the compactions of a node of three took half the CPU (1.78 → 0.89 s per
+/// 30 s; 16 saved no more). The price is up to 8 runs for a read behind the memtables to consult; the
+/// dispatcher reads the newest events, mostly from the memtables, and a drain of 10 M events of backlog is
+/// the measure that it holds.
 fn default_cf_options(cf: &str) -> Options {
     let mut options = Options::default();
-    if cf == keys::CF_EVENTS || cf == keys::CF_DEDUPE {
+    if cf == keys::CF_EVENTS || cf == keys::CF_TIME_INDEX || cf == keys::CF_DEDUPE {
         options.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
     }
-    if cf == keys::CF_EVENTS {
-        options.set_level_zero_file_num_compaction_trigger(EVENTS_SORTED_RUNS_BEFORE_COMPACTION);
+    if cf == keys::CF_EVENTS || cf == keys::CF_TIME_INDEX {
+        options.set_level_zero_file_num_compaction_trigger(SORTED_RUNS_BEFORE_COMPACTION);
     }
     options
 }
 
 /// See [`default_cf_options`].
-const EVENTS_SORTED_RUNS_BEFORE_COMPACTION: i32 = 8;
+const SORTED_RUNS_BEFORE_COMPACTION: i32 = 8;
 
 fn tuned_cf_options(cf: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Options, String> {
     let variable = cf_options_variable(cf);

@@ -91,19 +91,23 @@ fn open(dir: &std::path::Path, group: u32) -> (Store, GroupStateMachine) {
 /// A state machine whose clock reads `now_ms`, which the test moves.
 fn open_at(dir: &std::path::Path, group: u32, now_ms: Arc<AtomicU64>) -> (Store, GroupStateMachine) {
     let store = Store::open(dir).expect("open store");
+    let sm = state_machine_on(&store, group, now_ms);
+    (store, sm)
+}
+
+fn state_machine_on(store: &Store, group: u32, now_ms: Arc<AtomicU64>) -> GroupStateMachine {
     let dedupe_memory = DedupeMemory {
         clock_ms: Arc::new(move || now_ms.load(Ordering::Relaxed)),
         idle_grace_ms: DEFAULT_IDLE_GRACE_MS,
     };
-    let sm = GroupStateMachine::open(
+    GroupStateMachine::open(
         store.db().clone(),
         group,
         store.snapshot_dir(),
         store.dedupe_horizons().clone(),
         dedupe_memory,
     )
-    .expect("open state machine");
-    (store, sm)
+    .expect("open state machine")
 }
 
 /// What a follower receives, written to `path`.
@@ -1114,20 +1118,67 @@ fn recorded_option(dir: &std::path::Path, cf: &str, option: &str) -> Option<Stri
 }
 
 #[test]
-fn events_and_dedupe_compact_tiered_and_the_raft_log_leveled() {
+fn events_time_index_and_dedupe_compact_tiered_and_the_raft_log_leveled() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");
     drop(store);
     let style = |cf: &str| recorded_option(dir.path(), cf, "compaction_style");
     assert_eq!(style("events").as_deref(), Some("kCompactionStyleUniversal"));
     assert_eq!(style("dedupe").as_deref(), Some("kCompactionStyleUniversal"));
+    assert_eq!(style("time_index").as_deref(), Some("kCompactionStyleUniversal"));
     assert_eq!(style("raft_log").as_deref(), Some("kCompactionStyleLevel"));
     assert_eq!(recorded_option(dir.path(), "events", "enable_blob_files").as_deref(), Some("true"));
     assert_eq!(recorded_option(dir.path(), "raft_log", "enable_blob_files").as_deref(), Some("true"));
     assert_eq!(recorded_option(dir.path(), "time_index", "enable_blob_files").as_deref(), Some("true"));
     assert_eq!(recorded_option(dir.path(), "events", "level0_file_num_compaction_trigger").as_deref(), Some("8"));
+    assert_eq!(recorded_option(dir.path(), "time_index", "level0_file_num_compaction_trigger").as_deref(), Some("8"));
     assert_eq!(recorded_option(dir.path(), "dedupe", "level0_file_num_compaction_trigger").as_deref(), Some("4"));
     assert_eq!(recorded_option(dir.path(), "dedupe", "enable_blob_files").as_deref(), Some("false"));
+}
+
+/// Data dirs of versions before session 72 compacted `time_index` leveled: such a dir, its entries pushed
+/// to the bottom level, opens with the tiered compaction and answers reads by time and dedupe lookups from
+/// those entries as before.
+#[tokio::test]
+async fn a_time_index_compacted_leveled_by_an_earlier_version_reads_back_when_tiered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    {
+        let leveled = |variable: &str| {
+            (variable == cf_options_variable(keys::CF_TIME_INDEX))
+                .then(|| "compaction_style=kCompactionStyleLevel;level0_file_num_compaction_trigger=4".to_string())
+        };
+        let store = Store::open_tuned(dir.path(), leveled).expect("open leveled");
+        let mut sm = state_machine_on(&store, 2, Arc::new(AtomicU64::new(0)));
+        // One append of one key per entry, as single-event requests make them.
+        for (i, key) in keys.iter().enumerate() {
+            let append = with_window(dedupe_append(1_000 + 10 * i as u64, &[key.as_str()]), 60_000);
+            apply(&mut sm, vec![entry(i as u64 + 1, LogCommand::append(vec![append]))]).await;
+        }
+        let time_index = cf(store.db(), keys::CF_TIME_INDEX).expect("cf");
+        store.db().compact_range_cf(time_index, None::<&[u8]>, None::<&[u8]>);
+        let files_at = |level: u32| {
+            store
+                .db()
+                .property_int_value_cf(time_index, &format!("rocksdb.num-files-at-level{level}"))
+                .expect("property")
+        };
+        assert_eq!(files_at(0), Some(0), "compacted out of L0");
+        assert!((1..7).any(|level| files_at(level).unwrap_or(0) > 0), "on a lower level, as leveled keeps them");
+    }
+    assert_eq!(recorded_option(dir.path(), "time_index", "compaction_style").as_deref(), Some("kCompactionStyleLevel"));
+    let (_store, mut sm) = open(dir.path(), 2);
+    assert_eq!(
+        recorded_option(dir.path(), "time_index", "compaction_style").as_deref(),
+        Some("kCompactionStyleUniversal")
+    );
+    let view = sm.view();
+    assert_eq!(view.offset_for_time("d", 1_000).expect("time"), 0);
+    assert_eq!(view.offset_for_time("d", 1_101).expect("time"), 11);
+    assert_eq!(view.offset_for_time("d", 9_999).expect("time"), 40, "past the end: the end offset");
+    let duplicates_and_one_new = with_window(dedupe_append(1_500, &["k3", "k39", "new"]), 60_000);
+    apply(&mut sm, vec![entry(41, LogCommand::append(vec![duplicates_and_one_new]))]).await;
+    assert_eq!(sm.view().end_offset("d"), 41, "k3 and k39 were seen in the rebuilt window, new was not");
 }
 
 /// The metadata group's committed log id is on disk at once; a partition group's goes with its next append.
