@@ -35,6 +35,13 @@ pub fn encode_header_value(value: &str) -> &[u8] {
     value.as_bytes()
 }
 
+/// The attribute a `ce-` header carries, lower-cased (header names are case-insensitive); `None`, and nothing
+/// allocated, for every other header of the request.
+fn ce_attribute_name(header: &str) -> Option<String> {
+    let prefix = header.get(..3)?;
+    prefix.eq_ignore_ascii_case("ce-").then(|| header[3..].to_ascii_lowercase())
+}
+
 /// Binary mode: attributes from `ce-*` headers, `Content-Type` as
 /// `datacontenttype`, the body as data.
 pub fn from_binary<'a>(
@@ -44,8 +51,7 @@ pub fn from_binary<'a>(
 ) -> Result<CloudEvent, EventError> {
     let mut attributes = BTreeMap::new();
     for (name, value) in headers {
-        let lower = name.to_ascii_lowercase();
-        let Some(attribute) = lower.strip_prefix("ce-") else { continue };
+        let Some(attribute) = ce_attribute_name(name) else { continue };
         if attribute.is_empty() {
             return Err(EventError::bad("empty attribute header name").attribute("ce-").rule("ce-NAME"));
         }
@@ -55,11 +61,16 @@ pub fn from_binary<'a>(
                 .rule("binary mode carries datacontenttype in Content-Type"));
         }
         let decoded = decode_header_value(value)
-            .map_err(|rule| EventError::bad("invalid header value").attribute(attribute).rule(rule))?;
-        if attributes.insert(attribute.to_string(), AttrValue::String(decoded)).is_some() {
-            return Err(EventError::bad("attribute header given twice")
-                .attribute(attribute)
-                .rule("one ce- header per attribute"));
+            .map_err(|rule| EventError::bad("invalid header value").attribute(&attribute).rule(rule))?;
+        match attributes.entry(attribute) {
+            std::collections::btree_map::Entry::Vacant(vacant) => {
+                vacant.insert(AttrValue::String(decoded));
+            }
+            std::collections::btree_map::Entry::Occupied(occupied) => {
+                return Err(EventError::bad("attribute header given twice")
+                    .attribute(occupied.key())
+                    .rule("one ce- header per attribute"));
+            }
         }
     }
     if !attributes.contains_key("specversion") {

@@ -25,6 +25,36 @@ fn binary_mode_keeps_attributes_and_body() {
     assert_eq!(event.data, Some(EventData::Bytes(Bytes::from_static(b"hello"))));
 }
 
+/// Which headers are attributes: `ce-` in any case, once each; every other header, however close, is not one.
+#[test]
+fn binary_mode_takes_ce_headers_in_any_case_once_each_and_nothing_else() {
+    let event = binary(&[
+        ("cE-Subject", "x"),
+        ("ce", "not an attribute"),
+        ("c", "nor this"),
+        ("x-ce-other", "nor this"),
+        ("content-length", "5"),
+        ("cé-thing", "nor this"),
+    ])
+    .expect("valid");
+    let names: Vec<&str> = event.attributes.keys().map(String::as_str).collect();
+    assert_eq!(names, ["datacontenttype", "id", "source", "specversion", "subject", "type"]);
+    type Refused = (&'static [(&'static str, &'static str)], &'static str, &'static str);
+    let refused: [Refused; 3] = [
+        (&[("CE-ID", "2")], "id", "one ce- header per attribute"),
+        (&[("ce-", "x")], "ce-", "ce-NAME"),
+        (
+            &[("Ce-DataContentType", "text/plain")],
+            "datacontenttype",
+            "binary mode carries datacontenttype in Content-Type",
+        ),
+    ];
+    for (extra, attribute, rule) in refused {
+        let error = binary(extra).expect_err("refused");
+        assert_eq!((error.attribute.as_deref(), error.rule.as_deref()), (Some(attribute), Some(rule)), "{extra:?}");
+    }
+}
+
 /// `"whole"` was stored as `whole`: the quotes are data (no SDK sends RFC 7230 quoted-strings).
 #[test]
 fn quoted_header_value_keeps_its_quotes() {
