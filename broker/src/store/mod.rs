@@ -183,14 +183,14 @@ pub(crate) fn cf_options_variable(cf: &str) -> String {
 /// log stays leveled: its keys are one per entry, cheap to rewrite, and its purged entries (and their blob
 /// files) go promptly.
 ///
-/// `time_index` compacts tiered too (docs/benchmarks.md, "Session 72"). Its keys are one per append, in arrival order per stream,
-/// so under leveled compaction each flush's file overlapped the whole of L1 as the events' did. With its
-/// values in blob files (batches: an append's fingerprints take 768 bytes for 64 events) that was cheap; an
-/// append of one event keeps its 13-byte value inline, and one node at 20,000 single-event requests/s
-/// rewrote each key about 12 times: 9.1 M records through its compactions and 3.3 s of CPU in 40 s, more
-/// than every other column family together (0.7 s with universal, 1.8 M records). Its reads are seeks
-/// (replay from a time, a dedupe window's rebuild) and the rare confirmation of a nominated duplicate,
-/// which may consult up to 8 sorted runs behind the memtables.
+/// `time_index` compacts tiered too (docs/benchmarks.md, "Session 72"). Its keys are one per append, in
+/// arrival order per stream, so under leveled compaction each flush's file overlapped the whole of L1 as the
+/// events' did. With its values in blob files (batches: an append's fingerprints take 768 bytes for 64
+/// events) that was cheap; an append of one event keeps its 13-byte value inline, and one node at 20,000
+/// single-event requests/s rewrote each key about 12 times: 9.8 M records through its compactions and 3.4 s
+/// of CPU in 40 s, more than every other column family together (1.8 M records and 0.7 s tiered). Its reads
+/// are seeks (replay from a time, a dedupe window's rebuild) and the rare confirmation of a nominated
+/// duplicate, which may consult up to 8 sorted runs behind the memtables.
 ///
 /// `events` and `time_index` merge once 8 sorted runs have piled up rather than RocksDB's 4: the events'
 /// keys (one per event, with a blob reference) were still rewritten about four times within 30 s of a
