@@ -38,8 +38,8 @@ pub fn encode_header_value(value: &str) -> &[u8] {
 /// The attribute a `ce-` header carries, lower-cased (header names are case-insensitive); `None`, and nothing
 /// allocated, for every other header of the request.
 fn ce_attribute_name(header: &str) -> Option<String> {
-    let prefix = header.get(..3)?;
-    prefix.eq_ignore_ascii_case("ce-").then(|| header[3..].to_ascii_lowercase())
+    // A match is three ASCII bytes, so the name after it starts on a character boundary.
+    crate::media::starts_with_ignore_case(header, "ce-").then(|| header["ce-".len()..].to_ascii_lowercase())
 }
 
 /// Binary mode: attributes from `ce-*` headers, `Content-Type` as

@@ -108,7 +108,7 @@ pub fn is_json_media_type(content_type: &str) -> bool {
         .is_some_and(|(_, sub)| sub.eq_ignore_ascii_case("json") || ends_with_ignore_case(sub, "+json"))
 }
 
-fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
+pub(crate) fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
     text.as_bytes().get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
