@@ -10,10 +10,11 @@ use super::Node;
 use super::membership::run_membership;
 use crate::command::forward::{ForwardedReply, ForwardedWrite, MembershipOp, WriteFailure};
 use crate::command::{
-    Appended, Dedupe, GroupId, LogCommand, LogResponse, METADATA_GROUP, OffsetCommit, ResourceKey, ResourceRecord,
-    StreamAppend, partition_group,
+    Appended, Dedupe, GroupId, LogCommand, LogResponse, METADATA_GROUP, NodeId, OffsetCommit, ResourceKey,
+    ResourceRecord, StreamAppend, partition_group,
 };
 use crate::error::BrokerError;
+use crate::raft::group::Group;
 
 /// Longest stream name (bytes). A Broker's stream is at most 324: `broker/`, a 63-byte namespace (a DNS-1123
 /// label) and a 253-byte name (a DNS-1123 subdomain).
@@ -300,9 +301,10 @@ impl Node {
                 Some(leader) if leader == self.id() => self.write_local(group_id, write.clone()).await,
                 Some(leader) => match group.node_addr(leader) {
                     Some(addr) => match &write {
-                        ForwardedWrite::Append(append) => {
-                            group.forwarder.submit(&addr, append.clone()).await.map(ForwardedReply::Appended)
-                        }
+                        ForwardedWrite::Append(append) => self
+                            .forward_append(&group, leader, &addr, append.clone())
+                            .await
+                            .map(ForwardedReply::Appended),
                         _ => self.inner.peers.forward(&addr, group_id, &write).await,
                     },
                     None => Err(WriteFailure::NotLeader { group: group_id, leader: Some(leader) }),
@@ -317,6 +319,37 @@ impl Node {
                 other => return other.map_err(BrokerError::from),
             }
         }
+    }
+
+    /// Forwards an append to `leader`, at `addr`. A leader that stops answering (frozen, or cut off from this node
+    /// with its connection still open) would hold the append until the forward's timeout (10 s), though the other
+    /// nodes elect a new one within an election timeout: once this node sees it deposed, the append waits one
+    /// election timeout more (a deposed leader that runs answers at once: committed, or refused), then is given
+    /// up as indeterminate, and its caller retries it with the new leader (dedupe makes that safe). Appends only:
+    /// the other forwarded writes include leadership transfers, which depose their own leader.
+    async fn forward_append(
+        &self,
+        group: &Group,
+        leader: NodeId,
+        addr: &str,
+        append: StreamAppend,
+    ) -> Result<Appended, WriteFailure> {
+        let forwarded = group.forwarder.submit(addr, append);
+        tokio::pin!(forwarded);
+        tokio::select! {
+            biased;
+            reply = &mut forwarded => return reply,
+            () = group.deposed(leader) => {}
+        }
+        let answer_within = Duration::from_millis(self.inner.settings.tuning.election_timeout_max_ms);
+        tokio::time::timeout(answer_within, forwarded).await.unwrap_or_else(|_| {
+            metrics::counter!("sluice_forwards_abandoned_total", "group" => crate::ids::group_name(group.id))
+                .increment(1);
+            Err(WriteFailure::Indeterminate {
+                group: group.id,
+                reason: format!("node {leader} was deposed while the append was forwarded to it, and did not answer"),
+            })
+        })
     }
 
     /// Writes on this node, which must lead the group (the `Forward` RPC lands here).

@@ -125,6 +125,20 @@ impl Group {
         let _ = tokio::time::timeout(wait, server.changed()).await;
     }
 
+    /// Returns once this node no longer sees `leader` leading the group (another leads, or an election is on).
+    /// Pending while the group runs unchanged, and for good once it has shut down.
+    pub(crate) async fn deposed(&self, leader: NodeId) {
+        let mut server = self.raft.server_metrics();
+        loop {
+            if server.borrow_and_update().current_leader != Some(leader) {
+                return;
+            }
+            if server.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     pub(crate) fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow_watched().current_leader
     }

@@ -642,7 +642,7 @@ async fn handle_reply(
                     return Err(ReplyError::NotStored { stream: stream.clone(), reason, may_pass: true });
                 };
                 tracing::debug!(consumer = %spec.name, %stream, error = %error, wait_ms = wait.as_millis() as u64, "reply append failed; retrying");
-                tokio::time::sleep(wait).await;
+                append_retry::wait(spec, "reply", wait).await;
                 retry = retry.saturating_add(1);
             }
         }
@@ -788,7 +788,7 @@ async fn dead_letter_event(
             Err(e) => {
                 let wait_ms = append_retry_wait_ms(retry);
                 tracing::warn!(consumer = %spec.name, error = %e, wait_ms, "dead-letter stream append failed; retrying");
-                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                append_retry::wait(spec, "dead_letter", Duration::from_millis(wait_ms)).await;
                 retry = retry.saturating_add(1);
             }
         }

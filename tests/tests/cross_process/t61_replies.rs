@@ -1,17 +1,23 @@
 //! Replies: a subscriber's 200 with an event goes back into the broker through the log (and on to the next
 //! Trigger), one hop further (`knativebrokerttl` - 1); a reply loop stops when the TTL runs out; a
-//! Subscription's reply goes to its `spec.reply`.
+//! Subscription's reply goes to its `spec.reply`; a reply whose partition's leader stops answering is stored
+//! through the next leader, not dead-lettered.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
+use sluice_cloudevent::stable_hash;
+use sluice_proto::admin::TransferLeaderRequest;
+use sluice_proto::admin::cluster_client::ClusterClient;
 use sluice_tests::subscriber::{Delivery, Reply, Subscriber};
 
 use super::t60_dispatch::wait_until_consumers_idle;
 use sluice_tests::{
-    TestCluster, apply_resource, broker_object, in_memory_channel_object, send_event_accepted, start_single_node,
-    subscription_object, trigger_object,
+    TestCluster, apply_resource, broker_object, in_memory_channel_object, metric_sum_at, send_event_accepted,
+    start_single_node, subscription_object, trigger_object,
 };
 
 fn binary_reply(id: String, event_type: &str) -> Reply {
@@ -286,5 +292,93 @@ async fn a_reply_that_keeps_the_identity_of_its_event_reaches_the_next_trigger()
         got.iter().filter_map(|d| d.event().ok()).map(|e| e.get("id").unwrap_or_default().to_string()).collect();
     ids.sort();
     assert_eq!(ids, ["k0", "k1"]);
+    Ok(())
+}
+
+/// Regression: a Trigger's reply forwarded to its partition's leader while that leader stopped answering
+/// (frozen, or cut off from the dispatching node, its connection still open) waited for the forward's timeout,
+/// 10 s, though the other nodes elected a new leader within a second; that spent the reply's whole retry budget
+/// (10 s from its first try), and under the default `retry: 0` the event, which the subscriber had processed,
+/// was dead-lettered. The forward now gives up once its leader is deposed, and the reply is stored through the
+/// new one, its retry counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_reply_forwarded_to_a_frozen_leader_is_stored_through_the_next_one() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(3, 2, &[]).await?;
+    // The events go to partition 0 and their replies to partition 1 (by `partitionkey`), each led by its own node.
+    let key_of =
+        |partition: u64| (0..).map(|i| format!("key-{i}")).find(|k| stable_hash(&[k.as_bytes()]) % 2 == partition);
+    let (event_key, reply_key) = (key_of(0).unwrap_or_default(), key_of(1).unwrap_or_default());
+    let event_leader = cluster.leader_of(1).await?;
+    let mut reply_leader = cluster.leader_of(2).await?;
+    let (admin, http) = (cluster.node(event_leader).admin.clone(), cluster.node(event_leader).http.clone());
+    if reply_leader == event_leader {
+        let to_node_id = cluster.nodes.iter().map(|n| n.id).find(|id| *id != event_leader).unwrap_or_default();
+        let mut client = ClusterClient::connect(format!("http://{admin}")).await?;
+        reply_leader =
+            client.transfer_leader(TransferLeaderRequest { group_id: 2, to_node_id }).await?.into_inner().leader_id;
+    }
+    anyhow::ensure!(reply_leader != event_leader, "partition 1 still led by partition 0's leader");
+
+    // The replier freezes partition 1's leader (SIGSTOP) just before it answers the first event asked after
+    // `freeze` is set: that reply is forwarded to a leader that no longer answers, milliseconds before the others
+    // can elect a new one (an election timeout, hundreds of milliseconds, after its last heartbeat).
+    let reply_leader_pid = cluster.node(reply_leader).pid().unwrap_or_default();
+    let freeze = Arc::new(AtomicBool::new(false));
+    let freeze_in_replier = freeze.clone();
+    let replier = Subscriber::start(Arc::new(move |delivery: &Delivery, _| match delivery.event() {
+        Ok(event) if event.get("type") == Some("ask") => {
+            if freeze_in_replier.swap(false, Ordering::SeqCst) {
+                let stopped =
+                    std::process::Command::new("kill").arg("-STOP").arg(reply_leader_pid.to_string()).status();
+                assert!(stopped.is_ok_and(|s| s.success()), "SIGSTOP of node {reply_leader}");
+            }
+            binary_reply(format!("answer-{}", event.get("id").unwrap_or_default()), "answer")
+                .with_header("ce-partitionkey", reply_key.clone())
+        }
+        _ => Reply::status(202),
+    }))
+    .await?;
+    let answers = Subscriber::start(Subscriber::ok()).await?;
+    let dead_letters = Subscriber::start(Subscriber::ok()).await?;
+    apply_resource(&admin, broker_object("default", "b", json!({}))).await?;
+    let ask =
+        json!({"filter": {"attributes": {"type": "ask"}}, "delivery": {"deadLetterSink": {"uri": dead_letters.url()}}});
+    apply_resource(&admin, trigger_object("default", "ask", "b", &replier.url(), ask, json!({}))).await?;
+    let answer = json!({"filter": {"attributes": {"type": "answer"}}});
+    apply_resource(&admin, trigger_object("default", "answer", "b", &answers.url(), answer, json!({}))).await?;
+
+    let client = reqwest::Client::new();
+    let ask = |i: usize| {
+        let (client, http, key) = (client.clone(), http.clone(), event_key.clone());
+        async move {
+            let id = format!("q{i:02}");
+            send_event_accepted(&client, &http, "/default/b", &id, "ask", &[("partitionkey", &key)], "{}").await
+        }
+    };
+    const BEFORE: usize = 5;
+    const DURING: usize = 10;
+    for i in 0..BEFORE {
+        ask(i).await?;
+    }
+    answers.wait_for(BEFORE, Duration::from_secs(60)).await?;
+
+    // Partition 1's leader stops answering as the first reply is sent to it; the events keep coming (partition 0
+    // commits with the third node).
+    freeze.store(true, Ordering::SeqCst);
+    for i in BEFORE..BEFORE + DURING {
+        ask(i).await?;
+    }
+    let expected: BTreeSet<String> = (0..BEFORE + DURING).map(|i| format!("answer-q{i:02}")).collect();
+    let answered = |deliveries: &[Delivery]| -> BTreeSet<String> {
+        deliveries.iter().filter_map(|d| d.header("ce-id").map(str::to_string)).collect()
+    };
+    let settled = answers.wait_until(Duration::from_secs(60), |d| expected.is_subset(&answered(d))).await;
+    let dead: Vec<String> =
+        dead_letters.deliveries().iter().filter_map(|d| d.header("ce-id").map(str::to_string)).collect();
+    cluster.node(reply_leader).signal("CONT")?;
+    assert!(dead.is_empty(), "events the subscriber answered were dead-lettered: {dead:?}");
+    settled?;
+    let retried = metric_sum_at(&http, "sluice_dispatch_append_retries_total", &["append=\"reply\""]).await?;
+    assert!(retried >= 1.0, "no reply append was tried again ({retried})");
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! The waits between tries of an append that failed for a reason that may pass (no leader, a full queue): a
-//! dead letter's append into its stream, and a Trigger's reply into its Broker's. Pure.
+//! dead letter's append into its stream, and a Trigger's reply into its Broker's. Pure, but for [`wait`], which
+//! sleeps the wait decided and counts it.
 
 use std::time::Duration;
+
+use crate::consumer::ConsumerSpec;
 
 /// The wait before the first retry of an append that failed for a reason that may pass (no leader, a full queue);
 /// each later wait doubles, up to [`APPEND_RETRY_MAX_WAIT_MS`].
@@ -27,4 +30,12 @@ pub(super) fn append_retry_wait_ms(retry: u32) -> u64 {
 pub(super) fn reply_append_wait(retry: u32, elapsed: Duration) -> Option<Duration> {
     let left = REPLY_APPEND_RETRY_FOR.checked_sub(elapsed).filter(|left| !left.is_zero())?;
     Some(Duration::from_millis(append_retry_wait_ms(retry)).min(left))
+}
+
+/// Sleeps `wait` before the next try of `spec`'s `append` (`reply` or `dead_letter`), counted in
+/// `sluice_dispatch_append_retries_total`: an election or a full queue the delivery rode out, visible to alerts.
+pub(super) async fn wait(spec: &ConsumerSpec, append: &'static str, wait: Duration) {
+    let labels = [("consumer", spec.name.clone()), ("namespace", spec.namespace.clone()), ("append", append.into())];
+    metrics::counter!("sluice_dispatch_append_retries_total", &labels).increment(1);
+    tokio::time::sleep(wait).await;
 }
