@@ -380,5 +380,7 @@ async fn regression_a_reply_forwarded_to_a_frozen_leader_is_stored_through_the_n
     settled?;
     let retried = metric_sum_at(&http, "sluice_dispatch_append_retries_total", &["append=\"reply\""]).await?;
     assert!(retried >= 1.0, "no reply append was tried again ({retried})");
+    let abandoned = metric_sum_at(&http, "sluice_forwards_abandoned_total", &["group=\"partition-1\""]).await?;
+    assert!(abandoned >= 1.0, "no forward to the frozen leader was given up ({abandoned})");
     Ok(())
 }
