@@ -24,6 +24,12 @@ use sluice_controller::validate::{DeliveryDuration, DurationError, parse_backoff
 /// misbehaving subscriber is better sent to the dead-letter sink after its retries than forgotten.
 pub(crate) const MAX_DELAY_MS: u64 = 60 * 60 * 1000;
 
+/// The least any wait between two attempts lasts: `backoffDelay: PT0S` (which Knative accepts, as Sluice does) or a
+/// `Retry-After: 0` would otherwise resend as fast as a failing subscriber answers, each event of the consumer's
+/// window (up to 10,000) in a loop of its own, for up to `retry` (2³² − 1) attempts. 10 ms keeps such a retry
+/// next to immediate and an event's retries to at most 100 a second (decision, session 73).
+pub(crate) const MIN_RETRY_WAIT_MS: u64 = 10;
+
 /// Default `retry`: no retries. The DeliverySpec marks `retry` OPTIONAL and the specification gives no default
 /// ("Retry is the minimum number of retries the sender should attempt"), so an absent field means none.
 pub(crate) const DEFAULT_RETRY: u32 = 0;
@@ -356,7 +362,8 @@ pub(crate) fn next_step_jittered(
                     }
                     _ => 0,
                 };
-                return Step::RetryAt(now_ms.saturating_add(backoff_ms.max(retry_after_ms)));
+                let wait_ms = backoff_ms.max(retry_after_ms).max(MIN_RETRY_WAIT_MS);
+                return Step::RetryAt(now_ms.saturating_add(wait_ms));
             }
             FailureReason::RetriesExhausted { attempts: attempt, last_status: status }
         }

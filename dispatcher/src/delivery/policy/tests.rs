@@ -317,6 +317,29 @@ fn backoff_is_capped_and_saturates() {
     );
 }
 
+/// Regression: `backoffDelay: PT0S` (or a `Retry-After: 0`, or `sluice.dev/backoff-max: 0s`) made every retry
+/// immediate, each event of a window resending as fast as a failing subscriber answered.
+#[test]
+fn a_zero_backoff_still_waits_the_least_retry_wait() {
+    let zero = DeliveryPolicy { retry: u32::MAX, backoff_delay_ms: 0, ..DeliveryPolicy::default() };
+    let linear_zero = DeliveryPolicy { backoff_policy: BackoffPolicy::Linear, ..zero.clone() };
+    let capped_at_zero = DeliveryPolicy { backoff_max_ms: Some(0), ..policy_with_retry(u32::MAX) };
+    let cases = [
+        (&zero, 1, classify(Some(500)), None),
+        (&zero, 40, classify(None), None),
+        (&linear_zero, 7, classify(Some(503)), Some(RetryAfter::Seconds(0))),
+        (&zero, 1, classify(Some(429)), Some(RetryAfter::AtMs(1_000))),
+        (&capped_at_zero, 3, classify(Some(500)), None),
+    ];
+    for (policy, attempt, outcome, retry_after) in cases {
+        let step = next_step(policy, attempt, outcome, retry_after, 5_000);
+        assert_eq!(step, Step::RetryAt(5_000 + MIN_RETRY_WAIT_MS), "attempt {attempt}, {outcome:?}, {retry_after:?}");
+    }
+    // A longer wait is kept as it is.
+    let short = DeliveryPolicy { backoff_delay_ms: 11, ..zero };
+    assert_eq!(next_step(&short, 1, classify(None), None, 5_000), Step::RetryAt(5_011));
+}
+
 // --- giving up ------------------------------------------------------------------------------------------
 
 #[test]
