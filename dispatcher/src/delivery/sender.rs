@@ -353,12 +353,13 @@ impl Sender {
         ca_certs: Option<&Arc<str>>,
         protocol: Protocol,
         events: &[(u64, Arc<CloudEvent>)],
+        json_bytes_bound: usize,
         authorization: Option<&str>,
         timeout_ms: u64,
         now_ms: u64,
     ) -> AttemptResult {
         // Encoded once for the attempt; a resend clones the `Bytes`.
-        let body = batch_body(events.iter().map(|(_, event)| event.as_ref()));
+        let body = batch_body(events.iter().map(|(_, event)| event.as_ref()), json_bytes_bound);
         let first = events.first().map(|(_, event)| event.as_ref());
         let build = |uri: &http::Uri| build_batch_request(uri, body.clone(), first, authorization);
         self.send_built(url, ca_certs, protocol, build, timeout_ms, now_ms, ReplyUse::Discarded).await
@@ -569,11 +570,16 @@ fn build_request(uri: &http::Uri, format: Format, event: &CloudEvent, token: Opt
     request
 }
 
+/// The most bytes `event` takes in a batch's body ([`batch_body`]): its JSON format, and the comma before the next.
+pub(crate) fn batch_member_bound(event: &CloudEvent) -> usize {
+    event.json_len_bound() + 1
+}
+
 /// CloudEvents' batched content mode: a JSON array of the events in the JSON format, written into one buffer
-/// sized by the events' bounds (never grown and copied while the batch is written).
-pub(crate) fn batch_body<'a>(events: impl Iterator<Item = &'a CloudEvent> + Clone) -> Bytes {
-    let capacity = 2 + events.clone().map(|event| event.json_len_bound() + 1).sum::<usize>();
-    let mut body = String::with_capacity(capacity);
+/// sized by `json_bytes_bound`, the events' [`batch_member_bound`]s summed (as the dispatcher filled the batch: not
+/// computed again here), so that it is never grown and copied while the batch is written.
+pub(crate) fn batch_body<'a>(events: impl Iterator<Item = &'a CloudEvent>, json_bytes_bound: usize) -> Bytes {
+    let mut body = String::with_capacity(json_bytes_bound + 2);
     body.push('[');
     for (i, event) in events.enumerate() {
         if i > 0 {

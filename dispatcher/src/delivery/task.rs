@@ -126,8 +126,8 @@ enum Payload<'a> {
         format: Format,
         event: &'a CloudEvent,
     },
-    /// In batched mode, in this order.
-    Batch(&'a [(u64, Arc<CloudEvent>)]),
+    /// In batched mode, in this order, with the most bytes their JSON array takes (`sender::batch_member_bound`).
+    Batch(&'a [(u64, Arc<CloudEvent>)], usize),
 }
 
 /// The one send loop: POSTs `payload` to `url` until the consumer's policy (`policy::next_step_jittered`) says it
@@ -153,8 +153,8 @@ async fn send_with_retries(
             Payload::Event { format, event } => {
                 ctx.sender.send(url, ca_certs, protocol, format, event, token, timeout_ms, now_ms(), reply_use).await
             }
-            Payload::Batch(events) => {
-                ctx.sender.send_batch(url, ca_certs, protocol, events, token, timeout_ms, now_ms()).await
+            Payload::Batch(events, bound) => {
+                ctx.sender.send_batch(url, ca_certs, protocol, events, bound, token, timeout_ms, now_ms()).await
             }
         };
         let (outcome, note) = judge.judge(&result, started.elapsed()).await;
@@ -445,20 +445,20 @@ impl Judge for BatchJudge<'_> {
     }
 }
 
-/// Delivers `events` to `spec`'s subscriber in one `application/cloudevents-batch+json` request per attempt until
-/// they settle together: a 2xx delivers every one; when the policy gives up, each is dead-lettered on its own,
-/// with the batch's failure ([`BATCH_DEAD_LETTERS_AT_ONCE`] at a time).
+/// Delivers `events` (with the most bytes their JSON array takes) to `spec`'s subscriber in one batched request per
+/// attempt until they settle together: a 2xx delivers every one; when the policy gives up, each is dead-lettered on
+/// its own, with the batch's failure ([`BATCH_DEAD_LETTERS_AT_ONCE`] at a time).
 pub(crate) async fn deliver_batch(
     ctx: &DeliveryContext,
     spec: &ConsumerSpec,
-    events: &[(u64, Arc<CloudEvent>)],
+    (events, json_bytes_bound): (&[(u64, Arc<CloudEvent>)], usize),
     slot: &mut Option<DeliverySlot>,
 ) -> Settled {
     let first_offset = events.first().map(|(offset, _)| *offset);
     let span = tracing::debug_span!("deliver_batch", consumer = %spec.cursor, partition = ctx.partition, ?first_offset, events = events.len());
     let _ = &span;
     let mut judge = BatchJudge { spec, events };
-    let payload = Payload::Batch(events);
+    let payload = Payload::Batch(events, json_bytes_bound);
     match send_with_retries(ctx, spec, &spec.subscriber_uri, payload, ReplyUse::Discarded, &mut judge, slot).await {
         Sent::Done { attempts } => {
             events.iter().map(|(offset, _)| (*offset, Settlement::Delivered { attempts })).collect()

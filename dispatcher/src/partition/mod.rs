@@ -472,7 +472,7 @@ impl PartitionDispatcher {
             let Some(spec) = self.reading.consumers.get(&start.cursor).map(|c| c.spec.clone()) else { continue };
             let ctx = self.ctx.clone();
             let first_offset = start.offset();
-            let Start { cursor, generation, events } = start;
+            let Start { cursor, generation, events, json_bytes_bound } = start;
             let running = self.running.entry(cursor.clone()).or_default();
             // Boxed: the delivery's state machine is large; the set moves a pointer.
             let (abort, registration) = AbortHandle::new_pair();
@@ -480,7 +480,7 @@ impl PartitionDispatcher {
                 // The slot at the subscriber is held while the delivery is in flight (given back through a retry's
                 // backoff), until it ends or is aborted.
                 let mut slot = slot;
-                let settled = match AssertUnwindSafe(deliver_start(&ctx, &spec, &events, &mut slot))
+                let settled = match AssertUnwindSafe(deliver_start(&ctx, &spec, (&events, json_bytes_bound), &mut slot))
                     .catch_unwind()
                     .await
                 {
@@ -689,14 +689,14 @@ impl PartitionDispatcher {
 async fn deliver_start(
     ctx: &DeliveryContext,
     spec: &ConsumerSpec,
-    events: &[(u64, Arc<CloudEvent>)],
+    (events, json_bytes_bound): (&[(u64, Arc<CloudEvent>)], usize),
     slot: &mut Option<DeliverySlot>,
 ) -> Settled {
     match events {
         [(offset, event)] if spec.delivery_batch.is_none() => {
             smallvec::smallvec![(*offset, deliver(ctx, spec, *offset, event, slot).await)]
         }
-        _ => deliver_batch(ctx, spec, events, slot).await,
+        _ => deliver_batch(ctx, spec, (events, json_bytes_bound), slot).await,
     }
 }
 

@@ -21,6 +21,7 @@ use sluice_broker::OffsetCommit;
 use sluice_cloudevent::{CloudEvent, EventView, ordering_key};
 
 use crate::consumer::ConsumerSpec;
+use crate::delivery::sender::batch_member_bound;
 use crate::delivery::{MAX_DELIVERY_BATCH_BYTES, Settlement};
 use crate::filter::FilterIndex;
 use crate::rate::TokenBucket;
@@ -102,6 +103,8 @@ pub(crate) struct Start {
     pub(crate) generation: u64,
     /// At least one, in log order.
     pub(crate) events: DeliveryEvents,
+    /// A batch's: the most bytes its JSON array body takes (`sender::batch_member_bound` summed as it was filled).
+    pub(crate) json_bytes_bound: usize,
 }
 
 impl Start {
@@ -441,9 +444,10 @@ impl Reading {
                 if batch.events.is_empty() {
                     break;
                 }
-                let mut events = batch.events;
+                let (mut events, json_bytes_bound) = (batch.events, batch.bytes);
                 events.sort_unstable_by_key(|(offset, _)| *offset);
-                starts.push((Start { cursor: cursor.clone(), generation: consumer.generation, events }, slot));
+                let generation = consumer.generation;
+                starts.push((Start { cursor: cursor.clone(), generation, events, json_bytes_bound }, slot));
                 if throttled {
                     break;
                 }
@@ -641,7 +645,7 @@ impl BatchFill {
             return Fill::Full;
         }
         let Some(pending) = consumer.pending.get(&offset) else { return Fill::Missing };
-        let bytes = if self.batched { pending.event.json_len_bound() } else { 0 };
+        let bytes = if self.batched { batch_member_bound(&pending.event) } else { 0 };
         if !self.events.is_empty() && self.bytes + bytes > MAX_DELIVERY_BATCH_BYTES {
             return Fill::Full;
         }

@@ -450,7 +450,8 @@ async fn a_batch_goes_as_one_json_array_and_its_response_is_no_reply() {
     let binary = cloudevent::from_binary(headers, Some(b"text/plain"), Bytes::from_static(b"plain text"));
     let events: Vec<(u64, Arc<CloudEvent>)> = vec![(7, Arc::new(event())), (9, Arc::new(binary.expect("valid event")))];
     let sender = Sender::new(None).expect("client");
-    let result = sender.send_batch(&url, None, Protocol::Http1, &events, None, 5_000, 0).await;
+    let bound = events.iter().map(|(_, event)| batch_member_bound(event)).sum();
+    let result = sender.send_batch(&url, None, Protocol::Http1, &events, bound, None, 5_000, 0).await;
     assert_eq!(result.status, Some(200), "{result:?}");
     assert!(result.reply.is_none() && result.reply_cut.is_none() && result.error.is_none(), "{result:?}");
     let (head, body) = captured.await.expect("the request");
@@ -518,11 +519,13 @@ fn a_batch_body_is_each_events_json_in_one_array() {
     .expect("valid event");
     bytes.attributes.insert("ok".into(), cloudevent::AttrValue::Boolean(true));
     let events = [event(), text, bytes];
-    let body = batch_body(events.iter());
+    let bound = events.iter().map(batch_member_bound).sum();
+    let body = batch_body(events.iter(), bound);
+    assert!(body.len() <= bound + 2, "{} > {bound} + 2", body.len());
     let joined: Vec<String> = events.iter().map(CloudEvent::to_json_string).collect();
     assert_eq!(std::str::from_utf8(&body).expect("UTF-8"), format!("[{}]", joined.join(",")));
     assert_eq!(cloudevent::from_batch(&body, 10).expect("a valid batch"), events);
-    assert_eq!(&*batch_body(std::iter::empty()), b"[]");
+    assert_eq!(&*batch_body(std::iter::empty(), 0), b"[]");
 }
 
 #[test]
