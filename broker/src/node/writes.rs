@@ -301,11 +301,16 @@ impl Node {
                 Some(leader) if leader == self.id() => self.write_local(group_id, write.clone()).await,
                 Some(leader) => match group.node_addr(leader) {
                     Some(addr) => match &write {
-                        ForwardedWrite::Append(append) => self
-                            .forward_append(&group, leader, &addr, append.clone())
-                            .await
-                            .map(ForwardedReply::Appended),
-                        _ => self.inner.peers.forward(&addr, group_id, &write).await,
+                        ForwardedWrite::Append(append) => {
+                            let forwarded = group.forwarder.submit(&addr, append.clone());
+                            self.unless_deposed(&group, leader, forwarded).await.map(ForwardedReply::Appended)
+                        }
+                        // A leadership transfer deposes its own leader: not given up for it.
+                        ForwardedWrite::Membership(_) => self.inner.peers.forward(&addr, group_id, &write).await,
+                        _ => {
+                            let forwarded = self.inner.peers.forward(&addr, group_id, &write);
+                            self.unless_deposed(&group, leader, forwarded).await
+                        }
                     },
                     None => Err(WriteFailure::NotLeader { group: group_id, leader: Some(leader) }),
                 },
@@ -321,20 +326,19 @@ impl Node {
         }
     }
 
-    /// Forwards an append to `leader`, at `addr`. A leader that stops answering (frozen, or cut off from this node
-    /// with its connection still open) would hold the append until the forward's timeout (10 s), though the other
-    /// nodes elect a new one within an election timeout: once this node sees it deposed, the append waits one
+    /// The answer of a write `forwarded` to `leader`. A leader that stops answering (frozen, or cut off from this
+    /// node with its connection still open) would hold the write until the forward's timeout (10 s), though the
+    /// other nodes elect a new one within an election timeout: once this node sees it deposed, the write waits one
     /// election timeout more (a deposed leader that runs answers at once: committed, or refused), then is given
-    /// up as indeterminate, and its caller retries it with the new leader (dedupe makes that safe). Appends only:
-    /// the other forwarded writes include leadership transfers, which depose their own leader.
-    async fn forward_append(
+    /// up as indeterminate, as that timeout would have, and its caller retries it with the new leader (appends:
+    /// dedupe makes that safe) or reads back what was stored. Not for membership operations: a leadership
+    /// transfer deposes its own leader.
+    async fn unless_deposed<T>(
         &self,
         group: &Group,
         leader: NodeId,
-        addr: &str,
-        append: StreamAppend,
-    ) -> Result<Appended, WriteFailure> {
-        let forwarded = group.forwarder.submit(addr, append);
+        forwarded: impl Future<Output = Result<T, WriteFailure>>,
+    ) -> Result<T, WriteFailure> {
         tokio::pin!(forwarded);
         tokio::select! {
             biased;
@@ -347,7 +351,7 @@ impl Node {
                 .increment(1);
             Err(WriteFailure::Indeterminate {
                 group: group.id,
-                reason: format!("node {leader} was deposed while the append was forwarded to it, and did not answer"),
+                reason: format!("node {leader} was deposed while the write was forwarded to it, and did not answer"),
             })
         })
     }

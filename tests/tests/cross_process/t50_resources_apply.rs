@@ -413,3 +413,31 @@ async fn regression_two_racing_applies_cannot_change_an_immutable_field() -> any
     }
     Ok(())
 }
+
+/// Regression: an object applied through a node whose metadata leader had just stopped answering (frozen, its
+/// connection open) waited for the forward's 10 s timeout, though the other two elected a new leader within a
+/// second. The forward is given up once that leader is deposed (counted), and the apply goes through the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_an_apply_forwarded_to_a_frozen_metadata_leader_is_given_up_for_the_next_one() -> anyhow::Result<()>
+{
+    use sluice_tests::{apply_resource, broker_object, metric_sum_at};
+    let mut cluster = TestCluster::start(3, 1, &[]).await?;
+    let leader = cluster.leader_of(0).await?;
+    let other = cluster.nodes.iter().find(|n| n.id != leader).map(|n| (n.admin.clone(), n.http.clone()));
+    let (admin, http) = other.ok_or_else(|| anyhow::anyhow!("no other node"))?;
+    apply_resource(&admin, broker_object("default", "before", serde_json::json!({}))).await?;
+    // The leader's last heartbeat was at most 50 ms ago, and the others wait at least 200 ms for the next: this
+    // apply is forwarded to the frozen leader.
+    cluster.node(leader).signal("STOP")?;
+    let first = apply_resource(&admin, broker_object("default", "during", serde_json::json!({}))).await;
+    // That apply is answered as of unknown outcome (the frozen leader never proposed it); once the others have
+    // elected a leader, the same apply goes through.
+    wait_until(Duration::from_secs(30), || async {
+        Ok(apply_resource(&admin, broker_object("default", "during", serde_json::json!({}))).await.ok())
+    })
+    .await?;
+    let abandoned = metric_sum_at(&http, "sluice_forwards_abandoned_total", &["group=\"metadata\""]).await?;
+    cluster.node(leader).signal("CONT")?;
+    assert!(abandoned >= 1.0, "the apply forwarded to the frozen leader was not given up ({abandoned}; {first:?})");
+    Ok(())
+}
