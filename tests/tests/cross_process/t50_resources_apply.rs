@@ -421,12 +421,14 @@ async fn regression_two_racing_applies_cannot_change_an_immutable_field() -> any
 async fn regression_an_apply_forwarded_to_a_frozen_metadata_leader_is_given_up_for_the_next_one() -> anyhow::Result<()>
 {
     use sluice_tests::{apply_resource, broker_object, metric_sum_at};
-    let mut cluster = TestCluster::start(3, 1, &[]).await?;
+    // Elections after a second without a heartbeat, not 200 ms: on a loaded machine the apply still reaches the
+    // frozen leader before the others can start one.
+    let mut cluster = TestCluster::start(3, 1, &["--election-timeout-ms", "1000"]).await?;
     let leader = cluster.leader_of(0).await?;
     let other = cluster.nodes.iter().find(|n| n.id != leader).map(|n| (n.admin.clone(), n.http.clone()));
     let (admin, http) = other.ok_or_else(|| anyhow::anyhow!("no other node"))?;
     apply_resource(&admin, broker_object("default", "before", serde_json::json!({}))).await?;
-    // The leader's last heartbeat was at most 50 ms ago, and the others wait at least 200 ms for the next: this
+    // The leader's last heartbeat was at most 50 ms ago, and the others wait at least a second for the next: this
     // apply is forwarded to the frozen leader.
     cluster.node(leader).signal("STOP")?;
     let first = apply_resource(&admin, broker_object("default", "during", serde_json::json!({}))).await;

@@ -303,7 +303,9 @@ async fn a_reply_that_keeps_the_identity_of_its_event_reaches_the_next_trigger()
 /// new one, its retry counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_a_reply_forwarded_to_a_frozen_leader_is_stored_through_the_next_one() -> anyhow::Result<()> {
-    let mut cluster = TestCluster::start(3, 2, &[]).await?;
+    // Elections after a second without a heartbeat, not 200 ms: on a loaded machine the reply still reaches the
+    // frozen leader before the others can start one.
+    let mut cluster = TestCluster::start(3, 2, &["--election-timeout-ms", "1000"]).await?;
     // The events go to partition 0 and their replies to partition 1 (by `partitionkey`), each led by its own node.
     let key_of =
         |partition: u64| (0..).map(|i| format!("key-{i}")).find(|k| stable_hash(&[k.as_bytes()]) % 2 == partition);
@@ -320,8 +322,8 @@ async fn regression_a_reply_forwarded_to_a_frozen_leader_is_stored_through_the_n
     anyhow::ensure!(reply_leader != event_leader, "partition 1 still led by partition 0's leader");
 
     // The replier freezes partition 1's leader (SIGSTOP) just before it answers the first event asked after
-    // `freeze` is set: that reply is forwarded to a leader that no longer answers, milliseconds before the others
-    // can elect a new one (an election timeout, hundreds of milliseconds, after its last heartbeat).
+    // `freeze` is set: that reply is forwarded to a leader that no longer answers, milliseconds after, while the
+    // others wait at least an election timeout (a second here) from its last heartbeat to elect another.
     let reply_leader_pid = cluster.node(reply_leader).pid().unwrap_or_default();
     let freeze = Arc::new(AtomicBool::new(false));
     let freeze_in_replier = freeze.clone();
