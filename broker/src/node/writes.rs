@@ -306,7 +306,9 @@ impl Node {
                             self.unless_deposed(&group, leader, forwarded).await.map(ForwardedReply::Appended)
                         }
                         // A leadership transfer deposes its own leader: not given up for it.
-                        ForwardedWrite::Membership(_) => self.inner.peers.forward(&addr, group_id, &write).await,
+                        ForwardedWrite::Membership(MembershipOp::TransferLeader(_)) => {
+                            self.inner.peers.forward(&addr, group_id, &write).await
+                        }
                         _ => {
                             let forwarded = self.inner.peers.forward(&addr, group_id, &write);
                             self.unless_deposed(&group, leader, forwarded).await
@@ -331,8 +333,9 @@ impl Node {
     /// other nodes elect a new one within an election timeout: once this node sees it deposed, the write waits one
     /// election timeout more (a deposed leader that runs answers at once: committed, or refused), then is given
     /// up as indeterminate, as that timeout would have, and its caller retries it with the new leader (appends:
-    /// dedupe makes that safe) or reads back what was stored. Not for membership operations: a leadership
-    /// transfer deposes its own leader.
+    /// dedupe makes that safe) or reads back what was stored; a membership change is asked again of the new
+    /// leader ([`Node::membership`]; a change already made is done). Not for a leadership transfer: it deposes
+    /// its own leader.
     async fn unless_deposed<T>(
         &self,
         group: &Group,

@@ -264,3 +264,33 @@ async fn a_remove_node_whose_client_gives_up_still_completes() -> anyhow::Result
     .await?;
     Ok(())
 }
+
+/// `cluster remove-node` of a node that hangs (frozen, its connections open) while it leads a partition: each
+/// group it led held the removal for the forward's whole timeout (10 s), though the others had elected another
+/// leader within a second or two. Now the change forwarded to the deposed leader is given up one election
+/// timeout after this node sees it deposed, and asked again of the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_removing_a_frozen_partition_leader_gives_its_forwarded_change_up() -> anyhow::Result<()> {
+    use sluice_tests::metric_sum_at;
+    // Elections after a second without a heartbeat: the change reaches the frozen leader before another is elected.
+    let mut cluster = TestCluster::start(3, PARTITIONS, &["--election-timeout-ms", "1000"]).await?;
+    let frozen = cluster.leader_of(1).await?;
+    let (admin, http) = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id != frozen)
+        .map(|n| (n.admin.clone(), n.http.clone()))
+        .ok_or_else(|| anyhow::anyhow!("no other node"))?;
+    let mut client = ClusterClient::connect(format!("http://{admin}")).await?;
+    cluster.node(frozen).signal("STOP")?;
+    let answer = client.remove_node(RemoveNodeRequest { node_id: frozen }).await;
+    let abandoned = metric_sum_at(&http, "sluice_forwards_abandoned_total", &["group=\"partition-"]).await?;
+    let after = status(&admin).await?;
+    cluster.node(frozen).signal("CONT")?;
+    answer?;
+    let listed = after.members.iter().any(|m| m.node_id == frozen);
+    let in_a_group = after.groups.iter().any(|g| g.voters.contains(&frozen) || g.learners.contains(&frozen));
+    anyhow::ensure!(!listed && !in_a_group, "node {frozen} is still a member after remove-node: {after:?}");
+    anyhow::ensure!(abandoned >= 1.0, "no change forwarded to the frozen leader was given up ({abandoned})");
+    Ok(())
+}
