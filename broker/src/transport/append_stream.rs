@@ -148,11 +148,14 @@ where
     request
         .metadata_mut()
         .insert(GROUP_METADATA_KEY, group.to_string().parse().map_err(|e| network(format!("group metadata: {e}")))?);
-    let answers = match tokio::time::timeout(answer_timeout, client.stream_append(request)).await {
-        Ok(Ok(response)) => response.into_inner(),
-        Ok(Err(status)) => return Err(super::status::status_error(status)),
-        Err(_) => return Err(unreachable(format!("opening the append stream took over {answer_timeout:?}"))),
+    let opened = match tokio::time::timeout(answer_timeout, client.stream_append(request)).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(super::status::status_error(status)),
+        Err(_) => Err(unreachable(format!("opening the append stream took over {answer_timeout:?}"))),
     };
+    let answers = opened.inspect_err(|_| {
+        metrics::counter!("sluice_raft_append_stream_failures_total", "group" => group_name(group)).increment(1);
+    })?;
     metrics::counter!("sluice_raft_append_streams_total", "group" => group_name(group)).increment(1);
     Ok(answer_stream(group, answers, shared, answer_timeout))
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::Future;
+use futures::{Future, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -251,9 +251,15 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
 
     /// Replication sessions go on one long-lived stream each ([`super::append_stream`]), not one call per
     /// request.
+    ///
+    /// The session's first request is taken before the stream opens: openraft waits out its backoff after a
+    /// failed session as it hands out a request, not before calling this. Opened first, a session to a
+    /// follower that refuses connections (down, restarting) failed at once without taking a request, and
+    /// openraft opened the next at once: each leader looped on it with every core it could get (two log
+    /// warnings per try, about 15,000 lines per second per node) for as long as the follower was down.
     fn stream_append<'s, S>(
         &'s mut self,
-        input: S,
+        mut input: S,
         _option: RPCOption,
     ) -> BoxFuture<
         's,
@@ -263,8 +269,13 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
+            let Some(first) = input.next().await else {
+                // Nothing to send (the session was cancelled or its payload replaced meanwhile).
+                return Ok(futures::stream::empty().boxed());
+            };
             let client = self.client()?;
-            append_stream::open(client, self.group, input, append_stream::APPEND_ANSWER_TIMEOUT).await
+            let requests = futures::stream::iter([first]).chain(input);
+            append_stream::open(client, self.group, requests, append_stream::APPEND_ANSWER_TIMEOUT).await
         })
     }
 
@@ -428,6 +439,40 @@ mod tests {
         let peers = PeerClients::new(BTreeMap::new(), None);
         let outcome = peers.forward(&addr, 3, &write_for(1)).await;
         assert_eq!(outcome.err(), Some(WriteFailure::NotLeader { group: 3, leader: None }));
+    }
+
+    /// A replication session to a follower that refuses connections takes its first request before it fails:
+    /// openraft waits out its backoff as it hands a request out, and a session that failed without taking one
+    /// was followed by the next at once, in a loop, while the follower was down.
+    #[tokio::test]
+    async fn a_session_to_a_follower_that_refuses_connections_takes_a_request_before_it_fails() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use futures::StreamExt;
+        use openraft::error::RPCError;
+        use openraft::network::{RPCOption, RaftNetworkV2};
+        use openraft::raft::AppendEntriesRequest;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        drop(listener);
+        let mut network =
+            super::GroupNetwork { group: 1, target: 2, addr, peers: PeerClients::new(BTreeMap::new(), None) };
+        let taken = Arc::new(AtomicUsize::new(0));
+        let counter = taken.clone();
+        let heartbeat = AppendEntriesRequest {
+            vote: crate::command::Vote::new(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![],
+        };
+        let requests = futures::stream::iter([heartbeat]).inspect(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let outcome = network.stream_append(requests, RPCOption::new(Duration::from_millis(50))).await;
+        assert!(matches!(outcome, Err(RPCError::Unreachable(_))), "{:?}", outcome.err());
+        assert_eq!(taken.load(Ordering::SeqCst), 1, "the session failed without taking a request");
     }
 
     /// The wait for a follower's answer after a snapshot's last chunk grows with the snapshot (it reads the
