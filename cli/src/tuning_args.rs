@@ -22,6 +22,10 @@ pub(crate) struct TuningArgs {
     /// `cluster add-node` makes a learner a voter once it is within this many Raft entries of the leader.
     #[arg(long, default_value_t = 5_000)]
     pub learner_catch_up_entries: u64,
+    /// `cluster add-node` fails once the new node has not answered its leader for this long (a node not
+    /// started, a mistyped `--peer`), instead of waiting 3 minutes for it to catch up.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub learner_contact_timeout_ms: u64,
     /// How often partition leaders apply retention (sluice.dev/retention).
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retention_check_ms: u64,
@@ -50,6 +54,7 @@ impl TuningArgs {
             snapshot_every_entries,
             keep_entries_after_snapshot,
             learner_catch_up_entries,
+            learner_contact_timeout_ms,
             retention_check_ms,
             leader_balance_ms,
             dispatch_commit_interval_ms,
@@ -61,6 +66,7 @@ impl TuningArgs {
             ("--snapshot-every-entries", snapshot_every_entries),
             ("--keep-entries-after-snapshot", keep_entries_after_snapshot),
             ("--learner-catch-up-entries", learner_catch_up_entries),
+            ("--learner-contact-timeout-ms", learner_contact_timeout_ms),
             ("--retention-check-ms", retention_check_ms),
             ("--leader-balance-ms", leader_balance_ms),
             ("--dispatch-commit-interval-ms", dispatch_commit_interval_ms),
@@ -86,6 +92,7 @@ impl TuningArgs {
             snapshot_every_entries: self.snapshot_every_entries,
             keep_entries_after_snapshot: self.keep_entries_after_snapshot,
             learner_catch_up_entries: self.learner_catch_up_entries,
+            learner_contact_timeout_ms: self.learner_contact_timeout_ms,
         })
     }
 }

@@ -50,10 +50,19 @@ impl Node {
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(last_error.unwrap_or_else(|| {
-                    BrokerError::MembershipRefused(format!(
-                        "{}: {op:?} did not finish within {MEMBERSHIP_DEADLINE:?}",
-                        group_name(group_id)
-                    ))
+                    BrokerError::MembershipRefused(match &op {
+                        MembershipOp::AddLearner { node, addr } => format!(
+                            "{}: node {node} did not catch up within {MEMBERSHIP_DEADLINE:?} (is it running, and \
+                             reachable at {addr}?); it stays a learner until it does or is removed",
+                            group_name(group_id)
+                        ),
+                        MembershipOp::Promote(node) => format!(
+                            "{}: node {node} did not catch up within {MEMBERSHIP_DEADLINE:?} (is it running, and \
+                             reachable at its peer address?); it stays a learner until it does or is removed",
+                            group_name(group_id)
+                        ),
+                        _ => format!("{}: {op:?} did not finish within {MEMBERSHIP_DEADLINE:?}", group_name(group_id)),
+                    })
                 }));
             }
             {
@@ -252,12 +261,53 @@ impl Node {
     }
 }
 
-/// A group's membership as its leader sees it: the voters, and every member (voters and learners) with its
-/// peer address.
+/// A group's membership as its leader sees it: the voters, every member (voters and learners) with its
+/// peer address, and the members whose log is within the catch-up distance of the leader's.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct GroupMembers {
     pub(super) voters: BTreeSet<NodeId>,
     pub(super) addrs: BTreeMap<NodeId, String>,
+    pub(super) caught_up: BTreeSet<NodeId>,
+    /// Members that have not answered the leader for the contact timeout.
+    pub(super) unanswered: BTreeSet<NodeId>,
+}
+
+/// The members (in `answered`: whether each has answered, or accepts connections, now) that have not for
+/// `contact_timeout` or longer, as this leader has watched them: `since` records when each was first seen
+/// silent, and forgets those that answered or left. A learner not yet in the replication metrics (just added)
+/// is not counted until it is.
+pub(crate) fn long_unanswered(
+    since: &mut BTreeMap<NodeId, tokio::time::Instant>,
+    answered: &BTreeMap<NodeId, bool>,
+    now: tokio::time::Instant,
+    contact_timeout: Duration,
+) -> BTreeSet<NodeId> {
+    since.retain(|node, _| answered.get(node) == Some(&false));
+    for (node, _) in answered.iter().filter(|(_, answered)| !**answered) {
+        since.entry(*node).or_insert(now);
+    }
+    since.iter().filter(|(_, first)| now.duration_since(**first) >= contact_timeout).map(|(node, _)| *node).collect()
+}
+
+/// How long a learner's peer address may take to accept a connection, asked while it has acknowledged nothing.
+const LEARNER_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The members whose log the leader knows to be at most `max_behind` entries behind its last (`matched`: the
+/// last entry each is known to hold, `None` while it has acknowledged none). A member that never answered
+/// has not caught up, however short the log: openraft's own wait for a learner counts its position as 0,
+/// so a node that was never reached (a mistyped address, a node not started) passed for caught up while the
+/// log held fewer entries than the distance, and `add-node` made it a voter.
+pub(super) fn caught_up_members(
+    matched: &BTreeMap<NodeId, Option<u64>>,
+    last_log_index: Option<u64>,
+    max_behind: u64,
+) -> BTreeSet<NodeId> {
+    let last = last_log_index.unwrap_or(0);
+    matched
+        .iter()
+        .filter(|(_, matched)| matched.is_some_and(|index| last.saturating_sub(index) <= max_behind))
+        .map(|(node, _)| *node)
+        .collect()
 }
 
 /// What a membership operation comes to on a group, decided from its membership alone.
@@ -271,6 +321,8 @@ pub(super) enum MembershipStep {
         addr: String,
     },
     Promote(NodeId),
+    /// The learner has not caught up (or never answered): not promoted yet, ask again later.
+    WaitForLearner(NodeId),
     RemoveVoter(NodeId),
     RemoveLearner(NodeId),
     TransferLeader(NodeId),
@@ -290,6 +342,12 @@ pub(super) fn plan_membership(group: &str, members: &GroupMembers, op: Membershi
             _ => MembershipStep::AddLearner { node, addr },
         },
         MembershipOp::Promote(node) if is_voter(node) => MembershipStep::Done,
+        MembershipOp::Promote(node) if members.unanswered.contains(&node) => MembershipStep::Refused(format!(
+            "node {node} has not answered {group}'s leader at {} (is it running, and reachable there?); it stays a \
+             learner until it answers or is removed",
+            members.addrs.get(&node).map_or("its peer address", String::as_str)
+        )),
+        MembershipOp::Promote(node) if !members.caught_up.contains(&node) => MembershipStep::WaitForLearner(node),
         MembershipOp::Promote(node) => MembershipStep::Promote(node),
         MembershipOp::Remove(node) if !members.addrs.contains_key(&node) && !is_voter(node) => MembershipStep::Done,
         MembershipOp::Remove(node) if is_voter(node) && members.voters.len() <= 1 => {
@@ -305,14 +363,47 @@ pub(super) fn plan_membership(group: &str, members: &GroupMembers, op: Membershi
 }
 
 /// Carries out a membership operation on a group this node leads, as [`plan_membership`] decides it.
-pub(super) async fn run_membership(group: &Group, op: MembershipOp) -> Result<MembershipOutcome, WriteFailure> {
+pub(super) async fn run_membership(
+    group: &Group,
+    op: MembershipOp,
+    peers: &PeerClients,
+    learner_contact_timeout: Duration,
+) -> Result<MembershipOutcome, WriteFailure> {
     let group_id = group.id;
-    let membership = group.raft.metrics().borrow_watched().membership_config.clone();
-    let membership = membership.membership();
-    let members = GroupMembers {
+    let metrics = group.raft.metrics().borrow_watched().clone();
+    let membership = metrics.membership_config.membership();
+    let matched: BTreeMap<NodeId, Option<u64>> = metrics
+        .replication
+        .iter()
+        .flatten()
+        .map(|(node, matched)| (*node, matched.as_ref().map(|log_id| log_id.index)))
+        .collect();
+    let mut members = GroupMembers {
         voters: membership.voter_ids().collect(),
         addrs: membership.nodes().map(|(id, node)| (*id, node.addr.clone())).collect(),
+        caught_up: caught_up_members(&matched, metrics.last_log_index, group.raft.config().replication_lag_threshold),
+        unanswered: BTreeSet::new(),
     };
+    // A learner being promoted that has acknowledged nothing yet: answering at all (a large snapshot on its way
+    // holds its first acknowledgement back) is told apart from not being there by whether its peer address
+    // accepts a connection.
+    if let MembershipOp::Promote(node) = &op
+        && let (Some(None), Some(addr)) = (matched.get(node), members.addrs.get(node))
+    {
+        let dial = peers.dial_addr(addr).to_string();
+        let accepts = matches!(
+            tokio::time::timeout(LEARNER_PROBE_TIMEOUT, tokio::net::TcpStream::connect(dial)).await,
+            Ok(Ok(_))
+        );
+        let answered: BTreeMap<NodeId, bool> =
+            matched.iter().map(|(id, matched)| (*id, matched.is_some() || (id == node && accepts))).collect();
+        members.unanswered = long_unanswered(
+            &mut group.unanswered_learners.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            &answered,
+            tokio::time::Instant::now(),
+            learner_contact_timeout,
+        );
+    }
     let commit_change = |change, what: &'static str| async move {
         match tokio::time::timeout(
             crate::raft::append_batcher::COMMIT_TIMEOUT,
@@ -329,6 +420,10 @@ pub(super) async fn run_membership(group: &Group, op: MembershipOp) -> Result<Me
     let result = match plan_membership(&group_name(group_id), &members, op) {
         MembershipStep::Done => return Ok(MembershipOutcome::Done),
         MembershipStep::Refused(reason) => return Ok(MembershipOutcome::Refused(reason)),
+        MembershipStep::WaitForLearner(node) => {
+            tracing::info!(group = %group_name(group_id), node, "the learner has not caught up yet; not promoted");
+            return Ok(MembershipOutcome::CatchingUp);
+        }
         MembershipStep::AddLearner { node, addr } => {
             match tokio::time::timeout(LEARNER_WAIT, group.raft.add_learner(node, BasicNode::new(addr), true)).await {
                 // The learner is added; the wait for it to catch up timed out.
@@ -475,7 +570,76 @@ mod plan_tests {
         GroupMembers {
             voters: voters.iter().copied().collect(),
             addrs: voters.iter().chain(learners).map(|id| (*id, format!("n{id}:7000"))).collect(),
+            caught_up: voters.iter().chain(learners).copied().collect(),
+            unanswered: BTreeSet::new(),
         }
+    }
+
+    #[test]
+    fn a_learner_that_has_not_answered_for_the_contact_timeout_is_refused_promotion() {
+        let mut group = members(&[1, 2], &[3]);
+        group.caught_up.remove(&3);
+        group.unanswered.insert(3);
+        assert_eq!(
+            plan_membership("partition-0", &group, MembershipOp::Promote(3)),
+            MembershipStep::Refused(
+                "node 3 has not answered partition-0's leader at n3:7000 (is it running, and reachable there?); it \
+                 stays a learner until it answers or is removed"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn members_unanswered_for_the_contact_timeout_are_counted_from_when_first_seen() {
+        let timeout = Duration::from_secs(30);
+        let start = tokio::time::Instant::now();
+        let mut since = BTreeMap::new();
+        let unanswered = BTreeMap::from([(3, false), (4, true)]);
+        assert!(long_unanswered(&mut since, &unanswered, start, timeout).is_empty(), "first seen now");
+        let later = start + Duration::from_secs(29);
+        assert!(long_unanswered(&mut since, &unanswered, later, timeout).is_empty(), "not yet");
+        let at_timeout = start + timeout;
+        assert_eq!(long_unanswered(&mut since, &unanswered, at_timeout, timeout), BTreeSet::from([3]));
+        // It answers: forgotten; silent again later, counted from then.
+        let answered = BTreeMap::from([(3, true), (4, true)]);
+        assert!(long_unanswered(&mut since, &answered, at_timeout, timeout).is_empty());
+        assert!(since.is_empty(), "an answering member is forgotten");
+        let again = at_timeout + Duration::from_secs(1);
+        assert!(long_unanswered(&mut since, &unanswered, again, timeout).is_empty(), "counted afresh");
+        // One that left the replication (removed) is forgotten too.
+        assert!(long_unanswered(&mut since, &BTreeMap::new(), again + timeout, timeout).is_empty());
+        assert!(since.is_empty());
+    }
+
+    #[test]
+    fn a_learner_that_never_answered_is_not_promoted() {
+        let mut group = members(&[1, 2], &[3]);
+        group.caught_up.remove(&3);
+        assert_eq!(plan_membership("partition-0", &group, MembershipOp::Promote(3)), MembershipStep::WaitForLearner(3));
+        // Promoting a voter again is done whatever its replication says.
+        group.caught_up.remove(&2);
+        assert_eq!(plan_membership("partition-0", &group, MembershipOp::Promote(2)), MembershipStep::Done);
+    }
+
+    #[test]
+    fn members_are_caught_up_within_the_distance_once_they_answered() {
+        let max_behind = 5_000;
+        // (matched, last log index, caught up, why)
+        let cases: [(Option<u64>, Option<u64>, bool, &str); 7] = [
+            (None, Some(7), false, "never answered, however short the log (found: promoted at once)"),
+            (None, None, false, "never answered, empty log"),
+            (Some(0), Some(7), true, "answered, seven behind"),
+            (Some(7), Some(7), true, "holds the last entry"),
+            (Some(1_000), Some(6_000), true, "exactly the distance behind"),
+            (Some(999), Some(6_000), false, "one past the distance"),
+            (Some(9), Some(7), true, "ahead of a stale last index (metrics read apart)"),
+        ];
+        for (matched, last, expected, why) in cases {
+            let caught_up = caught_up_members(&BTreeMap::from([(3, matched)]), last, max_behind);
+            assert_eq!(caught_up.contains(&3), expected, "{why}");
+        }
+        assert!(caught_up_members(&BTreeMap::new(), Some(7), max_behind).is_empty(), "not replicated to: unknown");
     }
 
     #[test]

@@ -380,7 +380,8 @@ impl Node {
                     MembershipOp::TransferLeader(_) => Some(self.hand_over(group_id).await),
                     _ => None,
                 };
-                let result = run_membership(&group, op).await;
+                let contact_timeout = Duration::from_millis(self.inner.settings.tuning.learner_contact_timeout_ms);
+                let result = run_membership(&group, op, &self.inner.peers, contact_timeout).await;
                 if let Some(attempt) = attempt {
                     // A refused transfer is over now (dropped here); an accepted one once the leadership left
                     // or the caller's wait for it (`transfer_leader`) has passed.

@@ -2,6 +2,7 @@
 //! state machine and its append batcher, plus a task that publishes its
 //! Raft metrics.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use openraft::async_runtime::watch::WatchReceiver;
@@ -28,6 +29,9 @@ pub struct RaftTuning {
     /// A learner counts as caught up (and may be promoted to voter) once it
     /// is within this many entries of the leader's log.
     pub learner_catch_up_entries: u64,
+    /// A learner that has not answered its leader for this long is refused promotion (`cluster add-node`
+    /// fails instead of waiting the whole membership deadline for a node that is not there).
+    pub learner_contact_timeout_ms: u64,
 }
 
 impl Default for RaftTuning {
@@ -39,6 +43,7 @@ impl Default for RaftTuning {
             snapshot_every_entries: 20_000,
             keep_entries_after_snapshot: 1_000,
             learner_catch_up_entries: 5_000,
+            learner_contact_timeout_ms: 30_000,
         }
     }
 }
@@ -79,6 +84,9 @@ pub(crate) struct Group {
     pub batcher: AppendBatcher,
     /// Appends this node forwards to the group's leader when it does not lead.
     pub forwarder: ForwardBatcher,
+    /// Where this node leads: since when each learner it replicates to has not answered
+    /// ([`crate::node::membership::long_unanswered`]).
+    pub unanswered_learners: std::sync::Mutex<BTreeMap<NodeId, tokio::time::Instant>>,
 }
 
 impl Group {
@@ -112,7 +120,7 @@ impl Group {
         let batcher = AppendBatcher::start(group, raft.clone(), limits);
         tokio::spawn(publish_metrics(group, raft.clone()));
         tokio::spawn(release_idle_dedupe_windows(raft.clone()));
-        Ok(Arc::new(Group { id: group, raft, view, batcher, forwarder }))
+        Ok(Arc::new(Group { id: group, raft, view, batcher, forwarder, unanswered_learners: Default::default() }))
     }
 
     /// Waits until this group's leader, vote or membership changes, or `wait` passes: what a write or read

@@ -294,3 +294,35 @@ async fn regression_removing_a_frozen_partition_leader_gives_its_forwarded_chang
     anyhow::ensure!(abandoned >= 1.0, "no change forwarded to the frozen leader was given up ({abandoned})");
     Ok(())
 }
+
+/// `cluster add-node` with a peer address where nothing answers (a node not started, a mistyped `--peer`): the
+/// learner was promoted at once, because openraft counts a learner that never answered as at position 0, within
+/// the catch-up distance of any young log. A one-node cluster then had two voters, one of them absent, and
+/// refused every write. Now the node stays a learner, the command fails once it has not answered for the contact
+/// timeout, the cluster keeps its quorum, and `remove-node` takes the learner out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_node_that_never_answered_is_not_made_a_voter() -> anyhow::Result<()> {
+    use sluice_tests::{AppendOutcome, append, start_single_node};
+    let (_root, node) = start_single_node(1, &["--learner-contact-timeout-ms", "2000"]).await?;
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let mut client = ClusterClient::connect(format!("http://{}", node.admin)).await?;
+    let added = client.add_node(AddNodeRequest { node_id: 2, peer_addr: nowhere.clone() }).await;
+    let err = added.expect_err("a node that never answered cannot be added");
+    let detail = error_detail(&err);
+    anyhow::ensure!(
+        detail.as_ref().map(|d| d.name.as_str()) == Some("MEMBERSHIP_REFUSED")
+            && err.message().contains("has not answered"),
+        "{err:?}"
+    );
+    let after = status(&node.admin).await?;
+    anyhow::ensure!(after.groups.iter().all(|g| !g.voters.contains(&2)), "node 2 was made a voter: {after:?}");
+    let written = append(&node.admin, "broker/default/b", 0, vec![b"after".to_vec()]).await;
+    anyhow::ensure!(matches!(written, AppendOutcome::Acked(_)), "the one-node cluster lost its quorum: {written:?}");
+    client.remove_node(RemoveNodeRequest { node_id: 2 }).await?;
+    let removed = status(&node.admin).await?;
+    anyhow::ensure!(
+        removed.groups.iter().all(|g| !g.voters.contains(&2) && !g.learners.contains(&2)),
+        "node 2 is still in a group: {removed:?}"
+    );
+    Ok(())
+}
