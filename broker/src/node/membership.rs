@@ -35,6 +35,7 @@ impl Node {
         let deadline = tokio::time::Instant::now() + MEMBERSHIP_DEADLINE;
         let group = self.group(group_id)?;
         loop {
+            let asked_at = tokio::time::Instant::now();
             let outcome = self.write(group_id, ForwardedWrite::Membership(op.clone())).await;
             let last_error = match outcome {
                 Ok(ForwardedReply::Membership(MembershipOutcome::Done)) => return Ok(()),
@@ -72,6 +73,11 @@ impl Node {
                 let _ = metrics.borrow_and_update();
                 let wait = Duration::from_millis(self.inner.settings.tuning.election_timeout_max_ms);
                 let _ = tokio::time::timeout(wait, metrics.changed()).await;
+                // The metrics change with every replication step: under traffic a change that cannot commit yet
+                // (a joint configuration waiting on a node that is down) was asked again hundreds of times a
+                // second, each refusal an ERROR line of openraft's. At most one ask per election timeout.
+                let pace = Duration::from_millis(self.inner.settings.tuning.election_timeout_min_ms);
+                tokio::time::sleep_until(asked_at + pace).await;
             }
         }
     }
