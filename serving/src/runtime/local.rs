@@ -38,6 +38,9 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// so that a node killed with `kill -9` (whose children outlive it) stops them when it starts again.
 pub(crate) struct LocalRuntime {
     instances_dir: PathBuf,
+    /// Where an instance without a `workingDir` runs: an empty directory of its own under here, removed when it
+    /// exits (a container's own filesystem, not the node's working directory with its data dir in it).
+    scratch_root: PathBuf,
     slots: Arc<Mutex<LocalSlots>>,
     /// What every instance gets of the node's environment ([`environment::inherited`]).
     inherited_env: Vec<(String, String)>,
@@ -129,8 +132,12 @@ impl LocalRuntime {
             tracing::warn!(stopped, "stopped the instances a previous run of this node left running");
         }
         let _ = std::fs::create_dir_all(&instances_dir);
+        // The instances that ran here before are stopped: what they left in their directories goes too.
+        let scratch_root = instances_dir.with_file_name("instance-dirs");
+        let _ = std::fs::remove_dir_all(&scratch_root);
+        let _ = std::fs::create_dir_all(&scratch_root);
         let slots = LocalSlots { max: max_instances.max(1), ..LocalSlots::default() };
-        LocalRuntime { instances_dir, slots: Arc::new(Mutex::new(slots)), inherited_env }
+        LocalRuntime { instances_dir, scratch_root, slots: Arc::new(Mutex::new(slots)), inherited_env }
     }
 }
 
@@ -264,7 +271,23 @@ impl Runtime for LocalRuntime {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        if let Some(dir) = &spec.working_dir {
+        // Without a `workingDir`, not the node's own directory: `python3 -m http.server` (the example in
+        // docs/serving.md) served the node's data dir from there, its signing keys included.
+        let scratch = match &spec.working_dir {
+            Some(_) => None,
+            None => Some(
+                tempfile::Builder::new()
+                    .prefix(&format!("{}-{}-", spec.revision.replace('/', "_"), spec.id))
+                    .tempdir_in(&self.scratch_root)
+                    .map_err(|e| ServingError::Spawn {
+                        revision: spec.revision.clone(),
+                        command: program.clone(),
+                        reason: format!("creating its working directory under {}: {e}", self.scratch_root.display()),
+                    })?,
+            ),
+        };
+        let working_dir = spec.working_dir.clone().or_else(|| scratch.as_ref().map(|dir| dir.path().to_path_buf()));
+        if let Some(dir) = &working_dir {
             command.current_dir(dir);
         }
         let mut child = command.spawn().map_err(|e| ServingError::Spawn {
@@ -291,7 +314,7 @@ impl Runtime for LocalRuntime {
         let (exited_tx, exited) = watch::channel(false);
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, spec.port));
         // An exec probe runs as it would in the container: with its environment and working directory.
-        let probe_env = ProbeEnv { vars, working_dir: spec.working_dir.clone(), rhythm: spec.readiness_rhythm };
+        let probe_env = ProbeEnv { vars, working_dir, rhythm: spec.readiness_rhythm };
         // In and out of rotation, and why the runtime stopped the instance itself, if it did (its exit says so).
         let rotation = Rotation::new(events.clone());
         // Readiness is probed once the startup probe passed, as the kubelet does.
@@ -323,6 +346,7 @@ impl Runtime for LocalRuntime {
             if let Some(record) = record {
                 let _ = std::fs::remove_file(record);
             }
+            drop(scratch);
             drop(slot);
         });
         Ok(Box::new(LocalInstance { pid, exited }))

@@ -399,3 +399,31 @@ async fn an_instance_gets_only_its_inherited_variables_and_its_own() {
     let unexpected: Vec<&&str> = vars.keys().filter(|name| !expected.contains(name)).collect();
     assert!(unexpected.is_empty(), "the node's variables reached the instance: {unexpected:?}");
 }
+
+/// Regression: an instance without a `workingDir` ran in the node's own directory, and `python3 -m http.server`
+/// (docs/serving.md's example) served the node's data dir from there, its signing keys included. It runs in an
+/// empty directory of its own, removed once it has exited.
+#[tokio::test]
+async fn an_instance_without_a_working_dir_runs_in_an_empty_one_of_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = std::fs::canonicalize(dir.path()).expect("canonical");
+    let runtime = LocalRuntime::new(root.join("instances"), 8, path_only());
+    let logs = crate::logs::LogHub::new(root.join("logs"));
+    let report = root.join("cwd.txt");
+    let script = format!("echo \"$(pwd -P) $(ls -A | wc -l)\" > {}; exec sleep 300", report.display());
+    let port = free_port().expect("port");
+    let spec = instance(1, "hello-00001", &["sh", "-c", &script], Readiness::TcpConnect { port }, &logs);
+    let (events, _events) = mpsc::channel(8);
+    let instance = runtime.start(spec, events).expect("start");
+    let written = || std::fs::read_to_string(&report).ok().filter(|text| text.ends_with('\n'));
+    wait_for("the instance wrote where it runs", || written().is_some()).await;
+    let text = written().expect("report");
+    let (cwd, entries) = text.trim_end().rsplit_once(' ').expect("two fields");
+    let cwd = PathBuf::from(cwd);
+    assert_eq!(entries.trim(), "0", "its directory starts empty");
+    let node_dir = std::fs::canonicalize(std::env::current_dir().expect("cwd")).expect("canonical");
+    assert_ne!(cwd, node_dir, "not the node's directory");
+    assert!(cwd.starts_with(&root), "under the runtime's own directory: {}", cwd.display());
+    instance.stop(Duration::from_secs(10)).await;
+    wait_for("its directory is removed once it has exited", || !cwd.exists()).await;
+}
