@@ -56,7 +56,7 @@ pub(crate) enum Column {
 /// The columns of a kind: Knative's printer columns (Trigger: NAME BROKER SUBSCRIBER_URI AGE READY REASON;
 /// Broker, Channel, InMemoryChannel: NAME URL AGE READY REASON; Subscription: NAME AGE READY REASON; Service:
 /// NAME URL LATESTCREATED LATESTREADY; Configuration: NAME LATESTCREATED LATESTREADY; Revision: NAME CONFIG NAME
-/// GENERATION ... ACTUAL REPLICAS; Route: NAME URL), with NAMESPACE first for -A, and more with -o wide.
+/// GENERATION ... ACTUAL REPLICAS DESIRED REPLICAS; Route: NAME URL), with NAMESPACE first for -A, and more with -o wide.
 pub(crate) fn columns(info: &KindInfo, layout: Layout) -> Vec<Column> {
     let field = |header, pointer| Column::Field { header, pointer };
     let mut columns = Vec::new();
@@ -87,13 +87,17 @@ pub(crate) fn columns(info: &KindInfo, layout: Layout) -> Vec<Column> {
     columns.extend([Column::Age, Column::Ready, Column::Reason]);
     if info.kind == "Revision" {
         columns.push(field("ACTUAL REPLICAS", "/status/actualReplicas"));
+        columns.push(field("DESIRED REPLICAS", "/status/desiredReplicas"));
     }
     if layout.wide {
         if info.kind == "Subscription" {
             columns.push(field("CHANNEL", "/spec/channel/name"));
             columns.push(field("SUBSCRIBER_URI", "/status/physicalSubscription/subscriberUri"));
         }
-        columns.push(field("GENERATION", "/metadata/generation"));
+        // A Revision's GENERATION column is its Configuration's already (Knative's printer column).
+        if info.kind != "Revision" {
+            columns.push(field("GENERATION", "/metadata/generation"));
+        }
     }
     columns
 }
@@ -158,4 +162,24 @@ pub(crate) fn table_lines<'a>(
     rows.extend(objects.into_iter().map(|object| row(info, &columns, layout, object, now)));
     let widths = table::column_widths(&rows);
     (rows.iter().map(|r| table::format_row(r, &widths)).collect(), widths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Revision's columns are Knative's printer columns; `-o wide` printed a second GENERATION (the object's,
+    /// beside Knative's, its Configuration's) and the table lacked DESIRED REPLICAS.
+    #[test]
+    fn a_revisions_columns_are_knatives_printer_columns() {
+        let info = sluice_controller::model::kind_info("revisions").expect("kind");
+        for wide in [false, true] {
+            let layout = Layout { all_namespaces: false, wide, show_kind: false };
+            assert_eq!(
+                header(&columns(info, layout)),
+                ["NAME", "CONFIG NAME", "GENERATION", "AGE", "READY", "REASON", "ACTUAL REPLICAS", "DESIRED REPLICAS"],
+                "wide: {wide}"
+            );
+        }
+    }
 }

@@ -208,6 +208,9 @@ fn revision_status(object: &Value, world: &World, env: &Environment, status: &mu
         _ => Ok(None),
     };
     status.insert("actualReplicas".into(), facts.ready_instances.into());
+    // Knative's is the replicas its autoscaler asked for (ready or not): here, the instances the nodes run,
+    // starting ones included.
+    status.insert("desiredReplicas".into(), facts.instances.into());
     let serving = containers.get(super::model::serving_container_index(&containers));
     if let Some(image) = serving.and_then(|c| c.image.clone()) {
         let name = serving.and_then(|c| c.name.clone()).unwrap_or_else(|| "user-container".into());

@@ -726,6 +726,7 @@ fn revision_status_counts_every_nodes_instances_and_ignores_a_namesakes_facts() 
     );
     let revision = status_of(&objects, "Revision", "hello-00001");
     assert_eq!(revision["actualReplicas"], 10, "{revision}");
+    assert_eq!(revision["desiredReplicas"], 10, "{revision}");
     assert_eq!(condition(&revision, "Active").0, "True");
     assert_eq!(condition(&revision, "Ready").0, "True");
     // A cold start: an instance starting, none ready yet. Knative counts ready pods and says "Activating".
@@ -739,6 +740,7 @@ fn revision_status_counts_every_nodes_instances_and_ignores_a_namesakes_facts() 
         (revision["actualReplicas"].clone(), condition(&revision, "Active")),
         (json!(0), ("Unknown".into(), "Activating".into()))
     );
+    assert_eq!(revision["desiredReplicas"], 1, "the instance starting is desired: {revision}");
     // Every node at zero: Ready stays (Knative's Revision is Ready at zero), Active goes.
     store(
         &mut objects,
