@@ -91,6 +91,21 @@ pub fn from_binary<'a>(
 // ------------------------------------------------------------ structured mode
 
 /// Structured mode: one JSON object.
+/// The rule for an attribute sent as a number that is no 32-bit integer: an extension's (any integer attribute's)
+/// is the integer range, a context attribute's its own type. `"specversion": 1.0` was told that numbers are
+/// 32-bit integers, and sent again as `1` it was told it must be a string.
+fn number_rule(attribute: &str) -> &'static str {
+    match attribute {
+        "specversion" => "must be a string, such as \"1.0\"",
+        "id" | "type" | "subject" => "must be a string",
+        "source" => "must be a URI-reference",
+        "dataschema" => "must be a URI",
+        "datacontenttype" => "must be an RFC 2046 media type",
+        "time" => "must be an RFC 3339 timestamp",
+        _ => "numbers are 32-bit integers",
+    }
+}
+
 pub fn from_structured(body: &[u8]) -> Result<CloudEvent, EventError> {
     from_structured_within(body, &AttributeLimits::UNLIMITED)
 }
@@ -378,7 +393,7 @@ fn event_from_members(Members(members): Members<'_>) -> Result<CloudEvent, Event
                     let rule = if value.get().trim_start().starts_with('"') {
                         format!("strings are Unicode: no unpaired surrogate (\\uD800-\\uDFFF) ({e})")
                     } else {
-                        format!("numbers are 32-bit integers ({e})")
+                        format!("{} ({e})", number_rule(&name))
                     };
                     EventError::bad("attribute has the wrong type").attribute(&name).rule(rule)
                 })?;
@@ -389,9 +404,8 @@ fn event_from_members(Members(members): Members<'_>) -> Result<CloudEvent, Event
                     serde_json::Value::Number(n) => match n.as_i64().filter(|i| i32::try_from(*i).is_ok()) {
                         Some(i) => AttrValue::Integer(i),
                         None => {
-                            return Err(EventError::bad("attribute has the wrong type")
-                                .attribute(name)
-                                .rule("numbers are 32-bit integers"));
+                            let rule = number_rule(&name);
+                            return Err(EventError::bad("attribute has the wrong type").attribute(name).rule(rule));
                         }
                     },
                     _ => {

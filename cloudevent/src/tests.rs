@@ -681,6 +681,27 @@ fn an_attribute_of_the_wrong_type_is_refused_naming_it_before_it_is_parsed() {
     }
     assert!(from_structured(event("-7").as_bytes()).is_ok());
     assert!(from_structured(event("null").as_bytes()).is_ok(), "null is absent");
+    // Regression: `"specversion": 1.0` was told that numbers are 32-bit integers (and as `1`, that it must be a
+    // string): a context attribute's rule is its own type.
+    let cases = [
+        (
+            r#"{"specversion":1.0,"id":"1","source":"/s","type":"t"}"#,
+            "specversion",
+            "must be a string, such as \"1.0\"",
+        ),
+        (r#"{"specversion":"1.0","id":1.5,"source":"/s","type":"t"}"#, "id", "must be a string"),
+        (r#"{"specversion":"1.0","id":"1","source":1e400,"type":"t"}"#, "source", "must be a URI-reference"),
+        (
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":1.5}"#,
+            "time",
+            "must be an RFC 3339 timestamp",
+        ),
+    ];
+    for (body, attribute, rule) in cases {
+        let refused = from_structured(body.as_bytes()).expect_err(body);
+        assert_eq!(refused.attribute.as_deref(), Some(attribute), "{body}");
+        assert!(refused.rule.as_deref().is_some_and(|r| r.starts_with(rule)), "{body}: {:?}", refused.rule);
+    }
     // Regression: an unpaired surrogate in a string was refused under the rule of numbers.
     let refused = from_structured(event(r#""\udead""#).as_bytes()).expect_err("a lone surrogate");
     assert_eq!(refused.attribute.as_deref(), Some("x"));
