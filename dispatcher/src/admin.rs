@@ -182,12 +182,24 @@ impl ConsumersAdmin {
             let committed_offset = stored.get(&found.cursor).copied().unwrap_or(0);
             let counters = CursorStats::from_committed(&found.cursor, &stored);
             let dead = self.node.read(&dead_letters, partition, 0, 1, 0).map_err(sluice_broker::status_of)?;
+            // Nothing in flight (paused, or waiting to be read) but a backlog: its oldest is the first event past the
+            // committed offset. Regression: a paused Trigger's backlog showed no age at all.
+            let oldest_arrival_ms = match counters.oldest_pending_arrival_ms {
+                0 if end_offset > committed_offset => self
+                    .node
+                    .read(&found.stream, partition, committed_offset, 1, 0)
+                    .map_err(sluice_broker::status_of)?
+                    .records
+                    .first()
+                    .map_or(0, |record| record.arrival_ms),
+                pending => pending,
+            };
             partitions.push(PartitionStatus {
                 partition,
                 committed_offset,
                 end_offset,
                 backlog: end_offset.saturating_sub(committed_offset),
-                oldest_undelivered_age_ms: match counters.oldest_pending_arrival_ms {
+                oldest_undelivered_age_ms: match oldest_arrival_ms {
                     0 => 0,
                     arrival => now.saturating_sub(arrival),
                 },

@@ -60,9 +60,11 @@ async fn pause_resume_replay_by_time_and_status() -> anyhow::Result<()> {
     let again = trigger_object("default", "t", "b", &subscriber.url(), json!({}), json!({}));
     let reply = resources.apply(ApplyResourceRequest { object_json: again.to_string(), dry_run: false }).await?;
     assert_eq!(reply.into_inner().outcome, "unchanged", "the pause is kept (a removed one would be `configured`)");
+    let sent_from = chrono_ms();
     for i in 0..6 {
         send_event_accepted(&client, &http, "/default/b", &format!("p{i}"), "t", &[], "{}").await?;
     }
+    let sent_to = chrono_ms();
     let status = wait_until(Duration::from_secs(20), || {
         let mut consumers = consumers.clone();
         async move {
@@ -83,6 +85,11 @@ async fn pause_resume_replay_by_time_and_status() -> anyhow::Result<()> {
     .await?;
     assert!(subscriber.deliveries().is_empty(), "nothing delivered while paused");
     assert_eq!(consumers.status(trigger("t")).await?.into_inner().backlog, 6, "the paused backlog stays");
+    // Its oldest event's age, though nothing of it is in flight (regression: a paused backlog showed none).
+    wait_until(Duration::from_secs(2), || async { Ok((chrono_ms() > sent_to).then_some(())) }).await?;
+    let age_ms = consumers.status(trigger("t")).await?.into_inner().partitions[0].oldest_undelivered_age_ms;
+    let at_most = chrono_ms() - sent_from;
+    assert!(age_ms >= 1 && age_ms <= at_most, "the paused backlog's oldest is {age_ms} ms old (at most {at_most})");
     consumers.resume(trigger("t")).await?;
     subscriber.wait_for(6, Duration::from_secs(30)).await?;
     let drained = wait_until(Duration::from_secs(20), || {
