@@ -44,11 +44,12 @@ pub(crate) enum Command {
         output: String,
     },
     /// Deliver again from an offset or a time (or skip forward to one).
+    #[command(group = clap::ArgGroup::new("to").required(true).args(["to_offset", "to_time"]))]
     Replay {
         #[command(flatten)]
         target: Target,
         /// Move to this offset (in every partition, or in --partition).
-        #[arg(long, conflicts_with = "to_time", required_unless_present = "to_time")]
+        #[arg(long)]
         to_offset: Option<u64>,
         /// Move to the first event at or after this time: RFC 3339, or an age like 10m.
         #[arg(long)]
@@ -274,6 +275,24 @@ mod tests {
     use sluice_proto::admin::PartitionStatus;
 
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Trigger {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    /// `replay` needs one of `--to-offset` and `--to-time`: the error named `--to-offset` alone.
+    #[test]
+    fn a_replay_without_a_target_names_both_ways_to_give_one() {
+        use clap::Parser;
+        let parse = |args: &[&str]| Trigger::try_parse_from([&["trigger", "replay", "t"], args].concat());
+        let missing = parse(&[]).err().expect("a target is required").to_string();
+        assert!(missing.contains("--to-offset") && missing.contains("--to-time"), "{missing}");
+        assert!(parse(&["--to-offset", "3"]).is_ok());
+        assert!(parse(&["--to-time", "10m"]).is_ok());
+        assert!(parse(&["--to-offset", "3", "--to-time", "10m"]).is_err(), "one or the other");
+    }
 
     #[test]
     fn a_pause_is_in_effect_once_every_partitions_dispatcher_holds_it() {

@@ -165,15 +165,32 @@ fn named(kind: &str, namespace: &str, name: &str) -> Result<Named, Status> {
     }
 }
 
+/// kubectl's words for an object that is not there (`services.serving.knative.dev "nope" not found`), as
+/// `sluice get` says them. Regression: `sluice logs ksvc nope` said the Service had no revisions.
+fn not_found(kind: &str, name: &str) -> Status {
+    let plural = match kind {
+        "Configuration" => "configurations",
+        "Revision" => "revisions",
+        _ => "services",
+    };
+    sluice_proto::errors::error_status(
+        sluice_proto::errors::ErrorCode::ResourceNotFound,
+        format!("{plural}.serving.knative.dev \"{name}\" not found"),
+    )
+}
+
 /// The revisions whose output a request asks for, oldest first (a Revision only if it exists), or why the
 /// request is refused.
 fn revisions(node: &Node, kind: &str, namespace: &str, name: &str) -> Result<Vec<String>, Status> {
-    let label = match named(kind, namespace, name)? {
+    let named = named(kind, namespace, name)?;
+    let kind = if kind.is_empty() { "Service" } else { kind };
+    let key = ResourceKey { kind: kind.into(), namespace: namespace.into(), name: name.into() };
+    if node.resource(&key).is_none() {
+        return Err(not_found(kind, name));
+    }
+    let label = match named {
         Named::Labelled(label) => label,
-        Named::Revision => {
-            let key = ResourceKey { kind: "Revision".into(), namespace: namespace.into(), name: name.into() };
-            return Ok(node.resource(&key).map(|_| vec![name.to_string()]).unwrap_or_default());
-        }
+        Named::Revision => return Ok(vec![name.to_string()]),
     };
     let mut found: Vec<(i64, String)> = node
         .resources("Revision")

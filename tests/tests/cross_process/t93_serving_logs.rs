@@ -54,6 +54,10 @@ async fn logs_and_decisions_are_gathered_from_every_node_and_a_node_that_cannot_
     .context("the lines of the instances on A and B, asked of A")?;
     assert!(gathered.lines().all(|l| l.starts_with("[echo-00001 node ")), "every line names its node: {gathered}");
 
+    // A Service that is not there is not found, as `sluice get` says it (regression: "has no revisions").
+    let (ok, _, err) = logs(&admin, "nope", &[]).await?;
+    assert!(!ok && err.contains("services.serving.knative.dev \"nope\" not found"), "{err}");
+
     let (ok, own, err) = logs(&admin, "echo", &["--this-node-only"]).await?;
     assert!(ok, "{err}");
     assert!(started_on(&own, a_id), "{own}");
