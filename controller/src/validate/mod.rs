@@ -50,6 +50,18 @@ pub const SLUICE_ANNOTATIONS: [&str; 13] = [
     "sluice.dev/paused",
     "sluice.dev/delivery-batch-max-events",
 ];
+/// The kinds a known `sluice.dev/` annotation acts on (`None`: not a known one). Elsewhere it would do nothing,
+/// so it is refused, as a typo is: `sluice.dev/ttl` on a Trigger was accepted and ignored.
+pub fn sluice_annotation_kinds(key: &str) -> Option<&'static [&'static str]> {
+    const STREAMS: &[&str] = &["Broker", "Channel", "InMemoryChannel"];
+    const CONSUMERS: &[&str] = &["Trigger", "Subscription"];
+    match key {
+        "sluice.dev/ttl" | "sluice.dev/dedupe-window" | "sluice.dev/retention" => Some(STREAMS),
+        key if SLUICE_ANNOTATIONS.contains(&key) => Some(CONSUMERS),
+        _ => None,
+    }
+}
+
 /// Knative's Kafka broker names the ordering annotation this way; Sluice accepts it too.
 pub const KAFKA_DELIVERY_ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
 /// Most concurrent deliveries `sluice.dev/max-inflight` may ask for, per Trigger and partition.
@@ -184,6 +196,15 @@ fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<
             continue;
         }
         if !key.starts_with(SLUICE_ANNOTATION_PREFIX) {
+            continue;
+        }
+        let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
+        if let Some(kinds) = sluice_annotation_kinds(key)
+            && !kinds.contains(&kind)
+        {
+            let (last, rest) = kinds.split_last().unwrap_or((&"", &[]));
+            let kinds = if rest.is_empty() { (*last).to_string() } else { format!("{} and {last}", rest.join(", ")) };
+            errors.push(err(path, format!("applies to {kinds} only, not to a {kind}")));
             continue;
         }
         match key.as_str() {

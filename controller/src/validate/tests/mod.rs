@@ -154,6 +154,16 @@ fn invalid_objects_name_their_field() {
             "metadata.annotations[sluice.dev/colour]",
         ),
         (
+            "a Broker's annotation on a Trigger (accepted and ignored before)",
+            set(trigger(), "/metadata/annotations", json!({"sluice.dev/ttl": "10"})),
+            "metadata.annotations[sluice.dev/ttl]",
+        ),
+        (
+            "a Trigger's annotation on a Broker (accepted and ignored before)",
+            set(broker(), "/metadata/annotations", json!({"sluice.dev/max-inflight": "10"})),
+            "metadata.annotations[sluice.dev/max-inflight]",
+        ),
+        (
             "initial offset",
             set(trigger(), "/metadata/annotations", json!({"sluice.dev/initial-offset": "middle"})),
             "metadata.annotations[sluice.dev/initial-offset]",
