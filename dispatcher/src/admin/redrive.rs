@@ -134,7 +134,9 @@ impl Redrive {
         }
     }
 
-    /// Copies a letter to the end of the stream, with its arrival time, so that trimming past it loses nothing.
+    /// Copies a letter to the end of the stream, so that trimming past it loses nothing. The event is copied whole
+    /// (`knativearrivaltime` too); its stored arrival is asked for as it was, but the stream stores no arrival
+    /// earlier than its last one (arrival times never go back), so the copy's is in practice the time of the copy.
     async fn keep(&self, partition: u32, letter: &Letter) -> Result<(), Option<Status>> {
         let (payload, arrival_ms) = match letter {
             Letter::Event { event, arrival_ms } => (
