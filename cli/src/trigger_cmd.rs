@@ -215,7 +215,7 @@ pub(crate) async fn run(command: Command) -> Result<()> {
             let request = ReplayRequest { consumer: Some(target.reference()), to: Some(to), partition, wait: true };
             let reply = client.replay(request).await.map_err(from_status)?.into_inner();
             for t in &reply.targets {
-                outln!("partition {}: {} -> {}", t.partition, t.from_offset, t.to_offset)?;
+                outln!("{}", replay_line(t, to_offset))?;
             }
             if !reply.applied {
                 // Asked and kept: the partitions' dispatchers take it when they next commit. Not confirmed, so
@@ -270,6 +270,18 @@ pub(crate) async fn run(command: Command) -> Result<()> {
     }
 }
 
+/// One partition of a replay: where its cursor was and where it goes. An offset outside what the partition holds
+/// is moved into it by the node: said, rather than silently showing another offset than the one asked for.
+fn replay_line(target: &sluice_proto::admin::ReplayTarget, asked_offset: Option<u64>) -> String {
+    let moved = match asked_offset {
+        Some(asked) if asked != target.to_offset => {
+            format!(" (offset {asked} is outside what the partition holds: moved to {})", target.to_offset)
+        }
+        _ => String::new(),
+    };
+    format!("partition {}: {} -> {}{moved}", target.partition, target.from_offset, target.to_offset)
+}
+
 #[cfg(test)]
 mod tests {
     use sluice_proto::admin::PartitionStatus;
@@ -280,6 +292,17 @@ mod tests {
     struct Trigger {
         #[command(subcommand)]
         command: Command,
+    }
+
+    #[test]
+    fn a_replay_to_an_offset_outside_the_partition_says_where_it_went() {
+        let target = |to_offset| sluice_proto::admin::ReplayTarget { partition: 0, from_offset: 19, to_offset };
+        assert_eq!(replay_line(&target(3), Some(3)), "partition 0: 19 -> 3");
+        assert_eq!(
+            replay_line(&target(19), Some(999)),
+            "partition 0: 19 -> 19 (offset 999 is outside what the partition holds: moved to 19)"
+        );
+        assert_eq!(replay_line(&target(7), None), "partition 0: 19 -> 7", "by time: no offset was asked for");
     }
 
     /// `replay` needs one of `--to-offset` and `--to-time`: the error named `--to-offset` alone.
