@@ -165,9 +165,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The log filter unless `RUST_LOG` sets one. openraft's heartbeat worker warns of every heartbeat a peer that
+/// is down does not take, 20 a second per group it leads; its replication (one warning per try, every 200 ms
+/// once backing off) and `sluice_raft_append_stream_failures_total` already say the peer is down.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,openraft::core::heartbeat=error";
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     // Colours only for a terminal: logs redirected to files stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
