@@ -28,8 +28,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::consumer::{
-    ANNOTATION_PAUSED, CONSUMER_UID_ATTRIBUTE, ConsumerKind, ConsumerSpec, ReplyTarget, consumers, cursor_name,
-    dead_letter_stream, stream_of,
+    ANNOTATION_PAUSED, CONSUMER_UID_ATTRIBUTE, ConsumerKind, ConsumerSpec, InitialOffset, ReplyTarget, consumers,
+    cursor_name, dead_letter_stream, stream_of,
 };
 use crate::delivery::sender::Sender;
 use crate::delivery::task::{DeliveryContext, Settlement, deliver, now_ms};
@@ -171,6 +171,16 @@ impl ConsumersAdmin {
         Ok(Found { kind, key, object, stream, cursor, spec, reason })
     }
 
+    /// Where a consumer without a committed offset starts in `partition`, as its dispatcher derives it.
+    fn initial_offset(&self, found: &Found, partition: u32) -> Result<u64, Status> {
+        match crate::consumer::initial_offset(&found.object).map_err(Status::failed_precondition)? {
+            InitialOffset::Earliest => Ok(0),
+            InitialOffset::FromCreation { created_ms } => {
+                self.node.offset_for_time(&found.stream, partition, created_ms).map_err(sluice_broker::status_of)
+            }
+        }
+    }
+
     fn status_of(&self, found: &Found) -> Result<ConsumerStatus, Status> {
         let now = now_ms();
         let dead_letters = dead_letter_stream(found.kind, &found.key.namespace, &found.key.name);
@@ -179,15 +189,21 @@ impl ConsumersAdmin {
             let stored: BTreeMap<String, u64> =
                 self.node.committed_offsets(partition).map_err(sluice_broker::status_of)?.into_iter().collect();
             let end_offset = self.node.end_offset(&found.stream, partition).map_err(sluice_broker::status_of)?;
-            let committed_offset = stored.get(&found.cursor).copied().unwrap_or(0);
+            let start_offset = self.node.start_offset(&found.stream, partition).map_err(sluice_broker::status_of)?;
+            // Never committed (new, paused since created, or waiting for its subscriber): where it will start.
+            let committed_offset = match stored.get(&found.cursor) {
+                Some(offset) => *offset,
+                None => self.initial_offset(found, partition)?,
+            };
+            let backlog = stats::backlog(committed_offset, start_offset, end_offset);
             let counters = CursorStats::from_committed(&found.cursor, &stored);
             let dead = self.node.read(&dead_letters, partition, 0, 1, 0).map_err(sluice_broker::status_of)?;
             // Nothing in flight (paused, or waiting to be read) but a backlog: its oldest is the first event past the
             // committed offset. Regression: a paused Trigger's backlog showed no age at all.
             let oldest_arrival_ms = match counters.oldest_pending_arrival_ms {
-                0 if end_offset > committed_offset => self
+                0 if backlog > 0 => self
                     .node
-                    .read(&found.stream, partition, committed_offset, 1, 0)
+                    .read(&found.stream, partition, committed_offset.max(start_offset), 1, 0)
                     .map_err(sluice_broker::status_of)?
                     .records
                     .first()
@@ -198,7 +214,7 @@ impl ConsumersAdmin {
                 partition,
                 committed_offset,
                 end_offset,
-                backlog: end_offset.saturating_sub(committed_offset),
+                backlog,
                 oldest_undelivered_age_ms: match oldest_arrival_ms {
                     0 => 0,
                     arrival => now.saturating_sub(arrival),

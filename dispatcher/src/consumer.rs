@@ -102,6 +102,21 @@ pub(crate) enum InitialOffset {
     Earliest,
 }
 
+/// Where a Trigger or Subscription without a committed offset starts: from its `creationTimestamp`, or the
+/// stream's start with `sluice.dev/initial-offset: earliest`.
+pub(crate) fn initial_offset(object: &Value) -> Result<InitialOffset, String> {
+    Ok(match annotation(object, ANNOTATION_INITIAL_OFFSET) {
+        Some("earliest") => InitialOffset::Earliest,
+        _ => {
+            let created = str_at(object, "/metadata/creationTimestamp");
+            let created_ms = chrono::DateTime::parse_from_rfc3339(created)
+                .map(|t| t.timestamp_millis().max(0) as u64)
+                .map_err(|_| format!("metadata.creationTimestamp: {created:?} is not RFC 3339"))?;
+            InitialOffset::FromCreation { created_ms }
+        }
+    })
+}
+
 /// One Trigger or Subscription, ready to dispatch.
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumerSpec {
@@ -381,16 +396,7 @@ fn consumer(
     };
     let protocol =
         if annotation(object, ANNOTATION_SUBSCRIBER_PROTOCOL) == Some("h2c") { Protocol::H2c } else { Protocol::Http1 };
-    let initial = match annotation(object, ANNOTATION_INITIAL_OFFSET) {
-        Some("earliest") => InitialOffset::Earliest,
-        _ => {
-            let created = str_at(object, "/metadata/creationTimestamp");
-            let created_ms = chrono::DateTime::parse_from_rfc3339(created)
-                .map(|t| t.timestamp_millis().max(0) as u64)
-                .map_err(|_| format!("metadata.creationTimestamp: {created:?} is not RFC 3339"))?;
-            InitialOffset::FromCreation { created_ms }
-        }
-    };
+    let initial = initial_offset(object)?;
     // A Trigger's replies enter its Broker as from the Trigger: with sender identity on, its EventPolicies
     // apply to them as at ingress.
     let applied = match kind {

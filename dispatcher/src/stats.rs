@@ -29,6 +29,14 @@ pub(crate) fn owner_uid(stored: &str) -> &str {
     cursor.rsplit('/').next().unwrap_or(cursor)
 }
 
+/// The events a consumer at `position` (its committed offset, or where it starts) has yet to be given, of a
+/// stream holding `[start, end)`: those below the start were trimmed by retention and will never be delivered.
+/// Regression: a never-committed consumer counted from offset 0 (the whole stream, though it starts at its
+/// creation time), and a paused one counted the events retention had trimmed under it.
+pub(crate) fn backlog(position: u64, start: u64, end: u64) -> u64 {
+    end.saturating_sub(position.max(start))
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct CursorStats {
     pub delivered: u64,
@@ -125,5 +133,21 @@ mod tests {
         assert_eq!(pending_replay(cursor, &committed), Some(0));
         assert_eq!(owner_uid(cursor), "uid-1");
         assert_eq!(owner_uid(&stat_key(cursor, DELIVERED)), "uid-1");
+    }
+
+    #[test]
+    fn the_backlog_counts_only_retained_events_from_the_consumers_position() {
+        // (position, start, end, backlog)
+        let table = [
+            (0, 0, 10, 10),
+            (4, 0, 10, 6),
+            (10, 0, 10, 0),
+            (4, 7, 10, 3),  // retention trimmed [4, 7) under it: never delivered
+            (0, 10, 10, 0), // everything trimmed
+            (12, 0, 10, 0), // ahead of the end (a replay target past it): nothing
+        ];
+        for (position, start, end, expected) in table {
+            assert_eq!(backlog(position, start, end), expected, "position {position}, [{start}, {end})");
+        }
     }
 }

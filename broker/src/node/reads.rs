@@ -68,6 +68,12 @@ impl Node {
         Ok(group.view.end_offset(stream))
     }
 
+    /// The first retained offset of `stream` in `partition`: retention trimmed the offsets below it.
+    pub fn start_offset(&self, stream: &str, partition: u32) -> Result<u64, BrokerError> {
+        let group = self.group(self.partition_group_id(partition)?)?;
+        Ok(group.view.extent(stream).start_offset)
+    }
+
     pub fn offset_for_time(&self, stream: &str, partition: u32, time_ms: u64) -> Result<u64, BrokerError> {
         let group = self.group(self.partition_group_id(partition)?)?;
         group.view.offset_for_time(stream, time_ms).map_err(|e| BrokerError::io("reading the time index", e))

@@ -218,12 +218,30 @@ fn check_attribute_name(name: &str, path: impl FnOnce() -> String) -> Result<(),
     if valid { Ok(()) } else { Err(FilterError::InvalidAttributeName { path: path() }) }
 }
 
+/// The attributes Knative's `filter.attributes` sees on every event, set to `""` when the event lacks them
+/// (`pkg/eventfilter/attributes`: the SDK's getters): an empty value on one of them matches every event.
+const KNATIVE_ALWAYS_PRESENT: [&str; 10] = [
+    "specversion",
+    "type",
+    "source",
+    "subject",
+    "id",
+    "time",
+    "schemaurl",
+    "datacontenttype",
+    "datamediatype",
+    "datacontentencoding",
+];
+
 fn compile_attributes(attributes: &BTreeMap<String, String>) -> Result<Node, FilterError> {
     let nodes = attributes
         .iter()
         .map(|(attribute, value)| {
             check_attribute_name(attribute, || format!("filter.attributes[{attribute}]"))?;
-            Ok(if value.is_empty() {
+            Ok(if value.is_empty() && KNATIVE_ALWAYS_PRESENT.contains(&attribute.as_str()) {
+                // Regression: `subject: ""` matched only events with a subject, where Knative matches all.
+                Node::All(Vec::new())
+            } else if value.is_empty() {
                 Node::Present { attribute: attribute.clone() }
             } else {
                 Node::Exact { attribute: attribute.clone(), value: value.clone() }
@@ -388,18 +406,36 @@ impl<K: Clone + Ord> FilterIndex<K> {
     /// The keys whose filter matches the event, each once, in ascending order (so the result does not depend on
     /// hashing or on the order the filters were given in).
     pub fn matching(&self, event: &dyn EventAttributes) -> Vec<K> {
-        self.matching_counted(event).0
+        self.matching_counted(event, |_, _| {}).0
     }
 
-    /// [`FilterIndex::matching`], plus how many filters were evaluated: the measure of the index's work, for
-    /// tests and metrics.
-    pub fn matching_counted(&self, event: &dyn EventAttributes) -> (Vec<K>, usize) {
+    /// [`FilterIndex::matching`], telling `on_error` of each filter whose CESQL expression failed on the event
+    /// (no match, [`CompiledFilter::matches_noting_errors`]): its owner should be told why nothing matches.
+    pub fn matching_noting_errors(
+        &self,
+        event: &dyn EventAttributes,
+        on_error: impl FnMut(&K, cesql::EvalError),
+    ) -> Vec<K> {
+        self.matching_counted(event, on_error).0
+    }
+
+    /// [`FilterIndex::matching_noting_errors`], plus how many filters were evaluated: the measure of the index's
+    /// work, for tests and metrics.
+    pub(crate) fn matching_counted(
+        &self,
+        event: &dyn EventAttributes,
+        mut on_error: impl FnMut(&K, cesql::EvalError),
+    ) -> (Vec<K>, usize) {
         let mut evaluated = 0;
         let mut matched = Vec::new();
         let mut evaluate = |i: usize| {
             evaluated += 1;
             let (key, filter) = &self.entries[i];
-            if filter.matches(event) {
+            let (matches, error) = filter.matches_noting_errors(event);
+            if let Some(error) = error {
+                on_error(key, error);
+            }
+            if matches {
                 matched.push(key.clone());
             }
         };

@@ -85,6 +85,20 @@ fn attributes_empty_value_requires_presence_only() {
     assert!(!legacy(&[("myextension", "")]).matches(&with_null), "null is an absent attribute");
 }
 
+/// Regression (found by an exploratory test): Knative's attributes filter sees its core attributes on every
+/// event (`""` when absent), so `subject: ""` matches events without a subject; Sluice required the subject.
+#[test]
+fn attributes_empty_value_on_a_core_attribute_matches_events_without_it() {
+    let bare = event(json!({"specversion": "1.0", "id": "1", "type": "t", "source": "/s"}));
+    for core in ["subject", "time", "schemaurl", "datacontenttype", "datamediatype", "datacontentencoding"] {
+        assert!(legacy(&[(core, "")]).matches(&bare), "{core}");
+        assert!(legacy(&[(core, ""), ("source", "/s")]).matches(&bare), "{core} with another condition");
+    }
+    assert!(!legacy(&[("subject", ""), ("source", "/other")]).matches(&bare), "the other condition still holds");
+    assert!(!legacy(&[("dataschema", "")]).matches(&bare), "not in Knative's map: present only");
+    assert!(!legacy(&[("subject", "README.md")]).matches(&bare), "a value still needs the attribute");
+}
+
 #[test]
 fn attributes_compare_canonical_string_forms() {
     assert!(legacy(&[("seq", "42")]).matches(&push_event()));
@@ -417,7 +431,7 @@ fn index_returns_matching_keys_once_in_ascending_order() {
     ]);
     assert_eq!(index.len(), 10);
     assert!(!index.is_empty());
-    let (matched, evaluated) = index.matching_counted(&push_event());
+    let (matched, evaluated) = index.matching_counted(&push_event(), |_, _| {});
     assert_eq!(matched, vec![1, 2, 3, 5, 6, 8, 9]);
     assert_eq!(evaluated, 9, "only the filter on type `other` is skipped");
     assert_eq!(index.matching(&push_event()), matched);
@@ -432,11 +446,29 @@ fn index_looks_up_canonical_values_of_non_string_attributes() {
     assert_eq!(index.matching(&event(json!({"seq": 43, "flag": false}))), Vec::<u32>::new());
 }
 
+/// Regression: the dispatcher's shared reader matched through the index, which dropped the errors, so
+/// `sluice_filter_evaluation_errors_total` counted only what detached consumers read on their own.
+#[test]
+fn the_index_tells_which_filters_failed_on_an_event() {
+    let index = index_of(vec![
+        (1, filters(json!([{"cesql": "INT(type) > 0"}]))),
+        (2, filters(json!([{"cesql": "missing = 'x'"}]))),
+        (3, filters(json!([{"cesql": "type = 'com.github.push'"}]))),
+        (4, filters(json!([{"not": {"cesql": "INT(source) > 0"}}]))),
+    ]);
+    let mut failed = Vec::new();
+    let matched = index.matching_noting_errors(&push_event(), |key, error| failed.push((*key, error.to_string())));
+    assert_eq!(matched, vec![3, 4], "an error is no match, and `not` of one matches (its error is told too)");
+    failed.sort();
+    let keys: Vec<u32> = failed.iter().map(|(key, _)| *key).collect();
+    assert_eq!(keys, vec![1, 2, 4], "{failed:?}");
+}
+
 #[test]
 fn empty_index_matches_nothing() {
     let index: FilterIndex<u32> = FilterIndex::new(Vec::new());
     assert!(index.is_empty());
-    assert_eq!(index.matching_counted(&push_event()), (Vec::new(), 0));
+    assert_eq!(index.matching_counted(&push_event(), |_, _| {}), (Vec::new(), 0));
 }
 
 #[test]
@@ -491,17 +523,17 @@ fn index_evaluates_far_fewer_than_all_filters() {
     }
     let index = FilterIndex::new(triggers);
     let e = event(json!({"type": "com.example.t501", "source": "/s/none", "subject": "a", "seq": 1}));
-    let (matched, evaluated) = index.matching_counted(&e);
+    let (matched, evaluated) = index.matching_counted(&e, |_, _| {});
     assert_eq!(matched, vec!["trigger-0501".to_owned()]);
     // The one candidate for its type plus the 10 prefix filters that cannot be indexed.
     assert_eq!(evaluated, 11);
     assert!(evaluated < 1_000 / 50);
 
     let by_source = event(json!({"type": "none", "source": "/s/2", "subject": "xyz"}));
-    assert_eq!(index.matching_counted(&by_source), (vec!["trigger-0002".to_owned()], 11));
+    assert_eq!(index.matching_counted(&by_source, |_, _| {}), (vec!["trigger-0002".to_owned()], 11));
 
     let nothing = event(json!({"type": "com.example.unknown", "source": "/s/unknown"}));
-    assert_eq!(index.matching_counted(&nothing), (Vec::new(), 10));
+    assert_eq!(index.matching_counted(&nothing, |_, _| {}), (Vec::new(), 10));
 }
 
 proptest::proptest! {

@@ -21,8 +21,13 @@ fn labels(spec: &ConsumerSpec, partition: u32) -> [(&'static str, String); 4] {
     ]
 }
 
-/// Sets the gauges of `consumers` of `partition`, whose stream ends at `end`, at `now_ms`.
-pub(super) fn publish<'a>(consumers: impl Iterator<Item = &'a Consumer>, end: u64, now_ms: u64, partition: u32) {
+/// Sets the gauges of `consumers` of `partition`, whose stream holds `[start, end)`, at `now_ms`.
+pub(super) fn publish<'a>(
+    consumers: impl Iterator<Item = &'a Consumer>,
+    (start, end): (u64, u64),
+    now_ms: u64,
+    partition: u32,
+) {
     for consumer in consumers {
         let labels = labels(&consumer.spec, partition);
         let oldest_s = consumer
@@ -30,7 +35,8 @@ pub(super) fn publish<'a>(consumers: impl Iterator<Item = &'a Consumer>, end: u6
             .map(|arrival_ms| now_ms.saturating_sub(arrival_ms) as f64 / 1000.0)
             .unwrap_or(0.0);
         let values = [
-            end.saturating_sub(consumer.committed.unwrap_or(0)) as f64,
+            // Not committed yet: it started where its window did.
+            crate::stats::backlog(consumer.committed.unwrap_or_else(|| consumer.window.watermark()), start, end) as f64,
             consumer.window.in_flight() as f64,
             consumer.window.pending() as f64,
             oldest_s,

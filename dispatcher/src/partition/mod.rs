@@ -681,7 +681,8 @@ impl PartitionDispatcher {
 
     fn publish_gauges(&self) {
         let end = self.ctx.node.end_offset(&self.stream, self.partition()).unwrap_or(0);
-        gauges::publish(self.reading.consumers.values(), end, now_ms(), self.partition());
+        let start = self.ctx.node.start_offset(&self.stream, self.partition()).unwrap_or(0);
+        gauges::publish(self.reading.consumers.values(), (start, end), now_ms(), self.partition());
     }
 }
 

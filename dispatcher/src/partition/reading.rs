@@ -242,7 +242,16 @@ impl Reading {
         }
         let Some((events, next)) = log.read(shared, want) else { return false };
         for (offset, arrival_ms, event) in events {
-            let matched = self.index.matching(&EventView(&event));
+            let consumers = &self.consumers;
+            let matched = self.index.matching_noting_errors(&EventView(&event), |cursor, error| {
+                // Only for a consumer this reader reads for here (a detached one notes its own errors).
+                if let Some(consumer) = consumers.get(cursor)
+                    && consumer.attached
+                    && consumer.window.scanned_to() <= offset
+                {
+                    note_filter_error(&consumer.spec, offset, &error);
+                }
+            });
             for cursor in matched {
                 let Some(consumer) = self.consumers.get_mut(&cursor) else { continue };
                 if !consumer.attached || consumer.window.scanned_to() > offset {

@@ -140,6 +140,34 @@ async fn pause_resume_replay_by_time_and_status() -> anyhow::Result<()> {
         e
     };
     assert_eq!(all, expected, "the replay delivered r0..r3 again, and nothing else");
+
+    // Regression: a Trigger that never committed (here waiting for a subscriber that does not exist) counted the
+    // whole stream from offset 0 as its backlog, though it starts at its creation time.
+    let before_second = chrono_ms() / 1000 * 1000 + 1000;
+    wait_until(Duration::from_secs(3), || async { Ok((chrono_ms() > before_second).then_some(())) }).await?;
+    let mut waiting = trigger_object("default", "waiting", "b", "http://unused/", json!({}), json!({}));
+    waiting["spec"]["subscriber"] =
+        json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "nope"}});
+    apply_resource(&admin, waiting).await?;
+    let status = wait_until(Duration::from_secs(20), || {
+        let mut consumers = consumers.clone();
+        async move { Ok(consumers.status(trigger("waiting")).await.ok().map(|s| s.into_inner())) }
+    })
+    .await?;
+    assert!(!status.dispatchable, "{status:?}");
+    assert_eq!((status.backlog, status.partitions[0].committed_offset), (0, 11), "it starts at its creation");
+    for i in 0..2 {
+        send_event_accepted(&client, &http, "/default/b", &format!("n{i}"), "t", &[], "{}").await?;
+    }
+    let status = wait_until(Duration::from_secs(20), || {
+        let mut consumers = consumers.clone();
+        async move {
+            let status = consumers.status(trigger("waiting")).await?.into_inner();
+            Ok((status.partitions[0].end_offset == 13).then_some(status))
+        }
+    })
+    .await?;
+    assert_eq!(status.backlog, 2, "what arrived since it was made");
     Ok(())
 }
 

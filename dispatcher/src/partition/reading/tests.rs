@@ -507,3 +507,61 @@ proptest! {
         prop_assert_eq!(watermarks, vec![log.end(); 3]);
     }
 }
+
+/// Counts `sluice_filter_evaluation_errors_total` per `consumer` label.
+#[derive(Default)]
+struct FilterErrorCounts {
+    counts: std::sync::Mutex<BTreeMap<String, Arc<std::sync::atomic::AtomicU64>>>,
+}
+
+impl FilterErrorCounts {
+    fn of(&self, consumer: &str) -> u64 {
+        let counts = self.counts.lock().expect("counts");
+        counts.get(consumer).map_or(0, |count| count.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl metrics::Recorder for FilterErrorCounts {
+    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        if key.name() != "sluice_filter_evaluation_errors_total" {
+            return metrics::Counter::noop();
+        }
+        let consumer = key.labels().find(|label| label.key() == "consumer").map(|label| label.value().to_string());
+        let mut counts = self.counts.lock().expect("counts");
+        metrics::Counter::from_arc(counts.entry(consumer.unwrap_or_default()).or_default().clone())
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// Regression: a CESQL filter's evaluation errors were counted only for events a detached consumer read on its
+/// own; the shared reader (every consumer that keeps up) dropped them, so the counter stayed at zero.
+#[test]
+fn regression_filter_errors_are_counted_on_the_shared_reader_too() {
+    let mut with_cesql = specs(&[("cast", "", 100), ("plain", "", 100)]);
+    let mut cast = (*with_cesql[0]).clone();
+    cast.filter = sluice_cloudevent::filter::compile(None, Some(&json!([{"cesql": "INT(type) > 0"}]))).expect("filter");
+    with_cesql[0] = Arc::new(cast);
+    let mut reading = reading_with(&with_cesql, &[0, 0], 16);
+    let mut log = MemLog::default();
+    for _ in 0..3 {
+        log.append("not.a.number");
+    }
+    let counts = FilterErrorCounts::default();
+    let starts = metrics::with_local_recorder(&counts, || pump(&mut reading, &log));
+    assert_eq!(attached(&reading).len(), 2, "both read on the shared reader");
+    let started: Vec<&str> = starts.iter().map(|start| name_of(&start.cursor)).collect();
+    assert!(started.iter().all(|name| *name == "plain") && started.len() == 3, "{started:?}");
+    assert_eq!(counts.of("cast"), 3, "one error per event");
+    assert_eq!(counts.of("plain"), 0);
+}
