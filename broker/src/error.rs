@@ -27,6 +27,12 @@ pub enum BrokerError {
     #[error("the cluster is not initialised yet (run `sluice cluster init`)")]
     NotInitialized,
 
+    #[error(
+        "this node was removed from the cluster (`sluice cluster remove-node`): ask another node; to add this one \
+         again, start it with an empty data dir"
+    )]
+    RemovedFromCluster,
+
     #[error("the cluster is already initialised with partitions={partitions} members={members}")]
     AlreadyInitialized { partitions: u32, members: String },
 

@@ -53,7 +53,7 @@ impl AdminApi {
     }
 
     fn client(&self) -> ResourcesClient<Channel> {
-        ResourcesClient::new(self.channel.clone())
+        ResourcesClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
     }
 
     /// `message` as a call, with the token.

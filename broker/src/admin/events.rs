@@ -578,7 +578,7 @@ impl Events for EventsService {
             let _permit = permit;
             tailer.run().await;
         });
-        Ok(Response::new(tail_stream(events_rx, fail_rx)))
+        Ok(Response::new(node.until_stopping(tail_stream(events_rx, fail_rx))))
     }
 
     async fn find(&self, request: Request<FindEventsRequest>) -> Result<Response<FindEventsReply>, Status> {

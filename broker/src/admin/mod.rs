@@ -86,7 +86,8 @@ pub fn status_of(error: BrokerError) -> Status {
         | BrokerError::Indeterminate { .. }
         | BrokerError::Interrupted { .. }
         | BrokerError::ShuttingDown
-        | BrokerError::NotAMember(_) => ErrorCode::Unavailable,
+        | BrokerError::NotAMember(_)
+        | BrokerError::RemovedFromCluster => ErrorCode::Unavailable,
     };
     error_status(code, message)
 }
@@ -492,7 +493,7 @@ impl Resources for AdminService {
         Ok(Response::new(ResourceList { objects_json }))
     }
 
-    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<ResourceEvent, Status>>;
+    type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ResourceEvent, Status>> + Send>>;
 
     async fn watch(&self, request: Request<WatchResourcesRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let kind = request.into_inner().kind;
@@ -530,7 +531,7 @@ impl Resources for AdminService {
                 }
             }
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(Response::new(self.node.until_stopping(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn delete(&self, request: Request<ResourceRef>) -> Result<Response<DeleteResourceReply>, Status> {

@@ -252,6 +252,12 @@ fn broker_error_response(error: BrokerError) -> Response {
             StatusCode::PAYLOAD_TOO_LARGE,
             serde_json::json!({ "error": "request too large", "rule": error.to_string() }),
         ),
+        // Not worth retrying here (no Retry-After): the node's `/readyz` says so too, so a load balancer sends
+        // the producer's requests to another node.
+        BrokerError::RemovedFromCluster => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": "not accepted by this node", "rule": error.to_string() }),
+        ),
         BrokerError::NoLeader { .. }
         | BrokerError::ForwardFailed { .. }
         | BrokerError::NotInitialized

@@ -127,6 +127,9 @@ struct NodeInner {
     /// Set when this node was removed from the cluster (`cluster remove-node`):
     /// its partition groups are stopped.
     removed: std::sync::atomic::AtomicBool,
+    /// True once the node is shutting down: long-lived streams (admin Tail and Watch, peers' replication and
+    /// forwarding) end then, rather than holding the servers' graceful stop to its timeout.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// Bumped whenever a group starts or changes leader or server state, so
     /// that components that act only where this node leads (the dispatcher)
     /// re-check without polling every group.
@@ -162,6 +165,7 @@ impl Node {
                 membership_changes: Arc::new(tokio::sync::Mutex::new(())),
                 membership_queue: Arc::new(tokio::sync::Semaphore::new(MEMBERSHIP_QUEUE)),
                 removed: std::sync::atomic::AtomicBool::new(false),
+                stopping: tokio::sync::watch::Sender::new(false),
                 handovers_from: Default::default(),
                 handover: Default::default(),
                 served_routes: RwLock::new(None),
@@ -267,6 +271,10 @@ impl Node {
         let groups = self.inner.groups.read().map_err(|_| BrokerError::ShuttingDown)?;
         groups.get(&group).cloned().ok_or(if group == METADATA_GROUP {
             BrokerError::ShuttingDown
+        } else if self.is_removed() {
+            // Regression: a removed node's stopped groups answered "not initialised (run `sluice cluster init`)",
+            // which was wrong advice, and "retry" at ingress, which could never succeed here.
+            BrokerError::RemovedFromCluster
         } else {
             BrokerError::NotInitialized
         })
@@ -368,11 +376,28 @@ impl Node {
 
     /// Stops every group's Raft (in-flight writes fail as indeterminate).
     pub async fn shutdown(&self) {
+        self.inner.stopping.send_replace(true);
         for group in self.groups() {
             if let Err(e) = group.raft.shutdown().await {
                 tracing::warn!(group = %group_name(group.id), error = %e, "raft shutdown");
             }
         }
+    }
+
+    /// `stream`, ended once this node shuts down, with `UNAVAILABLE` ("the node is shutting down") as its last
+    /// item. Regression: a stopping node waited for every open Tail, Watch and peer stream to end by itself, 10 s
+    /// per server, and then cut them (the client saw an HTTP/2 protocol error).
+    pub fn until_stopping<T: Send + 'static>(
+        &self,
+        stream: impl futures::Stream<Item = Result<T, tonic::Status>> + Send + 'static,
+    ) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send>> {
+        use futures::StreamExt;
+        let mut stopping = self.inner.stopping.subscribe();
+        let stopped = async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        };
+        let ended = futures::stream::once(async { Err(tonic::Status::unavailable("the node is shutting down")) });
+        Box::pin(stream.take_until(Box::pin(stopped)).chain(ended))
     }
 
     /// The address this node dials to reach the peer advertised as `addr` (`--peer-route`).

@@ -255,10 +255,12 @@ impl RunningNode {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         self.node.shutdown().await;
+        // One deadline for all the servers (it was 10 s for each in turn: 20 s and more to stop).
+        let deadline = tokio::time::Instant::now() + SERVER_STOP_TIMEOUT;
         for mut task in self.tasks {
             // A server waits for its open requests and streams to end; a peer that keeps one open must not
             // keep this node from stopping.
-            if tokio::time::timeout(SERVER_STOP_TIMEOUT, &mut task).await.is_err() {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
                 tracing::warn!(timeout = ?SERVER_STOP_TIMEOUT, "a server still had requests open; stopping it anyway");
                 task.abort();
             }

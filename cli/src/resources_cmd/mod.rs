@@ -184,7 +184,10 @@ pub(crate) struct DescribeArgs {
 }
 
 async fn connect(admin: &str) -> Result<ResourcesClient<AdminChannel>> {
-    crate::admin_channel::connect(admin).await.map(ResourcesClient::new)
+    // A list holds every object of a kind (each up to 1.5 MiB): more than tonic's default 4 MiB.
+    crate::admin_channel::connect(admin)
+        .await
+        .map(|channel| ResourcesClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
 /// kubectl's `Error from server (NotFound): triggers.eventing.knative.dev "nope" not found`.

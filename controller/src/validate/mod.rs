@@ -167,6 +167,41 @@ fn validate_channel(delivery: Option<&DeliverySpec>, errors: &mut Vec<FieldError
     }
 }
 
+/// `sluice.dev/retention`: a duration, a size, or one of each (comma-separated), each above zero. Regression:
+/// `0s` and `0` (keep nothing: every event trimmed at the next check) were accepted, as were two durations or two
+/// sizes, of which the last silently won.
+fn check_retention(value: &str) -> Result<(), String> {
+    const FORM: &str = "a duration and/or a size, e.g. 7d, 24h, 10GiB or 24h,10GiB";
+    let (mut durations, mut sizes) = (0, 0);
+    for part in value.split(',') {
+        if let Some(bytes) = parse_size(part) {
+            if bytes == 0 {
+                return Err(format!("{FORM}: a size of 0 keeps nothing (to keep nothing, delete the Broker)"));
+            }
+            sizes += 1;
+        } else if let Ok(duration) = parse_duration(part) {
+            if duration.is_zero() {
+                return Err(format!("{FORM}: a duration of 0 keeps nothing (to keep nothing, delete the Broker)"));
+            }
+            durations += 1;
+        } else {
+            return Err(FORM.to_string());
+        }
+    }
+    if durations > 1 || sizes > 1 {
+        return Err(format!("{FORM}: at most one duration and one size"));
+    }
+    Ok(())
+}
+
+/// Kubernetes' limit on an object's annotations: keys and values together (`TotalAnnotationSizeLimitB`).
+pub const MAX_ANNOTATION_BYTES: usize = 256 << 10;
+
+/// The largest object stored, as JSON: etcd's default `--max-request-bytes` (1.5 MiB), which bounds a Kubernetes
+/// object. Regression: objects of any size up to the admin API's 4 MiB message were stored, and two of 3 MiB made
+/// every `sluice get` of their kind fail (a list larger than the client's message limit).
+pub const MAX_OBJECT_BYTES: usize = 1536 << 10;
+
 /// Runs on an object whose metadata is well typed (names, labels and
 /// annotations are strings).
 fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<FieldError>) {
@@ -188,6 +223,26 @@ fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<
         errors.push(err("metadata.namespace", format!("{namespace:?} must be a DNS-1123 label")));
     }
     let annotations = object.pointer("/metadata/annotations").and_then(Value::as_object);
+    let annotation_bytes: usize =
+        annotations.into_iter().flatten().map(|(key, value)| key.len() + value.as_str().map_or(0, str::len)).sum();
+    if annotation_bytes > MAX_ANNOTATION_BYTES {
+        errors.push(err(
+            "metadata.annotations",
+            format!(
+                "Too long: must have at most {MAX_ANNOTATION_BYTES} bytes (keys and values, Kubernetes' limit), \
+                 has {annotation_bytes}"
+            ),
+        ));
+    }
+    let object_bytes = object.to_string().len();
+    if object_bytes > MAX_OBJECT_BYTES {
+        errors.push(err(
+            "",
+            format!(
+                "the object is {object_bytes} bytes as JSON; at most {MAX_OBJECT_BYTES} (etcd's default request limit)"
+            ),
+        ));
+    }
     for (key, value) in annotations.into_iter().flatten() {
         let path = format!("metadata.annotations[{key}]");
         let Some(value) = value.as_str() else { continue };
@@ -225,8 +280,8 @@ fn validate_metadata(object: &Value, existing: Option<&Value>, errors: &mut Vec<
                 Ok(_) => {}
             },
             "sluice.dev/retention" => {
-                if value.split(',').any(|part| parse_duration(part).is_err() && parse_size(part).is_none()) {
-                    errors.push(err(path, "a duration and/or a size, e.g. 7d, 24h, 10GiB or 24h,10GiB"));
+                if let Err(rule) = check_retention(value) {
+                    errors.push(err(path, rule));
                 }
             }
             "sluice.dev/initial-offset" => {

@@ -383,6 +383,18 @@ impl Sender {
             Ok(uri) => without_default_port(uri),
             Err(e) => return unsendable(e),
         };
+        // A URL's `user:password@` is sent as Basic authentication, as Knative's Go client does, and not as part
+        // of the request's host. Regression: it was dropped (so such a subscriber refused every delivery).
+        let (uri, basic) = without_userinfo(uri);
+        let build = |uri: &http::Uri| {
+            let mut request = build(uri);
+            if let Some(basic) = &basic
+                && !request.headers().contains_key(http::header::AUTHORIZATION)
+            {
+                request.headers_mut().insert(http::header::AUTHORIZATION, basic.clone());
+            }
+            request
+        };
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let client = match (protocol, ca_certs) {
             // h2c is plaintext by definition; an https URL goes over HTTP/1.1 with TLS.
@@ -406,7 +418,7 @@ impl Sender {
                     resends += 1;
                     metrics::counter!("sluice_dispatch_resends_total").increment(1);
                     let error = e.describe();
-                    tracing::debug!(%url, %error, "kept-alive connection died before a response; sending again");
+                    tracing::debug!(url = %redacted_url(url), %error, "kept-alive connection died before a response; sending again");
                 }
                 Ok(Err(e)) => return no_response(e.describe()),
             }
@@ -475,6 +487,39 @@ fn parse_uri(url: &str) -> Result<http::Uri, String> {
     }
     let normalised = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     http::Uri::try_from(normalised.as_str()).map_err(|e| format!("invalid URL {url:?}: {e}"))
+}
+
+/// `uri` without its `user:password@`, and that as a Basic `Authorization` value (percent-decoded, RFC 7617).
+fn without_userinfo(uri: http::Uri) -> (http::Uri, Option<http::HeaderValue>) {
+    use base64::Engine as _;
+    let Some((userinfo, host)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) else { return (uri, None) };
+    let decoded = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned();
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", decoded(user), decoded(password)));
+    let basic = http::HeaderValue::try_from(format!("Basic {credentials}")).ok().map(|mut value| {
+        value.set_sensitive(true);
+        value
+    });
+    let Ok(authority) = http::uri::Authority::try_from(host) else { return (uri, None) };
+    let mut parts = uri.clone().into_parts();
+    parts.authority = Some(authority);
+    (http::Uri::from_parts(parts).unwrap_or(uri), basic)
+}
+
+/// `url` with the password of its `user:password@` replaced by `xxxxx` (Go's `URL.Redacted`): what a dead
+/// letter's `knativeerrordest` and the logs may show. Regression: dead letters carried the password.
+pub(crate) fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:xxxxx@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
 /// `http://HOST:80/…` as `http://HOST/…`: the same destination (RFC 3986 §6.2.3), and a cluster-local name the

@@ -114,7 +114,7 @@ fn sender_token(ctx: &DeliveryContext, spec: &ConsumerSpec, url: &str) -> Option
     let token = ctx.node.sender_tokens().token(&spec.sender_subject, audience, now_ms());
     if token.is_none() {
         metrics::counter!("sluice_dispatch_unsigned_total").increment(1);
-        tracing::warn!(consumer = %spec.name, %url, "no signing key yet: sent without a token");
+        tracing::warn!(consumer = %spec.name, url = %crate::delivery::sender::redacted_url(url), "no signing key yet: sent without a token");
     }
     token
 }
@@ -688,7 +688,8 @@ async fn handle_reply(
 fn with_error_attributes(event: &CloudEvent, failure: &Failure, offset: Option<u64>) -> CloudEvent {
     let mut event = event.clone();
     let attributes = &mut event.attributes;
-    attributes.insert("knativeerrordest".into(), AttrValue::String(failure.destination.clone()));
+    let destination = crate::delivery::sender::redacted_url(&failure.destination);
+    attributes.insert("knativeerrordest".into(), AttrValue::String(destination));
     match failure.status {
         Some(status) => attributes.insert("knativeerrorcode".into(), AttrValue::Integer(i64::from(status))),
         None => attributes.remove("knativeerrorcode"),

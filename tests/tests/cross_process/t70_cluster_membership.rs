@@ -216,6 +216,20 @@ async fn a_removed_node_that_still_runs_is_added_back() -> anyhow::Result<()> {
     // One at a time: each event is an entry of its own in its partition's log.
     sluice_tests::wait_for_broker(&http, "/default/b").await?;
     let http_client = reqwest::Client::new();
+    // Regression: the removed node answered "not initialised yet (run `sluice cluster init`)", retry.
+    let refused = http_client
+        .post(format!("http://{}/default/b", cluster.node(3).http))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "to-the-removed-node")
+        .header("ce-source", "/t")
+        .header("ce-type", "t")
+        .body("{}")
+        .send()
+        .await?;
+    anyhow::ensure!(refused.status() == 503 && refused.headers().get("retry-after").is_none(), "{refused:?}");
+    let body: serde_json::Value = refused.json().await?;
+    let rule = body["rule"].as_str().unwrap_or_default();
+    anyhow::ensure!(rule.contains("removed from the cluster") && !rule.contains("init"), "{body}");
     for i in 0..40 {
         let id = format!("after-removal-{i}");
         sluice_tests::send_event_accepted(&http_client, &http, "/default/b", &id, "t", &[], "{}").await?;

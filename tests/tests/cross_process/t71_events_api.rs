@@ -345,3 +345,54 @@ async fn a_tail_from_the_past_catches_up_at_the_clients_pace() -> anyhow::Result
     assert_eq!(tailed, expected, "every stored event, in offset order");
     Ok(())
 }
+
+/// Regression (found by an exploratory test): a node stopping (SIGTERM) waited for every open Tail and Watch to
+/// end by itself, 10 s for each server in turn, then cut them: the clients saw an HTTP/2 protocol error, not the
+/// UNAVAILABLE docs/operations.md promises, and the node took 20 s to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_stopping_node_ends_its_tail_and_watch_with_unavailable() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(1, 1, &[]).await?;
+    let admin = cluster.nodes[0].admin.clone();
+    apply_resource(&admin, broker_object("default", "orders", json!({}))).await?;
+    wait_for_broker(&cluster.nodes[0].http, "/default/orders").await?;
+    let mut events = EventsClient::connect(format!("http://{admin}")).await?;
+    let mut tail = events.tail(TailEventsRequest { target: orders(), ..Default::default() }).await?.into_inner();
+    let mut resources =
+        sluice_proto::admin::resources_client::ResourcesClient::connect(format!("http://{admin}")).await?;
+    let request = sluice_proto::admin::WatchResourcesRequest { kind: "Broker".into() };
+    let mut watch = resources.watch(request).await?.into_inner();
+    tokio::time::timeout(Duration::from_secs(20), watch.message()).await??.expect("the Broker, as the watch starts");
+
+    cluster.nodes[0].signal("TERM")?;
+    let tail_end = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Err(status) = tail.message().await {
+                return status;
+            }
+        }
+    })
+    .await?;
+    let watch_end = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Err(status) = watch.message().await {
+                return status;
+            }
+        }
+    })
+    .await?;
+    for (name, status) in [("tail", tail_end), ("watch", watch_end)] {
+        assert_eq!(status.code(), Code::Unavailable, "{name}: {status:?}");
+        assert!(status.message().contains("shutting down"), "{name}: {status:?}");
+    }
+    let node = &mut cluster.nodes[0];
+    let exited = tokio::time::timeout(Duration::from_secs(60), async {
+        while node.is_running() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(exited.is_ok(), "the node did not exit\n{}", node.log_tail());
+    let log = std::fs::read_to_string(&node.log)?;
+    assert!(!log.contains("still had requests open"), "a server waited out its stop timeout\n{}", node.log_tail());
+    Ok(())
+}

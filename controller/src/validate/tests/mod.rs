@@ -124,6 +124,16 @@ fn invalid_objects_name_their_field() {
         ),
         ("bad namespace", set(broker(), "/metadata/namespace", json!("-ns")), "metadata.namespace"),
         (
+            "annotations over 256 KiB",
+            set(broker(), "/metadata/annotations", json!({"a": "x".repeat(128 << 10), "b": "y".repeat(128 << 10)})),
+            "metadata.annotations",
+        ),
+        (
+            "an object over 1.5 MiB",
+            set(trigger(), "/spec/filter/attributes", json!({"big": "z".repeat(1600 << 10)})),
+            "",
+        ),
+        (
             "ttl zero",
             set(broker(), "/metadata/annotations", json!({"sluice.dev/ttl": "0"})),
             "metadata.annotations[sluice.dev/ttl]",
@@ -763,4 +773,25 @@ fn destination_ca_certs_are_pem_certificates() {
     let broker = set(broker(), "/spec/delivery/deadLetterSink", json!({"uri": "https://dlq/", "CACerts": "x"}));
     let errors = validate_object(&broker, None).expect_err("the dead letter sink's too");
     assert!(errors.iter().any(|e| e.path == "spec.delivery.deadLetterSink.CACerts"), "{errors:?}");
+}
+
+#[test]
+fn retention_is_one_duration_and_or_one_size_above_zero() {
+    for ok in ["7d", "24h", "10GiB", "24h,10GiB", "10GiB, 24h", "1s", "1"] {
+        assert_eq!(check_retention(ok), Ok(()), "{ok}");
+    }
+    let refused = [
+        ("0s", "duration of 0"),
+        ("0", "size of 0"),
+        ("0GiB", "size of 0"),
+        ("1h,2h", "at most one"),
+        ("10GiB,5GiB", "at most one"),
+        ("forever", "e.g. 7d"),
+        ("", "e.g. 7d"),
+        ("24h,", "e.g. 7d"),
+    ];
+    for (value, rule) in refused {
+        let error = check_retention(value).expect_err(value);
+        assert!(error.contains(rule), "{value}: {error}");
+    }
 }
