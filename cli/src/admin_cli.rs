@@ -81,8 +81,33 @@ pub(crate) fn error_code_suffix(status: &Status) -> String {
 
 /// Wraps a gRPC error with its Sluice error code in the message.
 pub(crate) fn from_status(status: Status) -> anyhow::Error {
-    let message = format!("{}{}", status.message(), error_code_suffix(&status));
+    let mut message = format!("{}{}", status.message(), error_code_suffix(&status));
+    if let Some(hint) = wrong_port_hint(&status) {
+        message = format!("{message}: {hint}");
+    }
     anyhow::Error::new(AdminError { exit_code: exit_code_for(&status), message })
+}
+
+/// What to check when a call failed below gRPC, with nothing from a Sluice server: the address is another port
+/// (the HTTP ingress, the Raft peers) or a TLS one spoken to in plaintext. Regression: those printed `error: `
+/// (nothing), `transport error`, or `received message with invalid compression flag`.
+fn wrong_port_hint(status: &Status) -> Option<&'static str> {
+    if sluice_proto::errors::error_detail(status).is_some() {
+        return None;
+    }
+    let message = status.message();
+    let below_grpc = message.is_empty()
+        || ["transport error", "compression flag", "h2 protocol error", "operation was canceled", "broken pipe"]
+            .iter()
+            .any(|sign| message.contains(sign));
+    let code_says_so = matches!(
+        status.code(),
+        tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Unavailable | tonic::Code::Cancelled
+    );
+    (below_grpc && code_says_so).then_some(
+        "is --admin a node's admin port (127.0.0.1:9090 by default; not its HTTP or peer port)? A node serving TLS \
+         needs --ca-cert (and --cert/--key where it asks for client certificates)",
+    )
 }
 
 /// `2026-11-21 23:05:01` (UTC) from milliseconds since the epoch.
@@ -162,5 +187,27 @@ mod tests {
         assert!(parse_time_ms("2026-01-01T00:00:00Z").is_ok_and(|t| t == 1_767_225_600_000));
         assert!(parse_time_ms("10m").is_ok());
         assert!(parse_time_ms("yesterday").is_err());
+    }
+
+    #[test]
+    fn a_failure_below_grpc_says_which_ports_and_flags_to_check() {
+        let hinted = [
+            Status::unknown(""),
+            Status::unknown("transport error"),
+            Status::internal("protocol error: received message with invalid compression flag: 123"),
+            Status::unknown("h2 protocol error: error reading a body from connection"),
+            Status::cancelled("operation was canceled"),
+        ];
+        for status in hinted {
+            assert!(wrong_port_hint(&status).is_some(), "{status:?}");
+        }
+        let not_hinted = [
+            Status::unavailable("group 1 has no leader right now"),
+            Status::not_found("Trigger default/t not found"),
+            Status::unauthenticated(""),
+        ];
+        for status in not_hinted {
+            assert!(wrong_port_hint(&status).is_none(), "{status:?}");
+        }
     }
 }

@@ -140,7 +140,7 @@ async fn run_single(args: DevArgs) -> Result<()> {
         None => println!("  peer   none (one node; --peer-listen to bind one)"),
     }
     println!(
-        "  ksvc   http://NAME.NAMESPACE.{}:{}  (Knative Services: sluice apply -f service.yaml)",
+        "  ksvc   {scheme}://NAME.NAMESPACE.{}:{}  (Knative Services: sluice apply -f service.yaml)",
         args.serving.serving_domain,
         running.http_addr.port()
     );
@@ -182,8 +182,15 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data).with_context(|| format!("cannot create --data {}", args.data.display()))?;
     let tls_args = args.tls_args()?;
     // This command initialises the children over their admin ports: with TLS on, as a node (their certificate).
-    if let Some(tls) = tls_args.load()? {
+    let tls = tls_args.load()?;
+    if let Some(tls) = &tls {
         crate::admin_channel::use_node_identity_unless_given(tls.files());
+    }
+    // Regression: the banner showed `http://` for nodes that serve TLS (and answer plaintext with 426).
+    let http_scheme = if tls.is_some() { "https" } else { "http" };
+    if let Some(ca) = &tls_args.tls_ca {
+        let mode = tls_args.transport_encryption.unwrap_or_default();
+        println!("  tls    {mode}; trust {} (curl --cacert {0})", ca.display());
     }
     let mut nodes = Vec::new();
     let mut members = Vec::new();
@@ -227,7 +234,7 @@ async fn run_cluster(args: DevArgs) -> Result<()> {
         // (--token or SLUICE_TOKEN).
         node_args.extend(args.admin_auth.to_args());
         members.push(format!("{id}={peer}"));
-        println!("  node {id}: http http://{http}  admin {admin}  peer {peer}  data {}", data.display());
+        println!("  node {id}: http {http_scheme}://{http}  admin {admin}  peer {peer}  data {}", data.display());
         nodes.push(DevNode { id, args: node_args, admin, child: None });
     }
     for node in &mut nodes {

@@ -55,7 +55,8 @@ pub(crate) enum Column {
 
 /// The columns of a kind: Knative's printer columns (Trigger: NAME BROKER SUBSCRIBER_URI AGE READY REASON;
 /// Broker, Channel, InMemoryChannel: NAME URL AGE READY REASON; Subscription: NAME AGE READY REASON; Service:
-/// NAME URL LATESTCREATED LATESTREADY; Configuration: NAME LATESTCREATED LATESTREADY; Revision: NAME CONFIG NAME
+/// NAME URL LATESTCREATED LATESTREADY; Configuration: NAME LATESTCREATED LATESTREADY; EventPolicy: NAME AGE READY
+/// REASON; Revision: NAME CONFIG NAME
 /// GENERATION ... ACTUAL REPLICAS DESIRED REPLICAS; Route: NAME URL), with NAMESPACE first for -A, and more with -o wide.
 pub(crate) fn columns(info: &KindInfo, layout: Layout) -> Vec<Column> {
     let field = |header, pointer| Column::Field { header, pointer };
@@ -69,7 +70,8 @@ pub(crate) fn columns(info: &KindInfo, layout: Layout) -> Vec<Column> {
             columns.push(field("BROKER", "/spec/broker"));
             columns.push(field("SUBSCRIBER_URI", "/status/subscriberUri"));
         }
-        "Subscription" => {}
+        // Knative's printer columns for these are READY and REASON only (an EventPolicy has no address).
+        "Subscription" | "EventPolicy" => {}
         "Service" | "Configuration" => {
             if info.kind == "Service" {
                 columns.push(field("URL", "/status/url"));
@@ -181,5 +183,13 @@ mod tests {
                 "wide: {wide}"
             );
         }
+    }
+
+    /// An EventPolicy's columns are Knative's (READY, REASON); it printed an empty URL (it has no address).
+    #[test]
+    fn an_event_policys_columns_have_no_url() {
+        let info = sluice_controller::model::kind_info("eventpolicies").expect("kind");
+        let layout = Layout::default();
+        assert_eq!(header(&columns(info, layout)), ["NAME", "AGE", "READY", "REASON"]);
     }
 }

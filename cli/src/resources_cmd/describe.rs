@@ -43,6 +43,9 @@ async fn describe_object(admin: &str, info: &KindInfo, object: &Value) -> Result
             labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
         outln!("Labels:       {}", labels.join(","))?;
     }
+    for line in annotation_lines(object) {
+        outln!("{line}")?;
+    }
     for (label, pointer) in [
         ("Address", "/status/address/url"),
         ("Subscriber", "/status/subscriberUri"),
@@ -57,9 +60,14 @@ async fn describe_object(admin: &str, info: &KindInfo, object: &Value) -> Result
             outln!("{:<14}{}", format!("{label}:"), s(pointer))?;
         }
     }
-    outln!("Spec:")?;
-    for line in serde_yaml_ng::to_string(object.get("spec").unwrap_or(&Value::Null))?.lines() {
-        outln!("  {line}")?;
+    match object.get("spec").filter(|spec| !spec.is_null()) {
+        None => outln!("Spec:         <none>")?,
+        Some(spec) => {
+            outln!("Spec:")?;
+            for line in serde_yaml_ng::to_string(spec)?.lines() {
+                outln!("  {line}")?;
+            }
+        }
     }
     if matches!(info.kind, "Broker" | "Channel" | "InMemoryChannel") {
         // Events of interest: what the stream holds, per partition.
@@ -105,6 +113,22 @@ async fn describe_object(admin: &str, info: &KindInfo, object: &Value) -> Result
         outln!("  {line}")?;
     }
     Ok(())
+}
+
+/// The object's annotations as `kubectl describe` lays them out (`key: value`, one per line, aligned), none when it
+/// has none. Regression: `describe` never showed them, so a pause (`sluice.dev/paused`) or a retention was invisible.
+fn annotation_lines(object: &Value) -> Vec<String> {
+    let annotations = object.pointer("/metadata/annotations").and_then(Value::as_object);
+    annotations
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, (key, value))| {
+            let label = if i == 0 { "Annotations:" } else { "" };
+            let value = value.as_str().map_or_else(|| value.to_string(), str::to_string);
+            format!("{label:<14}{key}: {value}")
+        })
+        .collect()
 }
 
 /// The autoscaler's last decisions for the object's revisions, over every node (instances run on the node that
@@ -175,4 +199,21 @@ async fn describe_decisions(admin: &str, kind: &str, namespace: &str, name: &str
         outln!("  {line}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::annotation_lines;
+
+    #[test]
+    fn annotations_are_listed_one_per_line_as_kubectl_does() {
+        let paused = json!({"metadata": {"annotations": {"sluice.dev/paused": "true", "sluice.dev/retention": "1h"}}});
+        assert_eq!(
+            annotation_lines(&paused),
+            ["Annotations:  sluice.dev/paused: true", "              sluice.dev/retention: 1h"]
+        );
+        assert!(annotation_lines(&json!({"metadata": {}})).is_empty());
+    }
 }
