@@ -82,6 +82,12 @@ pub(crate) fn revision_run(
         },
         "spec": revision.pointer("/spec").cloned().unwrap_or_default(),
     });
+    let progress_deadline = revision
+        .pointer("/metadata/annotations")
+        .and_then(|annotations| annotations.get(sluice_controller::serving::PROGRESS_DEADLINE_ANNOTATION))
+        .and_then(Value::as_str)
+        .and_then(|value| sluice_controller::serving::progress_deadline_ms(value).ok())
+        .map(std::time::Duration::from_millis);
     Ok(RevisionRun {
         namespace: str_at(revision, "/metadata/namespace").to_string(),
         name,
@@ -101,6 +107,7 @@ pub(crate) fn revision_run(
         response_start_timeout_ms: seconds_ms(revision, "/spec/responseStartTimeoutSeconds"),
         idle_timeout_ms: seconds_ms(revision, "/spec/idleTimeoutSeconds"),
         autoscaling,
+        progress_deadline,
     })
 }
 
@@ -345,6 +352,13 @@ mod tests {
         let knobs = &run.autoscaling;
         assert_eq!((knobs.min_scale, knobs.max_scale, knobs.initial_scale, knobs.stable_window_ms), (1, 3, 1, 10_000));
         assert_eq!(knobs.total, 1.0, "containerConcurrency 1 is the target's total");
+        assert_eq!(run.progress_deadline, None, "the node's");
+        // Regression (found by an exploratory test): the annotation was accepted and ignored.
+        let annotations = json!({"serving.knative.dev/progress-deadline": "20s"});
+        let deadline = revision("hello-00003", 3, json!({"command": ["/bin/hello"]}), annotations);
+        let deadline =
+            revision_run(&deadline, &AutoscalerDefaults::default(), ServingRuntime::Local).expect("runnable");
+        assert_eq!(deadline.progress_deadline, Some(std::time::Duration::from_secs(20)));
     }
 
     /// Startup and liveness probes keep their handler and timing, Kubernetes' defaults where unset; none

@@ -87,6 +87,15 @@ pub(crate) struct RevisionRun {
     /// `idleTimeoutSeconds`: the longest silence of the response body (none when unset or 0).
     pub(crate) idle_timeout_ms: Option<u64>,
     pub(crate) autoscaling: Autoscaling,
+    /// `serving.knative.dev/progress-deadline`; else the node's.
+    pub(crate) progress_deadline: Option<Duration>,
+}
+
+impl RevisionRun {
+    /// Its progress deadline (`serving.knative.dev/progress-deadline`, else the node's `--progress-deadline-ms`).
+    fn progress_deadline_ms(&self, env: &RevisionEnv) -> u64 {
+        u64::try_from(self.progress_deadline.unwrap_or(env.progress_deadline).as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// What a waiting request is given: a slot on an instance at an address, or why it gets none.
@@ -447,7 +456,7 @@ async fn run_revision(
     let log_run = env.logs.run(&revision.run.namespace, &revision.run.name);
     let knobs = revision.run.autoscaling.clone();
     // The progress deadline its instances must become ready within also bounds how long `initial-scale` holds.
-    let progress_deadline_ms = u64::try_from(env.progress_deadline.as_millis()).unwrap_or(u64::MAX);
+    let progress_deadline_ms = revision.run.progress_deadline_ms(&env);
     let mut autoscaler =
         Autoscaler::new(knobs.clone(), 0, monotonic_ms(), ready_before).with_progress_deadline_ms(progress_deadline_ms);
     let mut reachable = revision.reachable.load(Ordering::Relaxed);
@@ -671,7 +680,7 @@ fn scale(
     asked: bool,
 ) {
     let now = monotonic_ms();
-    let progress_deadline_ms = u64::try_from(env.progress_deadline.as_millis()).unwrap_or(u64::MAX);
+    let progress_deadline_ms = revision.run.progress_deadline_ms(env);
     let wanted = instances.desired as usize;
     let mut active = instances.active();
     while active < wanted {
@@ -758,7 +767,7 @@ fn start_instance(
             readiness_rhythm: run.readiness_rhythm,
             startup: run.startup.as_ref().map(|probe| probe.on_port(port)),
             liveness: run.liveness.as_ref().map(|probe| probe.on_port(port)),
-            progress_deadline: env.progress_deadline,
+            progress_deadline: run.progress_deadline.unwrap_or(env.progress_deadline),
             log: env.logs.revision(&run.namespace, &run.name),
         };
         env.runtime.start(spec, events.clone())

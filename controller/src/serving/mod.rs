@@ -29,6 +29,26 @@ pub(crate) mod volumes;
 #[cfg(test)]
 mod tests;
 
+/// Knative's per-Revision progress deadline, on a template's (a Revision's) annotations: how long its instances
+/// have to become ready before the Revision fails (the node's `--progress-deadline-ms` otherwise).
+pub const PROGRESS_DEADLINE_ANNOTATION: &str = "serving.knative.dev/progress-deadline";
+
+/// The progress deadline an annotation value asks for, in ms: Go's duration syntax, above zero, whole seconds
+/// (Knative's webhook). Regression: the annotation was accepted and ignored.
+pub fn progress_deadline_ms(value: &str) -> Result<u64, String> {
+    let ms = autoscaling::millis(PROGRESS_DEADLINE_ANNOTATION, value)?;
+    if ms == 0 {
+        return Err(format!("{PROGRESS_DEADLINE_ANNOTATION}={} must be positive", value.trim()));
+    }
+    if ms % 1000 != 0 {
+        return Err(format!(
+            "{PROGRESS_DEADLINE_ANNOTATION}={} must be specified with at most second precision",
+            value.trim()
+        ));
+    }
+    Ok(ms)
+}
+
 /// The API version of every serving kind.
 pub const SERVING_API_VERSION: &str = "serving.knative.dev/v1";
 /// Facts the serving runtime records about a Revision (ready, failed and why, instances), stored next to the

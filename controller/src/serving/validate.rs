@@ -78,6 +78,7 @@ pub(crate) fn validate_revision(
     serving_name(&revision.metadata.name, errors);
     validate_revision_spec("spec", &revision.spec, features, errors);
     validate_scale_annotations("metadata.annotations", &revision.metadata.annotations, features, errors);
+    validate_progress_deadline("metadata.annotations", &revision.metadata.annotations, errors);
     // Compared as Knative compares them, after its defaults (Knative stores a Revision defaulted at creation;
     // Sluice stores it as applied).
     if let Some(existing) = existing
@@ -177,7 +178,17 @@ fn validate_template(
     }
     let annotations = &template.metadata.annotations;
     validate_scale_annotations(&format!("{path}.metadata.annotations"), annotations, features, errors);
+    validate_progress_deadline(&format!("{path}.metadata.annotations"), annotations, errors);
     validate_revision_spec(&format!("{path}.spec"), &template.spec, features, errors);
+}
+
+fn validate_progress_deadline(path: &str, annotations: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
+    let key = super::PROGRESS_DEADLINE_ANNOTATION;
+    if let Some(value) = annotations.get(key)
+        && let Err(why) = super::progress_deadline_ms(value)
+    {
+        errors.push(err(format!("{path}[{key}]"), why));
+    }
 }
 
 /// The annotations over the autoscaling defaults of the node the object is applied through (`--autoscaler`):

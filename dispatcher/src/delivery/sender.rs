@@ -25,11 +25,16 @@ use crate::consumer::{Format, Protocol};
 use crate::delivery::policy::RetryAfter;
 
 mod names;
+mod reuse;
 mod traceparent;
+mod userinfo;
+
 use names::{LoopbackNames, PlainNames};
 #[cfg(test)]
 use traceparent::push_hex_u64;
 pub(crate) use traceparent::traceparent;
+pub(crate) use userinfo::redacted_url;
+use userinfo::without_userinfo;
 
 /// The most of a success's body that is read: a reply event must fit.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 4 << 20;
@@ -130,7 +135,7 @@ fn body_read_time(reply_use: ReplyUse, status: u16, remaining: Duration) -> Dura
 }
 
 /// Plaintext HTTP/1.1, pooled per host.
-type PlainClient = hyper_util::client::legacy::Client<HttpConnector<PlainNames>, Full<Bytes>>;
+type PlainClient = hyper_util::client::legacy::Client<reuse::Tagging<HttpConnector<PlainNames>>, Full<Bytes>>;
 
 fn plain_client(node: Option<NodeRoutes>) -> PlainClient {
     let mut connector = HttpConnector::new_with_resolver(PlainNames { node });
@@ -140,7 +145,7 @@ fn plain_client(node: Option<NodeRoutes>) -> PlainClient {
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(connector)
+        .build(reuse::Tagging(connector))
 }
 
 /// How long a new connection may take to open.
@@ -163,6 +168,15 @@ impl SendError {
         match self {
             SendError::Plain(e) => e.is_connect(),
             SendError::Reqwest(e) => e.is_connect(),
+        }
+    }
+
+    /// Whether the request went out on a connection that had answered before: unknown for the reqwest client
+    /// (answered yes, the resend as before session 75).
+    fn on_a_used_connection(&self) -> bool {
+        match self {
+            SendError::Plain(e) => reuse::Answered::before(e),
+            SendError::Reqwest(_) => true,
         }
     }
 
@@ -199,6 +213,7 @@ impl Client<'_> {
         match self {
             Client::Plain(client) => {
                 let response = client.request(request.map(Full::new)).await.map_err(SendError::Plain)?;
+                reuse::Answered::note(response.extensions());
                 let (parts, body) = response.into_parts();
                 Ok((parts, ResponseBody::Plain(body)))
             }
@@ -414,7 +429,9 @@ impl Sender {
             match tokio::time::timeout_at(deadline, client.send(request)).await {
                 Err(_elapsed) => return no_response(format!("no response within {timeout_ms} ms")),
                 Ok(Ok(response)) => break response,
-                Ok(Err(e)) if resends < MAX_RESENDS && died_before_response(&e) => {
+                // Regression: a new connection the subscriber dropped the request on was sent again too, so each
+                // attempt reached a subscriber that crashes on an event twice.
+                Ok(Err(e)) if resends < MAX_RESENDS && died_before_response(&e) && e.on_a_used_connection() => {
                     resends += 1;
                     metrics::counter!("sluice_dispatch_resends_total").increment(1);
                     let error = e.describe();
@@ -487,39 +504,6 @@ fn parse_uri(url: &str) -> Result<http::Uri, String> {
     }
     let normalised = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     http::Uri::try_from(normalised.as_str()).map_err(|e| format!("invalid URL {url:?}: {e}"))
-}
-
-/// `uri` without its `user:password@`, and that as a Basic `Authorization` value (percent-decoded, RFC 7617).
-fn without_userinfo(uri: http::Uri) -> (http::Uri, Option<http::HeaderValue>) {
-    use base64::Engine as _;
-    let Some((userinfo, host)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) else { return (uri, None) };
-    let decoded = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned();
-    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-    let credentials =
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", decoded(user), decoded(password)));
-    let basic = http::HeaderValue::try_from(format!("Basic {credentials}")).ok().map(|mut value| {
-        value.set_sensitive(true);
-        value
-    });
-    let Ok(authority) = http::uri::Authority::try_from(host) else { return (uri, None) };
-    let mut parts = uri.clone().into_parts();
-    parts.authority = Some(authority);
-    (http::Uri::from_parts(parts).unwrap_or(uri), basic)
-}
-
-/// `url` with the password of its `user:password@` replaced by `xxxxx` (Go's `URL.Redacted`): what a dead
-/// letter's `knativeerrordest` and the logs may show. Regression: dead letters carried the password.
-pub(crate) fn redacted_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:xxxxx@{host}{path}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
 }
 
 /// `http://HOST:80/…` as `http://HOST/…`: the same destination (RFC 3986 §6.2.3), and a cluster-local name the

@@ -122,3 +122,24 @@ fn the_nodes_default_rollout_duration_rolls_a_route_without_the_annotation() {
     env.now_ms = 130_000;
     assert_eq!(env.with_rollout_default_ms(60_000).rollout_clock(), with_default);
 }
+
+/// `serving.knative.dev/progress-deadline` on the template: Go's durations, above zero, whole seconds.
+#[test]
+fn a_templates_progress_deadline_is_validated_as_knative_does() {
+    let refused = [("soon", "not a duration"), ("0s", "must be positive"), ("1500ms", "second precision")];
+    for (value, rule) in refused {
+        let mut service = hello_service("one");
+        service["spec"]["template"]["metadata"]["annotations"] =
+            json!({"serving.knative.dev/progress-deadline": value});
+        let errors = validate_object(&service, None).expect_err("refused");
+        let text = format!("{errors:?}");
+        assert!(
+            text.contains("spec.template.metadata.annotations[serving.knative.dev/progress-deadline]")
+                && text.contains(rule),
+            "{value}: {text}"
+        );
+    }
+    let mut service = hello_service("one");
+    service["spec"]["template"]["metadata"]["annotations"] = json!({"serving.knative.dev/progress-deadline": "20s"});
+    assert_eq!(validate_object(&service, None), Ok(()));
+}
