@@ -241,6 +241,14 @@ impl Reading {
             return false;
         }
         let Some((events, next)) = log.read(shared, want) else { return false };
+        let first = events.first().map_or(next, |(offset, _, _)| *offset);
+        if first > shared {
+            // Retention trimmed `[shared, first)` before it was read: for each consumer reading here that had
+            // not passed it, those events are never delivered.
+            for consumer in self.consumers.values().filter(|c| c.attached && !c.spec.paused) {
+                note_trimmed_unread(&consumer.spec, first.saturating_sub(shared.max(consumer.window.scanned_to())));
+            }
+        }
         for (offset, arrival_ms, event) in events {
             let consumers = &self.consumers;
             let matched = self.index.matching_noting_errors(&EventView(&event), |cursor, error| {
@@ -320,6 +328,10 @@ impl Reading {
             } else {
                 let want = ((target - from) as usize).min(self.read_batch);
                 let Some((events, next)) = log.read(from, want) else { return false };
+                let first = events.first().map_or(next, |(offset, _, _)| *offset);
+                if let Some(consumer) = self.consumers.get(cursor) {
+                    note_trimmed_unread(&consumer.spec, first.saturating_sub(from));
+                }
                 (VecDeque::from(events), next)
             };
             let Some(consumer) = self.consumers.get_mut(cursor) else { return false };
@@ -683,6 +695,19 @@ impl BatchFill {
 mod tests;
 
 /// Counts a filter's CESQL evaluation error for its consumer, and says it at debug level.
+/// Counts the `skipped` events retention trimmed before `spec`'s consumer read them (a paused or lagging consumer
+/// below the stream's start continues at the start): they are never delivered. Regression: nothing said so; a
+/// paused Trigger's backlog went to zero on resume with nothing delivered.
+fn note_trimmed_unread(spec: &ConsumerSpec, skipped: u64) {
+    if skipped == 0 {
+        return;
+    }
+    metrics::counter!("sluice_dispatch_trimmed_unread_total", "consumer" => spec.name.clone(),
+        "namespace" => spec.namespace.clone())
+    .increment(skipped);
+    tracing::warn!(consumer = %spec.cursor, skipped, "retention trimmed events before this consumer read them: not delivered");
+}
+
 fn note_filter_error(spec: &ConsumerSpec, offset: u64, error: &sluice_cloudevent::filter::EvalError) {
     let kind = match error {
         sluice_cloudevent::filter::EvalError::Math(_) => "math",

@@ -10,11 +10,13 @@ use sluice_controller::status::Environment;
 use super::*;
 use crate::consumer::consumers;
 
-/// A stream in memory; counts how often each offset is read.
+/// A stream in memory; counts how often each offset is read. Offsets below `start` were trimmed: a read from
+/// below it starts there, as the store's does.
 #[derive(Default)]
 struct MemLog {
     events: Vec<Arc<CloudEvent>>,
     reads: RefCell<BTreeMap<u64, usize>>,
+    start: u64,
 }
 
 impl MemLog {
@@ -32,6 +34,7 @@ impl MemLog {
 
 impl ReadLog for MemLog {
     fn read(&self, from: u64, max: usize) -> Option<(Vec<ReadEvent>, u64)> {
+        let from = from.max(self.start);
         let to = (from + max as u64).min(self.end());
         let mut reads = self.reads.borrow_mut();
         let events = (from..to)
@@ -508,31 +511,30 @@ proptest! {
     }
 }
 
-/// Counts `sluice_filter_evaluation_errors_total` per `consumer` label.
+/// Counts every counter per name and `consumer` label.
 #[derive(Default)]
-struct FilterErrorCounts {
-    counts: std::sync::Mutex<BTreeMap<String, Arc<std::sync::atomic::AtomicU64>>>,
+struct ConsumerCounts {
+    counts: std::sync::Mutex<BTreeMap<(String, String), Arc<std::sync::atomic::AtomicU64>>>,
 }
 
-impl FilterErrorCounts {
-    fn of(&self, consumer: &str) -> u64 {
+impl ConsumerCounts {
+    fn of(&self, name: &str, consumer: &str) -> u64 {
         let counts = self.counts.lock().expect("counts");
-        counts.get(consumer).map_or(0, |count| count.load(std::sync::atomic::Ordering::Relaxed))
+        let key = (name.to_string(), consumer.to_string());
+        counts.get(&key).map_or(0, |count| count.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
-impl metrics::Recorder for FilterErrorCounts {
+impl metrics::Recorder for ConsumerCounts {
     fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
     fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
     fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
 
     fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        if key.name() != "sluice_filter_evaluation_errors_total" {
-            return metrics::Counter::noop();
-        }
         let consumer = key.labels().find(|label| label.key() == "consumer").map(|label| label.value().to_string());
         let mut counts = self.counts.lock().expect("counts");
-        metrics::Counter::from_arc(counts.entry(consumer.unwrap_or_default()).or_default().clone())
+        let entry = counts.entry((key.name().to_string(), consumer.unwrap_or_default())).or_default();
+        metrics::Counter::from_arc(entry.clone())
     }
 
     fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
@@ -543,6 +545,8 @@ impl metrics::Recorder for FilterErrorCounts {
         metrics::Histogram::noop()
     }
 }
+
+const FILTER_ERRORS: &str = "sluice_filter_evaluation_errors_total";
 
 /// Regression: a CESQL filter's evaluation errors were counted only for events a detached consumer read on its
 /// own; the shared reader (every consumer that keeps up) dropped them, so the counter stayed at zero.
@@ -557,11 +561,57 @@ fn regression_filter_errors_are_counted_on_the_shared_reader_too() {
     for _ in 0..3 {
         log.append("not.a.number");
     }
-    let counts = FilterErrorCounts::default();
+    let counts = ConsumerCounts::default();
     let starts = metrics::with_local_recorder(&counts, || pump(&mut reading, &log));
     assert_eq!(attached(&reading).len(), 2, "both read on the shared reader");
     let started: Vec<&str> = starts.iter().map(|start| name_of(&start.cursor)).collect();
     assert!(started.iter().all(|name| *name == "plain") && started.len() == 3, "{started:?}");
-    assert_eq!(counts.of("cast"), 3, "one error per event");
-    assert_eq!(counts.of("plain"), 0);
+    assert_eq!(counts.of(FILTER_ERRORS, "cast"), 3, "one error per event");
+    assert_eq!(counts.of(FILTER_ERRORS, "plain"), 0);
+}
+
+const TRIMMED: &str = "sluice_dispatch_trimmed_unread_total";
+
+/// Regression (found by an exploratory test): events retention trimmed before a consumer read them were skipped
+/// without a word. The shared reader counts them for each consumer reading through it.
+#[test]
+fn regression_events_trimmed_before_they_were_read_are_counted() {
+    let all = specs(&[("shared", "", 100), ("alone", "", 1)]);
+    let mut reading = reading_with(&all, &[0, 0], 16);
+    let mut log = MemLog::default();
+    for _ in 0..10 {
+        log.append("t");
+    }
+    log.start = 6;
+    let counts = ConsumerCounts::default();
+    let starts = metrics::with_local_recorder(&counts, || pump(&mut reading, &log));
+    let shared: Vec<u64> = starts.iter().filter(|s| name_of(&s.cursor) == "shared").flat_map(|s| s.offsets()).collect();
+    assert_eq!(shared, vec![6, 7, 8, 9], "what is left is delivered");
+    assert_eq!(counts.of(TRIMMED, "shared"), 6);
+    assert_eq!(counts.of(TRIMMED, "alone"), 6, "counted once, on whichever reader read past the gap for it");
+}
+
+/// The same for a detached consumer, reading on its own below the stream's new start.
+#[test]
+fn events_trimmed_under_a_detached_consumer_are_counted_for_it() {
+    let all = specs(&[("alone", "", 1)]);
+    let mut reading = reading_with(&all, &[0], 1);
+    let mut log = MemLog::default();
+    for _ in 0..10 {
+        log.append("t");
+    }
+    let counts = ConsumerCounts::default();
+    let first = metrics::with_local_recorder(&counts, || pump(&mut reading, &log));
+    assert_eq!(first.iter().flat_map(|s| s.offsets()).collect::<Vec<_>>(), vec![0]);
+    assert!(attached(&reading).is_empty(), "its window of 1 is full: it reads on its own");
+    settle_all(&mut reading, &first);
+    log.start = 6;
+    let mut delivered = Vec::new();
+    for _ in 0..6 {
+        let starts = metrics::with_local_recorder(&counts, || pump(&mut reading, &log));
+        delivered.extend(starts.iter().flat_map(|s| s.offsets()));
+        settle_all(&mut reading, &starts);
+    }
+    assert_eq!(delivered, vec![6, 7, 8, 9]);
+    assert_eq!(counts.of(TRIMMED, "alone"), 5, "offsets 1 to 5");
 }
