@@ -236,12 +236,19 @@ async fn a_subscriber_that_never_answers_times_out_with_no_status() {
 
 /// A subscriber that answers every request with `head` then `body`, and closes the connection.
 async fn raw_subscriber(head: String, body: Vec<u8>) -> String {
+    recording_subscriber(head, body).await.0
+}
+
+/// [`raw_subscriber`], keeping each request's head (lower-cased) to read back; its URL `http://ADDRESS/`.
+async fn recording_subscriber(head: String, body: Vec<u8>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/", listener.local_addr().expect("address"));
+    let heads: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let kept = heads.clone();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let (head, body) = (head.clone(), body.clone());
+            let (head, body, kept) = (head.clone(), body.clone(), kept.clone());
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -252,13 +259,14 @@ async fn raw_subscriber(head: String, body: Vec<u8>) -> String {
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
+                kept.lock().expect("heads").push(String::from_utf8_lossy(&request).to_lowercase());
                 let _ = stream.write_all(head.as_bytes()).await;
                 let _ = stream.write_all(&body).await;
                 let _ = stream.shutdown().await;
             });
         }
     });
-    url
+    (url, heads)
 }
 
 /// One attempt at a subscriber that answers 200 with a binary reply declaring `content_length` bytes of data
@@ -625,41 +633,14 @@ async fn an_unfinished_reply_is_read_until_the_deadline_and_counts_as_cut_off() 
     assert_eq!(result.body.as_ref(), b"partial");
 }
 
-/// A subscriber that answers 202 and keeps each request's head (lower-cased), to read back.
-async fn recording_subscriber() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address").to_string();
-    let heads: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let kept = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let kept = kept.clone();
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                kept.lock().expect("heads").push(String::from_utf8_lossy(&request).to_lowercase());
-                let _ =
-                    stream.write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    (address, heads)
-}
-
 /// Regression (found by an exploratory test): a subscriber URL's `user:password@` was dropped, where Knative's
 /// Go client sends it as Basic authentication, and dead letters carried the password in `knativeerrordest`.
 #[tokio::test]
 async fn a_urls_userinfo_is_sent_as_basic_authentication_and_not_as_the_host() {
     use base64::Engine as _;
-    let (address, heads) = recording_subscriber().await;
+    let accepted = "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    let (url, heads) = recording_subscriber(accepted.into(), Vec::new()).await;
+    let address = url.trim_start_matches("http://").trim_end_matches('/').to_string();
     let sender = Sender::new(None).expect("client");
     let url = format!("http://us%40er:p%3Ass@{address}/path?q=1");
     let result =
