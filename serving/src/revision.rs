@@ -92,7 +92,7 @@ pub(crate) struct RevisionRun {
 }
 
 impl RevisionRun {
-    /// Its progress deadline (`serving.knative.dev/progress-deadline`, else the node's `--progress-deadline-ms`).
+    /// Its progress deadline: its annotation's, else the node's `--progress-deadline-ms`.
     fn progress_deadline_ms(&self, env: &RevisionEnv) -> u64 {
         u64::try_from(self.progress_deadline.unwrap_or(env.progress_deadline).as_millis()).unwrap_or(u64::MAX)
     }

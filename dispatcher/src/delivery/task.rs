@@ -20,7 +20,7 @@ use sluice_cloudevent::{AttrValue, CloudEvent};
 use crate::capacity::{DeliverySlot, DestinationLimits};
 use crate::consumer::{CONSUMER_UID_ATTRIBUTE, ConsumerSpec, DeadLetterMode, Format, Protocol, ReplyTarget};
 use crate::delivery::policy::{FailureReason, Outcome, RetryAfter, Step, classify, next_step_jittered};
-use crate::delivery::sender::{AttemptResult, MAX_ERROR_DATA_BYTES, ReplyUse, Sender};
+use crate::delivery::sender::{AttemptResult, MAX_ERROR_DATA_BYTES, ReplyUse, Sender, redacted_url};
 use append_retry::{REPLY_APPEND_RETRY_FOR, append_retry_wait_ms, reply_append_wait};
 /// Largest reply event accepted from a subscriber (encoded).
 pub(crate) const MAX_REPLY_EVENT_BYTES: usize = 1 << 20;
@@ -114,7 +114,7 @@ fn sender_token(ctx: &DeliveryContext, spec: &ConsumerSpec, url: &str) -> Option
     let token = ctx.node.sender_tokens().token(&spec.sender_subject, audience, now_ms());
     if token.is_none() {
         metrics::counter!("sluice_dispatch_unsigned_total").increment(1);
-        tracing::warn!(consumer = %spec.name, url = %crate::delivery::sender::redacted_url(url), "no signing key yet: sent without a token");
+        tracing::warn!(consumer = %spec.name, url = %redacted_url(url), "no signing key yet: sent without a token");
     }
     token
 }
@@ -688,8 +688,7 @@ async fn handle_reply(
 fn with_error_attributes(event: &CloudEvent, failure: &Failure, offset: Option<u64>) -> CloudEvent {
     let mut event = event.clone();
     let attributes = &mut event.attributes;
-    let destination = crate::delivery::sender::redacted_url(&failure.destination);
-    attributes.insert("knativeerrordest".into(), AttrValue::String(destination));
+    attributes.insert("knativeerrordest".into(), AttrValue::String(redacted_url(&failure.destination)));
     match failure.status {
         Some(status) => attributes.insert("knativeerrorcode".into(), AttrValue::Integer(i64::from(status))),
         None => attributes.remove("knativeerrorcode"),
