@@ -97,6 +97,11 @@ impl Window {
         self.pending.keys().next().copied()
     }
 
+    /// Every admitted and unsettled offset, lowest first (what a hand-over must deliver again).
+    pub(crate) fn pending_offsets(&self) -> impl Iterator<Item = u64> + '_ {
+        self.pending.keys().copied()
+    }
+
     /// Records that the offsets below `offset` were looked at and did not match.
     pub(crate) fn skip_to(&mut self, offset: u64) {
         self.scanned_to = self.scanned_to.max(offset);

@@ -20,6 +20,7 @@
 mod gauges;
 mod lookahead;
 mod reading;
+mod resume;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -41,6 +42,7 @@ use crate::delivery::task::{
 use crate::stats::{self, CursorStats};
 use lookahead::Lookahead;
 use reading::{Consumer, ConsumerStart, ReadEvent, ReadLog, Reading, Start};
+use resume::Resume;
 
 /// A window sized by its subscriber's capacity holds at most this many events (memory).
 const MAX_WINDOW_FOR_CAPACITY: usize = 1_000;
@@ -276,11 +278,13 @@ impl PartitionDispatcher {
                 Some(existing) if existing.spec.version == spec.version => continue,
                 Some(_) => {
                     let Some(existing) = self.reading.remove(&spec.cursor) else { continue };
+                    // What settled past the watermark is not delivered again by the changed consumer.
                     let start = ConsumerStart {
                         offset: existing.window.watermark(),
                         committed: existing.committed,
                         counters: existing.stats,
                         committed_stats: CursorStats::from_committed(&spec.cursor, &stored),
+                        resume: existing.hand_over(),
                     };
                     final_commits.extend(self.stop_consumer(existing));
                     start
@@ -322,8 +326,11 @@ impl PartitionDispatcher {
         };
         self.unstarted.remove(&spec.cursor);
         let counters = CursorStats::from_committed(&spec.cursor, stored);
-        let start = ConsumerStart { offset, committed, committed_stats: counters, counters };
-        tracing::info!(consumer = %spec.cursor, partition = self.partition(), offset, "consumer starts");
+        // A planned hand-over stored what its dispatcher had settled past the committed offset.
+        let resume = committed.and_then(|committed| Resume::stored(&spec.cursor, committed, stored));
+        let resumes_to = resume.as_ref().map(Resume::to);
+        let start = ConsumerStart { offset, committed, committed_stats: counters, counters, resume };
+        tracing::info!(consumer = %spec.cursor, partition = self.partition(), offset, ?resumes_to, "consumer starts");
         self.reading.add(spec, start, now_ms());
     }
 

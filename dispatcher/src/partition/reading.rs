@@ -28,6 +28,8 @@ use crate::rate::TokenBucket;
 use crate::stats::{self, CursorStats};
 use crate::window::Window;
 
+use super::resume::{self, Resume};
+
 /// Read batches a detached consumer reads per [`Reading::read_detached`] call (the shared reader's budget is
 /// the shell's, per pump).
 pub(crate) const PRIVATE_READS_PER_CALL: usize = 64;
@@ -65,6 +67,8 @@ pub(crate) struct Consumer {
     bucket: Option<TokenBucket>,
     /// Distinguishes this incarnation's delivery results from an earlier one's.
     pub(crate) generation: u64,
+    /// What the dispatcher before this one had settled past the start (skipped until the reader passes it).
+    resume: Option<Resume>,
 }
 
 impl Consumer {
@@ -80,6 +84,27 @@ impl Consumer {
         self.lookahead_next = 0;
     }
 
+    /// What this consumer hands to the next dispatcher beside its watermark: its pending offsets, and what an
+    /// earlier hand-over still holds that it has not read yet.
+    pub(crate) fn hand_over(&self) -> Option<Resume> {
+        let (watermark, pending, scanned_to) =
+            (self.window.watermark(), self.window.pending_offsets(), self.window.scanned_to());
+        match &self.resume {
+            Some(resume) => resume.merged(watermark, pending, scanned_to),
+            None => Resume::of_window(watermark, pending, scanned_to),
+        }
+    }
+
+    /// A reader resuming from a hand-over that has passed its last held offset goes on from where the
+    /// dispatcher before stopped scanning.
+    fn pass_resume(&mut self) {
+        let Some(resume) = self.resume.take_if(|resume| resume.passed(self.private_next)) else { return };
+        if resume.to() > self.private_next {
+            self.window.skip_to(resume.to());
+            self.set_private_next(resume.to());
+        }
+    }
+
     /// The arrival time of the oldest event admitted and not settled (0: none).
     pub(crate) fn oldest_pending_arrival_ms(&self) -> Option<u64> {
         self.window.oldest_pending().and_then(|o| self.pending.get(&o)).map(|p| p.arrival_ms)
@@ -92,6 +117,8 @@ pub(crate) struct ConsumerStart {
     pub(crate) committed: Option<u64>,
     pub(crate) counters: CursorStats,
     pub(crate) committed_stats: CursorStats,
+    /// What the dispatcher before had settled past `offset`.
+    pub(crate) resume: Option<Resume>,
 }
 
 /// One delivery's events: one inline (Knative's one event per request), a batch on the heap.
@@ -197,6 +224,7 @@ impl Reading {
                 pending: HashMap::new(),
                 bucket,
                 generation: self.next_generation,
+                resume: start.resume,
             },
         );
     }
@@ -308,10 +336,13 @@ impl Reading {
         let mut budget = PRIVATE_READS_PER_CALL;
         let mut more = false;
         loop {
-            let Some(consumer) = self.consumers.get(cursor) else { return false };
+            let Some(consumer) = self.consumers.get_mut(cursor) else { return false };
+            consumer.pass_resume();
             let from = consumer.private_next;
+            // A consumer resuming from a hand-over does not attach before it has passed it: the shared reader
+            // would admit what the dispatcher before had settled.
             let target = match self.shared_next {
-                Some(shared) if shared > from => shared,
+                Some(shared) if shared > from && consumer.resume.is_none() => shared,
                 _ => end,
             };
             if from >= target || !consumer.window.has_room() {
@@ -346,6 +377,9 @@ impl Reading {
                     consumer.window.skip_to(target);
                     stopped_at = Some(target);
                     break;
+                }
+                if consumer.resume.as_ref().is_some_and(|resume| resume.skips(offset)) {
+                    continue;
                 }
                 let (matched, error) = consumer.spec.filter.matches_noting_errors(&EventView(&event));
                 if let Some(error) = error {
@@ -387,6 +421,10 @@ impl Reading {
         }
         let shared = self.shared_next;
         if let Some(consumer) = self.consumers.get_mut(cursor) {
+            consumer.pass_resume();
+            if consumer.resume.is_some() {
+                return more;
+            }
             match shared {
                 Some(shared) if consumer.private_next == shared => {
                     consumer.attached = true;
@@ -558,11 +596,13 @@ impl Reading {
             consumer.attached = false;
             consumer.set_private_next(target);
             consumer.committed = Some(target);
+            consumer.resume = None;
             self.next_generation += 1;
             consumer.generation = self.next_generation;
             self.detached.insert(cursor.clone());
             commits.push(OffsetCommit { cursor: cursor.clone(), offset: target, reset: true });
             commits.push(OffsetCommit { cursor: stats::stat_key(&cursor, stats::REPLAY), offset: 0, reset: true });
+            commits.push(Resume::clear(&cursor));
             replayed.push(cursor);
         }
         if self.detached.len() == self.consumers.len() {
@@ -593,6 +633,7 @@ impl Reading {
     ) -> Commits {
         self.sync_attached();
         let mut stat_updates = Vec::new();
+        let mut held_budget = resume::MAX_HELD_PER_COMMIT;
         for consumer in self.consumers.values_mut() {
             let cursor = &consumer.spec.cursor;
             let watermark = consumer.window.watermark();
@@ -612,6 +653,11 @@ impl Reading {
             consumer.stats.oldest_pending_arrival_ms = consumer.oldest_pending_arrival_ms().unwrap_or(0);
             if stopping {
                 consumer.stats = consumer.stats.stopped();
+                // What settled past the watermark, so that the next dispatcher does not deliver it again.
+                if let Some(resume) = consumer.hand_over().filter(|resume| resume.held() <= held_budget) {
+                    held_budget -= resume.held();
+                    commits.extend(resume.commits(cursor, watermark));
+                }
             }
             let changed = consumer.stats.commits(cursor, &consumer.committed_stats);
             if !changed.is_empty() {

@@ -3,7 +3,8 @@
 //! dead-lettered). Duplicates are allowed (at least once) and counted; none is lost.
 //!
 //! A planned transfer of the leadership (leader balance, `cluster transfer-leader`) hands the dispatch over:
-//! the old leader commits its offsets first, so nothing already delivered is delivered again.
+//! the old leader commits its offsets first, with what is still pending past them, so nothing already
+//! delivered is delivered again.
 //!
 //! A leader deposed without crashing (stopped, then running again) still holds its dispatcher's last commit:
 //! that commit is fenced by the term its dispatcher started in, so it cannot move the next leader's cursor.
@@ -143,6 +144,72 @@ async fn a_planned_leadership_transfer_delivers_nothing_twice() -> anyhow::Resul
     let ids: Vec<String> = deliveries.iter().map(|d| d.header("ce-id").unwrap_or_default().to_string()).collect();
     let expected: Vec<String> = (0..BEFORE + AFTER).map(|i| format!("ev-{i:03}")).collect();
     assert_eq!(ids, expected, "each event once, in order, across the transfer from node {leader} to node {next}");
+    Ok(())
+}
+
+/// Regression (found by an exploratory test): one event in its retries' backoff holds the committed offset (a
+/// watermark), and a planned transfer had the next leader deliver every event settled after it again (the 40
+/// delivered after one such event were all delivered twice). The handover now stores what is still pending
+/// beside the offset, and the next leader delivers only that again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_planned_transfer_behind_an_event_in_backoff_delivers_only_that_event_again() -> anyhow::Result<()>
+{
+    const SETTLED_AFTER: usize = 20;
+    let args = ["--dispatch-commit-interval-ms", "600000", "--leader-balance-ms", "0"];
+    let mut cluster = TestCluster::start(3, 1, &args).await?;
+    let leader = cluster.leader_of(1).await?;
+    let next =
+        cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).ok_or_else(|| anyhow::anyhow!("one node"))?;
+    let (admin, http) = (cluster.nodes[0].admin.clone(), cluster.nodes[0].http.clone());
+    let released = Arc::new(AtomicBool::new(false));
+    let subscriber_released = released.clone();
+    let subscriber = Subscriber::start(Arc::new(move |delivery: &Delivery, _| {
+        if delivery.header("ce-id") == Some("stuck") && !subscriber_released.load(Ordering::SeqCst) {
+            Reply::status(503)
+        } else {
+            Reply::status(202)
+        }
+    }))
+    .await?;
+    apply_resource(&admin, broker_object("default", "b", json!({}))).await?;
+    // A backoff far longer than the test: the stuck event waits in it when the leadership moves. Two in flight:
+    // the stuck event and one other, so that the next leader delivers in log order, and anything it delivers
+    // again reaches the subscriber before the event published after the transfer.
+    let delivery = json!({"delivery": {"retry": 3, "backoffPolicy": "linear", "backoffDelay": "PT60S"}});
+    let annotations = json!({"sluice.dev/max-inflight": "2"});
+    apply_resource(&admin, trigger_object("default", "t", "b", &subscriber.url(), delivery, annotations)).await?;
+    let client = reqwest::Client::new();
+    let ids: Vec<String> =
+        std::iter::once("stuck".to_string()).chain((0..SETTLED_AFTER).map(|i| format!("ev-{i:03}"))).collect();
+    for id in &ids {
+        send_event_accepted(&client, &http, "/default/b", id, "handover.test", &[], "{}").await?;
+    }
+    subscriber
+        .wait_until(Duration::from_secs(30), |deliveries| {
+            let delivered: BTreeSet<&str> = deliveries.iter().filter_map(|d| d.header("ce-id")).collect();
+            ids.iter().all(|id| delivered.contains(id.as_str()))
+        })
+        .await?;
+
+    released.store(true, Ordering::SeqCst);
+    let mut cluster_client = ClusterClient::connect(format!("http://{admin}")).await?;
+    let moved = cluster_client.transfer_leader(TransferLeaderRequest { group_id: 1, to_node_id: next }).await?;
+    assert_eq!(moved.into_inner().leader_id, next);
+    send_event_accepted(&client, &http, "/default/b", "after", "handover.test", &[], "{}").await?;
+    let deliveries = subscriber
+        .wait_until(Duration::from_secs(30), |deliveries| {
+            let count = |id: &str| deliveries.iter().filter(|d| d.header("ce-id") == Some(id)).count();
+            count("stuck") >= 2 && count("after") >= 1
+        })
+        .await?;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for delivery in &deliveries {
+        *counts.entry(delivery.header("ce-id").unwrap_or_default().to_string()).or_default() += 1;
+    }
+    let twice: Vec<&String> =
+        counts.iter().filter(|(id, n)| **n > 1 && id.as_str() != "stuck").map(|(id, _)| id).collect();
+    assert!(twice.is_empty(), "delivered again by node {next} after the transfer from node {leader}: {twice:?}");
+    assert_eq!(counts.get("stuck"), Some(&2), "the stuck event: its first attempt, then the next leader's");
     Ok(())
 }
 

@@ -71,7 +71,13 @@ fn specs(triggers: &[(&str, &str, usize)]) -> Vec<Arc<ConsumerSpec>> {
 }
 
 fn start_at(offset: u64) -> ConsumerStart {
-    ConsumerStart { offset, committed: None, counters: CursorStats::default(), committed_stats: CursorStats::default() }
+    ConsumerStart {
+        offset,
+        committed: None,
+        counters: CursorStats::default(),
+        committed_stats: CursorStats::default(),
+        resume: None,
+    }
 }
 
 fn reading_with(specs: &[Arc<ConsumerSpec>], starts: &[u64], read_batch: usize) -> Reading {
@@ -337,6 +343,7 @@ fn a_replay_restarts_the_consumer_at_its_target_and_ignores_the_old_deliveries()
         [
             OffsetCommit { cursor: cursor.clone(), offset: 2, reset: true },
             OffsetCommit { cursor: stats::stat_key(&cursor, stats::REPLAY), offset: 0, reset: true },
+            Resume::clear(&cursor),
         ]
     );
     let first = &old[0];
@@ -615,3 +622,5 @@ fn events_trimmed_under_a_detached_consumer_are_counted_for_it() {
     assert_eq!(delivered, vec![6, 7, 8, 9]);
     assert_eq!(counts.of(TRIMMED, "alone"), 5, "offsets 1 to 5");
 }
+
+mod hand_over;
