@@ -572,8 +572,13 @@ async fn handle_reply(
                     data: Bytes::from_static(b"knativebrokerttl exhausted: the reply is not sent back to the broker"),
                     reason: "knativebrokerttl exhausted".into(),
                 };
-                // The original delivery succeeded; the reply that cannot go on is the dead letter.
-                return Ok(ReplyDone::DeadLetter { reply: outgoing_reply(received), failure });
+                // The original delivery succeeded; the reply that cannot go on is the dead letter, with a TTL of
+                // 1, the least an event may be stored or sent to a Broker with: redriven, it makes one more hop and
+                // its reply is dead-lettered again. Regression: it kept the subscriber's TTL (none, so the
+                // default), and a `dlq redrive` of it started the whole loop again, 255 hops.
+                let mut reply = outgoing_reply(received);
+                reply.attributes.insert("knativebrokerttl".into(), AttrValue::Integer(1));
+                return Ok(ReplyDone::DeadLetter { reply, failure });
             }
             // Made again from what the subscriber sent for each retry of the append (which takes its event): no
             // copy is kept for the common case, an append that succeeds at once.

@@ -88,6 +88,8 @@ async fn a_reply_chain_reaches_the_next_trigger_and_a_loop_stops_at_the_ttl() ->
     let dead_event = dead[0].event()?;
     assert_eq!(dead_event.get("id"), Some("L++++"), "the fifth reply, which has no hop left");
     assert!(dead_event.get("sluiceerrorreason").is_some_and(|r| r.contains("knativebrokerttl")), "{dead_event:?}");
+    // Regression: the dead letter kept no TTL, and a redrive of it ran the loop again from the default 255.
+    assert_eq!(dead_event.get("knativebrokerttl"), Some("1"), "one hop left for a redrive: {dead_event:?}");
     let hops: Vec<String> = replier
         .deliveries()
         .iter()
