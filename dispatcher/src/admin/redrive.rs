@@ -82,6 +82,15 @@ impl Redrive {
             (Letter::Event { event, .. }, true) => {
                 let redriven = self.redrive_one(ctx, offset, event).await;
                 progress.processed += 1;
+                let outcome = match redriven {
+                    Redriven::Delivered if self.to_broker => "to_broker",
+                    Redriven::Delivered => "delivered",
+                    Redriven::DeadLetteredAgain => "dead_lettered_again",
+                    Redriven::NotSent => "kept",
+                };
+                metrics::counter!("sluice_redrive_letters_total", "consumer" => self.spec.name.clone(),
+                    "namespace" => self.spec.namespace.clone(), "outcome" => outcome)
+                .increment(1);
                 match redriven {
                     Redriven::Delivered => progress.delivered += 1,
                     Redriven::DeadLetteredAgain => progress.failed += 1,

@@ -644,6 +644,21 @@ impl PartitionDispatcher {
             }
             Err(_) => BTreeMap::new(),
         };
+        // A consumer about to replay lets its running deliveries end first (bounded, as an edit does), so that
+        // under ordered delivery the replayed events do not reach the subscriber beside an attempt still being
+        // handled. Regression: they were aborted at once.
+        if !stopping {
+            let replaying: Vec<String> = self
+                .reading
+                .consumers
+                .keys()
+                .filter(|c| stats::pending_replay(c, &stored).is_some())
+                .cloned()
+                .collect();
+            if !replaying.is_empty() {
+                self.settle_running_of(&replaying, HANDOVER_DRAIN).await;
+            }
+        }
         // A dispatcher that stops leaves a requested replay to the partition's next one: applied here, it would
         // be cleared while the next leader's dispatcher, which may have read the cursor already, moves it back.
         let (replayed, replay_commits) =

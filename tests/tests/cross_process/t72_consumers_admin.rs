@@ -223,6 +223,14 @@ async fn dead_letters_are_listed_redriven_and_purged() -> anyhow::Result<()> {
     // Fixed: a redrive delivers them all and empties the dead-letter stream.
     broken.store(false, Ordering::SeqCst);
     let before = subscriber.deliveries().len();
+    // Regression: a paused Trigger's subscriber was sent its letters (a pause is for its maintenance).
+    sluice_tests::wait_for_log_format(&admin, 3, 3).await?;
+    let mut consumers = ConsumersClient::connect(format!("http://{admin}")).await?;
+    assert!(consumers.pause(trigger("d")).await?.into_inner().paused);
+    let refused = dlq.redrive(RedriveRequest { consumer: Some(trigger("d")), ..Default::default() }).await.err();
+    assert_eq!(refused.map(|status| status.code()), Some(tonic::Code::FailedPrecondition), "paused: refused");
+    assert_eq!(subscriber.deliveries().len(), before, "nothing sent to the paused Trigger's subscriber");
+    consumers.resume(trigger("d")).await?;
     let mut progress =
         dlq.redrive(RedriveRequest { consumer: Some(trigger("d")), ..Default::default() }).await?.into_inner();
     let mut last = None;
