@@ -56,7 +56,7 @@ fn parse_position(text: &str) -> Result<DeadLetterPosition, String> {
 /// `events read`. A node that does not send `event_json` yet gets the attributes as strings and no `event`.
 fn dead_letter_json(dead: &DeadLetter) -> serde_json::Value {
     let event: Option<serde_json::Value> =
-        serde_json::from_str(&dead.event_json).ok().filter(serde_json::Value::is_object);
+        Some(crate::events_cmd::event_value(&dead.event_json)).filter(serde_json::Value::is_object);
     let attributes = match &event {
         Some(serde_json::Value::Object(members)) => serde_json::Value::Object(
             members

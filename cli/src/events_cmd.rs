@@ -366,7 +366,7 @@ fn event_json_text(event: &LoggedEvent, pretty: bool) -> String {
 
 /// An event for `-o yaml`: as `-o json`, through YAML's own number types.
 fn event_json(event: &LoggedEvent) -> serde_json::Value {
-    let structured: serde_json::Value = serde_json::from_str(&event.json).unwrap_or(serde_json::Value::Null);
+    let structured = event_value(&event.json);
     serde_json::json!({
         "partition": event.partition,
         "offset": event.offset,
@@ -375,6 +375,28 @@ fn event_json(event: &LoggedEvent) -> serde_json::Value {
         "size": event.data.len(),
         "event": structured,
     })
+}
+
+/// An event in the CloudEvents JSON format as a value (for YAML, and `dlq list -o json`): a member that
+/// serde_json cannot hold as a value (a number past an f64, nesting deeper than 128) is kept as its JSON text,
+/// a string. Regression: such an event (valid JSON, accepted by ingress) was shown as `null`, or left out.
+pub(crate) fn event_value(json: &str) -> serde_json::Value {
+    if let Ok(value) = serde_json::from_str(json) {
+        return value;
+    }
+    match serde_json::from_str::<std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>>(json) {
+        Ok(members) => serde_json::Value::Object(
+            members
+                .into_iter()
+                .map(|(name, raw)| {
+                    let value = serde_json::from_str(raw.get())
+                        .unwrap_or_else(|_| serde_json::Value::String(raw.get().to_string()));
+                    (name, value)
+                })
+                .collect(),
+        ),
+        Err(_) => serde_json::Value::String(json.to_string()),
+    }
 }
 
 /// Arrival time with milliseconds (UTC), for tables and JSON.
@@ -410,6 +432,20 @@ fn table_row(event: &LoggedEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_an_event_whose_data_serde_json_cannot_hold_is_shown_not_nulled() {
+        let head = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"#;
+        let plain = event_value(&format!("{head}{{\"a\":1.5}}}}"));
+        assert_eq!(plain["data"]["a"], 1.5);
+        let huge = event_value(&format!("{head}{{\"a\":1e400}}}}"));
+        assert_eq!(huge["id"], "1");
+        assert_eq!(huge["data"], r#"{"a":1e400}"#, "kept as its JSON text");
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let nested = event_value(&format!("{head}{deep}}}"));
+        assert_eq!(nested["type"], "t", "{nested}");
+        assert_eq!(nested["data"], deep.as_str());
+    }
 
     /// `events read -o json` showed `{"big": 123456789012345678901234567890}` as `1.2345678901234568e+29`, `1e2` as
     /// `100.0`, and re-sorted object keys.

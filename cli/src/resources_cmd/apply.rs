@@ -85,6 +85,11 @@ async fn apply_one(
 
 pub(crate) async fn apply(args: ApplyArgs) -> Result<()> {
     let documents = read_documents(&args.files, args.recursive).await?;
+    // As kubectl: a manifest with no object in it is a mistake (an empty file, a wrong directory). Regression:
+    // it printed nothing and exited 0.
+    if documents.is_empty() {
+        return Err(anyhow::Error::new(AdminError { exit_code: 1, message: "no objects passed to apply".into() }));
+    }
     let mut client = connect(&args.admin).await?;
     let mut rejected = 0;
     let mut exit_code = None;
@@ -117,6 +122,24 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[tokio::test]
+    async fn regression_an_empty_manifest_is_refused_before_any_node_is_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = dir.path().join("empty.yaml");
+        std::fs::write(&empty, "---\n---\n").expect("write");
+        let args = ApplyArgs {
+            files: vec![empty],
+            recursive: false,
+            namespace: None,
+            dry_run: DryRun::None,
+            // Nothing listens there: the refusal comes first.
+            admin: "127.0.0.1:1".into(),
+        };
+        let error = apply(args).await.expect_err("refused");
+        assert_eq!(error.to_string(), "no objects passed to apply");
+        assert_eq!(error.downcast_ref::<AdminError>().map(|e| e.exit_code), Some(1));
+    }
 
     #[test]
     fn a_client_dry_run_reads_an_object_as_the_node_does() {
