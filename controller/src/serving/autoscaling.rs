@@ -146,11 +146,25 @@ fn number(key: &str, value: &str) -> Result<f64, String> {
 }
 
 fn count(key: &str, value: &str) -> Result<u32, String> {
-    match value.trim().parse::<i64>() {
+    let text = value.trim();
+    match text.parse::<i64>() {
         Ok(n) if (0..=i64::from(i32::MAX)).contains(&n) => Ok(n as u32),
         Ok(n) => Err(format!("{key}: expected 0 <= {n} <= 2147483647")),
+        // An integer too large for 64 bits is out of range, not "not an integer".
+        Err(_) if is_integer_text(text) => Err(format!("{key}: expected 0 <= {text} <= 2147483647")),
         Err(_) => Err(format!("{key}: {value:?} is not an integer")),
     }
+}
+
+fn is_integer_text(text: &str) -> bool {
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `expected LOW <= VALUE <= HIGH`, without the upper bound where there is none (`f64::MAX`, which `{}` prints
+/// with 309 digits).
+fn out_of_bounds(low: f64, value: f64, high: f64) -> String {
+    if high == f64::MAX { format!("expected {low} <= {value}") } else { format!("expected {low} <= {value} <= {high}") }
 }
 
 /// Go's `time.ParseDuration`, which Knative reads its duration annotations and keys with: an optional sign,
@@ -242,7 +256,7 @@ fn burst_capacity(key: &str, value: f64) -> Result<f64, String> {
 }
 
 fn within(key: &str, low: f64, value: f64, high: f64) -> Result<f64, String> {
-    if (low..=high).contains(&value) { Ok(value) } else { Err(format!("{key}: expected {low} <= {value} <= {high}")) }
+    if (low..=high).contains(&value) { Ok(value) } else { Err(format!("{key}: {}", out_of_bounds(low, value, high))) }
 }
 
 impl AutoscalerDefaults {
@@ -453,7 +467,7 @@ pub fn resolve(
         match text.trim().parse::<f64>() {
             Ok(n) if n.is_finite() && (low..=high).contains(&n) => n,
             Ok(n) if n.is_finite() => {
-                fail(key, format!("expected {low} <= {n} <= {high}"));
+                fail(key, out_of_bounds(low, n, high));
                 default
             }
             _ => {
@@ -468,6 +482,10 @@ pub fn resolve(
             Ok(n) if (i64::from(low)..=i64::from(i32::MAX)).contains(&n) => n as u32,
             Ok(n) => {
                 fail(key, format!("expected {low} <= {n} <= 2147483647"));
+                default
+            }
+            Err(_) if is_integer_text(text.trim()) => {
+                fail(key, format!("expected {low} <= {} <= 2147483647", text.trim()));
                 default
             }
             Err(_) => {

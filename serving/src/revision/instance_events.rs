@@ -98,10 +98,17 @@ const OUTPUT_CUT_MARK: &str = "[earlier output cut]…";
 /// The failure message of an instance that exited unexpectedly: its reason and the end of its output, at most
 /// [`MAX_FAILURE_MESSAGE_BYTES`] in all. Pure.
 pub(super) fn exit_message(reason: &str, last_output: &str) -> String {
-    let head = format!("container exited ({reason}): ");
+    // An instance the runtime stopped for not being ready in time did not exit by itself. Regression: it was
+    // said to have exited, with an empty output after the colon.
+    let what = match reason {
+        "ProgressDeadlineExceeded" => "container was not ready within its progress deadline and was stopped",
+        _ => "container exited",
+    };
+    let output = last_output.trim();
+    let head = if output.is_empty() { format!("{what} ({reason})") } else { format!("{what} ({reason}): ") };
     let room = MAX_FAILURE_MESSAGE_BYTES.saturating_sub(head.len());
     let mut message = head;
-    message.push_str(&end_within(last_output.trim(), room));
+    message.push_str(&end_within(output, room));
     // A runtime's reason is a word; were it a long one, the message is bounded all the same.
     if message.len() > MAX_FAILURE_MESSAGE_BYTES {
         let mut end = MAX_FAILURE_MESSAGE_BYTES;
@@ -182,7 +189,13 @@ mod tests {
         let cases = [
             ("ExitCode1", "boom\n", "container exited (ExitCode1): boom", "boom"),
             ("ExitCode2", output.as_str(), cut.as_str(), "y\npanic: the cause"),
-            ("Signal9", "", "container exited (Signal9): ", ": "),
+            ("Signal9", "", "container exited (Signal9)", "(Signal9)"),
+            (
+                "ProgressDeadlineExceeded",
+                " \n",
+                "container was not ready within its progress deadline and was stopped (ProgressDeadlineExceeded)",
+                "(ProgressDeadlineExceeded)",
+            ),
         ];
         for (reason, output, starts, ends) in cases {
             let message = exit_message(reason, output);

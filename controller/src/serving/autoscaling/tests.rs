@@ -93,12 +93,16 @@ fn every_broken_rule_is_named_by_its_annotation() {
         (CLASS_ANNOTATION, "hpa.autoscaling.knative.dev", "is not supported"),
         (AGGREGATION_ANNOTATION, "weighted-exponential", "linearly"),
         (BACKLOG_TARGET_ANNOTATION, "0", "expected 1 <= 0"),
+        // Regression: out of 64 bits, it was "not an integer".
+        (MIN_SCALE_ANNOTATION, "99999999999999999999", "expected 0 <= 99999999999999999999 <= 2147483647"),
     ];
     for (key, value, message) in cases {
         let errors = resolve(&annotations(&[(key, value)]), 0, &AutoscalerDefaults::default())
             .expect_err(&format!("{key}={value} is refused"));
         assert_eq!(errors[0].path, format!("[{key}]"));
         assert!(errors[0].message.contains(message), "{key}={value}: {}", errors[0].message);
+        // Regression: an unbounded rule printed `f64::MAX` as its upper bound, 309 digits.
+        assert!(errors[0].message.len() < 200, "{key}={value}: {}", errors[0].message);
     }
     let errors = resolve(
         &annotations(&[(MIN_SCALE_ANNOTATION, "3"), (MAX_SCALE_ANNOTATION, "2"), (ACTIVATION_SCALE_ANNOTATION, "5")]),
