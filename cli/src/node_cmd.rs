@@ -523,6 +523,10 @@ pub(crate) fn settings(id: u64, data: PathBuf, tuning: &TuningArgs, ingress: &In
         default_authorization: Default::default(),
         admin_tokens: None,
         sender_identity: Default::default(),
+        event_attribute_limits: sluice_broker::cloudevent::AttributeLimits::within_headers(
+            ingress.max_headers,
+            ingress.max_header_bytes,
+        ),
     })
 }
 

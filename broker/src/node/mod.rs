@@ -93,6 +93,9 @@ pub struct NodeSettings {
     pub admin_tokens: Option<sluice_security::admin_auth::AdminTokens>,
     /// Sluice as the OIDC issuer of its own deliveries: the issuer URL and how keys and tokens live.
     pub sender_identity: signing_keys::SenderIdentity,
+    /// What ingress holds an event's attributes to (the header limits less a delivery's own headers); a
+    /// Trigger's reply is held to the same before it is stored.
+    pub event_attribute_limits: crate::cloudevent::AttributeLimits,
 }
 
 /// How long a leader waits for a new learner to catch up before it answers

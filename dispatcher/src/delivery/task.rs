@@ -588,6 +588,12 @@ async fn handle_reply(
                 reply
             };
             let reply = to_store();
+            // Held to the attribute limits ingress holds events to, so that what is stored can be delivered.
+            // Regression: a reply of 200 extensions was stored, and every binary-mode delivery of it was refused
+            // (431) and dead-lettered.
+            if let Err(refused) = ctx.node.settings().event_attribute_limits.check(&reply, settings.ttl) {
+                return Err(ReplyError::Invalid(format!("the reply was refused: {}", refused.to_json())));
+            }
             if let Some(authorization) = &spec.reply_authorization {
                 let namespace = &spec.namespace;
                 let subject = &spec.sender_subject;

@@ -47,6 +47,14 @@ async fn a_reply_chain_reaches_the_next_trigger_and_a_loop_stops_at_the_ttl() ->
                 "source": "/looper", "type": "loop", "data": {"hop": true}});
             Reply::status(200).with_header("content-type", "application/cloudevents+json").with_body(body.to_string())
         }
+        Ok(event) if event.get("type") == Some("wide") => {
+            // More attributes than ingress takes (at most 94 with the default header limits).
+            let mut body = json!({"specversion": "1.0", "id": "wide-reply", "source": "/wide", "type": "wide.reply"});
+            for i in 0..120 {
+                body[format!("x{i}")] = json!("v");
+            }
+            Reply::status(200).with_header("content-type", "application/cloudevents+json").with_body(body.to_string())
+        }
         _ => Reply::status(202),
     }))
     .await?;
@@ -98,6 +106,17 @@ async fn a_reply_chain_reaches_the_next_trigger_and_a_loop_stops_at_the_ttl() ->
         .map(|e| format!("{}:{}", e.get("id").unwrap_or_default(), e.get("knativebrokerttl").unwrap_or_default()))
         .collect();
     assert_eq!(hops, ["L:4", "L+:3", "L++:2", "L+++:1"]);
+
+    // Regression: a reply was stored past the attribute limits ingress holds events to, and every binary-mode
+    // delivery of it was refused (431). It is refused as ingress refuses it, and the event is dead-lettered.
+    let wide_dls = Subscriber::start(Subscriber::ok()).await?;
+    let wide =
+        json!({"filter": {"attributes": {"type": "wide"}}, "delivery": {"deadLetterSink": {"uri": wide_dls.url()}}});
+    apply_resource(&admin, trigger_object("default", "wide", "chain", &replier.url(), wide, json!({}))).await?;
+    send_event_accepted(&client, &http, "/default/chain", "W", "wide", &[], "{}").await?;
+    let dead = wide_dls.wait_for(1, Duration::from_secs(60)).await?[0].event()?;
+    assert_eq!(dead.get("id"), Some("W"), "the event whose reply was refused");
+    assert!(dead.get("sluiceerrorreason").is_some_and(|r| r.contains("too many attributes")), "{dead:?}");
     Ok(())
 }
 
