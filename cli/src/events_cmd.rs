@@ -225,6 +225,17 @@ async fn read(args: ReadArgs) -> Result<(), Failure> {
         (None, None) => None,
     };
     let to_time_ms = args.to_time.as_deref().map(|t| time_ms("--to-time", t)).transpose()?;
+    // An empty range is a mistake in the arguments, not an empty stream. Regression: an empty table, exit 0.
+    if let (Some(from), Some(to)) = (args.from_offset, args.to_offset)
+        && to < from
+    {
+        return Err(Failure::usage(format!("--to-offset {to} is before --from-offset {from}")));
+    }
+    if let (Some(from), Some(to)) = (from_time_ms, to_time_ms)
+        && to < from
+    {
+        return Err(Failure::usage("--to-time is before --from-time (or --since)".to_string()));
+    }
     let mut request = ReadEventsRequest {
         target: Some(args.target.to_ref()),
         partition: args.partition,
@@ -432,6 +443,41 @@ fn table_row(event: &LoggedEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Events {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    /// Regression: an empty range printed an empty table and exited 0. Refused before any node is asked.
+    #[tokio::test]
+    async fn regression_a_range_that_ends_before_it_starts_is_a_usage_error() {
+        use clap::Parser;
+        let cases: [&[&str]; 2] = [
+            &["events", "read", "--broker", "b", "--from-offset", "7", "--to-offset", "3"],
+            &[
+                "events",
+                "read",
+                "--broker",
+                "b",
+                "--from-time",
+                "2026-12-02T00:00:00Z",
+                "--to-time",
+                "2026-12-01T00:00:00Z",
+            ],
+        ];
+        for args in cases {
+            let Command::Read(read_args) = Events::parse_from(args.iter().chain(&["--admin", "127.0.0.1:1"])).command
+            else {
+                panic!("read")
+            };
+            match read(read_args).await {
+                Err(Failure::Exit { code, message }) => assert_eq!(code, 2, "{args:?}: {message}"),
+                _ => panic!("{args:?}: not refused as a usage error"),
+            }
+        }
+    }
 
     #[test]
     fn regression_an_event_whose_data_serde_json_cannot_hold_is_shown_not_nulled() {

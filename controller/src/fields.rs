@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-/// One rule an object breaks, at one field.
+/// One rule an object breaks, at one field (the whole object when `path` is empty).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
+#[error("{}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
 pub struct FieldError {
     pub path: String,
     pub message: String,
@@ -278,6 +278,14 @@ pub fn parse_size(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a rule of the whole object (its size) was shown with an empty path, `: the object is…`.
+    #[test]
+    fn a_field_error_names_its_path_and_a_whole_objects_has_none() {
+        let at = |path: &str| FieldError { path: path.into(), message: "m".into() }.to_string();
+        assert_eq!(at("spec.x"), "spec.x: m");
+        assert_eq!(at(""), "m");
+    }
 
     #[test]
     fn dns_names_follow_the_api_servers_rules() {
