@@ -96,6 +96,26 @@ async fn no_committed_event_is_lost_when_the_dispatching_leader_dies() -> anyhow
     Ok(())
 }
 
+/// Three nodes and one partition, with no periodic commit within a test and no automatic transfers (only a
+/// handover moves the offset): its leader, another node to move it to, and node 1's admin and HTTP addresses.
+struct Transferable {
+    cluster: TestCluster,
+    leader: u64,
+    next: u64,
+    admin: String,
+    http: String,
+}
+
+async fn transferable() -> anyhow::Result<Transferable> {
+    let args = ["--dispatch-commit-interval-ms", "600000", "--leader-balance-ms", "0"];
+    let mut cluster = TestCluster::start(3, 1, &args).await?;
+    let leader = cluster.leader_of(1).await?;
+    let next =
+        cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).ok_or_else(|| anyhow::anyhow!("one node"))?;
+    let (admin, http) = (cluster.nodes[0].admin.clone(), cluster.nodes[0].http.clone());
+    Ok(Transferable { cluster, leader, next, admin, http })
+}
+
 /// Regression: with offsets committed once per interval, the next leader of a partition whose leadership was
 /// moved on purpose started from the last interval's offsets and delivered everything since a second time
 /// (about a second of events in each leader-balance transfer of the steady benchmark, docs/benchmarks.md).
@@ -103,13 +123,7 @@ async fn no_committed_event_is_lost_when_the_dispatching_leader_dies() -> anyhow
 async fn a_planned_leadership_transfer_delivers_nothing_twice() -> anyhow::Result<()> {
     const BEFORE: usize = 20;
     const AFTER: usize = 20;
-    // No periodic commit within the test and no automatic transfers: only the handover can move the offset.
-    let args = ["--dispatch-commit-interval-ms", "600000", "--leader-balance-ms", "0"];
-    let mut cluster = TestCluster::start(3, 1, &args).await?;
-    let leader = cluster.leader_of(1).await?;
-    let next =
-        cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).ok_or_else(|| anyhow::anyhow!("one node"))?;
-    let (admin, http) = (cluster.nodes[0].admin.clone(), cluster.nodes[0].http.clone());
+    let Transferable { cluster: _cluster, leader, next, admin, http } = transferable().await?;
     let subscriber = Subscriber::start(Arc::new(|_: &Delivery, _| Reply::status(202))).await?;
     apply_resource(&admin, broker_object("default", "b", json!({}))).await?;
     // Ordered: the next leader's dispatcher delivers from its starting offset in log order, so any event it
@@ -155,12 +169,7 @@ async fn a_planned_leadership_transfer_delivers_nothing_twice() -> anyhow::Resul
 async fn regression_a_planned_transfer_behind_an_event_in_backoff_delivers_only_that_event_again() -> anyhow::Result<()>
 {
     const SETTLED_AFTER: usize = 20;
-    let args = ["--dispatch-commit-interval-ms", "600000", "--leader-balance-ms", "0"];
-    let mut cluster = TestCluster::start(3, 1, &args).await?;
-    let leader = cluster.leader_of(1).await?;
-    let next =
-        cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).ok_or_else(|| anyhow::anyhow!("one node"))?;
-    let (admin, http) = (cluster.nodes[0].admin.clone(), cluster.nodes[0].http.clone());
+    let Transferable { cluster: _cluster, leader, next, admin, http } = transferable().await?;
     let released = Arc::new(AtomicBool::new(false));
     let subscriber_released = released.clone();
     let subscriber = Subscriber::start(Arc::new(move |delivery: &Delivery, _| {
