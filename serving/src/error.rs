@@ -19,8 +19,12 @@ pub enum ServingError {
     /// No instance had room for the request before its `timeoutSeconds` ran out while it waited in the gate: a
     /// 503 with `Retry-After`, as Knative's activator answers a request whose deadline passes in its queue. The
     /// request was never sent, so sending it again cannot repeat anything.
-    #[error("revision {revision} had no instance with room for the request within {waited_ms} ms; it was not sent")]
-    NoCapacity { revision: String, waited_ms: u64 },
+    /// `waiting_for_room`: why no instance could start meanwhile (the node's instance limit), when that was so.
+    #[error(
+        "revision {revision} had no instance with room for the request within {waited_ms} ms; it was not sent{}",
+        waiting_for_room.as_ref().map(|reason| format!(" (no instance could start on this node: {reason})")).unwrap_or_default()
+    )]
+    NoCapacity { revision: String, waited_ms: u64, waiting_for_room: Option<String> },
     #[error("revision {revision} cannot start: {reason}")]
     RevisionFailed { revision: String, reason: String },
     #[error("revision {revision}: {reason}")]

@@ -11,6 +11,7 @@
 
 mod gauges;
 mod instance_events;
+mod start_instance;
 mod starts;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -35,6 +36,7 @@ use crate::runtime::local::free_port;
 use crate::runtime::{Instance, InstanceEvent, InstanceSpec, KillingProbe, ProbeRhythm, Readiness, Runtime};
 use gauges::AutoscalerGauges;
 use instance_events::on_instance_event;
+use start_instance::start_instance;
 use sluice_autoscaler::{Autoscaler, Backlog, Decision, Observation};
 use starts::{
     Failed, FailedStarts, StartVerdict, backoff_left_ms, crash_looping, marks_failed, start_verdict, turned_away,
@@ -114,6 +116,9 @@ struct GateState {
     /// Set while instances of a revision that was ready once keep failing (`starts::crash_looping`), until one
     /// is ready again: requests still wait for a restart, the dispatcher's limit is lifted.
     crash_looping: bool,
+    /// Why the last start of an instance was deferred (the node has no room for it: `--max-local-instances`, a
+    /// fixed port held), until one starts: what a request that times out waiting is told.
+    start_deferred: Option<String>,
     /// Set once the revision stops: no request waits for it any more.
     stopped: bool,
 }
@@ -209,6 +214,7 @@ impl RevisionHandle {
                 meter: Meter::new(monotonic_ms()),
                 failed: None,
                 crash_looping: false,
+                start_deferred: None,
             }),
             ready_capacity: AtomicUsize::new(if run.container_concurrency == 0 { UNLIMITED } else { 0 }),
             run,
@@ -299,7 +305,10 @@ impl RevisionHandle {
             }
             // The guard leaves the queue (and gives back a slot handed out at the last moment). The request was
             // never sent: no capacity (503), not an app that did not answer (504).
-            Err(_) => Err(ServingError::NoCapacity { revision: self.key(), waited_ms: timeout_ms }),
+            Err(_) => {
+                let waiting_for_room = self.state.lock().ok().and_then(|state| state.start_deferred.clone());
+                Err(ServingError::NoCapacity { revision: self.key(), waited_ms: timeout_ms, waiting_for_room })
+            }
         }
     }
 
@@ -732,67 +741,6 @@ fn scale(
             // Full: waits for room (the run's task empties it at every turn); closed: the run stops them all.
             let _ = drained.send(id).await;
         });
-    }
-}
-
-/// Starts one instance; false when it could not be started (recorded as a failure).
-fn start_instance(
-    revision: &Arc<RevisionHandle>,
-    env: &RevisionEnv,
-    events: &mpsc::Sender<InstanceEvent>,
-    instances: &mut Instances,
-) -> bool {
-    instances.next_id += 1;
-    let id = instances.next_id;
-    let run = &revision.run;
-    let port = match (run.port, env.runtime.kind()) {
-        (Some(port), _) => Ok(port),
-        // Each instance listens on a port of its own on this machine; a pod has its own address.
-        (None, ServingRuntime::Local) => free_port(),
-        (None, ServingRuntime::Kubernetes) => Ok(DEFAULT_CONTAINER_PORT),
-    };
-    let started = port.and_then(|port| {
-        let readiness = run.readiness.on_port(port);
-        let spec = InstanceSpec {
-            id,
-            revision: revision.key(),
-            run: revision.run_id.generation,
-            object: run.object.clone(),
-            argv: run.argv.clone(),
-            env: run.env.clone(),
-            working_dir: run.working_dir.clone(),
-            port,
-            fixed_port: run.port.is_some(),
-            readiness,
-            readiness_rhythm: run.readiness_rhythm,
-            startup: run.startup.as_ref().map(|probe| probe.on_port(port)),
-            liveness: run.liveness.as_ref().map(|probe| probe.on_port(port)),
-            progress_deadline: run.progress_deadline.unwrap_or(env.progress_deadline),
-            log: env.logs.revision(&run.namespace, &run.name),
-        };
-        env.runtime.start(spec, events.clone())
-    });
-    match started {
-        Ok(instance) => {
-            metrics::counter!("sluice_serving_instance_starts_total", "revision" => revision.key()).increment(1);
-            if let Ok(mut state) = revision.state.lock() {
-                state.gate.add(id);
-            }
-            instances.running.insert(id, instance);
-            true
-        }
-        Err(e @ ServingError::NoRoom { .. }) => {
-            metrics::counter!("sluice_serving_instance_starts_deferred_total").increment(1);
-            tracing::debug!(revision = %revision.key(), error = %e, "instance start deferred");
-            false
-        }
-        Err(e) => {
-            tracing::warn!(revision = %revision.key(), error = %e, "instance not started");
-            // What the runtime says of a start it could not make (no output of the app's in it).
-            fail(revision, instances, "RunContainerError".into(), e.to_string(), e.to_string());
-            publish_capacity(revision, env);
-            false
-        }
     }
 }
 

@@ -23,7 +23,8 @@ impl Redrive {
     /// past it: delivered, dead-lettered again (by the delivery, as any failed event), or, when it is not
     /// selected or could not be redriven, copied to the stream's end first. So no letter is lost, and a redrive
     /// that stops halfway (the client gone, an error) leaves exactly the letters it did not handle. Letters
-    /// after the last selected one are not touched. `Err(None)`: the client went away.
+    /// after the last selected one are not touched, nor (without a selection) an earlier consumer's letters after
+    /// the last of this one's. `Err(None)`: the client went away.
     pub(super) async fn partition(
         &self,
         partition: u32,
@@ -41,6 +42,11 @@ impl Redrive {
         };
         let Some(last_selected) = last_selected.filter(|last| *last >= start) else { return Ok(()) };
         let ctx = DeliveryContext { node: self.node.clone(), sender: self.sender.clone(), partition, limits: None };
+        // Without a selection, another consumer's letters are moved out of the way only when one of ours lies
+        // after them: those after our last one stay where they are. Regression: every redrive copied them to
+        // the stream's end (a new arrival time each run) though nothing behind them needed the trim.
+        let defer_others = self.selected.is_empty();
+        let (mut others_held, mut others_held_bytes) = (Vec::new(), 0usize);
         let mut from = start;
         while from <= last_selected {
             let letters = self
@@ -54,12 +60,29 @@ impl Redrive {
                     return Err(why);
                 }
                 let offset = record.offset;
+                let stored_bytes = record.payload.len();
                 let letter = Letter::decode(&self.stream, offset, record.arrival_ms, record.payload);
                 // Another consumer's letter is kept as one not selected: never sent to this one's subscriber.
                 let ours = match &letter {
                     Letter::Event { event, .. } => letter_is_ours(event, &self.spec.uid),
                     Letter::Undecodable { .. } => true,
                 };
+                if defer_others && !ours {
+                    others_held_bytes += stored_bytes;
+                    others_held.push((offset, letter));
+                    if others_held_bytes > REDRIVE_BATCH_BYTES {
+                        // Too many to hold: moved out of the way now, as a selection's unselected letters are.
+                        for (held_offset, held) in others_held.drain(..) {
+                            self.handle(&ctx, partition, held_offset, held, false, progress, tx).await?;
+                        }
+                        others_held_bytes = 0;
+                    }
+                    continue;
+                }
+                for (held_offset, held) in others_held.drain(..) {
+                    self.handle(&ctx, partition, held_offset, held, false, progress, tx).await?;
+                }
+                others_held_bytes = 0;
                 self.handle(&ctx, partition, offset, letter, is_selected(offset) && ours, progress, tx).await?;
             }
         }

@@ -13,6 +13,7 @@ fn gate_state(container_concurrency: u32, queue_limit: usize) -> GateState {
         meter: Meter::new(monotonic_ms()),
         failed: None,
         crash_looping: false,
+        start_deferred: None,
         stopped: false,
     }
 }
@@ -234,7 +235,7 @@ async fn a_request_whose_wait_for_a_slot_times_out_is_a_503_and_was_not_sent() {
     // No instance yet: the request waits, and its time runs out.
     let waited = handle.acquire(20).await.err().expect("no slot without an instance");
     assert!(
-        matches!(&waited, ServingError::NoCapacity { revision, waited_ms: 20 } if revision == "default/waits-00001"),
+        matches!(&waited, ServingError::NoCapacity { revision, waited_ms: 20, waiting_for_room: None } if revision == "default/waits-00001"),
         "{waited:?}"
     );
     assert_eq!(waited.status_code(), axum::http::StatusCode::SERVICE_UNAVAILABLE);

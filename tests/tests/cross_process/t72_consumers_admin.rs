@@ -11,8 +11,8 @@ use sluice_proto::admin::consumers_client::ConsumersClient;
 use sluice_proto::admin::dead_letters_client::DeadLettersClient;
 use sluice_proto::admin::resources_client::ResourcesClient;
 use sluice_proto::admin::{
-    ApplyResourceRequest, ConsumerRef, DeadLetterPosition, ListDeadLettersRequest, PurgeRequest, RedriveProgress,
-    RedriveRequest, ReplayRequest, ResourceRef, replay_request,
+    ApplyResourceRequest, ConsumerRef, DeadLetterList, DeadLetterPosition, ListDeadLettersRequest, PurgeRequest,
+    RedriveProgress, RedriveRequest, ReplayRequest, ResourceRef, replay_request,
 };
 use sluice_tests::subscriber::{Delivery, Gate, Reply, Subscriber};
 use sluice_tests::{TestCluster, apply_resource, broker_object, send_event_accepted, trigger_object, wait_until};
@@ -562,6 +562,11 @@ async fn regression_a_trigger_made_again_under_its_name_never_redrives_the_old_o
     assert_eq!(last.map(|l| (l.done, l.delivered, l.failed)), Some((true, 0, 0)));
     assert!(taking.deliveries().is_empty(), "nothing of Broker a reached the new subscriber");
     wait_until(Duration::from_secs(10), || async { Ok((listed(&dlq).await?.total == 1).then_some(())) }).await?;
+    // Regression: every redrive copied the old letter to the stream's end (a new position and arrival time),
+    // though no letter of the new Trigger lay behind it.
+    let after = listed(&dlq).await?;
+    let position = |l: &DeadLetterList| l.dead_letters.iter().map(|d| (d.partition, d.offset)).collect::<Vec<_>>();
+    assert_eq!(position(&after), position(&list), "the old letter was left where it was");
     let purged = dlq.purge(PurgeRequest { consumer: Some(trigger("t")) }).await?.into_inner();
     assert_eq!(purged.purged, 1, "purge removes it");
     Ok(())

@@ -823,6 +823,30 @@ async fn a_revision_of_initial_scale_zero_is_ready_without_instances_and_starts_
     Ok(())
 }
 
+/// Regression: a revision that could not start because the node ran `--max-local-instances` already held its
+/// requests to their timeout, then answered only that no instance had room (and a debug line said why). The 503
+/// now names the limit, and the node warns once per wait.
+#[tokio::test]
+async fn a_request_to_a_revision_the_node_has_no_room_for_is_told_why() -> Result<()> {
+    let mut args = QUICK_ZERO.to_vec();
+    args.extend(["--autoscaler", "allow-zero-initial-scale=true", "--max-local-instances", "1"]);
+    let (_dir, node) = start_single_node(1, &args).await?;
+    let (admin, http) = (node.admin.clone(), node.http.clone());
+    let zero = json!({"autoscaling.knative.dev/initial-scale": "0"});
+    apply_resource(&admin, service("lazy", json!([]), zero, json!({"timeoutSeconds": 2}))).await?;
+    wait_ready(&admin, "Service", "lazy").await?;
+    let resident = json!({"autoscaling.knative.dev/min-scale": "1"});
+    apply_resource(&admin, service("resident", json!([]), resident, json!({}))).await?;
+    wait_ready(&admin, "Service", "resident").await?;
+    let client = client(&http, &["lazy.default.localhost"])?;
+    let response = client.get(url("lazy.default.localhost", &http, "/")).send().await?;
+    assert_eq!(response.status().as_u16(), 503, "the node's one instance is the other revision's");
+    let body: Value = response.json().await?;
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("it was not sent") && error.contains("--max-local-instances"), "{body}");
+    Ok(())
+}
+
 /// Regression: a `containerPort` something else listens on (here the node's own HTTP port, as `containerPort:
 /// 8080` in Knative's samples is on a node of the default settings) failed every start, saying a program Sluice
 /// did not start held it. The instance now gets a port of its own in `PORT`, as in a rollout.
