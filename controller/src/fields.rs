@@ -32,6 +32,59 @@ fn is_dns_label_chars(b: &[u8]) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
+/// Kubernetes' qualified name, the syntax of label and annotation keys: a name of at most 63 letters, digits, '-',
+/// '_' and '.', starting and ending with a letter or digit, after an optional DNS-1123 subdomain prefix and '/'.
+/// The rule `key` breaks, in the API server's words, else `None`.
+pub fn qualified_name_error(key: &str) -> Option<String> {
+    const NAME_RULE: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an \
+                             alphanumeric character (e.g. 'MyName', 'my.name' or '123-abc')";
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    match prefix {
+        Some("") => return Some("prefix part must be non-empty".into()),
+        Some(prefix) if !is_dns_subdomain(prefix) => {
+            return Some(format!(
+                "prefix part {prefix:?} must be a lowercase DNS-1123 subdomain (e.g. 'example.com'), at most 253 \
+                 characters"
+            ));
+        }
+        _ => {}
+    }
+    if name.is_empty() {
+        Some("name part must be non-empty".into())
+    } else if name.len() > 63 {
+        Some(format!("name part must be no more than 63 characters (has {})", name.len()))
+    } else if !is_label_value_chars(name.as_bytes()) {
+        Some(format!("name part {NAME_RULE}"))
+    } else {
+        None
+    }
+}
+
+/// Kubernetes' label value: empty, or at most 63 characters of a qualified name's name part. The rule broken,
+/// else `None`.
+pub fn label_value_error(value: &str) -> Option<String> {
+    if value.len() > 63 {
+        Some(format!("must be no more than 63 characters (has {})", value.len()))
+    } else if !value.is_empty() && !is_label_value_chars(value.as_bytes()) {
+        Some(
+            "a label value must be empty or consist of alphanumeric characters, '-', '_' or '.', and must start and \
+             end with an alphanumeric character"
+                .into(),
+        )
+    } else {
+        None
+    }
+}
+
+fn is_label_value_chars(b: &[u8]) -> bool {
+    let inner = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
+    matches!((b.first(), b.last()), (Some(first), Some(last)) if first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric())
+        && b.iter().all(inner)
+}
+
 /// DNS-1035 label (Knative's revision names and traffic tags): like a DNS-1123 label, starting with a letter.
 pub fn is_dns_1035_label(s: &str) -> bool {
     is_dns_label(s) && s.as_bytes()[0].is_ascii_lowercase()
@@ -314,6 +367,35 @@ mod tests {
             assert_eq!(is_dns_label(name), label, "label {name:?}");
             assert_eq!(is_dns_subdomain(name), subdomain, "subdomain {name:?}");
             assert_eq!(is_dns_1035_label(name), label_1035, "1035 label {name:?}");
+        }
+    }
+
+    #[test]
+    fn qualified_names_and_label_values() {
+        let name_63 = "n".repeat(63);
+        let prefixed_max = format!("{}/{name_63}", "p".repeat(253));
+        // (key, a qualified name, a label value)
+        let cases: [(&str, bool, bool); 16] = [
+            ("app", true, true),
+            ("My_App.v1-2", true, true),
+            ("example.com/name", true, false),
+            (&prefixed_max, true, false),
+            (&name_63, true, true),
+            (&"n".repeat(64), false, false),
+            ("", false, true),
+            ("-a", false, false),
+            ("a_", false, false),
+            ("a b", false, false),
+            ("Example.com/name", false, false),
+            ("/name", false, false),
+            ("example.com/", false, false),
+            ("a/b/c", false, false),
+            ("x.", false, false),
+            ("ünï", false, false),
+        ];
+        for (key, qualified, label_value) in cases {
+            assert_eq!(qualified_name_error(key).is_none(), qualified, "qualified name {key:?}");
+            assert_eq!(label_value_error(key).is_none(), label_value, "label value {key:?}");
         }
     }
 

@@ -36,8 +36,8 @@ use crate::runtime::local::free_port;
 use crate::runtime::{Instance, InstanceEvent, InstanceSpec, KillingProbe, ProbeRhythm, Readiness, Runtime};
 use gauges::AutoscalerGauges;
 use instance_events::on_instance_event;
-use start_instance::start_instance;
 use sluice_autoscaler::{Autoscaler, Backlog, Decision, Observation};
+use start_instance::start_instance;
 use starts::{
     Failed, FailedStarts, StartVerdict, backoff_left_ms, crash_looping, marks_failed, start_verdict, turned_away,
 };

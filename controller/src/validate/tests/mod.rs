@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::*;
 
 mod allow_list;
+mod metadata;
 
 fn broker() -> Value {
     json!({
