@@ -184,6 +184,11 @@ impl CloudEvent {
 
     /// Appends [`CloudEvent::to_json_string`]'s text to `out`: a batch is written into one buffer.
     pub fn write_json(&self, out: &mut String) {
+        self.write_json_without(out, None);
+    }
+
+    /// [`CloudEvent::write_json`] without the attribute `omitted` (one its sender keeps to itself).
+    pub fn write_json_without(&self, out: &mut String, omitted: Option<&str>) {
         out.push('{');
         let mut first_member = true;
         let mut member = |out: &mut String, name: &str| {
@@ -194,6 +199,9 @@ impl CloudEvent {
             out.push(':');
         };
         for (name, value) in &self.attributes {
+            if omitted == Some(name.as_str()) {
+                continue;
+            }
             member(out, name);
             match value {
                 AttrValue::String(s) => push_json_string(out, s),

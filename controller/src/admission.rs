@@ -79,6 +79,14 @@ fn label_trigger_with_its_broker(object: &mut Value) {
     let Some(broker) = object.pointer("/spec/broker").and_then(Value::as_str).filter(|b| !b.is_empty()) else {
         return;
     };
+    // A Broker's name may be a DNS-1123 subdomain of up to 253 characters, a label value at most 63: a longer name
+    // gets no label (on Kubernetes the API server would refuse the labelled Trigger; here it would fail validation).
+    if crate::fields::label_value_error(broker).is_some() {
+        if let Some(labels) = object.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
+            labels.remove(BROKER_LABEL);
+        }
+        return;
+    }
     let broker = Value::from(broker);
     let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) else { return };
     let labels = metadata.entry("labels").or_insert_with(|| json!({}));
@@ -277,6 +285,14 @@ mod tests {
         let admitted = admitted(trigger, None);
         assert_eq!(admitted["metadata"]["labels"], json!({"team": "a", BROKER_LABEL: "default"}));
         assert_eq!(admitted["metadata"]["namespace"], "default");
+        let long = format!("{}.{}", "a".repeat(63), "b".repeat(63));
+        let to_a_long_name = json!({"kind": "Trigger", "metadata": {"name": "t", "labels": {BROKER_LABEL: "other"}},
+            "spec": {"broker": long}});
+        assert_eq!(
+            super::admitted(to_a_long_name, None)["metadata"]["labels"],
+            json!({}),
+            "no label value past 63 characters"
+        );
         let by_reference = json!({"kind": "Trigger", "metadata": {"name": "t"}, "spec": {"brokerRef": {"name": "b"}}});
         assert!(super::admitted(by_reference, None).pointer("/metadata/labels").is_none());
     }

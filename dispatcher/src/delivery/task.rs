@@ -21,7 +21,7 @@ use sluice_cloudevent::{AttrValue, CloudEvent};
 use crate::capacity::{DeliverySlot, DestinationLimits};
 use crate::consumer::{CONSUMER_UID_ATTRIBUTE, ConsumerSpec, DeadLetterMode, Format, Protocol, ReplyTarget};
 use crate::delivery::policy::{FailureReason, Outcome, RetryAfter, Step, classify, next_step_jittered};
-use crate::delivery::sender::{AttemptResult, MAX_ERROR_DATA_BYTES, ReplyUse, Sender, redacted_url};
+use crate::delivery::sender::{AttemptResult, BROKER_TTL, MAX_ERROR_DATA_BYTES, ReplyUse, Sender, redacted_url};
 use append_retry::{REPLY_APPEND_RETRY_FOR, append_retry_wait_ms, reply_append_wait};
 use reply::{ReplyDone, ReplyError, handle_reply};
 /// Largest reply event accepted from a subscriber (encoded).
@@ -127,6 +127,8 @@ enum Payload<'a> {
     Event {
         format: Format,
         event: &'a CloudEvent,
+        /// The attribute not sent: the Broker's TTL to a subscriber (`sender::BROKER_TTL`), none to a sink.
+        withheld: Option<&'static str>,
     },
     /// In batched mode, in this order, with the most bytes their JSON array takes (`sender::batch_member_bound`).
     Batch(&'a [(u64, Arc<CloudEvent>)], usize),
@@ -152,8 +154,11 @@ async fn send_with_retries(
         let (token, timeout_ms) = (token.as_deref(), spec.policy.timeout_ms);
         let protocol = protocol_towards(url, &spec.subscriber_uri, spec.protocol);
         let result = match payload {
-            Payload::Event { format, event } => {
-                ctx.sender.send(url, ca_certs, protocol, format, event, token, timeout_ms, now_ms(), reply_use).await
+            Payload::Event { format, event, withheld } => {
+                let now_ms = now_ms();
+                ctx.sender
+                    .send(url, ca_certs, protocol, format, event, token, timeout_ms, now_ms, reply_use, withheld)
+                    .await
             }
             Payload::Batch(events, bound) => {
                 ctx.sender.send_batch(url, ca_certs, protocol, events, bound, token, timeout_ms, now_ms()).await
@@ -384,7 +389,7 @@ pub(crate) async fn deliver(
         ReplyTarget::Discard => ReplyUse::Discarded,
         ReplyTarget::Broker { .. } | ReplyTarget::Uri(_) => ReplyUse::Wanted,
     };
-    let payload = Payload::Event { format: spec.format, event };
+    let payload = Payload::Event { format: spec.format, event, withheld: Some(BROKER_TTL) };
     match send_with_retries(ctx, spec, &spec.subscriber_uri, payload, reply_use, &mut judge, slot).await {
         Sent::Done { attempts } => {
             // The response is gone by now; a reply that could not go on is dead-lettered before the event
@@ -567,7 +572,7 @@ async fn dead_letter_event(
 ) -> DeadLettered {
     let mut dead = with_error_attributes(event, &failure, offset);
     if let Some(sink) = &spec.dead_letter_uri {
-        let payload = Payload::Event { format: spec.format, event: &dead };
+        let payload = Payload::Event { format: spec.format, event: &dead, withheld: None };
         // The sink is not the subscriber: no place in the subscriber's limit.
         match send_with_retries(ctx, spec, sink, payload, ReplyUse::Discarded, &mut ByStatus, &mut None).await {
             Sent::Done { .. } => {

@@ -1,5 +1,6 @@
 //! Replies: a subscriber's 200 with an event goes back into the broker through the log (and on to the next
-//! Trigger), one hop further (`knativebrokerttl` - 1); a reply loop stops when the TTL runs out; a
+//! Trigger), one hop further (`knativebrokerttl` - 1, kept by the Broker and not sent to subscribers); a reply loop
+//! stops when the TTL runs out; a
 //! Subscription's reply goes to its `spec.reply`; a reply whose partition's leader stops answering is stored
 //! through the next leader, not dead-lettered.
 
@@ -9,15 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use sluice_cloudevent::stable_hash;
+use sluice_cloudevent::{AttrValue, stable_hash};
 use sluice_proto::admin::TransferLeaderRequest;
 use sluice_proto::admin::cluster_client::ClusterClient;
 use sluice_tests::subscriber::{Delivery, Reply, Subscriber};
 
 use super::t60_dispatch::wait_until_consumers_idle;
 use sluice_tests::{
-    TestCluster, apply_resource, broker_object, in_memory_channel_object, metric_sum_at, send_event_accepted,
-    start_single_node, subscription_object, trigger_object,
+    TestCluster, apply_resource, broker_object, in_memory_channel_object, metric_sum_at, read_events,
+    send_event_accepted, start_single_node, subscription_object, trigger_object,
 };
 
 fn binary_reply(id: String, event_type: &str) -> Reply {
@@ -75,12 +76,19 @@ async fn a_reply_chain_reaches_the_next_trigger_and_a_loop_stops_at_the_ttl() ->
     for delivery in &replies {
         let event = delivery.event()?;
         assert_eq!(event.get("type"), Some("step.two"));
-        assert_eq!(event.get("knativebrokerttl"), Some("254"), "one hop further than the original (255)");
+        // Regression: every subscriber got the Broker's TTL; Knative's broker deletes it before sending.
+        assert_eq!(event.get("knativebrokerttl"), None, "the Broker's TTL is not sent to a subscriber");
         assert_eq!(delivery.body.as_ref(), b"reply body", "reply data unchanged");
         ids.push(event.get("id").unwrap_or_default().to_string());
     }
     ids.sort();
     assert_eq!(ids, (0..5).map(|i| format!("reply-e{i}")).collect::<Vec<_>>());
+    let stored = read_events(&admin, "broker/default/chain", 2).await?;
+    let stored_replies: Vec<_> = stored.iter().filter(|e| e.get_str("type") == Some("step.two")).collect();
+    assert_eq!(stored_replies.len(), 5);
+    for reply in stored_replies {
+        assert_eq!(reply.get("knativebrokerttl"), Some(&AttrValue::Integer(254)), "one hop further than 255");
+    }
 
     // Loop: a broker with TTL 4; the looping Trigger sees TTL 4, 3, 2, 1, then the reply is dead-lettered.
     apply_resource(&admin, broker_object("default", "loop", json!({"sluice.dev/ttl": "4"}))).await?;
@@ -103,9 +111,22 @@ async fn a_reply_chain_reaches_the_next_trigger_and_a_loop_stops_at_the_ttl() ->
         .iter()
         .filter(|d| d.path == "/loop")
         .filter_map(|d| d.event().ok())
-        .map(|e| format!("{}:{}", e.get("id").unwrap_or_default(), e.get("knativebrokerttl").unwrap_or_default()))
+        .map(|e| format!("{}:{}", e.get("id").unwrap_or_default(), e.get("knativebrokerttl").unwrap_or("none")))
         .collect();
-    assert_eq!(hops, ["L:4", "L+:3", "L++:2", "L+++:1"]);
+    assert_eq!(hops, ["L:none", "L+:none", "L++:none", "L+++:none"], "the subscriber sees no TTL");
+    let mut stored: Vec<String> = read_events(&admin, "broker/default/loop", 2)
+        .await?
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e.get_str("id").unwrap_or_default(),
+                e.get("knativebrokerttl").map(|t| t.canonical()).unwrap_or_default()
+            )
+        })
+        .collect();
+    stored.sort();
+    assert_eq!(stored, ["L+++:1", "L++:2", "L+:3", "L:4"], "each reply stored one hop further");
 
     // Regression: a reply was stored past the attribute limits ingress holds events to, and every binary-mode
     // delivery of it was refused (431). It is refused as ingress refuses it, and the event is dead-lettered.

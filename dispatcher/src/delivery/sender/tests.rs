@@ -127,12 +127,14 @@ fn event() -> CloudEvent {
 async fn regression_idle_connection_closed_as_it_is_reused_loses_no_event() {
     let (url, requests) = closing_subscriber(true).await;
     let sender = Sender::new(None).expect("client");
-    let first =
-        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
+    let first = sender
+        .send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted, None)
+        .await;
     assert_eq!(first.status, Some(202), "{first:?}");
     // Goes out on the kept-alive connection, which the subscriber closes: sent again on a new one.
-    let second =
-        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
+    let second = sender
+        .send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted, None)
+        .await;
     assert_eq!(second.status, Some(202), "{second:?}");
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
@@ -174,12 +176,24 @@ async fn an_invalid_url_or_ca_is_unsendable_not_a_network_error() {
     let sender = Sender::new(None).expect("client");
     let bad_ca: Arc<str> = Arc::from("not a pem");
     for (url, ca) in [("http://svc:8o80/", None), ("https://127.0.0.1:9/", Some(&bad_ca))] {
-        let result =
-            sender.send(url, ca, Protocol::Http1, Format::Binary, &event(), None, 1_000, 0, ReplyUse::Wanted).await;
+        let result = sender
+            .send(url, ca, Protocol::Http1, Format::Binary, &event(), None, 1_000, 0, ReplyUse::Wanted, None)
+            .await;
         assert!(result.unsendable && result.status.is_none() && result.error.is_some(), "{url}: {result:?}");
     }
     let refused = sender
-        .send("http://127.0.0.1:9/", None, Protocol::Http1, Format::Binary, &event(), None, 1_000, 0, ReplyUse::Wanted)
+        .send(
+            "http://127.0.0.1:9/",
+            None,
+            Protocol::Http1,
+            Format::Binary,
+            &event(),
+            None,
+            1_000,
+            0,
+            ReplyUse::Wanted,
+            None,
+        )
         .await;
     assert!(!refused.unsendable && refused.error.is_some(), "a connection refused may pass: {refused:?}");
 }
@@ -210,8 +224,9 @@ async fn a_localhost_name_reaches_loopback_over_plain_http() {
     let port = url.trim_end_matches('/').rsplit(':').next().expect("a port").to_string();
     let sender = Sender::new(None).expect("client");
     let url = format!("http://hello.default.localhost:{port}/");
-    let result =
-        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
+    let result = sender
+        .send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted, None)
+        .await;
     assert_eq!(result.status, Some(202), "{result:?}");
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
@@ -229,7 +244,7 @@ async fn a_subscriber_that_never_answers_times_out_with_no_status() {
     });
     let sender = Sender::new(None).expect("client");
     let result =
-        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 200, 0, ReplyUse::Wanted).await;
+        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 200, 0, ReplyUse::Wanted, None).await;
     assert_eq!(result.status, None, "{result:?}");
     assert_eq!(result.error.as_deref(), Some("no response within 200 ms"));
 }
@@ -278,7 +293,7 @@ async fn attempt_with_a_binary_reply(content_length: usize) -> AttemptResult {
     );
     let url = raw_subscriber(head, vec![b'x'; 2000]).await;
     let sender = Sender::new(None).expect("client");
-    sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await
+    sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted, None).await
 }
 
 /// Regression: a reply whose body was cut off (the connection closed before `Content-Length` bytes) was
@@ -312,13 +327,15 @@ async fn a_discarded_reply_is_read_within_its_small_limit_and_never_parsed() {
     let url = raw_subscriber(head, vec![b'x'; data_bytes]).await;
     let sender = Sender::new(None).expect("client");
 
-    let wanted =
-        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
+    let wanted = sender
+        .send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted, None)
+        .await;
     let reply = wanted.reply.expect("a reply").expect("a valid reply");
     assert!(matches!(&reply.data, Some(cloudevent::EventData::Bytes(data)) if data.len() == data_bytes), "{reply:?}");
 
-    let discarded =
-        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Discarded).await;
+    let discarded = sender
+        .send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Discarded, None)
+        .await;
     assert_eq!(discarded.status, Some(200));
     assert!(discarded.reply.is_none(), "a discarded reply is not parsed: {:?}", discarded.reply);
     assert!(
@@ -339,8 +356,9 @@ async fn a_2xx_without_an_event_is_read_within_the_small_limit_though_a_reply_is
     let head = format!("HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {body_bytes}\r\n\r\n");
     let url = raw_subscriber(head, vec![b'x'; body_bytes]).await;
     let sender = Sender::new(None).expect("client");
-    let result =
-        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
+    let result = sender
+        .send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted, None)
+        .await;
     assert_eq!(result.status, Some(200));
     assert!(result.reply.is_none() && result.reply_cut.is_none() && result.error.is_none(), "{result:?}");
     assert_eq!(result.body.len(), MAX_DISCARDED_BODY_BYTES, "read no further than a discarded body's limit");
@@ -370,8 +388,9 @@ async fn a_closed_port_is_a_connection_failure_and_not_resent() {
     let url = format!("http://{}/", listener.local_addr().expect("address"));
     drop(listener);
     let sender = Sender::new(None).expect("client");
-    let result =
-        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
+    let result = sender
+        .send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted, None)
+        .await;
     assert_eq!(result.status, None, "{result:?}");
     let error = result.error.expect("an error");
     assert!(error.starts_with("connection failed"), "{error}");
@@ -384,8 +403,9 @@ async fn a_closed_port_is_a_connection_failure_and_not_resent() {
 async fn regression_a_subscriber_that_drops_a_new_connection_is_not_sent_the_request_again() {
     let (url, requests) = closing_subscriber(false).await;
     let sender = Sender::new(None).expect("client");
-    let result =
-        sender.send(&url, None, Protocol::Http1, Format::Structured, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
+    let result = sender
+        .send(&url, None, Protocol::Http1, Format::Structured, &event(), None, 5_000, 0, ReplyUse::Wanted, None)
+        .await;
     assert_eq!(result.status, None, "{result:?}");
     assert!(result.error.is_some());
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -400,8 +420,9 @@ async fn of_an_error_page_only_the_first_kib_is_read() {
     let head = format!("HTTP/1.1 503 Service Unavailable\r\ncontent-length: {}\r\n\r\n", page.len());
     let url = raw_subscriber(head, page).await;
     let sender = Sender::new(None).expect("client");
-    let result =
-        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
+    let result = sender
+        .send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted, None)
+        .await;
     assert_eq!(result.status, Some(503));
     assert_eq!(result.body.len(), MAX_ERROR_DATA_BYTES);
     assert_eq!(result.error, None, "{result:?}");
@@ -486,7 +507,7 @@ fn a_content_type_with_bytes_past_ascii_is_sent_as_they_are() {
     )
     .expect("a valid event");
     let uri: http::Uri = "http://s.example/".parse().expect("uri");
-    let request = build_request(&uri, Format::Binary, &event, None);
+    let request = build_request(&uri, Format::Binary, &event, None, None);
     let content_type = request.headers().get(http::header::CONTENT_TYPE).expect("a Content-Type");
     assert_eq!(content_type.as_bytes(), "text/plain; name=\"résumé.txt\"".as_bytes());
 }
@@ -503,7 +524,7 @@ fn an_event_whose_data_is_an_event_goes_in_structured_mode() {
     for content_type in ["application/cloudevents+json", "application/cloudevents-batch+json; charset=utf-8"] {
         let mut event = outer.clone();
         event.attributes.insert("datacontenttype".into(), cloudevent::AttrValue::String(content_type.into()));
-        let request = build_request(&uri, Format::Binary, &event, None);
+        let request = build_request(&uri, Format::Binary, &event, None, None);
         let sent = request.headers().get(http::header::CONTENT_TYPE).and_then(|c| c.to_str().ok());
         assert_eq!(sent.map(|c| cloudevent::media_essence(c).0), Some("application/cloudevents+json".into()));
         assert!(!request.headers().contains_key("ce-id"), "structured: no ce- headers");
@@ -513,7 +534,7 @@ fn an_event_whose_data_is_an_event_goes_in_structured_mode() {
     // Any other data type stays binary.
     let plain = cloudevent::from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{}}"#)
         .expect("a valid event");
-    let request = build_request(&uri, Format::Binary, &plain, None);
+    let request = build_request(&uri, Format::Binary, &plain, None, None);
     assert_eq!(request.headers().get("ce-id").and_then(|v| v.to_str().ok()), Some("1"));
 }
 
@@ -593,7 +614,8 @@ async fn an_unfinished_error_page_settles_the_attempt_after_the_grace_with_what_
     let head = "HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n";
     let url = unfinished_body_subscriber(head, b"partial page").await;
     let (sender, event) = (Sender::new(None).expect("client"), event());
-    let attempt = sender.send(&url, None, Protocol::Http1, Format::Binary, &event, None, 20_000, 0, ReplyUse::Wanted);
+    let attempt =
+        sender.send(&url, None, Protocol::Http1, Format::Binary, &event, None, 20_000, 0, ReplyUse::Wanted, None);
     let result = tokio::time::timeout(SETTLED_WITHIN, attempt).await.expect("settled long before the 20 s timeout");
     assert_eq!(result.status, Some(503), "{result:?}");
     assert_eq!(result.body.as_ref(), b"partial page", "what came is kept for knativeerrordata");
@@ -608,7 +630,7 @@ async fn an_unfinished_discarded_body_settles_the_attempt_after_the_grace() {
     let url = unfinished_body_subscriber(head, b"never ends").await;
     let (sender, event) = (Sender::new(None).expect("client"), event());
     let attempt =
-        sender.send(&url, None, Protocol::Http1, Format::Binary, &event, None, 20_000, 0, ReplyUse::Discarded);
+        sender.send(&url, None, Protocol::Http1, Format::Binary, &event, None, 20_000, 0, ReplyUse::Discarded, None);
     let result = tokio::time::timeout(SETTLED_WITHIN, attempt).await.expect("settled long before the 20 s timeout");
     assert_eq!(result.status, Some(200), "{result:?}");
     assert_eq!(result.body.as_ref(), b"never ends");
@@ -624,8 +646,9 @@ async fn an_unfinished_reply_is_read_until_the_deadline_and_counts_as_cut_off() 
     let url = unfinished_body_subscriber(head, b"partial").await;
     let sender = Sender::new(None).expect("client");
     let started = tokio::time::Instant::now();
-    let result =
-        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 1_500, 0, ReplyUse::Wanted).await;
+    let result = sender
+        .send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 1_500, 0, ReplyUse::Wanted, None)
+        .await;
     assert!(started.elapsed() >= Duration::from_millis(1_450), "read past the grace: {:?}", started.elapsed());
     assert_eq!(result.status, Some(200), "{result:?}");
     assert!(result.reply.is_none(), "a cut-off reply is never parsed: {result:?}");
@@ -643,8 +666,9 @@ async fn a_urls_userinfo_is_sent_as_basic_authentication_and_not_as_the_host() {
     let address = url.trim_start_matches("http://").trim_end_matches('/').to_string();
     let sender = Sender::new(None).expect("client");
     let url = format!("http://us%40er:p%3Ass@{address}/path?q=1");
-    let result =
-        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted).await;
+    let result = sender
+        .send(&url, None, Protocol::Http1, Format::Binary, &event(), None, 5_000, 0, ReplyUse::Wanted, None)
+        .await;
     assert_eq!(result.status, Some(202), "{result:?}");
     let head = heads.lock().expect("heads").first().cloned().expect("one request");
     let basic = base64::engine::general_purpose::STANDARD.encode("us@er:p:ss").to_lowercase();
@@ -652,8 +676,9 @@ async fn a_urls_userinfo_is_sent_as_basic_authentication_and_not_as_the_host() {
     assert!(head.contains(&format!("\r\nauthorization: basic {basic}\r\n")), "{head}");
     assert!(head.contains(&format!("\r\nhost: {address}\r\n")) && !head.contains("p%3ass"), "{head}");
     // A token of the delivery's own (OIDC) wins, as in Go's client.
-    let with_token =
-        sender.send(&url, None, Protocol::Http1, Format::Binary, &event(), Some("t"), 5_000, 0, ReplyUse::Wanted).await;
+    let with_token = sender
+        .send(&url, None, Protocol::Http1, Format::Binary, &event(), Some("t"), 5_000, 0, ReplyUse::Wanted, None)
+        .await;
     assert_eq!(with_token.status, Some(202), "{with_token:?}");
     let head = heads.lock().expect("heads").get(1).cloned().expect("two requests");
     assert!(head.contains("\r\nauthorization: bearer t\r\n") && !head.contains("basic"), "{head}");
@@ -671,4 +696,25 @@ fn a_urls_password_is_redacted() {
     for (url, shown) in table {
         assert_eq!(redacted_url(url), shown, "{url}");
     }
+}
+
+/// Regression: every subscriber got the Broker's `knativebrokerttl`, which Knative's broker deletes before it sends an
+/// event to a Trigger's subscriber. Withheld in every mode from a subscriber; a dead-letter sink still gets it.
+#[test]
+fn the_brokers_ttl_is_withheld_from_subscribers_and_sent_to_a_sink() {
+    let mut with_ttl = event();
+    with_ttl.attributes.insert(BROKER_TTL.into(), cloudevent::AttrValue::Integer(254));
+    let uri: http::Uri = "http://s.example/".parse().expect("uri");
+    let binary = build_request(&uri, Format::Binary, &with_ttl, None, Some(BROKER_TTL));
+    assert!(!binary.headers().contains_key("ce-knativebrokerttl"), "{:?}", binary.headers());
+    assert!(binary.headers().contains_key("ce-id"), "the other attributes go");
+    let structured = build_request(&uri, Format::Structured, &with_ttl, None, Some(BROKER_TTL));
+    let received = cloudevent::from_structured(structured.body()).expect("the event");
+    let mut expected = with_ttl.clone();
+    expected.attributes.remove(BROKER_TTL);
+    assert_eq!(received, expected, "the event whole but its TTL");
+    let body = batch_body(std::iter::once(&with_ttl), batch_member_bound(&with_ttl));
+    assert_eq!(cloudevent::from_batch(&body, 10).expect("a valid batch"), [expected]);
+    let to_sink = build_request(&uri, Format::Binary, &with_ttl, None, None);
+    assert_eq!(to_sink.headers().get("ce-knativebrokerttl").and_then(|v| v.to_str().ok()), Some("254"));
 }

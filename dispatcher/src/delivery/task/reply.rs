@@ -170,6 +170,7 @@ pub(super) async fn handle_reply(
                     spec.policy.timeout_ms,
                     now_ms(),
                     ReplyUse::Discarded,
+                    None,
                 )
                 .await;
             match classify(result.status) {
