@@ -161,20 +161,53 @@ fn prepare(
         }
         payloads.push(Bytes::from(encoded));
         if settings.dedupe_window.is_some() {
-            let (source, id) = (event.get_str("source").unwrap_or_default(), event.get_str("id").unwrap_or_default());
-            let mut key = Vec::with_capacity(source.len() + 1 + id.len());
-            key.extend_from_slice(source.as_bytes());
-            key.push(0);
-            key.extend_from_slice(id.as_bytes());
-            keys.push(Bytes::from(key));
+            keys.push(dedupe_key(event));
         }
     }
     Ok(Prepared { payloads, keys })
 }
 
+/// An event's dedupe key: `source` NUL `id`, and for a dead letter NUL the destination that failed
+/// (`knativeerrordest`). Each Trigger that fails an event dead-letters it with its own destination, so a
+/// dead-letter sink that is a Broker keeps one letter per failure, and a retried delivery of one letter is
+/// still a duplicate. Regression: two Triggers' dead letters of one event were one key, and the second was
+/// acknowledged and dropped.
+fn dedupe_key(event: &CloudEvent) -> Bytes {
+    let (source, id) = (event.get_str("source").unwrap_or_default(), event.get_str("id").unwrap_or_default());
+    let failed_destination = event.get_str("knativeerrordest");
+    let mut key = Vec::with_capacity(source.len() + 1 + id.len() + failed_destination.map_or(0, |d| d.len() + 1));
+    key.extend_from_slice(source.as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    if let Some(destination) = failed_destination {
+        key.push(0);
+        key.extend_from_slice(destination.as_bytes());
+    }
+    Bytes::from(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_letters_dedupe_key_names_the_destination_that_failed() {
+        let event = |extra: &str| {
+            sluice_cloudevent::from_structured(
+                format!(r#"{{"specversion":"1.0","id":"e1","source":"/s","type":"t"{extra}}}"#).as_bytes(),
+            )
+            .expect("a valid event")
+        };
+        let plain = dedupe_key(&event(""));
+        assert_eq!(&plain[..], b"/s\0e1");
+        let to_a = dedupe_key(&event(r#","knativeerrordest":"http://a/","knativeerrorcode":500"#));
+        let to_b = dedupe_key(&event(r#","knativeerrordest":"http://b/","knativeerrorcode":500"#));
+        assert_eq!(&to_a[..], b"/s\0e1\0http://a/");
+        assert_ne!(to_a, to_b, "two Triggers' failures of one event are two letters");
+        assert_ne!(to_a, plain, "a dead letter is not the event it came from");
+        let again = dedupe_key(&event(r#","knativeerrordest":"http://a/","knativeerrorcode":503"#));
+        assert_eq!(to_a, again, "a letter sent again is a duplicate");
+    }
 
     /// Regression: a batch went whole to its first event's partition, so an event retried inside a batch led by
     /// another missed the dedupe window of the partition it was first stored in (stored twice, both answered

@@ -361,7 +361,7 @@ impl Sender {
         reply_use: ReplyUse,
         withheld: Option<&str>,
     ) -> AttemptResult {
-        let build = |uri: &http::Uri| build_request(uri, format, event, authorization, withheld);
+        let build = |uri: &http::Uri| build_request(uri, format, event, authorization, withheld, reply_use);
         self.send_built(url, ca_certs, protocol, build, timeout_ms, now_ms, reply_use).await
     }
 

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use sluice_cloudevent::{self as cloudevent, CloudEvent, EventData};
 
-use super::traceparent;
+use super::{ReplyUse, traceparent};
 use crate::consumer::Format;
 
 /// A Broker's count of the hops an event has left (its replies go back into a Broker one hop further). It is the
@@ -13,14 +13,15 @@ use crate::consumer::Format;
 /// that a sink that is a Broker goes on counting). Regression: every subscriber got `ce-knativebrokerttl`.
 pub(crate) const BROKER_TTL: &str = "knativebrokerttl";
 
-/// The POST of one attempt: binary or structured, with `Prefer: reply` and the event's `traceparent`, without the
-/// attribute `withheld`.
+/// The POST of one attempt: binary or structured, with the event's `traceparent` and `Prefer: reply` when the reply
+/// is used, without the attribute `withheld`.
 pub(super) fn build_request(
     uri: &http::Uri,
     format: Format,
     event: &CloudEvent,
     token: Option<&str>,
     withheld: Option<&str>,
+    reply_use: ReplyUse,
 ) -> http::Request<Bytes> {
     use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
     // An event whose data is itself in a CloudEvents format (`datacontenttype: application/cloudevents+json`, a
@@ -32,7 +33,11 @@ pub(super) fn build_request(
         format => format,
     };
     let mut headers = http::HeaderMap::with_capacity(event.attributes.len() + 4);
-    headers.insert(HeaderName::from_static("prefer"), HeaderValue::from_static("reply"));
+    // "If a sender will process a reply event it MUST include the `Prefer: reply` header" (Knative's data plane);
+    // one that will not (a dead-letter sink, a Subscription without `spec.reply`) does not ask for one.
+    if reply_use == ReplyUse::Wanted {
+        headers.insert(HeaderName::from_static("prefer"), HeaderValue::from_static("reply"));
+    }
     if let Ok(traceparent) = HeaderValue::try_from(traceparent(event)) {
         headers.insert(HeaderName::from_static("traceparent"), traceparent);
     }

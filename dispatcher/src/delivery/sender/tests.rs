@@ -507,7 +507,7 @@ fn a_content_type_with_bytes_past_ascii_is_sent_as_they_are() {
     )
     .expect("a valid event");
     let uri: http::Uri = "http://s.example/".parse().expect("uri");
-    let request = build_request(&uri, Format::Binary, &event, None, None);
+    let request = build_request(&uri, Format::Binary, &event, None, None, ReplyUse::Wanted);
     let content_type = request.headers().get(http::header::CONTENT_TYPE).expect("a Content-Type");
     assert_eq!(content_type.as_bytes(), "text/plain; name=\"résumé.txt\"".as_bytes());
 }
@@ -524,7 +524,7 @@ fn an_event_whose_data_is_an_event_goes_in_structured_mode() {
     for content_type in ["application/cloudevents+json", "application/cloudevents-batch+json; charset=utf-8"] {
         let mut event = outer.clone();
         event.attributes.insert("datacontenttype".into(), cloudevent::AttrValue::String(content_type.into()));
-        let request = build_request(&uri, Format::Binary, &event, None, None);
+        let request = build_request(&uri, Format::Binary, &event, None, None, ReplyUse::Wanted);
         let sent = request.headers().get(http::header::CONTENT_TYPE).and_then(|c| c.to_str().ok());
         assert_eq!(sent.map(|c| cloudevent::media_essence(c).0), Some("application/cloudevents+json".into()));
         assert!(!request.headers().contains_key("ce-id"), "structured: no ce- headers");
@@ -534,7 +534,7 @@ fn an_event_whose_data_is_an_event_goes_in_structured_mode() {
     // Any other data type stays binary.
     let plain = cloudevent::from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{}}"#)
         .expect("a valid event");
-    let request = build_request(&uri, Format::Binary, &plain, None, None);
+    let request = build_request(&uri, Format::Binary, &plain, None, None, ReplyUse::Wanted);
     assert_eq!(request.headers().get("ce-id").and_then(|v| v.to_str().ok()), Some("1"));
 }
 
@@ -705,16 +705,19 @@ fn the_brokers_ttl_is_withheld_from_subscribers_and_sent_to_a_sink() {
     let mut with_ttl = event();
     with_ttl.attributes.insert(BROKER_TTL.into(), cloudevent::AttrValue::Integer(254));
     let uri: http::Uri = "http://s.example/".parse().expect("uri");
-    let binary = build_request(&uri, Format::Binary, &with_ttl, None, Some(BROKER_TTL));
+    let binary = build_request(&uri, Format::Binary, &with_ttl, None, Some(BROKER_TTL), ReplyUse::Wanted);
     assert!(!binary.headers().contains_key("ce-knativebrokerttl"), "{:?}", binary.headers());
     assert!(binary.headers().contains_key("ce-id"), "the other attributes go");
-    let structured = build_request(&uri, Format::Structured, &with_ttl, None, Some(BROKER_TTL));
+    let structured = build_request(&uri, Format::Structured, &with_ttl, None, Some(BROKER_TTL), ReplyUse::Wanted);
     let received = cloudevent::from_structured(structured.body()).expect("the event");
     let mut expected = with_ttl.clone();
     expected.attributes.remove(BROKER_TTL);
     assert_eq!(received, expected, "the event whole but its TTL");
     let body = batch_body(std::iter::once(&with_ttl), batch_member_bound(&with_ttl));
     assert_eq!(cloudevent::from_batch(&body, 10).expect("a valid batch"), [expected]);
-    let to_sink = build_request(&uri, Format::Binary, &with_ttl, None, None);
+    let to_sink = build_request(&uri, Format::Binary, &with_ttl, None, None, ReplyUse::Discarded);
     assert_eq!(to_sink.headers().get("ce-knativebrokerttl").and_then(|v| v.to_str().ok()), Some("254"));
+    // Regression: a sink, whose response is never read as a reply, was asked for one (`Prefer: reply`).
+    assert!(!to_sink.headers().contains_key("prefer"), "{:?}", to_sink.headers());
+    assert_eq!(binary.headers().get("prefer").and_then(|v| v.to_str().ok()), Some("reply"), "a subscriber's is used");
 }
