@@ -6,6 +6,7 @@ pub use handover::{Handover, TransferOver};
 pub(crate) mod leader_balance;
 pub(crate) mod log_format;
 pub(crate) mod membership;
+pub(crate) use membership::JoinAsk;
 pub(crate) mod publish;
 mod reads;
 pub(crate) mod retention;

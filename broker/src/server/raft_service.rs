@@ -138,6 +138,11 @@ impl RaftTransport for TransportService {
         reply(&self.node.read_index_local(group).await)
     }
 
+    async fn join_check(&self, request: Request<GroupMessage>) -> Result<Response<GroupReply>, Status> {
+        let ask: crate::node::JoinAsk = decode(&request.into_inner().payload).map_err(bad_request)?;
+        reply(&self.node.may_join(&ask))
+    }
+
     async fn install_snapshot(
         &self,
         request: Request<Streaming<SnapshotChunk>>,

@@ -185,6 +185,29 @@ impl PeerClients {
     }
 }
 
+impl PeerClients {
+    /// Asks the node at `addr` whether it may join ([`crate::node::Node::may_join`]): `Ok(Err(why))` when it says
+    /// no, `Err` when it could not be asked (unreachable, or a build without the call: the add goes on, and its
+    /// own checks decide).
+    pub(crate) async fn join_check(
+        &self,
+        addr: &str,
+        ask: &crate::node::JoinAsk,
+    ) -> Result<Result<(), String>, String> {
+        let mut client = self.client(addr)?;
+        let payload = encode(ask).map_err(|e| e.to_string())?;
+        let request = GroupMessage { group_id: 0, payload: payload.into() };
+        match tokio::time::timeout(JOIN_CHECK_TIMEOUT, client.join_check(request)).await {
+            Err(_) => Err("no answer in time".into()),
+            Ok(Err(status)) => Err(status.message().to_string()),
+            Ok(Ok(reply)) => decode(&reply.get_ref().payload).map_err(|e| format!("undecodable answer: {e}")),
+        }
+    }
+}
+
+/// How long `cluster add-node` waits for the new node's answer to [`PeerClients::join_check`].
+const JOIN_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub(crate) struct NetworkFactory {
     group: GroupId,
     peers: PeerClients,

@@ -116,6 +116,9 @@ impl RaftTransport for Peer {
     async fn read_index(&self, _: Request<GroupMessage>) -> Result<Response<GroupReply>, Status> {
         unimplemented()
     }
+    async fn join_check(&self, _: Request<GroupMessage>) -> Result<Response<GroupReply>, Status> {
+        unimplemented()
+    }
 }
 
 /// Serves `peer` on a loopback port; returns its address.

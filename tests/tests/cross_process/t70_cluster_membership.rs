@@ -340,3 +340,31 @@ async fn regression_a_node_that_never_answered_is_not_made_a_voter() -> anyhow::
     );
     Ok(())
 }
+
+/// Regression: `cluster add-node` took a node initialised as a cluster of its own: it joined as a voter with that
+/// cluster's log, became a partition's leader, panicked in openraft, and events posted to it were stored in this
+/// cluster's streams. The node is asked first, and refuses; so does a node added under another id than its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_node_of_another_cluster_is_not_added() -> anyhow::Result<()> {
+    use sluice_tests::start_single_node;
+    let (_root, ours) = start_single_node(1, &[]).await?;
+    let other_root = tempfile::tempdir()?;
+    let mut theirs = NodeProc::new(2, other_root.path(), &[]);
+    sluice_tests::start_as_single_node(&mut theirs, 1).await?;
+    let mut client = ClusterClient::connect(format!("http://{}", ours.admin)).await?;
+    let refused = |err: &tonic::Status, says: &str| {
+        error_detail(err).map(|d| d.name) == Some("MEMBERSHIP_REFUSED".to_string()) && err.message().contains(says)
+    };
+    let added = client.add_node(AddNodeRequest { node_id: 2, peer_addr: theirs.peer.clone() }).await;
+    let err = added.expect_err("a node of another cluster");
+    anyhow::ensure!(refused(&err, "already belongs to another cluster (members 2)"), "{err:?}");
+    let misnamed = client.add_node(AddNodeRequest { node_id: 3, peer_addr: theirs.peer.clone() }).await;
+    let err = misnamed.expect_err("a node added under another id");
+    anyhow::ensure!(refused(&err, "is node 2, not node 3"), "{err:?}");
+    let after = status(&ours.admin).await?;
+    anyhow::ensure!(
+        after.groups.iter().all(|g| g.voters == [1] && g.learners.is_empty()),
+        "the cluster's groups changed: {after:?}"
+    );
+    Ok(())
+}
