@@ -59,7 +59,7 @@ pub struct RunningNode {
     /// Where a Route's cluster-local URL is sent ([`NodeRoutes`]); `None` when the HTTP port takes TLS only.
     pub node_routes: Option<NodeRoutes>,
     shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
 }
 
 async fn bind(flag: &'static str, addr: &str) -> Result<TcpListener, BrokerError> {
@@ -176,20 +176,23 @@ pub async fn start(
     if let Some(peer) = peer {
         let rx = shutdown.subscribe();
         let tls = tls.clone();
-        tasks.push(tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .max_concurrent_streams(Some(MAX_PEER_STREAMS_PER_CONNECTION))
-                .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
-                .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
-                .add_routes(peer_routes)
-                .add_service(transport)
-                .serve_with_incoming_shutdown(incoming(peer, tls.as_ref(), "peer"), stopped(rx))
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "peer server stopped");
-            }
-        }));
+        tasks.push((
+            "peer",
+            tokio::spawn(async move {
+                let result = tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .max_concurrent_streams(Some(MAX_PEER_STREAMS_PER_CONNECTION))
+                    .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+                    .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
+                    .add_routes(peer_routes)
+                    .add_service(transport)
+                    .serve_with_incoming_shutdown(incoming(peer, tls.as_ref(), "peer"), stopped(rx))
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "peer server stopped");
+                }
+            }),
+        ));
     }
 
     let rx = shutdown.subscribe();
@@ -206,43 +209,42 @@ pub async fn start(
         .inspect_err(|e| tracing::error!(error = %e, "gRPC reflection (v1alpha) is not served"))
         .ok();
     let admin_tls = tls.clone();
-    tasks.push(tokio::spawn(async move {
-        let tls = admin_tls;
-        let mut builder = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .max_concurrent_streams(Some(MAX_ADMIN_STREAMS_PER_CONNECTION))
-            .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
-            .layer(tower::util::option_layer(admin_auth));
-        let result = builder
-            .add_routes(extra_routes)
-            .add_service(ClusterServer::new(AdminService::new(admin_node.clone(), ingress_base.clone())))
-            .add_service(
-                LogServer::new(AdminService::new(admin_node.clone(), ingress_base.clone()))
-                    .max_decoding_message_size(log_message_limit(&admin_node.settings().append_limits)),
-            )
-            .add_service(ResourcesServer::new(AdminService::new(admin_node.clone(), ingress_base)))
-            .add_service(EventsServer::new(EventsService::new(admin_node)))
-            .add_optional_service(reflection_v1)
-            .add_optional_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(incoming(admin, tls.as_ref(), "admin"), stopped(rx))
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "admin server stopped");
-        }
-    }));
+    tasks.push((
+        "admin",
+        tokio::spawn(async move {
+            let tls = admin_tls;
+            let mut builder = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .max_concurrent_streams(Some(MAX_ADMIN_STREAMS_PER_CONNECTION))
+                .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
+                .layer(tower::util::option_layer(admin_auth));
+            let result = builder
+                .add_routes(extra_routes)
+                .add_service(ClusterServer::new(AdminService::new(admin_node.clone(), ingress_base.clone())))
+                .add_service(
+                    LogServer::new(AdminService::new(admin_node.clone(), ingress_base.clone()))
+                        .max_decoding_message_size(log_message_limit(&admin_node.settings().append_limits)),
+                )
+                .add_service(ResourcesServer::new(AdminService::new(admin_node.clone(), ingress_base)))
+                .add_service(EventsServer::new(EventsService::new(admin_node)))
+                .add_optional_service(reflection_v1)
+                .add_optional_service(reflection_v1alpha)
+                .serve_with_incoming_shutdown(incoming(admin, tls.as_ref(), "admin"), stopped(rx))
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "admin server stopped");
+            }
+        }),
+    ));
 
     let rx = shutdown.subscribe();
     let ingress = Ingress::new(node.clone(), ingress_limits.clone());
     let app = crate::ingress::http::router(node.clone(), metrics, ingress);
-    tasks.push(tokio::spawn(crate::ingress::http::serve(
-        http,
-        app,
-        host_routes.clone(),
-        ingress_limits,
-        tls,
-        stopped(rx),
-    )));
+    tasks.push((
+        "http",
+        tokio::spawn(crate::ingress::http::serve(http, app, host_routes.clone(), ingress_limits, tls, stopped(rx))),
+    ));
 
     Ok(RunningNode { node, peer_addr, http_addr, admin_addr, host_routes, node_routes, shutdown, tasks })
 }
@@ -257,11 +259,11 @@ impl RunningNode {
         self.node.shutdown().await;
         // One deadline for all the servers (it was 10 s for each in turn: 20 s and more to stop).
         let deadline = tokio::time::Instant::now() + SERVER_STOP_TIMEOUT;
-        for mut task in self.tasks {
+        for (server, mut task) in self.tasks {
             // A server waits for its open requests and streams to end; a peer that keeps one open must not
             // keep this node from stopping.
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-                tracing::warn!(timeout = ?SERVER_STOP_TIMEOUT, "a server still had requests open; stopping it anyway");
+                tracing::warn!(server, timeout = ?SERVER_STOP_TIMEOUT, "a server still had requests open; stopping it anyway");
                 task.abort();
             }
         }
