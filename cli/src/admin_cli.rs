@@ -106,7 +106,7 @@ fn wrong_port_hint(status: &Status) -> Option<&'static str> {
     );
     (below_grpc && code_says_so).then_some(
         "is --admin a node's admin port (127.0.0.1:9090 by default; not its HTTP or peer port)? A node serving TLS \
-         needs --ca-cert (and --cert/--key where it asks for client certificates)",
+         needs --ca-cert (and --client-cert/--client-key where it asks for client certificates)",
     )
 }
 

@@ -23,6 +23,27 @@ pub struct ClusterConfig {
     pub initial_members: BTreeMap<NodeId, String>,
 }
 
+/// A member's peer address: `host:port` (a name or an IPv4 address, or `[v6]:port`), the port from 1 to 65535, no
+/// scheme or path. Regression: `127.0.0.1:99999` and `http://10.0.0.4:7000` were taken by `cluster add-node`, which
+/// then waited 30 s for a node nothing could reach and left a learner behind.
+pub(crate) fn check_peer_addr(addr: &str) -> Result<(), String> {
+    let not = |why: &str| Err(format!("peer address {addr:?} is not host:port ({why})"));
+    if addr.contains("://") {
+        return not("no scheme: the address alone, e.g. 10.0.0.4:7000");
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else { return not("no port") };
+    if host.is_empty() || host.contains('/') || host.chars().any(char::is_whitespace) {
+        return not("no host");
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return not("an IPv6 address goes in brackets, e.g. [::1]:7000");
+    }
+    match port.parse::<u16>() {
+        Ok(1..) => Ok(()),
+        _ => not("the port must be a number from 1 to 65535"),
+    }
+}
+
 impl ClusterConfig {
     pub fn new(partitions: u32, members: BTreeMap<NodeId, String>) -> Result<Self, BrokerError> {
         if partitions == 0 || partitions > MAX_PARTITIONS {
@@ -34,10 +55,8 @@ impl ClusterConfig {
             return Err(BrokerError::InvalidClusterConfig("members must not be empty".into()));
         }
         for (id, addr) in &members {
-            if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
-                return Err(BrokerError::InvalidClusterConfig(format!(
-                    "member {id}: peer address {addr:?} is not host:port"
-                )));
+            if let Err(rule) = check_peer_addr(addr) {
+                return Err(BrokerError::InvalidClusterConfig(format!("member {id}: {rule}")));
             }
         }
         Ok(Self { partitions, initial_members: members.clone(), members })
@@ -97,6 +116,27 @@ mod tests {
         assert!(parse_members("1:127.0.0.1:7001").is_err());
         assert!(parse_members("x=127.0.0.1:7001").is_err());
         assert!(parse_members("1=a:1,1=b:2").is_err());
+    }
+
+    #[test]
+    fn peer_addresses_are_host_and_port() {
+        for good in ["127.0.0.1:7001", "sluice-0.sluice.ns.svc.cluster.local:7070", "[::1]:7000", "node:1"] {
+            assert_eq!(check_peer_addr(good), Ok(()), "{good}");
+        }
+        let bad = [
+            ("127.0.0.1:99999", "from 1 to 65535"),
+            ("127.0.0.1:0", "from 1 to 65535"),
+            ("http://127.0.0.1:7000", "no scheme"),
+            ("abc", "no port"),
+            (":7000", "no host"),
+            ("::1:7000", "brackets"),
+            ("host:port", "from 1 to 65535"),
+            ("a/b:7000", "no host"),
+        ];
+        for (addr, rule) in bad {
+            let refused = check_peer_addr(addr).expect_err(addr);
+            assert!(refused.contains(rule), "{addr}: {refused}");
+        }
     }
 
     #[test]

@@ -121,9 +121,7 @@ impl Node {
     /// The checks of `cluster add-node` against the current config.
     pub(super) fn check_add_node(&self, node: NodeId, addr: &str) -> Result<ClusterConfig, BrokerError> {
         let config = self.cluster_config().ok_or(BrokerError::NotInitialized)?;
-        if !addr.contains(':') {
-            return Err(BrokerError::InvalidClusterConfig(format!("peer address {addr:?} is not host:port")));
-        }
+        crate::command::cluster_config::check_peer_addr(addr).map_err(BrokerError::InvalidClusterConfig)?;
         if let Some(existing) = config.members.get(&node)
             && existing != addr
         {

@@ -199,8 +199,17 @@ fn not_found(info: &KindInfo, name: &str, status: &Status) -> ServerError {
     }
 }
 
+/// A kind as kubectl takes it: its name, plural or short name, alone or with its API group (`triggers.eventing.knative.dev`,
+/// `trigger.eventing.knative.dev`: what `-o name` prints, so that `get -o name | xargs sluice delete` works).
+/// Regression: a name with its group was an unknown kind.
 fn resolve_kind(kind: &str) -> Result<&'static KindInfo> {
-    kind_info(kind).with_context(|| format!("unknown kind {kind:?}: use {}", known_kinds()))
+    let (name, api_group) = match kind.split_once('.') {
+        Some((name, api_group)) => (name, Some(api_group)),
+        None => (kind, None),
+    };
+    kind_info(name)
+        .filter(|info| api_group.is_none_or(|api_group| api_group.eq_ignore_ascii_case(group(info))))
+        .with_context(|| format!("unknown kind {kind:?}: use {}", known_kinds()))
 }
 
 /// Every kind by its plural, as `resolve_kind` accepts them (from the one list, so none is left out: the
@@ -403,6 +412,13 @@ mod tests {
             described(&["trigger/a", "broker/default"])?,
             [("Trigger".into(), Some("a".into())), ("Broker".into(), Some("default".into()))]
         );
+        // With the API group, as `-o name` prints them (regression: an unknown kind).
+        assert_eq!(
+            described(&["trigger.eventing.knative.dev/a", "service.serving.knative.dev/s"])?,
+            [("Trigger".into(), Some("a".into())), ("Service".into(), Some("s".into()))]
+        );
+        assert_eq!(described(&["triggers.eventing.knative.dev"])?, [("Trigger".into(), None)]);
+        assert!(parse_targets(&strings(&["triggers.serving.knative.dev"])).is_err(), "not that kind's group");
         assert!(parse_targets(&strings(&["trigger/a", "b"])).is_err(), "mixed forms");
         assert!(parse_targets(&strings(&["trigger", "broker/b"])).is_err());
         assert!(parse_targets(&strings(&["pods"])).is_err());

@@ -109,6 +109,15 @@ pub fn validate_object_with(
         return Err(vec![err("", "an object must be a mapping")]);
     };
     let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
+    // kubectl's "apiVersion not set, kind not set" (regression: `kind: "" is not one of ...`).
+    if kind.is_empty() {
+        let kinds = crate::model::KINDS.map(|k| k.kind).join(", ");
+        let mut missing = vec![err("kind", format!("required: one of {kinds}"))];
+        if map.get("apiVersion").is_none_or(Value::is_null) {
+            missing.insert(0, err("apiVersion", "required"));
+        }
+        return Err(missing);
+    }
     let Some(info) = kind_info(kind).filter(|k| k.kind == kind) else {
         return Err(vec![err(
             "kind",
@@ -178,6 +187,13 @@ fn check_retention(value: &str) -> Result<(), String> {
     const FORM: &str = "a duration and/or a size, e.g. 7d, 24h, 10GiB or 24h,10GiB";
     let (mut durations, mut sizes) = (0, 0);
     for part in value.split(',') {
+        // Regression: "300" was taken as 300 bytes, and a Broker meant to keep 300 seconds kept one event.
+        if !part.trim().is_empty() && part.trim().bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "{FORM}: {:?} has no unit (a size takes B, KB, MiB, ...; a duration s, m, h or d)",
+                part.trim()
+            ));
+        }
         if let Some(bytes) = parse_size(part) {
             if bytes == 0 {
                 return Err(format!("{FORM}: a size of 0 keeps nothing (to keep nothing, delete the Broker)"));

@@ -37,3 +37,15 @@ fn label_and_annotation_keys_and_label_values_follow_kubernetes_syntax() {
         assert!(found.is_some_and(|e| path.is_empty() || e.path == path), "{value}: {errors:?}");
     }
 }
+
+/// Regression: a document without `kind` (or `apiVersion`) was told `kind: "" is not one of ...`.
+#[test]
+fn a_document_without_kind_or_api_version_is_told_they_are_required() {
+    let errors = validate_object(&json!({"foo": "bar"}), None).expect_err("no kind");
+    let said: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert_eq!(said[0], "apiVersion: required");
+    assert!(said[1].starts_with("kind: required: one of Broker, Trigger"), "{said:?}");
+    let with_version = validate_object(&json!({"apiVersion": "eventing.knative.dev/v1"}), None).expect_err("no kind");
+    assert_eq!(with_version.len(), 1, "{with_version:?}");
+}

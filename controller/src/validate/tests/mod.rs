@@ -778,12 +778,14 @@ fn destination_ca_certs_are_pem_certificates() {
 
 #[test]
 fn retention_is_one_duration_and_or_one_size_above_zero() {
-    for ok in ["7d", "24h", "10GiB", "24h,10GiB", "10GiB, 24h", "1s", "1"] {
+    for ok in ["7d", "24h", "10GiB", "24h,10GiB", "10GiB, 24h", "1s", "1B"] {
         assert_eq!(check_retention(ok), Ok(()), "{ok}");
     }
     let refused = [
         ("0s", "duration of 0"),
-        ("0", "size of 0"),
+        ("0B", "size of 0"),
+        ("300", "no unit"),
+        ("24h,300", "no unit"),
         ("0GiB", "size of 0"),
         ("1h,2h", "at most one"),
         ("10GiB,5GiB", "at most one"),
