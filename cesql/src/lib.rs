@@ -142,6 +142,16 @@ impl Expression {
         (value, evaluator.errors.into_iter().next())
     }
 
+    /// The calls no function can answer (an unknown name, or a known one with another number of arguments), as
+    /// `NAME/ARITY`, in the order written: each raises a MissingFunctionError whatever the event, so the
+    /// expression can never match. The spec leaves them to evaluation ("error checks SHOULD be done at compile
+    /// time"): a subscription's validation refuses them.
+    pub fn missing_functions(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        parser::missing_functions(&self.root, &mut missing);
+        missing
+    }
+
     /// Filter semantics (Subscriptions API): the event matches when the expression evaluates to `true` without
     /// any error.
     pub fn matches(&self, event: &dyn EventAttributes) -> bool {
@@ -152,6 +162,15 @@ impl Expression {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_no_function_answers_are_listed() {
+        let missing = |e: &str| parse(e).expect("parses").missing_functions();
+        assert_eq!(missing("LOWER(type) = 'a' AND ABS(1) = 1"), Vec::<String>::new());
+        assert_eq!(missing("LOWR(type) = 'a'"), ["LOWR/1"]);
+        assert_eq!(missing("NOT (ABS(1, 2) = 1) OR type IN ('a', NOSUCH())"), ["ABS/2", "NOSUCH/0"]);
+        assert_eq!(missing("SUBSTRING(UPPER(x(type)), 1) LIKE 'a%'"), ["x/1"], "as written");
+    }
 
     #[test]
     fn hostile_nesting_and_length_are_refused_not_followed() {

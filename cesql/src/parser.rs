@@ -109,6 +109,25 @@ pub(crate) enum Node {
     },
 }
 
+/// Appends to `missing` each call under `node` that no function answers, as `NAME/ARITY`, in the order written.
+pub(crate) fn missing_functions(node: &Node, missing: &mut Vec<String>) {
+    match node {
+        Node::Literal(_) | Node::Attribute(_) | Node::Exists(_) => {}
+        Node::Not(inner) | Node::Negate(inner) => missing_functions(inner, missing),
+        Node::Binary(_, left, right) => {
+            missing_functions(left, missing);
+            missing_functions(right, missing);
+        }
+        Node::Like { operand, .. } => missing_functions(operand, missing),
+        Node::In { operand, set, .. } => {
+            missing_functions(operand, missing);
+            set.iter().for_each(|item| missing_functions(item, missing));
+        }
+        Node::Call { args, .. } => args.iter().for_each(|arg| missing_functions(arg, missing)),
+        Node::MissingFunction { name, arity } => missing.push(format!("{name}/{arity}")),
+    }
+}
+
 /// Longest expression accepted, in characters (every input has a bound; Knative's webhook has none, and a
 /// Trigger's `type IN (...)` of a few hundred event types is common: 4,096 refused them until session 63).
 pub(crate) const MAX_EXPRESSION_CHARS: usize = 65_536;

@@ -120,7 +120,16 @@ fn compile_filter(text: &str) -> Result<Option<Expression>, Status> {
     if text.trim().is_empty() {
         return Ok(None);
     }
-    sluice_cesql::parse(text).map(Some).map_err(|e| invalid(format!("filter: {e}")))
+    let parsed = sluice_cesql::parse(text).map_err(|e| invalid(format!("filter: {e}")))?;
+    // A call no function answers fails on every event: the read would find nothing, with no word of why.
+    let missing = parsed.missing_functions();
+    if !missing.is_empty() {
+        return Err(invalid(format!(
+            "filter: calls a function CESQL does not have (name/arguments): {}",
+            missing.join(", ")
+        )));
+    }
+    Ok(Some(parsed))
 }
 
 /// Whether a stored record passes the filter (a record that is not a CloudEvent passes only without one).

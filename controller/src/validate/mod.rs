@@ -402,10 +402,27 @@ fn validate_filter(path: &str, filter: &SubscriptionsApiFilter, errors: &mut Vec
     if let Some(nested) = &filter.not {
         validate_filter(&format!("{path}.not"), nested, errors);
     }
-    if let Some(expression) = filter.cesql.as_ref().filter(|e| !e.is_empty())
-        && let Err(e) = sluice_cesql::parse(expression)
-    {
-        errors.push(err(format!("{path}.cesql"), format!("does not parse: {e}")));
+    if let Some(expression) = filter.cesql.as_ref().filter(|e| !e.is_empty()) {
+        match sluice_cesql::parse(expression) {
+            Err(e) => errors.push(err(format!("{path}.cesql"), format!("does not parse: {e}"))),
+            // "Implementations SHOULD reject subscriptions with invalid CloudEvents SQL expressions": a call no
+            // function answers fails on every event. Regression: `LOWR(type) = 'x'` was taken, Ready, and matched
+            // nothing, said only by a metric.
+            Ok(parsed) => {
+                let missing = parsed.missing_functions();
+                if !missing.is_empty() {
+                    errors.push(err(
+                        format!("{path}.cesql"),
+                        format!(
+                            "calls a function CESQL does not have (name/arguments): {}; the filter could never \
+                             match (the functions: LOWER, UPPER, TRIM, LENGTH, CONCAT, CONCAT_WS, LEFT, RIGHT, \
+                             SUBSTRING, ABS, INT, BOOL, STRING, IS_INT, IS_BOOL)",
+                            missing.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! Label and annotation keys, and label values, held to the API server's syntax.
+//! An object's metadata and identity: label and annotation keys and label values held to the API server's syntax,
+//! `kind` and `apiVersion` required.
 
 use serde_json::json;
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::*;
 
 mod allow_list;
+mod filters;
 mod metadata;
 
 fn broker() -> Value {
