@@ -35,6 +35,10 @@ pub struct GroupStatus {
     pub heartbeat_age_ms: Option<BTreeMap<NodeId, Option<u64>>>,
 }
 
+/// How long a leader may go without a quorum's acknowledgement before its node says it is not ready: about ten
+/// election timeouts, so that a slow moment under load does not take the node out of a load balancer.
+const QUORUM_SILENCE_NOT_READY: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Node {
     pub fn status(&self) -> Vec<GroupStatus> {
         self.groups()
@@ -106,7 +110,26 @@ impl Node {
         }
         let leaderless: Vec<String> =
             groups.iter().filter(|g| g.leader().is_none()).map(|g| group_name(g.id)).collect();
-        if leaderless.is_empty() { Ok(()) } else { Err(format!("no leader for {}", leaderless.join(", "))) }
+        if !leaderless.is_empty() {
+            return Err(format!("no leader for {}", leaderless.join(", ")));
+        }
+        // A leader keeps its role after its quorum is gone (openraft does not step down by itself); it cannot
+        // commit. Regression: with two of three nodes killed, the survivor still led and answered ready while
+        // every write got 503.
+        let silent: Vec<String> = groups
+            .iter()
+            .filter(|g| g.leads_without_quorum(QUORUM_SILENCE_NOT_READY))
+            .map(|g| group_name(g.id))
+            .collect();
+        if silent.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "this node leads {} but no quorum has answered it for {} s (are the other members down?)",
+                silent.join(", "),
+                QUORUM_SILENCE_NOT_READY.as_secs()
+            ))
+        }
     }
 
     /// Whether this node leads `group` (tests and status).

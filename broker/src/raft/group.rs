@@ -151,6 +151,18 @@ impl Group {
         self.raft.metrics().borrow_watched().current_leader
     }
 
+    /// Whether this node leads the group, has other voters, and no quorum of them has acknowledged it for
+    /// `silence`. (A lone voter is its own quorum: openraft records no acknowledgement for it.)
+    pub(crate) fn leads_without_quorum(&self, silence: std::time::Duration) -> bool {
+        use openraft::Instant as _;
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        if metrics.state != ServerState::Leader || metrics.membership_config.membership().voter_ids().count() < 2 {
+            return false;
+        }
+        metrics.last_quorum_acked.as_ref().is_some_and(|acked| acked.elapsed() > silence)
+    }
+
     /// The peer address of `node` in this group's membership.
     pub(crate) fn node_addr(&self, node: NodeId) -> Option<String> {
         let metrics = self.raft.metrics();

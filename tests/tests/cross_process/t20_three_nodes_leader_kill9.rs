@@ -171,3 +171,31 @@ async fn regression_a_follower_that_is_down_is_not_retried_in_a_loop() -> anyhow
     anyhow::ensure!(per_second < 500.0, "the leaders retried the node that is down in a loop: {per_second:.0}/s");
     Ok(())
 }
+
+/// Regression: with two of three nodes killed, the survivor still led the metadata group (openraft does not step
+/// down by itself) and `/readyz` answered ready while every write got 503. A leader no quorum has answered for
+/// 5 s makes its node not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_leader_without_its_quorum_is_not_ready() -> anyhow::Result<()> {
+    use sluice_proto::admin::TransferLeaderRequest;
+    use sluice_proto::admin::cluster_client::ClusterClient;
+    let mut cluster = TestCluster::start(3, 1, &["--leader-balance-ms", "0"]).await?;
+    let survivor = (cluster.nodes[0].admin.clone(), cluster.nodes[0].http.clone());
+    let mut client = ClusterClient::connect(format!("http://{}", survivor.0)).await?;
+    client.transfer_leader(TransferLeaderRequest { group_id: 0, to_node_id: 1 }).await?;
+    let readyz = || async {
+        let response = reqwest::get(format!("http://{}/readyz", survivor.1)).await?;
+        Ok::<_, anyhow::Error>((response.status().as_u16(), response.text().await?))
+    };
+    assert_eq!(readyz().await?.0, 200, "ready with its quorum");
+    cluster.nodes[1].kill9();
+    cluster.nodes[2].kill9();
+    let (status, reason) = wait_until(Duration::from_secs(30), || async {
+        let (status, reason) = readyz().await?;
+        Ok((status != 200).then_some((status, reason)))
+    })
+    .await?;
+    assert_eq!(status, 503);
+    assert!(reason.contains("no quorum has answered it"), "{reason}");
+    Ok(())
+}
