@@ -68,6 +68,8 @@ fn invalid(message: impl Into<String>) -> Status {
 /// The stream a request names; a broker or channel that has no resource object and no stored event is
 /// NOT_FOUND (RESOURCE_NOT_FOUND).
 fn stream_of(node: &Node, target: Option<&EventStreamRef>) -> Result<String, Status> {
+    // Regression: a node never initialised answered RESOURCE_NOT_FOUND for every Broker.
+    node.check_initialised().map_err(status_of)?;
     let target = target.ok_or_else(|| invalid("target: required (kind, namespace and name, or stream)"))?;
     if !target.stream.is_empty() {
         validate_stream_name(&target.stream).map_err(status_of)?;

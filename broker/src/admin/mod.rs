@@ -405,6 +405,8 @@ fn resource_key(reference: ResourceRef) -> ResourceKey {
 #[tonic::async_trait]
 impl Resources for AdminService {
     async fn apply(&self, request: Request<ApplyResourceRequest>) -> Result<Response<ApplyResourceReply>, Status> {
+        // Regression: a node never initialised answered "no leader, retry" (apply) or "No resources found".
+        self.node.check_initialised().map_err(status_of)?;
         let request = request.into_inner();
         let (record, checked_version) = checked_record(&request.object_json, &self.node)?;
         let key = record.key.clone();
@@ -465,6 +467,7 @@ impl Resources for AdminService {
     }
 
     async fn get(&self, request: Request<ResourceRef>) -> Result<Response<ResourceObject>, Status> {
+        self.node.check_initialised().map_err(status_of)?;
         let key = resource_key(request.into_inner());
         let objects = self.all_objects();
         let world = World { objects: &objects };
@@ -481,6 +484,7 @@ impl Resources for AdminService {
     }
 
     async fn list(&self, request: Request<ListResourcesRequest>) -> Result<Response<ResourceList>, Status> {
+        self.node.check_initialised().map_err(status_of)?;
         let kind = request.into_inner().kind;
         let objects = self.all_objects();
         let world = World { objects: &objects };
@@ -535,6 +539,7 @@ impl Resources for AdminService {
     }
 
     async fn delete(&self, request: Request<ResourceRef>) -> Result<Response<DeleteResourceReply>, Status> {
+        self.node.check_initialised().map_err(status_of)?;
         let key = resource_key(request.into_inner());
         let existed = self.node.delete_resource(key.clone()).await.map_err(status_of)?;
         if !existed {

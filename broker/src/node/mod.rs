@@ -421,6 +421,13 @@ impl Node {
     }
 
     /// Whether this node was removed from the cluster (its partition groups are stopped).
+    /// `NOT_INITIALIZED` on a node that has no cluster config (started without `cluster init`, and not added to a
+    /// cluster yet), for the admin calls that would otherwise answer "not found", "no resources" or "no leader,
+    /// retry". A removed node keeps its config, and says it was removed where that matters.
+    pub fn check_initialised(&self) -> Result<(), BrokerError> {
+        if self.cluster_config().is_none() { Err(BrokerError::NotInitialized) } else { Ok(()) }
+    }
+
     pub fn is_removed(&self) -> bool {
         self.inner.removed.load(std::sync::atomic::Ordering::SeqCst)
     }

@@ -143,3 +143,34 @@ async fn node_id_not_in_the_stored_cluster_is_rejected() -> anyhow::Result<()> {
     assert!(line.contains("node id 2 is not a member") && line.contains("members: 1"), "{line}");
     Ok(())
 }
+
+/// Regression: a node started without `cluster init` answered `apply` with "no leader, retry" (exit 5), `get` with
+/// "No resources found" and `events read` with RESOURCE_NOT_FOUND; each now says the cluster is not initialised
+/// (exit 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_to_a_node_never_initialised_say_so() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let mut node = sluice_tests::NodeProc::new(1, root.path(), &[]);
+    node.start()?;
+    sluice_tests::wait_for_admin(&node.admin).await?;
+    let manifest = root.path().join("broker.yaml");
+    std::fs::write(&manifest, "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b\n")?;
+    let manifest = manifest.display().to_string();
+    let admin = node.admin.clone();
+    let commands: Vec<Vec<String>> = vec![
+        vec!["apply".into(), "-f".into(), manifest, "--admin".into(), admin.clone()],
+        vec!["get".into(), "brokers".into(), "--admin".into(), admin.clone()],
+        vec!["events".into(), "read".into(), "--broker".into(), "b".into(), "--admin".into(), admin],
+    ];
+    for command in commands {
+        let args = command.clone();
+        let (code, stderr) = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_sluice(&args, TIMEOUT)
+        })
+        .await??;
+        assert_eq!(code, 4, "{command:?}: {stderr}");
+        assert!(stderr.contains("not initialised"), "{command:?}: {stderr}");
+    }
+    Ok(())
+}
