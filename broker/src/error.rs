@@ -28,8 +28,9 @@ pub enum BrokerError {
     NotInitialized,
 
     #[error(
-        "this node was removed from the cluster (`sluice cluster remove-node`): ask another node; to add this one \
-         again, start it with an empty data dir"
+        "this node was removed from the cluster (`sluice cluster remove-node`): ask another node; to take it back \
+         while it runs, `sluice cluster add-node` with its id and peer address (once stopped, it rejoins only with \
+         an empty data dir)"
     )]
     RemovedFromCluster,
 

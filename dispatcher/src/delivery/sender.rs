@@ -621,7 +621,15 @@ fn is_structured(headers: &http::HeaderMap) -> bool {
 /// Whether a response's body is a CloudEvent by its headers, in structured mode or in binary mode
 /// (`ce-specversion`), as the HTTP binding tells them apart.
 fn carries_an_event(headers: &http::HeaderMap) -> bool {
-    is_structured(headers) || headers.contains_key("ce-specversion")
+    is_structured(headers) || is_batched(headers) || headers.contains_key("ce-specversion")
+}
+
+/// Whether a response is in batched mode (`application/cloudevents-batch+json`): events, but not a reply.
+fn is_batched(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("content-type")
+        .and_then(|c| c.to_str().ok())
+        .is_some_and(|c| cloudevent::media_essence(c).0 == "application/cloudevents-batch+json")
 }
 
 /// A 200's body as a reply event: binary mode (`ce-specversion` present) or structured mode; `None` when the
@@ -632,6 +640,15 @@ fn parse_reply(headers: &http::HeaderMap, body: Bytes) -> Option<Result<CloudEve
     let content_type = headers.get("content-type").map(|v| v.as_bytes());
     if is_structured(headers) {
         return Some(cloudevent::from_structured(&body).map_err(|e| e.to_json().to_string()));
+    }
+    // A reply is one event (Knative's data plane); a batch is refused as an invalid reply, not taken for none.
+    // Regression: its events were dropped without a word and the delivery counted as done.
+    if is_batched(headers) {
+        return Some(Err(
+            "a reply in batched mode (application/cloudevents-batch+json) is not taken: reply with one event, in \
+             binary or structured mode"
+                .into(),
+        ));
     }
     headers.contains_key("ce-specversion").then(|| {
         let ce_headers =

@@ -382,6 +382,18 @@ fn a_structured_reply_with_a_stray_ce_header_is_structured() {
     assert_eq!(binary.get_str("id"), Some("b"));
 }
 
+/// Regression: a 200 in batched mode was taken for a response without a reply, and its events were dropped
+/// without a word. It is an invalid reply (the delivery dead-letters it, saying why).
+#[test]
+fn a_batched_reply_is_refused_not_dropped() {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("content-type", http::HeaderValue::from_static("application/cloudevents-batch+json; charset=utf-8"));
+    assert!(carries_an_event(&headers), "read as a reply, within the reply's limit");
+    let body = Bytes::from_static(br#"[{"specversion":"1.0","id":"r","source":"/s","type":"t"}]"#);
+    let refused = parse_reply(&headers, body).expect("not taken for no reply").expect_err("not a reply");
+    assert!(refused.contains("batched mode"), "{refused}");
+}
+
 #[tokio::test]
 async fn a_closed_port_is_a_connection_failure_and_not_resent() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
