@@ -26,6 +26,32 @@ pub(crate) enum Token {
     Ge,
 }
 
+/// As the expression writes it, for messages (`unexpected token )`, not `RParen`).
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let symbol = match self {
+            Token::Integer(digits) => return write!(f, "{digits}"),
+            Token::String(text) => return write!(f, "'{}'", text.replace('\'', "\\'")),
+            Token::Word(word) => return write!(f, "{word}"),
+            Token::LParen => "(",
+            Token::RParen => ")",
+            Token::Comma => ",",
+            Token::Plus => "+",
+            Token::Minus => "-",
+            Token::Star => "*",
+            Token::Slash => "/",
+            Token::Percent => "%",
+            Token::Eq => "=",
+            Token::NotEq => "!=",
+            Token::Lt => "<",
+            Token::Le => "<=",
+            Token::Gt => ">",
+            Token::Ge => ">=",
+        };
+        f.write_str(symbol)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Spanned {
     pub token: Token,

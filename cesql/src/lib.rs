@@ -70,9 +70,10 @@ impl Type {
 
 /// The expression could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("CESQL parse error at character {position}: {message}")]
+#[error("CESQL parse error at character {}: {message}", position + 1)]
 pub struct ParseError {
-    /// Character offset (0-based) in the expression.
+    /// Character offset (0-based) in the expression; the message counts from 1, as a person counts (`type IN ()`:
+    /// the `)` is character 10).
     pub position: usize,
     pub message: String,
 }
@@ -162,6 +163,15 @@ impl Expression {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: messages named the lexer's tokens (`RParen`, `String("s")`) at a 0-based position.
+    #[test]
+    fn parse_errors_quote_the_expression_and_count_from_one() {
+        let said = |e: &str| parse(e).expect_err("does not parse").to_string();
+        assert_eq!(said("type IN ()"), "CESQL parse error at character 10: unexpected token )");
+        // A quote is escaped with a backslash: `'it''s'` is two strings.
+        assert_eq!(said("type = 'it''s'"), "CESQL parse error at character 12: unexpected token 's'");
+    }
 
     #[test]
     fn calls_no_function_answers_are_listed() {

@@ -155,7 +155,7 @@ pub(crate) fn parse(input: &str) -> Result<Node, ParseError> {
     let mut parser = Parser { tokens, index: 0, end: chars, nesting: 0 };
     let node = parser.logic()?;
     if let Some(t) = parser.peek_spanned() {
-        return Err(ParseError::new(t.pos, format!("unexpected token {:?}", t.token)));
+        return Err(ParseError::new(t.pos, format!("unexpected token {}", t.token)));
     }
     Ok(node)
 }
@@ -420,7 +420,7 @@ impl Parser {
                 }
                 Ok(Node::Attribute(word.to_ascii_lowercase()))
             }
-            other => Err(ParseError::new(pos, format!("unexpected token {other:?}"))),
+            other => Err(ParseError::new(pos, format!("unexpected token {other}"))),
         }
     }
 }
