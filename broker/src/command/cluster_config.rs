@@ -100,6 +100,36 @@ pub fn parse_members(text: &str) -> Result<BTreeMap<NodeId, String>, BrokerError
     Ok(members)
 }
 
+/// What `cluster add-node` asks of the node it adds (`Node::may_join`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct JoinAsk {
+    /// The id the node is added as.
+    pub(crate) node: NodeId,
+    /// The member that asks, and its peer address in its cluster's config.
+    pub(crate) asker: NodeId,
+    pub(crate) asker_addr: String,
+}
+
+/// Whether a node with `own_id` and `config` may join the cluster of `ask.asker` as `ask.node`: not when it has
+/// another id, nor when it belongs to a cluster that does not list the asking member at its address.
+pub(crate) fn join_decision(own_id: NodeId, config: Option<&ClusterConfig>, ask: &JoinAsk) -> Result<(), String> {
+    if own_id != ask.node {
+        return Err(format!(
+            "the node at this peer address is node {own_id}, not node {}: add it with --id {own_id}, or check --peer",
+            ask.node
+        ));
+    }
+    match config {
+        None => Ok(()),
+        Some(config) if config.members.get(&ask.asker) == Some(&ask.asker_addr) => Ok(()),
+        Some(config) => Err(format!(
+            "node {own_id} already belongs to another cluster (members {}): a node joins with an empty data dir, \
+             started without `cluster init`",
+            config.member_ids()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +187,23 @@ mod tests {
         assert!(config.is_member(3) && !config.is_initial_member(3));
         assert!(config.same_init(&original));
         assert_eq!(config.initial_members, members);
+    }
+
+    #[test]
+    fn a_node_joins_only_empty_or_into_its_own_cluster() {
+        let ask = JoinAsk { node: 4, asker: 1, asker_addr: "10.0.0.1:7070".into() };
+        let config = |members: &[(NodeId, &str)]| {
+            ClusterConfig::new(2, members.iter().map(|(id, addr)| (*id, addr.to_string())).collect()).expect("valid")
+        };
+        let ours = config(&[(1, "10.0.0.1:7070"), (2, "10.0.0.2:7070"), (4, "10.0.0.4:7070")]);
+        let theirs = config(&[(9, "10.0.0.9:7070"), (10, "10.0.0.10:7070")]);
+        let same_ids_elsewhere = config(&[(1, "10.0.1.1:7070"), (4, "10.0.1.4:7070")]);
+        assert_eq!(join_decision(4, None, &ask), Ok(()), "an empty node");
+        assert_eq!(join_decision(4, Some(&ours), &ask), Ok(()), "already in this cluster (add-node again)");
+        let refused = join_decision(4, Some(&theirs), &ask).expect_err("another cluster's node");
+        assert!(refused.contains("already belongs to another cluster (members 9,10)"), "{refused}");
+        assert!(join_decision(4, Some(&same_ids_elsewhere), &ask).is_err(), "the same ids at other addresses");
+        let other_id = join_decision(5, None, &ask).expect_err("another node at that address");
+        assert!(other_id.contains("is node 5, not node 4"), "{other_id}");
     }
 }

@@ -6,7 +6,7 @@ pub use handover::{Handover, TransferOver};
 pub(crate) mod leader_balance;
 pub(crate) mod log_format;
 pub(crate) mod membership;
-pub(crate) use membership::JoinAsk;
+use crate::command::cluster_config::JoinAsk;
 pub(crate) mod publish;
 mod reads;
 pub(crate) mod retention;

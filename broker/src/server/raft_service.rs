@@ -139,7 +139,8 @@ impl RaftTransport for TransportService {
     }
 
     async fn join_check(&self, request: Request<GroupMessage>) -> Result<Response<GroupReply>, Status> {
-        let ask: crate::node::JoinAsk = decode(&request.into_inner().payload).map_err(bad_request)?;
+        let ask: crate::command::cluster_config::JoinAsk =
+            decode(&request.into_inner().payload).map_err(bad_request)?;
         reply(&self.node.may_join(&ask))
     }
 

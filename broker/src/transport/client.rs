@@ -192,7 +192,7 @@ impl PeerClients {
     pub(crate) async fn join_check(
         &self,
         addr: &str,
-        ask: &crate::node::JoinAsk,
+        ask: &crate::command::cluster_config::JoinAsk,
     ) -> Result<Result<(), String>, String> {
         let mut client = self.client(addr)?;
         let payload = encode(ask).map_err(|e| e.to_string())?;
