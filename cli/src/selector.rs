@@ -6,6 +6,8 @@
 
 use std::collections::BTreeSet;
 
+use sluice_controller::validate::{label_value_error, qualified_name_error};
+
 /// A parsed label selector; the empty selector matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Selector {
@@ -49,33 +51,21 @@ fn split_requirements(text: &str) -> Result<Vec<&str>, String> {
     Ok(parts)
 }
 
-/// A label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63 characters of
-/// `[A-Za-z0-9._-]` that starts and ends with a letter or digit.
+/// A label key, by the API server's rule the validation of objects uses (`sluice_controller::validate`).
 fn check_key(key: &str) -> Result<String, String> {
-    let name = key.rsplit_once('/').map(|(_, name)| name).unwrap_or(key);
-    let prefix_ok = key.rsplit_once('/').is_none_or(|(prefix, _)| {
-        !prefix.is_empty()
-            && prefix.len() <= 253
-            && prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-    });
-    if !prefix_ok || !is_label_value(name) || name.is_empty() {
-        return Err(format!("{key:?} is not a valid label key"));
+    match qualified_name_error(key) {
+        None => Ok(key.to_string()),
+        Some(rule) => Err(format!("{key:?} is not a valid label key: {rule}")),
     }
-    Ok(key.to_string())
 }
 
-/// A label value: empty, or at most 63 characters of `[A-Za-z0-9._-]` starting and ending alphanumeric.
-fn is_label_value(value: &str) -> bool {
-    let edges_ok = |c: Option<char>| c.is_none_or(|c| c.is_ascii_alphanumeric());
-    value.len() <= 63
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && edges_ok(value.chars().next())
-        && edges_ok(value.chars().last())
-}
-
+/// A label value, by the same rule as an object's.
 fn check_value(value: &str) -> Result<String, String> {
     let value = value.trim();
-    if is_label_value(value) { Ok(value.to_string()) } else { Err(format!("{value:?} is not a valid label value")) }
+    match label_value_error(value) {
+        None => Ok(value.to_string()),
+        Some(rule) => Err(format!("{value:?} is not a valid label value: {rule}")),
+    }
 }
 
 fn parse_requirement(text: &str) -> Result<Requirement, String> {
