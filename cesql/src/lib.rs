@@ -153,6 +153,17 @@ impl Expression {
         missing
     }
 
+    /// Refuses an expression that calls a function CESQL does not have ([`Expression::missing_functions`]): what a
+    /// filter's validation and a filtered read ask, so that all say it alike.
+    pub fn check_functions(&self) -> Result<(), String> {
+        let missing = self.missing_functions();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("calls a function CESQL does not have (name/arguments): {}", missing.join(", ")))
+        }
+    }
+
     /// Filter semantics (Subscriptions API): the event matches when the expression evaluates to `true` without
     /// any error.
     pub fn matches(&self, event: &dyn EventAttributes) -> bool {
@@ -180,6 +191,8 @@ mod tests {
         assert_eq!(missing("LOWR(type) = 'a'"), ["LOWR/1"]);
         assert_eq!(missing("NOT (ABS(1, 2) = 1) OR type IN ('a', NOSUCH())"), ["ABS/2", "NOSUCH/0"]);
         assert_eq!(missing("SUBSTRING(UPPER(x(type)), 1) LIKE 'a%'"), ["x/1"], "as written");
+        let checked = parse("LOWR(type) = 'a' OR ABS(1, 2) = 1").expect("parses").check_functions();
+        assert_eq!(checked, Err("calls a function CESQL does not have (name/arguments): LOWR/1, ABS/2".into()));
     }
 
     #[test]

@@ -211,13 +211,7 @@ fn filter_of(filter: &Option<String>) -> Result<String, Failure> {
     if !text.is_empty() {
         // Checked here too, so that a typo is a usage error before any call.
         let parsed = sluice_cesql::parse(&text).map_err(|e| Failure::exit(4, format!("--filter: {e}")))?;
-        let missing = parsed.missing_functions();
-        if !missing.is_empty() {
-            return Err(Failure::exit(
-                4,
-                format!("--filter: calls a function CESQL does not have (name/arguments): {}", missing.join(", ")),
-            ));
-        }
+        parsed.check_functions().map_err(|e| Failure::exit(4, format!("--filter: {e}")))?;
     }
     Ok(text)
 }

@@ -124,13 +124,7 @@ fn compile_filter(text: &str) -> Result<Option<Expression>, Status> {
     }
     let parsed = sluice_cesql::parse(text).map_err(|e| invalid(format!("filter: {e}")))?;
     // A call no function answers fails on every event: the read would find nothing, with no word of why.
-    let missing = parsed.missing_functions();
-    if !missing.is_empty() {
-        return Err(invalid(format!(
-            "filter: calls a function CESQL does not have (name/arguments): {}",
-            missing.join(", ")
-        )));
-    }
+    parsed.check_functions().map_err(|e| invalid(format!("filter: {e}")))?;
     Ok(Some(parsed))
 }
 

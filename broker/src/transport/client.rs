@@ -183,9 +183,7 @@ impl PeerClients {
             },
         }
     }
-}
 
-impl PeerClients {
     /// Asks the node at `addr` whether it may join ([`crate::node::Node::may_join`]): `Ok(Err(why))` when it says
     /// no, `Err` when it could not be asked (unreachable, or a build without the call: the add goes on, and its
     /// own checks decide).

@@ -409,15 +409,12 @@ fn validate_filter(path: &str, filter: &SubscriptionsApiFilter, errors: &mut Vec
             // function answers fails on every event. Regression: `LOWR(type) = 'x'` was taken, Ready, and matched
             // nothing, said only by a metric.
             Ok(parsed) => {
-                let missing = parsed.missing_functions();
-                if !missing.is_empty() {
+                if let Err(e) = parsed.check_functions() {
                     errors.push(err(
                         format!("{path}.cesql"),
                         format!(
-                            "calls a function CESQL does not have (name/arguments): {}; the filter could never \
-                             match (the functions: LOWER, UPPER, TRIM, LENGTH, CONCAT, CONCAT_WS, LEFT, RIGHT, \
-                             SUBSTRING, ABS, INT, BOOL, STRING, IS_INT, IS_BOOL)",
-                            missing.join(", ")
+                            "{e}; the filter could never match (the functions: LOWER, UPPER, TRIM, LENGTH, CONCAT, \
+                             CONCAT_WS, LEFT, RIGHT, SUBSTRING, ABS, INT, BOOL, STRING, IS_INT, IS_BOOL)"
                         ),
                     ));
                 }
